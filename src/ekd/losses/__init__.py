@@ -1,0 +1,1 @@
+"""Loss terms: divergences (dense + sparse), CE, feature branch, decoupled objectives, normalization."""

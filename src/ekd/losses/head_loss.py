@@ -1,0 +1,118 @@
+"""Output head + loss at selected rows: the only place student and teacher logits are made in training.
+
+Two paths with one API (DESIGN decision 2):
+
+- ``reference``: logits for all M rows at once — (M, V) per model — then the loss. Plain and obviously
+  right; used by tests as the oracle and selectable with ``train.loss_path=reference``.
+- ``chunked``: rows in chunks of ``chunk_size``; each chunk's logits are recomputed in backward
+  (activation checkpointing), so peak memory is O(chunk · V) instead of O(M · V).
+
+Both return the *sum* over rows Σ_i w_i·τ_i²·D_i (KD) or Σ_i −log q_i(y_i) (CE); normalization by the
+global token count happens once, in ``ekd.losses.reduce``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ekd.losses.divergences import Divergence
+from ekd.losses.sparse import sparse_forward_kl
+from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
+
+
+def _kd_rows(
+    student_hidden: Tensor,
+    student_head: Head,
+    target: Target,
+    tau: Tensor,
+    weights: Tensor,
+    divergence: Divergence,
+    scale_by_tau_squared: bool,
+) -> Tensor:
+    """Σ_i w_i·τ_i²·D(target_i ‖ student_i @ τ_i) over the given rows. student_hidden (m, Ds) → scalar."""
+    student_logits = student_head(student_hidden).float()  # (m, V)
+    if isinstance(target, DenseTarget):
+        per_row = divergence(student_logits, target.logits().float(), tau)  # (m,)
+    else:
+        per_row = sparse_forward_kl(student_logits, target, tau)  # (m,)
+    scale = weights * tau.pow(2) if scale_by_tau_squared else weights
+    return (scale * per_row).sum()
+
+
+def kd_loss_sum(
+    student_hidden: Tensor,
+    student_head: Head,
+    target: Target,
+    tau: Tensor,
+    weights: Tensor,
+    divergence: Divergence,
+    scale_by_tau_squared: bool = True,
+    path: str = "chunked",
+    chunk_size: int = 1024,
+) -> Tensor:
+    """KD loss summed over M rows.
+
+    Args:
+        student_hidden: (M, Ds) student final hidden states at the selected rows (with grad).
+        student_head: the student's output head (with grad), vocabulary V.
+        target: DenseTarget (teacher hidden (M, Dt) + head) or SparseTarget ((M, K) ids/probs).
+        tau: (M,) per-row temperature (detached).
+        weights: (M,) per-row weight (detached).
+        divergence: per-row divergence (student_logits, teacher_logits, tau) → (M,), dense targets only.
+        scale_by_tau_squared: multiply row i by τ_i² (Hinton).
+        path: 'chunked' or 'reference'.
+        chunk_size: rows per chunk on the chunked path.
+
+    Returns:
+        Scalar Σ_i w_i·τ_i²·D_i (fp32).
+    """
+    m = student_hidden.shape[0]
+    if m == 0:
+        return student_hidden.sum() * 0.0  # keeps the graph connected: finite zero grads
+    if path == "reference" or m <= chunk_size:
+        return _kd_rows(student_hidden, student_head, target, tau, weights, divergence, scale_by_tau_squared)
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, m, chunk_size):
+        end = min(start + chunk_size, m)
+        chunk_target = target.rows(torch.arange(start, end, device=tau.device)) if isinstance(
+            target, DenseTarget
+        ) else target.slice(start, end)
+        fn: Callable[..., Tensor] = _kd_chunk_fn(student_head, chunk_target, divergence, scale_by_tau_squared)
+        total = total + checkpoint(fn, student_hidden[start:end], tau[start:end], weights[start:end], use_reentrant=False)
+    return total
+
+
+def _kd_chunk_fn(head: Head, target: Target, divergence: Divergence, scale: bool) -> Callable[..., Tensor]:
+    def fn(hidden: Tensor, tau: Tensor, weights: Tensor) -> Tensor:
+        return _kd_rows(hidden, head, target, tau, weights, divergence, scale)
+
+    return fn
+
+
+def _ce_rows(hidden: Tensor, head: Head, labels: Tensor) -> Tensor:
+    logits = head(hidden).float()  # (m, V)
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def ce_loss_sum(hidden: Tensor, head: Head, labels: Tensor, path: str = "chunked", chunk_size: int = 1024) -> Tensor:
+    """Σ_i −log q_i(y_i) over N rows. hidden (N, D), labels (N,) all valid → scalar (fp32)."""
+    n = hidden.shape[0]
+    if n == 0:
+        return hidden.sum() * 0.0
+    if path == "reference" or n <= chunk_size:
+        return _ce_rows(hidden, head, labels)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        total = total + checkpoint(
+            lambda h, y: _ce_rows(h, head, y), hidden[start:end], labels[start:end], use_reentrant=False
+        )
+    return total
+
+
+__all__ = ["kd_loss_sum", "ce_loss_sum", "DenseTarget", "SparseTarget", "Head"]

@@ -1,0 +1,82 @@
+"""In-memory forms of what the teacher delivers at M selected rows (the "how" of METHODS §2).
+
+``DenseTarget`` carries the teacher's hidden states at the rows and its output head, so teacher logits are
+computed only where needed (and, on the chunked path, one chunk at a time). ``SparseTarget`` carries K
+(id, probability) pairs per row — top-K or Random-Sampling targets, online or read from a cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Head:
+    """An output head restricted to the shared vocabulary: logits = hidden @ weight.T (+ bias).
+
+    weight (V, D), bias (V,) or None. V is the tokenizer length (padded rows already sliced off).
+    """
+
+    weight: Tensor
+    bias: Tensor | None = None
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """(M, D) → (M, V) logits in the weight's dtype."""
+        logits = hidden.to(self.weight.dtype) @ self.weight.T  # (M, V)
+        return logits if self.bias is None else logits + self.bias
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass
+class DenseTarget:
+    """Full teacher distribution at M rows, as teacher hidden states + teacher head (no grad)."""
+
+    hidden: Tensor  # (M, Dt)
+    head: Head
+
+    def logits(self, start: int = 0, end: int | None = None) -> Tensor:
+        """Teacher logits of rows [start, end): (m, V)."""
+        with torch.no_grad():
+            return self.head(self.hidden[start:end])
+
+    def rows(self, index: Tensor) -> DenseTarget:
+        return DenseTarget(self.hidden[index], self.head)
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+@dataclass
+class SparseTarget:
+    """K (token id, target probability) pairs per row; padding slots have probability 0.
+
+    Attributes:
+        ids: (M, K) long token ids (any valid id at padding slots).
+        probs: (M, K) fp32 target values t̂ (RS: c/N, or importance-weighted; top-K: tail-handled probs).
+        tail: (M,) fp32 or None — teacher tail mass 1 − Σ_K p for the 'ghost' top-K mode, matched against
+            the student's tail mass 1 − Σ_K q.
+    """
+
+    ids: Tensor
+    probs: Tensor
+    tail: Tensor | None = None
+
+    def rows(self, index: Tensor) -> SparseTarget:
+        return SparseTarget(self.ids[index], self.probs[index], None if self.tail is None else self.tail[index])
+
+    def slice(self, start: int, end: int) -> SparseTarget:
+        return SparseTarget(
+            self.ids[start:end], self.probs[start:end], None if self.tail is None else self.tail[start:end]
+        )
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+Target = DenseTarget | SparseTarget
