@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
+from ekd.errors import EkdError
 
-class ConfigError(ValueError):
+
+class ConfigError(EkdError, ValueError):
     """A user mistake in a config file or override; the message names the key and the fix."""
 
 
@@ -94,6 +96,8 @@ class DataConfig:
     """Use at most this many documents (0 = all)."""
     min_chars: int = 1
     """Drop documents shorter than this many characters."""
+    max_chars: int = 0
+    """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = 64
     """At most this many blocks per eval set (0 = all)."""
 
@@ -298,9 +302,11 @@ class EvalConfig:
     batch_size: int = 8
     """Sequences per eval batch."""
     ece_bins: int = 15
-    """Equal-width confidence bins of ECE."""
+    """Equal-width top-1 confidence bins (lo, hi] of ECE and the reliability diagram (Guo et al. 2017: 15)."""
     entropy_buckets: int = 4
-    """Teacher-entropy quantile buckets for per-bucket metrics (0 = off)."""
+    """Equal-width buckets of normalized teacher entropy Ĥ = H/log V in [0, 1] for the per-bucket metrics
+    ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}`` (0 = off). Equal-width, not quantile, so
+    evaluation streams in one pass and buckets mean the same thing across models and runs."""
     teacher: bool = True
     """Also evaluate the teacher (and KL/agreement to it) when a teacher model is available."""
     plots: bool = True

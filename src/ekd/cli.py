@@ -1,0 +1,176 @@
+"""The ``ekd`` command: demo | distill | cache | eval | list | config.
+
+    ekd demo [--quick] [--methods kd,sekd,...]      the embedded default, no network
+    ekd distill CONFIG [key=value ...]             distill a student (``--resume``, ``--overwrite``)
+    ekd cache CONFIG [key=value ...]               build an offline teacher cache (``cache info|verify DIR``)
+    ekd eval RUN_DIR [key=value ...]               evaluate a saved student
+    ekd list [divergences|presets|scorers|policies|temperatures|architectures]
+    ekd config show [CONFIG] [key=value ...]       print the resolved config (``--explain`` for every key)
+
+User mistakes print one line ``ekd: error: ...`` and exit 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ekd import __version__
+from ekd.errors import EkdError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs="?" if not required else None, help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 method=sekd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ekd", description="Token-level knowledge distillation of causal LMs.")
+    parser.add_argument("--version", action="version", version=f"ekd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the embedded default end to end (builtin corpus, tiny models, no network)")
+    p.add_argument("--quick", action="store_true", help="smaller budget (≤ 3 minutes on 2 CPU cores)")
+    p.add_argument("--methods", default="", help="comma-separated presets to compare (default: the demo list)")
+    p.add_argument("--out", default="runs/demo", help="demo directory (teacher, tokenizer and runs are cached here)")
+    p.add_argument("--steps", type=int, default=0, help="override the distillation steps per method")
+    p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
+
+    p = sub.add_parser("distill", help="distill a student from a teacher (or a teacher cache)")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    p = sub.add_parser("cache", help="build, inspect or verify an offline teacher cache")
+    p.add_argument("config", help="YAML config, or 'info'/'verify' followed by a cache directory")
+    p.add_argument("overrides", nargs="*", help="dotted overrides (or the cache directory for info/verify)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache built with another signature")
+
+    p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
+    p.add_argument("run_dir", help="run directory written by ekd distill")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
+
+    p = sub.add_parser("list", help="show registered divergences, presets, scorers, policies, temperatures, architectures")
+    p.add_argument("what", nargs="?", default="all")
+
+    p = sub.add_parser("config", help="config tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    s = csub.add_parser("show", help="print the resolved config")
+    _add_config_args(s, required=False)
+    s.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
+    return parser
+
+
+def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """A first positional with '=' is an override, not a file."""
+    if config and "=" in config and not Path(config).exists():
+        return [], [config, *overrides]
+    return ([config] if config else []), overrides
+
+
+def cmd_distill(args) -> int:
+    from ekd.config import load_config
+    from ekd.train.trainer import train
+
+    paths, overrides = _split_config_and_overrides(args.config, args.overrides)
+    cfg = load_config(paths, overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)")
+    _print_eval(result.eval)
+    return 0
+
+
+def _print_eval(results: dict[str, dict[str, float]]) -> None:
+    from ekd.eval import results_table
+
+    rows = [{"set": name, **m} for name, m in results.items()]
+    cols = [("set", "eval set", "{}"), ("ppl", "ppl", "{:.2f}"), ("acc", "acc", "{:.3f}"), ("ece", "ECE %", "{:.2f}"), ("kl", "KL(t‖s)", "{:.3f}"), ("agree", "top-1 agree", "{:.3f}")]
+    print(results_table(rows, cols))
+
+
+def cmd_eval(args) -> int:
+    from ekd.train.evaluation import evaluate_saved_run
+
+    results = evaluate_saved_run(Path(args.run_dir), args.overrides)
+    _print_eval(results)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from ekd.losses.divergences import divergences
+    from ekd.methods import presets
+    from ekd.models.presets import architectures
+
+    tables = {"divergences": divergences, "presets": presets, "architectures": architectures}
+    try:
+        from ekd.selection.policies import policies
+        from ekd.selection.scores import scorers
+        from ekd.temperature import temperatures
+
+        tables.update({"scorers": scorers, "policies": policies, "temperatures": temperatures})
+    except ImportError:  # pragma: no cover
+        pass
+    if args.what != "all" and args.what not in tables:
+        raise EkdError(f"ekd list: unknown table '{args.what}' (choose from {', '.join(tables)})")
+    for name, reg in tables.items():
+        if args.what not in ("all", name):
+            continue
+        print(f"{name}:")
+        for item in reg.names():
+            extra = f"  [{reg.get(item).paper}]" if name == "presets" else ""
+            print(f"  {item:<32} {reg.describe(item)}{extra}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from ekd.config import explain, load_config
+
+    if args.explain:
+        print(explain())
+        return 0
+    paths, overrides = _split_config_and_overrides(args.config, args.overrides)
+    print(load_config(paths, overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from ekd.teacher.cache_cli import run_cache_command
+
+    return run_cache_command(args)
+
+
+def cmd_demo(args) -> int:
+    from ekd.demo import run_demo
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    run_demo(Path(args.out), quick=args.quick, methods=methods, steps=args.steps or None, fresh=args.fresh)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "distill": cmd_distill, "cache": cmd_cache, "eval": cmd_eval, "list": cmd_list, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except EkdError as e:
+        if args.debug:
+            raise
+        print(f"ekd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ekd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

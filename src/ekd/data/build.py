@@ -1,0 +1,128 @@
+"""From a config to named document splits, and from splits to packed blocks.
+
+``load_splits`` returns ``train``, the in-distribution ``eval`` set and every extra eval set:
+
+- ``data.source=pystdlib``: the builtin splits (``train``, ``eval`` held out by module, ``shift_tests``,
+  ``shift_docstrings``), see :mod:`ekd.data.pystdlib`; ``data.eval_fraction`` is the held-out fraction of
+  modules.
+- any other source: ``eval`` is the documents whose content hash falls below ``data.eval_fraction``
+  (identical documents land on the same side; at least one is held out when the fraction is > 0 and
+  there are two or more documents), ``train`` the rest.
+- each ``data.eval_sources`` entry ``name: source`` adds a set ``name`` (format detected from the source).
+
+Splits that come out empty are dropped (``eval`` with ``data.eval_fraction=0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ekd.config import Config, ConfigError, DataConfig
+from ekd.data.documents import Document, filter_documents, load_documents
+from ekd.data.packing import PackedBlocks, pack_documents
+from ekd.data.pystdlib import pystdlib_splits
+from ekd.data.split import held_out_keys
+
+logger = logging.getLogger(__name__)
+
+
+def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Document]]:
+    """Load the documents of every split named by the config.
+
+    Args:
+        cfg: The run config (its ``data`` section is used).
+        max_chars: Cap on the total characters of each split (``None`` = no cap); documents are kept in
+            order while they fit. ``pystdlib`` applies it before reading files.
+
+    Returns:
+        Split name → documents; ``train`` first, then ``eval``, then the other sets.
+
+    Raises:
+        ConfigError: Any source error (see :func:`ekd.data.documents.load_documents`), or an eval set name
+            that collides with a built-in split.
+    """
+    data = cfg.data
+    if data.source == "pystdlib":
+        splits = {
+            name: _filter_optional(docs, data, name) if name != "train" else filter_documents(docs, data, "pystdlib", "data.source")
+            for name, docs in pystdlib_splits(max_chars=max_chars, eval_fraction=data.eval_fraction).items()
+        }
+    else:
+        docs = load_documents(data.source, data)
+        held = held_out_keys((_content_key(d) for d in docs), data.eval_fraction)
+        splits = {
+            "train": cap_chars([d for d in docs if _content_key(d) not in held], max_chars),
+            "eval": cap_chars([d for d in docs if _content_key(d) in held], max_chars),
+        }
+    for name, source in data.eval_sources.items():
+        if name in splits or name == "eval":
+            raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
+        splits[name] = cap_chars(load_documents(source, data, format="auto", key=f"data.eval_sources.{name}"), max_chars)
+    for name in [n for n, d in splits.items() if not d]:
+        logger.info("eval set '%s' is empty; skipping it", name)
+        del splits[name]
+    return splits
+
+
+def pack_splits(
+    splits: dict[str, list[Document]],
+    tokenizer: PreTrainedTokenizerBase,
+    block_length: int,
+    max_eval_blocks: int = 0,
+) -> dict[str, PackedBlocks]:
+    """Pack every split; eval sets are capped at ``max_eval_blocks`` evenly spaced blocks.
+
+    Args:
+        splits: Output of :func:`load_splits`.
+        tokenizer: The shared tokenizer.
+        block_length: T (``data.block_length``).
+        max_eval_blocks: Blocks kept per eval set (0 = all). Kept blocks are spread evenly over the set
+            and renumbered ``0..k-1``.
+
+    Returns:
+        Split name → PackedBlocks. ``train`` must fill at least one full block; an eval set shorter than
+        one block becomes one padded block.
+    """
+    packed: dict[str, PackedBlocks] = {}
+    for name, docs in splits.items():
+        is_train = name == "train"
+        blocks = pack_documents(docs, tokenizer, block_length, allow_partial_block=not is_train)
+        if not is_train and 0 < max_eval_blocks < len(blocks):
+            keep = torch.linspace(0, len(blocks) - 1, max_eval_blocks).round().long()  # (k,) evenly spaced
+            blocks = blocks.select(keep)
+        packed[name] = blocks
+    return packed
+
+
+def cap_chars(docs: Sequence[Document], max_chars: int | None) -> list[Document]:
+    """The leading documents whose ``full_text`` fits under ``max_chars`` in total (``None`` = all).
+
+    The first document is always kept, so a non-empty set stays non-empty.
+    """
+    if max_chars is None:
+        return list(docs)
+    kept: list[Document] = []
+    total = 0
+    for doc in docs:
+        total += len(doc.full_text)
+        if total > max_chars and kept:
+            break
+        kept.append(doc)
+    return kept
+
+
+def _content_key(doc: Document) -> str:
+    return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
+
+
+def _filter_optional(docs: list[Document], data: DataConfig, name: str) -> list[Document]:
+    """``data.min_chars``/``data.max_documents`` on a builtin eval set, which may end empty (then dropped)."""
+    try:
+        return filter_documents(docs, data, f"pystdlib:{name}", "data.source")
+    except ConfigError:
+        return []

@@ -1,0 +1,298 @@
+"""Documents and the sources they come from: text files, directories/globs, JSONL, Parquet, HF datasets.
+
+A :class:`Document` is the unit of data before tokenization. ``load_documents(source, data_cfg)`` reads
+one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``data.max_documents``:
+
+- ``pystdlib`` / ``pystdlib:<split>``: the builtin corpus (see :mod:`ekd.data.pystdlib`); the bare name is
+  its ``train`` split.
+- ``hf:<name or local path>``: a Hugging Face dataset, via ``load_from_disk`` when the path is a directory
+  written by ``Dataset.save_to_disk``, else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``.
+- a ``.jsonl`` / ``.parquet`` file: one document per row, from ``data.text_field`` or from the
+  ``data.prompt_field`` / ``data.response_field`` pair (the prompt gets no loss).
+- a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
+  without such a separator is one document. Single blank lines (paragraphs) never split a document.
+- a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
+  in sorted path order; files that are not UTF-8 are skipped with a warning.
+
+Every failure is raised as :class:`ekd.config.ConfigError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ekd.config import ConfigError, DataConfig
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n\s*")  # two or more blank lines
+
+
+@dataclass(frozen=True)
+class Document:
+    """One training or eval document.
+
+    Attributes:
+        text: The text that gets loss. For plain documents the whole document; for prompt/response rows
+            the response.
+        doc_id: Stable identifier relative to its source: a file's relative path (``a/b.txt``), a chunk of
+            a file (``notes.txt#3``), a row (``data.jsonl:12`` with the 1-based line, ``data.parquet:0``
+            with the 0-based row), or ``module/path.py::Class.method`` for docstrings.
+        prompt: Text before ``text`` whose tokens get no loss (empty for plain documents). The full
+            document the model reads is ``prompt + text``.
+    """
+
+    text: str
+    doc_id: str = ""
+    prompt: str = ""
+
+    @property
+    def full_text(self) -> str:
+        """``prompt + text``: what the model reads."""
+        return self.prompt + self.text
+
+
+def load_documents(
+    source: str,
+    data_cfg: DataConfig,
+    format: str | None = None,
+    key: str = "data.source",
+) -> list[Document]:
+    """Read the documents of one source and apply ``data.min_chars`` and ``data.max_documents``.
+
+    Args:
+        source: ``pystdlib[:<split>]``, ``hf:<name or path>``, a file, a directory or a glob.
+        data_cfg: Supplies the field names, HF name/split and the filters.
+        format: 'auto', 'text', 'jsonl', 'parquet' or 'hf'; ``None`` uses ``data_cfg.format``.
+        key: Dotted config key named in error messages (e.g. ``data.eval_sources.shift``).
+
+    Returns:
+        The documents in source order; never empty.
+
+    Raises:
+        ConfigError: Missing path, unknown format, bad JSON or missing field (with the line/row), or no
+            documents left after filtering.
+    """
+    fmt = data_cfg.format if format is None else format
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    docs = filter_documents(_read_source(source, fmt, data_cfg, key), data_cfg, source, key)
+    logger.info("%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs))
+    return docs
+
+
+def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str, key: str) -> list[Document]:
+    """Drop documents whose ``text`` is shorter than ``data.min_chars``; keep the first ``data.max_documents``.
+
+    Raises:
+        ConfigError: When no document is left.
+    """
+    kept: list[Document] = []
+    for doc in docs:
+        if len(doc.text) < data_cfg.min_chars:
+            continue
+        kept.append(doc)
+        if 0 < data_cfg.max_documents <= len(kept):
+            break
+    if not kept:
+        raise ConfigError(
+            f"{key} {source}: no documents left after filtering (min_chars={data_cfg.min_chars}); "
+            "lower data.min_chars or check the source and its fields"
+        )
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dispatch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+    if source == "pystdlib" or source.startswith("pystdlib:"):
+        from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
+
+        split = source.partition(":")[2] or "train"
+        if split not in PYSTDLIB_SPLITS:
+            raise ConfigError(f"{key}: pystdlib has no split '{split}'; use one of {', '.join(PYSTDLIB_SPLITS)}")
+        splits = pystdlib_splits(eval_fraction=data_cfg.eval_fraction, names=[split])
+        return iter(splits.get(split, []))
+    if fmt == "hf" or source.startswith("hf:"):
+        return _read_hf(source.removeprefix("hf:"), data_cfg, key)
+    path = Path(source)
+    if path.is_dir():
+        if fmt not in ("auto", "text"):
+            raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
+        return _read_text_files(sorted(p for p in path.rglob("*") if _visible_file(p, path)), path, key, source)
+    if not path.exists():
+        if glob.has_magic(source):
+            files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            if not files:
+                raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
+            return _read_text_files(files, None, key, source)
+        raise ConfigError(f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')")
+    if fmt == "auto":
+        fmt = _format_from_suffix(path, key)
+    if fmt == "text":
+        return _read_text_file(path, key)
+    if fmt == "jsonl":
+        return _read_jsonl(path, data_cfg, key)
+    return _read_parquet(path, data_cfg, key)
+
+
+def _format_from_suffix(path: Path, key: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    raise ConfigError(
+        f"{key}: cannot tell the format of {path} from its extension '{suffix}'; "
+        "set data.format to text, jsonl or parquet"
+    )
+
+
+def _visible_file(path: Path, root: Path) -> bool:
+    return path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _read_text_file(path: Path, key: str) -> Iterator[Document]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text; convert it or set data.format") from None
+    for i, chunk in enumerate(DOCUMENT_SEPARATOR.split(text)):
+        if chunk.strip():
+            yield Document(text=chunk.strip("\n"), doc_id=f"{path.name}#{i}")
+
+
+def _read_text_files(files: list[Path], root: Path | None, key: str, source: str) -> Iterator[Document]:
+    skipped = 0
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            skipped += 1
+            continue
+        doc_id = path.relative_to(root).as_posix() if root is not None else path.as_posix()
+        yield Document(text=text, doc_id=doc_id)
+    if skipped:
+        logger.warning("%s=%s: skipped %d files that are not UTF-8 text", key, source, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rows: JSONL, Parquet, HF datasets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fields(data_cfg: DataConfig) -> list[str]:
+    if data_cfg.prompt_field or data_cfg.response_field:
+        if not (data_cfg.prompt_field and data_cfg.response_field):
+            raise ConfigError("data.prompt_field and data.response_field must be set together")
+        return [data_cfg.prompt_field, data_cfg.response_field]
+    return [data_cfg.text_field]
+
+
+def _field_key(data_cfg: DataConfig, field_name: str) -> str:
+    if field_name == data_cfg.prompt_field:
+        return "data.prompt_field"
+    if field_name == data_cfg.response_field:
+        return "data.response_field"
+    return "data.text_field"
+
+
+def _row_document(values: list[Any], fields: list[str], where: str, doc_id: str, data_cfg: DataConfig) -> Document:
+    for name, value in zip(fields, values):
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise ConfigError(f"{where}: field '{name}' must be a string, got {got}; fix the row or {_field_key(data_cfg, name)}")
+    if len(fields) == 2:
+        return Document(text=values[1], doc_id=doc_id, prompt=values[0])
+    return Document(text=values[0], doc_id=doc_id)
+
+
+def _read_jsonl(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+    fields = _fields(data_cfg)
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{key} {path} line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for name in fields:
+                if name not in row:
+                    raise ConfigError(
+                        f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); "
+                        f"set {_field_key(data_cfg, name)}"
+                    )
+            yield _row_document([row[n] for n in fields], fields, where, f"{path.name}:{line_no}", data_cfg)
+
+
+def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: DataConfig, key: str) -> None:
+    for name in fields:
+        if name not in columns:
+            raise ConfigError(
+                f"{key} {what}: no column '{name}' (columns: {', '.join(columns)}); set {_field_key(data_cfg, name)}"
+            )
+
+
+def _read_parquet(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    fields = _fields(data_cfg)
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise ConfigError(f"{key}: {path} is not a readable Parquet file ({e}); check the file or data.format") from None
+    _check_columns(parquet.schema_arrow.names, fields, str(path), data_cfg, key)
+    row = 0
+    for batch in parquet.iter_batches(columns=fields, batch_size=4096):
+        columns = [batch.column(n).to_pylist() for n in fields]
+        for values in zip(*columns):
+            yield _row_document(list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg)
+            row += 1
+
+
+def _read_hf(name: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+    import datasets
+
+    fields = _fields(data_cfg)
+    path = Path(name)
+    try:
+        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+            ds: Any = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(name, data_cfg.hf_name or None, split=data_cfg.hf_split)
+    except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if data_cfg.hf_split not in ds:
+            raise ConfigError(f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})")
+        ds = ds[data_cfg.hf_split]
+    _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
+    columns = [list(ds[n]) for n in fields]
+    for row, values in enumerate(zip(*columns)):
+        yield _row_document(list(values), fields, f"{key} hf:{name} row {row}", f"{path.name or name}:{row}", data_cfg)

@@ -1,0 +1,140 @@
+"""Batches from packed blocks: an endless, resumable training loader and an ordered eval iterator.
+
+The training order of epoch ``e`` is a permutation drawn from a ``torch.Generator`` seeded from
+``(seed, e)`` alone, so it never depends on how many batches were drawn before. The loader's state is
+two integers, ``{"epoch", "position"}``; a loader restored from it yields exactly the batches the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ekd.config import ConfigError
+from ekd.data.collate import Batch, collate
+from ekd.data.packing import PackedBlocks
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed that depends only on ``(seed, epoch)``."""
+    digest = hashlib.sha256(f"ekd-loader:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+class BlockLoader:
+    """Endless iterator of training Batches over (a subset of) packed blocks.
+
+    Args:
+        blocks: The packed training set.
+        batch_size: Rows per batch (B).
+        seed: Seed of the per-epoch permutation (``run.seed``).
+        shuffle: Permute each epoch; False = ascending order every epoch.
+        drop_last: Skip an epoch's last incomplete batch (keeps every batch B rows); with False the
+            last batch of an epoch is smaller.
+        indices: Restrict to these block indices (sample selection); default all blocks. Their order
+            does not matter: they are sorted.
+
+    Raises:
+        ConfigError: No blocks, or ``drop_last`` with fewer blocks than ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        blocks: PackedBlocks,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        indices: torch.Tensor | Sequence[int] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size must be ≥ 1, got {batch_size}")
+        if indices is None:
+            pool = torch.arange(len(blocks), dtype=torch.long)
+        else:
+            pool = torch.as_tensor(indices, dtype=torch.long).unique(sorted=True)
+            if pool.numel() and (pool.min() < 0 or pool.max() >= len(blocks)):
+                raise ValueError(f"indices must lie in [0, {len(blocks)}), got min {int(pool.min())} max {int(pool.max())}")
+        if pool.numel() == 0:
+            raise ConfigError("no training blocks to load; add data or lower data.block_length")
+        if drop_last and pool.numel() < batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size={batch_size} is larger than the {pool.numel()} training blocks; "
+                "lower it, lower data.block_length or add data"
+            )
+        self.blocks = blocks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.indices = pool  # (n,) sorted block indices this loader draws from
+        self.epoch = 0
+        self.position = 0  # rows of the current epoch's order already yielded
+        self._order: torch.Tensor | None = None
+        self._order_epoch = -1
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = self.indices.numel()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> BlockLoader:
+        """A fresh loader (epoch 0) with the same settings over only ``indices`` (block indices)."""
+        return BlockLoader(self.blocks, self.batch_size, self.seed, self.shuffle, self.drop_last, indices)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """(n,) block indices in the order of ``epoch``."""
+        if not self.shuffle:
+            return self.indices
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        return self.indices[torch.randperm(self.indices.numel(), generator=generator)]
+
+    def next_batch(self) -> Batch:
+        """The next Batch, moving to the next epoch when the current one is used up."""
+        n = self.indices.numel()
+        remaining = n - self.position
+        if remaining <= 0 or (self.drop_last and remaining < self.batch_size):
+            self.epoch += 1
+            self.position = 0
+        if self._order_epoch != self.epoch:
+            self._order = self.epoch_order(self.epoch)
+            self._order_epoch = self.epoch
+        assert self._order is not None
+        rows = self._order[self.position : self.position + self.batch_size]  # (B,)
+        self.position += rows.numel()
+        return collate(self.blocks, rows)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": int, "position": int}``: enough to resume exactly (with the same blocks and seed)."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        missing = {"epoch", "position"} - set(state)
+        if missing:
+            raise ValueError(f"loader state is missing {sorted(missing)}")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= self.indices.numel():
+            raise ValueError(f"loader state out of range for {self.indices.numel()} blocks: {state}")
+        self.epoch, self.position = epoch, position
+
+
+def iter_eval(blocks: PackedBlocks, batch_size: int, max_blocks: int | None = None) -> Iterator[Batch]:
+    """Batches over the blocks in order, without shuffling; the last batch may be smaller.
+
+    Args:
+        blocks: An eval set.
+        batch_size: Rows per batch.
+        max_blocks: Only the first this many blocks (``None`` or 0 = all).
+    """
+    n = len(blocks) if not max_blocks else min(max_blocks, len(blocks))
+    for start in range(0, n, batch_size):
+        yield collate(blocks, torch.arange(start, min(start + batch_size, n)))

@@ -1,0 +1,158 @@
+"""Tokenize documents and pack them into fixed-length blocks with a per-token target mask.
+
+Stream layout: every document contributes ``prompt tokens · text tokens · EOS``, and the documents are
+concatenated in order. ``target_mask[j]`` says whether token ``j`` may be predicted from the tokens before
+it: False for prompt tokens and for the first token of every document (it must not be predicted from
+the previous document); True for the other text tokens and for the EOS that ends the document (ending
+is part of the document). The stream is cut into non-overlapping blocks of T tokens; the ragged tail is
+dropped, unless it is the only block, in which case it is padded with EOS and the padding is masked
+out. The shift into labels happens once, later, in :func:`ekd.data.collate.collate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ekd.config import ConfigError
+from ekd.data.documents import Document
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedBlocks:
+    """A packed token set.
+
+    Attributes:
+        input_ids: (N, T) long token ids.
+        target_mask: (N, T) bool; True where the token may be a target (predicted from the previous
+            position of the same document).
+        sample_ids: (N,) long; the block's index in this set (``arange(N)``), stable for a given set and
+            used to address per-sample state such as teacher-cache rows.
+    """
+
+    input_ids: torch.Tensor
+    target_mask: torch.Tensor
+    sample_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def block_length(self) -> int:
+        """T, tokens per block."""
+        return int(self.input_ids.shape[1])
+
+    @property
+    def num_targets(self) -> int:
+        """Number of positions that carry a label after the shift (targets not in column 0)."""
+        return int(self.target_mask[:, 1:].sum())
+
+    def fingerprint(self) -> str:
+        """sha256 hex of the shape, ``input_ids`` and ``target_mask``; equal sets give equal fingerprints."""
+        h = hashlib.sha256()
+        h.update(repr(tuple(self.input_ids.shape)).encode())
+        h.update(self.input_ids.to(torch.int64).contiguous().numpy().tobytes())
+        h.update(self.target_mask.to(torch.uint8).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def select(self, indices: torch.Tensor | Sequence[int]) -> PackedBlocks:
+        """The blocks at ``indices`` as a new set, renumbered so that ``sample_ids == arange(len(indices))``."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return PackedBlocks(
+            input_ids=self.input_ids[idx],
+            target_mask=self.target_mask[idx],
+            sample_ids=torch.arange(idx.numel(), dtype=torch.long),
+        )
+
+
+def pack_documents(
+    docs: Sequence[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    block_length: int,
+    eos_id: int | None = None,
+    allow_partial_block: bool = True,
+) -> PackedBlocks:
+    """Tokenize documents (batched, no special tokens added) and pack them into blocks.
+
+    Args:
+        docs: Documents in order; ``doc.prompt`` and ``doc.text`` are tokenized separately so the loss
+            boundary falls exactly between them.
+        tokenizer: Any Hugging Face tokenizer.
+        block_length: T, tokens per block (≥ 2).
+        eos_id: Separator/padding id; default ``tokenizer.eos_token_id``.
+        allow_partial_block: When the whole stream is shorter than T, return it as one EOS-padded block
+            (eval sets). When False, that is an error (training needs at least one full block).
+
+    Returns:
+        PackedBlocks with ``input_ids`` (N, T), ``target_mask`` (N, T), ``sample_ids`` (N,).
+
+    Raises:
+        ConfigError: ``block_length < 2``; no tokens; fewer than T tokens with ``allow_partial_block=False``;
+            no EOS id.
+    """
+    if block_length < 2:
+        raise ConfigError(f"data.block_length must be ≥ 2 (a block needs an input and a target), got {block_length}")
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
+    ids, mask = _token_stream(docs, tokenizer, eos_id)  # (S,), (S,)
+    total = ids.numel()
+    n_blocks = total // block_length
+    if n_blocks == 0 and (total == 0 or not allow_partial_block):
+        raise ConfigError(
+            f"data: {total} tokens is fewer than one block of data.block_length={block_length}; lower it or add data"
+        )
+    if n_blocks == 0:
+        pad = block_length - total
+        ids = torch.cat([ids, torch.full((pad,), eos_id, dtype=torch.long)])
+        mask = torch.cat([mask, torch.zeros(pad, dtype=torch.bool)])
+        n_blocks = 1
+        logger.info("packed %d tokens into one block padded with %d EOS tokens", total, pad)
+    elif total % block_length:
+        logger.debug("dropped a ragged tail of %d tokens", total % block_length)
+    keep = n_blocks * block_length
+    blocks = PackedBlocks(
+        input_ids=ids[:keep].view(n_blocks, block_length),  # (N, T)
+        target_mask=mask[:keep].view(n_blocks, block_length),  # (N, T)
+        sample_ids=torch.arange(n_blocks, dtype=torch.long),  # (N,)
+    )
+    logger.info(
+        "packed %d documents, %d tokens into %d blocks of %d (%d targets)",
+        len(docs), total, n_blocks, block_length, blocks.num_targets,
+    )
+    return blocks
+
+
+def _token_stream(
+    docs: Sequence[Document], tokenizer: PreTrainedTokenizerBase, eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated ``prompt · text · EOS`` ids of all documents and their target mask, both (S,)."""
+    texts = _encode([d.text for d in docs], tokenizer)
+    prompt_rows = [i for i, d in enumerate(docs) if d.prompt]
+    prompts: list[list[int]] = [[] for _ in docs]
+    for i, encoded in zip(prompt_rows, _encode([docs[i].prompt for i in prompt_rows], tokenizer)):
+        prompts[i] = encoded
+    ids: list[int] = []
+    mask: list[bool] = []
+    for prompt, text in zip(prompts, texts):
+        doc_mask = [False] * len(prompt) + [True] * (len(text) + 1)
+        doc_mask[0] = False  # the first token of a document is never predicted from the previous one
+        ids.extend(prompt)
+        ids.extend(text)
+        ids.append(eos_id)
+        mask.extend(doc_mask)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+def _encode(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]

@@ -1,0 +1,228 @@
+"""The embedded default run (``ekd demo`` / ``make demo``): no network, tiny models, the builtin corpus.
+
+    ekd demo [--quick] [--methods ce,kd,sekd] [--out runs/demo]
+
+1. ``pystdlib``: the Python standard library source of this interpreter, split by module into train and a
+   held-out in-distribution eval set; shifted eval sets are the interpreter's test suite and the English
+   docstrings of the held-out modules.
+2. A byte-level BPE tokenizer is trained on the train split (cached in ``<out>/tokenizer``).
+3. A small teacher (``preset:llama-small``) is pre-trained with CE (cached in ``<out>/teacher`` and reused
+   while the demo settings are unchanged).
+4. Students (``preset:llama-tiny``) are distilled with each method at equal budget (same data, steps,
+   learning rate), evaluated, and compared in a table; ``<out>/report.md`` and ``<out>/plots/`` are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ekd.config import Config, load_config
+from ekd.train.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# default comparison; every other registered preset is available with --methods
+DEFAULT_METHODS = ["ce", "kd", "rkl", "jsd"]
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    max_chars: int  # characters of stdlib source read for training
+    bpe_vocab: int
+    block_length: int
+    teacher_steps: int
+    student_steps: int
+    micro_batch: int
+    max_eval_blocks: int
+
+
+FULL = DemoBudget(max_chars=3_000_000, bpe_vocab=2048, block_length=128, teacher_steps=500, student_steps=220, micro_batch=16, max_eval_blocks=48)
+QUICK = DemoBudget(max_chars=800_000, bpe_vocab=1024, block_length=96, teacher_steps=200, student_steps=90, micro_batch=12, max_eval_blocks=16)
+
+
+def base_overrides(out: Path, b: DemoBudget) -> list[str]:
+    """The demo config, shared by teacher pre-training and every student (equal budget)."""
+    return [
+        "data.source=pystdlib",
+        f"data.max_chars={b.max_chars}",
+        f"data.block_length={b.block_length}",
+        f"data.max_eval_blocks={b.max_eval_blocks}",
+        f"model.bpe_vocab_size={b.bpe_vocab}",
+        f"train.micro_batch_size={b.micro_batch}",
+        "train.lr=3e-3",
+        "train.warmup_steps=10",
+        "train.max_grad_norm=1.0",
+        "eval.batch_size=16",
+        "log.progress=false",
+        "log.tensorboard=false",
+        f"run.output_dir={out / 'runs'}",
+    ]
+
+
+def _signature(b: DemoBudget) -> str:
+    import sys
+
+    return hashlib.sha256(json.dumps([b.__dict__, sys.version, "v1"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
+    """Train the tokenizer and the demo teacher once; reuse them while the budget is unchanged."""
+    from ekd.train.trainer import train
+
+    teacher_dir = out / "teacher"
+    stamp = teacher_dir / "ekd_demo.json"
+    sig = _signature(b)
+    if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("signature") == sig:
+        print(f"teacher: reusing {teacher_dir}")
+        return teacher_dir
+    t0 = time.perf_counter()
+    cfg = load_config(
+        overrides=base_overrides(out, b)
+        + [
+            "run.name=teacher-pretrain",
+            "method=ce",
+            "model.student=preset:llama-small",
+            "model.tokenizer=train_bpe",
+            f"train.max_steps={b.teacher_steps}",
+            "train.lr=3e-3",
+            "eval.teacher=false",
+            "eval.plots=false",
+        ]
+    )
+    result = train(cfg, overwrite=True)
+    if teacher_dir.exists():
+        shutil.rmtree(teacher_dir)
+    shutil.copytree(result.run_dir / "student", teacher_dir)
+    shutil.copytree(result.run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    ev = result.eval.get("eval", {})
+    atomic_write_text(stamp, json.dumps({"signature": sig, "eval": result.eval}, indent=2))
+    print(f"teacher: pre-trained {b.teacher_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ev.get('ppl', float('nan')):.2f})")
+    return teacher_dir
+
+
+def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
+    return load_config(
+        overrides=base_overrides(out, b)
+        + [
+            f"run.name={method}",
+            f"method={method}",
+            "model.student=preset:llama-tiny",
+            f"model.teacher={out / 'teacher'}",
+            f"model.tokenizer={out / 'teacher'}",
+            f"train.max_steps={steps}",
+        ]
+    )
+
+
+def run_demo(out: Path, quick: bool = False, methods: list[str] | None = None, steps: int | None = None, fresh: bool = False) -> list[dict]:
+    """Pre-train (or reuse) the teacher, distill one student per method, print and write the comparison."""
+    from ekd.methods import presets
+    from ekd.train.prepare import prepare_data
+    from ekd.train.trainer import train
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    b = QUICK if quick else FULL
+    methods = methods or DEFAULT_METHODS
+    for m in methods:
+        if m not in presets:
+            from ekd.config import ConfigError
+
+            raise ConfigError(f"ekd demo --methods: {presets.unknown_message(m)}")
+    out.mkdir(parents=True, exist_ok=True)
+    pretrain_teacher(out, b, fresh)
+    steps = steps or b.student_steps
+    rows: list[dict] = []
+    data = None
+    for method in methods:
+        cfg = student_config(out, b, method, steps)
+        if data is None:
+            data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
+        print(f"distilling: {method} ({steps} steps)")
+        result = train(cfg, overwrite=True, data=data)
+        rows.append(_row(method, result))
+    teacher_row = _teacher_row(rows)
+    table = comparison_table(rows, teacher_row)
+    print()
+    print(table)
+    write_demo_report(out, b, rows, teacher_row, table, time.perf_counter() - t0)
+    print(f"\nreport: {out / 'report.md'}   total wall time {time.perf_counter() - t0:.0f}s")
+    return rows
+
+
+def _row(method: str, result) -> dict:
+    ev = result.eval
+    row = {"method": method, "wall_s": result.wall_time, "kd_pct": 100.0 * result.kd_fraction}
+    for name, metrics in ev.items():
+        if name.endswith("/teacher"):
+            continue
+        for k in ("ppl", "acc", "ece", "kl", "agree"):
+            if k in metrics:
+                row[f"{name}/{k}"] = metrics[k]
+    row["_teacher"] = {name[: -len("/teacher")]: m for name, m in ev.items() if name.endswith("/teacher")}
+    return row
+
+
+def _teacher_row(rows: list[dict]) -> dict:
+    for r in rows:
+        if r["_teacher"]:
+            t = {"method": "(teacher)"}
+            for name, m in r["_teacher"].items():
+                for k in ("ppl", "acc", "ece"):
+                    t[f"{name}/{k}"] = m[k]
+            return t
+    return {}
+
+
+def comparison_table(rows: list[dict], teacher_row: dict) -> str:
+    from ekd.eval import results_table
+
+    shifted = sorted({k.split("/")[0] for r in rows for k in r if k.startswith("shift_")})
+    cols = [
+        ("method", "method", "{}"),
+        ("eval/ppl", "ID ppl", "{:.2f}"),
+        *[(f"{s}/ppl", f"{s} ppl", "{:.2f}") for s in shifted],
+        ("eval/acc", "ID acc", "{:.3f}"),
+        ("eval/ece", "ID ECE %", "{:.2f}"),
+        ("eval/kl", "KL(t‖s)", "{:.3f}"),
+        ("eval/agree", "top-1 agree", "{:.3f}"),
+        ("kd_pct", "KD pos %", "{:.1f}"),
+        ("wall_s", "wall s", "{:.0f}"),
+    ]
+    return results_table(rows + ([teacher_row] if teacher_row else []), cols)
+
+
+def write_demo_report(out: Path, b: DemoBudget, rows: list[dict], teacher_row: dict, table: str, wall: float) -> None:
+    from ekd.eval import plot_metric_bars, write_report
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_rows = [{"method": r["method"], **{k: v for k, v in r.items() if not k.startswith("_")}} for r in rows]
+    for metric in ("eval/kl", "eval/ppl", "eval/ece"):
+        if any(metric in r for r in plot_rows):
+            plot_metric_bars(plot_rows, metric, plots / f"{metric.replace('/', '_')}.png")
+    for r in rows:  # copy each student's reliability diagram next to the report
+        src = out / "runs" / r["method"] / "plots" / "reliability-eval.png"
+        if src.is_file():
+            shutil.copy(src, plots / f"reliability-{r['method']}.png")
+    ce = next((r for r in rows if r["method"] == "ce"), None)
+    notes = []
+    if ce is not None and "eval/kl" in ce:
+        better = [r["method"] for r in rows if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
+        notes.append(f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}.")
+    setup = (
+        f"Budget: {b.student_steps} steps × {b.micro_batch} blocks × {b.block_length} tokens per student, "
+        f"teacher pre-trained {b.teacher_steps} steps; BPE vocabulary {b.bpe_vocab}; "
+        f"train text ≤ {b.max_chars:,} characters of the standard library. Total wall time {wall:.0f}s."
+    )
+    figures = "\n".join(f"![{p.stem}](plots/{p.name})" for p in sorted(plots.glob("*.png")))
+    write_report(out, "ekd demo", [("Setup", setup), ("Results", table + "\n\n" + "\n".join(notes)), ("Plots", figures)])
+    atomic_write_text(out / "results.json", json.dumps([{k: v for k, v in r.items() if k != "_teacher"} for r in rows] + [teacher_row], indent=2))

@@ -1,0 +1,18 @@
+"""User-facing errors: one clear line naming the problem and the fix. The CLI prints them without a
+traceback (unless ``--debug``) and exits non-zero."""
+
+
+class EkdError(Exception):
+    """Base class of every error caused by input (config, data, models, caches, checkpoints)."""
+
+
+class ModelError(EkdError):
+    """A model or tokenizer cannot be used as configured."""
+
+
+class RunDirError(EkdError):
+    """The run directory holds something we must not overwrite."""
+
+
+class NonFiniteLossError(EkdError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""

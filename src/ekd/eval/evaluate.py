@@ -1,0 +1,200 @@
+"""Evaluate a student (and its agreement with a teacher) on batches of tokens, without (B, T, V) logits.
+
+Each model runs its body once per batch (final hidden states, post final norm); the output head is applied
+only at the valid rows (label ≠ −100), ``chunk_rows`` rows at a time, and every chunk goes straight into
+``StreamingMetrics``. Peak memory is O(chunk_rows · V) per model, not O(B · T · V).
+
+    metrics, bins = evaluate(student, batches, teacher, vocab_size=len(tokenizer))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
+from ekd.losses.targets import Head
+
+log = logging.getLogger(__name__)
+
+
+class EvalBatch(Protocol):
+    """What ``evaluate`` reads from a batch (``ekd.data.collate.Batch`` has these fields)."""
+
+    input_ids: Tensor  # (B, T)
+    labels: Tensor  # (B, T), already shifted, −100 = ignored
+    attention_mask: Tensor  # (B, T)
+
+    def to(self, device: Any) -> EvalBatch: ...
+
+
+def model_body(model: nn.Module) -> nn.Module:
+    """The transformer body of a Hugging Face causal LM (``model.model`` for Llama/Qwen)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    body = getattr(model, prefix, None) if prefix else None
+    if body is None:
+        raise TypeError(
+            f"{type(model).__name__} has no body at base_model_prefix={prefix!r}: "
+            "evaluate() needs a Hugging Face causal LM"
+        )
+    return body
+
+
+def output_head(model: nn.Module, vocab_size: int) -> Head:
+    """The model's output head restricted to the first ``vocab_size`` rows (padded rows sliced off)."""
+    linear = model.get_output_embeddings()
+    if linear is None or not hasattr(linear, "weight"):
+        raise TypeError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
+    rows = linear.weight.shape[0]
+    if rows < vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
+    bias = getattr(linear, "bias", None)
+    return Head(linear.weight[:vocab_size], None if bias is None else bias[:vocab_size])  # (V, D), (V,)
+
+
+def _softcap(model: nn.Module) -> float | None:
+    """Gemma-2-style final logit soft-capping: the body+head path must apply it as ``forward`` does."""
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def _final_hidden(model: nn.Module, batch: EvalBatch) -> Tensor:
+    """(B, T, D) final hidden states (post final norm) of the model body."""
+    out = model_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def _logits(head: Head, hidden: Tensor, cap: float | None) -> Tensor:
+    logits = head(hidden)  # (m, V)
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Put models in eval mode, restoring each one's previous mode afterwards (evaluation during training)."""
+    present = [m for m in models if m is not None]
+    was_training = [m.training for m in present]
+    try:
+        for m in present:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(present, was_training):
+            m.train(mode)
+
+
+def evaluate(
+    student: nn.Module,
+    batches: Iterable[EvalBatch],
+    teacher: nn.Module | None = None,
+    *,
+    vocab_size: int,
+    ece_bins: int = 15,
+    entropy_buckets: int = 4,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    chunk_rows: int = 1024,
+    progress: bool = False,
+) -> tuple[dict[str, float], list[tuple[float, float, int, float, float]]]:
+    """Streaming evaluation of ``student`` (and KL/agreement to ``teacher``) over valid tokens.
+
+    Args:
+        student: Hugging Face causal LM, already on ``device``.
+        batches: batches with ``input_ids`` (B, T), shifted ``labels`` (B, T) (−100 ignored),
+            ``attention_mask`` (B, T) and ``.to(device)``.
+        teacher: optional Hugging Face causal LM sharing the tokenizer, already on ``device``.
+        vocab_size: V, the tokenizer length; heads with more (padded) rows are sliced to V.
+        ece_bins: equal-width ECE bins (lo, hi].
+        entropy_buckets: equal-width buckets of normalized teacher entropy H/log V (0 = off).
+        device: where batches are moved.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the forward passes under autocast; metrics stay fp32.
+        chunk_rows: valid rows per head application.
+        progress: show a progress bar.
+
+    Returns:
+        (metrics, reliability bins): see ``StreamingMetrics.compute`` and ``StreamingMetrics.reliability``.
+    """
+    device = torch.device(device)
+    metrics = StreamingMetrics(
+        vocab_size, ece_bins=ece_bins, entropy_buckets=entropy_buckets, chunk_rows=chunk_rows
+    )
+    s_head, s_cap = output_head(student, vocab_size), _softcap(student)
+    t_head, t_cap = (
+        (output_head(teacher, vocab_size), _softcap(teacher)) if teacher is not None else (None, None)
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="eval", unit="batch", leave=False)
+    with _eval_mode(student, teacher), torch.no_grad(), autocast:
+        for batch in batches:
+            batch = batch.to(device)
+            valid = batch.labels != IGNORE_INDEX  # (B, T)
+            labels = batch.labels[valid]  # (M,)
+            if labels.numel() == 0:
+                continue
+            s_hidden = _final_hidden(student, batch)[valid]  # (M, Ds) at valid rows
+            t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
+            for start in range(0, labels.shape[0], chunk_rows):
+                end = start + chunk_rows
+                s_logits = _logits(s_head, s_hidden[start:end], s_cap)  # (m, V)
+                t_logits = (
+                    _logits(t_head, t_hidden[start:end], t_cap) if t_hidden is not None else None
+                )  # (m, V)
+                metrics.update(s_logits, labels[start:end], t_logits)
+    result = metrics.compute()
+    log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])
+    return result, metrics.reliability()
+
+
+def evaluate_sets(
+    student: nn.Module,
+    sets: dict[str, Callable[[], Iterable[EvalBatch]] | Iterable[EvalBatch]],
+    teacher: nn.Module | None = None,
+    *,
+    plots_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, float]]:
+    """``evaluate`` on each named eval set (in-distribution and shifted sets are kept apart, METHODS §9).
+
+    Args:
+        student: Hugging Face causal LM.
+        sets: set name → a zero-argument factory returning fresh batches (or an iterable, used once).
+        teacher: optional teacher model.
+        plots_dir: when given, a reliability diagram per set is written to ``plots_dir/reliability_<set>.png``.
+        **kwargs: keyword arguments of ``evaluate`` (``vocab_size`` is required).
+
+    Returns:
+        set name → metrics dict.
+    """
+    results: dict[str, dict[str, float]] = {}
+    for name, source in sets.items():
+        batches = source() if callable(source) else source
+        metrics, bins = evaluate(student, batches, teacher, **kwargs)
+        results[name] = metrics
+        log.info(
+            "eval/%s: loss %.4f  ppl %.3f  acc %.4f  ece %.2f%%",
+            name,
+            metrics["loss"],
+            metrics["ppl"],
+            metrics["acc"],
+            metrics["ece"],
+        )
+        if plots_dir is not None:
+            from ekd.eval.report import plot_reliability
+
+            safe = re.sub(r"[^\w.-]", "_", name)
+            plot_reliability(bins, Path(plots_dir) / f"reliability_{safe}.png", title=name)
+    return results

@@ -1,0 +1,171 @@
+"""The run report: markdown results tables, reliability diagrams and metric bar charts, ``report.md``.
+
+Plots use matplotlib's Agg canvas directly (no pyplot): no global figure state, no display needed, and the
+user's chosen backend is left alone. Every file is written atomically (temp file in the same directory, then
+``os.replace``), so an interrupted write never leaves a half-written report or plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ekd.eval.metrics import expected_calibration_error
+
+Column = tuple[str, str, str | Callable[[Any], str]]
+"""(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write ``path`` through ``write(file)`` into a temp file beside it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _cell(value: Any, fmt: str | Callable[[Any], str]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    text = fmt(value) if callable(fmt) else format(value, fmt)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def results_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A markdown table: one line per row dict, one column per (key, header, format).
+
+    Missing keys and NaN show as "—". Columns holding numbers are right-aligned.
+
+    Example:
+        ``results_table([{"method": "full_kd", "ppl": 12.3}], [("method", "Method", ""), ("ppl", "PPL", ".2f")])``
+    """
+    header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    align = []
+    for key, _, _ in columns:
+        numeric = any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
+        align.append("---:" if numeric else "---")
+    lines = [header, "| " + " | ".join(align) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(key), fmt) for key, _, fmt in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float = 5.0, height: float = 5.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
+    return path
+
+
+def plot_reliability(
+    bins: Sequence[tuple[float, float, int, float, float]], path: str | Path, title: str = "Reliability"
+) -> Path:
+    """Reliability diagram (PNG): accuracy per confidence bin as bars, the diagonal, ECE in the title.
+
+    Args:
+        bins: ``StreamingMetrics.reliability()`` — (lo, hi, count, mean confidence, accuracy) per bin.
+        path: output PNG path (parent folders are created).
+        title: plot title; " — ECE x.xx%" is appended.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    full = [b for b in bins if b[2] > 0]
+    ax.bar(
+        [b[0] for b in full],
+        [b[4] for b in full],
+        width=[b[1] - b[0] for b in full],
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    ax.bar(
+        [b[0] for b in full],
+        [b[3] - b[4] for b in full],
+        bottom=[b[4] for b in full],
+        width=[b[1] - b[0] for b in full],
+        align="edge",
+        facecolor="none",
+        hatch="//",
+        edgecolor="tab:red",
+        linewidth=0.5,
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize="small")
+    ece = expected_calibration_error(list(bins))
+    n = sum(b[2] for b in bins)
+    ax.set_title(f"{title} — ECE {ece:.2f}% ({n:,} tokens)")
+    return _save_png(fig, path)
+
+
+def plot_metric_bars(
+    results: dict[str, dict[str, float]], metric: str, path: str | Path, title: str | None = None
+) -> Path:
+    """One bar per method for one metric (e.g. ``kl`` to the teacher), value printed on each bar.
+
+    Args:
+        results: method name → metrics dict; methods without the metric (or NaN) are left out.
+        metric: the metrics key to plot.
+        path: output PNG path.
+        title: plot title (default: the metric name).
+
+    Returns:
+        The path written.
+    """
+    names = [k for k, m in results.items() if metric in m and not math.isnan(float(m[metric]))]
+    values = [float(results[k][metric]) for k in names]
+    fig = _figure(max(4.0, 0.9 * len(names) + 2.0), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    bars = ax.bar(range(len(names)), values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize="small")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(title or metric)
+    return _save_png(fig, path)
+
+
+def write_report(run_dir: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """Write ``run_dir/report.md`` atomically: "# title", then "## heading" + markdown per section.
+
+    Returns:
+        The path written.
+    """
+    parts = [f"# {title}\n"]
+    for heading, body in sections:
+        parts.append(f"## {heading}\n\n{body.rstrip()}\n")
+    text = "\n".join(parts)
+    path = Path(run_dir) / "report.md"
+    _atomic_write(path, lambda f: f.write(text))
+    return path

@@ -1,0 +1,162 @@
+"""Loading teacher and student: hub id, local directory or architecture preset; vocabulary alignment; saving.
+
+Conventions (DESIGN): teacher and student must share a tokenizer; padded vocabularies (Qwen2.5's
+151,936-row heads for a 151,665-token tokenizer) are aligned to the tokenizer length with a log line;
+different tokenizers are refused. ``trust_remote_code`` stays off unless configured. Weights are saved
+with safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from ekd.errors import ModelError
+from ekd.losses.targets import Head
+from ekd.models.presets import architectures
+
+log = logging.getLogger(__name__)
+
+PRESET_PREFIX = "preset:"
+
+
+def is_preset(spec: str) -> bool:
+    return spec.startswith(PRESET_PREFIX)
+
+
+def build_preset(name: str, vocab_size: int, eos_token_id: int | None = None, seed: int = 0) -> nn.Module:
+    """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows."""
+    if name not in architectures:
+        raise ModelError(architectures.unknown_message(name).replace("unknown architecture preset", "model: unknown preset"))
+    values = dict(architectures.get(name))
+    model_type = values.pop("model_type")
+    config = AutoConfig.for_model(
+        model_type, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id, **values
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+def load_model(
+    spec: str,
+    *,
+    vocab_size: int,
+    eos_token_id: int | None = None,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "",
+    seed: int = 0,
+    role: str = "model",
+) -> nn.Module:
+    """Load ``spec`` (hub id, local HF directory, or ``preset:<name>``) as a causal LM.
+
+    Raises:
+        ModelError: missing local directory, unknown preset, a hub id that cannot be reached offline.
+    """
+    if is_preset(spec):
+        model = build_preset(spec[len(PRESET_PREFIX) :], vocab_size, eos_token_id, seed)
+        return model.to(dtype) if dtype is not None else model
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if (spec.startswith((".", "/", "~")) or Path(spec).exists()) and not (Path(spec).expanduser() / "config.json").is_file():
+        raise ModelError(f"model.{role}: {spec} is not a Hugging Face model directory (no config.json); pass a hub id, a saved model directory or preset:<name>")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model.{role}: cannot load '{spec}' ({first}); check the id/path, network access or HF_HOME cache") from None
+
+
+def load_tokenizer(spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer") -> PreTrainedTokenizerBase:
+    """AutoTokenizer from a hub id or local directory, with a clear error."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    try:
+        return AutoTokenizer.from_pretrained(spec, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{role}: cannot load a tokenizer from '{spec}' ({first})") from None
+
+
+def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str] = ("teacher", "student")) -> None:
+    """Refuse different tokenizers: same length and the same id for every token."""
+    if len(a) != len(b) or a.get_vocab() != b.get_vocab():
+        va, vb = a.get_vocab(), b.get_vocab()
+        differing = sum(1 for tok, i in va.items() if vb.get(tok) != i)
+        raise ModelError(
+            f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {len(b)} tokens, {differing} ids disagree): "
+            "token-level KD needs a shared tokenizer; pick a student from the teacher's family"
+        )
+
+
+def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> int:
+    """The vocabulary V every head is sliced to: the tokenizer length. Logs padded heads; refuses short ones."""
+    for role, model in models:
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < tokenizer_length:
+            raise ModelError(
+                f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
+                "the model does not cover the tokenizer; check model.tokenizer"
+            )
+        if rows > tokenizer_length:
+            log.info("%s head has %d rows (padded), tokenizer %d tokens: aligned to %d", role, rows, tokenizer_length, tokenizer_length)
+    return tokenizer_length
+
+
+def output_head(model: nn.Module, vocab_size: int) -> Head:
+    """The model's output head sliced to the shared vocabulary: weight (V, D), bias (V,) or None."""
+    lm_head = model.get_output_embeddings()
+    bias = getattr(lm_head, "bias", None)
+    return Head(lm_head.weight[:vocab_size], None if bias is None else bias[:vocab_size])
+
+
+def model_body(model: nn.Module) -> nn.Module:
+    """The transformer body whose ``last_hidden_state`` feeds the head (after the final norm)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def hidden_size(model: nn.Module) -> int:
+    return int(model.get_output_embeddings().weight.shape[1])
+
+
+def save_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path) -> Path:
+    """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return out_dir
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ModelError(f"model.teacher_dtype must be auto, float32, bfloat16 or float16, got '{name}'") from None

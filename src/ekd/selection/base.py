@@ -1,0 +1,222 @@
+"""The selection-policy interface and the helpers every policy shares (METHODS §4).
+
+- ``StepContext``: what a policy may read about the current optimizer step.
+- ``SelectionPolicy``: the base class (``select``, ``planned_count``, ``observe``, state, diagnostics).
+- Counting and ranking helpers, so the "⌈k·n⌉ highest / lowest of each row" rule has one implementation.
+- Collective helpers: under ``torch.distributed`` (world size > 1) the statistics that decide selection
+  (GLS queue, bandit statistics) are combined across ranks so every rank decides alike (DESIGN, decision 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ekd.selection.types import Selection
+
+# Slack for ⌈k·n⌉ / ⌊x⌋ on products that should be integers but are not in binary (0.1·30 = 3.0000000000000004).
+COUNT_SLACK = 1e-6
+
+
+@dataclass
+class StepContext:
+    """What a policy may read about the current step.
+
+    Attributes:
+        step: optimizer steps completed before this one (0-based); all micro-batches of a step share it.
+        total_steps: optimizer steps of the whole run (``train.max_steps``).
+        generator: the only source of randomness of selection (seeded and checkpointed by the trainer).
+            May live on the CPU or on the scores' device.
+        vocab_size: V, for scores normalized by log V.
+        features: the per-token statistics dict of the step (name → (B, T) fp32); the LinUCB bandit reads its
+            token features here.
+    """
+
+    step: int
+    total_steps: int
+    generator: torch.Generator
+    vocab_size: int
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SelectionPolicy:
+    """Base class: which valid positions of a micro-batch receive the KD term, with what weight.
+
+    Subclasses implement ``select`` and ``planned_count``; stateful ones also ``observe``, ``state_dict``
+    and ``load_state_dict``. ``select`` never returns an ignored position.
+    """
+
+    name: str = ""
+    needs_scores: bool = True
+    """True if ``select`` reads the (B, T) scores of ``compute_scores``; False means it may be passed None."""
+
+    def __init__(self) -> None:
+        self._last_count: int | None = None
+        self._last_valid: Tensor | None = None
+
+    def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
+        """Choose KD positions of one micro-batch.
+
+        Args:
+            scores: (B, T) fp32 detached position scores (0 at invalid positions), or None when
+                ``needs_scores`` is False.
+            valid: (B, T) bool, label ≠ -100.
+            ctx: the step context.
+
+        Returns:
+            Selection with rows (M,) flat indices into B·T (valid positions only) and weights (M,) fp32.
+        """
+        raise NotImplementedError
+
+    def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
+        """KD tokens this micro-batch contributes to the loss normalizer, from the mask alone (no forward)."""
+        raise NotImplementedError
+
+    def observe(self, kd_loss: float | None = None, **feedback: Tensor | float) -> None:
+        """Feedback once after each optimizer step (LATF: the all-reduced mean KD loss; bandit: KL drops)."""
+
+    def state_dict(self) -> dict:
+        """Plain tensors and Python scalars only (loadable with ``torch.load(weights_only=True)``)."""
+        return {"policy": self.name}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_state_name(state, self.name)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Metrics for logging (``select/...``); computed lazily here, not in the hot path."""
+        if self._last_count is None or self._last_valid is None:
+            return {}
+        n_valid = float(self._last_valid)
+        return {"select/count": float(self._last_count), "select/ratio": self._last_count / max(n_valid, 1.0)}
+
+    # -- helpers for subclasses --
+    def _record(self, selection: Selection, valid: Tensor) -> Selection:
+        self._last_count = selection.count
+        self._last_valid = valid.sum()  # 0-d tensor; converted to float only in diagnostics()
+        return selection
+
+    def _require_scores(self, scores: Tensor | None, valid: Tensor) -> Tensor:
+        if scores is None:
+            raise ValueError(f"selection policy '{self.name}' needs position scores; pass compute_scores(...)")
+        if scores.shape != valid.shape:
+            raise ValueError(f"scores shape {tuple(scores.shape)} does not match the mask {tuple(valid.shape)}")
+        return scores
+
+
+def check_state_name(state: dict, name: str) -> None:
+    """Refuse to load a state saved by another policy (a config change between save and resume)."""
+    saved = state.get("policy")
+    if saved != name:
+        raise ValueError(
+            f"selection state was saved by policy '{saved}' but method.policy is '{name}'; "
+            "resume with the same method.policy or start a new run"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counting and ranking
+# ---------------------------------------------------------------------------------------------------------
+
+
+def ceil_count(fraction: float, n: Tensor) -> Tensor:
+    """⌈fraction·n⌉, at least 1 where n > 0, at most n. n: long (R,) → long (R,)."""
+    k = torch.ceil(n.double() * fraction - COUNT_SLACK).long()
+    k = torch.where(n > 0, k.clamp(min=1), torch.zeros_like(k))
+    return torch.minimum(k, n)
+
+
+def ceil_count_scalar(fraction: float, n: int) -> int:
+    """Python-int version of ``ceil_count`` (for ``planned_count`` of batch-wide rules)."""
+    if n <= 0:
+        return 0
+    return min(n, max(1, math.ceil(n * fraction - COUNT_SLACK)))
+
+
+def rank_within_rows(scores: Tensor, valid: Tensor, descending: bool) -> Tensor:
+    """Rank of every valid position among the valid positions of its row.
+
+    Valid positions are ordered by score (descending or ascending), ties broken by the lower index
+    (stable sort), so selection is deterministic. Invalid positions get ranks ≥ n_r (after all valid ones),
+    whatever their score, so ``valid & (rank < k)`` never picks an ignored position.
+
+    Args:
+        scores: (R, C) scores (garbage at invalid positions is ignored).
+        valid: (R, C) bool.
+        descending: rank 0 = highest score if True, lowest if False.
+
+    Returns:
+        (R, C) long ranks.
+    """
+    key = scores.float().masked_fill(~valid, 0.0)
+    order = torch.sort(key, dim=-1, descending=descending, stable=True).indices  # (R, C) by score
+    valid_sorted = valid.gather(-1, order)  # (R, C) validity in score order
+    regroup = torch.sort((~valid_sorted).to(torch.uint8), dim=-1, stable=True).indices  # (R, C) valid first
+    order = order.gather(-1, regroup)  # (R, C) positions: valid by score, then invalid
+    ranks = torch.empty_like(order)
+    arange = torch.arange(order.shape[-1], device=order.device).expand_as(order)  # (R, C)
+    ranks.scatter_(-1, order, arange)
+    return ranks
+
+
+def topk_mask(scores: Tensor, valid: Tensor, fraction: float, per: str) -> Tensor:
+    """(B, T) bool: the ⌈k·n_i⌉ highest valid scores per sequence, or ⌈k·N⌉ over the batch (≥ 1 if any)."""
+    if per == "batch":
+        flat_scores, flat_valid = scores.reshape(1, -1), valid.reshape(1, -1)  # (1, B·T)
+    elif per == "sequence":
+        flat_scores, flat_valid = scores, valid  # (B, T)
+    else:
+        raise ValueError(f"method.select_per must be 'sequence' or 'batch', got '{per}'")
+    counts = ceil_count(fraction, flat_valid.sum(-1))  # (R,)
+    ranks = rank_within_rows(flat_scores, flat_valid, descending=True)  # (R, C)
+    return (flat_valid & (ranks < counts[:, None])).reshape(valid.shape)  # (B, T)
+
+
+def topk_planned(valid: Tensor, fraction: float, per: str) -> float:
+    """Exact count of ``topk_mask`` from the mask alone."""
+    if per == "batch":
+        return float(ceil_count_scalar(fraction, int(valid.sum())))
+    return float(ceil_count(fraction, valid.sum(-1)).sum())
+
+
+def empty_selection(valid: Tensor) -> Selection:
+    return Selection(
+        torch.zeros(0, dtype=torch.long, device=valid.device),
+        torch.zeros(0, dtype=torch.float32, device=valid.device),
+        valid.numel(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collectives (no-ops unless torch.distributed is initialized with more than one rank)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum of ``t`` over ranks (in place; returned for chaining). Every rank must call it."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_1d(t: Tensor) -> Tensor:
+    """Concatenation over ranks (rank order) of 1-D tensors of different lengths. Every rank must call it."""
+    ws = world_size()
+    if ws == 1:
+        return t
+    n = torch.tensor([t.numel()], dtype=torch.long, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(sizes, n)
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
+    padded[: t.numel()] = t
+    parts = [torch.zeros_like(padded) for _ in range(ws)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])  # (Σ n_r,)

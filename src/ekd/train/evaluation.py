@@ -1,0 +1,81 @@
+"""Evaluation of a run: during training, at its end, and of a saved run directory (``ekd eval``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from ekd.config import Config, config_from_dict, parse_overrides
+from ekd.errors import EkdError
+from ekd.train.prepare import PreparedData
+
+
+def evaluate_run(cfg: Config, data: PreparedData, student: nn.Module, teacher: nn.Module | None, device, amp, plots_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate the student (and the teacher, if loaded) on every eval split."""
+    from ekd.data import iter_eval
+    from ekd.eval import evaluate, plot_reliability
+
+    results: dict[str, dict[str, float]] = {}
+    use_teacher = teacher if cfg.eval.teacher else None
+    for name, blocks in data.blocks.items():
+        if name == "train":
+            continue
+        batches = list(iter_eval(blocks, cfg.eval.batch_size, cfg.data.max_eval_blocks))
+        metrics, bins = evaluate(
+            student, [b.to(device) for b in batches], use_teacher, vocab_size=data.vocab_size, ece_bins=cfg.eval.ece_bins,
+            entropy_buckets=cfg.eval.entropy_buckets, device=device, autocast_dtype=amp,
+        )
+        results[name] = metrics
+        if plots_dir is not None and cfg.eval.plots:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            plot_reliability(bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}")
+        if use_teacher is not None:
+            t_metrics, _ = evaluate(
+                use_teacher, [b.to(device) for b in batches], None, vocab_size=data.vocab_size, ece_bins=cfg.eval.ece_bins,
+                entropy_buckets=0, device=device, autocast_dtype=amp,
+            )
+            results[f"{name}/teacher"] = t_metrics
+    return results
+
+
+def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Reload ``run_dir/student`` with transformers and evaluate it (and the teacher) on the run's eval sets.
+
+    Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ekd.models.load import load_tokenizer, shared_vocab_size
+    from ekd.train.checkpoint import atomic_write_text
+    from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    student_dir = run_dir / "student"
+    if not saved.is_file() or not (student_dir / "config.json").is_file():
+        raise EkdError(f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first")
+    raw = yaml.safe_load(saved.read_text())
+    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
+    flat.update(parse_overrides(overrides or []))
+    cfg = config_from_dict({s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in raw})
+    device = resolve_device(cfg.run.device)
+    amp = autocast_dtype(cfg, device)
+    from ekd.data import load_splits, pack_splits
+
+    tokenizer = load_tokenizer(str(student_dir), role="student")
+    splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
+    splits.pop("train", None)
+    blocks = pack_splits(splits, tokenizer, cfg.data.block_length, cfg.data.max_eval_blocks)
+    data = PreparedData(tokenizer, blocks)
+    student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
+    shared_vocab_size(len(tokenizer), ("student", student))
+    teacher = None
+    if cfg.eval.teacher and teacher_needed(cfg) and cfg.teacher.source == "online":
+        teacher = load_teacher(cfg, data, device)
+    results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
+    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+    return results
+

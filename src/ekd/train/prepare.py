@@ -1,0 +1,149 @@
+"""Everything a run needs before its first step: device, tokenizer, packed data, models, teacher source."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ekd.config import Config, ConfigError
+from ekd.errors import ModelError
+from ekd.models.load import (
+    check_same_tokenizer,
+    is_preset,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    shared_vocab_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Tokenizer and packed blocks: ``blocks['train']`` plus one entry per eval set."""
+
+    tokenizer: object
+    blocks: dict[str, object]  # name → ekd.data.PackedBlocks
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name} but CUDA is not available; use run.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU ('auto' or 'bf16'), none (fp32) on CPU unless 'bf16' is asked for."""
+    p = cfg.train.precision
+    if p == "fp32":
+        return None
+    if p == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+def teacher_needed(cfg: Config) -> bool:
+    from ekd.methods import presets
+
+    return cfg.method.kd_weight > 0 and presets.get(cfg.method.preset).needs_teacher and cfg.teacher.source != "none"
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None):
+    """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``."""
+    from ekd.data import train_bpe_tokenizer
+
+    spec = cfg.model.tokenizer
+    saved = run_dir / "tokenizer"
+    if spec == "teacher" and is_preset(cfg.model.teacher):
+        spec = "student" if not is_preset(cfg.model.student) else "train_bpe"
+    if spec == "student" and is_preset(cfg.model.student):
+        spec = "train_bpe"
+    if spec == "train_bpe":
+        if not (is_preset(cfg.model.student) and (is_preset(cfg.model.teacher) or not teacher_needed(cfg))):
+            raise ConfigError("model.tokenizer=train_bpe needs preset models (preset:<name>); real models bring their tokenizer")
+        if (saved / "tokenizer.json").is_file():
+            return load_tokenizer(str(saved))
+        if not train_texts:
+            raise ConfigError("model.tokenizer=train_bpe: no training text to train the tokenizer on")
+        log.info("training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size)
+        return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
+    if spec == "teacher":
+        tok = load_tokenizer(cfg.model.teacher, cfg.model.revision, cfg.model.trust_remote_code, "model.teacher")
+        if not is_preset(cfg.model.student):
+            check_same_tokenizer(tok, load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student"))
+        return tok
+    if spec == "student":
+        return load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student")
+    return load_tokenizer(spec, "", cfg.model.trust_remote_code, "model.tokenizer")
+
+
+def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
+    """Load documents, build/load the tokenizer, pack every split into blocks."""
+    from ekd.data import load_splits, pack_splits
+
+    splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
+    tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
+    blocks = pack_splits(splits, tokenizer, cfg.data.block_length, cfg.data.max_eval_blocks)
+    return PreparedData(tokenizer, blocks)
+
+
+def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
+    student = load_model(
+        cfg.model.student,
+        vocab_size=data.vocab_size,
+        eos_token_id=data.eos_id,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype=torch.float32,
+        attn_implementation=cfg.model.attn_implementation,
+        seed=cfg.run.seed,
+        role="student",
+    )
+    shared_vocab_size(data.vocab_size, ("student", student))
+    return student.to(device)
+
+
+def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
+    teacher = load_model(
+        cfg.model.teacher,
+        vocab_size=data.vocab_size,
+        eos_token_id=data.eos_id,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype=resolve_dtype(cfg.model.teacher_dtype, device),
+        attn_implementation=cfg.model.attn_implementation,
+        seed=cfg.run.seed + 1,
+        role="teacher",
+    )
+    shared_vocab_size(data.vocab_size, ("teacher", teacher))
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, teacher: nn.Module | None):
+    """OnlineTeacher around a model, a cache reader, or None when the method needs no teacher."""
+    if not teacher_needed(cfg):
+        return None
+    if cfg.teacher.source == "cache":
+        from ekd.teacher.cache_source import CacheTeacher
+
+        return CacheTeacher(cfg, data, device)
+    from ekd.teacher.online import OnlineTeacher
+
+    assert teacher is not None
+    return OnlineTeacher(teacher, data.vocab_size, cfg.train.head_chunk_size, autocast_dtype(cfg, device))

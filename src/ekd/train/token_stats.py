@@ -1,0 +1,101 @@
+"""Per-token statistics at τ=1 for scorers and temperature policies, computed chunk-wise under no_grad.
+
+Names (each a (B, T) fp32 tensor, 0 at invalid positions):
+
+- ``teacher_entropy`` H(p), ``teacher_logp_gold`` log p(y)
+- ``student_entropy`` H(q), ``student_logp_gold`` log q(y)
+- ``forward_kl`` KL(p‖q), ``reverse_kl`` KL(q‖p), ``hellinger`` (1/√2)‖√p − √q‖
+
+Only the requested names are computed, over valid rows only, ``chunk_rows`` rows at a time, so no (B·T, V)
+fp32 copy of either model's logits is ever held.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ekd.losses.divergences import forward_kl, hellinger, reverse_kl
+from ekd.losses.targets import Head
+
+TEACHER_STATS = frozenset({"teacher_entropy", "teacher_logp_gold"})
+STUDENT_STATS = frozenset({"student_entropy", "student_logp_gold"})
+PAIR_STATS = frozenset({"forward_kl", "reverse_kl", "hellinger"})
+ALL_STATS = TEACHER_STATS | STUDENT_STATS | PAIR_STATS
+
+
+def entropy_and_logp_gold(logits: Tensor, gold: Tensor) -> tuple[Tensor, Tensor]:
+    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,)."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)  # (m, V)
+    p = log_p.exp()
+    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+    return entropy, log_p.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def token_stats(
+    needs: set[str] | frozenset[str],
+    labels: Tensor,
+    student_hidden: Tensor | None = None,
+    student_head: Head | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_head: Head | None = None,
+    chunk_rows: int = 1024,
+) -> dict[str, Tensor]:
+    """Compute the requested statistics.
+
+    Args:
+        needs: stat names (see module docstring).
+        labels: (B, T) shifted labels, -100 = ignored.
+        student_hidden: (B, T, Ds) student final hidden states (detached here), if student stats are needed.
+        teacher_hidden: (B, T, Dt) teacher final hidden states, if teacher or pair stats are needed.
+        chunk_rows: rows per chunk.
+
+    Returns:
+        name → (B, T) fp32 tensor, 0 at invalid positions.
+    """
+    unknown = set(needs) - ALL_STATS
+    if unknown:
+        raise ValueError(f"unknown token statistics {sorted(unknown)}")
+    valid = labels != -100  # (B, T)
+    rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,) flat valid positions
+    gold = labels.reshape(-1)[rows]  # (N,)
+    out = {name: torch.zeros(labels.shape, dtype=torch.float32, device=labels.device) for name in needs}
+    if rows.numel() == 0 or not needs:
+        return out
+    need_s = bool(needs & (STUDENT_STATS | PAIR_STATS))
+    need_t = bool(needs & (TEACHER_STATS | PAIR_STATS))
+    if need_s and (student_hidden is None or student_head is None):
+        raise ValueError(f"statistics {sorted(needs & (STUDENT_STATS | PAIR_STATS))} need the student hidden states")
+    if need_t and (teacher_hidden is None or teacher_head is None):
+        raise ValueError(f"statistics {sorted(needs & (TEACHER_STATS | PAIR_STATS))} need the teacher model")
+    hs = student_hidden.detach().reshape(-1, student_hidden.shape[-1]) if need_s else None  # (B·T, Ds)
+    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]) if need_t else None  # (B·T, Dt)
+    flat = {name: torch.zeros(rows.numel(), dtype=torch.float32, device=labels.device) for name in needs}
+    for start in range(0, rows.numel(), chunk_rows):
+        idx = rows[start : start + chunk_rows]  # (m,)
+        y = gold[start : start + chunk_rows]
+        zs = student_head(hs[idx]).float() if need_s else None  # (m, V)
+        zt = teacher_head(ht[idx]).float() if need_t else None  # (m, V)
+        sl = slice(start, start + idx.numel())
+        if needs & STUDENT_STATS:
+            h, lp = entropy_and_logp_gold(zs, y)
+            if "student_entropy" in needs:
+                flat["student_entropy"][sl] = h
+            if "student_logp_gold" in needs:
+                flat["student_logp_gold"][sl] = lp
+        if needs & TEACHER_STATS:
+            h, lp = entropy_and_logp_gold(zt, y)
+            if "teacher_entropy" in needs:
+                flat["teacher_entropy"][sl] = h
+            if "teacher_logp_gold" in needs:
+                flat["teacher_logp_gold"][sl] = lp
+        if "forward_kl" in needs:
+            flat["forward_kl"][sl] = forward_kl(zs, zt)
+        if "reverse_kl" in needs:
+            flat["reverse_kl"][sl] = reverse_kl(zs, zt)
+        if "hellinger" in needs:
+            flat["hellinger"][sl] = hellinger(zs, zt)
+    for name in needs:
+        out[name].view(-1)[rows] = flat[name]
+    return out

@@ -1,0 +1,232 @@
+"""The training loop, top to bottom (nanoGPT / litgpt style).
+
+    ekd distill configs/demo.yaml train.max_steps=200 method=sekd
+
+set LR → micro-batches → global counts → (teacher signal → student → select → loss → backward) × accum
+→ clip → step → policy feedback → log → eval → checkpoint. AdamW, linear warm-up + cosine decay, bf16
+autocast on GPU and fp32 on CPU, optional gradient checkpointing, atomic checkpoints, exact ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ekd.config import Config
+from ekd.errors import NonFiniteLossError
+from ekd.losses.reduce import global_count
+from ekd.models.load import save_model_dir
+from ekd.selection.policies import StepContext
+from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ekd.train.evaluation import evaluate_run
+from ekd.train.metrics_log import MetricsLog
+from ekd.train.prepare import (
+    PreparedData,
+    autocast_dtype,
+    build_teacher_source,
+    load_student,
+    load_teacher,
+    prepare_data,
+    resolve_device,
+    teacher_needed,
+)
+from ekd.train.run_dir import prepare_run_dir
+from ekd.train.step import MethodParts, StepContextData, distill_micro_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    wall_time: float
+    kd_fraction: float  # selected KD positions / valid positions over the whole run
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up to ``train.lr`` then cosine decay to ``min_lr_ratio``·lr at ``max_steps``."""
+    t = cfg.train
+    if t.warmup_steps > 0 and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * cosine)
+
+
+def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True)
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """A generator that depends only on (seed, step, micro-batch): random selection is exact on resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
+
+
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: PreparedData | None = None) -> TrainResult:
+    """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures."""
+    from ekd.data import BlockLoader
+
+    t_start = time.perf_counter()
+    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    torch.manual_seed(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    amp = autocast_dtype(cfg, device)
+    data = data or prepare_data(cfg, run_dir)
+    student = load_student(cfg, data, device)
+    if cfg.train.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    student.train()
+    teacher_model = load_teacher(cfg, data, device) if teacher_needed(cfg) and cfg.teacher.source == "online" else None
+    teacher = build_teacher_source(cfg, data, device, teacher_model)
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    extra_modules = parts.trainable_modules(student, teacher_model, device) if hasattr(parts, "trainable_modules") else {}
+    params = list(student.named_parameters()) + [(f"{n}.{k}", p) for n, m in extra_modules.items() for k, p in m.named_parameters()]
+    optimizer = build_optimizer(params, cfg)
+    loader = BlockLoader(data.blocks["train"], cfg.train.micro_batch_size, seed=cfg.run.seed, shuffle=True, drop_last=True)
+
+    start_step = 0
+    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(ckpt, student, optimizer, extra_modules, device)
+        start_step = int(state["step"])
+        loader.load_state_dict(state["loader"])
+        parts.policy.load_state_dict(state["policy"])
+        if hasattr(parts.temperature, "load_state_dict"):
+            parts.temperature.load_state_dict(state.get("temperature", {}))
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", ckpt, start_step)
+    metrics_log = MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None)
+
+    def checkpoint(step: int) -> Path:
+        state = {
+            "step": step,
+            "loader": loader.state_dict(),
+            "policy": parts.policy.state_dict(),
+            "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
+            "rng": torch.get_rng_state(),
+        }
+        return save_checkpoint(run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints)
+
+    totals = {"selected": 0.0, "valid": 0.0}
+    last: dict[str, float] = {}
+    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps, disable=not cfg.log.progress, desc=cfg.run.name, dynamic_ncols=True)
+    tokens_seen, t_loop = 0, time.perf_counter()
+    for step in bar:
+        # 1. learning rate for this step
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 2. this step's micro-batches and the global token counts that normalize every term
+        micro_batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum_steps)]
+        planned = []
+        for i, b in enumerate(micro_batches):
+            candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
+            pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), data.vocab_size, {})
+            planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
+        kd_count = global_count(planned, device)
+        ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
+        ce_count = global_count(ce_local, device)
+        # 3. forward + backward per micro-batch
+        sums: dict[str, float] = {}
+        loss_value = 0.0
+        for i, batch in enumerate(micro_batches):
+            ctx = StepContextData(step, cfg.train.max_steps, data.vocab_size, step_generator(cfg.run.seed, step, i), cfg.train.loss_path, cfg.train.head_chunk_size, amp)
+            out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
+            if not torch.isfinite(out.loss):
+                _stop_non_finite(step, run_dir)
+            out.loss.backward()
+            loss_value += float(out.loss.detach())
+            for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
+                sums[k] = _combine(k, sums.get(k), v)
+            tokens_seen += int(batch.attention_mask.sum())
+        # 4. clip, step
+        trainable = [p for _, p in params if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")))
+        if not math.isfinite(grad_norm):
+            _stop_non_finite(step, run_dir, what="gradient norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # 5. stateful policies learn from this step
+        kd_mean = sums.get("kd_sum", 0.0) / kd_count
+        parts.policy.observe(kd_loss=kd_mean)
+        # 6. log
+        totals["selected"] += sums.get("selected", 0.0)
+        totals["valid"] += sums.get("valid", 0.0)
+        elapsed = time.perf_counter() - t_loop
+        last = _step_metrics(step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9))
+        if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
+            metrics_log.write(step + 1, last)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
+        # 7. evaluate, checkpoint
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
+            metrics_log.write(step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp)))
+            student.train()
+        if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
+            checkpoint(step + 1)
+    bar.close()
+
+    checkpoint(cfg.train.max_steps)
+    save_model_dir(student, data.tokenizer, run_dir / "student")
+    results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
+    metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+    metrics_log.close()
+    kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
+    return TrainResult(run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results)
+
+
+def _combine(key: str, old: float | None, new: float) -> float:
+    if old is None:
+        return new
+    if key.endswith("_min"):
+        return min(old, new)
+    if key.endswith("_max"):
+        return max(old, new)
+    return old + new
+
+
+def _step_metrics(step, lr, loss, grad_norm, sums, kd_count, ce_count, parts: MethodParts, tokens_per_s) -> dict[str, float]:
+    m = {
+        "train/loss": loss,
+        "train/lr": lr,
+        "train/grad_norm": grad_norm,
+        "train/tokens_per_s": tokens_per_s,
+        "train/kd": sums.get("kd_sum", 0.0) / kd_count,
+        "train/ce": sums.get("ce_sum", 0.0) / ce_count,
+    }
+    if parts.kd_weight > 0 and sums.get("valid"):
+        m["select/fraction"] = sums.get("selected", 0.0) / sums["valid"]
+        if sums.get("selected"):
+            m["select/tau_mean"] = sums.get("tau_sum", 0.0) / sums["selected"]
+            m["select/tau_min"] = sums.get("tau_min", float("nan"))
+            m["select/tau_max"] = sums.get("tau_max", float("nan"))
+        if sums.get("h_sel_n"):
+            m["select/teacher_entropy_selected"] = sums["h_sel_sum"] / sums["h_sel_n"]
+        if sums.get("h_unsel_n"):
+            m["select/teacher_entropy_unselected"] = sums["h_unsel_sum"] / sums["h_unsel_n"]
+        for source in (parts.policy, parts.temperature):
+            if hasattr(source, "diagnostics"):
+                m.update(source.diagnostics())
+    return m
+
+
+def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
+    ckpt = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint {ckpt} is kept" if ckpt else "no checkpoint was written yet"
+    raise NonFiniteLossError(f"non-finite {what} at step {step + 1}; {kept}; lower train.lr or check the data/teacher")
+
+
+def _flatten_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"eval/{name}/{k}": v for name, metrics in results.items() for k, v in metrics.items()}
