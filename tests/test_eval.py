@@ -446,3 +446,13 @@ def test_evaluate_applies_final_logit_softcapping_like_forward():
     batches = make_batches(1, seed=6)
     got, _ = evaluate(model, batches, vocab_size=V)
     assert_metrics_close(got, full_logit_metrics(model.eval(), None, batches), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_under_bf16_autocast_is_close_to_fp32(models):
+    student, teacher = models
+    batches = make_batches(1, seed=7)
+    fp32, _ = evaluate(student, batches, teacher, vocab_size=V)
+    bf16, _ = evaluate(student, batches, teacher, vocab_size=V, autocast_dtype=torch.bfloat16)
+    assert bf16["tokens"] == fp32["tokens"]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=5e-2)
+    assert bf16["kl"] == pytest.approx(fp32["kl"], rel=5e-2)

@@ -88,7 +88,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     from ekd.eval import results_table
 
     rows = [{"set": name, **m} for name, m in results.items()]
-    cols = [("set", "eval set", "{}"), ("ppl", "ppl", "{:.2f}"), ("acc", "acc", "{:.3f}"), ("ece", "ECE %", "{:.2f}"), ("kl", "KL(t‖s)", "{:.3f}"), ("agree", "top-1 agree", "{:.3f}")]
+    cols = [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("acc", "acc", ".3f"), ("ece", "ECE %", ".2f"), ("kl", "KL(t‖s)", ".3f"), ("agree", "top-1 agree", ".3f")]
     print(results_table(rows, cols))
 
 
@@ -151,6 +151,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _quiet_hf_progress_bars() -> None:
+    """transformers' per-shard 'Writing model shards' bars add nothing to ekd's own progress bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 COMMANDS = {"demo": cmd_demo, "distill": cmd_distill, "cache": cmd_cache, "eval": cmd_eval, "list": cmd_list, "config": cmd_config}
 
 
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_hf_progress_bars()
     try:
         return COMMANDS[args.command](args)
     except EkdError as e:

@@ -89,9 +89,11 @@ class DataConfig:
     block_length: int = 256
     """Tokens per packed training block (T)."""
     eval_fraction: float = 0.05
-    """Fraction of documents held out as the in-distribution eval set (by document, deterministic)."""
+    """Fraction held out as the in-distribution eval set, deterministic: by document content hash (at least one
+    document when > 0); for 'pystdlib', by top-level module."""
     eval_sources: dict[str, str] = field(default_factory=dict)
-    """Extra named eval sets, name → source (same syntax as ``data.source``), e.g. shifted domains."""
+    """Extra named eval sets, name → source (same syntax as ``data.source``, plus ``pystdlib:<split>``; the
+    format is detected from the source, ``data.format`` applies to ``data.source`` only), e.g. shifted domains."""
     max_documents: int = 0
     """Use at most this many documents (0 = all)."""
     min_chars: int = 1
@@ -206,6 +208,10 @@ class MethodConfig:
     """bandit: minimum selected fraction."""
     bandit_max_fraction: float = 0.5
     """bandit: maximum selected fraction."""
+    bandit_threshold: float = 0.0
+    """bandit LinUCB: select tokens whose UCB score (predicted KL drop + exploration bonus, nats) exceeds
+    this, then clamp the count per sequence to [min, max] fraction. Not given by the EKD draft; 0 = select
+    tokens predicted to improve."""
     bandit_budgets: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
     """bandit EXP3: the budgets k it chooses among."""
     bandit_gamma: float = 0.1

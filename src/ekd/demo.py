@@ -187,15 +187,15 @@ def comparison_table(rows: list[dict], teacher_row: dict) -> str:
 
     shifted = sorted({k.split("/")[0] for r in rows for k in r if k.startswith("shift_")})
     cols = [
-        ("method", "method", "{}"),
-        ("eval/ppl", "ID ppl", "{:.2f}"),
-        *[(f"{s}/ppl", f"{s} ppl", "{:.2f}") for s in shifted],
-        ("eval/acc", "ID acc", "{:.3f}"),
-        ("eval/ece", "ID ECE %", "{:.2f}"),
-        ("eval/kl", "KL(t‖s)", "{:.3f}"),
-        ("eval/agree", "top-1 agree", "{:.3f}"),
-        ("kd_pct", "KD pos %", "{:.1f}"),
-        ("wall_s", "wall s", "{:.0f}"),
+        ("method", "method", ""),
+        ("eval/ppl", "ID ppl", ".2f"),
+        *[(f"{s}/ppl", f"{s} ppl", ".2f") for s in shifted],
+        ("eval/acc", "ID acc", ".3f"),
+        ("eval/ece", "ID ECE %", ".2f"),
+        ("eval/kl", "KL(t‖s)", ".3f"),
+        ("eval/agree", "top-1 agree", ".3f"),
+        ("kd_pct", "KD pos %", ".1f"),
+        ("wall_s", "wall s", ".0f"),
     ]
     return results_table(rows + ([teacher_row] if teacher_row else []), cols)
 
@@ -205,10 +205,10 @@ def write_demo_report(out: Path, b: DemoBudget, rows: list[dict], teacher_row: d
 
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    plot_rows = [{"method": r["method"], **{k: v for k, v in r.items() if not k.startswith("_")}} for r in rows]
+    by_method = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in rows}
     for metric in ("eval/kl", "eval/ppl", "eval/ece"):
-        if any(metric in r for r in plot_rows):
-            plot_metric_bars(plot_rows, metric, plots / f"{metric.replace('/', '_')}.png")
+        if any(metric in m for m in by_method.values()):
+            plot_metric_bars({k: m for k, m in by_method.items() if metric in m}, metric, plots / f"{metric.replace('/', '_')}.png")
     for r in rows:  # copy each student's reliability diagram next to the report
         src = out / "runs" / r["method"] / "plots" / "reliability-eval.png"
         if src.is_file():

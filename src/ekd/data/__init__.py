@@ -1,9 +1,11 @@
 """Data: sources → documents → tokens packed into blocks → shifted-label batches.
 
-    splits = load_splits(cfg)                                   # name → list[Document]
+Typical use:
+
+    splits = load_splits(cfg)  # name → list[Document]
     blocks = pack_splits(splits, tokenizer, cfg.data.block_length, cfg.data.max_eval_blocks)
     loader = BlockLoader(blocks["train"], cfg.train.micro_batch_size, seed=cfg.run.seed)
-    batch = loader.next_batch()                                 # Batch: input_ids, labels (shifted), ...
+    batch = loader.next_batch()  # Batch: input_ids, labels (already shifted), attention_mask, sample_ids
 """
 
 from ekd.data.build import cap_chars, load_splits, pack_splits

@@ -19,7 +19,6 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
@@ -49,7 +48,9 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     data = cfg.data
     if data.source == "pystdlib":
         splits = {
-            name: _filter_optional(docs, data, name) if name != "train" else filter_documents(docs, data, "pystdlib", "data.source")
+            name: _filter_optional(docs, data, name)
+            if name != "train"
+            else filter_documents(docs, data, "pystdlib", "data.source")
             for name, docs in pystdlib_splits(max_chars=max_chars, eval_fraction=data.eval_fraction).items()
         }
     else:
@@ -62,7 +63,9 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
-        splits[name] = cap_chars(load_documents(source, data, format="auto", key=f"data.eval_sources.{name}"), max_chars)
+        splits[name] = cap_chars(
+            load_documents(source, data, format="auto", key=f"data.eval_sources.{name}"), max_chars
+        )
     for name in [n for n, d in splits.items() if not d]:
         logger.info("eval set '%s' is empty; skipping it", name)
         del splits[name]
@@ -81,8 +84,9 @@ def pack_splits(
         splits: Output of :func:`load_splits`.
         tokenizer: The shared tokenizer.
         block_length: T (``data.block_length``).
-        max_eval_blocks: Blocks kept per eval set (0 = all). Kept blocks are spread evenly over the set
-            and renumbered ``0..k-1``.
+        max_eval_blocks: Blocks kept per eval set (0 = all): the first ones, so only the documents they
+            need are tokenized. Documents are in a deterministic order that spreads over the source
+            (content-hash held-out split; hash order for pystdlib), so the first blocks are a fair sample.
 
     Returns:
         Split name → PackedBlocks. ``train`` must fill at least one full block; an eval set shorter than
@@ -91,11 +95,13 @@ def pack_splits(
     packed: dict[str, PackedBlocks] = {}
     for name, docs in splits.items():
         is_train = name == "train"
-        blocks = pack_documents(docs, tokenizer, block_length, allow_partial_block=not is_train)
-        if not is_train and 0 < max_eval_blocks < len(blocks):
-            keep = torch.linspace(0, len(blocks) - 1, max_eval_blocks).round().long()  # (k,) evenly spaced
-            blocks = blocks.select(keep)
-        packed[name] = blocks
+        packed[name] = pack_documents(
+            docs,
+            tokenizer,
+            block_length,
+            allow_partial_block=not is_train,
+            max_blocks=None if is_train else max_eval_blocks,
+        )
     return packed
 
 

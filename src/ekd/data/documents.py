@@ -88,7 +88,9 @@ def load_documents(
     if fmt not in FORMATS:
         raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     docs = filter_documents(_read_source(source, fmt, data_cfg, key), data_cfg, source, key)
-    logger.info("%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs))
+    logger.info(
+        "%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs)
+    )
     return docs
 
 
@@ -124,7 +126,9 @@ def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Itera
 
         split = source.partition(":")[2] or "train"
         if split not in PYSTDLIB_SPLITS:
-            raise ConfigError(f"{key}: pystdlib has no split '{split}'; use one of {', '.join(PYSTDLIB_SPLITS)}")
+            raise ConfigError(
+                f"{key}: pystdlib has no split '{split}'; use one of {', '.join(PYSTDLIB_SPLITS)}"
+            )
         splits = pystdlib_splits(eval_fraction=data_cfg.eval_fraction, names=[split])
         return iter(splits.get(split, []))
     if fmt == "hf" or source.startswith("hf:"):
@@ -133,14 +137,18 @@ def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Itera
     if path.is_dir():
         if fmt not in ("auto", "text"):
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
-        return _read_text_files(sorted(p for p in path.rglob("*") if _visible_file(p, path)), path, key, source)
+        return _read_text_files(
+            sorted(p for p in path.rglob("*") if _visible_file(p, path)), path, key, source
+        )
     if not path.exists():
         if glob.has_magic(source):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             if not files:
                 raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
             return _read_text_files(files, None, key, source)
-        raise ConfigError(f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')")
+        raise ConfigError(
+            f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')"
+        )
     if fmt == "auto":
         fmt = _format_from_suffix(path, key)
     if fmt == "text":
@@ -218,11 +226,15 @@ def _field_key(data_cfg: DataConfig, field_name: str) -> str:
     return "data.text_field"
 
 
-def _row_document(values: list[Any], fields: list[str], where: str, doc_id: str, data_cfg: DataConfig) -> Document:
+def _row_document(
+    values: list[Any], fields: list[str], where: str, doc_id: str, data_cfg: DataConfig
+) -> Document:
     for name, value in zip(fields, values):
         if not isinstance(value, str):
             got = "null" if value is None else type(value).__name__
-            raise ConfigError(f"{where}: field '{name}' must be a string, got {got}; fix the row or {_field_key(data_cfg, name)}")
+            raise ConfigError(
+                f"{where}: field '{name}' must be a string, got {got}; fix the row or {_field_key(data_cfg, name)}"
+            )
     if len(fields) == 2:
         return Document(text=values[1], doc_id=doc_id, prompt=values[0])
     return Document(text=values[0], doc_id=doc_id)
@@ -265,13 +277,17 @@ def _read_parquet(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Docume
     try:
         parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise ConfigError(f"{key}: {path} is not a readable Parquet file ({e}); check the file or data.format") from None
+        raise ConfigError(
+            f"{key}: {path} is not a readable Parquet file ({e}); check the file or data.format"
+        ) from None
     _check_columns(parquet.schema_arrow.names, fields, str(path), data_cfg, key)
     row = 0
     for batch in parquet.iter_batches(columns=fields, batch_size=4096):
         columns = [batch.column(n).to_pylist() for n in fields]
         for values in zip(*columns):
-            yield _row_document(list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg)
+            yield _row_document(
+                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg
+            )
             row += 1
 
 
@@ -287,12 +303,18 @@ def _read_hf(name: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
             ds = datasets.load_dataset(name, data_cfg.hf_name or None, split=data_cfg.hf_split)
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name") from None
+        raise ConfigError(
+            f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if data_cfg.hf_split not in ds:
-            raise ConfigError(f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})")
+            raise ConfigError(
+                f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})"
+            )
         ds = ds[data_cfg.hf_split]
     _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
     columns = [list(ds[n]) for n in fields]
     for row, values in enumerate(zip(*columns)):
-        yield _row_document(list(values), fields, f"{key} hf:{name} row {row}", f"{path.name or name}:{row}", data_cfg)
+        yield _row_document(
+            list(values), fields, f"{key} hf:{name} row {row}", f"{path.name or name}:{row}", data_cfg
+        )

@@ -58,7 +58,9 @@ class BlockLoader:
         else:
             pool = torch.as_tensor(indices, dtype=torch.long).unique(sorted=True)
             if pool.numel() and (pool.min() < 0 or pool.max() >= len(blocks)):
-                raise ValueError(f"indices must lie in [0, {len(blocks)}), got min {int(pool.min())} max {int(pool.max())}")
+                raise ValueError(
+                    f"indices must lie in [0, {len(blocks)}), got min {int(pool.min())} max {int(pool.max())}"
+                )
         if pool.numel() == 0:
             raise ConfigError("no training blocks to load; add data or lower data.block_length")
         if drop_last and pool.numel() < batch_size:

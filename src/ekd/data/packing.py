@@ -78,6 +78,7 @@ def pack_documents(
     block_length: int,
     eos_id: int | None = None,
     allow_partial_block: bool = True,
+    max_blocks: int | None = None,
 ) -> PackedBlocks:
     """Tokenize documents (batched, no special tokens added) and pack them into blocks.
 
@@ -89,6 +90,8 @@ def pack_documents(
         eos_id: Separator/padding id; default ``tokenizer.eos_token_id``.
         allow_partial_block: When the whole stream is shorter than T, return it as one EOS-padded block
             (eval sets). When False, that is an error (training needs at least one full block).
+        max_blocks: Keep only the first this many blocks (``None`` or 0 = all); documents past them are
+            not tokenized at all.
 
     Returns:
         PackedBlocks with ``input_ids`` (N, T), ``target_mask`` (N, T), ``sample_ids`` (N,).
@@ -98,14 +101,17 @@ def pack_documents(
             no EOS id.
     """
     if block_length < 2:
-        raise ConfigError(f"data.block_length must be ≥ 2 (a block needs an input and a target), got {block_length}")
+        raise ConfigError(
+            f"data.block_length must be ≥ 2 (a block needs an input and a target), got {block_length}"
+        )
     if eos_id is None:
         eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
-    ids, mask = _token_stream(docs, tokenizer, eos_id)  # (S,), (S,)
+    max_tokens = max_blocks * block_length if max_blocks else None
+    ids, mask, used = _token_stream(docs, tokenizer, eos_id, max_tokens)  # (S,), (S,)
     total = ids.numel()
-    n_blocks = total // block_length
+    n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
     if n_blocks == 0 and (total == 0 or not allow_partial_block):
         raise ConfigError(
             f"data: {total} tokens is fewer than one block of data.block_length={block_length}; lower it or add data"
@@ -116,8 +122,8 @@ def pack_documents(
         mask = torch.cat([mask, torch.zeros(pad, dtype=torch.bool)])
         n_blocks = 1
         logger.info("packed %d tokens into one block padded with %d EOS tokens", total, pad)
-    elif total % block_length:
-        logger.debug("dropped a ragged tail of %d tokens", total % block_length)
+    elif total > n_blocks * block_length:
+        logger.debug("dropped %d tokens after the last block", total - n_blocks * block_length)
     keep = n_blocks * block_length
     blocks = PackedBlocks(
         input_ids=ids[:keep].view(n_blocks, block_length),  # (N, T)
@@ -126,30 +132,48 @@ def pack_documents(
     )
     logger.info(
         "packed %d documents, %d tokens into %d blocks of %d (%d targets)",
-        len(docs), total, n_blocks, block_length, blocks.num_targets,
+        used,
+        min(total, keep),
+        n_blocks,
+        block_length,
+        blocks.num_targets,
     )
     return blocks
 
 
 def _token_stream(
-    docs: Sequence[Document], tokenizer: PreTrainedTokenizerBase, eos_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated ``prompt · text · EOS`` ids of all documents and their target mask, both (S,)."""
-    texts = _encode([d.text for d in docs], tokenizer)
-    prompt_rows = [i for i, d in enumerate(docs) if d.prompt]
-    prompts: list[list[int]] = [[] for _ in docs]
-    for i, encoded in zip(prompt_rows, _encode([docs[i].prompt for i in prompt_rows], tokenizer)):
-        prompts[i] = encoded
+    docs: Sequence[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    eos_id: int,
+    max_tokens: int | None = None,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Concatenated ``prompt · text · EOS`` ids and target mask, both (S,), and the number of documents used.
+
+    Documents are tokenized in batches of ``chunk``; with ``max_tokens`` tokenization stops once the
+    stream holds that many tokens.
+    """
     ids: list[int] = []
     mask: list[bool] = []
-    for prompt, text in zip(prompts, texts):
-        doc_mask = [False] * len(prompt) + [True] * (len(text) + 1)
-        doc_mask[0] = False  # the first token of a document is never predicted from the previous one
-        ids.extend(prompt)
-        ids.extend(text)
-        ids.append(eos_id)
-        mask.extend(doc_mask)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+    used = 0
+    for start in range(0, len(docs), chunk):
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+        batch = docs[start : start + chunk]
+        texts = _encode([d.text for d in batch], tokenizer)
+        prompt_rows = [i for i, d in enumerate(batch) if d.prompt]
+        prompts: list[list[int]] = [[] for _ in batch]
+        for i, encoded in zip(prompt_rows, _encode([batch[i].prompt for i in prompt_rows], tokenizer)):
+            prompts[i] = encoded
+        for prompt, text in zip(prompts, texts):
+            doc_mask = [False] * len(prompt) + [True] * (len(text) + 1)
+            doc_mask[0] = False  # the first token of a document is never predicted from the previous one
+            ids.extend(prompt)
+            ids.extend(text)
+            ids.append(eos_id)
+            mask.extend(doc_mask)
+            used += 1
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool), used
 
 
 def _encode(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:

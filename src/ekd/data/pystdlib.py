@@ -80,16 +80,27 @@ def pystdlib_splits(
             splits["eval"] = _file_documents(root, eval_files, max_chars)
         if "shift_docstrings" in wanted:
             splits["shift_docstrings"] = _capped(_docstring_documents(root, eval_files), max_chars)
-        logger.info("pystdlib: held out %d of %d modules: %s", len(held), len({module_of(f) for f in files}), ", ".join(sorted(held)))
+        logger.info(
+            "pystdlib: held out %d of %d modules: %s",
+            len(held),
+            len({module_of(f) for f in files}),
+            ", ".join(sorted(held)),
+        )
     if "shift_tests" in wanted:
         if (root / "test").is_dir():
-            tests = sorted((p.relative_to(root).as_posix() for p in (root / "test").rglob("*.py")), key=_path_order)
+            tests = sorted(
+                (p.relative_to(root).as_posix() for p in (root / "test").rglob("*.py")), key=_path_order
+            )
             splits["shift_tests"] = _file_documents(root, tests, max_chars)
         else:
-            logger.info("pystdlib: no test suite installed at %s; skipping the shift_tests eval set", root / "test")
+            logger.info(
+                "pystdlib: no test suite installed at %s; skipping the shift_tests eval set", root / "test"
+            )
     ordered = {name: splits[name] for name in PYSTDLIB_SPLITS if name in splits}
     for name, docs in ordered.items():
-        logger.info("pystdlib/%s: %d documents, %d characters", name, len(docs), sum(len(d.text) for d in docs))
+        logger.info(
+            "pystdlib/%s: %d documents, %d characters", name, len(docs), sum(len(d.text) for d in docs)
+        )
     return ordered
 
 
@@ -108,7 +119,9 @@ def library_files(root: Path) -> list[str]:
         dirnames[:] = sorted(
             d
             for d in dirnames
-            if d not in EXCLUDED_DIRS and not d.startswith(".") and not (top and (d in EXCLUDED_TOP_LEVEL or d.startswith("config-")))
+            if d not in EXCLUDED_DIRS
+            and not d.startswith(".")
+            and not (top and (d in EXCLUDED_TOP_LEVEL or d.startswith("config-")))
         )
         for name in filenames:
             if name.endswith(".py") and not name.startswith(("test_", "_sysconfigdata")):

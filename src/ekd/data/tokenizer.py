@@ -92,7 +92,8 @@ def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     parts: dict[str, Any] = {
         "vocab": sorted(tokenizer.get_vocab().items()),
         "special": {
-            name: getattr(tokenizer, name, None) for name in ("eos_token", "bos_token", "pad_token", "unk_token")
+            name: getattr(tokenizer, name, None)
+            for name in ("eos_token", "bos_token", "pad_token", "unk_token")
         },
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)

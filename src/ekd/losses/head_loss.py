@@ -1,11 +1,16 @@
 """Output head + loss at selected rows: the only place student and teacher logits are made in training.
 
-Two paths with one API (DESIGN decision 2):
+Three paths with one API (DESIGN decision 2):
 
-- ``reference``: logits for all M rows at once — (M, V) per model — then the loss. Plain and obviously
-  right; used by tests as the oracle and selectable with ``train.loss_path=reference``.
-- ``chunked``: rows in chunks of ``chunk_size``; each chunk's logits are recomputed in backward
-  (activation checkpointing), so peak memory is O(chunk · V) instead of O(M · V).
+- ``reference``: logits for all M rows at once — (M, V) per model — then the loss through autograd. Plain
+  and obviously right; used by tests as the oracle and selectable with ``train.loss_path=reference``.
+- ``chunked`` (default): the fused head of ``ekd.losses.chunked`` — rows in chunks of ``chunk_size``, the
+  loss *and its gradient* (closed form, ``ekd.losses.logit_grads``) computed per chunk during the forward
+  and folded into the (M, D) hidden / (V, D) head gradients; no graph, no recomputation. Peak memory is
+  O(chunk · V) + the gradients, flat in M.
+- ``chunked_recompute``: rows in chunks, each chunk's logits recomputed in backward (activation
+  checkpointing). Same memory order, but the student and teacher head GEMMs run twice; kept as the
+  measured alternative (``make bench`` compares it).
 
 Both return the *sum* over rows Σ_i w_i·τ_i²·D_i (KD) or Σ_i −log q_i(y_i) (CE); normalization by the
 global token count happens once, in ``ekd.losses.reduce``.
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ekd.losses.chunked import ce_chunk_loss, fused_linear_loss, kd_chunk_loss
 from ekd.losses.divergences import Divergence
 from ekd.losses.sparse import sparse_forward_kl
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
@@ -44,16 +50,27 @@ def _kd_rows(
     return (scale * per_row).sum()
 
 
+PATHS = ("chunked", "chunked_recompute", "reference")
+
+
+def _check_path(path: str, chunk_size: int) -> None:
+    if path not in PATHS:
+        raise ValueError(f"loss path must be one of {', '.join(PATHS)}, got {path!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
 def kd_loss_sum(
     student_hidden: Tensor,
     student_head: Head,
     target: Target,
-    tau: Tensor,
+    tau: Tensor | float,
     weights: Tensor,
     divergence: Divergence,
     scale_by_tau_squared: bool = True,
     path: str = "chunked",
     chunk_size: int = 1024,
+    compile: bool = False,
 ) -> Tensor:
     """KD loss summed over M rows.
 
@@ -61,17 +78,28 @@ def kd_loss_sum(
         student_hidden: (M, Ds) student final hidden states at the selected rows (with grad).
         student_head: the student's output head (with grad), vocabulary V.
         target: DenseTarget (teacher hidden (M, Dt) + head) or SparseTarget ((M, K) ids/probs).
-        tau: (M,) per-row temperature (detached).
+        tau: (M,) per-row temperature (detached), or one float for all rows.
         weights: (M,) per-row weight (detached).
         divergence: per-row divergence (student_logits, teacher_logits, tau) → (M,), dense targets only.
+            On the ``chunked`` path the divergences of ``ekd.losses.divergences`` (and ``make_divergence``
+            partials) use closed-form gradients; any other callable gets autograd per chunk.
         scale_by_tau_squared: multiply row i by τ_i² (Hinton).
-        path: 'chunked' or 'reference'.
-        chunk_size: rows per chunk on the chunked path.
+        path: 'chunked' (fused, gradient in the forward), 'chunked_recompute' or 'reference'.
+        chunk_size: rows per chunk on the chunked paths.
+        compile: torch.compile the per-chunk math (``chunked`` path; falls back to eager with a warning).
 
     Returns:
-        Scalar Σ_i w_i·τ_i²·D_i (fp32).
+        Scalar Σ_i w_i·τ_i²·D_i (fp32). On the ``chunked`` path it can be backpropagated once.
     """
+    _check_path(path, chunk_size)
     m = student_hidden.shape[0]
+    if not isinstance(tau, Tensor):
+        tau = torch.full((m,), float(tau), device=student_hidden.device)
+    if path == "chunked":
+        tau = tau.detach().float()
+        coef = weights.detach().float() * tau.pow(2) if scale_by_tau_squared else weights.detach().float()
+        chunk_loss = kd_chunk_loss(target, tau, coef, divergence, compile=compile)
+        return fused_linear_loss(student_hidden, student_head, chunk_loss, chunk_size)
     if m == 0:
         return student_hidden.sum() * 0.0  # keeps the graph connected: finite zero grads
     if path == "reference" or m <= chunk_size:
@@ -99,8 +127,21 @@ def _ce_rows(hidden: Tensor, head: Head, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
-def ce_loss_sum(hidden: Tensor, head: Head, labels: Tensor, path: str = "chunked", chunk_size: int = 1024) -> Tensor:
-    """Σ_i −log q_i(y_i) over N rows. hidden (N, D), labels (N,) all valid → scalar (fp32)."""
+def ce_loss_sum(
+    hidden: Tensor,
+    head: Head,
+    labels: Tensor,
+    path: str = "chunked",
+    chunk_size: int = 1024,
+    compile: bool = False,
+) -> Tensor:
+    """Σ_i −log q_i(y_i) over N rows. hidden (N, D), labels (N,) → scalar (fp32); rows labelled −100 add 0.
+
+    ``path``, ``chunk_size`` and ``compile`` as in ``kd_loss_sum``.
+    """
+    _check_path(path, chunk_size)
+    if path == "chunked":
+        return fused_linear_loss(hidden, head, ce_chunk_loss(labels, compile=compile), chunk_size)
     n = hidden.shape[0]
     if n == 0:
         return hidden.sum() * 0.0
@@ -115,4 +156,4 @@ def ce_loss_sum(hidden: Tensor, head: Head, labels: Tensor, path: str = "chunked
     return total
 
 
-__all__ = ["kd_loss_sum", "ce_loss_sum", "DenseTarget", "SparseTarget", "Head"]
+__all__ = ["kd_loss_sum", "ce_loss_sum", "PATHS", "DenseTarget", "SparseTarget", "Head"]

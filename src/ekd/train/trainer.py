@@ -129,40 +129,21 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # 2. this step's micro-batches and the global token counts that normalize every term
+        # 2. this step's micro-batches: forward + backward, each term normalized by its global count
         micro_batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum_steps)]
-        planned = []
-        for i, b in enumerate(micro_batches):
-            candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
-            pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), data.vocab_size, {})
-            planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
-        kd_count = global_count(planned, device)
-        ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
-        ce_count = global_count(ce_local, device)
-        # 3. forward + backward per micro-batch
-        sums: dict[str, float] = {}
-        loss_value = 0.0
-        for i, batch in enumerate(micro_batches):
-            ctx = StepContextData(step, cfg.train.max_steps, data.vocab_size, step_generator(cfg.run.seed, step, i), cfg.train.loss_path, cfg.train.head_chunk_size, amp)
-            out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
-            if not torch.isfinite(out.loss):
-                _stop_non_finite(step, run_dir)
-            out.loss.backward()
-            loss_value += float(out.loss.detach())
-            for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
-                sums[k] = _combine(k, sums.get(k), v)
-            tokens_seen += int(batch.attention_mask.sum())
-        # 4. clip, step
+        loss_value, sums, kd_count, ce_count = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
+        tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
+        # 3. clip, step
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")))
         if not math.isfinite(grad_norm):
             _stop_non_finite(step, run_dir, what="gradient norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        # 5. stateful policies learn from this step
+        # 4. stateful policies learn from this step
         kd_mean = sums.get("kd_sum", 0.0) / kd_count
         parts.policy.observe(kd_loss=kd_mean)
-        # 6. log
+        # 5. log
         totals["selected"] += sums.get("selected", 0.0)
         totals["valid"] += sums.get("valid", 0.0)
         elapsed = time.perf_counter() - t_loop
@@ -170,7 +151,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
             metrics_log.write(step + 1, last)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
-        # 7. evaluate, checkpoint
+        # 6. evaluate, checkpoint
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
             metrics_log.write(step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp)))
             student.train()
@@ -185,6 +166,38 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
     metrics_log.close()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
     return TrainResult(run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results)
+
+
+def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: int, cfg: Config, vocab_size: int, amp, run_dir: Path):
+    """Accumulate one optimizer step's gradients over its micro-batches.
+
+    Every term is normalized by its global count over the whole step (planned before any forward pass
+    from the masks alone), so 8 micro-batches of 1 give the same gradients as 2 of 4.
+
+    Returns:
+        (loss, summed diagnostics, kd_count, ce_count)
+    """
+    device = micro_batches[0].input_ids.device
+    planned = []
+    for i, b in enumerate(micro_batches):
+        candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
+        pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), vocab_size, {})
+        planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
+    kd_count = global_count(planned, device)
+    ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
+    ce_count = global_count(ce_local, device)
+    sums: dict[str, float] = {}
+    loss_value = 0.0
+    for i, batch in enumerate(micro_batches):
+        ctx = StepContextData(step, cfg.train.max_steps, vocab_size, step_generator(cfg.run.seed, step, i), cfg.train.loss_path, cfg.train.head_chunk_size, amp)
+        out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
+        if not torch.isfinite(out.loss):
+            _stop_non_finite(step, run_dir)
+        out.loss.backward()
+        loss_value += float(out.loss.detach())
+        for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
+            sums[k] = _combine(k, sums.get(k), v)
+    return loss_value, sums, kd_count, ce_count
 
 
 def _combine(key: str, old: float | None, new: float) -> float:

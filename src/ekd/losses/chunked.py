@@ -1,0 +1,230 @@
+"""Fused output head + loss: logits one chunk of rows at a time, the gradient computed during the forward.
+
+For each chunk of m rows, ``_FusedHeadLoss`` computes the student logits z = h·Wᵀ (+ b) (m, V), hands them
+to a *chunk loss* — a function returning the chunk's loss sum and ∂loss/∂z in closed form
+(``ekd.losses.logit_grads``) — and immediately folds that (m, V) gradient into
+
+    grad_hidden[rows] = g·W   (m, D)      grad_W += gᵀ·h   (V, D)      grad_b += Σ_rows g   (V,)
+
+so only one chunk's logits are alive at a time and no autograd graph is kept: peak memory is the (M, D) and
+(V, D) gradients plus a few (chunk, V) fp32 buffers, independent of M. Backward only scales the stored
+gradients by the incoming grad_output (in place, so they can be handed to ``.grad`` without a copy — a
+second backward through the same loss therefore raises). A tied head (weight shared with the input
+embedding) needs nothing special: autograd adds the returned weight gradient into the shared Parameter.
+
+The chunk-loss builders here bind the per-row data (target, τ, weights) and pick the closed form for a
+divergence from ``ekd.losses.divergences`` (a plain function or ``make_divergence``'s partial); any other
+divergence callable falls back to autograd on the chunk's logits only. With ``compile=True`` the per-chunk
+math (not the GEMMs) runs under ``torch.compile``; if compiling fails the eager version is used, with one
+warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ekd.losses import divergences as div
+from ekd.losses.logit_grads import autograd_chunk, ce_chunk, dense_kd_chunk, sparse_kd_chunk
+from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
+
+logger = logging.getLogger(__name__)
+
+ChunkLoss = Callable[[Tensor, int, int], tuple[Tensor, Tensor]]
+"""(student logits (m, V) fp32, consumed; start; end) → (loss sum (), ∂loss/∂logits (m, V) fp32)."""
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, chunk_loss, chunk_size, track):  # type: ignore[override]
+        need_h, need_w, need_b = (track and n for n in ctx.needs_input_grad[:3])
+        grad_h = torch.empty_like(hidden) if need_h else None  # (M, D)
+        grad_w = torch.zeros_like(weight) if need_w else None  # (V, D), accumulated in the weight's dtype
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None  # (V,)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end].to(weight.dtype)  # (m, D)
+            logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())  # (m, V)
+            loss, grad = chunk_loss(logits.float(), start, end)  # (), (m, V) fp32
+            del logits
+            total += loss
+            if need_h or need_w:
+                grad_low = grad.to(weight.dtype)  # (m, V)
+                if need_h:
+                    if grad_h.dtype == weight.dtype:
+                        torch.mm(grad_low, weight, out=grad_h[start:end])  # (m, D)
+                    else:
+                        grad_h[start:end] = torch.mm(grad_low, weight)
+                if need_w:
+                    grad_w.addmm_(grad_low.t(), h)  # (V, D) += (V, m)·(m, D)
+                del grad_low
+            if need_b:
+                grad_b += grad.sum(0)  # (V,)
+            del grad
+        ctx.grads = (grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "the fused chunked loss was already backpropagated (its gradients are computed in the forward "
+                "and handed over once); recompute the loss, or use path='chunked_recompute' or 'reference'"
+            )
+        ctx.grads = None
+        scaled = tuple(None if g is None else g.mul_(grad_output) for g in grads)
+        return (*scaled, None, None, None)
+
+
+def fused_linear_loss(
+    hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_size: int
+) -> Tensor:
+    """Σ over rows of ``chunk_loss`` applied to head(hidden), with gradients to hidden, head weight and bias.
+
+    Args:
+        hidden: (M, D) hidden states (any float dtype; the logits are cast to fp32 per chunk).
+        head: output head, weight (V, D) and optional bias (V,).
+        chunk_loss: see ``ChunkLoss``.
+        chunk_size: rows per chunk.
+
+    Returns:
+        Scalar fp32 loss sum.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    track = torch.is_grad_enabled()
+    return _FusedHeadLoss.apply(hidden, head.weight, head.bias, chunk_loss, chunk_size, track)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.compile of the per-chunk math
+
+
+class _MaybeCompiled:
+    """``fn`` under torch.compile, built on first use; any compile failure → warn once, run eager from then."""
+
+    def __init__(self, fn: Callable[..., tuple[Tensor, Tensor]]):
+        self.fn = fn
+        self.compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self.failed = False
+
+    def __call__(self, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.failed:
+            try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn)
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 — any backend/toolchain failure means "use eager"
+                self.failed = True
+                logger.warning(
+                    "torch.compile of %s failed (%s: %s); using the eager per-chunk function",
+                    self.fn.__name__,
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
+        return self.fn(*args, **kwargs)
+
+
+_COMPILED = {fn: _MaybeCompiled(fn) for fn in (dense_kd_chunk, sparse_kd_chunk, ce_chunk)}
+
+
+def _maybe_compiled(fn: Callable[..., tuple[Tensor, Tensor]], compile: bool) -> Callable[..., tuple[Tensor, Tensor]]:
+    return _COMPILED[fn] if compile else fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# chunk losses
+
+
+_CLOSED_FORMS: dict[Callable[..., Tensor], tuple[str, str | None]] = {
+    div.forward_kl: ("forward_kl", None),
+    div.reverse_kl: ("reverse_kl", None),
+    div.jsd: ("jsd", "beta"),
+    div.skew_forward_kl: ("skew_forward_kl", "alpha"),
+    div.skew_reverse_kl: ("skew_reverse_kl", "alpha"),
+    div.tvd: ("tvd", None),
+}
+
+
+def closed_form_of(divergence: div.Divergence) -> tuple[str, float] | None:
+    """(kind, parameter) when ``divergence`` has a closed-form gradient here, else None.
+
+    Recognizes the functions of ``ekd.losses.divergences`` and ``functools.partial`` of them binding only
+    their parameter (what ``make_divergence`` returns). Parameter ranges are checked as the functions do.
+    """
+    fn, kwargs = divergence, {}
+    if isinstance(divergence, functools.partial) and not divergence.args:
+        fn, kwargs = divergence.func, dict(divergence.keywords)
+    entry = _CLOSED_FORMS.get(fn)  # type: ignore[arg-type]
+    if entry is None:
+        return None
+    kind, param_name = entry
+    if set(kwargs) - {param_name}:
+        return None
+    if param_name is None:
+        return kind, 0.0
+    param = float(kwargs.get(param_name, inspect.signature(fn).parameters[param_name].default))
+    if kind == "jsd" and not 0.0 <= param <= 1.0:
+        raise ValueError(f"jsd beta must be in [0, 1], got {param}")
+    if kind != "jsd" and not 0.0 <= param < 1.0:
+        raise ValueError(f"skew alpha must be in [0, 1), got {param}")
+    return kind, param
+
+
+def kd_chunk_loss(
+    target: Target,
+    tau: Tensor,
+    coef: Tensor,
+    divergence: div.Divergence,
+    compile: bool = False,
+) -> ChunkLoss:
+    """The chunk loss Σ_rows coef·D(target ‖ student@τ) for ``fused_linear_loss``.
+
+    Args:
+        target: DenseTarget (teacher logits made per chunk, no grad) or SparseTarget (sparse forward KL;
+            ``divergence`` is not used, as on the reference path).
+        tau: (M,) temperatures.
+        coef: (M,) row coefficients w·τ² (or w).
+        divergence: dense divergence; closed form when recognized (``closed_form_of``), else autograd on the
+            chunk's logits.
+        compile: run the per-chunk math under torch.compile.
+    """
+    tau = tau.detach().float()
+    coef = coef.detach().float()
+    if isinstance(target, SparseTarget):
+        sparse_fn = _maybe_compiled(sparse_kd_chunk, compile)
+
+        def sparse_chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+            tail = None if target.tail is None else target.tail[start:end]
+            return sparse_fn(logits, target.ids[start:end], target.probs[start:end], tail, tau[start:end], coef[start:end])
+
+        return sparse_chunk
+    if not isinstance(target, DenseTarget):
+        raise TypeError(f"target must be a DenseTarget or SparseTarget, got {type(target).__name__}")
+    form = closed_form_of(divergence)
+    dense_fn = _maybe_compiled(dense_kd_chunk, compile)
+
+    def dense_chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        teacher = target.logits(start, end).float()  # (m, V), no grad
+        if form is None:
+            return autograd_chunk(logits, teacher, tau[start:end], coef[start:end], divergence)
+        return dense_fn(logits, teacher, tau[start:end], coef[start:end], form[0], form[1])
+
+    return dense_chunk
+
+
+def ce_chunk_loss(labels: Tensor, compile: bool = False) -> ChunkLoss:
+    """The chunk loss Σ_rows −log q(y) (rows labelled −100 contribute nothing). labels (M,)."""
+    fn = _maybe_compiled(ce_chunk, compile)
+
+    def chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        return fn(logits, labels[start:end])
+
+    return chunk

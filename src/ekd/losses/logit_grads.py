@@ -1,0 +1,242 @@
+"""Per-chunk loss values with their gradients w.r.t. the student logits, in closed form (fp32).
+
+The fused head (``ekd.losses.chunked``) needs, for one chunk of m rows, the loss sum Σ_i c_i·D_i and
+∂/∂z_s of it — an (m, V) tensor — without keeping an autograd graph. Every function here returns both::
+
+    fn(student_logits (m, V), <target>, tau (m,), coef (m,)) -> (loss_sum (), grad_logits (m, V))
+
+with c_i = ``coef`` (w_i·τ_i² or w_i) and the divergences of METHODS §1 taken at p = softmax(z_t/τ),
+q = softmax(z_s/τ). The gradients follow from one identity: for any D(q), with s = z_s/τ,
+
+    ∂D/∂s_v = q_v·(G_v − Σ_u q_u·G_u),  G = ∂D/∂q,      ∂/∂z_s = ∂/∂s / τ
+
+which gives (constants in G cancel):
+
+    forward_kl        G = −p/q                             →  ∂D/∂s = q − p
+    reverse_kl        G = log q − log p                    →  q·(G − D)
+    jsd(β)            G = (1−β)·(log q − log m), m = βp + (1−β)q
+    skew_forward_kl   ∂D/∂s = −p·a + q·Σ p·a,  a = (1−α)·q/r, r = αp + (1−α)q
+    skew_reverse_kl   G = log q − log r − α·q/r,  r = (1−α)p + αq
+    tvd               G = −½·sign(p − q)
+    sparse (RS/top-K) ∂/∂s = q·Σ_k t_k − Σ_k t_k·e_{id_k}  (+ the ghost-tail term, see ``sparse_kd_chunk``)
+    CE                ∂/∂z = q − e_y
+
+**Ownership**: the logits passed in are consumed (overwritten in place in eager mode, to keep the chunk at
+3–4 (m, V) buffers); callers pass freshly computed logits and keep no other reference. Zero-probability
+entries (``-inf`` logits) contribute exactly zero to values and gradients, as on the reference path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+DENSE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+
+
+def _eager() -> bool:
+    """In-place ops save memory in eager mode; under torch.compile they would mutate graph inputs."""
+    return not torch.compiler.is_compiling()
+
+
+def _log_softmax_at(logits: Tensor, tau: Tensor | None) -> Tensor:
+    """log softmax(logits / τ) over the vocabulary, overwriting ``logits`` in eager mode. (m, V) → (m, V)."""
+    inv_tau = None if tau is None else tau.reciprocal().unsqueeze(1)  # (m, 1)
+    if not _eager():
+        return torch.log_softmax(logits if inv_tau is None else logits * inv_tau, dim=-1)
+    if inv_tau is not None:
+        logits.mul_(inv_tau)
+    if logits.device.type == "cpu":  # the CPU kernel reads each element before writing it: safe in place
+        return torch.log_softmax(logits, dim=-1, out=logits)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a·b per row without an (m, V) temporary. (m, V) × 2 → (m,)."""
+    return torch.einsum("mv,mv->m", a, b)
+
+
+def _softmax_vjp(q: Tensor, g: Tensor, scale: Tensor) -> Tensor:
+    """scale·q·(G − Σ q·G) per row, in place on ``g`` (G at q = 0 entries is ignored). → (m, V)."""
+    g = g.masked_fill_(q == 0, 0.0)
+    return g.sub_(_rowdot(q, g).unsqueeze(1)).mul_(q).mul_(scale.unsqueeze(1))
+
+
+def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """log(w·a + (1−w)·b) from log a, log b (0 < w < 1) with one new (m, V) buffer."""
+    out = log_a + math.log(weight_a / (1.0 - weight_a))
+    out = torch.logaddexp(out, log_b, out=out) if _eager() else torch.logaddexp(out, log_b)
+    return out.add_(math.log(1.0 - weight_a))
+
+
+def _kl_rows(p: Tensor, log_ratio: Tensor) -> Tensor:
+    """Σ_v p·log_ratio with 0·(anything) = 0; overwrites ``log_ratio`` at p = 0. → (m,)."""
+    return _rowdot(p, log_ratio.masked_fill_(p == 0, 0.0))
+
+
+def dense_kd_chunk(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Tensor,
+    coef: Tensor,
+    kind: str,
+    param: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Σ_i coef_i·D_kind(p_i ‖ q_i) and its gradient w.r.t. the student logits.
+
+    Args:
+        student_logits: (m, V) fp32 student logits z_s (consumed).
+        teacher_logits: (m, V) fp32 teacher logits z_t (consumed).
+        tau: (m,) temperatures.
+        coef: (m,) row coefficients (w·τ² or w).
+        kind: one of ``DENSE_KINDS``.
+        param: β for ``jsd``, α for the skew KLs (β ∈ {0, 1} and α = 0 are the plain KLs).
+
+    Returns:
+        (loss sum (), ∂loss/∂z_s (m, V)), fp32.
+    """
+    scale = coef / tau  # (m,) ∂/∂z_s = coef·∂D/∂s / τ
+    if kind == "jsd" and param == 0.0 or kind == "skew_forward_kl" and param == 0.0:
+        kind = "forward_kl"
+    elif kind == "jsd" and param == 1.0 or kind == "skew_reverse_kl" and param == 0.0:
+        kind = "reverse_kl"
+    log_q = _log_softmax_at(student_logits, tau)  # (m, V)
+    log_p = _log_softmax_at(teacher_logits, tau)  # (m, V)
+    if kind == "forward_kl":
+        p = log_p.exp()
+        rows = _kl_rows(p, log_p.sub_(log_q))
+        del log_p
+        grad = log_q.exp_().sub_(p).mul_(scale.unsqueeze(1))  # q − p
+    elif kind == "reverse_kl":
+        q = log_q.exp()
+        log_ratio = log_q.sub_(log_p)  # log q − log p
+        del log_p
+        rows = _kl_rows(q, log_ratio)
+        grad = log_ratio.sub_(rows.unsqueeze(1)).mul_(q).mul_(scale.unsqueeze(1))  # q·(log q/p − D)
+    elif kind == "jsd":
+        beta = param
+        log_m = _log_mix(log_p, log_q, beta)  # (m, V) log(βp + (1−β)q)
+        p = log_p.exp()
+        kl_p = _kl_rows(p, log_p.sub_(log_m))
+        del p, log_p
+        q = log_q.exp()
+        log_ratio = log_q.sub_(log_m)  # log q − log m
+        del log_m
+        kl_q = _kl_rows(q, log_ratio)
+        rows = beta * kl_p + (1.0 - beta) * kl_q
+        grad = _softmax_vjp(q, log_ratio, (1.0 - beta) * scale)
+    elif kind == "skew_forward_kl":
+        alpha = param
+        log_r = _log_mix(log_p, log_q, alpha)  # log(αp + (1−α)q)
+        p = log_p.exp()
+        rows = _kl_rows(p, log_p.sub_(log_r))
+        del log_p
+        q = log_q.exp()
+        a = log_q.sub_(log_r).add_(math.log(1.0 - alpha)).exp_()  # (1−α)q/r ∈ [0, 1]
+        del log_r
+        pa = a.mul_(p).masked_fill_(p == 0, 0.0)  # p·a
+        del p
+        grad = q.mul_(pa.sum(-1, keepdim=True)).sub_(pa).mul_(scale.unsqueeze(1))  # q·Σpa − pa
+    elif kind == "skew_reverse_kl":
+        alpha = param
+        log_r = _log_mix(log_p, log_q, 1.0 - alpha)  # log((1−α)p + αq)
+        del log_p
+        q = log_q.exp()
+        log_ratio = log_q.sub_(log_r)  # log q − log r
+        del log_r
+        rows = _kl_rows(q, log_ratio)
+        g = log_ratio.sub_(log_ratio.exp().mul_(alpha))  # log q/r − α·q/r
+        grad = _softmax_vjp(q, g, scale)
+    elif kind == "tvd":
+        q = log_q.exp_()
+        diff = log_p.exp_().sub_(q)  # p − q
+        rows = 0.5 * diff.abs().sum(-1)
+        grad = _softmax_vjp(q, diff.sign_().mul_(-0.5), scale)
+    else:
+        raise ValueError(f"no closed-form gradient for divergence {kind!r}; known: {', '.join(DENSE_KINDS)}")
+    return (coef * rows).sum(), grad
+
+
+def sparse_kd_chunk(
+    student_logits: Tensor,
+    ids: Tensor,
+    probs: Tensor,
+    tail: Tensor | None,
+    tau: Tensor,
+    coef: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Sparse forward-KL estimate (``ekd.losses.sparse``) and its gradient w.r.t. the student logits.
+
+    Per row, with t the K target values (padding slots t = 0), S = Σ_{k: t_k>0} q[id_k] and tail mass t_tail::
+
+        D = Σ_k t_k (log t_k − log q[id_k]) + t_tail (log t_tail − log(1 − S))
+        ∂D/∂s = q·(Σ_k t_k − b·S) − Σ_k (t_k − b·q[id_k])·e_{id_k},   b = t_tail / (1 − S)
+
+    (b = 0 without a tail, and where 1 − S is clamped at 1e-7 as on the reference path).
+
+    Args:
+        student_logits: (m, V) fp32 (consumed).
+        ids: (m, K) long target ids.
+        probs: (m, K) target values t̂ (RS counts/N, importance-weighted, or tail-handled top-K probs).
+        tail: (m,) teacher tail mass for the ghost bucket, or None.
+        tau: (m,) temperatures.
+        coef: (m,) row coefficients.
+
+    Returns:
+        (loss sum (), ∂loss/∂z_s (m, V)), fp32.
+    """
+    scale = coef / tau  # (m,)
+    log_q = _log_softmax_at(student_logits, tau)  # (m, V)
+    log_q_at = log_q.gather(-1, ids)  # (m, K) student log-probs at the target ids
+    t = probs.float()
+    present = t > 0
+    t = torch.where(present, t, torch.zeros_like(t))
+    safe_t = torch.where(present, t, torch.ones_like(t))
+    rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
+    row_mass = t.sum(-1)  # (m,) Σ_k t_k
+    at_ids = -t  # (m, K) coefficient of e_{id_k}
+    if tail is not None:
+        log_in = torch.logsumexp(log_q_at.masked_fill(~present, float("-inf")), dim=-1)  # (m,) log S
+        s_in = log_in.exp()
+        clamped = s_in > 1.0 - 1e-7
+        log_tail_q = torch.log1p(-s_in.clamp(max=1.0 - 1e-7))
+        tail = tail.float()
+        has_tail = tail > 0
+        safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
+        rows = rows + torch.where(has_tail, tail * (safe_tail.log() - log_tail_q), torch.zeros_like(tail))
+        b = torch.where(has_tail & ~clamped, tail / (1.0 - s_in).clamp(min=1e-7), torch.zeros_like(tail))  # (m,)
+        row_mass = row_mass - b * s_in
+        at_ids = at_ids + torch.where(present, b.unsqueeze(1) * log_q_at.exp(), torch.zeros_like(t))
+    q = log_q.exp_() if _eager() else log_q.exp()
+    grad = q.mul_(row_mass.unsqueeze(1)).scatter_add_(-1, ids, at_ids).mul_(scale.unsqueeze(1))
+    return (coef * rows).sum(), grad
+
+
+def ce_chunk(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Σ_i −log softmax(z_i)[y_i] over rows with y_i ≠ −100, and ∂/∂z = softmax(z) − e_y. (m, V), (m,)."""
+    valid = labels != -100  # (m,)
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (m, 1)
+    log_q = _log_softmax_at(logits, None)  # (m, V)
+    loss = -torch.where(valid, log_q.gather(-1, safe).squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)).sum()
+    q = log_q.exp_() if _eager() else log_q.exp()
+    keep = valid.to(q.dtype).unsqueeze(1)  # (m, 1)
+    grad = q.mul_(keep).scatter_add_(-1, safe, -keep)
+    return loss, grad
+
+
+def autograd_chunk(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Tensor,
+    coef: Tensor,
+    divergence,
+) -> tuple[Tensor, Tensor]:
+    """Fallback for divergences without a closed form (e.g. a user-registered one): autograd on this
+    chunk's logits only, so no graph outlives the chunk. Same contract as ``dense_kd_chunk``."""
+    with torch.enable_grad():
+        z = student_logits.detach().requires_grad_(True)
+        loss = (coef * divergence(z, teacher_logits, tau)).sum()
+        (grad,) = torch.autograd.grad(loss, z)
+    return loss.detach(), grad

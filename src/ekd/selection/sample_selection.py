@@ -1,0 +1,212 @@
+"""Sample selection before training — SE-KD3X "TopSmp" (Rethinking Selective KD, arXiv 2602.01395).
+
+Before the first step, the frozen initial student scores every training sample; only the top ℓ% are
+trained on. The selection is saved with the run (JSON, never pickle) and reused on resume — never re-scored
+with a trained student.
+
+    ids, scores = score_samples_by_id(student, batches, "student_entropy", vocab_size, device)
+    keep = select_samples(scores, ids, fraction=0.2)
+    save_sample_selection(run_dir / "sample_selection.json", keep, {"scorer": "student_entropy", ...})
+
+Sample scores (means over the sample's valid tokens, τ=1): ``student_entropy`` H(q) (the SE-KD3X default),
+``forward_kl`` KL(p‖q) and ``ce_ratio`` CE_s/(CE_t + 1e-6) (both need the teacher), ``random`` (U[0,1)
+from ``seed``, assigned in ascending sample-id order, so it does not depend on the batch order). Token
+statistics are computed by the same chunked code as training (``ekd.train.token_stats``): no (B·T, V) fp32
+logits are held. A sample without valid tokens scores −inf (kept last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ekd.selection.base import COUNT_SLACK
+from ekd.selection.scores import CE_RATIO_EPS
+
+SAMPLE_SCORERS = ("student_entropy", "forward_kl", "ce_ratio", "random")
+FORMAT = "ekd-sample-selection"
+VERSION = 1
+_STATS = {
+    "student_entropy": {"student_entropy"},
+    "forward_kl": {"forward_kl"},
+    "ce_ratio": {"student_logp_gold", "teacher_logp_gold"},
+    "random": set(),
+}
+
+
+def _field(batch: Any, name: str) -> Tensor:
+    return batch[name] if isinstance(batch, dict) else getattr(batch, name)
+
+
+def _token_scores(stats: dict[str, Tensor], scorer: str) -> Tensor:
+    if scorer == "student_entropy":
+        return stats["student_entropy"]
+    if scorer == "forward_kl":
+        return stats["forward_kl"]
+    return -stats["student_logp_gold"] / (-stats["teacher_logp_gold"] + CE_RATIO_EPS)  # ce_ratio
+
+
+@torch.no_grad()
+def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    from ekd.models.load import model_body
+
+    return model_body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+
+
+@torch.no_grad()
+def score_samples_by_id(
+    model: nn.Module,
+    batches: Iterable[Any],
+    scorer: str,
+    vocab_size: int,
+    device: torch.device | str,
+    teacher: nn.Module | None = None,
+    *,
+    seed: int = 0,
+    chunk_rows: int = 1024,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Score every sample seen in ``batches`` with the frozen model(s).
+
+    Args:
+        model: the initial student (HF causal LM); put in eval mode for scoring, its mode restored after.
+        batches: iterable of batches with ``input_ids, labels`` (already shifted, -100 ignored),
+            ``attention_mask`` (B, T) and ``sample_ids`` (B,) — objects or dicts. Rows sharing a sample id
+            are pooled (mean over all their valid tokens).
+        scorer: one of ``SAMPLE_SCORERS``.
+        vocab_size: V shared by the models (heads are sliced to it).
+        device: where the models run.
+        teacher: the teacher model, required by ``forward_kl`` and ``ce_ratio``.
+        seed: seed of the ``random`` scorer.
+        chunk_rows: rows per chunk of the token statistics.
+        progress: show a progress bar.
+
+    Returns:
+        (ids, scores): (N,) long sample ids in ascending order and their (N,) fp32 scores.
+    """
+    from ekd.models.load import output_head
+    from ekd.train.token_stats import token_stats
+
+    if scorer not in SAMPLE_SCORERS:
+        raise ValueError(f"method.sample_scorer must be one of {', '.join(SAMPLE_SCORERS)}, got '{scorer}'")
+    needs = _STATS[scorer]
+    if scorer in ("forward_kl", "ce_ratio") and teacher is None:
+        raise ValueError(f"method.sample_scorer={scorer} needs the teacher model; use student_entropy or random")
+    models = [m for m in (model, teacher) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    ids_parts, sum_parts, count_parts = [], [], []
+    try:
+        for batch in tqdm(batches, desc="scoring samples", disable=not progress):
+            labels = _field(batch, "labels").to(device)  # (B, T)
+            valid = labels != -100  # (B, T)
+            ids_parts.append(_field(batch, "sample_ids").reshape(-1).long().cpu())  # (B,)
+            count_parts.append(valid.sum(-1).double().cpu())  # (B,)
+            if scorer == "random":
+                sum_parts.append(torch.zeros(labels.shape[0], dtype=torch.float64))
+                continue
+            input_ids = _field(batch, "input_ids").to(device)
+            attention_mask = _field(batch, "attention_mask").to(device)
+            student_needs = needs - {"teacher_logp_gold"}
+            teacher_needs = needs & {"teacher_logp_gold", "forward_kl"}
+            stats = token_stats(
+                needs,
+                labels,
+                student_hidden=_hidden(model, input_ids, attention_mask) if student_needs else None,
+                student_head=output_head(model, vocab_size) if student_needs else None,
+                teacher_hidden=_hidden(teacher, input_ids, attention_mask) if teacher_needs else None,
+                teacher_head=output_head(teacher, vocab_size) if teacher_needs else None,
+                chunk_rows=chunk_rows,
+            )
+            per_token = _token_scores(stats, scorer).double().masked_fill(~valid, 0.0)  # (B, T)
+            sum_parts.append(per_token.sum(-1).cpu())  # (B,)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    if not ids_parts:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float32)
+    row_ids = torch.cat(ids_parts)  # (R,)
+    ids, inverse = torch.unique(row_ids, sorted=True, return_inverse=True)  # (N,), (R,)
+    sums = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, torch.cat(sum_parts))
+    counts = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, torch.cat(count_parts))
+    if scorer == "random":
+        scores = torch.rand(ids.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    else:
+        scores = sums / counts.clamp(min=1)
+    scores = torch.where(counts > 0, scores, torch.full_like(scores, -math.inf))
+    return ids, scores.float()
+
+
+def score_samples(
+    model: nn.Module,
+    batches: Iterable[Any],
+    scorer: str,
+    vocab_size: int,
+    device: torch.device | str,
+    teacher: nn.Module | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """(N,) fp32 scores of the samples in ``batches``, in ascending sample-id order (the ids are
+    ``torch.unique`` of the batches' ``sample_ids``; ``score_samples_by_id`` returns them too)."""
+    return score_samples_by_id(model, batches, scorer, vocab_size, device, teacher, **kwargs)[1]
+
+
+def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float) -> Tensor:
+    """The ids of the ⌈ℓ·N⌉ highest-scoring samples (at least 1 when N > 0), ascending.
+
+    Deterministic: ties go to the smaller sample id. scores (N,), sample_ids (N,) → (⌈ℓ·N⌉,) long.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"method.sample_fraction must be in (0, 1], got {fraction}")
+    scores, sample_ids = scores.reshape(-1), sample_ids.reshape(-1).long()
+    if scores.numel() != sample_ids.numel():
+        raise ValueError(f"{scores.numel()} scores for {sample_ids.numel()} sample ids")
+    n = sample_ids.numel()
+    if n == 0:
+        return sample_ids.clone()
+    keep = min(n, max(1, math.ceil(fraction * n - COUNT_SLACK)))
+    by_id = torch.argsort(sample_ids, stable=True)  # (N,) ascending ids
+    order = torch.argsort(scores[by_id].double(), descending=True, stable=True)  # (N,) ties → smaller id
+    return torch.sort(sample_ids[by_id][order[:keep]]).values
+
+
+def save_sample_selection(path: str | Path, ids: Tensor | list[int], meta: dict[str, Any]) -> Path:
+    """Write the kept sample ids and ``meta`` (scorer, fraction, counts, ...) as JSON, atomically."""
+    path = Path(path)
+    ids_list = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    payload = {"format": FORMAT, "version": VERSION, "sample_ids": ids_list, "meta": meta}
+    text = json.dumps(payload, indent=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
+    """(ids (N,) long, meta) from a file written by ``save_sample_selection``."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the sample selection {path}: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an ekd sample selection file")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{path}: sample selection version {payload.get('version')} is not supported (expected {VERSION})")
+    return torch.tensor(payload["sample_ids"], dtype=torch.long), dict(payload.get("meta", {}))

@@ -1,0 +1,260 @@
+"""The cache manifest: the signature that ties a cache to its teacher, data and target, and the shard list.
+
+``manifest.json`` (JSON only, written atomically: temp file + ``os.replace``)::
+
+    {"format": "ekd-teacher-cache", "format_version": 1, "complete": true,
+     "signature": {...}, "layout": {...}, "num_samples": S, "shard_samples": n, "num_shards": k,
+     "counts": {"samples", "positions", "entries", "tokens"},
+     "shards": [{"index", "name", "first_sample", "end_sample", "samples", "positions", "entries",
+                 "tokens", "bin_bytes", "idx_bytes", "bin_sha256", "idx_sha256"}, ...]}
+
+During a build the manifest lists the shards completed so far (``complete: false``). Under data
+parallelism each rank writes ``manifest.rank{r}.json`` and :func:`assemble_manifest` merges them into the
+same ``manifest.json`` a single process writes. The content is a pure function of the signature, the
+layout and the shards (no timestamps), so an interrupted-and-resumed build ends byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError
+
+MANIFEST = "manifest.json"
+SIGNATURE_FIELDS = (
+    "format_version",
+    "teacher_id",
+    "teacher_revision",
+    "tokenizer_hash",
+    "data_fingerprint",
+    "block_length",
+    "packing",
+    "vocab_size",
+    "target",
+    "topk",
+    "topk_tail",
+    "target_temperature",
+    "rs_samples",
+    "rs_proposal_power",
+    "positions",
+    "position_fraction",
+    "seed",
+)
+POSITION_RULES = ("all", "teacher_entropy_topk")
+REBUILD = "rebuild with `ekd cache CONFIG --overwrite`"
+
+
+def make_signature(
+    *,
+    teacher_id: str,
+    teacher_revision: str,
+    tokenizer_hash: str,
+    data_fingerprint: str,
+    block_length: int,
+    packing: str | bool,
+    vocab_size: int,
+    target: str,
+    topk: int | None = None,
+    topk_tail: str | None = None,
+    target_temperature: float = 1.0,
+    rs_samples: int | None = None,
+    rs_proposal_power: float | None = 1.0,
+    positions: str = "all",
+    position_fraction: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The signature dict of a cache; fields that do not apply to the target kind are stored as None.
+
+    Args:
+        teacher_id: hub id or local path of the teacher.
+        teacher_revision: hub revision, or a hash of the weights for a local teacher.
+        tokenizer_hash: hash of the tokenizer (vocabulary + merges + special tokens).
+        data_fingerprint: hash of the data source and its preprocessing.
+        block_length: T, tokens per sample.
+        packing: the packing rule (e.g. True/False or a name).
+        vocab_size: V, the shared tokenizer length (ids are stored with ⌈log2 V⌉ bits).
+        target: 'rs' or 'topk'.
+        topk, topk_tail, target_temperature: K, tail mode and τ of top-K targets.
+        rs_samples, rs_proposal_power: N (≤ 63) and β of RS targets.
+        positions: 'all' valid positions or 'teacher_entropy_topk'.
+        position_fraction: fraction of valid positions per sequence with 'teacher_entropy_topk'.
+        seed: seed of the RS draws (``position_seeds``).
+    """
+    if target not in ("rs", "topk"):
+        raise ValueError(f"cache target must be 'rs' or 'topk', got {target!r}")
+    if positions not in POSITION_RULES:
+        raise ValueError(f"cache positions must be one of {POSITION_RULES}, got {positions!r}")
+    if int(vocab_size) < 2 or int(block_length) < 1:
+        raise ValueError(f"vocab_size must be ≥ 2 and block_length ≥ 1, got {vocab_size}, {block_length}")
+    if target == "rs":
+        if rs_samples is None or not 1 <= int(rs_samples) <= 63:
+            raise ValueError(f"cache rs_samples must be in [1, 63] (6-bit counts), got {rs_samples}")
+        if rs_proposal_power is None or not float(rs_proposal_power) > 0:
+            raise ValueError(f"cache rs_proposal_power must be > 0, got {rs_proposal_power}")
+        topk = topk_tail = target_temperature = None
+        rs_samples, rs_proposal_power = int(rs_samples), float(rs_proposal_power)
+    else:
+        if topk is None or int(topk) < 1 or topk_tail not in ("renormalize", "ghost", "to_gold"):
+            raise ValueError(f"cache top-K needs topk ≥ 1 and a tail mode, got topk={topk}, topk_tail={topk_tail}")
+        topk, target_temperature = int(topk), float(target_temperature)
+        rs_samples = rs_proposal_power = None
+    if positions == "all":
+        position_fraction = None
+    elif position_fraction is None or not 0 < float(position_fraction) <= 1:
+        raise ValueError(f"cache position_fraction must be in (0, 1], got {position_fraction}")
+    else:
+        position_fraction = float(position_fraction)
+    return {
+        "format_version": FORMAT_VERSION,
+        "teacher_id": str(teacher_id),
+        "teacher_revision": str(teacher_revision),
+        "tokenizer_hash": str(tokenizer_hash),
+        "data_fingerprint": str(data_fingerprint),
+        "block_length": int(block_length),
+        "packing": packing,
+        "vocab_size": int(vocab_size),
+        "target": target,
+        "topk": topk,
+        "topk_tail": topk_tail,
+        "target_temperature": target_temperature,
+        "rs_samples": rs_samples,
+        "rs_proposal_power": rs_proposal_power,
+        "positions": positions,
+        "position_fraction": position_fraction,
+        "seed": int(seed),
+    }
+
+
+def compare_signatures(expected: dict, found: dict) -> list[str]:
+    """One line per differing field: 'field: expected X, found Y' (known fields first, then extras sorted)."""
+    keys = [k for k in SIGNATURE_FIELDS if k in expected or k in found]
+    keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS))
+    missing = object()
+    diffs = []
+    for key in keys:
+        a, b = expected.get(key, missing), found.get(key, missing)
+        if a != b:
+            fmt = lambda v: "<absent>" if v is missing else json.dumps(v)  # noqa: E731
+            diffs.append(f"{key}: expected {fmt(a)}, found {fmt(b)}")
+    return diffs
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, fixed indentation): equal content gives equal bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temp file in the same directory, fsync, and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(obj))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): {REBUILD}") from None
+
+
+def build_manifest(
+    signature: dict,
+    layout: dict,
+    num_samples: int,
+    shard_samples: int,
+    shards: list[dict],
+    complete: bool,
+) -> dict:
+    """The manifest dict; counts are summed from the shard entries, shards sorted by index."""
+    shards = sorted(shards, key=lambda s: s["index"])
+    counts = {key: sum(int(s[key]) for s in shards) for key in ("samples", "positions", "entries", "tokens")}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "complete": complete,
+        "signature": signature,
+        "layout": layout,
+        "num_samples": int(num_samples),
+        "shard_samples": int(shard_samples),
+        "num_shards": -(-int(num_samples) // int(shard_samples)),
+        "counts": counts,
+        "shards": shards,
+    }
+
+
+def rank_manifest_path(directory: Path, rank: int) -> Path:
+    return Path(directory) / f"manifest.rank{rank}.json"
+
+
+def check_compatible(expected: dict, found: dict, where: str) -> None:
+    """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split."""
+    diffs = compare_signatures(expected["signature"], found.get("signature", {}))
+    for key in ("layout", "num_samples", "shard_samples"):
+        if expected[key] != found.get(key):
+            diffs.append(f"{key}: expected {json.dumps(expected[key])}, found {json.dumps(found.get(key))}")
+    if found.get("format") != FORMAT_NAME:
+        diffs.append(f"format: expected {FORMAT_NAME!r}, found {found.get('format')!r}")
+    if diffs:
+        raise CacheError(f"{where} was built differently ({'; '.join(diffs)}): {REBUILD}")
+
+
+def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:
+    """Merge the per-rank partial manifests of a distributed build into ``manifest.json``.
+
+    Call once, on one rank, after every rank's ``CacheWriter.close()`` (e.g. after a barrier). Checks that
+    all ranks agree on signature and layout and that every shard is present with the recorded size; the
+    result equals the manifest of a single-process build. The partial manifests are removed afterwards.
+    """
+    directory = Path(directory)
+    partials = []
+    for rank in range(world_size):
+        path = rank_manifest_path(directory, rank)
+        if not path.exists():
+            raise CacheError(f"{path.name} is missing in {directory}: rank {rank} has not run; rerun the cache build")
+        partials.append(read_json(path))
+    first = partials[0]
+    shards: dict[int, dict] = {}
+    for rank, part in enumerate(partials):
+        check_compatible(first, part, f"{rank_manifest_path(directory, rank).name}")
+        for entry in part["shards"]:
+            if shards.setdefault(entry["index"], entry) != entry:
+                raise CacheError(f"shard {entry['index']} is listed differently by two ranks: {REBUILD}")
+    missing = [k for k in range(first["num_shards"]) if k not in shards]
+    if missing:
+        raise CacheError(
+            f"cache build in {directory} is unfinished: shards {missing[:8]}{'…' if len(missing) > 8 else ''} "
+            "missing; rerun the cache build (finished shards are skipped)"
+        )
+    for entry in shards.values():
+        for ext in ("bin", "idx"):
+            path = directory / f"{entry['name']}.{ext}"
+            if not path.exists() or path.stat().st_size != entry[f"{ext}_bytes"]:
+                raise CacheError(f"{path.name} is missing or has the wrong size: {REBUILD}")
+    manifest = build_manifest(
+        first["signature"], first["layout"], first["num_samples"], first["shard_samples"], list(shards.values()), True
+    )
+    write_json_atomic(directory / MANIFEST, manifest)
+    for rank in range(world_size):
+        rank_manifest_path(directory, rank).unlink(missing_ok=True)
+    return manifest

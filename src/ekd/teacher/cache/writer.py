@@ -1,0 +1,337 @@
+"""CacheWriter: append samples, write shards atomically, resume after a crash, split across ranks.
+
+Shard k holds the samples with ids in [k·shard_samples, (k+1)·shard_samples) in sample-id order, so its
+bytes are a pure function of its sample range whatever order samples arrive in. A shard is buffered
+(compact, encoded records) until all its samples are in, then written to ``*.tmp`` files, fsynced, renamed,
+and only then listed in the manifest (written atomically). A build killed at any point leaves at worst a
+temp file or an unlisted shard; the next ``CacheWriter`` on the same directory removes the temp files,
+skips listed shards (``pending_sample_ids``) and rewrites the rest identically.
+
+Distributed: rank r of W owns shards k ≡ r (mod W) and writes them under their global names with its own
+partial manifest; after all ranks close, ``assemble_manifest(dir, W)`` merges them. The directory then
+equals a single-process build byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ekd.teacher.cache.format import (
+    BIN_HEADER,
+    IDX_DTYPE,
+    CacheError,
+    Layout,
+    Record,
+    crc32,
+    encode_index,
+    encode_record,
+)
+from ekd.teacher.cache.manifest import (
+    MANIFEST,
+    REBUILD,
+    build_manifest,
+    check_compatible,
+    fsync_dir,
+    rank_manifest_path,
+    read_json,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+STAT_NAMES = ("entropy", "logp_gold")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def _np(x: Any, dtype: Any = None) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path.tmp``, fsync, rename to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CacheWriter:
+    """Writes one rank's share of a teacher cache.
+
+    Args:
+        directory: cache directory (created if needed).
+        signature: from :func:`~ekd.teacher.cache.manifest.make_signature`.
+        num_samples: S; sample ids are 0..S−1.
+        shard_samples: samples per shard.
+        rank, world_size: this process's share (shards k with k % world_size == rank).
+        stat_format: 'q8' (2 B/position) or 'fp16' (4 B/position) for entropy and log p(gold).
+        overwrite: delete this rank's earlier shards and manifests instead of resuming.
+
+    Raises:
+        CacheError: the directory holds a cache with another signature/layout (and ``overwrite`` is off).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        signature: dict,
+        num_samples: int,
+        shard_samples: int = 1024,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        stat_format: str = "q8",
+        overwrite: bool = False,
+    ) -> None:
+        if num_samples < 1 or shard_samples < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need num_samples ≥ 1, shard_samples ≥ 1, 0 ≤ rank < world_size; got {num_samples}, "
+                f"{shard_samples}, rank {rank} of {world_size}"
+            )
+        self.directory = Path(directory)
+        self.signature = dict(signature)
+        self.layout = Layout.from_signature(signature, stat_format)
+        self.num_samples, self.shard_samples = int(num_samples), int(shard_samples)
+        self.rank, self.world_size = rank, world_size
+        self.num_shards = -(-self.num_samples // self.shard_samples)
+        self.owned = [k for k in range(self.num_shards) if k % world_size == rank]
+        self._manifest_path = self.directory / MANIFEST if world_size == 1 else rank_manifest_path(directory, rank)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._template = build_manifest(
+            self.signature, self.layout.to_dict(), self.num_samples, self.shard_samples, [], False
+        )
+        if overwrite:
+            self._remove_previous()
+        self._completed: dict[int, dict] = self._load_completed()
+        for k in self.owned:  # temp files of an interrupted write
+            for ext in ("bin", "idx"):
+                (self.directory / f"{shard_name(k)}.{ext}.tmp").unlink(missing_ok=True)
+        self._pending: dict[int, dict[int, tuple[bytes, int, int, int]]] = {}
+        self._write_manifest()
+        if self._completed:
+            log.info("cache %s: resuming, %d of %d shards done", self.directory, len(self._completed), len(self.owned))
+
+    # ------------------------------------------------------------ resume
+
+    def _remove_previous(self) -> None:
+        names = [f"{shard_name(k)}.{ext}{tmp}" for k in self.owned for ext in ("bin", "idx") for tmp in ("", ".tmp")]
+        names.append(self._manifest_path.name)
+        if self.rank == 0:
+            names.append(MANIFEST)
+            names += [p.name for p in self.directory.glob("manifest.rank*.json")]
+            names += [p.name for p in self.directory.glob("shard-*") if int(p.name[6:11]) >= self.num_shards]
+        for name in names:
+            (self.directory / name).unlink(missing_ok=True)
+
+    def _load_completed(self) -> dict[int, dict]:
+        """Shards of this rank listed by any earlier manifest in the directory whose files are intact."""
+        done: dict[int, dict] = {}
+        paths = [self.directory / MANIFEST, *sorted(self.directory.glob("manifest.rank*.json"))]
+        for path in paths:
+            if not path.exists():
+                continue
+            found = read_json(path)
+            check_compatible(self._template, found, f"the existing cache {path}")
+            for entry in found.get("shards", []):
+                k = entry["index"]
+                if k in self.owned and all(
+                    (p := self.directory / f"{entry['name']}.{ext}").exists() and p.stat().st_size == entry[f"{ext}_bytes"]
+                    for ext in ("bin", "idx")
+                ):
+                    done[k] = entry
+        return done
+
+    def completed_sample_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) sample-id ranges of this rank's shards already on disk."""
+        return [(self._completed[k]["first_sample"], self._completed[k]["end_sample"]) for k in sorted(self._completed)]
+
+    def pending_sample_ids(self) -> list[int]:
+        """Sample ids this rank still has to compute (its incomplete shards, minus samples already added)."""
+        ids: list[int] = []
+        for k in self.owned:
+            if k not in self._completed:
+                start, end = self._shard_range(k)
+                added = self._pending.get(k, {})
+                ids.extend(i for i in range(start, end) if i not in added)
+        return ids
+
+    def _shard_range(self, k: int) -> tuple[int, int]:
+        return k * self.shard_samples, min((k + 1) * self.shard_samples, self.num_samples)
+
+    # ------------------------------------------------------------ adding samples
+
+    def add(
+        self,
+        sample_id: int,
+        positions: Any,
+        stats: dict[str, Any],
+        ids: Any,
+        values: Any,
+        *,
+        weights: Any = None,
+        tail: Any = None,
+        num_tokens: int | None = None,
+    ) -> bool:
+        """Add one sample's teacher data; returns False (and ignores it) if its shard is already written.
+
+        Args:
+            sample_id: in [0, num_samples), owned by this rank.
+            positions: (P,) distinct cached positions in [0, T) (any order; stored sorted).
+            stats: {'entropy': (P,), 'logp_gold': (P,)} teacher H(p) and log p(gold) at τ=1.
+            ids: (P, Kmax) token ids.
+            values: (P, Kmax) RS counts (int, rows summing to N) or top-K probabilities; entries with value 0
+                are padding and are not stored.
+            weights: (P, Kmax) importance weights p/r (RS with proposal β ≠ 1 only).
+            tail: (P,) ghost tail mass (top-K 'ghost' only).
+            num_tokens: training tokens of the sample (valid labels), for bytes/token; default T.
+        """
+        sample_id = int(sample_id)
+        if not 0 <= sample_id < self.num_samples:
+            raise ValueError(f"sample id {sample_id} outside [0, {self.num_samples})")
+        k = sample_id // self.shard_samples
+        if k % self.world_size != self.rank:
+            raise ValueError(f"sample {sample_id} belongs to shard {k}, owned by rank {k % self.world_size}, not {self.rank}")
+        if k in self._completed:
+            return False
+        pending = self._pending.setdefault(k, {})
+        if sample_id in pending:
+            raise ValueError(f"sample {sample_id} was already added")
+        record = self._make_record(sample_id, positions, stats, ids, values, weights, tail)
+        data = encode_record(self.layout, record)
+        tokens = self.layout.block_length if num_tokens is None else int(num_tokens)
+        pending[sample_id] = (data, len(record.positions), len(record.ids), tokens)
+        start, end = self._shard_range(k)
+        if len(pending) == end - start:
+            self._flush(k)
+        return True
+
+    def _make_record(self, sample_id, positions, stats, ids, values, weights, tail) -> Record:  # noqa: ANN001
+        lay = self.layout
+        pos = _np(positions, np.int64).reshape(-1)  # (P,)
+        order = np.argsort(pos, kind="stable")
+        pos = pos[order]
+        n = len(pos)
+        if n and (pos[0] < 0 or pos[-1] >= lay.block_length or (np.diff(pos) == 0).any()):
+            raise ValueError(f"sample {sample_id}: positions must be distinct and in [0, {lay.block_length})")
+        if set(stats) != set(STAT_NAMES):
+            raise ValueError(f"stats must have exactly the keys {STAT_NAMES}, got {sorted(stats)}")
+        entropy = _np(stats["entropy"], np.float32).reshape(-1)[order]
+        logp_gold = _np(stats["logp_gold"], np.float32).reshape(-1)[order]
+        ids_2d = _np(ids, np.int64).reshape(n, -1)[order]  # (P, Kmax)
+        vals_2d = _np(values).reshape(n, -1)[order]
+        if len(entropy) != n or len(logp_gold) != n or ids_2d.shape != vals_2d.shape:
+            raise ValueError(f"sample {sample_id}: stats, ids and values must have one row per position")
+        if np.isnan(entropy).any() or np.isnan(logp_gold).any():
+            raise ValueError(f"sample {sample_id}: NaN in teacher statistics")
+        keep = vals_2d > 0  # (P, Kmax) padding slots dropped
+        row_lengths = keep.sum(1)
+        flat_ids = ids_2d[keep]  # (E,) row-major: each row's entries stay together and in order
+        vocab = self.signature["vocab_size"]
+        if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() >= vocab):
+            raise ValueError(f"sample {sample_id}: token ids must be in [0, {vocab})")
+        if n and row_lengths.max() > lay.max_row_length:
+            raise ValueError(f"sample {sample_id}: {row_lengths.max()} entries in a row, format allows {lay.max_row_length}")
+        rec = Record(sample_id, pos, entropy, logp_gold, row_lengths, flat_ids)
+        if lay.value in ("count", "count_weight"):
+            counts = vals_2d.astype(np.int64)
+            if (counts != vals_2d).any() or (counts.sum(1) != lay.rs_samples).any():
+                raise ValueError(f"sample {sample_id}: RS values must be integer counts summing to N={lay.rs_samples} per row")
+            rec.counts = counts[keep]
+        else:
+            probs = vals_2d.astype(np.float32)[keep]
+            if not np.isfinite(probs).all() or (probs > 1.0 + 1e-3).any():
+                raise ValueError(f"sample {sample_id}: top-K probabilities must be finite and ≤ 1")
+            rec.probs = probs
+        if (weights is not None) != (lay.value == "count_weight"):
+            raise ValueError(f"importance weights are {'required' if lay.value == 'count_weight' else 'not used'} for this cache")
+        if weights is not None:
+            w = _np(weights, np.float32).reshape(n, -1)[order][keep]
+            if not (np.isfinite(w).all() and (w > 0).all()):
+                raise ValueError(f"sample {sample_id}: importance weights must be finite and > 0")
+            rec.weights = w
+        if (tail is not None) != lay.tail:
+            raise ValueError(f"the ghost tail is {'required' if lay.tail else 'not used'} for this cache")
+        if tail is not None:
+            rec.tail = _np(tail, np.float32).reshape(-1)[order]
+        return rec
+
+    # ------------------------------------------------------------ writing
+
+    def _flush(self, k: int) -> None:
+        records = self._pending.pop(k)
+        start, end = self._shard_range(k)
+        offsets = np.zeros(len(records), dtype=IDX_DTYPE)
+        chunks, at = [BIN_HEADER], len(BIN_HEADER)
+        positions = entries = tokens = 0
+        for i, sid in enumerate(sorted(records)):
+            data, p, e, tok = records[sid]
+            offsets[i] = (sid, at, len(data), crc32(data))
+            chunks.append(data)
+            at += len(data)
+            positions, entries, tokens = positions + p, entries + e, tokens + tok
+        bin_bytes, idx_bytes = b"".join(chunks), encode_index(offsets)
+        name = shard_name(k)
+        _write_file(self.directory / f"{name}.bin", bin_bytes)
+        _write_file(self.directory / f"{name}.idx", idx_bytes)
+        fsync_dir(self.directory)
+        self._completed[k] = {
+            "index": k,
+            "name": name,
+            "first_sample": start,
+            "end_sample": end,
+            "samples": end - start,
+            "positions": positions,
+            "entries": entries,
+            "tokens": tokens,
+            "bin_bytes": len(bin_bytes),
+            "idx_bytes": len(idx_bytes),
+            "bin_sha256": hashlib.sha256(bin_bytes).hexdigest(),
+            "idx_sha256": hashlib.sha256(idx_bytes).hexdigest(),
+        }
+        self._write_manifest()
+
+    def _write_manifest(self, complete: bool = False) -> dict:
+        manifest = build_manifest(
+            self.signature,
+            self.layout.to_dict(),
+            self.num_samples,
+            self.shard_samples,
+            list(self._completed.values()),
+            complete,
+        )
+        if self.world_size > 1:
+            manifest.update(rank=self.rank, world_size=self.world_size)
+        write_json_atomic(self._manifest_path, manifest)
+        return manifest
+
+    def close(self) -> dict:
+        """Finish this rank: every owned shard must be written. Returns the (rank's) manifest.
+
+        With world_size 1 this writes the final ``manifest.json`` (``complete: true``); otherwise call
+        :func:`~ekd.teacher.cache.manifest.assemble_manifest` on one rank once all ranks have closed.
+        """
+        missing = [k for k in self.owned if k not in self._completed]
+        if missing:
+            start, end = self._shard_range(missing[0])
+            have = len(self._pending.get(missing[0], {}))
+            raise CacheError(
+                f"cache build incomplete: shard {missing[0]} has {have} of {end - start} samples "
+                f"(ids {start}..{end - 1}) and {len(missing) - 1} more shards are unfinished; add every sample "
+                f"from pending_sample_ids() before close()"
+            )
+        return self._write_manifest(complete=self.world_size == 1)
+
+
+__all__ = ["CacheWriter", "STAT_NAMES", "REBUILD", "shard_name"]

@@ -1,0 +1,193 @@
+"""Temperature policies — "at what temperature" each selected token is distilled (METHODS §5).
+
+A policy returns one detached fp32 τ_i per selected row; the step applies it to both models
+(p = softmax(z_t/τ_i), q = softmax(z_s/τ_i)) and multiplies the token's loss by τ_i² (Hinton). The scores
+it reads (teacher entropy, Hellinger distance) are statistics at τ=1.
+
+    temperature = build_temperature(cfg.method, total_steps)
+    tau = temperature(selection, stats, valid, ctx)          # (M,)
+
+Policies: ``constant`` τ; ``schedule`` (hold τ0, then linear to τ1); ``idts`` (AdaKD, verified);
+``entropy_map`` (EGAD, unverified form).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ekd.registry import Registry
+from ekd.selection.base import StepContext
+from ekd.selection.types import Selection
+
+IDTS_SCORE_FLOOR = 1e-8
+
+
+def _at_rows(stats: Mapping[str, Tensor], name: str, selection: Selection, policy: str) -> Tensor:
+    """stats[name] at the selected rows. (B, T) → (M,) fp32."""
+    if name not in stats:
+        raise ValueError(f"temperature '{policy}' needs the statistic '{name}' (compute temperature_needs(method_cfg))")
+    return stats[name].reshape(-1)[selection.rows].float()  # (M,)
+
+
+class TemperaturePolicy:
+    """Base class: ``__call__(selection, stats, valid, ctx) → (M,)`` detached fp32 temperatures."""
+
+    name: str = ""
+    needs: frozenset[str] = frozenset()
+    """Statistics (τ=1) this policy reads from ``stats``."""
+
+    def __init__(self, cfg: Any, total_steps: int):
+        self._last: Tensor | None = None
+
+    def __call__(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        with torch.no_grad():
+            tau = self.compute(selection, stats, valid, ctx).float().detach()  # (M,)
+        self._last = tau
+        return tau
+
+    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, float]:
+        """Policy-specific values (the step logs τ mean/min/max itself)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Temperature policies are stateless (their inputs are the step and the stats)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+class ConstantTemperature(TemperaturePolicy):
+    """τ_i = ``kd_temperature`` for every selected token (Hinton et al. 2015)."""
+
+    name = "constant"
+
+    def __init__(self, cfg: Any, total_steps: int):
+        super().__init__(cfg, total_steps)
+        self.tau = float(cfg.kd_temperature)
+        if self.tau <= 0:
+            raise ValueError(f"method.kd_temperature must be > 0, got {self.tau}")
+
+    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        return torch.full((selection.count,), self.tau, dtype=torch.float32, device=selection.rows.device)
+
+
+class ScheduledTemperature(TemperaturePolicy):
+    """One τ per step: τ0 = ``kd_temperature`` while u = step/total_steps ≤ h (``temperature_hold_fraction``),
+    then linear to τ1 = ``temperature_end`` at u = 1: τ = τ0 + (τ1 − τ0)·(u − h)/(1 − h)."""
+
+    name = "schedule"
+
+    def __init__(self, cfg: Any, total_steps: int):
+        super().__init__(cfg, total_steps)
+        self.start, self.end = float(cfg.kd_temperature), float(cfg.temperature_end)
+        self.hold = float(cfg.temperature_hold_fraction)
+        self.total_steps = max(1, int(total_steps))
+        if self.start <= 0 or self.end <= 0:
+            raise ValueError("method.kd_temperature and method.temperature_end must be > 0")
+        if not 0.0 <= self.hold <= 1.0:
+            raise ValueError(f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}")
+        self._tau: float | None = None
+
+    def tau_at(self, step: int) -> float:
+        u = min(1.0, max(0.0, step / self.total_steps))
+        if u <= self.hold or self.hold >= 1.0:
+            return self.start
+        return self.start + (self.end - self.start) * (u - self.hold) / (1.0 - self.hold)
+
+    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        self._tau = self.tau_at(ctx.step)
+        return torch.full((selection.count,), self._tau, dtype=torch.float32, device=selection.rows.device)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {} if self._tau is None else {"select/tau_schedule": self._tau}
+
+
+class InverseDifficultyTemperature(TemperaturePolicy):
+    """IDTS — Inverse Difficulty Temperature Scaling (AdaKD, arXiv 2510.11615; verified, paper + code).
+
+    s_i = max(Hellinger_i, 1e-8) at the selected rows (τ=1); ŝ_i = tanh(log(s_i / median(s))) with the
+    median over the selected tokens of the micro-batch (``torch.median``: the lower middle value for an even
+    count, as in the authors' code); τ_i = τ_base·exp(−c·ŝ_i), τ_base = ``kd_temperature``,
+    c = ``idts_strength``. Hard tokens (s above the median) get τ < τ_base, easy ones τ > τ_base, all within
+    τ_base·[e^{−c}, e^{c}].
+    """
+
+    name = "idts"
+    needs = frozenset({"hellinger"})
+
+    def __init__(self, cfg: Any, total_steps: int):
+        super().__init__(cfg, total_steps)
+        self.base = float(cfg.kd_temperature)
+        self.strength = float(cfg.idts_strength)
+        self._median: Tensor | None = None
+
+    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        s = _at_rows(stats, "hellinger", selection, self.name).clamp_min(IDTS_SCORE_FLOOR)  # (M,)
+        if s.numel() == 0:
+            return s
+        median = self._median = torch.median(s)
+        s_hat = torch.tanh(torch.log(s / median))  # (M,) in (−1, 1)
+        return self.base * torch.exp(-self.strength * s_hat)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {} if self._median is None else {"select/idts_median_hellinger": float(self._median)}
+
+
+class EntropyMappedTemperature(TemperaturePolicy):
+    """Entropy-mapped τ (EGAD, arXiv 2605.01732 — UNVERIFIED FORM: only the abstract was reachable, so the
+    map, its direction and its range are our choice and are config knobs).
+
+    Ĥ_i = clamp(H(p_i)/log V, 0, 1) (teacher entropy at τ=1); τ_i = τ_min + (τ_max − τ_min)·g(Ĥ_i) with
+    g(Ĥ) = Ĥ (``entropy_direction=increasing``, default: a confident teacher gives a sharp target) or 1 − Ĥ
+    (``decreasing``); τ_min = ``entropy_tau_min``, τ_max = ``entropy_tau_max``.
+    """
+
+    name = "entropy_map"
+    needs = frozenset({"teacher_entropy"})
+
+    def __init__(self, cfg: Any, total_steps: int):
+        super().__init__(cfg, total_steps)
+        self.tau_min, self.tau_max = float(cfg.entropy_tau_min), float(cfg.entropy_tau_max)
+        self.direction = cfg.entropy_direction
+        if not 0.0 < self.tau_min <= self.tau_max:
+            raise ValueError("method.entropy_tau_min must be > 0 and ≤ method.entropy_tau_max")
+        if self.direction not in ("increasing", "decreasing"):
+            raise ValueError(f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'")
+
+    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+        h = _at_rows(stats, "teacher_entropy", selection, self.name) / math.log(ctx.vocab_size)  # (M,)
+        h = h.clamp(0.0, 1.0)
+        g = h if self.direction == "increasing" else 1.0 - h
+        return self.tau_min + (self.tau_max - self.tau_min) * g
+
+
+temperatures: Registry[type[TemperaturePolicy]] = Registry("temperature")
+temperatures.add("constant", ConstantTemperature, "one τ for every token (method.kd_temperature)")
+temperatures.add("schedule", ScheduledTemperature, "hold τ0, then linear to τ1")
+temperatures.add("idts", InverseDifficultyTemperature, "AdaKD IDTS: τ_base·exp(−c·tanh(log(s/median s)))")
+temperatures.add("entropy_map", EntropyMappedTemperature, "EGAD: τ_min + (τ_max − τ_min)·g(H(p)/log V) (unverified)")
+
+
+def build_temperature(method_cfg: Any, total_steps: int) -> TemperaturePolicy:
+    """The temperature policy of ``method_cfg`` for a run of ``total_steps`` optimizer steps."""
+    name = method_cfg.temperature
+    if name not in temperatures:
+        raise ValueError(f"method.temperature: {temperatures.unknown_message(name)}")
+    return temperatures.get(name)(method_cfg, total_steps)
+
+
+def temperature_needs(method_cfg: Any) -> set[str]:
+    """Statistic names the configured temperature policy reads."""
+    name = method_cfg.temperature
+    if name not in temperatures:
+        raise ValueError(f"method.temperature: {temperatures.unknown_message(name)}")
+    return set(temperatures.get(name).needs)

@@ -1,0 +1,150 @@
+"""The CLI end to end on tiny models from a config file, and every bad input of the foundation issue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from tiny import tiny_overrides, write_corpus
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ekd.cli import main
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=24)
+
+
+def _config_file(tmp_path, corpus, name="cli", **extra) -> str:
+    """Write the tiny overrides as a YAML config file (so the CLI is driven by a file, as users do)."""
+    nested: dict = {}
+    for item in tiny_overrides(tmp_path, corpus, name, **extra):
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        nested.setdefault(section, {})[field] = yaml.safe_load(value)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    return str(path)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear line, no traceback
+    assert err[0].startswith("ekd: error: ")
+    return err[0]
+
+
+@pytest.mark.slow
+def test_distill_eval_end_to_end_and_reload_with_transformers(tmp_path, corpus, capsys):
+    config = _config_file(tmp_path, corpus, "e2e")
+    assert main(["distill", config, "method=kd", "method.ce_weight=0.5", "train.checkpoint_every=2"]) == 0
+    run_dir = tmp_path / "runs" / "e2e"
+    assert {"config.yaml", "metrics.jsonl", "student", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "checkpoints" / "step-000003" / "state.pt").is_file()
+    student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
+    tok = AutoTokenizer.from_pretrained(run_dir / "student")
+    ids = tok("def value(self):", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(student(ids).logits).all()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3]
+    assert any("eval/eval/kl" in m for m in metrics)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "ppl" in out and "eval" in out
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["eval"]["tokens"] > 0 and "kl" in saved["eval"]
+
+
+def test_list_and_config_show(tmp_path, corpus, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("divergences:", "forward_kl", "presets:", "kd", "scorers:", "policies:", "temperatures:"):
+        assert word in out
+    config = _config_file(tmp_path, corpus, "show")
+    assert main(["config", "show", config, "train.max_steps=7", "method=rkl"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["max_steps"] == 7 and shown["method"]["divergence"] == "reverse_kl"
+    assert main(["config", "show", "--explain"]) == 0
+    assert "train.max_steps" in capsys.readouterr().out
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "ekd", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "distill" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.max_step=3"], "unknown key 'train.max_step'; did you mean 'train.max_steps'"),
+        (["train.max_steps=many"], "train.max_steps: expected int"),
+        (["data.block_length=1"], "data.block_length must be ≥ 2"),
+        (["data.source=/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+        (["data.min_chars=100000000"], "no documents"),
+    ],
+    ids=["unknown-key", "wrong-type", "block-length", "missing-path", "empty-after-filter"],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, corpus, capsys, overrides, message):
+    config = _config_file(tmp_path, corpus, "bad")
+    assert main(["distill", config, *overrides]) == 2
+    assert message in _error_line(capsys)
+
+
+def _save_model_with_tokenizer(path, texts, vocab):
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer(texts, vocab, None)
+    model = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path, corpus, capsys):
+    texts_a = [p.read_text() for p in sorted(corpus.iterdir())]
+    teacher = _save_model_with_tokenizer(tmp_path / "teacher", texts_a, 300)
+    student = _save_model_with_tokenizer(tmp_path / "student", ["completely different text " * 50, "zebra quagga " * 40], 280)
+    config = _config_file(tmp_path, corpus, "mismatch")
+    capsys.readouterr()
+    rc = main(["distill", config, f"model.teacher={teacher}", f"model.student={student}", "model.tokenizer=teacher"])
+    assert rc == 2
+    assert "tokenizers differ" in _error_line(capsys)
+
+
+def test_run_dir_holding_a_different_run_is_refused(tmp_path, corpus, capsys):
+    config = _config_file(tmp_path, corpus, "taken", **{"train.max_steps": 1})
+    assert main(["distill", config, "method=ce"]) == 0
+    before = (tmp_path / "runs" / "taken" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["distill", config, "method=kd"]) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert (tmp_path / "runs" / "taken" / "config.yaml").read_text() == before
+    assert main(["distill", config, "method=kd", "--overwrite"]) == 0
+
+
+def test_local_model_directories_load_as_teacher_and_student(tmp_path, corpus):
+    """Hub-style loading by path: teacher and student saved by the test, shared tokenizer, padded teacher head."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    teacher = build_preset("llama-tiny", len(tok) + 13, tok.eos_token_id)  # padded head, like Qwen's
+    teacher.save_pretrained(tmp_path / "t")
+    tok.save_pretrained(tmp_path / "t")
+    student = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    student.save_pretrained(tmp_path / "s")
+    tok.save_pretrained(tmp_path / "s")
+    config = _config_file(tmp_path, corpus, "local", **{"train.max_steps": 2})
+    assert main(["distill", config, f"model.teacher={tmp_path / 't'}", f"model.student={tmp_path / 's'}", "model.tokenizer=teacher"]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "local" / "student")
+    original = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    changed = any(not torch.equal(a, b) for a, b in zip(reloaded.parameters(), original.parameters()))
+    assert changed, "distillation must change the student's parameters"

@@ -1,0 +1,467 @@
+"""Tests of ekd.data: sources, tokenizer, packing, the label shift, the resumable loader, pystdlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from ekd.config import Config, ConfigError, DataConfig
+from ekd.data import (
+    IGNORE_INDEX,
+    BlockLoader,
+    Document,
+    PackedBlocks,
+    collate,
+    held_out_keys,
+    iter_eval,
+    load_documents,
+    load_splits,
+    pack_documents,
+    pack_splits,
+    pystdlib_splits,
+    tokenizer_hash,
+    train_bpe_tokenizer,
+)
+from ekd.data.pystdlib import module_of
+
+EOS = "<|endoftext|>"
+WORDS = ["a", "b", "c", "p", "q", "x", "y", "z"]
+
+
+@pytest.fixture(scope="module")
+def word_tok() -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer: eos=0, unk=1, a=2, b=3, c=4, p=5, q=6, x=7, y=8, z=9."""
+    vocab = {EOS: 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS, unk_token="<unk>")
+
+
+def ids(word_tok: PreTrainedTokenizerFast, text: str) -> list[int]:
+    return word_tok(text, add_special_tokens=False)["input_ids"]
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_text_file_splits_on_two_blank_lines_only(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("first para\n\nstill doc one\n\n\nsecond doc\n\n \n\n\nthird doc\n")
+    docs = load_documents(str(f), DataConfig())
+    assert [d.text for d in docs] == ["first para\n\nstill doc one", "second doc", "third doc"]
+    assert [d.doc_id for d in docs] == ["notes.txt#0", "notes.txt#1", "notes.txt#2"]
+    assert all(d.prompt == "" for d in docs)
+
+
+def test_directory_one_document_per_file_sorted_recursive(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "b.txt").write_text("bee")
+    (root / "a.txt").write_text("ay")
+    (root / "sub" / "c.md").write_text("see\n\n\nstill c")  # files are never split
+    (root / ".hidden").write_text("secret")
+    (root / "binary.bin").write_bytes(b"\xff\xfe\x00bad")
+    docs = load_documents(str(root), DataConfig())
+    assert [d.doc_id for d in docs] == ["a.txt", "b.txt", "sub/c.md"]
+    assert docs[2].text == "see\n\n\nstill c"
+
+
+def test_glob_of_text_files(tmp_path: Path) -> None:
+    for name, text in [("2.txt", "two"), ("1.txt", "one"), ("skip.md", "nope")]:
+        (tmp_path / name).write_text(text)
+    docs = load_documents(str(tmp_path / "*.txt"), DataConfig())
+    assert [d.text for d in docs] == ["one", "two"]
+    with pytest.raises(ConfigError, match="matches no files"):
+        load_documents(str(tmp_path / "*.nothing"), DataConfig())
+
+
+def test_jsonl_text_field_and_filters(tmp_path: Path) -> None:
+    f = write_jsonl(
+        tmp_path / "d.jsonl", [{"body": "long enough"}, "", {"body": "tiny"}, {"body": "also long"}]
+    )
+    docs = load_documents(str(f), DataConfig(text_field="body", min_chars=5))
+    assert [(d.text, d.doc_id) for d in docs] == [("long enough", "d.jsonl:1"), ("also long", "d.jsonl:4")]
+    assert len(load_documents(str(f), DataConfig(text_field="body", max_documents=2))) == 2
+
+
+def test_jsonl_prompt_response_masks_prompt_exactly(
+    tmp_path: Path, word_tok: PreTrainedTokenizerFast
+) -> None:
+    f = write_jsonl(tmp_path / "sft.jsonl", [{"q": "p q", "a": "x y"}, {"q": "p", "a": "a b c"}])
+    docs = load_documents(str(f), DataConfig(prompt_field="q", response_field="a"))
+    assert docs[0] == Document(text="x y", doc_id="sft.jsonl:1", prompt="p q")
+    blocks = pack_documents(docs, word_tok, block_length=10)
+    # stream: p q x y EOS | p a b c EOS  (prompt tokens and first tokens are never targets)
+    assert blocks.input_ids.tolist() == [[5, 6, 7, 8, 0, 5, 2, 3, 4, 0]]
+    assert blocks.target_mask.tolist() == [[False, False, True, True, True, False, True, True, True, True]]
+    labels = collate(blocks, torch.tensor([0])).labels
+    # labels[t] is token t+1 when that token is a target: q (prompt) is not, x is, the next doc's p is not
+    assert labels.tolist() == [[-100, 7, 8, 0, -100, 2, 3, 4, 0, -100]]
+
+
+def test_parquet_text_and_prompt_response(tmp_path: Path, word_tok: PreTrainedTokenizerFast) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["a b", "c"], "q": ["p", "q"], "a": ["x", "y z"]}), f)
+    docs = load_documents(str(f), DataConfig())
+    assert [(d.text, d.doc_id) for d in docs] == [("a b", "d.parquet:0"), ("c", "d.parquet:1")]
+    pairs = load_documents(str(f), DataConfig(prompt_field="q", response_field="a"))
+    assert [(d.prompt, d.text) for d in pairs] == [("p", "x"), ("q", "y z")]
+    with pytest.raises(ConfigError, match=r"no column 'body'.*data\.text_field"):
+        load_documents(str(f), DataConfig(text_field="body"))
+
+
+def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": ["one doc", "two doc"], "n": [1, 2]}).save_to_disk(str(path))
+    docs = load_documents(f"hf:{path}", DataConfig())
+    assert [(d.text, d.doc_id) for d in docs] == [("one doc", "ds:0"), ("two doc", "ds:1")]
+    dd_path = tmp_path / "dd"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["t"]}),
+            "validation": datasets.Dataset.from_dict({"text": ["v"]}),
+        }
+    ).save_to_disk(str(dd_path))
+    assert [d.text for d in load_documents(f"hf:{dd_path}", DataConfig(hf_split="validation"))] == ["v"]
+    with pytest.raises(ConfigError, match="data.hf_split.*no split 'test'"):
+        load_documents(f"hf:{dd_path}", DataConfig(hf_split="test"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Source errors: one line, naming the problem and the fix
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_error_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.source: no such file or directory: .*nope\.jsonl"):
+        load_documents(str(tmp_path / "nope.jsonl"), DataConfig())
+
+
+def test_error_bad_json_names_line(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": "ok"}, '{"text": "broken'])
+    with pytest.raises(ConfigError, match=r"line 2: not valid JSON") as e:
+        load_documents(str(f), DataConfig())
+    assert "\n" not in str(e.value)
+
+
+def test_error_missing_field_names_line_and_field(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": "ok"}, {"body": "x"}])
+    with pytest.raises(ConfigError, match=r"line 2: missing field 'text'.*data\.text_field"):
+        load_documents(str(f), DataConfig())
+    g = write_jsonl(tmp_path / "p.jsonl", [{"q": "p"}])
+    with pytest.raises(ConfigError, match=r"line 1: missing field 'a'.*data\.response_field"):
+        load_documents(str(g), DataConfig(prompt_field="q", response_field="a"))
+    h = write_jsonl(tmp_path / "n.jsonl", [{"text": None}])
+    with pytest.raises(ConfigError, match=r"line 1: field 'text' must be a string, got null"):
+        load_documents(str(h), DataConfig())
+
+
+def test_error_empty_after_filtering(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": "ab"}, {"text": "cd"}])
+    with pytest.raises(ConfigError, match=r"no documents left after filtering \(min_chars=10\)"):
+        load_documents(str(f), DataConfig(min_chars=10))
+
+
+def test_error_unknown_format(tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_text("a,b\n")
+    with pytest.raises(ConfigError, match=r"extension '\.csv'.*data\.format"):
+        load_documents(str(f), DataConfig())
+    with pytest.raises(ConfigError, match="data.format must be one of"):
+        load_documents(str(f), DataConfig(format="xml"))
+    with pytest.raises(ConfigError, match="pystdlib has no split 'nope'"):
+        load_documents("pystdlib:nope", DataConfig())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Packing and the label shift
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_labels_shifted_exactly_once_hand_checked(word_tok: PreTrainedTokenizerFast) -> None:
+    docs = [Document("a b c", "d1"), Document("x y", "d2", prompt="p q")]
+    blocks = pack_documents(docs, word_tok, block_length=9)
+    assert blocks.input_ids.tolist() == [[2, 3, 4, 0, 5, 6, 7, 8, 0]]
+    batch = collate(blocks, torch.tensor([0]))
+    assert batch.labels.tolist() == [[3, 4, 0, -100, -100, 7, 8, 0, -100]]
+    assert batch.attention_mask.tolist() == [[1] * 9]
+    assert batch.valid.tolist() == [[True, True, True, False, False, True, True, True, False]]
+
+
+def test_blocks_drop_ragged_tail_and_last_position_is_ignored(word_tok: PreTrainedTokenizerFast) -> None:
+    docs = [Document("a b c", "d1"), Document("x y", "d2", prompt="p q")]  # 9 tokens
+    blocks = pack_documents(docs, word_tok, block_length=4)
+    assert blocks.input_ids.tolist() == [[2, 3, 4, 0], [5, 6, 7, 8]]  # the final EOS is the dropped tail
+    assert blocks.sample_ids.tolist() == [0, 1]
+    batch = collate(blocks, torch.tensor([1, 0]))
+    assert batch.labels.tolist() == [[-100, 7, 8, -100], [3, 4, 0, -100]]
+    assert batch.sample_ids.tolist() == [1, 0]
+    assert (batch.labels[:, -1] == IGNORE_INDEX).all()
+
+
+def test_no_targets_across_document_boundaries(word_tok: PreTrainedTokenizerFast) -> None:
+    # each document repeats one word, neighbours differ: a cross-document target would pair two words
+    docs = [
+        Document(" ".join([w] * n), f"d{i}")
+        for i, (w, n) in enumerate(zip("abcxyzab", [3, 1, 5, 2, 4, 1, 6, 2]))
+    ]
+    blocks = pack_documents(docs, word_tok, block_length=5)
+    batch = collate(blocks, torch.arange(len(blocks)))
+    inp, lab = batch.input_ids, batch.labels
+    valid = batch.valid
+    # every target is either the same word (same document) or the EOS ending that document
+    assert ((lab == inp) | (lab == 0))[valid].all()
+    assert not (valid & (inp == 0)).any(), "nothing is predicted from an EOS (that would cross documents)"
+    assert (lab[:, -1] == IGNORE_INDEX).all()
+    # every valid label is exactly the next input token (a single shift)
+    assert (lab[:, :-1][valid[:, :-1]] == inp[:, 1:][valid[:, :-1]]).all()
+
+
+def test_single_partial_block_is_padded_and_masked(word_tok: PreTrainedTokenizerFast) -> None:
+    blocks = pack_documents([Document("a b", "d")], word_tok, block_length=6)
+    assert blocks.input_ids.tolist() == [[2, 3, 0, 0, 0, 0]]
+    assert blocks.target_mask.tolist() == [[False, True, True, False, False, False]]
+    assert collate(blocks, torch.tensor([0])).labels.tolist() == [[3, 0, -100, -100, -100, -100]]
+
+
+def test_packing_errors(word_tok: PreTrainedTokenizerFast) -> None:
+    with pytest.raises(ConfigError, match=r"data\.block_length must be ≥ 2"):
+        pack_documents([Document("a b c")], word_tok, block_length=1)
+    with pytest.raises(
+        ConfigError,
+        match=r"data: 3 tokens is fewer than one block of data\.block_length=8; lower it or add data",
+    ):
+        pack_documents([Document("a b")], word_tok, block_length=8, allow_partial_block=False)
+    with pytest.raises(ConfigError, match="0 tokens"):
+        pack_documents([], word_tok, block_length=8)
+
+
+def test_fingerprint_stable_and_sensitive(word_tok: PreTrainedTokenizerFast) -> None:
+    docs = [Document("a b c x y", "1"), Document("z z a", "2")]
+    fp = pack_documents(docs, word_tok, 4).fingerprint()
+    assert fp == pack_documents(list(docs), word_tok, 4).fingerprint()
+    assert len(fp) == 64
+    assert fp != pack_documents([Document("a b c x z", "1"), docs[1]], word_tok, 4).fingerprint()  # one token
+    prompted = [Document("c x y", "1", prompt="a b"), docs[1]]  # same tokens, one more masked
+    assert fp != pack_documents(prompted, word_tok, 4).fingerprint()
+    assert fp != pack_documents(docs, word_tok, 5).fingerprint()  # shape
+
+
+def test_max_blocks_keeps_the_leading_blocks(word_tok: PreTrainedTokenizerFast) -> None:
+    docs = [Document(" ".join(["a", "b", "c"][i % 3] for _ in range(i + 2)), str(i)) for i in range(40)]
+    full = pack_documents(docs, word_tok, 4)
+    first = pack_documents(docs, word_tok, 4, max_blocks=3)
+    assert len(full) > 3 and len(first) == 3
+    assert torch.equal(first.input_ids, full.input_ids[:3]) and torch.equal(
+        first.target_mask, full.target_mask[:3]
+    )
+
+
+def test_batch_to_and_valid(word_tok: PreTrainedTokenizerFast) -> None:
+    batch = collate(pack_documents([Document("a b c")], word_tok, 4), torch.tensor([0]))
+    moved = batch.to("cpu")
+    assert moved.labels.tolist() == batch.labels.tolist() and moved.sample_ids.tolist() == [0]
+    assert batch.valid.dtype == torch.bool and batch.valid.shape == (1, 4)
+    assert len(batch) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_blocks(n: int, t: int = 4) -> PackedBlocks:
+    input_ids = torch.arange(n * t).view(n, t)
+    return PackedBlocks(input_ids, torch.ones(n, t, dtype=torch.bool), torch.arange(n))
+
+
+def take(loader: BlockLoader, k: int) -> list[list[int]]:
+    return [loader.next_batch().sample_ids.tolist() for _ in range(k)]
+
+
+def test_loader_deterministic_epochs_and_sample_ids() -> None:
+    blocks = make_blocks(10)
+    a = take(BlockLoader(blocks, 3, seed=7), 9)
+    assert a == take(BlockLoader(blocks, 3, seed=7), 9)
+    assert a != take(BlockLoader(blocks, 3, seed=8), 9)
+    # 3 batches per epoch (drop_last): each epoch draws distinct blocks, epochs are different permutations
+    epochs = [sum(a[i : i + 3], []) for i in (0, 3, 6)]
+    assert all(len(set(e)) == 9 for e in epochs) and epochs[0] != epochs[1]
+    batch = BlockLoader(blocks, 3, seed=7).next_batch()
+    assert torch.equal(batch.input_ids, blocks.input_ids[batch.sample_ids])
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 7])
+def test_loader_exact_resume_across_epochs(k: int) -> None:
+    blocks = make_blocks(10)
+    uninterrupted = take(BlockLoader(blocks, 3, seed=1), 10)
+    first = BlockLoader(blocks, 3, seed=1)
+    assert take(first, k) == uninterrupted[:k]
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
+    assert set(state) == {"epoch", "position"}
+    resumed = BlockLoader(blocks, 3, seed=1)
+    resumed.load_state_dict(state)
+    assert take(resumed, 10 - k) == uninterrupted[k:]
+
+
+def test_loader_subset_no_shuffle_and_partial_batches() -> None:
+    blocks = make_blocks(10)
+    sub = BlockLoader(blocks, 2, seed=0).subset([7, 1, 4])
+    seen = sum(take(sub, 6), [])
+    assert set(seen) == {1, 4, 7}
+    ordered = BlockLoader(blocks, 4, seed=0, shuffle=False, drop_last=False)
+    assert take(ordered, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [0, 1, 2, 3]]
+    assert len(ordered) == 3
+    with pytest.raises(
+        ConfigError, match=r"train\.micro_batch_size=11 is larger than the 10 training blocks"
+    ):
+        BlockLoader(blocks, 11, seed=0)
+
+
+def test_iter_eval_in_order_with_cap() -> None:
+    blocks = make_blocks(5)
+    assert [b.sample_ids.tolist() for b in iter_eval(blocks, 2)] == [[0, 1], [2, 3], [4]]
+    assert [b.sample_ids.tolist() for b in iter_eval(blocks, 2, max_blocks=3)] == [[0, 1], [2]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_bpe_save_reload_identical(tmp_path: Path) -> None:
+    texts = [
+        "def add(a, b):\n    return a + b\n",
+        "hello world, hello tokenizer",
+        "for i in range(10): print(i)",
+    ] * 5
+    tok = train_bpe_tokenizer(texts, vocab_size=300, save_dir=tmp_path / "tok")
+    assert tok.eos_token == tok.pad_token == tok.bos_token == EOS and tok.eos_token_id == 0
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    sample = ["def add(x, y): return x * y  # ünïcode ✓", "hello\n\tworld"]
+    enc = tok(sample, add_special_tokens=False)["input_ids"]
+    assert enc == reloaded(sample, add_special_tokens=False)["input_ids"]
+    assert tok.decode(enc[0]) == sample[0]  # byte-level: lossless
+    assert tokenizer_hash(tok) == tokenizer_hash(reloaded)
+    assert tokenizer_hash(tok) != tokenizer_hash(train_bpe_tokenizer(texts, vocab_size=280))
+    with pytest.raises(ConfigError, match=r"model\.bpe_vocab_size must be ≥ 257"):
+        train_bpe_tokenizer(texts, vocab_size=100)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Builtin corpus and splits
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fake_stdlib(root: Path, with_tests: bool = True) -> Path:
+    for i in range(12):
+        (root / f"mod{i}.py").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"mod{i}.py").write_text(
+            f'"""Module number {i} does useful things."""\n\nclass C{i}:\n    """A class that holds a value {i}."""\n\n'
+            f'    def get(self):\n        """Return the value held by this class."""\n        return {i}\n'
+        )
+    (root / "pkg" / "tests").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("from pkg.sub import f\n")
+    (root / "pkg" / "sub.py").write_text("def f():\n    return 1\n")
+    (root / "pkg" / "tests" / "test_sub.py").write_text("assert True\n")
+    (root / "test_top.py").write_text("assert True\n")
+    for excluded in ("idlelib", "site-packages", "config-3.11-x86_64"):
+        (root / excluded).mkdir()
+        (root / excluded / "x.py").write_text("x = 1\n")
+    (root / "bad.py").write_bytes(b"x = '\xff\xfe'\n")
+    if with_tests:
+        (root / "test" / "sub").mkdir(parents=True)
+        (root / "test" / "test_mod.py").write_text("import mod0\n")
+        (root / "test" / "sub" / "helper.py").write_text("y = 2\n")
+    return root
+
+
+def test_pystdlib_splits_on_fake_tree(tmp_path: Path) -> None:
+    root = fake_stdlib(tmp_path / "lib")
+    splits = pystdlib_splits(root=root)
+    assert list(splits) == ["train", "eval", "shift_tests", "shift_docstrings"]
+    train_ids = {d.doc_id for d in splits["train"]}
+    eval_ids = {d.doc_id for d in splits["eval"]}
+    expected = {f"mod{i}.py" for i in range(12)} | {"pkg/__init__.py", "pkg/sub.py"}
+    assert train_ids | eval_ids == expected  # tests, idlelib, site-packages, config-*, non-UTF-8 excluded
+    assert splits["eval"], "the held-out set is never empty"
+    held = {module_of(i) for i in eval_ids}
+    assert held.isdisjoint(module_of(i) for i in train_ids)
+    assert {d.doc_id for d in splits["shift_tests"]} == {"test/test_mod.py", "test/sub/helper.py"}
+    docstrings = splits["shift_docstrings"]
+    assert docstrings and all(module_of(d.doc_id.split("::")[0]) in held for d in docstrings)
+    assert any("::C" in d.doc_id and d.doc_id.endswith(".get") for d in docstrings)  # qualified names
+    assert "Return the value held by this class." in {d.text for d in docstrings}
+    no_tests = pystdlib_splits(root=fake_stdlib(tmp_path / "lib2", with_tests=False))
+    assert "shift_tests" not in no_tests and no_tests["train"]
+    assert [d.doc_id for d in splits["train"]] == [d.doc_id for d in pystdlib_splits(root=root)["train"]]
+
+
+def test_pystdlib_real_with_char_cap() -> None:
+    cap = 30_000
+    splits = pystdlib_splits(max_chars=cap)
+    assert set(splits) >= {"train", "eval", "shift_docstrings"}
+    for name, docs in splits.items():
+        assert docs, name
+        assert sum(len(d.text) for d in docs) <= cap, name
+    assert {module_of(d.doc_id) for d in splits["train"]}.isdisjoint(
+        module_of(d.doc_id) for d in splits["eval"]
+    )
+    assert not any(d.doc_id.startswith(("test/", "idlelib/", "site-packages/")) for d in splits["train"])
+    assert [d.doc_id for d in splits["train"]] == [d.doc_id for d in pystdlib_splits(max_chars=cap)["train"]]
+
+
+def test_held_out_keys_never_empty_and_deterministic() -> None:
+    keys = [f"k{i}" for i in range(5)]
+    held = held_out_keys(keys, 0.01)
+    assert len(held) == 1 and held == held_out_keys(reversed(keys), 0.01)
+    assert held_out_keys(keys, 0.0) == set()
+    assert 0 < len(held_out_keys(["a", "b"], 0.99)) < 2  # the training side keeps one
+
+
+def test_load_and_pack_splits_from_jsonl(tmp_path: Path, word_tok: PreTrainedTokenizerFast) -> None:
+    words = ["a", "b", "c", "x", "y", "z"]
+    rows = [{"text": " ".join(words[(i + j) % 6] for j in range(8))} for i in range(6)] * 2
+    rows = [{"text": r["text"] + f" {'p' if k % 2 else 'q'}"} for k, r in enumerate(rows)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    shift = tmp_path / "shift.txt"
+    shift.write_text("x y z")
+    cfg = Config()
+    cfg.data.source = str(src)
+    cfg.data.eval_fraction = 0.2
+    cfg.data.eval_sources = {"shifted": str(shift)}
+    splits = load_splits(cfg)
+    assert list(splits) == ["train", "eval", "shifted"]
+    assert splits["eval"] and splits["train"]
+    assert {d.doc_id for d in splits["train"]}.isdisjoint(d.doc_id for d in splits["eval"])
+    assert len(splits["train"]) + len(splits["eval"]) == 12
+    assert [d.doc_id for d in load_splits(cfg)["eval"]] == [d.doc_id for d in splits["eval"]]
+    packed = pack_splits(splits, word_tok, block_length=8, max_eval_blocks=2)
+    assert packed["train"].input_ids.shape[1] == 8 and len(packed["eval"]) <= 2
+    assert packed["shifted"].input_ids.tolist() == [[7, 8, 9, 0, 0, 0, 0, 0]]  # short eval set: padded
+    assert packed["eval"].sample_ids.tolist() == list(range(len(packed["eval"])))
+    cfg.data.eval_sources = {"train": str(shift)}
+    with pytest.raises(ConfigError, match="data.eval_sources: the name 'train' is already a split"):
+        load_splits(cfg)
+
+
+def test_load_splits_pystdlib_with_cap() -> None:
+    cfg = Config()
+    splits = load_splits(cfg, max_chars=20_000)
+    assert list(splits)[:2] == ["train", "eval"]
+    assert all(sum(len(d.text) for d in docs) <= 20_000 for docs in splits.values())

@@ -1,0 +1,128 @@
+"""The trainer: gradient accumulation invariance, exact resume, non-finite stop, run-directory guard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_overrides, write_corpus
+
+from ekd.config import load_config
+from ekd.data import collate
+from ekd.errors import NonFiniteLossError, RunDirError
+from ekd.train import trainer as trainer_mod
+from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
+from ekd.train.step import MethodParts
+from ekd.train.trainer import forward_backward, train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=30)
+
+
+def _grads(cfg, data, blocks_per_micro: int, accum: int):
+    torch.manual_seed(0)
+    student = load_student(cfg, data, torch.device("cpu"))
+    teacher = build_teacher_source(cfg, data, torch.device("cpu"), load_teacher(cfg, data, torch.device("cpu")))
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    indices = torch.arange(8)
+    micro = [collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro]) for i in range(accum)]
+    loss, _, _, _ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
+    return loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=kd", "method.ce_weight=0.5"],
+        ["method=kd", "method.policy=topk", "method.scorer=student_entropy", "method.select_fraction=0.2", "method.ce_weight=0.3"],
+        ["method=jsd", "method.temperature=constant", "method.kd_temperature=2.0"],
+    ],
+    ids=["kd+ce", "topk-student-entropy", "jsd-tau2"],
+)
+def test_grad_accumulation_8x1_equals_2x4(tmp_path, corpus, method):
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus) + method)
+    data = prepare_data(cfg, tmp_path / "prep")
+    loss_a, grads_a = _grads(cfg, data, blocks_per_micro=1, accum=8)
+    loss_b, grads_b = _grads(cfg, data, blocks_per_micro=4, accum=2)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, corpus, monkeypatch):
+    extra = ["train.max_steps=6", "train.checkpoint_every=3", "method=kd", "method.policy=topk", "method.scorer=random", "method.select_fraction=0.5", "eval.teacher=false"]
+    full = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra))
+    expected = _losses(full.run_dir)
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+
+    real = trainer_mod.forward_backward
+
+    def crash_at_step_4(micro, student, teacher, parts, step, *args):
+        if step == 4:
+            raise KeyboardInterrupt  # killed after the step-3 checkpoint and one more step
+        return real(micro, student, teacher, parts, step, *args)
+
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra)
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    resumed = train(cfg, resume=True)
+    got = _losses(resumed.run_dir)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    a = dict(full.eval["eval"])
+    b = dict(resumed.eval["eval"])
+    assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, corpus, monkeypatch):
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "nan") + ["train.max_steps=4", "train.checkpoint_every=1", "method=ce"])
+    real = trainer_mod.distill_micro_batch
+
+    def nan_at_step_2(batch, student, teacher, parts, kd, ce, ctx):
+        out = real(batch, student, teacher, parts, kd, ce, ctx)
+        if ctx.step == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "distill_micro_batch", nan_at_step_2)
+    with pytest.raises(NonFiniteLossError, match="step 3.*step-000002"):
+        train(cfg)
+    ckpts = sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts[-1] == "step-000002"
+    assert (cfg.run_dir / "checkpoints" / "step-000002" / "student.safetensors").stat().st_size > 0
+
+
+def test_run_dir_guard(tmp_path, corpus):
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=ce"])
+    train(cfg)
+    marker = cfg.run_dir / "metrics.jsonl"
+    before = marker.read_text()
+    with pytest.raises(RunDirError, match="--resume.*--overwrite"):
+        train(cfg)
+    other = load_config(overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=kd"])
+    with pytest.raises(RunDirError, match="different run.*method"):
+        train(other)
+    with pytest.raises(RunDirError, match="differs"):
+        train(other, resume=True)
+    assert marker.read_text() == before  # nothing already written was touched
+    train(other, overwrite=True)
+
+
+def test_student_parameters_change_and_lr_schedule(tmp_path, corpus):
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "lr") + ["train.max_steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"])
+    lrs = [trainer_mod.lr_at(s, cfg) for s in range(10)]
+    assert lrs[0] == pytest.approx(cfg.train.lr / 2) and lrs[1] == pytest.approx(cfg.train.lr)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert trainer_mod.lr_at(10, cfg) == pytest.approx(cfg.train.lr * 0.1)

@@ -1,0 +1,48 @@
+"""Shared helpers for end-to-end tests: a tiny text corpus on disk and a tiny-model config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+WORDS = ("def class return import self value index items result yield lambda while for in if else "
+         "print open read write list dict tuple set range len sum min max sorted").split()
+
+
+def write_corpus(root: Path, n_docs: int = 24, seed: int = 0) -> Path:
+    """A directory of small Python-like text files (deterministic)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = []
+        for _ in range(rng.randint(8, 16)):
+            indent = "    " * rng.randint(0, 2)
+            lines.append(indent + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + ":")
+        (root / f"doc_{i:03d}.py").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_overrides(tmp: Path, corpus: Path, name: str = "t", **extra: object) -> list[str]:
+    """Overrides for a few-second CPU run on the corpus: micro student, tiny random teacher, BPE 320."""
+    base = {
+        "run.name": name,
+        "run.output_dir": str(tmp / "runs"),
+        "data.source": str(corpus),
+        "data.block_length": 32,
+        "data.eval_fraction": 0.2,
+        "data.max_eval_blocks": 4,
+        "model.student": "preset:llama-micro",
+        "model.teacher": "preset:llama-tiny",
+        "model.tokenizer": "train_bpe",
+        "model.bpe_vocab_size": 320,
+        "train.max_steps": 3,
+        "train.micro_batch_size": 4,
+        "train.warmup_steps": 1,
+        "train.lr": 1e-3,
+        "eval.batch_size": 4,
+        "eval.plots": False,
+        "log.progress": False,
+        "log.tensorboard": False,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
