@@ -13,7 +13,7 @@ from ekd.data import collate
 from ekd.errors import NonFiniteLossError, RunDirError
 from ekd.train import trainer as trainer_mod
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
-from ekd.train.step import MethodParts
+from ekd.train.method_parts import MethodParts
 from ekd.train.trainer import forward_backward, train
 
 
@@ -29,7 +29,7 @@ def _grads(cfg, data, blocks_per_micro: int, accum: int):
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     indices = torch.arange(8)
     micro = [collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro]) for i in range(accum)]
-    loss, _, _, _ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
+    loss, _, _, _, _ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
     return loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 

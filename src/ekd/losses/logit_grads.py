@@ -169,16 +169,16 @@ def sparse_kd_chunk(
 ) -> tuple[Tensor, Tensor]:
     """Sparse forward-KL estimate (``ekd.losses.sparse``) and its gradient w.r.t. the student logits.
 
-    Per row, with t the K target values (padding slots t = 0), S = Σ_{k: t_k>0} q[id_k] and tail mass t_tail::
+    Per row, with t the K target values (padding slots t = 0), H the set of ids with t > 0 (duplicates
+    counted once) and the student's tail mass T = Σ_{v∉H} q_v (summed over the complement, exact as q → 1
+    on H)::
 
-        D = Σ_k t_k (log t_k − log q[id_k]) + t_tail (log t_tail − log(1 − S))
-        ∂D/∂s = q·(Σ_k t_k − b·S) − Σ_k (t_k − b·q[id_k])·e_{id_k},   b = t_tail / (1 − S)
-
-    (b = 0 without a tail, and where 1 − S is clamped at 1e-7 as on the reference path).
+        D = Σ_k t_k (log t_k − log q[id_k]) + t_tail (log t_tail − log T)
+        ∂D/∂s = q·(Σ_k t_k + t_tail) − (t_tail/T)·q·1[v∉H] − Σ_k t_k·e_{id_k}
 
     Args:
         student_logits: (m, V) fp32 (consumed).
-        ids: (m, K) long target ids.
+        ids: (m, K) target ids.
         probs: (m, K) target values t̂ (RS counts/N, importance-weighted, or tail-handled top-K probs).
         tail: (m,) teacher tail mass for the ghost bucket, or None.
         tau: (m,) temperatures.
@@ -188,6 +188,7 @@ def sparse_kd_chunk(
         (loss sum (), ∂loss/∂z_s (m, V)), fp32.
     """
     scale = coef / tau  # (m,)
+    ids = ids.long()
     log_q = _log_softmax_at(student_logits, tau)  # (m, V)
     log_q_at = log_q.gather(-1, ids)  # (m, K) student log-probs at the target ids
     t = probs.float()
@@ -195,22 +196,27 @@ def sparse_kd_chunk(
     t = torch.where(present, t, torch.zeros_like(t))
     safe_t = torch.where(present, t, torch.ones_like(t))
     rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
-    row_mass = t.sum(-1)  # (m,) Σ_k t_k
-    at_ids = -t  # (m, K) coefficient of e_{id_k}
-    if tail is not None:
-        log_in = torch.logsumexp(log_q_at.masked_fill(~present, float("-inf")), dim=-1)  # (m,) log S
-        s_in = log_in.exp()
-        clamped = s_in > 1.0 - 1e-7
-        log_tail_q = torch.log1p(-s_in.clamp(max=1.0 - 1e-7))
+    row_mass = t.sum(-1)  # (m,)
+    q = log_q.exp_() if _eager() else log_q.exp()
+    if tail is None:
+        grad = q.mul_(row_mass.unsqueeze(1))
+    else:
         tail = tail.float()
         has_tail = tail > 0
+        hit = present & has_tail.unsqueeze(1)  # (m, K) slots whose id is in H
+        # in_h[k]: id_k ∈ H, equal for every slot holding the same id (so scatter_ writes agree)
+        in_h = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & hit.unsqueeze(1)).any(-1)  # (m, K)
+        q_at = log_q_at.exp()  # (m, K)
+        q.scatter_(-1, ids, torch.where(in_h, torch.zeros_like(q_at), q_at))  # q·1[v∉H]
+        tail_q = q.sum(-1)  # (m,) T
         safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
-        rows = rows + torch.where(has_tail, tail * (safe_tail.log() - log_tail_q), torch.zeros_like(tail))
-        b = torch.where(has_tail & ~clamped, tail / (1.0 - s_in).clamp(min=1e-7), torch.zeros_like(tail))  # (m,)
-        row_mass = row_mass - b * s_in
-        at_ids = at_ids + torch.where(present, b.unsqueeze(1) * log_q_at.exp(), torch.zeros_like(t))
-    q = log_q.exp_() if _eager() else log_q.exp()
-    grad = q.mul_(row_mass.unsqueeze(1)).scatter_add_(-1, ids, at_ids).mul_(scale.unsqueeze(1))
+        rows = rows + torch.where(has_tail, tail * (safe_tail.log() - tail_q.log()), torch.zeros_like(tail))
+        b = torch.where(has_tail, tail / tail_q, torch.zeros_like(tail))  # (m,)
+        full = row_mass + torch.where(has_tail, tail, torch.zeros_like(tail))  # (m,) Σt + t_tail
+        grad = q.mul_((full - b).unsqueeze(1))  # right off H
+        on_h = q_at * full.unsqueeze(1)  # (m, K) value at v ∈ H
+        grad.scatter_(-1, ids, torch.where(in_h, on_h, grad.gather(-1, ids)))
+    grad = grad.scatter_add_(-1, ids, -t).mul_(scale.unsqueeze(1))
     return (coef * rows).sum(), grad
 
 

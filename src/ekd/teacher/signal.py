@@ -79,7 +79,7 @@ class TeacherSignal:
                 else:
                     r = rows[sl]
                     seeds = position_seeds(spec.seed, sample_ids[r // T], r % T)  # (m,)
-                    parts.append(rs_target(logits, spec.rs_samples, seeds, spec.rs_proposal_power).target)
+                    parts.append(rs_target(logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power).target)
         return concat_sparse(parts)
 
 

@@ -66,7 +66,11 @@ def position_seeds(seed: int, sample_ids: Tensor, positions: Tensor) -> Tensor:
     sid = _as_uint64(sample_ids)
     if sid.ndim == 1 and pos.ndim == 2:
         sid = sid[:, None]  # (B, 1) broadcast over T
-    if np.broadcast_shapes(sid.shape, pos.shape) != pos.shape:
+    try:
+        shape_ok = np.broadcast_shapes(sid.shape, pos.shape) == pos.shape
+    except ValueError:
+        shape_ok = False
+    if not shape_ok:
         raise ValueError(f"sample_ids {tuple(sid.shape)} does not match positions {tuple(pos.shape)}")
     with np.errstate(over="ignore"):
         h = _mix64(np.full(1, seed, dtype=np.int64).view(np.uint64) + _GOLDEN)

@@ -4,70 +4,28 @@
     → temperatures → targets at the selected rows → KD sum (head applied at those rows only)
     + CE sum (chunked) [+ feature / objective terms] → each divided by its global count → loss
 
-The selection, temperature, target and divergence are composed from the method config (``MethodParts``);
-no method has a code path of its own here.
+The selection, temperature, target, divergence and objective are composed from the method config
+(``MethodParts``, built in ``ekd.train.method_parts``); no method has a code path of its own here beyond
+the objective's per-row loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ekd.config import Config, MethodConfig
-from ekd.losses.divergences import Divergence, make_divergence
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
+from ekd.losses.targets import DenseTarget
 from ekd.models.load import model_body, output_head
+from ekd.selection.base import StepContext
 from ekd.selection.types import Selection
-from ekd.teacher.signal import TargetSpec, TeacherSignal
+from ekd.teacher.signal import TeacherSignal
+from ekd.train.method_parts import MethodParts
+from ekd.train.objectives import objective_sum
 from ekd.train.token_stats import PAIR_STATS, STUDENT_STATS, TEACHER_STATS, token_stats
-
-
-@dataclass
-class MethodParts:
-    """The composed method: what the step needs, built once from the config."""
-
-    divergence: Divergence
-    policy: object  # ekd.selection.policies.SelectionPolicy
-    temperature: object  # ekd.temperature.TemperaturePolicy
-    target: TargetSpec
-    stat_needs: set[str]
-    kd_weight: float
-    ce_weight: float
-    ce_on: str
-    scale_by_tau_squared: bool
-    needs_teacher: bool
-    method_cfg: MethodConfig
-    extras: dict[str, object] = field(default_factory=dict)  # feature projection, EMA model, ...
-
-    @classmethod
-    def build(cls, cfg: Config, total_steps: int) -> MethodParts:
-        from ekd.methods import presets
-        from ekd.selection.policies import build_policy
-        from ekd.selection.scores import score_needs
-        from ekd.temperature import build_temperature, temperature_needs
-
-        m = cfg.method
-        policy = build_policy(m, total_steps)
-        needs = set(temperature_needs(m))
-        if policy.needs_scores:
-            needs |= set(score_needs(m))
-        needs_teacher = m.kd_weight > 0 and presets.get(m.preset).needs_teacher
-        return cls(
-            divergence=make_divergence(m.divergence, m.jsd_beta, m.skew_alpha),
-            policy=policy,
-            temperature=build_temperature(m, total_steps),
-            target=TargetSpec(m.target, m.topk, m.topk_tail, m.rs_samples, m.rs_proposal_power, cfg.run.seed),
-            stat_needs=needs,
-            kd_weight=m.kd_weight if needs_teacher else 0.0,
-            ce_weight=m.ce_weight,
-            ce_on=m.ce_on,
-            scale_by_tau_squared=m.scale_by_tau_squared,
-            needs_teacher=needs_teacher,
-            method_cfg=m,
-        )
 
 
 @dataclass
@@ -90,14 +48,22 @@ class MicroBatchResult:
     ce_sum: float
     selection: Selection | None
     metrics: dict[str, float]
+    feedback: dict[str, Tensor] | None = None  # what a policy needs after the optimizer step (bandit)
 
 
-def student_hidden(student: nn.Module, batch, autocast_dtype: torch.dtype | None) -> Tensor:
-    """(B, T, Ds) final hidden states of the student body (with grad)."""
+def student_hidden(student: nn.Module, batch, autocast_dtype: torch.dtype | None, layer: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """(B, T, Ds) final hidden states of the student body (with grad), and layer ``layer``'s if asked."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = model_body(student)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return out.last_hidden_state
+        out = model_body(student)(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=layer not in (None, -1)
+        )
+    features = None
+    if layer == -1:
+        features = out.last_hidden_state
+    elif layer is not None:
+        features = out.hidden_states[layer]  # (B, T, Ds)
+    return out.last_hidden_state, features
 
 
 def distill_micro_batch(
@@ -110,8 +76,6 @@ def distill_micro_batch(
     ctx: StepContextData,
 ) -> MicroBatchResult:
     """Loss of one micro-batch, normalized by the step's global counts, plus diagnostics (sums)."""
-    from ekd.selection.policies import StepContext
-
     labels = batch.labels  # (B, T), already shifted
     valid = labels != -100  # (B, T)
     B, T = labels.shape
@@ -120,20 +84,18 @@ def distill_micro_batch(
 
     # 1. teacher signal (no grad)
     signal: TeacherSignal | None = None
-    if parts.kd_weight > 0:
-        signal = teacher.signal(batch, parts.stat_needs & TEACHER_STATS)
+    if parts.needs_teacher:
+        signal = teacher.signal(batch, parts.stat_needs & TEACHER_STATS, parts.teacher_feature_layer)
 
     # 2. student body (grad)
-    h_s = student_hidden(student, batch, ctx.autocast_dtype)  # (B, T, Ds)
+    h_s, f_s = student_hidden(student, batch, ctx.autocast_dtype, parts.student_feature_layer)  # (B, T, Ds)
     h_s_flat = h_s.reshape(B * T, -1)  # (B·T, Ds)
-
     total = h_s.sum() * 0.0  # keeps the graph connected when every term is empty
-    kd_sum_value = 0.0
-    selection = None
-    if parts.kd_weight > 0:
-        assert signal is not None
+    kd_sum_value, selection, feedback = 0.0, None, None
+
+    if parts.selects:
         # 3. statistics and scores (detached, τ=1, chunked)
-        stats = dict(signal.stats)
+        stats = dict(signal.stats) if signal is not None else {}
         student_needs = parts.stat_needs & (STUDENT_STATS | PAIR_STATS)
         if student_needs:
             stats.update(
@@ -142,35 +104,47 @@ def distill_micro_batch(
                     labels,
                     student_hidden=h_s,
                     student_head=head_s,
-                    teacher_hidden=signal.hidden,
-                    teacher_head=signal.head,
+                    teacher_hidden=signal.hidden if signal is not None else None,
+                    teacher_head=signal.head if signal is not None else None,
                     chunk_rows=ctx.chunk_rows,
                 )
             )
-        candidates = valid & signal.available  # (B, T) positions that can receive KD
+        candidates = valid & signal.available if signal is not None else valid  # (B, T) may receive KD
         policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats)
-        scores = compute_scores_for(parts, stats, candidates, ctx) if parts.policy.needs_scores else None
-        # 4. selection → temperatures → targets at the selected rows
+        scores = parts.scores(stats, candidates, ctx.generator, ctx.vocab_size) if parts.policy.needs_scores else None
+        # 4. selection → temperatures
         selection = parts.policy.select(scores, candidates, policy_ctx)
         tau = parts.temperature(selection, stats, candidates, policy_ctx).float()  # (M,)
-        target = signal.target_at(selection.rows, parts.target, tau, labels, batch.sample_ids)
-        # 5. KD: heads applied at the M selected rows only
-        kd_sum = kd_loss_sum(
-            h_s_flat[selection.rows],  # (M, Ds)
-            head_s,
-            target,
-            tau,
-            selection.weights.float(),
-            parts.divergence,
-            parts.scale_by_tau_squared,
-            ctx.loss_path,
-            ctx.chunk_rows,
-        )
+        rows = selection.rows  # (M,) flat positions
+        # 5. the KD term: heads applied at the M selected rows only
+        if parts.objective == "kd":
+            target = signal.target_at(rows, parts.target, tau, labels, batch.sample_ids)
+            kd_sum = kd_loss_sum(
+                h_s_flat[rows],  # (M, Ds)
+                head_s,
+                target,
+                tau,
+                selection.weights.float(),
+                parts.divergence,
+                parts.scale_by_tau_squared,
+                ctx.loss_path,
+                ctx.chunk_rows,
+            )
+            if parts.wants_feedback and isinstance(target, DenseTarget):
+                feedback = {"rows": rows, "teacher_hidden": target.hidden, "kl_before": stats["forward_kl"].reshape(-1)[rows]}
+        else:
+            kd_sum = objective_sum(parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx)
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
+        # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
+        if parts.feature_weight > 0:
+            feat_sum, n_hard = parts.feature_sum(rows, stats, f_s, signal)
+            total = total + parts.feature_weight * normalize(feat_sum, kd_count)
+            metrics["feature_sum"] = float(feat_sum.detach())
+            metrics["hard"] = float(n_hard)
         metrics.update(_selection_metrics(selection, tau, stats, candidates))
 
-    # 6. CE on all valid tokens (chunked) or on the selected ones
+    # 7. CE on all valid tokens (chunked) or on the selected ones
     ce_sum_value = 0.0
     if parts.ce_weight > 0:
         if parts.ce_on == "selected" and selection is not None:
@@ -180,13 +154,7 @@ def distill_micro_batch(
         ce_sum = ce_loss_sum(h_s_flat[ce_rows], head_s, labels.reshape(-1)[ce_rows], ctx.loss_path, ctx.chunk_rows)
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
-    return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics)
-
-
-def compute_scores_for(parts: MethodParts, stats: dict[str, Tensor], candidates: Tensor, ctx: StepContextData) -> Tensor:
-    from ekd.selection.scores import compute_scores
-
-    return compute_scores(parts.method_cfg, stats, candidates, ctx.generator, ctx.vocab_size)
+    return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
 
 
 def _selection_metrics(sel: Selection, tau: Tensor, stats: dict[str, Tensor], candidates: Tensor) -> dict[str, float]:
@@ -206,4 +174,19 @@ def _selection_metrics(sel: Selection, tau: Tensor, stats: dict[str, Tensor], ca
         out["h_sel_n"] = float(chosen.sum())
         out["h_unsel_sum"] = float(h[rest].sum())
         out["h_unsel_n"] = float(rest.sum())
+    return out
+
+
+@torch.no_grad()
+def kl_at_rows(student: nn.Module, batch, rows: Tensor, teacher_hidden: Tensor, teacher_head, vocab_size: int, amp) -> Tensor:
+    """KL(p‖q) at flat rows after an optimizer step (the bandit's reward). → (M,)."""
+    from ekd.losses.divergences import forward_kl
+
+    h_s, _ = student_hidden(student, batch, amp)
+    h = h_s.reshape(-1, h_s.shape[-1])[rows]  # (M, Ds)
+    head = output_head(student, vocab_size)
+    out = torch.empty(rows.numel(), device=rows.device)
+    for start in range(0, rows.numel(), 1024):
+        sl = slice(start, start + 1024)
+        out[sl] = forward_kl(head(h[sl]).float(), teacher_head(teacher_hidden[sl]).float())
     return out

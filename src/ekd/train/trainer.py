@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import NonFiniteLossError
 from ekd.losses.reduce import global_count
-from ekd.models.load import save_model_dir
+from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ekd.train.evaluation import evaluate_run
+from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
 from ekd.train.prepare import (
     PreparedData,
@@ -35,10 +36,9 @@ from ekd.train.prepare import (
     load_teacher,
     prepare_data,
     resolve_device,
-    teacher_needed,
 )
 from ekd.train.run_dir import prepare_run_dir
-from ekd.train.step import MethodParts, StepContextData, distill_micro_batch
+from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     student.train()
-    teacher_model = load_teacher(cfg, data, device) if teacher_needed(cfg) and cfg.teacher.source == "online" else None
-    teacher = build_teacher_source(cfg, data, device, teacher_model)
     parts = MethodParts.build(cfg, cfg.train.max_steps)
-    extra_modules = parts.trainable_modules(student, teacher_model, device) if hasattr(parts, "trainable_modules") else {}
-    params = list(student.named_parameters()) + [(f"{n}.{k}", p) for n, m in extra_modules.items() for k, p in m.named_parameters()]
+    teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
+    teacher = build_teacher_source(cfg, data, device, teacher_model) if parts.needs_teacher else None
+    parts.attach_models(student, teacher_model, device)
+    extra_modules = parts.checkpoint_modules()
+    params = list(student.named_parameters()) + [(f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()]
     optimizer = build_optimizer(params, cfg)
     loader = BlockLoader(data.blocks["train"], cfg.train.micro_batch_size, seed=cfg.run.seed, shuffle=True, drop_last=True)
+    if cfg.method.sample_fraction < 1.0:
+        loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
 
     start_step = 0
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
@@ -131,7 +134,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
         micro_batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum_steps)]
-        loss_value, sums, kd_count, ce_count = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
+        loss_value, sums, kd_count, ce_count, feedback = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
         # 3. clip, step
         trainable = [p for _, p in params if p.grad is not None]
@@ -140,9 +143,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             _stop_non_finite(step, run_dir, what="gradient norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        # 4. stateful policies learn from this step
+        # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
         kd_mean = sums.get("kd_sum", 0.0) / kd_count
-        parts.policy.observe(kd_loss=kd_mean)
+        parts.policy.observe(kd_loss=kd_mean, **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp))
+        parts.after_optimizer_step(student)
         # 5. log
         totals["selected"] += sums.get("selected", 0.0)
         totals["valid"] += sums.get("valid", 0.0)
@@ -188,6 +192,7 @@ def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: 
     ce_count = global_count(ce_local, device)
     sums: dict[str, float] = {}
     loss_value = 0.0
+    feedback: list = []
     for i, batch in enumerate(micro_batches):
         ctx = StepContextData(step, cfg.train.max_steps, vocab_size, step_generator(cfg.run.seed, step, i), cfg.train.loss_path, cfg.train.head_chunk_size, amp)
         out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
@@ -197,7 +202,51 @@ def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: 
         loss_value += float(out.loss.detach())
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
-    return loss_value, sums, kd_count, ce_count
+        feedback.append(out.feedback)
+    return loss_value, sums, kd_count, ce_count, feedback
+
+
+def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size: int, amp) -> dict:
+    """KL at each micro-batch's selected rows before and after the optimizer step (the bandit's reward)."""
+    if not feedback or any(f is None for f in feedback):
+        return {}
+    after = [kl_at_rows(student, b, f["rows"], f["teacher_hidden"], teacher.head, vocab_size, amp) for f, b in zip(feedback, micro_batches)]
+    return {"kl_before": torch.cat([f["kl_before"] for f in feedback]), "kl_after": torch.cat(after)}
+
+
+def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
+    """Load the teacher model for training (online source) or, for CE-only runs, to report KL at evaluation."""
+    if cfg.teacher.source != "online":
+        return False
+    if parts.needs_teacher or (cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")):
+        return True
+    return cfg.eval.teacher and not is_preset(cfg.model.teacher)
+
+
+def sample_selection(cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, device) -> torch.Tensor:
+    """SE-KD3X TopSmp: the kept training-sample indices, scored once by the frozen initial student.
+
+    Saved to ``run_dir/sample_selection.json`` and reused on resume (never re-scored with a trained student).
+    """
+    from ekd.data import iter_eval
+    from ekd.selection.sample_selection import (
+        load_sample_selection,
+        save_sample_selection,
+        score_samples_by_id,
+        select_samples,
+    )
+
+    path = run_dir / "sample_selection.json"
+    if path.is_file():
+        kept, _ = load_sample_selection(path)
+        return kept
+    blocks = data.blocks["train"]
+    batches = [b.to(device) for b in iter_eval(blocks, cfg.eval.batch_size)]
+    ids, scores = score_samples_by_id(student, batches, cfg.method.sample_scorer, data.vocab_size, device, teacher_model, seed=cfg.run.seed)
+    kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
+    save_sample_selection(path, kept, {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": len(blocks)})
+    log.info("sample selection: kept %d of %d training blocks by %s", kept.numel(), len(blocks), cfg.method.sample_scorer)
+    return kept
 
 
 def _combine(key: str, old: float | None, new: float) -> float:

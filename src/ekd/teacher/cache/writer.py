@@ -57,6 +57,11 @@ def _np(x: Any, dtype: Any = None) -> np.ndarray:
     return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
 
 
+def _rows(x: np.ndarray, n: int) -> np.ndarray:
+    """(P, Kmax) view of per-position data; (0, 0) when there are no positions."""
+    return x.reshape(n, -1) if n else x.reshape(0, 0)
+
+
 def _write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path.tmp``, fsync, rename to ``path``."""
     tmp = path.with_name(path.name + ".tmp")
@@ -192,7 +197,7 @@ class CacheWriter:
             stats: {'entropy': (P,), 'logp_gold': (P,)} teacher H(p) and log p(gold) at τ=1.
             ids: (P, Kmax) token ids.
             values: (P, Kmax) RS counts (int, rows summing to N) or top-K probabilities; entries with value 0
-                are padding and are not stored.
+                are padding and are not stored. Entries are stored (and read back) sorted by id per row.
             weights: (P, Kmax) importance weights p/r (RS with proposal β ≠ 1 only).
             tail: (P,) ghost tail mass (top-K 'ghost' only).
             num_tokens: training tokens of the sample (valid labels), for bytes/token; default T.
@@ -229,18 +234,25 @@ class CacheWriter:
             raise ValueError(f"stats must have exactly the keys {STAT_NAMES}, got {sorted(stats)}")
         entropy = _np(stats["entropy"], np.float32).reshape(-1)[order]
         logp_gold = _np(stats["logp_gold"], np.float32).reshape(-1)[order]
-        ids_2d = _np(ids, np.int64).reshape(n, -1)[order]  # (P, Kmax)
-        vals_2d = _np(values).reshape(n, -1)[order]
+        ids_2d = _rows(_np(ids, np.int64), n)[order]  # (P, Kmax)
+        vals_2d = _rows(_np(values), n)[order]
         if len(entropy) != n or len(logp_gold) != n or ids_2d.shape != vals_2d.shape:
             raise ValueError(f"sample {sample_id}: stats, ids and values must have one row per position")
         if np.isnan(entropy).any() or np.isnan(logp_gold).any():
             raise ValueError(f"sample {sample_id}: NaN in teacher statistics")
+        if not np.isfinite(vals_2d.astype(np.float64)).all():
+            raise ValueError(f"sample {sample_id}: target values must be finite")
         keep = vals_2d > 0  # (P, Kmax) padding slots dropped
         row_lengths = keep.sum(1)
-        flat_ids = ids_2d[keep]  # (E,) row-major: each row's entries stay together and in order
+        row_of = np.nonzero(keep)[0]  # (E,) row of each kept entry
+        flat_ids = ids_2d[keep]  # (E,)
+        by_id = np.lexsort((flat_ids, row_of))  # entries sorted by token id within each row
+        flat_ids = flat_ids[by_id]
         vocab = self.signature["vocab_size"]
         if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() >= vocab):
             raise ValueError(f"sample {sample_id}: token ids must be in [0, {vocab})")
+        if ((np.diff(flat_ids) == 0) & (np.diff(row_of) == 0)).any():
+            raise ValueError(f"sample {sample_id}: a token id appears twice in one row")
         if n and row_lengths.max() > lay.max_row_length:
             raise ValueError(f"sample {sample_id}: {row_lengths.max()} entries in a row, format allows {lay.max_row_length}")
         rec = Record(sample_id, pos, entropy, logp_gold, row_lengths, flat_ids)
@@ -248,16 +260,16 @@ class CacheWriter:
             counts = vals_2d.astype(np.int64)
             if (counts != vals_2d).any() or (counts.sum(1) != lay.rs_samples).any():
                 raise ValueError(f"sample {sample_id}: RS values must be integer counts summing to N={lay.rs_samples} per row")
-            rec.counts = counts[keep]
+            rec.counts = counts[keep][by_id]
         else:
-            probs = vals_2d.astype(np.float32)[keep]
-            if not np.isfinite(probs).all() or (probs > 1.0 + 1e-3).any():
-                raise ValueError(f"sample {sample_id}: top-K probabilities must be finite and ≤ 1")
+            probs = vals_2d.astype(np.float32)[keep][by_id]
+            if (probs > 1.0 + 1e-3).any():
+                raise ValueError(f"sample {sample_id}: top-K probabilities must be ≤ 1")
             rec.probs = probs
         if (weights is not None) != (lay.value == "count_weight"):
             raise ValueError(f"importance weights are {'required' if lay.value == 'count_weight' else 'not used'} for this cache")
         if weights is not None:
-            w = _np(weights, np.float32).reshape(n, -1)[order][keep]
+            w = _rows(_np(weights, np.float32), n)[order][keep][by_id]
             if not (np.isfinite(w).all() and (w > 0).all()):
                 raise ValueError(f"sample {sample_id}: importance weights must be finite and > 0")
             rec.weights = w

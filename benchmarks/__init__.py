@@ -1,0 +1,1 @@
+"""Performance benchmarks of ekd (``make bench`` → docs/benchmarks.md). Run: ``python -m benchmarks.run``."""
