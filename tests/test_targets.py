@@ -13,6 +13,15 @@ from ekd.losses.targets import SparseTarget
 from ekd.teacher.targets import counter_uniforms, position_seeds, rs_target, topk_target
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are small: intra-op threads only add synchronization (costly on a shared runner)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def zipf_logits(rows: int, vocab: int, seed: int = 0, exponents=(1.3, 2.4)) -> torch.Tensor:
     """Peaked LM-like teacher logits: rank r gets −s·ln r, s ~ U(exponents), random id permutation per row."""
     g = torch.Generator().manual_seed(seed)

@@ -396,9 +396,16 @@ def _nearest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+class CliText(str):
+    """A value typed on the command line: kept verbatim for ``str`` fields, parsed as YAML otherwise
+    (so ``run.name=1.10`` stays '1.10' and ``train.lr=3e-4`` becomes 0.0003)."""
+
+
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert ``value`` to the declared type, or raise ConfigError naming the dotted key."""
     origin = typing.get_origin(annotation)
+    if isinstance(value, CliText):
+        value = str(value) if annotation is str else _parse_cli_value(str(value))
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -411,9 +418,11 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is int:
             if isinstance(value, bool):
                 raise ValueError
+            if isinstance(value, str) and "e" in value.lower():
+                value = float(value)  # YAML reads 1e3 as a string
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(value)
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -436,6 +445,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return {str(k): coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
+    except ConfigError:
+        raise  # an item's own message names the item
     except (TypeError, ValueError):
         pass
     else:
@@ -489,7 +500,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if key == "method":  # shorthand: method=<preset>
             key = "method.preset"
         _check_key(key, "command line")
-        flat[key] = _parse_cli_value(text)
+        flat[key] = CliText(text)
     return flat
 
 

@@ -26,11 +26,15 @@ divergences: Registry[Callable[..., Tensor]] = Registry("divergence")
 
 
 def log_probs_at(logits: Tensor, tau: Tensor | float) -> Tensor:
-    """log softmax(logits / τ) in fp32. logits (M, V), tau scalar or (M,) → (M, V)."""
+    """log softmax(logits / τ) in fp32. logits (M, V), tau scalar or (M,) → (M, V).
+
+    -inf (masked) entries come out as the most negative finite fp32 value: their probability is exactly 0
+    and differences such as log p − log q stay finite, so gradients never see ∞ − ∞.
+    """
     logits = logits.float()
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
-    return torch.log_softmax(logits / tau, dim=-1)
+    return torch.log_softmax(logits / tau, dim=-1).clamp_min(torch.finfo(torch.float32).min)
 
 
 def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -117,7 +121,8 @@ def hellinger(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | floa
     """Hellinger distance H(p, q) = (1/√2)·‖√p − √q‖₂ ∈ [0, 1] (used by AdaKD, arXiv 2510.11615)."""
     sqrt_p = (0.5 * log_probs_at(teacher_logits, tau)).exp()
     sqrt_q = (0.5 * log_probs_at(student_logits, tau)).exp()
-    return ((sqrt_p - sqrt_q).pow(2).sum(-1).clamp_min(0.0)).sqrt() / math.sqrt(2.0)
+    # clamp: the derivative of √x is infinite at 0 (p = q); 1e-24 changes the value by ≤ 1e-12
+    return (sqrt_p - sqrt_q).pow(2).sum(-1).clamp_min(1e-24).sqrt() / math.sqrt(2.0)
 
 
 def make_divergence(name: str, jsd_beta: float = 0.5, skew_alpha: float = 0.1) -> Divergence:

@@ -1,0 +1,159 @@
+"""Loss-head benchmark cases: student head + teacher head + generalized JSD(β=0.5), forward and backward.
+
+One case = one implementation at one shape, run in its own process by ``benchmarks.run``::
+
+    python -m benchmarks.head_loss '{"impl": "ours", "n": 1024, "v": 32768, "chunk": 256}'
+
+prints one JSON line: time of the fastest forward+backward, peak memory above the inputs (see
+``benchmarks.measure``), and the loss value (a cross-check that all implementations compute the same JSD).
+
+Implementations (all fp32, gradients w.r.t. the student hidden states and head weight; teacher frozen):
+
+- ``ours`` / ``ours_compiled``: ``kd_loss_sum(path='chunked')`` — closed-form gradient in the forward, per chunk.
+- ``ours_recompute``: ``kd_loss_sum(path='chunked_recompute')`` — activation checkpointing per chunk.
+- ``naive``: full (N, V) logits for both models and TRL's ``generalized_jsd_loss`` written out (log_softmax,
+  stacked mixture, two ``kl_div``; trl/trainer/gkd_trainer.py) through autograd.
+- ``liger`` / ``liger_compiled``: Liger-Kernel's ``LigerFusedLinearJSDLoss`` (pure torch on CPU; chunk 1024,
+  its default), ``compiled=False`` / ``True``.
+- ``gemm``: only the four matmuls the loss head must do — student logits, teacher logits, grad_hidden,
+  grad_W — at full size into preallocated outputs: the physical floor on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+STUDENT_HIDDEN = 896  # Qwen2.5-0.5B
+TEACHER_HIDDEN = 1536  # Qwen2.5-1.5B
+BETA = 0.5
+IMPLS = ("gemm", "ours", "ours_compiled", "ours_recompute", "naive", "liger", "liger_compiled")
+
+
+def gemm_flops(n: int, v: int) -> float:
+    """FLOPs of the four bare GEMMs: 2·N·V·(Ds [student fwd] + Dt [teacher fwd] + Ds [grad_h] + Ds [grad_W])."""
+    return 2.0 * n * v * (3 * STUDENT_HIDDEN + TEACHER_HIDDEN)
+
+
+def naive_estimate_gb(n: int, v: int) -> float:
+    """Naive full-logit JSD holds ~16 fp32 (N, V) buffers at its peak (measured; docs/benchmarks.md)."""
+    return 16 * n * v * 4 / 1e9
+
+
+def generalized_jsd_loss(student_logits, teacher_logits, beta=0.5, temperature=1.0):
+    """TRL's GKDTrainer.generalized_jsd_loss (labels=None, reduction='batchmean'), as shipped."""
+    student_logits = student_logits / temperature
+    teacher_logits = teacher_logits / temperature
+    student_log_probs = F.log_softmax(student_logits, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)
+    beta_t = torch.tensor(beta, dtype=student_log_probs.dtype)
+    mixture_log_probs = torch.logsumexp(
+        torch.stack([student_log_probs + torch.log(1 - beta_t), teacher_log_probs + torch.log(beta_t)]), dim=0
+    )
+    kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
+    jsd = beta_t * kl_teacher + (1 - beta_t) * kl_student
+    return jsd.sum() / (jsd.size(0) * jsd.size(1))  # (B, T, V) → mean over B·T positions
+
+
+def make_inputs(n: int, v: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "h": torch.randn(n, STUDENT_HIDDEN, generator=g).requires_grad_(True),  # (N, Ds)
+        "w": (torch.randn(v, STUDENT_HIDDEN, generator=g) * 0.05).requires_grad_(True),  # (V, Ds)
+        "ht": torch.randn(n, TEACHER_HIDDEN, generator=g),  # (N, Dt)
+        "wt": torch.randn(v, TEACHER_HIDDEN, generator=g) * 0.05,  # (V, Dt)
+    }
+
+
+def make_step(impl: str, x: dict[str, torch.Tensor], chunk: int):
+    """A closure doing one forward + backward of ``impl`` on inputs ``x``; returns the loss (mean over N)."""
+    n = x["h"].shape[0]
+    if impl == "gemm":
+        v = x["w"].shape[0]
+        zs, zt = torch.empty(n, v), torch.empty(n, v)
+        gh, gw = torch.empty(n, STUDENT_HIDDEN), torch.empty(v, STUDENT_HIDDEN)
+        h, w, ht, wt = x["h"].detach(), x["w"].detach(), x["ht"], x["wt"]
+
+        def step():
+            torch.mm(h, w.t(), out=zs)  # (N, V) student logits
+            torch.mm(ht, wt.t(), out=zt)  # (N, V) teacher logits
+            torch.mm(zs, w, out=gh)  # (N, Ds) grad_hidden (zs stands in for the logit gradient)
+            torch.mm(zs.t(), h, out=gw)  # (V, Ds) grad_W
+            return torch.zeros(())
+
+        return step
+    if impl.startswith("ours"):
+        from ekd.losses.divergences import make_divergence
+        from ekd.losses.head_loss import kd_loss_sum
+        from ekd.losses.targets import DenseTarget, Head
+
+        path = "chunked_recompute" if impl == "ours_recompute" else "chunked"
+        divergence = make_divergence("jsd", jsd_beta=BETA)
+        ones = torch.ones(n)
+
+        def step():
+            loss = kd_loss_sum(
+                x["h"], Head(x["w"]), DenseTarget(x["ht"], Head(x["wt"])), ones, ones, divergence,
+                path=path, chunk_size=chunk, compile=impl == "ours_compiled",
+            ) / n
+            loss.backward()
+            return loss.detach()
+
+        return step
+    if impl == "naive":
+
+        def step():
+            student_logits = (x["h"] @ x["w"].t()).unsqueeze(0)  # (1, N, V)
+            with torch.no_grad():
+                teacher_logits = (x["ht"] @ x["wt"].t()).unsqueeze(0)  # (1, N, V)
+            loss = generalized_jsd_loss(student_logits, teacher_logits, beta=BETA)
+            loss.backward()
+            return loss.detach()
+
+        return step
+    if impl.startswith("liger"):
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        loss_fn = LigerFusedLinearJSDLoss(
+            weight_hard_loss=0.0, weight_soft_loss=1.0, beta=BETA, compiled=impl == "liger_compiled", chunk_size=1024
+        )
+        labels = torch.zeros(n, dtype=torch.long)  # all valid; the hard (CE) loss has weight 0
+
+        def step():
+            loss = loss_fn(x["h"], x["w"], x["ht"], x["wt"], labels)
+            loss.backward()
+            return loss.detach()
+
+        return step
+    raise ValueError(f"unknown implementation {impl!r}; known: {', '.join(IMPLS)}")
+
+
+def run(case: dict) -> dict:
+    """Warm up at the chunk's shape (compiles there), then measure at full size."""
+    from benchmarks.measure import measure_call
+
+    impl, n, v, chunk = case["impl"], case["n"], case["v"], case.get("chunk", 256)
+    torch.manual_seed(0)
+    warm_rows = min(n, 1024 if impl.startswith("liger") else chunk)  # same per-chunk shapes as the real run
+    warm = make_inputs(warm_rows, v, seed=1)
+    make_step(impl, warm, chunk)()
+    del warm
+    x = make_inputs(n, v)
+    step = make_step(impl, x, chunk)
+    result: dict[str, float] = {}
+
+    def once():
+        x["h"].grad = None
+        x["w"].grad = None
+        result["loss"] = float(step())
+
+    out = measure_call(once, repeats=case.get("repeats", 1), min_seconds=case.get("min_seconds", 0.0))
+    return {**out, "loss": result["loss"]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))))
