@@ -100,7 +100,7 @@ def step_stats(zt, zs, labels, garbage: bool = True) -> dict[str, torch.Tensor]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_case(seed: int):
     zt, zs, labels = logits_batch(seed, 5, 17)
     valid = labels != -100
@@ -192,7 +192,10 @@ def test_composite_normalizes_per_sequence_over_valid_only(kind):
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     # changing ignored positions changes nothing
     other = {k: v.masked_fill(~valid, -7.0) for k, v in stats.items()}
-    torch.testing.assert_close(scores_for(cfg(scorer="composite", scorer_weights=weights, scorer_normalization=kind), other, valid), got)
+    torch.testing.assert_close(
+        scores_for(cfg(scorer="composite", scorer_weights=weights, scorer_normalization=kind), other, valid),
+        got,
+    )
 
 
 def test_normalize_constant_row_is_zero():
@@ -205,7 +208,9 @@ def test_normalize_constant_row_is_zero():
 def test_score_needs_and_teacher_distribution_flags():
     assert score_needs(cfg(scorer="none")) == set()
     assert score_needs(cfg(scorer="ce_ratio")) == {"student_logp_gold", "teacher_logp_gold"}
-    assert score_needs(cfg(scorer="composite", scorer_weights={"hellinger": 1.0, "student_entropy": 2.0})) == {
+    assert score_needs(
+        cfg(scorer="composite", scorer_weights={"hellinger": 1.0, "student_entropy": 2.0})
+    ) == {
         "hellinger",
         "student_entropy",
     }
@@ -301,8 +306,11 @@ def test_topk_exact_counts_and_highest_scores(per):
         stats, valid, g = random_case(seed)
         scores = torch.rand(valid.shape, generator=g)
         mask = policy.select(scores, valid, ctx()).mask(tuple(valid.shape))
-        rows_s, rows_v, rows_m = (scores, valid, mask) if per == "sequence" else (
-            scores.reshape(1, -1), valid.reshape(1, -1), mask.reshape(1, -1))
+        rows_s, rows_v, rows_m = (
+            (scores, valid, mask)
+            if per == "sequence"
+            else (scores.reshape(1, -1), valid.reshape(1, -1), mask.reshape(1, -1))
+        )
         for s, v, m in zip(rows_s, rows_v, rows_m):
             n = int(v.sum())
             assert int(m.sum()) == (min(n, max(1, math.ceil(0.25 * n))) if n else 0)
@@ -361,13 +369,21 @@ def test_curriculum_phase_zero_lowest_phase_one_highest():
             start = math.floor((n - k) * 0.5)
             assert torch.equal(torch.sort(s[mid[i]]).values, ordered[start : start + k])  # contiguous window
     assert policy.phase(0) == 0.0 and policy.phase(10) == 1.0 and policy.phase(50) == 1.0
-    power = build_policy(cfg(policy="curriculum", scorer="random", curriculum_power=2.0, curriculum_start=0.2), 10)
+    power = build_policy(
+        cfg(policy="curriculum", scorer="random", curriculum_power=2.0, curriculum_start=0.2), 10
+    )
     assert power.phase(5) == pytest.approx(0.2 + 0.8 * 0.25)
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine", "step"])
 def test_coverage_k_grows(shape):
-    method = cfg(policy="coverage_schedule", scorer="random", coverage_start=0.1, coverage_end=0.5, coverage_shape=shape)
+    method = cfg(
+        policy="coverage_schedule",
+        scorer="random",
+        coverage_start=0.1,
+        coverage_end=0.5,
+        coverage_shape=shape,
+    )
     policy = build_policy(method, total_steps=40)
     stats, valid, g = random_case(1)
     scores = torch.rand(valid.shape, generator=g)
@@ -382,7 +398,9 @@ def test_coverage_k_grows(shape):
     assert counts[-1] > counts[0]
     mid = {"linear": 0.3, "cosine": 0.3, "step": 0.5}[shape]  # step: one jump at mid-training
     assert policy.fraction_at(ctx(20, 40)) == pytest.approx(mid)
-    assert policy.fraction_at(ctx(10, 40)) == pytest.approx({"linear": 0.2, "cosine": 0.1 + 0.4 * (1 - math.cos(math.pi / 4)) / 2, "step": 0.1}[shape])
+    assert policy.fraction_at(ctx(10, 40)) == pytest.approx(
+        {"linear": 0.2, "cosine": 0.1 + 0.4 * (1 - math.cos(math.pi / 4)) / 2, "step": 0.1}[shape]
+    )
 
 
 def test_bucket_selects_between_percentiles():
@@ -435,12 +453,16 @@ def test_pos_rs_weights_are_exact_importance_weights():
     w = scores.double().pow(0.5).masked_fill(~valid, 0)
     q = (w / w.sum(-1, keepdim=True)).reshape(-1)
     k = ceil_count(0.2, valid.sum(-1)).double()
-    torch.testing.assert_close(sel.weights.double(), 1.0 / (k[sel.rows // 40] * q[sel.rows]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        sel.weights.double(), 1.0 / (k[sel.rows // 40] * q[sel.rows]), rtol=1e-6, atol=0
+    )
 
 
 def test_pos_rs_self_normalized_is_bounded():
     valid, d, scores = _pos_rs_case()
-    policy = build_policy(cfg(policy="pos_rs", scorer="random", select_fraction=0.2, pos_rs_self_normalized=True), 10)
+    policy = build_policy(
+        cfg(policy="pos_rs", scorer="random", select_fraction=0.2, pos_rs_self_normalized=True), 10
+    )
     gen = torch.Generator().manual_seed(2)
     for i in range(50):
         sel = policy.select(scores, valid, StepContext(i, 10, gen, V))
@@ -541,8 +563,14 @@ def test_latf_without_loss_changes_nothing():
 
 
 def test_linucb_update_matches_hand_computation():
-    method = cfg(policy="bandit", bandit_kind="linucb", bandit_ridge=2.0, bandit_alpha=0.7,
-                 bandit_min_fraction=0.2, bandit_max_fraction=0.6)
+    method = cfg(
+        policy="bandit",
+        bandit_kind="linucb",
+        bandit_ridge=2.0,
+        bandit_alpha=0.7,
+        bandit_min_fraction=0.2,
+        bandit_max_fraction=0.6,
+    )
     policy = build_policy(method, 10)
     stats, valid, _ = random_case(3)
     del stats["forward_kl"]  # KL feature falls back to 0
@@ -551,8 +579,13 @@ def test_linucb_update_matches_hand_computation():
     t = valid.shape[1]
     pos = torch.arange(t, dtype=torch.float64) / (t - 1)
     x_all = torch.stack(
-        [stats["teacher_entropy"].double(), -stats["student_logp_gold"].double(),
-         torch.zeros(valid.shape, dtype=torch.float64), pos.expand(valid.shape)], -1
+        [
+            stats["teacher_entropy"].double(),
+            -stats["student_logp_gold"].double(),
+            torch.zeros(valid.shape, dtype=torch.float64),
+            pos.expand(valid.shape),
+        ],
+        -1,
     ).reshape(-1, 4)
     x = x_all[sel.rows]  # (M, 4)
     before = torch.linspace(0.0, 9.0, sel.count, dtype=torch.float64)
@@ -576,8 +609,13 @@ def test_linucb_budget_clamping_per_sequence():
     stats, valid, _ = random_case(5)
     n = valid.sum(-1)
     for threshold, fraction in [(-1e9, 0.6), (1e9, 0.2)]:
-        method = cfg(policy="bandit", bandit_kind="linucb", bandit_min_fraction=0.2, bandit_max_fraction=0.6,
-                     bandit_threshold=threshold)
+        method = cfg(
+            policy="bandit",
+            bandit_kind="linucb",
+            bandit_min_fraction=0.2,
+            bandit_max_fraction=0.6,
+            bandit_threshold=threshold,
+        )
         policy = build_policy(method, 10)
         mask = policy.select(None, valid, ctx(features=stats)).mask(tuple(valid.shape))
         want = torch.ceil(n.double() * fraction - 1e-6).long()
@@ -598,8 +636,10 @@ def test_linucb_rejects_mismatched_feedback():
 
 def test_exp3_weight_update_matches_hand_computation():
     budgets, gamma = [0.1, 0.3, 0.5], 0.2
-    policy = build_policy(cfg(policy="bandit", bandit_kind="exp3", scorer="random", bandit_budgets=budgets,
-                              bandit_gamma=gamma), 10)
+    policy = build_policy(
+        cfg(policy="bandit", bandit_kind="exp3", scorer="random", bandit_budgets=budgets, bandit_gamma=gamma),
+        10,
+    )
     log_w = torch.zeros(3, dtype=torch.float64)
     stats, valid, g = random_case(0)
     scores = torch.rand(valid.shape, generator=g)
@@ -667,14 +707,26 @@ def test_loading_another_policys_state_fails_clearly():
 
 
 def test_build_policy_errors_and_registry():
-    assert set(policies.names()) == {"all", "topk", "gls", "curriculum", "coverage_schedule", "bucket", "pos_rs", "latf", "bandit"}
+    assert set(policies.names()) == {
+        "all",
+        "topk",
+        "gls",
+        "curriculum",
+        "coverage_schedule",
+        "bucket",
+        "pos_rs",
+        "latf",
+        "bandit",
+    }
     assert all(policies.describe(n) for n in policies.names())
     with pytest.raises(ValueError, match="hellinger"):
         build_policy(cfg(policy="latf"), 10)
     with pytest.raises(ValueError, match="did you mean 'topk'"):
         build_policy(cfg(policy="topkk"), 10)
     with pytest.raises(ValueError, match="needs position scores"):
-        build_policy(cfg(policy="topk", scorer="random"), 10).select(None, torch.ones(1, 2, dtype=torch.bool), ctx())
+        build_policy(cfg(policy="topk", scorer="random"), 10).select(
+            None, torch.ones(1, 2, dtype=torch.bool), ctx()
+        )
     assert not build_policy(cfg(policy="all"), 10).needs_scores
     assert not build_policy(cfg(policy="bandit", bandit_kind="linucb"), 10).needs_scores
 
@@ -697,8 +749,10 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             sel = bandit.select(None, valid, ctx(step, features=stats))
             before = torch.rand(sel.count, generator=g)
             bandit.observe(kl_before=before, kl_after=before * 0.5)
-        torch.save({"queue": gls.queue, "threshold": gls.threshold, "A": bandit.A, "b": bandit.b},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"queue": gls.queue, "threshold": gls.threshold, "A": bandit.A, "b": bandit.b},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -706,9 +760,8 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_distributed_ranks_share_gls_queue_and_bandit_statistics():
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as tmp:  # fork: the workers reuse the loaded modules (fast start)
-        mp.start_processes(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True,
-                           start_method="fork")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
     for key in ("queue", "threshold", "A", "b"):
         assert torch.equal(r0[key], r1[key]), key
@@ -759,8 +812,15 @@ def _tiny_lm(seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -771,8 +831,14 @@ def _lm_batches():
         input_ids = torch.randint(0, V, (2, 12), generator=g)
         labels = torch.cat([input_ids[:, 1:], torch.full((2, 1), -100)], 1)
         labels[torch.rand(2, 12, generator=g) < 0.2] = -100
-        out.append({"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones(2, 12, dtype=torch.long),
-                    "sample_ids": torch.tensor([10 - 2 * j, 11 - 2 * j])})
+        out.append(
+            {
+                "input_ids": input_ids,
+                "labels": labels,
+                "attention_mask": torch.ones(2, 12, dtype=torch.long),
+                "sample_ids": torch.tensor([10 - 2 * j, 11 - 2 * j]),
+            }
+        )
     out[-1]["labels"][1] = -100  # a sample without valid tokens
     return out
 
@@ -790,8 +856,12 @@ def test_score_samples_student_entropy_and_teacher_scores():
             for r, sid in enumerate(b["sample_ids"].tolist()):
                 v = b["labels"][r] != -100
                 want[sid] = float(h[r][v].mean()) if v.any() else -math.inf
-    torch.testing.assert_close(scores.double(), torch.tensor([want[i] for i in ids.tolist()], dtype=torch.float64),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        scores.double(),
+        torch.tensor([want[i] for i in ids.tolist()], dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert torch.equal(score_samples(student, batches, "student_entropy", V, "cpu"), scores)
     kept = select_samples(scores, ids, 0.5)
     assert kept.numel() == 3 and 7 not in kept.tolist()  # the empty sample (id 7) scores −inf

@@ -126,7 +126,9 @@ def test_sparse_padding_slots_and_garbage_ids_change_nothing():
         t = topk_target(zt, 7, tail)
         pad_ids = torch.randint(0, v, (m, 5), generator=g)
         pad_ids[:, 0] = t.ids[:, 0]  # a padding slot that duplicates a present id
-        padded = SparseTarget(torch.cat([t.ids, pad_ids], 1), torch.cat([t.probs, torch.zeros(m, 5)], 1), t.tail)
+        padded = SparseTarget(
+            torch.cat([t.ids, pad_ids], 1), torch.cat([t.probs, torch.zeros(m, 5)], 1), t.tail
+        )
         loss_a, grad_a = logit_grad(lambda z, t=t: sparse_forward_kl(z, t), zs)
         loss_b, grad_b = logit_grad(lambda z, p=padded: sparse_forward_kl(z, p), zs)
         torch.testing.assert_close(loss_a, loss_b)
@@ -135,7 +137,9 @@ def test_sparse_padding_slots_and_garbage_ids_change_nothing():
 
 def test_sparse_rejects_mismatched_rows():
     with pytest.raises(ValueError, match="rows"):
-        sparse_forward_kl(torch.randn(3, 10), SparseTarget(torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2)))
+        sparse_forward_kl(
+            torch.randn(3, 10), SparseTarget(torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2))
+        )
 
 
 # ---------------------------------------------------------------- RS-KD
@@ -221,7 +225,9 @@ def test_rs_cross_entropy_form_is_unbiased_in_value(beta):
     entropy = -(log_p.exp() * log_p).sum(-1)
     drawn = many_draws(zt, draws, beta=beta)
     zs_rep = zs.repeat(draws, 1)
-    loss_ce, grad_ce = logit_grad(lambda z: sparse_forward_kl(z, drawn.target, teacher_entropy=entropy.repeat(draws)), zs_rep)
+    loss_ce, grad_ce = logit_grad(
+        lambda z: sparse_forward_kl(z, drawn.target, teacher_entropy=entropy.repeat(draws)), zs_rep
+    )
     _, grad_kl = logit_grad(lambda z: sparse_forward_kl(z, drawn.target), zs_rep)
     torch.testing.assert_close(grad_ce, grad_kl)
     per_draw = loss_ce.double().view(draws, m)
@@ -233,7 +239,9 @@ def test_rs_vs_topk_gradient_angle_table3():
     """RS-KD Table 3 on synthetic peaked logits: angle to the full-KD gradient w.r.t. student logits."""
     m, v = 64, 2048
     zt = zipf_logits(m, v, seed=11)
-    zs = zt + 0.25 * torch.randn(m, v, generator=torch.Generator().manual_seed(12))  # a student near its teacher
+    zs = zt + 0.25 * torch.randn(
+        m, v, generator=torch.Generator().manual_seed(12)
+    )  # a student near its teacher
     _, g_full = logit_grad(lambda z: forward_kl(z, zt), zs)
     q = torch.softmax(zs, -1)
     angles, unique = {}, 0.0
@@ -244,13 +252,17 @@ def test_rs_vs_topk_gradient_angle_table3():
         unique += float(drawn.num_unique.float().sum()) / m
         t = drawn.target
         q_rep = q.repeat(block, 1)
-        g_all = q_rep * t.probs.sum(-1, keepdim=True) - torch.zeros_like(q_rep).scatter_add_(1, t.ids, t.probs)
+        g_all = q_rep * t.probs.sum(-1, keepdim=True) - torch.zeros_like(q_rep).scatter_add_(
+            1, t.ids, t.probs
+        )
         acc += g_all.double().view(block, m, v).sum(0)
         done += block
         angles[done] = angle_deg(acc / done, g_full)
     g_last, t = g_all[-m:], t.rows(torch.arange((block - 1) * m, block * m))
     _, g_one = logit_grad(lambda z, t=t: sparse_forward_kl(z, t), zs)
-    torch.testing.assert_close(g_one, g_last, atol=1e-6, rtol=1e-4)  # the closed form used above is the gradient
+    torch.testing.assert_close(
+        g_one, g_last, atol=1e-6, rtol=1e-4
+    )  # the closed form used above is the gradient
     top = {}
     for tail in ("renormalize", "ghost"):
         _, g = logit_grad(lambda z, tail=tail: sparse_forward_kl(z, topk_target(zt, 12, tail)), zs)
@@ -298,15 +310,22 @@ def test_rs_draws_do_not_depend_on_batch_composition():
 def test_position_seeds_are_a_fixed_hash():
     """The hash is part of the cache format: pin its values."""
     s = position_seeds(0, torch.tensor([0, 7]), torch.tensor([[0, 1], [2, 3]]))
-    assert s.tolist() == [[2468158665661929940, 1753963119009468742], [-2797549001178486553, 7192770249634639121]]
-    assert position_seeds(12345, torch.tensor([2**40]), torch.tensor([[1023]])).tolist() == [[-3397160284005399474]]
+    assert s.tolist() == [
+        [2468158665661929940, 1753963119009468742],
+        [-2797549001178486553, 7192770249634639121],
+    ]
+    assert position_seeds(12345, torch.tensor([2**40]), torch.tensor([[1023]])).tolist() == [
+        [-3397160284005399474]
+    ]
     u = counter_uniforms(s[0, :1], 3)
-    assert u.dtype == torch.float64 and u.tolist() == [[0.8339573262656893, 0.642092118779768, 0.33403803913593666]]
+    assert u.dtype == torch.float64 and u.tolist() == [
+        [0.8339573262656893, 0.642092118779768, 0.33403803913593666]
+    ]
     flat = position_seeds(0, torch.tensor([0, 0, 7, 7]), torch.tensor([0, 1, 2, 3]))
     assert flat.tolist() == s.view(-1).tolist()
     grid = position_seeds(3, torch.arange(64), torch.arange(256).expand(64, 256))
     assert grid.unique().numel() == 64 * 256
     uni = counter_uniforms(grid.view(-1)[:200], 50)
-    assert 0 <= float(uni.min()) and float(uni.max()) < 1 and abs(float(uni.mean()) - 0.5) < 0.01
+    assert float(uni.min()) >= 0 and float(uni.max()) < 1 and abs(float(uni.mean()) - 0.5) < 0.01
     with pytest.raises(ValueError, match="does not match"):
         position_seeds(0, torch.arange(3), torch.zeros(4, 5, dtype=torch.long))

@@ -44,8 +44,8 @@ class DemoBudget:
     max_eval_blocks: int
 
 
-FULL = DemoBudget(max_chars=3_000_000, bpe_vocab=2048, block_length=128, teacher_steps=500, student_steps=220, micro_batch=16, max_eval_blocks=48)
-QUICK = DemoBudget(max_chars=800_000, bpe_vocab=1024, block_length=96, teacher_steps=200, student_steps=90, micro_batch=12, max_eval_blocks=16)
+FULL = DemoBudget(max_chars=4_000_000, bpe_vocab=2048, block_length=128, teacher_steps=1000, student_steps=200, micro_batch=16, max_eval_blocks=48)
+QUICK = DemoBudget(max_chars=1_500_000, bpe_vocab=1024, block_length=96, teacher_steps=500, student_steps=100, micro_batch=16, max_eval_blocks=16)
 
 
 def base_overrides(out: Path, b: DemoBudget) -> list[str]:
@@ -92,7 +92,7 @@ def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
             "model.student=preset:llama-small",
             "model.tokenizer=train_bpe",
             f"train.max_steps={b.teacher_steps}",
-            "train.lr=3e-3",
+            "train.lr=2e-3",
             "eval.teacher=false",
             "eval.plots=false",
         ]

@@ -30,7 +30,9 @@ IDTS_SCORE_FLOOR = 1e-8
 def _at_rows(stats: Mapping[str, Tensor], name: str, selection: Selection, policy: str) -> Tensor:
     """stats[name] at the selected rows. (B, T) → (M,) fp32."""
     if name not in stats:
-        raise ValueError(f"temperature '{policy}' needs the statistic '{name}' (compute temperature_needs(method_cfg))")
+        raise ValueError(
+            f"temperature '{policy}' needs the statistic '{name}' (compute temperature_needs(method_cfg))"
+        )
     return stats[name].reshape(-1)[selection.rows].float()  # (M,)
 
 
@@ -44,13 +46,17 @@ class TemperaturePolicy:
     def __init__(self, cfg: Any, total_steps: int):
         self._last: Tensor | None = None
 
-    def __call__(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def __call__(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         with torch.no_grad():
             tau = self.compute(selection, stats, valid, ctx).float().detach()  # (M,)
         self._last = tau
         return tau
 
-    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def compute(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         raise NotImplementedError
 
     def diagnostics(self) -> dict[str, float]:
@@ -76,7 +82,9 @@ class ConstantTemperature(TemperaturePolicy):
         if self.tau <= 0:
             raise ValueError(f"method.kd_temperature must be > 0, got {self.tau}")
 
-    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def compute(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         return torch.full((selection.count,), self.tau, dtype=torch.float32, device=selection.rows.device)
 
 
@@ -103,7 +111,9 @@ class ScheduledTemperature(TemperaturePolicy):
             return self.start
         return self.start + (self.end - self.start) * (u - self.hold) / (1.0 - self.hold)
 
-    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def compute(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         self._tau = self.tau_at(ctx.step)
         return torch.full((selection.count,), self._tau, dtype=torch.float32, device=selection.rows.device)
 
@@ -130,7 +140,9 @@ class InverseDifficultyTemperature(TemperaturePolicy):
         self.strength = float(cfg.idts_strength)
         self._median: Tensor | None = None
 
-    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def compute(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         s = _at_rows(stats, "hellinger", selection, self.name).clamp_min(IDTS_SCORE_FLOOR)  # (M,)
         if s.numel() == 0:
             return s
@@ -161,9 +173,13 @@ class EntropyMappedTemperature(TemperaturePolicy):
         if not 0.0 < self.tau_min <= self.tau_max:
             raise ValueError("method.entropy_tau_min must be > 0 and ≤ method.entropy_tau_max")
         if self.direction not in ("increasing", "decreasing"):
-            raise ValueError(f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'")
+            raise ValueError(
+                f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'"
+            )
 
-    def compute(self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext) -> Tensor:
+    def compute(
+        self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
+    ) -> Tensor:
         h = _at_rows(stats, "teacher_entropy", selection, self.name) / math.log(ctx.vocab_size)  # (M,)
         h = h.clamp(0.0, 1.0)
         g = h if self.direction == "increasing" else 1.0 - h
@@ -174,7 +190,9 @@ temperatures: Registry[type[TemperaturePolicy]] = Registry("temperature")
 temperatures.add("constant", ConstantTemperature, "one τ for every token (method.kd_temperature)")
 temperatures.add("schedule", ScheduledTemperature, "hold τ0, then linear to τ1")
 temperatures.add("idts", InverseDifficultyTemperature, "AdaKD IDTS: τ_base·exp(−c·tanh(log(s/median s)))")
-temperatures.add("entropy_map", EntropyMappedTemperature, "EGAD: τ_min + (τ_max − τ_min)·g(H(p)/log V) (unverified)")
+temperatures.add(
+    "entropy_map", EntropyMappedTemperature, "EGAD: τ_min + (τ_max − τ_min)·g(H(p)/log V) (unverified)"
+)
 
 
 def build_temperature(method_cfg: Any, total_steps: int) -> TemperaturePolicy:

@@ -59,8 +59,10 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _softmax_vjp(q: Tensor, g: Tensor, scale: Tensor) -> Tensor:
-    """scale·q·(G − Σ q·G) per row, in place on ``g`` (G at q = 0 entries is ignored). → (m, V)."""
-    g = g.masked_fill_(q == 0, 0.0)
+    """scale·q·(G − Σ q·G) per row, in place on ``g``. → (m, V).
+
+    G must be finite where q = 0 (callers mask log-ratios there first), so those entries give exactly 0.
+    """
     return g.sub_(_rowdot(q, g).unsqueeze(1)).mul_(q).mul_(scale.unsqueeze(1))
 
 

@@ -34,6 +34,7 @@ from ekd.selection.base import (
     StepContext,
     all_reduce_sum,
     check_state_name,
+    finite_only,
     rank_within_rows,
     topk_mask,
     topk_planned,
@@ -91,7 +92,9 @@ class LinUCBBandit(SelectionPolicy):
             [
                 stats["teacher_entropy"].double(),
                 -stats["student_logp_gold"].double(),
-                kl.double() if kl is not None else torch.zeros(b, t, dtype=torch.float64, device=valid.device),
+                kl.double()
+                if kl is not None
+                else torch.zeros(b, t, dtype=torch.float64, device=valid.device),
                 position.expand(b, t),
             ],
             dim=-1,
@@ -147,7 +150,9 @@ class LinUCBBandit(SelectionPolicy):
                 "pass kl_before/kl_after at every row selected since the last observe, in selection order"
             )
         reward = (before - after).clamp(-REWARD_CLIP, REWARD_CLIP)  # (M,)
-        delta = torch.cat([(x.T @ x).reshape(-1), x.T @ reward, reward.sum()[None], x.new_tensor([x.shape[0]])])
+        delta = torch.cat(
+            [(x.T @ x).reshape(-1), x.T @ reward, reward.sum()[None], x.new_tensor([x.shape[0]])]
+        )
         delta = all_reduce_sum(delta)  # (d·d + d + 2,) summed over ranks
         self.A = self.A.to(x.device) + delta[: d * d].reshape(d, d)
         self.b = self.b.to(x.device) + delta[d * d : d * d + d]
@@ -187,7 +192,7 @@ class LinUCBBandit(SelectionPolicy):
             out[f"select/bandit_theta_{name}"] = value
         if self._above is not None and self._last_valid is not None:
             out["select/bandit_above_threshold"] = float(self._above) / max(float(self._last_valid), 1.0)
-        return out
+        return finite_only(out)
 
 
 class Exp3Budget(SelectionPolicy):
@@ -201,7 +206,9 @@ class Exp3Budget(SelectionPolicy):
         self.gamma = float(cfg.bandit_gamma)
         self.per = cfg.select_per
         if not self.budgets or not all(0.0 < k <= 1.0 for k in self.budgets):
-            raise ValueError(f"method.bandit_budgets must be a non-empty list of fractions in (0, 1], got {self.budgets}")
+            raise ValueError(
+                f"method.bandit_budgets must be a non-empty list of fractions in (0, 1], got {self.budgets}"
+            )
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"method.bandit_gamma must be in (0, 1], got {self.gamma}")
         self.log_weights = torch.zeros(len(self.budgets), dtype=torch.float64)  # (K,)
@@ -282,4 +289,4 @@ class Exp3Budget(SelectionPolicy):
         out["select/bandit_reward"] = self.last_reward
         for k, p in zip(self.budgets, self.probabilities().tolist()):
             out[f"select/bandit_p_k{k:g}"] = p
-        return out
+        return finite_only(out)

@@ -101,10 +101,19 @@ class SelectionPolicy:
 
     def _require_scores(self, scores: Tensor | None, valid: Tensor) -> Tensor:
         if scores is None:
-            raise ValueError(f"selection policy '{self.name}' needs position scores; pass compute_scores(...)")
+            raise ValueError(
+                f"selection policy '{self.name}' needs position scores; pass compute_scores(...)"
+            )
         if scores.shape != valid.shape:
-            raise ValueError(f"scores shape {tuple(scores.shape)} does not match the mask {tuple(valid.shape)}")
+            raise ValueError(
+                f"scores shape {tuple(scores.shape)} does not match the mask {tuple(valid.shape)}"
+            )
         return scores
+
+
+def finite_only(metrics: dict[str, float]) -> dict[str, float]:
+    """Drop values that are not finite yet (e.g. a loss EMA before the first loss): loggers expect numbers."""
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 def check_state_name(state: dict, name: str) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 
 from torch import Tensor
 
-from ekd.selection.base import SelectionPolicy, StepContext, check_state_name, topk_mask, topk_planned
+from ekd.selection.base import (
+    SelectionPolicy,
+    StepContext,
+    check_state_name,
+    finite_only,
+    topk_mask,
+    topk_planned,
+)
 from ekd.selection.types import Selection
 
 
@@ -114,4 +121,4 @@ class LossAdaptiveTokenFocusing(SelectionPolicy):
         out["select/ratio_changes"] = float(self.changes)
         if self._threshold is not None:
             out["select/threshold"] = float(self._threshold)
-        return out
+        return finite_only(out)

@@ -59,7 +59,9 @@ def _token_scores(stats: dict[str, Tensor], scorer: str) -> Tensor:
 def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     from ekd.models.load import model_body
 
-    return model_body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+    return model_body(model)(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).last_hidden_state  # (B, T, D)
 
 
 @torch.no_grad()
@@ -100,7 +102,9 @@ def score_samples_by_id(
         raise ValueError(f"method.sample_scorer must be one of {', '.join(SAMPLE_SCORERS)}, got '{scorer}'")
     needs = _STATS[scorer]
     if scorer in ("forward_kl", "ce_ratio") and teacher is None:
-        raise ValueError(f"method.sample_scorer={scorer} needs the teacher model; use student_entropy or random")
+        raise ValueError(
+            f"method.sample_scorer={scorer} needs the teacher model; use student_entropy or random"
+        )
     models = [m for m in (model, teacher) if m is not None]
     modes = [m.training for m in models]
     for m in models:
@@ -208,5 +212,7 @@ def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ekd sample selection file")
     if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: sample selection version {payload.get('version')} is not supported (expected {VERSION})")
+        raise ValueError(
+            f"{path}: sample selection version {payload.get('version')} is not supported (expected {VERSION})"
+        )
     return torch.tensor(payload["sample_ids"], dtype=torch.long), dict(payload.get("meta", {}))

@@ -115,9 +115,16 @@ def _random(inputs: ScoreInputs) -> Tensor:
     return torch.rand(inputs.valid.shape, generator=g, device=g.device).to(inputs.valid.device)
 
 
-_add("teacher_entropy", "H(p): teacher uncertainty (EKD, EGAD)", _stat("teacher_entropy"), ("teacher_entropy",))
+_add(
+    "teacher_entropy", "H(p): teacher uncertainty (EKD, EGAD)", _stat("teacher_entropy"), ("teacher_entropy",)
+)
 _add("student_entropy", "H(q): student uncertainty (SE-KD)", _stat("student_entropy"), ("student_entropy",))
-_add("student_ce", "−log q(y): student loss on the gold token (selective KD)", _student_ce, ("student_logp_gold",))
+_add(
+    "student_ce",
+    "−log q(y): student loss on the gold token (selective KD)",
+    _student_ce,
+    ("student_logp_gold",),
+)
 _add("teacher_ce", "−log p(y): teacher loss on the gold token", _teacher_ce, ("teacher_logp_gold",))
 _add("forward_kl", "KL(p‖q) at τ=1", _stat("forward_kl"), ("forward_kl",))
 _add("reverse_kl", "KL(q‖p) at τ=1", _stat("reverse_kl"), ("reverse_kl",))

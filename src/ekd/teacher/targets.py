@@ -134,7 +134,9 @@ def topk_target(
             raise ValueError("top-K tail 'to_gold' needs the gold token ids")
         gold = gold.to(ids.device, torch.long).reshape(-1)  # (M,)
         if gold.shape[0] != ids.shape[0] or bool(((gold < 0) | (gold >= vocab)).any()):
-            raise ValueError(f"top-K 'to_gold' needs one gold id in [0, {vocab}) per row (ignored rows cannot be targets)")
+            raise ValueError(
+                f"top-K 'to_gold' needs one gold id in [0, {vocab}) per row (ignored rows cannot be targets)"
+            )
         is_gold = ids == gold[:, None]  # (M, K)
         probs = p_k + is_gold * tail_mass[:, None]
         extra = torch.where(is_gold.any(-1), torch.zeros_like(tail_mass), tail_mass)  # (M,)
@@ -202,9 +204,9 @@ def rs_target(
     chunks = []
     with torch.no_grad():
         for start in range(0, rows, chunk_rows):
-            log_p = log_probs_at(teacher_logits[start : start + chunk_rows], 1.0)  # (m, V)
+            log_p = torch.log_softmax(teacher_logits[start : start + chunk_rows].float(), -1)  # (m, V) at τ=1
             log_r = log_p if proposal_power == 1.0 else torch.log_softmax(proposal_power * log_p, -1)
-            cdf = log_r.exp().double().cumsum(-1)  # (m, V) proposal CDF
+            cdf = torch.cumsum(log_r.exp(), -1, dtype=torch.float64)  # (m, V) proposal CDF
             x = uniforms[start : start + chunk_rows] * cdf[:, -1:]  # (m, N) in [0, total)
             draws = torch.searchsorted(cdf, x, right=True).clamp_(max=vocab - 1)  # (m, N) token ids
             draws, _ = draws.sort(-1)

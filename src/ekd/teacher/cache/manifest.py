@@ -98,7 +98,9 @@ def make_signature(
         rs_samples, rs_proposal_power = int(rs_samples), float(rs_proposal_power)
     else:
         if topk is None or int(topk) < 1 or topk_tail not in ("renormalize", "ghost", "to_gold"):
-            raise ValueError(f"cache top-K needs topk ≥ 1 and a tail mode, got topk={topk}, topk_tail={topk_tail}")
+            raise ValueError(
+                f"cache top-K needs topk ≥ 1 and a tail mode, got topk={topk}, topk_tail={topk_tail}"
+            )
         topk, target_temperature = int(topk), float(target_temperature)
         rs_samples = rs_proposal_power = None
     if positions == "all":
@@ -231,7 +233,9 @@ def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:
     for rank in range(world_size):
         path = rank_manifest_path(directory, rank)
         if not path.exists():
-            raise CacheError(f"{path.name} is missing in {directory}: rank {rank} has not run; rerun the cache build")
+            raise CacheError(
+                f"{path.name} is missing in {directory}: rank {rank} has not run; rerun the cache build"
+            )
         partials.append(read_json(path))
     first = partials[0]
     shards: dict[int, dict] = {}
@@ -252,7 +256,12 @@ def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:
             if not path.exists() or path.stat().st_size != entry[f"{ext}_bytes"]:
                 raise CacheError(f"{path.name} is missing or has the wrong size: {REBUILD}")
     manifest = build_manifest(
-        first["signature"], first["layout"], first["num_samples"], first["shard_samples"], list(shards.values()), True
+        first["signature"],
+        first["layout"],
+        first["num_samples"],
+        first["shard_samples"],
+        list(shards.values()),
+        True,
     )
     write_json_atomic(directory / MANIFEST, manifest)
     for rank in range(world_size):

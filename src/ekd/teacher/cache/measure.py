@@ -32,7 +32,9 @@ ZIPF_EXPONENTS = (1.3, 2.4)
 class SyntheticTeacher:
     """Zipf-like teacher logits for ``rows`` positions, generated on demand for any subset of rows."""
 
-    def __init__(self, rows: int, vocab_size: int, seed: int = 0, exponents: tuple[float, float] = ZIPF_EXPONENTS):
+    def __init__(
+        self, rows: int, vocab_size: int, seed: int = 0, exponents: tuple[float, float] = ZIPF_EXPONENTS
+    ):
         g = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size
         self.exponent = torch.empty(rows).uniform_(*exponents, generator=g)  # (rows,) Zipf s
@@ -40,15 +42,15 @@ class SyntheticTeacher:
         mult = 1_000_003 % vocab_size
         while math.gcd(mult, vocab_size) != 1:
             mult += 1
-        self.multiplier = mult
-        self.log_rank = torch.log(torch.arange(1, vocab_size + 1, dtype=torch.float32))  # (V,)
+        # rank r sits on id (mult·r + offset) mod V: a cyclic shift (by offset) of one fixed permutation
+        ids = torch.arange(vocab_size) * mult % vocab_size  # (V,) id of rank r at offset 0
+        log_rank = torch.log(torch.arange(1, vocab_size + 1, dtype=torch.float32))
+        self.base = torch.empty(vocab_size).scatter_(0, ids, log_rank)  # (V,) ln(rank) of each id
 
     def logits(self, rows: Tensor) -> Tensor:
         """(m,) row indices → (m, V) logits."""
-        ranks = torch.arange(self.vocab_size)
-        ids = (ranks[None, :] * self.multiplier + self.offset[rows, None]) % self.vocab_size  # (m, V) id of rank r
-        values = -self.exponent[rows, None] * self.log_rank[None, :]  # (m, V) logit of rank r
-        return torch.empty(len(rows), self.vocab_size).scatter_(1, ids, values)
+        shifted = torch.stack([torch.roll(self.base, int(self.offset[r])) for r in rows.tolist()])  # (m, V)
+        return shifted.mul_(-self.exponent[rows, None])
 
 
 def measure_bytes_per_position(
@@ -85,13 +87,21 @@ def measure_bytes_per_position(
     teacher = SyntheticTeacher(rows, vocab_size, seed)
     entropy = torch.empty(rows)
     logp_top = torch.empty(rows)
+    drawn: dict[int, tuple[Tensor, Tensor]] = {}  # row → (ids, counts) when drawn in the statistics pass
+    all_positions = position_fraction >= 1.0
     for start in range(0, rows, chunk_rows):
         idx = torch.arange(start, min(start + chunk_rows, rows))
-        log_p = torch.log_softmax(teacher.logits(idx), -1)  # (m, V)
+        logits = teacher.logits(idx)  # (m, V)
+        log_p = torch.log_softmax(logits, -1)
         entropy[idx] = -(log_p.exp() * log_p).sum(-1)
         logp_top[idx] = log_p.max(-1).values  # gold = the teacher's top token (size does not depend on it)
+        if all_positions:  # every position is cached: draw now, one pass over the teacher
+            seeds = position_seeds(seed, idx // block_length, idx % block_length)
+            res = rs_target(logits, rs_samples, seeds=seeds)
+            for j, row in enumerate(idx.tolist()):
+                drawn[row] = (res.target.ids[j], res.counts[j])
     entropy_2d = entropy.view(num_blocks, block_length)  # (B, T)
-    if position_fraction >= 1.0:
+    if all_positions:
         positions = torch.arange(block_length).expand(num_blocks, -1)
     else:
         keep = max(1, math.ceil(position_fraction * block_length))
@@ -117,16 +127,16 @@ def measure_bytes_per_position(
             pos = positions[b]  # (P,)
             rows_b = b * block_length + pos  # (P,) flat rows of the synthetic teacher
             seeds = position_seeds(seed, torch.full_like(pos, b), pos)  # (P,)
-            ids, counts = [], []
-            for start in range(0, len(pos), chunk_rows):
-                sl = slice(start, start + chunk_rows)
-                drawn = rs_target(teacher.logits(rows_b[sl]), rs_samples, seeds=seeds[sl])
-                ids.append(drawn.target.ids)
-                counts.append(drawn.counts)
-            width = max(x.shape[1] for x in ids)
-            pad = lambda xs: torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in xs])  # noqa: E731
+            if not all_positions:
+                for start in range(0, len(pos), chunk_rows):
+                    sl = slice(start, start + chunk_rows)
+                    res = rs_target(teacher.logits(rows_b[sl]), rs_samples, seeds=seeds[sl])
+                    for j, row in enumerate(rows_b[sl].tolist()):
+                        drawn[row] = (res.target.ids[j], res.counts[j])
+            ids = torch.nn.utils.rnn.pad_sequence([drawn[r][0] for r in rows_b.tolist()], batch_first=True)
+            counts = torch.nn.utils.rnn.pad_sequence([drawn[r][1] for r in rows_b.tolist()], batch_first=True)
             stats = {"entropy": entropy[rows_b], "logp_gold": logp_top[rows_b]}
-            writer.add(b, pos, stats, pad(ids), pad(counts))
+            writer.add(b, pos, stats, ids, counts)
         writer.close()
         info = CacheReader(out).info()
     return {

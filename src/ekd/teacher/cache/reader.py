@@ -111,9 +111,14 @@ class CacheReader:
                     f"teacher cache at {self.directory} is unfinished (only per-rank manifests): rerun the cache "
                     "build to finish and assemble it"
                 )
-            raise CacheError(f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`")
+            raise CacheError(
+                f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
+            )
         self.manifest = read_json(path)
-        if self.manifest.get("format") != FORMAT_NAME or self.manifest.get("format_version") != FORMAT_VERSION:
+        if (
+            self.manifest.get("format") != FORMAT_NAME
+            or self.manifest.get("format_version") != FORMAT_VERSION
+        ):
             raise CacheError(
                 f"{path} is format {self.manifest.get('format')!r} version {self.manifest.get('format_version')}, "
                 f"this ekd reads {FORMAT_NAME!r} version {FORMAT_VERSION}: {REBUILD}"
@@ -191,16 +196,24 @@ class CacheReader:
                 raise MissingSampleError(f"sample {sample_id} is missing from {name}.idx: {REBUILD}")
         offset, length, checksum = int(index[i]["offset"]), int(index[i]["length"]), int(index[i]["crc32"])
         if offset + length > len(data):
-            raise CacheError(f"{name}.bin is truncated (record of sample {sample_id} ends past the file): {REBUILD}")
+            raise CacheError(
+                f"{name}.bin is truncated (record of sample {sample_id} ends past the file): {REBUILD}"
+            )
         buf = np.asarray(data[offset : offset + length])  # (length,) uint8: only this record's pages
         if crc32(buf) != checksum:
-            raise CacheError(f"{name}.bin is corrupted (record of sample {sample_id} fails its CRC-32): {REBUILD}")
+            raise CacheError(
+                f"{name}.bin is corrupted (record of sample {sample_id} fails its CRC-32): {REBUILD}"
+            )
         try:
             rec = decode_record(self.layout, buf)
         except ValueError as e:
-            raise CacheError(f"{name}.bin is corrupted (record of sample {sample_id}: {e}): {REBUILD}") from None
+            raise CacheError(
+                f"{name}.bin is corrupted (record of sample {sample_id}: {e}): {REBUILD}"
+            ) from None
         if rec.sample_id != sample_id:
-            raise CacheError(f"{name}.bin is corrupted (record for sample {sample_id} holds {rec.sample_id}): {REBUILD}")
+            raise CacheError(
+                f"{name}.bin is corrupted (record for sample {sample_id} holds {rec.sample_id}): {REBUILD}"
+            )
         return rec
 
     # ------------------------------------------------------------ public reads
@@ -209,7 +222,9 @@ class CacheReader:
         """The cached data of one sample. Raises MissingSampleError (a CacheError and KeyError) if absent."""
         rec = self._record(sample_id)
         values = _target_values(self.layout, rec)
-        counts = None if rec.counts is None else torch.from_numpy(_pad_rows(rec.row_lengths, rec.counts, np.int64))
+        counts = (
+            None if rec.counts is None else torch.from_numpy(_pad_rows(rec.row_lengths, rec.counts, np.int64))
+        )
         return CachedSample(
             sample_id=rec.sample_id,
             positions=torch.from_numpy(rec.positions),
@@ -222,7 +237,9 @@ class CacheReader:
             tail=None if rec.tail is None else torch.from_numpy(rec.tail),
         )
 
-    def batch(self, sample_ids: list[int] | Tensor, block_length: int) -> tuple[dict[str, Tensor], Tensor, SparseTarget]:
+    def batch(
+        self, sample_ids: list[int] | Tensor, block_length: int
+    ) -> tuple[dict[str, Tensor], Tensor, SparseTarget]:
         """Cached teacher data of a micro-batch.
 
         Args:
@@ -236,11 +253,17 @@ class CacheReader:
                 positions in flat order b·T + t.
         """
         if block_length != self.block_length:
-            raise CacheError(f"batch block length {block_length} differs from the cache's {self.block_length}: {REBUILD}")
+            raise CacheError(
+                f"batch block length {block_length} differs from the cache's {self.block_length}: {REBUILD}"
+            )
         ids_list = [int(s) for s in (sample_ids.tolist() if isinstance(sample_ids, Tensor) else sample_ids)]
         records = [self._record(s) for s in ids_list]
         b, t = len(records), block_length
-        flat = np.concatenate([r.positions + i * t for i, r in enumerate(records)]) if records else np.zeros(0, np.int64)
+        flat = (
+            np.concatenate([r.positions + i * t for i, r in enumerate(records)])
+            if records
+            else np.zeros(0, np.int64)
+        )
         stats = {}
         for name in ("entropy", "logp_gold"):
             grid = np.full(b * t, np.nan, dtype=np.float32)
@@ -251,11 +274,17 @@ class CacheReader:
         cached[flat] = True
         row_lengths = np.concatenate([r.row_lengths for r in records]) if records else np.zeros(0, np.int64)
         entry_ids = np.concatenate([r.ids for r in records]) if records else np.zeros(0, np.int64)
-        values = np.concatenate([_target_values(self.layout, r) for r in records]) if records else np.zeros(0, np.float32)
+        values = (
+            np.concatenate([_target_values(self.layout, r) for r in records])
+            if records
+            else np.zeros(0, np.float32)
+        )
         target = SparseTarget(
             torch.from_numpy(_pad_rows(row_lengths, entry_ids, np.int64)),  # (M, Kmax)
             torch.from_numpy(_pad_rows(row_lengths, values, np.float32)),  # (M, Kmax)
-            torch.from_numpy(np.concatenate([r.tail for r in records])) if self.layout.tail and records else None,
+            torch.from_numpy(np.concatenate([r.tail for r in records]))
+            if self.layout.tail and records
+            else None,
         )
         return stats, torch.from_numpy(cached.reshape(b, t)), target
 
@@ -275,7 +304,9 @@ class CacheReader:
                         raise CacheError(f"{path.name} is missing")
                     size, want = path.stat().st_size, entry[f"{ext}_bytes"]
                     if size != want:
-                        raise CacheError(f"{path.name} is {'truncated' if size < want else 'too long'} ({size} of {want} bytes)")
+                        raise CacheError(
+                            f"{path.name} is {'truncated' if size < want else 'too long'} ({size} of {want} bytes)"
+                        )
                     if _sha256(path) != entry[f"{ext}_sha256"]:
                         raise CacheError(f"{path.name} is corrupted (sha256 checksum mismatch)")
                 positions = entries = 0
@@ -284,11 +315,15 @@ class CacheReader:
                     positions, entries = positions + len(rec.positions), entries + len(rec.ids)
                     samples += 1
                 if (positions, entries) != (entry["positions"], entry["entries"]):
-                    raise CacheError(f"{name} holds {positions} positions / {entries} entries, manifest says otherwise")
+                    raise CacheError(
+                        f"{name} holds {positions} positions / {entries} entries, manifest says otherwise"
+                    )
             except CacheError as e:
                 problems.append(str(e).split(": rebuild")[0])
         if problems:
-            raise CacheError(f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD}")
+            raise CacheError(
+                f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD}"
+            )
         return {"shards": len(self._shards), "samples": samples, "ok": True}
 
     def info(self) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ class CacheWriter:
         self.rank, self.world_size = rank, world_size
         self.num_shards = -(-self.num_samples // self.shard_samples)
         self.owned = [k for k in range(self.num_shards) if k % world_size == rank]
-        self._manifest_path = self.directory / MANIFEST if world_size == 1 else rank_manifest_path(directory, rank)
+        self._manifest_path = (
+            self.directory / MANIFEST if world_size == 1 else rank_manifest_path(directory, rank)
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         self._template = build_manifest(
             self.signature, self.layout.to_dict(), self.num_samples, self.shard_samples, [], False
@@ -126,17 +129,30 @@ class CacheWriter:
         self._pending: dict[int, dict[int, tuple[bytes, int, int, int]]] = {}
         self._write_manifest()
         if self._completed:
-            log.info("cache %s: resuming, %d of %d shards done", self.directory, len(self._completed), len(self.owned))
+            log.info(
+                "cache %s: resuming, %d of %d shards done",
+                self.directory,
+                len(self._completed),
+                len(self.owned),
+            )
 
     # ------------------------------------------------------------ resume
 
     def _remove_previous(self) -> None:
-        names = [f"{shard_name(k)}.{ext}{tmp}" for k in self.owned for ext in ("bin", "idx") for tmp in ("", ".tmp")]
+        names = [
+            f"{shard_name(k)}.{ext}{tmp}"
+            for k in self.owned
+            for ext in ("bin", "idx")
+            for tmp in ("", ".tmp")
+        ]
         names.append(self._manifest_path.name)
         if self.rank == 0:
             names.append(MANIFEST)
             names += [p.name for p in self.directory.glob("manifest.rank*.json")]
-            names += [p.name for p in self.directory.glob("shard-*") if int(p.name[6:11]) >= self.num_shards]
+            stale = (
+                re.fullmatch(r"shard-(\d+)\.(bin|idx)(\.tmp)?", p.name) for p in self.directory.iterdir()
+            )
+            names += [m.group(0) for m in stale if m and int(m.group(1)) >= self.num_shards]
         for name in names:
             (self.directory / name).unlink(missing_ok=True)
 
@@ -152,7 +168,8 @@ class CacheWriter:
             for entry in found.get("shards", []):
                 k = entry["index"]
                 if k in self.owned and all(
-                    (p := self.directory / f"{entry['name']}.{ext}").exists() and p.stat().st_size == entry[f"{ext}_bytes"]
+                    (p := self.directory / f"{entry['name']}.{ext}").exists()
+                    and p.stat().st_size == entry[f"{ext}_bytes"]
                     for ext in ("bin", "idx")
                 ):
                     done[k] = entry
@@ -160,7 +177,10 @@ class CacheWriter:
 
     def completed_sample_ranges(self) -> list[tuple[int, int]]:
         """[start, end) sample-id ranges of this rank's shards already on disk."""
-        return [(self._completed[k]["first_sample"], self._completed[k]["end_sample"]) for k in sorted(self._completed)]
+        return [
+            (self._completed[k]["first_sample"], self._completed[k]["end_sample"])
+            for k in sorted(self._completed)
+        ]
 
     def pending_sample_ids(self) -> list[int]:
         """Sample ids this rank still has to compute (its incomplete shards, minus samples already added)."""
@@ -207,7 +227,9 @@ class CacheWriter:
             raise ValueError(f"sample id {sample_id} outside [0, {self.num_samples})")
         k = sample_id // self.shard_samples
         if k % self.world_size != self.rank:
-            raise ValueError(f"sample {sample_id} belongs to shard {k}, owned by rank {k % self.world_size}, not {self.rank}")
+            raise ValueError(
+                f"sample {sample_id} belongs to shard {k}, owned by rank {k % self.world_size}, not {self.rank}"
+            )
         if k in self._completed:
             return False
         pending = self._pending.setdefault(k, {})
@@ -254,12 +276,16 @@ class CacheWriter:
         if ((np.diff(flat_ids) == 0) & (np.diff(row_of) == 0)).any():
             raise ValueError(f"sample {sample_id}: a token id appears twice in one row")
         if n and row_lengths.max() > lay.max_row_length:
-            raise ValueError(f"sample {sample_id}: {row_lengths.max()} entries in a row, format allows {lay.max_row_length}")
+            raise ValueError(
+                f"sample {sample_id}: {row_lengths.max()} entries in a row, format allows {lay.max_row_length}"
+            )
         rec = Record(sample_id, pos, entropy, logp_gold, row_lengths, flat_ids)
         if lay.value in ("count", "count_weight"):
             counts = vals_2d.astype(np.int64)
             if (counts != vals_2d).any() or (counts.sum(1) != lay.rs_samples).any():
-                raise ValueError(f"sample {sample_id}: RS values must be integer counts summing to N={lay.rs_samples} per row")
+                raise ValueError(
+                    f"sample {sample_id}: RS values must be integer counts summing to N={lay.rs_samples} per row"
+                )
             rec.counts = counts[keep][by_id]
         else:
             probs = vals_2d.astype(np.float32)[keep][by_id]
@@ -267,7 +293,9 @@ class CacheWriter:
                 raise ValueError(f"sample {sample_id}: top-K probabilities must be ≤ 1")
             rec.probs = probs
         if (weights is not None) != (lay.value == "count_weight"):
-            raise ValueError(f"importance weights are {'required' if lay.value == 'count_weight' else 'not used'} for this cache")
+            raise ValueError(
+                f"importance weights are {'required' if lay.value == 'count_weight' else 'not used'} for this cache"
+            )
         if weights is not None:
             w = _rows(_np(weights, np.float32), n)[order][keep][by_id]
             if not (np.isfinite(w).all() and (w > 0).all()):

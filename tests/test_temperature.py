@@ -1,0 +1,130 @@
+"""Temperature policies (METHODS §5 "must hold" lines): constant, schedule, AdaKD IDTS, EGAD entropy map."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ekd.config import MethodConfig
+from ekd.selection.policies import StepContext
+from ekd.selection.types import Selection
+from ekd.temperature import build_temperature, temperature_needs, temperatures
+
+V = 50
+
+
+def ctx(step: int = 0, total: int = 100) -> StepContext:
+    return StepContext(step, total, torch.Generator().manual_seed(0), V)
+
+
+def case(seed: int = 0, b: int = 3, t: int = 16):
+    """(selection, stats, valid): selected rows (with a repeat), stats with garbage at unselected rows."""
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(b, t, generator=g) > 0.25
+    rows = valid.reshape(-1).nonzero().squeeze(-1)
+    rows = rows[torch.randperm(rows.numel(), generator=g)[: rows.numel() // 2]]
+    rows = torch.cat([rows, rows[:1]])  # a repeated row, as pos_rs may draw
+    stats = {
+        "hellinger": torch.rand(b, t, generator=g),
+        "teacher_entropy": torch.rand(b, t, generator=g) * math.log(V),
+    }
+    return Selection(rows, torch.ones(rows.numel()), b * t), stats, valid
+
+
+def build(**kw):
+    return build_temperature(MethodConfig(**kw), total_steps=100)
+
+
+def test_registry_and_needs():
+    assert set(temperatures.names()) == {"constant", "schedule", "idts", "entropy_map"}
+    assert temperature_needs(MethodConfig(temperature="idts")) == {"hellinger"}
+    assert temperature_needs(MethodConfig(temperature="entropy_map")) == {"teacher_entropy"}
+    assert temperature_needs(MethodConfig(temperature="constant")) == set()
+    with pytest.raises(ValueError, match="did you mean 'idts'"):
+        build(temperature="idt")
+
+
+def test_constant_temperature():
+    sel, stats, valid = case()
+    tau = build(temperature="constant", kd_temperature=2.5)(sel, stats, valid, ctx())
+    assert tau.shape == (sel.count,) and tau.dtype == torch.float32 and not tau.requires_grad
+    assert torch.all(tau == 2.5)
+
+
+def test_schedule_holds_then_goes_linearly_to_the_end_value():
+    sel, stats, valid = case()
+    policy = build(
+        temperature="schedule", kd_temperature=2.0, temperature_end=1.0, temperature_hold_fraction=0.2
+    )
+    expected = {0: 2.0, 20: 2.0, 60: 1.5, 100: 1.0, 150: 1.0}
+    for step, want in expected.items():
+        tau = policy(sel, stats, valid, ctx(step))
+        assert torch.allclose(tau, torch.full_like(tau, want)), step
+    assert policy.diagnostics()["select/tau_schedule"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_idts_is_exactly_the_adakd_formula(seed):
+    sel, stats, valid = case(seed)
+    policy = build(temperature="idts", kd_temperature=1.5, idts_strength=0.5)
+    tau = policy(sel, stats, valid, ctx())
+    s = stats["hellinger"].reshape(-1)[sel.rows].double().clamp_min(1e-8)
+    median = torch.median(s)  # over the SELECTED tokens only (lower middle value for an even count)
+    want = 1.5 * torch.exp(-0.5 * torch.tanh(torch.log(s / median)))
+    torch.testing.assert_close(tau.double(), want, rtol=1e-6, atol=1e-6)
+    # hard tokens (above the median) get a low τ, easy ones a high τ
+    assert torch.all(tau[s > median] < 1.5) and torch.all(tau[s < median] > 1.5)
+    torch.testing.assert_close(tau[s == median], torch.full_like(tau[s == median], 1.5))
+    assert torch.all((tau >= 1.5 * math.exp(-0.5) - 1e-6) & (tau <= 1.5 * math.exp(0.5) + 1e-6))
+    # positions that are not selected do not influence the median
+    other = dict(stats, hellinger=stats["hellinger"].clone())
+    unselected = torch.ones(valid.numel(), dtype=torch.bool)
+    unselected[sel.rows] = False
+    other["hellinger"].view(-1)[unselected] = 100.0
+    torch.testing.assert_close(policy(sel, other, valid, ctx()), tau)
+
+
+def test_idts_clamps_zero_scores_and_handles_no_selection():
+    policy = build(temperature="idts")
+    stats = {"hellinger": torch.tensor([[0.0, 0.0, 0.2, 0.4]])}
+    sel = Selection(torch.tensor([0, 1, 2, 3]), torch.ones(4), 4)
+    tau = policy(sel, stats, torch.ones(1, 4, dtype=torch.bool), ctx())
+    assert torch.isfinite(tau).all()
+    s = torch.tensor([1e-8, 1e-8, 0.2, 0.4], dtype=torch.float64)
+    torch.testing.assert_close(
+        tau.double(), torch.exp(-0.5 * torch.tanh(torch.log(s / 1e-8))), rtol=1e-6, atol=1e-6
+    )
+    empty = Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), 4)
+    assert policy(empty, stats, torch.ones(1, 4, dtype=torch.bool), ctx()).shape == (0,)
+    with pytest.raises(ValueError, match="temperature_needs"):
+        policy(sel, {}, torch.ones(1, 4, dtype=torch.bool), ctx())
+
+
+@pytest.mark.parametrize("direction", ["increasing", "decreasing"])
+def test_entropy_map_is_monotone_in_the_set_direction(direction):
+    policy = build(
+        temperature="entropy_map", entropy_tau_min=1.0, entropy_tau_max=3.0, entropy_direction=direction
+    )
+    h = torch.linspace(0.0, math.log(V), 11)[None, :]  # (1, 11) teacher entropies from 0 to log V
+    sel = Selection(torch.arange(11), torch.ones(11), 11)
+    tau = policy(sel, {"teacher_entropy": h}, torch.ones(1, 11, dtype=torch.bool), ctx())
+    steps = tau[1:] - tau[:-1]
+    if direction == "increasing":
+        assert torch.all(steps > 0) and tau[0] == pytest.approx(1.0) and tau[-1] == pytest.approx(3.0)
+    else:
+        assert torch.all(steps < 0) and tau[0] == pytest.approx(3.0) and tau[-1] == pytest.approx(1.0)
+    g = h[0].double() / math.log(V)
+    g = g if direction == "increasing" else 1 - g
+    torch.testing.assert_close(tau.double(), 1.0 + 2.0 * g, rtol=1e-6, atol=1e-6)
+
+
+def test_temperatures_are_detached_and_per_selected_row():
+    sel, stats, valid = case(3)
+    stats = {k: v.clone().requires_grad_(True) for k, v in stats.items()}
+    for name in temperatures.names():
+        tau = build(temperature=name)(sel, stats, valid, ctx(10))
+        assert tau.shape == (sel.count,) and tau.dtype == torch.float32 and not tau.requires_grad, name
+        assert torch.all(tau > 0)
+        assert isinstance(build(temperature=name).state_dict(), dict)
