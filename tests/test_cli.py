@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 import yaml
-from tiny import tiny_overrides, write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ekd.cli import main
+from tiny import tiny_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import json
 
 import pytest
 import torch
-from tiny import tiny_overrides, write_corpus
 
 from ekd.config import load_config
 from ekd.data import collate
 from ekd.errors import NonFiniteLossError, RunDirError
 from ekd.train import trainer as trainer_mod
-from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.method_parts import MethodParts
+from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward, train
+from tiny import tiny_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")

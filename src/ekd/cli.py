@@ -23,7 +23,7 @@ from ekd.errors import EkdError
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs="?" if not required else None, help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 method=sekd")
+    p.add_argument("overrides", nargs="*", help="more YAML files (merged in order) and dotted overrides, e.g. train.max_steps=100 method=sekd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """A first positional with '=' is an override, not a file."""
-    if config and "=" in config and not Path(config).exists():
-        return [], [config, *overrides]
-    return ([config] if config else []), overrides
+    """Positionals with '=' are overrides; the others are YAML files merged in order (later wins)."""
+    items = ([config] if config else []) + list(overrides)
+    files = [i for i in items if "=" not in i]
+    return files, [i for i in items if "=" in i]
 
 
 def cmd_distill(args) -> int:

@@ -314,7 +314,9 @@ class EvalConfig:
     ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}`` (0 = off). Equal-width, not quantile, so
     evaluation streams in one pass and buckets mean the same thing across models and runs."""
     teacher: bool = True
-    """Also evaluate the teacher (and KL/agreement to it) when a teacher model is available."""
+    """Report KL(teacher‖student) and top-1 agreement when a teacher model is available."""
+    teacher_metrics: bool = True
+    """Also report the teacher's own metrics (ppl, accuracy, ECE) on each eval set."""
     plots: bool = True
     """Write reliability diagrams to ``plots/``."""
 

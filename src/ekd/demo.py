@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,8 +30,26 @@ from ekd.train.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# default comparison; every other registered preset is available with --methods
-DEFAULT_METHODS = ["ce", "kd", "rkl", "jsd"]
+# default comparison at equal budget; every other registered preset is available with --methods
+DEFAULT_METHODS = [
+    "ce",
+    "kd",
+    "rkl",
+    "jsd",  # baselines (dense, all positions)
+    "sekd",
+    "gls",
+    "egad",
+    "adakd",
+    "atkd",
+    "random_pos",  # where / at what temperature
+    "topk",
+    "topk_ghost",
+    "rskd",
+    "ekd",
+    "sekd3x",  # how: sparse targets (sekd3x from the offline cache)
+]
+QUICK_METHODS = ["ce", "kd", "sekd", "rskd"]
+CACHED_METHODS = {"sekd3x"}  # trained from the demo's RS cache (teacher.source=cache)
 
 
 @dataclass(frozen=True)
@@ -44,8 +63,24 @@ class DemoBudget:
     max_eval_blocks: int
 
 
-FULL = DemoBudget(max_chars=4_000_000, bpe_vocab=2048, block_length=128, teacher_steps=1000, student_steps=200, micro_batch=16, max_eval_blocks=48)
-QUICK = DemoBudget(max_chars=1_500_000, bpe_vocab=1024, block_length=96, teacher_steps=500, student_steps=100, micro_batch=16, max_eval_blocks=16)
+FULL = DemoBudget(
+    max_chars=4_000_000,
+    bpe_vocab=2048,
+    block_length=128,
+    teacher_steps=1000,
+    student_steps=200,
+    micro_batch=16,
+    max_eval_blocks=48,
+)
+QUICK = DemoBudget(
+    max_chars=1_500_000,
+    bpe_vocab=1024,
+    block_length=96,
+    teacher_steps=500,
+    student_steps=100,
+    micro_batch=16,
+    max_eval_blocks=16,
+)
 
 
 def base_overrides(out: Path, b: DemoBudget) -> list[str]:
@@ -58,7 +93,7 @@ def base_overrides(out: Path, b: DemoBudget) -> list[str]:
         f"model.bpe_vocab_size={b.bpe_vocab}",
         f"train.micro_batch_size={b.micro_batch}",
         "train.lr=3e-3",
-        "train.warmup_steps=10",
+        f"train.warmup_steps={min(10, b.student_steps // 2)}",
         "train.max_grad_norm=1.0",
         "eval.batch_size=16",
         "log.progress=false",
@@ -70,7 +105,9 @@ def base_overrides(out: Path, b: DemoBudget) -> list[str]:
 def _signature(b: DemoBudget) -> str:
     import sys
 
-    return hashlib.sha256(json.dumps([b.__dict__, sys.version, "v1"], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([b.__dict__, sys.version, "v1"], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
 
 
 def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
@@ -103,12 +140,17 @@ def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
     shutil.copytree(result.run_dir / "student", teacher_dir)
     shutil.copytree(result.run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     ev = result.eval.get("eval", {})
-    atomic_write_text(stamp, json.dumps({"signature": sig, "eval": result.eval}, indent=2))
-    print(f"teacher: pre-trained {b.teacher_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ev.get('ppl', float('nan')):.2f})")
+    atomic_write_text(
+        stamp, json.dumps({"signature": sig, "eval": result.eval, "steps": b.teacher_steps}, indent=2)
+    )
+    print(
+        f"teacher: pre-trained {b.teacher_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ev.get('ppl', float('nan')):.2f})"
+    )
     return teacher_dir
 
 
 def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
+    extra = ["teacher.source=cache", f"teacher.cache_dir={out / 'cache'}"] if method in CACHED_METHODS else []
     return load_config(
         overrides=base_overrides(out, b)
         + [
@@ -118,20 +160,41 @@ def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
             f"model.teacher={out / 'teacher'}",
             f"model.tokenizer={out / 'teacher'}",
             f"train.max_steps={steps}",
+            "eval.teacher_metrics=false",  # the teacher's own figures come from its pre-training run
         ]
+        + extra
     )
 
 
-def run_demo(out: Path, quick: bool = False, methods: list[str] | None = None, steps: int | None = None, fresh: bool = False) -> list[dict]:
-    """Pre-train (or reuse) the teacher, distill one student per method, print and write the comparison."""
+def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
+    """The offline RS cache (N=50, all positions) of the demo teacher, for the cached presets."""
+    from ekd.teacher.cache_build import build_cache
+
+    cfg = student_config(out, b, "sekd3x", steps)
+    t0 = time.perf_counter()
+    info = build_cache(cfg, overwrite=fresh)
+    print(f"cache: {out / 'cache'} ready in {time.perf_counter() - t0:.0f}s")
+    return info
+
+
+def run_demo(
+    out: Path,
+    quick: bool = False,
+    methods: list[str] | None = None,
+    steps: int | None = None,
+    fresh: bool = False,
+    budget: DemoBudget | None = None,
+) -> list[dict]:
+    """Pre-train (or reuse) the teacher, distill one student per method, print and write the comparison.
+
+    ``budget`` replaces the FULL/QUICK budget (tests use a tiny one)."""
     from ekd.methods import presets
     from ekd.train.prepare import prepare_data
     from ekd.train.trainer import train
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    b = QUICK if quick else FULL
-    methods = methods or DEFAULT_METHODS
+    b = budget or (QUICK if quick else FULL)
+    methods = methods or (QUICK_METHODS if quick else DEFAULT_METHODS)
     for m in methods:
         if m not in presets:
             from ekd.config import ConfigError
@@ -142,14 +205,15 @@ def run_demo(out: Path, quick: bool = False, methods: list[str] | None = None, s
     steps = steps or b.student_steps
     rows: list[dict] = []
     data = None
+    cache_info = build_demo_cache(out, b, steps, fresh) if CACHED_METHODS & set(methods) else None
     for method in methods:
         cfg = student_config(out, b, method, steps)
         if data is None:
             data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
         print(f"distilling: {method} ({steps} steps)")
         result = train(cfg, overwrite=True, data=data)
-        rows.append(_row(method, result))
-    teacher_row = _teacher_row(rows)
+        rows.append(_row(method, result, cfg, cache_info, data.vocab_size))
+    teacher_row = _teacher_row(out)
     table = comparison_table(rows, teacher_row)
     print()
     print(table)
@@ -158,9 +222,10 @@ def run_demo(out: Path, quick: bool = False, methods: list[str] | None = None, s
     return rows
 
 
-def _row(method: str, result) -> dict:
+def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
     ev = result.eval
     row = {"method": method, "wall_s": result.wall_time, "kd_pct": 100.0 * result.kd_fraction}
+    row["bytes_per_token"] = teacher_bytes_per_token(cfg, result.kd_fraction, cache_info, vocab_size)
     for name, metrics in ev.items():
         if name.endswith("/teacher"):
             continue
@@ -171,15 +236,40 @@ def _row(method: str, result) -> dict:
     return row
 
 
-def _teacher_row(rows: list[dict]) -> dict:
-    for r in rows:
-        if r["_teacher"]:
-            t = {"method": "(teacher)"}
-            for name, m in r["_teacher"].items():
-                for k in ("ppl", "acc", "ece"):
+def _teacher_row(out: Path) -> dict:
+    """The teacher's own figures, from its pre-training run."""
+    stamp = out / "teacher" / "ekd_demo.json"
+    if not stamp.is_file():
+        return {}
+    t = {"method": "(teacher)"}
+    for name, m in json.loads(stamp.read_text()).get("eval", {}).items():
+        if "/" not in name:
+            for k in ("ppl", "acc", "ece"):
+                if k in m:
                     t[f"{name}/{k}"] = m[k]
-            return t
-    return {}
+    return t
+
+
+def teacher_bytes_per_token(
+    cfg: Config, kd_fraction: float, cache_info: dict | None, vocab_size: int
+) -> float:
+    """Teacher supervision per training token: measured on disk for a cache; otherwise what the targets
+    would take stored compactly (dense: fp16 logits; top-K: ⌈log2 V⌉-bit ids + fp16 probabilities;
+    RS: ≈12.5 unique ids per position at N=50 with 6-bit counts), times the fraction of KD positions.
+    The cache format is tighter than this fixed-width estimate (Elias–Fano ids, gamma-coded counts)."""
+    m = cfg.method
+    if cfg.teacher.source == "cache" and cache_info:
+        return float(cache_info["bytes_per_token"])
+    if m.kd_weight == 0 or m.preset == "ce":
+        return 0.0
+    id_bits = max(1, math.ceil(math.log2(vocab_size)))
+    if m.target == "dense":
+        per_position = 2.0 * vocab_size
+    elif m.target == "topk":
+        per_position = m.topk * (id_bits + 16) / 8
+    else:
+        per_position = 12.5 * (id_bits + 6) / 8
+    return per_position * kd_fraction
 
 
 def comparison_table(rows: list[dict], teacher_row: dict) -> str:
@@ -195,12 +285,15 @@ def comparison_table(rows: list[dict], teacher_row: dict) -> str:
         ("eval/kl", "KL(t‖s)", ".3f"),
         ("eval/agree", "top-1 agree", ".3f"),
         ("kd_pct", "KD pos %", ".1f"),
+        ("bytes_per_token", "teacher B/token", ".1f"),
         ("wall_s", "wall s", ".0f"),
     ]
     return results_table(rows + ([teacher_row] if teacher_row else []), cols)
 
 
-def write_demo_report(out: Path, b: DemoBudget, rows: list[dict], teacher_row: dict, table: str, wall: float) -> None:
+def write_demo_report(
+    out: Path, b: DemoBudget, rows: list[dict], teacher_row: dict, table: str, wall: float
+) -> None:
     from ekd.eval import plot_metric_bars, write_report
 
     plots = out / "plots"
@@ -208,7 +301,11 @@ def write_demo_report(out: Path, b: DemoBudget, rows: list[dict], teacher_row: d
     by_method = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in rows}
     for metric in ("eval/kl", "eval/ppl", "eval/ece"):
         if any(metric in m for m in by_method.values()):
-            plot_metric_bars({k: m for k, m in by_method.items() if metric in m}, metric, plots / f"{metric.replace('/', '_')}.png")
+            plot_metric_bars(
+                {k: m for k, m in by_method.items() if metric in m},
+                metric,
+                plots / f"{metric.replace('/', '_')}.png",
+            )
     for r in rows:  # copy each student's reliability diagram next to the report
         src = out / "runs" / r["method"] / "plots" / "reliability-eval.png"
         if src.is_file():
@@ -217,12 +314,21 @@ def write_demo_report(out: Path, b: DemoBudget, rows: list[dict], teacher_row: d
     notes = []
     if ce is not None and "eval/kl" in ce:
         better = [r["method"] for r in rows if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
-        notes.append(f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}.")
+        notes.append(
+            f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}."
+        )
     setup = (
         f"Budget: {b.student_steps} steps × {b.micro_batch} blocks × {b.block_length} tokens per student, "
         f"teacher pre-trained {b.teacher_steps} steps; BPE vocabulary {b.bpe_vocab}; "
         f"train text ≤ {b.max_chars:,} characters of the standard library. Total wall time {wall:.0f}s."
     )
     figures = "\n".join(f"![{p.stem}](plots/{p.name})" for p in sorted(plots.glob("*.png")))
-    write_report(out, "ekd demo", [("Setup", setup), ("Results", table + "\n\n" + "\n".join(notes)), ("Plots", figures)])
-    atomic_write_text(out / "results.json", json.dumps([{k: v for k, v in r.items() if k != "_teacher"} for r in rows] + [teacher_row], indent=2))
+    write_report(
+        out,
+        "ekd demo",
+        [("Setup", setup), ("Results", table + "\n\n" + "\n".join(notes)), ("Plots", figures)],
+    )
+    atomic_write_text(
+        out / "results.json",
+        json.dumps([{k: v for k, v in r.items() if k != "_teacher"} for r in rows] + [teacher_row], indent=2),
+    )

@@ -32,7 +32,7 @@ def evaluate_run(cfg: Config, data: PreparedData, student: nn.Module, teacher: n
         if plots_dir is not None and cfg.eval.plots:
             plots_dir.mkdir(parents=True, exist_ok=True)
             plot_reliability(bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}")
-        if use_teacher is not None:
+        if use_teacher is not None and cfg.eval.teacher_metrics:
             t_metrics, _ = evaluate(
                 use_teacher, [b.to(device) for b in batches], None, vocab_size=data.vocab_size, ece_bins=cfg.eval.ece_bins,
                 entropy_buckets=0, device=device, autocast_dtype=amp,

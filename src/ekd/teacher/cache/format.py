@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ekd.errors import EkdError
 from ekd.teacher.cache.codes import (
     decode_gamma,
     decode_ids,
@@ -85,8 +86,11 @@ STAT_FORMATS = ("q8", "fp16")
 LOGP_SCALE = 32.0  # q8 range of −log p(gold)
 
 
-class CacheError(Exception):
-    """A teacher cache problem the user can fix; the message is one line naming the problem and the fix."""
+class CacheError(EkdError):
+    """A teacher cache problem the user can fix; the message is one line naming the problem and the fix.
+
+    An ``EkdError``: the CLI prints it as one ``ekd: error: ...`` line and exits 2.
+    """
 
 
 class MissingSampleError(CacheError, KeyError):

@@ -1,0 +1,40 @@
+"""`ekd demo` end to end on a tiny budget: builtin corpus, tokenizer, teacher pre-training (cached), students,
+report. The real budgets are measured with GNU time (README)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ekd.cli import main
+from ekd.demo import DemoBudget, run_demo
+
+TINY = DemoBudget(max_chars=60_000, bpe_vocab=300, block_length=32, teacher_steps=15, student_steps=4, micro_batch=4, max_eval_blocks=2)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
+    rows = run_demo(tmp_path / "demo", methods=["ce", "kd", "sekd"], budget=TINY)
+    assert [r["method"] for r in rows] == ["ce", "kd", "sekd"]
+    for r in rows:
+        assert r["eval/ppl"] > 1 and "eval/kl" in r  # KL to the teacher is reported for ce too
+    assert rows[0]["kd_pct"] == 0 and rows[1]["kd_pct"] == pytest.approx(100.0)
+    assert 0 < rows[2]["kd_pct"] < 40  # sekd: top 20% per sequence
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| method |" in report and "sekd" in report and "(teacher)" in report
+    assert any((tmp_path / "demo" / "plots").glob("*.png"))
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results[0]["method"] == "ce"
+    out = capsys.readouterr().out
+    assert "pre-trained" in out
+    stamp = (tmp_path / "demo" / "teacher" / "ekd_demo.json").stat().st_mtime_ns
+    run_demo(tmp_path / "demo", methods=["ce"], budget=TINY)
+    assert "reusing" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "teacher" / "ekd_demo.json").stat().st_mtime_ns == stamp
+
+
+def test_demo_rejects_an_unknown_method(tmp_path, capsys):
+    assert main(["demo", "--methods", "kd,sekdd", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "sekdd" in err and "did you mean 'sekd'" in err
