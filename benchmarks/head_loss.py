@@ -1,11 +1,12 @@
 """Loss-head benchmark cases: student head + teacher head + generalized JSD(β=0.5), forward and backward.
 
-One case = one implementation at one shape, run in its own process by ``benchmarks.run``::
+One case = one implementation at one vocabulary size and a list of N, run in its own process by
+``benchmarks.run`` (one warm-up, which compiles where needed, then each N in turn)::
 
-    python -m benchmarks.head_loss '{"impl": "ours", "n": 1024, "v": 32768, "chunk": 256}'
+    python -m benchmarks.head_loss '{"impl": "ours", "v": 32768, "ns": [1024, 2048], "chunk": 256}'
 
-prints one JSON line: time of the fastest forward+backward, peak memory above the inputs (see
-``benchmarks.measure``), and the loss value (a cross-check that all implementations compute the same JSD).
+prints one JSON line mapping N to: time of the fastest forward+backward, peak memory above the inputs
+(see ``benchmarks.measure``), and the loss value (all implementations must compute the same JSD).
 
 Implementations (all fp32, gradients w.r.t. the student hidden states and head weight; teacher frozen):
 
@@ -132,27 +133,38 @@ def make_step(impl: str, x: dict[str, torch.Tensor], chunk: int):
     raise ValueError(f"unknown implementation {impl!r}; known: {', '.join(IMPLS)}")
 
 
+def warm_rows(impl: str, chunk: int) -> int:
+    """Rows of the warm-up call: the per-chunk shape for compiled code (so it compiles there), else small."""
+    if impl == "liger_compiled":
+        return 1024  # Liger's chunk: the compiled graph is specialized to it
+    if impl == "ours_compiled":
+        return chunk
+    return 64
+
+
 def run(case: dict) -> dict:
-    """Warm up at the chunk's shape (compiles there), then measure at full size."""
+    """Warm up once, then measure each N of ``case["ns"]`` in turn (peak memory re-based for each N)."""
     from benchmarks.measure import measure_call
 
-    impl, n, v, chunk = case["impl"], case["n"], case["v"], case.get("chunk", 256)
+    impl, v, chunk = case["impl"], case["v"], case.get("chunk", 256)
     torch.manual_seed(0)
-    warm_rows = min(n, 1024 if impl.startswith("liger") else chunk)  # same per-chunk shapes as the real run
-    warm = make_inputs(warm_rows, v, seed=1)
+    warm = make_inputs(warm_rows(impl, chunk), v, seed=1)
     make_step(impl, warm, chunk)()
     del warm
-    x = make_inputs(n, v)
-    step = make_step(impl, x, chunk)
-    result: dict[str, float] = {}
+    out = {}
+    for n in case["ns"]:
+        x = make_inputs(n, v)
+        step = make_step(impl, x, chunk)
+        value: dict[str, float] = {}
 
-    def once():
-        x["h"].grad = None
-        x["w"].grad = None
-        result["loss"] = float(step())
+        def once(x=x, step=step, value=value):
+            x["h"].grad = None
+            x["w"].grad = None
+            value["loss"] = float(step())
 
-    out = measure_call(once, repeats=case.get("repeats", 1), min_seconds=case.get("min_seconds", 0.0))
-    return {**out, "loss": result["loss"]}
+        out[str(n)] = {**measure_call(once, min_seconds=case.get("min_seconds", 0.0)), "loss": value["loss"]}
+        del x, step
+    return out
 
 
 if __name__ == "__main__":

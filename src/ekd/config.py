@@ -261,6 +261,15 @@ class MethodConfig:
     """uncertainty: ρ, fraction of highest-loss tokens trained with MLE."""
     uncertainty_weight: float = 1.0
     """uncertainty: λ weight of self-distillation on the other tokens."""
+    # -- on-policy distillation (GKD) --
+    student_data_fraction: float = 0.0
+    """GKD λ: probability that a micro-batch's continuations are sampled from the student (0 = off)."""
+    sampling_temperature: float = 1.0
+    """Temperature for sampling student continuations (not the KD temperature)."""
+    max_new_tokens: int = 64
+    """Tokens the student generates per sequence in on-policy batches."""
+    prompt_tokens: int = 32
+    """On-policy prompt length for data without prompt/response fields: the first tokens of each block."""
 
 
 @dataclass
@@ -617,6 +626,10 @@ def validate(cfg: Config) -> None:
     _choice("method.objective", m.objective, ["kd", "dkd", "atkd", "ema_self_distill", "uncertainty"])
     _choice("method.bandit_kind", m.bandit_kind, ["linucb", "exp3"])
     _range("method.sample_fraction", m.sample_fraction, 0.0, 1.0, lo_open=True)
+    _range("method.student_data_fraction", m.student_data_fraction, 0.0, 1.0)
+    _range("method.sampling_temperature", m.sampling_temperature, 0.0, lo_open=True)
+    _range("method.max_new_tokens", m.max_new_tokens, 1)
+    _range("method.prompt_tokens", m.prompt_tokens, 1)
     if not m.bucket_low < m.bucket_high:
         raise ConfigError("method.bucket_low must be < method.bucket_high")
     if m.target != "dense" and m.divergence != "forward_kl" and m.kd_weight > 0:

@@ -84,6 +84,11 @@ _add(
     policy="bandit", bandit_kind="linucb", select_fraction=0.2,
 )
 
+_add(
+    "gkd", "on-policy GKD: half the batches continued by the student, JSD(β=0.5) to the teacher", "GKD (arXiv 2306.13649)",
+    divergence="jsd", jsd_beta=0.5, student_data_fraction=0.5, sampling_temperature=1.0,
+)
+
 # -- objectives (METHODS §7) -------------------------------------------------------------------------------
 _add("dkd", "Decoupled KD: TCKD + β·NCKD on all positions", "Zhao et al. 2022 (DKD)", objective="dkd", dkd_beta=8.0)
 _add("atkd", "AT-KD: hard tokens TCKD+NCKD, easy tokens NCKD, λ=0.2", "Zhong et al. 2024 (AT-KD)", objective="atkd", atkd_lambda=0.2)

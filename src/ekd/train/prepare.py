@@ -104,6 +104,16 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     return PreparedData(tokenizer, blocks)
 
 
+def check_head_supported(model: nn.Module, role: str) -> None:
+    """ekd applies output heads itself (selected rows, chunks); refuse head transforms it does not apply."""
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        raise ModelError(
+            f"model.{role}: final logit soft-capping ({cap}, Gemma-2 style) is not applied by ekd's chunked heads yet; "
+            "use a model without it"
+        )
+
+
 def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
     student = load_model(
         cfg.model.student,
@@ -116,6 +126,7 @@ def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="student",
     )
     shared_vocab_size(data.vocab_size, ("student", student))
+    check_head_supported(student, "student")
     return student.to(device)
 
 
@@ -132,6 +143,7 @@ def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="teacher",
     )
     shared_vocab_size(data.vocab_size, ("teacher", teacher))
+    check_head_supported(teacher, "teacher")
     return teacher.to(device).eval().requires_grad_(False)
 
 

@@ -1,0 +1,96 @@
+"""Every method preset runs from the CLI on tiny models and changes the student; stateful methods resume exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_overrides, write_corpus
+from transformers import AutoModelForCausalLM
+
+from ekd.cli import main
+from ekd.config import load_config
+from ekd.methods import presets
+from ekd.models.load import build_preset
+from ekd.train import trainer as trainer_mod
+from ekd.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=24)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", presets.names())
+def test_preset_runs_from_the_cli_and_changes_the_student(tmp_path, corpus, preset):
+    extra = ["method.max_new_tokens=6", "method.prompt_tokens=8"] if preset == "gkd" else []
+    args = ["distill", *tiny_overrides(tmp_path, corpus, preset, **{"train.max_steps": 2, "eval.teacher": False}), f"method={preset}", *extra]
+    assert main(args) == 0
+    run_dir = tmp_path / "runs" / preset
+    student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
+    initial = build_preset("llama-micro", student.config.vocab_size, student.config.eos_token_id, seed=0)
+    changed = [n for (n, a), b in zip(student.named_parameters(), initial.parameters()) if not torch.equal(a, b)]
+    assert changed, f"{preset} did not change the student"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(m["train/loss"])) for m in metrics if "train/loss" in m)
+
+
+def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "egad") + ["method=egad", "train.max_steps=2", "method.feature_weight=1.0"])
+    result = train(cfg)
+    exported = AutoModelForCausalLM.from_pretrained(result.run_dir / "student").state_dict()
+    assert not any("projection" in k for k in exported)
+    from safetensors.torch import load_file
+
+    extra = load_file(str(result.run_dir / "checkpoints" / "step-000002" / "extra.safetensors"))
+    assert any(k.startswith("feature_projection.") for k in extra)
+    from ekd.losses.features import FeatureProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed + 17)  # the initial projection, as MethodParts.attach_models makes it
+        initial = FeatureProjection(32, 64).state_dict()
+    trained = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("feature_projection.")}
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial), "the projection must receive gradient updates"
+    assert [m for m in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "select/fraction" in m]
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=gls", "method.gls_queue_size=50"],
+        ["method=adakd", "method.latf_warmup_fraction=0.2", "method.latf_step=0.3", "method.latf_tolerance=0.0"],
+        ["method=bandit"],
+        ["method=bandit", "method.bandit_kind=exp3", "method.scorer=student_entropy"],
+        ["method=egad"],
+        ["method=ema_self_distill"],
+    ],
+    ids=["gls", "latf", "linucb", "exp3", "egad-curriculum", "ema"],
+)
+def test_stateful_methods_resume_exactly(tmp_path, corpus, monkeypatch, method):
+    extra = ["train.max_steps=6", "train.checkpoint_every=3", "eval.teacher=false", *method]
+    expected = _losses(train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra)).run_dir)
+    real = trainer_mod.forward_backward
+
+    def crash_at_step_4(micro, student, teacher, parts, step, *args):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(micro, student, teacher, parts, step, *args)
+
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra)
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    got = _losses(train(cfg, resume=True).run_dir)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-7), (step, got, expected)
