@@ -48,6 +48,7 @@ class Plan:
     chunk_sweep: list[int] = field(default_factory=list)  # chunk sizes at (V, N) = chunk_sweep_shape
     chunk_sweep_shape: tuple[int, int] = (151_936, 1024)
     headline: tuple[int, int] = (151_936, 2048)
+    recompute_max_n: int = 0  # measure chunked_recompute only up to this N (0 = all N of the grid)
 
     @classmethod
     def full(cls) -> Plan:
@@ -58,6 +59,7 @@ class Plan:
             n_series_vocab=151_936,
             n_series=[1024, 2048, 4096, 16_384],
             chunk_sweep=[128, 256, 1024],
+            recompute_max_n=1024,
         )
 
     @classmethod
@@ -113,39 +115,67 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    if not a or not b or "error" in a or "error" in b:
+    if not a or not b or key not in a or key not in b:
         return None
     return a[key] / b[key] if b[key] else None
 
 
-def _case(impl: str, v: int, n: int, chunk: int, max_gb: float) -> dict:
-    if impl == "naive" and naive_estimate_gb(n, v) > max_gb:
-        return {"skipped": f"skipped (est. {naive_estimate_gb(n, v):.1f} GB > --max-gb {max_gb:g})"}
+def _unavailable(impl: str) -> str | None:
     if impl.startswith("liger"):
         try:
             import liger_kernel.chunked_loss  # noqa: F401
         except Exception as e:  # noqa: BLE001
-            return {"skipped": f"not available ({type(e).__name__}: pip install liger-kernel --no-deps)"}
-    est_s = gemm_flops(n, v) / 20e9  # a slow machine's GEMM rate, ×(fwd+bwd overheads) below
-    result = run_case("benchmarks.head_loss", {"impl": impl, "n": n, "v": v, "chunk": chunk, "min_seconds": 3.0}, 300 + 10 * est_s)
-    label = f"{impl} V={v} N={n}" + (f" chunk={chunk}" if impl.startswith("ours") else "")
-    print(f"  {label:<45} " + (result.get("error") or f"{result['time_s']:.2f} s  {result['peak_mb']:.0f} MB"), flush=True)
-    return result
+            return f"not available ({type(e).__name__}; `pip install liger-kernel --no-deps`)"
+    return None
+
+
+def _measure(impl: str, v: int, ns: list[int], chunk: int, max_gb: float) -> dict[int, dict]:
+    """Results of ``impl`` at vocabulary ``v`` for each N (one process; skipped N say why)."""
+    why = _unavailable(impl)
+    out: dict[int, dict] = {n: {"skipped": why} for n in ns} if why else {}
+    todo = []
+    for n in ns:
+        if why:
+            continue
+        if impl == "naive" and naive_estimate_gb(n, v) > max_gb:
+            out[n] = {"skipped": f"skipped (est. {naive_estimate_gb(n, v):.1f} GB > --max-gb {max_gb:g})"}
+        else:
+            todo.append(n)
+    if todo:
+        est_s = sum(gemm_flops(n, v) for n in todo) / 10e9  # generous: a slow, loaded machine
+        t0 = time.perf_counter()
+        res = run_case("benchmarks.head_loss", {"impl": impl, "v": v, "ns": todo, "chunk": chunk, "min_seconds": 3.0}, 300 + 5 * est_s)
+        for n in todo:
+            out[n] = res.get(str(n), {"error": res.get("error", "no result")})
+        label = f"{impl} V={v} N={','.join(map(str, todo))}" + (f" chunk={chunk}" if impl.startswith("ours") else "")
+        summary = res.get("error") or "  ".join(f"{out[n]['time_s']:.2f}s/{out[n]['peak_mb']:.0f}MB" for n in todo)
+        print(f"  {label:<52} {summary}  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    return out
 
 
 def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
     """The loss-head grid, the N series, the chunk sweep and the targets. Returns (markdown lines, results)."""
     results: dict[tuple, dict] = {}
     print("loss head:", flush=True)
-    for v, n in plan.configs:
+    for v in sorted({v for v, _ in plan.configs}):
+        ns = [n for vv, n in plan.configs if vv == v]
+        extra = [n for n in plan.n_series if v == plan.n_series_vocab and n not in ns]
         for impl in plan.impls:
-            results[(impl, v, n)] = _case(impl, v, n, plan.chunk, max_gb)
+            impl_ns = ns + extra if impl == "ours" else ns
+            if impl == "ours_recompute" and plan.recompute_max_n:
+                impl_ns = [n for n in ns if n <= plan.recompute_max_n]
+            for n, r in _measure(impl, v, impl_ns, plan.chunk, max_gb).items():
+                results[(impl, v, n)] = r
+    if plan.n_series_vocab not in {v for v, _ in plan.configs}:
+        for n, r in _measure("ours", plan.n_series_vocab, plan.n_series, plan.chunk, max_gb).items():
+            results[("ours", plan.n_series_vocab, n)] = r
     lines = [
         "## Loss head: student head + teacher head + JSD(β=0.5), forward + backward",
         "",
         f"fp32, CPU. Student H={896}, teacher H={1536}, no bias. ekd chunk = {plan.chunk} rows; Liger chunk = 1024"
-        " rows (its default). Time: fastest of ≥1 runs (repeated while under 3 s in total). Peak: resident-set"
-        " high-water mark above the inputs, in a fresh process; \"× (N,V)\" = peak over one fp32 (N, V) buffer.",
+        " rows (its default). Time: fastest run (repeated while the total is under 3 s). Peak: resident-set"
+        " high-water mark above the inputs, each implementation in a fresh process; \"× (N,V)\" = peak over"
+        " one fp32 (N, V) buffer.",
         "",
         "| V | N | implementation | time (s) | time / ekd eager | time / bare GEMMs | peak (MB) | peak × (N,V) | peak / ekd eager |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -154,9 +184,11 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
         ours, gemm = results.get(("ours", v, n)), results.get(("gemm", v, n))
         buf_mb = n * v * 4 / 2**20
         for impl in plan.impls:
-            r = results[(impl, v, n)]
+            r = results.get((impl, v, n))
+            if r is None:
+                continue
             name = IMPL_NAMES[impl]
-            if "skipped" in r or "error" in r:
+            if "time_s" not in r:
                 lines.append(f"| {v:,} | {n:,} | {name} | {r.get('skipped') or r.get('error')} | | | | | |")
                 continue
             mem = "—" if impl == "gemm" else _fmt(r["peak_mb"], 0)
@@ -168,52 +200,49 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
             )
     lines += _loss_check(results, plan)
 
-    # memory flat in N (ekd eager alone)
-    print("N series:", flush=True)
-    series = {}
-    for n in plan.n_series:
-        key = ("ours", plan.n_series_vocab, n)
-        series[n] = results[key] if key in results else _case("ours", plan.n_series_vocab, n, plan.chunk, max_gb)
+    series = {n: results[("ours", plan.n_series_vocab, n)] for n in plan.n_series}
     lines += [
         "",
         f"## Loss head memory vs N (ekd chunked, eager, V={plan.n_series_vocab:,}, chunk {plan.chunk})",
         "",
-        "The (N, H) hidden-state gradient the head must return grows with N (4·N·896 bytes); everything else is"
-        " one chunk's buffers plus the (V, H) weight gradient.",
+        "Besides one chunk's (chunk, V) buffers and the (V, H) weight gradient, the only memory that grows with N"
+        " is the (N, H) hidden-state gradient the head returns (4·N·896 bytes), which every implementation must"
+        " produce.",
         "",
-        "| N | time (s) | time / N vs first | peak (MB) | peak / first | of which (N,H) grad (MB) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| N | time (s) | time per row / first | peak (MB) | peak / first | (N, H) gradient (MB) | peak − (N, H) grad / first |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    first = series[plan.n_series[0]]
+    first_n = plan.n_series[0]
+    first = series[first_n]
     for n in plan.n_series:
         r = series[n]
-        if "error" in r or "skipped" in r:
-            lines.append(f"| {n:,} | {r.get('error') or r.get('skipped')} | | | | |")
+        if "time_s" not in r or "time_s" not in first:
+            lines.append(f"| {n:,} | {r.get('error') or r.get('skipped') or 'first N failed'} | | | | | |")
             continue
-        per_n = (r["time_s"] / n) / (first["time_s"] / plan.n_series[0]) if "time_s" in first else None
+        grad_mb = 4 * n * 896 / 2**20
+        rest = (r["peak_mb"] - grad_mb) / (first["peak_mb"] - 4 * first_n * 896 / 2**20)
         lines.append(
-            f"| {n:,} | {_fmt(r['time_s'])} | {_fmt(per_n)} | {_fmt(r['peak_mb'], 0)} | "
-            f"{_fmt(_ratio(r, first, 'peak_mb'))} | {4 * n * 896 / 2**20:.0f} |"
+            f"| {n:,} | {_fmt(r['time_s'])} | {_fmt((r['time_s'] / n) / (first['time_s'] / first_n))} | "
+            f"{_fmt(r['peak_mb'], 0)} | {_fmt(_ratio(r, first, 'peak_mb'))} | {grad_mb:.0f} | {_fmt(rest)} |"
         )
 
     if plan.chunk_sweep:
         print("chunk sweep:", flush=True)
         v, n = plan.chunk_sweep_shape
-        sweep = {
-            c: results.get(("ours", v, n)) if c == plan.chunk and ("ours", v, n) in results else _case("ours", v, n, c, max_gb)
-            for c in plan.chunk_sweep
-        }
+        sweep = {}
+        for c in plan.chunk_sweep:
+            sweep[c] = results[("ours", v, n)] if c == plan.chunk and ("ours", v, n) in results else _measure("ours", v, [n], c, max_gb)[n]
         base = sweep.get(plan.chunk) or next(iter(sweep.values()))
         lines += [
             "",
             f"## Chunk size (ekd chunked, eager, V={v:,}, N={n:,})",
             "",
-            "| chunk rows | time (s) | time / chunk " + str(plan.chunk) + " | peak (MB) | peak / chunk " + str(plan.chunk) + " |",
+            f"| chunk rows | time (s) | time / chunk {plan.chunk} | peak (MB) | peak / chunk {plan.chunk} |",
             "|---:|---:|---:|---:|---:|",
         ]
         for c, r in sweep.items():
-            if "error" in r:
-                lines.append(f"| {c} | {r['error']} | | | |")
+            if "time_s" not in r:
+                lines.append(f"| {c} | {r.get('error') or r.get('skipped')} | | | |")
                 continue
             lines.append(
                 f"| {c} | {_fmt(r['time_s'])} | {_fmt(_ratio(r, base, 'time_s'))} | {_fmt(r['peak_mb'], 0)} | "
@@ -241,7 +270,7 @@ def _targets(results: dict, series: dict, plan: Plan) -> list[str]:
     ours, comp = get(("ours", v, n)), get(("ours_compiled", v, n))
     naive, liger_c, gemm = get(("naive", v, n)), get(("liger_compiled", v, n)), get(("gemm", v, n))
     note = ""
-    if naive is None or "skipped" in naive or "error" in naive:
+    if naive is None or "time_s" not in naive:
         # naive memory and time are linear in N: scale the largest measured N at this V
         measured = sorted(nn for (impl, vv, nn), r in results.items() if impl == "naive" and vv == v and "time_s" in r)
         if measured:
@@ -284,9 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
     parser.add_argument("--quick", action="store_true", help="small shapes (< 2 minutes)")
     parser.add_argument("--max-gb", type=float, default=16.0, help="skip cases whose estimated memory exceeds this")
+    parser.add_argument("--n-max", type=int, default=0, help="cap the N series (e.g. 4096 saves ~5 min)")
     parser.add_argument("--skip-step", action="store_true", help="only the loss-head benchmarks")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.n_max:
+        plan.n_series = [n for n in plan.n_series if n <= args.n_max]
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     started = dt.datetime.now(dt.timezone.utc)
     load_start, t0 = _load(), time.perf_counter()

@@ -627,6 +627,8 @@ def validate(cfg: Config) -> None:
     _choice("method.bandit_kind", m.bandit_kind, ["linucb", "exp3"])
     _range("method.sample_fraction", m.sample_fraction, 0.0, 1.0, lo_open=True)
     _range("method.student_data_fraction", m.student_data_fraction, 0.0, 1.0)
+    if m.student_data_fraction > 0 and t.source != "online":
+        raise ConfigError("method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)")
     _range("method.sampling_temperature", m.sampling_temperature, 0.0, lo_open=True)
     _range("method.max_new_tokens", m.max_new_tokens, 1)
     _range("method.prompt_tokens", m.prompt_tokens, 1)

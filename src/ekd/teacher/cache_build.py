@@ -341,6 +341,23 @@ def _forward_throughput(teacher: nn.Module, batches: list, amp: torch.dtype | No
     return samples / max(time.perf_counter() - t0, 1e-9)
 
 
+def _prepare_data(cfg: Config, directory: Path):
+    """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
+    (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one."""
+    from ekd.train.prepare import prepare_data
+
+    if (directory / "tokenizer" / "tokenizer.json").is_file():
+        return prepare_data(cfg, directory)
+    staging = directory / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    data = prepare_data(cfg, staging)
+    if (staging / "tokenizer").is_dir():
+        shutil.rmtree(directory / "tokenizer", ignore_errors=True)
+        os.replace(staging / "tokenizer", directory / "tokenizer")
+    shutil.rmtree(staging, ignore_errors=True)
+    return data
+
+
 def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8") -> Path:
     """Build (or resume building) the teacher cache of ``cfg`` in ``teacher.cache_dir``; returns the directory.
 
@@ -355,7 +372,7 @@ def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8"
 def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", measure_forward: bool = True) -> BuildResult:
     """:func:`build_cache` returning this rank's figures (built samples, throughput vs forward-only)."""
     from ekd.data import collate
-    from ekd.train.prepare import autocast_dtype, load_teacher, prepare_data, resolve_device
+    from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
 
     check_cacheable(cfg)
     directory = Path(cfg.teacher.cache_dir)
@@ -366,10 +383,10 @@ def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", 
             directory.mkdir(parents=True, exist_ok=True)
             if overwrite:
                 shutil.rmtree(directory / "tokenizer", ignore_errors=True)
-            data = prepare_data(cfg, directory)
+            data = _prepare_data(cfg, directory)
         ranks.barrier()
         if ranks.rank != 0:
-            data = prepare_data(cfg, directory)
+            data = _prepare_data(cfg, directory)
         blocks = data.blocks["train"]
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)

@@ -28,6 +28,7 @@ from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
+from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
 from ekd.train.prepare import (
     PreparedData,
     autocast_dtype,
@@ -134,6 +135,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
         micro_batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum_steps)]
+        if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
+            micro_batches = [
+                maybe_on_policy(b, student, cfg.method, on_policy_generator(cfg.run.seed, step, i), data.eos_id)[0]
+                for i, b in enumerate(micro_batches)
+            ]
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
         # 3. clip, step

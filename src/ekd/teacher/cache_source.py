@@ -1,0 +1,147 @@
+"""The offline teacher: a ``TeacherSource`` that reads targets and statistics from an ``ekd cache``.
+
+    ekd distill CONFIG teacher.source=cache teacher.cache_dir=runs/cache-demo method=rskd
+
+No teacher model is loaded. Per micro-batch the cache gives the teacher entropy and log p(gold) at the
+cached positions and the sparse target (RS counts/N or top-K probabilities) there; selection then runs on
+the cached positions only (``available``). Student-side scores work as online; scores and objectives that
+need the teacher's full distribution are refused when the method is built (``MethodParts``).
+
+The cache must match the training config: its signature is recomputed from the config and the prepared
+data (teacher id, tokenizer hash, data fingerprint, block length, packing, vocabulary, target and its
+parameters, RS seed) and any difference is one error naming each field. The teacher's weights hash and the
+cached-position rule are taken from the cache (they cannot be, or need not be, recomputed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ekd.config import Config, ConfigError
+from ekd.losses.targets import SparseTarget
+from ekd.teacher.cache import CacheError, CacheReader, compare_signatures
+from ekd.teacher.cache.manifest import REBUILD
+from ekd.teacher.cache_build import cache_signature
+from ekd.teacher.signal import TeacherSignal
+
+# signature field → the config key that decides it (named in mismatch errors)
+CONFIG_KEYS = {
+    "teacher_id": "model.teacher",
+    "tokenizer_hash": "model.tokenizer",
+    "data_fingerprint": "data.*",
+    "block_length": "data.block_length",
+    "vocab_size": "model.tokenizer",
+    "target": "method.target",
+    "topk": "method.topk",
+    "topk_tail": "method.topk_tail",
+    "target_temperature": "method.kd_temperature",
+    "rs_samples": "method.rs_samples",
+    "rs_proposal_power": "method.rs_proposal_power",
+    "seed": "run.seed",
+}
+# taken from the cache: not recomputable without the teacher (weights), or free to differ (positions rule)
+FROM_CACHE = ("teacher_revision", "positions", "position_fraction")
+
+
+def training_signature(cfg: Config, data, found: dict) -> dict:
+    """The signature the training config expects, with the fields it cannot decide copied from ``found``."""
+    expected = cache_signature(cfg, data, str(found.get("teacher_revision", "")))
+    for key in FROM_CACHE:
+        expected[key] = found.get(key)
+    if expected["target"] == "topk":  # top-K targets do not depend on the seed
+        expected["seed"] = found.get("seed")
+    return expected
+
+
+def check_signature(directory: Path, expected: dict, found: dict) -> None:
+    """Raise CacheError naming each differing field (and its config key) in one line."""
+    diffs = compare_signatures(expected, found)
+    if diffs:
+        named = []
+        for line in diffs:
+            key = line.split(":", 1)[0]
+            named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key):]}" if key in CONFIG_KEYS else line)
+        raise CacheError(
+            f"teacher cache at {directory} does not match the training config ({'; '.join(named)}): "
+            f"{REBUILD} or set teacher.cache_dir to a matching cache"
+        )
+
+
+class CacheTeacher:
+    """A teacher cache as a ``TeacherSource`` (no model in memory).
+
+    Args:
+        cfg: the training config (``teacher.cache_dir``; the fields of the signature).
+        data: the prepared data (tokenizer and training blocks) the signature is checked against.
+        device: where the signal's tensors go.
+        memo_batches: micro-batches whose decoded cache rows are kept (``available`` then ``signal`` of
+            the same batch read the cache once).
+
+    Raises:
+        CacheError: no cache, an unfinished one, or one built for another config (each field named).
+        ConfigError: a top-K cache with a per-token temperature policy (the cache holds one τ).
+    """
+
+    provides_distribution = False
+
+    def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
+        directory = Path(cfg.teacher.cache_dir)
+        if cfg.method.target == "topk" and cfg.method.temperature != "constant":
+            raise ConfigError(
+                f"method.temperature={cfg.method.temperature} changes τ per token, but cached top-K targets are "
+                "stored at τ=method.kd_temperature; use method.target=rs or teacher.source=online"
+            )
+        self.reader = CacheReader(directory)
+        check_signature(directory, training_signature(cfg, data, self.reader.signature), self.reader.signature)
+        self.device = device
+        self._memo: OrderedDict[tuple[int, ...], tuple[dict[str, Tensor], Tensor, SparseTarget]] = OrderedDict()
+        self._memo_size = memo_batches
+
+    def _read(self, batch) -> tuple[dict[str, Tensor], Tensor, SparseTarget]:
+        """(stats {(B, T)}, cached (B, T) bool, SparseTarget in flat order of cached), on ``device``."""
+        key = tuple(int(s) for s in batch.sample_ids.tolist())
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        stats, cached, target = self.reader.batch(list(key), int(batch.labels.shape[1]))
+        d = self.device
+        out = (
+            {k: v.to(d) for k, v in stats.items()},
+            cached.to(d),
+            SparseTarget(target.ids.to(d), target.probs.to(d), None if target.tail is None else target.tail.to(d)),
+        )
+        self._memo[key] = out
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return out
+
+    def available(self, batch) -> Tensor:
+        """(B, T) bool: valid positions the cache holds a target for."""
+        _, cached, _ = self._read(batch)
+        return cached & (batch.labels != -100)
+
+    @torch.no_grad()
+    def signal(self, batch, need_stats: set[str], feature_layer: int | None = None) -> TeacherSignal:
+        """Cached statistics (0 where nothing is cached) and targets; ``sparse`` in flat order of ``available``."""
+        if feature_layer is not None:
+            raise ConfigError("the feature branch needs teacher hidden states, which a cache does not hold; use teacher.source=online")
+        stats, cached, target = self._read(batch)
+        available = cached & (batch.labels != -100)  # (B, T)
+        if not torch.equal(available, cached):  # a cached position without a label: drop its row
+            keep = available.reshape(-1)[cached.reshape(-1)].nonzero().squeeze(-1)  # (M,) of the cached rows
+            target = target.rows(keep)
+        return TeacherSignal(
+            stats={
+                "teacher_entropy": stats["entropy"].masked_fill(~available, 0.0),  # (B, T)
+                "teacher_logp_gold": stats["logp_gold"].masked_fill(~available, 0.0),
+            },
+            available=available,
+            sparse=target,
+        )
+
+
+__all__ = ["CONFIG_KEYS", "CacheTeacher", "check_signature", "training_signature"]

@@ -1,0 +1,209 @@
+"""On-policy distillation (GKD, Agarwal et al. 2024, arXiv 2306.13649): continuations sampled from the student.
+
+With probability λ (``method.student_data_fraction``) a micro-batch's continuations are replaced by samples
+from the student; the teacher then scores those tokens in the normal step (reverse KL or JSD(β) per the
+preset), so nothing downstream changes. No gradient flows through generation. The trainer calls, per
+micro-batch::
+
+    batch, on_policy = maybe_on_policy(batch, student, cfg.method, on_policy_generator(seed, step, i), eos_id)
+
+Prompt of each row (:func:`prompt_lengths`). Packing writes ``prompt · response · EOS`` per document with the
+prompt tokens (and the first token of every document) masked out of the targets, so a row that *starts* in a
+prompt has a leading run of ≥ 2 ignored labels. Its prompt is every token up to the first target: ``r + 1``
+tokens for a leading run of ``r`` ignored labels. Plain packed text has a leading run of at most 1 (a block that
+starts on the EOS before a document), as does a prompt/response row cut mid-response; those rows use the first
+``method.prompt_tokens`` tokens (at most T − 1) as the prompt. A row with no target at all (wholly inside a
+long prompt or padding) is left unchanged: its response is not in the block. Prompts of 1–2 tokens at the
+very start of a block are indistinguishable from a document boundary and get the plain-text rule.
+
+Generation. Rows are grouped by prompt length and each group is generated as one batch, so every prompt sits
+at positions ``0 … p−1`` exactly as in training (no left padding, no shifted position ids); packed text is one
+group, prompt/response data at most one group per distinct length. Sampling is pure ``softmax(z / T_s)``:
+the student's own ``generation_config`` (top-k/top-p/repetition penalties from a checkpoint) is swapped for a
+neutral one during the call. The sampling seed is drawn from the given generator and applied inside a forked
+torch RNG, so results depend only on that generator (exact on resume) and the training RNG is untouched.
+
+The new batch keeps (B, T), dtypes and ``sample_ids``: prompt · generated tokens (including the first
+generated EOS, which is a target like the EOS ending a packed document) · padding. Labels are shifted once, by
+:func:`ekd.data.collate.shift_labels`: -100 for targets in the prompt, after the first generated EOS, on
+padding and at the last position.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from torch import nn
+from transformers import GenerationConfig
+
+from ekd.config import MethodConfig
+from ekd.data.collate import IGNORE_INDEX, Batch, shift_labels
+
+log = logging.getLogger(__name__)
+
+_MIN_PROMPT_RUN = 2  # leading ignored labels that mark a prompt region (plain text has at most 1)
+
+
+def on_policy_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The generator of micro-batch ``micro`` at ``step``: depends only on (seed, step, micro), exact on resume.
+
+    A stream of its own, apart from ``trainer.step_generator`` (random selection), so the on-policy coin is not
+    correlated with the positions a random policy draws.
+    """
+    base = (seed * 1_000_003 + step * 1_009 + micro) % (2**63)
+    return torch.Generator().manual_seed(
+        (base * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407) % (2**63)
+    )
+
+
+def prompt_lengths(labels: torch.Tensor, prompt_tokens: int) -> torch.Tensor:
+    """Prompt length of each row (see the module docstring for the rule).
+
+    Args:
+        labels: (B, T) long, shifted; -100 = no target.
+        prompt_tokens: Prompt length for rows without a leading prompt region (``method.prompt_tokens``).
+
+    Returns:
+        (B,) long in ``[1, T − 1]``, or 0 for a row with no target (left unchanged).
+    """
+    T = labels.shape[1]
+    valid = labels != IGNORE_INDEX  # (B, T)
+    leading_ignored = valid.int().argmax(dim=1)  # (B,) index of the first target = length of the ignored run
+    plain = torch.full_like(leading_ignored, max(1, min(prompt_tokens, T - 1)))
+    lengths = torch.where(
+        leading_ignored >= _MIN_PROMPT_RUN, leading_ignored + 1, plain
+    )  # ≤ T−1: labels[:, -1] = -100
+    return torch.where(valid.any(dim=1), lengths, torch.zeros_like(lengths))
+
+
+def maybe_on_policy(
+    batch: Batch,
+    student: nn.Module,
+    method_cfg: MethodConfig,
+    generator: torch.Generator,
+    eos_id: int,
+    pad_id: int | None = None,
+) -> tuple[Batch, bool]:
+    """With probability λ, replace the batch's continuations by samples from the student.
+
+    Args:
+        batch: Micro-batch with (B, T) ``input_ids``, ``labels`` (shifted), ``attention_mask``.
+        student: A Hugging Face causal LM (has ``generate``); its train/eval modes are restored.
+        method_cfg: ``student_data_fraction`` (λ), ``sampling_temperature``, ``max_new_tokens``, ``prompt_tokens``.
+        generator: CPU generator for the coin and the sampling seed (:func:`on_policy_generator`); untouched when λ = 0.
+        eos_id: Stops a row's generation; the first generated EOS is the row's last target.
+        pad_id: Fills positions after a row's continuation (attention 0, no target); default ``eos_id``.
+
+    Returns:
+        ``(new_batch, True)`` with the same shapes, dtypes and ``sample_ids`` when on-policy, else ``(batch, False)``.
+    """
+    fraction = method_cfg.student_data_fraction
+    if fraction <= 0.0:
+        return batch, False
+    if float(torch.rand((), generator=generator)) >= fraction:
+        return batch, False
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    pad = eos_id if pad_id is None else pad_id
+    input_ids, attention_mask = batch.input_ids, batch.attention_mask
+    T = input_ids.shape[1]
+    lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)
+    new_ids = input_ids.clone()
+    new_mask = attention_mask.clone()
+    # (B, T) tokens that are targets: the continuations
+    targets = torch.zeros_like(input_ids, dtype=torch.bool)
+    with _eval_mode(student), _seeded_rng(seed, input_ids.device):
+        for p in sorted(set(lengths.tolist()) - {0}):
+            rows = (lengths == p).nonzero().squeeze(1)  # (G,)
+            width = T - p
+            out = _generate(
+                student,
+                input_ids[rows, :p],  # (G, p)
+                attention_mask[rows, :p],
+                max_new_tokens=min(method_cfg.max_new_tokens, width),
+                temperature=method_cfg.sampling_temperature,
+                eos_id=eos_id,
+                pad_id=pad,
+            )
+            generated = out[:, p:]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
+            n = generated.shape[1]
+            is_eos = generated == eos_id
+            after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # (G, n) strictly after the first EOS
+            # (G, T−p) continuation then padding
+            tail = torch.full((rows.numel(), width), pad, dtype=input_ids.dtype, device=input_ids.device)
+            tail[:, :n] = generated.masked_fill(after_eos, pad)
+            real = torch.zeros_like(tail, dtype=torch.bool)  # (G, T−p) generated tokens up to the first EOS
+            real[:, :n] = ~after_eos
+            new_ids[rows, p:] = tail
+            new_mask[rows, p:] = real.to(new_mask.dtype)
+            targets[rows, p:] = real
+    generated_rows = (lengths > 0).unsqueeze(1)  # (B, 1)
+    labels = torch.where(generated_rows, shift_labels(new_ids, targets), batch.labels)
+    log.debug("on-policy micro-batch: prompt lengths %s", lengths.tolist())
+    return replace(batch, input_ids=new_ids, labels=labels, attention_mask=new_mask), True
+
+
+def _generate(
+    student: nn.Module,
+    prompts: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_id: int,
+    pad_id: int,
+) -> torch.Tensor:
+    """(G, p + n) prompts and sampled continuations, n ≤ ``max_new_tokens``, no gradient.
+
+    The checkpoint's ``generation_config`` is swapped for a neutral one for the call: HF fills unset sampling
+    fields from it (e.g. top_k=20, repetition_penalty=1.05 in instruct checkpoints) and from global defaults
+    (top_k=50), which would sample from a truncated, reshaped distribution instead of the student's own.
+    """
+    saved = student.generation_config
+    student.generation_config = GenerationConfig()
+    try:
+        with torch.no_grad():
+            return student.generate(
+                input_ids=prompts,
+                attention_mask=attention_mask,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+            )
+    finally:
+        student.generation_config = saved
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for generation; restores every submodule's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the CPU RNG (and ``device``'s, if an accelerator) inside a fork: HF sampling reads the global RNG."""
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(
+        devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"
+    ):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif accelerator:
+            getattr(torch, device.type).manual_seed(seed)
+        yield

@@ -1,0 +1,354 @@
+"""The offline teacher cache end to end on tiny models: ``ekd cache`` build/info/verify, training from the
+cache with no teacher loaded, online-vs-cache equivalence of a step, every bad input's error, kill -9 and
+resume, and a 2-process ``torchrun`` build equal to the 1-process build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import tiny_overrides, write_corpus
+
+from ekd.cli import main
+from ekd.config import load_config
+from ekd.data import BlockLoader, collate
+from ekd.losses.targets import Head
+from ekd.teacher.cache import CacheError, CacheReader
+from ekd.teacher.cache_build import batch_entries, run_build
+from ekd.teacher.signal import TargetSpec
+from ekd.train.method_parts import MethodParts
+from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
+from ekd.train.trainer import forward_backward
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny ops are ~100× slower with 2 threads on a loaded 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config_file(root: Path, corpus: Path, name: str, **extra) -> str:
+    nested: dict = {}
+    for item in tiny_overrides(root, corpus, name, **extra):
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        nested.setdefault(section, {})[field] = yaml.safe_load(value)
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """An RS cache (N=50, all positions, 8 samples per shard) built once through the CLI, and its config."""
+    root = tmp_path_factory.mktemp("cache")
+    corpus = write_corpus(root / "corpus", n_docs=24)
+    cache = root / "cache-rs"
+    cfg = _config_file(
+        root, corpus, "rs", **{"method.preset": "rskd", "teacher.cache_dir": str(cache), "teacher.cache_shard_samples": 8}
+    )
+    assert main(["-q", "cache", cfg]) == 0
+    return {"root": root, "corpus": corpus, "cache": cache, "cfg": cfg}
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear line, no traceback
+    assert err[0].startswith("ekd: error: ")
+    return err[0]
+
+
+def _tree_sha256(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build, info, verify
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_cli_build_info_verify_round_trip(setup, capsys):
+    cache = setup["root"] / "cli-cache"
+    assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}"]) == 0
+    out = capsys.readouterr().out
+    for word in ("samples", "positions", "bytes/position", "bytes/train token", "forward-only"):
+        assert word in out, out
+    assert main(["cache", "info", str(cache)]) == 0
+    info = capsys.readouterr().out
+    assert "bytes_per_position" in info and "teacher_revision" in info and "state-dict-sha256:" in info
+    assert main(["cache", "verify", str(cache)]) == 0
+    assert capsys.readouterr().out.startswith("ok:")
+    # every valid position is cached, with counts summing to N, and the statistics are sane
+    cfg = load_config([setup["cfg"]], [f"teacher.cache_dir={cache}"])
+    data = prepare_data(cfg, cache)
+    reader = CacheReader(cache)
+    assert reader.num_samples == len(data.blocks["train"])
+    batch = collate(data.blocks["train"], torch.arange(4))
+    stats, cached, target = reader.batch(batch.sample_ids, batch.labels.shape[1])
+    assert torch.equal(cached, batch.labels != -100)
+    sample = reader.get(1)
+    assert (sample.counts.sum(-1) == 50).all()
+    assert torch.allclose(target.probs.sum(-1), torch.ones(len(target)))
+    assert (stats["entropy"][cached] > 0).all() and (stats["entropy"][cached] <= math.log(data.vocab_size) + 0.05).all()
+    # a rerun resumes: nothing is rebuilt and the files stay byte-identical
+    before = _tree_sha256(cache)
+    assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}"]) == 0
+    assert "0 built now" in capsys.readouterr().out
+    assert _tree_sha256(cache) == before
+
+
+def test_build_throughput_is_reported(setup):
+    cfg = load_config([setup["cfg"]], [f"teacher.cache_dir={setup['root'] / 'tp-cache'}"])
+    result = run_build(cfg)
+    assert result.samples_built == result.samples_total > 0
+    assert result.throughput_ratio is not None and result.throughput_ratio > 0
+    assert result.forward_throughput > 0 and result.build_throughput > 0
+
+
+def test_teacher_entropy_positions_pick_the_highest_entropy():
+    """batch_entries with teacher_entropy_topk: ⌈f·n⌉ positions per sequence, the highest H(p) ones."""
+    g = torch.Generator().manual_seed(0)
+    B, T, D, V = 3, 16, 8, 40
+    hidden = torch.randn(B, T, D, generator=g) * torch.rand(B, T, 1, generator=g) * 3  # varied entropies
+    head = Head(torch.randn(V, D, generator=g))
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[:, -1] = -100
+    labels[1, :5] = -100
+    spec = TargetSpec("rs", rs_samples=20, seed=3)
+    all_rows = batch_entries(hidden, head, labels, torch.arange(B), spec)
+    top = batch_entries(hidden, head, labels, torch.arange(B), spec, positions="teacher_entropy_topk", fraction=0.25, chunk_rows=5)
+    for b in range(B):
+        n = int((labels[b] != -100).sum())
+        assert len(all_rows[b]["positions"]) == n and all_rows[b]["num_tokens"] == n
+        assert len(top[b]["positions"]) == math.ceil(0.25 * n)
+        ent = dict(zip(all_rows[b]["positions"].tolist(), all_rows[b]["stats"]["entropy"].tolist()))
+        chosen = set(top[b]["positions"].tolist())
+        assert min(ent[p] for p in chosen) >= max(ent[p] for p in ent if p not in chosen)
+        # same draws at a position whichever rule (and chunking) picked it: draws depend on (seed, id, position)
+        for i, p in enumerate(top[b]["positions"].tolist()):
+            j = all_rows[b]["positions"].tolist().index(p)
+            a, c = top[b]["values"][i], all_rows[b]["values"][j]
+            assert sorted(zip(top[b]["ids"][i][a > 0], a[a > 0])) == sorted(zip(all_rows[b]["ids"][j][c > 0], c[c > 0]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training from the cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _step(cfg, data, source, batches, run_dir):
+    student = load_student(cfg, data, CPU)  # seeded by run.seed: the same init every call
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    loss, sums, *_ = forward_backward(batches, student, source, parts, 0, cfg, data.vocab_size, None, run_dir)
+    return loss, sums, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["rskd", "sekd3x"])
+def test_online_and_cache_give_the_same_step(setup, method):
+    """Same RS draws online and cached → equal loss and gradients (rskd: all tokens; sekd3x: student-entropy top 20%)."""
+    over = [f"method={method}", "method.sample_fraction=1.0"]
+    cfg_online = load_config([setup["cfg"]], [*over, "teacher.source=online"])
+    cfg_cache = load_config([setup["cfg"]], [*over, "teacher.source=cache"])
+    data = prepare_data(cfg_online, setup["cache"])
+    loader = BlockLoader(data.blocks["train"], 4, seed=5, shuffle=True, drop_last=True)
+    batches = [loader.next_batch() for _ in range(2)]
+    online = build_teacher_source(cfg_online, data, CPU, load_teacher(cfg_online, data, CPU))
+    cached = build_teacher_source(cfg_cache, data, CPU, None)
+    assert not cached.provides_distribution
+    loss_o, sums_o, grads_o = _step(cfg_online, data, online, batches, setup["root"])
+    loss_c, sums_c, grads_c = _step(cfg_cache, data, cached, batches, setup["root"])
+    assert sums_o["selected"] == sums_c["selected"] > 0
+    assert loss_c == pytest.approx(loss_o, rel=1e-5)
+    assert grads_o.keys() == grads_c.keys()
+    for name in grads_o:
+        torch.testing.assert_close(grads_c[name], grads_o[name], rtol=1e-4, atol=1e-7, msg=name)
+    if method == "rskd":  # the targets themselves: same ids and t̂ = c/N at every valid row
+        b = batches[0]
+        rows = (b.labels != -100).reshape(-1).nonzero().squeeze(-1)
+        spec, tau = MethodParts.build(cfg_online, 3).target, torch.ones(rows.numel())
+        t_o = online.signal(b, set()).target_at(rows, spec, tau, b.labels, b.sample_ids)
+        sig = cached.signal(b, {"teacher_entropy"})
+        assert torch.equal(sig.available, b.labels != -100)
+        t_c = sig.target_at(rows, spec, tau, b.labels, b.sample_ids)
+        k = max(t_o.ids.shape[1], t_c.ids.shape[1])
+        pad = lambda x: torch.nn.functional.pad(x, (0, k - x.shape[1]))  # noqa: E731
+        assert torch.equal(pad(t_o.probs), pad(t_c.probs))
+        assert torch.equal(pad(t_o.ids) * (pad(t_o.probs) > 0), pad(t_c.ids) * (pad(t_c.probs) > 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ekd", "sekd3x"])
+def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys):
+    """ekd: teacher-entropy coverage schedule on cached stats; sekd3x: student-entropy positions + samples."""
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a teacher model was loaded")
+
+    monkeypatch.setattr("ekd.train.prepare.load_teacher", no_teacher)
+    monkeypatch.setattr("ekd.train.trainer.load_teacher", no_teacher)
+    name = f"from-cache-{method}"
+    args = [f"run.name={name}", f"method={method}", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}"]
+    assert main(["distill", setup["cfg"], *args]) == 0, capsys.readouterr().err
+    run_dir = setup["root"] / "runs" / name
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    fractions = [m["select/fraction"] for m in metrics if "select/fraction" in m]
+    assert fractions and all(0 < f < 1 for f in fractions)
+    if method == "ekd":
+        assert any("select/teacher_entropy_selected" in m for m in metrics)
+    assert (run_dir / "student" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["method.scorer=forward_kl", "method.policy=topk", "method.select_fraction=0.5"], ["method.scorer=hellinger", "method.policy=topk"], ["method=dkd", "method.target=rs"]],
+    ids=["forward_kl", "hellinger", "dkd"],
+)
+def test_full_distribution_policies_are_refused(setup, overrides, capsys):
+    args = ["run.name=refused", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", *overrides]
+    assert main(["distill", setup["cfg"], *args, "--overwrite"]) == 2
+    assert "full distribution" in _error_line(capsys)
+
+
+def test_signature_mismatch_names_each_field(setup, capsys):
+    args = ["run.name=mismatch", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "data.block_length=16", "method.rs_samples=20"]
+    assert main(["distill", setup["cfg"], *args]) == 2
+    line = _error_line(capsys)
+    for field in ("block_length [data.block_length]: expected 16, found 32", "rs_samples [method.rs_samples]: expected 20, found 50", "data_fingerprint"):
+        assert field in line, line
+    assert "tokenizer_hash" not in line and "teacher_id" not in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# damaged caches
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _damaged_copy(setup, name: str) -> Path:
+    copy = setup["root"] / name
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(setup["cache"], copy)
+    return copy
+
+
+def _cache_teacher(setup, cache: Path):
+    cfg = load_config([setup["cfg"]], ["teacher.source=cache", f"teacher.cache_dir={cache}"])
+    data = prepare_data(cfg, setup["cache"])
+    return build_teacher_source(cfg, data, CPU, None), data
+
+
+def test_corrupted_shard_is_named(setup, capsys):
+    cache = _damaged_copy(setup, "corrupt")
+    path = cache / "shard-00001.bin"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    assert main(["cache", "verify", str(cache)]) == 2
+    line = _error_line(capsys)
+    assert "shard-00001.bin is corrupted" in line and "shard-00000" not in line
+    teacher, data = _cache_teacher(setup, cache)
+    batch = collate(data.blocks["train"], torch.arange(8, 16))  # the samples of shard 1
+    with pytest.raises(CacheError, match=r"shard-00001\.bin is corrupted"):
+        teacher.signal(batch, set())
+
+
+def test_truncated_shard_is_named(setup, capsys):
+    cache = _damaged_copy(setup, "truncated")
+    path = cache / "shard-00002.bin"
+    path.write_bytes(path.read_bytes()[:-7])
+    assert main(["cache", "verify", str(cache)]) == 2
+    assert "shard-00002.bin is truncated" in _error_line(capsys)
+    teacher, data = _cache_teacher(setup, cache)
+    with pytest.raises(CacheError, match=r"shard-00002\.bin is truncated"):
+        teacher.available(collate(data.blocks["train"], torch.arange(16, 20)))
+
+
+def test_missing_sample_and_missing_shard_are_named(setup, capsys):
+    teacher, data = _cache_teacher(setup, setup["cache"])
+    batch = collate(data.blocks["train"], torch.arange(4))
+    batch.sample_ids = torch.tensor([0, 1, 2, 9999])
+    with pytest.raises(CacheError, match="sample 9999 is not in the teacher cache"):
+        teacher.signal(batch, set())
+    cache = _damaged_copy(setup, "missing")
+    (cache / "shard-00003.idx").unlink()
+    assert main(["cache", "verify", str(cache)]) == 2
+    assert "shard-00003.idx is missing" in _error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# crash safety and scale-out
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_equals_uninterrupted_build(setup):
+    extra = ["teacher.cache_shard_samples=2", "eval.batch_size=1"]
+    reference, killed = setup["root"] / "kill-ref", setup["root"] / "kill-resumed"
+    assert main(["-q", "cache", setup["cfg"], *extra, f"teacher.cache_dir={reference}"]) == 0
+    cmd = [sys.executable, "-m", "ekd", "-q", "cache", setup["cfg"], *extra, f"teacher.cache_dir={killed}"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "shard-00000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert not manifest["complete"] and len(manifest["shards"]) < manifest["num_shards"]
+    with pytest.raises(CacheError, match="unfinished"):
+        CacheReader(killed)
+    assert main(["-q", "cache", setup["cfg"], *extra, f"teacher.cache_dir={killed}"]) == 0
+    assert _tree_sha256(killed) == _tree_sha256(reference)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(setup):
+    out = setup["root"] / "cache-2proc"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "ekd", "-q", "cache", setup["cfg"], f"teacher.cache_dir={out}",
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("teacher cache written") == 1 and "2 processes" in proc.stdout
+    assert not list(out.glob("manifest.rank*.json"))
+    assert _tree_sha256(out) == _tree_sha256(setup["cache"])  # manifest and every shard, byte for byte
+
+
+def test_cache_demo_config_validates(capsys):
+    assert main(["config", "show", str(REPO / "configs" / "cache-demo.yaml")]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["method"]["target"] == "rs" and shown["teacher"]["cache_dir"]

@@ -1,0 +1,375 @@
+"""On-policy distillation (GKD): the coin, the prompt rule, the rebuilt batch, seeding, modes, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ekd.config import MethodConfig, load_config
+from ekd.data.collate import IGNORE_INDEX, Batch, collate, shift_labels
+from ekd.train import onpolicy
+from ekd.train.onpolicy import maybe_on_policy, on_policy_generator, prompt_lengths
+from tiny import tiny_overrides, write_corpus
+
+torch.set_num_threads(1)
+
+EOS, PAD, V, T = 1, 2, 97, 24
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _cfg(fraction=1.0, max_new=10, prompt=8, temperature=1.0) -> MethodConfig:
+    return MethodConfig(
+        student_data_fraction=fraction,
+        max_new_tokens=max_new,
+        prompt_tokens=prompt,
+        sampling_temperature=temperature,
+    )
+
+
+def _packed_batch(B=3, seed=0) -> Batch:
+    """Packed pretraining text: every token but the first is a target (as the collator builds it)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (B, T), generator=g)
+    target = torch.ones_like(ids, dtype=torch.bool)
+    target[:, 0] = False
+    return Batch(ids, shift_labels(ids, target), torch.ones_like(ids), torch.arange(10, 10 + B))
+
+
+def _prompt_batch() -> tuple[Batch, list[int]]:
+    """Rows laid out like packed prompt/response documents (prompt tokens and a document's first token untargeted).
+
+    Row 0: EOS · 4-token prompt · response → prompt 5.  Row 1: 3-token prompt · response → prompt 3.
+    Row 2: plain text starting on an EOS (one ignored label) → prompt_tokens.  Row 3: no target at all → unchanged.
+    """
+    ids = torch.randint(3, V, (4, T), generator=torch.Generator().manual_seed(1))
+    ids[0, 0] = EOS
+    ids[2, 0] = EOS
+    target = torch.ones_like(ids, dtype=torch.bool)
+    target[0, :5] = False
+    target[1, :3] = False
+    target[2, :2] = False
+    target[3, :] = False
+    return Batch(ids, shift_labels(ids, target), torch.ones_like(ids), torch.arange(4)), [5, 3, 8, 0]
+
+
+def _expected(batch: Batch, outputs: dict[int, torch.Tensor], lengths: list[int], eos: int, pad: int):
+    """Naive per-row reference of the on-policy batch from the generate outputs (rows of each prompt length)."""
+    ids, labels, mask = batch.input_ids.clone(), batch.labels.clone(), batch.attention_mask.clone()
+    seen: dict[int, int] = {}
+    for r, p in enumerate(lengths):
+        if p == 0:
+            continue
+        out = outputs[p][seen.get(p, 0)]
+        seen[p] = seen.get(p, 0) + 1
+        cont = out[p:].tolist()
+        if eos in cont:
+            cont = cont[: cont.index(eos) + 1]
+        row = ids[r, :p].tolist() + cont + [pad] * (T - p - len(cont))
+        ids[r] = torch.tensor(row)
+        mask[r] = torch.tensor(
+            [int(m) for m in batch.attention_mask[r, :p].tolist()]
+            + [1] * len(cont)
+            + [0] * (T - p - len(cont))
+        )
+        end = p + len(cont)  # one past the last real token
+        for t in range(T):
+            labels[r, t] = row[t + 1] if p <= t + 1 < end else IGNORE_INDEX
+    return ids, labels, mask
+
+
+def _spy_generate(monkeypatch):
+    """Record each _generate call: prompt length, output, keyword arguments and the student's mode."""
+    real = onpolicy._generate
+    calls: list[dict] = []
+
+    def spy(student, prompts, attention_mask, **kw):
+        out = real(student, prompts, attention_mask, **kw)
+        calls.append({"p": prompts.shape[1], "out": out, "training": student.training, **kw})
+        return out
+
+    monkeypatch.setattr(onpolicy, "_generate", spy)
+    return calls
+
+
+def _fake_generate(continuations: dict[int, list[list[int]]]):
+    """A stand-in for _generate that appends fixed continuations (prompt length → one list per row)."""
+
+    def fake(student, prompts, attention_mask, *, max_new_tokens, **kw):
+        rows = continuations[prompts.shape[1]]
+        n = max(len(c) for c in rows)
+        assert n <= max_new_tokens
+        tail = torch.tensor([c + [kw["pad_id"]] * (n - len(c)) for c in rows], dtype=prompts.dtype)
+        return torch.cat([prompts, tail], dim=1)
+
+    return fake
+
+
+# -- the coin -----------------------------------------------------------------------------------------------
+
+
+def test_fraction_zero_never_generates_nor_draws(student, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("generate must not be called at λ=0")
+
+    monkeypatch.setattr(onpolicy, "_generate", boom)
+    monkeypatch.setattr(student, "generate", boom)
+    batch = _packed_batch()
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        state = g.get_state()
+        out, on = maybe_on_policy(batch, student, _cfg(fraction=0.0), g, EOS)
+        assert out is batch and on is False
+        assert torch.equal(g.get_state(), state)
+
+
+def test_fraction_one_always_generates(student, monkeypatch):
+    calls = _spy_generate(monkeypatch)
+    for seed in range(5):
+        _, on = maybe_on_policy(
+            _packed_batch(), student, _cfg(fraction=1.0), torch.Generator().manual_seed(seed), EOS
+        )
+        assert on is True
+    assert len(calls) == 5
+
+
+def test_fraction_is_the_probability_of_an_on_policy_batch(student, monkeypatch):
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({8: [[5]] * 3}))
+    hits = sum(
+        maybe_on_policy(_packed_batch(), student, _cfg(fraction=0.3), on_policy_generator(0, s, 0), EOS)[1]
+        for s in range(400)
+    )
+    assert 85 <= hits <= 155  # 400·0.3 = 120, ±~4σ
+
+
+# -- the rebuilt batch ---------------------------------------------------------------------------------------
+
+
+def test_real_student_batch_matches_naive_reference(student, monkeypatch):
+    calls = _spy_generate(monkeypatch)
+    batch = _packed_batch(B=5)
+    out, on = maybe_on_policy(
+        batch, student, _cfg(max_new=10, prompt=8), torch.Generator().manual_seed(3), EOS, pad_id=PAD
+    )
+    assert on and len(calls) == 1 and calls[0]["p"] == 8 and calls[0]["max_new_tokens"] == 10
+    for name in ("input_ids", "labels", "attention_mask", "sample_ids"):
+        a, b = getattr(out, name), getattr(batch, name)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert torch.equal(out.sample_ids, batch.sample_ids)
+    assert torch.equal(out.input_ids[:, :8], batch.input_ids[:, :8])  # prompt tokens unchanged
+    ids, labels, mask = _expected(batch, {8: calls[0]["out"]}, [8] * 5, EOS, PAD)
+    assert torch.equal(out.input_ids, ids)
+    assert torch.equal(out.labels, labels)
+    assert torch.equal(out.attention_mask, mask)
+    assert (out.labels[:, :7] == IGNORE_INDEX).all() and (out.labels[:, -1] == IGNORE_INDEX).all()
+    valid = out.labels != IGNORE_INDEX
+    assert torch.equal(
+        out.labels[:, :-1][valid[:, :-1]], out.input_ids[:, 1:][valid[:, :-1]]
+    )  # shifted generated tokens
+
+
+def test_labels_stop_after_the_first_generated_eos(student, monkeypatch):
+    # row 0: EOS mid-way then junk (must be dropped); row 1: EOS first; row 2: no EOS (runs to the end); pad ≠ eos
+    conts = {8: [[5, 6, EOS, 7, 8], [EOS, 9, 9, 9, 9], [10, 11, 12, 13, 14]]}
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate(conts))
+    batch = _packed_batch()
+    out, _ = maybe_on_policy(
+        batch, student, _cfg(max_new=5, prompt=8), torch.Generator().manual_seed(0), EOS, pad_id=PAD
+    )
+    ign = IGNORE_INDEX
+    assert out.input_ids[0, 8:].tolist() == [5, 6, EOS] + [PAD] * (T - 11)
+    assert out.labels[0, 7:].tolist() == [5, 6, EOS] + [ign] * (
+        T - 10
+    )  # the EOS is a target; nothing after it
+    assert out.attention_mask[0].tolist() == [1] * 11 + [0] * (T - 11)
+    assert out.input_ids[1, 8:].tolist() == [EOS] + [PAD] * (T - 9)
+    assert out.labels[1, 7:].tolist() == [EOS] + [ign] * (T - 8)
+    assert out.input_ids[2, 8:].tolist() == [10, 11, 12, 13, 14] + [PAD] * (T - 13)
+    assert out.labels[2, 7:].tolist() == [10, 11, 12, 13, 14] + [ign] * (T - 12)  # last real token: no target
+    assert out.attention_mask[2].tolist() == [1] * 13 + [0] * (T - 13)
+    assert (out.labels[:, :7] == ign).all()
+    # pad defaults to EOS
+    out, _ = maybe_on_policy(batch, student, _cfg(max_new=5, prompt=8), torch.Generator().manual_seed(0), EOS)
+    assert out.input_ids[1, 8:].tolist() == [EOS] * (T - 8) and out.labels[1, 8:].tolist() == [ign] * (T - 8)
+
+
+def test_generation_that_stops_early_is_padded_to_the_block(student, monkeypatch):
+    # every row ended with EOS, so generate returned fewer than max_new_tokens
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({8: [[5, EOS], [EOS], [6, 7, EOS]]}))
+    batch = _packed_batch()
+    out, _ = maybe_on_policy(
+        batch, student, _cfg(max_new=10, prompt=8), torch.Generator().manual_seed(0), EOS, pad_id=PAD
+    )
+    assert out.input_ids.shape == (3, T)
+    assert out.attention_mask.sum(1).tolist() == [10, 9, 11]
+    assert out.labels[2, 7:].tolist() == [6, 7, EOS] + [IGNORE_INDEX] * (T - 10)
+    assert (out.input_ids[0, 10:] == PAD).all()
+
+
+def test_prompt_rule_groups_rows_by_prompt_length(student, monkeypatch):
+    batch, lengths = _prompt_batch()
+    assert prompt_lengths(batch.labels, 8).tolist() == lengths
+    assert prompt_lengths(batch.labels, 100).tolist() == [5, 3, T - 1, 0]  # prompt_tokens capped at T − 1
+    calls = _spy_generate(monkeypatch)
+    out, on = maybe_on_policy(
+        batch, student, _cfg(max_new=6, prompt=8), torch.Generator().manual_seed(0), EOS, pad_id=PAD
+    )
+    assert on and sorted(c["p"] for c in calls) == [3, 5, 8]
+    ids, labels, mask = _expected(batch, {c["p"]: c["out"] for c in calls}, lengths, EOS, PAD)
+    assert (
+        torch.equal(out.input_ids, ids)
+        and torch.equal(out.labels, labels)
+        and torch.equal(out.attention_mask, mask)
+    )
+    assert (
+        torch.equal(out.input_ids[3], batch.input_ids[3]) and (out.labels[3] == IGNORE_INDEX).all()
+    )  # no target: unchanged
+
+
+def test_new_tokens_are_capped_by_the_block(student, monkeypatch):
+    calls = _spy_generate(monkeypatch)
+    out, _ = maybe_on_policy(
+        _packed_batch(), student, _cfg(max_new=64, prompt=T - 3), torch.Generator().manual_seed(0), EOS
+    )
+    assert calls[0]["max_new_tokens"] == 3 and out.input_ids.shape == (3, T)
+
+
+# -- seeding, RNG, modes, gradients --------------------------------------------------------------------------
+
+
+def test_same_generator_seed_same_batch_other_seed_other_batch(student):
+    batch = _packed_batch()
+    a, _ = maybe_on_policy(batch, student, _cfg(), on_policy_generator(0, 5, 1), EOS)
+    torch.manual_seed(1234)  # the global RNG must not matter
+    b, _ = maybe_on_policy(batch, student, _cfg(), on_policy_generator(0, 5, 1), EOS)
+    c, _ = maybe_on_policy(batch, student, _cfg(), on_policy_generator(0, 6, 1), EOS)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.input_ids, c.input_ids)
+
+
+def test_sampling_temperature_reaches_generate(student, monkeypatch):
+    calls = _spy_generate(monkeypatch)
+    maybe_on_policy(_packed_batch(), student, _cfg(temperature=0.7), torch.Generator().manual_seed(0), EOS)
+    assert calls[0]["temperature"] == 0.7
+
+
+def test_global_rng_state_is_untouched(student):
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    maybe_on_policy(_packed_batch(), student, _cfg(), torch.Generator().manual_seed(0), EOS)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_student_modes_and_generation_config_are_restored(student, monkeypatch):
+    calls = _spy_generate(monkeypatch)
+    saved_config = student.generation_config
+    student.train()
+    student.model.norm.eval()  # a submodule deliberately in eval stays so
+    maybe_on_policy(_packed_batch(), student, _cfg(), torch.Generator().manual_seed(0), EOS)
+    assert calls[-1]["training"] is False
+    assert student.training and not student.model.norm.training
+    assert all(m.training for n, m in student.named_modules() if n != "model.norm")
+    assert student.generation_config is saved_config
+    student.eval()
+    maybe_on_policy(_packed_batch(), student, _cfg(), torch.Generator().manual_seed(0), EOS)
+    assert not any(m.training for m in student.modules())
+    student.train()
+
+
+def test_no_gradient_flows_through_generation(student, monkeypatch):
+    grad_in_forward: list[bool] = []
+    real_forward = student.forward
+
+    def forward(*args, **kwargs):
+        grad_in_forward.append(torch.is_grad_enabled())
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(student, "forward", forward)
+    student.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        out, _ = maybe_on_policy(_packed_batch(), student, _cfg(), torch.Generator().manual_seed(0), EOS)
+    assert grad_in_forward and not any(grad_in_forward)
+    assert all(p.grad is None for p in student.parameters())
+    assert all(
+        t.grad_fn is None and not t.requires_grad for t in (out.input_ids, out.labels, out.attention_mask)
+    )
+
+
+# -- with the trainer's parts ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=24)
+
+
+def test_on_policy_batch_goes_through_a_distillation_step(tmp_path, corpus):
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
+    from ekd.train.trainer import forward_backward
+
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus)
+        + ["method=gkd", "method.max_new_tokens=8", "method.prompt_tokens=8"]
+    )
+    assert cfg.method.divergence == "jsd" and cfg.method.student_data_fraction == 0.5
+    data = prepare_data(cfg, tmp_path / "prep")
+    cpu = torch.device("cpu")
+    student = load_student(cfg, data, cpu)
+    teacher = build_teacher_source(cfg, data, cpu, load_teacher(cfg, data, cpu))
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    batch = collate(data.blocks["train"], torch.arange(4))
+    on_cfg = _cfg(fraction=1.0, max_new=8, prompt=8)
+    new, on = maybe_on_policy(batch, student, on_cfg, on_policy_generator(0, 0, 0), data.eos_id)
+    assert on and (new.labels[:, :7] == IGNORE_INDEX).all()
+    loss, sums, kd_count, _, _ = forward_backward(
+        [new], student, teacher, parts, 0, cfg, data.vocab_size, None, tmp_path
+    )
+    assert math.isfinite(loss) and kd_count == float((new.labels != IGNORE_INDEX).sum()) > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_distill_gkd_end_to_end(tmp_path, corpus, monkeypatch):
+    from ekd.cli import main
+
+    calls = _spy_generate(monkeypatch)
+    overrides = tiny_overrides(tmp_path, corpus, "gkd", **{"eval.teacher": False})
+    rc = main(
+        [
+            "distill",
+            *overrides,
+            "method=gkd",
+            "method.student_data_fraction=1.0",
+            "method.max_new_tokens=8",
+            "method.prompt_tokens=8",
+            "train.max_steps=2",
+        ]
+    )
+    assert rc == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "gkd" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(math.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+    assert len(calls) >= 2 and all(
+        c["p"] == 8 and c["max_new_tokens"] == 8 for c in calls
+    )  # λ=1: every micro-batch
