@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import tiny_overrides, write_corpus
 
 from ekd.cli import main
 from ekd.config import load_config
@@ -31,6 +30,7 @@ from ekd.teacher.signal import TargetSpec
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward
+from tiny import tiny_overrides, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -63,7 +63,10 @@ def setup(tmp_path_factory):
     corpus = write_corpus(root / "corpus", n_docs=24)
     cache = root / "cache-rs"
     cfg = _config_file(
-        root, corpus, "rs", **{"method.preset": "rskd", "teacher.cache_dir": str(cache), "teacher.cache_shard_samples": 8}
+        root,
+        corpus,
+        "rs",
+        **{"method.preset": "rskd", "teacher.cache_dir": str(cache), "teacher.cache_shard_samples": 8},
     )
     assert main(["-q", "cache", cfg]) == 0
     return {"root": root, "corpus": corpus, "cache": cache, "cfg": cfg}
@@ -121,7 +124,9 @@ def test_cli_build_info_verify_round_trip(setup, capsys):
     sample = reader.get(1)
     assert (sample.counts.sum(-1) == 50).all()
     assert torch.allclose(target.probs.sum(-1), torch.ones(len(target)))
-    assert (stats["entropy"][cached] > 0).all() and (stats["entropy"][cached] <= math.log(data.vocab_size) + 0.05).all()
+    assert (stats["entropy"][cached] > 0).all() and (
+        stats["entropy"][cached] <= math.log(data.vocab_size) + 0.05
+    ).all()
     # a rerun resumes: nothing is rebuilt and the files stay byte-identical
     before = _tree_sha256(cache)
     assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}"]) == 0
@@ -148,7 +153,16 @@ def test_teacher_entropy_positions_pick_the_highest_entropy():
     labels[1, :5] = -100
     spec = TargetSpec("rs", rs_samples=20, seed=3)
     all_rows = batch_entries(hidden, head, labels, torch.arange(B), spec)
-    top = batch_entries(hidden, head, labels, torch.arange(B), spec, positions="teacher_entropy_topk", fraction=0.25, chunk_rows=5)
+    top = batch_entries(
+        hidden,
+        head,
+        labels,
+        torch.arange(B),
+        spec,
+        positions="teacher_entropy_topk",
+        fraction=0.25,
+        chunk_rows=5,
+    )
     for b in range(B):
         n = int((labels[b] != -100).sum())
         assert len(all_rows[b]["positions"]) == n and all_rows[b]["num_tokens"] == n
@@ -160,7 +174,46 @@ def test_teacher_entropy_positions_pick_the_highest_entropy():
         for i, p in enumerate(top[b]["positions"].tolist()):
             j = all_rows[b]["positions"].tolist().index(p)
             a, c = top[b]["values"][i], all_rows[b]["values"][j]
-            assert sorted(zip(top[b]["ids"][i][a > 0], a[a > 0])) == sorted(zip(all_rows[b]["ids"][j][c > 0], c[c > 0]))
+            assert sorted(zip(top[b]["ids"][i][a > 0], a[a > 0])) == sorted(
+                zip(all_rows[b]["ids"][j][c > 0], c[c > 0])
+            )
+
+
+def test_topk_ghost_cache_at_teacher_entropy_positions(setup):
+    """A top-K ghost cache of the top 25% teacher-entropy positions holds the online top-K targets there."""
+    over = [
+        "method=topk_ghost",
+        "teacher.cache_positions=teacher_entropy_topk",
+        "teacher.cache_fraction=0.25",
+    ]
+    cache = setup["root"] / "cache-topk"
+    cfg_online = load_config([setup["cfg"]], [*over, f"teacher.cache_dir={cache}"])
+    run_build(cfg_online, stat_format="fp16", measure_forward=False)
+    cfg_cache = load_config([setup["cfg"]], [*over, f"teacher.cache_dir={cache}", "teacher.source=cache"])
+    data = prepare_data(cfg_online, cache)
+    online = build_teacher_source(cfg_online, data, CPU, load_teacher(cfg_online, data, CPU))
+    cached = build_teacher_source(cfg_cache, data, CPU, None)
+    batch = collate(data.blocks["train"], torch.arange(8, 12))
+    valid = batch.labels != -100
+    sig_o = online.signal(batch, {"teacher_entropy", "teacher_logp_gold"})
+    sig_c = cached.signal(batch, set())
+    from ekd.selection.base import topk_mask
+
+    assert torch.equal(sig_c.available, topk_mask(sig_o.stats["teacher_entropy"], valid, 0.25, "sequence"))
+    for name in ("teacher_entropy", "teacher_logp_gold"):  # fp16 statistics
+        torch.testing.assert_close(
+            sig_c.stats[name][sig_c.available], sig_o.stats[name][sig_c.available], rtol=2e-3, atol=1e-3
+        )
+    rows = sig_c.available.reshape(-1).nonzero().squeeze(-1)
+    spec, tau = MethodParts.build(cfg_online, 3).target, torch.ones(rows.numel())
+    t_o = sig_o.target_at(rows, spec, tau, batch.labels, batch.sample_ids)
+    t_c = sig_c.target_at(rows, spec, tau, batch.labels, batch.sample_ids)
+    order = t_o.ids.argsort(-1)  # the cache stores each row sorted by token id
+    assert torch.equal(t_o.ids.gather(1, order), t_c.ids)
+    torch.testing.assert_close(
+        t_c.probs, t_o.probs.gather(1, order), rtol=1e-3, atol=1e-6
+    )  # fp16 probabilities
+    torch.testing.assert_close(t_c.tail, t_o.tail)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,7 +272,12 @@ def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys)
     monkeypatch.setattr("ekd.train.prepare.load_teacher", no_teacher)
     monkeypatch.setattr("ekd.train.trainer.load_teacher", no_teacher)
     name = f"from-cache-{method}"
-    args = [f"run.name={name}", f"method={method}", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}"]
+    args = [
+        f"run.name={name}",
+        f"method={method}",
+        "teacher.source=cache",
+        f"teacher.cache_dir={setup['cache']}",
+    ]
     assert main(["distill", setup["cfg"], *args]) == 0, capsys.readouterr().err
     run_dir = setup["root"] / "runs" / name
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -232,7 +290,11 @@ def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys)
 
 @pytest.mark.parametrize(
     "overrides",
-    [["method.scorer=forward_kl", "method.policy=topk", "method.select_fraction=0.5"], ["method.scorer=hellinger", "method.policy=topk"], ["method=dkd", "method.target=rs"]],
+    [
+        ["method.scorer=forward_kl", "method.policy=topk", "method.select_fraction=0.5"],
+        ["method.scorer=hellinger", "method.policy=topk"],
+        ["method=dkd", "method.target=rs"],
+    ],
     ids=["forward_kl", "hellinger", "dkd"],
 )
 def test_full_distribution_policies_are_refused(setup, overrides, capsys):
@@ -242,10 +304,20 @@ def test_full_distribution_policies_are_refused(setup, overrides, capsys):
 
 
 def test_signature_mismatch_names_each_field(setup, capsys):
-    args = ["run.name=mismatch", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "data.block_length=16", "method.rs_samples=20"]
+    args = [
+        "run.name=mismatch",
+        "teacher.source=cache",
+        f"teacher.cache_dir={setup['cache']}",
+        "data.block_length=16",
+        "method.rs_samples=20",
+    ]
     assert main(["distill", setup["cfg"], *args]) == 2
     line = _error_line(capsys)
-    for field in ("block_length [data.block_length]: expected 16, found 32", "rs_samples [method.rs_samples]: expected 20, found 50", "data_fingerprint"):
+    for field in (
+        "block_length [data.block_length]: expected 16, found 32",
+        "rs_samples [method.rs_samples]: expected 20, found 50",
+        "data_fingerprint",
+    ):
         assert field in line, line
     assert "tokenizer_hash" not in line and "teacher_id" not in line
 
@@ -320,7 +392,9 @@ def test_kill_9_and_resume_equals_uninterrupted_build(setup):
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (killed / "shard-00000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not (killed / "shard-00000.bin").exists() and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -338,8 +412,18 @@ def test_kill_9_and_resume_equals_uninterrupted_build(setup):
 def test_torchrun_two_processes_equal_one_process(setup):
     out = setup["root"] / "cache-2proc"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "ekd", "-q", "cache", setup["cfg"], f"teacher.cache_dir={out}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "ekd",
+        "-q",
+        "cache",
+        setup["cfg"],
+        f"teacher.cache_dir={out}",
     ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

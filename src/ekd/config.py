@@ -610,6 +610,10 @@ def validate(cfg: Config) -> None:
     if m.kd_weight == 0 and m.ce_weight == 0:
         raise ConfigError("method.kd_weight and method.ce_weight are both 0: nothing to train")
     _choice("method.ce_on", m.ce_on, ["all", "selected"])
+    if m.ce_on == "selected" and m.kd_weight == 0:
+        raise ConfigError("method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all")
+    if t.source == "none" and m.kd_weight > 0 and m.objective in ("kd", "dkd", "atkd"):
+        raise ConfigError(f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0")
     _range("method.kd_temperature", m.kd_temperature, 0.0, lo_open=True)
     _choice("method.target", m.target, ["dense", "topk", "rs"])
     _choice("method.topk_tail", m.topk_tail, ["renormalize", "ghost", "to_gold"])

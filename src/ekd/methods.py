@@ -7,7 +7,7 @@ in YAML) applies it; keys set explicitly in the file or on the command line win,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ekd.registry import Registry
@@ -15,21 +15,19 @@ from ekd.registry import Registry
 
 @dataclass(frozen=True)
 class Preset:
-    values: dict[str, Any]
-    paper: str = ""
-    needs_teacher: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any]  # method.* key → value
+    paper: str = ""  # source, shown by `ekd list presets`
 
 
 presets: Registry[Preset] = Registry("preset")
 
 
-def _add(name: str, description: str, paper: str, needs_teacher: bool = True, **values: Any) -> None:
-    presets.add(name, Preset(values=values, paper=paper, needs_teacher=needs_teacher), description)
+def _add(name: str, description: str, paper: str, **values: Any) -> None:
+    presets.add(name, Preset(values=values, paper=paper), description)
 
 
 # -- baselines: dense targets on all positions ------------------------------------------------------------
-_add("ce", "cross-entropy only, no teacher", "—", needs_teacher=False, kd_weight=0.0, ce_weight=1.0)
+_add("ce", "cross-entropy only, no teacher", "—", kd_weight=0.0, ce_weight=1.0)
 _add("kd", "Full KD: forward KL on all positions, dense targets", "Hinton et al. 2015", divergence="forward_kl")
 _add("rkl", "token-level reverse KL on all positions", "MiniLLM (Gu et al. 2024)", divergence="reverse_kl")
 _add("jsd", "generalized JSD(β=0.5) on all positions", "GKD (arXiv 2306.13649)", divergence="jsd", jsd_beta=0.5)
@@ -94,11 +92,11 @@ _add("dkd", "Decoupled KD: TCKD + β·NCKD on all positions", "Zhao et al. 2022 
 _add("atkd", "AT-KD: hard tokens TCKD+NCKD, easy tokens NCKD, λ=0.2", "Zhong et al. 2024 (AT-KD)", objective="atkd", atkd_lambda=0.2)
 _add(
     "ema_self_distill", "CE + KL(q_ema ‖ q) from an EMA copy of the student", "EKD draft (EMA self-distillation)",
-    needs_teacher=False, objective="ema_self_distill", ce_weight=1.0, ema_weight=1.0,
+    objective="ema_self_distill", ce_weight=1.0, ema_weight=1.0,
 )
 _add(
     "uncertainty", "masked MLE on the top-ρ loss tokens + self-distillation from the initial student", "Liu et al. 2025a (arXiv 2503.16511)",
-    needs_teacher=False, objective="uncertainty", uncertainty_fraction=0.5, uncertainty_weight=1.0,
+    objective="uncertainty", uncertainty_fraction=0.5, uncertainty_weight=1.0,
 )
 
 

@@ -25,10 +25,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ FORWARD_PROBE_BATCHES = 16  # batches timed for the forward-only reference throu
 def check_cacheable(cfg: Config) -> None:
     """Refuse configs whose target a cache cannot hold; each error names the key and the fix."""
     if not cfg.teacher.cache_dir:
-        raise ConfigError("teacher.cache_dir must be set: it is the directory `ekd cache` writes the cache to")
+        raise ConfigError(
+            "teacher.cache_dir must be set: it is the directory `ekd cache` writes the cache to"
+        )
     if cfg.method.target not in ("rs", "topk"):
         raise ConfigError(
             f"method.target={cfg.method.target}: a teacher cache stores sparse targets; "
@@ -150,7 +153,9 @@ class _Targets:
     tail: Tensor | None = None
 
 
-def _targets_at(logits: Tensor, flat_rows: Tensor, gold: Tensor, sample_ids: Tensor, T: int, spec: TargetSpec, tau: float) -> _Targets:
+def _targets_at(
+    logits: Tensor, flat_rows: Tensor, gold: Tensor, sample_ids: Tensor, T: int, spec: TargetSpec, tau: float
+) -> _Targets:
     """Targets from teacher logits (m, V) at flat rows (m,) of a (B, T) batch — the online teacher's math."""
     if spec.kind == "rs":
         seeds = position_seeds(spec.seed, sample_ids[flat_rows // T], flat_rows % T)  # (m,)
@@ -232,24 +237,26 @@ def batch_entries(
             parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
     flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
     ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
-    targets = _concat(parts) if parts else None
-    arrays = {} if targets is None else {k: None if v is None else v.cpu().numpy() for k, v in asdict(targets).items()}
+    if parts:
+        arrays = {k: None if v is None else v.cpu().numpy() for k, v in asdict(_concat(parts)).items()}
+    else:  # no valid position in the whole batch
+        arrays = {
+            "ids": np.zeros((0, 0), np.int64),
+            "values": np.zeros((0, 0), np.int64),
+            "weights": None,
+            "tail": None,
+        }
     bounds = np.searchsorted(flat, np.arange(B + 1) * T)  # (B+1,) each sample's slice of the chosen rows
     num_tokens = valid.sum(1).tolist()
     out = []
     for b in range(B):
         s = slice(bounds[b], bounds[b + 1])
-        take = lambda x: None if x is None else x[s]  # noqa: E731
-        empty = np.zeros((0, 0), dtype=np.int64)
         out.append(
             {
                 "sample_id": int(sample_ids[b]),
                 "positions": flat[s] - b * T,
                 "stats": {"entropy": ent[s], "logp_gold": lpg[s]},
-                "ids": arrays["ids"][s] if arrays else empty,
-                "values": arrays["values"][s] if arrays else empty,
-                "weights": take(arrays.get("weights")),
-                "tail": take(arrays.get("tail")),
+                **{k: None if v is None else v[s] for k, v in arrays.items()},  # ids, values, weights, tail
                 "num_tokens": int(num_tokens[b]),
             }
         )
@@ -328,7 +335,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _forward_throughput(teacher: nn.Module, batches: list, amp: torch.dtype | None, device: torch.device) -> float:
+def _forward_throughput(
+    teacher: nn.Module, batches: list, amp: torch.dtype | None, device: torch.device
+) -> float:
     """Samples/s of the teacher's plain forward pass (body + head at every position) on ``batches``."""
     samples = sum(len(b) for b in batches)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -369,7 +378,9 @@ def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8"
     return run_build(cfg, overwrite, stat_format=stat_format).directory
 
 
-def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", measure_forward: bool = True) -> BuildResult:
+def run_build(
+    cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", measure_forward: bool = True
+) -> BuildResult:
     """:func:`build_cache` returning this rank's figures (built samples, throughput vs forward-only)."""
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
@@ -395,8 +406,14 @@ def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", 
 
         def open_writer() -> CacheWriter:
             return CacheWriter(
-                directory, signature, len(blocks), cfg.teacher.cache_shard_samples,
-                rank=ranks.rank, world_size=ranks.world_size, stat_format=stat_format, overwrite=overwrite,
+                directory,
+                signature,
+                len(blocks),
+                cfg.teacher.cache_shard_samples,
+                rank=ranks.rank,
+                world_size=ranks.world_size,
+                stat_format=stat_format,
+                overwrite=overwrite,
             )
 
         # rank 0 first: with --overwrite it clears the shared manifests before the others write theirs
@@ -409,17 +426,30 @@ def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", 
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
         spec = target_spec(cfg)
         positions_built = 0
-        bar = tqdm(id_batches, desc="teacher cache", disable=not cfg.log.progress or ranks.rank != 0, dynamic_ncols=True)
+        bar = tqdm(
+            id_batches,
+            desc="teacher cache",
+            disable=not cfg.log.progress or ranks.rank != 0,
+            dynamic_ncols=True,
+        )
         _sync(device)
         t0 = time.perf_counter()
         for ids in bar:
             batch = collate(blocks, torch.tensor(ids)).to(device)
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                hidden = model_body(teacher)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # (B, T, Dt)
+                hidden = model_body(teacher)(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                ).last_hidden_state  # (B, T, Dt)
             entries = batch_entries(
-                hidden, head, batch.labels, batch.sample_ids.cpu(), spec,
-                positions=cfg.teacher.cache_positions, fraction=cfg.teacher.cache_fraction,
-                tau=cfg.method.kd_temperature, chunk_rows=cfg.train.head_chunk_size,
+                hidden,
+                head,
+                batch.labels,
+                batch.sample_ids.cpu(),
+                spec,
+                positions=cfg.teacher.cache_positions,
+                fraction=cfg.teacher.cache_fraction,
+                tau=cfg.method.kd_temperature,
+                chunk_rows=cfg.train.head_chunk_size,
             )
             for entry in entries:
                 writer.add(**entry)
@@ -436,7 +466,9 @@ def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", 
         build_tp = built / max(build_seconds, 1e-9) if built else None
         forward_tp = None
         if built and measure_forward:
-            probe = [collate(blocks, torch.tensor(ids)).to(device) for ids in id_batches[:FORWARD_PROBE_BATCHES]]
+            probe = [
+                collate(blocks, torch.tensor(ids)).to(device) for ids in id_batches[:FORWARD_PROBE_BATCHES]
+            ]
             forward_tp = _forward_throughput(teacher, probe, amp, device)
         result = BuildResult(
             directory=directory,
@@ -452,7 +484,12 @@ def run_build(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", 
         )
     log.info(
         "teacher cache %s: built %d of %d samples on rank %d/%d in %.1fs",
-        directory, built, len(blocks), result.rank, result.world_size, build_seconds,
+        directory,
+        built,
+        len(blocks),
+        result.rank,
+        result.world_size,
+        build_seconds,
     )
     return result
 

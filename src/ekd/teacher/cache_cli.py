@@ -67,7 +67,9 @@ def run_cache_command(args) -> int:
             print(format_info(reader.info()))
         else:
             result = reader.verify()
-            print(f"ok: {reader.directory}: {result['shards']} shards, {result['samples']:,} samples verified (sha256 + CRC-32 per record)")
+            print(
+                f"ok: {reader.directory}: {result['shards']} shards, {result['samples']:,} samples verified (sha256 + CRC-32 per record)"
+            )
         return 0
 
     from ekd.cli import _split_config_and_overrides

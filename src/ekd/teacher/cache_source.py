@@ -64,7 +64,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         named = []
         for line in diffs:
             key = line.split(":", 1)[0]
-            named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key):]}" if key in CONFIG_KEYS else line)
+            named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({'; '.join(named)}): "
             f"{REBUILD} or set teacher.cache_dir to a matching cache"
@@ -96,9 +96,13 @@ class CacheTeacher:
                 "stored at τ=method.kd_temperature; use method.target=rs or teacher.source=online"
             )
         self.reader = CacheReader(directory)
-        check_signature(directory, training_signature(cfg, data, self.reader.signature), self.reader.signature)
+        check_signature(
+            directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
+        )
         self.device = device
-        self._memo: OrderedDict[tuple[int, ...], tuple[dict[str, Tensor], Tensor, SparseTarget]] = OrderedDict()
+        self._memo: OrderedDict[tuple[int, ...], tuple[dict[str, Tensor], Tensor, SparseTarget]] = (
+            OrderedDict()
+        )
         self._memo_size = memo_batches
 
     def _read(self, batch) -> tuple[dict[str, Tensor], Tensor, SparseTarget]:
@@ -112,7 +116,9 @@ class CacheTeacher:
         out = (
             {k: v.to(d) for k, v in stats.items()},
             cached.to(d),
-            SparseTarget(target.ids.to(d), target.probs.to(d), None if target.tail is None else target.tail.to(d)),
+            SparseTarget(
+                target.ids.to(d), target.probs.to(d), None if target.tail is None else target.tail.to(d)
+            ),
         )
         self._memo[key] = out
         if len(self._memo) > self._memo_size:
@@ -128,7 +134,9 @@ class CacheTeacher:
     def signal(self, batch, need_stats: set[str], feature_layer: int | None = None) -> TeacherSignal:
         """Cached statistics (0 where nothing is cached) and targets; ``sparse`` in flat order of ``available``."""
         if feature_layer is not None:
-            raise ConfigError("the feature branch needs teacher hidden states, which a cache does not hold; use teacher.source=online")
+            raise ConfigError(
+                "the feature branch needs teacher hidden states, which a cache does not hold; use teacher.source=online"
+            )
         stats, cached, target = self._read(batch)
         available = cached & (batch.labels != -100)  # (B, T)
         if not torch.equal(available, cached):  # a cached position without a label: drop its row

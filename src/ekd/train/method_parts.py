@@ -47,7 +47,6 @@ class MethodParts:
 
     @classmethod
     def build(cls, cfg: Config, total_steps: int) -> MethodParts:
-        from ekd.methods import presets
         from ekd.selection.policies import build_policy
         from ekd.selection.scores import score_needs
         from ekd.temperature import build_temperature, temperature_needs
@@ -55,7 +54,7 @@ class MethodParts:
         m = cfg.method
         policy = build_policy(m, total_steps)
         self_objective = m.objective in SELF_OBJECTIVES
-        needs_teacher = m.kd_weight > 0 and presets.get(m.preset).needs_teacher and not self_objective and cfg.teacher.source != "none"
+        needs_teacher = m.kd_weight > 0 and not self_objective and cfg.teacher.source != "none"
         if self_objective:
             kd_weight = m.ema_weight if m.objective == "ema_self_distill" else 1.0
         else:

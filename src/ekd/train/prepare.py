@@ -58,9 +58,10 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def teacher_needed(cfg: Config) -> bool:
-    from ekd.methods import presets
+    """Whether training needs teacher targets: a KD term against the teacher (not a self-distillation objective)."""
+    from ekd.train.method_parts import SELF_OBJECTIVES
 
-    return cfg.method.kd_weight > 0 and presets.get(cfg.method.preset).needs_teacher and cfg.teacher.source != "none"
+    return cfg.method.kd_weight > 0 and cfg.method.objective not in SELF_OBJECTIVES and cfg.teacher.source != "none"
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None):
