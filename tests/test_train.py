@@ -25,8 +25,10 @@ def corpus(tmp_path_factory):
 def _grads(cfg, data, blocks_per_micro: int, accum: int):
     torch.manual_seed(0)
     student = load_student(cfg, data, torch.device("cpu"))
-    teacher = build_teacher_source(cfg, data, torch.device("cpu"), load_teacher(cfg, data, torch.device("cpu")))
+    teacher_model = load_teacher(cfg, data, torch.device("cpu"))
+    teacher = build_teacher_source(cfg, data, torch.device("cpu"), teacher_model)
     parts = MethodParts.build(cfg, cfg.train.max_steps)
+    parts.attach_models(student, teacher_model, torch.device("cpu"))
     indices = torch.arange(8)
     micro = [collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro]) for i in range(accum)]
     loss, _, _, _, _ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
@@ -126,3 +128,22 @@ def test_student_parameters_change_and_lr_schedule(tmp_path, corpus):
     assert lrs[0] == pytest.approx(cfg.train.lr / 2) and lrs[1] == pytest.approx(cfg.train.lr)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
     assert trainer_mod.lr_at(10, cfg) == pytest.approx(cfg.train.lr * 0.1)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["kd", "rkl", "jsd", "skl", "srkl", "tvd", "sekd", "gls", "adakd", "egad", "rskd", "topk", "topk_ghost", "topk_gold", "dkd", "atkd", "pos_rs"],
+)
+def test_chunked_path_equals_reference_path_through_the_step(tmp_path, corpus, method):
+    """Fast path = reference path (values and gradients, fp32) for every divergence, target kind, temperature
+    policy and selector, through the real step with a chunk size (7) that divides nothing."""
+    base = tiny_overrides(tmp_path, corpus) + [f"method={method}", "method.ce_weight=0.5", "train.head_chunk_size=7"]
+    data = prepare_data(load_config(overrides=base), tmp_path / "prep")
+    results = {}
+    for path in ("chunked", "reference"):
+        cfg = load_config(overrides=base + [f"train.loss_path={path}"])
+        results[path] = _grads(cfg, data, blocks_per_micro=4, accum=2)
+    (loss_c, grads_c), (loss_r, grads_r) = results["chunked"], results["reference"]
+    assert loss_c == pytest.approx(loss_r, rel=1e-5, abs=1e-7)
+    for name in grads_r:
+        torch.testing.assert_close(grads_c[name], grads_r[name], rtol=1e-4, atol=1e-6, msg=name)
