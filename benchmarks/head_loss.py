@@ -39,9 +39,13 @@ def gemm_flops(n: int, v: int) -> float:
     return 2.0 * n * v * (3 * STUDENT_HIDDEN + TEACHER_HIDDEN)
 
 
-def naive_estimate_gb(n: int, v: int) -> float:
-    """Naive full-logit JSD holds ~16 fp32 (N, V) buffers at its peak (measured; docs/benchmarks.md)."""
-    return 16 * n * v * 4 / 1e9
+def estimate_gb(impl: str, n: int, v: int) -> float:
+    """Peak memory estimate, to skip cases over budget: fp32 (rows, V) buffers held at the peak (measured at
+    V=32,768: naive 17 (N, V); Liger eager 18 and compiled 6 of its 1024-row chunks; ekd ≤ 6 of 256 rows)."""
+    rows = {"naive": 17 * n, "liger": 18 * min(n, 1024), "liger_compiled": 6 * min(n, 1024)}.get(
+        impl, 6 * 256
+    )
+    return (rows * v * 4 + 2 * v * STUDENT_HIDDEN * 4) / 1e9
 
 
 def generalized_jsd_loss(student_logits, teacher_logits, beta=0.5, temperature=1.0):
@@ -75,8 +79,9 @@ def make_step(impl: str, x: dict[str, torch.Tensor], chunk: int):
     n = x["h"].shape[0]
     if impl == "gemm":
         v = x["w"].shape[0]
-        zs, zt = torch.empty(n, v), torch.empty(n, v)
-        gh, gw = torch.empty(n, STUDENT_HIDDEN), torch.empty(v, STUDENT_HIDDEN)
+        # zeros, not empty: pages are touched here, so the timed calls measure the GEMMs alone
+        zs, zt = torch.zeros(n, v), torch.zeros(n, v)
+        gh, gw = torch.zeros(n, STUDENT_HIDDEN), torch.zeros(v, STUDENT_HIDDEN)
         h, w, ht, wt = x["h"].detach(), x["w"].detach(), x["ht"], x["wt"]
 
         def step():
@@ -97,10 +102,20 @@ def make_step(impl: str, x: dict[str, torch.Tensor], chunk: int):
         ones = torch.ones(n)
 
         def step():
-            loss = kd_loss_sum(
-                x["h"], Head(x["w"]), DenseTarget(x["ht"], Head(x["wt"])), ones, ones, divergence,
-                path=path, chunk_size=chunk, compile=impl == "ours_compiled",
-            ) / n
+            loss = (
+                kd_loss_sum(
+                    x["h"],
+                    Head(x["w"]),
+                    DenseTarget(x["ht"], Head(x["wt"])),
+                    ones,
+                    ones,
+                    divergence,
+                    path=path,
+                    chunk_size=chunk,
+                    compile=impl == "ours_compiled",
+                )
+                / n
+            )
             loss.backward()
             return loss.detach()
 
@@ -120,7 +135,11 @@ def make_step(impl: str, x: dict[str, torch.Tensor], chunk: int):
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
         loss_fn = LigerFusedLinearJSDLoss(
-            weight_hard_loss=0.0, weight_soft_loss=1.0, beta=BETA, compiled=impl == "liger_compiled", chunk_size=1024
+            weight_hard_loss=0.0,
+            weight_soft_loss=1.0,
+            beta=BETA,
+            compiled=impl == "liger_compiled",
+            chunk_size=1024,
         )
         labels = torch.zeros(n, dtype=torch.long)  # all valid; the hard (CE) loss has weight 0
 

@@ -6,6 +6,10 @@ allocated and touched — logits, temporaries, gradients — and nothing that ex
 inputs). Each case runs in a fresh subprocess so cases never share allocator state, with glibc's mmap
 threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``) so freed buffers go back to the OS at once and the
 resident set tracks live memory for every contender alike.
+
+Subprocesses also get ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared machine, OpenMP threads that
+spin at barriers while a sibling is preempted made single cases up to 10× slower at random; passive waiting
+removes those outliers at a small cost for tiny ops, the same for every contender.
 """
 
 from __future__ import annotations
@@ -57,11 +61,16 @@ def measure_call(fn: Callable[[], None], repeats: int = 1, min_seconds: float = 
 def run_case(module: str, case: dict, timeout_s: float) -> dict:
     """``python -m <module> '<case json>'`` in a fresh process; its last stdout line is the result (JSON)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD_="0")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", module, json.dumps(case)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout_s:.0f} s"}

@@ -1,7 +1,8 @@
 """Run the ekd benchmarks and write a markdown report (``make bench``).
 
-    python -m benchmarks.run --out docs/benchmarks.md            # full: about 10 minutes on 2 CPU cores
-    python -m benchmarks.run --out docs/benchmarks.md --quick    # smaller shapes, under 2 minutes
+    python -m benchmarks.run --out docs/benchmarks.md            # the issue's grid: ~20 min on 2 quiet cores
+    python -m benchmarks.run --out docs/benchmarks.md --n-max 4096 --skip-step   # ~11 min
+    python -m benchmarks.run --out docs/benchmarks.md --quick    # small shapes, ~2 min
 
 Every case runs in a fresh subprocess (``benchmarks.measure``); every figure in the report is a ratio of
 cases measured side by side in the same run. Shapes are Qwen2.5-0.5B (student, H=896) and Qwen2.5-1.5B
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.head_loss import IMPLS, gemm_flops, naive_estimate_gb
+from benchmarks.head_loss import IMPLS, estimate_gb, gemm_flops
 from benchmarks.measure import run_case
 
 IMPL_NAMES = {
@@ -89,8 +90,9 @@ def describe_machine() -> list[str]:
     except (OSError, ValueError, IndexError):
         mem = "RAM unknown"
     try:
-        import liger_kernel  # noqa: F401
         from importlib.metadata import version
+
+        import liger_kernel  # noqa: F401
 
         liger = f"liger-kernel {version('liger-kernel')}"
     except Exception:  # noqa: BLE001
@@ -137,18 +139,26 @@ def _measure(impl: str, v: int, ns: list[int], chunk: int, max_gb: float) -> dic
     for n in ns:
         if why:
             continue
-        if impl == "naive" and naive_estimate_gb(n, v) > max_gb:
-            out[n] = {"skipped": f"skipped (est. {naive_estimate_gb(n, v):.1f} GB > --max-gb {max_gb:g})"}
+        if estimate_gb(impl, n, v) > max_gb:
+            out[n] = {"skipped": f"skipped (est. {estimate_gb(impl, n, v):.1f} GB > --max-gb {max_gb:g})"}
         else:
             todo.append(n)
     if todo:
         est_s = sum(gemm_flops(n, v) for n in todo) / 10e9  # generous: a slow, loaded machine
         t0 = time.perf_counter()
-        res = run_case("benchmarks.head_loss", {"impl": impl, "v": v, "ns": todo, "chunk": chunk, "min_seconds": 3.0}, 300 + 5 * est_s)
+        res = run_case(
+            "benchmarks.head_loss",
+            {"impl": impl, "v": v, "ns": todo, "chunk": chunk, "min_seconds": 3.0},
+            300 + 5 * est_s,
+        )
         for n in todo:
             out[n] = res.get(str(n), {"error": res.get("error", "no result")})
-        label = f"{impl} V={v} N={','.join(map(str, todo))}" + (f" chunk={chunk}" if impl.startswith("ours") else "")
-        summary = res.get("error") or "  ".join(f"{out[n]['time_s']:.2f}s/{out[n]['peak_mb']:.0f}MB" for n in todo)
+        label = f"{impl} V={v} N={','.join(map(str, todo))}" + (
+            f" chunk={chunk}" if impl.startswith("ours") else ""
+        )
+        summary = res.get("error") or "  ".join(
+            f"{out[n]['time_s']:.2f}s/{out[n]['peak_mb']:.0f}MB" for n in todo
+        )
         print(f"  {label:<52} {summary}  [{time.perf_counter() - t0:.0f} s]", flush=True)
     return out
 
@@ -174,7 +184,7 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
         "",
         f"fp32, CPU. Student H={896}, teacher H={1536}, no bias. ekd chunk = {plan.chunk} rows; Liger chunk = 1024"
         " rows (its default). Time: fastest run (repeated while the total is under 3 s). Peak: resident-set"
-        " high-water mark above the inputs, each implementation in a fresh process; \"× (N,V)\" = peak over"
+        ' high-water mark above the inputs, each implementation in a fresh process; "× (N,V)" = peak over'
         " one fp32 (N, V) buffer.",
         "",
         "| V | N | implementation | time (s) | time / ekd eager | time / bare GEMMs | peak (MB) | peak × (N,V) | peak / ekd eager |",
@@ -231,7 +241,11 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
         v, n = plan.chunk_sweep_shape
         sweep = {}
         for c in plan.chunk_sweep:
-            sweep[c] = results[("ours", v, n)] if c == plan.chunk and ("ours", v, n) in results else _measure("ours", v, [n], c, max_gb)[n]
+            sweep[c] = (
+                results[("ours", v, n)]
+                if c == plan.chunk and ("ours", v, n) in results
+                else _measure("ours", v, [n], c, max_gb)[n]
+            )
         base = sweep.get(plan.chunk) or next(iter(sweep.values()))
         lines += [
             "",
@@ -256,12 +270,19 @@ def _loss_check(results: dict, plan: Plan) -> list[str]:
     """All implementations must compute the same JSD: the largest relative spread of the loss values."""
     spreads = []
     for v, n in plan.configs:
-        values = [r["loss"] for (impl, vv, nn), r in results.items() if (vv, nn) == (v, n) and impl != "gemm" and "loss" in r]
+        values = [
+            r["loss"]
+            for (impl, vv, nn), r in results.items()
+            if (vv, nn) == (v, n) and impl != "gemm" and "loss" in r
+        ]
         if len(values) > 1:
             spreads.append(max(values) / min(values) - 1 if min(values) > 0 else float("nan"))
     if not spreads:
         return []
-    return ["", f"All implementations agree on the loss value to a relative {max(spreads):.1e} (max over shapes)."]
+    return [
+        "",
+        f"All implementations agree on the loss value to a relative {max(spreads):.1e} (max over shapes).",
+    ]
 
 
 def _targets(results: dict, series: dict, plan: Plan) -> list[str]:
@@ -272,7 +293,9 @@ def _targets(results: dict, series: dict, plan: Plan) -> list[str]:
     note = ""
     if naive is None or "time_s" not in naive:
         # naive memory and time are linear in N: scale the largest measured N at this V
-        measured = sorted(nn for (impl, vv, nn), r in results.items() if impl == "naive" and vv == v and "time_s" in r)
+        measured = sorted(
+            nn for (impl, vv, nn), r in results.items() if impl == "naive" and vv == v and "time_s" in r
+        )
         if measured:
             src = results[("naive", v, measured[-1])]
             f = n / measured[-1]
@@ -294,17 +317,39 @@ def _targets(results: dict, series: dict, plan: Plan) -> list[str]:
     ]
     for label, mine in (("eager", ours), ("compiled", comp)):
         lines += [
-            row(f"peak memory: ekd {label} / naive", _ratio(mine, naive, "peak_mb"), "≤ 0.125", lambda x: x <= 0.125),
-            row(f"peak memory: ekd {label} / Liger compiled", _ratio(mine, liger_c, "peak_mb"), "≤ 1.2", lambda x: x <= 1.2),
+            row(
+                f"peak memory: ekd {label} / naive",
+                _ratio(mine, naive, "peak_mb"),
+                "≤ 0.125",
+                lambda x: x <= 0.125,
+            ),
+            row(
+                f"peak memory: ekd {label} / Liger compiled",
+                _ratio(mine, liger_c, "peak_mb"),
+                "≤ 1.2",
+                lambda x: x <= 1.2,
+            ),
             row(f"time: ekd {label} / naive", _ratio(mine, naive, "time_s"), "≤ 0.6", lambda x: x <= 0.6),
-            row(f"time: ekd {label} / Liger compiled", _ratio(mine, liger_c, "time_s"), "≤ 1.2", lambda x: x <= 1.2),
+            row(
+                f"time: ekd {label} / Liger compiled",
+                _ratio(mine, liger_c, "time_s"),
+                "≤ 1.2",
+                lambda x: x <= 1.2,
+            ),
             row(f"time: ekd {label} / bare GEMMs", _ratio(mine, gemm, "time_s"), "≤ 2.5", lambda x: x <= 2.5),
         ]
     peaks = [r["peak_mb"] for r in series.values() if "peak_mb" in r]
     if len(peaks) == len(series) and peaks:
         growth = max(peaks) / peaks[0] - 1
         ns = list(series)
-        lines.append(row(f"peak memory growth, N {ns[0]:,} → {ns[-1]:,} (V={plan.n_series_vocab:,})", growth, "≤ 0.10", lambda x: x <= 0.10))
+        lines.append(
+            row(
+                f"peak memory growth, N {ns[0]:,} → {ns[-1]:,} (V={plan.n_series_vocab:,})",
+                growth,
+                "≤ 0.10",
+                lambda x: x <= 0.10,
+            )
+        )
     return lines
 
 
@@ -312,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
     parser.add_argument("--quick", action="store_true", help="small shapes (< 2 minutes)")
-    parser.add_argument("--max-gb", type=float, default=16.0, help="skip cases whose estimated memory exceeds this")
+    parser.add_argument(
+        "--max-gb", type=float, default=16.0, help="skip cases whose estimated memory exceeds this"
+    )
     parser.add_argument("--n-max", type=int, default=0, help="cap the N series (e.g. 4096 saves ~5 min)")
     parser.add_argument("--skip-step", action="store_true", help="only the loss-head benchmarks")
     args = parser.parse_args(argv)
@@ -322,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     started = dt.datetime.now(dt.timezone.utc)
     load_start, t0 = _load(), time.perf_counter()
+    print(
+        "quick mode: ~2 min"
+        if args.quick
+        else "full mode: ~20 min on 2 quiet cores (the four GEMMs of the grid alone take ~8 min; N=16,384 ~5 min)",
+        flush=True,
+    )
     head_lines, _ = bench_head_loss(plan, args.max_gb)
     step_lines: list[str] = []
     if not args.skip_step:
@@ -333,11 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         "# ekd benchmarks",
         "",
         f"Generated by `{command}` (`make bench`) on {started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min"
-        + (" — **quick mode: small shapes, not the issue's grid**" if args.quick else "") + ".",
+        + (" — **quick mode: small shapes, not the issue's grid**" if args.quick else "")
+        + ".",
         "",
         *describe_machine(),
         f"- load average (1/5/15 min) at start: {load_start}; at end: {_load()} — timings are only comparable"
         " within one run, and noisy when the load exceeds the core count",
+        "- every case in a fresh process with `MALLOC_MMAP_THRESHOLD_=131072` (freed buffers leave the resident"
+        " set at once) and `OMP_WAIT_POLICY=PASSIVE` (no spin-wait outliers on a shared machine)",
         "",
     ]
     out = Path(args.out)

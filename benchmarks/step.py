@@ -43,7 +43,15 @@ def run(case: dict) -> dict:
 
     method, v, t, b = case["method"], case["v"], case["t"], case["b"]
     path, chunk = case.get("loss_path", "chunked"), case.get("chunk", 256)
-    cfg = load_config(None, [f"method={method}", f"train.loss_path={path}", f"train.head_chunk_size={chunk}", "train.max_steps=100"])
+    cfg = load_config(
+        None,
+        [
+            f"method={method}",
+            f"train.loss_path={path}",
+            f"train.head_chunk_size={chunk}",
+            "train.max_steps=100",
+        ],
+    )
     parts = MethodParts.build(cfg, total_steps=100)
     student = _model(STUDENT, v, 0).train()
     teacher = OnlineTeacher(_model(TEACHER, v, 1), v, chunk) if parts.needs_teacher else None
@@ -67,7 +75,7 @@ def run(case: dict) -> dict:
         state["loss"] = loss
 
     step()  # warm-up: allocator, optimizer state
-    out = measure_call(step, repeats=case.get("repeats", 2))
+    out = measure_call(step, repeats=case.get("repeats", 2), min_seconds=case.get("min_seconds", 3.0))
     return {**out, "loss": state["loss"], "tokens": b * t}
 
 
@@ -89,24 +97,29 @@ def bench_step(quick: bool = False) -> list[str]:
         return ["## Training step", "", missing]
     if quick:
         v0, t, b0 = 8192, 256, 2
-        n_batches, vocabs = [1, 4], [32_768]
+        n_batches, vocabs = [4], [32_768]
     else:
         v0, t, b0 = 32_768, 512, 4
-        n_batches, vocabs = [1, 8], [8192, 131_072]
+        n_batches, vocabs = [8], [131_072]
     print("step:", flush=True)
     results: dict[tuple, dict] = {}
 
     def case(method: str, v: int, b: int, path: str = "chunked") -> dict:
         key = (method, v, b, path)
         if key not in results:
-            r = run_case("benchmarks.step", {"method": method, "v": v, "t": t, "b": b, "loss_path": path}, 900)
+            r = run_case(
+                "benchmarks.step", {"method": method, "v": v, "t": t, "b": b, "loss_path": path}, 900
+            )
             results[key] = r
             desc = f"{method} V={v} N={b * t} {path}"
-            print(f"  {desc:<45} " + (r.get("error") or f"{r['time_s']:.2f} s  {r['peak_mb']:.0f} MB"), flush=True)
+            print(
+                f"  {desc:<45} " + (r.get("error") or f"{r['time_s']:.2f} s  {r['peak_mb']:.0f} MB"),
+                flush=True,
+            )
         return results[key]
 
     methods = [("ce", "chunked"), ("kd", "reference"), ("kd", "chunked"), ("sekd", "chunked")]
-    base = {m: case(m, v0, b0, p) for m, p in methods}
+    base = {(m, p): case(m, v0, b0, p) for m, p in methods}
     kd, ce = base[("kd", "chunked")], base[("ce", "chunked")]
     lines = [
         "## Training step (one optimizer step)",
@@ -129,7 +142,11 @@ def bench_step(quick: bool = False) -> list[str]:
     sekd = base[("sekd", "chunked")]
     r_time, r_mem = _div(sekd, kd, "time_s"), _div(sekd, kd, "peak_mb")
     if r_time is not None and "error" not in ce:
-        gap = (sekd["time_s"] - ce["time_s"]) / (kd["time_s"] - ce["time_s"]) if kd["time_s"] > ce["time_s"] else None
+        gap = (
+            (sekd["time_s"] - ce["time_s"]) / (kd["time_s"] - ce["time_s"])
+            if kd["time_s"] > ce["time_s"]
+            else None
+        )
         lines += [
             "",
             f"Target: `sekd` step ≤ 0.6 × full-KD step time → {_f(r_time)} "

@@ -376,6 +376,20 @@ def test_missing_sample_and_missing_shard_are_named(setup, capsys):
     (cache / "shard-00003.idx").unlink()
     assert main(["cache", "verify", str(cache)]) == 2
     assert "shard-00003.idx is missing" in _error_line(capsys)
+    teacher, data = _cache_teacher(setup, cache)
+    with pytest.raises(CacheError, match=r"shard-00003\.idx is missing"):
+        teacher.available(collate(data.blocks["train"], torch.arange(24, 28)))
+
+
+def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
+    assert main(["cache", setup["cfg"], "method=kd"]) == 2
+    assert "method.target=dense" in _error_line(capsys)
+    assert main(["cache", setup["cfg"], "teacher.cache_dir="]) == 2
+    assert "teacher.cache_dir must be set" in _error_line(capsys)
+    assert main(["cache", "verify", str(tmp_path / "nowhere")]) == 2
+    assert "no teacher cache at" in _error_line(capsys)
+    assert main(["cache", "info"]) == 2
+    assert "usage: ekd cache info DIR" in _error_line(capsys)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,3 +450,20 @@ def test_cache_demo_config_validates(capsys):
     assert main(["config", "show", str(REPO / "configs" / "cache-demo.yaml")]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["method"]["target"] == "rs" and shown["teacher"]["cache_dir"]
+
+
+def test_background_writer_raises_the_writer_error():
+    from ekd.teacher.cache_build import _BackgroundWriter
+
+    class Failing:
+        def add(self, **entry):
+            raise ValueError(f"bad sample {entry['sample_id']}")
+
+    background = _BackgroundWriter(Failing(), depth=1)
+    for k in range(4):  # never blocks after the error
+        try:
+            background.put([{"sample_id": k}])
+        except ValueError:
+            break
+    with pytest.raises(ValueError, match="bad sample 0"):
+        background.close()

@@ -15,8 +15,9 @@ TINY = DemoBudget(max_chars=60_000, bpe_vocab=300, block_length=32, teacher_step
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
-    rows = run_demo(tmp_path / "demo", methods=["ce", "kd", "sekd"], budget=TINY)
-    assert [r["method"] for r in rows] == ["ce", "kd", "sekd"]
+    rows = run_demo(tmp_path / "demo", methods=["ce", "kd", "sekd", "sekd3x"], budget=TINY)
+    assert [r["method"] for r in rows] == ["ce", "kd", "sekd", "sekd3x"]
+    assert 0 < rows[3]["bytes_per_token"] < 64  # measured on the demo's RS cache
     for r in rows:
         assert r["eval/ppl"] > 1 and "eval/kl" in r  # KL to the teacher is reported for ce too
     assert rows[0]["kd_pct"] == 0 and rows[1]["kd_pct"] == pytest.approx(100.0)

@@ -78,8 +78,16 @@ def _run_kd(path, target, divergence, *, m=M, dtype=torch.float32, scale=True, b
     hidden, weight, b = _student(m, dtype, bias)
     row_tau, weights = _rows(m)
     loss = kd_loss_sum(
-        hidden, Head(weight, b), target, row_tau if tau is None else tau, weights, divergence,
-        scale_by_tau_squared=scale, path=path, chunk_size=CHUNK, **kw,
+        hidden,
+        Head(weight, b),
+        target,
+        row_tau if tau is None else tau,
+        weights,
+        divergence,
+        scale_by_tau_squared=scale,
+        path=path,
+        chunk_size=CHUNK,
+        **kw,
     )
     (0.37 * loss).backward()  # grad_output ≠ 1, as after normalization
     return loss.detach(), hidden.grad, weight.grad, None if b is None else b.grad
@@ -142,7 +150,9 @@ def test_identical_distributions_give_zero_loss_and_gradient():
     tau, w = _rows()
     for name, params in DIVERGENCES:
         hidden.grad = weight.grad = b.grad = None
-        loss = kd_loss_sum(hidden, Head(weight, b), target, tau, w, make_divergence(name, **params), chunk_size=CHUNK)
+        loss = kd_loss_sum(
+            hidden, Head(weight, b), target, tau, w, make_divergence(name, **params), chunk_size=CHUNK
+        )
         loss.backward()
         assert abs(float(loss.detach())) < 1e-4, name
         assert float(hidden.grad.abs().max()) < 1e-4, name
@@ -226,7 +236,9 @@ def test_chunk_sizes(chunk_size):
     outs = []
     for path in ("reference", "chunked"):
         hidden.grad = weight.grad = b.grad = None
-        loss = kd_loss_sum(hidden, Head(weight, b), target, tau, w, divergence, path=path, chunk_size=chunk_size)
+        loss = kd_loss_sum(
+            hidden, Head(weight, b), target, tau, w, divergence, path=path, chunk_size=chunk_size
+        )
         loss.backward()
         outs.append((loss.detach(), hidden.grad, weight.grad, b.grad))
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
@@ -238,8 +250,12 @@ def test_chunk_sizes(chunk_size):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_no_rows_gives_zero_loss_and_finite_zero_grads(path, sparse):
     hidden, weight, b = _student(m=0)
-    target = SparseTarget(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4)) if sparse else _dense_target(m=0)
-    loss = kd_loss_sum(hidden, Head(weight, b), target, torch.ones(0), torch.ones(0), make_divergence("jsd"), path=path)
+    target = (
+        SparseTarget(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4)) if sparse else _dense_target(m=0)
+    )
+    loss = kd_loss_sum(
+        hidden, Head(weight, b), target, torch.ones(0), torch.ones(0), make_divergence("jsd"), path=path
+    )
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert hidden.grad is not None and hidden.grad.shape == (0, DS)
@@ -276,7 +292,9 @@ def test_tied_embedding_gradients_accumulate_into_one_parameter():
             emb.weight.copy_(torch.randn(V, DS, generator=torch.Generator().manual_seed(6)) * 0.4)
         hidden = torch.tanh(emb(ids) @ proj)  # (M, DS) a tiny "body"
         head = Head(emb.weight)  # tied
-        kd = kd_loss_sum(hidden, head, target, tau, w, make_divergence("forward_kl"), path=path, chunk_size=CHUNK)
+        kd = kd_loss_sum(
+            hidden, head, target, tau, w, make_divergence("forward_kl"), path=path, chunk_size=CHUNK
+        )
         ce = ce_loss_sum(hidden, head, labels, path=path, chunk_size=CHUNK)
         (kd / M + 0.5 * ce / M).backward()
         grads.append(emb.weight.grad)
@@ -294,7 +312,9 @@ def test_bf16_hidden_states(weight_dtype):
     outs = []
     for path in ("reference", "chunked"):
         hidden, weight = hidden0.clone().requires_grad_(True), weight0.clone().requires_grad_(True)
-        loss = kd_loss_sum(hidden, Head(weight), target, tau, w, make_divergence("jsd"), path=path, chunk_size=CHUNK)
+        loss = kd_loss_sum(
+            hidden, Head(weight), target, tau, w, make_divergence("jsd"), path=path, chunk_size=CHUNK
+        )
         loss.backward()
         assert loss.dtype == torch.float32
         outs.append((loss.detach(), hidden.grad, weight.grad))
@@ -307,7 +327,9 @@ def test_bf16_hidden_states(weight_dtype):
 def test_second_backward_raises_a_clear_error():
     hidden, weight, b = _student()
     tau, w = _rows()
-    loss = kd_loss_sum(hidden, Head(weight, b), _dense_target(), tau, w, make_divergence("jsd"), chunk_size=CHUNK)
+    loss = kd_loss_sum(
+        hidden, Head(weight, b), _dense_target(), tau, w, make_divergence("jsd"), chunk_size=CHUNK
+    )
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="already backpropagated"):
         loss.backward()

@@ -172,8 +172,13 @@ def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
 
     cfg = student_config(out, b, "sekd3x", steps)
     t0 = time.perf_counter()
-    info = build_cache(cfg, overwrite=fresh)
-    print(f"cache: {out / 'cache'} ready in {time.perf_counter() - t0:.0f}s")
+    from ekd.teacher.cache.reader import CacheReader
+
+    info = CacheReader(build_cache(cfg, overwrite=fresh, measure_forward=False)).info()
+    print(
+        f"cache: {out / 'cache'} ready in {time.perf_counter() - t0:.0f}s — {info['bytes_per_position']:.1f} B/position, "
+        f"{info['entries_per_position']:.1f} ids/position"
+    )
     return info
 
 

@@ -83,9 +83,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (*scaled, None, None, None)
 
 
-def fused_linear_loss(
-    hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_size: int
-) -> Tensor:
+def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_size: int) -> Tensor:
     """Σ over rows of ``chunk_loss`` applied to head(hidden), with gradients to hidden, head weight and bias.
 
     Args:
@@ -135,7 +133,9 @@ class _MaybeCompiled:
 _COMPILED = {fn: _MaybeCompiled(fn) for fn in (dense_kd_chunk, sparse_kd_chunk, ce_chunk)}
 
 
-def _maybe_compiled(fn: Callable[..., tuple[Tensor, Tensor]], compile: bool) -> Callable[..., tuple[Tensor, Tensor]]:
+def _maybe_compiled(
+    fn: Callable[..., tuple[Tensor, Tensor]], compile: bool
+) -> Callable[..., tuple[Tensor, Tensor]]:
     return _COMPILED[fn] if compile else fn
 
 
@@ -203,7 +203,9 @@ def kd_chunk_loss(
 
         def sparse_chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
             tail = None if target.tail is None else target.tail[start:end]
-            return sparse_fn(logits, target.ids[start:end], target.probs[start:end], tail, tau[start:end], coef[start:end])
+            return sparse_fn(
+                logits, target.ids[start:end], target.probs[start:end], tail, tau[start:end], coef[start:end]
+            )
 
         return sparse_chunk
     if not isinstance(target, DenseTarget):

@@ -107,11 +107,15 @@ def kd_loss_sum(
     total = student_hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, m, chunk_size):
         end = min(start + chunk_size, m)
-        chunk_target = target.rows(torch.arange(start, end, device=tau.device)) if isinstance(
-            target, DenseTarget
-        ) else target.slice(start, end)
+        chunk_target = (
+            target.rows(torch.arange(start, end, device=tau.device))
+            if isinstance(target, DenseTarget)
+            else target.slice(start, end)
+        )
         fn: Callable[..., Tensor] = _kd_chunk_fn(student_head, chunk_target, divergence, scale_by_tau_squared)
-        total = total + checkpoint(fn, student_hidden[start:end], tau[start:end], weights[start:end], use_reentrant=False)
+        total = total + checkpoint(
+            fn, student_hidden[start:end], tau[start:end], weights[start:end], use_reentrant=False
+        )
     return total
 
 

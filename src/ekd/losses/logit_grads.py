@@ -241,7 +241,9 @@ def ce_chunk(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     valid = labels != -100  # (m,)
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (m, 1)
     log_q = _log_softmax_at(logits, None)  # (m, V)
-    loss = -torch.where(valid, log_q.gather(-1, safe).squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)).sum()
+    loss = -torch.where(
+        valid, log_q.gather(-1, safe).squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)
+    ).sum()
     q = log_q.exp_() if _eager() else log_q.exp()
     keep = valid.to(q.dtype).unsqueeze(1)  # (m, 1)
     grad = q.mul_(keep).scatter_add_(-1, safe, -keep)

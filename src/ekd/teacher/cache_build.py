@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +160,10 @@ def _targets_at(
 ) -> _Targets:
     """Targets from teacher logits (m, V) at flat rows (m,) of a (B, T) batch — the online teacher's math."""
     if spec.kind == "rs":
-        seeds = position_seeds(spec.seed, sample_ids[flat_rows // T], flat_rows % T)  # (m,)
+        r = flat_rows.cpu()
+        seeds = position_seeds(
+            spec.seed, sample_ids[r // T], r % T
+        )  # (m,) as online: (seed, sample, position)
         res = rs_target(logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power)
         return _Targets(res.target.ids, res.counts, res.weights)
     t = topk_target(logits, spec.topk, spec.topk_tail, gold, tau)
@@ -189,6 +194,7 @@ def batch_entries(
     fraction: float = 1.0,
     tau: float = 1.0,
     chunk_rows: int = 1024,
+    work_rows: int | None = None,
 ) -> list[dict]:
     """What the cache stores for each sample of a batch, as keyword arguments of ``CacheWriter.add``.
 
@@ -200,7 +206,9 @@ def batch_entries(
         spec: the target (``rs`` or ``topk``) and RS seed.
         positions: 'all' valid positions or 'teacher_entropy_topk' (per sequence, ⌈fraction·n⌉ by H(p)).
         tau: top-K temperature.
-        chunk_rows: teacher rows whose (m, V) logits exist at once.
+        chunk_rows: teacher rows whose (m, V) logits exist at once (the online teacher's chunking).
+        work_rows: rows per slice of those logits for the softmax/sampling passes (None = the whole chunk);
+            on CPU ~1 MB slices stay in cache across the passes. Does not change any value.
 
     Returns:
         B dicts: sample_id, positions (P,), stats {'entropy', 'logp_gold'} (P,), ids/values (P, K),
@@ -219,11 +227,14 @@ def batch_entries(
     fused = positions == "all"  # targets from the same logits as the statistics: one head pass
     parts: list[_Targets] = []
     for start in range(0, n, chunk_rows):
-        sl = slice(start, start + chunk_rows)
-        logits = head(h[rows[sl]]).float()  # (m, V) teacher logits at valid rows, one chunk at a time
-        entropy[sl], logp_gold[sl] = entropy_and_logp_gold(logits, gold[sl])
-        if fused:
-            parts.append(_targets_at(logits, rows[sl], gold[sl], sample_ids, T, spec, tau))
+        logits = head(h[rows[start : start + chunk_rows]]).float()  # (m, V) teacher logits at valid rows
+        # the softmax passes (statistics, RS CDF) run on L2-sized slices on CPU: per row, same values
+        for sub in range(0, logits.shape[0], work_rows or logits.shape[0]):
+            sl = slice(start + sub, start + sub + (work_rows or logits.shape[0]))
+            z = logits[sub : sub + (work_rows or logits.shape[0])]  # (w, V)
+            entropy[sl], logp_gold[sl] = entropy_and_logp_gold(z, gold[sl])
+            if fused:
+                parts.append(_targets_at(z, rows[sl], gold[sl], sample_ids, T, spec, tau))
     if fused:
         chosen = torch.arange(n, device=labels.device)  # (P,) indices into rows
     else:
@@ -238,7 +249,8 @@ def batch_entries(
     flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
     ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
     if parts:
-        arrays = {k: None if v is None else v.cpu().numpy() for k, v in asdict(_concat(parts)).items()}
+        t = _concat(parts)
+        arrays = {k: None if v is None else v.cpu().numpy() for k, v in vars(t).items()}
     else:  # no valid position in the whole batch
         arrays = {
             "ids": np.zeros((0, 0), np.int64),
@@ -324,10 +336,54 @@ class BuildResult:
     forward_throughput: float | None
     throughput_ratio: float | None
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["directory"] = str(self.directory)
-        return d
+
+class _BackgroundWriter:
+    """``CacheWriter.add`` on a worker thread, at most ``depth`` batches behind the teacher.
+
+    Encoding (numpy) overlaps the teacher's next batch (torch releases the GIL); the writer sees the
+    samples in the same order, so the shards are the same bytes. A worker error is raised by ``put``/``close``.
+    """
+
+    def __init__(self, writer: CacheWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="ekd-cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (entries := self.queue.get()) is not None:
+            if self.error is None:  # after an error keep draining so that put() never blocks
+                try:
+                    for entry in entries:
+                        self.writer.add(**entry)
+                except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                    self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, entries: list[dict]) -> None:
+        self._raise()
+        self.queue.put(entries)
+
+    def close(self) -> None:
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        """Write what is queued, end the thread (no error raised)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
+def _work_rows(device: torch.device, vocab_size: int) -> int | None:
+    """Rows per softmax slice: ~1 MB of fp32 logits on CPU (cache-resident passes); whole chunks on GPU."""
+    if device.type != "cpu":
+        return None
+    return max(16, (1 << 20) // (4 * vocab_size))
 
 
 def _sync(device: torch.device) -> None:
@@ -350,6 +406,30 @@ def _forward_throughput(
     return samples / max(time.perf_counter() - t0, 1e-9)
 
 
+def _teacher_entries(
+    cfg: Config, teacher: nn.Module, head: Head, blocks, id_batches, device, amp, vocab_size: int
+):
+    """Per batch of sample ids: teacher body once (no grad, autocast as online), then ``batch_entries``."""
+    from ekd.data import collate
+
+    for ids in id_batches:
+        batch = collate(blocks, torch.tensor(ids)).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            body = model_body(teacher)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        yield batch_entries(
+            body.last_hidden_state,  # (B, T, Dt)
+            head,
+            batch.labels,
+            batch.sample_ids.cpu(),
+            target_spec(cfg),
+            positions=cfg.teacher.cache_positions,
+            fraction=cfg.teacher.cache_fraction,
+            tau=cfg.method.kd_temperature,
+            chunk_rows=cfg.train.head_chunk_size,
+            work_rows=_work_rows(device, vocab_size),
+        )
+
+
 def _prepare_data(cfg: Config, directory: Path):
     """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
     (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one."""
@@ -367,21 +447,24 @@ def _prepare_data(cfg: Config, directory: Path):
     return data
 
 
-def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str = "q8") -> Path:
+def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True) -> Path:
     """Build (or resume building) the teacher cache of ``cfg`` in ``teacher.cache_dir``; returns the directory.
 
     Args:
         cfg: the config; ``teacher.cache_*``, ``method.target`` and its parameters, ``run.seed``.
         overwrite: replace a cache with another signature (otherwise CacheError) instead of resuming.
-        stat_format: 'q8' (2 B/position) or 'fp16' (4 B/position) teacher statistics.
+        stat_format: 'q8' (2 B/position) or 'fp16' (4 B/position) teacher statistics; default
+            ``teacher.cache_stat_format``.
+        measure_forward: also time a forward-only pass for the throughput ratio.
     """
-    return run_build(cfg, overwrite, stat_format=stat_format).directory
+    return run_build(cfg, overwrite, stat_format=stat_format, measure_forward=measure_forward).directory
 
 
 def run_build(
-    cfg: Config, overwrite: bool = False, *, stat_format: str = "q8", measure_forward: bool = True
+    cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True
 ) -> BuildResult:
     """:func:`build_cache` returning this rank's figures (built samples, throughput vs forward-only)."""
+    stat_format = stat_format or cfg.teacher.cache_stat_format
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
 
@@ -424,7 +507,6 @@ def run_build(
         pending = writer.pending_sample_ids()
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
-        spec = target_spec(cfg)
         positions_built = 0
         bar = tqdm(
             id_batches,
@@ -432,28 +514,17 @@ def run_build(
             disable=not cfg.log.progress or ranks.rank != 0,
             dynamic_ncols=True,
         )
+        background = _BackgroundWriter(writer)
         _sync(device)
         t0 = time.perf_counter()
-        for ids in bar:
-            batch = collate(blocks, torch.tensor(ids)).to(device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                hidden = model_body(teacher)(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
-                ).last_hidden_state  # (B, T, Dt)
-            entries = batch_entries(
-                hidden,
-                head,
-                batch.labels,
-                batch.sample_ids.cpu(),
-                spec,
-                positions=cfg.teacher.cache_positions,
-                fraction=cfg.teacher.cache_fraction,
-                tau=cfg.method.kd_temperature,
-                chunk_rows=cfg.train.head_chunk_size,
-            )
-            for entry in entries:
-                writer.add(**entry)
-                positions_built += len(entry["positions"])
+        try:
+            for entries in _teacher_entries(cfg, teacher, head, blocks, bar, device, amp, data.vocab_size):
+                background.put(entries)  # encoded and written while the teacher runs the next batch
+                positions_built += sum(len(e["positions"]) for e in entries)
+        except BaseException:
+            background.stop()  # write what was queued (finished shards stay valid), then re-raise
+            raise
+        background.close()
         writer.close()
         _sync(device)
         build_seconds = time.perf_counter() - t0

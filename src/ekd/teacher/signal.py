@@ -98,4 +98,6 @@ class TeacherSource(Protocol):
 
     provides_distribution: bool
 
+    def available(self, batch) -> Tensor: ...
+
     def signal(self, batch, need_stats: set[str], feature_layer: int | None = None) -> TeacherSignal: ...

@@ -171,6 +171,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
 
     checkpoint(cfg.train.max_steps)
     save_model_dir(student, data.tokenizer, run_dir / "student")
+    if teacher_model is None and cfg.eval.teacher and cfg.teacher.source == "cache" and not is_preset(cfg.model.teacher):
+        log.info("loading the teacher for evaluation only (training used the cache)")
+        teacher_model = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
     metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
     metrics_log.close()
