@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ekd.errors import ModelError
 from ekd.eval import (
     StreamingMetrics,
     evaluate,
@@ -357,7 +358,7 @@ def test_evaluate_ignores_garbage_at_invalid_positions(models):
 
 def test_evaluate_rejects_too_large_vocab(models):
     student, _ = models
-    with pytest.raises(ValueError, match="larger than the model's output head"):
+    with pytest.raises(ModelError, match="larger than the model's output head"):
         evaluate(student, make_batches(1), vocab_size=V + 1)
 
 

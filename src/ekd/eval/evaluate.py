@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
 from ekd.losses.targets import Head
+from ekd.models.load import model_body, output_head
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +34,6 @@ class EvalBatch(Protocol):
     attention_mask: Tensor  # (B, T)
 
     def to(self, device: Any) -> EvalBatch: ...
-
-
-def model_body(model: nn.Module) -> nn.Module:
-    """The transformer body of a Hugging Face causal LM (``model.model`` for Llama/Qwen)."""
-    prefix = getattr(model, "base_model_prefix", None)
-    body = getattr(model, prefix, None) if prefix else None
-    if body is None:
-        raise TypeError(
-            f"{type(model).__name__} has no body at base_model_prefix={prefix!r}: "
-            "evaluate() needs a Hugging Face causal LM"
-        )
-    return body
-
-
-def output_head(model: nn.Module, vocab_size: int) -> Head:
-    """The model's output head restricted to the first ``vocab_size`` rows (padded rows sliced off)."""
-    linear = model.get_output_embeddings()
-    if linear is None or not hasattr(linear, "weight"):
-        raise TypeError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
-    rows = linear.weight.shape[0]
-    if rows < vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
-    bias = getattr(linear, "bias", None)
-    return Head(linear.weight[:vocab_size], None if bias is None else bias[:vocab_size])  # (V, D), (V,)
 
 
 def _softcap(model: nn.Module) -> float | None:

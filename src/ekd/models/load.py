@@ -119,14 +119,23 @@ def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> 
 
 def output_head(model: nn.Module, vocab_size: int) -> Head:
     """The model's output head sliced to the shared vocabulary: weight (V, D), bias (V,) or None."""
-    lm_head = model.get_output_embeddings()
-    bias = getattr(lm_head, "bias", None)
-    return Head(lm_head.weight[:vocab_size], None if bias is None else bias[:vocab_size])
+    linear = model.get_output_embeddings()
+    if linear is None or not hasattr(linear, "weight"):
+        raise ModelError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
+    rows = linear.weight.shape[0]
+    if rows < vocab_size:
+        raise ModelError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
+    bias = getattr(linear, "bias", None)
+    return Head(linear.weight[:vocab_size], None if bias is None else bias[:vocab_size])  # (V, D), (V,)
 
 
 def model_body(model: nn.Module) -> nn.Module:
-    """The transformer body whose ``last_hidden_state`` feeds the head (after the final norm)."""
-    return getattr(model, model.base_model_prefix)
+    """The transformer body whose ``last_hidden_state`` (after the final norm) feeds the head."""
+    prefix = getattr(model, "base_model_prefix", None)
+    body = getattr(model, prefix, None) if prefix else None
+    if body is None:
+        raise ModelError(f"{type(model).__name__} has no body at base_model_prefix={prefix!r}: ekd needs a Hugging Face causal LM")
+    return body
 
 
 def hidden_size(model: nn.Module) -> int:
