@@ -27,8 +27,6 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from ekd.models.load import is_preset, model_body, output_head
 from ekd.teacher.cache import CacheReader, CacheWriter, assemble_manifest, make_signature
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, topk_target
+from ekd.train.distributed import distributed
 from ekd.train.token_stats import entropy_and_logp_gold
 
 log = logging.getLogger(__name__)
@@ -280,38 +279,6 @@ def batch_entries(
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Ranks:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-
-@contextmanager
-def _distributed(device: torch.device) -> Iterator[_Ranks]:
-    """Join the ``torchrun`` process group (WORLD_SIZE/RANK in the environment): gloo on CPU, NCCL on GPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield _Ranks(0, 1, device)
-        return
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield _Ranks(dist.get_rank(), dist.get_world_size(), device)
-    finally:
-        if started:
-            dist.destroy_process_group()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The build
 # ---------------------------------------------------------------------------------------------------------
@@ -470,7 +437,7 @@ def run_build(
 
     check_cacheable(cfg)
     directory = Path(cfg.teacher.cache_dir)
-    with _distributed(resolve_device(cfg.run.device)) as ranks:
+    with distributed(resolve_device(cfg.run.device)) as ranks:
         device = ranks.device
         # rank 0 first: it may train the BPE tokenizer (saved in the cache) that the other ranks then load
         if ranks.rank == 0:

@@ -25,6 +25,7 @@ from ekd.losses.reduce import global_count
 from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ekd.train.distributed import Ranks, distributed, global_sum, rank_slice, sum_gradients
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
@@ -78,15 +79,27 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: PreparedData | None = None) -> TrainResult:
-    """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures."""
+    """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures.
+
+    Under ``torchrun`` every rank runs this; rank 0 owns the run directory, logs, checkpoints and evaluation.
+    """
+    with distributed(resolve_device(cfg.run.device)) as ranks:
+        return _train(cfg, ranks, resume, overwrite, data)
+
+
+def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: PreparedData | None) -> TrainResult:
     from ekd.data import BlockLoader
 
     t_start = time.perf_counter()
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    device, main = ranks.device, ranks.is_main
+    run_dir = prepare_run_dir(cfg, resume, overwrite) if main else cfg.run_dir
+    ranks.barrier()
     torch.manual_seed(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
-    data = data or prepare_data(cfg, run_dir)
+    if data is None:  # rank 0 first: it may train and save the BPE tokenizer the others load
+        data = prepare_data(cfg, run_dir) if main else None
+        ranks.barrier()
+        data = data or prepare_data(cfg, run_dir)
     student = load_student(cfg, data, device)
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -98,7 +111,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
     extra_modules = parts.checkpoint_modules()
     params = list(student.named_parameters()) + [(f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()]
     optimizer = build_optimizer(params, cfg)
-    loader = BlockLoader(data.blocks["train"], cfg.train.micro_batch_size, seed=cfg.run.seed, shuffle=True, drop_last=True)
+    # every rank walks the same global order and takes its slice of each (W·b)-row batch
+    loader = BlockLoader(data.blocks["train"], cfg.train.micro_batch_size * ranks.world_size, seed=cfg.run.seed, shuffle=True, drop_last=True)
     if cfg.method.sample_fraction < 1.0:
         loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
 
@@ -112,7 +126,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             parts.temperature.load_state_dict(state.get("temperature", {}))
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", ckpt, start_step)
-    metrics_log = MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None)
+    metrics_log = MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
 
     def checkpoint(step: int) -> Path:
         state = {
@@ -122,11 +136,13 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
             "rng": torch.get_rng_state(),
         }
-        return save_checkpoint(run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints)
+        path = save_checkpoint(run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints) if main else None
+        ranks.barrier()
+        return path
 
     totals = {"selected": 0.0, "valid": 0.0}
     last: dict[str, float] = {}
-    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps, disable=not cfg.log.progress, desc=cfg.run.name, dynamic_ncols=True)
+    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps, disable=not (cfg.log.progress and main), desc=cfg.run.name, dynamic_ncols=True)
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
         # 1. learning rate for this step
@@ -134,7 +150,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
-        micro_batches = [loader.next_batch().to(device) for _ in range(cfg.train.grad_accum_steps)]
+        micro_batches = [rank_slice(loader.next_batch(), ranks).to(device) for _ in range(cfg.train.grad_accum_steps)]
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             micro_batches = [
                 maybe_on_policy(b, student, cfg.method, on_policy_generator(cfg.run.seed, step, i), data.eos_id)[0]
@@ -142,7 +158,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
             ]
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        # 3. clip, step
+        # 3. sum gradients over ranks (terms are already divided by global counts), clip, step
+        sum_gradients([p for _, p in params if p.requires_grad], ranks)
+        loss_value = global_sum(loss_value, ranks)
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")))
         if not math.isfinite(grad_norm):
@@ -150,7 +168,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
-        kd_mean = sums.get("kd_sum", 0.0) / kd_count
+        kd_mean = global_sum(sums.get("kd_sum", 0.0), ranks) / kd_count  # LATF sees the all-reduced loss
         parts.policy.observe(kd_loss=kd_mean, **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp))
         parts.after_optimizer_step(student)
         # 5. log
@@ -158,11 +176,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         totals["valid"] += sums.get("valid", 0.0)
         elapsed = time.perf_counter() - t_loop
         last = _step_metrics(step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9))
-        if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
+        if main and ((step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps):
             metrics_log.write(step + 1, last)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
-        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
+        if main and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
             metrics_log.write(step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp)))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -170,13 +188,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
     bar.close()
 
     checkpoint(cfg.train.max_steps)
-    save_model_dir(student, data.tokenizer, run_dir / "student")
-    if teacher_model is None and cfg.eval.teacher and cfg.teacher.source == "cache" and not is_preset(cfg.model.teacher):
-        log.info("loading the teacher for evaluation only (training used the cache)")
-        teacher_model = load_teacher(cfg, data, device)
-    results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
-    metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-    metrics_log.close()
+    results: dict[str, dict[str, float]] = {}
+    if main:
+        save_model_dir(student, data.tokenizer, run_dir / "student")
+        if teacher_model is None and cfg.eval.teacher and cfg.teacher.source == "cache" and not is_preset(cfg.model.teacher):
+            log.info("loading the teacher for evaluation only (training used the cache)")
+            teacher_model = load_teacher(cfg, data, device)
+        results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
+        metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+        metrics_log.close()
+    ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
     return TrainResult(run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results)
 
