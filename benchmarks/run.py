@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.head_loss import IMPLS, estimate_gb, gemm_flops
 from benchmarks.measure import run_case
+from ekd.losses.chunked import auto_chunk_rows
 
 IMPL_NAMES = {
     "gemm": "bare GEMMs (floor)",
@@ -43,7 +44,7 @@ class Plan:
 
     configs: list[tuple[int, int]]  # (V, N)
     impls: tuple[str, ...]
-    chunk: int
+    chunk: int  # ekd rows per chunk; 0 = ekd.losses.chunked.auto_chunk_rows(V)
     n_series_vocab: int
     n_series: list[int]
     chunk_sweep: list[int] = field(default_factory=list)  # chunk sizes at (V, N) = chunk_sweep_shape
@@ -56,7 +57,7 @@ class Plan:
         return cls(
             configs=[(32_768, 1024), (32_768, 2048), (151_936, 1024), (151_936, 2048)],
             impls=IMPLS,
-            chunk=256,
+            chunk=0,
             n_series_vocab=151_936,
             n_series=[1024, 2048, 4096, 16_384],
             chunk_sweep=[128, 256, 1024],
@@ -66,12 +67,15 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(
-            configs=[(32_768, 1024)],
+            configs=[(16_384, 1024)],
             impls=IMPLS,
-            chunk=256,
-            n_series_vocab=32_768,
-            n_series=[1024, 4096],
-            headline=(32_768, 1024),
+            chunk=0,
+            n_series_vocab=16_384,
+            n_series=[
+                2048,
+                8192,
+            ],  # from 2 chunks of 1024 rows: one chunk never touches all of grad_W at its peak
+            headline=(16_384, 1024),
         )
 
 
@@ -131,6 +135,10 @@ def _unavailable(impl: str) -> str | None:
     return None
 
 
+def _chunk(plan_chunk: int, v: int) -> int:
+    return plan_chunk or auto_chunk_rows(v)
+
+
 def _measure(impl: str, v: int, ns: list[int], chunk: int, max_gb: float) -> dict[int, dict]:
     """Results of ``impl`` at vocabulary ``v`` for each N (one process; skipped N say why)."""
     why = _unavailable(impl)
@@ -174,16 +182,25 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
             impl_ns = ns + extra if impl == "ours" else ns
             if impl == "ours_recompute" and plan.recompute_max_n:
                 impl_ns = [n for n in ns if n <= plan.recompute_max_n]
-            for n, r in _measure(impl, v, impl_ns, plan.chunk, max_gb).items():
+            for n, r in _measure(impl, v, impl_ns, _chunk(plan.chunk, v), max_gb).items():
                 results[(impl, v, n)] = r
     if plan.n_series_vocab not in {v for v, _ in plan.configs}:
-        for n, r in _measure("ours", plan.n_series_vocab, plan.n_series, plan.chunk, max_gb).items():
+        for n, r in _measure(
+            "ours", plan.n_series_vocab, plan.n_series, _chunk(plan.chunk, plan.n_series_vocab), max_gb
+        ).items():
             results[("ours", plan.n_series_vocab, n)] = r
     lines = [
         "## Loss head: student head + teacher head + JSD(β=0.5), forward + backward",
         "",
-        f"fp32, CPU. Student H={896}, teacher H={1536}, no bias. ekd chunk = {plan.chunk} rows; Liger chunk = 1024"
-        " rows (its default). Time: fastest run (repeated while the total is under 3 s). Peak: resident-set"
+        f"fp32, CPU. Student H={896}, teacher H={1536}, no bias. ekd chunk = "
+        + (
+            f"{plan.chunk} rows"
+            if plan.chunk
+            else "`auto_chunk_rows(V)` (one fp32 (chunk, V) buffer ≈ 128 MiB: "
+            + ", ".join(f"{auto_chunk_rows(v)} rows at V={v:,}" for v in sorted({v for v, _ in plan.configs}))
+            + ")"
+        )
+        + "; Liger chunk = 1024 rows (its default). Time: fastest run (repeated while the total is under 3 s). Peak: resident-set"
         ' high-water mark above the inputs, each implementation in a fresh process; "× (N,V)" = peak over'
         " one fp32 (N, V) buffer.",
         "",
@@ -213,7 +230,8 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
     series = {n: results[("ours", plan.n_series_vocab, n)] for n in plan.n_series}
     lines += [
         "",
-        f"## Loss head memory vs N (ekd chunked, eager, V={plan.n_series_vocab:,}, chunk {plan.chunk})",
+        f"## Loss head memory vs N (ekd chunked, eager, V={plan.n_series_vocab:,},"
+        f" chunk {_chunk(plan.chunk, plan.n_series_vocab)})",
         "",
         "Besides one chunk's (chunk, V) buffers and the (V, H) weight gradient, the only memory that grows with N"
         " is the (N, H) hidden-state gradient the head returns (4·N·896 bytes), which every implementation must"
@@ -239,19 +257,20 @@ def bench_head_loss(plan: Plan, max_gb: float) -> tuple[list[str], dict]:
     if plan.chunk_sweep:
         print("chunk sweep:", flush=True)
         v, n = plan.chunk_sweep_shape
+        default = _chunk(plan.chunk, v)
         sweep = {}
         for c in plan.chunk_sweep:
             sweep[c] = (
                 results[("ours", v, n)]
-                if c == plan.chunk and ("ours", v, n) in results
+                if c == default and ("ours", v, n) in results
                 else _measure("ours", v, [n], c, max_gb)[n]
             )
-        base = sweep.get(plan.chunk) or next(iter(sweep.values()))
+        base = sweep.get(default) or next(iter(sweep.values()))
         lines += [
             "",
             f"## Chunk size (ekd chunked, eager, V={v:,}, N={n:,})",
             "",
-            f"| chunk rows | time (s) | time / chunk {plan.chunk} | peak (MB) | peak / chunk {plan.chunk} |",
+            f"| chunk rows | time (s) | time / chunk {default} | peak (MB) | peak / chunk {default} |",
             "|---:|---:|---:|---:|---:|",
         ]
         for c, r in sweep.items():
@@ -361,9 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         "--max-gb", type=float, default=16.0, help="skip cases whose estimated memory exceeds this"
     )
     parser.add_argument("--n-max", type=int, default=0, help="cap the N series (e.g. 4096 saves ~5 min)")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="ekd rows per chunk (default: auto_chunk_rows(V))"
+    )
     parser.add_argument("--skip-step", action="store_true", help="only the loss-head benchmarks")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
+    plan.chunk = args.chunk
     if args.n_max:
         plan.n_series = [n for n in plan.n_series if n <= args.n_max]
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -377,10 +377,17 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
 
 
 @pytest.mark.slow
-def test_compiled_chunk_math_equals_reference():
+def test_compiled_chunk_math_equals_reference(monkeypatch):
     """torch.compile of the per-chunk math (CPU inductor): same values and gradients (dense and sparse)."""
-    chunked._COMPILED = {fn: chunked._MaybeCompiled(fn) for fn in chunked._COMPILED}
+    monkeypatch.setattr(chunked, "_COMPILED", {fn: chunked._MaybeCompiled(fn) for fn in chunked._COMPILED})
     _assert_paths_agree(_dense_target(), make_divergence("jsd"), compile=True)
     assert not chunked._COMPILED[chunked.dense_kd_chunk].failed
     _assert_paths_agree(_sparse_targets()["topk_ghost"], make_divergence("forward_kl"), compile=True)
     assert not chunked._COMPILED[chunked.sparse_kd_chunk].failed
+
+
+def test_auto_chunk_rows():
+    """One fp32 (rows, V) buffer ≈ 128 MiB, a power of two in [64, 1024] (values quoted in docs)."""
+    assert chunked.auto_chunk_rows(32_768) == 1024
+    assert chunked.auto_chunk_rows(151_936) == 256
+    assert chunked.auto_chunk_rows(100) == 1024 and chunked.auto_chunk_rows(10**8) == 64

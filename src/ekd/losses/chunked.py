@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -44,7 +45,7 @@ class _FusedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, chunk_loss, chunk_size, track):  # type: ignore[override]
         need_h, need_w, need_b = (track and n for n in ctx.needs_input_grad[:3])
         grad_h = torch.empty_like(hidden) if need_h else None  # (M, D)
-        grad_w = torch.zeros_like(weight) if need_w else None  # (V, D), accumulated in the weight's dtype
+        grad_w = torch.empty_like(weight) if need_w else None  # (V, D), accumulated in the weight's dtype
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -61,12 +62,16 @@ class _FusedHeadLoss(torch.autograd.Function):
                         torch.mm(grad_low, weight, out=grad_h[start:end])  # (m, D)
                     else:
                         grad_h[start:end] = torch.mm(grad_low, weight)
-                if need_w:
+                if need_w and start == 0:
+                    torch.mm(grad_low.t(), h, out=grad_w)  # (V, D) = (V, m)·(m, D): no zero-fill pass
+                elif need_w:
                     grad_w.addmm_(grad_low.t(), h)  # (V, D) += (V, m)·(m, D)
                 del grad_low
             if need_b:
                 grad_b += grad.sum(0)  # (V,)
             del grad
+        if grad_w is not None and hidden.shape[0] == 0:
+            grad_w.zero_()
         ctx.grads = (grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype))
         return total
 
@@ -99,6 +104,17 @@ def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_s
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     track = torch.is_grad_enabled()
     return _FusedHeadLoss.apply(hidden, head.weight, head.bias, chunk_loss, chunk_size, track)
+
+
+def auto_chunk_rows(vocab_size: int, buffer_mib: float = 128.0) -> int:
+    """Rows per chunk such that one fp32 (rows, V) buffer is about ``buffer_mib`` MiB.
+
+    A power of two in [64, 1024]: 1024 rows up to V=32,768, 256 at V=151,936. The fused head holds about four
+    such buffers at its peak (plus the (V, D) weight gradient); fewer rows save memory, more rows keep the
+    GEMMs efficient when V is small (``make bench`` has a chunk-size sweep).
+    """
+    rows = buffer_mib * 2**20 / (4 * max(vocab_size, 1))
+    return int(min(1024, max(64, 2 ** round(math.log2(rows)))))
 
 
 # ---------------------------------------------------------------------------------------------------------
