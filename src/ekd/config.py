@@ -305,9 +305,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Keep the newest N checkpoints."""
     loss_path: str = "chunked"
-    """'chunked' (heads applied to row chunks; O(chunk·V) memory) or 'reference' (plain full logits)."""
-    head_chunk_size: int = 1024
-    """Rows per chunk of the chunked head/loss path."""
+    """'chunked' (fused: per-chunk logits, loss and gradient in the forward; O(chunk·V) memory),
+    'chunked_recompute' (per-chunk activation checkpointing) or 'reference' (plain full logits)."""
+    head_chunk_size: int = 0
+    """Rows per chunk of the head/loss and statistics (0 = auto: one fp32 (rows, V) buffer ≈ 128 MiB, e.g.
+    1024 rows at V=32,768 and 256 at V=151,936)."""
     compile: bool = False
     """torch.compile the per-chunk loss function."""
 
@@ -656,8 +658,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})")
     _range("train.min_lr_ratio", tr.min_lr_ratio, 0.0, 1.0)
     _choice("train.precision", tr.precision, ["auto", "fp32", "bf16"])
-    _choice("train.loss_path", tr.loss_path, ["chunked", "reference"])
-    _range("train.head_chunk_size", tr.head_chunk_size, 1)
+    _choice("train.loss_path", tr.loss_path, ["chunked", "chunked_recompute", "reference"])
+    _range("train.head_chunk_size", tr.head_chunk_size, 0)
     _range("eval.ece_bins", cfg.eval.ece_bins, 1)
     _choice("log.level", cfg.log.level.upper(), ["DEBUG", "INFO", "WARNING", "ERROR"])
 

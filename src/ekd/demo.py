@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ekd.config import Config, load_config
 from ekd.train.checkpoint import atomic_write_text
 

@@ -43,6 +43,7 @@ from ekd.teacher.cache import CacheReader, CacheWriter, assemble_manifest, make_
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, topk_target
 from ekd.train.distributed import distributed
+from ekd.train.prepare import chunk_rows
 from ekd.train.token_stats import entropy_and_logp_gold
 
 log = logging.getLogger(__name__)
@@ -392,7 +393,7 @@ def _teacher_entries(
             positions=cfg.teacher.cache_positions,
             fraction=cfg.teacher.cache_fraction,
             tau=cfg.method.kd_temperature,
-            chunk_rows=cfg.train.head_chunk_size,
+            chunk_rows=chunk_rows(cfg, vocab_size),
             work_rows=_work_rows(device, vocab_size),
         )
 

@@ -159,4 +159,11 @@ def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, 
     from ekd.teacher.online import OnlineTeacher
 
     assert teacher is not None
-    return OnlineTeacher(teacher, data.vocab_size, cfg.train.head_chunk_size, autocast_dtype(cfg, device))
+    return OnlineTeacher(teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device))
+
+
+def chunk_rows(cfg: Config, vocab_size: int) -> int:
+    """``train.head_chunk_size``, or the automatic size for this vocabulary when it is 0."""
+    from ekd.losses.chunked import auto_chunk_rows
+
+    return cfg.train.head_chunk_size or auto_chunk_rows(vocab_size)

@@ -39,6 +39,7 @@ class StepContextData:
     loss_path: str = "chunked"
     chunk_rows: int = 1024
     autocast_dtype: torch.dtype | None = None
+    compile: bool = False
 
 
 @dataclass
@@ -129,6 +130,7 @@ def distill_micro_batch(
                 parts.scale_by_tau_squared,
                 ctx.loss_path,
                 ctx.chunk_rows,
+                compile=ctx.compile,
             )
             if parts.wants_feedback and isinstance(target, DenseTarget):
                 feedback = {"rows": rows, "teacher_hidden": target.hidden, "kl_before": stats["forward_kl"].reshape(-1)[rows]}
@@ -151,7 +153,7 @@ def distill_micro_batch(
             ce_rows = selection.rows.unique()
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
-        ce_sum = ce_loss_sum(h_s_flat[ce_rows], head_s, labels.reshape(-1)[ce_rows], ctx.loss_path, ctx.chunk_rows)
+        ce_sum = ce_loss_sum(h_s_flat[ce_rows], head_s, labels.reshape(-1)[ce_rows], ctx.loss_path, ctx.chunk_rows, compile=ctx.compile)
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)

@@ -34,6 +34,7 @@ from ekd.train.prepare import (
     PreparedData,
     autocast_dtype,
     build_teacher_source,
+    chunk_rows,
     load_student,
     load_teacher,
     prepare_data,
@@ -224,7 +225,10 @@ def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: 
     loss_value = 0.0
     feedback: list = []
     for i, batch in enumerate(micro_batches):
-        ctx = StepContextData(step, cfg.train.max_steps, vocab_size, step_generator(cfg.run.seed, step, i), cfg.train.loss_path, cfg.train.head_chunk_size, amp)
+        ctx = StepContextData(
+            step, cfg.train.max_steps, vocab_size, step_generator(cfg.run.seed, step, i),
+            cfg.train.loss_path, chunk_rows(cfg, vocab_size), amp, cfg.train.compile,
+        )
         out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
         if not torch.isfinite(out.loss):
             _stop_non_finite(step, run_dir)
