@@ -111,10 +111,14 @@ def _save_model_with_tokenizer(path, texts, vocab):
 def test_tokenizer_mismatch_is_refused(tmp_path, corpus, capsys):
     texts_a = [p.read_text() for p in sorted(corpus.iterdir())]
     teacher = _save_model_with_tokenizer(tmp_path / "teacher", texts_a, 300)
-    student = _save_model_with_tokenizer(tmp_path / "student", ["completely different text " * 50, "zebra quagga " * 40], 280)
+    student = _save_model_with_tokenizer(
+        tmp_path / "student", ["completely different text " * 50, "zebra quagga " * 40], 280
+    )
     config = _config_file(tmp_path, corpus, "mismatch")
     capsys.readouterr()
-    rc = main(["distill", config, f"model.teacher={teacher}", f"model.student={student}", "model.tokenizer=teacher"])
+    rc = main(
+        ["distill", config, f"model.teacher={teacher}", f"model.student={student}", "model.tokenizer=teacher"]
+    )
     assert rc == 2
     assert "tokenizers differ" in _error_line(capsys)
 
@@ -143,7 +147,18 @@ def test_local_model_directories_load_as_teacher_and_student(tmp_path, corpus):
     student.save_pretrained(tmp_path / "s")
     tok.save_pretrained(tmp_path / "s")
     config = _config_file(tmp_path, corpus, "local", **{"train.max_steps": 2})
-    assert main(["distill", config, f"model.teacher={tmp_path / 't'}", f"model.student={tmp_path / 's'}", "model.tokenizer=teacher"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                config,
+                f"model.teacher={tmp_path / 't'}",
+                f"model.student={tmp_path / 's'}",
+                "model.tokenizer=teacher",
+            ]
+        )
+        == 0
+    )
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "local" / "student")
     original = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
     changed = any(not torch.equal(a, b) for a, b in zip(reloaded.parameters(), original.parameters()))

@@ -10,7 +10,15 @@ import pytest
 from ekd.cli import main
 from ekd.demo import DemoBudget, run_demo
 
-TINY = DemoBudget(max_chars=60_000, bpe_vocab=300, block_length=32, teacher_steps=15, student_steps=4, micro_batch=4, max_eval_blocks=2)
+TINY = DemoBudget(
+    max_chars=60_000,
+    bpe_vocab=300,
+    block_length=32,
+    teacher_steps=15,
+    student_steps=4,
+    micro_batch=4,
+    max_eval_blocks=2,
+)
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
-from tiny import tiny_overrides, write_corpus
 from transformers import AutoModelForCausalLM
 
 from ekd.cli import main
+from tiny import tiny_overrides, write_corpus
 
 
 def _free_port() -> int:
@@ -28,7 +28,9 @@ def _losses(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [["method=kd", "method.ce_weight=0.5"], ["method=sekd"]], ids=["kd+ce", "sekd"])
+@pytest.mark.parametrize(
+    "method", [["method=kd", "method.ce_weight=0.5"], ["method=sekd"]], ids=["kd+ce", "sekd"]
+)
 def test_two_ranks_equal_one_process(tmp_path, method):
     corpus = write_corpus(tmp_path / "corpus", n_docs=24)
     common = ["train.max_steps=3", "eval.teacher=false", *method]
@@ -36,7 +38,18 @@ def test_two_ranks_equal_one_process(tmp_path, method):
     assert main(["distill", *single]) == 0
     ddp = tiny_overrides(tmp_path, corpus, "ddp", **{"train.micro_batch_size": 2}) + common
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "ekd", "-q", "distill", *ddp]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "ekd",
+        "-q",
+        "distill",
+        *ddp,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = tmp_path / "runs" / "single", tmp_path / "runs" / "ddp"

@@ -314,8 +314,6 @@ def test_masked_vocab_entries_give_the_loss_over_the_live_vocabulary(name, tau_k
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-6)
 
 
-
-
 @pytest.mark.parametrize(
     "name",
     [

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tiny import tiny_overrides, write_corpus
 from transformers import AutoModelForCausalLM
 
 from ekd.cli import main
@@ -15,6 +14,7 @@ from ekd.methods import presets
 from ekd.models.load import build_preset
 from ekd.train import trainer as trainer_mod
 from ekd.train.trainer import train
+from tiny import tiny_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +26,29 @@ def corpus(tmp_path_factory):
 @pytest.mark.parametrize("preset", presets.names())
 def test_preset_runs_from_the_cli_and_changes_the_student(tmp_path, corpus, preset):
     extra = ["method.max_new_tokens=6", "method.prompt_tokens=8"] if preset == "gkd" else []
-    args = ["distill", *tiny_overrides(tmp_path, corpus, preset, **{"train.max_steps": 2, "eval.teacher": False}), f"method={preset}", *extra]
+    args = [
+        "distill",
+        *tiny_overrides(tmp_path, corpus, preset, **{"train.max_steps": 2, "eval.teacher": False}),
+        f"method={preset}",
+        *extra,
+    ]
     assert main(args) == 0
     run_dir = tmp_path / "runs" / preset
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
     initial = build_preset("llama-micro", student.config.vocab_size, student.config.eos_token_id, seed=0)
-    changed = [n for (n, a), b in zip(student.named_parameters(), initial.parameters()) if not torch.equal(a, b)]
+    changed = [
+        n for (n, a), b in zip(student.named_parameters(), initial.parameters()) if not torch.equal(a, b)
+    ]
     assert changed, f"{preset} did not change the student"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(m["train/loss"])) for m in metrics if "train/loss" in m)
 
 
 def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
-    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "egad") + ["method=egad", "train.max_steps=2", "method.feature_weight=1.0"])
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "egad")
+        + ["method=egad", "train.max_steps=2", "method.feature_weight=1.0"]
+    )
     result = train(cfg)
     exported = AutoModelForCausalLM.from_pretrained(result.run_dir / "student").state_dict()
     assert not any("projection" in k for k in exported)
@@ -53,8 +63,14 @@ def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
         initial = FeatureProjection(32, 64).state_dict()
     trained = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("feature_projection.")}
     assert trained.keys() == initial.keys()
-    assert any(not torch.equal(trained[k], initial[k]) for k in initial), "the projection must receive gradient updates"
-    assert [m for m in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "select/fraction" in m]
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial), (
+        "the projection must receive gradient updates"
+    )
+    assert [
+        m
+        for m in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+        if "select/fraction" in m
+    ]
 
 
 def _losses(run_dir):
@@ -67,7 +83,12 @@ def _losses(run_dir):
     "method",
     [
         ["method=gls", "method.gls_queue_size=50"],
-        ["method=adakd", "method.latf_warmup_fraction=0.2", "method.latf_step=0.3", "method.latf_tolerance=0.0"],
+        [
+            "method=adakd",
+            "method.latf_warmup_fraction=0.2",
+            "method.latf_step=0.3",
+            "method.latf_tolerance=0.0",
+        ],
         ["method=bandit"],
         ["method=bandit", "method.bandit_kind=exp3", "method.scorer=student_entropy"],
         ["method=egad"],

@@ -30,8 +30,13 @@ def _grads(cfg, data, blocks_per_micro: int, accum: int):
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     parts.attach_models(student, teacher_model, torch.device("cpu"))
     indices = torch.arange(8)
-    micro = [collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro]) for i in range(accum)]
-    loss, _, _, _, _ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
+    micro = [
+        collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro])
+        for i in range(accum)
+    ]
+    loss, _, _, _, _ = forward_backward(
+        micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir
+    )
     return loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 
@@ -39,7 +44,13 @@ def _grads(cfg, data, blocks_per_micro: int, accum: int):
     "method",
     [
         ["method=kd", "method.ce_weight=0.5"],
-        ["method=kd", "method.policy=topk", "method.scorer=student_entropy", "method.select_fraction=0.2", "method.ce_weight=0.3"],
+        [
+            "method=kd",
+            "method.policy=topk",
+            "method.scorer=student_entropy",
+            "method.select_fraction=0.2",
+            "method.ce_weight=0.3",
+        ],
         ["method=jsd", "method.temperature=constant", "method.kd_temperature=2.0"],
     ],
     ids=["kd+ce", "topk-student-entropy", "jsd-tau2"],
@@ -61,7 +72,15 @@ def _losses(run_dir):
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, corpus, monkeypatch):
-    extra = ["train.max_steps=6", "train.checkpoint_every=3", "method=kd", "method.policy=topk", "method.scorer=random", "method.select_fraction=0.5", "eval.teacher=false"]
+    extra = [
+        "train.max_steps=6",
+        "train.checkpoint_every=3",
+        "method=kd",
+        "method.policy=topk",
+        "method.scorer=random",
+        "method.select_fraction=0.5",
+        "eval.teacher=false",
+    ]
     full = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra))
     expected = _losses(full.run_dir)
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
@@ -89,7 +108,10 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, corpus, monkey
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, corpus, monkeypatch):
-    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "nan") + ["train.max_steps=4", "train.checkpoint_every=1", "method=ce"])
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "nan")
+        + ["train.max_steps=4", "train.checkpoint_every=1", "method=ce"]
+    )
     real = trainer_mod.distill_micro_batch
 
     def nan_at_step_2(batch, student, teacher, parts, kd, ce, ctx):
@@ -107,13 +129,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, corpus, m
 
 
 def test_run_dir_guard(tmp_path, corpus):
-    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=ce"])
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=ce"]
+    )
     train(cfg)
     marker = cfg.run_dir / "metrics.jsonl"
     before = marker.read_text()
     with pytest.raises(RunDirError, match="--resume.*--overwrite"):
         train(cfg)
-    other = load_config(overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=kd"])
+    other = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=kd"]
+    )
     with pytest.raises(RunDirError, match="different run.*method"):
         train(other)
     with pytest.raises(RunDirError, match="differs"):
@@ -123,7 +149,10 @@ def test_run_dir_guard(tmp_path, corpus):
 
 
 def test_student_parameters_change_and_lr_schedule(tmp_path, corpus):
-    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "lr") + ["train.max_steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"])
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "lr")
+        + ["train.max_steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"]
+    )
     lrs = [trainer_mod.lr_at(s, cfg) for s in range(10)]
     assert lrs[0] == pytest.approx(cfg.train.lr / 2) and lrs[1] == pytest.approx(cfg.train.lr)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
@@ -132,12 +161,34 @@ def test_student_parameters_change_and_lr_schedule(tmp_path, corpus):
 
 @pytest.mark.parametrize(
     "method",
-    ["kd", "rkl", "jsd", "skl", "srkl", "tvd", "sekd", "gls", "adakd", "egad", "rskd", "topk", "topk_ghost", "topk_gold", "dkd", "atkd", "pos_rs"],
+    [
+        "kd",
+        "rkl",
+        "jsd",
+        "skl",
+        "srkl",
+        "tvd",
+        "sekd",
+        "gls",
+        "adakd",
+        "egad",
+        "rskd",
+        "topk",
+        "topk_ghost",
+        "topk_gold",
+        "dkd",
+        "atkd",
+        "pos_rs",
+    ],
 )
 def test_chunked_path_equals_reference_path_through_the_step(tmp_path, corpus, method):
     """Fast path = reference path (values and gradients, fp32) for every divergence, target kind, temperature
     policy and selector, through the real step with a chunk size (7) that divides nothing."""
-    base = tiny_overrides(tmp_path, corpus) + [f"method={method}", "method.ce_weight=0.5", "train.head_chunk_size=7"]
+    base = tiny_overrides(tmp_path, corpus) + [
+        f"method={method}",
+        "method.ce_weight=0.5",
+        "train.head_chunk_size=7",
+    ]
     data = prepare_data(load_config(overrides=base), tmp_path / "prep")
     results = {}
     for path in ("chunked", "reference"):

@@ -5,7 +5,38 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = ["def", "class", "return", "import", "self", "value", "index", "items", "result", "yield", "lambda", "while", "for", "in", "if", "else", "print", "open", "read", "write", "list", "dict", "tuple", "set", "range", "len", "sum", "min", "max", "sorted"]
+WORDS = [
+    "def",
+    "class",
+    "return",
+    "import",
+    "self",
+    "value",
+    "index",
+    "items",
+    "result",
+    "yield",
+    "lambda",
+    "while",
+    "for",
+    "in",
+    "if",
+    "else",
+    "print",
+    "open",
+    "read",
+    "write",
+    "list",
+    "dict",
+    "tuple",
+    "set",
+    "range",
+    "len",
+    "sum",
+    "min",
+    "max",
+    "sorted",
+]
 
 
 def write_corpus(root: Path, n_docs: int = 24, seed: int = 0) -> Path:

@@ -23,38 +23,56 @@ from ekd.errors import EkdError
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs="?" if not required else None, help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", help="more YAML files (merged in order) and dotted overrides, e.g. train.max_steps=100 method=sekd")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="more YAML files (merged in order) and dotted overrides, e.g. train.max_steps=100 method=sekd",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ekd", description="Token-level knowledge distillation of causal LMs.")
+    parser = argparse.ArgumentParser(
+        prog="ekd", description="Token-level knowledge distillation of causal LMs."
+    )
     parser.add_argument("--version", action="version", version=f"ekd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the embedded default end to end (builtin corpus, tiny models, no network)")
+    p = sub.add_parser(
+        "demo", help="run the embedded default end to end (builtin corpus, tiny models, no network)"
+    )
     p.add_argument("--quick", action="store_true", help="smaller budget (≤ 3 minutes on 2 CPU cores)")
-    p.add_argument("--methods", default="", help="comma-separated presets to compare (default: the demo list)")
-    p.add_argument("--out", default="runs/demo", help="demo directory (teacher, tokenizer and runs are cached here)")
+    p.add_argument(
+        "--methods", default="", help="comma-separated presets to compare (default: the demo list)"
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="demo directory (teacher, tokenizer and runs are cached here)"
+    )
     p.add_argument("--steps", type=int, default=0, help="override the distillation steps per method")
     p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
 
     p = sub.add_parser("distill", help="distill a student from a teacher (or a teacher cache)")
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
     p = sub.add_parser("cache", help="build, inspect or verify an offline teacher cache")
     p.add_argument("config", help="YAML config, or 'info'/'verify' followed by a cache directory")
     p.add_argument("overrides", nargs="*", help="dotted overrides (or the cache directory for info/verify)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing cache built with another signature")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing cache built with another signature"
+    )
 
     p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
     p.add_argument("run_dir", help="run directory written by ekd distill")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
 
-    p = sub.add_parser("list", help="show registered divergences, presets, scorers, policies, temperatures, architectures")
+    p = sub.add_parser(
+        "list", help="show registered divergences, presets, scorers, policies, temperatures, architectures"
+    )
     p.add_argument("what", nargs="?", default="all")
 
     p = sub.add_parser("config", help="config tools")
@@ -79,7 +97,9 @@ def cmd_distill(args) -> int:
     paths, overrides = _split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)")
+    print(
+        f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
+    )
     _print_eval(result.eval)
     return 0
 
@@ -88,7 +108,14 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     from ekd.eval import results_table
 
     rows = [{"set": name, **m} for name, m in results.items()]
-    cols = [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("acc", "acc", ".3f"), ("ece", "ECE %", ".2f"), ("kl", "KL(t‖s)", ".3f"), ("agree", "top-1 agree", ".3f")]
+    cols = [
+        ("set", "eval set", ""),
+        ("ppl", "ppl", ".2f"),
+        ("acc", "acc", ".3f"),
+        ("ece", "ECE %", ".2f"),
+        ("kl", "KL(t‖s)", ".3f"),
+        ("agree", "top-1 agree", ".3f"),
+    ]
     print(results_table(rows, cols))
 
 
@@ -161,12 +188,21 @@ def _quiet_hf_progress_bars() -> None:
         pass
 
 
-COMMANDS = {"demo": cmd_demo, "distill": cmd_distill, "cache": cmd_cache, "eval": cmd_eval, "list": cmd_list, "config": cmd_config}
+COMMANDS = {
+    "demo": cmd_demo,
+    "distill": cmd_distill,
+    "cache": cmd_cache,
+    "eval": cmd_eval,
+    "list": cmd_list,
+    "config": cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_hf_progress_bars()
@@ -184,4 +220,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

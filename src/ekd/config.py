@@ -407,7 +407,9 @@ def _nearest(key: str) -> str:
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not close:  # try the field name alone against every section
         leaf = key.split(".")[-1]
-        close = [k for k in all_keys() if difflib.get_close_matches(leaf, [k.split(".")[-1]], cutoff=0.75)][:1]
+        close = [k for k in all_keys() if difflib.get_close_matches(leaf, [k.split(".")[-1]], cutoff=0.75)][
+            :1
+        ]
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -425,7 +427,16 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is bool:
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            if isinstance(value, str) and value.lower() in (
+                "true",
+                "false",
+                "1",
+                "0",
+                "yes",
+                "no",
+                "on",
+                "off",
+            ):
                 return value.lower() in ("true", "1", "yes", "on")
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
@@ -509,7 +520,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.max_steps=100)")
+            raise ConfigError(
+                f"override '{item}' must look like section.key=value (e.g. train.max_steps=100)"
+            )
         key, text = item.split("=", 1)
         key = key.strip()
         if key == "method":  # shorthand: method=<preset>
@@ -519,7 +532,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return flat
 
 
-def load_config(paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
     """Build a validated Config from YAML file(s) and dotted overrides (later wins)."""
     if paths is None:
         paths = []
@@ -576,7 +591,9 @@ def _choice(key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got '{value}'{hint}")
 
 
-def _range(key: str, value: float, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
+def _range(
+    key: str, value: float, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> None:
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise ConfigError(f"{key} must be {'>' if lo_open else '≥'} {lo}, got {value}")
     if hi is not None and value > hi:
@@ -592,7 +609,9 @@ def validate(cfg: Config) -> None:
     if not cfg.run.name or "/" in cfg.run.name:
         raise ConfigError(f"run.name must be a non-empty name without '/', got '{cfg.run.name}'")
     if d.block_length < 2:
-        raise ConfigError(f"data.block_length must be ≥ 2 (a block needs an input and a target), got {d.block_length}")
+        raise ConfigError(
+            f"data.block_length must be ≥ 2 (a block needs an input and a target), got {d.block_length}"
+        )
     _choice("data.format", d.format, ["auto", "text", "jsonl", "parquet", "hf"])
     _range("data.eval_fraction", d.eval_fraction, 0.0, 0.9)
     if bool(d.prompt_field) != bool(d.response_field):
@@ -604,7 +623,9 @@ def validate(cfg: Config) -> None:
     _range("teacher.cache_fraction", t.cache_fraction, 0.0, 1.0, lo_open=True)
     _choice("teacher.cache_stat_format", t.cache_stat_format, ["q8", "fp16"])
     if m.preset not in presets:
-        raise ConfigError(presets.unknown_message(m.preset).replace("unknown preset", "method.preset: unknown preset"))
+        raise ConfigError(
+            presets.unknown_message(m.preset).replace("unknown preset", "method.preset: unknown preset")
+        )
     if m.divergence not in divergences or m.divergence == "hellinger":
         names = [n for n in divergences.names() if n != "hellinger"]
         _choice("method.divergence", m.divergence, names)
@@ -616,9 +637,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("method.kd_weight and method.ce_weight are both 0: nothing to train")
     _choice("method.ce_on", m.ce_on, ["all", "selected"])
     if m.ce_on == "selected" and m.kd_weight == 0:
-        raise ConfigError("method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all")
+        raise ConfigError(
+            "method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all"
+        )
     if t.source == "none" and m.kd_weight > 0 and m.objective in ("kd", "dkd", "atkd"):
-        raise ConfigError(f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0")
+        raise ConfigError(
+            f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0"
+        )
     _range("method.kd_temperature", m.kd_temperature, 0.0, lo_open=True)
     _choice("method.target", m.target, ["dense", "topk", "rs"])
     _choice("method.topk_tail", m.topk_tail, ["renormalize", "ghost", "to_gold"])
@@ -637,7 +662,9 @@ def validate(cfg: Config) -> None:
     _range("method.sample_fraction", m.sample_fraction, 0.0, 1.0, lo_open=True)
     _range("method.student_data_fraction", m.student_data_fraction, 0.0, 1.0)
     if m.student_data_fraction > 0 and t.source != "online":
-        raise ConfigError("method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)")
+        raise ConfigError(
+            "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)"
+        )
     _range("method.sampling_temperature", m.sampling_temperature, 0.0, lo_open=True)
     _range("method.max_new_tokens", m.max_new_tokens, 1)
     _range("method.prompt_tokens", m.prompt_tokens, 1)
@@ -649,13 +676,17 @@ def validate(cfg: Config) -> None:
             "use method.divergence=forward_kl or method.target=dense"
         )
     if t.source == "cache" and m.target == "dense" and m.kd_weight > 0:
-        raise ConfigError("teacher.source=cache stores sparse targets: set method.target=rs or topk (or use teacher.source=online)")
+        raise ConfigError(
+            "teacher.source=cache stores sparse targets: set method.target=rs or topk (or use teacher.source=online)"
+        )
     _range("train.max_steps", tr.max_steps, 1)
     _range("train.micro_batch_size", tr.micro_batch_size, 1)
     _range("train.grad_accum_steps", tr.grad_accum_steps, 1)
     _range("train.lr", tr.lr, 0.0, lo_open=True)
     if tr.warmup_steps >= tr.max_steps and tr.max_steps > 1:
-        raise ConfigError(f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})")
+        raise ConfigError(
+            f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})"
+        )
     _range("train.min_lr_ratio", tr.min_lr_ratio, 0.0, 1.0)
     _choice("train.precision", tr.precision, ["auto", "fp32", "bf16"])
     _choice("train.loss_path", tr.loss_path, ["chunked", "chunked_recompute", "reference"])

@@ -20,7 +20,9 @@ ChunkLoss = Callable[[Tensor, slice], Tensor]
 """(student_logits (m, V) fp32 for rows [start, end), the slice) → scalar sum over those rows."""
 
 
-def rowwise_loss_sum(student_hidden: Tensor, head: Head, loss_fn: ChunkLoss, chunk_rows: int = 1024) -> Tensor:
+def rowwise_loss_sum(
+    student_hidden: Tensor, head: Head, loss_fn: ChunkLoss, chunk_rows: int = 1024
+) -> Tensor:
     """Σ over chunks of ``loss_fn(head(student_hidden[chunk]), chunk)``. student_hidden (M, Ds) → scalar."""
     m = student_hidden.shape[0]
     if m == 0:

@@ -68,7 +68,9 @@ class SparseTarget:
     tail: Tensor | None = None
 
     def rows(self, index: Tensor) -> SparseTarget:
-        return SparseTarget(self.ids[index], self.probs[index], None if self.tail is None else self.tail[index])
+        return SparseTarget(
+            self.ids[index], self.probs[index], None if self.tail is None else self.tail[index]
+        )
 
     def slice(self, start: int, end: int) -> SparseTarget:
         return SparseTarget(

@@ -32,11 +32,20 @@ def is_preset(spec: str) -> bool:
 def build_preset(name: str, vocab_size: int, eos_token_id: int | None = None, seed: int = 0) -> nn.Module:
     """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows."""
     if name not in architectures:
-        raise ModelError(architectures.unknown_message(name).replace("unknown architecture preset", "model: unknown preset"))
+        raise ModelError(
+            architectures.unknown_message(name).replace(
+                "unknown architecture preset", "model: unknown preset"
+            )
+        )
     values = dict(architectures.get(name))
     model_type = values.pop("model_type")
     config = AutoConfig.for_model(
-        model_type, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id, **values
+        model_type,
+        vocab_size=vocab_size,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        **values,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -71,16 +80,26 @@ def load_model(
         kwargs["dtype"] = dtype
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if (spec.startswith((".", "/", "~")) or Path(spec).exists()) and not (Path(spec).expanduser() / "config.json").is_file():
-        raise ModelError(f"model.{role}: {spec} is not a Hugging Face model directory (no config.json); pass a hub id, a saved model directory or preset:<name>")
+    if (spec.startswith((".", "/", "~")) or Path(spec).exists()) and not (
+        Path(spec).expanduser() / "config.json"
+    ).is_file():
+        raise ModelError(
+            f"model.{role}: {spec} is not a Hugging Face model directory (no config.json); pass a hub id, a saved model directory or preset:<name>"
+        )
     try:
-        return AutoModelForCausalLM.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec, **kwargs
+        )
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model.{role}: cannot load '{spec}' ({first}); check the id/path, network access or HF_HOME cache") from None
+        raise ModelError(
+            f"model.{role}: cannot load '{spec}' ({first}); check the id/path, network access or HF_HOME cache"
+        ) from None
 
 
-def load_tokenizer(spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer") -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer"
+) -> PreTrainedTokenizerBase:
     """AutoTokenizer from a hub id or local directory, with a clear error."""
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if revision:
@@ -92,7 +111,9 @@ def load_tokenizer(spec: str, revision: str = "", trust_remote_code: bool = Fals
         raise ModelError(f"{role}: cannot load a tokenizer from '{spec}' ({first})") from None
 
 
-def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str] = ("teacher", "student")) -> None:
+def check_same_tokenizer(
+    a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str] = ("teacher", "student")
+) -> None:
     """Refuse different tokenizers: same length and the same id for every token."""
     if len(a) != len(b) or a.get_vocab() != b.get_vocab():
         va, vb = a.get_vocab(), b.get_vocab()
@@ -113,7 +134,13 @@ def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> 
                 "the model does not cover the tokenizer; check model.tokenizer"
             )
         if rows > tokenizer_length:
-            log.info("%s head has %d rows (padded), tokenizer %d tokens: aligned to %d", role, rows, tokenizer_length, tokenizer_length)
+            log.info(
+                "%s head has %d rows (padded), tokenizer %d tokens: aligned to %d",
+                role,
+                rows,
+                tokenizer_length,
+                tokenizer_length,
+            )
     return tokenizer_length
 
 
@@ -134,7 +161,9 @@ def model_body(model: nn.Module) -> nn.Module:
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     if body is None:
-        raise ModelError(f"{type(model).__name__} has no body at base_model_prefix={prefix!r}: ekd needs a Hugging Face causal LM")
+        raise ModelError(
+            f"{type(model).__name__} has no body at base_model_prefix={prefix!r}: ekd needs a Hugging Face causal LM"
+        )
     return body
 
 
@@ -168,4 +197,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ModelError(f"model.teacher_dtype must be auto, float32, bfloat16 or float16, got '{name}'") from None
+        raise ModelError(
+            f"model.teacher_dtype must be auto, float32, bfloat16 or float16, got '{name}'"
+        ) from None

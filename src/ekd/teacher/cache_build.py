@@ -415,7 +415,9 @@ def _prepare_data(cfg: Config, directory: Path):
     return data
 
 
-def build_cache(cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True) -> Path:
+def build_cache(
+    cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True
+) -> Path:
     """Build (or resume building) the teacher cache of ``cfg`` in ``teacher.cache_dir``; returns the directory.
 
     Args:

@@ -15,7 +15,13 @@ class OnlineTeacher:
 
     provides_distribution = True
 
-    def __init__(self, model: nn.Module, vocab_size: int, chunk_rows: int = 1024, autocast_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab_size: int,
+        chunk_rows: int = 1024,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.model = model.eval().requires_grad_(False)
         self.head = output_head(model, vocab_size)
         self.chunk_rows = chunk_rows
@@ -40,5 +46,13 @@ class OnlineTeacher:
             features = out.hidden_states[feature_layer]  # (B, T, Dt)
         elif feature_layer == -1:
             features = hidden
-        stats = token_stats(set(need_stats) & TEACHER_STATS, batch.labels, teacher_hidden=hidden, teacher_head=self.head, chunk_rows=self.chunk_rows)
-        return TeacherSignal(stats=stats, available=batch.labels != -100, hidden=hidden, head=self.head, features=features)
+        stats = token_stats(
+            set(need_stats) & TEACHER_STATS,
+            batch.labels,
+            teacher_hidden=hidden,
+            teacher_head=self.head,
+            chunk_rows=self.chunk_rows,
+        )
+        return TeacherSignal(
+            stats=stats, available=batch.labels != -100, hidden=hidden, head=self.head, features=features
+        )

@@ -53,7 +53,9 @@ class TeacherSignal:
     def has_distribution(self) -> bool:
         return self.hidden is not None
 
-    def target_at(self, rows: Tensor, spec: TargetSpec, tau: Tensor, labels: Tensor, sample_ids: Tensor) -> Target:
+    def target_at(
+        self, rows: Tensor, spec: TargetSpec, tau: Tensor, labels: Tensor, sample_ids: Tensor
+    ) -> Target:
         """The target at flat rows (M,) of the micro-batch. tau (M,) (used by top-K), labels (B, T)."""
         if self.sparse is not None:
             # cached rows are stored in flat order of `available`: map flat row → its index there
@@ -79,7 +81,11 @@ class TeacherSignal:
                 else:
                     r = rows[sl]
                     seeds = position_seeds(spec.seed, sample_ids[r // T], r % T)  # (m,)
-                    parts.append(rs_target(logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power).target)
+                    parts.append(
+                        rs_target(
+                            logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power
+                        ).target
+                    )
         return concat_sparse(parts)
 
 

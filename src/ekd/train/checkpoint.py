@@ -58,7 +58,11 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state, tmp / "state.pt")
     if extra_modules:
-        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in extra_modules.items() for k, v in mod.state_dict().items()}
+        tensors = {
+            f"{name}.{k}": v.detach().cpu().contiguous()
+            for name, mod in extra_modules.items()
+            for k, v in mod.state_dict().items()
+        }
         safetensors.torch.save_file(tensors, str(tmp / "extra.safetensors"))
     if final.exists():
         shutil.rmtree(final)
@@ -81,7 +85,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         path = run_dir / "checkpoints" / pointer.read_text().strip()
         if path.is_dir():
             return path
-    steps = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = sorted(
+        p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+    )
     return steps[-1] if steps else None
 
 
@@ -94,10 +100,16 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore student, optimizer and extra modules in place; return the saved state dict."""
     try:
-        missing, unexpected = safetensors.torch.load_model(student, str(path / "student.safetensors"), strict=False)
+        missing, unexpected = safetensors.torch.load_model(
+            student, str(path / "student.safetensors"), strict=False
+        )
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
-            raise CheckpointError(f"checkpoint {path}: student weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True))
+            raise CheckpointError(
+                f"checkpoint {path}: student weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+        )
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         if extra_modules:
             tensors = safetensors.torch.load_file(str(path / "extra.safetensors"))
@@ -108,5 +120,7 @@ def load_checkpoint(
         raise
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable ({first}); delete it to resume from the previous one") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({first}); delete it to resume from the previous one"
+        ) from None
     return state

@@ -13,7 +13,15 @@ from ekd.errors import EkdError
 from ekd.train.prepare import PreparedData
 
 
-def evaluate_run(cfg: Config, data: PreparedData, student: nn.Module, teacher: nn.Module | None, device, amp, plots_dir: Path | None = None) -> dict[str, dict[str, float]]:
+def evaluate_run(
+    cfg: Config,
+    data: PreparedData,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    device,
+    amp,
+    plots_dir: Path | None = None,
+) -> dict[str, dict[str, float]]:
     """Evaluate the student (and the teacher, if loaded) on every eval split."""
     from ekd.data import iter_eval
     from ekd.eval import evaluate, plot_reliability
@@ -25,8 +33,14 @@ def evaluate_run(cfg: Config, data: PreparedData, student: nn.Module, teacher: n
             continue
         batches = list(iter_eval(blocks, cfg.eval.batch_size, cfg.data.max_eval_blocks))
         metrics, bins = evaluate(
-            student, [b.to(device) for b in batches], use_teacher, vocab_size=data.vocab_size, ece_bins=cfg.eval.ece_bins,
-            entropy_buckets=cfg.eval.entropy_buckets, device=device, autocast_dtype=amp,
+            student,
+            [b.to(device) for b in batches],
+            use_teacher,
+            vocab_size=data.vocab_size,
+            ece_bins=cfg.eval.ece_bins,
+            entropy_buckets=cfg.eval.entropy_buckets,
+            device=device,
+            autocast_dtype=amp,
         )
         results[name] = metrics
         if plots_dir is not None and cfg.eval.plots:
@@ -34,8 +48,14 @@ def evaluate_run(cfg: Config, data: PreparedData, student: nn.Module, teacher: n
             plot_reliability(bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}")
         if use_teacher is not None and cfg.eval.teacher_metrics:
             t_metrics, _ = evaluate(
-                use_teacher, [b.to(device) for b in batches], None, vocab_size=data.vocab_size, ece_bins=cfg.eval.ece_bins,
-                entropy_buckets=0, device=device, autocast_dtype=amp,
+                use_teacher,
+                [b.to(device) for b in batches],
+                None,
+                vocab_size=data.vocab_size,
+                ece_bins=cfg.eval.ece_bins,
+                entropy_buckets=0,
+                device=device,
+                autocast_dtype=amp,
             )
             results[f"{name}/teacher"] = t_metrics
     return results
@@ -56,11 +76,15 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     saved = run_dir / "config.yaml"
     student_dir = run_dir / "student"
     if not saved.is_file() or not (student_dir / "config.json").is_file():
-        raise EkdError(f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first")
+        raise EkdError(
+            f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first"
+        )
     raw = yaml.safe_load(saved.read_text())
     flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
     flat.update(parse_overrides(overrides or []))
-    cfg = config_from_dict({s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in raw})
+    cfg = config_from_dict(
+        {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in raw}
+    )
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
     from ekd.data import load_splits, pack_splits
@@ -78,4 +102,3 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
     return results
-

@@ -82,7 +82,9 @@ class MethodParts:
                     "use teacher.source=online or a teacher-side/student-side score (teacher_entropy, student_entropy, student_ce)"
                 )
         if self_objective and policy.needs_scores:
-            raise ConfigError(f"method.objective={m.objective} distills on all valid tokens; set method.policy=all")
+            raise ConfigError(
+                f"method.objective={m.objective} distills on all valid tokens; set method.policy=all"
+            )
         return cls(
             method_cfg=m,
             divergence=make_divergence(m.divergence, m.jsd_beta, m.skew_alpha),
@@ -110,7 +112,9 @@ class MethodParts:
     def wants_feedback(self) -> bool:
         return getattr(self.policy, "name", "") == "bandit"
 
-    def attach_models(self, student: nn.Module, teacher_model: nn.Module | None, device: torch.device) -> None:
+    def attach_models(
+        self, student: nn.Module, teacher_model: nn.Module | None, device: torch.device
+    ) -> None:
         """Create the extra modules: EGAD projection (trained), EMA student, frozen initial student."""
         if self.feature_weight > 0:
             from ekd.losses.features import FeatureProjection
@@ -131,21 +135,29 @@ class MethodParts:
             initial = copy.deepcopy(student).eval().requires_grad_(False)
             self.frozen["initial_student"] = initial
 
-    def scores(self, stats: dict[str, Tensor], candidates: Tensor, generator: torch.Generator, vocab_size: int) -> Tensor:
+    def scores(
+        self, stats: dict[str, Tensor], candidates: Tensor, generator: torch.Generator, vocab_size: int
+    ) -> Tensor:
         from ekd.selection.scores import compute_scores
 
         return compute_scores(self.method_cfg, stats, candidates, generator, vocab_size)
 
-    def feature_sum(self, rows: Tensor, stats: dict[str, Tensor], student_features: Tensor, signal) -> tuple[Tensor, int]:
+    def feature_sum(
+        self, rows: Tensor, stats: dict[str, Tensor], student_features: Tensor, signal
+    ) -> tuple[Tensor, int]:
         """EGAD: Σ feature loss over the hard selected rows (top fraction by teacher entropy). → (sum, #hard)."""
         from ekd.losses.features import feature_loss_sum, hard_token_mask
 
         m = self.method_cfg
         entropy = stats["teacher_entropy"].reshape(-1)[rows]  # (M,)
         hard_rows = rows[hard_token_mask(entropy, m.feature_hard_fraction)]  # (H,)
-        h_s = student_features.reshape(-1, student_features.shape[-1])[hard_rows]  # (H, Ds) gathered at hard rows only
+        h_s = student_features.reshape(-1, student_features.shape[-1])[
+            hard_rows
+        ]  # (H, Ds) gathered at hard rows only
         h_t = signal.features.reshape(-1, signal.features.shape[-1])[hard_rows]  # (H, Dt)
-        return feature_loss_sum(h_s, h_t, self.modules["feature_projection"], m.feature_loss), int(hard_rows.numel())
+        return feature_loss_sum(h_s, h_t, self.modules["feature_projection"], m.feature_loss), int(
+            hard_rows.numel()
+        )
 
     def after_optimizer_step(self, student: nn.Module) -> None:
         if self.ema is not None:

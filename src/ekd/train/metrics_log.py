@@ -17,7 +17,11 @@ class MetricsLog:
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line).get("step", 0) <= resume_step
+            ]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(self.path)
@@ -29,12 +33,16 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+                self.tb = SummaryWriter(
+                    str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None
+                )
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
+        }
         self.file.write(json.dumps({"step": step, **clean}) + "\n")
         self.file.flush()
         if self.tb is not None:

@@ -20,11 +20,24 @@ def _hidden_at(model, batch, rows: Tensor, amp) -> Tensor:
     """(M, D) final hidden states of a frozen model at flat rows."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        h = model_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        h = model_body(model)(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
     return h.reshape(-1, h.shape[-1])[rows]  # (M, D)
 
 
-def objective_sum(parts, batch, rows: Tensor, weights: Tensor, tau: Tensor, h_s_flat: Tensor, head_s: Head, signal, stats, ctx) -> Tensor:
+def objective_sum(
+    parts,
+    batch,
+    rows: Tensor,
+    weights: Tensor,
+    tau: Tensor,
+    h_s_flat: Tensor,
+    head_s: Head,
+    signal,
+    stats,
+    ctx,
+) -> Tensor:
     """Σ over selected rows of the configured objective. rows/weights/tau (M,) → scalar."""
     m = parts.method_cfg
     gold = batch.labels.reshape(-1)[rows]  # (M,)

@@ -61,7 +61,11 @@ def teacher_needed(cfg: Config) -> bool:
     """Whether training needs teacher targets: a KD term against the teacher (not a self-distillation objective)."""
     from ekd.train.method_parts import SELF_OBJECTIVES
 
-    return cfg.method.kd_weight > 0 and cfg.method.objective not in SELF_OBJECTIVES and cfg.teacher.source != "none"
+    return (
+        cfg.method.kd_weight > 0
+        and cfg.method.objective not in SELF_OBJECTIVES
+        and cfg.teacher.source != "none"
+    )
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None):
@@ -76,17 +80,25 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
         spec = "train_bpe"
     if spec == "train_bpe":
         if not (is_preset(cfg.model.student) and (is_preset(cfg.model.teacher) or not teacher_needed(cfg))):
-            raise ConfigError("model.tokenizer=train_bpe needs preset models (preset:<name>); real models bring their tokenizer")
+            raise ConfigError(
+                "model.tokenizer=train_bpe needs preset models (preset:<name>); real models bring their tokenizer"
+            )
         if (saved / "tokenizer.json").is_file():
             return load_tokenizer(str(saved))
         if not train_texts:
             raise ConfigError("model.tokenizer=train_bpe: no training text to train the tokenizer on")
-        log.info("training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size)
+        log.info(
+            "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
+        )
         return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
     if spec == "teacher":
-        tok = load_tokenizer(cfg.model.teacher, cfg.model.revision, cfg.model.trust_remote_code, "model.teacher")
+        tok = load_tokenizer(
+            cfg.model.teacher, cfg.model.revision, cfg.model.trust_remote_code, "model.teacher"
+        )
         if not is_preset(cfg.model.student):
-            check_same_tokenizer(tok, load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student"))
+            check_same_tokenizer(
+                tok, load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student")
+            )
         return tok
     if spec == "student":
         return load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student")
@@ -159,7 +171,9 @@ def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, 
     from ekd.teacher.online import OnlineTeacher
 
     assert teacher is not None
-    return OnlineTeacher(teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device))
+    return OnlineTeacher(
+        teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device)
+    )
 
 
 def chunk_rows(cfg: Config, vocab_size: int) -> int:

@@ -12,7 +12,14 @@ from ekd.errors import RunDirError
 from ekd.train.checkpoint import atomic_write_text
 
 # keys that may change when resuming (budget, logging, evaluation); anything else makes it a different run
-RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "log.", "eval.", "run.device")
+RESUMABLE_CHANGES = (
+    "train.max_steps",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "log.",
+    "eval.",
+    "run.device",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -43,15 +50,21 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
         if overwrite:
             shutil.rmtree(run_dir)
         elif not saved.is_file():
-            raise RunDirError(f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir")
+            raise RunDirError(
+                f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
+            )
         else:
             diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict())
             if not resume:
                 what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
-                raise RunDirError(f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name")
+                raise RunDirError(
+                    f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
+                )
             blocking = [k for k in diffs if not k.startswith(RESUMABLE_CHANGES)]
             if blocking:
-                raise RunDirError(f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}; resume with the same settings or use --overwrite")
+                raise RunDirError(
+                    f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}; resume with the same settings or use --overwrite"
+                )
     elif resume:
         raise RunDirError(f"--resume: {run_dir} holds no run to resume; drop --resume to start it")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -52,12 +52,16 @@ class MicroBatchResult:
     feedback: dict[str, Tensor] | None = None  # what a policy needs after the optimizer step (bandit)
 
 
-def student_hidden(student: nn.Module, batch, autocast_dtype: torch.dtype | None, layer: int | None = None) -> tuple[Tensor, Tensor | None]:
+def student_hidden(
+    student: nn.Module, batch, autocast_dtype: torch.dtype | None, layer: int | None = None
+) -> tuple[Tensor, Tensor | None]:
     """(B, T, Ds) final hidden states of the student body (with grad), and layer ``layer``'s if asked."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         out = model_body(student)(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=layer not in (None, -1)
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=layer not in (None, -1),
         )
     features = None
     if layer == -1:
@@ -112,7 +116,11 @@ def distill_micro_batch(
             )
         candidates = valid & signal.available if signal is not None else valid  # (B, T) may receive KD
         policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats)
-        scores = parts.scores(stats, candidates, ctx.generator, ctx.vocab_size) if parts.policy.needs_scores else None
+        scores = (
+            parts.scores(stats, candidates, ctx.generator, ctx.vocab_size)
+            if parts.policy.needs_scores
+            else None
+        )
         # 4. selection → temperatures
         selection = parts.policy.select(scores, candidates, policy_ctx)
         tau = parts.temperature(selection, stats, candidates, policy_ctx).float()  # (M,)
@@ -133,9 +141,15 @@ def distill_micro_batch(
                 compile=ctx.compile,
             )
             if parts.wants_feedback and isinstance(target, DenseTarget):
-                feedback = {"rows": rows, "teacher_hidden": target.hidden, "kl_before": stats["forward_kl"].reshape(-1)[rows]}
+                feedback = {
+                    "rows": rows,
+                    "teacher_hidden": target.hidden,
+                    "kl_before": stats["forward_kl"].reshape(-1)[rows],
+                }
         else:
-            kd_sum = objective_sum(parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx)
+            kd_sum = objective_sum(
+                parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
+            )
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
@@ -153,13 +167,22 @@ def distill_micro_batch(
             ce_rows = selection.rows.unique()
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
-        ce_sum = ce_loss_sum(h_s_flat[ce_rows], head_s, labels.reshape(-1)[ce_rows], ctx.loss_path, ctx.chunk_rows, compile=ctx.compile)
+        ce_sum = ce_loss_sum(
+            h_s_flat[ce_rows],
+            head_s,
+            labels.reshape(-1)[ce_rows],
+            ctx.loss_path,
+            ctx.chunk_rows,
+            compile=ctx.compile,
+        )
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
 
 
-def _selection_metrics(sel: Selection, tau: Tensor, stats: dict[str, Tensor], candidates: Tensor) -> dict[str, float]:
+def _selection_metrics(
+    sel: Selection, tau: Tensor, stats: dict[str, Tensor], candidates: Tensor
+) -> dict[str, float]:
     """Sums and extremes for the step's diagnostics (aggregated over micro-batches by the trainer)."""
     out = {
         "selected": float(sel.count),
@@ -180,7 +203,9 @@ def _selection_metrics(sel: Selection, tau: Tensor, stats: dict[str, Tensor], ca
 
 
 @torch.no_grad()
-def kl_at_rows(student: nn.Module, batch, rows: Tensor, teacher_hidden: Tensor, teacher_head, vocab_size: int, amp) -> Tensor:
+def kl_at_rows(
+    student: nn.Module, batch, rows: Tensor, teacher_hidden: Tensor, teacher_head, vocab_size: int, amp
+) -> Tensor:
     """KL(p‖q) at flat rows after an optimizer step (the bandit's reward). → (M,)."""
     from ekd.losses.divergences import forward_kl
 

@@ -66,7 +66,9 @@ def token_stats(
     need_s = bool(needs & (STUDENT_STATS | PAIR_STATS))
     need_t = bool(needs & (TEACHER_STATS | PAIR_STATS))
     if need_s and (student_hidden is None or student_head is None):
-        raise ValueError(f"statistics {sorted(needs & (STUDENT_STATS | PAIR_STATS))} need the student hidden states")
+        raise ValueError(
+            f"statistics {sorted(needs & (STUDENT_STATS | PAIR_STATS))} need the student hidden states"
+        )
     if need_t and (teacher_hidden is None or teacher_head is None):
         raise ValueError(f"statistics {sorted(needs & (TEACHER_STATS | PAIR_STATS))} need the teacher model")
     hs = student_hidden.detach().reshape(-1, student_hidden.shape[-1]) if need_s else None  # (B·T, Ds)

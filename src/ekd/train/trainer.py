@@ -70,7 +70,10 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torc
     """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
     decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
     no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True)
 
 
@@ -79,7 +82,9 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: PreparedData | None = None) -> TrainResult:
+def train(
+    cfg: Config, *, resume: bool = False, overwrite: bool = False, data: PreparedData | None = None
+) -> TrainResult:
     """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures.
 
     Under ``torchrun`` every rank runs this; rank 0 owns the run directory, logs, checkpoints and evaluation.
@@ -88,7 +93,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, data: P
         return _train(cfg, ranks, resume, overwrite, data)
 
 
-def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: PreparedData | None) -> TrainResult:
+def _train(
+    cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: PreparedData | None
+) -> TrainResult:
     from ekd.data import BlockLoader
 
     t_start = time.perf_counter()
@@ -110,10 +117,18 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
     teacher = build_teacher_source(cfg, data, device, teacher_model) if parts.needs_teacher else None
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
-    params = list(student.named_parameters()) + [(f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()]
+    params = list(student.named_parameters()) + [
+        (f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()
+    ]
     optimizer = build_optimizer(params, cfg)
     # every rank walks the same global order and takes its slice of each (W·b)-row batch
-    loader = BlockLoader(data.blocks["train"], cfg.train.micro_batch_size * ranks.world_size, seed=cfg.run.seed, shuffle=True, drop_last=True)
+    loader = BlockLoader(
+        data.blocks["train"],
+        cfg.train.micro_batch_size * ranks.world_size,
+        seed=cfg.run.seed,
+        shuffle=True,
+        drop_last=True,
+    )
     if cfg.method.sample_fraction < 1.0:
         loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
 
@@ -127,7 +142,9 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
             parts.temperature.load_state_dict(state.get("temperature", {}))
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", ckpt, start_step)
-    metrics_log = MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
+    metrics_log = (
+        MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
+    )
 
     def checkpoint(step: int) -> Path:
         state = {
@@ -137,13 +154,26 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
             "rng": torch.get_rng_state(),
         }
-        path = save_checkpoint(run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints) if main else None
+        path = (
+            save_checkpoint(
+                run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints
+            )
+            if main
+            else None
+        )
         ranks.barrier()
         return path
 
     totals = {"selected": 0.0, "valid": 0.0}
     last: dict[str, float] = {}
-    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps, disable=not (cfg.log.progress and main), desc=cfg.run.name, dynamic_ncols=True)
+    bar = tqdm(
+        range(start_step, cfg.train.max_steps),
+        initial=start_step,
+        total=cfg.train.max_steps,
+        disable=not (cfg.log.progress and main),
+        desc=cfg.run.name,
+        dynamic_ncols=True,
+    )
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
         # 1. learning rate for this step
@@ -151,38 +181,55 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
-        micro_batches = [rank_slice(loader.next_batch(), ranks).to(device) for _ in range(cfg.train.grad_accum_steps)]
+        micro_batches = [
+            rank_slice(loader.next_batch(), ranks).to(device) for _ in range(cfg.train.grad_accum_steps)
+        ]
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             micro_batches = [
-                maybe_on_policy(b, student, cfg.method, on_policy_generator(cfg.run.seed, step, i), data.eos_id)[0]
+                maybe_on_policy(
+                    b, student, cfg.method, on_policy_generator(cfg.run.seed, step, i), data.eos_id
+                )[0]
                 for i, b in enumerate(micro_batches)
             ]
-        loss_value, sums, kd_count, ce_count, feedback = forward_backward(micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir)
+        loss_value, sums, kd_count, ce_count, feedback = forward_backward(
+            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir
+        )
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
         # 3. sum gradients over ranks (terms are already divided by global counts), clip, step
         sum_gradients([p for _, p in params if p.requires_grad], ranks)
         loss_value = global_sum(loss_value, ranks)
         trainable = [p for _, p in params if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")))
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(
+                trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+            )
+        )
         if not math.isfinite(grad_norm):
             _stop_non_finite(step, run_dir, what="gradient norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
         kd_mean = global_sum(sums.get("kd_sum", 0.0), ranks) / kd_count  # LATF sees the all-reduced loss
-        parts.policy.observe(kd_loss=kd_mean, **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp))
+        parts.policy.observe(
+            kd_loss=kd_mean,
+            **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp),
+        )
         parts.after_optimizer_step(student)
         # 5. log
         totals["selected"] += sums.get("selected", 0.0)
         totals["valid"] += sums.get("valid", 0.0)
         elapsed = time.perf_counter() - t_loop
-        last = _step_metrics(step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9))
+        last = _step_metrics(
+            step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9)
+        )
         if main and ((step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps):
             metrics_log.write(step + 1, last)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
         if main and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
-            metrics_log.write(step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp)))
+            metrics_log.write(
+                step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp))
+            )
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(step + 1)
@@ -192,7 +239,12 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
     results: dict[str, dict[str, float]] = {}
     if main:
         save_model_dir(student, data.tokenizer, run_dir / "student")
-        if teacher_model is None and cfg.eval.teacher and cfg.teacher.source == "cache" and not is_preset(cfg.model.teacher):
+        if (
+            teacher_model is None
+            and cfg.eval.teacher
+            and cfg.teacher.source == "cache"
+            and not is_preset(cfg.model.teacher)
+        ):
             log.info("loading the teacher for evaluation only (training used the cache)")
             teacher_model = load_teacher(cfg, data, device)
         results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
@@ -200,10 +252,22 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: Prepa
         metrics_log.close()
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
-    return TrainResult(run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results)
+    return TrainResult(
+        run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results
+    )
 
 
-def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: int, cfg: Config, vocab_size: int, amp, run_dir: Path):
+def forward_backward(
+    micro_batches,
+    student,
+    teacher,
+    parts: MethodParts,
+    step: int,
+    cfg: Config,
+    vocab_size: int,
+    amp,
+    run_dir: Path,
+):
     """Accumulate one optimizer step's gradients over its micro-batches.
 
     Every term is normalized by its global count over the whole step (planned before any forward pass
@@ -226,8 +290,14 @@ def forward_backward(micro_batches, student, teacher, parts: MethodParts, step: 
     feedback: list = []
     for i, batch in enumerate(micro_batches):
         ctx = StepContextData(
-            step, cfg.train.max_steps, vocab_size, step_generator(cfg.run.seed, step, i),
-            cfg.train.loss_path, chunk_rows(cfg, vocab_size), amp, cfg.train.compile,
+            step,
+            cfg.train.max_steps,
+            vocab_size,
+            step_generator(cfg.run.seed, step, i),
+            cfg.train.loss_path,
+            chunk_rows(cfg, vocab_size),
+            amp,
+            cfg.train.compile,
         )
         out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
         if not torch.isfinite(out.loss):
@@ -244,7 +314,10 @@ def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size:
     """KL at each micro-batch's selected rows before and after the optimizer step (the bandit's reward)."""
     if not feedback or any(f is None for f in feedback):
         return {}
-    after = [kl_at_rows(student, b, f["rows"], f["teacher_hidden"], teacher.head, vocab_size, amp) for f, b in zip(feedback, micro_batches)]
+    after = [
+        kl_at_rows(student, b, f["rows"], f["teacher_hidden"], teacher.head, vocab_size, amp)
+        for f, b in zip(feedback, micro_batches)
+    ]
     return {"kl_before": torch.cat([f["kl_before"] for f in feedback]), "kl_after": torch.cat(after)}
 
 
@@ -252,12 +325,16 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
     """Load the teacher model for training (online source) or, for CE-only runs, to report KL at evaluation."""
     if cfg.teacher.source != "online":
         return False
-    if parts.needs_teacher or (cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")):
+    if parts.needs_teacher or (
+        cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")
+    ):
         return True
     return cfg.eval.teacher and not is_preset(cfg.model.teacher)
 
 
-def sample_selection(cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, device) -> torch.Tensor:
+def sample_selection(
+    cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, device
+) -> torch.Tensor:
     """SE-KD3X TopSmp: the kept training-sample indices, scored once by the frozen initial student.
 
     Saved to ``run_dir/sample_selection.json`` and reused on resume (never re-scored with a trained student).
@@ -276,10 +353,21 @@ def sample_selection(cfg: Config, run_dir: Path, data: PreparedData, student, te
         return kept
     blocks = data.blocks["train"]
     batches = [b.to(device) for b in iter_eval(blocks, cfg.eval.batch_size)]
-    ids, scores = score_samples_by_id(student, batches, cfg.method.sample_scorer, data.vocab_size, device, teacher_model, seed=cfg.run.seed)
+    ids, scores = score_samples_by_id(
+        student, batches, cfg.method.sample_scorer, data.vocab_size, device, teacher_model, seed=cfg.run.seed
+    )
     kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
-    save_sample_selection(path, kept, {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": len(blocks)})
-    log.info("sample selection: kept %d of %d training blocks by %s", kept.numel(), len(blocks), cfg.method.sample_scorer)
+    save_sample_selection(
+        path,
+        kept,
+        {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": len(blocks)},
+    )
+    log.info(
+        "sample selection: kept %d of %d training blocks by %s",
+        kept.numel(),
+        len(blocks),
+        cfg.method.sample_scorer,
+    )
     return kept
 
 
@@ -293,7 +381,9 @@ def _combine(key: str, old: float | None, new: float) -> float:
     return old + new
 
 
-def _step_metrics(step, lr, loss, grad_norm, sums, kd_count, ce_count, parts: MethodParts, tokens_per_s) -> dict[str, float]:
+def _step_metrics(
+    step, lr, loss, grad_norm, sums, kd_count, ce_count, parts: MethodParts, tokens_per_s
+) -> dict[str, float]:
     m = {
         "train/loss": loss,
         "train/lr": lr,
@@ -321,7 +411,9 @@ def _step_metrics(step, lr, loss, grad_norm, sums, kd_count, ce_count, parts: Me
 def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
     ckpt = latest_checkpoint(run_dir)
     kept = f"the last good checkpoint {ckpt} is kept" if ckpt else "no checkpoint was written yet"
-    raise NonFiniteLossError(f"non-finite {what} at step {step + 1}; {kept}; lower train.lr or check the data/teacher")
+    raise NonFiniteLossError(
+        f"non-finite {what} at step {step + 1}; {kept}; lower train.lr or check the data/teacher"
+    )
 
 
 def _flatten_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
