@@ -383,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk", type=int, default=0, help="ekd rows per chunk (default: auto_chunk_rows(V))"
     )
-    parser.add_argument("--skip-step", action="store_true", help="only the loss-head benchmarks")
+    parser.add_argument("--skip-step", action="store_true", help="skip the optimizer-step benchmarks")
+    parser.add_argument("--skip-cache", action="store_true", help="skip the teacher-cache figures")
+    parser.add_argument("--demo", default="runs/demo", help="demo directory (its teacher cache, if built)")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
     plan.chunk = args.chunk
@@ -404,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.step import bench_step
 
         step_lines = bench_step(quick=args.quick)
+    cache_lines: list[str] = []
+    if not args.skip_cache:
+        from benchmarks.cache import section
+
+        cache_lines = section(Path(args.demo)).splitlines()
     elapsed = time.perf_counter() - t0
     header = [
         "# ekd benchmarks",
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(header + head_lines + [""] + step_lines) + "\n")
+    tmp.write_text("\n".join(header + head_lines + [""] + step_lines + [""] + cache_lines) + "\n")
     tmp.replace(out)
     print(f"wrote {out} ({elapsed / 60:.1f} min)")
     return 0

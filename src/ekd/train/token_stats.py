@@ -25,11 +25,19 @@ ALL_STATS = TEACHER_STATS | STUDENT_STATS | PAIR_STATS
 
 
 def entropy_and_logp_gold(logits: Tensor, gold: Tensor) -> tuple[Tensor, Tensor]:
-    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,)."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)  # (m, V)
-    p = log_p.exp()
-    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
-    return entropy, log_p.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,).
+
+    H = logsumexp(z) − Σ_v p_v·z_v, with the dot product as a batched matmul so that only two (m, V)
+    buffers live at once (z and p); masked −inf logits are replaced by the most negative finite value.
+    """
+    z = logits.float()
+    if torch.isneginf(z).any():
+        z = z.nan_to_num(neginf=torch.finfo(torch.float32).min)
+    lse = torch.logsumexp(z, dim=-1)  # (m,)
+    p = torch.softmax(z, dim=-1)  # (m, V)
+    expected_z = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)  # (m,) Σ_v p_v z_v
+    entropy = (lse - expected_z).clamp_min(0.0)  # ≥ 0; cancellation can leave −1e-7
+    return entropy, z.gather(-1, gold.unsqueeze(-1)).squeeze(-1) - lse
 
 
 @torch.no_grad()
