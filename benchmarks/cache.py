@@ -47,15 +47,14 @@ def gradient_fidelity(rows: int = 64, vocab: int = 2048, draws: int = 400, sampl
     g_full = (q - p).double()  # ∂ KL(p‖q) / ∂ z_s per row
     out = []
     acc = torch.zeros_like(g_full)
-    unique, done = 0.0, 0
+    unique = 0.0
     checkpoints = {1, 25, draws}
-    for d in range(draws):
+    for done, d in enumerate(range(draws), start=1):
         seeds = position_seeds(d + 1, torch.zeros(rows, dtype=torch.long), torch.arange(rows))
         t = rs_target(zt, samples, seeds=seeds).target
         g = q * t.probs.sum(-1, keepdim=True) - torch.zeros_like(q).scatter_add_(1, t.ids, t.probs)  # (M, V)
         acc += g.double()
         unique += float((t.probs > 0).sum()) / rows
-        done += 1
         if done in checkpoints:
             mean = acc / done
             out.append(
@@ -126,7 +125,7 @@ def demo_build_throughput(demo: Path) -> float | None:
     from ekd.teacher.cache_build import run_build
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = student_config(demo, FULL, "sekd3x", 10)
+        cfg = student_config(demo, FULL, "sekd3x", 100)
         cfg.teacher.cache_dir = tmp
         cfg.data.max_chars = 600_000  # a few hundred blocks are enough for a throughput ratio
         result = run_build(cfg, overwrite=True)
