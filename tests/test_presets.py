@@ -66,11 +66,20 @@ def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
     assert any(not torch.equal(trained[k], initial[k]) for k in initial), (
         "the projection must receive gradient updates"
     )
-    assert [
+    logged = [
         m
         for m in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
-        if "select/fraction" in m
+        if "train/loss" in m
     ]
+    for key in (
+        "select/fraction",
+        "select/feature_share",
+        "select/hard_fraction",
+        "select/tau_mean",
+        "select/phase",
+    ):
+        assert all(key in m for m in logged), key
+    assert 0 < logged[-1]["select/feature_share"] < 1
 
 
 def _losses(run_dir):

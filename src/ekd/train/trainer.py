@@ -392,6 +392,11 @@ def _step_metrics(
         "train/kd": sums.get("kd_sum", 0.0) / kd_count,
         "train/ce": sums.get("ce_sum", 0.0) / ce_count,
     }
+    if parts.feature_weight > 0:
+        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / kd_count
+        m["train/feature"] = feature
+        m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
+        m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
     if parts.kd_weight > 0 and sums.get("valid"):
         m["select/fraction"] = sums.get("selected", 0.0) / sums["valid"]
         if sums.get("selected"):
