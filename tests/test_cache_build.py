@@ -30,7 +30,7 @@ from ekd.teacher.signal import TargetSpec
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward
-from tiny import tiny_overrides, write_corpus
+from tiny import config_file, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -46,14 +46,7 @@ def one_thread():
 
 
 def _config_file(root: Path, corpus: Path, name: str, **extra) -> str:
-    nested: dict = {}
-    for item in tiny_overrides(root, corpus, name, **extra):
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        nested.setdefault(section, {})[field] = yaml.safe_load(value)
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(nested))
-    return str(path)
+    return config_file(root, corpus, name, **extra)
 
 
 @pytest.fixture(scope="module")

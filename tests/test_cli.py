@@ -12,7 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ekd.cli import main
-from tiny import tiny_overrides, write_corpus
+from tiny import config_file, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,7 @@ def corpus(tmp_path_factory):
 
 
 def _config_file(tmp_path, corpus, name="cli", **extra) -> str:
-    """Write the tiny overrides as a YAML config file (so the CLI is driven by a file, as users do)."""
-    nested: dict = {}
-    for item in tiny_overrides(tmp_path, corpus, name, **extra):
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        nested.setdefault(section, {})[field] = yaml.safe_load(value)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(nested))
-    return str(path)
+    return config_file(tmp_path, corpus, name, **extra)
 
 
 def _error_line(capsys) -> str:

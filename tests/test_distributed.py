@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,18 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ekd.cli import main
-from tiny import tiny_overrides, write_corpus
+from tiny import loss_curve, tiny_overrides, write_corpus
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
 @pytest.mark.slow
@@ -53,7 +47,7 @@ def test_two_ranks_equal_one_process(tmp_path, method):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = tmp_path / "runs" / "single", tmp_path / "runs" / "ddp"
-    assert _losses(a) == pytest.approx(_losses(b), rel=1e-5)
+    assert list(loss_curve(a).values()) == pytest.approx(list(loss_curve(b).values()), rel=1e-5)
     wa = AutoModelForCausalLM.from_pretrained(a / "student").state_dict()
     wb = AutoModelForCausalLM.from_pretrained(b / "student").state_dict()
     for k in wa:

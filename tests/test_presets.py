@@ -12,9 +12,8 @@ from ekd.cli import main
 from ekd.config import load_config
 from ekd.methods import presets
 from ekd.models.load import build_preset
-from ekd.train import trainer as trainer_mod
 from ekd.train.trainer import train
-from tiny import tiny_overrides, write_corpus
+from tiny import crash_then_resume, loss_curve, tiny_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +81,6 @@ def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
     assert 0 < logged[-1]["select/feature_share"] < 1
 
 
-def _losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
@@ -107,20 +101,11 @@ def _losses(run_dir):
 )
 def test_stateful_methods_resume_exactly(tmp_path, corpus, monkeypatch, method):
     extra = ["train.max_steps=6", "train.checkpoint_every=3", "eval.teacher=false", *method]
-    expected = _losses(train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra)).run_dir)
-    real = trainer_mod.forward_backward
-
-    def crash_at_step_4(micro, student, teacher, parts, step, *args):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(micro, student, teacher, parts, step, *args)
-
+    expected = loss_curve(
+        train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra)).run_dir
+    )
     cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra)
-    monkeypatch.setattr(trainer_mod, "forward_backward", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(trainer_mod, "forward_backward", real)
-    got = _losses(train(cfg, resume=True).run_dir)
+    got = loss_curve(crash_then_resume(cfg, monkeypatch).run_dir)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-7), (step, got, expected)

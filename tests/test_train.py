@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ from ekd.train import trainer as trainer_mod
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward, train
-from tiny import tiny_overrides, write_corpus
+from tiny import crash_then_resume, loss_curve, tiny_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +64,6 @@ def test_grad_accumulation_8x1_equals_2x4(tmp_path, corpus, method):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, corpus, monkeypatch):
     extra = [
         "train.max_steps=6",
@@ -82,23 +75,13 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, corpus, monkey
         "eval.teacher=false",
     ]
     full = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full") + extra))
-    expected = _losses(full.run_dir)
+    expected = loss_curve(full.run_dir)
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
 
-    real = trainer_mod.forward_backward
-
-    def crash_at_step_4(micro, student, teacher, parts, step, *args):
-        if step == 4:
-            raise KeyboardInterrupt  # killed after the step-3 checkpoint and one more step
-        return real(micro, student, teacher, parts, step, *args)
-
-    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra)
-    monkeypatch.setattr(trainer_mod, "forward_backward", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(trainer_mod, "forward_backward", real)
-    resumed = train(cfg, resume=True)
-    got = _losses(resumed.run_dir)
+    resumed = crash_then_resume(
+        load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra), monkeypatch
+    )
+    got = loss_curve(resumed.run_dir)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step

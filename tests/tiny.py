@@ -76,3 +76,45 @@ def tiny_overrides(tmp: Path, corpus: Path, name: str = "t", **extra: object) ->
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def config_file(tmp: Path, corpus: Path, name: str, **extra: object) -> str:
+    """The tiny overrides written as a YAML config file (so the CLI is driven by a file, as users do)."""
+    import yaml
+
+    nested: dict = {}
+    for item in tiny_overrides(tmp, corpus, name, **extra):
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        nested.setdefault(section, {})[field] = yaml.safe_load(value)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    return str(path)
+
+
+def loss_curve(run_dir: Path) -> dict[int, float]:
+    """step → train/loss from a run's metrics.jsonl."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def crash_then_resume(cfg, monkeypatch, crash_step: int = 4):
+    """Train ``cfg`` until it is killed at ``crash_step`` (after a checkpoint), then ``--resume`` it."""
+    import pytest
+
+    from ekd.train import trainer as trainer_mod
+
+    real = trainer_mod.forward_backward
+
+    def crash(micro, student, teacher, parts, step, *args):
+        if step == crash_step:
+            raise KeyboardInterrupt  # killed mid-run, after the last checkpoint
+        return real(micro, student, teacher, parts, step, *args)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_mod.train(cfg)
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    return trainer_mod.train(cfg, resume=True)
