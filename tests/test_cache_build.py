@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,7 +26,8 @@ from ekd.config import load_config
 from ekd.data import BlockLoader, collate
 from ekd.losses.targets import Head
 from ekd.teacher.cache import CacheError, CacheReader
-from ekd.teacher.cache_build import batch_entries, run_build
+from ekd.teacher.cache_build import run_build
+from ekd.teacher.cache_entries import batch_entries
 from ekd.teacher.signal import TargetSpec
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
@@ -170,6 +172,29 @@ def test_teacher_entropy_positions_pick_the_highest_entropy():
             assert sorted(zip(top[b]["ids"][i][a > 0], a[a > 0])) == sorted(
                 zip(all_rows[b]["ids"][j][c > 0], c[c > 0])
             )
+
+
+@pytest.mark.parametrize("target", ["rs", "topk"])
+def test_batch_entries_do_not_depend_on_chunking(target):
+    """Head chunks and softmax slices of any size (a slice size that does not divide the chunk included)
+    give the same statistics and targets as one pass over all rows."""
+    g = torch.Generator().manual_seed(1)
+    B, T, D, V = 3, 16, 8, 50
+    hidden = torch.randn(B, T, D, generator=g) * 2
+    head = Head(torch.randn(V, D, generator=g))
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, :3] = -100
+    spec = TargetSpec(target, topk=5, rs_samples=20, seed=4)
+    whole = batch_entries(hidden, head, labels, torch.arange(B), spec, chunk_rows=B * T)
+    sliced = batch_entries(hidden, head, labels, torch.arange(B), spec, chunk_rows=7, work_rows=3)
+    for a, b in zip(whole, sliced):
+        np.testing.assert_array_equal(a["positions"], b["positions"])
+        np.testing.assert_allclose(a["stats"]["entropy"], b["stats"]["entropy"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a["stats"]["logp_gold"], b["stats"]["logp_gold"], rtol=1e-5, atol=1e-6)
+        k = min(a["ids"].shape[1], b["ids"].shape[1])  # K is padded to the widest row of a chunk
+        np.testing.assert_array_equal(a["ids"][:, :k], b["ids"][:, :k])
+        np.testing.assert_allclose(a["values"][:, :k], b["values"][:, :k], rtol=1e-5)
+        assert (a["values"][:, k:] == 0).all() and (b["values"][:, k:] == 0).all()
 
 
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):

@@ -10,6 +10,7 @@ import torch
 from ekd.losses.divergences import forward_kl
 from ekd.losses.sparse import sparse_forward_kl
 from ekd.losses.targets import SparseTarget
+from ekd.teacher.cache.measure import zipf_logits
 from ekd.teacher.targets import counter_uniforms, position_seeds, rs_target, topk_target
 
 
@@ -20,15 +21,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def zipf_logits(rows: int, vocab: int, seed: int = 0, exponents=(1.3, 2.4)) -> torch.Tensor:
-    """Peaked LM-like teacher logits: rank r gets −s·ln r, s ~ U(exponents), random id permutation per row."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.empty(rows).uniform_(*exponents, generator=g)
-    perm = torch.argsort(torch.rand(rows, vocab, generator=g), -1)  # (M, V) id of each rank
-    log_rank = torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))
-    return torch.empty(rows, vocab).scatter_(1, perm, -s[:, None] * log_rank[None, :])
 
 
 def dense_of(target: SparseTarget, vocab: int) -> torch.Tensor:

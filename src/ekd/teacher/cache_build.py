@@ -3,14 +3,8 @@
     ekd cache configs/cache-demo.yaml [key=value ...] [--overwrite]
     torchrun --nproc_per_node=N -m ekd cache configs/cache-demo.yaml      # samples sharded across ranks
 
-For every training block the teacher body runs once; its head is applied chunk-wise at the valid rows only
-(never a (B, T, V) tensor). Each chunk yields the teacher entropy H(p) and log p(gold) at τ=1 of every
-valid position, and — with ``teacher.cache_positions=all`` — the sparse target from the same logits. With
-``teacher_entropy_topk`` the ⌈f·n⌉ highest-entropy positions of each sequence (``teacher.cache_fraction``
-= f) are chosen from those statistics and the head runs again at those rows only. Targets follow
-``method.target``: ``rs`` draws with :func:`~ekd.teacher.targets.position_seeds` of ``(run.seed,
-sample_id, position)`` — the very draws the online teacher makes — and ``topk`` keeps K probabilities at
-τ = ``method.kd_temperature``.
+Per batch of blocks: the teacher body once, then the teacher statistics and sparse targets of
+:mod:`ekd.teacher.cache_entries`; the signature comes from :mod:`ekd.teacher.cache_signature`.
 
 The cache is written by :class:`~ekd.teacher.cache.writer.CacheWriter` into ``teacher.cache_dir``: atomic
 shards, resumable after a crash (a rerun computes only the unfinished shards), one shard set per rank and
@@ -20,269 +14,31 @@ models (``model.tokenizer=train_bpe``) is saved in ``<cache_dir>/tokenizer``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from ekd.config import Config, ConfigError
+from ekd.config import Config
 from ekd.losses.targets import Head
-from ekd.models.load import is_preset, model_body, output_head
-from ekd.teacher.cache import CacheReader, CacheWriter, assemble_manifest, make_signature
-from ekd.teacher.signal import TargetSpec
-from ekd.teacher.targets import position_seeds, rs_target, topk_target
+from ekd.models.load import output_head
+from ekd.teacher.cache import CacheReader, CacheWriter, assemble_manifest
+from ekd.teacher.cache_entries import EntryOptions, teacher_entries
+from ekd.teacher.cache_signature import cache_signature, check_cacheable, teacher_revision
 from ekd.train.distributed import distributed
-from ekd.train.prepare import chunk_rows
-from ekd.train.token_stats import entropy_and_logp_gold
 
 log = logging.getLogger(__name__)
 
-# ekd.data.packing: documents joined with EOS, cut into non-overlapping T-token blocks (format of the rule)
-PACKING_RULE = "concat-eos-blocks-v1"
 FORWARD_PROBE_BATCHES = 16  # batches timed for the forward-only reference throughput
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Signature
-# ---------------------------------------------------------------------------------------------------------
-
-
-def check_cacheable(cfg: Config) -> None:
-    """Refuse configs whose target a cache cannot hold; each error names the key and the fix."""
-    if not cfg.teacher.cache_dir:
-        raise ConfigError(
-            "teacher.cache_dir must be set: it is the directory `ekd cache` writes the cache to"
-        )
-    if cfg.method.target not in ("rs", "topk"):
-        raise ConfigError(
-            f"method.target={cfg.method.target}: a teacher cache stores sparse targets; "
-            "set method.target=rs (e.g. method=rskd) or method.target=topk"
-        )
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the model's parameters and buffers (names, dtypes, shapes and bytes, in name order)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def files_sha256(files: list[Path]) -> str:
-    """sha256 over the names and bytes of ``files`` (in the given order)."""
-    h = hashlib.sha256()
-    for path in files:
-        h.update(f"{path.name};".encode())
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
-
-
-def teacher_revision(cfg: Config, model: nn.Module) -> str:
-    """What pins the teacher's weights: ``model.revision`` if set; else a hash of a local directory's
-    safetensors files, the hub commit transformers resolved, or (presets) a hash of the state dict."""
-    spec = cfg.model.teacher
-    if cfg.model.revision:
-        return cfg.model.revision
-    if not is_preset(spec):
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(path.glob("*.safetensors"))
-            if files:
-                return f"safetensors-sha256:{files_sha256(files)}"
-        elif commit := getattr(model.config, "_commit_hash", None):
-            return f"commit:{commit}"
-    return f"state-dict-sha256:{state_dict_sha256(model)}"
-
-
-def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
-    """The signature of the cache that ``cfg`` builds from ``data`` (a PreparedData)."""
-    from ekd.data import tokenizer_hash
-
-    check_cacheable(cfg)
-    m, blocks = cfg.method, data.blocks["train"]
-    return make_signature(
-        teacher_id=cfg.model.teacher,
-        teacher_revision=revision,
-        tokenizer_hash=tokenizer_hash(data.tokenizer),
-        data_fingerprint=blocks.fingerprint(),
-        block_length=blocks.block_length,
-        packing=PACKING_RULE,
-        vocab_size=data.vocab_size,
-        target=m.target,
-        topk=m.topk,
-        topk_tail=m.topk_tail,
-        target_temperature=m.kd_temperature,
-        rs_samples=m.rs_samples,
-        rs_proposal_power=m.rs_proposal_power,
-        positions=cfg.teacher.cache_positions,
-        position_fraction=cfg.teacher.cache_fraction,
-        seed=cfg.run.seed,
-    )
-
-
-def target_spec(cfg: Config) -> TargetSpec:
-    m = cfg.method
-    return TargetSpec(m.target, m.topk, m.topk_tail, m.rs_samples, m.rs_proposal_power, cfg.run.seed)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One batch: statistics, positions, targets
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Targets:
-    """Sparse targets at m rows: ids/values (m, K), weights (m, K) or None, tail (m,) or None."""
-
-    ids: Tensor
-    values: Tensor
-    weights: Tensor | None = None
-    tail: Tensor | None = None
-
-
-def _targets_at(
-    logits: Tensor, flat_rows: Tensor, gold: Tensor, sample_ids: Tensor, T: int, spec: TargetSpec, tau: float
-) -> _Targets:
-    """Targets from teacher logits (m, V) at flat rows (m,) of a (B, T) batch — the online teacher's math."""
-    if spec.kind == "rs":
-        r = flat_rows.cpu()
-        seeds = position_seeds(
-            spec.seed, sample_ids[r // T], r % T
-        )  # (m,) as online: (seed, sample, position)
-        res = rs_target(logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power)
-        return _Targets(res.target.ids, res.counts, res.weights)
-    t = topk_target(logits, spec.topk, spec.topk_tail, gold, tau)
-    return _Targets(t.ids, t.probs, None, t.tail)
-
-
-def _concat(parts: list[_Targets]) -> _Targets:
-    """Rows of all parts, K padded to the widest (value 0 = padding, dropped by the writer)."""
-    k = max(p.ids.shape[1] for p in parts)
-    pad = lambda x: torch.nn.functional.pad(x, (0, k - x.shape[1]))  # noqa: E731
-    return _Targets(
-        torch.cat([pad(p.ids) for p in parts]),  # (P, K)
-        torch.cat([pad(p.values) for p in parts]),  # (P, K)
-        None if parts[0].weights is None else torch.cat([pad(p.weights) for p in parts]),
-        None if parts[0].tail is None else torch.cat([p.tail for p in parts]),  # (P,)
-    )
-
-
-@torch.no_grad()
-def batch_entries(
-    hidden: Tensor,
-    head: Head,
-    labels: Tensor,
-    sample_ids: Tensor,
-    spec: TargetSpec,
-    *,
-    positions: str = "all",
-    fraction: float = 1.0,
-    tau: float = 1.0,
-    chunk_rows: int = 1024,
-    work_rows: int | None = None,
-) -> list[dict]:
-    """What the cache stores for each sample of a batch, as keyword arguments of ``CacheWriter.add``.
-
-    Args:
-        hidden: (B, T, Dt) teacher final hidden states.
-        head: the teacher head sliced to the shared vocabulary.
-        labels: (B, T) shifted labels, -100 = no target.
-        sample_ids: (B,) sample ids (CPU).
-        spec: the target (``rs`` or ``topk``) and RS seed.
-        positions: 'all' valid positions or 'teacher_entropy_topk' (per sequence, ⌈fraction·n⌉ by H(p)).
-        tau: top-K temperature.
-        chunk_rows: teacher rows whose (m, V) logits exist at once (the online teacher's chunking).
-        work_rows: rows per slice of those logits for the softmax/sampling passes (None = the whole chunk);
-            on CPU ~1 MB slices stay in cache across the passes. Does not change any value.
-
-    Returns:
-        B dicts: sample_id, positions (P,), stats {'entropy', 'logp_gold'} (P,), ids/values (P, K),
-        weights, tail, num_tokens (valid positions of the sample).
-    """
-    from ekd.selection.base import topk_mask
-
-    B, T = labels.shape
-    valid = labels != -100  # (B, T)
-    rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,) flat valid positions
-    gold = labels.reshape(-1)[rows]  # (N,)
-    h = hidden.reshape(B * T, -1)  # (B·T, Dt)
-    n = rows.numel()
-    entropy = torch.zeros(n, device=labels.device)  # (N,)
-    logp_gold = torch.zeros(n, device=labels.device)
-    fused = positions == "all"  # targets from the same logits as the statistics: one head pass
-    parts: list[_Targets] = []
-    for start in range(0, n, chunk_rows):
-        logits = head(h[rows[start : start + chunk_rows]]).float()  # (m, V) teacher logits at valid rows
-        # the softmax passes (statistics, RS CDF) run on L2-sized slices on CPU: per row, same values
-        for sub in range(0, logits.shape[0], work_rows or logits.shape[0]):
-            sl = slice(start + sub, start + sub + (work_rows or logits.shape[0]))
-            z = logits[sub : sub + (work_rows or logits.shape[0])]  # (w, V)
-            entropy[sl], logp_gold[sl] = entropy_and_logp_gold(z, gold[sl])
-            if fused:
-                parts.append(_targets_at(z, rows[sl], gold[sl], sample_ids, T, spec, tau))
-    if fused:
-        chosen = torch.arange(n, device=labels.device)  # (P,) indices into rows
-    else:
-        grid = torch.zeros(B * T, device=labels.device)
-        grid[rows] = entropy
-        mask = topk_mask(grid.view(B, T), valid, fraction, "sequence")  # (B, T) highest teacher entropy
-        chosen = mask.reshape(-1)[rows].nonzero().squeeze(-1)  # (P,)
-        for start in range(0, chosen.numel(), chunk_rows):
-            c = chosen[start : start + chunk_rows]
-            logits = head(h[rows[c]]).float()  # (m, V) at the chosen rows only
-            parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
-    flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
-    ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
-    if parts:
-        t = _concat(parts)
-        arrays = {k: None if v is None else v.cpu().numpy() for k, v in vars(t).items()}
-    else:  # no valid position in the whole batch
-        arrays = {
-            "ids": np.zeros((0, 0), np.int64),
-            "values": np.zeros((0, 0), np.int64),
-            "weights": None,
-            "tail": None,
-        }
-    bounds = np.searchsorted(flat, np.arange(B + 1) * T)  # (B+1,) each sample's slice of the chosen rows
-    num_tokens = valid.sum(1).tolist()
-    out = []
-    for b in range(B):
-        s = slice(bounds[b], bounds[b + 1])
-        out.append(
-            {
-                "sample_id": int(sample_ids[b]),
-                "positions": flat[s] - b * T,
-                "stats": {"entropy": ent[s], "logp_gold": lpg[s]},
-                **{k: None if v is None else v[s] for k, v in arrays.items()},  # ids, values, weights, tail
-                "num_tokens": int(num_tokens[b]),
-            }
-        )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Distributed
-# ---------------------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The build
-# ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -347,11 +103,25 @@ class _BackgroundWriter:
             self.thread.join()
 
 
-def _work_rows(device: torch.device, vocab_size: int) -> int | None:
-    """Rows per softmax slice: ~1 MB of fp32 logits on CPU (cache-resident passes); whole chunks on GPU."""
-    if device.type != "cpu":
-        return None
-    return max(16, (1 << 20) // (4 * vocab_size))
+def write_batches(
+    writer: CacheWriter, teacher: nn.Module, head: Head, batches: Iterable, options: EntryOptions, amp=None
+) -> int:
+    """The build loop: each batch's entries (:func:`~ekd.teacher.cache_entries.teacher_entries`) are encoded
+    and written on a background thread while the teacher runs the next batch; the writer is closed at the
+    end. Returns the number of positions written. On an error the queued entries are still written
+    (finished shards stay valid) before it is raised."""
+    background = _BackgroundWriter(writer)
+    positions = 0
+    try:
+        for entries in teacher_entries(teacher, head, batches, options, amp):
+            background.put(entries)
+            positions += sum(len(e["positions"]) for e in entries)
+    except BaseException:
+        background.stop()
+        raise
+    background.close()
+    writer.close()
+    return positions
 
 
 def _sync(device: torch.device) -> None:
@@ -359,7 +129,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _forward_throughput(
+def forward_throughput(
     teacher: nn.Module, batches: list, amp: torch.dtype | None, device: torch.device
 ) -> float:
     """Samples/s of the teacher's plain forward pass (body + head at every position) on ``batches``."""
@@ -372,30 +142,6 @@ def _forward_throughput(
             teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.sum().item()
         _sync(device)
     return samples / max(time.perf_counter() - t0, 1e-9)
-
-
-def _teacher_entries(
-    cfg: Config, teacher: nn.Module, head: Head, blocks, id_batches, device, amp, vocab_size: int
-):
-    """Per batch of sample ids: teacher body once (no grad, autocast as online), then ``batch_entries``."""
-    from ekd.data import collate
-
-    for ids in id_batches:
-        batch = collate(blocks, torch.tensor(ids)).to(device)
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            body = model_body(teacher)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        yield batch_entries(
-            body.last_hidden_state,  # (B, T, Dt)
-            head,
-            batch.labels,
-            batch.sample_ids.cpu(),
-            target_spec(cfg),
-            positions=cfg.teacher.cache_positions,
-            fraction=cfg.teacher.cache_fraction,
-            tau=cfg.method.kd_temperature,
-            chunk_rows=chunk_rows(cfg, vocab_size),
-            work_rows=_work_rows(device, vocab_size),
-        )
 
 
 def _prepare_data(cfg: Config, directory: Path):
@@ -477,25 +223,17 @@ def run_build(
         pending = writer.pending_sample_ids()
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
-        positions_built = 0
+        options = EntryOptions.from_config(cfg, data.vocab_size, device)
         bar = tqdm(
             id_batches,
             desc="teacher cache",
             disable=not cfg.log.progress or ranks.rank != 0,
             dynamic_ncols=True,
         )
-        background = _BackgroundWriter(writer)
         _sync(device)
         t0 = time.perf_counter()
-        try:
-            for entries in _teacher_entries(cfg, teacher, head, blocks, bar, device, amp, data.vocab_size):
-                background.put(entries)  # encoded and written while the teacher runs the next batch
-                positions_built += sum(len(e["positions"]) for e in entries)
-        except BaseException:
-            background.stop()  # write what was queued (finished shards stay valid), then re-raise
-            raise
-        background.close()
-        writer.close()
+        batches = (collate(blocks, torch.tensor(ids)).to(device) for ids in bar)
+        positions_built = write_batches(writer, teacher, head, batches, options, amp)
         _sync(device)
         build_seconds = time.perf_counter() - t0
         ranks.barrier()
@@ -510,7 +248,7 @@ def run_build(
             probe = [
                 collate(blocks, torch.tensor(ids)).to(device) for ids in id_batches[:FORWARD_PROBE_BATCHES]
             ]
-            forward_tp = _forward_throughput(teacher, probe, amp, device)
+            forward_tp = forward_throughput(teacher, probe, amp, device)
         result = BuildResult(
             directory=directory,
             rank=ranks.rank,
@@ -555,14 +293,4 @@ def summary(result: BuildResult) -> dict:
     }
 
 
-__all__ = [
-    "PACKING_RULE",
-    "BuildResult",
-    "batch_entries",
-    "build_cache",
-    "cache_signature",
-    "check_cacheable",
-    "run_build",
-    "summary",
-    "teacher_revision",
-]
+__all__ = ["BuildResult", "build_cache", "forward_throughput", "run_build", "summary", "write_batches"]

@@ -25,7 +25,7 @@ from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache import CacheError, CacheReader, compare_signatures
 from ekd.teacher.cache.manifest import REBUILD
-from ekd.teacher.cache_build import cache_signature
+from ekd.teacher.cache_signature import cache_signature
 from ekd.teacher.signal import TeacherSignal
 
 # signature field → the config key that decides it (named in mismatch errors)

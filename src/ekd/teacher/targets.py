@@ -8,12 +8,14 @@ target starts from the teacher's **full** softmax (never a softmax over the kept
 - :func:`rs_target` — Random-Sampling KD (Anshumann et al. 2025, arXiv 2503.16870): N draws with
   replacement from the teacher softmax at τ=1 (or from a proposal r ∝ p^β with importance weights),
   target t̂ = c/N over the unique ids. E[t̂] = p, so the forward-KL gradient is unbiased.
+  :func:`rs_target_from_probs` does the same from probabilities already computed.
 
 RS draws are a pure function of ``(seed, sample_id, position)``: :func:`position_seeds` hashes the triple
 with splitmix64, and draw j of a row uses the uniform u_j = splitmix64(seed_pos, j) → [0, 1) through the
-inverse CDF of that row alone. No global RNG is touched, so a position gets the same draws online in a
-batch of any size and composition, and in the cache builder. The hash is part of the cache format: changing
-it changes every cached RS target.
+inverse CDF of that row alone (:mod:`ekd.teacher.sampling`: blockwise, no (M, V) float64 tensor). No
+global RNG is touched, so a position gets the same draws online in a batch of any size and composition,
+and in the cache builder. The hash and the sampler are part of the cache format: changing either changes
+every cached RS target.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from ekd.losses.divergences import log_probs_at
 from ekd.losses.targets import SparseTarget
+from ekd.teacher.sampling import inverse_cdf_draws, sampling_block, unique_counts
 
 TAIL_MODES = ("renormalize", "ghost", "to_gold")
 
@@ -178,62 +181,102 @@ def rs_target(
 
     Draws come from the teacher softmax p at τ=1 (the KD temperature does not change the target), or,
     with ``proposal_power`` β ≠ 1, from r ∝ p^β with importance weights: t̂ = (c/N)·p/r, unbiased and
-    unnormalized (Σ t̂ ≠ 1 in general; E[t̂] = p). Inverse-CDF sampling per row with counter-based uniforms
-    (:func:`counter_uniforms`), the CDF accumulated in float64 one row chunk at a time.
+    unnormalized (Σ t̂ ≠ 1 in general; E[t̂] = p). One softmax per row chunk, then
+    :func:`rs_target_from_probs`.
 
     Args:
         teacher_logits: (M, V) teacher logits.
         num_samples: N draws per row.
         seeds: (M,) int64 per-row seeds from :func:`position_seeds`.
         proposal_power: β of the proposal r ∝ p^β (> 0; 1 samples from p itself).
-        chunk_rows: rows per chunk (peak memory O(chunk_rows · V) float64); does not change the result.
+        chunk_rows: rows per chunk (peak memory O(chunk_rows · V)); does not change the result.
 
     Returns:
         SampledTarget; Kmax is the largest unique count over the M rows.
+    """
+    rows = teacher_logits.shape[0]
+    seeds = seeds.reshape(-1)
+    if seeds.shape[0] != rows:
+        raise ValueError(f"rs_target needs one seed per row: {seeds.shape[0]} seeds for {rows} rows")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, max(rows, 1), chunk_rows):  # one (empty) chunk when there are no rows
+            z = teacher_logits[start : start + chunk_rows].float()  # (m, V)
+            log_p = None if proposal_power == 1.0 else torch.log_softmax(z, -1)  # (m, V) at τ=1
+            probs = torch.softmax(z, -1) if log_p is None else log_p.exp()
+            seeds_m = seeds[start : start + chunk_rows]
+            parts.append(
+                rs_target_from_probs(
+                    probs, num_samples, seeds=seeds_m, proposal_power=proposal_power, log_probs=log_p
+                )
+            )
+    return concat_sampled(parts)
+
+
+def rs_target_from_probs(
+    probs: Tensor,
+    num_samples: int = 50,
+    *,
+    seeds: Tensor,
+    proposal_power: float = 1.0,
+    log_probs: Tensor | None = None,
+) -> SampledTarget:
+    """:func:`rs_target` from the teacher's probabilities p at τ=1 (m, V), e.g. the softmax the cache
+    builder already computed for the teacher entropy.
+
+    Draw j of row i is the inverse CDF of the proposal at the counter-based uniform u_ij
+    (:func:`counter_uniforms`), found blockwise by :func:`~ekd.teacher.sampling.inverse_cdf_draws`. With
+    β ≠ 1 the proposal needs log p: ``log_probs`` if given, else log(probs).
     """
     if num_samples < 1:
         raise ValueError(f"RS num_samples must be ≥ 1, got {num_samples}")
     if not proposal_power > 0:
         raise ValueError(f"RS proposal_power must be > 0, got {proposal_power}")
-    rows, vocab = teacher_logits.shape
+    rows, vocab = probs.shape
     seeds = seeds.reshape(-1)
     if seeds.shape[0] != rows:
         raise ValueError(f"rs_target needs one seed per row: {seeds.shape[0]} seeds for {rows} rows")
-    device = teacher_logits.device
-    uniforms = counter_uniforms(seeds, num_samples).to(device)  # (M, N) float64
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, rows, chunk_rows):
-            log_p = torch.log_softmax(teacher_logits[start : start + chunk_rows].float(), -1)  # (m, V) at τ=1
-            log_r = log_p if proposal_power == 1.0 else torch.log_softmax(proposal_power * log_p, -1)
-            cdf = torch.cumsum(log_r.exp(), -1, dtype=torch.float64)  # (m, V) proposal CDF
-            x = uniforms[start : start + chunk_rows] * cdf[:, -1:]  # (m, N) in [0, total)
-            draws = torch.searchsorted(cdf, x, right=True).clamp_(max=vocab - 1)  # (m, N) token ids
-            draws, _ = draws.sort(-1)
-            new = torch.ones_like(draws, dtype=torch.bool)
-            new[:, 1:] = draws[:, 1:] != draws[:, :-1]
-            slot = new.cumsum(-1) - 1  # (m, N) unique slot of each draw
-            width = int(new.sum(-1).max())
-            ids = torch.zeros(draws.shape[0], width, dtype=torch.long, device=device).scatter_(1, slot, draws)
-            counts = torch.zeros_like(ids).scatter_add_(1, slot, torch.ones_like(draws))  # (m, K)
-            weights = None
-            if proposal_power != 1.0:
-                log_w = log_p.gather(1, ids) - log_r.gather(1, ids)  # (m, K) log p/r
-                weights = torch.where(counts > 0, log_w.exp(), torch.zeros_like(log_w))
-            chunks.append((ids, counts, weights))
-    kmax = max((c[0].shape[1] for c in chunks), default=0)
-    if not chunks:
+    device = probs.device
+    if rows == 0:
         empty = torch.zeros(0, 0, dtype=torch.long, device=device)
         weights = None if proposal_power == 1.0 else empty.float()
         return SampledTarget(SparseTarget(empty, empty.float()), empty, weights, num_samples)
-    ids = torch.cat([torch.nn.functional.pad(c[0], (0, kmax - c[0].shape[1])) for c in chunks])  # (M, Kmax)
-    counts = torch.cat([torch.nn.functional.pad(c[1], (0, kmax - c[1].shape[1])) for c in chunks])
-    probs = counts.float() / num_samples
-    weights = None
-    if proposal_power != 1.0:
-        weights = torch.cat([torch.nn.functional.pad(c[2], (0, kmax - c[2].shape[1])) for c in chunks])
-        probs = probs * weights
-    return SampledTarget(SparseTarget(ids, probs), counts, weights, num_samples)
+    with torch.no_grad():
+        proposal, log_p, log_r = probs, None, None
+        if proposal_power != 1.0:
+            log_p = log_probs if log_probs is not None else probs.log()  # (m, V)
+            log_r = torch.log_softmax(proposal_power * log_p, -1)  # (m, V) proposal ∝ p^β
+            proposal = log_r.exp()
+        uniforms = counter_uniforms(seeds, num_samples).to(device)  # (m, N) float64
+        draws = inverse_cdf_draws(proposal, uniforms, sampling_block(vocab, num_samples))  # (m, N)
+        ids, counts = unique_counts(draws)  # (m, K)
+        target = counts.float() / num_samples
+        weights = None
+        if log_p is not None and log_r is not None:
+            log_w = log_p.gather(1, ids) - log_r.gather(1, ids)  # (m, K) log p/r
+            weights = torch.where(counts > 0, log_w.exp(), torch.zeros_like(log_w))
+            target = target * weights
+    return SampledTarget(SparseTarget(ids, target), counts, weights, num_samples)
 
 
-__all__ = ["TAIL_MODES", "SampledTarget", "counter_uniforms", "position_seeds", "rs_target", "topk_target"]
+def concat_sampled(parts: list[SampledTarget]) -> SampledTarget:
+    """Rows of all parts in order; K padded to the widest (id 0, count 0)."""
+    kmax = max(p.counts.shape[1] for p in parts)
+    pad = lambda x: torch.nn.functional.pad(x, (0, kmax - x.shape[1]))  # noqa: E731
+    ids = torch.cat([pad(p.target.ids) for p in parts])  # (M, Kmax)
+    probs = torch.cat([pad(p.target.probs) for p in parts])
+    counts = torch.cat([pad(p.counts) for p in parts])
+    weights = None if parts[0].weights is None else torch.cat([pad(p.weights) for p in parts])
+    return SampledTarget(SparseTarget(ids, probs), counts, weights, parts[0].num_samples)
+
+
+__all__ = [
+    "TAIL_MODES",
+    "SampledTarget",
+    "concat_sampled",
+    "counter_uniforms",
+    "position_seeds",
+    "rs_target",
+    "rs_target_from_probs",
+    "topk_target",
+]

@@ -24,20 +24,34 @@ PAIR_STATS = frozenset({"forward_kl", "reverse_kl", "hellinger"})
 ALL_STATS = TEACHER_STATS | STUDENT_STATS | PAIR_STATS
 
 
-def entropy_and_logp_gold(logits: Tensor, gold: Tensor) -> tuple[Tensor, Tensor]:
-    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,).
+def softmax_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """p = softmax(z) (m, V), log Σ_v exp z_v (m,) and H(p) (m,) in fp32 from one softmax of logits (m, V).
 
-    H = logsumexp(z) − Σ_v p_v·z_v, with the dot product as a batched matmul so that only two (m, V)
-    buffers live at once (z and p); masked −inf logits are replaced by the most negative finite value.
+    The log-normalizer is read off the softmax at the argmax, lse = max z − log max p (max p ≥ 1/V never
+    underflows), and H = lse − Σ_v p_v·z_v with the row-wise dot product ``vecdot`` (no product buffer;
+    5–10× faster on CPU than a batched matmul of (m, 1, V) by (m, V, 1)): one exp pass and one read of both
+    buffers, only two (m, V) buffers alive. −inf logits (masked ids) count as the most negative
+    finite fp32 value, so that 0·z is 0.
     """
     z = logits.float()
-    if torch.isneginf(z).any():
+    if z.numel() and bool(torch.isneginf(z.amin())):
         z = z.nan_to_num(neginf=torch.finfo(torch.float32).min)
-    lse = torch.logsumexp(z, dim=-1)  # (m,)
     p = torch.softmax(z, dim=-1)  # (m, V)
-    expected_z = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)  # (m,) Σ_v p_v z_v
-    entropy = (lse - expected_z).clamp_min(0.0)  # ≥ 0; cancellation can leave −1e-7
-    return entropy, z.gather(-1, gold.unsqueeze(-1)).squeeze(-1) - lse
+    lse = z.amax(-1) - p.amax(-1).log()  # (m,)
+    expected_z = torch.linalg.vecdot(p, z)  # (m,) Σ_v p_v z_v
+    return p, lse, (lse - expected_z).clamp_min(0.0)  # ≥ 0; cancellation can leave −1e-7
+
+
+def logp_at(logits: Tensor, lse: Tensor, ids: Tensor) -> Tensor:
+    """log softmax(z)[y] = z_y − lse, finite even for a −inf logit. logits (m, V), lse (m,), ids (m,) → (m,)."""
+    z_y = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1).float()
+    return (z_y - lse).clamp_min(torch.finfo(torch.float32).min)
+
+
+def entropy_and_logp_gold(logits: Tensor, gold: Tensor) -> tuple[Tensor, Tensor]:
+    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,)."""
+    _, lse, entropy = softmax_entropy(logits)
+    return entropy, logp_at(logits, lse, gold)
 
 
 @torch.no_grad()

@@ -39,11 +39,16 @@ SIGNATURE_FIELDS = (
     "target_temperature",
     "rs_samples",
     "rs_proposal_power",
+    "rs_sampler",
     "positions",
     "position_fraction",
     "seed",
 )
 POSITION_RULES = ("all", "teacher_entropy_topk")
+# How RS draws are made: position_seeds' splitmix64 hash (ekd.teacher.targets) and the blockwise inverse CDF
+# (ekd.teacher.sampling). Rename it whenever a change could alter a single draw: old caches then refuse to
+# mix with new online draws, naming this field.
+RS_SAMPLER = "splitmix64-inverse-cdf-blocked-v1"
 REBUILD = "rebuild with `ekd cache CONFIG --overwrite`"
 
 
@@ -78,7 +83,8 @@ def make_signature(
         vocab_size: V, the shared tokenizer length (ids are stored with ⌈log2 V⌉ bits).
         target: 'rs' or 'topk'.
         topk, topk_tail, target_temperature: K, tail mode and τ of top-K targets.
-        rs_samples, rs_proposal_power: N (≤ 63) and β of RS targets.
+        rs_samples, rs_proposal_power: N (≤ 63) and β of RS targets; RS caches also record
+            :data:`RS_SAMPLER`, the draw algorithm.
         positions: 'all' valid positions or 'teacher_entropy_topk'.
         position_fraction: fraction of valid positions per sequence with 'teacher_entropy_topk'.
         seed: seed of the RS draws (``position_seeds``).
@@ -96,13 +102,14 @@ def make_signature(
             raise ValueError(f"cache rs_proposal_power must be > 0, got {rs_proposal_power}")
         topk = topk_tail = target_temperature = None
         rs_samples, rs_proposal_power = int(rs_samples), float(rs_proposal_power)
+        rs_sampler = RS_SAMPLER
     else:
         if topk is None or int(topk) < 1 or topk_tail not in ("renormalize", "ghost", "to_gold"):
             raise ValueError(
                 f"cache top-K needs topk ≥ 1 and a tail mode, got topk={topk}, topk_tail={topk_tail}"
             )
         topk, target_temperature = int(topk), float(target_temperature)
-        rs_samples = rs_proposal_power = None
+        rs_samples = rs_proposal_power = rs_sampler = None
     if positions == "all":
         position_fraction = None
     elif position_fraction is None or not 0 < float(position_fraction) <= 1:
@@ -124,6 +131,7 @@ def make_signature(
         "target_temperature": target_temperature,
         "rs_samples": rs_samples,
         "rs_proposal_power": rs_proposal_power,
+        "rs_sampler": rs_sampler,
         "positions": positions,
         "position_fraction": position_fraction,
         "seed": int(seed),

@@ -29,6 +29,18 @@ from ekd.teacher.targets import position_seeds, rs_target
 ZIPF_EXPONENTS = (1.3, 2.4)
 
 
+def zipf_logits(
+    rows: int, vocab: int, seed: int = 0, exponents: tuple[float, float] = ZIPF_EXPONENTS
+) -> Tensor:
+    """Peaked LM-like teacher logits (rows, V): rank r gets −s·ln r, s ~ U(exponents) per row, and an
+    independent random id permutation per row (for small V; :class:`SyntheticTeacher` scales to large V)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.empty(rows).uniform_(*exponents, generator=g)
+    perm = torch.argsort(torch.rand(rows, vocab, generator=g), -1)  # (M, V) id of each rank
+    log_rank = torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))
+    return torch.empty(rows, vocab).scatter_(1, perm, -s[:, None] * log_rank[None, :])
+
+
 class SyntheticTeacher:
     """Zipf-like teacher logits for ``rows`` positions, generated on demand for any subset of rows."""
 

@@ -1,0 +1,117 @@
+"""What ties a teacher cache to its config: the signature (teacher, tokenizer, data, target, seed) and the
+checks that a config can be cached at all.
+
+The signature is stored in the cache manifest; training from a cache recomputes it from the training config
+(:mod:`ekd.teacher.cache_source`) and names every field that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ekd.config import Config, ConfigError
+from ekd.models.load import is_preset
+from ekd.teacher.cache import make_signature
+from ekd.teacher.signal import TargetSpec
+
+# ekd.data.packing: documents joined with EOS, cut into non-overlapping T-token blocks (format of the rule)
+PACKING_RULE = "concat-eos-blocks-v1"
+
+
+def check_cacheable(cfg: Config) -> None:
+    """Refuse configs whose target a cache cannot hold; each error names the key and the fix."""
+    if not cfg.teacher.cache_dir:
+        raise ConfigError(
+            "teacher.cache_dir must be set: it is the directory `ekd cache` writes the cache to"
+        )
+    if cfg.method.target not in ("rs", "topk"):
+        raise ConfigError(
+            f"method.target={cfg.method.target}: a teacher cache stores sparse targets; "
+            "set method.target=rs (e.g. method=rskd) or method.target=topk"
+        )
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the model's parameters and buffers (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def files_sha256(files: list[Path]) -> str:
+    """sha256 over the names and bytes of ``files`` (in the given order)."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name};".encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def teacher_revision(cfg: Config, model: nn.Module) -> str:
+    """What pins the teacher's weights: ``model.revision`` if set; else a hash of a local directory's
+    safetensors files, the hub commit transformers resolved, or (presets) a hash of the state dict."""
+    spec = cfg.model.teacher
+    if cfg.model.revision:
+        return cfg.model.revision
+    if not is_preset(spec):
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(path.glob("*.safetensors"))
+            if files:
+                return f"safetensors-sha256:{files_sha256(files)}"
+        elif commit := getattr(model.config, "_commit_hash", None):
+            return f"commit:{commit}"
+    return f"state-dict-sha256:{state_dict_sha256(model)}"
+
+
+def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
+    """The signature of the cache that ``cfg`` builds from ``data`` (a PreparedData)."""
+    from ekd.data import tokenizer_hash
+
+    check_cacheable(cfg)
+    m, blocks = cfg.method, data.blocks["train"]
+    return make_signature(
+        teacher_id=cfg.model.teacher,
+        teacher_revision=revision,
+        tokenizer_hash=tokenizer_hash(data.tokenizer),
+        data_fingerprint=blocks.fingerprint(),
+        block_length=blocks.block_length,
+        packing=PACKING_RULE,
+        vocab_size=data.vocab_size,
+        target=m.target,
+        topk=m.topk,
+        topk_tail=m.topk_tail,
+        target_temperature=m.kd_temperature,
+        rs_samples=m.rs_samples,
+        rs_proposal_power=m.rs_proposal_power,
+        positions=cfg.teacher.cache_positions,
+        position_fraction=cfg.teacher.cache_fraction,
+        seed=cfg.run.seed,
+    )
+
+
+def target_spec(cfg: Config) -> TargetSpec:
+    """The sparse target of ``cfg`` (kind, K, tail, N, β) with the RS seed ``run.seed``."""
+    m = cfg.method
+    return TargetSpec(m.target, m.topk, m.topk_tail, m.rs_samples, m.rs_proposal_power, cfg.run.seed)
+
+
+__all__ = [
+    "PACKING_RULE",
+    "cache_signature",
+    "check_cacheable",
+    "files_sha256",
+    "state_dict_sha256",
+    "target_spec",
+    "teacher_revision",
+]
