@@ -166,13 +166,17 @@ def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
 
 def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
     """The offline RS cache (N=50, all positions) of the demo teacher, for the cached presets."""
+    from ekd.teacher.cache import CacheError, CacheReader
     from ekd.teacher.cache_build import build_cache
 
     cfg = student_config(out, b, "sekd3x", steps)
     t0 = time.perf_counter()
-    from ekd.teacher.cache.reader import CacheReader
-
-    info = CacheReader(build_cache(cfg, overwrite=fresh, measure_forward=False)).info()
+    try:
+        directory = build_cache(cfg, overwrite=fresh, measure_forward=False)
+    except CacheError as e:  # the demo owns its cache: one from another ekd version or config is rebuilt
+        print(f"cache: {e} — rebuilding the demo cache")
+        directory = build_cache(cfg, overwrite=True, measure_forward=False)
+    info = CacheReader(directory).info()
     print(
         f"cache: {out / 'cache'} ready in {time.perf_counter() - t0:.0f}s — {info['bytes_per_position']:.1f} B/position, "
         f"{info['entries_per_position']:.1f} ids/position"
