@@ -15,7 +15,8 @@ that precedes it). Here the same inverse CDF is found in two steps, without any 
 
 In exact arithmetic this is the flat inverse CDF. In floating point every id's probability of being
 drawn is r_v/Σr up to a relative error of ~``block``·ε_fp32 from the fp32 block sums (a block's ids are
-scaled together, never dropped): an id with r_v > 0 can always be drawn, one with r_v = 0 never.
+scaled together); as in any float64 CDF, an id below ~1e-16 of its block's running mass is absorbed by
+rounding, and an id with r_v = 0 is never drawn.
 
 Cost per row: one read of r, a float64 prefix over V/``block`` blocks, and ``block`` values per draw.
 :func:`sampling_block` picks ``block`` ≈ √(V/N) (a power of two), which minimises V/block + N·block.
@@ -64,9 +65,8 @@ def inverse_cdf_draws(probs: Tensor, uniforms: Tensor, block: int) -> Tensor:
     total_mass = prefix[:, -1:]  # (m, 1) Σr
     x = torch.minimum(uniforms * total_mass, total_mass * (1.0 - 2.0**-51))  # (m, N) in [0, Σr)
     nb = masses.shape[1]
-    b = torch.searchsorted(prefix[:, 1:].contiguous(), x, right=True).clamp_(
-        max=nb - 1
-    )  # (m, N) block of each draw
+    # (m, N) block of each draw: the number of block prefixes C_ib ≤ x
+    b = torch.searchsorted(prefix[:, 1:].contiguous(), x, right=True).clamp_(max=nb - 1)
     residual = x - prefix.gather(1, b)  # (m, N) offset inside the block, in [0, S_ib)
     # the block's own probabilities, one row of `block` values per draw
     if nb * block != vocab:  # pad the short last block with zero mass
