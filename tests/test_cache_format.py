@@ -32,15 +32,6 @@ from ekd.teacher.cache.measure import measure_bytes_per_position
 from ekd.teacher.targets import position_seeds, rs_target, topk_target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: intra-op threads only add synchronization (costly on a shared runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rs_signature(vocab=1000, block=64, n=50, **kw):
     base = dict(
         teacher_id="tiny-teacher",

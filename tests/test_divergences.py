@@ -51,16 +51,6 @@ GRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.bfloat16: dict(rtol
 BF16_VS_FP32_VALUE_TOL = dict(rtol=2e-2, atol=1e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add OpenMP spin-waits on a shared 2-core box (10-100x
-    slower under load). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # float64 reference, written from METHODS §1 (no ekd helpers)
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from ekd.losses.self_distill import (
 )
 
 M, V = 47, 123
-torch.set_num_threads(2)
 
 
 def make_inputs(seed: int = 0, gold_at: str = "random", scale: float = 3.0):

@@ -14,15 +14,6 @@ from ekd.teacher.cache.measure import zipf_logits
 from ekd.teacher.targets import counter_uniforms, position_seeds, rs_target, topk_target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: intra-op threads only add synchronization (costly on a shared runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dense_of(target: SparseTarget, vocab: int) -> torch.Tensor:
     """(M, K) sparse target → (M, V) dense values (duplicate ids add up)."""
     return torch.zeros(target.ids.shape[0], vocab, dtype=torch.float64).scatter_add_(
