@@ -115,7 +115,7 @@ def demo_build_throughput(demo: Path) -> float | None:
     import tempfile
 
     from ekd.demo import FULL, student_config
-    from ekd.teacher.cache_build import run_build
+    from ekd.teacher.cache.build import run_build
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = student_config(demo, FULL, "sekd3x", 100)
@@ -163,9 +163,9 @@ def build_throughput(
     from ekd.data.packing import PackedBlocks
     from ekd.models.load import build_preset, model_body, output_head, resolve_dtype
     from ekd.teacher.cache import CacheWriter, make_signature
-    from ekd.teacher.cache_build import forward_throughput, write_batches
-    from ekd.teacher.cache_entries import EntryOptions, build_chunk_rows, work_rows_for
-    from ekd.teacher.cache_signature import PACKING_RULE
+    from ekd.teacher.cache.build import forward_throughput, write_batches
+    from ekd.teacher.cache.entries import EntryOptions, build_chunk_rows, work_rows_for
+    from ekd.teacher.cache.signature import PACKING_RULE
     from ekd.teacher.signal import TargetSpec
 
     dev = torch.device(device)

@@ -26,8 +26,8 @@ from ekd.config import load_config
 from ekd.data import BlockLoader, collate
 from ekd.losses.targets import Head
 from ekd.teacher.cache import CacheError, CacheReader
-from ekd.teacher.cache_build import run_build
-from ekd.teacher.cache_entries import batch_entries
+from ekd.teacher.cache.build import run_build
+from ekd.teacher.cache.entries import batch_entries
 from ekd.teacher.signal import TargetSpec
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
@@ -471,7 +471,7 @@ def test_cache_demo_config_validates(capsys):
 
 
 def test_background_writer_raises_the_writer_error():
-    from ekd.teacher.cache_build import _BackgroundWriter
+    from ekd.teacher.cache.build import _BackgroundWriter
 
     class Failing:
         def add(self, **entry):

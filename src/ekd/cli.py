@@ -83,18 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """Positionals with '=' are overrides; the others are YAML files merged in order (later wins)."""
-    items = ([config] if config else []) + list(overrides)
-    files = [i for i in items if "=" not in i]
-    return files, [i for i in items if "=" in i]
-
-
 def cmd_distill(args) -> int:
-    from ekd.config import load_config
+    from ekd.config import load_config, split_config_and_overrides
     from ekd.train.trainer import train
 
-    paths, overrides = _split_config_and_overrides(args.config, args.overrides)
+    paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(
@@ -154,18 +147,18 @@ def cmd_list(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from ekd.config import explain, load_config
+    from ekd.config import explain, load_config, split_config_and_overrides
 
     if args.explain:
         print(explain())
         return 0
-    paths, overrides = _split_config_and_overrides(args.config, args.overrides)
+    paths, overrides = split_config_and_overrides(args.config, args.overrides)
     print(load_config(paths, overrides).to_yaml(), end="")
     return 0
 
 
 def cmd_cache(args) -> int:
-    from ekd.teacher.cache_cli import run_cache_command
+    from ekd.teacher.cache import run_cache_command
 
     return run_cache_command(args)
 

@@ -166,8 +166,7 @@ def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
 
 def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
     """The offline RS cache (N=50, all positions) of the demo teacher, for the cached presets."""
-    from ekd.teacher.cache import CacheError, CacheReader
-    from ekd.teacher.cache_build import build_cache
+    from ekd.teacher.cache import CacheError, CacheReader, build_cache
 
     cfg = student_config(out, b, "sekd3x", steps)
     t0 = time.perf_counter()

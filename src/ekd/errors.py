@@ -16,3 +16,7 @@ class RunDirError(EkdError):
 
 class NonFiniteLossError(EkdError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class ConfigError(EkdError, ValueError):
+    """A user mistake in a config file or override; the message names the key and the fix."""

@@ -10,7 +10,8 @@ Typical use:
 
 from ekd.data.build import cap_chars, load_splits, pack_splits
 from ekd.data.collate import IGNORE_INDEX, Batch, collate, shift_labels
-from ekd.data.documents import Document, filter_documents, load_documents
+from ekd.data.document import Document
+from ekd.data.documents import filter_documents, load_documents
 from ekd.data.loader import BlockLoader, iter_eval
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
-from ekd.data.documents import Document, filter_documents, load_documents
+from ekd.data.document import Document
+from ekd.data.documents import filter_documents, load_documents
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import pystdlib_splits
 from ekd.data.split import held_out_keys

@@ -1,6 +1,6 @@
 """Documents and the sources they come from: text files, directories/globs, JSONL, Parquet, HF datasets.
 
-A :class:`Document` is the unit of data before tokenization. ``load_documents(source, data_cfg)`` reads
+A :class:`~ekd.data.document.Document` is the unit of data before tokenization. ``load_documents(source, data_cfg)`` reads
 one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``data.max_documents``:
 
 - ``pystdlib`` / ``pystdlib:<split>``: the builtin corpus (see :mod:`ekd.data.pystdlib`); the bare name is
@@ -24,11 +24,12 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ekd.config import ConfigError, DataConfig
+from ekd.data.document import Document
+from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +38,6 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n\s*")  # two or more blank lines
-
-
-@dataclass(frozen=True)
-class Document:
-    """One training or eval document.
-
-    Attributes:
-        text: The text that gets loss. For plain documents the whole document; for prompt/response rows
-            the response.
-        doc_id: Stable identifier relative to its source: a file's relative path (``a/b.txt``), a chunk of
-            a file (``notes.txt#3``), a row (``data.jsonl:12`` with the 1-based line, ``data.parquet:0``
-            with the 0-based row), or ``module/path.py::Class.method`` for docstrings.
-        prompt: Text before ``text`` whose tokens get no loss (empty for plain documents). The full
-            document the model reads is ``prompt + text``.
-    """
-
-    text: str
-    doc_id: str = ""
-    prompt: str = ""
-
-    @property
-    def full_text(self) -> str:
-        """``prompt + text``: what the model reads."""
-        return self.prompt + self.text
 
 
 def load_documents(
@@ -122,8 +99,6 @@ def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str
 
 def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
     if source == "pystdlib" or source.startswith("pystdlib:"):
-        from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
-
         split = source.partition(":")[2] or "train"
         if split not in PYSTDLIB_SPLITS:
             raise ConfigError(

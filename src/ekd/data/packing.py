@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import ConfigError
-from ekd.data.documents import Document
+from ekd.data.document import Document
 
 logger = logging.getLogger(__name__)
 

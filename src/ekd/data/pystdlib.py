@@ -28,7 +28,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ekd.data.documents import Document
+from ekd.data.document import Document
 from ekd.data.split import held_out_keys, stable_unit
 
 logger = logging.getLogger(__name__)

@@ -165,7 +165,7 @@ def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, 
     if not teacher_needed(cfg):
         return None
     if cfg.teacher.source == "cache":
-        from ekd.teacher.cache_source import CacheTeacher
+        from ekd.teacher.cache import CacheTeacher
 
         return CacheTeacher(cfg, data, device)
     from ekd.teacher.online import OnlineTeacher

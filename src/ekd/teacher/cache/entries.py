@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ekd.config import Config
 from ekd.losses.targets import Head
 from ekd.models.load import model_body
-from ekd.teacher.cache_signature import target_spec
+from ekd.teacher.cache.signature import target_spec
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, rs_target_from_probs, topk_target
 from ekd.train.token_stats import logp_at, softmax_entropy

@@ -57,7 +57,7 @@ def format_summary(s: dict) -> str:
 
 def run_cache_command(args) -> int:
     """Entry point of ``ekd cache`` (``args``: config, overrides, overwrite)."""
-    from ekd.teacher.cache import CacheReader
+    from ekd.teacher.cache.reader import CacheReader
 
     if args.config in INSPECT:
         if len(args.overrides) != 1:
@@ -72,11 +72,10 @@ def run_cache_command(args) -> int:
             )
         return 0
 
-    from ekd.cli import _split_config_and_overrides
-    from ekd.config import load_config
-    from ekd.teacher.cache_build import run_build, summary
+    from ekd.config import load_config, split_config_and_overrides
+    from ekd.teacher.cache.build import run_build, summary
 
-    paths, overrides = _split_config_and_overrides(args.config, args.overrides)
+    paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     result = run_build(cfg, overwrite=args.overwrite)
     if result.rank == 0:

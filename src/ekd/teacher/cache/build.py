@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=N -m ekd cache configs/cache-demo.yaml      # samples sharded across ranks
 
 Per batch of blocks: the teacher body once, then the teacher statistics and sparse targets of
-:mod:`ekd.teacher.cache_entries`; the signature comes from :mod:`ekd.teacher.cache_signature`.
+:mod:`ekd.teacher.cache.entries`; the signature comes from :mod:`ekd.teacher.cache.signature`.
 
 The cache is written by :class:`~ekd.teacher.cache.writer.CacheWriter` into ``teacher.cache_dir``: atomic
 shards, resumable after a crash (a rerun computes only the unfinished shards), one shard set per rank and
@@ -31,9 +31,11 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
-from ekd.teacher.cache import CacheReader, CacheWriter, assemble_manifest
-from ekd.teacher.cache_entries import EntryOptions, teacher_entries
-from ekd.teacher.cache_signature import cache_signature, check_cacheable, teacher_revision
+from ekd.teacher.cache.entries import EntryOptions, teacher_entries
+from ekd.teacher.cache.manifest import assemble_manifest
+from ekd.teacher.cache.reader import CacheReader
+from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
+from ekd.teacher.cache.writer import CacheWriter
 from ekd.train.distributed import distributed
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class _BackgroundWriter:
 def write_batches(
     writer: CacheWriter, teacher: nn.Module, head: Head, batches: Iterable, options: EntryOptions, amp=None
 ) -> int:
-    """The build loop: each batch's entries (:func:`~ekd.teacher.cache_entries.teacher_entries`) are encoded
+    """The build loop: each batch's entries (:func:`~ekd.teacher.cache.entries.teacher_entries`) are encoded
     and written on a background thread while the teacher runs the next batch; the writer is closed at the
     end. Returns the number of positions written. On an error the queued entries are still written
     (finished shards stay valid) before it is raised."""

@@ -23,9 +23,10 @@ from torch import Tensor
 
 from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
-from ekd.teacher.cache import CacheError, CacheReader, compare_signatures
-from ekd.teacher.cache.manifest import REBUILD
-from ekd.teacher.cache_signature import cache_signature
+from ekd.teacher.cache.format import CacheError
+from ekd.teacher.cache.manifest import REBUILD, compare_signatures
+from ekd.teacher.cache.reader import CacheReader
+from ekd.teacher.cache.signature import cache_signature
 from ekd.teacher.signal import TeacherSignal
 
 # signature field → the config key that decides it (named in mismatch errors)

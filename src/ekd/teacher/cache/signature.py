@@ -2,7 +2,7 @@
 checks that a config can be cached at all.
 
 The signature is stored in the cache manifest; training from a cache recomputes it from the training config
-(:mod:`ekd.teacher.cache_source`) and names every field that differs.
+(:mod:`ekd.teacher.cache.source`) and names every field that differs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from ekd.config import Config, ConfigError
 from ekd.models.load import is_preset
-from ekd.teacher.cache import make_signature
+from ekd.teacher.cache.manifest import make_signature
 from ekd.teacher.signal import TargetSpec
 
 # ekd.data.packing: documents joined with EOS, cut into non-overlapping T-token blocks (format of the rule)

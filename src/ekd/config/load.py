@@ -1,0 +1,242 @@
+"""Loading a config: YAML files, dotted ``key=value`` overrides, coercion to the declared types.
+
+Loading merges, in order: defaults → YAML file(s) → the method preset named by ``method.preset`` (as
+defaults under the file's explicit ``method`` keys) → CLI overrides. Values are coerced to the declared
+type (YAML reads ``3e-4`` as a string); unknown keys fail with the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ekd.config.sections import SECTIONS, Config, MethodConfig
+from ekd.config.validate import validate
+from ekd.errors import ConfigError
+
+
+def split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """CLI positionals: those with '=' are overrides; the others are YAML files merged in order (later wins)."""
+    items = ([config] if config else []) + list(overrides)
+    files = [i for i in items if "=" not in i]
+    return files, [i for i in items if "=" in i]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (litgpt style), read from the class source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, e.g. 'train.max_steps'."""
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def _nearest(key: str) -> str:
+    keys = all_keys() + SECTIONS
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # try the field name alone against every section
+        leaf = key.split(".")[-1]
+        close = [k for k in all_keys() if difflib.get_close_matches(leaf, [k.split(".")[-1]], cutoff=0.75)][
+            :1
+        ]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class CliText(str):
+    """A value typed on the command line: kept verbatim for ``str`` fields, parsed as YAML otherwise
+    (so ``run.name=1.10`` stays '1.10' and ``train.lr=3e-4`` becomes 0.0003)."""
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` to the declared type, or raise ConfigError naming the dotted key."""
+    origin = typing.get_origin(annotation)
+    if isinstance(value, CliText):
+        value = str(value) if annotation is str else _parse_cli_value(str(value))
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in (
+                "true",
+                "false",
+                "1",
+                "0",
+                "yes",
+                "no",
+                "on",
+                "off",
+            ):
+                return value.lower() in ("true", "1", "yes", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str) and "e" in value.lower():
+                value = float(value)  # YAML reads 1e3 as a string
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return "" if value is None else str(value)
+        if origin is list:
+            (item,) = typing.get_args(annotation)
+            if isinstance(value, str):
+                value = [v for v in value.strip("[]").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [coerce(v.strip() if isinstance(v, str) else v, item, key) for v in value]
+        if origin is dict:
+            _, vtype = typing.get_args(annotation)
+            if value in (None, ""):
+                return {}
+            if not isinstance(value, dict):
+                raise ValueError
+            return {str(k): coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
+    except ConfigError:
+        raise  # an item's own message names the item
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    tname = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {tname}, got {value!r}")
+
+
+def _parse_cli_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """{'train': {'lr': 1}} → {'train.lr': 1}; rejects unknown sections and keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    flat: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section}'{_nearest(str(section))}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
+        for k, v in values.items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
+def _check_key(key: str, source: str) -> None:
+    if key not in all_keys():
+        raise ConfigError(f"{source}: unknown key '{key}'{_nearest(key)}")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['train.lr=3e-4', 'method=sekd'] → {'train.lr': '3e-4' parsed, 'method.preset': 'sekd'}."""
+    flat: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override '{item}' must look like section.key=value (e.g. train.max_steps=100)"
+            )
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key == "method":  # shorthand: method=<preset>
+            key = "method.preset"
+        _check_key(key, "command line")
+        flat[key] = CliText(text)
+    return flat
+
+
+def load_config(
+    paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Build a validated Config from YAML file(s) and dotted overrides (later wins)."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    flat: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        file_flat = _flatten(raw, str(path))
+        for key in file_flat:
+            _check_key(key, str(path))
+        flat.update(file_flat)
+    flat.update(parse_overrides(overrides or []))
+    return build_config(flat)
+
+
+def build_config(flat: dict[str, Any]) -> Config:
+    """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly."""
+    from ekd.methods import preset_values  # local import: methods imports config types
+
+    preset = str(flat.get("method.preset", MethodConfig.preset))
+    merged = {f"method.{k}": v for k, v in preset_values(preset).items()}
+    merged.update(flat)
+    cfg = Config()
+    hints = {s: typing.get_type_hints(_section_type(s)) for s in SECTIONS}
+    for key, value in merged.items():
+        section, name = key.split(".", 1)
+        _check_key(key, "config")
+        setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a saved ``config.yaml``)."""
+    return build_config(_flatten(raw, "saved config"))
+
+
+def explain() -> str:
+    """Every key with its type, default and docstring (``ekd config show --explain``)."""
+    lines = []
+    for s in SECTIONS:
+        cls = _section_type(s)
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        lines.append(f"[{s}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            lines.append(f"  {s}.{f.name}: {tname} = {default!r}\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
