@@ -1,9 +1,10 @@
-"""The ``ekd`` command: demo | distill | cache | eval | list | config.
+"""The ``ekd`` command: demo | distill | cache | eval | student | list | config.
 
     ekd demo [--quick] [--methods kd,sekd,...]      the embedded default, no network
     ekd distill CONFIG [key=value ...]             distill a student (``--resume``, ``--overwrite``)
     ekd cache CONFIG [key=value ...]               build an offline teacher cache (``cache info|verify DIR``)
     ekd eval RUN_DIR [key=value ...]               evaluate a saved student
+    ekd student init TEACHER OUT --layers N        build a student from a teacher (layer dropping or --from-config)
     ekd list [divergences|presets|scorers|policies|temperatures|architectures]
     ekd config show [CONFIG] [key=value ...]       print the resolved config (``--explain`` for every key)
 
@@ -69,6 +70,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
     p.add_argument("run_dir", help="run directory written by ekd distill")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
+
+    p = sub.add_parser("student", help="student tools")
+    ssub = p.add_subparsers(dest="student_command", required=True)
+    s = ssub.add_parser(
+        "init",
+        help="build a student directory from a teacher: keep some decoder layers, or the teacher's config with overrides",
+    )
+    s.add_argument("teacher", help="teacher: a hub id or a saved Hugging Face model directory")
+    s.add_argument("out", help="directory to write the student to (a standard HF model directory)")
+    s.add_argument(
+        "--layers", type=int, default=0, help="keep N decoder layers, evenly spaced (first and last kept)"
+    )
+    s.add_argument("--keep-layers", default="", help="keep these decoder layers, e.g. 0,4,8,11")
+    s.add_argument(
+        "--from-config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="random init from the teacher's config with these overrides, e.g. num_hidden_layers=4 hidden_size=256",
+    )
+    tie = s.add_mutually_exclusive_group()
+    tie.add_argument(
+        "--tie-embeddings", dest="tie", action="store_true", default=None, help="tie head and embeddings"
+    )
+    tie.add_argument(
+        "--untie-embeddings", dest="tie", action="store_false", help="separate head and embeddings"
+    )
+    s.add_argument("--revision", default="", help="teacher revision (hub)")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random init (--from-config)")
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace a student directory written by this command"
+    )
 
     p = sub.add_parser(
         "list", help="show registered divergences, presets, scorers, policies, temperatures, architectures"
@@ -163,6 +197,31 @@ def cmd_cache(args) -> int:
     return run_cache_command(args)
 
 
+def cmd_student(args) -> int:
+    from ekd.models.student_init import StudentPlan, build_student, parse_overrides
+
+    try:
+        keep = [int(i) for i in args.keep_layers.split(",") if i.strip()]
+    except ValueError:
+        raise EkdError(
+            f"--keep-layers must be comma-separated layer indices, got '{args.keep_layers}'"
+        ) from None
+    plan = StudentPlan(
+        teacher=args.teacher,
+        out=args.out,
+        layers=args.layers,
+        keep_layers=keep,
+        overrides=parse_overrides(args.from_config),
+        tie_word_embeddings=args.tie,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
+    )
+    out = build_student(plan, overwrite=args.overwrite)
+    print(f"student written to {out} (record: {out / 'ekd_student_init.json'})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ekd.demo import run_demo
 
@@ -186,6 +245,7 @@ COMMANDS = {
     "distill": cmd_distill,
     "cache": cmd_cache,
     "eval": cmd_eval,
+    "student": cmd_student,
     "list": cmd_list,
     "config": cmd_config,
 }

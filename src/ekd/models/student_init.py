@@ -1,0 +1,343 @@
+"""Build a student directory from a teacher, as practitioners do (``ekd student init``).
+
+Two ways, both writing a standard Hugging Face directory (safetensors, the teacher's tokenizer) plus
+``ekd_student_init.json``, the record of how it was made:
+
+- **layer dropping** (``layers=L`` or ``keep_layers=[i, ...]``): keep L decoder layers of the teacher,
+  evenly spaced with the first and the last kept (DistilBERT / "shrink and fine-tune" practice), copying the
+  embeddings, every norm and the head. Per-layer config lists (``layer_types`` of Qwen2/3, Gemma-2/3) are
+  sliced with the layers. Works for every architecture whose body holds its decoder layers in
+  ``<body>.layers`` (Llama, Qwen2/3, Mistral, Gemma 1–3, Phi-3, GPT-NeoX, ...); others are refused.
+- **from config** (``overrides={"num_hidden_layers": 4, "hidden_size": 256, ...}``): the teacher's config
+  with the overrides, randomly initialized (seeded).
+
+Either way ``tie_word_embeddings`` may be set; an untied teacher cannot be cut into a tied student (its head
+and embeddings differ, so tying would silently discard one of them).
+
+    ekd student init Qwen/Qwen2.5-1.5B runs/students/qwen-8l --layers 8
+    ekd student init runs/teacher runs/students/small --from-config num_hidden_layers=4 hidden_size=256
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from ekd import __version__
+from ekd.errors import ModelError
+from ekd.models.load import is_preset, load_model, load_tokenizer, model_body, save_model_dir
+
+log = logging.getLogger(__name__)
+
+RECORD = "ekd_student_init.json"
+
+
+@dataclass
+class StudentPlan:
+    """What to build. Exactly one of ``layers`` / ``keep_layers`` / ``overrides`` selects the mode."""
+
+    teacher: str
+    out: str
+    layers: int = 0
+    keep_layers: list[int] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tie_word_embeddings: bool | None = None  # None: as the teacher
+    revision: str = ""
+    trust_remote_code: bool = False
+    seed: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "from_config" if self.overrides else "layer_drop"
+
+
+def evenly_spaced_layers(num_teacher_layers: int, num_keep: int) -> list[int]:
+    """``num_keep`` indices in [0, num_teacher_layers), evenly spaced, first and last kept (one: layer 0).
+
+    >>> evenly_spaced_layers(12, 4)
+    [0, 4, 7, 11]
+    """
+    if not 1 <= num_keep <= num_teacher_layers:
+        raise ModelError(
+            f"student init: --layers must be between 1 and the teacher's {num_teacher_layers} layers, got {num_keep}"
+        )
+    if num_keep == 1:
+        return [0]
+    return [round(i * (num_teacher_layers - 1) / (num_keep - 1)) for i in range(num_keep)]
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(state-dict prefix of the layer list, the list): ``<base_model_prefix>.layers``.
+
+    Raises:
+        ModelError: the architecture keeps its decoder layers elsewhere (not supported for layer dropping).
+    """
+    body = model_body(model)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        model_type = getattr(model.config, "model_type", type(model).__name__)
+        raise ModelError(
+            f"student init: cannot drop layers of model type '{model_type}' (no decoder layer list at "
+            f"{model.base_model_prefix}.layers); use --from-config num_hidden_layers=N instead"
+        )
+    return f"{model.base_model_prefix}.layers", layers
+
+
+def _per_layer_fields(config: PretrainedConfig, num_layers: int) -> list[str]:
+    """Config attributes that hold one entry per decoder layer (e.g. ``layer_types``)."""
+    return [
+        k
+        for k, v in config.to_dict().items()
+        if isinstance(v, (list, tuple)) and len(v) == num_layers and k != "architectures"
+    ]
+
+
+def cut_config(config: PretrainedConfig, keep: list[int]) -> PretrainedConfig:
+    """The teacher's config for ``len(keep)`` layers, per-layer lists sliced to ``keep``."""
+    num_teacher = int(config.num_hidden_layers)
+    new = copy.deepcopy(config)
+    for name in _per_layer_fields(config, num_teacher):
+        values = getattr(config, name)
+        setattr(new, name, type(values)(values[i] for i in keep))
+    new.num_hidden_layers = len(keep)
+    if isinstance(getattr(new, "max_window_layers", None), int):  # Qwen2: layers ≥ this use sliding windows
+        new.max_window_layers = sum(1 for i in keep if i < config.max_window_layers)
+    return new
+
+
+def cut_state_dict(state: dict[str, torch.Tensor], prefix: str, keep: list[int]) -> dict[str, torch.Tensor]:
+    """Rename ``{prefix}.{keep[i]}.*`` to ``{prefix}.{i}.*``; drop the other layers; keep every other key."""
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
+    new_index = {old: new for new, old in enumerate(keep)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = pattern.match(key)
+        if m is None:
+            out[key] = value
+        elif int(m.group(1)) in new_index:
+            out[f"{prefix}.{new_index[int(m.group(1))]}.{m.group(2)}"] = value
+    return out
+
+
+def _seeded_from_config(config: PretrainedConfig, seed: int, dtype: torch.dtype) -> nn.Module:
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, TypeError, RuntimeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"student init: cannot build a '{config.model_type}' model from that config ({first}); check the overrides"
+        ) from None
+
+
+def drop_layers(teacher: nn.Module, keep: list[int], tie_word_embeddings: bool | None = None) -> nn.Module:
+    """A student with the teacher's layers ``keep`` (in that order), embeddings, norms and head copied.
+
+    Raises:
+        ModelError: unsupported architecture, indices out of range or repeated, or tying an untied teacher.
+    """
+    prefix, layers = decoder_layers(teacher)
+    n = len(layers)
+    if not keep or any(not 0 <= i < n for i in keep) or len(set(keep)) != len(keep):
+        raise ModelError(
+            f"student init: --keep-layers must be distinct indices in [0, {n - 1}], got {','.join(map(str, keep))}"
+        )
+    config = cut_config(teacher.config, keep)
+    teacher_tied = bool(getattr(teacher.config, "tie_word_embeddings", False))
+    if tie_word_embeddings is not None and tie_word_embeddings != teacher_tied:
+        if tie_word_embeddings:
+            raise ModelError(
+                "student init: the teacher's head and input embeddings are separate matrices; a tied student "
+                "would discard one of them (drop --tie-embeddings, or use --from-config for a new tied model)"
+            )
+        config.tie_word_embeddings = False
+    dtype = next(teacher.parameters()).dtype
+    student = _seeded_from_config(config, seed=0, dtype=dtype)
+    state = cut_state_dict(teacher.state_dict(), prefix, keep)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_tied_head(student, k)]
+    if missing or unexpected:
+        raise ModelError(
+            f"student init: the cut state does not fit the cut architecture (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); this model type is not supported for layer dropping"
+        )
+    return student
+
+
+def _is_tied_head(model: nn.Module, key: str) -> bool:
+    """A tied head's weight may be absent from a state dict: it is the input embedding."""
+    head = model.get_output_embeddings()
+    return (
+        bool(getattr(model.config, "tie_word_embeddings", False))
+        and head is not None
+        and key.endswith("weight")
+        and head.weight is model.get_input_embeddings().weight
+    )
+
+
+def from_config(
+    teacher_config: PretrainedConfig,
+    overrides: dict[str, Any],
+    tie_word_embeddings: bool | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """A randomly initialized model of the teacher's type with ``overrides`` applied to its config.
+
+    Raises:
+        ModelError: an override names a key the config does not have, or the result cannot be built.
+    """
+    known = teacher_config.to_dict()
+    config = copy.deepcopy(teacher_config)
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ModelError(
+                f"student init: '{key}' is not a key of the teacher's {teacher_config.model_type} config{hint}"
+            )
+        setattr(config, key, value)
+    if "num_hidden_layers" in overrides:
+        n_old, n_new = int(teacher_config.num_hidden_layers), int(config.num_hidden_layers)
+        for name in _per_layer_fields(teacher_config, n_old):
+            if name not in overrides:
+                values = getattr(teacher_config, name)
+                setattr(config, name, type(values)(values[i % n_old] for i in range(n_new)))
+    if tie_word_embeddings is not None:
+        config.tie_word_embeddings = tie_word_embeddings
+    return _seeded_from_config(config, seed, dtype)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``['num_hidden_layers=4', 'hidden_size=256']`` → typed dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ModelError(f"student init: --from-config items look like key=value, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
+    """Build the student described by ``plan`` and write it to ``plan.out``; returns the directory.
+
+    Raises:
+        ModelError: bad teacher, bad layers/overrides, or an output directory that exists (without
+            ``overwrite``) or is the teacher's own directory.
+    """
+    out = Path(plan.out).expanduser()
+    if is_preset(plan.teacher):
+        raise ModelError(
+            "student init: the teacher must be a hub id or a saved model directory, not a preset (presets are random)"
+        )
+    if (
+        Path(plan.teacher).expanduser().exists()
+        and out.resolve() == Path(plan.teacher).expanduser().resolve()
+    ):
+        raise ModelError("student init: the output directory is the teacher's directory; choose another")
+    if out.exists() and not overwrite:
+        raise ModelError(f"student init: {out} exists; choose another directory or pass --overwrite")
+    if out.exists() and not (out / RECORD).is_file():
+        raise ModelError(
+            f"student init: {out} exists and was not written by ekd student init; --overwrite only replaces those"
+        )
+    if plan.overrides and (plan.layers or plan.keep_layers):
+        raise ModelError("student init: give either --layers/--keep-layers or --from-config, not both")
+    if not plan.overrides and not plan.layers and not plan.keep_layers:
+        raise ModelError(
+            "student init: say what to build: --layers N, --keep-layers 0,5,11 or --from-config k=v ..."
+        )
+
+    if plan.mode == "from_config":
+        try:
+            teacher_config = AutoConfig.from_pretrained(
+                _resolved(plan.teacher),
+                revision=plan.revision or None,
+                trust_remote_code=plan.trust_remote_code,
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(
+                f"student init: cannot read the teacher's config from '{plan.teacher}' ({first})"
+            ) from None
+        student = from_config(teacher_config, plan.overrides, plan.tie_word_embeddings, plan.seed)
+        record: dict[str, Any] = {"overrides": plan.overrides}
+        teacher_layers = int(teacher_config.num_hidden_layers)
+        model_type = teacher_config.model_type
+    else:
+        teacher = load_model(
+            _resolved(plan.teacher),
+            vocab_size=0,
+            revision=plan.revision,
+            trust_remote_code=plan.trust_remote_code,
+            role="teacher",
+        )
+        teacher_layers = len(decoder_layers(teacher)[1])
+        keep = list(plan.keep_layers) or evenly_spaced_layers(teacher_layers, plan.layers)
+        student = drop_layers(teacher, keep, plan.tie_word_embeddings)
+        record = {"kept_layers": keep}
+        model_type = teacher.config.model_type
+        del teacher
+
+    tokenizer = None
+    try:
+        tokenizer = load_tokenizer(
+            _resolved(plan.teacher), plan.revision, plan.trust_remote_code, "teacher tokenizer"
+        )
+    except ModelError as e:
+        log.warning("%s: the student directory gets no tokenizer", e)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model_dir(student, tokenizer, out)
+    record = {
+        "ekd_version": __version__,
+        "teacher": plan.teacher,
+        "teacher_revision": plan.revision,
+        "model_type": model_type,
+        "mode": plan.mode,
+        "teacher_layers": teacher_layers,
+        "student_layers": int(student.config.num_hidden_layers),
+        "tie_word_embeddings": bool(getattr(student.config, "tie_word_embeddings", False)),
+        "parameters": sum(p.numel() for p in student.parameters()),
+        "seed": plan.seed,
+        **record,
+    }
+    tmp = out / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out / RECORD)
+    return out
+
+
+def _resolved(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path) if path.exists() else spec
+
+
+__all__ = [
+    "RECORD",
+    "StudentPlan",
+    "build_student",
+    "cut_config",
+    "cut_state_dict",
+    "decoder_layers",
+    "drop_layers",
+    "evenly_spaced_layers",
+    "from_config",
+    "parse_overrides",
+]

@@ -1,0 +1,184 @@
+"""``ekd student init``: layer dropping equals a hand-cut teacher, for every supported family; from-config
+builds the asked shapes; bad input is one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from ekd.cli import main
+from ekd.errors import ModelError
+from ekd.models.load import model_body
+from ekd.models.student_init import RECORD, StudentPlan, build_student, evenly_spaced_layers
+
+V = 48
+SMALL = dict(
+    vocab_size=V,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+FAMILIES = {
+    "llama": dict(tie_word_embeddings=False),
+    "qwen2": dict(tie_word_embeddings=True),
+    "qwen3": dict(head_dim=8, tie_word_embeddings=True),
+    "mistral": dict(tie_word_embeddings=False),
+    "gemma": dict(head_dim=8),
+    "gemma2": dict(head_dim=8, sliding_window=4, final_logit_softcapping=None),
+    "phi3": dict(pad_token_id=0),
+    "gpt_neox": dict(rotary_pct=0.5, tie_word_embeddings=False),
+}
+
+
+def _teacher(model_type: str, tmp_path, with_tokenizer: bool = False):
+    extra = dict(FAMILIES[model_type])
+    values = dict(SMALL, **extra)
+    if model_type == "gpt_neox":
+        values.pop("num_key_value_heads")
+    config = AutoConfig.for_model(model_type, **values)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    out = tmp_path / f"teacher-{model_type}"
+    model.save_pretrained(out)
+    if with_tokenizer:
+        vocab = {f"w{i}": i for i in range(V - 1)} | {"[UNK]": V - 1}
+        tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(out)
+    return model, out
+
+
+def _hand_cut(teacher, keep: list[int]):
+    """The teacher with its layer list replaced by the kept layers (module surgery, not a state-dict remap)."""
+    ref = copy.deepcopy(teacher)
+    body = model_body(ref)
+    body.layers = torch.nn.ModuleList([body.layers[i] for i in keep])
+    for new_index, layer in enumerate(body.layers):
+        for attn_name in ("self_attn", "attention"):
+            attn = getattr(layer, attn_name, None)
+            if attn is not None and hasattr(attn, "layer_idx"):
+                attn.layer_idx = new_index
+    ref.config.num_hidden_layers = len(keep)
+    if getattr(ref.config, "layer_types", None):
+        ref.config.layer_types = [teacher.config.layer_types[i] for i in keep]
+    return ref
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_layer_drop_equals_hand_cut_teacher(model_type, tmp_path):
+    teacher, teacher_dir = _teacher(model_type, tmp_path)
+    keep = [0, 2, 3]
+    out = build_student(StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "student"), keep_layers=keep))
+    student = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = student(ids, use_cache=False).logits
+        want = _hand_cut(teacher, keep)(ids, use_cache=False).logits
+        full = teacher(ids, use_cache=False).logits
+    assert student.config.num_hidden_layers == 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, full, atol=1e-3)  # a layer really was dropped
+    tied = bool(getattr(teacher.config, "tie_word_embeddings", False))
+    assert bool(student.config.tie_word_embeddings) == tied
+    record = json.loads((out / RECORD).read_text())
+    assert record["kept_layers"] == keep and record["mode"] == "layer_drop" and record["teacher_layers"] == 4
+
+
+def test_evenly_spaced_keeps_first_and_last():
+    assert evenly_spaced_layers(12, 4) == [0, 4, 7, 11]
+    assert evenly_spaced_layers(28, 2) == [0, 27]
+    assert evenly_spaced_layers(5, 5) == [0, 1, 2, 3, 4]
+    assert evenly_spaced_layers(5, 1) == [0]
+    with pytest.raises(ModelError, match="between 1 and"):
+        evenly_spaced_layers(4, 5)
+
+
+def test_cli_layers_with_tokenizer_and_untie(tmp_path, capsys):
+    teacher, teacher_dir = _teacher("qwen2", tmp_path, with_tokenizer=True)  # tied teacher
+    out = tmp_path / "s"
+    assert main(["student", "init", str(teacher_dir), str(out), "--layers", "2", "--untie-embeddings"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.num_hidden_layers == 2 and not student.config.tie_word_embeddings
+    assert student.get_output_embeddings().weight.data_ptr() != student.get_input_embeddings().weight.data_ptr()
+    torch.testing.assert_close(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
+    assert json.loads((out / RECORD).read_text())["kept_layers"] == [0, 3]
+    # rerun without --overwrite is refused; with it, replaced
+    assert main(["student", "init", str(teacher_dir), str(out), "--layers", "3"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["student", "init", str(teacher_dir), str(out), "--layers", "3", "--overwrite"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_from_config_random_init(tmp_path, tie):
+    _, teacher_dir = _teacher("llama", tmp_path)
+    flag = "--tie-embeddings" if tie else "--untie-embeddings"
+    out = tmp_path / "s"
+    args = ["student", "init", str(teacher_dir), str(out), "--from-config", "num_hidden_layers=2", "hidden_size=16"]
+    assert main([*args, flag, "--seed", "3"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    assert student.get_input_embeddings().weight.shape == (V, 16)
+    assert bool(student.config.tie_word_embeddings) == tie
+    record = json.loads((out / RECORD).read_text())
+    assert record["overrides"] == {"num_hidden_layers": 2, "hidden_size": 16} and record["seed"] == 3
+
+
+def test_from_config_slices_per_layer_lists(tmp_path):
+    _, teacher_dir = _teacher("gemma2", tmp_path)
+    out = build_student(
+        StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "s"), overrides={"num_hidden_layers": 3})
+    )
+    config = AutoConfig.from_pretrained(out)
+    assert len(config.layer_types) == 3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layers", "9"], "between 1 and"),
+        (["--keep-layers", "0,0"], "distinct indices"),
+        (["--keep-layers", "0,x"], "comma-separated"),
+        (["--from-config", "num_hiden_layers=2"], "did you mean 'num_hidden_layers'"),
+        (["--from-config", "num_hidden_layers"], "key=value"),
+        (["--layers", "2", "--from-config", "num_hidden_layers=2"], "not both"),
+        ([], "say what to build"),
+        (["--layers", "2", "--tie-embeddings"], "separate matrices"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
+    _, teacher_dir = _teacher("llama", tmp_path)  # untied
+    assert main(["student", "init", str(teacher_dir), str(tmp_path / "s"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_unsupported_architecture_refused(tmp_path, capsys):
+    config = AutoConfig.for_model("gpt2", vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    assert main(["student", "init", str(tmp_path / "gpt2"), str(tmp_path / "s"), "--layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot drop layers of model type 'gpt2'" in err and "--from-config" in err
+
+
+def test_refuses_to_overwrite_foreign_directory_or_teacher(tmp_path, capsys):
+    _, teacher_dir = _teacher("llama", tmp_path)
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert main(["student", "init", str(teacher_dir), str(foreign), "--layers", "2", "--overwrite"]) == 2
+    assert (foreign / "keep.txt").read_text() == "mine"
+    assert main(["student", "init", str(teacher_dir), str(teacher_dir), "--layers", "2", "--overwrite"]) == 2
+    assert "teacher's directory" in capsys.readouterr().err
