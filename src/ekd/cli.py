@@ -1,9 +1,10 @@
-"""The ``ekd`` command: demo | distill | cache | eval | student | list | config.
+"""The ``ekd`` command: demo | distill | cache | eval | compare | student | list | config.
 
     ekd demo [--quick] [--methods kd,sekd,...]      the embedded default, no network
     ekd distill CONFIG [key=value ...]             distill a student (``--resume``, ``--overwrite``)
     ekd cache CONFIG [key=value ...]               build an offline teacher cache (``cache info|verify DIR``)
     ekd eval RUN_DIR [key=value ...]               evaluate a saved student
+    ekd compare RUN... [--out DIR]                 methods × seeds table, paired differences, Pareto plots
     ekd student init TEACHER OUT --layers N        build a student from a teacher (layer dropping or --from-config)
     ekd list [divergences|presets|scorers|policies|temperatures|architectures]
     ekd config show [CONFIG] [key=value ...]       print the resolved config (``--explain`` for every key)
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
     p.add_argument("run_dir", help="run directory written by ekd distill")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
+
+    p = sub.add_parser(
+        "compare",
+        help="aggregate finished runs (methods × seeds) into one table, paired differences and plots",
+    )
+    p.add_argument("runs", nargs="+", help="run directories written by ekd distill")
+    p.add_argument("--out", default="compare", help="directory for compare.md/.csv/.json and plots/")
+    p.add_argument(
+        "--baselines", default="kd,ce", help="presets to report paired differences against (comma-separated)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="tables only")
 
     p = sub.add_parser("student", help="student tools")
     ssub = p.add_subparsers(dest="student_command", required=True)
@@ -197,6 +209,18 @@ def cmd_cache(args) -> int:
     return run_cache_command(args)
 
 
+def cmd_compare(args) -> int:
+    from ekd.eval.compare import compare_runs, markdown
+
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    summary = compare_runs(args.runs, Path(args.out), baselines, plots=not args.no_plots)
+    print(markdown(summary))
+    print(
+        f"written: {Path(args.out) / 'compare.md'} (+ .csv, .json{', plots/' if not args.no_plots else ''})"
+    )
+    return 0
+
+
 def cmd_student(args) -> int:
     from ekd.models.student_init import StudentPlan, build_student, parse_overrides
 
@@ -245,6 +269,7 @@ COMMANDS = {
     "distill": cmd_distill,
     "cache": cmd_cache,
     "eval": cmd_eval,
+    "compare": cmd_compare,
     "student": cmd_student,
     "list": cmd_list,
     "config": cmd_config,

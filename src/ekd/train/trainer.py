@@ -9,6 +9,7 @@ autocast on GPU and fp32 on CPU, optional gradient checkpointing, atomic checkpo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ from ekd.errors import NonFiniteLossError
 from ekd.losses.reduce import global_count
 from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.policies import StepContext
-from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ekd.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from ekd.train.distributed import Ranks, distributed, global_sum, rank_slice, sum_gradients
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
@@ -249,6 +250,7 @@ def _train(
             teacher_model = load_teacher(cfg, data, device)
         results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+        atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
         metrics_log.close()
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0

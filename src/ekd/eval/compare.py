@@ -1,0 +1,553 @@
+"""Compare finished runs (``ekd compare RUN...``): one table over methods × seeds, paired differences against
+baselines, and the plots the EKD draft asks for.
+
+Runs whose resolved configs are equal except for ``run.*`` keys (name, seed, output directory) form one
+*group* (a method at several seeds). Per group: the mean ± sample standard deviation over seeds of every
+eval metric, the fraction of positions that received KD and the teacher bytes per training token. Against
+each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
+``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the mean difference, in the
+metric's better direction, exceeds the spread of the paired differences; a difference inside the spread is
+"within spread"; one shared seed is "1 seed" (no spread to compare against).
+
+Outputs (``--out DIR``): ``compare.md``, ``compare.csv``, ``compare.json`` and ``plots/``:
+``pareto-<metric>.png`` (held-out KL and perplexity vs teacher bytes per training token, the Pareto
+frontier marked), ``reliability.png`` (each group's reliability diagram side by side, from the runs'
+``plots/``) and ``kl-by-entropy.png`` (KL to the teacher per teacher-entropy bucket).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ekd.errors import EkdError
+from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
+
+METRICS = ("ppl", "acc", "ece", "kl", "agree")
+HIGHER_IS_BETTER = {"ppl": False, "acc": True, "ece": False, "kl": False, "agree": True}
+RUN_KEYS = ("name", "seed", "output_dir")
+
+
+@dataclass
+class RunRecord:
+    """What one finished run contributes: its config, final eval metrics and supervision cost."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    eval: dict[str, dict[str, float]]  # set name → metrics (teacher rows under "<set>/teacher")
+    kd_fraction: float
+    bytes_per_token: float
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", {}).get("preset", "?"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("run", {}).get("seed", 0))
+
+    def group_key(self) -> str:
+        """The config without ``run.*`` identity keys: runs that differ only by seed share it."""
+        cfg = {s: dict(v) for s, v in self.config.items()}
+        for k in RUN_KEYS:
+            cfg.get("run", {}).pop(k, None)
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+    def values(self, key: str) -> dict[int, float]:
+        """seed → value of ``key`` (``<set>/<metric>``, ``kd_pct`` or ``bytes_per_token``)."""
+        out = {}
+        for r in self.runs:
+            v = _value(r, key)
+            if v is not None and not math.isnan(v):
+                out[r.seed] = v
+        return out
+
+
+def _value(run: RunRecord, key: str) -> float | None:
+    if key == "kd_pct":
+        return 100.0 * run.kd_fraction
+    if key == "bytes_per_token":
+        return run.bytes_per_token
+    name, _, metric = key.rpartition("/")
+    v = run.eval.get(name, {}).get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
+    """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric."""
+    a, b = group.values(key), baseline.values(key)
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, std = mean_std(diffs)
+    higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
+    if not diffs:
+        verdict = "no shared seed"
+    elif len(diffs) == 1:
+        verdict = "1 seed"
+    elif abs(mean) > std:
+        verdict = "better" if (mean > 0) == higher else "worse"
+    else:
+        verdict = "within spread"
+    return {"mean": mean, "std": std, "n": len(diffs), "verdict": verdict}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading runs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """A finished run directory written by ``ekd distill`` (``config.yaml`` + ``eval.json`` or the final eval
+    rows of ``metrics.jsonl``).
+
+    Raises:
+        EkdError: not a run directory, or a run without a final evaluation.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise EkdError(f"ekd compare: {run_dir} is not a run directory (no config.yaml); pass runs/<name>")
+    try:
+        config = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    rows = _metric_rows(run_dir)
+    results = _eval_results(run_dir, rows)
+    if not results:
+        raise EkdError(
+            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {run_dir}`"
+        )
+    kd_fraction = _kd_fraction(rows)
+    return RunRecord(run_dir, config, results, kd_fraction, _bytes_per_token(run_dir, config, kd_fraction))
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line (interrupted write) carries nothing we need
+    return rows
+
+
+def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``."""
+    path = run_dir / "eval.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise EkdError(f"ekd compare: {path} is not valid JSON; rerun `ekd eval {run_dir}`") from None
+    last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
+    results: dict[str, dict[str, float]] = {}
+    for key, value in (last or {}).items():
+        if not key.startswith("eval/") or value is None:
+            continue
+        name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
+        results.setdefault(name, {})[metric] = value
+    return results
+
+
+def _kd_fraction(rows: list[dict[str, Any]]) -> float:
+    """Selected / valid positions over the run, from the per-step ``select/count`` and ``select/fraction``."""
+    selected = valid = 0.0
+    for r in rows:
+        count, fraction = r.get("select/count"), r.get("select/fraction")
+        if count is not None and fraction:
+            selected += count
+            valid += count / fraction
+    return selected / valid if valid else 0.0
+
+
+def _bytes_per_token(run_dir: Path, config: dict[str, Any], kd_fraction: float) -> float:
+    from ekd.config import config_from_dict
+    from ekd.demo import teacher_bytes_per_token
+
+    try:
+        cfg = config_from_dict(config)
+    except EkdError:
+        return math.nan
+    vocab = _vocab_size(run_dir)
+    cache_info = None
+    if cfg.teacher.source == "cache" and cfg.teacher.cache_dir:
+        try:
+            from ekd.teacher.cache import CacheReader
+
+            cache_info = CacheReader(cfg.teacher.cache_dir).info()
+        except EkdError:
+            cache_info = None
+    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab) if vocab else math.nan
+
+
+def _vocab_size(run_dir: Path) -> int:
+    path = run_dir / "student" / "config.json"
+    try:
+        return int(json.loads(path.read_text()).get("vocab_size", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grouping and tables
+# ---------------------------------------------------------------------------------------------------------
+
+
+def group_runs(runs: list[RunRecord]) -> list[Group]:
+    """Groups in first-seen order, labelled by preset (``preset#2`` … when one preset has several configs)."""
+    groups: dict[str, Group] = {}
+    for r in runs:
+        groups.setdefault(r.group_key(), Group(label="")).runs.append(r)
+    seen: dict[str, int] = {}
+    for g in groups.values():
+        method = g.runs[0].method
+        seen[method] = seen.get(method, 0) + 1
+        g.label = method if seen[method] == 1 else f"{method}#{seen[method]}"
+        seeds = [r.seed for r in g.runs]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise EkdError(
+                f"ekd compare: runs {', '.join(str(r.run_dir) for r in g.runs)} share a config and seed {dup}; "
+                "pass each run once"
+            )
+    return list(groups.values())
+
+
+def metric_keys(groups: list[Group]) -> list[str]:
+    """``<set>/<metric>`` for every student eval set (teacher rows excluded), then cost columns."""
+    sets = sorted({n for g in groups for r in g.runs for n in r.eval if not n.endswith("/teacher")})
+    return [f"{s}/{m}" for s in sets for m in METRICS] + ["kd_pct", "bytes_per_token"]
+
+
+def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
+    """The comparison as plain data (what ``compare.json`` holds)."""
+    keys = metric_keys(groups)
+    by_label = {g.label: g for g in groups}
+    out: dict[str, Any] = {"groups": [], "baselines": [b for b in baselines if b in by_label]}
+    for g in groups:
+        entry: dict[str, Any] = {
+            "method": g.label,
+            "seeds": sorted(r.seed for r in g.runs),
+            "runs": [str(r.run_dir) for r in g.runs],
+            "metrics": {},
+            "vs": {},
+        }
+        for key in keys:
+            vals = list(g.values(key).values())
+            if vals:
+                mean, std = mean_std(vals)
+                entry["metrics"][key] = {"mean": mean, "std": std, "n": len(vals)}
+        for b in out["baselines"]:
+            if b != g.label:
+                entry["vs"][b] = {
+                    k: paired_difference(g, by_label[b], k) for k in keys if k in entry["metrics"]
+                }
+        out["groups"].append(entry)
+    teacher = _teacher_metrics(groups)
+    if teacher:
+        out["teacher"] = teacher
+    return out
+
+
+def _teacher_metrics(groups: list[Group]) -> dict[str, float]:
+    for g in groups:
+        for r in g.runs:
+            t = {
+                f"{n[: -len('/teacher')]}/{m}": v
+                for n, ms in r.eval.items()
+                if n.endswith("/teacher")
+                for m, v in ms.items()
+                if m in METRICS
+            }
+            if t:
+                return t
+    return {}
+
+
+def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
+    if not cell or cell["mean"] is None or math.isnan(cell["mean"]):
+        return "—"
+    if cell["n"] < 2 or math.isnan(cell["std"]):
+        return format(cell["mean"], fmt)
+    return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}"
+
+
+FORMATS = {
+    "ppl": ".2f",
+    "acc": ".3f",
+    "ece": ".2f",
+    "kl": ".3f",
+    "agree": ".3f",
+    "kd_pct": ".1f",
+    "bytes_per_token": ".1f",
+}
+
+
+def _fmt(key: str) -> str:
+    return FORMATS.get(key.rpartition("/")[2] or key, ".4g")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The results table (mean ± std over seeds) and one paired-difference table per baseline."""
+    groups = summary["groups"]
+    keys = [k for k in _ordered_keys(summary) if any(k in g["metrics"] for g in groups)]
+    rows = [
+        {"method": g["method"], "seeds": len(g["seeds"]), **{k: g["metrics"].get(k) for k in keys}}
+        for g in groups
+    ]
+    if summary.get("teacher"):
+        rows.append(
+            {
+                "method": "(teacher)",
+                **{k: {"mean": v, "std": math.nan, "n": 1} for k, v in summary["teacher"].items()},
+            }
+        )
+    cols = [("method", "method", ""), ("seeds", "seeds", "d")] + [
+        (k, _header(k), (lambda f: lambda c: _pm(c, f))(_fmt(k))) for k in keys
+    ]
+    parts = ["Mean ± sample std over seeds.\n", results_table(rows, cols)]
+    for b in summary["baselines"]:
+        diff_rows = []
+        for g in groups:
+            if b not in g["vs"]:
+                continue
+            row: dict[str, Any] = {"method": g["method"]}
+            for k, d in g["vs"][b].items():
+                if d["n"]:
+                    sign = format(d["mean"], "+" + _fmt(k))
+                    spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
+                    row[k] = f"{sign}{spread} ({d['verdict']})"
+            diff_rows.append(row)
+        if diff_rows:
+            dcols = [("method", "method", "")] + [
+                (k, _header(k), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
+            ]
+            parts.append(
+                f"\nPaired difference vs `{b}` (same seeds; method − {b}; verdict: better/worse only "
+                "when the mean difference exceeds the spread of the paired differences).\n"
+            )
+            parts.append(results_table(diff_rows, dcols))
+    return "\n".join(parts)
+
+
+def _ordered_keys(summary: dict[str, Any]) -> list[str]:
+    keys = []
+    for g in summary["groups"]:
+        keys.extend(k for k in g["metrics"] if k not in keys)
+    return keys
+
+
+def _header(key: str) -> str:
+    names = {"ppl": "ppl", "acc": "acc", "ece": "ECE %", "kl": "KL(t‖s)", "agree": "top-1 agree"}
+    if key == "kd_pct":
+        return "KD pos %"
+    if key == "bytes_per_token":
+        return "teacher B/token"
+    name, _, metric = key.rpartition("/")
+    return f"{name} {names.get(metric, metric)}"
+
+
+def to_csv(summary: dict[str, Any]) -> str:
+    """One row per group and metric: method, metric, mean, std, n, then ``<baseline>_diff/std/verdict``."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    baselines = summary["baselines"]
+    w.writerow(
+        ["method", "metric", "mean", "std", "n"]
+        + [f"{b}_{x}" for b in baselines for x in ("diff", "diff_std", "verdict")]
+    )
+    for g in summary["groups"]:
+        for key, cell in g["metrics"].items():
+            extra = []
+            for b in baselines:
+                d = g["vs"].get(b, {}).get(key)
+                extra += [d["mean"], d["std"], d["verdict"]] if d else ["", "", ""]
+            w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (cost ↓, loss ↓), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(summary: dict[str, Any], metric_key: str, path: Path) -> Path | None:
+    """``metric_key`` (e.g. ``eval/kl``) against teacher bytes per training token (log x), frontier marked."""
+    pts, labels = [], []
+    for g in summary["groups"]:
+        m, c = g["metrics"].get(metric_key), g["metrics"].get("bytes_per_token")
+        if m and c and not math.isnan(m["mean"]) and not math.isnan(c["mean"]):
+            pts.append((c["mean"], m["mean"]))
+            labels.append(g["method"])
+    if not pts:
+        return None
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [max(p[0], 0.1) for p in pts]  # CE (0 B/token) drawn at the left edge of the log axis
+    ax.scatter(xs, [p[1] for p in pts], color="tab:blue")
+    for x, (_, y), label in zip(xs, pts, labels):
+        ax.annotate(label, (x, y), fontsize="small", xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot(
+        [xs[i] for i in front],
+        [pts[i][1] for i in front],
+        color="tab:red",
+        linestyle="--",
+        label="Pareto frontier",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher bytes per training token (log)")
+    ax.set_ylabel(metric_key)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{metric_key} vs teacher supervision cost")
+    return _save_png(fig, path)
+
+
+def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Path | None:
+    """Each group's reliability diagram (its first run's ``plots/reliability-<set>.png``) side by side."""
+    images = [(g.label, g.runs[0].run_dir / "plots" / f"reliability-{eval_set}.png") for g in groups]
+    images = [(label, p) for label, p in images if p.is_file()]
+    if not images:
+        return None
+    from matplotlib.image import imread
+
+    cols = min(4, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = _figure(3.2 * cols, 3.2 * rows)
+    for i, (label, p) in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(imread(p))
+        ax.set_title(label, fontsize="small")
+        ax.axis("off")
+    return _save_png(fig, path)
+
+
+def plot_kl_by_entropy(
+    summary: dict[str, Any], eval_set: str, path: Path, groups: list[Group]
+) -> Path | None:
+    """KL(teacher‖student) per teacher-entropy bucket (``kl@H<i>``), one bar group per method."""
+    series = {}
+    for g in groups:
+        buckets = {}
+        for r in g.runs:
+            for k, v in r.eval.get(eval_set, {}).items():
+                if k.startswith("kl@H") and v is not None:
+                    buckets.setdefault(int(k[4:]), []).append(float(v))
+        if buckets:
+            series[g.label] = {b: statistics.fmean(v) for b, v in buckets.items()}
+    if not series:
+        return None
+    nb = 1 + max(b for s in series.values() for b in s)
+    fig = _figure(max(5.0, 1.2 * nb + 2.0), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(series)
+    for j, (label, s) in enumerate(series.items()):
+        ax.bar(
+            [b + j * width for b in range(nb)],
+            [s.get(b, math.nan) for b in range(nb)],
+            width=width,
+            label=label,
+        )
+    ax.set_xticks([b + 0.4 - width / 2 for b in range(nb)], [f"H{b}" for b in range(nb)])
+    ax.set_xlabel("teacher-entropy bucket (low → high)")
+    ax.set_ylabel("KL(teacher ‖ student)")
+    ax.legend(fontsize="x-small", ncol=2)
+    ax.set_title(f"KL by teacher entropy on {eval_set}")
+    return _save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------
+
+
+def compare_runs(
+    run_dirs: list[str | Path], out: str | Path, baselines: tuple[str, ...] = ("kd", "ce"), plots: bool = True
+) -> dict[str, Any]:
+    """Read ``run_dirs``, write ``compare.{md,csv,json}`` (and plots) under ``out``; return the summary.
+
+    Raises:
+        EkdError: a path that is not a finished run, or the same run (config and seed) twice.
+    """
+    if not run_dirs:
+        raise EkdError("ekd compare: give at least one run directory (runs/<name>)")
+    runs = [read_run(d) for d in run_dirs]
+    groups = group_runs(runs)
+    summary = summarize(groups, list(baselines))
+    out = Path(out)
+    _atomic_write(out / "compare.json", lambda f: f.write(json.dumps(_nan_to_none(summary), indent=2)))
+    _atomic_write(out / "compare.csv", lambda f: f.write(to_csv(summary)))
+    text = "# ekd compare\n\n" + markdown(summary)
+    if plots:
+        written = []
+        for key in ("eval/kl", "eval/ppl"):
+            p = plot_pareto(summary, key, out / "plots" / f"pareto-{key.replace('/', '-')}.png")
+            written += [p] if p else []
+        p = plot_reliability_grid(groups, "eval", out / "plots" / "reliability.png")
+        written += [p] if p else []
+        p = plot_kl_by_entropy(summary, "eval", out / "plots" / "kl-by-entropy.png", groups)
+        written += [p] if p else []
+        if written:
+            text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in written) + "\n"
+    _atomic_write(out / "compare.md", lambda f: f.write(text))
+    return summary
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: a missing spread (one seed) is written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+__all__ = [
+    "Group",
+    "RunRecord",
+    "compare_runs",
+    "group_runs",
+    "markdown",
+    "mean_std",
+    "paired_difference",
+    "pareto_front",
+    "read_run",
+    "summarize",
+    "to_csv",
+]
