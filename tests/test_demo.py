@@ -16,6 +16,7 @@ TINY = DemoBudget(
     block_length=32,
     teacher_steps=15,
     student_steps=4,
+    student_pretrain_steps=6,
     micro_batch=4,
     max_eval_blocks=2,
 )
@@ -47,3 +48,33 @@ def test_demo_rejects_an_unknown_method(tmp_path, capsys):
     assert main(["demo", "--methods", "kd,sekdd", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "sekdd" in err and "did you mean 'sekd'" in err
+
+
+@pytest.mark.slow
+def test_demo_seeds_compare_and_claims(tmp_path, capsys):
+    """Pre-trained student (default protocol), 2 seeds, the compare table and one claims row per claim."""
+    import yaml
+
+    methods = ["kd", "sekd", "rskd", "egad", "egad_nocurriculum"]
+    rows = run_demo(tmp_path / "demo", methods=methods, budget=TINY, seeds=2)
+    assert [(r["method"], r["seed"]) for r in rows][:2] == [("kd", 0), ("sekd", 0)] and len(rows) == 10
+    out = capsys.readouterr().out
+    assert "pre-trained with CE" in out and "distilling: kd-s1" in out
+    init = tmp_path / "demo" / "student-init"
+    saved = yaml.safe_load((tmp_path / "demo" / "runs" / "kd-s1" / "config.yaml").read_text())
+    assert (init / "config.json").is_file() and saved["model"]["student"] == str(init)
+    assert saved["run"]["seed"] == 1
+    summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
+    by = {g["method"]: g for g in summary["groups"]}
+    assert by["kd"]["seeds"] == [0, 1] and by["kd"]["metrics"]["eval/ppl"]["n"] == 2
+    claims = json.loads((tmp_path / "demo" / "claims.json").read_text())
+    assert len(claims) == 6 and all(c["verdict"] for c in claims)
+    verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims}
+    assert verdicts["AdaKD (LATF + IDTS) better than its base divergence (reverse KL) alone"] == "not run"
+    assert not any(
+        c["verdict"] == "not run" for c in claims if c["claim"].startswith(("RS-KD", "SE-KD", "EGAD"))
+    )
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert (
+        "The papers' claims on this run" in report and "Over seeds" in report and "CE-pre-trained" in report
+    )

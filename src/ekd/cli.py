@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=0, help="override the distillation steps per method")
     p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="seeds per method (mean ± std and paired differences)"
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="students start from random weights, not a CE-pre-trained student",
+    )
 
     p = sub.add_parser("distill", help="distill a student from a teacher (or a teacher cache)")
     _add_config_args(p)
@@ -250,7 +258,15 @@ def cmd_demo(args) -> int:
     from ekd.demo import run_demo
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
-    run_demo(Path(args.out), quick=args.quick, methods=methods, steps=args.steps or None, fresh=args.fresh)
+    run_demo(
+        Path(args.out),
+        quick=args.quick,
+        methods=methods,
+        steps=args.steps or None,
+        fresh=args.fresh,
+        seeds=args.seeds,
+        from_scratch=args.from_scratch,
+    )
     return 0
 
 

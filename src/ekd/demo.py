@@ -1,6 +1,6 @@
 """The embedded default run (``ekd demo`` / ``make demo``): no network, tiny models, the builtin corpus.
 
-    ekd demo [--quick] [--methods ce,kd,sekd] [--out runs/demo]
+    ekd demo [--quick] [--methods ce,kd,sekd] [--seeds 3] [--from-scratch] [--out runs/demo]
 
 1. ``pystdlib``: the Python standard library source of this interpreter, split by module into train and a
    held-out in-distribution eval set; shifted eval sets are the interpreter's test suite and the English
@@ -8,8 +8,15 @@
 2. A byte-level BPE tokenizer is trained on the train split (cached in ``<out>/tokenizer``).
 3. A small teacher (``preset:llama-small``) is pre-trained with CE (cached in ``<out>/teacher`` and reused
    while the demo settings are unchanged).
-4. Students (``preset:llama-tiny``) are distilled with each method at equal budget (same data, steps,
-   learning rate), evaluated, and compared in a table; ``<out>/report.md`` and ``<out>/plots/`` are written.
+4. The student (``preset:llama-tiny``) is pre-trained with CE (cached in ``<out>/student-init``), as the
+   papers distill pre-trained students; ``--from-scratch`` starts every student from random weights instead.
+5. Each method distills that student at equal budget (same data, steps, learning rate), with ``--seeds N``
+   seeds each; runs are evaluated and compared (``ekd compare``: mean ± std over seeds, paired differences
+   against ``kd`` and ``ce``), the papers' claims are checked one by one (:mod:`ekd.eval.claims`), and
+   ``<out>/report.md``, ``<out>/compare/`` and ``<out>/plots/`` are written.
+
+The demo corpus has one training split, so the student's CE pre-training ("general") and the
+distillation ("target") read the same text; the pre-training stops well before the student converges.
 """
 
 from __future__ import annotations
@@ -45,9 +52,16 @@ DEFAULT_METHODS = [
     "rskd",
     "ekd",
     "sekd3x",  # how: sparse targets (sekd3x from the offline cache)
+    "egad_nocurriculum",  # ablation for the EGAD claim
 ]
 QUICK_METHODS = ["ce", "kd", "sekd", "rskd"]
 CACHED_METHODS = {"sekd3x"}  # trained from the demo's RS cache (teacher.source=cache)
+# demo-only ablations: name → (preset, overrides)
+VARIANTS = {
+    # EGAD without its curriculum: the curriculum's end state (teacher-entropy top 50% per sequence), same
+    # entropy-mapped τ and feature branch
+    "egad_nocurriculum": ("egad", ["method.policy=topk"]),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class DemoBudget:
     block_length: int
     teacher_steps: int
     student_steps: int
+    student_pretrain_steps: int
     micro_batch: int
     max_eval_blocks: int
 
@@ -67,6 +82,7 @@ FULL = DemoBudget(
     block_length=128,
     teacher_steps=1000,
     student_steps=200,
+    student_pretrain_steps=400,
     micro_batch=16,
     max_eval_blocks=48,
 )
@@ -76,6 +92,7 @@ QUICK = DemoBudget(
     block_length=96,
     teacher_steps=500,
     student_steps=100,
+    student_pretrain_steps=200,
     micro_batch=16,
     max_eval_blocks=16,
 )
@@ -147,19 +164,70 @@ def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
     return teacher_dir
 
 
-def student_config(out: Path, b: DemoBudget, method: str, steps: int) -> Config:
+def pretrain_student(out: Path, b: DemoBudget, fresh: bool) -> Path:
+    """CE pre-training of the demo student (``preset:llama-tiny``) on the teacher's tokenizer; reused while
+    the budget is unchanged. Every method then starts from this checkpoint."""
+    from ekd.train.trainer import train
+
+    init_dir = out / "student-init"
+    stamp = init_dir / "ekd_demo.json"
+    sig = _signature(b) + "-student"
+    if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("signature") == sig:
+        print(f"student: reusing the pre-trained student in {init_dir}")
+        return init_dir
+    t0 = time.perf_counter()
+    cfg = load_config(
+        overrides=base_overrides(out, b)
+        + [
+            "run.name=student-pretrain",
+            "method=ce",
+            "model.student=preset:llama-tiny",
+            f"model.tokenizer={out / 'teacher'}",
+            f"train.max_steps={b.student_pretrain_steps}",
+            "eval.teacher=false",
+            "eval.plots=false",
+        ]
+    )
+    result = train(cfg, overwrite=True)
+    if init_dir.exists():
+        shutil.rmtree(init_dir)
+    shutil.copytree(result.run_dir / "student", init_dir)
+    atomic_write_text(
+        stamp,
+        json.dumps({"signature": sig, "eval": result.eval, "steps": b.student_pretrain_steps}, indent=2),
+    )
+    ppl = result.eval.get("eval", {}).get("ppl", float("nan"))
+    print(
+        f"student: pre-trained with CE {b.student_pretrain_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ppl:.2f})"
+    )
+    return init_dir
+
+
+def student_config(
+    out: Path,
+    b: DemoBudget,
+    method: str,
+    steps: int,
+    seed: int = 0,
+    run_name: str = "",
+    pretrained: bool = False,
+) -> Config:
+    preset, variant = VARIANTS.get(method, (method, []))
     extra = ["teacher.source=cache", f"teacher.cache_dir={out / 'cache'}"] if method in CACHED_METHODS else []
+    student = str(out / "student-init") if pretrained else "preset:llama-tiny"
     return load_config(
         overrides=base_overrides(out, b)
         + [
-            f"run.name={method}",
-            f"method={method}",
-            "model.student=preset:llama-tiny",
+            f"run.name={run_name or method}",
+            f"run.seed={seed}",
+            f"method={preset}",
+            f"model.student={student}",
             f"model.teacher={out / 'teacher'}",
             f"model.tokenizer={out / 'teacher'}",
             f"train.max_steps={steps}",
             "eval.teacher_metrics=false",  # the teacher's own figures come from its pre-training run
         ]
+        + variant
         + extra
     )
 
@@ -190,10 +258,13 @@ def run_demo(
     steps: int | None = None,
     fresh: bool = False,
     budget: DemoBudget | None = None,
+    seeds: int = 1,
+    from_scratch: bool = False,
 ) -> list[dict]:
-    """Pre-train (or reuse) the teacher, distill one student per method, print and write the comparison.
+    """Pre-train (or reuse) the teacher and the student, distill one student per method and seed, print and
+    write the comparison and the claims table.
 
-    ``budget`` replaces the FULL/QUICK budget (tests use a tiny one)."""
+    ``budget`` replaces the FULL/QUICK budget (tests use a tiny one). Returns one row per run."""
     from ekd.methods import presets
     from ekd.train.prepare import prepare_data
     from ekd.train.trainer import train
@@ -201,31 +272,59 @@ def run_demo(
     t0 = time.perf_counter()
     b = budget or (QUICK if quick else FULL)
     methods = methods or (QUICK_METHODS if quick else DEFAULT_METHODS)
+    if seeds < 1:
+        from ekd.config import ConfigError
+
+        raise ConfigError(f"ekd demo --seeds must be ≥ 1, got {seeds}")
     for m in methods:
-        if m not in presets:
+        if m not in presets and m not in VARIANTS:
             from ekd.config import ConfigError
 
             raise ConfigError(f"ekd demo --methods: {presets.unknown_message(m)}")
     out.mkdir(parents=True, exist_ok=True)
     pretrain_teacher(out, b, fresh)
+    if not from_scratch:
+        pretrain_student(out, b, fresh)
     steps = steps or b.student_steps
     rows: list[dict] = []
     data = None
     cache_info = build_demo_cache(out, b, steps, fresh) if CACHED_METHODS & set(methods) else None
-    for method in methods:
-        cfg = student_config(out, b, method, steps)
-        if data is None:
-            data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
-        print(f"distilling: {method} ({steps} steps)")
-        result = train(cfg, overwrite=True, data=data)
-        rows.append(_row(method, result, cfg, cache_info, data.vocab_size))
+    for seed in range(seeds):
+        for method in methods:
+            name = method if seeds == 1 else f"{method}-s{seed}"
+            cfg = student_config(out, b, method, steps, seed, name, pretrained=not from_scratch)
+            if data is None:
+                data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
+            print(f"distilling: {name} ({steps} steps)")
+            result = train(cfg, overwrite=True, data=data)
+            rows.append(_row(method, result, cfg, cache_info, data.vocab_size) | {"seed": seed, "run": name})
     teacher_row = _teacher_row(out)
-    table = comparison_table(rows, teacher_row)
+    table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row)
+    compare_md, claims_md = compare_and_claims(out, rows)
     print()
-    print(table)
-    write_demo_report(out, b, rows, teacher_row, table, time.perf_counter() - t0)
+    print(table if seeds == 1 else compare_md)
+    print()
+    print(claims_md)
+    write_demo_report(
+        out, b, rows, teacher_row, table, time.perf_counter() - t0, compare_md, claims_md, seeds, from_scratch
+    )
     print(f"\nreport: {out / 'report.md'}   total wall time {time.perf_counter() - t0:.0f}s")
     return rows
+
+
+def compare_and_claims(out: Path, rows: list[dict]) -> tuple[str, str]:
+    """``ekd compare`` over the demo's runs (into ``<out>/compare``) and the claims table, as markdown."""
+    from ekd.eval.claims import check_claims, claims_table
+    from ekd.eval.compare import compare_runs, group_runs, markdown, read_run
+
+    run_dirs = [out / "runs" / r["run"] for r in rows]
+    summary = compare_runs(run_dirs, out / "compare", baselines=("kd", "ce"))
+    groups = group_runs([read_run(d) for d in run_dirs])
+    for g in groups:  # label groups by the demo's method names (variants share a preset)
+        g.label = next(r["method"] for r in rows if out / "runs" / r["run"] == g.runs[0].run_dir)
+    claims = check_claims(groups)
+    atomic_write_text(out / "claims.json", json.dumps([c.__dict__ for c in claims], indent=2))
+    return markdown(summary), claims_table(claims)
 
 
 def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
@@ -298,13 +397,23 @@ def comparison_table(rows: list[dict], teacher_row: dict) -> str:
 
 
 def write_demo_report(
-    out: Path, b: DemoBudget, rows: list[dict], teacher_row: dict, table: str, wall: float
+    out: Path,
+    b: DemoBudget,
+    rows: list[dict],
+    teacher_row: dict,
+    table: str,
+    wall: float,
+    compare_md: str = "",
+    claims_md: str = "",
+    seeds: int = 1,
+    from_scratch: bool = False,
 ) -> None:
     from ekd.eval import plot_metric_bars, write_report
 
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    by_method = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in rows}
+    first = [r for r in rows if r.get("seed", 0) == 0]
+    by_method = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in first}
     for metric in ("eval/kl", "eval/ppl", "eval/ece"):
         if any(metric in m for m in by_method.values()):
             plot_metric_bars(
@@ -312,18 +421,24 @@ def write_demo_report(
                 metric,
                 plots / f"{metric.replace('/', '_')}.png",
             )
-    for r in rows:  # copy each student's reliability diagram next to the report
-        src = out / "runs" / r["method"] / "plots" / "reliability-eval.png"
+    for r in first:  # copy each student's reliability diagram next to the report
+        src = out / "runs" / r.get("run", r["method"]) / "plots" / "reliability-eval.png"
         if src.is_file():
             shutil.copy(src, plots / f"reliability-{r['method']}.png")
-    ce = next((r for r in rows if r["method"] == "ce"), None)
+    ce = next((r for r in first if r["method"] == "ce"), None)
     notes = []
     if ce is not None and "eval/kl" in ce:
-        better = [r["method"] for r in rows if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
+        better = [r["method"] for r in first if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
         notes.append(
             f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}."
         )
+    start = (
+        "every student starts from random weights (--from-scratch)"
+        if from_scratch
+        else f"every student starts from the same CE-pre-trained student ({b.student_pretrain_steps} steps)"
+    )
     setup = (
+        f"Protocol: {start}; {seeds} seed(s) per method. "
         f"Budget: {b.student_steps} steps × {b.micro_batch} blocks × {b.block_length} tokens per student, "
         f"teacher pre-trained {b.teacher_steps} steps; BPE vocabulary {b.bpe_vocab}; "
         f"train text ≤ {b.max_chars:,} characters of the standard library. Total wall time {wall:.0f}s."
@@ -332,7 +447,17 @@ def write_demo_report(
     write_report(
         out,
         "ekd demo",
-        [("Setup", setup), ("Results", table + "\n\n" + "\n".join(notes)), ("Plots", figures)],
+        [
+            ("Setup", setup),
+            ("Results (seed 0)", table + "\n\n" + "\n".join(notes)),
+            *([("Over seeds (ekd compare)", compare_md)] if compare_md and seeds > 1 else []),
+            *([("The papers' claims on this run", claims_md)] if claims_md else []),
+            (
+                "Plots",
+                figures
+                + "\n\nComparison plots (Pareto frontier, reliability, KL by entropy): `compare/plots/`.",
+            ),
+        ],
     )
     atomic_write_text(
         out / "results.json",
