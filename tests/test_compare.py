@@ -116,3 +116,69 @@ def test_compare_three_real_runs(tmp_path, capsys):
     assert by["ce"]["vs"]["kd"]["eval/ppl"]["n"] == 1
     for png in ("pareto-eval-kl.png", "pareto-eval-ppl.png", "reliability.png", "kl-by-entropy.png"):
         assert (out / "plots" / png).stat().st_size > 1000
+
+
+def test_claims_verdicts(tmp_path):
+    from ekd.eval.claims import check_claims, claims_table
+    from ekd.eval.compare import group_runs, read_run
+
+    def run(name, preset, seed, ppl, kl, ece, bytes_scale=1.0):
+        d = _fake_run(tmp_path, name, preset, seed, ppl, kl)
+        ev = json.loads((d / "eval.json").read_text())
+        ev["eval"]["ece"] = ece
+        (d / "eval.json").write_text(json.dumps(ev))
+        return d
+
+    dirs = [
+        # kd vs sekd: sekd clearly better on KL and ppl → reproduced
+        run("kd0", "kd", 0, 10.0, 0.50, 2.0),
+        run("kd1", "kd", 1, 11.0, 0.60, 2.2),
+        run("kd2", "kd", 2, 12.0, 0.55, 2.1),
+        run("se0", "sekd", 0, 9.0, 0.40, 2.0),
+        run("se1", "sekd", 1, 10.1, 0.51, 2.0),
+        run("se2", "sekd", 2, 11.0, 0.44, 2.0),
+        # rskd: ECE within 0.5 pp of kd → reproduced; topk far worse → reproduced
+        run("rs0", "rskd", 0, 10.0, 0.5, 2.1),
+        run("rs1", "rskd", 1, 11.0, 0.6, 2.4),
+        run("rs2", "rskd", 2, 12.0, 0.5, 2.0),
+        run("tk0", "topk", 0, 10.0, 0.5, 7.0),
+        run("tk1", "topk", 1, 11.0, 0.6, 8.0),
+        run("tk2", "topk", 2, 12.0, 0.5, 7.5),
+        # adakd worse than rkl on every seed → not reproduced, with a reason
+        run("rk0", "rkl", 0, 10.0, 0.5, 2.0),
+        run("rk1", "rkl", 1, 11.0, 0.6, 2.0),
+        run("rk2", "rkl", 2, 12.0, 0.5, 2.0),
+        run("ad0", "adakd", 0, 12.0, 0.7, 2.0),
+        run("ad1", "adakd", 1, 13.0, 0.8, 2.0),
+        run("ad2", "adakd", 2, 14.5, 0.7, 2.0),
+    ]
+    groups = group_runs([read_run(d) for d in dirs])
+    claims = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(groups)}
+    assert claims["RS-KD"].verdict == "reproduced"
+    assert claims["Top-K renormalized"].verdict == "reproduced"
+    assert claims["SE-KD"].verdict == "reproduced"
+    assert claims["AdaKD"].verdict == "not reproduced" and claims["AdaKD"].reason
+    assert claims["EGAD"].verdict == "not run" and "egad" in claims["EGAD"].reason
+    assert claims["EKD"].verdict == "not run"
+    table = claims_table(list(claims.values()))
+    assert table.count("\n") == 2 + 6
+
+
+def test_claims_inconclusive_and_one_seed(tmp_path):
+    from ekd.eval.claims import check_claims
+    from ekd.eval.compare import group_runs, read_run
+
+    dirs = [
+        _fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.50),
+        _fake_run(tmp_path, "kd1", "kd", 1, 11.0, 0.60),
+        _fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.62),
+        _fake_run(tmp_path, "se1", "sekd", 1, 12.0, 0.49),
+        _fake_run(tmp_path, "ek0", "ekd", 0, 10.0, 0.2),
+    ]
+    groups = group_runs([read_run(d) for d in dirs])
+    claims = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(groups)}
+    assert claims["SE-KD"].verdict == "inconclusive (within seed spread)"
+    assert claims["EKD"].verdict == "not run"  # fake runs have no student dir, hence no bytes/token figure
+    one = group_runs([read_run(dirs[0]), read_run(dirs[2])])
+    c1 = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(one)}
+    assert c1["SE-KD"].verdict == "not reproduced (1 seed)"  # better ppl but worse KL on the one seed

@@ -144,6 +144,8 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
     src = "EKD draft (Tavor, Ebenspanger, Cnaan)"
     if "ekd" not in g:
         rows.append(Claim(claim, src, "", "not run", "missing ekd"))
+    elif math.isnan(_mean(g["ekd"], "bytes_per_token")) or math.isnan(_mean(g["ekd"], kl)):
+        rows.append(Claim(claim, src, "", "not run", "ekd has no bytes/token or KL figure"))
     else:
         pts, labels = [], []
         for grp in groups:
