@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ekd import __version__
 from ekd.errors import EkdError
+from ekd.log_level import set_level_floor
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -85,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_distill(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
+    from ekd.log_level import apply_log_level
     from ekd.train.trainer import train
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
+    apply_log_level(cfg.log.level)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(
         f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    set_level_floor(logging.WARNING if args.quiet else logging.NOTSET)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_hf_progress_bars()

@@ -47,6 +47,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)"
         )
+    if m.scorer == "none" and _policy_needs_scores(m):
+        hint = " (AdaKD uses hellinger)" if m.policy == "latf" else ""
+        raise ConfigError(f"method.policy={m.policy} ranks positions by a score: set method.scorer{hint}")
+    if m.scorer == "composite" and not m.scorer_weights:
+        raise ConfigError(
+            "method.scorer=composite needs method.scorer_weights (score name → weight), e.g. "
+            "'method.scorer_weights={student_entropy: 1.0, teacher_entropy: 0.5}'"
+        )
     if not m.bucket_low < m.bucket_high:
         raise ConfigError("method.bucket_low must be < method.bucket_high")
     if m.bandit_min_fraction > m.bandit_max_fraction:
@@ -70,6 +78,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})"
         )
+
+
+def _policy_needs_scores(m) -> bool:
+    from ekd.selection.bandit import Exp3Budget
+    from ekd.selection.policies import policies
+
+    cls = Exp3Budget if (m.policy, m.bandit_kind) == ("bandit", "exp3") else policies.get(m.policy)
+    return bool(cls.needs_scores)
 
 
 def check_vocab(cfg: Config, vocab_size: int) -> None:
