@@ -94,7 +94,7 @@ def cap_pretokens(text: str, limit: int = MAX_PRETOKEN_CHARS) -> Iterator[str]:
     bounds that; merges longer than ``limit`` characters are never useful, and encoding is unchanged.
     """
     start = 0
-    for m in re.finditer(r"\S{%d,}" % (limit + 1), text):
+    for m in re.finditer(rf"\S{{{limit + 1},}}", text):
         if m.start() > start:
             yield text[start : m.start()]
         for i in range(m.start(), m.end(), limit):
