@@ -130,6 +130,13 @@ def test_config_mistake_is_one_line_exit_2(override, capsys):
     assert REFUSED[override] in line, line
 
 
+def test_control_characters_in_a_value_stay_on_one_line(capsys):
+    assert main(["config", "show", "method.ce_on=all\nsome\x1eother"]) == 2
+    assert "got 'all\\nsome\\x1eother'" in _one_error_line(capsys)
+    assert main(["config", "show", "run.name=a\nb"]) == 2
+    assert "run.name must be a plain name" in _one_error_line(capsys)
+
+
 def test_load_config_raises_config_error_for_every_refused_value():
     for override in REFUSED:
         with pytest.raises(ConfigError):

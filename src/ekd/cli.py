@@ -184,6 +184,12 @@ def _quiet_hf_progress_bars() -> None:
         pass
 
 
+def one_line(message: str) -> str:
+    """``message`` with every non-printable character escaped, so a value echoed in an error (a newline,
+    a control character from a file) cannot break the one-line promise."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "distill": cmd_distill,
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except EkdError as e:
         if args.debug:
             raise
-        print(f"ekd: error: {e}", file=sys.stderr)
+        print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ekd: interrupted", file=sys.stderr)

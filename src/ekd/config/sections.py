@@ -21,8 +21,8 @@ from ekd.config.rules import Number, OneOf, Text, flag, items, mapping, number, 
 
 def _plain_name(value: str) -> str | None:
     """A run name is one path component: not empty, not '.' or '..', no separators."""
-    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
-        return "must be a plain name (no '/', '\\', and not '.' or '..')"
+    if value in ("", ".", "..") or "/" in value or "\\" in value or not value.isprintable():
+        return "must be a plain name (printable, no '/' or '\\', not '.' or '..')"
     return None
 
 
