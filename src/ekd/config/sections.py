@@ -94,12 +94,13 @@ class ModelConfig:
     """Teacher: a hub id, a local HF model directory, or ``preset:<name>``. Unused when
     ``teacher.source`` is 'cache' or the method needs no teacher."""
     revision: str = text("", what="hub revision")
-    """Hub revision (branch, tag or commit) for hub ids; empty = default branch."""
+    """Hub revision (branch, tag or commit) of hub ids: teacher, student and tokenizer; empty = default branch."""
     trust_remote_code: bool = flag(False)
     """Allow model code from the hub. Off unless you trust the repository."""
     tokenizer: str = text("teacher", nonempty=True, what="teacher, student, train_bpe, a path or hub id")
     """'teacher' (the teacher's tokenizer), 'student', a path/hub id, or 'train_bpe' (a byte-level BPE
-    trained on the training split; only with preset models)."""
+    trained on the training split, runs of non-whitespace cut at 256 characters for training; only with preset
+    models)."""
     bpe_vocab_size: int = number(4096, ge=257, le=2**20, why="256 bytes + <|endoftext|>")
     """Vocabulary size of the trained BPE when ``model.tokenizer`` is 'train_bpe'."""
     teacher_dtype: str = one_of("auto", "auto", "float32", "bfloat16", "float16")
@@ -384,7 +385,7 @@ class LogConfig:
     progress: bool = flag(True)
     """Show a progress bar."""
     level: str = one_of("INFO", "DEBUG", "INFO", "WARNING", "ERROR", ignore_case=True)
-    """Logging level."""
+    """Level of ekd's log lines: DEBUG, INFO, WARNING or ERROR (``ekd -q`` keeps at least WARNING)."""
 
 
 @dataclass
