@@ -167,6 +167,15 @@ def test_topk_larger_than_the_vocabulary_is_a_config_error():
     check_vocab(load_config(overrides=["method.topk=400"]), 320)  # dense targets: topk unused
 
 
+def test_topk_larger_than_the_vocabulary_via_the_cli(tmp_path, capsys):
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=6)
+    overrides = tiny_overrides(tmp_path, corpus, "topk", **{"method.target": "topk", "method.topk": 400})
+    assert main(["distill", *overrides]) == 2
+    assert "method.topk=400 is larger than the vocabulary" in _one_error_line(capsys)
+
+
 def test_selection_checks_raise_the_user_error_type():
     """The library's own checks of method.* values raise ConfigError (a one-line CLI error) too."""
     from ekd.selection.policies import build_policy
