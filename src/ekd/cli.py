@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ekd import __version__
 from ekd.errors import EkdError
+from ekd.log_level import set_level_floor
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -139,10 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_distill(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
+    from ekd.log_level import apply_log_level
     from ekd.train.trainer import train
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
+    apply_log_level(cfg.log.level)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(
         f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
@@ -280,6 +283,12 @@ def _quiet_hf_progress_bars() -> None:
         pass
 
 
+def one_line(message: str) -> str:
+    """``message`` with every non-printable character escaped, so a value echoed in an error (a newline,
+    a control character from a file) cannot break the one-line promise."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "distill": cmd_distill,
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    set_level_floor(logging.WARNING if args.quiet else logging.NOTSET)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_hf_progress_bars()
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except EkdError as e:
         if args.debug:
             raise
-        print(f"ekd: error: {e}", file=sys.stderr)
+        print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ekd: interrupted", file=sys.stderr)

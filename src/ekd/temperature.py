@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.registry import Registry
 from ekd.selection.base import StepContext
 from ekd.selection.types import Selection
@@ -80,7 +81,7 @@ class ConstantTemperature(TemperaturePolicy):
         super().__init__(cfg, total_steps)
         self.tau = float(cfg.kd_temperature)
         if self.tau <= 0:
-            raise ValueError(f"method.kd_temperature must be > 0, got {self.tau}")
+            raise ConfigError(f"method.kd_temperature must be > 0, got {self.tau}")
 
     def compute(
         self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
@@ -100,9 +101,9 @@ class ScheduledTemperature(TemperaturePolicy):
         self.hold = float(cfg.temperature_hold_fraction)
         self.total_steps = max(1, int(total_steps))
         if self.start <= 0 or self.end <= 0:
-            raise ValueError("method.kd_temperature and method.temperature_end must be > 0")
+            raise ConfigError("method.kd_temperature and method.temperature_end must be > 0")
         if not 0.0 <= self.hold <= 1.0:
-            raise ValueError(f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}")
+            raise ConfigError(f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}")
         self._tau: float | None = None
 
     def tau_at(self, step: int) -> float:
@@ -171,9 +172,9 @@ class EntropyMappedTemperature(TemperaturePolicy):
         self.tau_min, self.tau_max = float(cfg.entropy_tau_min), float(cfg.entropy_tau_max)
         self.direction = cfg.entropy_direction
         if not 0.0 < self.tau_min <= self.tau_max:
-            raise ValueError("method.entropy_tau_min must be > 0 and ≤ method.entropy_tau_max")
+            raise ConfigError("method.entropy_tau_min must be > 0 and ≤ method.entropy_tau_max")
         if self.direction not in ("increasing", "decreasing"):
-            raise ValueError(
+            raise ConfigError(
                 f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'"
             )
 
@@ -199,7 +200,7 @@ def build_temperature(method_cfg: Any, total_steps: int) -> TemperaturePolicy:
     """The temperature policy of ``method_cfg`` for a run of ``total_steps`` optimizer steps."""
     name = method_cfg.temperature
     if name not in temperatures:
-        raise ValueError(f"method.temperature: {temperatures.unknown_message(name)}")
+        raise ConfigError(f"method.temperature: {temperatures.unknown_message(name)}")
     return temperatures.get(name)(method_cfg, total_steps)
 
 
@@ -207,5 +208,5 @@ def temperature_needs(method_cfg: Any) -> set[str]:
     """Statistic names the configured temperature policy reads."""
     name = method_cfg.temperature
     if name not in temperatures:
-        raise ValueError(f"method.temperature: {temperatures.unknown_message(name)}")
+        raise ConfigError(f"method.temperature: {temperatures.unknown_message(name)}")
     return set(temperatures.get(name).needs)

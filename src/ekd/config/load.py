@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ekd.config.rules import rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
@@ -126,7 +127,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             return {str(k): coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
     except ConfigError:
         raise  # an item's own message names the item
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value
@@ -192,17 +193,41 @@ def load_config(
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(_missing_file_message(str(path)))
+        raw = read_yaml(path)
         file_flat = _flatten(raw, str(path))
         for key in file_flat:
             _check_key(key, str(path))
         flat.update(file_flat)
     flat.update(parse_overrides(overrides or []))
     return build_config(flat)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a syntax error keeps PyYAML's line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def _missing_file_message(item: str) -> str:
+    """A positional without '=' that is not a file: a forgotten '=value' if it names a key, else a missing file."""
+    key = "method.preset" if item == "method" else item
+    if key in all_keys():
+        return f"override '{item}' has no value: write {item}=<value> (arguments without '=' are YAML files)"
+    if "." in item and item.split(".", 1)[0] in SECTIONS:
+        return f"'{item}' is neither a config file nor a known key{_nearest(item)}; overrides look like section.key=value"
+    return f"config file not found: {item}"
 
 
 def build_config(flat: dict[str, Any]) -> Config:
@@ -238,5 +263,7 @@ def explain() -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-            lines.append(f"  {s}.{f.name}: {tname} = {default!r}\n      {docs.get(f.name, '')}")
+            rule = rule_of(f)
+            accepted = f"  ({rule.describe()})" if rule is not None else ""
+            lines.append(f"  {s}.{f.name}: {tname} = {default!r}{accepted}\n      {docs.get(f.name, '')}")
     return "\n".join(lines)

@@ -1,328 +1,391 @@
 """The eight config sections — ``run, model, data, teacher, method, train, eval, log`` — as dataclasses.
 
-Each field carries a docstring under it (litgpt style), shown by ``ekd config show --explain``.
+Each field carries a docstring under it (litgpt style), shown by ``ekd config show --explain``, and is
+declared with its accepted values (``number(default, ge=..)``, ``one_of(default, ...)``, ``text``, ``flag``,
+``items``, ``mapping`` from ``ekd.config.rules``): the validator is generated from these declarations.
+To add a field: ``name: type = number(default, ge=0)`` (or another constructor), then a docstring line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ekd.config.rules import Number, OneOf, Text, flag, items, mapping, number, one_of, text
+
+
+def _plain_name(value: str) -> str | None:
+    """A run name is one path component: not empty, not '.' or '..', no separators."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or not value.isprintable():
+        return "must be a plain name (printable, no '/' or '\\', not '.' or '..')"
+    return None
+
+
+def _device_name(value: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
+
+
+# Names from registries, read when validating (the registries import torch and the config types).
+def _preset_names() -> list[str]:
+    from ekd.methods import presets
+
+    return presets.names()
+
+
+def _divergence_names() -> list[str]:
+    from ekd.losses.divergences import divergences
+
+    return [n for n in divergences.names() if n != "hellinger"]  # hellinger: a score, not a KD loss
+
+
+def _scorer_names() -> list[str]:
+    from ekd.selection.scores import scorers
+
+    return ["none", *scorers.names()]
+
+
+def _component_scorer_names() -> list[str]:
+    return [n for n in _scorer_names() if n not in ("none", "composite")]
+
+
+def _policy_names() -> list[str]:
+    from ekd.selection.policies import policies
+
+    return policies.names()
+
+
+def _sample_scorer_names() -> list[str]:
+    from ekd.selection.sample_selection import SAMPLE_SCORERS
+
+    return list(SAMPLE_SCORERS)
+
+
+def _temperature_names() -> list[str]:
+    from ekd.temperature import temperatures
+
+    return temperatures.names()
+
 
 @dataclass
 class RunConfig:
-    name: str = "run"
+    name: str = text("run", check=_plain_name, what="a plain name")
     """Run name; the run directory is ``<output_dir>/<name>``."""
-    output_dir: str = "runs"
+    output_dir: str = text("runs", nonempty=True, what="a directory")
     """Parent directory of run directories."""
-    seed: int = 0
+    seed: int = number(0, ge=0, le=2**63 - 1)
     """Seed for model init, data order, sampling of targets and random selection."""
-    device: str = "auto"
+    device: str = text("auto", check=_device_name, what="auto, cpu, cuda or cuda:N")
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
 
 
 @dataclass
 class ModelConfig:
-    student: str = "preset:llama-tiny"
+    student: str = text("preset:llama-tiny", nonempty=True, what="hub id, directory or preset:<name>")
     """Student: a hub id (``Qwen/Qwen2.5-0.5B``), a local HF model directory, or ``preset:<name>`` (random
     init from a small Llama-style architecture preset, see ``ekd list presets``)."""
-    teacher: str = "preset:llama-small"
+    teacher: str = text("preset:llama-small", nonempty=True, what="hub id, directory or preset:<name>")
     """Teacher: a hub id, a local HF model directory, or ``preset:<name>``. Unused when
     ``teacher.source`` is 'cache' or the method needs no teacher."""
-    revision: str = ""
-    """Hub revision (branch, tag or commit) for hub ids; empty = default branch."""
-    trust_remote_code: bool = False
+    revision: str = text("", what="hub revision")
+    """Hub revision (branch, tag or commit) of hub ids: teacher, student and tokenizer; empty = default branch."""
+    trust_remote_code: bool = flag(False)
     """Allow model code from the hub. Off unless you trust the repository."""
-    tokenizer: str = "teacher"
+    tokenizer: str = text("teacher", nonempty=True, what="teacher, student, train_bpe, a path or hub id")
     """'teacher' (the teacher's tokenizer), 'student', a path/hub id, or 'train_bpe' (a byte-level BPE
-    trained on the training split; only with preset models)."""
-    bpe_vocab_size: int = 4096
+    trained on the training split, runs of non-whitespace cut at 256 characters for training; only with preset
+    models)."""
+    bpe_vocab_size: int = number(4096, ge=257, le=2**20, why="256 bytes + <|endoftext|>")
     """Vocabulary size of the trained BPE when ``model.tokenizer`` is 'train_bpe'."""
-    teacher_dtype: str = "auto"
+    teacher_dtype: str = one_of("auto", "auto", "float32", "bfloat16", "float16")
     """Teacher weights dtype: 'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'."""
-    attn_implementation: str = ""
+    attn_implementation: str = one_of(
+        "", "", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
+    )
     """Attention implementation passed to transformers ('sdpa', 'eager', 'flash_attention_2'); empty = default."""
 
 
 @dataclass
 class DataConfig:
-    source: str = "pystdlib"
+    source: str = text("pystdlib", nonempty=True, what="a data source")
     """Training data: 'pystdlib' (builtin: the Python standard library source), a .txt/.jsonl/.parquet
     file, a directory or glob of text files, or ``hf:<dataset name or local path>``."""
-    format: str = "auto"
+    format: str = one_of("auto", "auto", "text", "jsonl", "parquet", "hf")
     """'auto' (by extension), 'text', 'jsonl', 'parquet' or 'hf'."""
-    text_field: str = "text"
+    text_field: str = text("text", nonempty=True, what="a field name")
     """Field holding the document text in JSONL/Parquet/HF rows."""
-    prompt_field: str = ""
+    prompt_field: str = text("", what="a field name")
     """If set (with ``response_field``), rows are prompt/response pairs and prompt tokens get no loss."""
-    response_field: str = ""
+    response_field: str = text("", what="a field name")
     """Response field of prompt/response rows."""
-    hf_name: str = ""
+    hf_name: str = text("", what="a dataset configuration name")
     """Configuration name of a Hugging Face dataset (the second argument of ``load_dataset``)."""
-    hf_split: str = "train"
+    hf_split: str = text("train", nonempty=True, what="a split name")
     """Split of a Hugging Face dataset used for training."""
-    block_length: int = 256
+    block_length: int = number(256, ge=2, why="a block needs an input and a target")
     """Tokens per packed training block (T)."""
-    eval_fraction: float = 0.05
+    eval_fraction: float = number(0.05, ge=0, le=0.9)
     """Fraction held out as the in-distribution eval set, deterministic: by document content hash (at least one
     document when > 0); for 'pystdlib', by top-level module."""
-    eval_sources: dict[str, str] = field(default_factory=dict)
+    eval_sources: dict[str, str] = mapping(Text(nonempty=True, what="a data source"))
     """Extra named eval sets, name → source (same syntax as ``data.source``, plus ``pystdlib:<split>``; the
     format is detected from the source, ``data.format`` applies to ``data.source`` only), e.g. shifted domains."""
-    max_documents: int = 0
+    max_documents: int = number(0, ge=0)
     """Use at most this many documents (0 = all)."""
-    min_chars: int = 1
+    min_chars: int = number(1, ge=0)
     """Drop documents shorter than this many characters."""
-    max_chars: int = 0
+    max_chars: int = number(0, ge=0)
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
-    max_eval_blocks: int = 64
+    max_eval_blocks: int = number(64, ge=0)
     """At most this many blocks per eval set (0 = all)."""
 
 
 @dataclass
 class TeacherConfig:
-    source: str = "online"
+    source: str = one_of("online", "online", "cache", "none")
     """'online' (teacher model in memory), 'cache' (targets and statistics from ``ekd cache``; no teacher
     loaded) or 'none' (no teacher: CE-only methods)."""
-    cache_dir: str = ""
+    cache_dir: str = text("", what="a directory")
     """Directory of a teacher cache built by ``ekd cache`` (with ``teacher.source=cache``)."""
-    cache_positions: str = "all"
+    cache_positions: str = one_of("all", "all", "teacher_entropy_topk")
     """Positions ``ekd cache`` stores targets for: 'all' valid positions or 'teacher_entropy_topk'."""
-    cache_fraction: float = 0.2
+    cache_fraction: float = number(0.2, gt=0, le=1)
     """Fraction of valid positions per sequence cached with ``cache_positions=teacher_entropy_topk``."""
-    cache_shard_samples: int = 1024
+    cache_shard_samples: int = number(1024, ge=1)
     """Samples per cache shard."""
-    cache_stat_format: str = "q8"
+    cache_stat_format: str = one_of("q8", "q8", "fp16")
     """Teacher statistics in the cache: 'q8' (2 B/position, ≤ 0.02 nats at H=2) or 'fp16' (4 B/position)."""
 
 
 @dataclass
 class MethodConfig:
-    preset: str = "kd"
+    preset: str = one_of("kd", names=_preset_names)
     """Named method preset (``ekd list presets``); its values are defaults under the keys set explicitly."""
     # -- what the KD term compares --
-    divergence: str = "forward_kl"
+    divergence: str = one_of("forward_kl", names=_divergence_names)
     """Per-token divergence: forward_kl, reverse_kl, jsd, skew_forward_kl, skew_reverse_kl, tvd."""
-    jsd_beta: float = 0.5
+    jsd_beta: float = number(0.5, ge=0, le=1)
     """β of the generalized JSD (0 = forward KL, 1 = reverse KL)."""
-    skew_alpha: float = 0.1
+    skew_alpha: float = number(0.1, ge=0, le=0.999)
     """α of the skew KL divergences (DistiLLM)."""
-    kd_weight: float = 1.0
+    kd_weight: float = number(1.0, ge=0)
     """Weight of the KD term (0 disables KD: CE only)."""
-    ce_weight: float = 0.0
+    ce_weight: float = number(0.0, ge=0)
     """α_CE: weight of the cross-entropy term on the gold tokens."""
-    ce_on: str = "all"
+    ce_on: str = one_of("all", "all", "selected")
     """CE positions: 'all' valid tokens or 'selected' (the KD positions)."""
-    kd_temperature: float = 1.0
+    kd_temperature: float = number(1.0, gt=0)
     """τ of the 'constant' temperature policy (also τ_base of idts, τ0 of schedule)."""
-    scale_by_tau_squared: bool = True
+    scale_by_tau_squared: bool = flag(True)
     """Multiply each token's KD loss by τ² (Hinton)."""
     # -- how the teacher's distribution is delivered --
-    target: str = "dense"
+    target: str = one_of("dense", "dense", "topk", "rs")
     """'dense' (full teacher distribution), 'topk' (K largest) or 'rs' (Random-Sampling KD)."""
-    topk: int = 12
+    topk: int = number(12, ge=1)
     """K of the top-K target."""
-    topk_tail: str = "renormalize"
+    topk_tail: str = one_of("renormalize", "renormalize", "ghost", "to_gold")
     """Tail handling of top-K: 'renormalize', 'ghost' (one bucket for the tail mass) or 'to_gold'."""
-    rs_samples: int = 50
+    rs_samples: int = number(50, ge=1, le=63, why="6-bit counts in the cache")
     """N draws with replacement per position for RS-KD."""
-    rs_proposal_power: float = 1.0
+    rs_proposal_power: float = number(1.0, gt=0)
     """β of the RS proposal r ∝ p^β (1 = sample from p itself; ≠1 adds importance weights p/r)."""
     # -- where: scorer and selection policy --
-    scorer: str = "none"
+    scorer: str = one_of("none", names=_scorer_names)
     """Position score (``ekd list scorers``); 'none' when the policy needs no score."""
-    scorer_weights: dict[str, float] = field(default_factory=dict)
+    scorer_weights: dict[str, float] = mapping(Number(), keys=OneOf(_component_scorer_names))
     """'composite' scorer: score name → weight."""
-    scorer_normalization: str = "zscore"
+    scorer_normalization: str = one_of("zscore", "zscore", "minmax")
     """'composite' scorer: per-sequence 'zscore' or 'minmax' normalization of each score."""
-    policy: str = "all"
+    policy: str = one_of("all", names=_policy_names)
     """Selection policy (``ekd list policies``)."""
-    select_fraction: float = 1.0
+    select_fraction: float = number(1.0, gt=0, le=1)
     """k: fraction of valid positions selected (topk, gls, curriculum, pos_rs, bandit budget)."""
-    select_per: str = "sequence"
+    select_per: str = one_of("sequence", "sequence", "batch")
     """topk scope: 'sequence' (⌈k·n_i⌉ per sequence) or 'batch' (⌈k·N⌉ over the micro-batch)."""
-    gls_queue_size: int = 30000
+    gls_queue_size: int = number(30000, ge=1)
     """GLS: FIFO length of recent token scores."""
-    curriculum_steps: int = 0
+    curriculum_steps: int = number(0, ge=0)
     """Curriculum length in steps (0 = train.max_steps)."""
-    curriculum_start: float = 0.0
+    curriculum_start: float = number(0.0, ge=0, le=1)
     """Curriculum phase φ at step 0 (0 = easiest window)."""
-    curriculum_end: float = 1.0
+    curriculum_end: float = number(1.0, ge=0, le=1)
     """Curriculum phase φ at the end (1 = hardest window)."""
-    curriculum_power: float = 1.0
+    curriculum_power: float = number(1.0, gt=0)
     """Curriculum pacing exponent: φ = start + (end−start)·(step/steps)^power."""
-    coverage_start: float = 0.1
+    coverage_start: float = number(0.1, gt=0, le=1)
     """coverage_schedule: k at step 0."""
-    coverage_end: float = 0.5
+    coverage_end: float = number(0.5, gt=0, le=1)
     """coverage_schedule: k at the end of training."""
-    coverage_shape: str = "linear"
+    coverage_shape: str = one_of("linear", "linear", "cosine", "step")
     """coverage_schedule: 'linear', 'cosine' or 'step'."""
-    bucket_low: float = 0.0
+    bucket_low: float = number(0.0, ge=0, le=100)
     """bucket policy: lower score percentile (0–100)."""
-    bucket_high: float = 100.0
+    bucket_high: float = number(100.0, ge=0, le=100)
     """bucket policy: upper score percentile (0–100)."""
-    pos_rs_power: float = 1.0
+    pos_rs_power: float = number(1.0, ge=0)
     """pos_rs: α in q_i ∝ score_i^α."""
-    pos_rs_self_normalized: bool = False
+    pos_rs_self_normalized: bool = flag(False)
     """pos_rs: self-normalized weights instead of the unbiased 1/(K·q_i)."""
-    latf_warmup_fraction: float = 0.05
+    latf_warmup_fraction: float = number(0.05, ge=0, le=1)
     """LATF (AdaKD): warm-up fraction of training with r = 1."""
-    latf_ema_decay: float = 0.99
+    latf_ema_decay: float = number(0.99, ge=0, lt=1)
     """LATF: β of the loss EMA."""
-    latf_tolerance: float = 0.05
+    latf_tolerance: float = number(0.05, ge=0)
     """LATF: ε, relative band around L_ref."""
-    latf_step: float = 0.05
+    latf_step: float = number(0.05, ge=0)
     """LATF: δ, multiplicative change of r."""
-    latf_min_ratio: float = 0.1
+    latf_min_ratio: float = number(0.1, gt=0, le=1)
     """LATF: floor of r."""
-    bandit_kind: str = "linucb"
+    bandit_kind: str = one_of("linucb", "linucb", "exp3")
     """bandit: 'linucb' (contextual, per token) or 'exp3' (budget per step)."""
-    bandit_alpha: float = 1.0
+    bandit_alpha: float = number(1.0, ge=0)
     """bandit LinUCB: exploration α."""
-    bandit_ridge: float = 1.0
+    bandit_ridge: float = number(1.0, gt=0)
     """bandit LinUCB: ridge λ of A = λI + Σxxᵀ."""
-    bandit_min_fraction: float = 0.05
+    bandit_min_fraction: float = number(0.05, ge=0, le=1)
     """bandit: minimum selected fraction."""
-    bandit_max_fraction: float = 0.5
+    bandit_max_fraction: float = number(0.5, ge=0, le=1)
     """bandit: maximum selected fraction."""
-    bandit_threshold: float = 0.0
+    bandit_threshold: float = number(0.0)
     """bandit LinUCB: select tokens whose UCB score (predicted KL drop + exploration bonus, nats) exceeds
     this, then clamp the count per sequence to [min, max] fraction. Not given by the EKD draft; 0 = select
     tokens predicted to improve."""
-    bandit_budgets: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
+    bandit_budgets: list[float] = items(lambda: [0.1, 0.2, 0.3, 0.5], Number(gt=0, le=1), min_items=1)
     """bandit EXP3: the budgets k it chooses among."""
-    bandit_gamma: float = 0.1
+    bandit_gamma: float = number(0.1, gt=0, le=1)
     """bandit EXP3: exploration γ."""
-    sample_fraction: float = 1.0
+    sample_fraction: float = number(1.0, gt=0, le=1)
     """Sample selection (SE-KD3X TopSmp): keep this fraction of training samples (1 = off)."""
-    sample_scorer: str = "student_entropy"
+    sample_scorer: str = one_of("student_entropy", names=_sample_scorer_names)
     """Sample selection score by the frozen initial student: student_entropy, forward_kl, ce_ratio, random."""
     # -- at what temperature --
-    temperature: str = "constant"
+    temperature: str = one_of("constant", names=_temperature_names)
     """Temperature policy: constant, schedule, idts (AdaKD), entropy_map (EGAD)."""
-    temperature_end: float = 1.0
+    temperature_end: float = number(1.0, gt=0)
     """schedule: τ1 at the end."""
-    temperature_hold_fraction: float = 0.0
+    temperature_hold_fraction: float = number(0.0, ge=0, le=1)
     """schedule: hold τ0 for this fraction of training, then linear to τ1."""
-    idts_strength: float = 0.5
+    idts_strength: float = number(0.5, ge=0)
     """IDTS: c in τ_i = τ_base·exp(−c·ŝ_i)."""
-    entropy_tau_min: float = 1.0
+    entropy_tau_min: float = number(1.0, gt=0)
     """entropy_map: τ at the low end of g."""
-    entropy_tau_max: float = 2.0
+    entropy_tau_max: float = number(2.0, gt=0)
     """entropy_map: τ at the high end of g."""
-    entropy_direction: str = "increasing"
+    entropy_direction: str = one_of("increasing", "increasing", "decreasing")
     """entropy_map: 'increasing' (τ grows with teacher entropy) or 'decreasing'. Unverified in EGAD."""
     # -- EGAD feature branch --
-    feature_weight: float = 0.0
+    feature_weight: float = number(0.0, ge=0)
     """λ_feat of the feature loss on hard tokens (0 = off)."""
-    feature_hard_fraction: float = 0.5
+    feature_hard_fraction: float = number(0.5, ge=0, le=1)
     """Fraction of selected tokens (highest teacher entropy) that are 'hard'."""
-    feature_loss: str = "mse"
+    feature_loss: str = one_of("mse", "mse", "cosine")
     """'mse' or 'cosine'."""
-    feature_student_layer: int = -1
+    feature_student_layer: int = number(-1)
     """Student hidden layer for the feature loss (-1 = last)."""
-    feature_teacher_layer: int = -1
+    feature_teacher_layer: int = number(-1)
     """Teacher hidden layer for the feature loss (-1 = last)."""
     # -- objectives --
-    objective: str = "kd"
+    objective: str = one_of("kd", "kd", "dkd", "atkd", "ema_self_distill", "uncertainty")
     """'kd' (divergence), 'dkd', 'atkd', 'ema_self_distill', 'uncertainty'."""
-    dkd_beta: float = 8.0
+    dkd_beta: float = number(8.0, ge=0)
     """DKD: β weight of NCKD."""
-    atkd_lambda: float = 0.2
+    atkd_lambda: float = number(0.2, ge=0)
     """AT-KD: λ weight of easy tokens."""
-    ema_decay: float = 0.999
+    ema_decay: float = number(0.999, ge=0, le=1)
     """ema_self_distill: decay of the EMA student."""
-    ema_weight: float = 1.0
+    ema_weight: float = number(1.0, ge=0)
     """ema_self_distill: weight of the KL(q_ema‖q) term."""
-    uncertainty_fraction: float = 0.5
+    uncertainty_fraction: float = number(0.5, ge=0, le=1)
     """uncertainty: ρ, fraction of highest-loss tokens trained with MLE."""
-    uncertainty_weight: float = 1.0
+    uncertainty_weight: float = number(1.0, ge=0)
     """uncertainty: λ weight of self-distillation on the other tokens."""
     # -- on-policy distillation (GKD) --
-    student_data_fraction: float = 0.0
+    student_data_fraction: float = number(0.0, ge=0, le=1)
     """GKD λ: probability that a micro-batch's continuations are sampled from the student (0 = off)."""
-    sampling_temperature: float = 1.0
+    sampling_temperature: float = number(1.0, gt=0)
     """Temperature for sampling student continuations (not the KD temperature)."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = number(64, ge=1)
     """Tokens the student generates per sequence in on-policy batches."""
-    prompt_tokens: int = 32
+    prompt_tokens: int = number(32, ge=1)
     """On-policy prompt length for data without prompt/response fields: the first tokens of each block."""
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100
+    max_steps: int = number(100, ge=1)
     """Optimizer steps."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = number(8, ge=1)
     """Sequences per micro-batch."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = number(1, ge=1)
     """Micro-batches per optimizer step."""
-    lr: float = 1e-3
+    lr: float = number(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.01
+    weight_decay: float = number(0.01, ge=0)
     """AdamW weight decay (not applied to biases and norms)."""
-    beta1: float = 0.9
+    beta1: float = number(0.9, ge=0, lt=1)
     """AdamW β1."""
-    beta2: float = 0.95
+    beta2: float = number(0.95, ge=0, lt=1)
     """AdamW β2."""
-    warmup_steps: int = 10
+    warmup_steps: int = number(10, ge=0)
     """Linear warm-up steps, then cosine decay to ``min_lr_ratio``·lr."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = number(0.1, ge=0, le=1)
     """Final learning rate as a fraction of the peak."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = number(1.0, ge=0)
     """Gradient clipping norm (0 = off)."""
-    precision: str = "auto"
+    precision: str = one_of("auto", "auto", "fp32", "bf16")
     """'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = flag(False)
     """Recompute the student's activations in backward to save memory."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = number(0, ge=0)
     """Write a checkpoint every N steps (0 = only at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = number(2, ge=1)
     """Keep the newest N checkpoints."""
-    loss_path: str = "chunked"
+    loss_path: str = one_of("chunked", "chunked", "chunked_recompute", "reference")
     """'chunked' (fused: per-chunk logits, loss and gradient in the forward; O(chunk·V) memory),
     'chunked_recompute' (per-chunk activation checkpointing) or 'reference' (plain full logits)."""
-    head_chunk_size: int = 0
+    head_chunk_size: int = number(0, ge=0)
     """Rows per chunk of the head/loss and statistics (0 = auto: one fp32 (rows, V) buffer ≈ 128 MiB, e.g.
     1024 rows at V=32,768 and 256 at V=151,936)."""
-    compile: bool = False
+    compile: bool = flag(False)
     """torch.compile the per-chunk loss function."""
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0
+    every: int = number(0, ge=0)
     """Evaluate every N steps during training (0 = only at the end)."""
-    batch_size: int = 8
+    batch_size: int = number(8, ge=1)
     """Sequences per eval batch."""
-    ece_bins: int = 15
+    ece_bins: int = number(15, ge=1)
     """Equal-width top-1 confidence bins (lo, hi] of ECE and the reliability diagram (Guo et al. 2017: 15)."""
-    entropy_buckets: int = 4
+    entropy_buckets: int = number(4, ge=0)
     """Equal-width buckets of normalized teacher entropy Ĥ = H/log V in [0, 1] for the per-bucket metrics
     ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}`` (0 = off). Equal-width, not quantile, so
     evaluation streams in one pass and buckets mean the same thing across models and runs."""
-    teacher: bool = True
+    teacher: bool = flag(True)
     """Report KL(teacher‖student) and top-1 agreement when a teacher model is available."""
-    teacher_metrics: bool = True
+    teacher_metrics: bool = flag(True)
     """Also report the teacher's own metrics (ppl, accuracy, ECE) on each eval set."""
-    plots: bool = True
+    plots: bool = flag(True)
     """Write reliability diagrams to ``plots/``."""
 
 
 @dataclass
 class LogConfig:
-    every: int = 1
+    every: int = number(1, ge=1)
     """Write metrics every N steps."""
-    tensorboard: bool = True
+    tensorboard: bool = flag(True)
     """Also write TensorBoard events to ``tb/``."""
-    progress: bool = True
+    progress: bool = flag(True)
     """Show a progress bar."""
-    level: str = "INFO"
-    """Logging level."""
+    level: str = one_of("INFO", "DEBUG", "INFO", "WARNING", "ERROR", ignore_case=True)
+    """Level of ekd's log lines: DEBUG, INFO, WARNING or ERROR (``ekd -q`` keeps at least WARNING)."""
 
 
 @dataclass

@@ -210,6 +210,12 @@ def _row_document(
             raise ConfigError(
                 f"{where}: field '{name}' must be a string, got {got}; fix the row or {_field_key(data_cfg, name)}"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in JSON) is not text
+            raise ConfigError(
+                f"{where}: field '{name}' holds an unpaired surrogate at character {e.start}; fix the row"
+            ) from None
     if len(fields) == 2:
         return Document(text=values[1], doc_id=doc_id, prompt=values[0])
     return Document(text=values[0], doc_id=doc_id)
@@ -217,11 +223,17 @@ def _row_document(
 
 def _read_jsonl(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document]:
     fields = _fields(data_cfg)
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{key} {path} line {line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"{where}: not UTF-8 (byte {e.start + 1} of the line); re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{key} {path} line {line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

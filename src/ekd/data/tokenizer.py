@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,34 @@ def train_bpe_tokenizer(
 def _batches(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
     batch: list[str] = []
     for text in texts:
-        batch.append(text)
-        if len(batch) == size:
-            yield batch
-            batch = []
+        for piece in cap_pretokens(text):
+            batch.append(piece)
+            if len(batch) == size:
+                yield batch
+                batch = []
     if batch:
         yield batch
+
+
+MAX_PRETOKEN_CHARS = 256
+
+
+def cap_pretokens(text: str, limit: int = MAX_PRETOKEN_CHARS) -> Iterator[str]:
+    """``text`` cut so that no run of non-whitespace is longer than ``limit`` characters (training only).
+
+    BPE training is quadratic in the length of one pre-token: a 200k-character line without whitespace took
+    7.6 s and a 5 MB one hours. Cutting runs into ``limit``-character pieces (each trained as its own text)
+    bounds that; merges longer than ``limit`` characters are never useful, and encoding is unchanged.
+    """
+    start = 0
+    for m in re.finditer(rf"\S{{{limit + 1},}}", text):
+        if m.start() > start:
+            yield text[start : m.start()]
+        for i in range(m.start(), m.end(), limit):
+            yield text[i : min(i + limit, m.end())]
+        start = m.end()
+    if start < len(text) or not text:
+        yield text[start:]
 
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:

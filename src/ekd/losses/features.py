@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ekd.errors import ConfigError
 from ekd.losses.decoupled import top_fraction_mask
 
 FEATURE_LOSSES = ("mse", "cosine")
@@ -89,7 +90,7 @@ def feature_loss_sum(
         Scalar fp32 sum; an exact 0 connected to the graph when H = 0.
     """
     if kind not in FEATURE_LOSSES:
-        raise ValueError(f"method.feature_loss must be one of {FEATURE_LOSSES}, got '{kind}'")
+        raise ConfigError(f"method.feature_loss must be one of {FEATURE_LOSSES}, got '{kind}'")
     projected = projection(student_hidden).float()  # (H, Dt)
     target = teacher_hidden.detach().float()  # (H, Dt)
     if projected.shape != target.shape:

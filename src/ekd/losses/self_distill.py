@@ -17,6 +17,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ekd.errors import ConfigError
 from ekd.losses.decoupled import top_fraction_mask
 from ekd.losses.divergences import forward_kl, log_probs_at
 
@@ -47,7 +48,7 @@ class EmaTeacher:
         at both ends).
         """
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"method.ema_decay must be in [0, 1], got {decay}")
+            raise ConfigError(f"method.ema_decay must be in [0, 1], got {decay}")
         # named_parameters() lists each shared (tied) tensor once, under the same name in both models.
         ema_params = dict(self.module.named_parameters())
         for name, param in student.named_parameters():

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,14 +25,18 @@ from ekd.models.presets import architectures
 log = logging.getLogger(__name__)
 
 PRESET_PREFIX = "preset:"
+T = TypeVar("T")
 
 
 def is_preset(spec: str) -> bool:
     return spec.startswith(PRESET_PREFIX)
 
 
-def build_preset(name: str, vocab_size: int, eos_token_id: int | None = None, seed: int = 0) -> nn.Module:
-    """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows."""
+def build_preset(
+    name: str, vocab_size: int, eos_token_id: int | None = None, seed: int = 0, attn_implementation: str = ""
+) -> nn.Module:
+    """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows and the given
+    attention implementation (empty: transformers' default)."""
     if name not in architectures:
         raise ModelError(
             architectures.unknown_message(name).replace(
@@ -49,7 +55,7 @@ def build_preset(name: str, vocab_size: int, eos_token_id: int | None = None, se
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or None)
     return model
 
 
@@ -68,47 +74,150 @@ def load_model(
     """Load ``spec`` (hub id, local HF directory, or ``preset:<name>``) as a causal LM.
 
     Raises:
-        ModelError: missing local directory, unknown preset, a hub id that cannot be reached offline.
+        ModelError: one line for any model that cannot be used: a directory without config.json, an unknown
+            preset or ``model_type``, weights that are not valid safetensors or do not match config.json, a
+            pickle that ``weights_only`` refuses, remote code with ``trust_remote_code`` off, an unreachable
+            hub id, an attention implementation that is not available.
     """
+    kwargs: dict = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if is_preset(spec):
-        model = build_preset(spec[len(PRESET_PREFIX) :], vocab_size, eos_token_id, seed)
+        model = load_or_refuse(
+            spec,
+            role,
+            lambda: build_preset(spec[len(PRESET_PREFIX) :], vocab_size, eos_token_id, seed, **kwargs),
+        )
         return model.to(dtype) if dtype is not None else model
-    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    kwargs["trust_remote_code"] = trust_remote_code
     if revision:
         kwargs["revision"] = revision
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if (spec.startswith((".", "/", "~")) or Path(spec).exists()) and not (
-        Path(spec).expanduser() / "config.json"
-    ).is_file():
-        raise ModelError(
-            f"model.{role}: {spec} is not a Hugging Face model directory (no config.json); pass a hub id, a saved model directory or preset:<name>"
-        )
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec, **kwargs
-        )
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"model.{role}: cannot load '{spec}' ({first}); check the id/path, network access or HF_HOME cache"
-        ) from None
+    local = check_model_dir(spec, role)
+    source = str(local) if local is not None else spec
+    return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
 
 
 def load_tokenizer(
     spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer"
 ) -> PreTrainedTokenizerBase:
-    """AutoTokenizer from a hub id or local directory, with a clear error."""
+    """AutoTokenizer from a hub id or local directory; errors as :func:`load_or_refuse`."""
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision
+    local = check_model_dir(spec, role, tokenizer_only=True)
+    source = str(local) if local is not None else spec
+    return load_or_refuse(spec, role, lambda: AutoTokenizer.from_pretrained(source, **kwargs), "a tokenizer")
+
+
+def _key(role: str) -> str:
+    return role if "." in role else f"model.{role}"
+
+
+def check_model_dir(spec: str, role: str, tokenizer_only: bool = False) -> Path | None:
+    """The local directory ``spec`` names (None for a hub id), after checking that it holds a model.
+
+    A directory needs config.json (a tokenizer directory may instead hold tokenizer.json or
+    tokenizer_config.json); weights only as pickles (``*.bin``) need a torch whose ``weights_only`` load is
+    safe (≥ 2.6) — ekd never unpickles otherwise.
+    """
+    path = Path(spec).expanduser()
+    if not (spec.startswith((".", "/", "~")) or path.exists()):
+        return None
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
+    if not path.exists():
+        raise ModelError(
+            f"{_key(role)}: {spec} does not exist (no config.json); pass a hub id, a saved model directory or preset:<name>"
+        )
+    if not path.is_dir():
+        raise ModelError(
+            f"{_key(role)}: {spec} is not a directory; pass a hub id, a saved model directory or preset:<name>"
+        )
+    if not (path / "config.json").is_file() and not (
+        tokenizer_only and any((path / f).is_file() for f in tokenizer_files)
+    ):
+        what = "empty" if not any(path.iterdir()) else "not a Hugging Face model directory"
+        raise ModelError(
+            f"{_key(role)}: {spec} is {what} (no config.json); pass a hub id, a saved model directory or preset:<name>"
+        )
+    pickles = list(path.glob("*.bin"))
+    safe_torch = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6)
+    if pickles and not list(path.glob("*.safetensors")) and not tokenizer_only and not safe_torch:
+        raise ModelError(
+            f"{_key(role)}: {spec} holds only pickled weights ({pickles[0].name}) and torch {torch.__version__} "
+            "cannot load them safely (weights_only needs torch ≥ 2.6); convert them to safetensors"
+        )
+    return path
+
+
+def load_or_refuse(spec: str, role: str, load: Callable[[], T], what: str = "a model") -> T:
+    """Run ``load`` (a transformers/safetensors loader) and turn any failure into one ModelError line.
+
+    Loading a model the user named can fail in many libraries' ways (SafetensorError, UnpicklingError,
+    ValueError for an unknown model_type or remote code, RuntimeError for shapes, OSError for files and the
+    network, ImportError for a missing attention backend): each is a problem with the input, reported as
+    ``model.<role>: cannot load <what> from '<spec>' (<first line>)<hint>``. The cause stays chained for
+    ``ekd --debug``. transformers' load report (a table, logged as a warning) is held back and only replayed
+    when the load succeeds; a failure's message names the first mismatched tensor instead.
+    """
+    report = logging.getLogger("transformers.modeling_utils")
+    held = _HoldRecords()
+    report.addFilter(held)
     try:
-        return AutoTokenizer.from_pretrained(spec, **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{role}: cannot load a tokenizer from '{spec}' ({first})") from None
+        result = load()
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
+        raise ModelError(
+            f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){_hint(e)}"
+        ) from e
+    finally:
+        report.removeFilter(held)
+    for record in held.records:
+        report.handle(record)
+    return result
+
+
+class _HoldRecords(logging.Filter):
+    """Keeps the records of a logger instead of emitting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def _first_line(e: BaseException, held: _HoldRecords) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if "ignore_mismatched_sizes" in first:  # the details are in the held load report
+        lines = [
+            ln for r in held.records for ln in r.getMessage().splitlines() if "MISMATCH" in ln and "|" in ln
+        ]
+        detail = " ".join(lines[0].split()) if lines else ""
+        first = (
+            f"weights do not match config.json: {detail}" if detail else "weights do not match config.json"
+        )
+    elif type(e).__name__ == "SafetensorError":
+        first = f"not a valid safetensors file: {first}"
+    elif type(e).__name__ == "UnpicklingError":
+        first = "pickled weights refused by torch.load(weights_only=True): they may contain code"
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def _hint(e: BaseException) -> str:
+    text = str(e)
+    if "custom code" in text or "trust_remote_code" in text:
+        return "; set model.trust_remote_code=true only if you trust that code"
+    if "does not recognize this architecture" in text or "model type" in text:
+        return "; upgrade transformers or use a supported architecture (ekd list architectures)"
+    if isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+        return "; check the id/path, network access or HF_HOME cache"
+    return ""
 
 
 def check_same_tokenizer(

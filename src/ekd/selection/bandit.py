@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.selection.base import (
     COUNT_SLACK,
     SelectionPolicy,
@@ -65,9 +66,9 @@ class LinUCBBandit(SelectionPolicy):
         self.threshold = float(cfg.bandit_threshold)
         self.target_fraction = min(max(float(cfg.select_fraction), self.min_fraction), self.max_fraction)
         if self.ridge <= 0:
-            raise ValueError(f"method.bandit_ridge must be > 0, got {self.ridge}")
+            raise ConfigError(f"method.bandit_ridge must be > 0, got {self.ridge}")
         if not 0.0 <= self.min_fraction <= self.max_fraction <= 1.0:
-            raise ValueError("method.bandit_min_fraction ≤ method.bandit_max_fraction must lie in [0, 1]")
+            raise ConfigError("method.bandit_min_fraction ≤ method.bandit_max_fraction must lie in [0, 1]")
         d = len(FEATURE_NAMES)
         self.A = self.ridge * torch.eye(d, dtype=torch.float64)  # (d, d)
         self.b = torch.zeros(d, dtype=torch.float64)  # (d,)
@@ -177,7 +178,7 @@ class LinUCBBandit(SelectionPolicy):
     def load_state_dict(self, state: dict) -> None:
         check_state_name(state, self.name)
         if state.get("kind") != "linucb":
-            raise ValueError(f"bandit state is '{state.get('kind')}' but method.bandit_kind is 'linucb'")
+            raise ConfigError(f"bandit state is '{state.get('kind')}' but method.bandit_kind is 'linucb'")
         self.A = state["A"].detach().double().clone()
         self.b = state["b"].detach().double().clone()
         self.tokens_observed = int(state["tokens_observed"])
@@ -206,11 +207,11 @@ class Exp3Budget(SelectionPolicy):
         self.gamma = float(cfg.bandit_gamma)
         self.per = cfg.select_per
         if not self.budgets or not all(0.0 < k <= 1.0 for k in self.budgets):
-            raise ValueError(
+            raise ConfigError(
                 f"method.bandit_budgets must be a non-empty list of fractions in (0, 1], got {self.budgets}"
             )
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"method.bandit_gamma must be in (0, 1], got {self.gamma}")
+            raise ConfigError(f"method.bandit_gamma must be in (0, 1], got {self.gamma}")
         self.log_weights = torch.zeros(len(self.budgets), dtype=torch.float64)  # (K,)
         self.pulls = torch.zeros(len(self.budgets), dtype=torch.long)  # (K,)
         self.arm = -1
@@ -274,9 +275,9 @@ class Exp3Budget(SelectionPolicy):
     def load_state_dict(self, state: dict) -> None:
         check_state_name(state, self.name)
         if state.get("kind") != "exp3":
-            raise ValueError(f"bandit state is '{state.get('kind')}' but method.bandit_kind is 'exp3'")
+            raise ConfigError(f"bandit state is '{state.get('kind')}' but method.bandit_kind is 'exp3'")
         if state["log_weights"].numel() != len(self.budgets):
-            raise ValueError("bandit state has a different number of budgets than method.bandit_budgets")
+            raise ConfigError("bandit state has a different number of budgets than method.bandit_budgets")
         self.log_weights = state["log_weights"].detach().double().clone()
         self.pulls = state["pulls"].detach().long().clone()
         self.arm, self.arm_step = int(state["arm"]), int(state["arm_step"])

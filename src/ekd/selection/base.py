@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.selection.types import Selection
 
 # Slack for ⌈k·n⌉ / ⌊x⌋ on products that should be integers but are not in binary (0.1·30 = 3.0000000000000004).
@@ -120,7 +121,7 @@ def check_state_name(state: dict, name: str) -> None:
     """Refuse to load a state saved by another policy (a config change between save and resume)."""
     saved = state.get("policy")
     if saved != name:
-        raise ValueError(
+        raise ConfigError(
             f"selection state was saved by policy '{saved}' but method.policy is '{name}'; "
             "resume with the same method.policy or start a new run"
         )
@@ -178,7 +179,7 @@ def topk_mask(scores: Tensor, valid: Tensor, fraction: float, per: str) -> Tenso
     elif per == "sequence":
         flat_scores, flat_valid = scores, valid  # (B, T)
     else:
-        raise ValueError(f"method.select_per must be 'sequence' or 'batch', got '{per}'")
+        raise ConfigError(f"method.select_per must be 'sequence' or 'batch', got '{per}'")
     counts = ceil_count(fraction, flat_valid.sum(-1))  # (R,)
     ranks = rank_within_rows(flat_scores, flat_valid, descending=True)  # (R, C)
     return (flat_valid & (ranks < counts[:, None])).reshape(valid.shape)  # (B, T)

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.selection.base import (
     SelectionPolicy,
     StepContext,
@@ -46,9 +47,9 @@ class LossAdaptiveTokenFocusing(SelectionPolicy):
         self.step_size = float(cfg.latf_step)
         self.min_ratio = float(cfg.latf_min_ratio)
         if not 0.0 < self.min_ratio <= 1.0:
-            raise ValueError(f"method.latf_min_ratio must be in (0, 1], got {self.min_ratio}")
+            raise ConfigError(f"method.latf_min_ratio must be in (0, 1], got {self.min_ratio}")
         if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"method.latf_ema_decay must be in [0, 1), got {self.decay}")
+            raise ConfigError(f"method.latf_ema_decay must be in [0, 1), got {self.decay}")
         self.ratio = 1.0
         self.loss_ema = math.nan  # L̄ (nan until the first loss)
         self.reference = math.nan  # L_ref (nan until the end of warm-up)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.registry import Registry
 from ekd.selection.bandit import Exp3Budget, LinUCBBandit
 from ekd.selection.base import (
@@ -97,10 +98,10 @@ class CoverageSchedule(TopK):
         self.shape = cfg.coverage_shape
         self.total_steps = max(1, int(total_steps))
         if self.shape not in ("linear", "cosine", "step"):
-            raise ValueError(f"method.coverage_shape must be linear, cosine or step, got '{self.shape}'")
+            raise ConfigError(f"method.coverage_shape must be linear, cosine or step, got '{self.shape}'")
         for key, k in (("coverage_start", self.start), ("coverage_end", self.end)):
             if not 0.0 < k <= 1.0:
-                raise ValueError(f"method.{key} must be in (0, 1], got {k}")
+                raise ConfigError(f"method.{key} must be in (0, 1], got {k}")
         self._last_k: float | None = None
 
     def fraction_at(self, ctx: StepContext) -> float:
@@ -135,7 +136,7 @@ class GlobalLevelSelection(SelectionPolicy):
         self.fraction = float(cfg.select_fraction)
         self.queue_size = int(cfg.gls_queue_size)
         if self.queue_size < 1:
-            raise ValueError(f"method.gls_queue_size must be ≥ 1, got {self.queue_size}")
+            raise ConfigError(f"method.gls_queue_size must be ≥ 1, got {self.queue_size}")
         self.queue = torch.zeros(0, dtype=torch.float32)
         self.threshold: Tensor | None = None
 
@@ -189,9 +190,9 @@ class Curriculum(SelectionPolicy):
         self.power = float(cfg.curriculum_power)
         for key, v in (("curriculum_start", self.start), ("curriculum_end", self.end)):
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"method.{key} must be in [0, 1], got {v}")
+                raise ConfigError(f"method.{key} must be in [0, 1], got {v}")
         if self.power <= 0:
-            raise ValueError(f"method.curriculum_power must be > 0, got {self.power}")
+            raise ConfigError(f"method.curriculum_power must be > 0, got {self.power}")
         self._last_phase: float | None = None
 
     def phase(self, step: int) -> float:
@@ -231,7 +232,7 @@ class Bucket(SelectionPolicy):
         super().__init__()
         self.low, self.high = float(cfg.bucket_low) / 100.0, float(cfg.bucket_high) / 100.0
         if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError("method.bucket_low < method.bucket_high must both be percentiles in [0, 100]")
+            raise ConfigError("method.bucket_low < method.bucket_high must both be percentiles in [0, 100]")
 
     def _bounds(self, n: Tensor) -> tuple[Tensor, Tensor]:
         span = (n - 1).double()  # (B,)
@@ -272,7 +273,7 @@ class PositionSampling(SelectionPolicy):
         self.power = float(cfg.pos_rs_power)
         self.self_normalized = bool(cfg.pos_rs_self_normalized)
         if self.power < 0:
-            raise ValueError(f"method.pos_rs_power must be ≥ 0, got {self.power}")
+            raise ConfigError(f"method.pos_rs_power must be ≥ 0, got {self.power}")
 
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
         scores = self._require_scores(scores, valid)
@@ -284,7 +285,7 @@ class PositionSampling(SelectionPolicy):
             return self._record(empty_selection(valid), valid)
         s = scores.double().masked_fill(~valid, 0.0)
         if bool((s < 0).any()):
-            raise ValueError("pos_rs needs nonnegative scores; use an entropy, CE or divergence scorer")
+            raise ConfigError("pos_rs needs nonnegative scores; use an entropy, CE or divergence scorer")
         w = s.pow(self.power).masked_fill(~valid, 0.0)  # (B, T)
         w = torch.where(w.sum(-1, keepdim=True) > 0, w, valid.double())  # all-zero rows → uniform
         q = w / w.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, T), rows without valid positions: 0
@@ -321,16 +322,16 @@ def build_policy(method_cfg: Any, total_steps: int) -> SelectionPolicy:
     """The selection policy of ``method_cfg`` for a run of ``total_steps`` optimizer steps."""
     name = method_cfg.policy
     if name not in policies:
-        raise ValueError(f"method.policy: {policies.unknown_message(name)}")
+        raise ConfigError(f"method.policy: {policies.unknown_message(name)}")
     if not 0.0 < float(method_cfg.select_fraction) <= 1.0:
-        raise ValueError(f"method.select_fraction must be in (0, 1], got {method_cfg.select_fraction}")
+        raise ConfigError(f"method.select_fraction must be in (0, 1], got {method_cfg.select_fraction}")
     cls: type[SelectionPolicy] = policies.get(name)
     if name == "bandit" and method_cfg.bandit_kind == "exp3":
         cls = Exp3Budget
     elif name == "bandit" and method_cfg.bandit_kind != "linucb":
-        raise ValueError(f"method.bandit_kind must be 'linucb' or 'exp3', got '{method_cfg.bandit_kind}'")
+        raise ConfigError(f"method.bandit_kind must be 'linucb' or 'exp3', got '{method_cfg.bandit_kind}'")
     policy = cls(method_cfg, total_steps)  # type: ignore[call-arg]
     if policy.needs_scores and method_cfg.scorer == "none":
         hint = " (AdaKD uses hellinger)" if name == "latf" else ""
-        raise ValueError(f"method.policy={name} ranks positions by a score: set method.scorer{hint}")
+        raise ConfigError(f"method.policy={name} ranks positions by a score: set method.scorer{hint}")
     return policy

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ekd.errors import ConfigError
 from ekd.selection.base import COUNT_SLACK
 from ekd.selection.scores import CE_RATIO_EPS
 
@@ -99,10 +100,10 @@ def score_samples_by_id(
     from ekd.train.token_stats import token_stats
 
     if scorer not in SAMPLE_SCORERS:
-        raise ValueError(f"method.sample_scorer must be one of {', '.join(SAMPLE_SCORERS)}, got '{scorer}'")
+        raise ConfigError(f"method.sample_scorer must be one of {', '.join(SAMPLE_SCORERS)}, got '{scorer}'")
     needs = _STATS[scorer]
     if scorer in ("forward_kl", "ce_ratio") and teacher is None:
-        raise ValueError(
+        raise ConfigError(
             f"method.sample_scorer={scorer} needs the teacher model; use student_entropy or random"
         )
     models = [m for m in (model, teacher) if m is not None]
@@ -171,7 +172,7 @@ def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float) -> Tenso
     Deterministic: ties go to the smaller sample id. scores (N,), sample_ids (N,) → (⌈ℓ·N⌉,) long.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"method.sample_fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"method.sample_fraction must be in (0, 1], got {fraction}")
     scores, sample_ids = scores.reshape(-1), sample_ids.reshape(-1).long()
     if scores.numel() != sample_ids.numel():
         raise ValueError(f"{scores.numel()} scores for {sample_ids.numel()} sample ids")
@@ -208,11 +209,11 @@ def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     try:
         payload = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read the sample selection {path}: {e}") from None
+        raise ConfigError(f"cannot read the sample selection {path}: {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ekd sample selection file")
+        raise ConfigError(f"{path} is not an ekd sample selection file")
     if payload.get("version") != VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: sample selection version {payload.get('version')} is not supported (expected {VERSION})"
         )
     return torch.tensor(payload["sample_ids"], dtype=torch.long), dict(payload.get("meta", {}))

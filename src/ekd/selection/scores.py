@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ekd.errors import ConfigError
 from ekd.registry import Registry
 
 STAT_NAMES = (
@@ -167,7 +168,7 @@ def normalize_per_sequence(x: Tensor, valid: Tensor, kind: str) -> Tensor:
         hi = torch.where(has, hi, torch.zeros_like(hi))
         out = (x - lo) / (hi - lo).clamp_min(NORMALIZATION_EPS)
     else:
-        raise ValueError(f"method.scorer_normalization must be 'zscore' or 'minmax', got '{kind}'")
+        raise ConfigError(f"method.scorer_normalization must be 'zscore' or 'minmax', got '{kind}'")
     return out.masked_fill(~valid, 0.0)
 
 
@@ -191,17 +192,19 @@ scorers.add(
 def _composite_weights(cfg: Any) -> dict[str, float]:
     weights = dict(cfg.scorer_weights)
     if not weights:
-        raise ValueError("method.scorer=composite needs method.scorer_weights (score name → weight)")
+        raise ConfigError("method.scorer=composite needs method.scorer_weights (score name → weight)")
     for name in weights:
         if name == "composite" or name not in scorers:
             choices = ", ".join(n for n in scorers.names() if n != "composite")
-            raise ValueError(f"method.scorer_weights: '{name}' is not a component score (choices: {choices})")
+            raise ConfigError(
+                f"method.scorer_weights: '{name}' is not a component score (choices: {choices})"
+            )
     return weights
 
 
 def _get_scorer(name: str) -> Scorer:
     if name not in scorers:
-        raise ValueError(f"method.scorer: {scorers.unknown_message(name)}")
+        raise ConfigError(f"method.scorer: {scorers.unknown_message(name)}")
     return scorers.get(name)
 
 
@@ -247,7 +250,7 @@ def compute_scores(
     """
     name = method_cfg.scorer
     if name == "none":
-        raise ValueError("method.scorer is 'none' but the selection policy needs scores; set method.scorer")
+        raise ConfigError("method.scorer is 'none' but the selection policy needs scores; set method.scorer")
     scorer = _get_scorer(name)
     missing = sorted(_direct_needs(method_cfg) - set(stats))
     if missing:

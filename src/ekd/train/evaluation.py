@@ -68,6 +68,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     """
     from transformers import AutoModelForCausalLM
 
+    from ekd.log_level import apply_log_level
     from ekd.models.load import load_tokenizer, shared_vocab_size
     from ekd.train.checkpoint import atomic_write_text
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
@@ -85,6 +86,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     cfg = config_from_dict(
         {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in raw}
     )
+    apply_log_level(cfg.log.level)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
     from ekd.data import load_splits, pack_splits

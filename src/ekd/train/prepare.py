@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ekd.config import Config, ConfigError
+from ekd.config.validate import check_vocab
 from ekd.errors import ModelError
 from ekd.models.load import (
     check_same_tokenizer,
@@ -97,12 +98,17 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
         )
         if not is_preset(cfg.model.student):
             check_same_tokenizer(
-                tok, load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student")
+                tok,
+                load_tokenizer(
+                    cfg.model.student, cfg.model.revision, cfg.model.trust_remote_code, "model.student"
+                ),
             )
         return tok
     if spec == "student":
-        return load_tokenizer(cfg.model.student, "", cfg.model.trust_remote_code, "model.student")
-    return load_tokenizer(spec, "", cfg.model.trust_remote_code, "model.tokenizer")
+        return load_tokenizer(
+            cfg.model.student, cfg.model.revision, cfg.model.trust_remote_code, "model.student"
+        )
+    return load_tokenizer(spec, cfg.model.revision, cfg.model.trust_remote_code, "model.tokenizer")
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
@@ -113,6 +119,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
+    check_vocab(cfg, len(tokenizer))
     blocks = pack_splits(splits, tokenizer, cfg.data.block_length, cfg.data.max_eval_blocks)
     return PreparedData(tokenizer, blocks)
 
@@ -132,6 +139,7 @@ def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         cfg.model.student,
         vocab_size=data.vocab_size,
         eos_token_id=data.eos_id,
+        revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
         dtype=torch.float32,
         attn_implementation=cfg.model.attn_implementation,

@@ -73,10 +73,12 @@ def run_cache_command(args) -> int:
         return 0
 
     from ekd.config import load_config, split_config_and_overrides
+    from ekd.log_level import apply_log_level
     from ekd.teacher.cache.build import run_build, summary
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
+    apply_log_level(cfg.log.level)
     result = run_build(cfg, overwrite=args.overwrite)
     if result.rank == 0:
         print(format_summary(summary(result)))

@@ -1,0 +1,207 @@
+"""Per-field declarations: each config field states its default and what values it accepts.
+
+A field is declared with one of the constructors below, in place of a plain default::
+
+    lr: float = number(1e-3, gt=0)
+    precision: str = one_of("auto", "auto", "fp32", "bf16")
+
+The rule is stored in the dataclass field's metadata; ``ekd.config.validate`` checks every field against its
+rule (the validator is generated from these declarations), and ``ekd config show --explain`` prints it.
+Numbers are always finite (NaN and ±inf are refused), whatever their bounds. Rules between fields stay
+explicit in ``validate.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ekd.errors import ConfigError
+
+RULE = "ekd.rule"  # key of the rule in a dataclass field's metadata
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite int or float within optional bounds (ge/gt: lower, le/lt: upper)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    why: str = ""  # appended to the error, e.g. "a block needs an input and a target"
+
+    def check(self, key: str, value: Any) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        bad = (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+        if bad:
+            why = f" ({self.why})" if self.why else ""
+            raise ConfigError(f"{key} must be {self.describe()}{why}, got {value}")
+
+    def describe(self) -> str:
+        bounds = (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt))
+        kept = [f"{op} {_num(b)}" for op, b in bounds if b is not None]
+        return " and ".join(kept) if kept else "a finite number"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of fixed names, or of the names a registry returns (``options`` is then a callable, read lazily)."""
+
+    options: tuple[str, ...] | Callable[[], Iterable[str]]
+    ignore_case: bool = False
+
+    def names(self) -> list[str]:
+        return list(self.options() if callable(self.options) else self.options)
+
+    def check(self, key: str, value: Any) -> None:
+        names = self.names()
+        found = value.upper() if self.ignore_case else value
+        if found in names:
+            return
+        close = difflib.get_close_matches(found, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        shown = ", ".join(repr(n) if n == "" else n for n in names)
+        raise ConfigError(f"{key} must be one of {shown}, got '{value}'{hint}")
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(n) if n == "" else n for n in self.names())
+
+
+@dataclass(frozen=True)
+class Text:
+    """Free text; ``nonempty`` refuses ''; ``check`` returns an error message (without the key) or None."""
+
+    nonempty: bool = False
+    check_fn: Callable[[str], str | None] | None = None
+    what: str = "text"
+
+    def check(self, key: str, value: Any) -> None:
+        if self.nonempty and not value.strip():
+            raise ConfigError(f"{key} must not be empty")
+        problem = self.check_fn(value) if self.check_fn else None
+        if problem:
+            raise ConfigError(f"{key} {problem}, got '{value}'")
+
+    def describe(self) -> str:
+        return self.what + (" (non-empty)" if self.nonempty else "")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """true or false (the type conversion already guarantees it)."""
+
+    def check(self, key: str, value: Any) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list whose every item obeys ``each``, with at least ``min_items`` items."""
+
+    each: Number | OneOf | Text
+    min_items: int = 0
+
+    def check(self, key: str, value: Any) -> None:
+        if len(value) < self.min_items:
+            raise ConfigError(f"{key} needs at least {self.min_items} item(s), got {list(value)}")
+        for i, item in enumerate(value):
+            self.each.check(f"{key}[{i}]", item)
+
+    def describe(self) -> str:
+        least = f"at least {self.min_items} " if self.min_items else ""
+        return f"a list of {least}items, each {self.each.describe()}"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A mapping whose keys obey ``keys`` (if given) and values obey ``values``."""
+
+    values: Number | OneOf | Text
+    keys: OneOf | Text | None = None
+
+    def check(self, key: str, value: Any) -> None:
+        for k, v in value.items():
+            if self.keys is not None:
+                self.keys.check(f"{key} key", k)
+            self.values.check(f"{key}.{k}", v)
+
+    def describe(self) -> str:
+        return f"a mapping of names to values, each {self.values.describe()}"
+
+
+Rule = Number | OneOf | Text | Flag | Items | Mapping
+
+
+def _num(b: float) -> str:
+    return str(int(b)) if float(b).is_integer() else str(b)
+
+
+def _declare(default: Any, rule: Rule, factory: bool = False) -> Any:
+    if factory:
+        return dataclasses.field(default_factory=default, metadata={RULE: rule})
+    return dataclasses.field(default=default, metadata={RULE: rule})
+
+
+def number(
+    default: float,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    why: str = "",
+) -> Any:
+    """An int or float field: finite, within the given bounds."""
+    return _declare(default, Number(ge, gt, le, lt, why))
+
+
+def one_of(
+    default: str, *options: str, names: Callable[[], Iterable[str]] | None = None, ignore_case: bool = False
+) -> Any:
+    """A name from ``options`` (or from the callable ``names``, read when validating)."""
+    return _declare(default, OneOf(names if names is not None else options, ignore_case))
+
+
+def text(
+    default: str,
+    *,
+    nonempty: bool = False,
+    check: Callable[[str], str | None] | None = None,
+    what: str = "text",
+) -> Any:
+    """A free-text field (path, hub id, name)."""
+    return _declare(default, Text(nonempty, check, what))
+
+
+def flag(default: bool) -> Any:
+    """A boolean field."""
+    return _declare(default, Flag())
+
+
+def items(default: Callable[[], list], each: Number | OneOf | Text, min_items: int = 0) -> Any:
+    """A list field; ``default`` is a factory (lists are mutable)."""
+    return _declare(default, Items(each, min_items), factory=True)
+
+
+def mapping(values: Number | OneOf | Text, keys: OneOf | Text | None = None) -> Any:
+    """A mapping field, empty by default."""
+    return _declare(dict, Mapping(values, keys), factory=True)
+
+
+def rule_of(f: dataclasses.Field) -> Rule | None:
+    """The declared rule of a dataclass field, or None if the field has no declaration."""
+    return f.metadata.get(RULE)

@@ -1,0 +1,60 @@
+"""Hostile data files (issue 11 item 8): invalid UTF-8 in JSONL is one line naming the line number; a
+single huge line without whitespace no longer makes BPE training quadratic (pre-tokens are capped)."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ekd.config import ConfigError, load_config
+from ekd.data.documents import load_documents
+from ekd.data.tokenizer import MAX_PRETOKEN_CHARS, cap_pretokens, train_bpe_tokenizer
+
+
+def _jsonl_docs(path):
+    cfg = load_config(overrides=[f"data.source={path}", "data.format=jsonl"])
+    return list(load_documents(str(path), cfg.data, "jsonl"))
+
+
+def test_jsonl_with_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "bad \xff\xfe here"}\n')
+    with pytest.raises(ConfigError, match=r"d.jsonl line 3: not UTF-8 \(byte 15 of the line\)"):
+        _jsonl_docs(path)
+
+
+def test_jsonl_with_a_lone_surrogate_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "half a pair \\ud800"}\n')
+    with pytest.raises(ConfigError, match=r"d.jsonl line 2: field 'text' holds an unpaired surrogate"):
+        _jsonl_docs(path)
+
+
+def test_valid_jsonl_still_loads(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"doc {i} é ✓"}) + "\n" for i in range(3)))
+    assert [d.text for d in _jsonl_docs(path)] == ["doc 0 é ✓", "doc 1 é ✓", "doc 2 é ✓"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab \n\t.é"), max_size=2000), st.integers(1, 40))
+def test_cap_pretokens_keeps_the_text_and_bounds_every_run(text, limit):
+    pieces = list(cap_pretokens(text, limit))
+    assert "".join(pieces) == text
+    assert all(len(run) <= limit for piece in pieces for run in piece.split())
+
+
+def test_bpe_merges_never_span_more_than_the_cap():
+    """A long run without whitespace repeated in training would otherwise merge into tokens of its full
+    length (quadratic training); with the cap no token is longer than MAX_PRETOKEN_CHARS bytes."""
+    rng = random.Random(0)
+    run = "".join(rng.choice(string.ascii_lowercase) for _ in range(3 * MAX_PRETOKEN_CHARS))
+    tok = train_bpe_tokenizer([run] * 4 + ["def f(x): return x"], vocab_size=4096)
+    longest = max(len(tok.convert_tokens_to_string([t]).encode()) for t in tok.get_vocab())
+    assert longest <= MAX_PRETOKEN_CHARS
+    assert tok.decode(tok(run).input_ids) == run  # encoding is unchanged by the cap

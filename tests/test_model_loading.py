@@ -1,0 +1,153 @@
+"""Loading a model the user named fails in one ModelError line whatever is wrong with it, and never runs
+code it was not allowed to (issue 11 item 5): random or truncated safetensors, an unknown model_type,
+config/weights shape mismatch, a hostile pickle, remote code with trust_remote_code off, a directory that
+is not a model or is empty (the "no config.json" check comes before any tokenizer or weights load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from ekd.cli import main
+from ekd.errors import ModelError
+from ekd.models.load import load_model, load_tokenizer
+from tiny import tiny_overrides, write_corpus
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory):
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    path = tmp_path_factory.mktemp("models") / "good"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    return path
+
+
+class _Evil:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _edit_config(d, **values):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(values)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _random_weights(d):
+    (d / "model.safetensors").write_bytes(os.urandom(4000))
+
+
+def _truncated_weights(d):
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+
+
+def _unknown_type(d):
+    _edit_config(d, model_type="foobar_lm")
+
+
+def _shape_mismatch(d):
+    _edit_config(d, hidden_size=32, intermediate_size=64)
+
+
+def _remote_code(d):
+    _edit_config(
+        d,
+        model_type="custom_lm",
+        auto_map={"AutoConfig": "conf.CustomConfig", "AutoModelForCausalLM": "modeling.CustomLM"},
+    )
+    (d / "conf.py").write_text(f"open({str(d / 'RAN')!r}, 'w').close()\n")
+    (d / "modeling.py").write_text(f"open({str(d / 'RAN')!r}, 'w').close()\n")
+
+
+CASES = {
+    "random_safetensors": (_random_weights, "not a valid safetensors file"),
+    "truncated_safetensors": (_truncated_weights, "not a valid safetensors file"),
+    "unknown_model_type": (_unknown_type, "foobar_lm"),
+    "shape_mismatch": (_shape_mismatch, "weights do not match config.json: "),
+    "remote_code": (_remote_code, "set model.trust_remote_code=true only if you trust that code"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broken_model_directory_is_one_model_error(case, good_dir, tmp_path):
+    damage, message = CASES[case]
+    d = tmp_path / case
+    shutil.copytree(good_dir, d)
+    damage(d)
+    with pytest.raises(ModelError) as info:
+        load_model(str(d), vocab_size=64, role="teacher")
+    text = str(info.value)
+    assert text.startswith(f"model.teacher: cannot load a model from '{d}'"), text
+    assert message in text and "\n" not in text, text
+    assert not (d / "RAN").exists()  # remote code never ran
+
+
+def test_hostile_pickle_is_refused_and_never_runs(good_dir, tmp_path):
+    d = tmp_path / "hostile"
+    shutil.copytree(good_dir, d)
+    (d / "model.safetensors").unlink()
+    marker = tmp_path / "PWNED"
+    with open(d / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": _Evil(marker)}, f)
+    with pytest.raises(ModelError, match="refused by torch.load\\(weights_only=True\\)"):
+        load_model(str(d), vocab_size=64, role="student")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["empty", "not_a_model", "missing"])
+def test_directory_that_is_not_a_model_says_so_first(kind, tmp_path):
+    d = tmp_path / kind
+    if kind != "missing":
+        d.mkdir()
+    if kind == "not_a_model":
+        (d / "notes.txt").write_text("hello")
+    expected = {
+        "empty": "is empty",
+        "not_a_model": "not a Hugging Face model directory",
+        "missing": "does not exist",
+    }
+    for load in (
+        lambda: load_tokenizer(str(d), role="model.teacher"),
+        lambda: load_model(str(d), vocab_size=64, role="teacher"),
+    ):
+        with pytest.raises(ModelError, match=f"model.teacher: .*{expected[kind]} \\(no config.json\\)"):
+            load()
+
+
+def test_cli_reports_a_non_model_teacher_in_one_line(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=6)
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    overrides = tiny_overrides(
+        tmp_path, corpus, "nm", **{"model.teacher": str(empty), "model.tokenizer": "teacher"}
+    )
+    assert main(["distill", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is empty (no config.json)" in err[0], err
+
+
+def test_attn_implementation_applies_to_presets():
+    model = load_model("preset:llama-micro", vocab_size=64, attn_implementation="eager", role="student")
+    assert model.config._attn_implementation == "eager"
+    model = load_model("preset:llama-micro", vocab_size=64, attn_implementation="sdpa", role="student")
+    assert model.config._attn_implementation == "sdpa"
