@@ -30,8 +30,12 @@ def validate(cfg: Config) -> None:
     from ekd.methods import presets
 
     d, t, m, tr = cfg.data, cfg.teacher, cfg.method, cfg.train
-    if not cfg.run.name or "/" in cfg.run.name:
-        raise ConfigError(f"run.name must be a non-empty name without '/', got '{cfg.run.name}'")
+    name = cfg.run.name
+    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0"):
+        # a plain directory name: '..', '.' or a path would make --overwrite replace something else
+        raise ConfigError(
+            f"run.name must be a plain directory name (not empty, no '/' or '\\', not starting with '.'), got {name!r}"
+        )
     if d.block_length < 2:
         raise ConfigError(
             f"data.block_length must be ≥ 2 (a block needs an input and a target), got {d.block_length}"
