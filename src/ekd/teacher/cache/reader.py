@@ -34,7 +34,7 @@ from ekd.teacher.cache.format import (
     crc32,
     decode_record,
 )
-from ekd.teacher.cache.manifest import MANIFEST, REBUILD, compare_signatures, read_json
+from ekd.teacher.cache.manifest import MANIFEST, REBUILD, compare_signatures, read_manifest
 
 
 @dataclass
@@ -114,7 +114,7 @@ class CacheReader:
             raise CacheError(
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
             )
-        self.manifest = read_json(path)
+        self.manifest = read_manifest(path)
         if (
             self.manifest.get("format") != FORMAT_NAME
             or self.manifest.get("format_version") != FORMAT_VERSION
@@ -137,7 +137,10 @@ class CacheReader:
                     f"teacher cache at {self.directory} does not match the training config ({'; '.join(diffs)}): "
                     f"{REBUILD} or set teacher.cache_dir to a matching cache"
                 )
-        self.layout = Layout.from_dict(self.manifest["layout"])
+        try:
+            self.layout = Layout.from_dict(self.manifest["layout"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(f"{path} has an invalid layout ({e}): {REBUILD}") from None
         self.num_samples: int = self.manifest["num_samples"]
         self.shard_samples: int = self.manifest["shard_samples"]
         self._shards = {s["index"]: s for s in self.manifest["shards"]}
