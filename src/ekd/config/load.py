@@ -198,6 +198,10 @@ def load_config(
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         file_flat = _flatten(raw, str(path))
+        if not file_flat:  # an empty file must not start the full default run
+            raise ConfigError(
+                f"config file {path} is empty; write the settings to use (see configs/demo.yaml)"
+            )
         for key in file_flat:
             _check_key(key, str(path))
         flat.update(file_flat)

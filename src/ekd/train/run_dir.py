@@ -172,11 +172,9 @@ class RunStart:
             self.fresh = self.moved or not holds
             self.existed = self.moved or run_dir.is_dir()
             run_dir.mkdir(parents=True, exist_ok=True)
-            if self.fresh:
+            if self.fresh:  # a resumed run's files change only once it has started (commit)
                 _write_marker(run_dir, state="starting")
-            elif marker is None:  # an older ekd's run, resumed: mark it now
-                _write_marker(run_dir, state="started")
-            atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+                atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
         return run_dir
 
     def _check_existing(self, marker: dict | None) -> None:
@@ -256,8 +254,9 @@ class RunStart:
         """The run has started: mark it so and delete the run it replaces."""
         self.committed = True
         with writing(self.run_dir):
-            if self.fresh:
-                _write_marker(self.run_dir, state="started")
+            _write_marker(self.run_dir, state="started")  # (a run of an older ekd is marked now)
+            if not self.fresh:
+                atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         if self.aside.exists():
             shutil.rmtree(self.aside, ignore_errors=True)
             log.info("removed the previous run of %s (--overwrite)", self.run_dir)
