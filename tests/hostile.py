@@ -40,3 +40,30 @@ def unchanged(before: dict[str, str], root: Path) -> None:
     after = snapshot(root)
     changed = [k for k, v in before.items() if after.get(k) != v]
     assert not changed, f"files changed or lost: {changed[:10]}"
+
+
+def make_workspace(root: Path, name: str, extra: dict) -> Path:
+    """``root/{corpus/, runs/<name>/, <name>.yaml}``: a finished tiny run made through the CLI with paths
+    relative to ``root`` (so a copy of ``root`` is the same run)."""
+    import os
+
+    from tiny import config_file, write_corpus
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        write_corpus(Path("corpus"), n_docs=24)
+        assert main(["distill", config_file(Path("."), Path("corpus"), name, **extra)]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def copy_workspace(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a workspace made by :func:`make_workspace`, as the working directory."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(template, root)
+    monkeypatch.chdir(root)
+    return root

@@ -8,7 +8,6 @@ Each test works in a copy of one small finished run (relative paths, so the copy
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 from ekd.config import load_config
 from ekd.train import trainer as trainer_mod
 from ekd.train.run_dir import MARKER, RunStart
-from hostile import cli, one_error_line, snapshot, unchanged
-from tiny import config_file, write_corpus
+from hostile import cli, copy_workspace, make_workspace, one_error_line, snapshot, unchanged
+from tiny import config_file
 
 EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "ce"}
 
@@ -26,27 +25,12 @@ EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "ce
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A workspace ``corpus/``, ``runs/base`` (finished, checkpoints at steps 1 and 2) and ``base.yaml``."""
-    root = tmp_path_factory.mktemp("run-safety")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        write_corpus(Path("corpus"), n_docs=24)
-        config = config_file(Path("."), Path("corpus"), "base", **EXTRA)
-        from ekd.cli import main
-
-        assert main(["distill", config]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return make_workspace(tmp_path_factory.mktemp("run-safety"), "base", EXTRA)
 
 
 @pytest.fixture
 def ws(template, tmp_path, monkeypatch):
-    """A private copy of the template workspace, as the working directory."""
-    root = tmp_path / "ws"
-    shutil.copytree(template, root)
-    monkeypatch.chdir(root)
-    return root
+    return copy_workspace(template, tmp_path, monkeypatch)
 
 
 def _config(name: str = "base", **extra) -> str:
