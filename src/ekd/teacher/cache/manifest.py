@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.io import atomic_write_text
-from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError
+from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError, Layout
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,10 @@ def _manifest_problem(m: Any) -> str | None:
         or m["num_shards"] != -(-m["num_samples"] // m["shard_samples"])
     ):
         return "num_samples, shard_samples and num_shards disagree"
+    try:
+        Layout.from_dict(m["layout"])
+    except ValueError as e:
+        return f"invalid layout: {e}"
     if any(not isinstance(m["counts"].get(k), int) for k in ("samples", "positions", "entries", "tokens")):
         return "'counts' lacks a count"
     for entry in m["shards"]:

@@ -137,10 +137,7 @@ class CacheReader:
                     f"teacher cache at {self.directory} does not match the training config ({'; '.join(diffs)}): "
                     f"{REBUILD} or set teacher.cache_dir to a matching cache"
                 )
-        try:
-            self.layout = Layout.from_dict(self.manifest["layout"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CacheError(f"{path} has an invalid layout ({e}): {REBUILD}") from None
+        self.layout = Layout.from_dict(self.manifest["layout"])  # checked by read_manifest
         self.num_samples: int = self.manifest["num_samples"]
         self.shard_samples: int = self.manifest["shard_samples"]
         self._shards = {s["index"]: s for s in self.manifest["shards"]}
