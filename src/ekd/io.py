@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -44,12 +45,20 @@ class DiskError(EkdError):
     """Writing failed for a reason of the file system (full disk, permissions, a file in the way)."""
 
 
+# how Rust libraries (tokenizers, safetensors) spell an OS error in the message of a plain Exception
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
 def _os_error(e: BaseException) -> OSError | None:
-    """The OSError behind ``e`` (itself, or its cause/context: torch wraps a failed write in RuntimeError)."""
+    """The OSError behind ``e``: itself, its cause/context (torch wraps a failed write in RuntimeError), or
+    the ``os error 28`` in the message of the Exception that tokenizers and safetensors raise."""
     seen = 0
     while e is not None and seen < 8:
         if isinstance(e, OSError) and e.errno is not None:
             return e
+        if m := _RUST_OS_ERROR.search(str(e)):
+            code = int(m.group(1) or m.group(2))
+            return OSError(code, os.strerror(code))
         e = e.__cause__ or e.__context__
         seen += 1
     return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
@@ -135,6 +136,7 @@ class RunStart:
         self.existed = False  # the directory existed before (empty, or moved aside)
         self.moved = False  # the previous content is at ``self.aside``
         self.committed = False
+        self.made_output = False  # this start created run.output_dir
 
     # ------------------------------------------------------------ open
 
@@ -152,6 +154,7 @@ class RunStart:
                 raise RunDirError(f"run.output_dir {out} is a file, not a directory; set run.output_dir")
             if run_dir.exists() and not run_dir.is_dir():
                 raise RunDirError(f"{run_dir} is a file, not a run directory; choose another run.name")
+            self.made_output = not out.exists()
             self._recover_interrupted_replace()
             holds = run_dir.is_dir() and any(run_dir.iterdir())
             marker = read_marker(run_dir) if holds else None
@@ -271,6 +274,9 @@ class RunStart:
             self.aside.rename(self.run_dir)
         elif self.existed:
             self.run_dir.mkdir(parents=True, exist_ok=True)  # it was an empty directory before
+        elif self.made_output:
+            with suppress(OSError):
+                self.run_dir.parent.rmdir()  # only if still empty
 
     def finish(self) -> None:
         """The run trained all its steps and wrote its final evaluation."""
