@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 from ekd.cli import main
@@ -45,8 +47,6 @@ def unchanged(before: dict[str, str], root: Path) -> None:
 def make_workspace(root: Path, name: str, extra: dict) -> Path:
     """``root/{corpus/, runs/<name>/, <name>.yaml}``: a finished tiny run made through the CLI with paths
     relative to ``root`` (so a copy of ``root`` is the same run)."""
-    import os
-
     from tiny import config_file, write_corpus
 
     cwd = os.getcwd()
@@ -61,9 +61,41 @@ def make_workspace(root: Path, name: str, extra: dict) -> Path:
 
 def copy_workspace(template: Path, tmp_path: Path, monkeypatch) -> Path:
     """A private copy of a workspace made by :func:`make_workspace`, as the working directory."""
-    import shutil
 
     root = tmp_path / "ws"
     shutil.copytree(template, root)
     monkeypatch.chdir(root)
     return root
+
+
+def failing_open(monkeypatch, code: int, when: str) -> None:
+    """Make every write of ekd.io to a path containing ``when`` fail with ``code`` after a few bytes."""
+    real_open = open
+
+    class Failing:
+        def __init__(self, f):
+            self.f, self.left = f, 64
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.f.write(bytes(data[: self.left]))
+                raise OSError(code, os.strerror(code))
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Failing(f) if when in str(path) and "w" in mode else f
+
+    import ekd.io  # atomic_file looks ``open`` up in its module first
+
+    monkeypatch.setattr(ekd.io, "open", fake_open, raising=False)

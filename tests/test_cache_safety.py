@@ -5,6 +5,7 @@ type-checked (a manifest missing ``shards`` is one line), and every refusal chan
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ekd.teacher.cache.manifest import manifest_sha256
-from hostile import cli, one_error_line, snapshot, unchanged
+from hostile import cli, failing_open, one_error_line, snapshot, unchanged
 from tiny import config_file, write_corpus
 
 
@@ -179,3 +180,19 @@ def test_verify_notices_a_same_size_shard_edit(cache, capsys):
     assert hashlib.sha256(bytes(data)).hexdigest() != _manifest(cache)["shards"][0]["bin_sha256"]
     rc, _, err = cli(capsys, "cache", "verify", cache)
     assert "sha256" in one_error_line(rc, err)
+
+
+@pytest.mark.parametrize(
+    "code, message", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only")]
+)
+def test_disk_failure_during_a_build_is_one_line_and_the_rerun_finishes_it(
+    built, tmp_path, capsys, monkeypatch, code, message
+):
+    cache = tmp_path / "cache"
+    failing_open(monkeypatch, code, "shard-00001.idx")
+    rc, _, err = cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")
+    assert f"{message}" in one_error_line(rc, err) and str(cache) in err
+    assert not list(cache.glob("*.tmp"))  # no temp file keeps the bytes of a failed write
+    monkeypatch.undo()
+    assert cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")[0] == 0
+    assert snapshot(cache) == snapshot(built["cache"])  # finished, byte for byte

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import ekd.io
 from ekd.io import DiskError, atomic_dir, atomic_write_text, writing
-from hostile import cli, copy_workspace, make_workspace, one_error_line, snapshot, unchanged
+from hostile import cli, copy_workspace, failing_open, make_workspace, one_error_line, snapshot, unchanged
 from tiny import config_file
 
 EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "kd", "method.ce_weight": 0.5}
@@ -224,37 +223,6 @@ def test_read_only_output_directory_is_one_line(ws, capsys):
 # ------------------------------------------------------------------------------------------- item 7
 
 
-def _failing_open(monkeypatch, code: int, when: str) -> None:
-    """Make every write of ekd.io to a path containing ``when`` fail with ``code`` after a few bytes."""
-    real_open = open
-
-    class Failing:
-        def __init__(self, f):
-            self.f, self.left = f, 64
-
-        def write(self, data):
-            if len(data) > self.left:
-                self.f.write(bytes(data[: self.left]))
-                raise OSError(code, os.strerror(code))
-            self.left -= len(data)
-            return self.f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def fake_open(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        return Failing(f) if when in str(path) and "w" in mode else f
-
-    monkeypatch.setattr(ekd.io, "open", fake_open, raising=False)
-
-
 @pytest.mark.parametrize(
     "code, message",
     [
@@ -265,7 +233,7 @@ def _failing_open(monkeypatch, code: int, when: str) -> None:
     ids=["enospc", "eacces", "erofs"],
 )
 def test_disk_failure_during_a_checkpoint_is_one_line_and_resumable(ws, capsys, monkeypatch, code, message):
-    _failing_open(monkeypatch, code, "step-000003")
+    failing_open(monkeypatch, code, "step-000003")
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
     line = one_error_line(rc, err)
     assert message in line and "checkpoints" in line and "unexpected pos" not in line
@@ -290,7 +258,7 @@ def test_atomic_writes_leave_the_old_file_or_directory_on_failure(tmp_path, monk
     atomic_write_text(tmp_path / "a.txt", "old")
     with atomic_dir(tmp_path / "tok") as staging:
         (staging / "tokenizer.json").write_text("{}")
-    _failing_open(monkeypatch, errno.ENOSPC, "a.txt")
+    failing_open(monkeypatch, errno.ENOSPC, "a.txt")
     with pytest.raises(DiskError, match=f"no space left on device writing to {tmp_path}"):
         atomic_write_text(tmp_path / "a.txt", "new" * 100)
     assert (tmp_path / "a.txt").read_text() == "old"

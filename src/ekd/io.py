@@ -79,7 +79,7 @@ def writing(where: Path | str) -> Iterator[None]:
         raise
     except Exception as e:
         cause = _os_error(e)
-        if cause is None:
+        if cause is None or cause.errno not in _REASONS:  # not a disk problem (a missing input, a bug)
             raise
         raise disk_error(cause, where) from None
 

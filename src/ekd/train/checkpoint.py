@@ -161,7 +161,11 @@ def verify_checkpoint(path: Path) -> None:
         file = path / str(name)
         if Path(str(name)).name != name or not file.is_file():
             raise CheckpointError(f"{file} is missing")
-        if file_sha256(file) != digest:
+        try:
+            actual = file_sha256(file)
+        except OSError as e:
+            raise CheckpointError(f"{file} cannot be read ({e.strerror or e})") from None
+        if actual != digest:
             raise CheckpointError(f"{file} is corrupt (its sha256 differs from the checkpoint manifest)")
 
 

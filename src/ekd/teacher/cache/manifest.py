@@ -190,6 +190,8 @@ def read_json(path: Path) -> dict:
         raise CacheError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): {REBUILD}") from None
     except UnicodeDecodeError:
         raise CacheError(f"{path} is not UTF-8 text: {REBUILD}") from None
+    except OSError as e:
+        raise CacheError(f"{path} cannot be read ({e.strerror or e}): {REBUILD}") from None
 
 
 _INT, _STR = (int,), (str,)

@@ -158,6 +158,15 @@ class CacheReader:
         if k in self._maps:
             self._maps.move_to_end(k)
             return self._maps[k]
+        try:
+            return self._map(k)
+        except OSError as e:
+            name = self._shards[k]["name"]
+            raise CacheError(
+                f"{name} of the teacher cache at {self.directory} cannot be read ({e.strerror or e})"
+            ) from None
+
+    def _map(self, k: int) -> tuple[np.ndarray, np.memmap]:
         entry = self._shards[k]
         paths = {ext: self.directory / f"{entry['name']}.{ext}" for ext in ("bin", "idx")}
         for ext, p in paths.items():
@@ -320,6 +329,8 @@ class CacheReader:
                     )
             except CacheError as e:
                 problems.append(str(e).split(": rebuild")[0])
+            except OSError as e:
+                problems.append(f"{name} cannot be read ({e.strerror or e})")
         if problems:
             raise CacheError(
                 f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD}"
