@@ -282,11 +282,3 @@ class RunStart:
         """The run trained all its steps and wrote its final evaluation."""
         with writing(self.run_dir):
             _write_marker(self.run_dir, state="finished")
-
-
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """Open and commit the run directory at once (for callers with nothing to validate in between)."""
-    start = RunStart(cfg, resume, overwrite)
-    run_dir = start.open()
-    start.commit()
-    return run_dir
