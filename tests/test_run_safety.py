@@ -193,3 +193,13 @@ def test_resume_over_different_data_is_refused(ws, capsys):
 def test_run_records_its_data_fingerprint(ws):
     marker = json.loads((ws / "runs" / "base" / MARKER).read_text())
     assert len(marker["data_fingerprint"]) == 64 and marker["train_blocks"] > 0
+
+
+def test_overwrite_never_deletes_a_foreign_directory_in_the_aside_place(ws, capsys):
+    Path("runs/.base.replaced").mkdir()
+    Path("runs/.base.replaced/notes.txt").write_text("mine\n")
+    config = _config(**{"method.preset": "kd"})
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", config, "--overwrite")
+    assert "is in the way of --overwrite" in one_error_line(rc, err)
+    unchanged(before, ws)

@@ -212,10 +212,8 @@ class RunStart:
             )
 
     def _move_aside(self) -> None:
-        if self.aside.exists():
-            shutil.rmtree(
-                self.aside
-            )  # a leftover of an earlier commit (checked by _recover_interrupted_replace)
+        if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
+            raise RunDirError(f"{self.aside} is in the way of --overwrite; move or remove it and rerun")
         self.run_dir.rename(self.aside)
         self.moved = True
 
