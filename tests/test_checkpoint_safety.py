@@ -106,6 +106,14 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_intact_one(ws, cap
     assert _train_steps(RUN) == [1, 2, 3]  # steps 2 and 3 retrained from the step-1 checkpoint
 
 
+@pytest.mark.parametrize("pointer", ["step-000002/../..", "../../corpus", "", "\xff"])
+def test_a_bad_latest_pointer_is_ignored(ws, capsys, pointer):
+    (CKPT / "latest").write_text(pointer)
+    rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert _train_steps(RUN) == [1, 2, 3]  # resumed from step-000002, the newest checkpoint directory
+
+
 def test_no_intact_checkpoint_is_refused_in_one_line(ws, capsys):
     _flip(CKPT / "step-000002" / "student.safetensors", 5000)
     _flip(CKPT / "step-000001" / "optimizer.pt", 3000)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if pointer.is_file():
         name = pointer.read_text(errors="replace").strip()
         path = run_dir / "checkpoints" / name
-        if name.startswith("step-") and path.is_dir():
+        if re.fullmatch(r"step-\d{6,}", name) and path.is_dir():
             return path
     steps = _steps(run_dir / "checkpoints")
     return steps[-1] if steps else None
