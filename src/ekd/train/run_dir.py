@@ -253,11 +253,11 @@ class RunStart:
 
     def commit(self) -> None:
         """The run has started: mark it so and delete the run it replaces."""
-        self.committed = True
         with writing(self.run_dir):
             _write_marker(self.run_dir, state="started")  # (a run of an older ekd is marked now)
             if not self.fresh:
                 atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self.committed = True  # (if the marker could not be written, the start is rolled back)
         if self.aside.exists():
             shutil.rmtree(self.aside, ignore_errors=True)
             log.info("removed the previous run of %s (--overwrite)", self.run_dir)
