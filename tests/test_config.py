@@ -65,8 +65,11 @@ def test_file_then_overrides_later_wins(tmp_path):
 
 
 def test_empty_file_and_empty_section(tmp_path):
-    assert load_config(_write(tmp_path, "")) == load_config()
-    assert load_config(_write(tmp_path, "train:\n", "s.yaml")) == load_config()
+    for text in ("", "# only a comment\n", "train:\n"):  # an empty file must not start the default run
+        with pytest.raises(ConfigError, match="is empty"):
+            load_config(_write(tmp_path, text))
+    both = load_config(_write(tmp_path, "train:\nrun:\n  seed: 3\n", "s.yaml"))
+    assert both.train == load_config().train and both.run.seed == 3
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):

@@ -141,12 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_distill(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
     from ekd.log_level import apply_log_level
+    from ekd.train.run_dir import RunFinished
     from ekd.train.trainer import train
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     apply_log_level(cfg.log.level)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except RunFinished as e:  # --resume of a finished run: nothing to do, nothing appended
+        print(f"ekd: {e}")
+        return 0
     print(
         f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
     )

@@ -196,6 +196,10 @@ def load_config(
             raise ConfigError(_missing_file_message(str(path)))
         raw = read_yaml(path)
         file_flat = _flatten(raw, str(path))
+        if not file_flat:  # an empty file must not start the full default run
+            raise ConfigError(
+                f"config file {path} is empty; write the settings to use (see configs/demo.yaml)"
+            )
         for key in file_flat:
             _check_key(key, str(path))
         flat.update(file_flat)

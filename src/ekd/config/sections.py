@@ -20,9 +20,10 @@ from ekd.config.rules import Number, OneOf, Text, flag, items, mapping, number, 
 
 
 def _plain_name(value: str) -> str | None:
-    """A run name is one path component: not empty, not '.' or '..', no separators."""
-    if value in ("", ".", "..") or "/" in value or "\\" in value or not value.isprintable():
-        return "must be a plain name (printable, no '/' or '\\', not '.' or '..')"
+    """A run name is one path component: not blank, not starting with '.' (no '.', '..' or hidden names,
+    which the run directory's own temporary siblings use), no separators."""
+    if not value.strip() or value.startswith(".") or "/" in value or "\\" in value or not value.isprintable():
+        return "must be a plain name (printable, no '/' or '\\', not starting with '.')"
     return None
 
 

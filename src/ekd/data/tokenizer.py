@@ -38,7 +38,7 @@ def train_bpe_tokenizer(
         texts: Training texts (e.g. ``doc.full_text`` of the training documents).
         vocab_size: Target vocabulary size including the 256 byte symbols and ``<|endoftext|>``; the
             result is smaller when the texts support fewer merges.
-        save_dir: If given, the tokenizer is written there with ``save_pretrained``.
+        save_dir: If given, the tokenizer is written there with ``save_pretrained`` (atomically).
 
     Returns:
         A fast tokenizer with ``eos_token = bos_token = pad_token = "<|endoftext|>"`` (id 0). It adds no
@@ -65,9 +65,11 @@ def train_bpe_tokenizer(
         tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
     )
     logger.info("trained a byte-level BPE tokenizer: %d tokens (asked for %d)", len(tokenizer), vocab_size)
-    if save_dir is not None:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(save_dir))
+    if save_dir is not None:  # atomically: a full disk or a kill never leaves a half tokenizer to reload
+        from ekd.io import atomic_dir
+
+        with atomic_dir(save_dir) as staging:
+            tokenizer.save_pretrained(str(staging))
     return tokenizer
 
 

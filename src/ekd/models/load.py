@@ -9,7 +9,6 @@ with safetensors.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -282,22 +281,13 @@ def hidden_size(model: nn.Module) -> int:
 
 def save_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path) -> Path:
     """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-    return out_dir
+    from ekd.io import atomic_dir  # a full disk is one line and leaves neither half a model nor its bytes
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded without unpickling arbitrary objects.
+"""Checkpoints: written atomically with a sha256 per file, verified before they are loaded, loaded
+without unpickling arbitrary objects.
 
 Layout of ``runs/<name>/checkpoints/step-000100/``::
 
@@ -6,14 +7,20 @@ Layout of ``runs/<name>/checkpoints/step-000100/``::
     optimizer.pt          AdamW state (tensors + numbers; loaded with ``weights_only=True``)
     state.pt              step, data position, method state (policies, temperatures, extras), RNG states
     extra.safetensors     method modules trained with the student but not part of it (e.g. EGAD projection)
+    manifest.json         {"format": "ekd-checkpoint", "step": 100, "files": {name: sha256, ...}}
 
 A checkpoint is written to ``step-000100.tmp/`` and renamed, then ``checkpoints/latest`` is replaced
-atomically; a crash at any point leaves the previous checkpoint intact.
+atomically; a crash at any point leaves the previous checkpoint intact. Every file goes through
+:mod:`ekd.io` (a full disk is one line naming the directory). On resume :func:`latest_verified_checkpoint`
+checks every file against the manifest, newest first, and falls back (with a log line) to the newest
+checkpoint that verifies.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,20 +30,30 @@ import torch
 from torch import nn
 
 from ekd.errors import EkdError
+from ekd.io import atomic_file, atomic_write_bytes, atomic_write_text, file_sha256, writing
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "ekd-checkpoint"
+STATE_KEYS = ("step", "loader", "policy", "rng")
 
 
 class CheckpointError(EkdError):
-    """A checkpoint is missing or unreadable."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """A checkpoint is missing, corrupt or unreadable."""
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def _student_tensors(student: nn.Module) -> dict[str, torch.Tensor]:
+    """The student's state dict with tied duplicates removed (what ``safetensors.torch.save_model`` keeps)."""
+    state = student.state_dict()
+    for removed in safetensors.torch._remove_duplicate_names(state).values():
+        for name in removed:
+            del state[name]
+    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def save_checkpoint(
@@ -48,47 +65,138 @@ def save_checkpoint(
     extra_modules: dict[str, nn.Module] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune to the newest ``keep``."""
+    """Write checkpoint ``step`` atomically with its sha256 manifest and prune to the newest ``keep``.
+
+    Raises:
+        DiskError: the disk is full or not writable (the previous checkpoints are intact).
+    """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    safetensors.torch.save_model(student, str(tmp / "student.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(state, tmp / "state.pt")
-    if extra_modules:
-        tensors = {
-            f"{name}.{k}": v.detach().cpu().contiguous()
-            for name, mod in extra_modules.items()
-            for k, v in mod.state_dict().items()
-        }
-        safetensors.torch.save_file(tensors, str(tmp / "extra.safetensors"))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    hashes: dict[str, str] = {}
+    with writing(final.parent):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            hashes["student.safetensors"] = atomic_write_bytes(
+                tmp / "student.safetensors", safetensors.torch.save(_student_tensors(student))
+            )
+            for name, obj in (("optimizer.pt", optimizer.state_dict()), ("state.pt", state)):
+                with atomic_file(tmp / name) as f:
+                    torch.save(obj, f)
+                hashes[name] = f.sha256
+            if extra_modules:
+                tensors = {
+                    f"{name}.{k}": v.detach().cpu().contiguous()
+                    for name, mod in extra_modules.items()
+                    for k, v in mod.state_dict().items()
+                }
+                hashes["extra.safetensors"] = atomic_write_bytes(
+                    tmp / "extra.safetensors", safetensors.torch.save(tensors)
+                )
+            manifest = {"format": FORMAT, "step": int(step), "files": hashes}
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not keep a half checkpoint's bytes
+            raise
     atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
     _prune(run_dir / "checkpoints", keep)
     return final
 
 
+def _steps(root: Path) -> list[Path]:
+    """Checkpoint directories ``step-NNNNNN`` in step order (temp directories excluded)."""
+    return sorted(
+        p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()
+    )
+
+
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = _steps(root)
     for old in steps[: max(0, len(steps) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
+    """The newest complete checkpoint (not verified), or None."""
     pointer = run_dir / "checkpoints" / "latest"
     if pointer.is_file():
-        path = run_dir / "checkpoints" / pointer.read_text().strip()
-        if path.is_dir():
+        name = pointer.read_text(errors="replace").strip()
+        path = run_dir / "checkpoints" / name
+        if re.fullmatch(r"step-\d{6,}", name) and path.is_dir():
             return path
-    steps = sorted(
-        p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-    )
+    steps = _steps(run_dir / "checkpoints")
     return steps[-1] if steps else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory ``step-NNNNNN`` was written at."""
+    return int(path.name[5:])
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every file of a checkpoint against the sha256 in its manifest.
+
+    Raises:
+        CheckpointError: naming the file that is missing, unlisted or fails its checksum.
+    """
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(files, dict) or not files:
+            raise ValueError
+        if manifest.get("step") != checkpoint_step(path):
+            raise ValueError
+    except FileNotFoundError:
+        raise CheckpointError(f"{manifest_path} is missing (no checksums to verify the checkpoint)") from None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{manifest_path} is corrupt") from None
+    for name in ("student.safetensors", "optimizer.pt", "state.pt"):
+        if name not in files:
+            raise CheckpointError(f"{manifest_path} does not list {name}")
+    for name, digest in files.items():
+        file = path / str(name)
+        if Path(str(name)).name != name or not file.is_file():
+            raise CheckpointError(f"{file} is missing")
+        try:
+            actual = file_sha256(file)
+        except OSError as e:
+            raise CheckpointError(f"{file} cannot be read ({e.strerror or e})") from None
+        if actual != digest:
+            raise CheckpointError(f"{file} is corrupt (its sha256 differs from the checkpoint manifest)")
+
+
+def latest_verified_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose files all match their sha256; None when the run has no checkpoint.
+
+    A newer checkpoint that fails verification is skipped with a warning naming the file.
+
+    Raises:
+        CheckpointError: checkpoints exist but none verifies (the message names the newest one's problem).
+    """
+    newest = latest_checkpoint(run_dir)
+    candidates = sorted(set(_steps(run_dir / "checkpoints")) | ({newest} if newest else set()), reverse=True)
+    first_problem = None
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            first_problem = first_problem or str(e)
+            log.warning("skipping checkpoint %s: %s", path.name, e)
+            continue
+        if first_problem:
+            log.warning("resuming from the previous intact checkpoint %s", path)
+        return path
+    if first_problem:
+        raise CheckpointError(
+            f"no intact checkpoint in {run_dir / 'checkpoints'} ({first_problem}); restore it from a backup "
+            "or start the run again under another run.name"
+        )
+    return None
 
 
 def load_checkpoint(
@@ -98,7 +206,13 @@ def load_checkpoint(
     extra_modules: dict[str, nn.Module] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Restore student, optimizer and extra modules in place; return the saved state dict."""
+    """Restore student, optimizer and extra modules in place; return the saved state dict.
+
+    Call :func:`verify_checkpoint` first; this reads only what it loads (safetensors, ``weights_only`` pickles).
+
+    Raises:
+        CheckpointError: a file cannot be parsed or does not fit the model (one line naming the checkpoint).
+    """
     try:
         missing, unexpected = safetensors.torch.load_model(
             student, str(path / "student.safetensors"), strict=False
@@ -107,10 +221,10 @@ def load_checkpoint(
             raise CheckpointError(
                 f"checkpoint {path}: student weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
-        )
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(_load_pickle(path / "optimizer.pt", map_location))
+        state = _load_pickle(path / "state.pt", "cpu")
+        if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+            raise ValueError(f"state.pt lacks {[k for k in STATE_KEYS if k not in state]}")
         if extra_modules:
             tensors = safetensors.torch.load_file(str(path / "extra.safetensors"))
             for name, mod in extra_modules.items():
@@ -118,9 +232,19 @@ def load_checkpoint(
                 mod.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     except CheckpointError:
         raise
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({first}); delete it to resume from the previous one"
-        ) from None
+    except Exception as e:  # any parse failure of a checkpoint file is "unreadable", never a traceback
+        raise unreadable(path, e) from None
     return state
+
+
+def unreadable(path: Path, e: BaseException) -> CheckpointError:
+    text = str(e).strip()
+    first = text.splitlines()[0][:200] if text else type(e).__name__
+    return CheckpointError(
+        f"checkpoint {path} is unreadable ({first}); delete it to resume from the previous one"
+    )
+
+
+def _load_pickle(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers and containers only, never arbitrary code."""
+    return torch.load(path, map_location=map_location, weights_only=True)

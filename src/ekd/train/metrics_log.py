@@ -1,4 +1,8 @@
-"""Metrics sinks: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events."""
+"""Metrics sinks: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events.
+
+A last line cut short (the disk filled up, or the process was killed mid-write) is dropped with a warning
+when the file is read or resumed; a bad line before the last one is an error naming its line number.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import json
 import logging
 import math
 from pathlib import Path
+
+from ekd.errors import RunDirError
+from ekd.io import atomic_write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -16,18 +23,13 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line).get("step", 0) <= resume_step
-            ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        self.file = self.path.open("a")
+        with writing(run_dir):
+            if resume_step is not None and self.path.is_file():
+                kept = [row for row in _parse(self.path) if row.get("step", 0) <= resume_step]
+                atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+            elif resume_step is None and self.path.exists():
+                self.path.unlink()
+            self.file = self.path.open("a")
         self.tb = None
         if tensorboard:
             try:
@@ -43,19 +45,48 @@ class MetricsLog:
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
         }
-        self.file.write(json.dumps({"step": step, **clean}) + "\n")
-        self.file.flush()
+        with writing(self.path.parent):
+            self.file.write(json.dumps({"step": step, **clean}) + "\n")
+            self.file.flush()
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self.file.close()
+        with writing(self.path.parent):
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 
 
+def _parse(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line is dropped with a warning.
+
+    Raises:
+        RunDirError: a line other than the last is not a JSON object.
+    """
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError
+        except ValueError:
+            if all(not rest.strip() for rest in lines[number:]):
+                log.warning("%s: dropping a torn last line (%d bytes)", path, len(line))
+                break
+            raise RunDirError(
+                f"{path} line {number} is not a JSON object; delete that line (or the file) and rerun"
+            ) from None
+        rows.append(row)
+    return rows
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl`` ([] if there is none)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return _parse(path) if path.is_file() else []

@@ -1,17 +1,47 @@
-"""The run directory: refuse to clobber a different run; write the resolved config atomically."""
+"""The run directory: created, resumed or replaced so that nothing that is not an ekd run is ever deleted.
+
+``runs/<name>/ekd-run.json`` marks a directory as an ekd run (written when the run is created)::
+
+    {"format": "ekd-run", "version": 1, "state": "starting" | "started" | "finished",
+     "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78}
+
+:class:`RunStart` is the start of a run as one transaction:
+
+1. :meth:`RunStart.open` checks the directory: a file in the way, a directory that is not an ekd run, a
+   different run (without ``--resume``/``--overwrite``), a ``--resume`` whose config changes more than
+   budget/logging/eval keys, a finished run. With ``--overwrite`` the old run is *moved aside*
+   (``<output_dir>/.<name>.replaced``), never deleted here; only a directory holding ``ekd-run.json`` is
+   moved.
+2. The trainer loads data and models; :meth:`RunStart.check_data` records the data fingerprint (a new run)
+   or refuses a ``--resume`` over different data.
+3. :meth:`RunStart.commit` marks the run started and only then deletes the run moved aside.
+   :meth:`RunStart.rollback` (any failure before that) removes what this start made and puts the old run
+   back. A start killed before either is recognised next time: a run still ``starting`` holds no training
+   and is replaced, and a run left aside is restored.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
 
 from ekd.config import Config
-from ekd.errors import RunDirError
-from ekd.train.checkpoint import atomic_write_text
+from ekd.errors import EkdError, RunDirError
+from ekd.io import atomic_write_text, writing
+from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
 
-# keys that may change when resuming (budget, logging, evaluation); anything else makes it a different run
+log = logging.getLogger(__name__)
+
+MARKER = "ekd-run.json"
+FORMAT = "ekd-run"
+
+# keys that may change when resuming (budget, logging, evaluation, where the run lives); anything else makes
+# it a different run
 RESUMABLE_CHANGES = (
     "train.max_steps",
     "train.checkpoint_every",
@@ -19,7 +49,13 @@ RESUMABLE_CHANGES = (
     "log.",
     "eval.",
     "run.device",
+    "run.output_dir",
+    "run.name",
 )
+
+
+class RunFinished(EkdError):
+    """``--resume`` of a run that has already trained all of ``train.max_steps``: nothing to do."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -37,36 +73,210 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """Create or validate ``runs/<name>``. Returns the directory.
+def read_marker(run_dir: Path) -> dict | None:
+    """The run's ``ekd-run.json``, or None if there is none.
 
     Raises:
-        RunDirError: the directory holds a run and neither ``--resume`` nor ``--overwrite`` was given, or
-            ``--resume`` with a config that differs in more than budget/logging/eval keys.
+        RunDirError: the marker exists but is not an ekd-run marker.
     """
-    run_dir = cfg.run_dir
-    saved = run_dir / "config.yaml"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not saved.is_file():
+    path = run_dir / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+        if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+            raise ValueError
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise RunDirError(
+            f'{path} is corrupt; restore it (e.g. {{"format": "ekd-run", "version": 1, "state": "started"}}) '
+            "or choose another run.name"
+        ) from None
+    return marker
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """The run's saved ``config.yaml`` as a dict, or None if absent or not an ekd config."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return saved if isinstance(saved, dict) and {"run", "model", "train"} <= set(saved) else None
+
+
+def is_ekd_run(run_dir: Path) -> bool:
+    """A directory ekd may replace: it holds ``ekd-run.json``, or (runs of ekd before the marker) an ekd
+    ``config.yaml`` beside ``checkpoints/`` or ``metrics.jsonl``."""
+    if (run_dir / MARKER).is_file():
+        return True
+    return _saved_config(run_dir) is not None and (
+        (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+    )
+
+
+def _write_marker(run_dir: Path, **fields: object) -> None:
+    marker = (read_marker(run_dir) if (run_dir / MARKER).is_file() else None) or {
+        "format": FORMAT,
+        "version": 1,
+    }
+    marker.update(fields)
+    atomic_write_text(run_dir / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+class RunStart:
+    """Open, then commit or roll back, the run directory of ``cfg`` (see the module docstring)."""
+
+    def __init__(self, cfg: Config, resume: bool, overwrite: bool) -> None:
+        self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
+        self.run_dir: Path = cfg.run_dir
+        self.aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced")
+        self.fresh = False  # this start creates the run (new, replacing, or re-making an unstarted one)
+        self.existed = False  # the directory existed before (empty, or moved aside)
+        self.moved = False  # the previous content is at ``self.aside``
+        self.committed = False
+        self.made_output = False  # this start created run.output_dir
+
+    # ------------------------------------------------------------ open
+
+    def open(self) -> Path:
+        """Check and prepare the run directory; returns it. Nothing is deleted here.
+
+        Raises:
+            RunDirError: the directory cannot hold this run (one line naming it and the fix).
+            RunFinished: ``--resume`` of a run that has already trained ``train.max_steps`` steps.
+            DiskError: the output directory is not writable.
+        """
+        run_dir, out = self.run_dir, self.run_dir.parent
+        with writing(out):
+            if out.exists() and not out.is_dir():
+                raise RunDirError(f"run.output_dir {out} is a file, not a directory; set run.output_dir")
+            if run_dir.exists() and not run_dir.is_dir():
+                raise RunDirError(f"{run_dir} is a file, not a run directory; choose another run.name")
+            self.made_output = not out.exists()
+            self._recover_interrupted_replace()
+            holds = run_dir.is_dir() and any(run_dir.iterdir())
+            marker = read_marker(run_dir) if holds else None
+            if marker is not None and marker.get("state") == "starting":
+                log.info("%s is a run whose start did not finish; starting it afresh", run_dir)
+                self._move_aside()
+            elif holds and self.overwrite:
+                if not is_ekd_run(run_dir):
+                    raise RunDirError(
+                        f"--overwrite: {run_dir} is not an ekd run directory (no {MARKER}); ekd replaces only its "
+                        "own runs: choose another run.name or run.output_dir, or remove it yourself"
+                    )
+                self._move_aside()
+            elif holds:
+                self._check_existing(marker)
+            elif self.resume:
+                raise RunDirError(f"--resume: {run_dir} holds no run to resume; drop --resume to start it")
+            self.fresh = self.moved or not holds
+            self.existed = self.moved or run_dir.is_dir()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if self.fresh:  # a resumed run's files change only once it has started (commit)
+                _write_marker(run_dir, state="starting")
+                atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+        return run_dir
+
+    def _check_existing(self, marker: dict | None) -> None:
+        run_dir = self.run_dir
+        saved = _saved_config(run_dir)
+        if marker is None and saved is None:
             raise RunDirError(
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
             )
-        else:
-            diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict())
-            if not resume:
-                what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
-                raise RunDirError(
-                    f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
-                )
-            blocking = [k for k in diffs if not k.startswith(RESUMABLE_CHANGES)]
-            if blocking:
-                raise RunDirError(
-                    f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}; resume with the same settings or use --overwrite"
-                )
-    elif resume:
-        raise RunDirError(f"--resume: {run_dir} holds no run to resume; drop --resume to start it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, cfg.to_yaml())
-    return run_dir
+        diffs = config_differences(saved or {}, self.cfg.to_dict())
+        if not self.resume:
+            what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
+            raise RunDirError(
+                f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
+            )
+        blocking = [k for k in diffs if not k.startswith(RESUMABLE_CHANGES)]
+        if blocking:
+            raise RunDirError(
+                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}; resume with the "
+                f"settings in {run_dir / 'config.yaml'}, or start a new run under another run.name"
+            )
+        ckpt = latest_checkpoint(run_dir)
+        if (
+            marker
+            and marker.get("state") == "finished"
+            and ckpt
+            and checkpoint_step(ckpt) >= self.cfg.train.max_steps
+        ):
+            raise RunFinished(
+                f"run {run_dir} is already finished ({checkpoint_step(ckpt)} steps); nothing to resume "
+                "(raise train.max_steps to train further, or `ekd eval` it)"
+            )
+
+    def _move_aside(self) -> None:
+        if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
+            raise RunDirError(f"{self.aside} is in the way of --overwrite; move or remove it and rerun")
+        self.run_dir.rename(self.aside)
+        self.moved = True
+
+    def _recover_interrupted_replace(self) -> None:
+        """A run left aside by a start that was killed: put it back unless the new run did start."""
+        if not self.aside.is_dir() or not is_ekd_run(self.aside):
+            return
+        marker = read_marker(self.run_dir) if self.run_dir.is_dir() else None
+        if marker is not None and marker.get("state") in ("started", "finished"):
+            shutil.rmtree(self.aside)  # the replacement started; this is the leftover of its commit
+            return
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and marker is None:
+            return  # something else is in the way; leave both alone
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.aside.rename(self.run_dir)
+        log.warning("restored %s, which an interrupted --overwrite had moved aside", self.run_dir)
+
+    # ------------------------------------------------------------ data, commit, rollback
+
+    def check_data(self, fingerprint: str, train_blocks: int) -> None:
+        """Record the training data's fingerprint (a new run) or check it (``--resume``).
+
+        Raises:
+            RunDirError: ``--resume`` over training data that differ from the run's.
+        """
+        marker = read_marker(self.run_dir) or {}
+        saved = marker.get("data_fingerprint")
+        if not self.fresh and saved is not None and saved != fingerprint:
+            raise RunDirError(
+                f"--resume: the training data differ from the run's ({marker.get('train_blocks')} blocks, "
+                f"fingerprint {str(saved)[:12]}; now {train_blocks} blocks, {fingerprint[:12]}); restore the "
+                "run's data or start a new run under another run.name"
+            )
+        if saved is None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, data_fingerprint=fingerprint, train_blocks=int(train_blocks))
+
+    def commit(self) -> None:
+        """The run has started: mark it so and delete the run it replaces."""
+        with writing(self.run_dir):
+            _write_marker(self.run_dir, state="started")  # (a run of an older ekd is marked now)
+            if not self.fresh:
+                atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self.committed = True  # (if the marker could not be written, the start is rolled back)
+        if self.aside.exists():
+            shutil.rmtree(self.aside, ignore_errors=True)
+            log.info("removed the previous run of %s (--overwrite)", self.run_dir)
+
+    def rollback(self) -> None:
+        """The start failed: remove what it made and put back the run it was to replace (a no-op after
+        :meth:`commit`: a run that has started keeps its directory for ``--resume``)."""
+        if self.committed or not self.fresh:
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.aside.is_dir():
+            self.aside.rename(self.run_dir)
+        elif self.existed:
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # it was an empty directory before
+        elif self.made_output:
+            with suppress(OSError):
+                self.run_dir.parent.rmdir()  # only if still empty
+
+    def finish(self) -> None:
+        """The run trained all its steps and wrote its final evaluation."""
+        with writing(self.run_dir):
+            _write_marker(self.run_dir, state="finished")

@@ -21,11 +21,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config
-from ekd.errors import NonFiniteLossError
+from ekd.errors import EkdError, NonFiniteLossError
+from ekd.io import atomic_write_text, writing
 from ekd.losses.reduce import global_count
 from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.policies import StepContext
-from ekd.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from ekd.train.checkpoint import (
+    CheckpointError,
+    latest_verified_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    unreadable,
+)
 from ekd.train.distributed import Ranks, distributed, global_sum, rank_slice, sum_gradients
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
@@ -41,7 +48,7 @@ from ekd.train.prepare import (
     prepare_data,
     resolve_device,
 )
-from ekd.train.run_dir import prepare_run_dir
+from ekd.train.run_dir import RunStart
 from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
 
 log = logging.getLogger(__name__)
@@ -89,19 +96,28 @@ def train(
     """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures.
 
     Under ``torchrun`` every rank runs this; rank 0 owns the run directory, logs, checkpoints and evaluation.
+    The start is one transaction (:class:`~ekd.train.run_dir.RunStart`): whatever fails before the first
+    step leaves the run directory as it was; a run replaced by ``--overwrite`` is deleted only once this one
+    has started.
     """
     with distributed(resolve_device(cfg.run.device)) as ranks:
-        return _train(cfg, ranks, resume, overwrite, data)
+        start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
+        try:
+            return _train(cfg, ranks, resume, start, data)
+        except BaseException:
+            if start is not None:
+                start.rollback()  # a no-op once the run has started
+            raise
 
 
 def _train(
-    cfg: Config, ranks: Ranks, resume: bool, overwrite: bool, data: PreparedData | None
+    cfg: Config, ranks: Ranks, resume: bool, start: RunStart | None, data: PreparedData | None
 ) -> TrainResult:
     from ekd.data import BlockLoader
 
     t_start = time.perf_counter()
     device, main = ranks.device, ranks.is_main
-    run_dir = prepare_run_dir(cfg, resume, overwrite) if main else cfg.run_dir
+    run_dir = start.open() if start is not None else cfg.run_dir
     ranks.barrier()
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
@@ -109,6 +125,8 @@ def _train(
         data = prepare_data(cfg, run_dir) if main else None
         ranks.barrier()
         data = data or prepare_data(cfg, run_dir)
+    if start is not None:  # a new run records its data; --resume refuses different data
+        start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     student = load_student(cfg, data, device)
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -134,18 +152,25 @@ def _train(
         loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
 
     start_step = 0
-    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+    if resume and (ckpt := latest_verified_checkpoint(run_dir)) is not None:
         state = load_checkpoint(ckpt, student, optimizer, extra_modules, device)
-        start_step = int(state["step"])
-        loader.load_state_dict(state["loader"])
-        parts.policy.load_state_dict(state["policy"])
-        if hasattr(parts.temperature, "load_state_dict"):
-            parts.temperature.load_state_dict(state.get("temperature", {}))
-        torch.set_rng_state(state["rng"])
+        try:
+            start_step = int(state["step"])
+            loader.load_state_dict(state["loader"])
+            parts.policy.load_state_dict(state["policy"])
+            if hasattr(parts.temperature, "load_state_dict"):
+                parts.temperature.load_state_dict(state.get("temperature", {}))
+            torch.set_rng_state(state["rng"])
+        except EkdError:
+            raise
+        except Exception as e:  # a state.pt that loads but does not fit this run
+            raise unreadable(ckpt, e) from None
         log.info("resumed from %s at step %d", ckpt, start_step)
     metrics_log = (
         MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
     )
+    if start is not None:
+        start.commit()  # the run has started: from here a failure keeps the run directory for --resume
 
     def checkpoint(step: int) -> Path:
         state = {
@@ -239,7 +264,8 @@ def _train(
     checkpoint(cfg.train.max_steps)
     results: dict[str, dict[str, float]] = {}
     if main:
-        save_model_dir(student, data.tokenizer, run_dir / "student")
+        with writing(run_dir):
+            save_model_dir(student, data.tokenizer, run_dir / "student")
         if (
             teacher_model is None
             and cfg.eval.teacher
@@ -252,6 +278,7 @@ def _train(
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
         atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
         metrics_log.close()
+        start.finish()
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
     return TrainResult(
@@ -416,7 +443,10 @@ def _step_metrics(
 
 
 def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
-    ckpt = latest_checkpoint(run_dir)
+    try:
+        ckpt = latest_verified_checkpoint(run_dir)
+    except CheckpointError:
+        ckpt = None
     kept = f"the last good checkpoint {ckpt} is kept" if ckpt else "no checkpoint was written yet"
     raise NonFiniteLossError(
         f"non-finite {what} at step {step + 1}; {kept}; lower train.lr or check the data/teacher"

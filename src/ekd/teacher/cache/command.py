@@ -10,6 +10,7 @@ Problems print one line ``ekd: error: ...`` (a ``CacheError``) and exit 2.
 from __future__ import annotations
 
 from ekd.errors import EkdError
+from ekd.io import writing
 
 INSPECT = ("info", "verify")
 
@@ -79,7 +80,8 @@ def run_cache_command(args) -> int:
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     apply_log_level(cfg.log.level)
-    result = run_build(cfg, overwrite=args.overwrite)
+    with writing(cfg.teacher.cache_dir or "."):  # a full or read-only disk: one line naming the directory
+        result = run_build(cfg, overwrite=args.overwrite)
     if result.rank == 0:
         print(format_summary(summary(result)))
     return 0

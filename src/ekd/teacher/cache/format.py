@@ -49,6 +49,7 @@ stores both as IEEE half (relative error ≤ 2^-11).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -161,6 +162,18 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict) -> Layout:
+        """The layout stored in a manifest. Raises ValueError for a missing, unknown or mistyped field."""
+        types = {"int": int, "str": str, "bool": bool, "float": (int, float)}
+        fields = {f.name: types[f.type] for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - set(fields) or set(fields) - set(d) - {"logp_scale"}:
+            raise ValueError(f"layout fields must be {sorted(fields)}")
+        for key, value in d.items():
+            if not isinstance(value, fields[key]) or (fields[key] is not bool and isinstance(value, bool)):
+                raise ValueError(f"layout field {key} has the wrong type")
+        if d["block_length"] < 1 or d["vocab_size"] < 2 or not 1 <= d["k_bits"] <= 32:
+            raise ValueError("layout sizes out of range")
+        if d["value"] not in ("count", "count_weight", "prob") or d["stat_format"] not in STAT_FORMATS:
+            raise ValueError("layout value or stat_format unknown")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -6,22 +6,34 @@
      "signature": {...}, "layout": {...}, "num_samples": S, "shard_samples": n, "num_shards": k,
      "counts": {"samples", "positions", "entries", "tokens"},
      "shards": [{"index", "name", "first_sample", "end_sample", "samples", "positions", "entries",
-                 "tokens", "bin_bytes", "idx_bytes", "bin_sha256", "idx_sha256"}, ...]}
+                 "tokens", "bin_bytes", "idx_bytes", "bin_sha256", "idx_sha256"}, ...],
+     "manifest_sha256": "<sha256 of the manifest's canonical JSON without this field>"}
 
 During a build the manifest lists the shards completed so far (``complete: false``). Under data
 parallelism each rank writes ``manifest.rank{r}.json`` and :func:`assemble_manifest` merges them into the
 same ``manifest.json`` a single process writes. The content is a pure function of the signature, the
 layout and the shards (no timestamps), so an interrupted-and-resumed build ends byte-identical.
+
+The manifest protects itself: ``manifest_sha256`` covers every other field, so an edited signature or
+shard checksum is refused on read (:func:`read_manifest`), which also checks every field's type (a
+manifest missing ``shards`` is one line, not a ``KeyError``). Manifests of caches built before the field
+existed are read without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError
+from ekd.io import atomic_write_text
+from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError, Layout
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SIGNATURE_FIELDS = (
@@ -157,27 +169,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+def manifest_sha256(manifest: dict) -> str:
+    """sha256 hex of the canonical JSON of ``manifest`` without its ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(dumps(body).encode("utf-8")).hexdigest()
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temp file in the same directory, fsync, and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dumps(obj))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write a manifest to ``path`` atomically (:func:`ekd.io.atomic_write_text`), sealed with its own
+    ``manifest_sha256`` (set on ``obj`` too, so the caller's dict equals what is on disk)."""
+    obj["manifest_sha256"] = manifest_sha256(obj)
+    atomic_write_text(Path(path), dumps(obj))
 
 
 def read_json(path: Path) -> dict:
@@ -186,6 +188,99 @@ def read_json(path: Path) -> dict:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise CacheError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): {REBUILD}") from None
+    except UnicodeDecodeError:
+        raise CacheError(f"{path} is not UTF-8 text: {REBUILD}") from None
+    except OSError as e:
+        raise CacheError(f"{path} cannot be read ({e.strerror or e}): {REBUILD}") from None
+
+
+_INT, _STR = (int,), (str,)
+_SHARD_FIELDS = {
+    **dict.fromkeys(
+        ("index", "first_sample", "end_sample", "samples", "positions", "entries", "tokens"), _INT
+    ),
+    **dict.fromkeys(("bin_bytes", "idx_bytes"), _INT),
+    **dict.fromkeys(("name", "bin_sha256", "idx_sha256"), _STR),
+}
+_FIELDS = {
+    "format": _STR,
+    "format_version": _INT,
+    "complete": (bool,),
+    "signature": (dict,),
+    "layout": (dict,),
+    "num_samples": _INT,
+    "shard_samples": _INT,
+    "num_shards": _INT,
+    "counts": (dict,),
+    "shards": (list,),
+}
+
+
+def read_manifest(path: Path) -> dict:
+    """Read and check a manifest: valid JSON, its own ``manifest_sha256``, every field present and typed.
+
+    Raises:
+        CacheError: one line naming the file and the problem.
+    """
+    manifest = read_json(path)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise CacheError(f"{path} is not a valid cache manifest ({problem}): {REBUILD}")
+    if "manifest_sha256" not in manifest:
+        log.info(
+            "%s has no manifest_sha256 (built by an older ekd); its fields are checked, not its hash", path
+        )
+    elif manifest["manifest_sha256"] != manifest_sha256(manifest):
+        raise CacheError(
+            f"{path} was edited or is corrupt (its content does not match its manifest_sha256): {REBUILD}"
+        )
+    return manifest
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is wrong with a manifest's structure, or None."""
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    for key, types in _FIELDS.items():
+        if key not in m:
+            return f"'{key}' is missing"
+        if not isinstance(m[key], types) or (types is _INT and isinstance(m[key], bool)):
+            return f"'{key}' has the wrong type"
+    if (
+        m["num_samples"] < 1
+        or m["shard_samples"] < 1
+        or m["num_shards"] != -(-m["num_samples"] // m["shard_samples"])
+    ):
+        return "num_samples, shard_samples and num_shards disagree"
+    try:
+        Layout.from_dict(m["layout"])
+    except ValueError as e:
+        return f"invalid layout: {e}"
+    if any(not isinstance(m["counts"].get(k), int) for k in ("samples", "positions", "entries", "tokens")):
+        return "'counts' lacks a count"
+    for entry in m["shards"]:
+        if not isinstance(entry, dict):
+            return "a shard entry is not an object"
+        for key, types in _SHARD_FIELDS.items():
+            if not isinstance(entry.get(key), types) or isinstance(entry.get(key), bool):
+                return f"a shard entry lacks '{key}'"
+        k = entry["index"]
+        if not 0 <= k < m["num_shards"] or entry["name"] != f"shard-{k:05d}":
+            return f"shard entry {k} has a bad index or name"
+        if (entry["first_sample"], entry["end_sample"]) != (
+            k * m["shard_samples"],
+            min((k + 1) * m["shard_samples"], m["num_samples"]),
+        ) or entry["samples"] != entry["end_sample"] - entry["first_sample"]:
+            return f"shard entry {k} has a bad sample range"
+        if min(entry[f] for f in ("positions", "entries", "tokens", "bin_bytes", "idx_bytes")) < 0:
+            return f"shard entry {k} has a negative size"
+        if not all(re.fullmatch(r"[0-9a-f]{64}", entry[f]) for f in ("bin_sha256", "idx_sha256")):
+            return f"shard entry {k} has a bad sha256"
+    if len({e["index"] for e in m["shards"]}) != len(m["shards"]):
+        return "a shard is listed twice"
+    if m["complete"] and len(m["shards"]) != m["num_shards"]:
+        return "complete, but shards are missing"
+    return None
 
 
 def build_manifest(
@@ -244,7 +339,7 @@ def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:
             raise CacheError(
                 f"{path.name} is missing in {directory}: rank {rank} has not run; rerun the cache build"
             )
-        partials.append(read_json(path))
+        partials.append(read_manifest(path))
     first = partials[0]
     shards: dict[int, dict] = {}
     for rank, part in enumerate(partials):

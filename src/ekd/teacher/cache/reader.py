@@ -34,7 +34,7 @@ from ekd.teacher.cache.format import (
     crc32,
     decode_record,
 )
-from ekd.teacher.cache.manifest import MANIFEST, REBUILD, compare_signatures, read_json
+from ekd.teacher.cache.manifest import MANIFEST, REBUILD, compare_signatures, read_manifest
 
 
 @dataclass
@@ -114,7 +114,7 @@ class CacheReader:
             raise CacheError(
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
             )
-        self.manifest = read_json(path)
+        self.manifest = read_manifest(path)
         if (
             self.manifest.get("format") != FORMAT_NAME
             or self.manifest.get("format_version") != FORMAT_VERSION
@@ -137,7 +137,7 @@ class CacheReader:
                     f"teacher cache at {self.directory} does not match the training config ({'; '.join(diffs)}): "
                     f"{REBUILD} or set teacher.cache_dir to a matching cache"
                 )
-        self.layout = Layout.from_dict(self.manifest["layout"])
+        self.layout = Layout.from_dict(self.manifest["layout"])  # checked by read_manifest
         self.num_samples: int = self.manifest["num_samples"]
         self.shard_samples: int = self.manifest["shard_samples"]
         self._shards = {s["index"]: s for s in self.manifest["shards"]}
@@ -158,6 +158,15 @@ class CacheReader:
         if k in self._maps:
             self._maps.move_to_end(k)
             return self._maps[k]
+        try:
+            return self._map(k)
+        except OSError as e:
+            name = self._shards[k]["name"]
+            raise CacheError(
+                f"{name} of the teacher cache at {self.directory} cannot be read ({e.strerror or e})"
+            ) from None
+
+    def _map(self, k: int) -> tuple[np.ndarray, np.memmap]:
         entry = self._shards[k]
         paths = {ext: self.directory / f"{entry['name']}.{ext}" for ext in ("bin", "idx")}
         for ext, p in paths.items():
@@ -320,6 +329,8 @@ class CacheReader:
                     )
             except CacheError as e:
                 problems.append(str(e).split(": rebuild")[0])
+            except OSError as e:
+                problems.append(f"{name} cannot be read ({e.strerror or e})")
         if problems:
             raise CacheError(
                 f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD}"

@@ -5,7 +5,8 @@ bytes are a pure function of its sample range whatever order samples arrive in. 
 (compact, encoded records) until all its samples are in, then written to ``*.tmp`` files, fsynced, renamed,
 and only then listed in the manifest (written atomically). A build killed at any point leaves at worst a
 temp file or an unlisted shard; the next ``CacheWriter`` on the same directory removes the temp files,
-skips listed shards (``pending_sample_ids``) and rewrites the rest identically.
+skips listed shards whose files match their recorded sha256 (``pending_sample_ids``) and rewrites the rest
+identically — a shard corrupted in place (same size, other bytes) is rebuilt, with a log line.
 
 Distributed: rank r of W owns shards k ≡ r (mod W) and writes them under their global names with its own
 partial manifest; after all ranks close, ``assemble_manifest(dir, W)`` merges them. The directory then
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ekd.io import atomic_write_bytes, file_sha256, fsync_dir, writing
 from ekd.teacher.cache.format import (
     BIN_HEADER,
     IDX_DTYPE,
@@ -38,9 +40,8 @@ from ekd.teacher.cache.manifest import (
     REBUILD,
     build_manifest,
     check_compatible,
-    fsync_dir,
     rank_manifest_path,
-    read_json,
+    read_manifest,
     write_json_atomic,
 )
 
@@ -63,14 +64,16 @@ def _rows(x: np.ndarray, n: int) -> np.ndarray:
     return x.reshape(n, -1) if n else x.reshape(0, 0)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path.tmp``, fsync, rename to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _intact(directory: Path, entry: dict) -> bool:
+    """Whether both files of a listed shard exist with the recorded size and sha256."""
+    for ext in ("bin", "idx"):
+        path = directory / f"{entry['name']}.{ext}"
+        if not path.is_file() or path.stat().st_size != entry[f"{ext}_bytes"]:
+            return False
+        if file_sha256(path) != entry[f"{ext}_sha256"]:
+            log.warning("cache %s: %s fails its sha256; rebuilding that shard", directory, path.name)
+            return False
+    return True
 
 
 class CacheWriter:
@@ -116,7 +119,8 @@ class CacheWriter:
         self._manifest_path = (
             self.directory / MANIFEST if world_size == 1 else rank_manifest_path(directory, rank)
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.directory.parent):
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._template = build_manifest(
             self.signature, self.layout.to_dict(), self.num_samples, self.shard_samples, [], False
         )
@@ -157,21 +161,18 @@ class CacheWriter:
             (self.directory / name).unlink(missing_ok=True)
 
     def _load_completed(self) -> dict[int, dict]:
-        """Shards of this rank listed by any earlier manifest in the directory whose files are intact."""
+        """Shards of this rank listed by any earlier manifest in the directory whose files are intact
+        (size and sha256 as recorded)."""
         done: dict[int, dict] = {}
         paths = [self.directory / MANIFEST, *sorted(self.directory.glob("manifest.rank*.json"))]
         for path in paths:
             if not path.exists():
                 continue
-            found = read_json(path)
+            found = read_manifest(path)
             check_compatible(self._template, found, f"the existing cache {path}")
-            for entry in found.get("shards", []):
+            for entry in found["shards"]:
                 k = entry["index"]
-                if k in self.owned and all(
-                    (p := self.directory / f"{entry['name']}.{ext}").exists()
-                    and p.stat().st_size == entry[f"{ext}_bytes"]
-                    for ext in ("bin", "idx")
-                ):
+                if k in self.owned and k not in done and _intact(self.directory, entry):
                     done[k] = entry
         return done
 
@@ -323,8 +324,8 @@ class CacheWriter:
             positions, entries, tokens = positions + p, entries + e, tokens + tok
         bin_bytes, idx_bytes = b"".join(chunks), encode_index(offsets)
         name = shard_name(k)
-        _write_file(self.directory / f"{name}.bin", bin_bytes)
-        _write_file(self.directory / f"{name}.idx", idx_bytes)
+        atomic_write_bytes(self.directory / f"{name}.bin", bin_bytes)
+        atomic_write_bytes(self.directory / f"{name}.idx", idx_bytes)
         fsync_dir(self.directory)
         self._completed[k] = {
             "index": k,

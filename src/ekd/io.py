@@ -1,0 +1,206 @@
+"""Writing files safely: every write is atomic, and a disk problem is one line naming the directory.
+
+One mechanism for every writer (run files, checkpoints, cache shards and manifests, tokenizers):
+
+- :func:`atomic_file` yields a binary file at ``<path>.tmp``; on success it is flushed, fsynced and renamed
+  onto ``path`` (``os.replace``), on any error the temp file is removed. Readers never see half a file. The
+  bytes written are hashed on the way (``.sha256``) so a checkpoint records its checksums without reading
+  the file back.
+- :func:`atomic_dir` does the same for a directory (a tokenizer or model saved by ``save_pretrained``).
+- :func:`writing` turns an ``OSError`` raised while writing — also one that torch wraps in its own
+  ``RuntimeError`` (``unexpected pos 3200 vs 3092`` on a full disk) — into a :class:`DiskError`:
+  ``no space left on device writing to runs/x/checkpoints; free space there and rerun``.
+
+safetensors' ``save_file`` is never called: it reports no error on a full disk, so tensors are serialized
+with ``safetensors.torch.save`` (bytes) and written here.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from ekd.errors import EkdError
+
+_REASONS = {
+    errno.ENOSPC: ("no space left on device", "free space there"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there"),
+    errno.EACCES: ("permission denied", "make it writable or choose another directory"),
+    errno.EPERM: ("permission denied", "make it writable or choose another directory"),
+    errno.EROFS: ("read-only file system", "choose a writable directory"),
+    errno.ENOTDIR: ("a path component is a file, not a directory", "choose another path"),
+    errno.EISDIR: ("a directory is in the way of a file", "choose another path"),
+    errno.EEXIST: ("a file is in the way", "choose another path"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter name"),
+}
+
+
+class DiskError(EkdError):
+    """Writing failed for a reason of the file system (full disk, permissions, a file in the way)."""
+
+
+# how Rust libraries (tokenizers, safetensors) spell an OS error in the message of a plain Exception
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: itself, its cause/context (torch wraps a failed write in RuntimeError), or
+    the ``os error 28`` in the message of the Exception that tokenizers and safetensors raise."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        if m := _RUST_OS_ERROR.search(str(e)):
+            code = int(m.group(1) or m.group(2))
+            return OSError(code, os.strerror(code))
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def disk_error(e: OSError, where: Path | str) -> DiskError:
+    """One line: what went wrong, the directory it went wrong in, and what to do."""
+    reason, fix = _REASONS.get(e.errno, (e.strerror or type(e).__name__, "check the directory"))
+    return DiskError(f"{reason} writing to {where}; {fix} and rerun")
+
+
+@contextmanager
+def writing(where: Path | str) -> Iterator[None]:
+    """Raise a :class:`DiskError` naming ``where`` for an OSError (even one wrapped by torch) in the block."""
+    try:
+        yield
+    except EkdError:
+        raise
+    except Exception as e:
+        cause = _os_error(e)
+        if cause is None or cause.errno not in _REASONS:  # not a disk problem (a missing input, a bug)
+            raise
+        raise disk_error(cause, where) from None
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through it (torch.save needs only write/flush)."""
+
+    def __init__(self, f) -> None:  # noqa: ANN001
+        self._f = f
+        self._h = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:  # noqa: ANN001
+        self._h.update(data)
+        self.bytes += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    @property
+    def sha256(self) -> str:
+        return self._h.hexdigest()
+
+
+@contextmanager
+def atomic_file(path: Path | str) -> Iterator[_HashingFile]:
+    """Write ``path`` atomically: the block writes to ``<path>.tmp``, which is fsynced and renamed onto
+    ``path`` on success and removed on failure. Yields a file with ``.sha256`` and ``.bytes`` of what was written.
+
+    Raises:
+        DiskError: the file system refused the write (no space, permissions, read-only, a file in the way).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path.parent):
+        try:
+            with open(tmp, "wb") as raw:
+                f = _HashingFile(raw)
+                yield f
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; returns its sha256 hex."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return f.sha256
+
+
+def atomic_write_text(path: Path | str, text: str) -> str:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns its sha256 hex."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Build a directory atomically: the block fills ``<path>.tmp/``, which then replaces ``path``.
+
+    On failure the staging directory is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    staging = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    with writing(path.parent):
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+            fsync_dir(staging)
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            staging.rename(path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if old.exists() and not path.exists():
+                old.rename(path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path | str) -> None:
+    """fsync a directory so a rename in it survives a power cut (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 22) -> str:
+    """sha256 hex of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = [
+    "DiskError",
+    "atomic_dir",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "disk_error",
+    "file_sha256",
+    "fsync_dir",
+    "writing",
+]

@@ -1,0 +1,293 @@
+"""Checkpoints and run files under damage (issue 11, items 6, 7, 10): every checkpoint file carries a sha256
+checked on resume (a corrupt newest checkpoint falls back to the previous intact one, with a log line), a
+checkpoint that verifies but does not load is one line, a torn ``metrics.jsonl`` resumes, a full or
+read-only disk is one line naming the directory, and nothing that existed is changed by a refused command.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ekd.io import DiskError, atomic_dir, atomic_write_text, writing
+from hostile import cli, copy_workspace, failing_open, make_workspace, one_error_line, snapshot, unchanged
+from tiny import config_file
+
+EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "kd", "method.ce_weight": 0.5}
+RUN = Path("runs/ck")
+CKPT = RUN / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """``runs/ck``: a finished 2-step KD run with checkpoints at steps 1 and 2."""
+    return make_workspace(tmp_path_factory.mktemp("ckpt-safety"), "ck", EXTRA)
+
+
+@pytest.fixture
+def ws(template, tmp_path, monkeypatch):
+    return copy_workspace(template, tmp_path, monkeypatch)
+
+
+def _config(**extra) -> str:
+    return config_file(Path("."), Path("corpus"), "ck", **{**EXTRA, **extra})
+
+
+def _resume(capsys, *extra: str) -> tuple[int, str, str]:
+    return cli(capsys, "distill", _config(), "train.max_steps=3", *extra, "--resume")
+
+
+def _flip(path: Path, offset: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def _forge(path: Path, data: bytes) -> None:
+    """Replace a checkpoint file and update its manifest so that it verifies (a hand-made or hostile file)."""
+    path.write_bytes(data)
+    manifest_path = path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][path.name] = hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _train_steps(run: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def test_checkpoints_record_a_sha256_per_file(ws):
+    manifest = json.loads((CKPT / "step-000002" / "manifest.json").read_text())
+    assert manifest["step"] == 2
+    assert set(manifest["files"]) == {"student.safetensors", "optimizer.pt", "state.pt"}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((CKPT / "step-000002" / name).read_bytes()).hexdigest() == digest
+
+
+# ------------------------------------------------------------------------------------------- item 10
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: _flip(d / "student.safetensors", 5000),  # 1 byte of the weights: loads fine, but wrong
+        lambda d: _flip(d / "optimizer.pt", 3000),
+        lambda d: _flip(d / "state.pt", 400),
+        lambda d: (d / "student.safetensors").write_bytes((d / "student.safetensors").read_bytes()[:1000]),
+        lambda d: (d / "manifest.json").unlink(),
+        lambda d: (d / "manifest.json").write_text("{"),
+        lambda d: (d / "state.pt").unlink(),
+    ],
+    ids=[
+        "weights-flip",
+        "optimizer-flip",
+        "state-flip",
+        "weights-truncated",
+        "no-manifest",
+        "bad-manifest",
+        "no-state",
+    ],
+)
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_intact_one(ws, capsys, caplog, damage):
+    damage(CKPT / "step-000002")
+    with caplog.at_level(logging.INFO):
+        rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    log = caplog.text
+    assert "skipping checkpoint step-000002" in log and "resumed from" in log and "step-000001" in log
+    assert _train_steps(RUN) == [1, 2, 3]  # steps 2 and 3 retrained from the step-1 checkpoint
+
+
+@pytest.mark.parametrize("pointer", ["step-000002/../..", "../../corpus", "", "\xff"])
+def test_a_bad_latest_pointer_is_ignored(ws, capsys, pointer):
+    (CKPT / "latest").write_text(pointer)
+    rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert _train_steps(RUN) == [1, 2, 3]  # resumed from step-000002, the newest checkpoint directory
+
+
+def test_no_intact_checkpoint_is_refused_in_one_line(ws, capsys):
+    _flip(CKPT / "step-000002" / "student.safetensors", 5000)
+    _flip(CKPT / "step-000001" / "optimizer.pt", 3000)
+    before = snapshot(ws)
+    rc, _, err = _resume(capsys)
+    line = one_error_line(rc, err)
+    assert "no intact checkpoint" in line and "student.safetensors is corrupt" in line
+    unchanged(before, ws)
+
+
+def test_non_finite_stop_names_a_verified_checkpoint(ws):
+    from ekd.errors import NonFiniteLossError
+    from ekd.train.trainer import _stop_non_finite
+
+    _flip(CKPT / "step-000002" / "optimizer.pt", 3000)
+    with pytest.raises(NonFiniteLossError, match="step-000001 is kept"):
+        _stop_non_finite(2, RUN)
+
+
+# ------------------------------------------------------------------------------------------- item 6
+
+
+class _Evil:
+    """Unpickling this would run a shell command (a hostile state.pt)."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("student.safetensors", b"\xff" * 8 + b"{garbage" * 20),  # a corrupt safetensors header
+        ("student.safetensors", (1 << 40).to_bytes(8, "little") + b"{}"),  # header length past the end
+        ("state.pt", _torch_bytes({"step": _Evil(), "loader": {}, "policy": {}, "rng": None})),
+        ("state.pt", _torch_bytes({"step": 1})),  # loads, lacks the data position
+        ("state.pt", _torch_bytes({"step": "x", "loader": 1, "policy": 2, "rng": 3})),
+        ("state.pt", b"not a pickle"),
+        ("optimizer.pt", _torch_bytes({"state": {}, "param_groups": []})),  # another optimizer
+    ],
+    ids=[
+        "header",
+        "header-length",
+        "hostile-pickle",
+        "state-lacks-keys",
+        "state-wrong-types",
+        "state-bytes",
+        "optimizer",
+    ],
+)
+def test_checkpoint_that_verifies_but_does_not_load_is_one_line(ws, capsys, name, data):
+    _forge(CKPT / "step-000002" / name, data)
+    before = snapshot(ws)
+    rc, _, err = _resume(capsys)
+    assert "step-000002 is unreadable" in one_error_line(rc, err)
+    assert not Path("PWNED").exists()  # nothing was executed
+    unchanged(before, ws)
+
+
+def test_torn_last_line_of_metrics_resumes(ws, capsys, caplog):
+    metrics = RUN / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b'{"step": 3, "train/lo')  # as after ENOSPC mid-write
+    with caplog.at_level(logging.WARNING):
+        rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert "torn last line" in caplog.text
+    assert _train_steps(RUN) == [1, 2, 3]
+
+
+def test_bad_line_inside_metrics_is_one_line(ws, capsys):
+    metrics = RUN / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{torn", *lines[1:]]) + "\n")
+    before = snapshot(ws)
+    rc, _, err = _resume(capsys)
+    assert "metrics.jsonl line 2 is not a JSON object" in one_error_line(rc, err)
+    unchanged(before, ws)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["run.name=file"], "is a file, not a run directory"),
+        (["run.output_dir=corpus/doc_000.py"], "is a file, not a directory"),
+    ],
+    ids=["run-name-is-a-file", "output-dir-is-a-file"],
+)
+def test_a_file_in_the_way_is_one_line(ws, capsys, overrides, message):
+    Path("runs/file").write_text("not a run\n")
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), *overrides)
+    assert message in one_error_line(rc, err)
+    unchanged(before, ws)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_directory_is_one_line(ws, capsys):
+    Path("ro").mkdir()
+    Path("ro").chmod(0o555)
+    try:
+        rc, _, err = cli(capsys, "distill", _config(), "run.output_dir=ro")
+        assert "permission denied writing to ro" in one_error_line(rc, err)
+    finally:
+        Path("ro").chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------------- item 7
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only"),
+    ],
+    ids=["enospc", "eacces", "erofs"],
+)
+def test_disk_failure_during_a_checkpoint_is_one_line_and_resumable(ws, capsys, monkeypatch, code, message):
+    failing_open(monkeypatch, code, "step-000003")
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    line = one_error_line(rc, err)
+    assert message in line and "checkpoints" in line and "unexpected pos" not in line
+    names = sorted(p.name for p in CKPT.iterdir())
+    assert names == ["latest", "step-000001", "step-000002"]  # no half checkpoint left behind
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert rc == 0, err
+    assert _train_steps(RUN) == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs the /dev/full device")
+def test_torch_full_disk_error_is_reported_as_such():
+    """torch wraps ENOSPC in RuntimeError('unexpected pos ...'); the cause is found and named."""
+    full = open("/dev/full", "wb")  # opened, never replaced: /dev/full stays the device  # noqa: SIM115
+    with pytest.raises(DiskError, match="no space left on device writing to /dev"), writing("/dev"), full:
+        torch.save({"w": torch.zeros(1000)}, full)
+
+
+def test_atomic_writes_leave_the_old_file_or_directory_on_failure(tmp_path, monkeypatch):
+    atomic_write_text(tmp_path / "a.txt", "old")
+    with atomic_dir(tmp_path / "tok") as staging:
+        (staging / "tokenizer.json").write_text("{}")
+    failing_open(monkeypatch, errno.ENOSPC, "a.txt")
+    with pytest.raises(DiskError, match=f"no space left on device writing to {tmp_path}"):
+        atomic_write_text(tmp_path / "a.txt", "new" * 100)
+    assert (tmp_path / "a.txt").read_text() == "old"
+    with pytest.raises(DiskError, match="no space left"), atomic_dir(tmp_path / "tok") as staging:
+        (staging / "tokenizer.json").write_text("")  # a half-written tokenizer, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "tok"]
+
+
+def test_tokenizer_save_is_atomic(tmp_path, monkeypatch):
+    """A full disk while saving the trained tokenizer leaves no 0-byte tokenizer.json for --resume to reload."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ekd.data import train_bpe_tokenizer
+
+    def full_disk(self, directory, *args, **kwargs):
+        Path(directory, "tokenizer.json").write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full_disk)
+    with pytest.raises(DiskError, match="no space left on device"):
+        train_bpe_tokenizer(["def value(self): return self.items"] * 50, 300, tmp_path / "tokenizer")
+    assert list(tmp_path.iterdir()) == []

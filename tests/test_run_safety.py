@@ -1,0 +1,205 @@
+"""The run directory never loses data (issue 11, items 1, 11, 13): ``--overwrite`` replaces only an ekd run,
+only after everything is checked and the new run has started; a failed start leaves nothing behind; a
+finished, moved or re-fed run is handled in one line.
+
+Each test works in a copy of one small finished run (relative paths, so the copy is the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ekd.config import load_config
+from ekd.train import trainer as trainer_mod
+from ekd.train.run_dir import MARKER, RunStart
+from hostile import cli, copy_workspace, make_workspace, one_error_line, snapshot, unchanged
+from tiny import config_file
+
+EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "ce"}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A workspace ``corpus/``, ``runs/base`` (finished, checkpoints at steps 1 and 2) and ``base.yaml``."""
+    return make_workspace(tmp_path_factory.mktemp("run-safety"), "base", EXTRA)
+
+
+@pytest.fixture
+def ws(template, tmp_path, monkeypatch):
+    return copy_workspace(template, tmp_path, monkeypatch)
+
+
+def _config(name: str = "base", **extra) -> str:
+    return config_file(Path("."), Path("corpus"), name, **{**EXTRA, **extra})
+
+
+# ------------------------------------------------------------------------------------------- lost data
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run.name=..", "--overwrite"],
+        ["run.name=.", "--overwrite"],
+        ["run.name=../corpus", "--overwrite"],
+        ["run.name=", "--overwrite"],
+        ["run.name=.hidden", "--overwrite"],
+        ["run.output_dir=.", "run.name=corpus", "--overwrite"],  # the run directory is the data directory
+        ["run.output_dir=.", "run.name=runs", "--overwrite"],  # a directory of runs is not a run
+        ["data.source=corpus-typo", "--overwrite"],  # a typo must not delete the old run first
+        ["model.student=preset:no-such-model", "--overwrite"],
+        ["model.tokenizer=/no/such/tokenizer", "model.student=/no/such/model", "--overwrite"],
+        ["data.min_chars=100000000", "--overwrite"],  # no documents left: found after the data are read
+    ],
+    ids=[
+        "name-dotdot",
+        "name-dot",
+        "name-path",
+        "name-empty",
+        "name-hidden",
+        "run-is-data-dir",
+        "run-is-runs-dir",
+        "data-typo",
+        "bad-student",
+        "bad-model-path",
+        "empty-data",
+    ],
+)
+def test_overwrite_never_loses_data(ws, capsys, args):
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), *args)
+    one_error_line(rc, err)
+    unchanged(before, ws)
+    assert set(snapshot(ws)) == set(before)  # and nothing half-made is left
+
+
+def test_overwrite_replaces_an_ekd_run_only_after_the_new_one_started(ws, capsys, monkeypatch):
+    old = snapshot(ws / "runs" / "base")
+    seen = {}
+    real = trainer_mod.forward_backward
+
+    def first_step(*args, **kwargs):  # the old run is still on disk (moved aside) until the first step
+        seen.setdefault("aside", (ws / "runs" / ".base.replaced" / "ekd-run.json").is_file())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", first_step)
+    rc, _, _ = cli(capsys, "distill", _config(**{"method.preset": "kd"}), "--overwrite")
+    assert rc == 0 and seen == {"aside": False}  # committed (and the aside removed) before the first step
+    assert sorted(p.name for p in (ws / "runs").iterdir()) == ["base"]
+    assert snapshot(ws / "runs" / "base") != old
+    assert json.loads((ws / "runs" / "base" / MARKER).read_text())["state"] == "finished"
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError], ids=["interrupt", "crash"])
+def test_a_start_that_fails_puts_the_old_run_back(ws, capsys, monkeypatch, failure):
+    config = _config("other", **{"method.preset": "kd", "run.name": "base"})
+    before = snapshot(ws)
+
+    def fail(*args, **kwargs):
+        raise failure("killed while loading the student")
+
+    monkeypatch.setattr(trainer_mod, "load_student", fail)
+    if failure is KeyboardInterrupt:  # Ctrl-C: the CLI says "interrupted" and exits 130
+        assert cli(capsys, "distill", config, "--overwrite")[0] == 130
+    else:
+        with pytest.raises(failure):
+            cli(capsys, "distill", config, "--overwrite")
+    unchanged(before, ws)
+    assert set(snapshot(ws)) == set(before)
+
+
+def test_a_start_killed_hard_is_recovered_next_time(ws, capsys):
+    """kill -9 between moving the old run aside and committing: the next start puts it back."""
+    cfg = load_config(_config(**{"method.preset": "kd"}), ["train.max_steps=3"])
+    RunStart(cfg, resume=False, overwrite=True).open()  # ...and the process dies here
+    assert (ws / "runs" / ".base.replaced").is_dir()
+    rc, _, _ = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    assert rc == 0  # the old run was restored and resumed from its step-2 checkpoint
+    rows = [json.loads(line) for line in (ws / "runs" / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    assert not (ws / "runs" / ".base.replaced").exists()
+
+
+# ------------------------------------------------------------------------------------------- item 13
+
+
+def test_failed_start_leaves_no_half_made_run(ws, capsys):
+    rc, _, err = cli(capsys, "distill", _config("fresh"), "data.source=corpus-typo")
+    one_error_line(rc, err)
+    assert not (ws / "runs" / "fresh").exists()
+    rc, _, _ = cli(capsys, "distill", _config("fresh"))  # not "a different run": nothing was left
+    assert rc == 0
+
+
+def test_start_killed_before_training_is_not_a_different_run(ws, capsys):
+    cfg = load_config(_config("half", **{"method.preset": "kd"}))
+    RunStart(cfg, resume=False, overwrite=False).open()  # killed before the first step
+    rc, _, _ = cli(capsys, "distill", _config("half"))  # another config, no flag: the half run is replaced
+    assert rc == 0
+
+
+def test_empty_config_file_is_refused(ws, capsys):
+    Path("empty.yaml").write_text("# nothing yet\n")
+    rc, _, err = cli(capsys, "distill", "empty.yaml")
+    assert "config file empty.yaml is empty" in one_error_line(rc, err)
+    assert not (ws / "runs" / "default").exists()
+
+
+def test_resume_of_a_finished_run_appends_nothing(ws, capsys):
+    before = snapshot(ws)
+    rc, out, err = cli(capsys, "distill", _config(), "--resume")
+    assert rc == 0 and not err.strip()
+    assert "already finished (2 steps)" in out
+    unchanged(before, ws)
+
+
+def test_resume_of_a_moved_run(ws, capsys):
+    shutil.move("runs", "elsewhere")
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    assert "holds no run to resume" in one_error_line(rc, err)
+    rc, _, err = cli(
+        capsys, "distill", _config(), "run.output_dir=elsewhere", "train.max_steps=3", "--resume"
+    )
+    assert rc == 0, err
+    rc, _, err = cli(
+        capsys,
+        "distill",
+        _config(),
+        "run.output_dir=elsewhere",
+        "train.lr=0.5",
+        "train.max_steps=4",
+        "--resume",
+    )
+    line = one_error_line(rc, err)
+    assert "train.lr" in line and "--overwrite" not in line  # never suggest deleting the run to resume it
+
+
+# ------------------------------------------------------------------------------------------- item 11
+
+
+def test_resume_over_different_data_is_refused(ws, capsys):
+    for i in range(6):  # the same data.source, different content
+        Path("corpus", f"extra_{i}.py").write_text("while index in range(len(items)): yield value\n" * 20)
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    assert "training data differ" in one_error_line(rc, err)
+    unchanged(before, ws)
+
+
+def test_run_records_its_data_fingerprint(ws):
+    marker = json.loads((ws / "runs" / "base" / MARKER).read_text())
+    assert len(marker["data_fingerprint"]) == 64 and marker["train_blocks"] > 0
+
+
+def test_overwrite_never_deletes_a_foreign_directory_in_the_aside_place(ws, capsys):
+    Path("runs/.base.replaced").mkdir()
+    Path("runs/.base.replaced/notes.txt").write_text("mine\n")
+    config = _config(**{"method.preset": "kd"})
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", config, "--overwrite")
+    assert "is in the way of --overwrite" in one_error_line(rc, err)
+    unchanged(before, ws)
