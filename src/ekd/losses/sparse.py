@@ -12,7 +12,8 @@ full-KD gradient q − p — also with importance-weighted (unnormalized, Σ t̂
 Σ t̂ log(t̂/q) is KL(t̂‖q) for count targets: ≥ 0 but biased upwards as an estimate of KL(p‖q). Pass
 ``teacher_entropy`` = H(p) (stored in the cache, cheap online) to get the cross-entropy form
 −Σ t̂ log q − H(p) instead, whose expectation over draws is exactly KL(p‖q), with the same gradient.
-RS targets are drawn at τ=1 whatever τ the student is taken at (METHODS §2).
+Online RS targets are drawn from the teacher at the student's τ (so E[t̂] = p_τ); cached ones at τ=1, which is
+why a cache with RS targets is refused at τ ≠ 1 (METHODS §1.3).
 """
 
 from __future__ import annotations
