@@ -165,7 +165,7 @@ def distill_micro_batch(
     ce_sum_value = 0.0
     if parts.ce_weight > 0:
         if parts.ce_on == "selected" and selection is not None:
-            ce_rows = selection.rows.unique()
+            ce_rows = selection.rows  # (M,) the selection's rows; a position pos_rs drew twice counts twice
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
         ce_sum = ce_loss_sum(

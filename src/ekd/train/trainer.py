@@ -42,6 +42,7 @@ from ekd.train.prepare import (
 )
 from ekd.train.run_dir import prepare_run_dir
 from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.term_counts import planned_selection_rows
 
 log = logging.getLogger(__name__)
 
@@ -277,14 +278,21 @@ def forward_backward(
         (loss, summed diagnostics, kd_count, ce_count)
     """
     device = micro_batches[0].input_ids.device
-    planned = []
+    planned, selected_rows = [], []
     for i, b in enumerate(micro_batches):
         candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
         pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), vocab_size, {})
         planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
+        selected_rows.append(
+            planned_selection_rows(parts.policy, candidates, pctx) if parts.kd_weight > 0 else 0.0
+        )
     kd_count = global_count(planned, device)
-    ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
-    ce_count = global_count(ce_local, device)
+    ce_local = (
+        [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else selected_rows
+    )
+    ce_count = global_count(
+        ce_local, device
+    )  # CE divides by the count of its own rows (ce_on=selected: the selection's)
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
