@@ -75,3 +75,26 @@ def test_ce_on_selected_is_the_mean_over_the_selected_rows(prepared, method, mon
     assert sums["ce_sum"] / ce_count == pytest.approx(float(nll.mean()), rel=1e-5)
     if method[0] == "method=pos_rs":  # its KD count is the candidate count, which CE used to divide by
         assert kd_count == float(sum((b.labels != -100).sum() for b in micro)) > ce_count
+
+
+def test_egad_feature_term_is_the_mean_over_its_hard_rows(prepared):
+    """The feature term's own rows are the hard rows (top ⌈f·M⌉ of each micro-batch's M selected rows): it is
+    divided by their global count, planned before the forward passes, not by the KD count."""
+    root, corpus, data = prepared
+    cfg = load_config(
+        overrides=tiny_overrides(root, corpus) + ["method=egad", "method.feature_hard_fraction=0.3"]
+    )
+    torch.manual_seed(0)
+    student = load_student(cfg, data, CPU)
+    teacher_model = load_teacher(cfg, data, CPU)
+    teacher = build_teacher_source(cfg, data, CPU, teacher_model)
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    parts.attach_models(student, teacher_model, CPU)
+    micro = [collate(data.blocks["train"], torch.arange(i * 2, i * 2 + 2)) for i in range(2)]
+    loss, sums, kd_count, _, _ = forward_backward(
+        micro, student, teacher, parts, 0, cfg, data.vocab_size, None, root
+    )
+    hard, selected = sums["hard"], sums["selected"]
+    assert 0 < hard < selected == kd_count  # curriculum: the planned KD count is exact
+    expected = sums["kd_sum"] / kd_count + cfg.method.feature_weight * sums["feature_sum"] / hard
+    assert loss == pytest.approx(expected, rel=1e-6)

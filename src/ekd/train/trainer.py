@@ -42,7 +42,7 @@ from ekd.train.prepare import (
 )
 from ekd.train.run_dir import prepare_run_dir
 from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
-from ekd.train.term_counts import planned_selection_rows
+from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +290,10 @@ def forward_backward(
     ce_local = (
         [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else selected_rows
     )
-    ce_count = global_count(
-        ce_local, device
-    )  # CE divides by the count of its own rows (ce_on=selected: the selection's)
+    # each term divides by the global count of its own rows (ce_on=selected: the selection's; feature: hard rows)
+    ce_count = global_count(ce_local, device)
+    hard_fraction = parts.method_cfg.feature_hard_fraction
+    feature_count = global_count([planned_hard_rows(hard_fraction, r) for r in selected_rows], device)
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
@@ -307,7 +308,9 @@ def forward_backward(
             amp,
             cfg.train.compile,
         )
-        out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
+        out = distill_micro_batch(
+            batch, student, teacher, parts, kd_count, ce_count, ctx, feature_count=feature_count
+        )
         if not torch.isfinite(out.loss):
             _stop_non_finite(step, run_dir)
         out.loss.backward()
@@ -315,6 +318,7 @@ def forward_backward(
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
+    sums["feature_count"] = feature_count  # the feature term's normalizer, for its logged value
     return loss_value, sums, kd_count, ce_count, feedback
 
 
@@ -401,7 +405,7 @@ def _step_metrics(
         "train/ce": sums.get("ce_sum", 0.0) / ce_count,
     }
     if parts.feature_weight > 0:
-        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / kd_count
+        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / sums["feature_count"]
         m["train/feature"] = feature
         m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
         m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
