@@ -39,6 +39,7 @@ class StepContextData:
     chunk_rows: int = 1024
     autocast_dtype: torch.dtype | None = None
     compile: bool = False
+    feature_count: float | None = None  # the step's global count of the EGAD feature term's hard rows
 
 
 @dataclass
@@ -78,12 +79,12 @@ def distill_micro_batch(
     kd_count: float,
     ce_count: float,
     ctx: StepContextData,
-    feature_count: float | None = None,
 ) -> MicroBatchResult:
     """Loss of one micro-batch, normalized by the step's global counts, plus diagnostics (sums).
 
-    ``kd_count``, ``ce_count`` and ``feature_count`` are the global counts of each term's own rows (DESIGN
-    decision 4; ``ekd.train.term_counts``); ``feature_count`` is needed only with the EGAD feature branch.
+    ``kd_count``, ``ce_count`` and ``ctx.feature_count`` are the global counts of each term's own rows
+    (DESIGN decision 4; ``ekd.train.term_counts``); ``ctx.feature_count`` is needed only with the EGAD feature
+    branch.
     """
     labels = batch.labels  # (B, T), already shifted
     valid = labels != -100  # (B, T)
@@ -161,11 +162,11 @@ def distill_micro_batch(
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
         if parts.feature_weight > 0:
             feat_sum, n_hard = parts.feature_sum(rows, stats, f_s, signal)
-            if feature_count is None:
+            if ctx.feature_count is None:
                 raise ValueError(
-                    "the feature branch needs feature_count, the step's global count of hard rows"
+                    "the feature branch needs ctx.feature_count, the step's global count of hard rows"
                 )
-            total = total + parts.feature_weight * normalize(feat_sum, feature_count)
+            total = total + parts.feature_weight * normalize(feat_sum, ctx.feature_count)
             metrics["feature_sum"] = float(feat_sum.detach())
             metrics["hard"] = float(n_hard)
         metrics.update(_selection_metrics(selection, tau, stats, candidates))

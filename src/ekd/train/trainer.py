@@ -307,10 +307,9 @@ def forward_backward(
             chunk_rows(cfg, vocab_size),
             amp,
             cfg.train.compile,
+            feature_count=feature_count,
         )
-        out = distill_micro_batch(
-            batch, student, teacher, parts, kd_count, ce_count, ctx, feature_count=feature_count
-        )
+        out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
         if not torch.isfinite(out.loss):
             _stop_non_finite(step, run_dir)
         out.loss.backward()
