@@ -7,7 +7,8 @@ Every function here is pure math on rows of logits::
 Both distributions are taken at the same temperature ``tau`` (p = softmax(z_t/τ), q = softmax(z_s/τ)) and
 computed in fp32. The Hinton τ² factor, per-token weights, selection and normalization are applied once,
 outside, by the step (STYLE 3: math apart from machinery). ``-inf`` logits (masked vocabulary entries) are
-handled: terms with zero probability contribute exactly zero, never NaN.
+handled: terms with zero probability contribute exactly zero, never NaN, and a KL whose first argument puts
+mass where the second has none (p_v > 0 = q_v) is +inf, as on the chunked path (``ekd.losses.logit_grads``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from torch import Tensor
 from ekd.registry import Registry
 
 Divergence = Callable[[Tensor, Tensor, "Tensor | float"], Tensor]
+LOG_ZERO = torch.finfo(torch.float32).min
+"""What ``log_probs_at`` returns for a probability that is exactly 0 (a -inf logit)."""
 divergences: Registry[Callable[..., Tensor]] = Registry("divergence")
 
 
@@ -34,14 +37,20 @@ def log_probs_at(logits: Tensor, tau: Tensor | float) -> Tensor:
     logits = logits.float()
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
-    return torch.log_softmax(logits / tau, dim=-1).clamp_min(torch.finfo(torch.float32).min)
+    return torch.log_softmax(logits / tau, dim=-1).clamp_min(LOG_ZERO)
 
 
 def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p‖q) = Σ_v p (log p − log q) per row, with 0·log 0 = 0. (M, V) → (M,)."""
+    """KL(p‖q) = Σ_v p (log p − log q) per row, with 0·log 0 = 0. (M, V) → (M,).
+
+    Rows where some p_v > 0 meets q_v = 0 exactly (log q at ``LOG_ZERO``, i.e. -inf) are +inf: the floor
+    keeps the arithmetic (and gradients) finite, but the floored value itself is not the KL.
+    """
     p = log_p.exp()
     terms = p * (log_p - log_q)
-    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
+    kl = torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)  # (M,)
+    outside_support = ((p > 0) & (log_q <= LOG_ZERO)).any(-1)  # (M,) p has mass where q has none
+    return kl.masked_fill(outside_support, float("inf"))
 
 
 @divergences.register("forward_kl", "KL(p‖q): Hinton KD, 'Full KD'")

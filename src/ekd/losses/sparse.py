@@ -12,7 +12,8 @@ full-KD gradient q − p — also with importance-weighted (unnormalized, Σ t̂
 Σ t̂ log(t̂/q) is KL(t̂‖q) for count targets: ≥ 0 but biased upwards as an estimate of KL(p‖q). Pass
 ``teacher_entropy`` = H(p) (stored in the cache, cheap online) to get the cross-entropy form
 −Σ t̂ log q − H(p) instead, whose expectation over draws is exactly KL(p‖q), with the same gradient.
-RS targets are drawn at τ=1 whatever τ the student is taken at (METHODS §2).
+Online RS targets are drawn from the teacher at the student's τ (so E[t̂] = p_τ); cached ones at τ=1, which is
+why a cache with RS targets is refused at τ ≠ 1 (METHODS §1.3).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ekd.losses.divergences import log_probs_at
+from ekd.losses.divergences import LOG_ZERO, log_probs_at
 from ekd.losses.targets import SparseTarget
 
 
@@ -52,11 +53,13 @@ def sparse_forward_kl(
     log_q_at = log_q.gather(-1, ids)  # (M, K) student log-probs at the target ids
     t = target.probs.float()  # (M, K)
     present = t > 0
+    # a target id the student gives probability 0 exactly (-inf logit): the KL is +inf, as on the chunked path
+    outside_support = (present & (log_q_at <= LOG_ZERO)).any(-1)  # (M,)
     if teacher_entropy is not None:
         if target.tail is not None:
             raise ValueError("teacher_entropy (cross-entropy form) does not apply to ghost top-K targets")
         cross = torch.where(present, -t * log_q_at, torch.zeros_like(t)).sum(-1)  # (M,)
-        return cross - teacher_entropy.float()
+        return (cross - teacher_entropy.float()).masked_fill(outside_support, float("inf"))
     safe_t = torch.where(present, t, torch.ones_like(t))
     loss = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (M,)
     if target.tail is not None:
@@ -68,4 +71,5 @@ def sparse_forward_kl(
         log_tail_q = torch.logsumexp(log_q.masked_fill(hits > 0, float("-inf")), dim=-1)  # (M,)
         safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
         loss = loss + torch.where(has_tail, tail * (safe_tail.log() - log_tail_q), torch.zeros_like(tail))
-    return loss
+        outside_support = outside_support | (has_tail & (log_tail_q <= LOG_ZERO))  # no student tail mass
+    return loss.masked_fill(outside_support, float("inf"))

@@ -56,7 +56,11 @@ class TeacherSignal:
     def target_at(
         self, rows: Tensor, spec: TargetSpec, tau: Tensor, labels: Tensor, sample_ids: Tensor
     ) -> Target:
-        """The target at flat rows (M,) of the micro-batch. tau (M,) (used by top-K), labels (B, T)."""
+        """The target at flat rows (M,) of the micro-batch at temperatures tau (M,) (top-K and RS are taken
+        from softmax(z_t/τ_i), as dense targets are); labels (B, T).
+
+        M = 0 (nothing selected, or no valid position) gives an empty target of the same kind, whose loss
+        is exactly 0."""
         if self.sparse is not None:
             # cached rows are stored in flat order of `available`: map flat row → its index there
             index_of = torch.cumsum(self.available.reshape(-1).long(), 0) - 1  # (B·T,)
@@ -73,7 +77,7 @@ class TeacherSignal:
         parts: list[SparseTarget] = []
         chunk = 1024
         with torch.no_grad():
-            for start in range(0, rows.numel(), chunk):
+            for start in range(0, max(rows.numel(), 1), chunk):  # one (empty) chunk when nothing is selected
                 sl = slice(start, start + chunk)
                 logits = self.head(hidden[sl]).float()  # (m, V) teacher logits, one chunk at a time
                 if spec.kind == "topk":
@@ -83,7 +87,11 @@ class TeacherSignal:
                     seeds = position_seeds(spec.seed, sample_ids[r // T], r % T)  # (m,)
                     parts.append(
                         rs_target(
-                            logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power
+                            logits,
+                            spec.rs_samples,
+                            seeds=seeds,
+                            proposal_power=spec.rs_proposal_power,
+                            tau=tau[sl],  # draws from softmax(z_t/τ_i): the distribution q_τ is matched to
                         ).target
                     )
         return concat_sparse(parts)

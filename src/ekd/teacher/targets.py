@@ -6,8 +6,9 @@ target starts from the teacher's **full** softmax (never a softmax over the kept
 - :func:`topk_target` — the K largest teacher probabilities with ``renormalize``, ``ghost`` or ``to_gold``
   tail handling.
 - :func:`rs_target` — Random-Sampling KD (Anshumann et al. 2025, arXiv 2503.16870): N draws with
-  replacement from the teacher softmax at τ=1 (or from a proposal r ∝ p^β with importance weights),
-  target t̂ = c/N over the unique ids. E[t̂] = p, so the forward-KL gradient is unbiased.
+  replacement from the teacher softmax at the KD temperature, p_τ = softmax(z_t/τ) (or from a proposal
+  r ∝ p_τ^β with importance weights), target t̂ = c/N over the unique ids. E[t̂] = p_τ, so the gradient of
+  the forward KL(p_τ‖q_τ) is unbiased.
   :func:`rs_target_from_probs` does the same from probabilities already computed.
 
 RS draws are a pure function of ``(seed, sample_id, position)``: :func:`position_seeds` hashes the triple
@@ -176,13 +177,15 @@ def rs_target(
     seeds: Tensor,
     proposal_power: float = 1.0,
     chunk_rows: int = 256,
+    tau: Tensor | float = 1.0,
 ) -> SampledTarget:
     """Random-Sampling KD target: N draws with replacement, unique ids and counts, t̂ = c/N.
 
-    Draws come from the teacher softmax p at τ=1 (the KD temperature does not change the target), or,
-    with ``proposal_power`` β ≠ 1, from r ∝ p^β with importance weights: t̂ = (c/N)·p/r, unbiased and
-    unnormalized (Σ t̂ ≠ 1 in general; E[t̂] = p). One softmax per row chunk, then
-    :func:`rs_target_from_probs`.
+    Draws come from the teacher softmax at the KD temperature, p = softmax(z_t/τ) — the distribution the
+    student is compared with at τ, so RS and dense targets have the same fixed point — or, with
+    ``proposal_power`` β ≠ 1, from r ∝ p^β with importance weights: t̂ = (c/N)·p/r, unbiased and
+    unnormalized (Σ t̂ ≠ 1 in general; E[t̂] = p). τ changes the distribution, never the uniforms: a row
+    keeps its seeds at every τ. One softmax per row chunk, then :func:`rs_target_from_probs`.
 
     Args:
         teacher_logits: (M, V) teacher logits.
@@ -190,6 +193,7 @@ def rs_target(
         seeds: (M,) int64 per-row seeds from :func:`position_seeds`.
         proposal_power: β of the proposal r ∝ p^β (> 0; 1 samples from p itself).
         chunk_rows: rows per chunk (peak memory O(chunk_rows · V)); does not change the result.
+        tau: KD temperature, a float or (M,) per row (> 0).
 
     Returns:
         SampledTarget; Kmax is the largest unique count over the M rows.
@@ -198,11 +202,16 @@ def rs_target(
     seeds = seeds.reshape(-1)
     if seeds.shape[0] != rows:
         raise ValueError(f"rs_target needs one seed per row: {seeds.shape[0]} seeds for {rows} rows")
+    if isinstance(tau, Tensor):
+        tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
+        if tau.shape[0] != rows:
+            raise ValueError(f"rs_target needs one temperature per row: {tau.shape[0]} for {rows} rows")
     parts = []
     with torch.no_grad():
         for start in range(0, max(rows, 1), chunk_rows):  # one (empty) chunk when there are no rows
-            z = teacher_logits[start : start + chunk_rows].float()  # (m, V)
-            log_p = None if proposal_power == 1.0 else torch.log_softmax(z, -1)  # (m, V) at τ=1
+            tau_m = tau[start : start + chunk_rows] if isinstance(tau, Tensor) else tau  # (m, 1) or float
+            z = teacher_logits[start : start + chunk_rows].float() / tau_m  # (m, V) logits at τ
+            log_p = None if proposal_power == 1.0 else torch.log_softmax(z, -1)  # (m, V) at τ
             probs = torch.softmax(z, -1) if log_p is None else log_p.exp()
             seeds_m = seeds[start : start + chunk_rows]
             parts.append(
@@ -221,8 +230,8 @@ def rs_target_from_probs(
     proposal_power: float = 1.0,
     log_probs: Tensor | None = None,
 ) -> SampledTarget:
-    """:func:`rs_target` from the teacher's probabilities p at τ=1 (m, V), e.g. the softmax the cache
-    builder already computed for the teacher entropy.
+    """:func:`rs_target` from the teacher's probabilities p (m, V) at the target temperature, e.g. the
+    softmax at τ=1 the cache builder already computed for the teacher entropy.
 
     Draw j of row i is the inverse CDF of the proposal at the counter-based uniform u_ij
     (:func:`counter_uniforms`), found blockwise by :func:`~ekd.teacher.sampling.inverse_cdf_draws`. With

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
-from ekd.losses.targets import DenseTarget
 from ekd.models.load import model_body, output_head
 from ekd.selection.base import StepContext
 from ekd.selection.types import Selection
@@ -40,6 +39,7 @@ class StepContextData:
     chunk_rows: int = 1024
     autocast_dtype: torch.dtype | None = None
     compile: bool = False
+    feature_count: float | None = None  # the step's global count of the EGAD feature term's hard rows
 
 
 @dataclass
@@ -80,7 +80,12 @@ def distill_micro_batch(
     ce_count: float,
     ctx: StepContextData,
 ) -> MicroBatchResult:
-    """Loss of one micro-batch, normalized by the step's global counts, plus diagnostics (sums)."""
+    """Loss of one micro-batch, normalized by the step's global counts, plus diagnostics (sums).
+
+    ``kd_count``, ``ce_count`` and ``ctx.feature_count`` are the global counts of each term's own rows
+    (DESIGN decision 4; ``ekd.train.term_counts``); ``ctx.feature_count`` is needed only with the EGAD feature
+    branch.
+    """
     labels = batch.labels  # (B, T), already shifted
     valid = labels != -100  # (B, T)
     B, T = labels.shape
@@ -140,22 +145,28 @@ def distill_micro_batch(
                 ctx.chunk_rows,
                 compile=ctx.compile,
             )
-            if parts.wants_feedback and isinstance(target, DenseTarget):
-                feedback = {
-                    "rows": rows,
-                    "teacher_hidden": target.hidden,
-                    "kl_before": stats["forward_kl"].reshape(-1)[rows],
-                }
         else:
             kd_sum = objective_sum(
                 parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
             )
+        if (
+            parts.wants_feedback
+        ):  # the bandit's reward, KL(p‖q) at τ=1 before/after the step, whatever the target
+            feedback = {
+                "rows": rows,
+                "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)
+                "kl_before": stats["forward_kl"].reshape(-1)[rows],
+            }
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
         if parts.feature_weight > 0:
             feat_sum, n_hard = parts.feature_sum(rows, stats, f_s, signal)
-            total = total + parts.feature_weight * normalize(feat_sum, kd_count)
+            if ctx.feature_count is None:
+                raise ValueError(
+                    "the feature branch needs ctx.feature_count, the step's global count of hard rows"
+                )
+            total = total + parts.feature_weight * normalize(feat_sum, ctx.feature_count)
             metrics["feature_sum"] = float(feat_sum.detach())
             metrics["hard"] = float(n_hard)
         metrics.update(_selection_metrics(selection, tau, stats, candidates))
@@ -164,7 +175,7 @@ def distill_micro_batch(
     ce_sum_value = 0.0
     if parts.ce_weight > 0:
         if parts.ce_on == "selected" and selection is not None:
-            ce_rows = selection.rows.unique()
+            ce_rows = selection.rows  # (M,) the selection's rows; a position pos_rs drew twice counts twice
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
         ce_sum = ce_loss_sum(

@@ -50,6 +50,7 @@ from ekd.train.prepare import (
 )
 from ekd.train.run_dir import RunStart
 from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
 
 log = logging.getLogger(__name__)
 
@@ -306,14 +307,22 @@ def forward_backward(
         (loss, summed diagnostics, kd_count, ce_count)
     """
     device = micro_batches[0].input_ids.device
-    planned = []
+    planned, selected_rows = [], []
     for i, b in enumerate(micro_batches):
         candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
         pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), vocab_size, {})
         planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
+        selected_rows.append(
+            planned_selection_rows(parts.policy, candidates, pctx) if parts.kd_weight > 0 else 0.0
+        )
     kd_count = global_count(planned, device)
-    ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
+    ce_local = (
+        [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else selected_rows
+    )
+    # each term divides by the global count of its own rows (ce_on=selected: the selection's; feature: hard rows)
     ce_count = global_count(ce_local, device)
+    hard_fraction = parts.method_cfg.feature_hard_fraction
+    feature_count = global_count([planned_hard_rows(hard_fraction, r) for r in selected_rows], device)
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
@@ -327,6 +336,7 @@ def forward_backward(
             chunk_rows(cfg, vocab_size),
             amp,
             cfg.train.compile,
+            feature_count=feature_count,
         )
         out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
         if not torch.isfinite(out.loss):
@@ -336,6 +346,7 @@ def forward_backward(
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
+    sums["feature_count"] = feature_count  # the feature term's normalizer, for its logged value
     return loss_value, sums, kd_count, ce_count, feedback
 
 
@@ -422,7 +433,7 @@ def _step_metrics(
         "train/ce": sums.get("ce_sum", 0.0) / ce_count,
     }
     if parts.feature_weight > 0:
-        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / kd_count
+        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / sums["feature_count"]
         m["train/feature"] = feature
         m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
         m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)

@@ -72,6 +72,34 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         )
 
 
+def check_cache_temperature(method) -> None:
+    """Refuse a KD temperature the cached targets were not made at (one line naming the fix).
+
+    Cached top-K targets are stored at τ = ``method.kd_temperature``, cached RS targets are drawn at τ = 1;
+    training compares the student with the teacher at its own τ_i, so a per-token temperature policy, or
+    RS with τ ≠ 1, would train toward the wrong distribution (RS: toward p^τ instead of p_τ).
+
+    Raises:
+        ConfigError: ``target=topk`` with a non-constant temperature policy; ``target=rs`` with a
+            non-constant policy or ``kd_temperature ≠ 1``.
+    """
+    if method.target == "topk" and method.temperature != "constant":
+        raise ConfigError(
+            f"method.temperature={method.temperature} changes τ per token, but cached top-K targets are "
+            "stored at τ=method.kd_temperature; use method.temperature=constant or teacher.source=online"
+        )
+    if method.target == "rs" and (method.temperature != "constant" or method.kd_temperature != 1.0):
+        what = (
+            f"method.temperature={method.temperature} changes τ per token"
+            if method.temperature != "constant"
+            else f"method.kd_temperature={method.kd_temperature}"
+        )
+        raise ConfigError(
+            f"{what}, but cached RS targets are drawn at τ=1; use method.temperature=constant with "
+            "method.kd_temperature=1, or teacher.source=online (which draws RS targets at each token's τ)"
+        )
+
+
 class CacheTeacher:
     """A teacher cache as a ``TeacherSource`` (no model in memory).
 
@@ -84,18 +112,14 @@ class CacheTeacher:
 
     Raises:
         CacheError: no cache, an unfinished one, or one built for another config (each field named).
-        ConfigError: a top-K cache with a per-token temperature policy (the cache holds one τ).
+        ConfigError: a temperature the cached targets were not made at (``check_cache_temperature``).
     """
 
     provides_distribution = False
 
     def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
         directory = Path(cfg.teacher.cache_dir)
-        if cfg.method.target == "topk" and cfg.method.temperature != "constant":
-            raise ConfigError(
-                f"method.temperature={cfg.method.temperature} changes τ per token, but cached top-K targets are "
-                "stored at τ=method.kd_temperature; use method.target=rs or teacher.source=online"
-            )
+        check_cache_temperature(cfg.method)
         self.reader = CacheReader(directory)
         check_signature(
             directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
@@ -153,4 +177,4 @@ class CacheTeacher:
         )
 
 
-__all__ = ["CONFIG_KEYS", "CacheTeacher", "check_signature", "training_signature"]
+__all__ = ["CONFIG_KEYS", "CacheTeacher", "check_cache_temperature", "check_signature", "training_signature"]
