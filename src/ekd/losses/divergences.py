@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from ekd.losses.row_reductions import log_softmax
 from ekd.registry import Registry
 
 Divergence = Callable[[Tensor, Tensor, "Tensor | float"], Tensor]
@@ -34,7 +35,7 @@ def log_probs_at(logits: Tensor, tau: Tensor | float) -> Tensor:
     logits = logits.float()
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
-    return torch.log_softmax(logits / tau, dim=-1).clamp_min(torch.finfo(torch.float32).min)
+    return log_softmax(logits / tau).clamp_min(torch.finfo(torch.float32).min)  # accurate at any V
 
 
 def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
