@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
+from ekd.losses.targets import DenseTarget
 from ekd.models.load import model_body, output_head
 from ekd.selection.base import StepContext
 from ekd.selection.types import Selection
@@ -139,18 +140,16 @@ def distill_micro_batch(
                 ctx.chunk_rows,
                 compile=ctx.compile,
             )
+            if parts.wants_feedback and isinstance(target, DenseTarget):
+                feedback = {
+                    "rows": rows,
+                    "teacher_hidden": target.hidden,
+                    "kl_before": stats["forward_kl"].reshape(-1)[rows],
+                }
         else:
             kd_sum = objective_sum(
                 parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
             )
-        if (
-            parts.wants_feedback
-        ):  # the bandit's reward, KL(p‖q) at τ=1 before/after the step, whatever the target
-            feedback = {
-                "rows": rows,
-                "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)
-                "kl_before": stats["forward_kl"].reshape(-1)[rows],
-            }
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
