@@ -109,7 +109,7 @@ def skew_reverse_kl(
     return _kl_from_log(log_q, log_mix)
 
 
-TVD_TIE_RTOL = 2.0**-16
+TVD_TIE_RTOL = 2.0**-19
 """p_v and q_v within this relative distance count as equal in TVD (fp32 rounding of exp(log p) is ~1e-6)."""
 
 
@@ -119,7 +119,7 @@ def tvd(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.
 
     Subgradient convention: |p_v − q_v| is not differentiable at p_v = q_v; there ekd takes the subgradient
     0 (the minimum-norm one), for ties up to rounding: |p_v − q_v| ≤ ``TVD_TIE_RTOL``·max(p_v, q_v) counts
-    as p_v = q_v (its term, below 2⁻¹⁶·p_v, is left out of the value too). Without the tolerance the sign of
+    as p_v = q_v (its term, below 2⁻¹⁹·p_v, is left out of the value too). Without the tolerance the sign of
     the fp32 difference of two equal probabilities — hence the gradient — would be decided by rounding.
     """
     p = log_probs_at(teacher_logits, tau).exp()
