@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ekd.losses.divergences import (
+    TVD_TIE_RTOL,
     divergences,
     forward_kl,
     hellinger,
@@ -86,8 +87,10 @@ def reference(
         return _ref_kl(p, log_p, (alpha * p + (1 - alpha) * q).log())
     if name == "skew_reverse_kl":
         return _ref_kl(q, log_q, ((1 - alpha) * p + alpha * q).log())
-    if name == "tvd":
-        return 0.5 * (p - q).abs().sum(-1)
+    if name == "tvd":  # ties up to TVD_TIE_RTOL contribute 0 (the documented subgradient convention)
+        d = p - q
+        tie = d.abs() <= TVD_TIE_RTOL * torch.maximum(p, q)
+        return 0.5 * torch.where(tie, torch.zeros_like(d), d.abs()).sum(-1)
     if name == "hellinger":
         return ((p.sqrt() - q.sqrt()).pow(2).sum(-1)).sqrt() / math.sqrt(2.0)
     raise AssertionError(name)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ekd.losses import divergences as div
 from ekd.losses.logit_grads import autograd_chunk, ce_chunk, dense_kd_chunk, sparse_kd_chunk
+from ekd.losses.matmul import addmm_fp32_, contract_vocab_fp32, matmul_fp32
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
 
 logger = logging.getLogger(__name__)
@@ -44,34 +45,41 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, chunk_loss, chunk_size, track):  # type: ignore[override]
         need_h, need_w, need_b = (track and n for n in ctx.needs_input_grad[:3])
+        # 16-bit weights: GEMM operands stay 16-bit on CUDA (fp32 output, ``ekd.losses.matmul``); CPU has no
+        # such GEMM, so the weight is cast to fp32 once per call (+4·V·D bytes while the loss runs).
+        w = weight if weight.dtype == torch.float32 or weight.is_cuda else weight.float()  # (V, D)
         grad_h = torch.empty_like(hidden) if need_h else None  # (M, D)
-        grad_w = torch.empty_like(weight) if need_w else None  # (V, D), accumulated in the weight's dtype
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        # (V, D) fp32 accumulator: +2·V·D bytes over a 16-bit one
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            h = hidden[start:end].to(weight.dtype)  # (m, D)
-            logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())  # (m, V)
-            loss, grad = chunk_loss(logits.float(), start, end)  # (), (m, V) fp32
+            h = hidden[start:end].to(w.dtype)  # (m, D)
+            logits = matmul_fp32(h, w.t())  # (m, V) fp32
+            if bias is not None:
+                logits += bias
+            loss, grad = chunk_loss(logits, start, end)  # (), (m, V) fp32
             del logits
             total += loss
             if need_h or need_w:
-                grad_low = grad.to(weight.dtype)  # (m, V)
+                grad_op = grad.to(w.dtype)  # (m, V) GEMM operand in the weight's dtype (fp32: no copy)
                 if need_h:
-                    if grad_h.dtype == weight.dtype:
-                        torch.mm(grad_low, weight, out=grad_h[start:end])  # (m, D)
-                    else:
-                        grad_h[start:end] = torch.mm(grad_low, weight)
-                if need_w and start == 0:
-                    torch.mm(grad_low.t(), h, out=grad_w)  # (V, D) = (V, m)·(m, D): no zero-fill pass
+                    grad_h[start:end] = contract_vocab_fp32(grad_op, w)  # (m, D): V in blocks, rounded once
+                if need_w and start == 0 and w.dtype == torch.float32:
+                    torch.mm(grad_op.t(), h, out=grad_w)  # (V, D) = (V, m)·(m, D): no zero-fill pass
                 elif need_w:
-                    grad_w.addmm_(grad_low.t(), h)  # (V, D) += (V, m)·(m, D)
-                del grad_low
+                    if start == 0:
+                        grad_w.zero_()
+                    addmm_fp32_(grad_w, grad_op.t(), h)  # (V, D) += (V, m)·(m, D), accumulated in fp32
+                del grad_op
             if need_b:
                 grad_b += grad.sum(0)  # (V,)
             del grad
         if grad_w is not None and hidden.shape[0] == 0:
             grad_w.zero_()
+        if grad_w is not None and grad_w.dtype != weight.dtype:
+            grad_w = grad_w.to(weight.dtype)  # rounded once, after the fp32 sum over all chunks
         ctx.grads = (grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype))
         return total
 

@@ -20,6 +20,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from ekd.losses.row_reductions import log_softmax
 from ekd.registry import Registry
 
 Divergence = Callable[[Tensor, Tensor, "Tensor | float"], Tensor]
@@ -37,7 +38,7 @@ def log_probs_at(logits: Tensor, tau: Tensor | float) -> Tensor:
     logits = logits.float()
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
-    return torch.log_softmax(logits / tau, dim=-1).clamp_min(LOG_ZERO)
+    return log_softmax(logits / tau).clamp_min(LOG_ZERO)  # pairwise row sums: accurate at any V
 
 
 def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -117,12 +118,24 @@ def skew_reverse_kl(
     return _kl_from_log(log_q, log_mix)
 
 
+TVD_TIE_RTOL = 2.0**-19
+"""p_v and q_v within this relative distance count as equal in TVD (fp32 rounding of exp(log p) is ~1e-6)."""
+
+
 @divergences.register("tvd", "total variation ½Σ|p−q|")
 def tvd(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
-    """Total variation distance ½ Σ_v |p_v − q_v|. (M, V) × 2 → (M,)."""
+    """Total variation distance ½ Σ_v |p_v − q_v|. (M, V) × 2 → (M,).
+
+    Subgradient convention: |p_v − q_v| is not differentiable at p_v = q_v; there ekd takes the subgradient
+    0 (the minimum-norm one), for ties up to rounding: |p_v − q_v| ≤ ``TVD_TIE_RTOL``·max(p_v, q_v) counts
+    as p_v = q_v (its term, below 2⁻¹⁹·p_v, is left out of the value too). Without the tolerance the sign of
+    the fp32 difference of two equal probabilities — hence the gradient — would be decided by rounding.
+    """
     p = log_probs_at(teacher_logits, tau).exp()
     q = log_probs_at(student_logits, tau).exp()
-    return 0.5 * (p - q).abs().sum(-1)
+    diff = p - q
+    tie = diff.detach().abs() <= TVD_TIE_RTOL * torch.maximum(p, q).detach()  # (M, V)
+    return 0.5 * torch.where(tie, torch.zeros_like(diff), diff.abs()).sum(-1)
 
 
 @divergences.register("hellinger", "Hellinger distance (1/√2)‖√p − √q‖₂ (AdaKD's difficulty score)")

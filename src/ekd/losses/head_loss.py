@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ekd.losses.chunked import ce_chunk_loss, fused_linear_loss, kd_chunk_loss
 from ekd.losses.divergences import Divergence
+from ekd.losses.row_reductions import log_softmax
 from ekd.losses.sparse import sparse_forward_kl
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
 
@@ -128,7 +129,7 @@ def _kd_chunk_fn(head: Head, target: Target, divergence: Divergence, scale: bool
 
 def _ce_rows(hidden: Tensor, head: Head, labels: Tensor) -> Tensor:
     logits = head(hidden).float()  # (m, V)
-    return F.cross_entropy(logits, labels, reduction="sum")
+    return F.nll_loss(log_softmax(logits), labels, reduction="sum")  # accurate log-softmax at any V
 
 
 def ce_loss_sum(

@@ -17,7 +17,7 @@ which gives (constants in G cancel):
     jsd(β)            G = (1−β)·(log q − log m), m = βp + (1−β)q
     skew_forward_kl   ∂D/∂s = −p·a + q·Σ p·a,  a = (1−α)·q/r, r = αp + (1−α)q
     skew_reverse_kl   G = log q − log r − α·q/r,  r = (1−α)p + αq
-    tvd               G = −½·sign(p − q)
+    tvd               G = −½·sign(p − q), 0 at p = q (ties up to rounding: ``divergences.tvd``)
     sparse (RS/top-K) ∂/∂s = q·Σ_k t_k − Σ_k t_k·e_{id_k}  (+ the ghost-tail term, see ``sparse_kd_chunk``)
     CE                ∂/∂z = q − e_y
 
@@ -33,6 +33,9 @@ import math
 import torch
 from torch import Tensor
 
+from ekd.losses.divergences import TVD_TIE_RTOL
+from ekd.losses.row_reductions import log_softmax_, row_dot
+
 DENSE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
 
@@ -42,20 +45,22 @@ def _eager() -> bool:
 
 
 def _log_softmax_at(logits: Tensor, tau: Tensor | None) -> Tensor:
-    """log softmax(logits / τ) over the vocabulary, overwriting ``logits`` in eager mode. (m, V) → (m, V)."""
+    """log softmax(logits / τ) over the vocabulary, overwriting ``logits`` in eager mode. (m, V) → (m, V).
+
+    Accurate at any V (``ekd.losses.row_reductions``: the stock CPU kernel's normalizer errs by ~2e-5 at
+    V = 151,936).
+    """
     inv_tau = None if tau is None else tau.reciprocal().unsqueeze(1)  # (m, 1)
     if not _eager():
-        return torch.log_softmax(logits if inv_tau is None else logits * inv_tau, dim=-1)
+        return log_softmax_(logits if inv_tau is None else logits * inv_tau)
     if inv_tau is not None:
         logits.mul_(inv_tau)
-    if logits.device.type == "cpu":  # the CPU kernel reads each element before writing it: safe in place
-        return torch.log_softmax(logits, dim=-1, out=logits)
-    return torch.log_softmax(logits, dim=-1)
+    return log_softmax_(logits)
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a·b per row without an (m, V) temporary. (m, V) × 2 → (m,)."""
-    return torch.einsum("mv,mv->m", a, b)
+    """Σ_v a·b per row, summed pairwise without an (m, V) temporary. (m, V) × 2 → (m,)."""
+    return row_dot(a, b)
 
 
 def _softmax_vjp(q: Tensor, g: Tensor, scale: Tensor) -> Tensor:
@@ -167,9 +172,13 @@ def dense_kd_chunk(
         grad = _softmax_vjp(q, g, scale)
     elif kind == "tvd":
         q = log_q.exp_()
-        diff = log_p.exp_().sub_(q)  # p − q
-        rows = 0.5 * diff.abs().sum(-1)
-        grad = _softmax_vjp(q, diff.sign_().mul_(-0.5), scale)
+        diff = log_p.exp_().sub_(q)  # (m, V) p − q
+        tie = diff.abs() <= diff.clamp_min(0.0).add_(q).mul_(TVD_TIE_RTOL)  # (m, V) |p − q| ≤ rtol·max(p, q)
+        sign = diff.sign().masked_fill_(tie, 0.0)  # (m, V) subgradient 0 at ties (``divergences.tvd``)
+        del tie
+        rows = 0.5 * row_dot(diff, sign)  # ½ Σ |p − q| over the non-ties
+        del diff
+        grad = _softmax_vjp(q, sign.mul_(-0.5), scale)
     else:
         raise ValueError(f"no closed-form gradient for divergence {kind!r}; known: {', '.join(DENSE_KINDS)}")
     return (coef * rows).sum(), grad

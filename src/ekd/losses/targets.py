@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ekd.losses.matmul import matmul_fp32
+
 
 @dataclass
 class Head:
@@ -24,8 +26,8 @@ class Head:
     bias: Tensor | None = None
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        """(M, D) → (M, V) logits in the weight's dtype."""
-        logits = hidden.to(self.weight.dtype) @ self.weight.T  # (M, V)
+        """(M, D) → (M, V) fp32 logits: operands in the weight's dtype, fp32 accumulation and output."""
+        logits = matmul_fp32(hidden.to(self.weight.dtype), self.weight.T)  # (M, V) fp32
         return logits if self.bias is None else logits + self.bias
 
     @property

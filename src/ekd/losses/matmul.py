@@ -1,0 +1,96 @@
+"""Matrix products with fp32 results for fp32 or 16-bit operands: the output heads' GEMMs.
+
+Rounding logits to bf16 moves a logit of 20 by up to 0.04 (2⁻⁹ relative), i.e. each probability by up to
+4%, and a bf16 weight-gradient accumulator rounds every chunk's addition; so the heads keep their operands
+in the weights' dtype (tensor cores on GPU) but accumulate and return fp32, as TRL's fused loss does:
+
+- CUDA, 16-bit operands: ``torch.mm(a, b, out_dtype=torch.float32)`` (cuBLAS accumulates in fp32 and
+  writes fp32; no copy of either operand).
+- anywhere else (CPU has no 16-bit GEMM with an fp32 output): the operands are cast to fp32 first.
+
+Products that sum over the vocabulary (the hidden-state gradient g·W) are split into blocks of V.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+VOCAB_BLOCK = 4096
+"""Vocabulary entries per GEMM when a product sums over the vocabulary (``contract_vocab_fp32``)."""
+
+_FP32_OUT_BLOCK_ELEMENTS = 1 << 24
+"""Rows of ``addmm_fp32_``'s fp32 partial product per block on CUDA: 64 MiB of fp32."""
+
+
+def _fp32_out_gemm(a: Tensor, b: Tensor) -> bool:
+    """Whether ``torch.mm(a, b, out_dtype=float32)`` applies: 16-bit CUDA operands."""
+    sixteen = (torch.float16, torch.bfloat16)
+    return a.is_cuda and a.dtype in sixteen and b.dtype == a.dtype
+
+
+def _mm_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b in fp32, a (..., K), b (K, N) → (..., N); no autograd."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        return a @ b
+    if _fp32_out_gemm(a, b):
+        out = torch.mm(a.reshape(-1, a.shape[-1]), b, out_dtype=torch.float32)  # (rows, N)
+        return out.reshape(*a.shape[:-1], b.shape[-1])
+    return a.float() @ b.float()
+
+
+def contract_vocab_fp32(g: Tensor, w: Tensor) -> Tensor:
+    """g @ w summed over the long axis in blocks of ``VOCAB_BLOCK``: g (..., V), w (V, D) → (..., D) fp32.
+
+    One GEMM accumulates its V products in order (a relative error ~3.7e-5 at V = 151,936 when the
+    gradient's entries cancel, as q − p's do); blocks of 4,096 bring it to ~1e-6 for the same FLOPs.
+    """
+    out = _mm_fp32(g[..., :VOCAB_BLOCK], w[:VOCAB_BLOCK])  # (..., D)
+    for v in range(VOCAB_BLOCK, w.shape[0], VOCAB_BLOCK):
+        out += _mm_fp32(g[..., v : v + VOCAB_BLOCK], w[v : v + VOCAB_BLOCK])
+    return out
+
+
+class _MatmulFp32(torch.autograd.Function):
+    """a @ b in fp32 whose backward contracts the vocabulary axis in blocks (``contract_vocab_fp32``)."""
+
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[override]
+        ctx.save_for_backward(a, b)
+        return _mm_fp32(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = contract_vocab_fp32(grad, b.t()).to(a.dtype)  # (..., K) = (..., N)·(N, K)
+        if ctx.needs_input_grad[1]:
+            flat_a, flat_g = (
+                a.reshape(-1, a.shape[-1]),
+                grad.reshape(-1, grad.shape[-1]),
+            )  # (rows, K), (rows, N)
+            grad_b = _mm_fp32(flat_a.t(), flat_g.to(flat_a.dtype)).to(b.dtype)  # (K, N)
+        return grad_a, grad_b
+
+
+def matmul_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b accumulated and returned in fp32. a (..., K), b (K, N) → (..., N) fp32; differentiable, with
+    the backward's sum over N (the vocabulary, for a head) in blocks."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _MatmulFp32.apply(a, b)
+    return _mm_fp32(a, b)
+
+
+def addmm_fp32_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc += a @ b in place, acc (N, K) fp32, a (N, m), b (m, K) in any float dtype. → acc.
+
+    16-bit CUDA operands: fp32 partial products of ~64 MiB row blocks added into acc (no full-size
+    temporary); otherwise an fp32 ``addmm_`` on fp32 copies of the (small) operands.
+    """
+    if not _fp32_out_gemm(a, b):
+        return acc.addmm_(a.float(), b.float())
+    rows = max(1, _FP32_OUT_BLOCK_ELEMENTS // max(1, acc.shape[1]))
+    for r in range(0, acc.shape[0], rows):
+        acc[r : r + rows].add_(torch.mm(a[r : r + rows], b, out_dtype=torch.float32))  # (rows, K)
+    return acc
