@@ -12,21 +12,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ekd.losses.logit_transform import IDENTITY, LogitTransform
+
 
 @dataclass
 class Head:
-    """An output head restricted to the shared vocabulary: logits = hidden @ weight.T (+ bias).
+    """An output head restricted to the shared vocabulary: logits = transform(hidden @ weight.T (+ bias)).
 
     weight (V, D), bias (V,) or None. V is the tokenizer length (padded rows already sliced off).
+    transform: what the model applies after its GEMM (Granite's scaling, Gemma-2's soft-cap, ...;
+    ``ekd.models.head_transform``), so that head(h) equals the model's own ``forward(...).logits``.
     """
 
     weight: Tensor
     bias: Tensor | None = None
+    transform: LogitTransform = IDENTITY
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """(M, D) → (M, V) logits in the weight's dtype."""
         logits = hidden.to(self.weight.dtype) @ self.weight.T  # (M, V)
-        return logits if self.bias is None else logits + self.bias
+        return self.transform(logits if self.bias is None else logits + self.bias)
 
     @property
     def vocab_size(self) -> int:

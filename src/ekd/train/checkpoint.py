@@ -13,6 +13,7 @@ atomically; a crash at any point leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -58,18 +59,47 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state, tmp / "state.pt")
     if extra_modules:
-        tensors = {
-            f"{name}.{k}": v.detach().cpu().contiguous()
+        state_dicts = {
+            f"{name}.{k}": v.detach()
             for name, mod in extra_modules.items()
             for k, v in mod.state_dict().items()
         }
-        safetensors.torch.save_file(tensors, str(tmp / "extra.safetensors"))
+        tensors, aliases = unshared_tensors(state_dicts)
+        metadata = {"aliases": json.dumps(aliases)} if aliases else None
+        safetensors.torch.save_file(tensors, str(tmp / "extra.safetensors"), metadata=metadata)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
     _prune(run_dir / "checkpoints", keep)
     return final
+
+
+def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A state dict safetensors accepts: no two tensors share memory (tied embeddings, views of one buffer).
+
+    A name whose tensor is exactly another's (same storage, offset, shape, strides, dtype: tied weights) is
+    dropped and recorded as an alias; one that only overlaps another's storage is cloned.
+
+    Returns:
+        (name → contiguous CPU tensor, dropped name → kept name).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state.items():
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views and t.numel() > 0:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        shared = storage in storages and t.numel() > 0
+        storages.add(storage)
+        t = t.cpu().contiguous()
+        tensors[name] = t.clone() if shared else t
+    return tensors, aliases
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -113,6 +143,9 @@ def load_checkpoint(
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         if extra_modules:
             tensors = safetensors.torch.load_file(str(path / "extra.safetensors"))
+            with safetensors.safe_open(str(path / "extra.safetensors"), "pt") as f:
+                aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+            tensors.update({alias: tensors[name] for alias, name in aliases.items()})
             for name, mod in extra_modules.items():
                 prefix = f"{name}."
                 mod.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
