@@ -204,6 +204,50 @@ def test_token_stats_and_eval_equal_float64_reference():
     assert got["loss"] == pytest.approx(float(nll), rel=1e-5)
     assert got["ppl"] == pytest.approx(float(nll.exp()), rel=1e-5)
     assert got["kl"] == pytest.approx(float((log_p.exp() * (log_p - log_q)).sum(-1).mean()), rel=1e-4)
+    teacher_metrics, _ = evaluate(teacher, [batch], None, vocab_size=V, chunk_rows=5)
+    teacher_nll = -log_p.gather(-1, gold[:, None]).mean()
+    assert teacher_metrics["ppl"] == pytest.approx(float(teacher_nll.exp()), rel=1e-5)
+
+
+def test_granite_teacher_step_kd_equals_model_logits(tmp_path):
+    """The issue's case through the trainer's step: a 2-layer Granite teacher (logits_scaling=4), method=kd,
+    τ=2: the step's KD loss is mean τ²·KL(p_t‖q_s) over valid tokens of model(...).logits (float64)."""
+    from ekd.config import load_config
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
+    from ekd.train.trainer import forward_backward
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    overrides = [
+        "model.teacher=preset:granite-tiny",
+        "method=kd",
+        "method.ce_weight=0",
+        "method.kd_temperature=2",
+    ]
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus) + overrides)
+    data = prepare_data(cfg, tmp_path / "prep")
+    cpu = torch.device("cpu")
+    student, teacher_model = load_student(cfg, data, cpu), load_teacher(cfg, data, cpu)
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    teacher = build_teacher_source(cfg, data, cpu, teacher_model)
+    vocab = data.vocab_size
+    ids = torch.randint(0, vocab, (4, 32), generator=torch.Generator().manual_seed(0))  # (B, T), one document
+    target = torch.ones_like(ids, dtype=torch.bool)
+    target[:, 0] = False
+    batch = Batch(ids, shift_labels(ids, target), torch.ones_like(ids), torch.arange(4))
+    keep = batch.labels != -100
+    with torch.no_grad():
+        zs = copy.deepcopy(student).double()(input_ids=ids).logits[keep][:, :vocab]  # (N, V)
+        zt = copy.deepcopy(teacher_model).double()(input_ids=ids).logits[keep][:, :vocab]
+    log_p, log_q = torch.log_softmax(zt / 2, -1), torch.log_softmax(zs / 2, -1)
+    want = 4 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+    loss, _, kd_count, _, _ = forward_backward(
+        [batch], student, teacher, parts, 0, cfg, vocab, None, tmp_path
+    )
+    assert kd_count == keep.sum()
+    assert loss == pytest.approx(float(want), rel=1e-5)
 
 
 class _ScaledLlama(LlamaForCausalLM):

@@ -5,7 +5,8 @@ Layout of ``runs/<name>/checkpoints/step-000100/``::
     student.safetensors   student weights (safetensors; shared/tied tensors handled)
     optimizer.pt          AdamW state (tensors + numbers; loaded with ``weights_only=True``)
     state.pt              step, data position, method state (policies, temperatures, extras), RNG states
-    extra.safetensors     method modules trained with the student but not part of it (e.g. EGAD projection)
+    extra.safetensors     method modules trained with or kept beside the student (EGAD projection, EMA copy,
+                          frozen initial student); tensors shared by tied weights stored once, aliases in metadata
 
 A checkpoint is written to ``step-000100.tmp/`` and renamed, then ``checkpoints/latest`` is replaced
 atomically; a crash at any point leaves the previous checkpoint intact.
