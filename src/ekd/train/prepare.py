@@ -134,8 +134,9 @@ def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="student",
     )
     shared_vocab_size(data.vocab_size, ("student", student))
+    student = student.to(device)
     check_output_head(student, data.vocab_size, "student")
-    return student.to(device)
+    return student
 
 
 def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
@@ -151,8 +152,9 @@ def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="teacher",
     )
     shared_vocab_size(data.vocab_size, ("teacher", teacher))
+    teacher = teacher.to(device).eval().requires_grad_(False)
     check_output_head(teacher, data.vocab_size, "teacher")
-    return teacher.to(device).eval().requires_grad_(False)
+    return teacher
 
 
 def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, teacher: nn.Module | None):
