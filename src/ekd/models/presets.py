@@ -41,8 +41,8 @@ architectures.add(
 )
 architectures.add(
     "granite-micro",
-    dict(_llama(1, 32, 4, 2, 64), model_type="granite", logits_scaling=4.0),
-    "1 layer, d=32, logits divided by logits_scaling=4 (Granite): tests",
+    dict(_llama(1, 32, 4, 2, 64), model_type="granite", logits_scaling=4.0, tie_word_embeddings=True),
+    "1 layer, d=32, tied head, logits divided by logits_scaling=4 (Granite): tests",
 )
 architectures.add(
     "granite-tiny",
