@@ -21,20 +21,34 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=24)
 
 
+# The model matrix: (student preset, teacher preset). Every method preset runs on plain Llama heads and on
+# Granite-style heads (logits / logits_scaling) with a tied-embedding student: one extra run per preset
+# covers tied checkpoints (EMA copy, initial student), scaled student logits and scaled teacher logits.
+MODELS = {
+    "llama": ("llama-micro", "llama-tiny"),
+    "granite-tied": ("granite-micro", "granite-tiny"),
+}
+MATRIX = [(preset, models) for preset in presets.names() for models in MODELS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", presets.names())
-def test_preset_runs_from_the_cli_and_changes_the_student(tmp_path, corpus, preset):
+@pytest.mark.parametrize("preset, models", MATRIX, ids=[f"{p}-{m}" for p, m in MATRIX])
+def test_preset_runs_from_the_cli_and_changes_the_student(tmp_path, corpus, preset, models):
+    student_preset, teacher_preset = MODELS[models]
     extra = ["method.max_new_tokens=6", "method.prompt_tokens=8"] if preset == "gkd" else []
-    args = [
-        "distill",
-        *tiny_overrides(tmp_path, corpus, preset, **{"train.max_steps": 2, "eval.teacher": False}),
-        f"method={preset}",
-        *extra,
-    ]
+    overrides = {
+        "train.max_steps": 2,
+        "eval.teacher": False,
+        "model.student": f"preset:{student_preset}",
+        "model.teacher": f"preset:{teacher_preset}",
+    }
+    args = ["distill", *tiny_overrides(tmp_path, corpus, preset, **overrides), f"method={preset}", *extra]
     assert main(args) == 0
     run_dir = tmp_path / "runs" / preset
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
-    initial = build_preset("llama-micro", student.config.vocab_size, student.config.eos_token_id, seed=0)
+    initial = build_preset(student_preset, student.config.vocab_size, student.config.eos_token_id, seed=0)
+    assert type(student) is type(initial)
+    assert student.config.tie_word_embeddings == initial.config.tie_word_embeddings
     changed = [
         n for (n, a), b in zip(student.named_parameters(), initial.parameters()) if not torch.equal(a, b)
     ]
@@ -96,8 +110,9 @@ def test_feature_projection_is_trained_but_not_exported(tmp_path, corpus):
         ["method=bandit", "method.bandit_kind=exp3", "method.scorer=student_entropy"],
         ["method=egad"],
         ["method=ema_self_distill"],
+        ["method=ema_self_distill", "model.student=preset:llama-micro-tied"],
     ],
-    ids=["gls", "latf", "linucb", "exp3", "egad-curriculum", "ema"],
+    ids=["gls", "latf", "linucb", "exp3", "egad-curriculum", "ema", "ema-tied"],
 )
 def test_stateful_methods_resume_exactly(tmp_path, corpus, monkeypatch, method):
     extra = ["train.max_steps=6", "train.checkpoint_every=3", "eval.teacher=false", *method]

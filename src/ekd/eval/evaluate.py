@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
-from ekd.losses.targets import Head
 from ekd.models.load import model_body, output_head
 
 log = logging.getLogger(__name__)
@@ -36,21 +35,10 @@ class EvalBatch(Protocol):
     def to(self, device: Any) -> EvalBatch: ...
 
 
-def _softcap(model: nn.Module) -> float | None:
-    """Gemma-2-style final logit soft-capping: the body+head path must apply it as ``forward`` does."""
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
 def _final_hidden(model: nn.Module, batch: EvalBatch) -> Tensor:
     """(B, T, D) final hidden states (post final norm) of the model body."""
     out = model_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     return out.last_hidden_state
-
-
-def _logits(head: Head, hidden: Tensor, cap: float | None) -> Tensor:
-    logits = head(hidden)  # (m, V)
-    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 @contextlib.contextmanager
@@ -102,10 +90,8 @@ def evaluate(
     metrics = StreamingMetrics(
         vocab_size, ece_bins=ece_bins, entropy_buckets=entropy_buckets, chunk_rows=chunk_rows
     )
-    s_head, s_cap = output_head(student, vocab_size), _softcap(student)
-    t_head, t_cap = (
-        (output_head(teacher, vocab_size), _softcap(teacher)) if teacher is not None else (None, None)
-    )
+    s_head = output_head(student, vocab_size)  # applies the model's logit transform (scale, soft-cap)
+    t_head = output_head(teacher, vocab_size) if teacher is not None else None
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -126,10 +112,8 @@ def evaluate(
             t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
             for start in range(0, labels.shape[0], chunk_rows):
                 end = start + chunk_rows
-                s_logits = _logits(s_head, s_hidden[start:end], s_cap)  # (m, V)
-                t_logits = (
-                    _logits(t_head, t_hidden[start:end], t_cap) if t_hidden is not None else None
-                )  # (m, V)
+                s_logits = s_head(s_hidden[start:end])  # (m, V)
+                t_logits = t_head(t_hidden[start:end]) if t_hidden is not None else None  # (m, V)
                 metrics.update(s_logits, labels[start:end], t_logits)
     result = metrics.compute()
     log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])

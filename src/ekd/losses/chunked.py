@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ekd.losses import divergences as div
 from ekd.losses.logit_grads import autograd_chunk, ce_chunk, dense_kd_chunk, sparse_kd_chunk
+from ekd.losses.logit_transform import transformed_chunk_loss
 from ekd.losses.matmul import addmm_fp32_, contract_vocab_fp32, matmul_fp32
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
 
@@ -101,7 +102,7 @@ def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_s
 
     Args:
         hidden: (M, D) hidden states (any float dtype; the logits are cast to fp32 per chunk).
-        head: output head, weight (V, D) and optional bias (V,).
+        head: output head, weight (V, D), optional bias (V,) and its logit transform (scale, soft-cap).
         chunk_loss: see ``ChunkLoss``.
         chunk_size: rows per chunk.
 
@@ -111,6 +112,9 @@ def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_s
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     track = torch.is_grad_enabled()
+    chunk_loss = transformed_chunk_loss(
+        chunk_loss, head.transform
+    )  # model logits; ∂/∂(h·Wᵀ) by the chain rule
     return _FusedHeadLoss.apply(hidden, head.weight, head.bias, chunk_loss, chunk_size, track)
 
 

@@ -12,23 +12,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ekd.losses.logit_transform import IDENTITY, LogitTransform
 from ekd.losses.matmul import matmul_fp32
 
 
 @dataclass
 class Head:
-    """An output head restricted to the shared vocabulary: logits = hidden @ weight.T (+ bias).
+    """An output head restricted to the shared vocabulary: logits = transform(hidden @ weight.T (+ bias)).
 
     weight (V, D), bias (V,) or None. V is the tokenizer length (padded rows already sliced off).
+    transform: what the model applies after its GEMM (Granite's scaling, Gemma-2's soft-cap, ...;
+    ``ekd.models.head_transform``), so that head(h) equals the model's own ``forward(...).logits``.
     """
 
     weight: Tensor
     bias: Tensor | None = None
+    transform: LogitTransform = IDENTITY
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        """(M, D) → (M, V) fp32 logits: operands in the weight's dtype, fp32 accumulation and output."""
+        """(M, D) → (M, V) fp32 logits as the model computes them: operands in the weight's dtype, fp32
+        accumulation and output, then the model's post-head transform (scale, soft-cap)."""
         logits = matmul_fp32(hidden.to(self.weight.dtype), self.weight.T)  # (M, V) fp32
-        return logits if self.bias is None else logits + self.bias
+        return self.transform(logits if self.bias is None else logits + self.bias)
 
     @property
     def vocab_size(self) -> int:

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ekd.errors import ModelError
 from ekd.losses.targets import Head
+from ekd.models.head_transform import logit_transform, model_type
 from ekd.models.presets import architectures
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,51 @@ def output_head(model: nn.Module, vocab_size: int) -> Head:
     if rows < vocab_size:
         raise ModelError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
     bias = getattr(linear, "bias", None)
-    return Head(linear.weight[:vocab_size], None if bias is None else bias[:vocab_size])  # (V, D), (V,)
+    return Head(
+        linear.weight[:vocab_size],  # (V, D)
+        None if bias is None else bias[:vocab_size],  # (V,)
+        logit_transform(model),
+    )
+
+
+def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
+    """Refuse a model whose logits ekd's head does not reproduce: ``forward(...).logits`` on ``tokens``
+    token ids vs ``output_head`` applied to the body's last hidden states, first ``vocab_size`` columns.
+
+    The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model dtype. This catches any
+    post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a bias, a custom forward).
+
+    Raises:
+        ModelError: one line naming the model type and the mismatch.
+    """
+    head = output_head(model, vocab_size)
+    ids = torch.linspace(0, vocab_size - 1, tokens).long().unsqueeze(0).to(head.weight.device)  # (1, n)
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, :, :vocab_size]
+            hidden = model_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            got = head(hidden[0])  # (n, V)
+    finally:
+        model.train(was_training)
+    expected, got = expected.double(), got.double()  # (n, V)
+    finite = torch.isfinite(expected)
+    scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
+    error = (
+        float((got - expected)[finite].abs().max()) / scale
+        if torch.equal(finite, torch.isfinite(got)) and expected.shape == got.shape
+        else float("inf")
+    )
+    low = head.weight.dtype in (torch.bfloat16, torch.float16)
+    tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
+    if not error <= tolerance:
+        raise ModelError(
+            f"model.{role}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
+            f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
+            f"hidden states by {error:.3g} of their scale (a post-head transform ekd does not know); use another model"
+        )
 
 
 def model_body(model: nn.Module) -> nn.Module:

@@ -2,7 +2,8 @@
 
 ``model.student: preset:llama-tiny`` builds a ``transformers.LlamaForCausalLM`` from the preset with the
 vocabulary size of the run's tokenizer. The ``qwen2.5-*-shape`` presets reproduce the real models' shapes
-(random weights) for performance work.
+(random weights) for performance work. ``llama-micro-tied`` and ``granite-*`` put tied heads and
+scaled logits (Granite's ``logits_scaling``) into the test matrix.
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ architectures.add("llama-micro", _llama(1, 32, 4, 2, 64), "1 layer, d=32: unit t
 architectures.add("llama-tiny", _llama(2, 64, 4, 2, 192), "2 layers, d=64: demo student, tests")
 architectures.add("llama-small", _llama(4, 128, 4, 2, 384), "4 layers, d=128: demo teacher")
 architectures.add("llama-base", _llama(6, 256, 8, 4, 768), "6 layers, d=256: larger CPU experiments")
+architectures.add(
+    "llama-micro-tied",
+    dict(_llama(1, 32, 4, 2, 64), tie_word_embeddings=True),
+    "llama-micro with the head tied to the input embedding (Qwen2.5 ≤ 3B, Llama-3.2): tests",
+)
+architectures.add(
+    "granite-micro",
+    dict(_llama(1, 32, 4, 2, 64), model_type="granite", logits_scaling=4.0, tie_word_embeddings=True),
+    "1 layer, d=32, tied head, logits divided by logits_scaling=4 (Granite): tests",
+)
+architectures.add(
+    "granite-tiny",
+    dict(_llama(2, 64, 4, 2, 192), model_type="granite", logits_scaling=4.0),
+    "2 layers, d=64, logits divided by logits_scaling=4 (Granite): tests",
+)
 architectures.add(
     "qwen2.5-0.5b-shape",
     dict(_llama(24, 896, 14, 2, 4864), model_type="qwen2", tie_word_embeddings=True),

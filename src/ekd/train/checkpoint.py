@@ -6,7 +6,8 @@ Layout of ``runs/<name>/checkpoints/step-000100/``::
     student.safetensors   student weights (safetensors; shared/tied tensors handled)
     optimizer.pt          AdamW state (tensors + numbers; loaded with ``weights_only=True``)
     state.pt              step, data position, method state (policies, temperatures, extras), RNG states
-    extra.safetensors     method modules trained with the student but not part of it (e.g. EGAD projection)
+    extra.safetensors     method modules trained with or kept beside the student (EGAD projection, EMA copy,
+                          frozen initial student); tensors shared by tied weights stored once, aliases in metadata
     manifest.json         {"format": "ekd-checkpoint", "step": 100, "files": {name: sha256, ...}}
 
 A checkpoint is written to ``step-000100.tmp/`` and renamed, then ``checkpoints/latest`` is replaced
@@ -86,13 +87,16 @@ def save_checkpoint(
                     torch.save(obj, f)
                 hashes[name] = f.sha256
             if extra_modules:
-                tensors = {
-                    f"{name}.{k}": v.detach().cpu().contiguous()
-                    for name, mod in extra_modules.items()
-                    for k, v in mod.state_dict().items()
-                }
+                tensors, aliases = unshared_tensors(
+                    {
+                        f"{name}.{k}": v.detach()
+                        for name, mod in extra_modules.items()
+                        for k, v in mod.state_dict().items()
+                    }
+                )
+                metadata = {"aliases": json.dumps(aliases)} if aliases else None
                 hashes["extra.safetensors"] = atomic_write_bytes(
-                    tmp / "extra.safetensors", safetensors.torch.save(tensors)
+                    tmp / "extra.safetensors", safetensors.torch.save(tensors, metadata=metadata)
                 )
             manifest = {"format": FORMAT, "step": int(step), "files": hashes}
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -112,6 +116,33 @@ def _steps(root: Path) -> list[Path]:
     return sorted(
         p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()
     )
+
+
+def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A state dict safetensors accepts: no two tensors share memory (tied embeddings, views of one buffer).
+
+    A name whose tensor is exactly another's (same storage, offset, shape, strides, dtype: tied weights) is
+    dropped and recorded as an alias; one that only overlaps another's storage is cloned.
+
+    Returns:
+        (name → contiguous CPU tensor, dropped name → kept name).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state.items():
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views and t.numel() > 0:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        shared = storage in storages and t.numel() > 0
+        storages.add(storage)
+        t = t.cpu().contiguous()
+        tensors[name] = t.clone() if shared else t
+    return tensors, aliases
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -227,6 +258,9 @@ def load_checkpoint(
             raise ValueError(f"state.pt lacks {[k for k in STATE_KEYS if k not in state]}")
         if extra_modules:
             tensors = safetensors.torch.load_file(str(path / "extra.safetensors"))
+            with safetensors.safe_open(str(path / "extra.safetensors"), "pt") as f:
+                aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+            tensors.update({alias: tensors[name] for alias, name in aliases.items()})
             for name, mod in extra_modules.items():
                 prefix = f"{name}."
                 mod.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})

@@ -69,7 +69,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from transformers import AutoModelForCausalLM
 
     from ekd.log_level import apply_log_level
-    from ekd.models.load import load_tokenizer, shared_vocab_size
+    from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
     from ekd.train.checkpoint import atomic_write_text
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
 
@@ -98,6 +98,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     data = PreparedData(tokenizer, blocks)
     student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
+    check_output_head(student, len(tokenizer), "student")
     teacher = None
     if cfg.eval.teacher and teacher_needed(cfg) and cfg.teacher.source == "online":
         teacher = load_teacher(cfg, data, device)

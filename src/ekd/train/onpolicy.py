@@ -5,7 +5,9 @@ from the student; the teacher then scores those tokens in the normal step (rever
 preset), so nothing downstream changes. No gradient flows through generation. The trainer calls, per
 micro-batch::
 
-    batch, on_policy = maybe_on_policy(batch, student, cfg.method, on_policy_generator(seed, step, i), eos_id)
+    batch, on_policy = maybe_on_policy(
+        batch, student, cfg.method, on_policy_generator(seed, step, i), eos_id, vocab_size=len(tokenizer)
+    )
 
 Prompt of each row (:func:`prompt_lengths`). Packing writes ``prompt · response · EOS`` per document with the
 prompt tokens (and the first token of every document) masked out of the targets, so a row that *starts* in a
@@ -38,7 +40,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ekd.config import MethodConfig
 from ekd.data.collate import IGNORE_INDEX, Batch, shift_labels
@@ -87,6 +89,7 @@ def maybe_on_policy(
     generator: torch.Generator,
     eos_id: int,
     pad_id: int | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[Batch, bool]:
     """With probability λ, replace the batch's continuations by samples from the student.
 
@@ -97,6 +100,8 @@ def maybe_on_policy(
         generator: CPU generator for the coin and the sampling seed (:func:`on_policy_generator`); untouched when λ = 0.
         eos_id: Stops a row's generation; the first generated EOS is the row's last target.
         pad_id: Fills positions after a row's continuation (attention 0, no target); default ``eos_id``.
+        vocab_size: The tokenizer length V; head rows ≥ V (padding, e.g. Qwen's 151,936 rows for 151,665
+            tokens) are never sampled. Default: every row of the head is a token.
 
     Returns:
         ``(new_batch, True)`` with the same shapes, dtypes and ``sample_ids`` when on-policy, else ``(batch, False)``.
@@ -127,6 +132,7 @@ def maybe_on_policy(
                 temperature=method_cfg.sampling_temperature,
                 eos_id=eos_id,
                 pad_id=pad,
+                vocab_size=vocab_size,
             )
             generated = out[:, p:]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
             n = generated.shape[1]
@@ -155,6 +161,7 @@ def _generate(
     temperature: float,
     eos_id: int,
     pad_id: int,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """(G, p + n) prompts and sampled continuations, n ≤ ``max_new_tokens``, no gradient.
 
@@ -176,9 +183,22 @@ def _generate(
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
+                logits_processor=LogitsProcessorList([PaddedRowsMask(vocab_size)] if vocab_size else []),
             )
     finally:
         student.generation_config = saved
+
+
+class PaddedRowsMask(LogitsProcessor):
+    """Scores of ids ≥ ``vocab_size`` (head rows past the tokenizer) set to −inf, so they are never sampled."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """scores (G, rows) → the same tensor with columns [vocab_size, rows) at −inf."""
+        scores[:, self.vocab_size :] = float("-inf")
+        return scores
 
 
 @contextmanager

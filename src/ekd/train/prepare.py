@@ -13,6 +13,7 @@ from ekd.config import Config, ConfigError
 from ekd.config.validate import check_vocab
 from ekd.errors import ModelError
 from ekd.models.load import (
+    check_output_head,
     check_same_tokenizer,
     is_preset,
     load_model,
@@ -92,23 +93,25 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
         return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
-    if spec == "teacher":
-        tok = load_tokenizer(
-            cfg.model.teacher, cfg.model.revision, cfg.model.trust_remote_code, "model.teacher"
-        )
-        if not is_preset(cfg.model.student):
-            check_same_tokenizer(
-                tok,
-                load_tokenizer(
-                    cfg.model.student, cfg.model.revision, cfg.model.trust_remote_code, "model.student"
-                ),
-            )
-        return tok
-    if spec == "student":
-        return load_tokenizer(
-            cfg.model.student, cfg.model.revision, cfg.model.trust_remote_code, "model.student"
-        )
-    return load_tokenizer(spec, cfg.model.revision, cfg.model.trust_remote_code, "model.tokenizer")
+    models = {
+        "teacher": (cfg.model.teacher, cfg.model.revision),
+        "student": (cfg.model.student, cfg.model.revision),
+    }
+    source, revision = models.get(spec, (spec, cfg.model.revision))
+    name = spec if spec in models else f"model.tokenizer={spec}"
+    tok = load_tokenizer(
+        source,
+        revision,
+        cfg.model.trust_remote_code,
+        f"model.{spec}" if spec in models else "model.tokenizer",
+    )
+    # whichever tokenizer is named, every real model the run feeds must use it (presets are built for it)
+    for role, (model_spec, model_revision) in models.items():
+        if role == spec or is_preset(model_spec) or (role == "teacher" and cfg.teacher.source == "none"):
+            continue
+        other = load_tokenizer(model_spec, model_revision, cfg.model.trust_remote_code, f"model.{role}")
+        check_same_tokenizer(tok, other, (name, role))
+    return tok
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
@@ -124,16 +127,6 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     return PreparedData(tokenizer, blocks)
 
 
-def check_head_supported(model: nn.Module, role: str) -> None:
-    """ekd applies output heads itself (selected rows, chunks); refuse head transforms it does not apply."""
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        raise ModelError(
-            f"model.{role}: final logit soft-capping ({cap}, Gemma-2 style) is not applied by ekd's chunked heads yet; "
-            "use a model without it"
-        )
-
-
 def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
     student = load_model(
         cfg.model.student,
@@ -147,8 +140,9 @@ def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="student",
     )
     shared_vocab_size(data.vocab_size, ("student", student))
-    check_head_supported(student, "student")
-    return student.to(device)
+    student = student.to(device)
+    check_output_head(student, data.vocab_size, "student")
+    return student
 
 
 def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
@@ -164,8 +158,9 @@ def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
         role="teacher",
     )
     shared_vocab_size(data.vocab_size, ("teacher", teacher))
-    check_head_supported(teacher, "teacher")
-    return teacher.to(device).eval().requires_grad_(False)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    check_output_head(teacher, data.vocab_size, "teacher")
+    return teacher
 
 
 def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, teacher: nn.Module | None):

@@ -214,7 +214,12 @@ def _train(
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             micro_batches = [
                 maybe_on_policy(
-                    b, student, cfg.method, on_policy_generator(cfg.run.seed, step, i), data.eos_id
+                    b,
+                    student,
+                    cfg.method,
+                    on_policy_generator(cfg.run.seed, step, i),
+                    data.eos_id,
+                    vocab_size=data.vocab_size,
                 )[0]
                 for i, b in enumerate(micro_batches)
             ]

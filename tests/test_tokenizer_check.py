@@ -1,0 +1,73 @@
+"""Whichever tokenizer ``model.tokenizer`` names (the teacher's, the student's or a path), every real model the
+run feeds must use it: two different tokenizers are refused in one line, never silently mixed."""
+
+from __future__ import annotations
+
+import pytest
+
+from ekd.config import load_config
+from ekd.data import train_bpe_tokenizer
+from ekd.errors import ModelError
+from ekd.models.load import load_tokenizer
+from ekd.train.prepare import prepare_tokenizer
+from tiny import WORDS
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dirs(tmp_path_factory):
+    """Two different tiny BPE tokenizers (different corpora and sizes), and a copy of the first."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    code = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
+    prose = ["the quick brown fox jumps over the lazy dog " * (i + 1) for i in range(20)]
+    dirs = {"a": root / "a", "b": root / "b", "a_copy": root / "a_copy"}
+    train_bpe_tokenizer(code, 280, dirs["a"])
+    train_bpe_tokenizer(prose, 300, dirs["b"])
+    train_bpe_tokenizer(code, 280, dirs["a_copy"])
+    return dirs
+
+
+def _cfg(teacher, student, tokenizer, source="online"):
+    return load_config(
+        overrides=[
+            f"model.teacher={teacher}",
+            f"model.student={student}",
+            f"model.tokenizer={tokenizer}",
+            f"teacher.source={source}",
+            *(["method=ce"] if source == "none" else []),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "named, teacher, student, culprit",
+    [
+        ("student", "b", "a", "teacher"),  # the student's tokenizer named: the teacher's differs
+        ("teacher", "b", "a", "student"),
+        ("path", "a", "a_copy", "teacher"),  # a third tokenizer named: both models differ from it
+    ],
+)
+def test_different_tokenizers_are_refused_whichever_is_named(
+    tmp_path, tokenizer_dirs, named, teacher, student, culprit
+):
+    spec = str(tokenizer_dirs["b"]) if named == "path" else named
+    cfg = _cfg(tokenizer_dirs[teacher], tokenizer_dirs[student], spec)
+    with pytest.raises(ModelError) as e:
+        prepare_tokenizer(cfg, tmp_path, None)
+    message = str(e.value)
+    assert "\n" not in message and "tokenizers differ" in message and culprit in message
+
+
+@pytest.mark.parametrize("named", ["student", "teacher", "path"])
+def test_one_shared_tokenizer_is_accepted(tmp_path, tokenizer_dirs, named):
+    spec = str(tokenizer_dirs["a_copy"]) if named == "path" else named
+    tok = prepare_tokenizer(_cfg(tokenizer_dirs["a"], tokenizer_dirs["a_copy"], spec), tmp_path, None)
+    assert tok.get_vocab() == load_tokenizer(str(tokenizer_dirs["a"])).get_vocab()
+
+
+def test_an_unused_teacher_is_not_checked(tmp_path, tokenizer_dirs):
+    """teacher.source=none (CE only): the teacher is never fed, so its tokenizer does not matter."""
+    cfg = _cfg(tokenizer_dirs["b"], tokenizer_dirs["a"], "student", source="none")
+    assert (
+        prepare_tokenizer(cfg, tmp_path, None).get_vocab()
+        == load_tokenizer(str(tokenizer_dirs["a"])).get_vocab()
+    )
