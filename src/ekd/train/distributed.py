@@ -10,6 +10,8 @@ is replicated, inference-only (no optimizer state), or absent with a cache.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,3 +94,35 @@ def global_sum(value: float, ranks: Ranks) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=ranks.device)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def global_sums(sums: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """The step's diagnostics over all ranks: Σ of every sum, min/max of keys ending ``_min``/``_max``.
+
+    Every rank must pass the same keys (they follow from the config). NaN extremes (no selected token) are
+    ignored; a key that is NaN on every rank stays NaN.
+    """
+    if ranks.world_size == 1:
+        return sums
+    keys = sorted(sums)
+    extreme = [k for k in keys if k.endswith(("_min", "_max"))]
+    plain = [k for k in keys if k not in extreme]
+    total = torch.tensor([sums[k] for k in plain], dtype=torch.float64, device=ranks.device)
+    dist.all_reduce(total)
+    # max of (x for _max keys, −x for _min keys); NaN → −inf so it never wins
+    signed = [(-1.0 if k.endswith("_min") else 1.0) * sums[k] for k in extreme]
+    peak = torch.tensor(
+        [-math.inf if math.isnan(v) else v for v in signed], dtype=torch.float64, device=ranks.device
+    )
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    out = dict(zip(plain, total.tolist()))
+    for k, v in zip(extreme, peak.tolist()):
+        out[k] = math.nan if math.isinf(v) and v < 0 else (-v if k.endswith("_min") else v)
+    return out
+
+
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of rank ``rank``'s global torch RNG (dropout) at ``step``: ranks draw independently, and the
+    draws of a step depend only on (seed, step, rank), so resume needs no saved RNG state."""
+    digest = hashlib.sha256(f"ekd-global-rng:{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)

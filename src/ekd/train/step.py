@@ -21,6 +21,7 @@ from ekd.losses.reduce import normalize
 from ekd.losses.targets import DenseTarget
 from ekd.models.load import model_body, output_head
 from ekd.selection.base import StepContext
+from ekd.selection.draws import RowDraws
 from ekd.selection.types import Selection
 from ekd.teacher.signal import TeacherSignal
 from ekd.train.method_parts import MethodParts
@@ -40,6 +41,7 @@ class StepContextData:
     chunk_rows: int = 1024
     autocast_dtype: torch.dtype | None = None
     compile: bool = False
+    rows: RowDraws | None = None  # per-row random streams (random scorer, pos_rs)
 
 
 @dataclass
@@ -115,11 +117,9 @@ def distill_micro_batch(
                 )
             )
         candidates = valid & signal.available if signal is not None else valid  # (B, T) may receive KD
-        policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats)
+        policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats, ctx.rows)
         scores = (
-            parts.scores(stats, candidates, ctx.generator, ctx.vocab_size)
-            if parts.policy.needs_scores
-            else None
+            parts.scores(stats, candidates, ctx.rows, ctx.vocab_size) if parts.policy.needs_scores else None
         )
         # 4. selection → temperatures
         selection = parts.policy.select(scores, candidates, policy_ctx)

@@ -21,11 +21,20 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config
 from ekd.errors import NonFiniteLossError
-from ekd.losses.reduce import global_count
 from ekd.models.load import is_preset, save_model_dir
+from ekd.selection.draws import RowDraws, micro_batch_key
+from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ekd.train.distributed import Ranks, distributed, global_sum, rank_slice, sum_gradients
+from ekd.train.distributed import (
+    Ranks,
+    distributed,
+    global_sum,
+    global_sums,
+    rank_seed,
+    rank_slice,
+    sum_gradients,
+)
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
@@ -78,8 +87,16 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torc
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, micro-batch): random selection is exact on resume."""
+    """The generator of decisions taken once per global micro-batch (the EXP3 budget): it depends only on
+    (seed, step, micro-batch index), so every rank draws alike and resume is exact. Draws per row (random
+    scores, ``pos_rs``) use :func:`row_draws` instead."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
+
+
+def row_draws(seed: int, step: int, micro: int, batch) -> RowDraws:
+    """Per-row random streams of global micro-batch ``micro``: row i's draws are keyed by its sample id, so
+    W ranks draw what one process with the same micro-batch draws."""
+    return RowDraws(micro_batch_key(seed, step, micro), batch.sample_ids)
 
 
 def train(
@@ -140,7 +157,6 @@ def _train(
         parts.policy.load_state_dict(state["policy"])
         if hasattr(parts.temperature, "load_state_dict"):
             parts.temperature.load_state_dict(state.get("temperature", {}))
-        torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", ckpt, start_step)
     metrics_log = (
         MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
@@ -152,7 +168,6 @@ def _train(
             "loader": loader.state_dict(),
             "policy": parts.policy.state_dict(),
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
-            "rng": torch.get_rng_state(),
         }
         path = (
             save_checkpoint(
@@ -176,7 +191,9 @@ def _train(
     )
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
-        # 1. learning rate for this step
+        # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact
+        torch.manual_seed(rank_seed(cfg.run.seed, step, ranks.rank))
+        # learning rate for this step
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -198,6 +215,7 @@ def _train(
         # 3. sum gradients over ranks (terms are already divided by global counts), clip, step
         sum_gradients([p for _, p in params if p.requires_grad], ranks)
         loss_value = global_sum(loss_value, ranks)
+        sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(
@@ -209,7 +227,7 @@ def _train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
-        kd_mean = global_sum(sums.get("kd_sum", 0.0), ranks) / kd_count  # LATF sees the all-reduced loss
+        kd_mean = sums.get("kd_sum", 0.0) / kd_count  # LATF sees the mean KD loss of the global batch
         parts.policy.observe(
             kd_loss=kd_mean,
             **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp),
@@ -270,21 +288,24 @@ def forward_backward(
 ):
     """Accumulate one optimizer step's gradients over its micro-batches.
 
-    Every term is normalized by its global count over the whole step (planned before any forward pass
-    from the masks alone), so 8 micro-batches of 1 give the same gradients as 2 of 4.
+    Every term is normalized by its global count over the whole step (all micro-batches, all ranks),
+    planned before any forward pass from the masks alone: each rank gathers the masks of the global
+    micro-batches (every rank's rows), so all ranks hold the same counts and a batch-wide rule counts
+    ⌈k·N⌉ over the global micro-batch, as one process would.
 
     Returns:
-        (loss, summed diagnostics, kd_count, ce_count)
+        (loss, summed diagnostics of this rank, kd_count, ce_count, bandit feedback)
     """
-    device = micro_batches[0].input_ids.device
-    planned = []
+    planned, valid_counts = [], []
     for i, b in enumerate(micro_batches):
-        candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
+        valid = b.labels != -100  # (b, T)
+        candidates = valid & (teacher.available(b) if teacher is not None else True)
+        masks = gather_rows(torch.stack([valid, candidates], dim=1))  # (W·b, 2, T) global micro-batch
         pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), vocab_size, {})
-        planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
-    kd_count = global_count(planned, device)
-    ce_local = [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else planned
-    ce_count = global_count(ce_local, device)
+        planned.append(parts.policy.planned_count(masks[:, 1], pctx) if parts.kd_weight > 0 else 0.0)
+        valid_counts.append(float(masks[:, 0].sum()))
+    kd_count = max(float(sum(planned)), 1.0)  # global already: never divide by zero
+    ce_count = max(float(sum(valid_counts if parts.ce_on == "all" else planned)), 1.0)
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
@@ -298,6 +319,7 @@ def forward_backward(
             chunk_rows(cfg, vocab_size),
             amp,
             cfg.train.compile,
+            row_draws(cfg.run.seed, step, i, batch),
         )
         out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
         if not torch.isfinite(out.loss):
