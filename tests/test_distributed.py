@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ekd.cli import main
+from ekd.train.distributed import Ranks, data_parallel, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
 
 # name → overrides; each exercises a random draw or a batch-scoped rule that differs per rank if done locally
@@ -81,7 +83,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     mismatches = []
     for name in METHODS:
         a, b = tmp_path / "runs" / f"single-{name}", tmp_path / "runs" / f"ddp-{name}"
-        for key in ("train/loss", "train/kd"):
+        for key in ("train/loss", "train/kd", "train/grad_norm"):  # grad norm: DDP sums, never averages
             one, two = torch.tensor(_metrics(a, key)), torch.tensor(_metrics(b, key))
             if one.shape != two.shape or not torch.allclose(two, one, rtol=1e-5, atol=1e-8):
                 mismatches.append((name, key, one.tolist(), two.tolist()))
@@ -92,3 +94,68 @@ def test_two_ranks_equal_one_process(tmp_path):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
                 break
     assert mismatches == [], [m[:2] for m in mismatches]
+
+
+def _toy_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.ModuleDict({"body": torch.nn.Linear(5, 3), "head": torch.nn.Linear(3, 2)})
+
+
+def _toy_data() -> torch.Tensor:
+    return torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(1))  # 2 micro-batches of 8 rows
+
+
+def _toy_grads(
+    model, micro_batches: list[torch.Tensor], engine, extra: torch.nn.Module
+) -> list[torch.Tensor]:
+    """Σ over micro-batches of (Σ rows of a loss) / global row count; the head is used outside the body's
+    forward, the extra module on the first micro-batch only (unused in the last one)."""
+    count = 16.0  # rows of the global step (both micro-batches, all ranks)
+    for i, x in enumerate(micro_batches):
+
+        def run(x=x, i=i) -> torch.Tensor:
+            h = torch.tanh(model["body"](x))
+            loss = model["head"](h).pow(2).sum()
+            if i == 0:
+                loss = loss + extra(x).sum()
+            return loss / count
+
+        with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
+            (engine(run) if engine is not None else run()).backward()
+    return [p.grad.clone() for p in [*model.parameters(), *extra.parameters()]]
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model, extra = _toy_model(), torch.nn.Linear(5, 1)
+        torch.manual_seed(rank)  # rank 1 starts from other weights: DDP must broadcast rank 0's
+        if rank:
+            for p in [*model.parameters(), *extra.parameters()]:
+                p.data.normal_()
+        engine = data_parallel(model, {"extra": extra}, Ranks(rank, 2, torch.device("cpu")))
+        data = _toy_data()
+        mine = [mb[rank * 4 : (rank + 1) * 4] for mb in data]  # this rank's 4 rows of each micro-batch
+        torch.save(_toy_grads(model, mine, engine, extra), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_sums_gradients_once_per_step():
+    """2 gloo ranks through ``data_parallel``: after the last micro-batch every rank holds the one-process
+    gradient of the global batch (a sum over ranks, not DDP's average), including a parameter used outside
+    the body and one unused in the last micro-batch; ``no_sync`` before it."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ddp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        g0, g1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    torch.manual_seed(0)
+    model, extra = _toy_model(), torch.nn.Linear(5, 1)
+    data = _toy_data()
+    want = _toy_grads(model, list(data), None, extra)  # one process, the same global micro-batches
+    for a, b, w in zip(g0, g1, want):
+        torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(b, w, rtol=1e-6, atol=1e-7)

@@ -115,5 +115,6 @@ def validate(cfg: Config) -> None:
     _choice("train.precision", tr.precision, ["auto", "fp32", "bf16"])
     _choice("train.loss_path", tr.loss_path, ["chunked", "chunked_recompute", "reference"])
     _range("train.head_chunk_size", tr.head_chunk_size, 0)
+    _choice("train.parallel", tr.parallel, ["ddp"])
     _range("eval.ece_bins", cfg.eval.ece_bins, 1)
     _choice("log.level", cfg.log.level.upper(), ["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,12 +28,13 @@ from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ekd.train.distributed import (
     Ranks,
+    data_parallel,
     distributed,
     global_sum,
     global_sums,
+    micro_batch_sync,
     rank_seed,
     rank_slice,
-    sum_gradients,
 )
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
@@ -50,7 +51,7 @@ from ekd.train.prepare import (
     resolve_device,
 )
 from ekd.train.run_dir import prepare_run_dir
-from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ def _train(
         ranks.barrier()
         data = data or prepare_data(cfg, run_dir)
     student = load_student(cfg, data, device)
-    if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
@@ -158,6 +159,7 @@ def _train(
         if hasattr(parts.temperature, "load_state_dict"):
             parts.temperature.load_state_dict(state.get("temperature", {}))
         log.info("resumed from %s at step %d", ckpt, start_step)
+    engine = data_parallel(student, parts.modules, ranks)  # DDP under torchrun, None in one process
     metrics_log = (
         MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
     )
@@ -209,11 +211,10 @@ def _train(
                 for i, b in enumerate(micro_batches)
             ]
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(
-            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir
+            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
         )
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        # 3. sum gradients over ranks (terms are already divided by global counts), clip, step
-        sum_gradients([p for _, p in params if p.requires_grad], ranks)
+        # 3. gradients are summed over ranks by DDP in the last backward; clip, step
         loss_value = global_sum(loss_value, ranks)
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         trainable = [p for _, p in params if p.grad is not None]
@@ -285,8 +286,12 @@ def forward_backward(
     vocab_size: int,
     amp,
     run_dir: Path,
+    engine=None,
 ):
     """Accumulate one optimizer step's gradients over its micro-batches.
+
+    ``engine``: the DDP wrapper under torchrun (gradients summed over ranks in the last micro-batch's
+    backward, ``no_sync`` before it), None in one process.
 
     Every term is normalized by its global count over the whole step (all micro-batches, all ranks),
     planned before any forward pass from the masks alone: each rank gathers the masks of the global
@@ -321,15 +326,31 @@ def forward_backward(
             cfg.train.compile,
             row_draws(cfg.run.seed, step, i, batch),
         )
-        out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
-        if not torch.isfinite(out.loss):
-            _stop_non_finite(step, run_dir)
-        out.loss.backward()
+        with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
+            out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
+            if not torch.isfinite(out.loss):
+                _stop_non_finite(step, run_dir)
+            out.loss.backward()
         loss_value += float(out.loss.detach())
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
     return loss_value, sums, kd_count, ce_count, feedback
+
+
+def _micro_batch(engine, *args) -> MicroBatchResult:
+    """``distill_micro_batch(*args)``; under DDP run inside the engine's forward (so DDP sees every parameter
+    use and prepares its gradient reduction), with the engine's output as the loss."""
+    if engine is None:
+        return distill_micro_batch(*args)
+    held: list[MicroBatchResult] = []
+
+    def run() -> torch.Tensor:
+        held.append(distill_micro_batch(*args))
+        return held[0].loss
+
+    loss = engine(run)
+    return replace(held[0], loss=loss)
 
 
 def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size: int, amp) -> dict:
