@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from ekd.cli import main
 from ekd.train.distributed import Ranks, data_parallel, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
 
@@ -59,6 +57,10 @@ def _metrics(run_dir: Path, key: str) -> list[float]:
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ekd.cli import main
+
     corpus = write_corpus(tmp_path / "corpus", n_docs=24)
     common = ["train.max_steps=3", "eval.teacher=false"]
     runs = []
@@ -143,6 +145,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_sums_gradients_once_per_step():
     """2 gloo ranks through ``data_parallel``: after the last micro-batch every rank holds the one-process
     gradient of the global batch (a sum over ranks, not DDP's average), including a parameter used outside

@@ -811,6 +811,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_decide_as_one_process():
     """2 gloo ranks: GLS queue and bandit statistics are shared; every random draw and batch-scoped rule
     (top-k per batch, LATF, EXP3 per batch, random scores, pos_rs, the IDTS median, top-fraction splits)
