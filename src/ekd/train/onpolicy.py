@@ -54,8 +54,9 @@ _MIN_PROMPT_RUN = 2  # leading ignored labels that mark a prompt region (plain t
 def on_policy_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The generator of micro-batch ``micro`` at ``step``: depends only on (seed, step, micro), exact on resume.
 
-    A stream of its own, apart from ``trainer.step_generator`` (random selection), so the on-policy coin is not
-    correlated with the positions a random policy draws.
+    A stream of its own, apart from ``trainer.step_generator`` (per-micro-batch selection decisions), so the
+    on-policy coin is not correlated with them. ``micro`` is the global micro-batch index: every rank flips the
+    same coin and draws the same stream key; the rows' own streams then differ by sample id.
     """
     base = (seed * 1_000_003 + step * 1_009 + micro) % (2**63)
     return torch.Generator().manual_seed(
