@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ekd.config import MethodConfig
 from ekd.selection.base import ceil_count
+from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.policies import StepContext, build_policy, policies
 from ekd.selection.sample_selection import (
     load_sample_selection,
@@ -31,6 +32,7 @@ from ekd.selection.scores import (
     score_needs,
     scorers,
 )
+from ekd.selection.types import Selection
 
 V = 37
 SEEDS = range(12)
@@ -57,8 +59,19 @@ def cfg(**kw) -> MethodConfig:
     return MethodConfig(**kw)
 
 
-def ctx(step: int = 0, total: int = 20, seed: int = 0, features: dict | None = None) -> StepContext:
-    return StepContext(step, total, torch.Generator().manual_seed(seed), V, features or {})
+def row_draws(seed: int, b: int) -> RowDraws:
+    """Per-row streams of a micro-batch of ``b`` rows with sample ids 0 … b−1."""
+    return RowDraws(micro_batch_key(0, seed, 0), torch.arange(b))
+
+
+def ctx(
+    step: int = 0, total: int = 20, seed: int = 0, features: dict | None = None, b: int | None = None
+) -> StepContext:
+    """A step context; its row streams have ``b`` rows (default: the rows of ``features``, else none)."""
+    if b is None and features:
+        b = next(iter(features.values())).shape[0]
+    rows = row_draws(seed, b) if b is not None else None
+    return StepContext(step, total, torch.Generator().manual_seed(seed), V, features or {}, rows)
 
 
 def logits_batch(seed: int, b: int = 4, t: int = 23):
@@ -116,7 +129,7 @@ def random_case(seed: int):
 
 
 def scores_for(method: MethodConfig, stats, valid, seed: int = 0):
-    return compute_scores(method, stats, valid, torch.Generator().manual_seed(seed), V)
+    return compute_scores(method, stats, valid, row_draws(seed, valid.shape[0]), V)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,7 +163,7 @@ def test_scores_match_float64_reference(seed):
         torch.testing.assert_close(got.double()[valid], want[valid], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_random_scorer_uses_the_generator():
+def test_random_scorer_uses_the_row_streams():
     valid = torch.rand(3, 11, generator=torch.Generator().manual_seed(0)) > 0.3
     a = scores_for(cfg(scorer="random"), {}, valid, seed=5)
     b = scores_for(cfg(scorer="random"), {}, valid, seed=5)
@@ -430,11 +443,10 @@ def _pos_rs_case():
 def test_pos_rs_is_unbiased_for_the_sum_over_valid_positions():
     valid, d, scores = _pos_rs_case()
     policy = build_policy(cfg(policy="pos_rs", scorer="random", select_fraction=0.2), 10)
-    gen = torch.Generator().manual_seed(1)
     n, k = valid.sum(-1).double(), ceil_count(0.2, valid.sum(-1)).double()
     unbiased, naive = [], []
     for i in range(2000):
-        sel = policy.select(scores, valid, StepContext(i, 10, gen, V))
+        sel = policy.select(scores, valid, ctx(i, 10, seed=i, b=3))
         assert sel.count == int(k.sum())
         drawn = d.reshape(-1)[sel.rows]
         unbiased.append(float((sel.weights * drawn).sum()))
@@ -449,7 +461,7 @@ def test_pos_rs_is_unbiased_for_the_sum_over_valid_positions():
 def test_pos_rs_weights_are_exact_importance_weights():
     valid, d, scores = _pos_rs_case()
     policy = build_policy(cfg(policy="pos_rs", scorer="random", select_fraction=0.2, pos_rs_power=0.5), 10)
-    sel = policy.select(scores, valid, ctx())
+    sel = policy.select(scores, valid, ctx(b=3))
     w = scores.double().pow(0.5).masked_fill(~valid, 0)
     q = (w / w.sum(-1, keepdim=True)).reshape(-1)
     k = ceil_count(0.2, valid.sum(-1)).double()
@@ -463,9 +475,8 @@ def test_pos_rs_self_normalized_is_bounded():
     policy = build_policy(
         cfg(policy="pos_rs", scorer="random", select_fraction=0.2, pos_rs_self_normalized=True), 10
     )
-    gen = torch.Generator().manual_seed(2)
     for i in range(50):
-        sel = policy.select(scores, valid, StepContext(i, 10, gen, V))
+        sel = policy.select(scores, valid, ctx(i, 10, seed=1000 + i, b=3))
         seq = sel.rows // 40
         for b in range(3):
             w, dd = sel.weights[seq == b].double(), d.reshape(-1)[sel.rows[seq == b]].double()
@@ -736,6 +747,43 @@ def test_build_policy_errors_and_registry():
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _batch_scope_results(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Every random or batch-scoped rule on this rank's rows of one 4-row micro-batch. Concatenated over the
+    ranks (dim 0, rank order), each result must equal the one-process result on all 4 rows."""
+    from ekd.losses.decoupled import top_fraction_mask
+    from ekd.temperature import build_temperature
+
+    zt, zs, labels = logits_batch(7, 4, 17)
+    stats, valid = step_stats(zt, zs, labels, garbage=False), labels != -100
+    b = 4 // world
+    mine = slice(rank * b, (rank + 1) * b)  # this rank's rows of the global micro-batch
+    stats, valid = {k: v[mine] for k, v in stats.items()}, valid[mine]
+    offset = rank * b * valid.shape[1]  # flat index of this rank's first position in the global batch
+    c = StepContext(3, 20, torch.Generator().manual_seed(11), V, stats, RowDraws(5, torch.arange(4)[mine]))
+    out: dict[str, torch.Tensor] = {}
+    for name, method in {
+        "topk_batch": cfg(policy="topk", scorer="student_ce", select_fraction=0.3, select_per="batch"),
+        "latf": cfg(policy="latf", scorer="hellinger"),
+        "exp3_batch": cfg(policy="bandit", bandit_kind="exp3", scorer="student_ce", select_per="batch"),
+        "random_pos": cfg(policy="topk", scorer="random", select_fraction=0.3),
+        "pos_rs": cfg(policy="pos_rs", scorer="student_entropy", select_fraction=0.3),
+    }.items():
+        policy = build_policy(method, 20)
+        if name == "latf":
+            policy.ratio = 0.3  # past warm-up: the top 30% of the batch
+        scores = compute_scores(method, stats, valid, c.rows, V)
+        sel = policy.select(scores, valid, c)
+        out[f"{name}/rows"], out[f"{name}/weights"] = sel.rows + offset, sel.weights
+        out[f"{name}/scores"] = scores
+    rows = out["topk_batch/rows"] - offset
+    out["idts_tau"] = build_temperature(cfg(temperature="idts", kd_temperature=2.0), 20)(
+        Selection(rows, torch.ones(rows.numel()), valid.numel()), stats, valid, c
+    )
+    hard = stats["teacher_entropy"].reshape(-1)[out["latf/rows"] - offset]  # (M_r,) EGAD / AT-KD style split
+    out["top_fraction"] = top_fraction_mask(hard, 0.5)
+    return out
+
+
 def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -750,21 +798,35 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             before = torch.rand(sel.count, generator=g)
             bandit.observe(kl_before=before, kl_after=before * 0.5)
         torch.save(
-            {"queue": gls.queue, "threshold": gls.threshold, "A": bandit.A, "b": bandit.b},
+            {
+                "queue": gls.queue,
+                "threshold": gls.threshold,
+                "A": bandit.A,
+                "b": bandit.b,
+                "batch": _batch_scope_results(rank, world),
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_ranks_share_gls_queue_and_bandit_statistics():
+@pytest.mark.slow
+def test_distributed_ranks_decide_as_one_process():
+    """2 gloo ranks: GLS queue and bandit statistics are shared; every random draw and batch-scoped rule
+    (top-k per batch, LATF, EXP3 per batch, random scores, pos_rs, the IDTS median, top-fraction splits)
+    gives, concatenated over the ranks, exactly the one-process result on the whole micro-batch."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    one = _batch_scope_results(0, 1)
+    both = {k: torch.cat([r0["batch"][k], r1["batch"][k]]) for k in one}
+    assert [k for k in one if both[k].shape != one[k].shape or not torch.equal(both[k], one[k])] == []
     for key in ("queue", "threshold", "A", "b"):
         assert torch.equal(r0[key], r1[key]), key
+    assert one["top_fraction"].any() and not one["top_fraction"].all()  # the split is not trivial
     pushed = sum(int(random_case(10 * step + rank)[1].sum()) for step in range(3) for rank in range(2))
     assert r0["queue"].numel() == min(64, pushed)  # both ranks' scores went into one queue
 

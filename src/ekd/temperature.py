@@ -23,6 +23,7 @@ from torch import Tensor
 from ekd.errors import ConfigError
 from ekd.registry import Registry
 from ekd.selection.base import StepContext
+from ekd.selection.global_batch import all_gather_1d
 from ekd.selection.types import Selection
 
 IDTS_SCORE_FLOOR = 1e-8
@@ -127,7 +128,8 @@ class InverseDifficultyTemperature(TemperaturePolicy):
 
     s_i = max(Hellinger_i, 1e-8) at the selected rows (τ=1); ŝ_i = tanh(log(s_i / median(s))) with the
     median over the selected tokens of the micro-batch (``torch.median``: the lower middle value for an even
-    count, as in the authors' code); τ_i = τ_base·exp(−c·ŝ_i), τ_base = ``kd_temperature``,
+    count, as in the authors' code) — of the global micro-batch: under torch.distributed the s of every rank
+    are gathered (a collective), so W ranks use the median one process would; τ_i = τ_base·exp(−c·ŝ_i), τ_base = ``kd_temperature``,
     c = ``idts_strength``. Hard tokens (s above the median) get τ < τ_base, easy ones τ > τ_base, all within
     τ_base·[e^{−c}, e^{c}].
     """
@@ -145,9 +147,10 @@ class InverseDifficultyTemperature(TemperaturePolicy):
         self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
     ) -> Tensor:
         s = _at_rows(stats, "hellinger", selection, self.name).clamp_min(IDTS_SCORE_FLOOR)  # (M,)
+        s_all = all_gather_1d(s)  # (Σ_ranks M,) before any early return: every rank joins
         if s.numel() == 0:
             return s
-        median = self._median = torch.median(s)
+        median = self._median = torch.median(s_all)
         s_hat = torch.tanh(torch.log(s / median))  # (M,) in (−1, 1)
         return self.base * torch.exp(-self.strength * s_hat)
 

@@ -355,6 +355,9 @@ class TrainConfig:
     1024 rows at V=32,768 and 256 at V=151,936)."""
     compile: bool = flag(False)
     """torch.compile the per-chunk loss function."""
+    parallel: str = "ddp"
+    """Data parallelism under ``torchrun``: 'ddp' (torch's DistributedDataParallel: gradients all-reduced in
+    buckets during backward, skipped on accumulation micro-batches). A single process needs none."""
 
 
 @dataclass

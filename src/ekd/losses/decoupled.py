@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from ekd.losses.divergences import _kl_from_log, log_probs_at
-from ekd.selection.base import topk_mask
+from ekd.selection.base import topk_rows_mask
+from ekd.selection.global_batch import gather_segments
 
 _LN2 = math.log(2.0)
 
@@ -157,13 +158,17 @@ def top_fraction_mask(scores: Tensor, fraction: float) -> Tensor:
 
     fraction = 0 selects none, 1 selects all. The ⌈k·n⌉ rule and its ranking are those of the selection
     policies (``ekd.selection.base.topk_mask``), so every "top fraction" in the library counts alike.
+    The rule is batch-scoped: under torch.distributed the scores of every rank are gathered (a collective:
+    all ranks call it) and each rank keeps its part of the global top ⌈fraction·ΣM⌉, as one process would.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    if fraction == 0.0 or scores.numel() == 0:
+    all_scores, own = gather_segments(scores.detach().reshape(-1).float())  # (Σ_ranks M,)
+    if fraction == 0.0 or all_scores.numel() == 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    row = scores.detach().reshape(1, -1)  # (1, M)
-    return topk_mask(row, torch.ones_like(row, dtype=torch.bool), fraction, per="batch").reshape(scores.shape)
+    row = all_scores.reshape(1, -1)  # (1, ΣM)
+    mask = topk_rows_mask(row, torch.ones_like(row, dtype=torch.bool), fraction)[0]  # (ΣM,)
+    return mask[own].reshape(scores.shape)
 
 
 def atkd_hard_mask(uncertainty: Tensor, fraction: float = 0.5) -> Tensor:

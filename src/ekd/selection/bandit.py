@@ -33,13 +33,13 @@ from ekd.selection.base import (
     COUNT_SLACK,
     SelectionPolicy,
     StepContext,
-    all_reduce_sum,
     check_state_name,
     finite_only,
     rank_within_rows,
     topk_mask,
     topk_planned,
 )
+from ekd.selection.global_batch import all_reduce_sum
 from ekd.selection.types import Selection
 
 FEATURE_NAMES = ("teacher_entropy", "student_ce", "forward_kl", "position")

@@ -3,8 +3,9 @@
 - ``StepContext``: what a policy may read about the current optimizer step.
 - ``SelectionPolicy``: the base class (``select``, ``planned_count``, ``observe``, state, diagnostics).
 - Counting and ranking helpers, so the "⌈k·n⌉ highest / lowest of each row" rule has one implementation.
-- Collective helpers: under ``torch.distributed`` (world size > 1) the statistics that decide selection
-  (GLS queue, bandit statistics) are combined across ranks so every rank decides alike (DESIGN, decision 5).
+- Batch-scoped rules (``topk_mask`` with ``per="batch"``) rank the global micro-batch: under
+  ``torch.distributed`` they gather every rank's scores (``ekd.selection.global_batch``), so W ranks select
+  what one process with the same micro-batch selects.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ekd.errors import ConfigError
+from ekd.selection.draws import RowDraws
+from ekd.selection.global_batch import gather_segments
 from ekd.selection.types import Selection
 
 # Slack for ⌈k·n⌉ / ⌊x⌋ on products that should be integers but are not in binary (0.1·30 = 3.0000000000000004).
@@ -30,11 +32,13 @@ class StepContext:
     Attributes:
         step: optimizer steps completed before this one (0-based); all micro-batches of a step share it.
         total_steps: optimizer steps of the whole run (``train.max_steps``).
-        generator: the only source of randomness of selection (seeded and checkpointed by the trainer).
-            May live on the CPU or on the scores' device.
+        generator: randomness of decisions taken once per micro-batch (the EXP3 budget), seeded by the
+            trainer from (seed, step, global micro-batch index): every rank holds the same one. May live on
+            the CPU or on the scores' device.
         vocab_size: V, for scores normalized by log V.
         features: the per-token statistics dict of the step (name → (B, T) fp32); the LinUCB bandit reads its
             token features here.
+        rows: per-row random streams keyed by sample id (``pos_rs`` draws); None outside training.
     """
 
     step: int
@@ -42,6 +46,13 @@ class StepContext:
     generator: torch.Generator
     vocab_size: int
     features: dict[str, Tensor] = field(default_factory=dict)
+    rows: RowDraws | None = None
+
+    def row_uniforms(self, stream: str, num: int, device: torch.device | str | None = None) -> Tensor:
+        """(B, num) float64 uniforms of ``stream`` per row (:class:`ekd.selection.draws.RowDraws`)."""
+        if self.rows is None:
+            raise ValueError(f"'{stream}' draws per row: pass StepContext(rows=RowDraws(key, sample_ids))")
+        return self.rows.uniforms(stream, num, device)
 
 
 class SelectionPolicy:
@@ -74,7 +85,11 @@ class SelectionPolicy:
         raise NotImplementedError
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
-        """KD tokens this micro-batch contributes to the loss normalizer, from the mask alone (no forward)."""
+        """KD tokens a micro-batch contributes to the loss normalizer, from the mask alone (no forward).
+
+        Under torch.distributed ``valid`` is the mask of the *global* micro-batch (every rank's rows, gathered
+        by the trainer), so batch-wide rules count ⌈k·N⌉ over all ranks and every rank gets the same total.
+        """
         raise NotImplementedError
 
     def observe(self, kd_loss: float | None = None, **feedback: Tensor | float) -> None:
@@ -172,21 +187,31 @@ def rank_within_rows(scores: Tensor, valid: Tensor, descending: bool) -> Tensor:
     return ranks
 
 
+def topk_rows_mask(scores: Tensor, valid: Tensor, fraction: float) -> Tensor:
+    """(R, C) bool: the ⌈k·n_r⌉ highest valid scores of each row r (at least 1 if any), ties → lower index."""
+    counts = ceil_count(fraction, valid.sum(-1))  # (R,)
+    ranks = rank_within_rows(scores, valid, descending=True)  # (R, C)
+    return valid & (ranks < counts[:, None])
+
+
 def topk_mask(scores: Tensor, valid: Tensor, fraction: float, per: str) -> Tensor:
-    """(B, T) bool: the ⌈k·n_i⌉ highest valid scores per sequence, or ⌈k·N⌉ over the batch (≥ 1 if any)."""
-    if per == "batch":
-        flat_scores, flat_valid = scores.reshape(1, -1), valid.reshape(1, -1)  # (1, B·T)
-    elif per == "sequence":
-        flat_scores, flat_valid = scores, valid  # (B, T)
-    else:
+    """(B, T) bool: the ⌈k·n_i⌉ highest valid scores per sequence, or ⌈k·N⌉ over the batch (≥ 1 if any).
+
+    ``per="batch"`` ranks the global micro-batch: under torch.distributed the scores of every rank are
+    gathered (a collective: all ranks call it) and each rank keeps its rows of the global top ⌈k·N⌉.
+    """
+    if per == "sequence":
+        return topk_rows_mask(scores, valid, fraction)
+    if per != "batch":
         raise ConfigError(f"method.select_per must be 'sequence' or 'batch', got '{per}'")
-    counts = ceil_count(fraction, flat_valid.sum(-1))  # (R,)
-    ranks = rank_within_rows(flat_scores, flat_valid, descending=True)  # (R, C)
-    return (flat_valid & (ranks < counts[:, None])).reshape(valid.shape)  # (B, T)
+    flat = torch.stack([scores.detach().reshape(-1).double(), valid.reshape(-1).double()], -1)  # (B·T, 2)
+    both, own = gather_segments(flat)  # (Σ_ranks B·T, 2) in the global micro-batch's order
+    mask = topk_rows_mask(both[None, :, 0], both[None, :, 1] > 0, fraction)[0]  # (Σ B·T,)
+    return mask[own].reshape(valid.shape)  # (B, T) this rank's rows
 
 
 def topk_planned(valid: Tensor, fraction: float, per: str) -> float:
-    """Exact count of ``topk_mask`` from the mask alone."""
+    """Exact count of ``topk_mask`` from the mask alone (for ``per="batch"``, pass the global micro-batch's)."""
     if per == "batch":
         return float(ceil_count_scalar(fraction, int(valid.sum())))
     return float(ceil_count(fraction, valid.sum(-1)).sum())
@@ -198,35 +223,3 @@ def empty_selection(valid: Tensor) -> Selection:
         torch.zeros(0, dtype=torch.float32, device=valid.device),
         valid.numel(),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Collectives (no-ops unless torch.distributed is initialized with more than one rank)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum of ``t`` over ranks (in place; returned for chaining). Every rank must call it."""
-    if world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_gather_1d(t: Tensor) -> Tensor:
-    """Concatenation over ranks (rank order) of 1-D tensors of different lengths. Every rank must call it."""
-    ws = world_size()
-    if ws == 1:
-        return t
-    n = torch.tensor([t.numel()], dtype=torch.long, device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    longest = int(max(int(s) for s in sizes))
-    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
-    padded[: t.numel()] = t
-    parts = [torch.zeros_like(padded) for _ in range(ws)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])  # (Σ n_r,)

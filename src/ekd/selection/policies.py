@@ -29,7 +29,6 @@ from ekd.selection.base import (
     COUNT_SLACK,
     SelectionPolicy,
     StepContext,
-    all_gather_1d,
     ceil_count,
     check_state_name,
     empty_selection,
@@ -37,6 +36,7 @@ from ekd.selection.base import (
     topk_mask,
     topk_planned,
 )
+from ekd.selection.global_batch import all_gather_1d
 from ekd.selection.latf import LossAdaptiveTokenFocusing
 from ekd.selection.types import Selection
 
@@ -263,6 +263,9 @@ class PositionSampling(SelectionPolicy):
     vanishes with the score (e.g. score = the divergence), so prefer a strictly positive scorer.
     ``pos_rs_self_normalized``: w_j = n_i·(1/q_j)/Σ_draws(1/q) — biased but bounded (Σ w = n_i, the
     estimate is n_i times a convex combination of the drawn D).
+
+    Draw d of row i is the inverse CDF of q_i (float64) at the row's uniform u_id (``ctx.row_uniforms``,
+    keyed by the sample id), so a row gets the same positions on any rank and in a micro-batch of any size.
     """
 
     name = "pos_rs"
@@ -289,9 +292,7 @@ class PositionSampling(SelectionPolicy):
         w = s.pow(self.power).masked_fill(~valid, 0.0)  # (B, T)
         w = torch.where(w.sum(-1, keepdim=True) > 0, w, valid.double())  # all-zero rows → uniform
         q = w / w.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, T), rows without valid positions: 0
-        g = ctx.generator
-        probs = torch.where((n > 0)[:, None], q, torch.ones_like(q)).to(g.device)  # dummy rows drawn, dropped
-        draws = torch.multinomial(probs, k_max, replacement=True, generator=g).to(valid.device)  # (B, K_max)
+        draws = inverse_cdf(q, ctx.row_uniforms(self.name, k_max, valid.device))  # (B, K_max)
         keep = torch.arange(k_max, device=valid.device)[None, :] < k[:, None]  # (B, K_max)
         q_draw = q.gather(-1, draws)  # (B, K_max)
         if self.self_normalized:
@@ -304,6 +305,23 @@ class PositionSampling(SelectionPolicy):
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return float(valid.sum())
+
+
+def inverse_cdf(q: Tensor, u: Tensor) -> Tensor:
+    """Column index v = min{v : Q_iv > u_ij·Q_iV} with Q the float64 prefix sums of each row of q.
+
+    Args:
+        q: (B, T) float64 non-negative weights; a column with q = 0 is never returned (rows without any
+            mass return T − 1, to be dropped by the caller).
+        u: (B, K) float64 uniforms in [0, 1).
+
+    Returns:
+        (B, K) long column indices.
+    """
+    cdf = q.cumsum(-1)  # (B, T)
+    total = cdf[:, -1:]  # (B, 1)
+    x = torch.minimum(u * total, total * (1.0 - 2.0**-51))  # (B, K) strictly below the row's mass
+    return torch.searchsorted(cdf, x.contiguous(), right=True).clamp_(max=q.shape[-1] - 1)
 
 
 policies: Registry[type[SelectionPolicy]] = Registry("policy")

@@ -11,7 +11,7 @@ as ``stats: dict[str, Tensor]`` of (B, T) fp32 tensors, named
 and only the ones the configured scorer declares (``score_needs``) are computed. Statistics that need the
 teacher's full distribution at training time (``TEACHER_DISTRIBUTION_STATS``) cannot come from a cache.
 
-    scores = compute_scores(method_cfg, stats, valid, generator, vocab_size)   # (B, T)
+    scores = compute_scores(method_cfg, stats, valid, rows, vocab_size)   # (B, T); rows: RowDraws
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ekd.errors import ConfigError
 from ekd.registry import Registry
+from ekd.selection.draws import RowDraws
 
 STAT_NAMES = (
     "teacher_entropy",
@@ -50,14 +51,14 @@ class ScoreInputs:
     Attributes:
         stats: name → (B, T) fp32 statistics (0 at invalid positions).
         valid: (B, T) bool mask, label ≠ -100.
-        generator: randomness of the ``random`` scorer.
+        rows: per-row random streams (the ``random`` scorer); None where no scorer draws.
         vocab_size: V (``ce_ratio_plus_student_entropy`` divides H(q) by log V).
         method_cfg: the ``MethodConfig`` (``composite`` reads its weights and normalization).
     """
 
     stats: Mapping[str, Tensor]
     valid: Tensor
-    generator: torch.Generator
+    rows: RowDraws | None
     vocab_size: int
     method_cfg: Any = None
 
@@ -111,9 +112,11 @@ def _ce_ratio_plus_student_entropy(inputs: ScoreInputs) -> Tensor:
 
 
 def _random(inputs: ScoreInputs) -> Tensor:
-    """U[0, 1) per position from the step's generator (drawn on the generator's device)."""
-    g = inputs.generator
-    return torch.rand(inputs.valid.shape, generator=g, device=g.device).to(inputs.valid.device)
+    """U[0, 1) per position: position t of a row is draw t of the row's stream (keyed by its sample id)."""
+    if inputs.rows is None:
+        raise ValueError("scorer 'random' draws per row: pass rows=RowDraws(key, sample_ids)")
+    t = inputs.valid.shape[-1]
+    return inputs.rows.uniforms("random_scorer", t, inputs.valid.device).float()  # (B, T)
 
 
 _add(
@@ -233,7 +236,7 @@ def compute_scores(
     method_cfg: Any,
     stats: Mapping[str, Tensor],
     valid: Tensor,
-    generator: torch.Generator,
+    rows: RowDraws | None,
     vocab_size: int,
 ) -> Tensor:
     """The configured position score.
@@ -242,7 +245,7 @@ def compute_scores(
         method_cfg: ``MethodConfig`` (reads ``scorer``, ``scorer_weights``, ``scorer_normalization``).
         stats: name → (B, T) fp32 statistics at τ=1; must hold ``score_needs(method_cfg)``.
         valid: (B, T) bool, label ≠ -100.
-        generator: randomness for the ``random`` scorer.
+        rows: per-row random streams of the micro-batch (the ``random`` scorer); may be None otherwise.
         vocab_size: V.
 
     Returns:
@@ -258,7 +261,7 @@ def compute_scores(
             f"scorer '{name}' needs statistics {missing} that the step did not compute "
             "(compute every name in score_needs(method_cfg))"
         )
-    inputs = ScoreInputs(stats, valid, generator, vocab_size, method_cfg)
+    inputs = ScoreInputs(stats, valid, rows, vocab_size, method_cfg)
     with torch.no_grad():
         out = scorer.fn(inputs).float()
     return out.detach().masked_fill(~valid, 0.0)

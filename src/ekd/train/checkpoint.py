@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "ekd-checkpoint"
-STATE_KEYS = ("step", "loader", "policy", "rng")
+STATE_KEYS = ("step", "loader", "policy")
 
 
 class CheckpointError(EkdError):

@@ -135,12 +135,11 @@ class MethodParts:
             initial = copy.deepcopy(student).eval().requires_grad_(False)
             self.frozen["initial_student"] = initial
 
-    def scores(
-        self, stats: dict[str, Tensor], candidates: Tensor, generator: torch.Generator, vocab_size: int
-    ) -> Tensor:
+    def scores(self, stats: dict[str, Tensor], candidates: Tensor, rows, vocab_size: int) -> Tensor:
+        """(B, T) position scores; ``rows``: the micro-batch's ``RowDraws`` (the random scorer)."""
         from ekd.selection.scores import compute_scores
 
-        return compute_scores(self.method_cfg, stats, candidates, generator, vocab_size)
+        return compute_scores(self.method_cfg, stats, candidates, rows, vocab_size)
 
     def feature_sum(
         self, rows: Tensor, stats: dict[str, Tensor], student_features: Tensor, signal

@@ -22,8 +22,9 @@ Generation. Rows are grouped by prompt length and each group is generated as one
 at positions ``0 … p−1`` exactly as in training (no left padding, no shifted position ids); packed text is one
 group, prompt/response data at most one group per distinct length. Sampling is pure ``softmax(z / T_s)``:
 the student's own ``generation_config`` (top-k/top-p/repetition penalties from a checkpoint) is swapped for a
-neutral one during the call. The sampling seed is drawn from the given generator and applied inside a forked
-torch RNG, so results depend only on that generator (exact on resume) and the training RNG is untouched.
+neutral one during the call. Each row draws from its own random stream (:mod:`ekd.train.row_sampler`), keyed
+by a number drawn from the given generator and by the row's sample id: results depend only on that generator
+and the row (exact on resume, the same on any rank and in a batch of any size); no global RNG is touched.
 
 The new batch keeps (B, T), dtypes and ``sample_ids``: prompt · generated tokens (including the first
 generated EOS, which is a target like the EOS ending a packed document) · padding. Labels are shifted once, by
@@ -44,6 +45,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ekd.config import MethodConfig
 from ekd.data.collate import IGNORE_INDEX, Batch, shift_labels
+from ekd.selection.draws import row_uniforms
+from ekd.train.row_sampler import RowSampler
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,9 @@ _MIN_PROMPT_RUN = 2  # leading ignored labels that mark a prompt region (plain t
 def on_policy_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The generator of micro-batch ``micro`` at ``step``: depends only on (seed, step, micro), exact on resume.
 
-    A stream of its own, apart from ``trainer.step_generator`` (random selection), so the on-policy coin is not
-    correlated with the positions a random policy draws.
+    A stream of its own, apart from ``trainer.step_generator`` (per-micro-batch selection decisions), so the
+    on-policy coin is not correlated with them. ``micro`` is the global micro-batch index: every rank flips the
+    same coin and draws the same stream key; the rows' own streams then differ by sample id.
     """
     base = (seed * 1_000_003 + step * 1_009 + micro) % (2**63)
     return torch.Generator().manual_seed(
@@ -120,7 +124,7 @@ def maybe_on_policy(
     new_mask = attention_mask.clone()
     # (B, T) tokens that are targets: the continuations
     targets = torch.zeros_like(input_ids, dtype=torch.bool)
-    with _eval_mode(student), _seeded_rng(seed, input_ids.device):
+    with _eval_mode(student):
         for p in sorted(set(lengths.tolist()) - {0}):
             rows = (lengths == p).nonzero().squeeze(1)  # (G,)
             width = T - p
@@ -133,6 +137,7 @@ def maybe_on_policy(
                 eos_id=eos_id,
                 pad_id=pad,
                 vocab_size=vocab_size,
+                uniforms=row_uniforms(seed, "on_policy", batch.sample_ids[rows], width),  # (G, T−p)
             )
             generated = out[:, p:]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
             n = generated.shape[1]
@@ -161,9 +166,13 @@ def _generate(
     temperature: float,
     eos_id: int,
     pad_id: int,
+    uniforms: torch.Tensor,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
     """(G, p + n) prompts and sampled continuations, n ≤ ``max_new_tokens``, no gradient.
+
+    Token t of row i is drawn at ``uniforms[i, t]`` ((G, ≥ n) float64) by :class:`RowSampler` under greedy
+    decoding, so no RNG is read.
 
     The checkpoint's ``generation_config`` is swapped for a neutral one for the call: HF fills unset sampling
     fields from it (e.g. top_k=20, repetition_penalty=1.05 in instruct checkpoints) and from global defaults
@@ -176,14 +185,15 @@ def _generate(
             return student.generate(
                 input_ids=prompts,
                 attention_mask=attention_mask,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
+                do_sample=False,
+                # padded head rows (ids ≥ V) masked first, then the row's own draw
+                logits_processor=LogitsProcessorList(
+                    ([PaddedRowsMask(vocab_size)] if vocab_size else [])
+                    + [RowSampler(uniforms, prompt_length=prompts.shape[1], temperature=temperature)]
+                ),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
-                logits_processor=LogitsProcessorList([PaddedRowsMask(vocab_size)] if vocab_size else []),
             )
     finally:
         student.generation_config = saved
@@ -211,19 +221,3 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-@contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the CPU RNG (and ``device``'s, if an accelerator) inside a fork: HF sampling reads the global RNG."""
-    accelerator = device.type != "cpu"
-    with torch.random.fork_rng(
-        devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"
-    ):
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        elif accelerator:
-            getattr(torch, device.type).manual_seed(seed)
-        yield

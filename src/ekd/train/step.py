@@ -20,6 +20,7 @@ from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
 from ekd.models.load import model_body, output_head
 from ekd.selection.base import StepContext
+from ekd.selection.draws import RowDraws
 from ekd.selection.types import Selection
 from ekd.teacher.signal import TeacherSignal
 from ekd.train.method_parts import MethodParts
@@ -40,6 +41,7 @@ class StepContextData:
     autocast_dtype: torch.dtype | None = None
     compile: bool = False
     feature_count: float | None = None  # the step's global count of the EGAD feature term's hard rows
+    rows: RowDraws | None = None  # per-row random streams (random scorer, pos_rs)
 
 
 @dataclass
@@ -120,11 +122,9 @@ def distill_micro_batch(
                 )
             )
         candidates = valid & signal.available if signal is not None else valid  # (B, T) may receive KD
-        policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats)
+        policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats, ctx.rows)
         scores = (
-            parts.scores(stats, candidates, ctx.generator, ctx.vocab_size)
-            if parts.policy.needs_scores
-            else None
+            parts.scores(stats, candidates, ctx.rows, ctx.vocab_size) if parts.policy.needs_scores else None
         )
         # 4. selection → temperatures
         selection = parts.policy.select(scores, candidates, policy_ctx)

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, writing
-from ekd.losses.reduce import global_count
 from ekd.models.load import is_preset, save_model_dir
+from ekd.selection.draws import RowDraws, micro_batch_key
+from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import (
     CheckpointError,
@@ -33,7 +34,16 @@ from ekd.train.checkpoint import (
     save_checkpoint,
     unreadable,
 )
-from ekd.train.distributed import Ranks, distributed, global_sum, rank_slice, sum_gradients
+from ekd.train.distributed import (
+    Ranks,
+    data_parallel,
+    distributed,
+    global_sum,
+    global_sums,
+    micro_batch_sync,
+    rank_seed,
+    rank_slice,
+)
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
@@ -49,7 +59,7 @@ from ekd.train.prepare import (
     resolve_device,
 )
 from ekd.train.run_dir import RunStart
-from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
 
 log = logging.getLogger(__name__)
@@ -87,8 +97,16 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torc
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, micro-batch): random selection is exact on resume."""
+    """The generator of decisions taken once per global micro-batch (the EXP3 budget): it depends only on
+    (seed, step, micro-batch index), so every rank draws alike and resume is exact. Draws per row (random
+    scores, ``pos_rs``) use :func:`row_draws` instead."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
+
+
+def row_draws(seed: int, step: int, micro: int, batch) -> RowDraws:
+    """Per-row random streams of global micro-batch ``micro``: row i's draws are keyed by its sample id, so
+    W ranks draw what one process with the same micro-batch draws."""
+    return RowDraws(micro_batch_key(seed, step, micro), batch.sample_ids)
 
 
 def train(
@@ -129,8 +147,8 @@ def _train(
     if start is not None:  # a new run records its data; --resume refuses different data
         start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     student = load_student(cfg, data, device)
-    if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
@@ -161,12 +179,12 @@ def _train(
             parts.policy.load_state_dict(state["policy"])
             if hasattr(parts.temperature, "load_state_dict"):
                 parts.temperature.load_state_dict(state.get("temperature", {}))
-            torch.set_rng_state(state["rng"])
         except EkdError:
             raise
         except Exception as e:  # a state.pt that loads but does not fit this run
             raise unreadable(ckpt, e) from None
         log.info("resumed from %s at step %d", ckpt, start_step)
+    engine = data_parallel(student, parts.modules, ranks)  # DDP under torchrun, None in one process
     metrics_log = (
         MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
     )
@@ -179,7 +197,6 @@ def _train(
             "loader": loader.state_dict(),
             "policy": parts.policy.state_dict(),
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
-            "rng": torch.get_rng_state(),
         }
         path = (
             save_checkpoint(
@@ -203,7 +220,9 @@ def _train(
     )
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
-        # 1. learning rate for this step
+        # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact
+        torch.manual_seed(rank_seed(cfg.run.seed, step, ranks.rank))
+        # learning rate for this step
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -224,12 +243,12 @@ def _train(
                 for i, b in enumerate(micro_batches)
             ]
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(
-            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir
+            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
         )
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        # 3. sum gradients over ranks (terms are already divided by global counts), clip, step
-        sum_gradients([p for _, p in params if p.requires_grad], ranks)
+        # 3. gradients are summed over ranks by DDP in the last backward; clip, step
         loss_value = global_sum(loss_value, ranks)
+        sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(
@@ -241,7 +260,7 @@ def _train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
-        kd_mean = global_sum(sums.get("kd_sum", 0.0), ranks) / kd_count  # LATF sees the all-reduced loss
+        kd_mean = sums.get("kd_sum", 0.0) / kd_count  # LATF sees the mean KD loss of the global batch
         parts.policy.observe(
             kd_loss=kd_mean,
             **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp),
@@ -302,32 +321,38 @@ def forward_backward(
     vocab_size: int,
     amp,
     run_dir: Path,
+    engine=None,
 ):
     """Accumulate one optimizer step's gradients over its micro-batches.
 
-    Every term is normalized by its global count over the whole step (planned before any forward pass
-    from the masks alone), so 8 micro-batches of 1 give the same gradients as 2 of 4.
+    ``engine``: the DDP wrapper under torchrun (gradients summed over ranks in the last micro-batch's
+    backward, ``no_sync`` before it), None in one process.
+
+    Every term is normalized by its global count over the whole step (all micro-batches, all ranks),
+    planned before any forward pass from the masks alone: each rank gathers the masks of the global
+    micro-batches (every rank's rows), so all ranks hold the same counts and a batch-wide rule counts
+    ⌈k·N⌉ over the global micro-batch, as one process would.
 
     Returns:
-        (loss, summed diagnostics, kd_count, ce_count)
+        (loss, summed diagnostics of this rank, kd_count, ce_count, bandit feedback)
     """
-    device = micro_batches[0].input_ids.device
-    planned, selected_rows = [], []
+    planned, selected_rows, valid_counts = [], [], []
     for i, b in enumerate(micro_batches):
-        candidates = (b.labels != -100) & (teacher.available(b) if teacher is not None else True)
+        valid = b.labels != -100  # (b, T)
+        candidates = valid & (teacher.available(b) if teacher is not None else True)
+        masks = gather_rows(torch.stack([valid, candidates], dim=1))  # (W·b, 2, T) global micro-batch
         pctx = StepContext(step, cfg.train.max_steps, step_generator(cfg.run.seed, step, i), vocab_size, {})
-        planned.append(parts.policy.planned_count(candidates, pctx) if parts.kd_weight > 0 else 0.0)
+        planned.append(parts.policy.planned_count(masks[:, 1], pctx) if parts.kd_weight > 0 else 0.0)
         selected_rows.append(
-            planned_selection_rows(parts.policy, candidates, pctx) if parts.kd_weight > 0 else 0.0
+            planned_selection_rows(parts.policy, masks[:, 1], pctx) if parts.kd_weight > 0 else 0.0
         )
-    kd_count = global_count(planned, device)
-    ce_local = (
-        [float((b.labels != -100).sum()) for b in micro_batches] if parts.ce_on == "all" else selected_rows
-    )
-    # each term divides by the global count of its own rows (ce_on=selected: the selection's; feature: hard rows)
-    ce_count = global_count(ce_local, device)
+        valid_counts.append(float(masks[:, 0].sum()))
+    # the masks are the global micro-batches' (every rank's rows): these counts are global already.
+    # Each term divides by the count of its own rows (ce_on=selected: the selection's; feature: hard rows).
+    kd_count = max(float(sum(planned)), 1.0)  # never divide by zero
+    ce_count = max(float(sum(valid_counts if parts.ce_on == "all" else selected_rows)), 1.0)
     hard_fraction = parts.method_cfg.feature_hard_fraction
-    feature_count = global_count([planned_hard_rows(hard_fraction, r) for r in selected_rows], device)
+    feature_count = max(float(sum(planned_hard_rows(hard_fraction, r) for r in selected_rows)), 1.0)
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
@@ -342,17 +367,34 @@ def forward_backward(
             amp,
             cfg.train.compile,
             feature_count=feature_count,
+            rows=row_draws(cfg.run.seed, step, i, batch),
         )
-        out = distill_micro_batch(batch, student, teacher, parts, kd_count, ce_count, ctx)
-        if not torch.isfinite(out.loss):
-            _stop_non_finite(step, run_dir)
-        out.loss.backward()
+        with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
+            out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
+            if not torch.isfinite(out.loss):
+                _stop_non_finite(step, run_dir)
+            out.loss.backward()
         loss_value += float(out.loss.detach())
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
     sums["feature_count"] = feature_count  # the feature term's normalizer, for its logged value
     return loss_value, sums, kd_count, ce_count, feedback
+
+
+def _micro_batch(engine, *args) -> MicroBatchResult:
+    """``distill_micro_batch(*args)``; under DDP run inside the engine's forward (so DDP sees every parameter
+    use and prepares its gradient reduction), with the engine's output as the loss."""
+    if engine is None:
+        return distill_micro_batch(*args)
+    held: list[MicroBatchResult] = []
+
+    def run() -> torch.Tensor:
+        held.append(distill_micro_batch(*args))
+        return held[0].loss
+
+    loss = engine(run)
+    return replace(held[0], loss=loss)
 
 
 def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size: int, amp) -> dict:
