@@ -81,6 +81,14 @@ class DataConfig:
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = 64
     """At most this many blocks per eval set (0 = all)."""
+    document_attention: str = "isolated"
+    """'isolated': each packed document attends only to itself (block-diagonal causal attention, positions
+    restarting at every document) in training, cache building and evaluation; 'packed': every token attends to
+    everything before it in the block, earlier documents included (the behaviour before isolation)."""
+    separator: str = "auto"
+    """Document boundaries: 'auto' (the models' convention: BOS if the tokenizer adds one, the models'
+    end-of-document id ``eos_token_id``), 'eos' (tokenizer EOS after each document), 'bos_eos' (tokenizer BOS
+    before, EOS after) or 'none' (nothing added; no end-of-document target)."""
 
 
 @dataclass

@@ -38,6 +38,8 @@ def validate(cfg: Config) -> None:
         )
     _choice("data.format", d.format, ["auto", "text", "jsonl", "parquet", "hf"])
     _range("data.eval_fraction", d.eval_fraction, 0.0, 0.9)
+    _choice("data.document_attention", d.document_attention, ["isolated", "packed"])
+    _choice("data.separator", d.separator, ["auto", "eos", "bos_eos", "none"])
     if bool(d.prompt_field) != bool(d.response_field):
         raise ConfigError("data.prompt_field and data.response_field must be set together")
     _choice("teacher.source", t.source, ["online", "cache", "none"])

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from ekd.data.collate import model_inputs
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
 from ekd.losses.targets import Head
 from ekd.models.load import model_body, output_head
@@ -44,7 +45,7 @@ def _softcap(model: nn.Module) -> float | None:
 
 def _final_hidden(model: nn.Module, batch: EvalBatch) -> Tensor:
     """(B, T, D) final hidden states (post final norm) of the model body."""
-    out = model_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    out = model_body(model)(**{"use_cache": False, **model_inputs(batch)})
     return out.last_hidden_state
 
 
@@ -122,6 +123,8 @@ def evaluate(
             labels = batch.labels[valid]  # (M,)
             if labels.numel() == 0:
                 continue
+            boundary = getattr(batch, "boundary", None)
+            boundary = boundary[valid] if boundary is not None else None  # (M,) end-of-document targets
             s_hidden = _final_hidden(student, batch)[valid]  # (M, Ds) at valid rows
             t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
             for start in range(0, labels.shape[0], chunk_rows):
@@ -130,7 +133,12 @@ def evaluate(
                 t_logits = (
                     _logits(t_head, t_hidden[start:end], t_cap) if t_hidden is not None else None
                 )  # (m, V)
-                metrics.update(s_logits, labels[start:end], t_logits)
+                metrics.update(
+                    s_logits,
+                    labels[start:end],
+                    t_logits,
+                    None if boundary is None else boundary[start:end],
+                )
     result = metrics.compute()
     log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])
     return result, metrics.reliability()

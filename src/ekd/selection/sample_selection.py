@@ -43,6 +43,16 @@ _STATS = {
 }
 
 
+def _inputs(batch: Any, device: torch.device | str) -> dict:
+    """Forward kwargs of ``batch`` (an object or a dict) on ``device`` (:func:`ekd.data.collate.model_inputs`)."""
+    from types import SimpleNamespace
+
+    from ekd.data.collate import model_inputs
+
+    view = SimpleNamespace(**batch) if isinstance(batch, dict) else batch
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in model_inputs(view).items()}
+
+
 def _field(batch: Any, name: str) -> Tensor:
     return batch[name] if isinstance(batch, dict) else getattr(batch, name)
 
@@ -56,12 +66,10 @@ def _token_scores(stats: dict[str, Tensor], scorer: str) -> Tensor:
 
 
 @torch.no_grad()
-def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def _hidden(model: nn.Module, inputs: dict) -> Tensor:
     from ekd.models.load import model_body
 
-    return model_body(model)(
-        input_ids=input_ids, attention_mask=attention_mask
-    ).last_hidden_state  # (B, T, D)
+    return model_body(model)(**inputs).last_hidden_state  # (B, T, D)
 
 
 @torch.no_grad()
@@ -119,16 +127,15 @@ def score_samples_by_id(
             if scorer == "random":
                 sum_parts.append(torch.zeros(labels.shape[0], dtype=torch.float64))
                 continue
-            input_ids = _field(batch, "input_ids").to(device)
-            attention_mask = _field(batch, "attention_mask").to(device)
+            inputs = _inputs(batch, device)
             student_needs = needs - {"teacher_logp_gold"}
             teacher_needs = needs & {"teacher_logp_gold", "forward_kl"}
             stats = token_stats(
                 needs,
                 labels,
-                student_hidden=_hidden(model, input_ids, attention_mask) if student_needs else None,
+                student_hidden=_hidden(model, inputs) if student_needs else None,
                 student_head=output_head(model, vocab_size) if student_needs else None,
-                teacher_hidden=_hidden(teacher, input_ids, attention_mask) if teacher_needs else None,
+                teacher_hidden=_hidden(teacher, inputs) if teacher_needs else None,
                 teacher_head=output_head(teacher, vocab_size) if teacher_needs else None,
                 chunk_rows=chunk_rows,
             )

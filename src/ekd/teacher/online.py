@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ekd.data.collate import model_inputs
 from ekd.models.load import model_body, output_head
 from ekd.teacher.signal import TeacherSignal
 from ekd.train.token_stats import TEACHER_STATS, token_stats
@@ -36,9 +37,7 @@ class OnlineTeacher:
         device = batch.input_ids.device
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out = model_body(self.model)(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                output_hidden_states=feature_layer is not None,
+                **model_inputs(batch), output_hidden_states=feature_layer is not None
             )
         hidden = out.last_hidden_state  # (B, T, Dt)
         features = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ekd.data.collate import model_inputs
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
 from ekd.losses.targets import DenseTarget
@@ -58,11 +59,7 @@ def student_hidden(
     """(B, T, Ds) final hidden states of the student body (with grad), and layer ``layer``'s if asked."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = model_body(student)(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=layer not in (None, -1),
-        )
+        out = model_body(student)(**model_inputs(batch), output_hidden_states=layer not in (None, -1))
     features = None
     if layer == -1:
         features = out.last_hidden_state

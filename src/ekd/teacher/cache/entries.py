@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ekd.config import Config
+from ekd.data.collate import model_inputs
 from ekd.losses.targets import Head
 from ekd.models.load import model_body
 from ekd.teacher.cache.signature import target_spec
@@ -231,7 +232,7 @@ def teacher_entries(
     for batch in batches:
         device = batch.input_ids.device
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            body = model_body(teacher)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            body = model_body(teacher)(**model_inputs(batch))
         yield batch_entries(
             body.last_hidden_state,  # (B, T, Dt)
             head,
