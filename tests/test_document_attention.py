@@ -163,3 +163,22 @@ def test_on_policy_prompt_is_the_last_document_only(tok) -> None:
     assert torch.equal(rows[0][0], rows[1][0])  # same continuation whatever came before
     assert rows[0][1].tolist() == list(range(14 - 3))  # DOC2's positions continue through the sample
     assert rows[1][1].tolist() == list(range(14 - 4))
+
+
+def test_flattened_batch_equals_the_batched_forward(tok) -> None:
+    """Flash attention runs packed sequences as one (1, B·T) row: that route gives the batched result."""
+    from ekd.models.body import body_outputs, needs_flat_batch
+
+    model = _model("llama-tiny", len(tok), "sdpa", seed=5)
+    blocks = pack_documents([*NEIGHBOURS, DOC2, *NEIGHBOURS], tok, 16)
+    batch = collate(blocks, torch.arange(len(blocks)))  # (B, 16), rows begin mid-document
+    assert len(blocks) >= 2
+    with torch.no_grad():
+        batched = body_outputs(model, batch, flatten=False, output_hidden_states=True)
+        flat = body_outputs(model, batch, flatten=True, output_hidden_states=True)
+    assert flat.last_hidden_state.shape == batched.last_hidden_state.shape
+    assert (flat.last_hidden_state - batched.last_hidden_state).abs().max() <= 1e-6
+    assert (flat.hidden_states[1] - batched.hidden_states[1]).abs().max() <= 1e-6
+    assert not needs_flat_batch(model)
+    model.config._attn_implementation = "flash_attention_2"
+    assert needs_flat_batch(model)

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ekd.data.collate import model_inputs
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
 from ekd.losses.targets import Head
-from ekd.models.load import model_body, output_head
+from ekd.models.body import body_outputs
+from ekd.models.load import model_body, output_head  # noqa: F401  (re-exported by ekd.eval)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _softcap(model: nn.Module) -> float | None:
 
 def _final_hidden(model: nn.Module, batch: EvalBatch) -> Tensor:
     """(B, T, D) final hidden states (post final norm) of the model body."""
-    out = model_body(model)(**{"use_cache": False, **model_inputs(batch)})
+    out = body_outputs(model, batch, use_cache=False)
     return out.last_hidden_state
 
 

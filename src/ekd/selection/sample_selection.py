@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -43,14 +44,12 @@ _STATS = {
 }
 
 
-def _inputs(batch: Any, device: torch.device | str) -> dict:
-    """Forward kwargs of ``batch`` (an object or a dict) on ``device`` (:func:`ekd.data.collate.model_inputs`)."""
-    from types import SimpleNamespace
-
-    from ekd.data.collate import model_inputs
-
-    view = SimpleNamespace(**batch) if isinstance(batch, dict) else batch
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in model_inputs(view).items()}
+def _inputs(batch: Any, device: torch.device | str) -> SimpleNamespace:
+    """The forward inputs of ``batch`` (an object or a dict) on ``device``: input_ids, attention_mask,
+    position_ids (None = packed attention)."""
+    names = ("input_ids", "attention_mask", "position_ids")
+    get = batch.get if isinstance(batch, dict) else lambda n: getattr(batch, n, None)
+    return SimpleNamespace(**{n: None if get(n) is None else get(n).to(device) for n in names})
 
 
 def _field(batch: Any, name: str) -> Tensor:
@@ -66,10 +65,10 @@ def _token_scores(stats: dict[str, Tensor], scorer: str) -> Tensor:
 
 
 @torch.no_grad()
-def _hidden(model: nn.Module, inputs: dict) -> Tensor:
-    from ekd.models.load import model_body
+def _hidden(model: nn.Module, batch: Any) -> Tensor:
+    from ekd.models.body import body_outputs
 
-    return model_body(model)(**inputs).last_hidden_state  # (B, T, D)
+    return body_outputs(model, batch).last_hidden_state  # (B, T, D)
 
 
 @torch.no_grad()
