@@ -75,7 +75,10 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
 
 
 def document_boundary(
-    data: DataConfig, tokenizer: PreTrainedTokenizerBase, models: dict[str, tuple[str, str]] | None = None
+    data: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    models: dict[str, tuple[str, str]] | None = None,
+    trust_remote_code: bool = False,
 ) -> DocumentBoundary:
     """``data.separator`` resolved for the tokenizer and the models.
 
@@ -84,11 +87,13 @@ def document_boundary(
         tokenizer: The shared tokenizer.
         models: Role → (hub id or local directory, revision) of every non-preset model whose convention
             counts (read only with ``separator=auto``; configs only, no weights).
+        trust_remote_code: ``model.trust_remote_code``, for reading custom configs.
     """
     model_eos = {}
     if data.separator == "auto":
         model_eos = {
-            role: read_model_eos(spec, revision) for role, (spec, revision) in (models or {}).items()
+            role: read_model_eos(spec, revision, trust_remote_code)
+            for role, (spec, revision) in (models or {}).items()
         }
     return resolve_boundary(data.separator, tokenizer, model_eos)
 

@@ -93,7 +93,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     tokenizer = load_tokenizer(str(student_dir), role="student")
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     splits.pop("train", None)
-    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg))
+    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
     blocks = pack_splits(
         splits,
         tokenizer,

@@ -116,7 +116,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
-    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg))
+    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
     blocks = pack_splits(
         splits,
         tokenizer,
