@@ -340,6 +340,20 @@ def test_signature_mismatch_names_each_field(setup, capsys):
     assert "tokenizer_hash" not in line and "teacher_id" not in line
 
 
+def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsys):
+    """The cache was built with data.separator=auto (BPE: EOS only) and isolated documents."""
+    args = ["run.name=boundary", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}"]
+    assert main(["distill", setup["cfg"], *args, "data.separator=bos_eos", "--overwrite"]) == 2
+    line = _error_line(capsys)
+    assert 'separator [data.separator]: expected "bos_eos:bos=0,eos=0", found "auto:bos=-,eos=0"' in line, (
+        line
+    )
+    assert main(["distill", setup["cfg"], *args, "data.document_attention=packed", "--overwrite"]) == 2
+    line = _error_line(capsys)
+    assert 'document_attention [data.document_attention]: expected "packed", found "isolated"' in line, line
+    assert "separator" not in line
+
+
 # ---------------------------------------------------------------------------------------------------------
 # damaged caches
 # ---------------------------------------------------------------------------------------------------------

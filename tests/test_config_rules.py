@@ -262,7 +262,7 @@ def test_model_revision_reaches_student_and_tokenizer(monkeypatch, tmp_path):
         return object()
 
     monkeypatch.setattr(prepare, "load_tokenizer", fake_tokenizer)
-    monkeypatch.setattr(prepare, "check_same_tokenizer", lambda a, b: None)
+    monkeypatch.setattr(prepare, "check_same_tokenizer", lambda *args: None)
     for tok in ("teacher", "student", "org/tok"):
         cfg = load_config(
             overrides=[
@@ -273,11 +273,15 @@ def test_model_revision_reaches_student_and_tokenizer(monkeypatch, tmp_path):
             ]
         )
         prepare.prepare_tokenizer(cfg, tmp_path, None)
+    # the named tokenizer first, then every real model's own (checked against it), all at the revision
     assert seen == [
         ("model.teacher", "v1"),
         ("model.student", "v1"),
         ("model.student", "v1"),
+        ("model.teacher", "v1"),
         ("model.tokenizer", "v1"),
+        ("model.teacher", "v1"),
+        ("model.student", "v1"),
     ]
 
     def fake_model(spec, **kwargs):

@@ -161,17 +161,20 @@ def cmd_distill(args) -> int:
 
 def _print_eval(results: dict[str, dict[str, float]]) -> None:
     from ekd.eval import results_table
+    from ekd.eval.report import PPL_NOTE
 
     rows = [{"set": name, **m} for name, m in results.items()]
     cols = [
         ("set", "eval set", ""),
         ("ppl", "ppl", ".2f"),
+        ("ppl_no_boundary", "ppl w/o EOS", ".2f"),
         ("acc", "acc", ".3f"),
         ("ece", "ECE %", ".2f"),
         ("kl", "KL(t‖s)", ".3f"),
         ("agree", "top-1 agree", ".3f"),
     ]
     print(results_table(rows, cols))
+    print(PPL_NOTE)
 
 
 def cmd_eval(args) -> int:

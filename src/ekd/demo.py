@@ -425,8 +425,10 @@ def write_demo_report(
         src = out / "runs" / r.get("run", r["method"]) / "plots" / "reliability-eval.png"
         if src.is_file():
             shutil.copy(src, plots / f"reliability-{r['method']}.png")
+    from ekd.eval.report import PPL_NOTE
+
     ce = next((r for r in first if r["method"] == "ce"), None)
-    notes = []
+    notes = [PPL_NOTE]
     if ce is not None and "eval/kl" in ce:
         better = [r["method"] for r in first if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
         notes.append(

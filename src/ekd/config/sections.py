@@ -145,6 +145,14 @@ class DataConfig:
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = number(64, ge=0)
     """At most this many blocks per eval set (0 = all)."""
+    document_attention: str = one_of("isolated", "isolated", "packed")
+    """'isolated': each packed document attends only to itself (block-diagonal causal attention, positions
+    restarting at every document) in training, cache building and evaluation; 'packed': every token attends to
+    everything before it in the block, earlier documents included (the behaviour before isolation)."""
+    separator: str = one_of("auto", "auto", "eos", "bos_eos", "none")
+    """Document boundaries: 'auto' (the models' convention: BOS if the tokenizer adds one, the models'
+    end-of-document id ``eos_token_id``), 'eos' (tokenizer EOS after each document), 'bos_eos' (tokenizer BOS
+    before, EOS after) or 'none' (nothing added; no end-of-document target)."""
 
 
 @dataclass
@@ -355,7 +363,7 @@ class TrainConfig:
     1024 rows at V=32,768 and 256 at V=151,936)."""
     compile: bool = flag(False)
     """torch.compile the per-chunk loss function."""
-    parallel: str = "ddp"
+    parallel: str = one_of("ddp", "ddp")
     """Data parallelism under ``torchrun``: 'ddp' (torch's DistributedDataParallel: gradients all-reduced in
     buckets during backward, skipped on accumulation micro-batches). A single process needs none."""
 

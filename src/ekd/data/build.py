@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
+from ekd.data.boundary import DocumentBoundary, read_model_eos, resolve_boundary
 from ekd.data.document import Document
 from ekd.data.documents import filter_documents, load_documents
 from ekd.data.packing import PackedBlocks, pack_documents
@@ -73,11 +74,37 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     return splits
 
 
+def document_boundary(
+    data: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    models: dict[str, tuple[str, str]] | None = None,
+    trust_remote_code: bool = False,
+) -> DocumentBoundary:
+    """``data.separator`` resolved for the tokenizer and the models.
+
+    Args:
+        data: The data section (``separator``).
+        tokenizer: The shared tokenizer.
+        models: Role → (hub id or local directory, revision) of every non-preset model whose convention
+            counts (read only with ``separator=auto``; configs only, no weights).
+        trust_remote_code: ``model.trust_remote_code``, for reading custom configs.
+    """
+    model_eos = {}
+    if data.separator == "auto":
+        model_eos = {
+            role: read_model_eos(spec, revision, trust_remote_code)
+            for role, (spec, revision) in (models or {}).items()
+        }
+    return resolve_boundary(data.separator, tokenizer, model_eos)
+
+
 def pack_splits(
     splits: dict[str, list[Document]],
     tokenizer: PreTrainedTokenizerBase,
     block_length: int,
     max_eval_blocks: int = 0,
+    boundary: DocumentBoundary | None = None,
+    document_attention: str = "isolated",
 ) -> dict[str, PackedBlocks]:
     """Pack every split; eval sets are capped at ``max_eval_blocks`` evenly spaced blocks.
 
@@ -88,6 +115,8 @@ def pack_splits(
         max_eval_blocks: Blocks kept per eval set (0 = all): the first ones, so only the documents they
             need are tokenized. Documents are in a deterministic order that spreads over the source
             (content-hash held-out split; hash order for pystdlib), so the first blocks are a fair sample.
+        boundary: BOS/EOS framing (:func:`document_boundary`); default the tokenizer's EOS after each document.
+        document_attention: 'isolated' or 'packed' (``data.document_attention``).
 
     Returns:
         Split name → PackedBlocks. ``train`` must fill at least one full block; an eval set shorter than
@@ -102,6 +131,8 @@ def pack_splits(
             block_length,
             allow_partial_block=not is_train,
             max_blocks=None if is_train else max_eval_blocks,
+            boundary=boundary,
+            document_attention=document_attention,
         )
     return packed
 

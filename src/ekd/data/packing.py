@@ -1,12 +1,20 @@
 """Tokenize documents and pack them into fixed-length blocks with a per-token target mask.
 
-Stream layout: every document contributes ``prompt tokens · text tokens · EOS``, and the documents are
-concatenated in order. ``target_mask[j]`` says whether token ``j`` may be predicted from the tokens before
-it: False for prompt tokens and for the first token of every document (it must not be predicted from
-the previous document); True for the other text tokens and for the EOS that ends the document (ending
-is part of the document). The stream is cut into non-overlapping blocks of T tokens; the ragged tail is
-dropped, unless it is the only block, in which case it is padded with EOS and the padding is masked
-out. The shift into labels happens once, later, in :func:`ekd.data.collate.collate`.
+Stream layout: every document contributes ``[BOS] · prompt tokens · text tokens · [EOS]`` (BOS and EOS as
+the :class:`~ekd.data.boundary.DocumentBoundary` says; by default the tokenizer's EOS only), and the
+documents are concatenated in order. ``target_mask[j]`` says whether token ``j`` may be predicted from the
+tokens before it: False for BOS, for prompt tokens and for the first token of a document without BOS (it must
+not be predicted from the previous document); True for the other text tokens and for the EOS that ends the
+document (ending is part of the document). ``document_starts`` marks the first token of every document and
+``boundary_mask`` the end-of-document tokens that packing added. The stream is cut into non-overlapping
+blocks of T tokens; the ragged tail is dropped, unless it is the only block, in which case it is padded and
+the padding (a document of its own, after every real token) is masked out. The shift into labels happens
+once, later, in :func:`ekd.data.collate.collate`.
+
+``document_attention``: 'isolated' (default) makes each document attend only to itself — the collator
+gives position ids that restart at every document start (and at every block start), from which
+transformers builds block-diagonal causal attention; 'packed' lets every token see the whole block before
+it (the behaviour before isolation).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import ConfigError
+from ekd.data.boundary import DocumentBoundary
 from ekd.data.document import Document
 
 logger = logging.getLogger(__name__)
@@ -35,11 +44,20 @@ class PackedBlocks:
             position of the same document).
         sample_ids: (N,) long; the block's index in this set (``arange(N)``), stable for a given set and
             used to address per-sample state such as teacher-cache rows.
+        document_starts: (N, T) bool; True at the first token of every document (BOS, or its first token),
+            and at the padding of a lone partial block. None = each block is one document.
+        boundary_mask: (N, T) bool; True at the end-of-document tokens packing added (EOS). None = none.
+        document_attention: 'isolated' (each document attends only to itself) or 'packed'.
+        boundary: The document boundary used, or None (blocks built by hand).
     """
 
     input_ids: torch.Tensor
     target_mask: torch.Tensor
     sample_ids: torch.Tensor
+    document_starts: torch.Tensor | None = None
+    boundary_mask: torch.Tensor | None = None
+    document_attention: str = "isolated"
+    boundary: DocumentBoundary | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -55,11 +73,15 @@ class PackedBlocks:
         return int(self.target_mask[:, 1:].sum())
 
     def fingerprint(self) -> str:
-        """sha256 hex of the shape, ``input_ids`` and ``target_mask``; equal sets give equal fingerprints."""
+        """sha256 hex of the shape, ``input_ids``, ``target_mask`` and ``document_starts``; equal sets give
+        equal fingerprints."""
         h = hashlib.sha256()
         h.update(repr(tuple(self.input_ids.shape)).encode())
         h.update(self.input_ids.to(torch.int64).contiguous().numpy().tobytes())
         h.update(self.target_mask.to(torch.uint8).contiguous().numpy().tobytes())
+        if self.document_starts is not None:
+            h.update(b"starts")
+            h.update(self.document_starts.to(torch.uint8).contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def select(self, indices: torch.Tensor | Sequence[int]) -> PackedBlocks:
@@ -69,6 +91,10 @@ class PackedBlocks:
             input_ids=self.input_ids[idx],
             target_mask=self.target_mask[idx],
             sample_ids=torch.arange(idx.numel(), dtype=torch.long),
+            document_starts=None if self.document_starts is None else self.document_starts[idx],
+            boundary_mask=None if self.boundary_mask is None else self.boundary_mask[idx],
+            document_attention=self.document_attention,
+            boundary=self.boundary,
         )
 
 
@@ -79,37 +105,46 @@ def pack_documents(
     eos_id: int | None = None,
     allow_partial_block: bool = True,
     max_blocks: int | None = None,
+    boundary: DocumentBoundary | None = None,
+    document_attention: str = "isolated",
 ) -> PackedBlocks:
-    """Tokenize documents (batched, no special tokens added) and pack them into blocks.
+    """Tokenize documents (batched, no special tokens added by the tokenizer) and pack them into blocks.
 
     Args:
         docs: Documents in order; ``doc.prompt`` and ``doc.text`` are tokenized separately so the loss
             boundary falls exactly between them.
         tokenizer: Any Hugging Face tokenizer.
         block_length: T, tokens per block (≥ 2).
-        eos_id: Separator/padding id; default ``tokenizer.eos_token_id``.
+        eos_id: End-of-document id when no ``boundary`` is given; default ``tokenizer.eos_token_id``.
         allow_partial_block: When the whole stream is shorter than T, return it as one EOS-padded block
             (eval sets). When False, that is an error (training needs at least one full block).
         max_blocks: Keep only the first this many blocks (``None`` or 0 = all); documents past them are
             not tokenized at all.
+        boundary: BOS/EOS framing of every document (:func:`ekd.data.boundary.resolve_boundary`); default
+            EOS after every document (``data.separator=eos``).
+        document_attention: 'isolated' or 'packed' (``data.document_attention``), kept with the blocks.
 
     Returns:
-        PackedBlocks with ``input_ids`` (N, T), ``target_mask`` (N, T), ``sample_ids`` (N,).
+        PackedBlocks with ``input_ids``, ``target_mask``, ``document_starts``, ``boundary_mask`` (N, T) and
+        ``sample_ids`` (N,).
 
     Raises:
         ConfigError: ``block_length < 2``; no tokens; fewer than T tokens with ``allow_partial_block=False``;
-            no EOS id.
+            no EOS id without a boundary; an unknown ``document_attention``.
     """
     if block_length < 2:
         raise ConfigError(
             f"data.block_length must be ≥ 2 (a block needs an input and a target), got {block_length}"
         )
-    if eos_id is None:
-        eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
+    if document_attention not in ("isolated", "packed"):
+        raise ConfigError(f"data.document_attention must be isolated or packed, got '{document_attention}'")
+    if boundary is None:
+        eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+        if eos_id is None:
+            raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
+        boundary = DocumentBoundary("eos", None, int(eos_id), int(eos_id))
     max_tokens = max_blocks * block_length if max_blocks else None
-    ids, mask, used = _token_stream(docs, tokenizer, eos_id, max_tokens)  # (S,), (S,)
+    ids, mask, starts, ends, used = _token_stream(docs, tokenizer, boundary, max_tokens)  # each (S,)
     total = ids.numel()
     n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
     if n_blocks == 0 and (total == 0 or not allow_partial_block):
@@ -118,10 +153,14 @@ def pack_documents(
         )
     if n_blocks == 0:
         pad = block_length - total
-        ids = torch.cat([ids, torch.full((pad,), eos_id, dtype=torch.long)])
+        ids = torch.cat([ids, torch.full((pad,), boundary.pad_id, dtype=torch.long)])
         mask = torch.cat([mask, torch.zeros(pad, dtype=torch.bool)])
+        pad_starts = torch.zeros(pad, dtype=torch.bool)
+        pad_starts[0] = True  # the padding is a document of its own: it never joins the last real one
+        starts = torch.cat([starts, pad_starts])
+        ends = torch.cat([ends, torch.zeros(pad, dtype=torch.bool)])
         n_blocks = 1
-        logger.info("packed %d tokens into one block padded with %d EOS tokens", total, pad)
+        logger.info("packed %d tokens into one block padded with %d tokens", total, pad)
     elif total > n_blocks * block_length:
         logger.debug("dropped %d tokens after the last block", total - n_blocks * block_length)
     keep = n_blocks * block_length
@@ -129,6 +168,10 @@ def pack_documents(
         input_ids=ids[:keep].view(n_blocks, block_length),  # (N, T)
         target_mask=mask[:keep].view(n_blocks, block_length),  # (N, T)
         sample_ids=torch.arange(n_blocks, dtype=torch.long),  # (N,)
+        document_starts=starts[:keep].view(n_blocks, block_length),  # (N, T)
+        boundary_mask=ends[:keep].view(n_blocks, block_length),  # (N, T)
+        document_attention=document_attention,
+        boundary=boundary,
     )
     logger.info(
         "packed %d documents, %d tokens into %d blocks of %d (%d targets)",
@@ -144,17 +187,22 @@ def pack_documents(
 def _token_stream(
     docs: Sequence[Document],
     tokenizer: PreTrainedTokenizerBase,
-    eos_id: int,
+    boundary: DocumentBoundary,
     max_tokens: int | None = None,
     chunk: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Concatenated ``prompt · text · EOS`` ids and target mask, both (S,), and the number of documents used.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Concatenated ``[BOS] · prompt · text · [EOS]`` ids, target mask, document starts and end-of-document
+    marks, each (S,), and the number of documents used.
 
     Documents are tokenized in batches of ``chunk``; with ``max_tokens`` tokenization stops once the
-    stream holds that many tokens.
+    stream holds that many tokens. A document with no tokens at all is skipped.
     """
+    bos = [] if boundary.bos_id is None else [boundary.bos_id]
+    eos = [] if boundary.eos_id is None else [boundary.eos_id]
     ids: list[int] = []
     mask: list[bool] = []
+    starts: list[bool] = []
+    ends: list[bool] = []
     used = 0
     for start in range(0, len(docs), chunk):
         if max_tokens is not None and len(ids) >= max_tokens:
@@ -166,14 +214,23 @@ def _token_stream(
         for i, encoded in zip(prompt_rows, _encode([batch[i].prompt for i in prompt_rows], tokenizer)):
             prompts[i] = encoded
         for prompt, text in zip(prompts, texts):
-            doc_mask = [False] * len(prompt) + [True] * (len(text) + 1)
+            doc = bos + prompt + text + eos
+            if not prompt + text:
+                continue
+            doc_mask = [False] * (len(bos) + len(prompt)) + [True] * (len(text) + len(eos))
             doc_mask[0] = False  # the first token of a document is never predicted from the previous one
-            ids.extend(prompt)
-            ids.extend(text)
-            ids.append(eos_id)
+            ids.extend(doc)
             mask.extend(doc_mask)
+            starts.extend([True] + [False] * (len(doc) - 1))
+            ends.extend([False] * (len(doc) - len(eos)) + [True] * len(eos))
             used += 1
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool), used
+    return (
+        torch.tensor(ids, dtype=torch.long),
+        torch.tensor(mask, dtype=torch.bool),
+        torch.tensor(starts, dtype=torch.bool),
+        torch.tensor(ends, dtype=torch.bool),
+        used,
+    )
 
 
 def _encode(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
-from ekd.models.load import model_body, output_head
+from ekd.models.body import body_outputs
+from ekd.models.load import model_body, output_head  # noqa: F401  (re-exported by ekd.eval)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class EvalBatch(Protocol):
 
 def _final_hidden(model: nn.Module, batch: EvalBatch) -> Tensor:
     """(B, T, D) final hidden states (post final norm) of the model body."""
-    out = model_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    out = body_outputs(model, batch, use_cache=False)
     return out.last_hidden_state
 
 
@@ -108,13 +109,20 @@ def evaluate(
             labels = batch.labels[valid]  # (M,)
             if labels.numel() == 0:
                 continue
+            boundary = getattr(batch, "boundary", None)
+            boundary = boundary[valid] if boundary is not None else None  # (M,) end-of-document targets
             s_hidden = _final_hidden(student, batch)[valid]  # (M, Ds) at valid rows
             t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
             for start in range(0, labels.shape[0], chunk_rows):
                 end = start + chunk_rows
                 s_logits = s_head(s_hidden[start:end])  # (m, V)
                 t_logits = t_head(t_hidden[start:end]) if t_hidden is not None else None  # (m, V)
-                metrics.update(s_logits, labels[start:end], t_logits)
+                metrics.update(
+                    s_logits,
+                    labels[start:end],
+                    t_logits,
+                    None if boundary is None else boundary[start:end],
+                )
     result = metrics.compute()
     log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])
     return result, metrics.reliability()

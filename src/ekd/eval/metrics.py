@@ -8,7 +8,10 @@ whole.
 
 Metrics (``compute()``):
 
-- ``tokens``, ``loss`` (mean NLL), ``ppl`` = exp(loss), ``acc`` (top-1),
+- ``tokens``, ``loss`` (mean NLL), ``ppl`` = exp(loss), ``acc`` (top-1), over every target, the
+  end-of-document targets included,
+- ``boundary_tokens`` (end-of-document targets, marked by ``update(..., boundary=...)``), and
+  ``loss_no_boundary``, ``ppl_no_boundary``: the same over the other targets (text only),
 - ``ece`` in %: top-1 confidence, ``ece_bins`` equal-width bins (lo, hi], weighted by count, pooled over all
   tokens (Guo et al. 2017); ``reliability()`` returns the bins for a reliability diagram,
 - with a teacher: ``kl`` = mean KL(p‖q) (p teacher, q student), ``agree`` (top-1 agreement),
@@ -70,6 +73,8 @@ class StreamingMetrics:
         self._sums = {
             "tokens": torch.zeros((), dtype=acc_dtype, device=device),
             "nll": torch.zeros((), dtype=acc_dtype, device=device),
+            "boundary_tokens": torch.zeros((), dtype=acc_dtype, device=device),
+            "boundary_nll": torch.zeros((), dtype=acc_dtype, device=device),
             "correct": torch.zeros((), dtype=acc_dtype, device=device),
             "bin_count": torch.zeros(b, dtype=acc_dtype, device=device),  # (bins,)
             "bin_conf": torch.zeros(b, dtype=acc_dtype, device=device),  # (bins,)
@@ -94,13 +99,20 @@ class StreamingMetrics:
     # ---------------------------------------------------------------- update
 
     @torch.no_grad()
-    def update(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None) -> None:
+    def update(
+        self,
+        student_logits: Tensor,
+        labels: Tensor,
+        teacher_logits: Tensor | None = None,
+        boundary: Tensor | None = None,
+    ) -> None:
         """Add N rows.
 
         Args:
             student_logits: (N, V) student logits, any float dtype.
             labels: (N,) gold next-token ids; rows with label −100 are skipped.
             teacher_logits: (N, V) teacher logits at the same rows, or None.
+            boundary: (N,) bool, True where the target is an end-of-document token, or None (none are).
         """
         if student_logits.dim() != 2 or student_logits.shape[1] != self.vocab_size:
             raise ValueError(
@@ -116,9 +128,14 @@ class StreamingMetrics:
         if self._device is None:
             self._init(student_logits.device)
         valid = labels != IGNORE_INDEX  # (N,)
+        if boundary is None:
+            boundary = torch.zeros_like(labels, dtype=torch.bool)
+        if boundary.shape != labels.shape:
+            raise ValueError(f"boundary must be ({labels.shape[0]},), got {tuple(boundary.shape)}")
         if not bool(valid.all()):
             student_logits, labels = student_logits[valid], labels[valid]  # (n, V), (n,)
             teacher_logits = None if teacher_logits is None else teacher_logits[valid]
+            boundary = boundary[valid]  # (n,)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.vocab_size):
             raise ValueError(
                 f"labels must be in [0, {self.vocab_size}) or −100, got [{int(labels.min())}, {int(labels.max())}]"
@@ -129,9 +146,12 @@ class StreamingMetrics:
                 student_logits[start:end],
                 labels[start:end],
                 None if teacher_logits is None else teacher_logits[start:end],
+                boundary[start:end],
             )
 
-    def _update_chunk(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None) -> None:
+    def _update_chunk(
+        self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, boundary: Tensor
+    ) -> None:
         s = self._sums
         acc = s["tokens"].dtype
         z = student_logits.float()  # (m, V) fp32
@@ -142,6 +162,8 @@ class StreamingMetrics:
         correct = (pred == labels).to(acc)  # (m,)
         s["tokens"] += labels.shape[0]
         s["nll"] += nll.to(acc).sum()
+        s["boundary_tokens"] += boundary.sum().to(acc)
+        s["boundary_nll"] += torch.where(boundary, nll, nll.new_zeros(())).to(acc).sum()
         s["correct"] += correct.sum()
         # bucketize(right=False): edges[i−1] < conf ≤ edges[i] → bin i, i.e. bins are (lo, hi].
         b = torch.bucketize(conf, self._ece_edges)  # (m,) in [0, bins)
@@ -189,9 +211,12 @@ class StreamingMetrics:
             "tokens": n,
             "loss": loss,
             "ppl": _exp(loss),
+            "boundary_tokens": s["boundary_tokens"],
+            "loss_no_boundary": mean(s["nll"] - s["boundary_nll"], n - s["boundary_tokens"]),
             "acc": mean(s["correct"], n),
             "ece": ece,
         }
+        out["ppl_no_boundary"] = _exp(out["loss_no_boundary"])
         nt = s["teacher_tokens"]
         if nt > 0:
             out.update(

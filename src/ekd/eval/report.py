@@ -20,6 +20,12 @@ from ekd.eval.metrics import expected_calibration_error
 Column = tuple[str, str, str | Callable[[Any], str]]
 """(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
 
+PPL_NOTE = (
+    "ppl is over every target, the end-of-document tokens (EOS) included; "
+    "'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out."
+)
+"""The line under every results table that says which perplexity its ``ppl`` column is."""
+
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write ``path`` through ``write(file)`` into a temp file beside it, then rename over ``path``."""

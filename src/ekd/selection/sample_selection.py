@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -44,6 +45,14 @@ _STATS = {
 }
 
 
+def _inputs(batch: Any, device: torch.device | str) -> SimpleNamespace:
+    """The forward inputs of ``batch`` (an object or a dict) on ``device``: input_ids, attention_mask,
+    position_ids (None = packed attention)."""
+    names = ("input_ids", "attention_mask", "position_ids")
+    get = batch.get if isinstance(batch, dict) else lambda n: getattr(batch, n, None)
+    return SimpleNamespace(**{n: None if get(n) is None else get(n).to(device) for n in names})
+
+
 def _field(batch: Any, name: str) -> Tensor:
     return batch[name] if isinstance(batch, dict) else getattr(batch, name)
 
@@ -57,12 +66,10 @@ def _token_scores(stats: dict[str, Tensor], scorer: str) -> Tensor:
 
 
 @torch.no_grad()
-def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    from ekd.models.load import model_body
+def _hidden(model: nn.Module, batch: Any) -> Tensor:
+    from ekd.models.body import body_outputs
 
-    return model_body(model)(
-        input_ids=input_ids, attention_mask=attention_mask
-    ).last_hidden_state  # (B, T, D)
+    return body_outputs(model, batch).last_hidden_state  # (B, T, D)
 
 
 @torch.no_grad()
@@ -120,16 +127,15 @@ def score_samples_by_id(
             if scorer == "random":
                 sum_parts.append(torch.zeros(labels.shape[0], dtype=torch.float64))
                 continue
-            input_ids = _field(batch, "input_ids").to(device)
-            attention_mask = _field(batch, "attention_mask").to(device)
+            inputs = _inputs(batch, device)
             student_needs = needs - {"teacher_logp_gold"}
             teacher_needs = needs & {"teacher_logp_gold", "forward_kl"}
             stats = token_stats(
                 needs,
                 labels,
-                student_hidden=_hidden(model, input_ids, attention_mask) if student_needs else None,
+                student_hidden=_hidden(model, inputs) if student_needs else None,
                 student_head=output_head(model, vocab_size) if student_needs else None,
-                teacher_hidden=_hidden(teacher, input_ids, attention_mask) if teacher_needs else None,
+                teacher_hidden=_hidden(teacher, inputs) if teacher_needs else None,
                 teacher_head=output_head(teacher, vocab_size) if teacher_needs else None,
                 chunk_rows=chunk_rows,
             )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ekd.models.load import model_body, output_head
+from ekd.models.body import body_outputs
+from ekd.models.load import output_head
 from ekd.teacher.signal import TeacherSignal
 from ekd.train.token_stats import TEACHER_STATS, token_stats
 
@@ -35,11 +36,7 @@ class OnlineTeacher:
     def signal(self, batch, need_stats: set[str], feature_layer: int | None = None) -> TeacherSignal:
         device = batch.input_ids.device
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            out = model_body(self.model)(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                output_hidden_states=feature_layer is not None,
-            )
+            out = body_outputs(self.model, batch, output_hidden_states=feature_layer is not None)
         hidden = out.last_hidden_state  # (B, T, Dt)
         features = None
         if feature_layer is not None and feature_layer != -1:

@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -66,13 +66,7 @@ def rank_slice(batch, ranks: Ranks):
         return batch
     b = batch.input_ids.shape[0] // ranks.world_size
     sl = slice(ranks.rank * b, (ranks.rank + 1) * b)
-    return replace(
-        batch,
-        input_ids=batch.input_ids[sl],
-        labels=batch.labels[sl],
-        attention_mask=batch.attention_mask[sl],
-        sample_ids=batch.sample_ids[sl],
-    )
+    return batch.rows(sl)
 
 
 class TrainedModules(nn.Module):

@@ -12,7 +12,8 @@ from ekd.losses.decoupled import atkd_hard_mask, atkd_loss_sum, dkd
 from ekd.losses.rowwise import rowwise_loss_sum
 from ekd.losses.self_distill import ema_self_distill_sum, uncertainty_loss_sum, uncertainty_split
 from ekd.losses.targets import Head
-from ekd.models.load import model_body, output_head
+from ekd.models.body import body_outputs
+from ekd.models.load import output_head
 
 
 @torch.no_grad()
@@ -20,9 +21,7 @@ def _hidden_at(model, batch, rows: Tensor, amp) -> Tensor:
     """(M, D) final hidden states of a frozen model at flat rows."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        h = model_body(model)(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        ).last_hidden_state
+        h = body_outputs(model, batch).last_hidden_state
     return h.reshape(-1, h.shape[-1])[rows]  # (M, D)
 
 

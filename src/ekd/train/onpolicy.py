@@ -26,6 +26,11 @@ neutral one during the call. Each row draws from its own random stream (:mod:`ek
 by a number drawn from the given generator and by the row's sample id: results depend only on that generator
 and the row (exact on resume, the same on any rank and in a batch of any size); no global RNG is touched.
 
+Isolated documents (``data.document_attention=isolated``, the batch has ``position_ids``): the prompt handed to
+``generate`` is only the document that contains the prompt's last token (from its start, or the block start),
+so the student samples exactly what its isolated training forward sees; the generated tokens continue that
+document's positions and the padding after them is a document of its own.
+
 The new batch keeps (B, T), dtypes and ``sample_ids``: prompt · generated tokens (including the first
 generated EOS, which is a target like the EOS ending a packed document) · padding. Labels are shifted once, by
 :func:`ekd.data.collate.shift_labels`: -100 for targets in the prompt, after the first generated EOS, on
@@ -44,7 +49,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ekd.config import MethodConfig
-from ekd.data.collate import IGNORE_INDEX, Batch, shift_labels
+from ekd.data.collate import IGNORE_INDEX, Batch, document_positions, shift_labels
 from ekd.selection.draws import row_uniforms
 from ekd.train.row_sampler import RowSampler
 
@@ -120,18 +125,27 @@ def maybe_on_policy(
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     T = input_ids.shape[1]
     lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)
+    isolated = batch.position_ids is not None
+    # (B,) first column of each row's prompt: the start of the document holding the prompt's last token
+    # when documents are isolated, else the block start
+    firsts = torch.zeros_like(lengths)
+    if isolated:
+        last = (lengths - 1).clamp(min=0)  # (B,)
+        firsts = last - batch.position_ids.gather(1, last[:, None]).squeeze(1).to(lengths.dtype)
     new_ids = input_ids.clone()
     new_mask = attention_mask.clone()
     # (B, T) tokens that are targets: the continuations
     targets = torch.zeros_like(input_ids, dtype=torch.bool)
     with _eval_mode(student):
-        for p in sorted(set(lengths.tolist()) - {0}):
-            rows = (lengths == p).nonzero().squeeze(1)  # (G,)
+        for s, p in sorted(set(zip(firsts.tolist(), lengths.tolist()))):
+            if p == 0:
+                continue
+            rows = ((lengths == p) & (firsts == s)).nonzero().squeeze(1)  # (G,)
             width = T - p
             out = _generate(
                 student,
-                input_ids[rows, :p],  # (G, p)
-                attention_mask[rows, :p],
+                input_ids[rows, s:p],  # (G, p − s)
+                attention_mask[rows, s:p],
                 max_new_tokens=min(method_cfg.max_new_tokens, width),
                 temperature=method_cfg.sampling_temperature,
                 eos_id=eos_id,
@@ -139,7 +153,9 @@ def maybe_on_policy(
                 vocab_size=vocab_size,
                 uniforms=row_uniforms(seed, "on_policy", batch.sample_ids[rows], width),  # (G, T−p)
             )
-            generated = out[:, p:]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
+            generated = out[
+                :, p - s :
+            ]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
             n = generated.shape[1]
             is_eos = generated == eos_id
             after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # (G, n) strictly after the first EOS
@@ -154,7 +170,22 @@ def maybe_on_policy(
     generated_rows = (lengths > 0).unsqueeze(1)  # (B, 1)
     labels = torch.where(generated_rows, shift_labels(new_ids, targets), batch.labels)
     log.debug("on-policy micro-batch: prompt lengths %s", lengths.tolist())
-    return replace(batch, input_ids=new_ids, labels=labels, attention_mask=new_mask), True
+    position_ids = None
+    if isolated:
+        # (B, T) documents of the prompt, the continuation extending the last one, padding on its own
+        starts = (batch.position_ids == 0) & (torch.arange(T, device=input_ids.device) < lengths[:, None])
+        pad_start = generated_rows & (new_mask == 0) & (torch.roll(new_mask, 1, dims=1) != 0)
+        position_ids = document_positions(
+            torch.where(generated_rows, starts | pad_start, batch.position_ids == 0)
+        )
+    return replace(
+        batch,
+        input_ids=new_ids,
+        labels=labels,
+        attention_mask=new_mask,
+        position_ids=position_ids,
+        boundary=None,
+    ), True
 
 
 def _generate(

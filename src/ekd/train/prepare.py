@@ -31,6 +31,7 @@ class PreparedData:
 
     tokenizer: object
     blocks: dict[str, object]  # name → ekd.data.PackedBlocks
+    boundary: object | None = None  # ekd.data.DocumentBoundary used to pack the blocks
 
     @property
     def vocab_size(self) -> int:
@@ -38,7 +39,9 @@ class PreparedData:
 
     @property
     def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
+        """The id that ends a document (the boundary's EOS, else the tokenizer's)."""
+        eos = getattr(self.boundary, "eos_id", None)
+        return int(self.tokenizer.eos_token_id if eos is None else eos)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,15 +119,33 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     """Load documents, build/load the tokenizer, pack every split into blocks."""
-    from ekd.data import load_splits, pack_splits
+    from ekd.data import document_boundary, load_splits, pack_splits
 
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
     check_vocab(cfg, len(tokenizer))
-    blocks = pack_splits(splits, tokenizer, cfg.data.block_length, cfg.data.max_eval_blocks)
-    return PreparedData(tokenizer, blocks)
+    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
+    blocks = pack_splits(
+        splits,
+        tokenizer,
+        cfg.data.block_length,
+        cfg.data.max_eval_blocks,
+        boundary,
+        cfg.data.document_attention,
+    )
+    return PreparedData(tokenizer, blocks, boundary)
+
+
+def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
+    """Role → (spec, revision) of the real (non-preset) models whose document convention counts."""
+    models = {}
+    if not is_preset(cfg.model.student):
+        models["student"] = (cfg.model.student, cfg.model.revision)
+    if teacher_needed(cfg) and not is_preset(cfg.model.teacher):
+        models["teacher"] = (cfg.model.teacher, cfg.model.revision)
+    return models
 
 
 def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.reduce import normalize
-from ekd.models.load import model_body, output_head
+from ekd.models.body import body_outputs
+from ekd.models.load import output_head
 from ekd.selection.base import StepContext
 from ekd.selection.draws import RowDraws
 from ekd.selection.types import Selection
@@ -60,11 +61,7 @@ def student_hidden(
     """(B, T, Ds) final hidden states of the student body (with grad), and layer ``layer``'s if asked."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = model_body(student)(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=layer not in (None, -1),
-        )
+        out = body_outputs(student, batch, output_hidden_states=layer not in (None, -1))
     features = None
     if layer == -1:
         features = out.last_hidden_state

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config
+from ekd.data.collate import model_inputs
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
@@ -137,11 +138,11 @@ def forward_throughput(
     """Samples/s of the teacher's plain forward pass (body + head at every position) on ``batches``."""
     samples = sum(len(b) for b in batches)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        teacher(input_ids=batches[0].input_ids, attention_mask=batches[0].attention_mask)  # warm-up
+        teacher(**model_inputs(batches[0]))  # warm-up
         _sync(device)
         t0 = time.perf_counter()
         for b in batches:
-            teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.sum().item()
+            teacher(**model_inputs(b)).logits.sum().item()
         _sync(device)
     return samples / max(time.perf_counter() - t0, 1e-9)
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ekd.config import Config
 from ekd.losses.targets import Head
-from ekd.models.load import model_body
+from ekd.models.body import body_outputs
 from ekd.teacher.cache.signature import target_spec
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, rs_target_from_probs, topk_target
@@ -231,7 +231,7 @@ def teacher_entries(
     for batch in batches:
         device = batch.input_ids.device
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            body = model_body(teacher)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            body = body_outputs(teacher, batch)
         yield batch_entries(
             body.last_hidden_state,  # (B, T, Dt)
             head,

@@ -19,8 +19,9 @@ from ekd.models.load import is_preset
 from ekd.teacher.cache.manifest import make_signature
 from ekd.teacher.signal import TargetSpec
 
-# ekd.data.packing: documents joined with EOS, cut into non-overlapping T-token blocks (format of the rule)
-PACKING_RULE = "concat-eos-blocks-v1"
+# ekd.data.packing: documents framed by the document boundary (BOS/EOS), concatenated, cut into
+# non-overlapping T-token blocks; v2 added document starts (isolated attention) and the boundary rule
+PACKING_RULE = "concat-documents-blocks-v2"
 
 
 def check_cacheable(cfg: Config) -> None:
@@ -75,12 +76,18 @@ def teacher_revision(cfg: Config, model: nn.Module) -> str:
 
 
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
-    """The signature of the cache that ``cfg`` builds from ``data`` (a PreparedData)."""
+    """The signature of the cache that ``cfg`` builds from ``data`` (a PreparedData).
+
+    Besides :func:`~ekd.teacher.cache.manifest.make_signature`'s fields it records ``document_attention``
+    (isolated or packed: the teacher's targets differ) and ``separator`` (the resolved document boundary,
+    e.g. ``auto:bos=-,eos=0``), so a run with another choice is refused by name.
+    """
     from ekd.data import tokenizer_hash
 
     check_cacheable(cfg)
     m, blocks = cfg.method, data.blocks["train"]
-    return make_signature(
+    boundary = getattr(data, "boundary", None) or blocks.boundary
+    signature = make_signature(
         teacher_id=cfg.model.teacher,
         teacher_revision=revision,
         tokenizer_hash=tokenizer_hash(data.tokenizer),
@@ -98,6 +105,9 @@ def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
         position_fraction=cfg.teacher.cache_fraction,
         seed=cfg.run.seed,
     )
+    signature["document_attention"] = blocks.document_attention
+    signature["separator"] = boundary.describe() if boundary is not None else "eos"
+    return signature
 
 
 def target_spec(cfg: Config) -> TargetSpec:

@@ -43,6 +43,8 @@ CONFIG_KEYS = {
     "rs_samples": "method.rs_samples",
     "rs_proposal_power": "method.rs_proposal_power",
     "seed": "run.seed",
+    "document_attention": "data.document_attention",
+    "separator": "data.separator",
 }
 # taken from the cache: not recomputable without the teacher (weights), or free to differ (positions rule)
 FROM_CACHE = ("teacher_revision", "positions", "position_fraction")

@@ -1,0 +1,160 @@
+"""Document boundaries: which token (if any) starts and which ends every packed document.
+
+Model families differ: Llama-3 and Gemma tokenizers prepend a BOS, Qwen base models end documents with
+``<|endoftext|>``, chat checkpoints with their turn-end token, GPT-2-style models use one token for both.
+``data.separator`` picks the rule:
+
+- ``auto``: the models' own convention. BOS is prepended when the tokenizer adds one by itself
+  (``tokenizer("a")`` starts with ``bos_token_id``); the end-of-document id is the models' ``eos_token_id``
+  (generation config first, then model config; a list picks the tokenizer's EOS if it is in the list, else its
+  first entry; absent → the tokenizer's EOS). Teacher and student must agree, else one ConfigError line.
+- ``eos``: the tokenizer's EOS after every document (no BOS).
+- ``bos_eos``: the tokenizer's BOS before and EOS after every document.
+- ``none``: nothing added; documents are concatenated (no end-of-document target).
+
+The EOS is a target (ending is part of the document); the BOS never is (nothing in the document precedes it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from ekd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SEPARATORS = ("auto", "eos", "bos_eos", "none")
+
+EosValue = int | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class DocumentBoundary:
+    """How a document is framed in the packed stream.
+
+    Attributes:
+        separator: ``data.separator`` as configured (auto, eos, bos_eos, none).
+        bos_id: Token prepended to every document, or None.
+        eos_id: Token appended to every document (a target), or None.
+        pad_id: Filler of a lone partial block (never a target, never attended to by real tokens).
+    """
+
+    separator: str
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int
+
+    def describe(self) -> str:
+        """A stable one-line description, e.g. ``auto:bos=1,eos=2`` (recorded in the run and cache signature)."""
+        bos = "-" if self.bos_id is None else str(self.bos_id)
+        eos = "-" if self.eos_id is None else str(self.eos_id)
+        return f"{self.separator}:bos={bos},eos={eos}"
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer prepends its BOS when asked for special tokens (Llama-3, Gemma: yes; Qwen: no)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(special) > len(plain) and special[0] == bos
+
+
+def end_of_document_id(eos: EosValue, tokenizer_eos: int | None) -> int | None:
+    """The one id that ends a document for a model whose ``eos_token_id`` is ``eos`` (an int, a list or None)."""
+    ids = [int(eos)] if isinstance(eos, int) else [int(i) for i in (eos or [])]
+    if not ids:
+        return tokenizer_eos
+    return tokenizer_eos if tokenizer_eos in ids else ids[0]
+
+
+def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = False) -> EosValue:
+    """``eos_token_id`` of a hub id or local model directory: generation config first, then model config.
+
+    Reads the small JSON configs only (no weights). Raises ConfigError when neither can be read.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    kwargs: dict = {"revision": revision} if revision else {}
+    try:
+        eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
+    except (OSError, ValueError):
+        eos = None
+    if eos is not None:
+        return eos
+    try:
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"data.separator=auto: cannot read the config of '{spec}' ({first}); set data.separator=eos"
+        ) from None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "eos_token_id", None)
+
+
+def resolve_boundary(
+    separator: str, tokenizer: PreTrainedTokenizerBase, model_eos: Mapping[str, EosValue] | None = None
+) -> DocumentBoundary:
+    """The document boundary of ``separator`` for this tokenizer and these models.
+
+    Args:
+        separator: ``data.separator``: auto, eos, bos_eos or none.
+        tokenizer: The shared tokenizer.
+        model_eos: Role ('teacher', 'student') → that model's ``eos_token_id`` (int, list or None); used by
+            ``auto`` only. Models built from presets take the tokenizer's EOS and need no entry.
+
+    Returns:
+        The resolved DocumentBoundary.
+
+    Raises:
+        ConfigError: An unknown separator; a tokenizer without the token the rule needs; teacher and student
+            that end documents with different ids under ``auto``.
+    """
+    if separator not in SEPARATORS:
+        raise ConfigError(f"data.separator must be one of {', '.join(SEPARATORS)}, got '{separator}'")
+    tok_bos, tok_eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if separator == "auto":
+        bos = tok_bos if tokenizer_adds_bos(tokenizer) else None
+        ends = {role: end_of_document_id(eos, tok_eos) for role, eos in (model_eos or {}).items()}
+        distinct = sorted({e for e in ends.values() if e is not None})
+        if len(distinct) > 1:
+            named = " and ".join(
+                f"the {role} with id {e} ({tokenizer.convert_ids_to_tokens(e)!r})" for role, e in ends.items()
+            )
+            raise ConfigError(
+                f"data.separator=auto: documents end differently for {named}; "
+                "set data.separator=eos (the tokenizer's EOS for both) or pick models of one family"
+            )
+        eos = distinct[0] if distinct else tok_eos
+        if eos is None:
+            raise ConfigError(
+                "data.separator=auto: neither the models nor the tokenizer define an end-of-document token; "
+                "set data.separator=none or give the tokenizer an eos_token"
+            )
+    elif separator == "none":
+        bos, eos = None, None
+    else:
+        if tok_eos is None:
+            raise ConfigError(f"data.separator={separator}: the tokenizer has no eos_token; set one")
+        if separator == "bos_eos" and tok_bos is None:
+            raise ConfigError(
+                "data.separator=bos_eos: the tokenizer has no bos_token; use data.separator=eos"
+            )
+        bos, eos = (tok_bos if separator == "bos_eos" else None), tok_eos
+    pad = next((i for i in (eos, tokenizer.pad_token_id, tok_eos, bos) if i is not None), 0)
+    boundary = DocumentBoundary(separator, bos, eos, int(pad))
+    if separator == "auto" and eos is not None and eos != tok_eos:
+        logger.info(
+            "documents end with the models' eos id %d (%r), not the tokenizer's eos_token %r",
+            eos,
+            tokenizer.convert_ids_to_tokens(eos),
+            tokenizer.eos_token,
+        )
+    logger.info("document boundary: %s", boundary.describe())
+    return boundary
