@@ -43,6 +43,7 @@ from ekd.train.prepare import (
 )
 from ekd.train.run_dir import prepare_run_dir
 from ekd.train.step import StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.task_evaluation import run_end_tasks
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def _train(
         results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
         atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+        run_end_tasks(cfg, run_dir, student, data.tokenizer, teacher_model, device, amp)
         metrics_log.close()
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
