@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_overrides, write_corpus
 
 from ekd.cli import main
 from ekd.eval.compare import compare_runs, pareto_front
-from tiny import tiny_overrides, write_corpus
 
 
 def _fake_run(root: Path, name: str, preset: str, seed: int, ppl: float, kl: float, lr: float = 1e-3) -> Path:

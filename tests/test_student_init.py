@@ -78,9 +78,7 @@ def _hand_cut(teacher, keep: list[int]):
 def test_layer_drop_equals_hand_cut_teacher(model_type, tmp_path):
     teacher, teacher_dir = _teacher(model_type, tmp_path)
     keep = [0, 2, 3]
-    out = build_student(
-        StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "student"), keep_layers=keep)
-    )
+    out = build_student(StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "student"), keep_layers=keep))
     student = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -111,14 +109,9 @@ def test_cli_layers_with_tokenizer_and_untie(tmp_path, capsys):
     assert main(["student", "init", str(teacher_dir), str(out), "--layers", "2", "--untie-embeddings"]) == 0
     student = AutoModelForCausalLM.from_pretrained(out)
     assert student.config.num_hidden_layers == 2 and not student.config.tie_word_embeddings
-    assert (
-        student.get_output_embeddings().weight.data_ptr() != student.get_input_embeddings().weight.data_ptr()
-    )
+    assert student.get_output_embeddings().weight.data_ptr() != student.get_input_embeddings().weight.data_ptr()
     torch.testing.assert_close(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
-    assert (
-        AutoTokenizer.from_pretrained(out).get_vocab()
-        == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
-    )
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
     assert json.loads((out / RECORD).read_text())["kept_layers"] == [0, 3]
     # rerun without --overwrite is refused; with it, replaced
     assert main(["student", "init", str(teacher_dir), str(out), "--layers", "3"]) == 2
@@ -132,15 +125,7 @@ def test_from_config_random_init(tmp_path, tie):
     _, teacher_dir = _teacher("llama", tmp_path)
     flag = "--tie-embeddings" if tie else "--untie-embeddings"
     out = tmp_path / "s"
-    args = [
-        "student",
-        "init",
-        str(teacher_dir),
-        str(out),
-        "--from-config",
-        "num_hidden_layers=2",
-        "hidden_size=16",
-    ]
+    args = ["student", "init", str(teacher_dir), str(out), "--from-config", "num_hidden_layers=2", "hidden_size=16"]
     assert main([*args, flag, "--seed", "3"]) == 0
     student = AutoModelForCausalLM.from_pretrained(out)
     assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
