@@ -174,7 +174,7 @@ def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch,
 
     monkeypatch.setattr(task_evaluation, "run_tasks", spy)
     argv = ["-q", "eval", str(run_dir), "--tasks", "tiny_mc,tiny_gen", "--tasks-dir", str(tasks_dir)]
-    assert main(argv) == 0
+    assert main([*argv[:3], "eval.set_tags={tiny_gen: shift}", *argv[3:]]) == 0
     assert [c[0] for c in calls] == ["student"]  # teacher and initial student came from the cache
     assert teacher_cache.stat().st_mtime_ns == stamp
     again = _eval_json(run_dir)["tasks"]
@@ -182,8 +182,17 @@ def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch,
         for task in ("tiny_mc", "tiny_gen"):
             for key in ("value", "ece", "n"):
                 assert again[role][task][key] == at_distill[role][task][key], (role, task, key)
+    means = again["summary"]["student"]["mean"]  # tagged sets side by side, never averaged together
+    assert means == {
+        "in_distribution": again["student"]["tiny_mc"]["value"],
+        "shift": again["student"]["tiny_gen"]["value"],
+    }
     assert "tiny_mc" in capsys.readouterr().out
     assert "Downstream tasks" in (run_dir / "report.md").read_text()
+    from ekd.eval.compare import compare_runs, markdown
+
+    table = markdown(compare_runs([run_dir], run_dir.parent / "cmp", ("kd",), plots=False))
+    assert "task:tiny_mc score" in table and f"{again['student']['tiny_mc']['value']:.4f}" in table
     # other task settings are another signature: the teacher is evaluated again, on that task only
     calls.clear()
     assert main([*argv[:4], "tiny_mc", *argv[5:], "--limit", "5"]) == 0
@@ -204,6 +213,16 @@ def test_missing_lm_eval_is_one_line_with_the_install_command(tmp_path, monkeypa
     assert main(["eval", str(run_dir), "--tasks", "arc_easy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'ekd[eval]'" in err[0]
+
+
+def test_bad_task_settings_fail_at_config_time():
+    from ekd.config import load_config
+    from ekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.set_tags.x must be one of"):
+        load_config([], ["eval.set_tags={x: nope}"])
+    with pytest.raises(ConfigError, match="eval.tasks_num_fewshot"):
+        load_config([], ["eval.tasks=[arc_easy]", "eval.tasks_num_fewshot=-2"])
 
 
 def test_task_metric_helpers():

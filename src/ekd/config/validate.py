@@ -116,4 +116,7 @@ def validate(cfg: Config) -> None:
     _choice("train.loss_path", tr.loss_path, ["chunked", "chunked_recompute", "reference"])
     _range("train.head_chunk_size", tr.head_chunk_size, 0)
     _range("eval.ece_bins", cfg.eval.ece_bins, 1)
+    from ekd.eval.tasks import check_task_config
+
+    check_task_config(cfg)  # eval.tasks*, eval.set_tags
     _choice("log.level", cfg.log.level.upper(), ["DEBUG", "INFO", "WARNING", "ERROR"])

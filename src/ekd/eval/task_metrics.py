@@ -130,4 +130,26 @@ def gap_closed(student: float, teacher: float, init: float) -> float:
     vals = (student, teacher, init)
     if any(v is None or not math.isfinite(v) for v in vals) or teacher == init:
         return math.nan
-    return (student - init) / (teacher - init)
+    return (student - init) / (teacher - init) + 0.0  # + 0.0: no "-0.000" in tables
+
+
+def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """eval.json with its ``tasks`` section flattened into eval-set-like entries for ``ekd compare``.
+
+    Each task becomes ``task:<name>`` (``/teacher`` for the teacher) with ``score`` (its primary metric) and
+    ``ece`` (MC-ECE %); each tag's macro mean becomes ``tasks[<tag>]``. Other entries pass through.
+    """
+    out = {k: v for k, v in eval_json.items() if k != "tasks"}
+    section = eval_json.get("tasks") or {}
+    for role, suffix in (("student", ""), ("teacher", "/teacher")):
+        for task, r in (section.get(role) or {}).items():
+            out[f"task:{task}{suffix}"] = {"score": _nan(r.get("value")), "ece": _nan(r.get("ece"))}
+        summary = (section.get("summary") or {}).get(role) or {}
+        for tag, mean in (summary.get("mean") or {}).items():
+            ece = (summary.get("mc_ece") or {}).get(tag)
+            out[f"tasks[{tag}]{suffix}"] = {"score": _nan(mean), "ece": _nan(ece)}
+    return out
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)

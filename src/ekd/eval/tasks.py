@@ -40,13 +40,37 @@ INSTALL_HINT = "downstream tasks need lm-evaluation-harness: pip install 'ekd[ev
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 
 
-def require_lm_eval() -> None:
-    """Raise one line with the install command when lm-eval (and its HF backend) cannot be imported."""
+def require_lm_eval(import_now: bool = True) -> None:
+    """Raise one line with the install command when lm-eval (and its HF backend) is missing.
+
+    Args:
+        import_now: import it (seconds); False only looks the packages up (config validation).
+    """
+    if not import_now:
+        import importlib.util
+
+        if any(importlib.util.find_spec(m) is None for m in ("lm_eval", "accelerate")):
+            raise EkdError(INSTALL_HINT)
+        return
     try:
         import lm_eval  # noqa: F401
         import lm_eval.models.huggingface  # noqa: F401  (needs accelerate: the [hf] extra)
     except ImportError:
         raise EkdError(INSTALL_HINT) from None
+
+
+def check_task_config(cfg: Any) -> None:
+    """Config-time checks of ``eval.tasks*`` and ``eval.set_tags``, so a run fails before training, not after.
+
+    Raises:
+        ConfigError: a bad value; EkdError: lm-eval is not installed while ``eval.tasks`` is set.
+    """
+    for name, tag in cfg.eval.set_tags.items():
+        if tag not in tm.TAGS:
+            raise ConfigError(f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'")
+    if cfg.eval.tasks:
+        TaskSettings.from_config(cfg)
+        require_lm_eval(import_now=False)
 
 
 @dataclass(frozen=True)
