@@ -198,6 +198,9 @@ def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch,
     assert main([*argv[:4], "tiny_mc", *argv[5:], "--limit", "5"]) == 0
     assert [c[0] for c in calls] == ["student", "teacher", "student_init"]
     assert _eval_json(run_dir)["tasks"]["teacher"]["tiny_mc"]["n"] == 5
+    # re-evaluating the text sets alone keeps the task results
+    assert main(["-q", "eval", str(run_dir), "eval.tasks=[]"]) == 0
+    assert _eval_json(run_dir)["tasks"]["student"]["tiny_mc"]["n"] == 5 and "eval" in _eval_json(run_dir)
 
 
 def test_missing_lm_eval_is_one_line_with_the_install_command(tmp_path, monkeypatch, capsys):

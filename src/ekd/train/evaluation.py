@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -111,5 +112,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     if cfg.eval.teacher and teacher_needed(cfg) and cfg.teacher.source == "online":
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
-    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+    written = dict(results)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # keep `ekd eval --tasks` results
+        written["tasks"] = json.loads((run_dir / "eval.json").read_text())["tasks"]
+    atomic_write_text(run_dir / "eval.json", json.dumps(written, indent=2))
     return results

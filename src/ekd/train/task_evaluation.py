@@ -100,6 +100,24 @@ def cached_tasks(
     return out
 
 
+def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
+    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub
+    id, or the weight files' names, sizes and mtimes of a local directory (a retrained model there is new)."""
+    if is_preset(spec):
+        return f"{spec}#seed{seed}"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in sorted(path.iterdir()):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return f"{spec}#{h.hexdigest()[:12]}"
+    return f"{spec}@{revision}" if revision else spec
+
+
 def _fields(settings: TaskSettings) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -249,9 +267,7 @@ def run_end_tasks(
     data = PreparedData(tokenizer, {})
     results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
     if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
-        spec = cfg.model.teacher + (f"@{cfg.model.revision}" if cfg.model.revision else "")
-        if is_preset(spec):
-            spec += f"#seed{cfg.run.seed + 1}"  # a random preset is defined by its seed
+        spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
         results["teacher"] = cached_tasks(
             run_dir,
             "teacher",
@@ -261,7 +277,7 @@ def run_end_tasks(
             amp,
         )
     if cfg.eval.tasks_student_init:
-        spec = cfg.model.student + (f"#seed{cfg.run.seed}" if is_preset(cfg.model.student) else "")
+        spec = model_identity(cfg.model.student, "", cfg.run.seed)
         results["student_init"] = cached_tasks(
             run_dir, "student_init", spec, settings, lambda: (load_student(cfg, data, device), tokenizer), amp
         )
