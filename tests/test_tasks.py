@@ -16,11 +16,11 @@ import sys
 
 import pytest
 import torch
-from tests.tiny import WORDS, config_file, write_corpus
 
 from ekd.cli import main
 from ekd.errors import EkdError
 from ekd.eval import task_metrics as tm
+from tiny import WORDS, config_file, write_corpus
 
 MC_ITEMS = 20
 
