@@ -3,7 +3,7 @@
     ekd demo [--quick] [--methods kd,sekd,...]      the embedded default, no network
     ekd distill CONFIG [key=value ...]             distill a student (``--resume``, ``--overwrite``)
     ekd cache CONFIG [key=value ...]               build an offline teacher cache (``cache info|verify DIR``)
-    ekd eval RUN_DIR [key=value ...]               evaluate a saved student
+    ekd eval RUN_DIR [key=value ...]               evaluate a saved student (``--tasks arc_easy,...``: lm-eval)
     ekd compare RUN... [--out DIR]                 methods × seeds table, paired differences, Pareto plots
     ekd student init TEACHER OUT --layers N        build a student from a teacher (layer dropping or --from-config)
     ekd list [divergences|presets|scorers|policies|temperatures|architectures]
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
     p.add_argument("run_dir", help="run directory written by ekd distill")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="lm-eval tasks only (no eval sets), e.g. arc_easy,hellaswag,piqa,lambada_openai,gsm8k (needs ekd[eval])",
+    )
+    p.add_argument(
+        "--tasks-dir", default="", help="directory of lm-eval task YAMLs (local datasets, no network)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most N documents per task")
+    p.add_argument(
+        "--num-fewshot", type=int, default=None, help="few-shot examples per task (default: the task's)"
+    )
 
     p = sub.add_parser(
         "compare",
@@ -179,9 +191,20 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 def cmd_eval(args) -> int:
     from ekd.train.evaluation import evaluate_saved_run
+    from ekd.train.task_evaluation import evaluate_saved_tasks, tasks_markdown
 
-    results = evaluate_saved_run(Path(args.run_dir), args.overrides)
-    _print_eval(results)
+    overrides = list(args.overrides)
+    for flag, key in (("tasks", "tasks"), ("tasks_dir", "tasks_dir"), ("limit", "tasks_limit")):
+        value = getattr(args, flag)
+        if value not in ("", None):
+            overrides.append(f"eval.{key}={value}")
+    if args.num_fewshot is not None:
+        overrides.append(f"eval.tasks_num_fewshot={args.num_fewshot}")
+    if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
+        _print_eval(evaluate_saved_run(Path(args.run_dir), overrides))
+    section = evaluate_saved_tasks(Path(args.run_dir), overrides)
+    if section:
+        print(tasks_markdown(section))
     return 0
 
 

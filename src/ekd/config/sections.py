@@ -386,6 +386,31 @@ class EvalConfig:
     """Also report the teacher's own metrics (ppl, accuracy, ECE) on each eval set."""
     plots: bool = flag(True)
     """Write reliability diagrams to ``plots/``."""
+    tasks: list[str] = items(list, Text(nonempty=True, what="a task name"))
+    """Downstream lm-evaluation-harness tasks run on the final student (and the teacher, cached once), e.g.
+    ``[arc_easy, hellaswag, piqa, lambada_openai, gsm8k]``; needs ``pip install 'ekd[eval]'``. Empty = off."""
+    tasks_dir: str = text("", what="a directory")
+    """A directory of lm-eval task YAMLs (e.g. local JSON/JSONL datasets) whose task names ``eval.tasks`` may use."""
+    tasks_limit: int = number(0, ge=0)
+    """At most this many documents per task (0 = all)."""
+    tasks_num_fewshot: int = number(-1, ge=-1)
+    """Few-shot examples per task (-1 = the task's own default, 0 for most)."""
+    tasks_max_new_tokens: int = number(256, ge=1)
+    """Generation tasks (GSM8K, IFEval): greedy decoding, at most this many new tokens (stops at EOS too)."""
+    tasks_chat_template: str = one_of("auto", "auto", "on", "off")
+    """Chat template on generation-task prompts: 'auto' (when the tokenizer has one), 'on' or 'off'.
+    Multiple-choice and log-likelihood tasks never use it."""
+    tasks_teacher: bool = flag(True)
+    """Also run the tasks on the teacher (cached in ``<run>/tasks/`` and reused)."""
+    tasks_student_init: bool = flag(True)
+    """Also run the tasks on the initial student (``model.student``, cached) for the gap closed
+    (student − init)/(teacher − init)."""
+    set_tags: dict[str, str] = mapping(
+        OneOf(("in_distribution", "shift", "diversity_shift", "correlation_shift"))
+    )
+    """Eval set or task name → 'in_distribution', 'shift', 'diversity_shift' or 'correlation_shift' (ShiftKD).
+    Default: names starting with 'shift' are 'shift', others 'in_distribution'. Tags are reported side by
+    side and never averaged together."""
 
 
 @dataclass

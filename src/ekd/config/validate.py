@@ -78,6 +78,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})"
         )
+    from ekd.eval.tasks import check_task_config
+
+    check_task_config(cfg)  # eval.tasks*, eval.set_tags
 
 
 def _policy_needs_scores(m) -> bool:

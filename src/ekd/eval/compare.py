@@ -30,9 +30,10 @@ import yaml
 
 from ekd.errors import EkdError
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
+from ekd.eval.task_metrics import task_sets
 
-METRICS = ("ppl", "acc", "ece", "kl", "agree")
-HIGHER_IS_BETTER = {"ppl": False, "acc": True, "ece": False, "kl": False, "agree": True}
+METRICS = ("ppl", "acc", "ece", "kl", "agree", "score")  # score: a downstream task's primary metric
+HIGHER_IS_BETTER = {"ppl": False, "acc": True, "ece": False, "kl": False, "agree": True, "score": True}
 RUN_KEYS = ("name", "seed", "output_dir")
 
 
@@ -159,7 +160,7 @@ def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[s
     path = run_dir / "eval.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            return task_sets(json.loads(path.read_text()))  # lm-eval tasks as task:<name> sets
         except json.JSONDecodeError:
             raise EkdError(f"ekd compare: {path} is not valid JSON; rerun `ekd eval {run_dir}`") from None
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
@@ -303,6 +304,7 @@ FORMATS = {
     "agree": ".3f",
     "kd_pct": ".1f",
     "bytes_per_token": ".1f",
+    "score": ".4f",
 }
 
 

@@ -87,7 +87,10 @@ def _save_png(fig: Any, path: str | Path) -> Path:
 
 
 def plot_reliability(
-    bins: Sequence[tuple[float, float, int, float, float]], path: str | Path, title: str = "Reliability"
+    bins: Sequence[tuple[float, float, int, float, float]],
+    path: str | Path,
+    title: str = "Reliability",
+    unit: str = "tokens",
 ) -> Path:
     """Reliability diagram (PNG): accuracy per confidence bin as bars, the diagonal, ECE in the title.
 
@@ -95,6 +98,7 @@ def plot_reliability(
         bins: ``StreamingMetrics.reliability()`` — (lo, hi, count, mean confidence, accuracy) per bin.
         path: output PNG path (parent folders are created).
         title: plot title; " — ECE x.xx%" is appended.
+        unit: what the bins count ("tokens"; "docs" for multiple-choice tasks).
 
     Returns:
         The path written.
@@ -132,7 +136,7 @@ def plot_reliability(
     ax.legend(loc="upper left", fontsize="small")
     ece = expected_calibration_error(list(bins))
     n = sum(b[2] for b in bins)
-    ax.set_title(f"{title} — ECE {ece:.2f}% ({n:,} tokens)")
+    ax.set_title(f"{title} — ECE {ece:.2f}% ({n:,} {unit})")
     return _save_png(fig, path)
 
 

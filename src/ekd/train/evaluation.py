@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -61,6 +62,27 @@ def evaluate_run(
     return results
 
 
+def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The saved ``run_dir/config.yaml`` with dotted overrides applied.
+
+    Raises:
+        EkdError: ``run_dir`` is not a finished run (no config.yaml or student/).
+    """
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not (run_dir / "student" / "config.json").is_file():
+        raise EkdError(
+            f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first"
+        )
+    raw = yaml.safe_load(saved.read_text())
+    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
+    flat.update(parse_overrides(overrides or []))
+    sections = {k.split(".", 1)[0] for k in flat}  # an override may name a section the file lacks
+    return config_from_dict(
+        {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in sections}
+    )
+
+
 def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Reload ``run_dir/student`` with transformers and evaluate it (and the teacher) on the run's eval sets.
 
@@ -74,18 +96,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
 
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
     student_dir = run_dir / "student"
-    if not saved.is_file() or not (student_dir / "config.json").is_file():
-        raise EkdError(
-            f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first"
-        )
-    raw = yaml.safe_load(saved.read_text())
-    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
-    flat.update(parse_overrides(overrides or []))
-    cfg = config_from_dict(
-        {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in raw}
-    )
+    cfg = load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
@@ -112,5 +124,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     if cfg.eval.teacher and teacher_needed(cfg) and cfg.teacher.source == "online":
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
-    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+    written = dict(results)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # keep `ekd eval --tasks` results
+        written["tasks"] = json.loads((run_dir / "eval.json").read_text())["tasks"]
+    atomic_write_text(run_dir / "eval.json", json.dumps(written, indent=2))
     return results

@@ -60,6 +60,7 @@ from ekd.train.prepare import (
 )
 from ekd.train.run_dir import RunStart
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ def _train(
         results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
         atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+        run_end_tasks(cfg, run_dir, student, data.tokenizer, teacher_model, device, amp)
         metrics_log.close()
         start.finish()
     ranks.barrier()

@@ -1,0 +1,155 @@
+"""Downstream-task metrics from lm-evaluation-harness output: the primary metric per task, multiple-choice
+ECE from the per-choice log-likelihoods, macro means per eval tag, and the gap closed.
+
+Pure functions over plain Python data (lm-eval's ``results`` and ``samples`` dicts); no lm-eval import.
+
+Multiple-choice ECE (as SE-KD reports it): per document, p = softmax over the choices' summed
+log-likelihoods, confidence = max p, correct = the arg-max choice is gold (lm-eval's own per-sample
+``acc``); equal-width bins (lo, hi], ECE = Σ_b (n_b/N)·|acc_b − conf_b|, in %. Fewer than
+``MIN_ECE_SAMPLES`` documents give NaN: the estimate would mean nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+MIN_ECE_SAMPLES = 10
+TAGS = ("in_distribution", "shift", "diversity_shift", "correlation_shift")
+
+# (metric, preferred filter) in order: the paper metric of each task family comes first.
+PRIMARY_METRICS: tuple[tuple[str, str | None], ...] = (
+    ("acc", "none"),  # multiple choice (ARC, HellaSwag, PIQA), LAMBADA's last-word accuracy
+    ("exact_match", "strict-match"),  # GSM8K strict match
+    ("exact_match", None),  # other generation tasks: their first filter
+    ("prompt_level_strict_acc", None),  # IFEval
+    ("acc", None),
+)
+
+Bin = tuple[float, float, int, float, float]  # (lo, hi, count, mean confidence, accuracy)
+
+
+def primary_metric(task_results: Mapping[str, Any]) -> tuple[str, str, float]:
+    """(metric, filter, value) of one task's lm-eval results entry (keys ``"<metric>,<filter>"``).
+
+    Raises:
+        ValueError: the entry has no numeric metric.
+    """
+    numeric = {
+        tuple(k.split(",", 1)): float(v)
+        for k, v in task_results.items()
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    for metric, filt in PRIMARY_METRICS:
+        for (m, f), v in numeric.items():
+            if m == metric and (filt is None or f == filt):
+                return m, f, v
+    if not numeric:
+        raise ValueError("no numeric metric in the task results")
+    (m, f), v = next(iter(numeric.items()))
+    return m, f, v
+
+
+def softmax(values: Sequence[float]) -> list[float]:
+    """Softmax in float64 (max-shifted)."""
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def mc_confidences(samples: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[bool]]:
+    """Top-1 confidence and correctness per multiple-choice document.
+
+    Args:
+        samples: lm-eval logged samples of one task and filter; ``filtered_resps`` holds one
+            (log-likelihood, is_greedy) per choice, ``acc`` is 1.0 when the arg-max choice is gold.
+
+    Returns:
+        (confidences, correct), one entry per document.
+    """
+    conf, correct = [], []
+    for s in samples:
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        conf.append(max(softmax(lls)))
+        correct.append(bool(s["acc"]))
+    return conf, correct
+
+
+def reliability_bins(conf: Sequence[float], correct: Sequence[bool], n_bins: int = 15) -> list[Bin]:
+    """Equal-width bins (lo, hi] over [0, 1]: (lo, hi, count, mean confidence, accuracy); empty bins NaN."""
+    counts = [0] * n_bins
+    conf_sum = [0.0] * n_bins
+    hits = [0] * n_bins
+    for c, ok in zip(conf, correct, strict=True):
+        b = min(max(math.ceil(c * n_bins) - 1, 0), n_bins - 1)  # (lo, hi]: c = k/n falls in bin k-1
+        counts[b] += 1
+        conf_sum[b] += c
+        hits[b] += int(ok)
+    return [
+        (
+            i / n_bins,
+            (i + 1) / n_bins,
+            counts[i],
+            conf_sum[i] / counts[i] if counts[i] else math.nan,
+            hits[i] / counts[i] if counts[i] else math.nan,
+        )
+        for i in range(n_bins)
+    ]
+
+
+def ece_percent(bins: Sequence[Bin], min_samples: int = MIN_ECE_SAMPLES) -> float:
+    """ECE in % from reliability bins; NaN below ``min_samples`` documents."""
+    n = sum(b[2] for b in bins)
+    if n < max(min_samples, 1):
+        return math.nan
+    return 100.0 * sum(c * abs(acc - cf) for _, _, c, cf, acc in bins if c) / n
+
+
+def tag_of(name: str, tags: Mapping[str, str]) -> str:
+    """An eval set's or task's tag: ``tags[name]``, else 'shift' for names starting with 'shift', else
+    'in_distribution'."""
+    return tags.get(name) or ("shift" if name.startswith("shift") else "in_distribution")
+
+
+def macro_means(values: Mapping[str, float], tags: Mapping[str, str]) -> dict[str, float]:
+    """Mean of the finite values per tag (tag → mean); sets with different tags are never averaged."""
+    by_tag: dict[str, list[float]] = {}
+    for name, v in values.items():
+        if v is not None and math.isfinite(v):
+            by_tag.setdefault(tag_of(name, tags), []).append(v)
+    return {t: sum(vs) / len(vs) for t, vs in by_tag.items()}
+
+
+def gap_closed(student: float, teacher: float, init: float) -> float:
+    """(student − init) / (teacher − init): 0 = no better than the initial student, 1 = the teacher.
+
+    NaN when a value is missing or the teacher equals the initial student (nothing to close).
+    """
+    vals = (student, teacher, init)
+    if any(v is None or not math.isfinite(v) for v in vals) or teacher == init:
+        return math.nan
+    return (student - init) / (teacher - init) + 0.0  # + 0.0: no "-0.000" in tables
+
+
+def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """eval.json with its ``tasks`` section flattened into eval-set-like entries for ``ekd compare``.
+
+    Each task becomes ``task:<name>`` (``/teacher`` for the teacher) with ``score`` (its primary metric) and
+    ``ece`` (MC-ECE %); each tag's macro mean becomes ``tasks[<tag>]``. Other entries pass through.
+    """
+    out = {k: v for k, v in eval_json.items() if k != "tasks"}
+    section = eval_json.get("tasks") or {}
+    for role, suffix in (("student", ""), ("teacher", "/teacher")):
+        for task, r in (section.get(role) or {}).items():
+            out[f"task:{task}{suffix}"] = {"score": _nan(r.get("value")), "ece": _nan(r.get("ece"))}
+        summary = (section.get("summary") or {}).get(role) or {}
+        for tag, mean in (summary.get("mean") or {}).items():
+            ece = (summary.get("mc_ece") or {}).get(tag)
+            out[f"tasks[{tag}]{suffix}"] = {"score": _nan(mean), "ece": _nan(ece)}
+    return out
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,325 @@
+"""Downstream tasks through lm-evaluation-harness, on a model already in memory (no second load).
+
+    results = run_tasks(model, tokenizer, TaskSettings(tasks=("arc_easy", "gsm8k"), batch_size=8))
+
+Each requested task (or group: its leaf tasks) runs through ``lm_eval.evaluator.evaluate`` on an
+``HFLM`` wrapping the model: multiple-choice and log-likelihood tasks score every choice by its summed
+log-likelihood; generation tasks decode greedily (``do_sample=False``) for at most ``max_new_tokens``,
+stopping at the task's stop strings and the tokenizer's EOS (lm-eval adds it). A chat template is applied
+to generation prompts only ('auto': when the tokenizer has one). Per task: the primary metric, every
+numeric metric, the multiple-choice ECE and its reliability bins, the document count and the wall time.
+
+lm-eval is an optional dependency (``pip install 'ekd[eval]'``); without it :func:`require_lm_eval` raises
+one line saying so. Task names come from lm-eval's registry or from ``tasks_dir``, a directory of task
+YAMLs (e.g. a local JSON/JSONL dataset via ``dataset_path: json`` + ``dataset_kwargs.data_files``), which
+needs no network. The registry of lm-eval's ~15k built-in tasks is indexed only when a name is not found
+in ``tasks_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ekd.errors import ConfigError, EkdError
+from ekd.eval import task_metrics as tm
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "downstream tasks need lm-evaluation-harness: pip install 'ekd[eval]' (lm-eval[hf]==0.4.13)"
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+
+
+def require_lm_eval(import_now: bool = True) -> None:
+    """Raise one line with the install command when lm-eval (and its HF backend) is missing.
+
+    Args:
+        import_now: import it (seconds); False only looks the packages up (config validation).
+    """
+    if not import_now:
+        import importlib.util
+
+        if any(importlib.util.find_spec(m) is None for m in ("lm_eval", "accelerate")):
+            raise EkdError(INSTALL_HINT)
+        return
+    try:
+        import lm_eval  # noqa: F401
+        import lm_eval.models.huggingface  # noqa: F401  (needs accelerate: the [hf] extra)
+    except ImportError:
+        raise EkdError(INSTALL_HINT) from None
+
+
+def check_task_config(cfg: Any) -> None:
+    """Config-time checks of ``eval.tasks*`` and ``eval.set_tags``, so a run fails before training, not after.
+
+    Raises:
+        ConfigError: a bad value; EkdError: lm-eval is not installed while ``eval.tasks`` is set.
+    """
+    for name, tag in cfg.eval.set_tags.items():
+        if tag not in tm.TAGS:
+            raise ConfigError(f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'")
+    if cfg.eval.tasks:
+        TaskSettings.from_config(cfg)
+        require_lm_eval(import_now=False)
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """How the tasks run (``eval.tasks*`` in the config; ``ekd eval --tasks ...`` on the command line)."""
+
+    tasks: tuple[str, ...]
+    tasks_dir: str = ""
+    limit: int = 0  # documents per task, 0 = all
+    num_fewshot: int = -1  # -1 = the task's default
+    seed: int = 0
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    chat_template: str = "auto"
+    ece_bins: int = 15
+
+    def __post_init__(self) -> None:
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise ConfigError(
+                f"eval.tasks_chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got '{self.chat_template}'"
+            )
+        for key, value, lo in (
+            ("eval.tasks_limit", self.limit, 0),
+            ("eval.tasks_num_fewshot", self.num_fewshot, -1),
+            ("eval.tasks_max_new_tokens", self.max_new_tokens, 1),
+            ("eval.batch_size", self.batch_size, 1),
+        ):
+            if value < lo:
+                raise ConfigError(f"{key} must be ≥ {lo}, got {value}")
+        if self.tasks_dir and not Path(self.tasks_dir).is_dir():
+            raise ConfigError(f"eval.tasks_dir: {self.tasks_dir} is not a directory of lm-eval task YAMLs")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TaskSettings:
+        """From a resolved ``ekd.config.Config``."""
+        e = cfg.eval
+        return cls(
+            tasks=tuple(t.strip() for t in e.tasks if t.strip()),
+            tasks_dir=e.tasks_dir,
+            limit=e.tasks_limit,
+            num_fewshot=e.tasks_num_fewshot,
+            seed=cfg.run.seed,
+            batch_size=e.batch_size,
+            max_new_tokens=e.tasks_max_new_tokens,
+            chat_template=e.tasks_chat_template,
+            ece_bins=e.ece_bins,
+        )
+
+    def signature(self, task: str) -> dict[str, Any]:
+        """What determines ``task``'s result besides the model: a cached result is reused only if equal.
+
+        The YAMLs of ``tasks_dir`` enter by content hash; the batch size does not (it changes no score).
+        """
+        sig = {k: v for k, v in asdict(self).items() if k not in ("tasks", "tasks_dir", "batch_size")}
+        sig["task"] = task
+        sig["tasks_dir_hash"] = _dir_hash(self.tasks_dir) if self.tasks_dir else ""
+        sig["lm_eval"] = _lm_eval_version()
+        return sig
+
+
+def _dir_hash(path: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*")):
+        if f.is_file() and f.suffix in (".yaml", ".yml", ".json", ".jsonl", ".py"):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _lm_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lm_eval")
+    except Exception:  # pragma: no cover - metadata missing
+        return "?"
+
+
+_MANAGERS: dict[tuple[str, bool], Any] = {}
+
+
+def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
+    """An lm-eval TaskManager that knows every name in ``tasks``: ``tasks_dir`` alone when it has them all
+    (fast), else with lm-eval's built-in registry (indexing it takes seconds). Cached per process.
+
+    Raises:
+        EkdError: a name is neither in ``tasks_dir`` nor in lm-eval's registry.
+    """
+    from lm_eval.tasks import TaskManager
+
+    for defaults in (False, True) if tasks_dir else (True,):
+        key = (tasks_dir, defaults)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = TaskManager(include_path=tasks_dir or None, include_defaults=defaults)
+        manager = _MANAGERS[key]
+        known = set(manager.all_tasks)
+        missing = [t for t in tasks if t not in known]
+        if not missing:
+            return manager
+    where = f"lm-eval's registry nor {tasks_dir}" if tasks_dir else "lm-eval's registry (add --tasks-dir DIR)"
+    raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: neither in {where}")
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval warns on every pre-loaded model and undeclared aggregation; keep ekd's log readable."""
+    logger = logging.getLogger("lm_eval")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _restore_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_tasks(
+    model: nn.Module,
+    tokenizer: Any,
+    settings: TaskSettings,
+    *,
+    amp: Any = None,
+    label: str = "model",
+) -> dict[str, dict[str, Any]]:
+    """Run every task of ``settings`` on ``model`` (already on its device) and return leaf task → result.
+
+    Args:
+        model: a Hugging Face causal LM; its train/eval mode is restored afterwards.
+        tokenizer: its tokenizer (copied: lm-eval may set a pad token on it).
+        settings: tasks and how to run them.
+        amp: autocast dtype of the forward passes (e.g. ``torch.bfloat16``), None = the weights' dtype.
+        label: a name for log lines ("student", "teacher").
+
+    Returns:
+        task → {"metric", "filter", "value", "metrics" (every numeric "<metric>,<filter>"), "output_type",
+        "n", "ece" (%, multiple choice only, NaN under 10 documents), "bins" (reliability), "wall_s"}.
+
+    Raises:
+        EkdError: lm-eval missing, or an unknown task name.
+    """
+    require_lm_eval()
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    out: dict[str, dict[str, Any]] = {}
+    with _quiet_lm_eval(), _restore_mode(model):
+        manager = task_manager(settings.tasks, settings.tasks_dir)
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            batch_size=settings.batch_size,
+            mixed_precision_dtype=amp,
+        )
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        for name in settings.tasks:
+            t0 = time.perf_counter()
+            _seed_everything(settings.seed)
+            loaded = manager.load([name])
+            generation = False
+            for task in loaded["tasks"].values():
+                _configure(task, settings)
+                generation |= task.get_config("output_type") == "generate_until"
+            chat = generation and (
+                settings.chat_template == "on" or (settings.chat_template == "auto" and has_template)
+            )
+            r = evaluate(
+                lm=lm,
+                task_dict=loaded,
+                limit=settings.limit or None,
+                bootstrap_iters=0,
+                log_samples=True,
+                apply_chat_template=chat,
+                fewshot_as_multiturn=chat,
+            )
+            wall = time.perf_counter() - t0
+            leaves = list(loaded["tasks"])
+            for leaf in leaves:
+                out[leaf] = _task_result(
+                    leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall / len(leaves)
+                )
+                log.info(
+                    "task %s on %s: %s %.4f  ECE %.2f%%  (%d docs, %.1fs)",
+                    leaf,
+                    label,
+                    out[leaf]["metric"],
+                    out[leaf]["value"],
+                    out[leaf]["ece"],
+                    out[leaf]["n"],
+                    out[leaf]["wall_s"],
+                )
+    return out
+
+
+def _configure(task: Any, settings: TaskSettings) -> None:
+    """Few-shot count and seed, and greedy decoding with the new-token budget for generation tasks."""
+    if settings.num_fewshot >= 0:
+        task.set_config(key="num_fewshot", value=settings.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=settings.seed)
+    if task.get_config("output_type") == "generate_until":
+        task.set_config(
+            key="generation_kwargs",
+            value={"do_sample": False, "temperature": 0.0, "max_gen_toks": settings.max_new_tokens},
+            update=True,
+        )
+
+
+def _task_result(name: str, r: dict, task: Any, ece_bins: int, wall_s: float) -> dict[str, Any]:
+    entry = r["results"][name]
+    metric, filt, value = tm.primary_metric(entry)
+    output_type = task.get_config("output_type")
+    metrics = {
+        k: float(v)
+        for k, v in entry.items()
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    samples = [s for s in r["samples"].get(name, []) if s.get("filter") == filt]
+    ece, bins = math.nan, []
+    if output_type == "multiple_choice" and samples and "acc" in samples[0]:
+        bins = tm.reliability_bins(*tm.mc_confidences(samples), n_bins=ece_bins)
+        ece = tm.ece_percent(bins)
+    return {
+        "metric": metric,
+        "filter": filt,
+        "value": value,
+        "metrics": metrics,
+        "output_type": output_type,
+        "n": len(samples) or int(r.get("n-samples", {}).get(name, {}).get("effective", 0)),
+        "ece": ece,
+        "bins": [list(b) for b in bins],
+        "wall_s": wall_s,
+    }

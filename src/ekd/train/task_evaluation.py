@@ -1,0 +1,309 @@
+"""Downstream tasks of a run (``eval.tasks``): the student, the teacher and the initial student side by side.
+
+At the end of ``ekd distill`` (:func:`run_end_tasks`, on the student in memory) and in
+``ekd eval RUN --tasks ...`` (:func:`evaluate_saved_tasks`, on ``RUN/student``):
+
+- the student's task results are computed every time;
+- the teacher's (``model.teacher``) and the initial student's (``model.student``, for the gap closed
+  (student − init)/(teacher − init)) are computed once per model and task settings and cached in
+  ``RUN/tasks/{teacher,student_init}.json``; a later call reuses every task whose signature matches and
+  loads the model only if some task is missing;
+- the results go to ``RUN/eval.json`` under ``tasks`` (the eval sets' entries are kept), to
+  ``RUN/report.md`` and to reliability diagrams of the multiple-choice tasks in ``RUN/plots/tasks/``.
+
+Macro means and mean MC-ECE are taken per eval tag (``eval.set_tags``): in-distribution and shifted tasks
+are reported side by side and never averaged together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ekd.config import Config
+from ekd.eval import task_metrics as tm
+from ekd.eval.tasks import TaskSettings, require_lm_eval, run_tasks
+from ekd.models.load import is_preset
+from ekd.train.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ROLES = ("student", "teacher", "student_init")
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf → None, recursively, so eval.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def cached_tasks(
+    run_dir: Path,
+    role: str,
+    model_spec: str,
+    settings: TaskSettings,
+    load: Callable[[], tuple[nn.Module, Any]],
+    amp: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Task results of a reference model (teacher, initial student), cached in ``run_dir/tasks/<role>.json``.
+
+    Args:
+        role: 'teacher' or 'student_init' (the cache file's name).
+        model_spec: the model's identity (e.g. ``model.teacher`` and revision); another spec invalidates the cache.
+        load: returns (model, tokenizer); called only when some task is not cached.
+
+    Returns:
+        task → result (see ``ekd.eval.tasks.run_tasks``).
+    """
+    path = run_dir / "tasks" / f"{role}.json"
+    entries: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("model") == model_spec:
+                entries = saved.get("tasks", {})
+        except (json.JSONDecodeError, AttributeError):
+            log.warning("%s is not valid JSON; recomputing the %s's tasks", path, role)
+    wanted = {t: settings.signature(t) for t in settings.tasks}
+    missing = tuple(t for t, sig in wanted.items() if entries.get(t, {}).get("signature") != sig)
+    if missing:
+        model, tokenizer = load()
+        fresh = run_tasks(
+            model, tokenizer, TaskSettings(**{**_fields(settings), "tasks": missing}), amp=amp, label=role
+        )
+        for requested in missing:
+            leaves = {k: v for k, v in fresh.items() if k == requested} or fresh  # a group → its leaves
+            entries[requested] = {"signature": wanted[requested], "results": leaves}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(_clean({"model": model_spec, "tasks": entries}), indent=2))
+    else:
+        log.info("%s task results reused from %s", role, path)
+    out: dict[str, dict[str, Any]] = {}
+    for t in settings.tasks:
+        out.update(entries[t]["results"])
+    return out
+
+
+def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
+    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub
+    id, or the weight files' names, sizes and mtimes of a local directory (a retrained model there is new)."""
+    if is_preset(spec):
+        return f"{spec}#seed{seed}"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in sorted(path.iterdir()):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return f"{spec}#{h.hexdigest()[:12]}"
+    return f"{spec}@{revision}" if revision else spec
+
+
+def _fields(settings: TaskSettings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(settings)
+
+
+def task_section(
+    results: dict[str, dict[str, dict[str, Any]]], settings: TaskSettings, tags: dict[str, str]
+) -> dict[str, Any]:
+    """The ``tasks`` section of eval.json: settings, per-role results, per-tag means, gap closed.
+
+    Args:
+        results: role ('student', 'teacher', 'student_init') → task → result.
+        tags: ``eval.set_tags``.
+    """
+    student = results.get("student", {})
+    section: dict[str, Any] = {
+        "settings": {
+            "tasks": list(settings.tasks),
+            "tasks_dir": settings.tasks_dir,
+            "limit": settings.limit,
+            "num_fewshot": settings.num_fewshot,
+            "seed": settings.seed,
+            "max_new_tokens": settings.max_new_tokens,
+            "chat_template": settings.chat_template,
+        },
+        "tags": {t: tm.tag_of(t, tags) for t in student},
+        **{role: res for role, res in results.items()},
+        "summary": {},
+    }
+    for role, res in results.items():
+        section["summary"][role] = {
+            "mean": tm.macro_means({t: _num(r["value"]) for t, r in res.items()}, tags),
+            "mc_ece": tm.macro_means({t: _num(r["ece"]) for t, r in res.items()}, tags),
+        }
+    teacher, init = results.get("teacher"), results.get("student_init")
+    if teacher and init:
+        gaps = {
+            t: tm.gap_closed(
+                _num(r["value"]), _num(teacher.get(t, {}).get("value")), _num(init.get(t, {}).get("value"))
+            )
+            for t, r in student.items()
+        }
+        section["gap_closed"] = gaps
+        means = section["summary"]
+        section["summary"]["gap_closed"] = {
+            tag: tm.gap_closed(
+                means["student"]["mean"][tag],
+                means["teacher"]["mean"].get(tag, math.nan),
+                means["student_init"]["mean"].get(tag, math.nan),
+            )
+            for tag in means["student"]["mean"]
+        }
+    return _clean(section)
+
+
+def tasks_markdown(section: dict[str, Any]) -> str:
+    """The report's task table: one row per task, then the macro mean per tag (never across tags)."""
+    from ekd.eval.report import results_table
+
+    roles = [r for r in ROLES if r in section]
+    rows = []
+    for task, r in section["student"].items():
+        row: dict[str, Any] = {
+            "task": task,
+            "tag": section["tags"].get(task, ""),
+            "metric": r["metric"],
+            "n": r["n"],
+            "wall": r["wall_s"],
+        }
+        for role in roles:
+            row[role] = section[role].get(task, {}).get("value")
+            row[f"{role}_ece"] = section[role].get(task, {}).get("ece")
+        row["gap"] = section.get("gap_closed", {}).get(task)
+        rows.append(row)
+    summary = section["summary"]
+    for tag in summary["student"]["mean"]:
+        row = {"task": f"**mean ({tag})**", "tag": tag, "metric": "macro"}
+        for role in roles:
+            row[role] = summary[role]["mean"].get(tag)
+            row[f"{role}_ece"] = summary[role]["mc_ece"].get(tag)
+        row["gap"] = summary.get("gap_closed", {}).get(tag)
+        rows.append(row)
+    names = {"student": "student", "teacher": "teacher", "student_init": "student init"}
+    cols = [("task", "task", ""), ("tag", "tag", ""), ("metric", "metric", "")]
+    cols += [(role, names[role], ".4f") for role in roles]
+    cols += [("gap", "gap closed", ".3f")] if "gap_closed" in section else []
+    cols += [(f"{role}_ece", f"MC-ECE % {names[role]}", ".2f") for role in roles]
+    cols += [("n", "docs", "d"), ("wall", "student wall s", ".1f")]
+    return results_table(rows, cols)
+
+
+def write_outputs(run_dir: Path, section: dict[str, Any], plots: bool, title: str) -> None:
+    """Merge ``tasks`` into eval.json, write report.md (eval sets + tasks) and the MC reliability diagrams."""
+    from ekd.eval.report import plot_reliability, results_table, write_report
+
+    path = run_dir / "eval.json"
+    results: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is not valid JSON; rewriting it with the task results only", path)
+    results["tasks"] = section
+    atomic_write_text(path, json.dumps(results, indent=2))
+    reports = []
+    sets = {k: v for k, v in results.items() if k != "tasks" and isinstance(v, dict)}
+    if sets:
+        tags = section.get("set_tags", {})
+        rows = [{"set": k, "tag": tm.tag_of(k.split("/")[0], tags), **v} for k, v in sets.items()]
+        cols = [("set", "eval set", ""), ("tag", "tag", ""), ("ppl", "ppl", ".2f"), ("acc", "acc", ".3f")]
+        cols += [("ece", "ECE %", ".2f"), ("kl", "KL(t‖s)", ".3f")]
+        reports.append(("Eval sets", results_table(rows, cols)))
+    reports.append(("Downstream tasks (lm-evaluation-harness)", tasks_markdown(section)))
+    write_report(run_dir, title, reports)
+    if plots:
+        for task, r in section["student"].items():
+            if r.get("bins"):
+                bins = [tuple(_num(x) if i > 1 else x for i, x in enumerate(b)) for b in r["bins"]]
+                safe = re.sub(r"[^\w.-]", "_", task)
+                plot_reliability(
+                    bins, run_dir / "plots" / "tasks" / f"reliability-{safe}.png", f"{task} (MC)", unit="docs"
+                )
+
+
+def run_end_tasks(
+    cfg: Config,
+    run_dir: Path,
+    student: nn.Module,
+    tokenizer: Any,
+    teacher: nn.Module | None,
+    device: Any,
+    amp: Any,
+    settings: TaskSettings | None = None,
+) -> dict[str, Any]:
+    """Run ``eval.tasks`` on the student in memory (and the cached teacher / initial student); write them.
+
+    Returns:
+        The ``tasks`` section written to eval.json ({} when ``eval.tasks`` is empty).
+    """
+    settings = settings or TaskSettings.from_config(cfg)
+    if not settings.tasks:
+        return {}
+    require_lm_eval()
+    from ekd.train.prepare import PreparedData, load_student, load_teacher
+
+    data = PreparedData(tokenizer, {})
+    results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
+    if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
+        spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
+        results["teacher"] = cached_tasks(
+            run_dir,
+            "teacher",
+            spec,
+            settings,
+            lambda: (teacher if teacher is not None else load_teacher(cfg, data, device), tokenizer),
+            amp,
+        )
+    if cfg.eval.tasks_student_init:
+        spec = model_identity(cfg.model.student, "", cfg.run.seed)
+        results["student_init"] = cached_tasks(
+            run_dir, "student_init", spec, settings, lambda: (load_student(cfg, data, device), tokenizer), amp
+        )
+    section = task_section(results, settings, cfg.eval.set_tags)
+    section["set_tags"] = dict(cfg.eval.set_tags)
+    write_outputs(run_dir, section, cfg.eval.plots, f"{cfg.run.name}: evaluation")
+    return section
+
+
+def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """``ekd eval RUN --tasks ...``: reload ``RUN/student`` and run :func:`run_end_tasks` on it."""
+    from transformers import AutoModelForCausalLM
+
+    from ekd.models.load import load_tokenizer
+    from ekd.train.evaluation import load_run_config
+    from ekd.train.prepare import autocast_dtype, resolve_device
+
+    cfg = load_run_config(run_dir, overrides)
+    settings = TaskSettings.from_config(cfg)
+    if not settings.tasks:
+        return {}
+    require_lm_eval()
+    device = resolve_device(cfg.run.device)
+    student_dir = Path(run_dir) / "student"
+    tokenizer = load_tokenizer(str(student_dir), role="student")
+    student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
+    return run_end_tasks(
+        cfg, Path(run_dir), student, tokenizer, None, device, autocast_dtype(cfg, device), settings
+    )

@@ -1,0 +1,242 @@
+"""Downstream tasks through lm-evaluation-harness (``eval.tasks``, ``ekd eval --tasks``), CPU, no network.
+
+A tiny local multiple-choice task (20 items) and a tiny generation task, both JSONL + YAML written here,
+run on a 3-step distilled micro student. Accuracy is checked against a hand count from the model's own
+log-likelihoods, MC-ECE against an independent float64 computation, the generation score against greedy
+decoding with ``model.generate``; the teacher's results are cached; ``eval.tasks`` at the end of
+``ekd distill`` writes the numbers ``ekd eval`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+
+import pytest
+import torch
+
+from ekd.cli import main
+from ekd.errors import EkdError
+from ekd.eval import task_metrics as tm
+from tiny import WORDS, config_file, write_corpus
+
+MC_ITEMS = 20
+
+
+def _mc_rows(seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "question": " ".join(rng.choice(WORDS) for _ in range(5)),
+            "choices": rng.sample(WORDS, 3),
+            "answer": rng.randrange(3),
+        }
+        for _ in range(MC_ITEMS)
+    ]
+
+
+def _write_task(tasks_dir, name: str, rows: list[dict], body: str) -> None:
+    data = tasks_dir / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks_dir / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"  cache_dir: {tasks_dir / 'hf-cache'}\ntest_split: test\n" + body
+    )
+
+
+MC_YAML = """output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+
+GEN_YAML = """output_type: generate_until
+doc_to_text: "{{question}} :"
+doc_to_target: "{{answer}}"
+generation_kwargs:
+  until: ["\\n"]
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: "(\\\\w+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One 3-step distill with eval.tasks = [tiny_mc, tiny_gen]: (run_dir, tasks_dir)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    tmp = tmp_path_factory.mktemp("tasks")
+    tasks_dir = tmp / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    rng = random.Random(1)
+    gen_rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(6)]
+    _write_task(tasks_dir, "tiny_gen", gen_rows, GEN_YAML)
+    corpus = write_corpus(tmp / "corpus")
+    cfg = config_file(tmp, corpus, "t", **{"eval.tasks_max_new_tokens": 4, "eval.plots": True})
+    args = ["eval.tasks=[tiny_mc,tiny_gen]", f"eval.tasks_dir={tasks_dir}"]
+    assert main(["-q", "distill", cfg, *args]) == 0
+    return tmp / "runs" / "t", tasks_dir
+
+
+def _student(run_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "student").eval()
+    return model, AutoTokenizer.from_pretrained(run_dir / "student")
+
+
+def _loglikelihood(model, tok, context: str, continuation: str) -> float:
+    """Σ log p(continuation tokens | context), float64, encoding as lm-eval does (whole, then split)."""
+    ctx = tok.encode(context)
+    whole = tok.encode(context + continuation)
+    cont = whole[len(ctx) :]
+    with torch.no_grad():
+        logits = model(torch.tensor([whole[:-1]])).logits[0].double()  # (T-1, V)
+    logp = torch.log_softmax(logits, dim=-1)
+    rows = torch.arange(len(whole) - 1 - len(cont), len(whole) - 1)  # (C,) rows predicting the continuation
+    return float(logp[rows, torch.tensor(cont)].sum())
+
+
+def _eval_json(run_dir) -> dict:
+    return json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_mc_accuracy_is_a_hand_count_and_ece_matches_an_independent_computation(run):
+    run_dir, _ = run
+    model, tok = _student(run_dir)
+    conf, correct = [], []
+    for row in _mc_rows():
+        lls = [_loglikelihood(model, tok, row["question"], " " + c) for c in row["choices"]]
+        probs = torch.softmax(torch.tensor(lls, dtype=torch.float64), 0)
+        conf.append(float(probs.max()))
+        correct.append(int(torch.tensor(lls).argmax()) == row["answer"])
+    result = _eval_json(run_dir)["tasks"]["student"]["tiny_mc"]
+    assert result["metric"] == "acc" and result["n"] == MC_ITEMS
+    assert result["value"] == pytest.approx(sum(correct) / MC_ITEMS, abs=1e-12)
+    # ECE, 15 equal-width bins (lo, hi], computed here with numpy-free plain loops
+    edges = [i / 15 for i in range(16)]
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        idx = [i for i, c in enumerate(conf) if (lo < c <= hi) or (lo == 0 and c == 0)]
+        if idx:
+            gap = abs(sum(correct[i] for i in idx) / len(idx) - sum(conf[i] for i in idx) / len(idx))
+            ece += len(idx) / len(conf) * gap
+    assert result["ece"] == pytest.approx(100 * ece, abs=1e-4)
+    assert (run_dir / "plots" / "tasks" / "reliability-tiny_mc.png").is_file()
+
+
+@pytest.mark.slow
+def test_generation_is_greedy_within_the_token_budget(run):
+    run_dir, _ = run
+    model, tok = _student(run_dir)
+    rng = random.Random(1)
+    rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(6)]
+    hits = 0
+    for row in rows:
+        ids = torch.tensor([tok.encode(row["question"] + " :")])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4)
+        text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n")[0]
+        words = __import__("re").findall(r"\w+", text)
+        hits += bool(words) and words[0] == row["answer"]
+    result = _eval_json(run_dir)["tasks"]["student"]["tiny_gen"]
+    assert (result["metric"], result["filter"]) == ("exact_match", "strict-match")
+    assert result["value"] == pytest.approx(hits / len(rows))
+    assert result["ece"] is None  # MC-ECE is for multiple-choice tasks only
+
+
+@pytest.mark.slow
+def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch, capsys):
+    run_dir, tasks_dir = run
+    at_distill = _eval_json(run_dir)["tasks"]
+    assert {"teacher", "student_init"} <= set(at_distill) and "gap_closed" in at_distill
+    assert "eval" in _eval_json(run_dir)  # the eval sets' entries are kept beside the tasks
+    teacher_cache = run_dir / "tasks" / "teacher.json"
+    stamp = teacher_cache.stat().st_mtime_ns
+    from ekd.train import task_evaluation
+
+    calls = []
+    real = task_evaluation.run_tasks
+
+    def spy(model, tokenizer, settings, **kw):
+        calls.append((kw.get("label"), settings.tasks))
+        return real(model, tokenizer, settings, **kw)
+
+    monkeypatch.setattr(task_evaluation, "run_tasks", spy)
+    argv = ["-q", "eval", str(run_dir), "--tasks", "tiny_mc,tiny_gen", "--tasks-dir", str(tasks_dir)]
+    assert main([*argv[:3], "eval.set_tags={tiny_gen: shift}", *argv[3:]]) == 0
+    assert [c[0] for c in calls] == ["student"]  # teacher and initial student came from the cache
+    assert teacher_cache.stat().st_mtime_ns == stamp
+    again = _eval_json(run_dir)["tasks"]
+    for role in ("student", "teacher", "student_init"):
+        for task in ("tiny_mc", "tiny_gen"):
+            for key in ("value", "ece", "n"):
+                assert again[role][task][key] == at_distill[role][task][key], (role, task, key)
+    means = again["summary"]["student"]["mean"]  # tagged sets side by side, never averaged together
+    assert means == {
+        "in_distribution": again["student"]["tiny_mc"]["value"],
+        "shift": again["student"]["tiny_gen"]["value"],
+    }
+    assert "tiny_mc" in capsys.readouterr().out
+    assert "Downstream tasks" in (run_dir / "report.md").read_text()
+    from ekd.eval.compare import compare_runs, markdown
+
+    table = markdown(compare_runs([run_dir], run_dir.parent / "cmp", ("kd",), plots=False))
+    assert "task:tiny_mc score" in table and f"{again['student']['tiny_mc']['value']:.4f}" in table
+    # other task settings are another signature: the teacher is evaluated again, on that task only
+    calls.clear()
+    assert main([*argv[:4], "tiny_mc", *argv[5:], "--limit", "5"]) == 0
+    assert [c[0] for c in calls] == ["student", "teacher", "student_init"]
+    assert _eval_json(run_dir)["tasks"]["teacher"]["tiny_mc"]["n"] == 5
+    # re-evaluating the text sets alone keeps the task results
+    assert main(["-q", "eval", str(run_dir), "eval.tasks=[]"]) == 0
+    assert _eval_json(run_dir)["tasks"]["student"]["tiny_mc"]["n"] == 5 and "eval" in _eval_json(run_dir)
+
+
+def test_missing_lm_eval_is_one_line_with_the_install_command(tmp_path, monkeypatch, capsys):
+    from ekd.eval.tasks import require_lm_eval
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval → ImportError
+    with pytest.raises(EkdError, match=r"pip install 'ekd\[eval\]'"):
+        require_lm_eval()
+    run_dir = tmp_path / "r"
+    (run_dir / "student").mkdir(parents=True)
+    (run_dir / "student" / "config.json").write_text("{}")
+    (run_dir / "config.yaml").write_text("run: {name: r}\n")
+    assert main(["eval", str(run_dir), "--tasks", "arc_easy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'ekd[eval]'" in err[0]
+
+
+def test_bad_task_settings_fail_at_config_time():
+    from ekd.config import load_config
+    from ekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.set_tags.x must be one of"):
+        load_config([], ["eval.set_tags={x: nope}"])
+    with pytest.raises(ConfigError, match="eval.tasks_num_fewshot"):
+        load_config([], ["eval.tasks=[arc_easy]", "eval.tasks_num_fewshot=-2"])
+
+
+def test_task_metric_helpers():
+    results = {"exact_match,strict-match": 0.25, "exact_match,flexible-extract": 0.5, "alias": "gsm8k"}
+    assert tm.primary_metric(results) == ("exact_match", "strict-match", 0.25)
+    assert tm.primary_metric({"perplexity,none": 9.0, "acc,none": 0.4})[:2] == ("acc", "none")
+    bins = tm.reliability_bins([1 / 15, 0.5, 1.0], [True, False, True], 15)
+    assert [b[2] for b in bins].count(1) == 3 and bins[0][2] == 1  # 1/15 falls in (0, 1/15]
+    assert math.isnan(tm.ece_percent(bins))  # 3 documents < 10: no estimate
+    assert tm.ece_percent(tm.reliability_bins([0.9] * 10, [True] * 9 + [False], 15)) == pytest.approx(0.0)
+    means = tm.macro_means({"a": 0.5, "b": 0.7, "shift_c": 0.1}, {"b": "shift"})
+    assert means == pytest.approx({"in_distribution": 0.5, "shift": 0.4})
+    assert tm.gap_closed(0.6, 0.8, 0.4) == pytest.approx(0.5)
+    assert math.isnan(tm.gap_closed(0.6, 0.4, 0.4))
