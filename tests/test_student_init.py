@@ -170,6 +170,11 @@ def test_from_config_slices_per_layer_lists(tmp_path):
         (["--layers", "2", "--from-config", "num_hidden_layers=2"], "not both"),
         ([], "say what to build"),
         (["--layers", "2", "--tie-embeddings"], "separate matrices"),
+        (["--layers", "0"], "--layers must be ≥ 1"),
+        (["--layers", "2", "--keep-layers", "0"], "not both"),
+        (["--layers", "2", "--seed", "-3"], "must be ≥ 0"),
+        (["--from-config", "hidden_size=abc"], "invalid llama config"),
+        (["--from-config", "num_attention_heads=3"], "invalid llama config"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("teacher", help="teacher: a hub id or a saved Hugging Face model directory")
     s.add_argument("out", help="directory to write the student to (a standard HF model directory)")
     s.add_argument(
-        "--layers", type=int, default=0, help="keep N decoder layers, evenly spaced (first and last kept)"
+        "--layers", type=int, default=None, help="keep N decoder layers, evenly spaced (first and last kept)"
     )
     s.add_argument("--keep-layers", default="", help="keep these decoder layers, e.g. 0,4,8,11")
     s.add_argument(
@@ -272,10 +272,12 @@ def cmd_student(args) -> int:
         raise EkdError(
             f"--keep-layers must be comma-separated layer indices, got '{args.keep_layers}'"
         ) from None
+    if args.layers is not None and args.layers < 1:
+        raise EkdError(f"student init: --layers must be ≥ 1, got {args.layers}")
     plan = StudentPlan(
         teacher=args.teacher,
         out=args.out,
-        layers=args.layers,
+        layers=args.layers or 0,
         keep_layers=keep,
         overrides=parse_overrides(args.from_config),
         tie_word_embeddings=args.tie,

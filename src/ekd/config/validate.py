@@ -76,7 +76,8 @@ def validate(cfg: Config) -> None:
         )
     if tr.warmup_steps >= tr.max_steps and tr.max_steps > 1:
         raise ConfigError(
-            f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps})"
+            f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps}); "
+            f"set train.warmup_steps={max(0, tr.max_steps // 10)} (or fewer) for a run this short"
         )
     from ekd.eval.tasks import check_task_config
 

@@ -170,8 +170,12 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
         missing = [t for t in tasks if t not in known]
         if not missing:
             return manager
-    where = f"lm-eval's registry nor {tasks_dir}" if tasks_dir else "lm-eval's registry (add --tasks-dir DIR)"
-    raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: neither in {where}")
+    where = (
+        f"neither in lm-eval's registry nor in {tasks_dir}; check the names"
+        if tasks_dir
+        else "not in lm-eval's registry; check the names, or add eval.tasks_dir / --tasks-dir DIR for local tasks"
+    )
+    raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {where}")
 
 
 @contextlib.contextmanager

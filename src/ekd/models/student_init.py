@@ -207,7 +207,13 @@ def from_config(
             raise ModelError(
                 f"student init: '{key}' is not a key of the teacher's {teacher_config.model_type} config{hint}"
             )
-        setattr(config, key, value)
+        try:  # transformers' configs validate field types on assignment
+            setattr(config, key, value)
+        except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
+            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise ModelError(
+                f"student init: {key}={value!r} makes an invalid {teacher_config.model_type} config ({first})"
+            ) from None
     if "num_hidden_layers" in overrides:
         n_old, n_new = int(teacher_config.num_hidden_layers), int(config.num_hidden_layers)
         for name in _per_layer_fields(teacher_config, n_old):
@@ -216,6 +222,14 @@ def from_config(
                 setattr(config, name, type(values)(values[i % n_old] for i in range(n_new)))
     if tie_word_embeddings is not None:
         config.tie_word_embeddings = tie_word_embeddings
+    try:  # transformers validates field types and shapes when a config is (re)built or saved
+        config = type(config).from_dict(config.to_dict())
+        config.to_json_string()
+    except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"student init: the overrides make an invalid {config.model_type} config ({first})"
+        ) from None
     return _seeded_from_config(config, seed, dtype)
 
 
@@ -260,6 +274,12 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         )
     if plan.overrides and (plan.layers or plan.keep_layers):
         raise ModelError("student init: give either --layers/--keep-layers or --from-config, not both")
+    if plan.layers and plan.keep_layers:
+        raise ModelError("student init: give either --layers N or --keep-layers i,j,..., not both")
+    if plan.layers < 0 or plan.seed < 0:
+        raise ModelError(
+            f"student init: --layers and --seed must be ≥ 0 (got --layers {plan.layers}, --seed {plan.seed})"
+        )
     if not plan.overrides and not plan.layers and not plan.keep_layers:
         raise ModelError(
             "student init: say what to build: --layers N, --keep-layers 0,5,11 or --from-config k=v ..."

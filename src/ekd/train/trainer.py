@@ -147,6 +147,11 @@ def _train(
         data = data or prepare_data(cfg, run_dir)
     if start is not None:  # a new run records its data; --resume refuses different data
         start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
+    if cfg.eval.tasks and main:  # an unknown task name is refused now, not after the whole training
+        from ekd.eval.tasks import require_lm_eval, task_manager
+
+        require_lm_eval()
+        task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
     student = load_student(cfg, data, device)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
