@@ -50,6 +50,7 @@ def test_mean_std_and_paired_verdicts(tmp_path):
     s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
     by = {g["method"]: g for g in s["groups"]}
     assert set(by) == {"kd", "sekd", "kd#2"} and by["kd"]["seeds"] == [0, 1, 2]
+    assert by["kd#2"]["note"] == "`kd#2` differs from `kd` in train.lr=0.01 (vs 0.001)"
     ppl = by["kd"]["metrics"]["eval/ppl"]
     assert ppl["mean"] == pytest.approx(11.0) and ppl["std"] == pytest.approx(statistics.stdev([10, 12, 11]))
     assert by["kd#2"]["metrics"]["eval/ppl"]["n"] == 1 and math.isnan(

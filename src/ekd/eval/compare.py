@@ -67,6 +67,7 @@ class RunRecord:
 class Group:
     label: str
     runs: list[RunRecord] = field(default_factory=list)
+    note: str = ""  # for a second config of a preset: the keys where it differs from the first
 
     def values(self, key: str) -> dict[int, float]:
         """seed → value of ``key`` (``<set>/<metric>``, ``kd_pct`` or ``bytes_per_token``)."""
@@ -227,6 +228,11 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         method = g.runs[0].method
         seen[method] = seen.get(method, 0) + 1
         g.label = method if seen[method] == 1 else f"{method}#{seen[method]}"
+        if seen[method] > 1:
+            first = next(o for o in groups.values() if o.runs[0].method == method)
+            g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(
+                _config_differences(first.runs[0].config, g.runs[0].config)
+            )
         seeds = [r.seed for r in g.runs]
         if len(set(seeds)) != len(seeds):
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -235,6 +241,19 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
                 "pass each run once"
             )
     return list(groups.values())
+
+
+def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
+    """``section.key=value (vs other)`` for the keys (outside ``run.*`` identity) where two configs differ."""
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        for key in sorted(set(sa) | set(sb)):
+            if section == "run" and key in RUN_KEYS:
+                continue
+            if sa.get(key) != sb.get(key):
+                out.append(f"{section}.{key}={sb.get(key)!r} (vs {sa.get(key)!r})")
+    return out[:limit] + (["…"] if len(out) > limit else [])
 
 
 def metric_keys(groups: list[Group]) -> list[str]:
@@ -253,6 +272,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
             "method": g.label,
             "seeds": sorted(r.seed for r in g.runs),
             "runs": [str(r.run_dir) for r in g.runs],
+            "note": g.note,
             "metrics": {},
             "vs": {},
         }
@@ -331,6 +351,9 @@ def markdown(summary: dict[str, Any]) -> str:
         (k, _header(k), (lambda f: lambda c: _pm(c, f))(_fmt(k))) for k in keys
     ]
     parts = ["Mean ± sample std over seeds.\n", results_table(rows, cols)]
+    notes = [g["note"] for g in groups if g.get("note")]
+    if notes:
+        parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
     for b in summary["baselines"]:
         diff_rows = []
         for g in groups:
@@ -363,7 +386,14 @@ def _ordered_keys(summary: dict[str, Any]) -> list[str]:
 
 
 def _header(key: str) -> str:
-    names = {"ppl": "ppl", "acc": "acc", "ece": "ECE %", "kl": "KL(t‖s)", "agree": "top-1 agree"}
+    names = {
+        "ppl": "ppl",
+        "ppl_no_boundary": "ppl w/o EOS",
+        "acc": "acc",
+        "ece": "ECE %",
+        "kl": "KL(t‖s)",
+        "agree": "top-1 agree",
+    }
     if key == "kd_pct":
         return "KD pos %"
     if key == "bytes_per_token":
