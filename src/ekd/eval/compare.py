@@ -32,8 +32,24 @@ from ekd.errors import EkdError
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 
-METRICS = ("ppl", "acc", "ece", "kl", "agree", "score")  # score: a downstream task's primary metric
-HIGHER_IS_BETTER = {"ppl": False, "acc": True, "ece": False, "kl": False, "agree": True, "score": True}
+METRICS = (
+    "ppl",
+    "ppl_no_boundary",
+    "acc",
+    "ece",
+    "kl",
+    "agree",
+    "score",
+)  # score: a downstream task's primary metric
+HIGHER_IS_BETTER = {
+    "ppl": False,
+    "ppl_no_boundary": False,
+    "acc": True,
+    "ece": False,
+    "kl": False,
+    "agree": True,
+    "score": True,
+}
 RUN_KEYS = ("name", "seed", "output_dir")
 
 
@@ -318,6 +334,7 @@ def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
 
 FORMATS = {
     "ppl": ".2f",
+    "ppl_no_boundary": ".2f",
     "acc": ".3f",
     "ece": ".2f",
     "kl": ".3f",
