@@ -101,22 +101,13 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     apply_log_level(cfg.log.level)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
-    from ekd.data import document_boundary, load_splits, pack_splits
-    from ekd.train.prepare import boundary_models
+    from ekd.data import load_splits
+    from ekd.train.prepare import pack_run_splits
 
     tokenizer = load_tokenizer(str(student_dir), role="student")
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     splits.pop("train", None)
-    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
-    blocks = pack_splits(
-        splits,
-        tokenizer,
-        cfg.data.block_length,
-        cfg.data.max_eval_blocks,
-        boundary,
-        cfg.data.document_attention,
-    )
-    data = PreparedData(tokenizer, blocks, boundary)
+    data = pack_run_splits(cfg, splits, tokenizer)
     student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_output_head(student, len(tokenizer), "student")

@@ -119,13 +119,21 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     """Load documents, build/load the tokenizer, pack every split into blocks."""
-    from ekd.data import document_boundary, load_splits, pack_splits
+    from ekd.data import load_splits
 
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
     check_vocab(cfg, len(tokenizer))
+    return pack_run_splits(cfg, splits, tokenizer)
+
+
+def pack_run_splits(cfg: Config, splits: dict, tokenizer) -> PreparedData:
+    """Pack ``splits`` with the run's document convention (BOS/EOS of its models) and attention mode —
+    the one packing rule of training, cache building and ``ekd eval``."""
+    from ekd.data import document_boundary, pack_splits
+
     boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
     blocks = pack_splits(
         splits,
