@@ -125,82 +125,49 @@ def _signature(b: DemoBudget) -> str:
     ]
 
 
-def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
-    """Train the tokenizer and the demo teacher once; reuse them while the budget is unchanged."""
+def _pretrain_once(
+    out: Path, b: DemoBudget, fresh: bool, role: str, target: Path, steps: int, extra: list[str]
+) -> Path:
+    """CE-train ``role`` for ``steps`` and copy its student to ``target``, unless ``target`` holds the result
+    of the same budget already (its ``ekd_demo.json`` stamp); returns ``target``."""
     from ekd.train.trainer import train
 
-    teacher_dir = out / "teacher"
-    stamp = teacher_dir / "ekd_demo.json"
-    sig = _signature(b)
+    stamp = target / "ekd_demo.json"
+    sig = _signature(b) + ("" if role == "teacher" else f"-{role}")
     if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("signature") == sig:
-        print(f"teacher: reusing {teacher_dir}")
-        return teacher_dir
+        print(f"{role}: reusing {target}")
+        return target
     t0 = time.perf_counter()
     cfg = load_config(
         overrides=base_overrides(out, b)
-        + [
-            "run.name=teacher-pretrain",
-            "method=ce",
-            "model.student=preset:llama-small",
-            "model.tokenizer=train_bpe",
-            f"train.max_steps={b.teacher_steps}",
-            "train.lr=2e-3",
-            "eval.teacher=false",
-            "eval.plots=false",
-        ]
+        + [f"run.name={role}-pretrain", "method=ce", f"train.max_steps={steps}", "eval.teacher=false"]
+        + ["eval.plots=false", *extra]
     )
     result = train(cfg, overwrite=True)
-    if teacher_dir.exists():
-        shutil.rmtree(teacher_dir)
-    shutil.copytree(result.run_dir / "student", teacher_dir)
-    shutil.copytree(result.run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
-    ev = result.eval.get("eval", {})
-    atomic_write_text(
-        stamp, json.dumps({"signature": sig, "eval": result.eval, "steps": b.teacher_steps}, indent=2)
-    )
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(result.run_dir / "student", target)
+    if role == "teacher":
+        shutil.copytree(result.run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    atomic_write_text(stamp, json.dumps({"signature": sig, "eval": result.eval, "steps": steps}, indent=2))
+    ppl = result.eval.get("eval", {}).get("ppl", float("nan"))
     print(
-        f"teacher: pre-trained {b.teacher_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ev.get('ppl', float('nan')):.2f})"
+        f"{role}: pre-trained with CE {steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ppl:.2f})"
     )
-    return teacher_dir
+    return target
+
+
+def pretrain_teacher(out: Path, b: DemoBudget, fresh: bool) -> Path:
+    """Train the tokenizer and the demo teacher once; reuse them while the budget is unchanged."""
+    extra = ["model.student=preset:llama-small", "model.tokenizer=train_bpe", "train.lr=2e-3"]
+    return _pretrain_once(out, b, fresh, "teacher", out / "teacher", b.teacher_steps, extra)
 
 
 def pretrain_student(out: Path, b: DemoBudget, fresh: bool) -> Path:
     """CE pre-training of the demo student (``preset:llama-tiny``) on the teacher's tokenizer; reused while
     the budget is unchanged. Every method then starts from this checkpoint."""
-    from ekd.train.trainer import train
-
-    init_dir = out / "student-init"
-    stamp = init_dir / "ekd_demo.json"
-    sig = _signature(b) + "-student"
-    if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("signature") == sig:
-        print(f"student: reusing the pre-trained student in {init_dir}")
-        return init_dir
-    t0 = time.perf_counter()
-    cfg = load_config(
-        overrides=base_overrides(out, b)
-        + [
-            "run.name=student-pretrain",
-            "method=ce",
-            "model.student=preset:llama-tiny",
-            f"model.tokenizer={out / 'teacher'}",
-            f"train.max_steps={b.student_pretrain_steps}",
-            "eval.teacher=false",
-            "eval.plots=false",
-        ]
-    )
-    result = train(cfg, overwrite=True)
-    if init_dir.exists():
-        shutil.rmtree(init_dir)
-    shutil.copytree(result.run_dir / "student", init_dir)
-    atomic_write_text(
-        stamp,
-        json.dumps({"signature": sig, "eval": result.eval, "steps": b.student_pretrain_steps}, indent=2),
-    )
-    ppl = result.eval.get("eval", {}).get("ppl", float("nan"))
-    print(
-        f"student: pre-trained with CE {b.student_pretrain_steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ppl:.2f})"
-    )
-    return init_dir
+    extra = ["model.student=preset:llama-tiny", f"model.tokenizer={out / 'teacher'}"]
+    return _pretrain_once(out, b, fresh, "student", out / "student-init", b.student_pretrain_steps, extra)
 
 
 def student_config(
