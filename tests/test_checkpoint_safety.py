@@ -114,13 +114,15 @@ def test_a_bad_latest_pointer_is_ignored(ws, capsys, pointer):
     assert _train_steps(RUN) == [1, 2, 3]  # resumed from step-000002, the newest checkpoint directory
 
 
-def test_no_intact_checkpoint_is_refused_in_one_line(ws, capsys):
+def test_no_intact_checkpoint_is_refused_in_one_line(ws, capsys, caplog):
     _flip(CKPT / "step-000002" / "student.safetensors", 5000)
     _flip(CKPT / "step-000001" / "optimizer.pt", 3000)
     before = snapshot(ws)
-    rc, _, err = _resume(capsys)
+    with caplog.at_level(logging.INFO):
+        rc, _, err = _resume(capsys)
     line = one_error_line(rc, err)
     assert "no intact checkpoint" in line and "student.safetensors is corrupt" in line
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "the error line alone says it"
     unchanged(before, ws)
 
 

@@ -151,3 +151,67 @@ def test_attn_implementation_applies_to_presets():
     assert model.config._attn_implementation == "eager"
     model = load_model("preset:llama-micro", vocab_size=64, attn_implementation="sdpa", role="student")
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub endpoint points at a closed local port: the real probe fails at once, as on a machine with no
+    network (no mocking of the probe itself)."""
+    from huggingface_hub import constants
+
+    from ekd.hub import endpoint_unreachable
+
+    for var in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    endpoint_unreachable.cache_clear()
+    yield
+    endpoint_unreachable.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["student", "init", "nonexist-model", "OUT", "--layers", "2"],
+        ["student", "init", "someorg/nonexist", "OUT", "--from-config", "num_hidden_layers=2"],
+    ],
+    ids=["layers", "from-config"],
+)
+def test_an_unknown_hub_id_without_network_is_one_line_not_minutes_of_retries(
+    hub_unreachable, tmp_path, capsys, argv
+):
+    from hostile import one_error_line
+
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    rc = main(argv)
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert "not in the local cache" in line and "127.0.0.1 cannot be reached" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, monkeypatch):
+    import ekd.hub
+
+    monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: True)
+    assert ekd.hub.hub_kwargs("org/cached", "model.teacher") == {"local_files_only": True}
+    monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: False)
+    with pytest.raises(ModelError, match="model.teacher: 'org/missing' is not a local directory"):
+        ekd.hub.hub_kwargs("org/missing", "model.teacher")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's own offline mode: the libraries decide
+    assert ekd.hub.hub_kwargs("org/missing", "model.teacher") == {}
+
+
+def test_a_hub_dataset_without_network_is_one_line(hub_unreachable):
+    from ekd.config import DataConfig
+    from ekd.data.documents import _read_hf
+    from ekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.source: cannot load dataset hf:someorg/corpus \(127.0.0.1"):
+        next(_read_hf("someorg/corpus", DataConfig(), "data.source"))

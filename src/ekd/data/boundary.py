@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from ekd.errors import ConfigError
+from ekd.hub import hub_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     from transformers import AutoConfig, GenerationConfig
 
     kwargs: dict = {"revision": revision} if revision else {}
+    if not Path(spec).expanduser().exists():
+        kwargs.update(hub_kwargs(spec, "data.separator=auto", revision=revision, error=ConfigError))
     try:
         eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
     except (OSError, ValueError):

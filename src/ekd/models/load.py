@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from ekd.errors import ModelError
+from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
 from ekd.models.head_transform import logit_transform, model_type
 from ekd.models.presets import architectures
@@ -95,6 +96,8 @@ def load_model(
     if dtype is not None:
         kwargs["dtype"] = dtype
     local = check_model_dir(spec, role)
+    if local is None:
+        kwargs.update(hub_kwargs(spec, _key(role), revision=revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
 
@@ -107,6 +110,8 @@ def load_tokenizer(
     if revision:
         kwargs["revision"] = revision
     local = check_model_dir(spec, role, tokenizer_only=True)
+    if local is None:
+        kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoTokenizer.from_pretrained(source, **kwargs), "a tokenizer")
 

@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from ekd import __version__
 from ekd.errors import ModelError
+from ekd.hub import hub_kwargs
 from ekd.models.load import is_preset, load_model, load_tokenizer, model_body, save_model_dir
 
 log = logging.getLogger(__name__)
@@ -287,10 +288,10 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
 
     if plan.mode == "from_config":
         try:
+            source = _resolved(plan.teacher)
+            hub = {} if Path(source).exists() else hub_kwargs(source, "student init", revision=plan.revision)
             teacher_config = AutoConfig.from_pretrained(
-                _resolved(plan.teacher),
-                revision=plan.revision or None,
-                trust_remote_code=plan.trust_remote_code,
+                source, revision=plan.revision or None, trust_remote_code=plan.trust_remote_code, **hub
             )
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

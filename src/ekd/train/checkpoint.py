@@ -204,27 +204,29 @@ def verify_checkpoint(path: Path) -> None:
 def latest_verified_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint whose files all match their sha256; None when the run has no checkpoint.
 
-    A newer checkpoint that fails verification is skipped with a warning naming the file.
+    A newer checkpoint that fails verification is skipped with a warning naming the file (only when an
+    older one is used instead; otherwise the error alone says it).
 
     Raises:
         CheckpointError: checkpoints exist but none verifies (the message names the newest one's problem).
     """
     newest = latest_checkpoint(run_dir)
     candidates = sorted(set(_steps(run_dir / "checkpoints")) | ({newest} if newest else set()), reverse=True)
-    first_problem = None
+    skipped: list[tuple[Path, str]] = []
     for path in candidates:
         try:
             verify_checkpoint(path)
         except CheckpointError as e:
-            first_problem = first_problem or str(e)
-            log.warning("skipping checkpoint %s: %s", path.name, e)
+            skipped.append((path, str(e)))
             continue
-        if first_problem:
+        for bad, problem in skipped:
+            log.warning("skipping checkpoint %s: %s", bad.name, problem)
+        if skipped:
             log.warning("resuming from the previous intact checkpoint %s", path)
         return path
-    if first_problem:
+    if skipped:
         raise CheckpointError(
-            f"no intact checkpoint in {run_dir / 'checkpoints'} ({first_problem}); restore it from a backup "
+            f"no intact checkpoint in {run_dir / 'checkpoints'} ({skipped[0][1]}); restore it from a backup "
             "or start the run again under another run.name"
         )
     return None

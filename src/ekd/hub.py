@@ -1,0 +1,96 @@
+"""Hub ids on a machine without network: one line in seconds, not minutes of retries.
+
+``huggingface_hub`` retries every request that cannot reach the endpoint (five times, backing off to 8 s,
+for each file a loader asks for), so a mistyped local path or a hub id on an offline machine used to take
+minutes before its error. ekd probes the endpoint once per process (a TCP connect, 3 s) before the first
+hub load:
+
+- reachable, a proxy configured, or ``HF_HUB_OFFLINE=1`` set: loaders run as usual;
+- unreachable and the files in the local cache (``HF_HOME``): ``local_files_only=True`` (one info line);
+- unreachable and not cached: one error line naming the spec and the fixes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from urllib.parse import urlparse
+
+from ekd.errors import EkdError, ModelError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 3.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def endpoint_unreachable() -> str:
+    """Why the hub endpoint cannot be reached ("" when it can, or when a proxy decides). Cached per process."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return ""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{host} cannot be reached: {e.strerror or type(e).__name__}"
+    return ""
+
+
+def _cached(spec: str, filename: str, revision: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(spec, filename, revision=revision or None)
+    except Exception:  # an id the hub would refuse (bad characters): not cached
+        return False
+    return isinstance(found, str)
+
+
+def hub_kwargs(
+    spec: str,
+    key: str,
+    filename: str = "config.json",
+    revision: str = "",
+    error: type[EkdError] = ModelError,
+) -> dict:
+    """Extra ``from_pretrained`` keywords for the hub id ``spec`` (not for local directories or presets).
+
+    Args:
+        spec: a hub id (``org/name``).
+        key: the config key or command that named it, for the error line (``model.teacher``).
+        filename: a file every such repository has, to test the cache (``config.json``,
+            ``tokenizer_config.json``).
+        revision: the revision asked for ("" = main).
+        error: the error type to raise.
+
+    Returns:
+        ``{}`` or ``{"local_files_only": True}``.
+
+    Raises:
+        error: the endpoint is unreachable and ``spec`` is not in the local cache.
+    """
+    if _offline_mode():
+        return {}
+    why = endpoint_unreachable()
+    if not why:
+        return {}
+    if _cached(spec, filename, revision):
+        log.info("%s: %s; using the cached files of '%s'", key, why, spec)
+        return {"local_files_only": True}
+    raise error(
+        f"{key}: '{spec}' is not a local directory, and as a hub id it is not in the local cache while {why}; "
+        "pass a saved model directory or preset:<name>, or run where the hub is reachable"
+    )
+
+
+__all__ = ["endpoint_unreachable", "hub_kwargs"]
