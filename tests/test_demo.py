@@ -19,6 +19,7 @@ TINY = DemoBudget(
     student_pretrain_steps=6,
     micro_batch=4,
     max_eval_blocks=2,
+    task_items=(12, 4),
 )
 
 
@@ -38,10 +39,22 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
     assert results[0]["method"] == "ce"
     out = capsys.readouterr().out
     assert "pre-trained" in out
+    # downstream tasks: every student has them; the teacher's and initial student's are computed once
+    assert "Downstream tasks" in report and "next line acc" in report and "(student init)" in report
+    for r in rows:
+        tasks = json.loads((tmp_path / "demo" / "runs" / r["run"] / "eval.json").read_text())["tasks"]
+        assert set(tasks["student"]) == {"stdlib_nextline", "stdlib_complete"}
+        assert tasks["student"]["stdlib_nextline"]["n"] == 12
+        assert tasks["teacher"] == json.loads((tmp_path / "demo" / "runs" / "ce" / "eval.json").read_text())[
+            "tasks"
+        ]["teacher"]
+    cached = tmp_path / "demo" / "tasks-cache" / "teacher.json"
     stamp = (tmp_path / "demo" / "teacher" / "ekd_demo.json").stat().st_mtime_ns
+    task_stamp = cached.stat().st_mtime_ns
     run_demo(tmp_path / "demo", methods=["ce"], budget=TINY)
     assert "reusing" in capsys.readouterr().out
     assert (tmp_path / "demo" / "teacher" / "ekd_demo.json").stat().st_mtime_ns == stamp
+    assert cached.stat().st_mtime_ns == task_stamp  # the teacher's task results were not recomputed
 
 
 def test_demo_rejects_an_unknown_method(tmp_path, capsys):
@@ -56,7 +69,7 @@ def test_demo_seeds_compare_and_claims(tmp_path, capsys):
     import yaml
 
     methods = ["kd", "sekd", "rskd", "egad", "egad_nocurriculum"]
-    rows = run_demo(tmp_path / "demo", methods=methods, budget=TINY, seeds=2)
+    rows = run_demo(tmp_path / "demo", methods=methods, budget=TINY, seeds=2, tasks=False)
     assert [(r["method"], r["seed"]) for r in rows][:2] == [("kd", 0), ("sekd", 0)] and len(rows) == 10
     out = capsys.readouterr().out
     assert "pre-trained with CE" in out and "distilling: kd-s1" in out

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="students start from random weights, not a CE-pre-trained student",
     )
+    p.add_argument(
+        "--no-tasks",
+        action="store_true",
+        help="skip the downstream tasks (two local lm-eval tasks made from held-out stdlib source)",
+    )
 
     p = sub.add_parser("distill", help="distill a student from a teacher (or a teacher cache)")
     _add_config_args(p)
@@ -302,6 +307,7 @@ def cmd_demo(args) -> int:
         fresh=args.fresh,
         seeds=args.seeds,
         from_scratch=args.from_scratch,
+        tasks=not args.no_tasks,
     )
     return 0
 

@@ -74,6 +74,7 @@ class DemoBudget:
     student_pretrain_steps: int
     micro_batch: int
     max_eval_blocks: int
+    task_items: tuple[int, int] = (100, 40)  # downstream items: (multiple choice, generation)
 
 
 FULL = DemoBudget(
@@ -95,6 +96,7 @@ QUICK = DemoBudget(
     student_pretrain_steps=200,
     micro_batch=16,
     max_eval_blocks=16,
+    task_items=(60, 20),
 )
 
 
@@ -178,9 +180,17 @@ def student_config(
     seed: int = 0,
     run_name: str = "",
     pretrained: bool = False,
+    tasks: tuple[str, ...] = (),
 ) -> Config:
     preset, variant = VARIANTS.get(method, (method, []))
     extra = ["teacher.source=cache", f"teacher.cache_dir={out / 'cache'}"] if method in CACHED_METHODS else []
+    if tasks:  # the teacher's and the initial student's results are computed once, shared by every run
+        extra += [
+            f"eval.tasks=[{','.join(tasks)}]",
+            f"eval.tasks_dir={out / 'tasks'}",
+            f"eval.tasks_cache_dir={out / 'tasks-cache'}",
+            "eval.tasks_max_new_tokens=48",
+        ]
     student = str(out / "student-init") if pretrained else "preset:llama-tiny"
     return load_config(
         overrides=base_overrides(out, b)
@@ -197,6 +207,24 @@ def student_config(
         + variant
         + extra
     )
+
+
+def write_demo_tasks(out: Path, b: DemoBudget) -> tuple[str, ...]:
+    """The downstream task set (:mod:`ekd.eval.stdlib_tasks`) from the held-out stdlib modules, written to
+    ``<out>/tasks``; () with a note when lm-eval is not installed."""
+    from ekd.data.pystdlib import pystdlib_splits
+    from ekd.errors import EkdError
+    from ekd.eval.stdlib_tasks import write_stdlib_tasks
+    from ekd.eval.tasks import require_lm_eval
+
+    try:
+        require_lm_eval(import_now=False)
+    except EkdError as e:
+        print(f"downstream tasks: skipped ({e})")
+        return ()
+    docs = pystdlib_splits(max_chars=b.max_chars, names=["eval"])["eval"]
+    n_mc, n_gen = b.task_items
+    return write_stdlib_tasks(docs, out / "tasks", out / "tasks-hf-cache", n_mc, n_gen)
 
 
 def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
@@ -227,6 +255,7 @@ def run_demo(
     budget: DemoBudget | None = None,
     seeds: int = 1,
     from_scratch: bool = False,
+    tasks: bool = True,
 ) -> list[dict]:
     """Pre-train (or reuse) the teacher and the student, distill one student per method and seed, print and
     write the comparison and the claims table.
@@ -256,10 +285,11 @@ def run_demo(
     rows: list[dict] = []
     data = None
     cache_info = build_demo_cache(out, b, steps, fresh) if CACHED_METHODS & set(methods) else None
+    task_names = write_demo_tasks(out, b) if tasks else ()
     for seed in range(seeds):
         for method in methods:
             name = method if seeds == 1 else f"{method}-s{seed}"
-            cfg = student_config(out, b, method, steps, seed, name, pretrained=not from_scratch)
+            cfg = student_config(out, b, method, steps, seed, name, not from_scratch, task_names)
             if data is None:
                 data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
             print(f"distilling: {name} ({steps} steps)")
@@ -270,10 +300,29 @@ def run_demo(
     compare_md, claims_md = compare_and_claims(out, rows)
     print()
     print(table if seeds == 1 else compare_md)
+    tasks_md, tasks_wall = downstream_table(out, rows)
+    if tasks_md:
+        tasks_md += (
+            f"\n\nLocal lm-eval tasks from held-out stdlib modules ({', '.join(task_names)}; "
+            f"`ekd.eval.stdlib_tasks`); the students' task evaluation took {tasks_wall:.0f}s in all. "
+            "Gap closed: (student − init)/(teacher − init), mean over the tasks."
+        )
+        print()
+        print(tasks_md)
     print()
     print(claims_md)
     write_demo_report(
-        out, b, rows, teacher_row, table, time.perf_counter() - t0, compare_md, claims_md, seeds, from_scratch
+        out,
+        b,
+        rows,
+        teacher_row,
+        table,
+        time.perf_counter() - t0,
+        compare_md,
+        claims_md,
+        seeds,
+        from_scratch,
+        tasks_md,
     )
     print(f"\nreport: {out / 'report.md'}   total wall time {time.perf_counter() - t0:.0f}s")
     return rows
@@ -363,6 +412,48 @@ def comparison_table(rows: list[dict], teacher_row: dict) -> str:
     return results_table(rows + ([teacher_row] if teacher_row else []), cols)
 
 
+def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
+    """The downstream task table of the seed-0 runs (from each run's eval.json), with the teacher and the
+    initial student; and the students' total task-evaluation wall time (s). ("", 0) without task results."""
+    from ekd.eval import results_table
+
+    table_rows, wall, reference = [], 0.0, None
+    for r in (r for r in rows if r.get("seed", 0) == 0):
+        path = out / "runs" / r["run"] / "eval.json"
+        section = json.loads(path.read_text()).get("tasks") if path.is_file() else None
+        if not section:
+            continue
+        reference = reference or section
+        student = section["student"]
+        wall += sum(t.get("wall_s") or 0.0 for t in student.values())
+        table_rows.append(_task_row(r["method"], student, section.get("summary", {}).get("gap_closed", {})))
+        table_rows[-1]["wall"] = sum(t.get("wall_s") or 0.0 for t in student.values())
+    if not table_rows:
+        return "", 0.0
+    for role, label in (("student_init", "(student init)"), ("teacher", "(teacher)")):
+        if reference.get(role):
+            table_rows.append(_task_row(label, reference[role], {}))
+    from ekd.eval.stdlib_tasks import COMPLETE, NEXTLINE
+
+    cols = [
+        ("method", "method", ""),
+        (f"{NEXTLINE}/value", "next line acc", ".3f"),
+        (f"{NEXTLINE}/ece", "MC-ECE %", ".2f"),
+        (f"{COMPLETE}/value", "line completion EM", ".3f"),
+        ("gap", "gap closed", ".2f"),
+        ("wall", "task eval s", ".1f"),
+    ]
+    return results_table(table_rows, cols), wall
+
+
+def _task_row(label: str, results: dict, gaps: dict) -> dict:
+    row: dict = {"method": label, "gap": gaps.get("in_distribution")}
+    for task, r in results.items():
+        row[f"{task}/value"] = r.get("value")
+        row[f"{task}/ece"] = r.get("ece")
+    return row
+
+
 def write_demo_report(
     out: Path,
     b: DemoBudget,
@@ -374,6 +465,7 @@ def write_demo_report(
     claims_md: str = "",
     seeds: int = 1,
     from_scratch: bool = False,
+    tasks_md: str = "",
 ) -> None:
     from ekd.eval import plot_metric_bars, write_report
 
@@ -419,6 +511,7 @@ def write_demo_report(
         [
             ("Setup", setup),
             ("Results (seed 0)", table + "\n\n" + "\n".join(notes)),
+            *([("Downstream tasks (seed 0)", tasks_md)] if tasks_md else []),
             *([("Over seeds (ekd compare)", compare_md)] if compare_md and seeds > 1 else []),
             *([("The papers' claims on this run", claims_md)] if claims_md else []),
             (

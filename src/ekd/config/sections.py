@@ -405,6 +405,10 @@ class EvalConfig:
     tasks_student_init: bool = flag(True)
     """Also run the tasks on the initial student (``model.student``, cached) for the gap closed
     (student − init)/(teacher − init)."""
+    tasks_cache_dir: str = text("", what="a directory")
+    """Where the teacher's and initial student's task results are cached ('' = ``<run>/tasks``). Runs that
+    share one (a sweep over methods or seeds) compute them once; a result is reused only for the same model
+    files and task settings."""
     set_tags: dict[str, str] = mapping(
         OneOf(("in_distribution", "shift", "diversity_shift", "correlation_shift"))
     )

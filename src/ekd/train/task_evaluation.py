@@ -54,16 +54,17 @@ def _num(value: Any) -> float:
 
 
 def cached_tasks(
-    run_dir: Path,
+    cache_dir: Path,
     role: str,
     model_spec: str,
     settings: TaskSettings,
     load: Callable[[], tuple[nn.Module, Any]],
     amp: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Task results of a reference model (teacher, initial student), cached in ``run_dir/tasks/<role>.json``.
+    """Task results of a reference model (teacher, initial student), cached in ``cache_dir/<role>.json``.
 
     Args:
+        cache_dir: ``eval.tasks_cache_dir``, or ``<run>/tasks``.
         role: 'teacher' or 'student_init' (the cache file's name).
         model_spec: the model's identity (e.g. ``model.teacher`` and revision); another spec invalidates the cache.
         load: returns (model, tokenizer); called only when some task is not cached.
@@ -71,7 +72,7 @@ def cached_tasks(
     Returns:
         task → result (see ``ekd.eval.tasks.run_tasks``).
     """
-    path = run_dir / "tasks" / f"{role}.json"
+    path = cache_dir / f"{role}.json"
     entries: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -265,11 +266,12 @@ def run_end_tasks(
     from ekd.train.prepare import PreparedData, load_student, load_teacher
 
     data = PreparedData(tokenizer, {})
+    cache_dir = Path(cfg.eval.tasks_cache_dir).expanduser() if cfg.eval.tasks_cache_dir else run_dir / "tasks"
     results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
     if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
         spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
         results["teacher"] = cached_tasks(
-            run_dir,
+            cache_dir,
             "teacher",
             spec,
             settings,
@@ -279,7 +281,12 @@ def run_end_tasks(
     if cfg.eval.tasks_student_init:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)
         results["student_init"] = cached_tasks(
-            run_dir, "student_init", spec, settings, lambda: (load_student(cfg, data, device), tokenizer), amp
+            cache_dir,
+            "student_init",
+            spec,
+            settings,
+            lambda: (load_student(cfg, data, device), tokenizer),
+            amp,
         )
     section = task_section(results, settings, cfg.eval.set_tags)
     section["set_tags"] = dict(cfg.eval.set_tags)
