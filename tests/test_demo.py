@@ -45,9 +45,10 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
         tasks = json.loads((tmp_path / "demo" / "runs" / r["run"] / "eval.json").read_text())["tasks"]
         assert set(tasks["student"]) == {"stdlib_nextline", "stdlib_complete"}
         assert tasks["student"]["stdlib_nextline"]["n"] == 12
-        assert tasks["teacher"] == json.loads((tmp_path / "demo" / "runs" / "ce" / "eval.json").read_text())[
-            "tasks"
-        ]["teacher"]
+        assert (
+            tasks["teacher"]
+            == json.loads((tmp_path / "demo" / "runs" / "ce" / "eval.json").read_text())["tasks"]["teacher"]
+        )
     cached = tmp_path / "demo" / "tasks-cache" / "teacher.json"
     stamp = (tmp_path / "demo" / "teacher" / "ekd_demo.json").stat().st_mtime_ns
     task_stamp = cached.stat().st_mtime_ns
