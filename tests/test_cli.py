@@ -155,3 +155,25 @@ def test_local_model_directories_load_as_teacher_and_student(tmp_path, corpus):
     original = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
     changed = any(not torch.equal(a, b) for a, b in zip(reloaded.parameters(), original.parameters()))
     assert changed, "distillation must change the student's parameters"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "c.yaml", "a=1", "b=2", "--resume"],
+        ["distill", "c.yaml", "--resume", "a=1", "b=2"],
+        ["distill", "c.yaml", "a=1", "--resume", "b=2"],
+    ],
+    ids=["options-last", "options-first", "options-between"],
+)
+def test_overrides_may_come_before_or_after_options(argv):
+    from ekd.cli import parse
+
+    args = parse(argv)
+    assert args.config == "c.yaml" and args.overrides == ["a=1", "b=2"] and args.resume
+
+
+def test_a_stray_option_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["config", "show", "--no-such-flag", "train.max_steps=7"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
