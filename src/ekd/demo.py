@@ -425,9 +425,10 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
             continue
         reference = reference or section
         student = section["student"]
-        wall += sum(t.get("wall_s") or 0.0 for t in student.values())
-        table_rows.append(_task_row(r["method"], student, section.get("summary", {}).get("gap_closed", {})))
-        table_rows[-1]["wall"] = sum(t.get("wall_s") or 0.0 for t in student.values())
+        row = _task_row(r["method"], student, section.get("summary", {}).get("gap_closed", {}))
+        row["wall"] = sum(t.get("wall_s") or 0.0 for t in student.values())
+        wall += row["wall"]
+        table_rows.append(row)
     if not table_rows:
         return "", 0.0
     for role, label in (("student_init", "(student init)"), ("teacher", "(teacher)")):

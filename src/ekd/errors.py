@@ -2,6 +2,13 @@
 traceback (unless ``--debug``) and exits non-zero."""
 
 
+def first_line(e: BaseException, last: bool = False) -> str:
+    """The first (or last) non-empty line of an exception's message, or its type name: a library's error
+    inside one of ours."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if last else lines[0]) if lines else type(e).__name__
+
+
 class EkdError(Exception):
     """Base class of every error caused by input (config, data, models, caches, checkpoints)."""
 

@@ -5,7 +5,8 @@ for each file a loader asks for), so a mistyped local path or a hub id on an off
 minutes before its error. ekd probes the endpoint once per process (a TCP connect, 3 s) before the first
 hub load:
 
-- reachable, a proxy configured, or ``HF_HUB_OFFLINE=1`` set: loaders run as usual;
+- a local path, reachable, a proxy configured, or the libraries' own offline mode set (``HF_HUB_OFFLINE=1``,
+  ``HF_DATASETS_OFFLINE=1`` for datasets): loaders run as usual;
 - unreachable and the files in the local cache (``HF_HOME``): ``local_files_only=True`` (one info line);
 - unreachable and not cached: one error line naming the spec and the fixes.
 """
@@ -16,9 +17,10 @@ import functools
 import logging
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
-from ekd.errors import EkdError, ModelError
+from ekd.errors import ConfigError, EkdError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,12 @@ PROBE_TIMEOUT_S = 3.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
-def _offline_mode() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+def _env_on(*names: str) -> bool:
+    return any(os.environ.get(n, "").strip().lower() in {"1", "true", "yes", "on"} for n in names)
+
+
+def _local(spec: str) -> bool:
+    return Path(spec).expanduser().exists()
 
 
 @functools.cache
@@ -63,10 +69,10 @@ def hub_kwargs(
     revision: str = "",
     error: type[EkdError] = ModelError,
 ) -> dict:
-    """Extra ``from_pretrained`` keywords for the hub id ``spec`` (not for local directories or presets).
+    """Extra ``from_pretrained`` keywords for ``spec`` when it is a hub id ({} for a local path).
 
     Args:
-        spec: a hub id (``org/name``).
+        spec: a hub id (``org/name``) or a local path.
         key: the config key or command that named it, for the error line (``model.teacher``).
         filename: a file every such repository has, to test the cache (``config.json``,
             ``tokenizer_config.json``).
@@ -79,7 +85,7 @@ def hub_kwargs(
     Raises:
         error: the endpoint is unreachable and ``spec`` is not in the local cache.
     """
-    if _offline_mode():
+    if _local(spec) or _env_on("HF_HUB_OFFLINE"):
         return {}
     why = endpoint_unreachable()
     if not why:
@@ -93,4 +99,17 @@ def hub_kwargs(
     )
 
 
-__all__ = ["endpoint_unreachable", "hub_kwargs"]
+def check_dataset_reachable(name: str, key: str) -> None:
+    """Raise one ConfigError line when ``name`` is a hub dataset and the hub cannot be reached (a local path,
+    or ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set, passes: ``datasets`` then reads its own cache)."""
+    if _local(name) or _env_on("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        return
+    why = endpoint_unreachable()
+    if why:
+        raise ConfigError(
+            f"{key}: cannot load dataset hf:{name} ({why}); save it with Dataset.save_to_disk where the hub is "
+            "reachable and pass that directory, or set HF_DATASETS_OFFLINE=1 to use the datasets cache"
+        )
+
+
+__all__ = ["check_dataset_reachable", "endpoint_unreachable", "hub_kwargs"]

@@ -20,11 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from ekd.errors import ConfigError
+from ekd.errors import ConfigError, first_line
 from ekd.hub import hub_kwargs
 
 logger = logging.getLogger(__name__)
@@ -83,8 +82,7 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     from transformers import AutoConfig, GenerationConfig
 
     kwargs: dict = {"revision": revision} if revision else {}
-    if not Path(spec).expanduser().exists():
-        kwargs.update(hub_kwargs(spec, "data.separator=auto", revision=revision, error=ConfigError))
+    kwargs.update(hub_kwargs(spec, "data.separator=auto", revision=revision, error=ConfigError))
     try:
         eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
     except (OSError, ValueError):
@@ -94,7 +92,7 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(
             f"data.separator=auto: cannot read the config of '{spec}' ({first}); set data.separator=eos"
         ) from None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +30,8 @@ from typing import Any
 from ekd.config import ConfigError, DataConfig
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
-from ekd.hub import endpoint_unreachable
+from ekd.errors import first_line
+from ekd.hub import check_dataset_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -280,31 +280,19 @@ def _read_parquet(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Docume
             row += 1
 
 
-def _check_hub_reachable(name: str, key: str) -> None:
-    """One line instead of minutes of retries when a hub dataset is asked for on a machine without network."""
-    offline = os.environ.get("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "")).lower()
-    why = "" if offline in {"1", "true", "yes", "on"} else endpoint_unreachable()
-    if why:
-        raise ConfigError(
-            f"{key}: cannot load dataset hf:{name} ({why}); save it with Dataset.save_to_disk where the hub is "
-            "reachable and pass that directory, or set HF_DATASETS_OFFLINE=1 to use the datasets cache"
-        )
-
-
 def _read_hf(name: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
     import datasets
 
     fields = _fields(data_cfg)
     path = Path(name)
-    if not path.exists():
-        _check_hub_reachable(name, key)
+    check_dataset_reachable(name, key)
     try:
         if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             ds: Any = datasets.load_from_disk(str(path))
         else:
             ds = datasets.load_dataset(name, data_cfg.hf_name or None, split=data_cfg.hf_split)
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(
             f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name"
         ) from None

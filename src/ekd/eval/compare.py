@@ -24,7 +24,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -32,24 +32,25 @@ from ekd.errors import EkdError
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 
-METRICS = (
-    "ppl",
-    "ppl_no_boundary",
-    "acc",
-    "ece",
-    "kl",
-    "agree",
-    "score",
-)  # score: a downstream task's primary metric
-HIGHER_IS_BETTER = {
-    "ppl": False,
-    "ppl_no_boundary": False,
-    "acc": True,
-    "ece": False,
-    "kl": False,
-    "agree": True,
-    "score": True,
+
+class Metric(NamedTuple):
+    higher_is_better: bool
+    fmt: str
+    header: str
+
+
+# every per-eval-set metric a comparison reports, in column order; score: a downstream task's primary metric
+METRIC_INFO = {
+    "ppl": Metric(False, ".2f", "ppl"),
+    "ppl_no_boundary": Metric(False, ".2f", "ppl w/o EOS"),
+    "acc": Metric(True, ".3f", "acc"),
+    "ece": Metric(False, ".2f", "ECE %"),
+    "kl": Metric(False, ".3f", "KL(t‖s)"),
+    "agree": Metric(True, ".3f", "top-1 agree"),
+    "score": Metric(True, ".4f", "score"),
 }
+METRICS = tuple(METRIC_INFO)
+HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
 RUN_KEYS = ("name", "seed", "output_dir")
 
 
@@ -332,17 +333,7 @@ def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
     return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}"
 
 
-FORMATS = {
-    "ppl": ".2f",
-    "ppl_no_boundary": ".2f",
-    "acc": ".3f",
-    "ece": ".2f",
-    "kl": ".3f",
-    "agree": ".3f",
-    "kd_pct": ".1f",
-    "bytes_per_token": ".1f",
-    "score": ".4f",
-}
+FORMATS = {k: m.fmt for k, m in METRIC_INFO.items()} | {"kd_pct": ".1f", "bytes_per_token": ".1f"}
 
 
 def _fmt(key: str) -> str:
@@ -403,20 +394,12 @@ def _ordered_keys(summary: dict[str, Any]) -> list[str]:
 
 
 def _header(key: str) -> str:
-    names = {
-        "ppl": "ppl",
-        "ppl_no_boundary": "ppl w/o EOS",
-        "acc": "acc",
-        "ece": "ECE %",
-        "kl": "KL(t‖s)",
-        "agree": "top-1 agree",
-    }
     if key == "kd_pct":
         return "KD pos %"
     if key == "bytes_per_token":
         return "teacher B/token"
     name, _, metric = key.rpartition("/")
-    return f"{name} {names.get(metric, metric)}"
+    return f"{name} {METRIC_INFO[metric].header if metric in METRIC_INFO else metric}"
 
 
 def to_csv(summary: dict[str, Any]) -> str:

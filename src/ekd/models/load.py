@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from ekd.errors import ModelError
+from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
 from ekd.models.head_transform import logit_transform, model_type
@@ -96,8 +96,7 @@ def load_model(
     if dtype is not None:
         kwargs["dtype"] = dtype
     local = check_model_dir(spec, role)
-    if local is None:
-        kwargs.update(hub_kwargs(spec, _key(role), revision=revision))
+    kwargs.update(hub_kwargs(spec, _key(role), revision=revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
 
@@ -110,8 +109,7 @@ def load_tokenizer(
     if revision:
         kwargs["revision"] = revision
     local = check_model_dir(spec, role, tokenizer_only=True)
-    if local is None:
-        kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
+    kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoTokenizer.from_pretrained(source, **kwargs), "a tokenizer")
 
@@ -197,8 +195,7 @@ class _HoldRecords(logging.Filter):
 
 
 def _first_line(e: BaseException, held: _HoldRecords) -> str:
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
+    first = first_line(e)
     if "ignore_mismatched_sizes" in first:  # the details are in the held load report
         lines = [
             ln for r in held.records for ln in r.getMessage().splitlines() if "MISMATCH" in ln and "|" in ln

@@ -34,7 +34,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from ekd import __version__
-from ekd.errors import ModelError
+from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.models.load import is_preset, load_model, load_tokenizer, model_body, save_model_dir
 
@@ -136,7 +136,7 @@ def _seeded_from_config(config: PretrainedConfig, seed: int, dtype: torch.dtype)
             torch.manual_seed(seed)
             return AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, TypeError, RuntimeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(
             f"student init: cannot build a '{config.model_type}' model from that config ({first}); check the overrides"
         ) from None
@@ -211,7 +211,7 @@ def from_config(
         try:  # transformers' configs validate field types on assignment
             setattr(config, key, value)
         except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
-            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            first = first_line(e, last=True)
             raise ModelError(
                 f"student init: {key}={value!r} makes an invalid {teacher_config.model_type} config ({first})"
             ) from None
@@ -227,7 +227,7 @@ def from_config(
         config = type(config).from_dict(config.to_dict())
         config.to_json_string()
     except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(
             f"student init: the overrides make an invalid {config.model_type} config ({first})"
         ) from None
@@ -289,12 +289,12 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     if plan.mode == "from_config":
         try:
             source = _resolved(plan.teacher)
-            hub = {} if Path(source).exists() else hub_kwargs(source, "student init", revision=plan.revision)
+            hub = hub_kwargs(source, "student init", revision=plan.revision)
             teacher_config = AutoConfig.from_pretrained(
                 source, revision=plan.revision or None, trust_remote_code=plan.trust_remote_code, **hub
             )
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(
                 f"student init: cannot read the teacher's config from '{plan.teacher}' ({first})"
             ) from None
