@@ -278,6 +278,7 @@ def test_load_teacher_refuses_an_unknown_head_transform(monkeypatch):
     from ekd.train.prepare import PreparedData, load_teacher
 
     monkeypatch.setattr(load_mod.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _scaled_llama())
+    monkeypatch.setattr(load_mod, "hub_kwargs", lambda *a, **k: {})  # the faked hub answers, network or not
 
     class _Tokenizer:
         eos_token_id = 0
