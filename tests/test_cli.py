@@ -173,7 +173,8 @@ def test_overrides_may_come_before_or_after_options(argv):
     assert args.config == "c.yaml" and args.overrides == ["a=1", "b=2"] and args.resume
 
 
-def test_a_stray_option_is_still_refused(capsys):
+@pytest.mark.parametrize("flag", ["--no-such-flag", "--resum", "--o"])
+def test_a_stray_or_abbreviated_option_is_refused(capsys, flag):
     with pytest.raises(SystemExit) as e:
-        main(["config", "show", "--no-such-flag", "train.max_steps=7"])
-    assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+        main(["distill", "c.yaml", flag, "train.max_steps=7"])
+    assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,7 @@ def hub_unreachable(monkeypatch):
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
     endpoint_unreachable.cache_clear()
     yield
     endpoint_unreachable.cache_clear()
@@ -196,11 +198,56 @@ def test_an_unknown_hub_id_without_network_is_one_line_not_minutes_of_retries(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("mode", [["--layers", "2"], ["--from-config", "num_hidden_layers=2"]])
+def test_a_missing_path_says_it_does_not_exist(hub_unreachable, tmp_path, capsys, mode):
+    from hostile import one_error_line
+
+    rc = main(["student", "init", "./no-such-teacher", str(tmp_path / "out"), *mode])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert "./no-such-teacher does not exist" in line and "hub" not in line.split("does not exist")[0], line
+
+
+@pytest.mark.slow
+def test_a_cached_hub_model_loads_offline_without_a_single_retry(good_dir, tmp_path):
+    """A model in the hub cache (as `hf download` or a copied HF_HOME leaves it, without the markers of files
+    that do not exist) loads with the hub unreachable, and no request is retried — in a fresh process, where
+    the libraries read HF_HUB_CACHE and HF_ENDPOINT from the environment as a user's run does."""
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--someorg--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(good_dir, snapshot)
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("0" * 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "ALL_PROXY", "all_proxy"))}
+    env |= {
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    out = tmp_path / "student"
+    run = subprocess.run(
+        [sys.executable, "-m", "ekd", "student", "init", "someorg/tiny", str(out), "--layers", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Retrying" not in run.stderr and "using the cached files" in run.stderr, run.stderr[-2000:]
+    assert (out / "config.json").is_file()
+
+
 def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, monkeypatch):
+    from huggingface_hub import constants
+
     import ekd.hub
 
     monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: True)
     assert ekd.hub.hub_kwargs("org/cached", "model.teacher") == {"local_files_only": True}
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE  # later requests stay local
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: False)
     with pytest.raises(ModelError, match="model.teacher: 'org/missing' is not a local directory"):
         ekd.hub.hub_kwargs("org/missing", "model.teacher")

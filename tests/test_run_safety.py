@@ -203,3 +203,23 @@ def test_overwrite_never_deletes_a_foreign_directory_in_the_aside_place(ws, caps
     rc, _, err = cli(capsys, "distill", config, "--overwrite")
     assert "is in the way of --overwrite" in one_error_line(rc, err)
     unchanged(before, ws)
+
+
+@pytest.mark.parametrize(
+    "order", [["--resume", "--overwrite"], ["--overwrite", "train.max_steps=3", "--resume"]]
+)
+def test_resume_with_overwrite_is_refused_and_deletes_nothing(ws, capsys, order):
+    """`--resume --overwrite` once deleted the run it meant to continue (overwrite won silently)."""
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), *order)
+    assert "--resume continues a run and --overwrite replaces it" in one_error_line(rc, err)
+    unchanged(before, ws)
+
+
+def test_resume_without_any_checkpoint_is_refused_not_retrained_from_step_0(ws, capsys):
+    for step in (Path("runs/base/checkpoints")).iterdir():
+        shutil.rmtree(step) if step.is_dir() else step.unlink()
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    assert "holds no checkpoint to resume from" in one_error_line(rc, err)
+    unchanged(before, ws)

@@ -33,10 +33,15 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: ``--o`` must not be taken for ``--overwrite``. Subcommands inherit it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ekd", description="Token-level knowledge distillation of causal LMs."
-    )
+    parser = _Parser(prog="ekd", description="Token-level knowledge distillation of causal LMs.")
     parser.add_argument("--version", action="version", version=f"ekd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")

@@ -7,7 +7,9 @@ hub load:
 
 - a local path, reachable, a proxy configured, or the libraries' own offline mode set (``HF_HUB_OFFLINE=1``,
   ``HF_DATASETS_OFFLINE=1`` for datasets): loaders run as usual;
-- unreachable and the files in the local cache (``HF_HOME``): ``local_files_only=True`` (one info line);
+- unreachable and the files in the local cache (``HF_HOME``): ``local_files_only=True`` and the hub's offline
+  mode for the rest of the process, so no later request (an optional file a loader probes) retries either;
+- a path (``./x``, ``/x``, ``~/x``) that does not exist: one error line saying so, no probe;
 - unreachable and not cached: one error line naming the spec and the fixes.
 """
 
@@ -52,6 +54,19 @@ def endpoint_unreachable() -> str:
     return ""
 
 
+def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
+    if spec.startswith((".", "/", "~")):
+        raise error(f"{key}: {spec} does not exist; pass an existing directory or a hub id (org/name)")
+
+
+def _go_offline() -> None:
+    """The hub's own offline mode for this process (transformers and datasets read it per request)."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
 def _cached(spec: str, filename: str, revision: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -87,11 +102,13 @@ def hub_kwargs(
     """
     if _local(spec) or _env_on("HF_HUB_OFFLINE"):
         return {}
+    _refuse_missing_path(spec, key, error)
     why = endpoint_unreachable()
     if not why:
         return {}
     if _cached(spec, filename, revision):
-        log.info("%s: %s; using the cached files of '%s'", key, why, spec)
+        log.info("%s: %s; using the cached files of '%s' (offline from here on)", key, why, spec)
+        _go_offline()
         return {"local_files_only": True}
     raise error(
         f"{key}: '{spec}' is not a local directory, and as a hub id it is not in the local cache while {why}; "
@@ -104,6 +121,7 @@ def check_dataset_reachable(name: str, key: str) -> None:
     or ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set, passes: ``datasets`` then reads its own cache)."""
     if _local(name) or _env_on("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         return
+    _refuse_missing_path(name, key, ConfigError)
     why = endpoint_unreachable()
     if why:
         raise ConfigError(

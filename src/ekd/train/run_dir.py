@@ -149,6 +149,10 @@ class RunStart:
             DiskError: the output directory is not writable.
         """
         run_dir, out = self.run_dir, self.run_dir.parent
+        if self.resume and self.overwrite:  # one continues the run, the other deletes it: never guess
+            raise RunDirError(
+                "--resume continues a run and --overwrite replaces it; pass one of them, not both"
+            )
         with writing(out):
             if out.exists() and not out.is_dir():
                 raise RunDirError(f"run.output_dir {out} is a file, not a directory; set run.output_dir")
@@ -200,6 +204,11 @@ class RunStart:
                 f"settings in {run_dir / 'config.yaml'}, or start a new run under another run.name"
             )
         ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:  # resuming would train from step 0 and rewrite the run's metrics and plots
+            raise RunDirError(
+                f"--resume: {run_dir / 'checkpoints'} holds no checkpoint to resume from; start the run again "
+                "with --overwrite (this replaces it) or under another run.name"
+            )
         if (
             marker
             and marker.get("state") == "finished"
