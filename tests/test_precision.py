@@ -126,3 +126,24 @@ def test_tf32_only_on_cuda_and_not_for_fp32(monkeypatch):
         assert cuda_backend.matmul.fp32_precision == "tf32"
     finally:
         cuda_backend.matmul.fp32_precision = before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_heads_match_the_cpu_emulation():
+    """On CUDA the bf16 operands go to cuBLAS with an fp32 output (``torch.mm(out_dtype=float32)``): the
+    loss and gradients equal the CPU's widened-operand computation up to summation order."""
+    h, w, ht, wt, labels = _case()
+    results = []
+    for device in ("cpu", "cuda"):
+        hs, ws = h.to(device).requires_grad_(), w.to(device).requires_grad_()
+        target = DenseTarget(ht.to(device), Head(wt.to(device)))
+        with torch.autocast(device, dtype=torch.bfloat16):
+            kd = kd_loss_sum(
+                hs, Head(ws), target, 2.0, torch.ones(M, device=device), forward_kl, chunk_size=16
+            )
+            ce = ce_loss_sum(hs, Head(ws), labels.to(device), chunk_size=16)
+        (kd + ce).backward()
+        results.append([t.detach().cpu() for t in (kd, ce, hs.grad, ws.grad)])
+    for cpu, cuda in zip(*results):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-5)

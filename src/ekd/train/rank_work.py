@@ -16,7 +16,9 @@ Every function here is a collective when ``ranks.world_size > 1``: all ranks cal
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,33 +28,41 @@ from ekd.errors import EkdError
 from ekd.train.distributed import Ranks
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def prepare_data_once(cfg, run_dir: Path, ranks: Ranks):
-    """``prepare_data(cfg, run_dir)`` on global rank 0, its result sent to the other ranks.
+def run_on_main(ranks: Ranks, work: Callable[[], T], what: str) -> T:
+    """``work()`` on global rank 0 only; its result (pickled, from rank 0 of this job) sent to every rank.
+
+    The other ranks wait on the host group (``Ranks.host``), not in an NCCL collective.
 
     Raises:
-        EkdError: on every rank, when rank 0's preparation fails (the other ranks get its message).
+        EkdError: on the other ranks when ``work`` fails on rank 0 (rank 0 re-raises its own error).
     """
-    from ekd.train.prepare import prepare_data
-
     if ranks.world_size == 1:
-        return prepare_data(cfg, run_dir)
+        return work()
     box: list = [None]
     failure: BaseException | None = None
     if ranks.is_main:
         try:
-            box[0] = ("data", prepare_data(cfg, run_dir))
+            box[0] = ("ok", work())
         except BaseException as e:  # tell the others instead of leaving them waiting
             failure = e
             box[0] = ("error", str(e) if isinstance(e, EkdError) else f"{type(e).__name__}: {e}")
-    dist.broadcast_object_list(box, src=0, group=ranks.host)  # the pickle comes from rank 0 of this job
+    dist.broadcast_object_list(box, src=0, group=ranks.host)
     kind, payload = box[0]
     if failure is not None:
         raise failure
     if kind == "error":
-        raise EkdError(f"rank 0 could not prepare the data: {payload}")
+        raise EkdError(f"rank 0 could not {what}: {payload}")
     return payload
+
+
+def prepare_data_once(cfg, run_dir: Path, ranks: Ranks):
+    """``prepare_data(cfg, run_dir)`` (load, tokenize, pack) on global rank 0, sent to the other ranks."""
+    from ekd.train.prepare import prepare_data
+
+    return run_on_main(ranks, lambda: prepare_data(cfg, run_dir), "prepare the data")
 
 
 def shard(n: int, ranks: Ranks) -> Tensor:
