@@ -41,6 +41,8 @@ METHODS = {
     "atkd": ["method=atkd"],  # hard/easy split over the batch
     "gls": ["method=gls", "method.gls_queue_size=64"],  # one queue of every rank's scores
     "gkd": ["method=gkd", "method.student_data_fraction=1", "method.prompt_tokens=8"],  # sampled per row
+    # TopSmp: each rank scores half of the blocks, all select alike; periodic evaluation split over ranks
+    "topsmp": ["method=sekd", "method.sample_fraction=0.5", "eval.every=2"],
 }
 
 

@@ -348,7 +348,9 @@ class TrainConfig:
     max_grad_norm: float = number(1.0, ge=0)
     """Gradient clipping norm (0 = off)."""
     precision: str = one_of("auto", "auto", "fp32", "bf16")
-    """'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'."""
+    """'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'. Under autocast the bodies and the output
+    heads' GEMMs run in bf16 while softmax, divergences and sums stay fp32; on GPU, 'auto'/'bf16' also turn
+    TF32 on for the remaining fp32 matmuls ('fp32': none)."""
     gradient_checkpointing: bool = flag(False)
     """Recompute the student's activations in backward to save memory."""
     checkpoint_every: int = number(0, ge=0)

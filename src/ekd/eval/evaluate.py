@@ -10,6 +10,7 @@ only at the valid rows (label ≠ −100), ``chunk_rows`` rows at a time, and ev
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -68,6 +69,8 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     chunk_rows: int = 1024,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[dict[str, float], list[tuple[float, float, int, float, float]]]:
     """Streaming evaluation of ``student`` (and KL/agreement to ``teacher``) over valid tokens.
 
@@ -83,6 +86,9 @@ def evaluate(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the forward passes under autocast; metrics stay fp32.
         chunk_rows: valid rows per head application.
         progress: show a progress bar.
+        rank, world_size: under ``torch.distributed`` with ``world_size`` > 1, this process evaluates the
+            batches i ≡ rank (mod world_size) and the sums are all-reduced over the default group: every
+            rank returns the metrics of all batches (a collective: all ranks call it).
 
     Returns:
         (metrics, reliability bins): see ``StreamingMetrics.compute`` and ``StreamingMetrics.reliability``.
@@ -98,6 +104,8 @@ def evaluate(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    if world_size > 1:
+        batches = itertools.islice(batches, rank, None, world_size)  # this rank's share, streamed
     if progress:
         from tqdm.auto import tqdm
 
@@ -123,6 +131,8 @@ def evaluate(
                     t_logits,
                     None if boundary is None else boundary[start:end],
                 )
+    if world_size > 1:
+        metrics.all_reduce(device)
     result = metrics.compute()
     log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])
     return result, metrics.reliability()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 IGNORE_INDEX = -100
@@ -188,6 +189,14 @@ class StreamingMetrics:
             s["h_kl"].index_add_(0, h, kl.to(acc))
             s["h_correct"].index_add_(0, h, correct)
             s["h_agree"].index_add_(0, h, agree)
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum every accumulator over the ranks of the default process group (a collective; each rank must
+        call it once, also a rank that saw no rows). Afterwards every rank holds the metrics of all rows."""
+        if not self._sums:
+            self._init(torch.device(device))
+        for t in self._sums.values():
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
     # ---------------------------------------------------------------- results
 

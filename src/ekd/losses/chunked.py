@@ -33,7 +33,14 @@ from torch import Tensor
 from ekd.losses import divergences as div
 from ekd.losses.logit_grads import autograd_chunk, ce_chunk, dense_kd_chunk, sparse_kd_chunk
 from ekd.losses.logit_transform import transformed_chunk_loss
-from ekd.losses.matmul import addmm_fp32_, contract_vocab_fp32, matmul_fp32
+from ekd.losses.matmul import (
+    addmm_fp32_,
+    compute_dtype,
+    contract_vocab_fp32,
+    gemm_operand,
+    matmul_fp32,
+    mm_fp32_into_,
+)
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
 
 logger = logging.getLogger(__name__)
@@ -46,9 +53,11 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, chunk_loss, chunk_size, track):  # type: ignore[override]
         need_h, need_w, need_b = (track and n for n in ctx.needs_input_grad[:3])
-        # 16-bit weights: GEMM operands stay 16-bit on CUDA (fp32 output, ``ekd.losses.matmul``); CPU has no
-        # such GEMM, so the weight is cast to fp32 once per call (+4·V·D bytes while the loss runs).
-        w = weight if weight.dtype == torch.float32 or weight.is_cuda else weight.float()  # (V, D)
+        # Operands in the weight's dtype, or autocast's (``compute_dtype``): 16-bit operands stay 16-bit on
+        # CUDA (fp32 output, ``ekd.losses.matmul``); CPU has no such GEMM, so the rounded weight is widened to
+        # fp32 once per call (+4·V·D bytes while the loss runs). Products and sums stay fp32 either way.
+        op = compute_dtype(weight)
+        w = gemm_operand(weight, op)  # (V, D)
         grad_h = torch.empty_like(hidden) if need_h else None  # (M, D)
         grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         # (V, D) fp32 accumulator: +2·V·D bytes over a 16-bit one
@@ -56,7 +65,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            h = hidden[start:end].to(w.dtype)  # (m, D)
+            h = gemm_operand(hidden[start:end], op)  # (m, D)
             logits = matmul_fp32(h, w.t())  # (m, V) fp32
             if bias is not None:
                 logits += bias
@@ -64,11 +73,11 @@ class _FusedHeadLoss(torch.autograd.Function):
             del logits
             total += loss
             if need_h or need_w:
-                grad_op = grad.to(w.dtype)  # (m, V) GEMM operand in the weight's dtype (fp32: no copy)
+                grad_op = gemm_operand(grad, op)  # (m, V) GEMM operand in the operand dtype (fp32: no copy)
                 if need_h:
                     grad_h[start:end] = contract_vocab_fp32(grad_op, w)  # (m, D): V in blocks, rounded once
                 if need_w and start == 0 and w.dtype == torch.float32:
-                    torch.mm(grad_op.t(), h, out=grad_w)  # (V, D) = (V, m)·(m, D): no zero-fill pass
+                    mm_fp32_into_(grad_w, grad_op.t(), h)  # (V, D) = (V, m)·(m, D): no zero-fill pass
                 elif need_w:
                     if start == 0:
                         grad_w.zero_()

@@ -9,6 +9,10 @@ in the weights' dtype (tensor cores on GPU) but accumulate and return fp32, as T
 - anywhere else (CPU has no 16-bit GEMM with an fp32 output): the operands are cast to fp32 first.
 
 Products that sum over the vocabulary (the hidden-state gradient g·W) are split into blocks of V.
+
+Under ``torch.autocast`` the heads follow autocast (``compute_dtype``): their operands are rounded to the
+autocast dtype (bf16 on GPU), their products still accumulated and returned in fp32. The GEMMs here never let
+autocast round their *output*: they run with autocast off, on operands already in the dtype chosen.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ _FP32_OUT_BLOCK_ELEMENTS = 1 << 24
 """Rows of ``addmm_fp32_``'s fp32 partial product per block on CUDA: 64 MiB of fp32."""
 
 
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """Operand dtype of a head's GEMMs: the autocast dtype where autocast is on for ``weight``'s device
+    (the training step turns it on for the heads on GPU, ``train.precision``), else the weight's dtype."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def gemm_operand(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` rounded to ``dtype`` as a GEMM operand: 16-bit stays 16-bit on CUDA; elsewhere (no 16-bit GEMM
+    with an fp32 output) the rounded values are widened back to fp32, so the CPU computes what CUDA does."""
+    x = x.to(dtype)
+    return x if x.is_cuda or x.dtype == torch.float32 else x.float()
+
+
+def _no_autocast(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _fp32_out_gemm(a: Tensor, b: Tensor) -> bool:
     """Whether ``torch.mm(a, b, out_dtype=float32)`` applies: 16-bit CUDA operands."""
     sixteen = (torch.float16, torch.bfloat16)
@@ -30,13 +54,14 @@ def _fp32_out_gemm(a: Tensor, b: Tensor) -> bool:
 
 
 def _mm_fp32(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b in fp32, a (..., K), b (K, N) → (..., N); no autograd."""
-    if a.dtype == torch.float32 and b.dtype == torch.float32:
-        return a @ b
-    if _fp32_out_gemm(a, b):
-        out = torch.mm(a.reshape(-1, a.shape[-1]), b, out_dtype=torch.float32)  # (rows, N)
-        return out.reshape(*a.shape[:-1], b.shape[-1])
-    return a.float() @ b.float()
+    """a @ b in fp32, a (..., K), b (K, N) → (..., N); no autograd, autocast off."""
+    with _no_autocast(a):
+        if a.dtype == torch.float32 and b.dtype == torch.float32:
+            return a @ b
+        if _fp32_out_gemm(a, b):
+            out = torch.mm(a.reshape(-1, a.shape[-1]), b, out_dtype=torch.float32)  # (rows, N)
+            return out.reshape(*a.shape[:-1], b.shape[-1])
+        return a.float() @ b.float()
 
 
 def contract_vocab_fp32(g: Tensor, w: Tensor) -> Tensor:
@@ -88,9 +113,16 @@ def addmm_fp32_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
     16-bit CUDA operands: fp32 partial products of ~64 MiB row blocks added into acc (no full-size
     temporary); otherwise an fp32 ``addmm_`` on fp32 copies of the (small) operands.
     """
-    if not _fp32_out_gemm(a, b):
-        return acc.addmm_(a.float(), b.float())
-    rows = max(1, _FP32_OUT_BLOCK_ELEMENTS // max(1, acc.shape[1]))
-    for r in range(0, acc.shape[0], rows):
-        acc[r : r + rows].add_(torch.mm(a[r : r + rows], b, out_dtype=torch.float32))  # (rows, K)
-    return acc
+    with _no_autocast(acc):
+        if not _fp32_out_gemm(a, b):
+            return acc.addmm_(a.float(), b.float())
+        rows = max(1, _FP32_OUT_BLOCK_ELEMENTS // max(1, acc.shape[1]))
+        for r in range(0, acc.shape[0], rows):
+            acc[r : r + rows].add_(torch.mm(a[r : r + rows], b, out_dtype=torch.float32))  # (rows, K)
+        return acc
+
+
+def mm_fp32_into_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """out = a @ b for fp32 a (N, m), b (m, K) into fp32 ``out`` (N, K) without a zero-fill; autocast off."""
+    with _no_autocast(out):
+        return torch.mm(a, b, out=out)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ekd.losses.logit_transform import IDENTITY, LogitTransform
-from ekd.losses.matmul import matmul_fp32
+from ekd.losses.matmul import compute_dtype, gemm_operand, matmul_fp32
 
 
 @dataclass
@@ -30,9 +30,11 @@ class Head:
     transform: LogitTransform = IDENTITY
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        """(M, D) → (M, V) fp32 logits as the model computes them: operands in the weight's dtype, fp32
-        accumulation and output, then the model's post-head transform (scale, soft-cap)."""
-        logits = matmul_fp32(hidden.to(self.weight.dtype), self.weight.T)  # (M, V) fp32
+        """(M, D) → (M, V) fp32 logits as the model computes them: operands in the weight's dtype (the
+        autocast dtype under autocast, ``ekd.losses.matmul.compute_dtype``), fp32 accumulation and output,
+        then the model's post-head transform (scale, soft-cap)."""
+        op = compute_dtype(self.weight)
+        logits = matmul_fp32(gemm_operand(hidden, op), gemm_operand(self.weight, op).T)  # (M, V) fp32
         return self.transform(logits if self.bias is None else logits + self.bias)
 
     @property

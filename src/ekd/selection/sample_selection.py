@@ -73,7 +73,7 @@ def _hidden(model: nn.Module, batch: Any) -> Tensor:
 
 
 @torch.no_grad()
-def score_samples_by_id(
+def sample_sums(
     model: nn.Module,
     batches: Iterable[Any],
     scorer: str,
@@ -81,27 +81,18 @@ def score_samples_by_id(
     device: torch.device | str,
     teacher: nn.Module | None = None,
     *,
-    seed: int = 0,
     chunk_rows: int = 1024,
+    autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Score every sample seen in ``batches`` with the frozen model(s).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample sums of the token scores over ``batches``, streamed (one batch on ``device`` at a time).
 
-    Args:
-        model: the initial student (HF causal LM); put in eval mode for scoring, its mode restored after.
-        batches: iterable of batches with ``input_ids, labels`` (already shifted, -100 ignored),
-            ``attention_mask`` (B, T) and ``sample_ids`` (B,) — objects or dicts. Rows sharing a sample id
-            are pooled (mean over all their valid tokens).
-        scorer: one of ``SAMPLE_SCORERS``.
-        vocab_size: V shared by the models (heads are sliced to it).
-        device: where the models run.
-        teacher: the teacher model, required by ``forward_kl`` and ``ce_ratio``.
-        seed: seed of the ``random`` scorer.
-        chunk_rows: rows per chunk of the token statistics.
-        progress: show a progress bar.
+    The additive part of ``score_samples_by_id``: sums from disjoint shards of the samples (one per rank)
+    concatenate into the sums of the whole set, which ``scores_from_sums`` turns into scores.
 
     Returns:
-        (ids, scores): (N,) long sample ids in ascending order and their (N,) fp32 scores.
+        (ids, sums, counts): (N,) long sample ids in ascending order, (N,) float64 sums of the per-token
+        scores and (N,) float64 counts of valid tokens (0 sums for ``random``).
     """
     from ekd.models.load import output_head
     from ekd.train.token_stats import token_stats
@@ -118,6 +109,7 @@ def score_samples_by_id(
     for m in models:
         m.eval()
     ids_parts, sum_parts, count_parts = [], [], []
+    device_type = torch.device(device).type
     try:
         for batch in tqdm(batches, desc="scoring samples", disable=not progress):
             labels = _field(batch, "labels").to(device)  # (B, T)
@@ -130,32 +122,89 @@ def score_samples_by_id(
             inputs = _inputs(batch, device)
             student_needs = needs - {"teacher_logp_gold"}
             teacher_needs = needs & {"teacher_logp_gold", "forward_kl"}
-            stats = token_stats(
-                needs,
-                labels,
-                student_hidden=_hidden(model, inputs) if student_needs else None,
-                student_head=output_head(model, vocab_size) if student_needs else None,
-                teacher_hidden=_hidden(teacher, inputs) if teacher_needs else None,
-                teacher_head=output_head(teacher, vocab_size) if teacher_needs else None,
-                chunk_rows=chunk_rows,
-            )
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                stats = token_stats(
+                    needs,
+                    labels,
+                    student_hidden=_hidden(model, inputs) if student_needs else None,
+                    student_head=output_head(model, vocab_size) if student_needs else None,
+                    teacher_hidden=_hidden(teacher, inputs) if teacher_needs else None,
+                    teacher_head=output_head(teacher, vocab_size) if teacher_needs else None,
+                    chunk_rows=chunk_rows,
+                )
             per_token = _token_scores(stats, scorer).double().masked_fill(~valid, 0.0)  # (B, T)
             sum_parts.append(per_token.sum(-1).cpu())  # (B,)
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
     if not ids_parts:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float32)
-    row_ids = torch.cat(ids_parts)  # (R,)
+        empty = torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.long), empty, empty
+    return pool_by_id(torch.cat(ids_parts), torch.cat(sum_parts), torch.cat(count_parts))
+
+
+def pool_by_id(row_ids: Tensor, sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows sharing a sample id pooled: (R,) ids, sums, counts → (N,) ascending ids and their totals."""
     ids, inverse = torch.unique(row_ids, sorted=True, return_inverse=True)  # (N,), (R,)
-    sums = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, torch.cat(sum_parts))
-    counts = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, torch.cat(count_parts))
+    pooled_sums = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, sums.double())
+    pooled_counts = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, counts.double())
+    return ids, pooled_sums, pooled_counts
+
+
+def scores_from_sums(sums: Tensor, counts: Tensor, scorer: str, seed: int = 0) -> Tensor:
+    """(N,) fp32 sample scores from ``sample_sums`` of the whole set (ids ascending): the mean token score,
+    U[0,1) from ``seed`` in id order for ``random``, −inf for a sample without valid tokens."""
     if scorer == "random":
-        scores = torch.rand(ids.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        scores = torch.rand(sums.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     else:
         scores = sums / counts.clamp(min=1)
-    scores = torch.where(counts > 0, scores, torch.full_like(scores, -math.inf))
-    return ids, scores.float()
+    return torch.where(counts > 0, scores, torch.full_like(scores, -math.inf)).float()
+
+
+def score_samples_by_id(
+    model: nn.Module,
+    batches: Iterable[Any],
+    scorer: str,
+    vocab_size: int,
+    device: torch.device | str,
+    teacher: nn.Module | None = None,
+    *,
+    seed: int = 0,
+    chunk_rows: int = 1024,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Score every sample seen in ``batches`` with the frozen model(s).
+
+    Args:
+        model: the initial student (HF causal LM); put in eval mode for scoring, its mode restored after.
+        batches: iterable of batches with ``input_ids, labels`` (already shifted, -100 ignored),
+            ``attention_mask`` (B, T) and ``sample_ids`` (B,) — objects or dicts; each is moved to ``device``
+            when it is scored. Rows sharing a sample id are pooled (mean over all their valid tokens).
+        scorer: one of ``SAMPLE_SCORERS``.
+        vocab_size: V shared by the models (heads are sliced to it).
+        device: where the models run.
+        teacher: the teacher model, required by ``forward_kl`` and ``ce_ratio``.
+        seed: seed of the ``random`` scorer.
+        chunk_rows: rows per chunk of the token statistics.
+        autocast_dtype: the run's autocast dtype (``train.precision``), None for fp32.
+        progress: show a progress bar.
+
+    Returns:
+        (ids, scores): (N,) long sample ids in ascending order and their (N,) fp32 scores.
+    """
+    ids, sums, counts = sample_sums(
+        model,
+        batches,
+        scorer,
+        vocab_size,
+        device,
+        teacher,
+        chunk_rows=chunk_rows,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    )
+    return ids, scores_from_sums(sums, counts, scorer, seed)
 
 
 def score_samples(

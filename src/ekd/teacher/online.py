@@ -35,21 +35,22 @@ class OnlineTeacher:
     @torch.no_grad()
     def signal(self, batch, need_stats: set[str], feature_layer: int | None = None) -> TeacherSignal:
         device = batch.input_ids.device
+        # body and head under autocast (head: operands in its dtype, softmax and sums in fp32)
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out = body_outputs(self.model, batch, output_hidden_states=feature_layer is not None)
-        hidden = out.last_hidden_state  # (B, T, Dt)
+            hidden = out.last_hidden_state  # (B, T, Dt)
+            stats = token_stats(
+                set(need_stats) & TEACHER_STATS,
+                batch.labels,
+                teacher_hidden=hidden,
+                teacher_head=self.head,
+                chunk_rows=self.chunk_rows,
+            )
         features = None
         if feature_layer is not None and feature_layer != -1:
             features = out.hidden_states[feature_layer]  # (B, T, Dt)
         elif feature_layer == -1:
             features = hidden
-        stats = token_stats(
-            set(need_stats) & TEACHER_STATS,
-            batch.labels,
-            teacher_hidden=hidden,
-            teacher_head=self.head,
-            chunk_rows=self.chunk_rows,
-        )
         return TeacherSignal(
             stats=stats, available=batch.labels != -100, hidden=hidden, head=self.head, features=features
         )

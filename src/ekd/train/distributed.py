@@ -19,31 +19,51 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+HOST_WAIT = timedelta(hours=4)
+"""Timeout of the waits on one rank's host-side work (rank 0 tokenizing, saving, running lm-eval tasks;
+local rank 0 downloading): they go through a gloo group, not NCCL, whose watchdog would kill the run."""
+
 
 @dataclass
 class Ranks:
+    """This process's place in the job: global ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
     rank: int
     world_size: int
     device: torch.device
+    local_rank: int = 0
+    host: object | None = None  # gloo group with HOST_WAIT for waits on host-side work (None: default)
 
     @property
     def is_main(self) -> bool:
+        """Global rank 0: owns the run directory, logs and checkpoints (on any node)."""
         return self.rank == 0
 
+    @property
+    def is_node_main(self) -> bool:
+        """Local rank 0: downloads from the hub into this node's cache."""
+        return self.local_rank == 0
+
     def barrier(self) -> None:
+        """Wait for every rank, on the host group: a rank may wait here for minutes while another works."""
         if self.world_size > 1:
-            dist.barrier()
+            dist.barrier(group=self.host)
 
 
 @contextmanager
 def distributed(device: torch.device) -> Iterator[Ranks]:
-    """Join the ``torchrun`` process group (WORLD_SIZE/RANK in the environment): gloo on CPU, NCCL on GPU."""
+    """Join the ``torchrun`` process group (WORLD_SIZE/RANK in the environment): gloo on CPU, NCCL on GPU.
+
+    The GPU is chosen by LOCAL_RANK (the rank on this node), everything else by the global rank; a second
+    gloo group with a long timeout (``HOST_WAIT``) carries the waits on host-side work (``Ranks.barrier``).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Ranks(0, 1, device)
         return
@@ -54,7 +74,9 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
     if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        yield Ranks(dist.get_rank(), dist.get_world_size(), device)
+        host = dist.new_group(backend="gloo", timeout=HOST_WAIT)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
     finally:
         if started:
             dist.destroy_process_group()

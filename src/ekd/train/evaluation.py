@@ -22,8 +22,15 @@ def evaluate_run(
     device,
     amp,
     plots_dir: Path | None = None,
+    ranks=None,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the student (and the teacher, if loaded) on every eval split."""
+    """Evaluate the student (and the teacher, if loaded) on every eval split.
+
+    ``ranks`` (``ekd.train.distributed.Ranks``): under ``torchrun`` every rank calls this, evaluates a 1/W
+    share of each split's batches and gets the all-reduced metrics of the whole split (no rank idles in a
+    collective while another evaluates); pass ``plots_dir`` on one rank only.
+    """
+    share = {"rank": ranks.rank, "world_size": ranks.world_size} if ranks is not None else {}
     from ekd.data import iter_eval
     from ekd.eval import evaluate, plot_reliability
 
@@ -35,13 +42,14 @@ def evaluate_run(
         batches = list(iter_eval(blocks, cfg.eval.batch_size, cfg.data.max_eval_blocks))
         metrics, bins = evaluate(
             student,
-            [b.to(device) for b in batches],
+            batches,  # each moved to the device when it is evaluated
             use_teacher,
             vocab_size=data.vocab_size,
             ece_bins=cfg.eval.ece_bins,
             entropy_buckets=cfg.eval.entropy_buckets,
             device=device,
             autocast_dtype=amp,
+            **share,
         )
         results[name] = metrics
         if plots_dir is not None and cfg.eval.plots:
@@ -50,13 +58,14 @@ def evaluate_run(
         if use_teacher is not None and cfg.eval.teacher_metrics:
             t_metrics, _ = evaluate(
                 use_teacher,
-                [b.to(device) for b in batches],
+                batches,
                 None,
                 vocab_size=data.vocab_size,
                 ece_bins=cfg.eval.ece_bins,
                 entropy_buckets=0,
                 device=device,
                 autocast_dtype=amp,
+                **share,
             )
             results[f"{name}/teacher"] = t_metrics
     return results

@@ -26,6 +26,7 @@ from ekd.selection.types import Selection
 from ekd.teacher.signal import TeacherSignal
 from ekd.train.method_parts import MethodParts
 from ekd.train.objectives import objective_sum
+from ekd.train.precision import head_precision
 from ekd.train.token_stats import PAIR_STATS, STUDENT_STATS, TEACHER_STATS, token_stats
 
 
@@ -60,7 +61,7 @@ def student_hidden(
 ) -> tuple[Tensor, Tensor | None]:
     """(B, T, Ds) final hidden states of the student body (with grad), and layer ``layer``'s if asked."""
     device = batch.input_ids.device
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with head_precision(device, autocast_dtype):
         out = body_outputs(student, batch, output_hidden_states=layer not in (None, -1))
     features = None
     if layer == -1:
@@ -107,8 +108,8 @@ def distill_micro_batch(
         stats = dict(signal.stats) if signal is not None else {}
         student_needs = parts.stat_needs & (STUDENT_STATS | PAIR_STATS)
         if student_needs:
-            stats.update(
-                token_stats(
+            with head_precision(h_s.device, ctx.autocast_dtype):
+                student_stats = token_stats(
                     student_needs,
                     labels,
                     student_hidden=h_s,
@@ -117,7 +118,7 @@ def distill_micro_batch(
                     teacher_head=signal.head if signal is not None else None,
                     chunk_rows=ctx.chunk_rows,
                 )
-            )
+            stats.update(student_stats)
         candidates = valid & signal.available if signal is not None else valid  # (B, T) may receive KD
         policy_ctx = StepContext(ctx.step, ctx.total_steps, ctx.generator, ctx.vocab_size, stats, ctx.rows)
         scores = (
@@ -128,24 +129,27 @@ def distill_micro_batch(
         tau = parts.temperature(selection, stats, candidates, policy_ctx).float()  # (M,)
         rows = selection.rows  # (M,) flat positions
         # 5. the KD term: heads applied at the M selected rows only
+        heads = head_precision(h_s.device, ctx.autocast_dtype)
         if parts.objective == "kd":
-            target = signal.target_at(rows, parts.target, tau, labels, batch.sample_ids)
-            kd_sum = kd_loss_sum(
-                h_s_flat[rows],  # (M, Ds)
-                head_s,
-                target,
-                tau,
-                selection.weights.float(),
-                parts.divergence,
-                parts.scale_by_tau_squared,
-                ctx.loss_path,
-                ctx.chunk_rows,
-                compile=ctx.compile,
-            )
+            with heads:
+                target = signal.target_at(rows, parts.target, tau, labels, batch.sample_ids)
+                kd_sum = kd_loss_sum(
+                    h_s_flat[rows],  # (M, Ds)
+                    head_s,
+                    target,
+                    tau,
+                    selection.weights.float(),
+                    parts.divergence,
+                    parts.scale_by_tau_squared,
+                    ctx.loss_path,
+                    ctx.chunk_rows,
+                    compile=ctx.compile,
+                )
         else:
-            kd_sum = objective_sum(
-                parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
-            )
+            with heads:
+                kd_sum = objective_sum(
+                    parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
+                )
         if (
             parts.wants_feedback
         ):  # the bandit's reward, KL(p‖q) at τ=1 before/after the step, whatever the target
@@ -175,14 +179,15 @@ def distill_micro_batch(
             ce_rows = selection.rows  # (M,) the selection's rows; a position pos_rs drew twice counts twice
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
-        ce_sum = ce_loss_sum(
-            h_s_flat[ce_rows],
-            head_s,
-            labels.reshape(-1)[ce_rows],
-            ctx.loss_path,
-            ctx.chunk_rows,
-            compile=ctx.compile,
-        )
+        with head_precision(h_s.device, ctx.autocast_dtype):
+            ce_sum = ce_loss_sum(
+                h_s_flat[ce_rows],
+                head_s,
+                labels.reshape(-1)[ce_rows],
+                ctx.loss_path,
+                ctx.chunk_rows,
+                compile=ctx.compile,
+            )
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
@@ -221,7 +226,8 @@ def kl_at_rows(
     h = h_s.reshape(-1, h_s.shape[-1])[rows]  # (M, Ds)
     head = output_head(student, vocab_size)
     out = torch.empty(rows.numel(), device=rows.device)
-    for start in range(0, rows.numel(), 1024):
-        sl = slice(start, start + 1024)
-        out[sl] = forward_kl(head(h[sl]).float(), teacher_head(teacher_hidden[sl]).float())
+    with head_precision(h.device, amp):
+        for start in range(0, rows.numel(), 1024):
+            sl = slice(start, start + 1024)
+            out[sl] = forward_kl(head(h[sl]).float(), teacher_head(teacher_hidden[sl]).float())
     return out

@@ -48,6 +48,7 @@ from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
 from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
+from ekd.train.precision import enable_tf32
 from ekd.train.prepare import (
     PreparedData,
     autocast_dtype,
@@ -55,9 +56,9 @@ from ekd.train.prepare import (
     chunk_rows,
     load_student,
     load_teacher,
-    prepare_data,
     resolve_device,
 )
+from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
 from ekd.train.run_dir import RunStart
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.task_evaluation import run_end_tasks
@@ -141,10 +142,9 @@ def _train(
     ranks.barrier()
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
-    if data is None:  # rank 0 first: it may train and save the BPE tokenizer the others load
-        data = prepare_data(cfg, run_dir) if main else None
-        ranks.barrier()
-        data = data or prepare_data(cfg, run_dir)
+    enable_tf32(cfg.train.precision, device)
+    if data is None:  # tokenized and packed once, by rank 0; the other ranks receive it
+        data = prepare_data_once(cfg, run_dir, ranks)
     if start is not None:  # a new run records its data; --resume refuses different data
         start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     if cfg.eval.tasks and main:  # an unknown task name is refused now, not after the whole training
@@ -152,11 +152,13 @@ def _train(
 
         require_lm_eval()
         task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
+    fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     student = load_student(cfg, data, device)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
     teacher = build_teacher_source(cfg, data, device, teacher_model) if parts.needs_teacher else None
     parts.attach_models(student, teacher_model, device)
@@ -174,7 +176,7 @@ def _train(
         drop_last=True,
     )
     if cfg.method.sample_fraction < 1.0:
-        loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
+        loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp))
 
     start_step = 0
     if resume and (ckpt := latest_verified_checkpoint(run_dir)) is not None:
@@ -283,29 +285,31 @@ def _train(
             metrics_log.write(step + 1, last)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
-        if main and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
-            metrics_log.write(
-                step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp))
-            )
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
+            periodic = evaluate_run(cfg, data, student, teacher_model, device, amp, ranks=ranks)  # all ranks
+            if main:
+                metrics_log.write(step + 1, _flatten_eval(periodic))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(step + 1)
     bar.close()
 
     checkpoint(cfg.train.max_steps)
-    results: dict[str, dict[str, float]] = {}
+    if (
+        teacher_model is None
+        and cfg.eval.teacher
+        and cfg.teacher.source == "cache"
+        and not is_preset(cfg.model.teacher)
+    ):
+        log.info("loading the teacher for evaluation only (training used the cache)")
+        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
+        teacher_model = load_teacher(cfg, data, device)
+    # every rank evaluates its share (collectives inside); then rank 0 alone saves and writes
+    plots = run_dir / "plots" if main else None
+    results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=plots, ranks=ranks)
     if main:
         with writing(run_dir):
             save_model_dir(student, data.tokenizer, run_dir / "student")
-        if (
-            teacher_model is None
-            and cfg.eval.teacher
-            and cfg.teacher.source == "cache"
-            and not is_preset(cfg.model.teacher)
-        ):
-            log.info("loading the teacher for evaluation only (training used the cache)")
-            teacher_model = load_teacher(cfg, data, device)
-        results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=run_dir / "plots")
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
         atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
         run_end_tasks(cfg, run_dir, student, data.tokenizer, teacher_model, device, amp)
@@ -427,35 +431,46 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
 
 
 def sample_selection(
-    cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, device
+    cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, ranks: Ranks, amp
 ) -> torch.Tensor:
     """SE-KD3X TopSmp: the kept training-sample indices, scored once by the frozen initial student.
 
-    Saved to ``run_dir/sample_selection.json`` and reused on resume (never re-scored with a trained student).
+    Each rank scores 1/W of the blocks, streamed (``ekd.train.rank_work.sharded_sample_scores``); every rank
+    then selects alike. Rank 0 saves the selection to ``run_dir/sample_selection.json``; it is reused on
+    resume (never re-scored with a trained student).
     """
-    from ekd.data import iter_eval
-    from ekd.selection.sample_selection import (
-        load_sample_selection,
-        save_sample_selection,
-        score_samples_by_id,
-        select_samples,
-    )
+    from ekd.selection.sample_selection import load_sample_selection, save_sample_selection, select_samples
 
     path = run_dir / "sample_selection.json"
-    if path.is_file():
+    done = path.is_file()
+    ranks.barrier()  # every rank has looked before rank 0 may write it
+    if done:
         kept, _ = load_sample_selection(path)
         return kept
     blocks = data.blocks["train"]
-    batches = [b.to(device) for b in iter_eval(blocks, cfg.eval.batch_size)]
-    ids, scores = score_samples_by_id(
-        student, batches, cfg.method.sample_scorer, data.vocab_size, device, teacher_model, seed=cfg.run.seed
+    ids, scores = sharded_sample_scores(
+        student,
+        blocks,
+        cfg.method.sample_scorer,
+        data.vocab_size,
+        ranks,
+        teacher_model,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.run.seed,
+        chunk_rows=chunk_rows(cfg, data.vocab_size),
+        autocast_dtype=amp,
     )
     kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
-    save_sample_selection(
-        path,
-        kept,
-        {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": len(blocks)},
-    )
+    if ranks.is_main:
+        save_sample_selection(
+            path,
+            kept,
+            {
+                "scorer": cfg.method.sample_scorer,
+                "fraction": cfg.method.sample_fraction,
+                "samples": len(blocks),
+            },
+        )
     log.info(
         "sample selection: kept %d of %d training blocks by %s",
         kept.numel(),

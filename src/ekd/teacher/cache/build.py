@@ -186,20 +186,21 @@ def run_build(
     stat_format = stat_format or cfg.teacher.cache_stat_format
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
+    from ekd.train.rank_work import fetch_models_once, run_on_main
 
     check_cacheable(cfg)
     directory = Path(cfg.teacher.cache_dir)
     with distributed(resolve_device(cfg.run.device)) as ranks:
         device = ranks.device
-        # rank 0 first: it may train the BPE tokenizer (saved in the cache) that the other ranks then load
-        if ranks.rank == 0:
+
+        def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)
             directory.mkdir(parents=True, exist_ok=True)
             if overwrite:
                 shutil.rmtree(directory / "tokenizer", ignore_errors=True)
-            data = _prepare_data(cfg, directory)
-        ranks.barrier()
-        if ranks.rank != 0:
-            data = _prepare_data(cfg, directory)
+            return _prepare_data(cfg, directory)
+
+        data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
+        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)  # one download per node
         blocks = data.blocks["train"]
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)

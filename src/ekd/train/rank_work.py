@@ -1,0 +1,144 @@
+"""Work the ranks of a ``torchrun`` job share instead of each repeating it (DESIGN, "Scaling out").
+
+- **Data**: global rank 0 loads, tokenizes and packs every split (``prepare_data``); the others receive the
+  result through the host group (``prepare_data_once``) — no rank but 0 reads the corpus or the tokenizer,
+  and no node but rank 0's needs the data on disk.
+- **Sample selection (TopSmp)**: each rank scores a contiguous 1/W of the training blocks, one batch on
+  the device at a time; the per-sample sums are all-gathered, so every rank selects the same samples as one
+  process (``sharded_sample_scores``).
+- **Hub downloads**: local rank 0 of each node downloads the models into the node's cache while the other
+  ranks wait; then every rank loads from that cache (``fetch_models_once``).
+- **Evaluation** is split across ranks in ``ekd.eval.evaluate.evaluate`` (``rank``/``world_size``).
+
+Every function here is a collective when ``ranks.world_size > 1``: all ranks call it, in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ekd.errors import EkdError
+from ekd.train.distributed import Ranks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def run_on_main(ranks: Ranks, work: Callable[[], T], what: str) -> T:
+    """``work()`` on global rank 0 only; its result (pickled, from rank 0 of this job) sent to every rank.
+
+    The other ranks wait on the host group (``Ranks.host``), not in an NCCL collective.
+
+    Raises:
+        EkdError: on the other ranks when ``work`` fails on rank 0 (rank 0 re-raises its own error).
+    """
+    if ranks.world_size == 1:
+        return work()
+    box: list = [None]
+    failure: BaseException | None = None
+    if ranks.is_main:
+        try:
+            box[0] = ("ok", work())
+        except BaseException as e:  # tell the others instead of leaving them waiting
+            failure = e
+            box[0] = ("error", str(e) if isinstance(e, EkdError) else f"{type(e).__name__}: {e}")
+    dist.broadcast_object_list(box, src=0, group=ranks.host)
+    kind, payload = box[0]
+    if failure is not None:
+        raise failure
+    if kind == "error":
+        raise EkdError(f"rank 0 could not {what}: {payload}")
+    return payload
+
+
+def prepare_data_once(cfg, run_dir: Path, ranks: Ranks):
+    """``prepare_data(cfg, run_dir)`` (load, tokenize, pack) on global rank 0, sent to the other ranks."""
+    from ekd.train.prepare import prepare_data
+
+    return run_on_main(ranks, lambda: prepare_data(cfg, run_dir), "prepare the data")
+
+
+def shard(n: int, ranks: Ranks) -> Tensor:
+    """This rank's contiguous share of ``range(n)``: (≈n/W,) long; the shards of all ranks tile range(n)."""
+    return torch.tensor_split(torch.arange(n), ranks.world_size)[ranks.rank]
+
+
+@torch.no_grad()
+def sharded_sample_scores(
+    student: nn.Module,
+    blocks,
+    scorer: str,
+    vocab_size: int,
+    ranks: Ranks,
+    teacher: nn.Module | None = None,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    chunk_rows: int = 1024,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """TopSmp scores of every training block, each rank scoring its ``shard`` in streamed batches.
+
+    Returns, on every rank: (ids, scores), (N,) ascending block ids and their (N,) fp32 scores — those of
+    ``score_samples_by_id`` over all blocks in one process.
+    """
+    from ekd.data import collate
+    from ekd.selection.global_batch import gather_segments
+    from ekd.selection.sample_selection import pool_by_id, sample_sums, scores_from_sums
+
+    mine = shard(len(blocks), ranks)  # (n_r,) block indices
+    batches = (collate(blocks, mine[i : i + batch_size]) for i in range(0, mine.numel(), batch_size))
+    ids, sums, counts = sample_sums(
+        student,
+        batches,
+        scorer,
+        vocab_size,
+        ranks.device,
+        teacher,
+        chunk_rows=chunk_rows,
+        autocast_dtype=autocast_dtype,
+    )
+    if ranks.world_size > 1:
+        ids = gather_segments(ids.to(ranks.device))[0].cpu()  # (N,) every rank's ids, rank order
+        pair = torch.stack([sums, counts], dim=1).to(ranks.device)  # (n_r, 2) float64
+        pair = gather_segments(pair)[0].cpu()  # (N, 2)
+        ids, sums, counts = pool_by_id(ids, pair[:, 0], pair[:, 1])
+    return ids, scores_from_sums(sums, counts, scorer, seed)
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+"""What a node downloads for a hub model: configs, safetensors weights, tokenizer files, remote code."""
+
+
+def hub_ids(specs: list[str]) -> list[str]:
+    """The specs that name hub repositories: not presets, not local directories."""
+    from ekd.models.load import is_preset
+
+    return [s for s in dict.fromkeys(specs) if s and not is_preset(s) and not Path(s).expanduser().exists()]
+
+
+def fetch_models_once(specs: list[str], revision: str, ranks: Ranks) -> None:
+    """Local rank 0 of each node downloads the hub models among ``specs`` into the node's cache; every
+    rank waits, then loads from the cache (8 ranks of a node never download the same files at once).
+
+    A failed download is only logged here: loading then fails on every rank with its one-line error.
+    """
+    repos = hub_ids(specs)
+    if ranks.world_size == 1 or not repos:
+        return
+    if ranks.is_node_main:
+        from huggingface_hub import snapshot_download
+
+        for repo in repos:
+            try:
+                snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
+            except Exception as e:  # unreachable, gated, offline without a cache: load_model says why
+                log.warning("could not download %s on this node (%s); loading will report it", repo, e)
+    ranks.barrier()
