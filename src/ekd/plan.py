@@ -254,7 +254,7 @@ def format_plan(
     """The plan as text: model sizes, one row per option (GiB per rank), and the verdict."""
 
     def gib(b: int) -> str:
-        return f"{b / GIB:7.2f}"
+        return f"{b / GIB:8.2f}"
 
     lines = [
         f"student {student_spec}: {student.params:,} parameters, {student.layers} layers, d={student.hidden}, "
@@ -264,14 +264,17 @@ def format_plan(
         else "teacher: none loaded for training (cache or CE only)",
         f"{gpus} GPU(s) × {gpu_memory / GIB:.1f} GiB; {tokens:,} tokens per micro-batch per rank",
         "",
-        "GiB per rank    parallel  teacher    act-ckpt  teacher  params   grads  buckets   adam  activ.   head"
-        "   total  fits",
+        f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
+        + "".join(
+            f"{h:>8}" for h in ("teacher", "params", "grads", "buckets", "adam", "activ.", "head", "total")
+        )
+        + "  fits  (GiB per rank)",
     ]
     for o in options:
         m = o.memory
         fits = "yes" if m.total <= gpu_memory else "no"
         lines.append(
-            f"{'':15} {o.parallel:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8} "
+            f"{o.parallel:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
             f"{gib(m.teacher)}{gib(m.params)}{gib(m.grads)}{gib(m.ddp_buckets)}{gib(m.optimizer)}"
             f"{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
         )

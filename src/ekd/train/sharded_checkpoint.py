@@ -66,6 +66,7 @@ from ekd.train.checkpoint import (
     _load_pickle,
     _prune,
     checkpoint_dir,
+    latest_verified_checkpoint,
     load_checkpoint,
     unreadable,
 )
@@ -147,6 +148,28 @@ def save_sharded_checkpoint(
         _prune(run_dir / "checkpoints", keep)
     ranks.barrier()
     return final
+
+
+def verified_on_main(run_dir: Path, ranks: Ranks) -> Path | None:
+    """:func:`~ekd.train.checkpoint.latest_verified_checkpoint` checked once, on rank 0, and shared: every
+    rank resumes from the same checkpoint, and the shards are hashed once rather than on every rank.
+
+    Raises:
+        CheckpointError: on every rank, when rank 0 finds no intact checkpoint.
+    """
+    if ranks.world_size == 1:
+        return latest_verified_checkpoint(run_dir)
+    found: list[Any] = [None, None]  # [path as str or None, error message or None]
+    if ranks.is_main:
+        try:
+            path = latest_verified_checkpoint(run_dir)
+            found[0] = str(path) if path is not None else None
+        except CheckpointError as e:
+            found[1] = str(e)
+    dist.broadcast_object_list(found, src=0)
+    if found[1] is not None:
+        raise CheckpointError(found[1])
+    return Path(found[0]) if found[0] is not None else None
 
 
 def _first_failure(e: BaseException) -> BaseException:

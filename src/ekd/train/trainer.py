@@ -53,7 +53,12 @@ from ekd.train.prepare import (
     resolve_device,
 )
 from ekd.train.run_dir import RunStart
-from ekd.train.sharded_checkpoint import restore_checkpoint, save_sharded_checkpoint, training_state
+from ekd.train.sharded_checkpoint import (
+    restore_checkpoint,
+    save_sharded_checkpoint,
+    training_state,
+    verified_on_main,
+)
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
@@ -172,7 +177,7 @@ def _train(
         loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, device))
 
     start_step = 0
-    if resume and (ckpt := latest_verified_checkpoint(run_dir)) is not None:
+    if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device
         )
