@@ -46,10 +46,20 @@ def _student(seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg)
 
 
+def _extras() -> dict[str, torch.nn.Module]:
+    """A trained projection, and a trained module that gets no gradient before the checkpoint."""
+    return {"proj": torch.nn.Linear(4, 4), "unused": torch.nn.Linear(2, 2)}
+
+
+def _optimizer(student, extra) -> torch.optim.AdamW:
+    params = [*student.parameters(), *extra["proj"].parameters(), *extra["unused"].parameters()]
+    return torch.optim.AdamW(params, lr=1e-2)
+
+
 def _trained(seed: int):
-    """A tied-embedding student, an extra trained projection and AdamW after one step (state non-empty)."""
-    student, extra = _student(seed), {"proj": torch.nn.Linear(4, 4)}
-    opt = torch.optim.AdamW([*student.parameters(), *extra["proj"].parameters()], lr=1e-2)
+    """A tied-embedding student and extra modules, AdamW after one step (no state for ``unused``)."""
+    student, extra = _student(seed), _extras()
+    opt = _optimizer(student, extra)
     x = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(seed))
     (student(x, labels=x).loss + extra["proj"](torch.ones(4)).sum()).backward()
     opt.step()
@@ -57,8 +67,8 @@ def _trained(seed: int):
 
 
 def _fresh(seed: int):
-    student, extra = _student(seed), {"proj": torch.nn.Linear(4, 4)}
-    return student, extra, torch.optim.AdamW([*student.parameters(), *extra["proj"].parameters()], lr=1e-2)
+    student, extra = _student(seed), _extras()
+    return student, extra, _optimizer(student, extra)
 
 
 STATE = {
@@ -82,7 +92,8 @@ def _assert_same(a, b) -> None:
     assert torch.equal(ea["proj"].weight, eb["proj"].weight)
     assert sb.lm_head.weight is sb.model.embed_tokens.weight  # still tied
     da, db = oa.state_dict(), ob.state_dict()
-    assert da["state"].keys() == db["state"].keys() and da["state"]
+    assert da["state"].keys() == db["state"].keys() and da["state"]  # none for a parameter without gradient
+    assert len(da["state"]) == len(oa.param_groups[0]["params"]) - 2  # `unused`'s weight and bias
     for i, s in da["state"].items():
         for k, v in s.items():
             assert torch.equal(v, db["state"][i][k]), (i, k)

@@ -55,7 +55,12 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter, _StorageInfo
 from torch.distributed.checkpoint.planner import ReadItem
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ekd.io import atomic_file, atomic_write_text, file_sha256, writing
 from ekd.train.checkpoint import (
@@ -221,6 +226,15 @@ def load_sharded_checkpoint(
         if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
             raise ValueError(f"state.pt lacks {[k for k in STATE_KEYS if k not in state]}")
         model_state, optim_state = get_state_dict(modules, optimizer)  # this run's layout, filled in place
+        # get_state_dict gives a fresh optimizer state for every parameter; a parameter that had no gradient
+        # before the checkpoint has none saved, and must stay without (AdamW's step count starts at its
+        # first gradient)
+        saved = set(SafeReader(path).read_metadata().state_dict_metadata)
+        optim_state["state"] = {
+            name: s
+            for name, s in optim_state["state"].items()
+            if any(f"optim.state.{name}.{k}" in saved for k in s)
+        }
         target = {"model": model_state, "optim": optim_state}
         with warnings.catch_warnings():  # DCP warns that one process without a process group loads alone
             warnings.filterwarnings("ignore", message=".*single process.*")
@@ -230,7 +244,7 @@ def load_sharded_checkpoint(
                 planner=SafeLoadPlanner(),
                 no_dist=ranks.world_size == 1,
             )
-        set_state_dict(modules, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        _set_state(modules, optimizer, target["model"], target["optim"], full=False)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # a shard that does not parse or fit: one line
@@ -276,18 +290,25 @@ def load_full_checkpoint(
                 {**g, "params": [order[int(i)] for i in g["params"]]} for g in saved["param_groups"]
             ],
         }
-        set_state_dict(
-            modules,
-            optimizer,
-            model_state_dict=model_state,
-            optim_state_dict=optim_state,
-            options=StateDictOptions(full_state_dict=True),
-        )
+        _set_state(modules, optimizer, model_state, optim_state, full=True)
     except CheckpointError:
         raise
     except Exception as e:
         raise unreadable(path, e) from None
     return state
+
+
+def _set_state(modules: nn.Module, optimizer, model_state: dict, optim_state: dict, full: bool) -> None:
+    """``set_model_state_dict`` (strict: every weight present) and ``set_optimizer_state_dict`` (a parameter
+    without saved state — no gradient before the checkpoint — stays without state, as in the saved run)."""
+    set_model_state_dict(modules, model_state, options=StateDictOptions(full_state_dict=full))
+    set_optimizer_state_dict(
+        modules, optimizer, optim_state, options=StateDictOptions(full_state_dict=full, strict=False)
+    )
+    names = _parameter_names(modules)
+    keep = set(optim_state["state"])
+    for p in [p for p in optimizer.state if names.get(id(p)) not in keep]:
+        del optimizer.state[p]  # set_optimizer_state_dict initialized it with a zero-gradient step
 
 
 def _parameter_names(modules: nn.Module) -> dict[int, str]:
