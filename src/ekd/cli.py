@@ -152,6 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("what", nargs="?", default="all")
 
+    p = sub.add_parser(
+        "plan", help="estimate per-rank GPU memory of a run before renting GPUs, and which mode fits"
+    )
+    _add_config_args(p)
+    p.add_argument("--gpus", type=int, required=True, help="number of ranks (GPUs) the run will use")
+    p.add_argument(
+        "--gpu-memory", default="80GiB", help="memory of one GPU, e.g. 80GiB, 141GB (default 80GiB)"
+    )
+    p.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), default=None, help="plan only this mode (default: both)"
+    )
+    p.add_argument(
+        "--placement", choices=("replicate", "shard"), default=None, help="plan only this teacher placement"
+    )
+    p.add_argument(
+        "--param-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="student parameter dtype (fp32 master)",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=0, help="vocabulary of preset models (default: from config)"
+    )
+
     p = sub.add_parser("config", help="config tools")
     csub = p.add_subparsers(dest="config_command", required=True)
     s = csub.add_parser("show", help="print the resolved config")
@@ -255,6 +279,21 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from ekd.config import load_config, split_config_and_overrides
+    from ekd.plan import PARALLEL, PLACEMENT, parse_bytes, plan_config
+
+    paths, overrides = split_config_and_overrides(args.config, args.overrides)
+    cfg = load_config(paths, overrides)
+    parallel = (args.parallel,) if args.parallel else PARALLEL
+    placement = (args.placement,) if args.placement else PLACEMENT
+    text = plan_config(
+        cfg, args.gpus, parse_bytes(args.gpu_memory), parallel, placement, args.vocab_size, args.param_dtype
+    )
+    print(text)
+    return 0
+
+
 def cmd_cache(args) -> int:
     from ekd.teacher.cache import run_cache_command
 
@@ -342,6 +381,7 @@ COMMANDS = {
     "student": cmd_student,
     "list": cmd_list,
     "config": cmd_config,
+    "plan": cmd_plan,
 }
 
 

@@ -10,6 +10,10 @@ Layout of ``runs/<name>/checkpoints/step-000100/``::
                           frozen initial student); tensors shared by tied weights stored once, aliases in metadata
     manifest.json         {"format": "ekd-checkpoint", "step": 100, "files": {name: sha256, ...}}
 
+This is the one-process format; under ``torchrun`` every rank writes its shards with DCP instead
+(:mod:`ekd.train.sharded_checkpoint`, ``"layout": "dcp"`` in the manifest), verified by the same
+:func:`verify_checkpoint`.
+
 A checkpoint is written to ``step-000100.tmp/`` and renamed, then ``checkpoints/latest`` is replaced
 atomically; a crash at any point leaves the previous checkpoint intact. Every file goes through
 :mod:`ekd.io` (a full disk is one line naming the directory). On resume :func:`latest_verified_checkpoint`
@@ -186,7 +190,11 @@ def verify_checkpoint(path: Path) -> None:
         raise CheckpointError(f"{manifest_path} is missing (no checksums to verify the checkpoint)") from None
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"{manifest_path} is corrupt") from None
-    for name in ("student.safetensors", "optimizer.pt", "state.pt"):
+    layout = manifest.get("layout")
+    required = (
+        (".metadata", "state.pt") if layout == "dcp" else ("student.safetensors", "optimizer.pt", "state.pt")
+    )
+    for name in required:
         if name not in files:
             raise CheckpointError(f"{manifest_path} does not list {name}")
     for name, digest in files.items():

@@ -46,6 +46,7 @@ RESUMABLE_CHANGES = (
     "train.max_steps",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.micro_batch_size",  # the checkpoint refuses another global micro-batch (ranks × micro-batch)
     "log.",
     "eval.",
     "run.device",

@@ -27,13 +27,7 @@ from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
-from ekd.train.checkpoint import (
-    CheckpointError,
-    latest_verified_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    unreadable,
-)
+from ekd.train.checkpoint import CheckpointError, latest_verified_checkpoint, save_checkpoint, unreadable
 from ekd.train.distributed import (
     Ranks,
     data_parallel,
@@ -60,6 +54,12 @@ from ekd.train.prepare import (
 )
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
 from ekd.train.run_dir import RunStart
+from ekd.train.sharded_checkpoint import (
+    restore_checkpoint,
+    save_sharded_checkpoint,
+    training_state,
+    verified_on_main,
+)
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
@@ -179,8 +179,10 @@ def _train(
         loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp))
 
     start_step = 0
-    if resume and (ckpt := latest_verified_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt, student, optimizer, extra_modules, device)
+    if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
+        state = restore_checkpoint(
+            ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device
+        )
         try:
             start_step = int(state["step"])
             loader.load_state_dict(state["loader"])
@@ -205,16 +207,16 @@ def _train(
             "loader": loader.state_dict(),
             "policy": parts.policy.state_dict(),
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
+            "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
+            "micro_batch_size": cfg.train.micro_batch_size,
         }
-        path = (
-            save_checkpoint(
-                run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints
-            )
-            if main
-            else None
+        if ranks.world_size > 1:  # every rank writes its shards (DCP)
+            modules = training_state(student, extra_modules)
+            keep = cfg.train.keep_checkpoints
+            return save_sharded_checkpoint(run_dir, step, modules, optimizer, state, ranks, keep)
+        return save_checkpoint(
+            run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints
         )
-        ranks.barrier()
-        return path
 
     totals = {"selected": 0.0, "valid": 0.0}
     last: dict[str, float] = {}

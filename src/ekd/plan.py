@@ -1,0 +1,371 @@
+"""``ekd plan``: per-rank GPU memory of a distillation run, estimated before renting the GPUs.
+
+    ekd plan configs/qwen7b-to-1.5b.yaml --gpus 8 --gpu-memory 80GiB
+
+Parameter counts are exact: each model is built from its config on the ``meta`` device (transformers'
+``AutoConfig`` for a local Hugging Face directory or hub id, ekd's presets otherwise), so no weight is read or
+allocated. Bytes per rank, for N ranks (P = student parameters, Q = teacher parameters):
+
+===================  ======================================  =======================================
+term                 ``ddp``                                 ``fsdp``
+===================  ======================================  =======================================
+teacher              replicate: 2·Q (one bf16 copy); shard: 2·Q/N (+ one decoder layer unsharded, bf16)
+student params       s·P (s = 4: fp32 master weights)         s·P/N + 2·(root + 2 layers) bf16 unsharded
+gradients            s·P, + s·P of DDP's buckets              s·P/N (reduced in fp32, sharded)
+AdamW state          2·s·P (exp_avg, exp_avg_sq)              2·s·P/N
+===================  ======================================  =======================================
+
+``s`` is the bytes of the student's parameter dtype (``--param-dtype``: fp32 master weights, ekd's default,
+or bf16); AdamW keeps its moments in the parameter dtype. Activations per micro-batch (t = micro-batch ×
+block length tokens, h = hidden size, L = decoder layers, a = bytes of the autocast dtype, 2 for bf16):
+
+- without activation checkpointing: ``L · t · h · 17·a`` — 17 stored values per token and hidden unit per
+  layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1:
+  34·s·b·h bytes at 16 bit, without the s² attention-score term that SDPA/flash attention never stores);
+- with it: ``L · t · h · 4`` (each layer's fp32 input) ``+ t · h · 17·a`` (one layer recomputed);
+- the chunked head: ``4 · chunk · V · 4`` (about four fp32 (chunk, V) buffers at its peak, see
+  ``ekd.losses.chunked.auto_chunk_rows``) plus the teacher's last hidden states ``t · h_T · 2``.
+
+A fixed ``--overhead`` (default 2 GiB: CUDA context, allocator fragmentation, NCCL buffers) is added. The
+parameter, gradient and optimizer terms are tensor bytes and match measurement (tests/test_plan.py, one
+process and 2-rank DDP, within 10%); the activation terms are an estimate, not a bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ekd.errors import ConfigError, EkdError
+
+GIB = 2**30
+ACTIVATION_VALUES = 17  # stored values per (layer, token, hidden unit) without checkpointing (see above)
+HEAD_BUFFERS = 4  # fp32 (chunk, V) buffers of the fused head at its peak
+PARALLEL = ("ddp", "fsdp")
+PLACEMENT = ("replicate", "shard")
+DTYPE_BYTES = {"fp32": 4, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs of one causal LM (counts exact, from a meta-device build)."""
+
+    params: int  # unique parameters (a tied head counted once)
+    layers: int
+    hidden: int
+    vocab: int
+    layer_params: int  # parameters of the largest decoder layer
+    root_params: int  # parameters outside the decoder layers (embeddings, head, final norm)
+
+
+def model_shape(model: nn.Module) -> ModelShape:
+    """Count a (meta-device) causal LM's parameters: total, per decoder layer, outside the layers."""
+    from ekd.models.load import model_body
+
+    config = model.config
+    unique = {id(p): p.numel() for p in model.parameters()}
+    layers = list(model_body(model).layers)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    layer_params = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
+    return ModelShape(
+        params=sum(unique.values()),
+        layers=len(layers),
+        hidden=int(config.hidden_size),
+        vocab=int(model.get_output_embeddings().weight.shape[0]),
+        layer_params=layer_params,
+        root_params=sum(n for i, n in unique.items() if i not in in_layers),
+    )
+
+
+def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
+    """The shape of ``model.student``/``model.teacher``: a preset (with the run's vocabulary) or a Hugging Face
+    directory or hub id (its config.json only), built on the meta device.
+
+    Raises:
+        ModelError: an unknown preset or a directory without a readable config.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ekd.models.load import PRESET_PREFIX, is_preset, load_or_refuse
+    from ekd.models.presets import architectures
+
+    if is_preset(spec):
+        from ekd.models.load import build_preset
+
+        name = spec[len(PRESET_PREFIX) :]
+        if name not in architectures:
+            build_preset(name, vocab_size)  # raises the one-line unknown-preset error
+        values = dict(architectures.get(name))
+        config = AutoConfig.for_model(values.pop("model_type"), vocab_size=vocab_size, **values)
+    else:
+        config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model_shape(model)
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """Bytes one rank holds, by term."""
+
+    teacher: int
+    params: int
+    grads: int
+    ddp_buckets: int
+    optimizer: int
+    activations: int
+    head: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return sum(vars(self).values())
+
+
+def estimate(
+    student: ModelShape,
+    teacher: ModelShape | None,
+    *,
+    gpus: int,
+    parallel: str,
+    placement: str,
+    tokens: int,
+    chunk_rows: int,
+    activation_checkpointing: bool,
+    param_dtype: str = "fp32",
+    activation_bytes: int = 2,
+    teacher_bytes_per_param: int = 2,
+    overhead: int = 2 * GIB,
+) -> RankMemory:
+    """Per-rank bytes of one configuration (formulas in the module docstring).
+
+    Args:
+        teacher: None when no teacher model is loaded (a cache, or CE only).
+        tokens: tokens of one micro-batch on one rank (micro_batch_size × block_length).
+        chunk_rows: rows of the chunked head (``train.head_chunk_size`` or the automatic size).
+        activation_bytes: bytes of the autocast dtype (2 for bf16 on GPU).
+        teacher_bytes_per_param: 2 (bf16, ``model.teacher_dtype: auto`` on GPU) or 4 (float32).
+    """
+    if parallel not in PARALLEL or placement not in PLACEMENT:
+        raise ValueError(f"parallel must be one of {PARALLEL}, placement one of {PLACEMENT}")
+    n, s, p = max(gpus, 1), DTYPE_BYTES[param_dtype], student.params
+    sharded = parallel == "fsdp"
+    if teacher is None:
+        teacher_bytes = 0
+    elif placement == "shard":
+        teacher_bytes = teacher_bytes_per_param * (_ceil_div(teacher.params, n) + teacher.layer_params)
+    else:
+        teacher_bytes = teacher_bytes_per_param * teacher.params
+    params = s * _ceil_div(p, n) if sharded else s * p
+    if sharded:  # bf16 compute copies: the root (embeddings, head) and a layer plus the prefetched next one
+        params += 2 * (student.root_params + 2 * student.layer_params)
+    grads = s * (_ceil_div(p, n) if sharded else p)
+    buckets = 0 if sharded or n == 1 else s * p
+    optimizer = 2 * s * (_ceil_div(p, n) if sharded else p)
+    per_layer = tokens * student.hidden * ACTIVATION_VALUES * activation_bytes
+    if activation_checkpointing:
+        activations = student.layers * tokens * student.hidden * 4 + per_layer
+    else:
+        activations = student.layers * per_layer
+    head = HEAD_BUFFERS * chunk_rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
+    return RankMemory(teacher_bytes, params, grads, buckets, optimizer, activations, head, overhead)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80GB', '141 GiB', '81920MiB', or a plain number of bytes.
+
+    Raises:
+        EkdError: not a size.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, flags=re.IGNORECASE)
+    if not m:
+        raise EkdError(f"--gpu-memory: '{text}' is not a size; write e.g. 80GiB or 141GB")
+    unit = (m.group(2) or "B").upper().rstrip("B") or "B"
+    scale = {"B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    scale |= {"KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    return int(float(m.group(1)) * scale[unit])
+
+
+@dataclass(frozen=True)
+class Option:
+    parallel: str
+    placement: str
+    activation_checkpointing: bool
+    memory: RankMemory
+
+
+def plan_options(
+    student: ModelShape,
+    teacher: ModelShape | None,
+    *,
+    gpus: int,
+    tokens: int,
+    chunk_rows: int,
+    parallel: tuple[str, ...] = PARALLEL,
+    placement: tuple[str, ...] = PLACEMENT,
+    activation_checkpointing: tuple[bool, ...] = (False, True),
+    param_dtype: str = "fp32",
+    activation_bytes: int = 2,
+    teacher_bytes_per_param: int = 2,
+    overhead: int = 2 * GIB,
+) -> list[Option]:
+    """Every combination asked for, fastest first: DDP before FSDP, a replicated teacher before a sharded
+    one, no activation checkpointing before it (each step of the order trades speed for memory)."""
+    out = []
+    for par, ac, place in itertools.product(parallel, activation_checkpointing, placement):
+        if teacher is None and place == "shard":
+            continue  # nothing to place
+        memory = estimate(
+            student,
+            teacher,
+            gpus=gpus,
+            parallel=par,
+            placement=place,
+            tokens=tokens,
+            chunk_rows=chunk_rows,
+            activation_checkpointing=ac,
+            param_dtype=param_dtype,
+            activation_bytes=activation_bytes,
+            teacher_bytes_per_param=teacher_bytes_per_param,
+            overhead=overhead,
+        )
+        out.append(Option(par, place if teacher is not None else "-", ac, memory))
+    return out
+
+
+def format_plan(
+    student_spec: str,
+    student: ModelShape,
+    teacher_spec: str | None,
+    teacher: ModelShape | None,
+    options: list[Option],
+    gpus: int,
+    gpu_memory: int,
+    tokens: int,
+) -> str:
+    """The plan as text: model sizes, one row per option (GiB per rank), and the verdict."""
+
+    def gib(b: int) -> str:
+        return f"{b / GIB:8.2f}"
+
+    lines = [
+        f"student {student_spec}: {student.params:,} parameters, {student.layers} layers, d={student.hidden}, "
+        f"V={student.vocab}",
+        f"teacher {teacher_spec}: {teacher.params:,} parameters, {teacher.layers} layers, d={teacher.hidden}"
+        if teacher
+        else "teacher: none loaded for training (cache or CE only)",
+        f"{gpus} GPU(s) × {gpu_memory / GIB:.1f} GiB; {tokens:,} tokens per micro-batch per rank",
+        "",
+        f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
+        + "".join(
+            f"{h:>8}" for h in ("teacher", "params", "grads", "buckets", "adam", "activ.", "head", "total")
+        )
+        + "  fits  (GiB per rank)",
+    ]
+    for o in options:
+        m = o.memory
+        fits = "yes" if m.total <= gpu_memory else "no"
+        lines.append(
+            f"{o.parallel:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
+            f"{gib(m.teacher)}{gib(m.params)}{gib(m.grads)}{gib(m.ddp_buckets)}{gib(m.optimizer)}"
+            f"{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
+        )
+    fitting = [o for o in options if o.memory.total <= gpu_memory]
+    lines.append("")
+    if fitting:
+        best = fitting[0]
+        keys = [f"train.parallel={best.parallel}"]
+        if best.placement != "-":
+            keys.append(f"teacher.placement={best.placement}")
+        keys.append(f"train.gradient_checkpointing={str(best.activation_checkpointing).lower()}")
+        lines.append(
+            f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank)"
+        )
+    else:
+        least = min(options, key=lambda o: o.memory.total)
+        lines.append(
+            f"nothing fits in {gpu_memory / GIB:.1f} GiB: the smallest option needs "
+            f"{least.memory.total / GIB:.1f} GiB per rank; use more GPUs, a smaller "
+            "train.micro_batch_size or data.block_length"
+        )
+    lines.append(
+        "params/grads/adam are tensor bytes; activations and head are estimates (formulas: ekd.plan)"
+    )
+    return "\n".join(lines)
+
+
+def plan_config(
+    cfg,
+    gpus: int,
+    gpu_memory: int,
+    parallel: tuple[str, ...] = PARALLEL,
+    placement: tuple[str, ...] = PLACEMENT,
+    vocab_size: int = 0,
+    param_dtype: str = "fp32",
+) -> str:
+    """The plan of a loaded config (models from ``model.*``, tokens from train/data) as text.
+
+    Raises:
+        ConfigError: ``--gpus`` < 1, or the vocabulary size of preset models cannot be known.
+    """
+    from ekd.losses.chunked import auto_chunk_rows
+
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
+    vocab = vocab_size or _vocab_size(cfg)
+    student = shape_of(cfg.model.student, vocab)
+    teacher_spec = cfg.model.teacher if cfg.teacher.source == "online" else None
+    teacher = shape_of(teacher_spec, vocab, "teacher") if teacher_spec else None
+    tokens = cfg.train.micro_batch_size * cfg.data.block_length
+    chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab)
+    ac = (cfg.train.gradient_checkpointing,) if cfg.train.gradient_checkpointing else (False, True)
+    options = plan_options(
+        student,
+        teacher,
+        gpus=gpus,
+        tokens=tokens,
+        chunk_rows=chunk,
+        parallel=parallel,
+        placement=placement,
+        activation_checkpointing=ac,
+        param_dtype=param_dtype,
+        teacher_bytes_per_param=4 if cfg.model.teacher_dtype == "float32" else 2,
+        activation_bytes=4 if cfg.train.precision == "fp32" else 2,
+    )
+    return format_plan(cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens)
+
+
+def _vocab_size(cfg) -> int:
+    """The vocabulary a preset model is built with: the BPE size when the run trains its tokenizer (the rules
+    of ``ekd.train.prepare``), else the vocabulary in the config of the non-preset model.
+
+    Raises:
+        ConfigError: the size cannot be known without loading a tokenizer (pass ``--vocab-size``).
+    """
+    from transformers import AutoConfig
+
+    from ekd.models.load import is_preset
+
+    m = cfg.model
+    spec = m.tokenizer
+    if spec == "teacher" and is_preset(m.teacher):
+        spec = "student" if not is_preset(m.student) else "train_bpe"
+    if spec == "student" and is_preset(m.student):
+        spec = "train_bpe"
+    if spec == "train_bpe":
+        return m.bpe_vocab_size
+    for model in (m.teacher, m.student):
+        if not is_preset(model):
+            try:
+                return int(AutoConfig.from_pretrained(model).vocab_size)
+            except Exception:  # noqa: BLE001 — unreadable here: shape_of reports it in one line
+                continue
+    raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")

@@ -1,0 +1,141 @@
+"""``ekd plan`` (issue 12 part 2): exact parameter counts from a meta-device build, and per-rank bytes of
+parameters, gradients and AdamW state that match what a tiny run holds, in one process and under 2-rank DDP
+(within 10%)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from ekd.config import Config
+from ekd.models.load import build_preset
+from ekd.plan import GIB, estimate, parse_bytes, shape_of
+from ekd.train.distributed import Ranks, data_parallel
+from ekd.train.trainer import build_optimizer
+from hostile import cli, one_error_line
+from tiny import config_file
+
+VOCAB = 320
+
+
+def _unique_bytes(tensors) -> int:
+    """Bytes of distinct storages (a tied head is one tensor)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _measured(rank: int = 0, world: int = 1) -> dict[str, int]:
+    """Train llama-tiny one step (AdamW as ekd builds it, DDP when world > 1); bytes of what each rank holds."""
+    model = build_preset("llama-tiny", VOCAB, seed=0)
+    optimizer = build_optimizer(list(model.named_parameters()), Config())
+    engine = data_parallel(model, {}, Ranks(rank, world, torch.device("cpu")))
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(rank))
+    run = lambda: model(x, labels=x).loss  # noqa: E731
+    (engine(run) if engine is not None else run()).backward()
+    optimizer.step()
+    return {
+        "params": _unique_bytes(model.parameters()),
+        "grads": _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+        "optimizer": _unique_bytes(
+            v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        ),
+    }
+
+
+def _planned(gpus: int) -> dict[str, int]:
+    m = estimate(
+        shape_of("preset:llama-tiny", VOCAB),
+        None,
+        gpus=gpus,
+        parallel="ddp",
+        placement="replicate",
+        tokens=32,
+        chunk_rows=64,
+        activation_checkpointing=False,
+    )
+    return {"params": m.params, "grads": m.grads, "optimizer": m.optimizer}
+
+
+def _within(measured: dict[str, int], planned: dict[str, int], tol: float = 0.10) -> None:
+    for k, v in measured.items():
+        assert abs(planned[k] - v) <= tol * v, (k, planned[k], v)
+
+
+def test_parameter_counts_are_exact_on_the_meta_device():
+    """Counts from the meta build equal the real model's, a tied head counted once."""
+    for name in ("llama-tiny", "llama-micro-tied"):
+        shape = shape_of(f"preset:{name}", VOCAB)
+        real = build_preset(name, VOCAB)
+        assert shape.params == sum(p.numel() for p in real.parameters())  # parameters() deduplicates
+        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in real.model.layers]
+        assert shape.layer_params == max(per_layer)
+        assert shape.root_params == shape.params - sum(per_layer)
+        assert (shape.layers, shape.hidden, shape.vocab) == (len(per_layer), real.config.hidden_size, VOCAB)
+
+
+def test_plan_matches_one_process():
+    _within(_measured(), _planned(1))
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.save(_measured(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_plan_matches_two_rank_ddp():
+    """Per rank under DDP: a full replica of parameters, gradients and AdamW state (the plan's ``ddp``)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ddp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        measured = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
+    for m in measured:
+        _within(m, _planned(2))
+
+
+def test_sharding_divides_the_state_by_the_ranks():
+    """FSDP's sharded state and a sharded teacher are the replicated bytes / N (plus the unsharded working
+    set); DDP adds its gradient buckets."""
+    s, t = shape_of("preset:llama-base", 4096), shape_of("preset:llama-small", 4096)
+    kw = dict(gpus=4, tokens=256, chunk_rows=64, activation_checkpointing=False)
+    ddp = estimate(s, t, parallel="ddp", placement="replicate", **kw)
+    fsdp = estimate(s, t, parallel="fsdp", placement="shard", **kw)
+    assert fsdp.optimizer == 8 * -(-s.params // 4) and ddp.optimizer == 8 * s.params
+    assert fsdp.grads == 4 * -(-s.params // 4) and ddp.ddp_buckets == ddp.grads == 4 * s.params
+    assert fsdp.teacher == 2 * (-(-t.params // 4) + t.layer_params) and ddp.teacher == 2 * t.params
+    ac = estimate(s, t, parallel="ddp", placement="replicate", **{**kw, "activation_checkpointing": True})
+    assert ac.activations < ddp.activations
+
+
+def test_parse_bytes():
+    assert parse_bytes("80GiB") == 80 * GIB and parse_bytes("141GB") == 141 * 10**9
+    assert parse_bytes("81920 MiB") == 80 * GIB and parse_bytes("1024") == 1024
+
+
+def test_plan_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", "4GiB")
+    assert rc == 0
+    assert "student preset:llama-micro:" in out and "teacher preset:llama-tiny:" in out
+    assert out.count("\nddp ") == 4 and "fits: train.parallel=ddp teacher.placement=replicate" in out
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--parallel", "fsdp", "--placement", "shard")
+    assert rc == 0 and "ddp " not in out and out.count("fsdp      shard") == 2
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "1MiB")
+    assert rc == 0 and "nothing fits in 0.0 GiB" in out
+    rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", "lots")
+    assert "--gpu-memory: 'lots' is not a size" in one_error_line(rc, err)
+    rc, _, err = cli(capsys, "plan", config, "--gpus", "0")
+    assert "--gpus must be ≥ 1" in one_error_line(rc, err)
