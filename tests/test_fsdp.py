@@ -55,6 +55,37 @@ CASES = {
 COMMON = ["train.max_steps=3", "train.grad_accum_steps=2", "eval.teacher=false"]
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.cpu_offload=true"], "train.cpu_offload needs train.parallel=fsdp"),
+        (["train.parallel=fsdp", "method.objective=ema_self_distill"], "use train.parallel=ddp"),
+        (
+            ["teacher.placement=shard", "teacher.source=cache", "teacher.cache_dir=c", "method=rskd"],
+            "teacher.placement=shard shards an online teacher",
+        ),
+        (
+            ["teacher.placement=shard", "teacher.source=none", "method.kd_weight=0", "method.ce_weight=1"],
+            "loads none",
+        ),
+        (["train.gradient_checkpointing=true"], "activation_checkpointing"),  # the old key names the new one
+    ],
+)
+def test_parallel_options_refused_where_meaningless(overrides, message):
+    from ekd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)  # one line
+
+
+def test_parallel_options_accepted():
+    from ekd.config import load_config
+
+    cfg = load_config(None, ["train.parallel=fsdp", "train.cpu_offload=true", "teacher.placement=shard"])
+    assert (cfg.train.parallel, cfg.train.cpu_offload, cfg.teacher.placement) == ("fsdp", True, "shard")
+
+
 @pytest.mark.slow
 def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
     from transformers import AutoModelForCausalLM
@@ -104,3 +135,121 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
                 break
     assert mismatches == [], mismatches
+
+
+def _toy_student(tied: bool) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _toy_step(student, extra, micro_batches, engine, rows: slice, count: float) -> None:
+    """Σ over micro-batches of CE-like sums / the global count; the head applied outside the model's forward;
+    ``extra`` used only on rows 0–3 of the first micro-batch (on rank 0 only, under 2 ranks)."""
+    from ekd.train.distributed import micro_batch_sync
+
+    for i, ids in enumerate(micro_batches):
+
+        def run(ids=ids, i=i) -> torch.Tensor:
+            h = student.model(input_ids=ids[rows]).last_hidden_state  # (b, T, D)
+            logits = h @ student.lm_head.weight.T  # (b, T, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), ids[rows].flatten(), reduction="sum"
+            )
+            if i == 0 and rows.start == 0:
+                loss = loss + extra(h[:4]).pow(2).sum()
+            return loss / count
+
+        with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
+            (engine(run) if engine is not None else run()).backward()
+
+
+def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import copy
+
+    import torch.distributed as dist
+
+    from ekd.train.fsdp import clip_grad_norm, full_state_dict, shard_frozen, shard_student, submodule_state
+    from ekd.train.fsdp_checkpoint import load_fsdp_checkpoint, save_fsdp_checkpoint
+    from ekd.train.memory import param_bytes, tensor_bytes
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
+        count = float(data[0].numel() * 2)
+        for tied in (True, False):
+            student, extra = _toy_student(tied), torch.nn.Linear(16, 3)
+            ref_student, ref_extra = copy.deepcopy(student), copy.deepcopy(extra)
+            full = param_bytes(student) + param_bytes(extra)
+            root = shard_student(student, {"extra": extra}, torch.device("cpu"))
+            assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
+            _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
+            _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
+            ref = dict(ref_student.named_parameters()) | {
+                f"extra.{k}": p for k, p in ref_extra.named_parameters()
+            }
+            got = dict(student.named_parameters()) | {f"extra.{k}": p for k, p in extra.named_parameters()}
+            for k, p in ref.items():  # gradients: the sum over ranks, not an average
+                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-7)
+            want = torch.nn.utils.clip_grad_norm_(list(ref.values()), 0.01)
+            norm = clip_grad_norm(list(got.values()), 0.01)  # the norm of the whole (sharded) gradient
+            assert abs(norm - float(want)) <= 1e-5 * float(want), (norm, float(want))
+            for k, p in ref.items():
+                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-8)
+            # a full-state checkpoint written by rank 0 and read back into fresh shards
+            opt = torch.optim.AdamW(root.parameters(), lr=1e-2)
+            opt.step()
+            state = {"step": 1, "loader": {}, "policy": {}}
+            save_fsdp_checkpoint(Path(out_dir) / f"run{tied}", 1, root, opt, state, {}, 1, rank == 0)
+            dist.barrier()
+            fresh_student, fresh_extra = _toy_student(tied), torch.nn.Linear(16, 3)
+            fresh = shard_student(fresh_student, {"extra": fresh_extra}, torch.device("cpu"))
+            fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+            ckpt = Path(out_dir) / f"run{tied}" / "checkpoints" / "step-000001"
+            assert load_fsdp_checkpoint(ckpt, fresh, fresh_opt, {})["step"] == 1
+            a, b = full_state_dict(root), full_state_dict(fresh)
+            assert sorted(a) == sorted(b)
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+            for p, q in zip(root.parameters(), fresh.parameters()):
+                sa, sb = opt.state[p], fresh_opt.state[q]
+                torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
+            if rank == 0:
+                assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
+        # a sharded frozen teacher: about half the bytes, the same hidden states as the whole model
+        teacher = _toy_student(False).eval().requires_grad_(False)
+        whole = copy.deepcopy(teacher)
+        shard = shard_frozen(teacher)
+        assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
+        with torch.no_grad():
+            shard.unshard()
+            h = teacher.model(input_ids=data[0]).last_hidden_state
+            torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
+            shard.reshard()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_sums_clips_checkpoints_and_shards():
+    """2 gloo ranks through ``shard_student``: after 2 micro-batches every rank's shards hold the one-process
+    gradient of the global batch (a sum, including a parameter used on one rank only), the clipped norm is the
+    one-process norm, each rank holds ≤ 0.55 of the parameter bytes, a full-state checkpoint round-trips into
+    fresh shards (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_fsdp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
