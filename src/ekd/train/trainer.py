@@ -179,6 +179,9 @@ def _train(
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
     engine = data_parallel(student, parts.modules, ranks, cfg)
     sharded = engine if is_sharded(engine) else None  # the FSDP2 root of the student, or None
+    # evaluation on rank 0 gathers a sharded teacher only when it reports teacher metrics
+    eval_shard = teacher_shard if cfg.eval.teacher else None
+    eval_teacher = teacher_model if teacher_shard is None or cfg.eval.teacher else None
     params = list(student.named_parameters()) + [
         (f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()
     ]
@@ -317,10 +320,10 @@ def _train(
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
-            with gathered(sharded, teacher_shard):  # sharded models whole on every rank; rank 0 evaluates
+            with gathered(sharded, eval_shard):  # sharded models whole on every rank; rank 0 evaluates
                 if main:
                     metrics_log.write(
-                        step + 1, _flatten_eval(evaluate_run(cfg, data, student, teacher_model, device, amp))
+                        step + 1, _flatten_eval(evaluate_run(cfg, data, student, eval_teacher, device, amp))
                     )
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -338,9 +341,9 @@ def _train(
                 run_dir / "student",
                 state_dict=None if exported is None else submodule_state(exported, "student"),
             )
-    with gathered(sharded, teacher_shard):  # rank 0 evaluates whole models; the others wait
+    with gathered(sharded, eval_shard):  # rank 0 evaluates whole models; the others wait
         if main:
-            _finish(cfg, data, run_dir, student, teacher_model, device, amp, metrics_log, start, results)
+            _finish(cfg, data, run_dir, student, eval_teacher, device, amp, metrics_log, start, results)
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
     return TrainResult(
