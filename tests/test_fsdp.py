@@ -44,12 +44,13 @@ CASES = {
     # EGAD's trained projection lives in the FSDP2 root beside the student
     "egad": (["method=egad"], FSDP),
     # a tied head (one parameter for embeddings and head) and activation checkpointing under FSDP2
+    # (2 ranks only: equal to one process without it)
     "tied": (
-        ["method=kd", "model.student=preset:llama-micro-tied", "train.activation_checkpointing=true"],
-        FSDP,
+        ["method=kd", "model.student=preset:llama-micro-tied"],
+        [*FSDP, "train.activation_checkpointing=true"],
     ),
-    # the teacher under FSDP2 (DDP student), and both sharded
-    "shard_teacher": (["method=sekd"], ["teacher.placement=shard"]),
+    # the teacher under FSDP2 (DDP student, with activation checkpointing), and both sharded
+    "shard_teacher": (["method=sekd"], ["teacher.placement=shard", "train.activation_checkpointing=true"]),
     "shard_both": (["method=kd"], [*FSDP, "teacher.placement=shard"]),
 }
 COMMON = ["train.max_steps=3", "train.grad_accum_steps=2", "eval.teacher=false"]
