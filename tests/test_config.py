@@ -101,7 +101,7 @@ train:
   lr: 3e-4            # PyYAML (YAML 1.1) reads this as the *string* '3e-4'
   max_steps: '100'
   compile: 'true'
-  gradient_checkpointing: yes
+  activation_checkpointing: yes
   min_lr_ratio: 0
 run:
   seed: 7.0
@@ -116,7 +116,7 @@ data:
     cfg = load_config(path)
     assert cfg.train.lr == 3e-4 and type(cfg.train.lr) is float
     assert cfg.train.max_steps == 100 and type(cfg.train.max_steps) is int
-    assert cfg.train.compile is True and cfg.train.gradient_checkpointing is True
+    assert cfg.train.compile is True and cfg.train.activation_checkpointing is True
     assert cfg.train.min_lr_ratio == 0.0 and type(cfg.train.min_lr_ratio) is float
     assert cfg.run.seed == 7 and type(cfg.run.seed) is int  # an integral float is an int
     assert cfg.run.name == "12"

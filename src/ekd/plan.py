@@ -285,7 +285,7 @@ def format_plan(
         keys = [f"train.parallel={best.parallel}"]
         if best.placement != "-":
             keys.append(f"teacher.placement={best.placement}")
-        keys.append(f"train.gradient_checkpointing={str(best.activation_checkpointing).lower()}")
+        keys.append(f"train.activation_checkpointing={str(best.activation_checkpointing).lower()}")
         lines.append(
             f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank)"
         )
@@ -326,7 +326,7 @@ def plan_config(
     teacher = shape_of(teacher_spec, vocab, "teacher") if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab)
-    ac = (cfg.train.gradient_checkpointing,) if cfg.train.gradient_checkpointing else (False, True)
+    ac = (cfg.train.activation_checkpointing,) if cfg.train.activation_checkpointing else (False, True)
     options = plan_options(
         student,
         teacher,

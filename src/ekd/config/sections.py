@@ -170,6 +170,10 @@ class TeacherConfig:
     """Samples per cache shard."""
     cache_stat_format: str = one_of("q8", "q8", "fp16")
     """Teacher statistics in the cache: 'q8' (2 B/position, ≤ 0.02 nats at H=2) or 'fp16' (4 B/position)."""
+    placement: str = one_of("replicate", "replicate", "shard")
+    """Online teacher under ``torchrun``: 'replicate' (a full copy per rank, eval mode, no gradients) or
+    'shard' (FSDP2 over the ranks: each decoder layer gathered for its forward and freed after; no optimizer
+    state). A single process holds the whole teacher either way."""
 
 
 @dataclass
@@ -351,8 +355,9 @@ class TrainConfig:
     """'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'. Under autocast the bodies and the output
     heads' GEMMs run in bf16 while softmax, divergences and sums stay fp32; on GPU, 'auto'/'bf16' also turn
     TF32 on for the remaining fp32 matmuls ('fp32': none)."""
-    gradient_checkpointing: bool = flag(False)
-    """Recompute the student's activations in backward to save memory."""
+    activation_checkpointing: bool = flag(False)
+    """Recompute each decoder layer's activations in backward instead of storing them (torch's
+    non-reentrant ``checkpoint_wrapper`` per layer): less memory, one more forward. One process, DDP, FSDP2."""
     checkpoint_every: int = number(0, ge=0)
     """Write a checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = number(2, ge=1)
@@ -365,9 +370,14 @@ class TrainConfig:
     1024 rows at V=32,768 and 256 at V=151,936)."""
     compile: bool = flag(False)
     """torch.compile the per-chunk loss function."""
-    parallel: str = one_of("ddp", "ddp")
-    """Data parallelism under ``torchrun``: 'ddp' (torch's DistributedDataParallel: gradients all-reduced in
-    buckets during backward, skipped on accumulation micro-batches). A single process needs none."""
+    parallel: str = one_of("ddp", "ddp", "fsdp")
+    """Data parallelism under ``torchrun``: 'ddp' (torch's DistributedDataParallel: a full student per rank,
+    gradients all-reduced in buckets during backward) or 'fsdp' (FSDP2 ``fully_shard`` per decoder layer +
+    root: parameters, gradients and AdamW state sharded over ranks; bf16 parameters with fp32 gradient
+    reduction on GPU). Both skip communication on accumulation micro-batches. A single process needs none."""
+    cpu_offload: bool = flag(False)
+    """With ``parallel=fsdp``: keep the sharded parameters, gradients and optimizer state in CPU memory
+    (FSDP2 ``CPUOffloadPolicy``); slower, for students whose state does not fit the GPUs."""
 
 
 @dataclass

@@ -79,6 +79,7 @@ def validate(cfg: Config) -> None:
             f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps}); "
             f"set train.warmup_steps={max(0, tr.max_steps // 10)} (or fewer) for a run this short"
         )
+    _check_parallel(cfg)
     from ekd.eval.tasks import check_task_config
 
     check_task_config(cfg)  # eval.tasks*, eval.set_tags
@@ -98,4 +99,20 @@ def check_vocab(cfg: Config, vocab_size: int) -> None:
     if m.kd_weight > 0 and m.target == "topk" and m.topk > vocab_size:
         raise ConfigError(
             f"method.topk={m.topk} is larger than the vocabulary (V={vocab_size}); use ≤ {vocab_size}"
+        )
+
+
+def _check_parallel(cfg: Config) -> None:
+    """``train.parallel``, ``train.cpu_offload`` and ``teacher.placement`` where they make sense."""
+    t, m, tr = cfg.teacher, cfg.method, cfg.train
+    if tr.cpu_offload and tr.parallel != "fsdp":
+        raise ConfigError("train.cpu_offload needs train.parallel=fsdp (DDP keeps a full student per rank)")
+    if tr.parallel == "fsdp" and m.objective == "ema_self_distill":
+        raise ConfigError(
+            "method.objective=ema_self_distill keeps a full EMA copy of the student: use train.parallel=ddp"
+        )
+    if t.placement == "shard" and t.source != "online":
+        raise ConfigError(
+            f"teacher.placement=shard shards an online teacher, but teacher.source={t.source} loads none: "
+            "remove teacher.placement"
         )

@@ -326,12 +326,18 @@ def hidden_size(model: nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[1])
 
 
-def save_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path) -> Path:
-    """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename."""
+def save_model_dir(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    state_dict: dict | None = None,
+) -> Path:
+    """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename.
+    ``state_dict``: the weights to write instead of the model's own (the full state of a sharded model)."""
     from ekd.io import atomic_dir  # a full disk is one line and leaves neither half a model nor its bytes
 
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out_dir)

@@ -1,19 +1,21 @@
-"""Data parallelism under ``torchrun``: one process group, rank-sliced batches, torch's DDP for gradients.
+"""Data parallelism under ``torchrun``: one process group, rank-sliced batches, torch's DDP or FSDP2.
 
-    torchrun --nproc_per_node=2 -m ekd distill CONFIG train.micro_batch_size=4
+    torchrun --nproc_per_node=2 -m ekd distill CONFIG train.micro_batch_size=4 [train.parallel=fsdp]
 
 Every loss term is already divided by its *global* token count (all micro-batches, all ranks; see
 ``ekd.losses.reduce``), so the right gradient is the plain **sum** of the ranks' gradients. The student (and
 any extra trained module) is wrapped in ``DistributedDataParallel`` (``train.parallel=ddp``): gradients are
 all-reduced in buckets while backward runs, only on the last micro-batch of a step (``no_sync`` before), with
 a communication hook that sums instead of DDP's average. A run on W ranks with micro-batch b equals one rank
-with micro-batch W·b (tested with 2 gloo processes). The teacher is replicated, inference-only (no optimizer
-state), or absent with a cache.
+with micro-batch W·b (tested with 2 gloo processes). ``train.parallel=fsdp`` shards the same modules with
+FSDP2 instead (``ekd.train.fsdp``). The teacher is replicated or sharded (``teacher.placement``),
+inference-only (no optimizer state), or absent with a cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 HOST_WAIT = timedelta(hours=4)
 """Timeout of the waits on one rank's host-side work (rank 0 tokenizing, saving, running lm-eval tasks;
 local rank 0 downloading): they go through a gloo group, not NCCL, whose watchdog would kill the run."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,9 +120,10 @@ def _sum_hook(state, bucket):  # no annotations: DDP checks them as objects, and
 
 
 def data_parallel(
-    student: nn.Module, extras: dict[str, nn.Module], ranks: Ranks
-) -> DistributedDataParallel | None:
-    """``DistributedDataParallel`` over the trained modules (None in a single process).
+    student: nn.Module, extras: dict[str, nn.Module], ranks: Ranks, cfg=None
+) -> nn.Module | None:
+    """``DistributedDataParallel`` over the trained modules, or their FSDP2 root with
+    ``cfg.train.parallel=fsdp`` (:func:`ekd.train.fsdp.shard_student`); None in a single process.
 
     Buffers are not broadcast (every rank builds them alike); ``find_unused_parameters`` because a
     micro-batch may leave a parameter without gradient (no KD row for the head, no hard token for the
@@ -126,6 +131,10 @@ def data_parallel(
     """
     if ranks.world_size == 1:
         return None
+    if cfg is not None and cfg.train.parallel == "fsdp":
+        from ekd.train.fsdp import shard_student
+
+        return shard_student(student, extras, ranks.device, cfg.train.precision, cfg.train.cpu_offload)
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     engine = DistributedDataParallel(
         TrainedModules(student, extras),
@@ -137,9 +146,34 @@ def data_parallel(
     return engine
 
 
-def micro_batch_sync(engine: DistributedDataParallel | None, last: bool) -> AbstractContextManager:
-    """DDP's ``no_sync`` on every micro-batch of a step but the last (gradients accumulate locally)."""
+def micro_batch_sync(engine: nn.Module | None, last: bool) -> AbstractContextManager:
+    """No gradient communication on every micro-batch of a step but the last (gradients accumulate
+    locally): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``."""
+    if is_sharded(engine):
+        engine.set_requires_gradient_sync(last)
+        return nullcontext()
     return engine.no_sync() if engine is not None and not last else nullcontext()
+
+
+def is_sharded(engine: nn.Module | None) -> bool:
+    """Whether ``engine`` is an FSDP2 root (``train.parallel=fsdp``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(engine, FSDPModule)
+
+
+def place_teacher(teacher: nn.Module | None, cfg, ranks: Ranks) -> nn.Module | None:
+    """``teacher.placement=shard`` under torchrun: the teacher under FSDP2 (its root, see
+    :func:`ekd.train.fsdp.shard_frozen`); None when replicated, absent, or in one process (nothing to shard
+    over: a log line says so)."""
+    if teacher is None or cfg.teacher.placement != "shard":
+        return None
+    if ranks.world_size == 1:
+        log.info("teacher.placement=shard: one process, the teacher stays whole")
+        return None
+    from ekd.train.fsdp import shard_frozen
+
+    return shard_frozen(teacher)
 
 
 def global_sum(value: float, ranks: Ranks) -> float:

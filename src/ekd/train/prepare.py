@@ -192,8 +192,15 @@ def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Mo
     return teacher
 
 
-def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, teacher: nn.Module | None):
-    """OnlineTeacher around a model, a cache reader, or None when the method needs no teacher."""
+def build_teacher_source(
+    cfg: Config,
+    data: PreparedData,
+    device: torch.device,
+    teacher: nn.Module | None,
+    shard: nn.Module | None = None,
+):
+    """OnlineTeacher around a model (``shard``: its FSDP2 root when sharded), a cache reader, or None when the
+    method needs no teacher."""
     if not teacher_needed(cfg):
         return None
     if cfg.teacher.source == "cache":
@@ -204,7 +211,7 @@ def build_teacher_source(cfg: Config, data: PreparedData, device: torch.device, 
 
     assert teacher is not None
     return OnlineTeacher(
-        teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device)
+        teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device), shard
     )
 
 

@@ -40,13 +40,18 @@ log = logging.getLogger(__name__)
 MARKER = "ekd-run.json"
 FORMAT = "ekd-run"
 
-# keys that may change when resuming (budget, logging, evaluation, where the run lives); anything else makes
-# it a different run
+# keys that may change when resuming (budget, logging, evaluation, where the run lives and how it is laid
+# out on devices); anything else makes it a different run
 RESUMABLE_CHANGES = (
     "train.max_steps",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.micro_batch_size",  # the checkpoint refuses another global micro-batch (ranks × micro-batch)
+    # how the same computation is laid out on devices (DCP reshards between all of them)
+    "train.parallel",
+    "train.cpu_offload",
+    "train.activation_checkpointing",
+    "teacher.placement",
     "log.",
     "eval.",
     "run.device",

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, writing
+from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
@@ -34,11 +35,15 @@ from ekd.train.distributed import (
     distributed,
     global_sum,
     global_sums,
+    is_sharded,
     micro_batch_sync,
+    place_teacher,
     rank_seed,
     rank_slice,
 )
 from ekd.train.evaluation import evaluate_run
+from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_state
+from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
 from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
@@ -156,13 +161,28 @@ def _train(
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     student = load_student(cfg, data, device)
-    if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.activation_checkpointing:
+        log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
     student.train()
     teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
-    teacher = build_teacher_source(cfg, data, device, teacher_model) if parts.needs_teacher else None
+    # TopSmp scores with the initial student before any sharding
+    kept = (
+        sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
+        if cfg.method.sample_fraction < 1.0
+        else None
+    )
+    teacher_shard = place_teacher(teacher_model, cfg, ranks)
+    teacher = (
+        build_teacher_source(cfg, data, device, teacher_model, teacher_shard) if parts.needs_teacher else None
+    )
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
+    # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
+    engine = data_parallel(student, parts.modules, ranks, cfg)
+    sharded = engine if is_sharded(engine) else None  # the FSDP2 root of the student, or None
+    # evaluation on rank 0 gathers a sharded teacher only when it reports teacher metrics
+    eval_shard = teacher_shard if cfg.eval.teacher else None
+    eval_teacher = teacher_model if teacher_shard is None or cfg.eval.teacher else None
     params = list(student.named_parameters()) + [
         (f"{n}.{k}", p) for n, m in parts.modules.items() for k, p in m.named_parameters()
     ]
@@ -175,8 +195,8 @@ def _train(
         shuffle=True,
         drop_last=True,
     )
-    if cfg.method.sample_fraction < 1.0:
-        loader = loader.subset(sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp))
+    if kept is not None:
+        loader = loader.subset(kept)
 
     start_step = 0
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
@@ -194,7 +214,6 @@ def _train(
         except Exception as e:  # a state.pt that loads but does not fit this run
             raise unreadable(ckpt, e) from None
         log.info("resumed from %s at step %d", ckpt, start_step)
-    engine = data_parallel(student, parts.modules, ranks)  # DDP under torchrun, None in one process
     metrics_log = (
         MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
     )
@@ -210,7 +229,7 @@ def _train(
             "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
             "micro_batch_size": cfg.train.micro_batch_size,
         }
-        if ranks.world_size > 1:  # every rank writes its shards (DCP)
+        if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
             modules = training_state(student, extra_modules)
             keep = cfg.train.keep_checkpoints
             return save_sharded_checkpoint(run_dir, step, modules, optimizer, state, ranks, keep)
@@ -241,40 +260,51 @@ def _train(
             rank_slice(loader.next_batch(), ranks).to(device) for _ in range(cfg.train.grad_accum_steps)
         ]
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
-            micro_batches = [
-                maybe_on_policy(
-                    b,
-                    student,
-                    cfg.method,
-                    on_policy_generator(cfg.run.seed, step, i),
-                    data.eos_id,
-                    vocab_size=data.vocab_size,
-                )[0]
-                for i, b in enumerate(micro_batches)
-            ]
+            with gathered(sharded):  # FSDP2: ranks generate different lengths; no collective inside
+                micro_batches = [
+                    maybe_on_policy(
+                        b,
+                        student,
+                        cfg.method,
+                        on_policy_generator(cfg.run.seed, step, i),
+                        data.eos_id,
+                        vocab_size=data.vocab_size,
+                    )[0]
+                    for i, b in enumerate(micro_batches)
+                ]
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(
             micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
         )
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        # 3. gradients are summed over ranks by DDP in the last backward; clip, step
+        # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
+        # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         trainable = [p for _, p in params if p.grad is not None]
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(
-                trainable, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-            )
-        )
+        grad_norm = clip_grad_norm(trainable, cfg.train.max_grad_norm)
         if not math.isfinite(grad_norm):
             _stop_non_finite(step, run_dir, what="gradient norm")
         optimizer.step()
+        if step == start_step:  # every rank: what it holds once gradients and AdamW state exist
+            log.info(
+                memory_line(
+                    ranks.rank,
+                    param_bytes(teacher_model),
+                    tensor_bytes(p for _, p in params),
+                    tensor_bytes(p.grad for _, p in params),
+                    optimizer_bytes(optimizer),
+                )
+            )
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
         kd_mean = sums.get("kd_sum", 0.0) / kd_count  # LATF sees the mean KD loss of the global batch
-        parts.policy.observe(
-            kd_loss=kd_mean,
-            **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp),
-        )
+        with gathered(sharded if parts.wants_feedback else None):
+            parts.policy.observe(
+                kd_loss=kd_mean,
+                **bandit_feedback(feedback, micro_batches, student, teacher, data.vocab_size, amp),
+            )
+        if teacher is not None and hasattr(teacher, "release"):
+            teacher.release()  # a sharded teacher's gathered head, kept for the bandit's KL
         parts.after_optimizer_step(student)
         # 5. log
         totals["selected"] += sums.get("selected", 0.0)
@@ -288,7 +318,9 @@ def _train(
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
-            periodic = evaluate_run(cfg, data, student, teacher_model, device, amp, ranks=ranks)  # all ranks
+            # all ranks evaluate their share; sharded models are gathered whole on every rank meanwhile
+            with gathered(sharded, eval_shard):
+                periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks)
             if main:
                 metrics_log.write(step + 1, _flatten_eval(periodic))
             student.train()
@@ -298,25 +330,33 @@ def _train(
 
     checkpoint(cfg.train.max_steps)
     if (
-        teacher_model is None
+        eval_teacher is None
         and cfg.eval.teacher
         and cfg.teacher.source == "cache"
         and not is_preset(cfg.model.teacher)
     ):
         log.info("loading the teacher for evaluation only (training used the cache)")
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
-        teacher_model = load_teacher(cfg, data, device)
-    # every rank evaluates its share (collectives inside); then rank 0 alone saves and writes
-    plots = run_dir / "plots" if main else None
-    results = evaluate_run(cfg, data, student, teacher_model, device, amp, plots_dir=plots, ranks=ranks)
+        eval_teacher = load_teacher(cfg, data, device)
+    exported = full_state_dict(sharded) if sharded is not None else None  # collective; on rank 0 only
     if main:
         with writing(run_dir):
-            save_model_dir(student, data.tokenizer, run_dir / "student")
-        metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-        atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
-        run_end_tasks(cfg, run_dir, student, data.tokenizer, teacher_model, device, amp)
-        metrics_log.close()
-        start.finish()
+            save_model_dir(
+                student,
+                data.tokenizer,
+                run_dir / "student",
+                state_dict=None if exported is None else submodule_state(exported, "student"),
+            )
+    # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks
+    plots = run_dir / "plots" if main else None
+    with gathered(sharded, eval_shard):
+        results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
+        if main:
+            metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+            atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+            run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
+            metrics_log.close()
+            start.finish()
     ranks.barrier()
     kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
     return TrainResult(
@@ -338,8 +378,8 @@ def forward_backward(
 ):
     """Accumulate one optimizer step's gradients over its micro-batches.
 
-    ``engine``: the DDP wrapper under torchrun (gradients summed over ranks in the last micro-batch's
-    backward, ``no_sync`` before it), None in one process.
+    ``engine``: the DDP wrapper or FSDP2 root under torchrun (gradients summed over ranks in the last
+    micro-batch's backward, no communication before it), None in one process.
 
     Every term is normalized by its global count over the whole step (all micro-batches, all ranks),
     planned before any forward pass from the masks alone: each rank gathers the masks of the global
@@ -387,6 +427,8 @@ def forward_backward(
             if not torch.isfinite(out.loss):
                 _stop_non_finite(step, run_dir)
             out.loss.backward()
+        if teacher is not None and hasattr(teacher, "release") and not parts.wants_feedback:
+            teacher.release()  # a sharded teacher's gathered head (the bandit still needs it after the step)
         loss_value += float(out.loss.detach())
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
@@ -396,8 +438,9 @@ def forward_backward(
 
 
 def _micro_batch(engine, *args) -> MicroBatchResult:
-    """``distill_micro_batch(*args)``; under DDP run inside the engine's forward (so DDP sees every parameter
-    use and prepares its gradient reduction), with the engine's output as the loss."""
+    """``distill_micro_batch(*args)``; under DDP/FSDP2 run inside the engine's forward (DDP sees every
+    parameter use and prepares its gradient reduction; FSDP2 gathers the root's embeddings and head), with the
+    engine's output as the loss."""
     if engine is None:
         return distill_micro_batch(*args)
     held: list[MicroBatchResult] = []

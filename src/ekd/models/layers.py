@@ -1,0 +1,53 @@
+"""The decoder layers of a Hugging Face causal LM, and torch's activation checkpointing on each of them.
+
+FSDP2 shards per decoder layer and activation checkpointing recomputes per decoder layer, so both find the
+layers here (``model.<base_model_prefix>.layers``, or ``.h`` for GPT-2-style bodies).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+
+from ekd.errors import ModelError
+from ekd.models.load import model_body
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The body's list of decoder layers.
+
+    Raises:
+        ModelError: the body has no ``layers``/``h`` ModuleList (not a Hugging Face decoder-only LM).
+    """
+    body = model_body(model)
+    for name in ("layers", "h"):
+        layers = getattr(body, name, None)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+    raise ModelError(
+        f"{type(model).__name__} has no list of decoder layers (.layers or .h) in its body: "
+        "train.parallel=fsdp and train.activation_checkpointing need one"
+    )
+
+
+def checkpoint_decoder_layers(model: nn.Module) -> int:
+    """Wrap every decoder layer in torch's non-reentrant ``checkpoint_wrapper`` (in place): its activations
+    are recomputed in backward instead of stored. Returns the number of layers wrapped.
+
+    Non-reentrant: works with parameters a micro-batch leaves unused (DDP), with FSDP2's hooks around the
+    wrapped layer (apply before ``fully_shard``), and keeps dropout's RNG state for the recomputation. State
+    dict keys are unchanged (the wrapper strips its prefix).
+    """
+    layers = set(decoder_layers(model))
+    apply_activation_checkpointing(
+        model,
+        checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: m in layers,
+    )
+    return len(layers)

@@ -1,0 +1,197 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for the student and, optionally, the frozen teacher.
+
+    torchrun --nproc_per_node=8 -m ekd distill CONFIG train.parallel=fsdp teacher.placement=shard
+
+Layout: ``fully_shard`` on every decoder layer, then on a root module that holds the student and the extra
+trained modules (EGAD's projection). The root's own group holds what no layer holds: the embeddings, the
+final norm, the head (one parameter when tied to the embeddings) and the extras.
+
+Why a root whose ``forward`` runs a closure: the fused chunked head/loss runs outside the model's
+``forward``, where the head weight is a sharded DTensor. Run inside the root's forward, every use of a
+trained parameter (body, head, projection) sees the full (unsharded) tensor, and FSDP2 reduce-scatters its
+gradient after backward. The root's group is not resharded after forward (FSDP2's rule for the root), so
+it stays gathered until backward ends.
+
+Gradients: every loss term is divided by its *global* count (DESIGN decision 4), so the right gradient is
+the plain **sum** over ranks; FSDP2's default averages, so the divide factor is set to 1 with sum-only
+collectives. Accumulation micro-batches skip the reduce-scatter (``set_requires_gradient_sync(False)``).
+FSDP2 reduces a group's gradients only if every rank has them, so the root adds ``0·Σp`` for its own
+parameters (a micro-batch may use no head row or no projection on one rank).
+
+Uses of the student outside the step (on-policy generation, the bandit's KL after the step, evaluation on
+rank 0) run inside :func:`gathered`: every rank all-gathers every parameter once, then no forward
+communicates, so ranks may run different numbers of forwards (generation lengths differ) or only rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
+
+from ekd.models.layers import decoder_layers
+from ekd.train.distributed import TrainedModules
+
+log = logging.getLogger(__name__)
+
+
+class ShardedTrainedModules(TrainedModules):
+    """:class:`TrainedModules` as the FSDP2 root: the closure's loss gets ``0·Σp`` over the root group's
+    parameters, so each has a gradient on every rank (FSDP2 reduce-scatters a group only as a whole)."""
+
+    root_params: tuple[str, ...] = ()
+
+    def forward(self, run: Callable[[], Any]) -> Any:
+        out = run()
+        if torch.is_grad_enabled() and torch.is_tensor(out) and out.requires_grad:
+            params = {id(p): p for p in map(self.get_parameter, self.root_params) if p.requires_grad}
+            out = out + sum(p.sum() for p in params.values()) * 0.0
+        return out
+
+
+class FrozenRoot(nn.Module):
+    """The FSDP2 root of a frozen model (the sharded teacher): owns its embeddings, norm and head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, run: Callable[[], Any]) -> Any:
+        return run()
+
+
+def mixed_precision(device: torch.device, precision: str) -> MixedPrecisionPolicy:
+    """bf16 parameters and compute with fp32 gradient reduction on CUDA (unless ``train.precision=fp32``);
+    fp32 everywhere on CPU."""
+    if device.type == "cuda" and precision != "fp32":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def _layer_prefixes(root: nn.Module, layers: nn.ModuleList) -> tuple[str, ...]:
+    names = {id(m): n for n, m in root.named_modules()}
+    return tuple(names[id(layer)] + "." for layer in layers)
+
+
+def shard_student(
+    student: nn.Module,
+    extras: dict[str, nn.Module],
+    device: torch.device,
+    precision: str = "auto",
+    cpu_offload: bool = False,
+) -> ShardedTrainedModules:
+    """``fully_shard`` every decoder layer of ``student``, then the root (student + extras), in place.
+
+    The modules' parameters become DTensor shards: build the optimizer *after* this. The root is lazily
+    initialized here (a no-op forward), so it, not a layer, is FSDP2's root whatever runs first.
+    """
+    mp = mixed_precision(device, precision)
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    root = ShardedTrainedModules(student, extras)
+    layers = decoder_layers(student)
+    prefixes = _layer_prefixes(root, layers)
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp, offload_policy=offload)
+    root.root_params = tuple(
+        n for n, _ in root.named_parameters(remove_duplicate=False) if not n.startswith(prefixes)
+    )
+    fully_shard(root, mp_policy=mp, offload_policy=offload)
+    for m in root.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # a sum over ranks: our terms are already global
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
+    _init_root(root)
+    return root
+
+
+def shard_frozen(model: nn.Module) -> FrozenRoot:
+    """``fully_shard`` a frozen model (the teacher): each decoder layer resharded after its forward, the
+    root group (embeddings, norm, head) gathered by :func:`frozen_gather` and freed by ``reshard()``."""
+    root = FrozenRoot(model)
+    for layer in decoder_layers(model):
+        fully_shard(layer, reshard_after_forward=True)
+    fully_shard(root)
+    _init_root(root)
+    return root
+
+
+def _init_root(root: nn.Module) -> None:
+    """Make ``root`` FSDP2's root (a no-op forward runs its lazy init), then free its gathered group."""
+    with torch.no_grad():
+        root(lambda: None)
+    root.reshard()
+
+
+def fsdp_modules(*roots: nn.Module | None) -> list[FSDPModule]:
+    return [m for r in roots if r is not None for m in r.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def gathered(*roots: nn.Module | None) -> Iterator[None]:
+    """Every parameter under ``roots`` all-gathered on every rank for the block, then resharded.
+
+    Collective on entry and exit (every rank must enter); inside, forwards do not communicate, so one rank
+    may run alone (evaluation on rank 0) or ranks may run different numbers of forwards (generation).
+    Memory: the full model(s) on every rank for the duration.
+    """
+    modules = fsdp_modules(*roots)
+    if not modules:
+        yield
+        return
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+        for m in modules:
+            if not isinstance(m, (ShardedTrainedModules, FrozenRoot)):  # the roots keep FSDP2's root rule
+                m.set_reshard_after_forward(True, recurse=False)
+
+
+def requires_gradient_sync(engine: nn.Module | None, sync: bool) -> None:
+    """FSDP2's ``no_sync``: skip the reduce-scatter on accumulation micro-batches (gradients accumulate
+    unsharded); sync on the last."""
+    if isinstance(engine, FSDPModule):
+        engine.set_requires_gradient_sync(sync)
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """``clip_grad_norm_`` for plain or DTensor (sharded) gradients: the total norm is reduced over the
+    shards (``full_tensor``) so it equals the one-process norm, then every shard is scaled alike."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = torch.nn.utils.get_total_norm(grads, 2.0)
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, total)
+    return float(total)
+
+
+def full_state_dict(root: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of ``root`` on rank 0, in CPU memory; ``{}`` on other ranks.
+    Collective. Tied parameters appear under each name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix.`` with the prefix removed (``student.model.x`` → ``model.x``)."""
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}

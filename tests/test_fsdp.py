@@ -1,0 +1,263 @@
+"""FSDP2 (``train.parallel=fsdp``) and a sharded teacher (``teacher.placement=shard``): 2 gloo processes under
+torchrun equal one process with the same global batch.
+
+One torchrun spawn runs every case below on 2 ranks (micro-batch 2 each, 2 accumulation micro-batches); the
+test process runs the same cases in one process (micro-batch 4). Per-step losses, KD terms and gradient norms
+(of the sharded gradients: FSDP2 sums, never averages) agree within 1e-5 relative, the exported students
+(gathered from the shards) within the tolerance of ``test_distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_distributed import _free_port, _metrics
+from tiny import config_file, tiny_overrides, write_corpus
+
+FSDP = ["train.parallel=fsdp"]
+# name → (overrides of both runs, overrides of the 2-rank run only)
+CASES = {
+    "kd": (["method=kd", "method.ce_weight=0.5"], FSDP),
+    "sekd": (["method=sekd"], FSDP),
+    "random_pos": (["method=random_pos"], FSDP),
+    "pos_rs": (["method=pos_rs"], FSDP),
+    "selective_kd": (["method=selective_kd", "method.ce_weight=0"], FSDP),
+    "adakd": (
+        [
+            "method=adakd",
+            "train.max_steps=4",
+            "method.latf_warmup_fraction=0",
+            "method.latf_tolerance=0",
+            "method.latf_step=0.5",
+            "method.latf_ema_decay=0",
+        ],
+        FSDP,
+    ),
+    "gkd": (["method=gkd", "method.student_data_fraction=1", "method.prompt_tokens=8"], FSDP),
+    # EGAD's trained projection lives in the FSDP2 root beside the student
+    "egad": (["method=egad"], FSDP),
+    # a tied head (one parameter for embeddings and head) and activation checkpointing under FSDP2
+    # (2 ranks only: equal to one process without it)
+    "tied": (
+        ["method=kd", "model.student=preset:llama-micro-tied"],
+        [*FSDP, "train.activation_checkpointing=true"],
+    ),
+    # the teacher under FSDP2 (DDP student, with activation checkpointing), and both sharded
+    "shard_teacher": (["method=sekd"], ["teacher.placement=shard", "train.activation_checkpointing=true"]),
+    "shard_both": (["method=kd"], [*FSDP, "teacher.placement=shard"]),
+}
+COMMON = ["train.max_steps=3", "train.grad_accum_steps=2", "eval.teacher=false"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.cpu_offload=true"], "train.cpu_offload needs train.parallel=fsdp"),
+        (["train.parallel=fsdp", "method.objective=ema_self_distill"], "use train.parallel=ddp"),
+        (
+            ["teacher.placement=shard", "teacher.source=cache", "teacher.cache_dir=c", "method=rskd"],
+            "teacher.placement=shard shards an online teacher",
+        ),
+        (
+            ["teacher.placement=shard", "teacher.source=none", "method.kd_weight=0", "method.ce_weight=1"],
+            "loads none",
+        ),
+        (["train.gradient_checkpointing=true"], "activation_checkpointing"),  # the old key names the new one
+    ],
+)
+def test_parallel_options_refused_where_meaningless(overrides, message):
+    from ekd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)  # one line
+
+
+def test_parallel_options_accepted():
+    from ekd.config import load_config
+
+    cfg = load_config(None, ["train.parallel=fsdp", "train.cpu_offload=true", "teacher.placement=shard"])
+    assert (cfg.train.parallel, cfg.train.cpu_offload, cfg.teacher.placement) == ("fsdp", True, "shard")
+
+
+@pytest.mark.slow
+def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ekd.cli import main
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    cache = tmp_path / "cache"  # rskd from a cache: no teacher in memory, targets drawn at build time
+    cache_cfg = config_file(
+        tmp_path, corpus, "cache", **{"method.preset": "rskd", "teacher.cache_dir": str(cache)}
+    )
+    assert main(["-q", "cache", cache_cfg]) == 0
+    cases = {**CASES, "rskd": (["method=rskd", "teacher.source=cache", f"teacher.cache_dir={cache}"], FSDP)}
+    runs = []
+    for name, (both, ranked) in cases.items():
+        single = tiny_overrides(tmp_path, corpus, f"single-{name}", **{"train.micro_batch_size": 4})
+        assert main(["-q", "distill", *single, *COMMON, *both]) == 0, name
+        two = tiny_overrides(tmp_path, corpus, f"two-{name}", **{"train.micro_batch_size": 2})
+        runs.append([*two, *COMMON, *both, *ranked])
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(Path(__file__).with_name("dist_runs.py")),
+        str(tmp_path / "runs.json"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mismatches = []
+    for name in cases:
+        a, b = tmp_path / "runs" / f"single-{name}", tmp_path / "runs" / f"two-{name}"
+        for key in ("train/loss", "train/kd", "train/grad_norm"):
+            one, two = torch.tensor(_metrics(a, key)), torch.tensor(_metrics(b, key))
+            if one.shape != two.shape or not torch.allclose(two, one, rtol=1e-5, atol=1e-8):
+                mismatches.append((name, key, one.tolist(), two.tolist()))
+        wa = AutoModelForCausalLM.from_pretrained(a / "student").state_dict()
+        wb = AutoModelForCausalLM.from_pretrained(b / "student").state_dict()
+        if sorted(wa) != sorted(wb):
+            mismatches.append((name, "keys", sorted(set(wa) ^ set(wb))))
+            continue
+        for k in wa:  # atol 5e-6: see test_distributed (Adam turns fp32 reassociation into ~1e-6 updates)
+            if not torch.allclose(wb[k], wa[k], rtol=1e-5, atol=5e-6):
+                mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
+                break
+    assert mismatches == [], mismatches
+
+
+def _toy_student(tied: bool) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _toy_step(student, extra, micro_batches, engine, rows: slice, count: float) -> None:
+    """Σ over micro-batches of CE-like sums / the global count; the head applied outside the model's forward;
+    ``extra`` used only on rows 0–3 of the first micro-batch (on rank 0 only, under 2 ranks)."""
+    from ekd.train.distributed import micro_batch_sync
+
+    for i, ids in enumerate(micro_batches):
+
+        def run(ids=ids, i=i) -> torch.Tensor:
+            h = student.model(input_ids=ids[rows]).last_hidden_state  # (b, T, D)
+            logits = h @ student.lm_head.weight.T  # (b, T, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), ids[rows].flatten(), reduction="sum"
+            )
+            if i == 0 and rows.start == 0:
+                loss = loss + extra(h[:4]).pow(2).sum()
+            return loss / count
+
+        with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
+            (engine(run) if engine is not None else run()).backward()
+
+
+def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import copy
+
+    import torch.distributed as dist
+
+    from ekd.train.fsdp import clip_grad_norm, full_state_dict, shard_frozen, shard_student, submodule_state
+    from ekd.train.checkpoint import verify_checkpoint
+    from ekd.train.distributed import Ranks
+    from ekd.train.memory import param_bytes, tensor_bytes
+    from ekd.train.sharded_checkpoint import restore_checkpoint, save_sharded_checkpoint, training_state
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
+        count = float(data[0].numel() * 2)
+        for tied in (True, False):
+            student, extra = _toy_student(tied), torch.nn.Linear(16, 3)
+            ref_student, ref_extra = copy.deepcopy(student), copy.deepcopy(extra)
+            full = param_bytes(student) + param_bytes(extra)
+            root = shard_student(student, {"extra": extra}, torch.device("cpu"))
+            assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
+            _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
+            _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
+            ref = dict(ref_student.named_parameters()) | {
+                f"extra.{k}": p for k, p in ref_extra.named_parameters()
+            }
+            got = dict(student.named_parameters()) | {f"extra.{k}": p for k, p in extra.named_parameters()}
+            for k, p in ref.items():  # gradients: the sum over ranks, not an average
+                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-7)
+            want = torch.nn.utils.clip_grad_norm_(list(ref.values()), 0.01)
+            norm = clip_grad_norm(list(got.values()), 0.01)  # the norm of the whole (sharded) gradient
+            assert abs(norm - float(want)) <= 1e-5 * float(want), (norm, float(want))
+            for k, p in ref.items():
+                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-8)
+            # a sharded (DCP) checkpoint, every rank writing its shards, read back into fresh shards
+            opt = torch.optim.AdamW(root.parameters(), lr=1e-2)
+            opt.step()
+            ranks = Ranks(rank, 2, torch.device("cpu"))
+            state = {"step": 1, "loader": {}, "policy": {}, "temperature": {}}
+            run = Path(out_dir) / f"run{tied}"
+            ckpt = save_sharded_checkpoint(
+                run, 1, training_state(student, {"extra": extra}), opt, state, ranks
+            )
+            if rank == 0:
+                verify_checkpoint(ckpt)
+            fresh_student, fresh_extra = _toy_student(tied), torch.nn.Linear(16, 3)
+            fresh = shard_student(fresh_student, {"extra": fresh_extra}, torch.device("cpu"))
+            fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+            got_state = restore_checkpoint(ckpt, fresh_student, fresh_opt, {"extra": fresh_extra}, ranks, 1)
+            assert got_state["step"] == 1
+            a, b = full_state_dict(root), full_state_dict(fresh)
+            assert sorted(a) == sorted(b)
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+            for p, q in zip(root.parameters(), fresh.parameters()):
+                sa, sb = opt.state[p], fresh_opt.state[q]
+                torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
+            if rank == 0:
+                assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
+        # a sharded frozen teacher: about half the bytes, the same hidden states as the whole model
+        teacher = _toy_student(False).eval().requires_grad_(False)
+        whole = copy.deepcopy(teacher)
+        shard = shard_frozen(teacher)
+        assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
+        with torch.no_grad():
+            shard.unshard()
+            h = teacher.model(input_ids=data[0]).last_hidden_state
+            torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
+            shard.reshard()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_sums_clips_checkpoints_and_shards():
+    """2 gloo ranks through ``shard_student``: after 2 micro-batches every rank's shards hold the one-process
+    gradient of the global batch (a sum, including a parameter used on one rank only), the clipped norm is the
+    one-process norm, each rank holds ≤ 0.55 of the parameter bytes, a sharded checkpoint round-trips into
+    fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_fsdp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
