@@ -178,6 +178,44 @@ def test_a_template_that_is_not_prefix_stable_is_refused_in_one_line(chat_tok):
     assert "\n" not in str(e.value) and "chat.jsonl:3" in str(e.value) and "generation" in str(e.value)
 
 
+@pytest.mark.parametrize("family", ["llama3", "gemma3", "qwen3_instruct_2507"])
+def test_prefix_diff_on_real_templates_equals_their_generation_marked_versions(chat_tok, family):
+    """TRL ships real chat templates with training variants that add {% generation %} markers: on those whose
+    markers wrap exactly what follows the generation prompt, both ways find the same tokens."""
+    import copy
+
+    trl = pytest.importorskip("trl")
+    folder = Path(trl.__file__).parent / "chat_templates"
+    plain, marked = (
+        (folder / f"{family}.jinja").read_text(),
+        (folder / f"{family}_training.jinja").read_text(),
+    )
+    tok = copy.deepcopy(chat_tok)
+    markers = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok.add_special_tokens({"additional_special_tokens": [*markers, "<start_of_turn>", "<end_of_turn>"]})
+    for messages in conversations(10, seed=7):
+        pairs = parse_messages(messages)
+        by_diff, by_markers = ChatRenderer(tok, plain)(pairs), ChatRenderer(tok, marked)(pairs)
+        assert by_diff == by_markers
+        assert 0 < sum(by_diff.assistant_mask) < len(by_diff.input_ids)
+
+
+def test_real_template_that_rewrites_past_turns_is_refused_and_its_marked_version_works(chat_tok):
+    import copy
+
+    trl = pytest.importorskip("trl")
+    folder = Path(trl.__file__).parent / "chat_templates"
+    tok = copy.deepcopy(chat_tok)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]}
+    )
+    multi = parse_messages(next(r for r in conversations(6) if sum(m["role"] == "assistant" for m in r) > 1))
+    with pytest.raises(ConfigError, match="not prefix-stable"):
+        ChatRenderer(tok, (folder / "qwen3.jinja").read_text())(multi, "row")
+    rendered = ChatRenderer(tok, (folder / "qwen3_training.jinja").read_text())(multi, "row")
+    assert any(rendered.assistant_mask)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------------------
@@ -369,6 +407,12 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
         flags += f
     N = len(stream) // T
     assistant_targets = sum(flags[r * T + t] for r in range(N) for t in range(1, T))  # column 0 has no label
+    held_rows = conversations(3, seed=11)
+    held = write_chat_jsonl(tmp_path / "held.jsonl", held_rows)
+    held_flags = [f for r in held_rows for f in reference(chat_tok, r)[1]]
+    held_blocks = min(len(held_flags) // T, 4)  # data.max_eval_blocks=4
+    assert held_blocks >= 1
+    held_targets = sum(held_flags[r * T + t] for r in range(held_blocks) for t in range(1, T))
     overrides = tiny_overrides(
         tmp_path,
         data,
@@ -378,6 +422,7 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
             "data.chat_template": PLAIN,
             "data.block_length": T,
             "data.eval_fraction": 0.0,
+            "data.eval_sources": f"{{held: {held}}}",
             "model.tokenizer": str(tok_dir),
             "train.micro_batch_size": N,  # every step sees every block: its counts are the whole set's
             "train.max_steps": 2,
@@ -394,6 +439,9 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
         assert m["train/ce_tokens"] == assistant_targets
     from transformers import AutoTokenizer
 
+    saved = AutoTokenizer.from_pretrained(run_dir / "student")
+    assert saved.chat_template == PLAIN  # the template travels with the student
     assert (
-        AutoTokenizer.from_pretrained(run_dir / "student").chat_template == PLAIN
-    )  # travels with the student
+        main(["eval", str(run_dir)]) == 0
+    )  # ekd eval renders the held-out chat rows with the saved template
+    assert json.loads((run_dir / "eval.json").read_text())["held"]["tokens"] == held_targets
