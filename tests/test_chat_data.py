@@ -392,6 +392,19 @@ def test_random_messages_render_or_are_skipped_never_a_crash(tmp_path_factory, c
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_distill_with_a_template_less_tokenizer_is_one_line(tmp_path, chat_tok, capsys):
+    chat_tok.chat_template = None
+    chat_tok.save_pretrained(str(tmp_path / "tok"))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", conversations(8))
+    overrides = tiny_overrides(
+        tmp_path, data, "nochat", **{"data.format": "chat", "model.tokenizer": tmp_path / "tok"}
+    )
+    assert main(["distill", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ekd: error: "), err
+    assert "has no chat template; set data.chat_template" in err[0]
+
+
 @pytest.mark.slow
 def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, chat_tok):
     rows = conversations(16, seed=5)

@@ -183,7 +183,7 @@ class ChatRenderer:
         if not template:
             raise ConfigError(
                 f"data.format=chat: {source} has no chat template; set data.chat_template to a Jinja template "
-                "(the text or a file), or use a tokenizer that has one"
+                "(the text or a file), or data.chat_template_from to a model whose tokenizer has one"
             )
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(
