@@ -117,8 +117,17 @@ class DataConfig:
     source: str = text("pystdlib", nonempty=True, what="a data source")
     """Training data: 'pystdlib' (builtin: the Python standard library source), a .txt/.jsonl/.parquet
     file, a directory or glob of text files, or ``hf:<dataset name or local path>``."""
-    format: str = one_of("auto", "auto", "text", "jsonl", "parquet", "hf")
-    """'auto' (by extension), 'text', 'jsonl', 'parquet' or 'hf'."""
+    format: str = one_of("auto", "auto", "text", "jsonl", "parquet", "hf", "chat")
+    """'auto' (by extension), 'text', 'jsonl', 'parquet', 'hf', or 'chat': JSONL/Parquet/HF rows whose
+    ``data.messages_field`` holds a conversation, rendered with the chat template; loss on assistant tokens only."""
+    messages_field: str = text("messages", nonempty=True, what="a field name")
+    """``data.format=chat``: field holding the conversation, a list of ``{role, content}`` messages."""
+    chat_template: str = text("", what="a Jinja chat template or a file holding one")
+    """``data.format=chat``: the chat template to render with (a Jinja string, or the path of a file holding
+    one), instead of the tokenizer's; required when the tokenizer has none."""
+    chat_template_from: str = one_of("", "", "teacher", "student")
+    """``data.format=chat``: whose tokenizer's chat template to use when teacher and student render differently
+    ('' = they must agree on the first rows)."""
     text_field: str = text("text", nonempty=True, what="a field name")
     """Field holding the document text in JSONL/Parquet/HF rows."""
     prompt_field: str = text("", what="a field name")
@@ -136,7 +145,8 @@ class DataConfig:
     document when > 0); for 'pystdlib', by top-level module."""
     eval_sources: dict[str, str] = mapping(Text(nonempty=True, what="a data source"))
     """Extra named eval sets, name → source (same syntax as ``data.source``, plus ``pystdlib:<split>``; the
-    format is detected from the source, ``data.format`` applies to ``data.source`` only), e.g. shifted domains."""
+    format is detected from the source, ``data.format`` applies to ``data.source`` only, except that with 'chat'
+    JSONL/Parquet/HF eval sets are chat rows too), e.g. shifted domains."""
     max_documents: int = number(0, ge=0)
     """Use at most this many documents (0 = all)."""
     min_chars: int = number(1, ge=0)

@@ -26,6 +26,7 @@ def validate(cfg: Config) -> None:
     d, t, m, tr = cfg.data, cfg.teacher, cfg.method, cfg.train
     if bool(d.prompt_field) != bool(d.response_field):
         raise ConfigError("data.prompt_field and data.response_field must be set together")
+    _check_chat(d)
     if t.source == "cache" and not t.cache_dir:
         raise ConfigError("teacher.cache_dir must be set when teacher.source=cache")
     if m.kd_weight == 0 and m.ce_weight == 0:
@@ -83,6 +84,25 @@ def validate(cfg: Config) -> None:
     from ekd.eval.tasks import check_task_config
 
     check_task_config(cfg)  # eval.tasks*, eval.set_tags
+
+
+def _check_chat(d) -> None:
+    """``data.format=chat`` and its keys go together; chat rows come from row sources only."""
+    if d.format != "chat":
+        for key in ("chat_template", "chat_template_from"):
+            if getattr(d, key):
+                raise ConfigError(
+                    f"data.{key} applies to data.format=chat only; set data.format=chat or unset it"
+                )
+        return
+    if d.prompt_field or d.response_field:
+        raise ConfigError(
+            "data.prompt_field/response_field do not apply to data.format=chat (assistant turns get the loss); unset them"
+        )
+    if d.source == "pystdlib" or d.source.startswith("pystdlib:"):
+        raise ConfigError(
+            "data.format=chat needs conversations (JSONL, Parquet or hf: rows), not pystdlib; set data.source"
+        )
 
 
 def _policy_needs_scores(m) -> bool:

@@ -8,7 +8,8 @@
 - any other source: ``eval`` is the documents whose content hash falls below ``data.eval_fraction``
   (identical documents land on the same side; at least one is held out when the fraction is > 0 and
   there are two or more documents), ``train`` the rest.
-- each ``data.eval_sources`` entry ``name: source`` adds a set ``name`` (format detected from the source).
+- each ``data.eval_sources`` entry ``name: source`` adds a set ``name`` (format detected from the source; with
+  ``data.format=chat`` its JSONL/Parquet/HF rows are chat rows too, its text files stay text).
 
 Splits that come out empty are dropped (``eval`` with ``data.eval_fraction=0``).
 """
@@ -16,15 +17,17 @@ Splits that come out empty are dropped (``eval`` with ``data.eval_fraction=0``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary, read_model_eos, resolve_boundary
 from ekd.data.document import Document
-from ekd.data.documents import filter_documents, load_documents
+from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, filter_documents, load_documents
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import pystdlib_splits
 from ekd.data.split import held_out_keys
@@ -65,8 +68,9 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
+        fmt = "chat" if data.format == "chat" and _holds_rows(source) else "auto"
         splits[name] = cap_chars(
-            load_documents(source, data, format="auto", key=f"data.eval_sources.{name}"), max_chars
+            load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
         )
     for name in [n for n, d in splits.items() if not d]:
         logger.info("eval set '%s' is empty; skipping it", name)
@@ -155,7 +159,15 @@ def cap_chars(docs: Sequence[Document], max_chars: int | None) -> list[Document]
 
 
 def _content_key(doc: Document) -> str:
+    if doc.messages is not None:  # a chat row: its roles and contents
+        return hashlib.sha256(json.dumps(doc.messages, ensure_ascii=False).encode()).hexdigest()
     return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
+
+
+def _holds_rows(source: str) -> bool:
+    """Whether ``source`` is read as rows (``hf:`` or a JSONL/Parquet file), not as text."""
+    suffix = Path(source).suffix.lower()
+    return source.startswith("hf:") or suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 
 def _filter_optional(docs: list[Document], data: DataConfig, name: str) -> list[Document]:

@@ -11,19 +11,25 @@ class Document:
 
     Attributes:
         text: The text that gets loss. For plain documents the whole document; for prompt/response rows
-            the response.
+            the response; empty for chat rows (their loss is on assistant tokens, found when rendering).
         doc_id: Stable identifier relative to its source: a file's relative path (``a/b.txt``), a chunk of
             a file (``notes.txt#3``), a row (``data.jsonl:12`` with the 1-based line, ``data.parquet:0``
             with the 0-based row), or ``module/path.py::Class.method`` for docstrings.
         prompt: Text before ``text`` whose tokens get no loss (empty for plain documents). The full
             document the model reads is ``prompt + text``.
+        messages: A chat row (``data.format=chat``): its conversation as ``(role, content)`` pairs in order,
+            rendered by :mod:`ekd.data.chat` with the chat template; None for every other document.
     """
 
     text: str
     doc_id: str = ""
     prompt: str = ""
+    messages: tuple[tuple[str, str], ...] | None = None
 
     @property
     def full_text(self) -> str:
-        """``prompt + text``: what the model reads."""
+        """What the model reads: ``prompt + text``; for a chat row its contents joined by blank lines
+        (the template's markup is added when rendering)."""
+        if self.messages is not None:
+            return "\n\n".join(content for _, content in self.messages)
         return self.prompt + self.text

@@ -9,6 +9,9 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   written by ``Dataset.save_to_disk``, else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``.
 - a ``.jsonl`` / ``.parquet`` file: one document per row, from ``data.text_field`` or from the
   ``data.prompt_field`` / ``data.response_field`` pair (the prompt gets no loss).
+- ``data.format=chat``: JSONL, Parquet or HF rows (told apart as above) whose ``data.messages_field`` holds a
+  conversation (:mod:`ekd.data.chat`); a row whose messages are not a list of ``{role, content}`` strings is
+  skipped and counted (one warning line with the count and the first row).
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config import ConfigError, DataConfig
+from ekd.data.chat import RejectedRow, SkippedRows, parse_messages
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
 from ekd.errors import first_line
@@ -35,7 +39,7 @@ from ekd.hub import check_dataset_reachable
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
+FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "chat")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -53,7 +57,7 @@ def load_documents(
     Args:
         source: ``pystdlib[:<split>]``, ``hf:<name or path>``, a file, a directory or a glob.
         data_cfg: Supplies the field names, HF name/split and the filters.
-        format: 'auto', 'text', 'jsonl', 'parquet' or 'hf'; ``None`` uses ``data_cfg.format``.
+        format: 'auto', 'text', 'jsonl', 'parquet', 'hf' or 'chat'; ``None`` uses ``data_cfg.format``.
         key: Dotted config key named in error messages (e.g. ``data.eval_sources.shift``).
 
     Returns:
@@ -66,7 +70,10 @@ def load_documents(
     fmt = data_cfg.format if format is None else format
     if fmt not in FORMATS:
         raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    docs = filter_documents(_read_source(source, fmt, data_cfg, key), data_cfg, source, key)
+    skipped = SkippedRows(f"{key}={source}: chat rows") if fmt == "chat" else None
+    docs = filter_documents(_read_source(source, fmt, data_cfg, key, skipped), data_cfg, source, key)
+    if skipped is not None:
+        skipped.report()
     logger.info(
         "%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs)
     )
@@ -74,14 +81,15 @@ def load_documents(
 
 
 def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str, key: str) -> list[Document]:
-    """Drop documents whose ``text`` is shorter than ``data.min_chars``; keep the first ``data.max_documents``.
+    """Drop documents whose ``text`` (a chat row: ``full_text``) is shorter than ``data.min_chars``; keep the
+    first ``data.max_documents``.
 
     Raises:
         ConfigError: When no document is left.
     """
     kept: list[Document] = []
     for doc in docs:
-        if len(doc.text) < data_cfg.min_chars:
+        if len(doc.text if doc.messages is None else doc.full_text) < data_cfg.min_chars:
             continue
         kept.append(doc)
         if 0 < data_cfg.max_documents <= len(kept):
@@ -99,7 +107,9 @@ def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+def _read_source(
+    source: str, fmt: str, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
+) -> Iterator[Document]:
     if source == "pystdlib" or source.startswith("pystdlib:"):
         split = source.partition(":")[2] or "train"
         if split not in PYSTDLIB_SPLITS:
@@ -109,8 +119,12 @@ def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Itera
         splits = pystdlib_splits(eval_fraction=data_cfg.eval_fraction, names=[split])
         return iter(splits.get(split, []))
     if fmt == "hf" or source.startswith("hf:"):
-        return _read_hf(source.removeprefix("hf:"), data_cfg, key)
+        return _read_hf(source.removeprefix("hf:"), data_cfg, key, skipped)
     path = Path(source)
+    if fmt == "chat" and (path.is_dir() or (path.exists() and _format_from_suffix(path, key) == "text")):
+        raise ConfigError(
+            f"{key}: data.format=chat reads conversations from JSONL, Parquet or hf: rows, not text files ({source})"
+        )
     if path.is_dir():
         if fmt not in ("auto", "text"):
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
@@ -126,13 +140,13 @@ def _read_source(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Itera
         raise ConfigError(
             f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')"
         )
-    if fmt == "auto":
+    if fmt in ("auto", "chat"):
         fmt = _format_from_suffix(path, key)
     if fmt == "text":
         return _read_text_file(path, key)
     if fmt == "jsonl":
-        return _read_jsonl(path, data_cfg, key)
-    return _read_parquet(path, data_cfg, key)
+        return _read_jsonl(path, data_cfg, key, skipped)
+    return _read_parquet(path, data_cfg, key, skipped)
 
 
 def _format_from_suffix(path: Path, key: str) -> str:
@@ -187,7 +201,9 @@ def _read_text_files(files: list[Path], root: Path | None, key: str, source: str
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _fields(data_cfg: DataConfig) -> list[str]:
+def _fields(data_cfg: DataConfig, skipped: SkippedRows | None = None) -> list[str]:
+    if skipped is not None:  # chat rows
+        return [data_cfg.messages_field]
     if data_cfg.prompt_field or data_cfg.response_field:
         if not (data_cfg.prompt_field and data_cfg.response_field):
             raise ConfigError("data.prompt_field and data.response_field must be set together")
@@ -196,6 +212,8 @@ def _fields(data_cfg: DataConfig) -> list[str]:
 
 
 def _field_key(data_cfg: DataConfig, field_name: str) -> str:
+    if field_name == data_cfg.messages_field and data_cfg.format == "chat":
+        return "data.messages_field"
     if field_name == data_cfg.prompt_field:
         return "data.prompt_field"
     if field_name == data_cfg.response_field:
@@ -204,8 +222,22 @@ def _field_key(data_cfg: DataConfig, field_name: str) -> str:
 
 
 def _row_document(
-    values: list[Any], fields: list[str], where: str, doc_id: str, data_cfg: DataConfig
-) -> Document:
+    values: list[Any],
+    fields: list[str],
+    where: str,
+    doc_id: str,
+    data_cfg: DataConfig,
+    skipped: SkippedRows | None = None,
+) -> Document | None:
+    """The row's Document; a chat row (``skipped`` given) whose messages are malformed is counted there and
+    gives None."""
+    if skipped is not None:
+        skipped.seen += 1
+        try:
+            return Document(text="", doc_id=doc_id, messages=parse_messages(values[0]))
+        except RejectedRow as e:
+            skipped.add(doc_id, e)
+            return None
     for name, value in zip(fields, values):
         if not isinstance(value, str):
             got = "null" if value is None else type(value).__name__
@@ -223,8 +255,10 @@ def _row_document(
     return Document(text=values[0], doc_id=doc_id)
 
 
-def _read_jsonl(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document]:
-    fields = _fields(data_cfg)
+def _read_jsonl(
+    path: Path, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
+) -> Iterator[Document]:
+    fields = _fields(data_cfg, skipped)
     with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
@@ -248,7 +282,11 @@ def _read_jsonl(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document
                         f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); "
                         f"set {_field_key(data_cfg, name)}"
                     )
-            yield _row_document([row[n] for n in fields], fields, where, f"{path.name}:{line_no}", data_cfg)
+            doc = _row_document(
+                [row[n] for n in fields], fields, where, f"{path.name}:{line_no}", data_cfg, skipped
+            )
+            if doc is not None:
+                yield doc
 
 
 def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: DataConfig, key: str) -> None:
@@ -259,10 +297,12 @@ def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: D
             )
 
 
-def _read_parquet(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+def _read_parquet(
+    path: Path, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
+) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    fields = _fields(data_cfg)
+    fields = _fields(data_cfg, skipped)
     try:
         parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
@@ -274,16 +314,20 @@ def _read_parquet(path: Path, data_cfg: DataConfig, key: str) -> Iterator[Docume
     for batch in parquet.iter_batches(columns=fields, batch_size=4096):
         columns = [batch.column(n).to_pylist() for n in fields]
         for values in zip(*columns):
-            yield _row_document(
-                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg
+            doc = _row_document(
+                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg, skipped
             )
+            if doc is not None:
+                yield doc
             row += 1
 
 
-def _read_hf(name: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+def _read_hf(
+    name: str, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
+) -> Iterator[Document]:
     import datasets
 
-    fields = _fields(data_cfg)
+    fields = _fields(data_cfg, skipped)
     path = Path(name)
     check_dataset_reachable(name, key)
     try:
@@ -305,6 +349,13 @@ def _read_hf(name: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
     _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
     columns = [list(ds[n]) for n in fields]
     for row, values in enumerate(zip(*columns)):
-        yield _row_document(
-            list(values), fields, f"{key} hf:{name} row {row}", f"{path.name or name}:{row}", data_cfg
+        doc = _row_document(
+            list(values),
+            fields,
+            f"{key} hf:{name} row {row}",
+            f"{path.name or name}:{row}",
+            data_cfg,
+            skipped,
         )
+        if doc is not None:
+            yield doc

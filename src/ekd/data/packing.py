@@ -11,6 +11,11 @@ blocks of T tokens; the ragged tail is dropped, unless it is the only block, in 
 the padding (a document of its own, after every real token) is masked out. The shift into labels happens
 once, later, in :func:`ekd.data.collate.collate`.
 
+A chat row (``Document.messages``) contributes its rendering by the tokenizer's chat template
+(:class:`~ekd.data.chat.ChatRenderer`) with no BOS/EOS added, and ``target_mask`` is its assistant mask (the
+first token excepted); it is a document like any other for ``document_starts``, isolation and block cuts. Rows
+the renderer rejects are skipped and reported in one warning line.
+
 ``document_attention``: 'isolated' (default) makes each document attend only to itself — the collator
 gives position ids that restart at every document start (and at every block start), from which
 transformers builds block-diagonal causal attention; 'packed' lets every token see the whole block before
@@ -29,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ekd.config import ConfigError
 from ekd.data.boundary import DocumentBoundary
+from ekd.data.chat import ChatRenderer, RejectedRow, SkippedRows
 from ekd.data.document import Document
 
 logger = logging.getLogger(__name__)
@@ -130,7 +136,8 @@ def pack_documents(
 
     Raises:
         ConfigError: ``block_length < 2``; no tokens; fewer than T tokens with ``allow_partial_block=False``;
-            no EOS id without a boundary; an unknown ``document_attention``.
+            no EOS id without a boundary; an unknown ``document_attention``; chat rows and a tokenizer without
+            a chat template, or every chat row skipped (see :class:`~ekd.data.chat.ChatRenderer`).
     """
     if block_length < 2:
         raise ConfigError(
@@ -191,14 +198,17 @@ def _token_stream(
     max_tokens: int | None = None,
     chunk: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Concatenated ``[BOS] · prompt · text · [EOS]`` ids, target mask, document starts and end-of-document
-    marks, each (S,), and the number of documents used.
+    """Concatenated ``[BOS] · prompt · text · [EOS]`` ids (a chat row: its rendering), target mask, document
+    starts and end-of-document marks, each (S,), and the number of documents used.
 
     Documents are tokenized in batches of ``chunk``; with ``max_tokens`` tokenization stops once the
-    stream holds that many tokens. A document with no tokens at all is skipped.
+    stream holds that many tokens. A document with no tokens at all is skipped, and so is a chat row the
+    renderer rejects (counted, one warning line at the end).
     """
     bos = [] if boundary.bos_id is None else [boundary.bos_id]
     eos = [] if boundary.eos_id is None else [boundary.eos_id]
+    chat = ChatRenderer(tokenizer) if any(d.messages is not None for d in docs) else None
+    skipped = SkippedRows("data.format=chat: rows")
     ids: list[int] = []
     mask: list[bool] = []
     starts: list[bool] = []
@@ -208,22 +218,21 @@ def _token_stream(
         if max_tokens is not None and len(ids) >= max_tokens:
             break
         batch = docs[start : start + chunk]
-        texts = _encode([d.text for d in batch], tokenizer)
-        prompt_rows = [i for i, d in enumerate(batch) if d.prompt]
-        prompts: list[list[int]] = [[] for _ in batch]
-        for i, encoded in zip(prompt_rows, _encode([batch[i].prompt for i in prompt_rows], tokenizer)):
-            prompts[i] = encoded
-        for prompt, text in zip(prompts, texts):
-            doc = bos + prompt + text + eos
-            if not prompt + text:
+        for tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped):
+            if not tokens:
                 continue
-            doc_mask = [False] * (len(bos) + len(prompt)) + [True] * (len(text) + len(eos))
+            head, tail = (bos, eos) if framed else ([], [])
+            doc = head + tokens + tail
+            doc_mask = [False] * len(head) + targets + [True] * len(tail)
             doc_mask[0] = False  # the first token of a document is never predicted from the previous one
             ids.extend(doc)
             mask.extend(doc_mask)
             starts.extend([True] + [False] * (len(doc) - 1))
-            ends.extend([False] * (len(doc) - len(eos)) + [True] * len(eos))
+            ends.extend([False] * (len(doc) - len(tail)) + [True] * len(tail))
             used += 1
+    skipped.report()
+    if skipped.count and skipped.count == skipped.seen and not ids:
+        raise ConfigError(f"{skipped.line()}: no chat row is left; check the rows and the chat template")
     return (
         torch.tensor(ids, dtype=torch.long),
         torch.tensor(mask, dtype=torch.bool),
@@ -231,6 +240,38 @@ def _token_stream(
         torch.tensor(ends, dtype=torch.bool),
         used,
     )
+
+
+def _tokenized(
+    batch: Sequence[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    chat: ChatRenderer | None,
+    skipped: SkippedRows,
+) -> list[tuple[list[int], list[bool], bool]]:
+    """Per document of ``batch`` (rejected chat rows left out): its token ids, which of them are targets, and
+    whether the boundary's BOS/EOS frame it (not for chat rows, whose template frames them)."""
+    plain = [d for d in batch if d.messages is None]
+    texts = _encode([d.text for d in plain], tokenizer)
+    prompt_rows = [i for i, d in enumerate(plain) if d.prompt]
+    prompts: list[list[int]] = [[] for _ in plain]
+    for i, encoded in zip(prompt_rows, _encode([plain[i].prompt for i in prompt_rows], tokenizer)):
+        prompts[i] = encoded
+    plain_docs = iter(zip(prompts, texts))
+    out = []
+    for doc in batch:
+        if doc.messages is None:
+            prompt, text = next(plain_docs)
+            out.append((prompt + text, [False] * len(prompt) + [True] * len(text), True))
+            continue
+        assert chat is not None
+        skipped.seen += 1
+        try:
+            rendered = chat(doc.messages, doc.doc_id)
+        except RejectedRow as e:
+            skipped.add(doc.doc_id, e)
+            continue
+        out.append((rendered.input_ids, rendered.assistant_mask, False))
+    return out
 
 
 def _encode(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:

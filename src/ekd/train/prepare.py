@@ -126,7 +126,19 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
     check_vocab(cfg, len(tokenizer))
+    if cfg.data.format == "chat":
+        from ekd.data.chat_template import settle_chat_template
+
+        settle_chat_template(cfg, tokenizer, splits["train"], model_tokenizers(cfg))
     return pack_run_splits(cfg, splits, tokenizer)
+
+
+def model_tokenizers(cfg: Config) -> dict:
+    """Role → own tokenizer of each real (non-preset) model the run loads (its chat template counts)."""
+    return {
+        role: load_tokenizer(spec, revision, cfg.model.trust_remote_code, f"model.{role}")
+        for role, (spec, revision) in boundary_models(cfg).items()
+    }
 
 
 def pack_run_splits(cfg: Config, splits: dict, tokenizer) -> PreparedData:

@@ -545,6 +545,8 @@ def _step_metrics(
         "train/tokens_per_s": tokens_per_s,
         "train/kd": sums.get("kd_sum", 0.0) / kd_count,
         "train/ce": sums.get("ce_sum", 0.0) / ce_count,
+        "train/kd_tokens": kd_count,  # the step's global count of KD rows (normalizer, at least 1)
+        "train/ce_tokens": ce_count,  # the step's global count of CE tokens (normalizer, at least 1)
     }
     if parts.feature_weight > 0:
         feature = parts.feature_weight * sums.get("feature_sum", 0.0) / sums["feature_count"]

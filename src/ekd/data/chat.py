@@ -1,0 +1,286 @@
+"""Chat rows (``data.format=chat``): conversations rendered with a chat template, loss on assistant tokens only.
+
+A chat row holds a list of ``{role, content}`` messages (``data.messages_field``; other keys of a message are
+ignored). :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
+True on the tokens of every assistant turn, False on system, user and template markup. Two ways to find the
+assistant tokens, both ending in the same rule (a token is an assistant token when its characters overlap an
+assistant span of the rendered text, the rule of transformers' ``return_assistant_tokens_mask``):
+
+- ``generation_markers``: the template wraps assistant output in ``{% generation %}…{% endgeneration %}``;
+  ``tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)`` returns the mask.
+- ``prefix_diff`` (templates without markers): for every assistant turn ``i`` the conversation is rendered up to
+  the assistant header (``messages[:i]`` with ``add_generation_prompt=True``) and up to the end of the turn
+  (``messages[:i+1]``); the assistant span is the text between the two. This is valid only when the template
+  is *prefix-stable* — each such rendering is a prefix of the next and of the whole conversation — which is
+  checked on every row; a template that is not (e.g. one that rewrites earlier turns) is refused in one line.
+  The spans are diffed on the rendered text and mapped to tokens through the tokenizer's offsets, so a token
+  merged across the header/content boundary does not break the diff.
+
+A chat document is framed by its template alone: no BOS/EOS of ``data.separator`` is added (templates write
+their own BOS and end-of-turn tokens). Rows the template rejects, rows without an assistant turn and rows whose
+markers mark nothing are skipped; :class:`SkippedRows` counts them and reports one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from ekd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ASSISTANT = "assistant"
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
+
+Messages = tuple[tuple[str, str], ...]  # (role, content) per message, in order
+
+
+MALFORMED = "malformed messages"
+NO_ASSISTANT = "no assistant turn"
+TEMPLATE_REJECTS = "rejected by the chat template"
+NOTHING_MARKED = "no assistant token"
+
+
+class RejectedRow(ValueError):
+    """A chat row that cannot be rendered or carries no assistant token.
+
+    Attributes:
+        kind: The generic reason (MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED); ``str(e)`` is
+            the detailed one.
+    """
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def parse_messages(value: Any) -> Messages:
+    """The ``(role, content)`` pairs of a ``messages`` value (a list of ``{role, content}`` objects).
+
+    Raises:
+        RejectedRow: The value is not a list of objects with string ``role`` and ``content``.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        got = "null" if value is None else type(value).__name__
+        raise RejectedRow(f"messages is {got}, not a list of {{role, content}} objects", MALFORMED)
+    pairs = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise RejectedRow(
+                f"message {i} is {type(message).__name__}, not a {{role, content}} object", MALFORMED
+            )
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise RejectedRow(f"message {i} has no string role and content", MALFORMED)
+        pairs.append((role, content))
+    return tuple(pairs)
+
+
+@dataclass
+class SkippedRows:
+    """Count of skipped rows by reason, and the first one, for a one-line report.
+
+    Attributes:
+        what: What was skipped, e.g. ``data.format=chat: rows``.
+        count: Rows skipped.
+        seen: Rows looked at (skipped or not).
+        first: ``doc_id`` of the first skipped row (``chat.jsonl:4``: line 4).
+        first_reason: Why the first one was skipped.
+        reasons: Generic reason (``RejectedRow.kind``) → count.
+    """
+
+    what: str
+    count: int = 0
+    seen: int = 0
+    first: str = ""
+    first_reason: str = ""
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, doc_id: str, rejected: RejectedRow) -> None:
+        """Count one skipped row."""
+        if not self.count:
+            self.first, self.first_reason = doc_id, str(rejected)
+        self.count += 1
+        self.reasons[rejected.kind] += 1
+
+    def line(self) -> str:
+        """``<what>: skipped 3 of 40 (2 rejected by the chat template, 1 no assistant turn); first: a.jsonl:4
+        (<reason>)``."""
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.reasons.most_common())
+        return (
+            f"{self.what}: skipped {self.count} of {self.seen} ({kinds}); "
+            f"first: {self.first} ({self.first_reason})"
+        )
+
+    def report(self) -> None:
+        """Log :meth:`line` as one warning, when any row was skipped."""
+        if self.count:
+            logger.warning("%s", self.line())
+
+
+def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizer's chat template (its default one when it has several), or None."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template or None
+
+
+def read_template_option(value: str) -> str:
+    """``data.chat_template``: a Jinja string, or the path of a file holding one.
+
+    Raises:
+        ConfigError: The value names no file and does not look like a template.
+    """
+    if "{%" in value or "{{" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"data.chat_template: '{value}' is neither a Jinja template (no '{{%' or '{{{{') nor a file; "
+            "give the template text or the path of a file holding it"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """One rendered conversation.
+
+    Attributes:
+        input_ids: (S,) token ids of the whole conversation, as ``apply_chat_template(tokenize=True)`` gives.
+        assistant_mask: (S,) True on the tokens of assistant turns.
+    """
+
+    input_ids: list[int]
+    assistant_mask: list[bool]
+
+
+class ChatRenderer:
+    """Renders conversations with one chat template into token ids and an assistant mask.
+
+    Args:
+        tokenizer: A fast tokenizer (offsets are needed to map assistant text to tokens).
+        template: The Jinja chat template; default the tokenizer's own.
+        source: Where the template comes from, named in errors (e.g. ``model.tokenizer``).
+
+    Raises:
+        ConfigError: No template; a slow tokenizer.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, template: str | None = None, source: str = "the tokenizer"
+    ) -> None:
+        template = template or chat_template_of(tokenizer)
+        if not template:
+            raise ConfigError(
+                f"data.format=chat: {source} has no chat template; set data.chat_template to a Jinja template "
+                "(the text or a file), or data.chat_template_from to a model whose tokenizer has one"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(
+                f"data.format=chat needs a fast tokenizer (its offsets locate assistant tokens); {source} is a "
+                "slow one: save it with a tokenizer.json or load a fast version"
+            )
+        self.tokenizer = tokenizer
+        self.template = template
+        self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
+
+    def __call__(self, messages: Messages, doc_id: str = "") -> RenderedChat:
+        """Render one conversation.
+
+        Raises:
+            RejectedRow: No assistant turn; the template raises on the row; no token is marked.
+            ConfigError: The template has no generation markers and is not prefix-stable on this row.
+        """
+        if not any(role == ASSISTANT for role, _ in messages):
+            raise RejectedRow("no assistant turn", NO_ASSISTANT)
+        conversation = [{"role": role, "content": content} for role, content in messages]
+        if self.method == "generation_markers":
+            rendered = self._with_markers(conversation)
+        else:
+            rendered = self._with_prefix_diff(conversation, doc_id)
+        if not any(rendered.assistant_mask):
+            raise RejectedRow("the rendering marks no assistant token", NOTHING_MARKED)
+        return rendered
+
+    def _render(self, conversation: list[dict], add_generation_prompt: bool = False) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                conversation,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except (
+            Exception
+        ) as e:  # jinja's TemplateError (raise_exception), TypeError, ... : the row is rejected
+            raise RejectedRow(f"the chat template raised: {_first_line(e)}", TEMPLATE_REJECTS) from None
+
+    def _with_markers(self, conversation: list[dict]) -> RenderedChat:
+        try:
+            out = self.tokenizer.apply_chat_template(
+                conversation,
+                chat_template=self.template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+        except Exception as e:
+            raise RejectedRow(f"the chat template raised: {_first_line(e)}", TEMPLATE_REJECTS) from None
+        return RenderedChat(list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]])
+
+    def _with_prefix_diff(self, conversation: list[dict], doc_id: str) -> RenderedChat:
+        full = self._render(conversation)
+        spans = []  # (start, end) characters of each assistant turn in `full`
+        for i, message in enumerate(conversation):
+            if message["role"] != ASSISTANT:
+                continue
+            header = self._render(conversation[:i], add_generation_prompt=True)  # up to the assistant header
+            turn = self._render(conversation[: i + 1])  # up to the end of the assistant turn
+            if not (turn.startswith(header) and full.startswith(turn)):
+                raise ConfigError(
+                    f"data.format=chat: the chat template has no {{% generation %}} markers and is not "
+                    f"prefix-stable (row {doc_id}: rendering up to message {i} is not a prefix of the whole "
+                    "conversation), so assistant tokens cannot be located; wrap assistant content in "
+                    "{% generation %}…{% endgeneration %} in data.chat_template"
+                )
+            spans.append((len(header), len(turn)))
+        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        return RenderedChat(list(encoded["input_ids"]), overlap_mask(encoded["offset_mapping"], spans))
+
+
+def overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """Per token: whether its characters ``[start, end)`` overlap any span ``[a, b)`` (a zero-width token
+    counts at its start). The rule of transformers' ``return_assistant_tokens_mask``."""
+    mask = []
+    for start, end in offsets:
+        end = max(end, start + 1)
+        mask.append(any(start < b and end > a for a, b in spans if b > a))
+    return mask
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+__all__ = [
+    "ChatRenderer",
+    "Messages",
+    "RejectedRow",
+    "RenderedChat",
+    "SkippedRows",
+    "chat_template_of",
+    "overlap_mask",
+    "parse_messages",
+    "read_template_option",
+]

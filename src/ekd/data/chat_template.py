@@ -1,0 +1,103 @@
+"""Which chat template a ``data.format=chat`` run renders with, settled once before packing.
+
+In order: ``data.chat_template`` (a Jinja string or file: the declared template, also the fallback for a
+tokenizer without one); ``data.chat_template_from=teacher|student`` (that model's tokenizer's template); else
+the run tokenizer's own template, which must agree with the template of every real (non-preset) teacher and
+student the run loads: when the template texts differ, the first rows are rendered with each and their token
+ids and assistant masks compared; a difference is refused in one line that names ``data.chat_template_from``.
+The settled template is set on the run tokenizer, so it travels with it (packing, the exported student,
+``ekd eval``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from ekd.config import Config
+from ekd.data.chat import ChatRenderer, RejectedRow, chat_template_of, read_template_option
+from ekd.data.document import Document
+from ekd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+AGREEMENT_ROWS = 8  # rows rendered with both templates when their texts differ
+
+
+def settle_chat_template(
+    cfg: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Document],
+    role_tokenizers: dict[str, PreTrainedTokenizerBase],
+) -> str:
+    """Choose the run's chat template, set it on ``tokenizer`` and return it.
+
+    Args:
+        cfg: The run config (``data.chat_template``, ``data.chat_template_from``, ``model.tokenizer``).
+        tokenizer: The run tokenizer (shared by teacher and student).
+        rows: Training documents; the first :data:`AGREEMENT_ROWS` chat rows are rendered to compare templates.
+        role_tokenizers: 'teacher' / 'student' → that real model's own tokenizer (presets have none).
+
+    Raises:
+        ConfigError: No template anywhere; ``chat_template_from`` naming a preset model; teacher and student
+            templates that render a row differently with no ``chat_template_from``.
+    """
+    data = cfg.data
+    if data.chat_template:
+        template, source = read_template_option(data.chat_template), "data.chat_template"
+    elif data.chat_template_from:
+        role = data.chat_template_from
+        if role not in role_tokenizers:
+            raise ConfigError(
+                f"data.chat_template_from={role}: model.{role} is a preset (or not loaded) and has no tokenizer "
+                "of its own; name the other model or set data.chat_template"
+            )
+        source = f"the {role} tokenizer (model.{role})"
+        template = ChatRenderer(role_tokenizers[role], source=source).template
+    else:
+        source = f"the tokenizer (model.tokenizer={cfg.model.tokenizer})"
+        template = ChatRenderer(tokenizer, source=source).template
+        _check_agreement(tokenizer, template, rows, role_tokenizers)
+    renderer = ChatRenderer(tokenizer, template, source)  # checks a fast tokenizer
+    tokenizer.chat_template = template
+    logger.info("data.format=chat: chat template from %s; assistant tokens by %s", source, renderer.method)
+    return template
+
+
+def _check_agreement(
+    tokenizer: PreTrainedTokenizerBase,
+    template: str,
+    rows: Sequence[Document],
+    role_tokenizers: dict[str, PreTrainedTokenizerBase],
+) -> None:
+    """Refuse a real model whose own template renders one of the first chat rows unlike ``template``."""
+    chat_rows = [d for d in rows if d.messages is not None][:AGREEMENT_ROWS]
+    ours = ChatRenderer(tokenizer, template)
+    for role, own in role_tokenizers.items():
+        theirs_text = chat_template_of(own)
+        if theirs_text == template:
+            continue
+        if theirs_text is None:
+            logger.info("data.format=chat: the %s tokenizer has no chat template; using the run's", role)
+            continue
+        theirs = ChatRenderer(tokenizer, theirs_text)  # the shared vocabulary, the other template
+        for doc in chat_rows:
+            if _render_or_none(ours, doc) != _render_or_none(theirs, doc):
+                raise ConfigError(
+                    f"data.format=chat: the {role}'s chat template renders row {doc.doc_id} unlike the run "
+                    "tokenizer's; set data.chat_template_from=teacher or student (or data.chat_template) to "
+                    "name the template to use"
+                )
+
+
+def _render_or_none(renderer: ChatRenderer, doc: Document):
+    try:
+        rendered = renderer(doc.messages, doc.doc_id)
+    except RejectedRow:
+        return None
+    return rendered.input_ids, rendered.assistant_mask
+
+
+__all__ = ["AGREEMENT_ROWS", "settle_chat_template"]

@@ -1,0 +1,460 @@
+"""data.format=chat: conversations rendered with a chat template, CE and KD on assistant tokens only.
+
+The expected tokens and labels come from an independent rendering in this file: each message is tokenized as
+``<|role|>`` (one special token) · content · ``<|end|>``, without Jinja and without ekd's renderer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ekd.cli import main
+from ekd.config import Config, ConfigError, DataConfig, load_config
+from ekd.data import IGNORE_INDEX, collate, load_documents, load_splits, pack_documents
+from ekd.data.chat import ChatRenderer, parse_messages
+from ekd.data.chat_template import settle_chat_template
+from ekd.data.collate import document_positions
+from ekd.data.tokenizer import train_bpe_tokenizer
+from ekd.errors import EkdError
+from tiny import tiny_overrides
+
+ROLES = ("system", "user", "assistant")
+SPECIAL = [f"<|{r}|>" for r in ROLES] + ["<|end|>"]
+WORDS = [
+    "hello",
+    "there",
+    "how",
+    "are",
+    "you",
+    "fine",
+    "thanks",
+    "and",
+    "what",
+    "is",
+    "the",
+    "value",
+    "of",
+    "items",
+    "in",
+    "a",
+    "list",
+    "return",
+    "sorted",
+]
+
+# A ChatML-like template without newlines: every role boundary is a special token, so tokenizing the pieces
+# apart (the reference below) gives the same ids as tokenizing the whole rendering.
+MARKED = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|end|>{% endgeneration %}"
+    "{% else %}{{ m['content'] }}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+PLAIN = MARKED.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+# Rejects the 'tool' role, as many real templates reject what they do not know.
+STRICT = (
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}{% endfor %}" + PLAIN
+)
+# Rewrites earlier assistant turns (as templates that drop past reasoning do): not prefix-stable.
+UNSTABLE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['role'] == 'assistant' and not loop.last %}hello{% else %}{{ m['content'] }}{% endif %}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    """A byte-level BPE with the four role/turn markers as special tokens, no chat template."""
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(60)]
+    tok = train_bpe_tokenizer(texts, 320)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL})
+    return tok
+
+
+def conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """Multi-turn conversations: an optional system message, then 1–3 user/assistant exchanges."""
+    rng = random.Random(seed)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7)))
+
+    rows = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": sentence()}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            messages += [
+                {"role": "user", "content": sentence()},
+                {"role": "assistant", "content": sentence()},
+            ]
+        rows.append(messages)
+    return rows
+
+
+def reference(tok, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """Independent rendering: ids and assistant flags, piece by piece (assistant: content and its <|end|>)."""
+    ids: list[int] = []
+    flags: list[bool] = []
+    end = tok.convert_tokens_to_ids("<|end|>")
+    for m in messages:
+        content = tok(m["content"], add_special_tokens=False)["input_ids"]
+        is_assistant = m["role"] == "assistant"
+        ids += [tok.convert_tokens_to_ids(f"<|{m['role']}|>"), *content, end]
+        flags += [False] + [is_assistant] * (len(content) + 1)
+    return ids, flags
+
+
+def write_chat_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps({"messages": r, "id": i}) + "\n" for i, r in enumerate(rows)))
+    return path
+
+
+def chat_cfg(**kw) -> DataConfig:
+    return DataConfig(format="chat", **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering and labels
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", [MARKED, PLAIN], ids=["generation_markers", "prefix_diff"])
+def test_labels_are_set_exactly_on_assistant_tokens_through_packing(tmp_path, chat_tok, template):
+    rows = conversations(12)
+    docs = load_documents(str(write_chat_jsonl(tmp_path / "chat.jsonl", rows)), chat_cfg())
+    assert [d.doc_id for d in docs] == [f"chat.jsonl:{i + 1}" for i in range(12)]
+    chat_tok.chat_template = template
+    T = 16  # small blocks: documents and assistant turns are cut by block boundaries
+    blocks = pack_documents(docs, chat_tok, T, document_attention="isolated")
+    method = ChatRenderer(chat_tok).method
+    assert method == ("generation_markers" if template == MARKED else "prefix_diff")
+
+    stream, flags, starts = [], [], []
+    for r in rows:
+        ids, f = reference(chat_tok, r)
+        stream += ids
+        flags += f
+        starts += [True] + [False] * (len(ids) - 1)
+    N = len(stream) // T
+    assert len(blocks) == N
+    assert blocks.input_ids.flatten().tolist() == stream[: N * T]  # no BOS/EOS added around chat documents
+    batch = collate(blocks, torch.arange(N))
+    expected = torch.full((N, T), IGNORE_INDEX)
+    for r in range(N):
+        for t in range(T - 1):
+            j = r * T + t + 1  # the token position t predicts
+            if flags[j]:
+                expected[r, t] = stream[j]
+    assert torch.equal(batch.labels, expected)
+    assert int(batch.valid.sum()) == sum(flags[r * T + t] for r in range(N) for t in range(1, T))
+    # isolation: positions restart at every conversation, exactly where the reference starts one
+    want_starts = torch.tensor(starts[: N * T]).view(N, T)
+    assert torch.equal(batch.position_ids, document_positions(want_starts))
+
+
+def test_both_ways_of_finding_assistant_tokens_agree_on_every_row(chat_tok):
+    for messages in conversations(20, seed=3):
+        pairs = parse_messages(messages)
+        marked, plain = ChatRenderer(chat_tok, MARKED)(pairs), ChatRenderer(chat_tok, PLAIN)(pairs)
+        assert marked == plain
+        assert (marked.input_ids, marked.assistant_mask) == reference(chat_tok, messages)
+
+
+def test_a_template_that_is_not_prefix_stable_is_refused_in_one_line(chat_tok):
+    rows = conversations(4)
+    multi = next(r for r in rows if sum(m["role"] == "assistant" for m in r) > 1)
+    with pytest.raises(ConfigError, match="not prefix-stable") as e:
+        ChatRenderer(chat_tok, UNSTABLE)(parse_messages(multi), "chat.jsonl:3")
+    assert "\n" not in str(e.value) and "chat.jsonl:3" in str(e.value) and "generation" in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["llama3", "gemma3", "qwen3_instruct_2507"])
+def test_prefix_diff_on_real_templates_equals_their_generation_marked_versions(chat_tok, family):
+    """TRL ships real chat templates with training variants that add {% generation %} markers: on those whose
+    markers wrap exactly what follows the generation prompt, both ways find the same tokens."""
+    import copy
+
+    trl = pytest.importorskip("trl")
+    folder = Path(trl.__file__).parent / "chat_templates"
+    plain, marked = (
+        (folder / f"{family}.jinja").read_text(),
+        (folder / f"{family}_training.jinja").read_text(),
+    )
+    tok = copy.deepcopy(chat_tok)
+    markers = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok.add_special_tokens({"additional_special_tokens": [*markers, "<start_of_turn>", "<end_of_turn>"]})
+    for messages in conversations(10, seed=7):
+        pairs = parse_messages(messages)
+        by_diff, by_markers = ChatRenderer(tok, plain)(pairs), ChatRenderer(tok, marked)(pairs)
+        assert by_diff == by_markers
+        assert 0 < sum(by_diff.assistant_mask) < len(by_diff.input_ids)
+
+
+def test_real_template_that_rewrites_past_turns_is_refused_and_its_marked_version_works(chat_tok):
+    import copy
+
+    trl = pytest.importorskip("trl")
+    folder = Path(trl.__file__).parent / "chat_templates"
+    tok = copy.deepcopy(chat_tok)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]}
+    )
+    multi = parse_messages(next(r for r in conversations(6) if sum(m["role"] == "assistant" for m in r) > 1))
+    with pytest.raises(ConfigError, match="not prefix-stable"):
+        ChatRenderer(tok, (folder / "qwen3.jinja").read_text())(multi, "row")
+    rendered = ChatRenderer(tok, (folder / "qwen3_training.jinja").read_text())(multi, "row")
+    assert any(rendered.assistant_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_parquet_and_hf_dataset_rows_read_like_jsonl(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = conversations(5)
+    from_jsonl = load_documents(str(write_chat_jsonl(tmp_path / "c.jsonl", rows)), chat_cfg())
+    pq.write_table(pa.table({"conv": rows}), tmp_path / "c.parquet")
+    from_parquet = load_documents(str(tmp_path / "c.parquet"), chat_cfg(messages_field="conv"))
+    datasets.Dataset.from_dict({"messages": rows}).save_to_disk(str(tmp_path / "ds"))
+    from_hf = load_documents(f"hf:{tmp_path / 'ds'}", chat_cfg())
+    expected = [tuple((m["role"], m["content"]) for m in r) for r in rows]
+    for docs in (from_jsonl, from_parquet, from_hf):
+        assert [d.messages for d in docs] == expected
+
+
+def test_chat_format_refuses_text_files_and_a_missing_field(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text\n")
+    with pytest.raises(ConfigError, match="JSONL, Parquet or hf"):
+        load_documents(str(tmp_path / "a.txt"), chat_cfg())
+    path = write_chat_jsonl(tmp_path / "c.jsonl", conversations(2))
+    with pytest.raises(ConfigError, match="data.messages_field"):
+        load_documents(str(path), chat_cfg(messages_field="conversation"))
+
+
+def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, chat_tok, caplog):
+    good = conversations(3)
+    rows = [
+        good[0],
+        [{"role": "user", "content": "hello"}],  # line 2: no assistant turn
+        good[1],
+        [
+            {"role": "tool", "content": "x"},
+            {"role": "assistant", "content": "fine"},
+        ],  # line 4: template raises
+        [{"role": "user", "content": 5}],  # line 5: malformed (content not text)
+        good[2],
+    ]
+    chat_tok.chat_template = STRICT
+    with caplog.at_level(logging.WARNING):
+        docs = load_documents(str(write_chat_jsonl(tmp_path / "c.jsonl", rows)), chat_cfg())
+        blocks = pack_documents(docs, chat_tok, 8)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 2, lines
+    load_line = next(line for line in lines if "malformed" in line)
+    assert "skipped 1 of 6" in load_line and "first: c.jsonl:5" in load_line
+    render_line = next(line for line in lines if "chat template" in line)
+    assert "skipped 2 of 5" in render_line and "first: c.jsonl:2 (no assistant turn)" in render_line
+    assert "1 rejected by the chat template" in render_line and "1 no assistant turn" in render_line
+    kept = [tok for r in (good[0], good[1], good[2]) for tok in reference(chat_tok, r)[0]]
+    assert blocks.input_ids.flatten().tolist() == kept[: len(blocks) * 8]
+
+
+def test_every_row_rejected_is_one_line(tmp_path, chat_tok):
+    chat_tok.chat_template = PLAIN
+    docs = load_documents(
+        str(write_chat_jsonl(tmp_path / "c.jsonl", [[{"role": "user", "content": "hi"}]] * 3)), chat_cfg()
+    )
+    with pytest.raises(ConfigError, match="skipped 3 of 3 .*no chat row is left") as e:
+        pack_documents(docs, chat_tok, 8)
+    assert "\n" not in str(e.value)
+
+
+def test_a_tokenizer_without_a_chat_template_gets_one_line_or_the_declared_one(tmp_path, chat_tok):
+    chat_tok.chat_template = None
+    docs = load_documents(str(write_chat_jsonl(tmp_path / "c.jsonl", conversations(4))), chat_cfg())
+    with pytest.raises(ConfigError, match="has no chat template; set data.chat_template") as e:
+        pack_documents(docs, chat_tok, 8)
+    assert "\n" not in str(e.value)
+    cfg = Config()
+    cfg.data = chat_cfg(chat_template=PLAIN)
+    settle_chat_template(cfg, chat_tok, docs, {})
+    assert chat_tok.chat_template == PLAIN
+    (tmp_path / "t.jinja").write_text(MARKED)
+    cfg.data = chat_cfg(chat_template=str(tmp_path / "t.jinja"))
+    settle_chat_template(cfg, chat_tok, docs, {})
+    assert chat_tok.chat_template == MARKED
+    cfg.data = chat_cfg(chat_template=str(tmp_path / "missing.jinja"))
+    with pytest.raises(ConfigError, match="neither a Jinja template"):
+        settle_chat_template(cfg, chat_tok, docs, {})
+
+
+def test_teacher_and_student_templates_must_agree_or_one_is_named(tmp_path, chat_tok):
+    import copy
+
+    docs = load_documents(str(write_chat_jsonl(tmp_path / "c.jsonl", conversations(4))), chat_cfg())
+    teacher, student = copy.deepcopy(chat_tok), copy.deepcopy(chat_tok)
+    teacher.chat_template = MARKED
+    student.chat_template = MARKED.replace("<|end|>{% endgeneration %}", "{% endgeneration %}<|end|>")
+    cfg = Config()
+    cfg.data = chat_cfg()
+    chat_tok.chat_template = MARKED  # the run tokenizer is the teacher's
+    settle_chat_template(
+        cfg, chat_tok, docs, {"teacher": teacher, "student": copy.deepcopy(teacher)}
+    )  # agree
+    with pytest.raises(ConfigError, match="student's chat template renders row c.jsonl:1 unlike") as e:
+        settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher, "student": student})
+    assert "data.chat_template_from" in str(e.value) and "\n" not in str(e.value)
+    cfg.data = chat_cfg(chat_template_from="student")
+    settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher, "student": student})
+    assert chat_tok.chat_template == student.chat_template
+    with pytest.raises(ConfigError, match="preset"):
+        settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher})
+
+
+def test_eval_sources_of_a_chat_run_read_rows_as_chat_and_text_as_text(tmp_path):
+    train = write_chat_jsonl(tmp_path / "train.jsonl", conversations(6))
+    held = write_chat_jsonl(tmp_path / "held.jsonl", conversations(2, seed=9))
+    (tmp_path / "notes.txt").write_text("some plain text\n")
+    cfg = Config()
+    cfg.data = chat_cfg(
+        source=str(train),
+        eval_fraction=0.0,
+        eval_sources={"held": str(held), "text": str(tmp_path / "notes.txt")},
+    )
+    splits = load_splits(cfg)
+    assert all(d.messages for d in splits["train"] + splits["held"])
+    assert splits["text"][0].messages is None and splits["text"][0].text.startswith("some plain")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.chat_template={{ x }}"], "data.chat_template applies to data.format=chat only"),
+        (["data.chat_template_from=teacher"], "data.chat_template_from applies to data.format=chat only"),
+        (
+            ["data.format=chat", "data.source=x.jsonl", "data.prompt_field=p", "data.response_field=r"],
+            "do not apply",
+        ),
+        (["data.format=chat"], "not pystdlib"),
+    ],
+)
+def test_chat_keys_without_chat_format_and_chat_without_rows_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(overrides=overrides)
+    assert "\n" not in str(e.value)
+
+
+messages_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.sampled_from(ROLES + ("tool",))
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.fixed_dictionaries({"role": inner, "content": inner}),
+        st.dictionaries(st.sampled_from(["role", "content", "x"]), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(messages_values, min_size=1, max_size=5))
+def test_random_messages_render_or_are_skipped_never_a_crash(tmp_path_factory, chat_tok, values):
+    path = tmp_path_factory.mktemp("fuzz") / "c.jsonl"
+    path.write_text("".join(json.dumps({"messages": v}) + "\n" for v in values))
+    chat_tok.chat_template = STRICT
+    try:
+        docs = load_documents(str(path), chat_cfg(min_chars=0))
+        blocks = pack_documents(docs, chat_tok, 4)
+    except EkdError as e:
+        assert "\n" not in str(e), str(e)
+    else:
+        assert blocks.num_targets >= 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_distill_with_a_template_less_tokenizer_is_one_line(tmp_path, chat_tok, capsys):
+    chat_tok.chat_template = None
+    chat_tok.save_pretrained(str(tmp_path / "tok"))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", conversations(8))
+    overrides = tiny_overrides(
+        tmp_path, data, "nochat", **{"data.format": "chat", "model.tokenizer": tmp_path / "tok"}
+    )
+    assert main(["distill", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ekd: error: "), err
+    assert "has no chat template; set data.chat_template" in err[0]
+
+
+@pytest.mark.slow
+def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, chat_tok):
+    rows = conversations(16, seed=5)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", rows)
+    chat_tok.chat_template = None  # the template comes from data.chat_template (the declared fallback)
+    tok_dir = tmp_path / "tok"
+    chat_tok.save_pretrained(str(tok_dir))
+    T = 32
+    stream, flags = [], []
+    for r in rows:
+        ids, f = reference(chat_tok, r)
+        stream += ids
+        flags += f
+    N = len(stream) // T
+    assistant_targets = sum(flags[r * T + t] for r in range(N) for t in range(1, T))  # column 0 has no label
+    held_rows = conversations(3, seed=11)
+    held = write_chat_jsonl(tmp_path / "held.jsonl", held_rows)
+    held_flags = [f for r in held_rows for f in reference(chat_tok, r)[1]]
+    held_blocks = min(len(held_flags) // T, 4)  # data.max_eval_blocks=4
+    assert held_blocks >= 1
+    held_targets = sum(held_flags[r * T + t] for r in range(held_blocks) for t in range(1, T))
+    overrides = tiny_overrides(
+        tmp_path,
+        data,
+        "chat",
+        **{
+            "data.format": "chat",
+            "data.chat_template": PLAIN,
+            "data.block_length": T,
+            "data.eval_fraction": 0.0,
+            "data.eval_sources": f"{{held: {held}}}",
+            "model.tokenizer": str(tok_dir),
+            "train.micro_batch_size": N,  # every step sees every block: its counts are the whole set's
+            "train.max_steps": 2,
+            "method.ce_weight": 0.5,
+        },
+    )
+    assert main(["distill", *overrides]) == 0
+    run_dir = tmp_path / "runs" / "chat"
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "train/loss" in m]
+    assert len(steps) == 2
+    for m in steps:
+        assert m["train/kd_tokens"] == assistant_targets
+        assert m["train/ce_tokens"] == assistant_targets
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(run_dir / "student")
+    assert saved.chat_template == PLAIN  # the template travels with the student
+    assert (
+        main(["eval", str(run_dir)]) == 0
+    )  # ekd eval renders the held-out chat rows with the saved template
+    assert json.loads((run_dir / "eval.json").read_text())["held"]["tokens"] == held_targets
