@@ -1,0 +1,180 @@
+"""The token store: packed splits on disk, memory-mapped and read lazily by every run and rank.
+
+One store is one directory ``<store_dir>/<key>/`` (the key: a hash of its :func:`ekd.data.store_build`
+signature — data source, tokenizer hash, packing settings) holding ``manifest.json`` and one folder per
+split, ``split-<i>/`` (``i``: the split's position among the configured splits), with three flat files over the split's packed stream of S tokens:
+
+- ``tokens.u32``: (S,) uint32 token ids, the stream ``[BOS] · prompt · text · [EOS]`` of every document
+  (:func:`ekd.data.packing.token_chunks`), then the padding of a lone partial block if there is one;
+- ``flags.u8``: (S,) uint8 per token, bit 0 target mask, bit 1 document start, bit 2 end-of-document mark;
+- ``documents.i64``: (D,) int64 offset of every document's first token in the stream.
+
+Block ``b`` is tokens ``[b·T, (b+1)·T)``; the manifest records N (blocks) per split, so a ragged tail past
+``N·T`` is never read. The block index is thus the manifest's (N, T) and needs no file of its own.
+``manifest.json`` is written last and the directory renamed into place after it (see
+:mod:`ekd.data.store_build`), so a store that has a manifest whose sizes match its files is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from ekd.data.boundary import DocumentBoundary
+from ekd.data.packing import PackedBlocks, TokenChunk
+from ekd.io import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+TARGET, START, END = 1, 2, 4  # bits of flags.u8
+FILES = {
+    "tokens": ("tokens.u32", np.uint32),
+    "flags": ("flags.u8", np.uint8),
+    "documents": ("documents.i64", np.int64),
+}
+
+
+class MappedColumn:
+    """An (N, T) read-only view of a store file that reads only the rows it is indexed with.
+
+    ``column[rows]`` (an int, slice, index array or tensor, optionally with a column index) returns a torch
+    tensor: long ids, or bool for one bit of the flags.
+    """
+
+    def __init__(self, array: np.ndarray, bit: int | None = None) -> None:
+        self.array = array  # (N, T) np.memmap
+        self.bit = bit
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.array.shape)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        rows = self.array[index]
+        if self.bit is None:
+            return torch.from_numpy(rows.astype(np.int64))  # uint32 → long, a copy
+        return torch.from_numpy(np.bitwise_and(rows, self.bit) != 0)
+
+
+@dataclass
+class SplitFiles:
+    """The files of one split being written, appended to chunk by chunk.
+
+    ``tokens``/``documents`` count what was appended (tokens in the stream, documents in it); ``sizes``
+    gives the byte length of each file, recorded in a checkpoint and restored by :meth:`open`.
+    """
+
+    directory: Path
+    tokens: int = 0
+    documents: int = 0
+    handles: dict[str, BinaryIO] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, directory: Path, tokens: int = 0, documents: int = 0) -> SplitFiles:
+        """Open (create) the files; an existing file is cut back to ``tokens``/``documents`` (resume)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = cls(directory, tokens, documents)
+        for name, (filename, dtype) in FILES.items():
+            path = directory / filename
+            f = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 (closed by close())
+            f.truncate((documents if name == "documents" else tokens) * np.dtype(dtype).itemsize)
+            f.seek(0, os.SEEK_END)
+            files.handles[name] = f
+        return files
+
+    def append(self, chunk: TokenChunk) -> None:
+        """Append a piece of the packed stream (ids, flags and the offsets of the documents that start in it)."""
+        ids = chunk.input_ids.numpy()  # (s,)
+        flags = (
+            chunk.target_mask.numpy().astype(np.uint8) * TARGET
+            + chunk.document_starts.numpy().astype(np.uint8) * START
+            + chunk.boundary_mask.numpy().astype(np.uint8) * END
+        )  # (s,)
+        starts = np.flatnonzero(chunk.document_starts.numpy()).astype(np.int64) + self.tokens  # (d,)
+        self.handles["tokens"].write(ids.astype(np.uint32).tobytes())
+        self.handles["flags"].write(flags.tobytes())
+        self.handles["documents"].write(starts.tobytes())
+        self.tokens += ids.size
+        self.documents += int(chunk.documents)
+
+    def pad(self, count: int, pad_id: int) -> None:
+        """Append ``count`` padding tokens: one document of their own, never a target (a lone partial block)."""
+        flags = np.zeros(count, dtype=np.uint8)
+        flags[0] = START
+        self.handles["tokens"].write(np.full(count, pad_id, dtype=np.uint32).tobytes())
+        self.handles["flags"].write(flags.tobytes())
+        self.tokens += count
+
+    def sync(self) -> None:
+        """Flush and fsync every file (before a checkpoint records their sizes)."""
+        for f in self.handles.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        for f in self.handles.values():
+            f.close()
+        self.handles.clear()
+        fsync_dir(self.directory)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest of a complete store, or None when it is missing, unreadable or its files are short."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        if manifest.get("format") != STORE_FORMAT:
+            return None
+        for split in manifest["splits"]:
+            for name, (filename, dtype) in FILES.items():
+                count = split["documents"] if name == "documents" else split["tokens"]
+                if (directory / f"split-{split['folder']}" / filename).stat().st_size != count * np.dtype(
+                    dtype
+                ).itemsize:
+                    return None
+            if split["blocks"] * manifest["block_length"] > split["tokens"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBoundary) -> PackedBlocks:
+    """Split ``index`` (position in ``manifest['splits']``; its files are in ``split-<folder>/``) of a store as PackedBlocks whose (N, T) fields are :class:`MappedColumn`."""
+    split = manifest["splits"][index]
+    n, t = int(split["blocks"]), int(manifest["block_length"])
+    folder = directory / f"split-{split['folder']}"
+    tokens = np.memmap(folder / FILES["tokens"][0], dtype=np.uint32, mode="r", shape=(split["tokens"],))
+    flags = np.memmap(folder / FILES["flags"][0], dtype=np.uint8, mode="r", shape=(split["tokens"],))
+    ids_2d = tokens[: n * t].reshape(n, t)  # (N, T) a view: nothing read yet
+    flags_2d = flags[: n * t].reshape(n, t)  # (N, T)
+    return PackedBlocks(
+        input_ids=MappedColumn(ids_2d),  # type: ignore[arg-type]
+        target_mask=MappedColumn(flags_2d, TARGET),  # type: ignore[arg-type]
+        sample_ids=torch.arange(n, dtype=torch.long),
+        document_starts=MappedColumn(flags_2d, START),  # type: ignore[arg-type]
+        boundary_mask=MappedColumn(flags_2d, END),  # type: ignore[arg-type]
+        document_attention=manifest["document_attention"],
+        boundary=boundary,
+    )
+
+
+def document_offsets(directory: Path, index: int, manifest: dict) -> np.ndarray:
+    """(D,) int64 offset of every document's first token in split ``index`` (memory-mapped)."""
+    count = manifest["splits"][index]["documents"]
+    path = directory / f"split-{manifest['splits'][index]['folder']}" / FILES["documents"][0]
+    return np.memmap(path, dtype=np.int64, mode="r", shape=(count,)) if count else np.zeros(0, np.int64)
