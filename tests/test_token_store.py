@@ -220,6 +220,17 @@ def test_max_tokens_stops_reading(
         config(tmp_path, tokenizer_dir, corpus, False, max_tokens=100, max_eval_blocks=1), tmp_path / "r2"
     )
     assert_same_blocks(memory.blocks, stored.blocks)
+    read: list[int] = []  # without an eval set, reading stops once train is full
+    real_iter = store_build.iter_documents
+
+    def counting_iter(*args, **kwargs):
+        for doc in real_iter(*args, **kwargs):
+            read.append(1)
+            yield doc
+
+    monkeypatch.setattr(store_build, "iter_documents", counting_iter)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_tokens=100, eval_fraction=0)
+    assert list(prepare_data(cfg, tmp_path / "r3").blocks) == ["train"] and len(read) <= 64
     with pytest.raises(ConfigError, match="data.max_tokens=10 is less than one block"):
         config(tmp_path, tokenizer_dir, corpus, True, max_tokens=10)
 
@@ -320,3 +331,34 @@ def test_store_reads_rows_lazily(tmp_path: Path, tokenizer_dir: Path) -> None:
     assert re.search("memmap", type(train.input_ids.array).__name__)
     assert train.input_ids[torch.tensor([1, 0])].dtype == torch.long
     assert train.target_mask[2].dtype == torch.bool
+
+
+def test_document_offsets_mark_every_document_start(tmp_path: Path, tokenizer_dir: Path) -> None:
+    import numpy as np
+
+    from ekd.data.store import START, document_offsets, read_manifest
+
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    store = next(p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir())
+    manifest = read_manifest(store)
+    flags = np.fromfile(store / "split-0" / "flags.u8", dtype=np.uint8)
+    offsets = document_offsets(store, 0, manifest)
+    assert np.array_equal(offsets, np.flatnonzero(flags & START))
+    assert len(offsets) == manifest["splits"][0]["documents"] > 1
+
+
+def test_train_and_ekd_eval_read_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ekd.train.evaluation import evaluate_saved_run
+    from ekd.train.trainer import train
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus")
+    overrides = tiny_overrides(tmp_path, corpus, "stored") + ["data.store_dir=auto", "method=ce"]
+    cfg = load_config(overrides=overrides)
+    train(cfg)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        results = evaluate_saved_run(cfg.run_dir)
+    assert any("reusing" in r.getMessage() for r in caplog.records)
+    assert "eval" in results and "train" not in results

@@ -153,7 +153,23 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
-def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBoundary) -> PackedBlocks:
+@dataclass
+class StoredBlocks(PackedBlocks):
+    """PackedBlocks read from a token store; the fingerprint and target count recorded at build time are
+    returned without reading the files again."""
+
+    stored_fingerprint: str | None = None
+    stored_targets: int | None = None
+
+    @property
+    def num_targets(self) -> int:
+        return super().num_targets if self.stored_targets is None else self.stored_targets
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() if self.stored_fingerprint is None else self.stored_fingerprint
+
+
+def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBoundary) -> StoredBlocks:
     """Split ``index`` (position in ``manifest['splits']``; its files are in ``split-<folder>/``) of a store as PackedBlocks whose (N, T) fields are :class:`MappedColumn`."""
     split = manifest["splits"][index]
     n, t = int(split["blocks"]), int(manifest["block_length"])
@@ -162,7 +178,7 @@ def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBo
     flags = np.memmap(folder / FILES["flags"][0], dtype=np.uint8, mode="r", shape=(split["tokens"],))
     ids_2d = tokens[: n * t].reshape(n, t)  # (N, T) a view: nothing read yet
     flags_2d = flags[: n * t].reshape(n, t)  # (N, T)
-    return PackedBlocks(
+    return StoredBlocks(
         input_ids=MappedColumn(ids_2d),  # type: ignore[arg-type]
         target_mask=MappedColumn(flags_2d, TARGET),  # type: ignore[arg-type]
         sample_ids=torch.arange(n, dtype=torch.long),
@@ -170,6 +186,8 @@ def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBo
         boundary_mask=MappedColumn(flags_2d, END),  # type: ignore[arg-type]
         document_attention=manifest["document_attention"],
         boundary=boundary,
+        stored_fingerprint=split.get("fingerprint"),
+        stored_targets=split.get("num_targets"),
     )
 
 

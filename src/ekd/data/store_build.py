@@ -209,9 +209,12 @@ def _phases(cfg: Config) -> list[_Phase]:
             for doc in iter_documents(d.source, d):
                 yield ("eval" if stable_unit(content_key(doc)) < d.eval_fraction else "train"), doc
 
-        phases = [_Phase("data.source", d.source, ["train", "eval"], routed, cap)]
+        splits = (
+            ["train", "eval"] if d.eval_fraction > 0 else ["train"]
+        )  # a split that gets nothing never fills
+        phases = [_Phase("data.source", d.source, splits, routed, cap)]
     for name, source in d.eval_sources.items():
-        if name in phases[0].splits:
+        if name in phases[0].splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
         key = f"data.eval_sources.{name}"
 
