@@ -336,15 +336,15 @@ def test_store_reads_rows_lazily(tmp_path: Path, tokenizer_dir: Path) -> None:
 def test_document_offsets_mark_every_document_start(tmp_path: Path, tokenizer_dir: Path) -> None:
     import numpy as np
 
-    from ekd.data.store import START, document_offsets, read_manifest
+    from ekd.data.store import document_offsets, read_manifest
 
     corpus = write_corpus(tmp_path / "c.jsonl")
     prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
     store = next(p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir())
     manifest = read_manifest(store)
-    flags = np.fromfile(store / "split-0" / "flags.u8", dtype=np.uint8)
+    starts = np.fromfile(store / "split-0" / "starts.u8", dtype=np.uint8)
     offsets = document_offsets(store, 0, manifest)
-    assert np.array_equal(offsets, np.flatnonzero(flags & START))
+    assert np.array_equal(offsets, np.flatnonzero(starts))
     assert len(offsets) == manifest["splits"][0]["documents"] > 1
 
 

@@ -2,11 +2,13 @@
 
 One store is one directory ``<store_dir>/<key>/`` (the key: a hash of its :func:`ekd.data.store_build`
 signature — data source, tokenizer hash, packing settings) holding ``manifest.json`` and one folder per
-split, ``split-<i>/`` (``i``: the split's position among the configured splits), with three flat files over the split's packed stream of S tokens:
+split, ``split-<i>/`` (``i``: the split's position among the configured splits), with flat files over the split's packed stream of S tokens:
 
 - ``tokens.u32``: (S,) uint32 token ids, the stream ``[BOS] · prompt · text · [EOS]`` of every document
   (:func:`ekd.data.packing.token_chunks`), then the padding of a lone partial block if there is one;
-- ``flags.u8``: (S,) uint8 per token, bit 0 target mask, bit 1 document start, bit 2 end-of-document mark;
+- ``target.u8``, ``starts.u8``, ``ends.u8``: (S,) 0/1 bytes, the target mask, document starts and
+  end-of-document marks (one byte each rather than three bits of one: read as bool tensors with no decoding,
+  so batches come off the store as fast as from memory);
 - ``documents.i64``: (D,) int64 offset of every document's first token in the stream.
 
 Block ``b`` is tokens ``[b·T, (b+1)·T)``; the manifest records N (blocks) per split, so a ragged tail past
@@ -17,9 +19,11 @@ Block ``b`` is tokens ``[b·T, (b+1)·T)``; the manifest records N (blocks) per 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,10 +39,12 @@ logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 MANIFEST = "manifest.json"
-TARGET, START, END = 1, 2, 4  # bits of flags.u8
+MASKS = ("target", "starts", "ends")  # the (S,) bool files, in PackedBlocks field order
 FILES = {
     "tokens": ("tokens.u32", np.uint32),
-    "flags": ("flags.u8", np.uint8),
+    "target": ("target.u8", np.uint8),
+    "starts": ("starts.u8", np.uint8),
+    "ends": ("ends.u8", np.uint8),
     "documents": ("documents.i64", np.int64),
 }
 
@@ -46,28 +52,32 @@ FILES = {
 class MappedColumn:
     """An (N, T) read-only view of a store file that reads only the rows it is indexed with.
 
-    ``column[rows]`` (an int, slice, index array or tensor, optionally with a column index) returns a torch
-    tensor: long ids, or bool for one bit of the flags.
+    ``column[rows]`` (an int, slice, index tensor or array, optionally with a column index) returns a torch
+    tensor: long ids, or bool for a mask. The gather runs in torch over the mapped file (no
+    copy of the file; pages are read as rows are touched). Ids are viewed as int32 (every vocabulary is
+    below 2**31) because torch gathers int32, not uint32.
     """
 
-    def __init__(self, array: np.ndarray, bit: int | None = None) -> None:
-        self.array = array  # (N, T) np.memmap
-        self.bit = bit
+    def __init__(self, array: np.ndarray, mask: bool = False) -> None:
+        self.array = array  # (N, T) np.memmap, uint32 ids or 0/1 uint8 mask
+        self.mask = mask
+        with warnings.catch_warnings():  # read-only by design: nothing writes through this tensor
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(array.view(np.uint8 if mask else np.int32))  # (N, T), no copy
+        self.tensor = tensor.view(torch.bool) if mask else tensor
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size(self.array.shape)
+        return self.tensor.shape
 
     def __len__(self) -> int:
-        return int(self.array.shape[0])
+        return int(self.tensor.shape[0])
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):
-            index = index.numpy()
-        rows = self.array[index]
-        if self.bit is None:
-            return torch.from_numpy(rows.astype(np.int64))  # uint32 → long, a copy
-        return torch.from_numpy(np.bitwise_and(rows, self.bit) != 0)
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        rows = self.tensor[index]
+        return rows if self.mask else rows.long()
 
 
 @dataclass
@@ -97,26 +107,24 @@ class SplitFiles:
         return files
 
     def append(self, chunk: TokenChunk) -> None:
-        """Append a piece of the packed stream (ids, flags and the offsets of the documents that start in it)."""
+        """Append a piece of the packed stream (ids, masks and the offsets of the documents that start in it)."""
         ids = chunk.input_ids.numpy()  # (s,)
-        flags = (
-            chunk.target_mask.numpy().astype(np.uint8) * TARGET
-            + chunk.document_starts.numpy().astype(np.uint8) * START
-            + chunk.boundary_mask.numpy().astype(np.uint8) * END
-        )  # (s,)
         starts = np.flatnonzero(chunk.document_starts.numpy()).astype(np.int64) + self.tokens  # (d,)
         self.handles["tokens"].write(ids.astype(np.uint32).tobytes())
-        self.handles["flags"].write(flags.tobytes())
+        for name, mask in zip(MASKS, (chunk.target_mask, chunk.document_starts, chunk.boundary_mask)):
+            self.handles[name].write(mask.numpy().astype(np.uint8).tobytes())
         self.handles["documents"].write(starts.tobytes())
         self.tokens += ids.size
         self.documents += int(chunk.documents)
 
     def pad(self, count: int, pad_id: int) -> None:
         """Append ``count`` padding tokens: one document of their own, never a target (a lone partial block)."""
-        flags = np.zeros(count, dtype=np.uint8)
-        flags[0] = START
+        starts = np.zeros(count, dtype=np.uint8)
+        starts[0] = 1
         self.handles["tokens"].write(np.full(count, pad_id, dtype=np.uint32).tobytes())
-        self.handles["flags"].write(flags.tobytes())
+        self.handles["target"].write(np.zeros(count, dtype=np.uint8).tobytes())
+        self.handles["starts"].write(starts.tobytes())
+        self.handles["ends"].write(np.zeros(count, dtype=np.uint8).tobytes())
         self.tokens += count
 
     def sync(self) -> None:
@@ -175,20 +183,55 @@ def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBo
     n, t = int(split["blocks"]), int(manifest["block_length"])
     folder = directory / f"split-{split['folder']}"
     tokens = np.memmap(folder / FILES["tokens"][0], dtype=np.uint32, mode="r", shape=(split["tokens"],))
-    flags = np.memmap(folder / FILES["flags"][0], dtype=np.uint8, mode="r", shape=(split["tokens"],))
     ids_2d = tokens[: n * t].reshape(n, t)  # (N, T) a view: nothing read yet
-    flags_2d = flags[: n * t].reshape(n, t)  # (N, T)
+
+    def mask(name: str) -> MappedColumn:
+        flat = np.memmap(folder / FILES[name][0], dtype=np.uint8, mode="r", shape=(split["tokens"],))
+        return MappedColumn(flat[: n * t].reshape(n, t), mask=True)  # (N, T)
+
     return StoredBlocks(
         input_ids=MappedColumn(ids_2d),  # type: ignore[arg-type]
-        target_mask=MappedColumn(flags_2d, TARGET),  # type: ignore[arg-type]
+        target_mask=mask("target"),  # type: ignore[arg-type]
         sample_ids=torch.arange(n, dtype=torch.long),
-        document_starts=MappedColumn(flags_2d, START),  # type: ignore[arg-type]
-        boundary_mask=MappedColumn(flags_2d, END),  # type: ignore[arg-type]
+        document_starts=mask("starts"),  # type: ignore[arg-type]
+        boundary_mask=mask("ends"),  # type: ignore[arg-type]
         document_attention=manifest["document_attention"],
         boundary=boundary,
         stored_fingerprint=split.get("fingerprint"),
         stored_targets=split.get("num_targets"),
     )
+
+
+def fingerprint_files(folder: Path, blocks: int, block_length: int, chunk: int = 1 << 20) -> tuple[str, int]:
+    """:meth:`PackedBlocks.fingerprint` and :attr:`PackedBlocks.num_targets` of a split, from its files.
+
+    Read with plain reads of ``chunk`` tokens (not through a memory map, whose pages would count towards
+    the builder's resident memory), so building stays flat in memory however large the split.
+    """
+    n = blocks * block_length
+    h = hashlib.sha256()
+    h.update(repr((blocks, block_length)).encode())
+    for start in range(0, n, chunk):
+        ids = np.fromfile(
+            folder / FILES["tokens"][0], dtype=np.uint32, count=min(chunk, n - start), offset=4 * start
+        )
+        h.update(ids.astype(np.int64).tobytes())
+    targets = 0
+    for start in range(0, n, chunk):
+        mask = np.fromfile(
+            folder / FILES["target"][0], dtype=np.uint8, count=min(chunk, n - start), offset=start
+        )
+        h.update(mask.tobytes())
+        column = (np.arange(start, start + mask.size) % block_length) != 0
+        targets += int(np.count_nonzero(mask.astype(bool) & column))
+    h.update(b"starts")
+    for start in range(0, n, chunk):
+        h.update(
+            np.fromfile(
+                folder / FILES["starts"][0], dtype=np.uint8, count=min(chunk, n - start), offset=start
+            ).tobytes()
+        )
+    return h.hexdigest(), targets
 
 
 def document_offsets(directory: Path, index: int, manifest: dict) -> np.ndarray:

@@ -51,7 +51,7 @@ from ekd.data.documents import iter_documents, no_documents
 from ekd.data.packing import PackedBlocks, block_count, token_chunks
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
-from ekd.data.store import MANIFEST, STORE_FORMAT, SplitFiles, open_split, read_manifest
+from ekd.data.store import MANIFEST, STORE_FORMAT, SplitFiles, fingerprint_files, open_split, read_manifest
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 
@@ -367,10 +367,9 @@ def _finish(
         "document_attention": d.document_attention,
         "splits": splits,
     }
-    for i, split in enumerate(splits):
-        blocks = open_split(staging, i, manifest, boundary)
-        split["fingerprint"] = blocks.fingerprint()
-        split["num_targets"] = blocks.num_targets
+    for split in splits:
+        folder = staging / f"split-{split['folder']}"
+        split["fingerprint"], split["num_targets"] = fingerprint_files(folder, split["blocks"], t)
     return manifest
 
 
