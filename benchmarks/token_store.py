@@ -8,7 +8,8 @@ The demo corpus is the demo's training text (``pystdlib``, ``data.max_chars=4,00
 file; 10× is ten copies of it (each document prefixed with its copy number, so no two are equal). Both are
 tokenized with one byte-level BPE (vocab 2,048, trained on 1×) and packed as the demo packs (T=128,
 ``data.max_eval_blocks=48``). Every prepare runs in a fresh subprocess under GNU ``/usr/bin/time -v``
-(maximum resident set size, wall clock). Reading: ``BlockLoader.next_batch`` (shuffled, 16 × 128 tokens:
+(maximum resident set size, wall clock) with ``MALLOC_MMAP_THRESHOLD_=131072``, as every case of
+``benchmarks.measure`` (large freed buffers leave the resident set at once instead of fragmenting the heap). Reading: ``BlockLoader.next_batch`` (shuffled, 16 × 128 tokens:
 gather, shift, position ids) over the 1× training blocks, memory-mapped from the store (warm page cache)
 vs the same blocks as in-memory tensors, alternated in one process; tokens/s of the best of 21 rounds of
 100 batches each (and the ratio of the medians).
@@ -82,7 +83,8 @@ def timed_prepare(corpus: Path, tokenizer: Path, store: Path | None, run_dir: Pa
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "benchmarks.token_store", "prepare"]
     cmd += ["--corpus", str(corpus), "--tokenizer", str(tokenizer), "--run-dir", str(run_dir)]
     cmd += ["--store", str(store or "")]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # as benchmarks.measure: freed buffers leave RSS
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", done.stderr).group(1)
     seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
