@@ -3,6 +3,8 @@ the store and in memory, and the speed of reading training batches from the stor
 
     python -m benchmarks.token_store --out /tmp/ekd-token-store          # ~10 min on 2 shared cores
     python -m benchmarks.token_store --out /tmp/ekd-token-store --scales 1 2   # quicker
+    MALLOC_MMAP_THRESHOLD_=131072 /usr/bin/time -v python -m benchmarks.token_store tokenize \
+        --corpus /tmp/ekd-token-store/corpus-10x.jsonl --tokenizer /tmp/ekd-token-store/tokenizer  # tokenizer alone
 
 The demo corpus is the demo's training text (``pystdlib``, ``data.max_chars=4,000,000``) written to a JSONL
 file; 10× is ten copies of it (each document prefixed with its copy number, so no two are equal). Both are
@@ -78,6 +80,20 @@ def prepare(args: argparse.Namespace) -> None:
     print(json.dumps({"blocks": len(train), "tokens": len(train) * train.block_length}))
 
 
+def tokenize_only(args: argparse.Namespace) -> None:
+    """Child: tokenize the corpus and keep nothing (the tokenizer's own memory footprint); print the tokens."""
+    from ekd.config import DataConfig
+    from ekd.data.boundary import DocumentBoundary
+    from ekd.data.documents import iter_documents
+    from ekd.data.packing import token_chunks
+    from ekd.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    boundary = DocumentBoundary("eos", None, tokenizer.eos_token_id, tokenizer.eos_token_id)
+    tokens = sum(len(c) for c in token_chunks(iter_documents(args.corpus, DataConfig()), tokenizer, boundary))
+    print(json.dumps({"blocks": 0, "tokens": tokens}))
+
+
 def timed_prepare(corpus: Path, tokenizer: Path, store: Path | None, run_dir: Path) -> dict:
     """Run :func:`prepare` in a subprocess under ``/usr/bin/time -v``: peak RSS (MiB), wall (s), tokens."""
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "benchmarks.token_store", "prepare"]
@@ -136,14 +152,15 @@ def read_speed(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
-    child = sub.add_parser("prepare")
-    for flag in ("--corpus", "--tokenizer", "--run-dir", "--store"):
-        child.add_argument(flag, default="")
+    for command in ("prepare", "tokenize"):
+        child = sub.add_parser(command)
+        for flag in ("--corpus", "--tokenizer", "--run-dir", "--store"):
+            child.add_argument(flag, default="")
     parser.add_argument("--out", default="/tmp/ekd-token-store")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10])
     args = parser.parse_args()
-    if args.command == "prepare":
-        prepare(args)
+    if args.command in ("prepare", "tokenize"):
+        (prepare if args.command == "prepare" else tokenize_only)(args)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
