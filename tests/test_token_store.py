@@ -137,6 +137,11 @@ def test_built_once_then_reused_without_tokenizing(
     other = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, block_length=24), tmp_path / "r3")
     assert sum(calls) > 0 and other.blocks["train"].block_length == 24
     assert len([p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir()]) == 2
+    # where the store lives and how a hub dataset is fetched are not part of what it holds
+    same = config(tmp_path, tokenizer_dir, corpus, True, hf_streaming=True)
+    assert store_build.store_signature(same, first.tokenizer, first.boundary) == store_build.store_signature(
+        config(tmp_path, tokenizer_dir, corpus, True), first.tokenizer, first.boundary
+    )
 
 
 def test_changed_source_file_builds_a_new_store(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -36,7 +36,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from glob import glob, has_magic
 from itertools import islice
 from pathlib import Path
@@ -62,6 +62,12 @@ CHECKPOINT_TOKENS = 1 << 23  # tokens written between two resumable checkpoints
 PROGRESS_SECONDS = 10.0
 WINDOW_DOCUMENTS = 256  # documents routed between two rounds of tokenizing
 PROGRESS = "progress.json"
+NOT_SIGNED = (
+    "store_dir",
+    "hf_streaming",
+    "source",
+    "eval_sources",
+)  # data keys outside the signature's "data"
 
 
 def store_root(cfg: Config) -> Path:
@@ -104,31 +110,19 @@ def stored_blocks(
 
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
-    """Everything the stored blocks depend on, as JSON values (the store's key is its hash)."""
+    """Everything the stored blocks depend on, as JSON values (the store's key is its hash): every ``data``
+    key but ``NOT_SIGNED``, the sources' content signatures, the tokenizer hash and the document boundary."""
     d = cfg.data
-    settings = [
-        "format",
-        "text_field",
-        "prompt_field",
-        "response_field",
-        "hf_name",
-        "hf_split",
-        "min_chars",
-        "max_documents",
-        "max_chars",
-        "eval_fraction",
-        "max_eval_blocks",
-        "max_tokens",
-        "block_length",
-        "document_attention",
-    ]
+    # every data key, so a key added later (a chat format, a template) can never reuse a store built without
+    # it; left out: where the store lives, how a hub dataset is fetched, and the sources (signed by content)
+    data = {f.name: getattr(d, f.name) for f in fields(d) if f.name not in NOT_SIGNED}
     signature = {
         "format": STORE_FORMAT,
         "packing_rule": PACKING_RULE,
         "tokenizer": tokenizer_hash(tokenizer),
         "vocab_size": len(tokenizer),
         "boundary": [boundary.describe(), boundary.pad_id],
-        "data": {name: getattr(d, name) for name in settings},
+        "data": data,
         "source": source_signature(d.source),
         "eval_sources": {name: source_signature(src) for name, src in d.eval_sources.items()},
     }
