@@ -163,6 +163,16 @@ class DataConfig:
     """Document boundaries: 'auto' (the models' convention: BOS if the tokenizer adds one, the models'
     end-of-document id ``eos_token_id``), 'eos' (tokenizer EOS after each document), 'bos_eos' (tokenizer BOS
     before, EOS after) or 'none' (nothing added; no end-of-document target)."""
+    max_tokens: int = number(0, ge=0)
+    """Token budget of the training split (0 = all): tokenizing stops once it is reached and the split keeps
+    ``max_tokens // block_length`` blocks; with ``store_dir`` set, reading the source stops there too."""
+    store_dir: str = text("", what="a directory")
+    """Token store: '' = tokenize and pack in memory on every run; 'auto' = ``<run.output_dir>/token-store``;
+    else this directory. Packed blocks are written there once (memory-mapped, read lazily by every run and
+    rank; reused while data, tokenizer and packing settings are unchanged) — for corpora larger than memory."""
+    hf_streaming: bool = flag(False)
+    """Read ``hf:`` datasets with ``load_dataset(..., streaming=True)`` (no full download; use with
+    ``max_tokens``)."""
 
 
 @dataclass

@@ -27,6 +27,11 @@ def validate(cfg: Config) -> None:
     if bool(d.prompt_field) != bool(d.response_field):
         raise ConfigError("data.prompt_field and data.response_field must be set together")
     _check_chat(d)
+    if 0 < d.max_tokens < d.block_length:
+        raise ConfigError(
+            f"data.max_tokens={d.max_tokens} is less than one block (data.block_length={d.block_length}); "
+            "raise it or set 0 (no budget)"
+        )
     if t.source == "cache" and not t.cache_dir:
         raise ConfigError("teacher.cache_dir must be set when teacher.source=cache")
     if m.kd_weight == 0 and m.ce_weight == 0:

@@ -52,18 +52,13 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     """
     data = cfg.data
     if data.source == "pystdlib":
-        splits = {
-            name: _filter_optional(docs, data, name)
-            if name != "train"
-            else filter_documents(docs, data, "pystdlib", "data.source")
-            for name, docs in pystdlib_splits(max_chars=max_chars, eval_fraction=data.eval_fraction).items()
-        }
+        splits = builtin_splits(data, max_chars)
     else:
         docs = load_documents(data.source, data)
-        held = held_out_keys((_content_key(d) for d in docs), data.eval_fraction)
+        held = held_out_keys((content_key(d) for d in docs), data.eval_fraction)
         splits = {
-            "train": cap_chars([d for d in docs if _content_key(d) not in held], max_chars),
-            "eval": cap_chars([d for d in docs if _content_key(d) in held], max_chars),
+            "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars),
+            "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars),
         }
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
@@ -109,6 +104,7 @@ def pack_splits(
     max_eval_blocks: int = 0,
     boundary: DocumentBoundary | None = None,
     document_attention: str = "isolated",
+    max_train_tokens: int = 0,
 ) -> dict[str, PackedBlocks]:
     """Pack every split; eval sets are capped at ``max_eval_blocks`` evenly spaced blocks.
 
@@ -121,12 +117,15 @@ def pack_splits(
             (content-hash held-out split; hash order for pystdlib), so the first blocks are a fair sample.
         boundary: BOS/EOS framing (:func:`document_boundary`); default the tokenizer's EOS after each document.
         document_attention: 'isolated' or 'packed' (``data.document_attention``).
+        max_train_tokens: ``data.max_tokens``: ``train`` keeps its first ``max_train_tokens // block_length``
+            blocks and tokenizes only the documents they need (0 = all).
 
     Returns:
         Split name → PackedBlocks. ``train`` must fill at least one full block; an eval set shorter than
         one block becomes one padded block.
     """
     packed: dict[str, PackedBlocks] = {}
+    train_blocks = max_train_tokens // block_length or None
     for name, docs in splits.items():
         is_train = name == "train"
         packed[name] = pack_documents(
@@ -134,7 +133,7 @@ def pack_splits(
             tokenizer,
             block_length,
             allow_partial_block=not is_train,
-            max_blocks=None if is_train else max_eval_blocks,
+            max_blocks=train_blocks if is_train else max_eval_blocks,
             boundary=boundary,
             document_attention=document_attention,
         )
@@ -158,8 +157,20 @@ def cap_chars(docs: Sequence[Document], max_chars: int | None) -> list[Document]
     return kept
 
 
-def _content_key(doc: Document) -> str:
-    if doc.messages is not None:  # a chat row: its roles and contents
+def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Document]]:
+    """The ``pystdlib`` splits with ``data.min_chars``/``data.max_documents`` applied (``train`` must keep one)."""
+    return {
+        name: _filter_optional(docs, data, name)
+        if name != "train"
+        else filter_documents(docs, data, "pystdlib", "data.source")
+        for name, docs in pystdlib_splits(max_chars=max_chars, eval_fraction=data.eval_fraction).items()
+    }
+
+
+def content_key(doc: Document) -> str:
+    """sha256 hex of a document's prompt and text (a chat row: its roles and contents): the unit of the
+    held-out split of user data."""
+    if doc.messages is not None:
         return hashlib.sha256(json.dumps(doc.messages, ensure_ascii=False).encode()).hexdigest()
     return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
 

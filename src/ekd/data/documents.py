@@ -6,7 +6,8 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
 - ``pystdlib`` / ``pystdlib:<split>``: the builtin corpus (see :mod:`ekd.data.pystdlib`); the bare name is
   its ``train`` split.
 - ``hf:<name or local path>``: a Hugging Face dataset, via ``load_from_disk`` when the path is a directory
-  written by ``Dataset.save_to_disk``, else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``.
+  written by ``Dataset.save_to_disk``, else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``
+  (``streaming=True`` with ``data.hf_streaming``); rows are read in batches, never all at once.
 - a ``.jsonl`` / ``.parquet`` file: one document per row, from ``data.text_field`` or from the
   ``data.prompt_field`` / ``data.response_field`` pair (the prompt gets no loss).
 - ``data.format=chat``: JSONL, Parquet or HF rows (told apart as above) whose ``data.messages_field`` holds a
@@ -16,6 +17,8 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
   in sorted path order; files that are not UTF-8 are skipped with a warning.
+
+:func:`iter_documents` reads a source lazily (text files in 1 MiB chunks) for corpora larger than memory.
 
 Every failure is raised as :class:`ekd.config.ConfigError` with one line naming the problem and the fix.
 """
@@ -67,17 +70,40 @@ def load_documents(
         ConfigError: Missing path, unknown format, bad JSON or missing field (with the line/row), or no
             documents left after filtering.
     """
-    fmt = data_cfg.format if format is None else format
-    if fmt not in FORMATS:
-        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    skipped = SkippedRows(f"{key}={source}: chat rows") if fmt == "chat" else None
-    docs = filter_documents(_read_source(source, fmt, data_cfg, key, skipped), data_cfg, source, key)
-    if skipped is not None:
-        skipped.report()
+    docs = list(iter_documents(source, data_cfg, format, key))
+    if not docs:
+        raise no_documents(data_cfg, source, key)
     logger.info(
         "%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs)
     )
     return docs
+
+
+def iter_documents(
+    source: str,
+    data_cfg: DataConfig,
+    format: str | None = None,
+    key: str = "data.source",
+) -> Iterator[Document]:
+    """The documents of :func:`load_documents`, read lazily: text files in chunks, Parquet in row batches, HF
+    datasets in row batches (``data.hf_streaming`` streams them); may be empty (the caller decides).
+
+    Raises:
+        ConfigError: As :func:`load_documents` (a bad row when it is reached).
+    """
+    fmt = data_cfg.format if format is None else format
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    return _documents(source, fmt, data_cfg, key)
+
+
+def _documents(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterator[Document]:
+    """The filtered rows; for chat rows, the malformed ones are counted and reported (one warning line)
+    once the source is read to its end."""
+    skipped = SkippedRows(f"{key}={source}: chat rows") if fmt == "chat" else None
+    yield from _filtered(_read_source(source, fmt, data_cfg, key, skipped), data_cfg)
+    if skipped is not None:
+        skipped.report()
 
 
 def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str, key: str) -> list[Document]:
@@ -87,19 +113,29 @@ def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str
     Raises:
         ConfigError: When no document is left.
     """
-    kept: list[Document] = []
+    kept = list(_filtered(docs, data_cfg))
+    if not kept:
+        raise no_documents(data_cfg, source, key)
+    return kept
+
+
+def _filtered(docs: Iterable[Document], data_cfg: DataConfig) -> Iterator[Document]:
+    kept = 0
     for doc in docs:
         if len(doc.text if doc.messages is None else doc.full_text) < data_cfg.min_chars:
             continue
-        kept.append(doc)
-        if 0 < data_cfg.max_documents <= len(kept):
-            break
-    if not kept:
-        raise ConfigError(
-            f"{key} {source}: no documents left after filtering (min_chars={data_cfg.min_chars}); "
-            "lower data.min_chars or check the source and its fields"
-        )
-    return kept
+        yield doc
+        kept += 1
+        if 0 < data_cfg.max_documents <= kept:
+            return
+
+
+def no_documents(data_cfg: DataConfig, source: str, key: str) -> ConfigError:
+    """The error of a source with no document left after filtering."""
+    return ConfigError(
+        f"{key} {source}: no documents left after filtering (min_chars={data_cfg.min_chars}); "
+        "lower data.min_chars or check the source and its fields"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,14 +208,37 @@ def _visible_file(path: Path, root: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
+TEXT_CHUNK_CHARS = 1 << 20  # characters read at a time from a text file
+
+
 def _read_text_file(path: Path, key: str) -> Iterator[Document]:
+    """The documents of ``DOCUMENT_SEPARATOR.split(text)``, read ``TEXT_CHUNK_CHARS`` characters at a time.
+
+    A separator is taken only once text follows it in the buffer (its trailing ``\\s*`` is greedy), so the
+    pieces are exactly those of splitting the whole file at once.
+    """
+    index = 0
+    buffer = ""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as f:
+            while True:
+                chunk = f.read(TEXT_CHUNK_CHARS)
+                buffer += chunk
+                start = 0
+                for m in DOCUMENT_SEPARATOR.finditer(buffer):
+                    if chunk and m.end() == len(buffer):
+                        break  # the separator may go on in the next chunk
+                    if (piece := buffer[start : m.start()]).strip():
+                        yield Document(text=piece.strip("\n"), doc_id=f"{path.name}#{index}")
+                    index += 1
+                    start = m.end()
+                buffer = buffer[start:]
+                if not chunk:
+                    break
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {path} is not UTF-8 text; convert it or set data.format") from None
-    for i, chunk in enumerate(DOCUMENT_SEPARATOR.split(text)):
-        if chunk.strip():
-            yield Document(text=chunk.strip("\n"), doc_id=f"{path.name}#{i}")
+    if buffer.strip():
+        yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
 
 
 def _read_text_files(files: list[Path], root: Path | None, key: str, source: str) -> Iterator[Document]:
@@ -334,28 +393,35 @@ def _read_hf(
         if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             ds: Any = datasets.load_from_disk(str(path))
         else:
-            ds = datasets.load_dataset(name, data_cfg.hf_name or None, split=data_cfg.hf_split)
+            ds = datasets.load_dataset(
+                name, data_cfg.hf_name or None, split=data_cfg.hf_split, streaming=data_cfg.hf_streaming
+            )
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
         first = first_line(e)
         raise ConfigError(
             f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name"
         ) from None
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if data_cfg.hf_split not in ds:
             raise ConfigError(
                 f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})"
             )
         ds = ds[data_cfg.hf_split]
-    _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
-    columns = [list(ds[n]) for n in fields]
-    for row, values in enumerate(zip(*columns)):
-        doc = _row_document(
-            list(values),
-            fields,
-            f"{key} hf:{name} row {row}",
-            f"{path.name or name}:{row}",
-            data_cfg,
-            skipped,
-        )
-        if doc is not None:
-            yield doc
+    if ds.column_names is not None:  # a streamed dataset may know its columns only from its first rows
+        _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
+    row = 0
+    for batch in ds.iter(batch_size=1024):  # rows in batches, never the whole dataset at once
+        if row == 0:
+            _check_columns(list(batch), fields, f"hf:{name}", data_cfg, key)
+        for values in zip(*(batch[n] for n in fields)):
+            doc = _row_document(
+                list(values),
+                fields,
+                f"{key} hf:{name} row {row}",
+                f"{path.name or name}:{row}",
+                data_cfg,
+                skipped,
+            )
+            if doc is not None:
+                yield doc
+            row += 1

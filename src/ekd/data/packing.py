@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PackedBlocks:
     """A packed token set.
+
+    The (N, T) fields are tensors, or for a set read from a token store (:mod:`ekd.data.store`) read-only
+    columns that load only the rows they are indexed with (``blocks.input_ids[rows]`` is a tensor either way).
 
     Attributes:
         input_ids: (N, T) long token ids.
@@ -76,19 +79,28 @@ class PackedBlocks:
     @property
     def num_targets(self) -> int:
         """Number of positions that carry a label after the shift (targets not in column 0)."""
-        return int(self.target_mask[:, 1:].sum())
+        return sum(int(self.target_mask[rows][:, 1:].sum()) for rows in self._row_chunks())
 
     def fingerprint(self) -> str:
         """sha256 hex of the shape, ``input_ids``, ``target_mask`` and ``document_starts``; equal sets give
-        equal fingerprints."""
+        equal fingerprints (read in row chunks, so a memory-mapped set is never loaded whole)."""
         h = hashlib.sha256()
         h.update(repr(tuple(self.input_ids.shape)).encode())
-        h.update(self.input_ids.to(torch.int64).contiguous().numpy().tobytes())
-        h.update(self.target_mask.to(torch.uint8).contiguous().numpy().tobytes())
+        for rows in self._row_chunks():
+            h.update(self.input_ids[rows].to(torch.int64).contiguous().numpy().tobytes())
+        for rows in self._row_chunks():
+            h.update(self.target_mask[rows].to(torch.uint8).contiguous().numpy().tobytes())
         if self.document_starts is not None:
             h.update(b"starts")
-            h.update(self.document_starts.to(torch.uint8).contiguous().numpy().tobytes())
+            for rows in self._row_chunks():
+                h.update(self.document_starts[rows].to(torch.uint8).contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def _row_chunks(self, tokens: int = 1 << 22) -> Iterator[slice]:
+        """Slices of whole blocks holding about ``tokens`` tokens each."""
+        step = max(1, tokens // max(1, self.block_length))
+        for start in range(0, len(self), step):
+            yield slice(start, min(start + step, len(self)))
 
     def select(self, indices: torch.Tensor | Sequence[int]) -> PackedBlocks:
         """The blocks at ``indices`` as a new set, renumbered so that ``sample_ids == arange(len(indices))``."""
@@ -153,11 +165,7 @@ def pack_documents(
     max_tokens = max_blocks * block_length if max_blocks else None
     ids, mask, starts, ends, used = _token_stream(docs, tokenizer, boundary, max_tokens)  # each (S,)
     total = ids.numel()
-    n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
-    if n_blocks == 0 and (total == 0 or not allow_partial_block):
-        raise ConfigError(
-            f"data: {total} tokens is fewer than one block of data.block_length={block_length}; lower it or add data"
-        )
+    n_blocks = block_count(total, block_length, max_blocks, allow_partial_block)
     if n_blocks == 0:
         pad = block_length - total
         ids = torch.cat([ids, torch.full((pad,), boundary.pad_id, dtype=torch.long)])
@@ -191,33 +199,37 @@ def pack_documents(
     return blocks
 
 
-def _token_stream(
-    docs: Sequence[Document],
+def token_chunks(
+    docs: Iterable[Document],
     tokenizer: PreTrainedTokenizerBase,
     boundary: DocumentBoundary,
-    max_tokens: int | None = None,
     chunk: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Concatenated ``[BOS] · prompt · text · [EOS]`` ids (a chat row: its rendering), target mask, document
-    starts and end-of-document marks, each (S,), and the number of documents used.
+) -> Iterator[TokenChunk]:
+    """The packed stream of ``docs`` in pieces: one :class:`TokenChunk` per ``chunk`` documents.
 
-    Documents are tokenized in batches of ``chunk``; with ``max_tokens`` tokenization stops once the
-    stream holds that many tokens. A document with no tokens at all is skipped, and so is a chat row the
-    renderer rejects (counted, one warning line at the end).
+    Each document is ``[BOS] · prompt · text · [EOS]`` (a chat row: its template's rendering, targets on the
+    assistant tokens). Documents are tokenized in batches of ``chunk`` (the batching never changes the ids).
+    A document with no tokens at all is skipped, and so is a chat row the renderer rejects (counted, one
+    warning line once ``docs`` is exhausted). Concatenating the chunks gives the stream
+    :func:`pack_documents` cuts into blocks; the token store (:mod:`ekd.data.store`) writes the same chunks
+    to disk.
+
+    Raises:
+        ConfigError: every chat row was rejected (at the end of ``docs``).
     """
     bos = [] if boundary.bos_id is None else [boundary.bos_id]
     eos = [] if boundary.eos_id is None else [boundary.eos_id]
-    chat = ChatRenderer(tokenizer) if any(d.messages is not None for d in docs) else None
+    chat: ChatRenderer | None = None  # built at the first chat row
     skipped = SkippedRows("data.format=chat: rows")
-    ids: list[int] = []
-    mask: list[bool] = []
-    starts: list[bool] = []
-    ends: list[bool] = []
-    used = 0
-    for start in range(0, len(docs), chunk):
-        if max_tokens is not None and len(ids) >= max_tokens:
-            break
-        batch = docs[start : start + chunk]
+    total = 0
+    for batch in _batched(docs, chunk):
+        if chat is None and any(d.messages is not None for d in batch):
+            chat = ChatRenderer(tokenizer)
+        ids: list[int] = []
+        mask: list[bool] = []
+        starts: list[bool] = []
+        ends: list[bool] = []
+        used = 0
         for tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped):
             if not tokens:
                 continue
@@ -230,15 +242,74 @@ def _token_stream(
             starts.extend([True] + [False] * (len(doc) - 1))
             ends.extend([False] * (len(doc) - len(tail)) + [True] * len(tail))
             used += 1
+        total += len(ids)
+        yield TokenChunk(
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(mask, dtype=torch.bool),
+            torch.tensor(starts, dtype=torch.bool),
+            torch.tensor(ends, dtype=torch.bool),
+            used,
+        )
     skipped.report()
-    if skipped.count and skipped.count == skipped.seen and not ids:
+    if skipped.count and skipped.count == skipped.seen and not total:
         raise ConfigError(f"{skipped.line()}: no chat row is left; check the rows and the chat template")
+
+
+@dataclass
+class TokenChunk:
+    """A piece of the packed stream: ``input_ids``, ``target_mask``, ``document_starts``, ``boundary_mask``
+    (each (S,), as in :class:`PackedBlocks` before the cut into blocks) and the number of documents in it."""
+
+    input_ids: torch.Tensor
+    target_mask: torch.Tensor
+    document_starts: torch.Tensor
+    boundary_mask: torch.Tensor
+    documents: int
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def block_count(total: int, block_length: int, max_blocks: int | None, allow_partial_block: bool) -> int:
+    """Blocks cut from a stream of ``total`` tokens: ``total // T``, at most ``max_blocks`` (None or 0 = no cap);
+    0 means one padded block (only when ``allow_partial_block``).
+
+    Raises:
+        ConfigError: fewer than T tokens (or none) where a full block is needed.
+    """
+    n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
+    if n_blocks == 0 and (total == 0 or not allow_partial_block):
+        raise ConfigError(
+            f"data: {total} tokens is fewer than one block of data.block_length={block_length}; lower it or add data"
+        )
+    return n_blocks
+
+
+def _token_stream(
+    docs: Sequence[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    boundary: DocumentBoundary,
+    max_tokens: int | None = None,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Concatenated ids, target mask, document starts and end-of-document marks of :func:`token_chunks`,
+    each (S,), and the number of documents used; with ``max_tokens`` tokenization stops once the stream
+    holds that many tokens."""
+    pieces: list[TokenChunk] = []
+    held = 0
+    for piece in token_chunks(docs, tokenizer, boundary, chunk):
+        pieces.append(piece)
+        held += len(piece)
+        if max_tokens is not None and held >= max_tokens:
+            break
+    if not pieces:
+        pieces = [TokenChunk(*(torch.zeros(0, dtype=d) for d in (torch.long, *[torch.bool] * 3)), 0)]
     return (
-        torch.tensor(ids, dtype=torch.long),
-        torch.tensor(mask, dtype=torch.bool),
-        torch.tensor(starts, dtype=torch.bool),
-        torch.tensor(ends, dtype=torch.bool),
-        used,
+        torch.cat([p.input_ids for p in pieces]),
+        torch.cat([p.target_mask for p in pieces]),
+        torch.cat([p.document_starts for p in pieces]),
+        torch.cat([p.boundary_mask for p in pieces]),
+        sum(p.documents for p in pieces),
     )
 
 
@@ -272,6 +343,17 @@ def _tokenized(
             continue
         out.append((rendered.input_ids, rendered.assistant_mask, False))
     return out
+
+
+def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _encode(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:

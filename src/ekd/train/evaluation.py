@@ -111,12 +111,16 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
     from ekd.data import load_splits
-    from ekd.train.prepare import pack_run_splits
+    from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
     tokenizer = load_tokenizer(str(student_dir), role="student")
-    splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
-    splits.pop("train", None)
-    data = pack_run_splits(cfg, splits, tokenizer)
+    if cfg.data.store_dir:  # the eval sets of the run's token store
+        data = prepare_stored_data(cfg, run_dir, tokenizer)
+        data.blocks.pop("train", None)
+    else:
+        splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
+        splits.pop("train", None)
+        data = pack_run_splits(cfg, splits, tokenizer)
     student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_output_head(student, len(tokenizer), "student")

@@ -118,9 +118,12 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
-    """Load documents, build/load the tokenizer, pack every split into blocks."""
+    """Load documents, build/load the tokenizer, pack every split into blocks (in memory, or through the
+    token store of ``data.store_dir``)."""
     from ekd.data import load_splits
 
+    if cfg.data.store_dir:
+        return prepare_stored_data(cfg, run_dir)
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if tokenizer.eos_token_id is None:
@@ -154,8 +157,25 @@ def pack_run_splits(cfg: Config, splits: dict, tokenizer) -> PreparedData:
         cfg.data.max_eval_blocks,
         boundary,
         cfg.data.document_attention,
+        cfg.data.max_tokens,
     )
     return PreparedData(tokenizer, blocks, boundary)
+
+
+def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None) -> PreparedData:
+    """:func:`prepare_data` through the token store (``data.store_dir``): documents are streamed, and
+    tokenized and packed only when no store for this data, tokenizer and packing exists yet; the blocks are
+    memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it."""
+    from ekd.data import document_boundary
+    from ekd.data.store_build import stored_blocks, train_texts
+
+    if tokenizer is None:
+        tokenizer = prepare_tokenizer(cfg, run_dir, train_texts(cfg))
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
+    check_vocab(cfg, len(tokenizer))
+    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
+    return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
 
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:

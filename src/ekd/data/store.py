@@ -1,0 +1,241 @@
+"""The token store: packed splits on disk, memory-mapped and read lazily by every run and rank.
+
+One store is one directory ``<store_dir>/<key>/`` (the key: a hash of its :func:`ekd.data.store_build`
+signature — data source, tokenizer hash, packing settings) holding ``manifest.json`` and one folder per
+split, ``split-<i>/`` (``i``: the split's position among the configured splits), with flat files over the split's packed stream of S tokens:
+
+- ``tokens.u32``: (S,) uint32 token ids, the stream ``[BOS] · prompt · text · [EOS]`` of every document
+  (:func:`ekd.data.packing.token_chunks`), then the padding of a lone partial block if there is one;
+- ``target.u8``, ``starts.u8``, ``ends.u8``: (S,) 0/1 bytes, the target mask, document starts and
+  end-of-document marks (one byte each rather than three bits of one: read as bool tensors with no decoding,
+  so batches come off the store as fast as from memory);
+- ``documents.i64``: (D,) int64 offset of every document's first token in the stream.
+
+Block ``b`` is tokens ``[b·T, (b+1)·T)``; the manifest records N (blocks) per split, so a ragged tail past
+``N·T`` is never read. The block index is thus the manifest's (N, T) and needs no file of its own.
+``manifest.json`` is written last and the directory renamed into place after it (see
+:mod:`ekd.data.store_build`), so a store that has a manifest whose sizes match its files is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from ekd.data.boundary import DocumentBoundary
+from ekd.data.packing import PackedBlocks, TokenChunk
+from ekd.io import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+MASKS = ("target", "starts", "ends")  # the (S,) bool files, in PackedBlocks field order
+FILES = {
+    "tokens": ("tokens.u32", np.uint32),
+    "target": ("target.u8", np.uint8),
+    "starts": ("starts.u8", np.uint8),
+    "ends": ("ends.u8", np.uint8),
+    "documents": ("documents.i64", np.int64),
+}
+
+
+class MappedColumn:
+    """An (N, T) read-only view of a store file that reads only the rows it is indexed with.
+
+    ``column[rows]`` (an int, slice, index tensor or array, optionally with a column index) returns a torch
+    tensor: long ids, or bool for a mask. The gather runs in torch over the mapped file (no
+    copy of the file; pages are read as rows are touched). Ids are viewed as int32 (every vocabulary is
+    below 2**31) because torch gathers int32, not uint32.
+    """
+
+    def __init__(self, array: np.ndarray, mask: bool = False) -> None:
+        self.array = array  # (N, T) np.memmap, uint32 ids or 0/1 uint8 mask
+        self.mask = mask
+        with warnings.catch_warnings():  # read-only by design: nothing writes through this tensor
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(array.view(np.uint8 if mask else np.int32))  # (N, T), no copy
+        self.tensor = tensor.view(torch.bool) if mask else tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        rows = self.tensor[index]
+        return rows if self.mask else rows.long()
+
+
+@dataclass
+class SplitFiles:
+    """The files of one split being written, appended to chunk by chunk.
+
+    ``tokens``/``documents`` count what was appended (tokens in the stream, documents in it); ``sizes``
+    gives the byte length of each file, recorded in a checkpoint and restored by :meth:`open`.
+    """
+
+    directory: Path
+    tokens: int = 0
+    documents: int = 0
+    handles: dict[str, BinaryIO] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, directory: Path, tokens: int = 0, documents: int = 0) -> SplitFiles:
+        """Open (create) the files; an existing file is cut back to ``tokens``/``documents`` (resume)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = cls(directory, tokens, documents)
+        for name, (filename, dtype) in FILES.items():
+            path = directory / filename
+            f = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 (closed by close())
+            f.truncate((documents if name == "documents" else tokens) * np.dtype(dtype).itemsize)
+            f.seek(0, os.SEEK_END)
+            files.handles[name] = f
+        return files
+
+    def append(self, chunk: TokenChunk) -> None:
+        """Append a piece of the packed stream (ids, masks and the offsets of the documents that start in it)."""
+        ids = chunk.input_ids.numpy()  # (s,)
+        starts = np.flatnonzero(chunk.document_starts.numpy()).astype(np.int64) + self.tokens  # (d,)
+        self.handles["tokens"].write(ids.astype(np.uint32).tobytes())
+        for name, mask in zip(MASKS, (chunk.target_mask, chunk.document_starts, chunk.boundary_mask)):
+            self.handles[name].write(mask.numpy().astype(np.uint8).tobytes())
+        self.handles["documents"].write(starts.tobytes())
+        self.tokens += ids.size
+        self.documents += int(chunk.documents)
+
+    def pad(self, count: int, pad_id: int) -> None:
+        """Append ``count`` padding tokens: one document of their own, never a target (a lone partial block)."""
+        starts = np.zeros(count, dtype=np.uint8)
+        starts[0] = 1
+        self.handles["tokens"].write(np.full(count, pad_id, dtype=np.uint32).tobytes())
+        self.handles["target"].write(np.zeros(count, dtype=np.uint8).tobytes())
+        self.handles["starts"].write(starts.tobytes())
+        self.handles["ends"].write(np.zeros(count, dtype=np.uint8).tobytes())
+        self.tokens += count
+
+    def sync(self) -> None:
+        """Flush and fsync every file (before a checkpoint records their sizes)."""
+        for f in self.handles.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        for f in self.handles.values():
+            f.close()
+        self.handles.clear()
+        fsync_dir(self.directory)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest of a complete store, or None when it is missing, unreadable or its files are short."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        if manifest.get("format") != STORE_FORMAT:
+            return None
+        for split in manifest["splits"]:
+            for name, (filename, dtype) in FILES.items():
+                count = split["documents"] if name == "documents" else split["tokens"]
+                if (directory / f"split-{split['folder']}" / filename).stat().st_size != count * np.dtype(
+                    dtype
+                ).itemsize:
+                    return None
+            if split["blocks"] * manifest["block_length"] > split["tokens"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+@dataclass
+class StoredBlocks(PackedBlocks):
+    """PackedBlocks read from a token store; the fingerprint and target count recorded at build time are
+    returned without reading the files again."""
+
+    stored_fingerprint: str | None = None
+    stored_targets: int | None = None
+
+    @property
+    def num_targets(self) -> int:
+        return super().num_targets if self.stored_targets is None else self.stored_targets
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() if self.stored_fingerprint is None else self.stored_fingerprint
+
+
+def open_split(directory: Path, index: int, manifest: dict, boundary: DocumentBoundary) -> StoredBlocks:
+    """Split ``index`` (position in ``manifest['splits']``; its files are in ``split-<folder>/``) of a store as PackedBlocks whose (N, T) fields are :class:`MappedColumn`."""
+    split = manifest["splits"][index]
+    n, t = int(split["blocks"]), int(manifest["block_length"])
+    folder = directory / f"split-{split['folder']}"
+    tokens = np.memmap(folder / FILES["tokens"][0], dtype=np.uint32, mode="r", shape=(split["tokens"],))
+    ids_2d = tokens[: n * t].reshape(n, t)  # (N, T) a view: nothing read yet
+
+    def mask(name: str) -> MappedColumn:
+        flat = np.memmap(folder / FILES[name][0], dtype=np.uint8, mode="r", shape=(split["tokens"],))
+        return MappedColumn(flat[: n * t].reshape(n, t), mask=True)  # (N, T)
+
+    return StoredBlocks(
+        input_ids=MappedColumn(ids_2d),  # type: ignore[arg-type]
+        target_mask=mask("target"),  # type: ignore[arg-type]
+        sample_ids=torch.arange(n, dtype=torch.long),
+        document_starts=mask("starts"),  # type: ignore[arg-type]
+        boundary_mask=mask("ends"),  # type: ignore[arg-type]
+        document_attention=manifest["document_attention"],
+        boundary=boundary,
+        stored_fingerprint=split.get("fingerprint"),
+        stored_targets=split.get("num_targets"),
+    )
+
+
+def fingerprint_files(folder: Path, blocks: int, block_length: int, chunk: int = 1 << 20) -> tuple[str, int]:
+    """:meth:`PackedBlocks.fingerprint` and :attr:`PackedBlocks.num_targets` of a split, from its files.
+
+    Read with plain reads of ``chunk`` tokens (not through a memory map, whose pages would count towards
+    the builder's resident memory), so building stays flat in memory however large the split.
+    """
+    n = blocks * block_length
+    h = hashlib.sha256()
+    h.update(repr((blocks, block_length)).encode())
+    for start in range(0, n, chunk):
+        ids = np.fromfile(
+            folder / FILES["tokens"][0], dtype=np.uint32, count=min(chunk, n - start), offset=4 * start
+        )
+        h.update(ids.astype(np.int64).tobytes())
+    targets = 0
+    for start in range(0, n, chunk):
+        mask = np.fromfile(
+            folder / FILES["target"][0], dtype=np.uint8, count=min(chunk, n - start), offset=start
+        )
+        h.update(mask.tobytes())
+        column = (np.arange(start, start + mask.size) % block_length) != 0
+        targets += int(np.count_nonzero(mask.astype(bool) & column))
+    h.update(b"starts")
+    for start in range(0, n, chunk):
+        h.update(
+            np.fromfile(
+                folder / FILES["starts"][0], dtype=np.uint8, count=min(chunk, n - start), offset=start
+            ).tobytes()
+        )
+    return h.hexdigest(), targets
+
+
+def document_offsets(directory: Path, index: int, manifest: dict) -> np.ndarray:
+    """(D,) int64 offset of every document's first token in split ``index`` (memory-mapped)."""
+    count = manifest["splits"][index]["documents"]
+    path = directory / f"split-{manifest['splits'][index]['folder']}" / FILES["documents"][0]
+    return np.memmap(path, dtype=np.int64, mode="r", shape=(count,)) if count else np.zeros(0, np.int64)

@@ -1,0 +1,443 @@
+"""Build a run's token store once — streaming, resumable — or reuse it: ``data.store_dir``.
+
+:func:`stored_blocks` is the store path of :func:`ekd.train.prepare.prepare_data`. It keys the store by a
+hash of its signature (:func:`store_signature`: the data sources and every data setting that changes the
+documents, the tokenizer hash, the packing settings), so a second run with the same data, tokenizer and
+packing reuses it (one log line) and any difference builds a new store under a new key — a store is never
+reused for other settings. A store whose manifest disagrees with its key or whose files are short is
+rebuilt, with one warning line.
+
+Building reads the sources lazily (:func:`ekd.data.documents.iter_documents`), routes each document to its
+split, tokenizes and packs it with the in-memory path's own functions
+(:func:`ekd.data.packing.token_chunks`, :func:`ekd.data.packing.block_count`) and appends it to the split's
+files, so memory stays flat and the blocks equal the in-memory path's. It stops reading once every split is
+full (``data.max_tokens`` for ``train``, ``data.max_eval_blocks`` for eval sets) and logs its progress every
+``PROGRESS_SECONDS``.
+
+Crash safety: the build holds ``<key>.lock`` (other ranks and runs wait, then reuse), writes into
+``<key>.partial/`` and every ``CHECKPOINT_TOKENS`` records its position in ``progress.json`` (files fsynced
+first). A killed build resumes there: the files are cut back to the recorded sizes and the sources skip the
+documents already read. The manifest is written last, then the directory renamed to ``<key>/``.
+
+Split rule of user data: a document is held out for ``eval`` when :func:`ekd.data.split.stable_unit` of
+its content hash is below ``data.eval_fraction`` — decided as it streams by, so it equals the in-memory
+rule except on corpora so small that no document (or every one) falls below the fraction, where the
+in-memory path forces one to each side.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from glob import glob, has_magic
+from itertools import islice
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from ekd.config import Config, ConfigError
+from ekd.data.boundary import DocumentBoundary
+from ekd.data.build import builtin_splits, content_key
+from ekd.data.document import Document
+from ekd.data.documents import iter_documents, no_documents
+from ekd.data.packing import PackedBlocks, block_count, token_chunks
+from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
+from ekd.data.split import stable_unit
+from ekd.data.store import MANIFEST, STORE_FORMAT, SplitFiles, fingerprint_files, open_split, read_manifest
+from ekd.data.tokenizer import tokenizer_hash
+from ekd.io import atomic_write_text, fsync_dir, writing
+
+logger = logging.getLogger(__name__)
+
+PACKING_RULE = "concat-documents-blocks-v2"  # ekd.teacher.cache.signature.PACKING_RULE: the same stream
+CHECKPOINT_TOKENS = 1 << 23  # tokens written between two resumable checkpoints
+PROGRESS_SECONDS = 10.0
+WINDOW_DOCUMENTS = 256  # documents routed between two rounds of tokenizing
+PROGRESS = "progress.json"
+NOT_SIGNED = (
+    "store_dir",
+    "hf_streaming",
+    "source",
+    "eval_sources",
+)  # data keys outside the signature's "data"
+
+
+def store_root(cfg: Config) -> Path:
+    """``data.store_dir`` as a directory: 'auto' = ``<run.output_dir>/token-store``."""
+    value = cfg.data.store_dir
+    return Path(cfg.run.output_dir) / "token-store" if value == "auto" else Path(value)
+
+
+def stored_blocks(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary
+) -> dict[str, PackedBlocks]:
+    """Split name → memory-mapped PackedBlocks of the run's data, building the store first if needed.
+
+    Raises:
+        ConfigError: as the in-memory path (no documents, fewer tokens than a block, ...).
+        DiskError: the store directory cannot be written.
+    """
+    signature = store_signature(cfg, tokenizer, boundary)
+    key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
+    root = store_root(cfg)
+    directory = root / key
+    manifest = _complete(directory, signature, quiet=True)
+    if manifest is not None:
+        train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
+        logger.info(
+            "token store %s: reusing it (%d training blocks, %d tokens) for the same data, tokenizer and packing",
+            directory,
+            train["blocks"],
+            train["blocks"] * manifest["block_length"],
+        )
+    else:
+        with writing(root):
+            root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f"{key}.lock"):
+            manifest = _complete(directory, signature, quiet=False)  # another process may have built it
+            if manifest is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                manifest = _build(cfg, tokenizer, boundary, signature, directory)
+    return {s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])}
+
+
+def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
+    """Everything the stored blocks depend on, as JSON values (the store's key is its hash): every ``data``
+    key but ``NOT_SIGNED``, the sources' content signatures, the tokenizer hash and the document boundary."""
+    d = cfg.data
+    # every data key, so a key added later (a chat format, a template) can never reuse a store built without
+    # it; left out: where the store lives, how a hub dataset is fetched, and the sources (signed by content)
+    data = {f.name: getattr(d, f.name) for f in fields(d) if f.name not in NOT_SIGNED}
+    signature = {
+        "format": STORE_FORMAT,
+        "packing_rule": PACKING_RULE,
+        "tokenizer": tokenizer_hash(tokenizer),
+        "vocab_size": len(tokenizer),
+        "boundary": [boundary.describe(), boundary.pad_id],
+        "data": data,
+        "source": source_signature(d.source),
+        "eval_sources": {name: source_signature(src) for name, src in d.eval_sources.items()},
+    }
+    return json.loads(json.dumps(signature))  # JSON values, as read back from a manifest
+
+
+def source_signature(source: str) -> dict:
+    """What identifies a source's content: its files (resolved paths, sizes, modification times), the
+    interpreter for ``pystdlib``, the name for a hub dataset (its split and config are in the data settings)."""
+    if source == "pystdlib" or source.startswith("pystdlib:"):
+        return {"source": source, "python": platform.python_version(), "stdlib": str(stdlib_root())}
+    path = Path(source.removeprefix("hf:"))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif path.exists():
+        files = [path]
+    elif has_magic(source):
+        files = sorted(Path(p) for p in glob(source, recursive=True) if Path(p).is_file())
+    else:
+        return {"source": source}
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"source": source, "files": len(files), "stat": h.hexdigest()}
+
+
+def train_texts(cfg: Config) -> Iterator[str]:
+    """``full_text`` of the training documents, streamed (to train a BPE tokenizer without loading them)."""
+    for phase in _phases(cfg)[:1]:
+        state = {name: _SplitState() for name in phase.splits}
+        for split, doc in phase.documents():
+            if split == "train" and _accept(state[split], doc, phase.max_chars):
+                yield doc.full_text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SplitState:
+    """A split's progress: what was written, and whether it takes more documents."""
+
+    tokens: int = 0
+    documents: int = 0  # documents with tokens in the stream
+    accepted: int = 0  # documents routed to the split (data.max_chars counts them)
+    chars: int = 0
+    closed: bool = False
+
+
+@dataclass
+class _Phase:
+    """One source read in order: its documents routed to splits, as ``(split name, document)``."""
+
+    key: str
+    source: str
+    splits: list[str]
+    documents: Callable[[], Iterator[tuple[str, Document]]]
+    max_chars: int | None  # data.max_chars applied per split as documents arrive (None: the source did)
+    required: bool = True  # a source that yields no document is an error (the builtin one checks itself)
+
+
+def _phases(cfg: Config) -> list[_Phase]:
+    d = cfg.data
+    cap = d.max_chars or None
+    if d.source == "pystdlib":
+
+        def builtin() -> Iterator[tuple[str, Document]]:
+            for name, docs in builtin_splits(d, cap).items():
+                yield from ((name, doc) for doc in docs)
+
+        phases = [_Phase("data.source", d.source, list(PYSTDLIB_SPLITS), builtin, None, required=False)]
+    else:
+
+        def routed() -> Iterator[tuple[str, Document]]:
+            for doc in iter_documents(d.source, d):
+                yield ("eval" if stable_unit(content_key(doc)) < d.eval_fraction else "train"), doc
+
+        splits = (
+            ["train", "eval"] if d.eval_fraction > 0 else ["train"]
+        )  # a split that gets nothing never fills
+        phases = [_Phase("data.source", d.source, splits, routed, cap)]
+    for name, source in d.eval_sources.items():
+        if name in phases[0].splits or name == "eval":
+            raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
+        key = f"data.eval_sources.{name}"
+
+        def extra(name: str = name, source: str = source, key: str = key) -> Iterator[tuple[str, Document]]:
+            yield from ((name, doc) for doc in iter_documents(source, d, format="auto", key=key))
+
+        phases.append(_Phase(key, source, [name], extra, cap))
+    return phases
+
+
+def _accept(state: _SplitState, doc: Document, max_chars: int | None) -> bool:
+    """Route ``doc`` to a split unless it is closed; ``data.max_chars`` closes it (as ``cap_chars``)."""
+    if state.closed:
+        return False
+    chars = len(doc.full_text)
+    if max_chars is not None and state.chars + chars > max_chars and state.accepted:
+        state.closed = True
+        return False
+    state.chars += chars
+    state.accepted += 1
+    return True
+
+
+def _build(
+    cfg: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    boundary: DocumentBoundary,
+    signature: dict,
+    directory: Path,
+) -> dict:
+    d = cfg.data
+    staging = directory.with_name(directory.name + ".partial")
+    phases = _phases(cfg)
+    names = [n for p in phases for n in p.splits]
+    budgets = {
+        n: (d.max_eval_blocks if n != "train" else d.max_tokens // d.block_length) * d.block_length
+        for n in names
+    }
+    progress = _read_progress(staging, signature)
+    if progress is None:
+        with writing(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        progress = {"phase": 0, "consumed": 0, "splits": {n: asdict(_SplitState()) for n in names}}
+        logger.info("token store %s: building it (data.store_dir; tokenizing once for every run)", directory)
+    else:
+        logger.info(
+            "token store %s: resuming a killed build at document %d of %s",
+            directory,
+            progress["consumed"],
+            phases[progress["phase"]].key,
+        )
+    states = {n: _SplitState(**progress["splits"][n]) for n in names}
+    t0, last_log, since_checkpoint = time.monotonic(), time.monotonic(), 0
+    with writing(staging):
+        files = {
+            n: SplitFiles.open(staging / f"split-{i}", states[n].tokens, states[n].documents)
+            for i, n in enumerate(names)
+        }
+        try:
+            for index, phase in enumerate(phases):
+                if index < progress["phase"]:
+                    continue
+                consumed = progress["consumed"] if index == progress["phase"] else 0
+                stream = islice(phase.documents(), consumed, None)
+                while not all(states[n].closed for n in phase.splits):
+                    window = list(islice(stream, WINDOW_DOCUMENTS))
+                    if not window:
+                        break
+                    consumed += len(window)
+                    routed: dict[str, list[Document]] = {n: [] for n in phase.splits}
+                    for split, doc in window:
+                        if _accept(states[split], doc, phase.max_chars):
+                            routed[split].append(doc)
+                    for split, docs in routed.items():
+                        for chunk in token_chunks(docs, tokenizer, boundary):
+                            files[split].append(chunk)
+                            since_checkpoint += len(chunk)
+                        states[split].tokens, states[split].documents = (
+                            files[split].tokens,
+                            files[split].documents,
+                        )
+                        if budgets[split] and states[split].tokens >= budgets[split]:
+                            states[split].closed = True
+                    if since_checkpoint >= CHECKPOINT_TOKENS:
+                        _checkpoint(staging, signature, index, consumed, states, files)
+                        since_checkpoint = 0
+                    if time.monotonic() - last_log >= PROGRESS_SECONDS:
+                        last_log = time.monotonic()
+                        _log_progress(phase, consumed, states, budgets, last_log - t0)
+                if consumed == 0 and phase.required:
+                    raise no_documents(d, phase.source, phase.key)
+                _checkpoint(staging, signature, index + 1, 0, states, files)
+            manifest = _finish(cfg, boundary, signature, staging, names, states, files)
+        finally:
+            for f in files.values():
+                f.close()
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
+        (staging / PROGRESS).unlink(missing_ok=True)
+        staging.rename(directory)
+        fsync_dir(directory.parent)
+    train = manifest["splits"][0]
+    logger.info(
+        "token store %s: built in %.1f s; train: %d blocks from %d documents",
+        directory,
+        time.monotonic() - t0,
+        train["blocks"],
+        train["documents"],
+    )
+    return manifest
+
+
+def _finish(
+    cfg: Config,
+    boundary: DocumentBoundary,
+    signature: dict,
+    staging: Path,
+    names: list[str],
+    states: dict[str, _SplitState],
+    files: dict[str, SplitFiles],
+) -> dict:
+    """Cut every split into blocks (padding a lone partial block), drop empty eval sets, fingerprint them."""
+    d, t = cfg.data, cfg.data.block_length
+    splits = []
+    for i, name in enumerate(names):
+        state, split_files = states[name], files[name]
+        is_train = name == "train"
+        if not is_train and state.accepted == 0:
+            logger.info("eval set '%s' is empty; skipping it", name)
+            continue
+        max_blocks = (d.max_tokens // t if is_train else d.max_eval_blocks) or None
+        n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
+        if n_blocks == 0:
+            split_files.pad(t - state.tokens, boundary.pad_id)
+            n_blocks = 1
+        split_files.sync()
+        splits.append(
+            {
+                "name": name,
+                "folder": i,
+                "blocks": n_blocks,
+                "tokens": split_files.tokens,
+                "documents": split_files.documents,
+            }
+        )
+    manifest = {
+        "format": STORE_FORMAT,
+        "signature": signature,
+        "block_length": t,
+        "document_attention": d.document_attention,
+        "splits": splits,
+    }
+    for split in splits:
+        folder = staging / f"split-{split['folder']}"
+        split["fingerprint"], split["num_targets"] = fingerprint_files(folder, split["blocks"], t)
+    return manifest
+
+
+def _checkpoint(
+    staging: Path,
+    signature: dict,
+    phase: int,
+    consumed: int,
+    states: dict[str, _SplitState],
+    files: dict[str, SplitFiles],
+) -> None:
+    for f in files.values():
+        f.sync()
+    progress = {
+        "signature": signature,
+        "phase": phase,
+        "consumed": consumed,
+        "splits": {n: asdict(s) for n, s in states.items()},
+    }
+    atomic_write_text(staging / PROGRESS, json.dumps(progress))
+
+
+def _read_progress(staging: Path, signature: dict) -> dict | None:
+    try:
+        progress = json.loads((staging / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    return progress if isinstance(progress, dict) and progress.get("signature") == signature else None
+
+
+def _log_progress(
+    phase: _Phase, consumed: int, states: dict[str, _SplitState], budgets: dict[str, int], seconds: float
+) -> None:
+    budget = budgets.get(phase.splits[0], 0)
+    share = f" ({100 * states[phase.splits[0]].tokens / budget:.0f}% of its budget)" if budget else ""
+    logger.info(
+        "token store: %s: %d documents read, %s: %d tokens%s; %.0f tokens/s",
+        phase.key,
+        consumed,
+        phase.splits[0],
+        states[phase.splits[0]].tokens,
+        share,
+        sum(s.tokens for s in states.values()) / max(seconds, 1e-9),
+    )
+
+
+def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
+    """The manifest of a complete store for ``signature``; otherwise None (with one warning line for a store
+    that exists but is corrupt or was built for other settings, unless ``quiet``)."""
+    if not directory.exists():
+        return None
+    manifest = read_manifest(directory)
+    problem = None
+    if manifest is None:
+        problem = "is incomplete or corrupt (a missing manifest or short files)"
+    elif manifest.get("signature") != signature:
+        problem = "was built for other data, tokenizer or packing settings"
+    if problem is None:
+        return manifest
+    if not quiet:
+        logger.warning("token store %s %s; rebuilding it", directory, problem)
+    return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released by the OS if the process dies)."""
+    with writing(path.parent), open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("token store: waiting for another process that is building it (%s)", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,369 @@
+"""The token store (``data.store_dir``): built once and reused, blocks equal to the in-memory path, a killed
+build resumes, ``data.max_tokens``, corrupt or mismatched stores, streaming sources."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from ekd.config import ConfigError, DataConfig, load_config
+from ekd.data import collate, packing, store_build
+from ekd.data import documents as documents_mod
+from ekd.data.documents import DOCUMENT_SEPARATOR, iter_documents, load_documents
+from ekd.train.prepare import prepare_data
+
+EOS = "<|endoftext|>"
+WORDS = ["a", "b", "c", "p", "q", "x", "y", "z"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved whitespace word-level tokenizer (eos=0, unk=1, words from 2)."""
+    vocab = {EOS: 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS, unk_token="<unk>")
+    path = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(str(path))
+    return path
+
+
+def write_corpus(path: Path, n: int = 300, seed: int = 0, prompts: bool = False) -> Path:
+    """JSONL of ``n`` random word documents of 1..40 words (some with a prompt)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40)))
+        row = {"text": text, "q": " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 5)))}
+        rows.append(row if prompts else {"text": text})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp: Path, tokenizer_dir: Path, source: Path | str, store: bool, **data: object):
+    overrides = {
+        "run.output_dir": str(tmp / "runs"),
+        "model.student": "preset:llama-micro",
+        "model.teacher": "preset:llama-tiny",
+        "model.tokenizer": str(tokenizer_dir),
+        "data.source": str(source),
+        "data.block_length": 16,
+        "data.eval_fraction": 0.2,
+        "data.max_eval_blocks": 5,
+        "data.store_dir": "auto" if store else "",
+        **{f"data.{k}": v for k, v in data.items()},
+    }
+    return load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def assert_same_blocks(memory: dict, stored: dict) -> None:
+    assert list(memory) == list(stored)
+    for name, a in memory.items():
+        b = stored[name]
+        rows = torch.arange(len(a))
+        assert len(a) == len(b) and a.block_length == b.block_length, name
+        for field in ("input_ids", "target_mask", "document_starts", "boundary_mask"):
+            assert torch.equal(getattr(a, field)[rows], getattr(b, field)[rows]), (name, field)
+        assert torch.equal(a.sample_ids, b.sample_ids)
+        assert a.document_attention == b.document_attention and a.boundary == b.boundary
+        assert a.fingerprint() == b.fingerprint() and a.num_targets == b.num_targets
+        batch_a, batch_b = collate(a, rows[:3]), collate(b, rows[:3])
+        for field in ("input_ids", "labels", "attention_mask", "sample_ids", "position_ids", "boundary"):
+            x, y = getattr(batch_a, field), getattr(batch_b, field)
+            assert (x is None and y is None) or torch.equal(x, y), (name, field)
+
+
+def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Texts sent to the tokenizer by packing, counted."""
+    calls: list[int] = []
+    real = packing._encode
+
+    def counting(texts, tokenizer):
+        calls.append(len(texts))
+        return real(texts, tokenizer)
+
+    monkeypatch.setattr(packing, "_encode", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"max_tokens": 160, "document_attention": "packed"},
+        {"prompt_field": "q", "response_field": "text", "max_chars": 2000},
+        {"max_eval_blocks": 0, "separator": "none"},
+    ],
+)
+def test_store_blocks_equal_in_memory_blocks(tmp_path: Path, tokenizer_dir: Path, extra: dict) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", prompts="prompt_field" in extra)
+    extra_source = tmp_path / "shift.jsonl"
+    extra_source.write_text('{"text": "a b c", "q": "p"}\n{"text": "x y", "q": ""}\n')  # one padded block
+    extra["eval_sources"] = "{shift: " + str(extra_source) + "}"
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False, **extra), tmp_path / "r1")
+    stored = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **extra), tmp_path / "r2")
+    assert set(memory.blocks) == {"train", "eval", "shift"}
+    assert len(stored.blocks["shift"]) == 1
+    assert_same_blocks(memory.blocks, stored.blocks)
+    assert stored.boundary == memory.boundary
+
+
+def test_built_once_then_reused_without_tokenizing(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    calls = count_encodes(monkeypatch)
+    first = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    assert sum(calls) > 0
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        second = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
+    assert calls == []  # no re-tokenization
+    reuse = [r.getMessage() for r in caplog.records if "reusing" in r.getMessage()]
+    assert len(reuse) == 1 and f"{len(first.blocks['train'])} training blocks" in reuse[0]
+    assert_same_blocks(first.blocks, second.blocks)
+    stores = [p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir()]
+    assert len(stores) == 1 and (stores[0] / "manifest.json").is_file()
+    # different packing → a new store under a new key, never the old one
+    calls.clear()
+    other = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, block_length=24), tmp_path / "r3")
+    assert sum(calls) > 0 and other.blocks["train"].block_length == 24
+    assert len([p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir()]) == 2
+    # where the store lives and how a hub dataset is fetched are not part of what it holds
+    same = config(tmp_path, tokenizer_dir, corpus, True, hf_streaming=True)
+    assert store_build.store_signature(same, first.tokenizer, first.boundary) == store_build.store_signature(
+        config(tmp_path, tokenizer_dir, corpus, True), first.tokenizer, first.boundary
+    )
+
+
+def test_changed_source_file_builds_a_new_store(tmp_path: Path, tokenizer_dir: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    first = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    write_corpus(corpus, seed=1)  # same path, other content
+    second = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
+    assert first.blocks["train"].fingerprint() != second.blocks["train"].fingerprint()
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False), tmp_path / "r3")
+    assert_same_blocks(memory.blocks, second.blocks)
+
+
+def test_killed_build_resumes_and_never_looks_complete(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
+    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 500)
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
+    calls = count_encodes(monkeypatch)
+    real = packing._encode
+
+    def dying(texts, tokenizer):
+        if len(calls) > 20:
+            raise KeyboardInterrupt  # a kill mid-build
+        return real(texts, tokenizer)
+
+    monkeypatch.setattr(packing, "_encode", dying)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=0)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, tmp_path / "r1")
+    root = tmp_path / "runs" / "token-store"
+    assert not any((p / "manifest.json").exists() for p in root.iterdir())  # nothing looks complete
+    partial = next(root.glob("*.partial"))
+    assert (partial / "progress.json").is_file()
+    monkeypatch.setattr(packing, "_encode", real)
+    calls = count_encodes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        resumed = prepare_data(cfg, tmp_path / "r2")
+    assert any("resuming a killed build" in r.getMessage() for r in caplog.records)
+    resumed_texts = sum(calls)
+    assert 0 < resumed_texts < 2000  # the documents before the checkpoint were not tokenized again
+    assert not partial.exists()
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False, max_eval_blocks=0), tmp_path / "r3")
+    assert_same_blocks(memory.blocks, resumed.blocks)
+
+
+def test_killed_build_with_other_settings_restarts_cleanly(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", n=400)
+    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 200)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(store_build, "_finish", crash)
+    with pytest.raises(RuntimeError):
+        prepare_data(cfg, tmp_path / "r1")
+    partial = next((tmp_path / "runs" / "token-store").glob("*.partial"))
+    progress = json.loads((partial / "progress.json").read_text())
+    progress["signature"]["tokenizer"] = "another"  # a leftover from other settings is never resumed
+    (partial / "progress.json").write_text(json.dumps(progress))
+    monkeypatch.undo()
+    stored = prepare_data(cfg, tmp_path / "r2")
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False), tmp_path / "r3")
+    assert_same_blocks(memory.blocks, stored.blocks)
+
+
+def test_max_tokens_stops_reading(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", n=3000)
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 32)
+    calls = count_encodes(monkeypatch)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_tokens=100, max_eval_blocks=1)
+    stored = prepare_data(cfg, tmp_path / "r1")
+    assert len(stored.blocks["train"]) == 100 // 16
+    assert sum(calls) < 300  # read only what the budgets need, not the 3000 documents
+    memory = prepare_data(
+        config(tmp_path, tokenizer_dir, corpus, False, max_tokens=100, max_eval_blocks=1), tmp_path / "r2"
+    )
+    assert_same_blocks(memory.blocks, stored.blocks)
+    read: list[int] = []  # without an eval set, reading stops once train is full
+    real_iter = store_build.iter_documents
+
+    def counting_iter(*args, **kwargs):
+        for doc in real_iter(*args, **kwargs):
+            read.append(1)
+            yield doc
+
+    monkeypatch.setattr(store_build, "iter_documents", counting_iter)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_tokens=100, eval_fraction=0)
+    assert list(prepare_data(cfg, tmp_path / "r3").blocks) == ["train"] and len(read) <= 64
+    with pytest.raises(ConfigError, match="data.max_tokens=10 is less than one block"):
+        config(tmp_path, tokenizer_dir, corpus, True, max_tokens=10)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "manifest"])
+def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
+    tmp_path: Path, tokenizer_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    cfg = config(tmp_path, tokenizer_dir, corpus, True)
+    first = prepare_data(cfg, tmp_path / "r1")
+    store = next(p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir())
+    if damage == "truncate":
+        tokens = store / "split-0" / "tokens.u32"
+        tokens.write_bytes(tokens.read_bytes()[:-8])
+    else:
+        manifest = json.loads((store / "manifest.json").read_text())
+        manifest["signature"]["data"]["block_length"] = 99
+        (store / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        second = prepare_data(cfg, tmp_path / "r2")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rebuilding it" in warnings[0]
+    assert not any("reusing" in r.getMessage() for r in caplog.records)
+    assert_same_blocks(first.blocks, second.blocks)
+
+
+def test_pystdlib_store_equals_in_memory(tmp_path: Path, tokenizer_dir: Path) -> None:
+    extra = {"max_chars": 20000, "eval_fraction": 0.1}
+    memory = prepare_data(config(tmp_path, tokenizer_dir, "pystdlib", False, **extra), tmp_path / "r1")
+    stored = prepare_data(config(tmp_path, tokenizer_dir, "pystdlib", True, **extra), tmp_path / "r2")
+    assert_same_blocks(memory.blocks, stored.blocks)
+
+
+def test_train_bpe_tokenizer_from_streamed_texts(tmp_path: Path, tokenizer_dir: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    extra = {"model.tokenizer": "train_bpe", "model.bpe_vocab_size": 270}
+    memory_cfg = config(tmp_path, tokenizer_dir, corpus, False)
+    stored_cfg = config(tmp_path, tokenizer_dir, corpus, True)
+    for cfg in (memory_cfg, stored_cfg):
+        cfg.model.tokenizer, cfg.model.bpe_vocab_size = (
+            extra["model.tokenizer"],
+            extra["model.bpe_vocab_size"],
+        )
+    memory = prepare_data(memory_cfg, tmp_path / "r1")
+    stored = prepare_data(stored_cfg, tmp_path / "r2")
+    assert memory.tokenizer.get_vocab() == stored.tokenizer.get_vocab()
+    assert_same_blocks(memory.blocks, stored.blocks)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming sources
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_text_file_read_in_chunks_splits_like_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(3)
+    seps = ["\n\n\n", "\n \n\t\n  \n", "\n\n", "\n", "\r\n\r\n\r\n", "\n\n\n\n\n"]
+    text = "".join(
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6))) + rng.choice(seps) for _ in range(200)
+    )
+    path = tmp_path / "notes.txt"
+    path.write_bytes(("\n\n\n" + text + "é end\n\n\n").encode())
+    whole = path.read_text(encoding="utf-8")
+    expected = [
+        (piece.strip("\n"), f"notes.txt#{i}")
+        for i, piece in enumerate(DOCUMENT_SEPARATOR.split(whole))
+        if piece.strip()
+    ]
+    for size in (1, 2, 5, 7, 64, 1 << 20):
+        monkeypatch.setattr(documents_mod, "TEXT_CHUNK_CHARS", size)
+        got = [(d.text, d.doc_id) for d in load_documents(str(path), DataConfig())]
+        assert got == expected, size
+
+
+def test_hf_streaming_reads_the_same_documents(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_corpus(folder / "train.jsonl", n=50)
+    plain = load_documents(f"hf:{folder}", DataConfig())
+    streamed = iter_documents(f"hf:{folder}", DataConfig(hf_streaming=True, max_documents=7))
+    first = [next(streamed) for _ in range(3)]  # lazily, row by row
+    assert [d.text for d in first] == [d.text for d in plain[:3]]
+    assert [d.text for d in first + list(streamed)] == [d.text for d in plain[:7]]
+    with pytest.raises(ConfigError, match="no column 'body'"):
+        list(iter_documents(f"hf:{folder}", DataConfig(hf_streaming=True, text_field="body")))
+
+
+def test_store_reads_rows_lazily(tmp_path: Path, tokenizer_dir: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    stored = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    train = stored.blocks["train"]
+    from ekd.data.store import MappedColumn
+
+    assert isinstance(train.input_ids, MappedColumn)
+    assert re.search("memmap", type(train.input_ids.array).__name__)
+    assert train.input_ids[torch.tensor([1, 0])].dtype == torch.long
+    assert train.target_mask[2].dtype == torch.bool
+
+
+def test_document_offsets_mark_every_document_start(tmp_path: Path, tokenizer_dir: Path) -> None:
+    import numpy as np
+
+    from ekd.data.store import document_offsets, read_manifest
+
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    store = next(p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir())
+    manifest = read_manifest(store)
+    starts = np.fromfile(store / "split-0" / "starts.u8", dtype=np.uint8)
+    offsets = document_offsets(store, 0, manifest)
+    assert np.array_equal(offsets, np.flatnonzero(starts))
+    assert len(offsets) == manifest["splits"][0]["documents"] > 1
+
+
+def test_train_and_ekd_eval_read_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ekd.train.evaluation import evaluate_saved_run
+    from ekd.train.trainer import train
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus")
+    overrides = tiny_overrides(tmp_path, corpus, "stored") + ["data.store_dir=auto", "method=ce"]
+    cfg = load_config(overrides=overrides)
+    train(cfg)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        results = evaluate_saved_run(cfg.run_dir)
+    assert any("reusing" in r.getMessage() for r in caplog.records)
+    assert "eval" in results and "train" not in results
