@@ -24,6 +24,7 @@ from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, writing
 from ekd.models.load import is_preset, save_model_dir
+from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
@@ -47,6 +48,7 @@ from ekd.train.distributed import (
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
+from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
 from ekd.train.prepare import (
     PreparedData,
@@ -152,7 +154,11 @@ def _train(
 
         require_lm_eval()
         task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
+    if cfg.log.wandb_project and main:  # a missing wandb is refused before the models load
+        require_wandb()
     student = load_student(cfg, data, device)
+    lora = LoraStudent.wrap(student, cfg.model) if cfg.model.lora_r > 0 else None  # adapters in place
+    saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.gradient_checkpointing:  # non-reentrant: works under DDP with unused parameters
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
@@ -178,7 +184,7 @@ def _train(
 
     start_step = 0
     if resume and (ckpt := latest_verified_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt, student, optimizer, extra_modules, device)
+        state = load_checkpoint(ckpt, student, optimizer, extra_modules, device, only=saved_tensors)
         try:
             start_step = int(state["step"])
             loader.load_state_dict(state["loader"])
@@ -192,7 +198,14 @@ def _train(
         log.info("resumed from %s at step %d", ckpt, start_step)
     engine = data_parallel(student, parts.modules, ranks)  # DDP under torchrun, None in one process
     metrics_log = (
-        MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
+        MetricsLog(
+            run_dir,
+            cfg.log.tensorboard,
+            resume_step=start_step if resume else None,
+            wandb=open_wandb(cfg, run_dir, resumed=resume) if cfg.log.wandb_project else None,
+        )
+        if main
+        else None
     )
     if start is not None:
         start.commit()  # the run has started: from here a failure keeps the run directory for --resume
@@ -206,7 +219,14 @@ def _train(
         }
         path = (
             save_checkpoint(
-                run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints
+                run_dir,
+                step,
+                student,
+                optimizer,
+                state,
+                extra_modules,
+                cfg.train.keep_checkpoints,
+                only=saved_tensors,
             )
             if main
             else None
@@ -296,7 +316,10 @@ def _train(
     results: dict[str, dict[str, float]] = {}
     if main:
         with writing(run_dir):
-            save_model_dir(student, data.tokenizer, run_dir / "student")
+            if lora is None:
+                save_model_dir(student, data.tokenizer, run_dir / "student")
+            else:  # merged: the student is a plain HF model from here on (same logits)
+                lora.export(data.tokenizer, run_dir / "student", cfg.model.lora_export, lora_base(cfg, data))
         if (
             teacher_model is None
             and cfg.eval.teacher
@@ -413,6 +436,14 @@ def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size:
         for f, b in zip(feedback, micro_batches)
     ]
     return {"kl_before": torch.cat([f["kl_before"] for f in feedback]), "kl_after": torch.cat(after)}
+
+
+def lora_base(cfg: Config, data: PreparedData) -> dict:
+    """What an exported adapter applies to: the base model and, for a preset, how it was built."""
+    note = {"base_model": cfg.model.student, "revision": cfg.model.revision, "vocab_size": data.vocab_size}
+    if is_preset(cfg.model.student):  # random init: rebuilt by ekd.models.load.build_preset from these
+        note.update(seed=cfg.run.seed, eos_token_id=data.eos_id)
+    return note
 
 
 def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
