@@ -81,7 +81,9 @@ def validate(cfg: Config) -> None:
         )
     if cfg.model.lora_r == 0 and (cfg.model.lora_train_head or cfg.model.lora_export != "merged"):
         key = "model.lora_train_head" if cfg.model.lora_train_head else "model.lora_export"
-        raise ConfigError(f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}")
+        raise ConfigError(
+            f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}"
+        )
     from ekd.eval.tasks import check_task_config
 
     check_task_config(cfg)  # eval.tasks*, eval.set_tags

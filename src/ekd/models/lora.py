@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,11 @@ class LoraStudent:
         if head_name and any(head_name == t or head_name.endswith(f".{t}") for t in targets):
             raise ConfigError(_head_targeted(head_name))
         try:
-            wrapper = peft.get_peft_model(student, config)
+            with warnings.catch_warnings():  # peft calls transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
+                wrapper = peft.get_peft_model(student, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ConfigError(
@@ -107,7 +112,9 @@ class LoraStudent:
         from ekd.models.load import save_model_dir
 
         if how == "merged":
-            merged = self.wrapper.merge_and_unload()  # the base model, its LoRA layers replaced by merged Linears
+            merged = (
+                self.wrapper.merge_and_unload()
+            )  # the base model, its LoRA layers replaced by merged Linears
             return save_model_dir(merged, tokenizer, out_dir)
         with atomic_dir(out_dir) as tmp:
             # the trained head is saved with the adapter (peft reloads it into the base model)

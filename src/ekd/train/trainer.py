@@ -48,7 +48,6 @@ from ekd.train.distributed import (
 from ekd.train.evaluation import evaluate_run
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
-from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
 from ekd.train.prepare import (
     PreparedData,
@@ -64,6 +63,7 @@ from ekd.train.run_dir import RunStart
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
+from ekd.train.wandb_log import open_wandb, require_wandb
 
 log = logging.getLogger(__name__)
 
