@@ -119,6 +119,11 @@ def test_merged_export_equals_the_adapter_model_and_the_adapter_reloads(tmp_path
         base = _base(adapter.run_dir, "llama-micro").eval()(input_ids=ids).logits.double()
     assert (a - base).abs().max() > 1e-4  # the adapter changes the logits
     torch.testing.assert_close(m, a, atol=1e-5, rtol=0)
+    # ekd eval reloads either export: the adapter onto its rebuilt base
+    for run in (adapter, merged):
+        assert main(["eval", str(run.run_dir)]) == 0
+        again = json.loads((run.run_dir / "eval.json").read_text())["eval"]
+        assert again["ppl"] == pytest.approx(run.eval["eval"]["ppl"], rel=1e-5)
 
 
 def test_resume_is_exact(tmp_path, corpus, monkeypatch):

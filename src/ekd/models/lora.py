@@ -125,6 +125,45 @@ class LoraStudent:
         return Path(out_dir)
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an exported adapter (``model.lora_export=adapter``) rather than a full model."""
+    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / BASE_NOTE).is_file()
+
+
+def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> nn.Module:
+    """A run's exported ``student/`` as one HF model: a full model directory as saved, or an adapter applied to
+    the base model its :data:`BASE_NOTE` names and merged (what ``ekd eval`` evaluates).
+
+    Raises:
+        ConfigError: peft is missing for an adapter directory.
+        ModelError: the model or its base cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ekd.models.load import load_model, load_or_refuse
+
+    path = Path(path)
+    if not is_adapter_dir(path):
+        return load_or_refuse(str(path), "student", lambda: AutoModelForCausalLM.from_pretrained(path))
+    peft = require_peft()
+    note = json.loads((path / BASE_NOTE).read_text())
+    base = load_model(
+        note["base_model"],
+        vocab_size=int(note["vocab_size"]),
+        eos_token_id=note.get("eos_token_id"),
+        revision=note.get("revision", ""),
+        trust_remote_code=trust_remote_code,
+        seed=int(note.get("seed", 0)),
+        role="student",
+    )
+    return load_or_refuse(
+        str(path),
+        "student",
+        lambda: peft.PeftModel.from_pretrained(base, path).merge_and_unload(),
+        "an adapter",
+    )
+
+
 def trainable_names(model: nn.Module) -> set[str]:
     """State-dict names of the parameters that train (every alias of a tied parameter)."""
     return {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
