@@ -14,12 +14,14 @@ the run's ``student/`` directory is the merged model or the adapter (``model.lor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ekd.config import ConfigError, ModelConfig
@@ -70,10 +72,7 @@ class LoraStudent:
         if head_name and any(head_name == t or head_name.endswith(f".{t}") for t in targets):
             raise ConfigError(_head_targeted(head_name))
         try:
-            with warnings.catch_warnings():  # peft calls transformers' deprecated is_gradient_checkpointing
-                warnings.filterwarnings(
-                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
-                )
+            with _quiet_peft():
                 wrapper = peft.get_peft_model(student, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -154,14 +153,22 @@ def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> 
         revision=note.get("revision", ""),
         trust_remote_code=trust_remote_code,
         seed=int(note.get("seed", 0)),
+        dtype=torch.float32,  # as the student trained (ekd.train.prepare.load_student)
         role="student",
     )
-    return load_or_refuse(
-        str(path),
-        "student",
-        lambda: peft.PeftModel.from_pretrained(base, path).merge_and_unload(),
-        "an adapter",
-    )
+    with _quiet_peft():
+        wrapped = load_or_refuse(
+            str(path), "student", lambda: peft.PeftModel.from_pretrained(base, path), "an adapter"
+        )
+    return wrapped.merge_and_unload()
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft 0.21 calls transformers' deprecated ``is_gradient_checkpointing``: not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def trainable_names(model: nn.Module) -> set[str]:
