@@ -41,6 +41,8 @@ METHODS = {
     "atkd": ["method=atkd"],  # hard/easy split over the batch
     "gls": ["method=gls", "method.gls_queue_size=64"],  # one queue of every rank's scores
     "gkd": ["method=gkd", "method.student_data_fraction=1", "method.prompt_tokens=8"],  # sampled per row
+    # a LoRA student: DDP over the adapters and the head only (the frozen base is identical on every rank)
+    "lora": ["method=kd", "model.lora_r=4", "model.lora_train_head=true"],
 }
 
 
