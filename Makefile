@@ -15,7 +15,7 @@ $(BIN)/python:
 # build; the constraints file pins every other tested version.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,eval]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,eval,lora,wandb]"
 	touch $(STAMP)
 
 demo: $(STAMP)

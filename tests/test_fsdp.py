@@ -69,6 +69,7 @@ COMMON = ["train.max_steps=3", "train.grad_accum_steps=2", "eval.teacher=false"]
             ["teacher.placement=shard", "teacher.source=none", "method.kd_weight=0", "method.ce_weight=1"],
             "loads none",
         ),
+        (["train.parallel=fsdp", "model.lora_r=4"], "LoRA student"),
         (["train.gradient_checkpointing=true"], "activation_checkpointing"),  # the old key names the new one
     ],
 )

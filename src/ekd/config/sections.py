@@ -110,6 +110,23 @@ class ModelConfig:
         "", "", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
     )
     """Attention implementation passed to transformers ('sdpa', 'eager', 'flash_attention_2'); empty = default."""
+    lora_r: int = number(0, ge=0)
+    """LoRA rank of the student's adapters (peft; ``pip install 'ekd[lora]'``); 0 = train every student weight.
+    With r > 0 the base weights stay frozen and only the adapters (and the head, see ``lora_train_head``) train."""
+    lora_alpha: float = number(16.0, gt=0)
+    """LoRA scaling α: the adapter update B·A is multiplied by α/r."""
+    lora_dropout: float = number(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input during training."""
+    lora_target_modules: list[str] = items(
+        lambda: ["all-linear"], Text(nonempty=True, what="a module name"), min_items=1
+    )
+    """Modules that get adapters: names or suffixes (``[q_proj, v_proj]``), or ``[all-linear]`` (every linear
+    layer of the body; peft's shorthand). The output head is never adapted (ekd applies it in chunks)."""
+    lora_train_head: bool = flag(False)
+    """Also train the output head's weight fully (with a tied head, the input embedding it shares)."""
+    lora_export: str = one_of("merged", "merged", "adapter")
+    """What ``<run>/student`` holds after a LoRA run: 'merged' (a plain HF model directory, adapters merged
+    into the weights) or 'adapter' (peft's adapter directory and ``ekd_base.json`` naming the base model)."""
 
 
 @dataclass
@@ -459,6 +476,13 @@ class LogConfig:
     """Show a progress bar."""
     level: str = one_of("INFO", "DEBUG", "INFO", "WARNING", "ERROR", ignore_case=True)
     """Level of ekd's log lines: DEBUG, INFO, WARNING or ERROR (``ekd -q`` keeps at least WARNING)."""
+    wandb_project: str = text("", what="a W&B project")
+    """Weights & Biases project to log to (``pip install 'ekd[wandb]'``); empty = off. Rank 0 logs the resolved
+    config and the metrics.jsonl scalars; the run's files go to ``<run>/wandb`` (or ``$WANDB_DIR``)."""
+    wandb_name: str = text("", what="a W&B run name")
+    """Name of the W&B run; empty = ``run.name``."""
+    wandb_mode: str = one_of("online", "online", "offline", "disabled")
+    """'online' (stream to the W&B server), 'offline' (write locally; ``wandb sync`` later) or 'disabled'."""
 
 
 @dataclass

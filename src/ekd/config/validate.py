@@ -86,6 +86,12 @@ def validate(cfg: Config) -> None:
             f"set train.warmup_steps={max(0, tr.max_steps // 10)} (or fewer) for a run this short"
         )
     _check_parallel(cfg)
+
+    if cfg.model.lora_r == 0 and (cfg.model.lora_train_head or cfg.model.lora_export != "merged"):
+        key = "model.lora_train_head" if cfg.model.lora_train_head else "model.lora_export"
+        raise ConfigError(
+            f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}"
+        )
     from ekd.eval.tasks import check_task_config
 
     check_task_config(cfg)  # eval.tasks*, eval.set_tags
@@ -135,6 +141,11 @@ def _check_parallel(cfg: Config) -> None:
     if tr.parallel == "fsdp" and m.objective == "ema_self_distill":
         raise ConfigError(
             "method.objective=ema_self_distill keeps a full EMA copy of the student: use train.parallel=ddp"
+        )
+    if tr.parallel == "fsdp" and cfg.model.lora_r > 0:
+        raise ConfigError(
+            "a LoRA student (model.lora_r > 0) runs under train.parallel=ddp, not fsdp: its frozen base is "
+            "replicated and only the adapters (and head) are all-reduced; set train.parallel=ddp"
         )
     if t.placement == "shard" and t.source != "online":
         raise ConfigError(

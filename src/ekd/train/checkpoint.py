@@ -52,9 +52,12 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
 
 
-def _student_tensors(student: nn.Module) -> dict[str, torch.Tensor]:
-    """The student's state dict with tied duplicates removed (what ``safetensors.torch.save_model`` keeps)."""
+def _student_tensors(student: nn.Module, only: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The student's state dict with tied duplicates removed (what ``safetensors.torch.save_model`` keeps);
+    ``only``: the names to keep (a LoRA student's trained tensors), None = all."""
     state = student.state_dict()
+    if only is not None:
+        state = {k: v for k, v in state.items() if k in only}
     for removed in safetensors.torch._remove_duplicate_names(state).values():
         for name in removed:
             del state[name]
@@ -69,8 +72,12 @@ def save_checkpoint(
     state: dict[str, Any],
     extra_modules: dict[str, nn.Module] | None = None,
     keep: int = 2,
+    only: set[str] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically with its sha256 manifest and prune to the newest ``keep``.
+
+    ``only``: the student tensors to save (a LoRA student's adapters and trained head; the frozen base is
+    rebuilt from ``model.student``); None = the whole student.
 
     Raises:
         DiskError: the disk is full or not writable (the previous checkpoints are intact).
@@ -84,7 +91,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         try:
             hashes["student.safetensors"] = atomic_write_bytes(
-                tmp / "student.safetensors", safetensors.torch.save(_student_tensors(student))
+                tmp / "student.safetensors", safetensors.torch.save(_student_tensors(student, only))
             )
             for name, obj in (("optimizer.pt", optimizer.state_dict()), ("state.pt", state)):
                 with atomic_file(tmp / name) as f:
@@ -246,8 +253,12 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra_modules: dict[str, nn.Module] | None = None,
     map_location: str | torch.device = "cpu",
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
     """Restore student, optimizer and extra modules in place; return the saved state dict.
+
+    ``only``: the student tensors the checkpoint holds (as passed to :func:`save_checkpoint`); the others
+    keep the values they were loaded with.
 
     Call :func:`verify_checkpoint` first; this reads only what it loads (safetensors, ``weights_only`` pickles).
 
@@ -258,6 +269,8 @@ def load_checkpoint(
         missing, unexpected = safetensors.torch.load_model(
             student, str(path / "student.safetensors"), strict=False
         )
+        if only is not None:
+            missing = [k for k in missing if k in only]
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise CheckpointError(
                 f"checkpoint {path}: student weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"

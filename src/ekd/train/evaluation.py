@@ -11,6 +11,7 @@ from torch import nn
 
 from ekd.config import Config, config_from_dict, parse_overrides
 from ekd.errors import EkdError
+from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
 
 
@@ -79,7 +80,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     """
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
-    if not saved.is_file() or not (run_dir / "student" / "config.json").is_file():
+    student = run_dir / "student"
+    if not saved.is_file() or not ((student / "config.json").is_file() or is_adapter_dir(student)):
         raise EkdError(
             f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first"
         )
@@ -97,8 +99,6 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
 
     Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``.
     """
-    from transformers import AutoModelForCausalLM
-
     from ekd.log_level import apply_log_level
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
     from ekd.train.checkpoint import atomic_write_text
@@ -121,7 +121,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
         splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer)
-    student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
+    student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_output_head(student, len(tokenizer), "student")
     teacher = None

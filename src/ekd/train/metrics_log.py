@@ -1,4 +1,5 @@
-"""Metrics sinks: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events.
+"""Metrics sinks: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events and, optionally,
+Weights & Biases (:mod:`ekd.train.wandb_log`).
 
 A last line cut short (the disk filled up, or the process was killed mid-write) is dropped with a warning
 when the file is read or resumed; a bad line before the last one is an error naming its line number.
@@ -21,7 +22,7 @@ class MetricsLog:
     """Append-only JSONL + optional TensorBoard. On resume, lines after the resumed step are dropped so the
     file holds one continuous curve."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None, wandb=None):
         self.path = run_dir / "metrics.jsonl"
         with writing(run_dir):
             if resume_step is not None and self.path.is_file():
@@ -31,6 +32,7 @@ class MetricsLog:
                 self.path.unlink()
             self.file = self.path.open("a")
         self.tb = None
+        self.wandb = wandb  # an ekd.train.wandb_log.WandbLog, or None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -52,12 +54,16 @@ class MetricsLog:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(step, metrics)
 
     def close(self) -> None:
         with writing(self.path.parent):
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def _parse(path: Path) -> list[dict]:

@@ -97,12 +97,15 @@ def save_sharded_checkpoint(
     state: dict[str, Any],
     ranks: Ranks,
     keep: int = 2,
+    trainable_only: bool = False,
 ) -> Path:
     """Write checkpoint ``step`` with DCP from every rank (a collective: all ranks call it).
 
     Args:
         modules: :func:`training_state` (every parameter the optimizer holds is in it).
         state: the run's non-tensor state (alike on every rank); rank 0 writes it.
+        trainable_only: leave out parameters without gradients (a LoRA student's frozen base; the
+            run rebuilds it from the model it loads), as ``StateDictOptions(ignore_frozen_params=True)``.
 
     Raises:
         DiskError: the disk is full or not writable (the previous checkpoints are intact).
@@ -115,7 +118,7 @@ def save_sharded_checkpoint(
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         ranks.barrier()
-        model_state, optim_state = get_state_dict(modules, optimizer)
+        model_state, optim_state = get_state_dict(modules, optimizer, options=_options(trainable_only))
         try:
             try:
                 dcp.save(
@@ -211,7 +214,11 @@ def saved_world_size(path: Path) -> int:
 
 
 def load_sharded_checkpoint(
-    path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks
+    path: Path,
+    modules: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ranks: Ranks,
+    trainable_only: bool = False,
 ) -> dict[str, Any]:
     """Restore a DCP checkpoint of any number of ranks into this run's modules and optimizer, in place
     (DCP reshards to this run's ranks); return the saved non-tensor state. A collective under torchrun.
@@ -225,7 +232,8 @@ def load_sharded_checkpoint(
         state = _load_pickle(path / "state.pt", "cpu")
         if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
             raise ValueError(f"state.pt lacks {[k for k in STATE_KEYS if k not in state]}")
-        model_state, optim_state = get_state_dict(modules, optimizer)  # this run's layout, filled in place
+        # this run's layout, filled in place
+        model_state, optim_state = get_state_dict(modules, optimizer, options=_options(trainable_only))
         # get_state_dict gives a fresh optimizer state for every parameter; a parameter that had no gradient
         # before the checkpoint has none saved, and must stay without (AdamW's step count starts at its
         # first gradient)
@@ -244,7 +252,7 @@ def load_sharded_checkpoint(
                 planner=SafeLoadPlanner(),
                 no_dist=ranks.world_size == 1,
             )
-        _set_state(modules, optimizer, target["model"], target["optim"], full=False)
+        _set_state(modules, optimizer, target["model"], target["optim"], False, trainable_only)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # a shard that does not parse or fit: one line
@@ -253,7 +261,11 @@ def load_sharded_checkpoint(
 
 
 def load_full_checkpoint(
-    path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer, map_location: str | torch.device = "cpu"
+    path: Path,
+    modules: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    map_location: str | torch.device = "cpu",
+    trainable_only: bool = False,
 ) -> dict[str, Any]:
     """Restore a one-process checkpoint (:mod:`ekd.train.checkpoint`'s files) on W ranks: full tensors on every
     rank go through ``set_state_dict(full_state_dict=True)``, which keeps a DDP replica whole and cuts an
@@ -290,7 +302,7 @@ def load_full_checkpoint(
                 {**g, "params": [order[int(i)] for i in g["params"]]} for g in saved["param_groups"]
             ],
         }
-        _set_state(modules, optimizer, model_state, optim_state, full=True)
+        _set_state(modules, optimizer, model_state, optim_state, True, trainable_only)
     except CheckpointError:
         raise
     except Exception as e:
@@ -298,10 +310,28 @@ def load_full_checkpoint(
     return state
 
 
-def _set_state(modules: nn.Module, optimizer, model_state: dict, optim_state: dict, full: bool) -> None:
-    """``set_model_state_dict`` (strict: every weight present) and ``set_optimizer_state_dict`` (a parameter
-    without saved state — no gradient before the checkpoint — stays without state, as in the saved run)."""
-    set_model_state_dict(modules, model_state, options=StateDictOptions(full_state_dict=full))
+def _options(trainable_only: bool, full: bool = False, strict: bool = True) -> StateDictOptions:
+    return StateDictOptions(
+        full_state_dict=full, strict=strict and not trainable_only, ignore_frozen_params=trainable_only
+    )
+
+
+def _set_state(
+    modules: nn.Module,
+    optimizer,
+    model_state: dict,
+    optim_state: dict,
+    full: bool,
+    trainable_only: bool = False,
+) -> None:
+    """``set_model_state_dict`` (strict: every weight present, or every trained one with ``trainable_only``)
+    and ``set_optimizer_state_dict`` (a parameter without saved state — no gradient before the checkpoint —
+    stays without state, as in the saved run)."""
+    if trainable_only:
+        trained = {n for n, p in modules.named_parameters(remove_duplicate=False) if p.requires_grad}
+        if missing := sorted(trained - set(model_state)):
+            raise ValueError(f"no saved tensor for trained parameter(s) {missing[:3]}")
+    set_model_state_dict(modules, model_state, options=_options(trainable_only, full))
     set_optimizer_state_dict(
         modules, optimizer, optim_state, options=StateDictOptions(full_state_dict=full, strict=False)
     )
@@ -397,22 +427,26 @@ def restore_checkpoint(
     ranks: Ranks,
     micro_batch_size: int,
     map_location: str | torch.device = "cpu",
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
     """Resume from a verified checkpoint of either layout on this run's ranks; return its saved state.
 
     A checkpoint written by another number of ranks is resharded (one log line says so); the global
     micro-batch (ranks × ``train.micro_batch_size``) must stay what it was, or the run would see other batches.
+    ``only``: the student tensors a checkpoint holds (a LoRA student's trained ones), None = all.
 
     Raises:
         CheckpointError: unreadable, does not fit the model, or another global micro-batch (one line).
     """
     saved_world = saved_world_size(path)
     if is_sharded(path):
-        state = load_sharded_checkpoint(path, training_state(student, extra_modules), optimizer, ranks)
+        modules = training_state(student, extra_modules)
+        state = load_sharded_checkpoint(path, modules, optimizer, ranks, only is not None)
     elif ranks.world_size > 1:
-        state = load_full_checkpoint(path, training_state(student, extra_modules), optimizer, map_location)
+        modules = training_state(student, extra_modules)
+        state = load_full_checkpoint(path, modules, optimizer, map_location, only is not None)
     else:
-        state = load_checkpoint(path, student, optimizer, extra_modules, map_location)
+        state = load_checkpoint(path, student, optimizer, extra_modules, map_location, only=only)
     check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
     if saved_world != ranks.world_size:
         log.info(

@@ -296,9 +296,8 @@ def run_end_tasks(
 
 def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """``ekd eval RUN --tasks ...``: reload ``RUN/student`` and run :func:`run_end_tasks` on it."""
-    from transformers import AutoModelForCausalLM
-
     from ekd.models.load import load_tokenizer
+    from ekd.models.lora import load_exported_student
     from ekd.train.evaluation import load_run_config
     from ekd.train.prepare import autocast_dtype, resolve_device
 
@@ -310,7 +309,7 @@ def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> d
     device = resolve_device(cfg.run.device)
     student_dir = Path(run_dir) / "student"
     tokenizer = load_tokenizer(str(student_dir), role="student")
-    student = AutoModelForCausalLM.from_pretrained(student_dir).to(device)
+    student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     return run_end_tasks(
         cfg, Path(run_dir), student, tokenizer, None, device, autocast_dtype(cfg, device), settings
     )

@@ -25,6 +25,7 @@ from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, writing
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
+from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
@@ -68,6 +69,7 @@ from ekd.train.sharded_checkpoint import (
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
+from ekd.train.wandb_log import open_wandb, require_wandb
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +159,14 @@ def _train(
 
         require_lm_eval()
         task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
+    if cfg.log.wandb_project and main:  # a missing wandb is refused before the models load
+        require_wandb()
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     student = load_student(cfg, data, device)
+    lora = LoraStudent.wrap(student, cfg.model) if cfg.model.lora_r > 0 else None  # adapters in place
+    saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
     student.train()
@@ -201,7 +207,7 @@ def _train(
     start_step = 0
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
-            ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device
+            ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors
         )
         try:
             start_step = int(state["step"])
@@ -215,7 +221,14 @@ def _train(
             raise unreadable(ckpt, e) from None
         log.info("resumed from %s at step %d", ckpt, start_step)
     metrics_log = (
-        MetricsLog(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) if main else None
+        MetricsLog(
+            run_dir,
+            cfg.log.tensorboard,
+            resume_step=start_step if resume else None,
+            wandb=open_wandb(cfg, run_dir, resumed=resume) if cfg.log.wandb_project else None,
+        )
+        if main
+        else None
     )
     if start is not None:
         start.commit()  # the run has started: from here a failure keeps the run directory for --resume
@@ -229,12 +242,15 @@ def _train(
             "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
             "micro_batch_size": cfg.train.micro_batch_size,
         }
+        keep = cfg.train.keep_checkpoints
         if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
             modules = training_state(student, extra_modules)
-            keep = cfg.train.keep_checkpoints
-            return save_sharded_checkpoint(run_dir, step, modules, optimizer, state, ranks, keep)
+            trainable_only = saved_tensors is not None
+            return save_sharded_checkpoint(
+                run_dir, step, modules, optimizer, state, ranks, keep, trainable_only
+            )
         return save_checkpoint(
-            run_dir, step, student, optimizer, state, extra_modules, cfg.train.keep_checkpoints
+            run_dir, step, student, optimizer, state, extra_modules, keep, only=saved_tensors
         )
 
     totals = {"selected": 0.0, "valid": 0.0}
@@ -341,12 +357,15 @@ def _train(
     exported = full_state_dict(sharded) if sharded is not None else None  # collective; on rank 0 only
     if main:
         with writing(run_dir):
-            save_model_dir(
-                student,
-                data.tokenizer,
-                run_dir / "student",
-                state_dict=None if exported is None else submodule_state(exported, "student"),
-            )
+            if lora is not None:  # merged: the student is a plain HF model from here on (same logits)
+                lora.export(data.tokenizer, run_dir / "student", cfg.model.lora_export, lora_base(cfg, data))
+            else:
+                save_model_dir(
+                    student,
+                    data.tokenizer,
+                    run_dir / "student",
+                    state_dict=None if exported is None else submodule_state(exported, "student"),
+                )
     # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks
     plots = run_dir / "plots" if main else None
     with gathered(sharded, eval_shard):
@@ -462,6 +481,14 @@ def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size:
         for f, b in zip(feedback, micro_batches)
     ]
     return {"kl_before": torch.cat([f["kl_before"] for f in feedback]), "kl_after": torch.cat(after)}
+
+
+def lora_base(cfg: Config, data: PreparedData) -> dict:
+    """What an exported adapter applies to: the base model and, for a preset, how it was built."""
+    note = {"base_model": cfg.model.student, "revision": cfg.model.revision, "vocab_size": data.vocab_size}
+    if is_preset(cfg.model.student):  # random init: rebuilt by ekd.models.load.build_preset from these
+        note.update(seed=cfg.run.seed, eos_token_id=data.eos_id)
+    return note
 
 
 def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:

@@ -1,0 +1,191 @@
+"""LoRA students through ``peft``: wrap the student, say what trains, export it merged or as an adapter.
+
+``model.lora_r > 0`` wraps the student with ``peft.get_peft_model``. peft injects its adapter layers into the
+Hugging Face model *in place*, so the rest of ekd keeps working on that same model object
+(``wrapper.get_base_model()``): its body, its output head (read by ``ekd.models.load.output_head`` for the
+fused chunked head), ``generate``, DDP. The base weights are frozen; the optimizer sees only what
+:func:`trainable_names` lists: the adapters, plus the head weight when ``model.lora_train_head`` is set. The
+head itself is never given an adapter: ekd applies the head's weight directly, so an adapter there would be
+silently skipped.
+
+Checkpoints hold the trained tensors only (the frozen base is rebuilt from ``model.student`` on resume);
+the run's ``student/`` directory is the merged model or the adapter (``model.lora_export``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ekd.config import ConfigError, ModelConfig
+from ekd.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+BASE_NOTE = "ekd_base.json"  # written beside an exported adapter: the base model it applies to
+
+
+def require_peft():
+    """The ``peft`` module, or one line naming the extra to install."""
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("model.lora_r > 0 needs the peft library: pip install 'ekd[lora]'") from None
+    return peft
+
+
+@dataclass
+class LoraStudent:
+    """A student with LoRA adapters: ``model`` is the HF model ekd trains (adapters inside), ``wrapper`` the
+    ``peft.PeftModel`` around it (for saving the adapter and merging)."""
+
+    model: nn.Module
+    wrapper: nn.Module
+    train_head: bool
+
+    @classmethod
+    def wrap(cls, student: nn.Module, model_cfg: ModelConfig) -> LoraStudent:
+        """Inject adapters per ``model.lora_*`` into ``student`` (in place) and freeze its base weights.
+
+        Raises:
+            ConfigError: peft is missing, ``model.lora_target_modules`` matches nothing, or names the head.
+        """
+        peft = require_peft()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        targets = model_cfg.lora_target_modules
+        config = peft.LoraConfig(
+            r=model_cfg.lora_r,
+            lora_alpha=model_cfg.lora_alpha,
+            lora_dropout=model_cfg.lora_dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else list(targets),
+            task_type="CAUSAL_LM",
+        )
+        head_name = _module_name(student, student.get_output_embeddings())
+        if head_name and any(head_name == t or head_name.endswith(f".{t}") for t in targets):
+            raise ConfigError(_head_targeted(head_name))
+        try:
+            with _quiet_peft():
+                wrapper = peft.get_peft_model(student, config)
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"model.lora_target_modules={list(targets)} does not fit {type(student).__name__} ({first}); "
+                "name its linear layers (e.g. [q_proj, v_proj]) or use [all-linear]"
+            ) from None
+        model = wrapper.get_base_model()  # the same object as ``student``, adapters injected
+        if isinstance(model.get_output_embeddings(), BaseTunerLayer):  # a regex or pattern reached it
+            raise ConfigError(_head_targeted(head_name or "the output head"))
+        if model_cfg.lora_train_head:
+            model.get_output_embeddings().weight.requires_grad_(True)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info(
+            "LoRA student: r=%d α=%g on %s; %d of %d parameters train (%.2f%%)%s",
+            model_cfg.lora_r,
+            model_cfg.lora_alpha,
+            ",".join(targets),
+            trained,
+            total,
+            100.0 * trained / max(total, 1),
+            " (head included)" if model_cfg.lora_train_head else "",
+        )
+        return cls(model, wrapper, model_cfg.lora_train_head)
+
+    def export(self, tokenizer, out_dir: str | Path, how: str, base: dict) -> Path:
+        """Write the trained student to ``out_dir`` atomically.
+
+        Args:
+            how: 'merged': ``merge_and_unload`` (in place: afterwards ``model`` is a plain HF model with the
+                adapters folded into its weights) and a standard HF directory; 'adapter': peft's
+                ``save_pretrained`` (adapter config + weights; the head too when it was trained) and
+                :data:`BASE_NOTE` with ``base`` (how to rebuild the base model).
+        """
+        from ekd.models.load import save_model_dir
+
+        if how == "merged":
+            merged = (
+                self.wrapper.merge_and_unload()
+            )  # the base model, its LoRA layers replaced by merged Linears
+            return save_model_dir(merged, tokenizer, out_dir)
+        with atomic_dir(out_dir) as tmp:
+            # the trained head is saved with the adapter (peft reloads it into the base model)
+            self.wrapper.save_pretrained(tmp, save_embedding_layers=self.train_head)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            (Path(tmp) / BASE_NOTE).write_text(json.dumps(base, indent=2) + "\n")
+        return Path(out_dir)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an exported adapter (``model.lora_export=adapter``) rather than a full model."""
+    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / BASE_NOTE).is_file()
+
+
+def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> nn.Module:
+    """A run's exported ``student/`` as one HF model: a full model directory as saved, or an adapter applied to
+    the base model its :data:`BASE_NOTE` names and merged (what ``ekd eval`` evaluates).
+
+    Raises:
+        ConfigError: peft is missing for an adapter directory.
+        ModelError: the model or its base cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ekd.models.load import load_model, load_or_refuse
+
+    path = Path(path)
+    if not is_adapter_dir(path):
+        return load_or_refuse(str(path), "student", lambda: AutoModelForCausalLM.from_pretrained(path))
+    peft = require_peft()
+    note = json.loads((path / BASE_NOTE).read_text())
+    base = load_model(
+        note["base_model"],
+        vocab_size=int(note["vocab_size"]),
+        eos_token_id=note.get("eos_token_id"),
+        revision=note.get("revision", ""),
+        trust_remote_code=trust_remote_code,
+        seed=int(note.get("seed", 0)),
+        dtype=torch.float32,  # as the student trained (ekd.train.prepare.load_student)
+        role="student",
+    )
+    with _quiet_peft():
+        wrapped = load_or_refuse(
+            str(path), "student", lambda: peft.PeftModel.from_pretrained(base, path), "an adapter"
+        )
+    return wrapped.merge_and_unload()
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft 0.21 calls transformers' deprecated ``is_gradient_checkpointing``: not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    """State-dict names of the parameters that train (every alias of a tied parameter)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+
+
+def _module_name(model: nn.Module, module: nn.Module | None) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    return ""
+
+
+def _head_targeted(name: str) -> str:
+    return (
+        f"model.lora_target_modules reaches the output head ({name}): ekd applies the head's weight itself "
+        "(in chunks), so an adapter there would be skipped; drop it, and set model.lora_train_head=true to "
+        "train the head"
+    )

@@ -1,0 +1,178 @@
+"""LoRA / PEFT students (issue 15 part 3): only the adapters (and the head, if asked) train through the fused
+chunked head; the base weights stay bit-identical; checkpoints hold the trained tensors and resume exactly;
+the merged export's logits equal the adapter model's; the adapter export reloads with peft."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoModelForCausalLM
+
+from ekd.cli import main
+from ekd.config import ConfigError, load_config
+from ekd.models import lora as lora_mod
+from ekd.models.load import build_preset
+from ekd.train.trainer import train
+from tiny import crash_then_resume, loss_curve, tiny_overrides, write_corpus
+
+peft = pytest.importorskip("peft")
+
+LORA = {"model.lora_r": 4, "model.lora_alpha": 8, "eval.teacher": False}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=16)
+
+
+def _run(tmp_path, corpus, name, monkeypatch=None, **extra):
+    """Train a tiny LoRA run; with ``monkeypatch``, also return the LoraStudent it trained."""
+    held = []
+    if monkeypatch is not None:
+        real = lora_mod.LoraStudent.wrap.__func__
+
+        def wrap(cls, student, model_cfg):
+            held.append(real(cls, student, model_cfg))
+            return held[-1]
+
+        monkeypatch.setattr(lora_mod.LoraStudent, "wrap", classmethod(wrap))
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, name, **{**LORA, **extra}))
+    return train(cfg), cfg, (held[0] if held else None)
+
+
+def _base(run_dir, preset: str) -> torch.nn.Module:
+    """The student's base model rebuilt from the exported adapter's ``ekd_base.json``."""
+    note = json.loads((run_dir / "student" / lora_mod.BASE_NOTE).read_text())
+    assert note["base_model"] == f"preset:{preset}"
+    return build_preset(preset, note["vocab_size"], note["eos_token_id"], note["seed"])
+
+
+def _ids(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))  # (2, 12)
+
+
+@pytest.mark.parametrize(
+    "student, train_head",
+    [("llama-micro", False), ("llama-micro-tied", True)],
+    ids=["adapters-only", "tied-head-trained"],
+)
+def test_only_trained_tensors_change_and_the_base_is_bit_identical(
+    tmp_path, corpus, monkeypatch, student, train_head
+):
+    result, cfg, lora = _run(
+        tmp_path,
+        corpus,
+        "only",
+        monkeypatch,
+        **{
+            "model.student": f"preset:{student}",
+            "model.lora_train_head": train_head,
+            "model.lora_export": "adapter",
+        },
+    )
+    fresh = _base(result.run_dir, student)
+    head = {"lm_head.weight", "model.embed_tokens.weight"} if train_head else set()
+    trained = lora_mod.trainable_names(lora.model)
+    assert {n for n in trained if "lora_" not in n} == head
+    base = dict(fresh.named_parameters(remove_duplicate=False))
+    changed_lora = 0
+    for name, p in lora.model.named_parameters(remove_duplicate=False):
+        if "lora_B" in name:
+            changed_lora += bool(p.detach().abs().max() > 0)  # B starts at 0: it moved
+            continue
+        if "lora_A" in name:
+            continue
+        plain = name.replace(".base_layer", "")
+        if name in head:
+            assert not torch.equal(p, base[plain]), name  # the head trained
+        else:
+            assert torch.equal(p, base[plain]), name  # bit-identical base weight
+    assert changed_lora == sum("lora_B" in n for n in trained) > 0
+    # the checkpoint holds exactly the trained tensors (tied aliases once)
+    ckpt = result.run_dir / "checkpoints" / "step-000003" / "student.safetensors"
+    saved = set(safetensors.torch.load_file(str(ckpt)))
+    assert saved <= trained and {n for n in trained if "lora_" in n} <= saved
+    assert bool(saved & head) == train_head
+
+
+@pytest.mark.parametrize("train_head", [False, True], ids=["adapters", "adapters+head"])
+def test_merged_export_equals_the_adapter_model_and_the_adapter_reloads(tmp_path, corpus, train_head):
+    extra = {"model.lora_train_head": train_head, "model.lora_dropout": 0.1}
+    adapter, cfg, _ = _run(tmp_path, corpus, "adapter", **extra, **{"model.lora_export": "adapter"})
+    merged, _, _ = _run(tmp_path, corpus, "merged", **extra, **{"model.lora_export": "merged"})
+    assert loss_curve(adapter.run_dir) == loss_curve(merged.run_dir)  # one training, two exports
+
+    reloaded = peft.PeftModel.from_pretrained(
+        _base(adapter.run_dir, "llama-micro"), adapter.run_dir / "student"
+    )
+    plain = AutoModelForCausalLM.from_pretrained(merged.run_dir / "student")
+    assert not any("lora" in k for k in plain.state_dict())  # a plain HF directory
+    reloaded.eval(), plain.eval()
+    ids = _ids(plain.config.vocab_size)
+    with torch.no_grad():
+        a = reloaded(input_ids=ids).logits.double()
+        m = plain(input_ids=ids).logits.double()
+        base = _base(adapter.run_dir, "llama-micro").eval()(input_ids=ids).logits.double()
+    assert (a - base).abs().max() > 1e-4  # the adapter changes the logits
+    torch.testing.assert_close(m, a, atol=1e-5, rtol=0)
+    # ekd eval reloads either export: the adapter onto its rebuilt base
+    for run in (adapter, merged):
+        assert main(["eval", str(run.run_dir)]) == 0
+        again = json.loads((run.run_dir / "eval.json").read_text())["eval"]
+        assert again["ppl"] == pytest.approx(run.eval["eval"]["ppl"], rel=1e-5)
+
+
+def test_resume_is_exact(tmp_path, corpus, monkeypatch):
+    extra = {
+        **LORA,
+        "train.max_steps": 6,
+        "train.checkpoint_every": 3,
+        "model.lora_train_head": True,
+        "model.lora_dropout": 0.1,
+        "model.lora_export": "adapter",
+    }
+    expected = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "full", **extra)))
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "crash", **extra))
+    got = crash_then_resume(cfg, monkeypatch)
+    assert loss_curve(got.run_dir) == loss_curve(expected.run_dir)
+    a = safetensors.torch.load_file(str(expected.run_dir / "student" / "adapter_model.safetensors"))
+    b = safetensors.torch.load_file(str(got.run_dir / "student" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_full_checkpoint_does_not_resume_as_lora(tmp_path, corpus, capsys):
+    overrides = tiny_overrides(tmp_path, corpus, "switch", **{"eval.teacher": False, "train.max_steps": 2})
+    assert main(["distill", *overrides]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--resume", *overrides, "model.lora_r=4", "train.max_steps=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ekd: error: "), err
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.lora_target_modules=[lm_head]", "reaches the output head"),
+        ("model.lora_target_modules=[no_such_proj]", "does not fit"),
+        ("model.lora_train_head=true", "model.lora_r > 0"),
+    ],
+)
+def test_bad_lora_settings_are_one_line(tmp_path, corpus, capsys, override, words):
+    lora = [] if override.startswith("model.lora_train_head") else ["model.lora_r=4"]
+    overrides = tiny_overrides(tmp_path, corpus, "bad", **{"train.max_steps": 1})
+    assert main(["distill", *overrides, *lora, override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_missing_peft_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft → ImportError
+    cfg = load_config(overrides=["model.lora_r=4"])
+    with pytest.raises(ConfigError, match=r"pip install 'ekd\[lora\]'"):
+        lora_mod.LoraStudent.wrap(build_preset("llama-micro", 64), cfg.model)
