@@ -488,8 +488,8 @@ def test_background_writer_raises_the_writer_error():
     from ekd.teacher.cache.build import _BackgroundWriter
 
     class Failing:
-        def add(self, **entry):
-            raise ValueError(f"bad sample {entry['sample_id']}")
+        def add_batch(self, entries):
+            raise ValueError(f"bad sample {entries[0]['sample_id']}")
 
     background = _BackgroundWriter(Failing(), depth=1)
     for k in range(4):  # never blocks after the error

@@ -181,9 +181,9 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    from ekd.train.fsdp import clip_grad_norm, full_state_dict, shard_frozen, shard_student, submodule_state
     from ekd.train.checkpoint import verify_checkpoint
     from ekd.train.distributed import Ranks
+    from ekd.train.fsdp import clip_grad_norm, full_state_dict, shard_frozen, shard_student, submodule_state
     from ekd.train.memory import param_bytes, tensor_bytes
     from ekd.train.sharded_checkpoint import restore_checkpoint, save_sharded_checkpoint, training_state
 

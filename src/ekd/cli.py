@@ -80,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
-    p = sub.add_parser("cache", help="build, inspect or verify an offline teacher cache")
-    p.add_argument("config", help="YAML config, or 'info'/'verify' followed by a cache directory")
+    p = sub.add_parser("cache", help="build, inspect, verify or import an offline teacher cache")
+    p.add_argument("config", help="YAML config, or 'info'/'verify' DIR, or 'import' SRC")
     p.add_argument("overrides", nargs="*", help="dotted overrides (or the cache directory for info/verify)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing cache built with another signature"
     )
+    from ekd.teacher.cache.command import add_import_arguments
+
+    add_import_arguments(p)
 
     p = sub.add_parser("eval", help="evaluate a saved student (runs/<name>) on the run's eval sets")
     p.add_argument("run_dir", help="run directory written by ekd distill")

@@ -5,7 +5,9 @@ The on-disk format:
 - ``codes``    — vectorized bit codes (fixed width, Elias–Fano ids, Elias-gamma counts, varints)
 - ``format``   — the binary record/index format, ``Layout``, ``CacheError``
 - ``manifest`` — signature, ``compare_signatures``, atomic JSON, ``assemble_manifest``
-- ``writer``   — ``CacheWriter`` (atomic shards, resume, per-rank shards)
+- ``samples``  — padded per-sample rows → one checked ``RecordBatch``
+- ``encode``   — ``encode_records``: a batch of records to bytes, one numpy pass per section
+- ``writer``   — ``CacheWriter`` (``add_batch``, atomic shards, resume, per-rank shards)
 - ``reader``   — ``CacheReader`` (memory-mapped random access, ``batch``, ``verify``, ``info``)
 - ``measure``  — ``measure_bytes_per_position`` on synthetic Zipf-like teacher logits
 

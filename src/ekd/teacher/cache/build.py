@@ -82,8 +82,7 @@ class _BackgroundWriter:
         while (entries := self.queue.get()) is not None:
             if self.error is None:  # after an error keep draining so that put() never blocks
                 try:
-                    for entry in entries:
-                        self.writer.add(**entry)
+                    self.writer.add_batch(entries)  # one vectorized encode per teacher batch
                 except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
                     self.error = e
 

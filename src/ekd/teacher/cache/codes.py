@@ -80,6 +80,52 @@ def packed_size(bits: int) -> int:
     return (int(bits) + 7) // 8
 
 
+# ---------------------------------------------------------------- many records at once (byte-aligned segments)
+
+
+def pack_segments(
+    segment_bits: np.ndarray, at: np.ndarray, bits: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bit streams of S segments (one per record), each padded to whole bytes, packed in one call.
+
+    Args:
+        segment_bits: (S,) bits of each segment.
+        at: (n,) bit places in the concatenation of the *padded* segments (see :func:`segment_starts`).
+        bits: (n,) 0/1 values at those places; None means all ones.
+
+    Returns:
+        (⌈·/8⌉ bytes of each segment concatenated, uint8 (Σ bytes,); bytes per segment (S,) int64) — segment j
+        equals what :func:`pack_bits`/:func:`pack_varwidth` give for its own stream alone.
+    """
+    nbytes = (segment_bits.astype(np.int64) + 7) // 8  # (S,)
+    stream = np.zeros(8 * int(nbytes.sum()), dtype=np.uint8)
+    stream[at] = 1 if bits is None else bits
+    return np.packbits(stream, bitorder="little"), nbytes
+
+
+def segment_starts(segment_bits: np.ndarray) -> np.ndarray:
+    """(S,) bit place where each byte-padded segment starts: 8 · (bytes of the segments before it)."""
+    nbytes = (segment_bits.astype(np.int64) + 7) // 8
+    return 8 * (np.cumsum(nbytes) - nbytes)
+
+
+def pack_varwidth_segments(
+    values: np.ndarray, widths: np.ndarray, segment: np.ndarray, num_segments: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pack_varwidth` of each segment's fields (fields sorted by ``segment`` (n,)), all in one call.
+
+    Returns (bytes of the segments concatenated (Σ bytes,) uint8, bytes per segment (S,) int64).
+    """
+    widths = widths.astype(np.int64)
+    seg_bits = np.bincount(segment, weights=widths, minlength=num_segments).astype(np.int64)  # (S,)
+    field, place = _bit_layout(widths)  # (Σw,) field of each bit and its place in the field
+    field_start = np.cumsum(widths) - widths  # (n,) bit offset in the unpadded concatenation
+    seg_first = np.cumsum(seg_bits) - seg_bits  # (S,) same offset of each segment's first bit
+    at = (segment_starts(seg_bits)[segment] + field_start - seg_first[segment])[field] + place  # (Σw,)
+    bits = (values.astype(np.uint64)[field] >> place.astype(np.uint64)) & _U1
+    return pack_segments(seg_bits, at, bits.astype(np.uint8))
+
+
 # ---------------------------------------------------------------- Elias–Fano ids, Elias-gamma counts
 
 

@@ -3,6 +3,9 @@
     ekd cache CONFIG [key=value ...] [--overwrite]    build (or resume) the cache in teacher.cache_dir
     ekd cache info DIR                                 samples, positions, bytes/position and /token, signature
     ekd cache verify DIR                               every shard's sha256 and every record's CRC-32 and parse
+    ekd cache import SRC [key=value ...] --config CONFIG --out DIR [--text-column text --tokens-column input_ids
+                     --ids-column target_token_ids --logprobs-column logprobs]
+                                                       top-K cache from another tool's teacher logprobs
 
 Problems print one line ``ekd: error: ...`` (a ``CacheError``) and exit 2.
 """
@@ -56,9 +59,60 @@ def format_summary(s: dict) -> str:
     )
 
 
+def add_import_arguments(parser) -> None:
+    """The options of ``ekd cache import`` (on the ``ekd cache`` parser)."""
+    g = parser.add_argument_group("ekd cache import SRC")
+    g.add_argument(
+        "--config", dest="import_config", default="", help="the training config (data, tokenizer, K)"
+    )
+    g.add_argument("--out", dest="import_out", default="", help="cache directory to write")
+    g.add_argument(
+        "--text-column", default="", help="SRC column of the document text (default data.text_field)"
+    )
+    g.add_argument(
+        "--tokens-column", default=None, help="SRC token ids (default input_ids or prompt_token_ids)"
+    )
+    g.add_argument(
+        "--ids-column", default=None, help="SRC top-K token ids per position (default target_token_ids, …)"
+    )
+    g.add_argument(
+        "--logprobs-column", default=None, help="SRC top-K logprobs per position, or vLLM prompt_logprobs"
+    )
+
+
+def run_import(args) -> int:
+    """``ekd cache import SRC [key=value ...] --config CONFIG --out DIR``."""
+    from ekd.config import load_config
+    from ekd.log_level import apply_log_level
+    from ekd.teacher.cache.importer import import_cache
+    from ekd.teacher.cache.logprob_rows import Columns
+
+    if not args.overrides or not args.import_config or not args.import_out:
+        raise EkdError("usage: ekd cache import SRC [key=value ...] --config CONFIG --out DIR")
+    src, *overrides = args.overrides
+    cfg = load_config([args.import_config], [*overrides, f"teacher.cache_dir={args.import_out}"])
+    apply_log_level(cfg.log.level)
+    columns = Columns(
+        args.text_column or cfg.data.text_field, args.tokens_column, args.ids_column, args.logprobs_column
+    )
+    with writing(args.import_out):
+        directory = import_cache(cfg, src, columns, overwrite=args.overwrite)
+    from ekd.teacher.cache.reader import CacheReader
+
+    info = CacheReader(directory).info()
+    print(
+        f"imported {src} into {directory}: {info['samples']:,} blocks, {info['positions']:,} positions, "
+        f"{info['bytes_per_position']:.2f} B/position"
+    )
+    return 0
+
+
 def run_cache_command(args) -> int:
     """Entry point of ``ekd cache`` (``args``: config, overrides, overwrite)."""
     from ekd.teacher.cache.reader import CacheReader
+
+    if args.config == "import":
+        return run_import(args)
 
     if args.config in INSPECT:
         if len(args.overrides) != 1:
@@ -87,4 +141,4 @@ def run_cache_command(args) -> int:
     return 0
 
 
-__all__ = ["format_info", "format_summary", "run_cache_command"]
+__all__ = ["add_import_arguments", "format_info", "format_summary", "run_cache_command", "run_import"]

@@ -63,16 +63,10 @@ from ekd.teacher.cache.codes import (
     decode_ids,
     decode_varints,
     dequantize_stat,
-    encode_gamma,
-    encode_ids,
-    encode_varints,
     id_bits_for,
     id_section_sizes,
-    pack_bits,
     packed_size,
-    quantize_stat,
     unpack_bits,
-    varint_sizes,
 )
 
 FORMAT_NAME = "ekd-teacher-cache"
@@ -242,39 +236,6 @@ class Record:
     weights: np.ndarray | None = None
     probs: np.ndarray | None = None
     tail: np.ndarray | None = None
-
-
-def encode_record(layout: Layout, rec: Record) -> bytes:
-    """Record → bytes (see the module docstring for the sections)."""
-    p, e = len(rec.positions), len(rec.ids)
-    t = layout.block_length
-    gaps = np.diff(rec.positions, prepend=-1) - 1  # first position, then gap − 1 (≥ 0)
-    bitmask_bytes = (t + 7) // 8
-    if p == 0 or int(varint_sizes(gaps).sum()) < bitmask_bytes:
-        coding, pos_bytes = POSITIONS_VARINT, encode_varints(gaps)
-    else:
-        mask = np.zeros(t, dtype=np.uint8)
-        mask[rec.positions] = 1
-        coding, pos_bytes = POSITIONS_BITMASK, np.packbits(mask, bitorder="little").tobytes()
-    low, high = encode_ids(layout.vocab_size, layout.max_row_length, rec.row_lengths, rec.ids)
-    parts = [
-        RECORD_HEADER.pack(rec.sample_id, p, e, coding),
-        pos_bytes,
-        quantize_stat(rec.entropy, layout.entropy_scale, layout.stat_format),
-        quantize_stat(-np.asarray(rec.logp_gold, dtype=np.float32), layout.logp_scale, layout.stat_format),
-        pack_bits(rec.row_lengths, layout.k_bits),
-        low,
-        high,
-    ]
-    if layout.value in ("count", "count_weight"):
-        parts.extend(encode_gamma(rec.counts))
-    if layout.value == "count_weight":
-        parts.append(np.asarray(rec.weights, dtype="<f4").tobytes())
-    if layout.value == "prob":
-        parts.append(np.asarray(rec.probs, dtype="<f2").tobytes())
-    if layout.tail:
-        parts.append(np.asarray(rec.tail, dtype="<f4").tobytes())
-    return b"".join(parts)
 
 
 def decode_record(layout: Layout, buf: np.ndarray) -> Record:

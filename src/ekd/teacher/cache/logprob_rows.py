@@ -1,0 +1,195 @@
+"""Rows of teacher top-K log-probabilities written by other tools, read into one next-token layout.
+
+Two column layouts are read from Parquet or JSONL (one row per document):
+
+``columns`` — a token column (``input_ids``; L ids), an ids column (L lists of K token ids) and a log-prob
+column (L lists of K floats): row j is the teacher's distribution *after reading tokens 0..j*, i.e. over the
+token at j + 1 (the ``logits[j]`` convention of a causal LM). Axolotl's KD datasets (``kd.chat_template``
+v2: ``input_ids``, ``target_token_ids`` and the ``logprobs_field``), DistillKit-style captures stored as
+top-K ids + logprobs, and Tinker's ``TopkPromptLogprobs`` (``token_ids``/``logprobs``) have this layout.
+
+``vllm`` — vLLM's ``prompt_logprobs`` (``SamplingParams(prompt_logprobs=K)``) serialized per row: a list of L
+entries, the first ``null``, entry i a mapping ``{token_id: logprob}`` (or ``{token_id: {"logprob": ...}}``,
+vLLM's ``Logprob`` as a dict) for the token *at* i given tokens < i — K entries, plus the prompt token when it
+is not among them. Entry i becomes row i − 1; the last position has no row. The token column is
+``prompt_token_ids`` (``RequestOutput.prompt_token_ids``) or ``input_ids``.
+
+Values are natural-log probabilities of the teacher's *full* softmax at τ = 1: the K of a row need not sum
+to 1 (what they miss is the tail). A row may hold more than K entries (vLLM adds the prompt token); its K
+largest are kept, which are the teacher's top K. Not read: DistillKit's compressed logit columns (decompress
+them to ids + logprobs first) and logits instead of log-probabilities (rows whose exp sums above 1 are
+refused).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ekd.teacher.cache.format import CacheError
+
+TOKEN_COLUMNS = ("input_ids", "prompt_token_ids")
+ID_COLUMNS = ("target_token_ids", "topk_ids", "top_ids", "token_ids")
+LOGPROB_COLUMNS = ("prompt_logprobs", "target_logprobs", "logprobs", "topk_logprobs", "top_logprobs")
+MASS_SLACK = 1e-3  # Σ_K p may exceed 1 by rounding of the stored logprobs (fp16/fp32 storage)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names (None = find one of the usual names)."""
+
+    text: str
+    tokens: str | None = None
+    ids: str | None = None
+    logprobs: str | None = None
+
+
+@dataclass
+class SourceRow:
+    """One document's teacher data, next-token aligned.
+
+    tokens (L,) int64; ids (R, K') int64 and logprobs (R, K') float32 with R ≤ L rows, row j over token j+1;
+    K' ≥ K, entries sorted by descending logprob (padding −inf)."""
+
+    tokens: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> list[dict]:
+    """Rows of a ``.parquet`` or ``.jsonl`` file as dicts. Raises CacheError naming the file."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(path).names
+            return pq.read_table(path, columns=[c for c in columns or schema if c in schema]).to_pylist()
+        if suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{path} cannot be read as {suffix[1:]} ({str(e).splitlines()[0]})") from None
+    raise CacheError(f"{path}: ekd cache import reads .parquet or .jsonl files")
+
+
+def resolve_columns(path: Path, names: set[str], given: Columns) -> tuple[str, Columns]:
+    """The layout ('columns' or 'vllm') and the columns to read; CacheError naming a missing column."""
+
+    def pick(value: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+        if value:
+            if value not in names:
+                raise CacheError(f"{path} has no column '{value}' ({flag}); it has {sorted(names)}")
+            return value
+        for name in candidates:
+            if name in names:
+                return name
+        raise CacheError(f"{path} has no {what} column (one of {list(candidates)}); name it with {flag}")
+
+    text = pick(given.text, (), "text", "--text-column")
+    tokens = pick(given.tokens, TOKEN_COLUMNS, "token", "--tokens-column")
+    logprobs = pick(given.logprobs, LOGPROB_COLUMNS, "log-probability", "--logprobs-column")
+    if given.ids is None and logprobs == "prompt_logprobs":
+        return "vllm", Columns(text, tokens, None, logprobs)
+    ids = pick(given.ids, ID_COLUMNS, "top-K token id", "--ids-column")
+    return "columns", Columns(text, tokens, ids, logprobs)
+
+
+def _bad(where: str, what: str) -> CacheError:
+    return CacheError(f"{where}: {what}")
+
+
+def _vllm_rows(entries: list, where: str) -> tuple[list[list[int]], list[list[float]]]:
+    """prompt_logprobs entries 1..L−1 → (ids, logprobs) rows 0..L−2 (entry i is over token i)."""
+    ids, lps = [], []
+    for i, entry in enumerate(entries[1:], start=1):
+        if not isinstance(entry, dict):
+            raise _bad(where, f"prompt_logprobs[{i}] is not a mapping token id → logprob")
+        row_ids, row_lps = [], []
+        for key, value in entry.items():
+            if value is None:  # Parquet stores a mapping column as a struct with nulls for absent ids
+                continue
+            row_ids.append(int(key))
+            row_lps.append(float(value["logprob"] if isinstance(value, dict) else value))
+        ids.append(row_ids)
+        lps.append(row_lps)
+    return ids, lps
+
+
+def source_row(row: dict, layout: str, columns: Columns, k: int, where: str) -> SourceRow:
+    """Check one row and bring it to the next-token layout with its K' largest entries first.
+
+    Raises:
+        CacheError: one line naming ``where`` (file and row) and the problem: a missing or null column,
+            ragged ids/logprobs, fewer than K entries in a row, a NaN or positive log-probability, or a row
+            whose probabilities sum above 1.
+    """
+    for name in (columns.tokens, columns.ids, columns.logprobs):
+        if name is not None and row.get(name) is None:
+            raise _bad(where, f"column '{name}' is null")
+    tokens = np.asarray(row[columns.tokens], dtype=np.int64).reshape(-1)
+    if layout == "vllm":
+        raw_ids, raw_lps = _vllm_rows(list(row[columns.logprobs]), where)
+        if len(raw_ids) != max(len(tokens) - 1, 0):
+            raise _bad(where, f"{len(raw_ids) + 1} prompt_logprobs entries for {len(tokens)} tokens")
+    else:
+        raw_ids, raw_lps = list(row[columns.ids]), list(row[columns.logprobs])
+        if len(raw_ids) != len(tokens) or len(raw_lps) != len(tokens):
+            raise _bad(
+                where,
+                f"{len(raw_ids)} id rows and {len(raw_lps)} logprob rows for {len(tokens)} tokens; need one per token",
+            )
+    width = max((len(r) for r in raw_ids), default=k)
+    ids = np.zeros((len(raw_ids), max(width, k)), dtype=np.int64)
+    lps = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for j, (r_ids, r_lps) in enumerate(zip(raw_ids, raw_lps)):
+        if len(r_ids) != len(r_lps) or len(r_ids) < k:
+            raise _bad(
+                where,
+                f"position {j} has {len(r_ids)} ids and {len(r_lps)} logprobs; method.topk={k} needs ≥ {k} of each (K mismatch)",
+            )
+        ids[j, : len(r_ids)] = r_ids
+        lps[j, : len(r_lps)] = np.asarray(r_lps, dtype=np.float32)
+    finite = np.isfinite(lps)
+    if np.isnan(lps).any():
+        j = int(np.argwhere(np.isnan(lps))[0, 0])
+        raise _bad(where, f"position {j} has a NaN logprob")
+    if (lps[finite] > MASS_SLACK).any():
+        j = int(np.argwhere(lps > MASS_SLACK)[0, 0])
+        raise _bad(
+            where, f"position {j} has a logprob > 0 (values must be natural-log probabilities, not logits)"
+        )
+    mass = np.exp(lps.astype(np.float64)).sum(1)  # (R,) Σ p over the stored entries
+    if (mass > 1 + MASS_SLACK).any():
+        j = int(np.argmax(mass > 1 + MASS_SLACK))
+        raise _bad(
+            where,
+            f"position {j}: probabilities sum to {mass[j]:.4f} > 1 (not log-probabilities of one softmax)",
+        )
+    order = np.argsort(-lps, axis=1, kind="stable")  # (R, K') largest first
+    return SourceRow(tokens, np.take_along_axis(ids, order, 1), np.take_along_axis(lps, order, 1))
+
+
+def first_mismatch(ours: list[int], theirs: np.ndarray) -> int | None:
+    """First position where the source tokens differ from ours, or None. The source may lack our final
+    token (a document scored without its EOS); any other length difference is a mismatch at the shorter end."""
+    n = min(len(ours), len(theirs))
+    diff = np.flatnonzero(np.asarray(ours[:n]) != theirs[:n])
+    if diff.size:
+        return int(diff[0])
+    if len(theirs) == len(ours) or len(theirs) == len(ours) - 1:
+        return None
+    return n
+
+
+__all__ = [
+    "Columns",
+    "SourceRow",
+    "first_mismatch",
+    "read_table",
+    "resolve_columns",
+    "source_row",
+]

@@ -1,0 +1,256 @@
+"""``ekd cache import``: another tool's teacher top-K logprobs (Parquet/JSONL) → an ekd top-K cache.
+
+A tiny teacher scores the training stream; the test writes its top-K log-probabilities per *document*
+(Axolotl/DistillKit column layout, and vLLM's ``prompt_logprobs`` layout), imports them, and trains from the
+import and from ``ekd cache``'s own top-K cache of the same teacher: the same loss at every step. Bad files
+(another tokenization, a missing column, too few entries, a NaN) stop with one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ekd.cli import main
+from ekd.config import load_config
+from ekd.data import collate, load_splits
+from ekd.data.collate import model_inputs
+from ekd.teacher.cache import CacheReader
+from ekd.teacher.cache.build import run_build
+from ekd.teacher.cache.importer import estimated_stats, topk_from_logprobs
+from ekd.teacher.targets import topk_target
+from ekd.train.prepare import load_teacher, prepare_data
+from tiny import config_file, loss_curve, write_corpus
+
+CPU = torch.device("cpu")
+K = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _documents(cfg, data) -> list[tuple[str, list[int]]]:
+    """(text, [BOS] text [EOS] tokens) of every training document, in packing order — computed here, apart
+    from the importer."""
+    b = data.boundary
+    out = []
+    for doc in load_splits(cfg)["train"]:
+        ids = data.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        if ids:
+            out.append((doc.text, ([b.bos_id] if b.bos_id is not None else []) + ids + [b.eos_id]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A shared tokenizer, the native top-K cache, and the teacher's top-K logprobs per document."""
+    root = tmp_path_factory.mktemp("import")
+    corpus = write_corpus(root / "corpus", n_docs=16)
+    bpe = config_file(root, corpus, "bpe")
+    prepare_data(load_config([bpe]), root / "tok")  # trains and saves the BPE once
+    over = {
+        "model.tokenizer": str(root / "tok" / "tokenizer"),
+        "method.target": "topk",
+        "method.topk": K,
+        "train.max_steps": 3,
+        "teacher.cache_shard_samples": 8,
+    }
+    cfg_path = config_file(root, corpus, "imp", **over)
+    native = root / "native"
+    cfg = load_config([cfg_path], [f"teacher.cache_dir={native}"])
+    run_build(cfg, measure_forward=False)
+    data = prepare_data(cfg, native)
+    blocks = data.blocks["train"]
+    teacher = load_teacher(cfg, data, CPU)
+    with torch.no_grad():
+        batch = collate(blocks, torch.arange(len(blocks)))
+        logp = torch.log_softmax(teacher(**model_inputs(batch)).logits.float(), -1)  # (N, T, V)
+    stream = logp.reshape(-1, logp.shape[-1])  # (S, V) teacher log p at every stream position
+    top_lp, top_ids = stream.topk(K + 2, dim=-1)  # K + 2: the importer keeps the K largest
+    rows, at = [], 0
+    rng = np.random.default_rng(0)
+    for text, tokens in _documents(cfg, data):
+        ids, lps = [], []
+        for j in range(len(tokens)):
+            if at + j < stream.shape[0]:  # inside the kept blocks: the teacher's own top-K
+                ids.append(top_ids[at + j].tolist())
+                lps.append(top_lp[at + j].tolist())
+            else:  # past the last block (dropped by packing): any valid row
+                ids.append(rng.choice(data.vocab_size, K + 2, replace=False).tolist())
+                lps.append(np.log(np.full(K + 2, 0.1)).tolist())
+        rows.append({"text": text, "input_ids": tokens, "target_token_ids": ids, "logprobs": lps})
+        at += len(tokens)
+    return {"root": root, "cfg": cfg_path, "native": native, "rows": rows, "vocab": data.vocab_size}
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> Path:
+    schema = pa.schema(
+        [
+            ("text", pa.string()),
+            ("input_ids", pa.list_(pa.int64())),
+            ("target_token_ids", pa.list_(pa.list_(pa.int64()))),
+            ("logprobs", pa.list_(pa.list_(pa.float32()))),
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def _import(setup, src: Path, out: str, *extra: str) -> int:
+    return main(["-q", "cache", "import", str(src), "--config", setup["cfg"], "--out", str(out), *extra])
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("ekd: error: ")
+    return err[0]
+
+
+def test_imported_topk_trains_like_the_native_cache(setup, capsys):
+    src = _write_parquet(setup["root"] / "teacher.parquet", setup["rows"])
+    imported = setup["root"] / "imported"
+    assert _import(setup, src, imported) == 0, capsys.readouterr().err
+    native, imp = CacheReader(setup["native"]), CacheReader(imported)
+    assert imp.signature["teacher_revision"].startswith("import-sha256:")
+    same = {k: v for k, v in native.signature.items() if k != "teacher_revision"}
+    assert {k: imp.signature[k] for k in same} == same  # the config's signature, not the teacher's weights
+    for sid in range(native.num_samples):
+        a, b = native.get(sid), imp.get(sid)
+        assert torch.equal(a.positions, b.positions)
+        assert torch.equal(a.ids, b.ids)
+        torch.testing.assert_close(b.probs, a.probs, rtol=2e-3, atol=1e-6)  # fp16 targets
+    curves = {}
+    for name, cache in (("native", setup["native"]), ("imported", imported)):
+        args = [f"run.name={name}", "teacher.source=cache", f"teacher.cache_dir={cache}", "method=kd"]
+        args += ["method.target=topk", f"method.topk={K}"]
+        assert main(["-q", "distill", setup["cfg"], *args]) == 0, capsys.readouterr().err
+        curves[name] = loss_curve(setup["root"] / "runs" / name)
+    assert len(curves["native"]) == 3
+    for step, loss in curves["native"].items():
+        assert curves["imported"][step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_vllm_prompt_logprobs_layout_gives_the_same_cache(setup, tmp_path, capsys):
+    """vLLM's prompt_logprobs: entry i (a mapping id → logprob) is over token i, the first is null."""
+    path = tmp_path / "vllm.jsonl"
+    with open(path, "w") as f:
+        for row in setup["rows"]:
+            entries = [None] + [
+                {str(i): lp for i, lp in zip(ids, lps)}
+                for ids, lps in zip(row["target_token_ids"][:-1], row["logprobs"][:-1])
+            ]
+            f.write(
+                json.dumps(
+                    {"text": row["text"], "prompt_token_ids": row["input_ids"], "prompt_logprobs": entries}
+                )
+            )
+            f.write("\n")
+    out = tmp_path / "cache"
+    assert _import(setup, path, out) == 0, capsys.readouterr().err
+    a, b = CacheReader(setup["root"] / "imported"), CacheReader(out)
+    for sid in range(a.num_samples):
+        x, y = a.get(sid), b.get(sid)
+        assert torch.equal(x.positions, y.positions) and torch.equal(x.ids, y.ids)
+        assert torch.equal(x.probs, y.probs)
+
+
+def _broken(setup, change) -> list[dict]:
+    rows = [dict(r) for r in setup["rows"]]
+    change(rows)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        (
+            "token",
+            lambda rows: rows[2].update(input_ids=rows[2]["input_ids"][:5] + [1] + rows[2]["input_ids"][6:]),
+            r"row 2: token 5 is 1 in SRC but \d+ in our tokenization of its text",
+        ),
+        (
+            "k",
+            lambda rows: rows[1].update(  # K − 1 entries per position
+                logprobs=[r[: K - 1] for r in rows[1]["logprobs"]],
+                target_token_ids=[r[: K - 1] for r in rows[1]["target_token_ids"]],
+            ),
+            r"row 1: position 0 has 5 ids and 5 logprobs; method.topk=6 needs ≥ 6 of each \(K mismatch\)",
+        ),
+        (
+            "nan",
+            lambda rows: rows[3].update(logprobs=[[float("nan")] * (K + 2)] + rows[3]["logprobs"][1:]),
+            r"row 3: position 0 has a NaN logprob",
+        ),
+    ],
+)
+def test_malformed_source_gives_one_line(setup, tmp_path, capsys, name, change, message):
+    rows = _broken(setup, change)
+    src = _write_parquet(tmp_path / f"{name}.parquet", rows)
+    assert _import(setup, src, tmp_path / "out") == 2
+    line = _one_line(capsys)
+    assert re.search(message, line), line
+
+
+def test_missing_column_gives_one_line(setup, tmp_path, capsys):
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "logprobs"} for r in setup["rows"]])
+    pq.write_table(table, tmp_path / "nolp.parquet")
+    assert _import(setup, tmp_path / "nolp.parquet", tmp_path / "out") == 2
+    assert "no log-probability column" in _one_line(capsys)
+    src = _write_parquet(tmp_path / "ok.parquet", setup["rows"])
+    assert _import(setup, src, tmp_path / "out", "--ids-column", "top_ids") == 2
+    assert "has no column 'top_ids' (--ids-column)" in _one_line(capsys)
+
+
+def test_rs_target_is_refused(setup, tmp_path, capsys):
+    src = _write_parquet(tmp_path / "ok.parquet", setup["rows"])
+    args = ["cache", "import", str(src), "method.target=rs", "--config", setup["cfg"], "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "set method.target=topk" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "ghost", "to_gold"])
+def test_targets_from_logprobs_equal_topk_target(tail):
+    """From the K' largest full-softmax log-probabilities: the native targets (float64 reference)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 53, generator=g, dtype=torch.float64) * 3
+    gold = torch.randint(0, 53, (7,), generator=g)
+    gold[0] = logits[0].argmax()  # a gold inside the top K
+    ref = topk_target(logits, 5, tail, gold)
+    lp, ids = torch.log_softmax(logits, -1).topk(8)  # K' = 8 entries, largest first
+    t_ids, t_probs, t_tail = topk_from_logprobs(lp, ids, 5, tail, gold, 1.0)
+    assert torch.equal(t_ids, ref.ids)
+    torch.testing.assert_close(t_probs.float(), ref.probs)
+    if tail == "ghost":
+        torch.testing.assert_close(t_tail.float(), ref.tail)
+    # renormalize is exact at any τ: softmax of ℓ_K/τ equals the top K of softmax(z/τ) renormalized
+    r2 = topk_target(logits, 5, "renormalize", tau=2.5)
+    torch.testing.assert_close(topk_from_logprobs(lp, ids, 5, "renormalize", gold, 2.5)[1].float(), r2.probs)
+
+
+def test_estimated_stats_bound_the_true_ones():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(9, 40, generator=g, dtype=torch.float64) * 2
+    logp = torch.log_softmax(logits, -1)
+    gold = torch.randint(0, 40, (9,), generator=g)
+    lp, ids = logp.topk(6)
+    gold_lp = torch.where((ids == gold[:, None]).any(-1), logp.gather(1, gold[:, None]).squeeze(1), torch.nan)
+    entropy, logp_gold = estimated_stats(lp.float(), gold_lp.float())
+    true_h = -(logp.exp() * logp).sum(-1)
+    assert (entropy <= true_h.float() + 1e-5).all() and (entropy > 0).all()
+    true_g = logp.gather(1, gold[:, None]).squeeze(1).float()
+    known = ~torch.isnan(gold_lp)
+    torch.testing.assert_close(logp_gold[known], true_g[known])
+    assert (logp_gold[~known] >= true_g[~known] - 1e-6).all()
