@@ -369,7 +369,7 @@ def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int =
             same = [results.get((k, div), {}) for k in ("trl_gkd", "trl_distill", ekd_key)]
             losses = [r["first_loss"] for r in same if "first_loss" in r]
             if len(losses) > 1:
-                checks.append((v, div, max(losses) / min(losses) - 1))
+                checks.append((v, div, max(losses) / min(losses) - 1, max(losses) - min(losses)))
         kd, gkd = results.get(("ekd_kd", "forward_kl"), {}), results.get(("trl_gkd", "forward_kl"), {})
         if "time_s" in kd and "time_s" in gkd:
             targets.append((v, kd["time_s"] / gkd["time_s"], kd["step_mb"] / gkd["step_mb"]))
@@ -382,12 +382,12 @@ def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int =
                 (v, "sekd", sekd["time_s"] / kd["time_s"], sekd3x.get("time_s", float("nan")) / kd["time_s"])
             )
     lines += [""]
-    for v, div, spread in checks:
+    for v, div, spread, gap in checks:
         lines.append(
-            f"- first-step loss, V={v:,}, {div}: TRL and ekd agree to a relative {spread:.1e}"
+            f"- first-step loss, V={v:,}, {div}: TRL and ekd agree to {gap:.1e} nats (relative {spread:.1e})"
             + (
-                " (same loss)"
-                if spread < 1e-4
+                " — the same loss (TRL GKD's stock fp32 log_softmax alone errs by ~2e-5 at this V)"
+                if gap <= 2e-5
                 else " — **they differ: the timings compare different losses**"
             )
         )
