@@ -27,9 +27,11 @@ demo-quick: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Liger-Kernel is a benchmark-only comparison (pure torch on CPU): installed without its dependencies.
+# Liger-Kernel and TRL are benchmark-only comparisons (the `bench` extra, pinned in constraints.txt): installed
+# without their dependencies, which ekd[eval] already brings (TRL 1.16.0: accelerate, datasets, pandas, psutil).
 bench: $(STAMP)
 	$(BIN)/pip install -q --no-deps liger-kernel==0.8.5 || echo "liger-kernel unavailable: its rows are skipped"
+	$(BIN)/pip install -q --no-deps trl==1.16.0 || echo "trl unavailable: the whole-step comparison is skipped"
 	$(BIN)/python -m benchmarks.run --out docs/benchmarks.md
 
 lint: $(STAMP)

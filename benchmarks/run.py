@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-step", action="store_true", help="skip the optimizer-step benchmarks")
     parser.add_argument("--skip-cache", action="store_true", help="skip the teacher-cache figures")
+    parser.add_argument("--skip-e2e", action="store_true", help="skip the whole-step comparison with TRL")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (its teacher cache, if built)")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
@@ -406,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.step import bench_step
 
         step_lines = bench_step(quick=args.quick)
+    e2e_lines: list[str] = []
+    if not args.skip_e2e:
+        from benchmarks.trl_e2e import section as e2e_section
+
+        e2e_lines = e2e_section(quick=args.quick)
     cache_lines: list[str] = []
     if not args.skip_cache:
         from benchmarks.cache import section
@@ -429,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(header + head_lines + [""] + step_lines + [""] + cache_lines) + "\n")
+    tmp.write_text(
+        "\n".join(header + head_lines + [""] + step_lines + [""] + e2e_lines + [""] + cache_lines) + "\n"
+    )
     tmp.replace(out)
     print(f"wrote {out} ({elapsed / 60:.1f} min)")
     return 0

@@ -43,7 +43,6 @@ METHODS = {
     "gkd": ["method=gkd", "method.student_data_fraction=1", "method.prompt_tokens=8"],  # sampled per row
     # TopSmp: each rank scores half of the blocks, all select alike; periodic evaluation split over ranks
     "topsmp": ["method=sekd", "method.sample_fraction=0.5", "eval.every=2"],
-
     # a LoRA student: DDP over the adapters and the head only (the frozen base is identical on every rank)
     "lora": ["method=kd", "model.lora_r=4", "model.lora_train_head=true"],
 }

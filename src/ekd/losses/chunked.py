@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 ChunkLoss = Callable[[Tensor, int, int], tuple[Tensor, Tensor]]
 """(student logits (m, V) fp32, consumed; start; end) → (loss sum (), ∂loss/∂logits (m, V) fp32)."""
 
+Observer = Callable[[Tensor, int, int], None]
+"""(model logits (m, V) fp32, read-only; start; end) → None: called once per chunk, before the chunk loss."""
+
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
@@ -106,7 +109,9 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (*scaled, None, None, None)
 
 
-def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_size: int) -> Tensor:
+def fused_linear_loss(
+    hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_size: int, observe: Observer | None = None
+) -> Tensor:
     """Σ over rows of ``chunk_loss`` applied to head(hidden), with gradients to hidden, head weight and bias.
 
     Args:
@@ -114,6 +119,8 @@ def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_s
         head: output head, weight (V, D), optional bias (V,) and its logit transform (scale, soft-cap).
         chunk_loss: see ``ChunkLoss``.
         chunk_size: rows per chunk.
+        observe: see ``Observer``: sees each chunk's model logits (= head(hidden[start:end])) before the loss,
+            so statistics of the same logits need no second GEMM (``ekd.train.token_stats.StudentStatsObserver``).
 
     Returns:
         Scalar fp32 loss sum.
@@ -124,7 +131,20 @@ def fused_linear_loss(hidden: Tensor, head: Head, chunk_loss: ChunkLoss, chunk_s
     chunk_loss = transformed_chunk_loss(
         chunk_loss, head.transform
     )  # model logits; ∂/∂(h·Wᵀ) by the chain rule
+    if observe is not None:
+        chunk_loss = _observed(chunk_loss, observe, head.transform)
     return _FusedHeadLoss.apply(hidden, head.weight, head.bias, chunk_loss, chunk_size, track)
+
+
+def _observed(chunk_loss: ChunkLoss, observe: Observer, transform) -> ChunkLoss:
+    """``chunk_loss`` on raw logits a, with ``observe`` shown the model logits transform(a) first (a itself when
+    the transform is the identity: the observer must not modify it; else one extra (m, V) buffer)."""
+
+    def chunk(a: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        observe(a if transform.is_identity else transform(a), start, end)
+        return chunk_loss(a, start, end)
+
+    return chunk
 
 
 def auto_chunk_rows(vocab_size: int, buffer_mib: float = 128.0) -> int:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ekd.losses.chunked import ce_chunk_loss, fused_linear_loss, kd_chunk_loss
+from ekd.losses.chunked import Observer, ce_chunk_loss, fused_linear_loss, kd_chunk_loss
 from ekd.losses.divergences import Divergence
 from ekd.losses.row_reductions import log_softmax
 from ekd.losses.sparse import sparse_forward_kl
@@ -139,14 +139,18 @@ def ce_loss_sum(
     path: str = "chunked",
     chunk_size: int = 1024,
     compile: bool = False,
+    observe: Observer | None = None,
 ) -> Tensor:
     """Σ_i −log q_i(y_i) over N rows. hidden (N, D), labels (N,) → scalar (fp32); rows labelled −100 add 0.
 
-    ``path``, ``chunk_size`` and ``compile`` as in ``kd_loss_sum``.
+    ``path``, ``chunk_size`` and ``compile`` as in ``kd_loss_sum``; ``observe`` (``chunked`` path only) is
+    shown each chunk's logits (``ekd.losses.chunked.fused_linear_loss``).
     """
     _check_path(path, chunk_size)
     if path == "chunked":
-        return fused_linear_loss(hidden, head, ce_chunk_loss(labels, compile=compile), chunk_size)
+        return fused_linear_loss(hidden, head, ce_chunk_loss(labels, compile=compile), chunk_size, observe)
+    if observe is not None:
+        raise ValueError(f"observe needs path='chunked', got {path!r}")
     n = hidden.shape[0]
     if n == 0:
         return hidden.sum() * 0.0

@@ -57,6 +57,35 @@ def row_logsumexp(z: Tensor) -> Tensor:
     return out
 
 
+def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
+    """log Σ_v exp z_v and the entropy H(softmax(z)) per row, one exp pass. (m, V) fp32 → (m,), (m,).
+
+    Per block of rows (in cache, no (m, V) temporary): x = z − max, e = exp x, s = Σ e, then
+    lse = max + log s and H = log s − Σ e·x / s. Summing the shifted x (≤ 0) avoids the cancellation of
+    H = lse − Σ p·z when the logits are large; sums are ``Tensor.sum``'s (pairwise). −inf logits (masked
+    ids) contribute nothing; a row of only −inf logits is uniform over the most negative finite fp32 value
+    (lse ≈ that value + log V, H = log V), as ``ekd.train.token_stats.softmax_entropy`` treats it.
+    """
+    m, v = z.shape
+    lse = torch.empty(m, dtype=z.dtype, device=z.device)
+    entropy = torch.empty(m, dtype=z.dtype, device=z.device)
+    lowest = torch.finfo(z.dtype).min
+    step = _block_rows(z) if _eager() else max(m, 1)
+    for r in range(0, m, step):
+        x = z[r : r + step]  # (rows, V) view
+        top = x.amax(-1, keepdim=True)  # (rows, 1)
+        if not bool(torch.isfinite(top).all()):  # an all −inf row: the finite-floor convention
+            x = x.nan_to_num(neginf=lowest)
+            top = x.amax(-1, keepdim=True)
+        shifted = (x - top).clamp_min_(lowest)  # (rows, V) ≤ 0; −inf → lowest, so that 0·x is 0
+        e = shifted.exp()  # (rows, V)
+        total = e.sum(-1)  # (rows,)
+        log_total = total.log()
+        lse[r : r + step] = top.squeeze(1) + log_total
+        entropy[r : r + step] = (log_total - e.mul_(shifted).sum(-1) / total).clamp_min_(0.0)
+    return lse, entropy
+
+
 def log_softmax_(z: Tensor) -> Tensor:
     """log softmax over the last axis, **in place** on ``z`` (m, V) (eager; a new tensor under compile).
 

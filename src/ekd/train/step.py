@@ -27,7 +27,13 @@ from ekd.teacher.signal import TeacherSignal
 from ekd.train.method_parts import MethodParts
 from ekd.train.objectives import objective_sum
 from ekd.train.precision import head_precision
-from ekd.train.token_stats import PAIR_STATS, STUDENT_STATS, TEACHER_STATS, token_stats
+from ekd.train.token_stats import (
+    PAIR_STATS,
+    STUDENT_STATS,
+    TEACHER_STATS,
+    StudentStatsObserver,
+    token_stats,
+)
 
 
 @dataclass
@@ -102,12 +108,30 @@ def distill_micro_batch(
     h_s_flat = h_s.reshape(B * T, -1)  # (B·T, Ds)
     total = h_s.sum() * 0.0  # keeps the graph connected when every term is empty
     kd_sum_value, selection, feedback = 0.0, None, None
+    student_needs = parts.stat_needs & (STUDENT_STATS | PAIR_STATS) if parts.selects else set()
+
+    # 7a. CE over all valid rows first when its chunk logits can give the student statistics (no second GEMM)
+    ce_sum, shared = None, None
+    if _ce_gives_student_stats(parts, ctx, student_needs, h_s, head_s):
+        shared = StudentStatsObserver(student_needs, labels)
+        ce_rows = shared.rows  # (N,) flat valid positions
+        with head_precision(h_s.device, ctx.autocast_dtype):
+            ce_sum = ce_loss_sum(
+                h_s_flat[ce_rows],
+                head_s,
+                labels.reshape(-1)[ce_rows],
+                ctx.loss_path,
+                ctx.chunk_rows,
+                compile=ctx.compile,
+                observe=shared,
+            )
 
     if parts.selects:
         # 3. statistics and scores (detached, τ=1, chunked)
         stats = dict(signal.stats) if signal is not None else {}
-        student_needs = parts.stat_needs & (STUDENT_STATS | PAIR_STATS)
-        if student_needs:
+        if shared is not None:
+            stats.update(shared.stats())
+        elif student_needs:
             with head_precision(h_s.device, ctx.autocast_dtype):
                 student_stats = token_stats(
                     student_needs,
@@ -174,7 +198,10 @@ def distill_micro_batch(
 
     # 7. CE on all valid tokens (chunked) or on the selected ones
     ce_sum_value = 0.0
-    if parts.ce_weight > 0:
+    if ce_sum is not None:
+        total = total + parts.ce_weight * normalize(ce_sum, ce_count)
+        ce_sum_value = float(ce_sum.detach())
+    elif parts.ce_weight > 0:
         if parts.ce_on == "selected" and selection is not None:
             ce_rows = selection.rows  # (M,) the selection's rows; a position pos_rs drew twice counts twice
         else:
@@ -191,6 +218,21 @@ def distill_micro_batch(
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
+
+
+def _ce_gives_student_stats(
+    parts: MethodParts, ctx: StepContextData, student_needs: set[str], h_s: Tensor, head_s
+) -> bool:
+    """Whether the CE pass (fused head over all valid rows) can supply the selection's student statistics:
+    only student-side ones are needed and its logits equal ``token_stats``'s (same rows, chunks and GEMM)."""
+    return (
+        bool(student_needs)
+        and student_needs <= STUDENT_STATS
+        and parts.ce_weight > 0
+        and parts.ce_on != "selected"
+        and ctx.loss_path == "chunked"
+        and StudentStatsObserver.same_logits(h_s, head_s)
+    )
 
 
 def _selection_metrics(

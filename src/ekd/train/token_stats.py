@@ -7,7 +7,9 @@ Names (each a (B, T) fp32 tensor, 0 at invalid positions):
 - ``forward_kl`` KL(p‖q), ``reverse_kl`` KL(q‖p), ``hellinger`` (1/√2)‖√p − √q‖
 
 Only the requested names are computed, over valid rows only, ``chunk_rows`` rows at a time, so no (B·T, V)
-fp32 copy of either model's logits is ever held.
+fp32 copy of either model's logits is ever held. ``StudentStatsObserver`` computes the student statistics from
+the logits of a pass the step already makes (the fused CE head over all valid rows) instead of a second
+student head GEMM; its values are bit-identical to ``token_stats``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ekd.losses.divergences import forward_kl, hellinger, reverse_kl
-from ekd.losses.row_reductions import row_dot, row_logsumexp
+from ekd.losses.row_reductions import row_dot, row_logsumexp, row_logsumexp_entropy
 from ekd.losses.targets import Head
 
 TEACHER_STATS = frozenset({"teacher_entropy", "teacher_logp_gold"})
@@ -49,8 +51,12 @@ def logp_at(logits: Tensor, lse: Tensor, ids: Tensor) -> Tensor:
 
 
 def entropy_and_logp_gold(logits: Tensor, gold: Tensor) -> tuple[Tensor, Tensor]:
-    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,)."""
-    _, lse, entropy = softmax_entropy(logits)
+    """H(softmax(z)) and log softmax(z)[y] in fp32. logits (m, V), gold (m,) → (m,), (m,).
+
+    One exp pass in cache-sized row blocks, no (m, V) probabilities (``row_logsumexp_entropy``): the statistics
+    pass of a selective step costs about one elementwise pass over the logits besides its GEMM.
+    """
+    lse, entropy = row_logsumexp_entropy(logits.float())
     return entropy, logp_at(logits, lse, gold)
 
 
@@ -123,3 +129,54 @@ def token_stats(
     for name in needs:
         out[name].view(-1)[rows] = flat[name]
     return out
+
+
+class StudentStatsObserver:
+    """The student statistics (``STUDENT_STATS``) read off another pass's chunk logits, not a second head GEMM.
+
+    The fused head (``ekd.losses.chunked.fused_linear_loss(..., observe=...)``) calls it with each chunk's model
+    logits z (m, V) (read-only) and the chunk's row range [start, end) of its N rows. When that pass runs over
+    the valid rows of ``labels`` in order, ``chunk_rows`` at a time (the CE term over all valid rows), the
+    logits and per-chunk computations are those of ``token_stats``, so ``stats()`` equals its output bit for
+    bit (``same_logits`` says when the head's logits are; tests/test_shared_stats.py).
+
+    Args:
+        needs: a subset of ``STUDENT_STATS``.
+        labels: (B, T) shifted labels, -100 = ignored; the pass's rows are its valid positions, in order.
+    """
+
+    def __init__(self, needs: set[str] | frozenset[str], labels: Tensor):
+        if not needs or set(needs) - STUDENT_STATS:
+            raise ValueError(f"StudentStatsObserver computes {sorted(STUDENT_STATS)}, got {sorted(needs)}")
+        self.needs = set(needs)
+        self.labels = labels
+        self.rows = (labels != -100).reshape(-1).nonzero().squeeze(-1)  # (N,) flat valid positions
+        self.gold = labels.reshape(-1)[self.rows]  # (N,)
+        self.flat = {
+            n: torch.zeros(self.rows.numel(), dtype=torch.float32, device=labels.device) for n in needs
+        }
+
+    @torch.no_grad()
+    def __call__(self, logits: Tensor, start: int, end: int) -> None:
+        """Record rows [start, end) from their logits (m, V); ``logits`` is not modified."""
+        h, lp = entropy_and_logp_gold(logits, self.gold[start:end])
+        if "student_entropy" in self.needs:
+            self.flat["student_entropy"][start:end] = h
+        if "student_logp_gold" in self.needs:
+            self.flat["student_logp_gold"][start:end] = lp
+
+    def stats(self) -> dict[str, Tensor]:
+        """name → (B, T) fp32, 0 at invalid positions (``token_stats``'s layout)."""
+        out = {}
+        for name, values in self.flat.items():
+            out[name] = torch.zeros(self.labels.shape, dtype=torch.float32, device=self.labels.device)
+            out[name].view(-1)[self.rows] = values
+        return out
+
+    @staticmethod
+    def same_logits(hidden: Tensor, head: Head) -> bool:
+        """Whether the fused head's logits of ``hidden`` equal ``head(hidden)`` bit for bit: the GEMM operands are
+        the same unless a 16-bit CPU weight meets hidden states of another dtype (``Head`` rounds them to the
+        weight's dtype, the fused head on CPU casts the weight to fp32)."""
+        w = head.weight
+        return w.dtype in (torch.float32, hidden.dtype) or w.is_cuda

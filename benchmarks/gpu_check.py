@@ -1,0 +1,294 @@
+"""The GPU checks of issue 16, prepared so that a lent device's minutes are not lost (≈ 5–8 min on one H100/H200).
+
+1. Loss head at Liger's published setting (V=151,936, N=8,192, student H=896, teacher H=1536, bf16 inputs,
+   JSD β=0.5, forward + backward): bare GEMMs (floor), ekd fused head (chunk 256 and 1024), naive full logits
+   (TRL's ``generalized_jsd_loss``), Liger's Triton ``LigerFusedLinearJSD`` and its chunked
+   ``LigerFusedLinearJSDLoss`` (torch.compile). Time (CUDA-synchronized, fastest of 3 after a warm-up), peak
+   allocated memory, time ÷ bare GEMMs, loss value (all must agree).
+2. One optimizer step of a Qwen2.5-0.5B-shape student with a Qwen2.5-1.5B-shape teacher (random weights, bf16,
+   B=4 × T=1024, AdamW) through ``ekd.train.trainer.forward_backward`` for ``kd`` and ``sekd``: tokens/s, peak
+   memory.
+
+Every case is guarded: an error or out-of-memory is recorded and the script goes on. Results go to
+``$OUT/gpu_check.json`` (rewritten after each case) and ``$OUT/gpu_check.md``.
+
+    python -m benchmarks.gpu_check                 # on the device machine, with $OUT set
+    python -m benchmarks.gpu_check --dry --out /tmp/g   # tiny shapes on CPU: checks that nothing crashes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.head_loss import BETA, generalized_jsd_loss
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(fn: Callable[[], float], dev: torch.device, repeats: int) -> dict:
+    """Warm-up call, then ``repeats`` timed calls: fastest time, peak memory of the timed calls, last value."""
+    value = fn()  # warm-up: compilation, autotuning, allocator
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20 if dev.type == "cuda" else float("nan")
+    return {"time_s": min(times), "peak_mb": peak, "value": float(value)}
+
+
+def head_cases(
+    v: int, n: int, ds: int, dt: int, dev: torch.device, dtype: torch.dtype
+) -> dict[str, Callable]:
+    """name → a forward+backward closure returning the loss (mean over N) on shared inputs."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(n, ds, generator=g).to(dev, dtype).requires_grad_(True)  # (N, Ds)
+    w = (torch.randn(v, ds, generator=g) * 0.05).to(dev, dtype).requires_grad_(True)  # (V, Ds)
+    ht = torch.randn(n, dt, generator=g).to(dev, dtype)  # (N, Dt)
+    wt = (torch.randn(v, dt, generator=g) * 0.05).to(dev, dtype)  # (V, Dt)
+
+    def zero_grads() -> None:
+        h.grad = None
+        w.grad = None
+
+    def gemm() -> float:
+        zs = h.detach() @ w.detach().t()  # (N, V) student logits
+        zt = ht @ wt.t()  # (N, V) teacher logits
+        _ = zs @ w.detach()  # (N, Ds) grad_hidden (zs stands in for the logit gradient)
+        _ = zs.t() @ h.detach()  # (V, Ds) grad_W
+        del zt
+        return 0.0
+
+    def ekd(chunk: int) -> Callable[[], float]:
+        from ekd.losses.divergences import make_divergence
+        from ekd.losses.head_loss import kd_loss_sum
+        from ekd.losses.targets import DenseTarget, Head
+
+        ones = torch.ones(n, device=dev)
+        div = make_divergence("jsd", jsd_beta=BETA)
+
+        def step() -> float:
+            zero_grads()
+            loss = kd_loss_sum(h, Head(w), DenseTarget(ht, Head(wt)), ones, ones, div, chunk_size=chunk) / n
+            loss.backward()
+            return float(loss.detach())
+
+        return step
+
+    def naive() -> float:
+        zero_grads()
+        with torch.no_grad():
+            zt = (ht @ wt.t()).float().unsqueeze(0)  # (1, N, V)
+        loss = generalized_jsd_loss((h @ w.t()).float().unsqueeze(0), zt, beta=BETA)
+        loss.backward()
+        return float(loss.detach())
+
+    def liger_triton() -> float:
+        from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
+
+        zero_grads()
+        loss = LigerFusedLinearJSD(jsd_beta=BETA)(h, w, ht, wt)
+        loss.backward()
+        return float(loss.detach())
+
+    def liger_chunked() -> float:
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        zero_grads()
+        fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=BETA, compiled=True)
+        loss = fn(h, w, ht, wt, torch.zeros(n, dtype=torch.long, device=dev))
+        loss.backward()
+        return float(loss.detach())
+
+    return {
+        "gemm": gemm,
+        "ekd_chunk256": ekd(256),
+        "ekd_chunk1024": ekd(1024),
+        "naive_trl_gjsd": naive,
+        "liger_triton": liger_triton,
+        "liger_chunked_compiled": liger_chunked,
+    }
+
+
+def step_case(
+    method: str,
+    student: str,
+    teacher: str,
+    v: int,
+    b: int,
+    t: int,
+    dev: torch.device,
+    dtype,
+    repeats: int = 3,
+) -> dict:
+    """One ekd optimizer step (``forward_backward`` + AdamW) of the preset pair: tokens/s and peak memory."""
+    from ekd.config import load_config
+    from ekd.data.collate import Batch
+    from ekd.losses.chunked import auto_chunk_rows
+    from ekd.models.load import build_preset
+    from ekd.teacher.online import OnlineTeacher
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.trainer import forward_backward
+
+    chunk = auto_chunk_rows(v)
+    cfg = load_config(
+        None,
+        [f"method={method}", f"train.head_chunk_size={chunk}", "train.max_steps=100", "train.warmup_steps=0"],
+    )
+    parts = MethodParts.build(cfg, total_steps=100)
+    s = build_preset(student, v, eos_token_id=0, seed=0).to(dev, dtype).train()
+    tm = build_preset(teacher, v, eos_token_id=0, seed=1).to(dev, dtype).eval()
+    source = OnlineTeacher(tm, v, chunk)
+    opt = torch.optim.AdamW(s.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, v, (b, t + 1), generator=g)
+    batch = Batch(
+        input_ids=ids[:, :-1].contiguous().to(dev),
+        labels=ids[:, 1:].contiguous().to(dev),
+        attention_mask=torch.ones(b, t, dtype=torch.long, device=dev),
+        sample_ids=torch.arange(b, device=dev),
+    )
+    run_dir = Path(os.environ.get("OUT", "/tmp")) / "gpu_check_run"
+    state = {"i": 0}
+
+    def step() -> float:
+        loss, *_ = forward_backward([batch], s, source, parts, state["i"], cfg, v, None, run_dir)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["i"] += 1
+        return float(loss)
+
+    r = _timed(step, dev, repeats=repeats)
+    return {**r, "tokens_per_s": b * t / r["time_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--dry", action="store_true", help="tiny shapes on CPU (a crash check, seconds)")
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="results folder ($OUT)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dry:
+        dev, dtype = torch.device("cpu"), torch.float32
+        v, n, ds, dt = 512, 64, 32, 48
+        pair, (b, t) = ("llama-micro", "llama-tiny"), (2, 16)
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --dry for the CPU crash check")
+        dev, dtype = torch.device("cuda"), torch.bfloat16
+        v, n, ds, dt = 151_936, 8192, 896, 1536
+        pair, (b, t) = ("qwen2.5-0.5b-shape", "qwen2.5-1.5b-shape"), (4, 1024)
+    results: dict = {
+        "machine": {
+            "device": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "dry": args.dry,
+        },
+        "head": {"V": v, "N": n, "dtype": str(dtype)},
+        "step": {"student": pair[0], "teacher": pair[1], "B": b, "T": t},
+    }
+
+    def save() -> None:
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
+
+    repeats = 1 if args.dry else 3
+    t_start = time.perf_counter()
+    for name, fn in head_cases(v, n, ds, dt, dev, dtype).items():
+        if args.dry and name == "liger_chunked_compiled":
+            results["head"][name] = {"error": "skipped in --dry (torch.compile takes minutes on a CPU)"}
+            continue
+        try:
+            results["head"][name] = _timed(fn, dev, repeats=repeats)
+        except Exception as e:  # noqa: BLE001 — OOM, a missing Liger, a Triton failure: record and go on
+            results["head"][name] = {
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            }
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        print(name, results["head"][name], flush=True)
+        save()
+    for method in ("kd", "sekd"):
+        try:
+            results["step"][method] = step_case(method, *pair, v, b, t, dev, dtype, repeats)
+        except Exception as e:  # noqa: BLE001
+            results["step"][method] = {
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            }
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        print(method, results["step"][method], flush=True)
+        save()
+    results["seconds"] = time.perf_counter() - t_start
+    save()
+    (out / "gpu_check.md").write_text("\n".join(report(results)) + "\n")
+    return 0
+
+
+def report(results: dict) -> list[str]:
+    """Markdown tables of the results (ratios to the bare GEMMs and to ekd at chunk 256)."""
+    head, step = results["head"], results["step"]
+    gemm, ours = head.get("gemm", {}), head.get("ekd_chunk256", {})
+    lines = [
+        f"Device: {results['machine']['device']}, torch {results['machine']['torch']}"
+        + (" — **dry run (CPU, tiny shapes)**" if results["machine"]["dry"] else ""),
+        "",
+        f"Loss head, V={head['V']:,}, N={head['N']:,}, {head['dtype']}, JSD β=0.5, forward + backward:",
+        "",
+        "| implementation | time (ms) | time / bare GEMMs | time / ekd | peak (MB) | peak / ekd | loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in head.items():
+        if not isinstance(r, dict):
+            continue
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {1000 * r['time_s']:.1f} | {_div(r, gemm, 'time_s')} | {_div(r, ours, 'time_s')} | "
+            f"{r['peak_mb']:.0f} | {_div(r, ours, 'peak_mb')} | {r['value']:.6f} |"
+        )
+    lines += [
+        "",
+        f"Optimizer step, {step['student']} student, {step['teacher']} teacher, B={step['B']} × T={step['T']}:",
+        "",
+        "| method | time (s) | tokens/s | peak (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for method in ("kd", "sekd"):
+        r = step.get(method, {})
+        if "error" in r or not r:
+            lines.append(f"| {method} | {r.get('error', 'not run')} | | |")
+            continue
+        lines.append(f"| {method} | {r['time_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['peak_mb']:.0f} |")
+    return lines
+
+
+def _div(a: dict, b: dict, key: str) -> str:
+    x, y = a.get(key), b.get(key)
+    return f"{x / y:.2f}" if x is not None and y and x == x and y == y else "—"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,448 @@
+"""One optimizer step of a whole distillation run, ekd side by side with TRL (issue 16, `make bench`).
+
+Same student (``llama-tiny``, 2 × 64) and teacher (``llama-small``, 4 × 128) presets with random weights, same
+token blocks (B sequences of T random ids), same divergence (forward KL = TRL's generalized JSD at β=0; JSD
+β=0.5), off-policy, τ = 1, fp32 on CPU, the same ``torch.optim.AdamW``. A step = loss forward + backward +
+optimizer step:
+
+- ``trl_gkd``: ``trl.experimental.gkd.GKDTrainer.training_step`` with ``lmbda=0`` (no generation): full
+  (B, T, V) logits of both models, ``generalized_jsd_loss``.
+- ``trl_distill``: ``trl.DistillationTrainer.compute_loss`` (its chunked JSD over the completion) + backward;
+  its ``training_step`` would also run its generation/buffering machinery, which off-policy data does not need.
+- ``ekd``: ``ekd.train.trainer.forward_backward`` (the training loop's step) for ``kd``, ``jsd``, ``sekd``
+  (online teacher) and ``sekd3x`` (RS N=50 targets read from a teacher cache built once beforehand; no teacher
+  model in the process; the sample-selection pass that picks its batches is not part of the step).
+
+TRL's loss is a mean over the positions ``labels[:, 1:]`` scores, i.e. T − 1 per sequence: ekd's labels mask
+the last position, so both average over the same B·(T − 1) tokens and the first step's loss values must agree.
+
+Each case runs in a fresh process (``benchmarks.measure``); time = fastest step after one warm-up step (which
+also allocates the optimizer state); ``step_mb`` = resident-set high-water mark of a step above the resident set
+before it (models, optimizer state and data excluded); ``rss_mb`` = the process's peak resident set (models,
+libraries and all).
+
+    python -m benchmarks.trl_e2e '{"impl": "trl_gkd", "div": "jsd", "v": 32768, "b": 2, "t": 256}'
+    python -m benchmarks.trl_e2e --section --quick          # print the markdown section
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+STUDENT, TEACHER = "llama-tiny", "llama-small"
+EKD_METHODS = {"kd": "forward_kl", "jsd": "jsd", "sekd": "forward_kl", "sekd3x": "forward_kl"}
+LABELS = {
+    "trl_gkd": "TRL GKDTrainer (λ=0)",
+    "trl_distill": "TRL DistillationTrainer",
+    "ekd_kd": "ekd kd",
+    "ekd_jsd": "ekd jsd",
+    "ekd_sekd": "ekd sekd (online)",
+    "ekd_sekd3x": "ekd sekd3x (cache)",
+}
+
+
+def _blocks(v: int, b: int, t: int):
+    """(B, T) random ids in [1, V) and ekd's shifted labels (last position masked, as TRL's shift drops it)."""
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, v, (b, t), generator=g)  # (B, T)
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]  # labels[:, i] = token after input i
+    return ids, labels
+
+
+def _models(v: int, need_teacher: bool = True):
+    from ekd.models.load import build_preset
+
+    student = build_preset(STUDENT, v, eos_token_id=0, seed=0).train()
+    teacher = build_preset(TEACHER, v, eos_token_id=0, seed=1).eval() if need_teacher else None
+    return student, teacher
+
+
+def _tokenizer():
+    """A one-token tokenizer: TRL's trainers only read its pad/eos ids (the data is already token ids)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({"<pad>": 0}, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<pad>")
+
+
+def _trl_args(cls, out: str, b: int, beta: float, **extra):
+    return cls(
+        output_dir=out,
+        per_device_train_batch_size=b,
+        learning_rate=1e-4,
+        beta=beta,
+        temperature=1.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_dropout=True,
+        **extra,
+    )
+
+
+def trl_step(impl: str, div: str, v: int, b: int, t: int, out: str):
+    """(step function returning the loss, trainable model) for a TRL trainer."""
+    import torch
+    from datasets import Dataset
+
+    beta = 0.0 if div == "forward_kl" else 0.5  # TRL: β=0 is KL(teacher ‖ student)
+    student, teacher = _models(v)
+    ids, _ = _blocks(v, b, t)
+    n_items = torch.tensor(float(b * (t - 1)))
+    data = Dataset.from_dict({"input_ids": ids.tolist()})
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    if impl == "trl_gkd":
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        args = _trl_args(GKDConfig, out, b, beta, lmbda=0.0, seq_kd=False)
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
+            processing_class=_tokenizer(),
+            data_collator=lambda x: x,
+            optimizers=(optimizer, None),
+        )
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+        def loss_backward() -> float:
+            return float(trainer.training_step(trainer.model, dict(inputs), n_items))
+
+    else:
+        from trl import DistillationConfig, DistillationTrainer
+
+        args = _trl_args(DistillationConfig, out, b, beta)
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["x"] * b, "completion": ["y"] * b}),
+            processing_class=_tokenizer(),
+            optimizers=(optimizer, None),
+        )
+        inputs = {
+            "prompt_ids": ids[:, :1],
+            "prompt_mask": torch.ones_like(ids[:, :1]),
+            "completion_ids": ids[:, 1:],  # (B, T − 1): every next-token position is scored
+            "completion_mask": torch.ones_like(ids[:, 1:]),
+        }
+
+        def loss_backward() -> float:
+            trainer.model.train()
+            loss = trainer.compute_loss(trainer.model, dict(inputs), num_items_in_batch=n_items)
+            loss.backward()
+            return float(loss.detach())
+
+    def step() -> float:
+        loss = loss_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def _cache(cfg, teacher, v: int, b: int, t: int, directory: str) -> None:
+    """Write the teacher cache of the data block (RS N=50, ``ekd cache``'s write path)."""
+    import torch
+
+    from ekd.data.collate import collate
+    from ekd.data.packing import PackedBlocks
+    from ekd.models.load import output_head
+    from ekd.teacher.cache import CacheWriter, make_signature
+    from ekd.teacher.cache.build import write_batches
+    from ekd.teacher.cache.entries import EntryOptions, build_chunk_rows, work_rows_for
+    from ekd.teacher.cache.signature import PACKING_RULE
+    from ekd.teacher.signal import TargetSpec
+
+    ids, _ = _blocks(v, b, t)
+    blocks = PackedBlocks(ids, torch.ones(b, t, dtype=torch.bool), torch.arange(b))
+    signature = make_signature(
+        teacher_id=f"preset:{TEACHER}",
+        teacher_revision="random",
+        tokenizer_hash="random-ids",
+        data_fingerprint=blocks.fingerprint(),
+        block_length=t,
+        packing=PACKING_RULE,
+        vocab_size=v,
+        target="rs",
+        rs_samples=cfg.method.rs_samples,
+    )
+    options = EntryOptions(
+        spec=TargetSpec("rs", 0, "renormalize", cfg.method.rs_samples, 1.0, cfg.run.seed),
+        chunk_rows=build_chunk_rows(v),
+        work_rows=work_rows_for(torch.device("cpu"), v),
+    )
+    writer = CacheWriter(directory, signature, b, shard_samples=b)
+    write_batches(
+        writer, teacher, output_head(teacher, v), iter([collate(blocks, torch.arange(b))]), options, None
+    )
+
+
+def _cache_teacher(directory: str):
+    """``CacheTeacher`` on the benchmark's cache. Its signature check (tokenizer, data files) is skipped: the
+    blocks are random ids with no tokenizer or corpus; reading and decoding are those of training."""
+    from collections import OrderedDict
+
+    import torch
+
+    from ekd.teacher.cache import CacheTeacher
+    from ekd.teacher.cache.reader import CacheReader
+
+    source = object.__new__(CacheTeacher)
+    source.reader, source.device, source._memo, source._memo_size = (
+        CacheReader(directory),
+        torch.device("cpu"),
+        OrderedDict(),
+        16,
+    )
+    return source
+
+
+def ekd_step(method: str, v: int, b: int, t: int, out: str):
+    import torch
+
+    from ekd.config import load_config
+    from ekd.data.collate import Batch
+    from ekd.losses.chunked import auto_chunk_rows
+    from ekd.teacher.online import OnlineTeacher
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.trainer import forward_backward
+
+    chunk = auto_chunk_rows(v)
+    cached = method == "sekd3x"
+    overrides = [
+        f"method={method}",
+        "method.kd_temperature=1",
+        f"train.head_chunk_size={chunk}",
+        "train.max_steps=100",
+        "train.warmup_steps=0",
+    ]
+    if cached:
+        overrides += ["teacher.source=cache", f"teacher.cache_dir={out}/cache"]
+    cfg = load_config(None, overrides)
+    parts = MethodParts.build(cfg, total_steps=100)
+    student, teacher = _models(v)
+    if cached:
+        _cache(cfg, teacher, v, b, t, f"{out}/cache")
+        del teacher  # no teacher model in the process while training
+        source = _cache_teacher(f"{out}/cache")
+    else:
+        source = OnlineTeacher(teacher, v, chunk)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    ids, labels = _blocks(v, b, t)
+    batch = Batch(
+        input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids), sample_ids=torch.arange(b)
+    )
+    state = {"i": 0}
+
+    def step() -> float:
+        if cached:
+            source._memo.clear()  # every step decodes its rows from the cache, as a new batch would
+        loss, *_ = forward_backward([batch], student, source, parts, state["i"], cfg, v, None, Path(out))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["i"] += 1
+        return float(loss)
+
+    return step
+
+
+def run(case: dict) -> dict:
+    """One case in this process: first-step loss, fastest step, step peak and process peak memory."""
+    import torch
+
+    from benchmarks.measure import _status_mb, measure_call
+
+    torch.manual_seed(0)
+    impl, v, b, t = case["impl"], case["v"], case["b"], case["t"]
+    with tempfile.TemporaryDirectory(prefix="ekd-e2e-") as out:
+        if impl.startswith("trl"):
+            step = trl_step(impl, case["div"], v, b, t, out)
+        else:
+            step = ekd_step(impl.removeprefix("ekd_"), v, b, t, out)
+        first = step()  # warm-up: the loss at the initial weights; allocates the optimizer state
+        box = {}
+        repeats = case.get("repeats", 2)
+        res = measure_call(
+            lambda: box.update(loss=step()), repeats=repeats, min_seconds=3.0 if repeats > 1 else 0.0
+        )
+        step_mb = res.pop("peak_mb")
+        return {
+            **res,
+            "step_mb": step_mb,
+            "rss_mb": _status_mb("VmHWM"),
+            "first_loss": first,
+            "tokens": b * (t - 1),
+        }
+
+
+def _available() -> str | None:
+    try:
+        import trl  # noqa: F401
+        from trl.experimental.gkd import GKDTrainer  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"TRL not installed ({type(e).__name__}); `make bench` installs trl==1.16.0 --no-deps"
+    return None
+
+
+def _has_distillation_trainer() -> bool:
+    try:
+        from trl import DistillationTrainer  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int = 2) -> list[str]:
+    """Markdown for the end-to-end section: per vocabulary, every contender, ratios to TRL GKD.
+
+    ``vocabs``: default [32,768, 151,936] (quick: [8,192]); ``repeats``: timed steps after the warm-up.
+    """
+    from benchmarks.measure import run_case
+
+    missing = _available()
+    b, t = (2, 128) if quick else (2, 256)
+    vocabs = vocabs or ([8192] if quick else [32_768, 151_936])
+    trl_impls = ["trl_gkd"] + (["trl_distill"] if _has_distillation_trainer() else [])
+    lines = [
+        "## Whole step vs TRL (issue 16)",
+        "",
+        f"Student `{STUDENT}` (2 × 64), teacher `{TEACHER}` (4 × 128), random weights, B={b} × T={t} random ids"
+        f" (B·(T−1) = {b * (t - 1)} scored tokens), fp32, CPU, τ=1, off-policy, one AdamW step; each case in a fresh"
+        " process. Time = fastest step after a warm-up step; step peak = resident-set high-water mark of the step"
+        " above the state before it; process peak = the whole process's (libraries, models, optimizer state)."
+        f" TRL {_version('trl')}, transformers {_version('transformers')}, torch {_version('torch')}."
+        " `python -m benchmarks.trl_e2e` (module docstring: what each contender's step is).",
+        "",
+    ]
+    if missing:
+        return lines + [missing]
+    print("whole step vs TRL:", flush=True)
+    rows = []
+    for v in vocabs:
+        results: dict[tuple[str, str], dict] = {}
+        for div in ("forward_kl", "jsd"):
+            for impl in trl_impls:
+                results[(impl, div)] = run_case(
+                    "benchmarks.trl_e2e",
+                    {"impl": impl, "div": div, "v": v, "b": b, "t": t, "repeats": repeats},
+                    3600,
+                )
+                _print(impl, div, v, results[(impl, div)])
+        for method, div in EKD_METHODS.items():
+            key = f"ekd_{method}"
+            results[(key, div)] = run_case(
+                "benchmarks.trl_e2e",
+                {"impl": key, "div": div, "v": v, "b": b, "t": t, "repeats": repeats},
+                3600,
+            )
+            _print(key, div, v, results[(key, div)])
+        rows.append((v, results))
+    lines += [
+        "| V | divergence | step | first loss | time (s) | tokens/s | time / TRL GKD | step peak (MB) | step peak / TRL GKD | process peak (MB) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    checks, targets = [], []
+    for v, results in rows:
+        for (impl, div), r in results.items():
+            ref = results.get(("trl_gkd", div), {})
+            if "error" in r:
+                lines.append(f"| {v:,} | {div} | {LABELS[impl]} | {r['error']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {v:,} | {div} | {LABELS[impl]} | {r['first_loss']:.6f} | {r['time_s']:.2f} | "
+                f"{r['tokens'] / r['time_s']:,.0f} | {_ratio(r, ref, 'time_s')} | {r['step_mb']:.0f} | "
+                f"{_ratio(r, ref, 'step_mb')} | {r['rss_mb']:.0f} |"
+            )
+        for div, ekd_key in (("forward_kl", "ekd_kd"), ("jsd", "ekd_jsd")):
+            same = [results.get((k, div), {}) for k in ("trl_gkd", "trl_distill", ekd_key)]
+            losses = [r["first_loss"] for r in same if "first_loss" in r]
+            if len(losses) > 1:
+                checks.append((v, div, max(losses) / min(losses) - 1, max(losses) - min(losses)))
+        kd, gkd = results.get(("ekd_kd", "forward_kl"), {}), results.get(("trl_gkd", "forward_kl"), {})
+        if "time_s" in kd and "time_s" in gkd:
+            targets.append((v, kd["time_s"] / gkd["time_s"], kd["step_mb"] / gkd["step_mb"]))
+        sekd, sekd3x = (
+            results.get(("ekd_sekd", "forward_kl"), {}),
+            results.get(("ekd_sekd3x", "forward_kl"), {}),
+        )
+        if "time_s" in kd and "time_s" in sekd:
+            targets.append(
+                (v, "sekd", sekd["time_s"] / kd["time_s"], sekd3x.get("time_s", float("nan")) / kd["time_s"])
+            )
+    lines += [""]
+    for v, div, spread, gap in checks:
+        lines.append(
+            f"- first-step loss, V={v:,}, {div}: TRL and ekd agree to {gap:.1e} nats (relative {spread:.1e})"
+            + (
+                " — the same loss (TRL GKD's stock fp32 log_softmax alone errs by ~2e-5 at this V)"
+                if gap <= 2e-5
+                else " — **they differ: the timings compare different losses**"
+            )
+        )
+    for tgt in targets:
+        if tgt[1] == "sekd":
+            v, _, r_sekd, r_3x = tgt
+            lines.append(
+                f"- V={v:,}: sekd step / kd step = **{r_sekd:.2f}**; sekd3x (cache) step / online kd step ="
+                f" **{r_3x:.2f}**"
+            )
+        else:
+            v, r_t, r_m = tgt
+            lines.append(
+                f"- V={v:,}: ekd kd / TRL GKD: time **{r_t:.2f}**, step peak **{r_m:.2f}**"
+                + (
+                    f" (targets at V=151,936: ≤ 0.5 and ≤ 0.3 → {'met' if r_t <= 0.5 else '**missed**'},"
+                    f" {'met' if r_m <= 0.3 else '**missed**'})"
+                    if v == 151_936
+                    else ""
+                )
+            )
+    return lines
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _ratio(a: dict, b: dict, key: str) -> str:
+    return f"{a[key] / b[key]:.2f}" if key in a and b.get(key) else "—"
+
+
+def _print(impl: str, div: str, v: int, r: dict) -> None:
+    desc = f"{impl} {div} V={v}"
+    info = (
+        r.get("error")
+        or f"loss {r['first_loss']:.5f}  {r['time_s']:.2f} s  step {r['step_mb']:.0f} MB  rss {r['rss_mb']:.0f} MB"
+    )
+    print(f"  {desc:<36} {info}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--section":  # --section [--quick] [--v 151936] [--repeats 1]
+        v = [int(argv[argv.index("--v") + 1])] if "--v" in argv else None
+        r = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 2
+        print("\n".join(section(quick="--quick" in argv, vocabs=v, repeats=r)))
+        return 0
+    print(json.dumps(run(json.loads(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,21 @@
+"""The prepared GPU script (``benchmarks/gpu_check.py``) runs end to end in its tiny CPU ``--dry`` mode."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.gpu_check import main
+
+
+def test_gpu_check_dry_run_writes_every_case(tmp_path):
+    assert main(["--dry", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    head, step = results["head"], results["step"]
+    for name in ("gemm", "ekd_chunk256", "ekd_chunk1024", "naive_trl_gjsd"):
+        assert "time_s" in head[name], (name, head[name])
+    # every implementation computes the same JSD (Liger's rows only where Liger is installed)
+    losses = [r["value"] for k, r in head.items() if isinstance(r, dict) and "value" in r and k != "gemm"]
+    assert len(losses) >= 3 and max(losses) - min(losses) < 1e-5 * max(losses)
+    for method in ("kd", "sekd"):
+        assert step[method]["tokens_per_s"] > 0 and step[method]["value"] > 0
+    assert "| ekd_chunk256 |" in (tmp_path / "gpu_check.md").read_text()
