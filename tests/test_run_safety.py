@@ -17,7 +17,7 @@ from ekd.config import load_config
 from ekd.train import trainer as trainer_mod
 from ekd.train.run_dir import MARKER, RunStart
 from hostile import cli, copy_workspace, make_workspace, one_error_line, snapshot, unchanged
-from tiny import config_file
+from tiny import config_file, tiny_overrides, write_corpus
 
 EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "ce"}
 
@@ -223,3 +223,16 @@ def test_resume_without_any_checkpoint_is_refused_not_retrained_from_step_0(ws, 
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
     assert "holds no checkpoint to resume from" in one_error_line(rc, err)
     unchanged(before, ws)
+
+
+def test_a_ce_run_whose_eval_teacher_is_missing_says_how_to_skip_it(tmp_path, capsys):
+    """method=ce trains without a teacher; a teacher that fails to load only for the evaluation's KL says so and
+    names the keys that skip it (a try-out papercut: the bare load error sent users looking for a bug)."""
+    from ekd.cli import main
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    args = tiny_overrides(tmp_path, corpus, "ce", **{"method": "ce", "model.teacher": str(tmp_path / "nope")})
+    assert main(["-q", "distill", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval.teacher=false" in err[0] and "does not exist" in err[0], err
+    assert main(["-q", "distill", *args, "eval.teacher=false"]) == 0

@@ -170,7 +170,7 @@ def _train(
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
     student.train()
-    teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
+    teacher_model = _load_teacher_model(cfg, parts, data, device)
     # TopSmp scores with the initial student before any sharding
     kept = (
         sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
@@ -489,6 +489,22 @@ def lora_base(cfg: Config, data: PreparedData) -> dict:
     if is_preset(cfg.model.student):  # random init: rebuilt by ekd.models.load.build_preset from these
         note.update(seed=cfg.run.seed, eos_token_id=data.eos_id)
     return note
+
+
+def _load_teacher_model(cfg: Config, parts: MethodParts, data: PreparedData, device) -> nn.Module | None:
+    """The teacher model when :func:`wants_teacher_model`; a teacher wanted only for the evaluation's KL that
+    fails to load says how to run without it."""
+    if not wants_teacher_model(cfg, parts):
+        return None
+    try:
+        return load_teacher(cfg, data, device)
+    except EkdError as e:
+        if parts.needs_teacher or cfg.method.sample_fraction < 1.0:
+            raise
+        raise type(e)(
+            f"{e} (method={cfg.method.preset} trains without a teacher; it is loaded only to report KL at "
+            "evaluation: set eval.teacher=false or teacher.source=none to skip it)"
+        ) from None
 
 
 def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
