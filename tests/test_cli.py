@@ -178,3 +178,20 @@ def test_a_stray_or_abbreviated_option_is_refused(capsys, flag):
     with pytest.raises(SystemExit) as e:
         main(["distill", "c.yaml", flag, "train.max_steps=7"])
     assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_a_misspelled_option_shows_the_command_usage_and_the_closest_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "c.yaml", "--overwrit"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: ekd distill")
+    assert "--overwrit (did you mean --overwrite?)" in err
+
+
+@pytest.mark.parametrize("argv", [["distill", ""], ["distill", "c.yaml", " "], ["config", "show", ""]])
+def test_an_empty_argument_is_refused_not_read_as_the_current_directory(capsys, argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an empty argument" in err[0], err
+    assert not (tmp_path / "runs").exists()  # nothing started

@@ -398,8 +398,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
         args.overrides = [*(args.overrides or []), *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _command_parser(parser, args).error(_unrecognized(extra, _command_parser(parser, args)))
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command being run (its usage line is the one that helps), else ``parser``."""
+    for action in parser._actions:
+        if (
+            isinstance(action, argparse._SubParsersAction)
+            and getattr(args, "command", None) in action.choices
+        ):
+            return action.choices[args.command]
+    return parser
+
+
+def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """'unrecognized arguments: ...', with the closest option of ``parser`` for a misspelled one."""
+    import difflib
+
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = [
+        f"{word} (did you mean {close[0]}?)"
+        if (close := difflib.get_close_matches(word, options, n=1))
+        else word
+        for word in extra
+    ]
+    return f"unrecognized arguments: {' '.join(hints)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,17 @@ from ekd.errors import ConfigError
 
 
 def split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """CLI positionals: those with '=' are overrides; the others are YAML files merged in order (later wins)."""
-    items = ([config] if config else []) + list(overrides)
+    """CLI positionals: those with '=' are overrides; the others are YAML files merged in order (later wins).
+
+    Raises:
+        ConfigError: an empty positional (``ekd distill ""``, an unset shell variable), which is neither.
+    """
+    items = ([config] if config is not None else []) + list(overrides)
+    if any(not i.strip() for i in items):
+        raise ConfigError(
+            "an empty argument was given where a config file or key=value override goes (an unset shell "
+            "variable?); remove it or give the path"
+        )
     files = [i for i in items if "=" not in i]
     return files, [i for i in items if "=" in i]
 
