@@ -465,3 +465,14 @@ def test_load_splits_pystdlib_with_cap() -> None:
     splits = load_splits(cfg, max_chars=20_000)
     assert list(splits)[:2] == ["train", "eval"]
     assert all(sum(len(d.text) for d in docs) <= 20_000 for docs in splits.values())
+
+
+@pytest.mark.parametrize("source", ["hf:", "hf:  "])
+def test_hf_source_without_a_name_is_one_line(tmp_path, source):
+    from ekd.config import ConfigError, load_config
+    from ekd.data import load_documents
+
+    cfg = load_config(None, [f"data.source={source}"])
+    with pytest.raises(ConfigError, match="names no dataset") as e:
+        load_documents(cfg.data.source, cfg.data)
+    assert "\n" not in str(e.value)

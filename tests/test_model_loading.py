@@ -207,6 +207,58 @@ def test_a_missing_path_says_it_does_not_exist(hub_unreachable, tmp_path, capsys
     assert "./no-such-teacher does not exist" in line and "hub" not in line.split("does not exist")[0], line
 
 
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("", "is empty"),
+        ("org/na me", "not a valid hub id"),
+        ("a/b/c", "not a valid hub id"),
+        ("hf:org/x", "not a valid hub id"),
+        ("https://huggingface.co/gpt2", "not a valid hub id"),
+    ],
+)
+def test_a_name_that_is_no_hub_id_is_refused_without_a_probe(monkeypatch, tmp_path, capsys, spec, says):
+    """No TCP probe and no hub message for a spec that cannot be a hub id (try-out P4, P5)."""
+    from ekd import hub
+    from hostile import one_error_line
+
+    def no_probe():
+        raise AssertionError("probed the hub")
+
+    monkeypatch.setattr(hub, "endpoint_unreachable", no_probe)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    rc = main(["student", "init", spec, str(tmp_path / "out"), "--layers", "2"])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert says in line and "local cache" not in line, line
+
+
+def test_a_dead_proxy_counts_as_no_network(hub_unreachable, monkeypatch, tmp_path, capsys):
+    """A stale HTTPS_PROXY (nothing listens there) is probed like the endpoint: one line, not the library's
+    minute of retries (try-out P2)."""
+    from hostile import one_error_line
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    rc = main(["student", "init", "someorg/nonexist", str(tmp_path / "out"), "--layers", "2"])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert "the proxy 127.0.0.1:9 cannot be reached" in line, line
+
+
+def test_distill_checks_model_names_before_reading_data(hub_unreachable, monkeypatch, tmp_path, capsys):
+    """A mistyped teacher name is reported before any data is loaded or tokenized (try-out P8)."""
+    from ekd.train import trainer
+    from hostile import one_error_line
+    from tiny import tiny_overrides, write_corpus
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before the model names were checked")
+
+    monkeypatch.setattr(trainer, "prepare_data_once", no_data)
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    args = tiny_overrides(tmp_path, corpus, "t", **{"model.teacher": "someorg/nonexist"})
+    line = one_error_line(main(["distill", *args]), capsys.readouterr().err)
+    assert "model.teacher: 'someorg/nonexist'" in line and "not in the local cache" in line, line
+
+
 @pytest.mark.slow
 def test_a_cached_hub_model_loads_offline_without_a_single_retry(good_dir, tmp_path):
     """A model in the hub cache (as `hf download` or a copied HF_HOME leaves it, without the markers of files

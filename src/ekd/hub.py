@@ -5,11 +5,12 @@ for each file a loader asks for), so a mistyped local path or a hub id on an off
 minutes before its error. ekd probes the endpoint once per process (a TCP connect, 3 s) before the first
 hub load:
 
-- a local path, reachable, a proxy configured, or the libraries' own offline mode set (``HF_HUB_OFFLINE=1``,
-  ``HF_DATASETS_OFFLINE=1`` for datasets): loaders run as usual;
+- a local path, reachable (through the configured proxy, if any), or the libraries' own offline mode set
+  (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1`` for datasets): loaders run as usual;
 - unreachable and the files in the local cache (``HF_HOME``): ``local_files_only=True`` and the hub's offline
   mode for the rest of the process, so no later request (an optional file a loader probes) retries either;
-- a path (``./x``, ``/x``, ``~/x``) that does not exist: one error line saying so, no probe;
+- an empty spec, a path (``./x``, ``/x``, ``~/x``) that does not exist, or a name that is no valid hub id
+  (``org/na me``, ``a/b/c``): one error line saying so, no probe;
 - unreachable and not cached: one error line naming the spec and the fixes.
 """
 
@@ -35,28 +36,53 @@ def _env_on(*names: str) -> bool:
 
 
 def _local(spec: str) -> bool:
-    return Path(spec).expanduser().exists()
+    return bool(spec.strip()) and Path(spec).expanduser().exists()  # Path("") is the current directory
 
 
 @functools.cache
 def endpoint_unreachable() -> str:
-    """Why the hub endpoint cannot be reached ("" when it can, or when a proxy decides). Cached per process."""
-    if any(os.environ.get(v) for v in _PROXY_VARS):
-        return ""
+    """Why the hub endpoint cannot be reached ("" when it can). With a proxy configured, the proxy is what
+    must answer (a stale ``HTTPS_PROXY`` is as offline as no network). Cached per process."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = next((os.environ[v] for v in _PROXY_VARS if os.environ.get(v)), "")
+    url = urlparse(proxy if "://" in proxy else f"http://{proxy}" if proxy else constants.ENDPOINT)
+    default_port = 443 if url.scheme == "https" else 1080 if url.scheme.startswith("socks") else 80
+    host, port = url.hostname or "huggingface.co", url.port or default_port
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as e:
-        return f"{host} cannot be reached: {e.strerror or type(e).__name__}"
+        what = f"the proxy {host}:{port}" if proxy else host
+        return f"{what} cannot be reached: {e.strerror or type(e).__name__}"
     return ""
 
 
 def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
+    """One line for a spec that is neither an existing path nor a well-formed hub id (no probe, no retries)."""
+    if not spec.strip():
+        raise error(f"{key} is empty; pass a directory, a hub id (org/name) or preset:<name>")
     if spec.startswith((".", "/", "~")):
         raise error(f"{key}: {spec} does not exist; pass an existing directory or a hub id (org/name)")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        raise error(
+            f"{key}: '{spec}' is not an existing path and not a valid hub id (org/name: letters, digits, "
+            "'-', '_', '.'); check the spelling"
+        ) from None
+
+
+def check_model_spec(spec: str, key: str, revision: str = "") -> None:
+    """Fail fast, before data is read, on a model that cannot load: a missing path, a malformed hub id, or a
+    hub id that is neither reachable nor cached (``preset:<name>`` passes; it is checked where it is built).
+
+    Raises:
+        ModelError: one line naming ``key`` and the fix.
+    """
+    if not spec.startswith("preset:"):
+        hub_kwargs(spec, key, revision=revision)
 
 
 def _go_offline() -> None:
@@ -130,4 +156,4 @@ def check_dataset_reachable(name: str, key: str) -> None:
         )
 
 
-__all__ = ["check_dataset_reachable", "endpoint_unreachable", "hub_kwargs"]
+__all__ = ["check_dataset_reachable", "check_model_spec", "endpoint_unreachable", "hub_kwargs"]

@@ -387,6 +387,11 @@ def _read_hf(
     import datasets
 
     fields = _fields(data_cfg, skipped)
+    name = name.strip()
+    if not name:
+        raise ConfigError(
+            f"{key}=hf: names no dataset; write hf:<hub id> or hf:<directory saved by save_to_disk>"
+        )
     path = Path(name)
     check_dataset_reachable(name, key)
     try:

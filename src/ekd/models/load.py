@@ -125,6 +125,8 @@ def check_model_dir(spec: str, role: str, tokenizer_only: bool = False) -> Path 
     tokenizer_config.json); weights only as pickles (``*.bin``) need a torch whose ``weights_only`` load is
     safe (≥ 2.6) — ekd never unpickles otherwise.
     """
+    if not spec.strip():  # Path("") would be the current directory
+        raise ModelError(f"{_key(role)} is empty; pass a hub id, a saved model directory or preset:<name>")
     path = Path(spec).expanduser()
     if not (spec.startswith((".", "/", "~")) or path.exists()):
         return None

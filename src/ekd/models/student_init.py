@@ -347,7 +347,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
 
 def _resolved(spec: str) -> str:
     path = Path(spec).expanduser()
-    return str(path) if path.exists() else spec
+    return str(path) if spec.strip() and path.exists() else spec  # Path("") is the current directory
 
 
 __all__ = [

@@ -150,6 +150,8 @@ def _train(
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
     enable_tf32(cfg.train.precision, device)
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    _check_model_names(cfg, parts)  # a typo in a model name is found before the data is read
     if data is None:  # tokenized and packed once, by rank 0; the other ranks receive it
         data = prepare_data_once(cfg, run_dir, ranks)
     if start is not None:  # a new run records its data; --resume refuses different data
@@ -161,7 +163,6 @@ def _train(
         task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
     if cfg.log.wandb_project and main:  # a missing wandb is refused before the models load
         require_wandb()
-    parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     student = load_student(cfg, data, device)
@@ -491,20 +492,36 @@ def lora_base(cfg: Config, data: PreparedData) -> dict:
     return note
 
 
+def _check_model_names(cfg: Config, parts: MethodParts) -> None:
+    """:func:`ekd.hub.check_model_spec` on the student and the teacher this run loads (cheap: no download)."""
+    from ekd.hub import check_model_spec
+
+    check_model_spec(cfg.model.student, "model.student", cfg.model.revision)
+    if wants_teacher_model(cfg, parts):
+        try:
+            check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+        except EkdError as e:
+            raise _eval_only_teacher(e, cfg, parts) from None
+
+
 def _load_teacher_model(cfg: Config, parts: MethodParts, data: PreparedData, device) -> nn.Module | None:
-    """The teacher model when :func:`wants_teacher_model`; a teacher wanted only for the evaluation's KL that
-    fails to load says how to run without it."""
+    """The teacher model when :func:`wants_teacher_model`."""
     if not wants_teacher_model(cfg, parts):
         return None
     try:
         return load_teacher(cfg, data, device)
     except EkdError as e:
-        if parts.needs_teacher or cfg.method.sample_fraction < 1.0:
-            raise
-        raise type(e)(
-            f"{e} (method={cfg.method.preset} trains without a teacher; it is loaded only to report KL at "
-            "evaluation: set eval.teacher=false or teacher.source=none to skip it)"
-        ) from None
+        raise _eval_only_teacher(e, cfg, parts) from None
+
+
+def _eval_only_teacher(e: EkdError, cfg: Config, parts: MethodParts) -> EkdError:
+    """``e`` about the teacher, with how to run without it when it is loaded only for the evaluation's KL."""
+    if parts.needs_teacher or cfg.method.sample_fraction < 1.0:
+        return e
+    return type(e)(
+        f"{e} (method={cfg.method.preset} trains without a teacher; it is loaded only to report KL at "
+        "evaluation: set eval.teacher=false or teacher.source=none to skip it)"
+    )
 
 
 def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
