@@ -223,7 +223,8 @@ def latest_verified_checkpoint(run_dir: Path) -> Path | None:
     older one is used instead; otherwise the error alone says it).
 
     Raises:
-        CheckpointError: checkpoints exist but none verifies (the message names the newest one's problem).
+        CheckpointError: checkpoints exist but none verifies (the message names the newest one's problem and
+            every older one that failed too).
     """
     newest = latest_checkpoint(run_dir)
     candidates = sorted(set(_steps(run_dir / "checkpoints")) | ({newest} if newest else set()), reverse=True)
@@ -240,9 +241,11 @@ def latest_verified_checkpoint(run_dir: Path) -> Path | None:
             log.warning("resuming from the previous intact checkpoint %s", path)
         return path
     if skipped:
+        older = [p.name for p, _ in skipped[1:]]
+        also = f"; the older {', '.join(older)} fail(s) verification too" if older else ""
         raise CheckpointError(
-            f"no intact checkpoint in {run_dir / 'checkpoints'} ({skipped[0][1]}); restore it from a backup "
-            "or start the run again under another run.name"
+            f"no intact checkpoint in {run_dir / 'checkpoints'} ({skipped[0][1]}{also}); restore it from a "
+            "backup or start the run again under another run.name"
         )
     return None
 

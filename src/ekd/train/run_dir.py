@@ -275,7 +275,8 @@ class RunStart:
         self.committed = True  # (if the marker could not be written, the start is rolled back)
         if self.aside.exists():
             shutil.rmtree(self.aside, ignore_errors=True)
-            log.info("removed the previous run of %s (--overwrite)", self.run_dir)
+            why = "--overwrite" if self.overwrite else "its start had not finished"
+            log.info("removed the previous run of %s (%s)", self.run_dir, why)
 
     def rollback(self) -> None:
         """The start failed: remove what it made and put back the run it was to replace (a no-op after
