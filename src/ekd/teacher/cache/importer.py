@@ -229,22 +229,24 @@ class _Window:
         labels = shift_labels(block_ids, self.blocks.target_mask[rows]).reshape(-1)  # (B·T,) token predicted
         has_label = (labels != -100).numpy()
         cached = self.has[:used] & has_label
+        at = np.flatnonzero(cached)  # (P,) window positions written, block by block
+        gold = labels[at]  # (P,)
+        lp, ids = torch.from_numpy(self.lp[at]), torch.from_numpy(self.ids[at])  # (P, K)
+        t_ids, t_probs, t_tail = topk_from_logprobs(lp, ids, self.k, self.tail, gold, self.tau)  # one call
+        entropy, logp_gold = estimated_stats(lp, torch.from_numpy(self.gold_lp[at]))
+        self.hits += int((ids == gold[:, None]).any(-1).sum())
+        cuts = np.searchsorted(at, np.arange(stop - self.first + 1) * self.T).tolist()  # block b: cuts[b:b+2]
         batch = []
         for b in range(stop - self.first):
-            at = np.flatnonzero(cached[b * self.T : (b + 1) * self.T]) + b * self.T  # (P,) window positions
-            gold = labels[at]  # (P,)
-            lp, ids = torch.from_numpy(self.lp[at]), torch.from_numpy(self.ids[at])
-            t_ids, t_probs, t_tail = topk_from_logprobs(lp, ids, self.k, self.tail, gold, self.tau)
-            entropy, logp_gold = estimated_stats(lp, torch.from_numpy(self.gold_lp[at]))
-            self.hits += int((ids == gold[:, None]).any(-1).sum())
+            s = slice(cuts[b], cuts[b + 1])
             batch.append(
                 dict(
                     sample_id=self.first + b,
-                    positions=at - b * self.T,
-                    stats={"entropy": entropy, "logp_gold": logp_gold},
-                    ids=t_ids,
-                    values=t_probs,
-                    tail=t_tail,
+                    positions=at[s] - b * self.T,
+                    stats={"entropy": entropy[s], "logp_gold": logp_gold[s]},
+                    ids=t_ids[s],
+                    values=t_probs[s],
+                    tail=None if t_tail is None else t_tail[s],
                     num_tokens=int(has_label[b * self.T : (b + 1) * self.T].sum()),
                 )
             )
