@@ -2,7 +2,9 @@
 
 Loading merges, in order: defaults → YAML file(s) → the method preset named by ``method.preset`` (as
 defaults under the file's explicit ``method`` keys) → CLI overrides. Values are coerced to the declared
-type (YAML reads ``3e-4`` as a string); unknown keys fail with the nearest valid key.
+type (YAML reads ``3e-4`` as a string); unknown keys fail with the nearest valid key. Grouped spellings
+(``model.lora: {r: 16}``, ``model.lora.r=16``, ``student.export``) become flat keys first
+(:mod:`ekd.config.groups`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import typing
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ekd.config.groups import ALIASES, canonical_key, expand_section, unknown_group_hint
 from ekd.config.rules import rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
@@ -156,21 +160,31 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)})")
     flat: dict[str, Any] = {}
+    known = _known()
     for section, values in raw.items():
-        if section not in SECTIONS:
+        alias = any(a.startswith(f"{section}.") for a in ALIASES)  # student: {export: ...}
+        if section not in SECTIONS and not alias:
             raise ConfigError(f"{source}: unknown section '{section}'{_nearest(str(section))}")
         if values is None:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
-        for k, v in values.items():
-            flat[f"{section}.{k}"] = v
+        for key, v in expand_section(str(section), values, known, source).items():  # groups → flat keys
+            if key in flat:
+                raise ConfigError(f"{source}: {key} is set twice (through an alias); keep one")
+            flat[key] = v
     return flat
 
 
+@functools.cache
+def _known() -> frozenset[str]:
+    return frozenset(all_keys())
+
+
 def _check_key(key: str, source: str) -> None:
-    if key not in all_keys():
-        raise ConfigError(f"{source}: unknown key '{key}'{_nearest(key)}")
+    if key not in _known():
+        hint = unknown_group_hint(key, _known()) or _nearest(key)
+        raise ConfigError(f"{source}: unknown key '{key}'{hint}")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -185,6 +199,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if key == "method":  # shorthand: method=<preset>
             key = "method.preset"
+        key = canonical_key(key, _known())  # model.lora.r → model.lora_r
         _check_key(key, "command line")
         flat[key] = CliText(text)
     return flat
@@ -235,7 +250,7 @@ def read_yaml(path: Path) -> Any:
 
 def _missing_file_message(item: str) -> str:
     """A positional without '=' that is not a file: a forgotten '=value' if it names a key, else a missing file."""
-    key = "method.preset" if item == "method" else item
+    key = canonical_key("method.preset" if item == "method" else item, _known())
     if key in all_keys():
         return f"override '{item}' has no value: write {item}=<value> (arguments without '=' are YAML files)"
     if "." in item and item.split(".", 1)[0] in SECTIONS:

@@ -230,7 +230,7 @@ def token_chunks(
         starts: list[bool] = []
         ends: list[bool] = []
         used = 0
-        for tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped):
+        for _, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped):
             if not tokens:
                 continue
             head, tail = (bos, eos) if framed else ([], [])
@@ -253,6 +253,27 @@ def token_chunks(
     skipped.report()
     if skipped.count and skipped.count == skipped.seen and not total:
         raise ConfigError(f"{skipped.line()}: no chat row is left; check the rows and the chat template")
+
+
+def framed_documents(
+    docs: Iterable[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    boundary: DocumentBoundary,
+    chunk: int = 32,
+) -> Iterator[tuple[Document, list[int]]]:
+    """Every document of ``docs`` that enters the packed stream, with its ids there (``[BOS] · prompt · text ·
+    [EOS]``, a chat row its template's rendering), in stream order: the documents :func:`token_chunks`
+    concatenates, tokenized the same way (empty documents and rejected chat rows left out, not reported)."""
+    bos = [] if boundary.bos_id is None else [boundary.bos_id]
+    eos = [] if boundary.eos_id is None else [boundary.eos_id]
+    chat: ChatRenderer | None = None
+    skipped = SkippedRows("data.format=chat: rows")  # token_chunks reports them
+    for batch in _batched(docs, chunk):
+        if chat is None and any(d.messages is not None for d in batch):
+            chat = ChatRenderer(tokenizer)
+        for doc, tokens, _, framed in _tokenized(batch, tokenizer, chat, skipped):
+            if tokens:
+                yield doc, (bos + tokens + eos) if framed else tokens
 
 
 @dataclass
@@ -318,9 +339,9 @@ def _tokenized(
     tokenizer: PreTrainedTokenizerBase,
     chat: ChatRenderer | None,
     skipped: SkippedRows,
-) -> list[tuple[list[int], list[bool], bool]]:
-    """Per document of ``batch`` (rejected chat rows left out): its token ids, which of them are targets, and
-    whether the boundary's BOS/EOS frame it (not for chat rows, whose template frames them)."""
+) -> list[tuple[Document, list[int], list[bool], bool]]:
+    """Per document of ``batch`` (rejected chat rows left out): the document, its token ids, which of them are
+    targets, and whether the boundary's BOS/EOS frame it (not for chat rows, whose template frames them)."""
     plain = [d for d in batch if d.messages is None]
     texts = _encode([d.text for d in plain], tokenizer)
     prompt_rows = [i for i, d in enumerate(plain) if d.prompt]
@@ -332,7 +353,7 @@ def _tokenized(
     for doc in batch:
         if doc.messages is None:
             prompt, text = next(plain_docs)
-            out.append((prompt + text, [False] * len(prompt) + [True] * len(text), True))
+            out.append((doc, prompt + text, [False] * len(prompt) + [True] * len(text), True))
             continue
         assert chat is not None
         skipped.seen += 1
@@ -341,7 +362,7 @@ def _tokenized(
         except RejectedRow as e:
             skipped.add(doc.doc_id, e)
             continue
-        out.append((rendered.input_ids, rendered.assistant_mask, False))
+        out.append((doc, rendered.input_ids, rendered.assistant_mask, False))
     return out
 
 

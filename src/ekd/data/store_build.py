@@ -46,6 +46,7 @@ from transformers import PreTrainedTokenizerBase
 from ekd.config import Config, ConfigError
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.build import builtin_splits, content_key
+from ekd.data.chat import chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
 from ekd.data.packing import PackedBlocks, block_count, token_chunks
@@ -111,7 +112,8 @@ def stored_blocks(
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
     """Everything the stored blocks depend on, as JSON values (the store's key is its hash): every ``data``
-    key but ``NOT_SIGNED``, the sources' content signatures, the tokenizer hash and the document boundary."""
+    key but ``NOT_SIGNED``, the sources' content signatures, the tokenizer hash and the document boundary; with
+    ``data.format=chat`` the chat template the tokenizer carries (settled before: declared, a model's or its own)."""
     d = cfg.data
     # every data key, so a key added later (a chat format, a template) can never reuse a store built without
     # it; left out: where the store lives, how a hub dataset is fetched, and the sources (signed by content)
@@ -126,6 +128,8 @@ def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: D
         "source": source_signature(d.source),
         "eval_sources": {name: source_signature(src) for name, src in d.eval_sources.items()},
     }
+    if d.format == "chat":  # the template actually used (declared, a model's, or the tokenizer's own)
+        signature["chat_template"] = chat_template_of(tokenizer)
     return json.loads(json.dumps(signature))  # JSON values, as read back from a manifest
 
 
@@ -152,11 +156,17 @@ def source_signature(source: str) -> dict:
 
 def train_texts(cfg: Config) -> Iterator[str]:
     """``full_text`` of the training documents, streamed (to train a BPE tokenizer without loading them)."""
+    return (doc.full_text for doc in train_documents(cfg))
+
+
+def train_documents(cfg: Config) -> Iterator[Document]:
+    """The training documents in the order the store packs them, streamed (routed and ``data.max_chars``-capped
+    as :func:`_build` does; documents past ``data.max_tokens`` are included — the caller stops reading)."""
     for phase in _phases(cfg)[:1]:
         state = {name: _SplitState() for name in phase.splits}
         for split, doc in phase.documents():
             if split == "train" and _accept(state[split], doc, phase.max_chars):
-                yield doc.full_text
+                yield doc
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -167,10 +168,15 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None) -> PreparedD
     tokenized and packed only when no store for this data, tokenizer and packing exists yet; the blocks are
     memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it."""
     from ekd.data import document_boundary
-    from ekd.data.store_build import stored_blocks, train_texts
+    from ekd.data.store_build import stored_blocks, train_documents, train_texts
 
     if tokenizer is None:
         tokenizer = prepare_tokenizer(cfg, run_dir, train_texts(cfg))
+        if cfg.data.format == "chat":  # before the store's key, which signs the settled template
+            from ekd.data.chat_template import AGREEMENT_ROWS, settle_chat_template
+
+            rows = list(islice(train_documents(cfg), AGREEMENT_ROWS))
+            settle_chat_template(cfg, tokenizer, rows, model_tokenizers(cfg))
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
     check_vocab(cfg, len(tokenizer))

@@ -67,7 +67,9 @@ def add_import_arguments(parser) -> None:
     )
     g.add_argument("--out", dest="import_out", default="", help="cache directory to write")
     g.add_argument(
-        "--text-column", default="", help="SRC column of the document text (default data.text_field)"
+        "--text-column",
+        default="",
+        help="SRC column of the document text, or of a chat row's messages (default data.text_field or data.messages_field)",
     )
     g.add_argument(
         "--tokens-column", default=None, help="SRC token ids (default input_ids or prompt_token_ids)"
@@ -93,7 +95,10 @@ def run_import(args) -> int:
     cfg = load_config([args.import_config], [*overrides, f"teacher.cache_dir={args.import_out}"])
     apply_log_level(cfg.log.level)
     columns = Columns(
-        args.text_column or cfg.data.text_field, args.tokens_column, args.ids_column, args.logprobs_column
+        args.text_column or (cfg.data.messages_field if cfg.data.format == "chat" else cfg.data.text_field),
+        args.tokens_column,
+        args.ids_column,
+        args.logprobs_column,
     )
     with writing(args.import_out):
         directory = import_cache(cfg, src, columns, overwrite=args.overwrite)

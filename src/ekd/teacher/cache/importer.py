@@ -29,21 +29,35 @@ tokenizer, data, block length, target, K, tail or τ exactly as it refuses a nat
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ekd.config import Config, ConfigError
+from ekd.data.chat import RejectedRow, parse_messages
+from ekd.data.document import Document
 from ekd.io import file_sha256
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.logprob_rows import Columns, first_mismatch, read_table, resolve_columns, source_row
+from ekd.teacher.cache.logprob_rows import (
+    Columns,
+    SourceRow,
+    SourceTable,
+    first_mismatch,
+    resolve_columns,
+    source_row,
+)
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.writer import CacheWriter
 
 log = logging.getLogger(__name__)
-WRITE_BATCH = 64  # blocks per add_batch
+WINDOW_TOKENS = 1 << 15  # stream positions laid and written together (rounded to whole blocks)
 
 
 def check_importable(cfg: Config) -> None:
@@ -108,90 +122,193 @@ def estimated_stats(logprobs: torch.Tensor, gold_logprob: torch.Tensor) -> tuple
     return entropy.float(), torch.where(known, gold_logprob.double(), bound).float()
 
 
-def _document_tokens(docs, tokenizer, boundary) -> list[list[int]]:
-    """``[BOS] text [EOS]`` of every document as the packer frames it (empty documents are skipped there)."""
-    bos = [] if boundary.bos_id is None else [boundary.bos_id]
-    eos = [] if boundary.eos_id is None else [boundary.eos_id]
-    texts = (
-        tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
-        if docs
-        else []
-    )
-    return [bos + t + eos if t else [] for t in texts]
+def document_key(doc: Document) -> str:
+    """What a training document is looked up by in SRC: its text, or for a chat row its messages as the JSON
+    list ``[[role, content], ...]`` (other keys of a message ignored)."""
+    if doc.messages is None:
+        return doc.text
+    return json.dumps([list(m) for m in doc.messages], ensure_ascii=False)
+
+
+def row_key(value: Any, chat: bool, where: str, column: str) -> str:
+    """The lookup key of SRC's text column value (see :func:`document_key`); a chat row's messages may be a
+    list of ``{role, content}`` objects or a JSON string of one. Raises CacheError naming ``where``."""
+    if chat:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):  # a JSON string of the messages; else refused below
+                value = json.loads(value)
+        try:
+            return json.dumps([list(m) for m in parse_messages(value)], ensure_ascii=False)
+        except RejectedRow as e:
+            raise CacheError(
+                f"{where}: column '{column}' is not chat messages ({e}); name the messages column with "
+                "--text-column"
+            ) from None
+    if not isinstance(value, str):
+        raise CacheError(f"{where}: column '{column}' is not text; name the text column with --text-column")
+    return value
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()[:16]
+
+
+def _index_rows(table: SourceTable, column: str, chat: bool) -> dict[bytes, int]:
+    """sha256[:16] of every SRC row's key → its first row number (one streamed pass over one column)."""
+    index: dict[bytes, int] = {}
+    for r, value in enumerate(table.column(column)):
+        if value is not None:
+            index.setdefault(_digest(row_key(value, chat, f"{table.path} row {r}", column)), r)
+    return index
+
+
+class _Window:
+    """The top-K rows of ``width`` consecutive training blocks, laid document by document and written to the
+    cache as soon as the stream passes them (memory: one window, whatever the size of SRC).
+
+    Arrays per flat position p of the window (p = (block − first) · T + t): top-K ids and log p, log p(gold)
+    where SRC lists the gold token, whether SRC gave a row, and the token the documents put there."""
+
+    def __init__(self, blocks, writer: CacheWriter, k: int, tail: str, tau: float, width: int) -> None:
+        self.blocks, self.writer, self.k, self.tail, self.tau = blocks, writer, k, tail, tau
+        self.n_blocks, self.T = blocks.input_ids.shape
+        self.width = width
+        self.first = 0  # first block of the window
+        self.cached = self.targets = self.hits = 0
+        size = width * self.T
+        self.ids = np.zeros((size, k), dtype=np.int64)  # (W·T, K) top-K ids, largest first
+        self.lp = np.full((size, k), -np.inf, dtype=np.float32)  # (W·T, K) their log p
+        self.gold_lp = np.full(size, np.nan, dtype=np.float32)  # (W·T,) log p(next token) if SRC has it
+        self.has = np.zeros(size, dtype=bool)  # (W·T,) positions SRC gives a row for
+        self.tokens = np.full(size, -1, dtype=np.int64)  # (W·T,) the document tokens laid here
+
+    @property
+    def end(self) -> int:
+        """Flat stream position after the window."""
+        return (self.first + self.width) * self.T
+
+    def lay(self, at: int, tokens: np.ndarray, row: SourceRow | None, n_rows: int) -> None:
+        """Lay a document starting at stream position ``at``: its ``tokens`` (L,), and its first ``n_rows``
+        SRC rows (row j at ``at + j``, over token j + 1)."""
+        stream = self.n_blocks * self.T
+        hit = gold = None
+        if row is not None and n_rows:
+            hit = row.ids[:n_rows] == tokens[1 : n_rows + 1, None]  # (n, K') next token among the entries
+            gold = np.where(hit.any(1), np.where(hit, row.logprobs[:n_rows], 0).sum(1), np.nan)  # (n,)
+        j, n = 0, min(len(tokens), stream - at)
+        while j < n:
+            while at + j >= self.end:
+                self.flush()
+            off = at + j - self.first * self.T
+            m = min(n - j, self.width * self.T - off)
+            self.tokens[off : off + m] = tokens[j : j + m]
+            r = min(m, max(n_rows - j, 0))  # rows of SRC inside this piece
+            if r and row is not None:
+                self.ids[off : off + r] = row.ids[j : j + r, : self.k]
+                self.lp[off : off + r] = row.logprobs[j : j + r, : self.k]
+                self.gold_lp[off : off + r] = gold[j : j + r]
+                self.has[off : off + r] = True
+            j += m
+
+    def flush(self) -> None:
+        """Write the window's blocks (every document over them has been laid) and move to the next ones."""
+        from ekd.data.collate import shift_labels
+
+        stop = min(self.first + self.width, self.n_blocks)
+        if stop <= self.first:
+            return
+        rows = slice(self.first, stop)
+        block_ids = self.blocks.input_ids[rows]  # (B, T)
+        used = (stop - self.first) * self.T
+        laid = self.tokens[:used]
+        if not np.array_equal(laid, block_ids.reshape(-1).numpy()):
+            bad = int(np.flatnonzero(laid != block_ids.reshape(-1).numpy())[0]) // self.T + self.first
+            raise CacheError(
+                f"ekd cache import: the documents do not pack like the training data at block {bad}"
+            )
+        labels = shift_labels(block_ids, self.blocks.target_mask[rows]).reshape(-1)  # (B·T,) token predicted
+        has_label = (labels != -100).numpy()
+        cached = self.has[:used] & has_label
+        at = np.flatnonzero(cached)  # (P,) window positions written, block by block
+        gold = labels[at]  # (P,)
+        lp, ids = torch.from_numpy(self.lp[at]), torch.from_numpy(self.ids[at])  # (P, K)
+        t_ids, t_probs, t_tail = topk_from_logprobs(lp, ids, self.k, self.tail, gold, self.tau)  # one call
+        entropy, logp_gold = estimated_stats(lp, torch.from_numpy(self.gold_lp[at]))
+        self.hits += int((ids == gold[:, None]).any(-1).sum())
+        cuts = np.searchsorted(at, np.arange(stop - self.first + 1) * self.T).tolist()  # block b: cuts[b:b+2]
+        batch = []
+        for b in range(stop - self.first):
+            s = slice(cuts[b], cuts[b + 1])
+            batch.append(
+                dict(
+                    sample_id=self.first + b,
+                    positions=at[s] - b * self.T,
+                    stats={"entropy": entropy[s], "logp_gold": logp_gold[s]},
+                    ids=t_ids[s],
+                    values=t_probs[s],
+                    tail=None if t_tail is None else t_tail[s],
+                    num_tokens=int(has_label[b * self.T : (b + 1) * self.T].sum()),
+                )
+            )
+        self.writer.add_batch(batch)
+        self.cached += int(cached.sum())
+        self.targets += int(has_label.sum())
+        self.first = stop
+        self.ids[:] = 0
+        self.lp[:] = -np.inf
+        self.gold_lp[:] = np.nan
+        self.has[:] = False
+        self.tokens[:] = -1
+
+    def close(self) -> None:
+        while self.first < self.n_blocks:
+            self.flush()
+
+
+def _training_documents(cfg: Config) -> Iterable[Document]:
+    """The training documents in packing order: streamed from the sources with a token store (its routing),
+    else the in-memory path's split."""
+    if cfg.data.store_dir:
+        from ekd.data.store_build import train_documents
+
+        return train_documents(cfg)
+    from ekd.data import load_splits
+
+    return load_splits(cfg, max_chars=cfg.data.max_chars or None)["train"]
 
 
 def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool = False) -> Path:
     """Write the top-K cache of ``cfg`` (in ``teacher.cache_dir``) from SRC's teacher log-probabilities.
+
+    SRC is streamed: one pass over its text column indexes the rows (a 16-byte hash per row), then the
+    training documents are walked in packing order, each one's row read from SRC and laid onto a window of
+    blocks that is written once the stream passes it. Memory: the index, one SRC row (and one Parquet batch),
+    one window of ``WINDOW_TOKENS`` positions — not SRC, not the stream.
 
     Raises:
         ConfigError: a config an imported cache cannot serve (:func:`check_importable`).
         CacheError: SRC unreadable or malformed (one line naming row and position), a training document
             missing from SRC, or SRC's tokens differing from ours (row and first differing position named).
     """
-    from ekd.data import load_splits
-    from ekd.data.collate import shift_labels
+    from ekd.data.packing import framed_documents
     from ekd.teacher.cache.build import _prepare_data
 
     check_importable(cfg)
     src = Path(src)
     if not src.is_file():
         raise CacheError(f"{src} does not exist; give the Parquet/JSONL file of teacher logprobs")
+    table = SourceTable(src)
+    layout, columns = resolve_columns(src, set(table.names), columns)
     directory = Path(cfg.teacher.cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(cfg, directory)
     blocks = data.blocks["train"]
     n_blocks, T = blocks.input_ids.shape
     k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
+    chat = cfg.data.format == "chat"
+    index = _index_rows(table, columns.text, chat)
+    needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
 
-    rows = read_table(src)
-    layout, columns = resolve_columns(src, set(rows[0]) if rows else set(), columns)
-    by_text: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        by_text.setdefault(row.get(columns.text), i)
-
-    docs = load_splits(cfg, max_chars=cfg.data.max_chars or None)["train"]
-    stream_ids = blocks.input_ids.reshape(-1)  # (S,) the training stream, S = N·T
-    ids_grid = np.zeros((stream_ids.numel(), k), dtype=np.int64)  # (S, K) top-K ids, largest first
-    lp_grid = np.full((stream_ids.numel(), k), -np.inf, dtype=np.float32)  # (S, K) their log p
-    gold_lp = np.full(stream_ids.numel(), np.nan, dtype=np.float32)  # (S,) log p(next token) if SRC has it
-    has = np.zeros(stream_ids.numel(), dtype=bool)  # (S,) positions SRC gives a row for
-    at = 0
-    for doc, ours in zip(docs, _document_tokens(docs, data.tokenizer, data.boundary)):
-        if not ours or at >= stream_ids.numel():
-            continue
-        n_in = min(len(ours), stream_ids.numel() - at)
-        if not torch.equal(stream_ids[at : at + n_in], torch.tensor(ours[:n_in])):
-            raise CacheError(
-                f"ekd cache import: the documents do not pack like the training data at {doc.doc_id}"
-            )
-        if doc.text not in by_text:
-            raise CacheError(
-                f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
-                "SRC must hold every training document of the config's data"
-            )
-        r = by_text[doc.text]
-        where = f"{src} row {r}"
-        row = source_row(rows[r], layout, columns, k, where)
-        bad = first_mismatch(ours, row.tokens)
-        if bad is not None:
-            theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
-            mine = ours[bad] if bad < len(ours) else "<end>"
-            raise CacheError(
-                f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
-                f"(model.tokenizer={cfg.model.tokenizer}, data.separator={cfg.data.separator}); tokenize SRC "
-                "as the config does"
-            )
-        n = min(len(row.ids), n_in, len(ours) - 1)  # row j → stream position at + j, over token j + 1
-        s = slice(at, at + n)
-        ids_grid[s], lp_grid[s], has[s] = row.ids[:n, :k], row.logprobs[:n, :k], True
-        hit = row.ids[:n] == np.asarray(ours[1 : n + 1])[:, None]  # (n, K') the next token among the entries
-        gold_lp[s] = np.where(hit.any(1), np.where(hit, row.logprobs[:n], 0).sum(1), np.nan)
-        at += len(ours)
-
-    labels = shift_labels(blocks.input_ids, blocks.target_mask).reshape(
-        -1
-    )  # (S,) token each position predicts
-    cached = has & (labels != -100).numpy()  # (S,)
     revision = f"import-sha256:{file_sha256(src)}"
     signature = cache_signature(cfg, data, revision)
     signature.update(positions="all", position_fraction=None)
@@ -203,40 +320,42 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         stat_format=cfg.teacher.cache_stat_format,
         overwrite=overwrite,
     )
-    valid = (labels != -100).view(n_blocks, T).sum(1).tolist()
-    hits = 0
-    for start in range(0, n_blocks, WRITE_BATCH):
-        batch = []
-        for b in range(start, min(start + WRITE_BATCH, n_blocks)):
-            rows_b = np.flatnonzero(cached[b * T : (b + 1) * T]) + b * T  # (P,) flat positions
-            gold = labels[rows_b]  # (P,)
-            lp, ids = torch.from_numpy(lp_grid[rows_b]), torch.from_numpy(ids_grid[rows_b])
-            t_ids, t_probs, t_tail = topk_from_logprobs(lp, ids, k, tail, gold, tau)
-            entropy, logp_gold = estimated_stats(lp, torch.from_numpy(gold_lp[rows_b]))
-            hits += int((ids[:, :k] == gold[:, None]).any(-1).sum())
-            batch.append(
-                dict(
-                    sample_id=b,
-                    positions=rows_b - b * T,
-                    stats={"entropy": entropy, "logp_gold": logp_gold},
-                    ids=t_ids,
-                    values=t_probs,
-                    tail=t_tail,
-                    num_tokens=int(valid[b]),
-                )
+    window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T))
+    at, stream = 0, n_blocks * T
+    for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
+        if at >= stream:
+            break
+        r = index.get(_digest(document_key(doc)))
+        if r is None:
+            raise CacheError(
+                f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
+                "SRC must hold every training document of the config's data"
             )
-        writer.add_batch(batch)
+        where = f"{src} row {r}"
+        row = source_row(table.row(r, needed), layout, columns, k, where)
+        bad = first_mismatch(ours, row.tokens)
+        if bad is not None:
+            theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
+            mine = ours[bad] if bad < len(ours) else "<end>"
+            how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
+            raise CacheError(
+                f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
+                f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does"
+            )
+        n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
+        window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
+        at += len(ours)
+    window.close()
     writer.close()
-    total = int(cached.sum())
     log.info(
         "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
         src,
-        total,
-        int((labels != -100).sum()),
+        window.cached,
+        window.targets,
         k,
-        100.0 * hits / max(total, 1),
+        100.0 * window.hits / max(window.cached, 1),
     )
     return directory
 
 
-__all__ = ["check_importable", "estimated_stats", "import_cache", "topk_from_logprobs"]
+__all__ = ["check_importable", "document_key", "estimated_stats", "import_cache", "topk_from_logprobs"]

@@ -24,8 +24,10 @@ refused).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,21 +61,105 @@ class SourceRow:
     logprobs: np.ndarray
 
 
-def read_table(path: Path, columns: list[str] | None = None) -> list[dict]:
-    """Rows of a ``.parquet`` or ``.jsonl`` file as dicts. Raises CacheError naming the file."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+class SourceTable:
+    """A ``.parquet`` or ``.jsonl`` file of rows, read without loading it: one column streamed, rows fetched by
+    number.
 
-            schema = pq.read_schema(path).names
-            return pq.read_table(path, columns=[c for c in columns or schema if c in schema]).to_pylist()
-        if suffix in (".jsonl", ".json"):
-            with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{path} cannot be read as {suffix[1:]} ({str(e).splitlines()[0]})") from None
-    raise CacheError(f"{path}: ekd cache import reads .parquet or .jsonl files")
+    JSONL is read line by line; :meth:`column` records each row's byte offset, so :meth:`row` is one seek and
+    one line. Parquet is read in record batches of ``batch_rows`` rows; :meth:`row` keeps a cursor in the row
+    group holding the row and moves forward through it, so rows asked for in increasing order read the file
+    once (asking for an earlier row restarts its row group). Memory: one batch and one row group's cursor.
+
+    Raises (every method):
+        CacheError: one line naming the file (unreadable, not .parquet/.jsonl, a row out of range).
+    """
+
+    def __init__(self, path: Path, batch_rows: int = 64) -> None:
+        self.path, self.batch_rows = path, batch_rows
+        self.suffix = path.suffix.lower()
+        if self.suffix not in (".parquet", ".jsonl", ".json"):
+            raise CacheError(f"{path}: ekd cache import reads .parquet or .jsonl files")
+        self._offsets: list[int] | None = None  # JSONL: byte offset of every row (after column())
+        self._group_starts: list[int] = []  # Parquet: first row of every row group, then the row count
+        self._cursor: tuple | None = None  # Parquet: (group, batches iterator, first row of batch, batch)
+        with self._reading():
+            if self.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                self._file = pq.ParquetFile(path)
+                meta = self._file.metadata
+                self.names = list(self._file.schema_arrow.names)
+                self._group_starts = np.cumsum(
+                    [0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+                ).tolist()
+            else:
+                with open(path, encoding="utf-8") as f:
+                    first = next((line for line in f if line.strip()), None)
+                self.names = list(json.loads(first)) if first else []
+
+    def _reading(self):
+        return _ReadErrors(self.path, self.suffix)
+
+    def column(self, name: str) -> Iterator[Any]:
+        """The values of column ``name``, row by row (a missing value is None)."""
+        with self._reading():
+            if self.suffix == ".parquet":
+                for batch in self._file.iter_batches(batch_size=1024, columns=[name]):
+                    yield from batch.column(0).to_pylist()
+                return
+            offsets: list[int] = []
+            with open(self.path, "rb") as f:
+                while True:
+                    at = f.tell()
+                    line = f.readline()
+                    if not line:
+                        break
+                    if line.strip():
+                        offsets.append(at)
+                        yield json.loads(line).get(name)
+            self._offsets = offsets
+
+    def row(self, index: int, columns: list[str]) -> dict:
+        """Row ``index`` (counted from 0 over the rows :meth:`column` read) with ``columns``."""
+        with self._reading():
+            if self.suffix != ".parquet":
+                assert self._offsets is not None, "column() reads the offsets first"
+                with open(self.path, "rb") as f:
+                    f.seek(self._offsets[index])
+                    return json.loads(f.readline())
+            group = int(np.searchsorted(self._group_starts, index, side="right")) - 1
+            cursor = self._cursor
+            if cursor is None or cursor[0] != group or index < cursor[2]:
+                batches = self._file.iter_batches(
+                    batch_size=self.batch_rows, row_groups=[group], columns=columns
+                )
+                cursor = (group, batches, self._group_starts[group], None)
+            group, batches, first, batch = cursor
+            while batch is None or index >= first + batch.num_rows:
+                first += 0 if batch is None else batch.num_rows
+                batch = next(batches)
+            self._cursor = (group, batches, first, batch)
+            return batch.slice(index - first, 1).to_pylist()[0]
+
+
+class _ReadErrors:
+    """Turn a read error of ``path`` into one CacheError line."""
+
+    def __init__(self, path: Path, suffix: str) -> None:
+        self.path, self.suffix = path, suffix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if (
+            error is not None
+            and isinstance(error, (OSError, ValueError, StopIteration))
+            and not isinstance(error, CacheError)
+        ):
+            what = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CacheError(f"{self.path} cannot be read as {self.suffix[1:]} ({what})") from None
+        return False
 
 
 def resolve_columns(path: Path, names: set[str], given: Columns) -> tuple[str, Columns]:
@@ -189,7 +275,7 @@ __all__ = [
     "Columns",
     "SourceRow",
     "first_mismatch",
-    "read_table",
+    "SourceTable",
     "resolve_columns",
     "source_row",
 ]
