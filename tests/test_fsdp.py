@@ -139,9 +139,13 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
     assert mismatches == [], mismatches
 
 
-def _toy_student(tied: bool) -> torch.nn.Module:
+def _toy_student(tied: bool, meta: bool = False) -> torch.nn.Module:
+    """A 2-layer Llama (seeded: alike on every rank); ``meta``: on the meta device, no values."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if meta:
+        with torch.device("meta"):
+            return _toy_student(tied)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=40,
@@ -193,10 +197,16 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
         data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
         count = float(data[0].numel() * 2)
         for tied in (True, False):
-            student, extra = _toy_student(tied), torch.nn.Linear(16, 3)
-            ref_student, ref_extra = copy.deepcopy(student), copy.deepcopy(extra)
-            full = param_bytes(student) + param_bytes(extra)
-            root = shard_student(student, {"extra": extra}, torch.device("cpu"))
+            # tied: rank 1 builds the student on the meta device and receives its shards from rank 0
+            torch.manual_seed(1)
+            extra = torch.nn.Linear(16, 3)
+            student, ref_student = _toy_student(tied, meta=tied and rank == 1), _toy_student(tied)
+            ref_extra = copy.deepcopy(extra)
+            full = param_bytes(ref_student) + param_bytes(extra)
+            root = shard_student(student, {"extra": extra}, torch.device("cpu"), from_rank0=tied)
+            assert (
+                student.lm_head.weight is student.model.embed_tokens.weight
+            ) == tied  # still one parameter
             assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
             _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
             _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
@@ -236,10 +246,11 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
                 torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
             if rank == 0:
                 assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
-        # a sharded frozen teacher: about half the bytes, the same hidden states as the whole model
-        teacher = _toy_student(False).eval().requires_grad_(False)
-        whole = copy.deepcopy(teacher)
-        shard = shard_frozen(teacher)
+        # a sharded frozen teacher received from rank 0 (rank 1 builds it on the meta device): about half the
+        # bytes, the same hidden states as the whole model (rotary inv_freq, a non-persistent buffer, included)
+        teacher = _toy_student(False, meta=rank == 1).eval().requires_grad_(False)
+        whole = _toy_student(False).eval().requires_grad_(False)
+        shard = shard_frozen(teacher, torch.device("cpu"), from_rank0=True)
         assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
         with torch.no_grad():
             shard.unshard()

@@ -58,6 +58,7 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
 )
+from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
 from ekd.train.run_dir import RunStart
 from ekd.train.sharded_checkpoint import (
@@ -164,17 +165,16 @@ def _train(
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
-    student = load_student(cfg, data, device)
+    # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
+    student = load_for_rank(cfg, "student", ranks, lambda empty: load_student(cfg, data, device, empty))
     lora = LoraStudent.wrap(student, cfg.model) if cfg.model.lora_r > 0 else None  # adapters in place
     saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
     student.train()
-    teacher_model = load_teacher(cfg, data, device) if wants_teacher_model(cfg, parts) else None
-    # TopSmp scores with the initial student before any sharding
-    kept = (
-        sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
-        if cfg.method.sample_fraction < 1.0
+    teacher_model = (
+        load_for_rank(cfg, "teacher", ranks, lambda empty: load_teacher(cfg, data, device, empty))
+        if wants_teacher_model(cfg, parts)
         else None
     )
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
@@ -186,6 +186,10 @@ def _train(
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
     engine = data_parallel(student, parts.modules, ranks, cfg)
     sharded = engine if is_sharded(engine) else None  # the FSDP2 root of the student, or None
+    kept = None
+    if cfg.method.sample_fraction < 1.0:  # TopSmp scores with the initial student, whole on every rank
+        with gathered(sharded, teacher_shard):
+            kept = sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
     # evaluation on rank 0 gathers a sharded teacher only when it reports teacher metrics
     eval_shard = teacher_shard if cfg.eval.teacher else None
     eval_teacher = teacher_model if teacher_shard is None or cfg.eval.teacher else None
