@@ -277,7 +277,7 @@ def format_plan(
         f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
         + "".join(
             f"{h:>8}"
-            for h in ("teacher", "params", "grads", "buckets", "adam", "gathered", "activ.", "head", "total")
+            for h in ("teacher", "params", "grads", "buckets", "adam", "gather", "activ.", "head", "total")
         )
         + "  fits  (GiB per rank)",
     ]
@@ -308,7 +308,7 @@ def format_plan(
             "train.micro_batch_size or data.block_length"
         )
     lines.append(
-        "teacher/params/grads/adam are tensor bytes; gathered, activations and head are estimates (formulas: ekd.plan)"
+        "teacher/params/grads/adam are tensor bytes; gather (FSDP2's unsharded working set), activations and head are estimates (formulas: ekd.plan)"
     )
     return "\n".join(lines)
 
