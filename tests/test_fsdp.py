@@ -101,6 +101,7 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
     )
     assert main(["-q", "cache", cache_cfg]) == 0
     cases = {**CASES, "rskd": (["method=rskd", "teacher.source=cache", f"teacher.cache_dir={cache}"], FSDP)}
+    tasks_dir = _tasks_case(tmp_path, cases)
     runs = []
     for name, (both, ranked) in cases.items():
         single = tiny_overrides(tmp_path, corpus, f"single-{name}", **{"train.micro_batch_size": 4})
@@ -108,7 +109,9 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
         two = tiny_overrides(tmp_path, corpus, f"two-{name}", **{"train.micro_batch_size": 2})
         runs.append([*two, *COMMON, *both, *ranked])
     (tmp_path / "runs.json").write_text(json.dumps(runs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    trace = tmp_path / "trace"  # who waits where while rank 0 runs the lm-eval tasks (dist_runs.py)
+    trace.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "EKD_TEST_TRACE": str(trace)}
     cmd = [
         sys.executable,
         "-m",
@@ -137,6 +140,57 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
                 break
     assert mismatches == [], mismatches
+    if tasks_dir is not None:
+        _check_tasks_under_torchrun(tmp_path, list(cases).index("tasks"), trace)
+
+
+def _tasks_case(tmp_path: Path, cases: dict) -> Path | None:
+    """Add the case "tasks" (when lm-eval is installed): ``eval.tasks`` at the end of a run with an FSDP2
+    student and a sharded teacher; the local multiple-choice task of test_tasks.py."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        return None
+    from test_tasks import MC_YAML, _mc_rows, _write_task
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    # the teacher's tasks run on the sharded teacher, gathered for evaluation (eval.teacher)
+    both = ["method=kd", "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}", "eval.teacher=true"]
+    cases["tasks"] = (both, [*FSDP, "teacher.placement=shard"])
+    return tasks_dir
+
+
+def _check_tasks_under_torchrun(tmp_path: Path, run: int, trace: Path) -> None:
+    """Rank 0 ran the tasks on the whole student and teacher (the numbers of a hand count and of one process)
+    and communicated with no one meanwhile; rank 1 waited in a barrier of the host (gloo) group — never in a
+    collective of the default group, which is NCCL on GPUs and would time out."""
+    from test_tasks import _loglikelihood, _mc_rows, _student
+
+    def tasks(name: str) -> dict:
+        return json.loads((tmp_path / "runs" / name / "eval.json").read_text())["tasks"]
+
+    two, one = tasks("two-tasks"), tasks("single-tasks")
+    model, tok = _student(tmp_path / "runs" / "two-tasks")
+    rows = _mc_rows()
+    hits = sum(
+        max(range(3), key=lambda c: _loglikelihood(model, tok, r["question"], " " + r["choices"][c]))
+        == r["answer"]
+        for r in rows
+    )
+    assert two["student"]["tiny_mc"]["value"] == pytest.approx(hits / len(rows), abs=1e-12)
+    for role in ("teacher", "student_init"):
+        assert two[role]["tiny_mc"]["value"] == one[role]["tiny_mc"]["value"], role
+    events = {
+        r: [e for e in json.loads((trace / f"rank{r}.json").read_text()) if e["run"] == run] for r in (0, 1)
+    }
+    (span,) = [e for e in events[0] if e["what"] == "run_end_tasks"]
+    t0, t1 = span["t0"], span["t1"]
+    assert [e["what"] for e in events[0] if e is not span and t0 <= e["t0"] <= t1] == []
+    waiting = [e for e in events[1] if e["t0"] < t1 and e["t1"] > t0]
+    assert [(e["what"], e["world"]) for e in waiting] == [("barrier", False)], waiting
+    assert waiting[0]["t1"] >= t1
 
 
 def _toy_student(tied: bool, meta: bool = False) -> torch.nn.Module:
