@@ -311,8 +311,33 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
             h = teacher.model(input_ids=data[0]).last_hidden_state
             torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
             shard.reshard()
+        _load_failures_reach_every_rank(rank)
     finally:
         dist.destroy_process_group()
+
+
+def _load_failures_reach_every_rank(rank: int) -> None:
+    """A load that fails on rank 0 (the real weights) or on rank 1 (the meta build) is an error on every rank:
+    no rank is left waiting in the shard broadcast."""
+    from ekd.errors import EkdError, ModelError
+    from ekd.train.distributed import Ranks
+    from ekd.train.rank0_load import load_on_rank0
+
+    ranks = Ranks(rank, 2, torch.device("cpu"))
+
+    def fails() -> torch.nn.Module:
+        raise ModelError("model.student: cannot load a model from 'x' (broken)")
+
+    works = lambda: torch.nn.Linear(2, 2)  # noqa: E731
+    for load, empty, failing in ((fails, works, 0), (works, fails, 1)):
+        with pytest.raises(EkdError) as e:
+            load_on_rank0(ranks, "model.student", load, empty)
+        if rank == failing:  # its own error, unchanged
+            assert type(e.value) is ModelError
+        else:
+            assert str(e.value) == (
+                f"rank {failing} could not load model.student: model.student: cannot load a model from 'x' (broken)"
+            )
 
 
 @pytest.mark.slow
@@ -320,7 +345,9 @@ def test_fsdp_sums_clips_checkpoints_and_shards():
     """2 gloo ranks through ``shard_student``: after 2 micro-batches every rank's shards hold the one-process
     gradient of the global batch (a sum, including a parameter used on one rank only), the clipped norm is the
     one-process norm, each rank holds ≤ 0.55 of the parameter bytes, a sharded checkpoint round-trips into
-    fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states."""
+    fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states.
+    The tied student and the teacher are read by rank 0 only (rank 1 builds them on the meta device and
+    receives its shards); a load failing on either rank is an error on both."""
     import tempfile
 
     import torch.multiprocessing as mp
