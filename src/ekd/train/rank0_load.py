@@ -89,26 +89,15 @@ def receive_shards(root: nn.Module, full: dict[str, torch.Tensor], device: torch
     rank 0's values. Collective (every rank calls it; ``full`` from :func:`rank0_state`).
 
     On the other ranks the meta parameters are materialized on ``device`` first; rank 0's own shards already
-    hold its values (they are copied again, unchanged). ``full`` is emptied: rank 0 frees each whole tensor
-    once it is sent.
+    hold its values (they are copied again, unchanged).
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
 
     if dist.get_rank() != 0:
         root.to_empty(device=device)
-    # group by group (each decoder layer, then the root's own group), so that rank 0 frees the whole tensors
-    # it has sent: its peak is its whole copy plus one group, not plus all its shards
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    for name, group in root.named_modules():
-        if isinstance(group, FSDPModule) and group is not root:
-            prefix = name + "."
-            part = {k[len(prefix) :]: full.pop(k) for k in [k for k in full if k.startswith(prefix)]}
-            set_model_state_dict(group, part, options=options)
-            del part
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
-    set_model_state_dict(root, full, options=options)  # the rest: embeddings, norm, head, extras
-    full.clear()
+    set_model_state_dict(
+        root, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    )
     buffers = list(root.named_buffers(remove_duplicate=False))  # a shared buffer under each name
     box = [{n: b.cpu() for n, b in buffers} if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
