@@ -6,9 +6,10 @@ Four ``torchrun --nproc_per_node=2`` runs of ``ekd distill`` (2 steps, method kd
 qwen2.5-0.5b-shape teacher and a llama-base student (random weights, BPE vocabulary of 320), under
 ``train.parallel`` ∈ {ddp, fsdp} × ``teacher.placement`` ∈ {replicate, shard}. Each rank logs the bytes it
 holds after its first step (``ekd.train.memory``: local shards of teacher parameters, student parameters,
-gradients, AdamW state) and two peaks of its resident set (VmHWM): up to that line (loading the models, which
-every rank loads whole before any sharding, and step 1) and after it (reset through ``/proc/self/clear_refs``:
-steps 2–3, export, evaluation). Prints a Markdown table (appended to ``--out``).
+gradients, AdamW state) and two peaks of its resident set (VmHWM): up to that line (loading the models and
+step 1; a model that ends up sharded is read by rank 0 alone, the other ranks receiving their shards,
+``ekd.train.rank0_load``) and after it (reset through ``/proc/self/clear_refs``: steps 2–3, export,
+evaluation). Prints a Markdown table; ``--out`` replaces its section in that file (or appends it).
 """
 
 from __future__ import annotations
@@ -173,17 +174,26 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if a.out:
-        with open(a.out, "a") as f:
-            f.write(
-                "\n## Scaling out: per-rank memory, 2 gloo ranks (CPU, fp32)\n\n"
-                "qwen2.5-0.5b-shape teacher, llama-base student (random weights, vocabulary 320), method kd, "
-                "3 steps, micro-batch 1 × 32 tokens per rank. Bytes: local shards after the first step "
-                "(`ekd.train.memory`); peak RSS: the rank process's high-water mark (VmHWM, `MALLOC_MMAP_THRESHOLD_=131072`; Python, torch and "
-                "data included), up to the end of step 1 (every rank still loads the whole teacher before "
-                "sharding it) and after it. Command: `python -m benchmarks.scaling_memory --out docs/benchmarks.md`.\n\n"
-                + table
-                + "\n"
-            )
+        heading = "## Scaling out: per-rank memory, 2 gloo ranks (CPU, fp32)"
+        section = (
+            f"{heading}\n\n"
+            "qwen2.5-0.5b-shape teacher, llama-base student (random weights, vocabulary 320), method kd, "
+            "3 steps, micro-batch 1 × 32 tokens per rank. Bytes: local shards after the first step "
+            "(`ekd.train.memory`); peak RSS: the rank process's high-water mark (VmHWM, "
+            "`MALLOC_MMAP_THRESHOLD_=131072`; Python, torch and data included), up to the end of step 1 and "
+            "after it. A sharded model (FSDP2 student, `teacher.placement=shard`) is read by rank 0 alone; "
+            "the other ranks build it on the meta device and receive their shards (`ekd.train.rank0_load`). "
+            "Command: `python -m benchmarks.scaling_memory --out docs/benchmarks.md`.\n\n" + table + "\n"
+        )
+        path = Path(a.out)
+        text = path.read_text() if path.is_file() else ""
+        if heading in text:  # replace the section, up to the next one
+            start = text.index(heading)
+            end = text.find("\n## ", start + len(heading))
+            text = text[:start] + section + (text[end:] if end >= 0 else "")
+        else:
+            text += "\n" + section
+        path.write_text(text)
     return 0
 
 

@@ -7,6 +7,9 @@ One spawn serves every method of the test: the process group and the imports are
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
 ``EKD_TEST_LOUD=1`` keeps INFO log lines (``-q`` otherwise).
+``EKD_TEST_TRACE=DIR`` writes ``DIR/rank<r>.json``: every ``torch.distributed`` collective this rank entered and
+left (monotonic clock, run index, whether on the default group) and the span of ``run_end_tasks`` (rank 0's
+lm-eval tasks), for test_fsdp.py to check who waits where while rank 0 runs the tasks.
 """
 
 from __future__ import annotations
@@ -37,19 +40,66 @@ def _kill_while_writing(run: str, step: int) -> None:
     sharded_checkpoint.atomic_write_text = write_or_die
 
 
+COLLECTIVES = (
+    "barrier",
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "broadcast_object_list",
+    "all_gather_object",
+    "gather_object",
+)
+
+
+def _trace(events: list, current: list) -> None:
+    """Record every collective of ``torch.distributed`` and the span of the trainer's ``run_end_tasks``."""
+    import inspect
+    import time
+
+    from ekd.train import trainer
+
+    def traced(name, fn):
+        signature = inspect.signature(fn)
+
+        def call(*args, **kwargs):
+            group = signature.bind(*args, **kwargs).arguments.get("group")
+            event = {"what": name, "run": current[0], "world": group in (None, dist.group.WORLD)}
+            event["t0"] = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                events.append({**event, "t1": time.monotonic()})
+
+        return call
+
+    for name in COLLECTIVES:
+        setattr(dist, name, traced(name, getattr(dist, name)))
+    trainer.run_end_tasks = traced("run_end_tasks", trainer.run_end_tasks)
+
+
 def run_all(path: str) -> int:
     if kill := os.environ.get("EKD_TEST_KILL_AT"):
         run, step = kill.split(":")
         _kill_while_writing(run, int(step))
     quiet = [] if os.environ.get("EKD_TEST_LOUD") else ["-q"]
+    events: list = []
+    current = [0]
+    if trace := os.environ.get("EKD_TEST_TRACE"):
+        _trace(events, current)
     dist.init_process_group("gloo")
     try:
-        for args in json.loads(Path(path).read_text()):
+        for i, args in enumerate(json.loads(Path(path).read_text())):
+            current[0] = i
             code = main([*quiet, "distill", *args])
             if code != 0:
                 return code
         return 0
     finally:
+        if trace:
+            Path(trace, f"rank{dist.get_rank()}.json").write_text(json.dumps(events))
         dist.destroy_process_group()
 
 

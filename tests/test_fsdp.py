@@ -101,6 +101,7 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
     )
     assert main(["-q", "cache", cache_cfg]) == 0
     cases = {**CASES, "rskd": (["method=rskd", "teacher.source=cache", f"teacher.cache_dir={cache}"], FSDP)}
+    tasks_dir = _tasks_case(tmp_path, cases)
     runs = []
     for name, (both, ranked) in cases.items():
         single = tiny_overrides(tmp_path, corpus, f"single-{name}", **{"train.micro_batch_size": 4})
@@ -108,7 +109,9 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
         two = tiny_overrides(tmp_path, corpus, f"two-{name}", **{"train.micro_batch_size": 2})
         runs.append([*two, *COMMON, *both, *ranked])
     (tmp_path / "runs.json").write_text(json.dumps(runs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    trace = tmp_path / "trace"  # who waits where while rank 0 runs the lm-eval tasks (dist_runs.py)
+    trace.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "EKD_TEST_TRACE": str(trace)}
     cmd = [
         sys.executable,
         "-m",
@@ -137,11 +140,66 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
                 break
     assert mismatches == [], mismatches
+    if tasks_dir is not None:
+        _check_tasks_under_torchrun(tmp_path, list(cases).index("tasks"), trace)
 
 
-def _toy_student(tied: bool) -> torch.nn.Module:
+def _tasks_case(tmp_path: Path, cases: dict) -> Path | None:
+    """Add the case "tasks" (when lm-eval is installed): ``eval.tasks`` at the end of a run with an FSDP2
+    student and a sharded teacher; the local multiple-choice task of test_tasks.py."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        return None
+    from test_tasks import MC_YAML, _mc_rows, _write_task
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    # the teacher's tasks run on the sharded teacher, gathered for evaluation (eval.teacher)
+    both = ["method=kd", "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}", "eval.teacher=true"]
+    cases["tasks"] = (both, [*FSDP, "teacher.placement=shard"])
+    return tasks_dir
+
+
+def _check_tasks_under_torchrun(tmp_path: Path, run: int, trace: Path) -> None:
+    """Rank 0 ran the tasks on the whole student and teacher (the numbers of a hand count and of one process)
+    and communicated with no one meanwhile; rank 1 waited in a barrier of the host (gloo) group — never in a
+    collective of the default group, which is NCCL on GPUs and would time out."""
+    from test_tasks import _loglikelihood, _mc_rows, _student
+
+    def tasks(name: str) -> dict:
+        return json.loads((tmp_path / "runs" / name / "eval.json").read_text())["tasks"]
+
+    two, one = tasks("two-tasks"), tasks("single-tasks")
+    model, tok = _student(tmp_path / "runs" / "two-tasks")
+    rows = _mc_rows()
+    hits = sum(
+        max(range(3), key=lambda c: _loglikelihood(model, tok, r["question"], " " + r["choices"][c]))
+        == r["answer"]
+        for r in rows
+    )
+    assert two["student"]["tiny_mc"]["value"] == pytest.approx(hits / len(rows), abs=1e-12)
+    for role in ("teacher", "student_init"):
+        assert two[role]["tiny_mc"]["value"] == one[role]["tiny_mc"]["value"], role
+    events = {
+        r: [e for e in json.loads((trace / f"rank{r}.json").read_text()) if e["run"] == run] for r in (0, 1)
+    }
+    (span,) = [e for e in events[0] if e["what"] == "run_end_tasks"]
+    t0, t1 = span["t0"], span["t1"]
+    assert [e["what"] for e in events[0] if e is not span and t0 <= e["t0"] <= t1] == []
+    waiting = [e for e in events[1] if e["t0"] < t1 and e["t1"] > t0]
+    assert [(e["what"], e["world"]) for e in waiting] == [("barrier", False)], waiting
+    assert waiting[0]["t1"] >= t1
+
+
+def _toy_student(tied: bool, meta: bool = False) -> torch.nn.Module:
+    """A 2-layer Llama (seeded: alike on every rank); ``meta``: on the meta device, no values."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if meta:
+        with torch.device("meta"):
+            return _toy_student(tied)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=40,
@@ -193,10 +251,16 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
         data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
         count = float(data[0].numel() * 2)
         for tied in (True, False):
-            student, extra = _toy_student(tied), torch.nn.Linear(16, 3)
-            ref_student, ref_extra = copy.deepcopy(student), copy.deepcopy(extra)
-            full = param_bytes(student) + param_bytes(extra)
-            root = shard_student(student, {"extra": extra}, torch.device("cpu"))
+            # tied: rank 1 builds the student on the meta device and receives its shards from rank 0
+            torch.manual_seed(1)
+            extra = torch.nn.Linear(16, 3)
+            student, ref_student = _toy_student(tied, meta=tied and rank == 1), _toy_student(tied)
+            ref_extra = copy.deepcopy(extra)
+            full = param_bytes(ref_student) + param_bytes(extra)
+            root = shard_student(student, {"extra": extra}, torch.device("cpu"), from_rank0=tied)
+            assert (
+                student.lm_head.weight is student.model.embed_tokens.weight
+            ) == tied  # still one parameter
             assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
             _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
             _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
@@ -236,18 +300,44 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
                 torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
             if rank == 0:
                 assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
-        # a sharded frozen teacher: about half the bytes, the same hidden states as the whole model
-        teacher = _toy_student(False).eval().requires_grad_(False)
-        whole = copy.deepcopy(teacher)
-        shard = shard_frozen(teacher)
+        # a sharded frozen teacher received from rank 0 (rank 1 builds it on the meta device): about half the
+        # bytes, the same hidden states as the whole model (rotary inv_freq, a non-persistent buffer, included)
+        teacher = _toy_student(False, meta=rank == 1).eval().requires_grad_(False)
+        whole = _toy_student(False).eval().requires_grad_(False)
+        shard = shard_frozen(teacher, torch.device("cpu"), from_rank0=True)
         assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
         with torch.no_grad():
             shard.unshard()
             h = teacher.model(input_ids=data[0]).last_hidden_state
             torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
             shard.reshard()
+        _load_failures_reach_every_rank(rank)
     finally:
         dist.destroy_process_group()
+
+
+def _load_failures_reach_every_rank(rank: int) -> None:
+    """A load that fails on rank 0 (the real weights) or on rank 1 (the meta build) is an error on every rank:
+    no rank is left waiting in the shard broadcast."""
+    from ekd.errors import EkdError, ModelError
+    from ekd.train.distributed import Ranks
+    from ekd.train.rank0_load import load_on_rank0
+
+    ranks = Ranks(rank, 2, torch.device("cpu"))
+
+    def fails() -> torch.nn.Module:
+        raise ModelError("model.student: cannot load a model from 'x' (broken)")
+
+    works = lambda: torch.nn.Linear(2, 2)  # noqa: E731
+    for load, empty, failing in ((fails, works, 0), (works, fails, 1)):
+        with pytest.raises(EkdError) as e:
+            load_on_rank0(ranks, "model.student", load, empty)
+        if rank == failing:  # its own error, unchanged
+            assert type(e.value) is ModelError
+        else:
+            assert str(e.value) == (
+                f"rank {failing} could not load model.student: model.student: cannot load a model from 'x' (broken)"
+            )
 
 
 @pytest.mark.slow
@@ -255,7 +345,9 @@ def test_fsdp_sums_clips_checkpoints_and_shards():
     """2 gloo ranks through ``shard_student``: after 2 micro-batches every rank's shards hold the one-process
     gradient of the global batch (a sum, including a parameter used on one rank only), the clipped norm is the
     one-process norm, each rank holds ≤ 0.55 of the parameter bytes, a sharded checkpoint round-trips into
-    fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states."""
+    fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states.
+    The tied student and the teacher are read by rank 0 only (rank 1 builds them on the meta device and
+    receives its shards); a load failing on either rank is an error on both."""
     import tempfile
 
     import torch.multiprocessing as mp

@@ -1,6 +1,6 @@
 """``ekd plan`` (issue 12 part 2): exact parameter counts from a meta-device build, and per-rank bytes of
-parameters, gradients and AdamW state that match what a tiny run holds, in one process and under 2-rank DDP
-(within 10%)."""
+parameters, gradients and AdamW state that match what a tiny run holds, in one process, under 2-rank DDP and
+under 2-rank FSDP2 with a sharded teacher (within 10%)."""
 
 from __future__ import annotations
 
@@ -48,18 +48,42 @@ def _measured(rank: int = 0, world: int = 1) -> dict[str, int]:
     }
 
 
-def _planned(gpus: int) -> dict[str, int]:
+def _measured_fsdp() -> dict[str, int]:
+    """Under 2 ranks: llama-tiny sharded by FSDP2 trained one step, llama-small as a sharded frozen teacher
+    (fp32, as on CPU); the bytes of this rank's shards (``ekd.train.memory``, what the trainer logs)."""
+    from ekd.train.fsdp import shard_frozen, shard_student
+    from ekd.train.memory import optimizer_bytes, param_bytes, tensor_bytes
+
+    model = build_preset("llama-tiny", VOCAB, seed=0)
+    root = shard_student(model, {}, torch.device("cpu"))
+    optimizer = build_optimizer(list(model.named_parameters()), Config())
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    root(lambda: model(x, labels=x).loss).backward()
+    optimizer.step()
+    teacher = build_preset("llama-small", VOCAB, seed=1).eval().requires_grad_(False)
+    shard_frozen(teacher)
+    return {
+        "params": tensor_bytes(model.parameters()),
+        "grads": tensor_bytes(p.grad for p in model.parameters()),
+        "optimizer": optimizer_bytes(optimizer),
+        "teacher": param_bytes(teacher),
+    }
+
+
+def _planned(gpus: int, parallel: str = "ddp") -> dict[str, int]:
+    sharded = parallel == "fsdp"
     m = estimate(
         shape_of("preset:llama-tiny", VOCAB),
-        None,
+        shape_of("preset:llama-small", VOCAB) if sharded else None,
         gpus=gpus,
-        parallel="ddp",
-        placement="replicate",
+        parallel=parallel,
+        placement="shard" if sharded else "replicate",
         tokens=32,
         chunk_rows=64,
         activation_checkpointing=False,
+        teacher_bytes_per_param=4,  # fp32 on CPU
     )
-    return {"params": m.params, "grads": m.grads, "optimizer": m.optimizer}
+    return {"params": m.params, "grads": m.grads, "optimizer": m.optimizer, "teacher": m.teacher}
 
 
 def _within(measured: dict[str, int], planned: dict[str, int], tol: float = 0.10) -> None:
@@ -83,26 +107,30 @@ def test_plan_matches_one_process():
     _within(_measured(), _planned(1))
 
 
-def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        torch.save(_measured(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+        measured = {"ddp": _measured(rank, 2), "fsdp": _measured_fsdp()}
+        torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_plan_matches_two_rank_ddp():
-    """Per rank under DDP: a full replica of parameters, gradients and AdamW state (the plan's ``ddp``)."""
+def test_plan_matches_two_ranks():
+    """Per rank under DDP: a full replica of parameters, gradients and AdamW state (the plan's ``ddp``);
+    under FSDP2 with a sharded teacher: half of each, and half of the teacher (``fsdp``, ``shard``)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        mp.spawn(_two_rank_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         measured = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
     for m in measured:
-        _within(m, _planned(2))
+        _within(m["ddp"], _planned(2))
+        _within(m["fsdp"], _planned(2, "fsdp"))
+        assert set(m["fsdp"]) == {"params", "grads", "optimizer", "teacher"}
 
 
 def test_sharding_divides_the_state_by_the_ranks():
@@ -114,7 +142,10 @@ def test_sharding_divides_the_state_by_the_ranks():
     fsdp = estimate(s, t, parallel="fsdp", placement="shard", **kw)
     assert fsdp.optimizer == 8 * -(-s.params // 4) and ddp.optimizer == 8 * s.params
     assert fsdp.grads == 4 * -(-s.params // 4) and ddp.ddp_buckets == ddp.grads == 4 * s.params
-    assert fsdp.teacher == 2 * (-(-t.params // 4) + t.layer_params) and ddp.teacher == 2 * t.params
+    assert fsdp.teacher == 2 * -(-t.params // 4) and ddp.teacher == 2 * t.params
+    # FSDP2's working set: the student's root and 2 layers (bf16), the teacher's root and 2 layers
+    assert ddp.gathered == 0
+    assert fsdp.gathered == 2 * (s.root_params + 2 * s.layer_params + t.root_params + 2 * t.layer_params)
     ac = estimate(s, t, parallel="ddp", placement="replicate", **{**kw, "activation_checkpointing": True})
     assert ac.activations < ddp.activations
 

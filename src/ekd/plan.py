@@ -9,14 +9,20 @@ allocated. Bytes per rank, for N ranks (P = student parameters, Q = teacher para
 ===================  ======================================  =======================================
 term                 ``ddp``                                 ``fsdp``
 ===================  ======================================  =======================================
-teacher              replicate: 2·Q (one bf16 copy); shard: 2·Q/N (+ one decoder layer unsharded, bf16)
-student params       s·P (s = 4: fp32 master weights)         s·P/N + 2·(root + 2 layers) bf16 unsharded
+teacher              replicate: 2·Q (one bf16 copy); shard: 2·Q/N (its shards)
+student params       s·P (s = 4: fp32 master weights)         s·P/N (its shards)
 gradients            s·P, + s·P of DDP's buckets              s·P/N (reduced in fp32, sharded)
 AdamW state          2·s·P (exp_avg, exp_avg_sq)              2·s·P/N
+gathered             shard: 2·(Q_root + 2 Q_layer)            + c·(P_root + 2·P_layer)
 ===================  ======================================  =======================================
 
 ``s`` is the bytes of the student's parameter dtype (``--param-dtype``: fp32 master weights, ekd's default,
-or bf16); AdamW keeps its moments in the parameter dtype. Activations per micro-batch (t = micro-batch ×
+or bf16); AdamW keeps its moments in the parameter dtype. The first four terms are what a rank holds all the
+time (tensor bytes, tested against FSDP2 and DDP runs: ``tests/test_plan.py``). *gathered* is FSDP2's
+working set of unsharded parameters during a step: the root group (embeddings, final norm, head — a sharded
+teacher's stays gathered from its head's first use to the end of the step) plus the decoder layer computing
+and the next one being gathered (prefetch), the student's in the compute dtype (c = 2 for bf16, 4 with
+``train.precision=fp32``), the teacher's in its dtype. Activations per micro-batch (t = micro-batch ×
 block length tokens, h = hidden size, L = decoder layers, a = bytes of the autocast dtype, 2 for bf16):
 
 - without activation checkpointing: ``L · t · h · 17·a`` — 17 stored values per token and hidden unit per
@@ -27,8 +33,9 @@ block length tokens, h = hidden size, L = decoder layers, a = bytes of the autoc
   ``ekd.losses.chunked.auto_chunk_rows``) plus the teacher's last hidden states ``t · h_T · 2``.
 
 A fixed ``--overhead`` (default 2 GiB: CUDA context, allocator fragmentation, NCCL buffers) is added. The
-parameter, gradient and optimizer terms are tensor bytes and match measurement (tests/test_plan.py, one
-process and 2-rank DDP, within 10%); the activation terms are an estimate, not a bound.
+teacher, parameter, gradient and optimizer terms are tensor bytes and match measurement (tests/test_plan.py:
+one process, 2-rank DDP, 2-rank FSDP2 with a sharded teacher, within 10%); the gathered and activation
+terms are estimates, not bounds.
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ class RankMemory:
     grads: int
     ddp_buckets: int
     optimizer: int
+    gathered: int  # FSDP2's unsharded working set (sharded student and/or teacher) during a step
     activations: int
     head: int
     overhead: int
@@ -147,22 +155,24 @@ def estimate(
         teacher: None when no teacher model is loaded (a cache, or CE only).
         tokens: tokens of one micro-batch on one rank (micro_batch_size × block_length).
         chunk_rows: rows of the chunked head (``train.head_chunk_size`` or the automatic size).
-        activation_bytes: bytes of the autocast dtype (2 for bf16 on GPU).
+        activation_bytes: bytes of the autocast dtype (2 for bf16 on GPU), also FSDP2's gathered copies.
         teacher_bytes_per_param: 2 (bf16, ``model.teacher_dtype: auto`` on GPU) or 4 (float32).
     """
     if parallel not in PARALLEL or placement not in PLACEMENT:
         raise ValueError(f"parallel must be one of {PARALLEL}, placement one of {PLACEMENT}")
     n, s, p = max(gpus, 1), DTYPE_BYTES[param_dtype], student.params
     sharded = parallel == "fsdp"
+    gathered = 0  # unsharded copies: the root (embeddings, head) and a layer plus the prefetched next one
     if teacher is None:
         teacher_bytes = 0
     elif placement == "shard":
-        teacher_bytes = teacher_bytes_per_param * (_ceil_div(teacher.params, n) + teacher.layer_params)
+        teacher_bytes = teacher_bytes_per_param * _ceil_div(teacher.params, n)
+        gathered += teacher_bytes_per_param * (teacher.root_params + 2 * teacher.layer_params)
     else:
         teacher_bytes = teacher_bytes_per_param * teacher.params
     params = s * _ceil_div(p, n) if sharded else s * p
-    if sharded:  # bf16 compute copies: the root (embeddings, head) and a layer plus the prefetched next one
-        params += 2 * (student.root_params + 2 * student.layer_params)
+    if sharded:  # in the compute dtype (MixedPrecisionPolicy's param_dtype)
+        gathered += activation_bytes * (student.root_params + 2 * student.layer_params)
     grads = s * (_ceil_div(p, n) if sharded else p)
     buckets = 0 if sharded or n == 1 else s * p
     optimizer = 2 * s * (_ceil_div(p, n) if sharded else p)
@@ -172,7 +182,7 @@ def estimate(
     else:
         activations = student.layers * per_layer
     head = HEAD_BUFFERS * chunk_rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
-    return RankMemory(teacher_bytes, params, grads, buckets, optimizer, activations, head, overhead)
+    return RankMemory(teacher_bytes, params, grads, buckets, optimizer, gathered, activations, head, overhead)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -266,7 +276,8 @@ def format_plan(
         "",
         f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
         + "".join(
-            f"{h:>8}" for h in ("teacher", "params", "grads", "buckets", "adam", "activ.", "head", "total")
+            f"{h:>8}"
+            for h in ("teacher", "params", "grads", "buckets", "adam", "gather", "activ.", "head", "total")
         )
         + "  fits  (GiB per rank)",
     ]
@@ -276,7 +287,7 @@ def format_plan(
         lines.append(
             f"{o.parallel:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
             f"{gib(m.teacher)}{gib(m.params)}{gib(m.grads)}{gib(m.ddp_buckets)}{gib(m.optimizer)}"
-            f"{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
+            f"{gib(m.gathered)}{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
         )
     fitting = [o for o in options if o.memory.total <= gpu_memory]
     lines.append("")
@@ -297,7 +308,7 @@ def format_plan(
             "train.micro_batch_size or data.block_length"
         )
     lines.append(
-        "params/grads/adam are tensor bytes; activations and head are estimates (formulas: ekd.plan)"
+        "teacher/params/grads/adam are tensor bytes; gather (FSDP2's unsharded working set), activations and head are estimates (formulas: ekd.plan)"
     )
     return "\n".join(lines)
 

@@ -101,6 +101,52 @@ def load_model(
     return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
 
 
+def empty_model(
+    spec: str,
+    *,
+    vocab_size: int,
+    eos_token_id: int | None = None,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "",
+    role: str = "model",
+) -> nn.Module:
+    """The model :func:`load_model` returns, built on the ``meta`` device: the same modules, parameter names,
+    shapes, dtypes and ties, no weight read or allocated (a preset's architecture, or the config.json of a
+    directory or hub id). For ranks that receive their shards from rank 0 (``ekd.train.rank0_load``).
+
+    Raises:
+        ModelError: as :func:`load_model`, for the config.
+    """
+    if is_preset(spec):
+        with torch.device("meta"):
+            return load_model(
+                spec,
+                vocab_size=vocab_size,
+                eos_token_id=eos_token_id,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                role=role,
+            )
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    local = check_model_dir(spec, role)
+    kwargs.update(hub_kwargs(spec, _key(role), "config.json", revision))
+    source = str(local) if local is not None else spec
+    config = load_or_refuse(
+        spec, role, lambda: AutoConfig.from_pretrained(source, **kwargs), "a model config"
+    )
+    build: dict = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        build["dtype"] = dtype
+    if attn_implementation:
+        build["attn_implementation"] = attn_implementation
+    with torch.device("meta"):
+        return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_config(config, **build))
+
+
 def load_tokenizer(
     spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer"
 ) -> PreTrainedTokenizerBase:

@@ -133,8 +133,11 @@ def data_parallel(
         return None
     if cfg is not None and cfg.train.parallel == "fsdp":
         from ekd.train.fsdp import shard_student
+        from ekd.train.rank0_load import loads_on_rank0
 
-        return shard_student(student, extras, ranks.device, cfg.train.precision, cfg.train.cpu_offload)
+        t = cfg.train
+        from_rank0 = loads_on_rank0(cfg, "student", ranks.world_size)
+        return shard_student(student, extras, ranks.device, t.precision, t.cpu_offload, from_rank0)
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     engine = DistributedDataParallel(
         TrainedModules(student, extras),
@@ -172,8 +175,9 @@ def place_teacher(teacher: nn.Module | None, cfg, ranks: Ranks) -> nn.Module | N
         log.info("teacher.placement=shard: one process, the teacher stays whole")
         return None
     from ekd.train.fsdp import shard_frozen
+    from ekd.train.rank0_load import loads_on_rank0
 
-    return shard_frozen(teacher)
+    return shard_frozen(teacher, ranks.device, loads_on_rank0(cfg, "teacher", ranks.world_size))
 
 
 def global_sum(value: float, ranks: Ranks) -> float:

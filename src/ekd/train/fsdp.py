@@ -42,6 +42,7 @@ from torch.distributed.fsdp import (
 
 from ekd.models.layers import decoder_layers
 from ekd.train.distributed import TrainedModules
+from ekd.train.rank0_load import rank0_state, receive_shards
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,19 @@ def shard_student(
     device: torch.device,
     precision: str = "auto",
     cpu_offload: bool = False,
+    from_rank0: bool = False,
 ) -> ShardedTrainedModules:
     """``fully_shard`` every decoder layer of ``student``, then the root (student + extras), in place.
 
     The modules' parameters become DTensor shards: build the optimizer *after* this. The root is lazily
     initialized here (a no-op forward), so it, not a layer, is FSDP2's root whatever runs first.
+    ``from_rank0``: only global rank 0 holds the weights (the others built the student on the meta device);
+    every rank receives its shards from it (:mod:`ekd.train.rank0_load`). Collective then.
     """
     mp = mixed_precision(device, precision)
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     root = ShardedTrainedModules(student, extras)
+    full = rank0_state(root) if from_rank0 else None
     layers = decoder_layers(student)
     prefixes = _layer_prefixes(root, layers)
     for layer in layers:
@@ -111,17 +116,27 @@ def shard_student(
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum over ranks: our terms are already global
             m.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
+    if full is not None:
+        receive_shards(root, full, device)
+        del full  # rank 0's whole copy
     _init_root(root)
     return root
 
 
-def shard_frozen(model: nn.Module) -> FrozenRoot:
+def shard_frozen(
+    model: nn.Module, device: torch.device | None = None, from_rank0: bool = False
+) -> FrozenRoot:
     """``fully_shard`` a frozen model (the teacher): each decoder layer resharded after its forward, the
-    root group (embeddings, norm, head) gathered by :func:`frozen_gather` and freed by ``reshard()``."""
+    root group (embeddings, norm, head) gathered by ``unshard()`` and freed by ``reshard()``.
+    ``from_rank0``: as in :func:`shard_student` (shards materialized on ``device``)."""
     root = FrozenRoot(model)
+    full = rank0_state(root) if from_rank0 else None
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=True)
     fully_shard(root)
+    if full is not None:
+        receive_shards(root, full, device or torch.device("cpu"))
+        del full
     _init_root(root)
     return root
 

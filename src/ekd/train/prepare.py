@@ -16,6 +16,7 @@ from ekd.errors import ModelError
 from ekd.models.load import (
     check_output_head,
     check_same_tokenizer,
+    empty_model,
     is_preset,
     load_model,
     load_tokenizer,
@@ -194,40 +195,40 @@ def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
     return models
 
 
-def load_student(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
-    student = load_model(
-        cfg.model.student,
+def load_student(cfg: Config, data: PreparedData, device: torch.device, empty: bool = False) -> nn.Module:
+    """The student in fp32 on ``device``; ``empty``: on the meta device, no weight read (a rank that receives
+    its shards from rank 0, ``ekd.train.rank0_load``)."""
+    return _load_role(cfg, data, device, "student", torch.float32, cfg.run.seed, empty)
+
+
+def load_teacher(cfg: Config, data: PreparedData, device: torch.device, empty: bool = False) -> nn.Module:
+    """The frozen teacher (eval mode, no gradients) in ``model.teacher_dtype``; ``empty`` as in
+    :func:`load_student`."""
+    dtype = resolve_dtype(cfg.model.teacher_dtype, device)
+    teacher = _load_role(cfg, data, device, "teacher", dtype, cfg.run.seed + 1, empty)
+    return teacher.eval().requires_grad_(False)
+
+
+def _load_role(
+    cfg: Config, data: PreparedData, device, role: str, dtype, seed: int, empty: bool
+) -> nn.Module:
+    spec = cfg.model.student if role == "student" else cfg.model.teacher
+    common = dict(
         vocab_size=data.vocab_size,
         eos_token_id=data.eos_id,
         revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
-        dtype=torch.float32,
+        dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,
-        seed=cfg.run.seed,
-        role="student",
+        role=role,
     )
-    shared_vocab_size(data.vocab_size, ("student", student))
-    student = student.to(device)
-    check_output_head(student, data.vocab_size, "student")
-    return student
-
-
-def load_teacher(cfg: Config, data: PreparedData, device: torch.device) -> nn.Module:
-    teacher = load_model(
-        cfg.model.teacher,
-        vocab_size=data.vocab_size,
-        eos_token_id=data.eos_id,
-        revision=cfg.model.revision,
-        trust_remote_code=cfg.model.trust_remote_code,
-        dtype=resolve_dtype(cfg.model.teacher_dtype, device),
-        attn_implementation=cfg.model.attn_implementation,
-        seed=cfg.run.seed + 1,
-        role="teacher",
-    )
-    shared_vocab_size(data.vocab_size, ("teacher", teacher))
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    check_output_head(teacher, data.vocab_size, "teacher")
-    return teacher
+    model = empty_model(spec, **common) if empty else load_model(spec, seed=seed, **common)
+    shared_vocab_size(data.vocab_size, (role, model))
+    if empty:  # shapes only: rank 0 checks the head of the real weights
+        return model
+    model = model.to(device)
+    check_output_head(model, data.vocab_size, role)
+    return model
 
 
 def build_teacher_source(

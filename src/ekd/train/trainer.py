@@ -58,6 +58,7 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
 )
+from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
 from ekd.train.run_dir import RunStart
 from ekd.train.sharded_checkpoint import (
@@ -165,19 +166,14 @@ def _train(
         require_wandb()
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
-    student = load_student(cfg, data, device)
+    # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
+    student = load_for_rank(cfg, "student", ranks, lambda empty: load_student(cfg, data, device, empty))
     lora = LoraStudent.wrap(student, cfg.model) if cfg.model.lora_r > 0 else None  # adapters in place
     saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
     student.train()
-    teacher_model = _load_teacher_model(cfg, parts, data, device)
-    # TopSmp scores with the initial student before any sharding
-    kept = (
-        sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
-        if cfg.method.sample_fraction < 1.0
-        else None
-    )
+    teacher_model = _load_teacher_model(cfg, parts, ranks, data, device)
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
     teacher = (
         build_teacher_source(cfg, data, device, teacher_model, teacher_shard) if parts.needs_teacher else None
@@ -187,6 +183,10 @@ def _train(
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
     engine = data_parallel(student, parts.modules, ranks, cfg)
     sharded = engine if is_sharded(engine) else None  # the FSDP2 root of the student, or None
+    kept = None
+    if cfg.method.sample_fraction < 1.0:  # TopSmp scores with the initial student, whole on every rank
+        with gathered(sharded, teacher_shard):
+            kept = sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
     # evaluation on rank 0 gathers a sharded teacher only when it reports teacher metrics
     eval_shard = teacher_shard if cfg.eval.teacher else None
     eval_teacher = teacher_model if teacher_shard is None or cfg.eval.teacher else None
@@ -504,12 +504,15 @@ def _check_model_names(cfg: Config, parts: MethodParts) -> None:
             raise _eval_only_teacher(e, cfg, parts) from None
 
 
-def _load_teacher_model(cfg: Config, parts: MethodParts, data: PreparedData, device) -> nn.Module | None:
-    """The teacher model when :func:`wants_teacher_model`."""
+def _load_teacher_model(
+    cfg: Config, parts: MethodParts, ranks: Ranks, data: PreparedData, device
+) -> nn.Module | None:
+    """The teacher model when :func:`wants_teacher_model` (whole on every rank, or on rank 0 only when it will
+    be sharded: the others get their shards from it)."""
     if not wants_teacher_model(cfg, parts):
         return None
     try:
-        return load_teacher(cfg, data, device)
+        return load_for_rank(cfg, "teacher", ranks, lambda empty: load_teacher(cfg, data, device, empty))
     except EkdError as e:
         raise _eval_only_teacher(e, cfg, parts) from None
 
