@@ -40,11 +40,11 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pre-trained" in out
     # downstream tasks: every student has them; the teacher's and initial student's are computed once
-    assert "Downstream tasks" in report and "next line acc" in report and "(student init)" in report
+    assert "Downstream tasks" in report and "name choice acc" in report and "(student init)" in report
     for r in rows:
         tasks = json.loads((tmp_path / "demo" / "runs" / r["run"] / "eval.json").read_text())["tasks"]
-        assert set(tasks["student"]) == {"stdlib_nextline", "stdlib_complete"}
-        assert tasks["student"]["stdlib_nextline"]["n"] == 12
+        assert set(tasks["student"]) == {"stdlib_name_choice", "stdlib_name_complete"}
+        assert tasks["student"]["stdlib_name_choice"]["n"] == 12
         assert (
             tasks["teacher"]
             == json.loads((tmp_path / "demo" / "runs" / "ce" / "eval.json").read_text())["tasks"]["teacher"]

@@ -189,7 +189,7 @@ def student_config(
             f"eval.tasks=[{','.join(tasks)}]",
             f"eval.tasks_dir={out / 'tasks'}",
             f"eval.tasks_cache_dir={out / 'tasks-cache'}",
-            "eval.tasks_max_new_tokens=48",
+            "eval.tasks_max_new_tokens=10",  # the completion is one identifier (≤ 20 characters)
         ]
     student = str(out / "student-init") if pretrained else "preset:llama-tiny"
     return load_config(
@@ -211,10 +211,11 @@ def student_config(
 
 def write_demo_tasks(out: Path, b: DemoBudget) -> tuple[str, ...]:
     """The downstream task set (:mod:`ekd.eval.stdlib_tasks`) from the held-out stdlib modules, written to
-    ``<out>/tasks``; () with a note when lm-eval is not installed."""
+    ``<out>/tasks`` with choices length-matched under the teacher's tokenizer (``<out>/teacher``, shared by
+    every student); () with a note when lm-eval is not installed."""
     from ekd.data.pystdlib import pystdlib_splits
     from ekd.errors import EkdError
-    from ekd.eval.stdlib_tasks import write_stdlib_tasks
+    from ekd.eval.stdlib_tasks import hf_token_counter, write_stdlib_tasks
     from ekd.eval.tasks import require_lm_eval
 
     try:
@@ -222,9 +223,12 @@ def write_demo_tasks(out: Path, b: DemoBudget) -> tuple[str, ...]:
     except EkdError as e:
         print(f"downstream tasks: skipped ({e})")
         return ()
+    from transformers import AutoTokenizer
+
     docs = pystdlib_splits(max_chars=b.max_chars, names=["eval"])["eval"]
     n_mc, n_gen = b.task_items
-    return write_stdlib_tasks(docs, out / "tasks", out / "tasks-hf-cache", n_mc, n_gen)
+    count_tokens = hf_token_counter(AutoTokenizer.from_pretrained(out / "teacher"))
+    return write_stdlib_tasks(docs, out / "tasks", out / "tasks-hf-cache", count_tokens, n_mc, n_gen)
 
 
 def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
@@ -305,7 +309,7 @@ def run_demo(
         tasks_md += (
             f"\n\nLocal lm-eval tasks from held-out stdlib modules ({', '.join(task_names)}; "
             f"`ekd.eval.stdlib_tasks`); the students' task evaluation took {tasks_wall:.0f}s in all. "
-            "Gap closed: (student − init)/(teacher − init), mean over the tasks."
+            "Chance: 0.25 name choice acc. Gap closed: (student − init)/(teacher − init), mean over the tasks."
         )
         print()
         print(tasks_md)
@@ -434,13 +438,13 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
     for role, label in (("student_init", "(student init)"), ("teacher", "(teacher)")):
         if reference.get(role):
             table_rows.append(_task_row(label, reference[role], {}))
-    from ekd.eval.stdlib_tasks import COMPLETE, NEXTLINE
+    from ekd.eval.stdlib_tasks import NAME_CHOICE, NAME_COMPLETE
 
     cols = [
         ("method", "method", ""),
-        (f"{NEXTLINE}/value", "next line acc", ".3f"),
-        (f"{NEXTLINE}/ece", "MC-ECE %", ".2f"),
-        (f"{COMPLETE}/value", "line completion EM", ".3f"),
+        (f"{NAME_CHOICE}/value", "name choice acc", ".3f"),
+        (f"{NAME_CHOICE}/ece", "MC-ECE %", ".2f"),
+        (f"{NAME_COMPLETE}/value", "name completion EM", ".3f"),
         ("gap", "gap closed", ".2f"),
         ("wall", "task eval s", ".1f"),
     ]
