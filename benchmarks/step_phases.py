@@ -21,7 +21,10 @@ head it calls, "step rest" is selection, scores, bookkeeping and everything not 
     backward           loss.backward() (student body; the heads' gradients were computed in their forward)
     optimizer          AdamW step + zero_grad
 
-    PYTHONPATH=src:. python -m benchmarks.step_phases --v 32768 --b 4 --t 512 --rounds 3
+    PYTHONPATH=src:. python -m benchmarks.step_phases --v 32768 --b 4 --t 512 --rounds 3 [--threads 1]
+
+On a machine shared with other jobs, ``--threads 1`` keeps OpenMP barriers from stalling a step whenever one
+of its threads is preempted, so the ratios scatter far less than with every core.
 """
 
 from __future__ import annotations
@@ -210,7 +213,12 @@ def main() -> None:
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--t", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     res = measure(args.v, args.b, args.t, args.rounds)
     print("\n".join(report(res, args.v, args.b, args.t)))
 
