@@ -39,7 +39,7 @@ def run(case: dict) -> dict:
     from ekd.data.collate import Batch
     from ekd.teacher.online import OnlineTeacher
     from ekd.train.step import MethodParts
-    from ekd.train.trainer import forward_backward
+    from ekd.train.trainer import build_optimizer, forward_backward
 
     method, v, t, b = case["method"], case["v"], case["t"], case["b"]
     from ekd.losses.chunked import auto_chunk_rows
@@ -57,7 +57,7 @@ def run(case: dict) -> dict:
     parts = MethodParts.build(cfg, total_steps=100)
     student = _model(STUDENT, v, 0).train()
     teacher = OnlineTeacher(_model(TEACHER, v, 1), v, chunk) if parts.needs_teacher else None
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    optimizer = build_optimizer(list(student.named_parameters()), cfg)  # the trainer's AdamW (foreach)
     g = torch.Generator().manual_seed(2)
     input_ids = torch.randint(0, v, (b, t + 1), generator=g)
     batch = Batch(

@@ -28,6 +28,7 @@ libraries and all).
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -304,10 +305,14 @@ def _has_distillation_trainer() -> bool:
     return True
 
 
-def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int = 2) -> list[str]:
+def section(
+    quick: bool = False, vocabs: list[int] | None = None, repeats: int = 2, rounds: int = 1
+) -> list[str]:
     """Markdown for the end-to-end section: per vocabulary, every contender, ratios to TRL GKD.
 
-    ``vocabs``: default [32,768, 151,936] (quick: [8,192]); ``repeats``: timed steps after the warm-up.
+    ``vocabs``: default [32,768, 151,936] (quick: [8,192]); ``repeats``: timed steps after the warm-up;
+    ``rounds``: ABBA rounds (each: every case in order, then in reverse order, each in a fresh process). The table
+    shows each case's median pass; ratios are taken pass by pass and given as median [min, max].
     """
     from benchmarks.measure import run_case
 
@@ -331,30 +336,25 @@ def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int =
     print("whole step vs TRL:", flush=True)
     rows = []
     for v in vocabs:
-        results: dict[tuple[str, str], dict] = {}
-        for div in ("forward_kl", "jsd"):
-            for impl in trl_impls:
-                results[(impl, div)] = run_case(
+        cases = [(impl, div) for div in ("forward_kl", "jsd") for impl in trl_impls]
+        cases += [(f"ekd_{method}", div) for method, div in EKD_METHODS.items()]
+        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in cases}
+        for p in range(2 * rounds):  # ABBA: every pass in the reverse order of the one before
+            for impl, div in cases if p % 2 == 0 else reversed(cases):
+                r = run_case(
                     "benchmarks.trl_e2e",
                     {"impl": impl, "div": div, "v": v, "b": b, "t": t, "repeats": repeats},
                     3600,
                 )
-                _print(impl, div, v, results[(impl, div)])
-        for method, div in EKD_METHODS.items():
-            key = f"ekd_{method}"
-            results[(key, div)] = run_case(
-                "benchmarks.trl_e2e",
-                {"impl": key, "div": div, "v": v, "b": b, "t": t, "repeats": repeats},
-                3600,
-            )
-            _print(key, div, v, results[(key, div)])
-        rows.append((v, results))
+                runs[(impl, div)].append(r)
+                _print(impl, div, v, r)
+        rows.append((v, {c: _median_run(rs) for c, rs in runs.items()}, runs))
     lines += [
         "| V | divergence | step | first loss | time (s) | tokens/s | time / TRL GKD | step peak (MB) | step peak / TRL GKD | process peak (MB) |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    checks, targets = [], []
-    for v, results in rows:
+    checks, targets, lines_ratios = [], [], []
+    for v, results, runs in rows:
         for (impl, div), r in results.items():
             ref = results.get(("trl_gkd", div), {})
             if "error" in r:
@@ -373,15 +373,17 @@ def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int =
         kd, gkd = results.get(("ekd_kd", "forward_kl"), {}), results.get(("trl_gkd", "forward_kl"), {})
         if "time_s" in kd and "time_s" in gkd:
             targets.append((v, kd["time_s"] / gkd["time_s"], kd["step_mb"] / gkd["step_mb"]))
-        sekd, sekd3x = (
-            results.get(("ekd_sekd", "forward_kl"), {}),
-            results.get(("ekd_sekd3x", "forward_kl"), {}),
-        )
-        if "time_s" in kd and "time_s" in sekd:
-            targets.append(
-                (v, "sekd", sekd["time_s"] / kd["time_s"], sekd3x.get("time_s", float("nan")) / kd["time_s"])
-            )
-    lines += [""]
+        for (a, b_), (c, d) in (
+            (("ekd_kd", "forward_kl"), ("trl_gkd", "forward_kl")),
+            (("ekd_jsd", "jsd"), ("trl_gkd", "jsd")),
+            (("ekd_kd", "forward_kl"), ("trl_distill", "forward_kl")),
+            (("ekd_sekd", "forward_kl"), ("ekd_kd", "forward_kl")),
+            (("ekd_sekd3x", "forward_kl"), ("ekd_kd", "forward_kl")),
+        ):
+            spread = _pass_ratios(runs.get((a, b_), []), runs.get((c, d), []))
+            if spread:
+                lines_ratios.append(f"- V={v:,}: {LABELS[a]} / {LABELS[c]} ({d}), time per pass: {spread}")
+    lines += ["", *lines_ratios]
     for v, div, spread, gap in checks:
         lines.append(
             f"- first-step loss, V={v:,}, {div}: TRL and ekd agree to {gap:.1e} nats (relative {spread:.1e})"
@@ -391,25 +393,31 @@ def section(quick: bool = False, vocabs: list[int] | None = None, repeats: int =
                 else " — **they differ: the timings compare different losses**"
             )
         )
-    for tgt in targets:
-        if tgt[1] == "sekd":
-            v, _, r_sekd, r_3x = tgt
-            lines.append(
-                f"- V={v:,}: sekd step / kd step = **{r_sekd:.2f}**; sekd3x (cache) step / online kd step ="
-                f" **{r_3x:.2f}**"
+    for v, r_t, r_m in targets:
+        lines.append(
+            f"- V={v:,}: ekd kd / TRL GKD (median passes): time **{r_t:.2f}**, step peak **{r_m:.2f}**"
+            + (
+                f" (targets at V=151,936: ≤ 0.5 and ≤ 0.3 → {'met' if r_t <= 0.5 else '**missed**'},"
+                f" {'met' if r_m <= 0.3 else '**missed**'})"
+                if v == 151_936
+                else ""
             )
-        else:
-            v, r_t, r_m = tgt
-            lines.append(
-                f"- V={v:,}: ekd kd / TRL GKD: time **{r_t:.2f}**, step peak **{r_m:.2f}**"
-                + (
-                    f" (targets at V=151,936: ≤ 0.5 and ≤ 0.3 → {'met' if r_t <= 0.5 else '**missed**'},"
-                    f" {'met' if r_m <= 0.3 else '**missed**'})"
-                    if v == 151_936
-                    else ""
-                )
-            )
+        )
     return lines
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median time among a case's passes (an error if every pass failed)."""
+    ok = sorted((r for r in runs if "time_s" in r), key=lambda r: r["time_s"])
+    return ok[(len(ok) - 1) // 2] if ok else (runs[0] if runs else {"error": "not run"})
+
+
+def _pass_ratios(a: list[dict], b: list[dict]) -> str:
+    """Time ratios a/b pass by pass (the same pass of the ABBA order): 'median [min, max] over n passes'."""
+    rs = [x["time_s"] / y["time_s"] for x, y in zip(a, b, strict=False) if "time_s" in x and "time_s" in y]
+    if not rs:
+        return ""
+    return f"**{statistics.median(rs):.2f}** [{min(rs):.2f}, {max(rs):.2f}] over {len(rs)} passes"
 
 
 def _version(name: str) -> str:
@@ -435,10 +443,11 @@ def _print(impl: str, div: str, v: int, r: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--section":  # --section [--quick] [--v 151936] [--repeats 1]
+    if argv and argv[0] == "--section":  # --section [--quick] [--v 151936] [--repeats 1] [--rounds 1]
         v = [int(argv[argv.index("--v") + 1])] if "--v" in argv else None
         r = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 2
-        print("\n".join(section(quick="--quick" in argv, vocabs=v, repeats=r)))
+        rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 1
+        print("\n".join(section(quick="--quick" in argv, vocabs=v, repeats=r, rounds=rounds)))
         return 0
     print(json.dumps(run(json.loads(argv[0]))))
     return 0
