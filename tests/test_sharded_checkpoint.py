@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ekd.models.layers import checkpoint_decoder_layers
 from ekd.train.checkpoint import CheckpointError, save_checkpoint, verify_checkpoint
 from ekd.train.distributed import Ranks
 from ekd.train.sharded_checkpoint import (
@@ -32,7 +33,9 @@ from tiny import tiny_overrides, write_corpus
 ONE = Ranks(0, 1, torch.device("cpu"))
 
 
-def _student(seed: int) -> LlamaForCausalLM:
+def _student(seed: int, wrapped: bool = False) -> LlamaForCausalLM:
+    """``wrapped``: each decoder layer in torch's activation-checkpoint wrapper (parameter names change,
+    state-dict keys do not)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=40,
@@ -43,7 +46,10 @@ def _student(seed: int) -> LlamaForCausalLM:
         num_key_value_heads=2,
         tie_word_embeddings=True,
     )
-    return LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(cfg)
+    if wrapped:
+        checkpoint_decoder_layers(model)
+    return model
 
 
 def _extras() -> dict[str, torch.nn.Module]:
@@ -56,9 +62,9 @@ def _optimizer(student, extra) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=1e-2)
 
 
-def _trained(seed: int):
+def _trained(seed: int, wrapped: bool = False):
     """A tied-embedding student and extra modules, AdamW after one step (no state for ``unused``)."""
-    student, extra = _student(seed), _extras()
+    student, extra = _student(seed, wrapped), _extras()
     opt = _optimizer(student, extra)
     x = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(seed))
     (student(x, labels=x).loss + extra["proj"](torch.ones(4)).sum()).backward()
@@ -66,8 +72,8 @@ def _trained(seed: int):
     return student, extra, opt
 
 
-def _fresh(seed: int):
-    student, extra = _student(seed), _extras()
+def _fresh(seed: int, wrapped: bool = False):
+    student, extra = _student(seed, wrapped), _extras()
     return student, extra, _optimizer(student, extra)
 
 
@@ -99,26 +105,29 @@ def _assert_same(a, b) -> None:
             assert torch.equal(v, db["state"][i][k]), (i, k)
 
 
-def test_dcp_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "activation_checkpointing"])
+def test_dcp_checkpoint_round_trip(tmp_path, wrapped):
     """Model (tied embeddings), extra module and AdamW state come back exactly through DCP; the manifest
-    lists every shard and verifies."""
-    saved = _trained(0)
+    lists every shard and verifies. With activation checkpointing the wrapped layers' AdamW state comes back
+    too (it was dropped: their parameter names differ from the state-dict names)."""
+    saved = _trained(0, wrapped)
     path = save_sharded_checkpoint(tmp_path, 1, training_state(saved[0], saved[1]), saved[2], STATE, ONE)
     verify_checkpoint(path)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["layout"] == "dcp" and manifest["world_size"] == 1
     assert set(manifest["files"]) == {"__0_0.distcp", ".metadata", "state.pt"}
     assert (tmp_path / "checkpoints" / "latest").read_text() == path.name
-    loaded = _fresh(1)
+    loaded = _fresh(1, wrapped)
     assert _restore(path, loaded) == STATE
     _assert_same(saved, loaded)
 
 
-def test_one_process_checkpoint_loads_through_set_state_dict(tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "activation_checkpointing"])
+def test_one_process_checkpoint_loads_through_set_state_dict(tmp_path, wrapped):
     """The one-process format read as full tensors through ``set_state_dict`` (the 1 → W path)."""
-    saved = _trained(0)
+    saved = _trained(0, wrapped)
     path = save_checkpoint(tmp_path, 2, saved[0], saved[2], STATE, saved[1])
-    loaded = _fresh(1)
+    loaded = _fresh(1, wrapped)
     load_full_checkpoint(path, training_state(loaded[0], loaded[1]), loaded[2])
     _assert_same(saved, loaded)
 

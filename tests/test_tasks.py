@@ -240,3 +240,29 @@ def test_task_metric_helpers():
     assert means == pytest.approx({"in_distribution": 0.5, "shift": 0.4})
     assert tm.gap_closed(0.6, 0.8, 0.4) == pytest.approx(0.5)
     assert math.isnan(tm.gap_closed(0.6, 0.4, 0.4))
+
+
+@pytest.mark.parametrize("budget, expected", [(0, 4), (12, 12)])
+def test_a_tasks_own_generation_budget_is_kept_unless_one_is_set(budget, expected):
+    """``eval.tasks_max_new_tokens=0`` (the default) keeps a task's own ``max_gen_toks`` (a short-answer task
+    used to decode 256 tokens per document); a set budget overrides it. Decoding is greedy either way."""
+    from ekd.eval.tasks import TaskSettings, _configure
+
+    class Task:  # the part of lm-eval's Task that _configure touches
+        def __init__(self):
+            self.config = {"output_type": "generate_until", "num_fewshot": 0}
+            self.config["generation_kwargs"] = {"until": ["\n"], "max_gen_toks": 4, "do_sample": True}
+
+        def get_config(self, key):
+            return self.config.get(key)
+
+        def set_config(self, key, value, update=False):
+            self.config[key] = {**self.config[key], **value} if update else value
+
+        def set_fewshot_seed(self, seed):
+            pass
+
+    task = Task()
+    _configure(task, TaskSettings(tasks=("t",), max_new_tokens=budget))
+    kwargs = task.config["generation_kwargs"]
+    assert kwargs["max_gen_toks"] == expected and kwargs["do_sample"] is False and kwargs["until"] == ["\n"]

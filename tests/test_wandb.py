@@ -98,3 +98,12 @@ def test_missing_wandb_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'ekd[wandb]'" in err[0], err
     assert not (tmp_path / "runs" / "nowb").exists()  # nothing is left behind
+
+
+@pytest.mark.parametrize("key", ["log.wandb_mode=offline", "log.wandb_name=x"])
+def test_wandb_settings_without_a_project_are_refused_not_ignored(key):
+    from ekd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="log.wandb_project is empty") as e:
+        load_config(None, [key])
+    assert "\n" not in str(e.value)

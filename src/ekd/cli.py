@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def cmd_distill(args) -> int:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except RunFinished as e:  # --resume of a finished run: nothing to do, nothing appended
         print(f"ekd: {e}")
+        return 0
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
     print(
         f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from ekd.errors import EkdError
 
@@ -204,3 +207,20 @@ __all__ = [
     "fsync_dir",
     "writing",
 ]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and ±inf replaced by None, recursively (dicts, lists, tuples)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """``json.dumps`` of :func:`json_safe` (NaN and ±inf as ``null``): strict JSON that every parser reads,
+    as ``metrics.jsonl`` writes it; readers take ``null`` back as NaN."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)

@@ -444,8 +444,9 @@ class EvalConfig:
     """At most this many documents per task (0 = all)."""
     tasks_num_fewshot: int = number(-1, ge=-1)
     """Few-shot examples per task (-1 = the task's own default, 0 for most)."""
-    tasks_max_new_tokens: int = number(256, ge=1)
-    """Generation tasks (GSM8K, IFEval): greedy decoding, at most this many new tokens (stops at EOS too)."""
+    tasks_max_new_tokens: int = number(0, ge=0)
+    """Generation tasks (GSM8K, IFEval): greedy decoding, at most this many new tokens (stops at EOS and the
+    task's stop strings too); 0 = each task's own ``max_gen_toks`` (lm-eval's 256 when the task sets none)."""
     tasks_chat_template: str = one_of("auto", "auto", "on", "off")
     """Chat template on generation-task prompts: 'auto' (when the tokenizer has one), 'on' or 'off'.
     Multiple-choice and log-likelihood tasks never use it."""

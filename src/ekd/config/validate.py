@@ -92,6 +92,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}"
         )
+    lg = cfg.log
+    if not lg.wandb_project and (lg.wandb_name or lg.wandb_mode != "online"):
+        key = "log.wandb_name" if lg.wandb_name else "log.wandb_mode"
+        raise ConfigError(
+            f"{key} is set but log.wandb_project is empty, so W&B is off: set log.wandb_project=<project> or drop {key}"
+        )
     from ekd.eval.tasks import check_task_config
 
     check_task_config(cfg)  # eval.tasks*, eval.set_tags

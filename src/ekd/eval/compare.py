@@ -178,7 +178,9 @@ def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[s
     path = run_dir / "eval.json"
     if path.is_file():
         try:
-            return task_sets(json.loads(path.read_text()))  # lm-eval tasks as task:<name> sets
+            sets = task_sets(json.loads(path.read_text()))  # lm-eval tasks as task:<name> sets
+            # eval.json writes NaN as null (strict JSON): back to NaN
+            return {name: {k: math.nan if v is None else v for k, v in m.items()} for name, m in sets.items()}
         except json.JSONDecodeError:
             raise EkdError(f"ekd compare: {path} is not valid JSON; rerun `ekd eval {run_dir}`") from None
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)

@@ -83,7 +83,7 @@ class TaskSettings:
     num_fewshot: int = -1  # -1 = the task's default
     seed: int = 0
     batch_size: int = 8
-    max_new_tokens: int = 256
+    max_new_tokens: int = 0  # 0 = the task's own max_gen_toks (lm-eval's 256 when it sets none)
     chat_template: str = "auto"
     ece_bins: int = 15
 
@@ -95,7 +95,7 @@ class TaskSettings:
         for key, value, lo in (
             ("eval.tasks_limit", self.limit, 0),
             ("eval.tasks_num_fewshot", self.num_fewshot, -1),
-            ("eval.tasks_max_new_tokens", self.max_new_tokens, 1),
+            ("eval.tasks_max_new_tokens", self.max_new_tokens, 0),
             ("eval.batch_size", self.batch_size, 1),
         ):
             if value < lo:
@@ -274,13 +274,14 @@ def run_tasks(
                 out[leaf] = _task_result(
                     leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall / len(leaves)
                 )
+                ece = out[leaf]["ece"]  # NaN for generation tasks: MC-ECE is for multiple choice only
                 log.info(
-                    "task %s on %s: %s %.4f  ECE %.2f%%  (%d docs, %.1fs)",
+                    "task %s on %s: %s %.4f%s  (%d docs, %.1fs)",
                     leaf,
                     label,
                     out[leaf]["metric"],
                     out[leaf]["value"],
-                    out[leaf]["ece"],
+                    f"  ECE {ece:.2f}%" if math.isfinite(ece) else "",
                     out[leaf]["n"],
                     out[leaf]["wall_s"],
                 )
@@ -288,18 +289,18 @@ def run_tasks(
 
 
 def _configure(task: Any, settings: TaskSettings) -> None:
-    """Few-shot count and seed, and greedy decoding with the new-token budget for generation tasks."""
+    """Few-shot count and seed, and greedy decoding for generation tasks (with ``eval.tasks_max_new_tokens``
+    as their new-token budget when it is set, else the task's own ``max_gen_toks``)."""
     if settings.num_fewshot >= 0:
         task.set_config(key="num_fewshot", value=settings.num_fewshot)
     elif task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)
     task.set_fewshot_seed(seed=settings.seed)
     if task.get_config("output_type") == "generate_until":
-        task.set_config(
-            key="generation_kwargs",
-            value={"do_sample": False, "temperature": 0.0, "max_gen_toks": settings.max_new_tokens},
-            update=True,
-        )
+        greedy: dict[str, Any] = {"do_sample": False, "temperature": 0.0}
+        if settings.max_new_tokens > 0:  # else the task's own max_gen_toks (a short answer stays short)
+            greedy["max_gen_toks"] = settings.max_new_tokens
+        task.set_config(key="generation_kwargs", value=greedy, update=True)
 
 
 def _task_result(name: str, r: dict, task: Any, ece_bins: int, wall_s: float) -> dict[str, Any]:

@@ -51,3 +51,16 @@ def checkpoint_decoder_layers(model: nn.Module) -> int:
         check_fn=lambda m: m in layers,
     )
     return len(layers)
+
+
+# modules that wrap a layer without changing its state-dict keys: activation checkpointing, torch.compile
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def state_dict_name(name: str) -> str:
+    """A parameter's name (``named_parameters``) as state dicts and ``get_state_dict``'s optimizer keys spell
+    it: without the prefixes of wrappers (``layers.0._checkpoint_wrapped_module.mlp.w`` → ``layers.0.mlp.w``).
+    Compare names with state-dict keys only through this."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name

@@ -26,6 +26,7 @@ from torch import nn
 
 from ekd.config import ConfigError, ModelConfig
 from ekd.io import atomic_dir
+from ekd.models.layers import state_dict_name
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def _quiet_peft():
 
 def trainable_names(model: nn.Module) -> set[str]:
     """State-dict names of the parameters that train (every alias of a tied parameter)."""
-    return {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    return {state_dict_name(n) for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
 
 
 def _module_name(model: nn.Module, module: nn.Module | None) -> str:

@@ -99,9 +99,9 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
 
     Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``.
     """
+    from ekd.io import atomic_write_text, strict_json
     from ekd.log_level import apply_log_level
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
-    from ekd.train.checkpoint import atomic_write_text
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
 
     run_dir = Path(run_dir)
@@ -131,5 +131,5 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     written = dict(results)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # keep `ekd eval --tasks` results
         written["tasks"] = json.loads((run_dir / "eval.json").read_text())["tasks"]
-    atomic_write_text(run_dir / "eval.json", json.dumps(written, indent=2))
+    atomic_write_text(run_dir / "eval.json", strict_json(written))
     return results

@@ -63,6 +63,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ekd.io import atomic_file, atomic_write_text, file_sha256, writing
+from ekd.models.layers import state_dict_name
 from ekd.train.checkpoint import (
     FORMAT,
     MANIFEST,
@@ -328,7 +329,9 @@ def _set_state(
     and ``set_optimizer_state_dict`` (a parameter without saved state — no gradient before the checkpoint —
     stays without state, as in the saved run)."""
     if trainable_only:
-        trained = {n for n, p in modules.named_parameters(remove_duplicate=False) if p.requires_grad}
+        trained = {
+            state_dict_name(n) for n, p in modules.named_parameters(remove_duplicate=False) if p.requires_grad
+        }
         if missing := sorted(trained - set(model_state)):
             raise ValueError(f"no saved tensor for trained parameter(s) {missing[:3]}")
     set_model_state_dict(modules, model_state, options=_options(trainable_only, full))
@@ -342,18 +345,18 @@ def _set_state(
 
 
 def _parameter_names(modules: nn.Module) -> dict[int, str]:
-    """id(parameter) → its first name (a tied parameter has several; the optimizer holds it once)."""
+    """id(parameter) → its first state-dict name (a tied parameter has several; the optimizer holds it once)."""
     names: dict[int, str] = {}
     for name, p in modules.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), name)
+        names.setdefault(id(p), state_dict_name(name))
     return names
 
 
 def _shared_names(modules: nn.Module) -> list[list[str]]:
-    """The names of each tensor that several state-dict keys share (tied embeddings)."""
+    """The state-dict names of each tensor that several keys share (tied embeddings)."""
     groups: dict[int, list[str]] = {}
     for name, p in modules.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), []).append(name)
+        groups.setdefault(id(p), []).append(state_dict_name(name))
     return [g for g in groups.values() if len(g) > 1]
 
 

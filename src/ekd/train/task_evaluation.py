@@ -30,23 +30,12 @@ from torch import nn
 from ekd.config import Config
 from ekd.eval import task_metrics as tm
 from ekd.eval.tasks import TaskSettings, require_lm_eval, run_tasks
+from ekd.io import atomic_write_text, json_safe, strict_json
 from ekd.models.load import is_preset
-from ekd.train.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 ROLES = ("student", "teacher", "student_init")
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf → None, recursively, so eval.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _num(value: Any) -> float:
@@ -92,7 +81,7 @@ def cached_tasks(
             leaves = {k: v for k, v in fresh.items() if k == requested} or fresh  # a group → its leaves
             entries[requested] = {"signature": wanted[requested], "results": leaves}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(_clean({"model": model_spec, "tasks": entries}), indent=2))
+        atomic_write_text(path, strict_json({"model": model_spec, "tasks": entries}))
     else:
         log.info("%s task results reused from %s", role, path)
     out: dict[str, dict[str, Any]] = {}
@@ -172,7 +161,7 @@ def task_section(
             )
             for tag in means["student"]["mean"]
         }
-    return _clean(section)
+    return json_safe(section)
 
 
 def tasks_markdown(section: dict[str, Any]) -> str:
@@ -223,7 +212,7 @@ def write_outputs(run_dir: Path, section: dict[str, Any], plots: bool, title: st
         except json.JSONDecodeError:
             log.warning("%s is not valid JSON; rewriting it with the task results only", path)
     results["tasks"] = section
-    atomic_write_text(path, json.dumps(results, indent=2))
+    atomic_write_text(path, strict_json(results))
     reports = []
     sets = {k: v for k, v in results.items() if k != "tasks" and isinstance(v, dict)}
     if sets:

@@ -9,7 +9,6 @@ autocast on GPU and fp32 on CPU, optional gradient checkpointing, atomic checkpo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
-from ekd.io import atomic_write_text, writing
+from ekd.io import atomic_write_text, strict_json, writing
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
@@ -373,7 +372,7 @@ def _train(
         results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
         if main:
             metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-            atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2))
+            atomic_write_text(run_dir / "eval.json", strict_json(results))
             run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
             metrics_log.close()
             start.finish()
