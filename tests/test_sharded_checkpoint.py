@@ -335,12 +335,7 @@ def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog)
             *extra,
         ]
 
-    def lora(name: str) -> list[str]:
-        extra = ["model.lora_r=4", "model.lora_train_head=true", "train.activation_checkpointing=true"]
-        return [*args(name, 2), *extra]
-
-    first = [args("ref", 2), lora("lora-ref"), args("killed", 2)]
-    out = _torchrun(tmp_path, "first", first, kill="killed:3")
+    out = _torchrun(tmp_path, "first", [args("ref", 2), args("killed", 2)], kill="killed:3")
     assert out.returncode != 0 and "SIGKILL" in out.stderr + out.stdout, out.stderr[-3000:]
     ckpts = runs / "killed" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step-000002"
