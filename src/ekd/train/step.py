@@ -114,17 +114,7 @@ def distill_micro_batch(
     ce_sum, shared = None, None
     if _ce_gives_student_stats(parts, ctx, student_needs, h_s, head_s):
         shared = StudentStatsObserver(student_needs, labels)
-        ce_rows = shared.rows  # (N,) flat valid positions
-        with head_precision(h_s.device, ctx.autocast_dtype):
-            ce_sum = ce_loss_sum(
-                h_s_flat[ce_rows],
-                head_s,
-                labels.reshape(-1)[ce_rows],
-                ctx.loss_path,
-                ctx.chunk_rows,
-                compile=ctx.compile,
-                observe=shared,
-            )
+        ce_sum = _ce_sum(h_s_flat, head_s, labels, shared.rows, ctx, observe=shared)  # (N,) valid rows
 
     if parts.selects:
         # 3. statistics and scores (detached, τ=1, chunked)
@@ -198,26 +188,33 @@ def distill_micro_batch(
 
     # 7. CE on all valid tokens (chunked) or on the selected ones
     ce_sum_value = 0.0
-    if ce_sum is not None:
-        total = total + parts.ce_weight * normalize(ce_sum, ce_count)
-        ce_sum_value = float(ce_sum.detach())
-    elif parts.ce_weight > 0:
+    if ce_sum is None and parts.ce_weight > 0:  # (else CE ran first, in 7a)
         if parts.ce_on == "selected" and selection is not None:
             ce_rows = selection.rows  # (M,) the selection's rows; a position pos_rs drew twice counts twice
         else:
             ce_rows = valid.reshape(-1).nonzero().squeeze(-1)  # (N,)
-        with head_precision(h_s.device, ctx.autocast_dtype):
-            ce_sum = ce_loss_sum(
-                h_s_flat[ce_rows],
-                head_s,
-                labels.reshape(-1)[ce_rows],
-                ctx.loss_path,
-                ctx.chunk_rows,
-                compile=ctx.compile,
-            )
+        ce_sum = _ce_sum(h_s_flat, head_s, labels, ce_rows, ctx)
+    if ce_sum is not None:
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
+
+
+def _ce_sum(
+    h_s_flat: Tensor, head_s, labels: Tensor, rows: Tensor, ctx: StepContextData, observe=None
+) -> Tensor:
+    """Σ CE over the flat positions ``rows`` (M,) through the fused head, under the head precision;
+    ``observe`` receives each chunk's logits (the student statistics of 7a)."""
+    with head_precision(h_s_flat.device, ctx.autocast_dtype):
+        return ce_loss_sum(
+            h_s_flat[rows],  # (M, Ds)
+            head_s,
+            labels.reshape(-1)[rows],  # (M,)
+            ctx.loss_path,
+            ctx.chunk_rows,
+            compile=ctx.compile,
+            observe=observe,
+        )
 
 
 def _ce_gives_student_stats(
