@@ -57,7 +57,7 @@ def run(case: dict) -> dict:
     parts = MethodParts.build(cfg, total_steps=100)
     student = _model(STUDENT, v, 0).train()
     teacher = OnlineTeacher(_model(TEACHER, v, 1), v, chunk) if parts.needs_teacher else None
-    optimizer = build_optimizer(list(student.named_parameters()), cfg)  # the trainer's AdamW (foreach)
+    optimizer = build_optimizer(list(student.named_parameters()), cfg)  # the trainer's AdamW (fused)
     g = torch.Generator().manual_seed(2)
     input_ids = torch.randint(0, v, (b, t + 1), generator=g)
     batch = Batch(

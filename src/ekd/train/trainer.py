@@ -95,14 +95,15 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    """torch's fused AdamW (one kernel over all parameters: 4.7× faster than ``foreach`` on CPU for an 18M-parameter
+    student, ``make bench``'s step section); no weight decay on biases and norm weights (1-D parameters)."""
     decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
     no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=True)
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
