@@ -34,6 +34,7 @@ from ekd.losses import divergences as div
 from ekd.losses.logit_grads import autograd_chunk, ce_chunk, dense_kd_chunk, sparse_kd_chunk
 from ekd.losses.logit_transform import transformed_chunk_loss
 from ekd.losses.matmul import (
+    RowBuffer,
     addmm_fp32_,
     compute_dtype,
     contract_vocab_fp32,
@@ -66,10 +67,13 @@ class _FusedHeadLoss(torch.autograd.Function):
         # (V, D) fp32 accumulator: +2·V·D bytes over a 16-bit one
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        logits_buffer = RowBuffer()  # one (chunk, V) fp32 buffer for every chunk's logits
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = gemm_operand(hidden[start:end], op)  # (m, D)
-            logits = matmul_fp32(h, w.t())  # (m, V) fp32
+            logits = matmul_fp32(
+                h, w.t(), logits_buffer.take(end - start, w.shape[0], h.device)
+            )  # (m, V) fp32
             if bias is not None:
                 logits += bias
             loss, grad = chunk_loss(logits, start, end)  # (), (m, V) fp32
@@ -269,9 +273,10 @@ def kd_chunk_loss(
         raise TypeError(f"target must be a DenseTarget or SparseTarget, got {type(target).__name__}")
     form = closed_form_of(divergence)
     dense_fn = _maybe_compiled(dense_kd_chunk, compile)
+    teacher_buffer = RowBuffer()  # the teacher logits of every chunk (consumed within the chunk)
 
     def dense_chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
-        teacher = target.logits(start, end).float()  # (m, V), no grad
+        teacher = target.logits(start, end, teacher_buffer).float()  # (m, V), no grad
         if form is None:
             return autograd_chunk(logits, teacher, tau[start:end], coef[start:end], divergence)
         return dense_fn(logits, teacher, tau[start:end], coef[start:end], form[0], form[1])

@@ -111,7 +111,8 @@ def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
             x = x.nan_to_num(neginf=lowest)
             top = x.amax(-1, keepdim=True)
         if eager:
-            shifted = torch.sub(x, top, out=shifted_buf[:k]).clamp_min_(lowest)  # ≤ 0; −inf → lowest: 0·x is 0
+            # x − max ≤ 0; −inf → lowest, so that 0·x is 0
+            shifted = torch.sub(x, top, out=shifted_buf[:k]).clamp_min_(lowest)
             e = torch.exp(shifted, out=exp_buf[:k])  # (rows, V)
         else:
             shifted = (x - top).clamp_min(lowest)

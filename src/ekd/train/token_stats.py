@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ekd.losses.divergences import forward_kl, hellinger, reverse_kl
+from ekd.losses.matmul import RowBuffer
 from ekd.losses.row_reductions import row_dot, row_logsumexp, row_logsumexp_entropy
 from ekd.losses.targets import Head
 
@@ -102,11 +103,12 @@ def token_stats(
     hs = student_hidden.detach().reshape(-1, student_hidden.shape[-1]) if need_s else None  # (B·T, Ds)
     ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]) if need_t else None  # (B·T, Dt)
     flat = {name: torch.zeros(rows.numel(), dtype=torch.float32, device=labels.device) for name in needs}
+    student_buffer, teacher_buffer = RowBuffer(), RowBuffer()  # one (chunk, V) buffer per model, reused
     for start in range(0, rows.numel(), chunk_rows):
         idx = rows[start : start + chunk_rows]  # (m,)
         y = gold[start : start + chunk_rows]
-        zs = student_head(hs[idx]).float() if need_s else None  # (m, V)
-        zt = teacher_head(ht[idx]).float() if need_t else None  # (m, V)
+        zs = student_head(hs[idx], student_buffer).float() if need_s else None  # (m, V)
+        zt = teacher_head(ht[idx], teacher_buffer).float() if need_t else None  # (m, V)
         sl = slice(start, start + idx.numel())
         if needs & STUDENT_STATS:
             h, lp = entropy_and_logp_gold(zs, y)
