@@ -1,0 +1,111 @@
+"""Reused buffers in the chunked loops: the same bits as fresh temporaries, one allocation per call.
+
+``ekd.losses.row_reductions`` computes each row block into one buffer per call (``out=`` ops) and the chunked
+loops write every chunk's logits into one ``RowBuffer``; allocating per block or per chunk gave the same
+values but paid for fresh pages each time (docs/benchmarks.md, "The selective step").
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ekd.losses.divergences import forward_kl
+from ekd.losses.head_loss import kd_loss_sum
+from ekd.losses.matmul import RowBuffer
+from ekd.losses.row_reductions import (
+    _block_rows,
+    log_softmax_,
+    row_dot,
+    row_logsumexp,
+    row_logsumexp_entropy,
+)
+from ekd.losses.targets import DenseTarget, Head
+
+LOWEST = torch.finfo(torch.float32).min
+
+
+def _per_block(z: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` of each ~1 MiB row block with the stock kernels' temporaries (what the code did before)."""
+    step = _block_rows(z)
+    return torch.cat([fn(z[r : r + step]) for r in range(0, z.shape[0], step)])
+
+
+def _logits(m: int, v: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, v, generator=g) * 4
+    z[0, : v // 3] = float("-inf")  # a masked vocabulary slice
+    if m > 2:
+        z[1] = float("-inf")  # a row with no mass at all
+    return z
+
+
+@pytest.mark.parametrize("v", [5, 2048, 40_000, 151_936])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_row_reductions_equal_the_stock_kernels_block_by_block(m, v):
+    z = _logits(m, v)
+    a, b = torch.randn(m, v), torch.randn(m, v)
+    assert torch.equal(row_logsumexp(z), _per_block(z, lambda x: torch.logsumexp(x, -1)))
+    assert torch.equal(
+        row_dot(a, b), _per_block(torch.stack([a, b], 1), lambda x: (x[:, 0] * x[:, 1]).sum(-1))
+    )
+
+    def stock_log_softmax(x):
+        x = x - x.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+        return x - torch.logsumexp(x, -1, keepdim=True)
+
+    got = log_softmax_(z.clone())
+    assert torch.equal(got.nan_to_num(nan=1.0), _per_block(z, stock_log_softmax).nan_to_num(nan=1.0))
+
+    def stock_entropy(x):
+        x = x.nan_to_num(neginf=LOWEST) if not bool(torch.isfinite(x.amax(-1)).all()) else x
+        top = x.amax(-1, keepdim=True)
+        shifted = (x - top).clamp_min(LOWEST)
+        e = shifted.exp()
+        total = e.sum(-1)
+        return torch.stack(
+            [top.squeeze(1) + total.log(), (total.log() - (e * shifted).sum(-1) / total).clamp_min(0)]
+        )
+
+    lse, entropy = row_logsumexp_entropy(z)
+    step = _block_rows(z)
+    expected = torch.cat([stock_entropy(z[r : r + step]) for r in range(0, m, step)], dim=1)
+    assert torch.equal(lse, expected[0]) and torch.equal(entropy, expected[1])
+
+
+def test_row_buffer_reuses_its_storage_and_grows_on_demand():
+    buf = RowBuffer()
+    first = buf.take(8, 16, torch.device("cpu"))
+    again = buf.take(5, 16, torch.device("cpu"))
+    assert first.shape == (8, 16) and again.shape == (5, 16) and again.data_ptr() == first.data_ptr()
+    bigger = buf.take(12, 16, torch.device("cpu"))
+    assert bigger.shape == (12, 16) and bigger.dtype == torch.float32
+    assert buf.take(3, 7, torch.device("cpu")).shape == (3, 7)  # another width: a new buffer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_into_a_reused_buffer_equals_a_fresh_product(bias):
+    g = torch.Generator().manual_seed(1)
+    head = Head(torch.randn(300, 24, generator=g), torch.randn(300, generator=g) if bias else None)
+    buf = RowBuffer()
+    with torch.no_grad():
+        for rows in (64, 40):  # the second call reuses (a view of) the first's storage
+            h = torch.randn(rows, 24, generator=g)
+            assert torch.equal(head(h, buf), head(h))
+
+
+def test_fused_head_over_many_chunks_equals_one_chunk():
+    """Every chunk writes its logits (and the dense target's teacher logits) into the same buffers."""
+    g = torch.Generator().manual_seed(2)
+    n, d, v = 50, 16, 257
+    hidden = torch.randn(n, d, generator=g, requires_grad=True)
+    student = Head(torch.randn(v, d, generator=g, requires_grad=True))
+    target = DenseTarget(torch.randn(n, 8, generator=g), Head(torch.randn(v, 8, generator=g)))
+    tau, coef = torch.full((n,), 2.0), torch.rand(n, generator=g)
+    results = []
+    for chunk in (7, n):
+        loss = kd_loss_sum(hidden, student, target, tau, coef, forward_kl, path="chunked", chunk_size=chunk)
+        grads = torch.autograd.grad(loss, (hidden, student.weight))
+        results.append((loss.detach(), *grads))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
