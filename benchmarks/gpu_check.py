@@ -145,7 +145,7 @@ def step_case(
     from ekd.models.load import build_preset
     from ekd.teacher.online import OnlineTeacher
     from ekd.train.method_parts import MethodParts
-    from ekd.train.trainer import forward_backward
+    from ekd.train.trainer import build_optimizer, forward_backward
 
     chunk = auto_chunk_rows(v)
     cfg = load_config(
@@ -156,7 +156,7 @@ def step_case(
     s = build_preset(student, v, eos_token_id=0, seed=0).to(dev, dtype).train()
     tm = build_preset(teacher, v, eos_token_id=0, seed=1).to(dev, dtype).eval()
     source = OnlineTeacher(tm, v, chunk)
-    opt = torch.optim.AdamW(s.parameters(), lr=1e-5)
+    opt = build_optimizer(list(s.named_parameters()), cfg)  # the trainer's (fused) AdamW
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(1, v, (b, t + 1), generator=g)
     batch = Batch(
