@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
+from ekd.losses.matmul import RowBuffer
 from ekd.models.body import body_outputs
 from ekd.models.load import model_body, output_head  # noqa: F401  (re-exported by ekd.eval)
 
@@ -110,6 +111,7 @@ def evaluate(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="eval", unit="batch", leave=False)
+    s_buffer, t_buffer = RowBuffer(), RowBuffer()  # every chunk's (m, V) logits, reused
     with _eval_mode(student, teacher), torch.no_grad(), autocast:
         for batch in batches:
             batch = batch.to(device)
@@ -123,8 +125,8 @@ def evaluate(
             t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
             for start in range(0, labels.shape[0], chunk_rows):
                 end = start + chunk_rows
-                s_logits = s_head(s_hidden[start:end])  # (m, V)
-                t_logits = t_head(t_hidden[start:end]) if t_hidden is not None else None  # (m, V)
+                s_logits = s_head(s_hidden[start:end], s_buffer)  # (m, V)
+                t_logits = t_head(t_hidden[start:end], t_buffer) if t_hidden is not None else None  # (m, V)
                 metrics.update(
                     s_logits,
                     labels[start:end],

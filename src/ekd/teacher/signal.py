@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ekd.losses.matmul import RowBuffer
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
 
 
@@ -76,10 +77,13 @@ class TeacherSignal:
         gold = labels.reshape(-1)[rows]  # (M,)
         parts: list[SparseTarget] = []
         chunk = 1024
+        logits_buffer = RowBuffer()  # every chunk's logits in one buffer (targets are new tensors)
         with torch.no_grad():
             for start in range(0, max(rows.numel(), 1), chunk):  # one (empty) chunk when nothing is selected
                 sl = slice(start, start + chunk)
-                logits = self.head(hidden[sl]).float()  # (m, V) teacher logits, one chunk at a time
+                logits = self.head(
+                    hidden[sl], logits_buffer
+                ).float()  # (m, V) teacher logits, one chunk at a time
                 if spec.kind == "topk":
                     parts.append(topk_target(logits, spec.topk, spec.topk_tail, gold[sl], tau[sl]))
                 else:

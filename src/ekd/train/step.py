@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
+from ekd.losses.matmul import RowBuffer
 from ekd.losses.reduce import normalize
 from ekd.models.body import body_outputs
 from ekd.models.load import output_head
@@ -265,8 +266,11 @@ def kl_at_rows(
     h = h_s.reshape(-1, h_s.shape[-1])[rows]  # (M, Ds)
     head = output_head(student, vocab_size)
     out = torch.empty(rows.numel(), device=rows.device)
+    s_buffer, t_buffer = RowBuffer(), RowBuffer()  # every chunk's (m, V) logits, reused
     with head_precision(h.device, amp):
         for start in range(0, rows.numel(), 1024):
             sl = slice(start, start + 1024)
-            out[sl] = forward_kl(head(h[sl]).float(), teacher_head(teacher_hidden[sl]).float())
+            out[sl] = forward_kl(
+                head(h[sl], s_buffer).float(), teacher_head(teacher_hidden[sl], t_buffer).float()
+            )
     return out

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ekd.config import Config
+from ekd.losses.matmul import RowBuffer
 from ekd.losses.targets import Head
 from ekd.models.body import body_outputs
 from ekd.teacher.cache.signature import target_spec
@@ -97,6 +98,7 @@ def batch_entries(
     tau: float = 1.0,
     chunk_rows: int = 1024,
     work_rows: int | None = None,
+    logits_buffer: RowBuffer | None = None,
 ) -> list[dict]:
     """What the cache stores for each sample of a batch, as keyword arguments of ``CacheWriter.add``.
 
@@ -111,6 +113,8 @@ def batch_entries(
         chunk_rows: teacher rows whose (m, V) logits exist at once (the online teacher's chunking).
         work_rows: rows per slice of those logits for the softmax/sampling passes (None = the whole chunk);
             on CPU ~1 MB slices stay in cache across the passes. Does not change any value.
+        logits_buffer: where the teacher logits of every chunk are written (one buffer for a whole build,
+            ``teacher_entries``), instead of fresh memory per chunk. Does not change any value.
 
     Returns:
         B dicts: sample_id, positions (P,), stats {'entropy', 'logp_gold'} (P,), ids/values (P, K),
@@ -129,8 +133,11 @@ def batch_entries(
     fused = positions == "all"  # targets from the same logits as the statistics: one head pass
     parts: list[_Targets] = []
     chunk_rows = _balanced(n, chunk_rows)
+    buffer = logits_buffer or RowBuffer()
     for start in range(0, n, chunk_rows):
-        logits = head(h[rows[start : start + chunk_rows]]).float()  # (m, V) teacher logits at valid rows
+        logits = head(
+            h[rows[start : start + chunk_rows]], buffer
+        ).float()  # (m, V) teacher logits at valid rows
         # one softmax per slice feeds the statistics and the RS draws; on CPU the slices are L2-sized
         step = work_rows or logits.shape[0]
         for sub in range(0, logits.shape[0], step):
@@ -150,7 +157,7 @@ def batch_entries(
         step = _balanced(chosen.numel(), chunk_rows)
         for start in range(0, chosen.numel(), step):
             c = chosen[start : start + step]
-            logits = head(h[rows[c]]).float()  # (m, V) at the chosen rows only
+            logits = head(h[rows[c]], buffer).float()  # (m, V) at the chosen rows only
             parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
     flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
     ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
@@ -227,7 +234,8 @@ def teacher_entries(
     amp: torch.dtype | None = None,
 ) -> Iterator[list[dict]]:
     """Per batch (an :class:`~ekd.data.collate.Batch` on the teacher's device): the teacher body once (no
-    grad, autocast as online), then :func:`batch_entries`."""
+    grad, autocast as online), then :func:`batch_entries`, all batches' logits in one reused buffer."""
+    logits_buffer = RowBuffer()
     for batch in batches:
         device = batch.input_ids.device
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -243,6 +251,7 @@ def teacher_entries(
             tau=options.tau,
             chunk_rows=options.chunk_rows,
             work_rows=options.work_rows,
+            logits_buffer=logits_buffer,
         )
 
 
