@@ -135,20 +135,28 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str | None:
 
 
 def read_template_option(value: str) -> str:
-    """``data.chat_template``: a Jinja string, or the path of a file holding one.
+    """``data.chat_template``: a Jinja string, or the path of a file holding one (read as UTF-8).
 
     Raises:
-        ConfigError: The value names no file and does not look like a template.
+        ConfigError: The value does not look like a template and names no readable UTF-8 file (one line with
+            the key, the path as resolved and the fix).
     """
     if "{%" in value or "{{" in value:
         return value
     path = Path(value).expanduser()
+    where = f"data.chat_template={value}"
     if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "names no file"
         raise ConfigError(
-            f"data.chat_template: '{value}' is neither a Jinja template (no '{{%' or '{{{{') nor a file; "
-            "give the template text or the path of a file holding it"
+            f"{where} {problem} ({path.resolve()}) and is not a Jinja template (no '{{%' or '{{{{'); "
+            "fix the path (relative paths start at the working directory) or give the template text"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{where}: cannot read {path.resolve()} ({type(e).__name__}); give a readable UTF-8 text file"
+        ) from None
 
 
 @dataclass(frozen=True)
