@@ -246,6 +246,45 @@ def test_chat_format_refuses_text_files_and_a_missing_field(tmp_path):
         load_documents(str(path), chat_cfg(messages_field="conversation"))
 
 
+def test_a_field_no_row_has_is_one_line_naming_the_field_and_the_keys_present(tmp_path):
+    """Every row without ``data.messages_field``: a wrong field name, one error (not N skipped rows)."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        "".join(json.dumps({"conversations": r, "id": i}) + "\n" for i, r in enumerate(conversations(3)))
+    )
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), chat_cfg())
+    message = str(e.value)
+    assert "\n" not in message
+    assert (
+        "no row has the field 'messages' (data.messages_field; the rows have: conversations, id)" in message
+    )
+    assert "set data.messages_field" in message
+    docs = load_documents(str(path), chat_cfg(messages_field="conversations"))
+    assert len(docs) == 3
+
+
+def test_rows_without_the_messages_field_are_skipped_and_counted_with_the_malformed(tmp_path, caplog):
+    good = conversations(3)
+    lines = [
+        {"messages": good[0]},
+        {"text": "a stray text row", "id": 1},  # line 2: no messages field
+        {"messages": "not a list"},  # line 3: malformed
+        {"messages": good[1]},
+        {"messages": None},  # line 5: null, malformed
+        {"messages": good[2]},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    with caplog.at_level(logging.WARNING):
+        docs = load_documents(str(path), chat_cfg())
+    assert [d.doc_id for d in docs] == ["c.jsonl:1", "c.jsonl:4", "c.jsonl:6"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "skipped 3 of 6 (2 malformed messages, 1 no data.messages_field)" in warnings[0]
+    assert "first: c.jsonl:2 (no field 'messages' (row keys: text, id))" in warnings[0]
+
+
 def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, chat_tok, caplog):
     good = conversations(3)
     rows = [

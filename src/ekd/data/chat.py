@@ -17,8 +17,9 @@ assistant span of the rendered text, the rule of transformers' ``return_assistan
   merged across the header/content boundary does not break the diff.
 
 A chat document is framed by its template alone: no BOS/EOS of ``data.separator`` is added (templates write
-their own BOS and end-of-turn tokens). Rows the template rejects, rows without an assistant turn and rows whose
-markers mark nothing are skipped; :class:`SkippedRows` counts them and reports one line.
+their own BOS and end-of-turn tokens). Rows without the messages field or with malformed messages (when the
+rows are read), rows the template rejects, rows without an assistant turn and rows whose markers mark nothing
+are skipped; :class:`SkippedRows` counts them and reports one line.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ Messages = tuple[tuple[str, str], ...]  # (role, content) per message, in order
 
 
 MALFORMED = "malformed messages"
+NO_MESSAGES = (
+    "no data.messages_field"  # a JSONL row without the field (a column absent from every row: an error)
+)
 NO_ASSISTANT = "no assistant turn"
 TEMPLATE_REJECTS = "rejected by the chat template"
 NOTHING_MARKED = "no assistant token"
@@ -53,8 +57,8 @@ class RejectedRow(ValueError):
     """A chat row that cannot be rendered or carries no assistant token.
 
     Attributes:
-        kind: The generic reason (MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED); ``str(e)`` is
-            the detailed one.
+        kind: The generic reason (NO_MESSAGES, MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED);
+            ``str(e)`` is the detailed one.
     """
 
     def __init__(self, reason: str, kind: str) -> None:
