@@ -246,6 +246,45 @@ def test_chat_format_refuses_text_files_and_a_missing_field(tmp_path):
         load_documents(str(path), chat_cfg(messages_field="conversation"))
 
 
+def test_a_field_no_row_has_is_one_line_naming_the_field_and_the_keys_present(tmp_path):
+    """Every row without ``data.messages_field``: a wrong field name, one error (not N skipped rows)."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        "".join(json.dumps({"conversations": r, "id": i}) + "\n" for i, r in enumerate(conversations(3)))
+    )
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), chat_cfg())
+    message = str(e.value)
+    assert "\n" not in message
+    assert (
+        "no row has the field 'messages' (data.messages_field; the rows have: conversations, id)" in message
+    )
+    assert "set data.messages_field" in message
+    docs = load_documents(str(path), chat_cfg(messages_field="conversations"))
+    assert len(docs) == 3
+
+
+def test_rows_without_the_messages_field_are_skipped_and_counted_with_the_malformed(tmp_path, caplog):
+    good = conversations(3)
+    lines = [
+        {"messages": good[0]},
+        {"text": "a stray text row", "id": 1},  # line 2: no messages field
+        {"messages": "not a list"},  # line 3: malformed
+        {"messages": good[1]},
+        {"messages": None},  # line 5: null, malformed
+        {"messages": good[2]},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    with caplog.at_level(logging.WARNING):
+        docs = load_documents(str(path), chat_cfg())
+    assert [d.doc_id for d in docs] == ["c.jsonl:1", "c.jsonl:4", "c.jsonl:6"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "skipped 3 of 6 (2 malformed messages, 1 no data.messages_field)" in warnings[0]
+    assert "first: c.jsonl:2 (no field 'messages' (row keys: text, id))" in warnings[0]
+
+
 def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, chat_tok, caplog):
     good = conversations(3)
     rows = [
@@ -299,7 +338,7 @@ def test_a_tokenizer_without_a_chat_template_gets_one_line_or_the_declared_one(t
     settle_chat_template(cfg, chat_tok, docs, {})
     assert chat_tok.chat_template == MARKED
     cfg.data = chat_cfg(chat_template=str(tmp_path / "missing.jinja"))
-    with pytest.raises(ConfigError, match="neither a Jinja template"):
+    with pytest.raises(ConfigError, match="names no file .* is not a Jinja template"):
         settle_chat_template(cfg, chat_tok, docs, {})
 
 
@@ -405,6 +444,39 @@ def test_distill_with_a_template_less_tokenizer_is_one_line(tmp_path, chat_tok, 
     assert "has no chat template; set data.chat_template" in err[0]
 
 
+@pytest.mark.parametrize("store_dir", ["", "auto"], ids=["memory", "store"])
+def test_a_missing_template_file_is_one_line_before_the_tokenizer_is_trained(
+    tmp_path, capsys, monkeypatch, store_dir
+):
+    import ekd.data
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained before the template file was checked")
+
+    monkeypatch.setattr(ekd.data, "train_bpe_tokenizer", no_training)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", conversations(8))
+    missing = tmp_path / "templates" / "chat.jinja"
+    overrides = tiny_overrides(
+        tmp_path,
+        data,
+        "missing",
+        **{"data.format": "chat", "data.chat_template": missing, "data.store_dir": store_dir},
+    )
+    assert main(["distill", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ekd: error: "), err
+    assert f"data.chat_template={missing} names no file ({missing})" in err[0]
+    assert "fix the path" in err[0]
+
+
+def test_the_template_file_is_not_checked_by_config_validation():
+    """A saved run's config.yaml still loads (``ekd eval``) after its template file has moved."""
+    cfg = load_config(
+        overrides=["data.format=chat", "data.source=x.jsonl", "data.chat_template=/gone/chat.jinja"]
+    )
+    assert cfg.data.chat_template == "/gone/chat.jinja"
+
+
 @pytest.mark.slow
 def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, chat_tok):
     rows = conversations(16, seed=5)
@@ -426,13 +498,15 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
     held_blocks = min(len(held_flags) // T, 4)  # data.max_eval_blocks=4
     assert held_blocks >= 1
     held_targets = sum(held_flags[r * T + t] for r in range(held_blocks) for t in range(1, T))
+    template_file = tmp_path / "chat.jinja"
+    template_file.write_text(PLAIN)
     overrides = tiny_overrides(
         tmp_path,
         data,
         "chat",
         **{
             "data.format": "chat",
-            "data.chat_template": PLAIN,
+            "data.chat_template": template_file,
             "data.block_length": T,
             "data.eval_fraction": 0.0,
             "data.eval_sources": f"{{held: {held}}}",
@@ -454,6 +528,7 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
 
     saved = AutoTokenizer.from_pretrained(run_dir / "student")
     assert saved.chat_template == PLAIN  # the template travels with the student
+    template_file.unlink()  # ekd eval reads the saved template, not data.chat_template's file
     assert (
         main(["eval", str(run_dir)]) == 0
     )  # ekd eval renders the held-out chat rows with the saved template

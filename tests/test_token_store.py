@@ -116,6 +116,43 @@ def test_store_blocks_equal_in_memory_blocks(tmp_path: Path, tokenizer_dir: Path
     assert stored.boundary == memory.boundary
 
 
+PACKED = re.compile(
+    r"^(\w+): packed (\d+) documents, (\d+) tokens into (\d+) blocks of \d+ \((\d+) targets\)$"
+)
+
+
+def packed_lines(caplog: pytest.LogCaptureFixture) -> dict[str, tuple[int, ...]]:
+    """Split → (documents, tokens, blocks, targets) of the ``<split>: packed ...`` log lines."""
+    found = [PACKED.match(r.getMessage()) for r in caplog.records]
+    return {m[1]: tuple(int(g) for g in m.groups()[1:]) for m in found if m}
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_tokens": 160}], ids=["whole", "max_tokens"])
+def test_store_and_memory_log_the_same_document_counts(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture, extra: dict
+) -> None:
+    """Both paths count the documents that start in the kept blocks: not the documents tokenized past the
+    last block (``data.max_tokens`` cuts the stream mid-window), nor one that gives no tokens."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=120)
+    with corpus.open("a") as f:
+        f.write('{"text": "  "}\n')  # passes data.min_chars=1, gives no token: in neither count
+    logs = {}
+    for store, run in ((False, "r1"), (True, "r2"), (True, "r3")):  # r3 reuses the store r2 built
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ekd.data"):
+            data = prepare_data(config(tmp_path, tokenizer_dir, corpus, store, **extra), tmp_path / run)
+        logs[run] = packed_lines(caplog)
+    assert set(logs["r1"]) == {"train", "eval"}
+    assert logs["r1"] == logs["r2"] == logs["r3"]
+    for name, (documents, tokens, blocks, targets) in logs["r1"].items():
+        split = data.blocks[name]
+        assert (blocks, targets) == (len(split), split.num_targets)
+        if tokens == blocks * split.block_length:  # no padding: every start in the blocks is a document's
+            assert documents == int(split.document_starts[torch.arange(blocks)].sum())
+    documents, tokens, blocks, _ = logs["r1"]["train"]
+    assert 0 < documents < 120 and tokens == blocks * 16
+
+
 def test_built_once_then_reused_without_tokenizing(
     tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -136,6 +136,7 @@ def pack_splits(
             max_blocks=train_blocks if is_train else max_eval_blocks,
             boundary=boundary,
             document_attention=document_attention,
+            split=name,
         )
     return packed
 

@@ -17,8 +17,9 @@ assistant span of the rendered text, the rule of transformers' ``return_assistan
   merged across the header/content boundary does not break the diff.
 
 A chat document is framed by its template alone: no BOS/EOS of ``data.separator`` is added (templates write
-their own BOS and end-of-turn tokens). Rows the template rejects, rows without an assistant turn and rows whose
-markers mark nothing are skipped; :class:`SkippedRows` counts them and reports one line.
+their own BOS and end-of-turn tokens). Rows without the messages field or with malformed messages (when the
+rows are read), rows the template rejects, rows without an assistant turn and rows whose markers mark nothing
+are skipped; :class:`SkippedRows` counts them and reports one line.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ Messages = tuple[tuple[str, str], ...]  # (role, content) per message, in order
 
 
 MALFORMED = "malformed messages"
+NO_MESSAGES = (
+    "no data.messages_field"  # a JSONL row without the field (a column absent from every row: an error)
+)
 NO_ASSISTANT = "no assistant turn"
 TEMPLATE_REJECTS = "rejected by the chat template"
 NOTHING_MARKED = "no assistant token"
@@ -53,8 +57,8 @@ class RejectedRow(ValueError):
     """A chat row that cannot be rendered or carries no assistant token.
 
     Attributes:
-        kind: The generic reason (MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED); ``str(e)`` is
-            the detailed one.
+        kind: The generic reason (NO_MESSAGES, MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED);
+            ``str(e)`` is the detailed one.
     """
 
     def __init__(self, reason: str, kind: str) -> None:
@@ -135,20 +139,28 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str | None:
 
 
 def read_template_option(value: str) -> str:
-    """``data.chat_template``: a Jinja string, or the path of a file holding one.
+    """``data.chat_template``: a Jinja string, or the path of a file holding one (read as UTF-8).
 
     Raises:
-        ConfigError: The value names no file and does not look like a template.
+        ConfigError: The value does not look like a template and names no readable UTF-8 file (one line with
+            the key, the path as resolved and the fix).
     """
     if "{%" in value or "{{" in value:
         return value
     path = Path(value).expanduser()
+    where = f"data.chat_template={value}"
     if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "names no file"
         raise ConfigError(
-            f"data.chat_template: '{value}' is neither a Jinja template (no '{{%' or '{{{{') nor a file; "
-            "give the template text or the path of a file holding it"
+            f"{where} {problem} ({path.resolve()}) and is not a Jinja template (no '{{%' or '{{{{'); "
+            "fix the path (relative paths start at the working directory) or give the template text"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{where}: cannot read {path.resolve()} ({type(e).__name__}); give a readable UTF-8 text file"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ the run tokenizer's own template, which must agree with the template of every re
 student the run loads: when the template texts differ, the first rows are rendered with each and their token
 ids and assistant masks compared; a difference is refused in one line that names ``data.chat_template_from``.
 The settled template is set on the run tokenizer, so it travels with it (packing, the exported student,
-``ekd eval``).
+``ekd eval``). A declared template file is read by :func:`check_declared_template` before any expensive work
+(reading the corpus, training a tokenizer) — at data preparation, not in config validation, so that ``ekd eval``
+of a finished run, which renders with the student's saved template, does not need the file any more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ from ekd.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 AGREEMENT_ROWS = 8  # rows rendered with both templates when their texts differ
+
+
+def check_declared_template(cfg: Config) -> None:
+    """Read ``data.chat_template`` now when a ``data.format=chat`` run declares one, so that a missing or
+    unreadable file is reported before the corpus is read and a tokenizer trained.
+
+    Raises:
+        ConfigError: The value is neither a template nor a readable file (see
+            :func:`~ekd.data.chat.read_template_option`).
+    """
+    if cfg.data.format == "chat" and cfg.data.chat_template:
+        read_template_option(cfg.data.chat_template)
 
 
 def settle_chat_template(
@@ -100,4 +114,4 @@ def _render_or_none(renderer: ChatRenderer, doc: Document):
     return rendered.input_ids, rendered.assistant_mask
 
 
-__all__ = ["AGREEMENT_ROWS", "settle_chat_template"]
+__all__ = ["AGREEMENT_ROWS", "check_declared_template", "settle_chat_template"]

@@ -11,8 +11,10 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
 - a ``.jsonl`` / ``.parquet`` file: one document per row, from ``data.text_field`` or from the
   ``data.prompt_field`` / ``data.response_field`` pair (the prompt gets no loss).
 - ``data.format=chat``: JSONL, Parquet or HF rows (told apart as above) whose ``data.messages_field`` holds a
-  conversation (:mod:`ekd.data.chat`); a row whose messages are not a list of ``{role, content}`` strings is
-  skipped and counted (one warning line with the count and the first row).
+  conversation (:mod:`ekd.data.chat`); a row without that field or whose messages are not a list of
+  ``{role, content}`` strings is skipped and counted (one warning line with the count and the first row). A
+  field that no row has (a Parquet/HF column that does not exist, or no JSONL row of the file) is instead one
+  error naming ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config import ConfigError, DataConfig
-from ekd.data.chat import RejectedRow, SkippedRows, parse_messages
+from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
 from ekd.errors import first_line
@@ -318,6 +320,8 @@ def _read_jsonl(
     path: Path, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
 ) -> Iterator[Document]:
     fields = _fields(data_cfg, skipped)
+    rows = 0  # rows read (objects)
+    keys: dict[str, None] = {}  # chat rows without the messages field: their keys, in order of appearance
     with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
@@ -335,6 +339,12 @@ def _read_jsonl(
                 raise ConfigError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows += 1
+            if skipped is not None and fields[0] not in row:  # a chat row without messages: skipped, counted
+                keys.update(dict.fromkeys(map(str, row)))
+                skipped.seen += 1
+                skipped.add(f"{path.name}:{line_no}", _no_messages(fields[0], row))
+                continue
             for name in fields:
                 if name not in row:
                     raise ConfigError(
@@ -346,6 +356,21 @@ def _read_jsonl(
             )
             if doc is not None:
                 yield doc
+    if skipped is not None and rows and skipped.reasons[NO_MESSAGES] == rows:
+        raise ConfigError(
+            f"{key} {path}: no row has the field '{fields[0]}' (data.messages_field; the rows have: "
+            f"{_names(keys) or 'no fields'}); set data.messages_field to the field holding each conversation"
+        )
+
+
+def _no_messages(name: str, row: dict) -> RejectedRow:
+    return RejectedRow(f"no field '{name}' (row keys: {_names(row) or 'none'})", NO_MESSAGES)
+
+
+def _names(names: Iterable[Any], most: int = 12) -> str:
+    """``a, b, c`` — at most ``most`` names, then ``…``."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
 
 
 def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: DataConfig, key: str) -> None:

@@ -125,6 +125,7 @@ def pack_documents(
     max_blocks: int | None = None,
     boundary: DocumentBoundary | None = None,
     document_attention: str = "isolated",
+    split: str = "",
 ) -> PackedBlocks:
     """Tokenize documents (batched, no special tokens added by the tokenizer) and pack them into blocks.
 
@@ -141,6 +142,7 @@ def pack_documents(
         boundary: BOS/EOS framing of every document (:func:`ekd.data.boundary.resolve_boundary`); default
             EOS after every document (``data.separator=eos``).
         document_attention: 'isolated' or 'packed' (``data.document_attention``), kept with the blocks.
+        split: The split's name, for the log line (:func:`packed_line`).
 
     Returns:
         PackedBlocks with ``input_ids``, ``target_mask``, ``document_starts``, ``boundary_mask`` (N, T) and
@@ -163,9 +165,11 @@ def pack_documents(
             raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
         boundary = DocumentBoundary("eos", None, int(eos_id), int(eos_id))
     max_tokens = max_blocks * block_length if max_blocks else None
-    ids, mask, starts, ends, used = _token_stream(docs, tokenizer, boundary, max_tokens)  # each (S,)
+    ids, mask, starts, ends = _token_stream(docs, tokenizer, boundary, max_tokens)  # each (S,)
     total = ids.numel()
     n_blocks = block_count(total, block_length, max_blocks, allow_partial_block)
+    real = min(total, n_blocks * block_length) if n_blocks else total  # real tokens in the blocks
+    documents = int(starts[:real].sum())  # documents that start in the blocks (before any padding)
     if n_blocks == 0:
         pad = block_length - total
         ids = torch.cat([ids, torch.full((pad,), boundary.pad_id, dtype=torch.long)])
@@ -188,15 +192,26 @@ def pack_documents(
         document_attention=document_attention,
         boundary=boundary,
     )
-    logger.info(
-        "packed %d documents, %d tokens into %d blocks of %d (%d targets)",
-        used,
-        min(total, keep),
-        n_blocks,
-        block_length,
-        blocks.num_targets,
-    )
+    logger.info("%s", packed_line(split, documents, real, n_blocks, block_length, blocks.num_targets))
     return blocks
+
+
+def packed_line(split: str, documents: int, tokens: int, blocks: int, block_length: int, targets: int) -> str:
+    """The line both data paths (in memory, token store) log per packed split:
+    ``train: packed D documents, S tokens into N blocks of T (K targets)``.
+
+    Args:
+        split: The split's name ('' when not known: no prefix).
+        documents: D, the documents whose first token lies in the N blocks — not those read or tokenized
+            past the last block, nor the ones that gave no tokens (empty, or a chat row the template rejects).
+        tokens: S, the real tokens in the blocks (a lone partial block's padding not counted).
+        blocks: N. block_length: T. targets: K, as :attr:`PackedBlocks.num_targets`.
+    """
+    prefix = f"{split}: " if split else ""
+    return (
+        f"{prefix}packed {documents} documents, {tokens} tokens into {blocks} blocks of {block_length} "
+        f"({targets} targets)"
+    )
 
 
 def token_chunks(
@@ -312,10 +327,9 @@ def _token_stream(
     boundary: DocumentBoundary,
     max_tokens: int | None = None,
     chunk: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Concatenated ids, target mask, document starts and end-of-document marks of :func:`token_chunks`,
-    each (S,), and the number of documents used; with ``max_tokens`` tokenization stops once the stream
-    holds that many tokens."""
+    each (S,); with ``max_tokens`` tokenization stops once the stream holds that many tokens."""
     pieces: list[TokenChunk] = []
     held = 0
     for piece in token_chunks(docs, tokenizer, boundary, chunk):
@@ -330,7 +344,6 @@ def _token_stream(
         torch.cat([p.target_mask for p in pieces]),
         torch.cat([p.document_starts for p in pieces]),
         torch.cat([p.boundary_mask for p in pieces]),
-        sum(p.documents for p in pieces),
     )
 
 

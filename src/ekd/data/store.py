@@ -234,6 +234,15 @@ def fingerprint_files(folder: Path, blocks: int, block_length: int, chunk: int =
     return h.hexdigest(), targets
 
 
+def documents_before(folder: Path, documents: int, tokens: int) -> int:
+    """How many of the ``documents`` of the split in ``folder`` start before token ``tokens`` (a binary search
+    over the memory-mapped offsets: nothing else is read)."""
+    if not documents:
+        return 0
+    offsets = np.memmap(folder / FILES["documents"][0], dtype=np.int64, mode="r", shape=(documents,))  # (D,)
+    return int(np.searchsorted(offsets, tokens, side="left"))
+
+
 def document_offsets(directory: Path, index: int, manifest: dict) -> np.ndarray:
     """(D,) int64 offset of every document's first token in split ``index`` (memory-mapped)."""
     count = manifest["splits"][index]["documents"]

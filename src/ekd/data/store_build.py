@@ -49,10 +49,18 @@ from ekd.data.build import builtin_splits, content_key
 from ekd.data.chat import chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
-from ekd.data.packing import PackedBlocks, block_count, token_chunks
+from ekd.data.packing import PackedBlocks, block_count, packed_line, token_chunks
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
-from ekd.data.store import MANIFEST, STORE_FORMAT, SplitFiles, fingerprint_files, open_split, read_manifest
+from ekd.data.store import (
+    MANIFEST,
+    STORE_FORMAT,
+    SplitFiles,
+    documents_before,
+    fingerprint_files,
+    open_split,
+    read_manifest,
+)
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 
@@ -80,7 +88,8 @@ def store_root(cfg: Config) -> Path:
 def stored_blocks(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary
 ) -> dict[str, PackedBlocks]:
-    """Split name → memory-mapped PackedBlocks of the run's data, building the store first if needed.
+    """Split name → memory-mapped PackedBlocks of the run's data, building the store first if needed; logs
+    one :func:`~ekd.data.packing.packed_line` per split, the in-memory path's line with the same figures.
 
     Raises:
         ConfigError: as the in-memory path (no documents, fewer tokens than a block, ...).
@@ -107,6 +116,19 @@ def stored_blocks(
             if manifest is None:
                 shutil.rmtree(directory, ignore_errors=True)
                 manifest = _build(cfg, tokenizer, boundary, signature, directory)
+    for split in manifest["splits"]:
+        if "packed_documents" in split:  # not in a store built before these figures were recorded
+            logger.info(
+                "%s",
+                packed_line(
+                    split["name"],
+                    split["packed_documents"],
+                    split["packed_tokens"],
+                    split["blocks"],
+                    manifest["block_length"],
+                    split["num_targets"],
+                ),
+            )
     return {s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])}
 
 
@@ -320,14 +342,7 @@ def _build(
         (staging / PROGRESS).unlink(missing_ok=True)
         staging.rename(directory)
         fsync_dir(directory.parent)
-    train = manifest["splits"][0]
-    logger.info(
-        "token store %s: built in %.1f s; train: %d blocks from %d documents",
-        directory,
-        time.monotonic() - t0,
-        train["blocks"],
-        train["documents"],
-    )
+    logger.info("token store %s: built in %.1f s", directory, time.monotonic() - t0)
     return manifest
 
 
@@ -351,6 +366,7 @@ def _finish(
             continue
         max_blocks = (d.max_tokens // t if is_train else d.max_eval_blocks) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
+        real = min(state.tokens, n_blocks * t) if n_blocks else state.tokens  # real tokens in the blocks
         if n_blocks == 0:
             split_files.pad(t - state.tokens, boundary.pad_id)
             n_blocks = 1
@@ -361,7 +377,10 @@ def _finish(
                 "folder": i,
                 "blocks": n_blocks,
                 "tokens": split_files.tokens,
-                "documents": split_files.documents,
+                "documents": split_files.documents,  # in the files, some maybe past the last block
+                # what the in-memory path logs (ekd.data.packing.packed_line): documents starting in the blocks
+                "packed_documents": documents_before(split_files.directory, split_files.documents, real),
+                "packed_tokens": real,
             }
         )
     manifest = {

@@ -123,7 +123,9 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     """Load documents, build/load the tokenizer, pack every split into blocks (in memory, or through the
     token store of ``data.store_dir``)."""
     from ekd.data import load_splits
+    from ekd.data.chat_template import check_declared_template
 
+    check_declared_template(cfg)  # a missing template file is found before the corpus and the tokenizer
     if cfg.data.store_dir:
         return prepare_stored_data(cfg, run_dir)
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
