@@ -568,3 +568,21 @@ def test_bytes_per_position_at_qwen_vocabulary(tmp_path):
     assert info["samples"] == 2 and info["positions"] == 512
     assert info["bytes_per_position"] == result["bytes_per_position"]
     assert info["signature"]["vocab_size"] == 151_936 and info["layout"]["vocab_size"] == 151_936
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bit_fields_round_trip_at_every_width_and_offset(seed):
+    """Fixed and per-value widths from 0 to 64 bits at every bit offset: the 8-byte window read (≤ 57 bits)
+    and the bit-by-bit path beyond it decode exactly what was packed."""
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(0, 53, size=700)  # pack_varwidth takes < 53 bits
+    widths[:60] = np.arange(60) % 53  # every width, at many offsets
+    values = np.array([int(rng.integers(0, 1 << int(w))) if w else 0 for w in widths], dtype=np.int64)
+    packed = np.frombuffer(codes.pack_varwidth(values, widths), np.uint8)
+    np.testing.assert_array_equal(codes.unpack_varwidth(packed, widths), values)
+    for width in (1, 7, 8, 9, 31, 56, 57, 58, 63, 64):
+        fixed = rng.integers(0, 1 << min(width, 63), size=333, dtype=np.uint64)
+        if width == 64:
+            fixed[0] = np.uint64(2**64 - 1) >> np.uint64(1)
+        stream = np.frombuffer(codes.pack_bits(fixed, width), np.uint8)
+        np.testing.assert_array_equal(codes.unpack_bits(stream, len(fixed), width), fixed.astype(np.int64))
