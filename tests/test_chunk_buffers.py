@@ -109,3 +109,26 @@ def test_fused_head_over_many_chunks_equals_one_chunk():
         results.append((loss.detach(), *grads))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_row_reductions_still_differentiate_when_autograd_records():
+    """The reused buffers are for no-grad passes; inputs that require grad take the stock (differentiable) ops
+    (``log_softmax_`` overwrites its input and never differentiated: ``log_softmax`` does)."""
+    z = torch.randn(5, 33, dtype=torch.float64, requires_grad=True)
+    a, b = (
+        torch.randn(5, 33, dtype=torch.float64, requires_grad=True),
+        torch.randn(5, 33, dtype=torch.float64),
+    )
+    for got, expected in [
+        (row_logsumexp(z), torch.logsumexp(z, -1)),
+        (row_dot(a, b), (a * b).sum(-1)),
+        (row_logsumexp_entropy(z)[1], -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)),
+    ]:
+        torch.testing.assert_close(got, expected)
+        w = torch.randn_like(expected)
+        g_got = torch.autograd.grad((got * w).sum(), (z, a), allow_unused=True)
+        g_exp = torch.autograd.grad((expected * w).sum(), (z, a), allow_unused=True)
+        for x, y in zip(g_got, g_exp, strict=True):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(x, y)

@@ -32,6 +32,11 @@ def _eager() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _tracked(*xs: Tensor) -> bool:
+    """Whether autograd records ops on ``xs``: then no ``out=`` buffers (they do not differentiate)."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
 def _scratch(rows: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """One (rows, V) block buffer per call, reused by every block (views of it, ``out=`` ops).
 
@@ -49,7 +54,7 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     Eager: row blocks of ~1 MiB with one reused product buffer. Under torch.compile the product is fused
     into the reduction.
     """
-    if not _eager() or a.shape[0] == 0 or a.shape != b.shape:
+    if not _eager() or a.shape[0] == 0 or a.shape != b.shape or _tracked(a, b):
         return (a * b).sum(-1)
     dtype = torch.promote_types(a.dtype, b.dtype)
     out = torch.empty(a.shape[0], dtype=dtype, device=a.device)
@@ -75,7 +80,7 @@ def _logsumexp_into(x: Tensor, work: Tensor, out: Tensor) -> Tensor:
 
 def row_logsumexp(z: Tensor) -> Tensor:
     """log Σ_v exp z_v per row, accurate at any V. (m, V) → (m,). −inf entries count 0; an all −inf row → −inf."""
-    if z.device.type != "cpu" or not _eager() or z.shape[0] == 0:
+    if z.device.type != "cpu" or not _eager() or z.shape[0] == 0 or _tracked(z):
         return torch.logsumexp(z, dim=-1)  # amax, then a (tree or cascade) sum of exp(z − max)
     out = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
     step = _block_rows(z)
@@ -100,7 +105,7 @@ def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
     entropy = torch.empty(m, dtype=z.dtype, device=z.device)
     lowest = torch.finfo(z.dtype).min
     step = _block_rows(z) if _eager() else max(m, 1)
-    eager = _eager() and m > 0
+    eager = _eager() and m > 0 and not _tracked(z)
     shifted_buf = _scratch(min(step, m), z) if eager else None  # (rows, V) x − max
     exp_buf = _scratch(min(step, m), z) if eager else None  # (rows, V) exp, then exp·x
     for r in range(0, m, step):
@@ -129,7 +134,8 @@ def log_softmax_(z: Tensor) -> Tensor:
     """log softmax over the last axis, **in place** on ``z`` (m, V) (eager; a new tensor under compile).
 
     CPU: per block of rows, (z − max) − log Σ exp(z − max) with ``Tensor.sum`` (the rounding of the stock
-    kernel, with an accurate sum); CUDA: the fused kernel (tree reduction).
+    kernel, with an accurate sum); CUDA: the fused kernel (tree reduction). Not differentiable (it overwrites
+    its input): for autograd use :func:`log_softmax`.
     """
     if not _eager():
         return log_softmax(z)

@@ -220,10 +220,12 @@ def build_chunk_rows(vocab_size: int) -> int:
 
 
 def work_rows_for(device: torch.device, vocab_size: int) -> int | None:
-    """Rows per softmax slice: ~4 MB of fp32 logits on CPU (cache-resident passes); whole chunks on GPU."""
+    """Rows per softmax slice: ~8 MB of fp32 logits on CPU (cache-resident passes, and few enough slices that
+    the RS draws' ~20 small ops per slice stay cheap: at V=2,048 1,024 rows build 17% faster than 512);
+    whole chunks on GPU."""
     if device.type != "cpu":
         return None
-    return max(16, (1 << 22) // (4 * vocab_size))
+    return max(16, (1 << 23) // (4 * vocab_size))
 
 
 def teacher_entries(
