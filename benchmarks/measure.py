@@ -3,13 +3,19 @@
 Peak memory is the process's resident-set high-water mark (``VmHWM``) after it was reset (Linux
 ``/proc/self/clear_refs`` = 5), minus the resident set just before the measured call: everything the call
 allocated and touched — logits, temporaries, gradients — and nothing that existed before it (weights,
-inputs). Each case runs in a fresh subprocess so cases never share allocator state, with glibc's mmap
-threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``) so freed buffers go back to the OS at once and the
-resident set tracks live memory for every contender alike.
+inputs).
 
-Subprocesses also get ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared machine, OpenMP threads that
-spin at barriers while a sibling is preempted made single cases up to 10× slower at random; passive waiting
-removes those outliers at a small cost for tiny ops, the same for every contender.
+Each case runs in two fresh subprocesses, so cases never share allocator state:
+
+- **time** with the environment a user has (glibc's and OpenMP's defaults);
+- **memory** (one call) with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``) and no heap
+  trimming threshold, so freed buffers go back to the OS at once and the resident set tracks live memory for
+  every contender alike.
+
+Timing under those memory settings, or under ``OMP_WAIT_POLICY=PASSIVE`` (which this harness once set against
+spin-wait outliers on a shared machine), measures another program: at V=151,936 PASSIVE made ekd's `kd` step
+1.8× slower (thousands of small parallel ops each wake their threads) and TRL's GKD step 0.92×, and the fixed
+mmap threshold added 4% and 10%.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MMAP_THRESHOLD = "131072"
+MEMORY_ONLY = "EKD_BENCH_MEMORY_ONLY"
+"""Set in the memory subprocess: ``measure_call`` makes its one measured call and no timed repeats."""
+MEMORY_KEYS = ("peak_mb", "step_mb", "rss_mb")
+"""Result fields taken from the memory subprocess; every other field comes from the timing subprocess."""
 
 
 def _status_mb(field: str) -> float:
@@ -50,6 +60,8 @@ def measure_call(fn: Callable[[], None], repeats: int = 1, min_seconds: float = 
     fn()
     times = [time.perf_counter() - t0]
     peak = _status_mb("VmHWM") - base if resettable else float("nan")
+    if os.environ.get(MEMORY_ONLY):
+        return {"peak_mb": peak, "time_s": times[0], "runs": 1}
     while len(times) < repeats or sum(times) < min_seconds and len(times) < 10 * max(repeats, 1):
         gc.collect()
         t0 = time.perf_counter()
@@ -59,9 +71,41 @@ def measure_call(fn: Callable[[], None], repeats: int = 1, min_seconds: float = 
 
 
 def run_case(module: str, case: dict, timeout_s: float) -> dict:
-    """``python -m <module> '<case json>'`` in a fresh process; its last stdout line is the result (JSON)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD_="0")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """``python -m <module> '<case json>'`` in two fresh processes (see the module docstring): the result
+    (JSON, its last stdout line) of the timing process, with the ``MEMORY_KEYS`` of the memory process."""
+    timed = _run_process(module, case, timeout_s, {})
+    if "error" in timed or not _has_memory(timed):
+        return timed
+    memory = _run_process(
+        module,
+        case,
+        timeout_s,
+        {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": "0", MEMORY_ONLY: "1"},
+    )
+    if "error" in memory:
+        return memory
+    return _with_memory(timed, memory)
+
+
+def _has_memory(result: dict) -> bool:
+    return any(k in MEMORY_KEYS or isinstance(v, dict) and _has_memory(v) for k, v in result.items())
+
+
+def _with_memory(timed: dict, memory: dict) -> dict:
+    """``timed`` with every ``MEMORY_KEYS`` field (at any depth, e.g. per N) replaced by ``memory``'s."""
+    out = {}
+    for k, v in timed.items():
+        if k in MEMORY_KEYS and k in memory:
+            out[k] = memory[k]
+        elif isinstance(v, dict) and isinstance(memory.get(k), dict):
+            out[k] = _with_memory(v, memory[k])
+        else:
+            out[k] = v
+    return out
+
+
+def _run_process(module: str, case: dict, timeout_s: float, extra_env: dict[str, str]) -> dict:
+    env = {**os.environ, **extra_env}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.run(

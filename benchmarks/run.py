@@ -428,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         *describe_machine(),
         f"- load average (1/5/15 min) at start: {load_start}; at end: {_load()} — timings are only comparable"
         " within one run, and noisy when the load exceeds the core count",
-        "- every case in a fresh process with `MALLOC_MMAP_THRESHOLD_=131072` (freed buffers leave the resident"
-        " set at once) and `OMP_WAIT_POLICY=PASSIVE` (no spin-wait outliers on a shared machine)",
+        "- every case in two fresh processes (`benchmarks.measure`): time with the user's defaults (glibc, OpenMP),"
+        " memory with `MALLOC_MMAP_THRESHOLD_=131072` (freed buffers leave the resident set at once)",
         "",
     ]
     out = Path(args.out)
