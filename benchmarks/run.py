@@ -7,7 +7,9 @@
 Every case runs in a fresh subprocess (``benchmarks.measure``); every figure in the report is a ratio of
 cases measured side by side in the same run. Shapes are Qwen2.5-0.5B (student, H=896) and Qwen2.5-1.5B
 (teacher, H=1536) heads, fp32 on CPU. Cases whose estimated memory exceeds ``--max-gb`` are skipped and
-reported as such.
+reported as such. The report replaces the sections it generates in ``--out`` (by "## " heading) and keeps every
+other section of that file after them (``merge_report``): numerics, scaling, GPU checks and analyses written by
+hand are never lost.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -372,6 +375,26 @@ def _targets(results: dict, series: dict, plan: Plan) -> list[str]:
     return lines
 
 
+def _sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(text before the first "## " heading, [(heading line, its section's text incl. the heading)])."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    lead = "" if parts[0].startswith("## ") else parts.pop(0)
+    return lead, [(p.splitlines()[0].strip(), p) for p in parts]
+
+
+def merge_report(generated: str, existing: str) -> str:
+    """The new report, then every section of the existing file it does not regenerate (by "## " heading), in
+    their order: a run never deletes the hand-written sections (numerics, scaling, GPU checks, analyses)."""
+    _, new_sections = _sections(generated)
+    _, old_sections = _sections(existing)
+    regenerated = {title for title, _ in new_sections}
+    kept = [body for title, body in old_sections if title not in regenerated]
+    out = generated.rstrip("\n") + "\n"
+    for body in kept:
+        out += "\n" + body.rstrip("\n") + "\n"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
@@ -434,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(
+    generated = (
         "\n".join(header + head_lines + [""] + step_lines + [""] + e2e_lines + [""] + cache_lines) + "\n"
     )
+    kept = out.read_text() if out.exists() else ""
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(merge_report(generated, kept))
     tmp.replace(out)
     print(f"wrote {out} ({elapsed / 60:.1f} min)")
     return 0

@@ -43,3 +43,20 @@ def test_trl_section_runs_abba_and_gives_per_pass_ratios(monkeypatch):
     )
     assert "ekd kd / TRL DistillationTrainer (forward_kl), time per pass: **0.25** [0.25, 0.25]" in text
     assert "ekd sekd (online) / ekd kd (forward_kl), time per pass: **0.50** [0.50, 0.50]" in text
+
+
+def test_make_bench_keeps_the_sections_it_does_not_regenerate():
+    """``benchmarks.run`` rewrites its own sections and keeps every hand-written one (numerics, scaling, ...)."""
+    from benchmarks.run import merge_report
+
+    existing = (
+        "# ekd benchmarks\n\nold header\n\n## Loss head\n\nold table\n\n## Numerics\n\nhand-written\n\n"
+        "## Whole step vs TRL (issue 16)\n\nold e2e\n\n## Scaling out\n\nkept too\n"
+    )
+    generated = "# ekd benchmarks\n\nnew header\n\n## Loss head\n\nnew table\n\n## Whole step vs TRL (issue 16)\n\nnew e2e\n"
+    merged = merge_report(generated, existing)
+    assert merged.startswith(generated.rstrip("\n"))
+    assert "old table" not in merged and "old e2e" not in merged and "old header" not in merged
+    assert merged.index("## Numerics") < merged.index("## Scaling out")  # kept in their order
+    assert "hand-written" in merged and "kept too" in merged
+    assert merge_report(generated, "") == generated
