@@ -49,7 +49,10 @@ def _read_fields(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.
     """
     starts = starts.astype(np.int64)
     first = starts >> 3  # (n,) byte holding each field's first bit
-    padded = np.concatenate([np.asarray(buf, dtype=np.uint8), np.zeros(8, dtype=np.uint8)])
+    buf = np.asarray(buf, dtype=np.uint8)
+    # zero bytes past the end, as np.unpackbits pads a short stream (a record's lengths are checked elsewhere)
+    padding = max(8, int(first.max()) + 8 - len(buf)) if len(first) else 8
+    padded = np.concatenate([buf, np.zeros(padding, dtype=np.uint8)])
     window = padded[first[:, None] + np.arange(8)]  # (n, 8) bytes, little-endian
     words = np.ascontiguousarray(window).view("<u8").reshape(-1)  # (n,) uint64
     mask = (_U1 << widths.astype(np.uint64)) - _U1
