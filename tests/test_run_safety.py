@@ -82,27 +82,30 @@ def test_overwrite_replaces_an_ekd_run_only_after_the_new_one_started(ws, capsys
     seen = {}
     real = trainer_mod.forward_backward
 
-    def first_step(*args, **kwargs):  # the old run is still on disk (moved aside) until the first step
-        seen.setdefault("aside", (ws / "runs" / ".base.replaced" / "ekd-run.json").is_file())
+    def each_step(*args, **kwargs):  # the old run stays on disk (moved aside) until the first step completed
+        seen.setdefault("aside", []).append((ws / "runs" / ".base.replaced" / "ekd-run.json").is_file())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "forward_backward", first_step)
+    monkeypatch.setattr(trainer_mod, "forward_backward", each_step)
     rc, _, _ = cli(capsys, "distill", _config(**{"method.preset": "kd"}), "--overwrite")
-    assert rc == 0 and seen == {"aside": False}  # committed (and the aside removed) before the first step
+    assert rc == 0 and seen == {"aside": [True, False]}  # committed (aside removed) once step 1 completed
     assert sorted(p.name for p in (ws / "runs").iterdir()) == ["base"]
     assert snapshot(ws / "runs" / "base") != old
     assert json.loads((ws / "runs" / "base" / MARKER).read_text())["state"] == "finished"
 
 
+@pytest.mark.parametrize("where", ["load_student", "forward_backward"], ids=["loading", "first-step"])
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError], ids=["interrupt", "crash"])
-def test_a_start_that_fails_puts_the_old_run_back(ws, capsys, monkeypatch, failure):
+def test_a_start_that_fails_puts_the_old_run_back(ws, capsys, monkeypatch, failure, where):
+    """Also a failure in the first step (a corrupt cache shard read there, a step that runs out of memory): the
+    finished run that --overwrite was to replace comes back whole."""
     config = _config("other", **{"method.preset": "kd", "run.name": "base"})
     before = snapshot(ws)
 
     def fail(*args, **kwargs):
-        raise failure("killed while loading the student")
+        raise failure(f"killed in {where}")
 
-    monkeypatch.setattr(trainer_mod, "load_student", fail)
+    monkeypatch.setattr(trainer_mod, where, fail)
     if failure is KeyboardInterrupt:  # Ctrl-C: the CLI says "interrupted" and exits 130
         assert cli(capsys, "distill", config, "--overwrite")[0] == 130
     else:
@@ -236,3 +239,22 @@ def test_a_ce_run_whose_eval_teacher_is_missing_says_how_to_skip_it(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval.teacher=false" in err[0] and "does not exist" in err[0], err
     assert main(["-q", "distill", *args, "eval.teacher=false"]) == 0
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_to_resume(ws, capsys):
+    """A started run without a checkpoint (Ctrl-C in the first steps): the advice is --overwrite, which works."""
+    rc, _, _ = cli(capsys, "distill", _config("early"), "train.checkpoint_every=0", "train.max_steps=1")
+    assert rc == 0
+    shutil.rmtree(ws / "runs" / "early" / "checkpoints")  # as if stopped before the first checkpoint
+    marker = ws / "runs" / "early" / MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "state": "started"}))
+    rc, _, err = cli(capsys, "distill", _config("early"))
+    one_error_line(rc, err)
+    assert "saved no checkpoint" in err and "--overwrite" in err and "--resume" not in err
+    assert cli(capsys, "distill", _config("early"), "--overwrite")[0] == 0
+
+
+def test_a_mistyped_model_is_named_before_the_run_directory_is_judged(ws, capsys):
+    rc, _, err = cli(capsys, "distill", _config(), "model.student=preset:llama-huge")  # same run.name as base
+    one_error_line(rc, err)
+    assert "llama-huge" in err and "already holds" not in err

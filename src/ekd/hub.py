@@ -75,14 +75,21 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
 
 
 def check_model_spec(spec: str, key: str, revision: str = "") -> None:
-    """Fail fast, before data is read, on a model that cannot load: a missing path, a malformed hub id, or a
-    hub id that is neither reachable nor cached (``preset:<name>`` passes; it is checked where it is built).
+    """Fail fast, before data is read, on a model that cannot load: a missing path, a malformed hub id, a
+    hub id that is neither reachable nor cached, or an unknown ``preset:<name>`` (with a "did you mean").
 
     Raises:
         ModelError: one line naming ``key`` and the fix.
     """
     if not spec.startswith("preset:"):
         hub_kwargs(spec, key, revision=revision)
+        return
+    from ekd.models.presets import architectures
+
+    name = spec.removeprefix("preset:")
+    if name not in architectures:
+        message = architectures.unknown_message(name).replace("unknown architecture preset", "unknown preset")
+        raise ModelError(f"{key}: {message}")
 
 
 def _go_offline() -> None:

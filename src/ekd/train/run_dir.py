@@ -14,7 +14,8 @@
    moved.
 2. The trainer loads data and models; :meth:`RunStart.check_data` records the data fingerprint (a new run)
    or refuses a ``--resume`` over different data.
-3. :meth:`RunStart.commit` marks the run started and only then deletes the run moved aside.
+3. :meth:`RunStart.commit` (after the first optimizer step has completed) marks the run started and only then
+   deletes the run moved aside.
    :meth:`RunStart.rollback` (any failure before that) removes what this start made and puts the old run
    back. A start killed before either is recognised next time: a run still ``starting`` holds no training
    and is replaced, and a run left aside is restored.
@@ -200,6 +201,13 @@ class RunStart:
         diffs = config_differences(saved or {}, self.cfg.to_dict())
         if not self.resume:
             what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
+            if (
+                latest_checkpoint(run_dir) is None
+            ):  # stopped before its first checkpoint: --resume cannot help
+                raise RunDirError(
+                    f"{run_dir} already holds {what} that saved no checkpoint (nothing to resume); pass "
+                    "--overwrite to start it again, or set run.name"
+                )
             raise RunDirError(
                 f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
             )

@@ -125,9 +125,9 @@ def train(
     """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures.
 
     Under ``torchrun`` every rank runs this; rank 0 owns the run directory, logs, checkpoints and evaluation.
-    The start is one transaction (:class:`~ekd.train.run_dir.RunStart`): whatever fails before the first
-    step leaves the run directory as it was; a run replaced by ``--overwrite`` is deleted only once this one
-    has started.
+    The start is one transaction (:class:`~ekd.train.run_dir.RunStart`): whatever fails or is interrupted
+    before the first optimizer step has completed leaves the run directory as it was (a corrupt cache, a
+    teacher that does not fit, an out-of-memory step); a run replaced by ``--overwrite`` is deleted only then.
     """
     with distributed(resolve_device(cfg.run.device)) as ranks:
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
@@ -146,13 +146,15 @@ def _train(
 
     t_start = time.perf_counter()
     device, main = ranks.device, ranks.is_main
+    parts = MethodParts.build(cfg, cfg.train.max_steps)
+    # a typo in a model name is found first: before the run directory's checks (whose advice would be
+    # --overwrite) and before the data is read
+    _check_model_names(cfg, parts)
     run_dir = start.open() if start is not None else cfg.run_dir
     ranks.barrier()
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
     enable_tf32(cfg.train.precision, device)
-    parts = MethodParts.build(cfg, cfg.train.max_steps)
-    _check_model_names(cfg, parts)  # a typo in a model name is found before the data is read
     if data is None:  # tokenized and packed once, by rank 0; the other ranks receive it
         data = prepare_data_once(cfg, run_dir, ranks)
     if start is not None:  # a new run records its data; --resume refuses different data
@@ -231,8 +233,6 @@ def _train(
         if main
         else None
     )
-    if start is not None:
-        start.commit()  # the run has started: from here a failure keeps the run directory for --resume
 
     def checkpoint(step: int) -> Path:
         state = {
@@ -302,6 +302,10 @@ def _train(
         if not math.isfinite(grad_norm):
             _stop_non_finite(step, run_dir, what="gradient norm")
         optimizer.step()
+        if start is not None and step == start_step:
+            # the run has started (data, teacher or cache, model and optimizer went through one whole step): only
+            # now is a run replaced by --overwrite deleted; from here a failure keeps the directory for --resume
+            start.commit()
         if step == start_step:  # every rank: what it holds once gradients and AdamW state exist
             log.info(
                 memory_line(
@@ -344,6 +348,8 @@ def _train(
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(step + 1)
     bar.close()
+    if start is not None and not start.committed:  # no step left to train (a resume at max_steps)
+        start.commit()
 
     checkpoint(cfg.train.max_steps)
     if (
