@@ -356,7 +356,7 @@ def section(
         "Each row is the case's pass of median time; the table's ratio columns divide the rows' numbers. The"
         " headline ratios below the table are the **median of per-pass ratios** (the same ABBA pass of both"
         " cases, so the load of each pass cancels), given as median [min, max]; they can differ from the table's"
-        " ratio by a few %.",
+        " ratio, by more on a busy machine (the [min, max] spread shows how busy).",
         "",
         "| V | divergence | step | first loss | time (s) | tokens/s | time / TRL GKD | step peak (MB) | step peak / TRL GKD | process peak (MB) |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
