@@ -23,10 +23,12 @@ libraries and all).
 
     python -m benchmarks.trl_e2e '{"impl": "trl_gkd", "div": "jsd", "v": 32768, "b": 2, "t": 256}'
     python -m benchmarks.trl_e2e --section --quick          # print the markdown section
+    python -m benchmarks.trl_e2e --section --v 32768 151936 --repeats 2 --rounds 1
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -34,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 STUDENT, TEACHER = "llama-tiny", "llama-small"
+LOSS_TOLERANCE = 2e-5  # nats: first-step losses closer than this are the same loss (fp32 rounding)
 EKD_METHODS = {"kd": "forward_kl", "jsd": "jsd", "sekd": "forward_kl", "sekd3x": "forward_kl"}
 LABELS = {
     "trl_gkd": "TRL GKDTrainer (λ=0)",
@@ -350,6 +353,11 @@ def section(
                 _print(impl, div, v, r)
         rows.append((v, {c: _median_run(rs) for c, rs in runs.items()}, runs))
     lines += [
+        "Each row is the case's pass of median time; the table's ratio columns divide the rows' numbers. The"
+        " headline ratios below the table are the **median of per-pass ratios** (the same ABBA pass of both"
+        " cases, so the load of each pass cancels), given as median [min, max]; they can differ from the table's"
+        " ratio, by more on a busy machine (the [min, max] spread shows how busy).",
+        "",
         "| V | divergence | step | first loss | time (s) | tokens/s | time / TRL GKD | step peak (MB) | step peak / TRL GKD | process peak (MB) |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -361,7 +369,7 @@ def section(
                 lines.append(f"| {v:,} | {div} | {LABELS[impl]} | {r['error']} | | | | | | |")
                 continue
             lines.append(
-                f"| {v:,} | {div} | {LABELS[impl]} | {r['first_loss']:.6f} | {r['time_s']:.2f} | "
+                f"| {v:,} | {div} | {LABELS[impl]} | {r['first_loss']:.6f} | {_sig(r['time_s'])} | "
                 f"{r['tokens'] / r['time_s']:,.0f} | {_ratio(r, ref, 'time_s')} | {r['step_mb']:.0f} | "
                 f"{_ratio(r, ref, 'step_mb')} | {r['rss_mb']:.0f} |"
             )
@@ -370,9 +378,10 @@ def section(
             losses = [r["first_loss"] for r in same if "first_loss" in r]
             if len(losses) > 1:
                 checks.append((v, div, max(losses) / min(losses) - 1, max(losses) - min(losses)))
-        kd, gkd = results.get(("ekd_kd", "forward_kl"), {}), results.get(("trl_gkd", "forward_kl"), {})
-        if "time_s" in kd and "time_s" in gkd:
-            targets.append((v, kd["time_s"] / gkd["time_s"], kd["step_mb"] / gkd["step_mb"]))
+        kd, gkd = runs.get(("ekd_kd", "forward_kl"), []), runs.get(("trl_gkd", "forward_kl"), [])
+        r_t, r_m = _pass_ratios(kd, gkd, "time_s"), _pass_ratios(kd, gkd, "step_mb")
+        if r_t and r_m:
+            targets.append((v, statistics.median(r_t), statistics.median(r_m)))
         for (a, b_), (c, d) in (
             (("ekd_kd", "forward_kl"), ("trl_gkd", "forward_kl")),
             (("ekd_jsd", "jsd"), ("trl_gkd", "jsd")),
@@ -380,22 +389,25 @@ def section(
             (("ekd_sekd", "forward_kl"), ("ekd_kd", "forward_kl")),
             (("ekd_sekd3x", "forward_kl"), ("ekd_kd", "forward_kl")),
         ):
-            spread = _pass_ratios(runs.get((a, b_), []), runs.get((c, d), []))
+            spread = _spread(_pass_ratios(runs.get((a, b_), []), runs.get((c, d), []), "time_s"))
             if spread:
-                lines_ratios.append(f"- V={v:,}: {LABELS[a]} / {LABELS[c]} ({d}), time per pass: {spread}")
+                lines_ratios.append(
+                    f"- V={v:,}: {LABELS[a]} / {LABELS[c]} ({d}), time, median of per-pass ratios: {spread}"
+                )
     lines += ["", *lines_ratios]
     for v, div, spread, gap in checks:
         lines.append(
             f"- first-step loss, V={v:,}, {div}: TRL and ekd agree to {gap:.1e} nats (relative {spread:.1e})"
             + (
-                " — the same loss (TRL GKD's stock fp32 log_softmax alone errs by ~2e-5 at this V)"
-                if gap <= 2e-5
+                f" — the same loss (within {LOSS_TOLERANCE:.0e} nats{_fp32_note(v)})"
+                if gap <= LOSS_TOLERANCE
                 else " — **they differ: the timings compare different losses**"
             )
         )
     for v, r_t, r_m in targets:
         lines.append(
-            f"- V={v:,}: ekd kd / TRL GKD (median passes): time **{r_t:.2f}**, step peak **{r_m:.2f}**"
+            f"- V={v:,}: ekd kd / TRL GKD (forward_kl), median of per-pass ratios: time **{r_t:.2f}**,"
+            f" step peak **{r_m:.2f}**"
             + (
                 f" (targets at V=151,936: ≤ 0.5 and ≤ 0.3 → {'met' if r_t <= 0.5 else '**missed**'},"
                 f" {'met' if r_m <= 0.3 else '**missed**'})"
@@ -412,12 +424,28 @@ def _median_run(runs: list[dict]) -> dict:
     return ok[(len(ok) - 1) // 2] if ok else (runs[0] if runs else {"error": "not run"})
 
 
-def _pass_ratios(a: list[dict], b: list[dict]) -> str:
-    """Time ratios a/b pass by pass (the same pass of the ABBA order): 'median [min, max] over n passes'."""
-    rs = [x["time_s"] / y["time_s"] for x, y in zip(a, b, strict=False) if "time_s" in x and "time_s" in y]
+def _pass_ratios(a: list[dict], b: list[dict], key: str) -> list[float]:
+    """Ratios a/b of ``key`` pass by pass (the same pass of the ABBA order; passes where either failed skipped)."""
+    return [x[key] / y[key] for x, y in zip(a, b, strict=False) if key in x and y.get(key)]
+
+
+def _spread(rs: list[float]) -> str:
+    """'**median** [min, max] over n passes' of per-pass ratios ('' if none)."""
     if not rs:
         return ""
     return f"**{statistics.median(rs):.2f}** [{min(rs):.2f}, {max(rs):.2f}] over {len(rs)} passes"
+
+
+def _fp32_note(v: int) -> str:
+    """Where the size of fp32 rounding is known (docs/benchmarks.md, "Numerics"): TRL GKD's stock log_softmax."""
+    if v == 151_936:
+        return "; TRL GKD's stock fp32 log_softmax alone errs by ~2e-5 at this V"
+    return ""
+
+
+def _sig(x: float) -> str:
+    """3 significant figures, trailing zeros kept (0.0300); whole numbers from 100 up (no exponent)."""
+    return f"{x:.0f}" if abs(x) >= 99.95 else f"{x:#.3g}"
 
 
 def _version(name: str) -> str:
@@ -437,19 +465,75 @@ def _print(impl: str, div: str, v: int, r: dict) -> None:
     desc = f"{impl} {div} V={v}"
     info = (
         r.get("error")
-        or f"loss {r['first_loss']:.5f}  {r['time_s']:.2f} s  step {r['step_mb']:.0f} MB  rss {r['rss_mb']:.0f} MB"
+        or f"loss {r['first_loss']:.5f}  {_sig(r['time_s'])} s  step {r['step_mb']:.0f} MB  rss {r['rss_mb']:.0f} MB"
     )
     print(f"  {desc:<36} {info}", flush=True)
 
 
+def _case(text: str) -> dict:
+    """A JSON case as ``benchmarks.measure.run_case`` passes it (argparse ``type``: errors become usage errors)."""
+    try:
+        case = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(case, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    missing = [k for k in ("impl", "v", "b", "t") if k not in case]
+    if missing:
+        raise argparse.ArgumentTypeError(f"missing {', '.join(missing)}: {text!r}")
+    if case["impl"] not in LABELS:
+        raise argparse.ArgumentTypeError(f"impl {case['impl']!r} is not one of {', '.join(LABELS)}")
+    if case["impl"].startswith("trl") and case.get("div") not in ("forward_kl", "jsd"):
+        raise argparse.ArgumentTypeError(f"a TRL case needs div forward_kl or jsd: {text!r}")
+    return case
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {n}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.trl_e2e",
+        description=__doc__.splitlines()[0],
+        epilog="Either one JSON case (what benchmarks.measure.run_case runs, one per fresh process) or --section.",
+    )
+    ap.add_argument(
+        "case",
+        nargs="?",
+        type=_case,
+        help='one case as JSON, e.g. \'{"impl": "ekd_kd", '
+        '"v": 8192, "b": 2, "t": 128}\'; prints its result as one JSON line',
+    )
+    ap.add_argument("--section", action="store_true", help="run every case and print the markdown section")
+    ap.add_argument("--quick", action="store_true", help="with --section: B=2 × T=128, V=8,192 by default")
+    ap.add_argument("--v", type=_positive, nargs="+", metavar="V", help="with --section: the vocabularies")
+    ap.add_argument("--repeats", type=_positive, help="with --section: timed steps after the warm-up (2)")
+    ap.add_argument("--rounds", type=_positive, help="with --section: ABBA rounds (1)")
+    return ap
+
+
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--section":  # --section [--quick] [--v 151936] [--repeats 1] [--rounds 1]
-        v = [int(argv[argv.index("--v") + 1])] if "--v" in argv else None
-        r = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 2
-        rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 1
-        print("\n".join(section(quick="--quick" in argv, vocabs=v, repeats=r, rounds=rounds)))
+    ap = parser()
+    args = ap.parse_args(argv)
+    section_only = [
+        f"--{k}" for k in ("quick", "v", "repeats", "rounds") if getattr(args, k) not in (None, False)
+    ]
+    if args.section:
+        if args.case is not None:
+            ap.error("give either a JSON case or --section, not both")
+        repeats = 2 if args.repeats is None else args.repeats
+        rounds = 1 if args.rounds is None else args.rounds
+        print("\n".join(section(quick=args.quick, vocabs=args.v, repeats=repeats, rounds=rounds)))
         return 0
-    print(json.dumps(run(json.loads(argv[0]))))
+    if section_only:
+        ap.error(f"{', '.join(section_only)}: only with --section")
+    if args.case is None:
+        ap.error("give a JSON case or --section")
+    print(json.dumps(run(args.case)))
     return 0
 
 
