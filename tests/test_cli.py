@@ -195,3 +195,24 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_directory(capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an empty argument" in err[0], err
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["distill", "x.yaml"], "--resume"),
+        (["cache", "x.yaml"], "rerun the same `ekd cache` command"),
+        (["cache", "verify", "some-dir"], None),
+    ],
+)
+def test_ctrl_c_says_how_to_continue(monkeypatch, capsys, argv, hint):
+    import ekd.cli as cli_mod
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli_mod.COMMANDS, argv[0], interrupted)
+    assert cli_mod.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ekd: interrupted") and len(err.splitlines()) == 1
+    assert (hint in err) if hint else err == "ekd: interrupted"

@@ -447,8 +447,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ekd: interrupted", file=sys.stderr)
+        print(f"ekd: interrupted{_continue_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _continue_hint(args: argparse.Namespace) -> str:
+    """How to go on after Ctrl-C, for the commands that can continue where they stopped."""
+    if args.command == "distill":
+        return (
+            "; continue from the last checkpoint with the same command and --resume (a run that saved none "
+            "starts again with --overwrite)"
+        )
+    if args.command == "cache" and args.config not in ("import", "info", "verify"):
+        return "; rerun the same `ekd cache` command to continue (finished shards are kept)"
+    return ""
 
 
 if __name__ == "__main__":
