@@ -499,3 +499,39 @@ def test_background_writer_raises_the_writer_error():
             break
     with pytest.raises(ValueError, match="bad sample 0"):
         background.close()
+
+
+@pytest.mark.slow
+def test_eval_of_a_cache_trained_run_keeps_the_teacher_metrics(tmp_path, setup, capsys):
+    """`ekd eval` loads the teacher by the same rule as the end of training: a run trained from a cache of a
+    real teacher gets the teacher's KL, agreement and ``eval/teacher`` row from both, not only from training."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    texts = [p.read_text() for p in sorted(setup["corpus"].iterdir())]
+    tok = train_bpe_tokenizer(texts, 320, None)
+    teacher = tmp_path / "teacher"
+    build_preset("llama-micro", len(tok), tok.eos_token_id).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    cfg = _config_file(
+        tmp_path,
+        setup["corpus"],
+        "real-teacher",
+        **{
+            "method.preset": "rskd",
+            "teacher.cache_dir": str(tmp_path / "cache"),
+            "model.teacher": str(teacher),
+        },
+    )
+    over = ["model.tokenizer=teacher"]
+    assert main(["-q", "cache", cfg, *over]) == 0, capsys.readouterr().err
+    assert main(["-q", "distill", cfg, *over, "teacher.source=cache"]) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "real-teacher"
+    trained = json.loads((run_dir / "eval.json").read_text())
+    assert {"kl", "agree"} <= set(trained["eval"]) and "eval/teacher" in trained
+    assert main(["-q", "eval", str(run_dir)]) == 0, capsys.readouterr().err
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+    assert evaluated.keys() == trained.keys()
+    for split in trained:
+        assert evaluated[split].keys() == trained[split].keys(), split
+    assert evaluated["eval"]["kl"] == pytest.approx(trained["eval"]["kl"], rel=1e-4)

@@ -513,11 +513,13 @@ def test_corrupted_shard_gives_a_clear_error(small_cache):
     with pytest.raises(CacheError) as err:
         reader.get(4)
     assert "shard-00001.bin is corrupted" in str(err.value) and "sample 4" in str(err.value)
-    assert "--overwrite" in str(err.value) and "\n" not in str(err.value)
+    assert f"in the teacher cache at {small_cache}: run `ekd cache CONFIG` again" in str(err.value)
+    assert "--overwrite" not in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(CacheError) as err:
         reader.verify()
     message = str(err.value)
-    assert "shard-00001.bin is corrupted (sha256 checksum mismatch)" in message and "--overwrite" in message
+    assert "shard-00001.bin is corrupted (sha256 checksum mismatch)" in message
+    assert message.endswith("run `ekd cache CONFIG` again to rebuild the damaged shard(s)")
     assert "shard-00000" not in message and "\n" not in message
 
 
@@ -526,7 +528,9 @@ def test_truncated_shard_gives_a_clear_error(small_cache):
     path.write_bytes(path.read_bytes()[:-25])
     reader = CacheReader(small_cache)
     assert reader.get(5).sample_id == 5  # the intact shard still reads
-    with pytest.raises(CacheError, match=r"shard-00000.bin is truncated \(\d+ of \d+ bytes\).*--overwrite"):
+    with pytest.raises(
+        CacheError, match=r"shard-00000.bin is truncated \(\d+ of \d+ bytes\) in the teacher cache at"
+    ):
         reader.get(0)
     with pytest.raises(CacheError, match="shard-00000.bin is truncated"):
         reader.verify()

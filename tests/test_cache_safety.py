@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ekd.teacher.cache import CacheError, CacheReader
 from ekd.teacher.cache.manifest import manifest_sha256
 from hostile import cli, failing_open, one_error_line, snapshot, unchanged
 from tiny import config_file, write_corpus
@@ -196,3 +197,51 @@ def test_disk_failure_during_a_build_is_one_line_and_the_rerun_finishes_it(
     monkeypatch.undo()
     assert cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")[0] == 0
     assert snapshot(cache) == snapshot(built["cache"])  # finished, byte for byte
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_shard_names_the_cache_and_a_plain_rerun_repairs_it(built, cache, capsys, damage):
+    """The error says what works: rerunning `ekd cache CONFIG` (no --overwrite) rebuilds only that shard."""
+
+    pristine = snapshot(built["cache"])
+    shard = cache / "shard-00001.bin"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+    with pytest.raises(CacheError) as e:
+        CacheReader(cache).get(8)  # the first sample of shard 1, as training reads it
+    assert str(cache) in str(e.value) and "run `ekd cache CONFIG` again" in str(e.value), e.value
+    rc, _, err = cli(capsys, "cache", "verify", cache)
+    line = one_error_line(rc, err)
+    assert str(cache) in line and "run `ekd cache CONFIG` again" in line and "--overwrite" not in line
+    rc, _, err = cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")
+    assert rc == 0, err
+    assert snapshot(cache) == pristine  # rebuilt byte for byte, the other shards kept
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_a_non_empty_directory_without_a_cache_is_refused(built, tmp_path, capsys, overwrite):
+    """A teacher.cache_dir mistyped as a run directory: one line naming it, nothing written there."""
+    victim = tmp_path / "run"
+    (victim / "student").mkdir(parents=True)
+    (victim / "student" / "config.json").write_text("{}")
+    (victim / "eval.json").write_text("{}")
+    before = snapshot(victim)
+    args = ["cache", built["config"], f"teacher.cache_dir={victim}", *(["--overwrite"] if overwrite else [])]
+    line = one_error_line(*cli(capsys, *args)[::2])
+    assert str(victim) in line and "holds no teacher cache" in line and "new or empty directory" in line, line
+    unchanged(before, victim)
+    assert sorted(p.name for p in victim.iterdir()) == ["eval.json", "student"]
+
+
+def test_an_unfinished_cache_without_a_manifest_is_resumed(built, tmp_path, capsys):
+    """A build killed after its tokenizer or a temp shard, before any manifest, is ours: the rerun goes on."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if (built["cache"] / "tokenizer").is_dir():
+        shutil.copytree(built["cache"] / "tokenizer", cache / "tokenizer")
+    (cache / "shard-00000.bin.tmp").write_bytes(b"half a shard")
+    rc, _, err = cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")
+    assert rc == 0, err
+    assert snapshot(cache) == snapshot(built["cache"])

@@ -102,7 +102,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from ekd.io import atomic_write_text, strict_json
     from ekd.log_level import apply_log_level
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
-    from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device, teacher_needed
+    from ekd.train.prepare import autocast_dtype, evaluates_teacher, load_teacher, resolve_device
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
@@ -125,7 +125,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     shared_vocab_size(len(tokenizer), ("student", student))
     check_output_head(student, len(tokenizer), "student")
     teacher = None
-    if cfg.eval.teacher and teacher_needed(cfg) and cfg.teacher.source == "online":
+    if evaluates_teacher(cfg):  # the same rule as the end of training
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     written = dict(results)

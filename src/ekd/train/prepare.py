@@ -75,6 +75,24 @@ def teacher_needed(cfg: Config) -> bool:
     )
 
 
+def scores_samples_with_teacher(cfg: Config) -> bool:
+    """Whether TopSmp sample selection (``method.sample_fraction`` < 1) scores with the teacher model."""
+    return cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")
+
+
+def evaluates_teacher(cfg: Config) -> bool:
+    """Whether evaluation reports the teacher (KL(t‖s), top-1 agreement, the ``eval/teacher`` row) and so
+    needs the teacher model: one rule for the end of training and ``ekd eval``, so both write the same
+    eval.json. An online run keeps the teacher it trained with (a preset one included: rebuilt from
+    ``run.seed``); any other run loads a real teacher for evaluation only (a preset is not the model that
+    built a cache)."""
+    if not cfg.eval.teacher or cfg.teacher.source == "none":
+        return False
+    if cfg.teacher.source == "online" and (teacher_needed(cfg) or scores_samples_with_teacher(cfg)):
+        return True
+    return not is_preset(cfg.model.teacher)
+
+
 def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None):
     """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``."""
     from ekd.data import train_bpe_tokenizer

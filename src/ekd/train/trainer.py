@@ -53,9 +53,11 @@ from ekd.train.prepare import (
     autocast_dtype,
     build_teacher_source,
     chunk_rows,
+    evaluates_teacher,
     load_student,
     load_teacher,
     resolve_device,
+    scores_samples_with_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
@@ -352,12 +354,7 @@ def _train(
         start.commit()
 
     checkpoint(cfg.train.max_steps)
-    if (
-        eval_teacher is None
-        and cfg.eval.teacher
-        and cfg.teacher.source == "cache"
-        and not is_preset(cfg.model.teacher)
-    ):
+    if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
         log.info("loading the teacher for evaluation only (training used the cache)")
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
         eval_teacher = load_teacher(cfg, data, device)
@@ -537,11 +534,7 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
     """Load the teacher model for training (online source) or, for CE-only runs, to report KL at evaluation."""
     if cfg.teacher.source != "online":
         return False
-    if parts.needs_teacher or (
-        cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")
-    ):
-        return True
-    return cfg.eval.teacher and not is_preset(cfg.model.teacher)
+    return parts.needs_teacher or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
 
 
 def sample_selection(

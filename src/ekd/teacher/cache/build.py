@@ -33,7 +33,7 @@ from ekd.data.collate import model_inputs
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
-from ekd.teacher.cache.manifest import assemble_manifest
+from ekd.teacher.cache.manifest import assemble_manifest, check_cache_directory
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
 from ekd.teacher.cache.writer import CacheWriter
@@ -189,6 +189,7 @@ def run_build(
 
     check_cacheable(cfg)
     directory = Path(cfg.teacher.cache_dir)
+    check_cache_directory(directory)
     with distributed(resolve_device(cfg.run.device)) as ranks:
         device = ranks.device
 

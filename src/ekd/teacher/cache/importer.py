@@ -53,6 +53,7 @@ from ekd.teacher.cache.logprob_rows import (
     resolve_columns,
     source_row,
 )
+from ekd.teacher.cache.manifest import check_cache_directory
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.writer import CacheWriter
 
@@ -300,6 +301,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     table = SourceTable(src)
     layout, columns = resolve_columns(src, set(table.names), columns)
     directory = Path(cfg.teacher.cache_dir)
+    check_cache_directory(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(cfg, directory)
     blocks = data.blocks["train"]

@@ -62,6 +62,8 @@ POSITION_RULES = ("all", "teacher_entropy_topk")
 # mix with new online draws, naming this field.
 RS_SAMPLER = "splitmix64-inverse-cdf-blocked-v1"
 REBUILD = "rebuild with `ekd cache CONFIG --overwrite`"
+# a damaged shard (missing, wrong size or sha256) is not listed as done, so a plain rerun rebuilds it alone
+REBUILD_SHARDS = "run `ekd cache CONFIG` again to rebuild the damaged shard(s)"
 
 
 def make_signature(
@@ -310,6 +312,29 @@ def build_manifest(
 
 def rank_manifest_path(directory: Path, rank: int) -> Path:
     return Path(directory) / f"manifest.rank{rank}.json"
+
+
+# what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
+_CACHE_ENTRY = re.compile(r"(manifest(\.rank\d+)?\.json|shard-\d+\.(bin|idx)|tokenizer|\.staging)(\.tmp)?")
+
+
+def check_cache_directory(directory: Path) -> None:
+    """Raise CacheError unless ``directory`` may hold a cache: absent, empty, a cache (it has a manifest) or
+    an unfinished one (only files a build writes). Checked before anything is written, ``--overwrite`` or
+    not: a ``teacher.cache_dir`` mistyped as a run or data directory must not get cache files mixed in."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    names = [p.name for p in directory.iterdir()]
+    if any(re.fullmatch(r"manifest(\.rank\d+)?\.json", n) for n in names):
+        return
+    foreign = sorted(n for n in names if not _CACHE_ENTRY.fullmatch(n))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise CacheError(
+            f"teacher.cache_dir {directory} is not empty and holds no teacher cache ({shown}): "
+            "set teacher.cache_dir to a new or empty directory"
+        )
 
 
 def check_compatible(expected: dict, found: dict, where: str) -> None:

@@ -34,7 +34,7 @@ from ekd.teacher.cache.format import (
     crc32,
     decode_record,
 )
-from ekd.teacher.cache.manifest import MANIFEST, REBUILD, compare_signatures, read_manifest
+from ekd.teacher.cache.manifest import MANIFEST, REBUILD, REBUILD_SHARDS, compare_signatures, read_manifest
 
 
 @dataclass
@@ -104,6 +104,7 @@ class CacheReader:
         self, directory: str | os.PathLike, expected_signature: dict | None = None, max_open_shards: int = 64
     ) -> None:
         self.directory = Path(directory)
+        self._repair = f" in the teacher cache at {self.directory}: {REBUILD_SHARDS}"  # ends a shard's damage
         path = self.directory / MANIFEST
         if not path.exists():
             if any(self.directory.glob("manifest.rank*.json")):
@@ -171,16 +172,16 @@ class CacheReader:
         paths = {ext: self.directory / f"{entry['name']}.{ext}" for ext in ("bin", "idx")}
         for ext, p in paths.items():
             if not p.exists():
-                raise CacheError(f"{p.name} is missing from the teacher cache at {self.directory}: {REBUILD}")
+                raise CacheError(f"{p.name} is missing{self._repair}")
             size, want = p.stat().st_size, entry[f"{ext}_bytes"]
             if size != want:
                 what = "truncated" if size < want else "longer than recorded"
-                raise CacheError(f"{p.name} is {what} ({size} of {want} bytes): {REBUILD}")
+                raise CacheError(f"{p.name} is {what} ({size} of {want} bytes){self._repair}")
         with open(paths["idx"], "rb") as f:
             header = f.read(IDX_HEADER_BYTES)
         count = struct.unpack("<Q", header[8:16])[0] if header[:8] == IDX_MAGIC else -1
         if count != entry["samples"]:
-            raise CacheError(f"{paths['idx'].name} has a bad header: {REBUILD}")
+            raise CacheError(f"{paths['idx'].name} has a bad header{self._repair}")
         index = np.memmap(paths["idx"], dtype=IDX_DTYPE, mode="r", offset=IDX_HEADER_BYTES, shape=(count,))
         data = np.memmap(paths["bin"], dtype=np.uint8, mode="r")
         self._maps[k] = (index, data)
@@ -202,26 +203,26 @@ class CacheReader:
         if not (0 <= i < len(index) and int(index[i]["sample_id"]) == sample_id):
             i = int(np.searchsorted(index["sample_id"], sample_id))
             if i >= len(index) or int(index[i]["sample_id"]) != sample_id:
-                raise MissingSampleError(f"sample {sample_id} is missing from {name}.idx: {REBUILD}")
+                raise MissingSampleError(f"sample {sample_id} is missing from {name}.idx{self._repair}")
         offset, length, checksum = int(index[i]["offset"]), int(index[i]["length"]), int(index[i]["crc32"])
         if offset + length > len(data):
             raise CacheError(
-                f"{name}.bin is truncated (record of sample {sample_id} ends past the file): {REBUILD}"
+                f"{name}.bin is truncated (record of sample {sample_id} ends past the file){self._repair}"
             )
         buf = np.asarray(data[offset : offset + length])  # (length,) uint8: only this record's pages
         if crc32(buf) != checksum:
             raise CacheError(
-                f"{name}.bin is corrupted (record of sample {sample_id} fails its CRC-32): {REBUILD}"
+                f"{name}.bin is corrupted (record of sample {sample_id} fails its CRC-32){self._repair}"
             )
         try:
             rec = decode_record(self.layout, buf)
         except ValueError as e:
             raise CacheError(
-                f"{name}.bin is corrupted (record of sample {sample_id}: {e}): {REBUILD}"
+                f"{name}.bin is corrupted (record of sample {sample_id}: {e}){self._repair}"
             ) from None
         if rec.sample_id != sample_id:
             raise CacheError(
-                f"{name}.bin is corrupted (record for sample {sample_id} holds {rec.sample_id}): {REBUILD}"
+                f"{name}.bin is corrupted (record for sample {sample_id} holds {rec.sample_id}){self._repair}"
             )
         return rec
 
@@ -328,12 +329,12 @@ class CacheReader:
                         f"{name} holds {positions} positions / {entries} entries, manifest says otherwise"
                     )
             except CacheError as e:
-                problems.append(str(e).split(": rebuild")[0])
+                problems.append(str(e).removesuffix(self._repair))
             except OSError as e:
                 problems.append(f"{name} cannot be read ({e.strerror or e})")
         if problems:
             raise CacheError(
-                f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD}"
+                f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD_SHARDS}"
             )
         return {"shards": len(self._shards), "samples": samples, "ok": True}
 
