@@ -245,3 +245,22 @@ def test_an_unfinished_cache_without_a_manifest_is_resumed(built, tmp_path, caps
     rc, _, err = cli(capsys, "cache", built["config"], f"teacher.cache_dir={cache}")
     assert rc == 0, err
     assert snapshot(cache) == snapshot(built["cache"])
+
+
+def test_info_warns_about_a_truncated_shard(cache, capsys):
+    """``ekd cache info`` reads its figures from the manifest; a shard of the wrong size is warned about (a stat
+    per file), with the repair, and nothing is changed."""
+    shard = cache / "shard-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:100])
+    before = snapshot(cache)
+    rc, out, err = cli(capsys, "cache", "info", cache)
+    assert rc == 0 and "bytes_per_position" in out
+    assert err.count("\n") == 1 and "shard-00001.bin is truncated" in err and "ekd cache CONFIG" in err
+    unchanged(before, cache)
+    rc, _, err = cli(capsys, "cache", "info", cache.parent / "none")
+    assert rc == 2
+
+
+def test_info_of_an_intact_cache_warns_about_nothing(cache, capsys):
+    rc, _, err = cli(capsys, "cache", "info", cache)
+    assert rc == 0 and err == ""

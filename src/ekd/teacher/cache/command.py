@@ -12,8 +12,11 @@ Problems print one line ``ekd: error: ...`` (a ``CacheError``) and exit 2.
 
 from __future__ import annotations
 
+import sys
+
 from ekd.errors import EkdError
 from ekd.io import writing
+from ekd.teacher.cache.manifest import REBUILD_SHARDS
 
 INSPECT = ("info", "verify")
 
@@ -125,6 +128,12 @@ def run_cache_command(args) -> int:
         reader = CacheReader(args.overrides[0])
         if args.config == "info":
             print(format_info(reader.info()))
+            if problems := reader.size_problems():  # the figures above come from the manifest
+                print(
+                    f"ekd: warning: {reader.directory}: {'; '.join(problems)}: {REBUILD_SHARDS} "
+                    "(`ekd cache verify` checks every record)",
+                    file=sys.stderr,
+                )
         else:
             result = reader.verify()
             print(

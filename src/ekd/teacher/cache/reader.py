@@ -310,13 +310,8 @@ class CacheReader:
             try:
                 for ext in ("bin", "idx"):
                     path = self.directory / f"{name}.{ext}"
-                    if not path.exists():
-                        raise CacheError(f"{path.name} is missing")
-                    size, want = path.stat().st_size, entry[f"{ext}_bytes"]
-                    if size != want:
-                        raise CacheError(
-                            f"{path.name} is {'truncated' if size < want else 'too long'} ({size} of {want} bytes)"
-                        )
+                    if (problem := _size_problem(path, entry[f"{ext}_bytes"])) is not None:
+                        raise CacheError(problem)
                     if _sha256(path) != entry[f"{ext}_sha256"]:
                         raise CacheError(f"{path.name} is corrupted (sha256 checksum mismatch)")
                 positions = entries = 0
@@ -337,6 +332,17 @@ class CacheReader:
                 f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD_SHARDS}"
             )
         return {"shards": len(self._shards), "samples": samples, "ok": True}
+
+    def size_problems(self) -> list[str]:
+        """Shard files missing or not of the size the manifest records (a ``stat`` each: no read, no checksum)."""
+        problems = []
+        for k in sorted(self._shards):
+            entry = self._shards[k]
+            for ext in ("bin", "idx"):
+                problem = _size_problem(self.directory / f"{entry['name']}.{ext}", entry[f"{ext}_bytes"])
+                if problem is not None:
+                    problems.append(problem)
+        return problems
 
     def info(self) -> dict:
         """Sizes and figures: samples, positions, entries/position, bytes/position and bytes/token."""
@@ -362,6 +368,16 @@ class CacheReader:
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
+
+
+def _size_problem(path: Path, want: int) -> str | None:
+    """Why ``path`` is not a shard file of ``want`` bytes, or None."""
+    if not path.exists():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != want:
+        return f"{path.name} is {'truncated' if size < want else 'too long'} ({size} of {want} bytes)"
+    return None
 
 
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:
