@@ -535,3 +535,31 @@ def test_eval_of_a_cache_trained_run_keeps_the_teacher_metrics(tmp_path, setup, 
     for split in trained:
         assert evaluated[split].keys() == trained[split].keys(), split
     assert evaluated["eval"]["kl"] == pytest.approx(trained["eval"]["kl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("load, caveat", [(0.1, False), (3.0, True), (None, False)])
+def test_build_summary_says_when_the_throughput_ratio_is_not_clean(load, caveat):
+    """Build and forward-only throughput are timed one after the other: a busy machine skews their ratio."""
+    from ekd.teacher.cache.command import format_summary
+
+    s = {
+        "directory": "c",
+        "world_size": 1,
+        "samples": 10,
+        "samples_built": 10,
+        "build_seconds": 1.0,
+        "positions": 100,
+        "entries_per_position": 12.0,
+        "bytes_per_position": 30.0,
+        "bytes_per_token": 30.0,
+        "bytes_on_disk": 3000,
+        "build_samples_per_s": 10.0,
+        "forward_samples_per_s": 20.0,
+        "throughput_ratio": 0.5,
+        "load_at_start": load,
+        "cores": 2,
+    }
+    text = format_summary(s)
+    assert "0.50× the teacher's forward-only" in text
+    assert ("not a clean measurement: load average 3.0 on 2 cores" in text) is caveat
+    assert "not a clean" not in format_summary({**s, "throughput_ratio": None, "build_samples_per_s": None})

@@ -49,7 +49,9 @@ class BuildResult:
     """What a build did on this rank. Throughputs are samples per second.
 
     ``throughput_ratio`` = build throughput / forward-only throughput (the teacher's plain forward pass,
-    full logits, on the first built batches); None when nothing was left to build.
+    full logits, on the first built batches); None when nothing was left to build. The two are timed one
+    after the other, so other work on the machine skews the ratio: ``load_at_start`` is the 1-minute load
+    average before the build began (None where the platform has none) and ``cores`` the CPUs it may use.
     """
 
     directory: Path
@@ -62,6 +64,8 @@ class BuildResult:
     build_throughput: float | None
     forward_throughput: float | None
     throughput_ratio: float | None
+    load_at_start: float | None = None
+    cores: int = 1
 
 
 class _BackgroundWriter:
@@ -190,6 +194,7 @@ def run_build(
     check_cacheable(cfg)
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
     with distributed(resolve_device(cfg.run.device)) as ranks:
         device = ranks.device
 
@@ -264,6 +269,8 @@ def run_build(
             build_throughput=build_tp,
             forward_throughput=forward_tp,
             throughput_ratio=build_tp / forward_tp if build_tp and forward_tp else None,
+            load_at_start=load_at_start,
+            cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
     log.info(
         "teacher cache %s: built %d of %d samples on rank %d/%d in %.1fs",
@@ -294,6 +301,8 @@ def summary(result: BuildResult) -> dict:
         "forward_samples_per_s": result.forward_throughput,
         "throughput_ratio": result.throughput_ratio,
         "world_size": result.world_size,
+        "load_at_start": result.load_at_start,
+        "cores": result.cores,
     }
 
 

@@ -49,6 +49,12 @@ def format_summary(s: dict) -> str:
         if ratio is not None
         else "n/a (nothing left to build)"
     )
+    load, cores = s.get("load_at_start"), s.get("cores", 1)
+    if ratio is not None and load is not None and load >= 0.5 * cores:  # an idle machine has load ≈ 0
+        throughput += (
+            f" (not a clean measurement: load average {load:.1f} on {cores} core{'s' if cores > 1 else ''} "
+            "before the build began; the two are timed one after the other)"
+        )
     return "\n".join(
         [
             f"teacher cache written to {s['directory']} ({s['world_size']} process{'es' if s['world_size'] > 1 else ''})",
