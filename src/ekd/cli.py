@@ -453,12 +453,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _continue_hint(args: argparse.Namespace) -> str:
     """How to go on after Ctrl-C, for the commands that can continue where they stopped."""
+    from ekd.teacher.cache.command import INSPECT as CACHE_INSPECT
+
     if args.command == "distill":
         return (
             "; continue from the last checkpoint with the same command and --resume (a run that saved none "
             "starts again with --overwrite)"
         )
-    if args.command == "cache" and args.config not in ("import", "info", "verify"):
+    if args.command == "cache" and args.config not in ("import", *CACHE_INSPECT):
         return "; rerun the same `ekd cache` command to continue (finished shards are kept)"
     return ""
 

@@ -84,12 +84,9 @@ def check_model_spec(spec: str, key: str, revision: str = "") -> None:
     if not spec.startswith("preset:"):
         hub_kwargs(spec, key, revision=revision)
         return
-    from ekd.models.presets import architectures
+    from ekd.models.presets import require_preset
 
-    name = spec.removeprefix("preset:")
-    if name not in architectures:
-        message = architectures.unknown_message(name).replace("unknown architecture preset", "unknown preset")
-        raise ModelError(f"{key}: {message}")
+    require_preset(spec.removeprefix("preset:"), key)
 
 
 def _go_offline() -> None:

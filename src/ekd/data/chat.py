@@ -45,9 +45,8 @@ Messages = tuple[tuple[str, str], ...]  # (role, content) per message, in order
 
 
 MALFORMED = "malformed messages"
-NO_MESSAGES = (
-    "no data.messages_field"  # a JSONL row without the field (a column absent from every row: an error)
-)
+# a JSONL row without the field (a column absent from every row is an error instead)
+NO_MESSAGES = "no data.messages_field"
 NO_ASSISTANT = "no assistant turn"
 TEMPLATE_REJECTS = "rejected by the chat template"
 NOTHING_MARKED = "no assistant token"

@@ -71,9 +71,8 @@ class _FusedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = gemm_operand(hidden[start:end], op)  # (m, D)
-            logits = matmul_fp32(
-                h, w.t(), logits_buffer.take(end - start, w.shape[0], h.device)
-            )  # (m, V) fp32
+            into = logits_buffer.take(end - start, w.shape[0], h.device)  # (m, V) fp32, reused
+            logits = matmul_fp32(h, w.t(), into)
             if bias is not None:
                 logits += bias
             loss, grad = chunk_loss(logits, start, end)  # (), (m, V) fp32

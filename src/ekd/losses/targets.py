@@ -29,16 +29,16 @@ class Head:
     bias: Tensor | None = None
     transform: LogitTransform = IDENTITY
 
-    def __call__(self, hidden: Tensor, out: RowBuffer | None = None) -> Tensor:
+    def __call__(self, hidden: Tensor, buffer: RowBuffer | None = None) -> Tensor:
         """(M, D) → (M, V) fp32 logits as the model computes them: operands in the weight's dtype (the
         autocast dtype under autocast, ``ekd.losses.matmul.compute_dtype``), fp32 accumulation and output,
-        then the model's post-head transform (scale, soft-cap). ``out``: no-grad calls write the product into
-        this reused buffer (the returned logits may be a view of it, valid until its next ``take``)."""
+        then the model's post-head transform (scale, soft-cap). ``buffer``: no-grad calls write the product into
+        it (the returned logits may be a view of it, valid until its next ``take``)."""
         op = compute_dtype(self.weight)
         w = gemm_operand(self.weight, op)  # (V, D)
         into = None
-        if out is not None and not torch.is_grad_enabled():
-            into = out.take(hidden.shape[0], w.shape[0], hidden.device)  # (M, V)
+        if buffer is not None and not torch.is_grad_enabled():
+            into = buffer.take(hidden.shape[0], w.shape[0], hidden.device)  # (M, V)
         logits = matmul_fp32(gemm_operand(hidden, op), w.T, into)  # (M, V) fp32
         if self.bias is not None:
             logits = logits + self.bias if into is None else logits.add_(self.bias)
@@ -56,10 +56,10 @@ class DenseTarget:
     hidden: Tensor  # (M, Dt)
     head: Head
 
-    def logits(self, start: int = 0, end: int | None = None, out: RowBuffer | None = None) -> Tensor:
-        """Teacher logits of rows [start, end): (m, V); ``out`` as in ``Head.__call__``."""
+    def logits(self, start: int = 0, end: int | None = None, buffer: RowBuffer | None = None) -> Tensor:
+        """Teacher logits of rows [start, end): (m, V); ``buffer`` as in ``Head.__call__``."""
         with torch.no_grad():
-            return self.head(self.hidden[start:end], out)
+            return self.head(self.hidden[start:end], buffer)
 
     def rows(self, index: Tensor) -> DenseTarget:
         return DenseTarget(self.hidden[index], self.head)

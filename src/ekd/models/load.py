@@ -21,7 +21,7 @@ from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
 from ekd.models.head_transform import logit_transform, model_type
-from ekd.models.presets import architectures
+from ekd.models.presets import architectures, require_preset
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,7 @@ def build_preset(
 ) -> nn.Module:
     """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows and the given
     attention implementation (empty: transformers' default)."""
-    if name not in architectures:
-        raise ModelError(
-            architectures.unknown_message(name).replace(
-                "unknown architecture preset", "model: unknown preset"
-            )
-        )
+    require_preset(name)
     values = dict(architectures.get(name))
     model_type = values.pop("model_type")
     config = AutoConfig.for_model(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ekd.errors import ModelError
 from ekd.registry import Registry
 
 architectures: Registry[dict[str, Any]] = Registry("architecture preset")
@@ -59,3 +60,10 @@ architectures.add(
     dict(_llama(28, 1536, 12, 2, 8960), model_type="qwen2", tie_word_embeddings=True),
     "Qwen2.5-1.5B shapes, random weights (benchmarks)",
 )
+
+
+def require_preset(name: str, key: str = "model") -> None:
+    """Raise ModelError (one line: ``key``, the name, the close matches) unless ``name`` is an architecture preset."""
+    if name not in architectures:
+        message = architectures.unknown_message(name).replace("unknown architecture preset", "unknown preset")
+        raise ModelError(f"{key}: {message}")

@@ -35,6 +35,8 @@ from ekd.selection.base import COUNT_SLACK
 from ekd.selection.scores import CE_RATIO_EPS
 
 SAMPLE_SCORERS = ("student_entropy", "forward_kl", "ce_ratio", "random")
+TEACHER_SCORERS = ("forward_kl", "ce_ratio")
+"""The sample scorers that need the teacher model."""
 FORMAT = "ekd-sample-selection"
 VERSION = 1
 _STATS = {
@@ -100,7 +102,7 @@ def sample_sums(
     if scorer not in SAMPLE_SCORERS:
         raise ConfigError(f"method.sample_scorer must be one of {', '.join(SAMPLE_SCORERS)}, got '{scorer}'")
     needs = _STATS[scorer]
-    if scorer in ("forward_kl", "ce_ratio") and teacher is None:
+    if scorer in TEACHER_SCORERS and teacher is None:
         raise ConfigError(
             f"method.sample_scorer={scorer} needs the teacher model; use student_entropy or random"
         )

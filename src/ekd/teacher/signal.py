@@ -81,9 +81,8 @@ class TeacherSignal:
         with torch.no_grad():
             for start in range(0, max(rows.numel(), 1), chunk):  # one (empty) chunk when nothing is selected
                 sl = slice(start, start + chunk)
-                logits = self.head(
-                    hidden[sl], logits_buffer
-                ).float()  # (m, V) teacher logits, one chunk at a time
+                # (m, V) teacher logits, one chunk at a time
+                logits = self.head(hidden[sl], logits_buffer).float()
                 if spec.kind == "topk":
                     parts.append(topk_target(logits, spec.topk, spec.topk_tail, gold[sl], tau[sl]))
                 else:

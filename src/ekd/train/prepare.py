@@ -77,7 +77,9 @@ def teacher_needed(cfg: Config) -> bool:
 
 def scores_samples_with_teacher(cfg: Config) -> bool:
     """Whether TopSmp sample selection (``method.sample_fraction`` < 1) scores with the teacher model."""
-    return cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in ("forward_kl", "ce_ratio")
+    from ekd.selection.sample_selection import TEACHER_SCORERS
+
+    return cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in TEACHER_SCORERS
 
 
 def evaluates_teacher(cfg: Config) -> bool:

@@ -201,9 +201,8 @@ class RunStart:
         diffs = config_differences(saved or {}, self.cfg.to_dict())
         if not self.resume:
             what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
-            if (
-                latest_checkpoint(run_dir) is None
-            ):  # stopped before its first checkpoint: --resume cannot help
+            # stopped before its first checkpoint: --resume cannot help
+            if latest_checkpoint(run_dir) is None:
                 raise RunDirError(
                     f"{run_dir} already holds {what} that saved no checkpoint (nothing to resume); pass "
                     "--overwrite to start it again, or set run.name"

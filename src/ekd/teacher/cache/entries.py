@@ -135,9 +135,8 @@ def batch_entries(
     chunk_rows = _balanced(n, chunk_rows)
     buffer = logits_buffer or RowBuffer()
     for start in range(0, n, chunk_rows):
-        logits = head(
-            h[rows[start : start + chunk_rows]], buffer
-        ).float()  # (m, V) teacher logits at valid rows
+        # (m, V) teacher logits at valid rows
+        logits = head(h[rows[start : start + chunk_rows]], buffer).float()
         # one softmax per slice feeds the statistics and the RS draws; on CPU the slices are L2-sized
         step = work_rows or logits.shape[0]
         for sub in range(0, logits.shape[0], step):

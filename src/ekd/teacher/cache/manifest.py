@@ -314,8 +314,9 @@ def rank_manifest_path(directory: Path, rank: int) -> Path:
     return Path(directory) / f"manifest.rank{rank}.json"
 
 
+_MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 # what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
-_CACHE_ENTRY = re.compile(r"(manifest(\.rank\d+)?\.json|shard-\d+\.(bin|idx)|tokenizer|\.staging)(\.tmp)?")
+_CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging)(\.tmp)?")
 
 
 def check_cache_directory(directory: Path) -> None:
@@ -326,7 +327,7 @@ def check_cache_directory(directory: Path) -> None:
     if not directory.is_dir():
         return
     names = [p.name for p in directory.iterdir()]
-    if any(re.fullmatch(r"manifest(\.rank\d+)?\.json", n) for n in names):
+    if any(re.fullmatch(_MANIFEST_NAME, n) for n in names):
         return
     foreign = sorted(n for n in names if not _CACHE_ENTRY.fullmatch(n))
     if foreign:

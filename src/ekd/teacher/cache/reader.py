@@ -171,12 +171,8 @@ class CacheReader:
         entry = self._shards[k]
         paths = {ext: self.directory / f"{entry['name']}.{ext}" for ext in ("bin", "idx")}
         for ext, p in paths.items():
-            if not p.exists():
-                raise CacheError(f"{p.name} is missing{self._repair}")
-            size, want = p.stat().st_size, entry[f"{ext}_bytes"]
-            if size != want:
-                what = "truncated" if size < want else "longer than recorded"
-                raise CacheError(f"{p.name} is {what} ({size} of {want} bytes){self._repair}")
+            if (problem := _size_problem(p, entry[f"{ext}_bytes"])) is not None:
+                raise CacheError(f"{problem}{self._repair}")
         with open(paths["idx"], "rb") as f:
             header = f.read(IDX_HEADER_BYTES)
         count = struct.unpack("<Q", header[8:16])[0] if header[:8] == IDX_MAGIC else -1
@@ -376,7 +372,7 @@ def _size_problem(path: Path, want: int) -> str | None:
         return f"{path.name} is missing"
     size = path.stat().st_size
     if size != want:
-        return f"{path.name} is {'truncated' if size < want else 'too long'} ({size} of {want} bytes)"
+        return f"{path.name} is {'truncated' if size < want else 'longer than recorded'} ({size} of {want} bytes)"
     return None
 
 
