@@ -1,4 +1,5 @@
-"""Reused buffers in the chunked loops: the same bits as fresh temporaries, one allocation per call.
+"""Reused buffers in the chunked loops: the same bits as fresh temporaries, one allocation per call; passes
+saved over the logits (no second max in ``log_softmax_``, no clamp or −inf scan before an entropy) keep the bits.
 
 ``ekd.losses.row_reductions`` computes each row block into one buffer per call (``out=`` ops) and the chunked
 loops write every chunk's logits into one ``RowBuffer``; allocating per block or per chunk gave the same
@@ -21,6 +22,7 @@ from ekd.losses.row_reductions import (
     row_logsumexp_entropy,
 )
 from ekd.losses.targets import DenseTarget, Head
+from ekd.train.token_stats import softmax_entropy
 
 LOWEST = torch.finfo(torch.float32).min
 
@@ -37,6 +39,7 @@ def _logits(m: int, v: int, seed: int = 0) -> torch.Tensor:
     z[0, : v // 3] = float("-inf")  # a masked vocabulary slice
     if m > 2:
         z[1] = float("-inf")  # a row with no mass at all
+        z[2, 0], z[2, -1] = 3e38, -3e38  # finite logits whose difference overflows to −inf
     return z
 
 
@@ -71,6 +74,19 @@ def test_row_reductions_equal_the_stock_kernels_block_by_block(m, v):
     step = _block_rows(z)
     expected = torch.cat([stock_entropy(z[r : r + step]) for r in range(0, m, step)], dim=1)
     assert torch.equal(lse, expected[0]) and torch.equal(entropy, expected[1])
+
+
+@pytest.mark.parametrize("v", [5, 2048, 151_936])
+@pytest.mark.parametrize("m", [1, 17])
+def test_softmax_entropy_floors_neg_inf_logits_as_before(m, v):
+    """−inf logits are found by the NaN they make (no scan of z first): same p, lse, H as flooring them up front."""
+    for z in (torch.randn(m, v, generator=torch.Generator().manual_seed(1)) * 4, _logits(m, v)):
+        floored = z.nan_to_num(neginf=LOWEST)
+        lse = row_logsumexp(floored)
+        p = (floored - lse.unsqueeze(1)).exp()
+        expected = (p, lse, (lse - row_dot(p, floored)).clamp_min(0.0))
+        got = softmax_entropy(z)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_row_buffer_reuses_its_storage_and_grows_on_demand():

@@ -78,20 +78,20 @@ def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
     return out.add_(math.log(1.0 - weight_a))
 
 
-def _kl_rows(p: Tensor, log_ratio: Tensor, masked: bool) -> Tensor:
-    """Σ_v p·log_ratio with 0·(anything) = 0; overwrites ``log_ratio`` at p = 0 when ``masked``. → (m,).
+def _kl_rows(p: Tensor, log_ratio: Tensor) -> Tensor:
+    """Σ_v p·log_ratio with 0·(anything) = 0. → (m,). Overwrites ``log_ratio`` with 0 at p = 0 when needed.
 
-    Without ``-inf`` logits every log-ratio is finite (underflowed probabilities keep finite logs), so the
-    mask — two passes over (m, V) — is needed only when some logit is ``-inf``.
+    A log-ratio is non-finite at p = 0 only where a logit is ``-inf`` (masked vocabulary; underflowed
+    probabilities keep finite logs), and then 0·(±inf or NaN) makes the row's sum NaN: only then is the
+    log-ratio masked (two passes over (m, V)) and the sum taken again — no scan of the logits beforehand.
+    Under torch.compile (no data branch) it is always masked. Callers that go on using ``log_ratio`` (the
+    gradients) rely on the mask being applied in place whenever it matters.
     """
-    if masked:
-        log_ratio = log_ratio.masked_fill_(p == 0, 0.0)
-    return _rowdot(p, log_ratio)
-
-
-def _has_neg_inf(*logits: Tensor) -> bool:
-    """Whether any logit is -inf (masked vocabulary); always True under torch.compile (no data branch)."""
-    return not _eager() or any(bool(x.amin() == float("-inf")) for x in logits)  # a reduction, no (m, V) mask
+    if _eager():
+        rows = _rowdot(p, log_ratio)
+        if not bool(rows.isnan().any()):
+            return rows
+    return _rowdot(p, log_ratio.masked_fill_(p == 0, 0.0))
 
 
 def dense_kd_chunk(
@@ -120,46 +120,46 @@ def dense_kd_chunk(
         kind = "forward_kl"
     elif kind == "jsd" and param == 1.0 or kind == "skew_reverse_kl" and param == 0.0:
         kind = "reverse_kl"
-    masked = _has_neg_inf(student_logits, teacher_logits)
     log_q = _log_softmax_at(student_logits, tau)  # (m, V)
     log_p = _log_softmax_at(teacher_logits, tau)  # (m, V)
     if kind == "forward_kl":
         p = log_p.exp()
-        rows = _kl_rows(p, log_p.sub_(log_q), masked)
+        rows = _kl_rows(p, log_p.sub_(log_q))
         del log_p
         grad = log_q.exp_().sub_(p).mul_(scale.unsqueeze(1))  # q − p
     elif kind == "reverse_kl":
         q = log_q.exp()
         log_ratio = log_q.sub_(log_p)  # log q − log p
         del log_p
-        rows = _kl_rows(q, log_ratio, masked)
+        rows = _kl_rows(q, log_ratio)
         grad = log_ratio.sub_(rows.unsqueeze(1)).mul_(q).mul_(scale.unsqueeze(1))  # q·(log q/p − D)
     elif kind == "jsd":
         beta = param
         log_m = _log_mix(log_p, log_q, beta)  # (m, V) log(βp + (1−β)q)
         p = log_p.exp()
-        kl_p = _kl_rows(p, log_p.sub_(log_m), masked)
+        kl_p = _kl_rows(p, log_p.sub_(log_m))
         del p, log_p
         q = log_q.exp()
         log_ratio = log_q.sub_(log_m)  # log q − log m
         del log_m
-        kl_q = _kl_rows(q, log_ratio, masked)
+        kl_q = _kl_rows(q, log_ratio)
         rows = beta * kl_p + (1.0 - beta) * kl_q
         grad = _softmax_vjp(q, log_ratio, (1.0 - beta) * scale)
     elif kind == "skew_forward_kl":
         alpha = param
         log_r = _log_mix(log_p, log_q, alpha)  # log(αp + (1−α)q)
         p = log_p.exp()
-        rows = _kl_rows(p, log_p.sub_(log_r), masked)
+        rows = _kl_rows(p, log_p.sub_(log_r))
         del log_p
         q = log_q.exp()
         a = log_q.sub_(log_r).add_(math.log(1.0 - alpha)).exp_()  # (1−α)q/r ∈ [0, 1]
         del log_r
-        pa = a.mul_(p)  # p·a
-        if masked:
-            pa = pa.masked_fill_(p == 0, 0.0)
+        pa = a.mul_(p)  # p·a; NaN only where q = r = 0 (so p = 0): masked when the row sum shows it
+        pa_sum = pa.sum(-1, keepdim=True)  # (m, 1)
+        if not _eager() or bool(pa_sum.isnan().any()):
+            pa_sum = pa.masked_fill_(p == 0, 0.0).sum(-1, keepdim=True)
         del p
-        grad = q.mul_(pa.sum(-1, keepdim=True)).sub_(pa).mul_(scale.unsqueeze(1))  # q·Σpa − pa
+        grad = q.mul_(pa_sum).sub_(pa).mul_(scale.unsqueeze(1))  # q·Σpa − pa
     elif kind == "skew_reverse_kl":
         alpha = param
         log_r = _log_mix(log_p, log_q, 1.0 - alpha)  # log((1−α)p + αq)
@@ -167,7 +167,7 @@ def dense_kd_chunk(
         q = log_q.exp()
         log_ratio = log_q.sub_(log_r)  # log q − log r
         del log_r
-        rows = _kl_rows(q, log_ratio, masked)
+        rows = _kl_rows(q, log_ratio)
         g = log_ratio.sub_(log_ratio.exp().mul_(alpha))  # log q/r − α·q/r
         grad = _softmax_vjp(q, g, scale)
     elif kind == "tvd":

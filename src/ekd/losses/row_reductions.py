@@ -116,18 +116,37 @@ def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
             x = x.nan_to_num(neginf=lowest)
             top = x.amax(-1, keepdim=True)
         if eager:
-            # x − max ≤ 0; −inf → lowest, so that 0·x is 0
-            shifted = torch.sub(x, top, out=shifted_buf[:k]).clamp_min_(lowest)
-            e = torch.exp(shifted, out=exp_buf[:k])  # (rows, V)
+            _block_lse_entropy(x, top, shifted_buf[:k], exp_buf[:k], lse[r : r + k], entropy[r : r + k])
         else:
-            shifted = (x - top).clamp_min(lowest)
+            shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
             e = shifted.exp()
-        total = e.sum(-1)  # (rows,)
-        log_total = total.log()
-        lse[r : r + step] = top.squeeze(1) + log_total
-        weighted = e.mul_(shifted) if eager else e * shifted  # (rows, V) e·x
-        entropy[r : r + step] = (log_total - weighted.sum(-1) / total).clamp_min_(0.0)
+            total = e.sum(-1)  # (rows,)
+            log_total = total.log()
+            lse[r : r + step] = top.squeeze(1) + log_total
+            entropy[r : r + step] = (log_total - (e * shifted).sum(-1) / total).clamp_min_(0.0)
     return lse, entropy
+
+
+def _block_lse_entropy(
+    x: Tensor, top: Tensor, shifted: Tensor, e: Tensor, lse: Tensor, entropy: Tensor, clamp: bool = False
+) -> None:
+    """:func:`row_logsumexp_entropy` of one (rows, V) block with a finite row max ``top`` (rows, 1), into
+    ``lse`` and ``entropy`` (rows,), through the block buffers ``shifted`` and ``e`` (rows, V).
+
+    x − max is −inf only at −inf logits (or an fp32 overflow of the difference); there e·x = 0·(−inf) is NaN
+    and the convention needs −inf → the lowest finite value. Rather than clamping every block (one more pass
+    over it), a block whose entropy comes out NaN is computed again with the clamp: the same bits either way.
+    """
+    torch.sub(x, top, out=shifted)
+    if clamp:
+        shifted.clamp_min_(torch.finfo(x.dtype).min)
+    torch.exp(shifted, out=e)
+    total = e.sum(-1)  # (rows,)
+    log_total = total.log()
+    torch.add(top.squeeze(1), log_total, out=lse)
+    torch.sub(log_total, e.mul_(shifted).sum(-1) / total, out=entropy).clamp_min_(0.0)
+    if not clamp and bool(entropy.isnan().any()):
+        _block_lse_entropy(x, top, shifted, e, lse, entropy, clamp=True)
 
 
 def log_softmax_(z: Tensor) -> Tensor:
@@ -151,8 +170,10 @@ def log_softmax_(z: Tensor) -> Tensor:
     for r in range(0, m, step):
         x = z[r : r + step]  # (rows, V) view, stays in cache
         k = x.shape[0]
-        x.sub_(x.amax(-1, keepdim=True).nan_to_num_(neginf=0.0))  # z − max (an all −inf row stays −inf)
-        x.sub_(_logsumexp_into(x, work[:k], lse[:k]).unsqueeze(1))  # − log Σ exp(z − max)
+        x.sub_(x.amax(-1, keepdim=True).nan_to_num_(neginf=0.0))  # z − max ≤ 0 (an all −inf row stays −inf)
+        # log Σ exp(z − max): its max is already 0, so no second max and shift (the stock kernel's bits)
+        torch.sum(torch.exp(x, out=work[:k]), -1, out=lse[:k]).log_()
+        x.sub_(lse[:k].unsqueeze(1))
     return z
 
 

@@ -34,14 +34,15 @@ def softmax_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     lse by ``row_logsumexp`` and H = lse − Σ_v p_v·z_v by ``row_dot`` (``ekd.losses.row_reductions``:
     pairwise sums; the stock CPU softmax normalizes with a sequential sum that errs by ~2e-5 at V = 151,936),
     p = exp(z − lse): one exp pass, only two (m, V) buffers alive. −inf logits (masked ids) count as the
-    most negative finite fp32 value, so that 0·z is 0.
+    most negative finite fp32 value, so that 0·z is 0: found by the NaN they make in Σ p·z (then the whole
+    computation runs again on the floored logits), not by a pass over z beforehand.
     """
     z = logits.float()
-    if z.numel() and bool(torch.isneginf(z.amin())):
-        z = z.nan_to_num(neginf=torch.finfo(torch.float32).min)
-    lse = row_logsumexp(z)  # (m,)
+    lse = row_logsumexp(z)  # (m,) −inf entries count 0, as the floored value's exp does
     p = (z - lse.unsqueeze(1)).exp_()  # (m, V)
-    expected_z = row_dot(p, z)  # (m,) Σ_v p_v z_v
+    expected_z = row_dot(p, z)  # (m,) Σ_v p_v z_v; NaN where a −inf logit meets p = 0
+    if bool(expected_z.isnan().any()) and bool(torch.isneginf(z).any()):
+        return softmax_entropy(z.nan_to_num(neginf=torch.finfo(torch.float32).min))
     return p, lse, (lse - expected_z).clamp_min(0.0)  # ≥ 0; cancellation can leave −1e-7
 
 
