@@ -406,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk", type=int, default=0, help="ekd rows per chunk (default: auto_chunk_rows(V))"
     )
-    parser.add_argument("--skip-step", action="store_true", help="skip the optimizer-step benchmarks")
+    parser.add_argument(
+        "--skip-step", action="store_true", help="skip the optimizer-step and DKD/AT-KD head benchmarks"
+    )
     parser.add_argument("--skip-cache", action="store_true", help="skip the teacher-cache figures")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the whole-step comparison with TRL")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (its teacher cache, if built)")
@@ -430,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.step import bench_step
 
         step_lines = bench_step(quick=args.quick)
+        from benchmarks.objectives import section as objectives_section
+
+        step_lines += ["", *objectives_section(quick=args.quick)]
     e2e_lines: list[str] = []
     if not args.skip_e2e:
         from benchmarks.trl_e2e import section as e2e_section

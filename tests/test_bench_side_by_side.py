@@ -186,3 +186,18 @@ def test_make_bench_keeps_the_sections_it_does_not_regenerate():
     assert merged.index("## Numerics") < merged.index("## Scaling out")  # kept in their order
     assert "hand-written" in merged and "kept too" in merged
     assert merge_report(generated, "") == generated
+
+
+def test_decoupled_objectives_section_compares_equal_losses():
+    """The DKD / AT-KD head benchmark times both paths ABBA and prints both losses, which agree."""
+    from benchmarks.objectives import measure as measure_objectives
+    from benchmarks.objectives import report as report_objectives
+
+    res = measure_objectives(v=512, m=24, ds=16, dt=24, chunk=7, rounds=2)
+    for r in res["objectives"].values():
+        assert len(r["times"]["autograd"]) == len(r["times"]["closed form"]) == 4
+        assert r["loss"]["autograd"] == pytest.approx(r["loss"]["closed form"], rel=1e-5)
+    lines = report_objectives(res)
+    assert any(line.startswith("| `dkd` |") for line in lines) and any(
+        line.startswith("| `atkd` |") for line in lines
+    )

@@ -178,6 +178,16 @@ def test_rows_without_non_gold_mass_are_finite():
     assert torch.isfinite(s.grad).all()
 
 
+def test_a_teacher_without_non_gold_mass_has_zero_nckd():
+    """Only the teacher's gold logit finite: NCKD is 0 by definition (its DKD weight 1 − p_y is 0), also though
+    ``log_probs_at`` floors the −inf logits to a finite value (they were once taken for a uniform p̂)."""
+    s, t, gold, tau = make_inputs(8)
+    t[0] = -math.inf
+    t[0, gold[0]] = 1.0
+    assert float(nckd(s, t, gold, tau)[0]) == 0.0
+    torch.testing.assert_close(tckd(s, t, gold, tau)[0].double(), ref_tckd(s, t, gold, tau)[0])
+
+
 def test_near_certain_gold_is_accurate():
     """p_y, q_y → 1 (1 − p_y ≈ 1e-11, far below fp32 resolution of p_y): TCKD ≈ 1e-9 still matches float64."""
     s, t, gold, _ = make_inputs(9)

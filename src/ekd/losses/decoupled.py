@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from ekd.losses.divergences import _kl_from_log, log_probs_at
+from ekd.losses.divergences import LOG_ZERO, _kl_from_log, log_probs_at
 from ekd.selection.base import topk_rows_mask
 from ekd.selection.global_batch import gather_segments
 
@@ -55,7 +55,8 @@ def split_gold(log_probs: Tensor, gold_mask: Tensor) -> tuple[Tensor, Tensor, Te
         dead: (M,) bool, rows with no non-gold mass.
     """
     masked = log_probs.masked_fill(gold_mask, float("-inf"))  # (M, V) non-gold entries only
-    dead = torch.isneginf(masked.detach()).all(-1)  # (M,)
+    # (M,) no non-gold mass: every other entry −inf or ``log_probs_at``'s floor for a −inf logit
+    dead = (masked.detach() <= LOG_ZERO).all(-1)
     # A row of only −inf would make logsumexp's backward 0·NaN; substitute zeros there, undo it below.
     safe = torch.where(dead[:, None], torch.zeros_like(masked), masked)  # (M, V)
     lse = torch.logsumexp(safe, dim=-1)  # (M,) log(1 − p_y) on live rows

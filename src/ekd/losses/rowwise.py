@@ -1,6 +1,7 @@
-"""A generic chunked "head + per-row loss" for objectives that need more than (student, teacher, τ):
-gold tokens, masks, an EMA or initial-student distribution (DKD, AT-KD, EMA self-distillation,
-uncertainty-aware MLE).
+"""A generic chunked "head + per-row loss" through autograd, for objectives that need more than (student,
+teacher, τ): gold tokens, masks, an EMA or initial-student distribution (EMA self-distillation,
+uncertainty-aware MLE; DKD and AT-KD on ``train.loss_path`` ``reference`` / ``chunked_recompute``, whose
+``chunked`` path is the closed form of ``ekd.losses.decoupled_grads`` on the fused head).
 
 Each chunk's student logits are recomputed in backward (activation checkpointing), so memory stays
 O(chunk · V) like the KD fast path; the loss function receives one chunk at a time and returns its *sum*.

@@ -1,6 +1,7 @@
 """Per-row objectives other than "divergence vs the teacher" (METHODS §7): DKD, AT-KD, EMA
 self-distillation and uncertainty-aware masked MLE. Each is summed over the selected rows, chunk by chunk
-(``rowwise_loss_sum``); the step normalizes it like the KD term.
+(``rowwise_loss_sum``, autograd); the step normalizes it like the KD term. With ``train.loss_path=chunked``
+DKD and AT-KD run on the fused head with their gradient in closed form (``decoupled_kd_chunk``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ekd.losses.chunked import fused_linear_loss
 from ekd.losses.decoupled import atkd_hard_mask, atkd_loss_sum, dkd
+from ekd.losses.decoupled_grads import decoupled_kd_chunk
+from ekd.losses.matmul import RowBuffer
 from ekd.losses.rowwise import rowwise_loss_sum
 from ekd.losses.self_distill import ema_self_distill_sum, uncertainty_loss_sum, uncertainty_split
 from ekd.losses.targets import Head
@@ -45,6 +49,8 @@ def objective_sum(
     if parts.objective in ("dkd", "atkd"):
         h_t = signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows]  # (M, Dt)
         head_t = signal.head
+        if ctx.loss_path == "chunked":  # the fused head, gradient in closed form
+            return _decoupled_fused(parts, h_rows, head_s, h_t, head_t, gold, tau, scale, stats, rows, ctx)
         if parts.objective == "dkd":
 
             def loss(zs: Tensor, sl: slice) -> Tensor:
@@ -86,3 +92,27 @@ def objective_sum(
     else:
         raise ValueError(f"unknown objective {parts.objective!r}")
     return rowwise_loss_sum(h_rows, head_s, loss, ctx.chunk_rows)
+
+
+def _decoupled_fused(parts, h_rows, head_s, h_t, head_t, gold, tau, scale, stats, rows, ctx) -> Tensor:
+    """DKD / AT-KD through the fused head (``decoupled_kd_chunk``): the same sums as the autograd path of
+    ``objective_sum``, with the per-row TCKD and NCKD weights (c_T, c_N) of each objective."""
+    m = parts.method_cfg
+    if parts.objective == "dkd":
+        coef_t, coef_n = scale, m.dkd_beta * scale  # (M,) TCKD + β·NCKD
+    else:
+        u = 1.0 - stats["teacher_logp_gold"].reshape(-1)[rows].exp()  # (M,) teacher uncertainty 1 − p(y)
+        hard = atkd_hard_mask(u, 0.5)  # (M,) bool
+        lam = m.atkd_lambda
+        coef_t = torch.where(hard, (1.0 - lam) * scale, 0.0)  # hard: (1 − λ)·(TCKD + NCKD)
+        coef_n = torch.where(hard, 1.0 - lam, lam) * scale  # easy: λ·NCKD
+    tau, coef_t, coef_n = tau.detach().float(), coef_t.detach().float(), coef_n.detach().float()
+    teacher_buffer = RowBuffer()  # (chunk, V) teacher logits, reused chunk after chunk
+
+    def chunk(logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            zt = head_t(h_t[start:end], teacher_buffer).float()  # (m, V)
+        sl = slice(start, end)
+        return decoupled_kd_chunk(logits, zt, gold[sl], tau[sl], coef_t[sl], coef_n[sl])
+
+    return fused_linear_loss(h_rows, head_s, chunk, ctx.chunk_rows)
