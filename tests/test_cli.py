@@ -180,6 +180,54 @@ def test_a_stray_or_abbreviated_option_is_refused(capsys, flag):
     assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        # an abbreviation names the option(s) it starts; an ambiguous one names all of them
+        (["distill", "c.yaml", "--o", "train.max_steps=7"], "--o (did you mean --overwrite?)"),
+        (["distill", "--o", "c.yaml"], "--o (did you mean --overwrite?)"),
+        (["cache", "c.yaml", "--o"], "--o (did you mean --overwrite or --out?)"),
+        (["distill", "c.yaml", "--ov=1"], "--ov=1 (did you mean --overwrite?)"),
+        # nested commands: the options of `config show` / `student init`, with their usage line
+        (["config", "show", "--explian"], "--explian (did you mean --explain?)"),
+        (["student", "init", "t", "out", "--layer", "2"], "--layer (did you mean --layers?) 2"),
+        # a global option after the command, or misspelled before it
+        (["distill", "c.yaml", "--debug"], "--debug (goes before the command: ekd --debug distill ...)"),
+        (["--debg", "distill", "c.yaml"], "--debg (did you mean --debug? it goes before the command"),
+    ],
+)
+def test_every_commands_unknown_option_names_the_options_it_may_mean(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {hint}" in err, err
+    command = (
+        " ".join(argv[:2])
+        if argv[0] in ("config", "student")
+        else "distill"
+        if "distill" in argv
+        else argv[0]
+    )
+    assert err.startswith(f"usage: ekd {command} "), err  # the usage of the command that was misused
+    assert "train.max_steps=7" not in err.splitlines()[-1]  # an override is not an unrecognized argument
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["distil", "c.yaml"], "invalid choice: 'distil'"),
+        (["plan", "--gpus", "2", "--parallel", "dpp", "x"], "invalid choice: 'dpp'"),
+    ],
+)
+def test_an_argparse_choice_suggests_the_nearest(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        e.value.code == 2 and hint in err and err.endswith(("did you mean 'distill'?", "did you mean 'ddp'?"))
+    )
+
+
 def test_a_misspelled_option_shows_the_command_usage_and_the_closest_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["distill", "c.yaml", "--overwrit"])
