@@ -58,6 +58,7 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
     scores_samples_with_teacher,
+    teacher_needed,
 )
 from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
@@ -149,9 +150,13 @@ def _train(
     t_start = time.perf_counter()
     device, main = ranks.device, ranks.is_main
     parts = MethodParts.build(cfg, cfg.train.max_steps)
-    # a typo in a model name is found first: before the run directory's checks (whose advice would be
-    # --overwrite) and before the data is read
+    # a typo in a model name or a cache not built yet is found first: before the run directory's checks
+    # (whose advice would be --overwrite) and before the data is read
     _check_model_names(cfg, parts)
+    if cfg.teacher.source == "cache" and teacher_needed(cfg):
+        from ekd.teacher.cache.source import check_cache_dir
+
+        check_cache_dir(cfg.teacher.cache_dir)
     run_dir = start.open() if start is not None else cfg.run_dir
     ranks.barrier()
     torch.manual_seed(cfg.run.seed)
