@@ -213,11 +213,24 @@ def cmd_distill(args) -> int:
         return 0
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
-    print(
-        f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
-    )
+    print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
     _print_eval(result.eval)
     return 0
+
+
+def _run_summary(result) -> str:
+    """'400 steps, 55 s, KD positions 12.3%'; resumed: '400 steps (resumed at step 250), 20 s this segment,
+    55 s in all, KD positions 12.3%' — or, from a checkpoint that did not record the run's totals, this
+    segment's time and KD positions, said so."""
+    kd = f"KD positions {100 * result.kd_fraction:.1f}%"
+    if result.resumed_at is None:
+        return f"{result.steps} steps, {result.wall_time:.0f} s, {kd}"
+    head = (
+        f"{result.steps} steps (resumed at step {result.resumed_at}), {result.wall_time:.0f} s this segment"
+    )
+    if not result.whole_run:
+        return f"{head}, {kd} this segment (its checkpoint did not record the earlier segments)"
+    return f"{head}, {result.total_time:.0f} s in all, {kd}"
 
 
 def _print_eval(results: dict[str, dict[str, float]]) -> None:
