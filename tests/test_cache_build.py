@@ -321,6 +321,29 @@ def test_full_distribution_policies_are_refused(setup, overrides, capsys):
     assert "full distribution" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("state", ["missing", "empty", "unfinished"])
+def test_a_cache_dir_without_a_cache_is_refused_before_the_data_is_read(setup, tmp_path, capsys, state):
+    """The corpus does not exist either: the cache is what is reported, so the data was never read."""
+    cache = tmp_path / "not-built"
+    if state != "missing":
+        cache.mkdir()
+    if state == "unfinished":
+        (cache / "manifest.rank0.json").write_text("{}")
+    corpus = tmp_path / "no-corpus.jsonl"
+    args = [
+        "run.name=no-cache",
+        "teacher.source=cache",
+        f"teacher.cache_dir={cache}",
+        f"data.source={corpus}",
+    ]
+    assert main(["distill", setup["cfg"], *args]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("ekd: error: teacher.cache_dir") and str(cache) in line, line
+    assert ("ekd cache CONFIG" if state != "unfinished" else "rerun the cache build") in line, line
+    assert str(corpus) not in line
+    assert not (setup["root"] / "runs" / "no-cache").exists()  # nothing started
+
+
 def test_signature_mismatch_names_each_field(setup, capsys):
     args = [
         "run.name=mismatch",

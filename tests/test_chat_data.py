@@ -264,6 +264,40 @@ def test_a_field_no_row_has_is_one_line_naming_the_field_and_the_keys_present(tm
     assert len(docs) == 3
 
 
+def test_a_field_none_of_the_first_rows_has_is_refused_without_reading_the_rest(tmp_path):
+    """A large file with the wrong field name is refused after FIELD_PROBE_ROWS rows, not at its end: the
+    line after them is not JSON, and the error is still the field's."""
+    from ekd.data.documents import FIELD_PROBE_ROWS
+
+    path = tmp_path / "big.jsonl"
+    rows = [json.dumps({"conversations": r, "id": i}) for i, r in enumerate(conversations(FIELD_PROBE_ROWS))]
+    path.write_text("\n".join([*rows, "{not json", *rows]) + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), chat_cfg())
+    message = str(e.value)
+    assert f"none of the first {FIELD_PROBE_ROWS} rows has the field 'messages'" in message, message
+    assert "the rows have: conversations, id" in message and "set data.messages_field" in message
+
+
+def test_a_file_whose_first_rows_lack_the_field_but_a_later_one_has_it_is_read(tmp_path, caplog):
+    """One row with the field among the first FIELD_PROBE_ROWS is enough: the rest are skipped and counted."""
+    from ekd.data.documents import FIELD_PROBE_ROWS
+
+    good = conversations(2)
+    lines = [{"text": "no messages", "id": i} for i in range(FIELD_PROBE_ROWS - 1)]
+    lines += [{"messages": good[0]}, *({"text": "x"} for _ in range(300)), {"messages": good[1]}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    with caplog.at_level(logging.WARNING):
+        docs = load_documents(str(path), chat_cfg())
+    assert [d.doc_id for d in docs] == [f"mixed.jsonl:{FIELD_PROBE_ROWS}", f"mixed.jsonl:{len(lines)}"]
+    skipped = len(lines) - 2
+    assert any(
+        f"skipped {skipped} of {len(lines)} ({skipped} no data.messages_field)" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_rows_without_the_messages_field_are_skipped_and_counted_with_the_malformed(tmp_path, caplog):
     good = conversations(3)
     lines = [

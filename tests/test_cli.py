@@ -180,6 +180,54 @@ def test_a_stray_or_abbreviated_option_is_refused(capsys, flag):
     assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        # an abbreviation names the option(s) it starts; an ambiguous one names all of them
+        (["distill", "c.yaml", "--o", "train.max_steps=7"], "--o (did you mean --overwrite?)"),
+        (["distill", "--o", "c.yaml"], "--o (did you mean --overwrite?)"),
+        (["cache", "c.yaml", "--o"], "--o (did you mean --overwrite or --out?)"),
+        (["distill", "c.yaml", "--ov=1"], "--ov=1 (did you mean --overwrite?)"),
+        # nested commands: the options of `config show` / `student init`, with their usage line
+        (["config", "show", "--explian"], "--explian (did you mean --explain?)"),
+        (["student", "init", "t", "out", "--layer", "2"], "--layer (did you mean --layers?) 2"),
+        # a global option after the command, or misspelled before it
+        (["distill", "c.yaml", "--debug"], "--debug (goes before the command: ekd --debug distill ...)"),
+        (["--debg", "distill", "c.yaml"], "--debg (did you mean --debug? it goes before the command"),
+    ],
+)
+def test_every_commands_unknown_option_names_the_options_it_may_mean(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {hint}" in err, err
+    command = (
+        " ".join(argv[:2])
+        if argv[0] in ("config", "student")
+        else "distill"
+        if "distill" in argv
+        else argv[0]
+    )
+    assert err.startswith(f"usage: ekd {command} "), err  # the usage of the command that was misused
+    assert "train.max_steps=7" not in err.splitlines()[-1]  # an override is not an unrecognized argument
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["distil", "c.yaml"], "invalid choice: 'distil'"),
+        (["plan", "--gpus", "2", "--parallel", "dpp", "x"], "invalid choice: 'dpp'"),
+    ],
+)
+def test_an_argparse_choice_suggests_the_nearest(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        e.value.code == 2 and hint in err and err.endswith(("did you mean 'distill'?", "did you mean 'ddp'?"))
+    )
+
+
 def test_a_misspelled_option_shows_the_command_usage_and_the_closest_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["distill", "c.yaml", "--overwrit"])
@@ -216,3 +264,48 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys, argv, hint):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ekd: interrupted") and len(err.splitlines()) == 1
     assert (hint in err) if hint else err == "ekd: interrupted"
+
+
+@pytest.mark.parametrize("older_checkpoint", [False, True])
+def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
+    tmp_path, corpus, capsys, monkeypatch, older_checkpoint
+):
+    """Killed after the step-2 checkpoint, then --resume: the summary says which time is which. A checkpoint
+    of an older ekd (no run_totals) gives this segment's time only, said so."""
+    import re
+
+    from ekd.train import trainer as trainer_mod
+
+    real_step, real_save = trainer_mod.forward_backward, trainer_mod.save_checkpoint
+
+    def killed_at_step_3(micro, student, teacher, parts, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(micro, student, teacher, parts, step, *args)
+
+    def save_without_totals(run_dir, step, student, optimizer, state, *args, **kwargs):
+        state = {k: v for k, v in state.items() if k != "run_totals"}
+        return real_save(run_dir, step, student, optimizer, state, *args, **kwargs)
+
+    if older_checkpoint:
+        monkeypatch.setattr(trainer_mod, "save_checkpoint", save_without_totals)
+    config = _config_file(tmp_path, corpus, "resumed", **{"train.max_steps": 5, "train.checkpoint_every": 2})
+    monkeypatch.setattr(trainer_mod, "forward_backward", killed_at_step_3)
+    assert main(["distill", config]) == 130
+    monkeypatch.setattr(trainer_mod, "forward_backward", real_step)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    capsys.readouterr()
+    assert main(["distill", config, "--resume"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("student saved to"))
+    assert "5 steps (resumed at step 2), " in line, line
+    if older_checkpoint:
+        assert re.search(r"\d+ s this segment, KD positions [\d.]+% this segment \(its checkpoint", line), (
+            line
+        )
+        assert "in all" not in line
+    else:
+        found = re.search(r"(\d+) s this segment, (\d+) s in all, KD positions [\d.]+%\)", line)
+        assert found and int(found[2]) >= int(found[1]), line
+    assert main(["distill", config, "--overwrite"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("student saved to"))
+    assert re.search(r"\(5 steps, \d+ s, KD positions [\d.]+%\)", line), line  # a run in one go: as before

@@ -291,6 +291,26 @@ def test_choice_errors_suggest_the_nearest_value():
         load_config(None, ["train.loss_path=referense"])
 
 
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        # a part of a compound name: 'kll' is no typo of any whole name, but of the 'kl' they share
+        ("method.divergence=kll", "did you mean 'forward_kl', 'reverse_kl' or 'skew_forward_kl'?"),
+        ("method.divergence=kl", "did you mean 'forward_kl', 'reverse_kl' or 'skew_forward_kl'?"),
+        # an abbreviation: every name it starts
+        ("method.divergence=skew", "did you mean 'skew_forward_kl' or 'skew_reverse_kl'?"),
+        ("teacher.cache_positions=teacher", "did you mean 'teacher_entropy_topk'?"),
+        ("method.sample_scorer=entropy", "did you mean 'student_entropy'?"),
+        ("eval.set_tags={a: shifted}", "did you mean 'shift'?"),
+    ],
+)
+def test_choice_errors_suggest_for_short_and_partial_values(override, hint):
+    """Every choice-restricted value gets the suggestion of unknown keys and presets (one matcher)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert hint in str(e.value) and "must be one of" in str(e.value)
+
+
 def test_unknown_preset_suggests_the_nearest():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["method=rkll"])

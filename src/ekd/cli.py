@@ -23,6 +23,7 @@ from pathlib import Path
 from ekd import __version__
 from ekd.errors import EkdError
 from ekd.log_level import set_level_floor
+from ekd.nearest import close_names, did_you_mean, either
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -35,10 +36,18 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """No abbreviated options: ``--o`` must not be taken for ``--overwrite``. Subcommands inherit it."""
+    """No abbreviated options: ``--o`` must not be taken for ``--overwrite`` (the error suggests the options
+    it starts, see ``_unrecognized``). A value outside ``choices`` (a command name, ``--parallel``) gets the
+    same "did you mean" as config values. Subcommands inherit both."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(repr(c) for c in action.choices)
+            hint = did_you_mean(str(value), [str(c) for c in action.choices])
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {choices}){hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,11 +213,24 @@ def cmd_distill(args) -> int:
         return 0
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
-    print(
-        f"student saved to {result.run_dir / 'student'} ({result.steps} steps, {result.wall_time:.0f}s, KD positions {100 * result.kd_fraction:.1f}%)"
-    )
+    print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
     _print_eval(result.eval)
     return 0
+
+
+def _run_summary(result) -> str:
+    """'400 steps, 55 s, KD positions 12.3%'; resumed: '400 steps (resumed at step 250), 20 s this segment,
+    55 s in all, KD positions 12.3%' — or, from a checkpoint that did not record the run's totals, this
+    segment's time and KD positions, said so."""
+    kd = f"KD positions {100 * result.kd_fraction:.1f}%"
+    if result.resumed_at is None:
+        return f"{result.steps} steps, {result.wall_time:.0f} s, {kd}"
+    head = (
+        f"{result.steps} steps (resumed at step {result.resumed_at}), {result.wall_time:.0f} s this segment"
+    )
+    if not result.whole_run:
+        return f"{head}, {kd} this segment (its checkpoint did not record the earlier segments)"
+    return f"{head}, {result.total_time:.0f} s in all, {kd}"
 
 
 def _print_eval(results: dict[str, dict[str, float]]) -> None:
@@ -263,7 +285,9 @@ def cmd_list(args) -> int:
     except ImportError:  # pragma: no cover
         pass
     if args.what != "all" and args.what not in tables:
-        raise EkdError(f"ekd list: unknown table '{args.what}' (choose from {', '.join(tables)})")
+        raise EkdError(
+            f"ekd list: unknown table '{args.what}' (choose from {', '.join(tables)}){did_you_mean(args.what, tables)}"
+        )
     for name, reg in tables.items():
         if args.what not in ("all", name):
             continue
@@ -401,33 +425,50 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
         args.overrides = [*(args.overrides or []), *extra]
     elif extra:
-        _command_parser(parser, args).error(_unrecognized(extra, _command_parser(parser, args)))
+        command = _command_parser(parser, args)
+        command.error(_unrecognized(extra, command, parser, takes_overrides=hasattr(args, "overrides")))
     return args
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The parser of the command being run (its usage line is the one that helps), else ``parser``."""
-    for action in parser._actions:
-        if (
-            isinstance(action, argparse._SubParsersAction)
-            and getattr(args, "command", None) in action.choices
-        ):
-            return action.choices[args.command]
-    return parser
+    """The parser of the (sub)command being run, e.g. ``ekd config show`` (its usage line and options are
+    the ones that help), else ``parser``."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
 
 
-def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
-    """'unrecognized arguments: ...', with the closest option of ``parser`` for a misspelled one."""
-    import difflib
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings]
 
-    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    hints = [
-        f"{word} (did you mean {close[0]}?)"
-        if (close := difflib.get_close_matches(word, options, n=1))
-        else word
-        for word in extra
-    ]
-    return f"unrecognized arguments: {' '.join(hints)}"
+
+def _unrecognized(
+    extra: list[str], command: argparse.ArgumentParser, top: argparse.ArgumentParser, takes_overrides: bool
+) -> str:
+    """'unrecognized arguments: ...', each option word followed by the options of ``command`` it may mean:
+    those it starts (options are never abbreviated; all of them when the prefix is ambiguous), else the
+    closest; then the global options (``--debug``), which go before the command. Plain words are left out
+    when the command takes overrides (they are overrides, refused only because of the option)."""
+    before = f"ekd {{}} {command.prog.removeprefix('ekd ')} ..."
+    words = []
+    for word in extra:
+        name = word.split("=", 1)[0]
+        if not name.startswith("-"):
+            words += [] if takes_overrides else [word]
+        elif name in _options(top):
+            words.append(f"{word} (goes before the command: {before.format(name)})")
+        elif close := close_names(name, _options(command)):
+            words.append(f"{word} (did you mean {either(close)}?)")
+        elif close := close_names(name, _options(top)):
+            words.append(
+                f"{word} (did you mean {either(close)}? it goes before the command: {before.format(close[0])})"
+            )
+        else:
+            words.append(word)
+    return f"unrecognized arguments: {' '.join(words)}"
 
 
 def main(argv: list[str] | None = None) -> int:

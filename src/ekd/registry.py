@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from ekd.nearest import did_you_mean
 
 T = TypeVar("T")
 
@@ -41,8 +42,7 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._items), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, self._items)
         return f"unknown {self.kind} {name!r}{hint} (choices: {', '.join(sorted(self._items))})"
 
     def describe(self, name: str) -> str:

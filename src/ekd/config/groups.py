@@ -11,10 +11,10 @@ one line naming the flat keys of the group.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from ekd.errors import ConfigError
+from ekd.nearest import close_names
 
 ALIASES = {"student.export": "model.lora_export"}  # spelled outside the section that holds the key
 
@@ -69,7 +69,7 @@ def unknown_group_hint(key: str, known: set[str]) -> str:
         return ""
     names = [m[len(group) + 1 :] for m in members]
     leaf = rest.partition(".")[2]
-    close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6) if leaf else []
+    close = close_names(leaf, names)[:1] if leaf else []
     if close:
         return f"; did you mean '{group}.{close[0]}' ({group}_{close[0]})?"
     example, name = members[0], names[0]

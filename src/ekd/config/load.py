@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
 import inspect
 import typing
@@ -25,6 +24,7 @@ from ekd.config.rules import rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
+from ekd.nearest import did_you_mean
 
 
 def split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -70,14 +70,7 @@ def _section_type(section: str) -> type:
 
 
 def _nearest(key: str) -> str:
-    keys = all_keys() + SECTIONS
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    if not close:  # try the field name alone against every section
-        leaf = key.split(".")[-1]
-        close = [k for k in all_keys() if difflib.get_close_matches(leaf, [k.split(".")[-1]], cutoff=0.75)][
-            :1
-        ]
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return did_you_mean(key, all_keys() + SECTIONS, cutoff=0.5)
 
 
 class CliText(str):

@@ -14,13 +14,13 @@ explicit in ``validate.py``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ekd.errors import ConfigError
+from ekd.nearest import did_you_mean
 
 RULE = "ekd.rule"  # key of the rule in a dataclass field's metadata
 
@@ -69,8 +69,7 @@ class OneOf:
         found = value.upper() if self.ignore_case else value
         if found in names:
             return
-        close = difflib.get_close_matches(found, names, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(found, names)
         shown = ", ".join(repr(n) if n == "" else n for n in names)
         raise ConfigError(f"{key} must be one of {shown}, got '{value}'{hint}")
 

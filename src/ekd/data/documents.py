@@ -13,8 +13,9 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
 - ``data.format=chat``: JSONL, Parquet or HF rows (told apart as above) whose ``data.messages_field`` holds a
   conversation (:mod:`ekd.data.chat`); a row without that field or whose messages are not a list of
   ``{role, content}`` strings is skipped and counted (one warning line with the count and the first row). A
-  field that no row has (a Parquet/HF column that does not exist, or no JSONL row of the file) is instead one
-  error naming ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
+  field that no row has (a Parquet/HF column that does not exist, or none of the first ``FIELD_PROBE_ROWS``
+  JSONL rows, so that a large file is not read to its end first) is instead one error naming
+  ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
@@ -48,6 +49,8 @@ FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "chat")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# chat JSONL: when none of this many first rows has data.messages_field, the name is wrong (refused at once)
+FIELD_PROBE_ROWS = 256
 DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n\s*")  # two or more blank lines
 
 
@@ -344,6 +347,8 @@ def _read_jsonl(
                 keys.update(dict.fromkeys(map(str, row)))
                 skipped.seen += 1
                 skipped.add(f"{path.name}:{line_no}", _no_messages(fields[0], row))
+                if skipped.reasons[NO_MESSAGES] == rows == FIELD_PROBE_ROWS:  # a wrong field name: stop now
+                    raise _no_field_anywhere(key, path, fields[0], keys, f"none of the first {rows} rows has")
                 continue
             for name in fields:
                 if name not in row:
@@ -357,10 +362,14 @@ def _read_jsonl(
             if doc is not None:
                 yield doc
     if skipped is not None and rows and skipped.reasons[NO_MESSAGES] == rows:
-        raise ConfigError(
-            f"{key} {path}: no row has the field '{fields[0]}' (data.messages_field; the rows have: "
-            f"{_names(keys) or 'no fields'}); set data.messages_field to the field holding each conversation"
-        )
+        raise _no_field_anywhere(key, path, fields[0], keys, "no row has")
+
+
+def _no_field_anywhere(key: str, path: Path, name: str, keys: Iterable[str], which: str) -> ConfigError:
+    return ConfigError(
+        f"{key} {path}: {which} the field '{name}' (data.messages_field; the rows have: "
+        f"{_names(keys) or 'no fields'}); set data.messages_field to the field holding each conversation"
+    )
 
 
 def _no_messages(name: str, row: dict) -> RejectedRow:

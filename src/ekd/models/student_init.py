@@ -21,7 +21,6 @@ and embeddings differ, so tying would silently discard one of them).
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import logging
 import re
@@ -37,6 +36,7 @@ from ekd import __version__
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.models.load import is_preset, load_model, load_tokenizer, model_body, save_model_dir
+from ekd.nearest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def from_config(
     config = copy.deepcopy(teacher_config)
     for key, value in overrides.items():
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, known)
             raise ModelError(
                 f"student init: '{key}' is not a key of the teacher's {teacher_config.model_type} config{hint}"
             )

@@ -5,7 +5,8 @@ Layout of ``runs/<name>/checkpoints/step-000100/``::
 
     student.safetensors   student weights (safetensors; shared/tied tensors handled)
     optimizer.pt          AdamW state (tensors + numbers; loaded with ``weights_only=True``)
-    state.pt              step, data position, method state (policies, temperatures, extras), RNG states
+    state.pt              step, data position, method state (policies, temperatures, extras), the run's
+                          seconds and KD positions so far (``run_totals``; optional: older checkpoints lack it)
     extra.safetensors     method modules trained with or kept beside the student (EGAD projection, EMA copy,
                           frozen initial student); tensors shared by tied weights stored once, aliases in metadata
     manifest.json         {"format": "ekd-checkpoint", "step": 100, "files": {name: sha256, ...}}

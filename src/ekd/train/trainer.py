@@ -58,6 +58,7 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
     scores_samples_with_teacher,
+    teacher_needed,
 )
 from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
@@ -79,11 +80,27 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     run_dir: Path
-    steps: int
-    wall_time: float
-    kd_fraction: float  # selected KD positions / valid positions over the whole run
+    steps: int  # train.max_steps: the run's steps, all segments
+    wall_time: float  # seconds of this segment (this call: loading, training, evaluation)
+    kd_fraction: float  # selected KD positions / valid positions over the whole run (see ``whole_run``)
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    resumed_at: int | None = None  # the step --resume continued from; None for a run trained in one go
+    total_time: float = 0.0  # seconds of every segment up to its last checkpoint, and this one
+    whole_run: bool = True  # False: resumed from a checkpoint that did not record the run's totals (an older
+    # ekd), so total_time and kd_fraction cover this segment only
+
+
+def run_totals(earlier: dict | None, seconds: float, selected: float, valid: float) -> dict | None:
+    """What a checkpoint records of the run so far: the earlier segments' ``earlier`` (from the checkpoint
+    resumed; None when it had none) plus this segment's seconds and KD/valid position counts."""
+    if earlier is None:
+        return None  # unknown before this segment: stays unknown (a resume reports this segment only)
+    return {
+        "seconds": float(earlier["seconds"]) + seconds,
+        "selected": float(earlier["selected"]) + selected,
+        "valid": float(earlier["valid"]) + valid,
+    }
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -149,9 +166,13 @@ def _train(
     t_start = time.perf_counter()
     device, main = ranks.device, ranks.is_main
     parts = MethodParts.build(cfg, cfg.train.max_steps)
-    # a typo in a model name is found first: before the run directory's checks (whose advice would be
-    # --overwrite) and before the data is read
+    # a typo in a model name or a cache not built yet is found first: before the run directory's checks
+    # (whose advice would be --overwrite) and before the data is read
     _check_model_names(cfg, parts)
+    if cfg.teacher.source == "cache" and teacher_needed(cfg):
+        from ekd.teacher.cache.source import check_cache_dir
+
+        check_cache_dir(cfg.teacher.cache_dir)
     run_dir = start.open() if start is not None else cfg.run_dir
     ranks.barrier()
     torch.manual_seed(cfg.run.seed)
@@ -209,13 +230,15 @@ def _train(
     if kept is not None:
         loader = loader.subset(kept)
 
-    start_step = 0
+    start_step, resumed_at = 0, None
+    earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0}  # the segments before this one
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors
         )
         try:
-            start_step = int(state["step"])
+            start_step = resumed_at = int(state["step"])
+            earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
             loader.load_state_dict(state["loader"])
             parts.policy.load_state_dict(state["policy"])
             if hasattr(parts.temperature, "load_state_dict"):
@@ -244,6 +267,10 @@ def _train(
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
             "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
             "micro_batch_size": cfg.train.micro_batch_size,
+            # time and KD positions of the run so far, for the final summary of a resumed run
+            "run_totals": run_totals(
+                earlier, time.perf_counter() - t_start, totals["selected"], totals["valid"]
+            ),
         }
         keep = cfg.train.keep_checkpoints
         if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
@@ -381,9 +408,20 @@ def _train(
             metrics_log.close()
             start.finish()
     ranks.barrier()
-    kd_fraction = totals["selected"] / totals["valid"] if totals["valid"] else 0.0
+    wall_time = time.perf_counter() - t_start
+    whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"])
+    counts = whole or totals
+    kd_fraction = counts["selected"] / counts["valid"] if counts["valid"] else 0.0
     return TrainResult(
-        run_dir, cfg.train.max_steps, time.perf_counter() - t_start, kd_fraction, last, results
+        run_dir,
+        cfg.train.max_steps,
+        wall_time,
+        kd_fraction,
+        last,
+        results,
+        resumed_at=resumed_at,
+        total_time=whole["seconds"] if whole else wall_time,
+        whole_run=whole is not None,
     )
 
 

@@ -50,6 +50,26 @@ CONFIG_KEYS = {
 FROM_CACHE = ("teacher_revision", "positions", "position_fraction")
 
 
+def check_cache_dir(directory: str) -> None:
+    """Refuse a ``teacher.cache_dir`` that holds no finished cache this ekd reads, before any data is read
+    (reading, tokenizing and packing a real corpus takes minutes); the signature, which needs the prepared
+    data, is checked when :class:`CacheTeacher` opens the cache.
+
+    Raises:
+        CacheError: one line naming the key, the path and the fix (build it with ``ekd cache CONFIG``).
+    """
+    path = Path(directory)
+    if not path.exists():
+        raise CacheError(
+            f"teacher.cache_dir {path} does not exist: build the cache first with `ekd cache CONFIG` "
+            "(this config), or set teacher.cache_dir to a built cache"
+        )
+    try:
+        CacheReader(path)  # the manifest only: its format version, and that the build finished
+    except CacheError as e:
+        raise CacheError(f"teacher.cache_dir: {e}") from None
+
+
 def training_signature(cfg: Config, data, found: dict) -> dict:
     """The signature the training config expects, with the fields it cannot decide copied from ``found``."""
     expected = cache_signature(cfg, data, str(found.get("teacher_revision", "")))
