@@ -272,6 +272,33 @@ def test_max_blocks_keeps_the_leading_blocks(word_tok: PreTrainedTokenizerFast) 
     )
 
 
+def test_num_documents_counts_documents_with_a_target(word_tok: PreTrainedTokenizerFast, monkeypatch) -> None:
+    """What the demo prints as an eval set's size: documents with a scored target, each once."""
+    docs = [Document("a b c", "d1"), Document("x y", "d2", prompt="p q")]
+    assert pack_documents(docs, word_tok, block_length=4).num_documents == 2
+    spanning = pack_documents([Document(" ".join(["a"] * 7), "d")], word_tok, block_length=4)
+    assert len(spanning) == 2 and spanning.num_documents == 1  # one document across two blocks
+    lone = pack_documents([Document("a b", "d")], word_tok, block_length=6)
+    assert lone.num_documents == 1  # the padding of a lone partial block is no document
+
+    def naive(blocks: PackedBlocks) -> int:
+        seen, doc = set(), -1
+        for starts, mask in zip(blocks.document_starts.tolist(), blocks.target_mask.tolist()):
+            for col, (start, target) in enumerate(zip(starts, mask)):
+                doc += start
+                if target and col > 0:
+                    seen.add(doc)
+        return len(seen)
+
+    many = [Document(" ".join(["a", "b", "c"][i % 3] for _ in range(i % 7 + 1)), str(i)) for i in range(40)]
+    blocks = pack_documents(many, word_tok, 4, max_blocks=13)
+    expected = naive(blocks)
+    assert 5 < expected == blocks.num_documents
+    chunks = PackedBlocks._row_chunks
+    monkeypatch.setattr(PackedBlocks, "_row_chunks", lambda self, tokens=8: chunks(self, tokens))  # 2 blocks
+    assert blocks.num_documents == expected  # a document split between two row chunks counts once
+
+
 def test_batch_to_and_valid(word_tok: PreTrainedTokenizerFast) -> None:
     batch = collate(pack_documents([Document("a b c")], word_tok, 4), torch.tensor([0]))
     moved = batch.to("cpu")

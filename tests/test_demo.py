@@ -4,11 +4,14 @@ report. The real budgets are measured with GNU time (README)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from ekd.cli import main
 from ekd.demo import DemoBudget, run_demo
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = DemoBudget(
     max_chars=60_000,
@@ -25,7 +28,7 @@ TINY = DemoBudget(
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
-    rows = run_demo(tmp_path / "demo", methods=["ce", "kd", "sekd", "sekd3x"], budget=TINY)
+    rows = run_demo(tmp_path / "demo", quick=True, methods=["ce", "kd", "sekd", "sekd3x"], budget=TINY)
     assert [r["method"] for r in rows] == ["ce", "kd", "sekd", "sekd3x"]
     assert 0 < rows[3]["bytes_per_token"] < 64  # measured on the demo's RS cache
     for r in rows:
@@ -39,6 +42,11 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
     assert results[0]["method"] == "ce"
     out = capsys.readouterr().out
     assert "pre-trained" in out
+    # --quick: the claims its methods cannot check are one line; every eval set's size is printed and reported
+    quick_line = "5 of 6 claims not run: --quick runs ce, kd, sekd, sekd3x; the other claims need `ekd demo`."
+    assert quick_line in out and quick_line in report and "| not run |" not in report
+    assert "Eval sets (documents, scored tokens): ID (eval)" in out and "1 document, " in report
+    assert "w/o EOS" not in report  # the demo table has no such column to explain
     # downstream tasks: every student has them; the teacher's and initial student's are computed once
     assert "Downstream tasks" in report and "name choice acc" in report and "(student init)" in report
     for r in rows:
@@ -92,3 +100,80 @@ def test_demo_seeds_compare_and_claims(tmp_path, capsys):
     assert (
         "The papers' claims on this run" in report and "Over seeds" in report and "CE-pre-trained" in report
     )
+    assert "| not run |" in report and "--quick runs" not in report  # the full demo keeps every claim's row
+
+
+def test_results_footnotes_explain_only_present_columns_and_mark_a_tiny_eval_set():
+    """The demo table has no 'ppl w/o EOS' column, so its footnote does not explain one; each eval set's size
+    is printed, and a set of fewer than SMALL_EVAL_DOCUMENTS documents is marked tiny in the headers."""
+    from ekd.demo import TINY_MARK, comparison_table
+    from ekd.eval.report import ppl_note
+
+    rows = [{"method": "ce", "eval/ppl": 9.5, "shift_a/ppl": 20.0, "shift_b/ppl": 30.0, "eval/kl": 0.4}]
+    sizes = {"eval": (1, 1520), "shift_a": (9, 1512), "shift_b": (3, 1518)}
+    table = comparison_table(rows, {}, sizes)
+    header = table.splitlines()[0]
+    assert f"ID ppl{TINY_MARK} |" in header and f"KL(t‖s){TINY_MARK}" in header
+    assert f"shift_b ppl{TINY_MARK}" in header and "shift_a ppl |" in header
+    assert "w/o EOS" not in table and "ppl is over every target" in table
+    assert "ID (eval)†: 1 document, 1,520 tokens" in table
+    assert "shift_a: 9 documents, 1,512 tokens" in table and "tiny (under 5 documents)" in table
+    assert "†" not in comparison_table(rows, {}, {"eval": (17, 90_000)})
+    assert "w/o EOS" in ppl_note(
+        [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("ppl_no_boundary", "x", "")]
+    )
+    assert ppl_note([("method", "method", ""), ("eval/acc", "ID acc", ".3f")]) == ""
+
+
+def test_quick_collapses_the_claims_it_cannot_check_into_one_line():
+    from ekd.demo import QUICK_METHODS, claims_markdown
+    from ekd.eval.claims import Claim
+
+    claims = [
+        Claim("RS-KD: ECE ≈ Full KD", "src", "rskd − kd: …", "reproduced (1 seed)"),
+        Claim("Top-K renormalized: ECE worse than RS-KD", "src", "", "not run", "missing topk"),
+        Claim("AdaKD better", "src", "", "not run", "missing adakd, rkl"),
+    ]
+    quick = claims_markdown(claims, QUICK_METHODS)
+    assert "not run |" not in quick and "RS-KD: ECE ≈ Full KD" in quick
+    assert quick.splitlines()[-1] == (
+        f"2 of 3 claims not run: --quick runs {', '.join(QUICK_METHODS)}; the other claims need `ekd demo`."
+    )
+    full = claims_markdown(claims)  # the full demo keeps one row per claim
+    assert full.count("| not run |") == 2 and "--quick" not in full
+
+
+def test_demo_downstream_gap_closed_is_na_within_noise(tmp_path):
+    """A one-item teacher − init gap on 60 items prints n/a, not a ratio of noise."""
+    from ekd.demo import downstream_table
+    from ekd.eval.stdlib_tasks import NAME_CHOICE
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section
+
+    def results(value: float) -> dict:
+        return {NAME_CHOICE: {"value": value, "ece": 20.0, "n": 60, "metric": "acc", "wall_s": 0.5}}
+
+    for run, value in (("ce", 28 / 60), ("kd", 32 / 60)):
+        section = task_section(
+            {"student": results(value), "teacher": results(31 / 60), "student_init": results(30 / 60)},
+            TaskSettings(tasks=(NAME_CHOICE,)),
+            {},
+        )
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "eval.json").write_text(json.dumps({"tasks": section}))
+    table, _ = downstream_table(tmp_path, [{"method": "ce", "run": "ce"}, {"method": "kd", "run": "kd"}])
+    assert table.count("n/a (gap within noise)") == 2 and "-2.00" not in table and "2.00" not in table
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "cache-demo.yaml"])
+def test_demo_configs_are_the_demo_protocol(name):
+    """configs/demo.yaml (and cache-demo.yaml, whose cache must fit it) resolve to what `ekd demo` trains
+    each student with: the CE-pre-trained runs/demo/student-init, the FULL budget's data and steps."""
+    from ekd.config import load_config
+    from ekd.demo import FULL, student_config
+
+    demo = student_config(Path("runs/demo"), FULL, "kd", FULL.student_steps, pretrained=True)
+    cfg = load_config([str(REPO / "configs" / name)])
+    for key in ("student", "teacher", "tokenizer"):
+        assert getattr(cfg.model, key) == getattr(demo.model, key), f"model.{key}"
+    assert cfg.data == demo.data and cfg.train == demo.train and cfg.run.seed == demo.run.seed

@@ -156,6 +156,48 @@ def test_generation_is_greedy_within_the_token_budget(run):
 
 
 @pytest.mark.slow
+def test_task_datasets_draw_no_progress_bars_into_ekds_output(run, tmp_path, capfd):
+    """lm-eval loads a task's data with ``datasets``, whose 'Generating test split' bars used to interleave
+    with ekd's tables; ekd hides them while it loads and leaves the switch as it found it."""
+    from datasets.utils.tqdm import are_progress_bars_disabled
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    run_dir, _ = run
+    model, tok = _student(run_dir)
+    fresh = tmp_path / "tasks"  # a new datasets cache: the split is generated (and would draw its bar)
+    fresh.mkdir()
+    _write_task(fresh, "tiny_mc_fresh", _mc_rows(3), MC_YAML)
+    capfd.readouterr()
+    before = are_progress_bars_disabled()
+    run_tasks(model, tok, TaskSettings(tasks=("tiny_mc_fresh",), tasks_dir=str(fresh)))
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "examples/s" not in err
+    assert are_progress_bars_disabled() == before
+    assert (fresh / "hf-cache").is_dir()  # the split was generated here, not reused
+
+
+def test_quiet_dataset_progress_restores_the_switch():
+    pytest.importorskip("datasets")
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    from ekd.log_level import quiet_dataset_progress
+
+    was = are_progress_bars_disabled()
+    try:
+        enable_progress_bars()
+        with quiet_dataset_progress():
+            assert are_progress_bars_disabled()
+        assert not are_progress_bars_disabled()
+        disable_progress_bars()  # a user who switched them off keeps them off
+        with quiet_dataset_progress():
+            pass
+        assert are_progress_bars_disabled()
+    finally:
+        (disable_progress_bars if was else enable_progress_bars)()
+
+
+@pytest.mark.slow
 def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch, capsys):
     run_dir, tasks_dir = run
     at_distill = _eval_json(run_dir)["tasks"]
@@ -240,6 +282,54 @@ def test_task_metric_helpers():
     assert means == pytest.approx({"in_distribution": 0.5, "shift": 0.4})
     assert tm.gap_closed(0.6, 0.8, 0.4) == pytest.approx(0.5)
     assert math.isnan(tm.gap_closed(0.6, 0.4, 0.4))
+
+
+def _task_results(values: dict[str, float], n: int) -> dict:
+    return {
+        t: {"value": v, "ece": math.nan, "n": n, "metric": "acc", "wall_s": 0.1} for t, v in values.items()
+    }
+
+
+def test_gap_closed_is_na_when_the_teacher_init_gap_is_within_noise():
+    """(student − init)/(teacher − init) over a one-item gap is a ratio of noise: n/a, never −2.00 / 1.00."""
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section, tasks_markdown
+
+    # 60 items: 2 SE of a difference of two accuracies near 0.5 is ≈ 0.18 (11 items); a gap of 1 item is noise
+    assert tm.gap_noise(0.5, 0.5, 60) == pytest.approx(2 * math.sqrt(0.5 / 60))
+    assert tm.gap_within_noise(31 / 60, 30 / 60, tm.gap_noise(31 / 60, 30 / 60, 60))
+    assert not tm.gap_within_noise(0.9, 0.3, tm.gap_noise(0.9, 0.3, 60))  # 36 items: resolved
+    assert tm.gap_noise(1.0, 1.0, 60) == pytest.approx(3 / 60)  # no variance: the item floor still holds
+    assert tm.gap_within_noise(1.0, 58 / 60, tm.gap_noise(1.0, 58 / 60, 60))  # 2 items: under the floor
+    assert not tm.gap_within_noise(12.0, 3.0, tm.gap_noise(12.0, 3.0, 60))  # not a proportion: no judgement
+    settings = TaskSettings(tasks=("mc", "gen"))
+    section = task_section(
+        {
+            "student": _task_results({"mc": 28 / 60, "gen": 0.5}, 60),
+            "teacher": _task_results({"mc": 31 / 60, "gen": 0.9}, 60),
+            "student_init": _task_results({"mc": 30 / 60, "gen": 0.3}, 60),
+        },
+        settings,
+        {},
+    )
+    assert section["gap_within_noise"] == ["mc"] and section["gap_closed"]["mc"] is None
+    assert section["gap_closed"]["gen"] == pytest.approx((0.5 - 0.3) / (0.9 - 0.3))
+    # the mean over both tasks: a gap of 0.2083 against √(noise_mc² + noise_gen²)/2 ≈ 0.13 is resolved
+    assert section["summary"]["gap_within_noise"] == []
+    table = tasks_markdown(section)
+    assert "| n/a (gap within noise) |" in table and "| 0.333 |" in table and "-2.000" not in table
+    one_item = task_section(
+        {
+            "student": _task_results({"mc": 28 / 60}, 60),
+            "teacher": _task_results({"mc": 31 / 60}, 60),
+            "student_init": _task_results({"mc": 30 / 60}, 60),
+        },
+        settings,
+        {},
+    )
+    assert one_item["summary"]["gap_within_noise"] == ["in_distribution"]
+    assert one_item["summary"]["gap_closed"]["in_distribution"] is None
+    assert tasks_markdown(one_item).count(f"| {tm.GAP_WITHIN_NOISE} |") == 2  # the task row and its mean
 
 
 @pytest.mark.parametrize("budget, expected", [(0, 4), (12, 12)])

@@ -235,7 +235,7 @@ def _run_summary(result) -> str:
 
 def _print_eval(results: dict[str, dict[str, float]]) -> None:
     from ekd.eval import results_table
-    from ekd.eval.report import PPL_NOTE
+    from ekd.eval.report import ppl_note
 
     rows = [{"set": name, **m} for name, m in results.items()]
     cols = [
@@ -248,7 +248,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
         ("agree", "top-1 agree", ".3f"),
     ]
     print(results_table(rows, cols))
-    print(PPL_NOTE)
+    print(ppl_note(cols))
 
 
 def cmd_eval(args) -> int:

@@ -12,8 +12,10 @@
    papers distill pre-trained students; ``--from-scratch`` starts every student from random weights instead.
 5. Each method distills that student at equal budget (same data, steps, learning rate), with ``--seeds N``
    seeds each; runs are evaluated and compared (``ekd compare``: mean ± std over seeds, paired differences
-   against ``kd`` and ``ce``), the papers' claims are checked one by one (:mod:`ekd.eval.claims`), and
-   ``<out>/report.md``, ``<out>/compare/`` and ``<out>/plots/`` are written.
+   against ``kd`` and ``ce``), the papers' claims are checked one by one (:mod:`ekd.eval.claims`; with
+   ``--quick``, the claims its methods cannot check are one line), and ``<out>/report.md``,
+   ``<out>/compare/`` and ``<out>/plots/`` are written. Under the results table: each eval set's documents and
+   scored tokens; a set of fewer than ``SMALL_EVAL_DOCUMENTS`` documents is marked tiny.
 
 The demo corpus has one training split, so the student's CE pre-training ("general") and the
 distillation ("target") read the same text; the pre-training stops well before the student converges.
@@ -301,16 +303,19 @@ def run_demo(
             result = train(cfg, overwrite=True, data=data)
             rows.append(_row(method, result, cfg, cache_info, data.vocab_size) | {"seed": seed, "run": name})
     teacher_row = _teacher_row(out)
-    table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row)
-    compare_md, claims_md = compare_and_claims(out, rows)
+    sizes = eval_set_sizes(data.blocks) if data is not None else {}
+    table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row, sizes)
+    compare_md, claims_md = compare_and_claims(out, rows, methods if quick else None)
     print()
-    print(table if seeds == 1 else compare_md)
+    print(table if seeds == 1 else compare_md + "\n" + eval_sets_note(sizes))
     tasks_md, tasks_wall = downstream_table(out, rows)
     if tasks_md:
+        from ekd.eval.task_metrics import GAP_NOTE
+
         tasks_md += (
             f"\n\nLocal lm-eval tasks from held-out stdlib modules ({', '.join(task_names)}; "
             f"`ekd.eval.stdlib_tasks`); the students' task evaluation took {tasks_wall:.0f}s in all. "
-            "Chance: 0.25 name choice acc. Gap closed: (student − init)/(teacher − init), mean over the tasks."
+            f"Chance: 0.25 name choice acc. {GAP_NOTE} Here both are taken on the mean over the tasks."
         )
         print()
         print(tasks_md)
@@ -333,9 +338,14 @@ def run_demo(
     return rows
 
 
-def compare_and_claims(out: Path, rows: list[dict]) -> tuple[str, str]:
-    """``ekd compare`` over the demo's runs (into ``<out>/compare``) and the claims table, as markdown."""
-    from ekd.eval.claims import check_claims, claims_table
+def compare_and_claims(
+    out: Path, rows: list[dict], quick_methods: list[str] | None = None
+) -> tuple[str, str]:
+    """``ekd compare`` over the demo's runs (into ``<out>/compare``) and the claims table, as markdown.
+
+    ``quick_methods``: the methods ``--quick`` ran; the claims they cannot check ("not run") are then one line
+    naming them instead of one row each (``claims.json`` keeps every claim)."""
+    from ekd.eval.claims import check_claims
     from ekd.eval.compare import compare_runs, group_runs, markdown, read_run
 
     run_dirs = [out / "runs" / r["run"] for r in rows]
@@ -345,7 +355,22 @@ def compare_and_claims(out: Path, rows: list[dict]) -> tuple[str, str]:
         g.label = next(r["method"] for r in rows if out / "runs" / r["run"] == g.runs[0].run_dir)
     claims = check_claims(groups)
     atomic_write_text(out / "claims.json", json.dumps([c.__dict__ for c in claims], indent=2))
-    return markdown(summary), claims_table(claims)
+    return markdown(summary), claims_markdown(claims, quick_methods)
+
+
+def claims_markdown(claims: list, quick_methods: list[str] | None = None) -> str:
+    """The claims table; with ``quick_methods`` (what ``--quick`` ran) the claims it could not check are one
+    line that names those methods instead of a "not run" row each."""
+    from ekd.eval.claims import claims_table
+
+    checked = [c for c in claims if c.verdict != "not run"]
+    if quick_methods is None or len(checked) == len(claims):
+        return claims_table(claims)
+    line = (
+        f"{len(claims) - len(checked)} of {len(claims)} claims not run: --quick runs "
+        f"{', '.join(quick_methods)}; the other claims need `ekd demo`."
+    )
+    return (claims_table(checked) + "\n" if checked else "") + line
 
 
 def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
@@ -398,29 +423,75 @@ def teacher_bytes_per_token(
     return per_position * kd_fraction
 
 
-def comparison_table(rows: list[dict], teacher_row: dict) -> str:
-    from ekd.eval import results_table
+SMALL_EVAL_DOCUMENTS = 5
+"""An eval set of fewer documents is marked tiny in the demo's tables: a few texts decide its figures."""
+TINY_MARK = "†"
 
+
+def eval_set_sizes(blocks: dict) -> dict[str, tuple[int, int]]:
+    """Eval set → (documents, scored tokens) of the packed blocks every student is evaluated on."""
+    return {name: (b.num_documents, b.num_targets) for name, b in blocks.items() if name != "train"}
+
+
+def _tiny(sizes: dict[str, tuple[int, int]], name: str) -> str:
+    return TINY_MARK if name in sizes and sizes[name][0] < SMALL_EVAL_DOCUMENTS else ""
+
+
+def eval_sets_note(sizes: dict[str, tuple[int, int]]) -> str:
+    """The line under the demo's tables with each eval set's size; sets under ``SMALL_EVAL_DOCUMENTS``
+    documents are marked and said to be tiny. "" without sizes."""
+    if not sizes:
+        return ""
+    parts = [
+        f"{'ID (eval)' if name == 'eval' else name}{_tiny(sizes, name)}: {docs} document{'' if docs == 1 else 's'}, "
+        f"{tokens:,} tokens"
+        for name, (docs, tokens) in sizes.items()
+    ]
+    note = "Eval sets (documents, scored tokens): " + "; ".join(parts) + "."
+    if any(_tiny(sizes, name) for name in sizes):
+        note += (
+            f" {TINY_MARK} tiny (under {SMALL_EVAL_DOCUMENTS} documents): its columns describe those few texts, "
+            "not the held-out distribution; differences between methods there are weak evidence."
+        )
+    return note
+
+
+def comparison_columns(rows: list[dict], sizes: dict[str, tuple[int, int]] | None = None) -> list:
+    """The results table's columns; headers of a tiny eval set (:func:`eval_sets_note`) carry its mark."""
+    sizes = sizes or {}
     shifted = sorted({k.split("/")[0] for r in rows for k in r if k.startswith("shift_")})
-    cols = [
+    mark = _tiny(sizes, "eval")
+    return [
         ("method", "method", ""),
-        ("eval/ppl", "ID ppl", ".2f"),
-        *[(f"{s}/ppl", f"{s} ppl", ".2f") for s in shifted],
-        ("eval/acc", "ID acc", ".3f"),
-        ("eval/ece", "ID ECE %", ".2f"),
-        ("eval/kl", "KL(t‖s)", ".3f"),
-        ("eval/agree", "top-1 agree", ".3f"),
+        ("eval/ppl", f"ID ppl{mark}", ".2f"),
+        *[(f"{s}/ppl", f"{s} ppl{_tiny(sizes, s)}", ".2f") for s in shifted],
+        ("eval/acc", f"ID acc{mark}", ".3f"),
+        ("eval/ece", f"ID ECE %{mark}", ".2f"),
+        ("eval/kl", f"KL(t‖s){mark}", ".3f"),
+        ("eval/agree", f"top-1 agree{mark}", ".3f"),
         ("kd_pct", "KD pos %", ".1f"),
         ("bytes_per_token", "teacher B/token", ".1f"),
         ("wall_s", "wall s", ".0f"),
     ]
-    return results_table(rows + ([teacher_row] if teacher_row else []), cols)
+
+
+def comparison_table(
+    rows: list[dict], teacher_row: dict, sizes: dict[str, tuple[int, int]] | None = None
+) -> str:
+    """The results table (markdown) with its footnotes: which perplexity, and the eval sets' sizes."""
+    from ekd.eval import results_table
+    from ekd.eval.report import ppl_note
+
+    cols = comparison_columns(rows, sizes)
+    notes = [n for n in (ppl_note(cols), eval_sets_note(sizes or {})) if n]
+    return results_table(rows + ([teacher_row] if teacher_row else []), cols) + "\n" + "\n\n".join(notes)
 
 
 def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
     """The downstream task table of the seed-0 runs (from each run's eval.json), with the teacher and the
     initial student; and the students' total task-evaluation wall time (s). ("", 0) without task results."""
     from ekd.eval import results_table
+    from ekd.train.task_evaluation import gap_cell
 
     table_rows, wall, reference = [], 0.0, None
     for r in (r for r in rows if r.get("seed", 0) == 0):
@@ -430,7 +501,9 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
             continue
         reference = reference or section
         student = section["student"]
-        row = _task_row(r["method"], student, section.get("summary", {}).get("gap_closed", {}))
+        summary = section.get("summary", {})
+        gap = gap_cell(summary.get("gap_closed", {}), summary.get("gap_within_noise", []), "in_distribution")
+        row = _task_row(r["method"], student, gap)
         row["wall"] = sum(t.get("wall_s") or 0.0 for t in student.values())
         wall += row["wall"]
         table_rows.append(row)
@@ -438,22 +511,23 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
         return "", 0.0
     for role, label in (("student_init", "(student init)"), ("teacher", "(teacher)")):
         if reference.get(role):
-            table_rows.append(_task_row(label, reference[role], {}))
+            table_rows.append(_task_row(label, reference[role], None))
     from ekd.eval.stdlib_tasks import NAME_CHOICE, NAME_COMPLETE
+    from ekd.eval.task_metrics import format_gap
 
     cols = [
         ("method", "method", ""),
         (f"{NAME_CHOICE}/value", "name choice acc", ".3f"),
         (f"{NAME_CHOICE}/ece", "MC-ECE %", ".2f"),
         (f"{NAME_COMPLETE}/value", "name completion EM", ".3f"),
-        ("gap", "gap closed", ".2f"),
+        ("gap", "gap closed", lambda v: format_gap(v, ".2f")),
         ("wall", "task eval s", ".1f"),
     ]
     return results_table(table_rows, cols), wall
 
 
-def _task_row(label: str, results: dict, gaps: dict) -> dict:
-    row: dict = {"method": label, "gap": gaps.get("in_distribution")}
+def _task_row(label: str, results: dict, gap: float | str | None) -> dict:
+    row: dict = {"method": label, "gap": gap}
     for task, r in results.items():
         row[f"{task}/value"] = r.get("value")
         row[f"{task}/ece"] = r.get("ece")
@@ -490,10 +564,8 @@ def write_demo_report(
         src = out / "runs" / r.get("run", r["method"]) / "plots" / "reliability-eval.png"
         if src.is_file():
             shutil.copy(src, plots / f"reliability-{r['method']}.png")
-    from ekd.eval.report import PPL_NOTE
-
     ce = next((r for r in first if r["method"] == "ce"), None)
-    notes = [PPL_NOTE]
+    notes = []
     if ce is not None and "eval/kl" in ce:
         better = [r["method"] for r in first if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
         notes.append(
@@ -516,7 +588,7 @@ def write_demo_report(
         "ekd demo",
         [
             ("Setup", setup),
-            ("Results (seed 0)", table + "\n\n" + "\n".join(notes)),
+            ("Results (seed 0)", table + "".join("\n\n" + n for n in notes)),
             *([("Downstream tasks (seed 0)", tasks_md)] if tasks_md else []),
             *([("Over seeds (ekd compare)", compare_md)] if compare_md and seeds > 1 else []),
             *([("The papers' claims on this run", claims_md)] if claims_md else []),

@@ -420,6 +420,8 @@ def _read_hf(
 ) -> Iterator[Document]:
     import datasets
 
+    from ekd.log_level import quiet_dataset_progress
+
     fields = _fields(data_cfg, skipped)
     name = name.strip()
     if not name:
@@ -429,12 +431,13 @@ def _read_hf(
     path = Path(name)
     check_dataset_reachable(name, key)
     try:
-        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-            ds: Any = datasets.load_from_disk(str(path))
-        else:
-            ds = datasets.load_dataset(
-                name, data_cfg.hf_name or None, split=data_cfg.hf_split, streaming=data_cfg.hf_streaming
-            )
+        with quiet_dataset_progress():
+            if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+                ds: Any = datasets.load_from_disk(str(path))
+            else:
+                ds = datasets.load_dataset(
+                    name, data_cfg.hf_name or None, split=data_cfg.hf_split, streaming=data_cfg.hf_streaming
+                )
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
         first = first_line(e)
         raise ConfigError(

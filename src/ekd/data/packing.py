@@ -81,6 +81,27 @@ class PackedBlocks:
         """Number of positions that carry a label after the shift (targets not in column 0)."""
         return sum(int(self.target_mask[rows][:, 1:].sum()) for rows in self._row_chunks())
 
+    @property
+    def num_documents(self) -> int:
+        """Number of documents with at least one target (of :attr:`num_targets`) in the blocks: what an eval
+        set's figures are averaged over (a document split across blocks counts once; padding is none)."""
+        count, last = 0, -1  # last: the stream-wide index of the previous chunk's last counted document
+        offset = 0
+        for rows in self._row_chunks():
+            mask = self.target_mask[rows].clone()
+            mask[:, 0] = False  # column 0 carries no label after the shift
+            if self.document_starts is None:  # each block is one document
+                count += int(mask.any(dim=1).sum())
+                continue
+            starts = self.document_starts[rows].reshape(-1).long()  # (n*T,)
+            segment = offset + torch.cumsum(starts, 0)  # (n*T,) stream-wide document index of each token
+            offset = int(segment[-1])
+            scored = torch.unique(segment[mask.reshape(-1)])  # sorted document indices with a target
+            if scored.numel():
+                count += scored.numel() - int(int(scored[0]) == last)
+                last = int(scored[-1])
+        return count
+
     def fingerprint(self) -> str:
         """sha256 hex of the shape, ``input_ids``, ``target_mask`` and ``document_starts``; equal sets give
         equal fingerprints (read in row chunks, so a memory-mapped set is never loaded whole)."""

@@ -20,11 +20,18 @@ from ekd.eval.metrics import expected_calibration_error
 Column = tuple[str, str, str | Callable[[Any], str]]
 """(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
 
-PPL_NOTE = (
-    "ppl is over every target, the end-of-document tokens (EOS) included; "
-    "'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out."
-)
-"""The line under every results table that says which perplexity its ``ppl`` column is."""
+
+def ppl_note(columns: Sequence[Column]) -> str:
+    """The line under a results table that says which perplexity its ``ppl`` columns are, explaining only the
+    columns it has: the 'ppl w/o EOS' sentence only beside a ``ppl_no_boundary`` column; "" without a ``ppl``
+    column. Keys may carry an eval-set prefix (``eval/ppl``)."""
+    metrics = {key.rpartition("/")[2] for key, _, _ in columns}
+    if "ppl" not in metrics:
+        return ""
+    note = "ppl is over every target, the end-of-document tokens (EOS) included"
+    if "ppl_no_boundary" in metrics:
+        note += "; 'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out"
+    return note + "."
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:

@@ -125,12 +125,60 @@ def macro_means(values: Mapping[str, float], tags: Mapping[str, str]) -> dict[st
 def gap_closed(student: float, teacher: float, init: float) -> float:
     """(student − init) / (teacher − init): 0 = no better than the initial student, 1 = the teacher.
 
-    NaN when a value is missing or the teacher equals the initial student (nothing to close).
+    NaN when a value is missing or the teacher equals the initial student (nothing to close). Callers with
+    item counts check :func:`gap_within_noise` first: a ratio over a gap the items cannot resolve is noise.
     """
     vals = (student, teacher, init)
     if any(v is None or not math.isfinite(v) for v in vals) or teacher == init:
         return math.nan
     return (student - init) / (teacher - init) + 0.0  # + 0.0: no "-0.000" in tables
+
+
+MIN_GAP_ITEMS = 3
+"""A teacher − initial-student gap of fewer items than this is never resolved, whatever the standard error."""
+
+GAP_WITHIN_NOISE = "n/a (gap within noise)"
+"""What tables print instead of a gap closed whose teacher − init gap is within noise."""
+
+GAP_NOTE = (
+    "Gap closed: (student − init)/(teacher − init); "
+    f"'{GAP_WITHIN_NOISE}' where teacher − init is under two standard errors of a difference of two "
+    f"accuracies on the task's items (or under {MIN_GAP_ITEMS} items): that ratio would be noise."
+)
+"""The line under every table with a gap-closed column."""
+
+
+def gap_noise(teacher: float, init: float, n: int | None) -> float:
+    """The smallest |teacher − init| that ``n`` items resolve, for a score that is a proportion (accuracy,
+    exact match): two standard errors of the difference of two accuracies on ``n`` items,
+    2·√((t(1−t) + i(1−i))/n) (as if independent: conservative for the same items), and at least
+    ``MIN_GAP_ITEMS``/n. NaN (cannot judge) when ``n`` is unknown or a score is missing or outside [0, 1].
+    """
+    vals = (teacher, init)
+    if not n or n < 1 or any(v is None or not math.isfinite(v) or not 0.0 <= v <= 1.0 for v in vals):
+        return math.nan
+    se = math.sqrt((teacher * (1 - teacher) + init * (1 - init)) / n)
+    return max(2.0 * se, MIN_GAP_ITEMS / n)
+
+
+def mean_noise(noises: Sequence[float]) -> float:
+    """:func:`gap_noise` of a macro mean over tasks: √(Σ noise²)/k (independent tasks); NaN if any is NaN."""
+    if not noises or any(not math.isfinite(x) for x in noises):
+        return math.nan
+    return math.sqrt(sum(x * x for x in noises)) / len(noises)
+
+
+def gap_within_noise(teacher: float, init: float, noise: float) -> bool:
+    """True when |teacher − init| is below ``noise`` (:func:`gap_noise`): the gap closed would be a ratio of
+    noise. False when the noise is unknown (NaN): the ratio is then reported as it is."""
+    if any(v is None or not math.isfinite(v) for v in (teacher, init, noise)):
+        return False
+    return abs(teacher - init) < noise
+
+
+def format_gap(value: Any, fmt: str = ".3f") -> str:
+    """A gap-closed table cell: the number, or :data:`GAP_WITHIN_NOISE` passed through."""
+    return value if isinstance(value, str) else format(value, fmt)
 
 
 def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:

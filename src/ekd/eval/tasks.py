@@ -180,12 +180,16 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
 
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
-    """lm-eval warns on every pre-loaded model and undeclared aggregation; keep ekd's log readable."""
+    """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
+    ``datasets`` progress bars; keep ekd's output readable."""
+    from ekd.log_level import quiet_dataset_progress
+
     logger = logging.getLogger("lm_eval")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with quiet_dataset_progress():
+            yield
     finally:
         logger.setLevel(previous)
 

@@ -5,7 +5,9 @@ At the end of ``ekd distill`` (:func:`run_end_tasks`, on the student in memory) 
 
 - the student's task results are computed every time;
 - the teacher's (``model.teacher``) and the initial student's (``model.student``, for the gap closed
-  (student − init)/(teacher − init)) are computed once per model and task settings and cached in
+  (student − init)/(teacher − init); null, and "n/a (gap within noise)" in tables, when teacher − init is
+  within what the task's item count resolves: :func:`ekd.eval.task_metrics.gap_noise`) are computed once
+  per model and task settings and cached in
   ``RUN/tasks/{teacher,student_init}.json``; a later call reuses every task whose signature matches and
   loads the model only if some task is missing;
 - the results go to ``RUN/eval.json`` under ``tasks`` (the eval sets' entries are kept), to
@@ -145,27 +147,37 @@ def task_section(
         }
     teacher, init = results.get("teacher"), results.get("student_init")
     if teacher and init:
-        gaps = {
-            t: tm.gap_closed(
-                _num(r["value"]), _num(teacher.get(t, {}).get("value")), _num(init.get(t, {}).get("value"))
-            )
-            for t, r in student.items()
-        }
+        gaps, noise, within = {}, {}, []
+        for t, r in student.items():
+            tv, iv = _num(teacher.get(t, {}).get("value")), _num(init.get(t, {}).get("value"))
+            noise[t] = tm.gap_noise(tv, iv, r.get("n"))
+            if tm.gap_within_noise(tv, iv, noise[t]):
+                within.append(t)
+            gaps[t] = math.nan if t in within else tm.gap_closed(_num(r["value"]), tv, iv)
         section["gap_closed"] = gaps
+        section["gap_within_noise"] = within
         means = section["summary"]
-        section["summary"]["gap_closed"] = {
-            tag: tm.gap_closed(
-                means["student"]["mean"][tag],
-                means["teacher"]["mean"].get(tag, math.nan),
-                means["student_init"]["mean"].get(tag, math.nan),
-            )
-            for tag in means["student"]["mean"]
-        }
+        means["gap_closed"], means["gap_within_noise"] = {}, []
+        for tag, mean in means["student"]["mean"].items():
+            tv = means["teacher"]["mean"].get(tag, math.nan)
+            iv = means["student_init"]["mean"].get(tag, math.nan)
+            tag_noise = tm.mean_noise([noise[t] for t in student if section["tags"][t] == tag])
+            if tm.gap_within_noise(tv, iv, tag_noise):
+                means["gap_within_noise"].append(tag)
+                means["gap_closed"][tag] = math.nan
+            else:
+                means["gap_closed"][tag] = tm.gap_closed(mean, tv, iv)
     return json_safe(section)
 
 
+def gap_cell(gaps: dict[str, Any], within_noise: list[str], key: str) -> Any:
+    """A table's gap-closed value for ``key`` (a task or a tag): the ratio, or :data:`tm.GAP_WITHIN_NOISE`."""
+    return tm.GAP_WITHIN_NOISE if key in within_noise else gaps.get(key)
+
+
 def tasks_markdown(section: dict[str, Any]) -> str:
-    """The report's task table: one row per task, then the macro mean per tag (never across tags)."""
+    """The report's task table: one row per task, then the macro mean per tag (never across tags); with a
+    gap-closed column, the line that says when it is n/a (:data:`tm.GAP_NOTE`)."""
     from ekd.eval.report import results_table
 
     roles = [r for r in ROLES if r in section]
@@ -181,7 +193,7 @@ def tasks_markdown(section: dict[str, Any]) -> str:
         for role in roles:
             row[role] = section[role].get(task, {}).get("value")
             row[f"{role}_ece"] = section[role].get(task, {}).get("ece")
-        row["gap"] = section.get("gap_closed", {}).get(task)
+        row["gap"] = gap_cell(section.get("gap_closed", {}), section.get("gap_within_noise", []), task)
         rows.append(row)
     summary = section["summary"]
     for tag in summary["student"]["mean"]:
@@ -189,15 +201,15 @@ def tasks_markdown(section: dict[str, Any]) -> str:
         for role in roles:
             row[role] = summary[role]["mean"].get(tag)
             row[f"{role}_ece"] = summary[role]["mc_ece"].get(tag)
-        row["gap"] = summary.get("gap_closed", {}).get(tag)
+        row["gap"] = gap_cell(summary.get("gap_closed", {}), summary.get("gap_within_noise", []), tag)
         rows.append(row)
     names = {"student": "student", "teacher": "teacher", "student_init": "student init"}
     cols = [("task", "task", ""), ("tag", "tag", ""), ("metric", "metric", "")]
     cols += [(role, names[role], ".4f") for role in roles]
-    cols += [("gap", "gap closed", ".3f")] if "gap_closed" in section else []
+    cols += [("gap", "gap closed", tm.format_gap)] if "gap_closed" in section else []
     cols += [(f"{role}_ece", f"MC-ECE % {names[role]}", ".2f") for role in roles]
     cols += [("n", "docs", "d"), ("wall", "student wall s", ".1f")]
-    return results_table(rows, cols)
+    return results_table(rows, cols) + (f"\n{tm.GAP_NOTE}\n" if "gap_closed" in section else "")
 
 
 def write_outputs(run_dir: Path, section: dict[str, Any], plots: bool, title: str) -> None:
