@@ -106,7 +106,7 @@ def pack_splits(
     document_attention: str = "isolated",
     max_train_tokens: int = 0,
 ) -> dict[str, PackedBlocks]:
-    """Pack every split; eval sets are capped at ``max_eval_blocks`` evenly spaced blocks.
+    """Pack every split; eval sets are capped at their first ``max_eval_blocks`` blocks.
 
     Args:
         splits: Output of :func:`load_splits`.
