@@ -130,3 +130,48 @@ def test_a_zero_weight_drops_an_infinite_term():
     c_t[0] = 0.0
     loss, grad = _closed_form(s, t, gold, tau, c_t, c_n)
     assert math.isfinite(loss) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("student_arch, teacher_arch", [("gemma2", "granite"), ("cohere", "gemma2")])
+def test_fused_head_with_scaled_or_capped_logits_equals_float64_dkd(student_arch, teacher_arch):
+    """DKD through the fused head of models whose logits are not h·Wᵀ (soft-cap, scaling): the float64 DKD of
+    ``model(...).logits``, values and gradients of the student's parameters."""
+    import copy
+
+    from ekd.losses.chunked import fused_linear_loss
+    from ekd.models.load import output_head
+    from test_logit_transform import BUILDERS, _hidden, _ids
+    from test_logit_transform import B as TB
+    from test_logit_transform import T as TT
+    from test_logit_transform import V as TV
+
+    student, teacher = BUILDERS[student_arch](), BUILDERS[teacher_arch]()
+    ids = _ids(1)
+    gold = torch.randint(0, TV, (TB * TT,), generator=torch.Generator().manual_seed(2))
+    tau, beta = torch.full((TB * TT,), 2.0), 8.0
+    student64, teacher64 = copy.deepcopy(student).double(), copy.deepcopy(teacher).double()
+    zs64 = student64(input_ids=ids).logits.reshape(-1, TV)
+    with torch.no_grad():
+        zt64 = teacher64(input_ids=ids).logits.reshape(-1, TV)
+    want = (ref_tckd(zs64, zt64, gold, tau.double()) + beta * ref_nckd(zs64, zt64, gold, tau.double())).sum()
+    want.backward()
+
+    h_s = _hidden(student, ids).reshape(TB * TT, -1)  # (M, Ds)
+    with torch.no_grad():
+        zt = output_head(teacher, TV)(_hidden(teacher, ids).reshape(TB * TT, -1)).float()  # (M, V)
+    ones = torch.ones(TB * TT)
+
+    def chunk(logits, start, end):
+        s = slice(start, end)
+        return decoupled_kd_chunk(logits, zt[s].clone(), gold[s], tau[s], ones[s], beta * ones[s])
+
+    got = fused_linear_loss(h_s, output_head(student, TV), chunk, 7)
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    ref_grads = dict(student64.named_parameters())
+    for name, p in student.named_parameters():
+        want_grad = ref_grads[name].grad
+        if want_grad is None:
+            continue
+        error = float((p.grad.double() - want_grad).norm() / want_grad.norm().clamp_min(1e-12))
+        assert error < 1e-4, (name, error)
