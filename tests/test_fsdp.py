@@ -26,6 +26,7 @@ FSDP = ["train.parallel=fsdp"]
 CASES = {
     "kd": (["method=kd", "method.ce_weight=0.5"], FSDP),
     "sekd": (["method=sekd"], FSDP),
+    "atkd": (["method=atkd"], FSDP),  # TCKD + NCKD in closed form on the sharded head; hard/easy over ranks
     "random_pos": (["method=random_pos"], FSDP),
     "pos_rs": (["method=pos_rs"], FSDP),
     "selective_kd": (["method=selective_kd", "method.ce_weight=0"], FSDP),
