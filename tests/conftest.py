@@ -1,5 +1,6 @@
 """Test-suite settings: one intra-op thread. The tests run tiny tensors, where a second OpenMP thread only
-adds synchronization (and on a loaded 2-core CI box makes small ops up to 100× slower)."""
+adds synchronization (and on a loaded 2-core CI box makes small ops up to 100× slower). Shared fixtures:
+``hub_unreachable`` (no network, by a closed local port)."""
 
 import pytest
 import torch
@@ -11,3 +12,31 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub endpoint points at a closed local port: the real probe fails at once, as on a machine with no
+    network (no mocking of the probe itself). The offline switches ekd may flip (environment, huggingface_hub,
+    an imported ``datasets``) are restored after the test."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from ekd.hub import endpoint_unreachable
+
+    for var in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets.config.HF_HUB_OFFLINE)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", datasets.config.HF_DATASETS_OFFLINE)
+    endpoint_unreachable.cache_clear()
+    yield
+    endpoint_unreachable.cache_clear()

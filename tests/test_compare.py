@@ -183,3 +183,88 @@ def test_claims_inconclusive_and_one_seed(tmp_path):
     one = group_runs([read_run(dirs[0]), read_run(dirs[2])])
     c1 = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(one)}
     assert c1["SE-KD"].verdict == "not reproduced (1 seed)"  # better ppl but worse KL on the one seed
+
+
+def _edit(run: Path, *, teacher: str = "", data: dict | None = None, eval_sets: dict | None = None) -> Path:
+    """Give a fake run a teacher (``model.teacher``), data settings and more eval.json entries."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.setdefault("model", {}).setdefault("tokenizer", "/models/tok")  # one tokenizer, whatever the teacher
+    if teacher:
+        cfg["model"]["teacher"] = teacher
+    cfg.setdefault("data", {}).update(data or {})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    ev = json.loads((run / "eval.json").read_text())
+    for name, metrics in (eval_sets or {}).items():
+        ev.setdefault(name, {}).update(metrics)
+    (run / "eval.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_a_teacher_row_per_teacher_and_eval_set_and_no_difference_across_them(tmp_path):
+    """Try-out 4, finding 4: one '(teacher)' row came from the first run whatever the others' teachers and eval
+    sets, and paired differences were printed between runs scored on different eval sets."""
+    runs = [
+        _edit(
+            _fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5),
+            teacher="llama",
+            eval_sets={"eval/teacher": {"ppl": 5.0}},
+        ),
+        _edit(
+            _fake_run(tmp_path, "g0", "kd", 0, 11.0, 0.7),
+            teacher="gemma",
+            eval_sets={"eval/teacher": {"ppl": 6.0}},
+        ),
+        _edit(
+            _fake_run(tmp_path, "b0", "kd", 0, 9.0, 0.4),
+            teacher="llama",
+            data={"block_length": 256},
+            eval_sets={"eval/teacher": {"ppl": 4.0}},
+        ),
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    assert [(t["label"], t["metrics"]["eval/ppl"]) for t in s["teachers"]] == [
+        ("(teacher of kd)", 5.0),
+        ("(teacher of kd#2)", 6.0),
+        ("(teacher of kd#3)", 4.0),
+    ]
+    vs = {g["method"]: g["vs"].get("kd", {}) for g in s["groups"]}
+    assert vs["kd#2"]["eval/ppl"]["n"] == 1 and vs["kd#2"]["eval/ppl"]["mean"] == pytest.approx(1.0)
+    assert (vs["kd#2"]["eval/kl"]["n"], vs["kd#2"]["eval/kl"]["verdict"]) == (0, "different teachers")
+    assert (vs["kd#3"]["eval/ppl"]["n"], vs["kd#3"]["eval/ppl"]["verdict"]) == (0, "different eval sets")
+    assert vs["kd#3"]["kd_pct"]["n"] == 1  # the supervision cost does not depend on the eval set
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| (teacher) |" not in md and "| (teacher of kd#3) |" in md
+    assert "n/a (different eval sets)" in md and "n/a (different teachers)" in md
+    assert "Scored on different eval sets: `kd`, `kd#2` on one; `kd#3` on others (data.block_length=256" in md
+    # the same teacher and eval sets: one row, as before
+    se = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.5, 0.45), teacher="llama")
+    one = compare_runs([runs[0], se], tmp_path / "o2", plots=False)
+    assert [t["label"] for t in one["teachers"]] == ["(teacher)"] and not one["eval_sets"]
+
+
+def test_the_same_settings_but_other_scored_tokens_are_other_eval_sets(tmp_path):
+    a = _edit(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), eval_sets={"eval": {"tokens": 1520}})
+    b = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5), eval_sets={"eval": {"tokens": 1600}})
+    s = compare_runs([a, b], tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] == "different eval sets"
+    assert "other scored token counts" in s["eval_sets"]
+
+
+def test_baselines_that_match_no_run_are_one_line(tmp_path, capsys):
+    from hostile import one_error_line
+
+    runs = [
+        str(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5)),
+        str(_fake_run(tmp_path, "ce0", "ce", 0, 12.0, 0.9)),
+    ]
+    out = tmp_path / "out"
+    line = one_error_line(
+        main(["compare", *runs, "--baselines", "foo", "--out", str(out)]), capsys.readouterr().err
+    )
+    assert "--baselines foo matches no run" in line and "(kd, ce)" in line, line
+    line = one_error_line(
+        main(["compare", *runs, "--baselines", "kd,kdd", "--out", str(out)]), capsys.readouterr().err
+    )
+    assert "--baselines kdd matches no run" in line and "did you mean 'kd'" in line, line
+    assert not out.exists()  # nothing written
+    assert main(["compare", runs[0], "--out", str(out)]) == 0  # the default kd,ce: those present

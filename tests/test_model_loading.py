@@ -154,30 +154,6 @@ def test_attn_implementation_applies_to_presets():
     assert model.config._attn_implementation == "sdpa"
 
 
-@pytest.fixture
-def hub_unreachable(monkeypatch):
-    """The hub endpoint points at a closed local port: the real probe fails at once, as on a machine with no
-    network (no mocking of the probe itself)."""
-    from huggingface_hub import constants
-
-    from ekd.hub import endpoint_unreachable
-
-    for var in (
-        "HF_HUB_OFFLINE",
-        "HF_DATASETS_OFFLINE",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
-    endpoint_unreachable.cache_clear()
-    yield
-    endpoint_unreachable.cache_clear()
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -291,6 +267,7 @@ def test_a_cached_hub_model_loads_offline_without_a_single_retry(good_dir, tmp_p
 
 
 def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, monkeypatch):
+    import datasets.config
     from huggingface_hub import constants
 
     import ekd.hub
@@ -298,6 +275,7 @@ def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, 
     monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: True)
     assert ekd.hub.hub_kwargs("org/cached", "model.teacher") == {"local_files_only": True}
     assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE  # later requests stay local
+    assert datasets.config.HF_HUB_OFFLINE  # an imported `datasets` too: it copied the switch at import
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: False)

@@ -152,7 +152,55 @@ def test_sharding_divides_the_state_by_the_ranks():
 
 def test_parse_bytes():
     assert parse_bytes("80GiB") == 80 * GIB and parse_bytes("141GB") == 141 * 10**9
-    assert parse_bytes("81920 MiB") == 80 * GIB and parse_bytes("1024") == 1024
+    assert parse_bytes("81920 MiB") == 80 * GIB and parse_bytes("1024B") == 1024
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("80", "'80' has no unit; write 80GiB (or 80GB)"),  # was read as 80 bytes (try-out 4, finding 9)
+        ("0GiB", "--gpu-memory must be > 0, got 0GiB"),
+        ("0", "--gpu-memory must be > 0, got 0"),
+        ("-5GiB", "--gpu-memory must be > 0, got -5GiB"),
+        ("nan", "'nan' is not a size"),
+    ],
+)
+def test_gpu_memory_without_a_unit_or_not_positive_is_one_line(tmp_path, capsys, monkeypatch, text, says):
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", text)
+    assert says in one_error_line(rc, err)  # '-5GiB' was argparse's "expected one argument"
+
+
+@pytest.mark.parametrize(
+    "value, says", [("-3", "--vocab-size must be ≥ 1, got -3"), ("0", "--vocab-size must be ≥ 1, got 0")]
+)
+def test_vocab_size_below_one_is_one_line(tmp_path, capsys, monkeypatch, value, says):
+    """-3 was a torch traceback ('negative dimension'), 0 silently meant 'from the config'."""
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--vocab-size", value)
+    assert says in one_error_line(rc, err)
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--vocab-size", "1000")
+    assert rc == 0 and "V=1000" in out
+
+
+def test_vocab_size_without_a_preset_model_is_refused(tmp_path, capsys, monkeypatch):
+    """--vocab-size sizes preset models only; with Hugging Face models alone it was ignored silently."""
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "hf"
+    build_preset("llama-micro", VOCAB).save_pretrained(model_dir)
+    config = config_file(Path("."), Path("corpus"), "p")
+    both = [f"model.student={model_dir}", f"model.teacher={model_dir}"]
+    rc, _, err = cli(capsys, "plan", config, *both, "--gpus", "1", "--vocab-size", "5000")
+    line = one_error_line(rc, err)
+    assert "preset:<name> models only" in line and "model.student and model.teacher are" in line, line
+    rc, out, _ = cli(capsys, "plan", config, *both, "--gpus", "1")
+    assert rc == 0 and f"V={VOCAB}" in out
+    rc, out, _ = cli(
+        capsys, "plan", config, both[0], "--gpus", "1", "--vocab-size", "5000"
+    )  # teacher: preset
+    assert rc == 0 and f"V={VOCAB}" in out  # the student's own vocabulary; the preset teacher's is 5000
 
 
 def test_plan_cli(tmp_path, capsys, monkeypatch):
@@ -165,7 +213,11 @@ def test_plan_cli(tmp_path, capsys, monkeypatch):
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--parallel", "fsdp", "--placement", "shard")
     assert rc == 0 and "ddp " not in out and out.count("fsdp      shard") == 2
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "1MiB")
-    assert rc == 0 and "nothing fits in 0.0 GiB" in out
+    assert rc == 0 and "1 GPU(s) × 1.0 MiB" in out  # not "0.0 GiB"
+    # only the fixed overhead does not fit: more GPUs or a smaller batch cannot help (try-out 4, finding 9)
+    assert "nothing fits in 1.0 MiB: the fixed 2.0 GiB of CUDA overhead" in out and "more GPUs" not in out
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "2050MiB")  # overhead + 2 MiB
+    assert rc == 0 and "nothing fits in 2.0 GiB: the smallest option needs" in out and "more GPUs" in out
     rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", "lots")
     assert "--gpu-memory: 'lots' is not a size" in one_error_line(rc, err)
     rc, _, err = cli(capsys, "plan", config, "--gpus", "0")

@@ -175,6 +175,13 @@ def test_from_config_slices_per_layer_lists(tmp_path):
         (["--layers", "2", "--seed", "-3"], "must be ≥ 0"),
         (["--from-config", "hidden_size=abc"], "invalid llama config"),
         (["--from-config", "num_attention_heads=3"], "invalid llama config"),
+        # try-out 4, finding 10: the reason was cut to "(Class validation error for validator ...:)"
+        (
+            ["--from-config", "hidden_size=30"],
+            "hidden size (30) is not a multiple of the number of attention",
+        ),
+        (["--from-config", "num_hidden_layers=0"], "num_hidden_layers must be ≥ 1, got 0"),  # was accepted
+        (["--keep-layers", "3,1"], "must be increasing"),  # was kept in reversed order
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
@@ -202,3 +209,43 @@ def test_refuses_to_overwrite_foreign_directory_or_teacher(tmp_path, capsys):
     assert (foreign / "keep.txt").read_text() == "mine"
     assert main(["student", "init", str(teacher_dir), str(teacher_dir), "--layers", "2", "--overwrite"]) == 2
     assert "teacher's directory" in capsys.readouterr().err
+
+
+def test_from_config_head_dim_follows_hidden_size(tmp_path):
+    """Try-out 4, finding 10: hidden_size=16 kept the teacher's head_dim (8, written into config.json by
+    transformers 5): 4 heads × 8 = 32 attention width on a 16-wide model."""
+    _, teacher_dir = _teacher("llama", tmp_path)
+    assert AutoConfig.from_pretrained(teacher_dir).head_dim == 8
+    out = tmp_path / "s"
+    assert main(["student", "init", str(teacher_dir), str(out), "--from-config", "hidden_size=16"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.head_dim == 4  # 16 / 4 heads
+    assert model_body(student).layers[0].self_attn.q_proj.weight.shape == (16, 16)
+    explicit = tmp_path / "s2"
+    args = [
+        "student",
+        "init",
+        str(teacher_dir),
+        str(explicit),
+        "--from-config",
+        "hidden_size=16",
+        "head_dim=8",
+    ]
+    assert main(args) == 0 and AutoConfig.from_pretrained(explicit).head_dim == 8  # given: kept
+
+
+def test_from_config_keeps_a_head_dim_of_its_own():
+    """A teacher whose head_dim is not hidden_size / heads (Qwen3-style) keeps it."""
+    from ekd.models.student_init import from_config
+
+    teacher = AutoConfig.for_model("qwen3", **dict(SMALL, head_dim=16))  # 4 heads × 16 on a 32-wide model
+    student = from_config(teacher, {"hidden_size": 64, "num_hidden_layers": 1})
+    assert student.config.head_dim == 16
+
+
+def test_the_record_names_the_teacher_directory_absolutely(tmp_path, monkeypatch):
+    """A relative teacher path was recorded as typed, pointing nowhere from another directory."""
+    _, teacher_dir = _teacher("llama", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["student", "init", teacher_dir.name, "s", "--layers", "2"]) == 0
+    assert json.loads((tmp_path / "s" / RECORD).read_text())["teacher"] == str(teacher_dir.resolve())

@@ -260,6 +260,62 @@ def test_missing_lm_eval_is_one_line_with_the_install_command(tmp_path, monkeypa
     assert len(err) == 1 and "pip install 'ekd[eval]'" in err[0]
 
 
+HUB_DATASET = "someorg/no-such-dataset"
+
+
+def _hub_task(tasks_dir, name: str = "hub_mc") -> None:
+    """A task whose dataset is a hub id (as arc_easy's is ``allenai/ai2_arc``), in a private datasets cache."""
+    tasks_dir.mkdir(exist_ok=True)
+    (tasks_dir / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: {HUB_DATASET}\ndataset_kwargs:\n  cache_dir: {tasks_dir / 'hf-cache'}\n"
+        "test_split: test\n" + MC_YAML
+    )
+
+
+@pytest.mark.parametrize("user_offline", [False, True], ids=["no-network", "HF_HUB_OFFLINE"])
+def test_a_hub_task_dataset_without_network_is_one_line(hub_unreachable, monkeypatch, tmp_path, user_offline):
+    """No network: one probe of the hub (a closed port here), then one line naming the task, the dataset and
+    the fixes — not 30 s of retries and a ConnectionError traceback; likewise under the user's own
+    HF_HUB_OFFLINE=1, where ``datasets`` fails at once but with a traceback (try-out 4, finding 5)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import time
+
+    import datasets.config
+
+    from ekd.data import train_bpe_tokenizer
+    from ekd.eval.tasks import TaskSettings, run_tasks
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([" ".join(WORDS)] * 4, 280, None)
+    model = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    _hub_task(tmp_path / "tasks")
+    if user_offline:  # as set before the process started: datasets read it at import
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(EkdError) as e:
+        run_tasks(model, tok, TaskSettings(tasks=("hub_mc",), tasks_dir=str(tmp_path / "tasks")))
+    message = str(e.value)
+    assert "\n" not in message and f"task 'hub_mc' reads the dataset '{HUB_DATASET}'" in message, message
+    assert "not in the datasets cache" in message and "--tasks-dir" in message, message
+    assert ("offline mode is set" if user_offline else "127.0.0.1 cannot be reached") in message, message
+    assert time.perf_counter() - start < 30  # the libraries' retries alone took 30 s
+
+
+@pytest.mark.slow
+def test_ekd_eval_of_a_hub_task_without_network_keeps_eval_json(run, hub_unreachable, tmp_path, capsys):
+    from hostile import one_error_line
+
+    run_dir, _ = run
+    _hub_task(tmp_path / "tasks")
+    before = (run_dir / "eval.json").read_bytes()
+    capsys.readouterr()
+    rc = main(["-q", "eval", str(run_dir), "--tasks", "hub_mc", "--tasks-dir", str(tmp_path / "tasks")])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert f"'{HUB_DATASET}'" in line and "docs/evaluation.md" in line, line
+    assert (run_dir / "eval.json").read_bytes() == before
+
+
 def test_bad_task_settings_fail_at_config_time():
     from ekd.config import load_config
     from ekd.errors import ConfigError

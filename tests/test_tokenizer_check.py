@@ -71,3 +71,58 @@ def test_an_unused_teacher_is_not_checked(tmp_path, tokenizer_dirs):
         prepare_tokenizer(cfg, tmp_path, None).get_vocab()
         == load_tokenizer(str(tokenizer_dirs["a"])).get_vocab()
     )
+
+
+class _Vocab:
+    """What ``check_same_tokenizer`` reads of a tokenizer: its length and its vocabulary."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+class Qwen2Tokenizer(_Vocab):  # named as transformers' classes: the message names the classes
+    pass
+
+
+class LlamaTokenizerFast(_Vocab):
+    pass
+
+
+def test_a_refusal_names_the_first_differing_id_its_tokens_and_the_classes():
+    """Try-out 4, finding 11: the same tokenizer.json next to a Qwen2 model loads as Qwen2Tokenizer, which adds
+    '<|endoftext|>' as id 512; the refusal said only '(513 vs 512 tokens, 1 ids disagree)' — and '0 ids
+    disagree' the other way round."""
+    from ekd.models.load import check_same_tokenizer
+
+    base = {f"t{i}": i for i in range(512)}
+    teacher, student = Qwen2Tokenizer(base | {"<|endoftext|>": 512}), LlamaTokenizerFast(base)
+    with pytest.raises(ModelError) as e:
+        check_same_tokenizer(teacher, student)
+    assert (
+        "(513 vs 512 tokens, 1 ids differ; first id 512: '<|endoftext|>' in the teacher, none in the student; "
+        "Qwen2Tokenizer vs LlamaTokenizerFast)"
+    ) in str(e.value)
+    with pytest.raises(
+        ModelError, match=r"512 vs 513 tokens, 1 ids differ; first id 512: none in the student"
+    ):
+        check_same_tokenizer(student, teacher, ("student", "teacher"))
+
+
+def test_the_differing_count_does_not_depend_on_direction():
+    from ekd.models.load import check_same_tokenizer
+
+    a = _Vocab({f"a{i}": i for i in range(512)})
+    b = _Vocab({f"a{i}": i for i in range(300)} | {f"b{i}": i for i in range(300, 600)})
+    messages = []
+    for x, y in ((a, b), (b, a)):
+        with pytest.raises(ModelError) as e:
+            check_same_tokenizer(x, y)
+        messages.append(str(e.value))
+    # ids 300–511 hold other tokens, 512–599 exist on one side only: 300 either way (was 241 vs 329-style)
+    assert all("300 ids differ; first id 300: " in m for m in messages), messages

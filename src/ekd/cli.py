@@ -1,4 +1,4 @@
-"""The ``ekd`` command: demo | distill | cache | eval | compare | student | list | config.
+"""The ``ekd`` command: demo | distill | cache | eval | compare | student | list | config | plan.
 
     ekd demo [--quick] [--methods kd,sekd,...]      the embedded default, no network
     ekd distill CONFIG [key=value ...]             distill a student (``--resume``, ``--overwrite``)
@@ -8,8 +8,9 @@
     ekd student init TEACHER OUT --layers N        build a student from a teacher (layer dropping or --from-config)
     ekd list [divergences|presets|scorers|policies|temperatures|architectures]
     ekd config show [CONFIG] [key=value ...]       print the resolved config (``--explain`` for every key)
+    ekd plan CONFIG --gpus N [--gpu-memory 80GiB]  per-rank GPU memory of the run, and which mode fits
 
-User mistakes print one line ``ekd: error: ...`` and exit 2 (``--debug`` shows the traceback).
+User mistakes print one line ``ekd: error: ...`` and exit 2 (``ekd --debug CMD`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +50,14 @@ class _Parser(argparse.ArgumentParser):
             choices = ", ".join(repr(c) for c in action.choices)
             hint = did_you_mean(str(value), [str(c) for c in action.choices])
             raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {choices}){hint}")
+
+    def _parse_optional(self, arg_string: str):
+        """A word starting '-<digit>' ('-5GiB', '-3', '-.5') is a value, so that the option's own check names
+        it; argparse takes only plain negative numbers for values and answers "expected one argument" to
+        the rest. No ekd option starts with a digit."""
+        if re.match(r"-\.?\d", arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories written by ekd distill")
     p.add_argument("--out", default="compare", help="directory for compare.md/.csv/.json and plots/")
     p.add_argument(
-        "--baselines", default="kd,ce", help="presets to report paired differences against (comma-separated)"
+        "--baselines",
+        default=None,
+        help="methods to report paired differences against, comma-separated (default: kd,ce where present)",
     )
     p.add_argument("--no-plots", action="store_true", help="tables only")
 
@@ -136,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("teacher", help="teacher: a hub id or a saved Hugging Face model directory")
     s.add_argument("out", help="directory to write the student to (a standard HF model directory)")
     s.add_argument(
-        "--layers", type=int, default=None, help="keep N decoder layers, evenly spaced (first and last kept)"
+        "--layers",
+        type=int,
+        default=None,
+        help="keep N decoder layers, evenly spaced (first and last kept; N=1 keeps layer 0)",
     )
-    s.add_argument("--keep-layers", default="", help="keep these decoder layers, e.g. 0,4,8,11")
+    s.add_argument("--keep-layers", default="", help="keep these decoder layers, increasing, e.g. 0,4,8,11")
     s.add_argument(
         "--from-config",
         nargs="+",
@@ -171,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--gpus", type=int, required=True, help="number of ranks (GPUs) the run will use")
     p.add_argument(
-        "--gpu-memory", default="80GiB", help="memory of one GPU, e.g. 80GiB, 141GB (default 80GiB)"
+        "--gpu-memory",
+        default="80GiB",
+        help="memory of one GPU, with its unit: 80GiB, 141GB, 81920MiB (default 80GiB)",
     )
     p.add_argument(
         "--parallel", choices=("ddp", "fsdp"), default=None, help="plan only this mode (default: both)"
@@ -186,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="student parameter dtype (fp32 master)",
     )
     p.add_argument(
-        "--vocab-size", type=int, default=0, help="vocabulary of preset models (default: from config)"
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary of the preset:<name> models (default: from the config; refused without a preset)",
     )
 
     p = sub.add_parser("config", help="config tools")
@@ -333,8 +353,11 @@ def cmd_cache(args) -> int:
 def cmd_compare(args) -> int:
     from ekd.eval.compare import compare_runs, markdown
 
-    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    summary = compare_runs(args.runs, Path(args.out), baselines, plots=not args.no_plots)
+    given = args.baselines is not None  # then each must match a run
+    baselines = tuple(b.strip() for b in (args.baselines if given else "kd,ce").split(",") if b.strip())
+    summary = compare_runs(
+        args.runs, Path(args.out), baselines, plots=not args.no_plots, require_baselines=given
+    )
     print(markdown(summary))
     print(
         f"written: {Path(args.out) / 'compare.md'} (+ .csv, .json{', plots/' if not args.no_plots else ''})"

@@ -4,9 +4,14 @@ traceback (unless ``--debug``) and exits non-zero."""
 
 def first_line(e: BaseException, last: bool = False) -> str:
     """The first (or last) non-empty line of an exception's message, or its type name: a library's error
-    inside one of ours."""
+    inside one of ours. A first line that ends in ':' announces its reason on the next line (transformers'
+    "Class validation error for validator 'validate_architecture':"), which is kept with it."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (lines[-1] if last else lines[0]) if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    if last:
+        return lines[-1]
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 class EkdError(Exception):

@@ -12,6 +12,10 @@ hub load:
 - an empty spec, a path (``./x``, ``/x``, ``~/x``) that does not exist, or a name that is no valid hub id
   (``org/na me``, ``a/b/c``): one error line saying so, no probe;
 - unreachable and not cached: one error line naming the spec and the fixes.
+
+Loads a library makes on its own (lm-eval's task datasets, see ``ekd.eval.tasks``) get the same probe through
+:func:`offline_unless_reachable`: unreachable, the process goes offline before the load, so a cached dataset
+loads at once and a missing one fails at once, in one line, instead of after minutes of retries.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -90,11 +95,36 @@ def check_model_spec(spec: str, key: str, revision: str = "") -> None:
 
 
 def _go_offline() -> None:
-    """The hub's own offline mode for this process (transformers and datasets read it per request)."""
+    """The hub's own offline mode for this process. transformers and huggingface_hub read it per request;
+    ``datasets`` copies it when imported, so one already imported is switched too (else its loads would
+    still go to the network and retry)."""
     from huggingface_hub import constants
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = True
+
+
+def offline_unless_reachable(key: str) -> str:
+    """Before loads a library makes on its own (lm-eval's task datasets): probe the hub once and, when it
+    cannot be reached, switch this process to the hub's offline mode, so a cached dataset loads at once and
+    a missing one fails at once (the caller turns that failure into one line).
+
+    Args:
+        key: the config key or command the loads are for, for the log line (``eval.tasks``).
+
+    Returns:
+        Why the hub is not used: the probe's reason, the offline mode the user set, or "" (reachable).
+    """
+    if _env_on("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        return "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+    why = endpoint_unreachable()
+    if why:
+        log.info("%s: %s; datasets come from the local cache only (offline from here on)", key, why)
+        _go_offline()
+    return why
 
 
 def _cached(spec: str, filename: str, revision: str) -> bool:
@@ -160,4 +190,10 @@ def check_dataset_reachable(name: str, key: str) -> None:
         )
 
 
-__all__ = ["check_dataset_reachable", "check_model_spec", "endpoint_unreachable", "hub_kwargs"]
+__all__ = [
+    "check_dataset_reachable",
+    "check_model_spec",
+    "endpoint_unreachable",
+    "hub_kwargs",
+    "offline_unless_reachable",
+]

@@ -32,10 +32,11 @@ block length tokens, h = hidden size, L = decoder layers, a = bytes of the autoc
 - the chunked head: ``4 · chunk · V · 4`` (about four fp32 (chunk, V) buffers at its peak, see
   ``ekd.losses.chunked.auto_chunk_rows``) plus the teacher's last hidden states ``t · h_T · 2``.
 
-A fixed ``--overhead`` (default 2 GiB: CUDA context, allocator fragmentation, NCCL buffers) is added. The
-teacher, parameter, gradient and optimizer terms are tensor bytes and match measurement (tests/test_plan.py:
-one process, 2-rank DDP, 2-rank FSDP2 with a sharded teacher, within 10%); the gathered and activation
-terms are estimates, not bounds.
+A fixed overhead (2 GiB: CUDA context, allocator fragmentation, NCCL buffers; ``estimate(overhead=)``) is
+added. The teacher, parameter, gradient and optimizer terms are tensor bytes and match measurement
+(tests/test_plan.py: one process, 2-rank DDP, 2-rank FSDP2 with a sharded teacher, within 10%); the gathered
+and activation terms are estimates, not bounds. ``--gpu-memory`` needs a unit (``80GiB``, ``141GB``): a bare
+number is refused rather than guessed (GiB? bytes?).
 """
 
 from __future__ import annotations
@@ -189,19 +190,32 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _size(b: int) -> str:
+    """'24.0 GiB', or '1.0 MiB' under a tenth of a GiB (a small size is not '0.0 GiB')."""
+    return f"{b / GIB:.1f} GiB" if b >= GIB // 10 else f"{b / 2**20:.1f} MiB"
+
+
 def parse_bytes(text: str) -> int:
-    """'80GiB', '80GB', '141 GiB', '81920MiB', or a plain number of bytes.
+    """'80GiB', '80GB', '141 GiB', '81920MiB', '512B': a size with its unit (a bare number is refused: '80'
+    is 80 GiB to some and 80 bytes to others).
 
     Raises:
-        EkdError: not a size.
+        EkdError: not a size, no unit, or not positive.
     """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, flags=re.IGNORECASE)
+    m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, flags=re.IGNORECASE)
     if not m:
         raise EkdError(f"--gpu-memory: '{text}' is not a size; write e.g. 80GiB or 141GB")
-    unit = (m.group(2) or "B").upper().rstrip("B") or "B"
+    number, unit = m.group(1), (m.group(2) or "").upper().rstrip("B") or "B"
+    if float(number) > 0 and not m.group(2):
+        raise EkdError(f"--gpu-memory: '{text}' has no unit; write {number}GiB (or {number}GB)")
     scale = {"B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
     scale |= {"KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-    return int(float(m.group(1)) * scale[unit])
+    size = int(float(number) * scale[unit])
+    if size <= 0:
+        raise EkdError(
+            f"--gpu-memory must be > 0, got {text.strip()}; give the memory of one GPU, e.g. 80GiB"
+        )
+    return size
 
 
 @dataclass(frozen=True)
@@ -272,7 +286,7 @@ def format_plan(
         f"teacher {teacher_spec}: {teacher.params:,} parameters, {teacher.layers} layers, d={teacher.hidden}"
         if teacher
         else "teacher: none loaded for training (cache or CE only)",
-        f"{gpus} GPU(s) × {gpu_memory / GIB:.1f} GiB; {tokens:,} tokens per micro-batch per rank",
+        f"{gpus} GPU(s) × {_size(gpu_memory)}; {tokens:,} tokens per micro-batch per rank",
         "",
         f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
         + "".join(
@@ -302,11 +316,17 @@ def format_plan(
         )
     else:
         least = min(options, key=lambda o: o.memory.total)
-        lines.append(
-            f"nothing fits in {gpu_memory / GIB:.1f} GiB: the smallest option needs "
-            f"{least.memory.total / GIB:.1f} GiB per rank; use more GPUs, a smaller "
-            "train.micro_batch_size or data.block_length"
-        )
+        if least.memory.overhead >= gpu_memory:  # no mode, GPU count or batch size can help
+            fix = (
+                f"the fixed {_size(least.memory.overhead)} of CUDA overhead (context, allocator, NCCL buffers) "
+                "alone fills it; check --gpu-memory, the memory of one GPU (e.g. 80GiB)"
+            )
+        else:
+            fix = (
+                f"the smallest option needs {least.memory.total / GIB:.1f} GiB per rank; use more GPUs, a "
+                "smaller train.micro_batch_size or data.block_length"
+            )
+        lines.append(f"nothing fits in {_size(gpu_memory)}: {fix}")
     lines.append(
         "teacher/params/grads/adam are tensor bytes; gather (FSDP2's unsharded working set), activations and head are estimates (formulas: ekd.plan)"
     )
@@ -319,21 +339,37 @@ def plan_config(
     gpu_memory: int,
     parallel: tuple[str, ...] = PARALLEL,
     placement: tuple[str, ...] = PLACEMENT,
-    vocab_size: int = 0,
+    vocab_size: int | None = None,
     param_dtype: str = "fp32",
 ) -> str:
     """The plan of a loaded config (models from ``model.*``, tokens from train/data) as text.
 
+    Args:
+        vocab_size: the vocabulary of the preset models (``--vocab-size``); None: from the config.
+
     Raises:
-        ConfigError: ``--gpus`` < 1, or the vocabulary size of preset models cannot be known.
+        ConfigError: ``--gpus`` < 1, ``--vocab-size`` < 1 or given without a preset model to apply to, or
+            the vocabulary size of preset models cannot be known.
     """
     from ekd.losses.chunked import auto_chunk_rows
+    from ekd.models.load import is_preset
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
+    teacher_spec = cfg.model.teacher if cfg.teacher.source == "online" else None
+    if vocab_size is not None:
+        if vocab_size < 1:
+            raise ConfigError(f"--vocab-size must be ≥ 1, got {vocab_size}")
+        planned = {"model.student": cfg.model.student, "model.teacher": teacher_spec}
+        planned = {k: v for k, v in planned.items() if v}
+        if not any(is_preset(v) for v in planned.values()):
+            what = "is a Hugging Face model" if len(planned) == 1 else "are Hugging Face models"
+            raise ConfigError(
+                f"--vocab-size sets the vocabulary of preset:<name> models only, and {' and '.join(planned)} "
+                f"{what} here (V comes from config.json); drop --vocab-size"
+            )
     vocab = vocab_size or _vocab_size(cfg)
     student = shape_of(cfg.model.student, vocab)
-    teacher_spec = cfg.model.teacher if cfg.teacher.source == "online" else None
     teacher = shape_of(teacher_spec, vocab, "teacher") if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab)

@@ -42,8 +42,8 @@ def _fmt_diff(d: dict, key: str) -> str:
 def _better_verdict(diffs: list[tuple[str, dict]]) -> str:
     """'a better than b' on every (key, paired difference a − b): better beyond the spread on all →
     reproduced; worse beyond it on any → not reproduced; otherwise inconclusive. One seed: point estimates."""
-    if any(d["n"] == 0 for _, d in diffs):
-        return "not run (no shared seed)"
+    if unpaired := [d["verdict"] for _, d in diffs if d["n"] == 0]:
+        return f"not run ({unpaired[0]})"  # no shared seed, different eval sets or teachers
     if any(d["n"] == 1 for _, d in diffs):
         better = all(
             (d["mean"] > 0) == HIGHER_IS_BETTER[k.rpartition("/")[2]] and d["mean"] != 0 for k, d in diffs
@@ -70,6 +70,8 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
         d = paired_difference(g["rskd"], g["kd"], ece)
         close = abs(d["mean"]) <= ECE_TOLERANCE or (not math.isnan(d["std"]) and abs(d["mean"]) <= d["std"])
         verdict = ("reproduced" if close else "not reproduced") + (" (1 seed)" if d["n"] == 1 else "")
+        if d["n"] == 0:
+            verdict = f"not run ({d['verdict']})"
         rows.append(
             Claim(
                 "RS-KD: ECE ≈ Full KD",
@@ -77,7 +79,7 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
                 f"rskd − kd: {_fmt_diff(d, ece)} pp (tolerance {ECE_TOLERANCE} pp or the seed spread)",
                 verdict,
                 ""
-                if close
+                if close or d["n"] == 0
                 else "RS targets carry ~12 ids per position; at this budget the estimator's variance shows",
             )
         )

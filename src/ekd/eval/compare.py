@@ -31,6 +31,7 @@ import yaml
 from ekd.errors import EkdError
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
+from ekd.nearest import did_you_mean
 
 
 class Metric(NamedTuple):
@@ -63,6 +64,7 @@ class RunRecord:
     eval: dict[str, dict[str, float]]  # set name → metrics (teacher rows under "<set>/teacher")
     kd_fraction: float
     bytes_per_token: float
+    tokenizer: str = ""  # what encoded the eval sets (``_tokenizer_identity``)
 
     @property
     def method(self) -> str:
@@ -79,6 +81,32 @@ class RunRecord:
             cfg.get("run", {}).pop(k, None)
         return json.dumps(cfg, sort_keys=True, default=str)
 
+    def eval_set(self, name: str) -> str:
+        """What eval set ``name`` of this run is: the data section of the config, the tokenizer and the
+        set's scored tokens. Two runs' metrics on a set are comparable only when these are equal."""
+        tokens = (self.eval.get(name) or {}).get("tokens")
+        data = self.config.get("data") or {}
+        return json.dumps([data, self.tokenizer, tokens], sort_keys=True, default=str)
+
+    def eval_sets(self) -> str:
+        """:meth:`eval_set` of every text eval set of the run (lm-eval tasks are not text eval sets)."""
+        return "|".join(self.eval_set(n) for n in sorted(self.eval) if _text_set(n))
+
+    def teacher(self) -> str:
+        """The teacher the run's KL and agreement are measured against (``model.teacher``, revision, dtype)."""
+        model = self.config.get("model") or {}
+        return json.dumps([model.get(k) for k in TEACHER_KEYS], default=str)
+
+
+TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
+TEACHER_RELATIVE = ("kl", "agree")  # metrics measured against the run's teacher (also kl@H<i>)
+UNPAIRED = ("different eval sets", "different teachers")  # verdicts of a difference that is not computed
+
+
+def _text_set(name: str) -> bool:
+    """A text eval set of the run (``eval``, a shifted set), not its teacher row nor an lm-eval task."""
+    return not name.endswith("/teacher") and not name.startswith(("task:", "tasks["))
+
 
 @dataclass
 class Group:
@@ -94,6 +122,10 @@ class Group:
             if v is not None and not math.isnan(v):
                 out[r.seed] = v
         return out
+
+    def run(self, seed: int) -> RunRecord:
+        """The group's run with ``seed`` (one per seed: :func:`group_runs` refuses duplicates)."""
+        return next(r for r in self.runs if r.seed == seed)
 
 
 def _value(run: RunRecord, key: str) -> float | None:
@@ -114,14 +146,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
-    """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric."""
+    """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric.
+
+    A seed pairs only runs scored alike: on the same eval set (:meth:`RunRecord.eval_set`) for a text eval
+    set's metric, and against the same teacher for KL and agreement. When no seed pairs, the verdict says
+    why (``different eval sets``, ``different teachers``) and there is no number.
+    """
     a, b = group.values(key), baseline.values(key)
     seeds = sorted(set(a) & set(b))
+    why_not = _unpaired(group, baseline, key, seeds)
+    seeds = [s for s in seeds if s not in why_not]
     diffs = [a[s] - b[s] for s in seeds]
     mean, std = mean_std(diffs)
     higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
     if not diffs:
-        verdict = "no shared seed"
+        verdict = next(iter(why_not.values()), "no shared seed")
     elif len(diffs) == 1:
         verdict = "1 seed"
     elif abs(mean) > std:
@@ -129,6 +168,21 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
     else:
         verdict = "within spread"
     return {"mean": mean, "std": std, "n": len(diffs), "verdict": verdict}
+
+
+def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict[int, str]:
+    """seed → why its two runs cannot be paired on ``key`` (only the seeds that cannot)."""
+    name, _, metric = key.rpartition("/")
+    if not name or not _text_set(name):
+        return {}  # cost columns and lm-eval tasks: no eval set to match
+    out = {}
+    for seed in seeds:
+        run, base = group.run(seed), baseline.run(seed)
+        if run.eval_set(name) != base.eval_set(name):
+            out[seed] = UNPAIRED[0]
+        elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher() != base.teacher():
+            out[seed] = UNPAIRED[1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,7 +212,32 @@ def read_run(run_dir: str | Path) -> RunRecord:
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {run_dir}`"
         )
     kd_fraction = _kd_fraction(rows)
-    return RunRecord(run_dir, config, results, kd_fraction, _bytes_per_token(run_dir, config, kd_fraction))
+    return RunRecord(
+        run_dir,
+        config,
+        results,
+        kd_fraction,
+        _bytes_per_token(run_dir, config, kd_fraction),
+        _tokenizer_identity(run_dir, config),
+    )
+
+
+def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
+    """The tokenizer a run's eval sets were encoded with: the content of the exported student's
+    ``tokenizer.json`` (vocabulary, merges, added tokens, normalization: not its formatting), else
+    ``model.tokenizer`` as configured (a run without its student directory)."""
+    import hashlib
+
+    try:
+        saved = json.loads((run_dir / "student" / "tokenizer.json").read_text())
+        parts = {k: saved.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer")}
+        return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    except (OSError, ValueError, AttributeError):
+        model = config.get("model") or {}
+        spec = str(model.get("tokenizer", "teacher"))
+        if spec in ("teacher", "student"):
+            return f"{spec}:{model.get(spec)}"
+        return f"train_bpe:{model.get('bpe_vocab_size')}" if spec == "train_bpe" else spec
 
 
 def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -306,25 +385,66 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
                     k: paired_difference(g, by_label[b], k) for k in keys if k in entry["metrics"]
                 }
         out["groups"].append(entry)
-    teacher = _teacher_metrics(groups)
-    if teacher:
-        out["teacher"] = teacher
+    out["teachers"] = _teacher_rows(groups)
+    out["eval_sets"] = _eval_set_note(groups)
     return out
 
 
-def _teacher_metrics(groups: list[Group]) -> dict[str, float]:
+def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    """One row per distinct teacher and eval sets (the runs' ``<set>/teacher`` metrics): the teacher, the
+    groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of kd, ...)'."""
+    rows: dict[str, dict[str, Any]] = {}
     for g in groups:
         for r in g.runs:
-            t = {
+            metrics = {
                 f"{n[: -len('/teacher')]}/{m}": v
                 for n, ms in r.eval.items()
                 if n.endswith("/teacher")
                 for m, v in ms.items()
                 if m in METRICS
             }
-            if t:
-                return t
-    return {}
+            if not metrics:
+                continue
+            row = rows.setdefault(
+                f"{r.teacher()}|{r.eval_sets()}",
+                {"teacher": (r.config.get("model") or {}).get("teacher"), "of": [], "metrics": metrics},
+            )
+            if g.label not in row["of"]:
+                row["of"].append(g.label)
+    out = list(rows.values())
+    for row in out:
+        row["label"] = "(teacher)" if len(out) == 1 else f"(teacher of {', '.join(row['of'])})"
+    return out
+
+
+def _eval_set_note(groups: list[Group]) -> str:
+    """'' when every group was scored on the same eval sets; else which groups share which, and how the
+    others' differ from the first's (their paired differences are n/a)."""
+    clusters: dict[str, list[Group]] = {}
+    for g in groups:
+        clusters.setdefault(g.runs[0].eval_sets(), []).append(g)
+    if len(clusters) < 2:
+        return ""
+    first, *others = clusters.values()
+    ref = first[0].runs[0]
+    parts = [f"{_labels(first)} on one"]
+    for cluster in others:
+        parts.append(f"{_labels(cluster)} on others ({_eval_set_difference(ref, cluster[0].runs[0])})")
+    return "; ".join(parts)
+
+
+def _labels(groups: list[Group]) -> str:
+    return ", ".join(f"`{g.label}`" for g in groups)
+
+
+def _eval_set_difference(a: RunRecord, b: RunRecord) -> str:
+    """How ``b``'s eval sets differ from ``a``'s: data keys, the tokenizer, or else the scored tokens."""
+    keys = _config_differences({"data": a.config.get("data") or {}}, {"data": b.config.get("data") or {}})
+    if keys:
+        return ", ".join(keys)
+    if a.tokenizer != b.tokenizer:
+        return "another tokenizer"
+    return "the same data settings, other scored token counts"
 
 
 def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
@@ -350,11 +470,11 @@ def markdown(summary: dict[str, Any]) -> str:
         {"method": g["method"], "seeds": len(g["seeds"]), **{k: g["metrics"].get(k) for k in keys}}
         for g in groups
     ]
-    if summary.get("teacher"):
+    for teacher in summary.get("teachers", []):  # one per distinct teacher and eval sets
         rows.append(
             {
-                "method": "(teacher)",
-                **{k: {"mean": v, "std": math.nan, "n": 1} for k, v in summary["teacher"].items()},
+                "method": teacher["label"],
+                **{k: {"mean": v, "std": math.nan, "n": 1} for k, v in teacher["metrics"].items()},
             }
         )
     cols = [("method", "method", ""), ("seeds", "seeds", "d")] + [
@@ -364,6 +484,11 @@ def markdown(summary: dict[str, Any]) -> str:
     notes = [g["note"] for g in groups if g.get("note")]
     if notes:
         parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
+    if summary.get("eval_sets"):
+        parts.append(
+            f"Scored on different eval sets: {summary['eval_sets']}. Paired differences across eval sets "
+            "(and of KL and agreement across teachers) are n/a: those numbers are not comparable.\n"
+        )
     for b in summary["baselines"]:
         diff_rows = []
         for g in groups:
@@ -375,6 +500,8 @@ def markdown(summary: dict[str, Any]) -> str:
                     sign = format(d["mean"], "+" + _fmt(k))
                     spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
                     row[k] = f"{sign}{spread} ({d['verdict']})"
+                elif d["verdict"] in UNPAIRED:
+                    row[k] = f"n/a ({d['verdict']})"
             diff_rows.append(row)
         if diff_rows:
             dcols = [("method", "method", "")] + [
@@ -530,17 +657,33 @@ def plot_kl_by_entropy(
 
 
 def compare_runs(
-    run_dirs: list[str | Path], out: str | Path, baselines: tuple[str, ...] = ("kd", "ce"), plots: bool = True
+    run_dirs: list[str | Path],
+    out: str | Path,
+    baselines: tuple[str, ...] = ("kd", "ce"),
+    plots: bool = True,
+    require_baselines: bool = False,
 ) -> dict[str, Any]:
     """Read ``run_dirs``, write ``compare.{md,csv,json}`` (and plots) under ``out``; return the summary.
 
+    Args:
+        baselines: group labels to report paired differences against; those absent are skipped, unless
+        require_baselines: (``--baselines`` given) each must name a group, else nothing is written.
+
     Raises:
-        EkdError: a path that is not a finished run, or the same run (config and seed) twice.
+        EkdError: a path that is not a finished run, the same run (config and seed) twice, or a required
+            baseline that matches no run.
     """
     if not run_dirs:
         raise EkdError("ekd compare: give at least one run directory (runs/<name>)")
     runs = [read_run(d) for d in run_dirs]
     groups = group_runs(runs)
+    labels = [g.label for g in groups]
+    unknown = [b for b in baselines if b not in labels]
+    if require_baselines and unknown:
+        raise EkdError(
+            f"ekd compare: --baselines {','.join(unknown)} matches no run; name methods of these runs "
+            f"({', '.join(labels)}){did_you_mean(unknown[0], labels)}"
+        )
     summary = summarize(groups, list(baselines))
     out = Path(out)
     _atomic_write(out / "compare.json", lambda f: f.write(json.dumps(_nan_to_none(summary), indent=2)))

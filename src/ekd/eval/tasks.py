@@ -13,7 +13,9 @@ lm-eval is an optional dependency (``pip install 'ekd[eval]'``); without it :fun
 one line saying so. Task names come from lm-eval's registry or from ``tasks_dir``, a directory of task
 YAMLs (e.g. a local JSON/JSONL dataset via ``dataset_path: json`` + ``dataset_kwargs.data_files``), which
 needs no network. The registry of lm-eval's ~15k built-in tasks is indexed only when a name is not found
-in ``tasks_dir``.
+in ``tasks_dir``. A task whose dataset comes from the hub gets one probe of the hub first
+(``ekd.hub.offline_unless_reachable``): without network its dataset is read from the datasets cache, or
+refused in one line naming the task and the dataset, instead of minutes of retries and a traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import copy
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,8 +34,9 @@ from typing import Any
 
 from torch import nn
 
-from ekd.errors import ConfigError, EkdError
+from ekd.errors import ConfigError, EkdError, first_line
 from ekd.eval import task_metrics as tm
+from ekd.hub import offline_unless_reachable
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,60 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
     raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {where}")
 
 
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")  # datasets' builders of local files
+
+
+def _reads_the_hub(manager: Any, tasks: tuple[str, ...]) -> bool:
+    """Whether loading ``tasks`` may fetch a dataset from the hub: yes unless each is a plain task whose
+    ``dataset_path`` is a local-file builder (``json``, ...) or an existing path. Groups, tags and Python tasks
+    count as yes (their members are not looked into): the cost is one probe of the hub."""
+    for name in tasks:
+        entry = manager.task_index.get(name)
+        cfg = getattr(entry, "cfg", None) or {}
+        path = cfg.get("dataset_path") if "class" not in cfg and "group" not in cfg else None
+        if not isinstance(path, str) or not (path in LOCAL_BUILDERS or Path(path).expanduser().exists()):
+            return True
+    return False
+
+
+def _load_task(manager: Any, name: str, offline: str) -> dict[str, Any]:
+    """``manager.load([name])``, where lm-eval reads the task's dataset: a hub dataset that cannot be fetched
+    (no network and not in the datasets cache) is one line naming the task, the dataset and the fixes.
+
+    Args:
+        offline: why the hub is not used (``ekd.hub.offline_unless_reachable``), "" if it is.
+    """
+    try:
+        return manager.load([name])
+    except ConnectionError as e:  # datasets' "Couldn't reach '<id>' on the Hub" (OfflineModeIsEnabled is one)
+        import datasets.config
+
+        why = offline or first_line(e)
+        raise EkdError(
+            f"eval.tasks: task '{name}' reads the dataset {_dataset_of(e)} from the Hugging Face Hub, which is "
+            f"not in the datasets cache ({datasets.config.HF_DATASETS_CACHE}) while {why}; fetch it once where "
+            "the hub is reachable (docs/evaluation.md: the standard tasks on a machine without network), or use "
+            "local tasks (--tasks-dir DIR)"
+        ) from None
+
+
+def _dataset_of(e: BaseException) -> str:
+    """The dataset a failed task load asked for: ``DATASET_PATH`` (and ``DATASET_NAME``) of the lm-eval task
+    whose ``download`` raised, found in the traceback, else the id quoted in the message."""
+    found = ""
+    tb = e.__traceback__
+    while tb is not None:
+        task = getattr(tb.tb_frame.f_locals.get("self"), "__dict__", None) or {}  # instance attributes
+        path, name = task.get("DATASET_PATH"), task.get("DATASET_NAME")
+        if isinstance(path, str) and path:
+            found = f"'{path}'" + (f" ({name})" if isinstance(name, str) and name else "")
+        tb = tb.tb_next
+    if not found:
+        quoted = re.search(r"'([^']+)'", str(e))
+        found = f"'{quoted.group(1)}'" if quoted else "of the task"
+    return found
+
+
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
     """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
@@ -236,7 +294,8 @@ def run_tasks(
         "n", "ece" (%, multiple choice only, NaN under 10 documents), "bins" (reliability), "wall_s"}.
 
     Raises:
-        EkdError: lm-eval missing, or an unknown task name.
+        EkdError: lm-eval missing, an unknown task name, or a task's hub dataset that cannot be fetched (no
+            network and not cached: one line, after one probe of the hub instead of minutes of retries).
     """
     require_lm_eval()
     from lm_eval.evaluator import evaluate
@@ -245,6 +304,7 @@ def run_tasks(
     out: dict[str, dict[str, Any]] = {}
     with _quiet_lm_eval(), _restore_mode(model):
         manager = task_manager(settings.tasks, settings.tasks_dir)
+        offline = offline_unless_reachable("eval.tasks") if _reads_the_hub(manager, settings.tasks) else ""
         lm = HFLM(
             pretrained=model,
             tokenizer=copy.deepcopy(tokenizer),
@@ -255,7 +315,7 @@ def run_tasks(
         for name in settings.tasks:
             t0 = time.perf_counter()
             _seed_everything(settings.seed)
-            loaded = manager.load([name])
+            loaded = _load_task(manager, name, offline)
             generation = False
             for task in loaded["tasks"].values():
                 _configure(task, settings)

@@ -268,13 +268,25 @@ def _hint(e: BaseException) -> str:
 def check_same_tokenizer(
     a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str] = ("teacher", "student")
 ) -> None:
-    """Refuse different tokenizers: same length and the same id for every token."""
+    """Refuse different tokenizers: same length and the same id for every token.
+
+    The error names the ids that differ (counted over both vocabularies, so the count does not depend on
+    which is ``a``), the first of them with its token on each side, and both tokenizer classes: the same
+    tokenizer.json loads as another class next to another ``model_type`` (Qwen2's adds ``<|endoftext|>``).
+    """
     if len(a) != len(b) or a.get_vocab() != b.get_vocab():
-        va, vb = a.get_vocab(), b.get_vocab()
-        differing = sum(1 for tok, i in va.items() if vb.get(tok) != i)
+        ta, tb = ({i: t for t, i in tok.get_vocab().items()} for tok in (a, b))  # id → token
+        differing = sorted(i for i in ta.keys() | tb.keys() if ta.get(i) != tb.get(i))
+        first = differing[0] if differing else None
+
+        def side(tokens: dict[int, str], name: str) -> str:
+            return f"{tokens[first]!r} in the {name}" if first in tokens else f"none in the {name}"
+
+        where = f"; first id {first}: {side(ta, names[0])}, {side(tb, names[1])}" if differing else ""
         raise ModelError(
-            f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {len(b)} tokens, {differing} ids disagree): "
-            "token-level KD needs a shared tokenizer; pick a student from the teacher's family"
+            f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {len(b)} tokens, {len(differing)} ids "
+            f"differ{where}; {type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
+            "tokenizer; pick a student from the teacher's family"
         )
 
 

@@ -136,17 +136,19 @@ def _seeded_from_config(config: PretrainedConfig, seed: int, dtype: torch.dtype)
             torch.manual_seed(seed)
             return AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, TypeError, RuntimeError, AttributeError) as e:
-        first = first_line(e)
         raise ModelError(
-            f"student init: cannot build a '{config.model_type}' model from that config ({first}); check the overrides"
+            f"student init: cannot build a '{config.model_type}' model from that config ({first_line(e)}); "
+            "check the overrides"
         ) from None
 
 
 def drop_layers(teacher: nn.Module, keep: list[int], tie_word_embeddings: bool | None = None) -> nn.Module:
-    """A student with the teacher's layers ``keep`` (in that order), embeddings, norms and head copied.
+    """A student with the teacher's layers ``keep`` (increasing indices), embeddings, norms and head copied.
 
     Raises:
-        ModelError: unsupported architecture, indices out of range or repeated, or tying an untied teacher.
+        ModelError: unsupported architecture, indices out of range, repeated or out of order (a student
+            keeps the teacher's layer order; reordering layers is refused, not silently sorted), or tying an
+            untied teacher.
     """
     prefix, layers = decoder_layers(teacher)
     n = len(layers)
@@ -154,6 +156,7 @@ def drop_layers(teacher: nn.Module, keep: list[int], tie_word_embeddings: bool |
         raise ModelError(
             f"student init: --keep-layers must be distinct indices in [0, {n - 1}], got {','.join(map(str, keep))}"
         )
+    _require_increasing(keep)
     config = cut_config(teacher.config, keep)
     teacher_tied = bool(getattr(teacher.config, "tie_word_embeddings", False))
     if tie_word_embeddings is not None and tie_word_embeddings != teacher_tied:
@@ -176,6 +179,16 @@ def drop_layers(teacher: nn.Module, keep: list[int], tie_word_embeddings: bool |
     return student
 
 
+def _require_increasing(keep: list[int]) -> None:
+    """Refuse layers out of order ('3,1'): the student keeps the teacher's layer order; reordering is refused,
+    not silently sorted."""
+    if keep != sorted(keep):
+        raise ModelError(
+            f"student init: --keep-layers must be increasing (the student keeps the teacher's layer order), got "
+            f"{','.join(map(str, keep))}; write {','.join(map(str, sorted(set(keep))))}"
+        )
+
+
 def _is_tied_head(model: nn.Module, key: str) -> bool:
     """A tied head's weight may be absent from a state dict: it is the input embedding."""
     head = model.get_output_embeddings()
@@ -187,6 +200,17 @@ def _is_tied_head(model: nn.Module, key: str) -> bool:
     )
 
 
+POSITIVE_KEYS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+
+
 def from_config(
     teacher_config: PretrainedConfig,
     overrides: dict[str, Any],
@@ -196,8 +220,12 @@ def from_config(
 ) -> nn.Module:
     """A randomly initialized model of the teacher's type with ``overrides`` applied to its config.
 
+    ``head_dim`` follows ``hidden_size / num_attention_heads`` when an override changes either, unless it is
+    overridden too or the teacher's own is not that ratio (Qwen3, Gemma: kept, with a log line).
+
     Raises:
-        ModelError: an override names a key the config does not have, or the result cannot be built.
+        ModelError: an override names a key the config does not have, sets a size below 1, or the result
+            cannot be built (the library's reason in full).
     """
     known = teacher_config.to_dict()
     config = copy.deepcopy(teacher_config)
@@ -207,13 +235,16 @@ def from_config(
             raise ModelError(
                 f"student init: '{key}' is not a key of the teacher's {teacher_config.model_type} config{hint}"
             )
+        if key in POSITIVE_KEYS and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ModelError(f"student init: {key} must be ≥ 1, got {value}")
         try:  # transformers' configs validate field types on assignment
             setattr(config, key, value)
         except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
-            first = first_line(e, last=True)
             raise ModelError(
-                f"student init: {key}={value!r} makes an invalid {teacher_config.model_type} config ({first})"
+                f"student init: {key}={value!r} makes an invalid {teacher_config.model_type} config "
+                f"({first_line(e, last=True)})"
             ) from None
+    _follow_head_dim(teacher_config, config, overrides)
     if "num_hidden_layers" in overrides:
         n_old, n_new = int(teacher_config.num_hidden_layers), int(config.num_hidden_layers)
         for name in _per_layer_fields(teacher_config, n_old):
@@ -226,11 +257,31 @@ def from_config(
         config = type(config).from_dict(config.to_dict())
         config.to_json_string()
     except Exception as e:  # noqa: BLE001  (its validation errors have no common base class)
-        first = first_line(e)
         raise ModelError(
-            f"student init: the overrides make an invalid {config.model_type} config ({first})"
+            f"student init: the overrides make an invalid {config.model_type} config ({first_line(e)})"
         ) from None
     return _seeded_from_config(config, seed, dtype)
+
+
+def _follow_head_dim(teacher: PretrainedConfig, config: PretrainedConfig, overrides: dict[str, Any]) -> None:
+    """Set ``config.head_dim`` to hidden_size / num_attention_heads again after an override of either, when
+    the teacher's head_dim was that ratio: transformers 5 writes head_dim into every config.json, so the
+    teacher's would silently stay (4 heads × 24 on a 32-wide model). An overridden head_dim, or a teacher
+    whose head_dim is its own, is kept."""
+    head_dim = getattr(teacher, "head_dim", None)
+    if "head_dim" in overrides or not isinstance(head_dim, int) or isinstance(head_dim, bool):
+        return
+    if not {"hidden_size", "num_attention_heads"} & set(overrides):
+        return
+    hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
+    if head_dim * int(teacher.num_attention_heads) != int(teacher.hidden_size):
+        log.info(
+            "student init: head_dim stays %d as in the teacher, whose head_dim is not hidden_size / "
+            "num_attention_heads; add head_dim=N to change it",
+            head_dim,
+        )
+    elif hidden % heads == 0:  # else the config's own validation names the indivisible width
+        config.head_dim = hidden // heads
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -284,6 +335,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         raise ModelError(
             "student init: say what to build: --layers N, --keep-layers 0,5,11 or --from-config k=v ..."
         )
+    _require_increasing(plan.keep_layers)  # before the teacher is loaded
 
     if plan.mode == "from_config":
         try:
@@ -327,7 +379,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     save_model_dir(student, tokenizer, out)
     record = {
         "ekd_version": __version__,
-        "teacher": plan.teacher,
+        "teacher": _resolved(plan.teacher),  # an absolute path for a directory: valid from anywhere
         "teacher_revision": plan.revision,
         "model_type": model_type,
         "mode": plan.mode,
@@ -345,8 +397,11 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
 
 
 def _resolved(spec: str) -> str:
+    """An existing directory as an absolute path; a hub id as given."""
     path = Path(spec).expanduser()
-    return str(path) if spec.strip() and path.exists() else spec  # Path("") is the current directory
+    return (
+        str(path.resolve()) if spec.strip() and path.exists() else spec
+    )  # Path("") is the current directory
 
 
 __all__ = [
