@@ -286,9 +286,17 @@ def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, 
 
 
 def test_a_hub_dataset_without_network_is_one_line(hub_unreachable):
+    """No network: the process goes offline (a cached dataset would load from the cache, as README says); one
+    that is not cached is one line naming the reason and the fixes."""
+    import datasets.config
+
     from ekd.config import DataConfig
     from ekd.data.documents import _read_hf
     from ekd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data.source: cannot load dataset hf:someorg/corpus \(127.0.0.1"):
+    with pytest.raises(ConfigError) as caught:
         next(_read_hf("someorg/corpus", DataConfig(), "data.source"))
+    message = str(caught.value)
+    assert message.startswith("data.source: cannot load dataset hf:someorg/corpus (127.0.0.1")
+    assert "not in the datasets cache" in message and "save_to_disk" in message and "\n" not in message
+    assert datasets.config.HF_DATASETS_OFFLINE  # switched offline: the cache is what was tried

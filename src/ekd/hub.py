@@ -176,18 +176,18 @@ def hub_kwargs(
     )
 
 
-def check_dataset_reachable(name: str, key: str) -> None:
-    """Raise one ConfigError line when ``name`` is a hub dataset and the hub cannot be reached (a local path,
-    or ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set, passes: ``datasets`` then reads its own cache)."""
+def check_dataset_reachable(name: str, key: str) -> str:
+    """Before ``datasets.load_dataset(name)``: "" when it may go to the hub, else why it must not.
+
+    A local path, or ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set by the user, passes at once (``datasets``
+    then reads its own cache). A hub id is probed once (:func:`offline_unless_reachable`): unreachable, the
+    process goes offline, so a cached dataset loads and a missing one fails at once — the caller names the
+    returned reason in its one-line error. A path that does not exist is refused here (ConfigError).
+    """
     if _local(name) or _env_on("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        return
+        return ""
     _refuse_missing_path(name, key, ConfigError)
-    why = endpoint_unreachable()
-    if why:
-        raise ConfigError(
-            f"{key}: cannot load dataset hf:{name} ({why}); save it with Dataset.save_to_disk where the hub is "
-            "reachable and pass that directory, or set HF_DATASETS_OFFLINE=1 to use the datasets cache"
-        )
+    return offline_unless_reachable(key)
 
 
 __all__ = [

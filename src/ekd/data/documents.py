@@ -429,7 +429,7 @@ def _read_hf(
             f"{key}=hf: names no dataset; write hf:<hub id> or hf:<directory saved by save_to_disk>"
         )
     path = Path(name)
-    check_dataset_reachable(name, key)
+    offline = check_dataset_reachable(name, key)  # "" or why the hub is not used (then: the cache only)
     try:
         with quiet_dataset_progress():
             if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
@@ -440,6 +440,12 @@ def _read_hf(
                 )
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
         first = first_line(e)
+        if offline:
+            raise ConfigError(
+                f"{key}: cannot load dataset hf:{name} ({offline}) and it is not in the datasets cache ({first});"
+                " save it with Dataset.save_to_disk where the hub is reachable and pass that directory, or fetch"
+                " it into the cache (HF_HOME) there"
+            ) from None
         raise ConfigError(
             f"{key}: could not load dataset hf:{name} ({first}); check the name/path and data.hf_name"
         ) from None
