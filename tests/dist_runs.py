@@ -7,6 +7,8 @@ One spawn serves every method of the test: the process group and the imports are
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
 ``EKD_TEST_LOUD=1`` keeps INFO log lines (``-q`` otherwise).
+``EKD_TEST_CODES=DIR`` runs every argument list whatever the exit codes and writes them to ``DIR/rank<r>.json``
+(runs that are meant to be refused, test_rank_errors.py).
 ``EKD_TEST_TRACE=DIR`` writes ``DIR/rank<r>.json``: every ``torch.distributed`` collective this rank entered and
 left (monotonic clock, run index, whether on the default group) and the span of ``run_end_tasks`` (rank 0's
 lm-eval tasks), for test_fsdp.py to check who waits where while rank 0 runs the tasks.
@@ -89,13 +91,18 @@ def run_all(path: str) -> int:
     current = [0]
     if trace := os.environ.get("EKD_TEST_TRACE"):
         _trace(events, current)
+    codes_dir = os.environ.get("EKD_TEST_CODES")
+    codes: list[int] = []
     dist.init_process_group("gloo")
     try:
         for i, args in enumerate(json.loads(Path(path).read_text())):
             current[0] = i
             code = main([*quiet, "distill", *args])
-            if code != 0:
+            codes.append(code)
+            if code != 0 and not codes_dir:
                 return code
+        if codes_dir:
+            Path(codes_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(codes))
         return 0
     finally:
         if trace:

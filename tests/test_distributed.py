@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ METHODS = {
     "topsmp": ["method=sekd", "method.sample_fraction=0.5", "eval.every=2"],
     # a LoRA student: DDP over the adapters and the head only (the frozen base is identical on every rank)
     "lora": ["method=kd", "model.lora_r=4", "model.lora_train_head=true"],
+    # EGAD's projection, used on hard tokens only: DDP without find_unused_parameters (its zero term)
+    "egad": ["method=egad"],
 }
 
 
@@ -144,7 +147,11 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         if rank:
             for p in [*model.parameters(), *extra.parameters()]:
                 p.data.normal_()
-        engine = data_parallel(model, {"extra": extra}, Ranks(rank, 2, torch.device("cpu")))
+        with warnings.catch_warnings(record=True) as caught:  # no deprecated DDP argument
+            warnings.simplefilter("always")
+            engine = data_parallel(model, {"extra": extra}, Ranks(rank, 2, torch.device("cpu")))
+        assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+        assert not engine.find_unused_parameters  # the unused extra gets a zero term instead
         data = _toy_data()
         mine = [mb[rank * 4 : (rank + 1) * 4] for mb in data]  # this rank's 4 rows of each micro-batch
         torch.save(_toy_grads(model, mine, engine, extra), os.path.join(out_dir, f"rank{rank}.pt"))

@@ -136,6 +136,9 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
         if sorted(wa) != sorted(wb):
             mismatches.append((name, "keys", sorted(set(wa) ^ set(wb))))
             continue
+        saved_a, saved_b = _file_keys(a / "student"), _file_keys(b / "student")  # a tied head stored once
+        if saved_a != saved_b:
+            mismatches.append((name, "saved keys", sorted(set(saved_a) ^ set(saved_b))))
         for k in wa:  # atol 5e-6: see test_distributed (Adam turns fp32 reassociation into ~1e-6 updates)
             if not torch.allclose(wb[k], wa[k], rtol=1e-5, atol=5e-6):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
@@ -143,6 +146,14 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
     assert mismatches == [], mismatches
     if tasks_dir is not None:
         _check_tasks_under_torchrun(tmp_path, list(cases).index("tasks"), trace)
+
+
+def _file_keys(model_dir: Path) -> list[str]:
+    """The tensor names in an exported student's ``model.safetensors``."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sorted(f.keys())
 
 
 def _tasks_case(tmp_path: Path, cases: dict) -> Path | None:
@@ -165,8 +176,8 @@ def _tasks_case(tmp_path: Path, cases: dict) -> Path | None:
 
 def _check_tasks_under_torchrun(tmp_path: Path, run: int, trace: Path) -> None:
     """Rank 0 ran the tasks on the whole student and teacher (the numbers of a hand count and of one process)
-    and communicated with no one meanwhile; rank 1 waited in a barrier of the host (gloo) group — never in a
-    collective of the default group, which is NCCL on GPUs and would time out."""
+    and communicated with no one meanwhile; rank 1 waited for its outcome on the host (gloo) group
+    (run_on_main) — never in a collective of the default group, which is NCCL on GPUs and would time out."""
     from test_tasks import _loglikelihood, _mc_rows, _student
 
     def tasks(name: str) -> dict:
@@ -190,7 +201,7 @@ def _check_tasks_under_torchrun(tmp_path: Path, run: int, trace: Path) -> None:
     t0, t1 = span["t0"], span["t1"]
     assert [e["what"] for e in events[0] if e is not span and t0 <= e["t0"] <= t1] == []
     waiting = [e for e in events[1] if e["t0"] < t1 and e["t1"] > t0]
-    assert [(e["what"], e["world"]) for e in waiting] == [("barrier", False)], waiting
+    assert [(e["what"], e["world"]) for e in waiting] == [("broadcast_object_list", False)], waiting
     assert waiting[0]["t1"] >= t1
 
 
@@ -301,6 +312,10 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
                 torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
             if rank == 0:
                 assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
+                # the export of the sharded student holds the keys of the one-process export (a tied head once)
+                assert _saved_keys(student, Path(out_dir, f"fsdp{tied}"), submodule_state(a, "student")) == (
+                    _saved_keys(ref_student, Path(out_dir, f"one{tied}"))
+                )
         # a sharded frozen teacher received from rank 0 (rank 1 builds it on the meta device): about half the
         # bytes, the same hidden states as the whole model (rotary inv_freq, a non-persistent buffer, included)
         teacher = _toy_student(False, meta=rank == 1).eval().requires_grad_(False)
@@ -315,6 +330,14 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
         _load_failures_reach_every_rank(rank)
     finally:
         dist.destroy_process_group()
+
+
+def _saved_keys(model, out: Path, state: dict | None = None) -> list[str]:
+    """The tensor names ``save_model_dir`` writes for ``model`` (with ``state`` instead of its own weights)."""
+    from ekd.models.load import save_model_dir
+
+    save_model_dir(model, None, out, state_dict=state)
+    return _file_keys(out)
 
 
 def _load_failures_reach_every_rank(rank: int) -> None:

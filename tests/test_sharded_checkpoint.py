@@ -301,6 +301,7 @@ def test_kill_resume_and_resharding(tmp_path, caplog):
     out = _torchrun(tmp_path, "resume", [*resumed, [*lora("lora-resumed"), "--resume"]])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("at step 2") >= 3  # every run resumed from its step-2 checkpoint (not from 0)
+    assert out.stderr.count("resumed from") == 3  # said once per run (rank 0), not once per rank
     assert "resharding checkpoint step-000002 of 1 rank(s) onto 2" in out.stderr
     with caplog.at_level("INFO", logger="ekd.train.sharded_checkpoint"):
         assert main(["distill", *args("two-to-one", 4), "--resume"]) == 0

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ekd import __version__
-from ekd.errors import EkdError
+from ekd.errors import EkdError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 
@@ -228,10 +228,11 @@ def cmd_distill(args) -> int:
     apply_log_level(cfg.log.level)
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except RunFinished as e:  # --resume of a finished run: nothing to do, nothing appended
-        print(f"ekd: {e}")
+    except RunFinished as e:  # --resume of a finished run: nothing to do, nothing appended (every rank: 0)
+        if not copy_of_rank0(e):  # under torchrun rank 0 says so, once
+            print(f"ekd: {e}")
         return 0
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports (as it alone logs)
+    if not _rank0():  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
     print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
     _print_eval(result.eval)
@@ -508,11 +509,18 @@ def main(argv: list[str] | None = None) -> int:
     except EkdError as e:
         if args.debug:
             raise
-        print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
+        if not copy_of_rank0(e):  # under torchrun an error of rank 0 that every rank raised: said once
+            print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ekd: interrupted{_continue_hint(args)}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says what to do
+        if _rank0():
+            print(f"ekd: interrupted{_continue_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _rank0() -> bool:
+    """Global rank 0 of a torchrun job (RANK in the environment), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _continue_hint(args: argparse.Namespace) -> str:

@@ -32,3 +32,9 @@ class NonFiniteLossError(EkdError):
 
 class ConfigError(EkdError, ValueError):
     """A user mistake in a config file or override; the message names the key and the fix."""
+
+
+def copy_of_rank0(e: BaseException) -> bool:
+    """Whether ``e`` is another rank's copy of an error that global rank 0 raised and reports itself
+    (:func:`ekd.train.rank_work.run_on_main`): the CLI prints it once, on rank 0."""
+    return getattr(e, "copy_of_rank0", False)

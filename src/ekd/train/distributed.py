@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -96,20 +97,59 @@ def rank_slice(batch, ranks: Ranks):
 
 
 class TrainedModules(nn.Module):
-    """The student and the extra trained modules (EGAD's feature projection) as one module for DDP.
+    """The student and the extra trained modules (EGAD's feature projection) as one module for DDP or FSDP2.
 
     Its ``forward`` runs a closure — one micro-batch's loss — so every use of a trained parameter (the body,
-    the chunked head outside the body, the projection) happens inside DDP's forward, where DDP finds the
-    parameters a micro-batch did not use.
+    the chunked head outside the body, the projection) happens inside the engine's forward. The loss gets
+    ``0·Σp`` over ``root_params`` (:func:`outside_layers`: embeddings, final norm, head, extras), the
+    parameters a micro-batch may leave unused on one rank (no KD or CE row for the head, no hard token for the
+    projection): every parameter then has a gradient on every rank, as both engines need — DDP without
+    ``find_unused_parameters`` (an extra traversal of the autograd graph every micro-batch, and torch's
+    warning when nothing is unused), FSDP2 because it reduce-scatters a group only as a whole. Adding 0 changes
+    no value.
     """
+
+    root_params: tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, extras: dict[str, nn.Module]):
         super().__init__()
         self.student = student
         self.extras = nn.ModuleDict(extras)
 
-    def forward(self, run: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return run()
+    def forward(self, run: Callable[[], Any]) -> Any:
+        out = run()
+        if self.root_params and torch.is_grad_enabled() and torch.is_tensor(out) and out.requires_grad:
+            params = {id(p): p for p in map(self.get_parameter, self.root_params) if p.requires_grad}
+            out = out + sum(p.sum() for p in params.values()) * 0.0
+        return out
+
+
+def layer_prefixes(root: nn.Module, layers) -> tuple[str, ...]:
+    """The names of ``layers`` (modules under ``root``) with a trailing dot: prefixes of their parameters."""
+    names = {id(m): n for n, m in root.named_modules()}
+    return tuple(names[id(layer)] + "." for layer in layers)
+
+
+def outside_layers(root: TrainedModules) -> tuple[str, ...]:
+    """Parameter names of ``root`` outside the student's decoder layers (every name of a tied parameter);
+    all of them for a student without a list of decoder layers."""
+    from ekd.errors import ModelError
+    from ekd.models.layers import decoder_layers
+
+    try:
+        prefixes = layer_prefixes(root, decoder_layers(root.student))
+    except ModelError:
+        prefixes = ()
+    names = (n for n, _ in root.named_parameters(remove_duplicate=False))
+    return tuple(n for n in names if not (prefixes and n.startswith(prefixes)))
+
+
+def routes_tokens(student: nn.Module) -> bool:
+    """A mixture-of-experts student: a micro-batch may route no token to an expert, leaving parameters inside
+    a decoder layer without gradient (not covered by :attr:`TrainedModules.root_params`)."""
+    cfg = getattr(student, "config", None)
+    keys = ("num_experts", "num_local_experts", "n_routed_experts")
+    return any(isinstance(getattr(cfg, k, None), int) and getattr(cfg, k) > 1 for k in keys)
 
 
 def _sum_hook(state, bucket):  # no annotations: DDP checks them as objects, and this file's are strings
@@ -123,13 +163,17 @@ def data_parallel(
     student: nn.Module, extras: dict[str, nn.Module], ranks: Ranks, cfg=None
 ) -> nn.Module | None:
     """``DistributedDataParallel`` over the trained modules, or their FSDP2 root with
-    ``cfg.train.parallel=fsdp`` (:func:`ekd.train.fsdp.shard_student`); None in a single process.
+    ``cfg.train.parallel=fsdp`` (:func:`ekd.train.fsdp.shard_student`); None in a single process (a log line
+    says that ``train.cpu_offload`` does nothing there).
 
-    Buffers are not broadcast (every rank builds them alike); ``find_unused_parameters`` because a
-    micro-batch may leave a parameter without gradient (no KD row for the head, no hard token for the
-    projection).
+    Buffers are synced once, when DDP starts, not before every forward (``forward_sync_buffers=False``: every
+    rank builds them alike). No ``find_unused_parameters``: the parameters a micro-batch may leave unused get
+    ``0·Σp`` (:class:`TrainedModules`) — except for a mixture-of-experts student (:func:`routes_tokens`), whose
+    experts DDP finds unused by itself.
     """
     if ranks.world_size == 1:
+        if cfg is not None and cfg.train.cpu_offload:
+            log.info("train.cpu_offload: one process, nothing is sharded or offloaded")
         return None
     if cfg is not None and cfg.train.parallel == "fsdp":
         from ekd.train.fsdp import shard_student
@@ -139,14 +183,31 @@ def data_parallel(
         from_rank0 = loads_on_rank0(cfg, "student", ranks.world_size)
         return shard_student(student, extras, ranks.device, t.precision, t.cpu_offload, from_rank0)
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    root = TrainedModules(student, extras)
+    root.root_params = outside_layers(root)
     engine = DistributedDataParallel(
-        TrainedModules(student, extras),
+        root,
         device_ids=device_ids,
-        broadcast_buffers=False,
-        find_unused_parameters=True,
+        forward_sync_buffers=False,
+        find_unused_parameters=routes_tokens(student),
     )
     engine.register_comm_hook(None, _sum_hook)
     return engine
+
+
+def check_cpu_offload(cfg, ranks: Ranks) -> None:
+    """``train.cpu_offload`` under torchrun needs an accelerator (in one process it does nothing).
+
+    Raises:
+        ConfigError: ``train.cpu_offload=true`` on W > 1 CPU ranks (one line).
+    """
+    if cfg.train.cpu_offload and ranks.world_size > 1 and ranks.device.type == "cpu":
+        from ekd.config import ConfigError
+
+        raise ConfigError(
+            "train.cpu_offload needs a GPU (FSDP2's CPUOffloadPolicy moves the shards to the accelerator for "
+            "compute); drop train.cpu_offload on CPU ranks"
+        )
 
 
 def micro_batch_sync(engine: nn.Module | None, last: bool) -> AbstractContextManager:

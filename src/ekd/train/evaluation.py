@@ -32,6 +32,7 @@ def evaluate_run(
     collective while another evaluates); pass ``plots_dir`` on one rank only.
     """
     share = {"rank": ranks.rank, "world_size": ranks.world_size} if ranks is not None else {}
+    drawn: list = []  # (bins, path, title): drawn once every collective is done, by the rank given plots_dir
     from ekd.data import iter_eval
     from ekd.eval import evaluate, plot_reliability
 
@@ -54,8 +55,7 @@ def evaluate_run(
         )
         results[name] = metrics
         if plots_dir is not None and cfg.eval.plots:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            plot_reliability(bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}")
+            drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
             t_metrics, _ = evaluate(
                 use_teacher,
@@ -69,6 +69,18 @@ def evaluate_run(
                 **share,
             )
             results[f"{name}/teacher"] = t_metrics
+
+    def draw() -> None:
+        for bins, path, title in drawn:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plot_reliability(bins, path, title)
+
+    if ranks is None:
+        draw()
+    else:  # a plot that fails on rank 0 ends every rank alike (none waits in a collective for it)
+        from ekd.train.rank_work import run_on_main
+
+        run_on_main(ranks, draw, "draw the reliability diagrams", share=False)
     return results
 
 

@@ -41,24 +41,15 @@ from torch.distributed.fsdp import (
 )
 
 from ekd.models.layers import decoder_layers
-from ekd.train.distributed import TrainedModules
+from ekd.train.distributed import TrainedModules, outside_layers
 from ekd.train.rank0_load import rank0_state, receive_shards
 
 log = logging.getLogger(__name__)
 
 
 class ShardedTrainedModules(TrainedModules):
-    """:class:`TrainedModules` as the FSDP2 root: the closure's loss gets ``0·Σp`` over the root group's
-    parameters, so each has a gradient on every rank (FSDP2 reduce-scatters a group only as a whole)."""
-
-    root_params: tuple[str, ...] = ()
-
-    def forward(self, run: Callable[[], Any]) -> Any:
-        out = run()
-        if torch.is_grad_enabled() and torch.is_tensor(out) and out.requires_grad:
-            params = {id(p): p for p in map(self.get_parameter, self.root_params) if p.requires_grad}
-            out = out + sum(p.sum() for p in params.values()) * 0.0
-        return out
+    """:class:`TrainedModules` as the FSDP2 root: ``root_params`` are its own group's parameters (each gets
+    ``0·Σp``, so it has a gradient on every rank: FSDP2 reduce-scatters a group only as a whole)."""
 
 
 class FrozenRoot(nn.Module):
@@ -78,11 +69,6 @@ def mixed_precision(device: torch.device, precision: str) -> MixedPrecisionPolic
     if device.type == "cuda" and precision != "fp32":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
-
-
-def _layer_prefixes(root: nn.Module, layers: nn.ModuleList) -> tuple[str, ...]:
-    names = {id(m): n for n, m in root.named_modules()}
-    return tuple(names[id(layer)] + "." for layer in layers)
 
 
 def shard_student(
@@ -105,12 +91,9 @@ def shard_student(
     root = ShardedTrainedModules(student, extras)
     full = rank0_state(root) if from_rank0 else None
     layers = decoder_layers(student)
-    prefixes = _layer_prefixes(root, layers)
     for layer in layers:
         fully_shard(layer, mp_policy=mp, offload_policy=offload)
-    root.root_params = tuple(
-        n for n, _ in root.named_parameters(remove_duplicate=False) if not n.startswith(prefixes)
-    )
+    root.root_params = outside_layers(root)
     fully_shard(root, mp_policy=mp, offload_policy=offload)
     for m in root.modules():
         if isinstance(m, FSDPModule):
@@ -200,10 +183,20 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
 
 def full_state_dict(root: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of ``root`` on rank 0, in CPU memory; ``{}`` on other ranks.
-    Collective. Tied parameters appear under each name."""
+    Collective.
+
+    A tied parameter (one head and embedding matrix) appears under each of its names as *one* tensor, as in
+    an unsharded module's own state dict: gathered, each name got its own CPU copy, and ``save_pretrained``
+    (which drops aliases by shared storage) would then store the tied head twice."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first: dict[int, str] = {}
+    for name, p in root.named_parameters(remove_duplicate=False):
+        kept = first.setdefault(id(p), name)
+        if kept != name and kept in state and name in state:
+            state[name] = state[kept]
+    return state
 
 
 def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

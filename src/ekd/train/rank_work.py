@@ -9,6 +9,9 @@
 - **Hub downloads**: local rank 0 of each node downloads the models into the node's cache while the other
   ranks wait; then every rank loads from that cache (``fetch_models_once``).
 - **Evaluation** is split across ranks in ``ekd.eval.evaluate.evaluate`` (``rank``/``world_size``).
+- **What rank 0 alone checks or writes** (the run directory, the metrics, a checkpoint's manifest, the export):
+  ``run_on_main`` sends the outcome to every rank before the next collective, so a refusal ends every rank
+  alike (same exit code, the line printed once) instead of leaving the others waiting for a rank that left.
 
 Every function here is a collective when ``ranks.world_size > 1``: all ranks call it, in the same order.
 """
@@ -31,13 +34,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def run_on_main(ranks: Ranks, work: Callable[[], T], what: str) -> T:
-    """``work()`` on global rank 0 only; its result (pickled, from rank 0 of this job) sent to every rank.
+def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool = True) -> T | None:
+    """``work()`` on global rank 0 only; its outcome sent to every rank (through the host group,
+    ``Ranks.host``: the other ranks never wait in an NCCL collective).
 
-    The other ranks wait on the host group (``Ranks.host``), not in an NCCL collective.
+    Every check or write that rank 0 alone makes before the next collective goes through here, so that a
+    refusal reaches every rank and each exits the same way instead of waiting in that collective for a rank
+    that has left: an :class:`~ekd.errors.EkdError` of rank 0 is raised on every rank as the same class with
+    the same message (marked :func:`~ekd.errors.copy_of_rank0`: the CLI prints it once, on rank 0, and every
+    rank exits with the same code — 0 for a finished run's ``--resume``).
+
+    ``share``: send ``work()``'s result (pickled) to the other ranks; False: they get None (a result that
+    stays on rank 0, e.g. an open log).
 
     Raises:
-        EkdError: on the other ranks when ``work`` fails on rank 0 (rank 0 re-raises its own error).
+        EkdError: on the other ranks when ``work`` fails on rank 0 (rank 0 re-raises its own error); another
+            exception of rank 0 (a bug) reaches them as ``EkdError("rank 0 could not <what>: ...")``.
     """
     if ranks.world_size == 1:
         return work()
@@ -45,17 +57,39 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str) -> T:
     failure: BaseException | None = None
     if ranks.is_main:
         try:
-            box[0] = ("ok", work())
+            result = work()
+            box[0] = ("ok", result if share else None)
         except BaseException as e:  # tell the others instead of leaving them waiting
             failure = e
-            box[0] = ("error", str(e) if isinstance(e, EkdError) else f"{type(e).__name__}: {e}")
+            if isinstance(e, KeyboardInterrupt):  # Ctrl-C: every rank stops as interrupted (exit 130)
+                box[0] = ("error", KeyboardInterrupt, "")
+            elif isinstance(e, EkdError):
+                box[0] = ("error", type(e), str(e))
+            else:
+                box[0] = ("error", None, f"{type(e).__name__}: {e}")
     dist.broadcast_object_list(box, src=0, group=ranks.host)
-    kind, payload = box[0]
     if failure is not None:
         raise failure
-    if kind == "error":
-        raise EkdError(f"rank 0 could not {what}: {payload}")
-    return payload
+    if box[0][0] == "error":
+        _, kind, message = box[0]
+        raise _rank0_error(kind, message, what)
+    return result if ranks.is_main else box[0][1]
+
+
+def _rank0_error(kind: type | None, message: str, what: str) -> BaseException:
+    """This rank's copy of rank 0's EkdError ``kind(message)``, marked as reported by rank 0; a
+    KeyboardInterrupt for rank 0's Ctrl-C; for another exception of rank 0 (``kind`` None, a traceback there), a
+    one-line EkdError saying what rank 0 could not do."""
+    if kind is None:
+        return EkdError(f"rank 0 could not {what}: {message}")
+    if kind is KeyboardInterrupt:
+        return KeyboardInterrupt()
+    try:
+        error = kind(message)
+    except Exception:  # a class that does not take one message
+        error = EkdError(message)
+    error.copy_of_rank0 = True
+    return error
 
 
 def prepare_data_once(cfg, run_dir: Path, ranks: Ranks):

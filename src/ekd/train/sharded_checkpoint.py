@@ -77,6 +77,7 @@ from ekd.train.checkpoint import (
     unreadable,
 )
 from ekd.train.distributed import Ranks
+from ekd.train.rank_work import run_on_main
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +114,16 @@ def save_sharded_checkpoint(
     """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
-    with writing(final.parent):
-        if ranks.is_main:
+
+    def make_tmp() -> None:
+        with writing(final.parent):
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-        ranks.barrier()
-        model_state, optim_state = get_state_dict(modules, optimizer, options=_options(trainable_only))
-        try:
+
+    def seal(hashes: dict[str, str]) -> None:  # rank 0: state, manifest, rename, latest
+        with writing(final.parent):
             try:
-                dcp.save(
-                    {"model": model_state, "optim": optim_state},
-                    storage_writer=FileSystemWriter(tmp, sync_files=True),
-                    no_dist=ranks.world_size == 1,
-                )
-            except CheckpointException as e:  # a BaseException: unwrap (a full disk's OSError) for writing()
-                raise _first_failure(e) from None
-            # each rank hashes the shards it wrote (in parallel; on multi-node, files local to its node)
-            mine = {p.name: file_sha256(p) for p in sorted(tmp.glob(f"__{ranks.rank}_*.distcp"))}
-            hashes = _gather(mine, ranks)
-            if ranks.is_main:
                 hashes[METADATA] = file_sha256(tmp / METADATA)
                 with atomic_file(tmp / "state.pt") as f:
                     torch.save(state, f)
@@ -148,37 +139,46 @@ def save_sharded_checkpoint(
                 if final.exists():
                     shutil.rmtree(final)
                 tmp.rename(final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
+            _prune(run_dir / "checkpoints", keep)
+
+    # rank 0 alone makes and seals the directory; run_on_main tells every rank whether it could (a full disk
+    # ends every rank with the same line, none is left waiting in the next collective)
+    run_on_main(ranks, make_tmp, "make the checkpoint directory", share=False)
+    with writing(final.parent):
+        model_state, optim_state = get_state_dict(modules, optimizer, options=_options(trainable_only))
+        try:
+            try:
+                dcp.save(
+                    {"model": model_state, "optim": optim_state},
+                    storage_writer=FileSystemWriter(tmp, sync_files=True),
+                    no_dist=ranks.world_size == 1,
+                )
+            except CheckpointException as e:  # a BaseException: unwrap (a full disk's OSError) for writing()
+                raise _first_failure(e) from None
+            # each rank hashes the shards it wrote (in parallel; on multi-node, files local to its node)
+            mine = {p.name: file_sha256(p) for p in sorted(tmp.glob(f"__{ranks.rank}_*.distcp"))}
+            hashes = _gather(mine, ranks)
         except BaseException:
             if ranks.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-    if ranks.is_main:
-        atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
-        _prune(run_dir / "checkpoints", keep)
-    ranks.barrier()
+    run_on_main(ranks, lambda: seal(hashes), "write the checkpoint", share=False)
     return final
 
 
 def verified_on_main(run_dir: Path, ranks: Ranks) -> Path | None:
-    """:func:`~ekd.train.checkpoint.latest_verified_checkpoint` checked once, on rank 0, and shared: every
-    rank resumes from the same checkpoint, and the shards are hashed once rather than on every rank.
+    """:func:`~ekd.train.checkpoint.latest_verified_checkpoint` checked once, on rank 0, and shared
+    (:func:`~ekd.train.rank_work.run_on_main`): every rank resumes from the same checkpoint, and the shards
+    are hashed once rather than on every rank.
 
     Raises:
         CheckpointError: on every rank, when rank 0 finds no intact checkpoint.
     """
-    if ranks.world_size == 1:
-        return latest_verified_checkpoint(run_dir)
-    found: list[Any] = [None, None]  # [path as str or None, error message or None]
-    if ranks.is_main:
-        try:
-            path = latest_verified_checkpoint(run_dir)
-            found[0] = str(path) if path is not None else None
-        except CheckpointError as e:
-            found[1] = str(e)
-    dist.broadcast_object_list(found, src=0)
-    if found[1] is not None:
-        raise CheckpointError(found[1])
-    return Path(found[0]) if found[0] is not None else None
+    return run_on_main(ranks, lambda: latest_verified_checkpoint(run_dir), "verify the latest checkpoint")
 
 
 def _first_failure(e: BaseException) -> BaseException:

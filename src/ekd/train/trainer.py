@@ -31,6 +31,7 @@ from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import CheckpointError, latest_verified_checkpoint, save_checkpoint, unreadable
 from ekd.train.distributed import (
     Ranks,
+    check_cpu_offload,
     data_parallel,
     distributed,
     global_sum,
@@ -61,7 +62,7 @@ from ekd.train.prepare import (
     teacher_needed,
 )
 from ekd.train.rank0_load import load_for_rank
-from ekd.train.rank_work import fetch_models_once, prepare_data_once, sharded_sample_scores
+from ekd.train.rank_work import fetch_models_once, prepare_data_once, run_on_main, sharded_sample_scores
 from ekd.train.run_dir import RunStart
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
@@ -173,22 +174,15 @@ def _train(
         from ekd.teacher.cache.source import check_cache_dir
 
         check_cache_dir(cfg.teacher.cache_dir)
-    run_dir = start.open() if start is not None else cfg.run_dir
-    ranks.barrier()
+    # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
+    # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike
+    run_dir = run_on_main(ranks, lambda: _open_run(cfg, ranks, start), "open the run directory")
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
     enable_tf32(cfg.train.precision, device)
     if data is None:  # tokenized and packed once, by rank 0; the other ranks receive it
         data = prepare_data_once(cfg, run_dir, ranks)
-    if start is not None:  # a new run records its data; --resume refuses different data
-        start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
-    if cfg.eval.tasks and main:  # an unknown task name is refused now, not after the whole training
-        from ekd.eval.tasks import require_lm_eval, task_manager
-
-        require_lm_eval()
-        task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
-    if cfg.log.wandb_project and main:  # a missing wandb is refused before the models load
-        require_wandb()
+    run_on_main(ranks, lambda: _check_on_main(cfg, data, start), "check the data, eval.tasks and log.wandb")
     teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
@@ -247,16 +241,18 @@ def _train(
             raise
         except Exception as e:  # a state.pt that loads but does not fit this run
             raise unreadable(ckpt, e) from None
-        log.info("resumed from %s at step %d", ckpt, start_step)
-    metrics_log = (
-        MetricsLog(
+        # said once (rank 0); the other ranks resumed from the same checkpoint (verified_on_main)
+        log.log(logging.INFO if main else logging.DEBUG, "resumed from %s at step %d", ckpt, start_step)
+    metrics_log = run_on_main(  # rank 0's log (wandb may refuse to start): every rank hears whether it opened
+        ranks,
+        lambda: MetricsLog(
             run_dir,
             cfg.log.tensorboard,
             resume_step=start_step if resume else None,
             wandb=open_wandb(cfg, run_dir, resumed=resume) if cfg.log.wandb_project else None,
-        )
-        if main
-        else None
+        ),
+        "open the metrics log",
+        share=False,
     )
 
     def checkpoint(step: int) -> Path:
@@ -282,6 +278,12 @@ def _train(
         return save_checkpoint(
             run_dir, step, student, optimizer, state, extra_modules, keep, only=saved_tensors
         )
+
+    def write_metrics(at: int, metrics: dict[str, float]) -> None:  # by rank 0; every rank hears how it went
+        run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
+
+    def stop(at: int, what: str) -> None:  # every rank stops alike (a global figure), rank 0 says why
+        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what), "stop")
 
     totals = {"selected": 0.0, "valid": 0.0}
     last: dict[str, float] = {}
@@ -325,16 +327,18 @@ def _train(
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
         # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
+        if not math.isfinite(loss_value):  # the global loss: every rank stops alike (rank 0 says why)
+            stop(step, "loss")
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = clip_grad_norm(trainable, cfg.train.max_grad_norm)
-        if not math.isfinite(grad_norm):
-            _stop_non_finite(step, run_dir, what="gradient norm")
+        if not math.isfinite(grad_norm):  # the norm of the summed gradient: alike on every rank
+            stop(step, "gradient norm")
         optimizer.step()
-        if start is not None and step == start_step:
+        if step == start_step:
             # the run has started (data, teacher or cache, model and optimizer went through one whole step): only
             # now is a run replaced by --overwrite deleted; from here a failure keeps the directory for --resume
-            start.commit()
+            run_on_main(ranks, lambda: start.commit(), "mark the run started")
         if step == start_step:  # every rank: what it holds once gradients and AdamW state exist
             log.info(
                 memory_line(
@@ -363,22 +367,21 @@ def _train(
         last = _step_metrics(
             step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9)
         )
-        if main and ((step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps):
-            metrics_log.write(step + 1, last)
+        if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
+            write_metrics(step + 1, last)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
             # all ranks evaluate their share; sharded models are gathered whole on every rank meanwhile
             with gathered(sharded, eval_shard):
                 periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks)
-            if main:
-                metrics_log.write(step + 1, _flatten_eval(periodic))
+            write_metrics(step + 1, _flatten_eval(periodic))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(step + 1)
     bar.close()
-    if start is not None and not start.committed:  # no step left to train (a resume at max_steps)
-        start.commit()
+    if start_step >= cfg.train.max_steps:  # no step was left to train (a resume at max_steps): commit now
+        run_on_main(ranks, lambda: start.commit(), "mark the run started")
 
     checkpoint(cfg.train.max_steps)
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
@@ -386,7 +389,8 @@ def _train(
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
         eval_teacher = load_teacher(cfg, data, device)
     exported = full_state_dict(sharded) if sharded is not None else None  # collective; on rank 0 only
-    if main:
+
+    def export() -> None:
         with writing(run_dir):
             if lora is not None:  # merged: the student is a plain HF model from here on (same logits)
                 lora.export(data.tokenizer, run_dir / "student", cfg.model.lora_export, lora_base(cfg, data))
@@ -397,17 +401,21 @@ def _train(
                     run_dir / "student",
                     state_dict=None if exported is None else submodule_state(exported, "student"),
                 )
-    # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks
+
+    def finish() -> None:
+        metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+        atomic_write_text(run_dir / "eval.json", strict_json(results))
+        run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
+        metrics_log.close()
+        start.finish()
+
+    run_on_main(ranks, export, "export the student", share=False)
+    # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks while
+    # the others wait on the host group
     plots = run_dir / "plots" if main else None
     with gathered(sharded, eval_shard):
         results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
-        if main:
-            metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-            atomic_write_text(run_dir / "eval.json", strict_json(results))
-            run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
-            metrics_log.close()
-            start.finish()
-    ranks.barrier()
+        run_on_main(ranks, finish, "write the evaluation", share=False)
     wall_time = time.perf_counter() - t_start
     whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"])
     counts = whole or totals
@@ -485,7 +493,8 @@ def forward_backward(
         )
         with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
             out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
-            if not torch.isfinite(out.loss):
+            # under torchrun the global loss is checked after the step (one rank alone must not stop here)
+            if engine is None and not torch.isfinite(out.loss):
                 _stop_non_finite(step, run_dir)
             out.loss.backward()
         if teacher is not None and hasattr(teacher, "release") and not parts.wants_feedback:
@@ -531,6 +540,27 @@ def lora_base(cfg: Config, data: PreparedData) -> dict:
     if is_preset(cfg.model.student):  # random init: rebuilt by ekd.models.load.build_preset from these
         note.update(seed=cfg.run.seed, eos_token_id=data.eos_id)
     return note
+
+
+def _open_run(cfg: Config, ranks: Ranks, start: RunStart) -> Path:
+    """Rank 0's checks before anything is made (``train.cpu_offload`` without a GPU), then
+    :meth:`RunStart.open`; the run directory."""
+    check_cpu_offload(cfg, ranks)
+    return start.open()
+
+
+def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
+    """Rank 0's checks once the data is read: a new run records its data, ``--resume`` refuses different
+    data; an unknown ``eval.tasks`` name and a missing wandb are refused now, before the models load (not
+    after the whole training)."""
+    start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
+    if cfg.eval.tasks:
+        from ekd.eval.tasks import require_lm_eval, task_manager
+
+        require_lm_eval()
+        task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
+    if cfg.log.wandb_project:
+        require_wandb()
 
 
 def _check_model_names(cfg: Config, parts: MethodParts) -> None:
@@ -606,16 +636,12 @@ def sample_selection(
         autocast_dtype=amp,
     )
     kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
-    if ranks.is_main:
-        save_sample_selection(
-            path,
-            kept,
-            {
-                "scorer": cfg.method.sample_scorer,
-                "fraction": cfg.method.sample_fraction,
-                "samples": len(blocks),
-            },
-        )
+    note = {
+        "scorer": cfg.method.sample_scorer,
+        "fraction": cfg.method.sample_fraction,
+        "samples": len(blocks),
+    }
+    run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
     log.info(
         "sample selection: kept %d of %d training blocks by %s",
         kept.numel(),

@@ -224,10 +224,9 @@ def run_build(
                 overwrite=overwrite,
             )
 
-        # rank 0 first: with --overwrite it clears the shared manifests before the others write theirs
-        writer = open_writer() if ranks.rank == 0 else None
-        ranks.barrier()
-        writer = writer or open_writer()
+        # rank 0 first: with --overwrite it clears the shared manifests before the others write theirs; its
+        # refusal (a cache of another signature) reaches every rank
+        writer = run_on_main(ranks, open_writer, "open the cache", share=False) or open_writer()
 
         pending = writer.pending_sample_ids()
         bs = max(1, cfg.eval.batch_size)
@@ -246,9 +245,13 @@ def run_build(
         _sync(device)
         build_seconds = time.perf_counter() - t0
         ranks.barrier()
-        if ranks.rank == 0 and ranks.world_size > 1:
-            assemble_manifest(directory, ranks.world_size)
-        ranks.barrier()
+        if ranks.world_size > 1:
+            run_on_main(
+                ranks,
+                lambda: assemble_manifest(directory, ranks.world_size),
+                "assemble the manifest",
+                share=False,
+            )
 
         built = len(pending)
         build_tp = built / max(build_seconds, 1e-9) if built else None
