@@ -312,13 +312,20 @@ def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys)
         ["method.scorer=forward_kl", "method.policy=topk", "method.select_fraction=0.5"],
         ["method.scorer=hellinger", "method.policy=topk"],
         ["method=dkd", "method.target=rs"],
+        ["method=dkd"],
+        ["method=atkd"],
     ],
-    ids=["forward_kl", "hellinger", "dkd"],
+    ids=["forward_kl", "hellinger", "dkd-rs", "dkd", "atkd"],
 )
 def test_full_distribution_policies_are_refused(setup, overrides, capsys):
+    """One refusal with the fix that helps: another score for a scorer; the online teacher for DKD / AT-KD (no
+    method.target or score lets them train from a cache)."""
     args = ["run.name=refused", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", *overrides]
     assert main(["distill", setup["cfg"], *args, "--overwrite"]) == 2
-    assert "full distribution" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "full distribution" in line and "teacher.source=online" in line
+    objective = overrides[0] in ("method=dkd", "method=atkd")
+    assert ("score" in line) is not objective and "method.target" not in line.split(":", 1)[1]
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "unfinished"])
@@ -586,3 +593,11 @@ def test_build_summary_says_when_the_throughput_ratio_is_not_clean(load, caveat)
     assert "0.50× the teacher's forward-only" in text
     assert ("not a clean measurement: load average 3.0 on 2 cores" in text) is caveat
     assert "not a clean" not in format_summary({**s, "throughput_ratio": None, "build_samples_per_s": None})
+
+
+@pytest.mark.parametrize("word, meant", [("verfy", "verify"), ("inf", "info"), ("imprt", "import")])
+def test_a_misspelt_cache_subcommand_gets_a_did_you_mean(tmp_path, monkeypatch, capsys, word, meant):
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    assert main(["cache", word, "x"]) == 2
+    line = _error_line(capsys)
+    assert "neither a config file nor an `ekd cache` subcommand" in line and f"did you mean '{meant}'" in line

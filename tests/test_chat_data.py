@@ -279,6 +279,13 @@ def test_a_field_none_of_the_first_rows_has_is_refused_without_reading_the_rest(
     assert "the rows have: conversations, id" in message and "set data.messages_field" in message
 
 
+def test_a_misspelt_messages_field_suggests_the_close_one(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": c, "id": i}) + "\n" for i, c in enumerate(conversations(3))))
+    with pytest.raises(ConfigError, match=r"the rows have: messages, id\); did you mean 'messages'\?"):
+        load_documents(str(path), chat_cfg(messages_field="mesages"))
+
+
 def test_a_file_whose_first_rows_lack_the_field_but_a_later_one_has_it_is_read(tmp_path, caplog):
     """One row with the field among the first FIELD_PROBE_ROWS is enough: the rest are skipped and counted."""
     from ekd.data.documents import FIELD_PROBE_ROWS

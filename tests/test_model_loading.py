@@ -300,3 +300,17 @@ def test_a_hub_dataset_without_network_is_one_line(hub_unreachable):
     assert message.startswith("data.source: cannot load dataset hf:someorg/corpus (127.0.0.1")
     assert "not in the datasets cache" in message and "save_to_disk" in message and "\n" not in message
     assert datasets.config.HF_DATASETS_OFFLINE  # switched offline: the cache is what was tried
+
+
+def test_a_hub_dataset_under_the_users_offline_mode_names_the_cache(hub_unreachable, monkeypatch):
+    """HF_HUB_OFFLINE=1 set by the user: no probe, the cache is tried, and a dataset not in it is the same one
+    line (not "check the name/path")."""
+    from ekd.config import DataConfig
+    from ekd.data.documents import _read_hf
+    from ekd.errors import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as caught:
+        next(_read_hf("someorg/corpus", DataConfig(), "data.source"))
+    message = str(caught.value)
+    assert "offline mode is set" in message and "not in the datasets cache" in message, message

@@ -119,6 +119,7 @@ def offline_unless_reachable(key: str) -> str:
         Why the hub is not used: the probe's reason, the offline mode the user set, or "" (reachable).
     """
     if _env_on("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        _go_offline()  # the user's setting, also for a ``datasets`` imported before it was set
         return "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     why = endpoint_unreachable()
     if why:
@@ -179,15 +180,16 @@ def hub_kwargs(
 def check_dataset_reachable(name: str, key: str) -> str:
     """Before ``datasets.load_dataset(name)``: "" when it may go to the hub, else why it must not.
 
-    A local path, or ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set by the user, passes at once (``datasets``
-    then reads its own cache). A hub id is probed once (:func:`offline_unless_reachable`): unreachable, the
-    process goes offline, so a cached dataset loads and a missing one fails at once — the caller names the
-    returned reason in its one-line error. A path that does not exist is refused here (ConfigError).
+    A local path passes at once. A hub id under the user's ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` is read
+    from the cache (that is the reason returned); otherwise the hub is probed once
+    (:func:`offline_unless_reachable`): unreachable, the process goes offline, so a cached dataset loads and a
+    missing one fails at once — the caller names the returned reason in its one-line error. A path that does
+    not exist is refused here (ConfigError).
     """
-    if _local(name) or _env_on("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+    if _local(name):
         return ""
     _refuse_missing_path(name, key, ConfigError)
-    return offline_unless_reachable(key)
+    return offline_unless_reachable(key)  # the user's offline mode counts as a reason too
 
 
 __all__ = [

@@ -76,6 +76,11 @@ def validate(cfg: Config) -> None:
             f"method.divergence={m.divergence} has no estimator for sparse targets (method.target={m.target}); "
             "use method.divergence=forward_kl or method.target=dense"
         )
+    if t.source == "cache" and m.objective in ("dkd", "atkd") and m.kd_weight > 0:
+        raise ConfigError(
+            f"method.objective={m.objective} needs the teacher's full distribution at every distilled token, which a "
+            "teacher cache does not hold (it stores sparse targets): use teacher.source=online"
+        )
     if t.source == "cache" and m.target == "dense" and m.kd_weight > 0:
         raise ConfigError(
             "teacher.source=cache stores sparse targets: set method.target=rs or topk (or use teacher.source=online)"

@@ -42,6 +42,7 @@ from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
 from ekd.errors import first_line
 from ekd.hub import check_dataset_reachable
+from ekd.nearest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -366,9 +367,11 @@ def _read_jsonl(
 
 
 def _no_field_anywhere(key: str, path: Path, name: str, keys: Iterable[str], which: str) -> ConfigError:
+    keys = list(keys)
     return ConfigError(
         f"{key} {path}: {which} the field '{name}' (data.messages_field; the rows have: "
-        f"{_names(keys) or 'no fields'}); set data.messages_field to the field holding each conversation"
+        f"{_names(keys) or 'no fields'}){did_you_mean(name, map(str, keys))}; set data.messages_field to the "
+        "field holding each conversation"
     )
 
 

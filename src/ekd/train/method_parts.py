@@ -77,9 +77,15 @@ class MethodParts:
             missing = sorted(needs & PAIR_STATS)
             if missing or m.objective in ("dkd", "atkd") or feature:
                 what = ", ".join(missing) or (m.objective if m.objective != "kd" else "the feature branch")
+                # a score can be swapped for one the cache holds; an objective or the feature branch cannot
+                other = (
+                    " or a teacher-side/student-side score (teacher_entropy, student_entropy, student_ce)"
+                    if missing
+                    else ""
+                )
                 raise ConfigError(
-                    f"method {m.preset}: {what} needs the teacher's full distribution at training time, which a cache does not hold; "
-                    "use teacher.source=online or a teacher-side/student-side score (teacher_entropy, student_entropy, student_ce)"
+                    f"method {m.preset}: {what} needs the teacher's full distribution at training time, which a "
+                    f"cache does not hold; use teacher.source=online{other}"
                 )
         if self_objective and policy.needs_scores:
             raise ConfigError(

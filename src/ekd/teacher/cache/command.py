@@ -13,6 +13,7 @@ Problems print one line ``ekd: error: ...`` (a ``CacheError``) and exit 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.io import writing
@@ -149,8 +150,14 @@ def run_cache_command(args) -> int:
 
     from ekd.config import load_config, split_config_and_overrides
     from ekd.log_level import apply_log_level
+    from ekd.nearest import did_you_mean
     from ekd.teacher.cache.build import run_build, summary
 
+    subcommands = ("import", *INSPECT)
+    if not Path(args.config).exists() and (hint := did_you_mean(args.config, subcommands)):
+        raise EkdError(
+            f"'{args.config}' is neither a config file nor an `ekd cache` subcommand ({', '.join(subcommands)}){hint}"
+        )
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     apply_log_level(cfg.log.level)
