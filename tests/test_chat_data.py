@@ -281,7 +281,9 @@ def test_a_field_none_of_the_first_rows_has_is_refused_without_reading_the_rest(
 
 def test_a_misspelt_messages_field_suggests_the_close_one(tmp_path):
     path = tmp_path / "chat.jsonl"
-    path.write_text("".join(json.dumps({"messages": c, "id": i}) + "\n" for i, c in enumerate(conversations(3))))
+    path.write_text(
+        "".join(json.dumps({"messages": c, "id": i}) + "\n" for i, c in enumerate(conversations(3)))
+    )
     with pytest.raises(ConfigError, match=r"the rows have: messages, id\); did you mean 'messages'\?"):
         load_documents(str(path), chat_cfg(messages_field="mesages"))
 
