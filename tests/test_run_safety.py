@@ -107,12 +107,34 @@ def test_a_start_that_fails_puts_the_old_run_back(ws, capsys, monkeypatch, failu
 
     monkeypatch.setattr(trainer_mod, where, fail)
     if failure is KeyboardInterrupt:  # Ctrl-C: the CLI says "interrupted" and exits 130
-        assert cli(capsys, "distill", config, "--overwrite")[0] == 130
+        rc, _, err = cli(capsys, "distill", config, "--overwrite")
+        assert rc == 130 and "the run had not started, so nothing was changed" in err
     else:
         with pytest.raises(failure):
             cli(capsys, "distill", config, "--overwrite")
     unchanged(before, ws)
     assert set(snapshot(ws)) == set(before)
+
+
+@pytest.mark.parametrize(
+    "every, hint", [(1, "checkpoint step-000001 is kept"), (0, "no checkpoint was saved yet")]
+)
+def test_ctrl_c_after_the_start_says_how_to_continue_from_what_was_saved(
+    ws, capsys, monkeypatch, every, hint
+):
+    """Ctrl-C in step 2: with a checkpoint at step 1 the way on is --resume; with none, --overwrite."""
+    real, calls = trainer_mod.forward_backward, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", step)
+    config = _config("fresh", **{"train.max_steps": 3, "train.checkpoint_every": every})
+    rc, _, err = cli(capsys, "distill", config)
+    assert rc == 130 and hint in err and ("--resume" if every else "--overwrite") in err, err
 
 
 def test_a_start_killed_hard_is_recovered_next_time(ws, capsys):

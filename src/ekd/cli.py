@@ -512,9 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         if not copy_of_rank0(e):  # under torchrun an error of rank 0 that every rank raised: said once
             print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says what to do
+    except KeyboardInterrupt as e:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says what to do
         if _rank0():
-            print(f"ekd: interrupted{_continue_hint(args)}", file=sys.stderr)
+            hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
+            print(f"ekd: interrupted{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
         return 130
 
 

@@ -28,7 +28,13 @@ from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
-from ekd.train.checkpoint import CheckpointError, latest_verified_checkpoint, save_checkpoint, unreadable
+from ekd.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    latest_verified_checkpoint,
+    save_checkpoint,
+    unreadable,
+)
 from ekd.train.distributed import (
     Ranks,
     check_cpu_offload,
@@ -153,10 +159,22 @@ def train(
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)
-        except BaseException:
+        except BaseException as e:
             if start is not None:
                 start.rollback()  # a no-op once the run has started
+                if isinstance(e, KeyboardInterrupt):
+                    e.continue_hint = interrupted_hint(start)  # what the CLI prints after "interrupted"
             raise
+
+
+def interrupted_hint(start: RunStart) -> str:
+    """How to go on after Ctrl-C, from what the run directory now holds: "; ..." for ``ekd: interrupted``."""
+    if not start.committed:
+        return "; the run had not started, so nothing was changed: run the same command again"
+    newest = latest_checkpoint(start.run_dir)
+    if newest is None:
+        return "; no checkpoint was saved yet: start again with the same command and --overwrite"
+    return f"; checkpoint {newest.name} is kept: continue with the same command and --resume"
 
 
 def _train(
