@@ -126,3 +126,20 @@ def test_the_differing_count_does_not_depend_on_direction():
         messages.append(str(e.value))
     # ids 300–511 hold other tokens, 512–599 exist on one side only: 300 either way (was 241 vs 329-style)
     assert all("300 ids differ; first id 300: " in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "names, fix",
+    [
+        (("teacher", "student"), "pick a student from the teacher's family"),
+        (("student", "teacher"), "pick a student from the teacher's family"),
+        (("model.tokenizer=tok", "student"), "pick a student from the teacher's family"),
+        (("model.tokenizer=tok", "teacher"), "point model.tokenizer at the teacher's tokenizer"),
+    ],
+)
+def test_the_refusal_names_the_fix_for_the_side_that_differs(names, fix):
+    """Try-out 5: a model.tokenizer the teacher does not match was told to pick another student."""
+    from ekd.models.load import check_same_tokenizer
+
+    with pytest.raises(ModelError, match=fix):
+        check_same_tokenizer(_Vocab({"a": 0}), _Vocab({"b": 0}), names)

@@ -286,8 +286,16 @@ def check_same_tokenizer(
         raise ModelError(
             f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {len(b)} tokens, {len(differing)} ids "
             f"differ{where}; {type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
-            "tokenizer; pick a student from the teacher's family"
+            f"tokenizer; {_tokenizer_fix(names)}"
         )
+
+
+def _tokenizer_fix(names: tuple[str, str]) -> str:
+    """What to change when the tokenizers of ``names`` (the named one, the model's) differ: a student that does
+    not match is the student's problem; a ``model.tokenizer`` the teacher does not match is the setting's."""
+    if "student" in names:
+        return "pick a student from the teacher's family"
+    return "point model.tokenizer at the teacher's tokenizer (model.tokenizer=teacher)"
 
 
 def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> int:
