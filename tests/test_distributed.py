@@ -8,6 +8,7 @@ rules rank the global micro-batch (``ekd.selection.global_batch``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -155,6 +156,10 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         data = _toy_data()
         mine = [mb[rank * 4 : (rank + 1) * 4] for mb in data]  # this rank's 4 rows of each micro-batch
         torch.save(_toy_grads(model, mine, engine, extra), os.path.join(out_dir, f"rank{rank}.pt"))
+        del (
+            engine
+        )  # DDP's reducer goes before its process group (a reducer freed after it can abort the worker)
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

@@ -14,6 +14,7 @@ inference-only (no optimizer state), or absent with a cache.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
@@ -84,6 +85,7 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
         yield Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
     finally:
         if started:
+            gc.collect()  # DDP/FSDP wrappers (reference cycles through their hooks) go before their groups
             dist.destroy_process_group()
 
 
