@@ -404,7 +404,8 @@ class TrainConfig:
     'chunked_recompute' (per-chunk activation checkpointing) or 'reference' (plain full logits)."""
     head_chunk_size: int = number(0, ge=0)
     """Rows per chunk of the head/loss and statistics (0 = auto: one fp32 (rows, V) buffer ≈ 128 MiB, e.g.
-    1024 rows at V=32,768 and 256 at V=151,936)."""
+    1024 rows at V=32,768 and 256 at V=151,936). On CPU a quarter of that is as fast at about a third of the
+    step's peak memory (docs/benchmarks.md, "Chunk rows of the whole step")."""
     compile: bool = flag(False)
     """torch.compile the per-chunk loss function."""
     parallel: str = one_of("ddp", "ddp", "fsdp")
