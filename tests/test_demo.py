@@ -141,6 +141,12 @@ def test_quick_collapses_the_claims_it_cannot_check_into_one_line():
     )
     full = claims_markdown(claims)  # the full demo keeps one row per claim
     assert full.count("| not run |") == 2 and "--quick" not in full
+    marked = claims_markdown(
+        claims, QUICK_METHODS, tiny_id=True
+    )  # judged on a tiny ID set: the verdicts say so
+    assert "| reproduced (1 seed)† |" in marked and "† judged on the tiny ID set" in marked
+    assert marked.splitlines()[-1].startswith("2 of 3 claims not run")
+    assert "†" not in claims_markdown(claims, QUICK_METHODS)
 
 
 def test_demo_downstream_gap_closed_is_na_within_noise(tmp_path):

@@ -305,7 +305,7 @@ def run_demo(
     teacher_row = _teacher_row(out)
     sizes = eval_set_sizes(data.blocks) if data is not None else {}
     table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row, sizes)
-    compare_md, claims_md = compare_and_claims(out, rows, methods if quick else None)
+    compare_md, claims_md = compare_and_claims(out, rows, methods if quick else None, sizes)
     print()
     print(table if seeds == 1 else compare_md + "\n" + eval_sets_note(sizes))
     tasks_md, tasks_wall = downstream_table(out, rows)
@@ -339,12 +339,16 @@ def run_demo(
 
 
 def compare_and_claims(
-    out: Path, rows: list[dict], quick_methods: list[str] | None = None
+    out: Path,
+    rows: list[dict],
+    quick_methods: list[str] | None = None,
+    sizes: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[str, str]:
     """``ekd compare`` over the demo's runs (into ``<out>/compare``) and the claims table, as markdown.
 
     ``quick_methods``: the methods ``--quick`` ran; the claims they cannot check ("not run") are then one line
-    naming them instead of one row each (``claims.json`` keeps every claim)."""
+    naming them instead of one row each (``claims.json`` keeps every claim). ``sizes``: the eval sets' sizes
+    (:func:`eval_set_sizes`); the claims are judged on the ID set, so a tiny one marks their verdicts."""
     from ekd.eval.claims import check_claims
     from ekd.eval.compare import compare_runs, group_runs, markdown, read_run
 
@@ -355,22 +359,38 @@ def compare_and_claims(
         g.label = next(r["method"] for r in rows if out / "runs" / r["run"] == g.runs[0].run_dir)
     claims = check_claims(groups)
     atomic_write_text(out / "claims.json", json.dumps([c.__dict__ for c in claims], indent=2))
-    return markdown(summary), claims_markdown(claims, quick_methods)
+    return markdown(summary), claims_markdown(claims, quick_methods, tiny_id=bool(_tiny(sizes or {}, "eval")))
 
 
-def claims_markdown(claims: list, quick_methods: list[str] | None = None) -> str:
+def claims_markdown(claims: list, quick_methods: list[str] | None = None, tiny_id: bool = False) -> str:
     """The claims table; with ``quick_methods`` (what ``--quick`` ran) the claims it could not check are one
-    line that names those methods instead of a "not run" row each."""
+    line that names those methods instead of a "not run" row each. ``tiny_id``: the ID set the claims are
+    judged on is tiny (:func:`eval_sets_note`): every verdict taken there carries its mark, and a line says so."""
+    from dataclasses import replace
+
     from ekd.eval.claims import claims_table
 
-    checked = [c for c in claims if c.verdict != "not run"]
-    if quick_methods is None or len(checked) == len(claims):
-        return claims_table(claims)
-    line = (
-        f"{len(claims) - len(checked)} of {len(claims)} claims not run: --quick runs "
-        f"{', '.join(quick_methods)}; the other claims need `ekd demo`."
-    )
-    return (claims_table(checked) + "\n" if checked else "") + line
+    notes = []
+    if tiny_id and any(not c.verdict.startswith("not run") for c in claims):
+        claims = [
+            c if c.verdict.startswith("not run") else replace(c, verdict=c.verdict + TINY_MARK)
+            for c in claims
+        ]
+        notes.append(
+            f"{TINY_MARK} judged on the tiny ID set (see the eval sets above): the verdict describes those few "
+            "texts, weak evidence either way."
+        )
+    checked = [
+        c for c in claims if c.verdict != "not run"
+    ]  # "not run (reason)" rows stay: not --quick's doing
+    if quick_methods is not None and len(checked) < len(claims):
+        notes.append(
+            f"{len(claims) - len(checked)} of {len(claims)} claims not run: --quick runs "
+            f"{', '.join(quick_methods)}; the other claims need `ekd demo`."
+        )
+        claims = checked
+    # a blank line after the table: markdown would read a line right below it as one more row
+    return "\n\n".join(([claims_table(claims)] if claims else []) + (["\n".join(notes)] if notes else []))
 
 
 def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
