@@ -390,7 +390,8 @@ def claims_markdown(claims: list, quick_methods: list[str] | None = None, tiny_i
         )
         claims = checked
     # a blank line after the table: markdown would read a line right below it as one more row
-    return "\n\n".join(([claims_table(claims)] if claims else []) + (["\n".join(notes)] if notes else []))
+    table = [claims_table(claims).rstrip("\n")] if claims else []
+    return "\n\n".join(table + (["\n".join(notes)] if notes else []))
 
 
 def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
