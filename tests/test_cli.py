@@ -212,6 +212,17 @@ def test_every_commands_unknown_option_names_the_options_it_may_mean(capsys, arg
     assert "train.max_steps=7" not in err.splitlines()[-1]  # an override is not an unrecognized argument
 
 
+def test_a_misspelt_required_option_is_named_with_its_hint(capsys):
+    """``plan --gpu 2``: argparse reports --gpus missing before it looks at --gpu; the hint comes along."""
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "c.yaml", "--gpu", "2"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert e.value.code == 2 and last == (
+        "ekd plan: error: the following arguments are required: --gpus; "
+        "unrecognized: --gpu (did you mean --gpus or --gpu-memory?)"
+    ), last
+
+
 @pytest.mark.parametrize(
     "argv, hint",
     [

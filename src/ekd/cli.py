@@ -45,6 +45,23 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
+    argv: list[str] = []  # the words being parsed (``parse`` sets them), for the hint below
+
+    def error(self, message: str):  # type: ignore[override]
+        """argparse's error, plus: a required option reported missing because it was misspelt gets the
+        "did you mean" an unknown option gets (``plan --gpu 2`` → ``--gpus``)."""
+        if message.startswith("the following arguments are required"):
+            options = _options(self)
+            typos = [w.split("=", 1)[0] for w in _Parser.argv if w.startswith("-")]
+            hints = [
+                f"{w} (did you mean {either(close)}?)"
+                for w in typos
+                if w not in options and (close := close_names(w, options))
+            ]
+            if hints:
+                message += f"; unrecognized: {' '.join(hints)}"
+        super().error(message)
+
     def _check_value(self, action: argparse.Action, value: object) -> None:
         if action.choices is not None and value not in action.choices:
             choices = ", ".join(repr(c) for c in action.choices)
@@ -445,6 +462,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argparse fills the ``overrides`` positional once, at its first run of plain words, so words after an
     option are left over; they are overrides too when the command takes them."""
     parser = build_parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
         args.overrides = [*(args.overrides or []), *extra]
