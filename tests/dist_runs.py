@@ -2,7 +2,8 @@
 
     torchrun --nproc_per_node=2 tests/dist_runs.py RUNS.json     # RUNS.json: a list of argument lists
 
-One spawn serves every method of the test: the process group and the imports are paid once.
+One spawn serves every method of the test: the process group and the imports are paid once. Tests start it
+with :func:`torchrun_runs`.
 
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,6 +111,32 @@ def run_all(path: str) -> int:
         if trace:
             Path(trace, f"rank{dist.get_rank()}.json").write_text(json.dumps(events))
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for ``--master_port``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_runs(
+    runs: list[list[str]], path: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``runs`` (argument lists of ``ekd distill``) written to ``path`` and run by this script in one 2-rank
+    ``torchrun``, one OpenMP thread per rank; ``env``: extra variables (the ``EKD_TEST_*`` switches above)."""
+    path.write_text(json.dumps(runs))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(Path(__file__)),
+        str(path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 if __name__ == "__main__":

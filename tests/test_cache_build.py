@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from dist_runs import free_port
 from ekd.cli import main
 from ekd.config import load_config
 from ekd.data import BlockLoader, collate
@@ -80,12 +80,6 @@ def _tree_sha256(directory: Path) -> dict[str, str]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -493,7 +487,7 @@ def test_torchrun_two_processes_equal_one_process(setup):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "ekd",
         "-q",

@@ -11,9 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_runs import torchrun_runs
 from ekd.train.distributed import Ranks, data_parallel, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
 
@@ -52,12 +50,6 @@ METHODS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metrics(run_dir: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r[key] for r in rows if key in r]
@@ -77,18 +69,7 @@ def test_two_ranks_equal_one_process(tmp_path):
         assert main(["-q", "distill", *single, *common, *method]) == 0, name
         ddp = tiny_overrides(tmp_path, corpus, f"ddp-{name}", **{"train.micro_batch_size": 2})
         runs.append([*ddp, *common, *method])
-    (tmp_path / "runs.json").write_text(json.dumps(runs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(Path(__file__).with_name("dist_runs.py")),
-        str(tmp_path / "runs.json"),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    out = torchrun_runs(runs, tmp_path / "runs.json")
     assert out.returncode == 0, out.stderr[-3000:]
     mismatches = []
     for name in METHODS:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_distributed import _free_port, _metrics
+from dist_runs import torchrun_runs
+from test_distributed import _metrics
 from tiny import config_file, tiny_overrides, write_corpus
 
 FSDP = ["train.parallel=fsdp"]
@@ -109,20 +108,9 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
         assert main(["-q", "distill", *single, *COMMON, *both]) == 0, name
         two = tiny_overrides(tmp_path, corpus, f"two-{name}", **{"train.micro_batch_size": 2})
         runs.append([*two, *COMMON, *both, *ranked])
-    (tmp_path / "runs.json").write_text(json.dumps(runs))
     trace = tmp_path / "trace"  # who waits where while rank 0 runs the lm-eval tasks (dist_runs.py)
     trace.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "EKD_TEST_TRACE": str(trace)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(Path(__file__).with_name("dist_runs.py")),
-        str(tmp_path / "runs.json"),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    out = torchrun_runs(runs, tmp_path / "runs.json", {"EKD_TEST_TRACE": str(trace)}, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     mismatches = []
     for name in cases:

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from test_distributed import _free_port
+from dist_runs import torchrun_runs
 from tiny import tiny_overrides, write_corpus
 
 
@@ -36,20 +32,9 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         "train.cpu_offload=true",
     ]
     runs = [fin, [*fin, "--resume"], fin, off, [*fin, "train.max_steps=3", "--resume"]]
-    (tmp_path / "runs.json").write_text(json.dumps(runs))
     codes = tmp_path / "codes"
     codes.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "EKD_TEST_CODES": str(codes)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(Path(__file__).with_name("dist_runs.py")),
-        str(tmp_path / "runs.json"),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = torchrun_runs(runs, tmp_path / "runs.json", {"EKD_TEST_CODES": str(codes)}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
         assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 0], rank

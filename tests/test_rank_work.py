@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from dist_runs import free_port
 from tiny import tiny_overrides, write_corpus
 
 CPU = torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup(root: Path):
@@ -116,7 +110,7 @@ def test_two_ranks_share_data_scoring_and_evaluation(tmp_path):
     from ekd.train.prepare import load_student, load_teacher, prepare_data
 
     write_corpus(tmp_path / "corpus", n_docs=16)
-    mp.spawn(_worker, args=(str(tmp_path), _free_port()), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     # tokenized and packed once, by rank 0; rank 1 holds the same blocks
     assert (r0["calls"]["load_splits"], r0["calls"]["pack"]) == (1, 1)

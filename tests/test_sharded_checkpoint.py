@@ -11,13 +11,13 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from dist_runs import torchrun_runs
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.train.checkpoint import CheckpointError, save_checkpoint, verify_checkpoint
 from ekd.train.distributed import Ranks
@@ -202,27 +202,7 @@ def _torchrun(
     tmp_path: Path, name: str, runs: list[list[str]], kill: str = ""
 ) -> subprocess.CompletedProcess:
     """``runs`` in one 2-rank torchrun (tests/dist_runs.py), INFO log lines kept; ``kill``: RUN:STEP."""
-    (tmp_path / f"{name}.json").write_text(json.dumps(runs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "EKD_TEST_LOUD": "1"}
-    env["EKD_TEST_KILL_AT"] = kill
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(Path(__file__).with_name("dist_runs.py")),
-        str(tmp_path / f"{name}.json"),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return torchrun_runs(runs, tmp_path / f"{name}.json", {"EKD_TEST_LOUD": "1", "EKD_TEST_KILL_AT": kill})
 
 
 def _losses(run_dir: Path) -> torch.Tensor:
