@@ -59,8 +59,7 @@ def objective_sum(
                 return (scale[sl] * dkd(zs, zt, gold[sl], tau[sl], m.dkd_beta)).sum()
 
         else:
-            u = 1.0 - stats["teacher_logp_gold"].reshape(-1)[rows].exp()  # (M,) teacher uncertainty 1 − p(y)
-            hard = atkd_hard_mask(u, 0.5)
+            hard = _atkd_hard(stats, rows)
 
             def loss(zs: Tensor, sl: slice) -> Tensor:
                 with torch.no_grad():
@@ -101,8 +100,7 @@ def _decoupled_fused(parts, h_rows, head_s, h_t, head_t, gold, tau, scale, stats
     if parts.objective == "dkd":
         coef_t, coef_n = scale, m.dkd_beta * scale  # (M,) TCKD + β·NCKD
     else:
-        u = 1.0 - stats["teacher_logp_gold"].reshape(-1)[rows].exp()  # (M,) teacher uncertainty 1 − p(y)
-        hard = atkd_hard_mask(u, 0.5)  # (M,) bool
+        hard = _atkd_hard(stats, rows)
         lam = m.atkd_lambda
         coef_t = torch.where(hard, (1.0 - lam) * scale, 0.0)  # hard: (1 − λ)·(TCKD + NCKD)
         coef_n = torch.where(hard, 1.0 - lam, lam) * scale  # easy: λ·NCKD
@@ -116,3 +114,9 @@ def _decoupled_fused(parts, h_rows, head_s, h_t, head_t, gold, tau, scale, stats
         return decoupled_kd_chunk(logits, zt, gold[sl], tau[sl], coef_t[sl], coef_n[sl])
 
     return fused_linear_loss(h_rows, head_s, chunk, ctx.chunk_rows)
+
+
+def _atkd_hard(stats: dict[str, Tensor], rows: Tensor) -> Tensor:
+    """AT-KD's hard rows among ``rows`` (M,): the top half by teacher uncertainty u = 1 − p(y) at τ=1 → (M,) bool."""
+    u = 1.0 - stats["teacher_logp_gold"].reshape(-1)[rows].exp()  # (M,)
+    return atkd_hard_mask(u, 0.5)
