@@ -7,7 +7,9 @@ inputs).
 
 Each case runs in two fresh subprocesses, so cases never share allocator state:
 
-- **time** with the environment a user has (glibc's and OpenMP's defaults);
+- **time** with the environment a user of the ``ekd`` command has: OpenMP's defaults, and glibc keeping freed
+  blocks below 1 GiB (``ekd.host_memory.retain_freed_memory``, which the ``ekd`` command calls at start-up) —
+  for every contender, TRL and Liger included, so that a ratio compares code, not allocator settings;
 - **memory** (one call) with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``) and no heap
   trimming threshold, so freed buffers go back to the OS at once and the resident set tracks live memory for
   every contender alike.
@@ -104,12 +106,20 @@ def _with_memory(timed: dict, memory: dict) -> dict:
     return out
 
 
+LAUNCH = (
+    "import runpy, sys; from ekd.host_memory import retain_freed_memory; retain_freed_memory(); "
+    "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+"""``python -c LAUNCH module args``: ``python -m module args`` under the ``ekd`` command's allocator setting (which
+leaves the memory process's explicit glibc settings alone)."""
+
+
 def _run_process(module: str, case: dict, timeout_s: float, extra_env: dict[str, str]) -> dict:
     env = {**os.environ, **extra_env}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", module, json.dumps(case)],
+            [sys.executable, "-c", LAUNCH, module, json.dumps(case)],
             cwd=ROOT,
             env=env,
             capture_output=True,

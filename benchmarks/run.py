@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.head_loss import IMPLS, estimate_gb, gemm_flops
 from benchmarks.measure import run_case
+from ekd.host_memory import retain_freed_memory
 from ekd.losses.chunked import auto_chunk_rows
 
 IMPL_NAMES = {
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-e2e", action="store_true", help="skip the whole-step comparison with TRL")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (its teacher cache, if built)")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # the in-process sections run as the ekd command does (the cases: benchmarks.measure)
     plan = Plan.quick() if args.quick else Plan.full()
     plan.chunk = args.chunk
     if args.n_max:
@@ -456,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         *describe_machine(),
         f"- load average (1/5/15 min) at start: {load_start}; at end: {_load()} — timings are only comparable"
         " within one run, and noisy when the load exceeds the core count",
-        "- every case in two fresh processes (`benchmarks.measure`): time with the user's defaults (glibc, OpenMP),"
-        " memory with `MALLOC_MMAP_THRESHOLD_=131072` (freed buffers leave the resident set at once)",
+        "- every case in two fresh processes (`benchmarks.measure`): time as the `ekd` command runs (OpenMP's"
+        " defaults; glibc keeps freed blocks below 1 GiB, `ekd.host_memory`, for every contender alike), memory with"
+        " `MALLOC_MMAP_THRESHOLD_=131072` (freed buffers leave the resident set at once)",
         "",
     ]
     out = Path(args.out)

@@ -214,7 +214,16 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (the ekd command keeps freed blocks: ekd.host_memory)",
+    )
     args = ap.parse_args()
+    if not args.default_malloc:
+        from ekd.host_memory import retain_freed_memory
+
+        retain_freed_memory()  # as the ekd command runs (ekd.host_memory)
     if args.threads:
         import torch
 
