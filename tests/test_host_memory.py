@@ -119,3 +119,15 @@ def test_a_capped_threshold_falls_back_to_no_mmap(monkeypatch):
         (host_memory.M_MMAP_MAX, 0),
         (host_memory.M_TRIM_THRESHOLD, host_memory.TRIM_THRESHOLD),
     ]
+
+
+def test_a_cpu_run_keeps_freed_blocks_where_it_resolves_its_device(monkeypatch):
+    import ekd.train.prepare as prepare
+
+    calls = []
+    monkeypatch.setattr(prepare, "retain_freed_memory", lambda: calls.append(True))
+    assert prepare.resolve_device("cpu").type == "cpu"
+    assert calls == [True]
+    if not prepare.torch.cuda.is_available():
+        assert prepare.resolve_device("auto").type == "cpu"
+        assert calls == [True, True]

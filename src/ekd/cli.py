@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ekd import __version__
 from ekd.errors import EkdError, copy_of_rank0
-from ekd.host_memory import retain_freed_memory
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 
@@ -523,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_hf_progress_bars()
-    retain_freed_memory()  # freed (chunk, V) buffers stay mapped for the next step (ekd.host_memory)
     try:
         return COMMANDS[args.command](args)
     except EkdError as e:

@@ -13,6 +13,7 @@ from torch import nn
 from ekd.config import Config, ConfigError
 from ekd.config.validate import check_vocab
 from ekd.errors import ModelError
+from ekd.host_memory import retain_freed_memory
 from ekd.models.load import (
     check_output_head,
     check_same_tokenizer,
@@ -47,11 +48,19 @@ class PreparedData:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of ``run.device`` ('auto': CUDA when available, else CPU); raises ConfigError for CUDA without one.
+
+    Every command that computes (distill, eval, tasks, cache) resolves its device here, so this is where a process
+    that computes on CPU makes glibc keep its freed large blocks for the next step (``ekd.host_memory``); on GPU
+    the step's buffers are CUDA memory, already cached by torch, and host memory is left as glibc runs it.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else None
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name} but CUDA is not available; use run.device=cpu or auto")
-    return torch.device(name)
+    device = device or torch.device(name)
+    if device.type == "cpu":
+        retain_freed_memory()
+    return device
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
