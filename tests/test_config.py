@@ -243,6 +243,14 @@ def test_unknown_section_on_the_command_line():
         load_config(None, ["max_steps=10"])
 
 
+@pytest.mark.parametrize("key", ["method.temperature_start", "method.tau"])
+def test_a_key_named_by_its_meaning_points_at_the_schedules_start(key):
+    """τ0 of the temperature schedule is method.kd_temperature (beside method.temperature_end): a spelling match
+    would suggest method.temperature, the policy's name."""
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; did you mean 'method.kd_temperature'"):
+        load_config(None, [f"{key}=2.0"])
+
+
 def test_unknown_key_in_a_saved_config():
     raw = Config().to_dict()
     raw["train"]["max_step"] = 5

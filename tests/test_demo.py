@@ -119,6 +119,9 @@ def test_results_footnotes_explain_only_present_columns_and_mark_a_tiny_eval_set
     assert "ID (eval)†: 1 document, 1,520 tokens" in table
     assert "shift_a: 9 documents, 1,512 tokens" in table and "tiny (under 5 documents)" in table
     assert "†" not in comparison_table(rows, {}, {"eval": (17, 90_000)})
+    assert "wall s:" not in table  # no wall-time column value, no caveat
+    timed = comparison_table([{**rows[0], "wall_s": 21.0}], {}, sizes)
+    assert "wall s: each student's run" in timed and "make bench" in timed  # a wall time says what it is not
     assert "w/o EOS" in ppl_note(
         [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("ppl_no_boundary", "x", "")]
     )

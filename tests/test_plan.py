@@ -173,10 +173,17 @@ def test_gpu_memory_without_a_unit_or_not_positive_is_one_line(tmp_path, capsys,
 
 
 @pytest.mark.parametrize(
-    "value, says", [("-3", "--vocab-size must be ≥ 1, got -3"), ("0", "--vocab-size must be ≥ 1, got 0")]
+    "value, says",
+    [
+        ("-3", "--vocab-size must be between 2 and 16,777,216"),
+        ("0", "got 0"),
+        ("1", "got 1"),  # was planned: a one-token vocabulary has nothing to distill
+        ("100000000000", "got 100,000,000,000"),  # was planned at 1,215,941.9 GiB per rank
+    ],
 )
-def test_vocab_size_below_one_is_one_line(tmp_path, capsys, monkeypatch, value, says):
-    """-3 was a torch traceback ('negative dimension'), 0 silently meant 'from the config'."""
+def test_vocab_size_out_of_range_is_one_line(tmp_path, capsys, monkeypatch, value, says):
+    """-3 was a torch traceback ('negative dimension'), 0 silently meant 'from the config'; 1 and 1e11 were
+    planned."""
     monkeypatch.chdir(tmp_path)
     config = config_file(Path("."), Path("corpus"), "p")
     rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--vocab-size", value)

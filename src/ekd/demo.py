@@ -477,6 +477,12 @@ def eval_sets_note(sizes: dict[str, tuple[int, int]]) -> str:
     return note
 
 
+WALL_NOTE = (
+    "wall s: each student's run (training and evaluation), one after another on this machine under whatever else it"
+    " ran at the time; a speed comparison is `make bench`'s side-by-side ratios (docs/benchmarks.md)."
+)
+
+
 def comparison_columns(rows: list[dict], sizes: dict[str, tuple[int, int]] | None = None) -> list:
     """The results table's columns; headers of a tiny eval set (:func:`eval_sets_note`) carry its mark."""
     sizes = sizes or {}
@@ -504,7 +510,8 @@ def comparison_table(
     from ekd.eval.report import ppl_note
 
     cols = comparison_columns(rows, sizes)
-    notes = [n for n in (ppl_note(cols), eval_sets_note(sizes or {})) if n]
+    wall = WALL_NOTE if any(r.get("wall_s") is not None for r in rows) else ""
+    notes = [n for n in (ppl_note(cols), eval_sets_note(sizes or {}), wall) if n]
     return results_table(rows + ([teacher_row] if teacher_row else []), cols) + "\n" + "\n\n".join(notes)
 
 

@@ -89,6 +89,10 @@ def model_shape(model: nn.Module) -> ModelShape:
     )
 
 
+MAX_VOCAB = 1 << 24
+"""The largest ``--vocab-size`` planned: 16,777,216 (Gemma 3's 262,144 is the largest vocabulary in use)."""
+
+
 def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
     """The shape of ``model.student``/``model.teacher``: a preset (with the run's vocabulary) or a Hugging Face
     directory or hub id (its config.json only), built on the meta device.
@@ -348,7 +352,7 @@ def plan_config(
         vocab_size: the vocabulary of the preset models (``--vocab-size``); None: from the config.
 
     Raises:
-        ConfigError: ``--gpus`` < 1, ``--vocab-size`` < 1 or given without a preset model to apply to, or
+        ConfigError: ``--gpus`` < 1, ``--vocab-size`` outside [2, ``MAX_VOCAB``] or given without a preset model to apply to, or
             the vocabulary size of preset models cannot be known.
     """
     from ekd.losses.chunked import auto_chunk_rows
@@ -358,8 +362,11 @@ def plan_config(
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
     teacher_spec = cfg.model.teacher if cfg.teacher.source == "online" else None
     if vocab_size is not None:
-        if vocab_size < 1:
-            raise ConfigError(f"--vocab-size must be ≥ 1, got {vocab_size}")
+        if not 2 <= vocab_size <= MAX_VOCAB:
+            raise ConfigError(
+                f"--vocab-size must be between 2 and {MAX_VOCAB:,} (the largest tokenizers in use have ~262k "
+                f"entries), got {vocab_size:,}"
+            )
         planned = {"model.student": cfg.model.student, "model.teacher": teacher_spec}
         planned = {k: v for k, v in planned.items() if v}
         if not any(is_preset(v) for v in planned.values()):

@@ -69,7 +69,16 @@ def _section_type(section: str) -> type:
     return typing.get_type_hints(Config)[section]
 
 
+MEANT = {
+    "method.temperature_start": "method.kd_temperature",  # τ0 of the schedule, beside method.temperature_end
+    "method.tau": "method.kd_temperature",
+}
+"""Unknown keys whose meaning, not spelling, names the key: the schedule's τ0 is ``method.kd_temperature``."""
+
+
 def _nearest(key: str) -> str:
+    if key in MEANT:
+        return f"; did you mean '{MEANT[key]}'?"
     return did_you_mean(key, all_keys() + SECTIONS, cutoff=0.5)
 
 
