@@ -263,11 +263,11 @@ def test_missing_lm_eval_is_one_line_with_the_install_command(tmp_path, monkeypa
 HUB_DATASET = "someorg/no-such-dataset"
 
 
-def _hub_task(tasks_dir, name: str = "hub_mc") -> None:
+def _hub_task(tasks_dir, name: str = "hub_mc", dataset: str = HUB_DATASET) -> None:
     """A task whose dataset is a hub id (as arc_easy's is ``allenai/ai2_arc``), in a private datasets cache."""
     tasks_dir.mkdir(exist_ok=True)
     (tasks_dir / f"{name}.yaml").write_text(
-        f"task: {name}\ndataset_path: {HUB_DATASET}\ndataset_kwargs:\n  cache_dir: {tasks_dir / 'hf-cache'}\n"
+        f"task: {name}\ndataset_path: {dataset}\ndataset_kwargs:\n  cache_dir: {tasks_dir / 'hf-cache'}\n"
         "test_split: test\n" + MC_YAML
     )
 
@@ -300,6 +300,33 @@ def test_a_hub_task_dataset_without_network_is_one_line(hub_unreachable, monkeyp
     assert "not in the datasets cache" in message and "--tasks-dir" in message, message
     assert ("offline mode is set" if user_offline else "127.0.0.1 cannot be reached") in message, message
     assert time.perf_counter() - start < 30  # the libraries' retries alone took 30 s
+
+
+def test_every_task_whose_dataset_is_missing_is_named_at_once(hub_unreachable, monkeypatch, tmp_path):
+    """--tasks a,b without network: the one line names both missing datasets, so one fetch fixes the run (it
+    named the first only, and the user found the second on the next try: try-out 5, finding 6)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import datasets.config
+
+    from ekd.data import train_bpe_tokenizer
+    from ekd.eval.tasks import TaskSettings, run_tasks
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([" ".join(WORDS)] * 4, 280, None)
+    model = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    _hub_task(tmp_path / "tasks")
+    _hub_task(tmp_path / "tasks", "hub_mc2", "someorg/another-dataset")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(EkdError) as e:
+        run_tasks(model, tok, TaskSettings(tasks=("hub_mc", "hub_mc2"), tasks_dir=str(tmp_path / "tasks")))
+    message = str(e.value)
+    assert "\n" not in message, message
+    assert (
+        f"task 'hub_mc' reads the dataset '{HUB_DATASET}', 'hub_mc2' reads 'someorg/another-dataset'"
+        in message
+    )
+    assert "which are not in the datasets cache" in message and "fetch them once" in message, message
 
 
 @pytest.mark.slow

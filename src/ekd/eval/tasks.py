@@ -198,12 +198,14 @@ def _reads_the_hub(manager: Any, tasks: tuple[str, ...]) -> bool:
     return False
 
 
-def _load_task(manager: Any, name: str, offline: str) -> dict[str, Any]:
+def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = ()) -> dict[str, Any]:
     """``manager.load([name])``, where lm-eval reads the task's dataset: a hub dataset that cannot be fetched
-    (no network and not in the datasets cache) is one line naming the task, the dataset and the fixes.
+    (no network and not in the datasets cache) is one line naming the task, the dataset and the fixes — and
+    every task of ``later`` (the ones still to run) whose dataset is missing too, so one fetch fixes them all.
 
     Args:
         offline: why the hub is not used (``ekd.hub.offline_unless_reachable``), "" if it is.
+        later: the tasks after ``name``, loaded only when ``name``'s dataset is missing.
     """
     try:
         return manager.load([name])
@@ -211,11 +213,18 @@ def _load_task(manager: Any, name: str, offline: str) -> dict[str, Any]:
         import datasets.config
 
         why = offline or first_line(e)
+        missing = [f"task '{name}' reads the dataset {_dataset_of(e)}"]
+        for other in later:
+            try:
+                manager.load([other])
+            except ConnectionError as e_other:
+                missing.append(f"'{other}' reads {_dataset_of(e_other)}")
+        what = "which is" if len(missing) == 1 else "which are"
         raise EkdError(
-            f"eval.tasks: task '{name}' reads the dataset {_dataset_of(e)} from the Hugging Face Hub, which is "
-            f"not in the datasets cache ({datasets.config.HF_DATASETS_CACHE}) while {why}; fetch it once where "
-            "the hub is reachable (docs/evaluation.md: the standard tasks on a machine without network), or use "
-            "local tasks (--tasks-dir DIR)"
+            f"eval.tasks: {', '.join(missing)} from the Hugging Face Hub, {what} not in the datasets cache "
+            f"({datasets.config.HF_DATASETS_CACHE}) while {why}; fetch {'it' if len(missing) == 1 else 'them'} "
+            "once where the hub is reachable (docs/evaluation.md: the standard tasks on a machine without "
+            "network), or use local tasks (--tasks-dir DIR)"
         ) from None
 
 
@@ -312,10 +321,10 @@ def run_tasks(
             mixed_precision_dtype=amp,
         )
         has_template = bool(getattr(tokenizer, "chat_template", None))
-        for name in settings.tasks:
+        for i, name in enumerate(settings.tasks):
             t0 = time.perf_counter()
             _seed_everything(settings.seed)
-            loaded = _load_task(manager, name, offline)
+            loaded = _load_task(manager, name, offline, settings.tasks[i + 1 :])
             generation = False
             for task in loaded["tasks"].values():
                 _configure(task, settings)
