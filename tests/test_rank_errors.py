@@ -64,6 +64,29 @@ def test_ctrl_c_is_reported_by_rank_0_only(monkeypatch, capsys):
         assert len(err.splitlines()) == lines and err.count("ekd: interrupted") == lines, (rank, err)
 
 
+def test_a_config_error_is_printed_once_per_node(monkeypatch, capsys):
+    """Every rank of a node loads the same config and raises the same error before any process group exists:
+    local rank 0 prints it, the others exit 2 silently (it was printed once per rank). Other errors are each
+    rank's own and still printed."""
+    import ekd.cli as cli_mod
+    from ekd.errors import ModelError
+
+    monkeypatch.setenv("RANK", "1")
+    for local_rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert cli_mod.main(["distill", "train.max_step=3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("unknown key 'train.max_step'") == lines, (local_rank, err)
+
+    def model_error(args):
+        raise ModelError("model.student: no such directory")
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "distill", model_error)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli_mod.main(["distill", "x.yaml"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
 def test_a_copy_of_rank_0s_error_is_not_printed_again(monkeypatch, capsys):
     """The other ranks' copy of rank 0's error (same class, same message) exits with rank 0's code, silently:
     2 for a refusal, 0 for a finished run's --resume; rank 0's own error is printed."""

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ekd import __version__
-from ekd.errors import EkdError, copy_of_rank0
+from ekd.errors import ConfigError, EkdError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     except EkdError as e:
         if args.debug:
             raise
-        if not copy_of_rank0(e):  # under torchrun an error of rank 0 that every rank raised: said once
+        if not copy_of_rank0(e) and not _said_by_local_rank0(e):  # under torchrun: said once (per node)
             print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says what to do
@@ -535,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
             hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
             print(f"ekd: interrupted{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
         return 130
+
+
+def _said_by_local_rank0(e: EkdError) -> bool:
+    """Whether local rank 0 of this node prints ``e`` for this rank: a config error, which every rank of a
+    node raises alike (the same command line and files), before any process group exists to say it once. Other
+    nodes' local rank 0 still print theirs (their files may differ)."""
+    return isinstance(e, ConfigError) and int(os.environ.get("LOCAL_RANK", "0")) != 0
 
 
 def _rank0() -> bool:
