@@ -108,7 +108,16 @@ def test_unit_temperature_skips_the_scaling_with_the_same_bits(monkeypatch):
         assert torch.equal(_bits(loss), _bits(ref_loss)) and torch.equal(_bits(grad), _bits(ref_grad))
 
 
-def test_no_rows(monkeypatch):
+def test_other_layouts_and_dtypes_take_the_whole_chunk_code():
+    """Strided or non-fp32 logits are not blocked (a strided row would be summed in another order)."""
+    zs, zt, tau, coef = _inputs(6, 300, seed=7)
+    assert logit_grads._blocked(zs, zt)
+    assert not logit_grads._blocked(zs.t().contiguous().t(), zt)
+    assert not logit_grads._blocked(zs.double(), zt.double())
+    assert not logit_grads._blocked(zs[None], zt[None])
+
+
+def test_no_rows():
     empty = torch.empty(0, 50)
     for kind, param in CASES[:3]:
         loss, grad = dense_kd_chunk(empty.clone(), empty.clone(), torch.ones(0), torch.ones(0), kind, param)

@@ -48,13 +48,16 @@ def _eager() -> bool:
 
 
 def _blocked(student_logits: Tensor, teacher_logits: Tensor) -> bool:
-    """Whether ``dense_kd_blocks`` runs the chunk: CPU, eager, (m, V) fp32 pairs (same bits, in cache)."""
+    """Whether ``dense_kd_blocks`` runs the chunk: CPU, eager, contiguous (m, V) fp32 pairs (its row sums then
+    run over the same memory order as ``row_dot``'s, so the same bits)."""
     return (
         _eager()
         and student_logits.device.type == "cpu"
         and student_logits.dim() == 2
         and student_logits.shape == teacher_logits.shape
         and student_logits.dtype == teacher_logits.dtype == torch.float32
+        and student_logits.is_contiguous()
+        and teacher_logits.is_contiguous()
     )
 
 
