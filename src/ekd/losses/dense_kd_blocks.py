@@ -1,5 +1,6 @@
 """``dense_kd_chunk`` for forward KL, reverse KL and JSD(β) on CPU in eager mode, one cache-sized block of rows
-at a time: the same operations on the same values as the whole-chunk code, so the same bits.
+at a time: the same operations on the same values as the whole-chunk code, so the same bits (JSD: up to an
+ulp at a few entries when V is not a multiple of 64, below).
 
 The whole-chunk code (``ekd.losses.logit_grads``) runs each step of the math over the chunk's (m, V) buffers
 — 128–155 MB each at ``auto_chunk_rows``, far beyond the L2 cache — so every ``exp``, ``sub_`` and ``mul_``
@@ -16,10 +17,17 @@ two log-softmaxes, the divergence's row values and its gradient all run while th
 block.) Peak: the two (m, V) inputs — consumed, the gradient is written over the student logits — plus one
 block buffer (two for JSD), against three to four (m, V) buffers for the whole-chunk code.
 
-Why the bits agree: every step is an elementwise op (the vectorized ``exp``/``logaddexp`` give the same value
-at any position and block split) or a ``Tensor.sum`` of one row over the same row blocks as
-``row_reductions.row_dot`` (whose result depends on the block only through its row count, equal here). One
-convention is kept per block instead of per chunk: where a row value is NaN (0·±inf at a zero probability,
+Why the bits agree: every step is an elementwise op or a ``Tensor.sum`` of one row over the same row blocks
+as ``row_reductions.row_dot`` (whose result depends on the block only through its row count, equal here).
+Arithmetic ops round the same way at every position, and ``exp`` runs SLEEF's vector code on every element
+(partial vectors at the end). ``torch.logaddexp`` (JSD's mixture) does not: the last (len mod 2·SIMD width)
+elements of each thread's range go through glibc's ``log1p``/``exp`` instead of SLEEF's, so where the block
+calls and the whole-chunk call split differently, log m can differ by an ulp at those few entries (≤ 2·31 per
+call on AVX-512) and with it the gradient there (|Δg| ≲ 2·q·scale·ulp(log m)) and a row value by an ulp. With
+2 threads no range has such a tail when V is a multiple of 64 (32,000, 32,768, 128,256, 151,936): then JSD is
+bit-identical too; at V = 50,257 one gradient entry in 25.7 M differed (2e-6 relative), no loss value.
+
+One convention is kept per block instead of per chunk: where a row value is NaN (0·±inf at a zero probability,
 i.e. a −inf logit), the zero-probability terms are masked and the block summed again. Masking changes only
 the sign of zero terms, which never changes a sum that also has a nonzero term, so row values and forward-KL
 gradients are bit-identical either way; the reverse-KL and JSD gradients can differ only in the *sign of a
