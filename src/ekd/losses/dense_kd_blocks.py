@@ -50,8 +50,9 @@ BLOCKED_KINDS = ("forward_kl", "reverse_kl", "jsd")
 def _sum_rows(prod: Tensor, rows: Tensor, prob: Tensor, masked: Tensor) -> None:
     """Σ_v prod per row into ``rows`` (k,); if a row is NaN, ``masked`` ← 0 where ``prob`` = 0 and sum again.
 
-    ``prod`` is prob·``masked`` (the log-ratio) or ``masked`` itself holds the product (forward KL): either
-    way the product at prob = 0 becomes 0·0 = +0, as ``logit_grads._kl_rows`` makes it.
+    ``prod``, ``prob``, ``masked``: (k, V) block views. ``prod`` is prob·``masked`` (the log-ratio), or
+    ``masked`` itself holds the product (forward KL): either way the product at prob = 0 becomes +0, as
+    ``logit_grads._kl_rows`` makes it (0·0).
     """
     torch.sum(prod, -1, out=rows)
     if bool(rows.isnan().any()):
