@@ -15,7 +15,7 @@ from ekd.losses.divergences import forward_kl
 from ekd.losses.head_loss import kd_loss_sum
 from ekd.losses.matmul import RowBuffer
 from ekd.losses.row_reductions import (
-    _block_rows,
+    block_rows,
     log_softmax_,
     row_dot,
     row_logsumexp,
@@ -29,7 +29,7 @@ LOWEST = torch.finfo(torch.float32).min
 
 def _per_block(z: torch.Tensor, fn) -> torch.Tensor:
     """``fn`` of each ~1 MiB row block with the stock kernels' temporaries (what the code did before)."""
-    step = _block_rows(z)
+    step = block_rows(z)
     return torch.cat([fn(z[r : r + step]) for r in range(0, z.shape[0], step)])
 
 
@@ -71,7 +71,7 @@ def test_row_reductions_equal_the_stock_kernels_block_by_block(m, v):
         )
 
     lse, entropy = row_logsumexp_entropy(z)
-    step = _block_rows(z)
+    step = block_rows(z)
     expected = torch.cat([stock_entropy(z[r : r + step]) for r in range(0, m, step)], dim=1)
     assert torch.equal(lse, expected[0]) and torch.equal(entropy, expected[1])
 

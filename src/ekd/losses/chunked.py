@@ -154,8 +154,9 @@ def auto_chunk_rows(vocab_size: int, buffer_mib: float = 128.0) -> int:
     """Rows per chunk such that one fp32 (rows, V) buffer is about ``buffer_mib`` MiB.
 
     A power of two in [64, 1024]: 1024 rows up to V=32,768, 256 at V=151,936. The fused head holds about four
-    such buffers at its peak (plus the (V, D) weight gradient); fewer rows save memory, more rows keep the
-    GEMMs efficient when V is small (``make bench`` has a chunk-size sweep).
+    such buffers at its peak (plus the (V, D) weight gradient), two for forward KL, reverse KL and JSD on CPU
+    (``ekd.losses.dense_kd_blocks``); fewer rows save memory, more rows keep the GEMMs efficient when V is
+    small (``make bench`` has a chunk-size sweep).
     """
     rows = buffer_mib * 2**20 / (4 * max(vocab_size, 1))
     return int(min(1024, max(64, 2 ** round(math.log2(rows)))))

@@ -22,7 +22,9 @@ which gives (constants in G cancel):
     CE                ∂/∂z = q − e_y
 
 **Ownership**: the logits passed in are consumed (overwritten in place in eager mode, to keep the chunk at
-3–4 (m, V) buffers); callers pass freshly computed logits and keep no other reference. Zero-probability
+3–4 (m, V) buffers; on CPU forward KL, reverse KL and JSD run in cache-sized row blocks with no (m, V) buffer
+beyond the two inputs, ``ekd.losses.dense_kd_blocks``); callers pass freshly computed logits and keep no
+other reference. Zero-probability
 entries (``-inf`` logits) contribute exactly zero to values and gradients, as on the reference path.
 """
 
@@ -33,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from ekd.losses.dense_kd_blocks import BLOCKED_KINDS, dense_kd_rows_blocked
 from ekd.losses.divergences import TVD_TIE_RTOL
 from ekd.losses.row_reductions import log_softmax_, row_dot
 
@@ -42,6 +45,20 @@ DENSE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_rever
 def _eager() -> bool:
     """In-place ops save memory in eager mode; under torch.compile they would mutate graph inputs."""
     return not torch.compiler.is_compiling()
+
+
+def _blocked(student_logits: Tensor, teacher_logits: Tensor) -> bool:
+    """Whether ``dense_kd_blocks`` runs the chunk: CPU, eager, contiguous (m, V) fp32 pairs (its row sums then
+    run over the same memory order as ``row_dot``'s, so the same bits)."""
+    return (
+        _eager()
+        and student_logits.device.type == "cpu"
+        and student_logits.dim() == 2
+        and student_logits.shape == teacher_logits.shape
+        and student_logits.dtype == teacher_logits.dtype == torch.float32
+        and student_logits.is_contiguous()
+        and teacher_logits.is_contiguous()
+    )
 
 
 def _log_softmax_at(logits: Tensor, tau: Tensor | None) -> Tensor:
@@ -120,6 +137,9 @@ def dense_kd_chunk(
         kind = "forward_kl"
     elif kind == "jsd" and param == 1.0 or kind == "skew_reverse_kl" and param == 0.0:
         kind = "reverse_kl"
+    if kind in BLOCKED_KINDS and _blocked(student_logits, teacher_logits):
+        rows, grad = dense_kd_rows_blocked(student_logits, teacher_logits, tau, scale, kind, param)
+        return (coef * rows).sum(), grad
     log_q = _log_softmax_at(student_logits, tau)  # (m, V)
     log_p = _log_softmax_at(teacher_logits, tau)  # (m, V)
     if kind == "forward_kl":

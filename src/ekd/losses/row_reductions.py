@@ -23,7 +23,7 @@ _BLOCK_ELEMENTS = 1 << 18
 """Elements per row block (1 MiB of fp32): the temporaries of one block stay in cache on CPU."""
 
 
-def _block_rows(x: Tensor) -> int:
+def block_rows(x: Tensor) -> int:
     """Rows per block of about ``_BLOCK_ELEMENTS`` elements (at least one)."""
     return max(1, _BLOCK_ELEMENTS // max(1, x.shape[-1]))
 
@@ -37,7 +37,7 @@ def _tracked(*xs: Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
-def _scratch(rows: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def block_scratch(rows: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """One (rows, V) block buffer per call, reused by every block (views of it, ``out=`` ops).
 
     A fresh temporary per block would be a ~1 MiB allocation each time; glibc serves those with mmap whenever
@@ -58,8 +58,8 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
         return (a * b).sum(-1)
     dtype = torch.promote_types(a.dtype, b.dtype)
     out = torch.empty(a.shape[0], dtype=dtype, device=a.device)
-    step = _block_rows(a)
-    work = _scratch(min(step, a.shape[0]), a, dtype)  # (rows, V) products of one block
+    step = block_rows(a)
+    work = block_scratch(min(step, a.shape[0]), a, dtype)  # (rows, V) products of one block
     for r in range(0, a.shape[0], step):
         prod = torch.mul(a[r : r + step], b[r : r + step], out=work[: min(step, a.shape[0] - r)])
         torch.sum(prod, -1, out=out[r : r + step])  # (rows,)
@@ -83,8 +83,8 @@ def row_logsumexp(z: Tensor) -> Tensor:
     if z.device.type != "cpu" or not _eager() or z.shape[0] == 0 or _tracked(z):
         return torch.logsumexp(z, dim=-1)  # amax, then a (tree or cascade) sum of exp(z − max)
     out = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
-    step = _block_rows(z)
-    work = _scratch(min(step, z.shape[0]), z)
+    step = block_rows(z)
+    work = block_scratch(min(step, z.shape[0]), z)
     for r in range(0, z.shape[0], step):
         k = min(step, z.shape[0] - r)
         _logsumexp_into(z[r : r + k], work[:k], out[r : r + k])
@@ -104,10 +104,10 @@ def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
     lse = torch.empty(m, dtype=z.dtype, device=z.device)
     entropy = torch.empty(m, dtype=z.dtype, device=z.device)
     lowest = torch.finfo(z.dtype).min
-    step = _block_rows(z) if _eager() else max(m, 1)
+    step = block_rows(z) if _eager() else max(m, 1)
     eager = _eager() and m > 0 and not _tracked(z)
-    shifted_buf = _scratch(min(step, m), z) if eager else None  # (rows, V) x − max
-    exp_buf = _scratch(min(step, m), z) if eager else None  # (rows, V) exp, then exp·x
+    shifted_buf = block_scratch(min(step, m), z) if eager else None  # (rows, V) x − max
+    exp_buf = block_scratch(min(step, m), z) if eager else None  # (rows, V) exp, then exp·x
     for r in range(0, m, step):
         x = z[r : r + step]  # (rows, V) view
         k = x.shape[0]
@@ -164,17 +164,26 @@ def log_softmax_(z: Tensor) -> Tensor:
         log_softmax_(z.view(-1, z.shape[-1]))  # (…, V) → (rows, V) view, in place
         return z
     m = z.shape[0]
-    step = _block_rows(z)
-    work = _scratch(min(step, m), z)  # (rows, V) exp of one block
+    step = block_rows(z)
+    work = block_scratch(min(step, m), z)  # (rows, V) exp of one block
     lse = torch.empty(min(step, m), dtype=z.dtype, device=z.device)  # (rows,)
     for r in range(0, m, step):
         x = z[r : r + step]  # (rows, V) view, stays in cache
         k = x.shape[0]
-        x.sub_(x.amax(-1, keepdim=True).nan_to_num_(neginf=0.0))  # z − max ≤ 0 (an all −inf row stays −inf)
-        # log Σ exp(z − max): its max is already 0, so no second max and shift (the stock kernel's bits)
-        torch.sum(torch.exp(x, out=work[:k]), -1, out=lse[:k]).log_()
-        x.sub_(lse[:k].unsqueeze(1))
+        log_softmax_block_(x, work[:k], lse[:k])
     return z
+
+
+def log_softmax_block_(x: Tensor, work: Tensor, lse: Tensor) -> Tensor:
+    """:func:`log_softmax_`'s step for one CPU block of rows: x (rows, V) in place, through the block buffers
+    ``work`` (rows, V) and ``lse`` (rows,). Returns ``x``.
+
+    (x − max) − log Σ exp(x − max). An all −inf row (its max counts as 0) comes out NaN: −inf − log 0.
+    """
+    x.sub_(x.amax(-1, keepdim=True).nan_to_num_(neginf=0.0))  # z − max ≤ 0 (an all −inf row stays −inf)
+    # log Σ exp(z − max): its max is already 0, so no second max and shift (the stock kernel's bits)
+    torch.sum(torch.exp(x, out=work), -1, out=lse).log_()
+    return x.sub_(lse.unsqueeze(1))
 
 
 def log_softmax(z: Tensor) -> Tensor:
