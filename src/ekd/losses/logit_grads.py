@@ -23,9 +23,9 @@ which gives (constants in G cancel):
 
 **Ownership**: the logits passed in are consumed (overwritten in place in eager mode, to keep the chunk at
 3–4 (m, V) buffers; on CPU forward KL, reverse KL and JSD run in cache-sized row blocks with no (m, V) buffer
-beyond the two inputs, ``ekd.losses.dense_kd_blocks``); callers pass freshly computed logits and keep no
-other reference. Zero-probability
-entries (``-inf`` logits) contribute exactly zero to values and gradients, as on the reference path.
+beyond the two inputs, ``ekd.losses.dense_kd_blocks``, and the sparse and CE chunks all their steps per row
+block, ``ekd.losses.sparse_ce_blocks``, with the same bits); callers pass freshly computed logits and keep no
+other reference. Zero-probability entries (``-inf`` logits) contribute exactly zero to values and gradients, as on the reference path.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from torch import Tensor
 from ekd.losses.dense_kd_blocks import BLOCKED_KINDS, dense_kd_rows_blocked
 from ekd.losses.divergences import TVD_TIE_RTOL
 from ekd.losses.row_reductions import log_softmax_, row_dot
+from ekd.losses.sparse_ce_blocks import ce_rows_blocked, sparse_kd_rows_blocked
 
 DENSE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
@@ -58,6 +59,17 @@ def _blocked(student_logits: Tensor, teacher_logits: Tensor) -> bool:
         and student_logits.dtype == teacher_logits.dtype == torch.float32
         and student_logits.is_contiguous()
         and teacher_logits.is_contiguous()
+    )
+
+
+def _blocked_one(logits: Tensor) -> bool:
+    """Whether ``sparse_ce_blocks`` runs the chunk: CPU, eager, contiguous (m, V) fp32 logits."""
+    return (
+        _eager()
+        and logits.device.type == "cpu"
+        and logits.dim() == 2
+        and logits.dtype == torch.float32
+        and logits.is_contiguous()
     )
 
 
@@ -234,12 +246,22 @@ def sparse_kd_chunk(
     """
     scale = coef / tau  # (m,)
     ids = ids.long()
-    log_q = _log_softmax_at(student_logits, tau)  # (m, V)
-    log_q_at = log_q.gather(-1, ids)  # (m, K) student log-probs at the target ids
     t = probs.float()
     present = t > 0
     t = torch.where(present, t, torch.zeros_like(t))
     safe_t = torch.where(present, t, torch.ones_like(t))
+    if _blocked_one(student_logits) and ids.shape[0] == student_logits.shape[0]:
+        tail = None if tail is None else tail.float()
+        log_q_at, tail_q, grad = sparse_kd_rows_blocked(student_logits, ids, t, present, tail, tau, scale)
+        rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
+        if tail is not None:
+            has_tail = tail > 0
+            safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
+            tail_rows = tail * (safe_tail.log() - tail_q.log())
+            rows = rows + torch.where(has_tail, tail_rows, torch.zeros_like(tail))
+        return (coef * rows).sum(), grad
+    log_q = _log_softmax_at(student_logits, tau)  # (m, V)
+    log_q_at = log_q.gather(-1, ids)  # (m, K) student log-probs at the target ids
     rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
     row_mass = t.sum(-1)  # (m,)
     q = log_q.exp_() if _eager() else log_q.exp()
@@ -269,6 +291,11 @@ def ce_chunk(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Σ_i −log softmax(z_i)[y_i] over rows with y_i ≠ −100, and ∂/∂z = softmax(z) − e_y. (m, V), (m,)."""
     valid = labels != -100  # (m,)
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (m, 1)
+    if _blocked_one(logits) and labels.shape[0] == logits.shape[0]:
+        keep = valid.to(logits.dtype).unsqueeze(1)  # (m, 1)
+        log_q_at, grad = ce_rows_blocked(logits, safe, keep)
+        loss = -torch.where(valid, log_q_at.squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)).sum()
+        return loss, grad
     log_q = _log_softmax_at(logits, None)  # (m, V)
     loss = -torch.where(
         valid, log_q.gather(-1, safe).squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)

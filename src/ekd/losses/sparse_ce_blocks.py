@@ -1,0 +1,146 @@
+"""``sparse_kd_chunk`` and ``ce_chunk`` on CPU in eager mode, one cache-sized block of rows at a time: the same
+operations on the same values as the whole-chunk code (``ekd.losses.logit_grads``), so the same bits.
+
+The whole-chunk code runs its log-softmax in row blocks (``row_reductions.log_softmax_``) but then streams the
+chunk's (m, V) buffer — 128–155 MB at ``auto_chunk_rows`` — through memory once per ``exp_``, ``scatter_``,
+``sum``, ``mul_`` and ``scatter_add_``. Here every step runs on a block of rows while it is in cache::
+
+    sparse   s ← z_s/τ → log q;  log q[ids] → (m, K);  s ← q = exp s
+             (tail)  s[ids] ← q·1[v∉H];  T = Σ s;  s ← s·(Σt + t_tail − t_tail/T);  s[ids] ← (Σt + t_tail)·q on H
+             (none)  s ← s·Σt
+             s[ids] += −t;  s ← s·scale
+    CE       s ← log q;  log q[y] → (m,);  s ← q·1[y ≠ −100];  s[y] += −1[y ≠ −100]
+
+(s: the block's rows of the logits, overwritten with the gradient.) The row values are then formed from the
+gathered (m, K) or (m,) log-probabilities exactly as the whole-chunk code forms them.
+
+Why the bits agree: the ops are elementwise, gathers and scatters (each row's scatter_add_ adds its K slots in
+slot order, duplicates included, in both), and two kinds of row sum. (1) The log-softmax normalizer: each
+block is split into the sub-blocks ``log_softmax_`` uses (``block_rows`` rows, aligned to the chunk's start).
+(2) The tail mass T, which the whole-chunk code sums over the (m, V) buffer at once: a ``Tensor.sum`` over the
+last axis gives each row the same bits whatever the number of rows, *except* for a single row (torch then
+splits the row between threads and adds the parts; measured, 2–8 threads). So blocks have at least two rows
+(at V > 131,072, where ``block_rows`` is 1, blocks of two ~0.6 MiB rows), and a last block of one row is
+merged into the one before; a chunk of one row is a single row either way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_
+
+
+def _blocks(x: Tensor, min_rows: int) -> tuple[int, list[tuple[int, int]]]:
+    """(rows per ``log_softmax_`` sub-block, [(start, end)] of blocks) for the (m, V) ``x``.
+
+    Block starts are multiples of the sub-block, so the sub-blocks are ``log_softmax_``'s own. With
+    ``min_rows`` = 2 blocks have at least two rows: a trailing one-row block is merged into the previous
+    block (see the module docstring).
+    """
+    m = x.shape[0]
+    sub = block_rows(x)
+    step = sub if sub >= min_rows else min_rows
+    spans = [(r, min(r + step, m)) for r in range(0, m, step)]
+    if min_rows > 1 and len(spans) > 1 and spans[-1][1] - spans[-1][0] == 1:
+        spans[-2:] = [(spans[-2][0], m)]
+    return sub, spans
+
+
+def _log_softmax_rows_(x: Tensor, sub: int, work: Tensor, lse: Tensor) -> None:
+    """``log_softmax_block_`` over the (k, V) block ``x`` in sub-blocks of ``sub``
+    rows, through the scratch ``work`` (sub, V) and ``lse`` (sub,)."""
+    for r in range(0, x.shape[0], sub):
+        block = x[r : r + sub]  # (≤ sub, V)
+        k = block.shape[0]
+        log_softmax_block_(block, work[:k], lse[:k])
+
+
+def sparse_kd_rows_blocked(
+    student_logits: Tensor,
+    ids: Tensor,
+    t: Tensor,
+    present: Tensor,
+    tail: Tensor | None,
+    tau: Tensor,
+    scale: Tensor,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The (m, V) part of ``logit_grads.sparse_kd_chunk`` in row blocks (CPU, eager).
+
+    Args:
+        student_logits: (m, V) contiguous fp32 logits (consumed: the gradient is written over them).
+        ids: (m, K) int64 target ids.
+        t: (m, K) fp32 target values, 0 at padding slots (t ≤ 0 in the input).
+        present: (m, K) bool, t > 0.
+        tail: (m,) fp32 teacher tail mass, or None.
+        tau: (m,) temperatures.
+        scale: (m,) coef/τ.
+
+    Returns:
+        (log q at ``ids`` (m, K), the student tail mass T (m,) or None, gradient (m, V) = ``student_logits``).
+    """
+    m, _ = student_logits.shape
+    sub, spans = _blocks(student_logits, 2)
+    work = block_scratch(min(sub, m), student_logits)  # (sub, V) exp of the log-softmax
+    lse = torch.empty(min(sub, m), dtype=student_logits.dtype)  # (sub,)
+    inv_tau = tau.reciprocal().unsqueeze(1)  # (m, 1), as ``logit_grads._log_softmax_at``
+    log_q_at = torch.empty(ids.shape, dtype=student_logits.dtype)  # (m, K)
+    q_at = torch.empty_like(log_q_at)  # (m, K)
+    row_mass = t.sum(-1)  # (m,) Σt
+    scale = scale.unsqueeze(1)  # (m, 1)
+    neg_t = -t  # (m, K)
+    if tail is not None:
+        has_tail = tail > 0
+        hit = present & has_tail.unsqueeze(1)  # (m, K) slots whose id is in H
+        in_h = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & hit.unsqueeze(1)).any(-1)  # (m, K), equal per id
+        tail_q = torch.empty(m, dtype=student_logits.dtype)  # (m,) T
+        full = row_mass + torch.where(has_tail, tail, torch.zeros_like(tail))  # (m,) Σt + t_tail
+        zero = torch.zeros(ids.shape, dtype=student_logits.dtype)  # (m, K)
+    else:
+        tail_q = None
+        row_mass = row_mass.unsqueeze(1)  # (m, 1)
+    for r0, r1 in spans:
+        s, blk = student_logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
+        s.mul_(inv_tau[blk])
+        _log_softmax_rows_(s, sub, work, lse)
+        idx = ids[blk]  # (k, K)
+        la = torch.gather(s, -1, idx, out=log_q_at[blk])
+        s.exp_()  # q
+        if tail is None:
+            s.mul_(row_mass[blk])
+        else:
+            qa = torch.exp(la, out=q_at[blk])
+            s.scatter_(-1, idx, torch.where(in_h[blk], zero[blk], qa))  # q·1[v∉H]
+            tq = torch.sum(s, -1, out=tail_q[blk])  # (k,) T
+            f = full[blk]
+            b = torch.where(has_tail[blk], tail[blk] / tq, torch.zeros_like(tq))  # (k,) t_tail/T
+            s.mul_((f - b).unsqueeze(1))  # right off H
+            s.scatter_(-1, idx, torch.where(in_h[blk], qa * f.unsqueeze(1), s.gather(-1, idx)))
+        s.scatter_add_(-1, idx, neg_t[blk]).mul_(scale[blk])
+    return log_q_at, tail_q, student_logits
+
+
+def ce_rows_blocked(logits: Tensor, safe: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The (m, V) part of ``logit_grads.ce_chunk`` in row blocks (CPU, eager).
+
+    Args:
+        logits: (m, V) contiguous fp32 logits (consumed: the gradient is written over them).
+        safe: (m, 1) int64 labels, 0 where ignored.
+        keep: (m, 1) fp32, 1 where the label is valid, else 0.
+
+    Returns:
+        (log q at ``safe`` (m, 1), gradient (m, V) = ``logits``).
+    """
+    m, _ = logits.shape
+    sub, spans = _blocks(logits, 1)  # no row sum beyond the log-softmax's
+    work = block_scratch(min(sub, m), logits)  # (sub, V)
+    lse = torch.empty(min(sub, m), dtype=logits.dtype)  # (sub,)
+    log_q_at = torch.empty(m, 1, dtype=logits.dtype)  # (m, 1)
+    neg_keep = -keep  # (m, 1)
+    for r0, r1 in spans:
+        s, blk = logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
+        _log_softmax_rows_(s, sub, work, lse)
+        torch.gather(s, -1, safe[blk], out=log_q_at[blk])
+        s.exp_().mul_(keep[blk]).scatter_add_(-1, safe[blk], neg_keep[blk])
+    return log_q_at, logits
