@@ -19,9 +19,10 @@ slot order, duplicates included, in both), and two kinds of row sum. (1) The log
 block is split into the sub-blocks ``log_softmax_`` uses (``block_rows`` rows, aligned to the chunk's start).
 (2) The tail mass T, which the whole-chunk code sums over the (m, V) buffer at once: a ``Tensor.sum`` over the
 last axis gives each row the same bits whatever the number of rows, *except* for a single row (torch then
-splits the row between threads and adds the parts; measured, 2–8 threads). So blocks have at least two rows
-(at V > 131,072, where ``block_rows`` is 1, blocks of two ~0.6 MiB rows), and a last block of one row is
-merged into the one before; a chunk of one row is a single row either way.
+splits the row between threads and adds the parts; measured, 2–8 threads). So with a ghost tail blocks have at
+least two rows (at V > 131,072, where ``block_rows`` is 1, blocks of two ~0.6 MiB rows), and a last block of
+one row is merged into the one before; a chunk of one row is a single row either way. Without a tail, and for
+CE, the blocks are ``log_softmax_``'s.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def sparse_kd_rows_blocked(
         (log q at ``ids`` (m, K), the student tail mass T (m,) or None, gradient (m, V) = ``student_logits``).
     """
     m, _ = student_logits.shape
-    sub, spans = _blocks(student_logits, 2)
+    sub, spans = _blocks(student_logits, 1 if tail is None else 2)  # T: blocks of ≥ 2 rows
     work = block_scratch(min(sub, m), student_logits)  # (sub, V) exp of the log-softmax
     lse = torch.empty(min(sub, m), dtype=student_logits.dtype)  # (sub,)
-    inv_tau = tau.reciprocal().unsqueeze(1)  # (m, 1), as ``logit_grads._log_softmax_at``
+    # (m, 1), as ``logit_grads._log_softmax_at``; skipped at τ = 1 (z·1 = z exactly)
+    inv_tau = None if bool((tau == 1).all()) else tau.reciprocal().unsqueeze(1)
     log_q_at = torch.empty(ids.shape, dtype=student_logits.dtype)  # (m, K)
     q_at = torch.empty_like(log_q_at)  # (m, K)
     row_mass = t.sum(-1)  # (m,) Σt
@@ -102,7 +104,8 @@ def sparse_kd_rows_blocked(
         row_mass = row_mass.unsqueeze(1)  # (m, 1)
     for r0, r1 in spans:
         s, blk = student_logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
-        s.mul_(inv_tau[blk])
+        if inv_tau is not None:
+            s.mul_(inv_tau[blk])
         _log_softmax_rows_(s, sub, work, lse)
         idx = ids[blk]  # (k, K)
         la = torch.gather(s, -1, idx, out=log_q_at[blk])
