@@ -9,7 +9,8 @@ chunk's (m, V) buffer — 128–155 MB at ``auto_chunk_rows`` — through memory
              (tail)  s[ids] ← q·1[v∉H];  T = Σ s;  s ← s·(Σt + t_tail − t_tail/T);  s[ids] ← (Σt + t_tail)·q on H
              (none)  s ← s·Σt
              s[ids] += −t;  s ← s·scale
-    CE       s ← log q;  log q[y] → (m,);  s ← q·1[y ≠ −100];  s[y] += −1[y ≠ −100]
+    CE       s ← log q;  log q[y] → (m,);  s ← q·1[y ≠ −100] (only blocks with an ignored row; q·1 = q);
+             s[y] += −1[y ≠ −100]
 
 (s: the block's rows of the logits, overwritten with the gradient.) The row values are then formed from the
 gathered (m, K) or (m,) log-probabilities exactly as the whole-chunk code forms them.
@@ -26,6 +27,8 @@ CE, the blocks are ``log_softmax_``'s.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import torch
 from torch import Tensor
@@ -141,9 +144,14 @@ def ce_rows_blocked(logits: Tensor, safe: Tensor, keep: Tensor) -> tuple[Tensor,
     lse = torch.empty(min(sub, m), dtype=logits.dtype)  # (sub,)
     log_q_at = torch.empty(m, 1, dtype=logits.dtype)  # (m, 1)
     neg_keep = -keep  # (m, 1)
+    ignored = torch.nonzero(keep.squeeze(1) != 1).flatten().tolist()  # rows whose label is −100
     for r0, r1 in spans:
         s, blk = logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
         _log_softmax_rows_(s, sub, work, lse)
         torch.gather(s, -1, safe[blk], out=log_q_at[blk])
-        s.exp_().mul_(keep[blk]).scatter_add_(-1, safe[blk], neg_keep[blk])
+        s.exp_()
+        first = bisect.bisect_left(ignored, r0)  # the first ignored row at or after r0, if any
+        if first < len(ignored) and ignored[first] < r1:
+            s.mul_(keep[blk])  # q·0 at ignored rows; q·1 = q exactly elsewhere, so blocks without one skip it
+        s.scatter_add_(-1, safe[blk], neg_keep[blk])
     return log_q_at, logits
