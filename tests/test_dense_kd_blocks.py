@@ -17,6 +17,7 @@ from ekd.losses.logit_grads import dense_kd_chunk
 
 # (kind, param); JSD at β = 1 is reverse KL
 CASES = [("forward_kl", 0.0), ("reverse_kl", 0.0), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 1.0)]
+CASES += [("skew_reverse_kl", 0.1), ("skew_reverse_kl", 0.5), ("tvd", 0.0)]
 NEG_INF = float("-inf")
 
 
@@ -57,7 +58,8 @@ def _inputs(m: int, v: int, seed: int, spread: float = 4.0):
 def test_blocked_chunk_has_the_bits_of_the_whole_chunk(monkeypatch, kind, param, m, v):
     zs, zt, tau, coef = _inputs(m, v, seed=m + v, spread=30.0 if v == 1000 else 4.0)  # 30: underflowed p, q
     (loss, grad), (ref_loss, ref_grad) = _both(monkeypatch, zs, zt, tau, coef, kind, param)
-    if kind == "jsd" and 0 < param < 1 and (v % 64 or torch.get_num_threads() > 2):
+    mixture = kind == "skew_reverse_kl" or kind == "jsd" and 0 < param < 1  # torch.logaddexp
+    if mixture and (v % 64 or torch.get_num_threads() > 2):
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6 * float(ref_grad.abs().max()))
         return
@@ -65,7 +67,7 @@ def test_blocked_chunk_has_the_bits_of_the_whole_chunk(monkeypatch, kind, param,
     assert torch.equal(_bits(grad), _bits(ref_grad))
 
 
-@pytest.mark.parametrize("kind,param", [("jsd", 0.5), ("jsd", 0.9)])
+@pytest.mark.parametrize("kind,param", [("jsd", 0.5), ("jsd", 0.9), ("skew_reverse_kl", 0.1)])
 def test_jsd_at_an_unaligned_vocabulary_differs_by_an_ulp_at_most_at_a_few_entries(monkeypatch, kind, param):
     """V = 50,257 (GPT-2): the logaddexp tails of the block calls and of the whole-chunk call fall on different
     entries; log m differs there by about an ulp, so at most 2·31 entries per call, each relatively ≲ 1e-5."""
@@ -77,7 +79,7 @@ def test_jsd_at_an_unaligned_vocabulary_differs_by_an_ulp_at_most_at_a_few_entri
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("kind,param", CASES[:4])
+@pytest.mark.parametrize("kind,param", CASES[:4] + CASES[-2:])
 @pytest.mark.parametrize("masked", ["teacher", "both"])
 def test_masked_vocabulary_has_the_bits_of_the_whole_chunk(monkeypatch, kind, param, masked):
     """−inf columns (masked ids) in every row: exactly 0 in the gradient where both models mask them, finite
@@ -96,7 +98,7 @@ def test_masked_vocabulary_has_the_bits_of_the_whole_chunk(monkeypatch, kind, pa
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("kind,param", CASES[:4])
+@pytest.mark.parametrize("kind,param", CASES[:4] + CASES[-2:])
 def test_a_masked_row_in_one_block_only(monkeypatch, kind, param):
     """−inf student logits in one block (its rows summed again with the zero-probability terms masked) and
     none in the others: values and gradients equal the whole chunk's, which masks every row. Only the sign of a
@@ -108,13 +110,13 @@ def test_a_masked_row_in_one_block_only(monkeypatch, kind, param):
     assert torch.equal(_bits(loss), _bits(ref_loss))
     assert torch.equal(grad, ref_grad)  # equal values (+0 == −0)
     assert torch.equal(_bits(grad[64:]), _bits(ref_grad[64:]))  # the masked block: every bit
-    if kind == "forward_kl":
+    if kind in ("forward_kl", "tvd"):
         assert torch.equal(_bits(grad), _bits(ref_grad))  # no log-ratio in the gradient
 
 
 def test_all_neg_inf_teacher_row_is_nan_as_before(monkeypatch):
     """A teacher row with no finite logit has no distribution: NaN on both paths (not masked to 0)."""
-    for kind, param in CASES[:3]:
+    for kind, param in CASES[:3] + CASES[-2:]:
         zs, zt, tau, coef = _inputs(5, 300, seed=5)
         zt[2] = NEG_INF
         (loss, grad), (ref_loss, ref_grad) = _both(monkeypatch, zs, zt, tau, coef, kind, param)
@@ -125,7 +127,7 @@ def test_all_neg_inf_teacher_row_is_nan_as_before(monkeypatch):
 def test_unit_temperature_skips_the_scaling_with_the_same_bits(monkeypatch):
     zs, zt, _, coef = _inputs(20, 5000, seed=6)
     tau = torch.ones(20)
-    for kind, param in CASES[:3]:
+    for kind, param in CASES[:3] + CASES[-2:]:
         (loss, grad), (ref_loss, ref_grad) = _both(monkeypatch, zs, zt, tau, coef, kind, param)
         assert torch.equal(_bits(loss), _bits(ref_loss)) and torch.equal(_bits(grad), _bits(ref_grad))
 

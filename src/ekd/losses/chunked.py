@@ -154,7 +154,7 @@ def auto_chunk_rows(vocab_size: int, buffer_mib: float = 128.0) -> int:
     """Rows per chunk such that one fp32 (rows, V) buffer is about ``buffer_mib`` MiB.
 
     A power of two in [64, 1024]: 1024 rows up to V=32,768, 256 at V=151,936. The fused head holds about four
-    such buffers at its peak (plus the (V, D) weight gradient), two for forward KL, reverse KL and JSD on CPU
+    such buffers at its peak (plus the (V, D) weight gradient), two for forward KL, reverse KL, JSD, skew reverse KL and TVD on CPU
     (``ekd.losses.dense_kd_blocks``); fewer rows save memory, more rows keep the GEMMs efficient when V is
     small (``make bench`` has a chunk-size sweep).
     """

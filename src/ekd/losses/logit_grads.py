@@ -22,7 +22,7 @@ which gives (constants in G cancel):
     CE                ∂/∂z = q − e_y
 
 **Ownership**: the logits passed in are consumed (overwritten in place in eager mode, to keep the chunk at
-3–4 (m, V) buffers; on CPU forward KL, reverse KL and JSD run in cache-sized row blocks with no (m, V) buffer
+3–4 (m, V) buffers; on CPU forward KL, reverse KL, JSD, skew reverse KL and TVD run in cache-sized row blocks with no (m, V) buffer
 beyond the two inputs, ``ekd.losses.dense_kd_blocks``, and the sparse and CE chunks all their steps per row
 block, ``ekd.losses.sparse_ce_blocks``, with the same bits); callers pass freshly computed logits and keep no
 other reference. Zero-probability entries (``-inf`` logits) contribute exactly zero to values and gradients, as on the reference path.
