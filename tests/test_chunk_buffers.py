@@ -96,6 +96,9 @@ def test_softmax_entropy_is_the_one_exp_pass_with_its_probabilities(m, v):
             return e / e.sum(-1, keepdim=True)
 
         assert torch.equal(p, _per_block(z, stock_probs))
+        p_graph = torch.empty_like(z)  # autograd records: the functional path, the same bits
+        lse_g, entropy_g = row_logsumexp_entropy(z.clone().requires_grad_(), probs=p_graph)
+        assert torch.equal(lse_g, lse) and torch.equal(entropy_g, entropy) and torch.equal(p_graph, p)
         finite = torch.isfinite(z).any(-1) & (z.amax(-1) < 1e38)  # rows with a defined softmax
         ref = torch.softmax(z.double(), -1)
         assert (p[finite].double() - ref[finite]).abs().max() < 1e-6

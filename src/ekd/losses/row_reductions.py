@@ -108,7 +108,7 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
     """
     m = z.shape[0]
     if not _eager() or m == 0 or _tracked(z):
-        return _lse_entropy_whole(z, probs)
+        return _lse_entropy_functional(z, probs)
     step = _block_rows(z)
     top = torch.empty(m, 1, dtype=z.dtype, device=z.device)  # (m, 1) row max
     total = torch.empty(m, dtype=z.dtype, device=z.device)  # (m,) s = Σ e
@@ -166,19 +166,29 @@ def _block_sums(
         e.div_(total.unsqueeze(1))  # p = e / s
 
 
-def _lse_entropy_whole(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:func:`row_logsumexp_entropy` in one piece, functional ops only: under torch.compile, with autograd."""
+def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`row_logsumexp_entropy` with functional ops only (under torch.compile: one block; with autograd:
+    ~1 MiB row blocks, whose temporaries stay in cache)."""
+    m = z.shape[0]
     lowest = torch.finfo(z.dtype).min
-    if z.shape[0] and not bool(torch.isfinite(z.amax(-1)).all()):  # an all −inf row: the finite floor
-        z = z.nan_to_num(neginf=lowest)
-    top = z.amax(-1, keepdim=True)  # (m, 1)
-    shifted = (z - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
-    e = shifted.exp()
-    total = e.sum(-1)  # (m,)
-    log_total = total.log()
-    if probs is not None:
-        probs.copy_(e / total.unsqueeze(1))
-    return top.squeeze(1) + log_total, (log_total - (e * shifted).sum(-1) / total).clamp_min(0.0)
+    step = _block_rows(z) if _eager() else max(m, 1)
+    lse, entropy = [], []
+    for r in range(0, m, step):
+        x = z[r : r + step]  # (rows, V) view
+        if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
+            x = x.nan_to_num(neginf=lowest)
+        top = x.amax(-1, keepdim=True)  # (rows, 1)
+        shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
+        e = shifted.exp()
+        total = e.sum(-1)  # (rows,)
+        log_total = total.log()
+        if probs is not None:
+            probs[r : r + step] = e / total.unsqueeze(1)
+        lse.append(top.squeeze(1) + log_total)
+        entropy.append((log_total - (e * shifted).sum(-1) / total).clamp_min(0.0))
+    if not lse:
+        return z.new_empty(0), z.new_empty(0)
+    return torch.cat(lse), torch.cat(entropy)
 
 
 def log_softmax_(z: Tensor) -> Tensor:
