@@ -20,12 +20,17 @@ import torch
 from torch import Tensor
 
 _BLOCK_ELEMENTS = 1 << 18
-"""Elements per row block (1 MiB of fp32): the temporaries of one block stay in cache on CPU."""
+"""Elements per row block on CPU (1 MiB of fp32): the temporaries of one block stay in cache."""
+_DEVICE_BLOCK_ELEMENTS = 1 << 24
+"""Elements per row block on an accelerator (64 MiB of fp32): no cache to stay in, so blocks only bound the
+scratch memory; 1 MiB blocks would be one row at V = 151,936, i.e. ~7 kernel launches per row."""
 
 
 def _block_rows(x: Tensor) -> int:
-    """Rows per block of about ``_BLOCK_ELEMENTS`` elements (at least one)."""
-    return max(1, _BLOCK_ELEMENTS // max(1, x.shape[-1]))
+    """Rows per block of about ``_BLOCK_ELEMENTS`` elements (``_DEVICE_BLOCK_ELEMENTS`` off the CPU), at least
+    one. Row results do not depend on it (every sum is per row)."""
+    elements = _BLOCK_ELEMENTS if x.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
+    return max(1, elements // max(1, x.shape[-1]))
 
 
 def _eager() -> bool:
