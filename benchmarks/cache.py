@@ -342,6 +342,9 @@ def main() -> None:
     parser.add_argument("--append", default="", help="append the section to this markdown file")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (for the demo teacher's cache)")
     args = parser.parse_args()
+    from ekd.host_memory import retain_freed_memory
+
+    retain_freed_memory()  # as `ekd cache` runs (freed (chunk, V) buffers stay mapped)
     text = section(Path(args.demo))
     if args.append:
         path = Path(args.append)

@@ -31,6 +31,7 @@ from ekd.teacher.cache.entries import batch_entries
 from ekd.teacher.signal import TargetSpec
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
+from ekd.train.token_stats import token_stats
 from ekd.train.trainer import forward_backward
 from tiny import config_file, write_corpus
 
@@ -189,6 +190,36 @@ def test_batch_entries_do_not_depend_on_chunking(target):
         np.testing.assert_array_equal(a["ids"][:, :k], b["ids"][:, :k])
         np.testing.assert_allclose(a["values"][:, :k], b["values"][:, :k], rtol=1e-5)
         assert (a["values"][:, k:] == 0).all() and (b["values"][:, k:] == 0).all()
+
+
+@pytest.mark.parametrize("chunk_rows, work_rows", [(64, None), (64, 9), (50, 7)])
+def test_cached_statistics_are_the_online_teachers_bit_for_bit(chunk_rows, work_rows):
+    """The cache stores the teacher entropy and log p(gold) that the online teacher's ``token_stats`` computes,
+    to the last bit (one function, ``row_logsumexp_entropy``), also when its softmax slices are smaller."""
+    g = torch.Generator().manual_seed(5)
+    B, T, D, V = 3, 40, 16, 3_001
+    hidden = torch.randn(B, T, D, generator=g) * torch.rand(B, T, 1, generator=g) * 4  # varied entropies
+    head = Head(torch.randn(V, D, generator=g))
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[1, :7] = -100
+    spec = TargetSpec("rs", rs_samples=20, seed=3)
+    entries = batch_entries(
+        hidden, head, labels, torch.arange(B), spec, chunk_rows=chunk_rows, work_rows=work_rows
+    )
+    online = token_stats(
+        {"teacher_entropy", "teacher_logp_gold"},
+        labels,
+        teacher_hidden=hidden,
+        teacher_head=head,
+        chunk_rows=64,
+    )
+    for b, entry in enumerate(entries):
+        pos = torch.from_numpy(entry["positions"])
+        assert pos.tolist() == (labels[b] != -100).nonzero().view(-1).tolist()
+        np.testing.assert_array_equal(entry["stats"]["entropy"], online["teacher_entropy"][b, pos].numpy())
+        np.testing.assert_array_equal(
+            entry["stats"]["logp_gold"], online["teacher_logp_gold"][b, pos].numpy()
+        )
 
 
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):

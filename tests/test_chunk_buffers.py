@@ -8,6 +8,8 @@ values but paid for fresh pages each time (docs/benchmarks.md, "The selective st
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -76,17 +78,35 @@ def test_row_reductions_equal_the_stock_kernels_block_by_block(m, v):
     assert torch.equal(lse, expected[0]) and torch.equal(entropy, expected[1])
 
 
-@pytest.mark.parametrize("v", [5, 2048, 151_936])
-@pytest.mark.parametrize("m", [1, 17])
-def test_softmax_entropy_floors_neg_inf_logits_as_before(m, v):
-    """−inf logits are found by the NaN they make (no scan of z first): same p, lse, H as flooring them up front."""
-    for z in (torch.randn(m, v, generator=torch.Generator().manual_seed(1)) * 4, _logits(m, v)):
-        floored = z.nan_to_num(neginf=LOWEST)
-        lse = row_logsumexp(floored)
-        p = (floored - lse.unsqueeze(1)).exp()
-        expected = (p, lse, (lse - row_dot(p, floored)).clamp_min(0.0))
-        got = softmax_entropy(z)
-        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+@pytest.mark.parametrize("v", [5, 2048, 40_000, 151_936])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_softmax_entropy_is_the_one_exp_pass_with_its_probabilities(m, v):
+    """The cache's statistics (``softmax_entropy``) are the online teacher's (``row_logsumexp_entropy``) bit for
+    bit, with or without the probabilities; p = e / s of that pass (the floors at −inf logits), against float64."""
+    for masked, z in enumerate(
+        (torch.randn(m, v, generator=torch.Generator().manual_seed(1)) * 4, _logits(m, v))
+    ):
+        lse, entropy = row_logsumexp_entropy(z)
+        p, lse_p, entropy_p = softmax_entropy(z)
+        assert torch.equal(lse_p, lse) and torch.equal(entropy_p, entropy)
+
+        def stock_probs(x):
+            x = x.nan_to_num(neginf=LOWEST) if not bool(torch.isfinite(x.amax(-1)).all()) else x
+            e = (x - x.amax(-1, keepdim=True)).clamp_min(LOWEST).exp()
+            return e / e.sum(-1, keepdim=True)
+
+        assert torch.equal(p, _per_block(z, stock_probs))
+        p_graph = torch.empty_like(z)  # autograd records: the functional path, the same bits
+        lse_g, entropy_g = row_logsumexp_entropy(z.clone().requires_grad_(), probs=p_graph)
+        assert torch.equal(lse_g, lse) and torch.equal(entropy_g, entropy) and torch.equal(p_graph, p)
+        finite = torch.isfinite(z).any(-1) & (z.amax(-1) < 1e38)  # rows with a defined softmax
+        ref = torch.softmax(z.double(), -1)
+        assert (p[finite].double() - ref[finite]).abs().max() < 1e-6
+        assert (p[torch.isneginf(z) & finite.unsqueeze(1)] == 0).all()  # masked ids
+        if masked and m > 2:  # the all −inf row: uniform, H = log V
+            assert torch.equal(p[1], torch.full((v,), 1.0 / v)) and entropy[1].item() == pytest.approx(
+                math.log(v)
+            )
 
 
 def test_row_buffer_reuses_its_storage_and_grows_on_demand():

@@ -7,7 +7,7 @@ import torch
 
 from ekd.teacher.cache.manifest import RS_SAMPLER
 from ekd.teacher.cache.measure import zipf_logits
-from ekd.teacher.sampling import inverse_cdf_draws, sampling_block, unique_counts
+from ekd.teacher.sampling import block_masses, inverse_cdf_draws, sampling_block, unique_counts
 from ekd.teacher.targets import counter_uniforms, position_seeds, rs_target, rs_target_from_probs
 
 
@@ -46,6 +46,42 @@ def test_draws_match_the_flat_float64_inverse_cdf(vocab):
     assert draws.shape == (rows, num) and draws.dtype == torch.long
     assert (draws == reference).float().mean() >= 0.999
     assert (probs.gather(1, draws) > 0).all()  # never an id of probability 0
+
+
+def padded_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int) -> torch.Tensor:
+    """The blockwise sampler as first written: probs padded with zeros to whole blocks, each draw's block read
+    by row, its float64 prefix through a float64 copy. The sampler must make these draws to the bit."""
+    m, vocab = probs.shape
+    masses = block_masses(probs, block).double()  # (m, nb)
+    prefix = torch.nn.functional.pad(masses.cumsum(-1), (1, 0))
+    total_mass = prefix[:, -1:]
+    x = torch.minimum(uniforms * total_mass, total_mass * (1.0 - 2.0**-51))
+    nb = masses.shape[1]
+    b = torch.searchsorted(prefix[:, 1:].contiguous(), x, right=True).clamp_(max=nb - 1)
+    residual = x - prefix.gather(1, b)
+    padded = torch.nn.functional.pad(probs, (0, nb * block - vocab))  # (m, nb·block)
+    flat_block = (torch.arange(m).view(m, 1) * nb + b).view(-1)
+    within = padded.reshape(m * nb, block)[flat_block].view(m, -1, block).double().cumsum(-1)
+    total = within[..., -1]
+    y = torch.minimum(residual * total / masses.gather(1, b), total * (1.0 - 2.0**-51))
+    j = torch.searchsorted(within, y.unsqueeze(-1), right=True).squeeze(-1)
+    return (b * block + j).clamp_(max=vocab - 1)
+
+
+@pytest.mark.parametrize("vocab, block", [(37, 8), (300, 8), (5_003, 8), (50_257, 32), (2_048, 8), (640, 64)])
+def test_draws_equal_the_padded_sampler_bit_for_bit(vocab, block):
+    """No padded copy of probs for a short last block (gathered ids past V read 0): the same draws, zero-mass
+    ids in that block included."""
+    rows, num = 24, 300
+    logits = zipf_logits(rows, vocab, seed=vocab)
+    logits[:4, -3:] = float("-inf")  # zero mass at the end of the last block
+    logits[4:8, -(vocab % block or block) :] = float("-inf")  # the whole last block without mass
+    probs = torch.softmax(logits, -1)
+    uniforms = uniforms_for(rows, num, seed=vocab)
+    uniforms[:, :2] = torch.tensor([0.0, 1.0 - 2.0**-53], dtype=torch.float64)  # both ends
+    draws = inverse_cdf_draws(probs, uniforms, block)
+    assert torch.equal(draws, padded_inverse_cdf(probs, uniforms, block))
+    assert (probs.gather(1, draws) > 0).all()
 
 
 def test_draw_frequencies_follow_the_probabilities():

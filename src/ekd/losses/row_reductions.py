@@ -20,12 +20,17 @@ import torch
 from torch import Tensor
 
 _BLOCK_ELEMENTS = 1 << 18
-"""Elements per row block (1 MiB of fp32): the temporaries of one block stay in cache on CPU."""
+"""Elements per row block on CPU (1 MiB of fp32): the temporaries of one block stay in cache."""
+_DEVICE_BLOCK_ELEMENTS = 1 << 24
+"""Elements per row block on an accelerator (64 MiB of fp32): no cache to stay in, so blocks only bound the
+scratch memory; 1 MiB blocks would be one row at V = 151,936, i.e. ~7 kernel launches per row."""
 
 
 def block_rows(x: Tensor) -> int:
-    """Rows per block of about ``_BLOCK_ELEMENTS`` elements (at least one)."""
-    return max(1, _BLOCK_ELEMENTS // max(1, x.shape[-1]))
+    """Rows per block of about ``_BLOCK_ELEMENTS`` elements (``_DEVICE_BLOCK_ELEMENTS`` off the CPU), at least
+    one. Row results do not depend on it (every sum is per row)."""
+    elements = _BLOCK_ELEMENTS if x.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
+    return max(1, elements // max(1, x.shape[-1]))
 
 
 def _eager() -> bool:
@@ -91,62 +96,104 @@ def row_logsumexp(z: Tensor) -> Tensor:
     return out
 
 
-def row_logsumexp_entropy(z: Tensor) -> tuple[Tensor, Tensor]:
+def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """log Σ_v exp z_v and the entropy H(softmax(z)) per row, one exp pass. (m, V) fp32 → (m,), (m,).
 
     Per block of rows (two reused (rows, V) buffers, in cache): x = z − max, e = exp x, s = Σ e, then
     lse = max + log s and H = log s − Σ e·x / s. Summing the shifted x (≤ 0) avoids the cancellation of
     H = lse − Σ p·z when the logits are large; sums are ``Tensor.sum``'s (pairwise). −inf logits (masked
     ids) contribute nothing; a row of only −inf logits is uniform over the most negative finite fp32 value
-    (lse ≈ that value + log V, H = log V), as ``ekd.train.token_stats.softmax_entropy`` treats it.
+    (lse ≈ that value + log V, H = log V, p = 1/V).
+
+    Args:
+        z: (m, V) fp32 logits.
+        probs: an (m, V) fp32 tensor (not ``z``) that receives p = softmax(z) = e / s, block by block from the
+            same exp pass (e is kept there instead of in a scratch buffer): no second exp, and lse and H have
+            the same bits with or without it.
     """
-    m, v = z.shape
-    lse = torch.empty(m, dtype=z.dtype, device=z.device)
-    entropy = torch.empty(m, dtype=z.dtype, device=z.device)
-    lowest = torch.finfo(z.dtype).min
-    step = block_rows(z) if _eager() else max(m, 1)
-    eager = _eager() and m > 0 and not _tracked(z)
-    shifted_buf = block_scratch(min(step, m), z) if eager else None  # (rows, V) x − max
-    exp_buf = block_scratch(min(step, m), z) if eager else None  # (rows, V) exp, then exp·x
+    m = z.shape[0]
+    if not _eager() or m == 0 or _tracked(z):
+        return _lse_entropy_functional(z, probs)
+    step = block_rows(z)
+    top = torch.empty(m, 1, dtype=z.dtype, device=z.device)  # (m, 1) row max
+    total = torch.empty(m, dtype=z.dtype, device=z.device)  # (m,) s = Σ e
+    dot = torch.empty(m, dtype=z.dtype, device=z.device)  # (m,) Σ e·x
+    shifted = block_scratch(min(step, m), z)  # (rows, V) x − max, then x·e
+    exp_buf = block_scratch(min(step, m), z) if probs is None else None  # (rows, V) e
+    normal = probs is not None
     for r in range(0, m, step):
-        x = z[r : r + step]  # (rows, V) view
-        k = x.shape[0]
-        top = x.amax(-1, keepdim=True)  # (rows, 1)
-        if not bool(torch.isfinite(top).all()):  # an all −inf row: the finite-floor convention
-            x = x.nan_to_num(neginf=lowest)
-            top = x.amax(-1, keepdim=True)
-        if eager:
-            _block_lse_entropy(x, top, shifted_buf[:k], exp_buf[:k], lse[r : r + k], entropy[r : r + k])
-        else:
-            shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
-            e = shifted.exp()
-            total = e.sum(-1)  # (rows,)
-            log_total = total.log()
-            lse[r : r + step] = top.squeeze(1) + log_total
-            entropy[r : r + step] = (log_total - (e * shifted).sum(-1) / total).clamp_min_(0.0)
-    return lse, entropy
+        k = min(step, m - r)
+        e = exp_buf[:k] if probs is None else probs[r : r + k]  # (rows, V)
+        _block_sums(z[r : r + k], shifted[:k], e, top[r : r + k], total[r : r + k], dot[r : r + k], normal)
+    # NaN marks the rows that need the −inf conventions: 0·(−inf) at a masked id (or an fp32 overflow of
+    # x − max), −inf − (−inf) in an all −inf row. Found once per call (no scan of z, no sync per block), and
+    # their blocks computed again with the floors: rows without −inf keep their bits.
+    bad = dot.isnan()
+    if bool(bad.any()):
+        for r in sorted({int(i) // step * step for i in bad.nonzero().view(-1)}):
+            k = min(step, m - r)
+            x = z[r : r + k]  # (rows, V)
+            if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
+                x = x.nan_to_num(neginf=torch.finfo(z.dtype).min)
+            e = exp_buf[:k] if probs is None else probs[r : r + k]
+            _block_sums(x, shifted[:k], e, top[r : r + k], total[r : r + k], dot[r : r + k], normal, True)
+    log_total = total.log()
+    lse = top.squeeze(1) + log_total
+    return lse, (log_total - dot / total).clamp_min_(0.0)
 
 
-def _block_lse_entropy(
-    x: Tensor, top: Tensor, shifted: Tensor, e: Tensor, lse: Tensor, entropy: Tensor, clamp: bool = False
+def _block_sums(
+    x: Tensor,
+    shifted: Tensor,
+    e: Tensor,
+    top: Tensor,
+    total: Tensor,
+    dot: Tensor,
+    normalize: bool,
+    floor: bool = False,
 ) -> None:
-    """:func:`row_logsumexp_entropy` of one (rows, V) block with a finite row max ``top`` (rows, 1), into
-    ``lse`` and ``entropy`` (rows,), through the block buffers ``shifted`` and ``e`` (rows, V).
+    """One (rows, V) block of :func:`row_logsumexp_entropy`: its row max into ``top`` (rows, 1), s = Σ e and
+    Σ e·(x − max) into ``total`` and ``dot`` (rows,), through ``shifted`` (rows, V: x − max, then (x − max)·e)
+    and ``e`` (rows, V), which keeps e = exp(x − max), divided by s in place with ``normalize`` (while the block
+    is in cache).
 
-    x − max is −inf only at −inf logits (or an fp32 overflow of the difference); there e·x = 0·(−inf) is NaN
-    and the convention needs −inf → the lowest finite value. Rather than clamping every block (one more pass
-    over it), a block whose entropy comes out NaN is computed again with the clamp: the same bits either way.
+    ``floor``: x − max ≥ the lowest finite value, so that e·(x − max) is 0, not NaN, at a −inf logit (the
+    clamp is the identity on every row without one: the same bits).
     """
+    torch.amax(x, -1, keepdim=True, out=top)
     torch.sub(x, top, out=shifted)
-    if clamp:
+    if floor:
         shifted.clamp_min_(torch.finfo(x.dtype).min)
     torch.exp(shifted, out=e)
-    total = e.sum(-1)  # (rows,)
-    log_total = total.log()
-    torch.add(top.squeeze(1), log_total, out=lse)
-    torch.sub(log_total, e.mul_(shifted).sum(-1) / total, out=entropy).clamp_min_(0.0)
-    if not clamp and bool(entropy.isnan().any()):
-        _block_lse_entropy(x, top, shifted, e, lse, entropy, clamp=True)
+    torch.sum(e, -1, out=total)
+    torch.sum(shifted.mul_(e), -1, out=dot)
+    if normalize:
+        e.div_(total.unsqueeze(1))  # p = e / s
+
+
+def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`row_logsumexp_entropy` with functional ops only (under torch.compile: one block; with autograd:
+    ~1 MiB row blocks, whose temporaries stay in cache)."""
+    m = z.shape[0]
+    lowest = torch.finfo(z.dtype).min
+    step = block_rows(z) if _eager() else max(m, 1)
+    lse, entropy = [], []
+    for r in range(0, m, step):
+        x = z[r : r + step]  # (rows, V) view
+        if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
+            x = x.nan_to_num(neginf=lowest)
+        top = x.amax(-1, keepdim=True)  # (rows, 1)
+        shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
+        e = shifted.exp()
+        total = e.sum(-1)  # (rows,)
+        log_total = total.log()
+        if probs is not None:
+            probs[r : r + step] = e / total.unsqueeze(1)
+        lse.append(top.squeeze(1) + log_total)
+        entropy.append((log_total - (e * shifted).sum(-1) / total).clamp_min(0.0))
+    if not lse:
+        return z.new_empty(0), z.new_empty(0)
+    return torch.cat(lse), torch.cat(entropy)
 
 
 def log_softmax_(z: Tensor) -> Tensor:

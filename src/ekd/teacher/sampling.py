@@ -68,17 +68,27 @@ def inverse_cdf_draws(probs: Tensor, uniforms: Tensor, block: int) -> Tensor:
     # (m, N) block of each draw: the number of block prefixes C_ib ≤ x
     b = torch.searchsorted(prefix[:, 1:].contiguous(), x, right=True).clamp_(max=nb - 1)
     residual = x - prefix.gather(1, b)  # (m, N) offset inside the block, in [0, S_ib)
-    # the block's own probabilities, one row of `block` values per draw
-    if nb * block != vocab:  # pad the short last block with zero mass
-        probs = torch.nn.functional.pad(probs, (0, nb * block - vocab))
-    flat_block = (torch.arange(m, device=probs.device).view(m, 1) * nb + b).view(-1)  # (m·N,)
-    local = probs.reshape(m * nb, block).index_select(0, flat_block).view(m, num, block)  # (m, N, block)
-    within = local.double().cumsum(-1)  # (m, N, block) float64 prefix L inside the block
+    local = _block_values(probs, b, block)  # (m, N, block) the block's own probabilities, per draw
+    within = torch.cumsum(local, -1, dtype=torch.float64)  # (m, N, block) float64 prefix L inside the block
     total = within[..., -1]  # (m, N) L_B, the block mass in float64
     y = residual * total / masses.gather(1, b)  # (m, N) rescaled to [0, L_B)
     y = torch.minimum(y, total * (1.0 - 2.0**-51))  # strictly below L_B (at least one ulp)
     j = torch.searchsorted(within, y.unsqueeze(-1), right=True).squeeze(-1)  # (m, N) first L > y
     return (b * block + j).clamp_(max=vocab - 1).view(m, num)
+
+
+def _block_values(probs: Tensor, b: Tensor, block: int) -> Tensor:
+    """probs (m, V) at the ``block`` ids of block b (m, N) of each draw → (m, N, block); ids ≥ V (the short
+    last block) read as 0."""
+    m, vocab = probs.shape
+    num = b.shape[1]
+    nb = -(-vocab // block)
+    if nb * block == vocab:  # whole blocks: one contiguous row of `block` values each
+        flat_block = (torch.arange(m, device=probs.device).view(m, 1) * nb + b).view(-1)  # (m·N,)
+        return probs.reshape(m * nb, block).index_select(0, flat_block).view(m, num, block)
+    ids = b.unsqueeze(-1) * block + torch.arange(block, device=probs.device)  # (m, N, block)
+    local = probs.gather(1, ids.view(m, -1).clamp(max=vocab - 1)).view(m, num, block)
+    return local.masked_fill_(ids >= vocab, 0.0)  # zero mass past the vocabulary, no padded copy of probs
 
 
 def unique_counts(draws: Tensor) -> tuple[Tensor, Tensor]:

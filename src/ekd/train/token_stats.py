@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ekd.losses.divergences import forward_kl, hellinger, reverse_kl
 from ekd.losses.matmul import RowBuffer
-from ekd.losses.row_reductions import row_dot, row_logsumexp, row_logsumexp_entropy
+from ekd.losses.row_reductions import row_logsumexp_entropy
 from ekd.losses.targets import Head
 
 TEACHER_STATS = frozenset({"teacher_entropy", "teacher_logp_gold"})
@@ -31,19 +31,15 @@ ALL_STATS = TEACHER_STATS | STUDENT_STATS | PAIR_STATS
 def softmax_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """p = softmax(z) (m, V), log Σ_v exp z_v (m,) and H(p) (m,) in fp32 from logits (m, V).
 
-    lse by ``row_logsumexp`` and H = lse − Σ_v p_v·z_v by ``row_dot`` (``ekd.losses.row_reductions``:
-    pairwise sums; the stock CPU softmax normalizes with a sequential sum that errs by ~2e-5 at V = 151,936),
-    p = exp(z − lse): one exp pass, only two (m, V) buffers alive. −inf logits (masked ids) count as the
-    most negative finite fp32 value, so that 0·z is 0: found by the NaN they make in Σ p·z (then the whole
-    computation runs again on the floored logits), not by a pass over z beforehand.
+    ``row_logsumexp_entropy`` with its probabilities (``ekd.losses.row_reductions``: one exp pass in cache-sized
+    row blocks, pairwise sums; the stock CPU softmax normalizes with a sequential sum that errs by ~2e-5 at
+    V = 151,936): lse and H are those of :func:`entropy_and_logp_gold` bit for bit, so the teacher cache stores
+    the online teacher's statistics. −inf logits (masked ids) get p = 0; a row of only −inf logits is uniform.
     """
     z = logits.float()
-    lse = row_logsumexp(z)  # (m,) −inf entries count 0, as the floored value's exp does
-    p = (z - lse.unsqueeze(1)).exp_()  # (m, V)
-    expected_z = row_dot(p, z)  # (m,) Σ_v p_v z_v; NaN where a −inf logit meets p = 0
-    if bool(expected_z.isnan().any()) and bool(torch.isneginf(z).any()):
-        return softmax_entropy(z.nan_to_num(neginf=torch.finfo(torch.float32).min))
-    return p, lse, (lse - expected_z).clamp_min(0.0)  # ≥ 0; cancellation can leave −1e-7
+    p = torch.empty_like(z)  # (m, V)
+    lse, entropy = row_logsumexp_entropy(z, probs=p)
+    return p, lse, entropy
 
 
 def logp_at(logits: Tensor, lse: Tensor, ids: Tensor) -> Tensor:
