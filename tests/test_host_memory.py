@@ -98,6 +98,16 @@ def test_skip_reason(env, reason, monkeypatch):
     assert got is None if reason is None else reason in got
 
 
+@pytest.mark.parametrize("value", ["disable", "n", "2"])
+def test_an_unknown_switch_value_is_one_config_error(value):
+    """EKD_RETAIN_HOST_MEMORY=disable left the feature on without a word (try-out 6)."""
+    from ekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"EKD_RETAIN_HOST_MEMORY='{value}' is not understood; use 0"):
+        host_memory.skip_reason({host_memory.OPT_OUT: value})
+    assert host_memory.skip_reason({host_memory.OPT_OUT: "On"}) in (None, "the C library is not glibc")
+
+
 def test_not_glibc_is_left_alone(monkeypatch):
     monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
     assert "not glibc" in host_memory.skip_reason({})

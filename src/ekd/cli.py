@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ekd import __version__
-from ekd.errors import ConfigError, EkdError, copy_of_rank0
+from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 
@@ -538,10 +538,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _said_by_local_rank0(e: EkdError) -> bool:
-    """Whether local rank 0 of this node prints ``e`` for this rank: a config error, which every rank of a
-    node raises alike (the same command line and files), before any process group exists to say it once. Other
-    nodes' local rank 0 still print theirs (their files may differ)."""
-    return isinstance(e, ConfigError) and int(os.environ.get("LOCAL_RANK", "0")) != 0
+    """Whether local rank 0 of this node prints ``e`` for this rank: a config error or a model that cannot be
+    named or loaded, which every rank of a node raises alike (the same command line, files and model paths),
+    before any process group exists to say it once. Other nodes' local rank 0 still print theirs (their files may
+    differ); errors of a rank's own data (its samples, its cache shards) are printed by that rank."""
+    return isinstance(e, ConfigError | ModelError) and int(os.environ.get("LOCAL_RANK", "0")) != 0
 
 
 def _rank0() -> bool:

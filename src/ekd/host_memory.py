@@ -11,7 +11,7 @@ threshold above 32 MiB (some versions cap it at half their 64 MiB arena heap) ge
 no block is mmapped, which keeps the large ones too.
 
 What it costs: the resident set stays near its high-water mark between steps instead of falling back, and the
-heap's fragmentation raises the process peak somewhat (5–17% in the runs above; TRL's GKD step 25%). Every command
+heap's fragmentation raises the process peak somewhat (11–17% for ekd's steps at V=151,936; TRL's GKD step 25%). Every command
 that computes on CPU turns it on where it resolves its device (``ekd.train.prepare.resolve_device``); a GPU run
 keeps glibc's own behaviour (its step buffers are CUDA memory, cached by torch, and a model copy freed in host
 memory after loading should go back to the OS). It does nothing (``skip_reason`` says why) when:
@@ -46,11 +46,28 @@ OPT_OUT = "EKD_RETAIN_HOST_MEMORY"
 _applied: bool | None = None
 
 
+OFF = ("0", "false", "no", "off")
+ON = ("", "1", "true", "yes", "on")
+
+
 def skip_reason(environ: dict[str, str] | None = None) -> str | None:
-    """Why :func:`retain_freed_memory` leaves the allocator alone here (see the module docstring), or None."""
+    """Why :func:`retain_freed_memory` leaves the allocator alone here (see the module docstring), or None.
+
+    Raises:
+        ConfigError: ``EKD_RETAIN_HOST_MEMORY`` is neither an "on" nor an "off" word (``disable`` would
+            otherwise leave it on without a word).
+    """
     env = os.environ if environ is None else environ
-    if env.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+    switch = env.get(OPT_OUT, "1").strip().lower()
+    if switch in OFF:
         return f"{OPT_OUT}={env[OPT_OUT]}"
+    if switch not in ON:
+        from ekd.errors import ConfigError
+
+        raise ConfigError(
+            f"{OPT_OUT}={env[OPT_OUT]!r} is not understood; use 0 (or false, no, off) to leave glibc's allocator "
+            "as it is, 1 (or true, yes, on) to keep freed blocks"
+        )
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return "the C library is not glibc"
     preload = env.get("LD_PRELOAD", "").lower()
@@ -67,7 +84,10 @@ def skip_reason(environ: dict[str, str] | None = None) -> str | None:
 def retain_freed_memory() -> bool:
     """Make glibc keep freed blocks below 1 GiB in the heap, once per process; True if it now does.
 
-    Idempotent; never raises (a C library without ``mallopt`` leaves the allocator as it is).
+    Idempotent (a C library without ``mallopt`` leaves the allocator as it is).
+
+    Raises:
+        ConfigError: an ``EKD_RETAIN_HOST_MEMORY`` value that is neither on nor off (``skip_reason``).
     """
     global _applied
     if _applied is None:
