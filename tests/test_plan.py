@@ -159,9 +159,10 @@ def test_parse_bytes():
     "text, says",
     [
         ("80", "'80' has no unit; write 80GiB (or 80GB)"),  # was read as 80 bytes (try-out 4, finding 9)
-        ("0GiB", "--gpu-memory must be > 0, got 0GiB"),
-        ("0", "--gpu-memory must be > 0, got 0"),
-        ("-5GiB", "--gpu-memory must be > 0, got -5GiB"),
+        ("0GiB", "--gpu-memory must be at least 1 byte, got 0GiB (0 bytes)"),
+        ("0", "--gpu-memory must be at least 1 byte, got 0 (0 bytes)"),
+        ("-5GiB", "--gpu-memory must be at least 1 byte, got -5GiB"),
+        ("0.5B", "got 0.5B (0 bytes)"),  # said "must be > 0" of 0.5 (try-out 6)
         ("nan", "'nan' is not a size"),
     ],
 )
@@ -179,6 +180,7 @@ def test_gpu_memory_without_a_unit_or_not_positive_is_one_line(tmp_path, capsys,
         ("0", "got 0"),
         ("1", "got 1"),  # was planned: a one-token vocabulary has nothing to distill
         ("100000000000", "got 100,000,000,000"),  # was planned at 1,215,941.9 GiB per rank
+        ("1e11", "got 100,000,000,000"),  # was argparse's usage text (try-out 6)
     ],
 )
 def test_vocab_size_out_of_range_is_one_line(tmp_path, capsys, monkeypatch, value, says):

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--vocab-size",
-        type=int,
+        type=_whole_number,
         default=None,
         help="vocabulary of the preset:<name> models (default: from the config; refused without a preset)",
     )
@@ -535,6 +535,18 @@ def main(argv: list[str] | None = None) -> int:
             hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
             print(f"ekd: interrupted{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
         return 130
+
+
+def _whole_number(text: str) -> int:
+    """An argparse ``type`` for counts that also takes 1e5 or 151_936 (``int`` refused 1e11 with a usage dump, so
+    the range check, ``ekd plan``'s, never said what is allowed)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    return int(value)
 
 
 def _said_by_local_rank0(e: EkdError) -> bool:

@@ -217,7 +217,8 @@ def parse_bytes(text: str) -> int:
     size = int(float(number) * scale[unit])
     if size <= 0:
         raise EkdError(
-            f"--gpu-memory must be > 0, got {text.strip()}; give the memory of one GPU, e.g. 80GiB"
+            f"--gpu-memory must be at least 1 byte, got {text.strip()} ({size:,} bytes); give the memory of one "
+            "GPU, e.g. 80GiB"
         )
     return size
 

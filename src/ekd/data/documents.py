@@ -340,7 +340,9 @@ def _read_jsonl(
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
+                raise ConfigError(
+                    f"{where}: not valid JSON ({e.msg} column {e.colno}); fix or remove the line"
+                ) from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
             rows += 1
