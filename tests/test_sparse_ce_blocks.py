@@ -1,7 +1,7 @@
 """``sparse_kd_chunk`` and ``ce_chunk`` in cache-sized row blocks (``ekd.losses.sparse_ce_blocks``) give the same
 bits as the whole-chunk code (what ran before, and still runs under torch.compile and on CUDA).
 
-The whole-chunk code is reached by turning the block dispatch off (``logit_grads._blocked_one``). Bits are
+The whole-chunk code is reached by turning the block dispatch off (``logit_grads._blocked``). Bits are
 compared as int32 views: NaN where NaN, +inf where +inf, and the sign of zero.
 """
 
@@ -26,7 +26,7 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
 
 def _whole_chunk(monkeypatch, fn, *args):
     with monkeypatch.context() as patch:
-        patch.setattr(logit_grads, "_blocked_one", lambda *_: False)
+        patch.setattr(logit_grads, "_blocked", lambda *_: False)
         return fn(*args)
 
 
@@ -106,10 +106,10 @@ def test_blocks_never_hold_a_single_row_unless_the_chunk_does():
 
 def test_other_layouts_and_dtypes_take_the_whole_chunk_code():
     z = torch.randn(6, 300)
-    assert logit_grads._blocked_one(z)
-    assert not logit_grads._blocked_one(z.t().contiguous().t())
-    assert not logit_grads._blocked_one(z.double())
-    assert not logit_grads._blocked_one(z[None])
+    assert logit_grads._blocked(z)
+    assert not logit_grads._blocked(z.t().contiguous().t())
+    assert not logit_grads._blocked(z.double())
+    assert not logit_grads._blocked(z[None])
 
 
 def test_no_rows():

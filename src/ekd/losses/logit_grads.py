@@ -48,28 +48,18 @@ def _eager() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def _blocked(student_logits: Tensor, teacher_logits: Tensor) -> bool:
-    """Whether ``dense_kd_blocks`` runs the chunk: CPU, eager, contiguous (m, V) fp32 pairs (its row sums then
-    run over the same memory order as ``row_dot``'s, so the same bits)."""
-    return (
-        _eager()
-        and student_logits.device.type == "cpu"
-        and student_logits.dim() == 2
-        and student_logits.shape == teacher_logits.shape
-        and student_logits.dtype == teacher_logits.dtype == torch.float32
-        and student_logits.is_contiguous()
-        and teacher_logits.is_contiguous()
-    )
-
-
-def _blocked_one(logits: Tensor) -> bool:
-    """Whether ``sparse_ce_blocks`` runs the chunk: CPU, eager, contiguous (m, V) fp32 logits."""
-    return (
-        _eager()
-        and logits.device.type == "cpu"
-        and logits.dim() == 2
-        and logits.dtype == torch.float32
-        and logits.is_contiguous()
+def _blocked(*logits: Tensor) -> bool:
+    """Whether the row-block code runs the chunk (``dense_kd_blocks`` for a student/teacher pair,
+    ``sparse_ce_blocks`` for one): CPU, eager, contiguous (m, V) fp32 logits of one shape (its row sums then run
+    over the same memory order as ``row_dot``'s, so the same bits)."""
+    first = logits[0]
+    return _eager() and all(
+        z.device.type == "cpu"
+        and z.dim() == 2
+        and z.shape == first.shape
+        and z.dtype == torch.float32
+        and z.is_contiguous()
+        for z in logits
     )
 
 
@@ -250,25 +240,38 @@ def sparse_kd_chunk(
     present = t > 0
     t = torch.where(present, t, torch.zeros_like(t))
     safe_t = torch.where(present, t, torch.ones_like(t))
-    if _blocked_one(student_logits) and ids.shape[0] == student_logits.shape[0]:
-        tail = None if tail is None else tail.float()
+    tail = None if tail is None else tail.float()
+    if _blocked(student_logits) and ids.shape[0] == student_logits.shape[0]:
         log_q_at, tail_q, grad = sparse_kd_rows_blocked(student_logits, ids, t, present, tail, tau, scale)
-        rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
-        if tail is not None:
-            has_tail = tail > 0
-            safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
-            tail_rows = tail * (safe_tail.log() - tail_q.log())
-            rows = rows + torch.where(has_tail, tail_rows, torch.zeros_like(tail))
-        return (coef * rows).sum(), grad
+    else:
+        log_q_at, tail_q, grad = _sparse_grad(student_logits, ids, t, present, tail, tau, scale)
+    rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
+    if tail is not None:
+        has_tail = tail > 0
+        safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
+        rows = rows + torch.where(has_tail, tail * (safe_tail.log() - tail_q.log()), torch.zeros_like(tail))
+    return (coef * rows).sum(), grad
+
+
+def _sparse_grad(
+    student_logits: Tensor,
+    ids: Tensor,
+    t: Tensor,
+    present: Tensor,
+    tail: Tensor | None,
+    tau: Tensor,
+    scale: Tensor,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The (m, V) part of :func:`sparse_kd_chunk` over the whole chunk (under compile, on CUDA): the arguments
+    and results of ``sparse_ce_blocks.sparse_kd_rows_blocked``."""
     log_q = _log_softmax_at(student_logits, tau)  # (m, V)
     log_q_at = log_q.gather(-1, ids)  # (m, K) student log-probs at the target ids
-    rows = torch.where(present, t * (safe_t.log() - log_q_at), torch.zeros_like(t)).sum(-1)  # (m,)
     row_mass = t.sum(-1)  # (m,)
     q = log_q.exp_() if _eager() else log_q.exp()
+    tail_q = None
     if tail is None:
         grad = q.mul_(row_mass.unsqueeze(1))
     else:
-        tail = tail.float()
         has_tail = tail > 0
         hit = present & has_tail.unsqueeze(1)  # (m, K) slots whose id is in H
         # in_h[k]: id_k ∈ H, equal for every slot holding the same id (so scatter_ writes agree)
@@ -276,33 +279,27 @@ def sparse_kd_chunk(
         q_at = log_q_at.exp()  # (m, K)
         q.scatter_(-1, ids, torch.where(in_h, torch.zeros_like(q_at), q_at))  # q·1[v∉H]
         tail_q = q.sum(-1)  # (m,) T
-        safe_tail = torch.where(has_tail, tail, torch.ones_like(tail))
-        rows = rows + torch.where(has_tail, tail * (safe_tail.log() - tail_q.log()), torch.zeros_like(tail))
         b = torch.where(has_tail, tail / tail_q, torch.zeros_like(tail))  # (m,)
         full = row_mass + torch.where(has_tail, tail, torch.zeros_like(tail))  # (m,) Σt + t_tail
         grad = q.mul_((full - b).unsqueeze(1))  # right off H
         on_h = q_at * full.unsqueeze(1)  # (m, K) value at v ∈ H
         grad.scatter_(-1, ids, torch.where(in_h, on_h, grad.gather(-1, ids)))
     grad = grad.scatter_add_(-1, ids, -t).mul_(scale.unsqueeze(1))
-    return (coef * rows).sum(), grad
+    return log_q_at, tail_q, grad
 
 
 def ce_chunk(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Σ_i −log softmax(z_i)[y_i] over rows with y_i ≠ −100, and ∂/∂z = softmax(z) − e_y. (m, V), (m,)."""
     valid = labels != -100  # (m,)
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (m, 1)
-    if _blocked_one(logits) and labels.shape[0] == logits.shape[0]:
-        keep = valid.to(logits.dtype).unsqueeze(1)  # (m, 1)
-        log_q_at, grad = ce_rows_blocked(logits, safe, keep)
-        loss = -torch.where(valid, log_q_at.squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)).sum()
-        return loss, grad
-    log_q = _log_softmax_at(logits, None)  # (m, V)
-    loss = -torch.where(
-        valid, log_q.gather(-1, safe).squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)
-    ).sum()
-    q = log_q.exp_() if _eager() else log_q.exp()
-    keep = valid.to(q.dtype).unsqueeze(1)  # (m, 1)
-    grad = q.mul_(keep).scatter_add_(-1, safe, -keep)
+    keep = valid.to(logits.dtype).unsqueeze(1)  # (m, 1)
+    if _blocked(logits) and labels.shape[0] == logits.shape[0]:
+        log_q_at, grad = ce_rows_blocked(logits, safe, keep)  # (m, 1), (m, V)
+    else:
+        log_q = _log_softmax_at(logits, None)  # (m, V)
+        log_q_at = log_q.gather(-1, safe)  # (m, 1)
+        grad = (log_q.exp_() if _eager() else log_q.exp()).mul_(keep).scatter_add_(-1, safe, -keep)
+    loss = -torch.where(valid, log_q_at.squeeze(1), torch.zeros_like(labels, dtype=logits.dtype)).sum()
     return loss, grad
 
 
