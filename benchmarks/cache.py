@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.measure import allocator_option, use_allocator
 from ekd.losses.divergences import forward_kl
 from ekd.teacher.cache.measure import measure_bytes_per_position, zipf_logits
 from ekd.teacher.targets import position_seeds, rs_target, topk_target
@@ -341,10 +342,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--append", default="", help="append the section to this markdown file")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (for the demo teacher's cache)")
+    allocator_option(parser)
     args = parser.parse_args()
-    from ekd.host_memory import retain_freed_memory
-
-    retain_freed_memory()  # as `ekd cache` runs (freed (chunk, V) buffers stay mapped)
+    use_allocator(args.default_malloc)
     text = section(Path(args.demo))
     if args.append:
         path = Path(args.append)

@@ -21,6 +21,8 @@ import statistics
 import tempfile
 import time
 
+from benchmarks.measure import allocator_option, use_allocator
+
 
 def measure(
     preset: str = "llama-small", vocab: int = 2048, b: int = 16, t: int = 128, rounds: int = 5
@@ -146,10 +148,9 @@ def report(res: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    allocator_option(ap)
     args = ap.parse_args()
-    from ekd.host_memory import retain_freed_memory
-
-    retain_freed_memory()  # as `ekd cache` runs (freed (chunk, V) buffers stay mapped)
+    use_allocator(args.default_malloc)
     print("\n".join(report(measure(rounds=args.rounds))))
 
 

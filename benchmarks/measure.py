@@ -7,9 +7,9 @@ inputs).
 
 Each case runs in two fresh subprocesses, so cases never share allocator state:
 
-- **time** with the environment a user of the ``ekd`` command has: OpenMP's defaults, and glibc keeping freed
-  blocks below 1 GiB (``ekd.host_memory.retain_freed_memory``, which the ``ekd`` command calls at start-up) —
-  for every contender, TRL and Liger included, so that a ratio compares code, not allocator settings;
+- **time** as an ekd run on CPU has it: OpenMP's defaults, and glibc keeping freed blocks below 1 GiB
+  (``ekd.host_memory.retain_freed_memory``, which every ekd run on CPU turns on) — for every contender, TRL and
+  Liger included, so that a ratio compares code, not allocator settings;
 - **memory** (one call) with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``) and no heap
   trimming threshold, so freed buffers go back to the OS at once and the resident set tracks live memory for
   every contender alike.
@@ -22,6 +22,7 @@ mmap threshold added 4% and 10%.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -31,6 +32,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from ekd.host_memory import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 MMAP_THRESHOLD = "131072"
@@ -106,11 +109,27 @@ def _with_memory(timed: dict, memory: dict) -> dict:
     return out
 
 
+def allocator_option(parser: argparse.ArgumentParser) -> None:
+    """``--default-malloc`` for a benchmark run in one process: leave glibc as it is instead of timing as an ekd
+    run on CPU does (:func:`use_allocator`), for side-by-side figures of the allocator setting."""
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (an ekd run on CPU keeps freed blocks: ekd.host_memory)",
+    )
+
+
+def use_allocator(default_malloc: bool = False) -> None:
+    """The allocator of an ekd run on CPU for this process (``ekd.host_memory``), unless ``default_malloc``."""
+    if not default_malloc:
+        retain_freed_memory()
+
+
 LAUNCH = (
     "import runpy, sys; from ekd.host_memory import retain_freed_memory; retain_freed_memory(); "
     "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
 )
-"""``python -c LAUNCH module args``: ``python -m module args`` under the ``ekd`` command's allocator setting (which
+"""``python -c LAUNCH module args``: ``python -m module args`` with an ekd CPU run's allocator setting (which
 leaves the memory process's explicit glibc settings alone)."""
 
 

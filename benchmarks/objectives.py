@@ -17,6 +17,8 @@ import math
 import statistics
 import time
 
+from benchmarks.measure import allocator_option, use_allocator
+
 
 def measure(
     v: int = 32_768, m: int = 1024, ds: int = 896, dt: int = 1536, chunk: int = 0, rounds: int = 3
@@ -120,16 +122,9 @@ def main() -> None:
     ap.add_argument("--v", type=int, default=32_768)
     ap.add_argument("--m", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="leave glibc's allocator as it is (the ekd command keeps freed blocks: ekd.host_memory)",
-    )
+    allocator_option(ap)
     args = ap.parse_args()
-    if not args.default_malloc:
-        from ekd.host_memory import retain_freed_memory
-
-        retain_freed_memory()  # as the ekd command runs (ekd.host_memory)
+    use_allocator(args.default_malloc)
     print("\n".join(report(measure(v=args.v, m=args.m, rounds=args.rounds))))
 
 

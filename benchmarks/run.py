@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.head_loss import IMPLS, estimate_gb, gemm_flops
-from benchmarks.measure import run_case
-from ekd.host_memory import retain_freed_memory
+from benchmarks.measure import run_case, use_allocator
 from ekd.losses.chunked import auto_chunk_rows
 
 IMPL_NAMES = {
@@ -414,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-e2e", action="store_true", help="skip the whole-step comparison with TRL")
     parser.add_argument("--demo", default="runs/demo", help="demo directory (its teacher cache, if built)")
     args = parser.parse_args(argv)
-    retain_freed_memory()  # the in-process sections run as the ekd command does (the cases: benchmarks.measure)
+    use_allocator()  # the in-process sections time as an ekd run on CPU does (the cases: benchmarks.measure)
     plan = Plan.quick() if args.quick else Plan.full()
     plan.chunk = args.chunk
     if args.n_max:

@@ -38,6 +38,8 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.measure import allocator_option, use_allocator
+
 ORDER = ("kd", "sekd", "sekd3x")
 PHASES = (
     "teacher body",
@@ -214,16 +216,9 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="leave glibc's allocator as it is (the ekd command keeps freed blocks: ekd.host_memory)",
-    )
+    allocator_option(ap)
     args = ap.parse_args()
-    if not args.default_malloc:
-        from ekd.host_memory import retain_freed_memory
-
-        retain_freed_memory()  # as the ekd command runs (ekd.host_memory)
+    use_allocator(args.default_malloc)
     if args.threads:
         import torch
 
