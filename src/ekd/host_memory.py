@@ -30,6 +30,8 @@ import os
 import platform
 import sys
 
+from ekd.errors import ConfigError
+
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
@@ -42,12 +44,11 @@ TRIM_THRESHOLD = (1 << 31) - 1
 
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 OPT_OUT = "EKD_RETAIN_HOST_MEMORY"
-
-_applied: bool | None = None
-
-
 OFF = ("0", "false", "no", "off")
 ON = ("", "1", "true", "yes", "on")
+"""The values of ``EKD_RETAIN_HOST_MEMORY`` (case-insensitive); any other is a ConfigError."""
+
+_applied: bool | None = None
 
 
 def skip_reason(environ: dict[str, str] | None = None) -> str | None:
@@ -62,8 +63,6 @@ def skip_reason(environ: dict[str, str] | None = None) -> str | None:
     if switch in OFF:
         return f"{OPT_OUT}={env[OPT_OUT]}"
     if switch not in ON:
-        from ekd.errors import ConfigError
-
         raise ConfigError(
             f"{OPT_OUT}={env[OPT_OUT]!r} is not understood; use 0 (or false, no, off) to leave glibc's allocator "
             "as it is, 1 (or true, yes, on) to keep freed blocks"
