@@ -29,6 +29,7 @@ from ekd.teacher.cache import CacheError, CacheReader
 from ekd.teacher.cache.build import run_build
 from ekd.teacher.cache.entries import batch_entries
 from ekd.teacher.signal import TargetSpec
+from ekd.teacher.targets import position_seeds, rs_target
 from ekd.train.method_parts import MethodParts
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.token_stats import token_stats
@@ -220,6 +221,29 @@ def test_cached_statistics_are_the_online_teachers_bit_for_bit(chunk_rows, work_
         np.testing.assert_array_equal(
             entry["stats"]["logp_gold"], online["teacher_logp_gold"][b, pos].numpy()
         )
+
+
+@pytest.mark.parametrize("positions", ["all", "teacher_entropy_topk"])
+def test_cached_rs_draws_are_the_online_teachers_draw_for_draw(positions):
+    """The cache's RS draws are those of the online teacher (``rs_target``) at every cached position, to the
+    last draw: both sample from one p (``row_softmax`` = the p of the cache's statistics pass). With
+    ``torch.softmax``'s p online (the code before), a few rows of these 1,024 at V=32,000 drew another id."""
+    g = torch.Generator().manual_seed(11)
+    B, T, D, V = 4, 256, 16, 32_000
+    hidden = torch.randn(B, T, D, generator=g) * 0.5  # logits of std ~2: broad rows, many ids near a CDF step
+    head = Head(torch.randn(V, D, generator=g))
+    labels = torch.randint(0, V, (B, T), generator=g)
+    spec = TargetSpec("rs", rs_samples=50, seed=9)
+    entries = batch_entries(
+        hidden, head, labels, torch.arange(B), spec, positions=positions, fraction=0.5, chunk_rows=200
+    )
+    for b, entry in enumerate(entries):
+        pos = torch.from_numpy(entry["positions"]).long()
+        online = rs_target(head(hidden[b, pos]).float(), 50, seeds=position_seeds(9, torch.tensor(b), pos))
+        for i in range(pos.numel()):
+            drawn = online.counts[i] > 0
+            assert entry["ids"][i][entry["values"][i] > 0].tolist() == online.target.ids[i, drawn].tolist()
+            assert entry["values"][i][entry["values"][i] > 0].tolist() == online.counts[i, drawn].tolist()
 
 
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):

@@ -22,6 +22,7 @@ from ekd.losses.row_reductions import (
     row_dot,
     row_logsumexp,
     row_logsumexp_entropy,
+    row_softmax,
 )
 from ekd.losses.targets import DenseTarget, Head
 from ekd.train.token_stats import softmax_entropy
@@ -82,7 +83,8 @@ def test_row_reductions_equal_the_stock_kernels_block_by_block(m, v):
 @pytest.mark.parametrize("m", [1, 3, 17])
 def test_softmax_entropy_is_the_one_exp_pass_with_its_probabilities(m, v):
     """The cache's statistics (``softmax_entropy``) are the online teacher's (``row_logsumexp_entropy``) bit for
-    bit, with or without the probabilities; p = e / s of that pass (the floors at −inf logits), against float64."""
+    bit, with or without the probabilities; p = e / s of that pass (the floors at −inf logits), against float64;
+    ``row_softmax`` (the online teacher's RS proposal) is that p."""
     for masked, z in enumerate(
         (torch.randn(m, v, generator=torch.Generator().manual_seed(1)) * 4, _logits(m, v))
     ):
@@ -96,6 +98,8 @@ def test_softmax_entropy_is_the_one_exp_pass_with_its_probabilities(m, v):
             return e / e.sum(-1, keepdim=True)
 
         assert torch.equal(p, _per_block(z, stock_probs))
+        assert torch.equal(row_softmax(z), p)  # the online RS proposal is the cache's p, without the entropy
+        assert torch.equal(row_softmax(z.clone().requires_grad_()), p)
         p_graph = torch.empty_like(z)  # autograd records: the functional path, the same bits
         lse_g, entropy_g = row_logsumexp_entropy(z.clone().requires_grad_(), probs=p_graph)
         assert torch.equal(lse_g, lse) and torch.equal(entropy_g, entropy) and torch.equal(p_graph, p)

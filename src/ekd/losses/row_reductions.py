@@ -142,20 +142,49 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
     return lse, (log_total - dot / total).clamp_min_(0.0)
 
 
+def row_softmax(z: Tensor) -> Tensor:
+    """softmax(z) per row: the p of ``row_logsumexp_entropy(z, probs=p)`` bit for bit, without its entropy pass.
+    (m, V) fp32 → (m, V) fp32.
+
+    p = e / Σ e with e = exp(z − max) per ~1 MiB row block and a pairwise sum (the stock CPU softmax sums
+    sequentially: other bits, ~2e-5 off at V = 151,936). −inf logits get p = 0; a row of only −inf logits is
+    uniform. Raises nothing; under autograd or torch.compile the functional path gives the same values.
+    """
+    m = z.shape[0]
+    probs = torch.empty_like(z)  # (m, V)
+    if not _eager() or m == 0 or _tracked(z):
+        _lse_entropy_functional(z, probs)
+        return probs
+    step = block_rows(z)
+    top = torch.empty(m, 1, dtype=z.dtype, device=z.device)  # (m, 1) row max
+    total = torch.empty(m, dtype=z.dtype, device=z.device)  # (m,) Σ e
+    shifted = block_scratch(min(step, m), z)  # (rows, V) x − max
+    for r in range(0, m, step):
+        k = min(step, m - r)
+        _block_sums(z[r : r + k], shifted[:k], probs[r : r + k], top[r : r + k], total[r : r + k], None, True)
+    bad = total.isnan()  # only an all −inf row (−inf − (−inf)): computed again with the finite floor
+    if bool(bad.any()):
+        for r in sorted({int(i) // step * step for i in bad.nonzero().view(-1)}):
+            k = min(step, m - r)
+            x = z[r : r + k].nan_to_num(neginf=torch.finfo(z.dtype).min)  # (rows, V)
+            _block_sums(x, shifted[:k], probs[r : r + k], top[r : r + k], total[r : r + k], None, True, True)
+    return probs
+
+
 def _block_sums(
     x: Tensor,
     shifted: Tensor,
     e: Tensor,
     top: Tensor,
     total: Tensor,
-    dot: Tensor,
+    dot: Tensor | None,
     normalize: bool,
     floor: bool = False,
 ) -> None:
     """One (rows, V) block of :func:`row_logsumexp_entropy`: its row max into ``top`` (rows, 1), s = Σ e and
     Σ e·(x − max) into ``total`` and ``dot`` (rows,), through ``shifted`` (rows, V: x − max, then (x − max)·e)
     and ``e`` (rows, V), which keeps e = exp(x − max), divided by s in place with ``normalize`` (while the block
-    is in cache).
+    is in cache). ``dot=None`` (:func:`row_softmax`) skips Σ e·(x − max): e and s keep their bits.
 
     ``floor``: x − max ≥ the lowest finite value, so that e·(x − max) is 0, not NaN, at a −inf logit (the
     clamp is the identity on every row without one: the same bits).
@@ -166,7 +195,8 @@ def _block_sums(
         shifted.clamp_min_(torch.finfo(x.dtype).min)
     torch.exp(shifted, out=e)
     torch.sum(e, -1, out=total)
-    torch.sum(shifted.mul_(e), -1, out=dot)
+    if dot is not None:
+        torch.sum(shifted.mul_(e), -1, out=dot)
     if normalize:
         e.div_(total.unsqueeze(1))  # p = e / s
 
