@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -533,9 +534,8 @@ def test_kill_9_and_resume_equals_uninterrupted_build(setup):
     assert _tree_sha256(killed) == _tree_sha256(reference)
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process(setup):
-    out = setup["root"] / "cache-2proc"
+def _torchrun_cache(cfg: str, out: Path) -> str:
+    """``torchrun --nproc_per_node=2 -m ekd -q cache CFG teacher.cache_dir=OUT`` (gloo); returns its stdout."""
     cmd = [
         sys.executable,
         "-m",
@@ -547,14 +547,101 @@ def test_torchrun_two_processes_equal_one_process(setup):
         "ekd",
         "-q",
         "cache",
-        setup["cfg"],
+        cfg,
         f"teacher.cache_dir={out}",
     ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("teacher cache written") == 1 and "2 processes" in proc.stdout
+    return proc.stdout
+
+
+def _summary_figures(out: str) -> dict:
+    """The numbers of the ``ekd cache`` summary (command.format_summary)."""
+    number = r"([\d,.]+)"
+    patterns = {
+        "samples": rf"samples +{number} \(",
+        "built": rf"\({number} built now in",
+        "positions": rf"positions +{number} \(",
+        "entries_per_position": rf"\({number} entries/position\)",
+        "bytes_per_position": rf"bytes/position +{number}",
+        "bytes_on_disk": rf"on disk +{number} bytes",
+        "throughput": rf"build throughput +{number} samples/s",
+    }
+    found = {}
+    for key, pattern in patterns.items():
+        match = re.search(pattern, out)
+        assert match, (key, out)
+        found[key] = match.group(1).replace(",", "")
+    return found
+
+
+def _figures_of(cache: Path) -> dict:
+    """What the summary should say of the cache, from ``ekd cache info``'s figures (its manifest)."""
+    info = CacheReader(cache).info()
+    return {
+        "samples": str(info["samples"]),
+        "positions": str(info["positions"]),
+        "entries_per_position": f"{info['entries_per_position']:.2f}",
+        "bytes_per_position": f"{info['bytes_per_position']:.2f}",
+        "bytes_on_disk": str(info["bytes_on_disk"]),
+    }
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(setup):
+    out = setup["root"] / "cache-2proc"
+    figures = _summary_figures(_torchrun_cache(setup["cfg"], out))
     assert not list(out.glob("manifest.rank*.json"))
     assert _tree_sha256(out) == _tree_sha256(setup["cache"])  # manifest and every shard, byte for byte
+    # the summary describes the whole cache and every rank's build, not rank 0's half
+    assert {k: figures[k] for k in _figures_of(out)} == _figures_of(out)
+    assert figures["built"] == figures["samples"] == str(CacheReader(out).num_samples)
+
+
+@pytest.mark.slow
+def test_torchrun_resumed_build_counts_the_shard_another_rank_rebuilt(setup):
+    """Shard 1 (samples 8..15) is rank 1's of 2: rebuilt by rank 1 alone, yet rank 0's summary counts it
+    (it used to say "0 built now" and "nothing left to build")."""
+    out = _damaged_copy(setup, "cache-2proc-resumed")
+    (out / "shard-00001.bin").unlink()
+    figures = _summary_figures(_torchrun_cache(setup["cfg"], out))
+    assert _tree_sha256(out) == _tree_sha256(setup["cache"])
+    assert {k: figures[k] for k in _figures_of(out)} == _figures_of(out)
+    assert figures["built"] == "8" and float(figures["throughput"]) > 0
+
+
+def test_job_figures_add_up_the_ranks():
+    """Built samples add up, the wall time is the slowest rank's, both throughputs are wall-clock ones over
+    the same split of samples; a rank with nothing to build has no forward timing; one rank: its own."""
+    from ekd.teacher.cache.build import job_figures
+
+    def rank(built, seconds, forward, load=None, cores=2):
+        return {"built": built, "positions": 10 * built, "seconds": seconds, "forward": forward}, load, cores
+
+    def figures(*ranks):
+        return job_figures([{**r, "load": load, "cores": cores} for r, load, cores in ranks])
+
+    one = figures(rank(40, 2.0, 50.0, 0.5))
+    assert one["samples_built"] == 40 and one["build_seconds"] == 2.0 and one["build_throughput"] == 20.0
+    assert one["forward_throughput"] == pytest.approx(50.0) and one["throughput_ratio"] == pytest.approx(0.4)
+    two = figures(rank(40, 2.0, 50.0, 0.5), rank(38, 2.5, 40.0, 3.0))
+    assert (two["samples_built"], two["positions_built"], two["build_seconds"]) == (78, 780, 2.5)
+    assert two["build_throughput"] == pytest.approx(78 / 2.5)
+    assert two["forward_throughput"] == pytest.approx(78 / max(40 / 50, 38 / 40))
+    assert two["throughput_ratio"] == pytest.approx(two["build_throughput"] / two["forward_throughput"])
+    assert (two["load_at_start"], two["cores"]) == (3.0, 2)  # the busiest machine's
+    resumed = figures(rank(0, 0.01, None), rank(8, 0.2, 80.0))
+    assert resumed["samples_built"] == 8 and resumed["build_throughput"] == pytest.approx(40.0)
+    assert resumed["forward_throughput"] == pytest.approx(80.0) and resumed[
+        "throughput_ratio"
+    ] == pytest.approx(0.5)
+    done = figures(rank(0, 0.0, None), rank(0, 0.0, None))
+    assert (
+        done["samples_built"] == 0 and done["build_throughput"] is None and done["throughput_ratio"] is None
+    )
+    unmeasured = figures(rank(4, 1.0, None), rank(4, 1.0, None))  # measure_forward=False
+    assert unmeasured["build_throughput"] == 8.0 and unmeasured["forward_throughput"] is None
 
 
 def test_cache_demo_config_validates(capsys):

@@ -170,6 +170,38 @@ def test_verify_names_each_damage_in_one_line(cache, capsys, damage, message):
     unchanged(before, cache)
 
 
+@pytest.mark.parametrize(
+    "damaged, offset",
+    [("shard-00000.idx", 32), ("shard-00000.idx", 200), ("shard-00000.bin", 100)],
+    ids=["idx-entry-read", "idx-entry-unread", "bin-record"],
+)
+def test_distill_from_a_damaged_cache_names_the_damaged_file(built, cache, capsys, damaged, offset):
+    """Byte 16 + 24·i + 16 of an .idx is sample i's record length (32: sample 0, read in the run's second
+    step; 200: sample 7, not read in its 3 steps): the record the entry points at fails its CRC-32, which the
+    reader used to blame on the .bin. Training names the file `ekd cache verify` names, in one line with the
+    fix, as soon as the shard is opened."""
+    _flip(cache / damaged, offset)
+    before = snapshot(cache)
+    rc, _, err = cli(capsys, "cache", "verify", cache)
+    assert f"{damaged} is corrupted (sha256 checksum mismatch)" in one_error_line(rc, err)
+    rc, _, err = cli(
+        capsys,
+        "distill",
+        built["config"],
+        f"teacher.cache_dir={cache}",
+        "teacher.source=cache",
+        f"run.output_dir={cache.parent / 'runs'}",
+    )
+    line = one_error_line(rc, err)
+    assert f"{damaged} is corrupted" in line and "run `ekd cache CONFIG` again" in line, line
+    other = damaged.replace(".idx", ".bin") if damaged.endswith(".idx") else damaged.replace(".bin", ".idx")
+    assert other not in line, line
+    unchanged(before, cache)
+    if damaged.endswith(".idx"):  # the index is checked whole: sample 0's intact entry is not trusted either
+        with pytest.raises(CacheError, match=r"shard-00000\.idx is corrupted \(sha256 checksum mismatch\)"):
+            CacheReader(cache).get(0)
+
+
 def test_verify_notices_a_same_size_shard_edit(cache, capsys):
     """The case of the issue: bytes changed in place, sizes equal."""
     path = cache / "shard-00000.bin"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,7 +38,7 @@ from ekd.teacher.cache.manifest import assemble_manifest, check_cache_directory
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
 from ekd.teacher.cache.writer import CacheWriter
-from ekd.train.distributed import distributed
+from ekd.train.distributed import Ranks, distributed
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,18 @@ FORWARD_PROBE_BATCHES = 16  # batches timed for the forward-only reference throu
 
 @dataclass
 class BuildResult:
-    """What a build did on this rank. Throughputs are samples per second.
+    """What a build did, all ranks together: under ``torchrun`` every rank returns the same figures, those of
+    the whole job (:func:`job_figures`), never its own share. Throughputs are samples per second.
 
-    ``throughput_ratio`` = build throughput / forward-only throughput (the teacher's plain forward pass,
-    full logits, on the first built batches); None when nothing was left to build. The two are timed one
-    after the other, so other work on the machine skews the ratio: ``load_at_start`` is the 1-minute load
-    average before the build began (None where the platform has none) and ``cores`` the CPUs it may use.
+    ``samples_built`` and ``positions_built`` are summed over ranks (what this run computed: 0 for a finished
+    cache, the unfinished shards' samples for a resumed build); ``build_seconds`` is the build loop's wall time
+    (the slowest rank's: the ranks run side by side). ``build_throughput`` = samples_built / build_seconds;
+    ``forward_throughput``: the same samples, split across the ranks alike, through the teacher's plain forward
+    pass (full logits, each rank timed on its first built batches); ``throughput_ratio`` = build / forward-only
+    throughput. None when nothing was left to build. The two are timed one after the other, so other work on
+    the machine skews the ratio: ``load_at_start`` is the 1-minute load average before the build began (None
+    where the platform has none) and ``cores`` the CPUs it may use, of the rank whose machine was the busiest
+    (highest load per core).
     """
 
     directory: Path
@@ -150,6 +157,51 @@ def forward_throughput(
     return samples / max(time.perf_counter() - t0, 1e-9)
 
 
+def job_figures(per_rank: list[dict]) -> dict:
+    """The whole job's build figures from every rank's own, in rank order.
+
+    Args:
+        per_rank: one dict per rank: ``built`` samples and ``positions`` it computed, the ``seconds`` of its
+            build loop, its ``forward`` throughput (samples/s of its teacher's plain forward pass; None if not
+            measured), the ``load`` average before the build (None where unknown) and its ``cores``.
+
+    Returns:
+        The :class:`BuildResult` fields ``samples_built``, ``positions_built``, ``build_seconds``,
+        ``build_throughput``, ``forward_throughput``, ``throughput_ratio``, ``load_at_start`` and ``cores``.
+        Both throughputs are wall-clock ones over the same samples split alike: Σ built / the slowest rank's
+        time, the forward-only time of a rank being its built samples / its forward throughput. One rank: its
+        own figures.
+    """
+    built = sum(r["built"] for r in per_rank)
+    seconds = max(r["seconds"] for r in per_rank)
+    build_tp = built / max(seconds, 1e-9) if built else None
+    working = [r for r in per_rank if r["built"]]  # ranks with nothing left to build have no forward timing
+    forward_tp = None
+    if working and all(r["forward"] for r in working):
+        forward_seconds = max(r["built"] / r["forward"] for r in working)  # the slowest rank, forward-only
+        forward_tp = built / max(forward_seconds, 1e-9)
+    busiest = max(per_rank, key=lambda r: -1.0 if r["load"] is None else r["load"] / max(r["cores"], 1))
+    return {
+        "samples_built": built,
+        "positions_built": sum(r["positions"] for r in per_rank),
+        "build_seconds": seconds,
+        "build_throughput": build_tp,
+        "forward_throughput": forward_tp,
+        "throughput_ratio": build_tp / forward_tp if build_tp and forward_tp else None,
+        "load_at_start": busiest["load"],
+        "cores": busiest["cores"],
+    }
+
+
+def _gather(figures: dict, ranks: Ranks) -> list[dict]:
+    """Every rank's ``figures`` (plain numbers), in rank order, on every rank (through the host group)."""
+    if ranks.world_size == 1:
+        return [figures]
+    everyone: list = [None] * ranks.world_size
+    dist.all_gather_object(everyone, figures, group=ranks.host)
+    return everyone
+
+
 def _prepare_data(cfg: Config, directory: Path):
     """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
     (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one."""
@@ -185,7 +237,8 @@ def build_cache(
 def run_build(
     cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True
 ) -> BuildResult:
-    """:func:`build_cache` returning this rank's figures (built samples, throughput vs forward-only)."""
+    """:func:`build_cache` returning the build's figures, all ranks together (built samples, throughput vs
+    forward-only): a collective under ``torchrun``."""
     stat_format = stat_format or cfg.teacher.cache_stat_format
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
@@ -254,26 +307,28 @@ def run_build(
             )
 
         built = len(pending)
-        build_tp = built / max(build_seconds, 1e-9) if built else None
         forward_tp = None
         if built and measure_forward:
             probe = [
                 collate(blocks, torch.tensor(ids)).to(device) for ids in id_batches[:FORWARD_PROBE_BATCHES]
             ]
             forward_tp = forward_throughput(teacher, probe, amp, device)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        mine = {
+            "built": built,
+            "positions": positions_built,
+            "seconds": build_seconds,
+            "forward": forward_tp,
+            "load": load_at_start,
+            "cores": cores,
+        }
+        # each rank built its own shards: the result (and the summary rank 0 prints) counts them all
         result = BuildResult(
             directory=directory,
             rank=ranks.rank,
             world_size=ranks.world_size,
             samples_total=len(blocks),
-            samples_built=built,
-            positions_built=positions_built,
-            build_seconds=build_seconds,
-            build_throughput=build_tp,
-            forward_throughput=forward_tp,
-            throughput_ratio=build_tp / forward_tp if build_tp and forward_tp else None,
-            load_at_start=load_at_start,
-            cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+            **job_figures(_gather(mine, ranks)),
         )
     log.info(
         "teacher cache %s: built %d of %d samples on rank %d/%d in %.1fs",
@@ -288,7 +343,8 @@ def run_build(
 
 
 def summary(result: BuildResult) -> dict:
-    """The figures ``ekd cache`` prints: the cache's sizes (from its manifest) and the build's throughput."""
+    """The figures ``ekd cache`` prints: the whole cache's sizes (from its manifest, which under ``torchrun``
+    rank 0 assembled from every rank's before this is called) and the build's figures, all ranks together."""
     info = CacheReader(result.directory).info()
     return {
         "directory": str(result.directory),
@@ -309,4 +365,12 @@ def summary(result: BuildResult) -> dict:
     }
 
 
-__all__ = ["BuildResult", "build_cache", "forward_throughput", "run_build", "summary", "write_batches"]
+__all__ = [
+    "BuildResult",
+    "build_cache",
+    "forward_throughput",
+    "job_figures",
+    "run_build",
+    "summary",
+    "write_batches",
+]

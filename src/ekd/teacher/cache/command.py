@@ -43,6 +43,8 @@ def format_info(info: dict) -> str:
 
 
 def format_summary(s: dict) -> str:
+    """``build.summary()`` as the lines ``ekd cache`` prints (once, on rank 0): the whole cache's sizes and the
+    build's samples, seconds and throughput, all ranks together."""
     ratio = s["throughput_ratio"]
     build = s["build_samples_per_s"]
     throughput = (

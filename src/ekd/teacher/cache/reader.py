@@ -1,10 +1,12 @@
 """CacheReader: O(1) random access to cached teacher data through memory maps; verify; info.
 
 ``get(sample_id)`` maps the shard's ``.idx`` and ``.bin`` files (``numpy.memmap``, a bounded number kept
-open), looks the record up by its fixed-width index entry, checks its CRC-32 and decodes it — only the
-record's own pages are read. ``batch`` lays a micro-batch out as the training step wants it: (B, T)
-statistics, the (B, T) mask of cached positions and one SparseTarget for the cached positions in flat
-(b·T + t) order, padded in memory only.
+open) — the small ``.idx`` (24 B per sample) checked whole against the manifest's sha256 when it is mapped —
+looks the record up by its fixed-width index entry, checks its CRC-32 and decodes it — only the record's
+own pages of the ``.bin`` are read. A damaged ``.idx`` (an entry pointing at the wrong bytes) is thus named
+as such, never reported as a CRC failure of the ``.bin``. ``batch`` lays a micro-batch out as the training
+step wants it: (B, T) statistics, the (B, T) mask of cached positions and one SparseTarget for the cached
+positions in flat (b·T + t) order, padded in memory only.
 """
 
 from __future__ import annotations
@@ -155,7 +157,12 @@ class CacheReader:
     # ------------------------------------------------------------ shard access
 
     def _open(self, k: int) -> tuple[np.ndarray, np.memmap]:
-        """(index entries, .bin memmap) of shard k, size-checked; LRU-cached."""
+        """(index entries (n,) of IDX_DTYPE, .bin memmap) of shard k, size- and .idx-sha256-checked; LRU-cached.
+
+        Raises:
+            CacheError: a shard file missing, of the wrong size or unreadable, or its ``.idx`` corrupted
+                (sha256 not the manifest's, or a bad header); one line naming the file and the fix.
+        """
         if k in self._maps:
             self._maps.move_to_end(k)
             return self._maps[k]
@@ -173,12 +180,19 @@ class CacheReader:
         for ext, p in paths.items():
             if (problem := _size_problem(p, entry[f"{ext}_bytes"])) is not None:
                 raise CacheError(f"{problem}{self._repair}")
-        with open(paths["idx"], "rb") as f:
-            header = f.read(IDX_HEADER_BYTES)
-        count = struct.unpack("<Q", header[8:16])[0] if header[:8] == IDX_MAGIC else -1
-        if count != entry["samples"]:
+        # the index says where each record lies: a damaged entry would point the CRC-32 check at the wrong
+        # bytes and blame the .bin, so the whole .idx (small) is checked before any entry is trusted; the
+        # mapped bytes are hashed and then read as entries, so the bytes checked are the bytes used
+        if entry["idx_bytes"] < IDX_HEADER_BYTES:  # an old unsealed manifest; np.memmap refuses empty files
             raise CacheError(f"{paths['idx'].name} has a bad header{self._repair}")
-        index = np.memmap(paths["idx"], dtype=IDX_DTYPE, mode="r", offset=IDX_HEADER_BYTES, shape=(count,))
+        raw = np.memmap(paths["idx"], dtype=np.uint8, mode="r")  # (16 + 24·n,) header, then n entries
+        if hashlib.sha256(raw).hexdigest() != entry["idx_sha256"]:
+            raise CacheError(f"{paths['idx'].name} is corrupted (sha256 checksum mismatch){self._repair}")
+        header = bytes(raw[:IDX_HEADER_BYTES])
+        count = struct.unpack("<Q", header[8:16])[0] if header[:8] == IDX_MAGIC else -1
+        if count != entry["samples"] or raw.size != IDX_HEADER_BYTES + count * IDX_DTYPE.itemsize:
+            raise CacheError(f"{paths['idx'].name} has a bad header{self._repair}")
+        index = raw[IDX_HEADER_BYTES:].view(IDX_DTYPE)  # (n,) entries
         data = np.memmap(paths["bin"], dtype=np.uint8, mode="r")
         self._maps[k] = (index, data)
         if len(self._maps) > self._max_open:
