@@ -74,9 +74,14 @@ def test_two_ranks_equal_one_process(tmp_path):
     mismatches = []
     for name in METHODS:
         a, b = tmp_path / "runs" / f"single-{name}", tmp_path / "runs" / f"ddp-{name}"
-        for key in ("train/loss", "train/kd", "train/grad_norm"):  # grad norm: DDP sums, never averages
+        # grad norm: DDP sums, never averages; tokens: the job's count (tokens/s is the job's rate, not a rank's)
+        for key in ("train/loss", "train/kd", "train/grad_norm", "train/tokens"):
             one, two = torch.tensor(_metrics(a, key)), torch.tensor(_metrics(b, key))
-            if one.shape != two.shape or not torch.allclose(two, one, rtol=1e-5, atol=1e-8):
+            if (
+                one.numel() == 0
+                or one.shape != two.shape
+                or not torch.allclose(two, one, rtol=1e-5, atol=1e-8)
+            ):
                 mismatches.append((name, key, one.tolist(), two.tolist()))
         wa = AutoModelForCausalLM.from_pretrained(a / "student").state_dict()
         wb = AutoModelForCausalLM.from_pretrained(b / "student").state_dict()

@@ -341,13 +341,14 @@ def _train(
         loss_value, sums, kd_count, ce_count, feedback = forward_backward(
             micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
         )
-        tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
+        sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
         # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
         if not math.isfinite(loss_value):  # the global loss: every rank stops alike (rank 0 says why)
             stop(step, "loss")
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
+        tokens_seen += int(sums["tokens"])  # the job's tokens: train/tokens_per_s is not a rank's rate
         trainable = [p for _, p in params if p.grad is not None]
         grad_norm = clip_grad_norm(trainable, cfg.train.max_grad_norm)
         if not math.isfinite(grad_norm):  # the norm of the summed gradient: alike on every rank
@@ -686,7 +687,8 @@ def _step_metrics(
         "train/loss": loss,
         "train/lr": lr,
         "train/grad_norm": grad_norm,
-        "train/tokens_per_s": tokens_per_s,
+        "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
+        "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
         "train/kd": sums.get("kd_sum", 0.0) / kd_count,
         "train/ce": sums.get("ce_sum", 0.0) / ce_count,
         "train/kd_tokens": kd_count,  # the step's global count of KD rows (normalizer, at least 1)
