@@ -177,6 +177,74 @@ def test_task_datasets_draw_no_progress_bars_into_ekds_output(run, tmp_path, cap
     assert (fresh / "hf-cache").is_dir()  # the split was generated here, not reused
 
 
+TQDM_LIKE = ("%|", "it/s", "s/it", "Running loglikelihood", "Running generate_until", "Tokenizing", "\r")
+
+
+def _tiny_model_and_tasks(tmp_path):
+    """A random micro model and the tiny local MC + generation tasks (no distill run)."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([" ".join(WORDS)] * 4, 280, None)
+    model = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    rng = random.Random(1)
+    gen_rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(3)]
+    _write_task(tasks_dir, "tiny_gen", gen_rows, GEN_YAML)
+    return model, tok, tasks_dir
+
+
+def test_progress_off_silences_lm_evals_own_bars(tmp_path, capfd):
+    """log.progress=false: nothing tqdm-like from lm-eval ('Running loglikelihood requests: 100%|…',
+    'Tokenizing inputs', the per-task request bar) reaches stdout or stderr; they were ~100 of the 131 lines of
+    ``ekd demo --quick``. With progress on they show (so this test would see them), and the setting changes
+    neither a score nor a result's signature (the teacher's cached results stay valid either way)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from tqdm import std
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    init = vars(std.tqdm)["__init__"]
+    results = {}
+    for progress in (True, False):
+        settings = TaskSettings(
+            tasks=("tiny_mc", "tiny_gen"), tasks_dir=str(tasks_dir), max_new_tokens=2, progress=progress
+        )
+        capfd.readouterr()
+        results[progress] = run_tasks(model, tok, settings)
+        out, err = capfd.readouterr()
+        drawn = [m for m in TQDM_LIKE if m in out + err]
+        assert bool(drawn) == progress, (progress, drawn, err[-2000:])
+    assert vars(std.tqdm)["__init__"] is init  # tqdm is left as it was
+    for task in ("tiny_mc", "tiny_gen"):
+        assert results[True][task]["metrics"] == results[False][task]["metrics"]
+    on, off = (TaskSettings(tasks=("tiny_mc",), progress=p) for p in (True, False))
+    assert on.signature("tiny_mc") == off.signature("tiny_mc")
+
+
+def test_quiet_progress_bars_disables_every_tqdm_and_restores_it(capfd):
+    from tqdm import std
+    from tqdm.auto import tqdm as auto_tqdm
+
+    from ekd.log_level import quiet_progress_bars
+
+    init = vars(std.tqdm)["__init__"]
+    capfd.readouterr()
+    with quiet_progress_bars():
+        assert sum(std.tqdm(range(4), desc="explicit", disable=False)) == 6  # iterates, draws nothing
+        assert sum(auto_tqdm(range(4), desc="auto")) == 6
+        positional = std.tqdm(range(2), "positional", None, True, None, None, 0.1, 10.0, None, None, False)
+        assert positional.disable
+    assert "%|" not in capfd.readouterr().err
+    assert vars(std.tqdm)["__init__"] is init
+    with quiet_progress_bars(False):
+        list(std.tqdm(range(2), desc="shown"))
+    assert "shown" in capfd.readouterr().err
+
+
 def test_quiet_dataset_progress_restores_the_switch():
     pytest.importorskip("datasets")
     from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars

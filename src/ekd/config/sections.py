@@ -493,7 +493,7 @@ class LogConfig:
     tensorboard: bool = flag(True)
     """Also write TensorBoard events to ``tb/``."""
     progress: bool = flag(True)
-    """Show a progress bar."""
+    """Show progress bars: ekd's own and, while eval.tasks run, lm-eval's (false: none drawn)."""
     level: str = one_of("INFO", "DEBUG", "INFO", "WARNING", "ERROR", ignore_case=True)
     """Level of ekd's log lines: DEBUG, INFO, WARNING or ERROR (``ekd -q`` keeps at least WARNING)."""
     wandb_project: str = text("", what="a W&B project")

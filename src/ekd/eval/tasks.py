@@ -90,6 +90,7 @@ class TaskSettings:
     max_new_tokens: int = 0  # 0 = the task's own max_gen_toks (lm-eval's 256 when it sets none)
     chat_template: str = "auto"
     ece_bins: int = 15
+    progress: bool = True  # log.progress: lm-eval's own progress bars; changes no result (not in signature())
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:
@@ -121,14 +122,17 @@ class TaskSettings:
             max_new_tokens=e.tasks_max_new_tokens,
             chat_template=e.tasks_chat_template,
             ece_bins=e.ece_bins,
+            progress=cfg.log.progress,
         )
 
     def signature(self, task: str) -> dict[str, Any]:
         """What determines ``task``'s result besides the model: a cached result is reused only if equal.
 
-        The YAMLs of ``tasks_dir`` enter by content hash; the batch size does not (it changes no score).
+        The YAMLs of ``tasks_dir`` enter by content hash; the batch size and ``progress`` do not (they change
+        no score).
         """
-        sig = {k: v for k, v in asdict(self).items() if k not in ("tasks", "tasks_dir", "batch_size")}
+        ignored = ("tasks", "tasks_dir", "batch_size", "progress")
+        sig = {k: v for k, v in asdict(self).items() if k not in ignored}
         sig["task"] = task
         sig["tasks_dir_hash"] = _dir_hash(self.tasks_dir) if self.tasks_dir else ""
         sig["lm_eval"] = _lm_eval_version()
@@ -246,16 +250,17 @@ def _dataset_of(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_lm_eval() -> Iterator[None]:
+def _quiet_lm_eval(progress: bool) -> Iterator[None]:
     """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
-    ``datasets`` progress bars; keep ekd's output readable."""
-    from ekd.log_level import quiet_dataset_progress
+    ``datasets`` progress bars; keep ekd's output readable. Without ``progress`` (``log.progress=false``)
+    lm-eval's own request bars are off too (:func:`ekd.log_level.quiet_progress_bars`)."""
+    from ekd.log_level import quiet_dataset_progress, quiet_progress_bars
 
     logger = logging.getLogger("lm_eval")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with quiet_dataset_progress():
+        with quiet_dataset_progress(), quiet_progress_bars(not progress):
             yield
     finally:
         logger.setLevel(previous)
@@ -311,7 +316,7 @@ def run_tasks(
     from lm_eval.models.huggingface import HFLM
 
     out: dict[str, dict[str, Any]] = {}
-    with _quiet_lm_eval(), _restore_mode(model):
+    with _quiet_lm_eval(settings.progress), _restore_mode(model):
         manager = task_manager(settings.tasks, settings.tasks_dir)
         offline = offline_unless_reachable("eval.tasks") if _reads_the_hub(manager, settings.tasks) else ""
         lm = HFLM(
