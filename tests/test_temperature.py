@@ -137,8 +137,14 @@ def test_temperatures_are_detached_and_per_selected_row():
         (dict(temperature="constant", kd_temperature=1e-9), "method.kd_temperature"),
         (dict(temperature="constant", kd_temperature=1e3), "method.kd_temperature"),
         (dict(temperature="schedule", kd_temperature=2.0, temperature_end=0.01), "method.temperature_end"),
-        (dict(temperature="entropy_map", entropy_tau_min=0.05, entropy_tau_max=2.0), "method.entropy_tau_min"),
-        (dict(temperature="entropy_map", entropy_tau_min=1.0, entropy_tau_max=101.0), "method.entropy_tau_max"),
+        (
+            dict(temperature="entropy_map", entropy_tau_min=0.05, entropy_tau_max=2.0),
+            "method.entropy_tau_min",
+        ),
+        (
+            dict(temperature="entropy_map", entropy_tau_min=1.0, entropy_tau_max=101.0),
+            "method.entropy_tau_max",
+        ),
         (dict(temperature="idts", kd_temperature=1.0, idts_strength=2.4), "method.idts_strength"),
         (dict(temperature="idts", kd_temperature=50.0, idts_strength=1.0), "method.idts_strength"),
         (dict(temperature="idts", kd_temperature=1.0, idts_strength=math.nan), "method.idts_strength"),

@@ -87,4 +87,3 @@ def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
         yield
     finally:
         std.tqdm.__init__ = original
-
