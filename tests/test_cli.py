@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -87,6 +88,40 @@ def test_bad_input_gives_one_clear_line(tmp_path, corpus, capsys, overrides, mes
     config = _config_file(tmp_path, corpus, "bad")
     assert main(["distill", config, *overrides]) == 2
     assert message in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("method.kd_temperature=1e-9", "method.kd_temperature"),
+        ("method.kd_temperature=0", "method.kd_temperature"),
+        ("method.kd_temperature=1000", "method.kd_temperature"),
+        ("method.temperature_end=0.01", "method.temperature_end"),
+        ("method.entropy_tau_max=500", "method.entropy_tau_max"),
+        ("method.rs_proposal_power=1e-9", "method.rs_proposal_power"),
+    ],
+)
+def test_a_kd_temperature_outside_its_range_is_one_line(tmp_path, corpus, capsys, override, key):
+    """τ = 1e-9 trained silently on a KD loss of ~4e-10 (τ² makes the term vanish): refused before training,
+    in one line naming the key, the value, the range and why."""
+    config = _config_file(tmp_path, corpus, "tau")
+    assert main(["distill", config, override]) == 2
+    line = _error_line(capsys)
+    value = override.split("=")[1]
+    assert key in line and ("fades" in line or "inverse temperature" in line), line  # the why
+    assert ("≥ 0.1 and ≤ 100" in line or "≥ 0.01 and ≤ 10" in line) and f"got {float(value)}" in line, line
+    assert not (tmp_path / "runs" / "tau").exists()  # nothing was made
+
+
+@pytest.mark.parametrize("tau", ["0.1", "100"])
+def test_the_kd_temperature_range_edges_train(tmp_path, corpus, tau):
+    """The range's edges are accepted and train to a finite loss with a KD term that does not vanish."""
+    from tiny import loss_curve
+
+    config = _config_file(tmp_path, corpus, "edge")
+    assert main(["distill", config, f"method.kd_temperature={tau}", "train.max_steps=2"]) == 0
+    losses = loss_curve(tmp_path / "runs" / "edge")
+    assert losses and all(math.isfinite(v) and v > 1e-4 for v in losses.values()), losses
 
 
 def _save_model_with_tokenizer(path, texts, vocab):

@@ -296,3 +296,13 @@ def test_model_revision_reaches_student_and_tokenizer(monkeypatch, tmp_path):
     with pytest.raises(ConfigError):
         prepare.load_student(cfg, Data(), None)
     assert seen[-1] == ("student", "v1")
+
+
+def test_idts_per_token_taus_must_stay_in_the_kd_range(capsys):
+    """IDTS spans τ_base·(e^−c, e^c): a strength that takes it outside [0.1, 100] is one line with the largest
+    c allowed at that τ_base; the widest allowed one passes."""
+    assert main(["config", "show", "method=adakd", "method.idts_strength=3"]) == 2
+    line = _one_error_line(capsys)
+    assert "method.idts_strength=3 with method.kd_temperature=1" in line and "0.0498 to 20.1" in line, line
+    assert "use method.idts_strength ≤ 2.302" in line, line
+    assert main(["config", "show", "method=adakd", "method.idts_strength=2.302"]) == 0

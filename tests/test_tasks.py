@@ -177,6 +177,74 @@ def test_task_datasets_draw_no_progress_bars_into_ekds_output(run, tmp_path, cap
     assert (fresh / "hf-cache").is_dir()  # the split was generated here, not reused
 
 
+TQDM_LIKE = ("%|", "it/s", "s/it", "Running loglikelihood", "Running generate_until", "Tokenizing", "\r")
+
+
+def _tiny_model_and_tasks(tmp_path):
+    """A random micro model and the tiny local MC + generation tasks (no distill run)."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([" ".join(WORDS)] * 4, 280, None)
+    model = build_preset("llama-micro", len(tok), tok.eos_token_id)
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    rng = random.Random(1)
+    gen_rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(3)]
+    _write_task(tasks_dir, "tiny_gen", gen_rows, GEN_YAML)
+    return model, tok, tasks_dir
+
+
+def test_progress_off_silences_lm_evals_own_bars(tmp_path, capfd):
+    """log.progress=false: nothing tqdm-like from lm-eval ('Running loglikelihood requests: 100%|…',
+    'Tokenizing inputs', the per-task request bar) reaches stdout or stderr; they were ~100 of the 131 lines of
+    ``ekd demo --quick``. With progress on they show (so this test would see them), and the setting changes
+    neither a score nor a result's signature (the teacher's cached results stay valid either way)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from tqdm import std
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    init = vars(std.tqdm)["__init__"]
+    results = {}
+    for progress in (True, False):
+        settings = TaskSettings(
+            tasks=("tiny_mc", "tiny_gen"), tasks_dir=str(tasks_dir), max_new_tokens=2, progress=progress
+        )
+        capfd.readouterr()
+        results[progress] = run_tasks(model, tok, settings)
+        out, err = capfd.readouterr()
+        drawn = [m for m in TQDM_LIKE if m in out + err]
+        assert bool(drawn) == progress, (progress, drawn, err[-2000:])
+    assert vars(std.tqdm)["__init__"] is init  # tqdm is left as it was
+    for task in ("tiny_mc", "tiny_gen"):
+        assert results[True][task]["metrics"] == results[False][task]["metrics"]
+    on, off = (TaskSettings(tasks=("tiny_mc",), progress=p) for p in (True, False))
+    assert on.signature("tiny_mc") == off.signature("tiny_mc")
+
+
+def test_quiet_progress_bars_disables_every_tqdm_and_restores_it(capfd):
+    from tqdm import std
+    from tqdm.auto import tqdm as auto_tqdm
+
+    from ekd.log_level import quiet_progress_bars
+
+    init = vars(std.tqdm)["__init__"]
+    capfd.readouterr()
+    with quiet_progress_bars():
+        assert sum(std.tqdm(range(4), desc="explicit", disable=False)) == 6  # iterates, draws nothing
+        assert sum(auto_tqdm(range(4), desc="auto")) == 6
+        positional = std.tqdm(range(2), "positional", None, True, None, None, 0.1, 10.0, None, None, False)
+        assert positional.disable
+    assert "%|" not in capfd.readouterr().err
+    assert vars(std.tqdm)["__init__"] is init
+    with quiet_progress_bars(False):
+        list(std.tqdm(range(2), desc="shown"))
+    assert "shown" in capfd.readouterr().err
+
+
 def test_quiet_dataset_progress_restores_the_switch():
     pytest.importorskip("datasets")
     from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -327,6 +395,81 @@ def test_every_task_whose_dataset_is_missing_is_named_at_once(hub_unreachable, m
         in message
     )
     assert "which are not in the datasets cache" in message and "fetch them once" in message, message
+
+
+def test_a_missing_hub_dataset_is_refused_before_any_task_runs(hub_unreachable, monkeypatch, tmp_path):
+    """--tasks local,hub without network: the hub task's missing dataset (also one a group reaches) is named
+    before the local task is built or evaluated (the local task ran in full, then the hub one failed)."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import lm_eval.evaluator
+    from lm_eval.api.task import ConfigurableTask
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    _hub_task(tasks_dir)
+    _hub_task(tasks_dir, "hub_mc2", "someorg/another-dataset")
+    (tasks_dir / "hub_group.yaml").write_text("group: hub_group\ntask:\n  - tiny_gen\n  - hub_mc2\n")
+    ran = []
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", lambda **kw: ran.append("evaluate"))
+    real_init = ConfigurableTask.__init__
+    monkeypatch.setattr(
+        ConfigurableTask, "__init__", lambda *a, **kw: ran.append("build") or real_init(*a, **kw)
+    )
+    tasks = ("tiny_mc", "hub_mc", "hub_group")
+    with pytest.raises(EkdError) as e:
+        run_tasks(model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), progress=False))
+    message = str(e.value)
+    assert "\n" not in message, message
+    expected = f"task 'hub_mc' reads the dataset '{HUB_DATASET}', 'hub_group' reads 'someorg/another-dataset'"
+    assert expected in message and "127.0.0.1 cannot be reached" in message, message
+    assert ran == []  # no task built, none evaluated
+
+
+def test_distill_refuses_a_missing_hub_task_dataset_before_training(hub_unreachable, tmp_path, capsys):
+    """eval.tasks runs after training: its missing hub dataset is one line before the first step, not after."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from hostile import one_error_line
+
+    _hub_task(tmp_path / "tasks")
+    cfg = config_file(tmp_path, write_corpus(tmp_path / "corpus"), "hub")
+    rc = main(["distill", cfg, "eval.tasks=[hub_mc]", f"eval.tasks_dir={tmp_path / 'tasks'}"])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert f"task 'hub_mc' reads the dataset '{HUB_DATASET}'" in line, line
+    assert not (tmp_path / "runs" / "hub" / "metrics.jsonl").exists()  # no step was trained
+
+
+def test_the_availability_probe_changes_no_result(monkeypatch, tmp_path):
+    """The probe reads task configs and asks ``datasets`` for each hub dataset's builder: it builds no lm-eval
+    task and draws no random number, so --tasks a,b scores exactly as without it. Here the probe is made to
+    treat both local tasks as hub datasets (so it runs for them) and the results match a run without it."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import numpy as np
+
+    from ekd.eval import tasks as tasks_mod
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    settings = TaskSettings(tasks=("tiny_mc", "tiny_gen"), tasks_dir=str(tasks_dir), max_new_tokens=2)
+    plain = run_tasks(model, tok, settings)
+
+    probed = []
+    real_not_cached = tasks_mod._not_cached
+    monkeypatch.setattr(tasks_mod, "_reads_the_hub", lambda manager, tasks: True)
+    monkeypatch.setattr(tasks_mod, "offline_unless_reachable", lambda key: "offline for the test")
+    monkeypatch.setattr(tasks_mod, "_hub_dataset", lambda cfg: (cfg["dataset_path"], ""))
+    monkeypatch.setattr(tasks_mod, "_not_cached", lambda *a: probed.append(a[0]) or real_not_cached(*a))
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    manager = tasks_mod.task_manager(settings.tasks, settings.tasks_dir)
+    assert tasks_mod.missing_hub_datasets(manager, settings.tasks) == []
+    assert random.getstate() == states[0] and (np.random.get_state()[1] == states[1]).all()
+    assert torch.equal(torch.get_rng_state(), states[2])
+    with_probe = run_tasks(model, tok, settings)
+    assert probed == ["json", "json", "json", "json"]  # both tasks probed, in both calls
+    for task in settings.tasks:
+        assert {k: v for k, v in with_probe[task].items() if k != "wall_s"} == {
+            k: v for k, v in plain[task].items() if k != "wall_s"
+        }
 
 
 @pytest.mark.slow

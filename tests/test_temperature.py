@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -128,3 +129,49 @@ def test_temperatures_are_detached_and_per_selected_row():
         assert tau.shape == (sel.count,) and tau.dtype == torch.float32 and not tau.requires_grad, name
         assert torch.all(tau > 0)
         assert isinstance(build(temperature=name).state_dict(), dict)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        (dict(temperature="constant", kd_temperature=1e-9), "method.kd_temperature"),
+        (dict(temperature="constant", kd_temperature=1e3), "method.kd_temperature"),
+        (dict(temperature="schedule", kd_temperature=2.0, temperature_end=0.01), "method.temperature_end"),
+        (
+            dict(temperature="entropy_map", entropy_tau_min=0.05, entropy_tau_max=2.0),
+            "method.entropy_tau_min",
+        ),
+        (
+            dict(temperature="entropy_map", entropy_tau_min=1.0, entropy_tau_max=101.0),
+            "method.entropy_tau_max",
+        ),
+        (dict(temperature="idts", kd_temperature=1.0, idts_strength=2.4), "method.idts_strength"),
+        (dict(temperature="idts", kd_temperature=50.0, idts_strength=1.0), "method.idts_strength"),
+        (dict(temperature="idts", kd_temperature=1.0, idts_strength=math.nan), "method.idts_strength"),
+    ],
+)
+def test_every_policy_refuses_a_tau_outside_the_kd_range(kw, key):
+    """A policy built without config validation (library use) refuses τ outside [0.1, 100] as the config does:
+    τ = 1e-9 trained on a KD loss of ~4e-10, i.e. learned nothing from the teacher."""
+    from ekd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(key)) as e:
+        build(**kw)
+    assert "0.1" in str(e.value) and "100" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("lo_hi", [(0.1, 0.1), (100.0, 100.0)])
+def test_the_kd_range_edges_are_accepted_by_every_policy(lo_hi):
+    lo, hi = lo_hi
+    sel, stats, valid = case()
+    for kw in (
+        dict(temperature="constant", kd_temperature=lo),
+        dict(temperature="schedule", kd_temperature=lo, temperature_end=hi),
+        dict(temperature="entropy_map", entropy_tau_min=lo, entropy_tau_max=hi),
+        dict(temperature="idts", kd_temperature=lo, idts_strength=0.0),
+    ):
+        tau = build(**kw)(sel, stats, valid, ctx(step=50))
+        assert torch.all((tau >= lo * (1 - 1e-6)) & (tau <= hi * (1 + 1e-6))), kw
+    # IDTS at its widest: c = ln 10 around τ_base = 1 reaches 0.1 and 10 (ŝ = ±1 once tanh saturates)
+    tau = build(temperature="idts", kd_temperature=1.0, idts_strength=math.log(10))(sel, stats, valid, ctx())
+    assert tau.min() >= 0.1 * (1 - 1e-6) and tau.max() <= 10 * (1 + 1e-6)

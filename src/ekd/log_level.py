@@ -7,6 +7,7 @@ config; ``ekd -q`` sets a floor of WARNING that the config cannot lower.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator
 
@@ -53,3 +54,36 @@ def quiet_dataset_progress() -> Iterator[None]:
     finally:
         if change:
             enable_progress_bars()
+
+
+@contextlib.contextmanager
+def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """``log.progress=false`` for libraries that draw their own tqdm bars with no switch to turn them off
+    (lm-eval: "Running loglikelihood requests", "Tokenizing inputs" and its per-task request bar, which
+    ``lm_eval.evaluator.evaluate`` gives no way to disable): while inside, every tqdm bar made in this process
+    is created disabled (it still iterates and counts, it draws nothing). Afterwards tqdm is as it was.
+
+    Args:
+        quiet: False does nothing (the bars show, as ``log.progress=true`` asks).
+    """
+    if not quiet:
+        yield
+        return
+    from tqdm import std
+
+    original = vars(std.tqdm)["__init__"]  # tqdm wraps it (env-var defaults): restore the object itself
+    init = std.tqdm.__init__
+    at = list(inspect.signature(init).parameters).index("disable") - 1  # its index in *args (after self)
+
+    def disabled_init(self, *args, **kwargs):  # subclasses (tqdm.auto, datasets', hub's) call it via super()
+        if len(args) > at:
+            args = (*args[:at], True, *args[at + 1 :])
+        else:
+            kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = disabled_init
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original

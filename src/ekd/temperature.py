@@ -8,7 +8,9 @@ it reads (teacher entropy, Hellinger distance) are statistics at τ=1.
     tau = temperature(selection, stats, valid, ctx)          # (M,)
 
 Policies: ``constant`` τ; ``schedule`` (hold τ0, then linear to τ1); ``idts`` (AdaKD, verified);
-``entropy_map`` (EGAD, unverified form).
+``entropy_map`` (EGAD, unverified form). Every τ_i they can produce lies within
+[``TAU_MIN``, ``TAU_MAX``] = [0.1, 100] (``ekd.config.rules.KD_TAU``: why): the config keys that set or bound
+τ are declared with that rule, and IDTS's τ_base·e^(±c) is checked against it (:func:`check_idts_range`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ekd.config.rules import KD_TAU, TAU_MAX, TAU_MIN
 from ekd.errors import ConfigError
 from ekd.registry import Registry
 from ekd.selection.base import StepContext
@@ -81,8 +84,7 @@ class ConstantTemperature(TemperaturePolicy):
     def __init__(self, cfg: Any, total_steps: int):
         super().__init__(cfg, total_steps)
         self.tau = float(cfg.kd_temperature)
-        if self.tau <= 0:
-            raise ConfigError(f"method.kd_temperature must be > 0, got {self.tau}")
+        KD_TAU.check("method.kd_temperature", self.tau)
 
     def compute(
         self, selection: Selection, stats: Mapping[str, Tensor], valid: Tensor, ctx: StepContext
@@ -101,8 +103,8 @@ class ScheduledTemperature(TemperaturePolicy):
         self.start, self.end = float(cfg.kd_temperature), float(cfg.temperature_end)
         self.hold = float(cfg.temperature_hold_fraction)
         self.total_steps = max(1, int(total_steps))
-        if self.start <= 0 or self.end <= 0:
-            raise ConfigError("method.kd_temperature and method.temperature_end must be > 0")
+        KD_TAU.check("method.kd_temperature", self.start)
+        KD_TAU.check("method.temperature_end", self.end)  # τ between τ0 and τ1 is then in range too
         if not 0.0 <= self.hold <= 1.0:
             raise ConfigError(f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}")
         self._tau: float | None = None
@@ -123,6 +125,24 @@ class ScheduledTemperature(TemperaturePolicy):
         return {} if self._tau is None else {"select/tau_schedule": self._tau}
 
 
+def check_idts_range(base: float, strength: float) -> None:
+    """IDTS's τ_i = τ_base·exp(−c·ŝ_i), ŝ_i ∈ (−1, 1), spans τ_base·(e^−c, e^c) (tanh saturates, so both ends
+    are reached in fp32): both ends must lie within [``TAU_MIN``, ``TAU_MAX``], the range of every KD τ.
+
+    Raises:
+        ConfigError: one line naming ``method.idts_strength``, the τ range it gives and the largest c allowed.
+    """
+    KD_TAU.check("method.kd_temperature", base)
+    lo, hi = base * math.exp(-strength), base * math.exp(strength)
+    if not (lo >= TAU_MIN * (1 - 1e-9) and hi <= TAU_MAX * (1 + 1e-9)):  # NaN c fails too
+        c_max = math.floor(min(math.log(base / TAU_MIN), math.log(TAU_MAX / base)) * 1000) / 1000
+        raise ConfigError(
+            f"method.idts_strength={strength:g} with method.kd_temperature={base:g} gives per-token τ from "
+            f"{lo:.3g} to {hi:.3g} (τ_base·e^±c), outside {TAU_MIN:g}–{TAU_MAX:g} ({KD_TAU.why}); use "
+            f"method.idts_strength ≤ {c_max:g} at this τ_base"
+        )
+
+
 class InverseDifficultyTemperature(TemperaturePolicy):
     """IDTS — Inverse Difficulty Temperature Scaling (AdaKD, arXiv 2510.11615; verified, paper + code).
 
@@ -141,6 +161,7 @@ class InverseDifficultyTemperature(TemperaturePolicy):
         super().__init__(cfg, total_steps)
         self.base = float(cfg.kd_temperature)
         self.strength = float(cfg.idts_strength)
+        check_idts_range(self.base, self.strength)
         self._median: Tensor | None = None
 
     def compute(
@@ -174,8 +195,12 @@ class EntropyMappedTemperature(TemperaturePolicy):
         super().__init__(cfg, total_steps)
         self.tau_min, self.tau_max = float(cfg.entropy_tau_min), float(cfg.entropy_tau_max)
         self.direction = cfg.entropy_direction
-        if not 0.0 < self.tau_min <= self.tau_max:
-            raise ConfigError("method.entropy_tau_min must be > 0 and ≤ method.entropy_tau_max")
+        KD_TAU.check("method.entropy_tau_min", self.tau_min)
+        KD_TAU.check("method.entropy_tau_max", self.tau_max)
+        if self.tau_min > self.tau_max:
+            raise ConfigError(
+                f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({self.tau_min} > {self.tau_max})"
+            )
         if self.direction not in ("increasing", "decreasing"):
             raise ConfigError(
                 f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'"

@@ -168,6 +168,25 @@ def number(
     return _declare(default, Number(ge, gt, le, lt, why))
 
 
+TAU_MIN, TAU_MAX = 0.1, 100.0
+"""The KD temperatures ekd accepts (METHODS §6). The KD term is τ²·D(p_τ‖q_τ): as τ → 0 the targets turn
+one-hot and the term and its gradient (∝ τ) fade (τ=1e-9 trains on a loss of ~1e-9: nothing from the teacher;
+without the τ² factor the gradient grows as 1/τ instead); as τ grows, D shrinks as 1/τ² while fp32 rounding of
+the log-probabilities stays, so τ² amplifies it (τ²·KL in fp32 is off by 0.1% at τ=100, 30% at τ=1000).
+Published KD temperatures lie within about 0.5–20."""
+KD_TAU = Number(
+    ge=TAU_MIN,
+    le=TAU_MAX,
+    why="a KD temperature: below 0.1 the τ²-scaled KD term fades to nothing, above 100 fp32 rounding swamps it",
+)
+"""The rule of every key that is, or bounds, a per-token KD temperature τ_i."""
+
+
+def kd_tau(default: float) -> Any:
+    """A KD temperature field: finite and within [``TAU_MIN``, ``TAU_MAX``] (:data:`KD_TAU`)."""
+    return _declare(default, KD_TAU)
+
+
 def one_of(
     default: str, *options: str, names: Callable[[], Iterable[str]] | None = None, ignore_case: bool = False
 ) -> Any:

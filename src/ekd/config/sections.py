@@ -16,7 +16,20 @@ from typing import Any
 
 import yaml
 
-from ekd.config.rules import Number, OneOf, Text, flag, items, mapping, number, one_of, text
+from ekd.config.rules import (
+    TAU_MAX,
+    TAU_MIN,
+    Number,
+    OneOf,
+    Text,
+    flag,
+    items,
+    kd_tau,
+    mapping,
+    number,
+    one_of,
+    text,
+)
 
 
 def _plain_name(value: str) -> str | None:
@@ -230,8 +243,8 @@ class MethodConfig:
     """α_CE: weight of the cross-entropy term on the gold tokens."""
     ce_on: str = one_of("all", "all", "selected")
     """CE positions: 'all' valid tokens or 'selected' (the KD positions)."""
-    kd_temperature: float = number(1.0, gt=0)
-    """τ of the 'constant' temperature policy (also τ_base of idts, τ0 of schedule)."""
+    kd_temperature: float = kd_tau(1.0)
+    """τ of the 'constant' temperature policy (also τ_base of idts, τ0 of schedule); 0.1–100 (``rules.KD_TAU``)."""
     scale_by_tau_squared: bool = flag(True)
     """Multiply each token's KD loss by τ² (Hinton)."""
     # -- how the teacher's distribution is delivered --
@@ -243,7 +256,12 @@ class MethodConfig:
     """Tail handling of top-K: 'renormalize', 'ghost' (one bucket for the tail mass) or 'to_gold'."""
     rs_samples: int = number(50, ge=1, le=63, why="6-bit counts in the cache")
     """N draws with replacement per position for RS-KD."""
-    rs_proposal_power: float = number(1.0, gt=0)
+    rs_proposal_power: float = number(
+        1.0,
+        ge=1 / TAU_MAX,
+        le=1 / TAU_MIN,
+        why="β is the inverse temperature of the proposal r ∝ p^β: the KD temperatures' range, inverted",
+    )
     """β of the RS proposal r ∝ p^β (1 = sample from p itself; ≠1 adds importance weights p/r)."""
     # -- where: scorer and selection policy --
     scorer: str = one_of("none", names=_scorer_names)
@@ -317,15 +335,15 @@ class MethodConfig:
     # -- at what temperature --
     temperature: str = one_of("constant", names=_temperature_names)
     """Temperature policy: constant, schedule, idts (AdaKD), entropy_map (EGAD)."""
-    temperature_end: float = number(1.0, gt=0)
+    temperature_end: float = kd_tau(1.0)
     """schedule: τ1 at the end."""
     temperature_hold_fraction: float = number(0.0, ge=0, le=1)
     """schedule: hold τ0 for this fraction of training, then linear to τ1."""
     idts_strength: float = number(0.5, ge=0)
-    """IDTS: c in τ_i = τ_base·exp(−c·ŝ_i)."""
-    entropy_tau_min: float = number(1.0, gt=0)
+    """IDTS: c in τ_i = τ_base·exp(−c·ŝ_i); τ_base·e^(±c) must stay within 0.1–100 (c ≤ 2.3 at τ_base = 1)."""
+    entropy_tau_min: float = kd_tau(1.0)
     """entropy_map: τ at the low end of g."""
-    entropy_tau_max: float = number(2.0, gt=0)
+    entropy_tau_max: float = kd_tau(2.0)
     """entropy_map: τ at the high end of g."""
     entropy_direction: str = one_of("increasing", "increasing", "decreasing")
     """entropy_map: 'increasing' (τ grows with teacher entropy) or 'decreasing'. Unverified in EGAD."""
@@ -475,7 +493,7 @@ class LogConfig:
     tensorboard: bool = flag(True)
     """Also write TensorBoard events to ``tb/``."""
     progress: bool = flag(True)
-    """Show a progress bar."""
+    """Show progress bars: ekd's own and, while eval.tasks run, lm-eval's (false: none drawn)."""
     level: str = one_of("INFO", "DEBUG", "INFO", "WARNING", "ERROR", ignore_case=True)
     """Level of ekd's log lines: DEBUG, INFO, WARNING or ERROR (``ekd -q`` keeps at least WARNING)."""
     wandb_project: str = text("", what="a W&B project")

@@ -67,6 +67,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"method.bandit_min_fraction must be ≤ method.bandit_max_fraction ({m.bandit_min_fraction} > {m.bandit_max_fraction})"
         )
+    if m.temperature == "idts":
+        from ekd.temperature import check_idts_range
+
+        check_idts_range(m.kd_temperature, m.idts_strength)  # τ_base·e^(±c) within the KD τ range
     if m.entropy_tau_min > m.entropy_tau_max:
         raise ConfigError(
             f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({m.entropy_tau_min} > {m.entropy_tau_max})"

@@ -15,7 +15,9 @@ YAMLs (e.g. a local JSON/JSONL dataset via ``dataset_path: json`` + ``dataset_kw
 needs no network. The registry of lm-eval's ~15k built-in tasks is indexed only when a name is not found
 in ``tasks_dir``. A task whose dataset comes from the hub gets one probe of the hub first
 (``ekd.hub.offline_unless_reachable``): without network its dataset is read from the datasets cache, or
-refused in one line naming the task and the dataset, instead of minutes of retries and a traceback.
+refused in one line naming the task and the dataset, instead of minutes of retries and a traceback. Every
+requested task is checked before any runs (:func:`check_tasks_available`, also before training for
+``eval.tasks``), from the task configs and without building a task, so the check changes no result.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class TaskSettings:
     max_new_tokens: int = 0  # 0 = the task's own max_gen_toks (lm-eval's 256 when it sets none)
     chat_template: str = "auto"
     ece_bins: int = 15
+    progress: bool = True  # log.progress: lm-eval's own progress bars; changes no result (not in signature())
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:
@@ -121,14 +124,17 @@ class TaskSettings:
             max_new_tokens=e.tasks_max_new_tokens,
             chat_template=e.tasks_chat_template,
             ece_bins=e.ece_bins,
+            progress=cfg.log.progress,
         )
 
     def signature(self, task: str) -> dict[str, Any]:
         """What determines ``task``'s result besides the model: a cached result is reused only if equal.
 
-        The YAMLs of ``tasks_dir`` enter by content hash; the batch size does not (it changes no score).
+        The YAMLs of ``tasks_dir`` enter by content hash; the batch size and ``progress`` do not (they change
+        no score).
         """
-        sig = {k: v for k, v in asdict(self).items() if k not in ("tasks", "tasks_dir", "batch_size")}
+        ignored = ("tasks", "tasks_dir", "batch_size", "progress")
+        sig = {k: v for k, v in asdict(self).items() if k not in ignored}
         sig["task"] = task
         sig["tasks_dir_hash"] = _dir_hash(self.tasks_dir) if self.tasks_dir else ""
         sig["lm_eval"] = _lm_eval_version()
@@ -198,10 +204,130 @@ def _reads_the_hub(manager: Any, tasks: tuple[str, ...]) -> bool:
     return False
 
 
+def _leaf_configs(manager: Any, name: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The dataset keys of the plain tasks ``name`` stands for, read from lm-eval's index (the task YAMLs with
+    their includes merged; nothing built, no dataset read, no random draw): a task → itself, a tag → its tasks,
+    a group → its members, recursively, under the group's own ``dataset_*`` overrides. A Python task (``class``)
+    names its dataset only in code: it is left to the load (:func:`_load_task`)."""
+    entry = manager.task_index.get(name)
+    cfg = dict(getattr(entry, "cfg", None) or {})
+    kind = getattr(getattr(entry, "kind", None), "name", "")
+    if kind == "TAG":
+        return [c for t in sorted(entry.tags) for c in _leaf_configs(manager, t, overrides)]
+    if kind == "GROUP":
+        inherited = {**{k: v for k, v in cfg.items() if k.startswith("dataset_")}, **(overrides or {})}
+        members = cfg.get("task") if isinstance(cfg.get("task"), list) else []
+        out = []
+        for member in members:
+            if isinstance(member, str):
+                out += _leaf_configs(manager, member, inherited)
+            elif isinstance(member, dict) and isinstance(member.get("task"), str):
+                own = {k: v for k, v in member.items() if k.startswith("dataset_")}
+                if member["task"] in manager.task_index:
+                    out += _leaf_configs(manager, member["task"], {**inherited, **own})
+                else:  # an inline task: its config is the member itself
+                    out.append({**member, **inherited, **own})
+        return out
+    if kind != "TASK":
+        return []
+    return [{**cfg, **(overrides or {})}]
+
+
+def _hub_dataset(cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(dataset_path, dataset_name or "") of a task config whose dataset comes from the hub, else None."""
+    path, name = cfg.get("dataset_path"), cfg.get("dataset_name")
+    if "class" in cfg or cfg.get("custom_dataset") or not isinstance(path, str):
+        return None
+    if path in LOCAL_BUILDERS or Path(path).expanduser().exists():
+        return None
+    return path, name if isinstance(name, str) else ""
+
+
+def _not_cached(path: str, name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the hub dataset ``path`` (config ``name``) cannot be loaded offline: ``datasets``' own first step
+    of ``load_dataset`` (``load_dataset_builder``: the dataset's module, from the hub or its cache; no data read)
+    raises ConnectionError. Any other failure is the load's to report."""
+    import inspect
+
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    known = inspect.signature(datasets.load_dataset_builder).parameters
+    kw = {k: v for k, v in kwargs.items() if k in known and k not in ("path", "name")}
+    verbosity = ds_logging.get_verbosity()
+    ds_logging.set_verbosity_error()  # its "using the cached version" warning comes again at the load
+    try:
+        datasets.load_dataset_builder(path, name or None, **kw)
+    except ConnectionError:
+        return True
+    except Exception:  # noqa: BLE001 - not a missing download: the load itself reports it, as before
+        return False
+    finally:
+        ds_logging.set_verbosity(verbosity)
+    return False
+
+
+def missing_hub_datasets(manager: Any, tasks: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every requested task whose hub dataset cannot be loaded in this (offline) process, before any task is
+    built or evaluated: (task, "'<dataset>' (<config>)") per missing dataset, from the task configs
+    (:func:`_leaf_configs`) and one ``load_dataset_builder`` per distinct dataset. Building the tasks instead
+    would read every dataset and could change what lm-eval draws for the tasks that do run."""
+    seen: dict[tuple[str, str, str], bool] = {}
+    missing = []
+    for task in tasks:
+        for cfg in _leaf_configs(manager, task):
+            hub = _hub_dataset(cfg)
+            if hub is None:
+                continue
+            kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
+            key = (*hub, repr(sorted(kwargs.items())))
+            if key not in seen:
+                seen[key] = _not_cached(*hub, kwargs)
+            what = f"'{hub[0]}'" + (f" ({hub[1]})" if hub[1] else "")
+            if seen[key] and (task, what) not in missing:
+                missing.append((task, what))
+    return missing
+
+
+def _missing_error(missing: list[tuple[str, str]], why: str) -> EkdError:
+    """One line naming every (task, dataset) of ``missing`` and the fixes."""
+    import datasets.config
+
+    named = [
+        f"{'task ' if i == 0 else ''}'{t}' reads {'the dataset ' if i == 0 else ''}{d}"
+        for i, (t, d) in enumerate(missing)
+    ]
+    one = len(missing) == 1
+    return EkdError(
+        f"eval.tasks: {', '.join(named)} from the Hugging Face Hub, {'which is' if one else 'which are'} not in the "
+        f"datasets cache ({datasets.config.HF_DATASETS_CACHE}) while {why}; fetch {'it' if one else 'them'} "
+        "once where the hub is reachable (docs/evaluation.md: the standard tasks on a machine without "
+        "network), or use local tasks (--tasks-dir DIR)"
+    )
+
+
+def check_tasks_available(tasks: tuple[str, ...], tasks_dir: str) -> tuple[Any, str]:
+    """Before any task runs (and before training, for ``eval.tasks``): every name known, and without network
+    every hub dataset the tasks read in the datasets cache — else one line naming all that are missing.
+
+    Returns:
+        (the lm-eval TaskManager, why the hub is not used: "" when it is or no task reads it).
+
+    Raises:
+        EkdError: an unknown task name, or hub datasets that cannot be loaded (all of them named).
+    """
+    manager = task_manager(tasks, tasks_dir)
+    offline = offline_unless_reachable("eval.tasks") if _reads_the_hub(manager, tasks) else ""
+    missing = missing_hub_datasets(manager, tasks) if offline else []
+    if missing:
+        raise _missing_error(missing, offline)
+    return manager, offline
+
+
 def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``manager.load([name])``, where lm-eval reads the task's dataset: a hub dataset that cannot be fetched
-    (no network and not in the datasets cache) is one line naming the task, the dataset and the fixes — and
-    every task of ``later`` (the ones still to run) whose dataset is missing too, so one fetch fixes them all.
+    """``manager.load([name])``, where lm-eval reads the task's dataset. Hub datasets are checked before any
+    task runs (:func:`check_tasks_available`); one that still cannot be fetched here (a Python task's, whose
+    config does not name it) is the same one line, with every task of ``later`` whose dataset is missing too.
 
     Args:
         offline: why the hub is not used (``ekd.hub.offline_unless_reachable``), "" if it is.
@@ -210,22 +336,13 @@ def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = (
     try:
         return manager.load([name])
     except ConnectionError as e:  # datasets' "Couldn't reach '<id>' on the Hub" (OfflineModeIsEnabled is one)
-        import datasets.config
-
-        why = offline or first_line(e)
-        missing = [f"task '{name}' reads the dataset {_dataset_of(e)}"]
+        missing = [(name, _dataset_of(e))]
         for other in later:
             try:
                 manager.load([other])
             except ConnectionError as e_other:
-                missing.append(f"'{other}' reads {_dataset_of(e_other)}")
-        what = "which is" if len(missing) == 1 else "which are"
-        raise EkdError(
-            f"eval.tasks: {', '.join(missing)} from the Hugging Face Hub, {what} not in the datasets cache "
-            f"({datasets.config.HF_DATASETS_CACHE}) while {why}; fetch {'it' if len(missing) == 1 else 'them'} "
-            "once where the hub is reachable (docs/evaluation.md: the standard tasks on a machine without "
-            "network), or use local tasks (--tasks-dir DIR)"
-        ) from None
+                missing.append((other, _dataset_of(e_other)))
+        raise _missing_error(missing, offline or first_line(e)) from None
 
 
 def _dataset_of(e: BaseException) -> str:
@@ -246,16 +363,17 @@ def _dataset_of(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_lm_eval() -> Iterator[None]:
+def _quiet_lm_eval(progress: bool) -> Iterator[None]:
     """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
-    ``datasets`` progress bars; keep ekd's output readable."""
-    from ekd.log_level import quiet_dataset_progress
+    ``datasets`` progress bars; keep ekd's output readable. Without ``progress`` (``log.progress=false``)
+    lm-eval's own request bars are off too (:func:`ekd.log_level.quiet_progress_bars`)."""
+    from ekd.log_level import quiet_dataset_progress, quiet_progress_bars
 
     logger = logging.getLogger("lm_eval")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with quiet_dataset_progress():
+        with quiet_dataset_progress(), quiet_progress_bars(not progress):
             yield
     finally:
         logger.setLevel(previous)
@@ -311,9 +429,8 @@ def run_tasks(
     from lm_eval.models.huggingface import HFLM
 
     out: dict[str, dict[str, Any]] = {}
-    with _quiet_lm_eval(), _restore_mode(model):
-        manager = task_manager(settings.tasks, settings.tasks_dir)
-        offline = offline_unless_reachable("eval.tasks") if _reads_the_hub(manager, settings.tasks) else ""
+    with _quiet_lm_eval(settings.progress), _restore_mode(model):
+        manager, offline = check_tasks_available(settings.tasks, settings.tasks_dir)  # all, before any runs
         lm = HFLM(
             pretrained=model,
             tokenizer=copy.deepcopy(tokenizer),

@@ -570,14 +570,15 @@ def _open_run(cfg: Config, ranks: Ranks, start: RunStart) -> Path:
 
 def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     """Rank 0's checks once the data is read: a new run records its data, ``--resume`` refuses different
-    data; an unknown ``eval.tasks`` name and a missing wandb are refused now, before the models load (not
-    after the whole training)."""
+    data; an unknown ``eval.tasks`` name, a task's hub dataset that cannot be fetched (no network, not cached)
+    and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     if cfg.eval.tasks:
-        from ekd.eval.tasks import require_lm_eval, task_manager
+        from ekd.eval.tasks import TaskSettings, check_tasks_available, require_lm_eval
 
         require_lm_eval()
-        task_manager(tuple(cfg.eval.tasks), cfg.eval.tasks_dir)
+        settings = TaskSettings.from_config(cfg)
+        check_tasks_available(settings.tasks, settings.tasks_dir)
     if cfg.log.wandb_project:
         require_wandb()
 
