@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, strict_json, writing
+from ekd.models.dropout import active_dropout
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
@@ -209,6 +210,12 @@ def _train(
     saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
+    if dropout := active_dropout(student):
+        log.info(
+            "the student trains with dropout (%s): its updates are random, so a run split over other ranks or "
+            "micro-batches agrees with this one in distribution, not in value; 0 in its config.json makes it exact",
+            ", ".join(f"{k}={v:g}" for k, v in dropout.items()),
+        )
     student.train()
     teacher_model = _load_teacher_model(cfg, parts, ranks, data, device)
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
