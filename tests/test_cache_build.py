@@ -440,7 +440,11 @@ CACHE_AND_DISTILL_REFUSE = {
     "rs-tau-per-token": ["method.temperature=entropy_map"],
     "topk-tau-per-token": ["method=topk", "method.temperature=entropy_map"],
     "on-policy": ["method.student_data_fraction=0.5"],
-    "full-distribution-score": ["method.scorer=forward_kl", "method.policy=topk", "method.select_fraction=0.5"],
+    "full-distribution-score": [
+        "method.scorer=forward_kl",
+        "method.policy=topk",
+        "method.select_fraction=0.5",
+    ],
     "feature-branch": ["method.feature_weight=1"],
     "teacher-scored-samples": ["method.sample_fraction=0.5", "method.sample_scorer=forward_kl"],
     "dkd-rs": ["method=dkd", "method.target=rs"],
