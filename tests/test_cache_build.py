@@ -434,6 +434,51 @@ def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsy
     assert "separator" not in line
 
 
+# every key distill refuses against a cache: `ekd cache` of the same config refuses it first (the same rules)
+CACHE_AND_DISTILL_REFUSE = {
+    "rs-tau2": ["method.kd_temperature=2"],  # RS targets are drawn at τ=1
+    "rs-tau-per-token": ["method.temperature=entropy_map"],
+    "topk-tau-per-token": ["method=topk", "method.temperature=entropy_map"],
+    "on-policy": ["method.student_data_fraction=0.5"],
+    "full-distribution-score": [
+        "method.scorer=forward_kl",
+        "method.policy=topk",
+        "method.select_fraction=0.5",
+    ],
+    "feature-branch": ["method.feature_weight=1"],
+    "teacher-scored-samples": ["method.sample_fraction=0.5", "method.sample_scorer=forward_kl"],
+    "dkd-rs": ["method=dkd", "method.target=rs"],
+    "sharded-teacher": ["teacher.placement=shard"],
+}
+
+
+@pytest.mark.parametrize("overrides", CACHE_AND_DISTILL_REFUSE.values(), ids=CACHE_AND_DISTILL_REFUSE)
+def test_cache_refuses_what_distill_would_refuse_of_its_cache(setup, overrides, capsys):
+    """A config ``ekd cache`` accepts builds a cache ``ekd distill`` of the same config trains from: the build
+    refuses, before any data or teacher is read, each config that distill would refuse with the cache; distill
+    refuses it up front too (before the run directory), with the same line."""
+    cache = setup["root"] / "refused-cache"
+    assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}", *overrides]) == 2
+    built = _error_line(capsys)
+    assert "ekd distill with teacher.source=cache would refuse" in built, built
+    assert not cache.exists()  # nothing built, nothing created
+    args = ["run.name=refused-up-front", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}"]
+    assert main(["distill", setup["cfg"], *args, *overrides]) == 2
+    trained = _error_line(capsys)
+    assert trained.removeprefix("ekd: error: ") in built, (trained, built)
+    assert not (setup["root"] / "runs" / "refused-up-front").exists()
+
+
+def test_topk_cache_at_tau_2_trains_with_the_same_config(setup, capsys):
+    """Top-K targets are stored at τ = method.kd_temperature: ``ekd cache`` and ``ekd distill`` of one config
+    both accept τ=2."""
+    over = ["method=topk", "method.kd_temperature=2", f"teacher.cache_dir={setup['root'] / 'cache-topk-t2'}"]
+    assert main(["-q", "cache", setup["cfg"], *over]) == 0, capsys.readouterr().err
+    args = ["run.name=topk-t2", "teacher.source=cache", "train.max_steps=2"]
+    assert main(["-q", "distill", setup["cfg"], *over, *args]) == 0, capsys.readouterr().err
+    assert (setup["root"] / "runs" / "topk-t2" / "student" / "config.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # damaged caches
 # ---------------------------------------------------------------------------------------------------------

@@ -355,3 +355,26 @@ def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
     assert main(["distill", config, "--overwrite"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("student saved to"))
     assert re.search(r"\(5 steps, \d+ s, KD positions [\d.]+%\)", line), line  # a run in one go: as before
+
+
+@pytest.mark.parametrize("inside", ["student", "checkpoints/step-000002"])
+def test_a_path_inside_a_run_suggests_the_run(tmp_path, capsys, monkeypatch, inside):
+    """`ekd eval RUN/student` (the exported model the README points at) and `ekd compare` of it name RUN,
+    spelled as given (relative stays relative); a path inside no run keeps the plain advice."""
+    run = tmp_path / "runs" / "r"
+    (run / inside).mkdir(parents=True)
+    (run / "student").mkdir(exist_ok=True)
+    (run / "student" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("run: {name: r}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", f"runs/r/{inside}"]) == 2
+    line = _error_line(capsys)
+    assert f"runs/r/{inside} is not a finished ekd run" in line
+    assert line.endswith("it lies inside the finished run runs/r: evaluate that with `ekd eval runs/r`"), line
+    assert main(["compare", f"runs/r/{inside}"]) == 2
+    assert _error_line(capsys).endswith("it lies inside the run runs/r: pass that")
+    assert main(["eval", str(run / inside)]) == 2
+    assert _error_line(capsys).endswith(f"`ekd eval {run}`")
+    (tmp_path / "elsewhere").mkdir()
+    assert main(["eval", "elsewhere"]) == 2
+    assert _error_line(capsys).endswith("(needs config.yaml and student/); run ekd distill first")

@@ -78,6 +78,92 @@ def test_directory_one_document_per_file_sorted_recursive(tmp_path: Path) -> Non
     assert docs[2].text == "see\n\n\nstill c"
 
 
+def _ekd_outputs_below(root: Path) -> None:
+    """A run directory (with its metrics and exported student), a teacher cache and a token store under ``root``."""
+    run = root / "runs" / "r1"
+    (run / "student").mkdir(parents=True)
+    (run / "ekd-run.json").write_text('{"format": "ekd-run"}')
+    (run / "config.yaml").write_text("run: {name: r1}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.5}\n')
+    (run / "student" / "tokenizer.json").write_text('{"model": {}}')
+    old_run = root / "runs" / "r0"  # an older ekd's run directory: no ekd-run.json
+    old_run.mkdir()
+    (old_run / "config.yaml").write_text("run: {name: r0}\n")
+    (old_run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (root / "cache").mkdir()
+    (root / "cache" / "manifest.json").write_text('{"format": "ekd-teacher-cache", "signature": {}}')
+    store = root / "runs" / "token-store" / "abc123"
+    store.mkdir(parents=True)
+    (store / "tokens.u32").write_bytes(b"A\x00\x00\x00")  # valid UTF-8, like most token files
+    (store / "manifest.json").write_text('{"format": 1}')
+
+
+def test_directory_skips_ekd_outputs_and_row_files_and_says_what_it_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A corpus directory holding run.output_dir, a cache and JSONL files reads its text files only, and one
+    info line names the files read by extension and what was skipped."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("ay")
+    (root / "b.py").write_text("print('bee')")
+    (root / "sub" / "c.md").write_text("see")
+    (root / "notes.yaml").write_text("key: value")  # text in an unknown format: read, and shown in the line
+    (root / "rows.jsonl").write_text('{"text": "a row"}\n')
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    _ekd_outputs_below(root)
+    with caplog.at_level("INFO", logger="ekd.data.documents"):
+        docs = load_documents(str(root), DataConfig())
+    assert [d.doc_id for d in docs] == ["a.txt", "b.py", "notes.yaml", "sub/c.md"]
+    (line,) = [r.getMessage() for r in caplog.records if "files (" in r.getMessage()]
+    assert line.startswith(
+        f"data.source={root}: 4 files (.txt 1, .py 1, .yaml 1, .md 1; first: a.txt, b.py, "
+    )
+    for skipped in (
+        "4 ekd output directories",
+        "cache (teacher cache)",
+        "runs/r0 (run directory)",
+        "runs/r1 (run directory)",
+        "1 row file (.jsonl 1: name one as data.source to read its rows)",
+    ):
+        assert skipped in line, line
+
+
+def test_text_directory_reads_and_signs_as_before(tmp_path: Path) -> None:
+    """A directory of .py/.txt/.md files (with a hidden file) reads the same files as the old rule, and its
+    token-store source signature is the old one; ekd outputs written below it later change neither."""
+    import hashlib
+
+    from ekd.data.store_build import source_signature
+
+    root = tmp_path / "corpus"
+    (root / "pkg").mkdir(parents=True)
+    for name, text in [("z.py", "z = 1"), ("pkg/m.py", "m = 2"), ("readme.md", "# r"), ("t.txt", "t")]:
+        (root / name).write_text(text)
+    (root / ".hidden").write_text("secret")
+
+    def old_signature() -> dict:  # source_signature before ekd outputs were left out of it
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"source": str(root), "files": len(files), "stat": h.hexdigest()}
+
+    old_files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    before = source_signature(str(root))
+    assert before == old_signature()
+    assert [d.doc_id for d in load_documents(str(root), DataConfig())] == old_files
+    _ekd_outputs_below(root)
+    assert source_signature(str(root)) == before  # a run writing below the corpus does not rebuild its store
+    assert [d.doc_id for d in load_documents(str(root), DataConfig())] == old_files
+
+
 def test_glob_of_text_files(tmp_path: Path) -> None:
     for name, text in [("2.txt", "two"), ("1.txt", "one"), ("skip.md", "nope")]:
         (tmp_path / name).write_text(text)

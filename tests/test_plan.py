@@ -174,6 +174,19 @@ def test_gpu_memory_without_a_unit_or_not_positive_is_one_line(tmp_path, capsys,
 
 
 @pytest.mark.parametrize(
+    "words", [["--gpu-memory", "80", "GiB"], ["--gpu-memory=80", "GiB"], ["--gpu-memory", "1.5", "tb"]]
+)
+def test_gpu_memory_written_with_a_space_names_the_option(tmp_path, capsys, monkeypatch, words):
+    """'--gpu-memory 80 GiB': argparse took 'GiB' for a config file ("config file not found: GiB")."""
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, _, err = cli(capsys, "plan", config, "--gpus", "2", *words)
+    size = "".join(words[-2:]).split("=")[-1]
+    line = one_error_line(rc, err)
+    assert line.startswith("ekd: error: --gpu-memory: ") and f"write --gpu-memory {size} (no space)" in line
+
+
+@pytest.mark.parametrize(
     "value, says",
     [
         ("-3", "--vocab-size must be between 2 and 16,777,216"),

@@ -27,6 +27,8 @@ from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 
+SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
+
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs="?" if not required else None, help="YAML config file (see configs/)")
@@ -46,6 +48,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     argv: list[str] = []  # the words being parsed (``parse`` sets them), for the hint below
+    size_options: set[str] = set()  # options with metavar SIZE, of every command (``parse`` sets them)
 
     def error(self, message: str):  # type: ignore[override]
         """argparse's error, plus: a required option reported missing because it was misspelt gets the
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, required=True, help="number of ranks (GPUs) the run will use")
     p.add_argument(
         "--gpu-memory",
+        metavar=SIZE,
         default="80GiB",
         help="memory of one GPU, with its unit: 80GiB, 141GB, 81920MiB (default 80GiB)",
     )
@@ -463,6 +467,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     option are left over; they are overrides too when the command takes them."""
     parser = build_parser()
     _Parser.argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.size_options = {o for a in _all_actions(parser) if a.metavar == SIZE for o in a.option_strings}
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
         args.overrides = [*(args.overrides or []), *extra]
@@ -470,6 +475,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         command = _command_parser(parser, args)
         command.error(_unrecognized(extra, command, parser, takes_overrides=hasattr(args, "overrides")))
     return args
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The actions of ``parser`` and of all its subcommands, nested ones included."""
+    actions = list(parser._actions)
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                actions += _all_actions(sub)
+    return actions
+
+
+def _refuse_split_size(argv: list[str]) -> None:
+    """A size option written with a space (``--gpu-memory 80 GiB``) is one error naming the option: argparse
+    takes '80' as its value and 'GiB' as a positional, which was then reported as a config file not found."""
+    from ekd.plan import split_size
+
+    for i, word in enumerate(argv):
+        option, eq, value = word.partition("=")
+        if option in _Parser.size_options:
+            words = [value, *argv[i + 1 : i + 2]] if eq else argv[i + 1 : i + 3]
+            if message := split_size(option, words):
+                raise EkdError(message)
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -523,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_hf_progress_bars()
     try:
+        _refuse_split_size(_Parser.argv)
         return COMMANDS[args.command](args)
     except EkdError as e:
         if args.debug:

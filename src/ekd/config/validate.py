@@ -53,6 +53,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)"
         )
+    if m.sample_fraction < 1.0 and t.source != "online":
+        from ekd.selection.sample_selection import TEACHER_SCORERS
+
+        if m.sample_scorer in TEACHER_SCORERS:  # found here, not after the data and the student are loaded
+            raise ConfigError(
+                f"method.sample_scorer={m.sample_scorer} scores samples with the teacher model, which "
+                f"teacher.source={t.source} does not load; use method.sample_scorer=student_entropy or random "
+                "(or teacher.source=online)"
+            )
     if m.scorer == "none" and _policy_needs_scores(m):
         hint = " (AdaKD uses hellinger)" if m.policy == "latf" else ""
         raise ConfigError(f"method.policy={m.policy} ranks positions by a score: set method.scorer{hint}")

@@ -18,8 +18,10 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
-- a directory (searched recursively, hidden files skipped) or a glob of text files: one document per file,
-  in sorted path order; files that are not UTF-8 are skipped with a warning.
+- a directory (searched recursively; hidden files, ekd's own run directories, caches and token stores, and
+  JSONL/Parquet files skipped: :mod:`ekd.data.text_dir`) or a glob of text files: one document per file, in
+  sorted path order, with one info line naming the files read by extension; files that are not UTF-8 are
+  skipped with a warning.
 
 :func:`iter_documents` reads a source lazily (text files in 1 MiB chunks) for corpora larger than memory.
 
@@ -40,6 +42,7 @@ from ekd.config import ConfigError, DataConfig
 from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
+from ekd.data.text_dir import describe_files, list_directory
 from ekd.errors import first_line
 from ekd.hub import check_dataset_reachable
 from ekd.nearest import did_you_mean
@@ -170,14 +173,15 @@ def _read_source(
     if path.is_dir():
         if fmt not in ("auto", "text"):
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
-        return _read_text_files(
-            sorted(p for p in path.rglob("*") if _visible_file(p, path)), path, key, source
-        )
+        listing = list_directory(path)  # hidden files, ekd's own outputs and row files left out
+        logger.info("%s", listing.describe(key, source))
+        return _read_text_files(listing.files, path, key, source)
     if not path.exists():
         if glob.has_magic(source):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             if not files:
                 raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
+            logger.info("%s=%s: %s", key, source, describe_files(files, None))
             return _read_text_files(files, None, key, source)
         raise ConfigError(
             f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')"
@@ -203,10 +207,6 @@ def _format_from_suffix(path: Path, key: str) -> str:
         f"{key}: cannot tell the format of {path} from its extension '{suffix}'; "
         "set data.format to text, jsonl or parquet"
     )
-
-
-def _visible_file(path: Path, root: Path) -> bool:
-    return path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 # ---------------------------------------------------------------------------------------------------------

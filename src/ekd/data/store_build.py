@@ -61,6 +61,7 @@ from ekd.data.store import (
     open_split,
     read_manifest,
 )
+from ekd.data.text_dir import signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 
@@ -162,7 +163,7 @@ def source_signature(source: str) -> dict:
         return {"source": source, "python": platform.python_version(), "stdlib": str(stdlib_root())}
     path = Path(source.removeprefix("hf:"))
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = signed_files(path)  # all but ekd's own outputs below it (runs there change freely)
     elif path.exists():
         files = [path]
     elif has_magic(source):

@@ -200,7 +200,11 @@ def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise EkdError(f"ekd compare: {run_dir} is not a run directory (no config.yaml); pass runs/<name>")
+        from ekd.train.evaluation import enclosing_run
+
+        run = enclosing_run(run_dir)  # RUN/student, the exported model: did you mean RUN?
+        fix = f"it lies inside the run {run}: pass that" if run is not None else "pass runs/<name>"
+        raise EkdError(f"ekd compare: {run_dir} is not a run directory (no config.yaml); {fix}")
     try:
         config = yaml.safe_load(cfg_path.read_text()) or {}
     except yaml.YAMLError as e:

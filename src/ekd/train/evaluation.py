@@ -84,6 +84,35 @@ def evaluate_run(
     return results
 
 
+RUN_PARTS_DEPTH = 3  # how far above a path a run is looked for (RUN/checkpoints/step-000100/...: 3)
+
+
+def is_finished_run(path: Path) -> bool:
+    """Whether ``path`` is a run ``ekd distill`` finished: config.yaml and an exported student/ (a model
+    directory or a LoRA adapter)."""
+    student = path / "student"
+    return (path / "config.yaml").is_file() and (
+        (student / "config.json").is_file() or is_adapter_dir(student)
+    )
+
+
+def enclosing_run(path: Path) -> str | None:
+    """The finished run ``path`` lies inside (``RUN/student``, the exported model; ``RUN/checkpoints/step-N``),
+    at most ``RUN_PARTS_DEPTH`` levels up, spelled as ``path`` is (relative stays relative); None if none."""
+    path = Path(path)
+    run = next((p for p in list(path.resolve().parents)[:RUN_PARTS_DEPTH] if is_finished_run(p)), None)
+    return None if run is None else _as_given(run, path)
+
+
+def _as_given(run: Path, given: Path) -> str:
+    """``run`` (a resolved ancestor of ``given``) spelled as the user spelled ``given``: 'w/runs/a' for
+    'w/runs/a/student', '.' for 'student'; its absolute path when that cannot be read off ``given``."""
+    up = len(given.resolve().relative_to(run).parts)
+    if ".." not in given.parts and up <= len(given.parents):
+        return str(given.parents[up - 1])
+    return str(run)
+
+
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     """The saved ``run_dir/config.yaml`` with dotted overrides applied.
 
@@ -91,12 +120,15 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         EkdError: ``run_dir`` is not a finished run (no config.yaml or student/).
     """
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    student = run_dir / "student"
-    if not saved.is_file() or not ((student / "config.json").is_file() or is_adapter_dir(student)):
-        raise EkdError(
-            f"{run_dir} is not a finished ekd run (needs config.yaml and student/); run ekd distill first"
+    if not is_finished_run(run_dir):
+        run = enclosing_run(run_dir)  # RUN/student, the exported model: the run is what is evaluated
+        hint = (
+            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {run}`"
+            if run is not None
+            else "; run ekd distill first"
         )
+        raise EkdError(f"{run_dir} is not a finished ekd run (needs config.yaml and student/){hint}")
+    saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
     flat.update(parse_overrides(overrides or []))

@@ -190,8 +190,10 @@ def _train(
     # (whose advice would be --overwrite) and before the data is read
     _check_model_names(cfg, parts)
     if cfg.teacher.source == "cache" and teacher_needed(cfg):
-        from ekd.teacher.cache.source import check_cache_dir
+        from ekd.teacher.cache.source import check_cache_dir, check_cache_temperature
 
+        # the rule `ekd cache` applies before building (check_trains_from_cache), here before the run dir
+        check_cache_temperature(cfg.method)
         check_cache_dir(cfg.teacher.cache_dir)
     # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
     # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike

@@ -37,6 +37,7 @@ from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.manifest import assemble_manifest, check_cache_directory
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
+from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
 from ekd.train.distributed import Ranks, distributed
 
@@ -245,6 +246,7 @@ def run_build(
     from ekd.train.rank_work import fetch_models_once, run_on_main
 
     check_cacheable(cfg)
+    check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours

@@ -55,6 +55,7 @@ from ekd.teacher.cache.logprob_rows import (
 )
 from ekd.teacher.cache.manifest import check_cache_directory
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
+from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def check_importable(cfg: Config) -> None:
             f"method.topk_tail={m.topk_tail} at method.kd_temperature={m.kd_temperature}: the tail at τ ≠ 1 needs "
             "the whole distribution; use method.kd_temperature=1 or method.topk_tail=renormalize"
         )
+    check_trains_from_cache(cfg)  # and what distill would refuse of this config
     if cfg.data.prompt_field:
         raise ConfigError("data.prompt_field: ekd cache import reads plain documents (data.text_field) only")
 

@@ -122,6 +122,39 @@ def check_cache_temperature(method) -> None:
         )
 
 
+def check_trains_from_cache(cfg: Config) -> None:
+    """Refuse, before a cache is built, a config that ``ekd distill`` would refuse to train from that cache.
+
+    ``ekd distill CONFIG teacher.source=cache`` refuses a config by the config rules
+    (:func:`ekd.config.validate`: e.g. on-policy data, DKD/AT-KD, TopSmp scored by the teacher), the method's
+    needs (:meth:`~ekd.train.method_parts.MethodParts.build`: a score or the feature branch that needs the
+    teacher's full distribution) and the cached targets' temperature (:func:`check_cache_temperature`: RS
+    targets are drawn at τ=1). This runs those same functions on ``cfg`` with ``teacher.source=cache``, so a
+    config ``ekd cache`` accepts builds a cache the same config trains from (``ekd cache`` ignores
+    ``teacher.source``: it always runs the teacher).
+
+    Raises:
+        ConfigError: one line: distill's refusal (the key and its fix), said to stop the build.
+    """
+    from dataclasses import replace
+
+    from ekd.config import validate
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.prepare import teacher_needed
+
+    cached = replace(cfg, teacher=replace(cfg.teacher, source="cache"))
+    try:
+        validate(cached)
+        MethodParts.build(cached, cached.train.max_steps)
+        if teacher_needed(cached):
+            check_cache_temperature(cached.method)
+    except ConfigError as e:
+        raise ConfigError(
+            f"not building a cache this config cannot train from (ekd distill with teacher.source=cache "
+            f"would refuse it): {e}"
+        ) from None
+
+
 class CacheTeacher:
     """A teacher cache as a ``TeacherSource`` (no model in memory).
 
@@ -199,4 +232,11 @@ class CacheTeacher:
         )
 
 
-__all__ = ["CONFIG_KEYS", "CacheTeacher", "check_cache_temperature", "check_signature", "training_signature"]
+__all__ = [
+    "CONFIG_KEYS",
+    "CacheTeacher",
+    "check_cache_temperature",
+    "check_signature",
+    "check_trains_from_cache",
+    "training_signature",
+]
