@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
 
 from dist_runs import torchrun_runs
+from ekd.train.run_dir import lock_run
 from tiny import tiny_overrides, write_corpus
 
 
@@ -20,7 +22,7 @@ from tiny import tiny_overrides, write_corpus
 def test_rank0_refusals_end_every_rank_alike(tmp_path):
     """One 2-rank torchrun: a run, its --resume once finished (exit 0 on both ranks, said once), the same
     run again without flags (exit 2 on both, one error line), ``train.cpu_offload`` on CPU ranks (exit 2, one
-    line, no run directory), then --resume with more steps: the ranks still work together."""
+    line, no run directory), a run whose directory another process holds (exit 2, one line), then --resume with more steps: the ranks still work together."""
     corpus = write_corpus(tmp_path / "corpus", n_docs=24)
     fin = [
         *tiny_overrides(tmp_path, corpus, "fin", **{"train.micro_batch_size": 2, "train.max_steps": 2}),
@@ -31,16 +33,26 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         "train.parallel=fsdp",
         "train.cpu_offload=true",
     ]
-    runs = [fin, [*fin, "--resume"], fin, off, [*fin, "train.max_steps=3", "--resume"]]
+    # a run directory another ekd process uses (this one holds its lock): the job's rank 0 is refused, every
+    # rank ends alike; the ranks of the job never lock each other out (the other runs train)
+    busy = tiny_overrides(tmp_path, corpus, "busy", **{"train.micro_batch_size": 2})
+    (tmp_path / "runs").mkdir()
+    lock = lock_run(tmp_path / "runs" / "busy", "fix")
+    runs = [fin, [*fin, "--resume"], fin, off, busy, [*fin, "train.max_steps=3", "--resume"]]
     codes = tmp_path / "codes"
     codes.mkdir()
-    out = torchrun_runs(runs, tmp_path / "runs.json", {"EKD_TEST_CODES": str(codes)}, timeout=300)
+    try:
+        out = torchrun_runs(runs, tmp_path / "runs.json", {"EKD_TEST_CODES": str(codes)}, timeout=300)
+    finally:
+        lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 2, out.stderr
-    assert out.stderr.count("already holds a run; pass --resume") == 1
+    assert out.stderr.count("ekd: error:") == 3, out.stderr
+    assert out.stderr.count(f"is in use by another ekd process (pid {os.getpid()})") == 1, out.stderr
+    assert not (tmp_path / "runs" / "busy").exists()
+    assert out.stderr.count("already holds a run, finished (2 steps)") == 1
     assert out.stderr.count("train.cpu_offload needs a GPU") == 1
     assert "Traceback" not in out.stderr and "Connection closed" not in out.stderr
     assert not (tmp_path / "runs" / "off").exists()  # refused before anything was made

@@ -280,3 +280,65 @@ def test_a_mistyped_model_is_named_before_the_run_directory_is_judged(ws, capsys
     rc, _, err = cli(capsys, "distill", _config(), "model.student=preset:llama-huge")  # same run.name as base
     one_error_line(rc, err)
     assert "llama-huge" in err and "already holds" not in err
+
+
+# ------------------------------------------------------------------------------------------- try-out 7 (6, 9)
+
+
+def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
+    """Lowering train.head_chunk_size (the documented way to fit a smaller GPU), another loss path or activation
+    checkpointing computes the same math: --resume takes them, in one info line."""
+    caplog.set_level("INFO", logger="ekd.train.run_dir")
+    knobs = ["train.head_chunk_size=16", "train.loss_path=reference", "train.activation_checkpointing=true"]
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *knobs, "--resume")
+    assert rc == 0, err
+    lines = [r.getMessage() for r in caplog.records if "the same math" in r.getMessage()]
+    assert len(lines) == 1, lines
+    for change in ("head_chunk_size 0 → 16", "loss_path chunked → reference", "checkpointing False → True"):
+        assert change in lines[0], lines[0]
+    assert "last bits" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (["train.precision=bf16"], "bf16 and fp32 are different arithmetic"),
+        (["train.micro_batch_size=2", "train.grad_accum_steps=2"], "is the optimizer step's batch"),
+        (["method=kd"], ""),
+    ],
+    ids=["precision", "same-global-batch", "method"],
+)
+def test_resume_refuses_what_changes_the_math_and_says_why(ws, capsys, change, why):
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *change, "--resume")
+    line = one_error_line(rc, err)
+    assert "which change what the run computes" in line and why in line, line
+    assert "under another run.name" in line
+    unchanged(before, ws)
+
+
+def test_a_changed_eval_key_on_a_finished_run_suggests_ekd_eval_not_resume(ws, capsys):
+    """Try-out 7: `eval.tasks=...` on a finished run was told "pass --resume", which had nothing to do. The
+    advice now is the `ekd eval` command with the changed keys, and it works."""
+    rc, _, err = cli(capsys, "distill", _config(), "eval.tasks=arc_easy")
+    line = one_error_line(rc, err)
+    assert "finished (2 steps)" in line and "`ekd eval runs/base eval.tasks=arc_easy`" in line, line
+    assert "pass --resume to continue" not in line
+    rc, _, err = cli(capsys, "distill", _config(), "eval.batch_size=2")
+    line = one_error_line(rc, err)
+    command = line.split("`")[1].split()
+    assert command[:3] == ["ekd", "eval", "runs/base"] and command[3:] == ["eval.batch_size=2"], line
+    assert cli(capsys, *command[1:])[0] == 0
+
+
+def test_a_change_resume_would_refuse_is_not_offered_resume(ws, capsys):
+    """A run that --resume cannot continue with this config (train.lr changed): only --overwrite or a new name."""
+    for step in ("step-000002",):  # an unfinished run: its last checkpoint is step 1
+        shutil.rmtree(ws / "runs" / "base" / "checkpoints" / step)
+    rc, _, err = cli(capsys, "distill", _config(), "train.lr=0.5")
+    line = one_error_line(rc, err)
+    assert "differs in train.lr, which --resume cannot change" in line and "--overwrite" in line, line
+    assert "--resume to" not in line
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3")  # a change --resume accepts
+    assert "pass --resume to continue it" in one_error_line(rc, err)
+    assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0

@@ -11,6 +11,7 @@
     ekd plan CONFIG --gpus N [--gpu-memory 80GiB]  per-rank GPU memory of the run, and which mode fits
 
 User mistakes print one line ``ekd: error: ...`` and exit 2 (``ekd --debug CMD`` shows the traceback).
+Ctrl-C and SIGTERM print ``ekd: interrupted`` and how to go on, and exit 130 / 143 (:mod:`ekd.signals`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
+from ekd.signals import interrupt_exit_code, interrupted_by, sigterm_as_interrupt
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
 
@@ -552,18 +554,22 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_hf_progress_bars()
     try:
         _refuse_split_size(_Parser.argv)
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():  # a scheduler's SIGTERM ends the command as Ctrl-C does
+            return COMMANDS[args.command](args)
     except EkdError as e:
         if args.debug:
             raise
         if not copy_of_rank0(e) and not _said_by_local_rank0(e):  # under torchrun: said once (per node)
             print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says what to do
+    # Ctrl-C (or SIGTERM) reaches every rank of a torchrun job: rank 0 says what to do
+    except KeyboardInterrupt as e:
         if _rank0():
             hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-            print(f"ekd: interrupted{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
-        return 130
+            print(
+                f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr
+            )
+        return interrupt_exit_code(e)
 
 
 def _whole_number(text: str) -> int:

@@ -14,7 +14,7 @@ files, so memory stays flat and the blocks equal the in-memory path's. It stops 
 full (``data.max_tokens`` for ``train``, ``data.max_eval_blocks`` for eval sets) and logs its progress every
 ``PROGRESS_SECONDS``.
 
-Crash safety: the build holds ``<key>.lock`` (other ranks and runs wait, then reuse), writes into
+Crash safety: the build holds ``<key>.lock`` (:mod:`ekd.locks`: other ranks and runs wait, then reuse), writes into
 ``<key>.partial/`` and every ``CHECKPOINT_TOKENS`` records its position in ``progress.json`` (files fsynced
 first). A killed build resumes there: the files are cut back to the recorded sizes and the sources skip the
 documents already read. The manifest is written last, then the directory renamed to ``<key>/``.
@@ -27,7 +27,6 @@ in-memory path forces one to each side.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,7 +34,6 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from glob import glob, has_magic
 from itertools import islice
@@ -64,6 +62,7 @@ from ekd.data.store import (
 from ekd.data.text_dir import signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
+from ekd.locks import locked
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,11 @@ def stored_blocks(
     else:
         with writing(root):
             root.mkdir(parents=True, exist_ok=True)
-        with _locked(root / f"{key}.lock"):
+        lock = root / f"{key}.lock"
+        with locked(
+            lock,
+            lambda: logger.info("token store: waiting for another process that is building it (%s)", lock),
+        ):
             manifest = _complete(directory, signature, quiet=False)  # another process may have built it
             if manifest is None:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -456,18 +459,3 @@ def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
     if not quiet:
         logger.warning("token store %s %s; rebuilding it", directory, problem)
     return None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (released by the OS if the process dies)."""
-    with writing(path.parent), open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("token store: waiting for another process that is building it (%s)", path)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -13,6 +13,7 @@ from ekd.config import Config, config_from_dict, parse_overrides
 from ekd.errors import EkdError
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
+from ekd.train.run_dir import writes_into_run
 
 
 def evaluate_run(
@@ -138,10 +139,14 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     )
 
 
+@writes_into_run
 def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Reload ``run_dir/student`` with transformers and evaluate it (and the teacher) on the run's eval sets.
 
-    Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``.
+    Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``, holding the run's lock.
+
+    Raises:
+        RunDirError: another ekd process is using the run (training, resuming or evaluating it).
     """
     from ekd.io import atomic_write_text, strict_json
     from ekd.log_level import apply_log_level

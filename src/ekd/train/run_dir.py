@@ -7,9 +7,15 @@
 
 :class:`RunStart` is the start of a run as one transaction:
 
+0. :meth:`RunStart.open` first takes the run's lock (``<output_dir>/.<name>.lock``, :mod:`ekd.locks`), held
+   until :meth:`RunStart.close`: a second ekd process on the same run (``ekd distill``, ``--resume``,
+   ``ekd eval RUN``, another torchrun job) is refused in one line naming the pid that holds it. Under
+   ``torchrun`` only rank 0 opens the run, so the ranks of one job never lock each other out. The OS releases
+   the lock of a killed process: a run whose start did not finish is reclaimed only when its owner is gone.
 1. :meth:`RunStart.open` checks the directory: a file in the way, a directory that is not an ekd run, a
-   different run (without ``--resume``/``--overwrite``), a ``--resume`` whose config changes more than
-   budget/logging/eval keys, a finished run. With ``--overwrite`` the old run is *moved aside*
+   different run (without ``--resume``/``--overwrite``; the refusal offers only what works), a ``--resume``
+   whose config changes a key outside ``RESUMABLE_CHANGES``/``SAME_MATH_CHANGES`` (the change of a
+   memory/speed knob is logged), a finished run. With ``--overwrite`` the old run is *moved aside*
    (``<output_dir>/.<name>.replaced``), never deleted here; only a directory holding ``ekd-run.json`` is
    moved.
 2. The trainer loads data and models; :meth:`RunStart.check_data` records the data fingerprint (a new run)
@@ -23,42 +29,74 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import shlex
 import shutil
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from ekd.config import Config
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
+from ekd.locks import FileLock
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MARKER = "ekd-run.json"
 FORMAT = "ekd-run"
 
-# keys that may change when resuming (budget, logging, evaluation, where the run lives and how it is laid
-# out on devices); anything else makes it a different run
+# What ``--resume`` lets change (README, "What `--resume` may change"): anything else changes what the run computes, so
+# the resumed run would not be the run it continues, and is refused. Prefixes end in ".".
 RESUMABLE_CHANGES = (
+    # the budget, logging, evaluation and where the run lives
     "train.max_steps",
     "train.checkpoint_every",
     "train.keep_checkpoints",
-    "train.micro_batch_size",  # the checkpoint refuses another global micro-batch (ranks × micro-batch)
-    # how the same computation is laid out on devices (DCP reshards between all of them)
-    "train.parallel",
-    "train.cpu_offload",
-    "train.activation_checkpointing",
-    "teacher.placement",
     "log.",
     "eval.",
     "run.device",
     "run.output_dir",
     "run.name",
+    # how the same computation is laid out on devices (DCP reshards between all of them); the checkpoint refuses
+    # another global micro-batch (ranks × train.micro_batch_size)
+    "train.micro_batch_size",
+    "train.parallel",
+    "train.cpu_offload",
+    "teacher.placement",
 )
+
+# memory and speed knobs over the same math (tested equal: tests/test_head_loss.py, test_train.py's chunked =
+# reference path through the step): resumable, said in one info line. Key → what may differ from a run that
+# kept the saved value.
+SAME_MATH_CHANGES = {
+    "train.head_chunk_size": "another summation order: losses may differ in the last bits",
+    "train.loss_path": "another summation order: losses may differ in the last bits",
+    "train.compile": "fused kernels: losses may differ in the last bits",
+    "train.activation_checkpointing": "the same activations, recomputed in backward",
+}
+
+# why a refused key cannot change, where the generic "changes what the run computes" says too little
+REFUSED_BECAUSE = {
+    "train.grad_accum_steps": (
+        "train.micro_batch_size × train.grad_accum_steps is the optimizer step's batch, and batch-scoped rules "
+        "(select_per=batch, gls, adakd) rank the rows of one micro-batch together, so another split changes "
+        "the result"
+    ),
+    "train.precision": "bf16 and fp32 are different arithmetic",
+}
+
+
+def resumable(key: str) -> bool:
+    """Whether ``--resume`` accepts a change of the config key ``key`` (section.field)."""
+    return key in SAME_MATH_CHANGES or key.startswith(RESUMABLE_CHANGES)
 
 
 class RunFinished(EkdError):
@@ -132,8 +170,102 @@ def _write_marker(run_dir: Path, **fields: object) -> None:
     atomic_write_text(run_dir / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
+def run_lock(run_dir: Path) -> FileLock:
+    """The lock of ``run_dir``: ``.<name>.lock`` beside it, at its real path (so every spelling of the directory,
+    relative, absolute or through a symlink, takes the same lock)."""
+    real = Path(run_dir).resolve()
+    return FileLock(real.with_name(f".{real.name}.lock"))
+
+
+def lock_run(run_dir: Path, fix: str) -> FileLock:
+    """Take ``run_dir``'s lock (without waiting); returns it, held.
+
+    Raises:
+        RunDirError: another ekd process holds it: one line naming the directory, the pid and ``fix``.
+        DiskError: the lock file cannot be written beside the run directory.
+    """
+    lock = run_lock(run_dir)
+    if not lock.acquire(wait=False):
+        pid = lock.holder()
+        who = "another ekd process" + (f" (pid {pid})" if pid is not None else "")
+        raise RunDirError(f"{run_dir} is in use by {who}; {fix}")
+    return lock
+
+
+@contextmanager
+def using_run(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block: what writes into a finished run (``ekd eval RUN``: ``eval.json``,
+    plots, task results) never writes while a ``--resume`` or another evaluation of it runs. A directory that
+    does not exist holds nothing to guard (the block says what is wrong with it).
+
+    Raises:
+        RunDirError: another ekd process is using the run.
+    """
+    if not Path(run_dir).is_dir():
+        yield
+        return
+    lock = lock_run(run_dir, "wait for it to finish, then rerun")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def writes_into_run(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a function whose first argument is a run directory it writes into: it runs under
+    :func:`using_run` (the function then also raises RunDirError when another ekd process uses the run)."""
+
+    @functools.wraps(fn)
+    def wrapper(run_dir: Path, *args, **kwargs) -> T:
+        with using_run(run_dir):
+            return fn(run_dir, *args, **kwargs)
+
+    return wrapper
+
+
+def _override(key: str, value: object) -> str:
+    """``key=value`` as typed on the command line (a list comma-separated), quoted for a shell if needed."""
+    if isinstance(value, list | tuple):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    else:
+        text = str(value)
+    return shlex.quote(f"{key}={text}")
+
+
+def _existing_run_advice(
+    run_dir: Path, diffs: list[str], blocking: list[str], ckpt: Path | None, finished: bool, current: dict
+) -> str:
+    """The refusal of a start (no flag) on a directory that holds a run: what it holds and the ways on that work
+    with this config (``--resume`` only where it would accept it)."""
+    what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
+    if ckpt is None:  # stopped before its first checkpoint: --resume cannot help
+        return (
+            f"{run_dir} already holds {what} that saved no checkpoint (nothing to resume); pass "
+            "--overwrite to start it again, or set run.name"
+        )
+    if blocking:  # --resume would refuse these changes
+        return (
+            f"{run_dir} already holds a different run (differs in {', '.join(blocking[:5])}, which --resume "
+            "cannot change); pass --overwrite to replace it, or set run.name"
+        )
+    if finished:  # --resume would have nothing to do
+        flat = _flat(current)
+        evals = " ".join(_override(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
+        again = f"`ekd eval {run_dir}{' ' + evals if evals else ''}` evaluates it" + (
+            " with the new eval settings" if evals else " again"
+        )
+        return (
+            f"{run_dir} already holds {what}, finished ({checkpoint_step(ckpt)} steps): {again}; raise "
+            "train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set run.name"
+        )
+    return f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
+
+
 class RunStart:
-    """Open, then commit or roll back, the run directory of ``cfg`` (see the module docstring)."""
+    """Open, then commit or roll back, the run directory of ``cfg`` (see the module docstring); :meth:`close`
+    releases it."""
 
     def __init__(self, cfg: Config, resume: bool, overwrite: bool) -> None:
         self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
@@ -144,6 +276,7 @@ class RunStart:
         self.moved = False  # the previous content is at ``self.aside``
         self.committed = False
         self.made_output = False  # this start created run.output_dir
+        self.lock: FileLock | None = None  # the run's lock, held from open() to close()
 
     # ------------------------------------------------------------ open
 
@@ -151,7 +284,8 @@ class RunStart:
         """Check and prepare the run directory; returns it. Nothing is deleted here.
 
         Raises:
-            RunDirError: the directory cannot hold this run (one line naming it and the fix).
+            RunDirError: the directory cannot hold this run (one line naming it and the fix), or another ekd
+                process is using it.
             RunFinished: ``--resume`` of a run that has already trained ``train.max_steps`` steps.
             DiskError: the output directory is not writable.
         """
@@ -166,9 +300,13 @@ class RunStart:
             if run_dir.exists() and not run_dir.is_dir():
                 raise RunDirError(f"{run_dir} is a file, not a run directory; choose another run.name")
             self.made_output = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)  # the lock file lives here, beside the run directory
+            # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
+            self.lock = lock_run(run_dir, "wait for it to end, or choose another run.name")
             self._recover_interrupted_replace()
             holds = run_dir.is_dir() and any(run_dir.iterdir())
             marker = read_marker(run_dir) if holds else None
+            # a start that did not finish, and whose process is gone (it would hold the lock we hold)
             if marker is not None and marker.get("state") == "starting":
                 log.info("%s is a run whose start did not finish; starting it afresh", run_dir)
                 self._move_aside()
@@ -198,40 +336,40 @@ class RunStart:
             raise RunDirError(
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
             )
-        diffs = config_differences(saved or {}, self.cfg.to_dict())
-        if not self.resume:
-            what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
-            # stopped before its first checkpoint: --resume cannot help
-            if latest_checkpoint(run_dir) is None:
-                raise RunDirError(
-                    f"{run_dir} already holds {what} that saved no checkpoint (nothing to resume); pass "
-                    "--overwrite to start it again, or set run.name"
-                )
-            raise RunDirError(
-                f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
-            )
-        blocking = [k for k in diffs if not k.startswith(RESUMABLE_CHANGES)]
-        if blocking:
-            raise RunDirError(
-                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}; resume with the "
-                f"settings in {run_dir / 'config.yaml'}, or start a new run under another run.name"
-            )
+        current = self.cfg.to_dict()
+        diffs = config_differences(saved or {}, current)
+        blocking = [k for k in diffs if not resumable(k)]
         ckpt = latest_checkpoint(run_dir)
+        finished = (
+            marker is not None
+            and marker.get("state") == "finished"
+            and ckpt is not None
+            and checkpoint_step(ckpt) >= self.cfg.train.max_steps
+        )
+        if not self.resume:
+            raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))
+        if blocking:
+            why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
+            raise RunDirError(
+                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}, which change what "
+                f"the run computes{' (' + '; '.join(why) + ')' if why else ''}; resume with the settings in "
+                f"{run_dir / 'config.yaml'}, or start a new run under another run.name"
+            )
         if ckpt is None:  # resuming would train from step 0 and rewrite the run's metrics and plots
             raise RunDirError(
                 f"--resume: {run_dir / 'checkpoints'} holds no checkpoint to resume from; start the run again "
                 "with --overwrite (this replaces it) or under another run.name"
             )
-        if (
-            marker
-            and marker.get("state") == "finished"
-            and ckpt
-            and checkpoint_step(ckpt) >= self.cfg.train.max_steps
-        ):
+        if finished:
             raise RunFinished(
                 f"run {run_dir} is already finished ({checkpoint_step(ckpt)} steps); nothing to resume "
                 "(raise train.max_steps to train further, or `ekd eval` it)"
             )
+        if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
+            flat = _flat(saved or {})
+            changes = ", ".join(f"{k} {flat.get(k)} → {_flat(current).get(k)}" for k in knobs)
+            notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
+            log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
 
     def _move_aside(self) -> None:
         if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
@@ -295,9 +433,16 @@ class RunStart:
             self.aside.rename(self.run_dir)
         elif self.existed:
             self.run_dir.mkdir(parents=True, exist_ok=True)  # it was an empty directory before
-        elif self.made_output:
+
+    def close(self) -> None:
+        """Release the run's lock (after :meth:`finish`, :meth:`rollback` or a refusal); an output directory
+        this start made is removed again if the run did not start and it is empty."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.made_output and not self.committed:
             with suppress(OSError):
-                self.run_dir.parent.rmdir()  # only if still empty
+                self.run_dir.parent.rmdir()  # only if empty
 
     def finish(self) -> None:
         """The run trained all its steps and wrote its final evaluation."""

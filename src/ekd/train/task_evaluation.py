@@ -34,6 +34,7 @@ from ekd.eval import task_metrics as tm
 from ekd.eval.tasks import TaskSettings, require_lm_eval, run_tasks
 from ekd.io import atomic_write_text, json_safe, strict_json
 from ekd.models.load import is_preset
+from ekd.train.run_dir import writes_into_run
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +296,14 @@ def run_end_tasks(
     return section
 
 
+@writes_into_run
 def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """``ekd eval RUN --tasks ...``: reload ``RUN/student`` and run :func:`run_end_tasks` on it."""
+    """``ekd eval RUN --tasks ...``: reload ``RUN/student`` and run :func:`run_end_tasks` on it (which writes into
+    ``RUN``, holding the run's lock).
+
+    Raises:
+        RunDirError: another ekd process is using the run (training, resuming or evaluating it).
+    """
     from ekd.models.load import load_tokenizer
     from ekd.models.lora import load_exported_student
     from ekd.train.evaluation import load_run_config

@@ -151,7 +151,8 @@ def train(
 ) -> TrainResult:
     """Distill (or train with CE) a student per ``cfg``; returns where the run lives and its figures.
 
-    Under ``torchrun`` every rank runs this; rank 0 owns the run directory, logs, checkpoints and evaluation.
+    Under ``torchrun`` every rank runs this; rank 0 owns the run directory (and holds its lock for the whole run:
+    a second process on the same run is refused), logs, checkpoints and evaluation.
     The start is one transaction (:class:`~ekd.train.run_dir.RunStart`): whatever fails or is interrupted
     before the first optimizer step has completed leaves the run directory as it was (a corrupt cache, a
     teacher that does not fit, an out-of-memory step); a run replaced by ``--overwrite`` is deleted only then.
@@ -166,6 +167,9 @@ def train(
                 if isinstance(e, KeyboardInterrupt):
                     e.continue_hint = interrupted_hint(start)  # what the CLI prints after "interrupted"
             raise
+        finally:
+            if start is not None:
+                start.close()  # the run directory's lock, held by rank 0 for the whole run
 
 
 def interrupted_hint(start: RunStart) -> str:

@@ -1,0 +1,96 @@
+"""Exclusive locks between ekd processes: one mechanism for every directory two processes must not write at once.
+
+A lock is ``fcntl.flock`` on a lock file beside the directory it guards (``<key>.lock`` beside a token store,
+``.<name>.lock`` beside a run directory: outside it, because a run directory is moved aside and put back).
+The OS releases a flock when its process ends, however it ends (an error, SIGKILL, a lost node), so a lock is
+never stale. The holder writes its pid into the file, so that a refusal can name it, and removes the file when
+it releases the lock; a lock file left by a killed process is simply taken by the next one.
+
+:class:`FileLock` is the lock; :func:`locked` holds one for a block, waiting for another holder (the token
+store: the second process reuses what the first built).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from ekd.io import writing
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` (created if absent; its directory must exist).
+
+    Acquiring checks, after the flock is granted, that ``path`` is still the file it locked: a holder that
+    released removes the file, and a process that opened it just before must then lock the new one instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self, wait: bool) -> bool:
+        """Take the lock; returns False if another process holds it and ``wait`` is False.
+
+        Raises:
+            DiskError: the lock file cannot be created (the directory is read-only, a directory is in the way).
+        """
+        while True:
+            with writing(self.path.parent):
+                f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
+            try:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    f.close()
+                    return False
+                with suppress(FileNotFoundError):
+                    if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                        f.seek(0)
+                        f.truncate()
+                        f.write(f"{os.getpid()}\n")
+                        f.flush()
+                        self._file = f
+                        return True
+                f.close()  # the holder released and removed the file we had opened: lock the new one
+            except BaseException:
+                f.close()
+                raise
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (a no-op when not held)."""
+        if self._file is None:
+            return
+        with suppress(OSError):
+            self.path.unlink()  # while still held: a process that opened it meanwhile finds it gone and retries
+        self._file.close()  # releases the flock
+        self._file = None
+
+    def holder(self) -> int | None:
+        """The pid written by the process holding the lock, or None if it cannot be read (yet)."""
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+@contextmanager
+def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block, waiting for another holder; ``on_wait`` is called
+    once before waiting (to log why nothing happens)."""
+    lock = FileLock(path)
+    if not lock.acquire(wait=False):
+        if on_wait is not None:
+            on_wait()
+        lock.acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,233 @@
+"""One run directory, one ekd process (try-out 7, findings 1 and 7): a second ``ekd distill`` (or ``--resume``,
+``--overwrite``, ``ekd eval RUN``) on a run that a live process is writing is refused in one line naming the
+pid, and touches nothing; a run killed with SIGKILL leaves no stale lock; SIGTERM ends a run as Ctrl-C does.
+
+The first process is a real subprocess (``_HELD``: ``ekd`` with its training step held at a given call until
+the test lets it go), so the locks are those between two processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ekd
+from hostile import cli, copy_workspace, make_workspace, one_error_line, snapshot, unchanged
+from tiny import config_file
+
+EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "ce"}
+
+# ekd's CLI with trainer.forward_backward held at its EKD_TEST_HOLD_AT-th call (1 = the first step): it touches
+# EKD_TEST_HELD, then waits for EKD_TEST_GO to exist (forever if unset: until a signal ends it)
+_HELD = """
+import os, sys, time
+from pathlib import Path
+from ekd.train import trainer
+real, calls = trainer.forward_backward, []
+def held(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == int(os.environ["EKD_TEST_HOLD_AT"]):
+        Path(os.environ["EKD_TEST_HELD"]).touch()
+        go = os.environ.get("EKD_TEST_GO")
+        while not (go and Path(go).exists()):
+            time.sleep(0.05)
+    return real(*args, **kwargs)
+trainer.forward_backward = held
+from ekd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A workspace ``corpus/``, ``runs/base`` (finished, checkpoints at steps 1 and 2) and ``base.yaml``."""
+    return make_workspace(tmp_path_factory.mktemp("run-lock"), "base", EXTRA)
+
+
+@pytest.fixture
+def ws(template, tmp_path, monkeypatch):
+    return copy_workspace(template, tmp_path, monkeypatch)
+
+
+def _config(name: str = "base", **extra) -> str:
+    return config_file(Path("."), Path("corpus"), name, **{**EXTRA, **extra})
+
+
+class Held:
+    """``ekd ARGS`` in a subprocess, held at its ``at``-th training step (see ``_HELD``)."""
+
+    def __init__(self, ws: Path, at: int, *args: str, go: bool = True) -> None:
+        self.held, self.go = ws / "held.flag", ws / "go.flag"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(ekd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+            ),
+            "OMP_NUM_THREADS": "1",
+            "EKD_TEST_HOLD_AT": str(at),
+            "EKD_TEST_HELD": str(self.held),
+            **({"EKD_TEST_GO": str(self.go)} if go else {}),
+        }
+        cmd = [sys.executable, "-c", _HELD, *args]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_held(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.held.exists():
+            if self.proc.poll() is not None:
+                pytest.fail(f"ended before its held step: {self.proc.communicate()[1][-3000:]}")
+            assert time.monotonic() < deadline, "never reached its held step"
+            time.sleep(0.05)
+
+    def release(self, timeout: float = 240) -> tuple[int, str, str]:
+        self.go.touch()
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.mark.slow
+def test_a_second_start_on_a_live_run_is_refused_and_touches_nothing(ws, capsys):
+    """The try-out's race: run 1 is before its first step (marker ``starting``) when run 2 starts on the same
+    run.name. Run 2 (and --overwrite, --resume, ``ekd eval``) is refused at once; run 1 trains to the end."""
+    first = Held(ws, 1, "-q", "distill", _config("twin"), "run.seed=1")
+    try:
+        first.wait_held()
+        run = ws / "runs" / "twin"
+        before = snapshot(ws)
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            rc, _, err = cli(capsys, "distill", _config("twin"), "run.seed=2", *extra)
+            line = one_error_line(rc, err)
+            assert f"{run.relative_to(ws)} is in use by another ekd process (pid {first.proc.pid})" in line, (
+                line
+            )
+            assert "wait for it to end, or choose another run.name" in line
+        assert first.proc.poll() is None  # refused while run 1 is still alive
+        unchanged(before, ws)
+        assert set(snapshot(ws)) == set(before)
+        rc, _, err = first.release()
+    finally:
+        first.kill()
+    assert rc == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"] == 1  # run 1's, not run 2's
+    assert json.loads((run / "ekd-run.json").read_text())["state"] == "finished"
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(1) == 1 and steps.count(2) >= 1  # one run's rows, no second writer
+    assert not (ws / "runs" / ".twin.lock").exists()  # released (and removed) at the end
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_being_resumed_is_refused(ws, capsys):
+    """``ekd eval RUN`` writes eval.json and plots into the run: not while a --resume of it trains."""
+    first = Held(ws, 1, "-q", "distill", _config(), "train.max_steps=3", "--resume")
+    try:
+        first.wait_held()
+        before = snapshot(ws)
+        rc, _, err = cli(capsys, "eval", "runs/base")
+        line = one_error_line(rc, err)
+        assert f"runs/base is in use by another ekd process (pid {first.proc.pid})" in line, line
+        assert "wait for it to finish, then rerun" in line
+        unchanged(before, ws)
+        rc, _, err = first.release()
+    finally:
+        first.kill()
+    assert rc == 0, err
+    assert cli(capsys, "eval", "runs/base")[0] == 0  # and once it has finished, eval runs
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_leaves_no_stale_lock(ws, capsys):
+    first = Held(ws, 1, "-q", "distill", _config(), "train.max_steps=4", "--resume", go=False)
+    try:
+        first.wait_held()
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.proc.returncode == -signal.SIGKILL
+    assert (ws / "runs" / ".base.lock").exists()  # the file stays; the OS released its lock
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert rc == 0, err
+    assert not (ws / "runs" / ".base.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_as_ctrl_c_does(ws, capsys):
+    """What a job scheduler sends: the same line as Ctrl-C naming the checkpoint kept, exit 143 (128 + SIGTERM),
+    the lock released; --resume then finishes the run."""
+    first = Held(ws, 2, "-q", "distill", _config("term", **{"train.max_steps": 3}), go=False)
+    try:
+        first.wait_held()  # in step 2: the checkpoint of step 1 is written
+        first.proc.send_signal(signal.SIGTERM)
+        out, err = first.proc.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == (
+        "ekd: interrupted (SIGTERM); checkpoint step-000001 is kept: continue with the same command and --resume"
+    ), err
+    assert "Traceback" not in err
+    assert not (ws / "runs" / ".term.lock").exists()
+    rc, _, err = cli(capsys, "distill", _config("term", **{"train.max_steps": 3}), "--resume")
+    assert rc == 0, err
+
+
+def test_sigterm_handler_is_restored_after_the_command(monkeypatch, capsys):
+    """Within ``main`` SIGTERM raises; after it (a library caller, a test runner) the previous handler is back."""
+    import ekd.cli as cli_mod
+    from ekd.signals import Terminated
+
+    seen = []
+
+    def terminated(args):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    def previous(signum, frame):
+        raise AssertionError("the previous handler must not run during the command")
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        monkeypatch.setitem(cli_mod.COMMANDS, "distill", terminated)
+        assert cli_mod.main(["distill", "x.yaml"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert seen and seen[0] is not previous
+    assert "ekd: interrupted (SIGTERM)" in capsys.readouterr().err
+    assert issubclass(Terminated, KeyboardInterrupt)
+
+
+def test_lock_is_shared_by_every_spelling_of_the_run_directory(tmp_path):
+    """Relative, absolute, with a symlinked parent: one lock; a second holder is refused, the first releases."""
+    from ekd.errors import RunDirError
+    from ekd.train.run_dir import lock_run
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    lock = lock_run(tmp_path / "runs" / "r", "fix")
+    try:
+        for spelling in (tmp_path / "link" / "r", tmp_path / "runs" / "r" / ".." / "r"):
+            with pytest.raises(
+                RunDirError, match=f"in use by another ekd process \\(pid {os.getpid()}\\); fix"
+            ):
+                lock_run(spelling, "fix")
+    finally:
+        lock.release()
+    lock_run(tmp_path / "link" / "r", "fix").release()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]
