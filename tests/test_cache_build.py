@@ -25,6 +25,7 @@ from dist_runs import free_port
 from ekd.cli import main
 from ekd.config import load_config
 from ekd.data import BlockLoader, collate
+from ekd.locks import lock_directory
 from ekd.losses.targets import Head
 from ekd.teacher.cache import CacheError, CacheReader
 from ekd.teacher.cache.build import run_build
@@ -245,6 +246,26 @@ def test_cached_rs_draws_are_the_online_teachers_draw_for_draw(positions):
             drawn = online.counts[i] > 0
             assert entry["ids"][i][entry["values"][i] > 0].tolist() == online.target.ids[i, drawn].tolist()
             assert entry["values"][i][entry["values"][i] > 0].tolist() == online.counts[i, drawn].tolist()
+
+
+def test_a_cache_another_process_is_writing_is_refused(setup, capsys):
+    """One writer per cache directory (``ekd.locks``, as for run directories): a second ``ekd cache``, resuming or
+    with ``--overwrite``, is one line naming the holder, and the cache is untouched (``ekd cache import``:
+    tests/test_cache_import.py)."""
+    cache = setup["cache"]
+    before = _tree_sha256(cache)
+    lock = lock_directory(cache, "fix")  # another build holds it (flock: another open file, even in-process)
+    try:
+        for extra in ([], ["--overwrite"]):
+            assert main(["cache", setup["cfg"], *extra]) == 2
+            line = _error_line(capsys)
+            assert f"{cache} is in use by another ekd process (pid {os.getpid()})" in line, line
+            assert "teacher.cache_dir" in line
+    finally:
+        lock.release()
+    assert _tree_sha256(cache) == before
+    assert main(["-q", "cache", setup["cfg"]]) == 0  # free again: a finished cache, nothing to build
+    assert _tree_sha256(cache) == before
 
 
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):

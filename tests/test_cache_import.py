@@ -9,6 +9,7 @@ import and from ``ekd cache``'s own top-K cache of the same teacher: the same lo
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ekd.cli import main
 from ekd.config import load_config
 from ekd.data import collate, load_splits
 from ekd.data.collate import model_inputs
+from ekd.locks import lock_directory
 from ekd.teacher.cache import CacheReader
 from ekd.teacher.cache.build import run_build
 from ekd.teacher.cache.importer import estimated_stats, topk_from_logprobs
@@ -117,6 +119,19 @@ def _one_line(capsys) -> str:
     assert len(err) == 1, err
     assert err[0].startswith("ekd: error: ")
     return err[0]
+
+
+def test_an_import_into_a_cache_another_process_is_writing_is_refused(setup, capsys):
+    src = _write_parquet(setup["root"] / "teacher-busy.parquet", setup["rows"])
+    out = setup["root"] / "busy"
+    lock = lock_directory(out, "fix")  # a build or another import holds it
+    try:
+        assert _import(setup, src, out) == 2
+        assert f"{out} is in use by another ekd process (pid {os.getpid()})" in _one_line(capsys)
+        assert not out.exists()
+    finally:
+        lock.release()
+    assert _import(setup, src, out) == 0, capsys.readouterr().err
 
 
 def test_imported_topk_trains_like_the_native_cache(setup, capsys):

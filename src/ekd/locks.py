@@ -7,7 +7,8 @@ never stale. The holder writes its pid into the file, so that a refusal can name
 it releases the lock; a lock file left by a killed process is simply taken by the next one.
 
 :class:`FileLock` is the lock; :func:`locked` holds one for a block, waiting for another holder (the token
-store: the second process reuses what the first built).
+store: the second process reuses what the first built); :func:`lock_directory` and :func:`holding` refuse
+instead (a run directory, a teacher cache: a second writer is a mistake, not work to share).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from ekd.errors import EkdError
 from ekd.io import writing
 
 
@@ -90,6 +92,43 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
         if on_wait is not None:
             on_wait()
         lock.acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def directory_lock(directory: Path) -> FileLock:
+    """The lock of ``directory``: ``.<name>.lock`` beside it (outside: a directory may be moved aside and put
+    back), at its real path, so that every spelling of it (relative, absolute, through a symlink, a trailing
+    slash) takes the same lock."""
+    real = Path(directory).resolve()
+    return FileLock(real.with_name(f".{real.name}.lock"))
+
+
+def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) -> FileLock:
+    """Take ``directory``'s lock (:func:`directory_lock`) without waiting; returns it, held. Its parent is
+    created if absent.
+
+    Raises:
+        error: another ekd process holds it: one line naming the directory, the pid and ``fix``.
+        DiskError: the lock file cannot be written beside the directory.
+    """
+    lock = directory_lock(directory)
+    with writing(lock.path.parent):
+        lock.path.parent.mkdir(parents=True, exist_ok=True)
+    if not lock.acquire(wait=False):
+        pid = lock.holder()
+        who = "another ekd process" + (f" (pid {pid})" if pid is not None else "")
+        raise error(f"{directory} is in use by {who}; {fix}")
+    return lock
+
+
+@contextmanager
+def holding(directory: Path, fix: str, error: type[EkdError] = EkdError) -> Iterator[None]:
+    """Hold ``directory``'s lock for the block (:func:`lock_directory`: refused at once if another process
+    holds it)."""
+    lock = lock_directory(directory, fix, error)
     try:
         yield
     finally:

@@ -44,7 +44,7 @@ import yaml
 from ekd.config import Config
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
-from ekd.locks import FileLock
+from ekd.locks import FileLock, lock_directory
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -170,26 +170,15 @@ def _write_marker(run_dir: Path, **fields: object) -> None:
     atomic_write_text(run_dir / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
-def run_lock(run_dir: Path) -> FileLock:
-    """The lock of ``run_dir``: ``.<name>.lock`` beside it, at its real path (so every spelling of the directory,
-    relative, absolute or through a symlink, takes the same lock)."""
-    real = Path(run_dir).resolve()
-    return FileLock(real.with_name(f".{real.name}.lock"))
-
-
 def lock_run(run_dir: Path, fix: str) -> FileLock:
-    """Take ``run_dir``'s lock (without waiting); returns it, held.
+    """Take ``run_dir``'s lock (``.<name>.lock`` beside it, :func:`ekd.locks.lock_directory`) without waiting;
+    returns it, held.
 
     Raises:
         RunDirError: another ekd process holds it: one line naming the directory, the pid and ``fix``.
         DiskError: the lock file cannot be written beside the run directory.
     """
-    lock = run_lock(run_dir)
-    if not lock.acquire(wait=False):
-        pid = lock.holder()
-        who = "another ekd process" + (f" (pid {pid})" if pid is not None else "")
-        raise RunDirError(f"{run_dir} is in use by {who}; {fix}")
-    return lock
+    return lock_directory(run_dir, fix, RunDirError)
 
 
 @contextmanager

@@ -20,7 +20,8 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config
 from ekd.data.collate import model_inputs
+from ekd.locks import lock_directory
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
+from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import assemble_manifest, check_cache_directory
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
@@ -203,6 +206,27 @@ def _gather(figures: dict, ranks: Ranks) -> list[dict]:
     return everyone
 
 
+CACHE_IN_USE = "wait for it to end, or choose another teacher.cache_dir"
+
+
+@contextmanager
+def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
+    """Hold the cache directory's lock (``ekd.locks``) for the block, taken by global rank 0 for the whole job:
+    the ranks of one build share the directory, a second build (another job, or ``ekd cache import``) is refused
+    on every rank with one line."""
+    from ekd.train.rank_work import run_on_main
+
+    fix = CACHE_IN_USE
+    lock = run_on_main(
+        ranks, lambda: lock_directory(directory, fix, CacheError), "lock the cache", share=False
+    )
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _prepare_data(cfg: Config, directory: Path):
     """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
     (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one."""
@@ -250,7 +274,7 @@ def run_build(
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
-    with distributed(resolve_device(cfg.run.device)) as ranks:
+    with distributed(resolve_device(cfg.run.device)) as ranks, _locked_by_main(directory, ranks):
         device = ranks.device
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)

@@ -44,6 +44,7 @@ from ekd.config import Config, ConfigError
 from ekd.data.chat import RejectedRow, parse_messages
 from ekd.data.document import Document
 from ekd.io import file_sha256
+from ekd.locks import holding
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.logprob_rows import (
     Columns,
@@ -294,7 +295,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             missing from SRC, or SRC's tokens differing from ours (row and first differing position named).
     """
     from ekd.data.packing import framed_documents
-    from ekd.teacher.cache.build import _prepare_data
+    from ekd.teacher.cache.build import CACHE_IN_USE, _prepare_data
 
     check_importable(cfg)
     src = Path(src)
@@ -304,62 +305,63 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     layout, columns = resolve_columns(src, set(table.names), columns)
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    data = _prepare_data(cfg, directory)
-    blocks = data.blocks["train"]
-    n_blocks, T = blocks.input_ids.shape
-    k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
-    chat = cfg.data.format == "chat"
-    index = _index_rows(table, columns.text, chat)
-    needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
+    with holding(directory, CACHE_IN_USE, CacheError):  # no build or import into it meanwhile
+        directory.mkdir(parents=True, exist_ok=True)
+        data = _prepare_data(cfg, directory)
+        blocks = data.blocks["train"]
+        n_blocks, T = blocks.input_ids.shape
+        k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
+        chat = cfg.data.format == "chat"
+        index = _index_rows(table, columns.text, chat)
+        needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
 
-    revision = f"import-sha256:{file_sha256(src)}"
-    signature = cache_signature(cfg, data, revision)
-    signature.update(positions="all", position_fraction=None)
-    writer = CacheWriter(
-        directory,
-        signature,
-        n_blocks,
-        cfg.teacher.cache_shard_samples,
-        stat_format=cfg.teacher.cache_stat_format,
-        overwrite=overwrite,
-    )
-    window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T))
-    at, stream = 0, n_blocks * T
-    for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
-        if at >= stream:
-            break
-        r = index.get(_digest(document_key(doc)))
-        if r is None:
-            raise CacheError(
-                f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
-                "SRC must hold every training document of the config's data"
-            )
-        where = f"{src} row {r}"
-        row = source_row(table.row(r, needed), layout, columns, k, where)
-        bad = first_mismatch(ours, row.tokens)
-        if bad is not None:
-            theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
-            mine = ours[bad] if bad < len(ours) else "<end>"
-            how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
-            raise CacheError(
-                f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
-                f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does"
-            )
-        n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
-        window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
-        at += len(ours)
-    window.close()
-    writer.close()
-    log.info(
-        "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
-        src,
-        window.cached,
-        window.targets,
-        k,
-        100.0 * window.hits / max(window.cached, 1),
-    )
-    return directory
+        revision = f"import-sha256:{file_sha256(src)}"
+        signature = cache_signature(cfg, data, revision)
+        signature.update(positions="all", position_fraction=None)
+        writer = CacheWriter(
+            directory,
+            signature,
+            n_blocks,
+            cfg.teacher.cache_shard_samples,
+            stat_format=cfg.teacher.cache_stat_format,
+            overwrite=overwrite,
+        )
+        window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T))
+        at, stream = 0, n_blocks * T
+        for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
+            if at >= stream:
+                break
+            r = index.get(_digest(document_key(doc)))
+            if r is None:
+                raise CacheError(
+                    f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
+                    "SRC must hold every training document of the config's data"
+                )
+            where = f"{src} row {r}"
+            row = source_row(table.row(r, needed), layout, columns, k, where)
+            bad = first_mismatch(ours, row.tokens)
+            if bad is not None:
+                theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
+                mine = ours[bad] if bad < len(ours) else "<end>"
+                how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
+                raise CacheError(
+                    f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
+                    f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does"
+                )
+            n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
+            window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
+            at += len(ours)
+        window.close()
+        writer.close()
+        log.info(
+            "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
+            src,
+            window.cached,
+            window.targets,
+            k,
+            100.0 * window.hits / max(window.cached, 1),
+        )
+        return directory
 
 
 __all__ = ["check_importable", "document_key", "estimated_stats", "import_cache", "topk_from_logprobs"]
