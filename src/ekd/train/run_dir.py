@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from ekd.config import Config
+from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
@@ -198,7 +199,8 @@ class RunStart:
             raise RunDirError(
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
             )
-        diffs = config_differences(saved or {}, self.cfg.to_dict())
+        # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
+        diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), self.cfg.to_dict())
         if not self.resume:
             what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
             # stopped before its first checkpoint: --resume cannot help
