@@ -103,10 +103,10 @@ def test_model_eos_read_from_generation_config_then_model_config(tmp_path: Path)
     both = tmp_path / "both"
     LlamaConfig(eos_token_id=1).save_pretrained(both)
     GenerationConfig(eos_token_id=[7, 1]).save_pretrained(both)
-    assert read_model_eos(str(both)) == [7, 1]
+    assert read_model_eos(str(both), key="model.teacher") == [7, 1]
     only_model = tmp_path / "model"
     LlamaConfig(eos_token_id=7).save_pretrained(only_model)
-    assert read_model_eos(str(only_model)) == 7
+    assert read_model_eos(str(only_model), key="model.teacher") == 7
     tok = _tokenizer(adds_bos=False)
     boundary = document_boundary(DataConfig(), tok, {"teacher": (str(both), ""), "student": (str(both), "")})
     assert boundary.eos_id == 1 and boundary.describe() == "auto:bos=-,eos=1"

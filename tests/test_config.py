@@ -22,6 +22,7 @@ from ekd.config import (
     field_docs,
     load_config,
 )
+from ekd.config.paths import resolve_paths
 from ekd.methods import presets
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -46,7 +47,9 @@ def _section_classes() -> dict[str, type]:
 
 def test_defaults_load_and_validate():
     cfg = load_config()
-    assert cfg == Config()  # the default preset ('kd') restates the defaults
+    defaults = Config()
+    resolve_paths(defaults)  # run.output_dir=runs comes out absolute
+    assert cfg == defaults  # the default preset ('kd') restates the defaults
     assert SECTIONS == ["run", "model", "data", "teacher", "method", "train", "eval", "log"]
 
 

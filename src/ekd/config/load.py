@@ -4,7 +4,8 @@ Loading merges, in order: defaults → YAML file(s) → the method preset named 
 defaults under the file's explicit ``method`` keys) → CLI overrides. Values are coerced to the declared
 type (YAML reads ``3e-4`` as a string); unknown keys fail with the nearest valid key. Grouped spellings
 (``model.lora: {r: 16}``, ``model.lora.r=16``, ``student.export``) become flat keys first
-(:mod:`ekd.config.groups`).
+(:mod:`ekd.config.groups`). Paths are relative to the working directory, in a file as on the command line;
+local ones come out absolute (:mod:`ekd.config.paths`), so a saved config reads the same from anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from ekd.config.groups import ALIASES, canonical_key, expand_section, unknown_group_hint
+from ekd.config.paths import resolve_paths
 from ekd.config.rules import rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
@@ -261,7 +263,8 @@ def _missing_file_message(item: str) -> str:
 
 
 def build_config(flat: dict[str, Any]) -> Config:
-    """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly."""
+    """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly. Local
+    paths (relative to the working directory) come out absolute (:mod:`ekd.config.paths`)."""
     from ekd.methods import preset_values  # local import: methods imports config types
 
     preset = str(flat.get("method.preset", MethodConfig.preset))
@@ -273,6 +276,7 @@ def build_config(flat: dict[str, Any]) -> Config:
         section, name = key.split(".", 1)
         _check_key(key, "config")
         setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key))
+    resolve_paths(cfg)  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
     validate(cfg)
     return cfg
 

@@ -74,15 +74,16 @@ def end_of_document_id(eos: EosValue, tokenizer_eos: int | None) -> int | None:
     return tokenizer_eos if tokenizer_eos in ids else ids[0]
 
 
-def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = False) -> EosValue:
+def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = False, *, key: str) -> EosValue:
     """``eos_token_id`` of a hub id or local model directory: generation config first, then model config.
 
-    Reads the small JSON configs only (no weights). Raises ConfigError when neither can be read.
+    Reads the small JSON configs only (no weights). Raises ConfigError naming ``key`` (the config key that
+    names the model, e.g. ``model.student``) when the model cannot be found or neither config can be read.
     """
     from transformers import AutoConfig, GenerationConfig
 
     kwargs: dict = {"revision": revision} if revision else {}
-    kwargs.update(hub_kwargs(spec, "data.separator=auto", revision=revision, error=ConfigError))
+    kwargs.update(hub_kwargs(spec, key, revision=revision, error=ConfigError))
     try:
         eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
     except (OSError, ValueError):
@@ -94,7 +95,8 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     except (OSError, ValueError) as e:
         first = first_line(e)
         raise ConfigError(
-            f"data.separator=auto: cannot read the config of '{spec}' ({first}); set data.separator=eos"
+            f"{key}: cannot read the config of '{spec}' ({first}), which data.separator=auto reads for the "
+            "end-of-document id; fix the path or set data.separator=eos"
         ) from None
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return getattr(text_config, "eos_token_id", None)

@@ -91,7 +91,7 @@ def document_boundary(
     model_eos = {}
     if data.separator == "auto":
         model_eos = {
-            role: read_model_eos(spec, revision, trust_remote_code)
+            role: read_model_eos(spec, revision, trust_remote_code, key=f"model.{role}")
             for role, (spec, revision) in (models or {}).items()
         }
     return resolve_boundary(data.separator, tokenizer, model_eos)

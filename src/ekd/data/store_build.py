@@ -5,7 +5,8 @@ hash of its signature (:func:`store_signature`: the data sources and every data 
 documents, the tokenizer hash, the packing settings), so a second run with the same data, tokenizer and
 packing reuses it (one log line) and any difference builds a new store under a new key — a store is never
 reused for other settings. A store whose manifest disagrees with its key or whose files are short is
-rebuilt, with one warning line.
+rebuilt, with one warning line. A store built before config paths were resolved (its key hashes the
+sources' relative spelling) is found by its content and reused all the same.
 
 Building reads the sources lazily (:func:`ekd.data.documents.iter_documents`), routes each document to its
 split, tokenizes and packs it with the in-memory path's own functions
@@ -100,6 +101,8 @@ def stored_blocks(
     root = store_root(cfg)
     directory = root / key
     manifest = _complete(directory, signature, quiet=True)
+    if manifest is None and (same := _same_store(root, signature)) is not None:
+        directory, manifest = same  # built before config paths were resolved: other spellings, same files
     if manifest is not None:
         train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
         logger.info(
@@ -458,4 +461,31 @@ def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
         return manifest
     if not quiet:
         logger.warning("token store %s %s; rebuilding it", directory, problem)
+    return None
+
+
+def _by_content(signature: dict) -> dict:
+    """``signature`` without how its local paths were spelled: a local source's signature keeps its files'
+    resolved paths, sizes and mtimes (``stat``) but not the source as typed; a chat template file's path goes
+    when the template's text is signed (``chat_template``)."""
+    out = json.loads(json.dumps(signature))
+    for src in [out.get("source"), *(out.get("eval_sources") or {}).values()]:
+        if isinstance(src, dict) and "stat" in src:
+            src.pop("source", None)
+    if "chat_template" in out and isinstance(out.get("data"), dict):
+        out["data"].pop("chat_template", None)
+    return out
+
+
+def _same_store(root: Path, signature: dict) -> tuple[Path, dict] | None:
+    """A complete store under ``root`` whose signature differs from ``signature`` only in the spelling of its
+    local paths (a store built before config paths were resolved at load time, keyed by the relative spelling):
+    (its directory, its manifest), or None."""
+    wanted = _by_content(signature)
+    for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+        if path.parent.name.endswith(".partial"):
+            continue
+        manifest = read_manifest(path.parent)
+        if manifest is not None and _by_content(manifest.get("signature") or {}) == wanted:
+            return path.parent, manifest
     return None

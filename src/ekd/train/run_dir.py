@@ -42,6 +42,7 @@ from typing import TypeVar
 import yaml
 
 from ekd.config import Config
+from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
 from ekd.locks import FileLock, lock_directory
@@ -326,7 +327,8 @@ class RunStart:
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
             )
         current = self.cfg.to_dict()
-        diffs = config_differences(saved or {}, current)
+        # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
+        diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
         blocking = [k for k in diffs if not resumable(k)]
         ckpt = latest_checkpoint(run_dir)
         finished = (

@@ -69,7 +69,7 @@ def cached_tasks(
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if saved.get("model") == model_spec:
+            if same_model(saved.get("model"), model_spec):
                 entries = saved.get("tasks", {})
         except (json.JSONDecodeError, AttributeError):
             log.warning("%s is not valid JSON; recomputing the %s's tasks", path, role)
@@ -109,6 +109,19 @@ def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
                 h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return f"{spec}#{h.hexdigest()[:12]}"
     return f"{spec}@{revision}" if revision else spec
+
+
+def same_model(saved: object, current: str) -> bool:
+    """Whether a cached result's :func:`model_identity` is ``current``'s model: equal, or one local directory
+    spelled otherwise (a cache written before config paths were resolved holds the path as typed) with the
+    same weight files (the hash part after '#')."""
+    if saved == current:
+        return True
+    if not isinstance(saved, str) or is_preset(current) or "#" not in saved or "#" not in current:
+        return False
+    return re.fullmatch(r"[0-9a-f]{12}", current.rsplit("#", 1)[1]) is not None and (
+        saved.rsplit("#", 1)[1] == current.rsplit("#", 1)[1]
+    )
 
 
 def _fields(settings: TaskSettings) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def make_signature(
     """The signature dict of a cache; fields that do not apply to the target kind are stored as None.
 
     Args:
-        teacher_id: hub id or local path of the teacher.
+        teacher_id: hub id, local directory (absolute: the config resolves it) or preset of the teacher.
         teacher_revision: hub revision, or a hash of the weights for a local teacher.
         tokenizer_hash: hash of the tokenizer (vocabulary + merges + special tokens).
         data_fingerprint: hash of the data source and its preprocessing.
@@ -152,14 +152,46 @@ def make_signature(
     }
 
 
+CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
+"""``teacher_revision`` prefixes that pin a teacher by its weights' bytes (a local directory, a preset), not by
+a name (a hub commit or ``model.revision``): two signatures with one such revision hold the same teacher."""
+
+
+def same_directory(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one existing local directory (relative paths from the working directory)."""
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return bool(a.strip() and b.strip()) and pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def same_teacher(expected: dict, found: dict) -> bool:
+    """Whether two signatures name one teacher: the same ``teacher_id``, one local directory however spelled
+    (relative or absolute, a trailing '/'; a cache built before config paths were resolved holds the path as
+    typed), or the same weights (an equal content-pinning ``teacher_revision``, :data:`CONTENT_REVISIONS`)."""
+    a, b = str(expected.get("teacher_id", "")), str(found.get("teacher_id", ""))
+    if a == b or same_directory(a, b):
+        return True
+    revision = expected.get("teacher_revision")
+    return (
+        isinstance(revision, str)
+        and revision.startswith(CONTENT_REVISIONS)
+        and revision == found.get("teacher_revision")
+    )
+
+
 def compare_signatures(expected: dict, found: dict) -> list[str]:
-    """One line per differing field: 'field: expected X, found Y' (known fields first, then extras sorted)."""
+    """One line per differing field: 'field: expected X, found Y' (known fields first, then extras sorted).
+    ``teacher_id`` differs only when the teacher does (:func:`same_teacher`), not its spelling."""
     keys = [k for k in SIGNATURE_FIELDS if k in expected or k in found]
     keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS))
     missing = object()
     diffs = []
     for key in keys:
         a, b = expected.get(key, missing), found.get(key, missing)
+        if key == "teacher_id" and same_teacher(expected, found):
+            continue
         if a != b:
             fmt = lambda v: "<absent>" if v is missing else json.dumps(v)  # noqa: E731
             diffs.append(f"{key}: expected {fmt(a)}, found {fmt(b)}")

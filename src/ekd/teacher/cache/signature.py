@@ -65,14 +65,22 @@ def teacher_revision(cfg: Config, model: nn.Module) -> str:
     if cfg.model.revision:
         return cfg.model.revision
     if not is_preset(spec):
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(path.glob("*.safetensors"))
-            if files:
-                return f"safetensors-sha256:{files_sha256(files)}"
+        if Path(spec).expanduser().is_dir():
+            if revision := weights_revision(spec):
+                return revision
         elif commit := getattr(model.config, "_commit_hash", None):
             return f"commit:{commit}"
     return f"state-dict-sha256:{state_dict_sha256(model)}"
+
+
+def weights_revision(spec: str) -> str | None:
+    """:func:`teacher_revision` of a local directory of safetensors files, from the files alone (no model
+    loaded): ``safetensors-sha256:<hex>``; None for anything else (a hub id, a preset, pickled weights)."""
+    path = Path(spec).expanduser()
+    if is_preset(spec) or not spec.strip() or not path.is_dir():
+        return None
+    files = sorted(path.glob("*.safetensors"))
+    return f"safetensors-sha256:{files_sha256(files)}" if files else None
 
 
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
@@ -124,4 +132,5 @@ __all__ = [
     "state_dict_sha256",
     "target_spec",
     "teacher_revision",
+    "weights_revision",
 ]

@@ -10,11 +10,14 @@ need the teacher's full distribution are refused when the method is built (``Met
 The cache must match the training config: its signature is recomputed from the config and the prepared
 data (teacher id, tokenizer hash, data fingerprint, block length, packing, vocabulary, target and its
 parameters, RS seed) and any difference is one error naming each field. The teacher's weights hash and the
-cached-position rule are taken from the cache (they cannot be, or need not be, recomputed).
+cached-position rule are taken from the cache (they cannot be, or need not be, recomputed) — unless
+``model.teacher`` names another path than the cache's ``teacher_id``: then a local teacher's hash is computed
+from its safetensors files, and equal weights make it the same teacher (:func:`training_signature`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -24,14 +27,17 @@ from torch import Tensor
 from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.manifest import REBUILD, compare_signatures
+from ekd.teacher.cache.manifest import CONTENT_REVISIONS, REBUILD, compare_signatures, same_directory
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature
+from ekd.teacher.cache.signature import cache_signature, weights_revision
 from ekd.teacher.signal import TeacherSignal
+
+log = logging.getLogger(__name__)
 
 # signature field → the config key that decides it (named in mismatch errors)
 CONFIG_KEYS = {
     "teacher_id": "model.teacher",
+    "teacher_revision": "model.teacher",
     "tokenizer_hash": "model.tokenizer",
     "data_fingerprint": "data.*",
     "block_length": "data.block_length",
@@ -71,10 +77,26 @@ def check_cache_dir(directory: str) -> None:
 
 
 def training_signature(cfg: Config, data, found: dict) -> dict:
-    """The signature the training config expects, with the fields it cannot decide copied from ``found``."""
+    """The signature the training config expects, with the fields it cannot decide copied from ``found``.
+
+    The teacher's weights hash is copied too when ``model.teacher`` names the cache's teacher directory
+    (however spelled). When it names another path while the cache pins its teacher by the weights' content
+    (a cache built from another working directory, before config paths were resolved), the hash is computed
+    from ``model.teacher``'s safetensors files instead — equal weights accept the cache, others are refused.
+    """
     expected = cache_signature(cfg, data, str(found.get("teacher_revision", "")))
     for key in FROM_CACHE:
         expected[key] = found.get(key)
+    revision = str(found.get("teacher_revision", ""))
+    cached_id = str(found.get("teacher_id", ""))
+    spec = cfg.model.teacher
+    if revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
+        log.info(
+            "teacher cache: model.teacher %s is not the cache's teacher_id %s; comparing the weights' hash",
+            spec,
+            cached_id,
+        )
+        expected["teacher_revision"] = weights_revision(spec) or ""  # "": cannot tell, the ids decide
     if expected["target"] == "topk":  # top-K targets do not depend on the seed
         expected["seed"] = found.get("seed")
     return expected

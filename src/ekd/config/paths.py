@@ -1,0 +1,139 @@
+"""Local paths in a config, resolved once when the config is built: one spelling from there on.
+
+A path in a config file or on the command line is read relative to the working directory (not to the
+config file). :func:`resolve_paths` turns every local path into an absolute, resolved one (``~`` expanded,
+``..``, ``.`` and a trailing ``/`` gone, symlinks followed) when the config is built, so the saved
+``config.yaml``, cache and token-store signatures, an exported adapter's base and ``ekd eval RUN`` from any
+directory all see the same spelling. Two kinds of keys:
+
+- ``DIRECTORIES`` are always paths (where runs, caches and stores go): resolved even before they exist;
+- ``SPECS`` name a local path *or* something else — a hub id (``Qwen/Qwen2.5-0.5B``), ``preset:<name>``,
+  ``pystdlib``, a Jinja template, a keyword (``model.tokenizer=teacher``): resolved only when the local path
+  exists, the rule the loaders use to tell a local directory from a hub id (:mod:`ekd.hub`); anything else is
+  kept as given. ``hf:<path>`` keeps its prefix; a relative glob (``data/*.txt``) becomes an absolute one.
+"""
+
+from __future__ import annotations
+
+import os
+from glob import has_magic
+from pathlib import Path
+from typing import Any
+
+DIRECTORIES = (
+    "run.output_dir",
+    "data.store_dir",
+    "teacher.cache_dir",
+    "eval.tasks_dir",
+    "eval.tasks_cache_dir",
+)
+"""Keys that always name a local directory ('' = unset; ``data.store_dir=auto`` is a keyword)."""
+SPECS = (
+    "model.student",
+    "model.teacher",
+    "model.tokenizer",
+    "data.source",
+    "data.eval_sources",
+    "data.chat_template",
+)
+"""Keys that name a local path or a hub id / preset / builtin / template; ``data.eval_sources``: each value."""
+KEYWORDS = {
+    "model.tokenizer": ("teacher", "student", "train_bpe"),
+    "data.store_dir": ("auto",),
+}
+
+
+def absolute(path: str) -> str:
+    """``path`` absolute and resolved (``~`` expanded, symlinks followed); it need not exist."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _existing(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):  # a Jinja template too long for a file name, a NUL byte
+        return False
+
+
+def local_spec(value: str, glob: bool = False) -> str:
+    """A spec naming an existing local path, resolved; a hub id, preset, builtin or template as given.
+    ``glob``: a data source, where a relative glob pattern becomes an absolute one."""
+    if (
+        not value.strip()
+        or value.startswith("preset:")
+        or value == "pystdlib"
+        or value.startswith("pystdlib:")
+    ):
+        return value  # Path("") is the working directory
+    if value.startswith("hf:"):
+        return "hf:" + local_spec(value.removeprefix("hf:"))  # a dataset directory; a hub name as given
+    if _existing(value):
+        return absolute(value)
+    if glob and has_magic(value) and not os.path.isabs(os.path.expanduser(value)):  # a glob: made absolute
+        return os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(value)))
+    return value
+
+
+def resolve_path(key: str, value: Any) -> Any:
+    """The value of dotted ``key`` with its local path(s) resolved (other keys' values as given)."""
+    if key not in DIRECTORIES and key not in SPECS:
+        return value
+    if isinstance(value, dict):  # data.eval_sources: name → source
+        return {name: resolve_path(key, v) for name, v in value.items()}
+    if not isinstance(value, str) or value in KEYWORDS.get(key, ()):
+        return value
+    if key in DIRECTORIES:
+        return absolute(value) if value.strip() else value
+    return local_spec(value, glob=key in ("data.source", "data.eval_sources"))
+
+
+def resolve_paths(cfg: Any) -> None:
+    """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``)."""
+    for key in (*DIRECTORIES, *SPECS):
+        section, name = key.split(".", 1)
+        values = getattr(cfg, section)
+        setattr(values, name, resolve_path(key, getattr(values, name)))
+
+
+def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
+    """A saved config as a nested dict (``config.yaml``), its local paths resolved as a built config's are:
+    for comparing a run's saved config with the current one (a run saved before paths were resolved).
+
+    ``output_dir``: the current ``run.output_dir``. When the run was saved under another one — the project
+    directory was moved or copied with its runs — saved paths under the old project root are read under the
+    new one (``/old/w/runs`` → ``/new/w/runs`` maps ``/old/w/data`` to ``/new/w/data``), as relative paths
+    would have been; with no trailing name in common, the directories holding the two output directories)."""
+    out = {}
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            values = {k: resolve_path(f"{section}.{k}", v) for k, v in values.items()}
+        out[section] = values
+    saved_dir = (out.get("run") or {}).get("output_dir")
+    if output_dir and isinstance(saved_dir, str) and saved_dir != output_dir:
+        old, new = Path(saved_dir).parts, Path(output_dir).parts
+        same = 0  # trailing components both share (w/runs); none: the directories holding the two
+        while same < min(len(old), len(new)) and old[-1 - same] == new[-1 - same]:
+            same += 1
+        same = max(same, 1)
+        old_root, new_root = Path(*old[: len(old) - same]), Path(*new[: len(new) - same])
+        if len(old_root.parts) > 1 and len(new_root.parts) > 1:  # never rebase from the filesystem root
+            for key in (*DIRECTORIES, *SPECS):
+                section, name = key.split(".", 1)
+                if isinstance(out.get(section), dict) and name in out[section]:
+                    out[section][name] = _rebase(out[section][name], old_root, new_root)
+    return out
+
+
+def _rebase(value: Any, old_root: Path, new_root: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _rebase(v, old_root, new_root) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    prefix = "hf:" if value.startswith("hf:") else ""
+    path = Path(value.removeprefix(prefix))
+    if not path.is_absolute() or not path.is_relative_to(old_root):
+        return value
+    return prefix + str(new_root / path.relative_to(old_root))
+
+
+__all__ = ["DIRECTORIES", "SPECS", "absolute", "local_spec", "resolve_path", "resolve_paths", "resolve_saved"]

@@ -1,0 +1,230 @@
+"""Local paths are resolved once, when the config is built: a run directory, a teacher cache, a token store and
+an exported adapter hold absolute paths, so they work from any working directory; caches and stores built
+before (which hold a path as it was typed, relative to where they were built) are still accepted for the same
+teacher and files, and a different teacher is still refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ekd.cli import main
+from ekd.config import load_config
+from ekd.teacher.cache.manifest import MANIFEST, write_json_atomic
+from tiny import tiny_overrides, write_corpus
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear line, no traceback
+    assert err[0].startswith("ekd: error: ")
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """``w/`` holding a corpus, a BPE tokenizer and two saved tiny models sharing it (teacher ``t``, student
+    ``s``) and a second teacher ``t2`` with other weights."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    root = tmp_path_factory.mktemp("paths")
+    w = root / "w"
+    corpus = write_corpus(w / "corpus", n_docs=24)
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, None)
+    for name, seed in (("t", 0), ("s", 1), ("t2", 2)):
+        build_preset("llama-micro", len(tok), tok.eos_token_id, seed=seed).save_pretrained(w / name)
+        tok.save_pretrained(w / name)
+    (root / "elsewhere").mkdir()
+    return root
+
+
+def _relative(name: str, w: str | Path = "w", **extra: object) -> list[str]:
+    """Overrides naming every path under ``w`` (default: relative to the test's working directory, the work
+    root); ``extra`` values starting with 'w/' are under ``w`` too."""
+    extra = {k: f"{w}/{v[2:]}" if isinstance(v, str) and v.startswith("w/") else v for k, v in extra.items()}
+    over = {
+        "run.output_dir": f"{w}/runs",
+        "data.source": f"{w}/corpus",
+        "model.student": f"{w}/s",
+        "model.teacher": f"{w}/t",
+        "model.tokenizer": "teacher",
+        **extra,
+    }
+    return tiny_overrides(Path("."), Path("."), name, **over)
+
+
+def test_local_paths_are_resolved_when_the_config_is_built(work, monkeypatch):
+    monkeypatch.chdir(work)
+    cfg = load_config(
+        None,
+        [
+            "model.student=w/s/",
+            "model.teacher=./w/../w/t",
+            "model.tokenizer=teacher",
+            "data.source=w/corpus/*.py",
+            "data.eval_sources={a: w/corpus, b: pystdlib:test, c: hf:wikitext, d: hf:w/corpus}",
+            "data.store_dir=auto",
+            "teacher.cache_dir=w/cache",
+            "run.output_dir=w/runs",
+        ],
+    )
+    w = work.resolve() / "w"
+    assert (cfg.model.student, cfg.model.teacher, cfg.model.tokenizer) == (
+        str(w / "s"),
+        str(w / "t"),
+        "teacher",
+    )
+    assert cfg.data.source == str(w / "corpus" / "*.py")  # a glob: absolute, still a glob
+    assert cfg.data.eval_sources == {
+        "a": str(w / "corpus"),
+        "b": "pystdlib:test",
+        "c": "hf:wikitext",  # a hub dataset: as given
+        "d": f"hf:{w / 'corpus'}",
+    }
+    assert (cfg.data.store_dir, cfg.teacher.cache_dir, cfg.run.output_dir) == (
+        "auto",
+        str(w / "cache"),  # always a directory: resolved before it exists
+        str(w / "runs"),
+    )
+    hub = load_config(None, ["model.student=Qwen/Qwen2.5-0.5B", "model.teacher=preset:llama-small"])
+    assert (hub.model.student, hub.model.teacher) == ("Qwen/Qwen2.5-0.5B", "preset:llama-small")
+    # a path in a config file is relative to the working directory, as on the command line
+    (work / "elsewhere" / "c.yaml").write_text("model: {student: w/s}\n")
+    assert load_config(work / "elsewhere" / "c.yaml").model.student == str(w / "s")
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_from_another_directory(work, monkeypatch, capsys):
+    """`ekd distill` with relative paths, then `ekd eval RUN` from another directory: the saved config.yaml
+    holds absolute paths (before: `w/s`, and eval failed blaming data.separator=auto after a hub probe)."""
+    monkeypatch.chdir(work)
+    assert main(["-q", "distill", *_relative("rel")]) == 0, capsys.readouterr().err
+    run_dir = work / "w" / "runs" / "rel"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    w = str(work.resolve() / "w")
+    assert saved["model"]["student"] == f"{w}/s" and saved["data"]["source"] == f"{w}/corpus"
+    trained = json.loads((run_dir / "eval.json").read_text())
+    monkeypatch.chdir(work / "elsewhere")
+    assert main(["-q", "eval", str(run_dir)]) == 0, capsys.readouterr().err
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+    assert evaluated["eval"]["ppl"] == pytest.approx(trained["eval"]["ppl"], rel=1e-4)
+    # a run saved before paths were resolved (relative config.yaml) resumes from its own directory
+    monkeypatch.chdir(work)
+    old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    old["model"].update(student="w/s", teacher="w/t")
+    old["data"]["source"], old["run"]["output_dir"] = "w/corpus", "w/runs"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert main(["-q", "distill", *_relative("rel", **{"train.max_steps": 4}), "--resume"]) == 0, (
+        capsys.readouterr().err
+    )
+
+
+def test_a_missing_model_path_is_named_by_its_own_key(work, monkeypatch, capsys):
+    """The saved run names a student directory that is gone: the error names model.student, at once."""
+    run_dir = work / "gone-run"
+    (run_dir / "student").mkdir(parents=True)
+    shutil.copy(work / "w" / "s" / "config.json", run_dir / "student" / "config.json")
+    cfg = load_config(
+        None, [*_relative("gone", work / "w"), f"model.student={work / 'w' / 'no-such-student'}"]
+    )
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    for f in (work / "w" / "s").glob("tokenizer*"):
+        shutil.copy(f, run_dir / "student" / f.name)
+    monkeypatch.chdir(work / "elsewhere")
+    assert main(["-q", "eval", str(run_dir), "eval.teacher=false"]) == 2
+    line = _error_line(capsys)
+    assert "model.student" in line and "no-such-student" in line and "data.separator" not in line, line
+
+
+def _reseal_with_teacher_id(cache: Path, teacher_id: str) -> None:
+    """Make ``cache`` look built before config paths were resolved: its teacher_id as typed (relative)."""
+    manifest = json.loads((cache / MANIFEST).read_text())
+    manifest["signature"]["teacher_id"] = teacher_id
+    write_json_atomic(cache / MANIFEST, manifest)
+
+
+@pytest.mark.slow
+def test_a_cache_with_a_relative_teacher_path_is_the_same_teacher_spelled_otherwise(
+    work, monkeypatch, capsys
+):
+    monkeypatch.chdir(work)
+    extra = {"method.preset": "rskd", "teacher.cache_dir": "w/cache-rel", "train.max_steps": 2}
+    assert main(["-q", "cache", *_relative("c", **extra)]) == 0, capsys.readouterr().err
+    cache = work / "w" / "cache-rel"
+    signature = json.loads((cache / MANIFEST).read_text())["signature"]
+    teacher = work.resolve() / "w" / "t"
+    assert signature["teacher_id"] == str(teacher)  # recorded absolute
+    assert signature["teacher_revision"].startswith("safetensors-sha256:")
+    _reseal_with_teacher_id(cache, "w/t")  # as a cache built before this change holds it
+    args = _relative("c", work / "w", **extra)  # absolute paths, but for the teacher's spelling below
+    for where, spelling in ((work, "w/t"), (work, f"{teacher}/"), (work / "elsewhere", str(teacher))):
+        monkeypatch.chdir(where)
+        run = [*args, f"model.teacher={spelling}", "teacher.source=cache", f"run.name=c-{len(spelling)}"]
+        assert main(["-q", "distill", *run]) == 0, (where, spelling, capsys.readouterr().err)
+        # building again under another spelling finds the cache complete, not "built differently"
+        assert main(["-q", "cache", *args, f"model.teacher={spelling}"]) == 0, capsys.readouterr().err
+    # another teacher (other weights) is still refused, named by its key
+    run = [*args, f"model.teacher={work / 'w' / 't2'}", "teacher.source=cache", "run.name=c-other"]
+    assert main(["-q", "distill", *run]) == 2
+    line = _error_line(capsys)
+    assert "teacher_id [model.teacher]" in line and "teacher_revision [model.teacher]" in line, line
+    assert main(["-q", "cache", *args, f"model.teacher={work / 'w' / 't2'}"]) == 2
+    assert "teacher_id" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_a_token_store_keyed_by_a_relative_source_is_reused(work, monkeypatch, capsys, caplog):
+    """A store built before paths were resolved is keyed by the source as typed; a run naming the same files
+    (now absolute) reuses it instead of building a second store."""
+    monkeypatch.chdir(work)
+    extra = {"data.store_dir": "w/store", "train.max_steps": 1, "method.preset": "kd"}
+    assert main(["distill", *_relative("st", **extra)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (store,) = [p for p in (work / "w" / "store").iterdir() if p.is_dir()]
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["signature"]["source"]["source"] = "w/corpus"  # the spelling an old store was keyed by
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    store.rename(store.with_name("0123456789abcdef"))
+    monkeypatch.chdir(work / "elsewhere")
+    caplog.clear()
+    assert main(["distill", *_relative("st2", work / "w", **extra)]) == 0, capsys.readouterr().err
+    assert "reusing it" in caplog.text
+    assert [p.name for p in (work / "w" / "store").iterdir() if p.is_dir()] == ["0123456789abcdef"]
+
+
+@pytest.mark.slow
+def test_a_lora_adapter_records_its_base_as_an_absolute_path(work, monkeypatch, capsys):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(work)
+    over = _relative("lora", **{"model.lora_r": 2, "model.lora_export": "adapter", "train.max_steps": 1})
+    assert main(["-q", "distill", *over]) == 0, capsys.readouterr().err
+    student = work / "w" / "runs" / "lora" / "student"
+    base = str(work.resolve() / "w" / "s")
+    assert json.loads((student / "ekd_base.json").read_text())["base_model"] == base
+    assert json.loads((student / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    monkeypatch.chdir(work / "elsewhere")
+    assert main(["-q", "eval", str(student.parent), "eval.teacher=false"]) == 0, capsys.readouterr().err
+
+
+def test_task_results_of_a_local_model_survive_a_respelling():
+    from ekd.train.task_evaluation import same_model
+
+    assert same_model("w/t#0123456789ab", "/abs/w/t#0123456789ab")
+    assert not same_model("w/t#0123456789ab", "/abs/w/t#ba9876543210")
+    assert not same_model("preset:llama-tiny#seed0", "preset:llama-micro#seed0")
+    assert not same_model("org/a@main", "org/b@main")
+
+
+def test_a_path_that_cannot_be_a_file_name_is_kept(monkeypatch, tmp_path):
+    """A Jinja template too long for a file name is no path: kept as given (no OSError)."""
+    monkeypatch.chdir(tmp_path)
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}" * 20
+    cfg = load_config(None, ["data.format=chat", "data.source=x.jsonl", f"data.chat_template={template}"])
+    assert cfg.data.chat_template == template
+    assert os.path.isabs(cfg.run.output_dir)
