@@ -322,12 +322,13 @@ def test_a_changed_eval_key_on_a_finished_run_suggests_ekd_eval_not_resume(ws, c
     advice now is the `ekd eval` command with the changed keys, and it works."""
     rc, _, err = cli(capsys, "distill", _config(), "eval.tasks=arc_easy")
     line = one_error_line(rc, err)
-    assert "finished (2 steps)" in line and "`ekd eval runs/base eval.tasks=arc_easy`" in line, line
+    run = ws / "runs" / "base"  # run.output_dir resolved at config load: the command works from any directory
+    assert "finished (2 steps)" in line and f"`ekd eval {run} eval.tasks=arc_easy`" in line, line
     assert "pass --resume to continue" not in line
     rc, _, err = cli(capsys, "distill", _config(), "eval.batch_size=2")
     line = one_error_line(rc, err)
     command = line.split("`")[1].split()
-    assert command[:3] == ["ekd", "eval", "runs/base"] and command[3:] == ["eval.batch_size=2"], line
+    assert command[:3] == ["ekd", "eval", str(run)] and command[3:] == ["eval.batch_size=2"], line
     assert cli(capsys, *command[1:])[0] == 0
 
 
