@@ -231,3 +231,39 @@ def test_lock_is_shared_by_every_spelling_of_the_run_directory(tmp_path):
         lock.release()
     lock_run(tmp_path / "link" / "r", "fix").release()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]
+
+
+def _read_only(monkeypatch, *paths: Path) -> None:
+    """``os.access(path, W_OK)`` is False for ``paths`` (a read-only mount, simulated: tests may run as root)."""
+    real = os.access
+    denied = {Path(p).resolve() for p in paths}
+    monkeypatch.setattr(
+        "ekd.locks.os.access", lambda p, mode: False if Path(p).resolve() in denied else real(p, mode)
+    )
+
+
+def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws, capsys, monkeypatch):
+    """Try-out 8: a writable run directory under a read-only ``runs/`` (per-user runs in a shared folder, a run
+    bind-mounted into a container) could no longer be evaluated or resumed: its lock file was to be created
+    in the parent. The lock is then ``.ekd.lock`` inside the run; with the run read-only too there is nothing of
+    ours to guard, and the command runs unlocked."""
+    from ekd.locks import INSIDE, directory_lock, lock_directory
+
+    run = ws / "runs" / "base"
+    _read_only(monkeypatch, ws / "runs")
+    assert directory_lock(run).path == run.resolve() / INSIDE
+    held = lock_directory(run, "fix")  # another process evaluating it: the same lock file, refused
+    try:
+        rc, _, err = cli(capsys, "eval", str(run))
+        assert f"{run} is in use by another ekd process (pid {os.getpid()})" in one_error_line(rc, err)
+    finally:
+        held.release()
+    assert not (run / INSIDE).exists()
+    assert cli(capsys, "eval", str(run))[0] == 0  # evaluates, writes eval.json in the run, releases the lock
+    assert (run / "eval.json").is_file() and not (run / INSIDE).exists()
+    assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0  # resumes there too
+    assert not (ws / "runs" / ".base.lock").exists() and not (run / INSIDE).exists()
+    _read_only(monkeypatch, ws / "runs", run)  # nothing writable: no lock, nothing refused on its account
+    lock = lock_directory(run, "fix")
+    assert not lock.held and not (run / INSIDE).exists()
+    lock.release()

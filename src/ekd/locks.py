@@ -98,23 +98,42 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
         lock.release()
 
 
+INSIDE = ".ekd.lock"
+"""The lock file inside a directory whose parent cannot hold one (:func:`directory_lock`)."""
+
+
 def directory_lock(directory: Path) -> FileLock:
     """The lock of ``directory``: ``.<name>.lock`` beside it (outside: a directory may be moved aside and put
     back), at its real path, so that every spelling of it (relative, absolute, through a symlink, a trailing
-    slash) takes the same lock."""
+    slash) takes the same lock.
+
+    Where the parent exists but cannot be written (a read-only mount, an admin-owned ``runs/`` holding per-user
+    run directories, a run bind-mounted into a container) while the directory can, the lock is :data:`INSIDE`
+    the directory: with a read-only parent no process can move or replace the directory, so that file guards the
+    same writes. The choice depends only on the file system, so every process of one user makes the same one.
+    """
     real = Path(directory).resolve()
-    return FileLock(real.with_name(f".{real.name}.lock"))
+    beside = real.with_name(f".{real.name}.lock")
+    if beside.parent.is_dir() and not os.access(beside.parent, os.W_OK) and os.access(real, os.W_OK):
+        return FileLock(real / INSIDE)
+    return FileLock(beside)
 
 
 def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) -> FileLock:
     """Take ``directory``'s lock (:func:`directory_lock`) without waiting; returns it, held. Its parent is
-    created if absent.
+    created if absent. A directory that exists and can hold no lock, beside it or inside (both read-only), is
+    one no process of this user can write into: there is nothing to guard, and the lock returned is not held
+    (``held`` False; ``release`` does nothing), so reading commands (``ekd eval`` of a finished run reports
+    what it cannot write, ``ekd cache`` of a finished cache finds nothing to build) still run.
 
     Raises:
         error: another ekd process holds it: one line naming the directory, the pid and ``fix``.
-        DiskError: the lock file cannot be written beside the directory.
+        DiskError: the lock file cannot be written beside the directory (and the directory does not exist).
     """
     lock = directory_lock(directory)
+    real = Path(directory).resolve()
+    if real.is_dir() and not os.access(lock.path.parent, os.W_OK):
+        return lock  # read-only beside and inside: not held
     with writing(lock.path.parent):
         lock.path.parent.mkdir(parents=True, exist_ok=True)
     if not lock.acquire(wait=False):

@@ -45,7 +45,7 @@ from ekd.config import Config
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
-from ekd.locks import FileLock, lock_directory
+from ekd.locks import INSIDE, FileLock, lock_directory
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class RunStart:
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
             self.lock = lock_run(run_dir, "wait for it to end, or choose another run.name")
             self._recover_interrupted_replace()
-            holds = run_dir.is_dir() and any(run_dir.iterdir())
+            holds = run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir())  # not our lock
             marker = read_marker(run_dir) if holds else None
             # a start that did not finish, and whose process is gone (it would hold the lock we hold)
             if marker is not None and marker.get("state") == "starting":

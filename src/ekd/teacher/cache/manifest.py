@@ -348,7 +348,7 @@ def rank_manifest_path(directory: Path, rank: int) -> Path:
 
 _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 # what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
-_CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging)(\.tmp)?")
+_CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging|\.ekd\.lock)(\.tmp)?")
 
 
 def check_cache_directory(directory: Path) -> None:
