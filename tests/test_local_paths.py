@@ -6,6 +6,7 @@ teacher and files, and a different teacher is still refused."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -228,3 +229,29 @@ def test_a_path_that_cannot_be_a_file_name_is_kept(monkeypatch, tmp_path):
     cfg = load_config(None, ["data.format=chat", "data.source=x.jsonl", f"data.chat_template={template}"])
     assert cfg.data.chat_template == template
     assert os.path.isabs(cfg.run.output_dir)
+
+
+@pytest.mark.slow
+def test_a_teacher_retrained_in_place_is_refused_and_a_touched_one_accepted(
+    work, monkeypatch, capsys, caplog
+):
+    """Try-out 8: other weights copied over the cache's own teacher directory trained from the stale cache; the
+    cache recorded only the weights' hash, which a run from the cache copies instead of reading the teacher.
+    The build now records the files' sizes and mtimes: when they changed, the run hashes the weights again."""
+    monkeypatch.chdir(work)
+    teacher = work / "w" / "t-inplace"
+    shutil.copytree(work / "w" / "t", teacher)
+    extra = {"method.preset": "rskd", "teacher.cache_dir": "w/cache-inplace", "model.teacher": "w/t-inplace"}
+    assert main(["-q", "cache", *_relative("ip", **extra)]) == 0, capsys.readouterr().err
+    signature = json.loads((work / "w" / "cache-inplace" / MANIFEST).read_text())["signature"]
+    assert list(signature["teacher_files"]) == ["model.safetensors"]
+    run = [*_relative("ip", **extra), "teacher.source=cache", "train.max_steps=1"]
+    weights = teacher / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # same bytes
+    with caplog.at_level(logging.INFO):
+        assert main(["distill", *run, "run.name=ip-touched"]) == 0, capsys.readouterr().err
+    assert "comparing the weights' hash" in caplog.text
+    shutil.copy(work / "w" / "t2" / "model.safetensors", weights)  # retrained in place: other weights
+    assert main(["-q", "distill", *run, "run.name=ip-retrained"]) == 2
+    assert "teacher_revision [model.teacher]" in _error_line(capsys)
+    assert not (work / "w" / "runs" / "ip-retrained").exists()

@@ -37,9 +37,9 @@ from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.manifest import assemble_manifest, check_cache_directory
+from ekd.teacher.cache.manifest import TEACHER_FILES, assemble_manifest, check_cache_directory
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_revision
+from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_files, teacher_revision
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
 from ekd.train.distributed import Ranks, distributed
@@ -290,6 +290,8 @@ def run_build(
         head = output_head(teacher, data.vocab_size)
         amp = autocast_dtype(cfg, device)
         signature = cache_signature(cfg, data, teacher_revision(cfg, teacher))
+        if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
+            signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
 
         def open_writer() -> CacheWriter:
             return CacheWriter(

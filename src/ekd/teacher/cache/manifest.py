@@ -152,6 +152,11 @@ def make_signature(
     }
 
 
+TEACHER_FILES = "teacher_files"
+"""Signature key of the teacher's safetensors files' sizes and mtimes (``signature.teacher_files``): a hint
+that tells a run when to hash the weights again, not part of what the cache is (never compared: a teacher copied
+elsewhere has other mtimes and the same weights)."""
+
 CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
 """``teacher_revision`` prefixes that pin a teacher by its weights' bytes (a local directory, a preset), not by
 a name (a hub commit or ``model.revision``): two signatures with one such revision hold the same teacher."""
@@ -183,9 +188,10 @@ def same_teacher(expected: dict, found: dict) -> bool:
 
 def compare_signatures(expected: dict, found: dict) -> list[str]:
     """One line per differing field: 'field: expected X, found Y' (known fields first, then extras sorted).
-    ``teacher_id`` differs only when the teacher does (:func:`same_teacher`), not its spelling."""
+    ``teacher_id`` differs only when the teacher does (:func:`same_teacher`), not its spelling; the
+    :data:`TEACHER_FILES` hint is never compared."""
     keys = [k for k in SIGNATURE_FIELDS if k in expected or k in found]
-    keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS))
+    keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS) - {TEACHER_FILES})
     missing = object()
     diffs = []
     for key in keys:

@@ -83,6 +83,18 @@ def weights_revision(spec: str) -> str | None:
     return f"safetensors-sha256:{files_sha256(files)}" if files else None
 
 
+def teacher_files(spec: str) -> dict[str, list[int]] | None:
+    """{file name: [size in bytes, mtime in ns]} of a local teacher directory's safetensors files; None for
+    anything else. Recorded by ``ekd cache`` beside the weights' hash (signature key :data:`TEACHER_FILES`): a
+    run from the cache compares it with the directory (a ``stat`` per file) and hashes the weights again only
+    when it differs, so a teacher retrained in place is caught without reading the whole teacher every run."""
+    path = Path(spec).expanduser()
+    if is_preset(spec) or not spec.strip() or not path.is_dir():
+        return None
+    files = sorted(path.glob("*.safetensors"))
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files} or None
+
+
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
     """The signature of the cache that ``cfg`` builds from ``data`` (a PreparedData).
 
@@ -131,6 +143,7 @@ __all__ = [
     "files_sha256",
     "state_dict_sha256",
     "target_spec",
+    "teacher_files",
     "teacher_revision",
     "weights_revision",
 ]

@@ -27,9 +27,15 @@ from torch import Tensor
 from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.manifest import CONTENT_REVISIONS, REBUILD, compare_signatures, same_directory
+from ekd.teacher.cache.manifest import (
+    CONTENT_REVISIONS,
+    REBUILD,
+    TEACHER_FILES,
+    compare_signatures,
+    same_directory,
+)
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature, weights_revision
+from ekd.teacher.cache.signature import cache_signature, teacher_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
 
 log = logging.getLogger(__name__)
@@ -80,9 +86,12 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     """The signature the training config expects, with the fields it cannot decide copied from ``found``.
 
     The teacher's weights hash is copied too when ``model.teacher`` names the cache's teacher directory
-    (however spelled). When it names another path while the cache pins its teacher by the weights' content
-    (a cache built from another working directory, before config paths were resolved), the hash is computed
-    from ``model.teacher``'s safetensors files instead — equal weights accept the cache, others are refused.
+    (however spelled) and its safetensors files have the sizes and mtimes the build recorded
+    (:data:`~ekd.teacher.cache.manifest.TEACHER_FILES`; caches built before that record are trusted). When it
+    names another path while the cache pins its teacher by the weights' content (a cache built from another
+    working directory, before config paths were resolved), or when those files changed (a teacher retrained or
+    copied over in place), the hash is computed from ``model.teacher``'s safetensors files instead — equal
+    weights accept the cache, others are refused.
     """
     expected = cache_signature(cfg, data, str(found.get("teacher_revision", "")))
     for key in FROM_CACHE:
@@ -97,6 +106,16 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             cached_id,
         )
         expected["teacher_revision"] = weights_revision(spec) or ""  # "": cannot tell, the ids decide
+    elif revision.startswith("safetensors-sha256:") and found.get(TEACHER_FILES) not in (
+        None,
+        teacher_files(spec),
+    ):
+        log.info(
+            "teacher cache: %s's safetensors files changed (size or mtime) since the cache was built; "
+            "comparing the weights' hash",
+            spec,
+        )
+        expected["teacher_revision"] = weights_revision(spec) or ""  # retrained in place: refused by name
     if expected["target"] == "topk":  # top-K targets do not depend on the seed
         expected["seed"] = found.get("seed")
     return expected
