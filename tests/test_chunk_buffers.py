@@ -172,3 +172,30 @@ def test_row_reductions_still_differentiate_when_autograd_records():
             assert (x is None) == (y is None)
             if x is not None:
                 torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("v", [40_000, 151_936])
+def test_row_results_do_not_depend_on_the_block_or_the_thread_count(v):
+    """Each row's bits are its own: alone, in a block of several, on 1 or 2 threads. torch sums a tensor with one
+    output row by splitting it among threads (other bits, following the thread count); ``row_sum`` sums a
+    one-row block as a stride-0 pair of rows. (Before: a row alone, or every row at V > 131,072, whose blocks
+    were one row, took the split sum: a cache built on 8 threads and a run on 16 drew from other bits of p.)"""
+    z = torch.randn(5, v, generator=torch.Generator().manual_seed(3)) * 4
+    other = torch.randn(5, v, generator=torch.Generator().manual_seed(4))
+
+    def every(x, y):
+        lse, entropy = row_logsumexp_entropy(x)
+        return [row_logsumexp(x), lse, entropy, row_softmax(x), log_softmax_(x.clone()), row_dot(x, y)]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = every(z, other)
+        alone = [every(z[i : i + 1], other[i : i + 1]) for i in range(5)]
+        torch.set_num_threads(1)
+        one_thread = every(z, other)
+    finally:
+        torch.set_num_threads(threads)
+    for k, value in enumerate(together):
+        assert torch.equal(value, one_thread[k]), k
+        assert torch.equal(value, torch.cat([a[k] for a in alone])), k

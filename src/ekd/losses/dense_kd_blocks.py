@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ekd.losses.divergences import TVD_TIE_RTOL
-from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_
+from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_, row_sum
 
 BLOCKED_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_reverse_kl", "tvd")
 
@@ -59,12 +59,12 @@ def _sum_rows(prod: Tensor, rows: Tensor, prob: Tensor, masked: Tensor) -> None:
     ``masked`` itself holds the product (forward KL): either way the product at prob = 0 becomes +0, as
     ``logit_grads._kl_rows`` makes it (0·0).
     """
-    torch.sum(prod, -1, out=rows)
+    row_sum(prod, rows)
     if bool(rows.isnan().any()):
         masked.masked_fill_(prob == 0, 0.0)
         if prod is not masked:
             torch.mul(prob, masked, out=prod)
-        torch.sum(prod, -1, out=rows)
+        row_sum(prod, rows)
 
 
 def dense_kd_rows_blocked(
@@ -129,7 +129,7 @@ def dense_kd_rows_blocked(
             bound = torch.clamp_min(diff, 0.0, out=u).add_(q).mul_(TVD_TIE_RTOL)  # rtol·max(p, q)
             ties = torch.le(torch.abs(diff, out=w), bound, out=tie[:k])  # |p − q| ≤ rtol·max(p, q)
             sign = torch.sign(diff, out=w).masked_fill_(ties, 0.0)  # subgradient 0 at ties
-            torch.sum(torch.mul(diff, sign, out=u), -1, out=rows[block])  # Σ |p − q| over the non-ties
+            row_sum(torch.mul(diff, sign, out=u), rows[block])  # Σ |p − q| over the non-ties
             g = _vjp_(q, sign.mul_(-0.5), u, rows_vjp[block], None)  # g − Σ q·g
             torch.mul(g, q, out=s).mul_(scale[block])  # into the student block, which held q
         else:  # jsd: logit_grads._log_mix, then the two KLs to the mixture and _softmax_vjp
@@ -154,7 +154,7 @@ def _vjp_(q: Tensor, g: Tensor, work: Tensor, dot: Tensor, scale: Tensor | None)
     ``q``, ``g``, ``work``: (k, V); ``scale``: (k, 1), or None to stop after the subtraction (TVD, whose q is
     the student block that the gradient goes into).
     """
-    torch.sum(torch.mul(q, g, out=work), -1, out=dot)
+    row_sum(torch.mul(q, g, out=work), dot)
     g.sub_(dot.unsqueeze(1))
     if scale is not None:
         g.mul_(q).mul_(scale)

@@ -28,9 +28,25 @@ scratch memory; 1 MiB blocks would be one row at V = 151,936, i.e. ~7 kernel lau
 
 def block_rows(x: Tensor) -> int:
     """Rows per block of about ``_BLOCK_ELEMENTS`` elements (``_DEVICE_BLOCK_ELEMENTS`` off the CPU), at least
-    one. Row results do not depend on it (every sum is per row)."""
+    two (a one-row block pays a second sum in :func:`row_sum`). Row results do not depend on it: every sum is
+    per row, through :func:`row_sum`."""
     elements = _BLOCK_ELEMENTS if x.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
-    return max(1, elements // max(1, x.shape[-1]))
+    return max(2, elements // max(1, x.shape[-1]))
+
+
+def row_sum(x: Tensor, out: Tensor) -> Tensor:
+    """Σ over the last axis of a (k, V) block into ``out`` (k,), each row with the bits of that row reduced
+    alone by one thread, whatever k and the thread count. Returns ``out``.
+
+    torch reduces a tensor with a single output by splitting its row among the threads and adding the parts
+    (measured at V = 151,936, 2 threads: other bits than the same row in a block of several, and bits that
+    change with the thread count), and with several outputs gives each row to one thread. A one-row block is
+    therefore summed as a stride-0 (2, V) view of itself, the first of the two equal results kept: the cache's
+    statistics, a row alone at the end of a chunk and a run on another machine all get the same bits.
+    """
+    if x.shape[0] == 1 and x.dim() == 2:
+        return out.copy_(torch.sum(x.expand(2, x.shape[1]), -1)[:1])  # (2,) → (1,): the per-row reduction
+    return torch.sum(x, -1, out=out)
 
 
 def _eager() -> bool:
@@ -67,7 +83,7 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     work = block_scratch(min(step, a.shape[0]), a, dtype)  # (rows, V) products of one block
     for r in range(0, a.shape[0], step):
         prod = torch.mul(a[r : r + step], b[r : r + step], out=work[: min(step, a.shape[0] - r)])
-        torch.sum(prod, -1, out=out[r : r + step])  # (rows,)
+        row_sum(prod, out[r : r + step])  # (rows,)
     return out
 
 
@@ -80,7 +96,7 @@ def _logsumexp_into(x: Tensor, work: Tensor, out: Tensor) -> Tensor:
     top = x.amax(-1, keepdim=True)  # (rows, 1)
     top.masked_fill_(top.abs() == float("inf"), 0.0)
     torch.sub(x, top, out=work).exp_()
-    return torch.sum(work, -1, out=out).log_().add_(top.squeeze(1))
+    return row_sum(work, out).log_().add_(top.squeeze(1))
 
 
 def row_logsumexp(z: Tensor) -> Tensor:
@@ -142,6 +158,13 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
     return lse, (log_total - dot / total).clamp_min_(0.0)
 
 
+def _sum_rows(x: Tensor) -> Tensor:
+    """:func:`row_sum` with functional ops (autograd records them): (k, V) → (k,), the same bits."""
+    if x.shape[0] == 1 and x.dim() == 2:
+        return x.expand(2, x.shape[1]).sum(-1)[:1]
+    return x.sum(-1)
+
+
 def row_softmax(z: Tensor) -> Tensor:
     """softmax(z) per row: the p of ``row_logsumexp_entropy(z, probs=p)`` bit for bit, without its entropy pass.
     (m, V) fp32 → (m, V) fp32.
@@ -194,9 +217,9 @@ def _block_sums(
     if floor:
         shifted.clamp_min_(torch.finfo(x.dtype).min)
     torch.exp(shifted, out=e)
-    torch.sum(e, -1, out=total)
+    row_sum(e, total)
     if dot is not None:
-        torch.sum(shifted.mul_(e), -1, out=dot)
+        row_sum(shifted.mul_(e), dot)
     if normalize:
         e.div_(total.unsqueeze(1))  # p = e / s
 
@@ -215,12 +238,12 @@ def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Te
         top = x.amax(-1, keepdim=True)  # (rows, 1)
         shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
         e = shifted.exp()
-        total = e.sum(-1)  # (rows,)
+        total = _sum_rows(e)  # (rows,)
         log_total = total.log()
         if probs is not None:
             probs[r : r + step] = e / total.unsqueeze(1)
         lse.append(top.squeeze(1) + log_total)
-        entropy.append((log_total - (e * shifted).sum(-1) / total).clamp_min(0.0))
+        entropy.append((log_total - _sum_rows(e * shifted) / total).clamp_min(0.0))
     if not lse:
         return z.new_empty(0), z.new_empty(0)
     return torch.cat(lse), torch.cat(entropy)
@@ -259,7 +282,7 @@ def log_softmax_block_(x: Tensor, work: Tensor, lse: Tensor) -> Tensor:
     """
     x.sub_(x.amax(-1, keepdim=True).nan_to_num_(neginf=0.0))  # z − max ≤ 0 (an all −inf row stays −inf)
     # log Σ exp(z − max): its max is already 0, so no second max and shift (the stock kernel's bits)
-    torch.sum(torch.exp(x, out=work), -1, out=lse).log_()
+    row_sum(torch.exp(x, out=work), lse).log_()
     return x.sub_(lse.unsqueeze(1))
 
 

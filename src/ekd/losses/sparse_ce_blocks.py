@@ -33,7 +33,7 @@ import bisect
 import torch
 from torch import Tensor
 
-from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_
+from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_, row_sum
 
 
 def _blocks(x: Tensor, min_rows: int) -> tuple[int, list[tuple[int, int]]]:
@@ -118,7 +118,7 @@ def sparse_kd_rows_blocked(
         else:
             qa = torch.exp(la, out=q_at[blk])
             s.scatter_(-1, idx, torch.where(in_h[blk], zero[blk], qa))  # q·1[v∉H]
-            tq = torch.sum(s, -1, out=tail_q[blk])  # (k,) T
+            tq = row_sum(s, tail_q[blk])  # (k,) T
             f = full[blk]
             b = torch.where(has_tail[blk], tail[blk] / tq, torch.zeros_like(tq))  # (k,) t_tail/T
             s.mul_((f - b).unsqueeze(1))  # right off H
