@@ -20,9 +20,8 @@ slot order, duplicates included, in both), and two kinds of row sum. (1) The log
 block is split into the sub-blocks ``log_softmax_`` uses (``block_rows`` rows, aligned to the chunk's start).
 (2) The tail mass T, which the whole-chunk code sums over the (m, V) buffer at once: a ``Tensor.sum`` over the
 last axis gives each row the same bits whatever the number of rows, *except* for a single row (torch then
-splits the row between threads and adds the parts; measured, 2–8 threads). So with a ghost tail blocks have at
-least two rows (at V > 131,072, where ``block_rows`` is 1, blocks of two ~0.6 MiB rows), and a last block of
-one row is merged into the one before; a chunk of one row is a single row either way. Without a tail, and for
+splits the row between threads and adds the parts; measured, 2–8 threads), which ``row_sum`` sums as a pair of
+rows. With a ghost tail a last block of one row is also merged into the one before. Without a tail, and for
 CE, the blocks are ``log_softmax_``'s.
 """
 
