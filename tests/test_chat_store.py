@@ -135,3 +135,28 @@ def test_the_tokenizers_own_template_is_part_of_the_store_key(tmp_path, tok_dir)
         assert stored.blocks["train"].fingerprint() == memory.blocks["train"].fingerprint()
         blocks[template] = stored.blocks["train"].fingerprint()
     assert blocks[PLAIN] != blocks[DOUBLE_END] and len(_stores(tmp_path)) == 2
+
+
+def test_a_glob_of_chat_jsonl_shards_reads_their_conversations(tmp_path, tok_dir):
+    """data.format=chat with data.source='shards/*.jsonl': every shard's conversations, in memory and through the
+    store alike, as one file holding them all; a text file matched by the glob is refused in one line."""
+    from ekd.config import ConfigError
+
+    rows = conversations(24, seed=5)
+    whole = write_chat_jsonl(tmp_path / "whole.jsonl", rows)
+    (tmp_path / "shards").mkdir()
+    write_chat_jsonl(tmp_path / "shards" / "a.jsonl", rows[:10])
+    write_chat_jsonl(tmp_path / "shards" / "b.jsonl", rows[10:])
+    shards = tmp_path / "shards" / "*.jsonl"
+    template = {"data.chat_template": MARKED}
+    memory = prepare_data(_cfg(tmp_path, tok_dir, shards, False, **template), tmp_path / "r1")
+    stored = prepare_data(_cfg(tmp_path, tok_dir, shards, True, **template), tmp_path / "r2")
+    one_file = prepare_data(_cfg(tmp_path, tok_dir, whole, False, **template), tmp_path / "r3")
+    for other in (stored, one_file):
+        a, b = memory.blocks["train"], other.blocks["train"]
+        assert len(a) == len(b) and a.fingerprint() == b.fingerprint()
+        for name in ("input_ids", "target_mask", "document_starts"):
+            assert torch.equal(getattr(a, name)[:], getattr(b, name)[:]), name
+    (tmp_path / "shards" / "notes.txt").write_text("not a conversation")
+    with pytest.raises(ConfigError, match=r"data.format=chat reads conversations .* matches .*notes.txt"):
+        prepare_data(_cfg(tmp_path, tok_dir, tmp_path / "shards" / "*", False, **template), tmp_path / "r4")

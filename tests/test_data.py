@@ -125,7 +125,7 @@ def test_directory_skips_ekd_outputs_and_row_files_and_says_what_it_read(
         "cache (teacher cache)",
         "runs/r0 (run directory)",
         "runs/r1 (run directory)",
-        "1 row file (.jsonl 1: name one as data.source to read its rows)",
+        f"1 row file (.jsonl 1: read their rows with data.source='{root}/*.jsonl')",
     ):
         assert skipped in line, line
 
@@ -164,6 +164,82 @@ def test_text_directory_reads_and_signs_as_before(tmp_path: Path) -> None:
     assert [d.doc_id for d in load_documents(str(root), DataConfig())] == old_files
 
 
+def _token_store(root: Path, key: str, partial: bool = False) -> None:
+    """A token store under ``root`` as ekd.data.store_build writes it: ``<key>/`` (manifest, split files) and
+    the ``<key>.lock`` of the build that holds it (a pid), or a build under way (``<key>.partial/``)."""
+    directory = root / (f"{key}.partial" if partial else key)
+    (directory / "split-0").mkdir(parents=True)
+    (directory / "split-0" / "tokens.u32").write_bytes(b"A\x00\x00\x00")
+    if not partial:
+        manifest = {"format": 1, "signature": {"data": {}}, "block_length": 16, "splits": []}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+    (root / f"{key}.lock").write_text("4242\n")
+
+
+def test_a_token_store_below_a_directory_is_skipped_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """data.store_dir inside the corpus: its manifest.json and <key>.lock were read as documents (only split-*
+    folders were recognised), so the store's own signature changed on every run."""
+    from ekd.data.text_dir import list_directory, signed_files
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.txt").write_text("ay")
+    plain = signed_files(root)
+    _token_store(root / "stores", "0123456789abcdef")
+    _token_store(root / "stores", "fedcba9876543210", partial=True)
+    listing = list_directory(root)
+    assert listing.files == [root / "a.txt"]
+    assert listing.outputs == [(root / "stores", "token store")]
+    assert signed_files(root) == plain
+    # a store root that also holds the user's files: those are read, the stores and their locks are not
+    (root / "stores" / "notes.txt").write_text("mine")
+    assert list_directory(root).files == [root / "a.txt", root / "stores" / "notes.txt"]
+    assert signed_files(root) == [root / "a.txt", root / "stores" / "notes.txt"]
+    with caplog.at_level("INFO", logger="ekd.data.documents"):
+        assert [d.doc_id for d in load_documents(str(root), DataConfig())] == ["a.txt", "stores/notes.txt"]
+    assert "2 ekd lock files" in caplog.text
+
+
+def test_lock_files_are_neither_read_nor_signed(tmp_path: Path) -> None:
+    """ekd's lock files (a pid in <name>.lock: run, cache and store locks) are left out of what is read and of
+    the token store's signature; a user's *.lock file with other content is kept."""
+    from ekd.data.store_build import source_signature
+
+    root = tmp_path / "corpus"
+    (root / "runs").mkdir(parents=True)
+    (root / "a.txt").write_text("ay")
+    (root / "yarn.lock").write_text("# yarn lockfile v1\n")
+    before = source_signature(str(root))
+    locks = [root / "runs" / ".r1.lock", root / ".cache.lock", root / "0123456789abcdef.lock"]
+    for i, lock in enumerate(locks):
+        lock.write_text(f"{1000 + i}\n" if i else "")  # being taken: still empty
+        assert source_signature(str(root)) == before
+    locks[0].write_text("99999\n")  # another run's pid
+    assert source_signature(str(root)) == before
+    assert [d.doc_id for d in load_documents(str(root), DataConfig())] == ["a.txt", "yarn.lock"]
+    from ekd.data.text_dir import is_lock_file
+
+    assert all(is_lock_file(lock) for lock in locks) and not is_lock_file(root / "yarn.lock")
+
+
+def test_a_run_moved_aside_by_overwrite_is_not_signed(tmp_path: Path) -> None:
+    """--overwrite moves the previous run to the hidden runs/.<name>.replaced while the new one prepares its
+    data: an ekd output, left out of the signature although hidden."""
+    from ekd.data.store_build import source_signature
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.txt").write_text("ay")
+    before = source_signature(str(root))
+    aside = root / "runs" / ".r1.replaced"
+    (aside / "checkpoints").mkdir(parents=True)
+    (aside / "ekd-run.json").write_text('{"format": "ekd-run"}')
+    (aside / "checkpoints" / "latest").write_text("step-000001")
+    assert source_signature(str(root)) == before
+
+
 def test_glob_of_text_files(tmp_path: Path) -> None:
     for name, text in [("2.txt", "two"), ("1.txt", "one"), ("skip.md", "nope")]:
         (tmp_path / name).write_text(text)
@@ -171,6 +247,48 @@ def test_glob_of_text_files(tmp_path: Path) -> None:
     assert [d.text for d in docs] == ["one", "two"]
     with pytest.raises(ConfigError, match="matches no files"):
         load_documents(str(tmp_path / "*.nothing"), DataConfig())
+
+
+def test_glob_of_jsonl_files_reads_their_rows_as_naming_each_file_would(tmp_path: Path) -> None:
+    """data.source='shards/*.jsonl' read each file as one text document, {"text": ...} markup included."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    write_jsonl(shards / "b.jsonl", [{"text": "three"}])
+    (shards / "c.txt").write_text("plain\n\n\nstill plain")  # a text file: one document, as in a directory
+    data = DataConfig()
+    each = [load_documents(str(shards / n), data) for n in ("a.jsonl", "b.jsonl")]
+    docs = load_documents(str(shards / "*.jsonl"), data)
+    assert docs == each[0] + each[1]
+    assert [d.text for d in docs] == ["one", "two", "three"]
+    mixed = load_documents(str(shards / "*"), data)
+    assert [d.text for d in mixed] == ["one", "two", "three", "plain\n\n\nstill plain"]
+    raw = load_documents(str(shards / "*.jsonl"), DataConfig(format="text"))  # data.format forces one
+    assert [d.text for d in raw][0].startswith('{"text": "one"}')
+
+
+def test_glob_skips_ekd_outputs_and_lock_files(tmp_path: Path) -> None:
+    """'corpus/**/*.json' read the teacher cache's and the runs' manifests."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "mine.json").write_text('{"mine": 1}')
+    _ekd_outputs_below(root)
+    _token_store(root / "stores", "0123456789abcdef")
+    (root / "0123456789abcdef.lock").write_text("77\n")
+    docs = load_documents(str(root / "**" / "*.json"), DataConfig())
+    assert [d.doc_id for d in docs] == [str(root / "sub" / "mine.json")]
+    assert len(load_documents(str(root / "**" / "*"), DataConfig())) == 1
+    with pytest.raises(ConfigError, match="matches no files outside ekd's own outputs"):
+        load_documents(str(root / "runs" / "*" / "*.jsonl"), DataConfig())
+
+
+def test_a_directory_of_row_files_only_points_to_the_glob(tmp_path: Path) -> None:
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    write_jsonl(rows / "a.jsonl", [{"text": "one"}])
+    with pytest.raises(ConfigError, match=f"read their rows with data.source='{rows}/\\*.jsonl'$"):
+        load_documents(str(rows), DataConfig())
+    assert [d.text for d in load_documents(f"{rows}/*.jsonl", DataConfig())] == ["one"]
 
 
 def test_jsonl_text_field_and_filters(tmp_path: Path) -> None:

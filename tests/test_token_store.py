@@ -300,6 +300,24 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
     assert_same_blocks(first.blocks, second.blocks)
 
 
+def test_glob_of_jsonl_shards_reads_rows_in_memory_and_in_the_store(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """data.source='shards/*.jsonl' gives the rows of every shard (as one file holding them all would), the
+    same through the token store as in memory; it was one raw-JSON text document per file."""
+    whole = write_corpus(tmp_path / "whole.jsonl")
+    lines = whole.read_text().splitlines(keepends=True)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.jsonl").write_text("".join(lines[:120]))
+    (tmp_path / "shards" / "b.jsonl").write_text("".join(lines[120:]))
+    shards = str(tmp_path / "shards" / "*.jsonl")
+    memory = prepare_data(config(tmp_path, tokenizer_dir, shards, False), tmp_path / "r1")
+    stored = prepare_data(config(tmp_path, tokenizer_dir, shards, True), tmp_path / "r2")
+    one_file = prepare_data(config(tmp_path, tokenizer_dir, whole, False), tmp_path / "r3")
+    assert_same_blocks(memory.blocks, stored.blocks)
+    assert_same_blocks(one_file.blocks, memory.blocks)
+
+
 def test_pystdlib_store_equals_in_memory(tmp_path: Path, tokenizer_dir: Path) -> None:
     extra = {"max_chars": 20000, "eval_fraction": 0.1}
     memory = prepare_data(config(tmp_path, tokenizer_dir, "pystdlib", False, **extra), tmp_path / "r1")

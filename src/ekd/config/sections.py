@@ -146,8 +146,10 @@ class ModelConfig:
 class DataConfig:
     source: str = text("pystdlib", nonempty=True, what="a data source")
     """Training data: 'pystdlib' (builtin: the Python standard library source), a .txt/.jsonl/.parquet
-    file, a directory or glob of text files (a directory's hidden files, JSONL/Parquet files and ekd's own
-    run directories, caches and token stores are left out), or ``hf:<dataset name or local path>``."""
+    file, a directory of text files (its hidden files, JSONL/Parquet files and ekd's own run directories,
+    caches, token stores and lock files are left out), a glob (each file read by its format: 'DIR/*.jsonl'
+    gives rows, other files one document each; ekd's own outputs left out), or ``hf:<dataset name or local
+    path>``."""
     format: str = one_of("auto", "auto", "text", "jsonl", "parquet", "hf", "chat")
     """'auto' (by extension), 'text', 'jsonl', 'parquet', 'hf', or 'chat': JSONL/Parquet/HF rows whose
     ``data.messages_field`` holds a conversation, rendered with the chat template; loss on assistant tokens only."""

@@ -18,10 +18,14 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
-- a directory (searched recursively; hidden files, ekd's own run directories, caches and token stores, and
-  JSONL/Parquet files skipped: :mod:`ekd.data.text_dir`) or a glob of text files: one document per file, in
-  sorted path order, with one info line naming the files read by extension; files that are not UTF-8 are
-  skipped with a warning.
+- a directory (searched recursively; hidden files, ekd's own run directories, caches, token stores and lock
+  files, and JSONL/Parquet files skipped: :mod:`ekd.data.text_dir`): one document per file, in sorted path
+  order, with one info line naming the files read by extension; files that are not UTF-8 are skipped with a
+  warning. A directory holding only row files is refused with the glob that reads them.
+- a glob (``shards/*.jsonl``, ``corpus/**/*``; ekd's own outputs and lock files skipped as in a directory):
+  every matched file in sorted path order, read by its format as naming it alone would — JSONL/Parquet files
+  give their rows (chat rows with ``data.format=chat``, which refuses a matched text file), any other file is
+  one document, as in a directory; ``data.format`` text, jsonl or parquet reads every file so.
 
 :func:`iter_documents` reads a source lazily (text files in 1 MiB chunks) for corpora larger than memory.
 
@@ -42,7 +46,7 @@ from ekd.config import ConfigError, DataConfig
 from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
-from ekd.data.text_dir import describe_files, list_directory
+from ekd.data.text_dir import by_suffix, list_directory, list_glob
 from ekd.errors import first_line
 from ekd.hub import check_dataset_reachable
 from ekd.nearest import did_you_mean
@@ -175,14 +179,15 @@ def _read_source(
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
         listing = list_directory(path)  # hidden files, ekd's own outputs and row files left out
         logger.info("%s", listing.describe(key, source))
+        if not listing.files and listing.row_files:
+            raise ConfigError(
+                f"{key}: {source} holds no text files to read, only row files ({by_suffix(listing.row_files)}), "
+                f"which a directory source leaves out; read their rows with {listing.row_glob(key, source)}"
+            )
         return _read_text_files(listing.files, path, key, source)
     if not path.exists():
         if glob.has_magic(source):
-            files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
-            if not files:
-                raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
-            logger.info("%s=%s: %s", key, source, describe_files(files, None))
-            return _read_text_files(files, None, key, source)
+            return _read_glob(source, fmt, data_cfg, key, skipped)
         raise ConfigError(
             f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')"
         )
@@ -193,6 +198,63 @@ def _read_source(
     if fmt == "jsonl":
         return _read_jsonl(path, data_cfg, key, skipped)
     return _read_parquet(path, data_cfg, key, skipped)
+
+
+def _read_glob(
+    source: str, fmt: str, data_cfg: DataConfig, key: str, skipped: SkippedRows | None
+) -> Iterator[Document]:
+    """The documents of every file a glob matches (:func:`ekd.data.text_dir.list_glob`: ekd's outputs and lock
+    files left out), in sorted path order, each read by its format as naming it alone would
+    (``data.format=auto``/``chat``: JSONL and Parquet files give their rows) — but a text file is one document
+    (a glob, like a directory, reads one document per file). ``data.format`` text, jsonl or parquet reads
+    every file so.
+
+    Raises:
+        ConfigError: The glob matches no file; with ``data.format=chat``, it matches a text file.
+    """
+    listing = list_glob(source)
+    if not listing.files:
+        left_out = " outside ekd's own outputs and lock files" if listing.outputs or listing.locks else ""
+        raise ConfigError(f"{key}: glob '{source}' matches no files{left_out}; check the pattern")
+    logger.info("%s", listing.describe(key, source))
+    formats = [_glob_format(p, fmt) for p in listing.files]
+    if fmt == "chat" and "text" in formats:
+        first = listing.files[formats.index("text")]
+        raise ConfigError(
+            f"{key}: data.format=chat reads conversations from JSONL, Parquet or hf: rows, not text files "
+            f"({source} matches {first}); narrow the glob to the row files (e.g. *.jsonl)"
+        )
+    return _read_files(listing.files, formats, data_cfg, key, source, skipped)
+
+
+def _glob_format(path: Path, fmt: str) -> str:
+    """How a glob reads ``path``: ``fmt`` when it names one, else 'jsonl' / 'parquet' by suffix or 'text'."""
+    if fmt not in ("auto", "chat"):
+        return fmt
+    suffix = path.suffix.lower()
+    return "jsonl" if suffix in JSONL_SUFFIXES else "parquet" if suffix in PARQUET_SUFFIXES else "text"
+
+
+def _read_files(
+    files: list[Path],
+    formats: list[str],
+    data_cfg: DataConfig,
+    key: str,
+    source: str,
+    skipped: SkippedRows | None,
+) -> Iterator[Document]:
+    """Each file's documents in turn: rows of a 'jsonl' or 'parquet' file, a 'text' file as one document."""
+    not_utf8 = 0
+    for path, fmt in zip(files, formats):
+        if fmt == "jsonl":
+            yield from _read_jsonl(path, data_cfg, key, skipped)
+        elif fmt == "parquet":
+            yield from _read_parquet(path, data_cfg, key, skipped)
+        elif (doc := _whole_file(path, path.as_posix())) is not None:
+            yield doc
+        else:
+            not_utf8 += 1
+    _warn_not_utf8(not_utf8, key, source)
 
 
 def _format_from_suffix(path: Path, key: str) -> str:
@@ -247,18 +309,28 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
         yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
 
 
-def _read_text_files(files: list[Path], root: Path | None, key: str, source: str) -> Iterator[Document]:
-    skipped = 0
+def _read_text_files(files: list[Path], root: Path, key: str, source: str) -> Iterator[Document]:
+    """One document per file of a directory (ids relative to ``root``); files that are not UTF-8 skipped."""
+    not_utf8 = 0
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            skipped += 1
-            continue
-        doc_id = path.relative_to(root).as_posix() if root is not None else path.as_posix()
-        yield Document(text=text, doc_id=doc_id)
-    if skipped:
-        logger.warning("%s=%s: skipped %d files that are not UTF-8 text", key, source, skipped)
+        if (doc := _whole_file(path, path.relative_to(root).as_posix())) is not None:
+            yield doc
+        else:
+            not_utf8 += 1
+    _warn_not_utf8(not_utf8, key, source)
+
+
+def _whole_file(path: Path, doc_id: str) -> Document | None:
+    """The whole file as one document, or None when it is not UTF-8 text."""
+    try:
+        return Document(text=path.read_text(encoding="utf-8"), doc_id=doc_id)
+    except UnicodeDecodeError:
+        return None
+
+
+def _warn_not_utf8(count: int, key: str, source: str) -> None:
+    if count:
+        logger.warning("%s=%s: skipped %d files that are not UTF-8 text", key, source, count)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,6 +397,7 @@ def _read_jsonl(
 ) -> Iterator[Document]:
     fields = _fields(data_cfg, skipped)
     rows = 0  # rows read (objects)
+    missing = 0  # chat rows of this file without the messages field (a glob shares ``skipped`` among files)
     keys: dict[str, None] = {}  # chat rows without the messages field: their keys, in order of appearance
     with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
         for line_no, raw in enumerate(f, start=1):
@@ -350,7 +423,8 @@ def _read_jsonl(
                 keys.update(dict.fromkeys(map(str, row)))
                 skipped.seen += 1
                 skipped.add(f"{path.name}:{line_no}", _no_messages(fields[0], row))
-                if skipped.reasons[NO_MESSAGES] == rows == FIELD_PROBE_ROWS:  # a wrong field name: stop now
+                missing += 1
+                if missing == rows == FIELD_PROBE_ROWS:  # a wrong field name: stop now
                     raise _no_field_anywhere(key, path, fields[0], keys, f"none of the first {rows} rows has")
                 continue
             for name in fields:
@@ -364,7 +438,7 @@ def _read_jsonl(
             )
             if doc is not None:
                 yield doc
-    if skipped is not None and rows and skipped.reasons[NO_MESSAGES] == rows:
+    if skipped is not None and rows and missing == rows:
         raise _no_field_anywhere(key, path, fields[0], keys, "no row has")
 
 

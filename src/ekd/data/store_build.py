@@ -36,7 +36,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from glob import glob, has_magic
+from glob import has_magic
 from itertools import islice
 from pathlib import Path
 
@@ -60,7 +60,7 @@ from ekd.data.store import (
     open_split,
     read_manifest,
 )
-from ekd.data.text_dir import signed_files
+from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 from ekd.locks import locked
@@ -169,11 +169,11 @@ def source_signature(source: str) -> dict:
         return {"source": source, "python": platform.python_version(), "stdlib": str(stdlib_root())}
     path = Path(source.removeprefix("hf:"))
     if path.is_dir():
-        files = signed_files(path)  # all but ekd's own outputs below it (runs there change freely)
+        files = signed_files(path)  # not ekd's outputs or lock files below it (runs there change freely)
     elif path.exists():
         files = [path]
     elif has_magic(source):
-        files = sorted(Path(p) for p in glob(source, recursive=True) if Path(p).is_file())
+        files = list_glob(source).files  # the files read: ekd's outputs and lock files left out
     else:
         return {"source": source}
     h = hashlib.sha256()
