@@ -127,11 +127,34 @@ def test_an_import_into_a_cache_another_process_is_writing_is_refused(setup, cap
     lock = lock_directory(out, "fix")  # a build or another import holds it
     try:
         assert _import(setup, src, out) == 2
-        assert f"{out} is in use by another ekd process (pid {os.getpid()})" in _one_line(capsys)
+        line = _one_line(capsys)
+        assert f"{out} is in use by another ekd process (pid {os.getpid()})" in line
+        assert "choose another --out" in line and "teacher.cache_dir" not in line, line  # import's own option
         assert not out.exists()
     finally:
         lock.release()
     assert _import(setup, src, out) == 0, capsys.readouterr().err
+
+
+def test_refusals_of_an_import_name_the_import_command(setup, capsys):
+    """Try-out 8: importing another SRC into an imported cache was told to "rebuild with `ekd cache CONFIG
+    --overwrite`" (that builds a native cache from the teacher) and a foreign --out to "set
+    teacher.cache_dir"; the fixes are import's own: --overwrite, another --out. The one given works."""
+    src = _write_parquet(setup["root"] / "teacher-a.parquet", setup["rows"])
+    out = setup["root"] / "imported-twice"
+    assert _import(setup, src, out) == 0, capsys.readouterr().err
+    rows = [dict(r, logprobs=[[v - 0.01 for v in lp] for lp in r["logprobs"]]) for r in setup["rows"]]
+    other = _write_parquet(setup["root"] / "teacher-b.parquet", rows)  # another file: another revision
+    assert _import(setup, other, out) == 2
+    line = _one_line(capsys)
+    assert "rerunning `ekd cache import` with --overwrite" in line and "ekd cache CONFIG" not in line, line
+    assert _import(setup, other, out, "--overwrite") == 0, capsys.readouterr().err
+    foreign = setup["root"] / "not-a-cache"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert _import(setup, src, foreign) == 2
+    line = _one_line(capsys)
+    assert f"--out {foreign} is not empty" in line and "set --out to a new or empty directory" in line, line
 
 
 def test_imported_topk_trains_like_the_native_cache(setup, capsys):

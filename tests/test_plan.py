@@ -244,3 +244,35 @@ def test_plan_cli(tmp_path, capsys, monkeypatch):
     assert "--gpu-memory: 'lots' is not a size" in one_error_line(rc, err)
     rc, _, err = cli(capsys, "plan", config, "--gpus", "0")
     assert "--gpus must be ≥ 1" in one_error_line(rc, err)
+
+
+def test_a_gpt2_student_is_planned_and_a_model_without_a_layer_list_is_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """Try-out 8, bug 6: a GPT-2 student (its decoder layers in ``transformer.h``, not ``.layers``) ended
+    ``ekd plan`` in an AttributeError traceback. Its layers are found as FSDP finds them
+    (``ekd.models.layers.decoder_layers``); a body with no layer list at all (OPT's sit in
+    ``model.decoder.layers``) is one line naming the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    gpt2 = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64)
+    AutoModelForCausalLM.from_config(gpt2).save_pretrained(tmp_path / "gpt2")
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, out, err = cli(capsys, "plan", config, "model.student=gpt2", "--gpus", "1", "--gpu-memory", "80GiB")
+    assert rc == 0, err
+    assert f"student {tmp_path / 'gpt2'}:" in out and "3 layers, d=32" in out, out
+    shape = shape_of(str(tmp_path / "gpt2"), VOCAB)
+    model = AutoModelForCausalLM.from_config(gpt2)
+    block = sum(p.numel() for p in model.transformer.h[0].parameters())
+    assert shape.layers == 3 and shape.layer_params == block
+    assert shape.root_params == shape.params - 3 * block  # embeddings, final norm (the head is tied)
+    opt = AutoConfig.for_model(
+        "opt", vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=64,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(opt).save_pretrained(tmp_path / "opt")
+    rc, _, err = cli(capsys, "plan", config, "model.student=opt", "--gpus", "1", "--gpu-memory", "80GiB")
+    line = one_error_line(rc, err)
+    assert "OPTForCausalLM has no list of decoder layers" in line and "ekd plan" in line, line
+    assert f"model.student '{tmp_path / 'opt'}'" in line, line

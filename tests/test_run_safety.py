@@ -312,8 +312,41 @@ def test_resume_refuses_what_changes_the_math_and_says_why(ws, capsys, change, w
     before = snapshot(ws)
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *change, "--resume")
     line = one_error_line(rc, err)
-    assert "which change what the run computes" in line and why in line, line
+    keys = line.split("differs from the saved run in ")[1].split(", which ")[0].split(", ")
+    verb = "changes" if len(keys) == 1 else "change"  # one key changes, several change (try-out 8)
+    assert f"which {verb} what the run computes" in line and why in line, line
     assert "under another run.name" in line
+    unchanged(before, ws)
+
+
+def test_one_refused_key_is_grammatical(ws, capsys):
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "train.lr=0.5", "--resume")
+    assert "saved run in train.lr, which changes what the run computes" in one_error_line(rc, err)
+
+
+@pytest.mark.parametrize(
+    "flag, fix",
+    [
+        ([], "wait for it to end, or choose another run.name"),
+        (["--resume"], "wait for it to end, then rerun with --resume"),
+        (["--overwrite"], "wait for it to end, then rerun with --overwrite"),
+    ],
+    ids=["start", "resume", "overwrite"],
+)
+def test_a_run_in_use_offers_what_helps_this_command(ws, capsys, flag, fix):
+    """Try-out 8: the refusal of a --resume (or --overwrite) on a run another process holds offered "or
+    choose another run.name", which starts a new run instead of continuing or replacing this one."""
+    from ekd.locks import lock_directory
+
+    run = ws / "runs" / "base"
+    before = snapshot(ws)
+    lock = lock_directory(run, "fix")  # another ekd process (here: another open file) holds the run
+    try:
+        rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *flag)
+    finally:
+        lock.release()
+    line = one_error_line(rc, err)
+    assert "is in use by another ekd process" in line and line.endswith(fix), line
     unchanged(before, ws)
 
 
@@ -343,3 +376,49 @@ def test_a_change_resume_would_refuse_is_not_offered_resume(ws, capsys):
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3")  # a change --resume accepts
     assert "pass --resume to continue it" in one_error_line(rc, err)
     assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0
+
+
+def _save_config_value(run: Path, key: str, value: object) -> None:
+    """Edit ``key`` (section.field) of a run's saved config.yaml, as an older ekd would have written it."""
+    import yaml
+
+    path = run / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    section, name = key.split(".")
+    saved[section][name] = value
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def test_a_run_saved_under_older_rules_is_evaluated_with_the_suggested_override(ws, capsys):
+    """Try-out 8: a run trained at τ = 0.05 (before method.kd_temperature ≥ 0.1) could not be re-evaluated,
+    and nothing said that `method.kd_temperature=1` (a training setting, unread by evaluation) gets past it.
+    The line names the key and the command; the command works; a new run at τ = 0.05 is still refused."""
+    run = ws / "runs" / "base"
+    _save_config_value(run, "method.kd_temperature", 0.05)
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "eval", "runs/base", "eval.batch_size=2")
+    line = one_error_line(rc, err)
+    assert "method.kd_temperature must be ≥ 0.1" in line and "got 0.05" in line, line
+    assert "method.kd_temperature is a training setting that evaluation does not read" in line, line
+    command = line.split("`")[1].split()
+    assert command == ["ekd", "eval", "runs/base", "eval.batch_size=2", "method.kd_temperature=1.0"], line
+    unchanged(before, ws)
+    assert cli(capsys, *command[1:])[0] == 0
+    rc, _, err = cli(capsys, "distill", _config(), "run.name=new", "method.kd_temperature=0.05")
+    line = one_error_line(rc, err)  # validation of a new run is as strict as before
+    assert "method.kd_temperature must be ≥ 0.1" in line and "ekd eval" not in line, line
+
+
+def test_a_saved_key_that_evaluation_reads_gets_no_default_suggested(ws, capsys):
+    """A saved key evaluation reads (eval.batch_size): today's default would change what is evaluated, so
+    the refusal is today's rule alone; the user's own bad override is named as it is."""
+    run = ws / "runs" / "base"
+    _save_config_value(run, "eval.batch_size", 0)
+    rc, _, err = cli(capsys, "eval", "runs/base")
+    line = one_error_line(rc, err)
+    assert "eval.batch_size" in line and "ekd eval" not in line, line
+    _save_config_value(run, "eval.batch_size", 4)
+    _save_config_value(run, "method.kd_temperature", 0.05)
+    rc, _, err = cli(capsys, "eval", "runs/base", "eval.batch_size=-1")
+    line = one_error_line(rc, err)
+    assert "eval.batch_size" in line and "got -1" in line and "ekd eval" not in line, line

@@ -192,12 +192,36 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "s").exists()
 
 
+def test_gpt2_layer_drop_equals_hand_cut_teacher(tmp_path, capsys):
+    """GPT-2 keeps its decoder layers in ``transformer.h``: found as FSDP and ``ekd plan`` find them
+    (``ekd.models.layers.decoder_layers``), so its layers are dropped too (it was refused as unsupported)."""
+    config = AutoConfig.for_model("gpt2", vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=32)
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    teacher.save_pretrained(tmp_path / "gpt2")
+    assert main(["student", "init", str(tmp_path / "gpt2"), str(tmp_path / "s"), "--keep-layers", "0,3"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()
+    ref = copy.deepcopy(teacher)
+    ref.transformer.h = torch.nn.ModuleList([ref.transformer.h[i] for i in (0, 3)])
+    ref.config.n_layer = 2
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = student(ids, use_cache=False).logits, ref(ids, use_cache=False).logits
+    assert student.config.n_layer == 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "s" / RECORD).read_text())["kept_layers"] == [0, 3]
+
+
 def test_unsupported_architecture_refused(tmp_path, capsys):
-    config = AutoConfig.for_model("gpt2", vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
-    assert main(["student", "init", str(tmp_path / "gpt2"), str(tmp_path / "s"), "--layers", "1"]) == 2
+    """OPT keeps its decoder layers in ``model.decoder.layers``, not in the body: refused in one line."""
+    config = AutoConfig.for_model(
+        "opt", vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=32,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "opt")
+    assert main(["student", "init", str(tmp_path / "opt"), str(tmp_path / "s"), "--layers", "1"]) == 2
     err = capsys.readouterr().err
-    assert "cannot drop layers of model type 'gpt2'" in err and "--from-config" in err
+    assert "cannot drop layers of model type 'opt'" in err and "--from-config" in err
 
 
 def test_refuses_to_overwrite_foreign_directory_or_teacher(tmp_path, capsys):

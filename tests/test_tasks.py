@@ -582,3 +582,47 @@ def test_a_tasks_own_generation_budget_is_kept_unless_one_is_set(budget, expecte
     _configure(task, TaskSettings(tasks=("t",), max_new_tokens=budget))
     kwargs = task.config["generation_kwargs"]
     assert kwargs["max_gen_toks"] == expected and kwargs["do_sample"] is False and kwargs["until"] == ["\n"]
+
+
+@pytest.fixture(scope="module")
+def finished_template(tmp_path_factory):
+    """A finished tiny run without eval.tasks (``runs/base`` in a workspace, see ``hostile.make_workspace``)."""
+    from hostile import make_workspace
+
+    return make_workspace(tmp_path_factory.mktemp("eval-tasks"), "base", {"train.max_steps": 2})
+
+
+@pytest.mark.parametrize("task", ["unknown", "hub-offline", "saved"])
+def test_ekd_eval_checks_eval_tasks_before_evaluating_or_writing(
+    finished_template, tmp_path, monkeypatch, capsys, request, task
+):
+    """Try-out 8, bug 5: ``ekd eval RUN eval.tasks=a`` (the form the finished-run refusal suggests) evaluated
+    the eval sets and rewrote eval.json, and only then refused the task name. The tasks are checked first,
+    whether named in an override or in the run's saved config, as ``--tasks`` and ``ekd distill`` do."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.train import evaluation
+    from hostile import copy_workspace, one_error_line, snapshot, unchanged
+
+    ws = copy_workspace(finished_template, tmp_path, monkeypatch)
+    run = ws / "runs" / "base"
+    overrides = {
+        "unknown": ["eval.tasks=no_such_task"],
+        "hub-offline": ["eval.tasks=hub_mc", f"eval.tasks_dir={ws / 'tasks'}"],
+        "saved": [],
+    }[task]
+    if task == "hub-offline":  # no network, the task's hub dataset not cached
+        request.getfixturevalue("hub_unreachable")
+        _hub_task(ws / "tasks")
+    if task == "saved":  # eval.tasks set in the run's own config.yaml
+        text = (run / "config.yaml").read_text()
+        (run / "config.yaml").write_text(text.replace("  tasks: []\n", "  tasks:\n  - no_such_task\n", 1))
+    evaluated = []
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: evaluated.append(a))
+    before, mtime = snapshot(ws), (run / "eval.json").stat().st_mtime_ns
+    rc = main(["eval", str(run), *overrides])
+    line = one_error_line(rc, capsys.readouterr().err)
+    named = "hub_mc" if task == "hub-offline" else "no_such_task"
+    assert f"'{named}'" in line or f"unknown task(s) {named}" in line, line
+    assert evaluated == []  # no eval set evaluated
+    unchanged(before, ws)
+    assert (run / "eval.json").stat().st_mtime_ns == mtime  # not rewritten (with the same numbers)

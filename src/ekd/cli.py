@@ -297,7 +297,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 def cmd_eval(args) -> int:
     from ekd.train.evaluation import evaluate_saved_run
-    from ekd.train.task_evaluation import evaluate_saved_tasks, tasks_markdown
+    from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
 
     overrides = list(args.overrides)
     for flag, key in (("tasks", "tasks"), ("tasks_dir", "tasks_dir"), ("limit", "tasks_limit")):
@@ -306,6 +306,7 @@ def cmd_eval(args) -> int:
             overrides.append(f"eval.{key}={value}")
     if args.num_fewshot is not None:
         overrides.append(f"eval.tasks_num_fewshot={args.num_fewshot}")
+    check_saved_tasks(Path(args.run_dir), overrides)  # before the eval sets rewrite eval.json
     if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
         _print_eval(evaluate_saved_run(Path(args.run_dir), overrides))
     section = evaluate_saved_tasks(Path(args.run_dir), overrides)

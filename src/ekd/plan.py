@@ -70,13 +70,22 @@ class ModelShape:
     root_params: int  # parameters outside the decoder layers (embeddings, head, final norm)
 
 
-def model_shape(model: nn.Module) -> ModelShape:
-    """Count a (meta-device) causal LM's parameters: total, per decoder layer, outside the layers."""
-    from ekd.models.load import model_body
+def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
+    """Count a (meta-device) causal LM's parameters: total, per decoder layer, outside the layers.
+
+    Args:
+        what: the model as the config names it (``model.student 'gpt2-s'``), for the error.
+
+    Raises:
+        ModelError: the model has no list of decoder layers (:func:`ekd.models.layers.decoder_layers`).
+    """
+    from ekd.models.layers import decoder_layers
 
     config = model.config
     unique = {id(p): p.numel() for p in model.parameters()}
-    layers = list(model_body(model).layers)
+    layers = list(
+        decoder_layers(model, f"ekd plan counts memory per decoder layer, so it cannot plan {what}")
+    )
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     layer_params = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
     return ModelShape(
@@ -98,7 +107,8 @@ def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
     directory or hub id (its config.json only), built on the meta device.
 
     Raises:
-        ModelError: an unknown preset or a directory without a readable config.
+        ModelError: an unknown preset, a directory without a readable config, or a model without a list of
+            decoder layers.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -117,7 +127,7 @@ def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
         config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return model_shape(model)
+    return model_shape(model, f"model.{role} '{spec}'")
 
 
 @dataclass(frozen=True)

@@ -324,6 +324,20 @@ def check_tasks_available(tasks: tuple[str, ...], tasks_dir: str) -> tuple[Any, 
     return manager, offline
 
 
+def check_config_tasks(cfg: Any) -> None:
+    """:func:`check_tasks_available` on ``cfg``'s ``eval.tasks`` (after :func:`require_lm_eval`), nothing when
+    it is empty: every command that will run them calls this before it evaluates, trains or writes anything
+    (``ekd distill`` before training, ``ekd eval RUN`` before the eval sets).
+
+    Raises:
+        EkdError: lm-eval missing, an unknown task name, or hub datasets that cannot be loaded.
+    """
+    settings = TaskSettings.from_config(cfg)
+    if settings.tasks:
+        require_lm_eval()
+        check_tasks_available(settings.tasks, settings.tasks_dir)
+
+
 def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = ()) -> dict[str, Any]:
     """``manager.load([name])``, where lm-eval reads the task's dataset. Hub datasets are checked before any
     task runs (:func:`check_tasks_available`); one that still cannot be fetched here (a Python task's, whose

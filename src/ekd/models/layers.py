@@ -1,7 +1,8 @@
 """The decoder layers of a Hugging Face causal LM, and torch's activation checkpointing on each of them.
 
-FSDP2 shards per decoder layer and activation checkpointing recomputes per decoder layer, so both find the
-layers here (``model.<base_model_prefix>.layers``, or ``.h`` for GPT-2-style bodies).
+FSDP2 shards per decoder layer, activation checkpointing recomputes per decoder layer and ``ekd plan`` counts
+memory per decoder layer, so all of them find the layers here (``model.<base_model_prefix>.layers``, or ``.h``
+for GPT-2-style bodies): never read ``.layers`` of a body directly.
 """
 
 from __future__ import annotations
@@ -18,21 +19,29 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from ekd.errors import ModelError
 from ekd.models.load import model_body
 
+LAYER_LISTS = ("layers", "h")
+"""Attribute names of the decoder-layer list in a Hugging Face body: Llama-style ``layers``, GPT-2-style ``h``."""
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+
+def decoder_layers(
+    model: nn.Module, needed_by: str = "train.parallel=fsdp and train.activation_checkpointing need one"
+) -> nn.ModuleList:
     """The body's list of decoder layers.
 
+    Args:
+        needed_by: what needs the list, for the error (the end of its one line).
+
     Raises:
-        ModelError: the body has no ``layers``/``h`` ModuleList (not a Hugging Face decoder-only LM).
+        ModelError: the body has no ``layers``/``h`` ModuleList (not a Hugging Face decoder-only LM, or one
+            whose layers sit deeper, e.g. OPT's ``decoder.layers``).
     """
     body = model_body(model)
-    for name in ("layers", "h"):
+    for name in LAYER_LISTS:
         layers = getattr(body, name, None)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             return layers
     raise ModelError(
-        f"{type(model).__name__} has no list of decoder layers (.layers or .h) in its body: "
-        "train.parallel=fsdp and train.activation_checkpointing need one"
+        f"{type(model).__name__} has no list of decoder layers (.layers or .h) in its body: {needed_by}"
     )
 
 

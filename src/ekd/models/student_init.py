@@ -7,7 +7,8 @@ Two ways, both writing a standard Hugging Face directory (safetensors, the teach
   evenly spaced with the first and the last kept (DistilBERT / "shrink and fine-tune" practice), copying the
   embeddings, every norm and the head. Per-layer config lists (``layer_types`` of Qwen2/3, Gemma-2/3) are
   sliced with the layers. Works for every architecture whose body holds its decoder layers in
-  ``<body>.layers`` (Llama, Qwen2/3, Mistral, Gemma 1–3, Phi-3, GPT-NeoX, ...); others are refused.
+  ``<body>.layers`` (Llama, Qwen2/3, Mistral, Gemma 1–3, Phi-3, GPT-NeoX, ...) or ``<body>.h`` (GPT-2);
+  others are refused.
 - **from config** (``overrides={"num_hidden_layers": 4, "hidden_size": 256, ...}``): the teacher's config
   with the overrides, randomly initialized (seeded).
 
@@ -35,7 +36,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from ekd import __version__
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
-from ekd.models.load import is_preset, load_model, load_tokenizer, model_body, save_model_dir
+from ekd.models.layers import decoder_layers
+from ekd.models.load import is_preset, load_model, load_tokenizer, save_model_dir
 from ekd.nearest import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -77,21 +79,23 @@ def evenly_spaced_layers(num_teacher_layers: int, num_keep: int) -> list[int]:
     return [round(i * (num_teacher_layers - 1) / (num_keep - 1)) for i in range(num_keep)]
 
 
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(state-dict prefix of the layer list, the list): ``<base_model_prefix>.layers``.
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(state-dict prefix of the layer list, the list): :func:`ekd.models.layers.decoder_layers`
+    (``<base_model_prefix>.layers``, or GPT-2's ``transformer.h``).
 
     Raises:
         ModelError: the architecture keeps its decoder layers elsewhere (not supported for layer dropping).
     """
-    body = model_body(model)
-    layers = getattr(body, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+    try:
+        layers = decoder_layers(model)
+    except ModelError:
         model_type = getattr(model.config, "model_type", type(model).__name__)
         raise ModelError(
             f"student init: cannot drop layers of model type '{model_type}' (no decoder layer list at "
-            f"{model.base_model_prefix}.layers); use --from-config num_hidden_layers=N instead"
-        )
-    return f"{model.base_model_prefix}.layers", layers
+            f"{model.base_model_prefix}.layers or .h); use --from-config num_hidden_layers=N instead"
+        ) from None
+    name = next(n for n, m in model.named_modules() if m is layers)
+    return name, layers
 
 
 def _per_layer_fields(config: PretrainedConfig, num_layers: int) -> list[str]:
@@ -150,7 +154,7 @@ def drop_layers(teacher: nn.Module, keep: list[int], tie_word_embeddings: bool |
             keeps the teacher's layer order; reordering layers is refused, not silently sorted), or tying an
             untied teacher.
     """
-    prefix, layers = decoder_layers(teacher)
+    prefix, layers = layer_list(teacher)
     n = len(layers)
     if not keep or any(not 0 <= i < n for i in keep) or len(set(keep)) != len(keep):
         raise ModelError(
@@ -361,7 +365,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             trust_remote_code=plan.trust_remote_code,
             role="teacher",
         )
-        teacher_layers = len(decoder_layers(teacher)[1])
+        teacher_layers = len(layer_list(teacher)[1])
         keep = list(plan.keep_layers) or evenly_spaced_layers(teacher_layers, plan.layers)
         student = drop_layers(teacher, keep, plan.tie_word_embeddings)
         record = {"kept_layers": keep}
@@ -410,9 +414,9 @@ __all__ = [
     "build_student",
     "cut_config",
     "cut_state_dict",
-    "decoder_layers",
     "drop_layers",
     "evenly_spaced_layers",
     "from_config",
+    "layer_list",
     "parse_overrides",
 ]

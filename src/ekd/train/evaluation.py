@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shlex
 from pathlib import Path
+from typing import Any
 
 import yaml
 from torch import nn
 
 from ekd.config import Config, config_from_dict, parse_overrides
-from ekd.errors import EkdError
+from ekd.errors import ConfigError, EkdError
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
-from ekd.train.run_dir import writes_into_run
+from ekd.train.run_dir import override_arg, writes_into_run
 
 
 def evaluate_run(
@@ -119,6 +122,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
 
     Raises:
         EkdError: ``run_dir`` is not a finished run (no config.yaml or student/).
+        ConfigError: the config fails today's rules; where the saved config does (a run of an older ekd) on
+            training settings alone, the line gives the ``ekd eval`` overrides that get past it
+            (:func:`_saved_rule_failure`).
     """
     run_dir = Path(run_dir)
     if not is_finished_run(run_dir):
@@ -132,10 +138,86 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
-    flat.update(parse_overrides(overrides or []))
-    sections = {k.split(".", 1)[0] for k in flat}  # an override may name a section the file lacks
-    return config_from_dict(
-        {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(s + ".")} for s in sections}
+    given = parse_overrides(overrides or [])
+    try:
+        return config_from_dict(_nested({**flat, **given}))
+    except ConfigError as e:
+        raise _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"a.b": 1}`` → ``{"a": {"b": 1}}`` (an override may name a section the file lacks)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+# What ``ekd eval RUN`` reads of a run's config: the data and eval sets, the models, the device and autocast,
+# logging, and what decides whether the teacher is evaluated (ekd.train.prepare.evaluates_teacher). Any other
+# key is a training setting: the evaluation's numbers are the same whatever its value.
+EVAL_READS = (
+    "data.",
+    "model.",
+    "eval.",
+    "run.",
+    "log.",
+    "teacher.",
+    "train.precision",
+    "method.preset",
+    "method.kd_weight",
+    "method.objective",
+    "method.sample_fraction",
+    "method.sample_scorer",
+)
+_KEY = re.compile(r"\b[a-z]+\.[a-z0-9_]+\b")
+
+
+def _saved_rule_failure(
+    run_dir: Path, saved: dict[str, Any], given: dict[str, Any], overrides: list[str], error: ConfigError
+) -> Exception:
+    """The error for a run whose config today's rules refuse. When the refused keys are the saved config's own
+    training settings (a run of an older ekd: trained at τ = 0.05 before ``method.kd_temperature`` ≥ 0.1),
+    the line adds the ``ekd eval`` command that sets each of them to today's default, checked here to pass;
+    otherwise the refusal no such default gets past (an override of the user's, or a key evaluation reads,
+    whose value would change the numbers), as it is. Validation itself is not relaxed: a new run, and the command given, pass every rule.
+
+    Args:
+        saved: the saved config, flat (``section.key`` → value); ``given``: the overrides parsed, ``overrides``:
+            as typed (kept in the command).
+    """
+    from ekd.methods import preset_values
+
+    defaults = {f"{s}.{k}": v for s, sec in Config().to_dict().items() for k, v in sec.items()}
+    preset = given.get("method.preset", saved.get("method.preset"))
+    defaults.update({f"method.{k}": v for k, v in preset_values(str(preset)).items()})
+    fixes: dict[str, Any] = {}
+    last = error
+    for _ in range(len(saved)):
+        named = [k for k in _KEY.findall(str(last)) if k in saved and k not in given and k not in fixes]
+        if not named or named[0].startswith(EVAL_READS) or named[0] not in defaults:
+            return last  # what no default of a training setting gets past (the user's override, say)
+        fixes[named[0]] = defaults[named[0]]
+        try:
+            config_from_dict(_nested({**saved, **given, **fixes}))
+            break
+        except ConfigError as e:
+            last = e
+    else:
+        return last
+    keys = ", ".join(fixes)
+    one = len(fixes) == 1
+    words = [
+        shlex.quote(str(run_dir)),
+        *map(shlex.quote, overrides),
+        *(override_arg(k, v) for k, v in fixes.items()),
+    ]
+    command = "ekd eval " + " ".join(words)
+    return ConfigError(
+        f"the run's saved config {run_dir / 'config.yaml'} fails today's rules: {error}; {keys} "
+        f"{'is a training setting' if one else 'are training settings'} that evaluation does not read, so "
+        f"evaluate the run with today's default{'' if one else 's'}: `{command}`"
     )
 
 

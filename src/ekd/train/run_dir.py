@@ -213,7 +213,7 @@ def writes_into_run(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _override(key: str, value: object) -> str:
+def override_arg(key: str, value: object) -> str:
     """``key=value`` as typed on the command line (a list comma-separated), quoted for a shell if needed."""
     if isinstance(value, list | tuple):
         text = ",".join(str(v) for v in value)
@@ -242,7 +242,7 @@ def _existing_run_advice(
         )
     if finished:  # --resume would have nothing to do
         flat = _flat(current)
-        evals = " ".join(_override(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
+        evals = " ".join(override_arg(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
         again = f"`ekd eval {run_dir}{' ' + evals if evals else ''}` evaluates it" + (
             " with the new eval settings" if evals else " again"
         )
@@ -292,7 +292,7 @@ class RunStart:
             self.made_output = not out.exists()
             out.mkdir(parents=True, exist_ok=True)  # the lock file lives here, beside the run directory
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
-            self.lock = lock_run(run_dir, "wait for it to end, or choose another run.name")
+            self.lock = lock_run(run_dir, self._in_use_fix())
             self._recover_interrupted_replace()
             holds = run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir())  # not our lock
             marker = read_marker(run_dir) if holds else None
@@ -342,7 +342,8 @@ class RunStart:
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
-                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}, which change what "
+                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}, which "
+                f"{'changes' if len(blocking) == 1 else 'change'} what "
                 f"the run computes{' (' + '; '.join(why) + ')' if why else ''}; resume with the settings in "
                 f"{run_dir / 'config.yaml'}, or start a new run under another run.name"
             )
@@ -361,6 +362,13 @@ class RunStart:
             changes = ", ".join(f"{k} {flat.get(k)} → {_flat(current).get(k)}" for k in knobs)
             notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
+
+    def _in_use_fix(self) -> str:
+        """The way on when another process holds the run's lock: another run.name starts a new run, which is no
+        way to continue (``--resume``) or replace (``--overwrite``) this one."""
+        if self.resume or self.overwrite:
+            return f"wait for it to end, then rerun with {'--resume' if self.resume else '--overwrite'}"
+        return "wait for it to end, or choose another run.name"
 
     def _move_aside(self) -> None:
         if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)

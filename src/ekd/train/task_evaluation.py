@@ -31,7 +31,7 @@ from torch import nn
 
 from ekd.config import Config
 from ekd.eval import task_metrics as tm
-from ekd.eval.tasks import TaskSettings, require_lm_eval, run_tasks
+from ekd.eval.tasks import TaskSettings, check_config_tasks, require_lm_eval, run_tasks
 from ekd.io import atomic_write_text, json_safe, strict_json
 from ekd.models.load import is_preset
 from ekd.train.run_dir import writes_into_run
@@ -307,6 +307,20 @@ def run_end_tasks(
     section["set_tags"] = dict(cfg.eval.set_tags)
     write_outputs(run_dir, section, cfg.eval.plots, f"{cfg.run.name}: evaluation")
     return section
+
+
+def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None:
+    """``ekd eval RUN``: the run's ``eval.tasks`` (saved, or from ``overrides``) checked before anything is
+    evaluated or written (:func:`ekd.eval.tasks.check_config_tasks`): an unknown name or an unavailable hub
+    dataset is one line, with ``RUN/eval.json`` untouched, not a refusal after the eval sets were rewritten.
+
+    Raises:
+        EkdError: ``run_dir`` is not a finished run, lm-eval is missing, a task is unknown or its hub dataset
+            cannot be loaded.
+    """
+    from ekd.train.evaluation import load_run_config
+
+    check_config_tasks(load_run_config(run_dir, overrides))
 
 
 @writes_into_run

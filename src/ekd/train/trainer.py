@@ -587,11 +587,9 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     if cfg.eval.tasks:
-        from ekd.eval.tasks import TaskSettings, check_tasks_available, require_lm_eval
+        from ekd.eval.tasks import check_config_tasks
 
-        require_lm_eval()
-        settings = TaskSettings.from_config(cfg)
-        check_tasks_available(settings.tasks, settings.tasks_dir)
+        check_config_tasks(cfg)
     if cfg.log.wandb_project:
         require_wandb()
 

@@ -281,6 +281,11 @@ def _training_documents(cfg: Config) -> Iterable[Document]:
     return load_splits(cfg, max_chars=cfg.data.max_chars or None)["train"]
 
 
+# import's own ways out (the native build's name teacher.cache_dir and `ekd cache CONFIG --overwrite`)
+IMPORT_IN_USE = "wait for it to end, or choose another --out"
+IMPORT_AGAIN = "replace it by rerunning `ekd cache import` with --overwrite, or choose another --out"
+
+
 def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool = False) -> Path:
     """Write the top-K cache of ``cfg`` (in ``teacher.cache_dir``) from SRC's teacher log-probabilities.
 
@@ -295,7 +300,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             missing from SRC, or SRC's tokens differing from ours (row and first differing position named).
     """
     from ekd.data.packing import framed_documents
-    from ekd.teacher.cache.build import CACHE_IN_USE, _prepare_data
+    from ekd.teacher.cache.build import _prepare_data
 
     check_importable(cfg)
     src = Path(src)
@@ -304,8 +309,8 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     table = SourceTable(src)
     layout, columns = resolve_columns(src, set(table.names), columns)
     directory = Path(cfg.teacher.cache_dir)
-    check_cache_directory(directory)
-    with holding(directory, CACHE_IN_USE, CacheError):  # no build or import into it meanwhile
+    check_cache_directory(directory, "--out")
+    with holding(directory, IMPORT_IN_USE, CacheError):  # no build or import into it meanwhile
         directory.mkdir(parents=True, exist_ok=True)
         data = _prepare_data(cfg, directory)
         blocks = data.blocks["train"]
@@ -325,6 +330,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             cfg.teacher.cache_shard_samples,
             stat_format=cfg.teacher.cache_stat_format,
             overwrite=overwrite,
+            rebuild=IMPORT_AGAIN,
         )
         window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T))
         at, stream = 0, n_blocks * T

@@ -222,16 +222,24 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_text(Path(path), dumps(obj))
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, fix: str = REBUILD) -> dict:
+    """``path``'s JSON.
+
+    Args:
+        fix: the way out named in the error (another command than ``ekd cache`` writes some caches).
+
+    Raises:
+        CacheError: one line naming the file, the problem and ``fix``.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise CacheError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): {REBUILD}") from None
+        raise CacheError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): {fix}") from None
     except UnicodeDecodeError:
-        raise CacheError(f"{path} is not UTF-8 text: {REBUILD}") from None
+        raise CacheError(f"{path} is not UTF-8 text: {fix}") from None
     except OSError as e:
-        raise CacheError(f"{path} cannot be read ({e.strerror or e}): {REBUILD}") from None
+        raise CacheError(f"{path} cannot be read ({e.strerror or e}): {fix}") from None
 
 
 _INT, _STR = (int,), (str,)
@@ -256,23 +264,26 @@ _FIELDS = {
 }
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path, fix: str = REBUILD) -> dict:
     """Read and check a manifest: valid JSON, its own ``manifest_sha256``, every field present and typed.
 
+    Args:
+        fix: the way out named in the error (:func:`read_json`).
+
     Raises:
-        CacheError: one line naming the file and the problem.
+        CacheError: one line naming the file, the problem and ``fix``.
     """
-    manifest = read_json(path)
+    manifest = read_json(path, fix)
     problem = _manifest_problem(manifest)
     if problem:
-        raise CacheError(f"{path} is not a valid cache manifest ({problem}): {REBUILD}")
+        raise CacheError(f"{path} is not a valid cache manifest ({problem}): {fix}")
     if "manifest_sha256" not in manifest:
         log.info(
             "%s has no manifest_sha256 (built by an older ekd); its fields are checked, not its hash", path
         )
     elif manifest["manifest_sha256"] != manifest_sha256(manifest):
         raise CacheError(
-            f"{path} was edited or is corrupt (its content does not match its manifest_sha256): {REBUILD}"
+            f"{path} was edited or is corrupt (its content does not match its manifest_sha256): {fix}"
         )
     return manifest
 
@@ -357,10 +368,14 @@ _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 _CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging|\.ekd\.lock)(\.tmp)?")
 
 
-def check_cache_directory(directory: Path) -> None:
+def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") -> None:
     """Raise CacheError unless ``directory`` may hold a cache: absent, empty, a cache (it has a manifest) or
     an unfinished one (only files a build writes). Checked before anything is written, ``--overwrite`` or
-    not: a ``teacher.cache_dir`` mistyped as a run or data directory must not get cache files mixed in."""
+    not: a ``teacher.cache_dir`` mistyped as a run or data directory must not get cache files mixed in.
+
+    Args:
+        option: what names the directory on the command line, for the error (``--out`` of ``ekd cache import``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return
@@ -371,13 +386,14 @@ def check_cache_directory(directory: Path) -> None:
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise CacheError(
-            f"teacher.cache_dir {directory} is not empty and holds no teacher cache ({shown}): "
-            "set teacher.cache_dir to a new or empty directory"
+            f"{option} {directory} is not empty and holds no teacher cache ({shown}): "
+            f"set {option} to a new or empty directory"
         )
 
 
-def check_compatible(expected: dict, found: dict, where: str) -> None:
-    """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split."""
+def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD) -> None:
+    """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split; the
+    error ends with ``fix``."""
     diffs = compare_signatures(expected["signature"], found.get("signature", {}))
     for key in ("layout", "num_samples", "shard_samples"):
         if expected[key] != found.get(key):
@@ -385,7 +401,7 @@ def check_compatible(expected: dict, found: dict, where: str) -> None:
     if found.get("format") != FORMAT_NAME:
         diffs.append(f"format: expected {FORMAT_NAME!r}, found {found.get('format')!r}")
     if diffs:
-        raise CacheError(f"{where} was built differently ({'; '.join(diffs)}): {REBUILD}")
+        raise CacheError(f"{where} was built differently ({'; '.join(diffs)}): {fix}")
 
 
 def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:

@@ -75,6 +75,8 @@ class CacheWriter:
         rank, world_size: this process's share (shards k with k % world_size == rank).
         stat_format: 'q8' (2 B/position) or 'fp16' (4 B/position) for entropy and log p(gold).
         overwrite: delete this rank's earlier shards and manifests instead of resuming.
+        rebuild: the way out named when the directory's cache is refused (the command that wrote it, with
+            --overwrite: ``ekd cache CONFIG`` or ``ekd cache import``).
 
     Raises:
         CacheError: the directory holds a cache with another signature/layout (and ``overwrite`` is off).
@@ -91,6 +93,7 @@ class CacheWriter:
         world_size: int = 1,
         stat_format: str = "q8",
         overwrite: bool = False,
+        rebuild: str = REBUILD,
     ) -> None:
         if num_samples < 1 or shard_samples < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -102,6 +105,7 @@ class CacheWriter:
         self.layout = Layout.from_signature(signature, stat_format)
         self.num_samples, self.shard_samples = int(num_samples), int(shard_samples)
         self.rank, self.world_size = rank, world_size
+        self.rebuild = rebuild
         self.num_shards = -(-self.num_samples // self.shard_samples)
         self.owned = [k for k in range(self.num_shards) if k % world_size == rank]
         self._manifest_path = (
@@ -156,8 +160,8 @@ class CacheWriter:
         for path in paths:
             if not path.exists():
                 continue
-            found = read_manifest(path)
-            check_compatible(self._template, found, f"the existing cache {path}")
+            found = read_manifest(path, self.rebuild)
+            check_compatible(self._template, found, f"the existing cache {path}", self.rebuild)
             for entry in found["shards"]:
                 k = entry["index"]
                 if k in self.owned and k not in done and _intact(self.directory, entry):
