@@ -203,6 +203,19 @@ def test_resume_of_a_moved_run(ws, capsys):
     assert "train.lr" in line and "--overwrite" not in line  # never suggest deleting the run to resume it
 
 
+def test_resume_of_a_run_copied_alone_keeps_its_data_and_models(ws, capsys):
+    """Try-out 9: a run directory copied alone under another ``runs/`` (``ws/runs/base`` → ``ws/copy/runs/base``)
+    had its saved paths rebased as if the whole project had moved (``ws/corpus`` → ``ws/copy/corpus``, which does not
+    exist) and --resume refused a config that differed in nothing. A saved path is rebased only when its
+    rebased form exists."""
+    assert cli(capsys, "distill", _config("solo"))[0] == 0  # saved paths: this workspace's
+    shutil.copytree(Path("runs") / "solo", Path("copy") / "runs" / "solo")
+    rc, _, err = cli(
+        capsys, "distill", _config("solo"), "run.output_dir=copy/runs", "train.max_steps=3", "--resume"
+    )
+    assert rc == 0, err
+
+
 # ------------------------------------------------------------------------------------------- item 11
 
 

@@ -102,7 +102,9 @@ def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
     ``output_dir``: the current ``run.output_dir``. When the run was saved under another one — the project
     directory was moved or copied with its runs — saved paths under the old project root are read under the
     new one (``/old/w/runs`` → ``/new/w/runs`` maps ``/old/w/data`` to ``/new/w/data``), as relative paths
-    would have been; with no trailing name in common, the directories holding the two output directories)."""
+    would have been; with no trailing name in common, the directories holding the two output directories) —
+    where the new path exists: a run directory copied alone (``/w/runs/x`` to ``/w/ro/runs/x``) keeps reading the
+    data and models where they are."""
     out = {}
     for section, values in raw.items():
         if isinstance(values, dict):
@@ -133,7 +135,10 @@ def _rebase(value: Any, old_root: Path, new_root: Path) -> Any:
     path = Path(value.removeprefix(prefix))
     if not path.is_absolute() or not path.is_relative_to(old_root):
         return value
-    return prefix + str(new_root / path.relative_to(old_root))
+    moved = new_root / path.relative_to(old_root)
+    if not moved.exists():  # a run copied alone: its data and models are where they were
+        return value
+    return prefix + str(moved)
 
 
 __all__ = ["DIRECTORIES", "SPECS", "absolute", "local_spec", "resolve_path", "resolve_paths", "resolve_saved"]
