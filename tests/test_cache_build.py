@@ -268,6 +268,19 @@ def test_a_cache_another_process_is_writing_is_refused(setup, capsys):
     assert _tree_sha256(cache) == before
 
 
+def test_building_a_finished_cache_again_writes_nothing(setup, capsys):
+    """Try-out 9: ``ekd cache`` of a finished cache on a read-only mount failed (it unlinked temp files that
+    were not there and rewrote an unchanged manifest). Now nothing in the cache directory is written."""
+    cache = setup["cache"]
+
+    def stamps():
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(cache.iterdir())}
+
+    before = stamps()
+    assert main(["cache", setup["cfg"]]) == 0, capsys.readouterr().err
+    assert stamps() == before
+
+
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):
     """A top-K ghost cache of the top 25% teacher-entropy positions holds the online top-K targets there."""
     over = [

@@ -246,8 +246,9 @@ def _read_only(monkeypatch, *paths: Path) -> None:
 def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws, capsys, monkeypatch):
     """Try-out 8: a writable run directory under a read-only ``runs/`` (per-user runs in a shared folder, a run
     bind-mounted into a container) could no longer be evaluated or resumed: its lock file was to be created
-    in the parent. The lock is then ``.ekd.lock`` inside the run; with the run read-only too there is nothing of
-    ours to guard, and the command runs unlocked."""
+    in the parent. The lock is then ``.ekd.lock`` inside the run; with the run read-only too no lock can be
+    taken, and ``ekd eval``, which writes into the run, is refused in one line before it evaluates (try-out 9:
+    it evaluated, then failed on a plot with a traceback)."""
     from ekd.locks import INSIDE, directory_lock, lock_directory
 
     run = ws / "runs" / "base"
@@ -268,3 +269,7 @@ def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws,
     lock = lock_directory(run, "fix")
     assert not lock.held and not (run / INSIDE).exists()
     lock.release()
+    before = (run / "eval.json").read_bytes()  # ekd eval writes into the run: refused before evaluating
+    rc, _, err = cli(capsys, "eval", str(run))
+    assert f"{run} is read-only: ekd eval writes eval.json" in one_error_line(rc, err)
+    assert (run / "eval.json").read_bytes() == before

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.eval.metrics import expected_calibration_error
+from ekd.io import writing
 
 Column = tuple[str, str, str | Callable[[Any], str]]
 """(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
@@ -36,15 +37,17 @@ def ppl_note(columns: Sequence[Column]) -> str:
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write ``path`` through ``write(file)`` into a temp file beside it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path.parent):  # a full or read-only disk: one DiskError line, not a traceback
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        with writing(path), os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
-        os.replace(tmp, path)
+        with writing(path):
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -189,12 +189,18 @@ def using_run(run_dir: Path) -> Iterator[None]:
     does not exist holds nothing to guard (the block says what is wrong with it).
 
     Raises:
-        RunDirError: another ekd process is using the run.
+        RunDirError: another ekd process is using the run, or the run cannot be written (a read-only mount:
+            checked before anything is evaluated).
     """
     if not Path(run_dir).is_dir():
         yield
         return
     lock = lock_run(run_dir, "wait for it to finish, then rerun")
+    if not lock.held:  # writable neither beside nor inside (ekd.locks.lock_directory)
+        raise RunDirError(
+            f"{run_dir} is read-only: ekd eval writes eval.json, plots and task results into the run; copy it to "
+            "a writable directory (cp -r) and evaluate the copy"
+        )
     try:
         yield
     finally:

@@ -39,6 +39,8 @@ from ekd.teacher.cache.manifest import (
     REBUILD,
     build_manifest,
     check_compatible,
+    dumps,
+    manifest_sha256,
     rank_manifest_path,
     read_manifest,
     write_json_atomic,
@@ -119,11 +121,15 @@ class CacheWriter:
         if overwrite:
             self._remove_previous()
         self._completed: dict[int, dict] = self._load_completed()
-        for k in self.owned:  # temp files of an interrupted write
+        for (
+            k
+        ) in self.owned:  # temp files of an interrupted write (only if any: a finished cache is not written)
             for ext in ("bin", "idx"):
-                (self.directory / f"{shard_name(k)}.{ext}.tmp").unlink(missing_ok=True)
+                if (tmp := self.directory / f"{shard_name(k)}.{ext}.tmp").exists():
+                    tmp.unlink()
         self._pending: dict[int, dict[int, tuple[bytes, int, int, int]]] = {}
-        self._write_manifest()
+        if len(self._completed) < len(self.owned):  # work left: the partial manifest a resume starts from
+            self._write_manifest()
         if self._completed:
             log.info(
                 "cache %s: resuming, %d of %d shards done",
@@ -310,6 +316,9 @@ class CacheWriter:
         )
         if self.world_size > 1:
             manifest.update(rank=self.rank, world_size=self.world_size)
+        sealed = {**manifest, "manifest_sha256": manifest_sha256(manifest)}
+        if self._manifest_path.is_file() and self._manifest_path.read_text(encoding="utf-8") == dumps(sealed):
+            return sealed  # already on disk: a finished cache (on a read-only mount too) is not written again
         write_json_atomic(self._manifest_path, manifest)
         return manifest
 
