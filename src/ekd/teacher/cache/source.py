@@ -112,7 +112,8 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     ):
         log.info(
             "teacher cache: %s's safetensors files changed (size or mtime) since the cache was built; "
-            "comparing the weights' hash",
+            "comparing the weights' hash (equal weights use the cache; `ekd cache CONFIG` then records the files' "
+            "new times, so that later runs skip this hash)",
             spec,
         )
         expected["teacher_revision"] = weights_revision(spec) or ""  # retrained in place: refused by name
