@@ -8,6 +8,7 @@ Each test works in a copy of one small finished run (relative paths, so the copy
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -375,6 +376,16 @@ def test_a_changed_eval_key_on_a_finished_run_suggests_ekd_eval_not_resume(ws, c
     line = one_error_line(rc, err)
     command = line.split("`")[1].split()
     assert command[:3] == ["ekd", "eval", str(run)] and command[3:] == ["eval.batch_size=2"], line
+    assert cli(capsys, *command[1:])[0] == 0
+
+
+def test_a_suggested_command_quotes_a_run_path_with_a_space(ws, capsys):
+    """Try-out 8/9: `ekd eval /w/my runs/sp1 ...` was suggested unquoted and failed when pasted."""
+    shutil.copytree(Path("runs") / "base", Path("my runs") / "base")
+    rc, _, err = cli(capsys, "distill", _config(), "run.output_dir=my runs", "eval.batch_size=2")
+    line = one_error_line(rc, err)
+    command = shlex.split(line.split("`")[1])
+    assert command[:3] == ["ekd", "eval", str(ws / "my runs" / "base")], line
     assert cli(capsys, *command[1:])[0] == 0
 
 

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     results = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
-            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {run_dir}`"
+            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
         )
     kd_fraction = _kd_fraction(rows)
     return RunRecord(
@@ -265,7 +266,9 @@ def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[s
             # eval.json writes NaN as null (strict JSON): back to NaN
             return {name: {k: math.nan if v is None else v for k, v in m.items()} for name, m in sets.items()}
         except json.JSONDecodeError:
-            raise EkdError(f"ekd compare: {path} is not valid JSON; rerun `ekd eval {run_dir}`") from None
+            raise EkdError(
+                f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
+            ) from None
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
     results: dict[str, dict[str, float]] = {}
     for key, value in (last or {}).items():

@@ -130,7 +130,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     if not is_finished_run(run_dir):
         run = enclosing_run(run_dir)  # RUN/student, the exported model: the run is what is evaluated
         hint = (
-            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {run}`"
+            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {shlex.quote(str(run))}`"
             if run is not None
             else "; run ekd distill first"
         )

@@ -249,7 +249,7 @@ def _existing_run_advice(
     if finished:  # --resume would have nothing to do
         flat = _flat(current)
         evals = " ".join(override_arg(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
-        again = f"`ekd eval {run_dir}{' ' + evals if evals else ''}` evaluates it" + (
+        again = f"`ekd eval {shlex.quote(str(run_dir))}{' ' + evals if evals else ''}` evaluates it" + (
             " with the new eval settings" if evals else " again"
         )
         return (
