@@ -95,6 +95,8 @@ def test_local_paths_are_resolved_when_the_config_is_built(work, monkeypatch):
     )
     hub = load_config(None, ["model.student=Qwen/Qwen2.5-0.5B", "model.teacher=preset:llama-small"])
     assert (hub.model.student, hub.model.teacher) == ("Qwen/Qwen2.5-0.5B", "preset:llama-small")
+    monkeypatch.setenv("HOME", str(work))  # a glob under ~: expanded (glob.glob would not), review finding
+    assert load_config(None, ["data.source=~/w/corpus/*.py"]).data.source == str(w / "corpus" / "*.py")
     # a path in a config file is relative to the working directory, as on the command line
     (work / "elsewhere" / "c.yaml").write_text("model: {student: w/s}\n")
     assert load_config(work / "elsewhere" / "c.yaml").model.student == str(w / "s")

@@ -314,3 +314,14 @@ def test_a_hub_dataset_under_the_users_offline_mode_names_the_cache(hub_unreacha
         next(_read_hf("someorg/corpus", DataConfig(), "data.source"))
     message = str(caught.value)
     assert "offline mode is set" in message and "not in the datasets cache" in message, message
+
+
+def test_a_missing_path_is_named_offline_too(monkeypatch, tmp_path):
+    """With HF_HUB_OFFLINE set (by the user, or by ekd once the hub proved unreachable) a missing directory was
+    passed on as a hub id, and the error came later, naming data.separator (found through test order)."""
+    from ekd.hub import hub_kwargs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="model.student: .*no-such does not exist"):
+        hub_kwargs(str(tmp_path / "no-such"), "model.student")
+    assert hub_kwargs("org/name", "model.student") == {}  # a hub id: the offline cache decides later

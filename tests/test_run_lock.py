@@ -273,3 +273,37 @@ def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws,
     rc, _, err = cli(capsys, "eval", str(run))
     assert f"{run} is read-only: ekd eval writes eval.json" in one_error_line(rc, err)
     assert (run / "eval.json").read_bytes() == before
+
+
+def test_a_released_lock_never_removes_another_processes_lock_file(tmp_path):
+    """Review finding: a lock file removed under its holder (a rollback emptying a run) and taken by a second
+    process must survive the first holder's release, or a third process gets in beside the second."""
+    from ekd.locks import FileLock
+
+    path = tmp_path / ".r.lock"
+    first = FileLock(path)
+    assert first.acquire(wait=False)
+    path.unlink()  # removed under the holder
+    second = FileLock(path)
+    assert second.acquire(wait=False)  # a new file: a second holder
+    first.release()
+    assert path.exists() and not FileLock(path).acquire(wait=False)  # still the second's, still held
+    second.release()
+    assert not path.exists()
+
+
+def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first():
+    """Review finding: the handler stayed in place, so a second SIGTERM (a scheduler resending) raised inside the
+    rollback that the first one started."""
+    from ekd.signals import Terminated, sigterm_as_interrupt
+
+    before, cleaned = signal.getsignal(signal.SIGTERM), False
+    with sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except Terminated:  # the clean-up: a second SIGTERM arrives meanwhile
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            cleaned = True
+    assert cleaned and signal.getsignal(signal.SIGTERM) == before  # restored after the command

@@ -297,6 +297,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 def cmd_eval(args) -> int:
     from ekd.train.evaluation import evaluate_saved_run
+    from ekd.train.run_dir import using_run
     from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
 
     overrides = list(args.overrides)
@@ -306,10 +307,11 @@ def cmd_eval(args) -> int:
             overrides.append(f"eval.{key}={value}")
     if args.num_fewshot is not None:
         overrides.append(f"eval.tasks_num_fewshot={args.num_fewshot}")
-    check_saved_tasks(Path(args.run_dir), overrides)  # before the eval sets rewrite eval.json
-    if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
-        _print_eval(evaluate_saved_run(Path(args.run_dir), overrides))
-    section = evaluate_saved_tasks(Path(args.run_dir), overrides)
+    with using_run(Path(args.run_dir)):  # one hold across the eval sets and the tasks
+        check_saved_tasks(Path(args.run_dir), overrides)  # before the eval sets rewrite eval.json
+        if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
+            _print_eval(evaluate_saved_run(Path(args.run_dir), overrides))
+        section = evaluate_saved_tasks(Path(args.run_dir), overrides)
     if section:
         print(tasks_markdown(section))
     return 0

@@ -161,9 +161,11 @@ def hub_kwargs(
     Raises:
         error: the endpoint is unreachable and ``spec`` is not in the local cache.
     """
-    if _local(spec) or _env_on("HF_HUB_OFFLINE"):
+    if _local(spec):
         return {}
-    _refuse_missing_path(spec, key, error)
+    _refuse_missing_path(spec, key, error)  # offline too: a missing path is named, not read as a hub id
+    if _env_on("HF_HUB_OFFLINE"):
+        return {}
     why = endpoint_unreachable()
     if not why:
         return {}

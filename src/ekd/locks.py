@@ -1,7 +1,8 @@
 """Exclusive locks between ekd processes: one mechanism for every directory two processes must not write at once.
 
 A lock is ``fcntl.flock`` on a lock file beside the directory it guards (``<key>.lock`` beside a token store,
-``.<name>.lock`` beside a run directory: outside it, because a run directory is moved aside and put back).
+``.<name>.lock`` beside a run directory or cache: outside it, because a run directory is moved aside and put
+back), or inside it where its parent is read-only (:func:`directory_lock`).
 The OS releases a flock when its process ends, however it ends (an error, SIGKILL, a lost node), so a lock is
 never stale. The holder writes its pid into the file, so that a refusal can name it, and removes the file when
 it releases the lock; a lock file left by a killed process is simply taken by the next one.
@@ -70,8 +71,9 @@ class FileLock:
         """Remove the lock file and release the lock (a no-op when not held)."""
         if self._file is None:
             return
-        with suppress(OSError):
-            self.path.unlink()  # while still held: a process that opened it meanwhile finds it gone and retries
+        with suppress(OSError):  # only our own file: one removed under us may since be another process's lock
+            if os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                self.path.unlink()  # while still held: a process that opened it meanwhile finds it gone, retries
         self._file.close()  # releases the flock
         self._file = None
 

@@ -24,6 +24,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(
+        signal.SIGTERM, signal.SIG_IGN
+    )  # a second SIGTERM must not cut the clean-up this one starts
     raise Terminated
 
 

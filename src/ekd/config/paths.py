@@ -69,7 +69,7 @@ def local_spec(value: str, glob: bool = False) -> str:
         return "hf:" + local_spec(value.removeprefix("hf:"))  # a dataset directory; a hub name as given
     if _existing(value):
         return absolute(value)
-    if glob and has_magic(value) and not os.path.isabs(os.path.expanduser(value)):  # a glob: made absolute
+    if glob and has_magic(value):  # a glob: absolute, ~ expanded (glob.glob does neither)
         return os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(value)))
     return value
 
@@ -102,7 +102,7 @@ def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
     ``output_dir``: the current ``run.output_dir``. When the run was saved under another one — the project
     directory was moved or copied with its runs — saved paths under the old project root are read under the
     new one (``/old/w/runs`` → ``/new/w/runs`` maps ``/old/w/data`` to ``/new/w/data``), as relative paths
-    would have been; with no trailing name in common, the directories holding the two output directories) —
+    would have been (with no trailing name in common, the directories holding the two output directories) —
     where the new path exists: a run directory copied alone (``/w/runs/x`` to ``/w/ro/runs/x``) keeps reading the
     data and models where they are."""
     out = {}

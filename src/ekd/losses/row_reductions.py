@@ -36,7 +36,8 @@ def block_rows(x: Tensor) -> int:
 
 def row_sum(x: Tensor, out: Tensor) -> Tensor:
     """Σ over the last axis of a (k, V) block into ``out`` (k,), each row with the bits of that row reduced
-    alone by one thread, whatever k and the thread count. Returns ``out``.
+    alone by one thread, whatever k and the thread count, on CPU (CUDA's reduction kernels lay rows out their own
+    way: not measured, no GPU here). Returns ``out``.
 
     torch reduces a tensor with a single output by splitting its row among the threads and adding the parts
     (measured at V = 151,936, 2 threads: other bits than the same row in a block of several, and bits that

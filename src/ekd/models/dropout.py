@@ -2,8 +2,7 @@
 
 Dropout makes every update random: ekd seeds its masks per (run.seed, step, rank), so a resumed run draws the
 same ones, but a run split over other ranks or micro-batches draws others and agrees with the first in
-distribution, not in value. ``ekd distill`` says so
-once when the student it trains has dropout on.
+distribution, not in value. ``ekd distill`` says so once when the student it trains has dropout on.
 """
 
 from __future__ import annotations

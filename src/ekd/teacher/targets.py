@@ -15,7 +15,8 @@ RS draws are a pure function of ``(seed, sample_id, position)``: :func:`position
 with splitmix64, and draw j of a row uses the uniform u_j = splitmix64(seed_pos, j) → [0, 1) through the
 inverse CDF of that row alone (:mod:`ekd.teacher.sampling`: blockwise, no (M, V) float64 tensor). No
 global RNG is touched, so a position gets the same draws online in a batch of any size and composition,
-and in the cache builder (one softmax for both, ``row_softmax``: the same p to the last bit). The hash and the sampler are part of the cache format: changing either changes
+and in the cache builder (one softmax for both, ``row_softmax``: the same p to the last bit on CPU). The hash
+and the sampler are part of the cache format: changing either changes
 every cached RS target.
 """
 
@@ -213,7 +214,7 @@ def rs_target(
             tau_m = tau[start : start + chunk_rows] if isinstance(tau, Tensor) else tau  # (m, 1) or float
             z = teacher_logits[start : start + chunk_rows].float() / tau_m  # (m, V) logits at τ
             log_p = None if proposal_power == 1.0 else torch.log_softmax(z, -1)  # (m, V) at τ
-            probs = row_softmax(z) if log_p is None else log_p.exp()  # the cache's p bit for bit
+            probs = row_softmax(z) if log_p is None else log_p.exp()  # the cache's p (bit for bit on CPU)
             seeds_m = seeds[start : start + chunk_rows]
             parts.append(
                 rs_target_from_probs(

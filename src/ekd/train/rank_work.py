@@ -61,8 +61,10 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool =
             box[0] = ("ok", result if share else None)
         except BaseException as e:  # tell the others instead of leaving them waiting
             failure = e
-            if isinstance(e, KeyboardInterrupt):  # Ctrl-C: every rank stops as interrupted (exit 130)
-                box[0] = ("error", KeyboardInterrupt, "")
+            if isinstance(
+                e, KeyboardInterrupt
+            ):  # Ctrl-C or SIGTERM: every rank stops alike (exit 130 or 143)
+                box[0] = ("error", type(e), "")
             elif isinstance(e, EkdError):
                 box[0] = ("error", type(e), str(e))
             else:
@@ -78,12 +80,12 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool =
 
 def _rank0_error(kind: type | None, message: str, what: str) -> BaseException:
     """This rank's copy of rank 0's EkdError ``kind(message)``, marked as reported by rank 0; a
-    KeyboardInterrupt for rank 0's Ctrl-C; for another exception of rank 0 (``kind`` None, a traceback there), a
+    KeyboardInterrupt (or SIGTERM's Terminated) for rank 0's; for another exception of rank 0 (``kind`` None, a traceback there), a
     one-line EkdError saying what rank 0 could not do."""
     if kind is None:
         return EkdError(f"rank 0 could not {what}: {message}")
-    if kind is KeyboardInterrupt:
-        return KeyboardInterrupt()
+    if issubclass(kind, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (ekd.signals.Terminated): the same exit code
+        return kind()
     try:
         error = kind(message)
     except Exception:  # a class that does not take one message

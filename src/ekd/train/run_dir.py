@@ -7,7 +7,7 @@
 
 :class:`RunStart` is the start of a run as one transaction:
 
-0. :meth:`RunStart.open` first takes the run's lock (``<output_dir>/.<name>.lock``, :mod:`ekd.locks`), held
+0. :meth:`RunStart.open` first takes the run's lock (:func:`ekd.locks.directory_lock`), held
    until :meth:`RunStart.close`: a second ekd process on the same run (``ekd distill``, ``--resume``,
    ``ekd eval RUN``, another torchrun job) is refused in one line naming the pid that holds it. Under
    ``torchrun`` only rank 0 opens the run, so the ranks of one job never lock each other out. The OS releases
@@ -172,12 +172,12 @@ def _write_marker(run_dir: Path, **fields: object) -> None:
 
 
 def lock_run(run_dir: Path, fix: str) -> FileLock:
-    """Take ``run_dir``'s lock (``.<name>.lock`` beside it, :func:`ekd.locks.lock_directory`) without waiting;
-    returns it, held.
+    """Take ``run_dir``'s lock without waiting (:func:`ekd.locks.lock_directory`: where it lives, and when it is
+    returned not held).
 
     Raises:
         RunDirError: another ekd process holds it: one line naming the directory, the pid and ``fix``.
-        DiskError: the lock file cannot be written beside the run directory.
+        DiskError: the lock file cannot be written.
     """
     return lock_directory(run_dir, fix, RunDirError)
 
@@ -192,7 +192,8 @@ def using_run(run_dir: Path) -> Iterator[None]:
         RunDirError: another ekd process is using the run, or the run cannot be written (a read-only mount:
             checked before anything is evaluated).
     """
-    if not Path(run_dir).is_dir():
+    real = Path(run_dir).resolve()
+    if not real.is_dir() or real in _USING:  # nothing to guard, or this process holds it already (nested)
         yield
         return
     lock = lock_run(run_dir, "wait for it to finish, then rerun")
@@ -201,10 +202,17 @@ def using_run(run_dir: Path) -> Iterator[None]:
             f"{run_dir} is read-only: ekd eval writes eval.json, plots and task results into the run; copy it to "
             "a writable directory (cp -r) and evaluate the copy"
         )
+    _USING.add(real)
     try:
         yield
     finally:
+        _USING.discard(real)
         lock.release()
+
+
+_USING: set[Path] = set()
+"""Run directories this process holds through :func:`using_run`: ``ekd eval RUN`` holds its run across the eval
+sets and the tasks (no other process between them), and the two functions it calls nest inside."""
 
 
 def writes_into_run(fn: Callable[..., T]) -> Callable[..., T]:
@@ -433,7 +441,14 @@ class RunStart:
         :meth:`commit`: a run that has started keeps its directory for ``--resume``)."""
         if self.committed or not self.fresh:
             return
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.lock is not None and self.lock.path.parent == self.run_dir.resolve():  # the lock is INSIDE
+            for entry in self.run_dir.iterdir():  # empty the run but keep the held lock file
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.name != INSIDE:
+                    entry.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.aside.is_dir():
             self.aside.rename(self.run_dir)
         elif self.existed:

@@ -92,7 +92,8 @@ def teacher_files(spec: str) -> dict[str, list[int]] | None:
     if is_preset(spec) or not spec.strip() or not path.is_dir():
         return None
     files = sorted(path.glob("*.safetensors"))
-    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files} or None
+    stats = {f.name: f.stat() for f in files}  # one stat per file: size and mtime of one moment
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()} or None
 
 
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:

@@ -121,9 +121,8 @@ class CacheWriter:
         if overwrite:
             self._remove_previous()
         self._completed: dict[int, dict] = self._load_completed()
-        for (
-            k
-        ) in self.owned:  # temp files of an interrupted write (only if any: a finished cache is not written)
+        # temp files of an interrupted write (only if any: a finished cache is not written)
+        for k in self.owned:
             for ext in ("bin", "idx"):
                 if (tmp := self.directory / f"{shard_name(k)}.{ext}.tmp").exists():
                     tmp.unlink()
