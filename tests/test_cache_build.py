@@ -281,6 +281,29 @@ def test_building_a_finished_cache_again_writes_nothing(setup, capsys):
     assert stamps() == before
 
 
+def test_an_unfinished_cache_that_a_build_holds_says_wait_not_rerun(setup, tmp_path, capsys):
+    """Try-outs 8 and 9: `ekd cache info` of a cache being built said "unfinished: rerun the cache build", which the
+    running build's lock would refuse. With its lock held the line says another process is building it."""
+    from ekd.teacher.cache.manifest import MANIFEST, write_json_atomic
+
+    cache = tmp_path / "half"
+    shutil.copytree(setup["cache"], cache)
+    manifest = json.loads((cache / MANIFEST).read_text())
+    manifest.update(complete=False, shards=manifest["shards"][:1])
+    write_json_atomic(cache / MANIFEST, manifest)
+    assert main(["cache", "info", str(cache)]) == 2
+    assert "rerun the cache build" in _error_line(capsys)
+    lock = lock_directory(cache, "fix")  # a build runs on it
+    try:
+        assert main(["cache", "info", str(cache)]) == 2
+        line = _error_line(capsys)
+        assert f"another ekd process (pid {os.getpid()}) is building it now; wait for it to finish" in line, (
+            line
+        )
+    finally:
+        lock.release()
+
+
 def test_topk_ghost_cache_at_teacher_entropy_positions(setup):
     """A top-K ghost cache of the top 25% teacher-entropy positions holds the online top-K targets there."""
     over = [

@@ -121,6 +121,25 @@ def directory_lock(directory: Path) -> FileLock:
     return FileLock(beside)
 
 
+def holder_of(directory: Path) -> int | None:
+    """The pid of the live ekd process holding ``directory``'s lock (0 if it wrote none yet), or None when no
+    process holds it. Only reads: no lock file is created, none is taken for longer than the probe."""
+    path = directory_lock(directory).path
+    try:
+        f = open(path)  # noqa: SIM115 (closed below on every path)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return FileLock(path).holder() or 0
+        except OSError:
+            return None
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+
 def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) -> FileLock:
     """Take ``directory``'s lock (:func:`directory_lock`) without waiting; returns it, held. Its parent is
     created if absent. A directory that exists and can hold no lock, beside it or inside (both read-only), is

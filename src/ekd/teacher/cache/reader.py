@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ekd.locks import holder_of
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import (
     FORMAT_NAME,
@@ -90,6 +91,15 @@ def _target_values(layout: Layout, rec: Record) -> np.ndarray:
     return t * rec.weights if layout.value == "count_weight" else t
 
 
+def _being_built(directory: Path) -> str:
+    """For an unfinished cache: the advice when a build is running on it (its lock is held), else ""."""
+    pid = holder_of(directory)
+    if pid is None:
+        return ""
+    who = f" (pid {pid})" if pid else ""
+    return f"another ekd process{who} is building it now; wait for it to finish"
+
+
 class CacheReader:
     """Read a teacher cache built by :class:`~ekd.teacher.cache.writer.CacheWriter`.
 
@@ -108,11 +118,12 @@ class CacheReader:
         self.directory = Path(directory)
         self._repair = f" in the teacher cache at {self.directory}: {REBUILD_SHARDS}"  # ends a shard's damage
         path = self.directory / MANIFEST
+        building = _being_built(self.directory)  # "" or why an unfinished cache is no one's to rerun now
         if not path.exists():
             if any(self.directory.glob("manifest.rank*.json")):
                 raise CacheError(
-                    f"teacher cache at {self.directory} is unfinished (only per-rank manifests): rerun the cache "
-                    "build to finish and assemble it"
+                    f"teacher cache at {self.directory} is unfinished (only per-rank manifests): "
+                    + (building or "rerun the cache build to finish and assemble it")
                 )
             raise CacheError(
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
@@ -129,8 +140,8 @@ class CacheReader:
         if not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["num_shards"]
             raise CacheError(
-                f"teacher cache at {self.directory} is unfinished ({done} of {total} shards): rerun the cache build "
-                "(finished shards are skipped)"
+                f"teacher cache at {self.directory} is unfinished ({done} of {total} shards): "
+                + (building or "rerun the cache build (finished shards are skipped)")
             )
         self.signature: dict = self.manifest["signature"]
         if expected_signature is not None:
