@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ekd.config import load_config
 from ekd.train import trainer as trainer_mod
@@ -311,6 +312,14 @@ def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
     for change in ("head_chunk_size 0 → 16", "loss_path chunked → reference", "checkpointing False → True"):
         assert change in lines[0], lines[0]
     assert "last bits" in lines[0]
+
+
+def test_resume_with_precision_fp32_of_an_auto_run_on_cpu_is_the_same_run(ws, capsys):
+    """Try-outs 8 and 9: a run saved with train.precision=auto on CPU was refused on --resume with fp32 as
+    "different arithmetic"; on CPU 'auto' is fp32 (bf16 is still refused, above)."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU 'auto' is bf16")
+    assert cli(capsys, "distill", _config(), "train.max_steps=3", "train.precision=fp32", "--resume")[0] == 0
 
 
 @pytest.mark.parametrize(

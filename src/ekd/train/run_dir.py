@@ -84,6 +84,16 @@ SAME_MATH_CHANGES = {
     "train.activation_checkpointing": "the same activations, recomputed in backward",
 }
 
+def _one_arithmetic(saved: dict, cfg: Config) -> bool:
+    """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
+    'fp32' on CPU (no autocast there, and TF32 is a GPU matter); on a GPU 'auto' is bf16."""
+    import torch
+
+    old, new = (saved.get("train") or {}).get("precision"), cfg.train.precision
+    on_cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
+    return on_cpu and {old, new} <= {"auto", "fp32"}
+
+
 # why a refused key cannot change, where the generic "changes what the run computes" says too little
 REFUSED_BECAUSE = {
     "train.grad_accum_steps": (
@@ -343,6 +353,8 @@ class RunStart:
         current = self.cfg.to_dict()
         # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
         diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
+        if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
+            diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
         ckpt = latest_checkpoint(run_dir)
         finished = (
