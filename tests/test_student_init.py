@@ -212,6 +212,17 @@ def test_gpt2_layer_drop_equals_hand_cut_teacher(tmp_path, capsys):
     assert json.loads((tmp_path / "s" / RECORD).read_text())["kept_layers"] == [0, 3]
 
 
+def test_from_config_takes_the_common_names_of_a_gpt2_config(tmp_path):
+    """Try-out 9: `--from-config num_hidden_layers=1` (the help's own example) was refused for GPT-2, whose config
+    spells it n_layer; transformers' attribute_map aliases are keys too."""
+    config = AutoConfig.for_model("gpt2", vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    argv = ["student", "init", str(tmp_path / "gpt2"), str(tmp_path / "s"), "--from-config"]
+    assert main([*argv, "num_hidden_layers=1", "hidden_size=16", "num_attention_heads=2"]) == 0
+    student = AutoConfig.from_pretrained(tmp_path / "s")
+    assert (student.n_layer, student.n_embd, student.n_head) == (1, 16, 2)
+
+
 def test_unsupported_architecture_refused(tmp_path, capsys):
     """OPT keeps its decoder layers in ``model.decoder.layers``, not in the body: refused in one line."""
     config = AutoConfig.for_model(

@@ -233,8 +233,9 @@ def from_config(
     """
     known = teacher_config.to_dict()
     config = copy.deepcopy(teacher_config)
+    aliases = getattr(teacher_config, "attribute_map", {}) or {}  # GPT-2: num_hidden_layers is n_layer
     for key, value in overrides.items():
-        if key not in known:
+        if key not in known and aliases.get(key) not in known:
             hint = did_you_mean(key, known)
             raise ModelError(
                 f"student init: '{key}' is not a key of the teacher's {teacher_config.model_type} config{hint}"

@@ -84,6 +84,7 @@ SAME_MATH_CHANGES = {
     "train.activation_checkpointing": "the same activations, recomputed in backward",
 }
 
+
 def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
     'fp32' on CPU (no autocast there, and TF32 is a GPU matter); on a GPU 'auto' is bf16."""
