@@ -12,11 +12,12 @@ import torch
 
 from ekd.losses import logit_grads
 from ekd.losses.logit_grads import ce_chunk, sparse_kd_chunk
-from ekd.losses.sparse_ce_blocks import _blocks
 
 NEG_INF = float("-inf")
 # blocks: 262 rows at V = 1,000 (the last one partial), 6 at 40,000 (+64), 2 at 151,936 (a trailing single row
 # merged; with 1-row blocks T differs from the whole-chunk sum at about half the 33 rows), 8 at 32,768; (1, 5): one row
+# (13, 40_000), (3 | 33, 151_936), (9, 32_768): a last block of one row, whose tail sum T must keep the bits it has
+# in the whole chunk (row_reductions.row_sum)
 SHAPES = [(1, 5), (7, 33), (600, 1000), (13, 40_000), (13, 40_064), (3, 151_936), (33, 151_936), (9, 32_768)]
 
 
@@ -93,15 +94,6 @@ def test_ce_blocked_chunk_has_the_bits_of_the_whole_chunk(monkeypatch, m, v, ign
     z[:, 0] = NEG_INF
     loss, grad = _assert_same_bits(monkeypatch, ce_chunk, z, labels)
     assert torch.equal(grad[rows], torch.zeros_like(grad[rows]))
-
-
-def test_blocks_never_hold_a_single_row_unless_the_chunk_does():
-    for m, v in [(1, 151_936), (2, 151_936), (5, 151_936), (9, 32_768), (17, 32_768), (600, 1000)]:
-        sub, spans = _blocks(torch.empty(m, v), 2)
-        assert spans[0][0] == 0 and spans[-1][1] == m
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-        assert all(e - s >= 2 for s, e in spans) or m == 1
-        assert all(s % sub == 0 for s, _ in spans)
 
 
 def test_other_layouts_and_dtypes_take_the_whole_chunk_code():

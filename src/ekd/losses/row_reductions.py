@@ -34,10 +34,11 @@ def block_rows(x: Tensor) -> int:
     return max(2, elements // max(1, x.shape[-1]))
 
 
-def row_sum(x: Tensor, out: Tensor) -> Tensor:
+def row_sum(x: Tensor, out: Tensor | None = None) -> Tensor:
     """Σ over the last axis of a (k, V) block into ``out`` (k,), each row with the bits of that row reduced
     alone by one thread, whatever k and the thread count, on CPU (CUDA's reduction kernels lay rows out their own
-    way: not measured, no GPU here). Returns ``out``.
+    way: not measured, no GPU here). Returns ``out``; without one, a new (k,) tensor (functional ops: autograd
+    records them).
 
     torch reduces a tensor with a single output by splitting its row among the threads and adding the parts
     (measured at V = 151,936, 2 threads: other bits than the same row in a block of several, and bits that
@@ -46,8 +47,9 @@ def row_sum(x: Tensor, out: Tensor) -> Tensor:
     statistics, a row alone at the end of a chunk and a run on another machine all get the same bits.
     """
     if x.shape[0] == 1 and x.dim() == 2:
-        return out.copy_(torch.sum(x.expand(2, x.shape[1]), -1)[:1])  # (2,) → (1,): the per-row reduction
-    return torch.sum(x, -1, out=out)
+        pair = x.expand(2, x.shape[1]).sum(-1)[:1]  # (2,) → (1,): the per-row reduction
+        return pair if out is None else out.copy_(pair)
+    return x.sum(-1) if out is None else torch.sum(x, -1, out=out)
 
 
 def _eager() -> bool:
@@ -159,13 +161,6 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
     return lse, (log_total - dot / total).clamp_min_(0.0)
 
 
-def _sum_rows(x: Tensor) -> Tensor:
-    """:func:`row_sum` with functional ops (autograd records them): (k, V) → (k,), the same bits."""
-    if x.shape[0] == 1 and x.dim() == 2:
-        return x.expand(2, x.shape[1]).sum(-1)[:1]
-    return x.sum(-1)
-
-
 def row_softmax(z: Tensor) -> Tensor:
     """softmax(z) per row: the p of ``row_logsumexp_entropy(z, probs=p)`` bit for bit, without its entropy pass.
     (m, V) fp32 → (m, V) fp32.
@@ -239,12 +234,12 @@ def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Te
         top = x.amax(-1, keepdim=True)  # (rows, 1)
         shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
         e = shifted.exp()
-        total = _sum_rows(e)  # (rows,)
+        total = row_sum(e)  # (rows,)
         log_total = total.log()
         if probs is not None:
             probs[r : r + step] = e / total.unsqueeze(1)
         lse.append(top.squeeze(1) + log_total)
-        entropy.append((log_total - _sum_rows(e * shifted) / total).clamp_min(0.0))
+        entropy.append((log_total - row_sum(e * shifted) / total).clamp_min(0.0))
     if not lse:
         return z.new_empty(0), z.new_empty(0)
     return torch.cat(lse), torch.cat(entropy)

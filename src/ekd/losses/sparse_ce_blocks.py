@@ -16,13 +16,12 @@ chunk's (m, V) buffer — 128–155 MB at ``auto_chunk_rows`` — through memory
 gathered (m, K) or (m,) log-probabilities exactly as the whole-chunk code forms them.
 
 Why the bits agree: the ops are elementwise, gathers and scatters (each row's scatter_add_ adds its K slots in
-slot order, duplicates included, in both), and two kinds of row sum. (1) The log-softmax normalizer: each
-block is split into the sub-blocks ``log_softmax_`` uses (``block_rows`` rows, aligned to the chunk's start).
+slot order, duplicates included, in both), and two kinds of row sum. (1) The log-softmax normalizer: the
+blocks are those ``log_softmax_`` uses (``block_rows`` rows, from the chunk's start).
 (2) The tail mass T, which the whole-chunk code sums over the (m, V) buffer at once: a ``Tensor.sum`` over the
 last axis gives each row the same bits whatever the number of rows, *except* for a single row (torch then
 splits the row between threads and adds the parts; measured, 2–8 threads), which ``row_sum`` sums as a pair of
-rows. With a ghost tail a last block of one row is also merged into the one before. Without a tail, and for
-CE, the blocks are ``log_softmax_``'s.
+rows. The blocks are ``log_softmax_``'s (``block_rows`` rows from the chunk's start).
 """
 
 from __future__ import annotations
@@ -33,31 +32,6 @@ import torch
 from torch import Tensor
 
 from ekd.losses.row_reductions import block_rows, block_scratch, log_softmax_block_, row_sum
-
-
-def _blocks(x: Tensor, min_rows: int) -> tuple[int, list[tuple[int, int]]]:
-    """(rows per ``log_softmax_`` sub-block, [(start, end)] of blocks) for the (m, V) ``x``.
-
-    Block starts are multiples of the sub-block, so the sub-blocks are ``log_softmax_``'s own. With
-    ``min_rows`` = 2 blocks have at least two rows: a trailing one-row block is merged into the previous
-    block (see the module docstring).
-    """
-    m = x.shape[0]
-    sub = block_rows(x)
-    step = sub if sub >= min_rows else min_rows
-    spans = [(r, min(r + step, m)) for r in range(0, m, step)]
-    if min_rows > 1 and len(spans) > 1 and spans[-1][1] - spans[-1][0] == 1:
-        spans[-2:] = [(spans[-2][0], m)]
-    return sub, spans
-
-
-def _log_softmax_rows_(x: Tensor, sub: int, work: Tensor, lse: Tensor) -> None:
-    """``log_softmax_block_`` over the (k, V) block ``x`` in sub-blocks of ``sub``
-    rows, through the scratch ``work`` (sub, V) and ``lse`` (sub,)."""
-    for r in range(0, x.shape[0], sub):
-        block = x[r : r + sub]  # (≤ sub, V)
-        k = block.shape[0]
-        log_softmax_block_(block, work[:k], lse[:k])
 
 
 def sparse_kd_rows_blocked(
@@ -84,7 +58,7 @@ def sparse_kd_rows_blocked(
         (log q at ``ids`` (m, K), the student tail mass T (m,) or None, gradient (m, V) = ``student_logits``).
     """
     m, _ = student_logits.shape
-    sub, spans = _blocks(student_logits, 1 if tail is None else 2)  # T: blocks of ≥ 2 rows
+    sub = block_rows(student_logits)  # rows per block: log_softmax_'s own blocks
     work = block_scratch(min(sub, m), student_logits)  # (sub, V) exp of the log-softmax
     lse = torch.empty(min(sub, m), dtype=student_logits.dtype)  # (sub,)
     # (m, 1), as ``logit_grads._log_softmax_at``; skipped at τ = 1 (z·1 = z exactly)
@@ -104,11 +78,12 @@ def sparse_kd_rows_blocked(
     else:
         tail_q = None
         row_mass = row_mass.unsqueeze(1)  # (m, 1)
-    for r0, r1 in spans:
-        s, blk = student_logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
+    for r0 in range(0, m, sub):
+        s, blk = student_logits[r0 : r0 + sub], slice(r0, r0 + sub)  # (k, V) view of the block
+        k = s.shape[0]
         if inv_tau is not None:
             s.mul_(inv_tau[blk])
-        _log_softmax_rows_(s, sub, work, lse)
+        log_softmax_block_(s, work[:k], lse[:k])
         idx = ids[blk]  # (k, K)
         la = torch.gather(s, -1, idx, out=log_q_at[blk])
         s.exp_()  # q
@@ -138,19 +113,19 @@ def ce_rows_blocked(logits: Tensor, safe: Tensor, keep: Tensor) -> tuple[Tensor,
         (log q at ``safe`` (m, 1), gradient (m, V) = ``logits``).
     """
     m, _ = logits.shape
-    sub, spans = _blocks(logits, 1)  # no row sum beyond the log-softmax's
+    sub = block_rows(logits)  # rows per block: log_softmax_'s own blocks
     work = block_scratch(min(sub, m), logits)  # (sub, V)
     lse = torch.empty(min(sub, m), dtype=logits.dtype)  # (sub,)
     log_q_at = torch.empty(m, 1, dtype=logits.dtype)  # (m, 1)
     neg_keep = -keep  # (m, 1)
     ignored = torch.nonzero(keep.squeeze(1) != 1).flatten().tolist()  # rows whose label is −100
-    for r0, r1 in spans:
-        s, blk = logits[r0:r1], slice(r0, r1)  # (k, V) view of the block
-        _log_softmax_rows_(s, sub, work, lse)
+    for r0 in range(0, m, sub):
+        s, blk = logits[r0 : r0 + sub], slice(r0, r0 + sub)  # (k, V) view of the block
+        log_softmax_block_(s, work[: s.shape[0]], lse[: s.shape[0]])
         torch.gather(s, -1, safe[blk], out=log_q_at[blk])
         s.exp_()
         first = bisect.bisect_left(ignored, r0)  # the first ignored row at or after r0, if any
-        if first < len(ignored) and ignored[first] < r1:
+        if first < len(ignored) and ignored[first] < r0 + sub:
             s.mul_(keep[blk])  # q·0 at ignored rows; q·1 = q exactly elsewhere, so blocks without one skip it
         s.scatter_add_(-1, safe[blk], neg_keep[blk])
     return log_q_at, logits

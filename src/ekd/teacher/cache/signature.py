@@ -73,13 +73,18 @@ def teacher_revision(cfg: Config, model: nn.Module) -> str:
     return f"state-dict-sha256:{state_dict_sha256(model)}"
 
 
+def _safetensors(spec: str) -> list[Path]:
+    """The safetensors files of a local model directory, sorted; [] for a hub id, a preset or an empty spec."""
+    path = Path(spec).expanduser()
+    if is_preset(spec) or not spec.strip() or not path.is_dir():
+        return []
+    return sorted(path.glob("*.safetensors"))
+
+
 def weights_revision(spec: str) -> str | None:
     """:func:`teacher_revision` of a local directory of safetensors files, from the files alone (no model
     loaded): ``safetensors-sha256:<hex>``; None for anything else (a hub id, a preset, pickled weights)."""
-    path = Path(spec).expanduser()
-    if is_preset(spec) or not spec.strip() or not path.is_dir():
-        return None
-    files = sorted(path.glob("*.safetensors"))
+    files = _safetensors(spec)
     return f"safetensors-sha256:{files_sha256(files)}" if files else None
 
 
@@ -88,11 +93,7 @@ def teacher_files(spec: str) -> dict[str, list[int]] | None:
     anything else. Recorded by ``ekd cache`` beside the weights' hash (signature key :data:`TEACHER_FILES`): a
     run from the cache compares it with the directory (a ``stat`` per file) and hashes the weights again only
     when it differs, so a teacher retrained in place is caught without reading the whole teacher every run."""
-    path = Path(spec).expanduser()
-    if is_preset(spec) or not spec.strip() or not path.is_dir():
-        return None
-    files = sorted(path.glob("*.safetensors"))
-    stats = {f.name: f.stat() for f in files}  # one stat per file: size and mtime of one moment
+    stats = {f.name: f.stat() for f in _safetensors(spec)}  # one stat per file: size and mtime of one moment
     return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()} or None
 
 
