@@ -160,3 +160,22 @@ def test_a_glob_of_chat_jsonl_shards_reads_their_conversations(tmp_path, tok_dir
     (tmp_path / "shards" / "notes.txt").write_text("not a conversation")
     with pytest.raises(ConfigError, match=r"data.format=chat reads conversations .* matches .*notes.txt"):
         prepare_data(_cfg(tmp_path, tok_dir, tmp_path / "shards" / "*", False, **template), tmp_path / "r4")
+
+
+def test_chat_eval_sources_through_the_store_are_read_as_chat(tmp_path, tok_dir):
+    """A ``data.eval_sources`` JSONL of a chat run is chat rows in the store as in memory (labels on assistant
+    tokens only), and its text files stay text in both."""
+    src = write_chat_jsonl(tmp_path / "chat.jsonl", conversations(24, seed=5))
+    held = write_chat_jsonl(tmp_path / "held.jsonl", conversations(8, seed=6))
+    notes = tmp_path / "notes.txt"
+    notes.write_text(" ".join(WORDS * 12) + "\n")
+    extra = {"data.chat_template": MARKED, "data.eval_sources": f"{{held: {held}, notes: {notes}}}"}
+    memory = prepare_data(_cfg(tmp_path, tok_dir, src, False, **extra), tmp_path / "r1")
+    stored = prepare_data(_cfg(tmp_path, tok_dir, src, True, **extra), tmp_path / "r2")
+    for name in ("held", "notes"):
+        a, b = memory.blocks[name], stored.blocks[name]
+        assert len(a) == len(b) > 0, name
+        for field in ("input_ids", "target_mask"):
+            assert torch.equal(getattr(a, field)[:], getattr(b, field)[:]), (name, field)
+    assert memory.blocks["held"].target_mask[:].float().mean() < 0.8  # chat: user turns carry no labels
+    assert memory.blocks["notes"].target_mask[:].float().mean() > 0.95  # text: every token but a document's first

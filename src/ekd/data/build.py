@@ -63,7 +63,7 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
-        fmt = "chat" if data.format == "chat" and _holds_rows(source) else "auto"
+        fmt = eval_source_format(source, data)
         splits[name] = cap_chars(
             load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
         )
@@ -176,10 +176,13 @@ def content_key(doc: Document) -> str:
     return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
 
 
-def _holds_rows(source: str) -> bool:
-    """Whether ``source`` is read as rows (``hf:`` or a JSONL/Parquet file), not as text."""
+def eval_source_format(source: str, data: DataConfig) -> str:
+    """The ``data.format`` a ``data.eval_sources`` entry is read with: ``chat`` for rows (``hf:``, JSONL or
+    Parquet files or globs of them) of a ``data.format=chat`` run, else ``auto`` (text files stay text).
+    The in-memory path and the token store both read eval sources through this rule."""
     suffix = Path(source).suffix.lower()
-    return source.startswith("hf:") or suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES
+    rows = source.startswith("hf:") or suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES
+    return "chat" if data.format == "chat" and rows else "auto"
 
 
 def _filter_optional(docs: list[Document], data: DataConfig, name: str) -> list[Document]:

@@ -42,9 +42,9 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from ekd.config import Config, ConfigError
+from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary
-from ekd.data.build import builtin_splits, content_key
+from ekd.data.build import builtin_splits, content_key, eval_source_format
 from ekd.data.chat import chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
@@ -155,11 +155,18 @@ def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: D
         "boundary": [boundary.describe(), boundary.pad_id],
         "data": data,
         "source": source_signature(d.source),
-        "eval_sources": {name: source_signature(src) for name, src in d.eval_sources.items()},
+        "eval_sources": {name: _eval_source_signature(src, d) for name, src in d.eval_sources.items()},
     }
     if d.format == "chat":  # the template actually used (declared, a model's, or the tokenizer's own)
         signature["chat_template"] = chat_template_of(tokenizer)
     return json.loads(json.dumps(signature))  # JSON values, as read back from a manifest
+
+
+def _eval_source_signature(source: str, data: DataConfig) -> dict:
+    """A ``data.eval_sources`` entry's :func:`source_signature`, with the format it is read with when that is
+    not ``auto`` (chat rows; stores built before read them as ``auto``: their key must differ)."""
+    fmt = eval_source_format(source, data)
+    return source_signature(source) | ({"read_as": fmt} if fmt != "auto" else {})
 
 
 def source_signature(source: str) -> dict:
@@ -252,7 +259,8 @@ def _phases(cfg: Config) -> list[_Phase]:
         key = f"data.eval_sources.{name}"
 
         def extra(name: str = name, source: str = source, key: str = key) -> Iterator[tuple[str, Document]]:
-            yield from ((name, doc) for doc in iter_documents(source, d, format="auto", key=key))
+            docs = iter_documents(source, d, format=eval_source_format(source, d), key=key)
+            yield from ((name, doc) for doc in docs)
 
         phases.append(_Phase(key, source, [name], extra, cap))
     return phases
