@@ -178,4 +178,6 @@ def test_chat_eval_sources_through_the_store_are_read_as_chat(tmp_path, tok_dir)
         for field in ("input_ids", "target_mask"):
             assert torch.equal(getattr(a, field)[:], getattr(b, field)[:]), (name, field)
     assert memory.blocks["held"].target_mask[:].float().mean() < 0.8  # chat: user turns carry no labels
-    assert memory.blocks["notes"].target_mask[:].float().mean() > 0.95  # text: every token but a document's first
+    assert (
+        memory.blocks["notes"].target_mask[:].float().mean() > 0.95
+    )  # text: every token but a document's first
