@@ -699,6 +699,10 @@ def test_torchrun_two_processes_equal_one_process(setup):
     # the summary describes the whole cache and every rank's build, not rank 0's half
     assert {k: figures[k] for k in _figures_of(out)} == _figures_of(out)
     assert figures["built"] == figures["samples"] == str(CacheReader(out).num_samples)
+    # again: a finished cache is not written at all (no rank manifests, no reassembled manifest.json)
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.iterdir())}
+    _torchrun_cache(setup["cfg"], out)
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.iterdir())} == stamps
 
 
 @pytest.mark.slow

@@ -37,7 +37,13 @@ from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.manifest import TEACHER_FILES, assemble_manifest, check_cache_directory
+from ekd.teacher.cache.manifest import (
+    MANIFEST,
+    TEACHER_FILES,
+    assemble_manifest,
+    check_cache_directory,
+    read_manifest,
+)
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_files, teacher_revision
 from ekd.teacher.cache.source import check_trains_from_cache
@@ -197,13 +203,25 @@ def job_figures(per_rank: list[dict]) -> dict:
     }
 
 
-def _gather(figures: dict, ranks: Ranks) -> list[dict]:
-    """Every rank's ``figures`` (plain numbers), in rank order, on every rank (through the host group)."""
+def _gather(value, ranks: Ranks) -> list:
+    """Every rank's ``value`` (plain numbers or a dict of them), in rank order, on every rank (through the
+    host group)."""
     if ranks.world_size == 1:
-        return [figures]
+        return [value]
     everyone: list = [None] * ranks.world_size
-    dist.all_gather_object(everyone, figures, group=ranks.host)
+    dist.all_gather_object(everyone, value, group=ranks.host)
     return everyone
+
+
+def _finished(directory: Path, pending: list[int], ranks: Ranks) -> bool:
+    """Whether the cache needs no write: no rank has a sample left to build and ``manifest.json`` is the
+    complete one (not the rank manifests of a torchrun build stopped before their assembly). Collective."""
+    if any(left for left in _gather(len(pending), ranks)):
+        return False
+    try:
+        return bool(read_manifest(directory / MANIFEST)["complete"])
+    except (CacheError, OSError):
+        return False
 
 
 CACHE_IN_USE = "wait for it to end, or choose another teacher.cache_dir"
@@ -310,6 +328,7 @@ def run_build(
         writer = run_on_main(ranks, open_writer, "open the cache", share=False) or open_writer()
 
         pending = writer.pending_sample_ids()
+        finished = _finished(directory, pending, ranks)
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
         options = EntryOptions.from_config(cfg, data.vocab_size, device)
@@ -322,11 +341,12 @@ def run_build(
         _sync(device)
         t0 = time.perf_counter()
         batches = (collate(blocks, torch.tensor(ids)).to(device) for ids in bar)
-        positions_built = write_batches(writer, teacher, head, batches, options, amp)
+        # a finished cache is not written at all (a read-only mount works): no manifest, no assembly
+        positions_built = 0 if finished else write_batches(writer, teacher, head, batches, options, amp)
         _sync(device)
         build_seconds = time.perf_counter() - t0
         ranks.barrier()
-        if ranks.world_size > 1:
+        if ranks.world_size > 1 and not finished:
             run_on_main(
                 ranks,
                 lambda: assemble_manifest(directory, ranks.world_size),
