@@ -250,6 +250,24 @@ def test_the_same_settings_but_other_scored_tokens_are_other_eval_sets(tmp_path)
     assert "other scored token counts" in s["eval_sets"]
 
 
+def test_runs_scored_on_first_blocks_and_on_spread_blocks_are_other_eval_sets(tmp_path):
+    """A run evaluated before eval sets were spread samples records no ``documents``; its figures describe the
+    set's first blocks, not the same texts: not paired with a run that records them, even at equal tokens."""
+    old = _edit(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), eval_sets={"eval": {"tokens": 1520}})
+    new = _edit(
+        _fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5),
+        eval_sets={"eval": {"tokens": 1520, "documents": 12.0}},
+    )
+    s = compare_runs([old, new], tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] == "different eval sets"
+    assert "other scored documents" in s["eval_sets"]
+    same = _edit(
+        _fake_run(tmp_path, "kd1", "kd", 0, 10.0, 0.5),
+        eval_sets={"eval": {"tokens": 1520, "documents": 12.0}},
+    )
+    assert compare_runs([same, new], tmp_path / "o2", baselines=("kd",), plots=False)["eval_sets"] == ""
+
+
 def test_baselines_that_match_no_run_are_one_line(tmp_path, capsys):
     from hostile import one_error_line
 

@@ -121,9 +121,17 @@ PACKED = re.compile(
 )
 
 
-def packed_lines(caplog: pytest.LogCaptureFixture) -> dict[str, tuple[int, ...]]:
-    """Split → (documents, tokens, blocks, targets) of the ``<split>: packed ...`` log lines."""
-    found = [PACKED.match(r.getMessage()) for r in caplog.records]
+SCORED = re.compile(
+    r"^(\w+): scoring (\d+) of its (\d+) blocks, spread evenly \((\d+) documents, (\d+) targets\)$"
+)
+
+
+def packed_lines(
+    caplog: pytest.LogCaptureFixture, pattern: re.Pattern = PACKED
+) -> dict[str, tuple[int, ...]]:
+    """Split → (documents, tokens, blocks, targets) of the ``<split>: packed ...`` log lines (``SCORED``: (k,
+    pool blocks, documents, targets) of the eval sets' ``scoring k of its n blocks`` lines)."""
+    found = [pattern.match(r.getMessage()) for r in caplog.records]
     return {m[1]: tuple(int(g) for g in m.groups()[1:]) for m in found if m}
 
 
@@ -136,19 +144,26 @@ def test_store_and_memory_log_the_same_document_counts(
     corpus = write_corpus(tmp_path / "c.jsonl", n=120)
     with corpus.open("a") as f:
         f.write('{"text": "  "}\n')  # passes data.min_chars=1, gives no token: in neither count
-    logs = {}
+    logs, scored = {}, {}
     for store, run in ((False, "r1"), (True, "r2"), (True, "r3")):  # r3 reuses the store r2 built
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="ekd.data"):
             data = prepare_data(config(tmp_path, tokenizer_dir, corpus, store, **extra), tmp_path / run)
-        logs[run] = packed_lines(caplog)
-    assert set(logs["r1"]) == {"train", "eval"}
-    assert logs["r1"] == logs["r2"] == logs["r3"]
-    for name, (documents, tokens, blocks, targets) in logs["r1"].items():
-        split = data.blocks[name]
-        assert (blocks, targets) == (len(split), split.num_targets)
-        if tokens == blocks * split.block_length:  # no padding: every start in the blocks is a document's
-            assert documents == int(split.document_starts[torch.arange(blocks)].sum())
+        logs[run], scored[run] = packed_lines(caplog), packed_lines(caplog, SCORED)
+    assert set(logs["r1"]) == {"train", "eval"} and set(scored["r1"]) == {"eval"}
+    assert logs["r1"] == logs["r2"] == logs["r3"] and scored["r1"] == scored["r2"] == scored["r3"]
+    documents, tokens, blocks, targets = logs["r1"]["train"]
+    split = data.blocks["train"]
+    assert (blocks, targets) == (len(split), split.num_targets)
+    assert documents == int(split.document_starts[torch.arange(blocks)].sum())  # no padding in train
+    k, pool, documents, targets = scored["r1"]["eval"]  # eval: k blocks spread over the packed pool
+    split = data.blocks["eval"]
+    assert (k, pool, documents, targets) == (
+        len(split),
+        logs["r1"]["eval"][2],
+        split.num_documents,
+        split.num_targets,
+    )
     documents, tokens, blocks, _ = logs["r1"]["train"]
     assert 0 < documents < 120 and tokens == blocks * 16
 

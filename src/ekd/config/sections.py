@@ -187,7 +187,8 @@ class DataConfig:
     max_chars: int = number(0, ge=0)
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = number(64, ge=0)
-    """At most this many blocks per eval set (0 = all)."""
+    """Blocks scored per eval set (0 = all): spread evenly over the set's first 32 times as many blocks, so a
+    few long documents cannot fill the budget (``ekd.data.eval_sample``)."""
     document_attention: str = one_of("isolated", "isolated", "packed")
     """'isolated': each packed document attends only to itself (block-diagonal causal attention, positions
     restarting at every document) in training, cache building and evaluation; 'packed': every token attends to

@@ -28,6 +28,7 @@ from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary, read_model_eos, resolve_boundary
 from ekd.data.document import Document
 from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, filter_documents, load_documents
+from ekd.data.eval_sample import pool_blocks, spread_blocks
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import pystdlib_splits
 from ekd.data.split import held_out_keys
@@ -106,15 +107,17 @@ def pack_splits(
     document_attention: str = "isolated",
     max_train_tokens: int = 0,
 ) -> dict[str, PackedBlocks]:
-    """Pack every split; eval sets are capped at their first ``max_eval_blocks`` blocks.
+    """Pack every split; an eval set is ``max_eval_blocks`` blocks spread evenly over its first
+    ``EVAL_POOL × max_eval_blocks`` (:mod:`ekd.data.eval_sample`).
 
     Args:
         splits: Output of :func:`load_splits`.
         tokenizer: The shared tokenizer.
         block_length: T (``data.block_length``).
-        max_eval_blocks: Blocks kept per eval set (0 = all): the first ones, so only the documents they
-            need are tokenized. Documents are in a deterministic order that spreads over the source
-            (content-hash held-out split; hash order for pystdlib), so the first blocks are a fair sample.
+        max_eval_blocks: Blocks kept per eval set (0 = all), spread evenly over the pool of its first
+            ``EVAL_POOL`` times as many blocks: only the documents the pool needs are tokenized, and a few long
+            documents cannot fill the budget. Documents are in a deterministic order that spreads over the
+            source (content-hash held-out split; hash order for pystdlib).
         boundary: BOS/EOS framing (:func:`document_boundary`); default the tokenizer's EOS after each document.
         document_attention: 'isolated' or 'packed' (``data.document_attention``).
         max_train_tokens: ``data.max_tokens``: ``train`` keeps its first ``max_train_tokens // block_length``
@@ -128,16 +131,17 @@ def pack_splits(
     train_blocks = max_train_tokens // block_length or None
     for name, docs in splits.items():
         is_train = name == "train"
-        packed[name] = pack_documents(
+        blocks = pack_documents(
             docs,
             tokenizer,
             block_length,
             allow_partial_block=not is_train,
-            max_blocks=train_blocks if is_train else max_eval_blocks,
+            max_blocks=train_blocks if is_train else pool_blocks(max_eval_blocks),
             boundary=boundary,
             document_attention=document_attention,
             split=name,
         )
+        packed[name] = blocks if is_train else spread_blocks(blocks, max_eval_blocks, name)
     return packed
 
 

@@ -58,6 +58,8 @@ class PackedBlocks:
         boundary_mask: (N, T) bool; True at the end-of-document tokens packing added (EOS). None = none.
         document_attention: 'isolated' (each document attends only to itself) or 'packed'.
         boundary: The document boundary used, or None (blocks built by hand).
+        documents: :attr:`num_documents` when the blocks are a sample of a longer stream, whose documents
+            the blocks alone cannot tell apart (:func:`ekd.data.eval_sample.spread_blocks`); None = count them.
     """
 
     input_ids: torch.Tensor
@@ -67,6 +69,7 @@ class PackedBlocks:
     boundary_mask: torch.Tensor | None = None
     document_attention: str = "isolated"
     boundary: DocumentBoundary | None = None
+    documents: int | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -85,6 +88,8 @@ class PackedBlocks:
     def num_documents(self) -> int:
         """Number of documents with at least one target (of :attr:`num_targets`) in the blocks: what an eval
         set's figures are averaged over (a document split across blocks counts once; padding is none)."""
+        if self.documents is not None:
+            return self.documents
         count, last = 0, -1  # last: the stream-wide index of the previous chunk's last counted document
         offset = 0
         for rows in self._row_chunks():

@@ -12,7 +12,7 @@ Building reads the sources lazily (:func:`ekd.data.documents.iter_documents`), r
 split, tokenizes and packs it with the in-memory path's own functions
 (:func:`ekd.data.packing.token_chunks`, :func:`ekd.data.packing.block_count`) and appends it to the split's
 files, so memory stays flat and the blocks equal the in-memory path's. It stops reading once every split is
-full (``data.max_tokens`` for ``train``, ``data.max_eval_blocks`` for eval sets) and logs its progress every
+full (``data.max_tokens`` for ``train``, the pool of ``data.max_eval_blocks`` for eval sets: :mod:`ekd.data.eval_sample`) and logs its progress every
 ``PROGRESS_SECONDS``.
 
 Crash safety: the build holds ``<key>.lock`` (:mod:`ekd.locks`: other ranks and runs wait, then reuse), writes into
@@ -48,6 +48,7 @@ from ekd.data.build import builtin_splits, content_key, eval_source_format
 from ekd.data.chat import chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
+from ekd.data.eval_sample import EVAL_POOL, pool_blocks, spread_blocks
 from ekd.data.packing import PackedBlocks, block_count, packed_line, token_chunks
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
@@ -136,7 +137,13 @@ def stored_blocks(
                     split["num_targets"],
                 ),
             )
-    return {s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])}
+    blocks = {
+        s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])
+    }
+    return {  # an eval set is a spread sample of its stored pool, as in memory
+        name: b if name == "train" else spread_blocks(b, cfg.data.max_eval_blocks, name)
+        for name, b in blocks.items()
+    }
 
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
@@ -150,6 +157,7 @@ def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: D
     signature = {
         "format": STORE_FORMAT,
         "packing_rule": PACKING_RULE,
+        "eval_pool": EVAL_POOL,  # eval sets hold EVAL_POOL × data.max_eval_blocks blocks (stores before: ×1)
         "tokenizer": tokenizer_hash(tokenizer),
         "vocab_size": len(tokenizer),
         "boundary": [boundary.describe(), boundary.pad_id],
@@ -291,7 +299,8 @@ def _build(
     phases = _phases(cfg)
     names = [n for p in phases for n in p.splits]
     budgets = {
-        n: (d.max_eval_blocks if n != "train" else d.max_tokens // d.block_length) * d.block_length
+        n: (pool_blocks(d.max_eval_blocks) if n != "train" else d.max_tokens // d.block_length)
+        * d.block_length
         for n in names
     }
     progress = _read_progress(staging, signature)
@@ -379,7 +388,7 @@ def _finish(
         if not is_train and state.accepted == 0:
             logger.info("eval set '%s' is empty; skipping it", name)
             continue
-        max_blocks = (d.max_tokens // t if is_train else d.max_eval_blocks) or None
+        max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
         real = min(state.tokens, n_blocks * t) if n_blocks else state.tokens  # real tokens in the blocks
         if n_blocks == 0:

@@ -83,11 +83,16 @@ class RunRecord:
         return json.dumps(cfg, sort_keys=True, default=str)
 
     def eval_set(self, name: str) -> str:
-        """What eval set ``name`` of this run is: the data section of the config, the tokenizer and the
-        set's scored tokens. Two runs' metrics on a set are comparable only when these are equal."""
-        tokens = (self.eval.get(name) or {}).get("tokens")
+        """What eval set ``name`` of this run is: the data section of the config, the tokenizer, the set's
+        scored tokens and documents (runs evaluated before sets were spread samples record none). Two runs'
+        metrics on a set are comparable only when these are equal."""
+        metrics = self.eval.get(name) or {}
         data = self.config.get("data") or {}
-        return json.dumps([data, self.tokenizer, tokens], sort_keys=True, default=str)
+        return json.dumps(
+            [data, self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
+            sort_keys=True,
+            default=str,
+        )
 
     def eval_sets(self) -> str:
         """:meth:`eval_set` of every text eval set of the run (lm-eval tasks are not text eval sets)."""
@@ -445,13 +450,17 @@ def _labels(groups: list[Group]) -> str:
 
 
 def _eval_set_difference(a: RunRecord, b: RunRecord) -> str:
-    """How ``b``'s eval sets differ from ``a``'s: data keys, the tokenizer, or else the scored tokens."""
+    """How ``b``'s eval sets differ from ``a``'s: data keys, the tokenizer, the scored tokens, or else the
+    documents (a run evaluated before eval sets were spread samples records none)."""
     keys = _config_differences({"data": a.config.get("data") or {}}, {"data": b.config.get("data") or {}})
     if keys:
         return ", ".join(keys)
     if a.tokenizer != b.tokenizer:
         return "another tokenizer"
-    return "the same data settings, other scored token counts"
+    sets = [n for n in a.eval if _text_set(n)]
+    if any((a.eval.get(n) or {}).get("tokens") != (b.eval.get(n) or {}).get("tokens") for n in sets):
+        return "the same data settings, other scored token counts"
+    return "the same data settings, other scored documents (an older ekd took an eval set's first blocks)"
 
 
 def _pm(cell: dict[str, Any] | None, fmt: str) -> str:

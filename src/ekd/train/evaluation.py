@@ -57,6 +57,7 @@ def evaluate_run(
             autocast_dtype=amp,
             **share,
         )
+        metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))

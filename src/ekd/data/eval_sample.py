@@ -1,0 +1,75 @@
+"""The blocks an eval set is scored on: ``data.max_eval_blocks`` blocks spread evenly over the set.
+
+An eval set capped at its *first* k blocks is the first few documents: one long source file filled the
+demo's whole in-distribution budget (48 blocks of 128 tokens = 2 of its 17 documents), so its figures
+described two texts. Here the set is packed up to ``EVAL_POOL`` · k blocks (the pool: documents past it are
+not tokenized) and k blocks are taken at even strides through the pool — a systematic sample of the token
+stream, each scored block standing for the same share of the pool's tokens, as token-level metrics (ppl,
+KL, ECE) weigh them. Same budget, many more documents. Both data paths (in memory, token store) sample
+through :func:`spread_blocks`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+
+from ekd.data.packing import PackedBlocks
+
+logger = logging.getLogger(__name__)
+
+EVAL_POOL = 32
+"""An eval set is packed up to this many times ``data.max_eval_blocks`` blocks, then sampled down to them."""
+
+
+def pool_blocks(max_eval_blocks: int) -> int:
+    """Blocks packed for an eval set before sampling (0 = all, as ``data.max_eval_blocks=0``)."""
+    return max_eval_blocks * EVAL_POOL
+
+
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """k of n block indices at even strides, each the middle of its n/k stretch: ⌊(2i+1)·n / 2k⌋, i < k.
+
+    Returns (min(n, k),) long, strictly increasing; ``arange(n)`` when k ≥ n or k = 0 (no cap).
+    """
+    if k <= 0 or k >= n:
+        return torch.arange(n, dtype=torch.long)
+    return (2 * torch.arange(k, dtype=torch.long) + 1) * n // (2 * k)  # (k,)
+
+
+def spread_blocks(pool: PackedBlocks, k: int, split: str = "") -> PackedBlocks:
+    """The k blocks of :func:`spread_indices` of ``pool``, as tensors (store columns load only those rows),
+    renumbered ``sample_ids = arange(k)`` (:meth:`PackedBlocks.select`). Their
+    :attr:`~PackedBlocks.num_documents` counts the pool's documents with a target in the chosen blocks (a
+    document seen in two of them, unchosen blocks between, counts once). ``pool`` itself when none is left out.
+    """
+    n = len(pool)
+    rows = spread_indices(n, k)
+    if rows.numel() == n:
+        return pool
+    blocks = replace(pool.select(rows), documents=_documents_in(pool, rows))  # (k, T) fields
+    logger.info(
+        "%sscoring %d of its %d blocks, spread evenly (%d documents, %d targets)",
+        f"{split}: " if split else "",
+        len(blocks),
+        n,
+        blocks.num_documents,
+        blocks.num_targets,
+    )
+    return blocks
+
+
+def _documents_in(pool: PackedBlocks, rows: torch.Tensor) -> int:
+    """Documents of ``pool`` with a target (not in column 0) in blocks ``rows``."""
+    mask = pool.target_mask[rows].clone()  # (k, T)
+    mask[:, 0] = False  # column 0 carries no label after the shift
+    if pool.document_starts is None:  # each block is one document
+        return int(mask.any(dim=1).sum())
+    starts = pool.document_starts[:].reshape(-1).long()  # (n·T,) the pool's stream
+    document = torch.cumsum(starts, 0).view(len(pool), -1)[rows]  # (k, T) stream-wide document index
+    return int(torch.unique(document[mask]).numel())
+
+
+__all__ = ["EVAL_POOL", "pool_blocks", "spread_blocks", "spread_indices"]
