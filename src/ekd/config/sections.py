@@ -192,7 +192,9 @@ class DataConfig:
     document_attention: str = one_of("isolated", "isolated", "packed")
     """'isolated': each packed document attends only to itself (block-diagonal causal attention, positions
     restarting at every document) in training, cache building and evaluation; 'packed': every token attends to
-    everything before it in the block, earlier documents included (the behaviour before isolation)."""
+    everything before it in the block, earlier documents included (the behaviour before isolation). A model
+    that does not isolate documents through position ids (OPT, BLOOM, MPT, Falcon) is refused under 'isolated'
+    (``ekd.models.isolation``)."""
     separator: str = one_of("auto", "auto", "eos", "bos_eos", "none")
     """Document boundaries: 'auto' (the models' convention: BOS if the tokenizer adds one, the models'
     end-of-document id ``eos_token_id``), 'eos' (tokenizer EOS after each document), 'bos_eos' (tokenizer BOS

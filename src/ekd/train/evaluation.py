@@ -233,6 +233,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     """
     from ekd.io import atomic_write_text, strict_json
     from ekd.log_level import apply_log_level
+    from ekd.models.isolation import check_document_isolation
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
     from ekd.train.prepare import autocast_dtype, evaluates_teacher, load_teacher, resolve_device
 
@@ -256,6 +257,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_output_head(student, len(tokenizer), "student")
+    if cfg.data.document_attention == "isolated":
+        check_document_isolation(student, len(tokenizer), "student")
     teacher = None
     if evaluates_teacher(cfg):  # the same rule as the end of training
         teacher = load_teacher(cfg, data, device)

@@ -14,6 +14,7 @@ from ekd.config import Config, ConfigError
 from ekd.config.validate import check_vocab
 from ekd.errors import ModelError
 from ekd.host_memory import retain_freed_memory
+from ekd.models.isolation import check_document_isolation
 from ekd.models.load import (
     check_output_head,
     check_same_tokenizer,
@@ -259,6 +260,8 @@ def _load_role(
         return model
     model = model.to(device)
     check_output_head(model, data.vocab_size, role)
+    if cfg.data.document_attention == "isolated":
+        check_document_isolation(model, data.vocab_size, role)
     return model
 
 
