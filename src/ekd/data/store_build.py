@@ -12,8 +12,8 @@ Building reads the sources lazily (:func:`ekd.data.documents.iter_documents`), r
 split, tokenizes and packs it with the in-memory path's own functions
 (:func:`ekd.data.packing.token_chunks`, :func:`ekd.data.packing.block_count`) and appends it to the split's
 files, so memory stays flat and the blocks equal the in-memory path's. It stops reading once every split is
-full (``data.max_tokens`` for ``train``, the pool of ``data.max_eval_blocks`` for eval sets: :mod:`ekd.data.eval_sample`) and logs its progress every
-``PROGRESS_SECONDS``.
+full (``data.max_tokens`` for ``train``; for an eval set the pool its ``data.max_eval_blocks`` blocks are spread
+over, :mod:`ekd.data.eval_sample`) and logs its progress every ``PROGRESS_SECONDS``.
 
 Crash safety: the build holds ``<key>.lock`` (:mod:`ekd.locks`: other ranks and runs wait, then reuse), writes into
 ``<key>.partial/`` and every ``CHECKPOINT_TOKENS`` records its position in ``progress.json`` (files fsynced
