@@ -266,8 +266,11 @@ def test_quiet_dataset_progress_restores_the_switch():
 
 
 @pytest.mark.slow
-def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, monkeypatch, capsys):
-    run_dir, tasks_dir = run
+def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run_dir, tasks_dir = tmp_path / "runs" / "t", run[1]
+    shutil.copytree(run[0], run_dir)  # it rewrites eval.json: the module's run stays as distill left it
     at_distill = _eval_json(run_dir)["tasks"]
     assert {"teacher", "student_init"} <= set(at_distill) and "gap_closed" in at_distill
     assert "eval" in _eval_json(run_dir)  # the eval sets' entries are kept beside the tasks
