@@ -14,6 +14,7 @@ models (``model.tokenizer=train_bpe``) is saved in ``<cache_dir>/tokenizer``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -213,15 +214,17 @@ def _gather(value, ranks: Ranks) -> list:
     return everyone
 
 
-def _finished(directory: Path, pending: list[int], ranks: Ranks) -> bool:
-    """Whether the cache needs no write: no rank has a sample left to build and ``manifest.json`` is the
-    complete one (not the rank manifests of a torchrun build stopped before their assembly). Collective."""
+def _finished(directory: Path, pending: list[int], signature: dict, ranks: Ranks) -> bool:
+    """Whether the cache needs no write: no rank has a sample left to build, and ``manifest.json`` is the
+    complete one (not the rank manifests of a torchrun build stopped before their assembly) with this build's
+    ``signature`` (a teacher's new file stamps, ``TEACHER_FILES``, are recorded by writing it). Collective."""
     if any(left for left in _gather(len(pending), ranks)):
         return False
     try:
-        return bool(read_manifest(directory / MANIFEST)["complete"])
+        manifest = read_manifest(directory / MANIFEST)
     except (CacheError, OSError):
         return False
+    return bool(manifest["complete"]) and manifest["signature"] == json.loads(json.dumps(signature))
 
 
 CACHE_IN_USE = "wait for it to end, or choose another teacher.cache_dir"
@@ -328,7 +331,7 @@ def run_build(
         writer = run_on_main(ranks, open_writer, "open the cache", share=False) or open_writer()
 
         pending = writer.pending_sample_ids()
-        finished = _finished(directory, pending, ranks)
+        finished = _finished(directory, pending, writer.signature, ranks)
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
         options = EntryOptions.from_config(cfg, data.vocab_size, device)
