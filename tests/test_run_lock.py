@@ -275,6 +275,28 @@ def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws,
     assert (run / "eval.json").read_bytes() == before
 
 
+def test_overwrite_under_a_read_only_parent_says_it_needs_the_parent(ws, capsys, monkeypatch):
+    """Try-out 9: ``--overwrite`` of a writable run under a read-only ``runs/`` said only "read-only file system
+    writing to runs; choose a writable directory" (the run directory *is* writable). The line says why: the run
+    is moved aside within its parent. Nothing is changed, and the lock inside the run is released."""
+    from ekd.locks import INSIDE
+
+    run = ws / "runs" / "base"
+    _read_only(monkeypatch, ws / "runs")
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "--overwrite")
+    line = one_error_line(rc, err)
+    assert (
+        f"--overwrite cannot replace {run.resolve()}: replacing a run directory moves it aside within its "
+        in line
+    )
+    assert (
+        f"and {(ws / 'runs').resolve()} is not writable; set run.output_dir to a writable directory" in line
+    )
+    unchanged(before, ws)
+    assert not (run / INSIDE).exists()
+
+
 def test_a_released_lock_never_removes_another_processes_lock_file(tmp_path):
     """Review finding: a lock file removed under its holder (a rollback emptying a run) and taken by a second
     process must survive the first holder's release, or a third process gets in beside the second."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
@@ -398,8 +399,25 @@ class RunStart:
         return "wait for it to end, or choose another run.name"
 
     def _move_aside(self) -> None:
+        """Move the run aside (``.<name>.replaced`` beside it) until the new one has started.
+
+        Raises:
+            RunDirError: something is in the way, or the parent is not writable (a read-only ``runs/`` holding a
+                writable run: the run can be resumed in place, but not replaced).
+        """
         if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
             raise RunDirError(f"{self.aside} is in the way of --overwrite; move or remove it and rerun")
+        out = self.run_dir.parent
+        if not os.access(out, os.W_OK):  # the rename below would fail with a bare "read-only file system"
+            what = (
+                f"--overwrite cannot replace {self.run_dir}"
+                if self.overwrite
+                else f"cannot start {self.run_dir} afresh (a start of it did not finish)"
+            )
+            raise RunDirError(
+                f"{what}: replacing a run directory moves it aside within its parent, and {out} is not "
+                "writable; set run.output_dir to a writable directory and rerun"
+            )
         self.run_dir.rename(self.aside)
         self.moved = True
 
