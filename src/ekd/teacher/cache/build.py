@@ -42,6 +42,7 @@ from ekd.teacher.cache.manifest import (
     TEACHER_FILES,
     assemble_manifest,
     check_cache_directory,
+    check_cache_kind,
     read_manifest,
 )
 from ekd.teacher.cache.reader import CacheReader
@@ -291,6 +292,7 @@ def run_build(
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
+    check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
     with distributed(resolve_device(cfg.run.device)) as ranks, _locked_by_main(directory, ranks):
         device = ranks.device

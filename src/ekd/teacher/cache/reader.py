@@ -37,7 +37,14 @@ from ekd.teacher.cache.format import (
     crc32,
     decode_record,
 )
-from ekd.teacher.cache.manifest import MANIFEST, REBUILD, REBUILD_SHARDS, compare_signatures, read_manifest
+from ekd.teacher.cache.manifest import (
+    MANIFEST,
+    REBUILD,
+    REBUILD_SHARDS,
+    compare_signatures,
+    diff_summary,
+    read_manifest,
+)
 
 
 @dataclass
@@ -148,7 +155,7 @@ class CacheReader:
             diffs = compare_signatures(expected_signature, self.signature)
             if diffs:
                 raise CacheError(
-                    f"teacher cache at {self.directory} does not match the training config ({'; '.join(diffs)}): "
+                    f"teacher cache at {self.directory} does not match the training config ({diff_summary(diffs)}): "
                     f"{REBUILD} or set teacher.cache_dir to a matching cache"
                 )
         self.layout = Layout.from_dict(self.manifest["layout"])  # checked by read_manifest
