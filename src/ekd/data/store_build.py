@@ -104,13 +104,7 @@ def stored_blocks(
     if manifest is None and (same := _same_store(root, signature)) is not None:
         directory, manifest = same  # built before config paths were resolved: other spellings, same files
     if manifest is not None:
-        train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
-        logger.info(
-            "token store %s: reusing it (%d training blocks, %d tokens) for the same data, tokenizer and packing",
-            directory,
-            train["blocks"],
-            train["blocks"] * manifest["block_length"],
-        )
+        _log_reuse(directory, manifest)
     else:
         with writing(root):
             root.mkdir(parents=True, exist_ok=True)
@@ -123,6 +117,8 @@ def stored_blocks(
             if manifest is None:
                 shutil.rmtree(directory, ignore_errors=True)
                 manifest = _build(cfg, tokenizer, boundary, signature, directory)
+            else:  # the process we waited for built it
+                _log_reuse(directory, manifest)
     for split in manifest["splits"]:
         if "packed_documents" in split:  # not in a store built before these figures were recorded
             logger.info(
@@ -137,6 +133,17 @@ def stored_blocks(
                 ),
             )
     return {s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])}
+
+
+def _log_reuse(directory: Path, manifest: dict) -> None:
+    """The line of a run that reuses a complete store (found at once, or built by a process it waited for)."""
+    train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
+    logger.info(
+        "token store %s: reusing it (%d training blocks, %d tokens) for the same data, tokenizer and packing",
+        directory,
+        train["blocks"],
+        train["blocks"] * manifest["block_length"],
+    )
 
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
