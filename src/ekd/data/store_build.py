@@ -64,6 +64,7 @@ from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 from ekd.locks import locked
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +140,10 @@ def _log_reuse(directory: Path, manifest: dict) -> None:
     """The line of a run that reuses a complete store (found at once, or built by a process it waited for)."""
     train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
     logger.info(
-        "token store %s: reusing it (%d training blocks, %d tokens) for the same data, tokenizer and packing",
+        "token store %s: reusing it (%s, %s) for the same data, tokenizer and packing",
         directory,
-        train["blocks"],
-        train["blocks"] * manifest["block_length"],
+        counted(train["blocks"], "training block"),
+        counted(train["blocks"] * manifest["block_length"], "token"),
     )
 
 
@@ -451,11 +452,11 @@ def _log_progress(
     budget = budgets.get(phase.splits[0], 0)
     share = f" ({100 * states[phase.splits[0]].tokens / budget:.0f}% of its budget)" if budget else ""
     logger.info(
-        "token store: %s: %d documents read, %s: %d tokens%s; %.0f tokens/s",
+        "token store: %s: %s read, %s: %s%s; %.0f tokens/s",
         phase.key,
-        consumed,
+        counted(consumed, "document"),
         phase.splits[0],
-        states[phase.splits[0]].tokens,
+        counted(states[phase.splits[0]].tokens, "token"),
         share,
         sum(s.tokens for s in states.values()) / max(seconds, 1e-9),
     )

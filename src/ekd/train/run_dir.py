@@ -48,6 +48,7 @@ from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -273,7 +274,8 @@ def _existing_run_advice(
             " with the new eval settings" if evals else " again"
         )
         return (
-            f"{run_dir} already holds {what}, finished ({checkpoint_step(ckpt)} steps): {again}; raise "
+            f"{run_dir} already holds {what}, finished ({counted(checkpoint_step(ckpt), 'step')}): {again}; "
+            "raise "
             "train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set run.name"
         )
     return f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
@@ -382,7 +384,8 @@ class RunStart:
             )
         if finished:
             raise RunFinished(
-                f"run {run_dir} is already finished ({checkpoint_step(ckpt)} steps); nothing to resume "
+                f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
+                "resume "
                 "(raise train.max_steps to train further, or `ekd eval` it)"
             )
         if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
@@ -447,8 +450,9 @@ class RunStart:
         saved = marker.get("data_fingerprint")
         if not self.fresh and saved is not None and saved != fingerprint:
             raise RunDirError(
-                f"--resume: the training data differ from the run's ({marker.get('train_blocks')} blocks, "
-                f"fingerprint {str(saved)[:12]}; now {train_blocks} blocks, {fingerprint[:12]}); restore the "
+                "--resume: the training data differ from the run's "
+                f"({counted(marker.get('train_blocks'), 'block')}, fingerprint {str(saved)[:12]}; now "
+                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}); restore the "
                 "run's data or start a new run under another run.name"
             )
         if saved is None:

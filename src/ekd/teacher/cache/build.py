@@ -50,6 +50,7 @@ from ekd.teacher.cache.signature import cache_signature, check_cacheable, teache
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
 from ekd.train.distributed import Ranks, distributed
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -381,10 +382,10 @@ def run_build(
             **job_figures(_gather(mine, ranks)),
         )
     log.info(
-        "teacher cache %s: built %d of %d samples on rank %d/%d in %.1fs",
+        "teacher cache %s: built %d of %s on rank %d/%d in %.1fs",
         directory,
         built,
-        len(blocks),
+        counted(len(blocks), "sample"),
         result.rank,
         result.world_size,
         build_seconds,

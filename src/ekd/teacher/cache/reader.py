@@ -45,6 +45,7 @@ from ekd.teacher.cache.manifest import (
     diff_summary,
     read_manifest,
 )
+from ekd.words import counted
 
 
 @dataclass
@@ -147,7 +148,7 @@ class CacheReader:
         if not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["num_shards"]
             raise CacheError(
-                f"teacher cache at {self.directory} is unfinished ({done} of {total} shards): "
+                f"teacher cache at {self.directory} is unfinished ({done} of {counted(total, 'shard')}): "
                 + (building or "rerun the cache build (finished shards are skipped)")
             )
         self.signature: dict = self.manifest["signature"]
