@@ -275,8 +275,8 @@ def _existing_run_advice(
         )
         return (
             f"{run_dir} already holds {what}, finished ({counted(checkpoint_step(ckpt), 'step')}): {again}; "
-            "raise "
-            "train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set run.name"
+            "raise train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set "
+            "run.name"
         )
     return f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
 
@@ -386,8 +386,7 @@ class RunStart:
         if finished:
             raise RunFinished(
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
-                "resume "
-                "(raise train.max_steps to train further, or `ekd eval` it)"
+                "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
         if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
             flat = _flat(saved or {})
