@@ -183,9 +183,7 @@ def test_hostile_non_tensor_leaf_is_not_unpickled(tmp_path, monkeypatch):
 
 
 def test_another_global_micro_batch_is_refused(tmp_path):
-    with pytest.raises(
-        CheckpointError, match=r"2 ranks × micro-batch 2 = 4 rows.*train.micro_batch_size=4"
-    ):
+    with pytest.raises(CheckpointError, match=r"2 ranks × micro-batch 2 = 4 rows.*train.micro_batch_size=4"):
         check_global_batch(tmp_path, {"micro_batch_size": 2}, 2, 1, 2)
     with pytest.raises(CheckpointError, match="number of ranks that divides 4"):
         check_global_batch(tmp_path, {"micro_batch_size": 4}, 1, 3, 1)
