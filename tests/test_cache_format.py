@@ -493,6 +493,39 @@ def test_signature_mismatch_names_each_field(tmp_path):
     assert w.pending_sample_ids() == [0, 1]
 
 
+def test_a_cache_built_very_differently_is_refused_in_one_short_line(tmp_path):
+    """Try-out 9: an import over a cache of another target listed ten differing fields with whole layout dicts
+    and 64-digit hashes (~1,400 characters). The first fields are shown with their values, cut short, the others
+    named; a differing layout names its fields."""
+    rng = np.random.default_rng(5)
+    sig = rs_signature(1000, 16, teacher_revision="state-dict-sha256:" + "d1" * 32)
+    write_cache(tmp_path, sig, [random_sample(rng, 1000, 16) for _ in range(2)], shard_samples=2)
+    other = make_signature(
+        teacher_id="other-teacher",
+        teacher_revision="import-sha256:" + "44" * 32,
+        tokenizer_hash="tok1",
+        data_fingerprint="f" * 64,
+        block_length=16,
+        packing=True,
+        vocab_size=1000,
+        target="topk",
+        topk=12,
+        topk_tail="renormalize",
+        seed=1,
+    )
+    with pytest.raises(CacheError) as err:
+        CacheWriter(tmp_path, other, 2, 2)
+    message = str(err.value)
+    assert len(message) < 600 and "{" not in message, message  # was ~1,400 characters with two layout dicts
+    assert (
+        'teacher_revision: expected "import-sha256:44444444444444444444444…", found "state-dict-sha256:d1'
+        in message
+    )
+    assert "; also " in message and "layout" in message.split("; also ")[1], (
+        message
+    )  # named, past the first 4
+
+
 @pytest.fixture
 def small_cache(tmp_path):
     rng = np.random.default_rng(6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,33 @@ def test_refusals_of_an_import_name_the_import_command(setup, capsys):
     assert _import(setup, src, foreign) == 2
     line = _one_line(capsys)
     assert f"--out {foreign} is not empty" in line and "set --out to a new or empty directory" in line, line
+
+
+def test_an_import_into_a_cache_built_from_the_teacher_says_what_it_holds(setup, capsys):
+    """Try-out 9: importing into a cache ``ekd cache`` built was one ~1,400-character line of differing fields
+    that advised --overwrite, which deletes the native cache, without saying it is one. Now one short line says
+    what the directory holds; a build into an import likewise. --overwrite replaces it."""
+    src = _write_parquet(setup["root"] / "teacher-n.parquet", setup["rows"])
+    native = setup["root"] / "native-copy"
+    shutil.copytree(setup["native"], native)
+    before = (native / "manifest.json").read_bytes()
+    assert _import(setup, src, native) == 2
+    line = _one_line(capsys)
+    assert f"--out {native} is a teacher cache built by `ekd cache` (target topk, K={K}, teacher " in line, (
+        line
+    )
+    assert "pass --overwrite to delete that cache and import in its place" in line and len(line) < 300, line
+    assert (native / "manifest.json").read_bytes() == before
+    imported = setup["root"] / "imported-once"
+    assert _import(setup, src, imported) == 0, capsys.readouterr().err
+    assert main(["-q", "cache", setup["cfg"], f"teacher.cache_dir={imported}"]) == 2
+    line = _one_line(capsys)
+    assert (
+        f"teacher.cache_dir {imported} is a cache imported by `ekd cache import` (target topk, K={K}" in line
+    )
+    assert "pass --overwrite to delete that import and build from the teacher in its place" in line, line
+    assert _import(setup, src, native, "--overwrite") == 0, capsys.readouterr().err
+    assert CacheReader(native).signature["teacher_revision"].startswith("import-sha256:")
 
 
 def test_imported_topk_trains_like_the_native_cache(setup, capsys):

@@ -122,7 +122,7 @@ def test_no_intact_checkpoint_is_refused_in_one_line(ws, capsys, caplog):
         rc, _, err = _resume(capsys)
     line = one_error_line(rc, err)
     assert "no intact checkpoint" in line and "student.safetensors is corrupt" in line
-    assert "the older step-000001 fail(s) verification too" in line  # every rejected checkpoint is named
+    assert "the older step-000001 fails verification too" in line  # every rejected checkpoint is named
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "the error line alone says it"
     unchanged(before, ws)
 

@@ -165,6 +165,24 @@ def test_claims_verdicts(tmp_path):
     assert table.count("\n") == 2 + 6
 
 
+def test_runs_that_differ_only_in_log_keys_share_a_group(tmp_path):
+    """log.* keys change how a run reports itself, not what it computes (``ekd.config.REPORTING_KEYS``): two
+    seeds of one method, one run with progress bars and a W&B name, are one group, not ``kd`` and ``kd#2``."""
+    from ekd.eval.compare import group_runs, read_run
+
+    dirs = [_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.50), _fake_run(tmp_path, "kd1", "kd", 1, 11.0, 0.60)]
+    cfg = yaml.safe_load((dirs[1] / "config.yaml").read_text())
+    cfg["log"] = {"progress": False, "wandb_name": "kd-seed1", "every": 10}
+    (dirs[1] / "config.yaml").write_text(yaml.safe_dump(cfg))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [g.label for g in groups] == ["kd"] and len(groups[0].runs) == 2
+    lr = _fake_run(tmp_path, "kdlr", "kd", 0, 20.0, 0.9, lr=1e-2)  # a computed key still makes another group
+    cfg = yaml.safe_load((lr / "config.yaml").read_text())
+    (lr / "config.yaml").write_text(yaml.safe_dump({**cfg, "log": {"level": "DEBUG"}}))
+    groups = group_runs([read_run(d) for d in [*dirs, lr]])
+    assert [g.label for g in groups] == ["kd", "kd#2"] and "log." not in groups[1].note, groups[1].note
+
+
 def test_claims_inconclusive_and_one_seed(tmp_path):
     from ekd.eval.claims import check_claims
     from ekd.eval.compare import group_runs, read_run

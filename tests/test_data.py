@@ -448,7 +448,7 @@ def test_packing_errors(word_tok: PreTrainedTokenizerFast) -> None:
         pack_documents([Document("a b c")], word_tok, block_length=1)
     with pytest.raises(
         ConfigError,
-        match=r"data: 3 tokens is fewer than one block of data\.block_length=8; lower it or add data",
+        match=r"data: 3 tokens are fewer than one block of data\.block_length=8; lower it or add data",
     ):
         pack_documents([Document("a b")], word_tok, block_length=8, allow_partial_block=False)
     with pytest.raises(ConfigError, match="0 tokens"):

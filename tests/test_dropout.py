@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ekd.cli import main
-from ekd.models.dropout import active_dropout
+from ekd.config import load_config
+from ekd.models.dropout import active_dropout, dropout_fix
+from ekd.models.lora import LoraStudent
 from tiny import tiny_overrides, write_corpus
 
 
@@ -27,6 +30,23 @@ def test_active_dropout_reads_the_config_and_skips_heads_an_lm_does_not_use():
         )
         == {}
     )
+
+
+def test_lora_adapter_dropout_is_named_with_its_key():
+    """Try-out 8: ``model.lora_dropout=0.1`` (peft's dropout on the adapters' input, random per rank like any
+    dropout) went unnamed; it is read off the adapters injected into the model, beside the config's."""
+    pytest.importorskip("peft")
+    llama = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    for rate, expected in ((0.1, {"model.lora_dropout": 0.1}), (0.0, {})):
+        model = _model("llama", **llama)
+        LoraStudent.wrap(model, load_config(overrides=["model.lora_r=4", f"model.lora_dropout={rate}"]).model)
+        assert active_dropout(model) == expected
+    assert dropout_fix({"model.lora_dropout": 0.1}) == "model.lora_dropout=0"
+    gpt2 = _model("gpt2", n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    LoraStudent.wrap(gpt2, load_config(overrides=["model.lora_r=4", "model.lora_dropout=0.05"]).model)
+    both = active_dropout(gpt2)
+    assert both == {"attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1, "model.lora_dropout": 0.05}
+    assert dropout_fix(both) == "0 in its config.json and model.lora_dropout=0"
 
 
 def test_distill_says_once_that_the_student_trains_with_dropout(tmp_path, caplog):

@@ -231,11 +231,12 @@ def test_plan_cli(tmp_path, capsys, monkeypatch):
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", "4GiB")
     assert rc == 0
     assert "student preset:llama-micro:" in out and "teacher preset:llama-tiny:" in out
+    assert "parameters, 1 layer, d=32" in out and "parameters, 2 layers, d=64" in out  # try-out 9: "1 layers"
     assert out.count("\nddp ") == 4 and "fits: train.parallel=ddp teacher.placement=replicate" in out
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "2", "--parallel", "fsdp", "--placement", "shard")
     assert rc == 0 and "ddp " not in out and out.count("fsdp      shard") == 2
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "1MiB")
-    assert rc == 0 and "1 GPU(s) × 1.0 MiB" in out  # not "0.0 GiB"
+    assert rc == 0 and "1 GPU × 1.0 MiB" in out  # not "0.0 GiB"
     # only the fixed overhead does not fit: more GPUs or a smaller batch cannot help (try-out 4, finding 9)
     assert "nothing fits in 1.0 MiB: the fixed 2.0 GiB of CUDA overhead" in out and "more GPUs" not in out
     rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "2050MiB")  # overhead + 2 MiB

@@ -275,6 +275,68 @@ def test_a_run_under_a_read_only_parent_is_locked_inside_and_still_evaluates(ws,
     assert (run / "eval.json").read_bytes() == before
 
 
+def test_overwrite_under_a_read_only_parent_says_it_needs_the_parent(ws, capsys, monkeypatch):
+    """Try-out 9: ``--overwrite`` of a writable run under a read-only ``runs/`` said only "read-only file system
+    writing to runs; choose a writable directory" (the run directory *is* writable). The line says why: the run
+    is moved aside within its parent. Nothing is changed, and the lock inside the run is released."""
+    from ekd.locks import INSIDE
+
+    run = ws / "runs" / "base"
+    _read_only(monkeypatch, ws / "runs")
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "--overwrite")
+    line = one_error_line(rc, err)
+    assert (
+        f"--overwrite cannot replace {run.resolve()}: replacing a run directory moves it aside within its "
+        in line
+    )
+    assert (
+        f"and {(ws / 'runs').resolve()} is not writable; set run.output_dir to a writable directory" in line
+    )
+    unchanged(before, ws)
+    assert not (run / INSIDE).exists()
+
+
+def test_eval_of_a_path_inside_a_run_in_use_names_the_process(ws, capsys):
+    """Try-outs 8 and 9: ``ekd eval RUN/student`` while another ekd process trains RUN (a ``--resume``) said "it
+    lies inside the finished run RUN: evaluate that", which would be refused as in use. The line names the
+    process and says to wait, then evaluate RUN; once it has ended, the finished run is suggested again."""
+    run = ws / "runs" / "base"
+    marker = json.loads((run / "ekd-run.json").read_text())
+    (run / "ekd-run.json").write_text(json.dumps({**marker, "state": "started"}))  # a --resume under way
+    # another process holds the run's lock, as ekd distill does while it trains
+    code = (
+        "import sys; from ekd.locks import lock_directory; held = lock_directory(sys.argv[1], 'x'); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(ekd.__file__).parents[1])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for inside in ("runs/base/student", "runs/base/checkpoints/step-000002"):
+            line = one_error_line(*cli(capsys, "eval", inside)[::2])
+            assert f"{inside} is not a finished ekd run" in line, line
+            assert (
+                f"it lies inside the run runs/base, and another ekd process (pid {holder.pid}) is training it: "
+                in line
+            )
+            assert line.endswith("wait for it to end, then `ekd eval runs/base`"), line
+            assert "finished run" not in line, line
+    finally:
+        holder.communicate("")
+    (run / "ekd-run.json").write_text(json.dumps(marker))
+    line = one_error_line(*cli(capsys, "eval", "runs/base/student")[::2])
+    assert line.endswith(
+        "it lies inside the finished run runs/base: evaluate that with `ekd eval runs/base`"
+    ), line
+
+
 def test_a_released_lock_never_removes_another_processes_lock_file(tmp_path):
     """Review finding: a lock file removed under its holder (a rollback emptying a run) and taken by a second
     process must survive the first holder's release, or a third process gets in beside the second."""

@@ -411,6 +411,20 @@ def test_a_change_resume_would_refuse_is_not_offered_resume(ws, capsys):
     assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0
 
 
+def test_log_keys_do_not_make_a_run_different(ws, capsys):
+    """Try-out 9: a start refused only because ``log.progress`` differed called the finished run "a different
+    run (differs in log.progress)". log.* keys change how a run reports itself, nothing it computes
+    (``ekd.config.REPORTING_KEYS``): the run is the same run; a computed key still makes it different."""
+    logs = ["log.progress=true", "log.level=DEBUG", "log.every=2", "log.tensorboard=true"]
+    rc, _, err = cli(capsys, "distill", _config(), *logs)
+    line = one_error_line(rc, err)
+    assert "already holds a run, finished (2 steps)" in line and "different" not in line, line
+    assert "log." not in line, line
+    rc, _, err = cli(capsys, "distill", _config(), *logs, "run.seed=7")
+    line = one_error_line(rc, err)
+    assert "a different run (differs in run.seed" in line and "log." not in line, line
+
+
 def _save_config_value(run: Path, key: str, value: object) -> None:
     """Edit ``key`` (section.field) of a run's saved config.yaml, as an older ekd would have written it."""
     import yaml

@@ -183,9 +183,7 @@ def test_hostile_non_tensor_leaf_is_not_unpickled(tmp_path, monkeypatch):
 
 
 def test_another_global_micro_batch_is_refused(tmp_path):
-    with pytest.raises(
-        CheckpointError, match=r"2 rank\(s\) × micro-batch 2 = 4 rows.*train.micro_batch_size=4"
-    ):
+    with pytest.raises(CheckpointError, match=r"2 ranks × micro-batch 2 = 4 rows.*train.micro_batch_size=4"):
         check_global_batch(tmp_path, {"micro_batch_size": 2}, 2, 1, 2)
     with pytest.raises(CheckpointError, match="number of ranks that divides 4"):
         check_global_batch(tmp_path, {"micro_batch_size": 4}, 1, 3, 1)
@@ -282,10 +280,10 @@ def test_kill_resume_and_resharding(tmp_path, caplog):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("at step 2") >= 3  # every run resumed from its step-2 checkpoint (not from 0)
     assert out.stderr.count("resumed from") == 3  # said once per run (rank 0), not once per rank
-    assert "resharding checkpoint step-000002 of 1 rank(s) onto 2" in out.stderr
+    assert "resharding checkpoint step-000002 of 1 rank onto 2" in out.stderr
     with caplog.at_level("INFO", logger="ekd.train.sharded_checkpoint"):
         assert main(["distill", *args("two-to-one", 4), "--resume"]) == 0
-    assert "resharding checkpoint step-000002 of 2 rank(s) onto 1" in caplog.text
+    assert "resharding checkpoint step-000002 of 2 ranks onto 1" in caplog.text
 
     assert _same(runs / "ref", runs / "killed", rtol=0, atol=0) == []  # exact
     assert _same(runs / "lora-ref", runs / "lora-resumed", rtol=0, atol=0) == []
@@ -330,7 +328,7 @@ def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog)
     assert "at step 2" in out.stderr
     with caplog.at_level("INFO", logger="ekd.train.sharded_checkpoint"):
         assert main(["distill", *args("two-to-one", 4, fsdp=False), "--resume"]) == 0
-    assert "resharding checkpoint step-000002 of 2 rank(s) onto 1" in caplog.text
+    assert "resharding checkpoint step-000002 of 2 ranks onto 1" in caplog.text
 
     assert _same(runs / "ref", runs / "killed", rtol=0, atol=0) == []  # exact
     assert _same(runs / "ref", runs / "two-to-one", rtol=1e-5, atol=5e-6) == []

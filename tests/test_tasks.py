@@ -629,3 +629,13 @@ def test_ekd_eval_checks_eval_tasks_before_evaluating_or_writing(
     assert evaluated == []  # no eval set evaluated
     unchanged(before, ws)
     assert (run / "eval.json").stat().st_mtime_ns == mtime  # not rewritten (with the same numbers)
+    # try-out 9: a bad name in the run's own config.yaml is said to come from there, with the override past it
+    saved = (
+        f"these tasks come from the run's saved config {run / 'config.yaml'} (eval.tasks: [no_such_task]): "
+    )
+    assert (saved in line) == (task == "saved"), line
+    if task == "saved":
+        assert f"`ekd eval {run} 'eval.tasks=[]'` evaluates without them" in line, line
+        from ekd.train.task_evaluation import check_saved_tasks
+
+        check_saved_tasks(run, ["eval.tasks=[]"])  # the command given gets past the check

@@ -196,6 +196,42 @@ def test_built_once_then_reused_without_tokenizing(
     )
 
 
+def test_a_run_that_waited_for_another_build_logs_that_it_reuses_the_store(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 9: a run that found the store being built (``waiting for another process that is building it``)
+    then trained from it without the "reusing it" line the README promises. Here the other process holds the
+    store's lock (a thread: flock locks conflict between open files) while it "builds": the store is absent at
+    the first look and complete once the lock is released."""
+    import threading
+
+    from ekd.locks import FileLock
+
+    corpus = write_corpus(tmp_path / "c.jsonl")
+    first = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    (store,) = [p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir()]
+    real, looks = store_build._complete, []
+
+    def still_building(directory, signature, quiet):  # the first look: not there yet
+        looks.append(quiet)
+        return None if len(looks) == 1 else real(directory, signature, quiet)
+
+    monkeypatch.setattr(store_build, "_complete", still_building)
+    monkeypatch.setattr(store_build, "_same_store", lambda root, signature: None)
+    other = FileLock(store.parent / f"{store.name}.lock")
+    assert other.acquire(wait=False)
+    threading.Timer(0.5, other.release).start()
+    calls = count_encodes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        second = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
+    said = [r.getMessage() for r in caplog.records]
+    waited = [i for i, m in enumerate(said) if "waiting for another process that is building it" in m]
+    reused = [i for i, m in enumerate(said) if f"token store {store}: reusing it" in m]
+    assert len(waited) == 1 and len(reused) == 1 and waited[0] < reused[0], said
+    assert calls == [] and len(looks) == 2
+    assert_same_blocks(first.blocks, second.blocks)
+
+
 def test_changed_source_file_builds_a_new_store(tmp_path: Path, tokenizer_dir: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl")
     first = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")

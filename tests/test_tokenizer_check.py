@@ -105,11 +105,11 @@ def test_a_refusal_names_the_first_differing_id_its_tokens_and_the_classes():
     with pytest.raises(ModelError) as e:
         check_same_tokenizer(teacher, student)
     assert (
-        "(513 vs 512 tokens, 1 ids differ; first id 512: '<|endoftext|>' in the teacher, none in the student; "
+        "(513 vs 512 tokens, 1 id differs; first id 512: '<|endoftext|>' in the teacher, none in the student; "
         "Qwen2Tokenizer vs LlamaTokenizerFast)"
     ) in str(e.value)
     with pytest.raises(
-        ModelError, match=r"512 vs 513 tokens, 1 ids differ; first id 512: none in the student"
+        ModelError, match=r"512 vs 513 tokens, 1 id differs; first id 512: none in the student"
     ):
         check_same_tokenizer(student, teacher, ("student", "teacher"))
 

@@ -28,6 +28,7 @@ from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 from ekd.signals import interrupt_exit_code, interrupted_by, sigterm_as_interrupt
+from ekd.words import counted
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
 
@@ -268,10 +269,9 @@ def _run_summary(result) -> str:
     segment's time and KD positions, said so."""
     kd = f"KD positions {100 * result.kd_fraction:.1f}%"
     if result.resumed_at is None:
-        return f"{result.steps} steps, {result.wall_time:.0f} s, {kd}"
-    head = (
-        f"{result.steps} steps (resumed at step {result.resumed_at}), {result.wall_time:.0f} s this segment"
-    )
+        return f"{counted(result.steps, 'step')}, {result.wall_time:.0f} s, {kd}"
+    steps = counted(result.steps, "step")
+    head = f"{steps} (resumed at step {result.resumed_at}), {result.wall_time:.0f} s this segment"
     if not result.whole_run:
         return f"{head}, {kd} this segment (its checkpoint did not record the earlier segments)"
     return f"{head}, {result.total_time:.0f} s in all, {kd}"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ekd.config import Config, load_config
 from ekd.train.checkpoint import atomic_write_text
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ def _pretrain_once(
     atomic_write_text(stamp, json.dumps({"signature": sig, "eval": result.eval, "steps": steps}, indent=2))
     ppl = result.eval.get("eval", {}).get("ppl", float("nan"))
     print(
-        f"{role}: pre-trained with CE {steps} steps in {time.perf_counter() - t0:.0f}s (held-out ppl {ppl:.2f})"
+        f"{role}: pre-trained with CE {counted(steps, 'step')} in {time.perf_counter() - t0:.0f}s "
+        f"(held-out ppl {ppl:.2f})"
     )
     return target
 
@@ -299,7 +301,7 @@ def run_demo(
             cfg = student_config(out, b, method, steps, seed, name, not from_scratch, task_names)
             if data is None:
                 data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
-            print(f"distilling: {name} ({steps} steps)")
+            print(f"distilling: {name} ({counted(steps, 'step')})")
             result = train(cfg, overwrite=True, data=data)
             rows.append(_row(method, result, cfg, cache_info, data.vocab_size) | {"seed": seed, "run": name})
     teacher_row = _teacher_row(out)
@@ -385,7 +387,7 @@ def claims_markdown(claims: list, quick_methods: list[str] | None = None, tiny_i
     ]  # "not run (reason)" rows stay: not --quick's doing
     if quick_methods is not None and len(checked) < len(claims):
         notes.append(
-            f"{len(claims) - len(checked)} of {len(claims)} claims not run: --quick runs "
+            f"{len(claims) - len(checked)} of {counted(len(claims), 'claim')} not run: --quick runs "
             f"{', '.join(quick_methods)}; the other claims need `ekd demo`."
         )
         claims = checked
@@ -464,7 +466,7 @@ def eval_sets_note(sizes: dict[str, tuple[int, int]]) -> str:
     if not sizes:
         return ""
     parts = [
-        f"{'ID (eval)' if name == 'eval' else name}{_tiny(sizes, name)}: {docs} document{'' if docs == 1 else 's'}, "
+        f"{'ID (eval)' if name == 'eval' else name}{_tiny(sizes, name)}: {counted(docs, 'document')}, "
         f"{tokens:,} tokens"
         for name, (docs, tokens) in sizes.items()
     ]
@@ -602,12 +604,14 @@ def write_demo_report(
     start = (
         "every student starts from random weights (--from-scratch)"
         if from_scratch
-        else f"every student starts from the same CE-pre-trained student ({b.student_pretrain_steps} steps)"
+        else "every student starts from the same CE-pre-trained student "
+        f"({counted(b.student_pretrain_steps, 'step')})"
     )
     setup = (
-        f"Protocol: {start}; {seeds} seed(s) per method. "
-        f"Budget: {b.student_steps} steps × {b.micro_batch} blocks × {b.block_length} tokens per student, "
-        f"teacher pre-trained {b.teacher_steps} steps; BPE vocabulary {b.bpe_vocab}; "
+        f"Protocol: {start}; {counted(seeds, 'seed')} per method. "
+        f"Budget: {counted(b.student_steps, 'step')} × {counted(b.micro_batch, 'block')} × "
+        f"{counted(b.block_length, 'token')} per student, "
+        f"teacher pre-trained {counted(b.teacher_steps, 'step')}; BPE vocabulary {b.bpe_vocab}; "
         f"train text ≤ {b.max_chars:,} characters of the standard library. Total wall time {wall:.0f}s."
     )
     figures = "\n".join(f"![{p.stem}](plots/{p.name})" for p in sorted(plots.glob("*.png")))

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ekd.errors import ConfigError, EkdError
+from ekd.words import counted
 
 GIB = 2**30
 ACTIVATION_VALUES = 17  # stored values per (layer, token, hidden unit) without checkpointing (see above)
@@ -321,12 +322,13 @@ def format_plan(
         return f"{b / GIB:8.2f}"
 
     lines = [
-        f"student {student_spec}: {student.params:,} parameters, {student.layers} layers, d={student.hidden}, "
-        f"V={student.vocab}",
-        f"teacher {teacher_spec}: {teacher.params:,} parameters, {teacher.layers} layers, d={teacher.hidden}"
+        f"student {student_spec}: {student.params:,} parameters, {counted(student.layers, 'layer')}, "
+        f"d={student.hidden}, V={student.vocab}",
+        f"teacher {teacher_spec}: {teacher.params:,} parameters, {counted(teacher.layers, 'layer')}, "
+        f"d={teacher.hidden}"
         if teacher
         else "teacher: none loaded for training (cache or CE only)",
-        f"{gpus} GPU(s) × {_size(gpu_memory)}; {tokens:,} tokens per micro-batch per rank",
+        f"{counted(gpus, 'GPU')} × {_size(gpu_memory)}; {tokens:,} tokens per micro-batch per rank",
         "",
         f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
         + "".join(

@@ -24,6 +24,7 @@ from ekd.config.load import (
     split_config_and_overrides,
 )
 from ekd.config.sections import (
+    REPORTING_KEYS,
     SECTIONS,
     Config,
     DataConfig,
@@ -39,6 +40,7 @@ from ekd.config.validate import validate
 from ekd.errors import ConfigError
 
 __all__ = [
+    "REPORTING_KEYS",
     "SECTIONS",
     "CliText",
     "Config",

@@ -21,6 +21,7 @@ from typing import Any
 
 from ekd.errors import ConfigError
 from ekd.nearest import did_you_mean
+from ekd.words import counted
 
 RULE = "ekd.rule"  # key of the rule in a dataclass field's metadata
 
@@ -116,7 +117,7 @@ class Items:
 
     def check(self, key: str, value: Any) -> None:
         if len(value) < self.min_items:
-            raise ConfigError(f"{key} needs at least {self.min_items} item(s), got {list(value)}")
+            raise ConfigError(f"{key} needs at least {counted(self.min_items, 'item')}, got {list(value)}")
         for i, item in enumerate(value):
             self.each.check(f"{key}[{i}]", item)
 

@@ -511,6 +511,12 @@ class LogConfig:
     """'online' (stream to the W&B server), 'offline' (write locally; ``wandb sync`` later) or 'disabled'."""
 
 
+REPORTING_KEYS = ("log.",)
+"""Config keys (dotted prefixes) that change how a run reports itself — progress bars, the log level, how often
+metrics are written, TensorBoard, W&B — and nothing it computes: two configs that differ only there describe the
+same run (``ekd distill`` on an existing run directory, the groups of ``ekd compare``)."""
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)

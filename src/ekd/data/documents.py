@@ -50,6 +50,7 @@ from ekd.data.text_dir import by_suffix, list_directory, list_glob
 from ekd.errors import first_line
 from ekd.hub import check_dataset_reachable
 from ekd.nearest import did_you_mean
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,11 @@ def load_documents(
     if not docs:
         raise no_documents(data_cfg, source, key)
     logger.info(
-        "%s=%s: %d documents, %d characters", key, source, len(docs), sum(len(d.full_text) for d in docs)
+        "%s=%s: %s, %s",
+        key,
+        source,
+        counted(len(docs), "document"),
+        counted(sum(len(d.full_text) for d in docs), "character"),
     )
     return docs
 
@@ -330,7 +335,13 @@ def _whole_file(path: Path, doc_id: str) -> Document | None:
 
 def _warn_not_utf8(count: int, key: str, source: str) -> None:
     if count:
-        logger.warning("%s=%s: skipped %d files that are not UTF-8 text", key, source, count)
+        logger.warning(
+            "%s=%s: skipped %s that %s not UTF-8 text",
+            key,
+            source,
+            counted(count, "file"),
+            "is" if count == 1 else "are",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ekd.config import ConfigError
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.chat import ChatRenderer, RejectedRow, SkippedRows
 from ekd.data.document import Document
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def pack_documents(
         starts = torch.cat([starts, pad_starts])
         ends = torch.cat([ends, torch.zeros(pad, dtype=torch.bool)])
         n_blocks = 1
-        logger.info("packed %d tokens into one block padded with %d tokens", total, pad)
+        logger.info("packed %s into one block padded with %s", counted(total, "token"), counted(pad, "token"))
     elif total > n_blocks * block_length:
         logger.debug("dropped %d tokens after the last block", total - n_blocks * block_length)
     keep = n_blocks * block_length
@@ -235,8 +236,8 @@ def packed_line(split: str, documents: int, tokens: int, blocks: int, block_leng
     """
     prefix = f"{split}: " if split else ""
     return (
-        f"{prefix}packed {documents} documents, {tokens} tokens into {blocks} blocks of {block_length} "
-        f"({targets} targets)"
+        f"{prefix}packed {counted(documents, 'document')}, {counted(tokens, 'token')} into "
+        f"{counted(blocks, 'block')} of {block_length} ({counted(targets, 'target')})"
     )
 
 
@@ -342,7 +343,8 @@ def block_count(total: int, block_length: int, max_blocks: int | None, allow_par
     n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
     if n_blocks == 0 and (total == 0 or not allow_partial_block):
         raise ConfigError(
-            f"data: {total} tokens is fewer than one block of data.block_length={block_length}; lower it or add data"
+            f"data: {counted(total, 'token')} {'is' if total == 1 else 'are'} fewer than one block of "
+            f"data.block_length={block_length}; lower it or add data"
         )
     return n_blocks
 

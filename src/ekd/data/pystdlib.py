@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ekd.data.document import Document
 from ekd.data.split import held_out_keys, stable_unit
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def pystdlib_splits(
         if "shift_docstrings" in wanted:
             splits["shift_docstrings"] = _capped(_docstring_documents(root, eval_files), max_chars)
         logger.info(
-            "pystdlib: held out %d of %d modules: %s",
+            "pystdlib: held out %d of %s: %s",
             len(held),
-            len({module_of(f) for f in files}),
+            counted(len({module_of(f) for f in files}), "module"),
             ", ".join(sorted(held)),
         )
     if "shift_tests" in wanted:
@@ -99,7 +100,10 @@ def pystdlib_splits(
     ordered = {name: splits[name] for name in PYSTDLIB_SPLITS if name in splits}
     for name, docs in ordered.items():
         logger.info(
-            "pystdlib/%s: %d documents, %d characters", name, len(docs), sum(len(d.text) for d in docs)
+            "pystdlib/%s: %s, %s",
+            name,
+            counted(len(docs), "document"),
+            counted(sum(len(d.text) for d in docs), "character"),
         )
     return ordered
 
@@ -163,7 +167,11 @@ def _file_documents(root: Path, relpaths: list[str], max_chars: int | None) -> l
     if max_chars is not None and not docs:
         docs = _truncated_first(root, relpaths, max_chars)
     if skipped:
-        logger.info("pystdlib: skipped %d files that are not UTF-8", skipped)
+        logger.info(
+            "pystdlib: skipped %s that %s not UTF-8",
+            counted(skipped, "file"),
+            "is" if skipped == 1 else "are",
+        )
     return docs
 
 

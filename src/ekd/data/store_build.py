@@ -65,6 +65,7 @@ from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, fsync_dir, writing
 from ekd.locks import locked
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,7 @@ def stored_blocks(
     if manifest is None and (same := _same_store(root, signature)) is not None:
         directory, manifest = same  # built before config paths were resolved: other spellings, same files
     if manifest is not None:
-        train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
-        logger.info(
-            "token store %s: reusing it (%d training blocks, %d tokens) for the same data, tokenizer and packing",
-            directory,
-            train["blocks"],
-            train["blocks"] * manifest["block_length"],
-        )
+        _log_reuse(directory, manifest)
     else:
         with writing(root):
             root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +119,8 @@ def stored_blocks(
             if manifest is None:
                 shutil.rmtree(directory, ignore_errors=True)
                 manifest = _build(cfg, tokenizer, boundary, signature, directory)
+            else:  # the process we waited for built it
+                _log_reuse(directory, manifest)
     for split in manifest["splits"]:
         if "packed_documents" in split:  # not in a store built before these figures were recorded
             logger.info(
@@ -144,6 +141,17 @@ def stored_blocks(
         name: b if name == "train" else spread_blocks(b, cfg.data.max_eval_blocks, name)
         for name, b in blocks.items()
     }
+
+
+def _log_reuse(directory: Path, manifest: dict) -> None:
+    """The line of a run that reuses a complete store (found at once, or built by a process it waited for)."""
+    train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
+    logger.info(
+        "token store %s: reusing it (%s, %s) for the same data, tokenizer and packing",
+        directory,
+        counted(train["blocks"], "training block"),
+        counted(train["blocks"] * manifest["block_length"], "token"),
+    )
 
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
@@ -453,11 +461,11 @@ def _log_progress(
     budget = budgets.get(phase.splits[0], 0)
     share = f" ({100 * states[phase.splits[0]].tokens / budget:.0f}% of its budget)" if budget else ""
     logger.info(
-        "token store: %s: %d documents read, %s: %d tokens%s; %.0f tokens/s",
+        "token store: %s: %s read, %s: %s%s; %.0f tokens/s",
         phase.key,
-        consumed,
+        counted(consumed, "document"),
         phase.splits[0],
-        states[phase.splits[0]].tokens,
+        counted(states[phase.splits[0]].tokens, "token"),
         share,
         sum(s.tokens for s in states.values()) / max(seconds, 1e-9),
     )

@@ -34,6 +34,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ekd.words import counted
+
 FIRST_PATHS = 3  # paths named in the log line
 LOCK_SUFFIX = ".lock"
 LOCK_CONTENT = re.compile(rb"[0-9]*\n?")  # what ekd.locks.FileLock writes: nothing yet, or a pid line
@@ -71,12 +73,12 @@ class DirectoryListing:
         if self.outputs:
             named = ", ".join(f"{_rel(p, self._root())} ({kind})" for p, kind in self.outputs[:FIRST_PATHS])
             more = f", +{len(self.outputs) - FIRST_PATHS} more" if len(self.outputs) > FIRST_PATHS else ""
-            parts.append(f"{_count(len(self.outputs), 'ekd output directory')} ({named}{more})")
+            parts.append(f"{counted(len(self.outputs), 'ekd output directory')} ({named}{more})")
         if self.locks:
-            parts.append(_count(len(self.locks), "ekd lock file"))
+            parts.append(counted(len(self.locks), "ekd lock file"))
         if self.row_files:
             parts.append(
-                f"{_count(len(self.row_files), 'row file')} ({by_suffix(self.row_files)}: read their rows with "
+                f"{counted(len(self.row_files), 'row file')} ({by_suffix(self.row_files)}: read their rows with "
                 f"{self.row_glob(key, source)})"
             )
         return f"; skipped {' and '.join(parts)}" if parts else ""
@@ -229,7 +231,7 @@ def describe_files(files: list[Path], root: Path | None) -> str:
         return "no files"
     first = ", ".join(_rel(p, root) for p in files[:FIRST_PATHS])
     more = ", …" if len(files) > FIRST_PATHS else ""
-    return f"{_count(len(files), 'file')} ({by_suffix(files)}; first: {first}{more})"
+    return f"{counted(len(files), 'file')} ({by_suffix(files)}; first: {first}{more})"
 
 
 def _json_head(path: Path) -> dict:
@@ -245,11 +247,6 @@ def _json_head(path: Path) -> dict:
 def by_suffix(files: list[Path]) -> str:
     counts = Counter(p.suffix.lower() or "(no extension)" for p in files)
     return ", ".join(f"{suffix} {n}" for suffix, n in counts.most_common())
-
-
-def _count(n: int, noun: str) -> str:
-    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
-    return f"{n} {noun if n == 1 else plural}"
 
 
 def _rel(path: Path, root: Path | None) -> str:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from ekd.config.sections import REPORTING_KEYS
 from ekd.errors import EkdError
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
@@ -76,10 +77,15 @@ class RunRecord:
         return int(self.config.get("run", {}).get("seed", 0))
 
     def group_key(self) -> str:
-        """The config without ``run.*`` identity keys: runs that differ only by seed share it."""
-        cfg = {s: dict(v) for s, v in self.config.items()}
+        """The config without ``run.*`` identity keys and the keys that only report (``log.*``,
+        :data:`~ekd.config.REPORTING_KEYS`): runs that differ only by seed share it."""
+        cfg = {
+            s: {k: x for k, x in v.items() if not f"{s}.{k}".startswith(REPORTING_KEYS)}
+            for s, v in self.config.items()
+        }
         for k in RUN_KEYS:
             cfg.get("run", {}).pop(k, None)
+        cfg = {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
         return json.dumps(cfg, sort_keys=True, default=str)
 
     def eval_set(self, name: str) -> str:
@@ -354,12 +360,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
-    """``section.key=value (vs other)`` for the keys (outside ``run.*`` identity) where two configs differ."""
+    """``section.key=value (vs other)`` for the keys (outside ``run.*`` identity and ``log.*``) where two configs
+    differ."""
     out = []
     for section in sorted(set(a) | set(b)):
         sa, sb = a.get(section) or {}, b.get(section) or {}
         for key in sorted(set(sa) | set(sb)):
-            if section == "run" and key in RUN_KEYS:
+            if (section == "run" and key in RUN_KEYS) or f"{section}.{key}".startswith(REPORTING_KEYS):
                 continue
             if sa.get(key) != sb.get(key):
                 out.append(f"{section}.{key}={sb.get(key)!r} (vs {sa.get(key)!r})")

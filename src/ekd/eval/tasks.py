@@ -39,6 +39,7 @@ from torch import nn
 from ekd.errors import ConfigError, EkdError, first_line
 from ekd.eval import task_metrics as tm
 from ekd.hub import offline_unless_reachable
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -480,13 +481,13 @@ def run_tasks(
                 )
                 ece = out[leaf]["ece"]  # NaN for generation tasks: MC-ECE is for multiple choice only
                 log.info(
-                    "task %s on %s: %s %.4f%s  (%d docs, %.1fs)",
+                    "task %s on %s: %s %.4f%s  (%s, %.1fs)",
                     leaf,
                     label,
                     out[leaf]["metric"],
                     out[leaf]["value"],
                     f"  ECE {ece:.2f}%" if math.isfinite(ece) else "",
-                    out[leaf]["n"],
+                    counted(out[leaf]["n"], "doc"),
                     out[leaf]["wall_s"],
                 )
     return out

@@ -22,6 +22,7 @@ from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
 from ekd.models.head_transform import logit_transform, model_type
 from ekd.models.presets import architectures, require_preset
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +285,9 @@ def check_same_tokenizer(
 
         where = f"; first id {first}: {side(ta, names[0])}, {side(tb, names[1])}" if differing else ""
         raise ModelError(
-            f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {len(b)} tokens, {len(differing)} ids "
-            f"differ{where}; {type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
+            f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {counted(len(b), 'token')}, "
+            f"{counted(len(differing), 'id')} {'differs' if len(differing) == 1 else 'differ'}{where}; "
+            f"{type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
             f"tokenizer; {_tokenizer_fix(names)}"
         )
 

@@ -39,6 +39,7 @@ from ekd.hub import hub_kwargs
 from ekd.models.layers import decoder_layers
 from ekd.models.load import is_preset, load_model, load_tokenizer, save_model_dir
 from ekd.nearest import did_you_mean
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def evenly_spaced_layers(num_teacher_layers: int, num_keep: int) -> list[int]:
     """
     if not 1 <= num_keep <= num_teacher_layers:
         raise ModelError(
-            f"student init: --layers must be between 1 and the teacher's {num_teacher_layers} layers, got {num_keep}"
+            "student init: --layers must be between 1 and the teacher's "
+            f"{counted(num_teacher_layers, 'layer')}, got {num_keep}"
         )
     if num_keep == 1:
         return [0]

@@ -243,7 +243,11 @@ def latest_verified_checkpoint(run_dir: Path) -> Path | None:
         return path
     if skipped:
         older = [p.name for p, _ in skipped[1:]]
-        also = f"; the older {', '.join(older)} fail(s) verification too" if older else ""
+        also = (
+            f"; the older {', '.join(older)} {'fails' if len(older) == 1 else 'fail'} verification too"
+            if older
+            else ""
+        )
         raise CheckpointError(
             f"no intact checkpoint in {run_dir / 'checkpoints'} ({skipped[0][1]}{also}); restore it from a "
             "backup or start the run again under another run.name"

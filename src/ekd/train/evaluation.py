@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -14,9 +15,10 @@ from torch import nn
 
 from ekd.config import Config, config_from_dict, parse_overrides
 from ekd.errors import ConfigError, EkdError
+from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
-from ekd.train.run_dir import override_arg, writes_into_run
+from ekd.train.run_dir import is_ekd_run, override_arg, read_marker, writes_into_run
 
 
 def evaluate_run(
@@ -109,6 +111,36 @@ def enclosing_run(path: Path) -> str | None:
     return None if run is None else _as_given(run, path)
 
 
+def _not_a_run_hint(path: Path) -> str:
+    """The way on for ``ekd eval PATH`` where PATH is no finished run: when another ekd process holds the run
+    PATH is or lies inside (``RUN/student`` while RUN trains, or is resumed), wait for it to end; else
+    evaluate the finished run PATH lies inside; else train one."""
+    resolved = Path(path).resolve()
+    for run in [resolved, *list(resolved.parents)[:RUN_PARTS_DEPTH]]:
+        if not (is_finished_run(run) or is_ekd_run(run)):
+            continue
+        pid = holder_of(run)
+        if (
+            pid is None or pid == os.getpid()
+        ):  # nobody, or this process (``ekd eval`` holds what it evaluates)
+            break
+        try:
+            training = (read_marker(run) or {}).get("state") in ("starting", "started")
+        except EkdError:
+            training = False
+        who = "another ekd process" + (f" (pid {pid})" if pid else "")
+        doing = "is training it" if training else "is using it (training or evaluating it)"
+        given = shlex.quote(str(path) if run == resolved else _as_given(run, Path(path)))
+        where = "" if run == resolved else f"it lies inside the run {given}, and "
+        return f"; {where}{who} {doing}: wait for it to end, then `ekd eval {given}`"
+    run = enclosing_run(path)  # RUN/student, the exported model: the run is what is evaluated
+    if run is not None:
+        return (
+            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {shlex.quote(str(run))}`"
+        )
+    return "; run ekd distill first"
+
+
 def _as_given(run: Path, given: Path) -> str:
     """``run`` (a resolved ancestor of ``given``) spelled as the user spelled ``given``: 'w/runs/a' for
     'w/runs/a/student', '.' for 'student'; its absolute path when that cannot be read off ``given``."""
@@ -129,13 +161,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     """
     run_dir = Path(run_dir)
     if not is_finished_run(run_dir):
-        run = enclosing_run(run_dir)  # RUN/student, the exported model: the run is what is evaluated
-        hint = (
-            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {shlex.quote(str(run))}`"
-            if run is not None
-            else "; run ekd distill first"
+        raise EkdError(
+            f"{run_dir} is not a finished ekd run (needs config.yaml and student/){_not_a_run_hint(run_dir)}"
         )
-        raise EkdError(f"{run_dir} is not a finished ekd run (needs config.yaml and student/){hint}")
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}

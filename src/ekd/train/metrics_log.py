@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ekd.errors import RunDirError
 from ekd.io import atomic_write_text, writing
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _parse(path: Path) -> list[dict]:
                 raise ValueError
         except ValueError:
             if all(not rest.strip() for rest in lines[number:]):
-                log.warning("%s: dropping a torn last line (%d bytes)", path, len(line))
+                log.warning("%s: dropping a torn last line (%s)", path, counted(len(line), "byte"))
                 break
             raise RunDirError(
                 f"{path} line {number} is not a JSON object; delete that line (or the file) and rerun"

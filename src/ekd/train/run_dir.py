@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
@@ -41,12 +42,13 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import Config
+from ekd.config import REPORTING_KEYS, Config
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -272,8 +274,9 @@ def _existing_run_advice(
             " with the new eval settings" if evals else " again"
         )
         return (
-            f"{run_dir} already holds {what}, finished ({checkpoint_step(ckpt)} steps): {again}; raise "
-            "train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set run.name"
+            f"{run_dir} already holds {what}, finished ({counted(checkpoint_step(ckpt), 'step')}): {again}; "
+            "raise train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set "
+            "run.name"
         )
     return f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
 
@@ -354,6 +357,7 @@ class RunStart:
         current = self.cfg.to_dict()
         # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
         diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
+        diffs = [k for k in diffs if not k.startswith(REPORTING_KEYS)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
@@ -381,8 +385,8 @@ class RunStart:
             )
         if finished:
             raise RunFinished(
-                f"run {run_dir} is already finished ({checkpoint_step(ckpt)} steps); nothing to resume "
-                "(raise train.max_steps to train further, or `ekd eval` it)"
+                f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
+                "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
         if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
             flat = _flat(saved or {})
@@ -398,8 +402,25 @@ class RunStart:
         return "wait for it to end, or choose another run.name"
 
     def _move_aside(self) -> None:
+        """Move the run aside (``.<name>.replaced`` beside it) until the new one has started.
+
+        Raises:
+            RunDirError: something is in the way, or the parent is not writable (a read-only ``runs/`` holding a
+                writable run: the run can be resumed in place, but not replaced).
+        """
         if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
             raise RunDirError(f"{self.aside} is in the way of --overwrite; move or remove it and rerun")
+        out = self.run_dir.parent
+        if not os.access(out, os.W_OK):  # the rename below would fail with a bare "read-only file system"
+            what = (
+                f"--overwrite cannot replace {self.run_dir}"
+                if self.overwrite
+                else f"cannot start {self.run_dir} afresh (a start of it did not finish)"
+            )
+            raise RunDirError(
+                f"{what}: replacing a run directory moves it aside within its parent, and {out} is not "
+                "writable; set run.output_dir to a writable directory and rerun"
+            )
         self.run_dir.rename(self.aside)
         self.moved = True
 
@@ -429,8 +450,9 @@ class RunStart:
         saved = marker.get("data_fingerprint")
         if not self.fresh and saved is not None and saved != fingerprint:
             raise RunDirError(
-                f"--resume: the training data differ from the run's ({marker.get('train_blocks')} blocks, "
-                f"fingerprint {str(saved)[:12]}; now {train_blocks} blocks, {fingerprint[:12]}); restore the "
+                "--resume: the training data differ from the run's "
+                f"({counted(marker.get('train_blocks'), 'block')}, fingerprint {str(saved)[:12]}; now "
+                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}); restore the "
                 "run's data or start a new run under another run.name"
             )
         if saved is None:

@@ -78,6 +78,7 @@ from ekd.train.checkpoint import (
 )
 from ekd.train.distributed import Ranks
 from ekd.train.rank_work import run_on_main
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -453,10 +454,10 @@ def restore_checkpoint(
     check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
     if saved_world != ranks.world_size:
         log.info(
-            "resharding checkpoint %s of %d rank(s) onto %d: model and optimizer state redistributed by "
+            "resharding checkpoint %s of %s onto %d: model and optimizer state redistributed by "
             "torch.distributed.checkpoint, global micro-batch unchanged",
             path.name,
-            saved_world,
+            counted(saved_world, "rank"),
             ranks.world_size,
         )
     return state
@@ -480,7 +481,8 @@ def check_global_batch(path: Path, state: dict, saved_world: int, world: int, mi
         else f"run on a number of ranks that divides {rows}"
     )
     raise CheckpointError(
-        f"--resume: checkpoint {path.name} was trained with {saved_world} rank(s) × micro-batch {saved_micro} = "
-        f"{rows} rows per micro-batch, this run has {world} × {micro_batch_size} = {world * micro_batch_size}; "
+        f"--resume: checkpoint {path.name} was trained with {counted(saved_world, 'rank')} × micro-batch "
+        f"{saved_micro} = {counted(rows, 'row')} per micro-batch, this run has {world} × {micro_batch_size} = "
+        f"{world * micro_batch_size}; "
         f"{fix} to keep the global batch"
     )

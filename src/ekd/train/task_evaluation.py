@@ -23,13 +23,15 @@ import json
 import logging
 import math
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ekd.config import Config
+from ekd.config import Config, parse_overrides
+from ekd.errors import EkdError
 from ekd.eval import task_metrics as tm
 from ekd.eval.tasks import TaskSettings, check_config_tasks, require_lm_eval, run_tasks
 from ekd.io import atomic_write_text, json_safe, strict_json
@@ -316,11 +318,23 @@ def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None
 
     Raises:
         EkdError: ``run_dir`` is not a finished run, lm-eval is missing, a task is unknown or its hub dataset
-            cannot be loaded.
+            cannot be loaded; where the tasks are the run's saved ones (no ``eval.tasks``/``eval.tasks_dir``
+            given), the line says so and gives the ``ekd eval`` commands that override them.
     """
     from ekd.train.evaluation import load_run_config
 
-    check_config_tasks(load_run_config(run_dir, overrides))
+    cfg = load_run_config(run_dir, overrides)
+    try:
+        check_config_tasks(cfg)
+    except EkdError as e:
+        if {"eval.tasks", "eval.tasks_dir"} & set(parse_overrides(overrides or [])):
+            raise  # the user's own value: the line is about it
+        command = " ".join(["ekd eval", *map(shlex.quote, [str(run_dir), *(overrides or [])])])
+        raise type(e)(
+            f"{e}; these tasks come from the run's saved config {Path(run_dir) / 'config.yaml'} (eval.tasks: "
+            f"[{', '.join(cfg.eval.tasks)}]): `{command} {shlex.quote('eval.tasks=[]')}` evaluates without them, "
+            f"`{command} eval.tasks=NAME,...` with the right ones"
+        ) from None
 
 
 @writes_into_run

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import atomic_write_text, strict_json, writing
-from ekd.models.dropout import active_dropout
+from ekd.models.dropout import active_dropout, dropout_fix
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
@@ -216,11 +216,12 @@ def _train(
     saved_tensors = trainable_names(student) if lora is not None else None  # None: the whole student
     if cfg.train.activation_checkpointing:
         log.info("activation checkpointing on %d decoder layers", checkpoint_decoder_layers(student))
-    if dropout := active_dropout(student):
+    if dropout := active_dropout(student):  # after the LoRA adapters are in: theirs too
         log.info(
             "the student trains with dropout (%s): its updates are random, so a run split over other ranks or "
-            "micro-batches agrees with this one in distribution, not in value; 0 in its config.json makes it exact",
+            "micro-batches agrees with this one in distribution, not in value; %s makes it exact",
             ", ".join(f"{k}={v:g}" for k, v in dropout.items()),
+            dropout_fix(dropout),
         )
     student.train()
     teacher_model = _load_teacher_model(cfg, parts, ranks, data, device)

@@ -43,6 +43,7 @@ from ekd.teacher.cache.manifest import (
     TEACHER_FILES,
     assemble_manifest,
     check_cache_directory,
+    check_cache_kind,
     read_manifest,
 )
 from ekd.teacher.cache.reader import CacheReader
@@ -50,6 +51,7 @@ from ekd.teacher.cache.signature import cache_signature, check_cacheable, teache
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
 from ekd.train.distributed import Ranks, distributed
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,7 @@ def run_build(
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
+    check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
     with distributed(resolve_device(cfg.run.device)) as ranks, _locked_by_main(directory, ranks):
         device = ranks.device
@@ -382,10 +385,10 @@ def run_build(
             **job_figures(_gather(mine, ranks)),
         )
     log.info(
-        "teacher cache %s: built %d of %d samples on rank %d/%d in %.1fs",
+        "teacher cache %s: built %d of %s on rank %d/%d in %.1fs",
         directory,
         built,
-        len(blocks),
+        counted(len(blocks), "sample"),
         result.rank,
         result.world_size,
         build_seconds,

@@ -18,6 +18,7 @@ from pathlib import Path
 from ekd.errors import EkdError
 from ekd.io import writing
 from ekd.teacher.cache.manifest import REBUILD_SHARDS
+from ekd.words import counted
 
 INSPECT = ("info", "verify")
 
@@ -118,7 +119,8 @@ def run_import(args) -> int:
 
     info = CacheReader(directory).info()
     print(
-        f"imported {src} into {directory}: {info['samples']:,} blocks, {info['positions']:,} positions, "
+        f"imported {src} into {directory}: {counted(info['samples'], 'block', fmt=',')}, "
+        f"{counted(info['positions'], 'position', fmt=',')}, "
         f"{info['bytes_per_position']:.2f} B/position"
     )
     return 0
@@ -146,7 +148,9 @@ def run_cache_command(args) -> int:
         else:
             result = reader.verify()
             print(
-                f"ok: {reader.directory}: {result['shards']} shards, {result['samples']:,} samples verified (sha256 + CRC-32 per record)"
+                f"ok: {reader.directory}: {counted(result['shards'], 'shard')}, "
+                f"{counted(result['samples'], 'sample', fmt=',')} "
+                "verified (sha256 + CRC-32 per record)"
             )
         return 0
 

@@ -54,7 +54,7 @@ from ekd.teacher.cache.logprob_rows import (
     resolve_columns,
     source_row,
 )
-from ekd.teacher.cache.manifest import check_cache_directory
+from ekd.teacher.cache.manifest import IMPORTED, check_cache_directory, check_cache_kind
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
@@ -310,6 +310,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     layout, columns = resolve_columns(src, set(table.names), columns)
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory, "--out")
+    check_cache_kind(directory, imported=True, overwrite=overwrite)  # not a cache `ekd cache` built
     with holding(directory, IMPORT_IN_USE, CacheError):  # no build or import into it meanwhile
         directory.mkdir(parents=True, exist_ok=True)
         data = _prepare_data(cfg, directory)
@@ -320,7 +321,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         index = _index_rows(table, columns.text, chat)
         needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
 
-        revision = f"import-sha256:{file_sha256(src)}"
+        revision = f"{IMPORTED}{file_sha256(src)}"
         signature = cache_signature(cfg, data, revision)
         signature.update(positions="all", position_fraction=None)
         writer = CacheWriter(

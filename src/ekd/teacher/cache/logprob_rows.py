@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ekd.teacher.cache.format import CacheError
+from ekd.words import counted
 
 TOKEN_COLUMNS = ("input_ids", "prompt_token_ids")
 ID_COLUMNS = ("target_token_ids", "topk_ids", "top_ids", "token_ids")
@@ -220,13 +221,17 @@ def source_row(row: dict, layout: str, columns: Columns, k: int, where: str) -> 
     if layout == "vllm":
         raw_ids, raw_lps = _vllm_rows(list(row[columns.logprobs]), where)
         if len(raw_ids) != max(len(tokens) - 1, 0):
-            raise _bad(where, f"{len(raw_ids) + 1} prompt_logprobs entries for {len(tokens)} tokens")
+            raise _bad(
+                where,
+                f"{counted(len(raw_ids) + 1, 'prompt_logprobs entry')} for {counted(len(tokens), 'token')}",
+            )
     else:
         raw_ids, raw_lps = list(row[columns.ids]), list(row[columns.logprobs])
         if len(raw_ids) != len(tokens) or len(raw_lps) != len(tokens):
             raise _bad(
                 where,
-                f"{len(raw_ids)} id rows and {len(raw_lps)} logprob rows for {len(tokens)} tokens; need one per token",
+                f"{counted(len(raw_ids), 'id row')} and {counted(len(raw_lps), 'logprob row')} for "
+                f"{counted(len(tokens), 'token')}; need one per token",
             )
     width = max((len(r) for r in raw_ids), default=k)
     ids = np.zeros((len(raw_ids), max(width, k)), dtype=np.int64)

@@ -199,9 +199,32 @@ def compare_signatures(expected: dict, found: dict) -> list[str]:
         if key == "teacher_id" and same_teacher(expected, found):
             continue
         if a != b:
-            fmt = lambda v: "<absent>" if v is missing else json.dumps(v)  # noqa: E731
+            fmt = lambda v: "<absent>" if v is missing else _short(v)  # noqa: E731
             diffs.append(f"{key}: expected {fmt(a)}, found {fmt(b)}")
     return diffs
+
+
+VALUE_CHARS = 40
+"""A differing value is shown up to this many characters (a hash: enough of it to tell two apart)."""
+DIFFS_SHOWN = 4
+"""Differing fields shown with their values in one line; the others are named."""
+
+
+def _short(value: Any) -> str:
+    """``value`` as JSON, cut to about :data:`VALUE_CHARS` (a 64-digit hash: its start, in its quotes)."""
+    text = json.dumps(value)
+    if len(text) <= VALUE_CHARS:
+        return text
+    if isinstance(value, str):
+        return json.dumps(value[: VALUE_CHARS - 3])[:-1] + '…"'
+    return text[: VALUE_CHARS - 1] + "…"
+
+
+def diff_summary(diffs: list[str]) -> str:
+    """Lines ``field: expected X, found Y`` as one short clause: the first :data:`DIFFS_SHOWN` in full, then
+    the other fields by name."""
+    rest = [d.split(":", 1)[0] for d in diffs[DIFFS_SHOWN:]]
+    return "; ".join(diffs[:DIFFS_SHOWN]) + (f"; also {', '.join(rest)}" if rest else "")
 
 
 def dumps(obj: Any) -> str:
@@ -391,17 +414,66 @@ def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") ->
         )
 
 
+IMPORTED = "import-sha256:"
+"""``teacher_revision`` prefix of a cache written by ``ekd cache import`` (then the sha256 of its SRC file)."""
+
+
+def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:
+    """Refuse, unless ``overwrite``, a cache in ``directory`` (finished or not) that the other command made: an
+    import into a cache ``ekd cache`` built from the teacher, or a build into an import. Their signatures differ
+    in most fields; the line says what the directory holds instead, and that ``--overwrite`` deletes it.
+
+    Args:
+        imported: the command is ``ekd cache import`` (else ``ekd cache``).
+
+    Raises:
+        CacheError: one line naming the directory, what it holds and the ways on.
+    """
+    directory = Path(directory)
+    paths = (
+        [directory / MANIFEST, *sorted(directory.glob("manifest.rank*.json"))] if directory.is_dir() else []
+    )
+    path = next((p for p in paths if p.is_file()), None)
+    if overwrite or path is None:
+        return
+    try:
+        signature = read_json(path).get("signature") or {}
+    except CacheError:
+        return  # the writer names what is wrong with it
+    revision = str(signature.get("teacher_revision", ""))
+    if revision.startswith(IMPORTED) == imported:
+        return  # the same kind: the writer compares the fields
+    target = signature.get("target")
+    what = f"target {target}, " + (
+        f"K={signature.get('topk')}" if target == "topk" else f"{signature.get('rs_samples')} samples"
+    )
+    if imported:
+        raise CacheError(
+            f"--out {directory} is a teacher cache built by `ekd cache` ({what}, teacher {signature.get('teacher_id')}); "
+            "choose another --out for the import, or pass --overwrite to delete that cache and import in its place"
+        )
+    raise CacheError(
+        f"teacher.cache_dir {directory} is a cache imported by `ekd cache import` ({what}, from a file with sha256 "
+        f"{revision[len(IMPORTED) :][:12]}…); choose another teacher.cache_dir, or pass --overwrite to delete that "
+        "import and build from the teacher in its place"
+    )
+
+
 def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD) -> None:
     """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split; the
     error ends with ``fix``."""
     diffs = compare_signatures(expected["signature"], found.get("signature", {}))
     for key in ("layout", "num_samples", "shard_samples"):
-        if expected[key] != found.get(key):
-            diffs.append(f"{key}: expected {json.dumps(expected[key])}, found {json.dumps(found.get(key))}")
+        a, b = expected[key], found.get(key)
+        if a != b and isinstance(a, dict) and isinstance(b, dict):  # the fields, not two whole dicts
+            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            diffs.append(f"{key}: {', '.join(fields)} differ{'s' if len(fields) == 1 else ''}")
+        elif a != b:
+            diffs.append(f"{key}: expected {_short(a)}, found {_short(b)}")
     if found.get("format") != FORMAT_NAME:
         diffs.append(f"format: expected {FORMAT_NAME!r}, found {found.get('format')!r}")
     if diffs:
-        raise CacheError(f"{where} was built differently ({'; '.join(diffs)}): {fix}")
+        raise CacheError(f"{where} was built differently ({diff_summary(diffs)}): {fix}")
 
 
 def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:

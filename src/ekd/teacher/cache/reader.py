@@ -37,7 +37,15 @@ from ekd.teacher.cache.format import (
     crc32,
     decode_record,
 )
-from ekd.teacher.cache.manifest import MANIFEST, REBUILD, REBUILD_SHARDS, compare_signatures, read_manifest
+from ekd.teacher.cache.manifest import (
+    MANIFEST,
+    REBUILD,
+    REBUILD_SHARDS,
+    compare_signatures,
+    diff_summary,
+    read_manifest,
+)
+from ekd.words import counted
 
 
 @dataclass
@@ -140,7 +148,7 @@ class CacheReader:
         if not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["num_shards"]
             raise CacheError(
-                f"teacher cache at {self.directory} is unfinished ({done} of {total} shards): "
+                f"teacher cache at {self.directory} is unfinished ({done} of {counted(total, 'shard')}): "
                 + (building or "rerun the cache build (finished shards are skipped)")
             )
         self.signature: dict = self.manifest["signature"]
@@ -148,7 +156,7 @@ class CacheReader:
             diffs = compare_signatures(expected_signature, self.signature)
             if diffs:
                 raise CacheError(
-                    f"teacher cache at {self.directory} does not match the training config ({'; '.join(diffs)}): "
+                    f"teacher cache at {self.directory} does not match the training config ({diff_summary(diffs)}): "
                     f"{REBUILD} or set teacher.cache_dir to a matching cache"
                 )
         self.layout = Layout.from_dict(self.manifest["layout"])  # checked by read_manifest

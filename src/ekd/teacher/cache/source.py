@@ -32,6 +32,7 @@ from ekd.teacher.cache.manifest import (
     REBUILD,
     TEACHER_FILES,
     compare_signatures,
+    diff_summary,
     same_directory,
 )
 from ekd.teacher.cache.reader import CacheReader
@@ -131,7 +132,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
             key = line.split(":", 1)[0]
             named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
         raise CacheError(
-            f"teacher cache at {directory} does not match the training config ({'; '.join(named)}): "
+            f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): "
             f"{REBUILD} or set teacher.cache_dir to a matching cache"
         )
 

@@ -46,6 +46,7 @@ from ekd.teacher.cache.manifest import (
     write_json_atomic,
 )
 from ekd.teacher.cache.samples import STAT_NAMES, make_record_batch
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,10 @@ class CacheWriter:
             self._write_manifest()
         if self._completed:
             log.info(
-                "cache %s: resuming, %d of %d shards done",
+                "cache %s: resuming, %d of %s done",
                 self.directory,
                 len(self._completed),
-                len(self.owned),
+                counted(len(self.owned), "shard"),
             )
 
     # ------------------------------------------------------------ resume
@@ -332,8 +333,10 @@ class CacheWriter:
             start, end = self._shard_range(missing[0])
             have = len(self._pending.get(missing[0], {}))
             raise CacheError(
-                f"cache build incomplete: shard {missing[0]} has {have} of {end - start} samples "
-                f"(ids {start}..{end - 1}) and {len(missing) - 1} more shards are unfinished; add every sample "
+                f"cache build incomplete: shard {missing[0]} has {have} of {counted(end - start, 'sample')} "
+                f"(ids {start}..{end - 1}) and {len(missing) - 1} more "
+                f"{'shard is' if len(missing) == 2 else 'shards are'} "
+                "unfinished; add every sample "
                 f"from pending_sample_ids() before close()"
             )
         return self._write_manifest(complete=self.world_size == 1)
