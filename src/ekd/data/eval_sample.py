@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from ekd.data.packing import PackedBlocks
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,12 @@ def spread_blocks(pool: PackedBlocks, k: int, split: str = "") -> PackedBlocks:
         return pool
     blocks = replace(pool.select(rows), documents=_documents_in(pool, rows))  # (k, T) fields
     logger.info(
-        "%sscoring %d of its %d blocks, spread evenly (%d documents, %d targets)",
+        "%sscoring %d of its %d blocks, spread evenly (%s, %s)",
         f"{split}: " if split else "",
         len(blocks),
         n,
-        blocks.num_documents,
-        blocks.num_targets,
+        counted(blocks.num_documents, "document"),
+        counted(blocks.num_targets, "target"),
     )
     return blocks
 
