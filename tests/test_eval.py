@@ -457,3 +457,26 @@ def test_evaluate_under_bf16_autocast_is_close_to_fp32(models):
     assert bf16["tokens"] == fp32["tokens"]
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=5e-2)
     assert bf16["kl"] == pytest.approx(fp32["kl"], rel=5e-2)
+
+
+def test_the_eval_table_gives_each_sets_documents_and_tokens_and_marks_a_tiny_one(capsys):
+    """Try-out 10: eval-set sizes were shown nowhere but an INFO line, and a 1-document set got an ordinary row.
+    The ``ekd distill`` / ``ekd eval`` table now has docs and scored tokens per set, and marks a set of fewer than
+    SMALL_EVAL_DOCUMENTS documents with a sentence under the table."""
+    from ekd.cli import _print_eval
+    from ekd.eval.report import SMALL_EVAL_DOCUMENTS, TINY_MARK
+
+    results = {
+        "eval": {"ppl": 12.5, "tokens": 6094.0, "documents": 14.0},
+        "eval/teacher": {"ppl": 9.0, "tokens": 6094.0},
+        "notes": {"ppl": 40.0, "tokens": 3.0, "documents": 1.0},
+    }
+    _print_eval(results)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "eval set" in line)
+    assert "docs" in header and "scored tokens" in header
+    assert "| eval | 14 | 6,094 |" in out and f"| notes{TINY_MARK} | 1 | 3 |" in out
+    assert "| eval/teacher | — | 6,094 |" in out
+    assert f"{TINY_MARK} tiny (under {SMALL_EVAL_DOCUMENTS} documents)" in out
+    _print_eval({"eval": {"ppl": 12.5, "tokens": 6094.0}})  # eval.json of an older ekd: no documents, no note
+    assert "tiny" not in capsys.readouterr().out

@@ -278,12 +278,20 @@ def _run_summary(result) -> str:
 
 
 def _print_eval(results: dict[str, dict[str, float]]) -> None:
+    """The eval table of ``ekd distill`` / ``ekd eval``: one row per set (teacher rows under ``<set>/teacher``),
+    its documents and scored tokens beside the metrics, a tiny set marked and explained under the table."""
     from ekd.eval import results_table
-    from ekd.eval.report import ppl_note
+    from ekd.eval.report import TINY_MARK, ppl_note, tiny_note, tiny_sets
 
-    rows = [{"set": name, **m} for name, m in results.items()]
+    sizes = {  # (documents, scored tokens) of the student's sets (a run evaluated by an older ekd: none)
+        name: (int(m["documents"]), int(m["tokens"])) for name, m in results.items() if "documents" in m
+    }
+    tiny = tiny_sets(sizes)
+    rows = [{"set": name + (TINY_MARK if name in tiny else ""), **m} for name, m in results.items()]
     cols = [
         ("set", "eval set", ""),
+        ("documents", "docs", ".0f"),
+        ("tokens", "scored tokens", ",.0f"),
         ("ppl", "ppl", ".2f"),
         ("ppl_no_boundary", "ppl w/o EOS", ".2f"),
         ("acc", "acc", ".3f"),
@@ -293,6 +301,8 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     ]
     print(results_table(rows, cols))
     print(ppl_note(cols))
+    if note := tiny_note(sizes):
+        print(note)
 
 
 def cmd_eval(args) -> int:

@@ -15,7 +15,7 @@
    against ``kd`` and ``ce``), the papers' claims are checked one by one (:mod:`ekd.eval.claims`; with
    ``--quick``, the claims its methods cannot check are one line), and ``<out>/report.md``,
    ``<out>/compare/`` and ``<out>/plots/`` are written. Under the results table: each eval set's documents and
-   scored tokens; a set of fewer than ``SMALL_EVAL_DOCUMENTS`` documents is marked tiny.
+   scored tokens; a set of fewer than ``ekd.eval.report.SMALL_EVAL_DOCUMENTS`` documents is marked tiny.
 
 The demo corpus has one training split, so the student's CE pre-training ("general") and the
 distillation ("target") read the same text; the pre-training stops well before the student converges.
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekd.config import Config, load_config
+from ekd.eval.report import TINY_MARK, sizes_note, tiny_sets
 from ekd.train.checkpoint import atomic_write_text
 from ekd.words import counted
 
@@ -446,37 +447,19 @@ def teacher_bytes_per_token(
     return per_position * kd_fraction
 
 
-SMALL_EVAL_DOCUMENTS = 5
-"""An eval set of fewer documents is marked tiny in the demo's tables: a few texts decide its figures."""
-TINY_MARK = "†"
-
-
 def eval_set_sizes(blocks: dict) -> dict[str, tuple[int, int]]:
     """Eval set → (documents, scored tokens) of the packed blocks every student is evaluated on."""
     return {name: (b.num_documents, b.num_targets) for name, b in blocks.items() if name != "train"}
 
 
 def _tiny(sizes: dict[str, tuple[int, int]], name: str) -> str:
-    return TINY_MARK if name in sizes and sizes[name][0] < SMALL_EVAL_DOCUMENTS else ""
+    return TINY_MARK if name in tiny_sets(sizes) else ""
 
 
 def eval_sets_note(sizes: dict[str, tuple[int, int]]) -> str:
-    """The line under the demo's tables with each eval set's size; sets under ``SMALL_EVAL_DOCUMENTS``
-    documents are marked and said to be tiny. "" without sizes."""
-    if not sizes:
-        return ""
-    parts = [
-        f"{'ID (eval)' if name == 'eval' else name}{_tiny(sizes, name)}: {counted(docs, 'document')}, "
-        f"{tokens:,} tokens"
-        for name, (docs, tokens) in sizes.items()
-    ]
-    note = "Eval sets (documents, scored tokens): " + "; ".join(parts) + "."
-    if any(_tiny(sizes, name) for name in sizes):
-        note += (
-            f" {TINY_MARK} tiny (under {SMALL_EVAL_DOCUMENTS} documents): its columns describe those few texts, "
-            "not the held-out distribution; differences between methods there are weak evidence."
-        )
-    return note
+    """The line under the demo's tables with each eval set's size (:func:`ekd.eval.report.sizes_note`, the ID
+    set named as such)."""
+    return sizes_note(sizes, {"eval": "ID (eval)"})
 
 
 WALL_NOTE = (

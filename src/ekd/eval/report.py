@@ -17,6 +17,7 @@ from typing import Any
 
 from ekd.eval.metrics import expected_calibration_error
 from ekd.io import writing
+from ekd.words import counted
 
 Column = tuple[str, str, str | Callable[[Any], str]]
 """(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
@@ -33,6 +34,41 @@ def ppl_note(columns: Sequence[Column]) -> str:
     if "ppl_no_boundary" in metrics:
         note += "; 'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out"
     return note + "."
+
+
+SMALL_EVAL_DOCUMENTS = 5
+"""An eval set of fewer documents is marked tiny under results tables: a few texts decide its figures."""
+TINY_MARK = "†"
+
+
+def tiny_sets(sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """The eval sets of ``sizes`` (name → (documents, scored tokens)) under ``SMALL_EVAL_DOCUMENTS`` documents."""
+    return [name for name, (documents, _) in sizes.items() if documents < SMALL_EVAL_DOCUMENTS]
+
+
+def tiny_note(sizes: dict[str, tuple[int, int]]) -> str:
+    """The sentence under a table that says what the mark of a tiny eval set means; "" when none is tiny."""
+    if not tiny_sets(sizes):
+        return ""
+    return (
+        f"{TINY_MARK} tiny (under {counted(SMALL_EVAL_DOCUMENTS, 'document')}): its figures describe those few "
+        "texts, not the held-out distribution; differences between models there are weak evidence."
+    )
+
+
+def sizes_note(sizes: dict[str, tuple[int, int]], labels: dict[str, str] | None = None) -> str:
+    """The line under a results table with every eval set's documents and scored tokens, tiny ones marked
+    (:func:`tiny_note`); ``labels``: display names of some sets. "" without sizes."""
+    if not sizes:
+        return ""
+    mark = set(tiny_sets(sizes))
+    parts = [
+        f"{(labels or {}).get(name, name)}{TINY_MARK if name in mark else ''}: {counted(docs, 'document')}, "
+        f"{tokens:,} tokens"
+        for name, (docs, tokens) in sizes.items()
+    ]
+    note = "Eval sets (documents, scored tokens): " + "; ".join(parts) + "."
+    return note + (f" {tiny_note(sizes)}" if mark else "")
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
