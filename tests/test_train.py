@@ -181,3 +181,35 @@ def test_chunked_path_equals_reference_path_through_the_step(tmp_path, corpus, m
     assert loss_c == pytest.approx(loss_r, rel=1e-5, abs=1e-7)
     for name in grads_r:
         torch.testing.assert_close(grads_c[name], grads_r[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_periodic_eval_starts_with_the_student_as_loaded(tmp_path, corpus, monkeypatch):
+    """Try-out 10: with ``eval.every`` the first eval came after N steps, so "did training start from my model?"
+    could not be read from metrics.jsonl. Step 0 now holds the eval of the student as loaded (equal to evaluating
+    it by hand), the same whatever the method; a resumed run does not log it again."""
+    import json
+
+    from ekd.train.evaluation import evaluate_run
+
+    extra = ["train.max_steps=4", "eval.every=2", "train.checkpoint_every=2", "eval.teacher=false"]
+
+    def eval_rows(run_dir) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["eval/eval/ppl"] for r in rows if "eval/eval/ppl" in r}
+
+    kd = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "kd") + extra + ["method=kd"]))
+    ce = train(load_config(overrides=tiny_overrides(tmp_path, corpus, "ce") + extra + ["method=ce"]))
+    assert sorted(eval_rows(kd.run_dir)) == [0, 2, 4]
+    assert eval_rows(kd.run_dir)[0] == eval_rows(ce.run_dir)[0] != eval_rows(kd.run_dir)[2]
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "kd") + extra + ["method=kd"])
+    data = prepare_data(cfg, tmp_path / "by-hand")
+    student = load_student(cfg, data, torch.device("cpu"))
+    by_hand = evaluate_run(cfg, data, student, None, torch.device("cpu"), None)
+    assert eval_rows(kd.run_dir)[0] == pytest.approx(by_hand["eval"]["ppl"], rel=1e-6)
+    resumed = crash_then_resume(
+        load_config(overrides=tiny_overrides(tmp_path, corpus, "crash") + extra + ["method=kd"]),
+        monkeypatch,
+        crash_step=3,  # after the checkpoint of step 2
+    )
+    rows = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/eval/ppl" in r].count(0) == 1

@@ -445,7 +445,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = number(0, ge=0)
-    """Evaluate every N steps during training (0 = only at the end)."""
+    """Evaluate every N steps during training, and once before the first step (logged at step 0: the student
+    as it starts); 0 = only at the end."""
     batch_size: int = number(8, ge=1)
     """Sequences per eval batch."""
     ece_bins: int = number(15, ge=1)
