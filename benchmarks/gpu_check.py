@@ -179,6 +179,30 @@ def step_case(
     return {**r, "tokens_per_s": b * t / r["time_s"]}
 
 
+def isolation_cases(presets: tuple[str, ...], v: int, dev: torch.device) -> dict:
+    """``ekd.models.isolation.check_document_isolation`` of each preset in every dtype and attention kernel the
+    device runs: "ok", or the refusal (on a GPU a refusal of an isolating model is a false positive to fix)."""
+    from ekd.models.isolation import check_document_isolation
+    from ekd.models.load import build_preset
+
+    found = {}
+    kernels = ["sdpa", "eager"] + (["flash_attention_2"] if dev.type == "cuda" else [])
+    for preset in presets:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for attn in kernels:
+                key = f"{preset}/{str(dtype).removeprefix('torch.')}/{attn}"
+                try:
+                    model = build_preset(preset, v, eos_token_id=0, seed=0).to(dev, dtype)
+                    model.set_attn_implementation(attn)
+                    check_document_isolation(model, v, "student")
+                    found[key] = "ok"
+                except Exception as e:  # noqa: BLE001 — a kernel the machine lacks, or a refusal: recorded
+                    found[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0]
@@ -240,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         print(method, results["step"][method], flush=True)
         save()
+    results["isolation"] = isolation_cases(pair, v, dev)
+    print("isolation", results["isolation"], flush=True)
+    save()
     results["seconds"] = time.perf_counter() - t_start
     save()
     (out / "gpu_check.md").write_text("\n".join(report(results)) + "\n")

@@ -29,8 +29,9 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
 
     Probe: one batch of two rows of ``SHIFT + 2·PROBE_LENGTH`` token ids, the same document D (``PROBE_LENGTH``
     ids) at offset 0 in row 0 and at offset ``SHIFT`` in row 1 after another document, each followed by a filler
-    document; positions restart per document. D's last hidden states must agree between the rows within 1e-4
-    of their largest magnitude (4 ulps of a 16-bit model dtype).
+    document; positions restart per document. D's last hidden states must agree between the rows within 1e-3
+    of their largest magnitude (4 ulps of a 16-bit model dtype). Measured on CPU: 0 for every isolating family
+    in fp32, bf16 and fp16; 0.01–0.4 for the others (tests/test_isolation_check.py).
 
     Raises:
         ModelError: one line naming the model type and the fix (``data.document_attention=packed``); also when
@@ -69,7 +70,7 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
     scale = max(float(alone.abs().max()), 1e-30)
     error = float((after - alone).abs().max()) / scale
     low = hidden.dtype in (torch.bfloat16, torch.float16)
-    tolerance = 4 * torch.finfo(hidden.dtype).eps if low else 1e-4
+    tolerance = 4 * torch.finfo(hidden.dtype).eps if low else 1e-3  # fp32: room for TF32 GEMMs on a GPU
     if not error <= tolerance:
         raise ModelError(
             f"model.{role}: model type '{model_type(model)}' ({type(model).__name__}) does not keep packed documents "
