@@ -185,10 +185,17 @@ def test_an_import_into_a_cache_built_from_the_teacher_says_what_it_holds(setup,
     assert CacheReader(native).signature["teacher_revision"].startswith("import-sha256:")
 
 
-def test_imported_topk_trains_like_the_native_cache(setup, capsys):
+@pytest.fixture(scope="module")
+def imported(setup) -> Path:
+    """setup's rows written as Parquet and imported once: the reference import of the tests below (each may
+    run first)."""
     src = _write_parquet(setup["root"] / "teacher.parquet", setup["rows"])
-    imported = setup["root"] / "imported"
-    assert _import(setup, src, imported) == 0, capsys.readouterr().err
+    out = setup["root"] / "imported"
+    assert _import(setup, src, out) == 0
+    return out
+
+
+def test_imported_topk_trains_like_the_native_cache(setup, imported, capsys):
     native, imp = CacheReader(setup["native"]), CacheReader(imported)
     assert imp.signature["teacher_revision"].startswith("import-sha256:")
     same = {k: v for k, v in native.signature.items() if k != "teacher_revision"}
@@ -209,7 +216,7 @@ def test_imported_topk_trains_like_the_native_cache(setup, capsys):
         assert curves["imported"][step] == pytest.approx(loss, rel=1e-4), step
 
 
-def test_vllm_prompt_logprobs_layout_gives_the_same_cache(setup, tmp_path, capsys):
+def test_vllm_prompt_logprobs_layout_gives_the_same_cache(setup, imported, tmp_path, capsys):
     """vLLM's prompt_logprobs: entry i (a mapping id → logprob) is over token i, the first is null."""
     path = tmp_path / "vllm.jsonl"
     with open(path, "w") as f:
@@ -226,7 +233,7 @@ def test_vllm_prompt_logprobs_layout_gives_the_same_cache(setup, tmp_path, capsy
             f.write("\n")
     out = tmp_path / "cache"
     assert _import(setup, path, out) == 0, capsys.readouterr().err
-    a, b = CacheReader(setup["root"] / "imported"), CacheReader(out)
+    a, b = CacheReader(imported), CacheReader(out)
     for sid in range(a.num_samples):
         x, y = a.get(sid), b.get(sid)
         assert torch.equal(x.positions, y.positions) and torch.equal(x.ids, y.ids)
