@@ -264,7 +264,13 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from ekd.log_level import apply_log_level
     from ekd.models.isolation import check_document_isolation
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
-    from ekd.train.prepare import autocast_dtype, evaluates_teacher, load_teacher, resolve_device
+    from ekd.train.prepare import (
+        autocast_dtype,
+        check_models_fit_tokenizer,
+        evaluates_teacher,
+        load_teacher,
+        resolve_device,
+    )
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
@@ -276,6 +282,15 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
     tokenizer = load_tokenizer(str(student_dir), role="student")
+    if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
+        check_models_fit_tokenizer(
+            tokenizer,
+            "student",
+            {"teacher": (cfg.model.teacher, cfg.model.revision)},
+            cfg.model.trust_remote_code,
+            fix="evaluate against the run's teacher or one of its family (model.teacher), or without a "
+            "teacher (eval.teacher=false)",
+        )
     if cfg.data.store_dir:  # the eval sets of the run's token store
         data = prepare_stored_data(cfg, run_dir, tokenizer)
         data.blocks.pop("train", None)
