@@ -198,8 +198,8 @@ def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: 
     from ekd.hub import hub_kwargs
 
     kwargs: dict = {"revision": revision} if revision else {}
-    kwargs.update(hub_kwargs(spec, f"model.{role}", "config.json", revision))
     try:
+        kwargs.update(hub_kwargs(spec, f"model.{role}", "config.json", revision))
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
     except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
         return None
