@@ -336,7 +336,7 @@ def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, flo
             written, kept = merge(old, written)
             if kept:
                 log.info(
-                    "%s keeps %s (not scored now), each with the data settings it was scored with",
+                    "%s keeps %s (not scored now), as it was",
                     path,
                     ", ".join(kept),
                 )
