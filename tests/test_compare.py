@@ -286,6 +286,34 @@ def test_runs_scored_on_first_blocks_and_on_spread_blocks_are_other_eval_sets(tm
     assert compare_runs([same, new], tmp_path / "o2", baselines=("kd",), plots=False)["eval_sets"] == ""
 
 
+def test_a_set_scored_with_settings_config_yaml_does_not_hold_is_paired_by_those_it_records(tmp_path):
+    """Try-out 10: `ekd eval RUN "data.eval_sources={...}"` scores sets with settings the run's config.yaml does
+    not hold, and eval.json recorded none: compare identified each set by config.yaml. Each set's entry now
+    records its data settings (``data``); an entry without them (an older eval.json) is read through the
+    config, narrowed alike, so old and new runs pair, and a run's other eval sources never unpair a set."""
+    held = {"block_length": 32, "eval_sources": {"held": "/d/held.jsonl"}}
+    counts = {"ppl": 20.0, "tokens": 900.0, "documents": 6.0}
+    old = _edit(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), data=held, eval_sets={"held": counts})
+    same = {"block_length": 32, "eval_sources": {"held": "/d/held.jsonl"}}  # as ekd eval writes it
+    new = _edit(
+        _fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5),
+        data={"block_length": 32, "eval_sources": {"held": "/d/held.jsonl", "e": "/d/e.txt"}},
+        eval_sets={"held": {**counts, "data": same}},
+    )
+    s = compare_runs([old, new], tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["groups"][1]["vs"]["kd"]["held/ppl"]["verdict"] == "1 seed" and not s["eval_sets"]
+    # the same config and counts, but held was scored again from another file: not the same set
+    other = {"block_length": 32, "eval_sources": {"held": "/d/held-v2.jsonl"}}
+    moved = _edit(
+        _fake_run(tmp_path, "se1", "sekd", 0, 9.0, 0.5),
+        data=held,
+        eval_sets={"held": {**counts, "data": other}},
+    )
+    s = compare_runs([old, moved], tmp_path / "o2", baselines=("kd",), plots=False)
+    assert s["groups"][1]["vs"]["kd"]["held/ppl"]["verdict"] == "different eval sets"
+    assert "data.eval_sources={'held': '/d/held-v2.jsonl'} (vs {'held': '/d/held.jsonl'})" in s["eval_sets"]
+
+
 def test_baselines_that_match_no_run_are_one_line(tmp_path, capsys):
     from hostile import one_error_line
 

@@ -266,6 +266,16 @@ def test_unknown_key_in_a_saved_config():
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_a_warmup_as_long_as_the_run_names_every_value_that_works():
+    """Try-out 10: for max_steps=10 the hint said 'set train.warmup_steps=1 (or fewer)'; any value below 10 works."""
+    with pytest.raises(ConfigError) as e:
+        load_config([], ["train.max_steps=10"])  # the default warmup is 10
+    assert str(e.value) == (
+        "train.warmup_steps must be < train.max_steps (10 ≥ 10); set it to any value from 0 to 9 "
+        "(a tenth of the run, train.warmup_steps=1, is usual)"
+    )
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [

@@ -66,6 +66,12 @@ def test_grouped_yaml_and_command_line_equal_the_flat_keys(tmp_path):
         (["model.lora=16"], "unknown key 'model.lora'; model.lora groups model.lora_alpha, "),
         (["model.lora.alpah=4"], "did you mean 'model.lora.alpha' (model.lora_alpha)?"),
         (["log.wandb.projct=x"], "did you mean 'log.wandb.project' (log.wandb_project)?"),
+        # try-out 10: a mapping key is set whole; the hint said only "did you mean 'data.eval_sources'?"
+        (
+            ["data.eval_sources.e=x.txt"],
+            'data.eval_sources is a mapping, set whole: write "data.eval_sources={e: x.txt}"',
+        ),
+        (["eval.set_tags.held=shifted"], 'write "eval.set_tags={held: shifted}"'),
     ],
 )
 def test_unknown_group_members_name_the_flat_keys(overrides, message):

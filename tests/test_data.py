@@ -381,6 +381,35 @@ def test_error_empty_after_filtering(tmp_path: Path) -> None:
         load_documents(str(f), DataConfig(min_chars=10))
 
 
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jsonl", "", "the file is empty (0 bytes)"),
+        ("empty.txt", "", "the file is empty (0 bytes)"),
+        ("blank.txt", "\n \n\t\n", "the file holds only whitespace"),
+        ("dir", None, "the directory holds no files"),
+        ("blanks", ["", ""], "its 2 files are empty or only whitespace"),
+    ],
+)
+def test_an_empty_source_is_named_empty_not_sent_to_min_chars(tmp_path: Path, name, content, reason) -> None:
+    """Try-out 10: a 0-byte data file was told to lower data.min_chars, which is no fix for it."""
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.mkdir()
+        for i, text in enumerate(content or []):
+            (path / f"f{i}.txt").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), DataConfig(), key="data.eval_sources.e")
+    message = str(e.value)
+    assert (
+        f"data.eval_sources.e {path}: {reason}: no documents to read; fill it or point data.eval_sources.e"
+        in message
+    )
+    assert "min_chars" not in message and "\n" not in message
+
+
 def test_error_unknown_format(tmp_path: Path) -> None:
     f = tmp_path / "d.csv"
     f.write_text("a,b\n")

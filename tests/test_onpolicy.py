@@ -296,6 +296,31 @@ def test_student_modes_and_generation_config_are_restored(student, monkeypatch):
     student.train()
 
 
+def test_a_models_own_generation_config_is_set_aside_also_under_a_peft_wrapper(student):
+    """:func:`neutral_generation_config` swaps every config the model holds — a PEFT wrapper's base, whose own
+    ``generate`` reads it — for defaults keeping the token ids, and puts each back (also on error)."""
+    import copy
+
+    peft = pytest.importorskip("peft")
+    from transformers import GenerationConfig
+
+    from ekd.models.generation import neutral_generation_config
+
+    base = copy.deepcopy(student)
+    own = GenerationConfig(
+        max_new_tokens=20, do_sample=True, top_k=3, repetition_penalty=5.0, eos_token_id=EOS
+    )
+    base.generation_config = own
+    wrapped = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(RuntimeError), neutral_generation_config(wrapped):
+        inside = base.generation_config
+        assert inside is not own and inside.eos_token_id == EOS
+        assert inside.max_new_tokens is None and not inside.do_sample
+        assert inside.repetition_penalty in (None, 1.0) and inside.top_k in (None, 50)
+        raise RuntimeError
+    assert base.generation_config is own and own.max_new_tokens == 20
+
+
 def test_no_gradient_flows_through_generation(student, monkeypatch):
     grad_in_forward: list[bool] = []
     real_forward = student.forward

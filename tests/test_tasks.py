@@ -9,6 +9,7 @@ decoding with ``model.generate``; the teacher's results are cached; ``eval.tasks
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -223,6 +224,53 @@ def test_progress_off_silences_lm_evals_own_bars(tmp_path, capfd):
         assert results[True][task]["metrics"] == results[False][task]["metrics"]
     on, off = (TaskSettings(tasks=("tiny_mc",), progress=p) for p in (True, False))
     assert on.signature("tiny_mc") == off.signature("tiny_mc")
+
+
+def test_the_tasks_budget_and_greedy_decoding_win_over_the_models_generation_config(tmp_path, capfd):
+    """Try-out 10: a student whose generation_config.json sets ``max_new_tokens=20`` generated 20 tokens for a
+    task with ``max_gen_toks: 5`` (transformers warned 'Both max_new_tokens and max_length' every batch), and a
+    checkpoint's repetition_penalty / sampling fields reshaped what a task scored. The task's budget and plain
+    greedy decoding decide now; the model's own config is back, untouched, afterwards."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from transformers import GenerationConfig
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    rng = random.Random(2)
+    rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(3)]
+    no_stop = GEN_YAML.replace('until: ["\\n"]', "until: []\n  max_gen_toks: 5")
+    assert "max_gen_toks: 5" in no_stop
+    _write_task(tasks_dir, "gen_no_stop", rows, no_stop)
+    # the reference model keeps transformers' defaults (a config passed to generate() is merged with the
+    # model's own, so passing one would not give a plain reference)
+    plain = copy.deepcopy(model)
+    plain.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    own = dict(max_new_tokens=20, do_sample=True, temperature=0.7, top_k=3, top_p=0.5, repetition_penalty=5.0)
+    model.generation_config = GenerationConfig(**own, eos_token_id=tok.eos_token_id)
+    saved = model.generation_config
+    generated, real_generate = [], model.generate
+
+    def generate(input_ids, **kwargs):
+        out = real_generate(input_ids=input_ids, **kwargs)
+        generated.append((input_ids, out[:, input_ids.shape[1] :]))
+        return out
+
+    model.generate = generate
+    capfd.readouterr()
+    run_tasks(model, tok, TaskSettings(tasks=("gen_no_stop",), tasks_dir=str(tasks_dir), batch_size=1))
+    err = capfd.readouterr().err
+    del model.generate
+    assert "max_new_tokens" not in err, err
+    assert (
+        model.generation_config is saved
+        and saved.to_diff_dict() == GenerationConfig(**own, eos_token_id=tok.eos_token_id).to_diff_dict()
+    )
+    assert len(generated) == len(rows)
+    for prompt, continuation in generated:
+        ones = torch.ones_like(prompt)  # plain greedy decoding, 5 new tokens (fewer only at EOS)
+        reference = plain.generate(input_ids=prompt, attention_mask=ones, do_sample=False, max_new_tokens=5)
+        assert continuation.tolist() == reference[:, prompt.shape[1] :].tolist()
 
 
 def test_quiet_progress_bars_disables_every_tqdm_and_restores_it(capfd):

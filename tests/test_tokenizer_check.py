@@ -143,3 +143,102 @@ def test_the_refusal_names_the_fix_for_the_side_that_differs(names, fix):
 
     with pytest.raises(ModelError, match=fix):
         check_same_tokenizer(_Vocab({"a": 0}), _Vocab({"b": 0}), names)
+
+
+def _model_dir(path, tokenizer_dir, rows: int):
+    """A tiny Llama saved with the tokenizer of ``tokenizer_dir`` and a head (and embedding) of ``rows`` rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    config = LlamaConfig(
+        vocab_size=rows,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _no_data(monkeypatch) -> None:
+    """Reading the corpus (in memory or through the token store) fails the test."""
+    import ekd.data
+    import ekd.data.store_build
+
+    def read(*a, **k):
+        raise AssertionError("data was read before the models were checked against the tokenizer")
+
+    for module, name in ((ekd.data, "load_splits"), (ekd.data.store_build, "stored_blocks")):
+        monkeypatch.setattr(module, name, read)
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize(
+    "student, expected",
+    [
+        ("short", "student head has 270 rows but the tokenizer has 280 tokens: the model does not cover"),
+        ("other", "teacher and student tokenizers differ (280 vs 289 tokens"),
+    ],
+)
+def test_vocabulary_refusals_come_before_any_data_is_read(
+    tmp_path, tokenizer_dirs, monkeypatch, capsys, student, expected, store
+):
+    """Try-out 10: a student whose head has fewer rows than the tokenizer, or whose tokenizer differs from the
+    teacher's, was refused only after the whole corpus was read, tokenized and packed. Both come from the
+    tokenizer and config.json files now, before any data (README: a typo costs seconds)."""
+    from ekd.cli import main
+    from hostile import one_error_line
+    from tiny import tiny_overrides, write_corpus
+
+    teacher = _model_dir(tmp_path / "teacher", tokenizer_dirs["a"], 288)  # padded: 8 rows past the tokenizer
+    if student == "short":
+        student_dir = _model_dir(tmp_path / "student", tokenizer_dirs["a"], 270)
+    else:
+        student_dir = _model_dir(tmp_path / "student", tokenizer_dirs["b"], 300)
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    extra = {"model.teacher": teacher, "model.student": student_dir, "model.tokenizer": "teacher"}
+    if store:
+        extra["data.store_dir"] = tmp_path / "store"
+    _no_data(monkeypatch)
+    capsys.readouterr()  # the models' save bars
+    line = one_error_line(
+        main(["distill", *tiny_overrides(tmp_path, corpus, "v", **extra)]), capsys.readouterr().err
+    )
+    assert expected in line, line
+    assert not (tmp_path / "runs" / "v").exists()
+
+
+@pytest.mark.slow
+def test_ekd_eval_refuses_a_teacher_of_another_tokenizer_before_reading_data(
+    tmp_path, tokenizer_dirs, capsys
+):
+    """``ekd eval RUN model.teacher=X`` compares the student's and X's heads id by id (KL, agreement): a
+    teacher of another tokenizer whose head has rows enough was scored silently (KL 0.887 in try-out 10's
+    setup); it is refused in one line, before any data is read, and eval.json is left as it was."""
+    import json
+
+    from ekd.cli import main
+    from hostile import one_error_line
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "r")]) == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "r"
+    rows = len(load_tokenizer(str(run / "student")))
+    other = _model_dir(tmp_path / "other", tokenizer_dirs["b"], rows + 64)
+    before = (run / "eval.json").read_bytes()
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as m:
+        _no_data(m)
+        rc = main(["eval", str(run), f"model.teacher={other}"])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert "student and teacher tokenizers differ" in line and "eval.teacher=false" in line, line
+    assert (run / "eval.json").read_bytes() == before
+    assert json.loads(before)["eval"]["kl"] >= 0  # the run itself evaluated with its own teacher

@@ -185,10 +185,36 @@ def _known() -> frozenset[str]:
     return frozenset(all_keys())
 
 
-def _check_key(key: str, source: str) -> None:
+def _check_key(key: str, source: str, value: str = "…") -> None:
     if key not in _known():
-        hint = unknown_group_hint(key, _known()) or _nearest(key)
+        hint = _mapping_entry_hint(key, value) or unknown_group_hint(key, _known()) or _nearest(key)
         raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+
+
+@functools.cache
+def _mapping_keys() -> frozenset[str]:
+    """The keys whose value is a mapping of names (``data.eval_sources``, ``eval.set_tags``, ...)."""
+    from ekd.config.rules import Mapping
+
+    return frozenset(
+        f"{s}.{f.name}"
+        for s in SECTIONS
+        for f in dataclasses.fields(_section_type(s))
+        if isinstance(rule_of(f), Mapping)
+    )
+
+
+def _mapping_entry_hint(key: str, value: str) -> str:
+    """For ``data.eval_sources.e=x`` (one entry of a mapping key, which is set whole): the spelling that works."""
+    section, _, rest = key.partition(".")
+    field, dot, name = rest.partition(".")
+    mapping = f"{section}.{field}"
+    if not dot or mapping not in _mapping_keys():
+        return ""
+    return (
+        f'; {mapping} is a mapping, set whole: write "{mapping}={{{name}: {value}}}" (quoted in a shell; '
+        f"it replaces the whole mapping, so name every entry to keep), or in YAML a mapping under {mapping}"
+    )
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -204,7 +230,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if key == "method":  # shorthand: method=<preset>
             key = "method.preset"
         key = canonical_key(key, _known())  # model.lora.r → model.lora_r
-        _check_key(key, "command line")
+        _check_key(key, "command line", text.strip())
         flat[key] = CliText(text)
     return flat
 

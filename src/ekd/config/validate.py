@@ -101,7 +101,8 @@ def validate(cfg: Config) -> None:
     if tr.warmup_steps >= tr.max_steps and tr.max_steps > 1:
         raise ConfigError(
             f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps}); "
-            f"set train.warmup_steps={max(0, tr.max_steps // 10)} (or fewer) for a run this short"
+            f"set it to any value from 0 to {tr.max_steps - 1} (a tenth of the run, "
+            f"train.warmup_steps={tr.max_steps // 10}, is usual)"
         )
     _check_parallel(cfg)
 

@@ -149,11 +149,61 @@ def _filtered(docs: Iterable[Document], data_cfg: DataConfig) -> Iterator[Docume
 
 
 def no_documents(data_cfg: DataConfig, source: str, key: str) -> ConfigError:
-    """The error of a source with no document left after filtering."""
+    """The error of a source with no document left after filtering: a file (or every file of a directory or
+    glob) with nothing but whitespace had none to filter, and is named so (lowering ``data.min_chars`` is
+    no fix for it); otherwise the filter is named."""
+    empty = _empty_files(source)
+    if empty:
+        return ConfigError(
+            f"{key} {source}: {empty}: no documents to read; fill it or point {key} at the data"
+        )
     return ConfigError(
         f"{key} {source}: no documents left after filtering (min_chars={data_cfg.min_chars}); "
         "lower data.min_chars or check the source and its fields"
     )
+
+
+EMPTY_PROBE_BYTES = 1 << 20  # a file larger than this is not read again to see whether it is blank
+
+
+def _empty_files(source: str) -> str:
+    """'the file is empty (0 bytes)', 'the file holds only whitespace', 'its 3 files are empty or only whitespace' for a
+    local source with nothing but whitespace in it; '' otherwise (an ``hf:``/builtin source, some text)."""
+    if source == "pystdlib" or source.startswith(("pystdlib:", "hf:")):
+        return ""
+    path = Path(source)
+    try:
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = list_directory(path).files
+        elif glob.has_magic(source):
+            files = list_glob(source).files
+        else:
+            return ""
+        if not files:
+            return "the directory holds no files" if path.is_dir() else ""
+        if not all(_blank(f) for f in files):
+            return ""
+        if path.is_file():
+            return (
+                "the file is empty (0 bytes)"
+                if path.stat().st_size == 0
+                else "the file holds only whitespace"
+            )
+        return (
+            f"{'its file is' if len(files) == 1 else f'its {len(files)} files are'} empty or only whitespace"
+        )
+    except OSError:
+        return ""
+
+
+def _blank(path: Path) -> bool:
+    """Whether ``path`` holds nothing but whitespace (read only when it is at most EMPTY_PROBE_BYTES)."""
+    size = path.stat().st_size
+    if size > EMPTY_PROBE_BYTES:
+        return False
+    return not path.read_bytes().strip()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import yaml
 
 from ekd.config.sections import REPORTING_KEYS
 from ekd.errors import EkdError
+from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
@@ -67,6 +68,8 @@ class RunRecord:
     kd_fraction: float
     bytes_per_token: float
     tokenizer: str = ""  # what encoded the eval sets (``_tokenizer_identity``)
+    # set → the data settings its eval.json entry records (:meth:`set_data`)
+    scored_with: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -88,14 +91,21 @@ class RunRecord:
         cfg = {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
         return json.dumps(cfg, sort_keys=True, default=str)
 
+    def set_data(self, name: str) -> dict[str, Any]:
+        """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
+        RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
+        alike (:func:`ekd.eval.eval_json.set_settings`)."""
+        if name in self.scored_with:
+            return self.scored_with[name]
+        return set_settings(self.config.get("data") or {}, name)
+
     def eval_set(self, name: str) -> str:
-        """What eval set ``name`` of this run is: the data section of the config, the tokenizer, the set's
-        scored tokens and documents (runs evaluated before sets were spread samples record none). Two runs'
-        metrics on a set are comparable only when these are equal."""
+        """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the
+        set's scored tokens and documents (runs evaluated before sets were spread samples record none). Two
+        runs' metrics on a set are comparable only when these are equal."""
         metrics = self.eval.get(name) or {}
-        data = self.config.get("data") or {}
         return json.dumps(
-            [data, self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
+            [self.set_data(name), self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
             sort_keys=True,
             default=str,
         )
@@ -222,7 +232,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     except yaml.YAMLError as e:
         raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
     rows = _metric_rows(run_dir)
-    results = _eval_results(run_dir, rows)
+    results, scored_with = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -235,6 +245,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         kd_fraction,
         _bytes_per_token(run_dir, config, kd_fraction),
         _tokenizer_identity(run_dir, config),
+        scored_with,
     )
 
 
@@ -268,14 +279,19 @@ def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``."""
+def _eval_results(
+    run_dir: Path, rows: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
+    metrics, and set → the data settings it was scored with, for the sets whose eval.json entry records them
+    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json)."""
     path = run_dir / "eval.json"
     if path.is_file():
         try:
-            sets = task_sets(json.loads(path.read_text()))  # lm-eval tasks as task:<name> sets
+            sets, scored_with = split_settings(task_sets(json.loads(path.read_text())))  # tasks: task:<name>
             # eval.json writes NaN as null (strict JSON): back to NaN
-            return {name: {k: math.nan if v is None else v for k, v in m.items()} for name, m in sets.items()}
+            metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
+            return metrics, scored_with
         except json.JSONDecodeError:
             raise EkdError(
                 f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
@@ -287,7 +303,7 @@ def _eval_results(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[s
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
-    return results
+    return results, {}
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:
@@ -457,14 +473,19 @@ def _labels(groups: list[Group]) -> str:
 
 
 def _eval_set_difference(a: RunRecord, b: RunRecord) -> str:
-    """How ``b``'s eval sets differ from ``a``'s: data keys, the tokenizer, the scored tokens, or else the
-    documents (a run evaluated before eval sets were spread samples records none)."""
-    keys = _config_differences({"data": a.config.get("data") or {}}, {"data": b.config.get("data") or {}})
+    """How ``b``'s eval sets differ from ``a``'s: data keys (each set's, :meth:`RunRecord.set_data`), the
+    tokenizer, the scored tokens, or else the documents (a run evaluated before eval sets were spread samples
+    records none)."""
+    sets = [n for n in a.eval if _text_set(n)]
+    keys: list[str] = []
+    for n in sets:
+        keys += [
+            k for k in _config_differences({"data": a.set_data(n)}, {"data": b.set_data(n)}) if k not in keys
+        ]
     if keys:
-        return ", ".join(keys)
+        return ", ".join(keys[:6] + (["…"] if len(keys) > 6 else []))
     if a.tokenizer != b.tokenizer:
         return "another tokenizer"
-    sets = [n for n in a.eval if _text_set(n)]
     if any((a.eval.get(n) or {}).get("tokens") != (b.eval.get(n) or {}).get("tokens") for n in sets):
         return "the same data settings, other scored token counts"
     return "the same data settings, other scored documents (an older ekd took an eval set's first blocks)"

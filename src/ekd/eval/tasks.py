@@ -4,8 +4,10 @@
 
 Each requested task (or group: its leaf tasks) runs through ``lm_eval.evaluator.evaluate`` on an
 ``HFLM`` wrapping the model: multiple-choice and log-likelihood tasks score every choice by its summed
-log-likelihood; generation tasks decode greedily (``do_sample=False``) for at most ``max_new_tokens``,
-stopping at the task's stop strings and the tokenizer's EOS (lm-eval adds it). A chat template is applied
+log-likelihood; generation tasks decode greedily (``do_sample=False``) for at most ``max_new_tokens`` (else
+the task's own ``max_gen_toks``), stopping at the task's stop strings and the tokenizer's EOS (lm-eval adds
+it). The model's own ``generation_config`` (a checkpoint's ``max_new_tokens``, sampling fields,
+``repetition_penalty``) is set aside meanwhile (:mod:`ekd.models.generation`) and restored after. A chat template is applied
 to generation prompts only ('auto': when the tokenizer has one). Per task: the primary metric, every
 numeric metric, the multiple-choice ECE and its reliability bins, the document count and the wall time.
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "downstream tasks need lm-evaluation-harness: pip install 'ekd[eval]' (lm-eval[hf]==0.4.13)"
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+DECODING = "greedy; model generation_config set aside"  # in every cached result's signature
 
 
 def require_lm_eval(import_now: bool = True) -> None:
@@ -132,13 +135,15 @@ class TaskSettings:
         """What determines ``task``'s result besides the model: a cached result is reused only if equal.
 
         The YAMLs of ``tasks_dir`` enter by content hash; the batch size and ``progress`` do not (they change
-        no score).
+        no score). ``decoding`` names how generation is set up (:data:`DECODING`): results cached before the
+        model's own generation_config was set aside are computed again.
         """
         ignored = ("tasks", "tasks_dir", "batch_size", "progress")
         sig = {k: v for k, v in asdict(self).items() if k not in ignored}
         sig["task"] = task
         sig["tasks_dir_hash"] = _dir_hash(self.tasks_dir) if self.tasks_dir else ""
         sig["lm_eval"] = _lm_eval_version()
+        sig["decoding"] = DECODING
         return sig
 
 
@@ -443,8 +448,12 @@ def run_tasks(
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from ekd.models.generation import neutral_generation_config
+
     out: dict[str, dict[str, Any]] = {}
-    with _quiet_lm_eval(settings.progress), _restore_mode(model):
+    # the checkpoint's generation_config (max_new_tokens, sampling, repetition_penalty) set aside: the task's
+    # budget and greedy decoding alone decide what is generated
+    with _quiet_lm_eval(settings.progress), _restore_mode(model), neutral_generation_config(model):
         manager, offline = check_tasks_available(settings.tasks, settings.tasks_dir)  # all, before any runs
         lm = HFLM(
             pretrained=model,

@@ -267,13 +267,17 @@ def _hint(e: BaseException) -> str:
 
 
 def check_same_tokenizer(
-    a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str] = ("teacher", "student")
+    a: PreTrainedTokenizerBase,
+    b: PreTrainedTokenizerBase,
+    names: tuple[str, str] = ("teacher", "student"),
+    fix: str = "",
 ) -> None:
     """Refuse different tokenizers: same length and the same id for every token.
 
     The error names the ids that differ (counted over both vocabularies, so the count does not depend on
     which is ``a``), the first of them with its token on each side, and both tokenizer classes: the same
     tokenizer.json loads as another class next to another ``model_type`` (Qwen2's adds ``<|endoftext|>``).
+    ``fix``: what to change, where the default for ``names`` (:func:`_tokenizer_fix`) is not it.
     """
     if len(a) != len(b) or a.get_vocab() != b.get_vocab():
         ta, tb = ({i: t for t, i in tok.get_vocab().items()} for tok in (a, b))  # id → token
@@ -288,7 +292,7 @@ def check_same_tokenizer(
             f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {counted(len(b), 'token')}, "
             f"{counted(len(differing), 'id')} {'differs' if len(differing) == 1 else 'differ'}{where}; "
             f"{type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
-            f"tokenizer; {_tokenizer_fix(names)}"
+            f"tokenizer; {fix or _tokenizer_fix(names)}"
         )
 
 
@@ -300,15 +304,24 @@ def _tokenizer_fix(names: tuple[str, str]) -> str:
     return "point model.tokenizer at the teacher's tokenizer (model.tokenizer=teacher)"
 
 
+def check_head_covers(role: str, rows: int, tokenizer_length: int) -> None:
+    """Refuse a head of ``rows`` rows shorter than the tokenizer: some token would have no logit.
+
+    Raises:
+        ModelError: ``rows < tokenizer_length``, in one line naming the role and both sizes.
+    """
+    if rows < tokenizer_length:
+        raise ModelError(
+            f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
+            "the model does not cover the tokenizer; check model.tokenizer"
+        )
+
+
 def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> int:
     """The vocabulary V every head is sliced to: the tokenizer length. Logs padded heads; refuses short ones."""
     for role, model in models:
         rows = model.get_output_embeddings().weight.shape[0]
-        if rows < tokenizer_length:
-            raise ModelError(
-                f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
-                "the model does not cover the tokenizer; check model.tokenizer"
-            )
+        check_head_covers(role, rows, tokenizer_length)
         if rows > tokenizer_length:
             log.info(
                 "%s head has %d rows (padded), tokenizer %d tokens: aligned to %d",

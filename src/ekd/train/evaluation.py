@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -19,6 +19,8 @@ from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
 from ekd.train.run_dir import is_ekd_run, override_arg, read_marker, writes_into_run
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(
@@ -259,11 +261,16 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     Raises:
         RunDirError: another ekd process is using the run (training, resuming or evaluating it).
     """
-    from ekd.io import atomic_write_text, strict_json
     from ekd.log_level import apply_log_level
     from ekd.models.isolation import check_document_isolation
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
-    from ekd.train.prepare import autocast_dtype, evaluates_teacher, load_teacher, resolve_device
+    from ekd.train.prepare import (
+        autocast_dtype,
+        check_models_fit_tokenizer,
+        evaluates_teacher,
+        load_teacher,
+        resolve_device,
+    )
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
@@ -275,6 +282,15 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
     tokenizer = load_tokenizer(str(student_dir), role="student")
+    if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
+        check_models_fit_tokenizer(
+            tokenizer,
+            "student",
+            {"teacher": (cfg.model.teacher, cfg.model.revision)},
+            cfg.model.trust_remote_code,
+            fix="evaluate against the run's teacher or one of its family (model.teacher), or without a "
+            "teacher (eval.teacher=false)",
+        )
     if cfg.data.store_dir:  # the eval sets of the run's token store
         data = prepare_stored_data(cfg, run_dir, tokenizer)
         data.blocks.pop("train", None)
@@ -291,8 +307,37 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
     if evaluates_teacher(cfg):  # the same rule as the end of training
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
-    written = dict(results)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # keep `ekd eval --tasks` results
-        written["tasks"] = json.loads((run_dir / "eval.json").read_text())["tasks"]
-    atomic_write_text(run_dir / "eval.json", strict_json(written))
+    write_eval_json(run_dir, cfg, results, keep=True)
     return results
+
+
+def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool) -> None:
+    """Write ``run_dir/eval.json``: each set's metrics with the data settings it was scored with
+    (:mod:`ekd.eval.eval_json`).
+
+    Args:
+        results: Set → metrics, as :func:`evaluate_run` returns them.
+        keep: ``ekd eval RUN``: keep the entries of the sets not scored now, with their own recorded
+            settings, and the ``tasks`` section (one log line names the kept sets); the end of training
+            writes its evaluation alone (the student changed).
+    """
+    from ekd.eval.eval_json import merge, with_settings
+    from ekd.io import atomic_write_text, strict_json
+
+    path = run_dir / "eval.json"
+    written = with_settings(results, cfg.to_dict()["data"])
+    if keep and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            old = None
+            log.warning("%s could not be read (%s); writing the sets scored now only", path, e)
+        if isinstance(old, dict):
+            written, kept = merge(old, written)
+            if kept:
+                log.info(
+                    "%s keeps %s (not scored now), as it was",
+                    path,
+                    ", ".join(kept),
+                )
+    atomic_write_text(path, strict_json(written))

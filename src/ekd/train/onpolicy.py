@@ -46,10 +46,11 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ekd.config import MethodConfig
 from ekd.data.collate import IGNORE_INDEX, Batch, document_positions, shift_labels
+from ekd.models.generation import neutral_generation_config
 from ekd.selection.draws import row_uniforms
 from ekd.train.row_sampler import RowSampler
 
@@ -209,25 +210,20 @@ def _generate(
     fields from it (e.g. top_k=20, repetition_penalty=1.05 in instruct checkpoints) and from global defaults
     (top_k=50), which would sample from a truncated, reshaped distribution instead of the student's own.
     """
-    saved = student.generation_config
-    student.generation_config = GenerationConfig()
-    try:
-        with torch.no_grad():
-            return student.generate(
-                input_ids=prompts,
-                attention_mask=attention_mask,
-                do_sample=False,
-                # padded head rows (ids ≥ V) masked first, then the row's own draw
-                logits_processor=LogitsProcessorList(
-                    ([PaddedRowsMask(vocab_size)] if vocab_size else [])
-                    + [RowSampler(uniforms, prompt_length=prompts.shape[1], temperature=temperature)]
-                ),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-            )
-    finally:
-        student.generation_config = saved
+    with neutral_generation_config(student), torch.no_grad():
+        return student.generate(
+            input_ids=prompts,
+            attention_mask=attention_mask,
+            do_sample=False,
+            # padded head rows (ids ≥ V) masked first, then the row's own draw
+            logits_processor=LogitsProcessorList(
+                ([PaddedRowsMask(vocab_size)] if vocab_size else [])
+                + [RowSampler(uniforms, prompt_length=prompts.shape[1], temperature=temperature)]
+            ),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
 
 
 class PaddedRowsMask(LogitsProcessor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -16,6 +17,7 @@ from ekd.errors import ModelError
 from ekd.host_memory import retain_freed_memory
 from ekd.models.isolation import check_document_isolation
 from ekd.models.load import (
+    check_head_covers,
     check_output_head,
     check_same_tokenizer,
     empty_model,
@@ -105,16 +107,33 @@ def evaluates_teacher(cfg: Config) -> bool:
     return not is_preset(cfg.model.teacher)
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None):
-    """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``."""
-    from ekd.data import train_bpe_tokenizer
-
+def tokenizer_source(cfg: Config) -> str:
+    """``model.tokenizer`` resolved for preset models: ``teacher`` / ``student`` name a preset's tokenizer,
+    which does not exist, so they fall back to the real model's, else to ``train_bpe``."""
     spec = cfg.model.tokenizer
-    saved = run_dir / "tokenizer"
     if spec == "teacher" and is_preset(cfg.model.teacher):
         spec = "student" if not is_preset(cfg.model.student) else "train_bpe"
     if spec == "student" and is_preset(cfg.model.student):
         spec = "train_bpe"
+    return spec
+
+
+def needs_training_text(cfg: Config, run_dir: Path) -> bool:
+    """Whether the tokenizer is trained on the training split (``train_bpe``, not yet saved in ``run_dir``):
+    otherwise it, and every check against it, comes before any data is read."""
+    return tokenizer_source(cfg) == "train_bpe" and not (run_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None):
+    """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``.
+
+    Every real model the run feeds is checked against it here, from its tokenizer and config.json files
+    (:func:`check_models_fit_tokenizer`): with a named tokenizer, before any data is read.
+    """
+    from ekd.data import train_bpe_tokenizer
+
+    spec = tokenizer_source(cfg)
+    saved = run_dir / "tokenizer"
     if spec == "train_bpe":
         if not (is_preset(cfg.model.student) and (is_preset(cfg.model.teacher) or not teacher_needed(cfg))):
             raise ConfigError(
@@ -141,12 +160,54 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: list[str] | None)
         f"model.{spec}" if spec in models else "model.tokenizer",
     )
     # whichever tokenizer is named, every real model the run feeds must use it (presets are built for it)
-    for role, (model_spec, model_revision) in models.items():
-        if role == spec or is_preset(model_spec) or (role == "teacher" and cfg.teacher.source == "none"):
-            continue
-        other = load_tokenizer(model_spec, model_revision, cfg.model.trust_remote_code, f"model.{role}")
-        check_same_tokenizer(tok, other, (name, role))
+    fed = {r: m for r, m in models.items() if not (r == "teacher" and cfg.teacher.source == "none")}
+    check_models_fit_tokenizer(tok, name, fed, cfg.model.trust_remote_code, own=spec)
     return tok
+
+
+def check_models_fit_tokenizer(
+    tok, name: str, models: dict[str, tuple[str, str]], trust_remote_code: bool, own: str = "", fix: str = ""
+) -> None:
+    """Each real (non-preset) model of ``models`` (role → (spec, revision)) against the tokenizer ``tok``
+    (``name``: how errors call it), from small files only (no weights, no data): its own tokenizer must be the
+    same (:func:`check_same_tokenizer`; not for ``own``, the role ``tok`` was read from), and the output head
+    its config.json declares must cover ``tok`` (:func:`check_head_covers`). Loading a model checks its real
+    head again (:func:`shared_vocab_size`), the authority where config.json says nothing. ``fix``: the way on
+    named when the tokenizers differ (default: :func:`check_same_tokenizer`'s).
+
+    Raises:
+        ModelError: different tokenizers, or a head shorter than the tokenizer, in one line.
+    """
+    for role, (spec, revision) in models.items():
+        if is_preset(spec):
+            continue
+        if role != own:
+            other = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
+            check_same_tokenizer(tok, other, (name, role), fix)
+        rows = declared_head_rows(spec, revision, trust_remote_code, role)
+        if rows is not None:
+            check_head_covers(role, rows, len(tok))
+
+
+def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: str) -> int | None:
+    """The output-head rows a model's config.json declares (``vocab_size`` of its text config), read without
+    weights; None when it cannot be read here (loading the model reports why) or the architecture is custom
+    code (``auto_map``: its head need not follow ``vocab_size``)."""
+    from transformers import AutoConfig
+
+    from ekd.hub import hub_kwargs
+
+    kwargs: dict = {"revision": revision} if revision else {}
+    try:
+        kwargs.update(hub_kwargs(spec, f"model.{role}", "config.json", revision))
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+    except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
+        return None
+    if getattr(config, "auto_map", None):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    return rows if isinstance(rows, int) and rows > 0 else None
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
@@ -158,16 +219,25 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     check_declared_template(cfg)  # a missing template file is found before the corpus and the tokenizer
     if cfg.data.store_dir:
         return prepare_stored_data(cfg, run_dir)
+    # a named tokenizer, and the models' tokenizers and heads checked against it, before the corpus is read
+    tokenizer = None if needs_training_text(cfg, run_dir) else _run_tokenizer(cfg, run_dir, None)
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
-    tokenizer = prepare_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
-    if tokenizer.eos_token_id is None:
-        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
-    check_vocab(cfg, len(tokenizer))
+    if tokenizer is None:
+        tokenizer = _run_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
     if cfg.data.format == "chat":
         from ekd.data.chat_template import settle_chat_template
 
         settle_chat_template(cfg, tokenizer, splits["train"], model_tokenizers(cfg))
     return pack_run_splits(cfg, splits, tokenizer)
+
+
+def _run_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None):
+    """:func:`prepare_tokenizer`, then the checks the run's settings make on it (an EOS, ``check_vocab``)."""
+    tokenizer = prepare_tokenizer(cfg, run_dir, train_texts)
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
+    check_vocab(cfg, len(tokenizer))
+    return tokenizer
 
 
 def model_tokenizers(cfg: Config) -> dict:

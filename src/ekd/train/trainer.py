@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
-from ekd.io import atomic_write_text, strict_json, writing
+from ekd.io import writing
 from ekd.models.dropout import active_dropout, dropout_fix
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
@@ -49,7 +49,7 @@ from ekd.train.distributed import (
     rank_seed,
     rank_slice,
 )
-from ekd.train.evaluation import evaluate_run
+from ekd.train.evaluation import evaluate_run, write_eval_json
 from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_state
 from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
@@ -444,7 +444,7 @@ def _train(
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-        atomic_write_text(run_dir / "eval.json", strict_json(results))
+        write_eval_json(run_dir, cfg, results, keep=False)
         run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
         metrics_log.close()
         start.finish()

@@ -1,0 +1,90 @@
+"""What ``RUN/eval.json`` holds for each text eval set, and how a later ``ekd eval RUN`` updates it.
+
+``eval.json`` maps a set name (``eval``, a ``data.eval_sources`` name, a builtin ``shift_*`` set) to its
+metrics, ``<set>/teacher`` to the teacher's on the same blocks, and ``tasks`` to the lm-eval section. Each
+set's entry also records, under :data:`SETTINGS_KEY`, the data settings it was scored with
+(:func:`set_settings`): ``ekd eval RUN data.max_eval_blocks=0`` scores sets the run's ``config.yaml`` does
+not describe, and ``ekd compare`` pairs two runs on a set only when these agree. An ``eval.json`` written
+before sets recorded them is read through the run's config (the same function, so old and new runs pair).
+
+``ekd eval RUN`` replaces the entries of the sets it scores (with their teacher rows) and keeps every other
+set and the ``tasks`` section (:func:`merge`): evaluating one more set never deletes the results of another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SETTINGS_KEY = "data"
+"""The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""
+TEACHER_SUFFIX = "/teacher"
+
+
+def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The data settings that decide eval set ``name``'s blocks: the ``data`` section as ``config.yaml``
+    writes it, with ``eval_sources`` narrowed to ``name``'s own entry (``{}`` for the ``eval`` split and the
+    builtin sets). Each source is read on its own (:func:`ekd.data.build.load_splits`), so the other sets
+    named beside it do not change it; every other key is kept, whether or not it matters to this set.
+
+    Args:
+        data: The ``data`` section (``Config.to_dict()["data"]`` or a saved config's); not modified.
+        name: The set's name.
+    """
+    out = dict(data)
+    sources = out.get("eval_sources") or {}
+    out["eval_sources"] = {name: sources[name]} if name in sources else {}
+    return out
+
+
+def set_of(entry: str) -> str:
+    """The eval set an eval.json entry belongs to: ``held`` for ``held`` and ``held/teacher``."""
+    return entry[: -len(TEACHER_SUFFIX)] if entry.endswith(TEACHER_SUFFIX) else entry
+
+
+def with_settings(results: Mapping[str, Mapping[str, Any]], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``results`` (set → metrics, as :func:`ekd.train.evaluation.evaluate_run` returns) as eval.json
+    entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`); teacher rows are
+    scored on their set's blocks and carry none."""
+    out: dict[str, Any] = {}
+    for name, metrics in results.items():
+        out[name] = dict(metrics)
+        if not name.endswith(TEACHER_SUFFIX):
+            out[name][SETTINGS_KEY] = set_settings(data, name)
+    return out
+
+
+def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """eval.json after a re-evaluation: ``new``'s entries, and those of ``old`` whose set ``new`` did not
+    score (with their teacher rows) and ``old``'s ``tasks`` section, kept as they were.
+
+    Returns:
+        The merged entries (``new``'s sets first, then the kept ones in ``old``'s order, then ``tasks``) and
+        the names of the sets kept from ``old``.
+    """
+    scored = {set_of(k) for k in new}
+    out = dict(new)
+    kept: list[str] = []
+    for key, value in old.items():
+        if key == "tasks" or not isinstance(value, dict) or set_of(key) in scored:
+            continue
+        out[key] = value
+        if set_of(key) not in kept:
+            kept.append(set_of(key))
+    if isinstance(old.get("tasks"), dict):
+        out["tasks"] = old["tasks"]
+    return out, kept
+
+
+def split_settings(
+    entries: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """eval.json's set entries → (set → metrics alone, set → recorded data settings, for the sets that
+    record them)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        metrics[name] = {k: v for k, v in entry.items() if k != SETTINGS_KEY}
+        if isinstance(entry.get(SETTINGS_KEY), dict):
+            settings[name] = dict(entry[SETTINGS_KEY])
+    return metrics, settings

@@ -1,0 +1,72 @@
+"""``RUN/eval.json``: each set's entry records the data settings it was scored with, and ``ekd eval RUN`` with
+other eval sets keeps the results of the sets it does not score (try-out 10: they were deleted)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import yaml
+
+from ekd.cli import main
+from ekd.eval.compare import read_run
+from ekd.eval.eval_json import merge, set_settings, with_settings
+from tiny import tiny_overrides, write_corpus
+
+
+def test_set_settings_narrow_eval_sources_to_the_set_and_merge_keeps_the_others():
+    data = {"block_length": 32, "eval_sources": {"held": "/h", "e": "/e"}}
+    assert set_settings(data, "held") == {"block_length": 32, "eval_sources": {"held": "/h"}}
+    assert set_settings(data, "eval") == {"block_length": 32, "eval_sources": {}}
+    assert data["eval_sources"] == {"held": "/h", "e": "/e"}  # not modified
+    new = with_settings({"e": {"ppl": 2.0}, "e/teacher": {"ppl": 1.0}}, data)
+    assert new["e"]["data"]["eval_sources"] == {"e": "/e"} and "data" not in new["e/teacher"]
+    old = {
+        "held": {"ppl": 3.0},
+        "held/teacher": {"ppl": 1.5},
+        "e": {"ppl": 9.0},
+        "e/teacher": {},
+        "tasks": {},
+    }
+    merged, kept = merge(old, new)
+    assert kept == ["held"] and list(merged) == ["e", "e/teacher", "held", "held/teacher", "tasks"]
+    assert merged["e"] == new["e"] and merged["held"] == old["held"]
+    # a set scored again without its teacher loses the old teacher row (another evaluation's)
+    assert merge(old, {"e": {"ppl": 2.0}})[0].keys() == {"e", "held", "held/teacher", "tasks"}
+
+
+@pytest.mark.slow
+def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settings(tmp_path, capsys, caplog):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=16)
+    held = write_corpus(tmp_path / "held", n_docs=4, seed=1)
+    other = tmp_path / "other.txt"
+    other.write_text("def index(self):\n    return sorted(items)\n" * 20)
+    extra = {"data.eval_sources": f"{{held: {held}}}"}
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "r", **extra)]) == 0, (
+        capsys.readouterr().err
+    )
+    run = tmp_path / "runs" / "r"
+    config_data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    trained = json.loads((run / "eval.json").read_text())
+    assert set(trained) == {"eval", "eval/teacher", "held", "held/teacher"}
+    assert trained["held"]["data"] == {**config_data, "eval_sources": {"held": str(held)}}
+    assert trained["eval"]["data"] == {**config_data, "eval_sources": {}}
+    capsys.readouterr()
+
+    with caplog.at_level(logging.INFO, logger="ekd.train.evaluation"):
+        assert main(["eval", str(run), f"data.eval_sources={{e: {other}}}"]) == 0
+    after = json.loads((run / "eval.json").read_text())
+    assert set(after) == {"eval", "eval/teacher", "e", "e/teacher", "held", "held/teacher"}
+    assert after["held"] == trained["held"] and after["held/teacher"] == trained["held/teacher"]  # kept
+    assert after["e"]["data"]["eval_sources"] == {"e": str(other)} and after["e"]["tokens"] > 0
+    assert "eval.json keeps held (not scored now)" in caplog.text
+    record = read_run(run)  # ekd compare reads each set with the settings it was scored with
+    assert record.set_data("e") == after["e"]["data"] and record.set_data("held") == trained["held"]["data"]
+    assert "data" not in record.eval["held"]  # the settings are not a metric
+
+    # held scored again (all its blocks, no teacher): its entry and teacher row are replaced, e is kept
+    assert main(["-q", "eval", str(run), "data.max_eval_blocks=0", "eval.teacher=false"]) == 0
+    again = json.loads((run / "eval.json").read_text())
+    assert set(again) == {"eval", "e", "e/teacher", "held"}
+    assert again["held"]["data"]["max_eval_blocks"] == 0 and again["e"] == after["e"]
