@@ -687,3 +687,29 @@ def test_ekd_eval_checks_eval_tasks_before_evaluating_or_writing(
         from ekd.train.task_evaluation import check_saved_tasks
 
         check_saved_tasks(run, ["eval.tasks=[]"])  # the command given gets past the check
+
+
+@pytest.mark.slow
+def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_path, caplog):
+    """``ekd eval RUN --tasks b`` after ``a`` replaced the whole tasks section of eval.json (a's results lost, as
+    the eval sets' were: h32). Tasks scored with the same settings are kept beside the new ones, the summary
+    covers both; tasks scored with other settings are replaced, with a line that says so."""
+    import logging
+    import shutil
+
+    run_dir, tasks_dir = tmp_path / "runs" / "t", run[1]
+    shutil.copytree(run[0], run_dir)
+    quick = ["eval.tasks_teacher=false", "eval.tasks_student_init=false"]  # the student's role is the case
+    argv = ["-q", "eval", str(run_dir), *quick, "--tasks-dir", str(tasks_dir), "--tasks"]
+    assert main([*argv, "tiny_mc"]) == 0
+    mc = _eval_json(run_dir)["tasks"]["student"]["tiny_mc"]
+    assert main([*argv, "tiny_gen"]) == 0
+    tasks = _eval_json(run_dir)["tasks"]
+    assert tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen"]
+    assert tasks["student"]["tiny_mc"] == mc and "tiny_gen" in tasks["student"]
+    assert set(tasks["tags"]) == {"tiny_mc", "tiny_gen"} and "teacher" not in tasks
+    with caplog.at_level(logging.INFO, logger="ekd.train.task_evaluation"):
+        assert main([*argv, "tiny_gen", "--limit", "3"]) == 0
+    tasks = _eval_json(run_dir)["tasks"]
+    assert tasks["settings"]["tasks"] == ["tiny_gen"] and "tiny_mc" not in tasks["student"]
+    assert "earlier task results (tiny_mc) were scored with other settings (limit)" in caplog.text

@@ -25,6 +25,7 @@ import math
 import re
 import shlex
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,21 @@ def _fields(settings: TaskSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
+def task_section_settings(settings: TaskSettings) -> dict[str, Any]:
+    """The ``settings`` of eval.json's ``tasks`` section: what its results were scored with."""
+    return json_safe(
+        {
+            "tasks": list(settings.tasks),
+            "tasks_dir": settings.tasks_dir,
+            "limit": settings.limit,
+            "num_fewshot": settings.num_fewshot,
+            "seed": settings.seed,
+            "max_new_tokens": settings.max_new_tokens,
+            "chat_template": settings.chat_template,
+        }
+    )
+
+
 def task_section(
     results: dict[str, dict[str, dict[str, Any]]], settings: TaskSettings, tags: dict[str, str]
 ) -> dict[str, Any]:
@@ -143,15 +159,7 @@ def task_section(
     """
     student = results.get("student", {})
     section: dict[str, Any] = {
-        "settings": {
-            "tasks": list(settings.tasks),
-            "tasks_dir": settings.tasks_dir,
-            "limit": settings.limit,
-            "num_fewshot": settings.num_fewshot,
-            "seed": settings.seed,
-            "max_new_tokens": settings.max_new_tokens,
-            "chat_template": settings.chat_template,
-        },
+        "settings": task_section_settings(settings),
         "tags": {t: tm.tag_of(t, tags) for t in student},
         **{role: res for role, res in results.items()},
         "summary": {},
@@ -305,10 +313,45 @@ def run_end_tasks(
             lambda: (load_student(cfg, data, device), tokenizer),
             amp,
         )
+    results, settings = _with_earlier_tasks(run_dir, results, settings)
     section = task_section(results, settings, cfg.eval.set_tags)
     section["set_tags"] = dict(cfg.eval.set_tags)
     write_outputs(run_dir, section, cfg.eval.plots, f"{cfg.run.name}: evaluation")
     return section
+
+
+def _with_earlier_tasks(
+    run_dir: Path, results: dict[str, dict[str, Any]], settings: TaskSettings
+) -> tuple[dict[str, dict[str, Any]], TaskSettings]:
+    """``results`` and ``settings`` with the tasks ``RUN/eval.json`` holds from an earlier evaluation that this one
+    did not score (``ekd eval RUN --tasks b`` after ``a``: nothing lost), when they were scored with the same
+    settings (limit, few-shot, seed, budget, chat template, tasks dir); otherwise they are replaced, with a line
+    that says so. Per role, only where this evaluation has that role too."""
+    try:
+        old = json.loads((run_dir / "eval.json").read_text()).get("tasks") or {}
+    except (OSError, ValueError, AttributeError):
+        return results, settings
+    earlier = [t for t in (old.get("settings") or {}).get("tasks", []) if t not in settings.tasks]
+    if not earlier:
+        return results, settings
+    mine = {k: v for k, v in task_section_settings(settings).items() if k != "tasks"}
+    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k != "tasks"}
+    if mine != theirs:
+        changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
+        log.info(
+            "eval.json's earlier task results (%s) were scored with other settings (%s): replaced by these",
+            ", ".join(earlier),
+            changed,
+        )
+        return results, settings
+    merged = {
+        role: {**{t: old[role][t] for t in earlier if t in (old.get(role) or {})}, **res}
+        for role, res in results.items()
+    }
+    log.info(
+        "eval.json keeps the earlier task results of %s (same settings, not scored now)", ", ".join(earlier)
+    )
+    return merged, replace(settings, tasks=tuple(earlier) + tuple(settings.tasks))
 
 
 def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None:
