@@ -98,6 +98,9 @@ REFUSED = {
     "data.min_chars=-5": "data.min_chars must be ≥ 0",
     "train.keep_checkpoints=-1": "train.keep_checkpoints must be ≥ 1",
     "train.keep_checkpoints=0": "train.keep_checkpoints must be ≥ 1",
+    # eval set names are keys of eval.json and of eval/<set>/<metric> metrics (h32's note)
+    "data.eval_sources={tasks: x.txt}": "data.eval_sources key is a name ekd uses itself",
+    "data.eval_sources={a/b: x.txt}": "data.eval_sources key must be a word",
     "train.max_grad_norm=-1": "train.max_grad_norm must be ≥ 0",
     "model.attn_implementation=foo": "model.attn_implementation must be one of",
     "model.bpe_vocab_size=100": "model.bpe_vocab_size must be ≥ 257",

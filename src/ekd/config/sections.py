@@ -142,6 +142,15 @@ class ModelConfig:
     into the weights) or 'adapter' (peft's adapter directory and ``ekd_base.json`` naming the base model)."""
 
 
+def _eval_set_name(name: str) -> str | None:
+    """Why ``name`` cannot name an eval set (a key of eval.json and of ``eval/<set>/<metric>`` metrics), or None."""
+    if name in ("train", "eval", "tasks", "summary"):
+        return "is a name ekd uses itself (train, eval, tasks, summary); choose another name"
+    if not re.fullmatch(r"[\w.-]+", name):
+        return "must be a word (letters, digits, _, -, .): it names metrics eval/<set>/<metric>"
+    return None
+
+
 @dataclass
 class DataConfig:
     source: str = text("pystdlib", nonempty=True, what="a data source")
@@ -176,10 +185,13 @@ class DataConfig:
     eval_fraction: float = number(0.05, ge=0, le=0.9)
     """Fraction held out as the in-distribution eval set, deterministic: by document content hash (at least one
     document when > 0); for 'pystdlib', by top-level module."""
-    eval_sources: dict[str, str] = mapping(Text(nonempty=True, what="a data source"))
+    eval_sources: dict[str, str] = mapping(
+        Text(nonempty=True, what="a data source"), keys=Text(check_fn=_eval_set_name, what="an eval set name")
+    )
     """Extra named eval sets, name → source (same syntax as ``data.source``, plus ``pystdlib:<split>``; the
     format is detected from the source, ``data.format`` applies to ``data.source`` only, except that with 'chat'
-    JSONL/Parquet/HF eval sets are chat rows too), e.g. shifted domains."""
+    JSONL/Parquet/HF eval sets are chat rows too), e.g. shifted domains. A name is a word (letters, digits,
+    ``_``, ``-``, ``.``), not ``train``, ``eval`` or one of eval.json's own keys (``tasks``, ``summary``)."""
     max_documents: int = number(0, ge=0)
     """Use at most this many documents (0 = all)."""
     min_chars: int = number(1, ge=0)
