@@ -336,6 +336,21 @@ def output_head(model: nn.Module, vocab_size: int) -> Head:
     )
 
 
+def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
+    """The model's output head rows beyond the shared vocabulary, ``[vocab_size, rows)``: weight (R−V, D),
+    bias (R−V,) or None, the same logit transform; None when the head has exactly ``vocab_size`` rows. ekd
+    never trains or scores them; evaluation reports the probability a full-head softmax gives them."""
+    linear = model.get_output_embeddings()
+    if linear is None or linear.weight.shape[0] <= vocab_size:
+        return None
+    bias = getattr(linear, "bias", None)
+    return Head(
+        linear.weight[vocab_size:],  # (R−V, D)
+        None if bias is None else bias[vocab_size:],  # (R−V,)
+        logit_transform(model),
+    )
+
+
 def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
     """Refuse a model whose logits ekd's head does not reproduce: ``forward(...).logits`` on ``tokens``
     token ids vs ``output_head`` applied to the body's last hidden states, first ``vocab_size`` columns.
