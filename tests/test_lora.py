@@ -48,7 +48,7 @@ def _base(run_dir, preset: str) -> torch.nn.Module:
     """The student's base model rebuilt from the exported adapter's ``ekd_base.json``."""
     note = json.loads((run_dir / "student" / lora_mod.BASE_NOTE).read_text())
     assert note["base_model"] == f"preset:{preset}"
-    return build_preset(preset, note["vocab_size"], note["eos_token_id"], note["seed"])
+    return build_preset(preset, note["head_rows"], note["eos_token_id"], note["seed"])
 
 
 def _ids(vocab: int) -> torch.Tensor:

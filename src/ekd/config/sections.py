@@ -140,6 +140,20 @@ class ModelConfig:
     lora_export: str = one_of("merged", "merged", "adapter")
     """What ``<run>/student`` holds after a LoRA run: 'merged' (a plain HF model directory, adapters merged
     into the weights) or 'adapter' (peft's adapter directory and ``ekd_base.json`` naming the base model)."""
+    export_dtype: str = one_of("auto", "auto", "float32", "bfloat16", "float16")
+    """Dtype of the weights written to ``<run>/student``: 'auto' (the student's own: the ``dtype`` its
+    config.json declares, float32 for a preset or a config that declares none), 'float32', 'bfloat16' or
+    'float16'. Training keeps fp32 master weights (and checkpoints hold them); after the last optimizer step
+    the shipped weights are rounded to this dtype in place, so the final evaluation scores exactly the
+    weights that are written. A LoRA adapter export writes its adapters (and trained head) in it."""
+    export_head_rows: str = one_of("keep", "keep", "trim")
+    """A student head with more rows than the tokenizer has tokens (a padded vocabulary): ekd trains and
+    scores only the first V rows (V = tokenizer length). 'keep': ship every row (the architecture's shape) and
+    list the padded ids in ``generation_config.suppress_tokens``, so ``generate`` never emits them; an
+    evaluator that softmaxes over the whole head still sees their probability (``eval/<set>/padded_mass``,
+    ``ppl_full_head``). 'trim': cut the head (and a tied embedding) to V rows before the final evaluation,
+    so the shipped model is exactly the model ekd scored for every evaluator (``vocab_size`` becomes V;
+    not for ``model.lora_export=adapter``, whose base keeps its shape, nor ``train.parallel=fsdp``)."""
 
 
 def _eval_set_name(name: str) -> str | None:

@@ -111,6 +111,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}"
         )
+    if cfg.model.export_head_rows == "trim" and cfg.model.lora_r > 0 and cfg.model.lora_export == "adapter":
+        raise ConfigError(
+            "model.export_head_rows=trim cannot apply to model.lora_export=adapter: the adapter is loaded onto the "
+            "base model, whose head keeps its rows; use model.lora_export=merged or model.export_head_rows=keep"
+        )
+    if cfg.model.export_head_rows == "trim" and tr.parallel == "fsdp":
+        raise ConfigError(
+            "model.export_head_rows=trim needs the whole student on every rank, not train.parallel=fsdp; "
+            "use model.export_head_rows=keep (or train.parallel=ddp)"
+        )
     lg = cfg.log
     if not lg.wandb_project and (lg.wandb_name or lg.wandb_mode != "online"):
         key = "log.wandb_name" if lg.wandb_name else "log.wandb_mode"

@@ -338,10 +338,23 @@ def _bytes_per_token(run_dir: Path, config: dict[str, Any], kd_fraction: float) 
 
 
 def _vocab_size(run_dir: Path) -> int:
-    path = run_dir / "student" / "config.json"
+    """V, the vocabulary the run's teacher targets spanned: the tokenizer length the run recorded when it
+    finished (``ekd-run.json``'s ``tokenizer_tokens``), else (a run of an older ekd) the length of the tokenizer
+    exported with the student (a model or an adapter directory alike); 0 when neither is there. Never the
+    student head's ``vocab_size``: a padded head has more rows than the targets span."""
+    from ekd.train.run_dir import read_marker
+
     try:
-        return int(json.loads(path.read_text()).get("vocab_size", 0))
-    except (OSError, ValueError):
+        recorded = (read_marker(run_dir) or {}).get("tokenizer_tokens")
+    except EkdError:
+        recorded = None
+    if recorded:
+        return int(recorded)
+    try:
+        from ekd.models.load import load_tokenizer
+
+        return len(load_tokenizer(str(run_dir / "student"), role="student"))
+    except EkdError:
         return 0
 
 

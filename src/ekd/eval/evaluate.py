@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ekd.eval.metrics import IGNORE_INDEX, StreamingMetrics
 from ekd.losses.matmul import RowBuffer
 from ekd.models.body import body_outputs
-from ekd.models.load import model_body, output_head  # noqa: F401  (re-exported by ekd.eval)
+from ekd.models.load import model_body, output_head, padded_head  # noqa: F401  (re-exported by ekd.eval)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def evaluate(
         batches: batches with ``input_ids`` (B, T), shifted ``labels`` (B, T) (−100 ignored),
             ``attention_mask`` (B, T) and ``.to(device)``.
         teacher: optional Hugging Face causal LM sharing the tokenizer, already on ``device``.
-        vocab_size: V, the tokenizer length; heads with more (padded) rows are sliced to V.
+        vocab_size: V, the tokenizer length; heads with more (padded) rows are sliced to V, and the student's
+            rows beyond V give ``padded_mass`` / ``ppl_full_head`` (``ekd.eval.metrics``).
         ece_bins: equal-width ECE bins (lo, hi].
         entropy_buckets: equal-width buckets of normalized teacher entropy H/log V (0 = off).
         device: where batches are moved.
@@ -99,6 +100,7 @@ def evaluate(
         vocab_size, ece_bins=ece_bins, entropy_buckets=entropy_buckets, chunk_rows=chunk_rows
     )
     s_head = output_head(student, vocab_size)  # applies the model's logit transform (scale, soft-cap)
+    s_padded = padded_head(student, vocab_size)  # rows ≥ V of a padded head (None: none), for padded_mass
     t_head = output_head(teacher, vocab_size) if teacher is not None else None
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
@@ -127,11 +129,15 @@ def evaluate(
                 end = start + chunk_rows
                 s_logits = s_head(s_hidden[start:end], s_buffer)  # (m, V)
                 t_logits = t_head(t_hidden[start:end], t_buffer) if t_hidden is not None else None  # (m, V)
+                padded = (
+                    s_padded(s_hidden[start:end]).logsumexp(dim=-1) if s_padded is not None else None
+                )  # (m,) over the R−V padded rows
                 metrics.update(
                     s_logits,
                     labels[start:end],
                     t_logits,
                     None if boundary is None else boundary[start:end],
+                    padded,
                 )
     if world_size > 1:
         metrics.all_reduce(device)

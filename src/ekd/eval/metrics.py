@@ -18,6 +18,12 @@ Metrics (``compute()``):
   ``teacher_entropy`` (mean H(p), nats), ``teacher_tokens``, and per bucket b of the normalized teacher
   entropy Ĥ = H(p)/log V (``entropy_buckets`` equal-width buckets [b/B, (b+1)/B), the last one closed):
   ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}``. An empty bucket reports NaN for its means.
+- for a student head padded past the tokenizer (rows ≥ V, never trained or scored by ekd; ``update(...,
+  padded_logsumexp=...)``): ``padded_mass``, the mean probability a softmax over the *whole* head puts on
+  those rows, and ``loss_full_head`` / ``ppl_full_head``, the NLL and perplexity under that softmax — what an
+  evaluator of the exported model that does not slice its logits to V (lm-eval, a plain ``log_softmax``)
+  computes. Per row, with d = logsumexp(padded logits) − logsumexp(V logits): mass = σ(d) and
+  NLL_full = NLL + softplus(d).
 """
 
 from __future__ import annotations
@@ -88,6 +94,9 @@ class StreamingMetrics:
             "h_kl": torch.zeros(h, dtype=acc_dtype, device=device),
             "h_correct": torch.zeros(h, dtype=acc_dtype, device=device),
             "h_agree": torch.zeros(h, dtype=acc_dtype, device=device),
+            "padded_tokens": torch.zeros((), dtype=acc_dtype, device=device),
+            "padded_mass": torch.zeros((), dtype=acc_dtype, device=device),
+            "nll_full_head": torch.zeros((), dtype=acc_dtype, device=device),
         }
         # Inner bin edges k/B in fp32 (correctly rounded), compared against fp32 confidences.
         self._ece_edges = torch.arange(1, b, dtype=torch.float32, device=device) / b  # (bins − 1,)
@@ -106,6 +115,7 @@ class StreamingMetrics:
         labels: Tensor,
         teacher_logits: Tensor | None = None,
         boundary: Tensor | None = None,
+        padded_logsumexp: Tensor | None = None,
     ) -> None:
         """Add N rows.
 
@@ -114,6 +124,8 @@ class StreamingMetrics:
             labels: (N,) gold next-token ids; rows with label −100 are skipped.
             teacher_logits: (N, V) teacher logits at the same rows, or None.
             boundary: (N,) bool, True where the target is an end-of-document token, or None (none are).
+            padded_logsumexp: (N,) logsumexp of the student's logits at its head rows ≥ V (a padded head), or
+                None (no such rows).
         """
         if student_logits.dim() != 2 or student_logits.shape[1] != self.vocab_size:
             raise ValueError(
@@ -133,10 +145,15 @@ class StreamingMetrics:
             boundary = torch.zeros_like(labels, dtype=torch.bool)
         if boundary.shape != labels.shape:
             raise ValueError(f"boundary must be ({labels.shape[0]},), got {tuple(boundary.shape)}")
+        if padded_logsumexp is not None and padded_logsumexp.shape != labels.shape:
+            raise ValueError(
+                f"padded_logsumexp must be ({labels.shape[0]},), got {tuple(padded_logsumexp.shape)}"
+            )
         if not bool(valid.all()):
             student_logits, labels = student_logits[valid], labels[valid]  # (n, V), (n,)
             teacher_logits = None if teacher_logits is None else teacher_logits[valid]
             boundary = boundary[valid]  # (n,)
+            padded_logsumexp = None if padded_logsumexp is None else padded_logsumexp[valid]  # (n,)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.vocab_size):
             raise ValueError(
                 f"labels must be in [0, {self.vocab_size}) or −100, got [{int(labels.min())}, {int(labels.max())}]"
@@ -148,10 +165,16 @@ class StreamingMetrics:
                 labels[start:end],
                 None if teacher_logits is None else teacher_logits[start:end],
                 boundary[start:end],
+                None if padded_logsumexp is None else padded_logsumexp[start:end],
             )
 
     def _update_chunk(
-        self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, boundary: Tensor
+        self,
+        student_logits: Tensor,
+        labels: Tensor,
+        teacher_logits: Tensor | None,
+        boundary: Tensor,
+        padded_logsumexp: Tensor | None = None,
     ) -> None:
         s = self._sums
         acc = s["tokens"].dtype
@@ -171,6 +194,11 @@ class StreamingMetrics:
         s["bin_count"].index_add_(0, b, torch.ones_like(correct))
         s["bin_conf"].index_add_(0, b, conf.to(acc))
         s["bin_correct"].index_add_(0, b, correct)
+        if padded_logsumexp is not None:
+            gap = padded_logsumexp.float() - torch.logsumexp(z, dim=-1)  # (m,) log(padded mass / V-row mass)
+            s["padded_tokens"] += labels.shape[0]
+            s["padded_mass"] += torch.sigmoid(gap).to(acc).sum()
+            s["nll_full_head"] += (nll + torch.nn.functional.softplus(gap)).to(acc).sum()
         if teacher_logits is None:
             return
         log_p = torch.log_softmax(teacher_logits.float(), dim=-1)  # (m, V)
@@ -226,6 +254,10 @@ class StreamingMetrics:
             "ece": ece,
         }
         out["ppl_no_boundary"] = _exp(out["loss_no_boundary"])
+        if s["padded_tokens"] > 0:
+            out["padded_mass"] = mean(s["padded_mass"], s["padded_tokens"])
+            out["loss_full_head"] = mean(s["nll_full_head"], s["padded_tokens"])
+            out["ppl_full_head"] = _exp(out["loss_full_head"])
         nt = s["teacher_tokens"]
         if nt > 0:
             out.update(

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PRESET_PREFIX = "preset:"
 T = TypeVar("T")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def is_preset(spec: str) -> bool:
@@ -125,15 +126,7 @@ def empty_model(
                 attn_implementation=attn_implementation,
                 role=role,
             )
-    kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if revision:
-        kwargs["revision"] = revision
-    local = check_model_dir(spec, role)
-    kwargs.update(hub_kwargs(spec, _key(role), "config.json", revision))
-    source = str(local) if local is not None else spec
-    config = load_or_refuse(
-        spec, role, lambda: AutoConfig.from_pretrained(source, **kwargs), "a model config"
-    )
+    config = model_config(spec, revision, trust_remote_code, role)
     build: dict = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         build["dtype"] = dtype
@@ -141,6 +134,31 @@ def empty_model(
         build["attn_implementation"] = attn_implementation
     with torch.device("meta"):
         return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_config(config, **build))
+
+
+def model_config(spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "model"):
+    """The ``AutoConfig`` of a hub id or local directory (config.json only, no weights); errors as
+    :func:`load_or_refuse`."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    local = check_model_dir(spec, role)
+    kwargs.update(hub_kwargs(spec, _key(role), "config.json", revision))
+    source = str(local) if local is not None else spec
+    return load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(source, **kwargs), "a model config")
+
+
+def declared_dtype(
+    spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "model"
+) -> torch.dtype | None:
+    """The dtype a saved model's config.json declares (``dtype``, or the older ``torch_dtype``), if it is
+    float32, bfloat16 or float16; None for a preset, no declaration or another dtype."""
+    if is_preset(spec):
+        return None
+    declared = getattr(model_config(spec, revision, trust_remote_code, role), "dtype", None)
+    if isinstance(declared, str):
+        return DTYPES.get(declared)
+    return declared if declared in DTYPES.values() else None
 
 
 def load_tokenizer(
@@ -349,6 +367,21 @@ def output_head(model: nn.Module, vocab_size: int) -> Head:
     )
 
 
+def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
+    """The model's output head rows beyond the shared vocabulary, ``[vocab_size, rows)``: weight (R−V, D),
+    bias (R−V,) or None, the same logit transform; None when the head has exactly ``vocab_size`` rows. ekd
+    never trains or scores them; evaluation reports the probability a full-head softmax gives them."""
+    linear = model.get_output_embeddings()
+    if linear is None or linear.weight.shape[0] <= vocab_size:
+        return None
+    bias = getattr(linear, "bias", None)
+    return Head(
+        linear.weight[vocab_size:],  # (R−V, D)
+        None if bias is None else bias[vocab_size:],  # (R−V,)
+        logit_transform(model),
+    )
+
+
 def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
     """Refuse a model whose logits ekd's head does not reproduce: ``forward(...).logits`` on ``tokens``
     token ids vs ``output_head`` applied to the body's last hidden states, first ``vocab_size`` columns.
@@ -409,23 +442,51 @@ def save_model_dir(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | Path,
     state_dict: dict | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename.
-    ``state_dict``: the weights to write instead of the model's own (the full state of a sharded model)."""
+    ``state_dict``: the weights to write instead of the model's own (the full state of a sharded model).
+    ``dtype``: write the floating weights in this dtype, and config.json's ``dtype`` says so (None: as they
+    are); the model itself is not changed."""
     from ekd.io import atomic_dir  # a full disk is one line and leaves neither half a model nor its bytes
 
+    if dtype is not None:
+        state_dict = cast_state(model.state_dict() if state_dict is None else state_dict, dtype)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        if dtype is not None:  # save_pretrained wrote the dtype of the model's parameters
+            kept = model.config.dtype
+            model.config.dtype = str(dtype).removeprefix("torch.")
+            try:
+                model.config.save_pretrained(tmp)
+            finally:
+                model.config.dtype = kept
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``state`` with every floating tensor in ``dtype``. Names that alias one storage (a tied head and
+    embedding) still alias one tensor afterwards, so ``save_pretrained`` stores it once."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, t in state.items():
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point()) or t.dtype == dtype:
+            out[name] = t
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.device)
+        if key not in cast:
+            cast[key] = t.detach().to(dtype)
+        out[name] = cast[key]
+    return out
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return DTYPES[name]
     except KeyError:
         raise ModelError(
             f"model.teacher_dtype must be auto, float32, bfloat16 or float16, got '{name}'"

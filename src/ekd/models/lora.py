@@ -9,7 +9,9 @@ head itself is never given an adapter: ekd applies the head's weight directly, s
 silently skipped.
 
 Checkpoints hold the trained tensors only (the frozen base is rebuilt from ``model.student`` on resume);
-the run's ``student/`` directory is the merged model or the adapter (``model.lora_export``).
+the run's ``student/`` directory is the merged model or the adapter (``model.lora_export``); ``ekd_base.json``
+beside an adapter names the base (``base_model``, ``revision``; a preset's ``seed`` and ``eos_token_id``) and
+records ``tokenizer_tokens`` (V, the rows ekd trained and scored) and ``head_rows`` (the base head's rows).
 """
 
 from __future__ import annotations
@@ -100,25 +102,32 @@ class LoraStudent:
         )
         return cls(model, wrapper, model_cfg.lora_train_head)
 
-    def export(self, tokenizer, out_dir: str | Path, how: str, base: dict) -> Path:
-        """Write the trained student to ``out_dir`` atomically.
+    def merge(self) -> nn.Module:
+        """Fold the adapters into the base weights (``merge_and_unload``, in place): afterwards ``model`` is a
+        plain HF model with the same logits (within fp32 rounding). Returns it."""
+        return self.wrapper.merge_and_unload()  # the base model, its LoRA layers replaced by merged Linears
 
-        Args:
-            how: 'merged': ``merge_and_unload`` (in place: afterwards ``model`` is a plain HF model with the
-                adapters folded into its weights) and a standard HF directory; 'adapter': peft's
-                ``save_pretrained`` (adapter config + weights; the head too when it was trained) and
-                :data:`BASE_NOTE` with ``base`` (how to rebuild the base model).
-        """
-        from ekd.models.load import save_model_dir
+    def shipped(self) -> list[torch.Tensor]:
+        """The tensors an adapter export writes: the adapters, and the head when it trained."""
+        return [p for p in self.model.parameters() if p.requires_grad]
 
-        if how == "merged":
-            merged = (
-                self.wrapper.merge_and_unload()
-            )  # the base model, its LoRA layers replaced by merged Linears
-            return save_model_dir(merged, tokenizer, out_dir)
+    def save_adapter(
+        self, tokenizer, out_dir: str | Path, base: dict, dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write the adapter directory to ``out_dir`` atomically: peft's ``save_pretrained`` (adapter config +
+        weights; the head too when it was trained), the tokenizer and :data:`BASE_NOTE` with ``base`` (how to
+        rebuild the base model). ``dtype``: write the trained tensors in it (the model is left as it was)."""
+        trained = self.shipped() if dtype is not None else []
+        kept = [p.data for p in trained]
         with atomic_dir(out_dir) as tmp:
-            # the trained head is saved with the adapter (peft reloads it into the base model)
-            self.wrapper.save_pretrained(tmp, save_embedding_layers=self.train_head)
+            try:
+                for p in trained:
+                    p.data = p.data.to(dtype)
+                # the trained head is saved with the adapter (peft reloads it into the base model)
+                self.wrapper.save_pretrained(tmp, save_embedding_layers=self.train_head)
+            finally:
+                for p, data in zip(trained, kept):
+                    p.data = data
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             (Path(tmp) / BASE_NOTE).write_text(json.dumps(base, indent=2) + "\n")
@@ -144,12 +153,16 @@ def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> 
 
     path = Path(path)
     if not is_adapter_dir(path):
-        return load_or_refuse(str(path), "student", lambda: AutoModelForCausalLM.from_pretrained(path))
+        # in fp32 whatever dtype it was shipped in: as the run's final evaluation computed on those values
+        return load_or_refuse(
+            str(path), "student", lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        )
     peft = require_peft()
     note = json.loads((path / BASE_NOTE).read_text())
     base = load_model(
         note["base_model"],
-        vocab_size=int(note["vocab_size"]),
+        # a preset's head rows (= its tokenizer length); notes of older ekd versions call them vocab_size
+        vocab_size=int(note.get("head_rows", note.get("vocab_size"))),
         eos_token_id=note.get("eos_token_id"),
         revision=note.get("revision", ""),
         trust_remote_code=trust_remote_code,

@@ -3,7 +3,11 @@
 ``runs/<name>/ekd-run.json`` marks a directory as an ekd run (written when the run is created)::
 
     {"format": "ekd-run", "version": 1, "state": "starting" | "started" | "finished",
-     "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78}
+     "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78,
+     "tokenizer_tokens": 320, "head_rows": 320}
+
+(the last two once the run has finished: the tokenizer length V its targets and scores spanned, and the rows of
+the exported student's head, more than V when padded.)
 
 :class:`RunStart` is the start of a run as one transaction:
 
@@ -68,6 +72,9 @@ RESUMABLE_CHANGES = (
     "run.device",
     "run.output_dir",
     "run.name",
+    # what is exported at the end (the checkpoints keep the fp32 master weights whatever these say)
+    "model.export_dtype",
+    "model.export_head_rows",
     # how the same computation is laid out on devices (DCP reshards between all of them); the checkpoint refuses
     # another global micro-batch (ranks × train.micro_batch_size)
     "train.micro_batch_size",
@@ -499,7 +506,8 @@ class RunStart:
             with suppress(OSError):
                 self.run_dir.parent.rmdir()  # only if empty
 
-    def finish(self) -> None:
-        """The run trained all its steps and wrote its final evaluation."""
+    def finish(self, **facts: object) -> None:
+        """The run trained all its steps and wrote its final evaluation; ``facts`` about it are recorded with
+        the state (``tokenizer_tokens``: V, ``head_rows``: the exported head's rows)."""
         with writing(self.run_dir):
-            _write_marker(self.run_dir, state="finished")
+            _write_marker(self.run_dir, state="finished", **facts)

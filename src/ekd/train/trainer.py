@@ -23,6 +23,7 @@ from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.models.dropout import active_dropout, dropout_fix
+from ekd.models.export import export_dtype, export_line, head_rows, prepare_shipped
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
@@ -423,31 +424,51 @@ def _train(
     if start_step >= cfg.train.max_steps:  # no step was left to train (a resume at max_steps): commit now
         run_on_main(ranks, lambda: start.commit(), "mark the run started")
 
-    checkpoint(cfg.train.max_steps)
+    checkpoint(cfg.train.max_steps)  # the fp32 master weights: a --resume with more steps continues from them
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
         log.info("loading the teacher for evaluation only (training used the cache)")
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
         eval_teacher = load_teacher(cfg, data, device)
+    # every rank turns the student into the model <run>/student holds (LoRA merged; padded head rows suppressed
+    # or trimmed; weights rounded to the export dtype), so the final evaluation scores the shipped weights
+    adapter = lora is not None and cfg.model.lora_export == "adapter"
+    if lora is not None and not adapter:
+        lora.merge()  # the student is a plain HF model from here on (same logits)
+    rows = head_rows(student)  # before a trim: the base's rows, for an adapter's ekd_base.json
+    dtype = export_dtype(
+        cfg.model.export_dtype, cfg.model.student, cfg.model.revision, cfg.model.trust_remote_code
+    )
+    shipped = prepare_shipped(
+        student,
+        data.vocab_size,
+        dtype,
+        cfg.model.export_head_rows,
+        lora.shipped() if adapter else None,
+        global_max=lambda x: global_sums({"w_max": x}, ranks)["w_max"],
+    )
     exported = full_state_dict(sharded) if sharded is not None else None  # collective; on rank 0 only
 
     def export() -> None:
         with writing(run_dir):
-            if lora is not None:  # merged: the student is a plain HF model from here on (same logits)
-                lora.export(data.tokenizer, run_dir / "student", cfg.model.lora_export, lora_base(cfg, data))
+            if adapter:
+                lora.save_adapter(data.tokenizer, run_dir / "student", lora_base(cfg, data, rows), dtype)
             else:
                 save_model_dir(
                     student,
                     data.tokenizer,
                     run_dir / "student",
                     state_dict=None if exported is None else submodule_state(exported, "student"),
+                    dtype=dtype,
                 )
+        log.info(export_line(str(run_dir / "student"), dtype, data.vocab_size, rows, shipped, adapter))
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
         write_eval_json(run_dir, cfg, results, keep=False)
         run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
         metrics_log.close()
-        start.finish()
+        # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows
+        start.finish(tokenizer_tokens=data.vocab_size, head_rows=shipped["head_rows"])
 
     run_on_main(ranks, export, "export the student", share=False)
     # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks while
@@ -574,9 +595,15 @@ def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size:
     return {"kl_before": torch.cat([f["kl_before"] for f in feedback]), "kl_after": torch.cat(after)}
 
 
-def lora_base(cfg: Config, data: PreparedData) -> dict:
-    """What an exported adapter applies to: the base model and, for a preset, how it was built."""
-    note = {"base_model": cfg.model.student, "revision": cfg.model.revision, "vocab_size": data.vocab_size}
+def lora_base(cfg: Config, data: PreparedData, head_rows: int) -> dict:
+    """What an exported adapter applies to: the base model and, for a preset, how it was built; the tokenizer's
+    length V (the rows ekd trained and scored) and the base head's ``head_rows`` (V or more, when padded)."""
+    note = {
+        "base_model": cfg.model.student,
+        "revision": cfg.model.revision,
+        "tokenizer_tokens": data.vocab_size,
+        "head_rows": head_rows,
+    }
     if is_preset(cfg.model.student):  # random init: rebuilt by ekd.models.load.build_preset from these
         note.update(seed=cfg.run.seed, eos_token_id=data.eos_id)
     return note
