@@ -193,14 +193,10 @@ def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: 
     """The output-head rows a model's config.json declares (``vocab_size`` of its text config), read without
     weights; None when it cannot be read here (loading the model reports why) or the architecture is custom
     code (``auto_map``: its head need not follow ``vocab_size``)."""
-    from transformers import AutoConfig
+    from ekd.models.load import model_config
 
-    from ekd.hub import hub_kwargs
-
-    kwargs: dict = {"revision": revision} if revision else {}
     try:
-        kwargs.update(hub_kwargs(spec, f"model.{role}", "config.json", revision))
-        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+        config = model_config(spec, revision, trust_remote_code, role)
     except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
         return None
     if getattr(config, "auto_map", None):
