@@ -480,3 +480,15 @@ def test_the_eval_table_gives_each_sets_documents_and_tokens_and_marks_a_tiny_on
     assert f"{TINY_MARK} tiny (under {SMALL_EVAL_DOCUMENTS} documents)" in out
     _print_eval({"eval": {"ppl": 12.5, "tokens": 6094.0}})  # eval.json of an older ekd: no documents, no note
     assert "tiny" not in capsys.readouterr().out
+
+
+def test_the_eval_table_shows_the_full_head_ppl_of_a_padded_head(capsys):
+    """h33: eval sets of a student whose head is padded past the tokenizer report ppl_full_head; the table shows
+    it (and its note says what it is) only then."""
+    from ekd.cli import _print_eval
+
+    _print_eval({"eval": {"ppl": 371.29, "ppl_full_head": 383.01, "padded_mass": 0.031, "tokens": 8123.0}})
+    out = capsys.readouterr().out
+    assert "ppl (full head)" in out and "383.01" in out and "padded rows past the tokenizer" in out
+    _print_eval({"eval": {"ppl": 371.29, "tokens": 8123.0}})
+    assert "full head" not in capsys.readouterr().out

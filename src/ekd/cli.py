@@ -294,6 +294,11 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
         ("tokens", "scored tokens", ",.0f"),
         ("ppl", "ppl", ".2f"),
         ("ppl_no_boundary", "ppl w/o EOS", ".2f"),
+        *(
+            [("ppl_full_head", "ppl (full head)", ".2f")]
+            if any("ppl_full_head" in m for m in results.values())
+            else []
+        ),
         ("acc", "acc", ".3f"),
         ("ece", "ECE %", ".2f"),
         ("kl", "KL(t‖s)", ".3f"),

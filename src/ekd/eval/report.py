@@ -33,6 +33,11 @@ def ppl_note(columns: Sequence[Column]) -> str:
     note = "ppl is over every target, the end-of-document tokens (EOS) included"
     if "ppl_no_boundary" in metrics:
         note += "; 'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out"
+    if "ppl_full_head" in metrics:
+        note += (
+            "; 'ppl (full head)' (ppl_full_head) takes the softmax over every head row, the padded rows past the "
+            "tokenizer included, as an outside evaluator of the export does"
+        )
     return note + "."
 
 
