@@ -332,3 +332,12 @@ def test_baselines_that_match_no_run_are_one_line(tmp_path, capsys):
     assert "--baselines kdd matches no run" in line and "did you mean 'kd'" in line, line
     assert not out.exists()  # nothing written
     assert main(["compare", runs[0], "--out", str(out)]) == 0  # the default kd,ce: those present
+
+
+def test_a_token_store_does_not_make_another_eval_set(tmp_path):
+    """Try-out 11: two runs that differ only in data.store_dir (the store holds the in-memory blocks) were
+    'n/a (different eval sets)' throughout."""
+    a = _edit(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), data={"store_dir": "auto"})
+    b = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5), data={"store_dir": ""})
+    s = compare_runs([a, b], tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] != "different eval sets" and not s["eval_sets"]

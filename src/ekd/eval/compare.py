@@ -95,9 +95,8 @@ class RunRecord:
         """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
         RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
         alike (:func:`ekd.eval.eval_json.set_settings`)."""
-        if name in self.scored_with:
-            return self.scored_with[name]
-        return set_settings(self.config.get("data") or {}, name)
+        data = self.scored_with[name] if name in self.scored_with else self.config.get("data") or {}
+        return set_settings(data, name)  # narrowed and without the keys that only change how it is read
 
     def eval_set(self, name: str) -> str:
         """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the

@@ -19,19 +19,21 @@ from typing import Any
 SETTINGS_KEY = "data"
 """The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""
 TEACHER_SUFFIX = "/teacher"
+READ_ONLY_KEYS = ("store_dir", "hf_streaming")
+"""``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
 
 
 def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The data settings that decide eval set ``name``'s blocks: the ``data`` section as ``config.yaml``
-    writes it, with ``eval_sources`` narrowed to ``name``'s own entry (``{}`` for the ``eval`` split and the
-    builtin sets). Each source is read on its own (:func:`ekd.data.build.load_splits`), so the other sets
+    writes it, without :data:`READ_ONLY_KEYS`, with ``eval_sources`` narrowed to ``name``'s own entry (``{}`` for
+    the ``eval`` split and the builtin sets). Each source is read on its own (:func:`ekd.data.build.load_splits`), so the other sets
     named beside it do not change it; every other key is kept, whether or not it matters to this set.
 
     Args:
         data: The ``data`` section (``Config.to_dict()["data"]`` or a saved config's); not modified.
         name: The set's name.
     """
-    out = dict(data)
+    out = {k: v for k, v in data.items() if k not in READ_ONLY_KEYS}
     sources = out.get("eval_sources") or {}
     out["eval_sources"] = {name: sources[name]} if name in sources else {}
     return out

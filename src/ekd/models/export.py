@@ -154,9 +154,9 @@ def export_line(
             if changes["padded"]
             else "left as the base model has them (an adapter does not change generation_config)"
         )
+        trim = "" if adapter else "; model.export_head_rows=trim ships the scored model exactly"
         parts.append(
             f"head keeps {rows} rows for {vocab_size} tokens: {ids} were not trained by ekd, {where_rows}; "
-            "a full-head softmax gives them eval/<set>/padded_mass (ppl_full_head); "
-            "model.export_head_rows=trim ships the scored model exactly"
+            f"a full-head softmax gives them eval/<set>/padded_mass (ppl_full_head){trim}"
         )
     return "; ".join(parts)
