@@ -49,6 +49,16 @@ def flat_all_reduce(params) -> None:
 
 def _worker(rank: int, init: str, out: str, steps: int, v: int, t: int, b: int) -> None:
     import torch
+
+    from ekd.train.distributed import in_process_group, start_process_group
+
+    torch.set_num_threads(1)
+    start_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    in_process_group(_measure, rank, out, steps, v, t, b)
+
+
+def _measure(rank: int, out: str, steps: int, v: int, t: int, b: int) -> None:
+    import torch
     import torch.distributed as dist
 
     from benchmarks.step import _model
@@ -60,74 +70,69 @@ def _worker(rank: int, init: str, out: str, steps: int, v: int, t: int, b: int) 
     from ekd.train.method_parts import MethodParts
     from ekd.train.trainer import forward_backward
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
-    try:
-        cfg = load_config(None, ["method=kd", "train.grad_accum_steps=2", "train.max_steps=1000"])
-        parts = MethodParts.build(cfg, total_steps=1000)
-        teacher = OnlineTeacher(_model(TEACHER, v, 1), v, auto_chunk_rows(v))
-        students = {name: _model(STUDENT, v, 0).train() for name in ("ddp", "flat")}
-        engine = data_parallel(students["ddp"], {}, Ranks(rank, 2, torch.device("cpu")))
-        optimizers = {n: torch.optim.AdamW(s.parameters(), lr=1e-4) for n, s in students.items()}
-        run_dir = Path(tempfile.mkdtemp(prefix="ekd-bench-ddp-"))
+    cfg = load_config(None, ["method=kd", "train.grad_accum_steps=2", "train.max_steps=1000"])
+    parts = MethodParts.build(cfg, total_steps=1000)
+    teacher = OnlineTeacher(_model(TEACHER, v, 1), v, auto_chunk_rows(v))
+    students = {name: _model(STUDENT, v, 0).train() for name in ("ddp", "flat")}
+    engine = data_parallel(students["ddp"], {}, Ranks(rank, 2, torch.device("cpu")))
+    optimizers = {n: torch.optim.AdamW(s.parameters(), lr=1e-4) for n, s in students.items()}
+    run_dir = Path(tempfile.mkdtemp(prefix="ekd-bench-ddp-"))
 
-        def micro_batches(step: int) -> list:
-            out = []
-            for i in range(2):  # this rank's B rows of each global micro-batch of 2·B rows
-                g = torch.Generator().manual_seed(1000 * step + i)
-                ids = torch.randint(0, v, (2 * b, t + 1), generator=g)[rank * b : (rank + 1) * b]
-                out.append(
-                    Batch(
-                        input_ids=ids[:, :-1].contiguous(),
-                        labels=ids[:, 1:].contiguous(),
-                        attention_mask=torch.ones(b, t, dtype=torch.long),
-                        sample_ids=torch.arange(rank * b, (rank + 1) * b),
-                    )
+    def micro_batches(step: int) -> list:
+        out = []
+        for i in range(2):  # this rank's B rows of each global micro-batch of 2·B rows
+            g = torch.Generator().manual_seed(1000 * step + i)
+            ids = torch.randint(0, v, (2 * b, t + 1), generator=g)[rank * b : (rank + 1) * b]
+            out.append(
+                Batch(
+                    input_ids=ids[:, :-1].contiguous(),
+                    labels=ids[:, 1:].contiguous(),
+                    attention_mask=torch.ones(b, t, dtype=torch.long),
+                    sample_ids=torch.arange(rank * b, (rank + 1) * b),
                 )
-            return out
-
-        def step(name: str, i: int) -> float:
-            student, opt = students[name], optimizers[name]
-            batches = micro_batches(i)
-            dist.barrier()
-            t0 = time.perf_counter()
-            forward_backward(
-                batches, student, teacher, parts, i, cfg, v, None, run_dir, engine if name == "ddp" else None
             )
-            if name == "flat":
-                flat_all_reduce(list(student.parameters()))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            dist.barrier()
-            return time.perf_counter() - t0
+        return out
 
-        times: dict[str, list[float]] = {"ddp": [], "flat": []}
-        for i in range(steps + 1):  # step 0: warm-up of both (allocator, optimizer state), not timed
-            order = ("ddp", "flat") if i % 2 == 0 else ("flat", "ddp")
-            for name in order:
-                dt = step(name, i)
-                if i > 0:
-                    times[name].append(dt)
-        params = zip(students["ddp"].parameters(), students["flat"].parameters())
-        max_dw = max(float((a - c).detach().abs().max()) for a, c in params)
-        if rank == 0:
-            ratios = [d / f for d, f in zip(times["ddp"], times["flat"])]
-            result = {
-                "steps": steps,
-                "v": v,
-                "t": t,
-                "b": b,
-                "ddp_s": statistics.median(times["ddp"]),
-                "flat_s": statistics.median(times["flat"]),
-                "ratio": statistics.median(ratios),
-                "ratio_min": min(ratios),
-                "ratio_max": max(ratios),
-                "max_dw": max_dw,
-                "grad_numel": sum(p.numel() for p in students["flat"].parameters()),
-            }
-            Path(out).write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    def step(name: str, i: int) -> float:
+        student, opt = students[name], optimizers[name]
+        batches = micro_batches(i)
+        dist.barrier()
+        t0 = time.perf_counter()
+        forward_backward(
+            batches, student, teacher, parts, i, cfg, v, None, run_dir, engine if name == "ddp" else None
+        )
+        if name == "flat":
+            flat_all_reduce(list(student.parameters()))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dist.barrier()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"ddp": [], "flat": []}
+    for i in range(steps + 1):  # step 0: warm-up of both (allocator, optimizer state), not timed
+        order = ("ddp", "flat") if i % 2 == 0 else ("flat", "ddp")
+        for name in order:
+            dt = step(name, i)
+            if i > 0:
+                times[name].append(dt)
+    params = zip(students["ddp"].parameters(), students["flat"].parameters())
+    max_dw = max(float((a - c).detach().abs().max()) for a, c in params)
+    if rank == 0:
+        ratios = [d / f for d, f in zip(times["ddp"], times["flat"])]
+        result = {
+            "steps": steps,
+            "v": v,
+            "t": t,
+            "b": b,
+            "ddp_s": statistics.median(times["ddp"]),
+            "flat_s": statistics.median(times["flat"]),
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "max_dw": max_dw,
+            "grad_numel": sum(p.numel() for p in students["flat"].parameters()),
+        }
+        Path(out).write_text(json.dumps(result))
 
 
 def main(steps: int = 10, v: int = 8192, t: int = 128, b: int = 2) -> dict:

@@ -52,17 +52,13 @@ class _PeakAtFirstStep(logging.Handler):
 
 def _rank_main(args: list[str]) -> int:
     """One rank: train, then print its two peak resident sets (MiB) as a JSON line."""
-    import torch.distributed as dist
-
     from ekd.cli import main
+    from ekd.train.distributed import in_process_group, start_process_group
 
     handler = _PeakAtFirstStep()
     logging.getLogger("ekd.train.trainer").addHandler(handler)
-    dist.init_process_group("gloo")
-    try:
-        code = main(["distill", *args])
-    finally:
-        dist.destroy_process_group()
+    start_process_group("gloo")
+    code = in_process_group(main, ["distill", *args])
     peaks = {"rank": int(os.environ["RANK"]), "setup": handler.setup_peak, "train": _vm_hwm_mib()}
     print(json.dumps(peaks), file=sys.stderr, flush=True)
     return code

@@ -3,7 +3,8 @@
     torchrun --nproc_per_node=2 tests/dist_runs.py RUNS.json     # RUNS.json: a list of argument lists
 
 One spawn serves every method of the test: the process group and the imports are paid once. Tests start it
-with :func:`torchrun_runs`.
+with :func:`torchrun_runs`. The tests' own multi-process workers start with :func:`gloo_ranks`; every process
+here ends its groups through ekd's teardown and checks that none is left (:func:`assert_groups_ended`).
 
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
@@ -23,11 +24,13 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
 
 from ekd.cli import main
+from ekd.train.distributed import in_process_group, start_process_group
 
 
 def _kill_while_writing(run: str, step: int) -> None:
@@ -89,28 +92,67 @@ def run_all(path: str) -> int:
     if kill := os.environ.get("EKD_TEST_KILL_AT"):
         run, step = kill.split(":")
         _kill_while_writing(run, int(step))
-    quiet = [] if os.environ.get("EKD_TEST_LOUD") else ["-q"]
     events: list = []
     current = [0]
     if trace := os.environ.get("EKD_TEST_TRACE"):
         _trace(events, current)
-    codes_dir = os.environ.get("EKD_TEST_CODES")
-    codes: list[int] = []
-    dist.init_process_group("gloo")
+    start_process_group("gloo")
+    rank = dist.get_rank()
     try:
-        for i, args in enumerate(json.loads(Path(path).read_text())):
-            current[0] = i
-            code = main([*quiet, "distill", *args])
-            codes.append(code)
-            if code != 0 and not codes_dir:
-                return code
-        if codes_dir:
-            Path(codes_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(codes))
-        return 0
+        code = in_process_group(_run_each, json.loads(Path(path).read_text()), current, rank)
     finally:
         if trace:
-            Path(trace, f"rank{dist.get_rank()}.json").write_text(json.dumps(events))
-        dist.destroy_process_group()
+            Path(trace, f"rank{rank}.json").write_text(json.dumps(events))
+    assert_groups_ended()
+    return code
+
+
+def _run_each(runs: list[list[str]], current: list[int], rank: int) -> int:
+    """``ekd distill`` with each argument list (``current[0]``: the index of the one running)."""
+    quiet = [] if os.environ.get("EKD_TEST_LOUD") else ["-q"]
+    codes_dir = os.environ.get("EKD_TEST_CODES")
+    codes: list[int] = []
+    for i, args in enumerate(runs):
+        current[0] = i
+        code = main([*quiet, "distill", *args])
+        codes.append(code)
+        if code != 0 and not codes_dir:
+            return code
+    if codes_dir:
+        Path(codes_dir, f"rank{rank}.json").write_text(json.dumps(codes))
+    return 0
+
+
+def gloo_ranks(body: Callable, out_dir: str | Path, *args: object, world: int = 2) -> None:
+    """``body(rank, out_dir, *args)`` in ``world`` spawned processes of one gloo group (rendezvous through
+    the file ``out_dir/init``), each ending its groups with ekd's own teardown
+    (:func:`ekd.train.distributed.in_process_group`), checked (:func:`assert_groups_ended`)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(body, world, str(out_dir), args), nprocs=world, join=True)
+
+
+def _gloo_rank(rank: int, body: Callable, world: int, out_dir: str, args: tuple) -> None:
+    init = f"file://{os.path.join(out_dir, 'init')}"
+    start_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    in_process_group(body, rank, out_dir, *args)
+    assert_groups_ended()
+
+
+def assert_groups_ended() -> None:
+    """No thread of a gloo process group runs in this process (Linux: the thread names in /proc). A group
+    still alive at interpreter exit can abort the process (``ekd.train.distributed.end_process_groups``)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    left = sorted(n for n in names if "gloo" in n)
+    assert left == [], f"process group threads outlive the teardown: {left}"
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ rules rank the global micro-batch (``ekd.selection.global_batch``).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import tempfile
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_runs import torchrun_runs
-from ekd.train.distributed import Ranks, data_parallel, micro_batch_sync
+from dist_runs import assert_groups_ended, free_port, gloo_ranks, torchrun_runs
+from ekd.train.distributed import Ranks, data_parallel, distributed, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
 
 # name → overrides; each exercises a random draw or a batch-scoped rule that differs per rank if done locally
@@ -124,30 +123,20 @@ def _toy_grads(
     return [p.grad.clone() for p in [*model.parameters(), *extra.parameters()]]
 
 
-def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        model, extra = _toy_model(), torch.nn.Linear(5, 1)
-        torch.manual_seed(rank)  # rank 1 starts from other weights: DDP must broadcast rank 0's
-        if rank:
-            for p in [*model.parameters(), *extra.parameters()]:
-                p.data.normal_()
-        with warnings.catch_warnings(record=True) as caught:  # no deprecated DDP argument
-            warnings.simplefilter("always")
-            engine = data_parallel(model, {"extra": extra}, Ranks(rank, 2, torch.device("cpu")))
-        assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
-        assert not engine.find_unused_parameters  # the unused extra gets a zero term instead
-        data = _toy_data()
-        mine = [mb[rank * 4 : (rank + 1) * 4] for mb in data]  # this rank's 4 rows of each micro-batch
-        torch.save(_toy_grads(model, mine, engine, extra), os.path.join(out_dir, f"rank{rank}.pt"))
-        del (
-            engine
-        )  # DDP's reducer goes before its process group (a reducer freed after it can abort the worker)
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, out_dir: str) -> None:
+    model, extra = _toy_model(), torch.nn.Linear(5, 1)
+    torch.manual_seed(rank)  # rank 1 starts from other weights: DDP must broadcast rank 0's
+    if rank:
+        for p in [*model.parameters(), *extra.parameters()]:
+            p.data.normal_()
+    with warnings.catch_warnings(record=True) as caught:  # no deprecated DDP argument
+        warnings.simplefilter("always")
+        engine = data_parallel(model, {"extra": extra}, Ranks(rank, 2, torch.device("cpu")))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert not engine.find_unused_parameters  # the unused extra gets a zero term instead
+    data = _toy_data()
+    mine = [mb[rank * 4 : (rank + 1) * 4] for mb in data]  # this rank's 4 rows of each micro-batch
+    torch.save(_toy_grads(model, mine, engine, extra), os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
@@ -155,10 +144,8 @@ def test_ddp_sums_gradients_once_per_step():
     """2 gloo ranks through ``data_parallel``: after the last micro-batch every rank holds the one-process
     gradient of the global batch (a sum over ranks, not DDP's average), including a parameter used outside
     the body and one unused in the last micro-batch; ``no_sync`` before it."""
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        gloo_ranks(_ddp_worker, tmp)
         g0, g1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     model, extra = _toy_model(), torch.nn.Linear(5, 1)
@@ -167,3 +154,32 @@ def test_ddp_sums_gradients_once_per_step():
     for a, b, w in zip(g0, g1, want):
         torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(b, w, rtol=1e-6, atol=1e-7)
+
+
+def _sharded_then_fails() -> None:
+    """A step of an FSDP2 module (its hooks and DTensor's caches now refer to the default group), then an
+    error: the module stays referred to by the error's traceback."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = torch.nn.Linear(4, 4)
+    fully_shard(model)
+    model(torch.ones(2, 4)).sum().backward()
+    raise ValueError("the work failed")
+
+
+def _failing_worker(rank: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    with pytest.raises(ValueError, match="the work failed"), distributed(torch.device("cpu")):
+        _sharded_then_fails()
+    assert_groups_ended()
+
+
+@pytest.mark.slow
+def test_groups_end_with_distributed_after_an_error():
+    """``distributed()`` ends its groups (their gloo threads joined) when the work in it fails too: a group
+    left to interpreter exit can abort the process ("terminate called without an active exception")."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_failing_worker, args=(free_port(),), nprocs=2, join=True)

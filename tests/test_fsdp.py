@@ -10,13 +10,12 @@ test process runs the same cases in one process (micro-batch 4). Per-step losses
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from dist_runs import torchrun_runs
+from dist_runs import gloo_ranks, torchrun_runs
 from test_distributed import _metrics
 from tiny import config_file, tiny_overrides, write_corpus
 
@@ -246,10 +245,8 @@ def _toy_step(student, extra, micro_batches, engine, rows: slice, count: float) 
             (engine(run) if engine is not None else run()).backward()
 
 
-def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _fsdp_worker(rank: int, out_dir: str) -> None:
     import copy
-
-    import torch.distributed as dist
 
     from ekd.train.checkpoint import verify_checkpoint
     from ekd.train.distributed import Ranks
@@ -257,79 +254,71 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
     from ekd.train.memory import param_bytes, tensor_bytes
     from ekd.train.sharded_checkpoint import restore_checkpoint, save_sharded_checkpoint, training_state
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
-        count = float(data[0].numel() * 2)
-        for tied in (True, False):
-            # tied: rank 1 builds the student on the meta device and receives its shards from rank 0
-            torch.manual_seed(1)
-            extra = torch.nn.Linear(16, 3)
-            student, ref_student = _toy_student(tied, meta=tied and rank == 1), _toy_student(tied)
-            ref_extra = copy.deepcopy(extra)
-            full = param_bytes(ref_student) + param_bytes(extra)
-            root = shard_student(student, {"extra": extra}, torch.device("cpu"), from_rank0=tied)
-            assert (
-                student.lm_head.weight is student.model.embed_tokens.weight
-            ) == tied  # still one parameter
-            assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
-            _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
-            _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
-            ref = dict(ref_student.named_parameters()) | {
-                f"extra.{k}": p for k, p in ref_extra.named_parameters()
-            }
-            got = dict(student.named_parameters()) | {f"extra.{k}": p for k, p in extra.named_parameters()}
-            for k, p in ref.items():  # gradients: the sum over ranks, not an average
-                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-7)
-            want = torch.nn.utils.clip_grad_norm_(list(ref.values()), 0.01)
-            norm = clip_grad_norm(list(got.values()), 0.01)  # the norm of the whole (sharded) gradient
-            assert abs(norm - float(want)) <= 1e-5 * float(want), (norm, float(want))
-            for k, p in ref.items():
-                torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-8)
-            # a sharded (DCP) checkpoint, every rank writing its shards, read back into fresh shards
-            opt = torch.optim.AdamW(root.parameters(), lr=1e-2)
-            opt.step()
-            ranks = Ranks(rank, 2, torch.device("cpu"))
-            state = {"step": 1, "loader": {}, "policy": {}, "temperature": {}}
-            run = Path(out_dir) / f"run{tied}"
-            ckpt = save_sharded_checkpoint(
-                run, 1, training_state(student, {"extra": extra}), opt, state, ranks
+    torch.set_num_threads(1)
+    data = torch.randint(0, 40, (2, 8, 6), generator=torch.Generator().manual_seed(1))  # 2 micro-batches
+    count = float(data[0].numel() * 2)
+    for tied in (True, False):
+        # tied: rank 1 builds the student on the meta device and receives its shards from rank 0
+        torch.manual_seed(1)
+        extra = torch.nn.Linear(16, 3)
+        student, ref_student = _toy_student(tied, meta=tied and rank == 1), _toy_student(tied)
+        ref_extra = copy.deepcopy(extra)
+        full = param_bytes(ref_student) + param_bytes(extra)
+        root = shard_student(student, {"extra": extra}, torch.device("cpu"), from_rank0=tied)
+        assert (student.lm_head.weight is student.model.embed_tokens.weight) == tied  # still one parameter
+        assert tensor_bytes(root.parameters()) <= 0.55 * full  # each rank holds about half
+        _toy_step(student, extra, list(data), root, slice(rank * 4, rank * 4 + 4), count)
+        _toy_step(ref_student, ref_extra, list(data), None, slice(0, 8), count)  # one process, 8 rows
+        ref = dict(ref_student.named_parameters()) | {
+            f"extra.{k}": p for k, p in ref_extra.named_parameters()
+        }
+        got = dict(student.named_parameters()) | {f"extra.{k}": p for k, p in extra.named_parameters()}
+        for k, p in ref.items():  # gradients: the sum over ranks, not an average
+            torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-7)
+        want = torch.nn.utils.clip_grad_norm_(list(ref.values()), 0.01)
+        norm = clip_grad_norm(list(got.values()), 0.01)  # the norm of the whole (sharded) gradient
+        assert abs(norm - float(want)) <= 1e-5 * float(want), (norm, float(want))
+        for k, p in ref.items():
+            torch.testing.assert_close(got[k].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-8)
+        # a sharded (DCP) checkpoint, every rank writing its shards, read back into fresh shards
+        opt = torch.optim.AdamW(root.parameters(), lr=1e-2)
+        opt.step()
+        ranks = Ranks(rank, 2, torch.device("cpu"))
+        state = {"step": 1, "loader": {}, "policy": {}, "temperature": {}}
+        run = Path(out_dir) / f"run{tied}"
+        ckpt = save_sharded_checkpoint(run, 1, training_state(student, {"extra": extra}), opt, state, ranks)
+        if rank == 0:
+            verify_checkpoint(ckpt)
+        fresh_student, fresh_extra = _toy_student(tied), torch.nn.Linear(16, 3)
+        fresh = shard_student(fresh_student, {"extra": fresh_extra}, torch.device("cpu"))
+        fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+        got_state = restore_checkpoint(ckpt, fresh_student, fresh_opt, {"extra": fresh_extra}, ranks, 1)
+        assert got_state["step"] == 1
+        a, b = full_state_dict(root), full_state_dict(fresh)
+        assert sorted(a) == sorted(b)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+        for p, q in zip(root.parameters(), fresh.parameters()):
+            sa, sb = opt.state[p], fresh_opt.state[q]
+            torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
+        if rank == 0:
+            assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
+            # the export of the sharded student holds the keys of the one-process export (a tied head once)
+            assert _saved_keys(student, Path(out_dir, f"fsdp{tied}"), submodule_state(a, "student")) == (
+                _saved_keys(ref_student, Path(out_dir, f"one{tied}"))
             )
-            if rank == 0:
-                verify_checkpoint(ckpt)
-            fresh_student, fresh_extra = _toy_student(tied), torch.nn.Linear(16, 3)
-            fresh = shard_student(fresh_student, {"extra": fresh_extra}, torch.device("cpu"))
-            fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
-            got_state = restore_checkpoint(ckpt, fresh_student, fresh_opt, {"extra": fresh_extra}, ranks, 1)
-            assert got_state["step"] == 1
-            a, b = full_state_dict(root), full_state_dict(fresh)
-            assert sorted(a) == sorted(b)
-            for k in a:
-                torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
-            for p, q in zip(root.parameters(), fresh.parameters()):
-                sa, sb = opt.state[p], fresh_opt.state[q]
-                torch.testing.assert_close(sb["exp_avg_sq"].to_local(), sa["exp_avg_sq"].to_local())
-            if rank == 0:
-                assert sorted(submodule_state(a, "extras")) == ["extra.bias", "extra.weight"]
-                # the export of the sharded student holds the keys of the one-process export (a tied head once)
-                assert _saved_keys(student, Path(out_dir, f"fsdp{tied}"), submodule_state(a, "student")) == (
-                    _saved_keys(ref_student, Path(out_dir, f"one{tied}"))
-                )
-        # a sharded frozen teacher received from rank 0 (rank 1 builds it on the meta device): about half the
-        # bytes, the same hidden states as the whole model (rotary inv_freq, a non-persistent buffer, included)
-        teacher = _toy_student(False, meta=rank == 1).eval().requires_grad_(False)
-        whole = _toy_student(False).eval().requires_grad_(False)
-        shard = shard_frozen(teacher, torch.device("cpu"), from_rank0=True)
-        assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
-        with torch.no_grad():
-            shard.unshard()
-            h = teacher.model(input_ids=data[0]).last_hidden_state
-            torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
-            shard.reshard()
-        _load_failures_reach_every_rank(rank)
-    finally:
-        dist.destroy_process_group()
+    # a sharded frozen teacher received from rank 0 (rank 1 builds it on the meta device): about half the
+    # bytes, the same hidden states as the whole model (rotary inv_freq, a non-persistent buffer, included)
+    teacher = _toy_student(False, meta=rank == 1).eval().requires_grad_(False)
+    whole = _toy_student(False).eval().requires_grad_(False)
+    shard = shard_frozen(teacher, torch.device("cpu"), from_rank0=True)
+    assert param_bytes(teacher) <= 0.55 * param_bytes(whole)
+    with torch.no_grad():
+        shard.unshard()
+        h = teacher.model(input_ids=data[0]).last_hidden_state
+        torch.testing.assert_close(h, whole.model(input_ids=data[0]).last_hidden_state)
+        shard.reshard()
+    _load_failures_reach_every_rank(rank)
 
 
 def _saved_keys(model, out: Path, state: dict | None = None) -> list[str]:
@@ -374,7 +363,5 @@ def test_fsdp_sums_clips_checkpoints_and_shards():
     receives its shards); a load failing on either rank is an error on both."""
     import tempfile
 
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_fsdp_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        gloo_ranks(_fsdp_worker, tmp)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_runs import gloo_ranks
 from ekd.config import Config
 from ekd.models.load import build_preset
 from ekd.plan import GIB, estimate, parse_bytes, shape_of
@@ -107,25 +108,17 @@ def test_plan_matches_one_process():
     _within(_measured(), _planned(1))
 
 
-def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        measured = {"ddp": _measured(rank, 2), "fsdp": _measured_fsdp()}
-        torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _two_rank_worker(rank: int, out_dir: str) -> None:
+    measured = {"ddp": _measured(rank, 2), "fsdp": _measured_fsdp()}
+    torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
 def test_plan_matches_two_ranks():
     """Per rank under DDP: a full replica of parameters, gradients and AdamW state (the plan's ``ddp``);
     under FSDP2 with a sharded teacher: half of each, and half of the teacher (``fsdp``, ``shard``)."""
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_two_rank_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        gloo_ranks(_two_rank_worker, tmp)
         measured = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
     for m in measured:
         _within(m["ddp"], _planned(2))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_runs import free_port
+from dist_runs import assert_groups_ended, free_port
 from tiny import tiny_overrides, write_corpus
 
 CPU = torch.device("cpu")
@@ -88,6 +88,7 @@ def _worker(rank: int, root: str, port: int) -> None:
         fetch_models_once(specs, "", ranks)  # one node: local rank 0 downloads
         calls["one_node"], calls["download"] = calls["download"], []
         fetch_models_once(specs, "", replace(ranks, local_rank=0))  # two nodes of one rank each
+    assert_groups_ended()  # distributed() ended its groups (default and host)
     out = {
         "calls": calls,
         "fingerprint": data.blocks["train"].fingerprint(),

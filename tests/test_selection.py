@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dist_runs import gloo_ranks
 from ekd.config import MethodConfig
 from ekd.selection.base import ceil_count
 from ekd.selection.draws import RowDraws, micro_batch_key
@@ -784,31 +785,26 @@ def _batch_scope_results(rank: int, world: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gls = build_policy(cfg(policy="gls", scorer="random", select_fraction=0.3, gls_queue_size=64), 10)
-        bandit = build_policy(cfg(policy="bandit", bandit_kind="linucb"), 10)
-        for step in range(3):
-            stats, valid, g = random_case(10 * step + rank)  # different data on each rank
-            gls.select(torch.rand(valid.shape, generator=g), valid, ctx(step))
-            sel = bandit.select(None, valid, ctx(step, features=stats))
-            before = torch.rand(sel.count, generator=g)
-            bandit.observe(kl_before=before, kl_after=before * 0.5)
-        torch.save(
-            {
-                "queue": gls.queue,
-                "threshold": gls.threshold,
-                "A": bandit.A,
-                "b": bandit.b,
-                "batch": _batch_scope_results(rank, world),
-            },
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+def _dist_worker(rank: int, out_dir: str) -> None:
+    world = torch.distributed.get_world_size()
+    gls = build_policy(cfg(policy="gls", scorer="random", select_fraction=0.3, gls_queue_size=64), 10)
+    bandit = build_policy(cfg(policy="bandit", bandit_kind="linucb"), 10)
+    for step in range(3):
+        stats, valid, g = random_case(10 * step + rank)  # different data on each rank
+        gls.select(torch.rand(valid.shape, generator=g), valid, ctx(step))
+        sel = bandit.select(None, valid, ctx(step, features=stats))
+        before = torch.rand(sel.count, generator=g)
+        bandit.observe(kl_before=before, kl_after=before * 0.5)
+    torch.save(
+        {
+            "queue": gls.queue,
+            "threshold": gls.threshold,
+            "A": bandit.A,
+            "b": bandit.b,
+            "batch": _batch_scope_results(rank, world),
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 @pytest.mark.slow
@@ -816,10 +812,8 @@ def test_distributed_ranks_decide_as_one_process():
     """2 gloo ranks: GLS queue and bandit statistics are shared; every random draw and batch-scoped rule
     (top-k per batch, LATF, EXP3 per batch, random scores, pos_rs, the IDTS median, top-fraction splits)
     gives, concatenated over the ranks, exactly the one-process result on the whole micro-batch."""
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        gloo_ranks(_dist_worker, tmp)
         r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
     one = _batch_scope_results(0, 1)
     both = {k: torch.cat([r0["batch"][k], r1["batch"][k]]) for k in one}

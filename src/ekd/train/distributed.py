@@ -19,11 +19,13 @@ import hashlib
 import logging
 import math
 import os
+import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +37,7 @@ HOST_WAIT = timedelta(hours=4)
 local rank 0 downloading): they go through a gloo group, not NCCL, whose watchdog would kill the run."""
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,15 +81,107 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
         torch.cuda.set_device(device)
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        start_process_group("nccl" if device.type == "cuda" else "gloo")
+    ranks = None
     try:
-        host = dist.new_group(backend="gloo", timeout=HOST_WAIT)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        yield Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
-    finally:
-        if started:
-            gc.collect()  # DDP/FSDP wrappers (reference cycles through their hooks) go before their groups
-            dist.destroy_process_group()
+        host = dist.new_group(backend="gloo", timeout=HOST_WAIT)
+        ranks = Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
+        del host
+        yield ranks
+    except BaseException as e:
+        _leave(started, ranks, e)
+        raise
+    _leave(started, ranks)
+
+
+def _leave(started: bool, ranks: Ranks | None, error: BaseException | None = None) -> None:
+    """The end of :func:`distributed`: every group ends if this process started them (else only its host
+    group); ``ranks.host`` is dropped (no reference to a group outlives its end)."""
+    host = None
+    if ranks is not None:
+        host, ranks.host = ranks.host, None
+    if started:
+        del host
+        end_process_groups(error)
+    elif host is not None:
+        dist.destroy_process_group(host)
+
+
+def start_process_group(backend: str, **kwargs: Any) -> None:
+    """``dist.init_process_group(backend, **kwargs)`` for a process that ends its groups with
+    :func:`end_process_groups`. ``torch.distributed.nn.functional`` is imported first: its functions take
+    ``group=group.WORLD`` as a default argument, evaluated on import, so imported later (DDP's constructor
+    does) it would hold the default group for the life of the process."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+    dist.init_process_group(backend, **kwargs)
+
+
+def in_process_group(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in the process group this process started (:func:`start_process_group`), then the
+    end of every group, after an error too (:func:`end_process_groups`): the workers of the tests and
+    benchmarks. ``work`` is a function of its own, so its locals are gone when the groups end."""
+    try:
+        out = work(*args)
+    except BaseException as e:
+        end_process_groups(e)
+        raise
+    end_process_groups()
+    return out
+
+
+def end_process_groups(error: BaseException | None = None) -> None:
+    """``dist.destroy_process_group()`` whose groups really end here, their threads joined while the
+    interpreter is alive: the teardown of every process that started a process group (:func:`distributed`,
+    :func:`in_process_group`). ``error``: the exception the work failed with, if any.
+
+    A group's backend (gloo's worker threads, NCCL's communicators) goes with the last reference to it, and
+    ``destroy_process_group`` drops only torch's registry. Other holders: DTensor's sharding caches keep
+    every ``DeviceMesh`` an FSDP2 module used, and a mesh its groups, for the life of the process; DDP and
+    FSDP wrappers hold theirs in reference cycles through their hooks; after an error, the frames of its
+    traceback hold the work's locals (and ``torch.distributed.nn.functional``, imported after the start,
+    holds the default group: :func:`start_process_group`). A gloo group still alive at interpreter exit
+    keeps its worker threads; one that frees the tensors of a finished collective then waits for the GIL,
+    which finalization refuses by ending the thread inside a C++ destructor: SIGABRT, "terminate called
+    without an active exception" (the 2-rank FSDP2 test, about 1 run in 10). So the error's finished frames
+    are cleared (its message and lines stay), the caches emptied and the cycles collected first; callers
+    run their work in a function that has returned by then.
+    """
+    if error is not None:
+        traceback.clear_frames(error.__traceback__)
+    _clear_mesh_caches()
+    gc.collect()
+    dist.destroy_process_group()
+
+
+# DTensor's process-wide caches of sharding decisions, whose keys and values hold device meshes (private torch
+# names, torch 2.13): (module, attribute path) of an lru_cache (``cache_clear``) or a dict (``clear``)
+_PROPAGATOR = "DTensor._op_dispatcher.sharding_propagator"
+_MESH_CACHES = (
+    # a cache per thread: FSDP2 runs in the main thread, where the teardown runs
+    ("torch.distributed.tensor._api", f"{_PROPAGATOR}.propagate_op_sharding"),
+    ("torch.distributed.tensor._api", f"{_PROPAGATOR}._propagate_tensor_meta_cached"),
+    ("torch.distributed.tensor._redistribute", "_gen_transform_infos"),
+    ("torch.distributed.tensor._redistribute", "_planner_cache"),
+    ("torch.distributed.tensor._collective_utils", "MeshTopoInfo.build_from_mesh"),
+)
+
+
+def _clear_mesh_caches() -> None:
+    """Empty :data:`_MESH_CACHES` (and DTensor's C++ fast-path cache) of the modules this process loaded; a
+    name absent from another torch is skipped, and the 2-process tests check that the groups still end
+    (``tests/dist_runs.py``, ``assert_groups_ended``)."""
+    if "torch.distributed.tensor._api" not in sys.modules:  # no DTensor in this process
+        return
+    for module, path in _MESH_CACHES:
+        cache = sys.modules.get(module)
+        for name in path.split("."):
+            cache = getattr(cache, name, None)
+        clear = getattr(cache, "cache_clear", None) or getattr(cache, "clear", None)
+        if clear is not None:
+            clear()
+    getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", lambda: None)()
 
 
 def rank_slice(batch, ranks: Ranks):
