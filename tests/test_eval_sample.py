@@ -70,3 +70,21 @@ def test_pack_splits_spreads_eval_sets_and_keeps_train_whole(word_tok) -> None: 
     assert len(pack_splits({"eval": docs}, word_tok, 16, max_eval_blocks=0)["eval"]) == 1361 // 16  # 0 = all
     small = pack_splits({"eval": docs[1:3]}, word_tok, 16, max_eval_blocks=6)["eval"]  # under the cap: whole
     assert len(small) == 3 and small.documents is None
+
+
+def test_a_set_longer_than_its_pool_says_it_goes_on(word_tok, caplog) -> None:  # noqa: F811
+    """Try-out 11: a set longer than EVAL_POOL × k blocks is sampled from its first blocks only; the log line
+    said 'of its 64 blocks' as if that were the whole set."""
+    import logging
+
+    docs = _docs([23] * 200)  # 4,800 tokens: 300 blocks of 16, more than the pool of 2 × 32 = 64
+    with caplog.at_level(logging.INFO, logger="ekd.data"):
+        pack_splits({"eval": docs}, word_tok, 16, max_eval_blocks=2)
+    assert (
+        "eval: scoring 2 of its first 64 blocks (the set goes on: 32 × data.max_eval_blocks are read)"
+        in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd.data"):
+        pack_splits({"eval": docs[:20]}, word_tok, 16, max_eval_blocks=2)  # 30 blocks: the whole set
+    assert "eval: scoring 2 of its 30 blocks, spread evenly" in caplog.text

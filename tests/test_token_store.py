@@ -122,7 +122,7 @@ PACKED = re.compile(
 
 
 SCORED = re.compile(
-    r"^(\w+): scoring (\d+) of its (\d+) blocks, spread evenly \((\d+) documents?, (\d+) targets?\)$"
+    r"^(\w+): scoring (\d+) of its (?:first )?(\d+) blocks.*, spread evenly \((\d+) documents?, (\d+) targets?\)$"
 )
 
 

@@ -51,11 +51,16 @@ def spread_blocks(pool: PackedBlocks, k: int, split: str = "") -> PackedBlocks:
     if rows.numel() == n:
         return pool
     blocks = replace(pool.select(rows), documents=_documents_in(pool, rows))  # (k, T) fields
+    read = (
+        f"its first {n} blocks (the set goes on: {EVAL_POOL} × data.max_eval_blocks are read)"
+        if n >= pool_blocks(k)
+        else f"its {n} blocks"
+    )
     logger.info(
-        "%sscoring %d of its %d blocks, spread evenly (%s, %s)",
+        "%sscoring %d of %s, spread evenly (%s, %s)",
         f"{split}: " if split else "",
         len(blocks),
-        n,
+        read,
         counted(blocks.num_documents, "document"),
         counted(blocks.num_targets, "target"),
     )

@@ -57,7 +57,8 @@ def tiny_note(sizes: dict[str, tuple[int, int]]) -> str:
         return ""
     return (
         f"{TINY_MARK} tiny (under {counted(SMALL_EVAL_DOCUMENTS, 'document')}): its figures describe those few "
-        "texts, not the held-out distribution; differences between models there are weak evidence."
+        "texts, not the held-out distribution; differences between models there are weak evidence (a longer set "
+        "scores more of its documents with a larger data.max_eval_blocks)."
     )
 
 
