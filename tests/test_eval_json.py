@@ -72,3 +72,19 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
     again = json.loads((run / "eval.json").read_text())
     assert set(again) == {"eval", "e", "e/teacher", "held"}
     assert again["held"]["data"]["max_eval_blocks"] == 0 and again["e"] == after["e"]
+
+
+def test_the_end_of_training_names_the_results_it_drops(tmp_path, caplog):
+    """Try-out 11: a --resume that trained further rewrote eval.json with its own sets only; the extra sets and
+    tasks an ``ekd eval`` had added (scored on the older student) vanished without a word. They are still dropped
+    (they describe another student), and one line names them."""
+    import logging
+
+    from ekd.config import load_config
+    from ekd.train.evaluation import write_eval_json
+
+    (tmp_path / "eval.json").write_text(json.dumps({"eval": {"ppl": 9.0}, "e": {"ppl": 3.0}, "tasks": {}}))
+    with caplog.at_level(logging.INFO, logger="ekd.train.evaluation"):
+        write_eval_json(tmp_path, load_config(), {"eval": {"ppl": 8.0}}, keep=False)
+    assert set(json.loads((tmp_path / "eval.json").read_text())) == {"eval"}
+    assert "e, tasks dropped (scored on the student before these steps" in caplog.text

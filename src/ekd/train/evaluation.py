@@ -340,4 +340,16 @@ def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, flo
                     path,
                     ", ".join(kept),
                 )
+    elif path.is_file():  # the end of training (a --resume that trained further): older results describe
+        try:  # the student before these steps; say which are dropped
+            dropped = sorted(set(json.loads(path.read_text())) - set(written))
+        except (OSError, ValueError, TypeError):
+            dropped = []
+        if dropped:
+            log.info(
+                "%s: %s dropped (scored on the student before these steps; `ekd eval %s ...` scores them again)",
+                path,
+                ", ".join(dropped),
+                shlex.quote(str(run_dir)),
+            )
     atomic_write_text(path, strict_json(written))
