@@ -100,3 +100,11 @@ def test_distill_refuses_an_opt_student_unless_documents_are_packed(tmp_path, ca
     assert not (tmp_path / "runs" / "opt" / "student").exists()
     assert main(["-q", "distill", *over, "data.document_attention=packed", "--overwrite"]) == 0
     assert (tmp_path / "runs" / "opt" / "student" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("positions", [8, 20])
+def test_a_model_with_few_positions_is_probed_within_them(positions: int) -> None:
+    """The probe's documents (a 32-token neighbour) must fit a model's positions: GPT-2 with n_positions=8 was an
+    index error, not a verdict."""
+    make = lambda: GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=positions)  # noqa: E731
+    check_document_isolation(_model(make), V, "student")

@@ -38,18 +38,26 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
             the forward raises on these inputs.
     """
     device = next(model.parameters()).device
-    ids = torch.arange(SHIFT + 2 * PROBE_LENGTH, device=device) * 7919 % vocab_size  # (L,) spread ids
-    doc = ids[:PROBE_LENGTH]
+    config = getattr(model, "config", None)
+    positions = (
+        getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or SHIFT
+    )
+    shift = min(SHIFT, int(positions))  # no probe document longer than the model's positions
+    length = min(PROBE_LENGTH, shift)
+    ids = torch.arange(shift + 2 * length, device=device) * 7919 % vocab_size  # (L,) spread ids
+    doc = ids[:length]
     rows = torch.stack(
         [
-            torch.cat([doc, ids[PROBE_LENGTH:]]),  # D, then a filler document
-            torch.cat([ids.flip(0)[:SHIFT], doc, ids[:PROBE_LENGTH]]),  # a neighbour, D, a filler
+            torch.cat(
+                [doc, ids[length:]]
+            ),  # D, then a filler document (≤ shift + length tokens: two documents)
+            torch.cat([ids.flip(0)[:shift], doc, ids[:length]]),  # a neighbour, D, a filler
         ]
     )  # (2, L)
     starts = torch.zeros_like(rows, dtype=torch.bool)
     starts[:, 0] = True
-    starts[0, PROBE_LENGTH] = True
-    starts[1, [SHIFT, SHIFT + PROBE_LENGTH]] = True
+    starts[0, [length, length + shift]] = True
+    starts[1, [shift, shift + length]] = True
     batch = SimpleNamespace(
         input_ids=rows, attention_mask=torch.ones_like(rows), position_ids=document_positions(starts)
     )
@@ -66,7 +74,7 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
         ) from None
     finally:
         model.train(was_training)
-    alone, after = hidden[0, :PROBE_LENGTH].double(), hidden[1, SHIFT : SHIFT + PROBE_LENGTH].double()
+    alone, after = hidden[0, :length].double(), hidden[1, shift : shift + length].double()
     scale = max(float(alone.abs().max()), 1e-30)
     error = float((after - alone).abs().max()) / scale
     low = hidden.dtype in (torch.bfloat16, torch.float16)
