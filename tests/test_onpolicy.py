@@ -308,13 +308,21 @@ def test_a_models_own_generation_config_is_set_aside_also_under_a_peft_wrapper(s
 
     base = copy.deepcopy(student)
     own = GenerationConfig(
-        max_new_tokens=20, do_sample=True, top_k=3, repetition_penalty=5.0, eos_token_id=EOS
+        max_new_tokens=20,
+        do_sample=True,
+        top_k=3,
+        repetition_penalty=5.0,
+        eos_token_id=EOS,
+        suppress_tokens=[7],
     )
     base.generation_config = own
     wrapped = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(RuntimeError), neutral_generation_config(wrapped):
         inside = base.generation_config
         assert inside is not own and inside.eos_token_id == EOS
+        assert inside.suppress_tokens == [
+            7
+        ]  # ids that are no tokens (an export's padded rows) stay suppressed
         assert inside.max_new_tokens is None and not inside.do_sample
         assert inside.repetition_penalty in (None, 1.0) and inside.top_k in (None, 50)
         raise RuntimeError

@@ -17,8 +17,10 @@ from contextlib import contextmanager
 
 from torch import nn
 
-TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-"""The fields of a generation config kept for ekd's generation: they name tokens, they do not steer decoding."""
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "suppress_tokens")
+"""The fields of a generation config kept for ekd's generation: they name tokens, they do not steer decoding
+(``suppress_tokens``: ids that are no tokens, e.g. the padded head rows an export suppresses,
+:mod:`ekd.models.export`)."""
 
 
 @contextmanager
