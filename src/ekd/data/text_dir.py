@@ -176,12 +176,13 @@ def is_lock_file(path: Path) -> bool:
 def ekd_output_kind(directory: Path) -> str | None:
     """'run directory', 'teacher cache' or 'token store' when ``directory`` is one ekd wrote, else None."""
     from ekd.teacher.cache.format import FORMAT_NAME
+    from ekd.teacher.cache.manifest import manifest_paths
 
     if (directory / "ekd-run.json").is_file() or (
         (directory / "config.yaml").is_file() and (directory / "metrics.jsonl").is_file()
     ):
         return "run directory"
-    for manifest in (directory / "manifest.json", *sorted(directory.glob("manifest.rank*.json"))):
+    for manifest in manifest_paths(directory):
         if manifest.is_file() and _json_head(manifest).get("format") == FORMAT_NAME:
             return "teacher cache"
     if _is_token_store(directory) or _is_store_root(directory):

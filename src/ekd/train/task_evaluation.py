@@ -133,19 +133,14 @@ def _fields(settings: TaskSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
+NOT_SECTION_SETTINGS = ("batch_size", "ece_bins", "progress")  # change no score, or recorded per result
+
+
 def task_section_settings(settings: TaskSettings) -> dict[str, Any]:
-    """The ``settings`` of eval.json's ``tasks`` section: what its results were scored with."""
-    return json_safe(
-        {
-            "tasks": list(settings.tasks),
-            "tasks_dir": settings.tasks_dir,
-            "limit": settings.limit,
-            "num_fewshot": settings.num_fewshot,
-            "seed": settings.seed,
-            "max_new_tokens": settings.max_new_tokens,
-            "chat_template": settings.chat_template,
-        }
-    )
+    """The ``settings`` of eval.json's ``tasks`` section: what its results were scored with (every
+    :class:`TaskSettings` field but :data:`NOT_SECTION_SETTINGS`)."""
+    fields = {k: v for k, v in _fields(settings).items() if k not in NOT_SECTION_SETTINGS}
+    return json_safe({**fields, "tasks": list(settings.tasks)})
 
 
 def task_section(
@@ -236,19 +231,31 @@ def tasks_markdown(section: dict[str, Any]) -> str:
     return results_table(rows, cols) + (f"\n{tm.GAP_NOTE}\n" if "gap_closed" in section else "")
 
 
-def write_outputs(run_dir: Path, section: dict[str, Any], plots: bool, title: str) -> None:
-    """Merge ``tasks`` into eval.json, write report.md (eval sets + tasks) and the MC reliability diagrams."""
+def _read_eval_json(run_dir: Path) -> dict[str, Any]:
+    """``RUN/eval.json`` as it stands ({} when there is none, or none that reads as a JSON object)."""
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        log.warning("%s is not valid JSON; rewriting it with the task results only", path)
+        return {}
+    return saved
+
+
+def write_outputs(
+    run_dir: Path, section: dict[str, Any], plots: bool, title: str, saved: dict[str, Any] | None = None
+) -> None:
+    """Merge ``tasks`` into eval.json (``saved``: as it stood, :func:`_read_eval_json`), write report.md (eval
+    sets + tasks) and the MC reliability diagrams."""
     from ekd.eval.report import plot_reliability, results_table, write_report
 
-    path = run_dir / "eval.json"
-    results: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            results = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s is not valid JSON; rewriting it with the task results only", path)
+    results = dict(_read_eval_json(run_dir) if saved is None else saved)
     results["tasks"] = section
-    atomic_write_text(path, strict_json(results))
+    atomic_write_text(run_dir / "eval.json", strict_json(results))
     reports = []
     sets = {k: v for k, v in results.items() if k != "tasks" and isinstance(v, dict)}
     if sets:
@@ -313,24 +320,22 @@ def run_end_tasks(
             lambda: (load_student(cfg, data, device), tokenizer),
             amp,
         )
-    results, settings = _with_earlier_tasks(run_dir, results, settings)
+    saved = _read_eval_json(run_dir)
+    earlier = saved.get("tasks")
+    results, settings = _with_earlier_tasks(earlier if isinstance(earlier, dict) else {}, results, settings)
     section = task_section(results, settings, cfg.eval.set_tags)
     section["set_tags"] = dict(cfg.eval.set_tags)
-    write_outputs(run_dir, section, cfg.eval.plots, f"{cfg.run.name}: evaluation")
+    write_outputs(run_dir, section, cfg.eval.plots, f"{cfg.run.name}: evaluation", saved)
     return section
 
 
 def _with_earlier_tasks(
-    run_dir: Path, results: dict[str, dict[str, Any]], settings: TaskSettings
+    old: dict[str, Any], results: dict[str, dict[str, Any]], settings: TaskSettings
 ) -> tuple[dict[str, dict[str, Any]], TaskSettings]:
-    """``results`` and ``settings`` with the tasks ``RUN/eval.json`` holds from an earlier evaluation that this one
-    did not score (``ekd eval RUN --tasks b`` after ``a``: nothing lost), when they were scored with the same
-    settings (limit, few-shot, seed, budget, chat template, tasks dir); otherwise they are replaced, with a line
-    that says so. Per role, only where this evaluation has that role too."""
-    try:
-        old = json.loads((run_dir / "eval.json").read_text()).get("tasks") or {}
-    except (OSError, ValueError, AttributeError):
-        return results, settings
+    """``results`` and ``settings`` with the tasks of ``old`` (eval.json's ``tasks`` section as it stood) from an
+    earlier evaluation that this one did not score (``ekd eval RUN --tasks b`` after ``a``: nothing lost), when
+    they were scored with the same settings (limit, few-shot, seed, budget, chat template, tasks dir); otherwise
+    they are replaced, with a line that says so. Per role, only where this evaluation has that role too."""
     earlier = [t for t in (old.get("settings") or {}).get("tasks", []) if t not in settings.tasks]
     if not earlier:
         return results, settings

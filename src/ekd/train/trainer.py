@@ -318,9 +318,8 @@ def _train(
     def stop(at: int, what: str) -> None:  # every rank stops alike (a global figure), rank 0 says why
         run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what), "stop")
 
-    if (
-        cfg.eval.every and start_step == 0
-    ):  # the starting point, logged at step 0 (a pre-trained student's own)
+    # the starting point, logged at step 0 (a pre-trained student's own figures); not again on --resume
+    if cfg.eval.every and start_step == 0:
         with gathered(sharded, eval_shard):
             start_eval = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks)
         write_metrics(0, _flatten_eval(start_eval))

@@ -386,6 +386,12 @@ def rank_manifest_path(directory: Path, rank: int) -> Path:
     return Path(directory) / f"manifest.rank{rank}.json"
 
 
+def manifest_paths(directory: Path) -> list[Path]:
+    """``manifest.json`` and the per-rank manifests of a torchrun build, in that order (existing or not)."""
+    directory = Path(directory)
+    return [directory / MANIFEST, *sorted(directory.glob("manifest.rank*.json"))]
+
+
 _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 # what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
 _CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging|\.ekd\.lock)(\.tmp)?")
@@ -430,9 +436,7 @@ def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:
         CacheError: one line naming the directory, what it holds and the ways on.
     """
     directory = Path(directory)
-    paths = (
-        [directory / MANIFEST, *sorted(directory.glob("manifest.rank*.json"))] if directory.is_dir() else []
-    )
+    paths = manifest_paths(directory) if directory.is_dir() else []
     path = next((p for p in paths if p.is_file()), None)
     if overwrite or path is None:
         return

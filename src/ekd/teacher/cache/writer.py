@@ -40,6 +40,7 @@ from ekd.teacher.cache.manifest import (
     build_manifest,
     check_compatible,
     dumps,
+    manifest_paths,
     manifest_sha256,
     rank_manifest_path,
     read_manifest,
@@ -162,7 +163,7 @@ class CacheWriter:
         """Shards of this rank listed by any earlier manifest in the directory whose files are intact
         (size and sha256 as recorded)."""
         done: dict[int, dict] = {}
-        paths = [self.directory / MANIFEST, *sorted(self.directory.glob("manifest.rank*.json"))]
+        paths = manifest_paths(self.directory)
         for path in paths:
             if not path.exists():
                 continue
