@@ -359,12 +359,13 @@ def output_head(model: nn.Module, vocab_size: int) -> Head:
     rows = linear.weight.shape[0]
     if rows < vocab_size:
         raise ModelError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
+    return _head_rows(model, linear, slice(0, vocab_size))  # (V, D), (V,)
+
+
+def _head_rows(model: nn.Module, linear: nn.Module, rows: slice) -> Head:
+    """Rows ``rows`` of the output linear ``linear`` (weight, bias or None) with the model's logit transform."""
     bias = getattr(linear, "bias", None)
-    return Head(
-        linear.weight[:vocab_size],  # (V, D)
-        None if bias is None else bias[:vocab_size],  # (V,)
-        logit_transform(model),
-    )
+    return Head(linear.weight[rows], None if bias is None else bias[rows], logit_transform(model))
 
 
 def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
@@ -374,12 +375,7 @@ def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
     linear = model.get_output_embeddings()
     if linear is None or linear.weight.shape[0] <= vocab_size:
         return None
-    bias = getattr(linear, "bias", None)
-    return Head(
-        linear.weight[vocab_size:],  # (R−V, D)
-        None if bias is None else bias[vocab_size:],  # (R−V,)
-        logit_transform(model),
-    )
+    return _head_rows(model, linear, slice(vocab_size, None))  # (R−V, D), (R−V,)
 
 
 def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
