@@ -300,6 +300,25 @@ def test_jsonl_text_field_and_filters(tmp_path: Path) -> None:
     assert len(load_documents(str(f), DataConfig(text_field="body", max_documents=2))) == 2
 
 
+def test_whitespace_only_rows_are_not_documents(tmp_path: Path) -> None:
+    """Try-out 11: a row of only spaces and newlines passed data.min_chars=1 and was packed (and counted in an
+    eval set's documents) as a document of whitespace tokens. min_chars=0 still keeps every row."""
+    f = write_jsonl(
+        tmp_path / "d.jsonl", [{"text": "   "}, {"text": "\n\t\n"}, {"text": " a "}, {"text": "two words"}]
+    )
+    docs = load_documents(str(f), DataConfig())
+    assert [d.doc_id for d in docs] == ["d.jsonl:3", "d.jsonl:4"]
+    assert len(load_documents(str(f), DataConfig(min_chars=0))) == 4
+    chat = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "\n"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        ],
+    )
+    assert [d.doc_id for d in load_documents(str(chat), DataConfig(format="chat"))] == ["c.jsonl:2"]
+
+
 def test_jsonl_prompt_response_masks_prompt_exactly(
     tmp_path: Path, word_tok: PreTrainedTokenizerFast
 ) -> None:

@@ -209,7 +209,7 @@ class DataConfig:
     max_documents: int = number(0, ge=0)
     """Use at most this many documents (0 = all)."""
     min_chars: int = number(1, ge=0)
-    """Drop documents shorter than this many characters."""
+    """Drop documents shorter than this many characters, and (unless 0) documents of only whitespace."""
     max_chars: int = number(0, ge=0)
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = number(64, ge=0)

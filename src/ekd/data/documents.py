@@ -125,8 +125,8 @@ def _documents(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterato
 
 
 def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str, key: str) -> list[Document]:
-    """Drop documents whose ``text`` (a chat row: ``full_text``) is shorter than ``data.min_chars``; keep the
-    first ``data.max_documents``.
+    """Drop documents whose ``text`` (a chat row: ``full_text``) is shorter than ``data.min_chars`` or, unless
+    ``data.min_chars`` is 0, holds only whitespace; keep the first ``data.max_documents``.
 
     Raises:
         ConfigError: When no document is left.
@@ -140,8 +140,9 @@ def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str
 def _filtered(docs: Iterable[Document], data_cfg: DataConfig) -> Iterator[Document]:
     kept = 0
     for doc in docs:
-        if len(doc.text if doc.messages is None else doc.full_text) < data_cfg.min_chars:
-            continue
+        text = doc.text if doc.messages is None else doc.full_text
+        if len(text) < data_cfg.min_chars or (data_cfg.min_chars > 0 and text.isspace()):
+            continue  # too short, or nothing but whitespace (not a document unless min_chars=0 keeps all)
         yield doc
         kept += 1
         if 0 < data_cfg.max_documents <= kept:
