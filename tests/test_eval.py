@@ -492,3 +492,7 @@ def test_the_eval_table_shows_the_full_head_ppl_of_a_padded_head(capsys):
     assert "ppl (full head)" in out and "383.01" in out and "padded rows past the tokenizer" in out
     _print_eval({"eval": {"ppl": 371.29, "tokens": 8123.0}})
     assert "full head" not in capsys.readouterr().out
+    # try-out 11: a student trimmed for export (no padded rows) beside its padded teacher showed "—"
+    _print_eval({"eval": {"ppl": 371.29, "tokens": 8.0}, "eval/teacher": {"ppl": 9.5, "ppl_full_head": 9.75}})
+    out = capsys.readouterr().out
+    assert "| 371.29 | — | 371.29 |" in out and "| 9.50 | — | 9.75 |" in out

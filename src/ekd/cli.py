@@ -288,17 +288,17 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     }
     tiny = tiny_sets(sizes)
     rows = [{"set": name + (TINY_MARK if name in tiny else ""), **m} for name, m in results.items()]
+    if any("ppl_full_head" in m for m in results.values()):
+        for row in rows:  # a head without rows past the tokenizer (one trimmed for export): the same softmax
+            if "ppl" in row:
+                row.setdefault("ppl_full_head", row["ppl"])
     cols = [
         ("set", "eval set", ""),
         ("documents", "docs", ".0f"),
         ("tokens", "scored tokens", ",.0f"),
         ("ppl", "ppl", ".2f"),
         ("ppl_no_boundary", "ppl w/o EOS", ".2f"),
-        *(
-            [("ppl_full_head", "ppl (full head)", ".2f")]
-            if any("ppl_full_head" in m for m in results.values())
-            else []
-        ),
+        *([("ppl_full_head", "ppl (full head)", ".2f")] if any("ppl_full_head" in r for r in rows) else []),
         ("acc", "acc", ".3f"),
         ("ece", "ECE %", ".2f"),
         ("kl", "KL(t‖s)", ".3f"),
