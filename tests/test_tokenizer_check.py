@@ -242,3 +242,67 @@ def test_ekd_eval_refuses_a_teacher_of_another_tokenizer_before_reading_data(
     assert "student and teacher tokenizers differ" in line and "eval.teacher=false" in line, line
     assert (run / "eval.json").read_bytes() == before
     assert json.loads(before)["eval"]["kl"] >= 0  # the run itself evaluated with its own teacher
+
+
+@pytest.fixture(scope="module")
+def recut_dirs(tmp_path_factory):
+    """One tokenizer, saved beside a Qwen2 and beside a Llama config.json: transformers 5 loads it as a
+    Qwen2Tokenizer next to the first (its own normalizer and pre-tokenizer: NFC, digits one by one) and as a
+    plain byte-level tokenizer next to the second — the same 400 tokens, cut differently."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    root = tmp_path_factory.mktemp("recut")
+    texts = [f"{i} plus {j} is {i + j}, a naïve café" for i in range(60) for j in range(20)]
+    for name, config in (("qwen", Qwen2Config(vocab_size=400)), ("llama", LlamaConfig(vocab_size=400))):
+        train_bpe_tokenizer(texts, 400, root / name)
+        config.save_pretrained(root / name)
+    return root / "qwen", root / "llama"
+
+
+def test_a_teacher_that_cuts_the_same_vocabulary_another_way_is_refused(
+    tmp_path, recut_dirs, monkeypatch, capsys
+):
+    """Try-out 12: the two tokenizers of ``recut_dirs`` passed the check (same tokens, same ids), so with
+    ``model.tokenizer=student`` the Qwen2 teacher scored Llama-style encodings ("57" one id, not two): its
+    held-out perplexity went from 20.4 to 2,234 and every KD target came from text cut as it never saw, without
+    a word. Refused in one line, before any data is read, naming where the encodings part and the fix."""
+    from ekd.cli import main
+    from hostile import one_error_line
+    from tiny import tiny_overrides, write_corpus
+
+    qwen, llama = recut_dirs
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    extra = {"model.teacher": qwen, "model.student": llama, "model.tokenizer": "student"}
+    _no_data(monkeypatch)
+    line = one_error_line(
+        main(["distill", *tiny_overrides(tmp_path, corpus, "v", **extra)]), capsys.readouterr().err
+    )
+    assert (
+        "student and teacher tokenizers have the same 400 tokens but encode text differently ('2026-12-01:': "
+    ) in line, line
+    assert "TokenizersBackend vs Qwen2Tokenizer" in line and "model.tokenizer=teacher" in line, line
+    assert not (tmp_path / "runs" / "v").exists()
+
+
+def test_a_student_that_cuts_it_another_way_learns_the_teachers_encodings(tmp_path, recut_dirs, caplog):
+    """The student is trained on the named tokenizer's encodings and exported with that tokenizer, so the other
+    way round (``model.tokenizer=teacher``) is one warning line, not a refusal."""
+    import logging
+
+    qwen, llama = recut_dirs
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        tok = prepare_tokenizer(_cfg(qwen, llama, "teacher"), tmp_path, None)
+    assert type(tok).__name__ == "Qwen2Tokenizer"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "teacher and student tokenizers have the same 400 tokens but encode text differently" in warning
+    assert "the student is trained on, and exported with, the teacher tokenizer's encodings" in warning
+
+
+def test_tokenizers_of_the_same_encodings_pass_the_probe(recut_dirs, tmp_path):
+    """Guard: the probe texts do not flag one tokenizer against a copy of itself saved beside another config."""
+    from ekd.models.load import check_same_tokenizer
+
+    qwen, _ = recut_dirs
+    tok = load_tokenizer(str(qwen))
+    tok.save_pretrained(tmp_path / "copy")
+    check_same_tokenizer(tok, load_tokenizer(str(tmp_path / "copy")))

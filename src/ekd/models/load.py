@@ -284,17 +284,35 @@ def _hint(e: BaseException) -> str:
     return ""
 
 
+ENCODING_PROBE = (
+    "Hello WORLD, it's 2026-12-01: 57 + 12 = 69; 3.14159 × 1,000,000 and 0x1F.",
+    "  two  spaces,\ttabs\t\tand\n\n\nnew lines\r\n    indented",
+    "café cafe\u0301 naïve Ångström ﬁne ＡＢＣ 中文字符 日本語 한국어 😀👍🏽",
+    "def f(x):\n    return x ** 2  # don't, I'll, WE'RE <b>tag</b> https://example.com/a?b=c&d=1",
+)
+"""Texts two tokenizers with the same vocabulary must encode to the same ids: digits, whitespace runs,
+composed and decomposed accents, compatibility forms, CJK, emoji, code — what normalizers and pre-tokenizers
+treat differently (Qwen2's splits digits one by one and NFC-normalizes; a plain byte-level one does neither)."""
+
+
 def check_same_tokenizer(
     a: PreTrainedTokenizerBase,
     b: PreTrainedTokenizerBase,
     names: tuple[str, str] = ("teacher", "student"),
     fix: str = "",
+    learns_encoding: bool = False,
 ) -> None:
-    """Refuse different tokenizers: same length and the same id for every token.
+    """Refuse different tokenizers: same length, the same id for every token, and the same ids for each text of
+    :data:`ENCODING_PROBE` (special tokens left out: each model frames documents its own way, ``data.separator``).
+    ``learns_encoding``: ``b`` is the student, which is trained on (and exported with) ``a``'s encodings, so a
+    different encoding of the same vocabulary is one warning line, not a refusal (a teacher cannot adapt: every
+    KD target would come from text cut as it never saw).
 
     The error names the ids that differ (counted over both vocabularies, so the count does not depend on
     which is ``a``), the first of them with its token on each side, and both tokenizer classes: the same
-    tokenizer.json loads as another class next to another ``model_type`` (Qwen2's adds ``<|endoftext|>``).
+    tokenizer.json loads as another class next to another ``model_type`` (Qwen2's adds ``<|endoftext|>``, and
+    its normalizer and pre-tokenizer replace the file's: the same vocabulary then encodes "57" as two ids, not
+    one) — for an encoding, the first probe text that differs and both encodings of it.
     ``fix``: what to change, where the default for ``names`` (:func:`_tokenizer_fix`) is not it.
     """
     if len(a) != len(b) or a.get_vocab() != b.get_vocab():
@@ -312,11 +330,58 @@ def check_same_tokenizer(
             f"{type(a).__name__} vs {type(b).__name__}): token-level KD needs a shared "
             f"tokenizer; {fix or _tokenizer_fix(names)}"
         )
+    for text in ENCODING_PROBE:
+        ids_a, ids_b = (tok.encode(text, add_special_tokens=False) for tok in (a, b))
+        if ids_a != ids_b:
+            at = next(
+                (i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b))
+            )
+            difference = (
+                f"{names[0]} and {names[1]} tokenizers have the same {counted(len(a), 'token')} but encode text "
+                f"differently ({_word_at(a, text, at)!r}: {_ids(ids_a[at:])} vs {_ids(ids_b[at:])}; "
+                f"{type(a).__name__} vs {type(b).__name__}: another normalizer or pre-tokenizer)"
+            )
+            if learns_encoding:
+                log.warning(
+                    "%s: the %s is trained on, and exported with, the %s tokenizer's encodings (a pre-trained "
+                    "%s starts on text cut as it never saw)",
+                    difference,
+                    names[1],
+                    names[0],
+                    names[1],
+                )
+                return
+            raise ModelError(
+                f"{difference}: token-level KD needs a shared tokenizer; {fix or _tokenizer_fix(names, True)}"
+            )
 
 
-def _tokenizer_fix(names: tuple[str, str]) -> str:
+def _word_at(tok: PreTrainedTokenizerBase, text: str, index: int) -> str:
+    """The whitespace-delimited word of ``text`` where token ``index`` of ``tok``'s encoding starts (its
+    decoded tokens from there, where the tokenizer gives no character offsets)."""
+    try:
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        start = offsets[min(index, len(offsets) - 1)][0]
+    except (NotImplementedError, ValueError, KeyError, IndexError, TypeError):
+        return tok.decode(tok.encode(text, add_special_tokens=False)[index : index + 4])
+    while start < len(text) - 1 and text[start].isspace():  # a byte-level token's leading space
+        start += 1
+    begin = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    end = min((i for i in (text.find(" ", start), text.find("\n", start)) if i >= 0), default=len(text))
+    return text[begin:end] or text[start : start + 8]
+
+
+def _ids(ids: list[int], most: int = 6) -> str:
+    """'[21, 23, 341, ...]': the first ``most`` ids of an encoding."""
+    return "[" + ", ".join(map(str, ids[:most])) + (", ...]" if len(ids) > most else "]")
+
+
+def _tokenizer_fix(names: tuple[str, str], encoding: bool = False) -> str:
     """What to change when the tokenizers of ``names`` (the named one, the model's) differ: a student that does
-    not match is the student's problem; a ``model.tokenizer`` the teacher does not match is the setting's."""
+    not match is the student's problem; a ``model.tokenizer`` the teacher does not match is the setting's. Where
+    only the ``encoding`` differs and the teacher is the odd one out, the student can learn the teacher's."""
+    if encoding and names[1] == "teacher":
+        return "name the teacher's tokenizer (model.tokenizer=teacher): the student then learns its encodings"
     if "student" in names:
         return "pick a student from the teacher's family"
     return "point model.tokenizer at the teacher's tokenizer (model.tokenizer=teacher)"

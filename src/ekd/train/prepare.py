@@ -183,7 +183,7 @@ def check_models_fit_tokenizer(
             continue
         if role != own:
             other = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
-            check_same_tokenizer(tok, other, (name, role), fix)
+            check_same_tokenizer(tok, other, (name, role), fix, learns_encoding=role == "student")
         rows = declared_head_rows(spec, revision, trust_remote_code, role)
         if rows is not None:
             check_head_covers(role, rows, len(tok))
