@@ -544,6 +544,12 @@ metrics are written, TensorBoard, W&B — and nothing it computes: two configs t
 same run (``ekd distill`` on an existing run directory, the groups of ``ekd compare``)."""
 
 
+def is_reporting_key(key: str) -> bool:
+    """Whether the flat config key ``key`` (``section.name``) is one of :data:`REPORTING_KEYS`: it changes how a
+    run reports itself, nothing the run computes."""
+    return key.startswith(REPORTING_KEYS)
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)

@@ -46,7 +46,7 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import REPORTING_KEYS, Config
+from ekd.config import Config, is_reporting_key
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
@@ -364,7 +364,7 @@ class RunStart:
         current = self.cfg.to_dict()
         # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
         diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
-        diffs = [k for k in diffs if not k.startswith(REPORTING_KEYS)]  # the same run, reported otherwise
+        diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
