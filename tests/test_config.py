@@ -20,6 +20,7 @@ from ekd.config import (
     config_from_dict,
     explain,
     field_docs,
+    flat_config,
     is_reporting_key,
     load_config,
 )
@@ -454,6 +455,14 @@ def test_reporting_keys_are_the_log_section():
     starts with the letters of one (no section dot), is part of what the run computes."""
     assert is_reporting_key("log.progress") and is_reporting_key("log.wandb_project")
     assert not any(map(is_reporting_key, ("train.lr", "run.seed", "logging.level", "log")))
+
+
+def test_flat_config_keeps_values_and_reads_an_empty_section_as_no_keys():
+    """``flat_config``: sections of keys → ``section.key``; a mapping value (method.scorer_weights) stays one
+    value; a YAML-empty section (None) has no keys; a section that is no mapping keeps its value under its name."""
+    saved = {"train": {"lr": 0.1}, "method": {"scorer_weights": {"a": 1.0}}, "log": None, "eval": 3}
+    assert flat_config(saved) == {"train.lr": 0.1, "method.scorer_weights": {"a": 1.0}, "eval": 3}
+    assert set(flat_config(Config().to_dict())) == set(all_keys())
 
 
 def test_explain_lists_every_key_with_its_doc():

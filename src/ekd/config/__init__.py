@@ -35,6 +35,7 @@ from ekd.config.sections import (
     RunConfig,
     TeacherConfig,
     TrainConfig,
+    flat_config,
     is_reporting_key,
 )
 from ekd.config.validate import validate
@@ -60,6 +61,7 @@ __all__ = [
     "config_from_dict",
     "explain",
     "field_docs",
+    "flat_config",
     "is_reporting_key",
     "load_config",
     "parse_overrides",

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ekd.config import Config, config_from_dict, parse_overrides
+from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError
 from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
@@ -168,7 +168,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         )
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
-    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
+    flat = flat_config(raw)
     given = parse_overrides(overrides or [])
     try:
         return config_from_dict(_nested({**flat, **given}))
@@ -220,7 +220,7 @@ def _saved_rule_failure(
     """
     from ekd.methods import preset_values
 
-    defaults = {f"{s}.{k}": v for s, sec in Config().to_dict().items() for k, v in sec.items()}
+    defaults = flat_config(Config().to_dict())
     preset = given.get("method.preset", saved.get("method.preset"))
     defaults.update({f"method.{k}": v for k, v in preset_values(str(preset)).items()})
     fixes: dict[str, Any] = {}

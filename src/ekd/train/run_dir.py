@@ -46,7 +46,7 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import Config, is_reporting_key
+from ekd.config import Config, flat_config, is_reporting_key
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
@@ -124,18 +124,8 @@ class RunFinished(EkdError):
     """``--resume`` of a run that has already trained all of ``train.max_steps``: nothing to do."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and prefix == "":
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flat(saved), _flat(current)
+    a, b = flat_config(saved), flat_config(current)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
@@ -275,7 +265,7 @@ def _existing_run_advice(
             "cannot change); pass --overwrite to replace it, or set run.name"
         )
     if finished:  # --resume would have nothing to do
-        flat = _flat(current)
+        flat = flat_config(current)
         evals = " ".join(override_arg(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
         again = f"`ekd eval {shlex.quote(str(run_dir))}{' ' + evals if evals else ''}` evaluates it" + (
             " with the new eval settings" if evals else " again"
@@ -396,8 +386,8 @@ class RunStart:
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
         if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
-            flat = _flat(saved or {})
-            changes = ", ".join(f"{k} {flat.get(k)} → {_flat(current).get(k)}" for k in knobs)
+            flat = flat_config(saved or {})
+            changes = ", ".join(f"{k} {flat.get(k)} → {flat_config(current).get(k)}" for k in knobs)
             notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
 
