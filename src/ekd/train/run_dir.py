@@ -96,12 +96,15 @@ SAME_MATH_CHANGES = {
 
 def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
-    'fp32' on CPU (no autocast there, and TF32 is a GPU matter); on a GPU 'auto' is bf16."""
+    'fp32' on CPU (no autocast there: :func:`ekd.train.precision.autocast_for`, and TF32 is a GPU matter);
+    on a GPU 'auto' is bf16."""
     import torch
+
+    from ekd.train.precision import autocast_for
 
     old, new = (saved.get("train") or {}).get("precision"), cfg.train.precision
     on_cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
-    return on_cpu and {old, new} <= {"auto", "fp32"}
+    return on_cpu and autocast_for(old, "cpu") is None and autocast_for(new, "cpu") is None
 
 
 # why a refused key cannot change, where the generic "changes what the run computes" says too little
