@@ -253,10 +253,16 @@ def _saved_rule_failure(
 
 
 @writes_into_run
-def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
+def evaluate_saved_run(
+    run_dir: Path, overrides: list[str] | None = None, *, cfg: Config | None = None
+) -> dict[str, dict[str, float]]:
     """Reload ``run_dir/student`` with transformers and evaluate it (and the teacher) on the run's eval sets.
 
     Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``, holding the run's lock.
+
+    Args:
+        cfg: ``load_run_config(run_dir, overrides)`` where the caller has it already (``ekd eval RUN`` loads
+            it once for the tasks check, the eval sets and the tasks); loaded here when None.
 
     Raises:
         RunDirError: another ekd process is using the run (training, resuming or evaluating it).
@@ -274,7 +280,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
-    cfg = load_run_config(run_dir, overrides)
+    cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
