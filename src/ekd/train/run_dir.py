@@ -215,12 +215,12 @@ def using_run(run_dir: Path) -> Iterator[None]:
             f"{run_dir} is read-only: ekd eval writes eval.json, plots and task results into the run; copy it to "
             "a writable directory (cp -r) and evaluate the copy"
         )
-    _USING.add(real)
-    try:
-        yield
-    finally:
-        _USING.discard(real)
-        lock.release()
+    with lock:
+        _USING.add(real)
+        try:
+            yield
+        finally:
+            _USING.discard(real)
 
 
 _USING: set[Path] = set()
