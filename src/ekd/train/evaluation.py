@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -202,7 +201,6 @@ EVAL_READS = (
     "method.sample_fraction",
     "method.sample_scorer",
 )
-_KEY = re.compile(r"\b[a-z]+\.[a-z0-9_]+\b")
 
 
 def _saved_rule_failure(
@@ -213,6 +211,8 @@ def _saved_rule_failure(
     the line adds the ``ekd eval`` command that sets each of them to today's default, checked here to pass;
     otherwise the refusal no such default gets past (an override of the user's, or a key evaluation reads,
     whose value would change the numbers), as it is. Validation itself is not relaxed: a new run, and the command given, pass every rule.
+    The keys a refusal is about are the error's own (:class:`~ekd.errors.ConfigError` ``keys``), not read off
+    its message.
 
     Args:
         saved: the saved config, flat (``section.key`` → value); ``given``: the overrides parsed, ``overrides``:
@@ -226,7 +226,7 @@ def _saved_rule_failure(
     fixes: dict[str, Any] = {}
     last = error
     for _ in range(len(saved)):
-        named = [k for k in _KEY.findall(str(last)) if k in saved and k not in given and k not in fixes]
+        named = [k for k in last.keys if k in saved and k not in given and k not in fixes]
         if not named or named[0].startswith(EVAL_READS) or named[0] not in defaults:
             return last  # what no default of a training setting gets past (the user's override, say)
         fixes[named[0]] = defaults[named[0]]
