@@ -20,6 +20,8 @@ from ekd.config import (
     config_from_dict,
     explain,
     field_docs,
+    flat_config,
+    is_reporting_key,
     load_config,
 )
 from ekd.config.paths import resolve_paths
@@ -446,6 +448,21 @@ class _Probe:  # module level: field_docs parses the class source with ast, unin
 def test_field_docs_detects_a_missing_docstring():
     docs = field_docs(_Probe)
     assert docs == {"documented": "Has help.", "also": "Multi-line help."}
+
+
+def test_reporting_keys_are_the_log_section():
+    """``is_reporting_key``: a flat key of the log section only reports; every other key, and a key that merely
+    starts with the letters of one (no section dot), is part of what the run computes."""
+    assert is_reporting_key("log.progress") and is_reporting_key("log.wandb_project")
+    assert not any(map(is_reporting_key, ("train.lr", "run.seed", "logging.level", "log")))
+
+
+def test_flat_config_keeps_values_and_reads_an_empty_section_as_no_keys():
+    """``flat_config``: sections of keys → ``section.key``; a mapping value (method.scorer_weights) stays one
+    value; a YAML-empty section (None) has no keys; a section that is no mapping keeps its value under its name."""
+    saved = {"train": {"lr": 0.1}, "method": {"scorer_weights": {"a": 1.0}}, "log": None, "eval": 3}
+    assert flat_config(saved) == {"train.lr": 0.1, "method.scorer_weights": {"a": 1.0}, "eval": 3}
+    assert set(flat_config(Config().to_dict())) == set(all_keys())
 
 
 def test_explain_lists_every_key_with_its_doc():

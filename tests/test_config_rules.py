@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ekd.cli import main
-from ekd.config import SECTIONS, Config, ConfigError, load_config
+from ekd.config import SECTIONS, Config, ConfigError, all_keys, load_config
 from ekd.config.rules import rule_of
 from ekd.config.validate import check_vocab
 
@@ -144,6 +144,41 @@ def test_load_config_raises_config_error_for_every_refused_value():
     for override in REFUSED:
         with pytest.raises(ConfigError):
             load_config(overrides=[override])
+
+
+BETWEEN_FIELDS = [  # rules between fields (validate.py, the IDTS range, the tasks section), as one override list
+    ["train.max_steps=5", "train.warmup_steps=10"],
+    ["method.bucket_low=0.9", "method.bucket_high=0.1"],
+    ["teacher.source=cache"],
+    ["method.temperature=idts", "method.idts_strength=10"],
+    ["train.cpu_offload=true"],
+    ["log.wandb_name=x"],
+    ["model.lora_export=adapter"],
+    ["eval.set_tags={a: bogus}"],
+    ["method.scorer_weights={student_entropy: x}"],
+]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[o] for o in REFUSED if "=" in o and o != "train.max_stepz"] + BETWEEN_FIELDS,
+    ids=" ".join,
+)
+def test_a_config_error_carries_the_keys_its_message_names(overrides):
+    """``ConfigError.keys``: the keys a refusal names, in the message's order, without reading the message
+    (``ekd eval`` of an old run resets the saved training settings among them); an item of a list or
+    mapping field is its field's key."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=overrides)
+    known = set(all_keys())
+    named = [k for k in re.findall(r"\b[a-z]+\.[a-z0-9_]+\b", str(caught.value)) if k in known]
+    assert caught.value.keys and caught.value.keys == tuple(dict.fromkeys(named)), str(caught.value)
+
+
+def test_an_unknown_key_is_the_key_its_error_carries():
+    with pytest.raises(ConfigError, match="did you mean") as caught:
+        load_config(overrides=["train.max_stepz=3"])
+    assert caught.value.keys == ("train.max_stepz",)
 
 
 @pytest.mark.parametrize(

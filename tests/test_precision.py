@@ -13,7 +13,7 @@ from ekd.losses.divergences import forward_kl
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.targets import DenseTarget, Head
 from ekd.train.method_parts import MethodParts
-from ekd.train.precision import enable_tf32
+from ekd.train.precision import autocast_for, enable_tf32
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward
 from tiny import tiny_overrides, write_corpus
@@ -112,6 +112,17 @@ def test_bf16_step_is_close_to_fp32(prepared, method):
     num = sum(float((g16[k] - g32[k]).norm()) ** 2 for k in g32) ** 0.5
     den = sum(float(g32[k].norm()) ** 2 for k in g32) ** 0.5
     assert num < 5e-2 * den
+
+
+def test_autocast_is_bf16_for_bf16_and_for_auto_on_cuda_only():
+    """``autocast_for``: 'auto' autocasts on CUDA only; 'fp32' never, 'bf16' everywhere; a value no ekd wrote
+    (a hand-edited saved config) never counts as fp32."""
+    for device_type in ("cpu", "cuda", "mps"):
+        assert autocast_for("fp32", device_type) is None
+        assert autocast_for("bf16", device_type) is torch.bfloat16
+    assert autocast_for("auto", "cuda") is torch.bfloat16
+    assert autocast_for("auto", "cpu") is None and autocast_for("auto", "mps") is None
+    assert autocast_for("fp16", "cpu") is not None
 
 
 def test_tf32_only_on_cuda_and_not_for_fp32(monkeypatch):

@@ -354,6 +354,23 @@ def test_a_released_lock_never_removes_another_processes_lock_file(tmp_path):
     assert not path.exists()
 
 
+def test_a_with_block_releases_a_taken_lock_however_it_ends(tmp_path):
+    """``with lock:`` on a taken FileLock releases it at the block's end, an error included; ``holder_of``
+    names this process while it is held, nobody after."""
+    from ekd.locks import FileLock, directory_lock, holder_of
+
+    run = tmp_path / "r"
+    run.mkdir()
+    lock = directory_lock(run)
+    assert lock.acquire(wait=False)
+    with pytest.raises(KeyError), lock:
+        assert holder_of(run) == os.getpid() and not FileLock(lock.path).acquire(wait=False)
+        raise KeyError
+    assert not lock.held and not lock.path.exists() and holder_of(run) is None
+    with FileLock(tmp_path / "never.lock"):  # one not taken: nothing to release
+        pass
+
+
 def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first():
     """Review finding: the handler stayed in place, so a second SIGTERM (a scheduler resending) raised inside the
     rollback that the first one started."""

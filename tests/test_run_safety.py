@@ -456,6 +456,18 @@ def test_a_run_saved_under_older_rules_is_evaluated_with_the_suggested_override(
     assert "method.kd_temperature must be ≥ 0.1" in line and "ekd eval" not in line, line
 
 
+def test_ekd_eval_loads_the_saved_config_once(ws, capsys, monkeypatch):
+    """``ekd eval RUN`` reads config.yaml once and passes it to the tasks check, the eval sets and the tasks
+    (each of which loads it itself when called alone)."""
+    from ekd.train import evaluation
+
+    loads = []
+    load = evaluation.load_run_config
+    monkeypatch.setattr(evaluation, "load_run_config", lambda *a, **k: loads.append(a) or load(*a, **k))
+    assert cli(capsys, "eval", "runs/base", "eval.batch_size=2")[0] == 0
+    assert len(loads) == 1, loads
+
+
 def test_a_saved_key_that_evaluation_reads_gets_no_default_suggested(ws, capsys):
     """A saved key evaluation reads (eval.batch_size): today's default would change what is evaluated, so
     the refusal is today's rule alone; the user's own bad override is named as it is."""

@@ -311,7 +311,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ekd.train.evaluation import evaluate_saved_run
+    from ekd.train.evaluation import evaluate_saved_run, load_run_config
     from ekd.train.run_dir import using_run
     from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
 
@@ -322,11 +322,13 @@ def cmd_eval(args) -> int:
             overrides.append(f"eval.{key}={value}")
     if args.num_fewshot is not None:
         overrides.append(f"eval.tasks_num_fewshot={args.num_fewshot}")
-    with using_run(Path(args.run_dir)):  # one hold across the eval sets and the tasks
-        check_saved_tasks(Path(args.run_dir), overrides)  # before the eval sets rewrite eval.json
+    run = Path(args.run_dir)
+    with using_run(run):  # one hold across the eval sets and the tasks
+        cfg = load_run_config(run, overrides)  # once, for the three below
+        check_saved_tasks(run, overrides, cfg=cfg)  # before the eval sets rewrite eval.json
         if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
-            _print_eval(evaluate_saved_run(Path(args.run_dir), overrides))
-        section = evaluate_saved_tasks(Path(args.run_dir), overrides)
+            _print_eval(evaluate_saved_run(run, overrides, cfg=cfg))
+        section = evaluate_saved_tasks(run, overrides, cfg=cfg)
     if section:
         print(tasks_markdown(section))
     return 0

@@ -31,7 +31,17 @@ class NonFiniteLossError(EkdError):
 
 
 class ConfigError(EkdError, ValueError):
-    """A user mistake in a config file or override; the message names the key and the fix."""
+    """A user mistake in a config file or override; the message names the key and the fix.
+
+    ``keys``: the config keys (``section.name``) the message names, in its order, for a program that acts on
+    them without reading the message (``ekd eval`` of a run saved under older rules: which keys to reset).
+    Every error of building a config carries them (``ekd.config.load.build_config``: the field rules, the rules
+    between fields, unknown keys); empty where the error names no key.
+    """
+
+    def __init__(self, *args: object, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.keys = keys
 
 
 def copy_of_rank0(e: BaseException) -> bool:

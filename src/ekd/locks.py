@@ -7,9 +7,10 @@ The OS releases a flock when its process ends, however it ends (an error, SIGKIL
 never stale. The holder writes its pid into the file, so that a refusal can name it, and removes the file when
 it releases the lock; a lock file left by a killed process is simply taken by the next one.
 
-:class:`FileLock` is the lock; :func:`locked` holds one for a block, waiting for another holder (the token
-store: the second process reuses what the first built); :func:`lock_directory` and :func:`holding` refuse
-instead (a run directory, a teacher cache: a second writer is a mistake, not work to share).
+:class:`FileLock` is the lock (a ``with`` block on a held one releases it at the end); :func:`locked` holds one
+for a block, waiting for another holder (the token store: the second process reuses what the first built);
+:func:`lock_directory` and :func:`holding` refuse instead (a run directory, a teacher cache: a second writer is a
+mistake, not work to share).
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ from ekd.errors import EkdError
 from ekd.io import writing
 
 
+def _flock(f, wait: bool) -> bool:
+    """Take an exclusive flock on the open file ``f``: False when another process holds one and ``wait`` is
+    False (else waits for it). Other OS errors propagate."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
 class FileLock:
     """An exclusive ``flock`` on ``path`` (created if absent; its directory must exist).
 
     Acquiring checks, after the flock is granted, that ``path`` is still the file it locked: a holder that
     released removes the file, and a process that opened it just before must then lock the new one instead.
+    ``with lock:`` on a taken lock releases it when the block ends, however it ends (on one not held, nothing).
     """
 
     def __init__(self, path: Path) -> None:
@@ -49,9 +61,7 @@ class FileLock:
             with writing(self.path.parent):
                 f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
             try:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                except BlockingIOError:
+                if not _flock(f, wait):
                     f.close()
                     return False
                 with suppress(FileNotFoundError):
@@ -77,6 +87,12 @@ class FileLock:
         self._file.close()  # releases the flock
         self._file = None
 
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
     def holder(self) -> int | None:
         """The pid written by the process holding the lock, or None if it cannot be read (yet)."""
         try:
@@ -94,10 +110,8 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
         if on_wait is not None:
             on_wait()
         lock.acquire(wait=True)
-    try:
+    with lock:
         yield
-    finally:
-        lock.release()
 
 
 INSIDE = ".ekd.lock"
@@ -129,15 +143,12 @@ def holder_of(directory: Path) -> int | None:
         f = open(path)  # noqa: SIM115 (closed below on every path)
     except OSError:
         return None  # no lock file: nobody holds it
-    with f:
+    with f:  # closing it releases a flock the probe took
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return FileLock(path).holder() or 0
+            free = _flock(f, wait=False)
         except OSError:
             return None
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+        return None if free else (FileLock(path).holder() or 0)
 
 
 def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) -> FileLock:
@@ -168,8 +179,5 @@ def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) 
 def holding(directory: Path, fix: str, error: type[EkdError] = EkdError) -> Iterator[None]:
     """Hold ``directory``'s lock for the block (:func:`lock_directory`: refused at once if another process
     holds it)."""
-    lock = lock_directory(directory, fix, error)
-    try:
+    with lock_directory(directory, fix, error):
         yield
-    finally:
-        lock.release()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ekd.config.rules import KD_TAU, TAU_MAX, TAU_MIN
+from ekd.config.rules import KD_TAU, TAU_MAX, TAU_MIN, about
 from ekd.errors import ConfigError
 from ekd.registry import Registry
 from ekd.selection.base import StepContext
@@ -106,7 +106,10 @@ class ScheduledTemperature(TemperaturePolicy):
         KD_TAU.check("method.kd_temperature", self.start)
         KD_TAU.check("method.temperature_end", self.end)  # τ between τ0 and τ1 is then in range too
         if not 0.0 <= self.hold <= 1.0:
-            raise ConfigError(f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}")
+            raise ConfigError(
+                f"method.temperature_hold_fraction must be in [0, 1], got {self.hold}",
+                keys=("method.temperature_hold_fraction",),
+            )
         self._tau: float | None = None
 
     def tau_at(self, step: int) -> float:
@@ -132,14 +135,16 @@ def check_idts_range(base: float, strength: float) -> None:
     Raises:
         ConfigError: one line naming ``method.idts_strength``, the τ range it gives and the largest c allowed.
     """
-    KD_TAU.check("method.kd_temperature", base)
+    with about("method.kd_temperature"):
+        KD_TAU.check("method.kd_temperature", base)
     lo, hi = base * math.exp(-strength), base * math.exp(strength)
     if not (lo >= TAU_MIN * (1 - 1e-9) and hi <= TAU_MAX * (1 + 1e-9)):  # NaN c fails too
         c_max = math.floor(min(math.log(base / TAU_MIN), math.log(TAU_MAX / base)) * 1000) / 1000
         raise ConfigError(
             f"method.idts_strength={strength:g} with method.kd_temperature={base:g} gives per-token τ from "
             f"{lo:.3g} to {hi:.3g} (τ_base·e^±c), outside {TAU_MIN:g}–{TAU_MAX:g} ({KD_TAU.why}); use "
-            f"method.idts_strength ≤ {c_max:g} at this τ_base"
+            f"method.idts_strength ≤ {c_max:g} at this τ_base",
+            keys=("method.idts_strength", "method.kd_temperature"),
         )
 
 
@@ -199,11 +204,13 @@ class EntropyMappedTemperature(TemperaturePolicy):
         KD_TAU.check("method.entropy_tau_max", self.tau_max)
         if self.tau_min > self.tau_max:
             raise ConfigError(
-                f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({self.tau_min} > {self.tau_max})"
+                f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({self.tau_min} > {self.tau_max})",
+                keys=("method.entropy_tau_min", "method.entropy_tau_max"),
             )
         if self.direction not in ("increasing", "decreasing"):
             raise ConfigError(
-                f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'"
+                f"method.entropy_direction must be increasing or decreasing, got '{self.direction}'",
+                keys=("method.entropy_direction",),
             )
 
     def compute(
@@ -228,7 +235,9 @@ def build_temperature(method_cfg: Any, total_steps: int) -> TemperaturePolicy:
     """The temperature policy of ``method_cfg`` for a run of ``total_steps`` optimizer steps."""
     name = method_cfg.temperature
     if name not in temperatures:
-        raise ConfigError(f"method.temperature: {temperatures.unknown_message(name)}")
+        raise ConfigError(
+            f"method.temperature: {temperatures.unknown_message(name)}", keys=("method.temperature",)
+        )
     return temperatures.get(name)(method_cfg, total_steps)
 
 
@@ -236,5 +245,7 @@ def temperature_needs(method_cfg: Any) -> set[str]:
     """Statistic names the configured temperature policy reads."""
     name = method_cfg.temperature
     if name not in temperatures:
-        raise ConfigError(f"method.temperature: {temperatures.unknown_message(name)}")
+        raise ConfigError(
+            f"method.temperature: {temperatures.unknown_message(name)}", keys=("method.temperature",)
+        )
     return set(temperatures.get(name).needs)

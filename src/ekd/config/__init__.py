@@ -35,6 +35,8 @@ from ekd.config.sections import (
     RunConfig,
     TeacherConfig,
     TrainConfig,
+    flat_config,
+    is_reporting_key,
 )
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
@@ -59,6 +61,8 @@ __all__ = [
     "config_from_dict",
     "explain",
     "field_docs",
+    "flat_config",
+    "is_reporting_key",
     "load_config",
     "parse_overrides",
     "split_config_and_overrides",

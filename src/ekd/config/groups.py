@@ -55,7 +55,9 @@ def expand_section(section: str, values: dict[str, Any], known: set[str], source
         for written, value in items:
             target = canonical_key(written, known)
             if target in flat:
-                raise ConfigError(f"{source}: {spelled[target]} and {written} both set {target}; keep one")
+                raise ConfigError(
+                    f"{source}: {spelled[target]} and {written} both set {target}; keep one", keys=(target,)
+                )
             flat[target], spelled[target] = value, written
     return flat
 

@@ -22,7 +22,7 @@ import yaml
 
 from ekd.config.groups import ALIASES, canonical_key, expand_section, unknown_group_hint
 from ekd.config.paths import resolve_paths
-from ekd.config.rules import rule_of
+from ekd.config.rules import about, rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
@@ -175,7 +175,7 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
         for key, v in expand_section(str(section), values, known, source).items():  # groups → flat keys
             if key in flat:
-                raise ConfigError(f"{source}: {key} is set twice (through an alias); keep one")
+                raise ConfigError(f"{source}: {key} is set twice (through an alias); keep one", keys=(key,))
             flat[key] = v
     return flat
 
@@ -188,7 +188,7 @@ def _known() -> frozenset[str]:
 def _check_key(key: str, source: str, value: str = "…") -> None:
     if key not in _known():
         hint = _mapping_entry_hint(key, value) or unknown_group_hint(key, _known()) or _nearest(key)
-        raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        raise ConfigError(f"{source}: unknown key '{key}'{hint}", keys=(key,))
 
 
 @functools.cache
@@ -301,7 +301,8 @@ def build_config(flat: dict[str, Any]) -> Config:
     for key, value in merged.items():
         section, name = key.split(".", 1)
         _check_key(key, "config")
-        setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key))
+        with about(key):
+            setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key))
     resolve_paths(cfg)  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
     validate(cfg)
     return cfg

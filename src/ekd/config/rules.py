@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +220,19 @@ def items(default: Callable[[], list], each: Number | OneOf | Text, min_items: i
 def mapping(values: Number | OneOf | Text, keys: OneOf | Text | None = None) -> Any:
     """A mapping field, empty by default."""
     return _declare(dict, Mapping(values, keys), factory=True)
+
+
+@contextmanager
+def about(key: str) -> Iterator[None]:
+    """A ConfigError raised in the block that names no keys is about the field ``key`` (its ``keys``): a rule,
+    or a type conversion, names an item of a list or mapping field in its message (``eval.tasks[2]``,
+    ``method.scorer_weights.x``); the key it is about is the field's."""
+    try:
+        yield
+    except ConfigError as e:
+        if not e.keys:
+            e.keys = (key,)
+        raise
 
 
 def rule_of(f: dataclasses.Field) -> Rule | None:

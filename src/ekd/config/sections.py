@@ -544,6 +544,26 @@ metrics are written, TensorBoard, W&B — and nothing it computes: two configs t
 same run (``ekd distill`` on an existing run directory, the groups of ``ekd compare``)."""
 
 
+def is_reporting_key(key: str) -> bool:
+    """Whether the flat config key ``key`` (``section.name``) is one of :data:`REPORTING_KEYS`: it changes how a
+    run reports itself, nothing the run computes."""
+    return key.startswith(REPORTING_KEYS)
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as sections of keys (``Config.to_dict()``, a saved ``config.yaml``) as flat keys:
+    ``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``. A section left empty in YAML (None) has no keys; a section
+    that is not a mapping at all keeps its value under its own name (a comparison still sees it differ).
+    Reads only: unknown sections and keys pass through (``ekd.config.load`` is what refuses them)."""
+    out: dict[str, Any] = {}
+    for section, values in config.items():
+        if isinstance(values, dict):
+            out.update({f"{section}.{k}": v for k, v in values.items()})
+        elif values is not None:
+            out[section] = values
+    return out
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)

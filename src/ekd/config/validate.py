@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ekd.config.rules import rule_of
+from ekd.config.rules import about, rule_of
 from ekd.config.sections import Config
 from ekd.errors import ConfigError
 
@@ -17,7 +17,9 @@ def check_fields(cfg: Config) -> None:
         for f in dataclasses.fields(values):
             rule = rule_of(f)
             if rule is not None:  # tests/test_config_rules.py fails on a field without a declaration
-                rule.check(f"{section.name}.{f.name}", getattr(values, f.name))
+                key = f"{section.name}.{f.name}"
+                with about(key):
+                    rule.check(key, getattr(values, f.name))
 
 
 def validate(cfg: Config) -> None:
@@ -25,33 +27,47 @@ def validate(cfg: Config) -> None:
     check_fields(cfg)
     d, t, m, tr = cfg.data, cfg.teacher, cfg.method, cfg.train
     if bool(d.prompt_field) != bool(d.response_field):
-        raise ConfigError("data.prompt_field and data.response_field must be set together")
+        raise ConfigError(
+            "data.prompt_field and data.response_field must be set together",
+            keys=("data.prompt_field", "data.response_field"),
+        )
     _check_chat(d)
     if 0 < d.max_tokens < d.block_length:
         raise ConfigError(
             f"data.max_tokens={d.max_tokens} is less than one block (data.block_length={d.block_length}); "
-            "raise it or set 0 (no budget)"
+            "raise it or set 0 (no budget)",
+            keys=("data.max_tokens", "data.block_length"),
         )
     if t.source == "cache" and not t.cache_dir:
-        raise ConfigError("teacher.cache_dir must be set when teacher.source=cache")
+        raise ConfigError(
+            "teacher.cache_dir must be set when teacher.source=cache",
+            keys=("teacher.cache_dir", "teacher.source"),
+        )
     if m.kd_weight == 0 and m.ce_weight == 0:
-        raise ConfigError("method.kd_weight and method.ce_weight are both 0: nothing to train")
+        raise ConfigError(
+            "method.kd_weight and method.ce_weight are both 0: nothing to train",
+            keys=("method.kd_weight", "method.ce_weight"),
+        )
     if m.ce_on == "selected" and m.kd_weight == 0:
         raise ConfigError(
-            "method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all"
+            "method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all",
+            keys=("method.ce_on", "method.kd_weight"),
         )
     if t.source == "none" and m.kd_weight > 0 and m.objective in ("kd", "dkd", "atkd"):
         raise ConfigError(
-            f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0"
+            f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0",
+            keys=("teacher.source", "method.kd_weight"),
         )
     if m.objective != "kd" and m.divergence != "forward_kl":
         raise ConfigError(
             f"method.divergence={m.divergence} applies to method.objective=kd only; method.objective={m.objective} "
-            "has its own loss: leave method.divergence at forward_kl"
+            "has its own loss: leave method.divergence at forward_kl",
+            keys=("method.divergence", "method.objective"),
         )
     if m.student_data_fraction > 0 and t.source != "online":
         raise ConfigError(
-            "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)"
+            "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)",
+            keys=("method.student_data_fraction", "teacher.source"),
         )
     if m.sample_fraction < 1.0 and t.source != "online":
         from ekd.selection.sample_selection import TEACHER_SCORERS
@@ -60,21 +76,29 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"method.sample_scorer={m.sample_scorer} scores samples with the teacher model, which "
                 f"teacher.source={t.source} does not load; use method.sample_scorer=student_entropy or random "
-                "(or teacher.source=online)"
+                "(or teacher.source=online)",
+                keys=("method.sample_scorer", "teacher.source"),
             )
     if m.scorer == "none" and _policy_needs_scores(m):
         hint = " (AdaKD uses hellinger)" if m.policy == "latf" else ""
-        raise ConfigError(f"method.policy={m.policy} ranks positions by a score: set method.scorer{hint}")
+        raise ConfigError(
+            f"method.policy={m.policy} ranks positions by a score: set method.scorer{hint}",
+            keys=("method.policy", "method.scorer"),
+        )
     if m.scorer == "composite" and not m.scorer_weights:
         raise ConfigError(
             "method.scorer=composite needs method.scorer_weights (score name → weight), e.g. "
-            "'method.scorer_weights={student_entropy: 1.0, teacher_entropy: 0.5}'"
+            "'method.scorer_weights={student_entropy: 1.0, teacher_entropy: 0.5}'",
+            keys=("method.scorer", "method.scorer_weights"),
         )
     if not m.bucket_low < m.bucket_high:
-        raise ConfigError("method.bucket_low must be < method.bucket_high")
+        raise ConfigError(
+            "method.bucket_low must be < method.bucket_high", keys=("method.bucket_low", "method.bucket_high")
+        )
     if m.bandit_min_fraction > m.bandit_max_fraction:
         raise ConfigError(
-            f"method.bandit_min_fraction must be ≤ method.bandit_max_fraction ({m.bandit_min_fraction} > {m.bandit_max_fraction})"
+            f"method.bandit_min_fraction must be ≤ method.bandit_max_fraction ({m.bandit_min_fraction} > {m.bandit_max_fraction})",
+            keys=("method.bandit_min_fraction", "method.bandit_max_fraction"),
         )
     if m.temperature == "idts":
         from ekd.temperature import check_idts_range
@@ -82,50 +106,59 @@ def validate(cfg: Config) -> None:
         check_idts_range(m.kd_temperature, m.idts_strength)  # τ_base·e^(±c) within the KD τ range
     if m.entropy_tau_min > m.entropy_tau_max:
         raise ConfigError(
-            f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({m.entropy_tau_min} > {m.entropy_tau_max})"
+            f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({m.entropy_tau_min} > {m.entropy_tau_max})",
+            keys=("method.entropy_tau_min", "method.entropy_tau_max"),
         )
     if m.target != "dense" and m.divergence != "forward_kl" and m.kd_weight > 0:
         raise ConfigError(
             f"method.divergence={m.divergence} has no estimator for sparse targets (method.target={m.target}); "
-            "use method.divergence=forward_kl or method.target=dense"
+            "use method.divergence=forward_kl or method.target=dense",
+            keys=("method.divergence", "method.target"),
         )
     if t.source == "cache" and m.objective in ("dkd", "atkd") and m.kd_weight > 0:
         raise ConfigError(
             f"method.objective={m.objective} needs the teacher's full distribution at every distilled token, which a "
-            "teacher cache does not hold (it stores sparse targets): use teacher.source=online"
+            "teacher cache does not hold (it stores sparse targets): use teacher.source=online",
+            keys=("method.objective", "teacher.source"),
         )
     if t.source == "cache" and m.target == "dense" and m.kd_weight > 0:
         raise ConfigError(
-            "teacher.source=cache stores sparse targets: set method.target=rs or topk (or use teacher.source=online)"
+            "teacher.source=cache stores sparse targets: set method.target=rs or topk (or use teacher.source=online)",
+            keys=("teacher.source", "method.target"),
         )
     if tr.warmup_steps >= tr.max_steps and tr.max_steps > 1:
         raise ConfigError(
             f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps}); "
             f"set it to any value from 0 to {tr.max_steps - 1} (a tenth of the run, "
-            f"train.warmup_steps={tr.max_steps // 10}, is usual)"
+            f"train.warmup_steps={tr.max_steps // 10}, is usual)",
+            keys=("train.warmup_steps", "train.max_steps"),
         )
     _check_parallel(cfg)
 
     if cfg.model.lora_r == 0 and (cfg.model.lora_train_head or cfg.model.lora_export != "merged"):
         key = "model.lora_train_head" if cfg.model.lora_train_head else "model.lora_export"
         raise ConfigError(
-            f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}"
+            f"{key} applies to LoRA students only: set model.lora_r > 0 (e.g. 16) or drop {key}",
+            keys=(key, "model.lora_r"),
         )
     if cfg.model.export_head_rows == "trim" and cfg.model.lora_r > 0 and cfg.model.lora_export == "adapter":
         raise ConfigError(
             "model.export_head_rows=trim cannot apply to model.lora_export=adapter: the adapter is loaded onto the "
-            "base model, whose head keeps its rows; use model.lora_export=merged or model.export_head_rows=keep"
+            "base model, whose head keeps its rows; use model.lora_export=merged or model.export_head_rows=keep",
+            keys=("model.export_head_rows", "model.lora_export"),
         )
     if cfg.model.export_head_rows == "trim" and tr.parallel == "fsdp":
         raise ConfigError(
             "model.export_head_rows=trim needs the whole student on every rank, not train.parallel=fsdp; "
-            "use model.export_head_rows=keep (or train.parallel=ddp)"
+            "use model.export_head_rows=keep (or train.parallel=ddp)",
+            keys=("model.export_head_rows", "train.parallel"),
         )
     lg = cfg.log
     if not lg.wandb_project and (lg.wandb_name or lg.wandb_mode != "online"):
         key = "log.wandb_name" if lg.wandb_name else "log.wandb_mode"
         raise ConfigError(
-            f"{key} is set but log.wandb_project is empty, so W&B is off: set log.wandb_project=<project> or drop {key}"
+            f"{key} is set but log.wandb_project is empty, so W&B is off: set log.wandb_project=<project> or drop {key}",
+            keys=(key, "log.wandb_project"),
         )
     from ekd.eval.tasks import check_task_config
 
@@ -138,16 +171,19 @@ def _check_chat(d) -> None:
         for key in ("chat_template", "chat_template_from"):
             if getattr(d, key):
                 raise ConfigError(
-                    f"data.{key} applies to data.format=chat only; set data.format=chat or unset it"
+                    f"data.{key} applies to data.format=chat only; set data.format=chat or unset it",
+                    keys=(f"data.{key}", "data.format"),
                 )
         return
     if d.prompt_field or d.response_field:
         raise ConfigError(
-            "data.prompt_field/response_field do not apply to data.format=chat (assistant turns get the loss); unset them"
+            "data.prompt_field/response_field do not apply to data.format=chat (assistant turns get the loss); unset them",
+            keys=("data.prompt_field", "data.response_field", "data.format"),
         )
     if d.source == "pystdlib" or d.source.startswith("pystdlib:"):
         raise ConfigError(
-            "data.format=chat needs conversations (JSONL, Parquet or hf: rows), not pystdlib; set data.source"
+            "data.format=chat needs conversations (JSONL, Parquet or hf: rows), not pystdlib; set data.source",
+            keys=("data.format", "data.source"),
         )
 
 
@@ -164,7 +200,8 @@ def check_vocab(cfg: Config, vocab_size: int) -> None:
     m = cfg.method
     if m.kd_weight > 0 and m.target == "topk" and m.topk > vocab_size:
         raise ConfigError(
-            f"method.topk={m.topk} is larger than the vocabulary (V={vocab_size}); use ≤ {vocab_size}"
+            f"method.topk={m.topk} is larger than the vocabulary (V={vocab_size}); use ≤ {vocab_size}",
+            keys=("method.topk",),
         )
 
 
@@ -172,18 +209,24 @@ def _check_parallel(cfg: Config) -> None:
     """``train.parallel``, ``train.cpu_offload`` and ``teacher.placement`` where they make sense."""
     t, m, tr = cfg.teacher, cfg.method, cfg.train
     if tr.cpu_offload and tr.parallel != "fsdp":
-        raise ConfigError("train.cpu_offload needs train.parallel=fsdp (DDP keeps a full student per rank)")
+        raise ConfigError(
+            "train.cpu_offload needs train.parallel=fsdp (DDP keeps a full student per rank)",
+            keys=("train.cpu_offload", "train.parallel"),
+        )
     if tr.parallel == "fsdp" and m.objective == "ema_self_distill":
         raise ConfigError(
-            "method.objective=ema_self_distill keeps a full EMA copy of the student: use train.parallel=ddp"
+            "method.objective=ema_self_distill keeps a full EMA copy of the student: use train.parallel=ddp",
+            keys=("method.objective", "train.parallel"),
         )
     if tr.parallel == "fsdp" and cfg.model.lora_r > 0:
         raise ConfigError(
             "a LoRA student (model.lora_r > 0) runs under train.parallel=ddp, not fsdp: its frozen base is "
-            "replicated and only the adapters (and head) are all-reduced; set train.parallel=ddp"
+            "replicated and only the adapters (and head) are all-reduced; set train.parallel=ddp",
+            keys=("model.lora_r", "train.parallel"),
         )
     if t.placement == "shard" and t.source != "online":
         raise ConfigError(
             f"teacher.placement=shard shards an online teacher, but teacher.source={t.source} loads none: "
-            "remove teacher.placement"
+            "remove teacher.placement",
+            keys=("teacher.placement", "teacher.source"),
         )

@@ -58,6 +58,11 @@ FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "chat")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+SUFFIX_FORMATS = {
+    **dict.fromkeys(TEXT_SUFFIXES, "text"),
+    **dict.fromkeys(JSONL_SUFFIXES, "jsonl"),
+    **dict.fromkeys(PARQUET_SUFFIXES, "parquet"),
+}  # file suffix (lower case) → the data.format that reads it
 # chat JSONL: when none of this many first rows has data.messages_field, the name is wrong (refused at once)
 FIELD_PROBE_ROWS = 256
 DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n\s*")  # two or more blank lines
@@ -240,7 +245,8 @@ def _read_source(
                 f"{key}: {source} holds no text files to read, only row files ({by_suffix(listing.row_files)}), "
                 f"which a directory source leaves out; read their rows with {listing.row_glob(key, source)}"
             )
-        return _read_text_files(listing.files, path, key, source)
+        texts = ["text"] * len(listing.files)  # one document per file, ids relative to the directory
+        return _read_files(listing.files, texts, data_cfg, key, source, skipped, ids_under=path)
     if not path.exists():
         if glob.has_magic(source):
             return _read_glob(source, fmt, data_cfg, key, skipped)
@@ -287,8 +293,7 @@ def _glob_format(path: Path, fmt: str) -> str:
     """How a glob reads ``path``: ``fmt`` when it names one, else 'jsonl' / 'parquet' by suffix or 'text'."""
     if fmt not in ("auto", "chat"):
         return fmt
-    suffix = path.suffix.lower()
-    return "jsonl" if suffix in JSONL_SUFFIXES else "parquet" if suffix in PARQUET_SUFFIXES else "text"
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "text")
 
 
 def _read_files(
@@ -298,15 +303,19 @@ def _read_files(
     key: str,
     source: str,
     skipped: SkippedRows | None,
+    ids_under: Path | None = None,
 ) -> Iterator[Document]:
-    """Each file's documents in turn: rows of a 'jsonl' or 'parquet' file, a 'text' file as one document."""
+    """Each file's documents in turn: rows of a 'jsonl' or 'parquet' file, a 'text' file as one document, its
+    id the path relative to ``ids_under`` (a directory source), else the path as matched (a glob); files that
+    are not UTF-8 are skipped, with one warning line."""
     not_utf8 = 0
     for path, fmt in zip(files, formats):
+        doc_id = (path if ids_under is None else path.relative_to(ids_under)).as_posix()
         if fmt == "jsonl":
             yield from _read_jsonl(path, data_cfg, key, skipped)
         elif fmt == "parquet":
             yield from _read_parquet(path, data_cfg, key, skipped)
-        elif (doc := _whole_file(path, path.as_posix())) is not None:
+        elif (doc := _whole_file(path, doc_id)) is not None:
             yield doc
         else:
             not_utf8 += 1
@@ -315,12 +324,8 @@ def _read_files(
 
 def _format_from_suffix(path: Path, key: str) -> str:
     suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
-        return "text"
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
     raise ConfigError(
         f"{key}: cannot tell the format of {path} from its extension '{suffix}'; "
         "set data.format to text, jsonl or parquet"
@@ -363,17 +368,6 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
         raise ConfigError(f"{key}: {path} is not UTF-8 text; convert it or set data.format") from None
     if buffer.strip():
         yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
-
-
-def _read_text_files(files: list[Path], root: Path, key: str, source: str) -> Iterator[Document]:
-    """One document per file of a directory (ids relative to ``root``); files that are not UTF-8 skipped."""
-    not_utf8 = 0
-    for path in files:
-        if (doc := _whole_file(path, path.relative_to(root).as_posix())) is not None:
-            yield doc
-        else:
-            not_utf8 += 1
-    _warn_not_utf8(not_utf8, key, source)
 
 
 def _whole_file(path: Path, doc_id: str) -> Document | None:

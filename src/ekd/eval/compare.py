@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ekd.config.sections import REPORTING_KEYS
+from ekd.config.sections import is_reporting_key
 from ekd.errors import EkdError
 from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
@@ -83,7 +83,7 @@ class RunRecord:
         """The config without ``run.*`` identity keys and the keys that only report (``log.*``,
         :data:`~ekd.config.REPORTING_KEYS`): runs that differ only by seed share it."""
         cfg = {
-            s: {k: x for k, x in v.items() if not f"{s}.{k}".startswith(REPORTING_KEYS)}
+            s: {k: x for k, x in v.items() if not is_reporting_key(f"{s}.{k}")}
             for s, v in self.config.items()
         }
         for k in RUN_KEYS:
@@ -394,7 +394,7 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) ->
     for section in sorted(set(a) | set(b)):
         sa, sb = a.get(section) or {}, b.get(section) or {}
         for key in sorted(set(sa) | set(sb)):
-            if (section == "run" and key in RUN_KEYS) or f"{section}.{key}".startswith(REPORTING_KEYS):
+            if (section == "run" and key in RUN_KEYS) or is_reporting_key(f"{section}.{key}"):
                 continue
             if sa.get(key) != sb.get(key):
                 out.append(f"{section}.{key}={sb.get(key)!r} (vs {sa.get(key)!r})")

@@ -77,7 +77,10 @@ def check_task_config(cfg: Any) -> None:
     """
     for name, tag in cfg.eval.set_tags.items():
         if tag not in tm.TAGS:
-            raise ConfigError(f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'")
+            raise ConfigError(
+                f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'",
+                keys=("eval.set_tags",),
+            )
     if cfg.eval.tasks:
         TaskSettings.from_config(cfg)
         require_lm_eval(import_now=False)
@@ -101,7 +104,8 @@ class TaskSettings:
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise ConfigError(
-                f"eval.tasks_chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got '{self.chat_template}'"
+                f"eval.tasks_chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got '{self.chat_template}'",
+                keys=("eval.tasks_chat_template",),
             )
         for key, value, lo in (
             ("eval.tasks_limit", self.limit, 0),
@@ -110,9 +114,12 @@ class TaskSettings:
             ("eval.batch_size", self.batch_size, 1),
         ):
             if value < lo:
-                raise ConfigError(f"{key} must be ≥ {lo}, got {value}")
+                raise ConfigError(f"{key} must be ≥ {lo}, got {value}", keys=(key,))
         if self.tasks_dir and not Path(self.tasks_dir).is_dir():
-            raise ConfigError(f"eval.tasks_dir: {self.tasks_dir} is not a directory of lm-eval task YAMLs")
+            raise ConfigError(
+                f"eval.tasks_dir: {self.tasks_dir} is not a directory of lm-eval task YAMLs",
+                keys=("eval.tasks_dir",),
+            )
 
     @classmethod
     def from_config(cls, cfg: Any) -> TaskSettings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ekd.config import Config, config_from_dict, parse_overrides
+from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError
 from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
@@ -168,7 +167,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         )
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
-    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in (sec or {}).items()}
+    flat = flat_config(raw)
     given = parse_overrides(overrides or [])
     try:
         return config_from_dict(_nested({**flat, **given}))
@@ -202,7 +201,6 @@ EVAL_READS = (
     "method.sample_fraction",
     "method.sample_scorer",
 )
-_KEY = re.compile(r"\b[a-z]+\.[a-z0-9_]+\b")
 
 
 def _saved_rule_failure(
@@ -213,6 +211,8 @@ def _saved_rule_failure(
     the line adds the ``ekd eval`` command that sets each of them to today's default, checked here to pass;
     otherwise the refusal no such default gets past (an override of the user's, or a key evaluation reads,
     whose value would change the numbers), as it is. Validation itself is not relaxed: a new run, and the command given, pass every rule.
+    The keys a refusal is about are the error's own (:class:`~ekd.errors.ConfigError` ``keys``), not read off
+    its message.
 
     Args:
         saved: the saved config, flat (``section.key`` → value); ``given``: the overrides parsed, ``overrides``:
@@ -220,13 +220,13 @@ def _saved_rule_failure(
     """
     from ekd.methods import preset_values
 
-    defaults = {f"{s}.{k}": v for s, sec in Config().to_dict().items() for k, v in sec.items()}
+    defaults = flat_config(Config().to_dict())
     preset = given.get("method.preset", saved.get("method.preset"))
     defaults.update({f"method.{k}": v for k, v in preset_values(str(preset)).items()})
     fixes: dict[str, Any] = {}
     last = error
     for _ in range(len(saved)):
-        named = [k for k in _KEY.findall(str(last)) if k in saved and k not in given and k not in fixes]
+        named = [k for k in last.keys if k in saved and k not in given and k not in fixes]
         if not named or named[0].startswith(EVAL_READS) or named[0] not in defaults:
             return last  # what no default of a training setting gets past (the user's override, say)
         fixes[named[0]] = defaults[named[0]]
@@ -253,10 +253,16 @@ def _saved_rule_failure(
 
 
 @writes_into_run
-def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
+def evaluate_saved_run(
+    run_dir: Path, overrides: list[str] | None = None, *, cfg: Config | None = None
+) -> dict[str, dict[str, float]]:
     """Reload ``run_dir/student`` with transformers and evaluate it (and the teacher) on the run's eval sets.
 
     Writes ``run_dir/eval.json`` and reliability diagrams under ``run_dir/plots``, holding the run's lock.
+
+    Args:
+        cfg: ``load_run_config(run_dir, overrides)`` where the caller has it already (``ekd eval RUN`` loads
+            it once for the tasks check, the eval sets and the tasks); loaded here when None.
 
     Raises:
         RunDirError: another ekd process is using the run (training, resuming or evaluating it).
@@ -274,7 +280,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str] | None = None) -> dic
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
-    cfg = load_run_config(run_dir, overrides)
+    cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)

@@ -17,6 +17,16 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def autocast_for(precision: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on a device type ('cuda', 'cpu', ...): none (fp32) for 'fp32',
+    and for 'auto' off CUDA; bf16 otherwise ('bf16'; 'auto' on CUDA). One rule for the run's autocast
+    (``ekd.train.prepare.autocast_dtype``) and for which saved precisions compute alike
+    (``ekd.train.run_dir``)."""
+    if precision == "fp32" or (precision == "auto" and device_type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
 def head_precision(device: torch.device, autocast_dtype: torch.dtype | None) -> torch.autocast:
     """Autocast for a body or the output heads: GEMM operands in ``autocast_dtype``; disabled when None."""
     return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)

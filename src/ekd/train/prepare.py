@@ -27,6 +27,7 @@ from ekd.models.load import (
     resolve_dtype,
     shared_vocab_size,
 )
+from ekd.train.precision import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU ('auto' or 'bf16'), none (fp32) on CPU unless 'bf16' is asked for."""
-    p = cfg.train.precision
-    if p == "fp32":
-        return None
-    if p == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return None
+    """bf16 autocast on GPU ('auto' or 'bf16'), none (fp32) on CPU unless 'bf16' is asked for
+    (:func:`ekd.train.precision.autocast_for`)."""
+    return autocast_for(cfg.train.precision, device.type)
 
 
 def teacher_needed(cfg: Config) -> bool:

@@ -46,7 +46,7 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import REPORTING_KEYS, Config
+from ekd.config import Config, flat_config, is_reporting_key
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
@@ -96,12 +96,15 @@ SAME_MATH_CHANGES = {
 
 def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
-    'fp32' on CPU (no autocast there, and TF32 is a GPU matter); on a GPU 'auto' is bf16."""
+    'fp32' on CPU (no autocast there: :func:`ekd.train.precision.autocast_for`, and TF32 is a GPU matter);
+    on a GPU 'auto' is bf16."""
     import torch
+
+    from ekd.train.precision import autocast_for
 
     old, new = (saved.get("train") or {}).get("precision"), cfg.train.precision
     on_cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
-    return on_cpu and {old, new} <= {"auto", "fp32"}
+    return on_cpu and autocast_for(old, "cpu") is None and autocast_for(new, "cpu") is None
 
 
 # why a refused key cannot change, where the generic "changes what the run computes" says too little
@@ -124,18 +127,8 @@ class RunFinished(EkdError):
     """``--resume`` of a run that has already trained all of ``train.max_steps``: nothing to do."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and prefix == "":
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flat(saved), _flat(current)
+    a, b = flat_config(saved), flat_config(current)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
@@ -222,12 +215,12 @@ def using_run(run_dir: Path) -> Iterator[None]:
             f"{run_dir} is read-only: ekd eval writes eval.json, plots and task results into the run; copy it to "
             "a writable directory (cp -r) and evaluate the copy"
         )
-    _USING.add(real)
-    try:
-        yield
-    finally:
-        _USING.discard(real)
-        lock.release()
+    with lock:
+        _USING.add(real)
+        try:
+            yield
+        finally:
+            _USING.discard(real)
 
 
 _USING: set[Path] = set()
@@ -275,7 +268,7 @@ def _existing_run_advice(
             "cannot change); pass --overwrite to replace it, or set run.name"
         )
     if finished:  # --resume would have nothing to do
-        flat = _flat(current)
+        flat = flat_config(current)
         evals = " ".join(override_arg(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
         again = f"`ekd eval {shlex.quote(str(run_dir))}{' ' + evals if evals else ''}` evaluates it" + (
             " with the new eval settings" if evals else " again"
@@ -364,7 +357,7 @@ class RunStart:
         current = self.cfg.to_dict()
         # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
         diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
-        diffs = [k for k in diffs if not k.startswith(REPORTING_KEYS)]  # the same run, reported otherwise
+        diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
@@ -396,8 +389,8 @@ class RunStart:
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
         if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
-            flat = _flat(saved or {})
-            changes = ", ".join(f"{k} {flat.get(k)} → {_flat(current).get(k)}" for k in knobs)
+            flat = flat_config(saved or {})
+            changes = ", ".join(f"{k} {flat.get(k)} → {flat_config(current).get(k)}" for k in knobs)
             notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
 

@@ -359,7 +359,9 @@ def _with_earlier_tasks(
     return merged, replace(settings, tasks=tuple(earlier) + tuple(settings.tasks))
 
 
-def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None:
+def check_saved_tasks(
+    run_dir: Path, overrides: list[str] | None = None, *, cfg: Config | None = None
+) -> None:
     """``ekd eval RUN``: the run's ``eval.tasks`` (saved, or from ``overrides``) checked before anything is
     evaluated or written (:func:`ekd.eval.tasks.check_config_tasks`): an unknown name or an unavailable hub
     dataset is one line, with ``RUN/eval.json`` untouched, not a refusal after the eval sets were rewritten.
@@ -368,10 +370,12 @@ def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None
         EkdError: ``run_dir`` is not a finished run, lm-eval is missing, a task is unknown or its hub dataset
             cannot be loaded; where the tasks are the run's saved ones (no ``eval.tasks``/``eval.tasks_dir``
             given), the line says so and gives the ``ekd eval`` commands that override them.
+
+    ``cfg``: as :func:`ekd.train.evaluation.evaluate_saved_run` takes it.
     """
     from ekd.train.evaluation import load_run_config
 
-    cfg = load_run_config(run_dir, overrides)
+    cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     try:
         check_config_tasks(cfg)
     except EkdError as e:
@@ -386,9 +390,11 @@ def check_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> None
 
 
 @writes_into_run
-def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate_saved_tasks(
+    run_dir: Path, overrides: list[str] | None = None, *, cfg: Config | None = None
+) -> dict[str, Any]:
     """``ekd eval RUN --tasks ...``: reload ``RUN/student`` and run :func:`run_end_tasks` on it (which writes into
-    ``RUN``, holding the run's lock).
+    ``RUN``, holding the run's lock). ``cfg``: as :func:`ekd.train.evaluation.evaluate_saved_run` takes it.
 
     Raises:
         RunDirError: another ekd process is using the run (training, resuming or evaluating it).
@@ -398,7 +404,7 @@ def evaluate_saved_tasks(run_dir: Path, overrides: list[str] | None = None) -> d
     from ekd.train.evaluation import load_run_config
     from ekd.train.prepare import autocast_dtype, resolve_device
 
-    cfg = load_run_config(run_dir, overrides)
+    cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     settings = TaskSettings.from_config(cfg)
     if not settings.tasks:
         return {}

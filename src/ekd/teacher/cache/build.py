@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,11 +243,8 @@ def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
     lock = run_on_main(
         ranks, lambda: lock_directory(directory, fix, CacheError), "lock the cache", share=False
     )
-    try:
+    with lock if lock is not None else nullcontext():  # the other ranks hold nothing
         yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _prepare_data(cfg: Config, directory: Path):
