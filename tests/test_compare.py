@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ekd.cli import main
-from ekd.eval.compare import compare_runs, pareto_front
+from ekd.eval.compare import compare_runs, group_runs, pareto_front, read_run
 from tiny import tiny_overrides, write_corpus
 
 
@@ -74,6 +74,38 @@ def test_mean_std_and_paired_verdicts(tmp_path):
     assert "11.00 ± 1.00" in md and "(better)" in md and "(within spread)" in md
 
 
+def _layout(run: Path, micro: int, ranks: int, parallel: str) -> Path:
+    """Give a fake run a micro-batch, a parallel layout and the ekd-run.json of a run finished on ``ranks``."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"] |= {"micro_batch_size": micro, "parallel": parallel}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    marker = {"format": "ekd-run", "version": 1, "state": "finished", "global_micro_batch": ranks * micro}
+    (run / "ekd-run.json").write_text(json.dumps(marker | {"ranks": ranks}))
+    return run
+
+
+def test_runs_are_grouped_on_the_batch_over_all_ranks_not_on_the_device_layout(tmp_path, capsys):
+    """Try-out 12: config.yaml of a torchrun run of 2 ranks × 4 rows equals a one-process run's of 4 rows, so
+    ekd compare called those two different trainings (global batch 8 vs 4) one run ("share a config and seed"),
+    and split the 2 × 4 DDP and FSDP runs, which train what one process of 8 rows does (to 1e-6), into groups
+    `kd#2`, `kd#3` "differing in train.micro_batch_size=4 (vs 8)". The run records ranks × micro-batch; compare
+    groups on it and leaves the layout (micro-batch split, parallel, offload, teacher placement) out."""
+    one = _layout(_fake_run(tmp_path, "one", "kd", 0, 10.0, 0.5), 8, 1, "none")
+    ddp = _layout(_fake_run(tmp_path, "ddp", "kd", 1, 10.5, 0.5), 4, 2, "ddp")
+    fsdp = _layout(_fake_run(tmp_path, "fsdp", "kd", 2, 11.0, 0.5), 4, 2, "fsdp")
+    half = _layout(_fake_run(tmp_path, "half", "kd", 0, 12.0, 0.6), 4, 1, "none")
+    groups = group_runs([read_run(r) for r in (one, ddp, fsdp, half)])
+    assert [(g.label, [r.run_dir.name for r in g.runs]) for g in groups] == [
+        ("kd", ["one", "ddp", "fsdp"]),
+        ("kd#2", ["half"]),
+    ]
+    assert groups[1].note == "`kd#2` differs from `kd` in train.ranks × micro_batch_size=4 (vs 8)"
+    twin = _layout(_fake_run(tmp_path, "twin", "kd", 1, 10.5, 0.5), 8, 1, "none")  # = ddp's training and seed
+    assert main(["compare", str(one), str(ddp), str(twin), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"runs {ddp}, {twin} trained the same config with the same seed (seed 1)" in err, err
+
+
 def test_pareto_front():
     pts = [(0.0, 1.0), (10.0, 0.5), (5.0, 0.8), (20.0, 0.6), (5.0, 0.9)]
     assert pareto_front(pts) == [0, 2, 1]
@@ -86,7 +118,7 @@ def test_bad_runs_one_line(tmp_path, capsys):
     a = _fake_run(tmp_path, "a", "kd", 0, 1.0, 1.0)
     b = _fake_run(tmp_path / "copy", "a", "kd", 0, 1.0, 1.0)
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
-    assert "share a config and seed" in capsys.readouterr().err
+    assert "trained the same config with the same seed (seed 0)" in capsys.readouterr().err
     unfinished = _fake_run(tmp_path, "u", "kd", 1, 1.0, 1.0)
     (unfinished / "eval.json").unlink()
     assert main(["compare", str(unfinished), "--out", str(tmp_path / "o")]) == 2

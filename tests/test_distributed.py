@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dist_runs import assert_groups_ended, free_port, gloo_ranks, torchrun_runs
+from ekd.eval.compare import read_run
 from ekd.train.distributed import Ranks, data_parallel, distributed, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
 
@@ -91,6 +92,14 @@ def test_two_ranks_equal_one_process(tmp_path):
             if not torch.allclose(wb[k], wa[k], rtol=1e-5, atol=5e-6):
                 mismatches.append((name, k, float((wb[k] - wa[k]).abs().max())))
                 break
+        # what config.yaml does not tell (2 × 2 rows vs 1 × 4): recorded, and ekd compare calls them one training
+        markers = [json.loads((r / "ekd-run.json").read_text()) for r in (a, b)]
+        if [(m["global_micro_batch"], m["ranks"]) for m in markers] != [(4, 1), (4, 2)]:
+            mismatches.append((name, "ekd-run.json", markers))
+        if read_run(a).group_key() != read_run(b).group_key():
+            mismatches.append(
+                (name, "ekd compare group", read_run(a).trained_config(), read_run(b).trained_config())
+            )
     assert mismatches == [], mismatches
 
 

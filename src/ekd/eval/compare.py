@@ -1,8 +1,9 @@
 """Compare finished runs (``ekd compare RUN...``): one table over methods × seeds, paired differences against
 baselines, and the plots the EKD draft asks for.
 
-Runs whose resolved configs are equal except for ``run.*`` keys (name, seed, output directory) form one
-*group* (a method at several seeds). Per group: the mean ± sample standard deviation over seeds of every
+Runs whose resolved configs are equal except for ``run.*`` keys (name, seed, output directory), ``log.*`` and
+the device layout — with the micro-batch over all ranks the run recorded instead (:meth:`RunRecord.trained_config`)
+— form one *group* (a method at several seeds). Per group: the mean ± sample standard deviation over seeds of every
 eval metric, the fraction of positions that received KD and the teacher bytes per training token. Against
 each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
 ``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the mean difference, in the
@@ -35,6 +36,7 @@ from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
+from ekd.train.run_dir import LAYOUT_KEYS, read_marker
 
 
 class Metric(NamedTuple):
@@ -56,6 +58,8 @@ METRIC_INFO = {
 METRICS = tuple(METRIC_INFO)
 HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
 RUN_KEYS = ("name", "seed", "output_dir")
+GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
+"""The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
 
 
 @dataclass
@@ -70,6 +74,8 @@ class RunRecord:
     tokenizer: str = ""  # what encoded the eval sets (``_tokenizer_identity``)
     # set → the data settings its eval.json entry records (:meth:`set_data`)
     scored_with: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # rows of one micro-batch over all ranks (ekd-run.json); None for a run of an older ekd (taken as 1 rank)
+    global_micro_batch: int | None = None
 
     @property
     def method(self) -> str:
@@ -79,17 +85,29 @@ class RunRecord:
     def seed(self) -> int:
         return int(self.config.get("run", {}).get("seed", 0))
 
-    def group_key(self) -> str:
-        """The config without ``run.*`` identity keys and the keys that only report (``log.*``,
-        :data:`~ekd.config.REPORTING_KEYS`): runs that differ only by seed share it."""
+    def trained_config(self) -> dict[str, Any]:
+        """The config as far as it decides what the run trained: without ``run.*`` identity keys, the keys that
+        only report (``log.*``, :data:`~ekd.config.REPORTING_KEYS`) and the device layout
+        (:data:`~ekd.train.run_dir.LAYOUT_KEYS`), with the micro-batch over all ranks
+        (:data:`GLOBAL_BATCH_KEY`) instead — a ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
         cfg = {
-            s: {k: x for k, x in v.items() if not is_reporting_key(f"{s}.{k}")}
+            s: {
+                k: x
+                for k, x in v.items()
+                if not is_reporting_key(f"{s}.{k}") and f"{s}.{k}" not in LAYOUT_KEYS
+            }
             for s, v in self.config.items()
+            if isinstance(v, dict)
         }
         for k in RUN_KEYS:
             cfg.get("run", {}).pop(k, None)
-        cfg = {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
-        return json.dumps(cfg, sort_keys=True, default=str)
+        micro = (self.config.get("train") or {}).get("micro_batch_size")
+        cfg.setdefault("train", {})[GLOBAL_BATCH_KEY] = self.global_micro_batch or micro
+        return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def group_key(self) -> str:
+        """:meth:`trained_config` as text: runs that differ only by seed (or device layout) share it."""
+        return json.dumps(self.trained_config(), sort_keys=True, default=str)
 
     def set_data(self, name: str) -> dict[str, Any]:
         """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
@@ -245,6 +263,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         _bytes_per_token(run_dir, config, kd_fraction),
         _tokenizer_identity(run_dir, config),
         scored_with,
+        _marker(run_dir).get("global_micro_batch"),
     )
 
 
@@ -336,17 +355,20 @@ def _bytes_per_token(run_dir: Path, config: dict[str, Any], kd_fraction: float) 
     return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab) if vocab else math.nan
 
 
+def _marker(run_dir: Path) -> dict[str, Any]:
+    """The run's ``ekd-run.json`` (what it recorded when it finished); {} when absent or unreadable."""
+    try:
+        return read_marker(run_dir) or {}
+    except EkdError:
+        return {}
+
+
 def _vocab_size(run_dir: Path) -> int:
     """V, the vocabulary the run's teacher targets spanned: the tokenizer length the run recorded when it
     finished (``ekd-run.json``'s ``tokenizer_tokens``), else (a run of an older ekd) the length of the tokenizer
     exported with the student (a model or an adapter directory alike); 0 when neither is there. Never the
     student head's ``vocab_size``: a padded head has more rows than the targets span."""
-    from ekd.train.run_dir import read_marker
-
-    try:
-        recorded = (read_marker(run_dir) or {}).get("tokenizer_tokens")
-    except EkdError:
-        recorded = None
+    recorded = _marker(run_dir).get("tokenizer_tokens")
     if recorded:
         return int(recorded)
     try:
@@ -375,14 +397,15 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         if seen[method] > 1:
             first = next(o for o in groups.values() if o.runs[0].method == method)
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(
-                _config_differences(first.runs[0].config, g.runs[0].config)
+                _config_differences(first.runs[0].trained_config(), g.runs[0].trained_config())
             )
         seeds = [r.seed for r in g.runs]
         if len(set(seeds)) != len(seeds):
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
+            twins = ", ".join(str(r.run_dir) for r in g.runs if r.seed in dup)
             raise EkdError(
-                f"ekd compare: runs {', '.join(str(r.run_dir) for r in g.runs)} share a config and seed {dup}; "
-                "pass each run once"
+                f"ekd compare: runs {twins} trained the same config with the same seed "
+                f"({'seeds' if len(dup) > 1 else 'seed'} {', '.join(map(str, dup))}); pass each run once"
             )
     return list(groups.values())
 

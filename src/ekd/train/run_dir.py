@@ -4,10 +4,11 @@
 
     {"format": "ekd-run", "version": 1, "state": "starting" | "started" | "finished",
      "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78,
-     "tokenizer_tokens": 320, "head_rows": 320}
+     "tokenizer_tokens": 320, "head_rows": 320, "global_micro_batch": 8, "ranks": 2}
 
-(the last two once the run has finished: the tokenizer length V its targets and scores spanned, and the rows of
-the exported student's head, more than V when padded.)
+(the last four once the run has finished: the tokenizer length V its targets and scores spanned, the rows of
+the exported student's head, more than V when padded, the rows of one micro-batch over all ranks —
+ranks × ``train.micro_batch_size``, which config.yaml alone does not tell — and the ranks of its last segment.)
 
 :class:`RunStart` is the start of a run as one transaction:
 
@@ -60,6 +61,11 @@ T = TypeVar("T")
 MARKER = "ekd-run.json"
 FORMAT = "ekd-run"
 
+# How the same computation is laid out on devices (DCP reshards between all of them): a run may change these on
+# ``--resume`` as long as its global micro-batch (ranks × train.micro_batch_size, ``global_micro_batch`` in
+# ekd-run.json) stays — the checkpoint refuses another — and ``ekd compare`` groups runs on that product.
+LAYOUT_KEYS = ("train.micro_batch_size", "train.parallel", "train.cpu_offload", "teacher.placement")
+
 # What ``--resume`` lets change (README, "What `--resume` may change"): anything else changes what the run computes, so
 # the resumed run would not be the run it continues, and is refused. Prefixes end in ".".
 RESUMABLE_CHANGES = (
@@ -75,12 +81,7 @@ RESUMABLE_CHANGES = (
     # what is exported at the end (the checkpoints keep the fp32 master weights whatever these say)
     "model.export_dtype",
     "model.export_head_rows",
-    # how the same computation is laid out on devices (DCP reshards between all of them); the checkpoint refuses
-    # another global micro-batch (ranks × train.micro_batch_size)
-    "train.micro_batch_size",
-    "train.parallel",
-    "train.cpu_offload",
-    "teacher.placement",
+    *LAYOUT_KEYS,
 )
 
 # memory and speed knobs over the same math (tested equal: tests/test_head_loss.py, test_train.py's chunked =

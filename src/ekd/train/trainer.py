@@ -466,8 +466,14 @@ def _train(
         write_eval_json(run_dir, cfg, results, keep=False)
         run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
         metrics_log.close()
-        # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows
-        start.finish(tokenizer_tokens=data.vocab_size, head_rows=shipped["head_rows"])
+        # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows,
+        # the batch over all ranks (a torchrun run's config.yaml is a one-process run's with another batch)
+        start.finish(
+            tokenizer_tokens=data.vocab_size,
+            head_rows=shipped["head_rows"],
+            global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
+            ranks=ranks.world_size,
+        )
 
     run_on_main(ranks, export, "export the student", share=False)
     # every rank evaluates its share (collectives inside); then rank 0 alone writes and runs the tasks while
