@@ -285,7 +285,10 @@ def test_a_teacher_row_per_teacher_and_eval_set_and_no_difference_across_them(tm
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| (teacher) |" not in md and "| (teacher of kd#3) |" in md
     assert "n/a (different eval sets)" in md and "n/a (different teachers)" in md
-    assert "Scored on different eval sets: `kd`, `kd#2` on one; `kd#3` on others (data.block_length=256" in md
+    assert (
+        "Scored on different eval sets: `eval`: `kd`, `kd#2` on one, `kd#3` on another (data.block_length=256"
+        in md
+    )
     # the same teacher and eval sets: one row, as before
     se = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.5, 0.45), teacher="llama")
     one = compare_runs([runs[0], se], tmp_path / "o2", plots=False)
@@ -373,3 +376,41 @@ def test_a_token_store_does_not_make_another_eval_set(tmp_path):
     b = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5), data={"store_dir": ""})
     s = compare_runs([a, b], tmp_path / "out", baselines=("kd",), plots=False)
     assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] != "different eval sets" and not s["eval_sets"]
+
+
+def test_one_run_with_an_extra_eval_set_is_no_difference_in_eval_sets(tmp_path):
+    """Try-out 12: after `ekd eval RUN` added a set `indist` to one of three kd seeds, compare said "`kd` on one;
+    `sekd` on others … paired differences are n/a" (none was: `eval` is the same set in every run), printed
+    two teacher rows of one teacher with the same figures, and showed the kd row's one-seed `indist` cells as
+    if they were means over its 3 seeds."""
+    sources = {"indist": "/data/indist.jsonl"}
+    teacher = {"eval/teacher": {"ppl": 5.0}}
+    runs = [_edit(_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5), eval_sets=teacher) for s in range(3)]
+    runs += [
+        _edit(_fake_run(tmp_path, f"se{s}", "sekd", s, 9.0 + s, 0.4), eval_sets=teacher) for s in range(3)
+    ]
+    extra = {"data": {"eval_sources": sources}}
+    _edit(
+        runs[0],
+        eval_sets={"indist": {"ppl": 51.45, "tokens": 1999.0, **extra}, "indist/teacher": {"ppl": 2.6}},
+    )
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["eval_sets"] == ""
+    (row,) = s["teachers"]
+    assert (
+        row["label"] == "(teacher)"
+        and row["metrics"]["eval/ppl"] == 5.0
+        and row["metrics"]["indist/ppl"] == 2.6
+    )
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "Scored on different eval sets" not in md and "n/a" not in md
+    kd_row = next(line for line in md.splitlines() if line.startswith("| kd |"))
+    assert "| 11.00 ± 1.00 |" in kd_row and "| 51.45 (n=1) |" in kd_row, kd_row
+    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] == "better"
+    # the same set scored another way in one run (`ekd eval RUN data.max_eval_blocks=0`): named for that set and
+    # that seed only
+    _edit(runs[4], eval_sets={"eval": {"data": {"max_eval_blocks": 0}}})
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    assert s["eval_sets"].startswith(
+        "`eval`: `kd`, `sekd` (seeds 0, 2) on one, `sekd` (seed 1) on another ("
+    ), s

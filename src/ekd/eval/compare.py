@@ -127,10 +127,6 @@ class RunRecord:
             default=str,
         )
 
-    def eval_sets(self) -> str:
-        """:meth:`eval_set` of every text eval set of the run (lm-eval tasks are not text eval sets)."""
-        return "|".join(self.eval_set(n) for n in sorted(self.eval) if _text_set(n))
-
     def teacher(self) -> str:
         """The teacher the run's KL and agreement are measured against (``model.teacher``, revision, dtype)."""
         model = self.config.get("model") or {}
@@ -462,76 +458,99 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """One row per distinct teacher and eval sets (the runs' ``<set>/teacher`` metrics): the teacher, the
-    groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of kd, ...)'."""
-    rows: dict[str, dict[str, Any]] = {}
+    groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of kd, ...)'.
+    A run joins a row of the same teacher whose sets it scored alike (:meth:`RunRecord.eval_set`, on the sets
+    both have): a run with one set more than the others adds that set's figures to their row, not a row."""
+    rows: list[dict[str, Any]] = []
     for g in groups:
         for r in g.runs:
-            metrics = {
-                f"{n[: -len('/teacher')]}/{m}": v
-                for n, ms in r.eval.items()
-                if n.endswith("/teacher")
-                for m, v in ms.items()
-                if m in METRICS
-            }
+            sets = {n[: -len("/teacher")] for n in r.eval if n.endswith("/teacher")}
+            metrics = {f"{n}/{m}": v for n in sets for m, v in r.eval[f"{n}/teacher"].items() if m in METRICS}
             if not metrics:
                 continue
-            row = rows.setdefault(
-                f"{r.teacher()}|{r.eval_sets()}",
-                {"teacher": (r.config.get("model") or {}).get("teacher"), "of": [], "metrics": metrics},
+            scored = {n: r.eval_set(n) for n in sets}
+            row = next(
+                (
+                    row
+                    for row in rows
+                    if row["key"] == r.teacher()
+                    and all(row["sets"].get(n, i) == i for n, i in scored.items())
+                ),
+                None,
             )
+            if row is None:
+                teacher = (r.config.get("model") or {}).get("teacher")
+                row = {"key": r.teacher(), "sets": {}, "teacher": teacher, "of": [], "metrics": {}}
+                rows.append(row)
+            row["sets"] |= scored
+            row["metrics"] = metrics | row["metrics"]
             if g.label not in row["of"]:
                 row["of"].append(g.label)
-    out = list(rows.values())
-    for row in out:
-        row["label"] = "(teacher)" if len(out) == 1 else f"(teacher of {', '.join(row['of'])})"
-    return out
+    for row in rows:
+        del row["key"], row["sets"]
+        row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
+    return rows
 
 
 def _eval_set_note(groups: list[Group]) -> str:
-    """'' when every group was scored on the same eval sets; else which groups share which, and how the
-    others' differ from the first's (their paired differences are n/a)."""
-    clusters: dict[str, list[Group]] = {}
-    for g in groups:
-        clusters.setdefault(g.runs[0].eval_sets(), []).append(g)
-    if len(clusters) < 2:
-        return ""
-    first, *others = clusters.values()
-    ref = first[0].runs[0]
-    parts = [f"{_labels(first)} on one"]
-    for cluster in others:
-        parts.append(f"{_labels(cluster)} on others ({_eval_set_difference(ref, cluster[0].runs[0])})")
-    return "; ".join(parts)
+    """'' when every run that scored an eval set scored the same one (:meth:`RunRecord.eval_set`); else, per
+    such set, which groups scored it which way and how the others' differ from the first's (their paired
+    differences on it are n/a). A set only some runs scored is no difference: its cells count fewer seeds."""
+    notes = []
+    for name in sorted({n for g in groups for r in g.runs for n in r.eval if _text_set(n)}):
+        clusters: dict[str, list[tuple[Group, RunRecord]]] = {}
+        for g in groups:
+            for r in g.runs:
+                if name in r.eval:
+                    clusters.setdefault(r.eval_set(name), []).append((g, r))
+        if len(clusters) < 2:
+            continue
+        (first, *others) = clusters.values()
+        ref = first[0][1]
+        parts = [f"{_labels(first)} on one"]
+        for cluster in others:
+            parts.append(f"{_labels(cluster)} on another ({_eval_set_difference(ref, cluster[0][1], name)})")
+        notes.append(f"`{name}`: " + ", ".join(parts))
+    return "; ".join(notes)
 
 
-def _labels(groups: list[Group]) -> str:
-    return ", ".join(f"`{g.label}`" for g in groups)
+def _labels(runs: list[tuple[Group, RunRecord]]) -> str:
+    """'`kd` (seed 0), `sekd`': the groups of ``runs``, naming the seeds of a group not all of whose runs are there."""
+    labels = []
+    for g in [g for i, (g, _) in enumerate(runs) if all(h is not g for h, _ in runs[:i])]:
+        seeds = sorted(r.seed for h, r in runs if h is g)
+        some = "" if len(seeds) == len(g.runs) else f" ({'seed' if len(seeds) == 1 else 'seeds'} "
+        labels.append(f"`{g.label}`" + (some + ", ".join(map(str, seeds)) + ")" if some else ""))
+    return ", ".join(labels)
 
 
-def _eval_set_difference(a: RunRecord, b: RunRecord) -> str:
-    """How ``b``'s eval sets differ from ``a``'s: data keys (each set's, :meth:`RunRecord.set_data`), the
+def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
+    """How ``b``'s eval set ``name`` differs from ``a``'s: data keys (:meth:`RunRecord.set_data`), the
     tokenizer, the scored tokens, or else the documents (a run evaluated before eval sets were spread samples
     records none)."""
-    sets = [n for n in a.eval if _text_set(n)]
-    keys: list[str] = []
-    for n in sets:
-        keys += [
-            k for k in _config_differences({"data": a.set_data(n)}, {"data": b.set_data(n)}) if k not in keys
-        ]
+    keys = _config_differences({"data": a.set_data(name)}, {"data": b.set_data(name)})
     if keys:
-        return ", ".join(keys[:6] + (["…"] if len(keys) > 6 else []))
+        return ", ".join(keys)
     if a.tokenizer != b.tokenizer:
         return "another tokenizer"
-    if any((a.eval.get(n) or {}).get("tokens") != (b.eval.get(n) or {}).get("tokens") for n in sets):
+    if (a.eval.get(name) or {}).get("tokens") != (b.eval.get(name) or {}).get("tokens"):
         return "the same data settings, other scored token counts"
     return "the same data settings, other scored documents (an older ekd took an eval set's first blocks)"
 
 
+def _of(cell: dict[str, Any] | None, seeds: list[int]) -> dict[str, Any] | None:
+    """``cell`` (mean, std, n) of a row of ``seeds``, knowing how many seeds its row has."""
+    return None if cell is None else {**cell, "of": len(seeds)}
+
+
 def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
+    """'mean ± std', 'mean' for one value; ' (n=1)' after a cell of fewer seeds than its row's."""
     if not cell or cell["mean"] is None or math.isnan(cell["mean"]):
         return "—"
+    fewer = f" (n={cell['n']})" if cell["n"] < cell.get("of", 0) else ""
     if cell["n"] < 2 or math.isnan(cell["std"]):
-        return format(cell["mean"], fmt)
-    return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}"
+        return format(cell["mean"], fmt) + fewer
+    return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}{fewer}"
 
 
 FORMATS = {k: m.fmt for k, m in METRIC_INFO.items()} | {"kd_pct": ".1f", "bytes_per_token": ".1f"}
@@ -545,8 +564,12 @@ def markdown(summary: dict[str, Any]) -> str:
     """The results table (mean ± std over seeds) and one paired-difference table per baseline."""
     groups = summary["groups"]
     keys = [k for k in _ordered_keys(summary) if any(k in g["metrics"] for g in groups)]
-    rows = [
-        {"method": g["method"], "seeds": len(g["seeds"]), **{k: g["metrics"].get(k) for k in keys}}
+    rows = [  # a cell of fewer seeds than its row (a set some runs did not score) says how many
+        {
+            "method": g["method"],
+            "seeds": len(g["seeds"]),
+            **{k: _of(g["metrics"].get(k), g["seeds"]) for k in keys},
+        }
         for g in groups
     ]
     for teacher in summary.get("teachers", []):  # one per distinct teacher and eval sets
