@@ -79,3 +79,39 @@ def test_gkd_with_a_padded_student_head_trains(tmp_path):
     assert main(["distill", *args, *extra]) == 0
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "gkd-padded" / "metrics.jsonl").open()]
     assert any("train/loss" in m for m in metrics)
+
+
+def test_a_teacher_with_mass_on_its_padded_rows_is_named_at_load(tmp_path, caplog):
+    """Try-out 12: a teacher whose full-head softmax put 40% of its probability on the rows past the tokenizer
+    (a sign of a teacher trained with another tokenizer) loaded with the same line as a clean one; only a
+    'ppl (full head)' column at the very end showed it. One warning line at load now, with the share; a
+    teacher without padded rows (0%) gives none."""
+    from ekd.cli import main
+    from ekd.data import train_bpe_tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    tokenizer = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300)
+    vocab = len(tokenizer)
+    hot = save_model_dir(_padded_student(vocab, vocab + 8), tokenizer, tmp_path / "hot-teacher")
+    plain = save_model_dir(
+        build_preset("llama-micro", vocab, EOS, seed=0), tokenizer, tmp_path / "plain-teacher"
+    )
+    for teacher, warned in ((hot, True), (plain, False)):
+        args = tiny_overrides(
+            tmp_path,
+            corpus,
+            teacher.name,
+            **{
+                "model.teacher": str(teacher),
+                "model.student": "preset:llama-micro",
+                "model.tokenizer": "teacher",
+                "train.max_steps": 1,
+            },
+        )
+        caplog.clear()
+        assert main(["distill", *args, "eval.teacher=false"]) == 0
+        lines = [r.getMessage() for r in caplog.records if "past the tokenizer's" in r.getMessage()]
+        assert len(lines) == int(warned), lines
+        if warned:
+            share = float(lines[0].split("model.teacher puts ")[1].split("%")[0])
+            assert 50 < share <= 100 and f"past the tokenizer's {vocab:,} tokens" in lines[0], lines

@@ -483,6 +483,22 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
         )
 
 
+def padded_head_mass(model: nn.Module, vocab_size: int, ids: torch.Tensor) -> float:
+    """The mean probability a full-head softmax of ``model`` puts on its rows ≥ ``vocab_size`` (the padding past
+    the tokenizer) at the positions of ``ids`` (1, n); 0.0 for a head of ``vocab_size`` rows or fewer."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            logits = model(input_ids=ids.to(device), use_cache=False).logits[0].double()  # (n, R)
+    finally:
+        model.train(was_training)
+    if logits.shape[-1] <= vocab_size:
+        return 0.0
+    return float(torch.softmax(logits, -1)[:, vocab_size:].sum(-1).mean())
+
+
 def model_body(model: nn.Module) -> nn.Module:
     """The transformer body whose ``last_hidden_state`` (after the final norm) feeds the head."""
     prefix = getattr(model, "base_model_prefix", None)

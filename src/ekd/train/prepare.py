@@ -24,10 +24,12 @@ from ekd.models.load import (
     is_preset,
     load_model,
     load_tokenizer,
+    padded_head_mass,
     resolve_dtype,
     shared_vocab_size,
 )
 from ekd.train.precision import autocast_for
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +325,38 @@ def _load_role(
         return model
     model = model.to(device)
     check_output_head(model, data.vocab_size, role)
+    if role == "teacher":
+        warn_padded_teacher(model, data)
     if cfg.data.document_attention == "isolated":
         check_document_isolation(model, data.vocab_size, role)
     return model
+
+
+PADDED_MASS_WARNING = 0.01
+"""A teacher putting more than this share of its probability on head rows past the tokenizer is named in a
+warning at load: a trained model gives those rows ~0 (Qwen2.5: < 1e-6); a large share usually means a teacher
+trained with another tokenizer, whose targets ekd would take over the wrong ids."""
+PROBE_TOKENS = 64
+
+
+def warn_padded_teacher(teacher: nn.Module, data: PreparedData) -> None:
+    """One warning line when ``teacher`` puts more than :data:`PADDED_MASS_WARNING` of its probability on its
+    head rows past the tokenizer, over the first :data:`PROBE_TOKENS` tokens of the run's first block (ekd's
+    targets and scores leave those rows out, so nothing else would show it but the full-head eval column)."""
+    blocks = next((b for b in data.blocks.values() if len(b.input_ids)), None)
+    if blocks is None:
+        return
+    ids = blocks.input_ids[:1, :PROBE_TOKENS]  # (1, ≤ PROBE_TOKENS)
+    mass = padded_head_mass(teacher, data.vocab_size, ids)
+    if mass > PADDED_MASS_WARNING:
+        log.warning(
+            "model.teacher puts %.1f%% of its probability on its head rows past the tokenizer's %s (mean over "
+            "the first %d tokens of the data): ekd's targets leave those rows out — was the teacher trained "
+            "with another tokenizer? check model.teacher and model.tokenizer",
+            100 * mass,
+            counted(data.vocab_size, "token"),
+            ids.shape[1],
+        )
 
 
 def build_teacher_source(
