@@ -300,7 +300,7 @@ def test_model_revision_reaches_student_and_tokenizer(monkeypatch, tmp_path):
         return object()
 
     monkeypatch.setattr(prepare, "load_tokenizer", fake_tokenizer)
-    monkeypatch.setattr(prepare, "check_same_tokenizer", lambda *args: None)
+    monkeypatch.setattr(prepare, "check_same_tokenizer", lambda *args, **kwargs: None)
     for tok in ("teacher", "student", "org/tok"):
         cfg = load_config(
             overrides=[
