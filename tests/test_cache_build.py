@@ -843,3 +843,22 @@ def test_a_misspelt_cache_subcommand_gets_a_did_you_mean(tmp_path, monkeypatch, 
     assert main(["cache", word, "x"]) == 2
     line = _error_line(capsys)
     assert "neither a config file nor an `ekd cache` subcommand" in line and f"did you mean '{meant}'" in line
+
+
+def test_a_build_with_fewer_shards_than_ranks_says_which_ranks_idle(caplog):
+    """Try-out 12: `torchrun --nproc_per_node=2 ekd cache` of a corpus of one shard (826 samples, 1,024 per
+    shard) left rank 1 idle ("built 0 of 826 samples on rank 1/2") without a word on why or how to spread it."""
+    import logging
+
+    from ekd.teacher.cache.build import _warn_idle_ranks
+
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        _warn_idle_ranks(826, 1024, 2)
+        _warn_idle_ranks(826, 413, 2)  # a shard each: nothing to say
+        _warn_idle_ranks(78, 30, 8)
+    assert [r.getMessage() for r in caplog.records] == [
+        "teacher cache: 826 samples make 1 shard (teacher.cache_shard_samples=1024) for 2 ranks: 1 rank builds "
+        "nothing; teacher.cache_shard_samples=413 gives every rank a shard",
+        "teacher cache: 78 samples make 3 shards (teacher.cache_shard_samples=30) for 8 ranks: 5 ranks build "
+        "nothing; teacher.cache_shard_samples=10 gives every rank a shard",
+    ]

@@ -484,10 +484,14 @@ def _read_jsonl(
                     raise _no_field_anywhere(key, path, fields[0], keys, f"none of the first {rows} rows has")
                 continue
             for name in fields:
-                if name not in row:
+                if name not in row:  # after rows that had it, this row is the odd one, not the field name
+                    fix = (
+                        f"the {counted(rows - 1, 'row')} before it have it: fix or remove the line"
+                        if rows > 1
+                        else f"set {_field_key(data_cfg, name)}"
+                    )
                     raise ConfigError(
-                        f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); "
-                        f"set {_field_key(data_cfg, name)}"
+                        f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); {fix}"
                     )
             doc = _row_document(
                 [row[n] for n in fields], fields, where, f"{path.name}:{line_no}", data_cfg, skipped

@@ -279,6 +279,24 @@ def build_cache(
     return run_build(cfg, overwrite, stat_format=stat_format, measure_forward=measure_forward).directory
 
 
+def _warn_idle_ranks(samples: int, shard_samples: int, world_size: int) -> None:
+    """One warning when some of ``world_size`` ranks get no shard (a rank builds whole shards of
+    ``shard_samples`` samples), naming the ``teacher.cache_shard_samples`` that gives every rank one."""
+    shards = -(-samples // shard_samples)
+    if shards < world_size:
+        idle = world_size - shards
+        log.warning(
+            "teacher cache: %s make %s (teacher.cache_shard_samples=%d) for %s: %s nothing; "
+            "teacher.cache_shard_samples=%d gives every rank a shard",
+            counted(samples, "sample"),
+            counted(shards, "shard"),
+            shard_samples,
+            counted(world_size, "rank"),
+            f"{counted(idle, 'rank')} {'builds' if idle == 1 else 'build'}",
+            -(-samples // world_size),
+        )
+
+
 def run_build(
     cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True
 ) -> BuildResult:
@@ -332,6 +350,8 @@ def run_build(
 
         pending = writer.pending_sample_ids()
         finished = _finished(directory, pending, writer.signature, ranks)
+        if ranks.is_main and not finished:
+            _warn_idle_ranks(len(blocks), cfg.teacher.cache_shard_samples, ranks.world_size)
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
         options = EntryOptions.from_config(cfg, data.vocab_size, device)
