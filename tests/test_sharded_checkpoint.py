@@ -334,3 +334,29 @@ def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog)
 
     assert _same(runs / "ref", runs / "killed", rtol=0, atol=0) == []  # exact
     assert _same(runs / "ref", runs / "two-to-one", rtol=1e-5, atol=5e-6) == []
+
+
+@pytest.mark.slow
+def test_what_rank_0_does_for_all_is_said_once(tmp_path):
+    """Try-out 12: under torchrun the resharding line, 'rank 0 reads the weights' and the sample selection's
+    'kept N of M blocks' were printed by every rank (8 times on 8 GPUs). A 2-rank FSDP run with a sharded
+    teacher and sample selection, and a 2-rank resume of a 1-process checkpoint: no ekd log line twice."""
+    from ekd.cli import main
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    common = ["method=sekd", "method.sample_fraction=0.5", "train.checkpoint_every=1", "eval.teacher=false"]
+
+    def args(name: str, micro: int, steps: int) -> list[str]:
+        extra = {"train.micro_batch_size": micro, "train.max_steps": steps}
+        return [*tiny_overrides(tmp_path, corpus, name, **extra), *common]
+
+    fsdp = ["train.parallel=fsdp", "teacher.placement=shard"]
+    assert main(["-q", "distill", *args("one", 4, 1)]) == 0
+    said = []
+    for name, run in (("fresh", [*args("two", 2, 1), *fsdp]), ("resume", [*args("one", 2, 2), "--resume"])):
+        out = _torchrun(tmp_path, name, [run])
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = [line for line in out.stderr.splitlines() if line.startswith(("INFO ekd", "WARNING ekd"))]
+        assert [line for line in set(lines) if lines.count(line) > 1] == [], lines
+        said += [line for line in lines if any(w in line for w in ("resharding", "rank 0 reads", "kept"))]
+    assert len(said) == 4, said  # the student's and the teacher's loading, the selection; the resharding

@@ -713,12 +713,13 @@ def sample_selection(
         "samples": len(blocks),
     }
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
-    log.info(
-        "sample selection: kept %d of %d training blocks by %s",
-        kept.numel(),
-        len(blocks),
-        cfg.method.sample_scorer,
-    )
+    if ranks.is_main:  # said once, not by every rank
+        log.info(
+            "sample selection: kept %d of %d training blocks by %s",
+            kept.numel(),
+            len(blocks),
+            cfg.method.sample_scorer,
+        )
     return kept
 
 
