@@ -860,5 +860,5 @@ def test_a_build_with_fewer_shards_than_ranks_says_which_ranks_idle(caplog):
         "teacher cache: 826 samples make 1 shard (teacher.cache_shard_samples=1024) for 2 ranks: 1 rank builds "
         "nothing; teacher.cache_shard_samples=413 gives every rank a shard",
         "teacher cache: 78 samples make 3 shards (teacher.cache_shard_samples=30) for 8 ranks: 5 ranks build "
-        "nothing; teacher.cache_shard_samples=10 gives every rank a shard",
+        "nothing; teacher.cache_shard_samples=9 gives every rank a shard",
     ]

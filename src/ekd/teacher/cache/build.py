@@ -293,7 +293,7 @@ def _warn_idle_ranks(samples: int, shard_samples: int, world_size: int) -> None:
             shard_samples,
             counted(world_size, "rank"),
             f"{counted(idle, 'rank')} {'builds' if idle == 1 else 'build'}",
-            -(-samples // world_size),
+            max(1, samples // world_size),  # ≥ world_size shards (when there are samples enough)
         )
 
 
