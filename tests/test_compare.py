@@ -151,6 +151,85 @@ def test_compare_three_real_runs(tmp_path, capsys):
         assert (out / "plots" / png).stat().st_size > 1000
 
 
+def _rs_run(
+    root: Path, name: str, seed: int, samples: int, drawn: list[float] | None, vocab: int = 320
+) -> Path:
+    """A fake finished online-RS run of N = ``samples`` whose steps logged ``drawn`` distinct ids per KD
+    position (None: a run of an ekd that did not log them), over a tokenizer of ``vocab`` tokens."""
+    run = _fake_run(root, name, "rskd", seed, 10.0, 0.5)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["method"] |= {"rs_samples": samples}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    marker = {"format": "ekd-run", "version": 1, "state": "finished", "tokenizer_tokens": vocab}
+    (run / "ekd-run.json").write_text(json.dumps(marker))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r, kd_tokens, u in zip(rows, (30.0, 10.0), drawn or (None, None)):
+        r["train/kd_tokens"] = kd_tokens
+        if u is not None:
+            r["train/rs_unique_ids"] = u
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return run
+
+
+def test_online_rs_bytes_per_token_are_what_the_run_drew(tmp_path):
+    """Try-out 12 F12: an online RS run's teacher B/token was 12.5 ids × (⌈log2 V⌉ + 6) bits whatever N and the
+    teacher (N=5 and N=50 both 25.0, measured 5.45 ids at τ=1 and 22.96 at τ=2 on N=50). Now: the run's logged
+    ``train/rs_unique_ids`` weighted by its steps' KD positions × (⌈log2 V⌉ + N.bit_length()) bits; a run
+    without the figure gets an estimate that never exceeds N ids; top-K and dense keep their sizes."""
+    from ekd.config import load_config
+    from ekd.demo import estimated_rs_unique_ids, teacher_bytes_per_token
+
+    # steps of 30 and 10 KD positions that drew 4 and 2 ids each: 3.5 ids per position; KD fraction 40%
+    n5 = read_run(_rs_run(tmp_path, "n5", 0, 5, [4.0, 2.0]))
+    n50 = read_run(_rs_run(tmp_path, "n50", 1, 50, [30.0, 22.0]))
+    assert n5.kd_fraction == pytest.approx(0.4)
+    assert n5.bytes_per_token == pytest.approx(
+        3.5 * (9 + 3) / 8 * 0.4
+    )  # V = 320: 9-bit ids, counts ≤ 5: 3 bits
+    assert n50.bytes_per_token == pytest.approx(28.0 * (9 + 6) / 8 * 0.4)
+    old5 = read_run(_rs_run(tmp_path, "old5", 2, 5, None))
+    old50 = read_run(_rs_run(tmp_path, "old50", 3, 50, None))
+    assert old5.bytes_per_token <= 5 * (9 + 3) / 8 * 0.4  # never more ids than draws
+    assert old5.bytes_per_token == pytest.approx(estimated_rs_unique_ids(5) * 12 / 8 * 0.4)
+    assert old5.bytes_per_token < old50.bytes_per_token
+    assert estimated_rs_unique_ids(1) == pytest.approx(1.0)
+    assert all(estimated_rs_unique_ids(n) <= n for n in range(1, 64))
+    # the other targets as before: fp16 logits; K ids + fp16 probabilities
+    dense = load_config(overrides=["method=kd"])
+    topk = load_config(overrides=["method=topk", "method.topk=12"])
+    assert teacher_bytes_per_token(dense, 0.5, None, 320, 3.0) == 2.0 * 320 * 0.5
+    assert teacher_bytes_per_token(topk, 0.5, None, 320, 3.0) == 12 * (9 + 16) / 8 * 0.5
+    proposal = load_config(
+        overrides=["method=rskd", "method.rs_proposal_power=0.5"]
+    )  # + fp32 weight p/r per id
+    assert teacher_bytes_per_token(proposal, 0.5, None, 320, 3.0) == 3.0 * (9 + 6 + 32) / 8 * 0.5
+
+
+@pytest.mark.slow
+def test_online_rs_runs_log_the_ids_they_drew_and_compare_sizes_them_by_it(tmp_path):
+    """Two tiny online RS runs, N = 5 and N = 50: every step logs its mean distinct ids per KD position (≤ N),
+    and ``ekd compare`` sizes each run's targets by the measured mean, so the 5-draw run costs fewer bytes."""
+    corpus = write_corpus(tmp_path / "corpus")
+    figures = {}
+    for n in (5, 50):
+        args = tiny_overrides(tmp_path, corpus, f"rs{n}")
+        assert main(["-q", "distill", *args, "method=rskd", f"method.rs_samples={n}"]) == 0
+        run = tmp_path / "runs" / f"rs{n}"
+        steps = [
+            r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+        ]
+        drawn = [r["train/rs_unique_ids"] for r in steps]
+        assert len(drawn) == 3 and all(1.0 <= u <= n for u in drawn), drawn
+        positions = [r["train/kd_tokens"] for r in steps]
+        mean = sum(u * k for u, k in zip(drawn, positions)) / sum(positions)
+        record = read_run(run)
+        vocab = json.loads((run / "ekd-run.json").read_text())["tokenizer_tokens"]
+        bits = math.ceil(math.log2(vocab)) + n.bit_length()
+        assert record.bytes_per_token == pytest.approx(mean * bits / 8 * record.kd_fraction)
+        figures[n] = (mean, record.bytes_per_token)
+    assert figures[5][1] < figures[50][1], figures
+
+
 def test_claims_verdicts(tmp_path):
     from ekd.eval.claims import check_claims, claims_table
     from ekd.eval.compare import group_runs, read_run

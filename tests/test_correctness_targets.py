@@ -94,6 +94,37 @@ def test_rs_draws_keep_their_seeds_at_every_tau():
     assert not torch.equal(a, c)
 
 
+def test_online_rs_targets_count_the_distinct_ids_they_drew():
+    """Try-out 12 F12: ``ekd compare`` sized online RS targets at a fixed 12.5 ids per position whatever N and τ.
+    The target now carries what it drew: ``drawn`` (M,) = the row's non-zero slots, ≤ N, kept by ``rows``; its
+    mean over 2,500 rows (3 chunks of ``target_at``) is the expected count Σ_v 1 − (1 − p_τ,v)^N of a float64
+    reference, at τ = 1 and at τ = 2 (which draws from a flatter p_τ: more ids)."""
+    head, h, z_t = _teacher()
+    rows, n = 2500, 5
+    signal = _signal(head, h, rows)
+    labels = torch.zeros(1, rows, dtype=torch.long)
+    means = {}
+    for tau in (1.0, 2.0):
+        spec = TargetSpec(kind="rs", rs_samples=n, seed=11)
+        target = signal.target_at(
+            torch.arange(rows), spec, torch.full((rows,), tau), labels, torch.tensor([0])
+        )
+        assert target.drawn is not None and target.drawn.shape == (rows,)
+        assert torch.equal(target.drawn, (target.probs > 0).sum(-1))  # β = 1: t̂ = c/N > 0 at the drawn ids
+        assert int(target.drawn.min()) >= 1 and int(target.drawn.max()) <= n
+        assert torch.equal(target.rows(torch.tensor([7, 3])).drawn, target.drawn[[7, 3]])
+        p = torch.softmax(z_t / tau, -1)  # (V,) float64
+        expected = float((1 - (1 - p) ** n).sum())
+        means[tau] = float(target.drawn.double().mean())
+        sd = float(target.drawn.double().std()) / rows**0.5  # standard error of the mean
+        assert abs(means[tau] - expected) < 5 * sd, (tau, means[tau], expected)
+    assert means[2.0] > means[1.0]
+    topk = signal.target_at(
+        torch.arange(4), TargetSpec(kind="topk", topk=3), torch.ones(4), labels, torch.tensor([0])
+    )
+    assert topk.drawn is None  # only RS targets drawn online carry it
+
+
 def test_free_student_trained_on_rs_targets_at_tau_2_reaches_the_teachers_distribution():
     """The issue's fixed point: free student logits, RS targets at τ=2, Adam → H(q) = H(p) and KL(p‖q) ≈ 0
     at τ=1 (the right values of the dense τ=2 target). With draws at τ=1 it went to H = 1.05, KL = 0.53."""

@@ -47,6 +47,8 @@ METHODS = {
     "lora": ["method=kd", "model.lora_r=4", "model.lora_train_head=true"],
     # EGAD's projection, used on hard tokens only: DDP without find_unused_parameters (its zero term)
     "egad": ["method=egad"],
+    # online RS targets at the selected rows: train/rs_unique_ids is the global mean, not rank 0's
+    "sekd_rs": ["method=sekd", "method.target=rs"],
 }
 
 
@@ -75,7 +77,8 @@ def test_two_ranks_equal_one_process(tmp_path):
     for name in METHODS:
         a, b = tmp_path / "runs" / f"single-{name}", tmp_path / "runs" / f"ddp-{name}"
         # grad norm: DDP sums, never averages; tokens: the job's count (tokens/s is the job's rate, not a rank's)
-        for key in ("train/loss", "train/kd", "train/grad_norm", "train/tokens"):
+        keys = ("train/loss", "train/kd", "train/grad_norm", "train/tokens")
+        for key in keys + (("train/rs_unique_ids",) if name == "sekd_rs" else ()):
             one, two = torch.tensor(_metrics(a, key)), torch.tensor(_metrics(b, key))
             if (
                 one.numel() == 0

@@ -398,9 +398,12 @@ def claims_markdown(claims: list, quick_methods: list[str] | None = None, tiny_i
 
 
 def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: int) -> dict:
+    from ekd.eval.compare import measured_rs_unique_ids, metric_rows
+
     ev = result.eval
     row = {"method": method, "wall_s": result.wall_time, "kd_pct": 100.0 * result.kd_fraction}
-    row["bytes_per_token"] = teacher_bytes_per_token(cfg, result.kd_fraction, cache_info, vocab_size)
+    drawn = measured_rs_unique_ids(metric_rows(result.run_dir))  # online RS: the ids it drew
+    row["bytes_per_token"] = teacher_bytes_per_token(cfg, result.kd_fraction, cache_info, vocab_size, drawn)
     for name, metrics in ev.items():
         if name.endswith("/teacher"):
             continue
@@ -426,12 +429,23 @@ def _teacher_row(out: Path) -> dict:
 
 
 def teacher_bytes_per_token(
-    cfg: Config, kd_fraction: float, cache_info: dict | None, vocab_size: int
+    cfg: Config,
+    kd_fraction: float,
+    cache_info: dict | None,
+    vocab_size: int,
+    rs_unique_ids: float | None = None,
 ) -> float:
-    """Teacher supervision per training token: measured on disk for a cache; otherwise what the targets
-    would take stored compactly (dense: fp16 logits; top-K: ⌈log2 V⌉-bit ids + fp16 probabilities;
-    RS: ≈12.5 unique ids per position at N=50 with 6-bit counts), times the fraction of KD positions.
-    The cache format is tighter than this fixed-width estimate (Elias–Fano ids, gamma-coded counts)."""
+    """Teacher supervision per training token, in bytes: measured on disk for a cache; otherwise what the
+    targets would take stored compactly, times the fraction of KD positions ``kd_fraction``.
+
+    Per KD position, over the tokenizer's ``vocab_size`` V tokens: dense, fp16 logits (2·V); top-K, K ids of
+    ⌈log2 V⌉ bits + fp16 probabilities; RS with N = ``method.rs_samples`` draws, u ids of ⌈log2 V⌉ bits + a
+    count up to N (N.bit_length() bits: 6 at N=50, 3 at N=5; + an fp32 weight p/r per id with a proposal,
+    ``method.rs_proposal_power`` ≠ 1, as the cache stores). u is ``rs_unique_ids``, the mean number of
+    distinct ids the run drew per KD position (its ``train/rs_unique_ids``, :func:`ekd.eval.compare.
+    measured_rs_unique_ids`); a run of an older ekd that did not log it gets an estimate,
+    :func:`estimated_rs_unique_ids` (never more than N). The cache format is tighter than this fixed-width
+    size (Elias–Fano ids, gamma-coded counts)."""
     m = cfg.method
     if cfg.teacher.source == "cache" and cache_info:
         return float(cache_info["bytes_per_token"])
@@ -443,8 +457,22 @@ def teacher_bytes_per_token(
     elif m.target == "topk":
         per_position = m.topk * (id_bits + 16) / 8
     else:
-        per_position = 12.5 * (id_bits + 6) / 8
+        unique = rs_unique_ids if rs_unique_ids is not None else estimated_rs_unique_ids(m.rs_samples)
+        weight_bits = 0 if m.rs_proposal_power == 1.0 else 32
+        per_position = unique * (id_bits + m.rs_samples.bit_length() + weight_bits) / 8
     return per_position * kd_fraction
+
+
+RS_SUPPORT = 13
+"""The fallback's teacher: its mass spread evenly over this many ids (12.8 distinct ids in N=50 draws, the
+figure ekd assumed for every N before runs logged ``train/rs_unique_ids``)."""
+
+
+def estimated_rs_unique_ids(num_samples: int) -> float:
+    """Expected distinct ids in N draws from a teacher spread evenly over :data:`RS_SUPPORT` ids,
+    S·(1 − (1 − 1/S)^N): a guess for a run that did not record what it drew, never above N (4.3 at N=5, 12.8 at
+    N=50). A real teacher's figure depends on its entropy and τ (try-out 12: 5.45 at τ=1, 22.96 at τ=2, N=50)."""
+    return RS_SUPPORT * (1.0 - (1.0 - 1.0 / RS_SUPPORT) ** num_samples)
 
 
 def eval_set_sizes(blocks: dict) -> dict[str, tuple[int, int]]:

@@ -244,7 +244,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         config = yaml.safe_load(cfg_path.read_text()) or {}
     except yaml.YAMLError as e:
         raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    rows = _metric_rows(run_dir)
+    rows = metric_rows(run_dir)
     results, scored_with = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
@@ -256,7 +256,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         config,
         results,
         kd_fraction,
-        _bytes_per_token(run_dir, config, kd_fraction),
+        _bytes_per_token(run_dir, config, kd_fraction, measured_rs_unique_ids(rows)),
         _tokenizer_identity(run_dir, config),
         scored_with,
         _marker(run_dir).get("global_micro_batch"),
@@ -281,7 +281,8 @@ def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
         return f"train_bpe:{model.get('bpe_vocab_size')}" if spec == "train_bpe" else spec
 
 
-def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (none when it is absent; a torn last line is skipped)."""
     path = run_dir / "metrics.jsonl"
     rows = []
     if path.is_file():
@@ -331,7 +332,23 @@ def _kd_fraction(rows: list[dict[str, Any]]) -> float:
     return selected / valid if valid else 0.0
 
 
-def _bytes_per_token(run_dir: Path, config: dict[str, Any], kd_fraction: float) -> float:
+def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
+    """Mean distinct ids an online RS run drew per KD position: the per-step ``train/rs_unique_ids`` weighted
+    by the step's KD positions ``train/kd_tokens`` (both global figures under torchrun). None for a run
+    without it: another target, a cache, or a run of an ekd that did not log it."""
+    drawn = positions = 0.0
+    for r in rows:
+        unique, count = r.get("train/rs_unique_ids"), r.get("train/kd_tokens")
+        if unique is not None and count:
+            drawn += unique * count
+            positions += count
+    return drawn / positions if positions else None
+
+
+def _bytes_per_token(
+    run_dir: Path, config: dict[str, Any], kd_fraction: float, rs_unique_ids: float | None
+) -> float:
+    """:func:`ekd.demo.teacher_bytes_per_token` of a run; ``rs_unique_ids``: :func:`measured_rs_unique_ids`."""
     from ekd.config import config_from_dict
     from ekd.demo import teacher_bytes_per_token
 
@@ -348,7 +365,7 @@ def _bytes_per_token(run_dir: Path, config: dict[str, Any], kd_fraction: float) 
             cache_info = CacheReader(cfg.teacher.cache_dir).info()
         except EkdError:
             cache_info = None
-    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab) if vocab else math.nan
+    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab, rs_unique_ids) if vocab else math.nan
 
 
 def _marker(run_dir: Path) -> dict[str, Any]:

@@ -77,20 +77,29 @@ class SparseTarget:
         probs: (M, K) fp32 target values t̂ (RS: c/N, or importance-weighted; top-K: tail-handled probs).
         tail: (M,) fp32 or None — teacher tail mass 1 − Σ_K p for the 'ghost' top-K mode, matched against
             the student's tail mass 1 − Σ_K q.
+        drawn: (M,) int64 or None — RS targets drawn online: the number of distinct ids drawn at each row
+            (its slots with a count > 0; ``SampledTarget.num_unique``); None for top-K and cached targets.
     """
 
     ids: Tensor
     probs: Tensor
     tail: Tensor | None = None
+    drawn: Tensor | None = None
 
     def rows(self, index: Tensor) -> SparseTarget:
         return SparseTarget(
-            self.ids[index], self.probs[index], None if self.tail is None else self.tail[index]
+            self.ids[index],
+            self.probs[index],
+            None if self.tail is None else self.tail[index],
+            None if self.drawn is None else self.drawn[index],
         )
 
     def slice(self, start: int, end: int) -> SparseTarget:
         return SparseTarget(
-            self.ids[start:end], self.probs[start:end], None if self.tail is None else self.tail[start:end]
+            self.ids[start:end],
+            self.probs[start:end],
+            None if self.tail is None else self.tail[start:end],
+            None if self.drawn is None else self.drawn[start:end],
         )
 
     def __len__(self) -> int:

@@ -7,7 +7,7 @@ fly), or from sparse targets read from an offline cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -61,7 +61,7 @@ class TeacherSignal:
         from softmax(z_t/τ_i), as dense targets are); labels (B, T).
 
         M = 0 (nothing selected, or no valid position) gives an empty target of the same kind, whose loss
-        is exactly 0."""
+        is exactly 0. An RS target drawn here carries ``drawn`` (M,), the distinct ids drawn at each row."""
         if self.sparse is not None:
             # cached rows are stored in flat order of `available`: map flat row → its index there
             index_of = torch.cumsum(self.available.reshape(-1).long(), 0) - 1  # (B·T,)
@@ -88,15 +88,15 @@ class TeacherSignal:
                 else:
                     r = rows[sl]
                     seeds = position_seeds(spec.seed, sample_ids[r // T], r % T)  # (m,)
-                    parts.append(
-                        rs_target(
-                            logits,
-                            spec.rs_samples,
-                            seeds=seeds,
-                            proposal_power=spec.rs_proposal_power,
-                            tau=tau[sl],  # draws from softmax(z_t/τ_i): the distribution q_τ is matched to
-                        ).target
+                    sampled = rs_target(
+                        logits,
+                        spec.rs_samples,
+                        seeds=seeds,
+                        proposal_power=spec.rs_proposal_power,
+                        tau=tau[sl],  # draws from softmax(z_t/τ_i): the distribution q_τ is matched to
                     )
+                    # the distinct ids of each row, counted where they are drawn (the step logs their mean)
+                    parts.append(replace(sampled.target, drawn=sampled.num_unique))
         return concat_sparse(parts)
 
 
@@ -105,9 +105,10 @@ def concat_sparse(parts: list[SparseTarget]) -> SparseTarget:
     k = max(p.ids.shape[1] for p in parts)
     ids = torch.cat([torch.nn.functional.pad(p.ids, (0, k - p.ids.shape[1])) for p in parts])  # (M, K)
     probs = torch.cat([torch.nn.functional.pad(p.probs, (0, k - p.probs.shape[1])) for p in parts])  # (M, K)
-    tails = [p.tail for p in parts]
+    tails, drawn = [p.tail for p in parts], [p.drawn for p in parts]
     tail = None if any(t is None for t in tails) else torch.cat(tails)  # type: ignore[arg-type]
-    return SparseTarget(ids, probs, tail)
+    unique = None if any(d is None for d in drawn) else torch.cat(drawn)  # type: ignore[arg-type]  # (M,)
+    return SparseTarget(ids, probs, tail, unique)
 
 
 class TeacherSource(Protocol):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
 from ekd.losses.matmul import RowBuffer
 from ekd.losses.reduce import normalize
+from ekd.losses.targets import SparseTarget
 from ekd.models.body import body_outputs
 from ekd.models.load import output_head
 from ekd.selection.base import StepContext
@@ -148,6 +149,9 @@ def distill_micro_batch(
         if parts.objective == "kd":
             with heads:
                 target = signal.target_at(rows, parts.target, tau, labels, batch.sample_ids)
+                if isinstance(target, SparseTarget) and target.drawn is not None:  # online RS: what it drew
+                    metrics["rs_unique"] = float(target.drawn.sum())  # Σ distinct ids over the M rows
+                    metrics["rs_rows"] = float(target.drawn.numel())  # M
                 kd_sum = kd_loss_sum(
                     h_s_flat[rows],  # (M, Ds)
                     head_s,
