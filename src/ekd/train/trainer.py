@@ -758,9 +758,8 @@ def _step_metrics(
             m["select/tau_mean"] = sums.get("tau_sum", 0.0) / sums["selected"]
             m["select/tau_min"] = sums.get("tau_min", float("nan"))
             m["select/tau_max"] = sums.get("tau_max", float("nan"))
-        if sums.get(
-            "rs_rows"
-        ):  # online RS: distinct ids drawn per KD row, over the step's rows on every rank
+        # online RS: distinct ids drawn per KD row, over the step's rows on every rank
+        if sums.get("rs_rows"):
             m["train/rs_unique_ids"] = sums["rs_unique"] / sums["rs_rows"]
         if sums.get("h_sel_n"):
             m["select/teacher_entropy_selected"] = sums["h_sel_sum"] / sums["h_sel_n"]
