@@ -338,13 +338,26 @@ def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog)
 
 @pytest.mark.slow
 def test_what_rank_0_does_for_all_is_said_once(tmp_path):
-    """Try-out 12: under torchrun the resharding line, 'rank 0 reads the weights' and the sample selection's
-    'kept N of M blocks' were printed by every rank (8 times on 8 GPUs). A 2-rank FSDP run with a sharded
-    teacher and sample selection, and a 2-rank resume of a 1-process checkpoint: no ekd log line twice."""
+    """Try-out 12: under torchrun the resharding line, 'rank 0 reads the weights', the sample selection's 'kept N
+    of M blocks' and a padded head's 'aligned to V' were printed by every rank (8 times on 8 GPUs). A 2-rank
+    FSDP run of a padded student with a sharded teacher and sample selection, and a 2-rank resume of a 1-process
+    checkpoint: no ekd log line twice, and each rank's own memory line once."""
     from ekd.cli import main
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset, save_model_dir
 
     corpus = write_corpus(tmp_path / "corpus", n_docs=24)
-    common = ["method=sekd", "method.sample_fraction=0.5", "train.checkpoint_every=1", "eval.teacher=false"]
+    tokenizer = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300)
+    padded = build_preset("llama-micro", len(tokenizer) + 8, tokenizer.eos_token_id, seed=0)
+    student = save_model_dir(padded, tokenizer, tmp_path / "padded-student")  # 8 head rows past the tokenizer
+    common = [
+        f"model.student={student}",
+        "model.tokenizer=student",
+        "method=sekd",
+        "method.sample_fraction=0.5",
+        "train.checkpoint_every=1",
+        "eval.teacher=false",
+    ]
 
     def args(name: str, micro: int, steps: int) -> list[str]:
         extra = {"train.micro_batch_size": micro, "train.max_steps": steps}
@@ -358,5 +371,11 @@ def test_what_rank_0_does_for_all_is_said_once(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         lines = [line for line in out.stderr.splitlines() if line.startswith(("INFO ekd", "WARNING ekd"))]
         assert [line for line in set(lines) if lines.count(line) > 1] == [], lines
-        said += [line for line in lines if any(w in line for w in ("resharding", "rank 0 reads", "kept"))]
-    assert len(said) == 4, said  # the student's and the teacher's loading, the selection; the resharding
+        words = ("resharding", "rank 0 reads", "kept", "aligned to", "rank 0 holds", "rank 1 holds")
+        said += [w for line in lines for w in words if w in line]
+    assert sorted(said) == sorted(
+        ["rank 0 reads"] * 2
+        + ["kept", "resharding"]
+        + ["aligned to"] * 2
+        + ["rank 0 holds", "rank 1 holds"] * 2
+    ), said

@@ -22,6 +22,38 @@ def set_level_floor(level: int) -> None:
     logging.getLogger("ekd").setLevel(level)
 
 
+EVERY_RANK = {"every_rank": True}
+"""``extra=`` of a log call whose line is a fact of the rank that says it (its memory, its share of a cache build,
+its node's download): under ``torchrun`` every rank says it. Every other ekd line is the job's, said by global
+rank 0 alone (:func:`said_by_rank0`)."""
+
+
+class _JobLines(logging.Filter):
+    """Drops the ekd lines below ERROR that are not marked :data:`EVERY_RANK` (another logger's pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "ekd" or record.name.startswith("ekd.")
+        return not ours or record.levelno >= logging.ERROR or getattr(record, "every_rank", False)
+
+
+@contextlib.contextmanager
+def said_by_rank0(rank: int) -> Iterator[None]:
+    """While inside, a rank other than 0 of a ``torchrun`` job says only the ekd lines marked :data:`EVERY_RANK`
+    (and errors): what every rank does alike — load a model, align its head, select samples, reshard a
+    checkpoint — is said once, by rank 0, not once per rank (a filter on the root logger's handlers)."""
+    if rank == 0:
+        yield
+        return
+    lines, handlers = _JobLines(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(lines)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(lines)
+
+
 def apply_log_level(level: str) -> None:
     """Set the ``ekd`` logger to ``level`` ('DEBUG', 'INFO', 'WARNING', 'ERROR'; any case), not below the floor."""
     value = logging.getLevelName(level.upper())

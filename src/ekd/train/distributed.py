@@ -32,6 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ekd.log_level import said_by_rank0
+
 HOST_WAIT = timedelta(hours=4)
 """Timeout of the waits on one rank's host-side work (rank 0 tokenizing, saving, running lm-eval tasks;
 local rank 0 downloading): they go through a gloo group, not NCCL, whose watchdog would kill the run."""
@@ -88,7 +90,8 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
         host = dist.new_group(backend="gloo", timeout=HOST_WAIT)
         ranks = Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
         del host
-        yield ranks
+        with said_by_rank0(ranks.rank):  # the job's lines once; a rank's own facts (EVERY_RANK) by each
+            yield ranks
     except BaseException as e:
         _leave(started, ranks, e)
         raise

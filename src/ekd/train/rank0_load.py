@@ -113,6 +113,5 @@ def load_for_rank(cfg, role: str, ranks, load: Callable[[bool], nn.Module]) -> n
     :func:`loads_on_rank0` — whole on rank 0 and on the meta device (``empty=True``) elsewhere."""
     if not loads_on_rank0(cfg, role, ranks.world_size):
         return load(False)
-    if ranks.is_main:  # said once, not by every rank
-        log.info("model.%s: rank 0 reads the weights, the other ranks receive their shards", role)
+    log.info("model.%s: rank 0 reads the weights, the other ranks receive their shards", role)
     return load_on_rank0(ranks, f"model.{role}", lambda: load(False), lambda: load(True))

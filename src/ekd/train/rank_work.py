@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ekd.errors import EkdError
+from ekd.log_level import EVERY_RANK
 from ekd.train.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -176,5 +177,10 @@ def fetch_models_once(specs: list[str], revision: str, ranks: Ranks) -> None:
             try:
                 snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
             except Exception as e:  # unreachable, gated, offline without a cache: load_model says why
-                log.warning("could not download %s on this node (%s); loading will report it", repo, e)
+                log.warning(
+                    "could not download %s on this node (%s); loading will report it",
+                    repo,
+                    e,
+                    extra=EVERY_RANK,
+                )
     ranks.barrier()

@@ -452,7 +452,7 @@ def restore_checkpoint(
     else:
         state = load_checkpoint(path, student, optimizer, extra_modules, map_location, only=only)
     check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
-    if saved_world != ranks.world_size and ranks.is_main:  # said once, not by every rank
+    if saved_world != ranks.world_size:
         log.info(
             "resharding checkpoint %s of %s onto %d: model and optimizer state redistributed by "
             "torch.distributed.checkpoint, global micro-batch unchanged",

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
+from ekd.log_level import EVERY_RANK
 from ekd.models.dropout import active_dropout, dropout_fix
 from ekd.models.export import export_dtype, export_line, head_rows, prepare_shipped
 from ekd.models.layers import checkpoint_decoder_layers
@@ -387,7 +388,8 @@ def _train(
                     tensor_bytes(p for _, p in params),
                     tensor_bytes(p.grad for _, p in params),
                     optimizer_bytes(optimizer),
-                )
+                ),
+                extra=EVERY_RANK,
             )
         optimizer.zero_grad(set_to_none=True)
         # 4. stateful parts learn from this step (LATF loss EMA, bandit KL drop, EMA student)
@@ -713,13 +715,12 @@ def sample_selection(
         "samples": len(blocks),
     }
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
-    if ranks.is_main:  # said once, not by every rank
-        log.info(
-            "sample selection: kept %d of %d training blocks by %s",
-            kept.numel(),
-            len(blocks),
-            cfg.method.sample_scorer,
-        )
+    log.info(
+        "sample selection: kept %d of %d training blocks by %s",
+        kept.numel(),
+        len(blocks),
+        cfg.method.sample_scorer,
+    )
     return kept
 
 

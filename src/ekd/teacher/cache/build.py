@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.data.collate import model_inputs
 from ekd.locks import lock_directory
+from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
@@ -409,6 +410,7 @@ def run_build(
         result.rank,
         result.world_size,
         build_seconds,
+        extra=EVERY_RANK,
     )
     return result
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ekd.io import atomic_write_bytes, file_sha256, fsync_dir, writing
+from ekd.log_level import EVERY_RANK
 from ekd.teacher.cache.encode import encode_records
 from ekd.teacher.cache.format import (
     BIN_HEADER,
@@ -63,7 +64,9 @@ def _intact(directory: Path, entry: dict) -> bool:
         if not path.is_file() or path.stat().st_size != entry[f"{ext}_bytes"]:
             return False
         if file_sha256(path) != entry[f"{ext}_sha256"]:
-            log.warning("cache %s: %s fails its sha256; rebuilding that shard", directory, path.name)
+            log.warning(  # this rank's shard
+                "cache %s: %s fails its sha256; rebuilding that shard", directory, path.name, extra=EVERY_RANK
+            )
             return False
     return True
 
