@@ -378,3 +378,18 @@ def test_a_path_inside_a_run_suggests_the_run(tmp_path, capsys, monkeypatch, ins
     (tmp_path / "elsewhere").mkdir()
     assert main(["eval", "elsewhere"]) == 2
     assert _error_line(capsys).endswith("(needs config.yaml and student/); run ekd distill first")
+
+
+def test_a_one_process_command_under_torchrun_is_one_line(tmp_path, monkeypatch, capsys):
+    """Try-out 13: `torchrun --nproc_per_node=2 -m ekd eval RUN` ran the whole evaluation in both processes and
+    the second was refused by the first's hold on the run ("in use by another ekd process"). Commands that do not
+    share their work among ranks are refused in one line, said by local rank 0 alone."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["eval", str(tmp_path / "runs" / "r")], ["compare", "a", "b"], ["cache", "info", "c"]):
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "runs in one process, but torchrun started 2" in err, err
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert main(argv) == 2
+        assert capsys.readouterr().err == ""

@@ -574,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_hf_progress_bars()
     try:
         _refuse_split_size(_Parser.argv)
+        _refuse_torchrun_of_one_process_command(args)
         with sigterm_as_interrupt():  # a scheduler's SIGTERM ends the command as Ctrl-C does
             return COMMANDS[args.command](args)
     except EkdError as e:
@@ -610,6 +611,28 @@ def _said_by_local_rank0(e: EkdError) -> bool:
     before any process group exists to say it once. Other nodes' local rank 0 still print theirs (their files may
     differ); errors of a rank's own data (its samples, its cache shards) are printed by that rank."""
     return isinstance(e, ConfigError | ModelError) and int(os.environ.get("LOCAL_RANK", "0")) != 0
+
+
+def _refuse_torchrun_of_one_process_command(args: argparse.Namespace) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1) only ``ekd distill`` and ``ekd cache CONFIG`` share the work among the
+    ranks; any other command would run whole in every process (``ekd eval RUN``: each rank scoring everything
+    and the second refused by the first's hold on the run).
+
+    Raises:
+        ConfigError: one line (printed by local rank 0) naming the command and how to run it.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from ekd.teacher.cache.command import INSPECT
+
+    shared = args.command == "distill" or (
+        args.command == "cache" and args.config not in ("import", *INSPECT)
+    )
+    if world > 1 and not shared:
+        what = f"ekd {args.command}" + (f" {args.config}" if args.command == "cache" else "")
+        raise ConfigError(
+            f"{what} runs in one process, but torchrun started {world}: run it without torchrun (only ekd "
+            "distill and ekd cache CONFIG share their work among ranks)"
+        )
 
 
 def _rank0() -> bool:
