@@ -393,3 +393,16 @@ def test_a_one_process_command_under_torchrun_is_one_line(tmp_path, monkeypatch,
         monkeypatch.setenv("LOCAL_RANK", "1")
         assert main(argv) == 2
         assert capsys.readouterr().err == ""
+
+
+def test_eval_tasks_alone_refuses_eval_set_overrides(tmp_path, capsys):
+    """Try-out 13: `ekd eval RUN --tasks T "data.eval_sources={x: f}"` ran the tasks and silently dropped the
+    eval set override (--tasks scores the tasks alone). One line names the override and the way to do both."""
+    from hostile import one_error_line
+
+    line = one_error_line(
+        main(["eval", str(tmp_path / "r"), "--tasks", "tiny_mc", "data.eval_sources={x: f.jsonl}"]),
+        capsys.readouterr().err,
+    )
+    assert "data.eval_sources={x: f.jsonl} would change nothing" in line, line
+    assert "pass eval.tasks=tiny_mc instead of --tasks tiny_mc" in line, line

@@ -322,6 +322,11 @@ def cmd_eval(args) -> int:
             overrides.append(f"eval.{key}={value}")
     if args.num_fewshot is not None:
         overrides.append(f"eval.tasks_num_fewshot={args.num_fewshot}")
+    if args.tasks and (ignored := [o for o in args.overrides if o.split("=", 1)[0].startswith("data.")]):
+        raise ConfigError(  # they choose eval sets' blocks, which --tasks does not score
+            f"ekd eval --tasks runs the lm-eval tasks alone, so {' '.join(ignored)} would change nothing; to score "
+            f"the eval sets and then the tasks, pass eval.tasks={args.tasks} instead of --tasks {args.tasks}"
+        )
     run = Path(args.run_dir)
     with using_run(run):  # one hold across the eval sets and the tasks
         cfg = load_run_config(run, overrides)  # once, for the three below
