@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -300,14 +301,20 @@ def test_jsonl_text_field_and_filters(tmp_path: Path) -> None:
     assert len(load_documents(str(f), DataConfig(text_field="body", max_documents=2))) == 2
 
 
-def test_whitespace_only_rows_are_not_documents(tmp_path: Path) -> None:
+def test_whitespace_only_rows_are_not_documents(tmp_path: Path, caplog) -> None:
     """Try-out 11: a row of only spaces and newlines passed data.min_chars=1 and was packed (and counted in an
     eval set's documents) as a document of whitespace tokens. min_chars=0 still keeps every row."""
     f = write_jsonl(
         tmp_path / "d.jsonl", [{"text": "   "}, {"text": "\n\t\n"}, {"text": " a "}, {"text": "two words"}]
     )
-    docs = load_documents(str(f), DataConfig())
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        docs = load_documents(str(f), DataConfig())
     assert [d.doc_id for d in docs] == ["d.jsonl:3", "d.jsonl:4"]
+    # try-out 13: "5 files" then "3 documents", without a word on the 2 dropped
+    assert (
+        f"data.source={f}: 2 documents dropped (shorter than data.min_chars=1, or only whitespace)"
+        in caplog.text
+    )
     assert len(load_documents(str(f), DataConfig(min_chars=0))) == 4
     chat = write_jsonl(
         tmp_path / "c.jsonl",

@@ -124,7 +124,7 @@ def _documents(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterato
     """The filtered rows; for chat rows, the malformed ones are counted and reported (one warning line)
     once the source is read to its end."""
     skipped = SkippedRows(f"{key}={source}: chat rows") if fmt == "chat" else None
-    yield from _filtered(_read_source(source, fmt, data_cfg, key, skipped), data_cfg)
+    yield from _filtered(_read_source(source, fmt, data_cfg, key, skipped), data_cfg, f"{key}={source}")
     if skipped is not None:
         skipped.report()
 
@@ -136,22 +136,32 @@ def filter_documents(docs: Iterable[Document], data_cfg: DataConfig, source: str
     Raises:
         ConfigError: When no document is left.
     """
-    kept = list(_filtered(docs, data_cfg))
+    kept = list(_filtered(docs, data_cfg, f"{key}={source}"))
     if not kept:
         raise no_documents(data_cfg, source, key)
     return kept
 
 
-def _filtered(docs: Iterable[Document], data_cfg: DataConfig) -> Iterator[Document]:
-    kept = 0
+def _filtered(docs: Iterable[Document], data_cfg: DataConfig, where: str) -> Iterator[Document]:
+    """``docs`` without those too short or of only whitespace, at most ``data.max_documents``; how many were
+    dropped is one info line (``where``: the source, as its key names it) once the reading ends."""
+    kept = dropped = 0
     for doc in docs:
         text = doc.text if doc.messages is None else doc.full_text
         if len(text) < data_cfg.min_chars or (data_cfg.min_chars > 0 and text.isspace()):
-            continue  # too short, or nothing but whitespace (not a document unless min_chars=0 keeps all)
+            dropped += 1  # too short, or nothing but whitespace (not a document unless min_chars=0 keeps all)
+            continue
         yield doc
         kept += 1
         if 0 < data_cfg.max_documents <= kept:
-            return
+            break
+    if dropped:
+        logger.info(
+            "%s: %s dropped (shorter than data.min_chars=%d, or only whitespace)",
+            where,
+            counted(dropped, "document"),
+            data_cfg.min_chars,
+        )
 
 
 def no_documents(data_cfg: DataConfig, source: str, key: str) -> ConfigError:
