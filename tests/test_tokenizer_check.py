@@ -306,3 +306,45 @@ def test_tokenizers_of_the_same_encodings_pass_the_probe(recut_dirs, tmp_path):
     tok = load_tokenizer(str(qwen))
     tok.save_pretrained(tmp_path / "copy")
     check_same_tokenizer(tok, load_tokenizer(str(tmp_path / "copy")))
+
+
+def test_a_tokenizer_without_eos_is_one_line_naming_where_to_set_it(tmp_path, capsys):
+    """Try-out 13: 'the tokenizer has no EOS token: ... set one' named no tokenizer and no place to set it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ekd.cli import main
+    from hostile import one_error_line
+    from tiny import tiny_overrides, write_corpus
+
+    words = {w: i for i, w in enumerate(["[UNK]", *sorted(set(WORDS))])}
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path / "no-eos")
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    args = tiny_overrides(tmp_path, corpus, "r", **{"model.tokenizer": str(tmp_path / "no-eos")})
+    line = one_error_line(main(["distill", *args]), capsys.readouterr().err)
+    assert f"the tokenizer (model.tokenizer={tmp_path / 'no-eos'}) has no EOS token" in line, line
+    assert '"eos_token" in its tokenizer_config.json' in line, line
+
+
+def test_a_student_tokenizer_with_added_tokens_is_told_what_differs(tmp_path):
+    """Try-out 13: a student whose tokenizer is the teacher's plus two added special tokens was told to 'pick a
+    student from the teacher's family', though it is of that family: the refusal names the added tokens and
+    the way on."""
+    from ekd.models.load import check_same_tokenizer
+
+    code = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
+    train_bpe_tokenizer(code, 280, tmp_path / "t")
+    teacher, student = load_tokenizer(str(tmp_path / "t")), load_tokenizer(str(tmp_path / "t"))
+    student.add_special_tokens({"additional_special_tokens": ["<tool>", "</tool>"]})
+    for names, (a, b) in (
+        (("teacher", "student"), (teacher, student)),
+        (("student", "teacher"), (student, teacher)),
+    ):
+        with pytest.raises(ModelError) as e:
+            check_same_tokenizer(a, b, names)
+        assert (
+            "the student's is the teacher's plus 2 added tokens ('<tool>', '</tool>'): save the teacher's "
+            "tokenizer files into the student's directory if it does not need them"
+        ) in str(e.value), str(e.value)

@@ -324,6 +324,14 @@ def check_same_tokenizer(
             return f"{tokens[first]!r} in the {name}" if first in tokens else f"none in the {name}"
 
         where = f"; first id {first}: {side(ta, names[0])}, {side(tb, names[1])}" if differing else ""
+        student, teacher = (tb, ta) if names == ("teacher", "student") else (ta, tb)
+        extends = len(student) > len(teacher) and all(i in student and i not in teacher for i in differing)
+        if not fix and set(names) == {"teacher", "student"} and extends:  # the teacher's plus added tokens
+            added = ", ".join(repr(student[i]) for i in differing[:4]) + (", …" if len(differing) > 4 else "")
+            fix = (
+                f"the student's is the teacher's plus {counted(len(differing), 'added token')} ({added}): save "
+                "the teacher's tokenizer files into the student's directory if it does not need them"
+            )
         raise ModelError(
             f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {counted(len(b), 'token')}, "
             f"{counted(len(differing), 'id')} {'differs' if len(differing) == 1 else 'differ'}{where}; "

@@ -227,12 +227,26 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
 
 
 def _run_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None):
-    """:func:`prepare_tokenizer`, then the checks the run's settings make on it (an EOS, ``check_vocab``)."""
+    """:func:`prepare_tokenizer`, then :func:`check_run_tokenizer`."""
     tokenizer = prepare_tokenizer(cfg, run_dir, train_texts)
-    if tokenizer.eos_token_id is None:
-        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
-    check_vocab(cfg, len(tokenizer))
+    check_run_tokenizer(cfg, tokenizer)
     return tokenizer
+
+
+def check_run_tokenizer(cfg: Config, tokenizer) -> None:
+    """The checks the run's settings make on its tokenizer: an EOS token, and ``check_vocab``.
+
+    Raises:
+        ModelError: no EOS token, in one line naming where to set one.
+        ConfigError: as ``check_vocab``.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ModelError(
+            f"the tokenizer (model.tokenizer={cfg.model.tokenizer}) has no EOS token: ekd ends each packed "
+            'document with one; give it one ("eos_token" in its tokenizer_config.json, or set tokenizer.eos_token '
+            "and save_pretrained) or name a tokenizer that has one"
+        )
+    check_vocab(cfg, len(tokenizer))
 
 
 def model_tokenizers(cfg: Config) -> dict:
@@ -275,9 +289,7 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None) -> PreparedD
 
             rows = list(islice(train_documents(cfg), AGREEMENT_ROWS))
             settle_chat_template(cfg, tokenizer, rows, model_tokenizers(cfg))
-    if tokenizer.eos_token_id is None:
-        raise ModelError("the tokenizer has no EOS token: ekd separates packed documents with EOS; set one")
-    check_vocab(cfg, len(tokenizer))
+    check_run_tokenizer(cfg, tokenizer)
     boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
     return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
