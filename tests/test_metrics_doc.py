@@ -1,0 +1,147 @@
+"""docs/metrics.md lists every key ``ekd distill`` writes to metrics.jsonl, and no key it no longer writes.
+
+Tiny real runs (2 steps, evaluation every step) of methods that together log every documented key: Full KD
+with CE, SE-KD with online RS targets, EKD, AdaKD (LATF + IDTS), EGAD (curriculum, entropy-mapped τ, feature
+branch), both bandits, GLS, a τ schedule, CE only, and a padded student and teacher head with a second named
+eval set. A key is documented by a table row of the doc whose first cell is that key in backticks; a row may
+name a family with the placeholders of ``PLACEHOLDERS`` (``eval/<set>/kl@H<b>``), matched whole and strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ekd.cli import main
+from tiny import tiny_overrides, write_corpus
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+PLACEHOLDERS = {
+    "<set>": r"[A-Za-z0-9_.-]+",  # an eval set name (a word: ekd.config.sections._eval_set_name)
+    "<b>": r"[0-9]+",  # a teacher-entropy bucket index
+    "<budget>": r"[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?",  # an EXP3 budget printed with :g
+}
+ROW = re.compile(r"^\| `([^`]+)` \|")
+# documented keys that none of the runs below logs (with the setting that would): empty — keep it short
+NOT_EXERCISED: set[str] = set()
+
+RUNS = {
+    "kd": ["method=kd", "method.ce_weight=0.5"],
+    "sekd_rs": ["method=sekd", "method.target=rs"],
+    "ekd": ["method=ekd"],
+    "adakd": ["method=adakd"],
+    "egad": ["method=egad"],
+    "linucb": ["method=bandit"],
+    "exp3": ["method=bandit", "method.bandit_kind=exp3", "method.scorer=student_entropy"],
+    "gls": ["method=gls"],
+    "schedule": ["method=kd", "method.temperature=schedule", "method.temperature_end=2.0"],
+    "ce": ["method=ce"],
+}
+
+
+def documented_keys(text: str) -> list[str]:
+    """The first-cell keys of the doc's table rows (``step`` and ``train/``, ``select/``, ``eval/`` keys)."""
+    keys = [m.group(1) for line in text.splitlines() if (m := ROW.match(line))]
+    return [k for k in keys if k == "step" or k.startswith(("train/", "select/", "eval/"))]
+
+
+def key_pattern(key: str) -> re.Pattern:
+    """The regex of a documented key: literal text, each placeholder its ``PLACEHOLDERS`` pattern."""
+    parts = []
+    for part in re.split(r"(<[^>]*>)", key):
+        if part.startswith("<"):
+            if part not in PLACEHOLDERS:
+                raise ValueError(
+                    f"docs/metrics.md: {key} uses {part}; placeholders are {sorted(PLACEHOLDERS)}"
+                )
+            parts.append(PLACEHOLDERS[part])
+        else:
+            parts.append(re.escape(part))
+    return re.compile("".join(parts))
+
+
+def undocumented(keys: set[str], text: str) -> set[str]:
+    """The keys of ``keys`` that no documented key matches whole."""
+    patterns = [key_pattern(k) for k in documented_keys(text)]
+    return {k for k in keys if not any(p.fullmatch(k) for p in patterns)}
+
+
+def test_the_check_is_strict():
+    """A key whose row is removed is reported (as when someone logs a new key without documenting it), and a
+    placeholder matches one name, not a path."""
+    text = DOC.read_text()
+    without = "\n".join(line for line in text.splitlines() if not line.startswith("| `select/phase` |"))
+    logged = {"select/phase", "train/loss", "eval/shift/kl@H3", "select/bandit_p_k0.25"}
+    assert undocumented(logged, text) == set()
+    assert undocumented(logged, without) == {"select/phase"}
+    assert undocumented({"eval/a/b/kl", "eval/x/kl@Hx", "select/bandit_p_kx", "train/kd_extra"}, text) == {
+        "eval/a/b/kl",
+        "eval/x/kl@Hx",
+        "select/bandit_p_kx",
+        "train/kd_extra",
+    }
+    with pytest.raises(ValueError, match="placeholders are"):
+        key_pattern("eval/<name>/kl")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> dict[str, tuple[list[dict], dict]]:
+    """Run name → (the rows of its metrics.jsonl, its resolved ``method`` section)."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset, save_model_dir
+
+    tmp = tmp_path_factory.mktemp("metrics-doc")
+    corpus = write_corpus(tmp / "corpus")
+    shift = write_corpus(tmp / "shift", n_docs=6, seed=1)
+    tokenizer = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320)
+    vocab = len(tokenizer)
+    padded = save_model_dir(build_preset("llama-micro", vocab + 8, 1, seed=0), tokenizer, tmp / "padded")
+    runs = {
+        **RUNS,  # a padded student and teacher head (padded_mass, ...), a second eval set, pos_rs
+        "padded": [
+            "method=pos_rs",
+            f"model.student={padded}",
+            f"model.teacher={padded}",
+            "model.tokenizer=student",
+            f"data.eval_sources={{shift: {shift}}}",
+        ],
+    }
+    rows = {}
+    for name, extra in runs.items():
+        args = tiny_overrides(tmp, corpus, name, **{"train.max_steps": 2, "eval.every": 1})
+        assert main(["distill", *args, *extra]) == 0, name
+        run_dir = tmp / "runs" / name
+        rows[name] = (
+            [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+            yaml.safe_load((run_dir / "config.yaml").read_text())["method"],
+        )
+    return rows
+
+
+def test_every_logged_key_is_documented(logged):
+    keys = {k for rows, _ in logged.values() for row in rows for k in row}
+    missing = undocumented(keys, DOC.read_text())
+    assert not missing, f"keys logged to metrics.jsonl but not in docs/metrics.md: {sorted(missing)}"
+
+
+def test_every_documented_key_is_logged(logged):
+    """No row of the doc describes a key ekd no longer writes (a renamed or removed metric)."""
+    keys = {k for rows, _ in logged.values() for row in rows for k in row}
+    stale = [
+        k for k in documented_keys(DOC.read_text()) if not any(key_pattern(k).fullmatch(x) for x in keys)
+    ]
+    assert set(stale) == NOT_EXERCISED, f"documented but not logged by these runs: {sorted(stale)}"
+
+
+def test_train_loss_is_the_weighted_sum_of_its_terms(logged):
+    """The identity the doc states: train/loss = kd_weight·train/kd + ce_weight·train/ce + train/feature."""
+    for name, (rows, method) in logged.items():
+        for row in rows:
+            if "train/loss" in row:
+                terms = method["kd_weight"] * row["train/kd"] + method["ce_weight"] * row["train/ce"]
+                terms += row.get("train/feature", 0.0)
+                assert row["train/loss"] == pytest.approx(terms, rel=1e-5, abs=1e-6), (name, row["step"])
