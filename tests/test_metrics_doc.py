@@ -145,3 +145,32 @@ def test_train_loss_is_the_weighted_sum_of_its_terms(logged):
                 terms = method["kd_weight"] * row["train/kd"] + method["ce_weight"] * row["train/ce"]
                 terms += row.get("train/feature", 0.0)
                 assert row["train/loss"] == pytest.approx(terms, rel=1e-5, abs=1e-6), (name, row["step"])
+
+
+def test_step_selection_figures_cover_the_whole_step(tmp_path):
+    """h38's reading of the code: `select/count` and `select/ratio` were the last micro-batch of rank 0 (half the
+    step's selected rows with 2 accumulated micro-batches), among global neighbours. Both are the step's now:
+    for sekd (every selected row gets KD), `select/count` = `train/kd_tokens`, and ratio = fraction without a cache."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    extra = {"train.max_steps": 2, "train.grad_accum_steps": 2, "train.micro_batch_size": 2}
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "acc", **extra), "method=sekd"]) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "acc" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in rows if "train/kd" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["select/count"] == r["train/kd_tokens"] > 0, r
+        assert r["select/ratio"] == pytest.approx(r["select/fraction"]), r
+
+
+def test_a_micro_batch_that_selects_nothing_does_not_erase_the_steps_tau_extremes():
+    """h38: `_combine` took min(nan, x) = nan, so a step whose first micro-batch selected nothing logged
+    `select/tau_min` / `tau_max` as null."""
+    import math
+
+    from ekd.train.trainer import _combine
+
+    assert _combine("tau_min", math.nan, 2.0) == 2.0 and _combine("tau_min", 2.0, math.nan) == 2.0
+    assert _combine("tau_max", math.nan, 3.0) == 3.0 and _combine("tau_max", 3.0, 1.0) == 3.0
+    assert math.isnan(_combine("tau_min", math.nan, math.nan)) and _combine("selected", 1.0, 2.0) == 3.0

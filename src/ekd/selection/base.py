@@ -103,11 +103,9 @@ class SelectionPolicy:
         check_state_name(state, self.name)
 
     def diagnostics(self) -> dict[str, float]:
-        """Metrics for logging (``select/...``); computed lazily here, not in the hot path."""
-        if self._last_count is None or self._last_valid is None:
-            return {}
-        n_valid = float(self._last_valid)
-        return {"select/count": float(self._last_count), "select/ratio": self._last_count / max(n_valid, 1.0)}
+        """The policy's own state for logging (``select/...``); computed lazily here, not in the hot path. The
+        step's counts (``select/count``, ``select/ratio``) come from the trainer's global sums, not from here."""
+        return {}
 
     # -- helpers for subclasses --
     def _record(self, selection: Selection, valid: Tensor) -> Selection:

@@ -725,12 +725,14 @@ def sample_selection(
 
 
 def _combine(key: str, old: float | None, new: float) -> float:
-    if old is None:
+    """A step metric over micro-batches: sums add; ``*_min`` / ``*_max`` take the extreme of those that have one
+    (a micro-batch that selected nothing gives NaN, which must not erase the others', as min(nan, x) would)."""
+    if old is None or (key.endswith(("_min", "_max")) and math.isnan(old)):
         return new
     if key.endswith("_min"):
-        return min(old, new)
+        return old if math.isnan(new) else min(old, new)
     if key.endswith("_max"):
-        return max(old, new)
+        return old if math.isnan(new) else max(old, new)
     return old + new
 
 
@@ -755,6 +757,9 @@ def _step_metrics(
         m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
     if parts.kd_weight > 0 and sums.get("valid"):
         m["select/fraction"] = sums.get("selected", 0.0) / sums["valid"]
+        m["select/count"] = sums.get("selected", 0.0)  # the step's, every rank and micro-batch
+        if sums.get("candidates"):
+            m["select/ratio"] = sums.get("selected", 0.0) / sums["candidates"]
         if sums.get("selected"):
             m["select/tau_mean"] = sums.get("tau_sum", 0.0) / sums["selected"]
             m["select/tau_min"] = sums.get("tau_min", float("nan"))
