@@ -38,7 +38,10 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
     busy = tiny_overrides(tmp_path, corpus, "busy", **{"train.micro_batch_size": 2})
     (tmp_path / "runs").mkdir()
     lock = lock_run(tmp_path / "runs" / "busy", "fix")
-    runs = [fin, [*fin, "--resume"], fin, off, busy, [*fin, "train.max_steps=3", "--resume"]]
+    # a --resume that would change the global batch (2 ranks × 1 row vs the checkpoint's 2 × 2): every rank finds
+    # it alike, rank 0 says it (try-out 14: every rank printed it)
+    other_batch = [*fin, "train.micro_batch_size=1", "train.max_steps=3", "--resume"]
+    runs = [fin, [*fin, "--resume"], fin, off, busy, other_batch, [*fin, "train.max_steps=3", "--resume"]]
     codes = tmp_path / "codes"
     codes.mkdir()
     try:
@@ -47,9 +50,12 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 3, out.stderr
+    assert out.stderr.count("ekd: error:") == 4, out.stderr
+    assert out.stderr.count("was trained with 2 ranks × micro-batch 2 = 4 rows per micro-batch") == 1, (
+        out.stderr
+    )
     assert out.stderr.count(f"is in use by another ekd process (pid {os.getpid()})") == 1, out.stderr
     assert not (tmp_path / "runs" / "busy").exists()
     assert out.stderr.count("already holds a run, finished (2 steps)") == 1

@@ -353,9 +353,10 @@ PROBE_TOKENS = 64
 
 def warn_padded_teacher(teacher: nn.Module, data: PreparedData) -> None:
     """One warning line when ``teacher`` puts more than :data:`PADDED_MASS_WARNING` of its probability on its
-    head rows past the tokenizer, over the first :data:`PROBE_TOKENS` tokens of the run's first block (ekd's
+    head rows past the tokenizer, over the first :data:`PROBE_TOKENS` tokens of the first block of the run's first
+    set (``train``; ``ekd eval``: its first eval set), named in the line (ekd's
     targets and scores leave those rows out, so nothing else would show it but the full-head eval column)."""
-    blocks = next((b for b in data.blocks.values() if len(b.input_ids)), None)
+    name, blocks = next(((n, b) for n, b in data.blocks.items() if len(b.input_ids)), (None, None))
     if blocks is None:
         return
     ids = blocks.input_ids[:1, :PROBE_TOKENS]  # (1, ≤ PROBE_TOKENS)
@@ -363,11 +364,12 @@ def warn_padded_teacher(teacher: nn.Module, data: PreparedData) -> None:
     if mass > PADDED_MASS_WARNING:
         log.warning(
             "model.teacher puts %.1f%% of its probability on its head rows past the tokenizer's %s (mean over "
-            "the first %d tokens of the data): ekd's targets leave those rows out — was the teacher trained "
+            "the first %d tokens of the %s set): ekd's targets leave those rows out — was the teacher trained "
             "with another tokenizer? check model.teacher and model.tokenizer",
             100 * mass,
             counted(data.vocab_size, "token"),
             ids.shape[1],
+            name,
         )
 
 

@@ -451,7 +451,13 @@ def restore_checkpoint(
         state = load_full_checkpoint(path, modules, optimizer, map_location, only is not None)
     else:
         state = load_checkpoint(path, student, optimizer, extra_modules, map_location, only=only)
-    check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
+    try:
+        check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
+    except (
+        CheckpointError
+    ) as e:  # every rank finds it alike: rank 0 says it, once (try-out 14: every rank did)
+        e.copy_of_rank0 = not ranks.is_main
+        raise
     if saved_world != ranks.world_size:
         log.info(
             "resharding checkpoint %s of %s onto %d: model and optimizer state redistributed by "
