@@ -626,9 +626,9 @@ def _refuse_torchrun_of_one_process_command(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: one line (printed by local rank 0) naming the command and how to run it.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     from ekd.teacher.cache.command import INSPECT
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     shared = args.command == "distill" or (
         args.command == "cache" and args.config not in ("import", *INSPECT)
     )
