@@ -856,9 +856,11 @@ def test_a_build_with_fewer_shards_than_ranks_says_which_ranks_idle(caplog):
         _warn_idle_ranks(826, 1024, 2)
         _warn_idle_ranks(826, 413, 2)  # a shard each: nothing to say
         _warn_idle_ranks(78, 30, 8)
+        _warn_idle_ranks(3, 1024, 8)  # fewer samples than ranks: no shard size helps (review)
     assert [r.getMessage() for r in caplog.records] == [
         "teacher cache: 826 samples make 1 shard (teacher.cache_shard_samples=1024) for 2 ranks: 1 rank builds "
         "nothing; teacher.cache_shard_samples=413 gives every rank a shard",
         "teacher cache: 78 samples make 3 shards (teacher.cache_shard_samples=30) for 8 ranks: 5 ranks build "
         "nothing; teacher.cache_shard_samples=9 gives every rank a shard",
+        "teacher cache: 3 samples for 8 ranks: only 3 ranks can get a shard",
     ]

@@ -389,7 +389,7 @@ def test_a_one_process_command_under_torchrun_is_one_line(tmp_path, monkeypatch,
         monkeypatch.setenv("LOCAL_RANK", "0")
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "runs in one process, but torchrun started 2" in err, err
+        assert err.count("\n") == 1 and "runs in one process, but WORLD_SIZE=2 (torchrun" in err, err
         monkeypatch.setenv("LOCAL_RANK", "1")
         assert main(argv) == 2
         assert capsys.readouterr().err == ""
@@ -406,3 +406,17 @@ def test_eval_tasks_alone_refuses_eval_set_overrides(tmp_path, capsys):
     )
     assert "data.eval_sources={x: f.jsonl} would change nothing" in line, line
     assert "pass eval.tasks=tiny_mc instead of --tasks tiny_mc" in line, line
+
+
+def test_the_commands_that_share_their_work_run_under_torchrun(monkeypatch):
+    """Review: the refusal test would pass if every command were refused; distill and cache CONFIG are not."""
+    import argparse
+
+    from ekd.cli import _refuse_torchrun_of_one_process_command
+    from ekd.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _refuse_torchrun_of_one_process_command(argparse.Namespace(command="distill", config="c.yaml"))
+    _refuse_torchrun_of_one_process_command(argparse.Namespace(command="cache", config="c.yaml"))
+    with pytest.raises(ConfigError, match=r"ekd cache import runs in one process, but WORLD_SIZE=2"):
+        _refuse_torchrun_of_one_process_command(argparse.Namespace(command="cache", config="import"))

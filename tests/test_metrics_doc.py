@@ -149,8 +149,9 @@ def test_train_loss_is_the_weighted_sum_of_its_terms(logged):
 
 def test_step_selection_figures_cover_the_whole_step(tmp_path):
     """h38's reading of the code: `select/count` and `select/ratio` were the last micro-batch of rank 0 (half the
-    step's selected rows with 2 accumulated micro-batches), among global neighbours. Both are the step's now:
-    for sekd (every selected row gets KD), `select/count` = `train/kd_tokens`, and ratio = fraction without a cache."""
+    step's selected rows with 2 accumulated micro-batches), among global neighbours. Both are the step's now. The
+    check is `select/count` = `train/kd_tokens` (sekd: every selected row gets KD, summed over both micro-batches);
+    ratio = fraction holds by definition without a cache (candidates = valid positions)."""
     corpus = write_corpus(tmp_path / "corpus", n_docs=12)
     extra = {"train.max_steps": 2, "train.grad_accum_steps": 2, "train.micro_batch_size": 2}
     assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "acc", **extra), "method=sekd"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ekd.config import MethodConfig
@@ -115,3 +116,28 @@ def test_a_teacher_with_mass_on_its_padded_rows_is_named_at_load(tmp_path, caplo
         if warned:
             share = float(lines[0].split("model.teacher puts ")[1].split("%")[0])
             assert 50 < share <= 100 and f"past the tokenizer's {vocab:,} tokens" in lines[0], lines
+
+
+def test_padded_head_mass_is_the_full_head_softmax_past_the_tokenizer():
+    """Review: the warning test's clean teacher had no padded rows (0.0 before any softmax). The measure itself,
+    on logits with 8 rows past V: ~0 when they are far below the rest (a trained head), large when they win."""
+    from types import SimpleNamespace
+
+    from ekd.models.load import padded_head_mass
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, padded: float):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.padded = padded
+
+        def forward(self, input_ids, use_cache=False):
+            logits = torch.zeros(1, input_ids.shape[1], V + 8)
+            logits[..., V:] = self.padded
+            return SimpleNamespace(logits=logits)
+
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    assert padded_head_mass(Fixed(-30.0), V, ids) < 1e-9
+    assert padded_head_mass(Fixed(0.0), V, ids) == pytest.approx(8 / (V + 8))
+    assert padded_head_mass(Fixed(10.0), V, ids) > 0.9
+    assert padded_head_mass(Fixed(10.0), V + 8, ids) == 0.0  # no row past the tokenizer

@@ -379,3 +379,31 @@ def test_what_rank_0_does_for_all_is_said_once(tmp_path):
         + ["aligned to"] * 2
         + ["rank 0 holds", "rank 1 holds"] * 2
     ), said
+
+
+def test_a_rank_other_than_0_says_only_errors_and_its_own_facts(caplog):
+    """The log filter behind the torchrun test above, in one process: on rank 1 an ekd INFO or WARNING line is
+    dropped, a line marked EVERY_RANK and any ERROR are kept, other libraries' lines pass; rank 0 keeps all, and
+    the filter is gone after the block."""
+    import logging
+
+    from ekd.log_level import EVERY_RANK, said_by_rank0
+
+    ekd_log, other = logging.getLogger("ekd.x"), logging.getLogger("transformers.x")
+
+    def said(rank: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO), said_by_rank0(rank):
+            ekd_log.info("job info")
+            ekd_log.warning("job warning")
+            ekd_log.info("rank fact", extra=EVERY_RANK)
+            ekd_log.error("rank error")
+            other.warning("library line")
+        return [r.getMessage() for r in caplog.records]
+
+    assert said(1) == ["rank fact", "rank error", "library line"]
+    assert said(0) == ["job info", "job warning", "rank fact", "rank error", "library line"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        ekd_log.info("after")
+    assert [r.getMessage() for r in caplog.records] == ["after"]

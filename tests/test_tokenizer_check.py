@@ -299,13 +299,21 @@ def test_a_student_that_cuts_it_another_way_learns_the_teachers_encodings(tmp_pa
 
 
 def test_tokenizers_of_the_same_encodings_pass_the_probe(recut_dirs, tmp_path):
-    """Guard: the probe texts do not flag one tokenizer against a copy of itself saved beside another config."""
+    """Guard: the probe flags no pair a user calls the same tokenizer — one tokenizer.json beside two configs of
+    the same model_type (a Qwen2 teacher and student), and a tokenizer against its own save_pretrained copy."""
+    from transformers import Qwen2Config
+
     from ekd.models.load import check_same_tokenizer
 
     qwen, _ = recut_dirs
-    tok = load_tokenizer(str(qwen))
-    tok.save_pretrained(tmp_path / "copy")
-    check_same_tokenizer(tok, load_tokenizer(str(tmp_path / "copy")))
+    twin = tmp_path / "qwen-student"
+    load_tokenizer(str(qwen)).save_pretrained(twin)
+    Qwen2Config(vocab_size=400, hidden_size=32).save_pretrained(twin)
+    teacher, student = load_tokenizer(str(qwen)), load_tokenizer(str(twin))
+    assert type(teacher) is type(student)
+    check_same_tokenizer(teacher, student)
+    teacher.save_pretrained(tmp_path / "copy")
+    check_same_tokenizer(teacher, load_tokenizer(str(tmp_path / "copy")))
 
 
 def test_a_tokenizer_without_eos_is_one_line_naming_where_to_set_it(tmp_path, capsys):

@@ -635,8 +635,8 @@ def _refuse_torchrun_of_one_process_command(args: argparse.Namespace) -> None:
     if world > 1 and not shared:
         what = f"ekd {args.command}" + (f" {args.config}" if args.command == "cache" else "")
         raise ConfigError(
-            f"{what} runs in one process, but torchrun started {world}: run it without torchrun (only ekd "
-            "distill and ekd cache CONFIG share their work among ranks)"
+            f"{what} runs in one process, but WORLD_SIZE={world} (torchrun or another launcher): run it in one "
+            "process (only ekd distill and ekd cache CONFIG share their work among ranks)"
         )
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ekd.errors import ConfigError, EkdError, ModelError
+from ekd.log_level import EVERY_RANK
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,12 @@ def offline_unless_reachable(key: str) -> str:
         return "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     why = endpoint_unreachable()
     if why:
-        log.info("%s: %s; datasets come from the local cache only (offline from here on)", key, why)
+        log.info(  # this node's fact: every rank that finds it says it
+            "%s: %s; datasets come from the local cache only (offline from here on)",
+            key,
+            why,
+            extra=EVERY_RANK,
+        )
         _go_offline()
     return why
 
@@ -170,7 +176,9 @@ def hub_kwargs(
     if not why:
         return {}
     if _cached(spec, filename, revision):
-        log.info("%s: %s; using the cached files of '%s' (offline from here on)", key, why, spec)
+        log.info(  # this node's fact: every rank that finds it says it
+            "%s: %s; using the cached files of '%s' (offline from here on)", key, why, spec, extra=EVERY_RANK
+        )
         _go_offline()
         return {"local_files_only": True}
     raise error(

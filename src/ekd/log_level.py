@@ -1,7 +1,9 @@
 """``log.level`` applied to ekd's own loggers (``ekd.*``): ERROR hides INFO lines, DEBUG shows debug lines.
 
 The CLI installs the handler (``logging.basicConfig``) and calls :func:`apply_log_level` once it has the
-config; ``ekd -q`` sets a floor of WARNING that the config cannot lower.
+config; ``ekd -q`` sets a floor of WARNING that the config cannot lower. Under ``torchrun``,
+:func:`said_by_rank0` keeps the log the job's: ranks other than 0 say only errors and lines marked
+:data:`EVERY_RANK`.
 """
 
 from __future__ import annotations

@@ -334,11 +334,12 @@ def _kd_fraction(rows: list[dict[str, Any]]) -> float:
 
 def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
     """Mean distinct ids an online RS run drew per KD position: the per-step ``train/rs_unique_ids`` weighted
-    by the step's KD positions ``train/kd_tokens`` (both global figures under torchrun). None for a run
-    without it: another target, a cache, or a run of an ekd that did not log it."""
+    by the step's selected rows ``select/count`` (both global figures under torchrun; ``train/kd_tokens``, the
+    planned normalizer, for a run that logged ``select/count`` per micro-batch). None for a run without it:
+    another target, a cache, or a run of an ekd that did not log it."""
     drawn = positions = 0.0
     for r in rows:
-        unique, count = r.get("train/rs_unique_ids"), r.get("train/kd_tokens")
+        unique, count = r.get("train/rs_unique_ids"), r.get("select/count", r.get("train/kd_tokens"))
         if unique is not None and count:
             drawn += unique * count
             positions += count

@@ -374,8 +374,12 @@ def _word_at(tok: PreTrainedTokenizerBase, text: str, index: int) -> str:
         return tok.decode(tok.encode(text, add_special_tokens=False)[index : index + 4])
     while start < len(text) - 1 and text[start].isspace():  # a byte-level token's leading space
         start += 1
-    begin = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
-    end = min((i for i in (text.find(" ", start), text.find("\n", start)) if i >= 0), default=len(text))
+    begin = start
+    while begin > 0 and not text[begin - 1].isspace():
+        begin -= 1
+    end = start
+    while end < len(text) and not text[end].isspace():
+        end += 1
     return text[begin:end] or text[start : start + 8]
 
 

@@ -67,7 +67,6 @@ class SelectionPolicy:
     """True if ``select`` reads the (B, T) scores of ``compute_scores``; False means it may be passed None."""
 
     def __init__(self) -> None:
-        self._last_count: int | None = None
         self._last_valid: Tensor | None = None
 
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
@@ -109,7 +108,6 @@ class SelectionPolicy:
 
     # -- helpers for subclasses --
     def _record(self, selection: Selection, valid: Tensor) -> Selection:
-        self._last_count = selection.count
         self._last_valid = valid.sum()  # 0-d tensor; converted to float only in diagnostics()
         return selection
 

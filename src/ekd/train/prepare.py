@@ -348,18 +348,19 @@ PADDED_MASS_WARNING = 0.01
 """A teacher putting more than this share of its probability on head rows past the tokenizer is named in a
 warning at load: a trained model gives those rows ~0 (Qwen2.5: < 1e-6); a large share usually means a teacher
 trained with another tokenizer, whose targets ekd would take over the wrong ids."""
-PROBE_TOKENS = 64
+PADDED_MASS_TOKENS = 64
+"""Tokens of the data the padded-mass check runs the teacher on (one forward, at load)."""
 
 
 def warn_padded_teacher(teacher: nn.Module, data: PreparedData) -> None:
     """One warning line when ``teacher`` puts more than :data:`PADDED_MASS_WARNING` of its probability on its
-    head rows past the tokenizer, over the first :data:`PROBE_TOKENS` tokens of the first block of the run's first
+    head rows past the tokenizer, over the first :data:`PADDED_MASS_TOKENS` tokens of the first block of the run's first
     set (``train``; ``ekd eval``: its first eval set), named in the line (ekd's
     targets and scores leave those rows out, so nothing else would show it but the full-head eval column)."""
     name, blocks = next(((n, b) for n, b in data.blocks.items() if len(b.input_ids)), (None, None))
     if blocks is None:
         return
-    ids = blocks.input_ids[:1, :PROBE_TOKENS]  # (1, ≤ PROBE_TOKENS)
+    ids = blocks.input_ids[:1, :PADDED_MASS_TOKENS]  # (1, ≤ PADDED_MASS_TOKENS)
     mass = padded_head_mass(teacher, data.vocab_size, ids)
     if mass > PADDED_MASS_WARNING:
         log.warning(

@@ -453,10 +453,8 @@ def restore_checkpoint(
         state = load_checkpoint(path, student, optimizer, extra_modules, map_location, only=only)
     try:
         check_global_batch(path, state, saved_world, ranks.world_size, micro_batch_size)
-    except (
-        CheckpointError
-    ) as e:  # every rank finds it alike: rank 0 says it, once (try-out 14: every rank did)
-        e.copy_of_rank0 = not ranks.is_main
+    except CheckpointError as e:
+        e.copy_of_rank0 = not ranks.is_main  # every rank finds it alike: rank 0 says it, once
         raise
     if saved_world != ranks.world_size:
         log.info(

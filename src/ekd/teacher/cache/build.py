@@ -284,7 +284,14 @@ def _warn_idle_ranks(samples: int, shard_samples: int, world_size: int) -> None:
     """One warning when some of ``world_size`` ranks get no shard (a rank builds whole shards of
     ``shard_samples`` samples), naming the ``teacher.cache_shard_samples`` that gives every rank one."""
     shards = -(-samples // shard_samples)
-    if shards < world_size:
+    if shards < world_size and samples < world_size:
+        log.warning(  # no shard size helps: a rank builds whole shards of at least one sample
+            "teacher cache: %s for %s: only %s can get a shard",
+            counted(samples, "sample"),
+            counted(world_size, "rank"),
+            counted(samples, "rank"),
+        )
+    elif shards < world_size:
         idle = world_size - shards
         log.warning(
             "teacher cache: %s make %s (teacher.cache_shard_samples=%d) for %s: %s nothing; "
