@@ -367,7 +367,7 @@ def test_a_with_block_releases_a_taken_lock_however_it_ends(tmp_path):
         assert holder_of(run) == os.getpid() and not FileLock(lock.path).acquire(wait=False)
         raise KeyError
     assert not lock.held and not lock.path.exists() and holder_of(run) is None
-    with pytest.raises(RuntimeError, match="not held"), FileLock(tmp_path / "never.lock"):  # guards nothing
+    with FileLock(tmp_path / "never.lock"):  # one not taken (a read-only directory's): nothing to release
         pass
 
 

@@ -40,7 +40,7 @@ class FileLock:
 
     Acquiring checks, after the flock is granted, that ``path`` is still the file it locked: a holder that
     released removes the file, and a process that opened it just before must then lock the new one instead.
-    ``with lock:`` on a taken lock releases it when the block ends, however it ends (one not held is refused).
+    ``with lock:`` on a taken lock releases it when the block ends, however it ends (on one not held, nothing).
     """
 
     def __init__(self, path: Path) -> None:
@@ -88,10 +88,9 @@ class FileLock:
         self._file = None
 
     def __enter__(self) -> FileLock:
-        """Hold the lock for the block; it must be held already (``acquire`` decides how to wait), so a ``with``
-        never silently guards nothing."""
-        if self._file is None:
-            raise RuntimeError(f"{self.path}: a with block on a FileLock that is not held; acquire it first")
+        """The block holds what ``acquire`` (or :func:`lock_directory`) took; it takes nothing itself. A lock not
+        held — :func:`lock_directory` of a read-only directory, where no process of this user can write and so
+        nothing needs guarding — guards nothing and releases nothing."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
