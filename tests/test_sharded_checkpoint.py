@@ -393,7 +393,8 @@ def test_a_rank_other_than_0_says_only_errors_and_its_own_facts(caplog):
 
     def said(rank: int) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.INFO), said_by_rank0(rank):
+        # the ekd logger's own level too: an earlier `ekd -q` in this process leaves it at WARNING
+        with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="ekd"), said_by_rank0(rank):
             ekd_log.info("job info")
             ekd_log.warning("job warning")
             ekd_log.info("rank fact", extra=EVERY_RANK)
@@ -404,6 +405,6 @@ def test_a_rank_other_than_0_says_only_errors_and_its_own_facts(caplog):
     assert said(1) == ["rank fact", "rank error", "library line"]
     assert said(0) == ["job info", "job warning", "rank fact", "rank error", "library line"]
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="ekd"):
         ekd_log.info("after")
     assert [r.getMessage() for r in caplog.records] == ["after"]
