@@ -534,8 +534,12 @@ def _eval_set_note(groups: list[Group]) -> str:
 
 def _labels(runs: list[tuple[Group, RunRecord]]) -> str:
     """'`kd` (seed 0), `sekd`': the groups of ``runs``, naming the seeds of a group not all of whose runs are there."""
+    groups: list[Group] = []  # in order of first appearance (a Group is not hashable)
+    for g, _ in runs:
+        if not any(g is h for h in groups):
+            groups.append(g)
     labels = []
-    for g in [g for i, (g, _) in enumerate(runs) if all(h is not g for h, _ in runs[:i])]:
+    for g in groups:
         seeds = sorted(r.seed for h, r in runs if h is g)
         some = "" if len(seeds) == len(g.runs) else f" ({'seed' if len(seeds) == 1 else 'seeds'} "
         labels.append(f"`{g.label}`" + (some + ", ".join(map(str, seeds)) + ")" if some else ""))

@@ -275,8 +275,8 @@ def _train(
             raise
         except Exception as e:  # a state.pt that loads but does not fit this run
             raise unreadable(ckpt, e) from None
-        # said once (rank 0); the other ranks resumed from the same checkpoint (verified_on_main)
-        log.log(logging.INFO if main else logging.DEBUG, "resumed from %s at step %d", ckpt, start_step)
+        # every rank resumed from the same checkpoint (verified_on_main); rank 0 says it (said_by_rank0)
+        log.info("resumed from %s at step %d", ckpt, start_step)
     metrics_log = run_on_main(  # rank 0's log (wandb may refuse to start): every rank hears whether it opened
         ranks,
         lambda: MetricsLog(

@@ -358,7 +358,7 @@ def run_build(
 
         pending = writer.pending_sample_ids()
         finished = _finished(directory, pending, writer.signature, ranks)
-        if ranks.is_main and not finished:
+        if not finished:  # rank 0 says it (said_by_rank0)
             _warn_idle_ranks(len(blocks), cfg.teacher.cache_shard_samples, ranks.world_size)
         bs = max(1, cfg.eval.batch_size)
         id_batches = [pending[i : i + bs] for i in range(0, len(pending), bs)]
