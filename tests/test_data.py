@@ -303,7 +303,8 @@ def test_jsonl_text_field_and_filters(tmp_path: Path) -> None:
 
 def test_whitespace_only_rows_are_not_documents(tmp_path: Path, caplog) -> None:
     """Try-out 11: a row of only spaces and newlines passed data.min_chars=1 and was packed (and counted in an
-    eval set's documents) as a document of whitespace tokens. min_chars=0 still keeps every row."""
+    eval set's documents) as a document of whitespace tokens. min_chars=0 still keeps every row but an empty one
+    (try-out 14: it was counted among the documents read, then had no token to pack, without a word)."""
     f = write_jsonl(
         tmp_path / "d.jsonl", [{"text": "   "}, {"text": "\n\t\n"}, {"text": " a "}, {"text": "two words"}]
     )
@@ -312,10 +313,16 @@ def test_whitespace_only_rows_are_not_documents(tmp_path: Path, caplog) -> None:
     assert [d.doc_id for d in docs] == ["d.jsonl:3", "d.jsonl:4"]
     # try-out 13: "5 files" then "3 documents", without a word on the 2 dropped
     assert (
-        f"data.source={f}: 2 documents dropped (shorter than data.min_chars=1, or only whitespace)"
+        f"data.source={f}: 2 documents dropped (empty, shorter than data.min_chars=1, or only whitespace)"
         in caplog.text
     )
     assert len(load_documents(str(f), DataConfig(min_chars=0))) == 4
+    with_empty = write_jsonl(tmp_path / "e.jsonl", [{"text": ""}, {"text": "  "}, {"text": "x"}])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        kept = load_documents(str(with_empty), DataConfig(min_chars=0))
+    assert [d.doc_id for d in kept] == ["e.jsonl:2", "e.jsonl:3"]
+    assert "1 document dropped (empty, shorter than data.min_chars=0" in caplog.text
     chat = write_jsonl(
         tmp_path / "c.jsonl",
         [

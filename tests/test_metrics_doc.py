@@ -142,8 +142,8 @@ def test_train_loss_is_the_weighted_sum_of_its_terms(logged):
     for name, (rows, method) in logged.items():
         for row in rows:
             if "train/loss" in row:
-                terms = method["kd_weight"] * row["train/kd"] + method["ce_weight"] * row["train/ce"]
-                terms += row.get("train/feature", 0.0)
+                terms = method["kd_weight"] * row.get("train/kd", 0.0)  # a term not logged did not run: 0
+                terms += method["ce_weight"] * row.get("train/ce", 0.0) + row.get("train/feature", 0.0)
                 assert row["train/loss"] == pytest.approx(terms, rel=1e-5, abs=1e-6), (name, row["step"])
 
 
@@ -163,6 +163,37 @@ def test_step_selection_figures_cover_the_whole_step(tmp_path):
     for r in steps:
         assert r["select/count"] == r["train/kd_tokens"] > 0, r
         assert r["select/ratio"] == pytest.approx(r["select/fraction"]), r
+
+
+def test_a_term_is_logged_only_where_it_runs(logged):
+    """`train/ce` and `train/ce_tokens` exist only with `method.ce_weight > 0`, `train/kd` and `train/kd_tokens`
+    only with a KD term: before, a run without the term logged 0.0 and a normalizer of 1, which read as measured."""
+    for name, (rows, method) in logged.items():
+        for row in (r for r in rows if "train/loss" in r):
+            has_ce, has_kd = method["ce_weight"] > 0, method["kd_weight"] > 0
+            assert ("train/ce" in row, "train/ce_tokens" in row) == (has_ce, has_ce), (name, row["step"])
+            assert ("train/kd" in row, "train/kd_tokens" in row) == (has_kd, has_kd), (name, row["step"])
+    last_step = {name: [r for r in rows if "train/loss" in r][-1] for name, (rows, _) in logged.items()}
+    assert "train/ce" in last_step["kd"] and "train/kd" not in last_step["ce"]  # both cases are exercised
+
+
+def test_bandit_above_threshold_covers_the_whole_step(tmp_path):
+    """With its clamp opened to [0, 1], LinUCB selects exactly the candidates above `bandit_threshold`, so
+    `select/bandit_above_threshold` equals the step's `select/ratio`. It was the last micro-batch of rank 0."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    extra = {"train.max_steps": 3, "train.grad_accum_steps": 2, "train.micro_batch_size": 2}
+    bandit = ["method=bandit", "method.bandit_min_fraction=0", "method.bandit_max_fraction=1"]
+    # threshold 0.1: step 1 (θ = 0, large bonus) takes every candidate, later steps part of them
+    args = [*tiny_overrides(tmp_path, corpus, "ucb", **extra), *bandit, "method.bandit_threshold=0.1"]
+    assert main(["-q", "distill", *args]) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "ucb" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in rows if "select/ratio" in r]
+    assert len(steps) == 3
+    assert any(0 < r["select/ratio"] < 1 for r in steps), steps  # a step where the threshold splits
+    for r in steps:
+        assert r["select/bandit_above_threshold"] == pytest.approx(r["select/ratio"]), r
 
 
 def test_a_micro_batch_that_selects_nothing_does_not_erase_the_steps_tau_extremes():

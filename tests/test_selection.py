@@ -945,3 +945,27 @@ def test_kl_feature_is_used_when_present():
     x = build_policy(cfg(policy="bandit", bandit_kind="linucb"), 10).features(valid, stats)
     torch.testing.assert_close(x[..., 2], stats["forward_kl"].double().masked_fill(~valid, 0))
     assert F.relu(x[..., 3].max() - 1.0) == 0 and torch.all(x[~valid] == 0)
+
+
+def test_latf_micro_batch_sums_give_the_lowest_score_given_kd():
+    """select/threshold of LATF is the step's lowest selected score: each micro-batch reports its own minimum (NaN
+    when it selected nothing, so an earlier micro-batch's value is not carried into a later one) and the trainer
+    takes the minimum over micro-batches and ranks."""
+    from ekd.train.trainer import _combine
+
+    policy = latf()
+    policy.ratio = 0.5
+    g = torch.Generator().manual_seed(3)
+    lows, combined = [], None
+    for _ in range(3):
+        scores = torch.rand(2, 8, generator=g)
+        valid = torch.ones(2, 8, dtype=torch.bool)
+        sel = policy.select(scores, valid, ctx())
+        lows.append(float(scores.flatten()[sel.rows].min()))
+        ((key, value),) = policy.micro_batch_sums().items()
+        assert key == "threshold_min" and value == lows[-1]
+        combined = _combine(key, combined, value)
+    assert combined == min(lows)
+    policy.select(torch.rand(2, 8, generator=g), torch.zeros(2, 8, dtype=torch.bool), ctx())
+    assert math.isnan(policy.micro_batch_sums()["threshold_min"])
+    assert "select/threshold" not in policy.diagnostics()  # the step's figure comes from the trainer's sums

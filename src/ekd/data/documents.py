@@ -148,8 +148,8 @@ def _filtered(docs: Iterable[Document], data_cfg: DataConfig, where: str) -> Ite
     kept = dropped = 0
     for doc in docs:
         text = doc.text if doc.messages is None else doc.full_text
-        if len(text) < data_cfg.min_chars or (data_cfg.min_chars > 0 and text.isspace()):
-            dropped += 1  # too short, or nothing but whitespace (not a document unless min_chars=0 keeps all)
+        if not text or len(text) < data_cfg.min_chars or (data_cfg.min_chars > 0 and text.isspace()):
+            dropped += 1  # empty (no token to pack), too short, or only whitespace (kept with min_chars=0)
             continue
         yield doc
         kept += 1
@@ -157,7 +157,7 @@ def _filtered(docs: Iterable[Document], data_cfg: DataConfig, where: str) -> Ite
             break
     if dropped:
         logger.info(
-            "%s: %s dropped (shorter than data.min_chars=%d, or only whitespace)",
+            "%s: %s dropped (empty, shorter than data.min_chars=%d, or only whitespace)",
             where,
             counted(dropped, "document"),
             data_cfg.min_chars,

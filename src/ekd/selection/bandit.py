@@ -122,7 +122,7 @@ class LinUCBBandit(SelectionPolicy):
         selection = Selection.from_mask(mask)
         self._pending.append(x.reshape(-1, x.shape[-1])[selection.rows])  # (M, d)
         self._above = above.sum()
-        return self._record(selection, valid)
+        return selection
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         """The target k·N, k = select_fraction clamped to [min, max] fraction (the count varies per batch)."""
@@ -191,9 +191,11 @@ class LinUCBBandit(SelectionPolicy):
         out["select/bandit_reward"] = self.last_reward
         for name, value in zip(FEATURE_NAMES, self.theta().tolist()):
             out[f"select/bandit_theta_{name}"] = value
-        if self._above is not None and self._last_valid is not None:
-            out["select/bandit_above_threshold"] = float(self._above) / max(float(self._last_valid), 1.0)
         return finite_only(out)
+
+    def micro_batch_sums(self) -> dict[str, float]:
+        """``bandit_above``: the micro-batch's candidates whose UCB exceeded ``bandit_threshold`` (before the clamp)."""
+        return {"bandit_above": float(self._above)} if self._above is not None else {}
 
 
 class Exp3Budget(SelectionPolicy):
@@ -236,7 +238,7 @@ class Exp3Budget(SelectionPolicy):
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
         scores = self._require_scores(scores, valid)
         mask = topk_mask(scores, valid, self.budgets[self._arm_for(ctx)], self.per)  # (B, T)
-        return self._record(Selection.from_mask(mask), valid)
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return topk_planned(valid, self.budgets[self._arm_for(ctx)], self.per)

@@ -66,9 +66,6 @@ class SelectionPolicy:
     needs_scores: bool = True
     """True if ``select`` reads the (B, T) scores of ``compute_scores``; False means it may be passed None."""
 
-    def __init__(self) -> None:
-        self._last_valid: Tensor | None = None
-
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
         """Choose KD positions of one micro-batch.
 
@@ -106,11 +103,13 @@ class SelectionPolicy:
         step's counts (``select/count``, ``select/ratio``) come from the trainer's global sums, not from here."""
         return {}
 
-    # -- helpers for subclasses --
-    def _record(self, selection: Selection, valid: Tensor) -> Selection:
-        self._last_valid = valid.sum()  # 0-d tensor; converted to float only in diagnostics()
-        return selection
+    def micro_batch_sums(self) -> dict[str, float]:
+        """Figures of the last ``select`` that the trainer adds over the step's micro-batches and ranks (keys
+        ending ``_min`` / ``_max`` take the extreme, NaN when this micro-batch has none), so what is logged from
+        them covers the whole step, as ``select/count`` does. Called once per micro-batch, after ``select``."""
+        return {}
 
+    # -- helpers for subclasses --
     def _require_scores(self, scores: Tensor | None, valid: Tensor) -> Tensor:
         if scores is None:
             raise ValueError(

@@ -60,9 +60,8 @@ class LossAdaptiveTokenFocusing(SelectionPolicy):
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
         scores = self._require_scores(scores, valid)
         mask = topk_mask(scores, valid, self.ratio, "batch")  # (B, T)
-        if bool(mask.any()):
-            self._threshold = scores[mask].min()  # 0-d: lowest selected score
-        return self._record(Selection.from_mask(mask), valid)
+        self._threshold = scores[mask].min() if bool(mask.any()) else None  # 0-d: lowest selected score
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return topk_planned(valid, self.ratio, "batch")
@@ -120,6 +119,8 @@ class LossAdaptiveTokenFocusing(SelectionPolicy):
         out["select/loss_ema"] = self.loss_ema
         out["select/loss_ref"] = self.reference
         out["select/ratio_changes"] = float(self.changes)
-        if self._threshold is not None:
-            out["select/threshold"] = float(self._threshold)
         return finite_only(out)
+
+    def micro_batch_sums(self) -> dict[str, float]:
+        """``threshold_min``: the lowest score selected in the micro-batch (NaN when it selected none)."""
+        return {"threshold_min": float(self._threshold) if self._threshold is not None else math.nan}

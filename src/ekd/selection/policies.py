@@ -53,7 +53,7 @@ class AllPositions(SelectionPolicy):
         super().__init__()
 
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
-        return self._record(Selection.from_mask(valid), valid)
+        return Selection.from_mask(valid)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return float(valid.sum())
@@ -76,7 +76,7 @@ class TopK(SelectionPolicy):
     def select(self, scores: Tensor | None, valid: Tensor, ctx: StepContext) -> Selection:
         scores = self._require_scores(scores, valid)
         mask = topk_mask(scores, valid, self.fraction_at(ctx), self.per)  # (B, T)
-        return self._record(Selection.from_mask(mask), valid)
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return topk_planned(valid, self.fraction_at(ctx), self.per)
@@ -149,10 +149,10 @@ class GlobalLevelSelection(SelectionPolicy):
         scores = self._require_scores(scores, valid)
         self.push(all_gather_1d(scores[valid].float()))  # (N_valid over ranks,) in flat order
         if self.queue.numel() == 0:
-            return self._record(empty_selection(valid), valid)
+            return empty_selection(valid)
         self.threshold = torch.quantile(self.queue, 1.0 - self.fraction)  # 0-d
         mask = valid & (scores >= self.threshold)  # (B, T)
-        return self._record(Selection.from_mask(mask), valid)
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return self.fraction * float(valid.sum())
@@ -208,7 +208,7 @@ class Curriculum(SelectionPolicy):
         first = torch.minimum(first, n - k)
         ranks = rank_within_rows(scores, valid, descending=False)  # (B, T) ascending
         mask = valid & (ranks >= first[:, None]) & (ranks < (first + k)[:, None])  # (B, T)
-        return self._record(Selection.from_mask(mask), valid)
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return float(ceil_count(self.fraction, valid.sum(-1)).sum())
@@ -245,7 +245,7 @@ class Bucket(SelectionPolicy):
         lo, hi = self._bounds(valid.sum(-1))  # (B,), (B,)
         ranks = rank_within_rows(scores, valid, descending=False)  # (B, T)
         mask = valid & (ranks >= lo[:, None]) & (ranks <= hi[:, None])  # (B, T)
-        return self._record(Selection.from_mask(mask), valid)
+        return Selection.from_mask(mask)
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         n = valid.sum(-1)
@@ -285,7 +285,7 @@ class PositionSampling(SelectionPolicy):
         k = ceil_count(self.fraction, n)  # (B,)
         k_max = int(k.max()) if b else 0
         if k_max == 0:
-            return self._record(empty_selection(valid), valid)
+            return empty_selection(valid)
         s = scores.double().masked_fill(~valid, 0.0)
         if bool((s < 0).any()):
             raise ConfigError("pos_rs needs nonnegative scores; use an entropy, CE or divergence scorer")
@@ -301,7 +301,7 @@ class PositionSampling(SelectionPolicy):
         else:
             weights = 1.0 / (k[:, None].double().clamp(min=1) * q_draw)
         rows = (torch.arange(b, device=valid.device)[:, None] * t + draws)[keep]  # (M,) flat b·T + t
-        return self._record(Selection(rows, weights[keep].float(), valid.numel()), valid)
+        return Selection(rows, weights[keep].float(), valid.numel())
 
     def planned_count(self, valid: Tensor, ctx: StepContext) -> float:
         return float(valid.sum())

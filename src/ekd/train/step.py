@@ -190,6 +190,7 @@ def distill_micro_batch(
             metrics["feature_sum"] = float(feat_sum.detach())
             metrics["hard"] = float(n_hard)
         metrics.update(_selection_metrics(selection, tau, stats, candidates))
+        metrics.update(parts.policy.micro_batch_sums())
 
     # 7. CE on all valid tokens (chunked) or on the selected ones
     ce_sum_value = 0.0

@@ -745,11 +745,14 @@ def _step_metrics(
         "train/grad_norm": grad_norm,
         "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
         "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
-        "train/kd": sums.get("kd_sum", 0.0) / kd_count,
-        "train/ce": sums.get("ce_sum", 0.0) / ce_count,
-        "train/kd_tokens": kd_count,  # the step's global count of KD rows (normalizer, at least 1)
-        "train/ce_tokens": ce_count,  # the step's global count of CE tokens (normalizer, at least 1)
     }
+    # a term's loss and normalizer only where the term runs: a logged 0 would read as a measured zero
+    if parts.kd_weight > 0:
+        m["train/kd"] = sums.get("kd_sum", 0.0) / kd_count
+        m["train/kd_tokens"] = kd_count  # the step's global count of KD rows (normalizer, at least 1)
+    if parts.ce_weight > 0:
+        m["train/ce"] = sums.get("ce_sum", 0.0) / ce_count
+        m["train/ce_tokens"] = ce_count  # the step's global count of CE tokens (normalizer, at least 1)
     if parts.feature_weight > 0:
         feature = parts.feature_weight * sums.get("feature_sum", 0.0) / sums["feature_count"]
         m["train/feature"] = feature
@@ -771,6 +774,10 @@ def _step_metrics(
             m["select/teacher_entropy_selected"] = sums["h_sel_sum"] / sums["h_sel_n"]
         if sums.get("h_unsel_n"):
             m["select/teacher_entropy_unselected"] = sums["h_unsel_sum"] / sums["h_unsel_n"]
+        if "bandit_above" in sums:  # LinUCB: candidates above bandit_threshold, every micro-batch and rank
+            m["select/bandit_above_threshold"] = sums["bandit_above"] / max(sums.get("candidates", 0.0), 1.0)
+        if not math.isnan(sums.get("threshold_min", math.nan)):  # LATF: the lowest score given KD in the step
+            m["select/threshold"] = sums["threshold_min"]
         for source in (parts.policy, parts.temperature):
             if hasattr(source, "diagnostics"):
                 m.update(source.diagnostics())

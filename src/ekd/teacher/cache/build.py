@@ -417,7 +417,7 @@ def run_build(
         result.rank,
         result.world_size,
         build_seconds,
-        extra=EVERY_RANK,
+        extra=EVERY_RANK if built else None,  # an idle rank is said once, by rank 0 (its warning and summary)
     )
     return result
 
