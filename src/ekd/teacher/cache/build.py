@@ -409,16 +409,16 @@ def run_build(
             samples_total=len(blocks),
             **job_figures(_gather(mine, ranks)),
         )
-    log.info(
-        "teacher cache %s: built %d of %s on rank %d/%d in %.1fs",
-        directory,
-        built,
-        counted(len(blocks), "sample"),
-        result.rank,
-        result.world_size,
-        build_seconds,
-        extra=EVERY_RANK if built else None,  # an idle rank is said once, by rank 0 (its warning and summary)
-    )
+        log.info(  # inside `distributed`: the rank filter holds, so an idle rank is left to rank 0's warning
+            "teacher cache %s: built %d of %s on rank %d/%d in %.1fs",
+            directory,
+            built,
+            counted(len(blocks), "sample"),
+            result.rank,
+            result.world_size,
+            build_seconds,
+            extra=EVERY_RANK if built else None,
+        )
     return result
 
 
