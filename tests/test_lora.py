@@ -99,13 +99,31 @@ def test_only_trained_tensors_change_and_the_base_is_bit_identical(
     assert bool(saved & head) == train_head
 
 
-@pytest.mark.parametrize("train_head", [False, True], ids=["adapters", "adapters+head"])
-def test_merged_export_equals_the_adapter_model_and_the_adapter_reloads(tmp_path, corpus, train_head):
-    extra = {"model.lora_train_head": train_head, "model.lora_dropout": 0.1}
+@pytest.mark.parametrize(
+    "train_head, checkpointing",
+    [(False, False), (True, False), (False, True)],
+    ids=["adapters", "adapters+head", "activation-checkpointing"],
+)
+def test_merged_export_equals_the_adapter_model_and_the_adapter_reloads(
+    tmp_path, corpus, train_head, checkpointing
+):
+    """Try-out 15: with train.activation_checkpointing (on in the README's Qwen config) the adapter export held no
+    tensor — peft finds adapters by module name, and the layers' wrappers renamed them — and reloaded as the
+    untrained base, which `ekd eval RUN` then scored."""
+    extra = {
+        "model.lora_train_head": train_head,
+        "model.lora_dropout": 0.1,
+        "train.activation_checkpointing": checkpointing,
+    }
     adapter, cfg, _ = _run(tmp_path, corpus, "adapter", **extra, **{"model.lora_export": "adapter"})
     merged, _, _ = _run(tmp_path, corpus, "merged", **extra, **{"model.lora_export": "merged"})
     assert loss_curve(adapter.run_dir) == loss_curve(merged.run_dir)  # one training, two exports
 
+    shipped = safetensors.torch.load_file(str(adapter.run_dir / "student" / "adapter_model.safetensors"))
+    ckpt = safetensors.torch.load_file(
+        str(adapter.run_dir / "checkpoints" / "step-000003" / "student.safetensors")
+    )
+    assert sum("lora_" in k for k in shipped) == sum("lora_" in k for k in ckpt) > 0  # every trained adapter
     reloaded = peft.PeftModel.from_pretrained(
         _base(adapter.run_dir, "llama-micro"), adapter.run_dir / "student"
     )
@@ -176,3 +194,22 @@ def test_missing_peft_names_the_extra(monkeypatch):
     cfg = load_config(overrides=["model.lora_r=4"])
     with pytest.raises(ConfigError, match=r"pip install 'ekd\[lora\]'"):
         lora_mod.LoraStudent.wrap(build_preset("llama-micro", 64), cfg.model)
+
+
+def test_an_adapter_export_missing_trained_tensors_is_refused_and_writes_nothing(tmp_path):
+    """The guard behind the fix above: if peft's export would miss adapters that trained (here the layers are left
+    wrapped for activation checkpointing), save_adapter raises one ModelError line and writes no directory."""
+    from ekd.config import ModelConfig
+    from ekd.errors import ModelError
+    from ekd.models.layers import checkpoint_decoder_layers, uncheckpoint_decoder_layers
+
+    student = build_preset("llama-micro", 64, 0, 0)
+    lora = lora_mod.LoraStudent.wrap(student, ModelConfig(lora_r=4, lora_alpha=8))
+    checkpoint_decoder_layers(student)
+    with pytest.raises(ModelError, match=r"would hold 0 of the 14 adapter tensors") as e:
+        lora.save_adapter(None, tmp_path / "student", {})
+    assert "\n" not in str(e.value) and not (tmp_path / "student").exists()
+    assert uncheckpoint_decoder_layers(student) == 1
+    lora.save_adapter(None, tmp_path / "student", {})
+    shipped = safetensors.torch.load_file(str(tmp_path / "student" / "adapter_model.safetensors"))
+    assert sum("lora_" in k for k in shipped) == 14

@@ -11,6 +11,7 @@ from functools import partial
 
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    ActivationWrapper,
     CheckpointImpl,
     apply_activation_checkpointing,
     checkpoint_wrapper,
@@ -60,6 +61,19 @@ def checkpoint_decoder_layers(model: nn.Module) -> int:
         check_fn=lambda m: m in layers,
     )
     return len(layers)
+
+
+def uncheckpoint_decoder_layers(model: nn.Module) -> int:
+    """Undo :func:`checkpoint_decoder_layers` (in place): every wrapped decoder layer is put back in its list, so
+    module names are the model's own again (``layers.0.mlp``, not ``layers.0._checkpoint_wrapped_module.mlp``).
+    State dicts never see the wrapper, but code that walks module names does — peft's adapter export finds its
+    tensors by them and wrote an empty adapter. Not for a model sharded by FSDP2 (its hooks sit on the wrappers).
+    Returns the number of layers unwrapped."""
+    layers = decoder_layers(model)
+    wrapped = [i for i, layer in enumerate(layers) if isinstance(layer, ActivationWrapper)]
+    for i in wrapped:
+        layers[i] = layers[i]._checkpoint_wrapped_module
+    return len(wrapped)
 
 
 # modules that wrap a layer without changing its state-dict keys: activation checkpointing, torch.compile

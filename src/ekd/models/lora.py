@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ekd.config import ConfigError, ModelConfig
+from ekd.errors import ModelError
 from ekd.io import atomic_dir
 from ekd.models.layers import state_dict_name
 
@@ -117,6 +118,7 @@ class LoraStudent:
         """Write the adapter directory to ``out_dir`` atomically: peft's ``save_pretrained`` (adapter config +
         weights; the head too when it was trained), the tokenizer and :data:`BASE_NOTE` with ``base`` (how to
         rebuild the base model). ``dtype``: write the trained tensors in it (the model is left as it was)."""
+        self._check_exported_adapters()
         trained = self.shipped() if dtype is not None else []
         kept = [p.data for p in trained]
         with atomic_dir(out_dir) as tmp:
@@ -132,6 +134,21 @@ class LoraStudent:
                 tokenizer.save_pretrained(tmp)
             (Path(tmp) / BASE_NOTE).write_text(json.dumps(base, indent=2) + "\n")
         return Path(out_dir)
+
+    def _check_exported_adapters(self) -> None:
+        """Raise ModelError (nothing written) when peft's export would miss adapter tensors that trained: peft
+        finds them by module name, so a wrapper left around a layer (activation checkpointing) made it write an
+        empty adapter, which loads as the untrained base with only a peft warning."""
+        from peft import get_peft_model_state_dict
+
+        exported = sum("lora_" in k for k in get_peft_model_state_dict(self.wrapper))
+        trained = sum("lora_" in n for n, p in self.model.named_parameters() if p.requires_grad)
+        if exported < trained:
+            raise ModelError(
+                f"the LoRA adapter export would hold {exported} of the {trained} adapter tensors that trained "
+                "(peft did not find them by module name: an ekd bug, please report it); the run's checkpoints "
+                "hold them"
+            )
 
 
 def is_adapter_dir(path: str | Path) -> bool:

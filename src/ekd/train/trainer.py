@@ -25,7 +25,7 @@ from ekd.io import writing
 from ekd.log_level import EVERY_RANK
 from ekd.models.dropout import active_dropout, dropout_fix
 from ekd.models.export import export_dtype, export_line, head_rows, prepare_shipped
-from ekd.models.layers import checkpoint_decoder_layers
+from ekd.models.layers import checkpoint_decoder_layers, uncheckpoint_decoder_layers
 from ekd.models.load import is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
@@ -433,6 +433,8 @@ def _train(
     # every rank turns the student into the model <run>/student holds (LoRA merged; padded head rows suppressed
     # or trimmed; weights rounded to the export dtype), so the final evaluation scores the shipped weights
     adapter = lora is not None and cfg.model.lora_export == "adapter"
+    if cfg.train.activation_checkpointing and sharded is None:
+        uncheckpoint_decoder_layers(student)  # the model's own module names, which peft's export walks
     if lora is not None and not adapter:
         lora.merge()  # the student is a plain HF model from here on (same logits)
     rows = head_rows(student)  # before a trim: the base's rows, for an adapter's ekd_base.json
