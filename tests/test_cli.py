@@ -420,3 +420,20 @@ def test_the_commands_that_share_their_work_run_under_torchrun(monkeypatch):
     _refuse_torchrun_of_one_process_command(argparse.Namespace(command="cache", config="c.yaml"))
     with pytest.raises(ConfigError, match=r"ekd cache import runs in one process, but WORLD_SIZE=2"):
         _refuse_torchrun_of_one_process_command(argparse.Namespace(command="cache", config="import"))
+
+
+def test_help_of_cache_forms_and_list_tables(capsys):
+    """Try-out 15: `ekd cache info|verify|import --help` printed only the build form's usage; `ekd list --help`
+    named no table; `ekd list` put hellinger among divergences though method.divergence refuses it."""
+    for form in ("info", "verify", "import"):
+        with pytest.raises(SystemExit):
+            main(["cache", form, "--help"])
+        out = capsys.readouterr().out
+        assert all(f"ekd cache {f}" in out for f in ("CONFIG", "info DIR", "verify DIR", "import SRC"))
+    with pytest.raises(SystemExit):
+        main(["list", "--help"])
+    words = " ".join(capsys.readouterr().out.split())  # argparse wraps the help to the terminal's width
+    assert "divergences, presets, scorers, policies, temperatures or architectures" in words
+    assert main(["list", "divergences"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("hellinger"))
+    assert "not a method.divergence" in line

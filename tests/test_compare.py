@@ -493,3 +493,22 @@ def test_one_run_with_an_extra_eval_set_is_no_difference_in_eval_sets(tmp_path):
     assert s["eval_sets"].startswith(
         "`eval`: `kd`, `sekd` (seeds 0, 2) on one, `sekd` (seed 1) on another ("
     ), s
+
+
+def test_a_teacher_row_without_eval_set_figures_says_why(tmp_path):
+    """Try-out 15: the demo's compare.md showed the (teacher) row blank in every eval-set column (its runs are
+    evaluated with eval.teacher_metrics=false; only the teacher's downstream tasks are scored) without a word."""
+    from ekd.eval.compare import compare_runs
+
+    tasks = {"task:choice": {"score": 0.3}, "task:choice/teacher": {"score": 0.4}}
+    runs = [_edit(_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5), eval_sets=tasks) for s in (0, 1)]
+    compare_runs(runs, tmp_path / "cmp")
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| (teacher) |" in text
+    assert "`(teacher)`: no eval-set figures in these runs" in text and "eval.teacher_metrics=true" in text
+    with_teacher = {"eval/teacher": {"ppl": 5.0}} | tasks
+    runs = [
+        _edit(_fake_run(tmp_path, f"t{s}", "kd", s, 10.0 + s, 0.5), eval_sets=with_teacher) for s in (0, 1)
+    ]
+    compare_runs(runs, tmp_path / "cmp2")
+    assert "no eval-set figures" not in (tmp_path / "cmp2" / "compare.md").read_text()

@@ -186,3 +186,23 @@ def test_demo_configs_are_the_demo_protocol(name):
     for key in ("student", "teacher", "tokenizer"):
         assert getattr(cfg.model, key) == getattr(demo.model, key), f"model.{key}"
     assert cfg.data == demo.data and cfg.train == demo.train and cfg.run.seed == demo.run.seed
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10, 11])
+def test_demo_steps_shorter_than_the_warmup_resolve(steps):
+    """Try-out 15: `ekd demo --steps N` with N ≤ 10 was refused (warm-up 10 ≥ max_steps) and the error named
+    train.warmup_steps, which `ekd demo` takes no override for: the warm-up follows --steps."""
+    from ekd.config import load_config
+    from ekd.demo import FULL, student_config
+
+    cfg = student_config(Path("runs/demo"), FULL, "sekd", steps, pretrained=True)
+    assert cfg.train.max_steps == steps and cfg.train.warmup_steps == min(10, steps // 2)
+    assert load_config(overrides=[f"train.max_steps={steps}", f"train.warmup_steps={min(10, steps // 2)}"])
+
+
+@pytest.mark.parametrize("flag", [["--steps", "0"], ["--steps", "-3"], ["--seeds", "0"]])
+def test_demo_counts_below_one_are_one_line(tmp_path, capsys, flag):
+    assert main(["demo", *flag, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"ekd demo {flag[0]} must be ≥ 1" in err
+    assert not (tmp_path / "d").exists()  # refused before anything is written

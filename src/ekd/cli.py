@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/demo", help="demo directory (teacher, tokenizer and runs are cached here)"
     )
-    p.add_argument("--steps", type=int, default=0, help="override the distillation steps per method")
+    p.add_argument(
+        "--steps", type=int, default=None, help="distillation steps per method (default: the budget's)"
+    )
     p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
     p.add_argument(
         "--seeds", type=int, default=1, help="seeds per method (mean ± std and paired differences)"
@@ -123,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
-    p = sub.add_parser("cache", help="build, inspect, verify or import an offline teacher cache")
+    p = sub.add_parser(
+        "cache",
+        help="build, inspect, verify or import an offline teacher cache",
+        description=CACHE_FORMS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="YAML config, or 'info'/'verify' DIR, or 'import' SRC")
     p.add_argument("overrides", nargs="*", help="dotted overrides (or the cache directory for info/verify)")
     p.add_argument(
@@ -201,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "list", help="show registered divergences, presets, scorers, policies, temperatures, architectures"
     )
-    p.add_argument("what", nargs="?", default="all")
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        help="one table: divergences, presets, scorers, policies, temperatures or architectures (default: all)",
+    )
 
     p = sub.add_parser(
         "plan", help="estimate per-rank GPU memory of a run before renting GPUs, and which mode fits"
@@ -449,7 +461,7 @@ def cmd_demo(args) -> int:
         Path(args.out),
         quick=args.quick,
         methods=methods,
-        steps=args.steps or None,
+        steps=args.steps,
         fresh=args.fresh,
         seeds=args.seeds,
         from_scratch=args.from_scratch,
@@ -596,6 +608,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr
             )
         return interrupt_exit_code(e)
+
+
+CACHE_FORMS = """the four forms of ekd cache:
+  ekd cache CONFIG [key=value ...] [--overwrite]  build the teacher cache CONFIG describes (torchrun: shared)
+  ekd cache info DIR                              samples, positions, bytes per position and token, signature
+  ekd cache verify DIR                            checksums, and every record parsed
+  ekd cache import SRC [key=value ...] --config CONFIG --out DIR [--text-column NAME ...]
+                                                  top-K logprobs computed by another tool (Parquet or JSONL)"""
 
 
 def _whole_number(text: str) -> int:

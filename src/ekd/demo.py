@@ -105,6 +105,11 @@ QUICK = DemoBudget(
 )
 
 
+def warmup_steps(steps: int) -> int:
+    """The demo's linear warm-up for a run of ``steps``: 10 steps, at most half the run."""
+    return min(10, steps // 2)
+
+
 def base_overrides(out: Path, b: DemoBudget) -> list[str]:
     """The demo config, shared by teacher pre-training and every student (equal budget)."""
     return [
@@ -115,7 +120,7 @@ def base_overrides(out: Path, b: DemoBudget) -> list[str]:
         f"model.bpe_vocab_size={b.bpe_vocab}",
         f"train.micro_batch_size={b.micro_batch}",
         "train.lr=3e-3",
-        f"train.warmup_steps={min(10, b.student_steps // 2)}",
+        f"train.warmup_steps={warmup_steps(b.student_steps)}",
         "train.max_grad_norm=1.0",
         "eval.batch_size=16",
         "log.progress=false",
@@ -208,6 +213,7 @@ def student_config(
             f"model.teacher={out / 'teacher'}",
             f"model.tokenizer={out / 'teacher'}",
             f"train.max_steps={steps}",
+            f"train.warmup_steps={warmup_steps(steps)}",  # --steps may be shorter than the budget's warm-up
             "eval.teacher_metrics=false",  # the teacher's own figures come from its pre-training run
         ]
         + variant
@@ -282,6 +288,10 @@ def run_demo(
         from ekd.config import ConfigError
 
         raise ConfigError(f"ekd demo --seeds must be ≥ 1, got {seeds}")
+    if steps is not None and steps < 1:
+        from ekd.config import ConfigError
+
+        raise ConfigError(f"ekd demo --steps must be ≥ 1, got {steps}")
     for m in methods:
         if m not in presets and m not in VARIANTS:
             from ekd.config import ConfigError

@@ -608,6 +608,17 @@ def markdown(summary: dict[str, Any]) -> str:
     notes = [g["note"] for g in groups if g.get("note")]
     if notes:
         parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
+    text_keys = [k for k in keys if _text_set(k.rpartition("/")[0])]
+    blank = [
+        t["label"]
+        for t in summary.get("teachers", [])
+        if text_keys and not set(t["metrics"]) & set(text_keys)
+    ]
+    if blank:  # e.g. the demo's runs: the teacher's downstream tasks were scored, its text sets were not
+        parts.append(
+            f"{', '.join(f'`{b}`' for b in blank)}: no eval-set figures in these runs (they were evaluated with "
+            "`eval.teacher_metrics=false`; `ekd eval RUN eval.teacher_metrics=true` adds them).\n"
+        )
     if summary.get("eval_sets"):
         parts.append(
             f"Scored on different eval sets: {summary['eval_sets']}. Paired differences across eval sets "

@@ -138,7 +138,10 @@ def tvd(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.
     return 0.5 * torch.where(tie, torch.zeros_like(diff), diff.abs()).sum(-1)
 
 
-@divergences.register("hellinger", "Hellinger distance (1/√2)‖√p − √q‖₂ (AdaKD's difficulty score)")
+@divergences.register(
+    "hellinger",
+    "Hellinger distance (1/√2)‖√p − √q‖₂: AdaKD's difficulty score (method.scorer=hellinger), not a method.divergence",
+)
 def hellinger(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
     """Hellinger distance H(p, q) = (1/√2)·‖√p − √q‖₂ ∈ [0, 1] (used by AdaKD, arXiv 2510.11615)."""
     sqrt_p = (0.5 * log_probs_at(teacher_logits, tau)).exp()
