@@ -83,7 +83,8 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
         raise ModelError(
             f"model.{role}: model type '{model_type(model)}' ({type(model).__name__}) does not keep packed documents "
             f"apart: a document's hidden states change by {error:.3g} of their scale with the document before it "
-            "(it takes positions from the attention mask or biases attention over the whole row); "
+            "(its attention does not follow the restarted position ids: e.g. positions taken from the attention mask, "
+            "a mask built without them, or ALiBi over the whole row); "
             "set data.document_attention=packed (documents then attend to the earlier ones in their block)"
         )
 
