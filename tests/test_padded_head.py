@@ -129,7 +129,11 @@ def test_padded_head_mass_is_the_full_head_softmax_past_the_tokenizer():
         def __init__(self, padded: float):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(()))
+            self.head = torch.nn.Linear(1, V + 8, bias=False)  # the rows the logits have
             self.padded = padded
+
+        def get_output_embeddings(self):
+            return self.head
 
         def forward(self, input_ids, use_cache=False):
             logits = torch.zeros(1, input_ids.shape[1], V + 8)
@@ -141,3 +145,13 @@ def test_padded_head_mass_is_the_full_head_softmax_past_the_tokenizer():
     assert padded_head_mass(Fixed(0.0), V, ids) == pytest.approx(8 / (V + 8))
     assert padded_head_mass(Fixed(10.0), V, ids) > 0.9
     assert padded_head_mass(Fixed(10.0), V + 8, ids) == 0.0  # no row past the tokenizer
+
+    class Unpadded(Fixed):
+        def forward(self, input_ids, use_cache=False):
+            raise AssertionError(
+                "a head of V rows needs no forward (try-out 16: it crashed a short-position teacher)"
+            )
+
+    unpadded = Unpadded(0.0)
+    unpadded.head = torch.nn.Linear(1, V, bias=False)
+    assert padded_head_mass(unpadded, V, ids) == 0.0

@@ -19,6 +19,7 @@ from ekd.data.collate import document_positions
 from ekd.errors import ModelError
 from ekd.models.body import body_outputs
 from ekd.models.load import model_type
+from ekd.models.positions import position_limit
 
 PROBE_LENGTH = 16  # tokens of the probed document
 SHIFT = 32  # its offset in the second row: a multiple of 32, so kernels reduce it in the same lanes
@@ -38,11 +39,8 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
             the forward raises on these inputs.
     """
     device = next(model.parameters()).device
-    config = getattr(model, "config", None)
-    positions = (
-        getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or SHIFT
-    )
-    shift = min(SHIFT, int(positions))  # no probe document longer than the model's positions
+    positions = (position_limit(model) or ("", SHIFT))[1]
+    shift = min(SHIFT, positions)  # no probe document longer than the model's positions
     length = min(PROBE_LENGTH, shift)
     ids = torch.arange(shift + 2 * length, device=device) * 7919 % vocab_size  # (L,) spread ids
     doc = ids[:length]

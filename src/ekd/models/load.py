@@ -497,7 +497,10 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
 
 def padded_head_mass(model: nn.Module, vocab_size: int, ids: torch.Tensor) -> float:
     """The mean probability a full-head softmax of ``model`` puts on its rows ≥ ``vocab_size`` (the padding past
-    the tokenizer) at the positions of ``ids`` (1, n); 0.0 for a head of ``vocab_size`` rows or fewer."""
+    the tokenizer) at the positions of ``ids`` (1, n); 0.0 for a head of ``vocab_size`` rows or fewer (no
+    forward then)."""
+    if model.get_output_embeddings().weight.shape[0] <= vocab_size:
+        return 0.0
     was_training = model.training
     model.eval()
     try:
@@ -506,8 +509,6 @@ def padded_head_mass(model: nn.Module, vocab_size: int, ids: torch.Tensor) -> fl
             logits = model(input_ids=ids.to(device), use_cache=False).logits[0].double()  # (n, R)
     finally:
         model.train(was_training)
-    if logits.shape[-1] <= vocab_size:
-        return 0.0
     return float(torch.softmax(logits, -1)[:, vocab_size:].sum(-1).mean())
 
 

@@ -270,6 +270,7 @@ def evaluate_saved_run(
     from ekd.log_level import apply_log_level
     from ekd.models.isolation import check_document_isolation
     from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
+    from ekd.models.positions import check_block_fits_positions
     from ekd.train.prepare import (
         autocast_dtype,
         check_models_fit_tokenizer,
@@ -306,6 +307,7 @@ def evaluate_saved_run(
         data = pack_run_splits(cfg, splits, tokenizer)
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
+    check_block_fits_positions(student, cfg.data.block_length, "student")
     check_output_head(student, len(tokenizer), "student")
     if cfg.data.document_attention == "isolated":
         check_document_isolation(student, len(tokenizer), "student")

@@ -28,6 +28,7 @@ from ekd.models.load import (
     resolve_dtype,
     shared_vocab_size,
 )
+from ekd.models.positions import check_block_fits_positions
 from ekd.train.precision import autocast_for
 from ekd.words import counted
 
@@ -336,6 +337,7 @@ def _load_role(
     if empty:  # shapes only: rank 0 checks the head of the real weights
         return model
     model = model.to(device)
+    check_block_fits_positions(model, cfg.data.block_length, role)  # before any forward of a block's length
     check_output_head(model, data.vocab_size, role)
     if role == "teacher":
         warn_padded_teacher(model, data)
