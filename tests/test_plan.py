@@ -270,3 +270,17 @@ def test_a_gpt2_student_is_planned_and_a_model_without_a_layer_list_is_one_line(
     line = one_error_line(rc, err)
     assert "OPTForCausalLM has no list of decoder layers" in line and "ekd plan" in line, line
     assert f"model.student '{tmp_path / 'opt'}'" in line, line
+    # try-out 16: blocks longer than GPT-2's learned positions fail the run at load; the plan says so first
+    rc, _, err = cli(
+        capsys,
+        "plan",
+        config,
+        "model.student=gpt2",
+        "data.block_length=128",
+        "--gpus",
+        "1",
+        "--gpu-memory",
+        "80GiB",
+    )
+    line = one_error_line(rc, err)
+    assert "has 64 positions (n_positions=64), learned" in line and "set data.block_length ≤ 64" in line, line

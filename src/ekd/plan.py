@@ -103,13 +103,16 @@ MAX_VOCAB = 1 << 24
 """The largest ``--vocab-size`` planned: 16,777,216 (Gemma 3's 262,144 is the largest vocabulary in use)."""
 
 
-def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
+def shape_of(
+    spec: str, vocab_size: int, role: str = "student", block_length: int | None = None
+) -> ModelShape:
     """The shape of ``model.student``/``model.teacher``: a preset (with the run's vocabulary) or a Hugging Face
-    directory or hub id (its config.json only), built on the meta device.
+    directory or hub id (its config.json only), built on the meta device; with ``block_length``, the run's blocks
+    are checked against its positions as at load (:func:`ekd.models.positions.check_block_fits_positions`).
 
     Raises:
-        ModelError: an unknown preset, a directory without a readable config, or a model without a list of
-            decoder layers.
+        ModelError: an unknown preset, a directory without a readable config, a model without a list of
+            decoder layers, or learned positions fewer than ``block_length``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -128,6 +131,10 @@ def shape_of(spec: str, vocab_size: int, role: str = "student") -> ModelShape:
         config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+    if block_length is not None:
+        from ekd.models.positions import check_block_fits_positions
+
+        check_block_fits_positions(model, block_length, role)
     return model_shape(model, f"model.{role} '{spec}'")
 
 
@@ -414,8 +421,8 @@ def plan_config(
                 f"{what} here (V comes from config.json); drop --vocab-size"
             )
     vocab = vocab_size or _vocab_size(cfg)
-    student = shape_of(cfg.model.student, vocab)
-    teacher = shape_of(teacher_spec, vocab, "teacher") if teacher_spec else None
+    student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
+    teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab)
     ac = (cfg.train.activation_checkpointing,) if cfg.train.activation_checkpointing else (False, True)
