@@ -213,3 +213,25 @@ def test_an_adapter_export_missing_trained_tensors_is_refused_and_writes_nothing
     lora.save_adapter(None, tmp_path / "student", {})
     shipped = safetensors.torch.load_file(str(tmp_path / "student" / "adapter_model.safetensors"))
     assert sum("lora_" in k for k in shipped) == 14
+
+
+def test_a_gpt2_student_gets_fan_in_fan_out_without_peft_warning():
+    """Try-out 17: peft warned 'fan_in_fan_out is set to False but the target module is Conv1D' on every GPT-2
+    LoRA run (and set it itself); ekd sets it for Conv1D layers, and the adapters start as the identity."""
+    import warnings
+
+    from transformers import AutoConfig
+
+    from ekd.config import ModelConfig
+
+    config = AutoConfig.for_model("gpt2", vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    student = AutoModelForCausalLM.from_config(config).eval()
+    ids = _ids(64)
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        lora = lora_mod.LoraStudent.wrap(student, ModelConfig(lora_r=4, lora_alpha=8))
+    assert lora.wrapper.peft_config["default"].fan_in_fan_out
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, before)  # B = 0: the base model's logits

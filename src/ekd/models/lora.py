@@ -71,6 +71,9 @@ class LoraStudent:
             lora_dropout=model_cfg.lora_dropout,
             target_modules=targets[0] if targets == ["all-linear"] else list(targets),
             task_type="CAUSAL_LM",
+            fan_in_fan_out=_has_conv1d(
+                student
+            ),  # GPT-2-style (in, out) weights; peft warned and set it itself
         )
         head_name = _module_name(student, student.get_output_embeddings())
         if head_name and any(head_name == t or head_name.endswith(f".{t}") for t in targets):
@@ -192,6 +195,13 @@ def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> 
             str(path), "student", lambda: peft.PeftModel.from_pretrained(base, path), "an adapter"
         )
     return wrapped.merge_and_unload()
+
+
+def _has_conv1d(model: nn.Module) -> bool:
+    """Whether the model's linear layers are transformers' ``Conv1D`` (GPT-2 family: weights stored (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 @contextlib.contextmanager
