@@ -344,3 +344,12 @@ def test_idts_per_token_taus_must_stay_in_the_kd_range(capsys):
     assert "method.idts_strength=3 with method.kd_temperature=1" in line and "0.0498 to 20.1" in line, line
     assert "use method.idts_strength ≤ 2.302" in line, line
     assert main(["config", "show", "method=adakd", "method.idts_strength=2.302"]) == 0
+
+
+def test_a_name_another_key_takes_says_where_it_belongs():
+    """Try-out 17: `method.divergence=hellinger` (listed by `ekd list divergences`, a selection score) was refused
+    without pointing at method.scorer=hellinger."""
+    with pytest.raises(ConfigError, match=r"got 'hellinger' \(hellinger is a selection score, not a KD loss: "
+                       r"method.scorer=hellinger\)$"):  # fmt: skip
+        load_config(overrides=["method.divergence=hellinger"])
+    assert load_config(overrides=["method.scorer=hellinger"]).method.scorer == "hellinger"

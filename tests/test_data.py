@@ -313,7 +313,7 @@ def test_whitespace_only_rows_are_not_documents(tmp_path: Path, caplog) -> None:
     assert [d.doc_id for d in docs] == ["d.jsonl:3", "d.jsonl:4"]
     # try-out 13: "5 files" then "3 documents", without a word on the 2 dropped
     assert (
-        f"data.source={f}: 2 documents dropped (empty, shorter than data.min_chars=1, or only whitespace)"
+        f"data.source={f}: 2 documents dropped (shorter than data.min_chars=1, or only whitespace)"
         in caplog.text
     )
     assert len(load_documents(str(f), DataConfig(min_chars=0))) == 4
@@ -322,7 +322,7 @@ def test_whitespace_only_rows_are_not_documents(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="ekd"):
         kept = load_documents(str(with_empty), DataConfig(min_chars=0))
     assert [d.doc_id for d in kept] == ["e.jsonl:2", "e.jsonl:3"]
-    assert "1 document dropped (empty, shorter than data.min_chars=0" in caplog.text
+    assert f"data.source={with_empty}: 1 document dropped (empty)" in caplog.text
     chat = write_jsonl(
         tmp_path / "c.jsonl",
         [

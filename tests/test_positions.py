@@ -66,7 +66,9 @@ def test_a_block_longer_than_a_learned_position_table_is_one_line(setup, capsys,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert f"model.{role}: GPT2LMHeadModel has 16 positions (n_positions=16), learned" in err
-    assert "data.block_length=32" in err and "set data.block_length ≤ 16" in err
+    assert (
+        "a block of data.block_length=32 tokens runs past them" in err and "set data.block_length ≤ 16" in err
+    )
     assert not (tmp / "runs" / f"long-{role}" / "metrics.jsonl").exists() or not any(
         "train/loss" in json.loads(line)
         for line in (tmp / "runs" / f"long-{role}" / "metrics.jsonl").read_text().splitlines()

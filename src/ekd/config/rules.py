@@ -62,6 +62,8 @@ class OneOf:
 
     options: tuple[str, ...] | Callable[[], Iterable[str]]
     ignore_case: bool = False
+    elsewhere: tuple[tuple[str, str], ...] = ()
+    """(name, where it belongs) of names that are right for another key, said instead of a did-you-mean."""
 
     def names(self) -> list[str]:
         return list(self.options() if callable(self.options) else self.options)
@@ -71,7 +73,8 @@ class OneOf:
         found = value.upper() if self.ignore_case else value
         if found in names:
             return
-        hint = did_you_mean(found, names)
+        hint = next((f" ({value} is {where})" for name, where in self.elsewhere if name == found), None)
+        hint = hint if hint is not None else did_you_mean(found, names)
         shown = ", ".join(repr(n) if n == "" else n for n in names)
         raise ConfigError(f"{key} must be one of {shown}, got '{value}'{hint}")
 
@@ -190,10 +193,15 @@ def kd_tau(default: float) -> Any:
 
 
 def one_of(
-    default: str, *options: str, names: Callable[[], Iterable[str]] | None = None, ignore_case: bool = False
+    default: str,
+    *options: str,
+    names: Callable[[], Iterable[str]] | None = None,
+    ignore_case: bool = False,
+    elsewhere: tuple[tuple[str, str], ...] = (),
 ) -> Any:
-    """A name from ``options`` (or from the callable ``names``, read when validating)."""
-    return _declare(default, OneOf(names if names is not None else options, ignore_case))
+    """A name from ``options`` (or from the callable ``names``, read when validating); ``elsewhere``: (name,
+    where it belongs) of names another key takes, said when given here."""
+    return _declare(default, OneOf(names if names is not None else options, ignore_case, elsewhere))
 
 
 def text(

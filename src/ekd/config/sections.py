@@ -263,7 +263,11 @@ class MethodConfig:
     preset: str = one_of("kd", names=_preset_names)
     """Named method preset (``ekd list presets``); its values are defaults under the keys set explicitly."""
     # -- what the KD term compares --
-    divergence: str = one_of("forward_kl", names=_divergence_names)
+    divergence: str = one_of(
+        "forward_kl",
+        names=_divergence_names,
+        elsewhere=(("hellinger", "a selection score, not a KD loss: method.scorer=hellinger"),),
+    )
     """Per-token divergence: forward_kl, reverse_kl, jsd, skew_forward_kl, skew_reverse_kl, tvd."""
     jsd_beta: float = number(0.5, ge=0, le=1)
     """β of the generalized JSD (0 = forward KL, 1 = reverse KL)."""

@@ -156,12 +156,12 @@ def _filtered(docs: Iterable[Document], data_cfg: DataConfig, where: str) -> Ite
         if 0 < data_cfg.max_documents <= kept:
             break
     if dropped:
-        logger.info(
-            "%s: %s dropped (empty, shorter than data.min_chars=%d, or only whitespace)",
-            where,
-            counted(dropped, "document"),
-            data_cfg.min_chars,
+        why = (
+            "empty"
+            if data_cfg.min_chars == 0
+            else f"shorter than data.min_chars={data_cfg.min_chars}, or only whitespace"
         )
+        logger.info("%s: %s dropped (%s)", where, counted(dropped, "document"), why)
 
 
 def no_documents(data_cfg: DataConfig, source: str, key: str) -> ConfigError:

@@ -59,7 +59,7 @@ def check_block_fits_positions(model: nn.Module, block_length: int, role: str) -
     what = f"model.{role}: {type(model).__name__} has {positions} positions ({key}={positions})"
     if has_learned_positions(model):
         raise ModelError(
-            f"{what}, learned, and data.block_length={block_length} needs {block_length}: "
+            f"{what}, learned: a block of data.block_length={block_length} tokens runs past them; "
             f"set data.block_length ≤ {positions}"
         )
     log.warning(

@@ -59,9 +59,15 @@ def format_summary(s: dict) -> str:
             f" (not a clean measurement: load average {load:.1f} on {cores} core{'s' if cores > 1 else ''} "
             "before the build began; the two are timed one after the other)"
         )
+    processes = f"{s['world_size']} process{'es' if s['world_size'] > 1 else ''}"
+    head = (
+        f"teacher cache written to {s['directory']} ({processes})"
+        if s["samples_built"]
+        else f"teacher cache {s['directory']} was complete: nothing to build ({processes})"
+    )
     return "\n".join(
         [
-            f"teacher cache written to {s['directory']} ({s['world_size']} process{'es' if s['world_size'] > 1 else ''})",
+            head,
             f"  samples            {s['samples']:,} ({s['samples_built']:,} built now in {s['build_seconds']:.1f}s)",
             f"  positions          {s['positions']:,} ({s['entries_per_position']:.2f} entries/position)",
             f"  bytes/position     {s['bytes_per_position']:.2f}",
