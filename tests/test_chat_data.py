@@ -6,6 +6,7 @@ The expected tokens and labels come from an independent rendering in this file: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -19,9 +20,10 @@ from hypothesis import strategies as st
 from ekd.cli import main
 from ekd.config import Config, ConfigError, DataConfig, load_config
 from ekd.data import IGNORE_INDEX, collate, load_documents, load_splits, pack_documents
-from ekd.data.chat import ChatRenderer, parse_messages
+from ekd.data.chat import ChatRenderer, Message, RejectedRow, parse_messages
 from ekd.data.chat_template import settle_chat_template
 from ekd.data.collate import document_positions
+from ekd.data.document import Document
 from ekd.data.tokenizer import train_bpe_tokenizer
 from ekd.errors import EkdError
 from tiny import tiny_overrides
@@ -232,7 +234,7 @@ def test_parquet_and_hf_dataset_rows_read_like_jsonl(tmp_path):
     from_parquet = load_documents(str(tmp_path / "c.parquet"), chat_cfg(messages_field="conv"))
     datasets.Dataset.from_dict({"messages": rows}).save_to_disk(str(tmp_path / "ds"))
     from_hf = load_documents(f"hf:{tmp_path / 'ds'}", chat_cfg())
-    expected = [tuple((m["role"], m["content"]) for m in r) for r in rows]
+    expected = [tuple(Message(m["role"], m["content"]) for m in r) for r in rows]
     for docs in (from_jsonl, from_parquet, from_hf):
         assert [d.messages for d in docs] == expected
 
@@ -576,3 +578,49 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
         main(["eval", str(run_dir)]) == 0
     )  # ekd eval renders the held-out chat rows with the saved template
     assert json.loads((run_dir / "eval.json").read_text())["held"]["tokens"] == held_targets
+
+
+# Renders an assistant turn's tool calls (as Qwen2.5's and Llama-3.1's templates do) and a tool result turn.
+TOOLS = (
+    "{% for m in messages %}<|{{ 'user' if m['role'] == 'tool' else m['role'] }}|>"
+    "{% if m['content'] %}{{ m['content'] }}{% endif %}"
+    "{% for c in m['tool_calls'] or [] %}call {{ c['function']['name'] }} with {{ c['function']['arguments'] }}"
+    "{% endfor %}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_tok, tmp_path):
+    """Try-out 18: ekd kept only role and content, so an assistant turn that calls a tool (content null or "",
+    `tool_calls`) was rendered and trained as an empty answer, without a word. A message's other keys now reach
+    the template as `apply_chat_template` passes them; a conversation without them keeps its old identity (the
+    held-out split of existing data does not move); the null fields Parquet and datasets fill in are absent."""
+    from ekd.data.build import content_key
+
+    call = {"type": "function", "function": {"name": "sorted", "arguments": "the list"}}
+    row = [
+        {"role": "user", "content": "what is the value"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "items", "tool_call_id": "0", "name": "sorted"},
+        {"role": "assistant", "content": "the value is a list"},
+    ]
+    messages = parse_messages(row)
+    assert messages[1] == Message(
+        "assistant", None, '{"tool_calls": [' + json.dumps(call, sort_keys=True) + "]}"
+    )
+    rendered = ChatRenderer(chat_tok, TOOLS)(messages)
+    expected = chat_tok.apply_chat_template(row, chat_template=TOOLS, tokenize=False)
+    assert chat_tok.decode(rendered.input_ids) == expected and "call sorted with the list" in expected
+    trained = chat_tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask) if m])
+    assert (
+        trained == "call sorted with the list<|end|>the value is a list<|end|>"
+    )  # the call, then the answer
+    with pytest.raises(RejectedRow, match="no string role and content"):
+        parse_messages([{"role": "assistant", "content": None}])  # null content without a tool call
+    plain = conversations(1)[0]
+    doc = Document(text="", messages=parse_messages(plain))
+    old = json.dumps([[m["role"], m["content"]] for m in plain], ensure_ascii=False)
+    assert content_key(doc) == hashlib.sha256(old.encode()).hexdigest()
+    nulls = [
+        {**m, "tool_calls": None, "name": None} for m in plain
+    ]  # a Parquet struct column's union of keys
+    assert parse_messages(nulls) == parse_messages(plain)

@@ -406,3 +406,38 @@ def test_distill_gkd_end_to_end(tmp_path, corpus, monkeypatch):
     assert len(calls) >= 2 and all(
         c["p"] == 8 and c["max_new_tokens"] == 8 for c in calls
     )  # λ=1: every micro-batch
+
+
+def test_a_turn_stops_at_any_end_of_sequence_id_of_the_student(student, monkeypatch):
+    """Try-out 18: generation stopped at the document EOS only, so Gemma-3, Phi-3 and Llama-3 instruct students
+    (whose generation_config lists the end-of-turn token beside EOS) generated past their turn to the budget. A
+    row now ends at the first of every end-of-sequence id the student names, which is its last target."""
+    from ekd.models.generation import stop_ids
+
+    EOT = 3
+    student.generation_config.eos_token_id = [EOS, EOT]
+    try:
+        assert stop_ids(student, EOS) == [EOS, EOT] and stop_ids(student, 9) == [9, EOS, EOT]
+        monkeypatch.setattr(
+            onpolicy, "_generate", _fake_generate({8: [[5, EOT, 6, 7], [EOT, 4], [6, 7, EOS, 8]]})
+        )
+        out, _ = maybe_on_policy(
+            _packed_batch(),
+            student,
+            _cfg(max_new=10, prompt=8),
+            torch.Generator().manual_seed(0),
+            EOS,
+            pad_id=PAD,
+        )
+        assert out.attention_mask.sum(1).tolist() == [10, 9, 11]  # prompt 8 + the turn up to its stop
+        assert out.labels[0, 7:].tolist() == [5, EOT] + [IGNORE_INDEX] * (T - 9)
+        assert out.labels[1, 7:].tolist() == [EOT] + [IGNORE_INDEX] * (T - 8)
+        assert (out.input_ids[0, 10:] == PAD).all()
+        monkeypatch.undo()
+        calls = _spy_generate(monkeypatch)
+        maybe_on_policy(
+            _packed_batch(), student, _cfg(max_new=4, prompt=8), torch.Generator().manual_seed(0), EOS
+        )
+        assert calls and all(c["stops"] == [EOS, EOT] for c in calls)  # generate stops at each of them too
+    finally:
+        student.generation_config.eos_token_id = EOS

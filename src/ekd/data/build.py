@@ -17,7 +17,6 @@ Splits that come out empty are dropped (``eval`` with ``data.eval_fraction=0``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary, read_model_eos, resolve_boundary
+from ekd.data.chat import messages_key
 from ekd.data.document import Document
 from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, filter_documents, load_documents
 from ekd.data.eval_sample import pool_blocks, spread_blocks
@@ -176,7 +176,7 @@ def content_key(doc: Document) -> str:
     """sha256 hex of a document's prompt and text (a chat row: its roles and contents): the unit of the
     held-out split of user data."""
     if doc.messages is not None:
-        return hashlib.sha256(json.dumps(doc.messages, ensure_ascii=False).encode()).hexdigest()
+        return hashlib.sha256(messages_key(doc.messages).encode()).hexdigest()
     return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
 
 

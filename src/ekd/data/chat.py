@@ -1,7 +1,9 @@
 """Chat rows (``data.format=chat``): conversations rendered with a chat template, loss on assistant tokens only.
 
-A chat row holds a list of ``{role, content}`` messages (``data.messages_field``; other keys of a message are
-ignored). :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
+A chat row holds a list of ``{role, content}`` messages (``data.messages_field``); a message's other keys
+(``tool_calls``, ``tool_call_id``, ``name``, ...) go to the template with it, as ``apply_chat_template`` passes
+them, so an assistant turn that calls a tool is rendered (and trained) as the template writes the call, not as
+an empty answer. :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
 True on the tokens of every assistant turn, False on system, user and template markup. Two ways to find the
 assistant tokens, both ending in the same rule (a token is an assistant token when its characters overlap an
 assistant span of the rendered text, the rule of transformers' ``return_assistant_tokens_mask``):
@@ -24,6 +26,7 @@ are skipped; :class:`SkippedRows` counts them and reports one line.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -41,7 +44,32 @@ logger = logging.getLogger(__name__)
 ASSISTANT = "assistant"
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
 
-Messages = tuple[tuple[str, str], ...]  # (role, content) per message, in order
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation: ``role``, ``content`` (None for a tool-calling turn without text) and
+    ``extra``, the message's other keys as canonical JSON ('' when none), kept hashable and frozen."""
+
+    role: str
+    content: str | None
+    extra: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as ``apply_chat_template`` takes it."""
+        return {"role": self.role, "content": self.content, **(json.loads(self.extra) if self.extra else {})}
+
+    def key(self) -> list:
+        """``[role, content]``, plus ``extra`` when there is one: JSON-ready, the identity of the message in the
+        keys of a conversation (held-out split, cache import), unchanged from when ekd kept only role and content."""
+        return [self.role, self.content, self.extra] if self.extra else [self.role, self.content]
+
+
+def messages_key(messages: Messages) -> str:
+    """A conversation as the JSON list of its messages' :meth:`Message.key`."""
+    return json.dumps([m.key() for m in messages], ensure_ascii=False)
+
+
+Messages = tuple[Message, ...]  # a conversation, in order
 
 
 MALFORMED = "malformed messages"
@@ -66,10 +94,11 @@ class RejectedRow(ValueError):
 
 
 def parse_messages(value: Any) -> Messages:
-    """The ``(role, content)`` pairs of a ``messages`` value (a list of ``{role, content}`` objects).
+    """The messages of a ``messages`` value: a list of ``{role, content, ...}`` objects, ``content`` a string
+    (or null/absent on a turn with ``tool_calls``); other keys are kept for the template (:class:`Message`).
 
     Raises:
-        RejectedRow: The value is not a list of objects with string ``role`` and ``content``.
+        RejectedRow: The value is not a list of such objects.
     """
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         got = "null" if value is None else type(value).__name__
@@ -81,9 +110,16 @@ def parse_messages(value: Any) -> Messages:
                 f"message {i} is {type(message).__name__}, not a {{role, content}} object", MALFORMED
             )
         role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
+        calls_tools = content is None and bool(message.get("tool_calls"))
+        if not isinstance(role, str) or not (isinstance(content, str) or calls_tools):
             raise RejectedRow(f"message {i} has no string role and content", MALFORMED)
-        pairs.append((role, content))
+        # null fields are absent ones: Parquet and datasets give every message of a column the union of keys
+        rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
+        try:
+            extra = json.dumps(rest, sort_keys=True, ensure_ascii=False) if rest else ""
+        except (TypeError, ValueError):  # a value JSON cannot hold (rows come from JSON, Parquet or datasets)
+            raise RejectedRow(f"message {i} has a field that is not plain data", MALFORMED) from None
+        pairs.append(Message(role, content, extra))
     return tuple(pairs)
 
 
@@ -212,9 +248,9 @@ class ChatRenderer:
             RejectedRow: No assistant turn; the template raises on the row; no token is marked.
             ConfigError: The template has no generation markers and is not prefix-stable on this row.
         """
-        if not any(role == ASSISTANT for role, _ in messages):
+        if not any(m.role == ASSISTANT for m in messages):
             raise RejectedRow("no assistant turn", NO_ASSISTANT)
-        conversation = [{"role": role, "content": content} for role, content in messages]
+        conversation = [m.as_dict() for m in messages]
         if self.method == "generation_markers":
             rendered = self._with_markers(conversation)
         else:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ekd.data.chat import Message
 
 
 @dataclass(frozen=True)
@@ -17,19 +21,19 @@ class Document:
             with the 0-based row), or ``module/path.py::Class.method`` for docstrings.
         prompt: Text before ``text`` whose tokens get no loss (empty for plain documents). The full
             document the model reads is ``prompt + text``.
-        messages: A chat row (``data.format=chat``): its conversation as ``(role, content)`` pairs in order,
-            rendered by :mod:`ekd.data.chat` with the chat template; None for every other document.
+        messages: A chat row (``data.format=chat``): its conversation (:class:`ekd.data.chat.Message` each, in
+            order), rendered by :mod:`ekd.data.chat` with the chat template; None for every other document.
     """
 
     text: str
     doc_id: str = ""
     prompt: str = ""
-    messages: tuple[tuple[str, str], ...] | None = None
+    messages: tuple[Message, ...] | None = None
 
     @property
     def full_text(self) -> str:
         """What the model reads: ``prompt + text``; for a chat row its contents joined by blank lines
         (the template's markup is added when rendering)."""
         if self.messages is not None:
-            return "\n\n".join(content for _, content in self.messages)
+            return "\n\n".join(m.content or "" for m in self.messages)
         return self.prompt + self.text

@@ -23,6 +23,22 @@ TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_toke
 :mod:`ekd.models.export`)."""
 
 
+def stop_ids(model: nn.Module, eos_id: int) -> list[int]:
+    """``eos_id`` first, then every end-of-sequence id the model's ``generation_config`` or ``config`` names.
+
+    Instruct checkpoints list their end-of-turn tokens there beside the tokenizer's EOS (Qwen2.5 ``<|im_end|>``,
+    Llama-3 ``<|eot_id|>``, Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``): a sampled turn ends at any of them, as
+    ``model.generate`` would end it (try-out 18: stopping at the one document EOS, Gemma-3, Phi-3 and Llama-3
+    students generated past their end of turn to the token budget)."""
+    ids = [int(eos_id)]
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None)
+        for i in [value] if isinstance(value, int) else list(value or []):
+            if isinstance(i, int) and not isinstance(i, bool) and i not in ids:
+                ids.append(i)
+    return ids
+
+
 @contextmanager
 def neutral_generation_config(model: nn.Module) -> Iterator[None]:
     """For the block, every ``generation_config`` ``model`` holds (its own and those of the modules it wraps:

@@ -50,7 +50,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ekd.config import MethodConfig
 from ekd.data.collate import IGNORE_INDEX, Batch, document_positions, shift_labels
-from ekd.models.generation import neutral_generation_config
+from ekd.models.generation import neutral_generation_config, stop_ids
 from ekd.selection.draws import row_uniforms
 from ekd.train.row_sampler import RowSampler
 
@@ -108,7 +108,9 @@ def maybe_on_policy(
         student: A Hugging Face causal LM (has ``generate``); its train/eval modes are restored.
         method_cfg: ``student_data_fraction`` (λ), ``sampling_temperature``, ``max_new_tokens``, ``prompt_tokens``.
         generator: CPU generator for the coin and the sampling seed (:func:`on_policy_generator`); untouched when λ = 0.
-        eos_id: Stops a row's generation; the first generated EOS is the row's last target.
+        eos_id: The document end; it and every end-of-sequence id of the student's generation config
+            (:func:`ekd.models.generation.stop_ids`: an instruct model's end-of-turn tokens) stop a row's
+            generation, and the first one generated is the row's last target.
         pad_id: Fills positions after a row's continuation (attention 0, no target); default ``eos_id``.
         vocab_size: The tokenizer length V; head rows ≥ V (padding, e.g. Qwen's 151,936 rows for 151,665
             tokens) are never sampled. Default: every row of the head is a token.
@@ -123,6 +125,7 @@ def maybe_on_policy(
         return batch, False
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     pad = eos_id if pad_id is None else pad_id
+    stops = stop_ids(student, eos_id)  # read before generation swaps the generation config
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     T = input_ids.shape[1]
     lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)
@@ -149,7 +152,7 @@ def maybe_on_policy(
                 attention_mask[rows, s:p],
                 max_new_tokens=min(method_cfg.max_new_tokens, width),
                 temperature=method_cfg.sampling_temperature,
-                eos_id=eos_id,
+                stops=stops,
                 pad_id=pad,
                 vocab_size=vocab_size,
                 uniforms=row_uniforms(seed, "on_policy", batch.sample_ids[rows], width),  # (G, T−p)
@@ -158,8 +161,8 @@ def maybe_on_policy(
                 :, p - s :
             ]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
             n = generated.shape[1]
-            is_eos = generated == eos_id
-            after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # (G, n) strictly after the first EOS
+            is_eos = torch.isin(generated, torch.tensor(stops, device=generated.device))  # (G, n) a stop id
+            after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # (G, n) strictly after the first stop
             # (G, T−p) continuation then padding
             tail = torch.full((rows.numel(), width), pad, dtype=input_ids.dtype, device=input_ids.device)
             tail[:, :n] = generated.masked_fill(after_eos, pad)
@@ -196,7 +199,7 @@ def _generate(
     *,
     max_new_tokens: int,
     temperature: float,
-    eos_id: int,
+    stops: list[int],
     pad_id: int,
     uniforms: torch.Tensor,
     vocab_size: int | None = None,
@@ -222,7 +225,7 @@ def _generate(
             ),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
-            eos_token_id=eos_id,
+            eos_token_id=stops,  # a row stops at the first of them
         )
 
 
