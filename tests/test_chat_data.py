@@ -178,6 +178,22 @@ def test_a_template_that_is_not_prefix_stable_is_refused_in_one_line(chat_tok):
     with pytest.raises(ConfigError, match="not prefix-stable") as e:
         ChatRenderer(chat_tok, UNSTABLE)(parse_messages(multi), "chat.jsonl:3")
     assert "\n" not in str(e.value) and "chat.jsonl:3" in str(e.value) and "generation" in str(e.value)
+    assert "' vs '…|assistant|>hello<|end|>'" in str(e.value)  # where the renderings part
+
+
+def test_a_template_that_closes_the_conversation_is_prefix_stable_up_to_its_closing_text(chat_tok):
+    """Try-out 18: Phi-3's template writes EOS after the last message only, so every rendering up to an inner
+    assistant turn ends with an EOS the whole conversation has elsewhere, and every multi-turn row was refused.
+    Such closing text (what the whole rendering ends with too) ends the partial rendering; the inner turns' spans
+    are what they are in the whole conversation."""
+    closing = PLAIN + "{% if not add_generation_prompt %}<|system|>{% endif %}"  # a closing marker
+    rows = conversations(6)
+    multi = next(r for r in rows if sum(m["role"] == "assistant" for m in r) > 1)
+    rendered = ChatRenderer(chat_tok, closing)(parse_messages(multi))
+    ids, flags = reference(chat_tok, multi)
+    system = chat_tok.convert_tokens_to_ids("<|system|>")
+    assert rendered.input_ids == ids + [system]
+    assert rendered.assistant_mask == flags + [True]  # the closing marker ends the last assistant span
 
 
 @pytest.mark.parametrize("family", ["llama3", "gemma3", "qwen3_instruct_2507"])

@@ -26,6 +26,7 @@ are skipped; :class:`SkippedRows` counts them and reports one line.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -287,22 +288,52 @@ class ChatRenderer:
 
     def _with_prefix_diff(self, conversation: list[dict], doc_id: str) -> RenderedChat:
         full = self._render(conversation)
+        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [a for a, _ in encoded["offset_mapping"]]  # (S,) first character of each token of `full`
         spans = []  # (start, end) characters of each assistant turn in `full`
         for i, message in enumerate(conversation):
             if message["role"] != ASSISTANT:
                 continue
             header = self._render(conversation[:i], add_generation_prompt=True)  # up to the assistant header
             turn = self._render(conversation[: i + 1])  # up to the end of the assistant turn
-            if not (turn.startswith(header) and full.startswith(turn)):
+            end = _turn_end(turn, full, starts)
+            if not (turn.startswith(header) and end is not None):
+                bad = header if not turn.startswith(header) else turn
                 raise ConfigError(
                     f"data.format=chat: the chat template has no {{% generation %}} markers and is not "
                     f"prefix-stable (row {doc_id}: rendering up to message {i} is not a prefix of the whole "
-                    "conversation), so assistant tokens cannot be located; wrap assistant content in "
-                    "{% generation %}…{% endgeneration %} in data.chat_template"
+                    f"conversation: {_parting(bad, full if bad is turn else turn)}), so assistant tokens cannot "
+                    "be located; wrap assistant content in {% generation %}…{% endgeneration %} in "
+                    "data.chat_template"
                 )
-            spans.append((len(header), len(turn)))
-        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            spans.append((len(header), end))
         return RenderedChat(list(encoded["input_ids"]), overlap_mask(encoded["offset_mapping"], spans))
+
+
+def _turn_end(turn: str, full: str, token_starts: Sequence[int]) -> int | None:
+    """Where the rendering ``turn`` (the conversation up to an assistant turn) ends in the whole rendering
+    ``full``: ``len(turn)`` when it is a prefix; else where the two part, moved back to the start of the token of
+    ``full`` it falls in (``'<|endoftext|>'`` and ``'<|user|>'`` share ``'<|'``), when the rest of ``turn`` is
+    the text ``full`` ends with too — what the template writes after the last message only (Phi-3's EOS closing
+    the conversation), which a partial rendering ends with as well. None: not prefix-stable.
+
+    Args:
+        token_starts: (S,) ascending first characters of ``full``'s tokens."""
+    if full.startswith(turn):
+        return len(turn)
+    k = next((i for i, (a, b) in enumerate(zip(turn, full)) if a != b), min(len(turn), len(full)))
+    k = token_starts[bisect.bisect_right(token_starts, k) - 1] if token_starts and token_starts[0] <= k else k
+    closing = turn[k:]
+    return k if closing and full.endswith(closing) else None
+
+
+def _parting(a: str, b: str, width: int = 24) -> str:
+    """Where two renderings part: ``'…<|end|><|endoftext|>' vs '…<|end|><|user|>'`` (``width`` characters
+    around the first difference)."""
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, k - width // 2)
+    cut = "…" if start else ""
+    return f"{cut + a[start : k + width // 2]!r} vs {cut + b[start : k + width // 2]!r}"
 
 
 def overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
