@@ -640,3 +640,17 @@ def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_to
         {**m, "tool_calls": None, "name": None} for m in plain
     ]  # a Parquet struct column's union of keys
     assert parse_messages(nulls) == parse_messages(plain)
+
+
+def test_rows_none_of_which_is_messages_name_the_format_not_min_chars(tmp_path):
+    """Try-out 18: ShareGPT rows ({from, value} under `conversations`) with data.messages_field=conversations were
+    all skipped as malformed, then refused as 'no documents left after filtering (min_chars=1); lower
+    data.min_chars'. The error names the rows' format and what chat rows need."""
+    rows = [[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]] * 3
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("".join(json.dumps({"conversations": r}) + "\n" for r in rows))
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), chat_cfg(messages_field="conversations"))
+    line = str(e.value)
+    assert "\n" not in line and "none of its 3 chat rows could be read (3 malformed messages" in line
+    assert "('conversations') to hold a list of {role, content} objects" in line and "min_chars" not in line

@@ -181,3 +181,39 @@ def test_chat_eval_sources_through_the_store_are_read_as_chat(tmp_path, tok_dir)
     assert (
         memory.blocks["notes"].target_mask[:].float().mean() > 0.95
     )  # text: every token but a document's first
+
+
+def test_skipped_rows_are_one_line_per_split_and_an_all_skipped_window_is_no_error(
+    tmp_path, tok_dir, monkeypatch, caplog
+):
+    """Try-out 18's reading of the code: the store tokenized a split window by window and each window reported
+    and judged its own skipped rows, so a window whose rows the template all rejected ended the build ("no chat
+    row is left") though the split had rows, and a warning came per window. Rows are counted per split over its
+    windows: one warning line naming the split; the error only when the whole split has none (and then only the
+    error, not the warning with the same words before it)."""
+    import logging
+
+    from ekd.config import ConfigError
+    from ekd.data import store_build
+
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 4)
+    user_only = [{"role": "user", "content": "what is the value"}]
+    rows = [user_only] * 4 + conversations(8, seed=5)  # the first window: no assistant turn at all
+    src = write_chat_jsonl(tmp_path / "chat.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        data = prepare_data(
+            _cfg(tmp_path, tok_dir, src, True, **{"data.chat_template": MARKED}), tmp_path / "r"
+        )
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == [said[0]] and said[0].startswith("data.format=chat: train rows: skipped 4 of 12"), said
+    assert data.blocks["train"].num_targets > 0
+    caplog.clear()
+    src = write_chat_jsonl(tmp_path / "none.jsonl", [user_only] * 6)
+    with (
+        caplog.at_level(logging.WARNING, logger="ekd"),
+        pytest.raises(ConfigError, match="no chat row is left"),
+    ):
+        prepare_data(
+            _cfg(tmp_path / "b", tok_dir, src, True, **{"data.chat_template": MARKED}), tmp_path / "b" / "r"
+        )
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]  # the error alone says it

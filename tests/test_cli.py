@@ -437,3 +437,20 @@ def test_help_of_cache_forms_and_list_tables(capsys):
     assert main(["list", "divergences"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("hellinger"))
     assert "not a method.divergence" in line
+
+
+def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, capsys, caplog):
+    """Try-out 18: with data.eval_fraction=0 and no data.eval_sources, `ekd distill` said "eval set 'eval' is
+    empty; skipping it" (none was asked for) and printed an empty table with its footnote."""
+    import logging
+
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert (
+            main(["distill", *tiny_overrides(tmp_path, corpus, "noeval", **{"data.eval_fraction": 0})]) == 0
+        )
+    out = capsys.readouterr().out
+    assert "student saved to" in out and "| eval set |" not in out and "ppl is over every target" not in out
+    assert "is empty; skipping it" not in caplog.text

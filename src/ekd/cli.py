@@ -295,6 +295,8 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     from ekd.eval import results_table
     from ekd.eval.report import TINY_MARK, ppl_note, tiny_note, tiny_sets
 
+    if not results:  # no eval set (data.eval_fraction=0 and no data.eval_sources): no table to print
+        return
     sizes = {  # (documents, scored tokens) of the student's sets (a run evaluated by an older ekd: none)
         name: (int(m["documents"]), int(m["tokens"])) for name, m in results.items() if "documents" in m
     }

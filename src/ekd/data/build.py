@@ -69,7 +69,8 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
             load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
         )
     for name in [n for n, d in splits.items() if not d]:
-        logger.info("eval set '%s' is empty; skipping it", name)
+        if not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
+            logger.info("eval set '%s' is empty; skipping it", name)
         del splits[name]
     return splits
 

@@ -154,11 +154,14 @@ class SkippedRows:
     def line(self) -> str:
         """``<what>: skipped 3 of 40 (2 rejected by the chat template, 1 no assistant turn); first: a.jsonl:4
         (<reason>)``."""
-        kinds = ", ".join(f"{n} {kind}" for kind, n in self.reasons.most_common())
         return (
-            f"{self.what}: skipped {self.count} of {self.seen} ({kinds}); "
+            f"{self.what}: skipped {self.count} of {self.seen} ({self.kinds()}); "
             f"first: {self.first} ({self.first_reason})"
         )
+
+    def kinds(self) -> str:
+        """``2 rejected by the chat template, 1 no assistant turn``: the reasons, most frequent first."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.reasons.most_common())
 
     def report(self) -> None:
         """Log :meth:`line` as one warning, when any row was skipped."""

@@ -124,7 +124,18 @@ def _documents(source: str, fmt: str, data_cfg: DataConfig, key: str) -> Iterato
     """The filtered rows; for chat rows, the malformed ones are counted and reported (one warning line)
     once the source is read to its end."""
     skipped = SkippedRows(f"{key}={source}: chat rows") if fmt == "chat" else None
-    yield from _filtered(_read_source(source, fmt, data_cfg, key, skipped), data_cfg, f"{key}={source}")
+    read = 0
+    for doc in _filtered(_read_source(source, fmt, data_cfg, key, skipped), data_cfg, f"{key}={source}"):
+        read += 1
+        yield doc
+    if skipped is not None and skipped.count and not read and skipped.count == skipped.seen:
+        # every row was malformed: the rows' format is the problem, not a filter (try-out 18: ShareGPT rows)
+        raise ConfigError(
+            f"{key} {source}: none of its {skipped.seen} chat rows could be read ({skipped.kinds()}; first: "
+            f"{skipped.first}: {skipped.first_reason}); data.format=chat needs data.messages_field "
+            f"('{data_cfg.messages_field}') to hold a list of {{role, content}} objects (ShareGPT's from/value "
+            "rows need converting)"
+        )
     if skipped is not None:
         skipped.report()
 

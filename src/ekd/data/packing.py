@@ -192,7 +192,7 @@ def pack_documents(
             raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
         boundary = DocumentBoundary("eos", None, int(eos_id), int(eos_id))
     max_tokens = max_blocks * block_length if max_blocks else None
-    ids, mask, starts, ends = _token_stream(docs, tokenizer, boundary, max_tokens)  # each (S,)
+    ids, mask, starts, ends = _token_stream(docs, tokenizer, boundary, max_tokens, split=split)  # each (S,)
     total = ids.numel()
     n_blocks = block_count(total, block_length, max_blocks, allow_partial_block)
     real = min(total, n_blocks * block_length) if n_blocks else total  # real tokens in the blocks
@@ -246,23 +246,26 @@ def token_chunks(
     tokenizer: PreTrainedTokenizerBase,
     boundary: DocumentBoundary,
     chunk: int = 32,
+    skipped: SkippedRows | None = None,
 ) -> Iterator[TokenChunk]:
     """The packed stream of ``docs`` in pieces: one :class:`TokenChunk` per ``chunk`` documents.
 
     Each document is ``[BOS] · prompt · text · [EOS]`` (a chat row: its template's rendering, targets on the
     assistant tokens). Documents are tokenized in batches of ``chunk`` (the batching never changes the ids).
     A document with no tokens at all is skipped, and so is a chat row the renderer rejects (counted, one
-    warning line once ``docs`` is exhausted). Concatenating the chunks gives the stream
-    :func:`pack_documents` cuts into blocks; the token store (:mod:`ekd.data.store`) writes the same chunks
-    to disk.
+    warning line once ``docs`` is exhausted; with ``skipped`` given, they are counted there and the caller
+    reports them with :func:`settle_skipped`, as the token store does over its many calls per split).
+    Concatenating the chunks gives the stream :func:`pack_documents` cuts into blocks; the token store
+    (:mod:`ekd.data.store`) writes the same chunks to disk.
 
     Raises:
-        ConfigError: every chat row was rejected (at the end of ``docs``).
+        ConfigError: every chat row was rejected (at the end of ``docs``, without ``skipped``).
     """
     bos = [] if boundary.bos_id is None else [boundary.bos_id]
     eos = [] if boundary.eos_id is None else [boundary.eos_id]
     chat: ChatRenderer | None = None  # built at the first chat row
-    skipped = SkippedRows("data.format=chat: rows")
+    own = skipped is None
+    skipped = SkippedRows("data.format=chat: rows") if skipped is None else skipped
     total = 0
     for batch in _batched(docs, chunk):
         if chat is None and any(d.messages is not None for d in batch):
@@ -292,9 +295,20 @@ def token_chunks(
             torch.tensor(ends, dtype=torch.bool),
             used,
         )
-    skipped.report()
-    if skipped.count and skipped.count == skipped.seen and not total:
+    if own:
+        settle_skipped(skipped, total)
+
+
+def settle_skipped(skipped: SkippedRows, tokens: int) -> None:
+    """Report the chat rows ``skipped`` counted (one warning line), or, when every row was skipped and no token
+    came out, raise the one error that says so (not the warning and then the same words again).
+
+    Raises:
+        ConfigError: every chat row was rejected.
+    """
+    if skipped.count and skipped.count == skipped.seen and not tokens:
         raise ConfigError(f"{skipped.line()}: no chat row is left; check the rows and the chat template")
+    skipped.report()
 
 
 def framed_documents(
@@ -355,16 +369,20 @@ def _token_stream(
     boundary: DocumentBoundary,
     max_tokens: int | None = None,
     chunk: int = 32,
+    split: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Concatenated ids, target mask, document starts and end-of-document marks of :func:`token_chunks`,
-    each (S,); with ``max_tokens`` tokenization stops once the stream holds that many tokens."""
+    each (S,); with ``max_tokens`` tokenization stops once the stream holds that many tokens. Skipped chat rows
+    of ``split`` (named in the line) are reported once, or refused when no row is left."""
     pieces: list[TokenChunk] = []
     held = 0
-    for piece in token_chunks(docs, tokenizer, boundary, chunk):
+    skipped = SkippedRows(f"data.format=chat: {split} rows" if split else "data.format=chat: rows")
+    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped):
         pieces.append(piece)
         held += len(piece)
         if max_tokens is not None and held >= max_tokens:
             break
+    settle_skipped(skipped, held)
     if not pieces:
         pieces = [TokenChunk(*(torch.zeros(0, dtype=d) for d in (torch.long, *[torch.bool] * 3)), 0)]
     return (

@@ -45,11 +45,11 @@ from transformers import PreTrainedTokenizerBase
 from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.build import builtin_splits, content_key, eval_source_format
-from ekd.data.chat import chat_template_of
+from ekd.data.chat import SkippedRows, chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
 from ekd.data.eval_sample import EVAL_POOL, pool_blocks, spread_blocks
-from ekd.data.packing import PackedBlocks, block_count, packed_line, token_chunks
+from ekd.data.packing import PackedBlocks, block_count, packed_line, settle_skipped, token_chunks
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
 from ekd.data.store import (
@@ -338,6 +338,8 @@ def _build(
                     continue
                 consumed = progress["consumed"] if index == progress["phase"] else 0
                 stream = islice(phase.documents(), consumed, None)
+                # chat rows skipped in this phase, per split, over all its windows (reported once at its end)
+                skipped = {n: SkippedRows(f"data.format=chat: {n} rows") for n in phase.splits}
                 while not all(states[n].closed for n in phase.splits):
                     window = list(islice(stream, WINDOW_DOCUMENTS))
                     if not window:
@@ -348,7 +350,7 @@ def _build(
                         if _accept(states[split], doc, phase.max_chars):
                             routed[split].append(doc)
                     for split, docs in routed.items():
-                        for chunk in token_chunks(docs, tokenizer, boundary):
+                        for chunk in token_chunks(docs, tokenizer, boundary, skipped=skipped[split]):
                             files[split].append(chunk)
                             since_checkpoint += len(chunk)
                         states[split].tokens, states[split].documents = (
@@ -365,6 +367,8 @@ def _build(
                         _log_progress(phase, consumed, states, budgets, last_log - t0)
                 if consumed == 0 and phase.required:
                     raise no_documents(d, phase.source, phase.key)
+                for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
+                    settle_skipped(skipped[split], states[split].tokens)
                 _checkpoint(staging, signature, index + 1, 0, states, files)
             manifest = _finish(cfg, boundary, signature, staging, names, states, files)
         finally:
@@ -394,7 +398,8 @@ def _finish(
         state, split_files = states[name], files[name]
         is_train = name == "train"
         if not is_train and state.accepted == 0:
-            logger.info("eval set '%s' is empty; skipping it", name)
+            if not (name == "eval" and d.eval_fraction == 0):  # none was asked for: nothing to say
+                logger.info("eval set '%s' is empty; skipping it", name)
             continue
         max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
