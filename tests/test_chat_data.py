@@ -384,7 +384,7 @@ def test_every_row_rejected_is_one_line(tmp_path, chat_tok):
     assert "\n" not in str(e.value)
 
 
-def test_a_tokenizer_without_a_chat_template_gets_one_line_or_the_declared_one(tmp_path, chat_tok):
+def test_a_tokenizer_without_a_chat_template_gets_one_line_or_the_declared_one(tmp_path, chat_tok, caplog):
     chat_tok.chat_template = None
     docs = load_documents(str(write_chat_jsonl(tmp_path / "c.jsonl", conversations(4))), chat_cfg())
     with pytest.raises(ConfigError, match="has no chat template; set data.chat_template") as e:
@@ -392,12 +392,19 @@ def test_a_tokenizer_without_a_chat_template_gets_one_line_or_the_declared_one(t
     assert "\n" not in str(e.value)
     cfg = Config()
     cfg.data = chat_cfg(chat_template=PLAIN)
-    settle_chat_template(cfg, chat_tok, docs, {})
-    assert chat_tok.chat_template == PLAIN
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        settle_chat_template(cfg, chat_tok, docs, {})
+    assert chat_tok.chat_template == PLAIN and "not the tokenizer's own template" not in caplog.text
     (tmp_path / "t.jinja").write_text(MARKED)
     cfg.data = chat_cfg(chat_template=str(tmp_path / "t.jinja"))
-    settle_chat_template(cfg, chat_tok, docs, {})
-    assert chat_tok.chat_template == MARKED
+    with caplog.at_level(
+        logging.INFO, logger="ekd"
+    ):  # try-out 18: the tokenizer's own one (PLAIN) is replaced
+        settle_chat_template(cfg, chat_tok, docs, {})
+    assert (
+        chat_tok.chat_template == MARKED
+        and "carries data.chat_template, not the tokenizer's own" in caplog.text
+    )
     cfg.data = chat_cfg(chat_template=str(tmp_path / "missing.jinja"))
     with pytest.raises(ConfigError, match="names no file .* is not a Jinja template"):
         settle_chat_template(cfg, chat_tok, docs, {})

@@ -75,6 +75,13 @@ def settle_chat_template(
         template = ChatRenderer(tokenizer, source=source).template
         _check_agreement(tokenizer, template, rows, role_tokenizers)
     renderer = ChatRenderer(tokenizer, template, source)  # checks a fast tokenizer
+    own = chat_template_of(tokenizer)
+    if data.chat_template and own and own != template:  # e.g. a TRL *_training.jinja with generation markers
+        logger.info(
+            "data.format=chat: the exported student's tokenizer carries data.chat_template, not the tokenizer's "
+            "own template (model.tokenizer=%s); save that one back into runs/<name>/student to serve with it",
+            cfg.model.tokenizer,
+        )
     tokenizer.chat_template = template
     logger.info("data.format=chat: chat template from %s; assistant tokens by %s", source, renderer.method)
     return template
