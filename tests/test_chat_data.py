@@ -615,38 +615,61 @@ TOOLS = (
 def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_tok, tmp_path):
     """Try-out 18: ekd kept only role and content, so an assistant turn that calls a tool (content null or "",
     `tool_calls`) was rendered and trained as an empty answer, without a word. A message's other keys now reach
-    the template as `apply_chat_template` passes them; a conversation without them keeps its old identity (the
-    held-out split of existing data does not move); the null fields Parquet and datasets fill in are absent."""
-    from ekd.data.build import content_key
+    the template as `apply_chat_template` passes them — in their order, with any value (try-out 19: sorted keys
+    reordered tool arguments; a timestamp field refused every row)."""
+    import datetime
 
-    call = {"type": "function", "function": {"name": "sorted", "arguments": "the list"}}
+    call = {"type": "function", "function": {"name": "sorted", "arguments": {"unit": "C", "city": "Rome"}}}
     row = [
         {"role": "user", "content": "what is the value"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "content": "items", "tool_call_id": "0", "name": "sorted"},
-        {"role": "assistant", "content": "the value is a list"},
+        {"role": "assistant", "content": "the value is a list", "created": datetime.datetime(2026, 1, 2)},
     ]
     messages = parse_messages(row)
-    assert messages[1] == Message(
-        "assistant", None, '{"tool_calls": [' + json.dumps(call, sort_keys=True) + "]}"
-    )
+    assert messages[1] == Message("assistant", None, (("tool_calls", [call]),))
+    assert messages[1].as_dict() == row[1] and list(messages[2].as_dict()) == list(row[2])  # keys in order
     rendered = ChatRenderer(chat_tok, TOOLS)(messages)
     expected = chat_tok.apply_chat_template(row, chat_template=TOOLS, tokenize=False)
-    assert chat_tok.decode(rendered.input_ids) == expected and "call sorted with the list" in expected
+    assert chat_tok.decode(rendered.input_ids) == expected
+    assert "call sorted with {'unit': 'C', 'city': 'Rome'}" in expected  # the row's order, not sorted
     trained = chat_tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask) if m])
-    assert (
-        trained == "call sorted with the list<|end|>the value is a list<|end|>"
-    )  # the call, then the answer
+    call_text = "call sorted with {'unit': 'C', 'city': 'Rome'}"
+    assert trained == f"{call_text}<|end|>the value is a list<|end|>"  # the call, then the answer
     with pytest.raises(RejectedRow, match="no string role and content"):
         parse_messages([{"role": "assistant", "content": None}])  # null content without a tool call
+
+
+def test_message_metadata_never_moves_a_conversation_between_train_and_eval():
+    """Try-out 19: with every key in the held-out split's key, rows with `name`, `weight` or ids changed sides
+    against earlier ekd runs. The split key is roles and contents, as it always was; the cache import matches
+    rows by every key, nulls dropped, so a Parquet source matches JSONL training rows."""
+    from ekd.data.build import content_key
+    from ekd.data.chat import exact_messages_key
+
     plain = conversations(1)[0]
-    doc = Document(text="", messages=parse_messages(plain))
+    named = [{**m, "name": "ann", "weight": 0} for m in plain]
     old = json.dumps([[m["role"], m["content"]] for m in plain], ensure_ascii=False)
-    assert content_key(doc) == hashlib.sha256(old.encode()).hexdigest()
-    nulls = [
-        {**m, "tool_calls": None, "name": None} for m in plain
-    ]  # a Parquet struct column's union of keys
-    assert parse_messages(nulls) == parse_messages(plain)
+    for rows in (plain, named):
+        assert (
+            content_key(Document(text="", messages=parse_messages(rows)))
+            == hashlib.sha256(old.encode()).hexdigest()
+        )
+    assert exact_messages_key(parse_messages(named)) != exact_messages_key(parse_messages(plain))
+    # a Parquet struct column gives every message, and every nested object, the union of keys (null elsewhere)
+    call = {"function": {"name": "f", "arguments": {"city": "Rome"}}}
+    columnar_call = {"function": {"name": "f", "arguments": {"city": "Rome", "unit": None}}}
+    json_row = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    parquet_row = [
+        {"role": "user", "content": "q", "tool_calls": None},
+        {"role": "assistant", "content": None, "tool_calls": [columnar_call]},
+    ]
+    assert parse_messages(parquet_row, columnar=True) == parse_messages(json_row)
+    assert parse_messages(parquet_row)[1].extra == (("tool_calls", [columnar_call]),)  # JSON's own nulls stay
+    assert exact_messages_key(parse_messages(parquet_row)) == exact_messages_key(parse_messages(json_row))
 
 
 def test_rows_none_of_which_is_messages_name_the_format_not_min_chars(tmp_path):

@@ -49,25 +49,30 @@ GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex trans
 @dataclass(frozen=True)
 class Message:
     """One message of a conversation: ``role``, ``content`` (None for a tool-calling turn without text) and
-    ``extra``, the message's other keys as canonical JSON ('' when none), kept hashable and frozen."""
+    ``extra``, the message's other keys in their order with their values as read (``tool_calls``, ``name``, a
+    timestamp...): the template gets them as ``apply_chat_template`` would."""
 
     role: str
     content: str | None
-    extra: str = ""
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """The message as ``apply_chat_template`` takes it."""
-        return {"role": self.role, "content": self.content, **(json.loads(self.extra) if self.extra else {})}
-
-    def key(self) -> list:
-        """``[role, content]``, plus ``extra`` when there is one: JSON-ready, the identity of the message in the
-        keys of a conversation (held-out split, cache import), unchanged from when ekd kept only role and content."""
-        return [self.role, self.content, self.extra] if self.extra else [self.role, self.content]
+        """The message as ``apply_chat_template`` takes it (keys in the row's order)."""
+        return {"role": self.role, "content": self.content, **dict(self.extra)}
 
 
 def messages_key(messages: Messages) -> str:
-    """A conversation as the JSON list of its messages' :meth:`Message.key`."""
-    return json.dumps([m.key() for m in messages], ensure_ascii=False)
+    """A conversation's roles and contents as a JSON list ``[[role, content], ...]``: the unit of the held-out
+    split, the same as when ekd kept nothing else of a message, so metadata (``name``, ids, tool calls) never
+    moves a conversation between train and eval."""
+    return json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False)
+
+
+def exact_messages_key(messages: Messages) -> str:
+    """A conversation with every key of its messages, as JSON (values JSON cannot hold by their ``str``): what
+    ``ekd cache import`` matches a source row to a training row by, where tool calls make two rows different;
+    null entries dropped at every depth, so a Parquet source matches JSONL training rows."""
+    return json.dumps([_without_nulls(m.as_dict()) for m in messages], ensure_ascii=False, default=str)
 
 
 Messages = tuple[Message, ...]  # a conversation, in order
@@ -94,9 +99,14 @@ class RejectedRow(ValueError):
         self.kind = kind
 
 
-def parse_messages(value: Any) -> Messages:
+def parse_messages(value: Any, columnar: bool = False) -> Messages:
     """The messages of a ``messages`` value: a list of ``{role, content, ...}`` objects, ``content`` a string
     (or null/absent on a turn with ``tool_calls``); other keys are kept for the template (:class:`Message`).
+
+    Args:
+        columnar: The rows come from Parquet or a datasets table, whose struct columns give every message (and
+            every nested object, e.g. tool-call arguments) the union of the keys of all rows, null where a row
+            has none: those nulls are dropped at every depth. From JSON only a message's own null keys are.
 
     Raises:
         RejectedRow: The value is not a list of such objects.
@@ -114,14 +124,22 @@ def parse_messages(value: Any) -> Messages:
         calls_tools = content is None and bool(message.get("tool_calls"))
         if not isinstance(role, str) or not (isinstance(content, str) or calls_tools):
             raise RejectedRow(f"message {i} has no string role and content", MALFORMED)
-        # null fields are absent ones: Parquet and datasets give every message of a column the union of keys
-        rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
-        try:
-            extra = json.dumps(rest, sort_keys=True, ensure_ascii=False) if rest else ""
-        except (TypeError, ValueError):  # a value JSON cannot hold (rows come from JSON, Parquet or datasets)
-            raise RejectedRow(f"message {i} has a field that is not plain data", MALFORMED) from None
-        pairs.append(Message(role, content, extra))
+        rest = tuple(
+            (k, _without_nulls(v) if columnar else v)
+            for k, v in message.items()
+            if k not in ("role", "content") and v is not None
+        )
+        pairs.append(Message(role, content, rest))
     return tuple(pairs)
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` with the null entries of its objects dropped at every depth (lists keep their items)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 @dataclass

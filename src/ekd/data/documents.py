@@ -442,13 +442,14 @@ def _row_document(
     doc_id: str,
     data_cfg: DataConfig,
     skipped: SkippedRows | None = None,
+    columnar: bool = False,
 ) -> Document | None:
     """The row's Document; a chat row (``skipped`` given) whose messages are malformed is counted there and
-    gives None."""
+    gives None. ``columnar``: a Parquet or datasets row (:func:`ekd.data.chat.parse_messages`)."""
     if skipped is not None:
         skipped.seen += 1
         try:
-            return Document(text="", doc_id=doc_id, messages=parse_messages(values[0]))
+            return Document(text="", doc_id=doc_id, messages=parse_messages(values[0], columnar))
         except RejectedRow as e:
             skipped.add(doc_id, e)
             return None
@@ -568,7 +569,7 @@ def _read_parquet(
         columns = [batch.column(n).to_pylist() for n in fields]
         for values in zip(*columns):
             doc = _row_document(
-                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg, skipped
+                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg, skipped, True
             )
             if doc is not None:
                 yield doc
@@ -629,6 +630,7 @@ def _read_hf(
                 f"{path.name or name}:{row}",
                 data_cfg,
                 skipped,
+                columnar=True,
             )
             if doc is not None:
                 yield doc
