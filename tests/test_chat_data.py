@@ -684,3 +684,51 @@ def test_rows_none_of_which_is_messages_name_the_format_not_min_chars(tmp_path):
     line = str(e.value)
     assert "\n" not in line and "none of its 3 chat rows could be read (3 malformed messages" in line
     assert "('conversations') to hold a list of {role, content} objects" in line and "min_chars" not in line
+
+
+def test_the_templates_end_of_turn_token_is_found_by_a_probe(chat_tok):
+    """Try-out 19: a base student (its config names only its EOS) taught on an instruct template kept generating
+    past the template's end-of-turn token in on-policy runs. The renderer names that token for the stops."""
+    end = chat_tok.convert_tokens_to_ids("<|end|>")
+    assert ChatRenderer(chat_tok, PLAIN).end_of_turn_ids() == [end]
+    assert ChatRenderer(chat_tok, MARKED).end_of_turn_ids() == [end]
+    bare = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"  # no special token after
+    )
+    assert ChatRenderer(chat_tok, bare).end_of_turn_ids() == []
+    assert (
+        ChatRenderer(chat_tok, STRICT.replace("'assistant'", "'helper'")).end_of_turn_ids() == []
+    )  # rejects
+
+
+def test_on_policy_chat_runs_stop_turns_at_the_templates_end_of_turn(tmp_path, chat_tok, monkeypatch):
+    """The trainer hands the template's end-of-turn token to on-policy generation (a preset student names only
+    its EOS in its config)."""
+    from ekd.train import onpolicy
+
+    seen: list = []
+    real = onpolicy._generate
+
+    def spy(student, prompts, attention_mask, **kw):
+        seen.append(kw["stops"])
+        return real(student, prompts, attention_mask, **kw)
+
+    monkeypatch.setattr(onpolicy, "_generate", spy)
+    chat_tok.chat_template = None
+    tok_dir = tmp_path / "tok"
+    chat_tok.save_pretrained(str(tok_dir))
+    template = tmp_path / "chat.jinja"
+    template.write_text(PLAIN)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", conversations(12, seed=5))
+    extra = {
+        "data.format": "chat",
+        "data.chat_template": template,
+        "data.block_length": 32,
+        "data.eval_fraction": 0.0,
+        "model.tokenizer": str(tok_dir),
+        "train.max_steps": 1,
+    }
+    args = [*tiny_overrides(tmp_path, data, "gkd", **extra), "method=gkd", "method.student_data_fraction=1"]
+    assert main(["-q", "distill", *args, "method.max_new_tokens=4"]) == 0
+    end = chat_tok.convert_tokens_to_ids("<|end|>")
+    assert seen and all(end in stops for stops in seen)

@@ -441,3 +441,21 @@ def test_a_turn_stops_at_any_end_of_sequence_id_of_the_student(student, monkeypa
         assert calls and all(c["stops"] == [EOS, EOT] for c in calls)  # generate stops at each of them too
     finally:
         student.generation_config.eos_token_id = EOS
+
+
+def test_the_templates_end_of_turn_stops_a_base_students_turn(student, monkeypatch):
+    """Try-out 19: `end_of_turn` (the chat template's token, ekd.data.chat.ChatRenderer.end_of_turn_ids) joins the
+    stops when the student's own config names only its EOS."""
+    EOT = 3
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({8: [[5, EOT, 6], [EOT], [6, 7, 8]]}))
+    out, _ = maybe_on_policy(
+        _packed_batch(),
+        student,
+        _cfg(max_new=10, prompt=8),
+        torch.Generator().manual_seed(0),
+        EOS,
+        pad_id=PAD,
+        end_of_turn=[EOT],
+    )
+    assert out.attention_mask.sum(1).tolist() == [10, 9, 11]
+    assert out.labels[0, 7:].tolist() == [5, EOT] + [IGNORE_INDEX] * (T - 9)

@@ -281,6 +281,31 @@ class ChatRenderer:
             raise RejectedRow("the rendering marks no assistant token", NOTHING_MARKED)
         return rendered
 
+    def end_of_turn_ids(self) -> list[int]:
+        """The special token the template writes right after an assistant turn's content (``<|eot_id|>``,
+        ``<|im_end|>``, ``<end_of_turn>``, ``<|end|>``), found by rendering a probe exchange; [] when it writes
+        none there or rejects the probe. On-policy turns end at it even when the student's own config names
+        only its EOS (a base student taught on an instruct teacher's template)."""
+        answer = "ekd probe answer"
+        probe = [{"role": "user", "content": "ekd probe question"}, {"role": ASSISTANT, "content": answer}]
+        try:
+            text = self._render(probe)
+        except RejectedRow:
+            return []
+        at = text.find(answer)
+        if at < 0:
+            return []
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        after = [
+            i
+            for i, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"])
+            if start >= at + len(answer)
+        ]
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special
+        }
+        return after[:1] if after and after[0] in special else []
+
     def _render(self, conversation: list[dict], add_generation_prompt: bool = False) -> str:
         try:
             return self.tokenizer.apply_chat_template(

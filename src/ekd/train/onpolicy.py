@@ -40,7 +40,7 @@ padding and at the last position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -92,6 +92,16 @@ def prompt_lengths(labels: torch.Tensor, prompt_tokens: int) -> torch.Tensor:
     return torch.where(valid.any(dim=1), lengths, torch.zeros_like(lengths))
 
 
+def on_policy_turn_ends(cfg, tokenizer) -> list[int]:
+    """The chat template's end-of-turn token for an on-policy run on chat data (``data.format=chat``,
+    ``method.student_data_fraction > 0``), else []."""
+    if cfg.data.format != "chat" or cfg.method.student_data_fraction <= 0:
+        return []
+    from ekd.data.chat import ChatRenderer
+
+    return ChatRenderer(tokenizer).end_of_turn_ids()
+
+
 def maybe_on_policy(
     batch: Batch,
     student: nn.Module,
@@ -100,6 +110,7 @@ def maybe_on_policy(
     eos_id: int,
     pad_id: int | None = None,
     vocab_size: int | None = None,
+    end_of_turn: Sequence[int] = (),
 ) -> tuple[Batch, bool]:
     """With probability λ, replace the batch's continuations by samples from the student.
 
@@ -114,6 +125,8 @@ def maybe_on_policy(
         pad_id: Fills positions after a row's continuation (attention 0, no target); default ``eos_id``.
         vocab_size: The tokenizer length V; head rows ≥ V (padding, e.g. Qwen's 151,936 rows for 151,665
             tokens) are never sampled. Default: every row of the head is a token.
+        end_of_turn: More ids that end a turn: the chat template's end-of-turn token
+            (:meth:`ekd.data.chat.ChatRenderer.end_of_turn_ids`), which a base student's config does not name.
 
     Returns:
         ``(new_batch, True)`` with the same shapes, dtypes and ``sample_ids`` when on-policy, else ``(batch, False)``.
@@ -126,6 +139,7 @@ def maybe_on_policy(
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     pad = eos_id if pad_id is None else pad_id
     stops = stop_ids(student, eos_id)  # read before generation swaps the generation config
+    stops += [i for i in end_of_turn if i not in stops]
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     T = input_ids.shape[1]
     lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)

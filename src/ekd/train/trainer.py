@@ -56,7 +56,7 @@ from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_
 from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
-from ekd.train.onpolicy import maybe_on_policy, on_policy_generator
+from ekd.train.onpolicy import maybe_on_policy, on_policy_generator, on_policy_turn_ends
 from ekd.train.precision import enable_tf32
 from ekd.train.prepare import (
     PreparedData,
@@ -335,6 +335,8 @@ def _train(
         desc=cfg.run.name,
         dynamic_ncols=True,
     )
+    # on-policy turns also end at the chat template's end-of-turn token (a base student's config may not name it)
+    end_of_turn = on_policy_turn_ends(cfg, data.tokenizer)
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
         # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact
@@ -357,6 +359,7 @@ def _train(
                         on_policy_generator(cfg.run.seed, step, i),
                         data.eos_id,
                         vocab_size=data.vocab_size,
+                        end_of_turn=end_of_turn,
                     )[0]
                     for i, b in enumerate(micro_batches)
                 ]
