@@ -194,6 +194,29 @@ def test_a_template_that_closes_the_conversation_is_prefix_stable_up_to_its_clos
     system = chat_tok.convert_tokens_to_ids("<|system|>")
     assert rendered.input_ids == ids + [system]
     assert rendered.assistant_mask == flags + [True]  # the closing marker ends the last assistant span
+    assert (
+        ChatRenderer(chat_tok, closing).closing_text() == "<|system|>"
+    )  # not the 'system|>' '<|' would allow
+
+
+def test_a_rewriting_template_is_refused_even_when_two_answers_are_the_same(chat_tok):
+    """Try-out 19: the closing-text rule read per row took a Qwen3-style rewrite (the last assistant turn rendered
+    with its reasoning, earlier ones without) for closing text when both answers were equal, and the first turn
+    got no loss. The closing text is the template's, probed once: this template has none, so the row is refused."""
+    thinking = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' and loop.last %}value {% endif %}"
+        "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    same = [
+        {"role": "user", "content": "what is the value"},
+        {"role": "assistant", "content": "a list"},
+        {"role": "user", "content": "and the items"},
+        {"role": "assistant", "content": "a list"},
+    ]
+    renderer = ChatRenderer(chat_tok, thinking)
+    assert renderer.closing_text() == ""
+    with pytest.raises(ConfigError, match="not prefix-stable"):
+        renderer(parse_messages(same), "chat.jsonl:1")
 
 
 @pytest.mark.parametrize("family", ["llama3", "gemma3", "qwen3_instruct_2507"])

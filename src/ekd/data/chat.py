@@ -26,7 +26,6 @@ are skipped; :class:`SkippedRows` counts them and reports one line.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import re
@@ -262,6 +261,7 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.template = template
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
+        self._closing: str | None = None  # closing_text(), probed once
 
     def __call__(self, messages: Messages, doc_id: str = "") -> RenderedChat:
         """Render one conversation.
@@ -280,6 +280,44 @@ class ChatRenderer:
         if not any(rendered.assistant_mask):
             raise RejectedRow("the rendering marks no assistant token", NOTHING_MARKED)
         return rendered
+
+    def closing_text(self) -> str:
+        """Text the template writes after the last message only (Phi-3: its EOS), '' for most templates.
+
+        From three probe renderings (a user turn, then an assistant turn, then a user turn): '' when each is a
+        prefix of the next; else the shortest text all three end with, starting at a token of the first (so
+        ``'<|endoftext|>'``, not the ``'endoftext|>'`` that ``'<|'`` shared with the next turn's marker would
+        allow), whose removal makes each a prefix of the next. A template that rewrites earlier turns renders
+        these probes prefix-stably (nothing to rewrite in them), so it gets '' and its real rows are still
+        refused."""
+        if self._closing is None:
+            self._closing = self._probe_closing()
+        return self._closing
+
+    def _probe_closing(self) -> str:
+        probe = [
+            {"role": "user", "content": "ekd probe one"},
+            {"role": ASSISTANT, "content": "ekd probe two"},
+            {"role": "user", "content": "ekd probe three"},
+        ]
+        try:
+            renders = [self._render(probe[:n]) for n in (1, 2, 3)]
+        except RejectedRow:
+            return ""
+        offsets = self.tokenizer(renders[0], add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        token_starts = {start for start, _ in offsets}
+        for n in range(0, min(map(len, renders)) + 1):
+            closing = renders[0][len(renders[0]) - n :]
+            if not all(r.endswith(closing) for r in renders):
+                break
+            if n and len(renders[0]) - n not in token_starts:
+                continue
+            a, b, c = (r[: len(r) - n] for r in renders)
+            if b.startswith(a) and c.startswith(b):
+                return closing
+        return ""
 
     def end_of_turn_ids(self) -> list[int]:
         """The special token the template writes right after an assistant turn's content (``<|eot_id|>``,
@@ -334,15 +372,13 @@ class ChatRenderer:
 
     def _with_prefix_diff(self, conversation: list[dict], doc_id: str) -> RenderedChat:
         full = self._render(conversation)
-        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [a for a, _ in encoded["offset_mapping"]]  # (S,) first character of each token of `full`
         spans = []  # (start, end) characters of each assistant turn in `full`
         for i, message in enumerate(conversation):
             if message["role"] != ASSISTANT:
                 continue
             header = self._render(conversation[:i], add_generation_prompt=True)  # up to the assistant header
             turn = self._render(conversation[: i + 1])  # up to the end of the assistant turn
-            end = _turn_end(turn, full, starts)
+            end = _turn_end(turn, full, self.closing_text())
             if not (turn.startswith(header) and end is not None):
                 bad = header if not turn.startswith(header) else turn
                 raise ConfigError(
@@ -353,24 +389,20 @@ class ChatRenderer:
                     "data.chat_template"
                 )
             spans.append((len(header), end))
+        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         return RenderedChat(list(encoded["input_ids"]), overlap_mask(encoded["offset_mapping"], spans))
 
 
-def _turn_end(turn: str, full: str, token_starts: Sequence[int]) -> int | None:
+def _turn_end(turn: str, full: str, closing: str) -> int | None:
     """Where the rendering ``turn`` (the conversation up to an assistant turn) ends in the whole rendering
-    ``full``: ``len(turn)`` when it is a prefix; else where the two part, moved back to the start of the token of
-    ``full`` it falls in (``'<|endoftext|>'`` and ``'<|user|>'`` share ``'<|'``), when the rest of ``turn`` is
-    the text ``full`` ends with too — what the template writes after the last message only (Phi-3's EOS closing
-    the conversation), which a partial rendering ends with as well. None: not prefix-stable.
-
-    Args:
-        token_starts: (S,) ascending first characters of ``full``'s tokens."""
+    ``full``: ``len(turn)`` when it is a prefix; else, when ``turn`` ends with the template's ``closing`` text
+    (:meth:`ChatRenderer.closing_text`) and is a prefix without it, where that text starts. None: not
+    prefix-stable."""
     if full.startswith(turn):
         return len(turn)
-    k = next((i for i, (a, b) in enumerate(zip(turn, full)) if a != b), min(len(turn), len(full)))
-    k = token_starts[bisect.bisect_right(token_starts, k) - 1] if token_starts and token_starts[0] <= k else k
-    closing = turn[k:]
-    return k if closing and full.endswith(closing) else None
+    if closing and turn.endswith(closing) and full.startswith(turn[: -len(closing)]):
+        return len(turn) - len(closing)
+    return None
 
 
 def _parting(a: str, b: str, width: int = 24) -> str:
