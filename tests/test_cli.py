@@ -454,3 +454,11 @@ def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, caps
     out = capsys.readouterr().out
     assert "student saved to" in out and "| eval set |" not in out and "ppl is over every target" not in out
     assert "is empty; skipping it" not in caplog.text
+    # try-out 19: `ekd eval` of such a run loaded both models, wrote {} and said nothing
+    before = (tmp_path / "runs" / "noeval" / "eval.json").read_text()
+    assert main(["eval", str(tmp_path / "runs" / "noeval")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0 and "the run has no eval set" in err and "data.eval_sources={name: path}" in err
+    )
+    assert (tmp_path / "runs" / "noeval" / "eval.json").read_text() == before

@@ -305,6 +305,13 @@ def evaluate_saved_run(
         splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer)
+    if not data.blocks and cfg.eval.tasks:  # nothing to score here; the caller scores eval.tasks
+        return {}
+    if not data.blocks:  # before any model is loaded
+        raise ConfigError(
+            f"ekd eval {run_dir}: the run has no eval set (data.eval_fraction=0 and no data.eval_sources); "
+            'name one: ekd eval RUN "data.eval_sources={name: path}", or score tasks with --tasks'
+        )
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
