@@ -391,7 +391,10 @@ def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, ch
     load_line = next(line for line in lines if "malformed" in line)
     assert "skipped 1 of 6" in load_line and "first: c.jsonl:5" in load_line
     render_line = next(line for line in lines if "chat template" in line)
-    assert "skipped 2 of 5" in render_line and "first: c.jsonl:2 (no assistant turn)" in render_line
+    assert (
+        "skipped 2 of 5" in render_line
+        and "first: c.jsonl:2 (no assistant turn (roles: user))" in render_line
+    )
     assert "1 rejected by the chat template" in render_line and "1 no assistant turn" in render_line
     kept = [tok for r in (good[0], good[1], good[2]) for tok in reference(chat_tok, r)[0]]
     assert blocks.input_ids.flatten().tolist() == kept[: len(blocks) * 8]

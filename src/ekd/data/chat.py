@@ -271,7 +271,8 @@ class ChatRenderer:
             ConfigError: The template has no generation markers and is not prefix-stable on this row.
         """
         if not any(m.role == ASSISTANT for m in messages):
-            raise RejectedRow("no assistant turn", NO_ASSISTANT)
+            roles = ", ".join(dict.fromkeys(m.role for m in messages)) or "none"
+            raise RejectedRow(f"no assistant turn (roles: {roles})", NO_ASSISTANT)
         conversation = [m.as_dict() for m in messages]
         if self.method == "generation_markers":
             rendered = self._with_markers(conversation)
