@@ -408,6 +408,13 @@ def test_distill_gkd_end_to_end(tmp_path, corpus, monkeypatch):
     )  # λ=1: every micro-batch
 
 
+def _turns(student, monkeypatch, continuations: list[list[int]], **kw) -> Batch:
+    """The on-policy batch of ``_packed_batch()`` (prompt 8) when generation returns ``continuations``."""
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({8: continuations}))
+    cfg = _cfg(max_new=10, prompt=8)
+    return maybe_on_policy(_packed_batch(), student, cfg, torch.Generator().manual_seed(0), EOS, PAD, **kw)[0]
+
+
 def test_a_turn_stops_at_any_end_of_sequence_id_of_the_student(student, monkeypatch):
     """Try-out 18: generation stopped at the document EOS only, so Gemma-3, Phi-3 and Llama-3 instruct students
     (whose generation_config lists the end-of-turn token beside EOS) generated past their turn to the budget. A
@@ -418,17 +425,7 @@ def test_a_turn_stops_at_any_end_of_sequence_id_of_the_student(student, monkeypa
     student.generation_config.eos_token_id = [EOS, EOT]
     try:
         assert stop_ids(student, EOS) == [EOS, EOT] and stop_ids(student, 9) == [9, EOS, EOT]
-        monkeypatch.setattr(
-            onpolicy, "_generate", _fake_generate({8: [[5, EOT, 6, 7], [EOT, 4], [6, 7, EOS, 8]]})
-        )
-        out, _ = maybe_on_policy(
-            _packed_batch(),
-            student,
-            _cfg(max_new=10, prompt=8),
-            torch.Generator().manual_seed(0),
-            EOS,
-            pad_id=PAD,
-        )
+        out = _turns(student, monkeypatch, [[5, EOT, 6, 7], [EOT, 4], [6, 7, EOS, 8]])
         assert out.attention_mask.sum(1).tolist() == [10, 9, 11]  # prompt 8 + the turn up to its stop
         assert out.labels[0, 7:].tolist() == [5, EOT] + [IGNORE_INDEX] * (T - 9)
         assert out.labels[1, 7:].tolist() == [EOT] + [IGNORE_INDEX] * (T - 8)
@@ -447,15 +444,6 @@ def test_the_templates_end_of_turn_stops_a_base_students_turn(student, monkeypat
     """Try-out 19: `end_of_turn` (the chat template's token, ekd.data.chat.ChatRenderer.end_of_turn_ids) joins the
     stops when the student's own config names only its EOS."""
     EOT = 3
-    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({8: [[5, EOT, 6], [EOT], [6, 7, 8]]}))
-    out, _ = maybe_on_policy(
-        _packed_batch(),
-        student,
-        _cfg(max_new=10, prompt=8),
-        torch.Generator().manual_seed(0),
-        EOS,
-        pad_id=PAD,
-        end_of_turn=[EOT],
-    )
+    out = _turns(student, monkeypatch, [[5, EOT, 6], [EOT], [6, 7, 8]], end_of_turn=[EOT])
     assert out.attention_mask.sum(1).tolist() == [10, 9, 11]
     assert out.labels[0, 7:].tolist() == [5, EOT] + [IGNORE_INDEX] * (T - 9)
