@@ -669,9 +669,10 @@ def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_to
 def test_message_metadata_never_moves_a_conversation_between_train_and_eval():
     """Try-out 19: with every key in the held-out split's key, rows with `name`, `weight` or ids changed sides
     against earlier ekd runs. The split key is roles and contents, as it always was; the cache import matches
-    rows by every key, nulls dropped, so a Parquet source matches JSONL training rows."""
+    rows by roles, contents and tool calls (try-out 20: by every key, a source without the training rows'
+    `name` or ids matched nothing), nulls dropped, so a Parquet source matches JSONL training rows."""
     from ekd.data.build import content_key
-    from ekd.data.chat import exact_messages_key
+    from ekd.data.chat import import_key
 
     plain = conversations(1)[0]
     named = [{**m, "name": "ann", "weight": 0} for m in plain]
@@ -681,7 +682,7 @@ def test_message_metadata_never_moves_a_conversation_between_train_and_eval():
             content_key(Document(text="", messages=parse_messages(rows)))
             == hashlib.sha256(old.encode()).hexdigest()
         )
-    assert exact_messages_key(parse_messages(named)) != exact_messages_key(parse_messages(plain))
+    assert import_key(parse_messages(named)) == import_key(parse_messages(plain))
     # a Parquet struct column gives every message, and every nested object, the union of keys (null elsewhere)
     call = {"function": {"name": "f", "arguments": {"city": "Rome"}}}
     columnar_call = {"function": {"name": "f", "arguments": {"city": "Rome", "unit": None}}}
@@ -695,7 +696,9 @@ def test_message_metadata_never_moves_a_conversation_between_train_and_eval():
     ]
     assert parse_messages(parquet_row, columnar=True) == parse_messages(json_row)
     assert parse_messages(parquet_row)[1].extra == (("tool_calls", [columnar_call]),)  # JSON's own nulls stay
-    assert exact_messages_key(parse_messages(parquet_row)) == exact_messages_key(parse_messages(json_row))
+    assert import_key(parse_messages(parquet_row)) == import_key(parse_messages(json_row))
+    other_call = [json_row[0], {**json_row[1], "tool_calls": [{"function": {"name": "g", "arguments": {}}}]}]
+    assert import_key(parse_messages(other_call)) != import_key(parse_messages(json_row))
 
 
 def test_rows_none_of_which_is_messages_name_the_format_not_min_chars(tmp_path):

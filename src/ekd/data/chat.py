@@ -67,11 +67,16 @@ def messages_key(messages: Messages) -> str:
     return json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False)
 
 
-def exact_messages_key(messages: Messages) -> str:
-    """A conversation with every key of its messages, as JSON (values JSON cannot hold by their ``str``): what
-    ``ekd cache import`` matches a source row to a training row by, where tool calls make two rows different;
-    null entries dropped at every depth, so a Parquet source matches JSONL training rows."""
-    return json.dumps([_without_nulls(m.as_dict()) for m in messages], ensure_ascii=False, default=str)
+def import_key(messages: Messages) -> str:
+    """A conversation's roles, contents and tool calls as JSON: what ``ekd cache import`` matches a source row to
+    a training row by (tool calls make two rows with the same texts different; other metadata — ``name``, ids,
+    weights — the source may lack, and the tokens are compared after the match anyway). Nulls are dropped at
+    every depth, so a Parquet source matches JSONL training rows."""
+    rows = []
+    for m in messages:
+        calls = dict(m.extra).get("tool_calls")
+        rows.append([m.role, m.content] if calls is None else [m.role, m.content, calls])
+    return json.dumps(_without_nulls(rows), ensure_ascii=False, default=str)
 
 
 Messages = tuple[Message, ...]  # a conversation, in order
@@ -387,7 +392,7 @@ class ChatRenderer:
                     f"prefix-stable (row {doc_id}: rendering up to message {i} is not a prefix of the whole "
                     f"conversation: {_parting(bad, full if bad is turn else turn)}), so assistant tokens cannot "
                     "be located; wrap assistant content in {% generation %}…{% endgeneration %} in "
-                    "data.chat_template"
+                    "data.chat_template (TRL ships *_training.jinja versions of common templates that do)"
                 )
             spans.append((len(header), end))
         encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

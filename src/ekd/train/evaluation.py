@@ -283,6 +283,10 @@ def evaluate_saved_run(
     student_dir = run_dir / "student"
     cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
+    if cfg.data.eval_fraction == 0 and not cfg.data.eval_sources:  # known from the config: no data is read
+        if cfg.eval.tasks:  # nothing to score here; the caller scores eval.tasks
+            return {}
+        raise _no_eval_set(run_dir)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
     from ekd.data import load_splits
@@ -305,13 +309,10 @@ def evaluate_saved_run(
         splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer)
-    if not data.blocks and cfg.eval.tasks:  # nothing to score here; the caller scores eval.tasks
+    if not data.blocks and cfg.eval.tasks:  # every set came out empty; the caller scores eval.tasks
         return {}
     if not data.blocks:  # before any model is loaded
-        raise ConfigError(
-            f"ekd eval {run_dir}: the run has no eval set (data.eval_fraction=0 and no data.eval_sources); "
-            'name one: ekd eval RUN "data.eval_sources={name: path}", or score tasks with --tasks'
-        )
+        raise _no_eval_set(run_dir)
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
@@ -324,6 +325,13 @@ def evaluate_saved_run(
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     write_eval_json(run_dir, cfg, results, keep=True)
     return results
+
+
+def _no_eval_set(run_dir: Path) -> ConfigError:
+    return ConfigError(
+        f"ekd eval {run_dir}: the run has no eval set (data.eval_fraction=0 and no data.eval_sources); "
+        'name one: ekd eval RUN "data.eval_sources={name: path}", or score tasks with --tasks'
+    )
 
 
 def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool) -> None:

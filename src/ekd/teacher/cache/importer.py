@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ekd.config import Config, ConfigError
-from ekd.data.chat import RejectedRow, exact_messages_key, parse_messages
+from ekd.data.chat import RejectedRow, import_key, parse_messages
 from ekd.data.document import Document
 from ekd.io import file_sha256
 from ekd.locks import holding
@@ -128,10 +128,10 @@ def estimated_stats(logprobs: torch.Tensor, gold_logprob: torch.Tensor) -> tuple
 
 def document_key(doc: Document) -> str:
     """What a training document is looked up by in SRC: its text, or for a chat row its messages as the JSON
-    list of its messages with all their keys (:func:`ekd.data.chat.exact_messages_key`)."""
+    list of its messages' roles, contents and tool calls (:func:`ekd.data.chat.import_key`)."""
     if doc.messages is None:
         return doc.text
-    return exact_messages_key(doc.messages)
+    return import_key(doc.messages)
 
 
 def row_key(value: Any, chat: bool, where: str, column: str) -> str:
@@ -142,7 +142,7 @@ def row_key(value: Any, chat: bool, where: str, column: str) -> str:
             with contextlib.suppress(ValueError):  # a JSON string of the messages; else refused below
                 value = json.loads(value)
         try:
-            return exact_messages_key(parse_messages(value))
+            return import_key(parse_messages(value))
         except RejectedRow as e:
             raise CacheError(
                 f"{where}: column '{column}' is not chat messages ({e}); name the messages column with "
