@@ -512,3 +512,22 @@ def test_a_teacher_row_without_eval_set_figures_says_why(tmp_path):
     ]
     compare_runs(runs, tmp_path / "cmp2")
     assert "no eval-set figures" not in (tmp_path / "cmp2" / "compare.md").read_text()
+
+
+def test_runs_that_differ_only_in_checkpointing_or_eval_batching_share_a_group(tmp_path):
+    """Try-out 21: two seeds of kd differing in train.checkpoint_every became `kd` and `kd#2` (paired differences
+    all —). Keys that make no other run — checkpointing, eval batching and plots, the same math in another
+    summation order — are left out of the groups, as the device layout is; a key that does change the run is not."""
+    from ekd.eval.compare import compare_runs
+
+    a = _fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5)
+    b = _fake_run(tmp_path, "kd1", "kd", 1, 10.4, 0.6)
+    for run, extra in ((a, {}), (b, {"checkpoint_every": 50, "head_chunk_size": 512, "compile": True})):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["train"].update(extra)
+        cfg["eval"] = {"batch_size": 8 if extra else 16, "plots": not extra}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = compare_runs([a, b], tmp_path / "cmp")
+    assert [g["method"] for g in summary["groups"]] == ["kd"] and len(summary["groups"][0]["seeds"]) == 2
+    c = _fake_run(tmp_path, "kd2", "kd", 2, 10.2, 0.5, lr=3e-3)  # another learning rate: another run
+    assert [g["method"] for g in compare_runs([a, b, c], tmp_path / "cmp2")["groups"]] == ["kd", "kd#2"]

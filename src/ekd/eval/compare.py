@@ -30,13 +30,12 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ekd.config.sections import is_reporting_key
 from ekd.errors import EkdError
 from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
-from ekd.train.run_dir import LAYOUT_KEYS, read_marker
+from ekd.train.run_dir import changes_training, read_marker
 
 
 class Metric(NamedTuple):
@@ -86,16 +85,12 @@ class RunRecord:
         return int(self.config.get("run", {}).get("seed", 0))
 
     def trained_config(self) -> dict[str, Any]:
-        """The config as far as it decides what the run trained: without ``run.*`` identity keys, the keys that
-        only report (``log.*``, :data:`~ekd.config.REPORTING_KEYS`) and the device layout
-        (:data:`~ekd.train.run_dir.LAYOUT_KEYS`), with the micro-batch over all ranks
+        """The config as far as it decides what the run trained: without ``run.*`` identity keys and the keys that
+        make no other run (:func:`~ekd.train.run_dir.changes_training`: reporting, checkpointing, eval batching,
+        the device layout, the same math), with the micro-batch over all ranks
         (:data:`GLOBAL_BATCH_KEY`) instead — a ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
         cfg = {
-            s: {
-                k: x
-                for k, x in v.items()
-                if not is_reporting_key(f"{s}.{k}") and f"{s}.{k}" not in LAYOUT_KEYS
-            }
+            s: {k: x for k, x in v.items() if changes_training(f"{s}.{k}")}
             for s, v in self.config.items()
             if isinstance(v, dict)
         }
@@ -431,7 +426,7 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) ->
     for section in sorted(set(a) | set(b)):
         sa, sb = a.get(section) or {}, b.get(section) or {}
         for key in sorted(set(sa) | set(sb)):
-            if (section == "run" and key in RUN_KEYS) or is_reporting_key(f"{section}.{key}"):
+            if (section == "run" and key in RUN_KEYS) or not changes_training(f"{section}.{key}"):
                 continue
             if sa.get(key) != sb.get(key):
                 out.append(f"{section}.{key}={sb.get(key)!r} (vs {sa.get(key)!r})")

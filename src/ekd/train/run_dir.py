@@ -119,6 +119,25 @@ REFUSED_BECAUSE = {
 }
 
 
+# keys that leave what a run trains and scores as it is (``ekd compare`` groups runs over them, try-out 21: runs of
+# one method split into kd and kd#2 over train.checkpoint_every): when it checkpoints, how it batches and plots its
+# evaluation, the device layout, and the same math in another summation order
+SAME_RUN_KEYS = (
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "eval.batch_size",
+    "eval.plots",
+    *LAYOUT_KEYS,
+    *SAME_MATH_CHANGES,
+)
+
+
+def changes_training(key: str) -> bool:
+    """Whether a different value of the config key ``key`` (section.field) makes another run: not when it only
+    reports (``log.*``) or is one of :data:`SAME_RUN_KEYS`."""
+    return not is_reporting_key(key) and key not in SAME_RUN_KEYS
+
+
 def resumable(key: str) -> bool:
     """Whether ``--resume`` accepts a change of the config key ``key`` (section.field)."""
     return key in SAME_MATH_CHANGES or key.startswith(RESUMABLE_CHANGES)
