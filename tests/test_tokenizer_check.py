@@ -356,3 +356,26 @@ def test_a_student_tokenizer_with_added_tokens_is_told_what_differs(tmp_path):
             "the student's is the teacher's plus 2 added tokens ('<tool>', '</tool>'): save the teacher's "
             "tokenizer files into the student's directory if it does not need them"
         ) in str(e.value), str(e.value)
+
+
+def test_a_model_saved_without_tokenizer_files_reads_the_runs_or_is_one_line(
+    tmp_path, tokenizer_dirs, caplog
+):
+    """Try-out 21: transformers 5 loads a directory without tokenizer files as a one-token tokenizer, so a student
+    saved without its tokenizer (the teacher's family) was refused as 'tokenizers differ (1002 vs 1 token)'. It
+    reads the named tokenizer (its head is still checked); naming it as the tokenizer is one line with the fix."""
+    import logging
+
+    teacher = _model_dir(tmp_path / "teacher", tokenizer_dirs["a"], 280)
+    student = _model_dir(tmp_path / "student", tokenizer_dirs["a"], 280)
+    for f in student.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+            f.unlink()
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        tok = prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)
+    assert len(tok) == len(load_tokenizer(str(tokenizer_dirs["a"])))
+    assert f"model.student: {student} holds no tokenizer files; it reads teacher's" in caplog.text
+    with pytest.raises(ModelError) as e:
+        prepare_tokenizer(_cfg(teacher, student, "student"), tmp_path, None)
+    assert "\n" not in str(e.value) and f"model.student: {student} holds no tokenizer files" in str(e.value)
+    assert "model.tokenizer" in str(e.value)

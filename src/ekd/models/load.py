@@ -161,14 +161,40 @@ def declared_dtype(
     return declared if declared in DTYPES.values() else None
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+    "vocab.txt",
+)
+"""Files one of which a saved Hugging Face tokenizer has (fast, config, SentencePiece, BPE vocab, WordPiece)."""
+
+
+def has_tokenizer_files(spec: str) -> bool:
+    """Whether ``spec`` names a tokenizer: a hub id (checked when it is loaded), or a local directory holding one
+    of :data:`TOKENIZER_FILES` (transformers 5 builds an empty one-token tokenizer from a directory with none)."""
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return True
+    return any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
 def load_tokenizer(
     spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "tokenizer"
 ) -> PreTrainedTokenizerBase:
-    """AutoTokenizer from a hub id or local directory; errors as :func:`load_or_refuse`."""
+    """AutoTokenizer from a hub id or local directory; errors as :func:`load_or_refuse`; a local directory
+    without tokenizer files is one ModelError line (try-out 21: it loaded as a one-token tokenizer)."""
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision
     local = check_model_dir(spec, role, tokenizer_only=True)
+    if local is not None and not has_tokenizer_files(spec):
+        raise ModelError(
+            f"{_key(role)}: {spec} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); save the "
+            "tokenizer into it (tokenizer.save_pretrained) or name another with model.tokenizer"
+        )
     kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoTokenizer.from_pretrained(source, **kwargs), "a tokenizer")

@@ -21,6 +21,7 @@ from ekd.models.load import (
     check_output_head,
     check_same_tokenizer,
     empty_model,
+    has_tokenizer_files,
     is_preset,
     load_model,
     load_tokenizer,
@@ -181,7 +182,9 @@ def check_models_fit_tokenizer(
     for role, (spec, revision) in models.items():
         if is_preset(spec):
             continue
-        if role != own:
+        if role != own and not has_tokenizer_files(spec):  # a model saved without one: it takes the run's
+            log.info("model.%s: %s holds no tokenizer files; it reads %s's", role, spec, name)
+        elif role != own:
             other = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
             check_same_tokenizer(tok, other, (name, role), fix, learns_encoding=role == "student")
         rows = declared_head_rows(spec, revision, trust_remote_code, role)
@@ -255,6 +258,7 @@ def model_tokenizers(cfg: Config) -> dict:
     return {
         role: load_tokenizer(spec, revision, cfg.model.trust_remote_code, f"model.{role}")
         for role, (spec, revision) in boundary_models(cfg).items()
+        if has_tokenizer_files(spec)  # a model saved without one reads the run's (check_models_fit_tokenizer)
     }
 
 
