@@ -284,3 +284,9 @@ def test_a_gpt2_student_is_planned_and_a_model_without_a_layer_list_is_one_line(
     )
     line = one_error_line(rc, err)
     assert "has 64 positions (n_positions=64), learned" in line and "set data.block_length ≤ 64" in line, line
+    # try-out 21: a teacher path that does not exist was "pass --vocab-size V", then "drop --vocab-size"
+    missing = ["model.teacher=runs/nowhere/teacher", "model.tokenizer=teacher"]
+    rc, _, err = cli(capsys, "plan", config, *missing, "--gpus", "1", "--gpu-memory", "80GiB")
+    line = one_error_line(rc, err)
+    assert "model.teacher: cannot load a model config from 'runs/nowhere/teacher'" in line, line
+    assert "--vocab-size" not in line

@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -451,7 +452,7 @@ def _vocab_size(cfg) -> int:
     """
     from transformers import AutoConfig
 
-    from ekd.models.load import is_preset
+    from ekd.models.load import check_model_dir, is_preset, load_or_refuse
 
     m = cfg.model
     spec = m.tokenizer
@@ -461,10 +462,10 @@ def _vocab_size(cfg) -> int:
         spec = "train_bpe"
     if spec == "train_bpe":
         return m.bpe_vocab_size
-    for model in (m.teacher, m.student):
-        if not is_preset(model):
-            try:
-                return int(AutoConfig.from_pretrained(model).vocab_size)
-            except Exception:  # noqa: BLE001 — unreadable here: shape_of reports it in one line
-                continue
+    for role, model in (("teacher", m.teacher), ("student", m.student)):
+        if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
+            # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
+            check_model_dir(model, role)
+            config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
+            return int(config.vocab_size)
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")
