@@ -664,6 +664,8 @@ def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_to
     assert trained == f"{call_text}<|end|>the value is a list<|end|>"  # the call, then the answer
     with pytest.raises(RejectedRow, match="no string role and content"):
         parse_messages([{"role": "assistant", "content": None}])  # null content without a tool call
+    with pytest.raises(RejectedRow, match="messages is an empty list"):  # try-out 21: was a min_chars drop
+        parse_messages([])
 
 
 def test_message_metadata_never_moves_a_conversation_between_train_and_eval():

@@ -777,3 +777,17 @@ def test_hf_source_without_a_name_is_one_line(tmp_path, source):
     with pytest.raises(ConfigError, match="names no dataset") as e:
         load_documents(cfg.data.source, cfg.data)
     assert "\n" not in str(e.value)
+
+
+def test_an_eval_sets_unscored_tail_is_said(word_tok: PreTrainedTokenizerFast, caplog) -> None:
+    """Try-out 21: an eval set's tokens after its last full block (a whole short last document) were dropped with
+    a debug line only; a set read whole says how many are not scored, training and a capped set do not."""
+    docs = [Document(text="a b c p q x y z"), Document(text="a b c"), Document(text="x y")]  # 9 + 4 + 3 = 16
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(docs, word_tok, block_length=6, split="shift")
+    assert "shift: its last 4 tokens (after its last full block of 6) are not scored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(docs, word_tok, block_length=6, allow_partial_block=False, split="train")
+        pack_documents(docs, word_tok, block_length=6, max_blocks=1, split="capped")
+    assert "not scored" not in caplog.text

@@ -118,6 +118,8 @@ def parse_messages(value: Any, columnar: bool = False) -> Messages:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         got = "null" if value is None else type(value).__name__
         raise RejectedRow(f"messages is {got}, not a list of {{role, content}} objects", MALFORMED)
+    if not value:  # an empty conversation (was dropped as 'shorter than data.min_chars', with no line number)
+        raise RejectedRow("messages is an empty list", MALFORMED)
     pairs = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):

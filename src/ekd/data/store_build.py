@@ -49,7 +49,14 @@ from ekd.data.chat import SkippedRows, chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
 from ekd.data.eval_sample import EVAL_POOL, pool_blocks, spread_blocks
-from ekd.data.packing import PackedBlocks, block_count, packed_line, settle_skipped, token_chunks
+from ekd.data.packing import (
+    PackedBlocks,
+    block_count,
+    packed_line,
+    say_dropped_tail,
+    settle_skipped,
+    token_chunks,
+)
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
 from ekd.data.store import (
@@ -404,6 +411,9 @@ def _finish(
         max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
         real = min(state.tokens, n_blocks * t) if n_blocks else state.tokens  # real tokens in the blocks
+        if n_blocks and state.tokens > n_blocks * t:
+            capped = bool(max_blocks) and n_blocks >= max_blocks
+            say_dropped_tail(name, state.tokens - n_blocks * t, t, not is_train and not capped)
         if n_blocks == 0:
             split_files.pad(t - state.tokens, boundary.pad_id)
             n_blocks = 1
