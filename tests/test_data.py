@@ -791,3 +791,13 @@ def test_an_eval_sets_unscored_tail_is_said(word_tok: PreTrainedTokenizerFast, c
         pack_documents(docs, word_tok, block_length=6, allow_partial_block=False, split="train")
         pack_documents(docs, word_tok, block_length=6, max_blocks=1, split="capped")
     assert "not scored" not in caplog.text
+
+
+def test_a_jsonl_line_with_an_unterminated_string_is_named_so(tmp_path: Path) -> None:
+    """Try-out 21: the line's own newline went into json.loads, so the reason read 'Invalid control character'."""
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"text": "fine"}\n{"text": "abc}\n')
+    with pytest.raises(
+        ConfigError, match=r"line 2: not valid JSON \(Unterminated string starting at column 10\)"
+    ):
+        load_documents(str(f), DataConfig())

@@ -43,7 +43,10 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pre-trained" in out
     # --quick: the claims its methods cannot check are one line; every eval set's size is printed and reported
-    quick_line = "5 of 6 claims not run: --quick runs ce, kd, sekd, sekd3x; the other claims need `ekd demo`."
+    quick_line = (
+        "5 of 6 claims not run: this --quick demo trains ce, kd, sekd, sekd3x; the other claims need the methods "
+        "of a full `ekd demo`."
+    )
     assert quick_line in out and quick_line in report and "| not run |" not in report
     assert "Eval sets (documents, scored tokens): ID (eval)" in out and "1 document, " in report
     assert "w/o EOS" not in report  # the demo table has no such column to explain
@@ -100,7 +103,9 @@ def test_demo_seeds_compare_and_claims(tmp_path, capsys):
     assert (
         "The papers' claims on this run" in report and "Over seeds" in report and "CE-pre-trained" in report
     )
-    assert "| not run |" in report and "--quick runs" not in report  # the full demo keeps every claim's row
+    assert (
+        "| not run |" in report and "--quick demo trains" not in report
+    )  # the full demo keeps every claim's row
 
 
 def test_results_footnotes_explain_only_present_columns_and_mark_a_tiny_eval_set():
@@ -140,7 +145,8 @@ def test_quick_collapses_the_claims_it_cannot_check_into_one_line():
     quick = claims_markdown(claims, QUICK_METHODS)
     assert "not run |" not in quick and "RS-KD: ECE ≈ Full KD" in quick
     assert quick.splitlines()[-1] == (
-        f"2 of 3 claims not run: --quick runs {', '.join(QUICK_METHODS)}; the other claims need `ekd demo`."
+        f"2 of 3 claims not run: this --quick demo trains {', '.join(QUICK_METHODS)}; the other claims need the "
+        "methods of a full `ekd demo`."
     )
     full = claims_markdown(claims)  # the full demo keeps one row per claim
     assert full.count("| not run |") == 2 and "--quick" not in full

@@ -398,8 +398,8 @@ def claims_markdown(claims: list, quick_methods: list[str] | None = None, tiny_i
     ]  # "not run (reason)" rows stay: not --quick's doing
     if quick_methods is not None and len(checked) < len(claims):
         notes.append(
-            f"{len(claims) - len(checked)} of {counted(len(claims), 'claim')} not run: --quick runs "
-            f"{', '.join(quick_methods)}; the other claims need `ekd demo`."
+            f"{len(claims) - len(checked)} of {counted(len(claims), 'claim')} not run: this --quick demo trains "
+            f"{', '.join(quick_methods)}; the other claims need the methods of a full `ekd demo`."
         )
         claims = checked
     # a blank line after the table: markdown would read a line right below it as one more row

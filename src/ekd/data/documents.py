@@ -489,7 +489,7 @@ def _read_jsonl(
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # the newline is no part of the row (nor of its error)
             except json.JSONDecodeError as e:
                 raise ConfigError(
                     f"{where}: not valid JSON ({e.msg} column {e.colno}); fix or remove the line"
