@@ -462,3 +462,25 @@ def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, caps
         err.count("\n") == 0 and "the run has no eval set" in err and "data.eval_sources={name: path}" in err
     )
     assert (tmp_path / "runs" / "noeval" / "eval.json").read_text() == before
+
+
+def test_a_teacher_smaller_than_its_student_is_warned(tmp_path, caplog):
+    """Try-out 21: model.teacher and model.student swapped trained without a word (a smaller teacher may be meant,
+    so it is a warning); the usual order says nothing."""
+    import logging
+
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    swapped = {
+        "model.student": "preset:llama-tiny",
+        "model.teacher": "preset:llama-micro",
+        "train.max_steps": 1,
+    }
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "swapped", **swapped)]) == 0
+        assert (
+            main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "usual", **{"train.max_steps": 1})]) == 0
+        )
+    said = [r.getMessage() for r in caplog.records if "fewer parameters" in r.getMessage()]
+    assert len(said) == 1 and "are model.teacher and model.student swapped?" in said[0], said

@@ -350,6 +350,19 @@ def _load_role(
     return model
 
 
+def warn_smaller_teacher(teacher: nn.Module, student: nn.Module) -> None:
+    """One warning when the teacher has fewer parameters than the student (try-out 21: model.teacher and
+    model.student swapped trained without a word); a smaller teacher is sometimes meant, so it is not refused."""
+    t, s = (sum(p.numel() for n, p in m.named_parameters() if "lora_" not in n) for m in (teacher, student))
+    if t < s:
+        log.warning(
+            "model.teacher has fewer parameters than model.student (%s vs %s): are model.teacher and "
+            "model.student swapped?",
+            f"{t:,}",
+            f"{s:,}",
+        )
+
+
 PADDED_MASS_WARNING = 0.01
 """A teacher putting more than this share of its probability on head rows past the tokenizer is named in a
 warning at load: a trained model gives those rows ~0 (Qwen2.5: < 1e-6); a large share usually means a teacher

@@ -69,6 +69,7 @@ from ekd.train.prepare import (
     resolve_device,
     scores_samples_with_teacher,
     teacher_needed,
+    warn_smaller_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
 from ekd.train.rank_work import fetch_models_once, prepare_data_once, run_on_main, sharded_sample_scores
@@ -227,6 +228,8 @@ def _train(
         )
     student.train()
     teacher_model = _load_teacher_model(cfg, parts, ranks, data, device)
+    if teacher_model is not None:
+        warn_smaller_teacher(teacher_model, student)
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
     teacher = (
         build_teacher_source(cfg, data, device, teacher_model, teacher_shard) if parts.needs_teacher else None
