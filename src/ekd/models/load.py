@@ -178,7 +178,13 @@ def has_tokenizer_files(spec: str) -> bool:
     path = Path(spec).expanduser()
     if not path.is_dir():
         return True
-    return any((path / f).is_file() for f in TOKENIZER_FILES)
+    return any(
+        f.is_file()
+        and (
+            f.name in TOKENIZER_FILES or f.name.startswith("tokenizer") or f.suffix in (".model", ".tiktoken")
+        )
+        for f in path.iterdir()
+    )  # also SentencePiece files of other names and tiktoken files of remote-code tokenizers
 
 
 def load_tokenizer(
