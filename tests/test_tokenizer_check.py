@@ -374,7 +374,8 @@ def test_a_model_saved_without_tokenizer_files_reads_the_runs_or_is_one_line(
     with caplog.at_level(logging.INFO, logger="ekd"):
         tok = prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)
     assert len(tok) == len(load_tokenizer(str(tokenizer_dirs["a"])))
-    assert f"model.student: {student} holds no tokenizer files; it reads teacher's" in caplog.text
+    said = f"model.student: {student} holds no tokenizer files; it reads the run's tokenizer (model.tokenizer=teacher)"
+    assert said in caplog.text
     with pytest.raises(ModelError) as e:
         prepare_tokenizer(_cfg(teacher, student, "student"), tmp_path, None)
     assert "\n" not in str(e.value) and f"model.student: {student} holds no tokenizer files" in str(e.value)

@@ -452,7 +452,8 @@ def _vocab_size(cfg) -> int:
     """
     from transformers import AutoConfig
 
-    from ekd.models.load import check_model_dir, is_preset, load_or_refuse
+    from ekd.hub import check_model_spec
+    from ekd.models.load import is_preset, load_or_refuse
 
     m = cfg.model
     spec = m.tokenizer
@@ -465,7 +466,7 @@ def _vocab_size(cfg) -> int:
     for role, model in (("teacher", m.teacher), ("student", m.student)):
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
-            check_model_dir(model, role)
+            check_model_spec(model, f"model.{role}", m.revision)  # distill's fast check of the spec
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
             return int(config.vocab_size)
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")

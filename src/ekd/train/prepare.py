@@ -183,7 +183,10 @@ def check_models_fit_tokenizer(
         if is_preset(spec):
             continue
         if role != own and not has_tokenizer_files(spec):  # a model saved without one: it takes the run's
-            log.info("model.%s: %s holds no tokenizer files; it reads %s's", role, spec, name)
+            named = name if "=" in name else f"model.tokenizer={name}"
+            log.info(
+                "model.%s: %s holds no tokenizer files; it reads the run's tokenizer (%s)", role, spec, named
+            )
         elif role != own:
             other = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
             check_same_tokenizer(tok, other, (name, role), fix, learns_encoding=role == "student")
