@@ -207,11 +207,7 @@ def pack_documents(
         ends = torch.cat([ends, torch.zeros(pad, dtype=torch.bool)])
         n_blocks = 1
         logger.info("packed %s into one block padded with %s", counted(total, "token"), counted(pad, "token"))
-    elif total > n_blocks * block_length:
-        capped = bool(max_blocks) and n_blocks >= max_blocks
-        say_dropped_tail(
-            split, total - n_blocks * block_length, block_length, allow_partial_block and not capped
-        )
+    dropped = total - n_blocks * block_length  # > 0: tokens after the last full block, said below
     keep = n_blocks * block_length
     blocks = PackedBlocks(
         input_ids=ids[:keep].view(n_blocks, block_length),  # (N, T)
@@ -223,6 +219,9 @@ def pack_documents(
         boundary=boundary,
     )
     logger.info("%s", packed_line(split, documents, real, n_blocks, block_length, blocks.num_targets))
+    if dropped > 0:  # after the packed line it qualifies
+        capped = bool(max_blocks) and n_blocks >= max_blocks
+        say_dropped_tail(split, dropped, block_length, allow_partial_block and not capped)
     return blocks
 
 
