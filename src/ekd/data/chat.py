@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -416,7 +417,7 @@ def _turn_end(turn: str, full: str, closing: str) -> int | None:
 def _parting(a: str, b: str, width: int = 24) -> str:
     """Where two renderings part: ``'…<|end|><|endoftext|>' vs '…<|end|><|user|>'`` (``width`` characters
     around the first difference)."""
-    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    k = len(os.path.commonprefix([a, b]))
     start = max(0, k - width // 2)
     cut = "…" if start else ""
     return f"{cut + a[start : k + width // 2]!r} vs {cut + b[start : k + width // 2]!r}"

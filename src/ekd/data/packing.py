@@ -207,7 +207,6 @@ def pack_documents(
         ends = torch.cat([ends, torch.zeros(pad, dtype=torch.bool)])
         n_blocks = 1
         logger.info("packed %s into one block padded with %s", counted(total, "token"), counted(pad, "token"))
-    dropped = total - n_blocks * block_length  # > 0: tokens after the last full block, said below
     keep = n_blocks * block_length
     blocks = PackedBlocks(
         input_ids=ids[:keep].view(n_blocks, block_length),  # (N, T)
@@ -219,17 +218,21 @@ def pack_documents(
         boundary=boundary,
     )
     logger.info("%s", packed_line(split, documents, real, n_blocks, block_length, blocks.num_targets))
-    if dropped > 0:  # after the packed line it qualifies
-        capped = bool(max_blocks) and n_blocks >= max_blocks
-        say_dropped_tail(split, dropped, block_length, allow_partial_block and not capped)
+    say_dropped_tail(split, total, n_blocks, block_length, max_blocks, eval_set=allow_partial_block)
     return blocks
 
 
-def say_dropped_tail(split: str, dropped: int, block_length: int, eval_set: bool) -> None:
-    """Log the tokens after a split's last full block, which no block holds: for an eval set read whole, an info
-    line (try-out 21: a user's 6-document set scored 5, its last document's turn in the dropped tail, said only
-    at debug level); for training, or a set capped by its block budget, a debug line."""
-    if eval_set:
+def say_dropped_tail(
+    split: str, tokens: int, blocks: int, block_length: int, max_blocks: int | None, eval_set: bool
+) -> None:
+    """Log the tokens of a split's stream (``tokens``) after its last full block (``blocks`` of
+    ``block_length``), which no block holds, if any: for an eval set read whole, an info line (try-out 21: a
+    user's 6-document set scored 5, its last document's turn in the dropped tail, said only at debug level);
+    for training, or a set capped by its block budget ``max_blocks``, a debug line."""
+    dropped = tokens - blocks * block_length
+    if dropped <= 0:
+        return
+    if eval_set and not (max_blocks and blocks >= max_blocks):
         logger.info(
             "%s: its last %s (after its last full block of %d) are not scored; a shorter data.block_length "
             "scores more of them",

@@ -411,12 +411,10 @@ def _finish(
         max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
         real = min(state.tokens, n_blocks * t) if n_blocks else state.tokens  # real tokens in the blocks
-        if n_blocks and state.tokens > n_blocks * t:
-            capped = bool(max_blocks) and n_blocks >= max_blocks
-            say_dropped_tail(name, state.tokens - n_blocks * t, t, not is_train and not capped)
         if n_blocks == 0:
             split_files.pad(t - state.tokens, boundary.pad_id)
             n_blocks = 1
+        say_dropped_tail(name, state.tokens, n_blocks, t, max_blocks, eval_set=not is_train)
         split_files.sync()
         splits.append(
             {

@@ -161,30 +161,17 @@ def declared_dtype(
     return declared if declared in DTYPES.values() else None
 
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "spiece.model",
-    "vocab.txt",
-)
-"""Files one of which a saved Hugging Face tokenizer has (fast, config, SentencePiece, BPE vocab, WordPiece)."""
-
-
 def has_tokenizer_files(spec: str) -> bool:
     """Whether ``spec`` names a tokenizer: a hub id (checked when it is loaded), or a local directory holding one
-    of :data:`TOKENIZER_FILES` (transformers 5 builds an empty one-token tokenizer from a directory with none)."""
+    tokenizer file (transformers 5 builds an empty one-token tokenizer from a directory with none)."""
     path = Path(spec).expanduser()
     if not path.is_dir():
         return True
+    # tokenizer.json / _config.json / .model, vocab.json / .txt, any SentencePiece (.model) or tiktoken file
     return any(
-        f.is_file()
-        and (
-            f.name in TOKENIZER_FILES or f.name.startswith("tokenizer") or f.suffix in (".model", ".tiktoken")
-        )
+        f.is_file() and (f.name.startswith(("tokenizer", "vocab.")) or f.suffix in (".model", ".tiktoken"))
         for f in path.iterdir()
-    )  # also SentencePiece files of other names and tiktoken files of remote-code tokenizers
+    )
 
 
 def load_tokenizer(
@@ -198,7 +185,7 @@ def load_tokenizer(
     local = check_model_dir(spec, role, tokenizer_only=True)
     if local is not None and not has_tokenizer_files(spec):
         raise ModelError(
-            f"{_key(role)}: {spec} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); save the "
+            f"{_key(role)}: {spec} holds no tokenizer files (tokenizer.json, tokenizer_config.json, ...); save the "
             "tokenizer into it (tokenizer.save_pretrained) or name another with model.tokenizer"
         )
     kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))

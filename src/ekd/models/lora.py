@@ -71,9 +71,7 @@ class LoraStudent:
             lora_dropout=model_cfg.lora_dropout,
             target_modules=targets[0] if targets == ["all-linear"] else list(targets),
             task_type="CAUSAL_LM",
-            fan_in_fan_out=_has_conv1d(
-                student
-            ),  # GPT-2-style (in, out) weights; peft warned and set it itself
+            fan_in_fan_out=_has_conv1d(student),  # GPT-2-style (in, out) weights: peft warned and set it
         )
         head_name = _module_name(student, student.get_output_embeddings())
         if head_name and any(head_name == t or head_name.endswith(f".{t}") for t in targets):

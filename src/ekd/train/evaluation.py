@@ -284,9 +284,7 @@ def evaluate_saved_run(
     cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
     if cfg.data.eval_fraction == 0 and not cfg.data.eval_sources:  # known from the config: no data is read
-        if cfg.eval.tasks:  # nothing to score here; the caller scores eval.tasks
-            return {}
-        raise _no_eval_set(run_dir)
+        return _no_eval_set(run_dir, cfg)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)
     from ekd.data import load_splits
@@ -309,10 +307,8 @@ def evaluate_saved_run(
         splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer)
-    if not data.blocks and cfg.eval.tasks:  # every set came out empty; the caller scores eval.tasks
-        return {}
-    if not data.blocks:  # before any model is loaded
-        raise _no_eval_set(run_dir)
+    if not data.blocks:  # every set came out empty: before any model is loaded
+        return _no_eval_set(run_dir, cfg)
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
@@ -327,8 +323,12 @@ def evaluate_saved_run(
     return results
 
 
-def _no_eval_set(run_dir: Path) -> ConfigError:
-    return ConfigError(
+def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
+    """A run with no eval set to score: nothing ({}) when it has ``eval.tasks`` (the caller scores them), else
+    ConfigError naming the ways to score something."""
+    if cfg.eval.tasks:
+        return {}
+    raise ConfigError(
         f"ekd eval {run_dir}: the run has no eval set (data.eval_fraction=0 and no data.eval_sources); "
         'name one: ekd eval RUN "data.eval_sources={name: path}", or score tasks with --tasks'
     )

@@ -140,6 +140,7 @@ def maybe_on_policy(
     pad = eos_id if pad_id is None else pad_id
     stops = stop_ids(student, eos_id)  # read before generation swaps the generation config
     stops += [i for i in end_of_turn if i not in stops]
+    stop_tensor = torch.tensor(stops, device=batch.input_ids.device)  # (S,)
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     T = input_ids.shape[1]
     lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)
@@ -175,7 +176,7 @@ def maybe_on_policy(
                 :, p - s :
             ]  # (G, n), n ≤ max_new_tokens; rows that stopped early are padded by HF
             n = generated.shape[1]
-            is_eos = torch.isin(generated, torch.tensor(stops, device=generated.device))  # (G, n) a stop id
+            is_eos = torch.isin(generated, stop_tensor)  # (G, n) a stop id
             after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # (G, n) strictly after the first stop
             # (G, T−p) continuation then padding
             tail = torch.full((rows.numel(), width), pad, dtype=input_ids.dtype, device=input_ids.device)

@@ -151,7 +151,6 @@ def distill_micro_batch(
                 target = signal.target_at(rows, parts.target, tau, labels, batch.sample_ids)
                 if isinstance(target, SparseTarget) and target.drawn is not None:  # online RS: what it drew
                     metrics["rs_unique"] = float(target.drawn.sum())  # Σ distinct ids over the M rows
-                    metrics["rs_rows"] = float(target.drawn.numel())  # M
                 kd_sum = kd_loss_sum(
                     h_s_flat[rows],  # (M, Ds)
                     head_s,

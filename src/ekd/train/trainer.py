@@ -776,8 +776,8 @@ def _step_metrics(
             m["select/tau_min"] = sums.get("tau_min", float("nan"))
             m["select/tau_max"] = sums.get("tau_max", float("nan"))
         # online RS: distinct ids drawn per KD row, over the step's rows on every rank
-        if sums.get("rs_rows"):
-            m["train/rs_unique_ids"] = sums["rs_unique"] / sums["rs_rows"]
+        if "rs_unique" in sums and sums.get("selected"):  # the M rows RS drew for are the selected ones
+            m["train/rs_unique_ids"] = sums["rs_unique"] / sums["selected"]
         if sums.get("h_sel_n"):
             m["select/teacher_entropy_selected"] = sums["h_sel_sum"] / sums["h_sel_n"]
         if sums.get("h_unsel_n"):
