@@ -54,8 +54,9 @@ class _Parser(argparse.ArgumentParser):
     size_options: set[str] = set()  # options with metavar SIZE, of every command (``parse`` sets them)
 
     def error(self, message: str):  # type: ignore[override]
-        """argparse's error, plus: a required option reported missing because it was misspelt gets the
-        "did you mean" an unknown option gets (``plan --gpu 2`` → ``--gpus``)."""
+        """argparse's error as one line, without its usage block (the line says where the usage is), plus: a
+        required option reported missing because it was misspelt gets the "did you mean" an unknown option
+        gets (``plan --gpu 2`` → ``--gpus``)."""
         if message.startswith("the following arguments are required"):
             options = _options(self)
             typos = [w.split("=", 1)[0] for w in _Parser.argv if w.startswith("-")]
@@ -66,7 +67,8 @@ class _Parser(argparse.ArgumentParser):
             ]
             if hints:
                 message += f"; unrecognized: {' '.join(hints)}"
-        super().error(message)
+        hint = "" if "did you mean" in message else f" (`{self.prog} --help` lists what it takes)"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
     def _check_value(self, action: argparse.Action, value: object) -> None:
         if action.choices is not None and value not in action.choices:
