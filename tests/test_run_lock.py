@@ -386,3 +386,22 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first():
             time.sleep(0.2)
             cleaned = True
     assert cleaned and signal.getsignal(signal.SIGTERM) == before  # restored after the command
+
+
+def test_resume_of_a_read_only_run_is_refused_before_anything_loads(ws, capsys, monkeypatch):
+    """Try-out 21: ``--resume`` of a run on a read-only mount loaded the data, both models and the checkpoint,
+    then failed on its first write with advice for a new run ("choose a writable directory"). The run directory
+    is checked when it is opened, and the line says how to resume: a writable copy."""
+    from ekd.train import trainer
+
+    run = ws / "runs" / "base"
+    _read_only(monkeypatch, ws / "runs", run)
+    monkeypatch.setattr(
+        trainer, "prepare_data_once", lambda *a, **k: pytest.fail("data loaded before the refusal")
+    )
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    line = one_error_line(rc, err)
+    assert f"--resume: {run.resolve()} is read-only" in line or f"--resume: {run} is read-only" in line, line
+    assert "copy it to a writable directory (cp -r) and resume the copy there" in line
+    unchanged(before, ws)

@@ -357,6 +357,12 @@ class RunStart:
                 self._move_aside()
             elif holds:
                 self._check_existing(marker)
+                if self.resume and not os.access(run_dir, os.W_OK):  # checked before data and models load
+                    raise RunDirError(
+                        f"--resume: {run_dir} is read-only: the run writes checkpoints, metrics and the model into "
+                        "it; copy it to a writable directory (cp -r) and resume the copy there "
+                        "(run.output_dir=DIR --resume)"
+                    )
             elif self.resume:
                 raise RunDirError(f"--resume: {run_dir} holds no run to resume; drop --resume to start it")
             self.fresh = self.moved or not holds
