@@ -668,6 +668,72 @@ def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_to
         parse_messages([])
 
 
+# Writes the row's tool definitions into a system turn, as Qwen2.5's and Llama-3.1's templates do.
+TOOLS_HEADER = (
+    "{% if tools %}<|system|>{% for t in tools %}{{ t['function']['name'] }} {% endfor %}<|end|>{% endif %}"
+)
+WITH_TOOLS = TOOLS_HEADER + TOOLS
+WEATHER = {"type": "function", "function": {"name": "sorted", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "template", [WITH_TOOLS, TOOLS_HEADER + MARKED], ids=["prefix_diff", "generation_markers"]
+)
+def test_a_rows_tool_definitions_reach_the_template_and_get_no_loss(chat_tok, template):
+    """A row's tool definitions (`data.tools_field`) were dropped: the template rendered no tools, so the student
+    learned to call tools it was never shown. They now go to the template as `apply_chat_template(tools=)`
+    passes them; their text is not an assistant turn."""
+    row = [{"role": "user", "content": "what is the value"}, {"role": "assistant", "content": "a list"}]
+    rendered = ChatRenderer(chat_tok, template)(parse_messages(row), "r", [WEATHER])
+    expected = chat_tok.apply_chat_template(row, tools=[WEATHER], chat_template=template, tokenize=False)
+    assert expected.startswith("<|system|>sorted <|end|>")
+    assert chat_tok.decode(rendered.input_ids) == expected
+    trained = chat_tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask) if m])
+    assert trained == "a list<|end|>"
+    bare = ChatRenderer(chat_tok, template)(parse_messages(row))  # no tools: no system turn
+    assert chat_tok.decode(bare.input_ids) == expected.removeprefix("<|system|>sorted <|end|>")
+
+
+def test_tool_definitions_are_read_from_jsonl_parquet_and_hf_rows(tmp_path):
+    """A list of objects, or a JSON string of one (xLAM-style datasets); null, [] and "" are no tools; anything
+    else is a malformed row, skipped and counted like malformed messages."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ekd.data.chat import parse_tools
+
+    conv = conversations(1)[0]
+    rows = [{"messages": conv, "tools": [WEATHER]}, {"messages": conv, "tools": json.dumps([WEATHER])}]
+    rows += [{"messages": conv}, {"messages": conv, "tools": None}, {"messages": conv, "tools": ""}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [d.tools for d in load_documents(str(path), chat_cfg())] == [(WEATHER,)] * 2 + [None] * 3
+    columnar = [[WEATHER], [], None]  # Parquet/HF: a struct column; the row without tools is null or []
+    pq.write_table(pa.table({"messages": [conv] * 3, "fns": columnar}), tmp_path / "t.parquet")
+    from_parquet = load_documents(str(tmp_path / "t.parquet"), chat_cfg(tools_field="fns"))
+    datasets.Dataset.from_dict({"messages": [conv] * 3, "tools": columnar}).save_to_disk(str(tmp_path / "ds"))
+    from_hf = load_documents(f"hf:{tmp_path / 'ds'}", chat_cfg())
+    for docs in (from_parquet, from_hf):
+        assert [d.tools for d in docs] == [(WEATHER,), None, None]
+    assert parse_tools([{"function": {"name": "f", "description": None}}], columnar=True) == (
+        {"function": {"name": "f"}},
+    )  # a struct column's nulls (keys other rows have) are dropped, as in messages
+    for bad, reason in [(3, "tools is int"), ("[1]", "a list with non-objects"), ("{x", "not JSON")]:
+        with pytest.raises(RejectedRow, match=reason):
+            parse_tools(bad)
+
+
+def test_tools_a_template_never_reads_are_said_once(chat_tok, caplog):
+    row = parse_messages([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    renderer = ChatRenderer(chat_tok, MARKED)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        for _ in range(3):
+            renderer(row, "t.jsonl:1", [WEATHER])
+    said = [r.getMessage() for r in caplog.records if "never reads `tools`" in r.getMessage()]
+    assert len(said) == 1 and "row t.jsonl:1 has tool definitions (data.tools_field)" in said[0]
+
+
 def test_message_metadata_never_moves_a_conversation_between_train_and_eval():
     """Try-out 19: with every key in the held-out split's key, rows with `name`, `weight` or ids changed sides
     against earlier ekd runs. The split key is roles and contents, as it always was; the cache import matches

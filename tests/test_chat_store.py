@@ -59,9 +59,9 @@ def _count_renders(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = chat_module.ChatRenderer.__call__
 
-    def counting(self, messages, doc_id=""):
+    def counting(self, messages, doc_id="", tools=None):
         calls.append(1)
-        return real(self, messages, doc_id)
+        return real(self, messages, doc_id, tools)
 
     monkeypatch.setattr(chat_module.ChatRenderer, "__call__", counting)
     return calls

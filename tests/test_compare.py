@@ -346,7 +346,7 @@ def test_a_teacher_row_per_teacher_and_eval_set_and_no_difference_across_them(tm
         _edit(
             _fake_run(tmp_path, "b0", "kd", 0, 9.0, 0.4),
             teacher="llama",
-            data={"block_length": 256},
+            data={"block_length": 128},
             eval_sets={"eval/teacher": {"ppl": 4.0}},
         ),
     ]
@@ -365,7 +365,7 @@ def test_a_teacher_row_per_teacher_and_eval_set_and_no_difference_across_them(tm
     assert "| (teacher) |" not in md and "| (teacher of kd#3) |" in md
     assert "n/a (different eval sets)" in md and "n/a (different teachers)" in md
     assert (
-        "Scored on different eval sets: `eval`: `kd`, `kd#2` on one, `kd#3` on another (data.block_length=256"
+        "Scored on different eval sets: `eval`: `kd`, `kd#2` on one, `kd#3` on another (data.block_length=128"
         in md
     )
     # the same teacher and eval sets: one row, as before

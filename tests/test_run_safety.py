@@ -481,3 +481,22 @@ def test_a_saved_key_that_evaluation_reads_gets_no_default_suggested(ws, capsys)
     rc, _, err = cli(capsys, "eval", "runs/base", "eval.batch_size=-1")
     line = one_error_line(rc, err)
     assert "eval.batch_size" in line and "got -1" in line and "ekd eval" not in line, line
+
+
+def test_a_run_saved_before_a_key_existed_resumes_and_compares_as_its_default(ws, capsys):
+    """A key added to ekd (here ``data.tools_field``) made every run saved before it differ from today's config in
+    that key: ``--resume`` refused it as "changes what the run computes", with no setting that could match, and
+    ``ekd compare`` put it in another group than a new run of the same config. A saved config's missing keys
+    are read at today's defaults (:func:`ekd.config.with_todays_defaults`); a key set otherwise still differs."""
+    import yaml
+
+    from ekd.eval.compare import read_run
+
+    saved = ws / "runs" / "base" / "config.yaml"
+    raw = yaml.safe_load(saved.read_text())
+    del raw["data"]["tools_field"]  # as an ekd before the key wrote it
+    saved.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert read_run(ws / "runs" / "base").config["data"]["tools_field"] == "tools"
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "data.tools_field=fns", "--resume")
+    assert "differs from the saved run in data.tools_field" in one_error_line(rc, err)
+    assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0

@@ -37,6 +37,7 @@ from ekd.config.sections import (
     TrainConfig,
     flat_config,
     is_reporting_key,
+    with_todays_defaults,
 )
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
@@ -67,4 +68,5 @@ __all__ = [
     "parse_overrides",
     "split_config_and_overrides",
     "validate",
+    "with_todays_defaults",
 ]

@@ -178,6 +178,10 @@ class DataConfig:
     ``data.messages_field`` holds a conversation, rendered with the chat template; loss on assistant tokens only."""
     messages_field: str = text("messages", nonempty=True, what="a field name")
     """``data.format=chat``: field holding the conversation, a list of ``{role, content}`` messages."""
+    tools_field: str = text("tools", nonempty=True, what="a field name")
+    """``data.format=chat``: field holding a row's tool definitions (a list of JSON-schema objects, or a JSON
+    string of one), passed to the chat template as ``tools``, as ``apply_chat_template(tools=...)`` does; a
+    row without the field (or with null or ``[]``) has none."""
     chat_template: str = text("", what="a Jinja chat template or a file holding one")
     """``data.format=chat``: the chat template to render with (a Jinja string, or the path of a file holding
     one), instead of the tokenizer's; required when the tokenizer has none."""
@@ -565,6 +569,24 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
             out.update({f"{section}.{k}": v for k, v in values.items()})
         elif values is not None:
             out[section] = values
+    return out
+
+
+def with_todays_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's ``config.yaml``, sections of keys) with the keys of its sections that it lacks set
+    to today's defaults, ``method.*`` to its preset's (as a config is built). A run saved by an ekd before a key
+    existed ran as that key's default does (a key is added with a default that keeps what earlier runs
+    computed, on the data they could read), so ``--resume`` and ``ekd compare`` see no difference in a key that
+    run could not have set. Sections that are not mappings, unknown sections and unknown keys pass through."""
+    from ekd.methods import preset_values
+
+    today = Config().to_dict()
+    if isinstance(method := saved.get("method"), dict):
+        today["method"] |= preset_values(str(method.get("preset", today["method"]["preset"])))
+    out = dict(saved)
+    for section, defaults in today.items():
+        if isinstance(saved.get(section), dict):
+            out[section] = {**defaults, **saved[section]}
     return out
 
 

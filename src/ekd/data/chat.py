@@ -3,7 +3,7 @@
 A chat row holds a list of ``{role, content}`` messages (``data.messages_field``); a message's other keys
 (``tool_calls``, ``tool_call_id``, ``name``, ...) go to the template with it, as ``apply_chat_template`` passes
 them, so an assistant turn that calls a tool is rendered (and trained) as the template writes the call, not as
-an empty answer. :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
+an empty answer; the row's tool definitions (``data.tools_field``) go to it as ``tools``. :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
 True on the tokens of every assistant turn, False on system, user and template markup. Two ways to find the
 assistant tokens, both ending in the same rule (a token is an assistant token when its characters overlap an
 assistant span of the rendered text, the rule of transformers' ``return_assistant_tokens_mask``):
@@ -140,6 +140,35 @@ def parse_messages(value: Any, columnar: bool = False) -> Messages:
     return tuple(pairs)
 
 
+def parse_tools(value: Any, columnar: bool = False) -> tuple[dict[str, Any], ...] | None:
+    """A row's tool definitions (``data.tools_field``) as ``apply_chat_template(tools=...)`` takes them: a list of
+    JSON-schema objects, or a JSON string holding one (several function-calling datasets store them so); None
+    for null, ``[]`` or an empty string (no tools). ``columnar``: as :func:`parse_messages`.
+
+    Raises:
+        RejectedRow: The value is neither (MALFORMED).
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RejectedRow(
+                f"tools is a string but not JSON ({e.msg} at character {e.pos})", MALFORMED
+            ) from None
+    if value is None:
+        return None
+    if (
+        isinstance(value, bytes)
+        or not isinstance(value, Sequence)
+        or not all(isinstance(t, dict) for t in value)
+    ):
+        got = type(value).__name__ if not isinstance(value, Sequence) else "a list with non-objects"
+        raise RejectedRow(f"tools is {got}, not a list of tool definitions (JSON objects)", MALFORMED)
+    return tuple(_without_nulls(t) if columnar else t for t in value) or None
+
+
 def _without_nulls(value: Any) -> Any:
     """``value`` with the null entries of its objects dropped at every depth (lists keep their items)."""
     if isinstance(value, dict):
@@ -270,9 +299,13 @@ class ChatRenderer:
         self.template = template
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
         self._closing: str | None = None  # closing_text(), probed once
+        self._reads_tools = re.search(r"\btools\b", template) is not None
+        self._said_tools_unread = False
 
-    def __call__(self, messages: Messages, doc_id: str = "") -> RenderedChat:
-        """Render one conversation.
+    def __call__(
+        self, messages: Messages, doc_id: str = "", tools: Sequence[dict[str, Any]] | None = None
+    ) -> RenderedChat:
+        """Render one conversation, with the row's tool definitions ``tools`` (:func:`parse_tools`) if any.
 
         Raises:
             RejectedRow: No assistant turn; the template raises on the row; no token is marked.
@@ -282,10 +315,19 @@ class ChatRenderer:
             roles = ", ".join(dict.fromkeys(m.role for m in messages)) or "none"
             raise RejectedRow(f"no assistant turn (roles: {roles})", NO_ASSISTANT)
         conversation = [m.as_dict() for m in messages]
+        tools = list(tools) if tools else None
+        if tools and not self._reads_tools and not self._said_tools_unread:
+            self._said_tools_unread = True
+            logger.warning(
+                "data.format=chat: row %s has tool definitions (data.tools_field) but the chat template never "
+                "reads `tools`: they are not rendered; use a template that writes them (the model's own, if it "
+                "was trained with tools)",
+                doc_id,
+            )
         if self.method == "generation_markers":
-            rendered = self._with_markers(conversation)
+            rendered = self._with_markers(conversation, tools)
         else:
-            rendered = self._with_prefix_diff(conversation, doc_id)
+            rendered = self._with_prefix_diff(conversation, doc_id, tools)
         if not any(rendered.assistant_mask):
             raise RejectedRow("the rendering marks no assistant token", NOTHING_MARKED)
         return rendered
@@ -353,10 +395,13 @@ class ChatRenderer:
         }
         return after[:1] if after and after[0] in special else []
 
-    def _render(self, conversation: list[dict], add_generation_prompt: bool = False) -> str:
+    def _render(
+        self, conversation: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None
+    ) -> str:
         try:
             return self.tokenizer.apply_chat_template(
                 conversation,
+                tools=tools,
                 chat_template=self.template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
@@ -366,10 +411,11 @@ class ChatRenderer:
         ) as e:  # jinja's TemplateError (raise_exception), TypeError, ... : the row is rejected
             raise RejectedRow(f"the chat template raised: {_first_line(e)}", TEMPLATE_REJECTS) from None
 
-    def _with_markers(self, conversation: list[dict]) -> RenderedChat:
+    def _with_markers(self, conversation: list[dict], tools: list[dict] | None) -> RenderedChat:
         try:
             out = self.tokenizer.apply_chat_template(
                 conversation,
+                tools=tools,
                 chat_template=self.template,
                 tokenize=True,
                 return_dict=True,
@@ -379,14 +425,16 @@ class ChatRenderer:
             raise RejectedRow(f"the chat template raised: {_first_line(e)}", TEMPLATE_REJECTS) from None
         return RenderedChat(list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]])
 
-    def _with_prefix_diff(self, conversation: list[dict], doc_id: str) -> RenderedChat:
-        full = self._render(conversation)
+    def _with_prefix_diff(
+        self, conversation: list[dict], doc_id: str, tools: list[dict] | None
+    ) -> RenderedChat:
+        full = self._render(conversation, tools=tools)
         spans = []  # (start, end) characters of each assistant turn in `full`
         for i, message in enumerate(conversation):
             if message["role"] != ASSISTANT:
                 continue
-            header = self._render(conversation[:i], add_generation_prompt=True)  # up to the assistant header
-            turn = self._render(conversation[: i + 1])  # up to the end of the assistant turn
+            header = self._render(conversation[:i], True, tools)  # up to the assistant header
+            turn = self._render(conversation[: i + 1], tools=tools)  # up to the end of the assistant turn
             end = _turn_end(turn, full, self.closing_text())
             if not (turn.startswith(header) and end is not None):
                 bad = header if not turn.startswith(header) else turn
@@ -447,5 +495,6 @@ __all__ = [
     "chat_template_of",
     "overlap_mask",
     "parse_messages",
+    "parse_tools",
     "read_template_option",
 ]

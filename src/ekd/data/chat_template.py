@@ -115,7 +115,7 @@ def _check_agreement(
 
 def _render_or_none(renderer: ChatRenderer, doc: Document):
     try:
-        rendered = renderer(doc.messages, doc.doc_id)
+        rendered = renderer(doc.messages, doc.doc_id, doc.tools)
     except RejectedRow:
         return None
     return rendered.input_ids, rendered.assistant_mask

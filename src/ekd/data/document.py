@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ekd.data.chat import Message
@@ -23,12 +23,15 @@ class Document:
             document the model reads is ``prompt + text``.
         messages: A chat row (``data.format=chat``): its conversation (:class:`ekd.data.chat.Message` each, in
             order), rendered by :mod:`ekd.data.chat` with the chat template; None for every other document.
+        tools: A chat row's tool definitions (``data.tools_field``), which the template renders (usually into
+            the system turn); None when the row has none.
     """
 
     text: str
     doc_id: str = ""
     prompt: str = ""
     messages: tuple[Message, ...] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
 
     @property
     def full_text(self) -> str:

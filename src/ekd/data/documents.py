@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config import ConfigError, DataConfig
-from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages
+from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
 from ekd.data.text_dir import by_suffix, list_directory, list_glob
@@ -443,13 +443,16 @@ def _row_document(
     data_cfg: DataConfig,
     skipped: SkippedRows | None = None,
     columnar: bool = False,
+    tools: Any = None,
 ) -> Document | None:
-    """The row's Document; a chat row (``skipped`` given) whose messages are malformed is counted there and
-    gives None. ``columnar``: a Parquet or datasets row (:func:`ekd.data.chat.parse_messages`)."""
+    """The row's Document; a chat row (``skipped`` given) whose messages or tool definitions (``tools``, the
+    value of ``data.tools_field``) are malformed is counted there and gives None. ``columnar``: a Parquet or
+    datasets row (:func:`ekd.data.chat.parse_messages`)."""
     if skipped is not None:
         skipped.seen += 1
         try:
-            return Document(text="", doc_id=doc_id, messages=parse_messages(values[0], columnar))
+            messages = parse_messages(values[0], columnar)
+            return Document(text="", doc_id=doc_id, messages=messages, tools=parse_tools(tools, columnar))
         except RejectedRow as e:
             skipped.add(doc_id, e)
             return None
@@ -515,8 +518,15 @@ def _read_jsonl(
                     raise ConfigError(
                         f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); {fix}"
                     )
+            tools = row.get(data_cfg.tools_field) if skipped is not None else None
             doc = _row_document(
-                [row[n] for n in fields], fields, where, f"{path.name}:{line_no}", data_cfg, skipped
+                [row[n] for n in fields],
+                fields,
+                where,
+                f"{path.name}:{line_no}",
+                data_cfg,
+                skipped,
+                tools=tools,
             )
             if doc is not None:
                 yield doc
@@ -543,6 +553,11 @@ def _names(names: Iterable[Any], most: int = 12) -> str:
     return ", ".join(names[:most]) + (", …" if len(names) > most else "")
 
 
+def _tools_column(columns: list[str], data_cfg: DataConfig, skipped: SkippedRows | None) -> list[str]:
+    """``[data.tools_field]`` when chat rows (``skipped`` given) come from a table that has that column, else []."""
+    return [data_cfg.tools_field] if skipped is not None and data_cfg.tools_field in columns else []
+
+
 def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: DataConfig, key: str) -> None:
     for name in fields:
         if name not in columns:
@@ -564,12 +579,21 @@ def _read_parquet(
             f"{key}: {path} is not a readable Parquet file ({e}); check the file or data.format"
         ) from None
     _check_columns(parquet.schema_arrow.names, fields, str(path), data_cfg, key)
+    tools = _tools_column(parquet.schema_arrow.names, data_cfg, skipped)
     row = 0
-    for batch in parquet.iter_batches(columns=fields, batch_size=4096):
-        columns = [batch.column(n).to_pylist() for n in fields]
+    for batch in parquet.iter_batches(columns=fields + tools, batch_size=4096):
+        columns = [batch.column(n).to_pylist() for n in fields + tools]
         for values in zip(*columns):
+            row_tools = values[-1] if tools else None
             doc = _row_document(
-                list(values), fields, f"{key} {path} row {row}", f"{path.name}:{row}", data_cfg, skipped, True
+                list(values[: len(fields)]),
+                fields,
+                f"{key} {path} row {row}",
+                f"{path.name}:{row}",
+                data_cfg,
+                skipped,
+                columnar=True,
+                tools=row_tools,
             )
             if doc is not None:
                 yield doc
@@ -622,15 +646,18 @@ def _read_hf(
     for batch in ds.iter(batch_size=1024):  # rows in batches, never the whole dataset at once
         if row == 0:
             _check_columns(list(batch), fields, f"hf:{name}", data_cfg, key)
-        for values in zip(*(batch[n] for n in fields)):
+        tools = _tools_column(list(batch), data_cfg, skipped)
+        for values in zip(*(batch[n] for n in fields + tools)):
+            row_tools = values[-1] if tools else None
             doc = _row_document(
-                list(values),
+                list(values[: len(fields)]),
                 fields,
                 f"{key} hf:{name} row {row}",
                 f"{path.name or name}:{row}",
                 data_cfg,
                 skipped,
                 columnar=True,
+                tools=row_tools,
             )
             if doc is not None:
                 yield doc

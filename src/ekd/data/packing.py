@@ -438,7 +438,7 @@ def _tokenized(
         assert chat is not None
         skipped.seen += 1
         try:
-            rendered = chat(doc.messages, doc.doc_id)
+            rendered = chat(doc.messages, doc.doc_id, doc.tools)
         except RejectedRow as e:
             skipped.add(doc.doc_id, e)
             continue

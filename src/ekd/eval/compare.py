@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
 from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
@@ -107,8 +108,12 @@ class RunRecord:
     def set_data(self, name: str) -> dict[str, Any]:
         """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
         RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
-        alike (:func:`ekd.eval.eval_json.set_settings`)."""
-        data = self.scored_with[name] if name in self.scored_with else self.config.get("data") or {}
+        alike (:func:`ekd.eval.eval_json.set_settings`); keys added to ekd after the entry was written at their
+        defaults, as in the config (:func:`~ekd.config.with_todays_defaults`)."""
+        if name in self.scored_with:
+            data = with_todays_defaults({"data": self.scored_with[name]})["data"]
+        else:
+            data = self.config.get("data") or {}
         return set_settings(data, name)  # narrowed and without the keys that only change how it is read
 
     def eval_set(self, name: str) -> str:
@@ -239,6 +244,8 @@ def read_run(run_dir: str | Path) -> RunRecord:
         config = yaml.safe_load(cfg_path.read_text()) or {}
     except yaml.YAMLError as e:
         raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
+        config = with_todays_defaults(config)
     rows = metric_rows(run_dir)
     results, scored_with = _eval_results(run_dir, rows)
     if not results:

@@ -47,7 +47,7 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import Config, flat_config, is_reporting_key
+from ekd.config import Config, flat_config, is_reporting_key, with_todays_defaults
 from ekd.config.paths import resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
@@ -182,7 +182,9 @@ def _saved_config(run_dir: Path) -> dict | None:
         saved = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
-    return saved if isinstance(saved, dict) and {"run", "model", "train"} <= set(saved) else None
+    if not (isinstance(saved, dict) and {"run", "model", "train"} <= set(saved)):
+        return None
+    return with_todays_defaults(saved)  # a run of an older ekd: the keys added since, at their defaults
 
 
 def is_ekd_run(run_dir: Path) -> bool:
