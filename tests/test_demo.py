@@ -37,11 +37,12 @@ def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path, capsys):
     assert 0 < rows[2]["kd_pct"] < 40  # sekd: top 20% per sequence
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| method |" in report and "sekd" in report and "(teacher)" in report
+    assert "--quick is a smoke test of the pipeline" in report  # try-out 21: not read as a ranking
     assert any((tmp_path / "demo" / "plots").glob("*.png"))
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results[0]["method"] == "ce"
     out = capsys.readouterr().out
-    assert "pre-trained" in out
+    assert "pre-trained" in out and "--quick is a smoke test" in out
     # --quick: the claims its methods cannot check are one line; every eval set's size is printed and reported
     quick_line = (
         "5 of 6 claims not run: this --quick demo trains ce, kd, sekd, sekd3x; the other claims need the methods "

@@ -59,6 +59,10 @@ DEFAULT_METHODS = [
     "egad_nocurriculum",  # ablation for the EGAD claim
 ]
 QUICK_METHODS = ["ce", "kd", "sekd", "rskd"]
+QUICK_NOTE = (
+    "--quick is a smoke test of the pipeline (a smaller teacher, corpus and eval sample, "
+    "a few hundred steps): its figures do not rank the methods; `ekd demo` (`make demo`) does."
+)
 CACHED_METHODS = {"sekd3x"}  # trained from the demo's RS cache (teacher.source=cache)
 # demo-only ablations: name → (preset, overrides)
 VARIANTS = {
@@ -318,6 +322,8 @@ def run_demo(
     teacher_row = _teacher_row(out)
     sizes = eval_set_sizes(data.blocks) if data is not None else {}
     table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row, sizes)
+    if quick:  # try-out 21: ce ahead of its teacher and of kd read as a finding
+        table += "\n\n" + QUICK_NOTE
     compare_md, claims_md = compare_and_claims(out, rows, methods if quick else None, sizes)
     print()
     print(table if seeds == 1 else compare_md + "\n" + eval_sets_note(sizes))
