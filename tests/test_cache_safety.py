@@ -179,7 +179,7 @@ def test_distill_from_a_damaged_cache_names_the_damaged_file(built, cache, capsy
     """Byte 16 + 24·i + 16 of an .idx is sample i's record length (32: sample 0, read in the run's second
     step; 200: sample 7, not read in its 3 steps): the record the entry points at fails its CRC-32, which the
     reader used to blame on the .bin. Training names the file `ekd cache verify` names, in one line with the
-    fix, as soon as the shard is opened."""
+    fix, as soon as the shard is opened, and how to go on with the run it stopped."""
     _flip(cache / damaged, offset)
     before = snapshot(cache)
     rc, _, err = cli(capsys, "cache", "verify", cache)
@@ -194,6 +194,10 @@ def test_distill_from_a_damaged_cache_names_the_damaged_file(built, cache, capsy
     )
     line = one_error_line(rc, err)
     assert f"{damaged} is corrupted" in line and "run `ekd cache CONFIG` again" in line, line
+    # try-out 21: the run had started (the damaged record is read in its second step); the line says how to go on
+    assert line.endswith(
+        "the run saved no checkpoint: once fixed, start again with the same command and --overwrite"
+    )
     other = damaged.replace(".idx", ".bin") if damaged.endswith(".idx") else damaged.replace(".bin", ".idx")
     assert other not in line, line
     unchanged(before, cache)

@@ -139,6 +139,39 @@ def test_ctrl_c_after_the_start_says_how_to_continue_from_what_was_saved(
     assert rc == 130 and hint in err and ("--resume" if every else "--overwrite") in err, err
 
 
+@pytest.mark.parametrize(
+    "every, hint",
+    [
+        (1, "; checkpoint step-000001 is kept: once fixed, continue with the same command and --resume"),
+        (0, "; the run saved no checkpoint: once fixed, start again with the same command and --overwrite"),
+    ],
+)
+def test_an_error_that_stops_a_started_run_says_how_to_go_on(ws, capsys, monkeypatch, every, hint):
+    """Try-out 21: a teacher-cache record failing its CRC in a later step ended the run with the cache's fix
+    alone; the run directory then held a started run, and the next command was refused. An ekd error after the
+    start ends with the way on, as Ctrl-C's line does; before the start (nothing changed) it is the error alone."""
+    from ekd.teacher.cache import CacheError
+
+    real, calls = trainer_mod.forward_backward, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CacheError("shard-00000.bin is corrupted: run `ekd cache CONFIG` again")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", step)
+    config = _config("fresh", **{"train.max_steps": 3, "train.checkpoint_every": every})
+    line = one_error_line(*cli(capsys, "distill", config)[::2])
+    assert line == f"ekd: error: shard-00000.bin is corrupted: run `ekd cache CONFIG` again{hint}", line
+    calls.clear()
+    calls.append(1)  # the first step of the next run fails: the start is rolled back, the error is alone
+    config = _config("other", **{"train.max_steps": 3})
+    line = one_error_line(*cli(capsys, "distill", config)[::2])
+    assert line == "ekd: error: shard-00000.bin is corrupted: run `ekd cache CONFIG` again", line
+    assert not (ws / "runs" / "other").exists()
+
+
 def test_a_start_killed_hard_is_recovered_next_time(ws, capsys):
     """kill -9 between moving the old run aside and committing: the next start puts it back."""
     cfg = load_config(_config(**{"method.preset": "kd"}), ["train.max_steps=3"])

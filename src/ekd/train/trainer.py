@@ -33,6 +33,7 @@ from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
 from ekd.train.checkpoint import (
     CheckpointError,
+    checkpoint_step,
     latest_checkpoint,
     latest_verified_checkpoint,
     save_checkpoint,
@@ -169,6 +170,8 @@ def train(
                 start.rollback()  # a no-op once the run has started
                 if isinstance(e, KeyboardInterrupt):
                     e.continue_hint = interrupted_hint(start)  # what the CLI prints after "interrupted"
+                elif isinstance(e, EkdError) and not isinstance(e, NonFiniteLossError):
+                    e.args = (f"{e}{failed_hint(start, cfg.train.max_steps)}", *e.args[1:])
             raise
         finally:
             if start is not None:
@@ -183,6 +186,20 @@ def interrupted_hint(start: RunStart) -> str:
     if newest is None:
         return "; no checkpoint was saved yet: start again with the same command and --overwrite"
     return f"; checkpoint {newest.name} is kept: continue with the same command and --resume"
+
+
+def failed_hint(start: RunStart, max_steps: int) -> str:
+    """How to go on once an error that stopped a started run is fixed (a cache record failing its CRC, a full
+    disk): "; ..." after the error's own line, from what the run directory holds; '' before the run started
+    (nothing was changed: the error's fix is the way on) or after its last step."""
+    if not start.committed:
+        return ""
+    newest = latest_checkpoint(start.run_dir)
+    if newest is None:
+        return "; the run saved no checkpoint: once fixed, start again with the same command and --overwrite"
+    if checkpoint_step(newest) >= max_steps:
+        return ""
+    return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
 
 
 def _train(
