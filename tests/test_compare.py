@@ -531,3 +531,30 @@ def test_runs_that_differ_only_in_checkpointing_or_eval_batching_share_a_group(t
     assert [g["method"] for g in summary["groups"]] == ["kd"] and len(summary["groups"][0]["seeds"]) == 2
     c = _fake_run(tmp_path, "kd2", "kd", 2, 10.2, 0.5, lr=3e-3)  # another learning rate: another run
     assert [g["method"] for g in compare_runs([a, b, c], tmp_path / "cmp2")["groups"]] == ["kd", "kd#2"]
+
+
+def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(tmp_path):
+    """Try-out 22: a byte-identical copy of the data at another path (another machine's scratch directory) split
+    two seeds of one config into `kd` and `kd#2` with "different eval sets". Runs that all record their training
+    blocks' sha256 (ekd-run.json) are told apart by it, not by data.source's path: the same blocks pair, a file
+    changed in place does not; with a run of an older ekd among them (no sha256) the paths decide, as before."""
+
+    def run(name: str, seed: int, source: str, blocks: str | None) -> Path:
+        d = _edit(_fake_run(tmp_path, name, "kd", seed, 10.0 + seed, 0.5), data={"source": source})
+        if blocks is not None:
+            marker = {"format": "ekd-run", "version": 1, "state": "finished", "data_fingerprint": blocks}
+            (d / "ekd-run.json").write_text(json.dumps(marker))
+        return d
+
+    a = run("a", 0, "/scratch/me/text.jsonl", "ab" * 32)
+    copy = run("copy", 1, "/scratch/you/text.jsonl", "ab" * 32)
+    s = compare_runs([a, copy], tmp_path / "o1", baselines=("kd",), plots=False)
+    assert [g["method"] for g in s["groups"]] == ["kd"] and not s["eval_sets"]
+    edited = run("edited", 1, "/scratch/me/text.jsonl", "cd" * 32)  # the same path, other blocks
+    s = compare_runs([a, edited], tmp_path / "o2", baselines=("kd",), plots=False)
+    assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
+    assert "training blocks sha256:cdcdcdcd" in s["groups"][1]["note"]
+    old = run("old", 1, "/scratch/you/text.jsonl", None)  # an older ekd: no sha256, told apart by path
+    s = compare_runs([a, old], tmp_path / "o3", baselines=("kd",), plots=False)
+    assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
+    assert "data.source='/scratch/you/text.jsonl'" in s["groups"][1]["note"]

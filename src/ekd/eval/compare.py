@@ -76,6 +76,10 @@ class RunRecord:
     scored_with: dict[str, dict[str, Any]] = field(default_factory=dict)
     # rows of one micro-batch over all ranks (ekd-run.json); None for a run of an older ekd (taken as 1 rank)
     global_micro_batch: int | None = None
+    # sha256 of the packed training blocks (ekd-run.json); None for a run of an older ekd
+    data_fingerprint: str | None = None
+    # data.source is read as its content (the training blocks' sha256): every compared run records one
+    source_by_content: bool = False
 
     @property
     def method(self) -> str:
@@ -99,7 +103,18 @@ class RunRecord:
             cfg.get("run", {}).pop(k, None)
         micro = (self.config.get("train") or {}).get("micro_batch_size")
         cfg.setdefault("train", {})[GLOBAL_BATCH_KEY] = self.global_micro_batch or micro
+        if "data" in cfg:
+            cfg["data"] = self._source_as_content(cfg["data"])
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def _source_as_content(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` whose ``source`` is the run's training data read as its content when the runs compared are
+        told apart so (:attr:`source_by_content`): the same file copied to another path (another machine's
+        scratch directory) is the same data; a file changed in place is not."""
+        trained_on = (self.config.get("data") or {}).get("source")
+        if not self.source_by_content or data.get("source") != trained_on:
+            return data
+        return {**data, "source": f"training blocks sha256:{self.data_fingerprint[:16]}"}
 
     def group_key(self) -> str:
         """:meth:`trained_config` as text: runs that differ only by seed (or device layout) share it."""
@@ -114,7 +129,7 @@ class RunRecord:
             data = with_todays_defaults({"data": self.scored_with[name]})["data"]
         else:
             data = self.config.get("data") or {}
-        return set_settings(data, name)  # narrowed and without the keys that only change how it is read
+        return set_settings(self._source_as_content(data), name)  # narrowed, without keys of how it is read
 
     def eval_set(self, name: str) -> str:
         """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the
@@ -253,6 +268,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
         )
     kd_fraction = _kd_fraction(rows)
+    marker = _marker(run_dir)
     return RunRecord(
         run_dir,
         config,
@@ -261,7 +277,8 @@ def read_run(run_dir: str | Path) -> RunRecord:
         _bytes_per_token(run_dir, config, kd_fraction, measured_rs_unique_ids(rows)),
         _tokenizer_identity(run_dir, config),
         scored_with,
-        _marker(run_dir).get("global_micro_batch"),
+        marker.get("global_micro_batch"),
+        marker.get("data_fingerprint") or None,
     )
 
 
@@ -401,7 +418,12 @@ def _vocab_size(run_dir: Path) -> int:
 
 
 def group_runs(runs: list[RunRecord]) -> list[Group]:
-    """Groups in first-seen order, labelled by preset (``preset#2`` … when one preset has several configs)."""
+    """Groups in first-seen order, labelled by preset (``preset#2`` … when one preset has several configs).
+    When every run records its training blocks' sha256, ``data.source`` is told apart by that content, not
+    by its path (:meth:`RunRecord._source_as_content`); else by path for all, so old and new runs still pair."""
+    by_content = all(r.data_fingerprint for r in runs)
+    for r in runs:
+        r.source_by_content = by_content
     groups: dict[str, Group] = {}
     for r in runs:
         groups.setdefault(r.group_key(), Group(label="")).runs.append(r)
