@@ -3,8 +3,9 @@
 A chat row holds a list of ``{role, content}`` messages (``data.messages_field``); a message's other keys
 (``tool_calls``, ``tool_call_id``, ``name``, ...) go to the template with it, as ``apply_chat_template`` passes
 them, so an assistant turn that calls a tool is rendered (and trained) as the template writes the call, not as
-an empty answer; the row's tool definitions (``data.tools_field``) go to it as ``tools``. :class:`ChatRenderer` renders it with one Jinja chat template into token ids and an *assistant mask*:
-True on the tokens of every assistant turn, False on system, user and template markup. Two ways to find the
+an empty answer; the row's tool definitions (``data.tools_field``) go to it as ``tools``. :class:`ChatRenderer`
+renders it with one Jinja chat template into token ids and an *assistant mask*: True on the tokens of every
+assistant turn, False on system, user and template markup (tool definitions included). Two ways to find the
 assistant tokens, both ending in the same rule (a token is an assistant token when its characters overlap an
 assistant span of the rendered text, the rule of transformers' ``return_assistant_tokens_mask``):
 
