@@ -262,3 +262,31 @@ def test_a_teacher_retrained_in_place_is_refused_and_a_touched_one_accepted(
     assert main(["-q", "distill", *run, "run.name=ip-retrained"]) == 2
     assert "teacher_revision [model.teacher]" in _error_line(capsys)
     assert not (work / "w" / "runs" / "ip-retrained").exists()
+
+
+def test_gone_paths_are_the_paths_a_run_read_that_no_longer_exist(tmp_path, monkeypatch):
+    """``--resume`` tells a moved data file or model directory (today's value names nothing, so it stays as typed)
+    from a config that names another one (try-out 23)."""
+    from ekd.config.paths import gone_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.jsonl").write_text("{}\n")
+    saved = {
+        "data.source": str(tmp_path / "data" / "text.jsonl"),
+        "model.teacher": "/old/project/m/teacher",  # a project directory since moved: the trailing parts
+        "model.student": str(tmp_path / "here.jsonl"),
+        "data.eval_sources": {"held": str(tmp_path / "held.jsonl"), "other": str(tmp_path / "here.jsonl")},
+        "model.tokenizer": "Qwen/Qwen2.5-0.5B",
+    }
+    current = {
+        "data.source": "data/text.jsonl",
+        "model.teacher": "m/teacher",
+        "model.student": "elsewhere.jsonl",  # another path: a config change, not a missing one
+        "data.eval_sources": {"held": "held.jsonl", "other": "other.jsonl"},
+        "model.tokenizer": "Qwen/Qwen2.5-1.5B",  # a hub id
+    }
+    assert gone_paths(saved, current, sorted(saved)) == [
+        f"data.eval_sources: held.jsonl (the run read {tmp_path / 'held.jsonl'})",
+        f"data.source: data/text.jsonl (the run read {tmp_path / 'data' / 'text.jsonl'})",
+        "model.teacher: m/teacher (the run read /old/project/m/teacher)",
+    ]

@@ -533,3 +533,22 @@ def test_a_run_saved_before_a_key_existed_resumes_and_compares_as_its_default(ws
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "data.tools_field=fns", "--resume")
     assert "differs from the saved run in data.tools_field" in one_error_line(rc, err)
     assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0
+
+
+def test_resume_with_the_data_moved_away_names_the_missing_path_not_a_config_change(ws, capsys):
+    """Try-out 23: `--resume` after the data file (or a model directory) was moved said "the config differs from
+    the saved run in data.source ... resume with the settings in config.yaml", which holds the very path typed.
+    A path that no longer exists is named as such."""
+    import yaml
+
+    read = yaml.safe_load((ws / "runs" / "base" / "config.yaml").read_text())["data"]["source"]
+    shutil.move(ws / "corpus", ws / "corpus.away")
+    before = snapshot(ws)
+    line = one_error_line(*cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[::2])
+    assert line == (
+        f"ekd: error: --resume: no such file or directory: data.source: corpus (the run read {read}); put it "
+        "back where the run read it and rerun with --resume"
+    ), line
+    unchanged(before, ws)
+    shutil.move(ws / "corpus.away", ws / "corpus")
+    assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0

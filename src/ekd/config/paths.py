@@ -87,6 +87,41 @@ def resolve_path(key: str, value: Any) -> Any:
     return local_spec(value, glob=key in ("data.source", "data.eval_sources"))
 
 
+def gone_paths(saved: dict[str, Any], current: dict[str, Any], keys: list[str]) -> list[str]:
+    """Of flat config ``keys`` where a saved run's config (``saved``) and today's (``current``) differ, those that
+    differ only because the local path the run read no longer exists: today's value names nothing (so it was left
+    as typed) and the saved absolute path ends with it (``text.jsonl``, ``data/text.jsonl`` for
+    ``/w/data/text.jsonl``) — e.g. ``key: text.jsonl (the run read /w/text.jsonl)``. A ``--resume`` then names
+    the missing path instead of a config change."""
+    out = []
+    for key in keys:
+        if key not in SPECS:
+            continue
+        old, new = saved.get(key), current.get(key)
+        pairs = (
+            [(old.get(n), new.get(n)) for n in new]
+            if isinstance(old, dict) and isinstance(new, dict)
+            else [(old, new)]
+        )
+        for was, now in pairs:
+            if isinstance(was, str) and isinstance(now, str) and was != now:
+                was_path, now_path = (v.removeprefix("hf:") for v in (was, now))
+                if now_path.strip() and not _existing(now_path) and _same_path(now_path, was_path):
+                    out.append(f"{key}: {now} (the run read {was})")
+    return out
+
+
+def _same_path(typed: str, saved: str) -> bool:
+    """Whether ``typed`` (as given, not existing) names the saved absolute path ``saved``: the same path from
+    here, or its trailing components (the run was made in a project directory since moved or copied)."""
+    if absolute(typed) == saved:
+        return True
+    parts = [p for p in Path(os.path.expanduser(typed)).parts if p not in (".", "/")]
+    return (
+        Path(saved).is_absolute() and ".." not in parts and Path(saved).parts[-len(parts) :] == tuple(parts)
+    )
+
+
 def resolve_paths(cfg: Any) -> None:
     """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``)."""
     for key in (*DIRECTORIES, *SPECS):

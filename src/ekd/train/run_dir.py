@@ -48,7 +48,7 @@ from typing import TypeVar
 import yaml
 
 from ekd.config import Config, flat_config, is_reporting_key, with_todays_defaults
-from ekd.config.paths import resolve_saved
+from ekd.config.paths import gone_paths, resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
@@ -384,7 +384,8 @@ class RunStart:
             )
         current = self.cfg.to_dict()
         # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
-        diffs = config_differences(resolve_saved(saved or {}, self.cfg.run.output_dir), current)
+        saved = resolve_saved(saved or {}, self.cfg.run.output_dir)
+        diffs = config_differences(saved, current)
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
@@ -398,6 +399,11 @@ class RunStart:
         )
         if not self.resume:
             raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))
+        if gone := gone_paths(flat_config(saved), flat_config(current), blocking):
+            raise RunDirError(  # try-out 23: was "the config differs in data.source" (it did not)
+                f"--resume: no such file or directory: {'; '.join(gone)}; put it back where the run read it and "
+                "rerun with --resume"
+            )
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
