@@ -662,8 +662,16 @@ def test_tool_calls_are_rendered_and_trained_as_the_template_writes_them(chat_to
     trained = chat_tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask) if m])
     call_text = "call sorted with {'unit': 'C', 'city': 'Rome'}"
     assert trained == f"{call_text}<|end|>the value is a list<|end|>"  # the call, then the answer
-    with pytest.raises(RejectedRow, match="no string role and content"):
+    with pytest.raises(RejectedRow, match=r"message 0 \(assistant\) has no content, not a string"):
         parse_messages([{"role": "assistant", "content": None}])  # null content without a tool call
+    # try-out 24: a tool result given as an object (Llama-3.1's template writes it with tojson) is a message
+    result = {"role": "tool", "content": {"temp": 3, "unit": None}}
+    assert parse_messages([result])[0].content == {"temp": 3, "unit": None}  # JSON's own null kept
+    assert parse_messages([result], columnar=True)[0].content == {"temp": 3}  # a struct column's union
+    with pytest.raises(RejectedRow, match=r"message 0 \(tool\) has content of type list, not a string"):
+        parse_messages([{"role": "tool", "content": [1]}])
+    with pytest.raises(RejectedRow, match="message 0 has no string role"):
+        parse_messages([{"role": 3, "content": "x"}])
     with pytest.raises(RejectedRow, match="messages is an empty list"):  # try-out 21: was a min_chars drop
         parse_messages([])
 
@@ -719,9 +727,33 @@ def test_tool_definitions_are_read_from_jsonl_parquet_and_hf_rows(tmp_path):
     assert parse_tools([{"function": {"name": "f", "description": None}}], columnar=True) == (
         {"function": {"name": "f"}},
     )  # a struct column's nulls (keys other rows have) are dropped, as in messages
+    as_string = json.dumps([{"function": {"name": "f", "parameters": {"x": {"default": None}, "a": 1}}}])
+    assert parse_tools(as_string, columnar=True) == tuple(
+        json.loads(as_string)
+    )  # try-out 24: kept as written
     for bad, reason in [(3, "tools is int"), ("[1]", "a list with non-objects"), ("{x", "not JSON")]:
-        with pytest.raises(RejectedRow, match=reason):
+        with pytest.raises(RejectedRow, match=reason) as e:
             parse_tools(bad)
+        assert e.value.kind == "malformed tools"  # not "malformed messages" (try-out 24)
+
+
+def test_a_tools_field_set_by_name_that_no_row_has_is_said(tmp_path, caplog):
+    """Try-out 24: a mistyped data.tools_field dropped every row's definitions without a word (a missing
+    messages field is an error). The default, 'tools', absent from rows without tools, is not said."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conv = conversations(1)[0]
+    write_chat_jsonl(tmp_path / "c.jsonl", [conv])
+    pq.write_table(pa.table({"messages": [conv]}), tmp_path / "c.parquet")
+    for source in ("c.jsonl", "c.parquet"):
+        with caplog.at_level(logging.WARNING, logger="ekd"):
+            caplog.clear()
+            load_documents(str(tmp_path / source), chat_cfg())
+            assert not caplog.records
+            load_documents(str(tmp_path / source), chat_cfg(tools_field="functions"))
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "named 'functions' (data.tools_field)" in said[0], said
 
 
 def test_tools_a_template_never_reads_are_said_once(chat_tok, caplog):

@@ -49,12 +49,13 @@ GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex trans
 
 @dataclass(frozen=True)
 class Message:
-    """One message of a conversation: ``role``, ``content`` (None for a tool-calling turn without text) and
+    """One message of a conversation: ``role``, ``content`` (None for a tool-calling turn without text; a JSON
+    object for a tool result given as one, which templates such as Llama-3.1's write with ``tojson``) and
     ``extra``, the message's other keys in their order with their values as read (``tool_calls``, ``name``, a
     timestamp...): the template gets them as ``apply_chat_template`` would."""
 
     role: str
-    content: str | None
+    content: str | dict[str, Any] | None
     extra: tuple[tuple[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def messages_key(messages: Messages) -> str:
     """A conversation's roles and contents as a JSON list ``[[role, content], ...]``: the unit of the held-out
     split, the same as when ekd kept nothing else of a message, so metadata (``name``, ids, tool calls) never
     moves a conversation between train and eval."""
-    return json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False)
+    return json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False, default=str)
 
 
 def import_key(messages: Messages) -> str:
@@ -85,6 +86,7 @@ Messages = tuple[Message, ...]  # a conversation, in order
 
 
 MALFORMED = "malformed messages"
+MALFORMED_TOOLS = "malformed tools"
 # a JSONL row without the field (a column absent from every row is an error instead)
 NO_MESSAGES = "no data.messages_field"
 NO_ASSISTANT = "no assistant turn"
@@ -96,8 +98,8 @@ class RejectedRow(ValueError):
     """A chat row that cannot be rendered or carries no assistant token.
 
     Attributes:
-        kind: The generic reason (NO_MESSAGES, MALFORMED, NO_ASSISTANT, TEMPLATE_REJECTS, NOTHING_MARKED);
-            ``str(e)`` is the detailed one.
+        kind: The generic reason (NO_MESSAGES, MALFORMED, MALFORMED_TOOLS, NO_ASSISTANT, TEMPLATE_REJECTS,
+            NOTHING_MARKED); ``str(e)`` is the detailed one.
     """
 
     def __init__(self, reason: str, kind: str) -> None:
@@ -130,8 +132,16 @@ def parse_messages(value: Any, columnar: bool = False) -> Messages:
             )
         role, content = message.get("role"), message.get("content")
         calls_tools = content is None and bool(message.get("tool_calls"))
-        if not isinstance(role, str) or not (isinstance(content, str) or calls_tools):
-            raise RejectedRow(f"message {i} has no string role and content", MALFORMED)
+        if not isinstance(role, str):
+            raise RejectedRow(f"message {i} has no string role", MALFORMED)
+        if isinstance(content, dict):  # a tool result as an object: the template writes it (tojson)
+            content = _without_nulls(content) if columnar else content
+        elif not (isinstance(content, str) or calls_tools):
+            got = "no content" if content is None else f"content of type {type(content).__name__}"
+            raise RejectedRow(
+                f"message {i} ({role}) has {got}, not a string (or an object; null with tool_calls)",
+                MALFORMED,
+            )
         rest = tuple(
             (k, _without_nulls(v) if columnar else v)
             for k, v in message.items()
@@ -143,11 +153,12 @@ def parse_messages(value: Any, columnar: bool = False) -> Messages:
 
 def parse_tools(value: Any, columnar: bool = False) -> tuple[dict[str, Any], ...] | None:
     """A row's tool definitions (``data.tools_field``) as ``apply_chat_template(tools=...)`` takes them: a list of
-    JSON-schema objects, or a JSON string holding one (several function-calling datasets store them so); None
-    for null, ``[]`` or an empty string (no tools). ``columnar``: as :func:`parse_messages`.
+    JSON-schema objects, or a JSON string holding one (several function-calling datasets store them so: it is
+    passed exactly as written, its nulls and key order kept); None for null, ``[]`` or an empty string (no
+    tools). ``columnar``: a struct column's objects, whose nulls are dropped as in :func:`parse_messages`.
 
     Raises:
-        RejectedRow: The value is neither (MALFORMED).
+        RejectedRow: The value is neither (MALFORMED_TOOLS).
     """
     if isinstance(value, str):
         if not value.strip():
@@ -156,8 +167,9 @@ def parse_tools(value: Any, columnar: bool = False) -> tuple[dict[str, Any], ...
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise RejectedRow(
-                f"tools is a string but not JSON ({e.msg} at character {e.pos})", MALFORMED
+                f"tools is a string but not JSON ({e.msg} at character {e.pos})", MALFORMED_TOOLS
             ) from None
+        columnar = False  # the string's own nulls are the row's, not a struct column's union of keys
     if value is None:
         return None
     if (
@@ -166,7 +178,7 @@ def parse_tools(value: Any, columnar: bool = False) -> tuple[dict[str, Any], ...
         or not all(isinstance(t, dict) for t in value)
     ):
         got = type(value).__name__ if not isinstance(value, Sequence) else "a list with non-objects"
-        raise RejectedRow(f"tools is {got}, not a list of tool definitions (JSON objects)", MALFORMED)
+        raise RejectedRow(f"tools is {got}, not a list of tool definitions (JSON objects)", MALFORMED_TOOLS)
     return tuple(_without_nulls(t) if columnar else t for t in value) or None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,5 +39,11 @@ class Document:
         """What the model reads: ``prompt + text``; for a chat row its contents joined by blank lines
         (the template's markup is added when rendering)."""
         if self.messages is not None:
-            return "\n\n".join(m.content or "" for m in self.messages)
+            contents = (
+                m.content
+                if m.content is None or isinstance(m.content, str)
+                else json.dumps(m.content, default=str)
+                for m in self.messages
+            )
+            return "\n\n".join(c or "" for c in contents)
         return self.prompt + self.text

@@ -480,6 +480,7 @@ def _read_jsonl(
     rows = 0  # rows read (objects)
     missing = 0  # chat rows of this file without the messages field (a glob shares ``skipped`` among files)
     keys: dict[str, None] = {}  # chat rows without the messages field: their keys, in order of appearance
+    has_tools = False  # a row has data.tools_field
     with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
@@ -519,6 +520,7 @@ def _read_jsonl(
                         f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); {fix}"
                     )
             tools = row.get(data_cfg.tools_field) if skipped is not None else None
+            has_tools = has_tools or data_cfg.tools_field in row
             doc = _row_document(
                 [row[n] for n in fields],
                 fields,
@@ -532,6 +534,8 @@ def _read_jsonl(
                 yield doc
     if skipped is not None and rows and missing == rows:
         raise _no_field_anywhere(key, path, fields[0], keys, "no row has")
+    if skipped is not None and rows and not has_tools:
+        _say_no_tools_field(data_cfg, f"{key} {path}", "row")
 
 
 def _no_field_anywhere(key: str, path: Path, name: str, keys: Iterable[str], which: str) -> ConfigError:
@@ -553,9 +557,30 @@ def _names(names: Iterable[Any], most: int = 12) -> str:
     return ", ".join(names[:most]) + (", …" if len(names) > most else "")
 
 
-def _tools_column(columns: list[str], data_cfg: DataConfig, skipped: SkippedRows | None) -> list[str]:
-    """``[data.tools_field]`` when chat rows (``skipped`` given) come from a table that has that column, else []."""
-    return [data_cfg.tools_field] if skipped is not None and data_cfg.tools_field in columns else []
+def _tools_column(
+    columns: list[str], data_cfg: DataConfig, skipped: SkippedRows | None, where: str
+) -> list[str]:
+    """``[data.tools_field]`` when chat rows (``skipped`` given) come from a table that has that column, else []
+    (said when the field was set by name: a typo would drop every row's definitions)."""
+    if skipped is None:
+        return []
+    if data_cfg.tools_field not in columns:
+        _say_no_tools_field(data_cfg, where, "column")
+        return []
+    return [data_cfg.tools_field]
+
+
+def _say_no_tools_field(data_cfg: DataConfig, where: str, what: str) -> None:
+    """A warning when ``data.tools_field`` names a field no row has and is not the default (rows without tool
+    definitions are the common case; a field set by name that nothing holds is a typo)."""
+    if data_cfg.tools_field != DataConfig().tools_field:
+        logger.warning(
+            "%s: no %s named '%s' (data.tools_field): the rows are rendered without tool definitions; check "
+            "the name",
+            where,
+            what,
+            data_cfg.tools_field,
+        )
 
 
 def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: DataConfig, key: str) -> None:
@@ -579,7 +604,7 @@ def _read_parquet(
             f"{key}: {path} is not a readable Parquet file ({e}); check the file or data.format"
         ) from None
     _check_columns(parquet.schema_arrow.names, fields, str(path), data_cfg, key)
-    tools = _tools_column(parquet.schema_arrow.names, data_cfg, skipped)
+    tools = _tools_column(parquet.schema_arrow.names, data_cfg, skipped, f"{key} {path}")
     row = 0
     for batch in parquet.iter_batches(columns=fields + tools, batch_size=4096):
         columns = [batch.column(n).to_pylist() for n in fields + tools]
@@ -643,10 +668,12 @@ def _read_hf(
     if ds.column_names is not None:  # a streamed dataset may know its columns only from its first rows
         _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
     row = 0
+    tools: list[str] = []  # [data.tools_field] when the rows have it (from the first batch)
     for batch in ds.iter(batch_size=1024):  # rows in batches, never the whole dataset at once
         if row == 0:
             _check_columns(list(batch), fields, f"hf:{name}", data_cfg, key)
-        tools = _tools_column(list(batch), data_cfg, skipped)
+        if row == 0:
+            tools = _tools_column(list(batch), data_cfg, skipped, f"{key} hf:{name}")
         for values in zip(*(batch[n] for n in fields + tools)):
             row_tools = values[-1] if tools else None
             doc = _row_document(
