@@ -756,14 +756,35 @@ def test_a_tools_field_set_by_name_that_no_row_has_is_said(tmp_path, caplog):
         assert len(said) == 1 and "named 'functions' (data.tools_field)" in said[0], said
 
 
-def test_tools_a_template_never_reads_are_said_once(chat_tok, caplog):
+# Mentions `tools` without writing them, as Mistral v0.3's template does (try-out 24: a text search missed it).
+MENTIONS_TOOLS = "{%- if not tools is defined %}{%- set tools = none %}{%- endif %}" + MARKED
+
+
+@pytest.mark.parametrize("template", [MARKED, MENTIONS_TOOLS], ids=["never-reads", "mentions"])
+def test_tools_and_tool_calls_a_template_drops_are_said_once(chat_tok, caplog, template):
+    """Found by rendering a probe with a named tool: a template that drops a row's tool definitions, or writes an
+    assistant turn's tool calls as nothing (try-out 24: a Llama-3.0 template trained them as empty answers), is
+    said once each; a template that writes them is not."""
     row = parse_messages([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
-    renderer = ChatRenderer(chat_tok, MARKED)
+    call = {"type": "function", "function": {"name": "sorted", "arguments": {"x": 1}}}
+    calling = parse_messages(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    )
     with caplog.at_level(logging.WARNING, logger="ekd"):
+        renderer = ChatRenderer(chat_tok, template)
         for _ in range(3):
             renderer(row, "t.jsonl:1", [WEATHER])
-    said = [r.getMessage() for r in caplog.records if "never reads `tools`" in r.getMessage()]
-    assert len(said) == 1 and "row t.jsonl:1 has tool definitions (data.tools_field)" in said[0]
+            renderer(calling, "t.jsonl:2")
+        ChatRenderer(chat_tok, WITH_TOOLS)(row, "t.jsonl:1", [WEATHER])  # writes both: nothing said
+        ChatRenderer(chat_tok, WITH_TOOLS)(calling, "t.jsonl:2")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert (
+        "row t.jsonl:1 has tool definitions (data.tools_field), which the chat template does not write"
+        in said[0]
+    )
+    assert "row t.jsonl:2 has assistant tool calls (tool_calls)" in said[1]
+    assert "a turn that only calls a tool is trained as an empty answer" in said[1]
 
 
 def test_message_metadata_never_moves_a_conversation_between_train_and_eval():

@@ -312,8 +312,7 @@ class ChatRenderer:
         self.template = template
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
         self._closing: str | None = None  # closing_text(), probed once
-        self._reads_tools = re.search(r"\btools\b", template) is not None
-        self._said_tools_unread = False
+        self._unwritten: dict[str, bool] = {}  # "tools" / "tool_calls" → the template drops them (a probe)
 
     def __call__(
         self, messages: Messages, doc_id: str = "", tools: Sequence[dict[str, Any]] | None = None
@@ -329,14 +328,10 @@ class ChatRenderer:
             raise RejectedRow(f"no assistant turn (roles: {roles})", NO_ASSISTANT)
         conversation = [m.as_dict() for m in messages]
         tools = list(tools) if tools else None
-        if tools and not self._reads_tools and not self._said_tools_unread:
-            self._said_tools_unread = True
-            logger.warning(
-                "data.format=chat: row %s has tool definitions (data.tools_field) but the chat template never "
-                "reads `tools`: they are not rendered; use a template that writes them (the model's own, if it "
-                "was trained with tools)",
-                doc_id,
-            )
+        if tools:
+            self._say_unwritten("tools", doc_id)
+        if any(dict(m.extra).get("tool_calls") for m in messages):
+            self._say_unwritten("tool_calls", doc_id)
         if self.method == "generation_markers":
             rendered = self._with_markers(conversation, tools)
         else:
@@ -344,6 +339,42 @@ class ChatRenderer:
         if not any(rendered.assistant_mask):
             raise RejectedRow("the rendering marks no assistant token", NOTHING_MARKED)
         return rendered
+
+    def _say_unwritten(self, what: str, doc_id: str) -> None:
+        """Warn once when the template drops ``what`` — a row's tool definitions (``tools``) or an assistant
+        turn's ``tool_calls`` — found by rendering a probe with a named tool and looking for its name (try-out
+        24: a template that only mentions ``tools``, such as Mistral v0.3's, passed a search of its text; a
+        Llama-3.0 template trained a tool-calling turn as an empty answer without a word)."""
+        if what in self._unwritten:
+            return
+        name = f"ekd_probe_{what}"
+        probe: list[dict] = [{"role": "user", "content": "ekd probe question"}]
+        tools = None
+        if what == "tools":
+            tools = [
+                {"type": "function", "function": {"name": name, "description": "ekd probe", "parameters": {}}}
+            ]
+            probe.append({"role": ASSISTANT, "content": "ekd probe answer"})
+        else:
+            call = {"type": "function", "function": {"name": name, "arguments": {}}}
+            probe.append({"role": ASSISTANT, "content": None, "tool_calls": [call]})
+        try:
+            unwritten = name not in self._render(probe, tools=tools)
+        except RejectedRow:  # the template refuses them: those rows are skipped and counted, said there
+            unwritten = False
+        self._unwritten[what] = unwritten
+        if unwritten:
+            logger.warning(
+                "data.format=chat: row %s has %s, which the chat template does not write: %s; use a template "
+                "that writes them (the model's own, if it was trained with tools)",
+                doc_id,
+                "tool definitions (data.tools_field)"
+                if what == "tools"
+                else "assistant tool calls (tool_calls)",
+                "the rows are rendered without them"
+                if what == "tools"
+                else "a turn that only calls a tool is trained as an empty answer",
+            )
 
     def closing_text(self) -> str:
         """Text the template writes after the last message only (Phi-3: its EOS), '' for most templates.
