@@ -614,10 +614,15 @@ def test_loader_exact_resume_across_epochs(k: int) -> None:
     first = BlockLoader(blocks, 3, seed=1)
     assert take(first, k) == uninterrupted[:k]
     state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
-    assert set(state) == {"epoch", "position"}
+    assert set(state) == {"epoch", "position", "blocks"}
     resumed = BlockLoader(blocks, 3, seed=1)
     resumed.load_state_dict(state)
     assert take(resumed, 10 - k) == uninterrupted[k:]
+    old = BlockLoader(blocks, 3, seed=1)
+    old.load_state_dict({"epoch": state["epoch"], "position": state["position"]})  # an older checkpoint
+    assert take(old, 10 - k) == uninterrupted[k:]
+    with pytest.raises(ValueError, match="the loader drew from 10 blocks, this run from 9"):
+        BlockLoader(blocks, 3, seed=1, indices=range(9)).load_state_dict(state)
 
 
 def test_loader_subset_no_shuffle_and_partial_batches() -> None:

@@ -115,8 +115,9 @@ class BlockLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        """``{"epoch": int, "position": int}``: enough to resume exactly (with the same blocks and seed)."""
-        return {"epoch": self.epoch, "position": self.position}
+        """``{"epoch": int, "position": int, "blocks": int}``: enough to resume exactly (with the same blocks and
+        seed); ``blocks``, how many blocks the order is drawn from, tells a checkpoint of another draw apart."""
+        return {"epoch": self.epoch, "position": self.position, "blocks": self.indices.numel()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -126,6 +127,10 @@ class BlockLoader:
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.indices.numel():
             raise ValueError(f"loader state out of range for {self.indices.numel()} blocks: {state}")
+        if "blocks" in state and int(state["blocks"]) != self.indices.numel():  # absent: an older checkpoint
+            raise ValueError(
+                f"the loader drew from {state['blocks']} blocks, this run from {self.indices.numel()}"
+            )
         self.epoch, self.position = epoch, position
 
 

@@ -85,6 +85,16 @@ class PackedBlocks:
         """Number of positions that carry a label after the shift (targets not in column 0)."""
         return sum(int(self.target_mask[rows][:, 1:].sum()) for rows in self._row_chunks())
 
+    def rows_with_targets(self) -> torch.Tensor:
+        """(n,) long, ascending: the indices of the blocks with at least one target after the shift. A block
+        without one (a long prompt, tool definitions or template markup cut off from its answer) trains nothing:
+        its step would only move the weights by the optimizer's momentum and weight decay."""
+        kept = [
+            rows.start + torch.nonzero(self.target_mask[rows][:, 1:].any(dim=1)).flatten()
+            for rows in self._row_chunks()
+        ]
+        return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+
     @property
     def num_documents(self) -> int:
         """Number of documents with at least one target (of :attr:`num_targets`) in the blocks: what an eval

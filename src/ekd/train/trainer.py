@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ekd.config import Config
+from ekd.config import Config, ConfigError
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
@@ -85,6 +85,7 @@ from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batc
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
 from ekd.train.wandb_log import open_wandb, require_wandb
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,26 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
     return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
 
 
+def _blocks_with_targets(blocks) -> torch.Tensor:
+    """(n,) the training blocks a step can learn from (:meth:`~ekd.data.packing.PackedBlocks.rows_with_targets`);
+    the others are left out of the loader's order, said in one line (try-out 24: tool-heavy chat rows cut into
+    128-token blocks left 150 of 282 blocks without a target, and their steps moved the weights on nothing)."""
+    with_targets = blocks.rows_with_targets()
+    if not with_targets.numel():
+        raise ConfigError(
+            f"train: none of its {counted(len(blocks), 'block')} holds a target (only prompt, tool or template "
+            "tokens); raise data.block_length so that answers share blocks with their prompts"
+        )
+    if (left := len(blocks) - with_targets.numel()) > 0:
+        log.info(
+            "train: %s of %s hold no target (only prompt, tool or template tokens) and are not trained on; "
+            "a larger data.block_length keeps more prompts beside their answers",
+            left,
+            counted(len(blocks), "block"),
+        )
+    return with_targets
+
+
 def _train(
     cfg: Config, ranks: Ranks, resume: bool, start: RunStart | None, data: PreparedData | None
 ) -> TrainResult:
@@ -268,15 +289,17 @@ def _train(
     ]
     optimizer = build_optimizer(params, cfg)
     # every rank walks the same global order and takes its slice of each (W·b)-row batch
+    trained = _blocks_with_targets(data.blocks["train"])
+    if kept is not None:
+        trained = kept[torch.isin(kept, trained)]
     loader = BlockLoader(
         data.blocks["train"],
         cfg.train.micro_batch_size * ranks.world_size,
         seed=cfg.run.seed,
         shuffle=True,
         drop_last=True,
+        indices=trained,
     )
-    if kept is not None:
-        loader = loader.subset(kept)
 
     start_step, resumed_at = 0, None
     earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0}  # the segments before this one

@@ -1,0 +1,95 @@
+"""Blocks without a target are not trained on (try-out 24): chat or prompt/response rows whose prompt (tool
+definitions, a long context) fills whole blocks made steps that learned nothing — logged as `train/kd 0.0` over
+one token — while AdamW's momentum and weight decay still moved the weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from ekd.cli import main
+from ekd.data.packing import PackedBlocks
+from tiny import tiny_overrides
+
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+]
+
+
+def _rows(path: Path, n: int = 40, seed: int = 0) -> Path:
+    """Prompt/response rows: a prompt of ~100 words (several 32-token blocks), a response of ~6."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            prompt = " ".join(rng.choice(WORDS) for _ in range(100))
+            response = " ".join(rng.choice(WORDS) for _ in range(6))
+            f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+    return path
+
+
+def test_rows_with_targets_are_the_blocks_with_a_label_after_the_shift():
+    mask = torch.zeros(5, 4, dtype=torch.bool)
+    mask[1, 2] = True  # a target
+    mask[2, 0] = True  # column 0 carries no label after the shift: no target
+    mask[4] = True
+    ids = torch.zeros(5, 4, dtype=torch.long)
+    blocks = PackedBlocks(ids, mask, torch.arange(5))
+    assert blocks.rows_with_targets().tolist() == [1, 4]
+    # the scan runs in row chunks (a memory-mapped store is never loaded whole): the same rows across chunks
+    chunked = PackedBlocks(ids, mask, torch.arange(5))
+    chunked._row_chunks = lambda tokens=0: iter([slice(0, 2), slice(2, 5)])  # type: ignore[method-assign]
+    assert chunked.rows_with_targets().tolist() == [1, 4]
+
+
+def test_training_draws_only_blocks_with_a_target_and_says_how_many_it_leaves_out(tmp_path, caplog):
+    source = _rows(tmp_path / "rows.jsonl")
+    over = tiny_overrides(
+        tmp_path,
+        source,
+        "pr",
+        **{
+            "data.prompt_field": "prompt",
+            "data.response_field": "response",
+            "method.preset": "kd",
+            "train.micro_batch_size": 1,
+            "train.max_steps": 8,
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert main(["distill", *over]) == 0
+    said = [r.getMessage() for r in caplog.records if "hold no target" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("train: ") and "are not trained on" in said[0], said
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "pr" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in rows if "train/loss" in r]
+    assert len(steps) == 8
+    assert all(r["train/kd_tokens"] >= 1 and r["train/kd"] > 0 for r in steps), steps  # no empty step
