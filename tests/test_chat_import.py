@@ -168,3 +168,29 @@ def test_chat_source_that_is_not_messages_or_lacks_a_row_is_one_line(setup, tmp_
     pq.write_table(pa.Table.from_pylist(setup["table"][1:], schema=SCHEMA), missing)
     assert _import(setup, missing, tmp_path / "c2") == 2
     assert "has no row whose 'messages' is the training document chat.jsonl:1" in _one_line(capsys)
+
+
+def test_rows_with_the_same_messages_and_other_tools_are_told_apart(tmp_path):
+    """Try-out 24: two training rows with the same messages and other tool definitions (which render
+    differently) were both looked up as SRC's first such row, and the import then blamed SRC's tokenization.
+    With a tools column in SRC (``data.tools_field``), the definitions are part of the key — as a list or as a
+    JSON string, as the training rows read them; an SRC without the column matches on the messages alone."""
+    from ekd.data.chat import parse_messages
+    from ekd.data.document import Document
+    from ekd.teacher.cache.importer import _digest, _index_rows, document_key
+    from ekd.teacher.cache.logprob_rows import SourceTable
+
+    messages = [{"role": "user", "content": "what"}, {"role": "assistant", "content": "sorted"}]
+    weather = [{"type": "function", "function": {"name": "weather", "parameters": {"x": {"default": None}}}}]
+    clock = [{"type": "function", "function": {"name": "clock"}}]
+    docs = [
+        Document("", "t:1", messages=parse_messages(messages), tools=tuple(weather)),
+        Document("", "t:2", messages=parse_messages(messages), tools=tuple(clock)),
+    ]
+    src = tmp_path / "src.jsonl"
+    rows = [{"messages": messages, "tools": clock}, {"messages": messages, "tools": json.dumps(weather)}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = _index_rows(SourceTable(src), "messages", chat=True, tools="tools")
+    assert [index.get(_digest(document_key(d, with_tools=True))) for d in docs] == [1, 0]
+    alone = _index_rows(SourceTable(src), "messages", chat=True)  # no tools column: the messages alone
+    assert [alone.get(_digest(document_key(d))) for d in docs] == [0, 0]

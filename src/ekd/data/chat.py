@@ -70,15 +70,18 @@ def messages_key(messages: Messages) -> str:
     return json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False, default=str)
 
 
-def import_key(messages: Messages) -> str:
-    """A conversation's roles, contents and tool calls as JSON: what ``ekd cache import`` matches a source row to
-    a training row by (tool calls make two rows with the same texts different; other metadata — ``name``, ids,
-    weights — the source may lack, and the tokens are compared after the match anyway). Nulls are dropped at
-    every depth, so a Parquet source matches JSONL training rows."""
-    rows = []
+def import_key(messages: Messages, tools: Sequence[dict[str, Any]] | None = None) -> str:
+    """A conversation's roles, contents and tool calls as JSON, and the row's tool definitions ``tools`` when
+    given: what ``ekd cache import`` matches a source row to a training row by (tool calls and definitions make
+    two rows with the same texts different; other metadata — ``name``, ids, weights — the source may lack, and
+    the tokens are compared after the match anyway). Nulls are dropped at every depth, so a Parquet source
+    matches JSONL training rows."""
+    rows: list[Any] = []
     for m in messages:
         calls = dict(m.extra).get("tool_calls")
         rows.append([m.role, m.content] if calls is None else [m.role, m.content, calls])
+    if tools:
+        rows.append(["tools", list(tools)])
     return json.dumps(_without_nulls(rows), ensure_ascii=False, default=str)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ekd.config import Config, ConfigError
-from ekd.data.chat import RejectedRow, import_key, parse_messages
+from ekd.data.chat import RejectedRow, import_key, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.io import file_sha256
 from ekd.locks import holding
@@ -126,23 +126,26 @@ def estimated_stats(logprobs: torch.Tensor, gold_logprob: torch.Tensor) -> tuple
     return entropy.float(), torch.where(known, gold_logprob.double(), bound).float()
 
 
-def document_key(doc: Document) -> str:
+def document_key(doc: Document, with_tools: bool = False) -> str:
     """What a training document is looked up by in SRC: its text, or for a chat row its messages as the JSON
-    list of its messages' roles, contents and tool calls (:func:`ekd.data.chat.import_key`)."""
+    list of its messages' roles, contents and tool calls, and its tool definitions when SRC has a column of
+    them (``with_tools``; :func:`ekd.data.chat.import_key`)."""
     if doc.messages is None:
         return doc.text
-    return import_key(doc.messages)
+    return import_key(doc.messages, doc.tools if with_tools else None)
 
 
-def row_key(value: Any, chat: bool, where: str, column: str) -> str:
+def row_key(value: Any, chat: bool, where: str, column: str, tools: Any = None) -> str:
     """The lookup key of SRC's text column value (see :func:`document_key`); a chat row's messages may be a
-    list of ``{role, content}`` objects or a JSON string of one. Raises CacheError naming ``where``."""
+    list of ``{role, content}`` objects or a JSON string of one, its ``tools`` (the value of SRC's
+    ``data.tools_field`` column, if it has one) as the training rows' are read. Raises CacheError naming
+    ``where``."""
     if chat:
         if isinstance(value, str):
             with contextlib.suppress(ValueError):  # a JSON string of the messages; else refused below
                 value = json.loads(value)
         try:
-            return import_key(parse_messages(value))
+            return import_key(parse_messages(value), parse_tools(tools))
         except RejectedRow as e:
             raise CacheError(
                 f"{where}: column '{column}' is not chat messages ({e}); name the messages column with "
@@ -157,12 +160,15 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()[:16]
 
 
-def _index_rows(table: SourceTable, column: str, chat: bool) -> dict[bytes, int]:
-    """sha256[:16] of every SRC row's key → its first row number (one streamed pass over one column)."""
+def _index_rows(table: SourceTable, column: str, chat: bool, tools: str | None = None) -> dict[bytes, int]:
+    """sha256[:16] of every SRC row's key → its first row number (one streamed pass over one column, and over
+    the ``tools`` column of a chat SRC that has one)."""
     index: dict[bytes, int] = {}
-    for r, value in enumerate(table.column(column)):
+    values = table.column(column)
+    rows = zip(values, table.column(tools)) if tools else ((v, None) for v in values)
+    for r, (value, row_tools) in enumerate(rows):
         if value is not None:
-            index.setdefault(_digest(row_key(value, chat, f"{table.path} row {r}", column)), r)
+            index.setdefault(_digest(row_key(value, chat, f"{table.path} row {r}", column, row_tools)), r)
     return index
 
 
@@ -318,7 +324,8 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         n_blocks, T = blocks.input_ids.shape
         k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
         chat = cfg.data.format == "chat"
-        index = _index_rows(table, columns.text, chat)
+        tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
+        index = _index_rows(table, columns.text, chat, tools)
         needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
 
         revision = f"{IMPORTED}{file_sha256(src)}"
@@ -338,7 +345,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
             if at >= stream:
                 break
-            r = index.get(_digest(document_key(doc)))
+            r = index.get(_digest(document_key(doc, with_tools=tools is not None)))
             if r is None:
                 raise CacheError(
                     f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
