@@ -32,9 +32,7 @@ def _grads(cfg, data, blocks_per_micro: int, accum: int):
         collate(data.blocks["train"], indices[i * blocks_per_micro : (i + 1) * blocks_per_micro])
         for i in range(accum)
     ]
-    loss, _, _, _, _ = forward_backward(
-        micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir
-    )
+    loss, *_ = forward_backward(micro, student, teacher, parts, 0, cfg, data.vocab_size, None, cfg.run_dir)
     return loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 

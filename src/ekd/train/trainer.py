@@ -406,7 +406,7 @@ def _train(
                     )[0]
                     for i, b in enumerate(micro_batches)
                 ]
-        loss_value, sums, kd_count, ce_count, feedback = forward_backward(
+        loss_value, sums, kd_count, ce_count, feature_count, feedback = forward_backward(
             micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
         )
         sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
@@ -453,7 +453,14 @@ def _train(
         totals["valid"] += sums.get("valid", 0.0)
         elapsed = time.perf_counter() - t_loop
         last = _step_metrics(
-            step, lr, loss_value, grad_norm, sums, kd_count, ce_count, parts, tokens_seen / max(elapsed, 1e-9)
+            step,
+            lr,
+            loss_value,
+            grad_norm,
+            sums,
+            (kd_count, ce_count, feature_count),
+            parts,
+            tokens_seen / max(elapsed, 1e-9),
         )
         if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
             write_metrics(step + 1, last)
@@ -572,7 +579,8 @@ def forward_backward(
     ⌈k·N⌉ over the global micro-batch, as one process would.
 
     Returns:
-        (loss, summed diagnostics of this rank, kd_count, ce_count, bandit feedback)
+        (loss, summed diagnostics of this rank, kd_count, ce_count, feature_count, bandit feedback); the counts
+        are the global micro-batches' already (every rank's rows), never summed over ranks again
     """
     planned, selected_rows, valid_counts = [], [], []
     for i, b in enumerate(micro_batches):
@@ -619,8 +627,7 @@ def forward_backward(
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
-    sums["feature_count"] = feature_count  # the feature term's normalizer, for its logged value
-    return loss_value, sums, kd_count, ce_count, feedback
+    return loss_value, sums, kd_count, ce_count, feature_count, feedback
 
 
 def _micro_batch(engine, *args) -> MicroBatchResult:
@@ -785,8 +792,11 @@ def _combine(key: str, old: float | None, new: float) -> float:
 
 
 def _step_metrics(
-    step, lr, loss, grad_norm, sums, kd_count, ce_count, parts: MethodParts, tokens_per_s
+    step, lr, loss, grad_norm, sums, counts: tuple[float, float, float], parts: MethodParts, tokens_per_s
 ) -> dict[str, float]:
+    """The step's logged figures from the global ``sums`` (every rank's, summed) and the terms' global
+    normalizers ``counts`` = (kd_count, ce_count, feature_count), which every rank holds alike."""
+    kd_count, ce_count, feature_count = counts
     m = {
         "train/loss": loss,
         "train/lr": lr,
@@ -802,7 +812,7 @@ def _step_metrics(
         m["train/ce"] = sums.get("ce_sum", 0.0) / ce_count
         m["train/ce_tokens"] = ce_count  # the step's global count of CE tokens (normalizer, at least 1)
     if parts.feature_weight > 0:
-        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / sums["feature_count"]
+        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / feature_count
         m["train/feature"] = feature
         m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
         m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
