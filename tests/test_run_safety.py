@@ -552,3 +552,19 @@ def test_resume_with_the_data_moved_away_names_the_missing_path_not_a_config_cha
     unchanged(before, ws)
     shutil.move(ws / "corpus.away", ws / "corpus")
     assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0
+
+
+def test_resume_below_the_newest_checkpoint_is_refused(ws, capsys):
+    """Try-out 23: an unfinished run with a checkpoint at step 2 resumed with train.max_steps=1 exited 0, wrote a
+    checkpoint named step-000001 holding step 2's weights, marked the run finished and logged steps 1, 2, 1."""
+    run = ws / "runs" / "base"
+    marker = json.loads((run / MARKER).read_text())
+    (run / MARKER).write_text(json.dumps({**marker, "state": "started"}))  # stopped after its last checkpoint
+    before = snapshot(ws)
+    line = one_error_line(*cli(capsys, "distill", _config(), "train.max_steps=1", "--resume")[::2])
+    assert line == (
+        f"ekd: error: --resume: {run.resolve()}'s newest checkpoint step-000002 is past train.max_steps=1; "
+        "resume with train.max_steps ≥ 2 (the run's saved value: 2)"
+    ), line
+    unchanged(before, ws)
+    assert cli(capsys, "distill", _config(), "train.max_steps=2", "--resume")[0] == 0  # finishes the run

@@ -173,6 +173,11 @@ def read_marker(run_dir: Path) -> dict | None:
     return marker
 
 
+def _saved_max_steps(saved: dict) -> object:
+    """``train.max_steps`` of a saved config (as a nested dict), or '?' when it holds none."""
+    return (saved.get("train") or {}).get("max_steps", "?")
+
+
 def _saved_config(run_dir: Path) -> dict | None:
     """The run's saved ``config.yaml`` as a dict, or None if absent or not an ekd config."""
     path = run_dir / "config.yaml"
@@ -416,6 +421,14 @@ class RunStart:
             raise RunDirError(
                 f"--resume: {run_dir / 'checkpoints'} holds no checkpoint to resume from; start the run again "
                 "with --overwrite (this replaces it) or under another run.name"
+            )
+        if (
+            not finished and checkpoint_step(ckpt) > self.cfg.train.max_steps
+        ):  # try-out 23: step-000005 held step 10
+            raise RunDirError(
+                f"--resume: {run_dir}'s newest checkpoint {ckpt.name} is past train.max_steps="
+                f"{self.cfg.train.max_steps}; resume with train.max_steps ≥ {checkpoint_step(ckpt)} (the run's "
+                f"saved value: {_saved_max_steps(saved)})"
             )
         if finished:
             raise RunFinished(
