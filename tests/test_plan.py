@@ -292,3 +292,19 @@ def test_a_gpt2_student_is_planned_and_a_model_without_a_layer_list_is_one_line(
         line
     )
     assert "--vocab-size" not in line
+
+
+def test_preset_models_with_a_tokenizer_of_their_own_are_planned_at_its_length(tmp_path, capsys, monkeypatch):
+    """Try-out 24: with preset models and model.tokenizer naming a tokenizer directory, plan asked for
+    --vocab-size though distill reads that tokenizer; V is now its length, as distill builds the presets."""
+    from ekd.data.tokenizer import train_bpe_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    tok = train_bpe_tokenizer([f"a b c word{i} {i * 7}" for i in range(200)], 300)
+    tok.save_pretrained(tmp_path / "tok")
+    config = config_file(Path("."), Path("corpus"), "p")
+    rc, out, err = cli(capsys, "plan", config, f"model.tokenizer={tmp_path / 'tok'}", "--gpus", "1")
+    assert rc == 0 and f"V={len(tok)}" in out, err
+    # one GPU: FSDP2 and a sharded teacher are no-ops in one process, so they are no rows to choose from
+    rows = [line.split()[:2] for line in out.splitlines() if line.startswith(("ddp ", "fsdp "))]
+    assert rows and all(r == ["ddp", "replicate"] for r in rows), out

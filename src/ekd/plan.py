@@ -421,6 +421,8 @@ def plan_config(
                 f"--vocab-size sets the vocabulary of preset:<name> models only, and {' and '.join(planned)} "
                 f"{what} here (V comes from config.json); drop --vocab-size"
             )
+    if gpus == 1:  # FSDP2 and a sharded teacher are no-ops in one process (try-out 24: rows of no choice)
+        parallel, placement = ("ddp",), ("replicate",)
     vocab = vocab_size or _vocab_size(cfg)
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
@@ -445,7 +447,8 @@ def plan_config(
 
 def _vocab_size(cfg) -> int:
     """The vocabulary a preset model is built with: the BPE size when the run trains its tokenizer (the rules
-    of ``ekd.train.prepare``), else the vocabulary in the config of the non-preset model.
+    of ``ekd.train.prepare``), the length of ``model.tokenizer`` when it names one of its own, else the
+    vocabulary in the config of the non-preset model.
 
     Raises:
         ConfigError: the size cannot be known without loading a tokenizer (pass ``--vocab-size``).
@@ -463,6 +466,13 @@ def _vocab_size(cfg) -> int:
         spec = "train_bpe"
     if spec == "train_bpe":
         return m.bpe_vocab_size
+    if spec not in (
+        "teacher",
+        "student",
+    ):  # a tokenizer of its own (try-out 24): what distill reads, its length
+        from ekd.models.load import load_tokenizer
+
+        return len(load_tokenizer(spec, m.revision, m.trust_remote_code, "model.tokenizer"))
     for role, model in (("teacher", m.teacher), ("student", m.student)):
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
