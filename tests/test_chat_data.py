@@ -882,3 +882,15 @@ def test_on_policy_chat_runs_stop_turns_at_the_templates_end_of_turn(tmp_path, c
     assert main(["-q", "distill", *args, "method.max_new_tokens=4"]) == 0
     end = chat_tok.convert_tokens_to_ids("<|end|>")
     assert seen and all(end in stops for stops in seen)
+
+
+def test_a_template_that_writes_todays_date_is_said(chat_tok, caplog):
+    """Try-out 24: Llama-3.1's template writes "Today Date: <today>" (strftime_now), so its renderings — the
+    token store, a cache's fingerprint, the eval sets — change from one day to the next."""
+    dated = "{% set date_string = strftime_now('%d %b %Y') %}" + MARKED
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        ChatRenderer(chat_tok, MARKED)
+        ChatRenderer(chat_tok, dated, "data.chat_template")
+        ChatRenderer(chat_tok, dated, "data.chat_template")  # the run's next renderer: said once
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "(data.chat_template) writes today's date (strftime_now)" in said[0], said

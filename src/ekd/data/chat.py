@@ -44,6 +44,7 @@ from ekd.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 ASSISTANT = "assistant"
+_SAID_DATED: set[str] = set()  # templates writing today's date, said once per process
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
 
 
@@ -316,6 +317,14 @@ class ChatRenderer:
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
         self._closing: str | None = None  # closing_text(), probed once
         self._unwritten: dict[str, bool] = {}  # "tools" / "tool_calls" → the template drops them (a probe)
+        if "strftime_now" in template and template not in _SAID_DATED:  # Llama-3.1/3.2: "Today Date: <today>"
+            _SAID_DATED.add(template)  # once per process, however many renderers the run makes
+            logger.warning(
+                "data.format=chat: the chat template (%s) writes today's date (strftime_now), so the same rows "
+                "render other tokens on another day: a token store, a teacher cache or eval sets made today do "
+                "not match tomorrow's; set data.chat_template to a copy that writes a fixed date",
+                source,
+            )
 
     def __call__(
         self, messages: Messages, doc_id: str = "", tools: Sequence[dict[str, Any]] | None = None
