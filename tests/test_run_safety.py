@@ -381,6 +381,29 @@ def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
     assert "last bits" in lines[0]
 
 
+def test_resume_on_another_device_layout_says_so_in_the_same_line(ws, capsys, caplog):
+    """Try-out 23: `--resume train.parallel=fsdp` of a run checkpointed under ddp resumed without a word, while a
+    head_chunk_size change had its info line. A layout change (engine, offload, teacher placement, micro-batch
+    split) is named in that one line."""
+    caplog.set_level("INFO", logger="ekd.train.run_dir")
+    layout = ["train.parallel=fsdp", "teacher.placement=shard", "train.head_chunk_size=16"]
+    rc, _, err = cli(
+        capsys, "distill", _config(**{"method.preset": "ce"}), "train.max_steps=3", *layout, "--resume"
+    )
+    assert rc == 0, err
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--resume with")]
+    assert len(lines) == 1, lines
+    for change in (
+        "train.parallel ddp → fsdp",
+        "teacher.placement replicate → shard",
+        "head_chunk_size 0 → 16",
+    ):
+        assert change in lines[0], lines[0]
+    assert (
+        "another engine over the same sums of gradients" in lines[0] and "sharded or replicated" in lines[0]
+    )
+
+
 def test_resume_with_precision_fp32_of_an_auto_run_on_cpu_is_the_same_run(ws, capsys):
     """Try-outs 8 and 9: a run saved with train.precision=auto on CPU was refused on --resume with fp32 as
     "different arithmetic"; on CPU 'auto' is fp32 (bf16 is still refused, above)."""

@@ -20,7 +20,7 @@ ranks × ``train.micro_batch_size``, which config.yaml alone does not tell — a
 1. :meth:`RunStart.open` checks the directory: a file in the way, a directory that is not an ekd run, a
    different run (without ``--resume``/``--overwrite``; the refusal offers only what works), a ``--resume``
    whose config changes a key outside ``RESUMABLE_CHANGES``/``SAME_MATH_CHANGES`` (the change of a
-   memory/speed knob is logged), a finished run. With ``--overwrite`` the old run is *moved aside*
+   memory/speed knob or of the device layout, ``LAYOUT_CHANGES``, is logged in one line), a finished run. With ``--overwrite`` the old run is *moved aside*
    (``<output_dir>/.<name>.replaced``), never deleted here; only a directory holding ``ekd-run.json`` is
    moved.
 2. The trainer loads data and models; :meth:`RunStart.check_data` records the data fingerprint (a new run)
@@ -65,7 +65,18 @@ FORMAT = "ekd-run"
 # How the same computation is laid out on devices (DCP reshards between all of them): a run may change these on
 # ``--resume`` as long as its global micro-batch (ranks × train.micro_batch_size, ``global_micro_batch`` in
 # ekd-run.json) stays — the checkpoint refuses another — and ``ekd compare`` groups runs on that product.
-LAYOUT_KEYS = ("train.micro_batch_size", "train.parallel", "train.cpu_offload", "teacher.placement")
+# Key → what a resume that changes it does (said in the same info line as SAME_MATH_CHANGES; try-out 23: a resume
+# from DDP to FSDP2 said nothing while a head_chunk_size change had its line).
+LAYOUT_CHANGES = {
+    "train.micro_batch_size": (
+        "the global micro-batch split otherwise over the ranks: ranks × train.micro_batch_size must stay what it "
+        "was, which the checkpoint checks"
+    ),
+    "train.parallel": "another engine over the same sums of gradients, the checkpoint resharded to it",
+    "train.cpu_offload": "the same shards, kept in CPU memory between uses or not",
+    "teacher.placement": "the same teacher outputs, its weights sharded or replicated",
+}
+LAYOUT_KEYS = tuple(LAYOUT_CHANGES)
 
 # What ``--resume`` lets change (README, "What `--resume` may change"): anything else changes what the run computes, so
 # the resumed run would not be the run it continues, and is refused. Prefixes end in ".".
@@ -459,10 +470,11 @@ class RunStart:
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
-        if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
+        said = {**LAYOUT_CHANGES, **SAME_MATH_CHANGES}
+        if knobs := [k for k in diffs if k in said]:
             flat = flat_config(saved or {})
             changes = ", ".join(f"{k} {flat.get(k)} → {flat_config(current).get(k)}" for k in knobs)
-            notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
+            notes = "; ".join(dict.fromkeys(said[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
 
     def _in_use_fix(self) -> str:
