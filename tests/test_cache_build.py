@@ -638,8 +638,9 @@ def test_kill_9_and_resume_equals_uninterrupted_build(setup):
     assert _tree_sha256(killed) == _tree_sha256(reference)
 
 
-def _torchrun_cache(cfg: str, out: Path) -> str:
-    """``torchrun --nproc_per_node=2 -m ekd -q cache CFG teacher.cache_dir=OUT`` (gloo); returns its stdout."""
+def _torchrun_cache(cfg: str, out: Path, quiet: bool = True) -> str:
+    """``torchrun --nproc_per_node=2 -m ekd -q cache CFG teacher.cache_dir=OUT`` (gloo); returns its stdout
+    (and its log, on stderr, after it when not ``quiet``: no ``-q``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -649,7 +650,7 @@ def _torchrun_cache(cfg: str, out: Path) -> str:
         f"--master_port={free_port()}",
         "-m",
         "ekd",
-        "-q",
+        *(["-q"] if quiet else []),
         "cache",
         cfg,
         f"teacher.cache_dir={out}",
@@ -658,7 +659,7 @@ def _torchrun_cache(cfg: str, out: Path) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = [line for line in proc.stdout.splitlines() if line.startswith("teacher cache ")]
     assert len(said) == 1 and "(2 processes)" in said[0], proc.stdout  # the summary, once
-    return proc.stdout
+    return proc.stdout if quiet else proc.stdout + proc.stderr
 
 
 def _summary_figures(out: str) -> dict:
@@ -714,10 +715,34 @@ def test_torchrun_resumed_build_counts_the_shard_another_rank_rebuilt(setup):
     (it used to say "0 built now" and "nothing left to build")."""
     out = _damaged_copy(setup, "cache-2proc-resumed")
     (out / "shard-00001.bin").unlink()
-    figures = _summary_figures(_torchrun_cache(setup["cfg"], out))
+    said = _torchrun_cache(setup["cfg"], out, quiet=False)
+    figures = _summary_figures(said)
     assert _tree_sha256(out) == _tree_sha256(setup["cache"])
     assert {k: figures[k] for k in _figures_of(out)} == _figures_of(out)
     assert figures["built"] == "8" and float(figures["throughput"]) > 0
+    # try-out 23: "resuming, 50 of 68 shards done" was rank 0's share of 135; now the whole cache's count, once
+    shards = len(json.loads((out / "manifest.json").read_text())["shards"])
+    resuming = [line for line in said.splitlines() if "resuming," in line]
+    whole = f"resuming, {shards - 1} of {shards} shards done"
+    assert len(resuming) == 1 and resuming[0].endswith(whole), said
+    assert "built 8 of" in said and "on rank 1/2" in said  # the rank that built, named (it is one of two)
+
+
+def test_a_resumed_one_process_build_says_its_shards_and_no_rank(setup, caplog):
+    """Try-out 23: a one-process build said "built 1647 of 2159 samples on rank 0/1"."""
+    import logging
+
+    out = _damaged_copy(setup, "cache-1proc-resumed")
+    (out / "shard-00001.bin").unlink()
+    shards = len(json.loads((out / "manifest.json").read_text())["shards"])
+    samples = CacheReader(setup["cache"]).num_samples
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert main(["cache", setup["cfg"], f"teacher.cache_dir={out}"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert f"cache {out}: resuming, {shards - 1} of {shards} shards done" in said, said
+    built = [m for m in said if m.startswith(f"teacher cache {out}: built 8 of {samples} samples in ")]
+    assert len(built) == 1 and "rank" not in built[0], said
+    assert _tree_sha256(out) == _tree_sha256(setup["cache"])
 
 
 def test_job_figures_add_up_the_ranks():

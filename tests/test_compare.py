@@ -100,10 +100,44 @@ def test_runs_are_grouped_on_the_batch_over_all_ranks_not_on_the_device_layout(t
         ("kd#2", ["half"]),
     ]
     assert groups[1].note == "`kd#2` differs from `kd` in train.ranks × micro_batch_size=4 (vs 8)"
-    twin = _layout(_fake_run(tmp_path, "twin", "kd", 1, 10.5, 0.5), 8, 1, "none")  # = ddp's training and seed
-    assert main(["compare", str(one), str(ddp), str(twin), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert f"runs {ddp}, {twin} trained the same config with the same seed (seed 1)" in err, err
+
+
+def test_replicas_of_one_seed_count_once_with_their_largest_difference(tmp_path, capsys):
+    """Try-outs 23 and 24: a one-process run and its 2-rank twin, or a resumed run and an uninterrupted one, were
+    refused ("trained the same config with the same seed; pass each run once"), though checking that they agree is
+    the point. They are replicas of one seed: the first given counts (the spread over seeds is not shrunk by a
+    seed counted twice), and a note names the layout keys where each differs and the largest metric difference."""
+    one = _layout(_fake_run(tmp_path, "one", "kd", 1, 10.0, 0.5), 8, 1, "none")
+    ddp = _layout(
+        _fake_run(tmp_path, "ddp", "kd", 1, 10.00002, 0.5), 4, 2, "ddp"
+    )  # = one's training and seed
+    resumed = _layout(_fake_run(tmp_path, "resumed", "kd", 1, 10.0, 0.5), 8, 1, "none")
+    other = _layout(_fake_run(tmp_path, "other", "kd", 2, 12.0, 0.5), 8, 1, "none")
+    out = tmp_path / "o"
+    assert main(["compare", str(one), str(ddp), str(resumed), str(other), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    s = json.loads((out / "compare.json").read_text())
+    (kd,) = s["groups"]
+    assert kd["seeds"] == [1, 2] and kd["runs"] == [str(one), str(other)]  # one row per seed
+    assert kd["metrics"]["eval/ppl"]["mean"] == pytest.approx(11.0)  # one's 10.0, not a mean with ddp's
+    (rec,) = s["replicas"]
+    assert rec["counted"] == str(one) and [r["run"] for r in rec["replicas"]] == [str(ddp), str(resumed)]
+    assert rec["replicas"][0]["differs_in"] == [
+        "train.micro_batch_size=4 (vs 8)",
+        "train.parallel='ddp' (vs 'none')",
+        "ranks=2 (vs 1)",
+    ]
+    assert rec["replicas"][1]["differs_in"] == []
+    assert rec["largest_difference"]["key"] == "eval/ppl"
+    assert rec["largest_difference"]["abs"] == pytest.approx(2e-5)
+    note = (
+        f"`kd` seed 1: {one} counts; replicas {ddp} (train.micro_batch_size=4 (vs 8), train.parallel='ddp' "
+        f"(vs 'none'), ranks=2 (vs 1)), {resumed} (the same layout: a resume or a rerun): largest difference "
+        f"eval/ppl 10 vs 10.00002 (|Δ| 2e-05, 2e-06 relative, {ddp})"
+    )
+    assert note in printed and note in (out / "compare.md").read_text(), printed
+    assert main(["compare", str(one), str(resumed), "--out", str(out)]) == 0
+    assert "replicas" in capsys.readouterr().out and "identical metrics" in (out / "compare.md").read_text()
 
 
 def test_pareto_front():
@@ -116,9 +150,11 @@ def test_bad_runs_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "notarun"), "--out", str(tmp_path / "o")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     a = _fake_run(tmp_path, "a", "kd", 0, 1.0, 1.0)
-    b = _fake_run(tmp_path / "copy", "a", "kd", 0, 1.0, 1.0)
-    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
-    assert "trained the same config with the same seed (seed 0)" in capsys.readouterr().err
+    assert main(["compare", str(a), str(a), "--out", str(tmp_path / "o")]) == 2
+    assert f"{a} is given twice; pass each run once" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(a)
+    assert main(["compare", str(a), str(tmp_path / "link"), "--out", str(tmp_path / "o")]) == 2
+    assert "are the same run directory; pass each run once" in capsys.readouterr().err
     unfinished = _fake_run(tmp_path, "u", "kd", 1, 1.0, 1.0)
     (unfinished / "eval.json").unlink()
     assert main(["compare", str(unfinished), "--out", str(tmp_path / "o")]) == 2

@@ -3,7 +3,9 @@
 One torchrun spawn trains every method below on 2 ranks (micro-batch 2 each); the test process trains the
 same methods in one process (micro-batch 4). Per-step losses, per-step KD terms and the final weights must
 agree within 1e-5 (fp32): random draws are keyed by sample id (``ekd.selection.draws``) and batch-scoped
-rules rank the global micro-batch (``ekd.selection.global_batch``).
+rules rank the global micro-batch (``ekd.selection.global_batch``). Not bit for bit: a student-side score
+(``sekd``'s entropy, ``gls``'s CE) computed on 2 rows can round otherwise than on 4, and over longer runs a
+near-tie at a threshold can flip (docs/methods.md §5); none does in these 3 steps.
 """
 
 from __future__ import annotations

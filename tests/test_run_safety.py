@@ -184,6 +184,40 @@ def test_a_start_killed_hard_is_recovered_next_time(ws, capsys):
     assert not (ws / "runs" / ".base.replaced").exists()
 
 
+def test_eval_after_a_killed_overwrite_restores_the_run_and_evaluates_it(ws, capsys, caplog):
+    """Try-out 23: `ekd eval RUN` after `kill -9` of a `--overwrite` said "not a finished ekd run ... run ekd
+    distill first" while the finished run waited in runs/.RUN.replaced. Eval puts it back, as distill does (the
+    same function, under the run's lock), and evaluates it."""
+    old = snapshot(ws / "runs" / "base")
+    cfg = load_config(_config(**{"method.preset": "kd"}), ["train.max_steps=3"])
+    start = RunStart(cfg, resume=False, overwrite=True)
+    start.open()  # the old run moved aside, the new one "starting"...
+    start.close()  # ...and the process dies here (the OS releases its lock)
+    assert (ws / "runs" / ".base.replaced").is_dir()
+    with caplog.at_level("WARNING", logger="ekd"):
+        rc, out, err = cli(capsys, "eval", "runs/base")
+    assert rc == 0, err
+    assert "restored runs/base, which an interrupted --overwrite had moved aside" in caplog.text
+    assert sorted(p.name for p in (ws / "runs").iterdir()) == ["base"]  # the lock released, nothing aside
+    after = snapshot(ws / "runs" / "base")
+    kept = [k for k in old if k != "eval.json"]  # the run as it was, its evaluation written again
+    assert {k: after.get(k) for k in kept} == {k: old[k] for k in kept}
+    assert "eval" in json.loads((ws / "runs" / "base" / "eval.json").read_text())
+
+
+def test_eval_names_the_run_a_killed_overwrite_left_aside_when_it_cannot_put_it_back(ws, capsys):
+    """Something that is not an ekd run's start in the way: both are left alone, and the line says where the run
+    is, not "run ekd distill first"."""
+    Path("runs/base").rename("runs/.base.replaced")
+    Path("runs/base").mkdir()
+    Path("runs/base/notes.txt").write_text("mine\n")
+    before = snapshot(ws)
+    line = one_error_line(*cli(capsys, "eval", "runs/base")[::2])
+    assert "an interrupted --overwrite moved the run aside to runs/.base.replaced" in line, line
+    assert "run ekd distill first" not in line
+    unchanged(before, ws)
+
+
 # ------------------------------------------------------------------------------------------- item 13
 
 
@@ -345,6 +379,29 @@ def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
     for change in ("head_chunk_size 0 → 16", "loss_path chunked → reference", "checkpointing False → True"):
         assert change in lines[0], lines[0]
     assert "last bits" in lines[0]
+
+
+def test_resume_on_another_device_layout_says_so_in_the_same_line(ws, capsys, caplog):
+    """Try-out 23: `--resume train.parallel=fsdp` of a run checkpointed under ddp resumed without a word, while a
+    head_chunk_size change had its info line. A layout change (engine, offload, teacher placement, micro-batch
+    split) is named in that one line."""
+    caplog.set_level("INFO", logger="ekd.train.run_dir")
+    layout = ["train.parallel=fsdp", "teacher.placement=shard", "train.head_chunk_size=16"]
+    rc, _, err = cli(
+        capsys, "distill", _config(**{"method.preset": "ce"}), "train.max_steps=3", *layout, "--resume"
+    )
+    assert rc == 0, err
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--resume with")]
+    assert len(lines) == 1, lines
+    for change in (
+        "train.parallel ddp → fsdp",
+        "teacher.placement replicate → shard",
+        "head_chunk_size 0 → 16",
+    ):
+        assert change in lines[0], lines[0]
+    assert (
+        "another engine over the same sums of gradients" in lines[0] and "sharded or replicated" in lines[0]
+    )
 
 
 def test_resume_with_precision_fp32_of_an_auto_run_on_cpu_is_the_same_run(ws, capsys):

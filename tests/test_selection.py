@@ -811,7 +811,9 @@ def _dist_worker(rank: int, out_dir: str) -> None:
 def test_distributed_ranks_decide_as_one_process():
     """2 gloo ranks: GLS queue and bandit statistics are shared; every random draw and batch-scoped rule
     (top-k per batch, LATF, EXP3 per batch, random scores, pos_rs, the IDTS median, top-fraction splits)
-    gives, concatenated over the ranks, exactly the one-process result on the whole micro-batch."""
+    gives, concatenated over the ranks, exactly the one-process result on the whole micro-batch — from the same
+    scores, which is what this test feeds both. (Scores a model computes on a rank's rows can differ in the last
+    bits from one process's, and flip a near-tie: docs/methods.md §5.)"""
     with tempfile.TemporaryDirectory() as tmp:
         gloo_ranks(_dist_worker, tmp)
         r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))

@@ -3,8 +3,11 @@ baselines, and the plots the EKD draft asks for.
 
 Runs whose resolved configs are equal except for ``run.*`` keys (name, seed, output directory), ``log.*`` and
 the device layout — with the micro-batch over all ranks the run recorded instead (:meth:`RunRecord.trained_config`)
-— form one *group* (a method at several seeds). Per group: the mean ± sample standard deviation over seeds of every
-eval metric, the fraction of positions that received KD and the teacher bytes per training token. Against
+— form one *group* (a method at several seeds). Runs of a group with the same seed are *replicas* of one training
+(a one-process run and its DDP twin, a resumed run and an uninterrupted one): the first given counts for the
+seed, and a note names where the others' layouts differ and their largest metric difference from it. Per group:
+the mean ± sample standard deviation over seeds of every eval metric, the fraction of positions that received
+KD and the teacher bytes per training token. Against
 each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
 ``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the mean difference, in the
 metric's better direction, exceeds the spread of the paired differences; a difference inside the spread is
@@ -36,7 +39,7 @@ from ekd.eval.eval_json import set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
-from ekd.train.run_dir import changes_training, read_marker
+from ekd.train.run_dir import SAME_RUN_KEYS, changes_training, read_marker
 
 
 class Metric(NamedTuple):
@@ -80,6 +83,8 @@ class RunRecord:
     data_fingerprint: str | None = None
     # data.source is read as its content (the training blocks' sha256): every compared run records one
     source_by_content: bool = False
+    # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
+    ranks: int | None = None
 
     @property
     def method(self) -> str:
@@ -163,6 +168,8 @@ class Group:
     label: str
     runs: list[RunRecord] = field(default_factory=list)
     note: str = ""  # for a second config of a preset: the keys where it differs from the first
+    # seed → the group's other runs of that seed (:func:`group_runs`): trained apart, counted once
+    replicas: dict[int, list[RunRecord]] = field(default_factory=dict)
 
     def values(self, key: str) -> dict[int, float]:
         """seed → value of ``key`` (``<set>/<metric>``, ``kd_pct`` or ``bytes_per_token``)."""
@@ -174,7 +181,7 @@ class Group:
         return out
 
     def run(self, seed: int) -> RunRecord:
-        """The group's run with ``seed`` (one per seed: :func:`group_runs` refuses duplicates)."""
+        """The group's run with ``seed`` (one per seed: :func:`group_runs` keeps a seed's replicas apart)."""
         return next(r for r in self.runs if r.seed == seed)
 
 
@@ -279,6 +286,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         scored_with,
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
+        ranks=marker.get("ranks"),
     )
 
 
@@ -420,13 +428,36 @@ def _vocab_size(run_dir: Path) -> int:
 def group_runs(runs: list[RunRecord]) -> list[Group]:
     """Groups in first-seen order, labelled by preset (``preset#2`` … when one preset has several configs).
     When every run records its training blocks' sha256, ``data.source`` is told apart by that content, not
-    by its path (:meth:`RunRecord._source_as_content`); else by path for all, so old and new runs still pair."""
+    by its path (:meth:`RunRecord._source_as_content`); else by path for all, so old and new runs still pair.
+
+    Runs of one group with the same seed are *replicas* of one training (a one-process run and its DDP or FSDP
+    twin, a resumed run and an uninterrupted one): the first given counts for the seed, the others go to
+    :attr:`Group.replicas`, and :func:`replica_note` says where their layouts and metrics differ — a seed
+    counted twice would shrink the spread over seeds.
+
+    Raises:
+        EkdError: one run directory given twice.
+    """
+    seen_dirs: dict[Path, str] = {}
+    for r in runs:
+        real = Path(r.run_dir).resolve()
+        if real in seen_dirs:
+            raise EkdError(
+                f"ekd compare: {seen_dirs[real]} and {r.run_dir} are the same run directory; pass each run once"
+                if seen_dirs[real] != str(r.run_dir)
+                else f"ekd compare: {r.run_dir} is given twice; pass each run once"
+            )
+        seen_dirs[real] = str(r.run_dir)
     by_content = all(r.data_fingerprint for r in runs)
     for r in runs:
         r.source_by_content = by_content
     groups: dict[str, Group] = {}
     for r in runs:
-        groups.setdefault(r.group_key(), Group(label="")).runs.append(r)
+        g = groups.setdefault(r.group_key(), Group(label=""))
+        if any(o.seed == r.seed for o in g.runs):
+            g.replicas.setdefault(r.seed, []).append(r)
+        else:
+            g.runs.append(r)
     seen: dict[str, int] = {}
     for g in groups.values():
         method = g.runs[0].method
@@ -437,15 +468,80 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(
                 _config_differences(first.runs[0].trained_config(), g.runs[0].trained_config())
             )
-        seeds = [r.seed for r in g.runs]
-        if len(set(seeds)) != len(seeds):
-            dup = sorted({s for s in seeds if seeds.count(s) > 1})
-            twins = ", ".join(str(r.run_dir) for r in g.runs if r.seed in dup)
-            raise EkdError(
-                f"ekd compare: runs {twins} trained the same config with the same seed "
-                f"({'seeds' if len(dup) > 1 else 'seed'} {', '.join(map(str, dup))}); pass each run once"
-            )
     return list(groups.values())
+
+
+def _layout(run: RunRecord) -> dict[str, Any]:
+    """How ``run`` was laid out and batched without changing what it trained: the keys of
+    :data:`~ekd.train.run_dir.SAME_RUN_KEYS` (parallel engine, offload, teacher placement, micro-batch split,
+    the same math in another summation order, checkpointing, eval batching) and the ranks it ran on."""
+    flat = {f"{s}.{k}": v for s, sec in run.config.items() if isinstance(sec, dict) for k, v in sec.items()}
+    layout = {k: flat.get(k) for k in SAME_RUN_KEYS}
+    layout["ranks"] = run.ranks or 1  # a run of an older ekd records none: one process
+    return layout
+
+
+def replica_record(group: Group, seed: int) -> dict[str, Any]:
+    """What a seed's replicas are: the counted run, each replica with the layout keys where it differs from
+    that run (``ranks=2``, ``train.parallel='fsdp'``; none for a resumed run or a rerun), and the largest
+    metric difference between any replica and the counted run — the metric (``<set>/<metric>``, ``kd_pct``,
+    ``bytes_per_token``), both values, |Δ| and |Δ| relative to the larger magnitude."""
+    counted_run = group.run(seed)
+    base = _layout(counted_run)
+    replicas = []
+    largest: dict[str, Any] | None = None
+    keys = metric_keys([group]) + [
+        f"{n}/{m}" for n in counted_run.eval if n.endswith("/teacher") for m in METRICS
+    ]
+    for r in group.replicas[seed]:
+        mine = _layout(r)
+        replicas.append(
+            {
+                "run": str(r.run_dir),
+                "differs_in": [f"{k}={mine[k]!r} (vs {base[k]!r})" for k in base if mine[k] != base[k]],
+            }
+        )
+        for key in keys:
+            a, b = _value(counted_run, key), _value(r, key)
+            if a is None or b is None:
+                continue
+            diff = abs(a - b)
+            rel = diff / max(abs(a), abs(b)) if diff else 0.0
+            if largest is None or rel > largest["relative"]:
+                largest = {
+                    "key": key,
+                    "counted": a,
+                    "replica": b,
+                    "abs": diff,
+                    "relative": rel,
+                    "run": str(r.run_dir),
+                }
+    return {
+        "seed": seed,
+        "counted": str(counted_run.run_dir),
+        "replicas": replicas,
+        "largest_difference": largest,
+    }
+
+
+def replica_note(record: dict[str, Any]) -> str:
+    """A :func:`replica_record` (with its group's ``method`` label) as one sentence: which run counts, where each
+    replica's layout differs, and the largest metric difference (``identical metrics`` when there is none)."""
+    others = ", ".join(
+        f"{r['run']} ({', '.join(r['differs_in']) if r['differs_in'] else 'the same layout: a resume or a rerun'})"
+        for r in record["replicas"]
+    )
+    big = record["largest_difference"]
+    if big is None or big["abs"] == 0:
+        agree = "identical metrics"
+    else:
+        agree = (
+            f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "
+            f"(|Δ| {big['abs']:.2g}, {big['relative']:.2g} relative, {big['run']})"
+        )
+    return (
+        f"`{record['method']}` seed {record['seed']}: {record['counted']} counts; replicas {others}: {agree}"
+    )
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
@@ -495,6 +591,10 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
         out["groups"].append(entry)
     out["teachers"] = _teacher_rows(groups)
     out["eval_sets"] = _eval_set_note(groups)
+    out["replicas"] = [
+        {"method": g.label, **replica_record(g, seed)} for g in groups for seed in sorted(g.replicas)
+    ]
+    out["replica_notes"] = [replica_note(r) for r in out["replicas"]]
     return out
 
 
@@ -642,6 +742,11 @@ def markdown(summary: dict[str, Any]) -> str:
         parts.append(
             f"{', '.join(f'`{b}`' for b in blank)}: no eval-set figures in these runs (they were evaluated with "
             "`eval.teacher_metrics=false`; `ekd eval RUN eval.teacher_metrics=true` adds them).\n"
+        )
+    if summary.get("replica_notes"):
+        parts.append(
+            "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "
+            "counted once, by the first run given): " + "; ".join(summary["replica_notes"]) + ".\n"
         )
     if summary.get("eval_sets"):
         parts.append(
@@ -829,8 +934,8 @@ def compare_runs(
         require_baselines: (``--baselines`` given) each must name a group, else nothing is written.
 
     Raises:
-        EkdError: a path that is not a finished run, the same run (config and seed) twice, or a required
-            baseline that matches no run.
+        EkdError: a path that is not a finished run, one run directory given twice, or a required baseline
+            that matches no run.
     """
     if not run_dirs:
         raise EkdError("ekd compare: give at least one run directory (runs/<name>)")

@@ -17,7 +17,7 @@ from ekd.errors import ConfigError, EkdError
 from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
-from ekd.train.run_dir import is_ekd_run, override_arg, read_marker, writes_into_run
+from ekd.train.run_dir import aside_of, is_ekd_run, override_arg, read_marker, writes_into_run
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def enclosing_run(path: Path) -> str | None:
 def _not_a_run_hint(path: Path) -> str:
     """The way on for ``ekd eval PATH`` where PATH is no finished run: when another ekd process holds the run
     PATH is or lies inside (``RUN/student`` while RUN trains, or is resumed), wait for it to end; else
-    evaluate the finished run PATH lies inside; else train one."""
+    say where a killed ``--overwrite`` left the run (:func:`~ekd.train.run_dir.using_run` puts it back unless
+    something else is in the way); else evaluate the finished run PATH lies inside; else train one."""
     resolved = Path(path).resolve()
     for run in [resolved, *list(resolved.parents)[:RUN_PARTS_DEPTH]]:
         if not (is_finished_run(run) or is_ekd_run(run)):
@@ -134,6 +135,14 @@ def _not_a_run_hint(path: Path) -> str:
         given = shlex.quote(str(path) if run == resolved else _as_given(run, Path(path)))
         where = "" if run == resolved else f"it lies inside the run {given}, and "
         return f"; {where}{who} {doing}: wait for it to end, then `ekd eval {given}`"
+    # a run a killed --overwrite left aside that using_run did not put back: something else is in the way
+    aside = aside_of(resolved) if resolved.name else None  # ('/' has no name, and nothing beside it)
+    if aside is not None and aside.is_dir() and is_ekd_run(aside):
+        shown = Path(path).parent / aside.name if Path(path).name else aside
+        return (
+            f"; an interrupted --overwrite moved the run aside to {shown}, and {path} holds something else: "
+            f"move that away, then `ekd eval {shlex.quote(str(path))}` puts the run back and evaluates it"
+        )
     run = enclosing_run(path)  # RUN/student, the exported model: the run is what is evaluated
     if run is not None:
         return (

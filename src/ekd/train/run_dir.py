@@ -20,7 +20,7 @@ ranks × ``train.micro_batch_size``, which config.yaml alone does not tell — a
 1. :meth:`RunStart.open` checks the directory: a file in the way, a directory that is not an ekd run, a
    different run (without ``--resume``/``--overwrite``; the refusal offers only what works), a ``--resume``
    whose config changes a key outside ``RESUMABLE_CHANGES``/``SAME_MATH_CHANGES`` (the change of a
-   memory/speed knob is logged), a finished run. With ``--overwrite`` the old run is *moved aside*
+   memory/speed knob or of the device layout, ``LAYOUT_CHANGES``, is logged in one line), a finished run. With ``--overwrite`` the old run is *moved aside*
    (``<output_dir>/.<name>.replaced``), never deleted here; only a directory holding ``ekd-run.json`` is
    moved.
 2. The trainer loads data and models; :meth:`RunStart.check_data` records the data fingerprint (a new run)
@@ -29,7 +29,8 @@ ranks × ``train.micro_batch_size``, which config.yaml alone does not tell — a
    deletes the run moved aside.
    :meth:`RunStart.rollback` (any failure before that) removes what this start made and puts the old run
    back. A start killed before either is recognised next time: a run still ``starting`` holds no training
-   and is replaced, and a run left aside is restored.
+   and is replaced, and a run left aside is restored (:func:`recover_interrupted_replace`, under the run's
+   lock: by the next ``ekd distill`` of it, or by ``ekd eval RUN``, which then evaluates the restored run).
 """
 
 from __future__ import annotations
@@ -64,7 +65,18 @@ FORMAT = "ekd-run"
 # How the same computation is laid out on devices (DCP reshards between all of them): a run may change these on
 # ``--resume`` as long as its global micro-batch (ranks × train.micro_batch_size, ``global_micro_batch`` in
 # ekd-run.json) stays — the checkpoint refuses another — and ``ekd compare`` groups runs on that product.
-LAYOUT_KEYS = ("train.micro_batch_size", "train.parallel", "train.cpu_offload", "teacher.placement")
+# Key → what a resume that changes it does (said in the same info line as SAME_MATH_CHANGES; try-out 23: a resume
+# from DDP to FSDP2 said nothing while a head_chunk_size change had its line).
+LAYOUT_CHANGES = {
+    "train.micro_batch_size": (
+        "the global micro-batch split otherwise over the ranks: ranks × train.micro_batch_size must stay what it "
+        "was, which the checkpoint checks"
+    ),
+    "train.parallel": "another engine over the same sums of gradients, the checkpoint resharded to it",
+    "train.cpu_offload": "the same shards, kept in CPU memory between uses or not",
+    "teacher.placement": "the same teacher outputs, its weights sharded or replicated",
+}
+LAYOUT_KEYS = tuple(LAYOUT_CHANGES)
 
 # What ``--resume`` lets change (README, "What `--resume` may change"): anything else changes what the run computes, so
 # the resumed run would not be the run it continues, and is refused. Prefixes end in ".".
@@ -202,6 +214,36 @@ def is_ekd_run(run_dir: Path) -> bool:
     )
 
 
+def aside_of(run_dir: Path) -> Path:
+    """Where ``--overwrite`` keeps the run it replaces until the new one has started: ``.<name>.replaced``
+    beside it."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f".{run_dir.name}.replaced")
+
+
+def recover_interrupted_replace(run_dir: Path) -> bool:
+    """A run left aside (:func:`aside_of`) by a ``--overwrite`` whose start was killed (``kill -9``, a lost node)
+    goes back to ``run_dir`` unless the new run did start; True when it was put back. Call it holding the run's
+    lock (:func:`lock_run`): no live process is then starting the run (``ekd distill`` through
+    :class:`RunStart`, ``ekd eval RUN`` through :func:`using_run`). Only an ekd run is moved, and a run
+    directory that holds what is not an ekd run's start is left alone, as is the run aside.
+    """
+    run_dir = Path(run_dir)
+    aside = aside_of(run_dir)
+    if not aside.is_dir() or not is_ekd_run(aside):
+        return False
+    marker = read_marker(run_dir) if run_dir.is_dir() else None
+    if marker is not None and marker.get("state") in ("started", "finished"):
+        shutil.rmtree(aside)  # the replacement started; this is the leftover of its commit
+        return False
+    if run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir()) and marker is None:
+        return False  # something else is in the way; leave both alone
+    shutil.rmtree(run_dir, ignore_errors=True)
+    aside.rename(run_dir)
+    log.warning("restored %s, which an interrupted --overwrite had moved aside", run_dir)
+    return True
+
+
 def _write_marker(run_dir: Path, **fields: object) -> None:
     marker = (read_marker(run_dir) if (run_dir / MARKER).is_file() else None) or {
         "format": FORMAT,
@@ -226,14 +268,17 @@ def lock_run(run_dir: Path, fix: str) -> FileLock:
 def using_run(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block: what writes into a finished run (``ekd eval RUN``: ``eval.json``,
     plots, task results) never writes while a ``--resume`` or another evaluation of it runs. A directory that
-    does not exist holds nothing to guard (the block says what is wrong with it).
+    does not exist holds nothing to guard (the block says what is wrong with it). A run that a killed
+    ``--overwrite`` left aside is first put back, as ``ekd distill`` does (:func:`recover_interrupted_replace`).
 
     Raises:
         RunDirError: another ekd process is using the run, or the run cannot be written (a read-only mount:
             checked before anything is evaluated).
     """
     real = Path(run_dir).resolve()
-    if not real.is_dir() or real in _USING:  # nothing to guard, or this process holds it already (nested)
+    # a run an --overwrite killed before its new run started left aside (put back below)
+    left_aside = bool(real.name) and aside_of(real).is_dir()
+    if real in _USING or not (real.is_dir() or left_aside):  # held here already (nested), or nothing to guard
         yield
         return
     lock = lock_run(run_dir, "wait for it to finish, then rerun")
@@ -243,6 +288,9 @@ def using_run(run_dir: Path) -> Iterator[None]:
             "a writable directory (cp -r) and evaluate the copy"
         )
     with lock:
+        if left_aside:  # as the next `ekd distill` would: the run its killed --overwrite had not yet replaced
+            with writing(real.parent):
+                recover_interrupted_replace(run_dir if Path(run_dir).name else real)  # (named as given)
         _USING.add(real)
         try:
             yield
@@ -315,7 +363,7 @@ class RunStart:
     def __init__(self, cfg: Config, resume: bool, overwrite: bool) -> None:
         self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
         self.run_dir: Path = cfg.run_dir
-        self.aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced")
+        self.aside = aside_of(self.run_dir)
         self.fresh = False  # this start creates the run (new, replacing, or re-making an unstarted one)
         self.existed = False  # the directory existed before (empty, or moved aside)
         self.moved = False  # the previous content is at ``self.aside``
@@ -348,7 +396,7 @@ class RunStart:
             out.mkdir(parents=True, exist_ok=True)  # the lock file lives here, beside the run directory
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
             self.lock = lock_run(run_dir, self._in_use_fix())
-            self._recover_interrupted_replace()
+            recover_interrupted_replace(run_dir)
             holds = run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir())  # not our lock
             marker = read_marker(run_dir) if holds else None
             # a start that did not finish, and whose process is gone (it would hold the lock we hold)
@@ -435,10 +483,11 @@ class RunStart:
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
-        if knobs := [k for k in diffs if k in SAME_MATH_CHANGES]:
+        said = {**LAYOUT_CHANGES, **SAME_MATH_CHANGES}
+        if knobs := [k for k in diffs if k in said]:
             flat = flat_config(saved or {})
             changes = ", ".join(f"{k} {flat.get(k)} → {flat_config(current).get(k)}" for k in knobs)
-            notes = "; ".join(dict.fromkeys(SAME_MATH_CHANGES[k] for k in knobs))
+            notes = "; ".join(dict.fromkeys(said[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
 
     def _in_use_fix(self) -> str:
@@ -470,20 +519,6 @@ class RunStart:
             )
         self.run_dir.rename(self.aside)
         self.moved = True
-
-    def _recover_interrupted_replace(self) -> None:
-        """A run left aside by a start that was killed: put it back unless the new run did start."""
-        if not self.aside.is_dir() or not is_ekd_run(self.aside):
-            return
-        marker = read_marker(self.run_dir) if self.run_dir.is_dir() else None
-        if marker is not None and marker.get("state") in ("started", "finished"):
-            shutil.rmtree(self.aside)  # the replacement started; this is the leftover of its commit
-            return
-        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and marker is None:
-            return  # something else is in the way; leave both alone
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.aside.rename(self.run_dir)
-        log.warning("restored %s, which an interrupted --overwrite had moved aside", self.run_dir)
 
     # ------------------------------------------------------------ data, commit, rollback
 

@@ -50,7 +50,7 @@ from ekd.teacher.cache.manifest import (
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_files, teacher_revision
 from ekd.teacher.cache.source import check_trains_from_cache
-from ekd.teacher.cache.writer import CacheWriter
+from ekd.teacher.cache.writer import CacheWriter, log_resuming
 from ekd.train.distributed import Ranks, distributed
 from ekd.words import counted
 
@@ -355,6 +355,8 @@ def run_build(
         # rank 0 first: with --overwrite it clears the shared manifests before the others write theirs; its
         # refusal (a cache of another signature) reaches every rank
         writer = run_on_main(ranks, open_writer, "open the cache", share=False) or open_writer()
+        if ranks.world_size > 1:  # each rank found its own share done: rank 0 says the whole cache's count
+            log_resuming(directory, sum(_gather(writer.completed_shards, ranks)), writer.num_shards)
 
         pending = writer.pending_sample_ids()
         finished = _finished(directory, pending, writer.signature, ranks)
@@ -409,13 +411,13 @@ def run_build(
             samples_total=len(blocks),
             **job_figures(_gather(mine, ranks)),
         )
+        on_rank = f" on rank {result.rank}/{result.world_size}" if result.world_size > 1 else ""
         log.info(  # inside `distributed`: the rank filter holds, so an idle rank is left to rank 0's warning
-            "teacher cache %s: built %d of %s on rank %d/%d in %.1fs",
+            "teacher cache %s: built %d of %s%s in %.1fs",
             directory,
             built,
             counted(len(blocks), "sample"),
-            result.rank,
-            result.world_size,
+            on_rank,
             build_seconds,
             extra=EVERY_RANK if built else None,
         )

@@ -71,6 +71,13 @@ def _intact(directory: Path, entry: dict) -> bool:
     return True
 
 
+def log_resuming(directory: Path, done: int, shards: int) -> None:
+    """The line of a build that resumes: ``done`` of the whole cache's ``shards`` already on disk (every rank's
+    together under torchrun: :func:`ekd.teacher.cache.build.run_build` adds them up); nothing when none is."""
+    if done:
+        log.info("cache %s: resuming, %d of %s done", directory, done, counted(shards, "shard"))
+
+
 class CacheWriter:
     """Writes one rank's share of a teacher cache.
 
@@ -134,13 +141,13 @@ class CacheWriter:
         self._pending: dict[int, dict[int, tuple[bytes, int, int, int]]] = {}
         if len(self._completed) < len(self.owned):  # work left: the partial manifest a resume starts from
             self._write_manifest()
-        if self._completed:
-            log.info(
-                "cache %s: resuming, %d of %s done",
-                self.directory,
-                len(self._completed),
-                counted(len(self.owned), "shard"),
-            )
+        if world_size == 1:  # under torchrun each rank holds a share: the build says the whole count
+            log_resuming(self.directory, self.completed_shards, self.num_shards)
+
+    @property
+    def completed_shards(self) -> int:
+        """This rank's shards already on disk, intact (of ``len(self.owned)``)."""
+        return len(self._completed)
 
     # ------------------------------------------------------------ resume
 
