@@ -8,6 +8,9 @@ here ends its groups through ekd's teardown and checks that none is left (:func:
 
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
+``EKD_TEST_STOP_AT=RUN:STEP:RANK:HOW`` ends rank RANK of run RUN when it starts step STEP (0-based): ``error``
+raises a CacheError there (a record of its own shard failing its CRC), ``kill`` sends it SIGKILL (``kill -9``),
+while the other ranks go on into the step's collectives (test_rank_errors.py).
 ``EKD_TEST_LOUD=1`` keeps INFO log lines (``-q`` otherwise).
 ``EKD_TEST_CODES=DIR`` runs every argument list whatever the exit codes and writes them to ``DIR/rank<r>.json``
 (runs that are meant to be refused, test_rank_errors.py).
@@ -46,6 +49,24 @@ def _kill_while_writing(run: str, step: int) -> None:
         return write(path, text)
 
     sharded_checkpoint.atomic_write_text = write_or_die
+
+
+def _stop_at(run: int, step: int, rank: int, how: str, current: list) -> None:
+    """End rank ``rank`` of run ``run`` at the start of step ``step`` (the trainer's ``lr_at``): ``how`` is
+    ``error`` (a CacheError, its own line) or ``kill`` (SIGKILL)."""
+    from ekd.teacher.cache.format import CacheError
+    from ekd.train import trainer
+
+    lr_at = trainer.lr_at
+
+    def lr_or_stop(at, cfg):
+        if current[0] == run and at == step and dist.get_rank() == rank:
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise CacheError("shard-00003.bin is corrupted (record of sample 5 fails its CRC-32) (test)")
+        return lr_at(at, cfg)
+
+    trainer.lr_at = lr_or_stop
 
 
 COLLECTIVES = (
@@ -94,6 +115,9 @@ def run_all(path: str) -> int:
         _kill_while_writing(run, int(step))
     events: list = []
     current = [0]
+    if stop := os.environ.get("EKD_TEST_STOP_AT"):
+        run, step, rank, how = stop.split(":")
+        _stop_at(int(run), int(step), int(rank), how, current)
     if trace := os.environ.get("EKD_TEST_TRACE"):
         _trace(events, current)
     start_process_group("gloo")

@@ -1,6 +1,8 @@
 """Under torchrun what rank 0 alone decides reaches every rank (``ekd.train.rank_work.run_on_main``): a
 refusal, or a finished run's ``--resume``, ends every rank with the same exit code and one line printed by
-rank 0 — never a rank left waiting in a collective (a gloo "Connection closed by peer" traceback).
+rank 0 — never a rank left waiting in a collective (a gloo "Connection closed by peer" traceback). A rank that
+ends on its own mid-run (its cache shard failing its CRC, ``kill -9``) leaves the others one line from rank 0
+with the checkpoint kept, not a traceback, even when torchrun's SIGTERM reaches them while they end.
 Ctrl-C is reported once, by rank 0; ``train.cpu_offload`` is refused on CPU ranks and logged in one process.
 """
 
@@ -9,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from dist_runs import torchrun_runs
+from dist_runs import gloo_ranks, torchrun_runs
 from ekd.train.run_dir import lock_run
 from tiny import tiny_overrides, write_corpus
 
@@ -41,7 +44,23 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
     # a --resume that would change the global batch (2 ranks × 1 row vs the checkpoint's 2 × 2): every rank finds
     # it alike, rank 0 says it (try-out 14: every rank printed it)
     other_batch = [*fin, "train.micro_batch_size=1", "train.max_steps=3", "--resume"]
-    runs = [fin, [*fin, "--resume"], fin, off, busy, other_batch, [*fin, "train.max_steps=3", "--resume"]]
+    # a teacher cache not built: every rank would find it, rank 0 says it (try-out 23: printed by both ranks)
+    no_cache = [
+        *tiny_overrides(tmp_path, corpus, "nocache", **{"train.micro_batch_size": 2}),
+        "method=rskd",
+        "teacher.source=cache",
+        f"teacher.cache_dir={tmp_path / 'no-cache'}",
+    ]
+    runs = [
+        fin,
+        [*fin, "--resume"],
+        fin,
+        off,
+        busy,
+        other_batch,
+        no_cache,
+        [*fin, "train.max_steps=3", "--resume"],
+    ]
     codes = tmp_path / "codes"
     codes.mkdir()
     try:
@@ -50,9 +69,10 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 2, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 4, out.stderr
+    assert out.stderr.count("ekd: error:") == 5, out.stderr
+    assert out.stderr.count(f"teacher.cache_dir {tmp_path / 'no-cache'} does not exist") == 1, out.stderr
     assert out.stderr.count("was trained with 2 ranks × micro-batch 2 = 4 rows per micro-batch") == 1, (
         out.stderr
     )
@@ -62,6 +82,7 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
     assert out.stderr.count("train.cpu_offload needs a GPU") == 1
     assert "Traceback" not in out.stderr and "Connection closed" not in out.stderr
     assert not (tmp_path / "runs" / "off").exists()  # refused before anything was made
+    assert not (tmp_path / "runs" / "nocache").exists()
     rows = [
         json.loads(line) for line in (tmp_path / "runs" / "fin" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -156,3 +177,171 @@ def test_cpu_offload_needs_a_gpu_under_torchrun_and_is_a_logged_no_op_in_one_pro
     with caplog.at_level(logging.INFO, logger="ekd.train.distributed"):
         assert data_parallel(torch.nn.Linear(2, 2), {}, Ranks(0, 1, cpu), cfg) is None
     assert "train.cpu_offload: one process, nothing is sharded or offloaded" in caplog.text
+
+
+GLOO_CLOSED = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+    "[127.0.0.1]:49387. This is typically caused by a remote worker crashing. GLHF!"
+)
+GLOO_RESET_IN_DDP_HOOK = (
+    "Got the following error when running the callback: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/"
+    "gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:29099: Connection reset by peer.\n\nAt:\n  x.py(1)"
+)
+
+
+def test_a_lost_peer_is_one_line_from_rank_0_and_exit_1(monkeypatch, capsys):
+    """Under torchrun a collective whose peer has gone (gloo's RuntimeError, raised as is or inside DDP's
+    hook; torch's DistBackendError) ends the rank with exit 1 and no traceback: rank 0 prints one line with the
+    hint train() attached, the other ranks nothing. In one process, or for another RuntimeError, or with
+    --debug, the traceback stays (try-out 23, finding 4)."""
+    import torch.distributed as dist
+
+    import ekd.cli as cli_mod
+
+    def raises(e):
+        def command(args):
+            raise e
+
+        return command
+
+    hint = "; checkpoint step-000010 is kept: continue with the same command and --resume"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for error in (
+        RuntimeError(GLOO_CLOSED),
+        RuntimeError(GLOO_RESET_IN_DDP_HOOK),
+        dist.DistBackendError("x"),
+    ):
+        error.continue_hint = hint
+        monkeypatch.setitem(cli_mod.COMMANDS, "distill", raises(error))
+        for rank, said in (("0", [f"ekd: error: {cli_mod.LOST_PEER_LINE}{hint}"]), ("1", [])):
+            monkeypatch.setenv("RANK", rank)
+            assert cli_mod.main(["distill", "x.yaml"]) == 1
+            assert capsys.readouterr().err.splitlines() == said, (error, rank)
+        with pytest.raises(type(error)):
+            cli_mod.main(["--debug", "distill", "x.yaml"])
+    monkeypatch.setitem(
+        cli_mod.COMMANDS, "distill", raises(RuntimeError("expected a tensor of shape (2, 3)"))
+    )
+    with pytest.raises(RuntimeError, match="expected a tensor"):  # a bug keeps its traceback
+        cli_mod.main(["distill", "x.yaml"])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setitem(cli_mod.COMMANDS, "distill", raises(RuntimeError(GLOO_CLOSED)))
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: no peer to lose
+        cli_mod.main(["distill", "x.yaml"])
+
+
+def test_sigterm_while_a_lost_peer_unwinds_keeps_the_line_and_the_checkpoint_hint(
+    monkeypatch, tmp_path, capsys
+):
+    """torchrun sends SIGTERM to rank 0 once another rank has died, often while rank 0 is already ending on
+    the lost peer (tearing down its process groups): the SIGTERM must not replace that error and its hint by
+    the generic ``interrupted (SIGTERM); continue from the last checkpoint ...`` (try-out 23, finding 5)."""
+    import signal
+    from contextlib import contextmanager
+
+    import ekd.cli as cli_mod
+    from ekd.config import load_config
+    from ekd.train import trainer
+    from ekd.train.distributed import Ranks
+
+    @contextmanager
+    def distributed_whose_teardown_gets_sigterm(device):
+        try:
+            yield Ranks(0, 2, torch.device("cpu"))
+        except BaseException:
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, while the groups end
+            sum(range(10_000))  # Python runs the handler between bytecodes
+            raise
+
+    class Started:  # a run that has started and saved step 10
+        run_dir, committed = tmp_path / "run", True
+
+        def __init__(self, *args):
+            (self.run_dir / "checkpoints" / "step-000010").mkdir(parents=True)
+
+        def rollback(self):
+            pass
+
+        def close(self):
+            pass
+
+    def lost_peer_mid_step(*args):
+        raise RuntimeError(GLOO_CLOSED)
+
+    monkeypatch.setattr("ekd.config.load_config", lambda *a, **k: load_config(None, []))
+    monkeypatch.setattr(trainer, "distributed", distributed_whose_teardown_gets_sigterm)
+    monkeypatch.setattr(trainer, "RunStart", Started)
+    monkeypatch.setattr(trainer, "_train", lost_peer_mid_step)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_mod.main(["distill", "x.yaml"]) == 1
+    hint = "; checkpoint step-000010 is kept: continue with the same command and --resume"
+    assert capsys.readouterr().err.splitlines() == [f"ekd: error: {cli_mod.LOST_PEER_LINE}{hint}"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's end restores the handler
+
+
+def _open_alike_or_own(rank: int, out_dir: str) -> None:
+    from ekd.teacher.cache.format import CacheError
+    from ekd.train.distributed import Ranks
+    from ekd.train.rank_work import opened_on_main_first
+
+    ranks = Ranks(rank, 2, torch.device("cpu"))
+    seen = {}
+
+    def refuse_alike():
+        raise CacheError("teacher cache at c does not match the training config (data_fingerprint ...)")
+
+    def refuse_on_rank1():
+        if rank == 1:
+            raise CacheError("shard-00001.bin is corrupted")
+        return "reader"
+
+    for name, open_ in (("alike", refuse_alike), ("own", refuse_on_rank1)):
+        try:
+            seen[name] = opened_on_main_first(ranks, open_, "open the teacher source")
+        except CacheError as e:
+            seen[name] = [str(e), getattr(e, "copy_of_rank0", False)]
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_a_cache_every_rank_would_refuse_is_refused_once_by_rank_0(tmp_path):
+    """``opened_on_main_first`` (the teacher source): rank 0 opens first, its refusal reaches rank 1 as a copy
+    the CLI does not print again; a refusal only rank 1 makes (its own files) stays its own (printed by it)."""
+    gloo_ranks(_open_alike_or_own, tmp_path)
+    alike = "teacher cache at c does not match the training config (data_fingerprint ...)"
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == {"alike": [alike, False], "own": "reader"}
+    assert rank1 == {"alike": [alike, True], "own": ["shard-00001.bin is corrupted", False]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["error", "kill"])
+def test_a_rank_that_ends_mid_run_leaves_one_line_from_rank_0_with_the_checkpoint_kept(tmp_path, how):
+    """Rank 1 ends at the start of step 3 (its cache record failing its CRC, or ``kill -9``) while rank 0 goes
+    into the step's collectives: rank 1's error line (if any) and one line from rank 0 naming the checkpoint
+    kept; no gloo traceback, no generic hint (try-out 23, findings 4 and 5)."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    run = [
+        *tiny_overrides(
+            tmp_path,
+            corpus,
+            "mid",
+            **{"train.micro_batch_size": 2, "train.max_steps": 4, "train.checkpoint_every": 1},
+        ),
+        "eval.teacher=false",
+    ]
+    out = torchrun_runs([run], tmp_path / "runs.json", {"EKD_TEST_STOP_AT": f"0:2:1:{how}"}, timeout=300)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if line.startswith("ekd:")]
+    kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
+    own = ["ekd: error: shard-00003.bin is corrupted (record of sample 5 fails its CRC-32) (test)"]
+    # rank 0 ends on the lost peer, or (kill -9 while it computes) on torchrun's SIGTERM: the same hint
+    assert said[:-1] == (own if how == "error" else []), out.stderr
+    assert said[-1].endswith(kept) and said[-1].startswith(
+        ("ekd: error: rank 0 stopped: another rank ended first", "ekd: interrupted (SIGTERM)")
+    ), out.stderr
+    for noise in ("pair.cc", "[rank0]", "[rank1]", "ekd/train/", "continue from the last checkpoint"):
+        assert noise not in out.stderr, out.stderr
+    assert (tmp_path / "runs" / "mid" / "checkpoints" / "step-000002").is_dir()

@@ -12,6 +12,8 @@
 
 User mistakes print one line ``ekd: error: ...`` and exit 2 (``ekd --debug CMD`` shows the traceback).
 Ctrl-C and SIGTERM print ``ekd: interrupted`` and how to go on, and exit 130 / 143 (:mod:`ekd.signals`).
+Under torchrun a rank whose collective lost its peer (another rank ended first) exits 1 without a traceback;
+rank 0 says so in one line, with how to go on.
 """
 
 from __future__ import annotations
@@ -612,6 +614,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr
             )
         return interrupt_exit_code(e)
+    # under torchrun: a collective whose peer has gone, because another rank ended first
+    except Exception as e:
+        if args.debug or not _lost_peer(e):
+            raise
+        if _rank0():  # its own line, if it had one, is the news; rank 0 says how to go on
+            hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
+            print(
+                f"ekd: error: {LOST_PEER_LINE}{_continue_hint(args) if hint is None else hint}",
+                file=sys.stderr,
+            )
+        return 1
+
+
+LOST_PEER_LINE = (
+    "rank 0 stopped: another rank ended first (its error, if it printed one, is above; torchrun's summary "
+    "below names it)"
+)
+"""What rank 0 prints instead of gloo's "Connection closed by peer" traceback; the continue hint follows."""
+
+
+def _lost_peer(e: Exception) -> bool:
+    """:func:`ekd.train.distributed.lost_peer`, imported only for a RuntimeError under torchrun."""
+    if not isinstance(e, RuntimeError) or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from ekd.train.distributed import lost_peer
+
+    return lost_peer(e)
 
 
 CACHE_FORMS = """the four forms of ekd cache:

@@ -5,7 +5,9 @@ process at once, without a word and without the ``except``/``finally`` blocks th
 :func:`sigterm_as_interrupt` SIGTERM raises :class:`Terminated`, a ``KeyboardInterrupt``, so it takes Ctrl-C's
 path: a start that had not finished is rolled back, the CLI prints ``ekd: interrupted (SIGTERM); checkpoint
 step-N is kept: continue with the same command and --resume`` and exits 143 (128 + 15, the shell's code for
-SIGTERM; Ctrl-C exits 130 = 128 + 2).
+SIGTERM; Ctrl-C exits 130 = 128 + 2). Once an error is ending the command (:func:`already_stopping`), SIGTERM is
+ignored: under torchrun it is what the agent sends the ranks still alive when one has ended, and it would cut
+their clean-up and replace the error they report.
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         # None: the previous handler was not set from Python; SIG_DFL is the closest that can be restored
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def already_stopping() -> None:
+    """An exception is ending the command: from now on SIGTERM is ignored, as after a first SIGTERM.
+
+    Under torchrun, when one rank ends (its own error, ``kill -9``), the agent sends SIGTERM to the others, which
+    by then are often ending too (their collective lost its peer): raised in their clean-up (a start's
+    rollback, the process groups' teardown), it would cut it and replace the error being reported, and the
+    continue hint with it, by a bare ``interrupted (SIGTERM)``. Only within :func:`sigterm_as_interrupt` (the
+    handler is ours; its end restores the previous one): a library caller's own handler is left alone.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python sets handlers
+    if main_thread and signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def interrupt_exit_code(e: KeyboardInterrupt) -> int:

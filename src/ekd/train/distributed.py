@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ekd.log_level import said_by_rank0
+from ekd.signals import already_stopping
 
 HOST_WAIT = timedelta(hours=4)
 """Timeout of the waits on one rank's host-side work (rank 0 tokenizing, saving, running lm-eval tasks;
@@ -93,9 +94,26 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
         with said_by_rank0(ranks.rank):  # the job's lines once; a rank's own facts (EVERY_RANK) by each
             yield ranks
     except BaseException as e:
+        already_stopping()  # torchrun's SIGTERM, sent once a rank has ended, must not cut the teardown
         _leave(started, ranks, e)
         raise
     _leave(started, ranks)
+
+
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer")
+"""What gloo's RuntimeError says when the rank at the other end of a collective has gone (pair.cc)."""
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank of the job has gone (it ended on its own
+    error, or was killed): torch's ``DistBackendError``, or gloo's RuntimeError "Connection closed by peer" /
+    "Connection reset by peer" (raised as is, or inside DDP's "Got the following error when running the
+    callback"). Only under torchrun (WORLD_SIZE > 1, read from the environment: the groups may have ended by
+    now); any other RuntimeError is not one, and keeps its traceback.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(e, RuntimeError):
+        return False
+    return isinstance(e, dist.DistBackendError) or any(s in str(e) for s in LOST_PEER)
 
 
 def _leave(started: bool, ranks: Ranks | None, error: BaseException | None = None) -> None:

@@ -12,6 +12,7 @@
 - **What rank 0 alone checks or writes** (the run directory, the metrics, a checkpoint's manifest, the export):
   ``run_on_main`` sends the outcome to every rank before the next collective, so a refusal ends every rank
   alike (same exit code, the line printed once) instead of leaving the others waiting for a rank that left.
+  Checks every rank would make alike (the teacher cache) run on rank 0 first (``opened_on_main_first``).
 
 Every function here is a collective when ``ranks.world_size > 1``: all ranks call it, in the same order.
 """
@@ -77,6 +78,19 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool =
         _, kind, message = box[0]
         raise _rank0_error(kind, message, what)
     return result if ranks.is_main else box[0][1]
+
+
+def opened_on_main_first(ranks: Ranks, open_: Callable[[], T], what: str) -> T:
+    """``open_()`` on global rank 0 first (:func:`run_on_main`), then on the other ranks: a refusal every rank
+    would make alike (a teacher cache built for another config: the same files, the same data from rank 0) is
+    raised on every rank and printed once, by rank 0; a refusal only another rank makes (its node's copy of the
+    files) is still that rank's own line. Every rank gets its own ``open_()`` (an open reader, not a copy).
+
+    Raises:
+        EkdError: rank 0's refusal, on every rank; or this rank's own.
+    """
+    mine = run_on_main(ranks, open_, what, share=False)
+    return mine if ranks.is_main else open_()
 
 
 def _rank0_error(kind: type | None, message: str, what: str) -> BaseException:

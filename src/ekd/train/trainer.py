@@ -31,6 +31,7 @@ from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
+from ekd.signals import already_stopping
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_step,
@@ -47,6 +48,7 @@ from ekd.train.distributed import (
     global_sum,
     global_sums,
     is_sharded,
+    lost_peer,
     micro_batch_sync,
     place_teacher,
     rank_seed,
@@ -73,7 +75,13 @@ from ekd.train.prepare import (
     warn_smaller_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
-from ekd.train.rank_work import fetch_models_once, prepare_data_once, run_on_main, sharded_sample_scores
+from ekd.train.rank_work import (
+    fetch_models_once,
+    opened_on_main_first,
+    prepare_data_once,
+    run_on_main,
+    sharded_sample_scores,
+)
 from ekd.train.run_dir import RunStart
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
@@ -167,10 +175,11 @@ def train(
         try:
             return _train(cfg, ranks, resume, start, data)
         except BaseException as e:
+            already_stopping()  # torchrun's SIGTERM (another rank ended) must not cut the rollback or the hint
             if start is not None:
                 start.rollback()  # a no-op once the run has started
-                if isinstance(e, KeyboardInterrupt):
-                    e.continue_hint = interrupted_hint(start)  # what the CLI prints after "interrupted"
+                if isinstance(e, KeyboardInterrupt) or lost_peer(e):  # stopped from outside this rank
+                    e.continue_hint = interrupted_hint(start)  # what the CLI prints after its line
                 elif isinstance(e, EkdError) and not isinstance(e, NonFiniteLossError):
                     e.args = (f"{e}{failed_hint(start, cfg.train.max_steps)}", *e.args[1:])
             raise
@@ -237,9 +246,13 @@ def _train(
     if cfg.teacher.source == "cache" and teacher_needed(cfg):
         from ekd.teacher.cache.source import check_cache_dir, check_cache_temperature
 
-        # the rule `ekd cache` applies before building (check_trains_from_cache), here before the run dir
-        check_cache_temperature(cfg.method)
-        check_cache_dir(cfg.teacher.cache_dir)
+        def check_cache() -> None:  # the rule `ekd cache` applies before building (check_trains_from_cache)
+            check_cache_temperature(cfg.method)
+            check_cache_dir(cfg.teacher.cache_dir)
+
+        # every rank would find the same: rank 0 checks, its refusal is said once (its node's files; another
+        # node's are checked when its ranks open the cache)
+        run_on_main(ranks, check_cache, "check teacher.cache_dir")
     # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
     # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike
     run_dir = run_on_main(ranks, lambda: _open_run(cfg, ranks, start), "open the run directory")
@@ -269,9 +282,13 @@ def _train(
     if teacher_model is not None:
         warn_smaller_teacher(teacher_model, student)
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
-    teacher = (
-        build_teacher_source(cfg, data, device, teacher_model, teacher_shard) if parts.needs_teacher else None
-    )
+    teacher = None
+    if parts.needs_teacher:  # a cache built for another config is refused alike by every rank: said once
+        teacher = opened_on_main_first(
+            ranks,
+            lambda: build_teacher_source(cfg, data, device, teacher_model, teacher_shard),
+            "open the teacher source",
+        )
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
