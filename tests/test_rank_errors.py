@@ -176,7 +176,10 @@ def test_cpu_offload_needs_a_gpu_under_torchrun_and_is_a_logged_no_op_in_one_pro
     check_cpu_offload(load_config(None, ["train.parallel=fsdp"]), Ranks(0, 2, cpu))
     with caplog.at_level(logging.INFO, logger="ekd.train.distributed"):
         assert data_parallel(torch.nn.Linear(2, 2), {}, Ranks(0, 1, cpu), cfg) is None
+        fsdp = load_config(None, ["train.parallel=fsdp"])  # try-out 23: said for teacher.placement only
+        assert data_parallel(torch.nn.Linear(2, 2), {}, Ranks(0, 1, cpu), fsdp) is None
     assert "train.cpu_offload: one process, nothing is sharded or offloaded" in caplog.text
+    assert "train.parallel=fsdp: one process, the student stays whole" in caplog.text
 
 
 GLOO_CLOSED = (

@@ -292,6 +292,8 @@ def data_parallel(
     if ranks.world_size == 1:
         if cfg is not None and cfg.train.cpu_offload:
             log.info("train.cpu_offload: one process, nothing is sharded or offloaded")
+        elif cfg is not None and cfg.train.parallel == "fsdp":  # try-out 23: said for placement=shard only
+            log.info("train.parallel=fsdp: one process, the student stays whole")
         return None
     if cfg is not None and cfg.train.parallel == "fsdp":
         from ekd.train.fsdp import shard_student
