@@ -93,3 +93,46 @@ def test_training_draws_only_blocks_with_a_target_and_says_how_many_it_leaves_ou
     steps = [r for r in rows if "train/loss" in r]
     assert len(steps) == 8
     assert all(r["train/kd_tokens"] >= 1 and r["train/kd"] > 0 for r in steps), steps  # no empty step
+
+
+def test_a_run_of_an_ekd_that_drew_every_block_resumes_exactly(tmp_path, monkeypatch, caplog):
+    """Try-out 25: a run started before blocks without a target were left out resumed on another order (its
+    saved position pointed into the shorter one) or was refused as an unreadable checkpoint, "delete it". Its
+    checkpoints record no block count: it keeps drawing from every block, and continues exactly."""
+    from ekd.data.loader import BlockLoader
+    from ekd.train import trainer
+
+    source = _rows(tmp_path / "rows.jsonl", seed=1)
+    extra = {
+        "data.prompt_field": "prompt",
+        "data.response_field": "response",
+        "method.preset": "kd",
+        "train.micro_batch_size": 1,
+        "train.checkpoint_every": 2,
+        "train.max_steps": 6,
+    }
+
+    def metrics(name):
+        rows = [json.loads(x) for x in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    over = {name: tiny_overrides(tmp_path, source, name, **extra) for name in ("whole", "cut")}
+    real_step, calls = trainer.forward_backward, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in step 4 (the checkpoint of step 2 is kept)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    with monkeypatch.context() as old:  # the ekd before: every block drawn, no count in the loader state
+        old.setattr(trainer, "_blocks_with_targets", lambda blocks: torch.arange(len(blocks)))
+        old.setattr(BlockLoader, "state_dict", lambda self: {"epoch": self.epoch, "position": self.position})
+        assert main(["distill", *over["whole"]]) == 0
+        old.setattr(trainer, "forward_backward", interrupted)
+        assert main(["distill", *over["cut"]]) == 130
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert main(["distill", *over["cut"], "--resume"]) == 0
+    assert any("its order continues exactly" in r.getMessage() for r in caplog.records)
+    whole, cut = metrics("whole"), metrics("cut")
+    assert cut == whole and 0.0 in whole.values()  # bit for bit, the old draw's empty steps included

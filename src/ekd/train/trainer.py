@@ -212,6 +212,11 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
     return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
 
 
+def _all(kept: torch.Tensor | None, data: PreparedData) -> torch.Tensor:
+    """The blocks a run drew from before blocks without a target were left out: TopSmp's ``kept``, else all."""
+    return kept if kept is not None else torch.arange(len(data.blocks["train"]))
+
+
 def _blocks_with_targets(blocks) -> torch.Tensor:
     """(n,) the training blocks a step can learn from (:meth:`~ekd.data.packing.PackedBlocks.rows_with_targets`);
     the others are left out of the loader's order, said in one line (try-out 24: tool-heavy chat rows cut into
@@ -327,6 +332,15 @@ def _train(
         try:
             start_step = resumed_at = int(state["step"])
             earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
+            recorded, everything = state["loader"].get("blocks"), _all(kept, data)
+            if loader.indices.numel() != everything.numel() and recorded in (None, everything.numel()):
+                # a run started by an ekd that drew blocks without a target too (its checkpoints record no
+                # count, or that one): keep its order, so that it continues exactly
+                log.info(
+                    "resuming a run that draws from every training block, those without a target too (as the "
+                    "ekd that started it did): its order continues exactly; a new run leaves them out"
+                )
+                loader = loader.subset(everything)
             loader.load_state_dict(state["loader"])
             parts.policy.load_state_dict(state["policy"])
             if hasattr(parts.temperature, "load_state_dict"):
