@@ -17,11 +17,11 @@ head_dim, ``f`` the MLP's intermediate size):
   input and output, 2·f with a fused GeLU. An activation written in Python keeps more: its count is probed
   (GPT-2's ``gelu_new`` keeps 4·f for 1·f of input, so its MLP keeps 5·f = 20·h).
 
-Measured against the tensors autograd saves (``tests/test_stored_activations.py``: Llama with GQA, a Qwen2 scaled down from Qwen2.5-0.5B's ratios,
-GPT-2, within 15%). A layer whose attention or MLP is not recognized falls back to
-:data:`FALLBACK_VALUES` ·h (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-Models", eq. 1: 34·s·b·h bytes at 16 bit for a GPT block with a 4h GeLU MLP, without the s² score term), all in
-the compute dtype.
+Measured against the tensors autograd saves (``tests/test_stored_activations.py``: Llama with GQA, a Qwen2
+scaled down from Qwen2.5-0.5B's ratios, GPT-2, within 15%). A layer whose attention or MLP is not recognized
+falls back to :data:`FALLBACK_VALUES` ·h (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models", eq. 1: 34·s·b·h bytes at 16 bit for a GPT block with a 4h GeLU MLP, without the s² score
+term), all in the compute dtype.
 """
 
 from __future__ import annotations
