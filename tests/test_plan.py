@@ -102,6 +102,7 @@ def test_parameter_counts_are_exact_on_the_meta_device():
         assert shape.layer_params == max(per_layer)
         assert shape.root_params == shape.params - sum(per_layer)
         assert (shape.layers, shape.hidden, shape.vocab) == (len(per_layer), real.config.hidden_size, VOCAB)
+        assert shape.layer_activations.recognized
 
 
 def test_plan_matches_one_process():
@@ -141,6 +142,28 @@ def test_sharding_divides_the_state_by_the_ranks():
     assert fsdp.gathered == 2 * (s.root_params + 2 * s.layer_params + t.root_params + 2 * t.layer_params)
     ac = estimate(s, t, parallel="ddp", placement="replicate", **{**kw, "activation_checkpointing": True})
     assert ac.activations < ddp.activations
+
+
+def test_activations_follow_the_layer_and_the_dtypes():
+    """Try-out 24, finding 5: a flat 17 values per (layer, token, h) was ~1.7× low for a SwiGLU student. The
+    per-layer values come from the module tree (``tests/test_stored_activations.py`` measures them); the
+    estimate adds one layer's backward, and with checkpointing keeps each layer's input in the residual dtype."""
+    s = shape_of("preset:llama-base", 4096)  # h=256, 8 heads, 4 k/v heads, f=768
+    stored, h, t, L = s.layer_activations, 256, 256, 6
+    assert stored.values == 4 * h + 2 + 2 * h + (h + h // 2 + h // 2 + h + 8) + 4 * 768  # 21.04·h
+    kw = dict(gpus=1, parallel="ddp", placement="replicate", tokens=t, chunk_rows=64)
+    fp32 = estimate(s, None, activation_checkpointing=False, activation_bytes=4, **kw)
+    assert fp32.activations == L * t * stored.values * 4 + t * 3 * 768 * 4
+    bf16 = estimate(s, None, activation_checkpointing=False, **kw)  # autocast, fp32 parameters
+    copies = 5 * h  # q, k, v, gate and up each save a bf16 copy of their normalized input
+    assert bf16.activations == L * t * (stored.residual * 4 + (copies + stored.compute) * 2) + t * 3 * 768 * 2
+    ac = estimate(s, None, activation_checkpointing=True, **kw)
+    assert (
+        ac.activations
+        == L * t * h * 4 + t * (stored.residual * 4 + (copies + stored.compute) * 2) + t * 3 * 768 * 2
+    )
+    fsdp = estimate(s, None, activation_checkpointing=True, **{**kw, "parallel": "fsdp"})  # bf16 residual
+    assert fsdp.activations == L * t * h * 2 + t * stored.values * 2 + t * 3 * 768 * 2
 
 
 def test_parse_bytes():

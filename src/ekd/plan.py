@@ -23,12 +23,22 @@ working set of unsharded parameters during a step: the root group (embeddings, f
 teacher's stays gathered from its head's first use to the end of the step) plus the decoder layer computing
 and the next one being gathered (prefetch), the student's in the compute dtype (c = 2 for bf16, 4 with
 ``train.precision=fp32``), the teacher's in its dtype. Activations per micro-batch (t = micro-batch ×
-block length tokens, h = hidden size, L = decoder layers, a = bytes of the autocast dtype, 2 for bf16):
+block length tokens, h = hidden size, f = MLP width, L = decoder layers, a = bytes of the autocast dtype, 2 for
+bf16; r = bytes of the residual stream, the parameters' s under DDP, a under FSDP2's mixed precision):
 
-- without activation checkpointing: ``L · t · h · 17·a`` — 17 stored values per token and hidden unit per
-  layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1:
-  34·s·b·h bytes at 16 bit, without the s² attention-score term that SDPA/flash attention never stores);
-- with it: ``L · t · h · 4`` (each layer's fp32 input) ``+ t · h · 17·a`` (one layer recomputed);
+- the values autograd keeps per token of one decoder layer, read off its module tree
+  (:mod:`ekd.models.stored_activations`, measured in ``tests/test_stored_activations.py``): the norms' inputs
+  and normalized values at r bytes; the attention's and the MLP's normalized inputs (under autocast one a-byte
+  copy per projection reading them), q, k, v and the attention output (SDPA/flash stores no s² scores) and the
+  MLP's tensors (gated: gate, up, act(gate), product = 4·f) at a bytes — ≈ 21·h values for a Llama with GQA and
+  f = 3h, 30·h for Qwen2.5-0.5B (f = 5.4h), 28·h for GPT-2 (its ``gelu_new`` keeps 4 values per input). A layer
+  not recognized falls back to 17·h at a bytes (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+  Large Transformer Models", eq. 1: 34·s·b·h bytes at 16 bit for a GPT block with a 4h GeLU MLP);
+- plus one layer's backward in flight: ``t · (3f | 2f) · a`` (the MLP's gradients, gated | plain; derived, not
+  measured);
+- without activation checkpointing: L layers' stored values + the backward term;
+- with it: ``L · t · h · r`` (each layer's input, the one tensor a checkpointed layer keeps — measured) + one
+  layer's stored values (recomputed in backward) + the backward term;
 - the chunked head: ``4 · chunk · V · 4`` (about four fp32 (chunk, V) buffers at its peak, see
   ``ekd.losses.chunked.auto_chunk_rows``) plus the teacher's last hidden states ``t · h_T · 2``.
 
@@ -50,10 +60,10 @@ import torch
 from torch import nn
 
 from ekd.errors import ConfigError, EkdError
+from ekd.models.stored_activations import LayerActivations, layer_activations
 from ekd.words import counted
 
 GIB = 2**30
-ACTIVATION_VALUES = 17  # stored values per (layer, token, hidden unit) without checkpointing (see above)
 HEAD_BUFFERS = 4  # fp32 (chunk, V) buffers of the fused head at its peak
 PARALLEL = ("ddp", "fsdp")
 PLACEMENT = ("replicate", "shard")
@@ -70,6 +80,7 @@ class ModelShape:
     vocab: int
     layer_params: int  # parameters of the largest decoder layer
     root_params: int  # parameters outside the decoder layers (embeddings, head, final norm)
+    layer_activations: LayerActivations  # values autograd keeps per token of a decoder layer
 
 
 def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
@@ -97,6 +108,7 @@ def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
         vocab=int(model.get_output_embeddings().weight.shape[0]),
         layer_params=layer_params,
         root_params=sum(n for i, n in unique.items() if i not in in_layers),
+        layer_activations=layer_activations(model, layers[0], int(config.hidden_size)),
     )
 
 
@@ -200,11 +212,14 @@ def estimate(
     grads = s * (_ceil_div(p, n) if sharded else p)
     buckets = 0 if sharded or n == 1 else s * p
     optimizer = 2 * s * (_ceil_div(p, n) if sharded else p)
-    per_layer = tokens * student.hidden * ACTIVATION_VALUES * activation_bytes
-    if activation_checkpointing:
-        activations = student.layers * tokens * student.hidden * 4 + per_layer
+    stored = student.layer_activations
+    residual_bytes = activation_bytes if sharded else s  # FSDP2 gathers the student in the compute dtype
+    per_layer = tokens * stored.bytes_per_token(residual_bytes, activation_bytes)
+    backward = tokens * stored.backward * activation_bytes  # one layer's gradients in flight
+    if activation_checkpointing:  # each layer's input kept, one layer recomputed and its backward
+        activations = student.layers * tokens * student.hidden * residual_bytes + per_layer + backward
     else:
-        activations = student.layers * per_layer
+        activations = student.layers * per_layer + backward
     head = HEAD_BUFFERS * chunk_rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
     return RankMemory(teacher_bytes, params, grads, buckets, optimizer, gathered, activations, head, overhead)
 
