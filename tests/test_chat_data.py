@@ -731,7 +731,13 @@ def test_tool_definitions_are_read_from_jsonl_parquet_and_hf_rows(tmp_path):
     assert parse_tools(as_string, columnar=True) == tuple(
         json.loads(as_string)
     )  # try-out 24: kept as written
-    for bad, reason in [(3, "tools is int"), ("[1]", "a list with non-objects"), ("{x", "not JSON")]:
+    bad_values = [
+        (3, "tools is int"),
+        ("[1]", "a list with non-objects"),
+        ('"f"', "tools is str"),
+        ("{x", "not JSON"),
+    ]
+    for bad, reason in bad_values:
         with pytest.raises(RejectedRow, match=reason) as e:
             parse_tools(bad)
         assert e.value.kind == "malformed tools"  # not "malformed messages" (try-out 24)
@@ -770,11 +776,15 @@ def test_tools_and_tool_calls_a_template_drops_are_said_once(chat_tok, caplog, t
     calling = parse_messages(
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
     )
+    import ekd.data.chat as chat_module
+
+    chat_module._SAID_UNWRITTEN.clear()  # said once per process: this test's own count
     with caplog.at_level(logging.WARNING, logger="ekd"):
-        renderer = ChatRenderer(chat_tok, template)
-        for _ in range(3):
-            renderer(row, "t.jsonl:1", [WEATHER])
-            renderer(calling, "t.jsonl:2")
+        for _ in range(2):  # a renderer per data source (train, eval sets): said once in all (try-out 25)
+            renderer = ChatRenderer(chat_tok, template)
+            for _ in range(3):
+                renderer(row, "t.jsonl:1", [WEATHER])
+                renderer(calling, "t.jsonl:2")
         ChatRenderer(chat_tok, WITH_TOOLS)(row, "t.jsonl:1", [WEATHER])  # writes both: nothing said
         ChatRenderer(chat_tok, WITH_TOOLS)(calling, "t.jsonl:2")
     said = [r.getMessage() for r in caplog.records]

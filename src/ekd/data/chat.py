@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 ASSISTANT = "assistant"
 _SAID_DATED: set[str] = set()  # templates writing today's date, said once per process
+_SAID_UNWRITTEN: set[tuple[str, str]] = set()  # ("tools" | "tool_calls", template) said to drop them
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
 
 
@@ -181,7 +182,7 @@ def parse_tools(value: Any, columnar: bool = False) -> tuple[dict[str, Any], ...
         or not isinstance(value, Sequence)
         or not all(isinstance(t, dict) for t in value)
     ):
-        got = type(value).__name__ if not isinstance(value, Sequence) else "a list with non-objects"
+        got = "a list with non-objects" if isinstance(value, list | tuple) else type(value).__name__
         raise RejectedRow(f"tools is {got}, not a list of tool definitions (JSON objects)", MALFORMED_TOOLS)
     return tuple(_without_nulls(t) if columnar else t for t in value) or None
 
@@ -357,7 +358,7 @@ class ChatRenderer:
         turn's ``tool_calls`` — found by rendering a probe with a named tool and looking for its name (try-out
         24: a template that only mentions ``tools``, such as Mistral v0.3's, passed a search of its text; a
         Llama-3.0 template trained a tool-calling turn as an empty answer without a word)."""
-        if what in self._unwritten:
+        if what in self._unwritten or (what, self.template) in _SAID_UNWRITTEN:
             return
         name = f"ekd_probe_{what}"
         probe: list[dict] = [{"role": "user", "content": "ekd probe question"}]
@@ -376,6 +377,7 @@ class ChatRenderer:
             unwritten = False
         self._unwritten[what] = unwritten
         if unwritten:
+            _SAID_UNWRITTEN.add((what, self.template))  # once per run: a renderer is made per data source
             logger.warning(
                 "data.format=chat: row %s has %s, which the chat template does not write: %s; use a template "
                 "that writes them (the model's own, if it was trained with tools)",
