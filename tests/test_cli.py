@@ -495,3 +495,15 @@ def test_a_teacher_smaller_than_its_student_is_warned(tmp_path, caplog):
         )
     said = [r.getMessage() for r in caplog.records if "fewer parameters" in r.getMessage()]
     assert len(said) == 1 and "are model.teacher and model.student swapped?" in said[0], said
+
+
+def test_a_missing_config_names_the_config_alone_and_a_table_prefix_its_table(capsys):
+    """Try-out 25: `ekd distill` with no argument said 'required: config, overrides' (overrides are optional);
+    `ekd list archs` had no suggestion."""
+    with pytest.raises(SystemExit):
+        main(["distill"])
+    assert capsys.readouterr().err == (
+        "ekd distill: error: the following arguments are required: config (`ekd distill --help` lists what it takes)\n"
+    )
+    assert main(["list", "archs"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("did you mean 'architectures'?")

@@ -60,6 +60,10 @@ class _Parser(argparse.ArgumentParser):
         required option reported missing because it was misspelt gets the "did you mean" an unknown option
         gets (``plan --gpu 2`` → ``--gpus``)."""
         if message.startswith("the following arguments are required"):
+            # argparse lists a '*' positional after a missing one too ("config, overrides"): only the missing
+            optional = {a.dest for a in self._actions if a.nargs in ("*", "?")}
+            head, _, names = message.partition(": ")
+            message = f"{head}: {', '.join(n for n in names.split(', ') if n not in optional)}"
             options = _options(self)
             typos = [w.split("=", 1)[0] for w in _Parser.argv if w.startswith("-")]
             hints = [
@@ -372,9 +376,13 @@ def cmd_list(args) -> int:
     except ImportError:  # pragma: no cover
         pass
     if args.what != "all" and args.what not in tables:
-        raise EkdError(
-            f"ekd list: unknown table '{args.what}' (choose from {', '.join(tables)}){did_you_mean(args.what, tables)}"
+        started = [t for t in tables if len(args.what) >= 4 and t.startswith(args.what[:4])]  # 'archs'
+        hint = (
+            f"; did you mean {either(repr(t) for t in started)}?"
+            if started
+            else did_you_mean(args.what, tables)
         )
+        raise EkdError(f"ekd list: unknown table '{args.what}' (choose from {', '.join(tables)}){hint}")
     for name, reg in tables.items():
         if args.what not in ("all", name):
             continue
