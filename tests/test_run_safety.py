@@ -625,3 +625,24 @@ def test_resume_below_the_newest_checkpoint_is_refused(ws, capsys):
     ), line
     unchanged(before, ws)
     assert cli(capsys, "distill", _config(), "train.max_steps=2", "--resume")[0] == 0  # finishes the run
+
+
+def test_resume_reads_the_same_data_at_another_path_and_refuses_other_data(ws, capsys, caplog):
+    """Try-out 25: `--resume` with the run's data copied to another path (another node's scratch directory) was
+    refused as "the config differs in data.source", though the run records its training blocks' sha256 (and
+    `ekd compare` calls them the same data). The path may change; the blocks are checked once read."""
+    import logging
+
+    shutil.copytree(ws / "corpus", ws / "copy")
+    before = snapshot(ws / "runs")
+    (ws / "copy" / next(p.name for p in (ws / "copy").iterdir())).write_text("other text entirely\\n" * 50)
+    line = one_error_line(
+        *cli(capsys, "distill", _config(), "train.max_steps=3", "data.source=copy", "--resume")[::2]
+    )
+    assert "--resume: the training data differ from the run's" in line, line
+    unchanged(before, ws / "runs")
+    shutil.rmtree(ws / "copy")
+    shutil.copytree(ws / "corpus", ws / "copy")
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert cli(capsys, "distill", _config(), "train.max_steps=3", "data.source=copy", "--resume")[0] == 0
+    assert any("--resume with data.source at another path" in r.getMessage() for r in caplog.records)

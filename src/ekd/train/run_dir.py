@@ -457,6 +457,15 @@ class RunStart:
                 f"--resume: no such file or directory: {'; '.join(gone)}; put it back where the run read it and "
                 "rerun with --resume"
             )
+        if "data.source" in blocking and (marker or {}).get("data_fingerprint"):
+            # the data at another path (a copy on another node): the run's blocks' sha256 decides, once read
+            blocking.remove("data.source")
+            log.info(
+                "--resume with data.source at another path (%s → %s): the training blocks must be the run's "
+                "(their sha256 is checked once they are read)",
+                flat_config(saved).get("data.source"),
+                self.cfg.data.source,
+            )
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
