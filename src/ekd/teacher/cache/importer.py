@@ -358,9 +358,15 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
                 theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
                 mine = ours[bad] if bad < len(ours) else "<end>"
                 how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
+                untold = (  # try-out 25: SRC rows told apart by messages alone, one of them rendered with tools
+                    f"; the training row {doc.doc_id} has tool definitions and SRC no '{cfg.data.tools_field}' "
+                    "column to tell rows with the same messages apart (add it)"
+                    if chat and doc.tools and tools is None
+                    else ""
+                )
                 raise CacheError(
                     f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
-                    f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does"
+                    f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does{untold}"
                 )
             n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
             window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
