@@ -331,3 +331,10 @@ def test_preset_models_with_a_tokenizer_of_their_own_are_planned_at_its_length(t
     # one GPU: FSDP2 and a sharded teacher are no-ops in one process, so they are no rows to choose from
     rows = [line.split()[:2] for line in out.splitlines() if line.startswith(("ddp ", "fsdp "))]
     assert rows and all(r == ["ddp", "replicate"] for r in rows), out
+    assert "one GPU:" not in out
+    rc, out, _ = cli(
+        capsys, "plan", config, f"model.tokenizer={tmp_path / 'tok'}", "--gpus", "1", "--parallel", "fsdp"
+    )
+    assert rc == 0 and out.startswith(
+        "one GPU: train.parallel=fsdp and teacher.placement=shard do nothing"
+    ), out

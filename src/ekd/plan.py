@@ -436,7 +436,13 @@ def plan_config(
                 f"--vocab-size sets the vocabulary of preset:<name> models only, and {' and '.join(planned)} "
                 f"{what} here (V comes from config.json); drop --vocab-size"
             )
+    note = ""
     if gpus == 1:  # FSDP2 and a sharded teacher are no-ops in one process (try-out 24: rows of no choice)
+        if (parallel, placement) != (PARALLEL, PLACEMENT) and {"fsdp", "shard"} & {*parallel, *placement}:
+            note = (  # asked for by name (try-out 25: silently planned otherwise)
+                "one GPU: train.parallel=fsdp and teacher.placement=shard do nothing in one process; planned as "
+                "ddp with a replicated teacher\n"
+            )
         parallel, placement = ("ddp",), ("replicate",)
     vocab = vocab_size or _vocab_size(cfg)
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
@@ -457,7 +463,9 @@ def plan_config(
         teacher_bytes_per_param=4 if cfg.model.teacher_dtype == "float32" else 2,
         activation_bytes=4 if cfg.train.precision == "fp32" else 2,
     )
-    return format_plan(cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens)
+    return note + format_plan(
+        cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens
+    )
 
 
 def _vocab_size(cfg) -> int:
