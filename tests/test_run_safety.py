@@ -283,6 +283,17 @@ def test_resume_of_a_run_copied_alone_keeps_its_data_and_models(ws, capsys):
         capsys, "distill", _config("solo"), "run.output_dir=copy/runs", "train.max_steps=3", "--resume"
     )
     assert rc == 0, err
+    # try-out 25: with look-alike copies where the rebase points (copy/...), the paths as saved — still there,
+    # and what the config names — are the run's, not "a config that differs in data.eval_sources"
+    held = next(Path("corpus").iterdir())
+    shutil.copy(held, "held.txt")
+    two = _config("solo2", **{"data.eval_sources": "{held: held.txt}"})
+    rc, _, err = cli(capsys, "distill", two)
+    assert rc == 0, err
+    shutil.copytree(Path("runs") / "solo2", Path("copy") / "runs" / "solo2")
+    shutil.copy("held.txt", Path("copy") / "held.txt")
+    rc, _, err = cli(capsys, "distill", two, "run.output_dir=copy/runs", "train.max_steps=3", "--resume")
+    assert rc == 0, err
 
 
 # ------------------------------------------------------------------------------------------- item 11

@@ -436,9 +436,12 @@ class RunStart:
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
             )
         current = self.cfg.to_dict()
-        # paths as the config's are: resolved (a run saved before they were), under a moved project's new root
+        # paths as the config's are: resolved (a run saved before they were), under a moved project's new root —
+        # or as saved, where those still exist (try-out 25: a run copied elsewhere, resumed with its own
+        # config.yaml, had its paths rebased onto look-alike copies and then "differed")
+        as_saved = resolve_saved(saved or {})
         saved = resolve_saved(saved or {}, self.cfg.run.output_dir)
-        diffs = config_differences(saved, current)
+        diffs = sorted(set(config_differences(saved, current)) & set(config_differences(as_saved, current)))
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
