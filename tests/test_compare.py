@@ -13,6 +13,7 @@ import yaml
 
 from ekd.cli import main
 from ekd.eval.compare import compare_runs, group_runs, pareto_front, read_run
+from ekd.eval.eval_json import BLOCKS_KEY
 from tiny import tiny_overrides, write_corpus
 
 
@@ -572,11 +573,15 @@ def test_runs_that_differ_only_in_checkpointing_or_eval_batching_share_a_group(t
 def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(tmp_path):
     """Try-out 22: a byte-identical copy of the data at another path (another machine's scratch directory) split
     two seeds of one config into `kd` and `kd#2` with "different eval sets". Runs that all record their training
-    blocks' sha256 (ekd-run.json) are told apart by it, not by data.source's path: the same blocks pair, a file
-    changed in place does not; with a run of an older ekd among them (no sha256) the paths decide, as before."""
+    blocks' sha256 (ekd-run.json) are grouped by it, not by data.source's path, and eval sets whose eval.json
+    entries all record their blocks' sha256 are identified by it: the same blocks pair, a file changed in place
+    does not (try-out 25: a change to training documents alone leaves the held-out set the same); with a run of
+    an older ekd among them (no sha256) the paths decide, as before."""
 
-    def run(name: str, seed: int, source: str, blocks: str | None) -> Path:
-        d = _edit(_fake_run(tmp_path, name, "kd", seed, 10.0 + seed, 0.5), data={"source": source})
+    def run(name: str, seed: int, source: str, blocks: str | None, held: str | None = "e" * 64) -> Path:
+        d = _fake_run(tmp_path, name, "kd", seed, 10.0 + seed, 0.5)
+        scored = {"source": source} | ({BLOCKS_KEY: held} if held else {})
+        d = _edit(d, data={"source": source}, eval_sets={"eval": {"data": scored}} if blocks else None)
         if blocks is not None:
             marker = {"format": "ekd-run", "version": 1, "state": "finished", "data_fingerprint": blocks}
             (d / "ekd-run.json").write_text(json.dumps(marker))
@@ -586,11 +591,31 @@ def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(
     copy = run("copy", 1, "/scratch/you/text.jsonl", "ab" * 32)
     s = compare_runs([a, copy], tmp_path / "o1", baselines=("kd",), plots=False)
     assert [g["method"] for g in s["groups"]] == ["kd"] and not s["eval_sets"]
-    edited = run("edited", 1, "/scratch/me/text.jsonl", "cd" * 32)  # the same path, other blocks
+    edited = run("edited", 1, "/scratch/me/text.jsonl", "cd" * 32)  # training documents changed in place
     s = compare_runs([a, edited], tmp_path / "o2", baselines=("kd",), plots=False)
     assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
     assert "training blocks sha256:cdcdcdcd" in s["groups"][1]["note"]
+    assert not s["eval_sets"]  # ... and the held-out set is the same blocks
+    other = run("other", 1, "/scratch/me/text.jsonl", "cd" * 32, held="f" * 64)  # the held-out set changed
+    s = compare_runs([a, other], tmp_path / "o3", baselines=("kd",), plots=False)
+    assert f"{BLOCKS_KEY}={'f' * 64!r}" in s["eval_sets"], s["eval_sets"]
     old = run("old", 1, "/scratch/you/text.jsonl", None)  # an older ekd: no sha256, told apart by path
-    s = compare_runs([a, old], tmp_path / "o3", baselines=("kd",), plots=False)
+    s = compare_runs([a, old], tmp_path / "o4", baselines=("kd",), plots=False)
     assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
     assert "data.source='/scratch/you/text.jsonl'" in s["groups"][1]["note"]
+    assert "data.source='/scratch/you/text.jsonl'" in s["eval_sets"]
+
+
+@pytest.mark.slow
+def test_two_seeds_trained_on_copies_of_the_data_are_one_config_scored_on_one_set(tmp_path):
+    """End to end: seed 0 on corpus/, seed 1 on a byte-identical copy elsewhere (another node's scratch): one
+    group of two seeds, and their held-out sets pair (each run's eval.json records its blocks' sha256)."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=16)
+    shutil.copytree(corpus, tmp_path / "node2" / "corpus")
+    for seed, source in ((0, corpus), (1, tmp_path / "node2" / "corpus")):
+        over = tiny_overrides(tmp_path, source, f"kd{seed}", **{"run.seed": seed, "method.preset": "kd"})
+        assert main(["-q", "distill", *over]) == 0
+    s = compare_runs([tmp_path / "runs" / "kd0", tmp_path / "runs" / "kd1"], tmp_path / "out", plots=False)
+    assert [(g["method"], g["seeds"]) for g in s["groups"]] == [("kd", [0, 1])] and not s["eval_sets"], s

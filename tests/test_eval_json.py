@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from ekd.cli import main
 from ekd.eval.compare import read_run
-from ekd.eval.eval_json import merge, set_settings, with_settings
+from ekd.eval.eval_json import BLOCKS_KEY, merge, set_settings, with_settings
 from tiny import tiny_overrides, write_corpus
 
 
@@ -52,8 +53,11 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
         config_data.pop(key)
     trained = json.loads((run / "eval.json").read_text())
     assert set(trained) == {"eval", "eval/teacher", "held", "held/teacher"}
+    blocks = {n: trained[n]["data"].pop(BLOCKS_KEY) for n in ("held", "eval")}  # what each set holds
+    assert all(len(b) == 64 for b in blocks.values()) and blocks["held"] != blocks["eval"]
     assert trained["held"]["data"] == {**config_data, "eval_sources": {"held": str(held)}}
     assert trained["eval"]["data"] == {**config_data, "eval_sources": {}}
+    trained = json.loads((run / "eval.json").read_text())
     capsys.readouterr()
 
     with caplog.at_level(logging.INFO, logger="ekd.train.evaluation"):
@@ -64,7 +68,8 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
     assert after["e"]["data"]["eval_sources"] == {"e": str(other)} and after["e"]["tokens"] > 0
     assert "eval.json keeps held (not scored now)" in caplog.text
     record = read_run(run)  # ekd compare reads each set with the settings it was scored with
-    assert record.set_data("e") == after["e"]["data"] and record.set_data("held") == trained["held"]["data"]
+    recorded = {n: {k: v for k, v in after[n]["data"].items() if k != BLOCKS_KEY} for n in ("e", "held")}
+    assert record.set_data("e") == recorded["e"] and record.set_data("held") == recorded["held"]
     assert "data" not in record.eval["held"]  # the settings are not a metric
 
     # held scored again (all its blocks, no teacher): its entry and teacher row are replaced, e is kept
@@ -85,6 +90,8 @@ def test_the_end_of_training_names_the_results_it_drops(tmp_path, caplog):
 
     (tmp_path / "eval.json").write_text(json.dumps({"eval": {"ppl": 9.0}, "e": {"ppl": 3.0}, "tasks": {}}))
     with caplog.at_level(logging.INFO, logger="ekd.train.evaluation"):
-        write_eval_json(tmp_path, load_config(), {"eval": {"ppl": 8.0}}, keep=False)
+        write_eval_json(
+            tmp_path, load_config(), {"eval": {"ppl": 8.0}}, keep=False, data=SimpleNamespace(blocks={})
+        )
     assert set(json.loads((tmp_path / "eval.json").read_text())) == {"eval"}
     assert "e, tasks dropped (scored on the student before these steps" in caplog.text

@@ -35,7 +35,7 @@ import yaml
 
 from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
-from ekd.eval.eval_json import set_settings, split_settings
+from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
@@ -83,6 +83,8 @@ class RunRecord:
     data_fingerprint: str | None = None
     # data.source is read as its content (the training blocks' sha256): every compared run records one
     source_by_content: bool = False
+    # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
+    sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
 
@@ -134,7 +136,11 @@ class RunRecord:
             data = with_todays_defaults({"data": self.scored_with[name]})["data"]
         else:
             data = self.config.get("data") or {}
-        return set_settings(self._source_as_content(data), name)  # narrowed, without keys of how it is read
+        if name in self.sets_by_content:  # what the set holds, not where its files are
+            data = {k: v for k, v in data.items() if k not in ("source", "eval_sources")}
+        else:
+            data = {k: v for k, v in data.items() if k != BLOCKS_KEY}
+        return set_settings(data, name)  # narrowed and without the keys that only change how it is read
 
     def eval_set(self, name: str) -> str:
         """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the
@@ -449,8 +455,12 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             )
         seen_dirs[real] = str(r.run_dir)
     by_content = all(r.data_fingerprint for r in runs)
+    scored = {n for r in runs for n in r.eval}
+    sets_by_content = frozenset(
+        n for n in scored if all(BLOCKS_KEY in r.scored_with.get(n, {}) for r in runs if n in r.eval)
+    )
     for r in runs:
-        r.source_by_content = by_content
+        r.source_by_content, r.sets_by_content = by_content, sets_by_content
     groups: dict[str, Group] = {}
     for r in runs:
         g = groups.setdefault(r.group_key(), Group(label=""))

@@ -18,6 +18,9 @@ from typing import Any
 
 SETTINGS_KEY = "data"
 """The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""
+BLOCKS_KEY = "blocks_sha256"
+"""The key, within a set's :data:`SETTINGS_KEY`, of the sha256 of the set's packed blocks (what it holds, wherever
+its files are): ``ekd compare`` identifies sets by it when every run compared records it."""
 TEACHER_SUFFIX = "/teacher"
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
@@ -44,15 +47,20 @@ def set_of(entry: str) -> str:
     return entry[: -len(TEACHER_SUFFIX)] if entry.endswith(TEACHER_SUFFIX) else entry
 
 
-def with_settings(results: Mapping[str, Mapping[str, Any]], data: Mapping[str, Any]) -> dict[str, Any]:
+def with_settings(
+    results: Mapping[str, Mapping[str, Any]], data: Mapping[str, Any], blocks: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """``results`` (set → metrics, as :func:`ekd.train.evaluation.evaluate_run` returns) as eval.json
-    entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`); teacher rows are
-    scored on their set's blocks and carry none."""
+    entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`, and the sha256 of its
+    blocks, ``blocks[set]``, under :data:`BLOCKS_KEY`); teacher rows are scored on their set's blocks and carry
+    none."""
     out: dict[str, Any] = {}
     for name, metrics in results.items():
         out[name] = dict(metrics)
         if not name.endswith(TEACHER_SUFFIX):
             out[name][SETTINGS_KEY] = set_settings(data, name)
+            if blocks and name in blocks:
+                out[name][SETTINGS_KEY][BLOCKS_KEY] = blocks[name]
     return out
 
 

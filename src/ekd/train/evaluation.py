@@ -328,7 +328,7 @@ def evaluate_saved_run(
     if evaluates_teacher(cfg):  # the same rule as the end of training
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
-    write_eval_json(run_dir, cfg, results, keep=True)
+    write_eval_json(run_dir, cfg, results, keep=True, data=data)
     return results
 
 
@@ -343,9 +343,11 @@ def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
     )
 
 
-def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool) -> None:
-    """Write ``run_dir/eval.json``: each set's metrics with the data settings it was scored with
-    (:mod:`ekd.eval.eval_json`).
+def write_eval_json(
+    run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool, data: PreparedData
+) -> None:
+    """Write ``run_dir/eval.json``: each set's metrics with the data settings it was scored with and the sha256
+    of its blocks in ``data`` (:mod:`ekd.eval.eval_json`).
 
     Args:
         results: Set → metrics, as :func:`evaluate_run` returns them.
@@ -357,7 +359,8 @@ def write_eval_json(run_dir: Path, cfg: Config, results: dict[str, dict[str, flo
     from ekd.io import atomic_write_text, strict_json
 
     path = run_dir / "eval.json"
-    written = with_settings(results, cfg.to_dict()["data"])
+    blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
+    written = with_settings(results, cfg.to_dict()["data"], blocks)
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())
