@@ -619,3 +619,20 @@ def test_two_seeds_trained_on_copies_of_the_data_are_one_config_scored_on_one_se
         assert main(["-q", "distill", *over]) == 0
     s = compare_runs([tmp_path / "runs" / "kd0", tmp_path / "runs" / "kd1"], tmp_path / "out", plots=False)
     assert [(g["method"], g["seeds"]) for g in s["groups"]] == [("kd", [0, 1])] and not s["eval_sets"], s
+
+
+def test_an_eval_file_copied_to_another_path_is_one_config_and_one_set(tmp_path):
+    """Try-out 26: the held-out file copied to another path (blocks_sha256 equal in both eval.json entries) split
+    two seeds into `kd` and `kd#2`, "differs in data.eval_sources". Eval-set keys choose what is scored, not what
+    is trained: one config; each set pairs by its blocks."""
+    runs = []
+    for seed, path in ((0, "/d1/held.jsonl"), (1, "/d2/held.jsonl")):
+        scored = {"eval_sources": {"held": path}, BLOCKS_KEY: "a" * 64}
+        run = _fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0 + seed, 0.5)
+        runs.append(
+            _edit(
+                run, data={"eval_sources": {"held": path}}, eval_sets={"held": {"ppl": 9.0, "data": scored}}
+            )
+        )
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    assert [(g["method"], g["seeds"]) for g in s["groups"]] == [("kd", [0, 1])] and not s["eval_sets"], s

@@ -61,6 +61,10 @@ METRIC_INFO = {
 METRICS = tuple(METRIC_INFO)
 HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
 RUN_KEYS = ("name", "seed", "output_dir")
+EVAL_SET_KEYS = ("data.eval_sources", "data.max_eval_blocks")
+"""Keys that choose the eval sets and how much of them is scored, not what a run trains: runs differing in them
+are one config, and each set is paired only where both runs scored it alike (try-out 26: an eval file copied
+to another path split two seeds into two configs)."""
 GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
 """The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
 
@@ -99,10 +103,13 @@ class RunRecord:
     def trained_config(self) -> dict[str, Any]:
         """The config as far as it decides what the run trained: without ``run.*`` identity keys and the keys that
         make no other run (:func:`~ekd.train.run_dir.changes_training`: reporting, checkpointing, eval batching,
-        the device layout, the same math), with the micro-batch over all ranks
-        (:data:`GLOBAL_BATCH_KEY`) instead — a ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
+        the device layout, the same math) or only choose the eval sets (:data:`EVAL_SET_KEYS`: each set is paired
+        on its own, :meth:`eval_set`), with the micro-batch over all ranks (:data:`GLOBAL_BATCH_KEY`) instead — a
+        ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
         cfg = {
-            s: {k: x for k, x in v.items() if changes_training(f"{s}.{k}")}
+            s: {
+                k: x for k, x in v.items() if changes_training(f"{s}.{k}") and f"{s}.{k}" not in EVAL_SET_KEYS
+            }
             for s, v in self.config.items()
             if isinstance(v, dict)
         }
