@@ -133,6 +133,6 @@ def test_a_run_of_an_ekd_that_drew_every_block_resumes_exactly(tmp_path, monkeyp
         assert main(["distill", *over["cut"]]) == 130
     with caplog.at_level(logging.INFO, logger="ekd"):
         assert main(["distill", *over["cut"], "--resume"]) == 0
-    assert any("its order continues exactly" in r.getMessage() for r in caplog.records)
+    assert any("so that its order continues exactly" in r.getMessage() for r in caplog.records)
     whole, cut = metrics("whole"), metrics("cut")
     assert cut == whole and 0.0 in whole.values()  # bit for bit, the old draw's empty steps included

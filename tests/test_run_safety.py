@@ -304,7 +304,7 @@ def test_resume_over_different_data_is_refused(ws, capsys):
         Path("corpus", f"extra_{i}.py").write_text("while index in range(len(items)): yield value\n" * 20)
     before = snapshot(ws)
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
-    assert "training data differ" in one_error_line(rc, err)
+    assert "differ from the run's" in one_error_line(rc, err)
     unchanged(before, ws)
 
 
@@ -650,10 +650,24 @@ def test_resume_reads_the_same_data_at_another_path_and_refuses_other_data(ws, c
     line = one_error_line(
         *cli(capsys, "distill", _config(), "train.max_steps=3", "data.source=copy", "--resume")[::2]
     )
-    assert "--resume: the training data differ from the run's" in line, line
+    assert "--resume: the training data of data.source=" in line and "differ from the run's" in line, line
     unchanged(before, ws / "runs")
     shutil.rmtree(ws / "copy")
     shutil.copytree(ws / "corpus", ws / "copy")
     with caplog.at_level(logging.INFO, logger="ekd"):
         assert cli(capsys, "distill", _config(), "train.max_steps=3", "data.source=copy", "--resume")[0] == 0
     assert any("--resume with data.source at another path" in r.getMessage() for r in caplog.records)
+
+
+def test_a_runs_saved_config_naming_another_run_is_warned(ws, capsys, caplog):
+    """Try-out 26: with a project copied elsewhere, `ekd distill COPY/runs/base/config.yaml --resume` resumed the
+    original run (the file holds its absolute run.output_dir) and left the copy as it was, said only by the path
+    in 'resumed from'. A warning names both runs and the override that uses the one beside the file."""
+    import logging
+
+    shutil.copytree(Path("runs") / "base", Path("copy") / "runs" / "base")
+    saved = Path("copy") / "runs" / "base" / "config.yaml"
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert cli(capsys, "distill", str(saved), "train.max_steps=3", "--resume")[0] == 0
+    said = [r.getMessage() for r in caplog.records if "is the saved config of the run" in r.getMessage()]
+    assert len(said) == 1 and f"set run.output_dir={(ws / 'copy' / 'runs').resolve()}" in said[0], said

@@ -270,6 +270,7 @@ def cmd_distill(args) -> int:
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
     apply_log_level(cfg.log.level)
+    _say_another_runs_config(paths, cfg)
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except RunFinished as e:  # --resume of a finished run: nothing to do, nothing appended (every rank: 0)
@@ -281,6 +282,26 @@ def cmd_distill(args) -> int:
     print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
     _print_eval(result.eval)
     return 0
+
+
+def _say_another_runs_config(paths: list[str], cfg) -> None:
+    """A warning when a config file is a run's saved ``config.yaml`` and names another run directory (try-out 26:
+    a project copied elsewhere, `ekd distill runs/x/config.yaml --resume` resumed the original, whose absolute
+    ``run.output_dir`` the file holds, and left the copy as it was)."""
+    from ekd.train.run_dir import MARKER
+
+    for path in map(Path, paths):
+        if path.name == "config.yaml" and (path.parent / MARKER).is_file():
+            here, named = path.parent.resolve(), cfg.run_dir.resolve()
+            if here != named and _rank0():
+                logging.getLogger("ekd").warning(
+                    "%s is the saved config of the run %s, but it names the run %s, which this command uses; set "
+                    "run.output_dir=%s (and run.name) to use the run beside the file",
+                    path,
+                    here,
+                    named,
+                    here.parent,
+                )
 
 
 def _run_summary(result) -> str:

@@ -185,6 +185,11 @@ def read_marker(run_dir: Path) -> dict | None:
     return marker
 
 
+def _saved_source(run_dir: Path) -> object:
+    """``data.source`` of the run's saved config.yaml, or '?' when it holds none."""
+    return ((_saved_config(run_dir) or {}).get("data") or {}).get("source", "?")
+
+
 def _saved_max_steps(saved: dict) -> object:
     """``train.max_steps`` of a saved config (as a nested dict), or '?' when it holds none."""
     return (saved.get("train") or {}).get("max_steps", "?")
@@ -544,10 +549,10 @@ class RunStart:
         saved = marker.get("data_fingerprint")
         if not self.fresh and saved is not None and saved != fingerprint:
             raise RunDirError(
-                "--resume: the training data differ from the run's "
+                f"--resume: the training data of data.source={self.cfg.data.source} differ from the run's "
                 f"({counted(marker.get('train_blocks'), 'block')}, fingerprint {str(saved)[:12]}; now "
-                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}); restore the "
-                "run's data or start a new run under another run.name"
+                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}); name the data the run read "
+                f"({_saved_source(self.run_dir)}) as it was, or start a new run under another run.name"
             )
         if saved is None:
             with writing(self.run_dir):

@@ -337,8 +337,8 @@ def _train(
                 # a run started by an ekd that drew blocks without a target too (its checkpoints record no
                 # count, or that one): keep its order, so that it continues exactly
                 log.info(
-                    "resuming a run that draws from every training block, those without a target too (as the "
-                    "ekd that started it did): its order continues exactly; a new run leaves them out"
+                    "this run was started by an ekd that drew every training block, those without a target "
+                    "too: it keeps doing so, so that its order continues exactly (a new run leaves them out)"
                 )
                 loader = loader.subset(everything)
             loader.load_state_dict(state["loader"])
