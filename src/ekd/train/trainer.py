@@ -212,7 +212,7 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
     return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
 
 
-def _all(kept: torch.Tensor | None, data: PreparedData) -> torch.Tensor:
+def _every_block(kept: torch.Tensor | None, data: PreparedData) -> torch.Tensor:
     """The blocks a run drew from before blocks without a target were left out: TopSmp's ``kept``, else all."""
     return kept if kept is not None else torch.arange(len(data.blocks["train"]))
 
@@ -332,7 +332,7 @@ def _train(
         try:
             start_step = resumed_at = int(state["step"])
             earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
-            recorded, everything = state["loader"].get("blocks"), _all(kept, data)
+            recorded, everything = state["loader"].get("blocks"), _every_block(kept, data)
             if loader.indices.numel() != everything.numel() and recorded in (None, everything.numel()):
                 # a run started by an ekd that drew blocks without a target too (its checkpoints record no
                 # count, or that one): keep its order, so that it continues exactly
