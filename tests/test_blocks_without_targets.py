@@ -13,35 +13,7 @@ import torch
 
 from ekd.cli import main
 from ekd.data.packing import PackedBlocks
-from tiny import tiny_overrides
-
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "a",
-    "in",
-    "is",
-    "that",
-    "for",
-    "it",
-    "as",
-    "was",
-    "with",
-    "be",
-    "by",
-    "on",
-    "not",
-    "he",
-    "this",
-    "are",
-    "or",
-    "his",
-    "from",
-    "at",
-    "which",
-]
+from tiny import WORDS, tiny_overrides
 
 
 def _rows(path: Path, n: int = 40, seed: int = 0) -> Path:
