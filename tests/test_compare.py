@@ -595,6 +595,7 @@ def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(
     s = compare_runs([a, edited], tmp_path / "o2", baselines=("kd",), plots=False)
     assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
     assert "training blocks sha256:cdcdcdcd" in s["groups"][1]["note"]
+    assert "(/scratch/me/text.jsonl vs /scratch/me/text.jsonl)" in s["groups"][1]["note"]  # the files too
     assert not s["eval_sets"]  # ... and the held-out set is the same blocks
     other = run("other", 1, "/scratch/me/text.jsonl", "cd" * 32, held="f" * 64)  # the held-out set changed
     s = compare_runs([a, other], tmp_path / "o3", baselines=("kd",), plots=False)

@@ -482,9 +482,17 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         g.label = method if seen[method] == 1 else f"{method}#{seen[method]}"
         if seen[method] > 1:
             first = next(o for o in groups.values() if o.runs[0].method == method)
-            g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(
-                _config_differences(first.runs[0].trained_config(), g.runs[0].trained_config())
-            )
+            a, b = first.runs[0], g.runs[0]
+            diffs = _config_differences(a.trained_config(), b.trained_config())
+            if by_content and any(
+                d.startswith("data.source=") for d in diffs
+            ):  # the files, besides the blocks
+                paths = [(r.config.get("data") or {}).get("source") for r in (b, a)]
+                diffs = [
+                    d + (f" ({paths[0]} vs {paths[1]})" if d.startswith("data.source=") else "")
+                    for d in diffs
+                ]
+            g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
     return list(groups.values())
 
 
