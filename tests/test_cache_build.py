@@ -892,3 +892,35 @@ def test_a_build_with_fewer_shards_than_ranks_says_which_ranks_idle(caplog):
         "nothing; teacher.cache_shard_samples=9 gives every rank a shard",
         "teacher cache: 3 samples for 8 ranks: only 3 ranks can get a shard",
     ]
+
+
+def test_training_from_a_cache_of_other_positions_is_refused_by_name(setup, capsys):
+    """Try-out 27: `method=rskd` (every position) from a teacher-entropy top-25% cache trained KD on 25% of the
+    positions without a word, its config.yaml saying teacher.cache_positions=all; an explicit other fraction was
+    accepted too. The positions rule is compared as every other signature field is."""
+    cache = setup["root"] / "cache-topk"  # built by the test above (teacher_entropy_topk, 0.25)
+    if not cache.is_dir():
+        run_build(
+            load_config(
+                [setup["cfg"]],
+                [
+                    "method=topk_ghost",
+                    "teacher.cache_positions=teacher_entropy_topk",
+                    "teacher.cache_fraction=0.25",
+                    f"teacher.cache_dir={cache}",
+                ],
+            ),
+            stat_format="fp16",
+            measure_forward=False,
+        )
+    common = [setup["cfg"], "method=topk_ghost", "teacher.source=cache", f"teacher.cache_dir={cache}"]
+    assert main(["distill", *common]) == 2
+    line = _error_line(capsys)
+    assert 'positions [teacher.cache_positions]: expected "all", found "teacher_entropy_topk"' in line, line
+    assert (
+        main(
+            ["distill", *common, "teacher.cache_positions=teacher_entropy_topk", "teacher.cache_fraction=0.5"]
+        )
+        == 2
+    )
+    assert "position_fraction [teacher.cache_fraction]: expected 0.5, found 0.25" in _error_line(capsys)
