@@ -191,7 +191,10 @@ def train(
 def interrupted_hint(start: RunStart) -> str:
     """How to go on after Ctrl-C, from what the run directory now holds: "; ..." for ``ekd: interrupted``."""
     if not start.committed:
-        return "; the run had not started, so nothing was changed: run the same command again"
+        return (
+            "; the run had not started, so nothing in it was changed: run the same command again (a token store "
+            "being built resumes where it stopped)"
+        )
     newest = latest_checkpoint(start.run_dir)
     if newest is None:
         return "; no checkpoint was saved yet: start again with the same command and --overwrite"
