@@ -328,17 +328,20 @@ def test_max_tokens_stops_reading(
         config(tmp_path, tokenizer_dir, corpus, True, max_tokens=10)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "manifest", "overwrite"])
 def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
     tmp_path: Path, tokenizer_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl")
     cfg = config(tmp_path, tokenizer_dir, corpus, True)
     first = prepare_data(cfg, tmp_path / "r1")
+    read = {n: b.select(torch.arange(len(b))) for n, b in first.blocks.items()}  # in memory: the files change
     store = next(p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir())
+    tokens = store / "split-0" / "tokens.u32"
     if damage == "truncate":
-        tokens = store / "split-0" / "tokens.u32"
         tokens.write_bytes(tokens.read_bytes()[:-8])
+    elif damage == "overwrite":  # try-out 27: other ids at the same size, read as the store before
+        tokens.write_bytes(bytes(len(tokens.read_bytes())))
     else:
         manifest = json.loads((store / "manifest.json").read_text())
         manifest["signature"]["data"]["block_length"] = 99
@@ -347,8 +350,10 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
         second = prepare_data(cfg, tmp_path / "r2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "rebuilding it" in warnings[0]
+    if damage == "overwrite":
+        assert "has split-0/tokens.u32 changed since it was built (its sha256)" in warnings[0], warnings
     assert not any("reusing" in r.getMessage() for r in caplog.records)
-    assert_same_blocks(first.blocks, second.blocks)
+    assert_same_blocks(read, second.blocks)
 
 
 def test_glob_of_jsonl_shards_reads_rows_in_memory_and_in_the_store(

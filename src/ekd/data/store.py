@@ -161,6 +161,21 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+def changed_files(directory: Path, manifest: dict) -> list[str]:
+    """The store files (``split-<folder>/<file>``) whose sha256 is not the one the build recorded: a file
+    overwritten in place, at its size, since. One read of every file (a 100M-token store: ~0.6 GB); a store of
+    an ekd that recorded no sha256 is trusted as before."""
+    from ekd.io import file_sha256
+
+    changed = []
+    for split in manifest["splits"]:
+        for filename, digest in (split.get("sha256") or {}).items():
+            path = directory / f"split-{split['folder']}" / filename
+            if file_sha256(path) != digest:
+                changed.append(f"split-{split['folder']}/{filename}")
+    return changed
+
+
 @dataclass
 class StoredBlocks(PackedBlocks):
     """PackedBlocks read from a token store; the fingerprint and target count recorded at build time are

@@ -60,9 +60,11 @@ from ekd.data.packing import (
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
 from ekd.data.store import (
+    FILES,
     MANIFEST,
     STORE_FORMAT,
     SplitFiles,
+    changed_files,
     documents_before,
     fingerprint_files,
     open_split,
@@ -70,7 +72,7 @@ from ekd.data.store import (
 )
 from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
-from ekd.io import atomic_write_text, fsync_dir, writing
+from ekd.io import atomic_write_text, file_sha256, fsync_dir, writing
 from ekd.locks import locked
 from ekd.words import counted
 
@@ -426,6 +428,9 @@ def _finish(
                 # what the in-memory path logs (ekd.data.packing.packed_line): documents starting in the blocks
                 "packed_documents": documents_before(split_files.directory, split_files.documents, real),
                 "packed_tokens": real,
+                # what the files hold, checked when the store is reused (try-out 27: a file overwritten in place
+                # at its size was read as the store, and its recorded fingerprint passed a cache's data check)
+                "sha256": {f: file_sha256(split_files.directory / f) for f, _ in FILES.values()},
             }
         )
     manifest = {
@@ -495,6 +500,8 @@ def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
         problem = "is incomplete or corrupt (a missing manifest or short files)"
     elif manifest.get("signature") != signature:
         problem = "was built for other data, tokenizer or packing settings"
+    elif changed := changed_files(directory, manifest):
+        problem = f"has {', '.join(changed)} changed since it was built (its sha256)"
     if problem is None:
         return manifest
     if not quiet:
@@ -525,5 +532,5 @@ def _same_store(root: Path, signature: dict) -> tuple[Path, dict] | None:
             continue
         manifest = read_manifest(path.parent)
         if manifest is not None and _by_content(manifest.get("signature") or {}) == wanted:
-            return path.parent, manifest
+            return None if changed_files(path.parent, manifest) else (path.parent, manifest)
     return None
