@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ekd.config import with_todays_defaults
+from ekd.config import flat_config, with_todays_defaults
 from ekd.errors import EkdError
 from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
@@ -484,9 +484,8 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             first = next(o for o in groups.values() if o.runs[0].method == method)
             a, b = first.runs[0], g.runs[0]
             diffs = _config_differences(a.trained_config(), b.trained_config())
-            if by_content and any(
-                d.startswith("data.source=") for d in diffs
-            ):  # the files, besides the blocks
+            if by_content and any(d.startswith("data.source=") for d in diffs):
+                # the files, beside the blocks
                 paths = [(r.config.get("data") or {}).get("source") for r in (b, a)]
                 diffs = [
                     d + (f" ({paths[0]} vs {paths[1]})" if d.startswith("data.source=") else "")
@@ -500,7 +499,7 @@ def _layout(run: RunRecord) -> dict[str, Any]:
     """How ``run`` was laid out and batched without changing what it trained: the keys of
     :data:`~ekd.train.run_dir.SAME_RUN_KEYS` (parallel engine, offload, teacher placement, micro-batch split,
     the same math in another summation order, checkpointing, eval batching) and the ranks it ran on."""
-    flat = {f"{s}.{k}": v for s, sec in run.config.items() if isinstance(sec, dict) for k, v in sec.items()}
+    flat = flat_config(run.config)
     layout = {k: flat.get(k) for k in SAME_RUN_KEYS}
     layout["ranks"] = run.ranks or 1  # a run of an older ekd records none: one process
     return layout
