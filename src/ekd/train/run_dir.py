@@ -487,9 +487,8 @@ class RunStart:
                 f"--resume: {run_dir / 'checkpoints'} holds no checkpoint to resume from; start the run again "
                 "with --overwrite (this replaces it) or under another run.name"
             )
-        if (
-            not finished and checkpoint_step(ckpt) > self.cfg.train.max_steps
-        ):  # try-out 23: step-000005 held step 10
+        # try-out 23: a checkpoint named step-000005 then held step 10's weights
+        if not finished and checkpoint_step(ckpt) > self.cfg.train.max_steps:
             raise RunDirError(
                 f"--resume: {run_dir}'s newest checkpoint {ckpt.name} is past train.max_steps="
                 f"{self.cfg.train.max_steps}; resume with train.max_steps ≥ {checkpoint_step(ckpt)} (the run's "
