@@ -497,6 +497,7 @@ def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsy
 CACHE_AND_DISTILL_REFUSE = {
     "rs-tau2": ["method.kd_temperature=2"],  # RS targets are drawn at τ=1
     "rs-tau-per-token": ["method.temperature=entropy_map"],
+    "rs-tau-schedule": ["method.temperature=schedule", "method.temperature_end=2"],
     "topk-tau-per-token": ["method=topk", "method.temperature=entropy_map"],
     "on-policy": ["method.student_data_fraction=0.5"],
     "full-distribution-score": [
@@ -526,6 +527,24 @@ def test_cache_refuses_what_distill_would_refuse_of_its_cache(setup, overrides, 
     trained = _error_line(capsys)
     assert trained.removeprefix("ekd: error: ") in built, (trained, built)
     assert not (setup["root"] / "runs" / "refused-up-front").exists()
+
+
+def test_a_schedule_that_never_leaves_tau_1_trains_from_the_rs_cache(setup, capsys):
+    """A τ schedule is refused from an RS cache because it changes τ over the steps, named so; one that holds
+    τ = 1 throughout (τ1 = τ0 = 1, or a hold fraction of 1) is τ = 1 at every token and trains from it."""
+    args = ["teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "train.max_steps=2", "--overwrite"]
+    over = ["method.temperature=schedule", "method.temperature_end=2"]
+    assert main(["distill", setup["cfg"], "run.name=schedule-refused", *args, *over]) == 2
+    line = _error_line(capsys)
+    assert "method.temperature=schedule changes τ over the steps (1.0 → 2.0)" in line, line
+    for name, fixed in {
+        "schedule-1-to-1": ["method.temperature=schedule", "method.temperature_end=1"],
+        "schedule-held": [*over, "method.temperature_hold_fraction=1"],
+    }.items():
+        assert main(["-q", "distill", setup["cfg"], f"run.name={name}", *args, *fixed]) == 0, (
+            capsys.readouterr()
+        )
+        assert (setup["root"] / "runs" / name / "student" / "config.json").is_file()
 
 
 def test_topk_cache_at_tau_2_trains_with_the_same_config(setup, capsys):

@@ -11,7 +11,7 @@ import torch
 from ekd.config import MethodConfig
 from ekd.selection.policies import StepContext
 from ekd.selection.types import Selection
-from ekd.temperature import build_temperature, temperature_needs, temperatures
+from ekd.temperature import build_temperature, fixed_tau, temperature_needs, temperatures
 
 V = 50
 
@@ -64,6 +64,29 @@ def test_schedule_holds_then_goes_linearly_to_the_end_value():
         tau = policy(sel, stats, valid, ctx(step))
         assert torch.allclose(tau, torch.full_like(tau, want)), step
     assert policy.diagnostics()["select/tau_schedule"] == pytest.approx(1.0)
+
+
+FIXED_OR_NOT = {
+    "constant": dict(temperature="constant", kd_temperature=2.5),
+    "schedule-1-to-1": dict(temperature="schedule", kd_temperature=1.0, temperature_end=1.0),
+    "schedule-held": dict(
+        temperature="schedule", kd_temperature=2.0, temperature_end=1.0, temperature_hold_fraction=1
+    ),
+    "schedule-2-to-1": dict(temperature="schedule", kd_temperature=2.0, temperature_end=1.0),
+    "idts": dict(temperature="idts"),
+    "entropy_map": dict(temperature="entropy_map"),
+}
+
+
+@pytest.mark.parametrize("kw", FIXED_OR_NOT.values(), ids=FIXED_OR_NOT)
+def test_fixed_tau_is_the_one_tau_the_policy_gives_every_token_of_every_step(kw):
+    """``fixed_tau`` (what a cache made at one τ may serve) says τ exactly when the policy gives that τ to every
+    token at every step, and None when some token or step gets another."""
+    sel, stats, valid = case()
+    policy = build(**kw)
+    seen = {float(t) for step in (0, 10, 50, 90, 100) for t in policy(sel, stats, valid, ctx(step))}
+    tau = fixed_tau(MethodConfig(**kw))
+    assert (seen == {tau}) if tau is not None else len(seen) > 1, (tau, seen)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

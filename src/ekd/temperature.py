@@ -249,3 +249,31 @@ def temperature_needs(method_cfg: Any) -> set[str]:
             f"method.temperature: {temperatures.unknown_message(name)}", keys=("method.temperature",)
         )
     return set(temperatures.get(name).needs)
+
+
+def fixed_tau(method_cfg: Any) -> float | None:
+    """The one τ that every token of every step gets under the configured policy, or None when τ varies.
+
+    ``constant`` gives ``kd_temperature``; ``schedule`` gives it too when it never leaves τ0
+    (``temperature_end`` = ``kd_temperature``, or ``temperature_hold_fraction`` = 1); the per-token policies
+    (``idts``, ``entropy_map``) give None. Cached targets are made at one τ, so only a fixed τ can train from them.
+    """
+    tau0 = float(method_cfg.kd_temperature)
+    if method_cfg.temperature == "constant":
+        return tau0
+    if method_cfg.temperature == "schedule" and (
+        float(method_cfg.temperature_end) == tau0 or float(method_cfg.temperature_hold_fraction) >= 1.0
+    ):
+        return tau0
+    return None
+
+
+def varying_tau(method_cfg: Any) -> str:
+    """How the configured policy varies τ, for a refusal: '… changes τ per token' or '… over the steps'."""
+    name = method_cfg.temperature
+    if name == "schedule":
+        return (
+            f"method.temperature=schedule changes τ over the steps ({method_cfg.kd_temperature} → "
+            f"{method_cfg.temperature_end})"
+        )
+    return f"method.temperature={name} changes τ per token"

@@ -58,6 +58,7 @@ from ekd.teacher.cache.manifest import IMPORTED, check_cache_directory, check_ca
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
+from ekd.temperature import fixed_tau, varying_tau
 
 log = logging.getLogger(__name__)
 WINDOW_TOKENS = 1 << 15  # stream positions laid and written together (rounded to whole blocks)
@@ -71,9 +72,9 @@ def check_importable(cfg: Config) -> None:
         raise ConfigError(
             f"method.target={m.target}: imported teacher logprobs give top-K targets; set method.target=topk"
         )
-    if m.temperature != "constant":
+    if fixed_tau(m) is None:
         raise ConfigError(
-            f"method.temperature={m.temperature}: an imported cache is made at one τ; use constant"
+            f"{varying_tau(m)}: an imported cache is made at one τ; use method.temperature=constant"
         )
     if m.topk_tail != "renormalize" and m.kd_temperature != 1.0:
         raise ConfigError(

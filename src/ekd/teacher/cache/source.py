@@ -38,6 +38,7 @@ from ekd.teacher.cache.manifest import (
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import cache_signature, teacher_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
+from ekd.temperature import fixed_tau, varying_tau
 
 log = logging.getLogger(__name__)
 
@@ -149,20 +150,17 @@ def check_cache_temperature(method) -> None:
     RS with τ ≠ 1, would train toward the wrong distribution (RS: toward p^τ instead of p_τ).
 
     Raises:
-        ConfigError: ``target=topk`` with a non-constant temperature policy; ``target=rs`` with a
-            non-constant policy or ``kd_temperature ≠ 1``.
+        ConfigError: ``target=topk`` with a policy whose τ varies (:func:`ekd.temperature.fixed_tau`);
+            ``target=rs`` with one whose τ varies or is not 1.
     """
-    if method.target == "topk" and method.temperature != "constant":
+    tau = fixed_tau(method)
+    if method.target == "topk" and tau is None:
         raise ConfigError(
-            f"method.temperature={method.temperature} changes τ per token, but cached top-K targets are "
-            "stored at τ=method.kd_temperature; use method.temperature=constant or teacher.source=online"
+            f"{varying_tau(method)}, but cached top-K targets are stored at one τ (method.kd_temperature); "
+            "use method.temperature=constant or teacher.source=online"
         )
-    if method.target == "rs" and (method.temperature != "constant" or method.kd_temperature != 1.0):
-        what = (
-            f"method.temperature={method.temperature} changes τ per token"
-            if method.temperature != "constant"
-            else f"method.kd_temperature={method.kd_temperature}"
-        )
+    if method.target == "rs" and tau != 1.0:
+        what = varying_tau(method) if tau is None else f"method.kd_temperature={method.kd_temperature}"
         raise ConfigError(
             f"{what}, but cached RS targets are drawn at τ=1; use method.temperature=constant with "
             "method.kd_temperature=1, or teacher.source=online (which draws RS targets at each token's τ)"
