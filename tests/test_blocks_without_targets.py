@@ -7,12 +7,17 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 from ekd.cli import main
+from ekd.config import ConfigError, load_config
 from ekd.data.packing import PackedBlocks
+from ekd.train.trainer import _check_enough_blocks
 from tiny import WORDS, tiny_overrides
 
 
@@ -108,3 +113,31 @@ def test_a_run_of_an_ekd_that_drew_every_block_resumes_exactly(tmp_path, monkeyp
     assert any("so that its order continues exactly" in r.getMessage() for r in caplog.records)
     whole, cut = metrics("whole"), metrics("cut")
     assert cut == whole and 0.0 in whole.values()  # bit for bit, the old draw's empty steps included
+
+
+def test_a_step_larger_than_the_blocks_with_a_target_is_refused_without_advising_shorter_blocks(
+    tmp_path, capsys
+):
+    """try-out 25: 'larger than the 2 training blocks; lower it, lower data.block_length or add data' counted
+    only the blocks with a target without saying so, and shorter blocks leave more of them without one."""
+    source = _rows(tmp_path / "rows.jsonl", n=3)
+    fields = {"data.prompt_field": "prompt", "data.response_field": "response", "method.preset": "kd"}
+    over = tiny_overrides(tmp_path, source, "few", **fields, **{"train.micro_batch_size": 6})
+    assert main(["distill", *over]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line, line
+    found = re.search(r"train\.micro_batch_size=6 is more than the (\d+) of the (\d+) training blocks", line)
+    assert found and int(found[1]) < 6 < int(found[2]), line
+    assert line.endswith("a step draws from (those with a target); lower it or add data"), line
+    assert "block_length" not in line
+
+
+def test_the_step_counts_every_rank_s_rows():
+    cfg = load_config([], ["train.micro_batch_size=2"])
+    with pytest.raises(ConfigError) as refused:
+        _check_enough_blocks(3, 3, False, cfg, SimpleNamespace(world_size=2))
+    assert str(refused.value) == (
+        "train.micro_batch_size=2 × 2 ranks = 4 rows per step is more than the 3 training blocks; lower it, "
+        "lower data.block_length or add data"
+    )
+    _check_enough_blocks(4, 9, False, cfg, SimpleNamespace(world_size=2))  # enough

@@ -240,6 +240,34 @@ def _blocks_with_targets(blocks) -> torch.Tensor:
     return with_targets
 
 
+def _check_enough_blocks(trained: int, blocks: int, sampled: bool, cfg: Config, ranks: Ranks) -> None:
+    """Refuse a step of more rows than the blocks a step draws from, naming why there are so few.
+
+    ``trained`` of the ``blocks`` training blocks are drawn (those with a target, and of those the ones TopSmp
+    kept when ``sampled``); a step takes ``train.micro_batch_size`` rows on each of the W ranks.
+
+    Raises:
+        ConfigError: one line; lowering ``data.block_length`` is advised only when every block holds a target
+            (otherwise shorter blocks leave more of them without one, try-out 25).
+    """
+    rows = cfg.train.micro_batch_size * ranks.world_size
+    if trained >= rows:
+        return
+    step = f"train.micro_batch_size={cfg.train.micro_batch_size}" + (
+        f" × {ranks.world_size} ranks = {rows} rows per step" if ranks.world_size > 1 else ""
+    )
+    if trained == blocks:
+        raise ConfigError(
+            f"{step} is more than the {counted(blocks, 'training block')}; lower it, lower data.block_length "
+            "or add data"
+        )
+    kept = f" that method.sample_fraction={cfg.method.sample_fraction:g} keeps" if sampled else ""
+    raise ConfigError(
+        f"{step} is more than the {trained} of the {counted(blocks, 'training block')} a step draws from (those "
+        f"with a target{kept}); lower it or add data"
+    )
+
+
 def _train(
     cfg: Config, ranks: Ranks, resume: bool, start: RunStart | None, data: PreparedData | None
 ) -> TrainResult:
@@ -317,6 +345,7 @@ def _train(
     trained = _blocks_with_targets(data.blocks["train"])
     if kept is not None:
         trained = kept[torch.isin(kept, trained)]
+    _check_enough_blocks(trained.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks)
     loader = BlockLoader(
         data.blocks["train"],
         cfg.train.micro_batch_size * ranks.world_size,
