@@ -9,6 +9,7 @@ import and from ``ekd cache``'s own top-K cache of the same teacher: the same lo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -193,6 +194,17 @@ def imported(setup) -> Path:
     out = setup["root"] / "imported"
     assert _import(setup, src, out) == 0
     return out
+
+
+def test_an_import_says_the_data_source_figures_once(setup, capsys, caplog):
+    """try-out 25: the import logged `data.source=…: N documents, M characters` twice (the data preparation,
+    then its second read of the training documents to match them with SRC)."""
+    src = _write_parquet(setup["root"] / "teacher-once.parquet", setup["rows"])
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        out = setup["root"] / "imported-said-once"
+        assert main(["cache", "import", str(src), "--config", setup["cfg"], "--out", str(out)]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.source=")]
+    assert len(set(said)) == len(said) and any(" documents, " in line for line in said), said
 
 
 def test_imported_topk_trains_like_the_native_cache(setup, imported, capsys):

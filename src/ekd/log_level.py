@@ -65,6 +65,20 @@ def apply_log_level(level: str) -> None:
 
 
 @contextlib.contextmanager
+def info_said_already(name: str) -> Iterator[None]:
+    """While inside, the logger ``name`` (an ekd module's) says only warnings and errors: for a second pass
+    over what was logged once already (``ekd cache import`` reads the training documents the data preparation
+    has just read and counted)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def quiet_dataset_progress() -> Iterator[None]:
     """Hide the ``datasets`` library's progress bars ("Generating test split: ...") while ekd itself loads a
     dataset (``hf:`` data sources, lm-eval tasks), so they do not interleave with ekd's output; they are

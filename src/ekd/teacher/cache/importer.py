@@ -45,6 +45,7 @@ from ekd.data.chat import RejectedRow, import_key, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.io import file_sha256
 from ekd.locks import holding
+from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.logprob_rows import (
     Columns,
@@ -285,7 +286,8 @@ def _training_documents(cfg: Config) -> Iterable[Document]:
         return train_documents(cfg)
     from ekd.data import load_splits
 
-    return load_splits(cfg, max_chars=cfg.data.max_chars or None)["train"]
+    with info_said_already("ekd.data.documents"):  # the data preparation said each source's figures
+        return load_splits(cfg, max_chars=cfg.data.max_chars or None)["train"]
 
 
 # import's own ways out (the native build's name teacher.cache_dir and `ekd cache CONFIG --overwrite`)
