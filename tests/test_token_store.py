@@ -478,3 +478,44 @@ def test_train_and_ekd_eval_read_the_store(tmp_path: Path, caplog: pytest.LogCap
         results = evaluate_saved_run(cfg.run_dir)
     assert any("reusing" in r.getMessage() for r in caplog.records)
     assert "eval" in results and "train" not in results
+
+
+def _store_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("max_eval_blocks", [2, 9])
+def test_other_eval_pools_copy_the_training_split_and_tokenize_only_the_eval_sets(
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    max_eval_blocks: int,
+) -> None:
+    """`data.max_eval_blocks` sizes the eval pools and nothing else: a store that differs from an existing
+    one only there (`ekd eval RUN data.max_eval_blocks=…`) copies its training split and tokenizes only the
+    eval documents — and is the store, file for file, that a build from scratch makes."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=1500)
+    shift = tmp_path / "shift.jsonl"
+    shift.write_text("".join(json.dumps({"text": f"a b c {'x ' * i}"}) + "\n" for i in range(40)))
+    extra = {"eval_sources": "{shift: " + str(shift) + "}"}
+    prepare_data(
+        config(tmp_path, tokenizer_dir, corpus, True, **extra), tmp_path / "r1"
+    )  # pools for 5 blocks
+    calls = count_encodes(monkeypatch)
+    other = {**extra, "max_eval_blocks": max_eval_blocks}
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        copied = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **other), tmp_path / "r2")
+    said = [r.getMessage() for r in caplog.records if "with the training split of" in r.getMessage()]
+    assert len(said) == 1 and "tokenizing the eval sets only" in said[0], said
+    copied_texts, _ = sum(calls), calls.clear()
+    fresh_cfg = config(tmp_path, tokenizer_dir, corpus, True, **other, store_dir=str(tmp_path / "fresh"))
+    fresh = prepare_data(fresh_cfg, tmp_path / "r3")
+    assert_same_blocks(fresh.blocks, copied.blocks)
+    (built,) = [p for p in (tmp_path / "fresh").iterdir() if p.is_dir()]
+    assert _store_files(tmp_path / "runs" / "token-store" / built.name) == _store_files(built)
+    # the build from scratch tokenized the same eval documents, and every training document besides
+    train = next(
+        s for s in json.loads((built / "manifest.json").read_text())["splits"] if s["name"] == "train"
+    )
+    assert sum(calls) - copied_texts == train["documents"] > 1000, (sum(calls), copied_texts)

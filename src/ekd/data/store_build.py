@@ -127,7 +127,8 @@ def stored_blocks(
             manifest = _complete(directory, signature, quiet=False)  # another process may have built it
             if manifest is None:
                 shutil.rmtree(directory, ignore_errors=True)
-                manifest = _build(cfg, tokenizer, boundary, signature, directory)
+                train_from = _store_with_other_eval_pools(root, signature)
+                manifest = _build(cfg, tokenizer, boundary, signature, directory, train_from)
             else:  # the process we waited for built it
                 _log_reuse(directory, manifest)
     for split in manifest["splits"]:
@@ -310,7 +311,11 @@ def _build(
     boundary: DocumentBoundary,
     signature: dict,
     directory: Path,
+    train_from: tuple[Path, dict] | None = None,
 ) -> dict:
+    """Build the store of ``signature`` into ``directory`` (resuming a killed build of it); with ``train_from``
+    (a complete store that differs only in its eval pools, :func:`_store_with_other_eval_pools`) its training
+    split's files are copied and only the eval sets are tokenized: the same files as a build from scratch."""
     d = cfg.data
     staging = directory.with_name(directory.name + ".partial")
     phases = _phases(cfg)
@@ -326,7 +331,21 @@ def _build(
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         progress = {"phase": 0, "consumed": 0, "splits": {n: asdict(_SplitState()) for n in names}}
-        logger.info("token store %s: building it (data.store_dir; tokenizing once for every run)", directory)
+        if train_from is not None:
+            progress["splits"]["train"] = _copy_train_split(
+                *train_from, staging / f"split-{names.index('train')}"
+            )
+            logger.info(
+                "token store %s: building it with the training split of %s (the same data, tokenizer and packing; "
+                "eval pools for data.max_eval_blocks=%s there): tokenizing the eval sets only",
+                directory,
+                train_from[0],
+                train_from[1]["signature"]["data"]["max_eval_blocks"],
+            )
+        else:
+            logger.info(
+                "token store %s: building it (data.store_dir; tokenizing once for every run)", directory
+            )
     else:
         logger.info(
             "token store %s: resuming a killed build at document %d of %s",
@@ -534,3 +553,41 @@ def _same_store(root: Path, signature: dict) -> tuple[Path, dict] | None:
         if manifest is not None and _by_content(manifest.get("signature") or {}) == wanted:
             return None if changed_files(path.parent, manifest) else (path.parent, manifest)
     return None
+
+
+def _without_eval_pools(signature: dict) -> dict:
+    """``signature`` by content (:func:`_by_content`) without ``data.max_eval_blocks``, which sizes the eval
+    pools and nothing else: the training split is read, routed and packed alike whatever it is."""
+    out = _by_content(signature)
+    if isinstance(out.get("data"), dict):
+        out["data"].pop("max_eval_blocks", None)
+    return out
+
+
+def _store_with_other_eval_pools(root: Path, signature: dict) -> tuple[Path, dict] | None:
+    """A complete, unchanged store under ``root`` that differs from ``signature`` only in
+    ``data.max_eval_blocks``: (its directory, its manifest), or None. Its training split is the one a build of
+    ``signature`` makes (the split routes each document by its content and is filled to ``data.max_tokens``
+    whatever the eval pools hold), so ``ekd eval RUN data.max_eval_blocks=…`` does not tokenize the training
+    corpus again."""
+    wanted = _without_eval_pools(signature)
+    for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+        if path.parent.name.endswith(".partial"):
+            continue
+        manifest = read_manifest(path.parent)
+        if manifest is None or _without_eval_pools(manifest.get("signature") or {}) != wanted:
+            continue
+        if any(s["name"] == "train" for s in manifest["splits"]) and not changed_files(path.parent, manifest):
+            return path.parent, manifest
+    return None
+
+
+def _copy_train_split(directory: Path, manifest: dict, split_dir: Path) -> dict:
+    """Copy the training split's files of the store at ``directory`` into ``split_dir``; its
+    :class:`_SplitState` as a dict (closed: the build reads no more training documents)."""
+    train = next(s for s in manifest["splits"] if s["name"] == "train")
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for filename, _ in FILES.values():
+        shutil.copyfile(directory / f"split-{train['folder']}" / filename, split_dir / filename)
+    documents = train["documents"]
+    return asdict(_SplitState(tokens=train["tokens"], documents=documents, accepted=documents, closed=True))
