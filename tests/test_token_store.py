@@ -478,6 +478,10 @@ def test_train_and_ekd_eval_read_the_store(tmp_path: Path, caplog: pytest.LogCap
         results = evaluate_saved_run(cfg.run_dir)
     assert any("reusing" in r.getMessage() for r in caplog.records)
     assert "eval" in results and "train" not in results
+    caplog.clear()  # a larger eval set: the eval pools are tokenized, not the training corpus again
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        evaluate_saved_run(cfg.run_dir, ["data.max_eval_blocks=3"])
+    assert any("tokenizing the eval sets only" in r.getMessage() for r in caplog.records)
 
 
 def _store_files(store: Path) -> dict[str, bytes]:
