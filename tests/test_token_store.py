@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from pathlib import Path
@@ -228,6 +229,7 @@ def test_a_run_that_waited_for_another_build_logs_that_it_reuses_the_store(
     waited = [i for i, m in enumerate(said) if "waiting for another process that is building it" in m]
     reused = [i for i, m in enumerate(said) if f"token store {store}: reusing it" in m]
     assert len(waited) == 1 and len(reused) == 1 and waited[0] < reused[0], said
+    assert f"(pid {os.getpid()}, {store.parent / store.name}.lock)" in said[waited[0]]  # who builds it
     assert calls == [] and len(looks) == 2
     assert_same_blocks(first.blocks, second.blocks)
 

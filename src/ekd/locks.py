@@ -105,13 +105,13 @@ class FileLock:
 
 
 @contextmanager
-def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def locked(path: Path, on_wait: Callable[[int | None], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` for the block, waiting for another holder; ``on_wait`` is called
-    once before waiting (to log why nothing happens)."""
+    once before waiting, with the holder's pid (None if unreadable), to log why nothing happens and for whom."""
     lock = FileLock(path)
     if not lock.acquire(wait=False):
         if on_wait is not None:
-            on_wait()
+            on_wait(lock.holder())
         lock.acquire(wait=True)
     with lock:
         yield

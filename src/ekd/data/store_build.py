@@ -122,7 +122,11 @@ def stored_blocks(
         lock = root / f"{key}.lock"
         with locked(
             lock,
-            lambda: logger.info("token store: waiting for another process that is building it (%s)", lock),
+            lambda pid: logger.info(
+                "token store: waiting for another process that is building it (%s%s)",
+                f"pid {pid}, " if pid else "",
+                lock,
+            ),
         ):
             manifest = _complete(directory, signature, quiet=False)  # another process may have built it
             if manifest is None:
