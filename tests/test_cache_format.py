@@ -595,12 +595,12 @@ def test_bytes_per_position_at_qwen_vocabulary(tmp_path):
     print(
         f"\nV=151,936 N=50: {result['bytes_per_position']:.1f} B/position on disk "
         f"({result['entries_per_position']:.1f} ids/position, teacher entropy {result['mean_teacher_entropy']:.2f} nats; "
-        f"fixed-width bound {result['analytic_bytes_per_position']:.1f} B; fp16 logits {result['full_fp16_logits_bytes']} B; "
+        f"fixed-width bound {result['fixed_width_bound_bytes_per_position']:.1f} B; fp16 logits {result['full_fp16_logits_bytes']} B; "
         f"top-64 int32+fp16 {result['top64_int32_fp16_bytes']} B)"
     )
     assert 11 < result["entries_per_position"] < 15
     assert result["bytes_per_position"] <= 40.0
-    assert result["bytes_per_position"] < result["analytic_bytes_per_position"]
+    assert result["bytes_per_position"] < result["fixed_width_bound_bytes_per_position"]
     info = CacheReader(tmp_path).info()
     assert info["samples"] == 2 and info["positions"] == 512
     assert info["bytes_per_position"] == result["bytes_per_position"]

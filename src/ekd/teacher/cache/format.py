@@ -197,7 +197,9 @@ class Layout:
         """Bits per cached position outside its entries: K_i, statistics, ghost tail."""
         return self.k_bits + 8 * self.stat_bytes + (32 if self.tail else 0)
 
-    def analytic_bytes_per_position(self, entries_per_position: float, positions_per_sample: float) -> float:
+    def fixed_width_bound_bytes_per_position(
+        self, entries_per_position: float, positions_per_sample: float
+    ) -> float:
         """Fixed-width bound: (row_bits + K̄·fixed_entry_bits)/8 + (header + index entry + ⌈T/8⌉)/P̄.
 
         What plain bit packing (⌈log2 V⌉-bit ids, ⌈log2(N+1)⌉-bit counts) would take; the Elias–Fano ids and

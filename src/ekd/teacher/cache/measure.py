@@ -8,7 +8,7 @@ Synthetic teacher: at each position the token of rank r gets logit −s·ln r (Z
 position from U(1.3, 2.4), and ranks are placed on token ids by a per-position affine permutation.
 That range gives a mean teacher entropy of ≈ 2.2 nats and ≈ 13 unique ids per position at N = 50 for
 V = 151,936 — in line with real LM teachers (RS-KD reports ≈ 12 unique ids at N = 50). Bytes depend on the
-teacher mostly through K̄ (entries per position): see ``analytic_bytes_per_position`` for other K̄.
+teacher mostly through K̄ (entries per position): see ``fixed_width_bound_bytes_per_position`` for other K̄.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def measure_bytes_per_position(
 
     Returns:
         dict with measured ``bytes_per_position`` and ``bytes_per_token`` (shards on disk), the
-        ``analytic_bytes_per_position``, ``entries_per_position``, ``mean_teacher_entropy``, and, for
+        ``fixed_width_bound_bytes_per_position``, ``entries_per_position``, ``mean_teacher_entropy``, and, for
         comparison, ``full_fp16_logits_bytes`` (2V) and ``top64_int32_fp16_bytes`` (64·6).
     """
     rows = num_blocks * block_length
@@ -158,8 +158,8 @@ def measure_bytes_per_position(
         "stat_format": stat_format,
         "bytes_per_position": info["bytes_per_position"],
         "bytes_per_token": info["bytes_per_token"],
-        "analytic_bytes_per_position": info["analytic_bytes_per_position"],
-        "analytic_formula": info["analytic_formula"],
+        "fixed_width_bound_bytes_per_position": info["fixed_width_bound_bytes_per_position"],
+        "fixed_width_bound_formula": info["fixed_width_bound_formula"],
         "entries_per_position": info["entries_per_position"],
         "mean_teacher_entropy": float(entropy.mean()),
         "mean_cached_entropy": float(entropy_2d.gather(1, positions).mean()),

@@ -392,8 +392,10 @@ class CacheReader:
             "bytes_on_disk": shard_bytes + (self.directory / MANIFEST).stat().st_size,
             "bytes_per_position": shard_bytes / positions,
             "bytes_per_token": shard_bytes / max(counts["tokens"], 1),
-            "analytic_bytes_per_position": self.layout.analytic_bytes_per_position(epp, pps),
-            "analytic_formula": self.layout.formula(),
+            "fixed_width_bound_bytes_per_position": self.layout.fixed_width_bound_bytes_per_position(
+                epp, pps
+            ),
+            "fixed_width_bound_formula": self.layout.formula(),
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
