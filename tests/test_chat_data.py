@@ -904,3 +904,31 @@ def test_a_template_that_writes_todays_date_is_said(chat_tok, caplog):
         ChatRenderer(chat_tok, dated, "data.chat_template")  # the run's next renderer: said once
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "(data.chat_template) writes today's date (strftime_now)" in said[0], said
+
+
+def test_an_object_content_the_template_writes_as_python_text_is_said_once(chat_tok, caplog):
+    """Try-out 25: a tool result given as a JSON object is written by Qwen2.5's template (`{{ content }}`) as
+    Python text, `{'temp': 10}`, as `apply_chat_template` writes it; said once, found by a probe. A template that
+    writes it with `tojson` (Llama-3.1's) is not said."""
+    import ekd.data.chat as chat_module
+
+    call = {"type": "function", "function": {"name": "sorted", "arguments": {"x": 1}}}
+    row = parse_messages(
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": {"temp": 10}},
+            {"role": "assistant", "content": "ten"},
+        ]
+    )
+    as_json = TOOLS.replace("{{ m['content'] }}", "{{ m['content'] | tojson }}")
+    chat_module._SAID_UNWRITTEN.clear()  # said once per process: this test's own count
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        for _ in range(2):  # a renderer per data source
+            rendered = ChatRenderer(chat_tok, TOOLS)(row, "t.jsonl:3")
+        assert "{'temp': 10}" in chat_tok.decode(rendered.input_ids)  # as apply_chat_template writes it
+        assert '{"temp": 10}' in chat_tok.decode(ChatRenderer(chat_tok, as_json)(row, "t.jsonl:3").input_ids)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert said[0].startswith("data.format=chat: row t.jsonl:3 gives a tool message's content as a JSON object")
+    assert "writes as Python text" in said[0] and "give such contents as JSON strings" in said[0]

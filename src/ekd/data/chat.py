@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 ASSISTANT = "assistant"
 _SAID_DATED: set[str] = set()  # templates writing today's date, said once per process
-_SAID_UNWRITTEN: set[tuple[str, str]] = set()  # ("tools" | "tool_calls", template) said to drop them
+# (what, template) said once: "tools" | "tool_calls" dropped, "object content of <role>" written as Python text
+_SAID_UNWRITTEN: set[tuple[str, str]] = set()
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
 
 
@@ -345,6 +346,8 @@ class ChatRenderer:
             self._say_unwritten("tools", doc_id)
         if any(dict(m.extra).get("tool_calls") for m in messages):
             self._say_unwritten("tool_calls", doc_id)
+        if role := next((m.role for m in messages if isinstance(m.content, dict)), None):
+            self._say_object_written_as_python(role, doc_id)
         if self.method == "generation_markers":
             rendered = self._with_markers(conversation, tools)
         else:
@@ -388,6 +391,36 @@ class ChatRenderer:
                 "the rows are rendered without them"
                 if what == "tools"
                 else "a turn that only calls a tool is trained as an empty answer",
+            )
+
+    def _say_object_written_as_python(self, role: str, doc_id: str) -> None:
+        """Warn once when the template writes a message content given as a JSON object (a tool result) as
+        Python text — ``{'temp': 10}``, as Qwen2.5's ``{{ message.content }}`` does, where Llama-3.1's writes
+        ``tojson`` — found by rendering a probe object in a ``role`` message (try-out 25). The rows render as
+        ``apply_chat_template`` renders them; a JSON string is written as given."""
+        what = f"object content of {role}"
+        if what in self._unwritten or (what, self.template) in _SAID_UNWRITTEN:
+            return
+        call = {"type": "function", "function": {"name": "ekd_probe_tool", "arguments": {}}}
+        probe = [
+            {"role": "user", "content": "ekd probe question"},
+            {"role": ASSISTANT, "content": None, "tool_calls": [call]},
+            {"role": role, "content": {"ekd_probe_key": "ekd probe value"}},
+            {"role": ASSISTANT, "content": "ekd probe answer"},
+        ]
+        try:
+            python = "{'ekd_probe_key': 'ekd probe value'}" in self._render(probe)
+        except RejectedRow:  # the template refuses the probe: its rows are skipped and counted, said there
+            python = False
+        self._unwritten[what] = python
+        if python:
+            _SAID_UNWRITTEN.add((what, self.template))
+            logger.warning(
+                "data.format=chat: row %s gives a %s message's content as a JSON object, which the chat template "
+                "writes as Python text ({'key': 'value'}, not JSON); give such contents as JSON strings if the "
+                "model should read JSON",
+                doc_id,
+                role,
             )
 
     def closing_text(self) -> str:
