@@ -778,7 +778,7 @@ def test_tools_and_tool_calls_a_template_drops_are_said_once(chat_tok, caplog, t
     )
     import ekd.data.chat as chat_module
 
-    chat_module._SAID_UNWRITTEN.clear()  # said once per process: this test's own count
+    chat_module._SAID.clear()  # said once per process: this test's own count
     with caplog.at_level(logging.WARNING, logger="ekd"):
         for _ in range(2):  # a renderer per data source (train, eval sets): said once in all (try-out 25)
             renderer = ChatRenderer(chat_tok, template)
@@ -922,7 +922,7 @@ def test_an_object_content_the_template_writes_as_python_text_is_said_once(chat_
         ]
     )
     as_json = TOOLS.replace("{{ m['content'] }}", "{{ m['content'] | tojson }}")
-    chat_module._SAID_UNWRITTEN.clear()  # said once per process: this test's own count
+    chat_module._SAID.clear()  # said once per process: this test's own count
     with caplog.at_level(logging.WARNING, logger="ekd"):
         for _ in range(2):  # a renderer per data source
             rendered = ChatRenderer(chat_tok, TOOLS)(row, "t.jsonl:3")

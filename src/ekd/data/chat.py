@@ -44,9 +44,9 @@ from ekd.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 ASSISTANT = "assistant"
-_SAID_DATED: set[str] = set()  # templates writing today's date, said once per process
-# (what, template) said once: "tools" | "tool_calls" dropped, "object content of <role>" written as Python text
-_SAID_UNWRITTEN: set[tuple[str, str]] = set()
+# (what, template) said once per process, however many renderers a run makes (one per data source): "dated"
+# (writes today's date), "tools" | "tool_calls" (drops them), "object content of <role>" (writes it as Python)
+_SAID: set[tuple[str, str]] = set()
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the regex transformers checks for
 
 
@@ -319,8 +319,8 @@ class ChatRenderer:
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
         self._closing: str | None = None  # closing_text(), probed once
         self._unwritten: dict[str, bool] = {}  # "tools" / "tool_calls" → the template drops them (a probe)
-        if "strftime_now" in template and template not in _SAID_DATED:  # Llama-3.1/3.2: "Today Date: <today>"
-            _SAID_DATED.add(template)  # once per process, however many renderers the run makes
+        if "strftime_now" in template and ("dated", template) not in _SAID:  # Llama-3.1/3.2: "Today Date: …"
+            _SAID.add(("dated", template))
             logger.warning(
                 "data.format=chat: the chat template (%s) writes today's date (strftime_now), so the same rows "
                 "render other tokens on another day: a token store, a teacher cache or eval sets made today do "
@@ -361,7 +361,7 @@ class ChatRenderer:
         turn's ``tool_calls`` — found by rendering a probe with a named tool and looking for its name (try-out
         24: a template that only mentions ``tools``, such as Mistral v0.3's, passed a search of its text; a
         Llama-3.0 template trained a tool-calling turn as an empty answer without a word)."""
-        if what in self._unwritten or (what, self.template) in _SAID_UNWRITTEN:
+        if what in self._unwritten or (what, self.template) in _SAID:
             return
         name = f"ekd_probe_{what}"
         probe: list[dict] = [{"role": "user", "content": "ekd probe question"}]
@@ -380,7 +380,7 @@ class ChatRenderer:
             unwritten = False
         self._unwritten[what] = unwritten
         if unwritten:
-            _SAID_UNWRITTEN.add((what, self.template))  # once per run: a renderer is made per data source
+            _SAID.add((what, self.template))
             logger.warning(
                 "data.format=chat: row %s has %s, which the chat template does not write: %s; use a template "
                 "that writes them (the model's own, if it was trained with tools)",
@@ -399,7 +399,7 @@ class ChatRenderer:
         ``tojson`` — found by rendering a probe object in a ``role`` message (try-out 25). The rows render as
         ``apply_chat_template`` renders them; a JSON string is written as given."""
         what = f"object content of {role}"
-        if what in self._unwritten or (what, self.template) in _SAID_UNWRITTEN:
+        if what in self._unwritten or (what, self.template) in _SAID:
             return
         call = {"type": "function", "function": {"name": "ekd_probe_tool", "arguments": {}}}
         probe = [
@@ -414,7 +414,7 @@ class ChatRenderer:
             python = False
         self._unwritten[what] = python
         if python:
-            _SAID_UNWRITTEN.add((what, self.template))
+            _SAID.add((what, self.template))
             logger.warning(
                 "data.format=chat: row %s gives a %s message's content as a JSON object, which the chat template "
                 "writes as Python text ({'key': 'value'}, not JSON); give such contents as JSON strings if the "
