@@ -219,6 +219,7 @@ def test_a_run_that_waited_for_another_build_logs_that_it_reuses_the_store(
 
     monkeypatch.setattr(store_build, "_complete", still_building)
     monkeypatch.setattr(store_build, "_same_store", lambda root, signature: None)
+    monkeypatch.setattr(store_build, "_store_of_a_shorter_corpus", lambda root, signature: None)
     other = FileLock(store.parent / f"{store.name}.lock")
     assert other.acquire(wait=False)
     threading.Timer(0.5, other.release).start()
@@ -525,3 +526,32 @@ def test_other_eval_pools_copy_the_training_split_and_tokenize_only_the_eval_set
         s for s in json.loads((built / "manifest.json").read_text())["splits"] if s["name"] == "train"
     )
     assert sum(calls) - copied_texts == train["documents"] > 1000, (sum(calls), copied_texts)
+
+
+def test_a_budget_above_the_whole_corpus_reuses_the_store_of_another_such_budget(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data.max_tokens` above the whole training corpus (or 0, no budget) reads every document: a store built
+    for one such budget is the store of another (try-out 27: `max_tokens` raised above the corpus built a
+    duplicate). A budget that cuts the corpus builds its own."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=200)
+    whole = prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    corpus_tokens = len(whole.blocks["train"]) * 16
+    calls = count_encodes(monkeypatch)
+    for budget in (corpus_tokens + 64, 10**9):
+        again = prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, True, max_tokens=budget), tmp_path / "r2"
+        )
+        assert calls == [], budget
+        assert_same_blocks(whole.blocks, again.blocks)
+    cut = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, max_tokens=160), tmp_path / "r3")
+    assert sum(calls) > 0 and len(cut.blocks["train"]) == 10 < len(whole.blocks["train"])
+    assert len([p for p in (tmp_path / "runs" / "token-store").iterdir() if p.is_dir()]) == 2
+    other = {"store_dir": str(tmp_path / "other"), "max_tokens": 10**9}  # and back: built for a budget
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **other), tmp_path / "r4")
+    calls.clear()
+    unbudgeted = prepare_data(
+        config(tmp_path, tokenizer_dir, corpus, True, **other | {"max_tokens": 0}), tmp_path
+    )
+    assert calls == []
+    assert_same_blocks(whole.blocks, unbudgeted.blocks)

@@ -114,6 +114,8 @@ def stored_blocks(
     manifest = _complete(directory, signature, quiet=True)
     if manifest is None and (same := _same_store(root, signature)) is not None:
         directory, manifest = same  # built before config paths were resolved: other spellings, same files
+    if manifest is None and (same := _store_of_a_shorter_corpus(root, signature)) is not None:
+        directory, manifest = same  # data.max_tokens above the whole corpus there and here: the same files
     if manifest is not None:
         _log_reuse(directory, manifest)
     else:
@@ -545,17 +547,54 @@ def _by_content(signature: dict) -> dict:
     return out
 
 
+def _complete_stores(root: Path) -> Iterator[tuple[Path, dict]]:
+    """(directory, manifest) of every store under ``root`` with a manifest, in name order (builds in progress
+    left out)."""
+    for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+        if not path.parent.name.endswith(".partial") and (manifest := read_manifest(path.parent)) is not None:
+            yield path.parent, manifest
+
+
 def _same_store(root: Path, signature: dict) -> tuple[Path, dict] | None:
     """A complete store under ``root`` whose signature differs from ``signature`` only in the spelling of its
     local paths (a store built before config paths were resolved at load time, keyed by the relative spelling):
     (its directory, its manifest), or None."""
     wanted = _by_content(signature)
-    for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
-        if path.parent.name.endswith(".partial"):
+    for directory, manifest in _complete_stores(root):
+        if _by_content(manifest.get("signature") or {}) == wanted:
+            return None if changed_files(directory, manifest) else (directory, manifest)
+    return None
+
+
+def _train_budget(signature: dict) -> int | None:
+    """The training split's token budget of a store signature (``data.max_tokens`` in whole blocks); None for
+    no budget (``max_tokens`` 0)."""
+    data = signature["data"]
+    budget = data["max_tokens"] // data["block_length"] * data["block_length"]
+    return budget or None
+
+
+def _store_of_a_shorter_corpus(root: Path, signature: dict) -> tuple[Path, dict] | None:
+    """A complete, unchanged store under ``root`` that differs from ``signature`` only in ``data.max_tokens``
+    (and path spellings), when the whole training corpus is below both budgets: it read every document, as a
+    build of ``signature`` would, so its files are that build's. (its directory, its manifest), or None."""
+    wanted = _by_content(signature)
+    wanted["data"].pop("max_tokens", None)
+    budget = _train_budget(signature)
+    for directory, manifest in _complete_stores(root):
+        found = _by_content(manifest.get("signature") or {})
+        if not isinstance(found.get("data"), dict) or "max_tokens" not in found["data"]:
             continue
-        manifest = read_manifest(path.parent)
-        if manifest is not None and _by_content(manifest.get("signature") or {}) == wanted:
-            return None if changed_files(path.parent, manifest) else (path.parent, manifest)
+        its_budget = _train_budget(found)
+        found["data"].pop("max_tokens")
+        train = next((s for s in manifest["splits"] if s["name"] == "train"), None)
+        if found != wanted or train is None:
+            continue
+        tokens = train["tokens"]  # the whole corpus when below its budget: the build never closed the split
+        if all(b is None or tokens < b for b in (budget, its_budget)) and not changed_files(
+            directory, manifest
+        ):
+            return directory, manifest
     return None
 
 
@@ -575,14 +614,11 @@ def _store_with_other_eval_pools(root: Path, signature: dict) -> tuple[Path, dic
     whatever the eval pools hold), so ``ekd eval RUN data.max_eval_blocks=…`` does not tokenize the training
     corpus again."""
     wanted = _without_eval_pools(signature)
-    for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
-        if path.parent.name.endswith(".partial"):
+    for directory, manifest in _complete_stores(root):
+        if _without_eval_pools(manifest.get("signature") or {}) != wanted:
             continue
-        manifest = read_manifest(path.parent)
-        if manifest is None or _without_eval_pools(manifest.get("signature") or {}) != wanted:
-            continue
-        if any(s["name"] == "train" for s in manifest["splits"]) and not changed_files(path.parent, manifest):
-            return path.parent, manifest
+        if any(s["name"] == "train" for s in manifest["splits"]) and not changed_files(directory, manifest):
+            return directory, manifest
     return None
 
 
