@@ -158,12 +158,22 @@ def test_free_student_trained_on_rs_targets_at_tau_2_reaches_the_teachers_distri
         (["method.target=rs"], True),
         (["method.target=rs", "method.kd_temperature=2.0"], False),
         (["method.target=rs", "method.temperature=entropy_map"], False),
-        (["method.target=rs", "method.temperature=schedule"], False),
+        (["method.target=rs", "method.temperature=schedule", "method.temperature_end=2"], False),
+        (["method.target=rs", "method.temperature=schedule"], True),  # τ 1 → 1: τ = 1 at every step
         (["method=egad", "method.feature_weight=0.0", "method.target=rs"], False),
         (["method.target=topk", "method.kd_temperature=2.0"], True),
         (["method.target=topk", "method.temperature=entropy_map"], False),
     ],
-    ids=["rs-tau1", "rs-tau2", "rs-entropy_map", "rs-schedule", "egad-rs", "topk-tau2", "topk-entropy_map"],
+    ids=[
+        "rs-tau1",
+        "rs-tau2",
+        "rs-entropy_map",
+        "rs-schedule",
+        "rs-schedule-1-to-1",
+        "egad-rs",
+        "topk-tau2",
+        "topk-entropy_map",
+    ],
 )
 def test_cached_targets_are_refused_at_a_temperature_they_were_not_made_at(tmp_path, overrides, ok):
     cfg = load_config(
