@@ -930,5 +930,7 @@ def test_an_object_content_the_template_writes_as_python_text_is_said_once(chat_
         assert '{"temp": 10}' in chat_tok.decode(ChatRenderer(chat_tok, as_json)(row, "t.jsonl:3").input_ids)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1, said
-    assert said[0].startswith("data.format=chat: row t.jsonl:3 gives a tool message's content as a JSON object")
+    assert said[0].startswith(
+        "data.format=chat: row t.jsonl:3 gives a tool message's content as a JSON object"
+    )
     assert "writes as Python text" in said[0] and "give such contents as JSON strings" in said[0]

@@ -335,10 +335,10 @@ def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
 
     real_step, real_save = trainer_mod.forward_backward, trainer_mod.save_checkpoint
 
-    def killed_at_step_3(micro, student, teacher, parts, step, *args):
+    def killed_at_step_3(micro, student, teacher, parts, step, *args, **kwargs):
         if step == 3:
             raise KeyboardInterrupt
-        return real_step(micro, student, teacher, parts, step, *args)
+        return real_step(micro, student, teacher, parts, step, *args, **kwargs)
 
     def save_without_totals(run_dir, step, student, optimizer, state, *args, **kwargs):
         state = {k: v for k, v in state.items() if k != "run_totals"}

@@ -614,7 +614,7 @@ def test_loader_exact_resume_across_epochs(k: int) -> None:
     first = BlockLoader(blocks, 3, seed=1)
     assert take(first, k) == uninterrupted[:k]
     state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
-    assert set(state) == {"epoch", "position", "blocks"}
+    assert set(state) == {"epoch", "position", "blocks", "step_rows"}
     resumed = BlockLoader(blocks, 3, seed=1)
     resumed.load_state_dict(state)
     assert take(resumed, 10 - k) == uninterrupted[k:]
@@ -623,6 +623,36 @@ def test_loader_exact_resume_across_epochs(k: int) -> None:
     assert take(old, 10 - k) == uninterrupted[k:]
     with pytest.raises(ValueError, match="the loader drew from 10 blocks, this run from 9"):
         BlockLoader(blocks, 3, seed=1, indices=range(9)).load_state_dict(state)
+
+
+def _step_rows(loader: BlockLoader, steps: int) -> list[list[int]]:
+    """Each optimizer step's rows, its micro-batches concatenated."""
+    return [sum((b.sample_ids.tolist() for b in loader.next_step()), []) for _ in range(steps)]
+
+
+def test_every_split_of_a_step_draws_the_same_rows_across_epochs() -> None:
+    """try-out 28: the epoch ended per micro-batch, so 1 × (4 micro-batches of 4) kept an epoch's last 4 blocks
+    where 16 × 1 dropped them, and trained on other blocks from then on. An epoch now ends per optimizer step:
+    one step of 12 rows, 2 × 6, 4 × 3 and 12 × 1 draw the same rows at every step, over several epochs."""
+    blocks = make_blocks(58)  # 58 mod 12 = 10 rows left over per epoch, 58 mod 3 = 1
+    steps = [_step_rows(BlockLoader(blocks, 12 // a, seed=5, step_batches=a), 20) for a in (1, 2, 4, 12)]
+    assert all(s == steps[0] for s in steps[1:])
+    assert all(len(set(rows)) == 12 for rows in steps[0])  # no step spans two epochs: no block twice
+
+
+def test_a_checkpoint_of_the_per_batch_epoch_rule_continues_with_it() -> None:
+    """A run saved by an ekd that ended epochs per micro-batch (its loader state records no step_rows) keeps
+    that rule on --resume, so it continues exactly as it would have."""
+    blocks = make_blocks(10)
+    old_rule = BlockLoader(blocks, 2, seed=3)  # steps of 2 micro-batches of 2, drawn one batch at a time
+    uninterrupted = [sum(take(old_rule, 2), []) for _ in range(6)]
+    assert _step_rows(BlockLoader(blocks, 2, seed=3, step_batches=2), 6) != uninterrupted  # the rules differ
+    first = BlockLoader(blocks, 2, seed=3)
+    take(first, 4)  # two steps under the old rule, then a checkpoint
+    state = {k: v for k, v in first.state_dict().items() if k != "step_rows"}
+    resumed = BlockLoader(blocks, 2, seed=3, step_batches=2)
+    resumed.load_state_dict(state)
+    assert _step_rows(resumed, 4) == uninterrupted[2:]
 
 
 def test_loader_subset_no_shuffle_and_partial_batches() -> None:

@@ -380,3 +380,76 @@ def test_a_model_saved_without_tokenizer_files_reads_the_runs_or_is_one_line(
         prepare_tokenizer(_cfg(teacher, student, "student"), tmp_path, None)
     assert "\n" not in str(e.value) and f"model.student: {student} holds no tokenizer files" in str(e.value)
     assert "model.tokenizer" in str(e.value)
+
+
+def _tiny_model(path, config_class, model_class, tokenizer_dir, rows: int):
+    tok = load_tokenizer(str(tokenizer_dir))
+    config = config_class(
+        vocab_size=rows,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
+    model_class(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_ekd_eval_reads_the_export_with_the_tokenizer_the_run_trained_with(
+    tmp_path, recut_dirs, capsys, caplog
+):
+    """try-out 29: a Qwen2 student trained with a Llama teacher's tokenizer is exported with that tokenizer's
+    files, yet transformers 5 loads them as Qwen2Tokenizer next to model_type qwen2 — another pre-tokenizer.
+    `ekd eval RUN` read the export that way: it refused the run's own teacher, and with eval.teacher=false
+    wrote perplexity 32.3 over the run's 3.24. The run records its tokenizer's class and encodings; ekd eval
+    reads the export with them and scores what the run scored; the export says how to load it."""
+    import json
+    import logging
+
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from ekd.cli import main
+    from tiny import tiny_overrides
+
+    qwen, llama = recut_dirs
+    teacher = _tiny_model(tmp_path / "teacher", LlamaConfig, LlamaForCausalLM, llama, 400)
+    student = _tiny_model(tmp_path / "student", Qwen2Config, Qwen2ForCausalLM, llama, 400)
+    corpus = tmp_path / "sums.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": f"{i} plus {j} is {i + j}."}) + "\n" for i in range(40) for j in range(6))
+    )
+    extra = {
+        "model.teacher": teacher,
+        "model.student": student,
+        "model.tokenizer": "teacher",
+        "train.max_steps": 2,
+    }
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "q", **extra)]) == 0, (
+            capsys.readouterr().err
+        )
+    run = tmp_path / "runs" / "q"
+    said = [r.getMessage() for r in caplog.records if "AutoTokenizer.from_pretrained" in r.getMessage()]
+    assert (
+        len(said) == 1 and "as Qwen2Tokenizer" in said[0] and "TokenizersBackend.from_pretrained" in said[0]
+    ), said
+    marker = json.loads((run / "ekd-run.json").read_text())
+    assert marker["tokenizer_class"] == "TokenizersBackend"
+    scored = json.loads((run / "eval.json").read_text())
+    assert main(["-q", "eval", str(run)]) == 0, capsys.readouterr().err
+    again = json.loads((run / "eval.json").read_text())
+    for name in ("ppl", "kl", "tokens"):
+        assert again["eval"][name] == pytest.approx(scored["eval"][name], rel=1e-6), name
+    # the export's tokenizer files changed after the run: said, nothing written
+    before = (run / "eval.json").read_bytes()
+    load_tokenizer(str(qwen)).save_pretrained(run / "student")  # another tokenizer's files
+    assert main(["eval", str(run), "eval.teacher=false"]) == 2
+    assert "does not encode as the one the run trained with" in capsys.readouterr().err
+    assert (run / "eval.json").read_bytes() == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -211,3 +213,41 @@ def test_periodic_eval_starts_with_the_student_as_loaded(tmp_path, corpus, monke
     )
     rows = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/eval/ppl" in r].count(0) == 1
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=kd", "method.ce_weight=0.5"],
+        ["method=kd", "method.policy=topk", "method.scorer=random", "method.select_fraction=0.5"],
+        ["method=pos_rs"],
+    ],
+    ids=["kd+ce", "random-positions", "pos_rs"],
+)
+def test_micro_batches_and_accumulation_train_alike_across_epochs(tmp_path, corpus, method):
+    """try-out 28: with the same global batch, 1 × (2 micro-batches of g/2) and 1 × g trained on different blocks
+    once the first epoch ended (the epoch ended per micro-batch, so the split that drew smaller batches kept
+    blocks the other dropped), and the rules that draw per row (random scores, pos_rs) keyed their draws by the
+    micro-batch index. Runs crossing two epoch ends now log the same losses at every step."""
+    extra = [*method, "eval.teacher=false", "train.checkpoint_every=0"]
+    probe = load_config(overrides=tiny_overrides(tmp_path, corpus, "probe") + extra)
+    n = len(prepare_data(probe, tmp_path / "prep").blocks["train"])
+    g = next(g for g in range(4, n, 2) if n % g >= g // 2)  # an epoch leaves ≥ one micro-batch over
+    steps = 2 * (n // g) + 1  # two epoch ends
+    runs = {}
+    for name, micro, accum in (("whole", g, 1), ("halves", g // 2, 2)):
+        over = [
+            f"train.micro_batch_size={micro}",
+            f"train.grad_accum_steps={accum}",
+            f"train.max_steps={steps}",
+        ]
+        runs[name] = train(load_config(overrides=tiny_overrides(tmp_path, corpus, name) + extra + over))
+    curves = {name: loss_curve(r.run_dir) for name, r in runs.items()}
+    assert sorted(curves["whole"]) == list(range(1, steps + 1))
+    for step, loss in curves["whole"].items():
+        assert curves["halves"][step] == pytest.approx(loss, rel=1e-5), step
+    tokens = {}
+    for name, r in runs.items():
+        rows = [json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+        tokens[name] = [row["train/kd_tokens"] for row in rows if "train/kd_tokens" in row]
+    assert tokens["whole"] == tokens["halves"]  # the same blocks at every step

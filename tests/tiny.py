@@ -108,10 +108,10 @@ def crash_then_resume(cfg, monkeypatch, crash_step: int = 4):
 
     real = trainer_mod.forward_backward
 
-    def crash(micro, student, teacher, parts, step, *args):
+    def crash(micro, student, teacher, parts, step, *args, **kwargs):
         if step == crash_step:
             raise KeyboardInterrupt  # killed mid-run, after the last checkpoint
-        return real(micro, student, teacher, parts, step, *args)
+        return real(micro, student, teacher, parts, step, *args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "forward_backward", crash)
     with pytest.raises(KeyboardInterrupt):

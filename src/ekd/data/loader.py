@@ -1,9 +1,10 @@
 """Batches from packed blocks: an endless, resumable training loader and an ordered eval iterator.
 
 The training order of epoch ``e`` is a permutation drawn from a ``torch.Generator`` seeded from
-``(seed, e)`` alone, so it never depends on how many batches were drawn before. The loader's state is
-two integers, ``{"epoch", "position"}``; a loader restored from it yields exactly the batches the
-uninterrupted one would have.
+``(seed, e)`` alone, so it never depends on how many batches were drawn before. An optimizer step draws its
+micro-batches together (:meth:`BlockLoader.next_step`) from one epoch. The loader's state is a few integers,
+``{"epoch", "position", ...}``; a loader restored from it yields exactly the batches the uninterrupted one
+would have.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class BlockLoader:
             last batch of an epoch is smaller.
         indices: Restrict to these block indices (sample selection); default all blocks. Their order
             does not matter: they are sorted.
+        step_batches: Batches per optimizer step (``train.grad_accum_steps``), drawn together by
+            :meth:`next_step`: with ``drop_last`` an epoch ends when fewer than ``step_batches × batch_size`` rows
+            are left, so a step never spans two epochs and every split of one step's rows into micro-batches
+            and ranks draws the same rows (try-out 28: 1 rank × 4 micro-batches of 4 dropped no block at an
+            epoch's end where 16 × 1 dropped 4, and trained on other blocks from then on).
 
     Raises:
         ConfigError: No blocks, or ``drop_last`` with fewer blocks than ``batch_size``.
@@ -50,6 +56,7 @@ class BlockLoader:
         shuffle: bool = True,
         drop_last: bool = True,
         indices: torch.Tensor | Sequence[int] | None = None,
+        step_batches: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"train.micro_batch_size must be ≥ 1, got {batch_size}")
@@ -74,6 +81,8 @@ class BlockLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.indices = pool  # (n,) sorted block indices this loader draws from
+        self.step_batches = step_batches
+        self.step_rows = step_batches * batch_size  # rows an epoch must have left for a step to start in it
         self.epoch = 0
         self.position = 0  # rows of the current epoch's order already yielded
         self._order: torch.Tensor | None = None
@@ -86,7 +95,9 @@ class BlockLoader:
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> BlockLoader:
         """A fresh loader (epoch 0) with the same settings over only ``indices`` (block indices)."""
-        return BlockLoader(self.blocks, self.batch_size, self.seed, self.shuffle, self.drop_last, indices)
+        return BlockLoader(
+            self.blocks, self.batch_size, self.seed, self.shuffle, self.drop_last, indices, self.step_batches
+        )
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """(n,) block indices in the order of ``epoch``."""
@@ -95,13 +106,15 @@ class BlockLoader:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return self.indices[torch.randperm(self.indices.numel(), generator=generator)]
 
+    def next_step(self) -> list[Batch]:
+        """The ``step_batches`` Batches of one optimizer step: consecutive rows of one epoch's order, the next
+        epoch begun first when fewer than ``step_rows`` rows are left (``drop_last``)."""
+        self._end_epoch_if_short(self.step_rows)
+        return [self.next_batch() for _ in range(self.step_batches)]
+
     def next_batch(self) -> Batch:
         """The next Batch, moving to the next epoch when the current one is used up."""
-        n = self.indices.numel()
-        remaining = n - self.position
-        if remaining <= 0 or (self.drop_last and remaining < self.batch_size):
-            self.epoch += 1
-            self.position = 0
+        self._end_epoch_if_short(self.batch_size)
         if self._order_epoch != self.epoch:
             self._order = self.epoch_order(self.epoch)
             self._order_epoch = self.epoch
@@ -110,14 +123,27 @@ class BlockLoader:
         self.position += rows.numel()
         return collate(self.blocks, rows)
 
+    def _end_epoch_if_short(self, rows: int) -> None:
+        """Begin the next epoch when this one is used up, or has fewer than ``rows`` left (``drop_last``)."""
+        remaining = self.indices.numel() - self.position
+        if remaining <= 0 or (self.drop_last and remaining < rows):
+            self.epoch += 1
+            self.position = 0
+
     def __iter__(self) -> Iterator[Batch]:
         while True:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        """``{"epoch": int, "position": int, "blocks": int}``: enough to resume exactly (with the same blocks and
-        seed); ``blocks``, how many blocks the order is drawn from, tells a checkpoint of another draw apart."""
-        return {"epoch": self.epoch, "position": self.position, "blocks": self.indices.numel()}
+        """``{"epoch", "position", "blocks", "step_rows"}``: enough to resume exactly (with the same blocks and
+        seed); ``blocks``, how many blocks the order is drawn from, tells a checkpoint of another draw apart;
+        ``step_rows``, the rows a step needs left in an epoch, keeps an older run's epoch rule (below)."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "blocks": self.indices.numel(),
+            "step_rows": self.step_rows,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -132,6 +158,8 @@ class BlockLoader:
                 f"the loader drew from {state['blocks']} blocks, this run from {self.indices.numel()}"
             )
         self.epoch, self.position = epoch, position
+        # a checkpoint of an ekd that ended epochs per batch records no step_rows: it continues with that rule
+        self.step_rows = int(state.get("step_rows", self.batch_size))
 
 
 def iter_eval(blocks: PackedBlocks, batch_size: int, max_blocks: int | None = None) -> Iterator[Batch]:

@@ -370,12 +370,13 @@ def check_same_tokenizer(
             )
             if learns_encoding:
                 log.warning(
-                    "%s: the %s is trained on, and exported with, the %s tokenizer's encodings (a pre-trained "
-                    "%s starts on text cut as it never saw)",
+                    "%s: the %s is trained on, and exported with, the %s tokenizer's encodings (a %s pre-trained "
+                    "on %s's would start on text cut otherwise; the export records the class to load it with)",
                     difference,
                     names[1],
                     names[0],
                     names[1],
+                    type(b).__name__,
                 )
                 return
             raise ModelError(

@@ -6,9 +6,12 @@ process with the same micro-batch. Here draw j of row i in stream ``s`` is the u
 
     u_ij = splitmix64(h(key, s, sample_id_i), j) → [0, 1)            (53 bits, float64)
 
-with ``key`` a hash of (seed, step, global micro-batch index) — the same splitmix64 hash and counter as the
-RS-KD targets (:func:`ekd.teacher.targets.position_seeds`, :func:`~ekd.teacher.targets.counter_uniforms`).
-A row gets the same draws on any rank, in a micro-batch of any size, on CPU or GPU, and after ``--resume``;
+with ``key`` a hash of (seed, step, 0) — :func:`micro_batch_key`; the training loop passes micro-batch 0 for
+every micro-batch of a step, whose rows are distinct blocks of one epoch (a run resumed from an older ekd,
+whose steps could hold a block twice, keeps the micro-batch index) — the same splitmix64 hash and counter as
+the RS-KD targets (:func:`ekd.teacher.targets.position_seeds`, :func:`~ekd.teacher.targets.counter_uniforms`).
+A row gets the same draws on any rank, in a micro-batch of any size, for any split of a step into
+micro-batches, on CPU or GPU, and after ``--resume``;
 ``u_ij`` does not depend on how many draws are asked for. Users: the ``random`` scorer, ``pos_rs`` and
 on-policy sampling. Decisions taken once per micro-batch (the EXP3 budget, the on-policy coin) use the
 micro-batch generator instead, which every rank holds alike.

@@ -278,7 +278,7 @@ def evaluate_saved_run(
     """
     from ekd.log_level import apply_log_level
     from ekd.models.isolation import check_document_isolation
-    from ekd.models.load import check_output_head, load_tokenizer, shared_vocab_size
+    from ekd.models.load import check_output_head, shared_vocab_size
     from ekd.models.positions import check_block_fits_positions
     from ekd.train.prepare import (
         autocast_dtype,
@@ -287,6 +287,7 @@ def evaluate_saved_run(
         load_teacher,
         resolve_device,
     )
+    from ekd.train.run_tokenizer import run_tokenizer
 
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
@@ -299,7 +300,7 @@ def evaluate_saved_run(
     from ekd.data import load_splits
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
-    tokenizer = load_tokenizer(str(student_dir), role="student")
+    tokenizer = run_tokenizer(student_dir, read_marker(run_dir))  # the class the run trained with
     if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
         check_models_fit_tokenizer(
             tokenizer,

@@ -124,8 +124,8 @@ def _one_arithmetic(saved: dict, cfg: Config) -> bool:
 REFUSED_BECAUSE = {
     "train.grad_accum_steps": (
         "train.micro_batch_size × train.grad_accum_steps is the optimizer step's batch, and batch-scoped rules "
-        "(select_per=batch, gls, adakd) rank the rows of one micro-batch together, so another split changes "
-        "the result"
+        "(select_per=batch, gls, adakd, atkd, egad's hard split) rank the rows of one micro-batch together, so "
+        "another split changes the result"
     ),
     "train.precision": "bf16 and fp32 are different arithmetic",
 }

@@ -399,10 +399,11 @@ def evaluate_saved_tasks(
     Raises:
         RunDirError: another ekd process is using the run (training, resuming or evaluating it).
     """
-    from ekd.models.load import load_tokenizer
     from ekd.models.lora import load_exported_student
     from ekd.train.evaluation import load_run_config
     from ekd.train.prepare import autocast_dtype, resolve_device
+    from ekd.train.run_dir import read_marker
+    from ekd.train.run_tokenizer import run_tokenizer
 
     cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     settings = TaskSettings.from_config(cfg)
@@ -411,7 +412,7 @@ def evaluate_saved_tasks(
     require_lm_eval()
     device = resolve_device(cfg.run.device)
     student_dir = Path(run_dir) / "student"
-    tokenizer = load_tokenizer(str(student_dir), role="student")
+    tokenizer = run_tokenizer(student_dir, read_marker(Path(run_dir)))  # the class the run trained with
     student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
     return run_end_tasks(
         cfg, Path(run_dir), student, tokenizer, None, device, autocast_dtype(cfg, device), settings

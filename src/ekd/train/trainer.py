@@ -83,6 +83,7 @@ from ekd.train.rank_work import (
     sharded_sample_scores,
 )
 from ekd.train.run_dir import RunStart
+from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
     save_sharded_checkpoint,
@@ -155,7 +156,10 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 def row_draws(seed: int, step: int, micro: int, batch) -> RowDraws:
     """Per-row random streams of global micro-batch ``micro``: row i's draws are keyed by its sample id, so
-    W ranks draw what one process with the same micro-batch draws."""
+    W ranks draw what one process with the same micro-batch draws. :func:`forward_backward` passes micro 0 for
+    every micro-batch of a step (its rows are distinct blocks of one epoch), so any split of a step into
+    micro-batches draws alike; a run whose loader ended epochs per micro-batch (an older ekd's) keeps its
+    per-micro-batch keys."""
     return RowDraws(micro_batch_key(seed, step, micro), batch.sample_ids)
 
 
@@ -244,27 +248,31 @@ def _check_enough_blocks(trained: int, blocks: int, sampled: bool, cfg: Config, 
     """Refuse a step of more rows than the blocks a step draws from, naming why there are so few.
 
     ``trained`` of the ``blocks`` training blocks are drawn (those with a target, and of those the ones TopSmp
-    kept when ``sampled``); a step takes ``train.micro_batch_size`` rows on each of the W ranks.
+    kept when ``sampled``); a step takes ``train.micro_batch_size`` rows on each of the W ranks, for each of its
+    ``train.grad_accum_steps`` micro-batches, all from one epoch (:meth:`~ekd.data.BlockLoader.next_step`).
 
     Raises:
         ConfigError: one line; lowering ``data.block_length`` is advised only when every block holds a target
             (otherwise shorter blocks leave more of them without one, try-out 25).
     """
-    rows = cfg.train.micro_batch_size * ranks.world_size
+    micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum_steps
+    rows = micro * ranks.world_size * accum
     if trained >= rows:
         return
-    step = f"train.micro_batch_size={cfg.train.micro_batch_size}" + (
-        f" × {ranks.world_size} ranks = {rows} rows per step" if ranks.world_size > 1 else ""
-    )
+    factors = [f"train.micro_batch_size={micro}"]
+    factors += [f"{ranks.world_size} ranks"] if ranks.world_size > 1 else []
+    factors += [f"train.grad_accum_steps={accum}"] if accum > 1 else []
+    step = " × ".join(factors) + (f" = {rows} rows per step" if len(factors) > 1 else "")
+    lower = "lower train.micro_batch_size or train.grad_accum_steps" if accum > 1 else "lower it"
     if trained == blocks:
         raise ConfigError(
-            f"{step} is more than the {counted(blocks, 'training block')}; lower it, lower data.block_length "
+            f"{step} is more than the {counted(blocks, 'training block')}; {lower}, lower data.block_length "
             "or add data"
         )
     kept = f" that method.sample_fraction={cfg.method.sample_fraction:g} keeps" if sampled else ""
     raise ConfigError(
         f"{step} is more than the {trained} of the {counted(blocks, 'training block')} a step draws from (those "
-        f"with a target{kept}); lower it or add data"
+        f"with a target{kept}); {lower} or add data"
     )
 
 
@@ -353,6 +361,7 @@ def _train(
         shuffle=True,
         drop_last=True,
         indices=trained,
+        step_batches=cfg.train.grad_accum_steps,
     )
 
     start_step, resumed_at = 0, None
@@ -452,9 +461,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
-        micro_batches = [
-            rank_slice(loader.next_batch(), ranks).to(device) for _ in range(cfg.train.grad_accum_steps)
-        ]
+        micro_batches = [rank_slice(b, ranks).to(device) for b in loader.next_step()]
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             with gathered(sharded):  # FSDP2: ranks generate different lengths; no collective inside
                 micro_batches = [
@@ -470,7 +477,17 @@ def _train(
                     for i, b in enumerate(micro_batches)
                 ]
         loss_value, sums, kd_count, ce_count, feature_count, feedback = forward_backward(
-            micro_batches, student, teacher, parts, step, cfg, data.vocab_size, amp, run_dir, engine
+            micro_batches,
+            student,
+            teacher,
+            parts,
+            step,
+            cfg,
+            data.vocab_size,
+            amp,
+            run_dir,
+            engine,
+            rows_keyed_per_micro_batch=loader.step_rows < loader.step_batches * loader.batch_size,
         )
         sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
@@ -580,6 +597,7 @@ def _train(
                     dtype=dtype,
                 )
         log.info(export_line(str(run_dir / "student"), dtype, data.vocab_size, rows, shipped, adapter))
+        say_if_auto_differs(run_dir / "student", data.tokenizer)
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
@@ -593,6 +611,7 @@ def _train(
             head_rows=shipped["head_rows"],
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
             ranks=ranks.world_size,
+            **tokenizer_facts(data.tokenizer),  # ekd eval reads the export with the run's tokenizer class
         )
 
     run_on_main(ranks, export, "export the student", share=False)
@@ -630,11 +649,14 @@ def forward_backward(
     amp,
     run_dir: Path,
     engine=None,
+    rows_keyed_per_micro_batch: bool = False,
 ):
     """Accumulate one optimizer step's gradients over its micro-batches.
 
     ``engine``: the DDP wrapper or FSDP2 root under torchrun (gradients summed over ranks in the last
     micro-batch's backward, no communication before it), None in one process.
+    ``rows_keyed_per_micro_batch``: per-row draws keyed by the micro-batch index too (:func:`row_draws`: only
+    for a run whose steps could hold a block twice, resumed from an older ekd's checkpoint).
 
     Every term is normalized by its global count over the whole step (all micro-batches, all ranks),
     planned before any forward pass from the masks alone: each rank gathers the masks of the global
@@ -676,7 +698,7 @@ def forward_backward(
             amp,
             cfg.train.compile,
             feature_count=feature_count,
-            rows=row_draws(cfg.run.seed, step, i, batch),
+            rows=row_draws(cfg.run.seed, step, i if rows_keyed_per_micro_batch else 0, batch),
         )
         with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
             out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)

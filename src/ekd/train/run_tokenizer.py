@@ -1,0 +1,91 @@
+"""The tokenizer a run trained with, read back from its export — not whatever class ``AutoTokenizer`` picks.
+
+transformers 5 loads a tokenizer by the model's ``model_type`` for some families (``qwen2``, ``phi3``, ...:
+its ``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``), whatever ``tokenizer_config.json`` names; such a class
+builds its own normalizer and pre-tokenizer. A student of such a family trained with another family's
+tokenizer (try-out 29: a Qwen2 student with a Llama teacher's byte-level BPE) is exported with the run's
+tokenizer files, yet ``AutoTokenizer.from_pretrained(export)`` returns ``Qwen2Tokenizer``, which cut 271 of 300
+held-out documents otherwise: ``ekd eval RUN`` then refused the run's own teacher, or scored perplexity 32.3
+where the run had scored 3.24, and wrote it over the run's figures.
+
+So a run records the class and the encodings' hash (:func:`~ekd.data.tokenizer.tokenizer_hash`) of its
+tokenizer in ``ekd-run.json`` (:func:`tokenizer_facts`); :func:`run_tokenizer` loads the export with that class and
+checks the hash, and :func:`say_if_auto_differs` warns at export when ``AutoTokenizer`` would load the files
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+from ekd.data.tokenizer import tokenizer_hash
+from ekd.errors import ModelError
+from ekd.models.load import load_or_refuse, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_facts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """What ``ekd-run.json`` records of the run's tokenizer: its class name and its encodings' sha256."""
+    return {"tokenizer_class": type(tokenizer).__name__, "tokenizer_sha256": tokenizer_hash(tokenizer)}
+
+
+def run_tokenizer(student_dir: Path, marker: dict | None) -> PreTrainedTokenizerBase:
+    """The run's tokenizer from its export ``student_dir``: ``AutoTokenizer``, or the class the run recorded in
+    its ``marker`` (``ekd-run.json``) when ``AutoTokenizer`` picks another; a run of an older ekd, which
+    recorded none, gets ``AutoTokenizer``'s.
+
+    Raises:
+        ModelError: the export's tokenizer does not encode as the run's did (its recorded sha256): the files
+            were changed after the run.
+    """
+    marker = marker or {}
+    tokenizer = load_tokenizer(str(student_dir), role="student")
+    name = marker.get("tokenizer_class")
+    if name and type(tokenizer).__name__ != name and (cls := tokenizer_class_from_name(name)) is not None:
+        tokenizer = load_or_refuse(
+            str(student_dir), "student", lambda: cls.from_pretrained(str(student_dir)), "a tokenizer"
+        )
+    expected = marker.get("tokenizer_sha256")
+    if expected and tokenizer_hash(tokenizer) != expected:
+        raise ModelError(
+            f"{student_dir}: its tokenizer ({type(tokenizer).__name__}) does not encode as the one the run "
+            "trained with (another sha256 than ekd-run.json records); put the run's tokenizer files back"
+        )
+    return tokenizer
+
+
+def say_if_auto_differs(directory: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Warn when ``AutoTokenizer.from_pretrained(directory)`` (how users load an export) gives a tokenizer that
+    encodes otherwise than ``tokenizer``, the run's, whose files were saved there."""
+    try:
+        auto = load_tokenizer(str(directory), role="student")
+    except ModelError:
+        return  # an export AutoTokenizer cannot read: loading it says why
+    if tokenizer_hash(auto) == tokenizer_hash(tokenizer):
+        return
+    ours = type(tokenizer).__name__
+    log.warning(
+        "AutoTokenizer.from_pretrained('%s') loads the student's tokenizer files as %s (transformers picks it for "
+        "model_type %s), which encodes text otherwise than the tokenizer the run trained with (%s): load it "
+        "with transformers.%s.from_pretrained('%s') (ekd eval does)",
+        directory,
+        type(auto).__name__,
+        _model_type(directory),
+        ours,
+        ours,
+        directory,
+    )
+
+
+def _model_type(directory: Path) -> str:
+    """``model_type`` of the config.json in ``directory``, '?' when it cannot be read."""
+    try:
+        return str(json.loads((directory / "config.json").read_text()).get("model_type", "?"))
+    except (OSError, ValueError):
+        return "?"
