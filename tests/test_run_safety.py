@@ -638,6 +638,22 @@ def test_resume_below_the_newest_checkpoint_is_refused(ws, capsys):
     assert cli(capsys, "distill", _config(), "train.max_steps=2", "--resume")[0] == 0  # finishes the run
 
 
+def test_resume_with_more_steps_says_the_schedules_follow_the_new_length(ws, capsys, caplog):
+    """Try-out 28: `--resume` of a finished 20-step EGAD run with train.max_steps=30 sent its curriculum back from
+    phase 0.95 to 0.67 (and rescaled every schedule over the run's length) without a word; the README warned
+    only of the learning rate. One line says it."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")[0] == 0
+    said = [r.getMessage() for r in caplog.records if "--resume with train.max_steps" in r.getMessage()]
+    assert said == [
+        "--resume with train.max_steps 2 → 4: what is scheduled over the run's length — the learning rate, and a "
+        "curriculum, coverage or τ schedule or LATF's warm-up — follows the new length from step 3 on (a "
+        "schedule at step 2 of 2 is at 50% of the new one)"
+    ], said
+
+
 def test_resume_reads_the_same_data_at_another_path_and_refuses_other_data(ws, capsys, caplog):
     """Try-out 25: `--resume` with the run's data copied to another path (another node's scratch directory) was
     refused as "the config differs in data.source", though the run records its training blocks' sha256 (and

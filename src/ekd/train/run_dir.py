@@ -499,6 +499,19 @@ class RunStart:
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
+        if "train.max_steps" in diffs:  # try-out 28: EGAD's curriculum phase went 0.95 → 0.67 without a word
+            old_steps = _saved_max_steps(saved)
+            log.info(
+                "--resume with train.max_steps %s → %s: what is scheduled over the run's length — the learning "
+                "rate, and a curriculum, coverage or τ schedule or LATF's warm-up — follows the new length from "
+                "step %d on (a schedule at step %d of %s is at %.0f%% of the new one)",
+                old_steps,
+                self.cfg.train.max_steps,
+                checkpoint_step(ckpt) + 1,
+                checkpoint_step(ckpt),
+                old_steps,
+                100 * checkpoint_step(ckpt) / self.cfg.train.max_steps,
+            )
         said = {**LAYOUT_CHANGES, **SAME_MATH_CHANGES}
         if knobs := [k for k in diffs if k in said]:
             flat = flat_config(saved or {})
