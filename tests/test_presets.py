@@ -124,3 +124,19 @@ def test_stateful_methods_resume_exactly(tmp_path, corpus, monkeypatch, method):
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-7), (step, got, expected)
+
+
+def test_the_bandit_preset_selects_at_most_its_budget(tmp_path, corpus):
+    """try-out 28: the `bandit` preset (budget 0.2, threshold 0) selected 50% at every step — UCB > 0 at every
+    token — and its KD term, divided by the 0.2·N target, weighed 2.5× the per-token mean. Its most selected is
+    now its budget, so the term weighs at most 1×."""
+    run = train(
+        load_config(
+            overrides=tiny_overrides(tmp_path, corpus, "bandit") + ["method=bandit", "train.max_steps=4"]
+        )
+    )
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "select/count" in r]
+    assert len(steps) == 4
+    for r in steps:
+        assert 0 < r["select/count"] <= r["train/kd_tokens"] + 4, r  # Σ⌈0.2·n_i⌉ over 4 rows ≤ 0.2·N + 4

@@ -187,6 +187,7 @@ _add(
     policy="bandit",
     bandit_kind="linucb",
     select_fraction=0.2,
+    bandit_max_fraction=0.2,  # the budget is the most it selects (at 0.5, UCB > 0 kept 50% at 2.5× weight)
 )
 
 _add(
