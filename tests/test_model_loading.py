@@ -325,3 +325,38 @@ def test_a_missing_path_is_named_offline_too(monkeypatch, tmp_path):
     with pytest.raises(ModelError, match="model.student: .*no-such does not exist"):
         hub_kwargs(str(tmp_path / "no-such"), "model.student")
     assert hub_kwargs("org/name", "model.student") == {}  # a hub id: the offline cache decides later
+
+
+def test_a_model_directory_without_weights_is_named_before_data_or_tokenizers(
+    good_dir, monkeypatch, tmp_path, capsys
+):
+    """try-out 29: a student directory holding config.json and a tokenizer but no weights was refused only when
+    the model loaded — after a tokenizer warning that no longer mattered — with advice about the network and
+    HF_HOME for a local directory. Now one line names the missing weights, before any data is read; ekd plan,
+    which reads config.json only, still accepts such a directory."""
+    from ekd.train import trainer
+    from hostile import one_error_line
+    from tiny import config_file, tiny_overrides, write_corpus
+
+    bare = tmp_path / "bare"
+    shutil.copytree(good_dir, bare)
+    (bare / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="holds a config.json but no weights"):
+        load_model(str(bare), vocab_size=64, role="student")
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before the model directories were checked")
+
+    monkeypatch.setattr(trainer, "prepare_data_once", no_data)
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    args = tiny_overrides(tmp_path, corpus, "t", **{"model.student": bare})
+    line = one_error_line(main(["distill", *args]), capsys.readouterr().err)
+    assert line == (
+        f"ekd: error: model.student: {bare} holds a config.json but no weights (model.safetensors, "
+        "pytorch_model.bin or a sharded index); save the model into it (model.save_pretrained) or name the "
+        "directory that holds them"
+    ), line
+    planned = {"model.teacher": bare, "model.student": good_dir, "model.tokenizer": "teacher"}
+    assert main(["plan", config_file(tmp_path, corpus, "p", **planned), "--gpus", "1"]) == 0, (
+        capsys.readouterr()
+    )

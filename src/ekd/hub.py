@@ -80,14 +80,20 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
         ) from None
 
 
-def check_model_spec(spec: str, key: str, revision: str = "") -> None:
-    """Fail fast, before data is read, on a model that cannot load: a missing path, a malformed hub id, a
-    hub id that is neither reachable nor cached, or an unknown ``preset:<name>`` (with a "did you mean").
+def check_model_spec(spec: str, key: str, revision: str = "", weights: bool = True) -> None:
+    """Fail fast, before data is read, on a model that cannot load: a missing path (or, with ``weights``, a
+    local directory without weights), a malformed hub id, a hub id that is neither reachable nor cached, or an
+    unknown ``preset:<name>`` (with a "did you mean").
 
     Raises:
         ModelError: one line naming ``key`` and the fix.
     """
     if not spec.startswith("preset:"):
+        from ekd.models.load import check_model_dir
+
+        check_model_dir(
+            spec, key, weights=weights
+        )  # a local directory: its files, before any tokenizer check
         hub_kwargs(spec, key, revision=revision)
         return
     from ekd.models.presets import require_preset

@@ -499,7 +499,9 @@ def _vocab_size(cfg) -> int:
     for role, model in (("teacher", m.teacher), ("student", m.student)):
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
-            check_model_spec(model, f"model.{role}", m.revision)  # distill's fast check of the spec
+            check_model_spec(
+                model, f"model.{role}", m.revision, weights=False
+            )  # distill's check; config only
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
             return int(config.vocab_size)
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")

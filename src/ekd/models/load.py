@@ -92,7 +92,7 @@ def load_model(
         kwargs["revision"] = revision
     if dtype is not None:
         kwargs["dtype"] = dtype
-    local = check_model_dir(spec, role)
+    local = check_model_dir(spec, role, weights=True)
     kwargs.update(hub_kwargs(spec, _key(role), revision=revision))
     source = str(local) if local is not None else spec
     return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
@@ -197,12 +197,17 @@ def _key(role: str) -> str:
     return role if "." in role else f"model.{role}"
 
 
-def check_model_dir(spec: str, role: str, tokenizer_only: bool = False) -> Path | None:
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.pt", "*.pth")  # what from_pretrained can read
+
+
+def check_model_dir(spec: str, role: str, tokenizer_only: bool = False, weights: bool = False) -> Path | None:
     """The local directory ``spec`` names (None for a hub id), after checking that it holds a model.
 
     A directory needs config.json (a tokenizer directory may instead hold tokenizer.json or
-    tokenizer_config.json); weights only as pickles (``*.bin``) need a torch whose ``weights_only`` load is
-    safe (≥ 2.6) — ekd never unpickles otherwise.
+    tokenizer_config.json), and with ``weights`` a weights file (try-out 29: a directory without one was
+    refused only once the model loaded, after the tokenizer checks' warnings, with advice about the network);
+    weights only as pickles (``*.bin``) need a torch whose ``weights_only`` load is safe (≥ 2.6) — ekd never
+    unpickles otherwise.
     """
     if not spec.strip():  # Path("") would be the current directory
         raise ModelError(f"{_key(role)} is empty; pass a hub id, a saved model directory or preset:<name>")
@@ -224,6 +229,11 @@ def check_model_dir(spec: str, role: str, tokenizer_only: bool = False) -> Path 
         what = "empty" if not any(path.iterdir()) else "not a Hugging Face model directory"
         raise ModelError(
             f"{_key(role)}: {spec} is {what} (no config.json); pass a hub id, a saved model directory or preset:<name>"
+        )
+    if weights and not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelError(
+            f"{_key(role)}: {spec} holds a config.json but no weights (model.safetensors, pytorch_model.bin or a "
+            "sharded index); save the model into it (model.save_pretrained) or name the directory that holds them"
         )
     pickles = list(path.glob("*.bin"))
     safe_torch = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6)
