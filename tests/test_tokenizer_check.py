@@ -270,9 +270,13 @@ def test_a_teacher_that_cuts_the_same_vocabulary_another_way_is_refused(
     from hostile import one_error_line
     from tiny import tiny_overrides, write_corpus
 
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
     qwen, llama = recut_dirs
+    teacher = _tiny_model(tmp_path / "teacher", Qwen2Config, Qwen2ForCausalLM, qwen, 400)
+    student = _tiny_model(tmp_path / "student", LlamaConfig, LlamaForCausalLM, llama, 400)
     corpus = write_corpus(tmp_path / "corpus", n_docs=8)
-    extra = {"model.teacher": qwen, "model.student": llama, "model.tokenizer": "student"}
+    extra = {"model.teacher": teacher, "model.student": student, "model.tokenizer": "student"}
     _no_data(monkeypatch)
     line = one_error_line(
         main(["distill", *tiny_overrides(tmp_path, corpus, "v", **extra)]), capsys.readouterr().err
