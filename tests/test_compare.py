@@ -388,23 +388,21 @@ def test_a_teacher_row_per_teacher_and_eval_set_and_no_difference_across_them(tm
         ),
     ]
     s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
-    assert [(t["label"], t["metrics"]["eval/ppl"]) for t in s["teachers"]] == [
-        ("(teacher of kd)", 5.0),
-        ("(teacher of kd#2)", 6.0),
-        ("(teacher of kd#3)", 4.0),
+    # one row per teacher; kd#3's eval set (blocks of 128) is a column of its own, `eval#2` (try-out 29)
+    assert [(t["label"], t["metrics"]) for t in s["teachers"]] == [
+        ("(teacher of kd, kd#3)", {"eval/ppl": 5.0, "eval#2/ppl": 4.0}),
+        ("(teacher of kd#2)", {"eval/ppl": 6.0}),
     ]
     vs = {g["method"]: g["vs"].get("kd", {}) for g in s["groups"]}
     assert vs["kd#2"]["eval/ppl"]["n"] == 1 and vs["kd#2"]["eval/ppl"]["mean"] == pytest.approx(1.0)
     assert (vs["kd#2"]["eval/kl"]["n"], vs["kd#2"]["eval/kl"]["verdict"]) == (0, "different teachers")
-    assert (vs["kd#3"]["eval/ppl"]["n"], vs["kd#3"]["eval/ppl"]["verdict"]) == (0, "different eval sets")
+    assert (vs["kd#3"]["eval#2/ppl"]["n"], vs["kd#3"]["eval#2/ppl"]["verdict"]) == (0, "different eval sets")
+    assert "eval/ppl" not in vs["kd#3"]
     assert vs["kd#3"]["kd_pct"]["n"] == 1  # the supervision cost does not depend on the eval set
     md = (tmp_path / "out" / "compare.md").read_text()
-    assert "| (teacher) |" not in md and "| (teacher of kd#3) |" in md
+    assert "| (teacher) |" not in md and "| (teacher of kd, kd#3) |" in md
     assert "n/a (different eval sets)" in md and "n/a (different teachers)" in md
-    assert (
-        "Scored on different eval sets: `eval`: `kd`, `kd#2` on one, `kd#3` on another (data.block_length=128"
-        in md
-    )
+    assert "`eval` was scored 2 ways: `eval` by `kd`, `kd#2`; `eval#2` by `kd#3` (data.block_length=128" in md
     # the same teacher and eval sets: one row, as before
     se = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.5, 0.45), teacher="llama")
     one = compare_runs([runs[0], se], tmp_path / "o2", plots=False)
@@ -415,7 +413,7 @@ def test_the_same_settings_but_other_scored_tokens_are_other_eval_sets(tmp_path)
     a = _edit(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), eval_sets={"eval": {"tokens": 1520}})
     b = _edit(_fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5), eval_sets={"eval": {"tokens": 1600}})
     s = compare_runs([a, b], tmp_path / "out", baselines=("kd",), plots=False)
-    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] == "different eval sets"
+    assert s["groups"][1]["vs"]["kd"]["eval#2/ppl"]["verdict"] == "different eval sets"
     assert "other scored token counts" in s["eval_sets"]
 
 
@@ -428,7 +426,7 @@ def test_runs_scored_on_first_blocks_and_on_spread_blocks_are_other_eval_sets(tm
         eval_sets={"eval": {"tokens": 1520, "documents": 12.0}},
     )
     s = compare_runs([old, new], tmp_path / "out", baselines=("kd",), plots=False)
-    assert s["groups"][1]["vs"]["kd"]["eval/ppl"]["verdict"] == "different eval sets"
+    assert s["groups"][1]["vs"]["kd"]["eval#2/ppl"]["verdict"] == "different eval sets"
     assert "other scored documents" in s["eval_sets"]
     same = _edit(
         _fake_run(tmp_path, "kd1", "kd", 0, 10.0, 0.5),
@@ -461,7 +459,7 @@ def test_a_set_scored_with_settings_config_yaml_does_not_hold_is_paired_by_those
         eval_sets={"held": {**counts, "data": other}},
     )
     s = compare_runs([old, moved], tmp_path / "o2", baselines=("kd",), plots=False)
-    assert s["groups"][1]["vs"]["kd"]["held/ppl"]["verdict"] == "different eval sets"
+    assert s["groups"][1]["vs"]["kd"]["held#2/ppl"]["verdict"] == "different eval sets"
     assert "data.eval_sources={'held': '/d/held-v2.jsonl'} (vs {'held': '/d/held.jsonl'})" in s["eval_sets"]
 
 
@@ -528,8 +526,11 @@ def test_one_run_with_an_extra_eval_set_is_no_difference_in_eval_sets(tmp_path):
     _edit(runs[4], eval_sets={"eval": {"data": {"max_eval_blocks": 0}}})
     s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
     assert s["eval_sets"].startswith(
-        "`eval`: `kd`, `sekd` (seeds 0, 2) on one, `sekd` (seed 1) on another ("
+        "`eval` was scored 2 ways: `eval` by `kd`, `sekd` (seeds 0, 2); `eval#2` by `sekd` (seed 1) ("
     ), s
+    sekd = s["groups"][1]  # its mean over seeds 0 and 2 only; seed 1 in a column of its own
+    assert (sekd["metrics"]["eval/ppl"]["mean"], sekd["metrics"]["eval/ppl"]["n"]) == (10.0, 2)
+    assert (sekd["metrics"]["eval#2/ppl"]["mean"], sekd["metrics"]["eval#2/ppl"]["n"]) == (10.0, 1)
 
 
 def test_a_teacher_row_without_eval_set_figures_says_why(tmp_path):
@@ -637,3 +638,131 @@ def test_an_eval_file_copied_to_another_path_is_one_config_and_one_set(tmp_path)
         )
     s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
     assert [(g["method"], g["seeds"]) for g in s["groups"]] == [("kd", [0, 1])] and not s["eval_sets"], s
+
+
+def _rescored(run: Path, ppl: float, teacher_ppl: float, blocks: int) -> Path:
+    """A fake run whose ``eval`` set was scored again (``ekd eval RUN data.max_eval_blocks=<blocks>``): its entry
+    records those settings and another blocks sha256, with its teacher row on the same blocks."""
+    data = {"max_eval_blocks": blocks, BLOCKS_KEY: f"{blocks:064x}"}
+    ev = json.loads((run / "eval.json").read_text())
+    ev["eval"] |= {"ppl": ppl, "tokens": 32.0 * blocks, "documents": 3.0, "data": data}
+    ev["eval/teacher"] = {"ppl": teacher_ppl}
+    (run / "eval.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_a_mean_over_seeds_is_over_one_eval_set_each_way_a_set_was_scored_a_column(tmp_path):
+    """Try-out 29, finding 2: ll2 scored again on 48 blocks (ll1 on 24), and `kd | 2 | 2.93 ± 0.05`
+    averaged the two sets (the ± was the sets' difference shown as seed spread) under a note saying those
+    numbers are not comparable; the two teacher rows were both `(teacher of kd)`. Each way a set was scored is
+    now its own column (`eval`, `eval#2`), its cells over the seeds scored that way (`(n=1)`), and everything
+    aggregated over seeds follows: paired differences, verdicts, CSV, JSON, claims, one teacher row."""
+    from ekd.eval.claims import check_claims
+    from ekd.eval.compare import kl_by_entropy, markdown
+
+    runs = [
+        _rescored(_fake_run(tmp_path, "kd0", "kd", 0, 0, 0.08), 2.96, 2.75, 24),
+        _rescored(_fake_run(tmp_path, "kd1", "kd", 1, 0, 0.07), 2.90, 2.64, 48),
+        _rescored(_fake_run(tmp_path, "se0", "sekd", 0, 0, 0.07), 2.86, 2.75, 24),  # 0.10 below kd
+        _rescored(_fake_run(tmp_path, "se1", "sekd", 1, 0, 0.06), 2.60, 2.64, 48),  # 0.30 below kd
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    kd, se = s["groups"]
+    assert (kd["metrics"]["eval/ppl"]["mean"], kd["metrics"]["eval/ppl"]["n"]) == (2.96, 1)
+    assert kd["metrics"]["eval#2/ppl"]["mean"] == 2.90 and kd["metrics"]["eval#2/ppl"]["n"] == 1
+    assert kd["metrics"]["kd_pct"]["n"] == 2  # the cost does not depend on the eval set
+    # paired differences: seed 0 on 24 blocks, seed 1 on 48, never one mean of both
+    d, d2 = se["vs"]["kd"]["eval/ppl"], se["vs"]["kd"]["eval#2/ppl"]
+    assert (d["n"], d["mean"], d["verdict"]) == (1, pytest.approx(-0.10), "1 seed")
+    assert (d2["n"], d2["mean"], d2["verdict"]) == (1, pytest.approx(-0.30), "1 seed")
+    assert se["vs"]["kd"]["eval/kl"]["n"] == 1  # KL too is a figure of one eval set
+    (teacher,) = s["teachers"]  # one teacher: one row, its figure on each set in that set's column
+    assert teacher["label"] == "(teacher)"
+    assert teacher["metrics"]["eval/ppl"] == 2.75 and teacher["metrics"]["eval#2/ppl"] == 2.64
+    first, second = s["eval_set_columns"]
+    assert (first["column"], first["set"], first["runs"]) == ("eval", "eval", [str(runs[0]), str(runs[2])])
+    assert (second["column"], second["set"], second["runs"]) == (
+        "eval#2",
+        "eval",
+        [str(runs[1]), str(runs[3])],
+    )
+    assert second["differs"].endswith("data.max_eval_blocks=48 (vs 24)"), second
+    md = markdown(s)
+    kd_row = next(line for line in md.splitlines() if line.startswith("| kd |"))
+    assert "| 2.96 (n=1) |" in kd_row and "| 2.90 (n=1) |" in kd_row and "2.93" not in kd_row, kd_row
+    assert "eval#2 ppl" in md and md.count("(teacher") == 1
+    assert (
+        "`eval` was scored 2 ways: `eval` by `kd` (seed 0), `sekd` (seed 0); `eval#2` by `kd` (seed 1)" in md
+    )
+    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert {(r["method"], r["metric"], r["n"]) for r in rows if r["metric"].endswith("/ppl")} == {
+        ("kd", "eval/ppl", "1"),
+        ("kd", "eval#2/ppl", "1"),
+        ("sekd", "eval/ppl", "1"),
+        ("sekd", "eval#2/ppl", "1"),
+    }
+    groups = group_runs([read_run(r) for r in runs])
+    claims = {c.claim.split(" (")[0]: c for c in check_claims(groups)}
+    assert "Δppl -0.100 (n=1)" in claims["SE-KD"].numbers, claims["SE-KD"].numbers  # was -0.200 ± 0.141
+    for run, kl_h0 in zip(runs, (0.2, 0.4, 0.1, 0.3)):  # KL per teacher-entropy bucket: over one set too
+        _edit(run, eval_sets={"eval": {"kl@H0": kl_h0}})
+    assert kl_by_entropy(group_runs([read_run(r) for r in runs]), "eval") == {
+        "kd": {0: 0.2},
+        "sekd": {0: 0.1},
+    }
+
+
+def test_a_replica_scored_on_another_eval_set_is_not_a_disagreement(tmp_path, capsys):
+    """A seed's replica scored again on other blocks differs from the counted run by the eval sets, not by the
+    training: its largest difference is taken over the figures scored alike, and the note names the set
+    scored another way instead of calling `eval/ppl 2.96 vs 2.9` a disagreement between the replicas."""
+    one = _rescored(_fake_run(tmp_path, "one", "kd", 0, 0, 0.08), 2.96, 2.75, 24)
+    twin = _rescored(_fake_run(tmp_path, "twin", "kd", 0, 0, 0.08), 2.90, 2.64, 48)
+    s = compare_runs([one, twin], tmp_path / "out", plots=False)
+    (rec,) = s["replicas"]
+    assert rec["largest_difference"]["abs"] == 0 and rec["scored_otherwise"] == ["eval#2 (vs eval)"], rec
+    assert s["replica_notes"] == [
+        f"`kd` seed 0: {one} counts; replicas {twin} (the same layout: a resume or a rerun): identical metrics "
+        "where scored alike (eval#2 (vs eval) scored another way, not compared)"
+    ]
+    (kd,) = s["groups"]
+    assert "eval#2/ppl" not in kd["metrics"]  # a way only a replica scored is no column
+
+
+@pytest.mark.slow
+def test_a_seed_evaluated_again_on_other_blocks_is_its_own_column_end_to_end(tmp_path, capsys):
+    """Try-out 29, end to end: two seeds of kd, the second scored again with `ekd eval RUN
+    data.max_eval_blocks=2` (the first on 4 blocks). The kd row's `eval` cells are the first seed's figures and
+    its `eval#2` cells the second's, each `(n=1)`, not one mean ± std of two sets; the teacher is one row with
+    its figure on each."""
+    corpus = write_corpus(tmp_path / "corpus")
+    for seed in (0, 1):
+        over = tiny_overrides(tmp_path, corpus, f"kd{seed}", **{"run.seed": seed, "method.preset": "kd"})
+        assert main(["-q", "distill", *over]) == 0
+    kd0, kd1 = tmp_path / "runs" / "kd0", tmp_path / "runs" / "kd1"
+    assert main(["-q", "eval", str(kd1), "data.max_eval_blocks=2"]) == 0
+    ev = {r: json.loads((r / "eval.json").read_text()) for r in (kd0, kd1)}
+    assert ev[kd0]["eval"]["data"][BLOCKS_KEY] != ev[kd1]["eval"]["data"][BLOCKS_KEY]
+    out = tmp_path / "cmp"
+    capsys.readouterr()
+    assert main(["compare", str(kd0), str(kd1), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    s = json.loads((out / "compare.json").read_text())
+    (kd,) = s["groups"]
+    for column, run in (("eval", kd0), ("eval#2", kd1)):
+        for metric in ("ppl", "kl", "acc"):
+            cell = kd["metrics"][f"{column}/{metric}"]
+            assert (cell["mean"], cell["n"], cell["std"]) == (ev[run]["eval"][metric], 1, None), (
+                column,
+                cell,
+            )
+    (teacher,) = s["teachers"]
+    assert teacher["label"] == "(teacher)"
+    assert teacher["metrics"]["eval/ppl"] == ev[kd0]["eval/teacher"]["ppl"]
+    assert teacher["metrics"]["eval#2/ppl"] == ev[kd1]["eval/teacher"]["ppl"]
+    kd_row = next(line for line in printed.splitlines() if line.startswith("| kd |"))
+    assert (
+        f"| {ev[kd0]['eval']['ppl']:.2f} (n=1) |" in kd_row
+        and f"| {ev[kd1]['eval']['ppl']:.2f} (n=1) |" in kd_row
+    )
+    assert "data.max_eval_blocks=2 (vs 4)" in printed, printed

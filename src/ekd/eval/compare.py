@@ -7,7 +7,10 @@ the device layout — with the micro-batch over all ranks the run recorded inste
 (a one-process run and its DDP twin, a resumed run and an uninterrupted one): the first given counts for the
 seed, and a note names where the others' layouts differ and their largest metric difference from it. Per group:
 the mean ± sample standard deviation over seeds of every eval metric, the fraction of positions that received
-KD and the teacher bytes per training token. Against
+KD and the teacher bytes per training token. An eval set some runs scored another way (``ekd eval RUN
+data.max_eval_blocks=48``: other blocks, tokenizer or scored tokens) is one *column* per way (``eval``,
+``eval#2``, :func:`label_eval_sets`): a mean, a spread and a paired difference are over the seeds scored one
+way, never over two sets. Against
 each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
 ``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the mean difference, in the
 metric's better direction, exceeds the spread of the paired differences; a difference inside the spread is
@@ -35,7 +38,7 @@ import yaml
 
 from ekd.config import flat_config, with_todays_defaults
 from ekd.errors import EkdError
-from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
+from ekd.eval.eval_json import BLOCKS_KEY, set_of, set_settings, split_settings
 from ekd.eval.report import _atomic_write, _figure, _save_png, results_table
 from ekd.eval.task_metrics import task_sets
 from ekd.nearest import did_you_mean
@@ -91,6 +94,23 @@ class RunRecord:
     sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
+    # column → its eval.json entry (``eval#2`` → ``eval``, ``eval#2/teacher`` → ``eval/teacher``): the set as this
+    # run scored it (:func:`label_eval_sets`); None before grouping: each entry under its own name
+    columns: dict[str, str] | None = None
+
+    def entry_name(self, column: str) -> str | None:
+        """The eval.json entry shown in ``column`` (``eval#2``: this run's ``eval``, scored the second way;
+        None when this run scored the set another way or not at all)."""
+        return column if self.columns is None else self.columns.get(column)
+
+    def entry(self, column: str) -> dict[str, float]:
+        """The metrics this run shows in ``column`` (:meth:`entry_name`); {} when none."""
+        name = self.entry_name(column)
+        return (self.eval.get(name) or {}) if name else {}
+
+    def column_names(self) -> list[str]:
+        """The columns this run has figures in (its eval.json entries before grouping)."""
+        return list(self.eval if self.columns is None else self.columns)
 
     @property
     def method(self) -> str:
@@ -185,7 +205,8 @@ class Group:
     replicas: dict[int, list[RunRecord]] = field(default_factory=dict)
 
     def values(self, key: str) -> dict[int, float]:
-        """seed → value of ``key`` (``<set>/<metric>``, ``kd_pct`` or ``bytes_per_token``)."""
+        """seed → value of ``key`` (``<column>/<metric>``, ``kd_pct`` or ``bytes_per_token``): only the seeds
+        whose run scored the column's set the column's way (:func:`label_eval_sets`)."""
         out = {}
         for r in self.runs:
             v = _value(r, key)
@@ -203,8 +224,8 @@ def _value(run: RunRecord, key: str) -> float | None:
         return 100.0 * run.kd_fraction
     if key == "bytes_per_token":
         return run.bytes_per_token
-    name, _, metric = key.rpartition("/")
-    v = run.eval.get(name, {}).get(metric)
+    column, _, metric = key.rpartition("/")
+    v = run.entry(column).get(metric)
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
@@ -218,14 +239,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
     """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric.
 
-    A seed pairs only runs scored alike: on the same eval set (:meth:`RunRecord.eval_set`) for a text eval
-    set's metric, and against the same teacher for KL and agreement. When no seed pairs, the verdict says
-    why (``different eval sets``, ``different teachers``) and there is no number.
+    A seed pairs only runs scored alike: on the same eval set (the column's: :meth:`Group.values`) for a text
+    eval set's metric, and against the same teacher for KL and agreement. When no seed pairs, the verdict says
+    why (``different eval sets``: the baseline's run of a seed scored the set another way; ``different
+    teachers``) and there is no number.
     """
     a, b = group.values(key), baseline.values(key)
-    seeds = sorted(set(a) & set(b))
-    why_not = _unpaired(group, baseline, key, seeds)
-    seeds = [s for s in seeds if s not in why_not]
+    why_not = _unpaired(group, baseline, key, sorted(a))
+    seeds = [s for s in sorted(set(a) & set(b)) if s not in why_not]
     diffs = [a[s] - b[s] for s in seeds]
     mean, std = mean_std(diffs)
     higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
@@ -241,15 +262,20 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
 
 
 def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict[int, str]:
-    """seed → why its two runs cannot be paired on ``key`` (only the seeds that cannot)."""
-    name, _, metric = key.rpartition("/")
-    if not name or not _text_set(name):
+    """seed → why ``group``'s run of the seed cannot be paired with ``baseline``'s on ``key`` (only the seeds
+    that cannot; ``seeds``: those ``group`` has a value for)."""
+    column, _, metric = key.rpartition("/")
+    if not column or not _text_set(column):
         return {}  # cost columns and lm-eval tasks: no eval set to match
     out = {}
     for seed in seeds:
-        run, base = group.run(seed), baseline.run(seed)
-        if run.eval_set(name) != base.eval_set(name):
-            out[seed] = UNPAIRED[0]
+        base = next((r for r in baseline.runs if r.seed == seed), None)
+        run = group.run(seed)
+        name = run.entry_name(column)
+        if base is None or name is None or (not base.entry(column) and name not in base.eval):
+            continue  # no such seed, or a set the baseline's run did not score: nothing to pair
+        if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
+            out[seed] = UNPAIRED[0]  # scored another way: in another column
         elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher() != base.teacher():
             out[seed] = UNPAIRED[1]
     return out
@@ -492,7 +518,34 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
                     for d in diffs
                 ]
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
+    label_eval_sets(list(groups.values()))
     return list(groups.values())
+
+
+def label_eval_sets(groups: list[Group]) -> None:
+    """Give each run its columns (:attr:`RunRecord.columns`): an eval set every run that has it scored alike
+    (:meth:`RunRecord.eval_set`) keeps its name; a set scored several ways is one column per way, the set's
+    name for the way of the first run given, ``<set>#2``, ``<set>#3`` … for the others in order, so that a
+    mean, a spread or a paired difference over seeds is over one set (try-out 29: ``2.93 ± 0.05`` averaged
+    2.96 on 24 blocks and 2.90 on 48). A set's teacher row goes to its set's column; lm-eval tasks keep their
+    names. Counted runs are labelled first, replicas after them: a way only a replica scored is no column of
+    the table."""
+    ways: dict[str, list[str]] = {}  # set → the ways (eval_set) it was scored, in order
+    ordered = [r for g in groups for r in g.runs]
+    ordered += [r for g in groups for seed in sorted(g.replicas) for r in g.replicas[seed]]
+    for r in ordered:
+        r.columns = {}
+        for name in r.eval:
+            base = set_of(name)
+            if not _text_set(base) or base not in r.eval:
+                r.columns[name] = name  # a task (or a teacher row without its set): no eval set to tell apart
+                continue
+            seen = ways.setdefault(base, [])
+            way = r.eval_set(base)
+            if way not in seen:
+                seen.append(way)
+            k = seen.index(way)
+            r.columns[(base if k == 0 else f"{base}#{k + 1}") + name[len(base) :]] = name
 
 
 def _layout(run: RunRecord) -> dict[str, Any]:
@@ -508,14 +561,23 @@ def _layout(run: RunRecord) -> dict[str, Any]:
 def replica_record(group: Group, seed: int) -> dict[str, Any]:
     """What a seed's replicas are: the counted run, each replica with the layout keys where it differs from
     that run (``ranks=2``, ``train.parallel='fsdp'``; none for a resumed run or a rerun), and the largest
-    metric difference between any replica and the counted run — the metric (``<set>/<metric>``, ``kd_pct``,
-    ``bytes_per_token``), both values, |Δ| and |Δ| relative to the larger magnitude."""
+    metric difference between any replica and the counted run — the metric (``<column>/<metric>``, ``kd_pct``,
+    ``bytes_per_token``), both values, |Δ| and |Δ| relative to the larger magnitude — over the figures both
+    scored alike: an eval set a replica scored another way (:func:`label_eval_sets`) is listed in
+    ``scored_otherwise`` (``eval#2 (vs eval)``), not compared."""
     counted_run = group.run(seed)
     base = _layout(counted_run)
     replicas = []
     largest: dict[str, Any] | None = None
     keys = metric_keys([group]) + [
-        f"{n}/{m}" for n in counted_run.eval if n.endswith("/teacher") for m in METRICS
+        f"{c}/{m}" for c in counted_run.column_names() if c.endswith("/teacher") for m in METRICS
+    ]
+    counted_columns = {n: c for c, n in (counted_run.columns or {}).items()}  # entry → column
+    otherwise = [
+        f"{c} (vs {counted_columns[n]})"
+        for r in group.replicas[seed]
+        for c, n in (r.columns or {}).items()
+        if _text_set(c) and n in counted_columns and counted_columns[n] != c
     ]
     for r in group.replicas[seed]:
         mine = _layout(r)
@@ -545,6 +607,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         "counted": str(counted_run.run_dir),
         "replicas": replicas,
         "largest_difference": largest,
+        "scored_otherwise": list(dict.fromkeys(otherwise)),
     }
 
 
@@ -555,7 +618,7 @@ def replica_note(record: dict[str, Any]) -> str:
         f"{r['run']} ({', '.join(r['differs_in']) if r['differs_in'] else 'the same layout: a resume or a rerun'})"
         for r in record["replicas"]
     )
-    big = record["largest_difference"]
+    big, otherwise = record["largest_difference"], record.get("scored_otherwise")
     if big is None or big["abs"] == 0:
         agree = "identical metrics"
     else:
@@ -563,6 +626,8 @@ def replica_note(record: dict[str, Any]) -> str:
             f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "
             f"(|Δ| {big['abs']:.2g}, {big['relative']:.2g} relative, {big['run']})"
         )
+    if otherwise:  # the eval sets themselves differ there: not a difference between the trainings
+        agree += f" where scored alike ({', '.join(otherwise)} scored another way, not compared)"
     return (
         f"`{record['method']}` seed {record['seed']}: {record['counted']} counts; replicas {others}: {agree}"
     )
@@ -583,8 +648,9 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) ->
 
 
 def metric_keys(groups: list[Group]) -> list[str]:
-    """``<set>/<metric>`` for every student eval set (teacher rows excluded), then cost columns."""
-    sets = sorted({n for g in groups for r in g.runs for n in r.eval if not n.endswith("/teacher")})
+    """``<column>/<metric>`` for every student eval set column (:func:`label_eval_sets`; teacher rows
+    excluded), then cost columns."""
+    sets = sorted({c for g in groups for r in g.runs for c in r.column_names() if not c.endswith("/teacher")})
     return [f"{s}/{m}" for s in sets for m in METRICS] + ["kd_pct", "bytes_per_token"]
 
 
@@ -614,7 +680,8 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
                 }
         out["groups"].append(entry)
     out["teachers"] = _teacher_rows(groups)
-    out["eval_sets"] = _eval_set_note(groups)
+    out["eval_set_columns"] = eval_set_columns(groups)
+    out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
     out["replicas"] = [
         {"method": g.label, **replica_record(g, seed)} for g in groups for seed in sorted(g.replicas)
     ]
@@ -623,61 +690,83 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
 
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
-    """One row per distinct teacher and eval sets (the runs' ``<set>/teacher`` metrics): the teacher, the
-    groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of kd, ...)'.
-    A run joins a row of the same teacher whose sets it scored alike (:meth:`RunRecord.eval_set`, on the sets
-    both have): a run with one set more than the others adds that set's figures to their row, not a row."""
+    """One row per distinct teacher (:meth:`RunRecord.teacher`; the runs' ``<set>/teacher`` metrics): the
+    teacher, the groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of
+    kd, ...)'. Its figures on a set go to the set's column (:func:`label_eval_sets`): the same teacher on a set
+    scored two ways has a figure in each column, told apart by the column, not by a second row of one label
+    (try-out 29: two rows '(teacher of kd)'); a run with one set more than the others adds that set's figures."""
     rows: list[dict[str, Any]] = []
     for g in groups:
         for r in g.runs:
-            sets = {n[: -len("/teacher")] for n in r.eval if n.endswith("/teacher")}
-            metrics = {f"{n}/{m}": v for n in sets for m, v in r.eval[f"{n}/teacher"].items() if m in METRICS}
+            metrics = {
+                f"{set_of(c)}/{m}": v
+                for c in r.column_names()
+                if c.endswith("/teacher")
+                for m, v in r.entry(c).items()
+                if m in METRICS
+            }
             if not metrics:
                 continue
-            scored = {n: r.eval_set(n) for n in sets}
-            row = next(
-                (
-                    row
-                    for row in rows
-                    if row["key"] == r.teacher()
-                    and all(row["sets"].get(n, i) == i for n, i in scored.items())
-                ),
-                None,
-            )
+            row = next((row for row in rows if row["key"] == r.teacher()), None)
             if row is None:
                 teacher = (r.config.get("model") or {}).get("teacher")
-                row = {"key": r.teacher(), "sets": {}, "teacher": teacher, "of": [], "metrics": {}}
+                row = {"key": r.teacher(), "teacher": teacher, "of": [], "metrics": {}}
                 rows.append(row)
-            row["sets"] |= scored
-            row["metrics"] = metrics | row["metrics"]
+            row["metrics"] = metrics | row["metrics"]  # a column is one set: the first run's figure stands
             if g.label not in row["of"]:
                 row["of"].append(g.label)
     for row in rows:
-        del row["key"], row["sets"]
+        del row["key"]
         row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
     return rows
 
 
-def _eval_set_note(groups: list[Group]) -> str:
-    """'' when every run that scored an eval set scored the same one (:meth:`RunRecord.eval_set`); else, per
-    such set, which groups scored it which way and how the others' differ from the first's (their paired
-    differences on it are n/a). A set only some runs scored is no difference: its cells count fewer seeds."""
-    notes = []
-    for name in sorted({n for g in groups for r in g.runs for n in r.eval if _text_set(n)}):
-        clusters: dict[str, list[tuple[Group, RunRecord]]] = {}
-        for g in groups:
-            for r in g.runs:
-                if name in r.eval:
-                    clusters.setdefault(r.eval_set(name), []).append((g, r))
-        if len(clusters) < 2:
+def eval_set_columns(groups: list[Group]) -> list[dict[str, Any]]:
+    """The columns of the eval sets some runs scored another way (:func:`label_eval_sets`), in table order:
+    per column its set, the counted runs scored that way, and how they differ from the set's first column
+    (:func:`_eval_set_difference`; '' for the first). [] when every run that scored a set scored it alike — a
+    set only some runs scored is no difference: its cells count fewer seeds."""
+    columns: dict[str, dict[str, list[tuple[Group, RunRecord]]]] = {}  # set → column → (group, run)
+    for g in groups:
+        for r in g.runs:
+            for c in r.column_names():
+                if _text_set(c):
+                    columns.setdefault(set_of(r.entry_name(c)), {}).setdefault(c, []).append((g, r))
+    out = []
+    for name in sorted(columns):
+        if len(columns[name]) < 2:
             continue
-        (first, *others) = clusters.values()
-        ref = first[0][1]
-        parts = [f"{_labels(first)} on one"]
-        for cluster in others:
-            parts.append(f"{_labels(cluster)} on another ({_eval_set_difference(ref, cluster[0][1], name)})")
-        notes.append(f"`{name}`: " + ", ".join(parts))
-    return "; ".join(notes)
+        ordered = sorted(
+            columns[name].items(), key=lambda kv: 0 if kv[0] == name else int(kv[0].rpartition("#")[2])
+        )
+        ref = ordered[0][1][0][1]
+        for column, runs in ordered:
+            out.append(
+                {
+                    "column": column,
+                    "set": name,
+                    "runs": [str(r.run_dir) for _, r in runs],
+                    "labels": _labels(runs),
+                    "differs": "" if column == name else _eval_set_difference(ref, runs[0][1], name),
+                }
+            )
+    return out
+
+
+def _eval_set_notes(columns: list[dict[str, Any]]) -> list[str]:
+    """:func:`eval_set_columns` as one line per set: its columns and which groups (and seeds) each holds, with
+    how the set differs from its first way: '`eval` was scored 2 ways: `eval` by `kd` (seed 0), `sekd`;
+    `eval#2` by `kd` (seed 1) (data.max_eval_blocks=48 (vs 24))'."""
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for c in columns:
+        by_set.setdefault(c["set"], []).append(c)
+    notes = []
+    for name, cols in by_set.items():
+        ways = "; ".join(
+            f"`{c['column']}` by {c['labels']}" + (f" ({c['differs']})" if c["differs"] else "") for c in cols
+        )
+        notes.append(f"`{name}` was scored {len(cols)} ways: {ways}")
+    return notes
 
 
 def _labels(runs: list[tuple[Group, RunRecord]]) -> str:
@@ -772,10 +861,12 @@ def markdown(summary: dict[str, Any]) -> str:
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "
             "counted once, by the first run given): " + "; ".join(summary["replica_notes"]) + ".\n"
         )
-    if summary.get("eval_sets"):
+    if summary.get("eval_set_columns"):
         parts.append(
-            f"Scored on different eval sets: {summary['eval_sets']}. Paired differences across eval sets "
-            "(and of KL and agreement across teachers) are n/a: those numbers are not comparable.\n"
+            "Scored on different eval sets: each way a set was scored is its own column (`<set>#2`, …), a cell "
+            "averaging only the seeds scored that way; paired differences across them (and of KL and agreement "
+            "across teachers) are n/a: those numbers are not comparable.\n"
+            + "".join(f"- {line}\n" for line in _eval_set_notes(summary["eval_set_columns"]))
         )
     for b in summary["baselines"]:
         diff_rows = []
@@ -887,8 +978,12 @@ def plot_pareto(summary: dict[str, Any], metric_key: str, path: Path) -> Path | 
 
 
 def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Path | None:
-    """Each group's reliability diagram (its first run's ``plots/reliability-<set>.png``) side by side."""
-    images = [(g.label, g.runs[0].run_dir / "plots" / f"reliability-{eval_set}.png") for g in groups]
+    """Each group's reliability diagram (``plots/reliability-<set>.png`` of its first run scored on column
+    ``eval_set``, :func:`label_eval_sets`) side by side."""
+    firsts = [(g.label, next((r for r in g.runs if r.entry(eval_set)), None)) for g in groups]
+    images = [
+        (label, r.run_dir / "plots" / f"reliability-{r.entry_name(eval_set)}.png") for label, r in firsts if r
+    ]
     images = [(label, p) for label, p in images if p.is_file()]
     if not images:
         return None
@@ -905,19 +1000,26 @@ def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Pat
     return _save_png(fig, path)
 
 
-def plot_kl_by_entropy(
-    summary: dict[str, Any], eval_set: str, path: Path, groups: list[Group]
-) -> Path | None:
-    """KL(teacher‖student) per teacher-entropy bucket (``kl@H<i>``), one bar group per method."""
+def kl_by_entropy(groups: list[Group], eval_set: str) -> dict[str, dict[int, float]]:
+    """group label → teacher-entropy bucket → KL(teacher‖student) (``kl@H<i>``) averaged over the group's seeds
+    scored on column ``eval_set`` (:meth:`Group.values`: never over two sets); groups without it are left out."""
     series = {}
     for g in groups:
         buckets = {}
         for r in g.runs:
-            for k, v in r.eval.get(eval_set, {}).items():
-                if k.startswith("kl@H") and v is not None:
+            for k, v in r.entry(eval_set).items():
+                if k.startswith("kl@H") and v is not None and not math.isnan(v):
                     buckets.setdefault(int(k[4:]), []).append(float(v))
         if buckets:
             series[g.label] = {b: statistics.fmean(v) for b, v in buckets.items()}
+    return series
+
+
+def plot_kl_by_entropy(
+    summary: dict[str, Any], eval_set: str, path: Path, groups: list[Group]
+) -> Path | None:
+    """KL(teacher‖student) per teacher-entropy bucket (``kl@H<i>``), one bar group per method."""
+    series = kl_by_entropy(groups, eval_set)
     if not series:
         return None
     nb = 1 + max(b for s in series.values() for b in s)
@@ -1007,7 +1109,10 @@ __all__ = [
     "Group",
     "RunRecord",
     "compare_runs",
+    "eval_set_columns",
     "group_runs",
+    "kl_by_entropy",
+    "label_eval_sets",
     "markdown",
     "mean_std",
     "paired_difference",
