@@ -266,11 +266,11 @@ def test_a_teacher_that_cuts_the_same_vocabulary_another_way_is_refused(
     ``model.tokenizer=student`` the Qwen2 teacher scored Llama-style encodings ("57" one id, not two): its
     held-out perplexity went from 20.4 to 2,234 and every KD target came from text cut as it never saw, without
     a word. Refused in one line, before any data is read, naming where the encodings part and the fix."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
     from ekd.cli import main
     from hostile import one_error_line
     from tiny import tiny_overrides, write_corpus
-
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     qwen, llama = recut_dirs
     teacher = _tiny_model(tmp_path / "teacher", Qwen2Config, Qwen2ForCausalLM, qwen, 400)
