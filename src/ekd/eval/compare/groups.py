@@ -1,0 +1,112 @@
+"""Runs grouped for ``ekd compare``: a :class:`Group` is one config (a method) at several seeds, a seed's
+other runs kept apart as replicas; :func:`group_runs` forms the groups and labels them by preset, and
+:func:`metric_keys` names the figures a comparison reports over them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ekd.errors import EkdError
+from ekd.eval.compare.eval_sets import label_eval_sets
+from ekd.eval.compare.runs import METRICS, RunRecord, _config_differences
+from ekd.eval.eval_json import BLOCKS_KEY
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[RunRecord] = field(default_factory=list)
+    note: str = ""  # for a second config of a preset: the keys where it differs from the first
+    # seed → the group's other runs of that seed (:func:`group_runs`): trained apart, counted once
+    replicas: dict[int, list[RunRecord]] = field(default_factory=dict)
+
+    def values(self, key: str) -> dict[int, float]:
+        """seed → value of ``key`` (``<column>/<metric>``, ``kd_pct`` or ``bytes_per_token``): only the seeds
+        whose run scored the column's set the column's way (:func:`label_eval_sets`)."""
+        out = {}
+        for r in self.runs:
+            v = _value(r, key)
+            if v is not None and not math.isnan(v):
+                out[r.seed] = v
+        return out
+
+    def run(self, seed: int) -> RunRecord:
+        """The group's run with ``seed`` (one per seed: :func:`group_runs` keeps a seed's replicas apart)."""
+        return next(r for r in self.runs if r.seed == seed)
+
+
+def _value(run: RunRecord, key: str) -> float | None:
+    if key == "kd_pct":
+        return 100.0 * run.kd_fraction
+    if key == "bytes_per_token":
+        return run.bytes_per_token
+    column, _, metric = key.rpartition("/")
+    v = run.entry(column).get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def group_runs(runs: list[RunRecord]) -> list[Group]:
+    """Groups in first-seen order, labelled by preset (``preset#2`` … when one preset has several configs).
+    When every run records its training blocks' sha256, ``data.source`` is told apart by that content, not
+    by its path (:meth:`RunRecord._source_as_content`); else by path for all, so old and new runs still pair.
+
+    Runs of one group with the same seed are *replicas* of one training (a one-process run and its DDP or FSDP
+    twin, a resumed run and an uninterrupted one): the first given counts for the seed, the others go to
+    :attr:`Group.replicas`, and :func:`replica_note` says where their layouts and metrics differ — a seed
+    counted twice would shrink the spread over seeds.
+
+    Raises:
+        EkdError: one run directory given twice.
+    """
+    seen_dirs: dict[Path, str] = {}
+    for r in runs:
+        real = Path(r.run_dir).resolve()
+        if real in seen_dirs:
+            raise EkdError(
+                f"ekd compare: {seen_dirs[real]} and {r.run_dir} are the same run directory; pass each run once"
+                if seen_dirs[real] != str(r.run_dir)
+                else f"ekd compare: {r.run_dir} is given twice; pass each run once"
+            )
+        seen_dirs[real] = str(r.run_dir)
+    by_content = all(r.data_fingerprint for r in runs)
+    scored = {n for r in runs for n in r.eval}
+    sets_by_content = frozenset(
+        n for n in scored if all(BLOCKS_KEY in r.scored_with.get(n, {}) for r in runs if n in r.eval)
+    )
+    for r in runs:
+        r.source_by_content, r.sets_by_content = by_content, sets_by_content
+    groups: dict[str, Group] = {}
+    for r in runs:
+        g = groups.setdefault(r.group_key(), Group(label=""))
+        if any(o.seed == r.seed for o in g.runs):
+            g.replicas.setdefault(r.seed, []).append(r)
+        else:
+            g.runs.append(r)
+    seen: dict[str, int] = {}
+    for g in groups.values():
+        method = g.runs[0].method
+        seen[method] = seen.get(method, 0) + 1
+        g.label = method if seen[method] == 1 else f"{method}#{seen[method]}"
+        if seen[method] > 1:
+            first = next(o for o in groups.values() if o.runs[0].method == method)
+            a, b = first.runs[0], g.runs[0]
+            diffs = _config_differences(a.trained_config(), b.trained_config())
+            if by_content and any(d.startswith("data.source=") for d in diffs):
+                # the files, beside the blocks
+                paths = [(r.config.get("data") or {}).get("source") for r in (b, a)]
+                diffs = [
+                    d + (f" ({paths[0]} vs {paths[1]})" if d.startswith("data.source=") else "")
+                    for d in diffs
+                ]
+            g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
+    label_eval_sets(list(groups.values()))
+    return list(groups.values())
+
+
+def metric_keys(groups: list[Group]) -> list[str]:
+    """``<column>/<metric>`` for every student eval set column (:func:`label_eval_sets`; teacher rows
+    excluded), then cost columns."""
+    sets = sorted({c for g in groups for r in g.runs for c in r.column_names() if not c.endswith("/teacher")})
+    return [f"{s}/{m}" for s in sets for m in METRICS] + ["kd_pct", "bytes_per_token"]

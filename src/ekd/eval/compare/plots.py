@@ -1,0 +1,119 @@
+"""The plots of ``ekd compare``: held-out metrics against teacher bytes per training token with the Pareto
+frontier, the groups' reliability diagrams side by side, and KL to the teacher per teacher-entropy bucket."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ekd.eval.compare.groups import Group
+from ekd.eval.report import _figure, _save_png
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (cost ↓, loss ↓), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(summary: dict[str, Any], metric_key: str, path: Path) -> Path | None:
+    """``metric_key`` (e.g. ``eval/kl``) against teacher bytes per training token (log x), frontier marked."""
+    pts, labels = [], []
+    for g in summary["groups"]:
+        m, c = g["metrics"].get(metric_key), g["metrics"].get("bytes_per_token")
+        if m and c and not math.isnan(m["mean"]) and not math.isnan(c["mean"]):
+            pts.append((c["mean"], m["mean"]))
+            labels.append(g["method"])
+    if not pts:
+        return None
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [max(p[0], 0.1) for p in pts]  # CE (0 B/token) drawn at the left edge of the log axis
+    ax.scatter(xs, [p[1] for p in pts], color="tab:blue")
+    for x, (_, y), label in zip(xs, pts, labels):
+        ax.annotate(label, (x, y), fontsize="small", xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot(
+        [xs[i] for i in front],
+        [pts[i][1] for i in front],
+        color="tab:red",
+        linestyle="--",
+        label="Pareto frontier",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher bytes per training token (log)")
+    ax.set_ylabel(metric_key)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{metric_key} vs teacher supervision cost")
+    return _save_png(fig, path)
+
+
+def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Path | None:
+    """Each group's reliability diagram (``plots/reliability-<set>.png`` of its first run scored on column
+    ``eval_set``, :func:`label_eval_sets`) side by side."""
+    firsts = [(g.label, next((r for r in g.runs if r.entry(eval_set)), None)) for g in groups]
+    images = [
+        (label, r.run_dir / "plots" / f"reliability-{r.entry_name(eval_set)}.png") for label, r in firsts if r
+    ]
+    images = [(label, p) for label, p in images if p.is_file()]
+    if not images:
+        return None
+    from matplotlib.image import imread
+
+    cols = min(4, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = _figure(3.2 * cols, 3.2 * rows)
+    for i, (label, p) in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(imread(p))
+        ax.set_title(label, fontsize="small")
+        ax.axis("off")
+    return _save_png(fig, path)
+
+
+def kl_by_entropy(groups: list[Group], eval_set: str) -> dict[str, dict[int, float]]:
+    """group label → teacher-entropy bucket → KL(teacher‖student) (``kl@H<i>``) averaged over the group's seeds
+    scored on column ``eval_set`` (:meth:`Group.values`: never over two sets); groups without it are left out."""
+    series = {}
+    for g in groups:
+        buckets = {}
+        for r in g.runs:
+            for k, v in r.entry(eval_set).items():
+                if k.startswith("kl@H") and v is not None and not math.isnan(v):
+                    buckets.setdefault(int(k[4:]), []).append(float(v))
+        if buckets:
+            series[g.label] = {b: statistics.fmean(v) for b, v in buckets.items()}
+    return series
+
+
+def plot_kl_by_entropy(
+    summary: dict[str, Any], eval_set: str, path: Path, groups: list[Group]
+) -> Path | None:
+    """KL(teacher‖student) per teacher-entropy bucket (``kl@H<i>``), one bar group per method."""
+    series = kl_by_entropy(groups, eval_set)
+    if not series:
+        return None
+    nb = 1 + max(b for s in series.values() for b in s)
+    fig = _figure(max(5.0, 1.2 * nb + 2.0), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(series)
+    for j, (label, s) in enumerate(series.items()):
+        ax.bar(
+            [b + j * width for b in range(nb)],
+            [s.get(b, math.nan) for b in range(nb)],
+            width=width,
+            label=label,
+        )
+    ax.set_xticks([b + 0.4 - width / 2 for b in range(nb)], [f"H{b}" for b in range(nb)])
+    ax.set_xlabel("teacher-entropy bucket (low → high)")
+    ax.set_ylabel("KL(teacher ‖ student)")
+    ax.legend(fontsize="x-small", ncol=2)
+    ax.set_title(f"KL by teacher entropy on {eval_set}")
+    return _save_png(fig, path)

@@ -1,0 +1,146 @@
+"""A comparison summary (:func:`~ekd.eval.compare.summary.summarize`) as text: the ``compare.md`` tables
+(:func:`markdown`) and the ``compare.csv`` rows (:func:`to_csv`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from ekd.eval.compare.eval_sets import _eval_set_notes
+from ekd.eval.compare.runs import METRIC_INFO, _text_set
+from ekd.eval.compare.summary import UNPAIRED
+from ekd.eval.report import results_table
+
+
+def _of(cell: dict[str, Any] | None, seeds: list[int]) -> dict[str, Any] | None:
+    """``cell`` (mean, std, n) of a row of ``seeds``, knowing how many seeds its row has."""
+    return None if cell is None else {**cell, "of": len(seeds)}
+
+
+def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
+    """'mean ± std', 'mean' for one value; ' (n=1)' after a cell of fewer seeds than its row's."""
+    if not cell or cell["mean"] is None or math.isnan(cell["mean"]):
+        return "—"
+    fewer = f" (n={cell['n']})" if cell["n"] < cell.get("of", 0) else ""
+    if cell["n"] < 2 or math.isnan(cell["std"]):
+        return format(cell["mean"], fmt) + fewer
+    return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}{fewer}"
+
+
+FORMATS = {k: m.fmt for k, m in METRIC_INFO.items()} | {"kd_pct": ".1f", "bytes_per_token": ".1f"}
+
+
+def _fmt(key: str) -> str:
+    return FORMATS.get(key.rpartition("/")[2] or key, ".4g")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The results table (mean ± std over seeds) and one paired-difference table per baseline."""
+    groups = summary["groups"]
+    keys = [k for k in _ordered_keys(summary) if any(k in g["metrics"] for g in groups)]
+    rows = [  # a cell of fewer seeds than its row (a set some runs did not score) says how many
+        {
+            "method": g["method"],
+            "seeds": len(g["seeds"]),
+            **{k: _of(g["metrics"].get(k), g["seeds"]) for k in keys},
+        }
+        for g in groups
+    ]
+    for teacher in summary.get("teachers", []):  # one per distinct teacher and eval sets
+        rows.append(
+            {
+                "method": teacher["label"],
+                **{k: {"mean": v, "std": math.nan, "n": 1} for k, v in teacher["metrics"].items()},
+            }
+        )
+    cols = [("method", "method", ""), ("seeds", "seeds", "d")] + [
+        (k, _header(k), (lambda f: lambda c: _pm(c, f))(_fmt(k))) for k in keys
+    ]
+    parts = ["Mean ± sample std over seeds.\n", results_table(rows, cols)]
+    notes = [g["note"] for g in groups if g.get("note")]
+    if notes:
+        parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
+    text_keys = [k for k in keys if _text_set(k.rpartition("/")[0])]
+    blank = [
+        t["label"]
+        for t in summary.get("teachers", [])
+        if text_keys and not set(t["metrics"]) & set(text_keys)
+    ]
+    if blank:  # e.g. the demo's runs: the teacher's downstream tasks were scored, its text sets were not
+        parts.append(
+            f"{', '.join(f'`{b}`' for b in blank)}: no eval-set figures in these runs (they were evaluated with "
+            "`eval.teacher_metrics=false`; `ekd eval RUN eval.teacher_metrics=true` adds them).\n"
+        )
+    if summary.get("replica_notes"):
+        parts.append(
+            "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "
+            "counted once, by the first run given): " + "; ".join(summary["replica_notes"]) + ".\n"
+        )
+    if summary.get("eval_set_columns"):
+        parts.append(
+            "Scored on different eval sets: each way a set was scored is its own column (`<set>#2`, …), a cell "
+            "averaging only the seeds scored that way; paired differences across them (and of KL and agreement "
+            "across teachers) are n/a: those numbers are not comparable.\n"
+            + "".join(f"- {line}\n" for line in _eval_set_notes(summary["eval_set_columns"]))
+        )
+    for b in summary["baselines"]:
+        diff_rows = []
+        for g in groups:
+            if b not in g["vs"]:
+                continue
+            row: dict[str, Any] = {"method": g["method"]}
+            for k, d in g["vs"][b].items():
+                if d["n"]:
+                    sign = format(d["mean"], "+" + _fmt(k))
+                    spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
+                    row[k] = f"{sign}{spread} ({d['verdict']})"
+                elif d["verdict"] in UNPAIRED:
+                    row[k] = f"n/a ({d['verdict']})"
+            diff_rows.append(row)
+        if diff_rows:
+            dcols = [("method", "method", "")] + [
+                (k, _header(k), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
+            ]
+            parts.append(
+                f"\nPaired difference vs `{b}` (same seeds; method − {b}; verdict: better/worse only "
+                "when the mean difference exceeds the spread of the paired differences).\n"
+            )
+            parts.append(results_table(diff_rows, dcols))
+    return "\n".join(parts)
+
+
+def _ordered_keys(summary: dict[str, Any]) -> list[str]:
+    keys = []
+    for g in summary["groups"]:
+        keys.extend(k for k in g["metrics"] if k not in keys)
+    return keys
+
+
+def _header(key: str) -> str:
+    if key == "kd_pct":
+        return "KD pos %"
+    if key == "bytes_per_token":
+        return "teacher B/token"
+    name, _, metric = key.rpartition("/")
+    return f"{name} {METRIC_INFO[metric].header if metric in METRIC_INFO else metric}"
+
+
+def to_csv(summary: dict[str, Any]) -> str:
+    """One row per group and metric: method, metric, mean, std, n, then ``<baseline>_diff/std/verdict``."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    baselines = summary["baselines"]
+    w.writerow(
+        ["method", "metric", "mean", "std", "n"]
+        + [f"{b}_{x}" for b in baselines for x in ("diff", "diff_std", "verdict")]
+    )
+    for g in summary["groups"]:
+        for key, cell in g["metrics"].items():
+            extra = []
+            for b in baselines:
+                d = g["vs"].get(b, {}).get(key)
+                extra += [d["mean"], d["std"], d["verdict"]] if d else ["", "", ""]
+            w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
+    return buf.getvalue()

@@ -1,0 +1,97 @@
+"""Replicas: a group's runs of one seed trained apart (another device layout, a resume). The first given
+counts for the seed; :func:`replica_record` and :func:`replica_note` say where the others' layouts differ
+and their largest metric difference from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ekd.config import flat_config
+from ekd.eval.compare.groups import Group, _value, metric_keys
+from ekd.eval.compare.runs import METRICS, RunRecord, _text_set
+from ekd.train.run_dir import SAME_RUN_KEYS
+
+
+def _layout(run: RunRecord) -> dict[str, Any]:
+    """How ``run`` was laid out and batched without changing what it trained: the keys of
+    :data:`~ekd.train.run_dir.SAME_RUN_KEYS` (parallel engine, offload, teacher placement, micro-batch split,
+    the same math in another summation order, checkpointing, eval batching) and the ranks it ran on."""
+    flat = flat_config(run.config)
+    layout = {k: flat.get(k) for k in SAME_RUN_KEYS}
+    layout["ranks"] = run.ranks or 1  # a run of an older ekd records none: one process
+    return layout
+
+
+def replica_record(group: Group, seed: int) -> dict[str, Any]:
+    """What a seed's replicas are: the counted run, each replica with the layout keys where it differs from
+    that run (``ranks=2``, ``train.parallel='fsdp'``; none for a resumed run or a rerun), and the largest
+    metric difference between any replica and the counted run — the metric (``<column>/<metric>``, ``kd_pct``,
+    ``bytes_per_token``), both values, |Δ| and |Δ| relative to the larger magnitude — over the figures both
+    scored alike: an eval set a replica scored another way (:func:`label_eval_sets`) is listed in
+    ``scored_otherwise`` (``eval#2 (vs eval)``), not compared."""
+    counted_run = group.run(seed)
+    base = _layout(counted_run)
+    replicas = []
+    largest: dict[str, Any] | None = None
+    keys = metric_keys([group]) + [
+        f"{c}/{m}" for c in counted_run.column_names() if c.endswith("/teacher") for m in METRICS
+    ]
+    counted_columns = {n: c for c, n in (counted_run.columns or {}).items()}  # entry → column
+    otherwise = [
+        f"{c} (vs {counted_columns[n]})"
+        for r in group.replicas[seed]
+        for c, n in (r.columns or {}).items()
+        if _text_set(c) and n in counted_columns and counted_columns[n] != c
+    ]
+    for r in group.replicas[seed]:
+        mine = _layout(r)
+        replicas.append(
+            {
+                "run": str(r.run_dir),
+                "differs_in": [f"{k}={mine[k]!r} (vs {base[k]!r})" for k in base if mine[k] != base[k]],
+            }
+        )
+        for key in keys:
+            a, b = _value(counted_run, key), _value(r, key)
+            if a is None or b is None:
+                continue
+            diff = abs(a - b)
+            rel = diff / max(abs(a), abs(b)) if diff else 0.0
+            if largest is None or rel > largest["relative"]:
+                largest = {
+                    "key": key,
+                    "counted": a,
+                    "replica": b,
+                    "abs": diff,
+                    "relative": rel,
+                    "run": str(r.run_dir),
+                }
+    return {
+        "seed": seed,
+        "counted": str(counted_run.run_dir),
+        "replicas": replicas,
+        "largest_difference": largest,
+        "scored_otherwise": list(dict.fromkeys(otherwise)),
+    }
+
+
+def replica_note(record: dict[str, Any]) -> str:
+    """A :func:`replica_record` (with its group's ``method`` label) as one sentence: which run counts, where each
+    replica's layout differs, and the largest metric difference (``identical metrics`` when there is none)."""
+    others = ", ".join(
+        f"{r['run']} ({', '.join(r['differs_in']) if r['differs_in'] else 'the same layout: a resume or a rerun'})"
+        for r in record["replicas"]
+    )
+    big, otherwise = record["largest_difference"], record.get("scored_otherwise")
+    if big is None or big["abs"] == 0:
+        agree = "identical metrics"
+    else:
+        agree = (
+            f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "
+            f"(|Δ| {big['abs']:.2g}, {big['relative']:.2g} relative, {big['run']})"
+        )
+    if otherwise:  # the eval sets themselves differ there: not a difference between the trainings
+        agree += f" where scored alike ({', '.join(otherwise)} scored another way, not compared)"
+    return (
+        f"`{record['method']}` seed {record['seed']}: {record['counted']} counts; replicas {others}: {agree}"
+    )

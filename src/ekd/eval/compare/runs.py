@@ -1,0 +1,357 @@
+"""What one finished run contributes to ``ekd compare``: the metrics a comparison reports, the
+:class:`RunRecord` of a run (its config as far as it decides what was trained, the eval sets as it scored
+them, its teacher) and :func:`read_run`, which reads it from the run directory (``config.yaml``, ``eval.json``
+or ``metrics.jsonl``, ``ekd-run.json``, the exported tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from ekd.config import with_todays_defaults
+from ekd.errors import EkdError
+from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
+from ekd.eval.task_metrics import task_sets
+from ekd.train.run_dir import changes_training, read_marker
+
+
+class Metric(NamedTuple):
+    higher_is_better: bool
+    fmt: str
+    header: str
+
+
+# every per-eval-set metric a comparison reports, in column order; score: a downstream task's primary metric
+METRIC_INFO = {
+    "ppl": Metric(False, ".2f", "ppl"),
+    "ppl_no_boundary": Metric(False, ".2f", "ppl w/o EOS"),
+    "acc": Metric(True, ".3f", "acc"),
+    "ece": Metric(False, ".2f", "ECE %"),
+    "kl": Metric(False, ".3f", "KL(t‖s)"),
+    "agree": Metric(True, ".3f", "top-1 agree"),
+    "score": Metric(True, ".4f", "score"),
+}
+METRICS = tuple(METRIC_INFO)
+HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
+RUN_KEYS = ("name", "seed", "output_dir")
+EVAL_SET_KEYS = ("data.eval_sources", "data.max_eval_blocks")
+"""Keys that choose the eval sets and how much of them is scored, not what a run trains: runs differing in them
+are one config, and each set is paired only where both runs scored it alike (try-out 26: an eval file copied
+to another path split two seeds into two configs)."""
+GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
+"""The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
+
+
+@dataclass
+class RunRecord:
+    """What one finished run contributes: its config, final eval metrics and supervision cost."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    eval: dict[str, dict[str, float]]  # set name → metrics (teacher rows under "<set>/teacher")
+    kd_fraction: float
+    bytes_per_token: float
+    tokenizer: str = ""  # what encoded the eval sets (``_tokenizer_identity``)
+    # set → the data settings its eval.json entry records (:meth:`set_data`)
+    scored_with: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # rows of one micro-batch over all ranks (ekd-run.json); None for a run of an older ekd (taken as 1 rank)
+    global_micro_batch: int | None = None
+    # sha256 of the packed training blocks (ekd-run.json); None for a run of an older ekd
+    data_fingerprint: str | None = None
+    # data.source is read as its content (the training blocks' sha256): every compared run records one
+    source_by_content: bool = False
+    # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
+    sets_by_content: frozenset[str] = frozenset()
+    # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
+    ranks: int | None = None
+    # column → its eval.json entry (``eval#2`` → ``eval``, ``eval#2/teacher`` → ``eval/teacher``): the set as this
+    # run scored it (:func:`label_eval_sets`); None before grouping: each entry under its own name
+    columns: dict[str, str] | None = None
+
+    def entry_name(self, column: str) -> str | None:
+        """The eval.json entry shown in ``column`` (``eval#2``: this run's ``eval``, scored the second way;
+        None when this run scored the set another way or not at all)."""
+        return column if self.columns is None else self.columns.get(column)
+
+    def entry(self, column: str) -> dict[str, float]:
+        """The metrics this run shows in ``column`` (:meth:`entry_name`); {} when none."""
+        name = self.entry_name(column)
+        return (self.eval.get(name) or {}) if name else {}
+
+    def column_names(self) -> list[str]:
+        """The columns this run has figures in (its eval.json entries before grouping)."""
+        return list(self.eval if self.columns is None else self.columns)
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", {}).get("preset", "?"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("run", {}).get("seed", 0))
+
+    def trained_config(self) -> dict[str, Any]:
+        """The config as far as it decides what the run trained: without ``run.*`` identity keys and the keys that
+        make no other run (:func:`~ekd.train.run_dir.changes_training`: reporting, checkpointing, eval batching,
+        the device layout, the same math) or only choose the eval sets (:data:`EVAL_SET_KEYS`: each set is paired
+        on its own, :meth:`eval_set`), with the micro-batch over all ranks (:data:`GLOBAL_BATCH_KEY`) instead — a
+        ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
+        cfg = {
+            s: {
+                k: x for k, x in v.items() if changes_training(f"{s}.{k}") and f"{s}.{k}" not in EVAL_SET_KEYS
+            }
+            for s, v in self.config.items()
+            if isinstance(v, dict)
+        }
+        for k in RUN_KEYS:
+            cfg.get("run", {}).pop(k, None)
+        micro = (self.config.get("train") or {}).get("micro_batch_size")
+        cfg.setdefault("train", {})[GLOBAL_BATCH_KEY] = self.global_micro_batch or micro
+        if "data" in cfg:
+            cfg["data"] = self._source_as_content(cfg["data"])
+        return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def _source_as_content(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` whose ``source`` is the run's training data read as its content when the runs compared are
+        told apart so (:attr:`source_by_content`): the same file copied to another path (another machine's
+        scratch directory) is the same data; a file changed in place is not."""
+        trained_on = (self.config.get("data") or {}).get("source")
+        if not self.source_by_content or data.get("source") != trained_on:
+            return data
+        return {**data, "source": f"training blocks sha256:{self.data_fingerprint[:16]}"}
+
+    def group_key(self) -> str:
+        """:meth:`trained_config` as text: runs that differ only by seed (or device layout) share it."""
+        return json.dumps(self.trained_config(), sort_keys=True, default=str)
+
+    def set_data(self, name: str) -> dict[str, Any]:
+        """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
+        RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
+        alike (:func:`ekd.eval.eval_json.set_settings`); keys added to ekd after the entry was written at their
+        defaults, as in the config (:func:`~ekd.config.with_todays_defaults`)."""
+        if name in self.scored_with:
+            data = with_todays_defaults({"data": self.scored_with[name]})["data"]
+        else:
+            data = self.config.get("data") or {}
+        if name in self.sets_by_content:  # what the set holds, not where its files are
+            data = {k: v for k, v in data.items() if k not in ("source", "eval_sources")}
+        else:
+            data = {k: v for k, v in data.items() if k != BLOCKS_KEY}
+        return set_settings(data, name)  # narrowed and without the keys that only change how it is read
+
+    def eval_set(self, name: str) -> str:
+        """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the
+        set's scored tokens and documents (runs evaluated before sets were spread samples record none). Two
+        runs' metrics on a set are comparable only when these are equal."""
+        metrics = self.eval.get(name) or {}
+        return json.dumps(
+            [self.set_data(name), self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
+            sort_keys=True,
+            default=str,
+        )
+
+    def teacher(self) -> str:
+        """The teacher the run's KL and agreement are measured against (``model.teacher``, revision, dtype)."""
+        model = self.config.get("model") or {}
+        return json.dumps([model.get(k) for k in TEACHER_KEYS], default=str)
+
+
+TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
+
+
+def _text_set(name: str) -> bool:
+    """A text eval set of the run (``eval``, a shifted set), not its teacher row nor an lm-eval task."""
+    return not name.endswith("/teacher") and not name.startswith(("task:", "tasks["))
+
+
+def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
+    """``section.key=value (vs other)`` for the keys (outside ``run.*`` identity and ``log.*``) where two configs
+    differ."""
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        for key in sorted(set(sa) | set(sb)):
+            if (section == "run" and key in RUN_KEYS) or not changes_training(f"{section}.{key}"):
+                continue
+            if sa.get(key) != sb.get(key):
+                out.append(f"{section}.{key}={sb.get(key)!r} (vs {sa.get(key)!r})")
+    return out[:limit] + (["…"] if len(out) > limit else [])
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """A finished run directory written by ``ekd distill`` (``config.yaml`` + ``eval.json`` or the final eval
+    rows of ``metrics.jsonl``).
+
+    Raises:
+        EkdError: not a run directory, or a run without a final evaluation.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        from ekd.train.evaluation import enclosing_run
+
+        run = enclosing_run(run_dir)  # RUN/student, the exported model: did you mean RUN?
+        fix = f"it lies inside the run {run}: pass that" if run is not None else "pass runs/<name>"
+        raise EkdError(f"ekd compare: {run_dir} is not a run directory (no config.yaml); {fix}")
+    try:
+        config = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
+        config = with_todays_defaults(config)
+    rows = metric_rows(run_dir)
+    results, scored_with = _eval_results(run_dir, rows)
+    if not results:
+        raise EkdError(
+            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
+        )
+    kd_fraction = _kd_fraction(rows)
+    marker = _marker(run_dir)
+    return RunRecord(
+        run_dir,
+        config,
+        results,
+        kd_fraction,
+        _bytes_per_token(run_dir, config, kd_fraction, measured_rs_unique_ids(rows)),
+        _tokenizer_identity(run_dir, config),
+        scored_with,
+        marker.get("global_micro_batch"),
+        marker.get("data_fingerprint") or None,
+        ranks=marker.get("ranks"),
+    )
+
+
+def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
+    """The tokenizer a run's eval sets were encoded with: the content of the exported student's
+    ``tokenizer.json`` (vocabulary, merges, added tokens, normalization: not its formatting), else
+    ``model.tokenizer`` as configured (a run without its student directory)."""
+    import hashlib
+
+    try:
+        saved = json.loads((run_dir / "student" / "tokenizer.json").read_text())
+        parts = {k: saved.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer")}
+        return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    except (OSError, ValueError, AttributeError):
+        model = config.get("model") or {}
+        spec = str(model.get("tokenizer", "teacher"))
+        if spec in ("teacher", "student"):
+            return f"{spec}:{model.get(spec)}"
+        return f"train_bpe:{model.get('bpe_vocab_size')}" if spec == "train_bpe" else spec
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (none when it is absent; a torn last line is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line (interrupted write) carries nothing we need
+    return rows
+
+
+def _eval_results(
+    run_dir: Path, rows: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
+    metrics, and set → the data settings it was scored with, for the sets whose eval.json entry records them
+    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json)."""
+    path = run_dir / "eval.json"
+    if path.is_file():
+        try:
+            sets, scored_with = split_settings(task_sets(json.loads(path.read_text())))  # tasks: task:<name>
+            # eval.json writes NaN as null (strict JSON): back to NaN
+            metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
+            return metrics, scored_with
+        except json.JSONDecodeError:
+            raise EkdError(
+                f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
+            ) from None
+    last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
+    results: dict[str, dict[str, float]] = {}
+    for key, value in (last or {}).items():
+        if not key.startswith("eval/") or value is None:
+            continue
+        name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
+        results.setdefault(name, {})[metric] = value
+    return results, {}
+
+
+def _kd_fraction(rows: list[dict[str, Any]]) -> float:
+    """Selected / valid positions over the run, from the per-step ``select/count`` and ``select/fraction``."""
+    selected = valid = 0.0
+    for r in rows:
+        count, fraction = r.get("select/count"), r.get("select/fraction")
+        if count is not None and fraction:
+            selected += count
+            valid += count / fraction
+    return selected / valid if valid else 0.0
+
+
+def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
+    """Mean distinct ids an online RS run drew per KD position: the per-step ``train/rs_unique_ids`` weighted
+    by the step's selected rows ``select/count`` (both global figures under torchrun; ``train/kd_tokens``, the
+    planned normalizer, for a run that logged ``select/count`` per micro-batch). None for a run without it:
+    another target, a cache, or a run of an ekd that did not log it."""
+    drawn = positions = 0.0
+    for r in rows:
+        unique, count = r.get("train/rs_unique_ids"), r.get("select/count", r.get("train/kd_tokens"))
+        if unique is not None and count:
+            drawn += unique * count
+            positions += count
+    return drawn / positions if positions else None
+
+
+def _bytes_per_token(
+    run_dir: Path, config: dict[str, Any], kd_fraction: float, rs_unique_ids: float | None
+) -> float:
+    """:func:`ekd.demo.teacher_bytes_per_token` of a run; ``rs_unique_ids``: :func:`measured_rs_unique_ids`."""
+    from ekd.config import config_from_dict
+    from ekd.demo import teacher_bytes_per_token
+
+    try:
+        cfg = config_from_dict(config)
+    except EkdError:
+        return math.nan
+    vocab = _vocab_size(run_dir)
+    cache_info = None
+    if cfg.teacher.source == "cache" and cfg.teacher.cache_dir:
+        try:
+            from ekd.teacher.cache import CacheReader
+
+            cache_info = CacheReader(cfg.teacher.cache_dir).info()
+        except EkdError:
+            cache_info = None
+    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab, rs_unique_ids) if vocab else math.nan
+
+
+def _marker(run_dir: Path) -> dict[str, Any]:
+    """The run's ``ekd-run.json`` (what it recorded when it finished); {} when absent or unreadable."""
+    try:
+        return read_marker(run_dir) or {}
+    except EkdError:
+        return {}
+
+
+def _vocab_size(run_dir: Path) -> int:
+    """V, the vocabulary the run's teacher targets spanned: the tokenizer length the run recorded when it
+    finished (``ekd-run.json``'s ``tokenizer_tokens``), else (a run of an older ekd) the length of the tokenizer
+    exported with the student (a model or an adapter directory alike); 0 when neither is there. Never the
+    student head's ``vocab_size``: a padded head has more rows than the targets span."""
+    recorded = _marker(run_dir).get("tokenizer_tokens")
+    if recorded:
+        return int(recorded)
+    try:
+        from ekd.models.load import load_tokenizer
+
+        return len(load_tokenizer(str(run_dir / "student"), role="student"))
+    except EkdError:
+        return 0

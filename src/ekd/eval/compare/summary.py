@@ -1,0 +1,137 @@
+"""The comparison as plain data (what ``compare.json`` holds): per group the mean ± sample std over seeds of
+every figure, paired differences against each baseline with their verdict (:func:`paired_difference`), the
+teacher rows, the eval-set columns and the replicas."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
+from ekd.eval.compare.groups import Group, metric_keys
+from ekd.eval.compare.replicas import replica_note, replica_record
+from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _text_set
+from ekd.eval.eval_json import set_of
+
+TEACHER_RELATIVE = ("kl", "agree")  # metrics measured against the run's teacher (also kl@H<i>)
+UNPAIRED = ("different eval sets", "different teachers")  # verdicts of a difference that is not computed
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
+    """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric.
+
+    A seed pairs only runs scored alike: on the same eval set (the column's: :meth:`Group.values`) for a text
+    eval set's metric, and against the same teacher for KL and agreement. When no seed pairs, the verdict says
+    why (``different eval sets``: the baseline's run of a seed scored the set another way; ``different
+    teachers``) and there is no number.
+    """
+    a, b = group.values(key), baseline.values(key)
+    why_not = _unpaired(group, baseline, key, sorted(a))
+    seeds = [s for s in sorted(set(a) & set(b)) if s not in why_not]
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, std = mean_std(diffs)
+    higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
+    if not diffs:
+        verdict = next(iter(why_not.values()), "no shared seed")
+    elif len(diffs) == 1:
+        verdict = "1 seed"
+    elif abs(mean) > std:
+        verdict = "better" if (mean > 0) == higher else "worse"
+    else:
+        verdict = "within spread"
+    return {"mean": mean, "std": std, "n": len(diffs), "verdict": verdict}
+
+
+def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict[int, str]:
+    """seed → why ``group``'s run of the seed cannot be paired with ``baseline``'s on ``key`` (only the seeds
+    that cannot; ``seeds``: those ``group`` has a value for)."""
+    column, _, metric = key.rpartition("/")
+    if not column or not _text_set(column):
+        return {}  # cost columns and lm-eval tasks: no eval set to match
+    out = {}
+    for seed in seeds:
+        base = next((r for r in baseline.runs if r.seed == seed), None)
+        run = group.run(seed)
+        name = run.entry_name(column)
+        if base is None or name is None or (not base.entry(column) and name not in base.eval):
+            continue  # no such seed, or a set the baseline's run did not score: nothing to pair
+        if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
+            out[seed] = UNPAIRED[0]  # scored another way: in another column
+        elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher() != base.teacher():
+            out[seed] = UNPAIRED[1]
+    return out
+
+
+def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
+    """The comparison as plain data (what ``compare.json`` holds)."""
+    keys = metric_keys(groups)
+    by_label = {g.label: g for g in groups}
+    out: dict[str, Any] = {"groups": [], "baselines": [b for b in baselines if b in by_label]}
+    for g in groups:
+        entry: dict[str, Any] = {
+            "method": g.label,
+            "seeds": sorted(r.seed for r in g.runs),
+            "runs": [str(r.run_dir) for r in g.runs],
+            "note": g.note,
+            "metrics": {},
+            "vs": {},
+        }
+        for key in keys:
+            vals = list(g.values(key).values())
+            if vals:
+                mean, std = mean_std(vals)
+                entry["metrics"][key] = {"mean": mean, "std": std, "n": len(vals)}
+        for b in out["baselines"]:
+            if b != g.label:
+                entry["vs"][b] = {
+                    k: paired_difference(g, by_label[b], k) for k in keys if k in entry["metrics"]
+                }
+        out["groups"].append(entry)
+    out["teachers"] = _teacher_rows(groups)
+    out["eval_set_columns"] = eval_set_columns(groups)
+    out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
+    out["replicas"] = [
+        {"method": g.label, **replica_record(g, seed)} for g in groups for seed in sorted(g.replicas)
+    ]
+    out["replica_notes"] = [replica_note(r) for r in out["replicas"]]
+    return out
+
+
+def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    """One row per distinct teacher (:meth:`RunRecord.teacher`; the runs' ``<set>/teacher`` metrics): the
+    teacher, the groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of
+    kd, ...)'. Its figures on a set go to the set's column (:func:`label_eval_sets`): the same teacher on a set
+    scored two ways has a figure in each column, told apart by the column, not by a second row of one label
+    (try-out 29: two rows '(teacher of kd)'); a run with one set more than the others adds that set's figures."""
+    rows: list[dict[str, Any]] = []
+    for g in groups:
+        for r in g.runs:
+            metrics = {
+                f"{set_of(c)}/{m}": v
+                for c in r.column_names()
+                if c.endswith("/teacher")
+                for m, v in r.entry(c).items()
+                if m in METRICS
+            }
+            if not metrics:
+                continue
+            row = next((row for row in rows if row["key"] == r.teacher()), None)
+            if row is None:
+                teacher = (r.config.get("model") or {}).get("teacher")
+                row = {"key": r.teacher(), "teacher": teacher, "of": [], "metrics": {}}
+                rows.append(row)
+            row["metrics"] = metrics | row["metrics"]  # a column is one set: the first run's figure stands
+            if g.label not in row["of"]:
+                row["of"].append(g.label)
+    for row in rows:
+        del row["key"]
+        row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
+    return rows
