@@ -149,22 +149,7 @@ def _model_dir(path, tokenizer_dir, rows: int):
     """A tiny Llama saved with the tokenizer of ``tokenizer_dir`` and a head (and embedding) of ``rows`` rows."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = load_tokenizer(str(tokenizer_dir))
-    config = LlamaConfig(
-        vocab_size=rows,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _tiny_model(path, LlamaConfig, LlamaForCausalLM, tokenizer_dir, rows)
 
 
 def _no_data(monkeypatch) -> None:
@@ -387,6 +372,7 @@ def test_a_model_saved_without_tokenizer_files_reads_the_runs_or_is_one_line(
 
 
 def _tiny_model(path, config_class, model_class, tokenizer_dir, rows: int):
+    """A tiny model of ``config_class`` saved with the tokenizer of ``tokenizer_dir`` and ``rows`` head rows."""
     tok = load_tokenizer(str(tokenizer_dir))
     config = config_class(
         vocab_size=rows,
