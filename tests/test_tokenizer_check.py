@@ -437,8 +437,34 @@ def test_ekd_eval_reads_the_export_with_the_tokenizer_the_run_trained_with(
     again = json.loads((run / "eval.json").read_text())
     for name in ("ppl", "kl", "tokens"):
         assert again["eval"][name] == pytest.approx(scored["eval"][name], rel=1e-6), name
-    # the export's tokenizer files changed after the run: said, nothing written
+    # a run of an older ekd records no class: the tokenizer its config names (model.tokenizer=teacher) decides
+    (run / "ekd-run.json").write_text(
+        json.dumps(
+            {k: v for k, v in marker.items() if not k.startswith("tokenizer_c") and k != "tokenizer_sha256"}
+        )
+    )
+    assert main(["-q", "eval", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(
+        scored["eval"]["ppl"], rel=1e-6
+    )
+    # a class this transformers lacks, and an export without its tokenizer files: one line each, nothing written
     before = (run / "eval.json").read_bytes()
+    (run / "ekd-run.json").write_text(json.dumps({**marker, "tokenizer_class": "NoSuchTokenizer"}))
+    assert main(["eval", str(run)]) == 2
+    assert (
+        "was trained with the tokenizer class NoSuchTokenizer, which transformers" in capsys.readouterr().err
+    )
+    (run / "ekd-run.json").write_text(json.dumps(marker))
+    tokenizer_json = (run / "student" / "tokenizer.json").read_bytes()
+    (run / "student" / "tokenizer.json").unlink()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{run / 'student'}: " in err and "put its tokenizer files back" in err and "model.student" not in err
+    ), err
+    (run / "student" / "tokenizer.json").write_bytes(tokenizer_json)
+    assert (run / "eval.json").read_bytes() == before
+    # the export's tokenizer files changed after the run: said, nothing written
     load_tokenizer(str(qwen)).save_pretrained(run / "student")  # another tokenizer's files
     assert main(["eval", str(run), "eval.teacher=false"]) == 2
     assert "does not encode as the one the run trained with" in capsys.readouterr().err
