@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ekd.config import load_config
+from ekd.config import ConfigError, load_config
 from ekd.data import collate
 from ekd.errors import NonFiniteLossError, RunDirError
 from ekd.train import trainer as trainer_mod
@@ -251,3 +251,54 @@ def test_micro_batches_and_accumulation_train_alike_across_epochs(tmp_path, corp
         rows = [json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
         tokens[name] = [row["train/kd_tokens"] for row in rows if "train/kd_tokens" in row]
     assert tokens["whole"] == tokens["halves"]  # the same blocks at every step
+
+
+def test_a_run_whose_steps_spanned_epochs_resumes_under_its_own_rule(tmp_path, corpus, monkeypatch):
+    """try-out 30: a run of the ekd before steps were drawn from one epoch, with micro-batch × accumulation above
+    its blocks with a target (its steps spanned epochs), could not be resumed: the new check refused it and both
+    fixes it named are refused by --resume. Its checkpoints record no step_rows: it continues under its own rule,
+    exactly as an uninterrupted run of that rule. (The older ekd is emulated: per-batch epoch ends, no step_rows
+    in the loader state, only a micro-batch's rows checked.)"""
+    from ekd.data.loader import BlockLoader
+
+    extra = ["method=kd", "eval.teacher=false", "train.checkpoint_every=2", "train.grad_accum_steps=4"]
+    probe = load_config(overrides=tiny_overrides(tmp_path, corpus, "probe") + extra)
+    n = len(prepare_data(probe, tmp_path / "prep").blocks["train"])
+    micro = n // 2  # a step of 4 micro-batches takes 2n rows: more than the blocks
+    over = [*extra, f"train.micro_batch_size={micro}", "train.max_steps=6"]
+    fresh = load_config(overrides=tiny_overrides(tmp_path, corpus, "fresh") + over)
+    with pytest.raises(
+        ConfigError, match=rf"= {4 * micro} rows per step is more than the {n} training blocks"
+    ):
+        train(fresh)
+    real_init, real_state = BlockLoader.__init__, BlockLoader.state_dict
+    real_check, real_step = trainer_mod._check_enough_blocks, trainer_mod.forward_backward
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.step_rows = self.batch_size  # epochs ended per micro-batch
+
+    def killed(micro_batches, student, teacher, parts, step, *args, **kwargs):
+        if step == 4:  # after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return real_step(micro_batches, student, teacher, parts, step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:  # the older ekd
+        m.setattr(BlockLoader, "__init__", init)
+        m.setattr(
+            BlockLoader,
+            "state_dict",
+            lambda self: {k: v for k, v in real_state(self).items() if k != "step_rows"},
+        )
+        m.setattr(trainer_mod, "_check_enough_blocks", lambda *a: real_check(*a[:5], False))
+        expected = loss_curve(
+            train(load_config(overrides=tiny_overrides(tmp_path, corpus, "old") + over)).run_dir
+        )
+        m.setattr(trainer_mod, "forward_backward", killed)
+        stopped = load_config(overrides=tiny_overrides(tmp_path, corpus, "old-stopped") + over)
+        with pytest.raises(KeyboardInterrupt):
+            train(stopped)
+    got = loss_curve(train(stopped, resume=True).run_dir)  # resumed by the ekd of today
+    assert sorted(got) == list(range(1, 7))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step

@@ -244,18 +244,23 @@ def _blocks_with_targets(blocks) -> torch.Tensor:
     return with_targets
 
 
-def _check_enough_blocks(trained: int, blocks: int, sampled: bool, cfg: Config, ranks: Ranks) -> None:
+def _check_enough_blocks(
+    trained: int, blocks: int, sampled: bool, cfg: Config, ranks: Ranks, whole_step: bool = True
+) -> None:
     """Refuse a step of more rows than the blocks a step draws from, naming why there are so few.
 
     ``trained`` of the ``blocks`` training blocks are drawn (those with a target, and of those the ones TopSmp
     kept when ``sampled``); a step takes ``train.micro_batch_size`` rows on each of the W ranks, for each of its
     ``train.grad_accum_steps`` micro-batches, all from one epoch (:meth:`~ekd.data.BlockLoader.next_step`).
+    ``whole_step`` False checks one micro-batch's rows only: what the loader needs, and all that a run started
+    by an ekd whose steps could span two epochs needs to continue (try-out 30: 4 × 4 on 7 blocks).
 
     Raises:
         ConfigError: one line; lowering ``data.block_length`` is advised only when every block holds a target
             (otherwise shorter blocks leave more of them without one, try-out 25).
     """
-    micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum_steps
+    micro = cfg.train.micro_batch_size
+    accum = cfg.train.grad_accum_steps if whole_step else 1
     rows = micro * ranks.world_size * accum
     if trained >= rows:
         return
@@ -353,7 +358,7 @@ def _train(
     trained = _blocks_with_targets(data.blocks["train"])
     if kept is not None:
         trained = kept[torch.isin(kept, trained)]
-    _check_enough_blocks(trained.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks)
+    _check_enough_blocks(trained.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks, False)
     loader = BlockLoader(
         data.blocks["train"],
         cfg.train.micro_batch_size * ranks.world_size,
@@ -392,6 +397,11 @@ def _train(
             raise unreadable(ckpt, e) from None
         # every rank resumed from the same checkpoint (verified_on_main); rank 0 says it (said_by_rank0)
         log.info("resumed from %s at step %d", ckpt, start_step)
+    # a step's micro-batches come from one epoch, unless an older ekd's checkpoint keeps its per-batch rule
+    whole_step = loader.step_rows > loader.batch_size
+    _check_enough_blocks(
+        loader.indices.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks, whole_step
+    )
     metrics_log = run_on_main(  # rank 0's log (wandb may refuse to start): every rank hears whether it opened
         ranks,
         lambda: MetricsLog(
