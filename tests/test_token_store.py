@@ -555,3 +555,26 @@ def test_a_budget_above_the_whole_corpus_reuses_the_store_of_another_such_budget
     )
     assert calls == []
     assert_same_blocks(whole.blocks, unbudgeted.blocks)
+
+
+def test_a_store_of_another_budget_above_the_corpus_gives_its_training_split_to_other_eval_pools(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """try-out 30: a run reusing the store of another `data.max_tokens` above the corpus, then evaluated with
+    another `data.max_eval_blocks`, tokenized the whole training corpus again: the two reuse rules did not
+    combine. One rule now says when a store holds the training split a build would make."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=400)
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True, max_tokens=10**9), tmp_path / "r1")
+    calls = count_encodes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        copied = prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=2), tmp_path / "r2"
+        )
+    assert any("tokenizing the eval sets only" in r.getMessage() for r in caplog.records)
+    copied_texts, _ = sum(calls), calls.clear()
+    fresh = prepare_data(
+        config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=2, store_dir=str(tmp_path / "fresh")),
+        tmp_path / "r3",
+    )
+    assert_same_blocks(fresh.blocks, copied.blocks)
+    assert sum(calls) - copied_texts > 250  # the fresh build tokenized the training documents too

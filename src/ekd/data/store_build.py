@@ -574,50 +574,54 @@ def _train_budget(signature: dict) -> int | None:
     return budget or None
 
 
+# the data keys that size what a store reads without changing how any document is routed, tokenized or packed
+SIZES = ("max_tokens", "max_eval_blocks")
+
+
+def _same_training_split(manifest: dict, signature: dict) -> bool:
+    """Whether the complete store of ``manifest`` holds the training split a build of ``signature`` makes: the
+    signatures are the same by content (:func:`_by_content`) but for :data:`SIZES`, and ``data.max_tokens`` is
+    the same or both budgets lie above the store's whole training corpus (it read every document, as a build of
+    ``signature`` would). The eval pools (``data.max_eval_blocks``) never change the training split: it routes
+    each document by its content and fills to its own budget."""
+    found, wanted = _by_content(manifest.get("signature") or {}), _by_content(signature)
+    data, wanted_data = found.get("data"), wanted.get("data")
+    if not isinstance(data, dict) or not all(k in data for k in SIZES):
+        return False
+    train = next((s for s in manifest["splits"] if s["name"] == "train"), None)
+    budgets = (_train_budget(found), _train_budget(wanted))
+    for d in (data, wanted_data):
+        for key in SIZES:
+            d.pop(key, None)
+    if found != wanted or train is None:
+        return False
+    # the whole corpus when below its budget: that build never closed the split
+    return budgets[0] == budgets[1] or all(b is None or train["tokens"] < b for b in budgets)
+
+
 def _store_of_a_shorter_corpus(root: Path, signature: dict) -> tuple[Path, dict] | None:
     """A complete, unchanged store under ``root`` that differs from ``signature`` only in ``data.max_tokens``
-    (and path spellings), when the whole training corpus is below both budgets: it read every document, as a
-    build of ``signature`` would, so its files are that build's. (its directory, its manifest), or None."""
-    wanted = _by_content(signature)
-    wanted["data"].pop("max_tokens", None)
-    budget = _train_budget(signature)
+    (and path spellings), when the whole training corpus is below both budgets (:func:`_same_training_split`):
+    its files are those a build of ``signature`` makes. (its directory, its manifest), or None."""
+    eval_pools = signature["data"]["max_eval_blocks"]
     for directory, manifest in _complete_stores(root):
-        found = _by_content(manifest.get("signature") or {})
-        if not isinstance(found.get("data"), dict) or "max_tokens" not in found["data"]:
-            continue
-        its_budget = _train_budget(found)
-        found["data"].pop("max_tokens")
-        train = next((s for s in manifest["splits"] if s["name"] == "train"), None)
-        if found != wanted or train is None:
-            continue
-        tokens = train["tokens"]  # the whole corpus when below its budget: the build never closed the split
-        if all(b is None or tokens < b for b in (budget, its_budget)) and not changed_files(
-            directory, manifest
+        same_pools = (manifest.get("signature") or {}).get("data", {}).get("max_eval_blocks") == eval_pools
+        if (
+            same_pools
+            and _same_training_split(manifest, signature)
+            and not changed_files(directory, manifest)
         ):
             return directory, manifest
     return None
 
 
-def _without_eval_pools(signature: dict) -> dict:
-    """``signature`` by content (:func:`_by_content`) without ``data.max_eval_blocks``, which sizes the eval
-    pools and nothing else: the training split is read, routed and packed alike whatever it is."""
-    out = _by_content(signature)
-    if isinstance(out.get("data"), dict):
-        out["data"].pop("max_eval_blocks", None)
-    return out
-
-
 def _store_with_other_eval_pools(root: Path, signature: dict) -> tuple[Path, dict] | None:
-    """A complete, unchanged store under ``root`` that differs from ``signature`` only in
-    ``data.max_eval_blocks``: (its directory, its manifest), or None. Its training split is the one a build of
-    ``signature`` makes (the split routes each document by its content and is filled to ``data.max_tokens``
-    whatever the eval pools hold), so ``ekd eval RUN data.max_eval_blocks=…`` does not tokenize the training
-    corpus again."""
-    wanted = _without_eval_pools(signature)
+    """A complete, unchanged store under ``root`` whose training split is the one a build of ``signature`` makes
+    (:func:`_same_training_split`: it differs in ``data.max_eval_blocks``, and maybe in a ``data.max_tokens``
+    above the whole corpus): (its directory, its manifest), or None — so ``ekd eval RUN
+    data.max_eval_blocks=…`` does not tokenize the training corpus again."""
     for directory, manifest in _complete_stores(root):
-        if _without_eval_pools(manifest.get("signature") or {}) != wanted:
-            continue
-        if any(s["name"] == "train" for s in manifest["splits"]) and not changed_files(directory, manifest):
+        if _same_training_split(manifest, signature) and not changed_files(directory, manifest):
             return directory, manifest
     return None
 
