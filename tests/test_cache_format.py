@@ -623,3 +623,11 @@ def test_bit_fields_round_trip_at_every_width_and_offset(seed):
             fixed[0] = np.uint64(2**64 - 1) >> np.uint64(1)
         stream = np.frombuffer(codes.pack_bits(fixed, width), np.uint8)
         np.testing.assert_array_equal(codes.unpack_bits(stream, len(fixed), width), fixed.astype(np.int64))
+
+
+def test_cache_info_values_stand_in_one_column():
+    """try-out 30: the renamed `fixed_width_bound_bytes_per_position` pushed its value out of the column."""
+    from ekd.teacher.cache.command import format_info
+
+    lines = format_info({"samples": 3, "fixed_width_bound_bytes_per_position": 10.959, "x": "y"}).splitlines()
+    assert {line.index(line.split()[-1]) for line in lines} == {len("fixed_width_bound_bytes_per_position") + 1}

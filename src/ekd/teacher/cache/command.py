@@ -34,12 +34,14 @@ def _fmt(value) -> str:
 def format_info(info: dict) -> str:
     """``CacheReader.info()`` as aligned ``key  value`` lines, layout and signature indented below."""
     lines = []
+    width = max((len(k) for k, v in info.items() if not isinstance(v, dict)), default=0)
     for key, value in info.items():
         if isinstance(value, dict):
             lines.append(f"{key}:")
-            lines.extend(f"  {k:<22} {_fmt(v)}" for k, v in value.items())
+            inner = max((len(k) for k in value), default=0)
+            lines.extend(f"  {k:<{inner}} {_fmt(v)}" for k, v in value.items())
         else:
-            lines.append(f"{key:<28} {_fmt(value)}")
+            lines.append(f"{key:<{width}} {_fmt(value)}")
     return "\n".join(lines)
 
 
