@@ -198,3 +198,14 @@ def test_the_kd_range_edges_are_accepted_by_every_policy(lo_hi):
     # IDTS at its widest: c = ln 10 around τ_base = 1 reaches 0.1 and 10 (ŝ = ±1 once tanh saturates)
     tau = build(temperature="idts", kd_temperature=1.0, idts_strength=math.log(10))(sel, stats, valid, ctx())
     assert tau.min() >= 0.1 * (1 - 1e-6) and tau.max() <= 10 * (1 + 1e-6)
+
+
+def test_a_schedule_held_past_the_runs_last_step_is_one_tau_in_that_run():
+    """try-out 30: a schedule 1 → 2 held for 95% of a 10-step run never leaves τ = 1 (u ≤ 0.9), yet was refused
+    from a cache as changing τ over the steps; over 30 steps it does leave it."""
+    kw = dict(temperature="schedule", kd_temperature=1.0, temperature_end=2.0, temperature_hold_fraction=0.95)
+    sel, stats, valid = case()
+    ten = build_temperature(MethodConfig(**kw), total_steps=10)
+    assert {float(t) for s in range(10) for t in ten(sel, stats, valid, ctx(s, 10))} == {1.0}
+    assert fixed_tau(MethodConfig(**kw), 10) == 1.0
+    assert fixed_tau(MethodConfig(**kw), 30) is None and fixed_tau(MethodConfig(**kw)) is None

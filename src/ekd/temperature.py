@@ -251,20 +251,22 @@ def temperature_needs(method_cfg: Any) -> set[str]:
     return set(temperatures.get(name).needs)
 
 
-def fixed_tau(method_cfg: Any) -> float | None:
+def fixed_tau(method_cfg: Any, total_steps: int | None = None) -> float | None:
     """The one τ that every token of every step gets under the configured policy, or None when τ varies.
 
     ``constant`` gives ``kd_temperature``; ``schedule`` gives it too when it never leaves τ0
-    (``temperature_end`` = ``kd_temperature``, or ``temperature_hold_fraction`` = 1); the per-token policies
-    (``idts``, ``entropy_map``) give None. Cached targets are made at one τ, so only a fixed τ can train from them.
+    (``temperature_end`` = ``kd_temperature``, ``temperature_hold_fraction`` = 1, or — over a run of
+    ``total_steps`` — a hold that outlasts the run's last step); the per-token policies (``idts``,
+    ``entropy_map``) give None. Cached targets are made at one τ, so only a fixed τ can train from them.
     """
     tau0 = float(method_cfg.kd_temperature)
     if method_cfg.temperature == "constant":
         return tau0
-    if method_cfg.temperature == "schedule" and (
-        float(method_cfg.temperature_end) == tau0 or float(method_cfg.temperature_hold_fraction) >= 1.0
-    ):
-        return tau0
+    if method_cfg.temperature == "schedule":
+        if float(method_cfg.temperature_end) == tau0 or float(method_cfg.temperature_hold_fraction) >= 1.0:
+            return tau0
+        if total_steps and ScheduledTemperature(method_cfg, total_steps).tau_at(total_steps - 1) == tau0:
+            return tau0  # τ moves from τ0 only after the run's last step (0-based: u ≤ (T − 1)/T)
     return None
 
 

@@ -296,7 +296,7 @@ def _train(
         from ekd.teacher.cache.source import check_cache_dir, check_cache_temperature
 
         def check_cache() -> None:  # the rule `ekd cache` applies before building (check_trains_from_cache)
-            check_cache_temperature(cfg.method)
+            check_cache_temperature(cfg.method, cfg.train.max_steps)
             check_cache_dir(cfg.teacher.cache_dir)
 
         # every rank would find the same: rank 0 checks, its refusal is said once (its node's files; another

@@ -73,7 +73,7 @@ def check_importable(cfg: Config) -> None:
         raise ConfigError(
             f"method.target={m.target}: imported teacher logprobs give top-K targets; set method.target=topk"
         )
-    if fixed_tau(m) is None:
+    if fixed_tau(m, cfg.train.max_steps) is None:
         raise ConfigError(
             f"{varying_tau(m)}: an imported cache is made at one τ; use method.temperature=constant"
         )

@@ -142,10 +142,12 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         )
 
 
-def check_cache_temperature(method) -> None:
+def check_cache_temperature(method, total_steps: int | None = None) -> None:
     """Refuse a KD temperature the cached targets were not made at (one line naming the fix).
 
-    Cached top-K targets are stored at τ = ``method.kd_temperature``, cached RS targets are drawn at τ = 1;
+    ``total_steps``: the run's length (a τ schedule whose hold outlasts it is one τ in that run;
+    :func:`ekd.temperature.fixed_tau`). Cached top-K targets are stored at τ = ``method.kd_temperature``,
+    cached RS targets are drawn at τ = 1;
     training compares the student with the teacher at its own τ_i, so a per-token temperature policy, or
     RS with τ ≠ 1, would train toward the wrong distribution (RS: toward p^τ instead of p_τ).
 
@@ -153,7 +155,7 @@ def check_cache_temperature(method) -> None:
         ConfigError: ``target=topk`` with a policy whose τ varies (:func:`ekd.temperature.fixed_tau`);
             ``target=rs`` with one whose τ varies or is not 1.
     """
-    tau = fixed_tau(method)
+    tau = fixed_tau(method, total_steps)
     if method.target == "topk" and tau is None:
         raise ConfigError(
             f"{varying_tau(method)}, but cached top-K targets are stored at one τ (method.kd_temperature); "
@@ -192,7 +194,7 @@ def check_trains_from_cache(cfg: Config) -> None:
         validate(cached)
         MethodParts.build(cached, cached.train.max_steps)
         if teacher_needed(cached):
-            check_cache_temperature(cached.method)
+            check_cache_temperature(cached.method, cached.train.max_steps)
     except ConfigError as e:
         raise ConfigError(
             f"not building a cache this config cannot train from (ekd distill with teacher.source=cache "
@@ -219,7 +221,7 @@ class CacheTeacher:
 
     def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
         directory = Path(cfg.teacher.cache_dir)
-        check_cache_temperature(cfg.method)
+        check_cache_temperature(cfg.method, cfg.train.max_steps)
         self.reader = CacheReader(directory)
         check_signature(
             directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
