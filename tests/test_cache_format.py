@@ -630,4 +630,6 @@ def test_cache_info_values_stand_in_one_column():
     from ekd.teacher.cache.command import format_info
 
     lines = format_info({"samples": 3, "fixed_width_bound_bytes_per_position": 10.959, "x": "y"}).splitlines()
-    assert {line.index(line.split()[-1]) for line in lines} == {len("fixed_width_bound_bytes_per_position") + 1}
+    assert {line.index(line.split()[-1]) for line in lines} == {
+        len("fixed_width_bound_bytes_per_position") + 1
+    }
