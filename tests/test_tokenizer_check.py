@@ -437,13 +437,20 @@ def test_ekd_eval_reads_the_export_with_the_tokenizer_the_run_trained_with(
     again = json.loads((run / "eval.json").read_text())
     for name in ("ppl", "kl", "tokens"):
         assert again["eval"][name] == pytest.approx(scored["eval"][name], rel=1e-6), name
-    # a run of an older ekd records no class: the tokenizer its config names (model.tokenizer=teacher) decides
+    # a run of an older ekd records no class: the one its export's tokenizer_config.json names (where ekd saved
+    # the run's tokenizer) decides — whatever model.tokenizer says at eval time (try-out 31)
     (run / "ekd-run.json").write_text(
         json.dumps(
             {k: v for k, v in marker.items() if not k.startswith("tokenizer_c") and k != "tokenizer_sha256"}
         )
     )
     assert main(["-q", "eval", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(
+        scored["eval"]["ppl"], rel=1e-6
+    )
+    assert main(["-q", "eval", str(run), "model.tokenizer=student", "eval.teacher=false"]) == 0, (
+        capsys.readouterr()
+    )
     assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(
         scored["eval"]["ppl"], rel=1e-6
     )

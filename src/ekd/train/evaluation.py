@@ -300,7 +300,7 @@ def evaluate_saved_run(
     from ekd.data import load_splits
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
-    tokenizer = run_tokenizer(student_dir, read_marker(run_dir), cfg)  # the class the run trained with
+    tokenizer = run_tokenizer(student_dir, read_marker(run_dir))  # the class the run trained with
     if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
         check_models_fit_tokenizer(
             tokenizer,

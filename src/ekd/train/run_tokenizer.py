@@ -24,11 +24,9 @@ import transformers
 from transformers import PreTrainedTokenizerBase
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
-from ekd.config import Config
 from ekd.data.tokenizer import tokenizer_hash
-from ekd.errors import EkdError, ModelError
+from ekd.errors import ModelError
 from ekd.models.load import load_or_refuse, load_tokenizer
-from ekd.train.prepare import tokenizer_source
 
 log = logging.getLogger(__name__)
 
@@ -38,44 +36,52 @@ def tokenizer_facts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     return {"tokenizer_class": type(tokenizer).__name__, "tokenizer_sha256": tokenizer_hash(tokenizer)}
 
 
-def run_tokenizer(student_dir: Path, marker: dict | None, cfg: Config) -> PreTrainedTokenizerBase:
+def run_tokenizer(student_dir: Path, marker: dict | None) -> PreTrainedTokenizerBase:
     """The run's tokenizer from its export ``student_dir``: read with the class the run recorded in its
-    ``marker`` (``ekd-run.json``) when ``AutoTokenizer`` picks another. A run of an older ekd recorded none
-    (try-out 30): its class is that of the tokenizer its config names (``cfg``: ``model.tokenizer``, the teacher's,
-    the student's or a path), where that can still be loaded; else ``AutoTokenizer``'s.
+    ``marker`` (``ekd-run.json``) when ``AutoTokenizer`` picks another, and checked against the recorded sha256.
+    A run of an older ekd recorded neither (try-outs 30, 31): the class is the one the export's
+    ``tokenizer_config.json`` names — ekd saved the run's tokenizer there, and ``AutoTokenizer`` overrides
+    that name for some families — and it is not checked further.
 
     Raises:
-        ModelError: the export's tokenizer cannot be read, or is not the run's (its recorded sha256, or the
-            named tokenizer's encodings for an older run): the files were changed after the run; a recorded
-            class this transformers does not have.
+        ModelError: the export's tokenizer cannot be read, or is not the run's (its recorded sha256): the files
+            were changed after the run; a class this transformers does not have.
     """
     marker = marker or {}
     tokenizer = _read(student_dir, None)
-    name, expected = marker.get("tokenizer_class"), marker.get("tokenizer_sha256")
-    if name is None:  # an older ekd's run: the tokenizer its config names, if it is still there
-        named = _named_tokenizer(cfg, student_dir.parent)
-        if named is None:
-            return tokenizer
-        name, expected = type(named).__name__, tokenizer_hash(named)
-    if type(tokenizer).__name__ != name:
-        cls = tokenizer_class_from_name(name)
+    name = marker.get("tokenizer_class") or _saved_class(student_dir)
+    if name and type(tokenizer).__name__ != name:
+        cls = tokenizer_class_from_name(name) or tokenizer_class_from_name(name.removesuffix("Fast"))
         if cls is None:
             raise ModelError(
                 f"{student_dir.parent} was trained with the tokenizer class {name}, which transformers "
-                f"{transformers.__version__} does not have; evaluate it with the transformers version it was trained with"
+                f"{transformers.__version__} does not have; evaluate it with the transformers version it was "
+                "trained with"
             )
         tokenizer = _read(student_dir, cls)
-    if tokenizer_hash(tokenizer) != expected:
+    expected = marker.get("tokenizer_sha256")
+    if expected and tokenizer_hash(tokenizer) != expected:
         raise ModelError(
             f"{student_dir}: its tokenizer ({type(tokenizer).__name__}) does not encode as the one the run "
-            "trained with (another sha256 than the run's); put the run's tokenizer files back"
+            "trained with (another sha256 than ekd-run.json records); put the run's tokenizer files back"
         )
     return tokenizer
 
 
+def _saved_class(student_dir: Path) -> str | None:
+    """``tokenizer_class`` of the export's ``tokenizer_config.json`` (the class of the tokenizer saved there), or
+    None when it names none or cannot be read."""
+    try:
+        name = json.loads((student_dir / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 def _read(student_dir: Path, cls) -> PreTrainedTokenizerBase:
     """The tokenizer files of a run's export, by ``cls`` (None: ``AutoTokenizer``); one line when they cannot be
-    read (not ``model.student``'s wording: the export is the run's, not the configured student)."""
+    read, naming the export (not ``model.student``: the export is the run's, not the configured student)."""
+    missing = [f for f in ("tokenizer.json", "tokenizer_config.json") if not (student_dir / f).is_file()]
     try:
         if cls is None:
             return load_tokenizer(str(student_dir), role="student")
@@ -83,26 +89,11 @@ def _read(student_dir: Path, cls) -> PreTrainedTokenizerBase:
             str(student_dir), "student", lambda: cls.from_pretrained(str(student_dir)), "a tokenizer"
         )
     except ModelError as e:
-        reason = str(e).split(" (", 1)[-1].rstrip(")") if " (" in str(e) else str(e)
+        why = f"{', '.join(missing)} missing" if missing else str(e).split(" (", 1)[-1].split(":", 1)[0]
         raise ModelError(
-            f"{student_dir}: cannot read the run's tokenizer ({reason.rstrip(',;: ')}); put its tokenizer files "
-            "back (tokenizer.json, tokenizer_config.json)"
+            f"{student_dir}: cannot read the run's tokenizer ({why}); put its tokenizer files back "
+            "(tokenizer.json, tokenizer_config.json)"
         ) from e
-
-
-def _named_tokenizer(cfg: Config, run_dir: Path) -> PreTrainedTokenizerBase | None:
-    """The tokenizer ``cfg`` names for the run (``model.tokenizer``; a trained BPE from ``run_dir/tokenizer``),
-    or None when it cannot be loaded here (moved, offline)."""
-    spec = tokenizer_source(cfg)
-    source = {
-        "teacher": cfg.model.teacher,
-        "student": cfg.model.student,
-        "train_bpe": str(run_dir / "tokenizer"),
-    }.get(spec, spec)
-    try:
-        return load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
-    except EkdError:
-        return None
 
 
 def say_if_auto_differs(directory: Path, tokenizer: PreTrainedTokenizerBase) -> None:
