@@ -536,7 +536,9 @@ def test_a_schedule_that_never_leaves_tau_1_trains_from_the_rs_cache(setup, caps
     over = ["method.temperature=schedule", "method.temperature_end=2"]
     assert main(["distill", setup["cfg"], "run.name=schedule-refused", *args, *over]) == 2
     line = _error_line(capsys)
-    assert "method.temperature=schedule changes τ over the steps (1.0 → 2.0)" in line, line
+    assert "method.temperature=schedule changes τ over the steps of train.max_steps=2 (1.0 → 2.0)" in line, (
+        line
+    )
     for name, fixed in {
         "schedule-1-to-1": ["method.temperature=schedule", "method.temperature_end=1"],
         "schedule-held": [*over, "method.temperature_hold_fraction=1"],

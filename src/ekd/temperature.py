@@ -270,12 +270,14 @@ def fixed_tau(method_cfg: Any, total_steps: int | None = None) -> float | None:
     return None
 
 
-def varying_tau(method_cfg: Any) -> str:
-    """How the configured policy varies τ, for a refusal: '… changes τ per token' or '… over the steps'."""
+def varying_tau(method_cfg: Any, total_steps: int | None = None) -> str:
+    """How the configured policy varies τ, for a refusal: '… changes τ per token' or '… over the steps' (of a
+    run of ``total_steps``, named: a schedule held past a shorter run's end does not, :func:`fixed_tau`)."""
     name = method_cfg.temperature
     if name == "schedule":
+        run = f" of train.max_steps={total_steps}" if total_steps else ""
         return (
-            f"method.temperature=schedule changes τ over the steps ({method_cfg.kd_temperature} → "
+            f"method.temperature=schedule changes τ over the steps{run} ({method_cfg.kd_temperature} → "
             f"{method_cfg.temperature_end})"
         )
     return f"method.temperature={name} changes τ per token"

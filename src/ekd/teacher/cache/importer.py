@@ -75,7 +75,7 @@ def check_importable(cfg: Config) -> None:
         )
     if fixed_tau(m, cfg.train.max_steps) is None:
         raise ConfigError(
-            f"{varying_tau(m)}: an imported cache is made at one τ; use method.temperature=constant"
+            f"{varying_tau(m, cfg.train.max_steps)}: an imported cache is made at one τ; use method.temperature=constant"
         )
     if m.topk_tail != "renormalize" and m.kd_temperature != 1.0:
         raise ConfigError(

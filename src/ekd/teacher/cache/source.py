@@ -158,11 +158,15 @@ def check_cache_temperature(method, total_steps: int | None = None) -> None:
     tau = fixed_tau(method, total_steps)
     if method.target == "topk" and tau is None:
         raise ConfigError(
-            f"{varying_tau(method)}, but cached top-K targets are stored at one τ (method.kd_temperature); "
+            f"{varying_tau(method, total_steps)}, but cached top-K targets are stored at one τ (method.kd_temperature); "
             "use method.temperature=constant or teacher.source=online"
         )
     if method.target == "rs" and tau != 1.0:
-        what = varying_tau(method) if tau is None else f"method.kd_temperature={method.kd_temperature}"
+        what = (
+            varying_tau(method, total_steps)
+            if tau is None
+            else f"method.kd_temperature={method.kd_temperature}"
+        )
         raise ConfigError(
             f"{what}, but cached RS targets are drawn at τ=1; use method.temperature=constant with "
             "method.kd_temperature=1, or teacher.source=online (which draws RS targets at each token's τ)"
