@@ -691,6 +691,9 @@ def test_a_mean_over_seeds_is_over_one_eval_set_each_way_a_set_was_scored_a_colu
     kd_row = next(line for line in md.splitlines() if line.startswith("| kd |"))
     assert "| 2.96 (n=1) |" in kd_row and "| 2.90 (n=1) |" in kd_row and "2.93" not in kd_row, kd_row
     assert "eval#2 ppl" in md and md.count("(teacher") == 1
+    # try-out 31: a difference over fewer seeds than its method has says so (markdown, and diff_n in the CSV)
+    se_diff = [line for line in md.splitlines() if line.startswith("| sekd |")][-1]
+    assert "-0.10 (1 seed; n=1 of 2)" in se_diff, se_diff
     assert (
         "`eval` was scored 2 ways: `eval` by `kd` (seed 0), `sekd` (seed 0); `eval#2` by `kd` (seed 1)" in md
     )
@@ -701,6 +704,7 @@ def test_a_mean_over_seeds_is_over_one_eval_set_each_way_a_set_was_scored_a_colu
         ("sekd", "eval/ppl", "1"),
         ("sekd", "eval#2/ppl", "1"),
     }
+    assert {r["kd_diff_n"] for r in rows if r["method"] == "sekd" and r["metric"].endswith("/ppl")} == {"1"}
     groups = group_runs([read_run(r) for r in runs])
     claims = {c.claim.split(" (")[0]: c for c in check_claims(groups)}
     assert "Δppl -0.100 (n=1)" in claims["SE-KD"].numbers, claims["SE-KD"].numbers  # was -0.200 ± 0.141

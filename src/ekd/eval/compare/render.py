@@ -95,7 +95,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 if d["n"]:
                     sign = format(d["mean"], "+" + _fmt(k))
                     spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
-                    row[k] = f"{sign}{spread} ({d['verdict']})"
+                    # try-out 31: a difference over 2 of 3 seeds read as one over all of them
+                    fewer = f"; n={d['n']} of {len(g['seeds'])}" if d["n"] < len(g["seeds"]) else ""
+                    row[k] = f"{sign}{spread} ({d['verdict']}{fewer})"
                 elif d["verdict"] in UNPAIRED:
                     row[k] = f"n/a ({d['verdict']})"
             diff_rows.append(row)
@@ -128,19 +130,20 @@ def _header(key: str) -> str:
 
 
 def to_csv(summary: dict[str, Any]) -> str:
-    """One row per group and metric: method, metric, mean, std, n, then ``<baseline>_diff/std/verdict``."""
+    """One row per group and metric: method, metric, mean, std, n, then ``<baseline>_diff/diff_std/diff_n/verdict``
+    (``diff_n``: the seeds the difference pairs, maybe fewer than ``n``)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     baselines = summary["baselines"]
     w.writerow(
         ["method", "metric", "mean", "std", "n"]
-        + [f"{b}_{x}" for b in baselines for x in ("diff", "diff_std", "verdict")]
+        + [f"{b}_{x}" for b in baselines for x in ("diff", "diff_std", "diff_n", "verdict")]
     )
     for g in summary["groups"]:
         for key, cell in g["metrics"].items():
             extra = []
             for b in baselines:
                 d = g["vs"].get(b, {}).get(key)
-                extra += [d["mean"], d["std"], d["verdict"]] if d else ["", "", ""]
+                extra += [d["mean"], d["std"], d["n"], d["verdict"]] if d else ["", "", "", ""]
             w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
     return buf.getvalue()
