@@ -726,9 +726,9 @@ def test_a_replica_scored_on_another_eval_set_is_not_a_disagreement(tmp_path, ca
     (rec,) = s["replicas"]
     assert rec["largest_difference"]["abs"] == 0 and rec["scored_otherwise"] == ["eval#2 (vs eval)"], rec
     assert s["replica_notes"] == [
-        f"`kd` seed 0: {one} counts; replicas {twin} (the same layout: a resume or a rerun): identical metrics "
-        "where scored alike (eval#2 (vs eval) scored another way, not compared)"
-    ]
+        f"`kd` seed 0: {one} counts; replicas {twin} (the same layout: a resume or a rerun): identical training "
+        "figures; no eval figure compared (eval#2 (vs eval) scored another way)"
+    ]  # try-out 31: was "identical metrics where scored alike", with no eval figure scored alike
     (kd,) = s["groups"]
     assert "eval#2/ppl" not in kd["metrics"]  # a way only a replica scored is no column
 

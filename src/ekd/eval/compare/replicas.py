@@ -43,6 +43,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         for c, n in (r.columns or {}).items()
         if _text_set(c) and n in counted_columns and counted_columns[n] != c
     ]
+    compared = 0  # eval figures (``<column>/<metric>``) both runs scored alike
     for r in group.replicas[seed]:
         mine = _layout(r)
         replicas.append(
@@ -55,6 +56,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
             a, b = _value(counted_run, key), _value(r, key)
             if a is None or b is None:
                 continue
+            compared += "/" in key
             diff = abs(a - b)
             rel = diff / max(abs(a), abs(b)) if diff else 0.0
             if largest is None or rel > largest["relative"]:
@@ -72,6 +74,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         "replicas": replicas,
         "largest_difference": largest,
         "scored_otherwise": list(dict.fromkeys(otherwise)),
+        "eval_figures_compared": compared,
     }
 
 
@@ -90,7 +93,13 @@ def replica_note(record: dict[str, Any]) -> str:
             f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "
             f"(|Δ| {big['abs']:.2g}, {big['relative']:.2g} relative, {big['run']})"
         )
-    if otherwise:  # the eval sets themselves differ there: not a difference between the trainings
+    if otherwise and not record.get(
+        "eval_figures_compared", 1
+    ):  # try-out 31: "identical" over no eval figure
+        agree = agree.replace("metrics", "training figures") + (
+            f"; no eval figure compared ({', '.join(otherwise)} scored another way)"
+        )
+    elif otherwise:  # the eval sets themselves differ there: not a difference between the trainings
         agree += f" where scored alike ({', '.join(otherwise)} scored another way, not compared)"
     return (
         f"`{record['method']}` seed {record['seed']}: {record['counted']} counts; replicas {others}: {agree}"
