@@ -770,3 +770,16 @@ def test_a_seed_evaluated_again_on_other_blocks_is_its_own_column_end_to_end(tmp
         and f"| {ev[kd1]['eval']['ppl']:.2f} (n=1) |" in kd_row
     )
     assert "data.max_eval_blocks=2 (vs 4)" in printed, printed
+
+
+def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):
+    """try-out 31: in compare.csv/json a method that used fewer KD positions (or teacher bytes) was "worse": a
+    cost has no better direction ekd can know; its verdict says which way it went."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in range(3)]
+    selective = [_fake_run(tmp_path, f"se{s}", "sekd", s, 10.0 + s, 0.5) for s in range(3)]
+    for run, fraction in zip(selective, (0.2, 0.21, 0.19)):
+        rows = [{"step": 1, "select/count": 10.0 * fraction / 0.5, "select/fraction": fraction}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = compare_runs(runs + selective, tmp_path / "out", baselines=("kd",), plots=False)
+    se = next(g for g in s["groups"] if g["method"] == "sekd")
+    assert se["vs"]["kd"]["kd_pct"]["verdict"] == "lower", se["vs"]["kd"]["kd_pct"]

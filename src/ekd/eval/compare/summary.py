@@ -25,6 +25,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+COST_KEYS = ("kd_pct", "bytes_per_token")  # what a method spends (try-out 31: fewer bytes were "worse")
+
+
 def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
     """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric.
 
@@ -43,6 +46,10 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
         verdict = next(iter(why_not.values()), "no shared seed")
     elif len(diffs) == 1:
         verdict = "1 seed"
+    elif (
+        abs(mean) > std and key in COST_KEYS
+    ):  # a cost, not a quality: which way is better is the user's call
+        verdict = "higher" if mean > 0 else "lower"
     elif abs(mean) > std:
         verdict = "better" if (mean > 0) == higher else "worse"
     else:
