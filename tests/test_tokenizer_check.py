@@ -454,6 +454,13 @@ def test_ekd_eval_reads_the_export_with_the_tokenizer_the_run_trained_with(
     assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(
         scored["eval"]["ppl"], rel=1e-6
     )
+    config = json.loads((run / "student" / "tokenizer_config.json").read_text())  # try-out 32: no class there
+    (run / "student" / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": None}))
+    assert main(["-q", "eval", str(run), "eval.teacher=false"]) == 0, capsys.readouterr()
+    assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(
+        scored["eval"]["ppl"], rel=1e-6
+    )
+    (run / "student" / "tokenizer_config.json").write_text(json.dumps(config))
     # a class this transformers lacks, and an export without its tokenizer files: one line each, nothing written
     before = (run / "eval.json").read_bytes()
     (run / "ekd-run.json").write_text(json.dumps({**marker, "tokenizer_class": "NoSuchTokenizer"}))

@@ -25,8 +25,9 @@ from transformers import PreTrainedTokenizerBase
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from ekd.data.tokenizer import tokenizer_hash
-from ekd.errors import ModelError
+from ekd.errors import EkdError, ModelError
 from ekd.models.load import load_or_refuse, load_tokenizer
+from ekd.train.prepare import tokenizer_source
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,10 @@ def tokenizer_facts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
 def run_tokenizer(student_dir: Path, marker: dict | None) -> PreTrainedTokenizerBase:
     """The run's tokenizer from its export ``student_dir``: read with the class the run recorded in its
     ``marker`` (``ekd-run.json``) when ``AutoTokenizer`` picks another, and checked against the recorded sha256.
-    A run of an older ekd recorded neither (try-outs 30, 31): the class is the one the export's
-    ``tokenizer_config.json`` names — ekd saved the run's tokenizer there, and ``AutoTokenizer`` overrides
-    that name for some families — and it is not checked further.
+    A run of an older ekd recorded neither (try-outs 30–32): the class of the tokenizer its saved config names
+    (``model.tokenizer``: the teacher's, ...; not an override given to ``ekd eval``) when that still loads and
+    reads the export's files to the same encodings; else the class the export's ``tokenizer_config.json`` names —
+    ekd saved the run's tokenizer there, and ``AutoTokenizer`` overrides that name for some families.
 
     Raises:
         ModelError: the export's tokenizer cannot be read, or is not the run's (its recorded sha256): the files
@@ -49,7 +51,16 @@ def run_tokenizer(student_dir: Path, marker: dict | None) -> PreTrainedTokenizer
     """
     marker = marker or {}
     tokenizer = _read(student_dir, None)
-    name = marker.get("tokenizer_class") or _saved_class(student_dir)
+    name = marker.get("tokenizer_class")
+    if name is None and (named := _named_tokenizer(student_dir.parent)) is not None:
+        # an older run: the tokenizer its config names, where the export's files read with its class encode alike
+        try:
+            same = tokenizer if type(tokenizer) is type(named) else _read(student_dir, type(named))
+        except ModelError:  # that class cannot read the export's files: not the run's
+            same = None
+        if same is not None and tokenizer_hash(same) == tokenizer_hash(named):
+            return same
+    name = name or _saved_class(student_dir)
     if name and type(tokenizer).__name__ != name:
         cls = tokenizer_class_from_name(name) or tokenizer_class_from_name(name.removesuffix("Fast"))
         if cls is None:
@@ -94,6 +105,24 @@ def _read(student_dir: Path, cls) -> PreTrainedTokenizerBase:
             f"{student_dir}: cannot read the run's tokenizer ({why}); put its tokenizer files back "
             "(tokenizer.json, tokenizer_config.json)"
         ) from e
+
+
+def _named_tokenizer(run_dir: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer the run's saved config names (``model.tokenizer``; a trained BPE from ``run_dir/tokenizer``),
+    or None when the config or the tokenizer cannot be loaded here (moved, offline)."""
+    from ekd.train.evaluation import load_run_config
+
+    try:
+        cfg = load_run_config(run_dir)
+        spec = tokenizer_source(cfg)
+        source = {
+            "teacher": cfg.model.teacher,
+            "student": cfg.model.student,
+            "train_bpe": str(run_dir / "tokenizer"),
+        }.get(spec, spec)
+        return load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
+    except EkdError:
+        return None
 
 
 def say_if_auto_differs(directory: Path, tokenizer: PreTrainedTokenizerBase) -> None:
