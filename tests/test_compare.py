@@ -693,7 +693,7 @@ def test_a_mean_over_seeds_is_over_one_eval_set_each_way_a_set_was_scored_a_colu
     assert "eval#2 ppl" in md and md.count("(teacher") == 1
     # try-out 31: a difference over fewer seeds than its method has says so (markdown, and diff_n in the CSV)
     se_diff = [line for line in md.splitlines() if line.startswith("| sekd |")][-1]
-    assert "-0.10 (1 seed; n=1 of 2)" in se_diff, se_diff
+    assert "-0.10 (1 seed of 2)" in se_diff, se_diff
     assert (
         "`eval` was scored 2 ways: `eval` by `kd` (seed 0), `sekd` (seed 0); `eval#2` by `kd` (seed 1)" in md
     )

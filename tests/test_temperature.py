@@ -209,3 +209,15 @@ def test_a_schedule_held_past_the_runs_last_step_is_one_tau_in_that_run():
     assert {float(t) for s in range(10) for t in ten(sel, stats, valid, ctx(s, 10))} == {1.0}
     assert fixed_tau(MethodConfig(**kw), 10) == 1.0
     assert fixed_tau(MethodConfig(**kw), 30) is None and fixed_tau(MethodConfig(**kw)) is None
+
+
+def test_a_refused_schedule_says_the_longest_run_it_holds_tau0_in():
+    """try-out 32: `--resume` to 40 steps was refused naming only the length; the run resumes up to 20."""
+    from ekd.temperature import varying_tau
+
+    kw = dict(temperature="schedule", kd_temperature=1.0, temperature_end=2.0, temperature_hold_fraction=0.95)
+    assert varying_tau(MethodConfig(**kw), 40) == (
+        "method.temperature=schedule changes τ over the steps of train.max_steps=40 (1.0 → 2.0; it holds τ0 in "
+        "runs of at most 20 steps)"
+    )
+    assert fixed_tau(MethodConfig(**kw), 20) == 1.0 and fixed_tau(MethodConfig(**kw), 21) is None

@@ -276,8 +276,15 @@ def varying_tau(method_cfg: Any, total_steps: int | None = None) -> str:
     name = method_cfg.temperature
     if name == "schedule":
         run = f" of train.max_steps={total_steps}" if total_steps else ""
+        hold = float(method_cfg.temperature_hold_fraction)
+        # τ stays τ0 while the last step's u = (T − 1)/T ≤ hold, i.e. for T ≤ 1/(1 − hold) (try-out 32)
+        held = (
+            f"; it holds τ0 in runs of at most {math.floor(1 / (1 - hold) + 1e-9)} steps"
+            if 0 < hold < 1
+            else ""
+        )
         return (
             f"method.temperature=schedule changes τ over the steps{run} ({method_cfg.kd_temperature} → "
-            f"{method_cfg.temperature_end})"
+            f"{method_cfg.temperature_end}{held})"
         )
     return f"method.temperature={name} changes τ per token"

@@ -96,8 +96,10 @@ def markdown(summary: dict[str, Any]) -> str:
                     sign = format(d["mean"], "+" + _fmt(k))
                     spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
                     # try-out 31: a difference over 2 of 3 seeds read as one over all of them
-                    fewer = f"; n={d['n']} of {len(g['seeds'])}" if d["n"] < len(g["seeds"]) else ""
-                    row[k] = f"{sign}{spread} ({d['verdict']}{fewer})"
+                    of = len(g["seeds"])
+                    verdict = f"1 seed of {of}" if d["verdict"] == "1 seed" and of > 1 else d["verdict"]
+                    fewer = f"; n={d['n']} of {of}" if 1 < d["n"] < of else ""
+                    row[k] = f"{sign}{spread} ({verdict}{fewer})"
                 elif d["verdict"] in UNPAIRED:
                     row[k] = f"n/a ({d['verdict']})"
             diff_rows.append(row)
