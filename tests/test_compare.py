@@ -698,13 +698,18 @@ def test_a_mean_over_seeds_is_over_one_eval_set_each_way_a_set_was_scored_a_colu
         "`eval` was scored 2 ways: `eval` by `kd` (seed 0), `sekd` (seed 0); `eval#2` by `kd` (seed 1)" in md
     )
     rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
-    assert {(r["method"], r["metric"], r["n"]) for r in rows if r["metric"].endswith("/ppl")} == {
+    methods = [r for r in rows if r["method"] != "(teacher)"]
+    assert {(r["method"], r["metric"], r["n"]) for r in methods if r["metric"].endswith("/ppl")} == {
         ("kd", "eval/ppl", "1"),
         ("kd", "eval#2/ppl", "1"),
         ("sekd", "eval/ppl", "1"),
         ("sekd", "eval#2/ppl", "1"),
     }
     assert {r["kd_diff_n"] for r in rows if r["method"] == "sekd" and r["metric"].endswith("/ppl")} == {"1"}
+    teacher_rows = {
+        (r["metric"], r["mean"]) for r in rows if r["method"] == "(teacher)"
+    }  # try-out 32: none before
+    assert {("eval/ppl", "2.75"), ("eval#2/ppl", "2.64")} <= teacher_rows, teacher_rows
     groups = group_runs([read_run(r) for r in runs])
     claims = {c.claim.split(" (")[0]: c for c in check_claims(groups)}
     assert "Δppl -0.100 (n=1)" in claims["SE-KD"].numbers, claims["SE-KD"].numbers  # was -0.200 ± 0.141

@@ -133,7 +133,7 @@ def _header(key: str) -> str:
 
 def to_csv(summary: dict[str, Any]) -> str:
     """One row per group and metric: method, metric, mean, std, n, then ``<baseline>_diff/diff_std/diff_n/verdict``
-    (``diff_n``: the seeds the difference pairs, maybe fewer than ``n``)."""
+    (``diff_n``: the seeds the difference pairs, maybe fewer than ``n``); then the teacher rows (one figure each)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     baselines = summary["baselines"]
@@ -148,4 +148,7 @@ def to_csv(summary: dict[str, Any]) -> str:
                 d = g["vs"].get(b, {}).get(key)
                 extra += [d["mean"], d["std"], d["n"], d["verdict"]] if d else ["", "", "", ""]
             w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
+    for t in summary.get("teachers", []):  # one figure per set: no spread, no difference (try-out 32)
+        for key, value in t["metrics"].items():
+            w.writerow([t["label"], key, value, "", 1, *[""] * (4 * len(baselines))])
     return buf.getvalue()
