@@ -235,3 +235,35 @@ def test_a_gpt2_student_gets_fan_in_fan_out_without_peft_warning():
     assert lora.wrapper.peft_config["default"].fan_in_fan_out
     with torch.no_grad():
         torch.testing.assert_close(student(input_ids=ids).logits, before)  # B = 0: the base model's logits
+
+
+def test_a_base_changed_in_place_is_refused_by_resume_and_eval(tmp_path, corpus, capsys):
+    """try-out 33: a LoRA run's base rebuilt in place (`ekd student init … --overwrite`) was resumed on without a
+    word, and `ekd eval` applied the run's adapter to it: ppl 477 for the run's 3.13, written over eval.json. The
+    run records its base's identity; both refuse another base in one line, nothing written."""
+    from transformers import AutoTokenizer
+
+    first, _, _ = _run(tmp_path, corpus, "tok")  # a run of a preset student: its trained tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(first.run_dir / "tokenizer")
+    base = tmp_path / "base"
+    build_preset("llama-micro", len(tokenizer), tokenizer.eos_token_id, 0).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    extra = {
+        "model.student": base,
+        "model.tokenizer": first.run_dir / "tokenizer",
+        "model.lora_export": "adapter",
+        "train.checkpoint_every": 1,
+    }
+    run, _, _ = _run(tmp_path, corpus, "on-base", **extra)
+    marker = json.loads((run.run_dir / "ekd-run.json").read_text())
+    assert marker["student_base"]["revision"].startswith("safetensors-sha256:")
+    assert main(["-q", "eval", str(run.run_dir)]) == 0, capsys.readouterr().err  # the same base: evaluated
+    before = (run.run_dir / "eval.json").read_bytes()
+    build_preset("llama-micro", len(tokenizer), tokenizer.eos_token_id, 1).save_pretrained(base)  # rebuilt
+    assert main(["eval", str(run.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "is a LoRA adapter on" in err and "whose weights changed since the run trained it" in err, err
+    assert (run.run_dir / "eval.json").read_bytes() == before
+    overrides = tiny_overrides(tmp_path, corpus, "on-base", **{**LORA, **extra, "train.max_steps": 5})
+    assert main(["distill", *overrides, "--resume"]) == 2
+    assert "is not the base this LoRA run trained its adapters on" in capsys.readouterr().err

@@ -157,13 +157,36 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file() and (Path(path) / BASE_NOTE).is_file()
 
 
-def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> nn.Module:
+def base_identity(spec: str) -> dict | None:
+    """What identifies a local base model's weights: ``{"files": {name: [size, mtime_ns]}, "revision":
+    "safetensors-sha256:…"}`` (:func:`ekd.teacher.cache.signature.weights_revision`); None for a hub id, a
+    preset or pickled weights. A LoRA run records it: its adapters apply to that base only."""
+    from ekd.teacher.cache.signature import teacher_files, weights_revision
+
+    files = teacher_files(spec)
+    return None if files is None else {"files": files, "revision": weights_revision(spec)}
+
+
+def base_changed(recorded: dict, spec: str) -> bool:
+    """Whether the base at ``spec`` is not the one :func:`base_identity` recorded: its files' sizes and times
+    first (a ``stat`` each), their sha256 only when those differ (a base copied elsewhere is the same base)."""
+    from ekd.teacher.cache.signature import teacher_files, weights_revision
+
+    return teacher_files(spec) != recorded.get("files") and weights_revision(spec) != recorded.get("revision")
+
+
+def load_exported_student(
+    path: str | Path, trust_remote_code: bool = False, recorded_base: dict | None = None
+) -> nn.Module:
     """A run's exported ``student/`` as one HF model: a full model directory as saved, or an adapter applied to
     the base model its :data:`BASE_NOTE` names and merged (what ``ekd eval`` evaluates).
 
+    ``recorded_base``: the base's :func:`base_identity` as the run recorded it (``ekd-run.json``), checked
+    before an adapter is applied (try-out 33: a base rebuilt in place gave ppl 477 for the run's 3.13).
+
     Raises:
         ConfigError: peft is missing for an adapter directory.
-        ModelError: the model or its base cannot be loaded.
+        ModelError: the model or its base cannot be loaded, or the base is not the run's.
     """
     from transformers import AutoModelForCausalLM
 
@@ -177,6 +200,11 @@ def load_exported_student(path: str | Path, trust_remote_code: bool = False) -> 
         )
     peft = require_peft()
     note = json.loads((path / BASE_NOTE).read_text())
+    if recorded_base and base_changed(recorded_base, note["base_model"]):
+        raise ModelError(
+            f"{path} is a LoRA adapter on {note['base_model']}, whose weights changed since the run trained it "
+            "(another sha256 than ekd-run.json records); put the run's base back there"
+        )
     base = load_model(
         note["base_model"],
         # a preset's head rows (= its tokenizer length); notes of older ekd versions call them vocab_size

@@ -319,7 +319,8 @@ def evaluate_saved_run(
         data = pack_run_splits(cfg, splits, tokenizer)
     if not data.blocks:  # every set came out empty: before any model is loaded
         return _no_eval_set(run_dir, cfg)
-    student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
+    recorded_base = (read_marker(run_dir) or {}).get("student_base")  # a LoRA run's base, as it trained on it
+    student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
     check_output_head(student, len(tokenizer), "student")

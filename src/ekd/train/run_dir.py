@@ -570,6 +570,31 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, data_fingerprint=fingerprint, train_blocks=int(train_blocks))
 
+    def check_student_base(self) -> None:
+        """A LoRA run (``model.lora_r > 0``) trains adapters on the base ``model.student`` names and reloads that
+        base on ``--resume`` and for an adapter export: a new run records the base's identity
+        (:func:`ekd.models.lora.base_identity`), ``--resume`` refuses another (try-out 33: a base rebuilt in place
+        was resumed on, and evaluated at ppl 409 and 477 for the run's 3.13).
+
+        Raises:
+            RunDirError: ``--resume`` on a base whose weights differ from the run's.
+        """
+        from ekd.models.lora import base_changed, base_identity
+
+        spec = self.cfg.model.student
+        if not self.cfg.model.lora_r:
+            return
+        saved = (read_marker(self.run_dir) or {}).get("student_base")
+        if not self.fresh and saved is not None and base_changed(saved, spec):
+            raise RunDirError(
+                f"--resume: model.student {spec} is not the base this LoRA run trained its adapters on (its "
+                "weights' sha256 differs from the run's); put that base back, or start a new run under another "
+                "run.name"
+            )
+        if self.fresh and (identity := base_identity(spec)) is not None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, student_base=identity)
+
     def commit(self) -> None:
         """The run has started: mark it so and delete the run it replaces."""
         with writing(self.run_dir):

@@ -413,7 +413,8 @@ def evaluate_saved_tasks(
     device = resolve_device(cfg.run.device)
     student_dir = Path(run_dir) / "student"
     tokenizer = run_tokenizer(student_dir, read_marker(Path(run_dir)))  # the class the run trained with
-    student = load_exported_student(student_dir, cfg.model.trust_remote_code).to(device)
+    recorded_base = (read_marker(Path(run_dir)) or {}).get("student_base")
+    student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
     return run_end_tasks(
         cfg, Path(run_dir), student, tokenizer, None, device, autocast_dtype(cfg, device), settings
     )

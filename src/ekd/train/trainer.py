@@ -778,6 +778,7 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     data; an unknown ``eval.tasks`` name, a task's hub dataset that cannot be fetched (no network, not cached)
     and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
+    start.check_student_base()
     if cfg.eval.tasks:
         from ekd.eval.tasks import check_config_tasks
 
