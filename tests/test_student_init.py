@@ -182,6 +182,8 @@ def test_from_config_slices_per_layer_lists(tmp_path):
         ),
         (["--from-config", "num_hidden_layers=0"], "num_hidden_layers must be ≥ 1, got 0"),  # was accepted
         (["--keep-layers", "3,1"], "must be increasing"),  # was kept in reversed order
+        # try-out 33: written, then a 92-line traceback in distill
+        (["--from-config", "num_key_value_heads=3"], "llama model that does not run"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
@@ -284,3 +286,20 @@ def test_the_record_names_the_teacher_directory_absolutely(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(["student", "init", teacher_dir.name, "s", "--layers", "2"]) == 0
     assert json.loads((tmp_path / "s" / RECORD).read_text())["teacher"] == str(teacher_dir.resolve())
+
+
+def test_a_head_shorter_than_the_tokenizer_is_refused(tmp_path, capsys):
+    """try-out 33: `--from-config vocab_size=…` below the teacher tokenizer's length was written; distill refused
+    it later."""
+    _, teacher_dir = _teacher("llama", tmp_path, with_tokenizer=True)
+    assert (
+        main(
+            ["student", "init", str(teacher_dir), str(tmp_path / "s"), "--from-config", f"vocab_size={V - 8}"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and f"head has {V - 8} rows, fewer than the teacher tokenizer's {V} tokens" in err[0]
+    ), err
+    assert not (tmp_path / "s").exists()

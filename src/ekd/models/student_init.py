@@ -267,7 +267,16 @@ def from_config(
         raise ModelError(
             f"student init: the overrides make an invalid {config.model_type} config ({first_line(e)})"
         ) from None
-    return _seeded_from_config(config, seed, dtype)
+    student = _seeded_from_config(config, seed, dtype)
+    try:  # a config that builds may still not run (try-out 33: 4 heads over 3 key/value heads)
+        with torch.no_grad():
+            student(input_ids=torch.zeros(1, 2, dtype=torch.long))
+    except Exception as e:  # noqa: BLE001  (any failure of the model's own forward)
+        raise ModelError(
+            f"student init: the overrides make a {config.model_type} model that does not run ({first_line(e)}); "
+            "e.g. num_attention_heads must be a multiple of num_key_value_heads"
+        ) from None
+    return student
 
 
 def _follow_head_dim(teacher: PretrainedConfig, config: PretrainedConfig, overrides: dict[str, Any]) -> None:
@@ -382,6 +391,15 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         )
     except ModelError as e:
         log.warning("%s: the student directory gets no tokenizer", e)
+    rows = getattr(student.get_output_embeddings(), "out_features", None)
+    shrunk = (
+        "vocab_size" in plan.overrides
+    )  # a teacher's own head short of its tokenizer is not ours to refuse
+    if shrunk and tokenizer is not None and rows is not None and rows < len(tokenizer):  # try-out 33
+        raise ModelError(
+            f"student init: the student's head has {rows} rows, fewer than the teacher tokenizer's {len(tokenizer)} "
+            "tokens; set vocab_size ≥ that (or leave it at the teacher's)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model_dir(student, tokenizer, out)
     record = {
