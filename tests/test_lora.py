@@ -124,6 +124,10 @@ def test_merged_export_equals_the_adapter_model_and_the_adapter_reloads(
         str(adapter.run_dir / "checkpoints" / "step-000003" / "student.safetensors")
     )
     assert sum("lora_" in k for k in shipped) == sum("lora_" in k for k in ckpt) > 0  # every trained adapter
+    assert not any("embed_tokens" in k for k in shipped), list(
+        shipped
+    )  # try-out 33: untrained, fp32, 2 GB at 7B
+    assert any("lm_head" in k for k in shipped) == train_head
     reloaded = peft.PeftModel.from_pretrained(
         _base(adapter.run_dir, "llama-micro"), adapter.run_dir / "student"
     )

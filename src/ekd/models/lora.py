@@ -131,10 +131,27 @@ class LoraStudent:
             finally:
                 for p, data in zip(trained, kept):
                     p.data = data
+            if self.train_head:
+                self._drop_untrained_embedding(Path(tmp) / "adapter_model.safetensors")
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             (Path(tmp) / BASE_NOTE).write_text(json.dumps(base, indent=2) + "\n")
         return Path(out_dir)
+
+    def _drop_untrained_embedding(self, path: Path) -> None:
+        """peft's ``save_embedding_layers`` writes the input embedding beside a trained head; of an untied
+        student it did not train (the base's own, in fp32 whatever the export dtype: try-out 33, 262 of 420 KB
+        here, ~2 GB at 7B). Left out, the base keeps its own on reload: the same model."""
+        import safetensors.torch
+
+        embedding = self.model.get_input_embeddings()
+        if any(p.requires_grad for p in embedding.parameters()):
+            return  # tied to the trained head, or trained itself
+        name = next(n for n, m in self.model.named_modules() if m is embedding)  # e.g. model.embed_tokens
+        tensors = safetensors.torch.load_file(str(path))
+        kept = {k: v for k, v in tensors.items() if not k.endswith(f"{name}.weight")}
+        if len(kept) < len(tensors):
+            safetensors.torch.save_file(kept, str(path), metadata={"format": "pt"})
 
     def _check_exported_adapters(self) -> None:
         """Raise ModelError (nothing written) when peft's export would miss adapter tensors that trained: peft
