@@ -318,7 +318,7 @@ class ChatRenderer:
         self.template = template
         self.method = "generation_markers" if GENERATION_MARKER.search(template) else "prefix_diff"
         self._closing: str | None = None  # closing_text(), probed once
-        self._unwritten: dict[str, bool] = {}  # "tools" / "tool_calls" → the template drops them (a probe)
+        self._probed: dict[str, bool] = {}  # a probe's name → whether the template does what it looks for
         if "strftime_now" in template and ("dated", template) not in _SAID:  # Llama-3.1/3.2: "Today Date: …"
             _SAID.add(("dated", template))
             logger.warning(
@@ -361,8 +361,6 @@ class ChatRenderer:
         turn's ``tool_calls`` — found by rendering a probe with a named tool and looking for its name (try-out
         24: a template that only mentions ``tools``, such as Mistral v0.3's, passed a search of its text; a
         Llama-3.0 template trained a tool-calling turn as an empty answer without a word)."""
-        if what in self._unwritten or (what, self.template) in _SAID:
-            return
         name = f"ekd_probe_{what}"
         probe: list[dict] = [{"role": "user", "content": "ekd probe question"}]
         tools = None
@@ -374,13 +372,7 @@ class ChatRenderer:
         else:
             call = {"type": "function", "function": {"name": name, "arguments": {}}}
             probe.append({"role": ASSISTANT, "content": None, "tool_calls": [call]})
-        try:
-            unwritten = name not in self._render(probe, tools=tools)
-        except RejectedRow:  # the template refuses them: those rows are skipped and counted, said there
-            unwritten = False
-        self._unwritten[what] = unwritten
-        if unwritten:
-            _SAID.add((what, self.template))
+        if self._first_finding(what, probe, lambda text: name not in text, tools):
             logger.warning(
                 "data.format=chat: row %s has %s, which the chat template does not write: %s; use a template "
                 "that writes them (the model's own, if it was trained with tools)",
@@ -393,14 +385,27 @@ class ChatRenderer:
                 else "a turn that only calls a tool is trained as an empty answer",
             )
 
+    def _first_finding(self, what: str, probe: list[dict], found, tools: list[dict] | None = None) -> bool:
+        """Whether ``found`` holds of this template's rendering of ``probe`` (not when the template refuses the
+        probe: those rows are skipped and counted, said there) — rendered once per renderer, and True only the
+        first time in the process for this template, so the caller's warning is said once."""
+        if what in self._probed or (what, self.template) in _SAID:
+            return False
+        try:
+            hit = found(self._render(probe, tools=tools))
+        except RejectedRow:
+            hit = False
+        self._probed[what] = hit
+        if hit:
+            _SAID.add((what, self.template))
+        return hit
+
     def _say_object_written_as_python(self, role: str, doc_id: str) -> None:
         """Warn once when the template writes a message content given as a JSON object (a tool result) as
         Python text — ``{'temp': 10}``, as Qwen2.5's ``{{ message.content }}`` does, where Llama-3.1's writes
         ``tojson`` — found by rendering a probe object in a ``role`` message (try-out 25). The rows render as
         ``apply_chat_template`` renders them; a JSON string is written as given."""
         what = f"object content of {role}"
-        if what in self._unwritten or (what, self.template) in _SAID:
-            return
         call = {"type": "function", "function": {"name": "ekd_probe_tool", "arguments": {}}}
         probe = [
             {"role": "user", "content": "ekd probe question"},
@@ -408,13 +413,7 @@ class ChatRenderer:
             {"role": role, "content": {"ekd_probe_key": "ekd probe value"}},
             {"role": ASSISTANT, "content": "ekd probe answer"},
         ]
-        try:
-            python = "{'ekd_probe_key': 'ekd probe value'}" in self._render(probe)
-        except RejectedRow:  # the template refuses the probe: its rows are skipped and counted, said there
-            python = False
-        self._unwritten[what] = python
-        if python:
-            _SAID.add((what, self.template))
+        if self._first_finding(what, probe, lambda text: "{'ekd_probe_key': 'ekd probe value'}" in text):
             logger.warning(
                 "data.format=chat: row %s gives a %s message's content as a JSON object, which the chat template "
                 "writes as Python text ({'key': 'value'}, not JSON); give such contents as JSON strings if the "
