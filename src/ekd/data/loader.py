@@ -106,6 +106,12 @@ class BlockLoader:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return self.indices[torch.randperm(self.indices.numel(), generator=generator)]
 
+    @property
+    def steps_within_epochs(self) -> bool:
+        """Whether a step's rows all come from one epoch (False: a run of an older ekd, restored from a checkpoint
+        without ``step_rows``, whose epochs end per batch and whose steps may span two)."""
+        return self.step_rows == self.step_batches * self.batch_size
+
     def next_step(self) -> list[Batch]:
         """The ``step_batches`` Batches of one optimizer step: consecutive rows of one epoch's order, the next
         epoch begun first when fewer than ``step_rows`` rows are left (``drop_last``)."""

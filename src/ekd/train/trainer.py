@@ -398,10 +398,8 @@ def _train(
         # every rank resumed from the same checkpoint (verified_on_main); rank 0 says it (said_by_rank0)
         log.info("resumed from %s at step %d", ckpt, start_step)
     # a step's micro-batches come from one epoch, unless an older ekd's checkpoint keeps its per-batch rule
-    whole_step = loader.step_rows > loader.batch_size
-    _check_enough_blocks(
-        loader.indices.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks, whole_step
-    )
+    trained_blocks, whole_step = loader.indices.numel(), loader.steps_within_epochs
+    _check_enough_blocks(trained_blocks, len(data.blocks["train"]), kept is not None, cfg, ranks, whole_step)
     metrics_log = run_on_main(  # rank 0's log (wandb may refuse to start): every rank hears whether it opened
         ranks,
         lambda: MetricsLog(
@@ -497,7 +495,7 @@ def _train(
             amp,
             run_dir,
             engine,
-            rows_keyed_per_micro_batch=loader.step_rows < loader.step_batches * loader.batch_size,
+            rows_keyed_per_micro_batch=not loader.steps_within_epochs,
         )
         sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
