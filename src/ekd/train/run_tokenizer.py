@@ -125,14 +125,17 @@ def _named_tokenizer(run_dir: Path) -> PreTrainedTokenizerBase | None:
         return None
 
 
-def say_if_auto_differs(directory: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+def say_if_auto_differs(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, sha256: str | None = None
+) -> None:
     """Warn when ``AutoTokenizer.from_pretrained(directory)`` (how users load an export) gives a tokenizer that
-    encodes otherwise than ``tokenizer``, the run's, whose files were saved there."""
+    encodes otherwise than ``tokenizer``, the run's, whose files were saved there (``sha256``: its
+    :func:`~ekd.data.tokenizer.tokenizer_hash` when the caller has it)."""
     try:
         auto = load_tokenizer(str(directory), role="student")
     except ModelError:
         return  # an export AutoTokenizer cannot read: loading it says why
-    if tokenizer_hash(auto) == tokenizer_hash(tokenizer):
+    if tokenizer_hash(auto) == (sha256 or tokenizer_hash(tokenizer)):
         return
     ours = type(tokenizer).__name__
     log.warning(

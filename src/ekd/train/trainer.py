@@ -592,7 +592,11 @@ def _train(
     )
     exported = full_state_dict(sharded) if sharded is not None else None  # collective; on rank 0 only
 
+    # rank 0's tokenizer record, its encodings hashed once (the export's check, then ekd-run.json)
+    tokenizer_record: dict[str, str] = {}
+
     def export() -> None:
+        tokenizer_record.update(tokenizer_facts(data.tokenizer))
         with writing(run_dir):
             if adapter:
                 lora.save_adapter(data.tokenizer, run_dir / "student", lora_base(cfg, data, rows), dtype)
@@ -605,7 +609,7 @@ def _train(
                     dtype=dtype,
                 )
         log.info(export_line(str(run_dir / "student"), dtype, data.vocab_size, rows, shipped, adapter))
-        say_if_auto_differs(run_dir / "student", data.tokenizer)
+        say_if_auto_differs(run_dir / "student", data.tokenizer, tokenizer_record["tokenizer_sha256"])
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
@@ -619,7 +623,7 @@ def _train(
             head_rows=shipped["head_rows"],
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
             ranks=ranks.world_size,
-            **tokenizer_facts(data.tokenizer),  # ekd eval reads the export with the run's tokenizer class
+            **tokenizer_record,  # ekd eval reads the export with the run's tokenizer class
         )
 
     run_on_main(ranks, export, "export the student", share=False)
