@@ -788,3 +788,77 @@ def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):
     s = compare_runs(runs + selective, tmp_path / "out", baselines=("kd",), plots=False)
     se = next(g for g in s["groups"] if g["method"] == "sekd")
     assert se["vs"]["kd"]["kd_pct"]["verdict"] == "lower", se["vs"]["kd"]["kd_pct"]
+
+
+def _with_tasks(run: Path, scores: dict[str, tuple[float, int]], tasks_dir: str = "", **settings) -> Path:
+    """Give a fake run eval.json's ``tasks`` section as ``ekd eval --tasks`` writes it: task → (score,
+    documents), scored with ``settings`` (limit, num_fewshot, …; tasks_dir_hash: the directory's content)."""
+    ev = json.loads((run / "eval.json").read_text())
+    seed = yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"]
+    recorded = {"limit": 0, "num_fewshot": -1, "max_new_tokens": 0, "chat_template": "auto"} | settings
+    student = {t: {"value": v, "ece": 5.0, "n": n} for t, (v, n) in scores.items()}
+    mean = statistics.fmean(v for v, _ in scores.values())
+    ev["tasks"] = {
+        "settings": {**recorded, "tasks": list(scores), "tasks_dir": tasks_dir, "seed": seed},
+        "tags": {t: "in_distribution" for t in scores},
+        "student": student,
+        "summary": {"student": {"mean": {"in_distribution": mean}, "mc_ece": {"in_distribution": 5.0}}},
+    }
+    (run / "eval.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_a_task_scored_with_other_settings_is_its_own_column_never_one_mean(tmp_path):
+    """Try-out 29 (left then): ``ekd compare`` averaged a downstream task's scores over seeds scored with another
+    ``--limit`` (or few-shot count, or an edited tasks directory) into one mean ± std. A task scored several ways
+    is one column per way, as an eval set is; settings that do not change a score (the seed, the directory's
+    path when its content is recorded) do not split it."""
+    full, limited = (0.40, 20), (0.60, 5)
+    runs = [
+        _with_tasks(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), {"mc": full, "gen": (0.1, 6)}),
+        _with_tasks(_fake_run(tmp_path, "kd1", "kd", 1, 11.0, 0.5), {"mc": limited}, limit=5),
+        _with_tasks(_fake_run(tmp_path, "kd2", "kd", 2, 12.0, 0.5), {"mc": (0.44, 20), "gen": (0.3, 6)}),
+        _with_tasks(_fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.5), {"mc": (0.50, 20), "gen": (0.2, 6)}),
+        _with_tasks(_fake_run(tmp_path, "se1", "sekd", 1, 9.0, 0.5), {"mc": (0.70, 20), "gen": (0.2, 6)}),
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    by = {g["method"]: g for g in s["groups"]}
+    assert set(by) == {"kd", "sekd"}  # eval.tasks* settings choose what is scored, not what is trained
+    kd = by["kd"]["metrics"]
+    assert kd["task:mc/score"]["mean"] == pytest.approx(0.42) and kd["task:mc/score"]["n"] == 2
+    assert kd["task:mc#2/score"] == {"mean": 0.60, "std": pytest.approx(math.nan, nan_ok=True), "n": 1}
+    # the tag's mean over (mc, gen) and over mc alone are two columns too
+    assert kd["tasks[in_distribution]/score"]["n"] == 2 and kd["tasks[in_distribution]#2/score"]["n"] == 1
+    # sekd's seed 1 is paired with no kd run on mc: kd's seed 1 scored it another way
+    diff = by["sekd"]["vs"]["kd"]["task:mc/score"]
+    assert diff["n"] == 1 and diff["mean"] == pytest.approx(0.10) and diff["verdict"] == "1 seed"
+    notes = s["eval_sets"]
+    assert (
+        "`task:mc` was scored 2 ways" in notes and "eval.tasks_limit=5 (vs 0), 5 documents (vs 20)" in notes
+    )
+    assert "a mean over other tasks (mc vs gen, mc)" in notes
+    csv_text = (tmp_path / "out" / "compare.csv").read_text()
+    assert "task:mc#2/score" in csv_text
+
+
+def test_a_tasks_directory_is_told_by_its_content_when_every_run_records_it(tmp_path):
+    """The same task files at another path (another machine's checkout) are one way; an edit of them is
+    another, even at the same path. A run of an older ekd (no content hash) is told by the path, for all."""
+    a = _with_tasks(
+        _fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), {"mc": (0.4, 20)}, "/x/t", tasks_dir_hash="aa"
+    )
+    b = _with_tasks(
+        _fake_run(tmp_path, "kd1", "kd", 1, 10.0, 0.5), {"mc": (0.5, 20)}, "/y/t", tasks_dir_hash="aa"
+    )
+    c = _with_tasks(
+        _fake_run(tmp_path, "kd2", "kd", 2, 10.0, 0.5), {"mc": (0.9, 20)}, "/x/t", tasks_dir_hash="bb"
+    )
+    s = compare_runs([a, b, c], tmp_path / "o1", baselines=(), plots=False)
+    m = s["groups"][0]["metrics"]
+    assert m["task:mc/score"]["n"] == 2 and m["task:mc#2/score"]["mean"] == 0.9
+    assert "`task:mc#2` by `kd` (seed 2) (the tasks directory's content)" in s["eval_sets"]
+    old = _with_tasks(_fake_run(tmp_path, "kd3", "kd", 3, 10.0, 0.5), {"mc": (0.6, 20)}, "/x/t")
+    s = compare_runs([a, b, old], tmp_path / "o2", baselines=(), plots=False)
+    m = s["groups"][0]["metrics"]
+    assert m["task:mc/score"]["n"] == 2 and m["task:mc#2/score"]["mean"] == 0.5  # /y/t: another path
+    assert "eval.tasks_dir='/y/t' (vs '/x/t')" in s["eval_sets"]

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from ekd.cli import main
 from ekd.errors import EkdError
@@ -713,3 +714,46 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
     tasks = _eval_json(run_dir)["tasks"]
     assert tasks["settings"]["tasks"] == ["tiny_gen"] and "tiny_mc" not in tasks["student"]
     assert "earlier task results (tiny_mc) were scored with other settings (limit)" in caplog.text
+
+
+def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path):
+    """End to end: two seeds of one config, one scored with ``--limit 5`` — ``ekd compare`` gives the task one
+    column per way, its mean over the seeds scored alike, and says how the ways differ; eval.json records the
+    tasks directory by content, so the same files copied elsewhere score the same way."""
+    import shutil
+
+    from ekd.eval.compare import compare_runs
+
+    tasks_copy = tmp_path / "copied_tasks"
+    shutil.copytree(run[1], tasks_copy)
+    runs = []
+    for seed in (0, 1):
+        run_dir = tmp_path / "runs" / f"t{seed}"
+        shutil.copytree(run[0], run_dir)
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg["run"]["seed"], cfg["run"]["name"] = seed, f"t{seed}"
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        runs.append(run_dir)
+    quick = ["eval.tasks_teacher=false", "eval.tasks_student_init=false"]
+    assert (
+        main(["-q", "eval", str(runs[0]), *quick, "--tasks", "tiny_mc", "--tasks-dir", str(tasks_copy)]) == 0
+    )
+    settings = _eval_json(runs[0])["tasks"]["settings"]
+    assert len(settings["tasks_dir_hash"]) == 16 and settings["tasks_dir"] == str(tasks_copy)
+    argv = ["-q", "eval", str(runs[1]), *quick, "--tasks", "tiny_mc", "--tasks-dir", str(run[1])]
+    assert main([*argv, "--limit", "5"]) == 0
+    s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
+    (group,) = s["groups"]
+    full, five = (_eval_json(r)["tasks"]["student"]["tiny_mc"] for r in runs)
+    assert five["n"] == 5 and full["n"] == 20
+    assert group["metrics"]["task:tiny_mc/score"] == {
+        "mean": full["value"],
+        "std": pytest.approx(math.nan, nan_ok=True),
+        "n": 1,
+    }
+    assert group["metrics"]["task:tiny_mc#2/score"]["mean"] == five["value"]
+    assert "eval.tasks_limit=5 (vs 0), 5 documents (vs 20)" in s["eval_sets"]
+    # scored alike (the same files at the other path, no limit): one column, two seeds
+    assert main(argv) == 0
+    s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
+    assert s["groups"][0]["metrics"]["task:tiny_mc/score"]["n"] == 2 and s["eval_sets"] == ""

@@ -199,5 +199,35 @@ def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+SETTINGS_NOT_A_WAY = ("tasks", "seed")
+"""``tasks.settings`` keys that do not make another way of scoring a task: the list of tasks scored with it, and
+the seed (the run's: few-shot examples drawn per seed are part of what varies over seeds)."""
+
+
+def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """How each task entry of :func:`task_sets` was scored, for ``ekd compare`` to pair runs only where it is
+    the same: ``task:<name>`` → the section's ``settings`` (limit, few-shot, generation budget, chat template,
+    the tasks directory's path and, where recorded, its content hash) but :data:`SETTINGS_NOT_A_WAY`, and the
+    documents scored (``n``); ``tasks[<tag>]`` → those settings and the tasks its macro mean is over, each with
+    its documents. Teacher rows are scored the way of their task. {} without a ``tasks`` section.
+
+    Example: one seed scored with ``--limit 5`` and another in full give ``task:arc_easy`` two ways
+    (``{"limit": 5, ..., "documents": 5}`` vs ``{"limit": 0, ..., "documents": 2376}``); their scores are
+    two columns in ``ekd compare``, never one mean.
+    """
+    section = eval_json.get("tasks") or {}
+    settings = {k: v for k, v in (section.get("settings") or {}).items() if k not in SETTINGS_NOT_A_WAY}
+    student = section.get("student") or {}
+    tags = section.get("tags") or {}
+    out: dict[str, dict[str, Any]] = {}
+    members: dict[str, dict[str, Any]] = {}  # tag → task → documents
+    for task, r in student.items():
+        out[f"task:{task}"] = {**settings, "documents": r.get("n")}
+        members.setdefault(tags.get(task) or tag_of(task, {}), {})[task] = r.get("n")
+    for tag, tasks in members.items():
+        out[f"tasks[{tag}]"] = {**settings, "tasks": dict(sorted(tasks.items()))}
+    return out
+
+
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)

@@ -148,13 +148,21 @@ class TaskSettings:
         ignored = ("tasks", "tasks_dir", "batch_size", "progress")
         sig = {k: v for k, v in asdict(self).items() if k not in ignored}
         sig["task"] = task
-        sig["tasks_dir_hash"] = _dir_hash(self.tasks_dir) if self.tasks_dir else ""
+        sig[TASKS_DIR_HASH] = tasks_dir_hash(self.tasks_dir) if self.tasks_dir else ""
         sig["lm_eval"] = _lm_eval_version()
         sig["decoding"] = DECODING
         return sig
 
 
-def _dir_hash(path: str) -> str:
+TASKS_DIR_HASH = "tasks_dir_hash"
+"""The key of a task directory's content hash (:func:`tasks_dir_hash`) in a cached result's signature and in
+eval.json's ``tasks.settings``."""
+
+
+def tasks_dir_hash(path: str) -> str:
+    """What a local task directory holds: the first 16 hex digits of the sha256 over its task files (YAML, JSON,
+    JSONL, Python), names and contents in path order — the same wherever the directory is copied, another after
+    any edit."""
     h = hashlib.sha256()
     for f in sorted(Path(path).rglob("*")):
         if f.is_file() and f.suffix in (".yaml", ".yml", ".json", ".jsonl", ".py"):

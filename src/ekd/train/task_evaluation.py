@@ -34,7 +34,14 @@ from torch import nn
 from ekd.config import Config, parse_overrides
 from ekd.errors import EkdError
 from ekd.eval import task_metrics as tm
-from ekd.eval.tasks import TaskSettings, check_config_tasks, require_lm_eval, run_tasks
+from ekd.eval.tasks import (
+    TASKS_DIR_HASH,
+    TaskSettings,
+    check_config_tasks,
+    require_lm_eval,
+    run_tasks,
+    tasks_dir_hash,
+)
 from ekd.io import atomic_write_text, json_safe, strict_json
 from ekd.models.load import is_preset
 from ekd.train.run_dir import writes_into_run
@@ -140,6 +147,8 @@ def task_section_settings(settings: TaskSettings) -> dict[str, Any]:
     """The ``settings`` of eval.json's ``tasks`` section: what its results were scored with (every
     :class:`TaskSettings` field but :data:`NOT_SECTION_SETTINGS`)."""
     fields = {k: v for k, v in _fields(settings).items() if k not in NOT_SECTION_SETTINGS}
+    if settings.tasks_dir:  # what the directory held, wherever it is (ekd compare pairs by it)
+        fields[TASKS_DIR_HASH] = tasks_dir_hash(settings.tasks_dir)
     return json_safe({**fields, "tasks": list(settings.tasks)})
 
 
@@ -341,6 +350,8 @@ def _with_earlier_tasks(
         return results, settings
     mine = {k: v for k, v in task_section_settings(settings).items() if k != "tasks"}
     theirs = {k: v for k, v in (old.get("settings") or {}).items() if k != "tasks"}
+    if TASKS_DIR_HASH not in theirs:  # eval.json of an ekd that recorded the directory by its path alone
+        mine.pop(TASKS_DIR_HASH, None)
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
         log.info(

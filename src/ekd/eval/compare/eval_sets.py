@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ekd.eval.compare.runs import RunRecord, _config_differences, _text_set
+from ekd.eval.compare.runs import RunRecord, _config_differences, _scored_set, _task_entry
 from ekd.eval.eval_json import set_of
 
 if TYPE_CHECKING:
@@ -18,8 +18,9 @@ def label_eval_sets(groups: list[Group]) -> None:
     (:meth:`RunRecord.eval_set`) keeps its name; a set scored several ways is one column per way, the set's
     name for the way of the first run given, ``<set>#2``, ``<set>#3`` … for the others in order, so that a
     mean, a spread or a paired difference over seeds is over one set (try-out 29: ``2.93 ± 0.05`` averaged
-    2.96 on 24 blocks and 2.90 on 48). A set's teacher row goes to its set's column; lm-eval tasks keep their
-    names. Counted runs are labelled first, replicas after them: a way only a replica scored is no column of
+    2.96 on 24 blocks and 2.90 on 48). Downstream tasks likewise (``task:arc_easy#2``: another ``--limit``,
+    few-shot count, generation budget, chat template or tasks directory; a tag's mean over other tasks). A set's
+    teacher row goes to its set's column. Counted runs are labelled first, replicas after them: a way only a replica scored is no column of
     the table."""
     ways: dict[str, list[str]] = {}  # set → the ways (eval_set) it was scored, in order
     ordered = [r for g in groups for r in g.runs]
@@ -28,8 +29,8 @@ def label_eval_sets(groups: list[Group]) -> None:
         r.columns = {}
         for name in r.eval:
             base = set_of(name)
-            if not _text_set(base) or base not in r.eval:
-                r.columns[name] = name  # a task (or a teacher row without its set): no eval set to tell apart
+            if not _scored_set(base) or base not in r.eval:
+                r.columns[name] = name  # a teacher row without its set: no way to tell apart
                 continue
             seen = ways.setdefault(base, [])
             way = r.eval_set(base)
@@ -48,7 +49,7 @@ def eval_set_columns(groups: list[Group]) -> list[dict[str, Any]]:
     for g in groups:
         for r in g.runs:
             for c in r.column_names():
-                if _text_set(c):
+                if _scored_set(c):
                     columns.setdefault(set_of(r.entry_name(c)), {}).setdefault(c, []).append((g, r))
     out = []
     for name in sorted(columns):
@@ -104,7 +105,9 @@ def _labels(runs: list[tuple[Group, RunRecord]]) -> str:
 def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
     """How ``b``'s eval set ``name`` differs from ``a``'s: data keys (:meth:`RunRecord.set_data`), the
     tokenizer, the scored tokens, or else the documents (a run evaluated before eval sets were spread samples
-    records none)."""
+    records none); for a downstream task, :func:`_task_difference`."""
+    if _task_entry(name):
+        return _task_difference(a.task_way(name), b.task_way(name))
     keys = _config_differences({"data": a.set_data(name)}, {"data": b.set_data(name)})
     if keys:
         return ", ".join(keys)
@@ -113,3 +116,43 @@ def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
     if (a.eval.get(name) or {}).get("tokens") != (b.eval.get(name) or {}).get("tokens"):
         return "the same data settings, other scored token counts"
     return "the same data settings, other scored documents (an older ekd took an eval set's first blocks)"
+
+
+TASK_SETTING_KEYS = {
+    "limit": "eval.tasks_limit",
+    "num_fewshot": "eval.tasks_num_fewshot",
+    "max_new_tokens": "eval.tasks_max_new_tokens",
+    "chat_template": "eval.tasks_chat_template",
+    "tasks_dir": "eval.tasks_dir",
+}
+"""eval.json ``tasks.settings`` keys → the config keys (and ``ekd eval`` flags) that set them."""
+
+
+def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """How task way ``b`` (:meth:`RunRecord.task_way`) differs from ``a``: 'eval.tasks_limit=5 (vs 0)', 'the tasks
+    directory's content', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'."""
+    out = []
+    order = [
+        *TASK_SETTING_KEYS,
+        "tasks_dir_hash",
+        "documents",
+        "tasks",
+    ]  # settings first, then what they gave
+    for key in sorted(set(a) | set(b), key=lambda k: (order.index(k) if k in order else len(order), k)):
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if key in TASK_SETTING_KEYS:
+            out.append(f"{TASK_SETTING_KEYS[key]}={vb!r} (vs {va!r})")
+        elif key == "documents":
+            out.append(f"{vb} documents (vs {va})")
+        elif key == "tasks":
+            if set(va or {}) != set(vb or {}):
+                out.append(f"a mean over other tasks ({', '.join(vb or {})} vs {', '.join(va or {})})")
+            else:
+                out.append("a mean over other documents of its tasks")
+        elif key == "tasks_dir_hash":
+            out.append("the tasks directory's content")
+        else:
+            out.append(f"{key}={vb!r} (vs {va!r})")
+    return ", ".join(out) or "the same settings"

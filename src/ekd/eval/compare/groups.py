@@ -12,6 +12,7 @@ from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import label_eval_sets
 from ekd.eval.compare.runs import METRICS, RunRecord, _config_differences
 from ekd.eval.eval_json import BLOCKS_KEY
+from ekd.eval.tasks import TASKS_DIR_HASH
 
 
 @dataclass
@@ -72,8 +73,14 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         seen_dirs[real] = str(r.run_dir)
     by_content = all(r.data_fingerprint for r in runs)
     scored = {n for r in runs for n in r.eval}
-    sets_by_content = frozenset(
-        n for n in scored if all(BLOCKS_KEY in r.scored_with.get(n, {}) for r in runs if n in r.eval)
+    sets_by_content = frozenset(  # text sets by their blocks, tasks by their directory's files
+        n
+        for n in scored
+        if all(
+            BLOCKS_KEY in r.scored_with.get(n, {}) or TASKS_DIR_HASH in r.task_ways.get(n, {})
+            for r in runs
+            if n in r.eval
+        )
     )
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content

@@ -8,7 +8,7 @@ from typing import Any
 
 from ekd.config import flat_config
 from ekd.eval.compare.groups import Group, _value, metric_keys
-from ekd.eval.compare.runs import METRICS, RunRecord, _text_set
+from ekd.eval.compare.runs import METRICS, RunRecord, _scored_set
 from ekd.train.run_dir import SAME_RUN_KEYS
 
 
@@ -41,7 +41,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         f"{c} (vs {counted_columns[n]})"
         for r in group.replicas[seed]
         for c, n in (r.columns or {}).items()
-        if _text_set(c) and n in counted_columns and counted_columns[n] != c
+        if _scored_set(c) and n in counted_columns and counted_columns[n] != c
     ]
     compared = 0  # eval figures (``<column>/<metric>``) both runs scored alike
     for r in group.replicas[seed]:

@@ -17,7 +17,8 @@ import yaml
 from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
 from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
-from ekd.eval.task_metrics import task_sets
+from ekd.eval.task_metrics import task_sets, task_ways
+from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.train.run_dir import changes_training, read_marker
 
 
@@ -40,10 +41,21 @@ METRIC_INFO = {
 METRICS = tuple(METRIC_INFO)
 HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
 RUN_KEYS = ("name", "seed", "output_dir")
-EVAL_SET_KEYS = ("data.eval_sources", "data.max_eval_blocks")
-"""Keys that choose the eval sets and how much of them is scored, not what a run trains: runs differing in them
-are one config, and each set is paired only where both runs scored it alike (try-out 26: an eval file copied
-to another path split two seeds into two configs)."""
+EVAL_SET_KEYS = (
+    "data.eval_sources",
+    "data.max_eval_blocks",
+    "eval.tasks",
+    "eval.tasks_dir",
+    "eval.tasks_limit",
+    "eval.tasks_num_fewshot",
+    "eval.tasks_max_new_tokens",
+    "eval.tasks_chat_template",
+    "eval.set_tags",
+)
+"""Keys that choose the eval sets and downstream tasks and how much of them is scored, not what a run trains:
+runs differing in them are one config, and each set or task is paired only where both runs scored it alike
+(:meth:`RunRecord.eval_set`; try-out 26: an eval file copied to another path split two seeds into two
+configs)."""
 GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
 """The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
 
@@ -70,6 +82,8 @@ class RunRecord:
     sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
+    # task entry (``task:<name>``, ``tasks[<tag>]``) → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)
+    task_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
     # column → its eval.json entry (``eval#2`` → ``eval``, ``eval#2/teacher`` → ``eval/teacher``): the set as this
     # run scored it (:func:`label_eval_sets`); None before grouping: each entry under its own name
     columns: dict[str, str] | None = None
@@ -147,14 +161,25 @@ class RunRecord:
 
     def eval_set(self, name: str) -> str:
         """What eval set ``name`` of this run is: its data settings (:meth:`set_data`), the tokenizer, the
-        set's scored tokens and documents (runs evaluated before sets were spread samples record none). Two
-        runs' metrics on a set are comparable only when these are equal."""
+        set's scored tokens and documents (runs evaluated before sets were spread samples record none); for a
+        downstream task, how it was scored (:meth:`task_way`). Two runs' metrics on a set are comparable only
+        when these are equal."""
+        if _task_entry(name):
+            return json.dumps(self.task_way(name), sort_keys=True, default=str)
         metrics = self.eval.get(name) or {}
         return json.dumps(
             [self.set_data(name), self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
             sort_keys=True,
             default=str,
         )
+
+    def task_way(self, name: str) -> dict[str, Any]:
+        """How task entry ``name`` was scored (:func:`~ekd.eval.task_metrics.task_ways`), its tasks directory
+        told by content (``tasks_dir_hash``) when every run that scored it records that
+        (:attr:`sets_by_content`), else by path — so runs of an older ekd still pair."""
+        way = dict(self.task_ways.get(name) or {})
+        way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
+        return way
 
     def teacher(self) -> str:
         """The teacher the run's KL and agreement are measured against (``model.teacher``, revision, dtype)."""
@@ -168,6 +193,17 @@ TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
 def _text_set(name: str) -> bool:
     """A text eval set of the run (``eval``, a shifted set), not its teacher row nor an lm-eval task."""
     return not name.endswith("/teacher") and not name.startswith(("task:", "tasks["))
+
+
+def _task_entry(name: str) -> bool:
+    """A downstream task's entry (``task:<name>``, a tag's macro mean ``tasks[<tag>]``), not its teacher row."""
+    return name.startswith(("task:", "tasks[")) and not name.endswith("/teacher")
+
+
+def _scored_set(name: str) -> bool:
+    """An entry a run scored some way (a text eval set or a downstream task; not a teacher row): runs are
+    paired on it only where they scored it alike (:meth:`RunRecord.eval_set`)."""
+    return not name.endswith("/teacher")
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
@@ -206,7 +242,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
         config = with_todays_defaults(config)
     rows = metric_rows(run_dir)
-    results, scored_with = _eval_results(run_dir, rows)
+    results, scored_with, ways = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -224,6 +260,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
         ranks=marker.get("ranks"),
+        task_ways=ways,
     )
 
 
@@ -260,17 +297,19 @@ def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def _eval_results(
     run_dir: Path, rows: list[dict[str, Any]]
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
-    metrics, and set → the data settings it was scored with, for the sets whose eval.json entry records them
-    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json)."""
+    metrics, set → the data settings it was scored with, for the sets whose eval.json entry records them
+    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json), and task entry → how it was
+    scored (:func:`~ekd.eval.task_metrics.task_ways`)."""
     path = run_dir / "eval.json"
     if path.is_file():
         try:
-            sets, scored_with = split_settings(task_sets(json.loads(path.read_text())))  # tasks: task:<name>
+            saved = json.loads(path.read_text())
+            sets, scored_with = split_settings(task_sets(saved))  # tasks: task:<name>
             # eval.json writes NaN as null (strict JSON): back to NaN
             metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
-            return metrics, scored_with
+            return metrics, scored_with, task_ways(saved)
         except json.JSONDecodeError:
             raise EkdError(
                 f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
@@ -282,7 +321,7 @@ def _eval_results(
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
-    return results, {}
+    return results, {}, {}
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
 from ekd.eval.compare.groups import Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
-from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _text_set
+from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _scored_set
 from ekd.eval.eval_json import set_of
 
 TEACHER_RELATIVE = ("kl", "agree")  # metrics measured against the run's teacher (also kl@H<i>)
@@ -61,8 +61,8 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
     """seed → why ``group``'s run of the seed cannot be paired with ``baseline``'s on ``key`` (only the seeds
     that cannot; ``seeds``: those ``group`` has a value for)."""
     column, _, metric = key.rpartition("/")
-    if not column or not _text_set(column):
-        return {}  # cost columns and lm-eval tasks: no eval set to match
+    if not column or not _scored_set(column):
+        return {}  # cost columns: no eval set to match
     out = {}
     for seed in seeds:
         base = next((r for r in baseline.runs if r.seed == seed), None)
