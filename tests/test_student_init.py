@@ -194,6 +194,34 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "teacher, extra, message",
+    [
+        ("missing", ["--layers", "1"], "student init: teacher: {d}/missing does not exist (no config.json)"),
+        ("empty", ["--from-config", "num_hidden_layers=1"], "student init: teacher: {d}/empty is empty"),
+        (
+            "config_only",
+            ["--layers", "1"],
+            "student init: teacher: {d}/config_only holds a config.json but no",
+        ),
+    ],
+)
+def test_a_bad_teacher_is_named_as_the_argument_without_advising_a_preset(
+    tmp_path, capsys, teacher, extra, message
+):
+    """Try-out 33 (left then): a missing teacher was 'model.teacher: … pass … or preset:<name>' — student init
+    has no config key and refuses presets."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "config_only").mkdir()
+    AutoConfig.for_model("llama", vocab_size=V, hidden_size=16, num_attention_heads=2).save_pretrained(
+        tmp_path / "config_only"
+    )
+    assert main(["student", "init", str(tmp_path / teacher), str(tmp_path / "s"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(d=tmp_path) in err[0] and "preset" not in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
 def test_gpt2_layer_drop_equals_hand_cut_teacher(tmp_path, capsys):
     """GPT-2 keeps its decoder layers in ``transformer.h``: found as FSDP and ``ekd plan`` find them
     (``ekd.models.layers.decoder_layers``), so its layers are dropped too (it was refused as unsupported)."""

@@ -194,42 +194,42 @@ def load_tokenizer(
 
 
 def _key(role: str) -> str:
-    return role if "." in role else f"model.{role}"
+    """What a message names: the config key of ``role`` (``model.teacher``), or ``role`` itself when it is a key
+    (``data.source``) or a command's argument (``student init: teacher``)."""
+    return role if "." in role or ":" in role else f"model.{role}"
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.pt", "*.pth")  # what from_pretrained can read
 
 
-def check_model_dir(spec: str, role: str, tokenizer_only: bool = False, weights: bool = False) -> Path | None:
+def check_model_dir(
+    spec: str, role: str, tokenizer_only: bool = False, weights: bool = False, presets: bool = True
+) -> Path | None:
     """The local directory ``spec`` names (None for a hub id), after checking that it holds a model.
 
     A directory needs config.json (a tokenizer directory may instead hold tokenizer.json or
     tokenizer_config.json), and with ``weights`` a weights file (try-out 29: a directory without one was
     refused only once the model loaded, after the tokenizer checks' warnings, with advice about the network);
     weights only as pickles (``*.bin``) need a torch whose ``weights_only`` load is safe (≥ 2.6) — ekd never
-    unpickles otherwise.
+    unpickles otherwise. ``presets``: whether the fix may name ``preset:<name>`` (not where a model must be real,
+    as ``ekd student init``'s teacher).
     """
+    fix = "pass a hub id, a saved model directory" + (" or preset:<name>" if presets else "")
     if not spec.strip():  # Path("") would be the current directory
-        raise ModelError(f"{_key(role)} is empty; pass a hub id, a saved model directory or preset:<name>")
+        raise ModelError(f"{_key(role)} is empty; {fix}")
     path = Path(spec).expanduser()
     if not (spec.startswith((".", "/", "~")) or path.exists()):
         return None
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
     if not path.exists():
-        raise ModelError(
-            f"{_key(role)}: {spec} does not exist (no config.json); pass a hub id, a saved model directory or preset:<name>"
-        )
+        raise ModelError(f"{_key(role)}: {spec} does not exist (no config.json); {fix}")
     if not path.is_dir():
-        raise ModelError(
-            f"{_key(role)}: {spec} is not a directory; pass a hub id, a saved model directory or preset:<name>"
-        )
+        raise ModelError(f"{_key(role)}: {spec} is not a directory; {fix}")
     if not (path / "config.json").is_file() and not (
         tokenizer_only and any((path / f).is_file() for f in tokenizer_files)
     ):
         what = "empty" if not any(path.iterdir()) else "not a Hugging Face model directory"
-        raise ModelError(
-            f"{_key(role)}: {spec} is {what} (no config.json); pass a hub id, a saved model directory or preset:<name>"
-        )
+        raise ModelError(f"{_key(role)}: {spec} is {what} (no config.json); {fix}")
     if weights and not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
         raise ModelError(
             f"{_key(role)}: {spec} holds a config.json but no weights (model.safetensors, pytorch_model.bin or a "

@@ -37,7 +37,7 @@ from ekd import __version__
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.models.layers import decoder_layers
-from ekd.models.load import is_preset, load_model, load_tokenizer, save_model_dir
+from ekd.models.load import check_model_dir, is_preset, load_model, load_tokenizer, save_model_dir
 from ekd.nearest import did_you_mean
 from ekd.words import counted
 
@@ -328,6 +328,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         raise ModelError(
             "student init: the teacher must be a hub id or a saved model directory, not a preset (presets are random)"
         )
+    check_model_dir(plan.teacher, "student init: teacher", weights=plan.mode != "from_config", presets=False)
     if (
         Path(plan.teacher).expanduser().exists()
         and out.resolve() == Path(plan.teacher).expanduser().resolve()
