@@ -145,6 +145,45 @@ def test_a_missing_model_path_is_named_by_its_own_key(work, monkeypatch, capsys)
     assert "model.student" in line and "no-such-student" in line and "data.separator" not in line, line
 
 
+def test_eval_of_a_run_whose_teacher_moved(work, tmp_path, monkeypatch, capsys):
+    """Try-out 32 (left then): with the run's teacher directory moved, `ekd eval RUN` said 'model.teacher: … pass
+    a hub id, … or preset:<name>', and with `eval.teacher=false` still failed — packing the eval sets read the
+    teacher's config for its end-of-document id. The run records the boundary it packed with (ekd-run.json), so
+    the student is scored alone without its teacher, and the refusal says both ways on."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(work / "w" / "t", teacher)
+    monkeypatch.chdir(work)
+    over = {"model.teacher": str(teacher), "run.output_dir": str(tmp_path / "runs")}
+    assert main(["-q", "distill", *_relative("moved", **over)]) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "moved"
+    trained = json.loads((run_dir / "eval.json").read_text())
+    assert json.loads((run_dir / "ekd-run.json").read_text())["document_boundary"]["separator"] == "auto"
+    teacher.rename(tmp_path / "teacher-moved")
+    assert main(["-q", "eval", str(run_dir)]) == 2
+    line = _error_line(capsys)
+    assert f"the run's teacher {teacher} (model.teacher) is not there any more" in line, line
+    assert "model.teacher=PATH" in line and "eval.teacher=false" in line and "preset" not in line, line
+    assert json.loads((run_dir / "eval.json").read_text()) == trained
+    assert main(["-q", "eval", str(run_dir), "eval.teacher=false"]) == 0, capsys.readouterr().err
+    alone = json.loads((run_dir / "eval.json").read_text())
+    assert (
+        alone["eval"]["ppl"] == pytest.approx(trained["eval"]["ppl"], rel=1e-5)
+        and "eval/teacher" not in alone
+    )
+    assert main(["-q", "eval", str(run_dir), f"model.teacher={tmp_path / 'teacher-moved'}"]) == 0
+    again = json.loads((run_dir / "eval.json").read_text())
+    assert again["eval/teacher"]["ppl"] == pytest.approx(trained["eval/teacher"]["ppl"], rel=1e-5)
+    # a run of an older ekd recorded no boundary: the teacher's config is read for it, and the line says so
+    marker = json.loads((run_dir / "ekd-run.json").read_text())
+    del marker["document_boundary"]
+    (run_dir / "ekd-run.json").write_text(json.dumps(marker))
+    assert main(["-q", "eval", str(run_dir), "eval.teacher=false"]) == 2
+    line = _error_line(capsys)
+    assert "end-of-document id" in line and "data.separator=eos" in line and "model.teacher=PATH" in line, (
+        line
+    )
+
+
 def _reseal_with_teacher_id(cache: Path, teacher_id: str) -> None:
     """Make ``cache`` look built before config paths were resolved: its teacher_id as typed (relative)."""
     manifest = json.loads((cache / MANIFEST).read_text())

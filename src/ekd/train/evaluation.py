@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
-from ekd.errors import ConfigError, EkdError
+from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
@@ -282,10 +282,12 @@ def evaluate_saved_run(
     from ekd.models.positions import check_block_fits_positions
     from ekd.train.prepare import (
         autocast_dtype,
+        boundary_models,
         check_models_fit_tokenizer,
         evaluates_teacher,
         load_teacher,
         resolve_device,
+        run_boundary,
     )
     from ekd.train.run_tokenizer import run_tokenizer
 
@@ -300,7 +302,16 @@ def evaluate_saved_run(
     from ekd.data import load_splits
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
-    tokenizer = run_tokenizer(student_dir, read_marker(run_dir))  # the class the run trained with
+    marker = read_marker(run_dir) or {}
+    tokenizer = run_tokenizer(student_dir, marker)  # the class the run trained with
+    recorded = marker.get("document_boundary")
+    if evaluates_teacher(cfg):
+        _check_teacher_is_there(run_dir, cfg, "")
+    elif not recorded and cfg.data.separator == "auto" and "teacher" in boundary_models(cfg):
+        _check_teacher_is_there(
+            run_dir, cfg, "its end-of-document id, which this run of an older ekd did not record"
+        )
+    boundary = run_boundary(cfg, tokenizer, recorded)  # as it trained: no model read
     if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
         check_models_fit_tokenizer(
             tokenizer,
@@ -311,15 +322,15 @@ def evaluate_saved_run(
             "teacher (eval.teacher=false)",
         )
     if cfg.data.store_dir:  # the eval sets of the run's token store
-        data = prepare_stored_data(cfg, run_dir, tokenizer)
+        data = prepare_stored_data(cfg, run_dir, tokenizer, boundary)
         data.blocks.pop("train", None)
     else:
         splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
         splits.pop("train", None)
-        data = pack_run_splits(cfg, splits, tokenizer)
+        data = pack_run_splits(cfg, splits, tokenizer, boundary)
     if not data.blocks:  # every set came out empty: before any model is loaded
         return _no_eval_set(run_dir, cfg)
-    recorded_base = (read_marker(run_dir) or {}).get("student_base")  # a LoRA run's base, as it trained on it
+    recorded_base = marker.get("student_base")  # a LoRA run's base, as it trained on it
     student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
@@ -332,6 +343,27 @@ def evaluate_saved_run(
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     write_eval_json(run_dir, cfg, results, keep=True, data=data)
     return results
+
+
+def _check_teacher_is_there(run_dir: Path, cfg: Config, needed_for: str) -> None:
+    """A run's teacher given as a local directory that is no longer there (moved, deleted): one line with the ways
+    on, before any data is read (it was 'model.teacher: … pass a hub id, … or preset:<name>').
+
+    Args:
+        needed_for: what else than its own figures the teacher is read for ("" when only for them: the student
+            can then be scored alone, ``eval.teacher=false``)."""
+    spec = cfg.model.teacher
+    if not spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+        return
+    run = shlex.quote(str(run_dir))
+    alone = f" or score the student alone (ekd eval {run} eval.teacher=false)"
+    raise ModelError(
+        f"ekd eval: the run's teacher {spec} (model.teacher) is not there any more"
+        + (f"; it is read for {needed_for}" if needed_for else "")
+        + f"; name where it is now (ekd eval {run} model.teacher=PATH)"
+        + ("" if needed_for else alone)
+        + (", or pack the eval sets with the tokenizer's EOS (data.separator=eos)" if needed_for else "")
+    )
 
 
 def _no_eval_set(run_dir: Path, cfg: Config) -> dict:

@@ -265,12 +265,25 @@ def model_tokenizers(cfg: Config) -> dict:
     }
 
 
-def pack_run_splits(cfg: Config, splits: dict, tokenizer) -> PreparedData:
-    """Pack ``splits`` with the run's document convention (BOS/EOS of its models) and attention mode —
-    the one packing rule of training, cache building and ``ekd eval``."""
-    from ekd.data import document_boundary, pack_splits
+def run_boundary(cfg: Config, tokenizer, recorded: dict | None = None):
+    """The document boundary of ``cfg`` (``data.separator`` resolved for the tokenizer and the models' own EOS:
+    :func:`ekd.data.document_boundary`), or, for ``ekd eval`` of a finished run, the one it trained with
+    (``recorded``: ekd-run.json's ``document_boundary``) while ``data.separator`` is the run's — no model's
+    config is read then, so a teacher moved or deleted since does not stop the student's evaluation."""
+    from ekd.data import DocumentBoundary, document_boundary
 
-    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
+    if recorded and recorded.get("separator") == cfg.data.separator:
+        return DocumentBoundary(**recorded)
+    return document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
+
+
+def pack_run_splits(cfg: Config, splits: dict, tokenizer, boundary=None) -> PreparedData:
+    """Pack ``splits`` with the run's document convention (BOS/EOS of its models, or ``boundary``:
+    :func:`run_boundary`) and attention mode — the one packing rule of training, cache building and ``ekd
+    eval``."""
+    from ekd.data import pack_splits
+
+    boundary = boundary or run_boundary(cfg, tokenizer)
     blocks = pack_splits(
         splits,
         tokenizer,
@@ -283,11 +296,11 @@ def pack_run_splits(cfg: Config, splits: dict, tokenizer) -> PreparedData:
     return PreparedData(tokenizer, blocks, boundary)
 
 
-def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None) -> PreparedData:
+def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=None) -> PreparedData:
     """:func:`prepare_data` through the token store (``data.store_dir``): documents are streamed, and
     tokenized and packed only when no store for this data, tokenizer and packing exists yet; the blocks are
-    memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it."""
-    from ekd.data import document_boundary
+    memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it;
+    ``boundary``: likewise (:func:`run_boundary`)."""
     from ekd.data.store_build import stored_blocks, train_documents, train_texts
 
     if tokenizer is None:
@@ -298,7 +311,7 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None) -> PreparedD
             rows = list(islice(train_documents(cfg), AGREEMENT_ROWS))
             settle_chat_template(cfg, tokenizer, rows, model_tokenizers(cfg))
     check_run_tokenizer(cfg, tokenizer)
-    boundary = document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
+    boundary = boundary or run_boundary(cfg, tokenizer)
     return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
 

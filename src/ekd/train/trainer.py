@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -624,6 +624,8 @@ def _train(
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
             ranks=ranks.world_size,
             **tokenizer_record,  # ekd eval reads the export with the run's tokenizer class
+            # ekd eval packs the eval sets as the run did, without reading its models' configs again
+            **({"document_boundary": asdict(data.boundary)} if data.boundary is not None else {}),
         )
 
     run_on_main(ranks, export, "export the student", share=False)
