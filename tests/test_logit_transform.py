@@ -277,7 +277,10 @@ def test_load_teacher_refuses_an_unknown_head_transform(monkeypatch):
     from ekd.models import load as load_mod
     from ekd.train.prepare import PreparedData, load_teacher
 
-    monkeypatch.setattr(load_mod.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _scaled_llama())
+    def loaded(*args, output_loading_info=False, **kwargs):  # as transformers answers, every tensor found
+        return (_scaled_llama(), {"missing_keys": set()}) if output_loading_info else _scaled_llama()
+
+    monkeypatch.setattr(load_mod.AutoModelForCausalLM, "from_pretrained", loaded)
     monkeypatch.setattr(load_mod, "hub_kwargs", lambda *a, **k: {})  # the faked hub answers, network or not
 
     class _Tokenizer:

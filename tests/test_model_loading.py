@@ -360,3 +360,42 @@ def test_a_model_directory_without_weights_is_named_before_data_or_tokenizers(
     assert main(["plan", config_file(tmp_path, corpus, "p", **planned), "--gpus", "1"]) == 0, (
         capsys.readouterr()
     )
+
+
+def test_a_checkpoint_without_some_of_the_models_tensors_is_refused_not_made_random(good_dir, tmp_path):
+    """Try-out 35, F1: a teacher saved as its body alone (``LlamaModel``, no ``lm_head.weight``) loaded with a
+    random head and taught with exit 0 (transformers only logs a table); an exported student alike."""
+    from ekd.models.lora import load_exported_student
+
+    model = AutoModelForCausalLM.from_pretrained(good_dir)
+    body = tmp_path / "body"
+    model.model.save_pretrained(body)
+    with pytest.raises(ModelError) as info:
+        load_model(str(body), vocab_size=64, role="teacher")
+    text = str(info.value)
+    assert text.startswith(
+        f"model.teacher: {body} holds no weights for 1 of the LlamaForCausalLM's tensors"
+    ), text
+    assert "(lm_head.weight)" in text and "\n" not in text, text
+    with pytest.raises(ModelError, match="holds no weights for 1 of"):
+        load_exported_student(body)
+    # tied embeddings are not missing: transformers ties the head to the input embedding
+    tied = tmp_path / "tied"
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=True)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tied)
+    assert load_model(str(tied), vocab_size=64, role="teacher").lm_head.weight.shape == (64, 16)
+
+
+def test_a_model_with_non_finite_weights_is_one_line(good_dir, tmp_path):
+    """Try-out 35, F2: one NaN weight made the head check take a max over no finite logit (a traceback)."""
+    from ekd.models.load import check_output_head
+
+    model = AutoModelForCausalLM.from_pretrained(good_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError) as info:
+        check_output_head(model, 64, "teacher")
+    assert str(info.value).startswith("model.teacher: its logits on 8 probe tokens are not finite"), (
+        info.value
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -95,7 +95,28 @@ def load_model(
     local = check_model_dir(spec, role, weights=True)
     kwargs.update(hub_kwargs(spec, _key(role), revision=revision))
     source = str(local) if local is not None else spec
-    return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_pretrained(source, **kwargs))
+    return load_or_refuse(spec, role, lambda: complete_causal_lm(source, spec, role, **kwargs))
+
+
+def complete_causal_lm(source: str | Path, spec: str, role: str, **kwargs: Any) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(source, **kwargs)``, refusing a checkpoint that lacks some of the
+    model's tensors: transformers initializes those at random and only logs a table (try-out 35: a teacher saved
+    as its body alone, ``MistralModel``, taught 3 steps from a random head with exit 0; a BERT encoder loaded as
+    ``BertLMHeadModel`` without its prediction head). Tied weights are not missing (transformers ties them).
+
+    Raises:
+        ModelError: ``model.<role>: <spec> holds no weights for N of the model's tensors (names): …``.
+    """
+    model, info = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        names = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise ModelError(
+            f"{_key(role)}: {spec} holds no weights for {len(missing)} of the {type(model).__name__}'s tensors "
+            f"({names}), which would start random; save the whole causal LM there (AutoModelForCausalLM … "
+            "save_pretrained), not a part of it such as its body without the head"
+        )
+    return model
 
 
 def empty_model(
@@ -493,7 +514,8 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
     post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a bias, a custom forward).
 
     Raises:
-        ModelError: one line naming the model type and the mismatch.
+        ModelError: one line naming the model type and the mismatch, or saying that its logits are not finite
+            (NaN or +inf: weights that hold them).
     """
     head = output_head(model, vocab_size)
     ids = torch.linspace(0, vocab_size - 1, tokens).long().unsqueeze(0).to(head.weight.device)  # (1, n)
@@ -508,6 +530,11 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
     finally:
         model.train(was_training)
     expected, got = expected.double(), got.double()  # (n, V)
+    if expected.isnan().any() or (expected == float("inf")).any() or not torch.isfinite(expected).any():
+        raise ModelError(  # try-out 35: a NaN weight ended in a traceback (a max over no finite logit)
+            f"model.{role}: its logits on {tokens} probe tokens are not finite (NaN or +inf): its weights hold NaN "
+            "or inf (a corrupt or diverged checkpoint); use another checkpoint"
+        )
     finite = torch.isfinite(expected)
     scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
     error = (

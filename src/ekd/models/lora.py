@@ -205,15 +205,13 @@ def load_exported_student(
         ConfigError: peft is missing for an adapter directory.
         ModelError: the model or its base cannot be loaded, or the base is not the run's.
     """
-    from transformers import AutoModelForCausalLM
-
-    from ekd.models.load import load_model, load_or_refuse
+    from ekd.models.load import complete_causal_lm, load_model, load_or_refuse
 
     path = Path(path)
     if not is_adapter_dir(path):
         # in fp32 whatever dtype it was shipped in: as the run's final evaluation computed on those values
         return load_or_refuse(
-            str(path), "student", lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            str(path), "student", lambda: complete_causal_lm(path, str(path), "student", dtype=torch.float32)
         )
     peft = require_peft()
     note = json.loads((path / BASE_NOTE).read_text())
