@@ -240,8 +240,9 @@ def test_read_only_output_directory_is_one_line(ws, capsys):
         (errno.ENOSPC, "no space left on device"),
         (errno.EACCES, "permission denied"),
         (errno.EROFS, "read-only"),
+        (errno.EFBIG, "file too large for the file-size limit (ulimit -f)"),  # try-out 36: was a traceback
     ],
-    ids=["enospc", "eacces", "erofs"],
+    ids=["enospc", "eacces", "erofs", "efbig"],
 )
 def test_disk_failure_during_a_checkpoint_is_one_line_and_resumable(ws, capsys, monkeypatch, code, message):
     failing_open(monkeypatch, code, "step-000003")
@@ -255,6 +256,29 @@ def test_disk_failure_during_a_checkpoint_is_one_line_and_resumable(ws, capsys, 
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
     assert rc == 0, err
     assert _train_steps(RUN) == [1, 2, 3, 4]
+
+
+def test_a_full_disk_at_the_export_says_that_resume_finishes_the_run(ws, capsys, monkeypatch):
+    """Try-out 36, F3: a full disk while exporting the student (after the last step's checkpoint) ended with
+    '… free space there and rerun' alone; the rerun was refused (the directory holds a run). The line says how to
+    finish: --resume from the last step's checkpoint exports and evaluates."""
+    from ekd.train import trainer as trainer_mod
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_mod, "save_model_dir", full_disk)
+    line = one_error_line(*_resume(capsys)[::2])
+    assert "no space left on device" in line, line
+    assert line.endswith(
+        "; checkpoint step-000003 of the last step is kept: once fixed, finish the run (export and evaluation) "
+        "with the same command and --resume"
+    ), line
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert json.loads((RUN / "ekd-run.json").read_text())["state"] == "finished"
 
 
 @pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs the /dev/full device")

@@ -41,6 +41,10 @@ _REASONS = {
     errno.EISDIR: ("a directory is in the way of a file", "choose another path"),
     errno.EEXIST: ("a file is in the way", "choose another path"),
     errno.ENAMETOOLONG: ("file name too long", "choose a shorter name"),
+    errno.EFBIG: (  # try-out 36: a scheduler's file-size cap (ulimit -f), FAT32 past 4 GiB — was a traceback
+        "file too large for the file-size limit (ulimit -f) or the file system",
+        "raise the limit or choose another file system",
+    ),
 }
 
 

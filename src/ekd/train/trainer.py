@@ -82,7 +82,7 @@ from ekd.train.rank_work import (
     run_on_main,
     sharded_sample_scores,
 )
-from ekd.train.run_dir import RunStart
+from ekd.train.run_dir import RunDirError, RunStart, read_marker
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
@@ -208,14 +208,23 @@ def interrupted_hint(start: RunStart) -> str:
 def failed_hint(start: RunStart, max_steps: int) -> str:
     """How to go on once an error that stopped a started run is fixed (a cache record failing its CRC, a full
     disk): "; ..." after the error's own line, from what the run directory holds; '' before the run started
-    (nothing was changed: the error's fix is the way on) or after its last step."""
+    (nothing was changed: the error's fix is the way on) or once it has finished. A failure after the last step
+    (the export, the final evaluation) is finished by ``--resume`` from the last step's checkpoint."""
     if not start.committed:
         return ""
     newest = latest_checkpoint(start.run_dir)
     if newest is None:
         return "; the run saved no checkpoint: once fixed, start again with the same command and --overwrite"
-    if checkpoint_step(newest) >= max_steps:
-        return ""
+    try:
+        if (read_marker(start.run_dir) or {}).get("state") == "finished":
+            return ""
+    except RunDirError:  # a marker torn by the failure itself: say what the checkpoints allow
+        pass
+    if checkpoint_step(newest) >= max_steps:  # the export or the final evaluation failed (try-out 36: a full disk)
+        return (
+            f"; checkpoint {newest.name} of the last step is kept: once fixed, finish the run (export and "
+            "evaluation) with the same command and --resume"
+        )
     return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
 
 
