@@ -331,3 +331,23 @@ def test_a_head_shorter_than_the_tokenizer_is_refused(tmp_path, capsys):
         len(err) == 1 and f"head has {V - 8} rows, fewer than the teacher tokenizer's {V} tokens" in err[0]
     ), err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_record_is_renamed_into_place_with_the_model(tmp_path, monkeypatch):
+    """Try-out 36, F2: the model directory was renamed into place, then its record written: a kill between the two
+    left a student that a rerun refused ('exists') and --overwrite refused too ('not written by ekd student
+    init'). The record is in the directory when it is renamed into place."""
+    from pathlib import Path
+
+    _, teacher_dir = _teacher("llama", tmp_path)
+    seen = []
+    real = Path.rename
+
+    def rename(self, target):
+        if Path(target).name == "s":  # the staging directory becoming the student
+            seen.append(sorted(p.name for p in self.iterdir()))
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    build_student(StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "s"), layers=1))
+    assert len(seen) == 1 and RECORD in seen[0] and "model.safetensors" in seen[0], seen

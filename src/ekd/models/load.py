@@ -590,11 +590,13 @@ def save_model_dir(
     out_dir: str | Path,
     state_dict: dict | None = None,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save a standard HF model directory (safetensors + tokenizer) atomically: temp dir, then rename.
     ``state_dict``: the weights to write instead of the model's own (the full state of a sharded model).
     ``dtype``: write the floating weights in this dtype, and config.json's ``dtype`` says so (None: as they
-    are); the model itself is not changed."""
+    are); the model itself is not changed. ``extra_files``: name → text written into the directory with the
+    model, in the same rename (a record that must never be missing beside it)."""
     from ekd.io import atomic_dir  # a full disk is one line and leaves neither half a model nor its bytes
 
     if dtype is not None:
@@ -610,6 +612,8 @@ def save_model_dir(
                 model.config.dtype = kept
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (Path(tmp) / name).write_text(text)
     return Path(out_dir)
 
 

@@ -401,8 +401,6 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             f"student init: the student's head has {rows} rows, fewer than the teacher tokenizer's {len(tokenizer)} "
             "tokens; set vocab_size ≥ that (or leave it at the teacher's)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_model_dir(student, tokenizer, out)
     record = {
         "ekd_version": __version__,
         "teacher": _resolved(plan.teacher),  # an absolute path for a directory: valid from anywhere
@@ -416,9 +414,10 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         "seed": plan.seed,
         **record,
     }
-    tmp = out / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / RECORD)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the record in the same rename as the model (try-out 36: a kill between the two left a model without it,
+    # which neither a rerun nor --overwrite would replace)
+    save_model_dir(student, tokenizer, out, extra_files={RECORD: json.dumps(record, indent=2) + "\n"})
     return out
 
 

@@ -220,7 +220,9 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
             return ""
     except RunDirError:  # a marker torn by the failure itself: say what the checkpoints allow
         pass
-    if checkpoint_step(newest) >= max_steps:  # the export or the final evaluation failed (try-out 36: a full disk)
+    if (
+        checkpoint_step(newest) >= max_steps
+    ):  # the export or the final evaluation failed (try-out 36: a full disk)
         return (
             f"; checkpoint {newest.name} of the last step is kept: once fixed, finish the run (export and "
             "evaluation) with the same command and --resume"
