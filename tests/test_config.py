@@ -256,6 +256,21 @@ def test_a_key_named_by_its_meaning_points_at_the_schedules_start(key):
         load_config(None, [f"{key}=2.0"])
 
 
+@pytest.mark.parametrize(
+    "key, meant",
+    [
+        ("data.pack", "data.document_attention"),
+        ("data.blok_length", "data.block_length"),
+        ("data.foo", "data.format"),
+    ],
+)
+def test_an_unknown_key_of_a_known_section_is_matched_to_that_sections_keys(key, meant):
+    """Try-out 35: 'data.pack' got "did you mean 'data'?" — a section is no key to set. Packing is always on;
+    the key that chooses how packed documents attend is named."""
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; did you mean '{meant}'\\?$"):
+        load_config(None, [f"{key}=1"])
+
+
 def test_unknown_key_in_a_saved_config():
     raw = Config().to_dict()
     raw["train"]["max_step"] = 5

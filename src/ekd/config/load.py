@@ -74,6 +74,8 @@ def _section_type(section: str) -> type:
 MEANT = {
     "method.temperature_start": "method.kd_temperature",  # τ0 of the schedule, beside method.temperature_end
     "method.tau": "method.kd_temperature",
+    "data.pack": "data.document_attention",  # packing is always on; this key chooses how packed documents attend
+    "data.packing": "data.document_attention",
 }
 """Unknown keys whose meaning, not spelling, names the key: the schedule's τ0 is ``method.kd_temperature``."""
 
@@ -81,6 +83,9 @@ MEANT = {
 def _nearest(key: str) -> str:
     if key in MEANT:
         return f"; did you mean '{MEANT[key]}'?"
+    section = key.split(".", 1)[0]
+    if "." in key and section in SECTIONS:  # a key of a known section: its keys, never a section name alone
+        return did_you_mean(key, [k for k in all_keys() if k.startswith(f"{section}.")], cutoff=0.5)
     return did_you_mean(key, all_keys() + SECTIONS, cutoff=0.5)
 
 
