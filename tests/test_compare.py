@@ -777,6 +777,33 @@ def test_a_seed_evaluated_again_on_other_blocks_is_its_own_column_end_to_end(tmp
     assert "data.max_eval_blocks=2 (vs 4)" in printed, printed
 
 
+def test_ece_over_other_bins_is_another_column_end_to_end(tmp_path, capsys):
+    """Try-out 34, finding 2: `ekd eval RUN eval.ece_bins=5` of one seed and ECE over 15 bins of the other were
+    one mean (`eval ECE % 7.91 ± 1.08`); the bins (and entropy buckets) an entry was scored with are recorded
+    and make another column. A run trained with other eval.ece_bins is the same method, not kd#2."""
+    corpus = write_corpus(tmp_path / "corpus")
+    for seed, bins in ((0, 15), (1, 15), (2, 7)):
+        extra = {"run.seed": seed, "method.preset": "kd", "eval.ece_bins": bins}
+        assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, f"kd{seed}", **extra)]) == 0
+    runs = [tmp_path / "runs" / f"kd{s}" for s in (0, 1, 2)]
+    assert main(["-q", "eval", str(runs[1]), "eval.ece_bins=5"]) == 0
+    ev = [json.loads((r / "eval.json").read_text()) for r in runs]
+    assert ev[1]["eval"]["scoring"] == {"ece_bins": 5, "entropy_buckets": 4}
+    s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
+    (kd,) = s["groups"]  # eval.ece_bins chooses how the sets are scored, not what is trained
+    ece = {c: kd["metrics"][f"{c}/ece"] for c in ("eval", "eval#2", "eval#3")}
+    assert [(ece[c]["mean"], ece[c]["n"]) for c in ece] == [(e["eval"]["ece"], 1) for e in ev]
+    assert "eval.ece_bins=5 (vs 15)" in s["eval_sets"] and "eval.ece_bins=7 (vs 15)" in s["eval_sets"]
+    # an eval.json of an older ekd records no scoring: the run's config says how it was scored
+    for e, r in zip(ev, runs):
+        for entry in e.values():
+            if isinstance(entry, dict):
+                entry.pop("scoring", None)
+        (r / "eval.json").write_text(json.dumps(e))
+    s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
+    assert s["groups"][0]["metrics"]["eval/ece"]["n"] == 2 and "eval.ece_bins=7 (vs 15)" in s["eval_sets"]
+
+
 def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):
     """try-out 31: in compare.csv/json a method that used fewer KD positions (or teacher bytes) was "worse": a
     cost has no better direction ekd can know; its verdict says which way it went."""

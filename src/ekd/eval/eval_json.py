@@ -21,6 +21,10 @@ SETTINGS_KEY = "data"
 BLOCKS_KEY = "blocks_sha256"
 """The key, within a set's :data:`SETTINGS_KEY`, of the sha256 of the set's packed blocks (what it holds, wherever
 its files are): ``ekd compare`` identifies sets by it when every run compared records it."""
+SCORING_KEY = "scoring"
+"""The key of a set's entry holding the ``eval.*`` settings its figures were computed with (``ece_bins``,
+``entropy_buckets``): ECE over 5 bins is another figure than over 15 (try-out 34: ``ekd compare`` averaged the two)."""
+SCORING_SETTINGS = ("ece_bins", "entropy_buckets")
 TEACHER_SUFFIX = "/teacher"
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
@@ -48,12 +52,16 @@ def set_of(entry: str) -> str:
 
 
 def with_settings(
-    results: Mapping[str, Mapping[str, Any]], data: Mapping[str, Any], blocks: Mapping[str, str] | None = None
+    results: Mapping[str, Mapping[str, Any]],
+    data: Mapping[str, Any],
+    blocks: Mapping[str, str] | None = None,
+    scoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``results`` (set → metrics, as :func:`ekd.train.evaluation.evaluate_run` returns) as eval.json
     entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`, and the sha256 of its
-    blocks, ``blocks[set]``, under :data:`BLOCKS_KEY`); teacher rows are scored on their set's blocks and carry
-    none."""
+    blocks, ``blocks[set]``, under :data:`BLOCKS_KEY`) and :data:`SCORING_KEY` (``scoring``: the ``eval``
+    section, narrowed to :data:`SCORING_SETTINGS`); teacher rows are scored on their set's blocks the set's way
+    and carry none."""
     out: dict[str, Any] = {}
     for name, metrics in results.items():
         out[name] = dict(metrics)
@@ -61,6 +69,8 @@ def with_settings(
             out[name][SETTINGS_KEY] = set_settings(data, name)
             if blocks and name in blocks:
                 out[name][SETTINGS_KEY][BLOCKS_KEY] = blocks[name]
+            if scoring is not None:
+                out[name][SCORING_KEY] = {k: scoring[k] for k in SCORING_SETTINGS if k in scoring}
     return out
 
 
@@ -88,13 +98,16 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any
 
 def split_settings(
     entries: Mapping[str, Mapping[str, Any]],
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """eval.json's set entries → (set → metrics alone, set → recorded data settings, for the sets that
-    record them)."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """eval.json's set entries → (set → metrics alone, set → recorded data settings, set → recorded scoring
+    settings (:data:`SCORING_KEY`); the last two for the sets that record them)."""
     metrics: dict[str, dict[str, Any]] = {}
     settings: dict[str, dict[str, Any]] = {}
+    scoring: dict[str, dict[str, Any]] = {}
     for name, entry in entries.items():
-        metrics[name] = {k: v for k, v in entry.items() if k != SETTINGS_KEY}
+        metrics[name] = {k: v for k, v in entry.items() if k not in (SETTINGS_KEY, SCORING_KEY)}
         if isinstance(entry.get(SETTINGS_KEY), dict):
             settings[name] = dict(entry[SETTINGS_KEY])
-    return metrics, settings
+        if isinstance(entry.get(SCORING_KEY), dict):
+            scoring[name] = dict(entry[SCORING_KEY])
+    return metrics, settings, scoring

@@ -394,7 +394,7 @@ def write_eval_json(
 
     path = run_dir / "eval.json"
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
-    written = with_settings(results, cfg.to_dict()["data"], blocks)
+    written = with_settings(results, cfg.to_dict()["data"], blocks, cfg.to_dict()["eval"])
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())

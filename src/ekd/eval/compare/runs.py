@@ -16,7 +16,7 @@ import yaml
 
 from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
-from ekd.eval.eval_json import BLOCKS_KEY, set_settings, split_settings
+from ekd.eval.eval_json import BLOCKS_KEY, SCORING_SETTINGS, set_settings, split_settings
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.train.run_dir import changes_training, read_marker
@@ -51,6 +51,8 @@ EVAL_SET_KEYS = (
     "eval.tasks_max_new_tokens",
     "eval.tasks_chat_template",
     "eval.set_tags",
+    "eval.ece_bins",
+    "eval.entropy_buckets",
 )
 """Keys that choose the eval sets and downstream tasks and how much of them is scored, not what a run trains:
 runs differing in them are one config, and each set or task is paired only where both runs scored it alike
@@ -82,6 +84,8 @@ class RunRecord:
     sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
+    # set → the eval settings its figures were computed with, where its eval.json entry records them (:meth:`scoring`)
+    scored_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # task entry (``task:<name>``, ``tasks[<tag>]``) → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)
     task_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
     # column → its eval.json entry (``eval#2`` → ``eval``, ``eval#2/teacher`` → ``eval/teacher``): the set as this
@@ -168,10 +172,25 @@ class RunRecord:
             return json.dumps(self.task_way(name), sort_keys=True, default=str)
         metrics = self.eval.get(name) or {}
         return json.dumps(
-            [self.set_data(name), self.tokenizer, metrics.get("tokens"), metrics.get("documents")],
+            [
+                self.set_data(name),
+                self.scoring(name),
+                self.tokenizer,
+                metrics.get("tokens"),
+                metrics.get("documents"),
+            ],
             sort_keys=True,
             default=str,
         )
+
+    def scoring(self, name: str) -> dict[str, Any]:
+        """The ``eval.*`` settings eval set ``name``'s figures were computed with (ECE bins, entropy buckets):
+        those its eval.json entry records (``ekd eval RUN eval.ece_bins=5`` scores otherwise than config.yaml
+        says), else the run's config's."""
+        if name in self.scored_by:
+            return {k: self.scored_by[name].get(k) for k in SCORING_SETTINGS}
+        section = with_todays_defaults({"eval": self.config.get("eval") or {}})["eval"]
+        return {k: section.get(k) for k in SCORING_SETTINGS}
 
     def task_way(self, name: str) -> dict[str, Any]:
         """How task entry ``name`` was scored (:func:`~ekd.eval.task_metrics.task_ways`), its tasks directory
@@ -242,7 +261,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
         config = with_todays_defaults(config)
     rows = metric_rows(run_dir)
-    results, scored_with, ways = _eval_results(run_dir, rows)
+    results, scored_with, scored_by, ways = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -260,6 +279,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
         ranks=marker.get("ranks"),
+        scored_by=scored_by,
         task_ways=ways,
     )
 
@@ -297,19 +317,24 @@ def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def _eval_results(
     run_dir: Path, rows: list[dict[str, Any]]
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+) -> tuple[
+    dict[str, dict[str, float]],
+    dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
+]:
     """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
     metrics, set → the data settings it was scored with, for the sets whose eval.json entry records them
-    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json), and task entry → how it was
-    scored (:func:`~ekd.eval.task_metrics.task_ways`)."""
+    (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json), set → the eval settings it was
+    scored with (likewise), and task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)."""
     path = run_dir / "eval.json"
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            sets, scored_with = split_settings(task_sets(saved))  # tasks: task:<name>
+            sets, scored_with, scored_by = split_settings(task_sets(saved))  # tasks: task:<name>
             # eval.json writes NaN as null (strict JSON): back to NaN
             metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
-            return metrics, scored_with, task_ways(saved)
+            return metrics, scored_with, scored_by, task_ways(saved)
         except json.JSONDecodeError:
             raise EkdError(
                 f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
@@ -321,7 +346,7 @@ def _eval_results(
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
-    return results, {}, {}
+    return results, {}, {}, {}
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:
