@@ -1,0 +1,56 @@
+"""``ekd compare``'s verdict on a downstream task's score: a difference its n items cannot resolve is "within item
+noise", however many seeds agree (they are all scored on the same items)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ekd.eval.compare import compare_runs
+
+
+def _run(root: Path, name: str, preset: str, seed: int, scores: dict[str, float], n: int) -> Path:
+    """A finished run whose eval.json holds a tasks section as ``ekd eval --tasks`` writes it."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(
+        yaml.safe_dump({"run": {"name": name, "seed": seed}, "method": {"preset": preset}})
+    )
+    student = {t: {"value": v, "ece": 5.0, "n": n} for t, v in scores.items()}
+    section = {
+        "settings": {"limit": 0, "num_fewshot": -1, "tasks": list(scores), "tasks_dir": "", "seed": seed},
+        "tags": {t: "in_distribution" for t in scores},
+        "student": student,
+        "summary": {
+            "student": {"mean": {"in_distribution": sum(scores.values()) / len(scores)}, "mc_ece": {}}
+        },
+    }
+    (d / "eval.json").write_text(json.dumps({"eval": {"ppl": 10.0}, "tasks": section}))
+    return d
+
+
+def test_a_difference_of_a_few_items_is_within_item_noise_however_the_seeds_agree(tmp_path):
+    """Try-out 34: sekd − kd on a 70-item task, +3 and +1 items on two seeds, was 'better' (+0.0286 ± 0.0202);
+    two standard errors of a difference of two accuracies near 0.32 on 70 items are ~0.16."""
+    runs = [
+        _run(tmp_path, "kd0", "kd", 0, {"mc": 20 / 70, "big": 0.30}, 70),
+        _run(tmp_path, "kd1", "kd", 1, {"mc": 22 / 70, "big": 0.31}, 70),
+        _run(tmp_path, "se0", "sekd", 0, {"mc": 23 / 70, "big": 0.60}, 70),
+        _run(tmp_path, "se1", "sekd", 1, {"mc": 23 / 70, "big": 0.62}, 70),
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    vs = next(g for g in s["groups"] if g["method"] == "sekd")["vs"]["kd"]
+    mc = vs["task:mc/score"]
+    assert mc["mean"] == pytest.approx(2 / 70) and mc["std"] < mc["mean"]  # the seeds alone would say better
+    a, b = 23 / 70, 21 / 70
+    assert mc["item_noise"] == pytest.approx(2 * math.sqrt((a * (1 - a) + b * (1 - b)) / 70))
+    assert mc["verdict"] == "within item noise"
+    assert vs["task:big/score"]["verdict"] == "better"  # +0.305 on 70 items is resolved
+    tag = vs["tasks[in_distribution]/score"]  # the mean of the two: their noises combined, √(Σ noise²)/2
+    assert tag["verdict"] == "better" and tag["item_noise"] < mc["item_noise"]
+    assert "within item noise" in (tmp_path / "out" / "compare.md").read_text()
+    assert "item_noise" not in vs["eval/ppl"]  # not a proportion on items: no such judgement
