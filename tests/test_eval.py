@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, replace
 
 import pytest
@@ -424,6 +425,21 @@ def test_write_report_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_report(tmp_path, "Second", [("X", "y")])
     assert path.read_text().startswith("# Second")
+
+
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    """Try-out 36, F4: a SIGKILL mid-write leaves `.report.md.<random>.tmp` (no except clause runs), and nothing
+    removed them; the next write of that file removes those older than a live writer's could be."""
+    old = tmp_path / ".report.md.abc123.tmp"
+    fresh = tmp_path / ".report.md.def456.tmp"  # another writer's, still writing
+    other = tmp_path / ".eval.json.abc123.tmp"  # another file's: not this write's business
+    for f in (old, fresh, other):
+        f.write_text("")
+    stale = time.time() - report_module.STALE_TEMP_S - 5
+    os.utime(old, (stale, stale))
+    os.utime(other, (stale, stale))
+    write_report(tmp_path, "Run", [("X", "y")])
+    assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, other.name, "report.md"])
 
 
 def test_evaluate_applies_final_logit_softcapping_like_forward():

@@ -8,9 +8,11 @@ user's chosen backend is left alone. Every file is written atomically (temp file
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,22 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _remove_stale_temps(path)
+
+
+STALE_TEMP_S = 60.0
+"""A temp file of an atomic write untouched this long was left by a writer killed before it could remove it."""
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the ``.<name>.*.tmp`` files beside ``path`` that writers killed mid-write left (try-out 36: every
+    SIGKILL during a plot or compare.json write left one, and nothing ever removed them); a temp file written in
+    the last :data:`STALE_TEMP_S` seconds may be another live writer's and is kept."""
+    now = time.time()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - stale.stat().st_mtime > STALE_TEMP_S:
+                stale.unlink()
 
 
 def _cell(value: Any, fmt: str | Callable[[Any], str]) -> str:
