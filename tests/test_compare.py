@@ -817,13 +817,22 @@ def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):
     assert se["vs"]["kd"]["kd_pct"]["verdict"] == "lower", se["vs"]["kd"]["kd_pct"]
 
 
-def _with_tasks(run: Path, scores: dict[str, tuple[float, int]], tasks_dir: str = "", **settings) -> Path:
+def _with_tasks(
+    run: Path,
+    scores: dict[str, tuple[float, int]],
+    tasks_dir: str = "",
+    identities: dict[str, str] | None = None,
+    **settings,
+) -> Path:
     """Give a fake run eval.json's ``tasks`` section as ``ekd eval --tasks`` writes it: task → (score,
-    documents), scored with ``settings`` (limit, num_fewshot, …; tasks_dir_hash: the directory's content)."""
+    documents), scored with ``settings`` (limit, num_fewshot, …; tasks_dir_hash: the directory's content, as an
+    older ekd recorded it); ``identities``: task → its ``documents_sha256``, as ekd records it now."""
     ev = json.loads((run / "eval.json").read_text())
     seed = yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"]
     recorded = {"limit": 0, "num_fewshot": -1, "max_new_tokens": 0, "chat_template": "auto"} | settings
     student = {t: {"value": v, "ece": 5.0, "n": n} for t, (v, n) in scores.items()}
+    for t, sha in (identities or {}).items():
+        student[t]["documents_sha256"] = sha
     mean = statistics.fmean(v for v, _ in scores.values())
     ev["tasks"] = {
         "settings": {**recorded, "tasks": list(scores), "tasks_dir": tasks_dir, "seed": seed},
@@ -889,3 +898,21 @@ def test_a_tasks_directory_is_told_by_its_content_when_every_run_records_it(tmp_
     m = s["groups"][0]["metrics"]
     assert m["task:mc/score"]["n"] == 2 and m["task:mc#2/score"]["mean"] == 0.5  # /y/t: another path
     assert "eval.tasks_dir='/y/t' (vs '/x/t')" in s["eval_sets"]
+
+
+def test_a_task_is_told_by_its_own_data_so_an_edit_of_another_splits_nothing(tmp_path):
+    """Try-out 34, findings 1 and 6: the whole directory's hash split every task of it when one task's data was
+    edited, and missed an edit outside it. Each task's own identity (``documents_sha256``) decides now: editing
+    mc's data splits mc alone, gen stays one column over all seeds, and the directory's path does not matter."""
+    same, edited = {"mc": "m1", "gen": "g1"}, {"mc": "m2", "gen": "g1"}
+    scores = {"mc": (0.4, 20), "gen": (0.2, 6)}
+    runs = [
+        _with_tasks(_fake_run(tmp_path, "kd0", "kd", 0, 10.0, 0.5), scores, "/x/t", same, ece_bins=15),
+        _with_tasks(_fake_run(tmp_path, "kd1", "kd", 1, 10.0, 0.5), scores, "/y/t", same, ece_bins=15),
+        _with_tasks(_fake_run(tmp_path, "kd2", "kd", 2, 10.0, 0.5), scores, "/x/t", edited, ece_bins=15),
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=(), plots=False)
+    m = s["groups"][0]["metrics"]
+    assert m["task:gen/score"]["n"] == 3 and "task:gen#2/score" not in m
+    assert m["task:mc/score"]["n"] == 2 and m["task:mc#2/score"]["n"] == 1
+    assert "documents_sha256='m2' (vs 'm1')" in s["eval_sets"], s["eval_sets"]

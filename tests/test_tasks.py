@@ -223,8 +223,11 @@ def test_progress_off_silences_lm_evals_own_bars(tmp_path, capfd):
     assert vars(std.tqdm)["__init__"] is init  # tqdm is left as it was
     for task in ("tiny_mc", "tiny_gen"):
         assert results[True][task]["metrics"] == results[False][task]["metrics"]
+    from ekd.eval.task_data import LeafTask
+
     on, off = (TaskSettings(tasks=("tiny_mc",), progress=p) for p in (True, False))
-    assert on.signature("tiny_mc") == off.signature("tiny_mc")
+    leaves = {"tiny_mc": LeafTask("0123456789abcdef", 0)}
+    assert on.signature("tiny_mc", leaves) == off.signature("tiny_mc", leaves)
 
 
 def test_the_tasks_budget_and_greedy_decoding_win_over_the_models_generation_config(tmp_path, capfd):
@@ -738,8 +741,9 @@ def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path
     assert (
         main(["-q", "eval", str(runs[0]), *quick, "--tasks", "tiny_mc", "--tasks-dir", str(tasks_copy)]) == 0
     )
-    settings = _eval_json(runs[0])["tasks"]["settings"]
-    assert len(settings["tasks_dir_hash"]) == 16 and settings["tasks_dir"] == str(tasks_copy)
+    tasks = _eval_json(runs[0])["tasks"]
+    assert tasks["settings"]["tasks_dir"] == str(tasks_copy) and "tasks_dir_hash" not in tasks["settings"]
+    assert len(tasks["student"]["tiny_mc"]["documents_sha256"]) == 16  # the task by content
     argv = ["-q", "eval", str(runs[1]), *quick, "--tasks", "tiny_mc", "--tasks-dir", str(run[1])]
     assert main([*argv, "--limit", "5"]) == 0
     s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
@@ -757,3 +761,313 @@ def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path
     assert main(argv) == 0
     s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
     assert s["groups"][0]["metrics"]["task:tiny_mc/score"]["n"] == 2 and s["eval_sets"] == ""
+
+
+# --- a task's identity, bad task data, the cache across seeds (try-out 34) ------------------------------------
+
+
+def _external_task(tasks_dir, data_dir, name: str, rows: list[dict], body: str = MC_YAML) -> None:
+    """A task YAML in ``tasks_dir`` reading its JSONL from ``data_dir`` (docs/evaluation.md's own layout)."""
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks_dir / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data_dir / name}.jsonl\n"
+        f"  cache_dir: {data_dir / 'hf-cache'}\ntest_split: test\n" + body
+    )
+
+
+def _csv_task(tasks_dir, name: str, rows: list[dict]) -> None:
+    """A generation task whose data is a CSV file inside ``tasks_dir`` (not one of the old hash's suffixes)."""
+    lines = ["question,answer"] + [f"{r['question']},{r['answer']}" for r in rows]
+    (tasks_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    (tasks_dir / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: csv\ndataset_kwargs:\n  data_files:\n    test: {tasks_dir / name}.csv\n"
+        f"  cache_dir: {tasks_dir / 'hf-cache'}\ntest_split: test\n" + GEN_YAML
+    )
+
+
+def _gen_rows(seed: int, n: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(n)]
+
+
+def test_a_tasks_identity_is_its_documents_and_config_wherever_they_lie(tmp_path):
+    """Try-out 34, findings 1 and 6: the identity hashed only the .yaml/.json/.jsonl/.py files inside the tasks
+    directory, so an edit of a JSONL outside it, or of a CSV inside it, went unseen (and any edit moved every
+    task of the directory). Now each task is its config and documents as lm-eval loads them: an edit of one
+    task's data moves that task alone, wherever the file lies and whatever its format; the same files copied
+    elsewhere are the same tasks."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import shutil
+
+    from ekd.eval.tasks import TaskSettings, task_identities
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _external_task(tasks_dir, tmp_path / "data", "ext_mc", _mc_rows())
+    _csv_task(tasks_dir, "csv_gen", _gen_rows(1))
+    settings = TaskSettings(tasks=("ext_mc", "csv_gen"), tasks_dir=str(tasks_dir))
+
+    def ids(s=settings):
+        return {t: task_identities(s, t)[t].sha256 for t in s.tasks}
+
+    before = ids()
+    edited = _mc_rows()
+    edited[3]["answer"] = (edited[3]["answer"] + 1) % 3
+    (tmp_path / "data" / "ext_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    after_mc = ids()
+    assert after_mc["ext_mc"] != before["ext_mc"] and after_mc["csv_gen"] == before["csv_gen"]
+    rows = _gen_rows(1)
+    rows[0]["answer"] = "changed"
+    _csv_task(tasks_dir, "csv_gen", rows)
+    after_csv = ids()
+    assert after_csv["csv_gen"] != after_mc["csv_gen"] and after_csv["ext_mc"] == after_mc["ext_mc"]
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tasks_dir, copy)
+    assert ids(TaskSettings(tasks=settings.tasks, tasks_dir=str(copy))) == after_csv
+    # the signature carries it, and the seed only where few-shot examples are drawn
+    leaves = task_identities(settings, "ext_mc")
+    sig = settings.signature("ext_mc", leaves)
+    assert sig["documents_sha256"] == {"ext_mc": after_csv["ext_mc"]} and "tasks_dir_hash" not in sig
+    assert "seed" not in sig
+    shots = TaskSettings(tasks=settings.tasks, tasks_dir=str(tasks_dir), num_fewshot=2, seed=3)
+    shot_leaves = task_identities(shots, "ext_mc")
+    assert shot_leaves["ext_mc"].num_fewshot == 2 and shots.signature("ext_mc", shot_leaves)["seed"] == 3
+
+
+def _scores(results: dict) -> dict:
+    """task → (value, n, documents_sha256): what a cached result must give back (NaNs come back as null)."""
+    return {t: (r["value"], r["n"], r["documents_sha256"]) for t, r in results.items()}
+
+
+def _teacher_cache_calls(monkeypatch):
+    """Spy on run_tasks in the teacher cache: the task tuples it computes, in order."""
+    from ekd.train import task_evaluation
+
+    calls = []
+    real = task_evaluation.run_tasks
+
+    def spy(model, tokenizer, settings, **kw):
+        calls.append(settings.tasks)
+        return real(model, tokenizer, settings, **kw)
+
+    monkeypatch.setattr(task_evaluation, "run_tasks", spy)
+    return calls
+
+
+def test_the_teacher_cache_sees_data_edited_outside_the_tasks_dir(tmp_path, monkeypatch):
+    """Try-out 34, finding 1: after an edit of a task's JSONL outside --tasks-dir, the teacher's (and the initial
+    student's) cached results of the old data were reused (gap closed flipped sign). They are computed again,
+    for the edited task only, and recorded with the data they were scored on."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import cached_tasks
+
+    model, tok, _ = _tiny_model_and_tasks(tmp_path)
+    tasks_dir = tmp_path / "ext_tasks"
+    tasks_dir.mkdir()
+    _external_task(tasks_dir, tmp_path / "data", "ext_mc", _mc_rows())
+    _external_task(tasks_dir, tmp_path / "data", "ext_gen", _gen_rows(1), GEN_YAML)
+    settings = TaskSettings(tasks=("ext_mc", "ext_gen"), tasks_dir=str(tasks_dir), max_new_tokens=2)
+    calls = _teacher_cache_calls(monkeypatch)
+    first = cached_tasks(tmp_path / "cache", "teacher", "t#1", settings, lambda: (model, tok))
+    assert _scores(cached_tasks(tmp_path / "cache", "teacher", "t#1", settings, lambda: (model, tok))) == (
+        _scores(first)
+    )
+    assert calls == [("ext_mc", "ext_gen")]  # the second call reused both
+    edited = _mc_rows()
+    for row in edited[:10]:
+        row["answer"] = (row["answer"] + 1) % 3
+    (tmp_path / "data" / "ext_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    again = cached_tasks(tmp_path / "cache", "teacher", "t#1", settings, lambda: (model, tok))
+    assert calls[1:] == [("ext_mc",)]  # the edited task alone
+    assert _scores(again)["ext_gen"] == _scores(first)["ext_gen"]
+    assert again["ext_mc"]["documents_sha256"] != first["ext_mc"]["documents_sha256"]
+
+
+def test_the_teacher_cache_is_shared_across_seeds_unless_few_shot_examples_are_drawn(tmp_path, monkeypatch):
+    """Try-out 34, finding 5: the seed was in every signature and the cache file kept one entry per task, so
+    each seed of a sweep recomputed the teacher (zero-shot: the same numbers) and overwrote the last seed's. The
+    seed counts only where few-shot examples are drawn, and the file keeps one entry per signature; an entry of
+    an older ekd is not matched, and is no error."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from dataclasses import replace
+
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import cached_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = {"signature": {"task": "tiny_mc", "seed": 0, "tasks_dir_hash": "aa"}, "results": {"tiny_mc": {}}}
+    (cache / "teacher.json").write_text(json.dumps({"model": "t#1", "tasks": {"tiny_mc": old}}))
+    calls = _teacher_cache_calls(monkeypatch)
+    zero = TaskSettings(tasks=("tiny_mc",), tasks_dir=str(tasks_dir), seed=0)
+
+    def teacher(settings):
+        return cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok))
+
+    first = teacher(zero)
+    assert _scores(teacher(replace(zero, seed=1))) == _scores(first) and calls == [
+        ("tiny_mc",)
+    ]  # zero-shot: any seed
+    shots = replace(zero, num_fewshot=2)
+    teacher(shots)
+    teacher(replace(shots, seed=1))
+    assert len(calls) == 3  # each few-shot seed once
+    teacher(shots)  # seed 0 again, after seed 1: still cached
+    teacher(replace(zero, seed=7))
+    assert len(calls) == 3
+    saved = json.loads((cache / "teacher.json").read_text())["tasks"]["tiny_mc"]
+    assert len(saved) == 3 and sum("seed" in e["signature"] for e in saved) == 2
+
+
+def _bad_tasks(tmp_path, case: str):
+    """A tasks dir whose tiny_mc has one bad row (``case``), and a good tiny_gen."""
+    tasks_dir = tmp_path / "bad_tasks"
+    tasks_dir.mkdir()
+    rows = _mc_rows()
+    _write_task(tasks_dir, "tiny_mc", rows, MC_YAML)
+    _write_task(tasks_dir, "tiny_gen", _gen_rows(1), GEN_YAML)
+    data = tasks_dir / "tiny_mc.jsonl"
+    lines = data.read_text().splitlines()
+    if case == "truncated":
+        lines[10] = lines[10][:25]
+    elif case == "no-answer":
+        del rows[6]["answer"]
+        lines[6] = json.dumps(rows[6])
+    elif case == "answer-out-of-range":
+        rows[4]["answer"] = 7
+        lines[4] = json.dumps(rows[4])
+    data.write_text("\n".join(lines) + "\n")
+    return tasks_dir, data
+
+
+BAD_ROW = {
+    "truncated": "line 11 is not valid JSON",
+    "no-answer": "test split row 7: its field 'answer' is missing or null",
+    "answer-out-of-range": "test split row 5: its answer index 7 is outside its 3 choices (0–2)",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROW))
+def test_a_bad_task_row_is_one_line_before_anything_runs(tmp_path, case):
+    """Try-out 34, findings 3 and 4: a truncated JSONL line was a 99-line DatasetGenerationError traceback, a row
+    without its answer a TypeError deep in lm-eval, and an answer index outside the choices was silently counted
+    wrong for every model. The check before any task runs loads each local task and builds its rows as lm-eval
+    builds its requests: one line naming the task, the file, the row and the fix."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir, data = _bad_tasks(tmp_path, case)
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_gen", "tiny_mc"), str(tasks_dir))
+    message = str(e.value)
+    assert "\n" not in message and "task 'tiny_mc'" in message and str(data) in message, message
+    assert BAD_ROW[case] in message and ("fix" in message), message
+    check_tasks_available(("tiny_gen",), str(tasks_dir))  # the good task alone passes
+
+
+def test_distill_refuses_a_bad_task_row_before_training(tmp_path, capsys):
+    """Try-out 34, finding 3: through ``ekd distill`` with eval.tasks, the check before training accepted a row
+    without its answer; the run trained, then crashed with a traceback at the end."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from hostile import one_error_line
+
+    tasks_dir, data = _bad_tasks(tmp_path, "no-answer")
+    cfg = config_file(tmp_path, write_corpus(tmp_path / "corpus"), "bad")
+    rc = main(["distill", cfg, "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}"])
+    line = one_error_line(rc, capsys.readouterr().err)
+    assert BAD_ROW["no-answer"] in line and str(data) in line, line
+    assert not (tmp_path / "runs" / "bad" / "metrics.jsonl").exists()  # no step was trained
+
+
+def test_a_failure_inside_lm_eval_while_scoring_is_one_line_with_its_cause(tmp_path, monkeypatch):
+    """Whatever lm-eval or datasets raise while a task is scored is one line naming the task and the cause (the
+    exception chained, for ``ekd --debug``), not a traceback."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import lm_eval.evaluator
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+
+    def broken(**kw):
+        try:
+            index = None
+            (1, 2)[index]
+        except TypeError as e:
+            raise RuntimeError("wrapped") from e
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken)
+    with pytest.raises(EkdError) as e:
+        run_tasks(model, tok, TaskSettings(tasks=("tiny_mc",), tasks_dir=str(tasks_dir)), label="teacher")
+    message = str(e.value)
+    assert "\n" not in message and "task 'tiny_mc' failed while lm-eval scored the teacher" in message
+    assert "TypeError: tuple indices must be integers or slices, not NoneType" in message, message
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_an_unknown_task_gets_did_you_mean(tmp_path):
+    """Try-out 34, finding 7: an unknown task name had no 'did you mean', unlike every other unknown name."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import task_manager
+
+    _, _, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    with pytest.raises(EkdError, match=r"unknown task\(s\) tiny_mcc: .*; did you mean 'tiny_mc'\?"):
+        task_manager(("tiny_gen", "tiny_mcc"), str(tasks_dir))
+
+
+@pytest.mark.parametrize("flags", [["--limit", "5"], ["--num-fewshot", "2"], ["--tasks", ""]])
+def test_ekd_eval_task_flags_without_tasks_are_one_line(
+    finished_template, tmp_path, monkeypatch, capsys, flags
+):
+    """Try-out 34, finding 7: ``ekd eval RUN --limit 5`` with no task anywhere ignored --limit and re-scored the
+    text sets (``--tasks ''`` too). Now one line, nothing evaluated or written."""
+    from hostile import copy_workspace, one_error_line, snapshot, unchanged
+
+    ws = copy_workspace(finished_template, tmp_path, monkeypatch)
+    run = ws / "runs" / "base"
+    before = snapshot(ws)
+    line = one_error_line(main(["eval", str(run), *flags]), capsys.readouterr().err)
+    assert (flags[0] in line and "no --tasks" in line) or "names no task" in line, line
+    unchanged(before, ws)
+
+
+def test_ece_bins_are_recorded_with_the_tasks_and_split_a_compare_column():
+    """Try-out 34, finding 2: eval.json's tasks.settings had no ece_bins, so ekd compare averaged MC-ECEs
+    computed with 5 and 15 bins into one mean."""
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section_settings
+
+    ways = []
+    for bins in (15, 5):
+        settings = task_section_settings(TaskSettings(tasks=("mc",), ece_bins=bins))
+        assert settings["ece_bins"] == bins
+        section = {"settings": settings, "student": {"mc": {"n": 20, "documents_sha256": "ab"}}}
+        ways.append(tm.task_ways({"tasks": section})["task:mc"])
+    assert ways[0] != ways[1]
+
+
+def test_task_ways_tell_each_task_by_its_own_data():
+    """Editing one task's data moves that task alone; the tasks directory's path is no part of a task told by
+    content; an older eval.json (no identity per result) is paired as before, by its directory."""
+    settings = {"limit": 0, "num_fewshot": -1, "tasks_dir": "/x/t", "tasks": ["mc", "gen"], "seed": 0}
+
+    def ways(mc_sha, tasks_dir="/x/t"):
+        student = {"mc": {"n": 20, "documents_sha256": mc_sha}, "gen": {"n": 6, "documents_sha256": "g"}}
+        section = {"settings": {**settings, "tasks_dir": tasks_dir}, "student": student, "tags": {}}
+        return tm.task_ways({"tasks": section})
+
+    a, edited, moved = ways("m1"), ways("m2"), ways("m1", "/y/t")
+    assert a["task:gen"] == edited["task:gen"] and a["task:mc"] != edited["task:mc"]
+    assert a == moved and "tasks_dir" not in a["task:mc"]
+    assert a["tasks[in_distribution]"] != edited["tasks[in_distribution]"]
+    old = {"settings": {**settings, "tasks_dir_hash": "aa"}, "student": {"mc": {"n": 20}}, "tags": {}}
+    assert tm.task_ways({"tasks": old})["task:mc"] == {
+        "limit": 0,
+        "num_fewshot": -1,
+        "tasks_dir": "/x/t",
+        "tasks_dir_hash": "aa",
+        "documents": 20,
+    }

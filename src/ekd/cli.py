@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.teacher=false")
     p.add_argument(
         "--tasks",
-        default="",
+        default=None,
         help="lm-eval tasks only (no eval sets), e.g. arc_easy,hellaswag,piqa,lambada_openai,gsm8k (needs ekd[eval])",
     )
     p.add_argument(
@@ -370,9 +370,21 @@ def cmd_eval(args) -> int:
             f"ekd eval --tasks runs the lm-eval tasks alone, so {' '.join(ignored)} would change nothing; to score "
             f"the eval sets and then the tasks, pass eval.tasks={args.tasks} instead of --tasks {args.tasks}"
         )
+    if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
+        raise ConfigError(
+            f"ekd eval --tasks {args.tasks!r} names no task; name them (--tasks arc_easy,piqa) or leave it out"
+        )
     run = Path(args.run_dir)
     with using_run(run):  # one hold across the eval sets and the tasks
         cfg = load_run_config(run, overrides)  # once, for the three below
+        flags = [
+            f for f, v in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot)) if v is not None
+        ]
+        if flags and not [t for t in cfg.eval.tasks if t.strip()]:  # it would be ignored: the text sets alone
+            raise ConfigError(
+                f"ekd eval {' '.join(flags)} applies to lm-eval tasks, and none are set (no --tasks, no eval.tasks "
+                f"in {run / 'config.yaml'} or an override); add --tasks NAME,... or leave {' and '.join(flags)} out"
+            )
         check_saved_tasks(run, overrides, cfg=cfg)  # before the eval sets rewrite eval.json
         if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
             _print_eval(evaluate_saved_run(run, overrides, cfg=cfg))

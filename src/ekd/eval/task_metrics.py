@@ -207,9 +207,13 @@ the seed (the run's: few-shot examples drawn per seed are part of what varies ov
 def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """How each task entry of :func:`task_sets` was scored, for ``ekd compare`` to pair runs only where it is
     the same: ``task:<name>`` → the section's ``settings`` (limit, few-shot, generation budget, chat template,
-    the tasks directory's path and, where recorded, its content hash) but :data:`SETTINGS_NOT_A_WAY`, and the
-    documents scored (``n``); ``tasks[<tag>]`` → those settings and the tasks its macro mean is over, each with
-    its documents. Teacher rows are scored the way of their task. {} without a ``tasks`` section.
+    ECE bins) but :data:`SETTINGS_NOT_A_WAY`, the documents scored (``n``) and what the task was: its own
+    identity (``documents_sha256``: its config and documents by content, :mod:`ekd.eval.task_data`) where the
+    result records one — the tasks directory's path is then no part of it, and another task's edit changes
+    nothing here; in eval.json of an older ekd, the tasks directory's path and, where recorded, its content hash
+    (``tasks_dir_hash``), as that ekd paired them. ``tasks[<tag>]`` → those settings and the tasks its macro
+    mean is over, each with its documents (and identity). Teacher rows are scored the way of their task. {}
+    without a ``tasks`` section.
 
     Example: one seed scored with ``--limit 5`` and another in full give ``task:arc_easy`` two ways
     (``{"limit": 5, ..., "documents": 5}`` vs ``{"limit": 0, ..., "documents": 2376}``); their scores are
@@ -220,13 +224,29 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     student = section.get("student") or {}
     tags = section.get("tags") or {}
     out: dict[str, dict[str, Any]] = {}
-    members: dict[str, dict[str, Any]] = {}  # tag → task → documents
+    members: dict[str, dict[str, Any]] = {}  # tag → task → documents (and identity)
     for task, r in student.items():
-        out[f"task:{task}"] = {**settings, "documents": r.get("n")}
-        members.setdefault(tags.get(task) or tag_of(task, {}), {})[task] = r.get("n")
+        identity = r.get(DOCUMENTS_SHA256)
+        if identity:  # the task by content: where its directory lies, and what else it holds, do not matter
+            way = {k: v for k, v in settings.items() if k not in ("tasks_dir", "tasks_dir_hash")}
+            out[f"task:{task}"] = {**way, DOCUMENTS_SHA256: identity, "documents": r.get("n")}
+            member: Any = [r.get("n"), identity]
+        else:
+            out[f"task:{task}"] = {**settings, "documents": r.get("n")}
+            member = r.get("n")
+        members.setdefault(tags.get(task) or tag_of(task, {}), {})[task] = member
     for tag, tasks in members.items():
-        out[f"tasks[{tag}]"] = {**settings, "tasks": dict(sorted(tasks.items()))}
+        identified = all(isinstance(m, list) for m in tasks.values())
+        way = {
+            k: v for k, v in settings.items() if not identified or k not in ("tasks_dir", "tasks_dir_hash")
+        }
+        out[f"tasks[{tag}]"] = {**way, "tasks": dict(sorted(tasks.items()))}
     return out
+
+
+DOCUMENTS_SHA256 = "documents_sha256"
+"""The key of a task's identity (:class:`ekd.eval.task_data.LeafTask`'s ``sha256``: its config and documents) in
+each result of eval.json's ``tasks`` section and in a cached result's signature."""
 
 
 def _nan(value: Any) -> float:

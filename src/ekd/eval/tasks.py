@@ -19,14 +19,17 @@ in ``tasks_dir``. A task whose dataset comes from the hub gets one probe of the 
 (``ekd.hub.offline_unless_reachable``): without network its dataset is read from the datasets cache, or
 refused in one line naming the task and the dataset, instead of minutes of retries and a traceback. Every
 requested task is checked before any runs (:func:`check_tasks_available`, also before training for
-``eval.tasks``), from the task configs and without building a task, so the check changes no result.
+``eval.tasks``): its name, its hub dataset from the task configs (without building the task), and a local
+task's rows, built as lm-eval builds its requests (:mod:`ekd.eval.task_data`; no random state changes, so the
+check changes no result). A task is identified by what lm-eval evaluates — its config and documents
+(:func:`ekd.eval.task_data.leaf_identity`) — in each result (``documents_sha256``) and each cached result's
+signature.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import math
 import re
@@ -36,11 +39,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ekd.errors import ConfigError, EkdError, first_line
 from ekd.eval import task_metrics as tm
+from ekd.eval.task_data import (
+    LeafTask,
+    leaf_configs,
+    load_error,
+    quiet_lm_eval,
+    run_error,
+    task_leaves,
+)
+from ekd.eval.task_metrics import DOCUMENTS_SHA256
 from ekd.hub import offline_unless_reachable
+from ekd.nearest import close_names, did_you_mean
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -138,37 +152,45 @@ class TaskSettings:
             progress=cfg.log.progress,
         )
 
-    def signature(self, task: str) -> dict[str, Any]:
+    def signature(self, task: str, leaves: dict[str, LeafTask]) -> dict[str, Any]:
         """What determines ``task``'s result besides the model: a cached result is reused only if equal.
 
-        The YAMLs of ``tasks_dir`` enter by content hash; the batch size and ``progress`` do not (they change
-        no score). ``decoding`` names how generation is set up (:data:`DECODING`): results cached before the
-        model's own generation_config was set aside are computed again.
+        ``leaves`` (:func:`task_identities`): each leaf task's identity, its config and documents by content
+        (wherever the files lie, in whatever format), enters as ``documents_sha256``; the seed only where
+        few-shot examples are drawn (a leaf's effective few-shot count > 0), since nothing else of a task's
+        score depends on it; the batch size and ``progress`` do not (they change no score). ``decoding`` names
+        how generation is set up (:data:`DECODING`): results cached before the model's own generation_config
+        was set aside are computed again.
         """
         ignored = ("tasks", "tasks_dir", "batch_size", "progress")
         sig = {k: v for k, v in asdict(self).items() if k not in ignored}
+        if not any(leaf.num_fewshot > 0 for leaf in leaves.values()):
+            del sig["seed"]
         sig["task"] = task
-        sig[TASKS_DIR_HASH] = tasks_dir_hash(self.tasks_dir) if self.tasks_dir else ""
+        sig[DOCUMENTS_SHA256] = {name: leaf.sha256 for name, leaf in sorted(leaves.items())}
         sig["lm_eval"] = _lm_eval_version()
         sig["decoding"] = DECODING
         return sig
 
 
 TASKS_DIR_HASH = "tasks_dir_hash"
-"""The key of a task directory's content hash (:func:`tasks_dir_hash`) in a cached result's signature and in
-eval.json's ``tasks.settings``."""
+"""The key under which an older ekd recorded its tasks directory's content hash (all its YAML/JSON/JSONL/Python
+files) in eval.json's ``tasks.settings``: ``ekd compare`` still pairs such runs by it. Runs scored now record
+each task's own identity instead (``documents_sha256`` in each result)."""
 
 
-def tasks_dir_hash(path: str) -> str:
-    """What a local task directory holds: the first 16 hex digits of the sha256 over its task files (YAML, JSON,
-    JSONL, Python), names and contents in path order — the same wherever the directory is copied, another after
-    any edit."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*")):
-        if f.is_file() and f.suffix in (".yaml", ".yml", ".json", ".jsonl", ".py"):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def task_identities(settings: TaskSettings, task: str) -> dict[str, LeafTask]:
+    """Leaf task → :class:`~ekd.eval.task_data.LeafTask` of ``task`` under ``settings`` (its config and documents
+    as lm-eval loads them; cached per process until a file of the task changes).
+
+    Raises:
+        EkdError: an unknown name, a dataset that does not load, or a hub dataset not in the cache (one line).
+    """
+    manager = task_manager(settings.tasks, settings.tasks_dir)
+    try:
+        return task_leaves(manager, settings.tasks_dir, task, settings.num_fewshot)
+    except ConnectionError as e:
+        raise _missing_error([(task, _dataset_of(e))], first_line(e)) from None
 
 
 def _lm_eval_version() -> str:
@@ -206,7 +228,14 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
         if tasks_dir
         else "not in lm-eval's registry; check the names, or add eval.tasks_dir / --tasks-dir DIR for local tasks"
     )
-    raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {where}")
+    local = _MANAGERS[(tasks_dir, False)].all_tasks if tasks_dir else []
+    hints = []  # a local task first (the likelier meaning), else the registry's
+    for name in missing:
+        close = close_names(name, local) or close_names(name, manager.all_tasks)
+        if close:
+            hints.append(did_you_mean(name, close)[2:] + (f" (for {name})" if len(missing) > 1 else ""))
+    hint = f"; {'; '.join(hints)}" if hints else ""
+    raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {where}{hint}")
 
 
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")  # datasets' builders of local files
@@ -223,35 +252,6 @@ def _reads_the_hub(manager: Any, tasks: tuple[str, ...]) -> bool:
         if not isinstance(path, str) or not (path in LOCAL_BUILDERS or Path(path).expanduser().exists()):
             return True
     return False
-
-
-def _leaf_configs(manager: Any, name: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The dataset keys of the plain tasks ``name`` stands for, read from lm-eval's index (the task YAMLs with
-    their includes merged; nothing built, no dataset read, no random draw): a task → itself, a tag → its tasks,
-    a group → its members, recursively, under the group's own ``dataset_*`` overrides. A Python task (``class``)
-    names its dataset only in code: it is left to the load (:func:`_load_task`)."""
-    entry = manager.task_index.get(name)
-    cfg = dict(getattr(entry, "cfg", None) or {})
-    kind = getattr(getattr(entry, "kind", None), "name", "")
-    if kind == "TAG":
-        return [c for t in sorted(entry.tags) for c in _leaf_configs(manager, t, overrides)]
-    if kind == "GROUP":
-        inherited = {**{k: v for k, v in cfg.items() if k.startswith("dataset_")}, **(overrides or {})}
-        members = cfg.get("task") if isinstance(cfg.get("task"), list) else []
-        out = []
-        for member in members:
-            if isinstance(member, str):
-                out += _leaf_configs(manager, member, inherited)
-            elif isinstance(member, dict) and isinstance(member.get("task"), str):
-                own = {k: v for k, v in member.items() if k.startswith("dataset_")}
-                if member["task"] in manager.task_index:
-                    out += _leaf_configs(manager, member["task"], {**inherited, **own})
-                else:  # an inline task: its config is the member itself
-                    out.append({**member, **inherited, **own})
-        return out
-    if kind != "TASK":
-        return []
-    return [{**cfg, **(overrides or {})}]
 
 
 def _hub_dataset(cfg: dict[str, Any]) -> tuple[str, str] | None:
@@ -291,12 +291,12 @@ def _not_cached(path: str, name: str, kwargs: dict[str, Any]) -> bool:
 def missing_hub_datasets(manager: Any, tasks: tuple[str, ...]) -> list[tuple[str, str]]:
     """Every requested task whose hub dataset cannot be loaded in this (offline) process, before any task is
     built or evaluated: (task, "'<dataset>' (<config>)") per missing dataset, from the task configs
-    (:func:`_leaf_configs`) and one ``load_dataset_builder`` per distinct dataset. Building the tasks instead
+    (:func:`~ekd.eval.task_data.leaf_configs`) and one ``load_dataset_builder`` per distinct dataset. Building the tasks instead
     would read every dataset and could change what lm-eval draws for the tasks that do run."""
     seen: dict[tuple[str, str, str], bool] = {}
     missing = []
     for task in tasks:
-        for cfg in _leaf_configs(manager, task):
+        for cfg in leaf_configs(manager, task):
             hub = _hub_dataset(cfg)
             if hub is None:
                 continue
@@ -327,22 +327,47 @@ def _missing_error(missing: list[tuple[str, str]], why: str) -> EkdError:
     )
 
 
-def check_tasks_available(tasks: tuple[str, ...], tasks_dir: str) -> tuple[Any, str]:
-    """Before any task runs (and before training, for ``eval.tasks``): every name known, and without network
-    every hub dataset the tasks read in the datasets cache — else one line naming all that are missing.
+def check_tasks_available(tasks: tuple[str, ...], tasks_dir: str, num_fewshot: int = -1) -> tuple[Any, str]:
+    """Before any task runs (and before training, for ``eval.tasks``): every name known; without network every
+    hub dataset the tasks read in the datasets cache — else one line naming all that are missing; and every
+    local task (:func:`_local_tasks`) loaded, its rows built as lm-eval builds its requests
+    (:func:`ekd.eval.task_data.check_rows_of`; few-shot rows too when ``num_fewshot`` draws them).
 
     Returns:
         (the lm-eval TaskManager, why the hub is not used: "" when it is or no task reads it).
 
     Raises:
-        EkdError: an unknown task name, or hub datasets that cannot be loaded (all of them named).
+        EkdError: an unknown task name, hub datasets that cannot be loaded (all of them named), a local
+            dataset that does not load or a row that cannot be scored (one line: task, file, row, cause).
     """
     manager = task_manager(tasks, tasks_dir)
     offline = offline_unless_reachable("eval.tasks") if _reads_the_hub(manager, tasks) else ""
     missing = missing_hub_datasets(manager, tasks) if offline else []
     if missing:
         raise _missing_error(missing, offline)
+    for name in _local_tasks(manager, tasks, tasks_dir):
+        task_leaves(manager, tasks_dir, name, num_fewshot, check_rows=True)
     return manager, offline
+
+
+def _local_tasks(manager: Any, tasks: tuple[str, ...], tasks_dir: str) -> list[str]:
+    """The names of ``tasks`` defined in ``tasks_dir`` whose every leaf reads local data (not the hub): loading
+    them reads only local files."""
+    if not tasks_dir:
+        return []
+    root = Path(tasks_dir).resolve()
+    out = []
+    for name in tasks:
+        path = getattr(manager.task_index.get(name), "yaml_path", None)
+        configs = leaf_configs(manager, name)
+        if (
+            path is not None
+            and Path(path).resolve().is_relative_to(root)
+            and configs
+            and all(_hub_dataset(c) is None and "class" not in c for c in configs)
+        ):
+            out.append(name)
+    return out
 
 
 def check_config_tasks(cfg: Any) -> None:
@@ -351,12 +376,13 @@ def check_config_tasks(cfg: Any) -> None:
     (``ekd distill`` before training, ``ekd eval RUN`` before the eval sets).
 
     Raises:
-        EkdError: lm-eval missing, an unknown task name, or hub datasets that cannot be loaded.
+        EkdError: lm-eval missing, an unknown task name, hub datasets that cannot be loaded, or a local task
+            whose data does not load or has a row that cannot be scored.
     """
     settings = TaskSettings.from_config(cfg)
     if settings.tasks:
         require_lm_eval()
-        check_tasks_available(settings.tasks, settings.tasks_dir)
+        check_tasks_available(settings.tasks, settings.tasks_dir, settings.num_fewshot)
 
 
 def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -378,6 +404,8 @@ def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = (
             except ConnectionError as e_other:
                 missing.append((other, _dataset_of(e_other)))
         raise _missing_error(missing, offline or first_line(e)) from None
+    except Exception as e:  # noqa: BLE001 - a dataset or YAML lm-eval cannot load: one line, the cause chained
+        raise load_error(name, manager, e) from e
 
 
 def _dataset_of(e: BaseException) -> str:
@@ -395,23 +423,6 @@ def _dataset_of(e: BaseException) -> str:
         quoted = re.search(r"'([^']+)'", str(e))
         found = f"'{quoted.group(1)}'" if quoted else "of the task"
     return found
-
-
-@contextlib.contextmanager
-def _quiet_lm_eval(progress: bool) -> Iterator[None]:
-    """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
-    ``datasets`` progress bars; keep ekd's output readable. Without ``progress`` (``log.progress=false``)
-    lm-eval's own request bars are off too (:func:`ekd.log_level.quiet_progress_bars`)."""
-    from ekd.log_level import quiet_dataset_progress, quiet_progress_bars
-
-    logger = logging.getLogger("lm_eval")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with quiet_dataset_progress(), quiet_progress_bars(not progress):
-            yield
-    finally:
-        logger.setLevel(previous)
 
 
 @contextlib.contextmanager
@@ -453,11 +464,14 @@ def run_tasks(
 
     Returns:
         task → {"metric", "filter", "value", "metrics" (every numeric "<metric>,<filter>"), "output_type",
-        "n", "ece" (%, multiple choice only, NaN under 10 documents), "bins" (reliability), "wall_s"}.
+        "n", "ece" (%, multiple choice only, NaN under 10 documents), "bins" (reliability), "wall_s",
+        "documents_sha256" (the leaf task's identity: :func:`ekd.eval.task_data.leaf_identity`)}.
 
     Raises:
         EkdError: lm-eval missing, an unknown task name, or a task's hub dataset that cannot be fetched (no
-            network and not cached: one line, after one probe of the hub instead of minutes of retries).
+            network and not cached: one line, after one probe of the hub instead of minutes of retries); a
+            task whose data does not load, has a row that cannot be scored, or fails in lm-eval (one line,
+            the cause chained: ``ekd --debug`` shows it).
     """
     require_lm_eval()
     from lm_eval.evaluator import evaluate
@@ -468,8 +482,9 @@ def run_tasks(
     out: dict[str, dict[str, Any]] = {}
     # the checkpoint's generation_config (max_new_tokens, sampling, repetition_penalty) set aside: the task's
     # budget and greedy decoding alone decide what is generated
-    with _quiet_lm_eval(settings.progress), _restore_mode(model), neutral_generation_config(model):
-        manager, offline = check_tasks_available(settings.tasks, settings.tasks_dir)  # all, before any runs
+    with quiet_lm_eval(settings.progress), _restore_mode(model), neutral_generation_config(model):
+        # all, before any runs
+        manager, offline = check_tasks_available(settings.tasks, settings.tasks_dir, settings.num_fewshot)
         lm = HFLM(
             pretrained=model,
             tokenizer=copy.deepcopy(tokenizer),
@@ -481,6 +496,7 @@ def run_tasks(
             t0 = time.perf_counter()
             _seed_everything(settings.seed)
             loaded = _load_task(manager, name, offline, settings.tasks[i + 1 :])
+            identity = task_leaves(manager, settings.tasks_dir, name, settings.num_fewshot, loaded=loaded)
             generation = False
             for task in loaded["tasks"].values():
                 _configure(task, settings)
@@ -488,21 +504,27 @@ def run_tasks(
             chat = generation and (
                 settings.chat_template == "on" or (settings.chat_template == "auto" and has_template)
             )
-            r = evaluate(
-                lm=lm,
-                task_dict=loaded,
-                limit=settings.limit or None,
-                bootstrap_iters=0,
-                log_samples=True,
-                apply_chat_template=chat,
-                fewshot_as_multiturn=chat,
-            )
+            try:
+                r = evaluate(
+                    lm=lm,
+                    task_dict=loaded,
+                    limit=settings.limit or None,
+                    bootstrap_iters=0,
+                    log_samples=True,
+                    apply_chat_template=chat,
+                    fewshot_as_multiturn=chat,
+                )
+            except (EkdError, torch.OutOfMemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - lm-eval's or datasets' failure: one line, the cause chained
+                raise run_error(name, label, e) from e
             wall = time.perf_counter() - t0
             leaves = list(loaded["tasks"])
             for leaf in leaves:
                 out[leaf] = _task_result(
                     leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall / len(leaves)
                 )
+                out[leaf][DOCUMENTS_SHA256] = identity[leaf].sha256
                 ece = out[leaf]["ece"]  # NaN for generation tasks: MC-ECE is for multiple choice only
                 log.info(
                     "task %s on %s: %s %.4f%s  (%s, %.1fs)",

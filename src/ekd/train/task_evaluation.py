@@ -8,8 +8,10 @@ At the end of ``ekd distill`` (:func:`run_end_tasks`, on the student in memory) 
   (student − init)/(teacher − init); null, and "n/a (gap within noise)" in tables, when teacher − init is
   within what the task's item count resolves: :func:`ekd.eval.task_metrics.gap_noise`) are computed once
   per model and task settings and cached in
-  ``RUN/tasks/{teacher,student_init}.json``; a later call reuses every task whose signature matches and
-  loads the model only if some task is missing;
+  ``RUN/tasks/{teacher,student_init}.json`` (or ``eval.tasks_cache_dir``, shared by a sweep), several
+  results per task, one per signature (:meth:`ekd.eval.tasks.TaskSettings.signature`: the task's config and
+  documents by content, the seed only where few-shot examples are drawn); a later call reuses every task
+  whose signature matches and loads the model only if some task is missing;
 - the results go to ``RUN/eval.json`` under ``tasks`` (the eval sets' entries are kept), to
   ``RUN/report.md`` and to reliability diagrams of the multiple-choice tasks in ``RUN/plots/tasks/``.
 
@@ -34,13 +36,13 @@ from torch import nn
 from ekd.config import Config, parse_overrides
 from ekd.errors import EkdError
 from ekd.eval import task_metrics as tm
+from ekd.eval.task_metrics import DOCUMENTS_SHA256
 from ekd.eval.tasks import (
-    TASKS_DIR_HASH,
     TaskSettings,
     check_config_tasks,
     require_lm_eval,
     run_tasks,
-    tasks_dir_hash,
+    task_identities,
 )
 from ekd.io import atomic_write_text, json_safe, strict_json
 from ekd.models.load import is_preset
@@ -75,32 +77,65 @@ def cached_tasks(
         task → result (see ``ekd.eval.tasks.run_tasks``).
     """
     path = cache_dir / f"{role}.json"
-    entries: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if same_model(saved.get("model"), model_spec):
-                entries = saved.get("tasks", {})
-        except (json.JSONDecodeError, AttributeError):
-            log.warning("%s is not valid JSON; recomputing the %s's tasks", path, role)
-    wanted = {t: settings.signature(t) for t in settings.tasks}
-    missing = tuple(t for t, sig in wanted.items() if entries.get(t, {}).get("signature") != sig)
+    entries = _read_cache(path, role, model_spec, warn=True)
+    wanted = {t: settings.signature(t, task_identities(settings, t)) for t in settings.tasks}
+    found = {t: _matching(entries.get(t, []), sig) for t, sig in wanted.items()}
+    missing = tuple(t for t, hit in found.items() if hit is None)
     if missing:
         model, tokenizer = load()
         fresh = run_tasks(
             model, tokenizer, TaskSettings(**{**_fields(settings), "tasks": missing}), amp=amp, label=role
         )
+        entries = _read_cache(
+            path, role, model_spec
+        )  # as it stands now: another run of a sweep may have written
         for requested in missing:
             leaves = {k: v for k, v in fresh.items() if k == requested} or fresh  # a group → its leaves
-            entries[requested] = {"signature": wanted[requested], "results": leaves}
+            found[requested] = {"signature": wanted[requested], "results": leaves}
+            kept = [e for e in entries.get(requested, []) if e.get("signature") != wanted[requested]]
+            entries[requested] = [*kept, found[requested]][-CACHED_PER_TASK:]
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, strict_json({"model": model_spec, "tasks": entries}))
     else:
         log.info("%s task results reused from %s", role, path)
     out: dict[str, dict[str, Any]] = {}
     for t in settings.tasks:
-        out.update(entries[t]["results"])
+        out.update(found[t]["results"])
     return out
+
+
+CACHED_PER_TASK = 32
+"""Results kept per task in a cache file (one per signature: other few-shot seeds, limits, data), the newest."""
+
+
+def _read_cache(
+    path: Path, role: str, model_spec: str, warn: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """A cache file's entries of ``model_spec``: task → [{"signature", "results"}, ...] ({} when there is none,
+    or it is another model's). An entry of an older ekd (one per task, its signature without the task's
+    ``documents_sha256``) would match no signature of today: it is left out (and dropped at the next write),
+    never an error."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        if not same_model(saved.get("model"), model_spec):
+            return {}
+        tasks = saved.get("tasks") or {}
+        return {
+            t: [e for e in v if isinstance(e, dict) and DOCUMENTS_SHA256 in (e.get("signature") or {})]
+            for t, v in tasks.items()
+            if isinstance(v, list)
+        }
+    except (OSError, ValueError, AttributeError):
+        if warn:
+            log.warning("%s is not valid JSON; recomputing the %s's tasks", path, role)
+        return {}
+
+
+def _matching(entries: list[dict[str, Any]], signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached entry whose signature is ``signature``, or None."""
+    return next((e for e in reversed(entries) if e.get("signature") == signature), None)
 
 
 def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
@@ -140,15 +175,14 @@ def _fields(settings: TaskSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
-NOT_SECTION_SETTINGS = ("batch_size", "ece_bins", "progress")  # change no score, or recorded per result
+NOT_SECTION_SETTINGS = ("batch_size", "progress")  # change no score
 
 
 def task_section_settings(settings: TaskSettings) -> dict[str, Any]:
     """The ``settings`` of eval.json's ``tasks`` section: what its results were scored with (every
-    :class:`TaskSettings` field but :data:`NOT_SECTION_SETTINGS`)."""
+    :class:`TaskSettings` field but :data:`NOT_SECTION_SETTINGS`; ``ece_bins`` too, as the MC-ECE depends on
+    it). What each task's data was is in its results (``documents_sha256``)."""
     fields = {k: v for k, v in _fields(settings).items() if k not in NOT_SECTION_SETTINGS}
-    if settings.tasks_dir:  # what the directory held, wherever it is (ekd compare pairs by it)
-        fields[TASKS_DIR_HASH] = tasks_dir_hash(settings.tasks_dir)
     return json_safe({**fields, "tasks": list(settings.tasks)})
 
 
@@ -343,15 +377,27 @@ def _with_earlier_tasks(
 ) -> tuple[dict[str, dict[str, Any]], TaskSettings]:
     """``results`` and ``settings`` with the tasks of ``old`` (eval.json's ``tasks`` section as it stood) from an
     earlier evaluation that this one did not score (``ekd eval RUN --tasks b`` after ``a``: nothing lost), when
-    they were scored with the same settings (limit, few-shot, seed, budget, chat template, tasks dir); otherwise
-    they are replaced, with a line that says so. Per role, only where this evaluation has that role too."""
+    they were scored with the same settings (limit, few-shot, seed, budget, chat template, ECE bins, tasks dir)
+    and each records the data it was scored on (``documents_sha256``, which it keeps: its teacher and initial
+    student were scored on the same); otherwise they are replaced, with a line that says so. Per role, only
+    where this evaluation has that role too."""
     earlier = [t for t in (old.get("settings") or {}).get("tasks", []) if t not in settings.tasks]
     if not earlier:
         return results, settings
+    unrecorded = [
+        t
+        for t in earlier
+        if any(DOCUMENTS_SHA256 not in r for role in ROLES for r in [(old.get(role) or {}).get(t)] if r)
+    ]
+    if unrecorded:
+        log.info(
+            "eval.json's earlier task results (%s) do not record the data they were scored on (an older ekd): "
+            "replaced by these",
+            ", ".join(earlier),
+        )
+        return results, settings
     mine = {k: v for k, v in task_section_settings(settings).items() if k != "tasks"}
     theirs = {k: v for k, v in (old.get("settings") or {}).items() if k != "tasks"}
-    if TASKS_DIR_HASH not in theirs:  # eval.json of an ekd that recorded the directory by its path alone
-        mine.pop(TASKS_DIR_HASH, None)
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
         log.info(

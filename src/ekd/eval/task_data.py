@@ -1,0 +1,375 @@
+"""What a downstream task evaluates, and whether its rows can be scored: a task's identity and its row check.
+
+    leaves = task_leaves(manager, "my_tasks", "my_mc", num_fewshot=-1, check_rows=True)
+    leaves["my_mc"].sha256, leaves["my_mc"].num_fewshot
+
+A task is identified by what lm-eval evaluates (:func:`leaf_identity`): the sha256 over its resolved config
+(``TaskConfig.to_dict()``, functions by their source; where the data is read from and lm-eval's note of the
+YAML's path left out: the documents say what was read) and over its documents — the eval split lm-eval scores
+(after ``process_docs``) and, when few-shot examples are drawn (effective ``num_fewshot`` > 0), the few-shot
+documents. A cached result, eval.json and ``ekd compare`` tell tasks apart by it, per leaf task: an edit of one
+task's data, wherever the file lies and whatever its format, changes that task's identity and no other's.
+
+A local task's rows (:func:`check_rows`) are built as lm-eval builds its requests (prompt, target, choices),
+without a model: a row lm-eval would fail on, or score silently wrong (a gold index outside the choices), is
+one line naming the task, the file, the row and the cause, before anything runs.
+
+Loading a task reads its dataset; both results are cached per process (:func:`task_leaves`, keyed also by the
+stat of the task's local files, so an edit is seen) and no random state is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ekd.errors import EkdError, first_line
+from ekd.eval.task_metrics import DOCUMENTS_SHA256  # noqa: F401  (the key of a result's identity)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeafTask:
+    """One leaf task as lm-eval will evaluate it."""
+
+    sha256: str  # first 16 hex digits of the sha256 over its resolved config and its documents
+    num_fewshot: int  # few-shot examples per document: the setting, or the task's own default (None → 0)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(progress: bool = False) -> Iterator[None]:
+    """lm-eval warns on every pre-loaded model and undeclared aggregation, and its task datasets draw
+    ``datasets`` progress bars; keep ekd's output readable. Without ``progress`` (``log.progress=false``)
+    lm-eval's own request bars are off too (:func:`ekd.log_level.quiet_progress_bars`)."""
+    from ekd.log_level import quiet_dataset_progress, quiet_progress_bars
+
+    logger = logging.getLogger("lm_eval")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with quiet_dataset_progress(), quiet_progress_bars(not progress):
+            yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _same_random_state() -> Iterator[None]:
+    """Whatever a task load draws, python's, numpy's and torch's random state are as they were after it."""
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def leaf_configs(manager: Any, name: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The configs of the plain tasks ``name`` stands for, read from lm-eval's index (the task YAMLs with their
+    includes merged; nothing built, no dataset read, no random draw): a task → itself, a tag → its tasks, a
+    group → its members, recursively, under the group's own ``dataset_*`` overrides. A Python task (``class``)
+    names its dataset only in code: it is left to the load."""
+    entry = manager.task_index.get(name)
+    cfg = dict(getattr(entry, "cfg", None) or {})
+    kind = getattr(getattr(entry, "kind", None), "name", "")
+    if kind == "TAG":
+        return [c for t in sorted(entry.tags) for c in leaf_configs(manager, t, overrides)]
+    if kind == "GROUP":
+        inherited = {**{k: v for k, v in cfg.items() if k.startswith("dataset_")}, **(overrides or {})}
+        members = cfg.get("task") if isinstance(cfg.get("task"), list) else []
+        out = []
+        for member in members:
+            if isinstance(member, str):
+                out += leaf_configs(manager, member, inherited)
+            elif isinstance(member, dict) and isinstance(member.get("task"), str):
+                own = {k: v for k, v in member.items() if k.startswith("dataset_")}
+                if member["task"] in manager.task_index:
+                    out += leaf_configs(manager, member["task"], {**inherited, **own})
+                else:  # an inline task: its config is the member itself
+                    out.append({**member, **inherited, **own})
+        return out
+    if kind != "TASK":
+        return []
+    return [{**cfg, **(overrides or {})}]
+
+
+def data_files(cfg: Mapping[str, Any], split: str | None = None) -> list[str]:
+    """The local files a task config reads (``dataset_kwargs.data_files``, of ``split`` when it maps splits to
+    files; ``dataset_path`` when it is a file), as written."""
+    kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), Mapping) else {}
+    named = kwargs.get("data_files")
+    if isinstance(named, Mapping):
+        named = named.get(split) if split is not None and split in named else list(named.values())
+    out: list[str] = []
+    for f in named if isinstance(named, (list, tuple)) else [named]:
+        if isinstance(f, (list, tuple)):
+            out += [str(x) for x in f]
+        elif f:
+            out.append(str(f))
+    path = cfg.get("dataset_path")
+    if isinstance(path, str) and Path(path).expanduser().is_file():
+        out.append(path)
+    return out
+
+
+def _fingerprint(manager: Any, tasks_dir: str, name: str) -> tuple:
+    """What the per-process cache of :func:`task_leaves` is keyed by besides the name: (path, size, mtime) of
+    the task definitions in ``tasks_dir`` and of every local file or directory the task's configs read."""
+    paths = []
+    if tasks_dir:
+        paths += [p for p in Path(tasks_dir).rglob("*") if p.suffix in (".yaml", ".yml", ".py")]
+    for cfg in leaf_configs(manager, name):
+        paths += [Path(f).expanduser() for f in data_files(cfg)]
+        path = cfg.get("dataset_path")
+        if isinstance(path, str) and Path(path).expanduser().is_dir():
+            paths += [p for p in Path(path).expanduser().rglob("*") if p.is_file()]
+    out = []
+    for p in sorted(set(paths)):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            out.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+_LEAVES: dict[tuple, tuple[tuple, dict[str, LeafTask], bool]] = {}
+
+
+def task_leaves(
+    manager: Any,
+    tasks_dir: str,
+    name: str,
+    num_fewshot: int,
+    *,
+    check_rows: bool = False,
+    loaded: Mapping[str, Any] | None = None,
+) -> dict[str, LeafTask]:
+    """Leaf task → :class:`LeafTask` of task (or group, or tag) ``name``, cached per process until a file of
+    the task changes.
+
+    Args:
+        manager: the lm-eval TaskManager that knows ``name``.
+        num_fewshot: ``eval.tasks_num_fewshot`` (-1: each task's own default).
+        check_rows: also check every row (:func:`check_rows`) — for local tasks, before anything runs.
+        loaded: ``manager.load([name])`` already done by the caller (not yet configured): read instead of a load.
+
+    Raises:
+        EkdError: with ``check_rows``, the dataset does not load or a row cannot be scored (one line).
+    """
+    key = (tasks_dir, name, num_fewshot)
+    fingerprint = _fingerprint(manager, tasks_dir, name)
+    cached = _LEAVES.get(key)
+    if cached and cached[0] == fingerprint and (cached[2] or not check_rows):
+        return cached[1]
+    with quiet_lm_eval(), _same_random_state():
+        if loaded is None:
+            try:
+                loaded = manager.load([name])
+            except ConnectionError:
+                raise  # a hub dataset not in the cache: the caller's line names it
+            except Exception as e:  # noqa: BLE001 - a dataset that does not load: one line, the cause chained
+                raise load_error(name, manager, e) from e
+        tasks = loaded["tasks"]
+        if check_rows:
+            for leaf, task in tasks.items():
+                check_rows_of(leaf, task, effective_fewshot(task, num_fewshot))
+        leaves = {leaf: leaf_identity(task, num_fewshot) for leaf, task in tasks.items()}
+    _LEAVES[key] = (
+        fingerprint,
+        leaves,
+        check_rows or bool(cached and cached[0] == fingerprint and cached[2]),
+    )
+    return leaves
+
+
+def effective_fewshot(task: Any, num_fewshot: int) -> int:
+    """Few-shot examples per document lm-eval will draw for ``task`` under ``eval.tasks_num_fewshot``."""
+    return num_fewshot if num_fewshot >= 0 else int(task.get_config("num_fewshot") or 0)
+
+
+def leaf_identity(task: Any, num_fewshot: int) -> LeafTask:
+    """``task``'s :class:`LeafTask`: the sha256 over its config and its documents (see the module docstring),
+    from the task as loaded (before ekd sets its few-shot count and decoding: those are settings of their own)."""
+    shots = effective_fewshot(task, num_fewshot)
+    h = hashlib.sha256()
+    config = dict(task.dump_config())
+    for where in ("dataset_path", "dataset_kwargs"):  # the documents below say what was read
+        config.pop(where, None)
+    if isinstance(config.get("metadata"), Mapping):  # lm-eval's note of the YAML's path as it was given
+        config["metadata"] = {k: v for k, v in config["metadata"].items() if k != "config_source"}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    parts = [("eval", task.eval_docs)]
+    if shots > 0:
+        parts.append(("fewshot", task.fewshot_docs() or []))
+    for part, docs in parts:
+        h.update(f"\n{part}\n".encode())
+        for doc in docs:
+            h.update(json.dumps(doc, sort_keys=True, default=str).encode() + b"\n")
+    return LeafTask(h.hexdigest()[:16], shots)
+
+
+def _split_of(task: Any) -> str:
+    return task.get_config("test_split") or task.get_config("validation_split") or ""
+
+
+def _where(task_name: str, task: Any, split: str) -> str:
+    """ "task 'my_mc' (/data/my_mc.jsonl)": the task and the file its split reads, when the config names one."""
+    cfg = {
+        "dataset_kwargs": task.get_config("dataset_kwargs"),
+        "dataset_path": task.get_config("dataset_path"),
+    }
+    files = data_files(cfg, split)
+    return f"task '{task_name}'" + (f" ({files[0]})" if len(files) == 1 else "")
+
+
+FIX = "fix that row of the data or remove it, then run again"
+
+
+def check_rows_of(name: str, task: Any, shots: int) -> None:
+    """Build every row of ``task`` as lm-eval builds its requests (prompt, target, choices) without a model.
+
+    Rows count from 1 in the split's order (a JSONL file's line numbers, when it has no blank lines and no
+    ``process_docs`` drops rows). Checked: each of ``doc_to_text``, ``doc_to_target``, ``doc_to_choice`` and
+    the request gives a value; a target is not missing (None); a multiple-choice gold index (or answer text)
+    is one of the row's choices — lm-eval counts a row whose gold is outside as wrong for every model, with a
+    warning ekd's quiet logs hide.
+
+    Raises:
+        EkdError: the first bad row, one line: the task, the file, the row, the cause and the fix.
+    """
+    from lm_eval.api.task import ConfigurableTask
+
+    if not isinstance(task, ConfigurableTask):  # a Python task builds its requests its own way
+        return
+    split = _split_of(task)
+    parts = [(f"{split} split" if split else "eval split", task.eval_docs)]
+    if shots > 0:
+        parts.append(("few-shot split", task.fewshot_docs() or []))
+    mc = task.get_config("output_type") == "multiple_choice"
+    for part, docs in parts:
+        for i, doc in enumerate(docs, start=1):
+            cause = _row_problem(task, doc, mc, name, i)
+            if cause:
+                raise EkdError(f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}")
+
+
+def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
+    """What is wrong with one row ("" when nothing is)."""
+    for field, how in _null_fields(task, doc):
+        return f"its field '{field}' is missing or null ({how} reads it)"
+    step = "doc_to_text"
+    try:
+        text = task.doc_to_text(doc)
+        step = "doc_to_target"
+        target = task.doc_to_target(doc)
+        if target is None or (isinstance(target, str) and not target and not mc):
+            return f"its target is missing (doc_to_target: {task.get_config('doc_to_target')!r} gives {target!r})"
+        choices = None
+        if mc:
+            step = "doc_to_choice"
+            choices = task.doc_to_choice(doc)
+            if not isinstance(choices, list) or not choices:
+                return f"its choices are not a non-empty list (doc_to_choice gives {choices!r})"
+            gold = text if task.multiple_input else target
+            golds = gold if isinstance(gold, list) else [gold]
+            for g in golds:
+                if isinstance(g, bool) or not isinstance(g, (int, str)):
+                    return f"its answer {g!r} is neither a choice's index nor a choice"
+                if isinstance(g, int) and not 0 <= g < len(choices):
+                    return (
+                        f"its answer index {g} is outside its {len(choices)} choices (0–{len(choices) - 1})"
+                    )
+                if isinstance(g, str) and g not in choices:
+                    return f"its answer {g!r} is not one of its choices {choices!r}"
+        step = "the request"
+        ctx = task.fewshot_context(doc, 0)
+        task.construct_requests(doc=doc, ctx=ctx, metadata=(name, i - 1, 1))
+    except Exception as e:  # noqa: BLE001 - any failure lm-eval would meet on this row, said in one line
+        return f"{step} fails ({type(e).__name__}: {first_line(e) or 'no message'})"
+    return ""
+
+
+def _null_fields(task: Any, doc: Any) -> Iterator[tuple[str, str]]:
+    """(field, 'doc_to_target') for each null field of ``doc`` that a template of ``task`` reads: a JSONL row
+    without the key reads as null, and a Jinja template renders it as the text 'None'."""
+    if not isinstance(doc, Mapping):
+        return
+    for how in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        template = task.get_config(how)
+        if not isinstance(template, str):
+            continue
+        for field, value in doc.items():
+            if value is None and (
+                template == field or re.search(rf"{{{{[^}}]*\b{re.escape(field)}\b", template)
+            ):
+                yield field, how
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of ``e``'s chain (``raise ... from``, else the one being handled)."""
+    seen = {id(e)}
+    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        e = nxt
+    return e
+
+
+def _bad_json_line(files: list[str]) -> str:
+    """'FILE line N is not valid JSON (why)' for the first JSON Lines file among ``files`` with such a line."""
+    for f in files:
+        path = Path(f).expanduser()
+        if path.suffix not in (".jsonl", ".json") or not path.is_file():
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            return f"{path} cannot be read as UTF-8 text ({first_line(e)})"
+        if path.suffix == ".json":
+            try:
+                json.loads("\n".join(lines))
+                continue  # one JSON document: not JSON Lines
+            except ValueError:
+                pass
+        for n, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as e:
+                    return f"{path} line {n} is not valid JSON ({first_line(e)})"
+    return ""
+
+
+def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
+    """One line for task ``name`` whose load (its dataset) failed: the file and line when a JSON Lines file
+    of it does not parse, else the innermost cause."""
+    files = [f for cfg in leaf_configs(manager, name) for f in data_files(cfg)]
+    bad = _bad_json_line(files)
+    if bad:
+        return EkdError(f"eval.tasks: task '{name}' cannot read its dataset: {bad}; fix or remove that line")
+    cause = root_cause(e)
+    named = f" ({', '.join(dict.fromkeys(files))})" if files else ""
+    return EkdError(
+        f"eval.tasks: task '{name}' cannot be loaded{named}: {type(cause).__name__}: "
+        f"{first_line(cause) or 'no message'}; fix the task's YAML or data (`ekd --debug ...` shows the traceback)"
+    )
+
+
+def run_error(name: str, label: str, e: BaseException) -> EkdError:
+    """One line for task ``name`` that failed while lm-eval scored it on ``label`` ('student', 'teacher')."""
+    cause = root_cause(e)
+    return EkdError(
+        f"eval.tasks: task '{name}' failed while lm-eval scored the {label}: {type(cause).__name__}: "
+        f"{first_line(cause) or 'no message'} (`ekd --debug ...` shows the traceback)"
+    )
