@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekd.eval.compare.runs import RunRecord, _config_differences, _scored_set, _task_entry
 from ekd.eval.eval_json import set_of
+from ekd.eval.task_metrics import DOCUMENTS_SHA256
 
 if TYPE_CHECKING:
     from ekd.eval.compare.groups import Group
@@ -125,20 +126,22 @@ TASK_SETTING_KEYS = {
     "max_new_tokens": "eval.tasks_max_new_tokens",
     "chat_template": "eval.tasks_chat_template",
     "tasks_dir": "eval.tasks_dir",
+    "ece_bins": "eval.ece_bins",
 }
 """eval.json ``tasks.settings`` keys → the config keys (and ``ekd eval`` flags) that set them."""
 
 
 def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """How task way ``b`` (:meth:`RunRecord.task_way`) differs from ``a``: 'eval.tasks_limit=5 (vs 0)', 'the tasks
-    directory's content', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'."""
+    """How task way ``b`` (:meth:`RunRecord.task_way`) differs from ``a``: 'eval.tasks_limit=5 (vs 0)', 'the task's
+    config or documents', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'."""
     out = []
     order = [
         *TASK_SETTING_KEYS,
         "tasks_dir_hash",
+        DOCUMENTS_SHA256,
         "documents",
         "tasks",
-    ]  # settings first, then what they gave
+    ]  # settings, then data
     for key in sorted(set(a) | set(b), key=lambda k: (order.index(k) if k in order else len(order), k)):
         va, vb = a.get(key), b.get(key)
         if va == vb:
@@ -151,9 +154,11 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
             if set(va or {}) != set(vb or {}):
                 out.append(f"a mean over other tasks ({', '.join(vb or {})} vs {', '.join(va or {})})")
             else:
-                out.append("a mean over other documents of its tasks")
+                out.append("a mean over other documents or configs of its tasks")
         elif key == "tasks_dir_hash":
             out.append("the tasks directory's content")
+        elif key == DOCUMENTS_SHA256:
+            out.append("the task's config or documents")
         else:
             out.append(f"{key}={vb!r} (vs {va!r})")
     return ", ".join(out) or "the same settings"
