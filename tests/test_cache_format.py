@@ -459,6 +459,29 @@ def test_two_rank_build_equals_single_process(tmp_path):
         )
 
 
+def test_a_build_killed_on_two_ranks_and_finished_in_one_process_keeps_no_partial_manifest(tmp_path):
+    """Try-out 37: rank 1 of a 2-rank build killed after some shards, the build then finished in one process: the
+    cache equalled a clean build, but manifest.rank0.json and manifest.rank1.json ('complete': false) stayed."""
+    rng = np.random.default_rng(5)
+    samples = [random_sample(rng, 3000, 16, fraction=0.5) for _ in range(8)]
+    sig = rs_signature(3000, 16)
+    clean = write_cache(tmp_path / "clean", sig, samples, shard_samples=2)
+    d = tmp_path / "killed"
+    for rank in (0, 1):  # each rank writes its first shard, then is killed
+        w = CacheWriter(d, sig, 8, 2, rank=rank, world_size=2)
+        for sid in w.pending_sample_ids()[:2]:
+            s = samples[sid]
+            w.add(sid, s["positions"], s["stats"], s["ids"], s["values"])
+    assert sorted(p.name for p in d.glob("manifest*.json")) == ["manifest.rank0.json", "manifest.rank1.json"]
+    w = CacheWriter(d, sig, 8, 2)
+    assert len(w.pending_sample_ids()) == 4  # the shards the ranks wrote are kept
+    for sid in w.pending_sample_ids():
+        s = samples[sid]
+        w.add(sid, s["positions"], s["stats"], s["ids"], s["values"])
+    assert w.close() == clean
+    assert files_of(d) == files_of(tmp_path / "clean")  # no manifest.rank*.json beside manifest.json
+
+
 def test_assemble_reports_a_missing_rank(tmp_path):
     sig = rs_signature(100, 8, n=4)
     w = CacheWriter(tmp_path, sig, 4, 1, rank=0, world_size=2)

@@ -133,6 +133,27 @@ def test_a_config_error_is_printed_once_per_node(monkeypatch, capsys):
     monkeypatch.setitem(cli_mod.COMMANDS, "distill", raises(CacheError("shard-00001.bin is corrupted")))
     assert cli_mod.main(["distill", "x.yaml"]) == 2
     assert "shard-00001.bin is corrupted" in capsys.readouterr().err  # this rank's own shard: its own line
+    # try-out 37: a cache directory holding something else is the same on every rank: said once per node
+    foreign = CacheError("teacher.cache_dir runs/kd is not empty and holds no teacher cache")
+    foreign.same_on_every_rank = True
+    monkeypatch.setitem(cli_mod.COMMANDS, "distill", raises(foreign))
+    assert cli_mod.main(["distill", "x.yaml"]) == 2
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [["distill", "x.yaml", "--resme"], ["distil", "x.yaml"], ["--debugg", "distill"]]
+)
+def test_a_command_line_argparse_refuses_is_printed_once_per_node(monkeypatch, capsys, argv):
+    """Try-out 37: `torchrun ... -m ekd distill CONFIG --resme` printed its 'did you mean' line once per rank."""
+    import ekd.cli as cli_mod
+
+    for local_rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(SystemExit) as stop:
+            cli_mod.main(argv)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.count(": error:") == lines, (local_rank, argv)
 
 
 def test_a_copy_of_rank_0s_error_is_not_printed_again(monkeypatch, capsys):

@@ -74,7 +74,10 @@ class _Parser(argparse.ArgumentParser):
             if hints:
                 message += f"; unrecognized: {' '.join(hints)}"
         hint = "" if "did you mean" in message else f" (`{self.prog} --help` lists what it takes)"
-        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+        # under torchrun every rank parses the same command line: local rank 0 says it (try-out 37: twice)
+        self.exit(
+            2, None if int(os.environ.get("LOCAL_RANK", "0")) else f"{self.prog}: error: {message}{hint}\n"
+        )
 
     def _check_value(self, action: argparse.Action, value: object) -> None:
         if action.choices is not None and value not in action.choices:
@@ -705,11 +708,13 @@ def _whole_number(text: str) -> int:
 
 
 def _said_by_local_rank0(e: EkdError) -> bool:
-    """Whether local rank 0 of this node prints ``e`` for this rank: a config error or a model that cannot be
-    named or loaded, which every rank of a node raises alike (the same command line, files and model paths),
+    """Whether local rank 0 of this node prints ``e`` for this rank: a config error, a model that cannot be
+    named or loaded, or an error marked ``same_on_every_rank`` (a cache directory holding something else), which
+    every rank of a node raises alike (the same command line, files and model paths),
     before any process group exists to say it once. Other nodes' local rank 0 still print theirs (their files may
     differ); errors of a rank's own data (its samples, its cache shards) are printed by that rank."""
-    return isinstance(e, ConfigError | ModelError) and int(os.environ.get("LOCAL_RANK", "0")) != 0
+    every_rank = isinstance(e, ConfigError | ModelError) or getattr(e, "same_on_every_rank", False)
+    return every_rank and int(os.environ.get("LOCAL_RANK", "0")) != 0
 
 
 def _refuse_torchrun_of_one_process_command(args: argparse.Namespace) -> None:

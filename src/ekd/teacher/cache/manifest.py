@@ -22,6 +22,7 @@ existed are read without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -414,10 +415,14 @@ def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") ->
     foreign = sorted(n for n in names if not _CACHE_ENTRY.fullmatch(n))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise CacheError(
+        error = CacheError(
             f"{option} {directory} is not empty and holds no teacher cache ({shown}): "
             f"set {option} to a new or empty directory"
         )
+        error.same_on_every_rank = (
+            True  # every rank checks the same directory: said once per node (try-out 37)
+        )
+        raise error
 
 
 IMPORTED = "import-sha256:"
@@ -523,6 +528,14 @@ def assemble_manifest(directory: str | os.PathLike, world_size: int) -> dict:
         True,
     )
     write_json_atomic(directory / MANIFEST, manifest)
-    for rank in range(world_size):
-        rank_manifest_path(directory, rank).unlink(missing_ok=True)
+    remove_rank_manifests(directory)
     return manifest
+
+
+def remove_rank_manifests(directory: str | Path) -> None:
+    """Remove every ``manifest.rank*.json`` of a cache whose ``manifest.json`` is complete: those of this build,
+    and those a build on more ranks, killed, left behind (try-out 37: a 2-rank build killed, then finished in one
+    process, kept both partial manifests). A read-only mount keeps them; they are never read once complete."""
+    for path in Path(directory).glob("manifest.rank*.json"):
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -45,6 +45,7 @@ from ekd.teacher.cache.manifest import (
     manifest_sha256,
     rank_manifest_path,
     read_manifest,
+    remove_rank_manifests,
     write_json_atomic,
 )
 from ekd.teacher.cache.samples import STAT_NAMES, make_record_batch
@@ -350,7 +351,10 @@ class CacheWriter:
                 "unfinished; add every sample "
                 f"from pending_sample_ids() before close()"
             )
-        return self._write_manifest(complete=self.world_size == 1)
+        manifest = self._write_manifest(complete=self.world_size == 1)
+        if self.world_size == 1:
+            remove_rank_manifests(self.directory)  # of an earlier build on several ranks, killed
+        return manifest
 
 
 __all__ = ["CacheWriter", "STAT_NAMES", "REBUILD", "shard_name"]
