@@ -16,6 +16,7 @@ import yaml
 
 from ekd.cli import main
 from ekd.config import load_config
+from ekd.errors import EkdError
 from ekd.teacher.cache.manifest import MANIFEST, write_json_atomic
 from tiny import tiny_overrides, write_corpus
 
@@ -173,6 +174,18 @@ def test_eval_of_a_run_whose_teacher_moved(work, tmp_path, monkeypatch, capsys):
     assert main(["-q", "eval", str(run_dir), f"model.teacher={tmp_path / 'teacher-moved'}"]) == 0
     again = json.loads((run_dir / "eval.json").read_text())
     assert again["eval/teacher"]["ppl"] == pytest.approx(trained["eval/teacher"]["ppl"], rel=1e-5)
+    # try-out 38: the run's downstream tasks score the teacher too — eval.teacher=false alone still read it
+    # (after rewriting eval.json); the line comes first and names both switches
+    from ekd.train.evaluation import check_saved_teacher, load_run_config
+
+    with_tasks = load_run_config(run_dir, ["eval.teacher=false", "eval.tasks=[arc_easy]"])
+    with pytest.raises(EkdError) as info:
+        check_saved_teacher(run_dir, with_tasks, ["eval.teacher=false"])
+    assert "it is read for its task scores" in str(info.value), info.value
+    assert "eval.tasks_teacher=false" in str(info.value) and "eval.teacher=false" not in str(info.value)
+    with pytest.raises(EkdError, match=f"the teacher {tmp_path}/typo \\(model.teacher\\) is not there; "):
+        over = [f"model.teacher={tmp_path}/typo"]  # typed now: not "the run's", not "any more"
+        check_saved_teacher(run_dir, load_run_config(run_dir, over), over)
     # a run of an older ekd recorded no boundary: the teacher's config is read for it, and the line says so
     marker = json.loads((run_dir / "ekd-run.json").read_text())
     del marker["document_boundary"]

@@ -712,6 +712,13 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
     assert tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen"]
     assert tasks["student"]["tiny_mc"] == mc and "tiny_gen" in tasks["student"]
     assert set(tasks["tags"]) == {"tiny_mc", "tiny_gen"} and "teacher" not in tasks
+    # try-out 38: a task scored from another --tasks-dir dropped the others; each result records its task by
+    # content, so where a directory lies is no setting
+    other_dir = tmp_path / "other_tasks"
+    shutil.copytree(tasks_dir, other_dir)
+    assert main([*argv[:-3], "--tasks-dir", str(other_dir), "--tasks", "tiny_gen"]) == 0
+    tasks = _eval_json(run_dir)["tasks"]
+    assert tasks["student"]["tiny_mc"] == mc and tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen"]
     with caplog.at_level(logging.INFO, logger="ekd.train.task_evaluation"):
         assert main([*argv, "tiny_gen", "--limit", "3"]) == 0
     tasks = _eval_json(run_dir)["tasks"]

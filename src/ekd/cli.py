@@ -357,7 +357,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ekd.train.evaluation import evaluate_saved_run, load_run_config
+    from ekd.train.evaluation import check_saved_teacher, evaluate_saved_run, load_run_config
     from ekd.train.run_dir import using_run
     from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
 
@@ -389,6 +389,7 @@ def cmd_eval(args) -> int:
                 f"in {run / 'config.yaml'} or an override); add --tasks NAME,... or leave {' and '.join(flags)} out"
             )
         check_saved_tasks(run, overrides, cfg=cfg)  # before the eval sets rewrite eval.json
+        check_saved_teacher(run, cfg, overrides, sets=not args.tasks)  # a teacher moved since: likewise
         if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
             _print_eval(evaluate_saved_run(run, overrides, cfg=cfg))
         section = evaluate_saved_tasks(run, overrides, cfg=cfg)

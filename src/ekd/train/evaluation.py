@@ -282,7 +282,6 @@ def evaluate_saved_run(
     from ekd.models.positions import check_block_fits_positions
     from ekd.train.prepare import (
         autocast_dtype,
-        boundary_models,
         check_models_fit_tokenizer,
         evaluates_teacher,
         load_teacher,
@@ -305,12 +304,7 @@ def evaluate_saved_run(
     marker = read_marker(run_dir) or {}
     tokenizer = run_tokenizer(student_dir, marker)  # the class the run trained with
     recorded = marker.get("document_boundary")
-    if evaluates_teacher(cfg):
-        _check_teacher_is_there(run_dir, cfg, "")
-    elif not recorded and cfg.data.separator == "auto" and "teacher" in boundary_models(cfg):
-        _check_teacher_is_there(
-            run_dir, cfg, "its end-of-document id, which this run of an older ekd did not record"
-        )
+    check_saved_teacher(run_dir, cfg, overrides)
     boundary = run_boundary(cfg, tokenizer, recorded)  # as it trained: no model read
     if evaluates_teacher(cfg):  # KL and agreement compare the two heads id by id: checked before any data
         check_models_fit_tokenizer(
@@ -345,24 +339,60 @@ def evaluate_saved_run(
     return results
 
 
-def _check_teacher_is_there(run_dir: Path, cfg: Config, needed_for: str) -> None:
-    """A run's teacher given as a local directory that is no longer there (moved, deleted): one line with the ways
-    on, before any data is read (it was 'model.teacher: … pass a hub id, … or preset:<name>').
+def check_saved_teacher(
+    run_dir: Path, cfg: Config, overrides: list[str] | None = None, *, sets: bool = True
+) -> None:
+    """``ekd eval RUN``: the teacher, given as a local directory that is not there (moved or deleted since the
+    run, or mistyped in an override), while it would be read — for its figures on the eval sets (``sets``: they
+    are scored), its downstream-task scores, or (a run of an older ekd) the eval sets' end-of-document id. One
+    line before anything is scored or written, with every way on (try-out 38: ``eval.teacher=false`` still read
+    it for the run's tasks, after rewriting eval.json).
 
-    Args:
-        needed_for: what else than its own figures the teacher is read for ("" when only for them: the student
-            can then be scored alone, ``eval.teacher=false``)."""
+    Raises:
+        ModelError: the teacher is read and its directory is not there.
+    """
+    from ekd.models.load import is_preset
+    from ekd.train.prepare import boundary_models, evaluates_teacher
+
+    recorded = (read_marker(run_dir) or {}).get("document_boundary")
+    _check_teacher_is_there(
+        run_dir,
+        cfg,
+        figures=sets and evaluates_teacher(cfg),
+        tasks=bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher),
+        boundary=sets and not recorded and cfg.data.separator == "auto" and "teacher" in boundary_models(cfg),
+        typed=any(o.split("=", 1)[0].strip() == "model.teacher" for o in overrides or ()),
+    )
+
+
+def _check_teacher_is_there(
+    run_dir: Path, cfg: Config, *, figures: bool, tasks: bool, boundary: bool, typed: bool
+) -> None:
+    """:func:`check_saved_teacher`'s line, for what the teacher is read for (``figures``: its eval-set figures;
+    ``tasks``: its task scores; ``boundary``: the end-of-document id; ``typed``: given on this command line)."""
     spec = cfg.model.teacher
-    if not spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+    if (
+        not (figures or tasks or boundary)
+        or not spec.startswith((".", "/", "~"))
+        or Path(spec).expanduser().exists()
+    ):
         return
     run = shlex.quote(str(run_dir))
-    alone = f" or score the student alone (ekd eval {run} eval.teacher=false)"
+    uses = [u for u, on in (("its eval-set figures", figures), ("its task scores", tasks)) if on]
+    if boundary:
+        uses.append("the eval sets' end-of-document id, which this run of an older ekd did not record")
+    alone = " ".join(
+        k for k, on in (("eval.teacher=false", figures), ("eval.tasks_teacher=false", tasks)) if on
+    )
+    ways = [f"name where it is (ekd eval {run} model.teacher=PATH)"]
+    if boundary:
+        ways.append("pack the eval sets with the tokenizer's EOS (data.separator=eos)")
+    elif alone:
+        ways.append(f"score the student alone (ekd eval {run} {alone})")
+    whose = "the teacher" if typed else "the run's teacher"
     raise ModelError(
-        f"ekd eval: the run's teacher {spec} (model.teacher) is not there any more"
-        + (f"; it is read for {needed_for}" if needed_for else "")
-        + f"; name where it is now (ekd eval {run} model.teacher=PATH)"
-        + ("" if needed_for else alone)
-        + (", or pack the eval sets with the tokenizer's EOS (data.separator=eos)" if needed_for else "")
+        f"ekd eval: {whose} {spec} (model.teacher) is not there{'' if typed else ' any more'}; it is read for "
+        f"{' and '.join(uses)}; {', or '.join(ways)}"
     )
 
 

@@ -396,8 +396,10 @@ def _with_earlier_tasks(
             ", ".join(earlier),
         )
         return results, settings
-    mine = {k: v for k, v in task_section_settings(settings).items() if k != "tasks"}
-    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k != "tasks"}
+    # each earlier result records its task by content: where its directory was is no setting of it (try-out 38:
+    # scoring one task from another --tasks-dir dropped the four the run had)
+    mine = {k: v for k, v in task_section_settings(settings).items() if k not in ("tasks", "tasks_dir")}
+    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
         log.info(
