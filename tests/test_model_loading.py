@@ -399,3 +399,21 @@ def test_a_model_with_non_finite_weights_is_one_line(good_dir, tmp_path):
     assert str(info.value).startswith("model.teacher: its logits on 8 probe tokens are not finite"), (
         info.value
     )
+
+
+def test_a_nan_in_an_embedding_row_no_probe_feeds_is_refused_at_load(good_dir, tmp_path):
+    """Try-out 38, F6: a NaN in one token's embedding row escaped the 8-token head probe — as teacher 'non-finite
+    loss at step 1 … lower train.lr', as an exported student ppl null with exit 0. Every weight is read at load."""
+    from ekd.models.lora import load_exported_student
+
+    model = AutoModelForCausalLM.from_pretrained(good_dir)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[37, 3] = float("nan")  # not one of the probe's evenly spaced ids
+    bad = tmp_path / "nan-row"
+    model.save_pretrained(bad)
+    with pytest.raises(
+        ModelError, match=r"^model.teacher: .* holds NaN or inf weights \(model.embed_tokens.weight\)"
+    ):
+        load_model(str(bad), vocab_size=64, role="teacher")
+    with pytest.raises(ModelError, match="holds NaN or inf weights"):
+        load_exported_student(bad)

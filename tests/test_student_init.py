@@ -351,3 +351,20 @@ def test_the_record_is_renamed_into_place_with_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "rename", rename)
     build_student(StudentPlan(teacher=str(teacher_dir), out=str(tmp_path / "s"), layers=1))
     assert len(seen) == 1 and RECORD in seen[0] and "model.safetensors" in seen[0], seen
+
+
+def test_a_teacher_missing_its_head_or_holding_nan_is_named_as_the_argument(tmp_path, capsys):
+    """Try-out 38, F8: a teacher saved without its head was refused as 'model.teacher: …', a key student init does
+    not take; a NaN teacher was copied into the student with exit 0."""
+    model, teacher_dir = _teacher("llama", tmp_path)
+    model.model.save_pretrained(tmp_path / "body")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[1, 1] = float("inf")
+    model.save_pretrained(tmp_path / "inf")
+    for name, says in (("body", "holds no weights for 1 of"), ("inf", "holds NaN or inf weights")):
+        assert main(["student", "init", str(tmp_path / name), str(tmp_path / "s"), "--layers", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"ekd: error: student init: teacher: {tmp_path / name} "
+        ), err
+        assert says in err[0] and not (tmp_path / "s").exists(), err

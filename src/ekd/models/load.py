@@ -116,7 +116,28 @@ def complete_causal_lm(source: str | Path, spec: str, role: str, **kwargs: Any) 
             f"({names}), which would start random; save the whole causal LM there (AutoModelForCausalLM … "
             "save_pretrained), not a part of it such as its body without the head"
         )
+    check_finite_weights(model, spec, role)
     return model
+
+
+def check_finite_weights(model: nn.Module, spec: str, role: str, chunk: int = 1 << 24) -> None:
+    """Refuse weights holding NaN or inf: every parameter is read once, ``chunk`` elements at a time (a bool mask
+    of 16 MB, not one of the embedding's size). The head check's probe of a few tokens misses a bad row of a token
+    it does not feed (try-out 38: a NaN in a frequent token's embedding row was 'non-finite loss at step 1 …
+    lower train.lr', and an exported student with it was scored ppl null with exit 0).
+
+    Raises:
+        ModelError: ``model.<role>: <spec> holds NaN or inf weights (<first tensor>): …``.
+    """
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            continue
+        flat = p.detach().reshape(-1)
+        if not all(bool(torch.isfinite(part).all()) for part in flat.split(chunk)):
+            raise ModelError(
+                f"{_key(role)}: {spec} holds NaN or inf weights ({name}): a corrupt or diverged checkpoint; "
+                "use another checkpoint"
+            )
 
 
 def empty_model(
@@ -235,7 +256,11 @@ def check_model_dir(
     unpickles otherwise. ``presets``: whether the fix may name ``preset:<name>`` (not where a model must be real,
     as ``ekd student init``'s teacher).
     """
-    fix = "pass a hub id, a saved model directory" + (" or preset:<name>" if presets else "")
+    fix = (
+        "pass a hub id, a saved model directory or preset:<name>"
+        if presets
+        else "pass a hub id or a saved model directory"
+    )
     if not spec.strip():  # Path("") would be the current directory
         raise ModelError(f"{_key(role)} is empty; {fix}")
     path = Path(spec).expanduser()

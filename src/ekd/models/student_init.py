@@ -376,7 +376,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             vocab_size=0,
             revision=plan.revision,
             trust_remote_code=plan.trust_remote_code,
-            role="teacher",
+            role="student init: teacher",  # its argument, not a config key (try-out 38)
         )
         teacher_layers = len(layer_list(teacher)[1])
         keep = list(plan.keep_layers) or evenly_spaced_layers(teacher_layers, plan.layers)
