@@ -975,6 +975,47 @@ def test_a_bad_task_row_is_one_line_before_anything_runs(tmp_path, case):
     check_tasks_available(("tiny_gen",), str(tasks_dir))  # the good task alone passes
 
 
+def test_a_csv_task_with_an_empty_answer_cell_names_that_row(tmp_path):
+    """Try-out 38, F4: an empty answer cell makes pandas read the whole column as floats, and row 1's answer 3.0
+    was blamed ('neither a choice's index nor a choice'). An integral float is the index lm-eval compares it as;
+    the empty cell (NaN) is the missing answer, named at its row."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir = tmp_path / "csv_tasks"
+    tasks_dir.mkdir()
+    rows = ["question,c0,c1,c2,answer"] + [f"q{i},a{i},b{i},c{i},{i % 3}" for i in range(1, 10)]
+    rows[7] = "q7,a7,b7,c7,"  # data row 7: no answer
+    data = tmp_path / "mc.csv"  # outside the tasks dir
+    data.write_text("\n".join(rows) + "\n")
+    (tasks_dir / "csv_mc.yaml").write_text(
+        f"task: csv_mc\ndataset_path: csv\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"  cache_dir: {tmp_path / 'hf-cache'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{[c0, c1, c2]}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    with pytest.raises(EkdError, match="test split row 7: its field 'answer' is missing or null"):
+        check_tasks_available(("csv_mc",), str(tasks_dir))
+    rows[7] = "q7,a7,b7,c7,1"
+    data.write_text("\n".join(rows) + "\n")
+    check_tasks_available(("csv_mc",), str(tasks_dir))  # float-free again: passes
+
+
+def test_a_truncated_or_empty_task_file_is_one_line_on_stderr(tmp_path, capfd):
+    """Try-out 38, F3 and F14: datasets' own logger added two lines ('Failed to load JSON from file … row 10',
+    0-based against ekd's 'line 11'), even with -q; an empty file was 'StopIteration: StopIteration'."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    tasks_dir, data = _bad_tasks(tmp_path, "truncated")
+    cfg = config_file(tmp_path, write_corpus(tmp_path / "corpus"), "bad")
+    assert main(["distill", cfg, "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}"]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip() and not ln.startswith("INFO ")]
+    assert len(err) == 1 and "line 11 is not valid JSON" in err[0], err
+    data.write_text("")
+    assert main(["distill", cfg, "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}"]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip() and not ln.startswith("INFO ")]
+    assert len(err) == 1 and f"task 'tiny_mc' has no rows to read ({data})" in err[0], err
+
+
 def test_distill_refuses_a_bad_task_row_before_training(tmp_path, capsys):
     """Try-out 34, finding 3: through ``ekd distill`` with eval.tasks, the check before training accepted a row
     without its answer; the run trained, then crashed with a traceback at the end."""

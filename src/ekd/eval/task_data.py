@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Iterator, Mapping
@@ -52,14 +53,16 @@ def quiet_lm_eval(progress: bool = False) -> Iterator[None]:
     lm-eval's own request bars are off too (:func:`ekd.log_level.quiet_progress_bars`)."""
     from ekd.log_level import quiet_dataset_progress, quiet_progress_bars
 
-    logger = logging.getLogger("lm_eval")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = {"lm_eval": logging.ERROR, "datasets": logging.CRITICAL}  # a bad file: ekd's line says it
+    previous = {name: logging.getLogger(name).level for name in loggers}
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
     try:
         with quiet_dataset_progress(), quiet_progress_bars(not progress):
             yield
     finally:
-        logger.setLevel(previous)
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -285,6 +288,8 @@ def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
             gold = text if task.multiple_input else target
             golds = gold if isinstance(gold, list) else [gold]
             for g in golds:
+                if isinstance(g, float) and g.is_integer():  # a CSV column with an empty cell reads as floats
+                    g = int(g)
                 if isinstance(g, bool) or not isinstance(g, (int, str)):
                     return f"its answer {g!r} is neither a choice's index nor a choice"
                 if isinstance(g, int) and not 0 <= g < len(choices):
@@ -311,10 +316,15 @@ def _null_fields(task: Any, doc: Any) -> Iterator[tuple[str, str]]:
         if not isinstance(template, str):
             continue
         for field, value in doc.items():
-            if value is None and (
+            if _missing(value) and (
                 template == field or re.search(rf"{{{{[^}}]*\b{re.escape(field)}\b", template)
             ):
                 yield field, how
+
+
+def _missing(value: Any) -> bool:
+    """A JSONL row without the key reads as None; an empty CSV cell as NaN (pandas)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -360,6 +370,10 @@ def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
         return EkdError(f"eval.tasks: task '{name}' cannot read its dataset: {bad}; fix or remove that line")
     cause = root_cause(e)
     named = f" ({', '.join(dict.fromkeys(files))})" if files else ""
+    if isinstance(cause, StopIteration):  # datasets' reader of a file with no row
+        return EkdError(
+            f"eval.tasks: task '{name}' has no rows to read{named}; give it data or drop the task"
+        )
     return EkdError(
         f"eval.tasks: task '{name}' cannot be loaded{named}: {type(cause).__name__}: "
         f"{first_line(cause) or 'no message'}; fix the task's YAML or data (`ekd --debug ...` shows the traceback)"
