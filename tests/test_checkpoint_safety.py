@@ -318,3 +318,41 @@ def test_tokenizer_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(DiskError, match="no space left on device"):
         train_bpe_tokenizer(["def value(self): return self.items"] * 50, 300, tmp_path / "tokenizer")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("every, written", [(1, [3, 4]), (3, [3, 4]), (2, [4])])
+def test_the_last_step_is_checkpointed_once(ws, capsys, monkeypatch, every, written):
+    """Try-out 38, F7: with train.checkpoint_every dividing train.max_steps the last step's checkpoint (fp32 weights
+    and AdamW state) was written twice, in the loop and again after it."""
+    from ekd.train import trainer as trainer_mod
+
+    steps, real = [], trainer_mod.save_checkpoint
+
+    def save(run_dir, step, *args, **kwargs):
+        steps.append(step)
+        return real(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    rc, _, err = cli(
+        capsys, "distill", _config(**{"train.checkpoint_every": every}), "train.max_steps=4", "--resume"
+    )
+    assert rc == 0, err
+    assert steps == written
+
+
+def test_a_directory_built_atomically_has_files_readable_as_the_umask_says(tmp_path):
+    """Try-out 38, F12: transformers writes model.safetensors through a private temp file, so every export's
+    weights were 0600 beside a 0644 config.json — unreadable to another account that serves the model."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "student") as staging:
+            private = staging / "model.safetensors"
+            private.write_bytes(b"w")
+            private.chmod(0o600)
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "student").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}

@@ -163,6 +163,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         staging.mkdir(parents=True)
         try:
             yield staging
+            _readable_as_umask_says(staging)
             fsync_dir(staging)
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -175,6 +176,17 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             raise
         shutil.rmtree(old, ignore_errors=True)
         fsync_dir(path.parent)
+
+
+def _readable_as_umask_says(directory: Path) -> None:
+    """Give the files under ``directory`` the mode a plain ``open`` would (0666 less the umask): a library that
+    writes through a private temp file leaves 0600 (try-out 38: transformers' ``model.safetensors`` of every export
+    was -rw------- beside a 0644 config.json, unreadable to a serving account)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in directory.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(0o666 & ~umask)
 
 
 def fsync_dir(directory: Path | str) -> None:

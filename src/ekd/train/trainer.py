@@ -423,7 +423,10 @@ def _train(
         share=False,
     )
 
+    saved_at: list[int] = []  # the steps this process checkpointed
+
     def checkpoint(step: int) -> Path:
+        saved_at.append(step)
         state = {
             "step": step,
             "loader": loader.state_dict(),
@@ -577,7 +580,10 @@ def _train(
     if start_step >= cfg.train.max_steps:  # no step was left to train (a resume at max_steps): commit now
         run_on_main(ranks, lambda: start.commit(), "mark the run started")
 
-    checkpoint(cfg.train.max_steps)  # the fp32 master weights: a --resume with more steps continues from them
+    # the fp32 master weights, which a --resume with more steps continues from; once (try-out 38: written twice
+    # when train.checkpoint_every divides train.max_steps)
+    if saved_at[-1:] != [cfg.train.max_steps]:
+        checkpoint(cfg.train.max_steps)
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
         log.info("loading the teacher for evaluation only (training used the cache)")
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
