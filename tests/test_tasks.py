@@ -767,7 +767,12 @@ def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path
     # scored alike (the same files at the other path, no limit): one column, two seeds
     assert main(argv) == 0
     s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
-    assert s["groups"][0]["metrics"]["task:tiny_mc/score"]["n"] == 2 and s["eval_sets"] == ""
+    assert (
+        s["groups"][0]["metrics"]["task:tiny_mc/score"]["n"] == 2 and "`task:tiny_mc`" not in s["eval_sets"]
+    )
+    # seed 0 kept its tiny_gen (scored alike at distill: another --tasks-dir is no setting), seed 1's went with
+    # the --limit 5 scoring: their tag means are over other tasks, told apart
+    assert "a mean over other tasks (tiny_mc vs tiny_gen, tiny_mc)" in s["eval_sets"], s["eval_sets"]
 
 
 # --- a task's identity, bad task data, the cache across seeds (try-out 34) ------------------------------------
