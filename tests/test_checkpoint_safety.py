@@ -338,6 +338,19 @@ def test_the_last_step_is_checkpointed_once(ws, capsys, monkeypatch, every, writ
     )
     assert rc == 0, err
     assert steps == written
+    # every segment's layout is recorded (try-out 37): one process throughout is one segment layout
+    assert json.loads((RUN / "ekd-run.json").read_text())["segments"] == [{"ranks": 1, "parallel": "ddp"}]
+
+
+def test_segment_layouts_follow_the_resumes():
+    from ekd.train.trainer import segment_layouts
+
+    a, b = {"ranks": 2, "parallel": "fsdp"}, {"ranks": 1, "parallel": "ddp"}
+    assert segment_layouts({"layouts": []}, a) == [a]
+    assert segment_layouts({"layouts": [a]}, a) == [a]  # resumed alike: still one layout
+    assert segment_layouts({"layouts": [a]}, b) == [a, b]
+    assert segment_layouts({"seconds": 1.0}, b) is None  # a checkpoint of an older ekd: earlier ones unknown
+    assert segment_layouts(None, b) is None
 
 
 def test_a_directory_built_atomically_has_files_readable_as_the_umask_says(tmp_path):

@@ -916,3 +916,20 @@ def test_a_task_is_told_by_its_own_data_so_an_edit_of_another_splits_nothing(tmp
     assert m["task:gen/score"]["n"] == 3 and "task:gen#2/score" not in m
     assert m["task:mc/score"]["n"] == 2 and m["task:mc#2/score"]["n"] == 1
     assert "the task's config or documents" in s["eval_sets"], s["eval_sets"]
+
+
+def test_a_replica_resumed_on_other_ranks_is_described_by_every_segment(tmp_path):
+    """Try-out 37, finding 4: ekd-run.json kept the last segment's ranks only, so a run trained 2 × 4 then resumed
+    as 1 × 8 was 'the same layout: a resume or a rerun' beside its one-process twin. The run records every
+    segment's ranks and engine; the note names them in order."""
+    one = _layout(_fake_run(tmp_path, "one", "kd", 1, 10.0, 0.5), 8, 1, "ddp")
+    mixed = _layout(_fake_run(tmp_path, "mixed", "kd", 1, 10.0, 0.5), 8, 1, "ddp")
+    marker = json.loads((mixed / "ekd-run.json").read_text())
+    marker["segments"] = [{"ranks": 2, "parallel": "fsdp"}, {"ranks": 1, "parallel": "ddp"}]
+    (mixed / "ekd-run.json").write_text(json.dumps(marker))
+    s = compare_runs([one, mixed], tmp_path / "o", baselines=(), plots=False)
+    (rec,) = s["replicas"]
+    assert rec["replicas"][0]["differs_in"] == [
+        "train.parallel='fsdp then ddp' (vs 'ddp')",
+        "ranks='2 then 1' (vs 1)",
+    ]

@@ -113,16 +113,30 @@ class TrainResult:
     # ekd), so total_time and kd_fraction cover this segment only
 
 
-def run_totals(earlier: dict | None, seconds: float, selected: float, valid: float) -> dict | None:
+def run_totals(
+    earlier: dict | None, seconds: float, selected: float, valid: float, layout: dict | None = None
+) -> dict | None:
     """What a checkpoint records of the run so far: the earlier segments' ``earlier`` (from the checkpoint
-    resumed; None when it had none) plus this segment's seconds and KD/valid position counts."""
+    resumed; None when it had none) plus this segment's seconds and KD/valid position counts, and the device
+    layout of every segment (:func:`segment_layouts`; ``layout``: this one's)."""
     if earlier is None:
         return None  # unknown before this segment: stays unknown (a resume reports this segment only)
     return {
         "seconds": float(earlier["seconds"]) + seconds,
         "selected": float(earlier["selected"]) + selected,
         "valid": float(earlier["valid"]) + valid,
+        "layouts": segment_layouts(earlier, layout),
     }
+
+
+def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
+    """The device layout ({"ranks", "parallel"}) of each segment of the run, this one's (``layout``) last; None
+    where an earlier segment's is unknown (a checkpoint of an older ekd). ``ekd compare`` describes a run resumed on
+    other ranks by all of them (try-out 37: a run trained 2 × 4 then resumed as 1 × 8 was 'the same layout')."""
+    known = (earlier or {}).get("layouts")
+    if known is None or layout is None:
+        return None
+    return [*known, layout] if not known or known[-1] != layout else list(known)
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -381,7 +395,13 @@ def _train(
     )
 
     start_step, resumed_at = 0, None
-    earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0}  # the segments before this one
+    earlier: dict | None = {
+        "seconds": 0.0,
+        "selected": 0.0,
+        "valid": 0.0,
+        "layouts": [],
+    }  # segments before this
+    layout = {"ranks": ranks.world_size, "parallel": cfg.train.parallel}  # this segment's
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors
@@ -436,7 +456,7 @@ def _train(
             "micro_batch_size": cfg.train.micro_batch_size,
             # time and KD positions of the run so far, for the final summary of a resumed run
             "run_totals": run_totals(
-                earlier, time.perf_counter() - t_start, totals["selected"], totals["valid"]
+                earlier, time.perf_counter() - t_start, totals["selected"], totals["valid"], layout
             ),
         }
         keep = cfg.train.keep_checkpoints
@@ -641,6 +661,8 @@ def _train(
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
             ranks=ranks.world_size,
             **tokenizer_record,  # ekd eval reads the export with the run's tokenizer class
+            # every segment's ranks and engine, where all are known: a resume may change them
+            **({"segments": segments} if (segments := segment_layouts(earlier, layout)) else {}),
             # ekd eval packs the eval sets as the run did, without reading its models' configs again
             **({"document_boundary": asdict(data.boundary)} if data.boundary is not None else {}),
         )
@@ -653,7 +675,7 @@ def _train(
         results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
         run_on_main(ranks, finish, "write the evaluation", share=False)
     wall_time = time.perf_counter() - t_start
-    whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"])
+    whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"], layout)
     counts = whole or totals
     kd_fraction = counts["selected"] / counts["valid"] if counts["valid"] else 0.0
     return TrainResult(

@@ -15,10 +15,16 @@ from ekd.train.run_dir import SAME_RUN_KEYS
 def _layout(run: RunRecord) -> dict[str, Any]:
     """How ``run`` was laid out and batched without changing what it trained: the keys of
     :data:`~ekd.train.run_dir.SAME_RUN_KEYS` (parallel engine, offload, teacher placement, micro-batch split,
-    the same math in another summation order, checkpointing, eval batching) and the ranks it ran on."""
+    the same math in another summation order, checkpointing, eval batching) and the ranks it ran on — every
+    segment's, in order ('2 then 1'), where a resume changed them and the run records them all."""
     flat = flat_config(run.config)
     layout = {k: flat.get(k) for k in SAME_RUN_KEYS}
     layout["ranks"] = run.ranks or 1  # a run of an older ekd records none: one process
+    segments = run.segments or []
+    for key, name in (("ranks", "ranks"), ("parallel", "train.parallel")):  # resumed on other ranks or engine
+        values = [s.get(key) for s in segments]
+        if len(set(map(str, values))) > 1:
+            layout[name] = " then ".join(map(str, values))  # e.g. '2 then 1', 'fsdp then ddp'
     return layout
 
 

@@ -84,6 +84,8 @@ class RunRecord:
     sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
+    # every segment's {"ranks", "parallel"} (ekd-run.json), where the run knows them all; None otherwise
+    segments: list[dict[str, Any]] | None = None
     # set → the eval settings its figures were computed with, where its eval.json entry records them (:meth:`scoring`)
     scored_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # task entry (``task:<name>``, ``tasks[<tag>]``) → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)
@@ -279,6 +281,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
         ranks=marker.get("ranks"),
+        segments=marker.get("segments") or None,
         scored_by=scored_by,
         task_ways=ways,
     )
