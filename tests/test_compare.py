@@ -933,3 +933,32 @@ def test_a_replica_resumed_on_other_ranks_is_described_by_every_segment(tmp_path
         "train.parallel='fsdp then ddp' (vs 'ddp')",
         "ranks='2 then 1' (vs 1)",
     ]
+
+
+def test_the_teacher_row_of_a_few_shot_task_is_its_mean_over_the_seeds(tmp_path):
+    """Try-out 38, F11: few-shot examples are drawn per seed, so the teacher scores a few-shot task differently
+    in each seed's run; its row showed the first seed's figure beside the students' mean over seeds. It is the
+    mean over the column's runs, with its spread and n where they differ; a text set's teacher figures (the same
+    in every run) stay one plain figure."""
+    runs = []
+    for seed, teacher_acc in ((0, 0.30), (1, 0.2833)):
+        run = _with_tasks(
+            _fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0, 0.5),
+            {"mc": (0.4, 60)},
+            num_fewshot=1,
+            ece_bins=15,
+        )
+        ev = json.loads((run / "eval.json").read_text())
+        ev["eval/teacher"] = {"ppl": 5.0}
+        ev["tasks"]["teacher"] = {"mc": {"value": teacher_acc, "ece": 40.0, "n": 60}}
+        (run / "eval.json").write_text(json.dumps(ev))
+        runs.append(run)
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    (teacher,) = s["teachers"]
+    assert teacher["metrics"]["task:mc/score"] == pytest.approx((0.30 + 0.2833) / 2)
+    assert teacher["spread"]["task:mc/score"]["n"] == 2 and "task:mc/ece" not in teacher["spread"]
+    assert teacher["metrics"]["eval/ppl"] == 5.0 and "eval/ppl" not in teacher["spread"]
+    row = next(
+        ln for ln in (tmp_path / "o" / "compare.md").read_text().splitlines() if ln.startswith("| (teacher)")
+    )
+    assert "0.2916 ± 0.0118" in row, row

@@ -52,7 +52,10 @@ def markdown(summary: dict[str, Any]) -> str:
         rows.append(
             {
                 "method": teacher["label"],
-                **{k: {"mean": v, "std": math.nan, "n": 1} for k, v in teacher["metrics"].items()},
+                **{
+                    k: {"mean": v, **teacher.get("spread", {}).get(k, {"std": math.nan, "n": 1})}
+                    for k, v in teacher["metrics"].items()
+                },
             }
         )
     cols = [("method", "method", ""), ("seeds", "seeds", "d")] + [

@@ -153,8 +153,9 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """One row per distinct teacher (:meth:`RunRecord.teacher`; the runs' ``<set>/teacher`` metrics): the
-    teacher, the groups it taught, its metrics, and a label — '(teacher)' when there is one, else '(teacher of
-    kd, ...)'. Its figures on a set go to the set's column (:func:`label_eval_sets`): the same teacher on a set
+    teacher, the groups it taught, its metrics — the mean over the runs of a column, with ``spread`` (std, n)
+    where they differ (a few-shot task's examples are drawn per seed) — and a label: '(teacher)' when there is
+    one, else '(teacher of kd, ...)'. Its figures on a set go to the set's column (:func:`label_eval_sets`): the same teacher on a set
     scored two ways has a figure in each column, told apart by the column, not by a second row of one label
     (try-out 29: two rows '(teacher of kd)'); a run with one set more than the others adds that set's figures."""
     rows: list[dict[str, Any]] = []
@@ -172,12 +173,20 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             row = next((row for row in rows if row["key"] == r.teacher()), None)
             if row is None:
                 teacher = (r.config.get("model") or {}).get("teacher")
-                row = {"key": r.teacher(), "teacher": teacher, "of": [], "metrics": {}}
+                row = {"key": r.teacher(), "teacher": teacher, "of": [], "values": {}}
                 rows.append(row)
-            row["metrics"] = metrics | row["metrics"]  # a column is one set: the first run's figure stands
+            for k, v in metrics.items():
+                row["values"].setdefault(k, []).append(v)
             if g.label not in row["of"]:
                 row["of"].append(g.label)
     for row in rows:
         del row["key"]
         row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
+        values = row.pop("values")
+        # a column is one way of scoring: the teacher scores alike in every run of it — but a few-shot task
+        # draws its examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
+        row["metrics"] = {k: statistics.fmean(vs) for k, vs in values.items()}
+        row["spread"] = {
+            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in values.items() if len(set(vs)) > 1
+        }
     return rows
