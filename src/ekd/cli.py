@@ -389,8 +389,9 @@ def cmd_eval(args) -> int:
                 f"in {run / 'config.yaml'} or an override); add --tasks NAME,... or leave {' and '.join(flags)} out"
             )
         check_saved_tasks(run, overrides, cfg=cfg)  # before the eval sets rewrite eval.json
-        check_saved_teacher(run, cfg, overrides, sets=not args.tasks)  # a teacher moved since: likewise
-        if not args.tasks:  # --tasks: the tasks alone; otherwise the eval sets, then eval.tasks if configured
+        if args.tasks:  # the tasks alone: a teacher moved since is checked here (else by evaluate_saved_run)
+            check_saved_teacher(run, cfg, overrides, sets=False)
+        else:  # the eval sets, then eval.tasks if configured
             _print_eval(evaluate_saved_run(run, overrides, cfg=cfg))
         section = evaluate_saved_tasks(run, overrides, cfg=cfg)
     if section:

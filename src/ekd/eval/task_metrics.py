@@ -244,6 +244,12 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def tag_documents(way: Mapping[str, Any]) -> dict[str, int | None]:
+    """task → documents scored, of a ``tasks[<tag>]`` way (:func:`task_ways`: each member is its documents, or
+    [documents, identity] where the result records its task's identity)."""
+    return {t: m[0] if isinstance(m, list) else m for t, m in (way.get("tasks") or {}).items()}
+
+
 DOCUMENTS_SHA256 = "documents_sha256"
 """The key of a task's identity (:class:`ekd.eval.task_data.LeafTask`'s ``sha256``: its config and documents) in
 each result of eval.json's ``tasks`` section and in a cached result's signature."""

@@ -236,7 +236,7 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
         pass
     if (
         checkpoint_step(newest) >= max_steps
-    ):  # the export or the final evaluation failed (try-out 36: a full disk)
+    ):  # the export or final evaluation failed (try-out 36: a full disk)
         return (
             f"; checkpoint {newest.name} of the last step is kept: once fixed, finish the run (export and "
             "evaluation) with the same command and --resume"
@@ -395,13 +395,9 @@ def _train(
     )
 
     start_step, resumed_at = 0, None
-    earlier: dict | None = {
-        "seconds": 0.0,
-        "selected": 0.0,
-        "valid": 0.0,
-        "layouts": [],
-    }  # segments before this
-    layout = {"ranks": ranks.world_size, "parallel": cfg.train.parallel}  # this segment's
+    # the segments before this one (a new run: none), and this one's device layout
+    earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0, "layouts": []}
+    layout = {"ranks": ranks.world_size, "parallel": cfg.train.parallel}
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors

@@ -87,11 +87,10 @@ def item_noise(group: Group, baseline: Group, key: str) -> float:
 
     if column.startswith("task:"):
         return tm.gap_noise(mean_of(group, key), mean_of(baseline, key), way.get("documents"))
-    tasks = {t: m[0] if isinstance(m, list) else m for t, m in (way.get("tasks") or {}).items()}  # t → n
     return tm.mean_noise(
         [
             tm.gap_noise(mean_of(group, f"task:{t}/score"), mean_of(baseline, f"task:{t}/score"), n)
-            for t, n in tasks.items()
+            for t, n in tm.tag_documents(way).items()
         ]
     )
 
