@@ -6,6 +6,7 @@ is not a model or is empty (the "no config.json" check comes before any tokenize
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -417,3 +418,65 @@ def test_a_nan_in_an_embedding_row_no_probe_feeds_is_refused_at_load(good_dir, t
         load_model(str(bad), vocab_size=64, role="teacher")
     with pytest.raises(ModelError, match="holds NaN or inf weights"):
         load_exported_student(bad)
+
+
+def test_an_encoder_is_refused_as_not_a_causal_lm():
+    """Try-out 38, F13: a BERT encoder (loaded by ``AutoModelForCausalLM`` as ``BertLMHeadModel`` without
+    ``is_decoder``) was refused as 'a post-head transform ekd does not know'. The head check's probe changes the
+    last token and watches the positions before it; a causal Llama is untouched by that (bit for bit in fp32)."""
+    from transformers import BertConfig
+
+    from ekd.models.load import check_output_head
+
+    bert = AutoModelForCausalLM.from_config(
+        BertConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    with pytest.raises(ModelError) as info:
+        check_output_head(bert, 64, "student")
+    text = str(info.value)
+    assert text.startswith("model.student: model type 'bert' (BertLMHeadModel) is not a causal LM"), text
+    assert "\n" not in text
+    llama = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    check_output_head(llama, 64, "student")  # accepted
+
+
+def test_an_unknown_model_type_next_to_a_tokenizer_is_one_line(good_dir, tmp_path, capsys):
+    """Try-out 35, F5: loading the tokenizer of a directory whose config.json names an unknown ``model_type``
+    printed transformers' config warning before ekd's refusal of the model."""
+    from ekd.data import train_bpe_tokenizer
+
+    d = tmp_path / "qwen9"
+    tokenizer = train_bpe_tokenizer(["def f(x): return x + 1\n" * 20], 300, d)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(d)
+    _edit_config(d, model_type="qwen9")
+    corpus = write_corpus(tmp_path / "corpus", n_docs=6)
+    overrides = tiny_overrides(
+        tmp_path, corpus, "q9", **{"model.teacher": str(d), "model.tokenizer": "teacher"}
+    )
+    seen = _Collect()  # beside transformers' own stderr handler, which pytest's capture does not see
+    logging.getLogger("transformers").addHandler(seen)
+    capsys.readouterr()
+    try:
+        assert main(["distill", *overrides]) == 2
+    finally:
+        logging.getLogger("transformers").removeHandler(seen)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "qwen9" in err[0] and err[0].startswith("ekd: error: model.teacher: "), err
+    assert seen.messages == [], seen.messages
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

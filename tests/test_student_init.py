@@ -11,7 +11,13 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from ekd.cli import main
 from ekd.errors import ModelError
@@ -368,3 +374,19 @@ def test_a_teacher_missing_its_head_or_holding_nan_is_named_as_the_argument(tmp_
             f"ekd: error: student init: teacher: {tmp_path / name} "
         ), err
         assert says in err[0] and not (tmp_path / "s").exists(), err
+
+
+@pytest.mark.parametrize("how", [["--layers", "1"], ["--from-config", "num_hidden_layers=1"]])
+def test_an_encoder_teacher_is_refused_as_not_a_causal_lm(tmp_path, capsys, how):
+    """Try-out 38, F13: a BERT encoder was refused as 'cannot drop layers' (or copied with --from-config) though it
+    is no causal LM; ``AutoModelForCausalLM`` loads it as ``BertLMHeadModel``, which attends both ways."""
+    config = AutoConfig.for_model(
+        "bert", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    )  # fmt: skip
+    AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path / "bert")
+    assert main(["student", "init", str(tmp_path / "bert"), str(tmp_path / "s"), *how]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "ekd: error: student init: teacher: model type 'bert' (BertLMHeadModel) is not a causal LM" in err
+    ), err
+    assert not (tmp_path / "s").exists()

@@ -232,7 +232,16 @@ def load_tokenizer(
         )
     kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
-    return load_or_refuse(spec, role, lambda: AutoTokenizer.from_pretrained(source, **kwargs), "a tokenizer")
+    return load_or_refuse(
+        spec,
+        role,
+        lambda: AutoTokenizer.from_pretrained(source, **kwargs),
+        "a tokenizer",
+        drop=CONFIG_LOGGERS,  # the model's load says what matters about its config.json
+    )
+
+
+CONFIG_LOGGERS = ("transformers.configuration_utils", "transformers.models.auto.configuration_auto")
 
 
 def _key(role: str) -> str:
@@ -291,19 +300,24 @@ def check_model_dir(
     return path
 
 
-def load_or_refuse(spec: str, role: str, load: Callable[[], T], what: str = "a model") -> T:
+def load_or_refuse(
+    spec: str, role: str, load: Callable[[], T], what: str = "a model", drop: tuple[str, ...] = ()
+) -> T:
     """Run ``load`` (a transformers/safetensors loader) and turn any failure into one ModelError line.
 
     Loading a model the user named can fail in many libraries' ways (SafetensorError, UnpicklingError,
     ValueError for an unknown model_type or remote code, RuntimeError for shapes, OSError for files and the
     network, ImportError for a missing attention backend): each is a problem with the input, reported as
     ``model.<role>: cannot load <what> from '<spec>' (<first line>)<hint>``. The cause stays chained for
-    ``ekd --debug``. transformers' load report (a table, logged as a warning) is held back and only replayed
-    when the load succeeds; a failure's message names the first mismatched tensor instead.
+    ``ekd --debug``. What transformers logs meanwhile (its load report, a table; warnings about the config) is
+    held back and only replayed when the load succeeds, so a refusal is one line (try-out 35: a config of an
+    unknown ``model_type`` printed transformers' warning before it); a failure's message names the first
+    mismatched tensor instead of the report. Records of the loggers in ``drop`` are not replayed.
     """
-    report = logging.getLogger("transformers.modeling_utils")
+    handlers = logging.getLogger("transformers").handlers  # transformers' loggers propagate to these only
     held = _HoldRecords()
-    report.addFilter(held)
+    for handler in handlers:
+        handler.addFilter(held)
     try:
         result = load()
     except ModelError:
@@ -313,14 +327,16 @@ def load_or_refuse(spec: str, role: str, load: Callable[[], T], what: str = "a m
             f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){_hint(e)}"
         ) from e
     finally:
-        report.removeFilter(held)
-    for record in held.records:
-        report.handle(record)
+        for handler in handlers:
+            handler.removeFilter(held)
+    for record in dict.fromkeys(held.records):  # a record each handler saw once
+        if record.name not in drop:
+            logging.getLogger(record.name).handle(record)
     return result
 
 
 class _HoldRecords(logging.Filter):
-    """Keeps the records of a logger instead of emitting them."""
+    """Keeps the records of a logger or handler instead of emitting them."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -532,46 +548,65 @@ def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
 
 
 def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
-    """Refuse a model whose logits ekd's head does not reproduce: ``forward(...).logits`` on ``tokens``
-    token ids vs ``output_head`` applied to the body's last hidden states, first ``vocab_size`` columns.
+    """Refuse a model that is not a causal LM or whose logits ekd's head does not reproduce.
 
-    The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model dtype. This catches any
-    post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a bias, a custom forward).
+    One forward of two rows of ``tokens`` token ids that differ in their last id only: the logits of the other
+    positions must not change (a causal LM's position t sees tokens ≤ t; try-out 38: a BERT encoder, loaded by
+    ``AutoModelForCausalLM`` as ``BertLMHeadModel`` without ``is_decoder``, attends both ways), and the first
+    row's ``forward(...).logits`` must equal ``output_head`` applied to the body's last hidden states, first
+    ``vocab_size`` columns. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
+    dtype. This catches any post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a
+    bias, a custom forward).
 
     Raises:
-        ModelError: one line naming the model type and the mismatch, or saying that its logits are not finite
-            (NaN or +inf: weights that hold them).
+        ModelError: one line naming the model type and the problem: logits that are not finite (NaN or +inf:
+            weights that hold them), that depend on later tokens, or that the head does not reproduce.
     """
     head = output_head(model, vocab_size)
-    ids = torch.linspace(0, vocab_size - 1, tokens).long().unsqueeze(0).to(head.weight.device)  # (1, n)
-    mask = torch.ones_like(ids)
+    ids = torch.linspace(0, vocab_size - 1, tokens).long().to(head.weight.device)  # (n,)
+    changed = ids.clone()
+    changed[-1] = ids[0] if ids[-1] != ids[0] else (ids[0] + 1) % vocab_size  # another last token
+    rows = torch.stack([ids, changed])  # (2, n): the same first n−1 tokens
+    mask = torch.ones_like(rows)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, :, :vocab_size]
-            hidden = model_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            got = head(hidden[0])  # (n, V)
+            logits = model(input_ids=rows, attention_mask=mask, use_cache=False).logits[:, :, :vocab_size]
+            hidden = model_body(model)(input_ids=rows[:1], attention_mask=mask[:1], use_cache=False)
+            got = head(hidden.last_hidden_state[0])  # (n, V)
     finally:
         model.train(was_training)
-    expected, got = expected.double(), got.double()  # (n, V)
-    if expected.isnan().any() or (expected == float("inf")).any() or not torch.isfinite(expected).any():
+    logits, got = logits.double(), got.double()  # (2, n, V), (n, V)
+    expected = logits[0]  # (n, V)
+    if logits.isnan().any() or (logits == float("inf")).any() or not torch.isfinite(expected).any():
         raise ModelError(  # try-out 35: a NaN weight ended in a traceback (a max over no finite logit)
-            f"model.{role}: its logits on {tokens} probe tokens are not finite (NaN or +inf): its weights hold NaN "
+            f"{_key(role)}: its logits on {tokens} probe tokens are not finite (NaN or +inf): its weights hold NaN "
             "or inf (a corrupt or diverged checkpoint); use another checkpoint"
         )
     finite = torch.isfinite(expected)
     scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
+    low = head.weight.dtype in (torch.bfloat16, torch.float16)
+    tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
+    earlier = logits[:, :-1]  # (2, n−1, V): positions before the changed token
+    same_finite = torch.equal(torch.isfinite(earlier[0]), torch.isfinite(earlier[1]))
+    seen = (
+        float((earlier[0] - earlier[1])[torch.isfinite(earlier[0])].abs().max()) / scale if same_finite else 1
+    )
+    if not seen <= tolerance:
+        raise ModelError(
+            f"{_key(role)}: model type '{model_type(model)}' ({type(model).__name__}) is not a causal LM: its logits "
+            f"at a position change with a later token (by {seen:.3g} of their scale; an encoder such as BERT attends "
+            "both ways); ekd distills decoder-only causal LMs: use one"
+        )
     error = (
         float((got - expected)[finite].abs().max()) / scale
         if torch.equal(finite, torch.isfinite(got)) and expected.shape == got.shape
         else float("inf")
     )
-    low = head.weight.dtype in (torch.bfloat16, torch.float16)
-    tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
     if not error <= tolerance:
         raise ModelError(
-            f"model.{role}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
+            f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
             f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
             f"hidden states by {error:.3g} of their scale (a post-head transform ekd does not know); use another model"
         )
