@@ -369,3 +369,59 @@ def test_a_directory_built_atomically_has_files_readable_as_the_umask_says(tmp_p
         os.umask(old)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "student").iterdir()}
     assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
+
+
+def test_a_resume_that_only_exports_writes_no_checkpoint(ws, capsys, monkeypatch):
+    """Try-out 39, F1: a --resume finishing a run whose export failed after the last step trained no step but wrote
+    the last checkpoint again (removing the intact one before renaming the new one in)."""
+    from ekd.train import trainer as trainer_mod
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_mod, "save_model_dir", full_disk)
+    assert _resume(capsys)[0] == 2
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    before = {p.name: p.stat().st_ino for p in (CKPT / "step-000003").iterdir()}
+    steps = []
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", lambda run_dir, step, *a, **k: steps.append(step))
+    rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert steps == [] and {p.name: p.stat().st_ino for p in (CKPT / "step-000003").iterdir()} == before
+
+
+def test_a_kill_while_a_checkpoint_is_replaced_leaves_one_whole(ws, capsys):
+    """A checkpoint replaced by one of the same step (a resume that retrains past a corrupt newest one) is renamed
+    aside before the new one is renamed in: a kill between the two renames leaves ``step-N.old``, which the next
+    resume puts back; a kill while the old one is removed leaves a part of it, which is dropped."""
+    from ekd.train.checkpoint import latest_verified_checkpoint
+
+    step2 = CKPT / "step-000002"
+    step2.rename(
+        CKPT / "step-000002.old"
+    )  # killed between the renames: step-000002 missing, `latest` names it
+    assert latest_verified_checkpoint(RUN) == step2
+    assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000001", "step-000002"]
+    half = CKPT / "step-000002.old"
+    half.mkdir()
+    (half / "optimizer.pt").write_bytes(b"half")  # killed while removing the replaced one
+    rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000002", "step-000003"]
+
+
+def test_an_atomic_directory_a_kill_left_renamed_aside_is_put_back(tmp_path):
+    """``atomic_dir`` (exports, tokenizers) replaces a directory the same way: one left as ``<dir>.old`` with no
+    ``<dir>`` is restored before the next write, which then replaces it (or leaves it, on failure)."""
+    with atomic_dir(tmp_path / "student") as staging:
+        (staging / "config.json").write_text("v1")
+    (tmp_path / "student").rename(tmp_path / "student.old")
+    with pytest.raises(DiskError), atomic_dir(tmp_path / "student") as staging:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (tmp_path / "student" / "config.json").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+    with atomic_dir(tmp_path / "student") as staging:
+        (staging / "config.json").write_text("v2")
+    assert (tmp_path / "student" / "config.json").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]

@@ -6,7 +6,9 @@ One mechanism for every writer (run files, checkpoints, cache shards and manifes
   onto ``path`` (``os.replace``), on any error the temp file is removed. Readers never see half a file. The
   bytes written are hashed on the way (``.sha256``) so a checkpoint records its checksums without reading
   the file back.
-- :func:`atomic_dir` does the same for a directory (a tokenizer or model saved by ``save_pretrained``).
+- :func:`atomic_dir` does the same for a directory (a tokenizer or model saved by ``save_pretrained``);
+  :func:`replace_dir` puts a finished directory in place of another so that a kill at any instant leaves one
+  of them whole, and :func:`restore_dir` finishes a replacement a kill interrupted.
 - :func:`writing` turns an ``OSError`` raised while writing — also one that torch wraps in its own
   ``RuntimeError`` (``unexpected pos 3200 vs 3092`` on a full disk) — into a :class:`DiskError`:
   ``no space left on device writing to runs/x/checkpoints; free space there and rerun``.
@@ -151,31 +153,53 @@ def atomic_write_text(path: Path | str, text: str) -> str:
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Build a directory atomically: the block fills ``<path>.tmp/``, which then replaces ``path``.
+    """Build a directory atomically: the block fills ``<path>.tmp/``, which then replaces ``path``
+    (:func:`replace_dir`).
 
-    On failure the staging directory is removed and ``path`` is left as it was.
+    On failure the staging directory is removed and ``path`` is left as it was; a replacement an earlier
+    process was killed in is finished first (:func:`restore_dir`).
     """
     path = Path(path)
     staging = path.with_name(path.name + ".tmp")
-    old = path.with_name(path.name + ".old")
     with writing(path.parent):
+        restore_dir(path)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
             yield staging
             _readable_as_umask_says(staging)
             fsync_dir(staging)
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-            staging.rename(path)
+            replace_dir(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            if old.exists() and not path.exists():
-                old.rename(path)
+            restore_dir(path)
             raise
-        shutil.rmtree(old, ignore_errors=True)
         fsync_dir(path.parent)
+
+
+def replace_dir(staging: Path, path: Path) -> None:
+    """Put the finished directory ``staging`` in place of ``path`` (which may not exist): ``path`` is renamed
+    to ``<path>.old``, ``staging`` to ``path``, then ``<path>.old`` is removed. A kill at any instant leaves
+    ``path`` whole, or ``<path>.old`` whole where ``path`` is missing — what :func:`restore_dir` puts back
+    (try-out 39: a checkpoint removed before its replacement was renamed in left none intact)."""
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    staging.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(path: Path) -> None:
+    """Finish a :func:`replace_dir` a kill interrupted: ``<path>.old`` is put back where ``path`` is missing,
+    and removed (a leftover, perhaps half deleted) where ``path`` is there. Nothing happens without one."""
+    old = path.with_name(path.name + ".old")
+    if not old.is_dir():
+        return
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.rename(path)
 
 
 def _readable_as_umask_says(directory: Path) -> None:

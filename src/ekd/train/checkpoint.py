@@ -36,7 +36,15 @@ import torch
 from torch import nn
 
 from ekd.errors import EkdError
-from ekd.io import atomic_file, atomic_write_bytes, atomic_write_text, file_sha256, writing
+from ekd.io import (
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    replace_dir,
+    restore_dir,
+    writing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +120,10 @@ def save_checkpoint(
                 )
             manifest = {"format": FORMAT, "step": int(step), "files": hashes}
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not keep a half checkpoint's bytes
+            restore_dir(final)
             raise
     atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
     _prune(run_dir / "checkpoints", keep)
@@ -164,7 +171,10 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (not verified), or None."""
+    """The newest complete checkpoint (not verified), or None. A checkpoint a kill left renamed aside while
+    it was being replaced (``step-N.old``, :func:`ekd.io.replace_dir`) is put back first."""
+    for old in (run_dir / "checkpoints").glob("step-*.old"):
+        restore_dir(old.with_suffix(""))
     pointer = run_dir / "checkpoints" / "latest"
     if pointer.is_file():
         name = pointer.read_text(errors="replace").strip()

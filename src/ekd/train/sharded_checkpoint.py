@@ -62,7 +62,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ekd.io import atomic_file, atomic_write_text, file_sha256, writing
+from ekd.io import atomic_file, atomic_write_text, file_sha256, replace_dir, restore_dir, writing
 from ekd.models.layers import state_dict_name
 from ekd.train.checkpoint import (
     FORMAT,
@@ -137,11 +137,10 @@ def save_sharded_checkpoint(
                     "files": hashes,
                 }
                 atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-                if final.exists():
-                    shutil.rmtree(final)
-                tmp.rename(final)
+                replace_dir(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                restore_dir(final)
                 raise
             atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
             _prune(run_dir / "checkpoints", keep)

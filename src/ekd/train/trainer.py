@@ -597,8 +597,9 @@ def _train(
         run_on_main(ranks, lambda: start.commit(), "mark the run started")
 
     # the fp32 master weights, which a --resume with more steps continues from; once (try-out 38: written twice
-    # when train.checkpoint_every divides train.max_steps)
-    if saved_at[-1:] != [cfg.train.max_steps]:
+    # when train.checkpoint_every divides train.max_steps), and not again by a resume that trained no step, which
+    # started from it (try-out 39: a --resume finishing the export rewrote it)
+    if start_step < cfg.train.max_steps and saved_at[-1:] != [cfg.train.max_steps]:
         checkpoint(cfg.train.max_steps)
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
         log.info("loading the teacher for evaluation only (training used the cache)")
