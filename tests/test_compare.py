@@ -962,3 +962,56 @@ def test_the_teacher_row_of_a_few_shot_task_is_its_mean_over_the_seeds(tmp_path)
         ln for ln in (tmp_path / "o" / "compare.md").read_text().splitlines() if ln.startswith("| (teacher)")
     )
     assert "0.2916 ± 0.0118" in row, row
+
+
+def test_the_teacher_row_counts_each_seed_once_and_the_csv_gives_its_spread(tmp_path):
+    """Try-out 39, F6: kd and sekd of seeds 0 and 1 and kd alone of seed 2 made a teacher row over 5 runs, seeds 0
+    and 1 counted twice (a mean of 0.7464 where the seeds' is 0.7583), its n not shown; compare.csv wrote the row
+    with no std and n=1."""
+    runs = []
+    for method, seeds in (("kd", (0, 1, 2)), ("sekd", (0, 1))):
+        for seed in seeds:
+            run = _with_tasks(
+                _fake_run(tmp_path, f"{method}{seed}", method, seed, 10.0, 0.5),
+                {"mc": (0.4, 60)},
+                num_fewshot=1,
+                ece_bins=15,
+            )
+            ev = json.loads((run / "eval.json").read_text())
+            ev["tasks"]["teacher"] = {"mc": {"value": (0.725, 0.75, 0.80)[seed], "ece": 40.0, "n": 60}}
+            (run / "eval.json").write_text(json.dumps(ev))
+            runs.append(run)
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    (teacher,) = s["teachers"]
+    assert teacher["metrics"]["task:mc/score"] == pytest.approx((0.725 + 0.75 + 0.80) / 3)
+    assert teacher["n"]["task:mc/score"] == 3 and teacher["spread"]["task:mc/score"]["n"] == 3
+    csv_row = next(
+        ln
+        for ln in (tmp_path / "o" / "compare.csv").read_text().splitlines()
+        if ln.startswith("(teacher),task:mc/score")
+    )
+    mean, std, n = csv_row.split(",")[2:5]
+    assert (float(mean), float(std), n) == (
+        pytest.approx(0.7583, abs=1e-4),
+        pytest.approx(0.0382, abs=1e-4),
+        "3",
+    )
+
+
+def test_a_ce_run_without_teacher_figures_is_not_said_to_have_turned_them_off(tmp_path):
+    """Try-out 39, F5: compare said a ``ce`` run with a preset teacher was evaluated with
+    ``eval.teacher_metrics=false`` (its config says true) and that setting it to true adds the figures; a random
+    preset teacher is evaluated only by a method that trains with it."""
+    tasks = {"task:choice": {"score": 0.3}, "task:choice/teacher": {"score": 0.4}}
+    runs = []
+    for seed in (0, 1):
+        run = _edit(_fake_run(tmp_path, f"ce{seed}", "ce", seed, 10.0 + seed, 0.5), eval_sets=tasks)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["model"].update(teacher="preset:llama-micro", student="preset:llama-micro", tokenizer="train_bpe")
+        cfg["eval"] = {"teacher": True, "teacher_metrics": True}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        runs.append(run)
+    compare_runs(runs, tmp_path / "cmp")
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "`(teacher)`: no eval-set figures in these runs (`ce` evaluates without its teacher" in text, text
+    assert "teacher_metrics" not in text

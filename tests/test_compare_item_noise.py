@@ -60,3 +60,19 @@ def test_a_difference_of_a_few_items_is_within_item_noise_however_the_seeds_agre
     assert tag["verdict"] == "better" and tag["item_noise"] < mc["item_noise"]
     assert "within item noise" in (tmp_path / "out" / "compare.md").read_text()
     assert "item_noise" not in vs["eval/ppl"]  # not a proportion on items: no such judgement
+
+
+def test_the_item_noise_is_over_the_seeds_the_difference_is_over(tmp_path):
+    """Try-out 39, F4: kd had a third seed no sekd run pairs; the noise took kd's mean over all three, the
+    difference only the two shared seeds, and a verdict flipped with that choice."""
+    runs = [
+        _run(tmp_path, "kd0", "kd", 0, {"mc": 0.50}, 40, True),
+        _run(tmp_path, "kd1", "kd", 1, {"mc": 0.52}, 40, True),
+        _run(tmp_path, "kd2", "kd", 2, {"mc": 0.05}, 40, True),  # far from the others: moves kd's mean a lot
+        _run(tmp_path, "se0", "sekd", 0, {"mc": 0.80}, 40, True),
+        _run(tmp_path, "se1", "sekd", 1, {"mc": 0.83}, 40, True),
+    ]
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    mc = next(g for g in s["groups"] if g["method"] == "sekd")["vs"]["kd"]["task:mc/score"]
+    a, b = (0.80 + 0.83) / 2, (0.50 + 0.52) / 2  # over seeds 0 and 1, as the difference
+    assert mc["n"] == 2 and mc["item_noise"] == pytest.approx(2 * math.sqrt((a * (1 - a) + b * (1 - b)) / 40))

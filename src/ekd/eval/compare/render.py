@@ -49,11 +49,15 @@ def markdown(summary: dict[str, Any]) -> str:
         for g in groups
     ]
     for teacher in summary.get("teachers", []):  # one per distinct teacher and eval sets
+        counts = teacher.get("n", {})
+        seeds = max(counts.values(), default=1)
         rows.append(
             {
                 "method": teacher["label"],
+                "seeds": seeds,
                 **{
-                    k: {"mean": v, **teacher.get("spread", {}).get(k, {"std": math.nan, "n": 1})}
+                    k: {"mean": v, "std": teacher.get("spread", {}).get(k, {}).get("std", math.nan)}
+                    | {"n": counts.get(k, 1), "of": seeds}
                     for k, v in teacher["metrics"].items()
                 },
             }
@@ -66,16 +70,11 @@ def markdown(summary: dict[str, Any]) -> str:
     if notes:
         parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
     text_keys = [k for k in keys if _text_set(k.rpartition("/")[0])]
-    blank = [
-        t["label"]
-        for t in summary.get("teachers", [])
-        if text_keys and not set(t["metrics"]) & set(text_keys)
-    ]
-    if blank:  # e.g. the demo's runs: the teacher's downstream tasks were scored, its text sets were not
-        parts.append(
-            f"{', '.join(f'`{b}`' for b in blank)}: no eval-set figures in these runs (they were evaluated with "
-            "`eval.teacher_metrics=false`; `ekd eval RUN eval.teacher_metrics=true` adds them).\n"
-        )
+    for t in summary.get("teachers", []):  # e.g. the demo's: its downstream tasks scored, its text sets not
+        if text_keys and not set(t["metrics"]) & set(text_keys):
+            why = t.get("without_sets", "eval.teacher_metrics=false")
+            how = f"; `ekd eval RUN {why[:-5]}true` adds them" if why.startswith("eval.") else ""
+            parts.append(f"`{t['label']}`: no eval-set figures in these runs ({why}{how}).\n")
     if summary.get("replica_notes"):
         parts.append(
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "
@@ -151,7 +150,10 @@ def to_csv(summary: dict[str, Any]) -> str:
                 d = g["vs"].get(b, {}).get(key)
                 extra += [d["mean"], d["std"], d["n"], d["verdict"]] if d else ["", "", "", ""]
             w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
-    for t in summary.get("teachers", []):  # one figure per set: no spread, no difference (try-out 32)
+    for t in summary.get("teachers", []):  # no difference; a spread over seeds where they differ (few-shot)
         for key, value in t["metrics"].items():
-            w.writerow([t["label"], key, value, "", 1, *[""] * (4 * len(baselines))])
+            std = t.get("spread", {}).get(key, {}).get("std", "")
+            w.writerow(
+                [t["label"], key, value, std, t.get("n", {}).get(key, 1), *[""] * (4 * len(baselines))]
+            )
     return buf.getvalue()

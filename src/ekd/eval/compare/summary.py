@@ -55,7 +55,7 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
     else:
         verdict = "within spread"
     out = {"mean": mean, "std": std, "n": len(diffs), "verdict": verdict}
-    noise = item_noise(group, baseline, key)
+    noise = item_noise(group, baseline, key, seeds)
     if verdict in ("better", "worse", "1 seed") and abs(mean) < noise:
         out["verdict"] = ITEM_NOISE  # a fixed set of n items: seeds cannot average its sampling error away
     if math.isfinite(noise):
@@ -66,10 +66,12 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
 ITEM_NOISE = "within item noise"
 
 
-def item_noise(group: Group, baseline: Group, key: str) -> float:
+def item_noise(group: Group, baseline: Group, key: str, seeds: list[int] | None = None) -> float:
     """The smallest difference of a downstream task's score (a proportion: accuracy, exact match) that its n
-    items resolve: :func:`~ekd.eval.task_metrics.gap_noise` of the two groups' means — 2·√((a(1−a) + b(1−b))/n),
-    at least 3/n — and for a tag's mean over tasks, :func:`~ekd.eval.task_metrics.mean_noise` of its tasks'.
+    items resolve: :func:`~ekd.eval.task_metrics.gap_noise` of the two groups' means over ``seeds`` (the paired
+    seeds the difference is over; None: every seed) — 2·√((a(1−a) + b(1−b))/n), at least 3/n — and for a tag's
+    mean over tasks, :func:`~ekd.eval.task_metrics.mean_noise` of its tasks'. The means are over the difference's
+    own seeds (try-out 39: a method's seed that no baseline run pairs moved the noise and flipped a verdict).
     Every seed is scored on the same items, so this error does not shrink with seeds (try-out 34: 'better' on
     2 seeds that differed by 3 and 1 items of 70, one standard error being ~0.08). NaN (no judgement) for any
     other key, an unknown item count, or a score outside [0, 1]."""
@@ -82,7 +84,7 @@ def item_noise(group: Group, baseline: Group, key: str) -> float:
     way = run.task_way(run.entry_name(column)) if run is not None else {}
 
     def mean_of(g: Group, k: str) -> float:
-        values = list(g.values(k).values())
+        values = [v for seed, v in g.values(k).items() if seeds is None or seed in seeds]
         return statistics.fmean(values) if values else math.nan
 
     if column.startswith("task:"):
@@ -152,11 +154,14 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """One row per distinct teacher (:meth:`RunRecord.teacher`; the runs' ``<set>/teacher`` metrics): the
-    teacher, the groups it taught, its metrics — the mean over the runs of a column, with ``spread`` (std, n)
-    where they differ (a few-shot task's examples are drawn per seed) — and a label: '(teacher)' when there is
-    one, else '(teacher of kd, ...)'. Its figures on a set go to the set's column (:func:`label_eval_sets`): the same teacher on a set
-    scored two ways has a figure in each column, told apart by the column, not by a second row of one label
-    (try-out 29: two rows '(teacher of kd)'); a run with one set more than the others adds that set's figures."""
+    teacher, the groups it taught, its metrics — the mean over the seeds of a column (each seed's the mean of its
+    runs': every method's run of a seed scores the same teacher alike), with ``spread`` (std, n) where seeds
+    differ (a few-shot task's examples are drawn per seed), ``n`` the seeds of each figure — and a label:
+    '(teacher)' when there is one, else '(teacher of kd, ...)'. Its figures on a set go to the set's column
+    (:func:`label_eval_sets`): the same teacher on a set scored two ways has a figure in each column, told apart
+    by the column, not by a second row of one label (try-out 29: two rows '(teacher of kd)'); a run with one set
+    more than the others adds that set's figures. ``without_sets``: why its runs have no figures of it on a text
+    eval set (only its downstream tasks), from their configs."""
     rows: list[dict[str, Any]] = []
     for g in groups:
         for r in g.runs:
@@ -172,20 +177,47 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             row = next((row for row in rows if row["key"] == r.teacher()), None)
             if row is None:
                 teacher = (r.config.get("model") or {}).get("teacher")
-                row = {"key": r.teacher(), "teacher": teacher, "of": [], "values": {}}
+                row = {"key": r.teacher(), "teacher": teacher, "of": [], "values": {}, "why": []}
                 rows.append(row)
             for k, v in metrics.items():
-                row["values"].setdefault(k, []).append(v)
+                row["values"].setdefault(k, {}).setdefault(r.seed, []).append(v)
             if g.label not in row["of"]:
                 row["of"].append(g.label)
+            row["why"].append(_no_teacher_sets(r.config, g.label))
     for row in rows:
         del row["key"]
         row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
-        values = row.pop("values")
-        # a column is one way of scoring: the teacher scores alike in every run of it — but a few-shot task
-        # draws its examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
-        row["metrics"] = {k: statistics.fmean(vs) for k, vs in values.items()}
+        why = row.pop("why")
+        row["without_sets"] = next((w for w in why if not w.startswith("eval.")), why[0])
+        # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
+        # examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
+        per_seed = {
+            k: [statistics.fmean(vs) for vs in seeds.values()] for k, seeds in row.pop("values").items()
+        }
+        row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
+        row["n"] = {k: len(vs) for k, vs in per_seed.items()}
         row["spread"] = {
-            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in values.items() if len(set(vs)) > 1
+            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
         }
     return rows
+
+
+def _no_teacher_sets(config: dict[str, Any], method: str) -> str:
+    """Why a run's eval.json has no teacher figures on its text eval sets, from its ``config.yaml``: the switch
+    that turned them off, else the rule of :func:`ekd.train.prepare.evaluates_teacher` (a ``preset:`` teacher is
+    random, rebuilt for evaluation only by a method that trains with it; try-out 39: a ``ce`` run was said to have
+    ``eval.teacher_metrics=false``, and following the advice added nothing)."""
+    from ekd.config.load import config_from_dict
+    from ekd.train.prepare import evaluates_teacher
+
+    evaluation = config.get("eval") or {}
+    for key in ("teacher", "teacher_metrics"):
+        if evaluation.get(key) is False:
+            return f"eval.{key}=false"
+    try:
+        evaluated = evaluates_teacher(config_from_dict(config))
+    except Exception:  # noqa: BLE001 — a config an older or newer ekd wrote: no rule to apply
+        evaluated = True
+    if not evaluated:
+        return f"`{method}` evaluates without its teacher: a random `preset:` teacher, or none"
+    return "eval.teacher_metrics=false"
