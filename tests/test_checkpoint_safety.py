@@ -425,3 +425,25 @@ def test_an_atomic_directory_a_kill_left_renamed_aside_is_put_back(tmp_path):
         (staging / "config.json").write_text("v2")
     assert (tmp_path / "student" / "config.json").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+def test_a_sample_selection_changed_since_the_checkpoint_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+    """Try-out 41, F1: TopSmp's ``sample_selection.json`` edited (valid JSON, other block ids) was used by --resume
+    without a word, so steps after it trained on other blocks. The checkpoint records which blocks its order drew
+    from (``blocks_sha256``); deleting the file scores the samples again with the initial student, alike."""
+    extra = {**EXTRA, "method.sample_fraction": 0.5}
+    make_workspace(tmp_path, "ck", extra)
+    monkeypatch.chdir(tmp_path)
+    path = RUN / "sample_selection.json"
+    written = json.loads(path.read_text())
+    kept = written["sample_ids"]
+    others = [i for i in range(written["meta"]["samples"]) if i not in kept][: len(kept)]
+    assert len(others) == len(kept) > 0
+    path.write_text(json.dumps(written | {"sample_ids": others}))
+    config = config_file(Path("."), Path("corpus"), "ck", **extra)
+    line = one_error_line(*cli(capsys, "distill", config, "train.max_steps=3", "--resume")[::2])
+    assert "sample_selection.json keeps other training blocks than checkpoint step-000002" in line, line
+    path.unlink()
+    rc, _, err = cli(capsys, "distill", config, "train.max_steps=3", "--resume")
+    assert rc == 0, err
+    assert json.loads(path.read_text())["sample_ids"] == kept

@@ -614,7 +614,7 @@ def test_loader_exact_resume_across_epochs(k: int) -> None:
     first = BlockLoader(blocks, 3, seed=1)
     assert take(first, k) == uninterrupted[:k]
     state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
-    assert set(state) == {"epoch", "position", "blocks", "step_rows"}
+    assert set(state) == {"epoch", "position", "blocks", "blocks_sha256", "step_rows"}
     resumed = BlockLoader(blocks, 3, seed=1)
     resumed.load_state_dict(state)
     assert take(resumed, 10 - k) == uninterrupted[k:]

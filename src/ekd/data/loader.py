@@ -140,16 +140,23 @@ class BlockLoader:
         while True:
             yield self.next_batch()
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "position", "blocks", "step_rows"}``: enough to resume exactly (with the same blocks and
-        seed); ``blocks``, how many blocks the order is drawn from, tells a checkpoint of another draw apart;
-        ``step_rows``, the rows a step needs left in an epoch, keeps an older run's epoch rule (below)."""
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position", "blocks", "blocks_sha256", "step_rows"}``: enough to resume exactly (with the
+        same blocks and seed); ``blocks``, how many blocks the order is drawn from, and ``blocks_sha256``, which
+        (:meth:`indices_sha256`), tell a checkpoint of another draw apart; ``step_rows``, the rows a step needs
+        left in an epoch, keeps an older run's epoch rule (below)."""
         return {
             "epoch": self.epoch,
             "position": self.position,
             "blocks": self.indices.numel(),
+            "blocks_sha256": self.indices_sha256(),
             "step_rows": self.step_rows,
         }
+
+    def indices_sha256(self) -> str:
+        """sha256 of the block indices the order is drawn from (int64, little-endian): the same count of other
+        blocks — a sample selection edited or damaged since the checkpoint (try-out 41) — is another draw."""
+        return hashlib.sha256(self.indices.to(torch.int64).cpu().numpy().astype("<i8").tobytes()).hexdigest()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -163,6 +170,8 @@ class BlockLoader:
             raise ValueError(
                 f"the loader drew from {state['blocks']} blocks, this run from {self.indices.numel()}"
             )
+        if state.get("blocks_sha256", self.indices_sha256()) != self.indices_sha256():
+            raise ValueError(f"the loader drew from other blocks than this run's {self.indices.numel()}")
         self.epoch, self.position = epoch, position
         # a checkpoint of an ekd that ended epochs per batch records no step_rows: it continues with that rule
         self.step_rows = int(state.get("step_rows", self.batch_size))

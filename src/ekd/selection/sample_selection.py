@@ -266,7 +266,10 @@ def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     try:
         payload = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read the sample selection {path}: {e}") from None
+        raise ConfigError(
+            f"cannot read the sample selection {path}: {e}; restore the file the run wrote, or delete it so that "
+            "the initial student scores the samples again"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an ekd sample selection file")
     if payload.get("version") != VERSION:

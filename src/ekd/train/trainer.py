@@ -97,6 +97,7 @@ from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
+SAMPLE_SELECTION = "sample_selection.json"  # TopSmp's kept blocks, scored once by the initial student
 
 
 @dataclass
@@ -414,6 +415,13 @@ def _train(
                     "too: it keeps doing so, so that its order continues exactly (a new run leaves them out)"
                 )
                 loader = loader.subset(everything)
+            drawn = state["loader"].get("blocks_sha256")  # absent from checkpoints of older ekd versions
+            if kept is not None and drawn not in (None, loader.indices_sha256()):
+                raise RunDirError(
+                    f"{run_dir / SAMPLE_SELECTION} keeps other training blocks than checkpoint {ckpt.name} trained "
+                    "on (edited or damaged since; try-out 41: it trained on them without a word): restore the file "
+                    "the run wrote, or delete it so that the initial student scores the samples again"
+                )
             loader.load_state_dict(state["loader"])
             parts.policy.load_state_dict(state["policy"])
             if hasattr(parts.temperature, "load_state_dict"):
@@ -880,7 +888,7 @@ def sample_selection(
     """
     from ekd.selection.sample_selection import load_sample_selection, save_sample_selection, select_samples
 
-    path = run_dir / "sample_selection.json"
+    path = run_dir / SAMPLE_SELECTION
     done = path.is_file()
     ranks.barrier()  # every rank has looked before rank 0 may write it
     if done:
