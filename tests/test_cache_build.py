@@ -497,6 +497,8 @@ def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsy
 CACHE_AND_DISTILL_REFUSE = {
     "rs-tau2": ["method.kd_temperature=2"],  # RS targets are drawn at τ=1
     "rs-tau-per-token": ["method.temperature=entropy_map"],
+    # try-out 41, F2: idts needs hellinger, and was refused as a scorer to change, not as a per-token τ
+    "rs-tau-per-token-idts": ["method.temperature=idts"],
     "rs-tau-schedule": ["method.temperature=schedule", "method.temperature_end=2"],
     "topk-tau-per-token": ["method=topk", "method.temperature=entropy_map"],
     "on-policy": ["method.student_data_fraction=0.5"],
@@ -945,3 +947,12 @@ def test_training_from_a_cache_of_other_positions_is_refused_by_name(setup, caps
         == 2
     )
     assert "position_fraction [teacher.cache_fraction]: expected 0.5, found 0.25" in _error_line(capsys)
+
+
+def test_idts_from_a_cache_is_refused_as_a_per_token_temperature(setup, capsys):
+    """Try-out 41, F2: ``method.temperature=idts`` with a cache was told that hellinger (its score) needs the full
+    distribution and to use 'a teacher-side/student-side score' — a key it had not set."""
+    args = ["run.name=idts-cache", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}"]
+    assert main(["distill", setup["cfg"], *args, "method.temperature=idts"]) == 2
+    line = _error_line(capsys)
+    assert "method.temperature=idts changes τ per token, but cached RS targets are drawn at τ=1" in line, line

@@ -508,3 +508,12 @@ def test_shipped_config_loads_and_validates(path):
     assert isinstance(cfg, Config)
     # and it survives the save/reload a run does
     assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_a_number_given_as_the_temperature_policy_names_the_temperature_key():
+    """Try-out 41, F4: ``method.temperature=2`` (meaning τ = 2) listed the policies without pointing to
+    ``method.kd_temperature``."""
+    with pytest.raises(
+        ConfigError, match=r"got '2'; a number is method.kd_temperature's: method.kd_temperature=2"
+    ):
+        load_config([], ["method=ekd", "method.temperature=2"])

@@ -64,6 +64,8 @@ class OneOf:
     ignore_case: bool = False
     elsewhere: tuple[tuple[str, str], ...] = ()
     """(name, where it belongs) of names that are right for another key, said instead of a did-you-mean."""
+    numbers: str = ""
+    """The key a number given here belongs to (``method.temperature=2`` means ``method.kd_temperature=2``)."""
 
     def names(self) -> list[str]:
         return list(self.options() if callable(self.options) else self.options)
@@ -74,6 +76,8 @@ class OneOf:
         if found in names:
             return
         hint = next((f" ({value} is {where})" for name, where in self.elsewhere if name == found), None)
+        if hint is None and self.numbers and _is_number(value):
+            hint = f"; a number is {self.numbers}'s: {self.numbers}={value}"
         hint = hint if hint is not None else did_you_mean(found, names)
         shown = ", ".join(repr(n) if n == "" else n for n in names)
         raise ConfigError(f"{key} must be one of {shown}, got '{value}'{hint}")
@@ -198,10 +202,19 @@ def one_of(
     names: Callable[[], Iterable[str]] | None = None,
     ignore_case: bool = False,
     elsewhere: tuple[tuple[str, str], ...] = (),
+    numbers: str = "",
 ) -> Any:
     """A name from ``options`` (or from the callable ``names``, read when validating); ``elsewhere``: (name,
-    where it belongs) of names another key takes, said when given here."""
-    return _declare(default, OneOf(names if names is not None else options, ignore_case, elsewhere))
+    where it belongs) of names another key takes, said when given here; ``numbers``: the key a number belongs to."""
+    return _declare(default, OneOf(names if names is not None else options, ignore_case, elsewhere, numbers))
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def text(

@@ -373,7 +373,7 @@ class MethodConfig:
     sample_scorer: str = one_of("student_entropy", names=_sample_scorer_names)
     """Sample selection score by the frozen initial student: student_entropy, forward_kl, ce_ratio, random."""
     # -- at what temperature --
-    temperature: str = one_of("constant", names=_temperature_names)
+    temperature: str = one_of("constant", names=_temperature_names, numbers="method.kd_temperature")
     """Temperature policy: constant, schedule, idts (AdaKD), entropy_map (EGAD)."""
     temperature_end: float = kd_tau(1.0)
     """schedule: τ1 at the end."""

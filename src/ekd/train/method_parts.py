@@ -74,6 +74,11 @@ class MethodParts:
         if feature:
             needs.add("teacher_entropy")
         if cfg.teacher.source == "cache" and needs_teacher:
+            from ekd.teacher.cache.source import check_cache_temperature
+
+            # a per-token τ (idts needs hellinger) is refused for what it is first (try-out 41: idts was told
+            # to change a scorer it did not set)
+            check_cache_temperature(m, total_steps)
             missing = sorted(needs & PAIR_STATS)
             if missing or m.objective in ("dkd", "atkd") or feature:
                 what = ", ".join(missing) or (m.objective if m.objective != "kd" else "the feature branch")
