@@ -53,6 +53,11 @@ def test_distill_eval_end_to_end_and_reload_with_transformers(tmp_path, corpus, 
     assert "ppl" in out and "eval" in out
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["eval"]["tokens"] > 0 and "kl" in saved["eval"]
+    # the teacher its KL was measured with (try-out 39: a teacher retrained in place was 'the same')
+    assert (
+        saved["eval"]["teacher"]["model"].startswith("preset:llama-")
+        and saved["eval"]["teacher"]["dtype"] == "auto"
+    )
 
 
 def test_list_and_config_show(tmp_path, corpus, capsys):

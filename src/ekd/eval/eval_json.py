@@ -25,6 +25,11 @@ SCORING_KEY = "scoring"
 """The key of a set's entry holding the ``eval.*`` settings its figures were computed with (``ece_bins``,
 ``entropy_buckets``): ECE over 5 bins is another figure than over 15 (try-out 34: ``ekd compare`` averaged the two)."""
 SCORING_SETTINGS = ("ece_bins", "entropy_buckets")
+TEACHER_KEY = "teacher"
+"""The key of a set's entry and of its teacher row holding the teacher its KL, agreement and teacher figures were
+measured with: ``{"model": identity, "dtype": model.teacher_dtype}``, the identity as
+:func:`ekd.train.task_evaluation.model_identity` gives it (a local directory with its weight files' sizes and
+mtimes: a teacher retrained in place is another teacher; try-out 39)."""
 TEACHER_SUFFIX = "/teacher"
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
@@ -56,15 +61,19 @@ def with_settings(
     data: Mapping[str, Any],
     blocks: Mapping[str, str] | None = None,
     scoring: Mapping[str, Any] | None = None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``results`` (set → metrics, as :func:`ekd.train.evaluation.evaluate_run` returns) as eval.json
     entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`, and the sha256 of its
     blocks, ``blocks[set]``, under :data:`BLOCKS_KEY`) and :data:`SCORING_KEY` (``scoring``: the ``eval``
     section, narrowed to :data:`SCORING_SETTINGS`); teacher rows are scored on their set's blocks the set's way
-    and carry none."""
+    and carry none. Every entry measured with the teacher (its row, a set's KL and agreement) records
+    ``teacher`` under :data:`TEACHER_KEY`."""
     out: dict[str, Any] = {}
     for name, metrics in results.items():
         out[name] = dict(metrics)
+        if teacher is not None and (name.endswith(TEACHER_SUFFIX) or "kl" in metrics or "agree" in metrics):
+            out[name][TEACHER_KEY] = dict(teacher)
         if not name.endswith(TEACHER_SUFFIX):
             out[name][SETTINGS_KEY] = set_settings(data, name)
             if blocks and name in blocks:
@@ -98,16 +107,22 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any
 
 def split_settings(
     entries: Mapping[str, Mapping[str, Any]],
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+) -> tuple[
+    dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]
+]:
     """eval.json's set entries → (set → metrics alone, set → recorded data settings, set → recorded scoring
-    settings (:data:`SCORING_KEY`); the last two for the sets that record them)."""
+    settings (:data:`SCORING_KEY`), entry → the teacher it was measured with (:data:`TEACHER_KEY`); the last three
+    for the entries that record them)."""
     metrics: dict[str, dict[str, Any]] = {}
     settings: dict[str, dict[str, Any]] = {}
     scoring: dict[str, dict[str, Any]] = {}
+    teachers: dict[str, dict[str, Any]] = {}
     for name, entry in entries.items():
-        metrics[name] = {k: v for k, v in entry.items() if k not in (SETTINGS_KEY, SCORING_KEY)}
+        metrics[name] = {k: v for k, v in entry.items() if k not in (SETTINGS_KEY, SCORING_KEY, TEACHER_KEY)}
         if isinstance(entry.get(SETTINGS_KEY), dict):
             settings[name] = dict(entry[SETTINGS_KEY])
         if isinstance(entry.get(SCORING_KEY), dict):
             scoring[name] = dict(entry[SCORING_KEY])
-    return metrics, settings, scoring
+        if isinstance(entry.get(TEACHER_KEY), dict):
+            teachers[name] = dict(entry[TEACHER_KEY])
+    return metrics, settings, scoring, teachers

@@ -11,9 +11,12 @@ log-likelihoods, confidence = max p, correct = the arg-max choice is gold (lm-ev
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from ekd.eval.eval_json import TEACHER_KEY
 
 MIN_ECE_SAMPLES = 10
 TAGS = ("in_distribution", "shift", "diversity_shift", "correlation_shift")
@@ -190,12 +193,18 @@ def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     out = {k: v for k, v in eval_json.items() if k != "tasks"}
     section = eval_json.get("tasks") or {}
     for role, suffix in (("student", ""), ("teacher", "/teacher")):
+        teachers = set()
         for task, r in (section.get(role) or {}).items():
             out[f"task:{task}{suffix}"] = {"score": _nan(r.get("value")), "ece": _nan(r.get("ece"))}
+            if isinstance(r.get(TEACHER_KEY), dict):  # the teacher a teacher result was scored with
+                out[f"task:{task}{suffix}"][TEACHER_KEY] = r[TEACHER_KEY]
+            teachers.add(json.dumps(r.get(TEACHER_KEY), sort_keys=True))
         summary = (section.get("summary") or {}).get(role) or {}
         for tag, mean in (summary.get("mean") or {}).items():
             ece = (summary.get("mc_ece") or {}).get(tag)
             out[f"tasks[{tag}]{suffix}"] = {"score": _nan(mean), "ece": _nan(ece)}
+            if suffix and len(teachers) == 1 and (one := json.loads(next(iter(teachers)))) is not None:
+                out[f"tasks[{tag}]{suffix}"][TEACHER_KEY] = one  # every task of the means by one teacher
     return out
 
 

@@ -407,6 +407,20 @@ def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
     )
 
 
+def teacher_identity(cfg: Config) -> dict[str, str]:
+    """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
+    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher`` with its weight files' sizes and mtimes for a local
+    directory (a teacher retrained in place is another), its revision for a hub id
+    (:func:`~ekd.train.task_evaluation.model_identity`), and ``model.teacher_dtype``. A random ``preset:`` teacher
+    is named alone: every seed's is another random model, its runs pair within their seed."""
+    from ekd.models.load import is_preset
+    from ekd.train.task_evaluation import model_identity
+
+    spec = cfg.model.teacher
+    model = spec if is_preset(spec) else model_identity(spec, cfg.model.revision)
+    return {"model": model, "dtype": cfg.model.teacher_dtype}
+
+
 def write_eval_json(
     run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool, data: PreparedData
 ) -> None:
@@ -424,7 +438,9 @@ def write_eval_json(
 
     path = run_dir / "eval.json"
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
-    written = with_settings(results, cfg.to_dict()["data"], blocks, cfg.to_dict()["eval"])
+    written = with_settings(
+        results, cfg.to_dict()["data"], blocks, cfg.to_dict()["eval"], teacher_identity(cfg)
+    )
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -36,6 +36,7 @@ from torch import nn
 from ekd.config import Config, parse_overrides
 from ekd.errors import EkdError
 from ekd.eval import task_metrics as tm
+from ekd.eval.eval_json import TEACHER_KEY
 from ekd.eval.task_metrics import DOCUMENTS_SHA256
 from ekd.eval.tasks import (
     TaskSettings,
@@ -338,6 +339,7 @@ def run_end_tasks(
     if not settings.tasks:
         return {}
     require_lm_eval()
+    from ekd.train.evaluation import teacher_identity
     from ekd.train.prepare import PreparedData, load_student, load_teacher
 
     data = PreparedData(tokenizer, {})
@@ -345,7 +347,7 @@ def run_end_tasks(
     results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
     if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
         spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
-        results["teacher"] = cached_tasks(
+        scored = cached_tasks(
             cache_dir,
             "teacher",
             spec,
@@ -353,6 +355,8 @@ def run_end_tasks(
             lambda: (teacher if teacher is not None else load_teacher(cfg, data, device), tokenizer),
             amp,
         )
+        # each result names its teacher, as the eval sets' entries do: kept beside later ones (ekd compare)
+        results["teacher"] = {task: {**r, TEACHER_KEY: teacher_identity(cfg)} for task, r in scored.items()}
     if cfg.eval.tasks_student_init:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)
         results["student_init"] = cached_tasks(

@@ -93,6 +93,8 @@ class RunRecord:
     # column → its eval.json entry (``eval#2`` → ``eval``, ``eval#2/teacher`` → ``eval/teacher``): the set as this
     # run scored it (:func:`label_eval_sets`); None before grouping: each entry under its own name
     columns: dict[str, str] | None = None
+    # eval.json entry → the teacher its figures were measured with, where it records one (:meth:`teacher`)
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def entry_name(self, column: str) -> str | None:
         """The eval.json entry shown in ``column`` (``eval#2``: this run's ``eval``, scored the second way;
@@ -202,8 +204,15 @@ class RunRecord:
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
         return way
 
-    def teacher(self) -> str:
-        """The teacher the run's KL and agreement are measured against (``model.teacher``, revision, dtype)."""
+    def teacher(self, column: str | None = None) -> str:
+        """The teacher the run's figures in ``column`` (a set's KL and agreement, its teacher row) are measured
+        against: the identity its eval.json entry records (``model.teacher`` with its weight files' sizes and
+        mtimes, and dtype: a teacher retrained in place is another; try-out 39), else — an entry of an older ekd,
+        or no column — the config's ``model.teacher``, revision and dtype."""
+        name = self.entry_name(column) if column else None
+        recorded = self.teachers.get(name) if name else None
+        if recorded is not None:
+            return json.dumps(["recorded", recorded.get("model"), recorded.get("dtype")], default=str)
         model = self.config.get("model") or {}
         return json.dumps([model.get(k) for k in TEACHER_KEYS], default=str)
 
@@ -263,7 +272,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
         config = with_todays_defaults(config)
     rows = metric_rows(run_dir)
-    results, scored_with, scored_by, ways = _eval_results(run_dir, rows)
+    results, scored_with, scored_by, ways, teachers = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -284,6 +293,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         segments=marker.get("segments") or None,
         scored_by=scored_by,
         task_ways=ways,
+        teachers=teachers,
     )
 
 
@@ -325,19 +335,21 @@ def _eval_results(
     dict[str, dict[str, Any]],
     dict[str, dict[str, Any]],
     dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
 ]:
     """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
     metrics, set → the data settings it was scored with, for the sets whose eval.json entry records them
     (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json), set → the eval settings it was
-    scored with (likewise), and task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)."""
+    scored with (likewise), task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`), and
+    entry → the teacher it was measured with (likewise)."""
     path = run_dir / "eval.json"
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            sets, scored_with, scored_by = split_settings(task_sets(saved))  # tasks: task:<name>
+            sets, scored_with, scored_by, teachers = split_settings(task_sets(saved))  # tasks: task:<name>
             # eval.json writes NaN as null (strict JSON): back to NaN
             metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
-            return metrics, scored_with, scored_by, task_ways(saved)
+            return metrics, scored_with, scored_by, task_ways(saved), teachers
         except json.JSONDecodeError:
             raise EkdError(
                 f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
@@ -349,7 +361,7 @@ def _eval_results(
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
-    return results, {}, {}, {}
+    return results, {}, {}, {}, {}
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:

@@ -112,7 +112,7 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
             continue  # no such seed, or a set the baseline's run did not score: nothing to pair
         if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
             out[seed] = UNPAIRED[0]  # scored another way: in another column
-        elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher() != base.teacher():
+        elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher(column) != base.teacher(column):
             out[seed] = UNPAIRED[1]
     return out
 
@@ -165,25 +165,20 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for g in groups:
         for r in g.runs:
-            metrics = {
-                f"{set_of(c)}/{m}": v
-                for c in r.column_names()
-                if c.endswith("/teacher")
-                for m, v in r.entry(c).items()
-                if m in METRICS
-            }
-            if not metrics:
-                continue
-            row = next((row for row in rows if row["key"] == r.teacher()), None)
-            if row is None:
-                teacher = (r.config.get("model") or {}).get("teacher")
-                row = {"key": r.teacher(), "teacher": teacher, "of": [], "values": {}, "why": []}
-                rows.append(row)
-            for k, v in metrics.items():
-                row["values"].setdefault(k, {}).setdefault(r.seed, []).append(v)
-            if g.label not in row["of"]:
-                row["of"].append(g.label)
-            row["why"].append(_no_teacher_sets(r.config, g.label))
+            columns = [c for c in r.column_names() if c.endswith("/teacher") and r.entry(c)]
+            for c in columns:  # each column's figures under the teacher it recorded (try-out 39)
+                key = r.teacher(c)
+                row = next((row for row in rows if row["key"] == key), None)
+                if row is None:
+                    teacher = (r.config.get("model") or {}).get("teacher")
+                    row = {"key": key, "teacher": teacher, "of": [], "values": {}, "why": []}
+                    rows.append(row)
+                for m, v in r.entry(c).items():
+                    if m in METRICS:
+                        row["values"].setdefault(f"{set_of(c)}/{m}", {}).setdefault(r.seed, []).append(v)
+                if g.label not in row["of"]:
+                    row["of"].append(g.label)
+                row["why"].append(_no_teacher_sets(r.config, g.label))
     for row in rows:
         del row["key"]
         row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
