@@ -449,9 +449,15 @@ def test_teacher_and_student_templates_must_agree_or_one_is_named(tmp_path, chat
     settle_chat_template(
         cfg, chat_tok, docs, {"teacher": teacher, "student": copy.deepcopy(teacher)}
     )  # agree
-    with pytest.raises(ConfigError, match="student's chat template renders row c.jsonl:1 unlike") as e:
+    with pytest.raises(
+        ConfigError, match="student's chat template renders row c.jsonl:1 to the same tokens"
+    ) as e:
         settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher, "student": student})
     assert "data.chat_template_from" in str(e.value) and "\n" not in str(e.value)
+    other = copy.deepcopy(chat_tok)  # another text: the rendering differs
+    other.chat_template = MARKED.replace("<|end|>{% endgeneration %}", "<|end|><|end|>{% endgeneration %}")
+    with pytest.raises(ConfigError, match="student's chat template renders row c.jsonl:1 unlike the run"):
+        settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher, "student": other})
     cfg.data = chat_cfg(chat_template_from="student")
     settle_chat_template(cfg, chat_tok, docs, {"teacher": teacher, "student": student})
     assert chat_tok.chat_template == student.chat_template

@@ -816,12 +816,13 @@ def test_hf_source_without_a_name_is_one_line(tmp_path, source):
 
 def test_an_eval_sets_unscored_tail_is_said(word_tok: PreTrainedTokenizerFast, caplog) -> None:
     """Try-out 21: an eval set's tokens after its last full block (a whole short last document) were dropped with
-    a debug line only; a set read whole says how many are not scored, training and a capped set do not."""
+    a debug line only; a set read whole says how many are not scored (training says it is not trained:
+    test_data_tryout40.py), a capped set does not."""
     docs = [Document(text="a b c p q x y z"), Document(text="a b c"), Document(text="x y")]  # 9 + 4 + 3 = 16
     with caplog.at_level(logging.INFO, logger="ekd"):
         pack_documents(docs, word_tok, block_length=6, split="shift")
     said = [r.getMessage() for r in caplog.records]
-    tail = "shift: its last 4 tokens (after its last full block of 6) are not scored"
+    tail = "shift: its last 4 tokens (3 targets; after its last full block of 6) are not scored"
     assert any(tail in m for m in said) and "packed" in said[[tail in m for m in said].index(True) - 1]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ekd"):

@@ -6,8 +6,9 @@ the run tokenizer's own template, which must agree with the template of every re
 student the run loads: when the template texts differ, the first rows are rendered with each and their token
 ids and assistant masks compared; a difference is refused in one line that names ``data.chat_template_from``.
 The settled template is set on the run tokenizer, so it travels with it (packing, the exported student,
-``ekd eval``). A declared template file is read by :func:`check_declared_template` before any expensive work
-(reading the corpus, training a tokenizer) — at data preparation, not in config validation, so that ``ekd eval``
+``ekd eval``). A declared template file is read and compiled by :func:`check_declared_template` before any
+expensive work (reading the corpus, training a tokenizer), and a run tokenizer that has to supply the template
+but has none is refused by :func:`check_tokenizer_template` as soon as it is loaded — at data preparation, not in config validation, so that ``ekd eval``
 of a finished run, which renders with the student's saved template, does not need the file any more.
 """
 
@@ -29,15 +30,52 @@ AGREEMENT_ROWS = 8  # rows rendered with both templates when their texts differ
 
 
 def check_declared_template(cfg: Config) -> None:
-    """Read ``data.chat_template`` now when a ``data.format=chat`` run declares one, so that a missing or
-    unreadable file is reported before the corpus is read and a tokenizer trained.
+    """Read and compile ``data.chat_template`` now when a ``data.format=chat`` run declares one, so that a
+    missing or unreadable file, or a Jinja syntax error, is reported before the corpus is read and a tokenizer
+    trained (try-out 40: a syntax error came out as every row rejected by the template, after reading them all).
 
     Raises:
         ConfigError: The value is neither a template nor a readable file (see
-            :func:`~ekd.data.chat.read_template_option`).
+            :func:`~ekd.data.chat.read_template_option`); the template does not compile.
     """
     if cfg.data.format == "chat" and cfg.data.chat_template:
-        read_template_option(cfg.data.chat_template)
+        template = read_template_option(cfg.data.chat_template)
+        if (error := jinja_syntax_error(template)) is not None:
+            where = "" if template == cfg.data.chat_template else f" ({cfg.data.chat_template})"
+            raise ConfigError(
+                f"data.chat_template{where}: the template does not compile: Jinja syntax error at {error}; fix "
+                "the template"
+            )
+
+
+def check_tokenizer_template(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> None:
+    """With ``data.format=chat`` and neither ``data.chat_template`` nor ``data.chat_template_from``, the run
+    renders with the tokenizer's own template: refuse a tokenizer without one as soon as it is loaded, before
+    the corpus is read (try-out 40: 200,000 rows were read, 20 s, to say so).
+
+    Raises:
+        ConfigError: The tokenizer has no chat template (or is a slow one), as :class:`ChatRenderer` says.
+    """
+    data = cfg.data
+    if data.format == "chat" and not data.chat_template and not data.chat_template_from:
+        ChatRenderer(tokenizer, source=f"the tokenizer (model.tokenizer={cfg.model.tokenizer})")
+
+
+def jinja_syntax_error(template: str) -> str | None:
+    """Where and why ``template`` fails to compile as transformers compiles chat templates (its extensions:
+    ``{% generation %}``, loop controls), as ``line 1: unexpected '}'``; None when it compiles (or this
+    transformers has no such compiler: a row then reports the error when it is rendered)."""
+    import jinja2
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    try:
+        _compile_jinja_template(template)
+    except jinja2.TemplateSyntaxError as e:
+        return f"line {e.lineno}: {e.message}"
+    return None
 
 
 def settle_chat_template(
@@ -105,12 +143,33 @@ def _check_agreement(
             continue
         theirs = ChatRenderer(tokenizer, theirs_text)  # the shared vocabulary, the other template
         for doc in chat_rows:
-            if _render_or_none(ours, doc) != _render_or_none(theirs, doc):
+            mine, other = _render_or_none(ours, doc), _render_or_none(theirs, doc)
+            if mine != other:
                 raise ConfigError(
-                    f"data.format=chat: the {role}'s chat template renders row {doc.doc_id} unlike the run "
-                    "tokenizer's; set data.chat_template_from=teacher or student (or data.chat_template) to "
-                    "name the template to use"
+                    f"data.format=chat: the {role}'s chat template {_disagreement(mine, other, doc.doc_id)}; set "
+                    "data.chat_template_from=teacher or student (or data.chat_template) to name the template to use"
                 )
+
+
+def _disagreement(ours: tuple | None, theirs: tuple | None, row: str) -> str:
+    """How another template's rendering ``theirs`` of ``row`` differs from the run template's ``ours`` (each
+    :func:`_render_or_none`), as the refusal's clause. Same tokens, other trained ones, is said so, with the
+    counts (try-out 40: a ``{% generation %}`` copy of the same template, as TRL's ``*_training.jinja``, which
+    leaves out the newline after the end-of-turn token, was said to render the row unlike: its text was
+    byte-identical)."""
+    if theirs is None or ours is None:
+        return (
+            f"rejects row {row}, which the run tokenizer's renders"
+            if theirs is None
+            else (f"renders row {row}, which the run tokenizer's rejects")
+        )
+    if ours[0] != theirs[0]:
+        return f"renders row {row} unlike the run tokenizer's"
+    at = next(i for i, (a, b) in enumerate(zip(ours[1], theirs[1])) if a != b)
+    return (
+        f"renders row {row} to the same tokens as the run tokenizer's but trains others: {sum(theirs[1])} "
+        f"assistant tokens against {sum(ours[1])}, the first difference at token {at}"
+    )
 
 
 def _render_or_none(renderer: ChatRenderer, doc: Document):
@@ -121,4 +180,10 @@ def _render_or_none(renderer: ChatRenderer, doc: Document):
     return rendered.input_ids, rendered.assistant_mask
 
 
-__all__ = ["AGREEMENT_ROWS", "check_declared_template", "settle_chat_template"]
+__all__ = [
+    "AGREEMENT_ROWS",
+    "check_declared_template",
+    "check_tokenizer_template",
+    "jinja_syntax_error",
+    "settle_chat_template",
+]

@@ -6,7 +6,8 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
 - ``pystdlib`` / ``pystdlib:<split>``: the builtin corpus (see :mod:`ekd.data.pystdlib`); the bare name is
   its ``train`` split.
 - ``hf:<name or local path>``: a Hugging Face dataset, via ``load_from_disk`` when the path is a directory
-  written by ``Dataset.save_to_disk``, else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``
+  written by ``Dataset.save_to_disk`` (a ``DatasetDict``: its ``data.hf_split``; a single ``Dataset``: all its
+  rows, and a ``data.hf_split`` other than the default is refused, as it has no splits), else ``load_dataset(name, data.hf_name or None, split=data.hf_split)``
   (``streaming=True`` with ``data.hf_streaming``); rows are read in batches, never all at once.
 - a ``.jsonl`` / ``.parquet`` file: one document per row, from ``data.text_field`` or from the
   ``data.prompt_field`` / ``data.response_field`` pair (the prompt gets no loss).
@@ -252,7 +253,9 @@ def _read_source(
     if fmt == "hf" or source.startswith("hf:"):
         return _read_hf(source.removeprefix("hf:"), data_cfg, key, skipped)
     path = Path(source)
-    if fmt == "chat" and (path.is_dir() or (path.exists() and _format_from_suffix(path, key) == "text")):
+    if fmt == "chat" and path.is_dir():
+        raise _chat_directory(path, source, key)
+    if fmt == "chat" and path.exists() and _format_from_suffix(path, key) == "text":
         raise ConfigError(
             f"{key}: data.format=chat reads conversations from JSONL, Parquet or hf: rows, not text files ({source})"
         )
@@ -281,6 +284,23 @@ def _read_source(
     if fmt == "jsonl":
         return _read_jsonl(path, data_cfg, key, skipped)
     return _read_parquet(path, data_cfg, key, skipped)
+
+
+def _chat_directory(path: Path, source: str, key: str) -> ConfigError:
+    """The refusal of a directory source under ``data.format=chat`` (a directory reads one text document per
+    file), naming the glob that reads its row files' rows when it holds some (try-out 40: the message spoke of
+    text files to a user whose directory held one ``chat.jsonl``)."""
+    listing = list_directory(path)
+    if not listing.row_files:
+        return ConfigError(
+            f"{key}: data.format=chat reads conversations from JSONL, Parquet or hf: rows, not a directory of "
+            f"text files ({source} holds no .jsonl or .parquet file); name the row files, or a glob of them"
+        )
+    return ConfigError(
+        f"{key}: data.format=chat reads conversations from JSONL, Parquet or hf: rows, and a directory source "
+        f"reads text files only ({source} holds {by_suffix(listing.row_files)}); read their rows with a glob: "
+        f"{listing.row_glob(key, source)}"
+    )
 
 
 def _read_glob(
@@ -640,9 +660,10 @@ def _read_hf(
         )
     path = Path(name)
     offline = check_dataset_reachable(name, key)  # "" or why the hub is not used (then: the cache only)
+    from_disk = path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
     try:
         with quiet_dataset_progress():
-            if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+            if from_disk:
                 ds: Any = datasets.load_from_disk(str(path))
             else:
                 ds = datasets.load_dataset(
@@ -665,6 +686,14 @@ def _read_hf(
                 f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})"
             )
         ds = ds[data_cfg.hf_split]
+    elif (
+        from_disk and data_cfg.hf_split != DataConfig().hf_split
+    ):  # try-out 40: it was ignored without a word
+        raise ConfigError(
+            f"data.hf_split={data_cfg.hf_split}: hf:{name} is a single Dataset saved by save_to_disk, which has no "
+            f"splits; leave data.hf_split at its default ({DataConfig().hf_split}) to read all its rows, or save a "
+            "DatasetDict"
+        )
     if ds.column_names is not None:  # a streamed dataset may know its columns only from its first rows
         _check_columns(list(ds.column_names), fields, f"hf:{name}", data_cfg, key)
     row = 0

@@ -5,8 +5,10 @@ demo's whole in-distribution budget (48 blocks of 128 tokens = 2 of its 17 docum
 described two texts. Here the set is packed up to ``EVAL_POOL`` · k blocks (the pool: documents past it are
 not tokenized) and k blocks are taken at even strides through the pool — a systematic sample of the token
 stream, each scored block standing for the same share of the pool's tokens, as token-level metrics (ppl,
-KL, ECE) weigh them. Same budget, many more documents. Both data paths (in memory, token store) sample
-through :func:`spread_blocks`.
+KL, ECE) weigh them. Same budget, many more documents. Only blocks that hold a target are candidates (try-out
+40: chat sets, whose system prompts and tool definitions fill blocks with no assistant token, spent half the
+budget on blocks that scored nothing); the log line says how many hold none. Both data paths (in memory, token
+store) sample through :func:`spread_blocks`.
 """
 
 from __future__ import annotations
@@ -41,15 +43,19 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
 
 
 def spread_blocks(pool: PackedBlocks, k: int, split: str = "") -> PackedBlocks:
-    """The k blocks of :func:`spread_indices` of ``pool``, as tensors (store columns load only those rows),
-    renumbered ``sample_ids = arange(k)`` (:meth:`PackedBlocks.select`). Their
+    """k blocks of ``pool`` at :func:`spread_indices` strides through its blocks that hold a target (through all
+    of them when none does), as tensors (store columns load only those rows), renumbered ``sample_ids =
+    arange(k)`` (:meth:`PackedBlocks.select`): deterministic, a function of the pool alone. Their
     :attr:`~PackedBlocks.num_documents` counts the pool's documents with a target in the chosen blocks (a
-    document seen in two of them, unchosen blocks between, counts once). ``pool`` itself when none is left out.
+    document seen in two of them, unchosen blocks between, counts once). ``pool`` itself when k = 0 or k ≥ its
+    blocks (no cap); every block that holds a target when fewer than k do.
     """
     n = len(pool)
-    rows = spread_indices(n, k)
-    if rows.numel() == n:
+    if k <= 0 or k >= n:
         return pool
+    held = pool.rows_with_targets()  # (h,) ascending
+    candidates = held if held.numel() else torch.arange(n, dtype=torch.long)
+    rows = candidates[spread_indices(len(candidates), k)]  # (min(h, k),)
     blocks = replace(pool.select(rows), documents=_documents_in(pool, rows))  # (k, T) fields
     read = (
         f"its first {n} blocks (the set goes on: {EVAL_POOL} × data.max_eval_blocks are read)"
@@ -57,14 +63,26 @@ def spread_blocks(pool: PackedBlocks, k: int, split: str = "") -> PackedBlocks:
         else f"its {n} blocks"
     )
     logger.info(
-        "%sscoring %d of %s, spread evenly (%s, %s)",
+        "%sscoring %d of %s, %s%s, %s)",
         f"{split}: " if split else "",
         len(blocks),
         read,
+        _how_chosen(len(rows), held.numel(), n - held.numel()),
         counted(blocks.num_documents, "document"),
         counted(blocks.num_targets, "target"),
     )
     return blocks
+
+
+def _how_chosen(chosen: int, held: int, empty: int) -> str:
+    """How :func:`spread_blocks` chose ``chosen`` blocks of a pool where ``held`` blocks hold a target and
+    ``empty`` hold none, up to the open parenthesis its line's counts follow."""
+    if not empty:
+        return "spread evenly ("
+    if not held:
+        return "spread evenly (none holds a target; "
+    among = f"over the {held} that hold a target" if chosen < held else "every one that holds a target"
+    return f"spread evenly {among} ({empty} hold none; "
 
 
 def _documents_in(pool: PackedBlocks, rows: torch.Tensor) -> int:

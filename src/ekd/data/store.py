@@ -258,6 +258,17 @@ def documents_before(folder: Path, documents: int, tokens: int) -> int:
     return int(np.searchsorted(offsets, tokens, side="left"))
 
 
+def targets_between(folder: Path, start: int, stop: int) -> int:
+    """Targets among tokens ``[start, stop)`` of the split's stream in ``folder`` (the target mask file,
+    memory-mapped: only that range is read); 0 for an empty range."""
+    if stop <= start:
+        return 0
+    mask = np.memmap(
+        folder / FILES["target"][0], dtype=np.uint8, mode="r", offset=start, shape=(stop - start,)
+    )
+    return int(np.count_nonzero(mask))  # (stop - start,) read
+
+
 def document_offsets(directory: Path, index: int, manifest: dict) -> np.ndarray:
     """(D,) int64 offset of every document's first token in split ``index`` (memory-mapped)."""
     count = manifest["splits"][index]["documents"]

@@ -52,6 +52,7 @@ from ekd.data.eval_sample import EVAL_POOL, pool_blocks, spread_blocks
 from ekd.data.packing import (
     PackedBlocks,
     block_count,
+    dropped_tail,
     packed_line,
     say_dropped_tail,
     settle_skipped,
@@ -69,6 +70,7 @@ from ekd.data.store import (
     fingerprint_files,
     open_split,
     read_manifest,
+    targets_between,
 )
 from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
@@ -149,6 +151,15 @@ def stored_blocks(
                     manifest["block_length"],
                     split["num_targets"],
                 ),
+            )
+        if "tail" in split:  # not in a store built before try-out 40
+            tail = split["tail"]
+            say_dropped_tail(
+                split["name"],
+                tail["tokens"],
+                tail["targets"],
+                manifest["block_length"],
+                split["name"] != "train",
             )
     blocks = {
         s["name"]: open_split(directory, i, manifest, boundary) for i, s in enumerate(manifest["splits"])
@@ -441,11 +452,15 @@ def _finish(
         if n_blocks == 0:
             split_files.pad(t - state.tokens, boundary.pad_id)
             n_blocks = 1
-        say_dropped_tail(name, state.tokens, n_blocks, t, max_blocks, eval_set=not is_train)
         split_files.sync()
+        tail = dropped_tail(state.tokens, n_blocks, t, max_blocks)  # logged at every open (stored_blocks)
         splits.append(
             {
                 "name": name,
+                "tail": {
+                    "tokens": tail,
+                    "targets": targets_between(split_files.directory, real, real + tail),
+                },
                 "folder": i,
                 "blocks": n_blocks,
                 "tokens": split_files.tokens,

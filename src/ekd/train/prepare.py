@@ -216,13 +216,15 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     """Load documents, build/load the tokenizer, pack every split into blocks (in memory, or through the
     token store of ``data.store_dir``)."""
     from ekd.data import load_splits
-    from ekd.data.chat_template import check_declared_template
+    from ekd.data.chat_template import check_declared_template, check_tokenizer_template
 
     check_declared_template(cfg)  # a missing template file is found before the corpus and the tokenizer
     if cfg.data.store_dir:
         return prepare_stored_data(cfg, run_dir)
     # a named tokenizer, and the models' tokenizers and heads checked against it, before the corpus is read
     tokenizer = None if needs_training_text(cfg, run_dir) else _run_tokenizer(cfg, run_dir, None)
+    if tokenizer is not None:
+        check_tokenizer_template(cfg, tokenizer)  # the template it renders with, before the corpus is read
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     if tokenizer is None:
         tokenizer = _run_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
@@ -306,8 +308,9 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     if tokenizer is None:
         tokenizer = prepare_tokenizer(cfg, run_dir, train_texts(cfg))
         if cfg.data.format == "chat":  # before the store's key, which signs the settled template
-            from ekd.data.chat_template import AGREEMENT_ROWS, settle_chat_template
+            from ekd.data.chat_template import AGREEMENT_ROWS, check_tokenizer_template, settle_chat_template
 
+            check_tokenizer_template(cfg, tokenizer)  # as in memory: before a row is read
             rows = list(islice(train_documents(cfg), AGREEMENT_ROWS))
             settle_chat_template(cfg, tokenizer, rows, model_tokenizers(cfg))
     check_run_tokenizer(cfg, tokenizer)
