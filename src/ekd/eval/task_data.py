@@ -238,6 +238,9 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 
 FIX = "fix that row of the data or remove it, then run again"
+FLOAT_ANSWER = (
+    "its answer index"  # … 1.0 is a float (try-out 39: lm-eval failed on it after ekd distill trained)
+)
 
 
 def check_rows_of(name: str, task: Any, shots: int) -> None:
@@ -261,11 +264,17 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     if shots > 0:
         parts.append(("few-shot split", task.fewshot_docs() or []))
     mc = task.get_config("output_type") == "multiple_choice"
+    floats = ""  # the first row whose answer is a float: said unless a row's empty cell is why the column is
     for part, docs in parts:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
-            if cause:
-                raise EkdError(f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}")
+            line = f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}"
+            if cause.startswith(FLOAT_ANSWER):
+                floats = floats or line
+            elif cause:
+                raise EkdError(line)
+    if floats:
+        raise EkdError(floats)
 
 
 def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
@@ -288,8 +297,11 @@ def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
             gold = text if task.multiple_input else target
             golds = gold if isinstance(gold, list) else [gold]
             for g in golds:
-                if isinstance(g, float) and g.is_integer():  # a CSV column with an empty cell reads as floats
-                    g = int(g)
+                if isinstance(g, float):  # lm-eval indexes the choices with it: a TypeError after the scoring
+                    return (
+                        f"{FLOAT_ANSWER} {g!r} is a float, which lm-eval cannot index the choices with (a column "
+                        "reads as floats when one of its cells is empty or has a decimal point); write whole numbers"
+                    )
                 if isinstance(g, bool) or not isinstance(g, (int, str)):
                     return f"its answer {g!r} is neither a choice's index nor a choice"
                 if isinstance(g, int) and not 0 <= g < len(choices):

@@ -383,7 +383,7 @@ def _with_earlier_tasks(
     earlier evaluation that this one did not score (``ekd eval RUN --tasks b`` after ``a``: nothing lost), when
     they were scored with the same settings (limit, few-shot, seed, budget, chat template, ECE bins, tasks dir)
     and each records the data it was scored on (``documents_sha256``, which it keeps: its teacher and initial
-    student were scored on the same); otherwise they are replaced, with a line that says so. Per role, only
+    student were scored on the same); otherwise they are dropped, with a warning that says so. Per role, only
     where this evaluation has that role too."""
     earlier = [t for t in (old.get("settings") or {}).get("tasks", []) if t not in settings.tasks]
     if not earlier:
@@ -394,9 +394,9 @@ def _with_earlier_tasks(
         if any(DOCUMENTS_SHA256 not in r for role in ROLES for r in [(old.get(role) or {}).get(t)] if r)
     ]
     if unrecorded:
-        log.info(
-            "eval.json's earlier task results (%s) do not record the data they were scored on (an older ekd): "
-            "replaced by these",
+        log.warning(
+            "eval.json's earlier task results of %s do not record the data they were scored on (an older ekd): "
+            "dropped, not rescored; add them to --tasks to score them again",
             ", ".join(earlier),
         )
         return results, settings
@@ -406,8 +406,9 @@ def _with_earlier_tasks(
     theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
-        log.info(
-            "eval.json's earlier task results (%s) were scored with other settings (%s): replaced by these",
+        log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now
+            "eval.json's earlier task results of %s were scored with other settings (%s): dropped, not rescored; "
+            "add them to --tasks to score them with these settings",
             ", ".join(earlier),
             changed,
         )
