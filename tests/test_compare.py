@@ -933,6 +933,14 @@ def test_a_replica_resumed_on_other_ranks_is_described_by_every_segment(tmp_path
         "train.parallel='fsdp then ddp' (vs 'ddp')",
         "ranks='2 then 1' (vs 1)",
     ]
+    # try-out 39, F8: segments record their micro-batch too (2 × 4 rows, then 1 × 8)
+    marker["segments"] = [
+        {"ranks": 2, "parallel": "ddp", "micro_batch_size": 4},
+        {"ranks": 1, "parallel": "ddp", "micro_batch_size": 8},
+    ]
+    (mixed / "ekd-run.json").write_text(json.dumps(marker))
+    (rec,) = compare_runs([one, mixed], tmp_path / "o", baselines=(), plots=False)["replicas"]
+    assert "train.micro_batch_size='4 then 8' (vs 8)" in rec["replicas"][0]["differs_in"], rec
 
 
 def test_the_teacher_row_of_a_few_shot_task_is_its_mean_over_the_seeds(tmp_path):

@@ -131,7 +131,8 @@ def run_totals(
 
 
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
-    """The device layout ({"ranks", "parallel"}) of each segment of the run, this one's (``layout``) last; None
+    """The device layout ({"ranks", "parallel", "micro_batch_size"}) of each segment of the run, this one's
+    (``layout``) last; None
     where an earlier segment's is unknown (a checkpoint of an older ekd). ``ekd compare`` describes a run resumed on
     other ranks by all of them (try-out 37: a run trained 2 × 4 then resumed as 1 × 8 was 'the same layout')."""
     known = (earlier or {}).get("layouts")
@@ -398,7 +399,11 @@ def _train(
     start_step, resumed_at = 0, None
     # the segments before this one (a new run: none), and this one's device layout
     earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0, "layouts": []}
-    layout = {"ranks": ranks.world_size, "parallel": cfg.train.parallel}
+    layout = {
+        "ranks": ranks.world_size,
+        "parallel": cfg.train.parallel,
+        "micro_batch_size": cfg.train.micro_batch_size,
+    }
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors

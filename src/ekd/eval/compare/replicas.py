@@ -16,14 +16,20 @@ def _layout(run: RunRecord) -> dict[str, Any]:
     """How ``run`` was laid out and batched without changing what it trained: the keys of
     :data:`~ekd.train.run_dir.SAME_RUN_KEYS` (parallel engine, offload, teacher placement, micro-batch split,
     the same math in another summation order, checkpointing, eval batching) and the ranks it ran on — every
-    segment's, in order ('2 then 1'), where a resume changed them and the run records them all."""
+    segment's, in order ('2 then 1'), and the micro-batch and engine likewise, where a resume changed them and the
+    run records them all."""
     flat = flat_config(run.config)
     layout = {k: flat.get(k) for k in SAME_RUN_KEYS}
     layout["ranks"] = run.ranks or 1  # a run of an older ekd records none: one process
     segments = run.segments or []
-    for key, name in (("ranks", "ranks"), ("parallel", "train.parallel")):  # resumed on other ranks or engine
+    # resumed on other ranks, engine or micro-batch split (try-out 39, F8: the micro-batch was the last segment's)
+    for key, name in (
+        ("ranks", "ranks"),
+        ("parallel", "train.parallel"),
+        ("micro_batch_size", "train.micro_batch_size"),
+    ):
         values = [s.get(key) for s in segments]
-        if len(set(map(str, values))) > 1:
+        if None not in values and len(set(map(str, values))) > 1:  # older segments record no micro-batch
             layout[name] = " then ".join(map(str, values))  # e.g. '2 then 1', 'fsdp then ddp'
     return layout
 
