@@ -191,7 +191,9 @@ class DataConfig:
     text_field: str = text("text", nonempty=True, what="a field name")
     """Field holding the document text in JSONL/Parquet/HF rows."""
     prompt_field: str = text("", what="a field name")
-    """If set (with ``response_field``), rows are prompt/response pairs and prompt tokens get no loss."""
+    """If set (with ``response_field``), rows are prompt/response pairs and prompt tokens get no loss. The two
+    are tokenized as separate strings (a word split across them, 'Ca' + 'ts', is trained as its two pieces):
+    end the prompt before a word, not inside one."""
     response_field: str = text("", what="a field name")
     """Response field of prompt/response rows."""
     hf_name: str = text("", what="a dataset configuration name")
@@ -217,8 +219,8 @@ class DataConfig:
     max_chars: int = number(0, ge=0)
     """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
     max_eval_blocks: int = number(64, ge=0)
-    """Blocks scored per eval set (0 = all): spread evenly over the set's first 32 times as many blocks, so a
-    few long documents cannot fill the budget (``ekd.data.eval_sample``)."""
+    """Blocks scored per eval set (0 = all): spread evenly over the blocks that hold a target among the set's
+    first 32 times as many blocks, so a few long documents cannot fill the budget (``ekd.data.eval_sample``)."""
     document_attention: str = one_of("isolated", "isolated", "packed")
     """'isolated': each packed document attends only to itself (block-diagonal causal attention, positions
     restarting at every document) in training, cache building and evaluation; 'packed': every token attends to
