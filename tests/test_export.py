@@ -223,3 +223,20 @@ def test_full_head_metrics_match_a_naive_softmax_over_every_row():
     masked.update(logits[:, :vocab], labels, padded_logsumexp=torch.full((n,), -math.inf))
     inert = masked.compute()
     assert inert["padded_mass"] == 0.0 and inert["loss_full_head"] == pytest.approx(inert["loss"])
+
+
+def test_a_tokenizer_read_back_from_a_directory_saves_the_same_files(tmp_path):
+    """Try-out 39, F9: a resumed run's export, whose tokenizer was loaded from the run directory, wrote
+    ``is_local`` and ``local_files_only`` into tokenizer_config.json, which an uninterrupted run's did not."""
+    from transformers import AutoTokenizer
+
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import save_tokenizer
+
+    built = train_bpe_tokenizer(["def f(x): return x + 1\n" * 20], 300, tmp_path / "built")
+    save_tokenizer(built, tmp_path / "a")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "built")
+    save_tokenizer(loaded, tmp_path / "b")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "is_local" in loaded.init_kwargs  # the tokenizer itself is left as it was

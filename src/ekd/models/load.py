@@ -671,10 +671,26 @@ def save_model_dir(
             finally:
                 model.config.dtype = kept
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         for name, text in (extra_files or {}).items():
             (Path(tmp) / name).write_text(text)
     return Path(out_dir)
+
+
+LOADER_KWARGS = ("is_local", "local_files_only")
+"""What ``from_pretrained`` adds to a tokenizer's init kwargs about where it was loaded from, which its
+``save_pretrained`` writes into tokenizer_config.json (try-out 39: a resumed run's export, whose tokenizer was read
+back from the run directory, differed from an uninterrupted run's by these two lines)."""
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+    """``tokenizer.save_pretrained(directory)`` without :data:`LOADER_KWARGS`: the same files whether the
+    tokenizer was built in this process or loaded from a directory."""
+    kept = {k: tokenizer.init_kwargs.pop(k) for k in LOADER_KWARGS if k in tokenizer.init_kwargs}
+    try:
+        tokenizer.save_pretrained(directory)
+    finally:
+        tokenizer.init_kwargs.update(kept)
 
 
 def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

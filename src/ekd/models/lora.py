@@ -134,7 +134,9 @@ class LoraStudent:
             if self.train_head:
                 self._drop_untrained_embedding(Path(tmp) / "adapter_model.safetensors")
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                from ekd.models.load import save_tokenizer
+
+                save_tokenizer(tokenizer, tmp)
             (Path(tmp) / BASE_NOTE).write_text(json.dumps(base, indent=2) + "\n")
         return Path(out_dir)
 
