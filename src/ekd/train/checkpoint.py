@@ -24,6 +24,7 @@ checkpoint that verifies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -174,7 +175,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (not verified), or None. A checkpoint a kill left renamed aside while
     it was being replaced (``step-N.old``, :func:`ekd.io.replace_dir`) is put back first."""
     for old in (run_dir / "checkpoints").glob("step-*.old"):
-        restore_dir(old.with_suffix(""))
+        with contextlib.suppress(OSError):  # a read-only copy of a run: listed as it is
+            restore_dir(old.with_suffix(""))
     pointer = run_dir / "checkpoints" / "latest"
     if pointer.is_file():
         name = pointer.read_text(errors="replace").strip()
