@@ -1028,16 +1028,18 @@ def test_a_ce_run_without_teacher_figures_is_not_said_to_have_turned_them_off(tm
 def test_a_teacher_retrained_in_place_is_another_teacher(tmp_path):
     """Try-out 39, F3: the same ``model.teacher`` path holding other weights (retrained in place between two runs)
     was 'the same teacher': KL and agreement were paired across the two teachers and their figures averaged in one
-    (teacher) row. Each eval.json entry records the teacher it was measured with (its weight files' sizes and
-    mtimes); entries of an older ekd, which record none, are keyed by the config as before."""
+    (teacher) row. Each eval.json entry records the teacher it was measured with (a fingerprint of its weights);
+    entries of an older ekd, which record none, are keyed by the config's name, revision and dtype, and still pair
+    with today's (review 99: they never did)."""
     from ekd.eval.compare import compare_runs
 
-    def run(name, method, weights):
+    def run(name, method, weights, path="/models/t"):
         r = _edit(_fake_run(tmp_path, name, method, 0, 10.0, 0.5), teacher="/models/t")
         ev = json.loads((r / "eval.json").read_text())
-        ev["eval/teacher"] = {"ppl": 5.0 if weights == "a" else 6.0}
-        for entry in ("eval", "eval/teacher"):
-            ev[entry]["teacher"] = {"model": f"/models/t#{weights}", "dtype": "auto"}
+        ev["eval/teacher"] = {"ppl": 5.0 if weights != "b" else 6.0}
+        if weights is not None:
+            for entry in ("eval", "eval/teacher"):
+                ev[entry]["teacher"] = {"model": path, "revision": "", "weights": weights, "dtype": "auto"}
         (r / "eval.json").write_text(json.dumps(ev))
         return r
 
@@ -1045,6 +1047,11 @@ def test_a_teacher_retrained_in_place_is_another_teacher(tmp_path):
     rkl = next(g for g in s["groups"] if g["method"] == "rkl")["vs"]["kd"]
     assert rkl["eval/kl"]["verdict"] == "different teachers" and rkl["eval/ppl"]["n"] == 1
     assert sorted(t["metrics"]["eval/ppl"] for t in s["teachers"]) == [5.0, 6.0]
-    same = compare_runs([run("kd1", "kd", "a"), run("rkl1", "rkl", "a")], tmp_path / "o2", baselines=("kd",))
-    assert next(g for g in same["groups"] if g["method"] == "rkl")["vs"]["kd"]["eval/kl"]["n"] == 1
-    assert len(same["teachers"]) == 1
+    for kd, rkl in (
+        (run("kd1", "kd", "a"), run("rkl1", "rkl", "a", path="/elsewhere/t")),  # the same weights, copied
+        (run("kd2", "kd", None), run("rkl2", "rkl", "a")),  # an older ekd's eval.json beside today's
+    ):
+        same = compare_runs([kd, rkl], tmp_path / "o2", baselines=("kd",))
+        vs = next(g for g in same["groups"] if g["method"] == "rkl")["vs"]["kd"]["eval/kl"]
+        assert vs["n"] == 1, (kd, vs)
+        assert len(same["teachers"]) == 1

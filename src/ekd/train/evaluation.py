@@ -407,20 +407,6 @@ def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
     )
 
 
-def teacher_identity(cfg: Config) -> dict[str, str]:
-    """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
-    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher`` with its weight files' sizes and mtimes for a local
-    directory (a teacher retrained in place is another), its revision for a hub id
-    (:func:`~ekd.train.task_evaluation.model_identity`), and ``model.teacher_dtype``. A random ``preset:`` teacher
-    is named alone: every seed's is another random model, its runs pair within their seed."""
-    from ekd.models.load import is_preset
-    from ekd.train.task_evaluation import model_identity
-
-    spec = cfg.model.teacher
-    model = spec if is_preset(spec) else model_identity(spec, cfg.model.revision)
-    return {"model": model, "dtype": cfg.model.teacher_dtype}
-
-
 def write_eval_json(
     run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool, data: PreparedData
 ) -> None:
@@ -435,6 +421,7 @@ def write_eval_json(
     """
     from ekd.eval.eval_json import merge, with_settings
     from ekd.io import atomic_write_text, strict_json
+    from ekd.models.identity import teacher_identity
 
     path = run_dir / "eval.json"
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}

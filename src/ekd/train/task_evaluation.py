@@ -339,7 +339,7 @@ def run_end_tasks(
     if not settings.tasks:
         return {}
     require_lm_eval()
-    from ekd.train.evaluation import teacher_identity
+    from ekd.models.identity import teacher_identity
     from ekd.train.prepare import PreparedData, load_student, load_teacher
 
     data = PreparedData(tokenizer, {})
@@ -356,7 +356,8 @@ def run_end_tasks(
             amp,
         )
         # each result names its teacher, as the eval sets' entries do: kept beside later ones (ekd compare)
-        results["teacher"] = {task: {**r, TEACHER_KEY: teacher_identity(cfg)} for task, r in scored.items()}
+        identity = teacher_identity(cfg)
+        results["teacher"] = {task: {**r, TEACHER_KEY: identity} for task, r in scored.items()}
     if cfg.eval.tasks_student_init:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)
         results["student_init"] = cached_tasks(

@@ -204,17 +204,37 @@ class RunRecord:
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
         return way
 
-    def teacher(self, column: str | None = None) -> str:
+    def teacher(self, column: str | None = None) -> TeacherKey:
         """The teacher the run's figures in ``column`` (a set's KL and agreement, its teacher row) are measured
-        against: the identity its eval.json entry records (``model.teacher`` with its weight files' sizes and
-        mtimes, and dtype: a teacher retrained in place is another; try-out 39), else — an entry of an older ekd,
-        or no column — the config's ``model.teacher``, revision and dtype."""
+        against: what its eval.json entry records (:func:`ekd.models.identity.teacher_identity`), else — an entry
+        of an older ekd, or no column — the config's ``model.teacher``, revision and dtype."""
         name = self.entry_name(column) if column else None
         recorded = self.teachers.get(name) if name else None
         if recorded is not None:
-            return json.dumps(["recorded", recorded.get("model"), recorded.get("dtype")], default=str)
+            named = [recorded.get(k) or "" for k in ("model", "revision", "dtype")]
+            return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), named[-1])
         model = self.config.get("model") or {}
-        return json.dumps([model.get(k) for k in TEACHER_KEYS], default=str)
+        named = [model.get(k) or "" for k in TEACHER_KEYS]
+        return TeacherKey(json.dumps(named, default=str), None, named[-1])
+
+
+@dataclass(frozen=True)
+class TeacherKey:
+    """A teacher as :meth:`RunRecord.teacher` knows it: ``named`` (model, revision, dtype as JSON), ``weights``,
+    the fingerprint of a local teacher's weight files where recorded (None: a hub id, a preset, an older ekd),
+    and ``dtype`` (``model.teacher_dtype``)."""
+
+    named: str
+    weights: str | None
+    dtype: str | None
+
+    def same_as(self, other: TeacherKey) -> bool:
+        """The same teacher: by its weights and dtype when both record weights — a copy or a moved directory is
+        the same, one retrained in place is not (try-out 39) —, else by name, revision and dtype (an older ekd's
+        entry still pairs with today's)."""
+        if self.weights is not None and other.weights is not None:
+            return (self.weights, self.dtype) == (other.weights, other.dtype)
+        return self.named == other.named
 
 
 TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")

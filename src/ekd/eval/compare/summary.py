@@ -112,7 +112,9 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
             continue  # no such seed, or a set the baseline's run did not score: nothing to pair
         if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
             out[seed] = UNPAIRED[0]  # scored another way: in another column
-        elif metric.split("@")[0] in TEACHER_RELATIVE and run.teacher(column) != base.teacher(column):
+        elif metric.split("@")[0] in TEACHER_RELATIVE and not run.teacher(column).same_as(
+            base.teacher(column)
+        ):
             out[seed] = UNPAIRED[1]
     return out
 
@@ -168,7 +170,7 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             columns = [c for c in r.column_names() if c.endswith("/teacher") and r.entry(c)]
             for c in columns:  # each column's figures under the teacher it recorded (try-out 39)
                 key = r.teacher(c)
-                row = next((row for row in rows if row["key"] == key), None)
+                row = next((row for row in rows if row["key"].same_as(key)), None)
                 if row is None:
                     teacher = (r.config.get("model") or {}).get("teacher")
                     row = {"key": key, "teacher": teacher, "of": [], "values": {}, "why": []}
