@@ -428,10 +428,14 @@ def test_an_atomic_directory_a_kill_left_renamed_aside_is_put_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
-def test_a_sample_selection_changed_since_the_checkpoint_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+def test_a_sample_selection_changed_since_the_checkpoint_is_restored_from_it(
+    tmp_path, capsys, monkeypatch, caplog
+):
     """Try-out 41, F1: TopSmp's ``sample_selection.json`` edited (valid JSON, other block ids) was used by --resume
-    without a word, so steps after it trained on other blocks. The checkpoint records which blocks its order drew
-    from (``blocks_sha256``); deleting the file scores the samples again with the initial student, alike."""
+    without a word, so steps after it trained on other blocks. The checkpoint holds the kept blocks: a file edited,
+    damaged or scored again since (review 99: near-ties may rank otherwise on another layout) is written back from
+    it, with a warning, and the run goes on with the blocks it trained on. A checkpoint of an older ekd, which holds
+    none, is refused in one line by the blocks' sha256 it records."""
     extra = {**EXTRA, "method.sample_fraction": 0.5}
     make_workspace(tmp_path, "ck", extra)
     monkeypatch.chdir(tmp_path)
@@ -440,11 +444,33 @@ def test_a_sample_selection_changed_since_the_checkpoint_is_refused_on_resume(tm
     kept = written["sample_ids"]
     others = [i for i in range(written["meta"]["samples"]) if i not in kept][: len(kept)]
     assert len(others) == len(kept) > 0
-    path.write_text(json.dumps(written | {"sample_ids": others}))
     config = config_file(Path("."), Path("corpus"), "ck", **extra)
-    line = one_error_line(*cli(capsys, "distill", config, "train.max_steps=3", "--resume")[::2])
-    assert "sample_selection.json keeps other training blocks than checkpoint step-000002" in line, line
-    path.unlink()
-    rc, _, err = cli(capsys, "distill", config, "train.max_steps=3", "--resume")
-    assert rc == 0, err
-    assert json.loads(path.read_text())["sample_ids"] == kept
+    for damage, steps in (("edited", 3), ("deleted", 4)):
+        if damage == "edited":
+            path.write_text(json.dumps(written | {"sample_ids": others}))
+        else:
+            path.unlink()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ekd"):
+            rc, _, err = cli(capsys, "distill", config, f"train.max_steps={steps}", "--resume")
+        assert rc == 0, err
+        assert json.loads(path.read_text())["sample_ids"] == kept
+        if damage == "edited":
+            assert "keeps other training blocks than checkpoint step-000002 trained on" in caplog.text
+    # a checkpoint without the kept blocks (an older ekd's): refused by the sha256 of the blocks it drew from
+    state_path = CKPT / "step-000004" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["sample_ids"]
+    _forge(state_path, _pickled(state))
+    path.write_text(json.dumps(written | {"sample_ids": others}))
+    line = one_error_line(*cli(capsys, "distill", config, "train.max_steps=5", "--resume")[::2])
+    assert "sample_selection.json keeps other training blocks than checkpoint step-000004" in line, line
+    assert "--overwrite" in line
+
+
+def _pickled(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

@@ -411,6 +411,10 @@ def _train(
         try:
             start_step = resumed_at = int(state["step"])
             earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
+            saved_ids = state.get("sample_ids")  # absent from checkpoints of older ekd versions
+            if kept is not None and saved_ids is not None and kept.tolist() != list(saved_ids):
+                kept = restore_sample_selection(run_dir, saved_ids, ckpt, ranks)
+                loader = loader.subset(kept[torch.isin(kept, _blocks_with_targets(data.blocks["train"]))])
             recorded, everything = state["loader"].get("blocks"), _every_block(kept, data)
             if loader.indices.numel() != everything.numel() and recorded in (None, everything.numel()):
                 # a run started by an ekd that drew blocks without a target too (its checkpoints record no
@@ -422,10 +426,10 @@ def _train(
                 loader = loader.subset(everything)
             drawn = state["loader"].get("blocks_sha256")  # absent from checkpoints of older ekd versions
             if kept is not None and drawn not in (None, loader.indices_sha256()):
-                raise RunDirError(
+                raise RunDirError(  # a checkpoint of an older ekd, which does not hold the kept blocks
                     f"{run_dir / SAMPLE_SELECTION} keeps other training blocks than checkpoint {ckpt.name} trained "
                     "on (edited or damaged since; try-out 41: it trained on them without a word): restore the file "
-                    "the run wrote, or delete it so that the initial student scores the samples again"
+                    "the run wrote, or start the run again with --overwrite"
                 )
             loader.load_state_dict(state["loader"])
             parts.policy.load_state_dict(state["policy"])
@@ -463,6 +467,8 @@ def _train(
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
             "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
             "micro_batch_size": cfg.train.micro_batch_size,
+            # TopSmp's kept blocks: what a resume trains on whatever became of sample_selection.json
+            "sample_ids": kept.tolist() if kept is not None else None,
             # time and KD positions of the run so far, for the final summary of a resumed run
             "run_totals": run_totals(
                 earlier, time.perf_counter() - t_start, totals["selected"], totals["valid"], layout
@@ -880,6 +886,25 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
     if cfg.teacher.source != "online":
         return False
     return parts.needs_teacher or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
+
+
+def restore_sample_selection(run_dir: Path, ids: list[int], ckpt: Path, ranks: Ranks) -> torch.Tensor:
+    """TopSmp's kept blocks as checkpoint ``ckpt`` trained on them, written back to ``run_dir``'s
+    ``sample_selection.json``, which holds others — edited or damaged since, or scored again after it was deleted,
+    where near-ties can rank otherwise on another layout (try-out 41, review 99). Returns them, (k,) long."""
+    from ekd.selection.sample_selection import save_sample_selection
+
+    path = run_dir / SAMPLE_SELECTION
+    kept = torch.tensor(ids, dtype=torch.long)
+    log.warning(
+        "%s keeps other training blocks than checkpoint %s trained on (edited, damaged or scored again since): "
+        "the run goes on with the checkpoint's, written back to it",
+        path,
+        ckpt.name,
+    )
+    note = {"restored_from": ckpt.name}
+    run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "restore the sample selection")
+    return kept
 
 
 def sample_selection(
