@@ -267,8 +267,8 @@ def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
         payload = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(
-            f"cannot read the sample selection {path}: {e}; restore the file the run wrote, or delete it so that "
-            "the initial student scores the samples again"
+            f"cannot read the sample selection {path}: {e}; delete it: --resume takes the kept blocks from the "
+            "checkpoint (a run not started yet scores the samples again)"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an ekd sample selection file")
