@@ -38,9 +38,9 @@ from ekd.train.distributed import in_process_group, start_process_group
 
 def _kill_while_writing(run: str, step: int) -> None:
     """SIGKILL this process when it is about to write the manifest of run ``run``'s checkpoint ``step``."""
-    from ekd.train import sharded_checkpoint
+    from ekd.train import checkpoint  # seal_checkpoint writes the manifest of both formats
 
-    write = sharded_checkpoint.atomic_write_text
+    write = checkpoint.atomic_write_text
 
     def write_or_die(path, text):
         p = Path(path)
@@ -48,7 +48,7 @@ def _kill_while_writing(run: str, step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return write(path, text)
 
-    sharded_checkpoint.atomic_write_text = write_or_die
+    checkpoint.atomic_write_text = write_or_die
 
 
 def _stop_at(run: int, step: int, rank: int, how: str, current: list) -> None:

@@ -177,12 +177,18 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         fsync_dir(path.parent)
 
 
+def replaced_name(path: Path) -> Path:
+    """Where :func:`replace_dir` keeps ``path`` while replacing it: ``.<name>.replaced`` beside it, a name of
+    ekd's own (review 99: a user's ``<name>.old`` backup was taken for it, put in place and deleted)."""
+    return path.with_name(f".{path.name}.replaced")
+
+
 def replace_dir(staging: Path, path: Path) -> None:
     """Put the finished directory ``staging`` in place of ``path`` (which may not exist): ``path`` is renamed
-    to ``<path>.old``, ``staging`` to ``path``, then ``<path>.old`` is removed. A kill at any instant leaves
-    ``path`` whole, or ``<path>.old`` whole where ``path`` is missing — what :func:`restore_dir` puts back
+    aside (:func:`replaced_name`), ``staging`` to ``path``, then the one aside is removed. A kill at any instant
+    leaves ``path`` whole, or the one aside whole where ``path`` is missing — what :func:`restore_dir` puts back
     (try-out 39: a checkpoint removed before its replacement was renamed in left none intact)."""
-    old = path.with_name(path.name + ".old")
+    old = replaced_name(path)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
@@ -191,9 +197,10 @@ def replace_dir(staging: Path, path: Path) -> None:
 
 
 def restore_dir(path: Path) -> None:
-    """Finish a :func:`replace_dir` a kill interrupted: ``<path>.old`` is put back where ``path`` is missing,
-    and removed (a leftover, perhaps half deleted) where ``path`` is there. Nothing happens without one."""
-    old = path.with_name(path.name + ".old")
+    """Finish a :func:`replace_dir` a kill interrupted: the directory renamed aside is put back where ``path``
+    is missing, and removed (a leftover, perhaps half deleted) where ``path`` is there. Nothing happens without
+    one."""
+    old = replaced_name(path)
     if not old.is_dir():
         return
     if path.exists():

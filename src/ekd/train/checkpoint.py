@@ -42,6 +42,7 @@ from ekd.io import (
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    fsync_dir,
     replace_dir,
     restore_dir,
     writing,
@@ -120,15 +121,33 @@ def save_checkpoint(
                     tmp / "extra.safetensors", safetensors.torch.save(tensors, metadata=metadata)
                 )
             manifest = {"format": FORMAT, "step": int(step), "files": hashes}
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not keep a half checkpoint's bytes
-            restore_dir(final)
             raise
-    atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
-    _prune(run_dir / "checkpoints", keep)
+        seal_checkpoint(tmp, final, manifest, keep)
     return final
+
+
+def seal_checkpoint(tmp: Path, final: Path, manifest: dict[str, Any], keep: int) -> None:
+    """Finish a checkpoint written into ``tmp``: its manifest (written last: a directory without one is no
+    checkpoint), ``tmp`` put in place of ``final`` (:func:`ekd.io.replace_dir`: a kill at any instant leaves
+    one of them whole, a failure puts the one before back), the directory synced, ``latest`` pointed at it and
+    the checkpoints pruned to the newest ``keep``. Shared by the one-process and the sharded (DCP) format.
+
+    Raises:
+        DiskError: (under :func:`ekd.io.writing`) the disk is full or not writable; ``tmp`` is removed.
+    """
+    root = final.parent
+    try:
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        restore_dir(final)
+        raise
+    fsync_dir(root)  # the renames survive a power cut
+    atomic_write_text(root / "latest", final.name)
+    _prune(root, keep)
 
 
 def _steps(root: Path) -> list[Path]:
@@ -173,10 +192,10 @@ def _prune(root: Path, keep: int) -> None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (not verified), or None. A checkpoint a kill left renamed aside while
-    it was being replaced (``step-N.old``, :func:`ekd.io.replace_dir`) is put back first."""
-    for old in (run_dir / "checkpoints").glob("step-*.old"):
+    it was being replaced (``.step-N.replaced``, :func:`ekd.io.replace_dir`) is put back first."""
+    for old in (run_dir / "checkpoints").glob(".step-*.replaced"):
         with contextlib.suppress(OSError):  # a read-only copy of a run: listed as it is
-            restore_dir(old.with_suffix(""))
+            restore_dir(old.with_name(old.name[1 : -len(".replaced")]))
     pointer = run_dir / "checkpoints" / "latest"
     if pointer.is_file():
         name = pointer.read_text(errors="replace").strip()

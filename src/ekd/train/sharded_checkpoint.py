@@ -62,7 +62,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ekd.io import atomic_file, atomic_write_text, file_sha256, replace_dir, restore_dir, writing
+from ekd.io import atomic_file, file_sha256, writing
 from ekd.models.layers import state_dict_name
 from ekd.train.checkpoint import (
     FORMAT,
@@ -70,10 +70,10 @@ from ekd.train.checkpoint import (
     STATE_KEYS,
     CheckpointError,
     _load_pickle,
-    _prune,
     checkpoint_dir,
     latest_verified_checkpoint,
     load_checkpoint,
+    seal_checkpoint,
     unreadable,
 )
 from ekd.train.distributed import Ranks
@@ -136,14 +136,10 @@ def save_sharded_checkpoint(
                     "world_size": ranks.world_size,
                     "files": hashes,
                 }
-                atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-                replace_dir(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                restore_dir(final)
                 raise
-            atomic_write_text(run_dir / "checkpoints" / "latest", final.name)
-            _prune(run_dir / "checkpoints", keep)
+            seal_checkpoint(tmp, final, manifest, keep)
 
     # rank 0 alone makes and seals the directory; run_on_main tells every rank whether it could (a full disk
     # ends every rank with the same line, none is left waiting in the next collective)
