@@ -461,16 +461,25 @@ def test_an_unknown_model_type_next_to_a_tokenizer_is_one_line(good_dir, tmp_pat
     overrides = tiny_overrides(
         tmp_path, corpus, "q9", **{"model.teacher": str(d), "model.tokenizer": "teacher"}
     )
-    seen = _Collect()  # beside transformers' own stderr handler, which pytest's capture does not see
-    logging.getLogger("transformers").addHandler(seen)
-    capsys.readouterr()
-    try:
-        assert main(["distill", *overrides]) == 2
-    finally:
-        logging.getLogger("transformers").removeHandler(seen)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and "qwen9" in err[0] and err[0].startswith("ekd: error: model.teacher: "), err
-    assert seen.messages == [], seen.messages
+    library = logging.getLogger("transformers")
+    for propagating in (False, True):  # review 99: with propagation on, the root's handlers got it live
+        seen, at_root = (
+            _Collect(),
+            _Collect(),
+        )  # beside transformers' own stderr handler (pytest does not see it)
+        library.addHandler(seen)
+        logging.getLogger().addHandler(at_root)
+        library.propagate = propagating
+        capsys.readouterr()
+        try:
+            assert main(["distill", *overrides]) == 2
+        finally:
+            library.removeHandler(seen)
+            logging.getLogger().removeHandler(at_root)
+            library.propagate = False
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "qwen9" in err[0] and err[0].startswith("ekd: error: model.teacher: "), err
+        assert seen.messages == [] and not [m for m in at_root.messages if "qwen9" in m], (seen, at_root)
 
 
 class _Collect(logging.Handler):

@@ -314,10 +314,10 @@ def load_or_refuse(
     unknown ``model_type`` printed transformers' warning before it); a failure's message names the first
     mismatched tensor instead of the report. Records of the loggers in ``drop`` are not replayed.
     """
-    handlers = logging.getLogger("transformers").handlers  # transformers' loggers propagate to these only
+    library = logging.getLogger("transformers")  # every transformers logger propagates to it
+    handlers, propagate = library.handlers[:], library.propagate
     held = _HoldRecords()
-    for handler in handlers:
-        handler.addFilter(held)
+    library.handlers, library.propagate = [held], False  # its own handlers and the root's alike (review 99)
     try:
         result = load()
     except ModelError:
@@ -327,24 +327,22 @@ def load_or_refuse(
             f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){_hint(e)}"
         ) from e
     finally:
-        for handler in handlers:
-            handler.removeFilter(held)
-    for record in dict.fromkeys(held.records):  # a record each handler saw once
+        library.handlers, library.propagate = handlers, propagate
+    for record in held.records:
         if record.name not in drop:
             logging.getLogger(record.name).handle(record)
     return result
 
 
-class _HoldRecords(logging.Filter):
-    """Keeps the records of a logger or handler instead of emitting them."""
+class _HoldRecords(logging.Handler):
+    """Keeps the records that reach it instead of emitting them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.records: list[logging.LogRecord] = []
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-        return False
 
 
 def _first_line(e: BaseException, held: _HoldRecords) -> str:
