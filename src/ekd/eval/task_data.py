@@ -238,9 +238,7 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 
 FIX = "fix that row of the data or remove it, then run again"
-FLOAT_ANSWER = (
-    "its answer index"  # … 1.0 is a float (try-out 39: lm-eval failed on it after ekd distill trained)
-)
+FLOAT_FIX = "write whole numbers"  # of a float answer index (try-out 39: lm-eval failed on it after training)
 
 
 def check_rows_of(name: str, task: Any, shots: int) -> None:
@@ -269,7 +267,7 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
             line = f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}"
-            if cause.startswith(FLOAT_ANSWER):
+            if cause.endswith(FLOAT_FIX):
                 floats = floats or line
             elif cause:
                 raise EkdError(line)
@@ -299,8 +297,8 @@ def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
             for g in golds:
                 if isinstance(g, float):  # lm-eval indexes the choices with it: a TypeError after the scoring
                     return (
-                        f"{FLOAT_ANSWER} {g!r} is a float, which lm-eval cannot index the choices with (a column "
-                        "reads as floats when one of its cells is empty or has a decimal point); write whole numbers"
+                        f"its answer index {g!r} is a float, which lm-eval cannot index the choices with (a column "
+                        f"reads as floats when one of its cells is empty or has a decimal point); {FLOAT_FIX}"
                     )
                 if isinstance(g, bool) or not isinstance(g, (int, str)):
                     return f"its answer {g!r} is neither a choice's index nor a choice"
