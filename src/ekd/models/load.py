@@ -518,12 +518,14 @@ def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> 
     return tokenizer_length
 
 
-def output_head(model: nn.Module, vocab_size: int) -> Head:
-    """The model's output head sliced to the shared vocabulary: weight (V, D), bias (V,) or None."""
+def output_head(model: nn.Module, vocab_size: int | None = None) -> Head:
+    """The model's output head sliced to the shared vocabulary (None: every row): weight (V, D), bias (V,) or
+    None."""
     linear = model.get_output_embeddings()
     if linear is None or not hasattr(linear, "weight"):
         raise ModelError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
     rows = linear.weight.shape[0]
+    vocab_size = rows if vocab_size is None else vocab_size
     if rows < vocab_size:
         raise ModelError(f"vocab_size={vocab_size} is larger than the model's output head ({rows} rows)")
     return _head_rows(model, linear, slice(0, vocab_size))  # (V, D), (V,)
@@ -545,7 +547,9 @@ def padded_head(model: nn.Module, vocab_size: int) -> Head | None:
     return _head_rows(model, linear, slice(vocab_size, None))  # (R−V, D), (R−V,)
 
 
-def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", tokens: int = 8) -> None:
+def check_output_head(
+    model: nn.Module, vocab_size: int | None = None, role: str = "model", tokens: int = 8
+) -> None:
     """Refuse a model that is not a causal LM or whose logits ekd's head does not reproduce.
 
     One forward of two rows of ``tokens`` token ids that differ in their last id only: the logits of the other
@@ -554,13 +558,14 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
     row's ``forward(...).logits`` must equal ``output_head`` applied to the body's last hidden states, first
     ``vocab_size`` columns. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
     dtype. This catches any post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a
-    bias, a custom forward).
+    bias, a custom forward). ``vocab_size`` None: the head's every row.
 
     Raises:
         ModelError: one line naming the model type and the problem: logits that are not finite (NaN or +inf:
             weights that hold them), that depend on later tokens, or that the head does not reproduce.
     """
     head = output_head(model, vocab_size)
+    vocab_size = head.weight.shape[0]  # (V, D)
     ids = torch.linspace(0, vocab_size - 1, tokens).long().to(head.weight.device)  # (n,)
     changed = ids.clone()
     changed[-1] = ids[0] if ids[-1] != ids[0] else (ids[0] + 1) % vocab_size  # another last token
@@ -586,17 +591,7 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
     scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
     low = head.weight.dtype in (torch.bfloat16, torch.float16)
     tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
-    earlier = logits[:, :-1]  # (2, n−1, V): positions before the changed token
-    same_finite = torch.equal(torch.isfinite(earlier[0]), torch.isfinite(earlier[1]))
-    seen = (
-        float((earlier[0] - earlier[1])[torch.isfinite(earlier[0])].abs().max()) / scale if same_finite else 1
-    )
-    if not seen <= tolerance:
-        raise ModelError(
-            f"{_key(role)}: model type '{model_type(model)}' ({type(model).__name__}) is not a causal LM: its logits "
-            f"at a position change with a later token (by {seen:.3g} of their scale; an encoder such as BERT attends "
-            "both ways); ekd distills decoder-only causal LMs: use one"
-        )
+    _refuse_non_causal(logits, scale, tolerance, model, role)
     error = (
         float((got - expected)[finite].abs().max()) / scale
         if torch.equal(finite, torch.isfinite(got)) and expected.shape == got.shape
@@ -607,6 +602,25 @@ def check_output_head(model: nn.Module, vocab_size: int, role: str = "model", to
             f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
             f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
             f"hidden states by {error:.3g} of their scale (a post-head transform ekd does not know); use another model"
+        )
+
+
+def _refuse_non_causal(
+    logits: torch.Tensor, scale: float, tolerance: float, model: nn.Module, role: str
+) -> None:
+    """Refuse a model whose logits ``(2, n, V)`` of two rows that differ in their last token only differ before
+    it, by more than ``tolerance`` of ``scale``: position t of a causal LM sees tokens ≤ t (try-out 38: a BERT
+    encoder, which ``AutoModelForCausalLM`` loads as ``BertLMHeadModel``, attends both ways)."""
+    earlier = logits[:, :-1]  # (2, n−1, V): positions before the changed token
+    same_finite = torch.equal(torch.isfinite(earlier[0]), torch.isfinite(earlier[1]))
+    seen = (
+        float((earlier[0] - earlier[1])[torch.isfinite(earlier[0])].abs().max()) / scale if same_finite else 1
+    )
+    if not seen <= tolerance:
+        raise ModelError(
+            f"{_key(role)}: model type '{model_type(model)}' ({type(model).__name__}) is not a causal LM: its logits "
+            f"at a position change with a later token (by {seen:.3g} of their scale; an encoder such as BERT attends "
+            "both ways); ekd distills decoder-only causal LMs: use one"
         )
 
 

@@ -374,7 +374,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
                 f"student init: cannot read the teacher's config from '{plan.teacher}' ({first})"
             ) from None
         student = from_config(teacher_config, plan.overrides, plan.tie_word_embeddings, plan.seed)
-        check_output_head(student, _head_rows(student), "student init: teacher")  # its architecture's
+        check_output_head(student, role="student init: teacher")  # its architecture's, every head row
         record: dict[str, Any] = {"overrides": plan.overrides}
         teacher_layers = int(teacher_config.num_hidden_layers)
         model_type = teacher_config.model_type
@@ -386,9 +386,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             trust_remote_code=plan.trust_remote_code,
             role="student init: teacher",  # its argument, not a config key (try-out 38)
         )
-        check_output_head(
-            teacher, _head_rows(teacher), "student init: teacher"
-        )  # a causal LM ekd can train on
+        check_output_head(teacher, role="student init: teacher")  # a causal LM ekd can train on
         teacher_layers = len(layer_list(teacher)[1])
         keep = list(plan.keep_layers) or evenly_spaced_layers(teacher_layers, plan.layers)
         student = drop_layers(teacher, keep, plan.tie_word_embeddings)
@@ -430,11 +428,6 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     # which neither a rerun nor --overwrite would replace)
     save_model_dir(student, tokenizer, out, extra_files={RECORD: json.dumps(record, indent=2) + "\n"})
     return out
-
-
-def _head_rows(model: nn.Module) -> int:
-    """The rows of a model's output head (its whole vocabulary, padding included)."""
-    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def _resolved(spec: str) -> str:
