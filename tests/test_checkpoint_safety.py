@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ekd.io import DiskError, atomic_dir, atomic_write_text, writing
 from hostile import cli, copy_workspace, failing_open, make_workspace, one_error_line, snapshot, unchanged
@@ -340,7 +341,8 @@ def test_the_last_step_is_checkpointed_once(ws, capsys, monkeypatch, every, writ
     assert steps == written
     # every segment's layout is recorded (try-out 37): one process throughout is one segment layout
     (segment,) = json.loads((RUN / "ekd-run.json").read_text())["segments"]
-    assert segment["ranks"] == 1 and segment["parallel"] == "ddp" and segment["micro_batch_size"] > 0
+    micro_batch = yaml.safe_load((RUN / "config.yaml").read_text())["train"]["micro_batch_size"]
+    assert segment == {"ranks": 1, "parallel": "ddp", "micro_batch_size": micro_batch}
 
 
 def test_segment_layouts_follow_the_resumes():
@@ -350,6 +352,8 @@ def test_segment_layouts_follow_the_resumes():
     assert segment_layouts({"layouts": []}, a) == [a]
     assert segment_layouts({"layouts": [a]}, a) == [a]  # resumed alike: still one layout
     assert segment_layouts({"layouts": [a]}, b) == [a, b]
+    # an older ekd's segment records no micro-batch: the same ranks and engine are no new segment (review 99)
+    assert segment_layouts({"layouts": [b]}, {**b, "micro_batch_size": 4}) == [b]
     assert segment_layouts({"seconds": 1.0}, b) is None  # a checkpoint of an older ekd: earlier ones unknown
     assert segment_layouts(None, b) is None
 

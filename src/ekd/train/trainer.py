@@ -132,13 +132,16 @@ def run_totals(
 
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
     """The device layout ({"ranks", "parallel", "micro_batch_size"}) of each segment of the run, this one's
-    (``layout``) last; None
-    where an earlier segment's is unknown (a checkpoint of an older ekd). ``ekd compare`` describes a run resumed on
-    other ranks by all of them (try-out 37: a run trained 2 × 4 then resumed as 1 × 8 was 'the same layout')."""
+    (``layout``) last; None where an earlier segment's is unknown (a checkpoint of an older ekd). A segment like the
+    one before it, in the keys both record (one of an ekd that did not record the micro-batch), is not another.
+    ``ekd compare`` describes a run resumed on other ranks by all of them (try-out 37: a run trained 2 × 4 then
+    resumed as 1 × 8 was 'the same layout')."""
     known = (earlier or {}).get("layouts")
     if known is None or layout is None:
         return None
-    return [*known, layout] if not known or known[-1] != layout else list(known)
+    if known and all(known[-1][k] == v for k, v in layout.items() if k in known[-1]):
+        return list(known)
+    return [*known, layout]
 
 
 def lr_at(step: int, cfg: Config) -> float:
