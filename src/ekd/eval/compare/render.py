@@ -72,9 +72,10 @@ def markdown(summary: dict[str, Any]) -> str:
     text_keys = [k for k in keys if _text_set(k.rpartition("/")[0])]
     for t in summary.get("teachers", []):  # e.g. the demo's: its downstream tasks scored, its text sets not
         if text_keys and not set(t["metrics"]) & set(text_keys):
-            why = t.get("without_sets", "eval.teacher_metrics=false")
-            how = f"; `ekd eval RUN {why[:-5]}true` adds them" if why.startswith("eval.") else ""
-            parts.append(f"`{t['label']}`: no eval-set figures in these runs ({why}{how}).\n")
+            why = t.get("without_sets") or {"switch": "eval.teacher_metrics"}
+            switch = why.get("switch")
+            said = f"{switch}=false; `ekd eval RUN {switch}=true` adds them" if switch else why["reason"]
+            parts.append(f"`{t['label']}`: no eval-set figures in these runs ({said}).\n")
     if summary.get("replica_notes"):
         parts.append(
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "

@@ -8,10 +8,11 @@ import math
 import statistics
 from typing import Any
 
+from ekd.config import ConfigError
 from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
 from ekd.eval.compare.groups import Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
-from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _scored_set
+from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _scored_set, _text_set
 from ekd.eval.eval_json import set_of
 
 TEACHER_RELATIVE = ("kl", "agree")  # metrics measured against the run's teacher (also kl@H<i>)
@@ -173,19 +174,20 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                 row = next((row for row in rows if row["key"].same_as(key)), None)
                 if row is None:
                     teacher = (r.config.get("model") or {}).get("teacher")
-                    row = {"key": key, "teacher": teacher, "of": [], "values": {}, "why": []}
+                    row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": []}
                     rows.append(row)
                 for m, v in r.entry(c).items():
                     if m in METRICS:
                         row["values"].setdefault(f"{set_of(c)}/{m}", {}).setdefault(r.seed, []).append(v)
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
-                row["why"].append(_no_teacher_sets(r.config, g.label))
+                row["runs"].append((r.config, g.label))
     for row in rows:
         del row["key"]
         row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
-        why = row.pop("why")
-        row["without_sets"] = next((w for w in why if not w.startswith("eval.")), why[0])
+        runs = row.pop("runs")
+        if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
+            row["without_sets"] = _no_teacher_sets(*runs[0])
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
         # examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
         per_seed = {
@@ -199,10 +201,11 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     return rows
 
 
-def _no_teacher_sets(config: dict[str, Any], method: str) -> str:
-    """Why a run's eval.json has no teacher figures on its text eval sets, from its ``config.yaml``: the switch
-    that turned them off, else the rule of :func:`ekd.train.prepare.evaluates_teacher` (a ``preset:`` teacher is
-    random, rebuilt for evaluation only by a method that trains with it; try-out 39: a ``ce`` run was said to have
+def _no_teacher_sets(config: dict[str, Any], method: str) -> dict[str, str]:
+    """Why a run's eval.json has no teacher figures on its text eval sets, from its ``config.yaml``:
+    ``{"switch": key}``, the switch that turned them off (``ekd eval RUN <key>=true`` adds them), else
+    ``{"reason": text}``, the rule of :func:`ekd.train.prepare.evaluates_teacher` (a ``preset:`` teacher is random,
+    rebuilt for evaluation only by a method that trains with it; try-out 39: a ``ce`` run was said to have
     ``eval.teacher_metrics=false``, and following the advice added nothing)."""
     from ekd.config.load import config_from_dict
     from ekd.train.prepare import evaluates_teacher
@@ -210,11 +213,11 @@ def _no_teacher_sets(config: dict[str, Any], method: str) -> str:
     evaluation = config.get("eval") or {}
     for key in ("teacher", "teacher_metrics"):
         if evaluation.get(key) is False:
-            return f"eval.{key}=false"
+            return {"switch": f"eval.{key}"}
     try:
         evaluated = evaluates_teacher(config_from_dict(config))
-    except Exception:  # noqa: BLE001 — a config an older or newer ekd wrote: no rule to apply
+    except (ConfigError, ValueError, TypeError):  # a config an older or newer ekd wrote: no rule to apply
         evaluated = True
     if not evaluated:
-        return f"`{method}` evaluates without its teacher: a random `preset:` teacher, or none"
-    return "eval.teacher_metrics=false"
+        return {"reason": f"`{method}` evaluates without its teacher: a random `preset:` teacher, or none"}
+    return {"switch": "eval.teacher_metrics"}  # an ekd that recorded no switch turned them off so
