@@ -512,3 +512,28 @@ def test_a_missing_config_names_the_config_alone_and_a_table_prefix_its_table(ca
     )
     assert main(["list", "archs"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("did you mean 'architectures'?")
+
+
+def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
+    """Try-out 42, F2: a teacher saved over at its path between a kill and --resume taught the run's first steps and
+    the others another model, without a word. A run records its local teacher's weights; --resume refuses others."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=0).save_pretrained(tmp_path / "t")
+    tok.save_pretrained(tmp_path / "t")
+    config = _config_file(tmp_path, corpus, "tr", **{"train.max_steps": 2, "train.checkpoint_every": 1})
+    args = ["distill", config, f"model.teacher={tmp_path / 't'}", "model.tokenizer=teacher"]
+    assert main(args) == 0
+    assert main([*args, "train.max_steps=3", "--resume"]) == 0  # the same teacher: resumes
+    build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=1).save_pretrained(
+        tmp_path / "t"
+    )  # retrained
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=4", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert (
+        "--resume: model.teacher" in line
+        and "holds other weights than the teacher this run was taught by" in line
+    )

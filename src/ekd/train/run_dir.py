@@ -595,6 +595,32 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_base=identity)
 
+    def check_teacher(self) -> None:
+        """A run taught online by a local teacher directory: a new run records its weights
+        (:func:`ekd.models.identity.weights_fingerprint`, ``teacher_weights``), ``--resume`` refuses other weights
+        at that path (try-out 42: a teacher retrained in place between a kill and ``--resume`` taught the run's
+        first steps and the others another model, without a word; a cache checks its own teacher).
+
+        Raises:
+            RunDirError: ``--resume`` with a teacher whose weights differ from the run's.
+        """
+        from ekd.models.identity import weights_fingerprint
+
+        if self.cfg.teacher.source != "online":
+            return
+        spec = self.cfg.model.teacher
+        current = weights_fingerprint(spec)
+        saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
+        if not self.fresh and saved is not None and current is not None and saved != current:
+            raise RunDirError(
+                f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by "
+                "(retrained or replaced in place since); put those weights back, or start a new run under another "
+                "run.name"
+            )
+        if saved is None and current is not None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, teacher_weights=current)
+
     def commit(self) -> None:
         """The run has started: mark it so and delete the run it replaces."""
         with writing(self.run_dir):
