@@ -971,3 +971,25 @@ def test_latf_micro_batch_sums_give_the_lowest_score_given_kd():
     policy.select(torch.rand(2, 8, generator=g), torch.zeros(2, 8, dtype=torch.bool), ctx())
     assert math.isnan(policy.micro_batch_sums()["threshold_min"])
     assert "select/threshold" not in policy.diagnostics()  # the step's figure comes from the trainer's sums
+
+
+@pytest.mark.parametrize("damage", ["binary", "directory", "not-a-list", "not-indices"])
+def test_a_damaged_sample_selection_is_one_line(tmp_path, damage):
+    """Try-out 42, F1: random bytes in sample_selection.json were a UnicodeDecodeError traceback, a directory in its
+    place an IsADirectoryError after the samples were scored again."""
+    from ekd.config import ConfigError
+    from ekd.selection.sample_selection import FORMAT, VERSION, load_sample_selection
+
+    path = tmp_path / "sample_selection.json"
+    if damage == "binary":
+        path.write_bytes(bytes(range(256)))
+    elif damage == "directory":
+        path.mkdir()
+    else:
+        ids = {"not-a-list": 3, "not-indices": ["a", None]}[damage]
+        path.write_text(json.dumps({"format": FORMAT, "version": VERSION, "sample_ids": ids}))
+    with pytest.raises(
+        ConfigError, match="delete it: --resume takes the kept blocks from the checkpoint"
+    ) as e:
+        load_sample_selection(path)
+    assert "\n" not in str(e.value)

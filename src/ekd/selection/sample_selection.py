@@ -260,20 +260,28 @@ def save_sample_selection(path: str | Path, ids: Tensor | list[int], meta: dict[
     return path
 
 
+DELETE_FIX = "delete it: --resume takes the kept blocks from the checkpoint (a run not started yet scores the samples again)"
+
+
 def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     """(ids (N,) long, meta) from a file written by ``save_sample_selection``."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(
-            f"cannot read the sample selection {path}: {e}; delete it: --resume takes the kept blocks from the "
-            "checkpoint (a run not started yet scores the samples again)"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not an ekd sample selection file")
+    except (
+        OSError,
+        ValueError,
+    ) as e:  # a directory in its way, bytes that are no UTF-8 or no JSON (try-out 42)
+        raise ConfigError(f"cannot read the sample selection {path}: {e}; {DELETE_FIX}") from None
+    ids = payload.get("sample_ids") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(ids, list):
+        raise ConfigError(f"{path} is not an ekd sample selection file; {DELETE_FIX}")
     if payload.get("version") != VERSION:
         raise ConfigError(
             f"{path}: sample selection version {payload.get('version')} is not supported (expected {VERSION})"
         )
-    return torch.tensor(payload["sample_ids"], dtype=torch.long), dict(payload.get("meta", {}))
+    try:
+        kept = torch.tensor(ids, dtype=torch.long)  # (k,)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"{path}: its sample_ids are not block indices; {DELETE_FIX}") from None
+    return kept, dict(payload.get("meta") or {})

@@ -923,7 +923,7 @@ def sample_selection(
     from ekd.selection.sample_selection import load_sample_selection, save_sample_selection, select_samples
 
     path = run_dir / SAMPLE_SELECTION
-    done = path.is_file()
+    done = path.exists()  # a directory in its way is refused by the load, not written over (try-out 42)
     ranks.barrier()  # every rank has looked before rank 0 may write it
     if done:
         kept, _ = load_sample_selection(path)
