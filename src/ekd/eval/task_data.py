@@ -238,7 +238,9 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 
 FIX = "fix that row of the data or remove it, then run again"
-FLOAT_FIX = "write whole numbers"  # of a float answer index (try-out 39: lm-eval failed on it after training)
+FLOAT_FIX = (
+    "write whole numbers in every row"  # float answer indices (try-out 39: lm-eval failed after training)
+)
 
 
 def check_rows_of(name: str, task: Any, shots: int) -> None:
@@ -266,11 +268,10 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     for part, docs in parts:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
-            line = f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}"
-            if cause.endswith(FLOAT_FIX):
-                floats = floats or line
+            if cause.endswith(FLOAT_FIX):  # the column's type, not this row's: said of the task (try-out 42)
+                floats = floats or f"eval.tasks: {_where(name, task, split)}: {cause} (first: {part} row {i})"
             elif cause:
-                raise EkdError(line)
+                raise EkdError(f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}")
     if floats:
         raise EkdError(floats)
 
@@ -297,8 +298,8 @@ def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
             for g in golds:
                 if isinstance(g, float):  # lm-eval indexes the choices with it: a TypeError after the scoring
                     return (
-                        f"its answer index {g!r} is a float, which lm-eval cannot index the choices with (a column "
-                        f"reads as floats when one of its cells is empty or has a decimal point); {FLOAT_FIX}"
+                        f"its answer indices read as floats ({g!r}), which lm-eval cannot index the choices with: one "
+                        f"cell with a decimal point (1.0) or an empty one makes a whole column float; {FLOAT_FIX}"
                     )
                 if isinstance(g, bool) or not isinstance(g, (int, str)):
                     return f"its answer {g!r} is neither a choice's index nor a choice"
