@@ -239,7 +239,7 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 FIX = "fix that row of the data or remove it, then run again"
 FLOAT_FIX = (
-    "write whole numbers in every row"  # float answer indices (try-out 39: lm-eval failed after training)
+    "fix the file: whole numbers in every row"  # float answer indices (try-out 39: lm-eval failed on them)
 )
 
 
