@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ekd.cli import main
-from ekd.errors import ModelError
+from ekd.errors import ConfigError, ModelError
 from ekd.models.load import load_model, load_tokenizer
 from tiny import tiny_overrides, write_corpus
 
@@ -489,3 +489,18 @@ class _Collect(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def test_an_unknown_model_type_read_for_the_document_boundary_names_the_real_fix(good_dir, tmp_path):
+    """Try-out 42, F5: a model directory of an unknown ``model_type`` without a generation config was refused by the
+    document boundary's read of its config, advising ``data.separator=eos`` — which only led to the next refusal."""
+    from ekd.data.boundary import read_model_eos
+
+    d = tmp_path / "frob"
+    shutil.copytree(good_dir, d)
+    (d / "generation_config.json").unlink(missing_ok=True)
+    _edit_config(d, model_type="frobnicator")
+    with pytest.raises(ConfigError) as e:
+        read_model_eos(str(d), key="model.student")
+    assert "upgrade transformers or use a supported architecture" in str(e.value), e.value
+    assert "data.separator=eos" not in str(e.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 import torch
@@ -384,7 +385,15 @@ def test_an_encoder_teacher_is_refused_as_not_a_causal_lm(tmp_path, capsys, how)
         "bert", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
     )  # fmt: skip
     AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path / "bert")
-    assert main(["student", "init", str(tmp_path / "bert"), str(tmp_path / "s"), *how]) == 2
+    said = []  # transformers' own records (its stderr handler writes where pytest's capture does not look)
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        assert main(["student", "init", str(tmp_path / "bert"), str(tmp_path / "s"), *how]) == 2
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [m for m in said if "is_decoder" in m], said  # try-out 42, F4: advice that led nowhere
     err = capsys.readouterr().err
     assert (
         "ekd: error: student init: teacher: model type 'bert' (BertLMHeadModel) is not a causal LM" in err

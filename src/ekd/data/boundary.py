@@ -93,10 +93,13 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
-        first = first_line(e)
+        from ekd.models.load import loader_hint
+
+        # a cause the loader knows (an architecture this transformers lacks) has its own fix (try-out 42)
+        fix = loader_hint(e).removeprefix("; ") if not isinstance(e, OSError) else ""
         raise ConfigError(
-            f"{key}: cannot read the config of '{spec}' ({first}), which data.separator=auto reads for the "
-            "end-of-document id; fix the path or set data.separator=eos"
+            f"{key}: cannot read the config of '{spec}' ({first_line(e)}), which data.separator=auto reads for the "
+            f"end-of-document id; {fix or 'fix the path or set data.separator=eos'}"
         ) from None
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return getattr(text_config, "eos_token_id", None)

@@ -324,14 +324,20 @@ def load_or_refuse(
         raise
     except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
         raise ModelError(
-            f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){_hint(e)}"
+            f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){loader_hint(e)}"
         ) from e
     finally:
         library.handlers, library.propagate = handlers, propagate
     for record in held.records:
-        if record.name not in drop:
+        if record.name not in drop and not any(text in record.getMessage() for text in MISLEADING):
             logging.getLogger(record.name).handle(record)
     return result
+
+
+MISLEADING = ("as a standalone, add `is_decoder=True",)
+"""transformers' advice, logged at load, that ekd's own line replaces: BERT-like encoders loaded by
+``AutoModelForCausalLM`` without ``is_decoder`` attend both ways, and :func:`check_output_head` refuses them as no
+causal LM (try-out 42: the advice came first, and following it ended in another refusal, their LM head's transform)."""
 
 
 class _HoldRecords(logging.Handler):
@@ -362,7 +368,9 @@ def _first_line(e: BaseException, held: _HoldRecords) -> str:
     return first if len(first) <= 300 else first[:297] + "..."
 
 
-def _hint(e: BaseException) -> str:
+def loader_hint(e: BaseException) -> str:
+    """'; <fix>' for a transformers loader's failure whose cause is known (remote code, an architecture this
+    transformers does not know, files or network), '' otherwise."""
     text = str(e)
     if "custom code" in text or "trust_remote_code" in text:
         return "; set model.trust_remote_code=true only if you trust that code"

@@ -42,6 +42,7 @@ from ekd.models.load import (
     check_output_head,
     is_preset,
     load_model,
+    load_or_refuse,
     load_tokenizer,
     save_model_dir,
 )
@@ -373,7 +374,14 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             raise ModelError(
                 f"student init: cannot read the teacher's config from '{plan.teacher}' ({first})"
             ) from None
-        student = from_config(teacher_config, plan.overrides, plan.tie_word_embeddings, plan.seed)
+        student = (
+            load_or_refuse(  # transformers' messages while it builds: as for a load (one line on refusal)
+                plan.teacher,
+                "student init: teacher",
+                lambda: from_config(teacher_config, plan.overrides, plan.tie_word_embeddings, plan.seed),
+                "a student from the teacher's config",
+            )
+        )
         check_output_head(student, role="student init: teacher")  # its architecture's, every head row
         record: dict[str, Any] = {"overrides": plan.overrides}
         teacher_layers = int(teacher_config.num_hidden_layers)
