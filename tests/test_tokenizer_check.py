@@ -483,3 +483,31 @@ def test_ekd_eval_reads_the_export_with_the_tokenizer_the_run_trained_with(
     assert main(["eval", str(run), "eval.teacher=false"]) == 2
     assert "does not encode as the one the run trained with" in capsys.readouterr().err
     assert (run / "eval.json").read_bytes() == before
+
+
+def test_the_same_files_loaded_as_another_class_are_named_so(tmp_path):
+    """Try-outs 35 (F4) and 42 (F6): a student directory holding the teacher's tokenizer files byte for byte, next
+    to a qwen2 config, loads as Qwen2Tokenizer, which adds '<|endoftext|>'; the refusal advised saving the
+    teacher's files there — they were. It names the class that adds the token and the fix that works."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from ekd.errors import ModelError
+    from ekd.models.load import check_same_tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator(["def f(x): return x + 1\n"] * 20, trainer)
+    for name, model_type in (("teacher", "llama"), ("student", "qwen2")):
+        PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>").save_pretrained(tmp_path / name)
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+    teacher, student = (AutoTokenizer.from_pretrained(tmp_path / n) for n in ("teacher", "student"))
+    assert type(teacher) is not type(student) and len(student) == len(teacher) + 1
+    with pytest.raises(ModelError) as e:
+        check_same_tokenizer(teacher, student)
+    assert f"which its class {type(student).__name__} adds" in str(e.value), e.value
+    assert "remove the tokenizer files from the student's directory" in str(e.value)

@@ -425,9 +425,16 @@ def check_same_tokenizer(
         extends = len(student) > len(teacher) and all(i in student and i not in teacher for i in differing)
         if not fix and set(names) == {"teacher", "student"} and extends:  # the teacher's plus added tokens
             added = ", ".join(repr(student[i]) for i in differing[:4]) + (", …" if len(differing) > 4 else "")
+            classes = (type(a), type(b)) if names == ("teacher", "student") else (type(b), type(a))
             fix = (
                 f"the student's is the teacher's plus {counted(len(differing), 'added token')} ({added}): save "
                 "the teacher's tokenizer files into the student's directory if it does not need them"
+                if classes[0] is classes[1]
+                # the same files, another class: transformers picks it by model_type (try-outs 35, 42)
+                else f"the student's is the teacher's plus {counted(len(differing), 'added token')} ({added}), "
+                f"which its class {classes[1].__name__} adds (transformers picks the class by the model_type next "
+                "to the files): remove the tokenizer files from the student's directory, so that the run's "
+                "tokenizer is the only one"
             )
         raise ModelError(
             f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {counted(len(b), 'token')}, "
