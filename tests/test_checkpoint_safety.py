@@ -513,3 +513,13 @@ def _pickled(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def test_something_in_the_way_of_a_write_is_named(tmp_path):
+    """Try-out 42, F7: a stray file where ekd writes a directory (``student.tmp``) was 'a file is in the way writing
+    to runs/x; choose another path' — the run directory, not the file to move."""
+    (tmp_path / "student.tmp").write_text("stray")
+    with pytest.raises(DiskError) as e, atomic_dir(tmp_path / "student"):
+        pass
+    assert str(tmp_path / "student.tmp") in str(e.value) and "move or remove it" in str(e.value), e.value
+    assert (tmp_path / "student.tmp").read_text() == "stray"

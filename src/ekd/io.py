@@ -73,9 +73,19 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+IN_THE_WAY = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+"""A path where ekd writes is taken by another file or directory: the error's own path is named, and moving it
+is the fix (try-out 42: 'a file is in the way writing to runs/x; choose another path' of a stray runs/x/student.tmp)."""
+
+
 def disk_error(e: OSError, where: Path | str) -> DiskError:
-    """One line: what went wrong, the directory it went wrong in, and what to do."""
+    """One line: what went wrong, the directory it went wrong in (for something in the way, its path), and what
+    to do."""
     reason, fix = _REASONS.get(e.errno, (e.strerror or type(e).__name__, "check the directory"))
+    if e.errno in IN_THE_WAY and e.filename:
+        return DiskError(
+            f"{reason} at {e.filename} (writing to {where}); move or remove it, or {fix}, and rerun"
+        )
     return DiskError(f"{reason} writing to {where}; {fix} and rerun")
 
 

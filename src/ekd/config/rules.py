@@ -76,7 +76,7 @@ class OneOf:
         if found in names:
             return
         hint = next((f" ({value} is {where})" for name, where in self.elsewhere if name == found), None)
-        if hint is None and self.numbers and _is_number(value):
+        if hint is None and self.numbers and _is_number(value) and float(value) > 0:  # a τ, not a typo of -1
             hint = f"; a number is {self.numbers}'s: {self.numbers}={value}"
         hint = hint if hint is not None else did_you_mean(found, names)
         shown = ", ".join(repr(n) if n == "" else n for n in names)
