@@ -517,3 +517,6 @@ def test_a_number_given_as_the_temperature_policy_names_the_temperature_key():
         ConfigError, match=r"got '2'; a number is method.kd_temperature's: method.kd_temperature=2"
     ):
         load_config([], ["method=ekd", "method.temperature=2"])
+    with pytest.raises(ConfigError) as e:  # try-out 42, F8: no τ, so no advice to set τ = -1
+        load_config([], ["method=ekd", "method.temperature=-1"])
+    assert "kd_temperature" not in str(e.value)
