@@ -1055,3 +1055,21 @@ def test_a_teacher_retrained_in_place_is_another_teacher(tmp_path):
         vs = next(g for g in same["groups"] if g["method"] == "rkl")["vs"]["kd"]["eval/kl"]
         assert vs["n"] == 1, (kd, vs)
         assert len(same["teachers"]) == 1
+
+
+def test_runs_without_any_teacher_figures_say_why_there_is_no_teacher_row(tmp_path):
+    """Try-out 42, F9: a comparison of runs that record no teacher figures at all (``ce`` with a random preset
+    teacher, or ``eval.teacher_metrics=false``) printed no teacher row and no word why."""
+    from ekd.eval.compare import compare_runs
+
+    runs = []
+    for seed in (0, 1):
+        run = _fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0 + seed, 0.5)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["eval"] = {"teacher_metrics": False}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        runs.append(run)
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    assert s["teachers"] == [] and s["no_teacher"] == {"switch": "eval.teacher_metrics"}
+    text = (tmp_path / "o" / "compare.md").read_text()
+    assert "No `(teacher)` row: these runs record no teacher figures (eval.teacher_metrics=false" in text

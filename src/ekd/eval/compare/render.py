@@ -36,6 +36,13 @@ def _fmt(key: str) -> str:
     return FORMATS.get(key.rpartition("/")[2] or key, ".4g")
 
 
+def _why_no_teacher(why: dict[str, str] | None) -> str:
+    """The reason a teacher has no figures (``summary._no_teacher_sets``), with the command that adds them."""
+    why = why or {"switch": "eval.teacher_metrics"}
+    switch = why.get("switch")
+    return f"{switch}=false; `ekd eval RUN {switch}=true` adds them" if switch else why["reason"]
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The results table (mean ± std over seeds) and one paired-difference table per baseline."""
     groups = summary["groups"]
@@ -72,10 +79,12 @@ def markdown(summary: dict[str, Any]) -> str:
     text_keys = [k for k in keys if _text_set(k.rpartition("/")[0])]
     for t in summary.get("teachers", []):  # e.g. the demo's: its downstream tasks scored, its text sets not
         if text_keys and not set(t["metrics"]) & set(text_keys):
-            why = t.get("without_sets") or {"switch": "eval.teacher_metrics"}
-            switch = why.get("switch")
-            said = f"{switch}=false; `ekd eval RUN {switch}=true` adds them" if switch else why["reason"]
+            said = _why_no_teacher(t.get("without_sets"))
             parts.append(f"`{t['label']}`: no eval-set figures in these runs ({said}).\n")
+    if "no_teacher" in summary:
+        parts.append(
+            f"No `(teacher)` row: these runs record no teacher figures ({_why_no_teacher(summary['no_teacher'])}).\n"
+        )
     if summary.get("replica_notes"):
         parts.append(
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "

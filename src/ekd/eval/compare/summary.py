@@ -146,6 +146,8 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
                 }
         out["groups"].append(entry)
     out["teachers"] = _teacher_rows(groups)
+    if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
+        out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
     out["eval_set_columns"] = eval_set_columns(groups)
     out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
     out["replicas"] = [
