@@ -526,6 +526,8 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     config = _config_file(tmp_path, corpus, "tr", **{"train.max_steps": 2, "train.checkpoint_every": 1})
     args = ["distill", config, f"model.teacher={tmp_path / 't'}", "model.tokenizer=teacher"]
     assert main(args) == 0
+    marker = json.loads((tmp_path / "runs" / "tr" / "ekd-run.json").read_text())
+    assert marker["state"] == "finished" and marker["teacher_weights"].startswith("sampled-sha256:")
     assert main([*args, "train.max_steps=3", "--resume"]) == 0  # the same teacher: resumes
     build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=1).save_pretrained(
         tmp_path / "t"

@@ -1073,3 +1073,23 @@ def test_runs_without_any_teacher_figures_say_why_there_is_no_teacher_row(tmp_pa
     assert s["teachers"] == [] and s["no_teacher"] == {"switch": "eval.teacher_metrics"}
     text = (tmp_path / "o" / "compare.md").read_text()
     assert "No `(teacher)` row: these runs record no teacher figures (eval.teacher_metrics=false" in text
+
+
+def test_seeds_taught_by_two_teachers_are_two_groups(tmp_path):
+    """Try-out 43, F2: a teacher retrained in place between two seeds of one method gave one row, its KL the mean over
+    the two teachers' students (0.057 ± 0.056). Where every run taught online records its teacher's weights
+    (ekd-run.json), model.teacher is read as them: a copy at another path groups with the original."""
+    from ekd.eval.compare import compare_runs
+
+    def run(name, seed, path, weights):
+        r = _edit(_fake_run(tmp_path, name, "rkl", seed, 10.0, 0.5), teacher=path)
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "teacher_weights": weights}
+        (r / "ekd-run.json").write_text(json.dumps(marker))
+        return r
+
+    split = compare_runs([run("a0", 0, "/m/t", "sampled-sha256:aa"), run("a1", 1, "/m/t", "sampled-sha256:bb")],
+                         tmp_path / "o", baselines=(), plots=False)  # fmt: skip
+    assert [g["method"] for g in split["groups"]] == ["rkl", "rkl#2"], split["groups"]
+    same = compare_runs([run("b0", 0, "/m/t", "sampled-sha256:aa"), run("b1", 1, "/n/t", "sampled-sha256:aa")],
+                        tmp_path / "o2", baselines=(), plots=False)  # fmt: skip
+    assert [g["method"] for g in same["groups"]] == ["rkl"]

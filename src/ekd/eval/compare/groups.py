@@ -82,8 +82,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             if n in r.eval
         )
     )
+    taught_online = [
+        r for r in runs if ((r.config.get("teacher") or {}).get("source") or "online") == "online"
+    ]
+    teacher_by_content = bool(taught_online) and all(r.teacher_weights for r in taught_online)
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
+        r.teacher_by_content = teacher_by_content
     groups: dict[str, Group] = {}
     for r in runs:
         g = groups.setdefault(r.group_key(), Group(label=""))

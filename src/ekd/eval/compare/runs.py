@@ -80,6 +80,11 @@ class RunRecord:
     data_fingerprint: str | None = None
     # data.source is read as its content (the training blocks' sha256): every compared run records one
     source_by_content: bool = False
+    # the weights fingerprint of a local teacher (ekd-run.json ``teacher_weights``); None for a hub id, a preset, a
+    # cache-trained run or a run of an older ekd
+    teacher_weights: str | None = None
+    # model.teacher is read as its weights (:attr:`teacher_weights`): every compared run taught online records them
+    teacher_by_content: bool = False
     # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
     sets_by_content: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
@@ -137,6 +142,13 @@ class RunRecord:
         cfg.setdefault("train", {})[GLOBAL_BATCH_KEY] = self.global_micro_batch or micro
         if "data" in cfg:
             cfg["data"] = self._source_as_content(cfg["data"])
+        if self.teacher_by_content and self.teacher_weights and "teacher" in cfg.get("model", {}):
+            # a copy elsewhere is the same teacher, one retrained in place another (try-out 43: the seeds of one
+            # method taught by two teachers were averaged in one row)
+            cfg["model"] = {
+                **cfg["model"],
+                "teacher": f"weights {self.teacher_weights.rpartition(':')[2][:16]}",
+            }
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
 
     def _source_as_content(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -309,6 +321,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         scored_with,
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
+        teacher_weights=marker.get("teacher_weights") or None,
         ranks=marker.get("ranks"),
         segments=marker.get("segments") or None,
         scored_by=scored_by,
