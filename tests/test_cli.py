@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -529,11 +530,14 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     marker = json.loads((tmp_path / "runs" / "tr" / "ekd-run.json").read_text())
     assert marker["state"] == "finished" and marker["teacher_weights"].startswith("sampled-sha256:")
     assert main([*args, "train.max_steps=3", "--resume"]) == 0  # the same teacher: resumes
+    shutil.copytree(tmp_path / "t", tmp_path / "t-copy")  # try-out 43, F1: the same teacher at another path
+    moved = ["distill", config, f"model.teacher={tmp_path / 't-copy'}", "model.tokenizer=teacher"]
+    assert main([*moved, "train.max_steps=4", "--resume"]) == 0
     build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=1).save_pretrained(
         tmp_path / "t"
     )  # retrained
     capsys.readouterr()
-    assert main([*args, "train.max_steps=4", "--resume"]) == 2
+    assert main([*args, "train.max_steps=5", "--resume"]) == 2
     line = _error_line(capsys)
     assert (
         "--resume: model.teacher" in line

@@ -185,6 +185,14 @@ def read_marker(run_dir: Path) -> dict | None:
     return marker
 
 
+def other_teacher(spec: str) -> str:
+    """The refusal of a ``--resume`` whose ``model.teacher`` holds other weights than the run's teacher."""
+    return (
+        f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by (retrained or "
+        "replaced since); name a directory holding those weights, or start a new run under another run.name"
+    )
+
+
 def _saved_source(run_dir: Path) -> object:
     """``data.source`` of the run's saved config.yaml, or '?' when it holds none."""
     return ((_saved_config(run_dir) or {}).get("data") or {}).get("source", "?")
@@ -474,6 +482,20 @@ class RunStart:
                 flat_config(saved).get("data.source"),
                 self.cfg.data.source,
             )
+        if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
+            from ekd.models.identity import weights_fingerprint
+
+            weights = weights_fingerprint(self.cfg.model.teacher)
+            if weights == recorded:  # the teacher copied or moved (try-out 43: refused as another run)
+                blocking.remove("model.teacher")
+                log.info(
+                    "--resume with model.teacher at another path (%s → %s): the same weights (their fingerprint "
+                    "is the run's)",
+                    flat_config(saved).get("model.teacher"),
+                    self.cfg.model.teacher,
+                )
+            elif weights is not None:
+                raise RunDirError(other_teacher(self.cfg.model.teacher))
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
@@ -612,11 +634,7 @@ class RunStart:
         current = weights_fingerprint(spec)
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
         if not self.fresh and saved is not None and current is not None and saved != current:
-            raise RunDirError(
-                f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by "
-                "(retrained or replaced in place since); put those weights back, or start a new run under another "
-                "run.name"
-            )
+            raise RunDirError(other_teacher(spec))
         if saved is None and current is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, teacher_weights=current)
