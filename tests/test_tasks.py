@@ -965,7 +965,7 @@ BAD_ROW = {
     "truncated": "line 11 is not valid JSON",
     "no-answer": "test split row 7: its field 'answer' is missing or null",
     "answer-out-of-range": "test split row 5: its answer index 7 is outside its 3 choices (0–2)",
-    "float-answer": "its answer indices read as floats (1.0), which lm-eval cannot index the choices with: one cell",
+    "float-answer": "its answer indices read as floats, which lm-eval cannot index the choices with: one cell",
 }
 
 

@@ -269,7 +269,7 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
             if cause.endswith(FLOAT_FIX):  # the column's type, not this row's: said of the task (try-out 42)
-                floats = floats or f"eval.tasks: {_where(name, task, split)}: {cause} (first: {part} row {i})"
+                floats = floats or f"eval.tasks: {_where(name, task, split)}: {cause}"
             elif cause:
                 raise EkdError(f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}")
     if floats:
@@ -298,7 +298,7 @@ def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
             for g in golds:
                 if isinstance(g, float):  # lm-eval indexes the choices with it: a TypeError after the scoring
                     return (
-                        f"its answer indices read as floats ({g!r}), which lm-eval cannot index the choices with: one "
+                        "its answer indices read as floats, which lm-eval cannot index the choices with: one "
                         f"cell with a decimal point (1.0) or an empty one makes a whole column float; {FLOAT_FIX}"
                     )
                 if isinstance(g, bool) or not isinstance(g, (int, str)):

@@ -376,7 +376,7 @@ def _train(
     kept = None
     if cfg.method.sample_fraction < 1.0:  # TopSmp scores with the initial student, whole on every rank
         with gathered(sharded, teacher_shard):
-            kept = sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp)
+            kept = sample_selection(cfg, run_dir, data, student, teacher_model, ranks, amp, resume)
     # evaluation on rank 0 gathers a sharded teacher only when it reports teacher metrics
     eval_shard = teacher_shard if cfg.eval.teacher else None
     eval_teacher = teacher_model if teacher_shard is None or cfg.eval.teacher else None
@@ -892,6 +892,17 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
     return parts.needs_teacher or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
 
 
+def _checkpoint_sample_ids(ckpt: Path) -> list[int] | None:
+    """TopSmp's kept blocks as checkpoint ``ckpt``'s ``state.pt`` holds them (``weights_only``; not verified here:
+    the resume verifies the checkpoint and checks its loader against them); None when it holds none or cannot be
+    read (an older ekd's, a damaged one)."""
+    try:
+        ids = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True).get("sample_ids")
+    except Exception:  # noqa: BLE001 — a damaged state.pt: the samples are scored as before
+        return None
+    return ids if isinstance(ids, list) else None
+
+
 def restore_sample_selection(run_dir: Path, ids: list[int], ckpt: Path, ranks: Ranks) -> torch.Tensor:
     """TopSmp's kept blocks as checkpoint ``ckpt`` trained on them, written back to ``run_dir``'s
     ``sample_selection.json``, which holds others — edited or damaged since, or scored again after it was deleted,
@@ -901,8 +912,8 @@ def restore_sample_selection(run_dir: Path, ids: list[int], ckpt: Path, ranks: R
     path = run_dir / SAMPLE_SELECTION
     kept = torch.tensor(ids, dtype=torch.long)
     log.warning(
-        "%s keeps other training blocks than checkpoint %s trained on (edited, damaged or scored again since): "
-        "the run goes on with the checkpoint's, written back to it",
+        "%s keeps other training blocks than checkpoint %s trained on, or is gone (edited, damaged, deleted or "
+        "scored again since): the run goes on with the checkpoint's, written back to it",
         path,
         ckpt.name,
     )
@@ -912,7 +923,14 @@ def restore_sample_selection(run_dir: Path, ids: list[int], ckpt: Path, ranks: R
 
 
 def sample_selection(
-    cfg: Config, run_dir: Path, data: PreparedData, student, teacher_model, ranks: Ranks, amp
+    cfg: Config,
+    run_dir: Path,
+    data: PreparedData,
+    student,
+    teacher_model,
+    ranks: Ranks,
+    amp,
+    resume: bool = False,
 ) -> torch.Tensor:
     """SE-KD3X TopSmp: the kept training-sample indices, scored once by the frozen initial student.
 
@@ -928,6 +946,12 @@ def sample_selection(
     if done:
         kept, _ = load_sample_selection(path)
         return kept
+    if (
+        resume and (ckpt := latest_checkpoint(run_dir)) is not None
+    ):  # deleted since: the checkpoint holds them
+        saved = _checkpoint_sample_ids(ckpt)
+        if saved is not None:  # (try-out 43: it scored the whole training set again to find the same blocks)
+            return restore_sample_selection(run_dir, saved, ckpt, ranks)
     blocks = data.blocks["train"]
     ids, scores = sharded_sample_scores(
         student,
