@@ -185,6 +185,13 @@ def read_marker(run_dir: Path) -> dict | None:
     return marker
 
 
+def _another_path(blocking: list[str], key: str, saved: dict, now: str, why: str) -> None:
+    """A ``--resume`` whose ``key`` names another path holding what the run read (a copy, a moved directory): no
+    longer ``blocking``, said in one line with ``why`` it is the same."""
+    blocking.remove(key)
+    log.info("--resume with %s at another path (%s → %s): %s", key, flat_config(saved).get(key), now, why)
+
+
 def other_teacher(spec: str) -> str:
     """The refusal of a ``--resume`` whose ``model.teacher`` holds other weights than the run's teacher."""
     return (
@@ -475,25 +482,15 @@ class RunStart:
             )
         if "data.source" in blocking and (marker or {}).get("data_fingerprint"):
             # the data at another path (a copy on another node): the run's blocks' sha256 decides, once read
-            blocking.remove("data.source")
-            log.info(
-                "--resume with data.source at another path (%s → %s): the training blocks must be the run's "
-                "(their sha256 is checked once they are read)",
-                flat_config(saved).get("data.source"),
-                self.cfg.data.source,
-            )
+            _another_path(blocking, "data.source", saved, self.cfg.data.source, "the training blocks must be the "
+                          "run's (their sha256 is checked once they are read)")  # fmt: skip
         if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
             from ekd.models.identity import weights_fingerprint
 
             weights = weights_fingerprint(self.cfg.model.teacher)
             if weights == recorded:  # the teacher copied or moved (try-out 43: refused as another run)
-                blocking.remove("model.teacher")
-                log.info(
-                    "--resume with model.teacher at another path (%s → %s): the same weights (their fingerprint "
-                    "is the run's)",
-                    flat_config(saved).get("model.teacher"),
-                    self.cfg.model.teacher,
-                )
+                _another_path(blocking, "model.teacher", saved, self.cfg.model.teacher,
+                              "the same weights (their fingerprint is the run's)")  # fmt: skip
             elif weights is not None:
                 raise RunDirError(other_teacher(self.cfg.model.teacher))
         if blocking:

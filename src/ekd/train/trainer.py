@@ -896,10 +896,13 @@ def _checkpoint_sample_ids(ckpt: Path) -> list[int] | None:
     """TopSmp's kept blocks as checkpoint ``ckpt``'s ``state.pt`` holds them (``weights_only``; not verified here:
     the resume verifies the checkpoint and checks its loader against them); None when it holds none or cannot be
     read (an older ekd's, a damaged one)."""
+    from ekd.train.checkpoint import _load_pickle
+
     try:
-        ids = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True).get("sample_ids")
+        state = _load_pickle(ckpt / "state.pt", "cpu")
     except Exception:  # noqa: BLE001 — a damaged state.pt: the samples are scored as before
         return None
+    ids = state.get("sample_ids") if isinstance(state, dict) else None
     return ids if isinstance(ids, list) else None
 
 
@@ -946,12 +949,10 @@ def sample_selection(
     if done:
         kept, _ = load_sample_selection(path)
         return kept
-    if (
-        resume and (ckpt := latest_checkpoint(run_dir)) is not None
-    ):  # deleted since: the checkpoint holds them
-        saved = _checkpoint_sample_ids(ckpt)
-        if saved is not None:  # (try-out 43: it scored the whole training set again to find the same blocks)
-            return restore_sample_selection(run_dir, saved, ckpt, ranks)
+    # deleted since: the checkpoint holds them (try-out 43: the whole training set was scored again to find them)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None and (saved := _checkpoint_sample_ids(ckpt)) is not None:
+        return restore_sample_selection(run_dir, saved, ckpt, ranks)
     blocks = data.blocks["train"]
     ids, scores = sharded_sample_scores(
         student,
