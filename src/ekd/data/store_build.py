@@ -58,6 +58,7 @@ from ekd.data.packing import (
     settle_skipped,
     token_chunks,
 )
+from ekd.data.prompt_split import PromptSplits
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
 from ekd.data.store import (
@@ -385,6 +386,7 @@ def _build(
                 stream = islice(phase.documents(), consumed, None)
                 # chat rows skipped in this phase, per split, over all its windows (reported once at its end)
                 skipped = {n: SkippedRows(f"data.format=chat: {n} rows") for n in phase.splits}
+                splits = {n: PromptSplits(n) for n in phase.splits}  # rows that tokenize otherwise joined
                 while not all(states[n].closed for n in phase.splits):
                     window = list(islice(stream, WINDOW_DOCUMENTS))
                     if not window:
@@ -395,7 +397,9 @@ def _build(
                         if _accept(states[split], doc, phase.max_chars):
                             routed[split].append(doc)
                     for split, docs in routed.items():
-                        for chunk in token_chunks(docs, tokenizer, boundary, skipped=skipped[split]):
+                        for chunk in token_chunks(
+                            docs, tokenizer, boundary, skipped=skipped[split], splits=splits[split]
+                        ):
                             files[split].append(chunk)
                             since_checkpoint += len(chunk)
                         states[split].tokens, states[split].documents = (
@@ -414,6 +418,7 @@ def _build(
                     raise no_documents(d, phase.source, phase.key)
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
+                    splits[split].report()
                 _checkpoint(staging, signature, index + 1, 0, states, files)
             manifest = _finish(cfg, boundary, signature, staging, names, states, files)
         finally:
