@@ -1,5 +1,6 @@
 """Test-suite settings: one intra-op thread. The tests run tiny tensors, where a second OpenMP thread only
-adds synchronization (and on a loaded 2-core CI box makes small ops up to 100× slower). Shared fixtures:
+adds synchronization (and on a loaded 2-core CI box makes small ops up to 100× slower). ekd's user cache
+directory (the weight files' digests) is the session's own, not the user's. Shared fixtures:
 ``hub_unreachable`` (no network, by a closed local port)."""
 
 import pytest
@@ -12,6 +13,13 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_home(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # subprocesses (the CLI, torchrun) inherit it
+        mp.setenv("EKD_CACHE_HOME", str(tmp_path_factory.mktemp("ekd-cache-home")))
+        yield
 
 
 @pytest.fixture

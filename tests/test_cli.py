@@ -528,7 +528,7 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     args = ["distill", config, f"model.teacher={tmp_path / 't'}", "model.tokenizer=teacher"]
     assert main(args) == 0
     marker = json.loads((tmp_path / "runs" / "tr" / "ekd-run.json").read_text())
-    assert marker["state"] == "finished" and marker["teacher_weights"].startswith("sampled-sha256:")
+    assert marker["state"] == "finished" and marker["teacher_weights"].startswith("sha256:")
     assert main([*args, "train.max_steps=3", "--resume"]) == 0  # the same teacher: resumes
     shutil.copytree(tmp_path / "t", tmp_path / "t-copy")  # try-out 43, F1: the same teacher at another path
     moved = ["distill", config, f"model.teacher={tmp_path / 't-copy'}", "model.tokenizer=teacher"]

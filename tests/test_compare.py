@@ -1093,3 +1093,24 @@ def test_seeds_taught_by_two_teachers_are_two_groups(tmp_path):
     same = compare_runs([run("b0", 0, "/m/t", "sampled-sha256:aa"), run("b1", 1, "/n/t", "sampled-sha256:aa")],
                         tmp_path / "o2", baselines=(), plots=False)  # fmt: skip
     assert [g["method"] for g in same["groups"]] == ["rkl"]
+
+
+def test_seeds_of_a_method_without_a_teacher_are_one_group_whatever_teacher_evaluated_them(tmp_path):
+    """Try-out 44, F2: ``ce`` seeds evaluated against a teacher retrained between them were split into ``ce`` and
+    ``ce#2`` by a teacher that taught neither (their KL is paired by each entry's own teacher record); a method
+    that trains with the teacher is still split by it, and so are older records of both schemes, by path."""
+    from ekd.eval.compare import compare_runs
+
+    def run(name, method, seed, path, weights):
+        r = _edit(_fake_run(tmp_path, name, method, seed, 10.0 + seed, 0.5), teacher=path)
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "teacher_weights": weights}
+        (r / "ekd-run.json").write_text(json.dumps(marker))
+        return r
+
+    runs = [run(f"ce{s}", "ce", s, "/m/t", w) for s, w in enumerate(("sha256:aa", "sha256:aa", "sha256:bb"))]
+    runs += [run(f"kd{s}", "kd", s, "/m/t", w) for s, w in enumerate(("sha256:aa", "sha256:bb"))]
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    assert sorted((g["method"], len(g["seeds"])) for g in s["groups"]) == [("ce", 3), ("kd", 1), ("kd#2", 1)]
+    mixed = [run("m0", "kd", 0, "/m/t", "sampled-sha256:aa"), run("m1", "kd", 1, "/n/t", "sha256:aa")]
+    s = compare_runs(mixed, tmp_path / "o2", baselines=(), plots=False)  # two schemes: by path, as before
+    assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"], s["groups"]

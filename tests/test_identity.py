@@ -1,30 +1,102 @@
-"""A teacher's identity for ``ekd compare``: a fingerprint of its weight files by a sample of their bytes — the same
-for a copy or a moved directory, another for a teacher retrained in place (try-out 39, F3; review 99)."""
+"""A teacher's identity for ``ekd compare`` and ``--resume``: a fingerprint of every byte of its weight files — the
+same for a copy or a moved directory, another as soon as one weight differs (try-out 39, F3; review 99; try-out
+44, F1: one tensor edited in place fell between the 16 windows the fingerprint sampled) — remembered per file
+state, so an unchanged teacher is a ``stat``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
+import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ekd.models.identity import weights_fingerprint
+from ekd.models import identity
+from ekd.models.identity import comparable, same_weights, sampled_fingerprint, weights_fingerprint
+
+CONFIG = LlamaConfig(  # ~0.4 MB of weights: the old windows covered 16% of them
+    vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2
+)
 
 
-def test_a_copy_is_the_same_teacher_and_a_retrained_one_is_not(tmp_path):
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2)  # fmt: skip
+@pytest.fixture
+def teacher(tmp_path):
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "t")
-    first = weights_fingerprint(str(tmp_path / "t"))
-    assert first is not None and first.startswith("sampled-sha256:")
-    shutil.copytree(tmp_path / "t", tmp_path / "copy")  # other mtimes, other path
+    AutoModelForCausalLM.from_config(CONFIG).save_pretrained(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def test_a_copy_is_the_same_teacher_and_a_retrained_one_is_not(teacher, tmp_path):
+    first = weights_fingerprint(str(teacher))
+    assert first is not None and first.startswith("sha256:")
+    shutil.copytree(teacher, tmp_path / "copy")  # other mtimes, other path
     os.utime(tmp_path / "copy" / "model.safetensors", (1, 1))
     assert weights_fingerprint(str(tmp_path / "copy")) == first
     torch.manual_seed(1)  # the same architecture trained on: every weight moves
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "t")
-    assert weights_fingerprint(str(tmp_path / "t")) != first
+    AutoModelForCausalLM.from_config(CONFIG).save_pretrained(teacher)
+    assert weights_fingerprint(str(teacher)) != first
     assert (
         weights_fingerprint("preset:llama-micro") is None and weights_fingerprint("Qwen/Qwen2.5-0.5B") is None
     )
+
+
+def test_one_tensor_edited_in_place_is_another_teacher_even_with_its_mtime_put_back(teacher):
+    file = teacher / "model.safetensors"
+    before, st = weights_fingerprint(str(teacher)), file.stat()
+    tensors = load_file(str(file))
+    tensors["model.layers.0.self_attn.q_proj.weight"] *= 1.5  # try-out 44: a LoRA merged into one projection
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))  # the modification time put back
+    assert weights_fingerprint(str(teacher)) != before
+    assert same_weights(before, str(teacher)) is False
+
+
+def test_one_float_changed_between_the_old_sampled_windows_is_another_teacher(teacher):
+    """Try-out 44, F1: the fingerprint sampled 16 windows of 4 KiB per file; a change between two of them
+    passed as the same teacher (the old fingerprint is kept, for the records it wrote, and shows it)."""
+    file = teacher / "model.safetensors"
+    before, sampled, size = (
+        weights_fingerprint(str(teacher)),
+        sampled_fingerprint(str(teacher)),
+        file.stat().st_size,
+    )
+    last = size - identity.WINDOW
+    at = (last * 8 // 15 + identity.WINDOW + last * 9 // 15) // 2  # midway between windows 8 and 9
+    assert last * 9 // 15 - (last * 8 // 15 + identity.WINDOW) > 64, "the model is too small for the gap"
+    with open(file, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+    assert sampled_fingerprint(str(teacher)) == sampled  # what the sample missed
+    assert weights_fingerprint(str(teacher)) != before and same_weights(before, str(teacher)) is False
+
+
+def test_an_unchanged_teacher_is_not_read_again_and_a_lost_memo_only_costs_a_hash(teacher, monkeypatch):
+    reads = []
+    piece = identity._piece_sha256
+    monkeypatch.setattr(identity, "_piece_sha256", lambda *a: reads.append(a) or piece(*a))
+    monkeypatch.setattr(identity, "PIECE", 4096)  # several pieces on several threads
+    first = weights_fingerprint(str(teacher))
+    assert len(reads) == -(-(teacher / "model.safetensors").stat().st_size // 4096)
+    reads.clear()
+    assert weights_fingerprint(str(teacher)) == first and reads == []  # a stat
+    memo = identity.cache_home() / identity.MEMO_NAME
+    memo.write_text("{not json")  # damaged: hashed again, rewritten
+    assert weights_fingerprint(str(teacher)) == first and reads
+    assert len(json.loads(memo.read_text())) >= 1
+    monkeypatch.setenv("EKD_CACHE_HOME", "/proc/no-such-dir")  # unwritable: hashed every time, no error
+    assert weights_fingerprint(str(teacher)) == first
+
+
+def test_records_of_the_sampling_ekd_are_checked_their_way_and_compared_by_name(teacher):
+    old = sampled_fingerprint(str(teacher))
+    assert old.startswith("sampled-sha256:") and same_weights(old, str(teacher)) is True
+    assert not comparable(
+        old, weights_fingerprint(str(teacher))
+    )  # compare falls back to name, revision, dtype
+    assert comparable(weights_fingerprint(str(teacher)), "sha256:00") and not comparable(None, old)
+    assert same_weights(old, "preset:llama-micro") is None

@@ -27,8 +27,8 @@ SCORING_KEY = "scoring"
 SCORING_SETTINGS = ("ece_bins", "entropy_buckets")
 TEACHER_KEY = "teacher"
 """The key of a set's entry and of its teacher row holding the teacher its KL, agreement and teacher figures were
-measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by a sampled fingerprint,
-so a teacher retrained in place is another teacher; try-out 39)."""
+measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by the sha256 of their
+bytes, so a teacher retrained or edited in place is another teacher; try-outs 39, 44)."""
 TEACHER_SUFFIX = "/teacher"
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""

@@ -485,13 +485,13 @@ class RunStart:
             _another_path(blocking, "data.source", saved, self.cfg.data.source, "the training blocks must be the "
                           "run's (their sha256 is checked once they are read)")  # fmt: skip
         if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
-            from ekd.models.identity import weights_fingerprint
+            from ekd.models.identity import same_weights
 
-            weights = weights_fingerprint(self.cfg.model.teacher)
-            if weights == recorded:  # the teacher copied or moved (try-out 43: refused as another run)
+            same = same_weights(recorded, self.cfg.model.teacher)
+            if same:  # the teacher copied or moved (try-out 43: refused as another run)
                 _another_path(blocking, "model.teacher", saved, self.cfg.model.teacher,
                               "the same weights (their fingerprint is the run's)")  # fmt: skip
-            elif weights is not None:
+            elif same is not None:
                 raise RunDirError(other_teacher(self.cfg.model.teacher))
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
@@ -623,16 +623,16 @@ class RunStart:
         Raises:
             RunDirError: ``--resume`` with a teacher whose weights differ from the run's.
         """
-        from ekd.models.identity import weights_fingerprint
+        from ekd.models.identity import same_weights, weights_fingerprint
 
         if self.cfg.teacher.source != "online":
             return
         spec = self.cfg.model.teacher
-        current = weights_fingerprint(spec)
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
-        if not self.fresh and saved is not None and current is not None and saved != current:
-            raise RunDirError(other_teacher(spec))
-        if saved is None and current is not None:
+        if saved is not None and not self.fresh:
+            if same_weights(saved, spec) is False:  # (an older ekd's sampled fingerprint: checked its way)
+                raise RunDirError(other_teacher(spec))
+        elif saved is None and (current := weights_fingerprint(spec)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, teacher_weights=current)
 

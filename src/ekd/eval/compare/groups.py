@@ -13,6 +13,7 @@ from ekd.eval.compare.eval_sets import label_eval_sets
 from ekd.eval.compare.runs import METRICS, RunRecord, _config_differences
 from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
+from ekd.models.identity import comparable
 
 
 @dataclass
@@ -85,7 +86,8 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     taught_online = [
         r for r in runs if ((r.config.get("teacher") or {}).get("source") or "online") == "online"
     ]
-    teacher_by_content = bool(taught_online) and all(r.teacher_weights for r in taught_online)
+    recorded = [r.teacher_weights for r in taught_online]  # every one, by one scheme
+    teacher_by_content = bool(recorded) and all(comparable(recorded[0], w) for w in recorded)
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
         r.teacher_by_content = teacher_by_content

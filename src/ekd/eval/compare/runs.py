@@ -19,6 +19,7 @@ from ekd.errors import EkdError
 from ekd.eval.eval_json import BLOCKS_KEY, SCORING_SETTINGS, set_settings, split_settings
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
+from ekd.models.identity import comparable
 from ekd.train.run_dir import changes_training, read_marker
 
 
@@ -149,7 +150,28 @@ class RunRecord:
                 **cfg["model"],
                 "teacher": f"weights {self.teacher_weights.rpartition(':')[2][:16]}",
             }
+        if (
+            not self.trains_with_teacher()
+        ):  # (ce) which teacher decides its eval figures alone, paired by their own
+            # record (try-out 44: ce seeds evaluated against a teacher retrained between them were split in two)
+            cfg["model"] = {k: v for k, v in cfg.get("model", {}).items() if k not in TEACHER_MODEL_KEYS}
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def trains_with_teacher(self) -> bool:
+        """Whether the teacher took part in training (a KD term against it, or TopSmp scoring with it): the
+        trainer's own rules (:func:`~ekd.train.prepare.teacher_needed`,
+        :func:`~ekd.train.prepare.scores_samples_with_teacher`) read off the saved config."""
+        from types import SimpleNamespace
+
+        from ekd.train.prepare import scores_samples_with_teacher, teacher_needed
+
+        view = SimpleNamespace(
+            **{s: SimpleNamespace(**v) for s, v in self.config.items() if isinstance(v, dict)}
+        )
+        try:
+            return bool(teacher_needed(view) or scores_samples_with_teacher(view))
+        except (AttributeError, TypeError):  # a config without these keys: as if it did
+            return True
 
     def _source_as_content(self, data: dict[str, Any]) -> dict[str, Any]:
         """``data`` whose ``source`` is the run's training data read as its content when the runs compared are
@@ -241,15 +263,16 @@ class TeacherKey:
     dtype: str | None
 
     def same_as(self, other: TeacherKey) -> bool:
-        """The same teacher: by its weights and dtype when both record weights — a copy or a moved directory is
-        the same, one retrained in place is not (try-out 39) —, else by name, revision and dtype (an older ekd's
-        entry still pairs with today's)."""
-        if self.weights is not None and other.weights is not None:
+        """The same teacher: by its weights and dtype when both record weights by one scheme — a copy or a moved
+        directory is the same, one retrained in place is not (try-out 39) —, else by name, revision and dtype (an
+        older ekd's entry still pairs with today's)."""
+        if comparable(self.weights, other.weights):
             return (self.weights, self.dtype) == (other.weights, other.dtype)
         return self.named == other.named
 
 
 TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
+TEACHER_MODEL_KEYS = ("teacher", "teacher_dtype")  # model.* keys that choose the teacher alone
 
 
 def _text_set(name: str) -> bool:
