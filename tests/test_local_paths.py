@@ -291,7 +291,8 @@ def test_a_teacher_retrained_in_place_is_refused_and_a_touched_one_accepted(
 ):
     """Try-out 8: other weights copied over the cache's own teacher directory trained from the stale cache; the
     cache recorded only the weights' hash, which a run from the cache copies instead of reading the teacher.
-    The build now records the files' sizes and mtimes: when they changed, the run hashes the weights again."""
+    The build now records the files' sizes, times and inodes: when they changed, the run hashes the weights again
+    — also for bytes written in place with the mtime put back (the change time tells)."""
     monkeypatch.chdir(work)
     teacher = work / "w" / "t-inplace"
     shutil.copytree(work / "w" / "t", teacher)
@@ -310,7 +311,10 @@ def test_a_teacher_retrained_in_place_is_refused_and_a_touched_one_accepted(
     with caplog.at_level(logging.INFO):
         assert main(["distill", *run, "run.name=ip-again"]) == 0, capsys.readouterr().err
     assert "comparing the weights' hash" not in caplog.text
+    kept = weights.stat()
     shutil.copy(work / "w" / "t2" / "model.safetensors", weights)  # retrained in place: other weights
+    assert weights.stat().st_size == kept.st_size
+    os.utime(weights, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # ... with the mtime put back (try-out 44)
     assert main(["-q", "distill", *run, "run.name=ip-retrained"]) == 2
     assert "teacher_revision [model.teacher]" in _error_line(capsys)
     assert not (work / "w" / "runs" / "ip-retrained").exists()

@@ -177,7 +177,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def base_identity(spec: str) -> dict | None:
-    """What identifies a local base model's weights: ``{"files": {name: [size, mtime_ns]}, "revision":
+    """What identifies a local base model's weights: ``{"files": {name: [size, mtime_ns, ctime_ns, inode]}, "revision":
     "safetensors-sha256:…"}`` (:func:`ekd.teacher.cache.signature.weights_revision`); None for a hub id, a
     preset or pickled weights. A LoRA run records it: its adapters apply to that base only."""
     from ekd.teacher.cache.signature import teacher_files, weights_revision
@@ -188,7 +188,8 @@ def base_identity(spec: str) -> dict | None:
 
 def base_changed(recorded: dict, spec: str) -> bool:
     """Whether the base at ``spec`` is not the one :func:`base_identity` recorded: its files' sizes and times
-    first (a ``stat`` each), their sha256 only when those differ (a base copied elsewhere is the same base)."""
+    first (a ``stat`` each: a file written in place has a new ctime, whatever its mtime), their sha256 only when
+    those differ (a base copied elsewhere is the same base)."""
     from ekd.teacher.cache.signature import teacher_files, weights_revision
 
     return teacher_files(spec) != recorded.get("files") and weights_revision(spec) != recorded.get("revision")

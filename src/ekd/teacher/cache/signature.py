@@ -89,12 +89,17 @@ def weights_revision(spec: str) -> str | None:
 
 
 def teacher_files(spec: str) -> dict[str, list[int]] | None:
-    """{file name: [size in bytes, mtime in ns]} of a local teacher directory's safetensors files; None for
-    anything else. Recorded by ``ekd cache`` beside the weights' hash (signature key :data:`TEACHER_FILES`): a
-    run from the cache compares it with the directory (a ``stat`` per file) and hashes the weights again only
-    when it differs, so a teacher retrained in place is caught without reading the whole teacher every run."""
-    stats = {f.name: f.stat() for f in _safetensors(spec)}  # one stat per file: size and mtime of one moment
-    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()} or None
+    """{file name: [size in bytes, mtime in ns, ctime in ns, inode]} of a local teacher directory's safetensors
+    files; None for anything else. Recorded by ``ekd cache`` beside the weights' hash (signature key
+    :data:`TEACHER_FILES`): a run from the cache compares it with the directory (a ``stat`` per file) and hashes
+    the weights again only when it differs, so a teacher retrained in place is caught without reading the whole
+    teacher every run. The change time and inode catch a file written in place with its mtime put back (``cp
+    -p``, ``rsync -a``, tools that stamp one fixed mtime; try-out 44): the kernel sets ctime on every write and
+    ``utime``. Records of an older ekd ([size, mtime]) differ, so the weights are hashed, as for a change."""
+    stats = {f.name: f.stat() for f in _safetensors(spec)}  # one stat per file: one moment
+    return {
+        name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for name, st in stats.items()
+    } or None
 
 
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:

@@ -92,7 +92,7 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     """The signature the training config expects, with the fields it cannot decide copied from ``found``.
 
     The teacher's weights hash is copied too when ``model.teacher`` names the cache's teacher directory
-    (however spelled) and its safetensors files have the sizes and mtimes the build recorded
+    (however spelled) and its safetensors files have the sizes, times and inodes the build recorded
     (:data:`~ekd.teacher.cache.manifest.TEACHER_FILES`; caches built before that record are trusted). When it
     names another path while the cache pins its teacher by the weights' content (a cache built from another
     working directory, before config paths were resolved), or when those files changed (a teacher retrained or
@@ -117,7 +117,7 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
         teacher_files(spec),
     ):
         log.info(
-            "teacher cache: %s's safetensors files changed (size or mtime) since the cache was built; "
+            "teacher cache: %s's safetensors files changed (size, times or inode) since the cache was built; "
             "comparing the weights' hash (equal weights use the cache; `ekd cache CONFIG` then records the files' "
             "new times, so that later runs skip this hash)",
             spec,
