@@ -788,7 +788,7 @@ def test_ece_over_other_bins_is_another_column_end_to_end(tmp_path, capsys):
     runs = [tmp_path / "runs" / f"kd{s}" for s in (0, 1, 2)]
     assert main(["-q", "eval", str(runs[1]), "eval.ece_bins=5"]) == 0
     ev = [json.loads((r / "eval.json").read_text()) for r in runs]
-    assert ev[1]["eval"]["scoring"] == {"ece_bins": 5, "entropy_buckets": 4}
+    assert ev[1]["eval"]["scoring"] == {"ece_bins": 5, "entropy_buckets": 4, "precision": "fp32"}
     s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
     (kd,) = s["groups"]  # eval.ece_bins chooses how the sets are scored, not what is trained
     ece = {c: kd["metrics"][f"{c}/ece"] for c in ("eval", "eval#2", "eval#3")}
@@ -802,6 +802,24 @@ def test_ece_over_other_bins_is_another_column_end_to_end(tmp_path, capsys):
         (r / "eval.json").write_text(json.dumps(e))
     s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
     assert s["groups"][0]["metrics"]["eval/ece"]["n"] == 2 and "eval.ece_bins=7 (vs 15)" in s["eval_sets"]
+
+
+def test_an_evaluation_under_bf16_autocast_is_another_column(tmp_path):
+    """Try-out 45, F2: `ekd eval RUN train.precision=bf16` moved the teacher's ECE by 6% and was recorded nowhere,
+    so compare averaged a bf16 and an fp32 evaluation of one set; each entry records its forward's autocast."""
+    corpus = write_corpus(tmp_path / "corpus")
+    for seed in (0, 1):
+        assert (
+            main(["-q", "distill", *tiny_overrides(tmp_path, corpus, f"kd{seed}", **{"run.seed": seed})]) == 0
+        )
+    runs = [tmp_path / "runs" / f"kd{s}" for s in (0, 1)]
+    assert main(["-q", "eval", str(runs[1]), "train.precision=bf16"]) == 0
+    ev = [json.loads((r / "eval.json").read_text()) for r in runs]
+    assert [e["eval"]["scoring"]["precision"] for e in ev] == ["fp32", "bf16"]
+    s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
+    (kd,) = s["groups"]
+    assert kd["metrics"]["eval/ece"]["n"] == 1 and kd["metrics"]["eval#2/ece"]["n"] == 1
+    assert "train.precision='bf16' (vs 'fp32')" in s["eval_sets"], s["eval_sets"]
 
 
 def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):

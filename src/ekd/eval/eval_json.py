@@ -22,9 +22,11 @@ BLOCKS_KEY = "blocks_sha256"
 """The key, within a set's :data:`SETTINGS_KEY`, of the sha256 of the set's packed blocks (what it holds, wherever
 its files are): ``ekd compare`` identifies sets by it when every run compared records it."""
 SCORING_KEY = "scoring"
-"""The key of a set's entry holding the ``eval.*`` settings its figures were computed with (``ece_bins``,
-``entropy_buckets``): ECE over 5 bins is another figure than over 15 (try-out 34: ``ekd compare`` averaged the two)."""
-SCORING_SETTINGS = ("ece_bins", "entropy_buckets")
+"""The key of a set's entry holding the settings its figures were computed with (``ece_bins``,
+``entropy_buckets``, and ``precision``, the forward passes' autocast: ``fp32`` or ``bf16``): ECE over 5 bins is
+another figure than over 15 (try-out 34: ``ekd compare`` averaged the two), and a bf16 forward another than an
+fp32 one (try-out 45: ``ekd eval RUN train.precision=bf16`` moved the teacher's ECE by 6%, recorded nowhere)."""
+SCORING_SETTINGS = ("ece_bins", "entropy_buckets", "precision")
 TEACHER_KEY = "teacher"
 """The key of a set's entry and of its teacher row holding the teacher its KL, agreement and teacher figures were
 measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by the sha256 of their
@@ -32,6 +34,13 @@ bytes, so a teacher retrained or edited in place is another teacher; try-outs 39
 TEACHER_SUFFIX = "/teacher"
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
+
+
+def precision_name(autocast: Any) -> str:
+    """``bf16`` / ``fp16`` for an autocast dtype (a ``torch.dtype`` or None), ``fp32`` without autocast: the
+    ``precision`` an eval.json entry records."""
+    names = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    return "fp32" if autocast is None else names.get(str(autocast), str(autocast))
 
 
 def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:

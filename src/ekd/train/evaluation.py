@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -335,7 +336,7 @@ def evaluate_saved_run(
     if evaluates_teacher(cfg):  # the same rule as the end of training
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
-    write_eval_json(run_dir, cfg, results, keep=True, data=data)
+    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp)
     return results
 
 
@@ -408,7 +409,12 @@ def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
 
 
 def write_eval_json(
-    run_dir: Path, cfg: Config, results: dict[str, dict[str, float]], keep: bool, data: PreparedData
+    run_dir: Path,
+    cfg: Config,
+    results: dict[str, dict[str, float]],
+    keep: bool,
+    data: PreparedData,
+    autocast: torch.dtype | None = None,
 ) -> None:
     """Write ``run_dir/eval.json``: each set's metrics with the data settings it was scored with and the sha256
     of its blocks in ``data`` (:mod:`ekd.eval.eval_json`).
@@ -419,15 +425,14 @@ def write_eval_json(
             settings, and the ``tasks`` section (one log line names the kept sets); the end of training
             writes its evaluation alone (the student changed).
     """
-    from ekd.eval.eval_json import merge, with_settings
+    from ekd.eval.eval_json import merge, precision_name, with_settings
     from ekd.io import atomic_write_text, strict_json
     from ekd.models.identity import teacher_identity
 
     path = run_dir / "eval.json"
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
-    written = with_settings(
-        results, cfg.to_dict()["data"], blocks, cfg.to_dict()["eval"], teacher_identity(cfg)
-    )
+    scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
+    written = with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg))
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -669,7 +669,7 @@ def _train(
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-        write_eval_json(run_dir, cfg, results, keep=False, data=data)
+        write_eval_json(run_dir, cfg, results, keep=False, data=data, autocast=amp)
         run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
         metrics_log.close()
         # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows,

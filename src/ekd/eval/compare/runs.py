@@ -225,9 +225,13 @@ class RunRecord:
         """The ``eval.*`` settings eval set ``name``'s figures were computed with (ECE bins, entropy buckets):
         those its eval.json entry records (``ekd eval RUN eval.ece_bins=5`` scores otherwise than config.yaml
         says), else the run's config's."""
-        if name in self.scored_by:
-            return {k: self.scored_by[name].get(k) for k in SCORING_SETTINGS}
         section = with_todays_defaults({"eval": self.config.get("eval") or {}})["eval"]
+        # an entry without ``precision`` (an older ekd): fp32 unless the run asked for bf16 everywhere
+        asked = (self.config.get("train") or {}).get("precision")
+        section = {**section, "precision": "bf16" if asked == "bf16" else "fp32"}
+        recorded = self.scored_by.get(name)
+        if recorded is not None:
+            return {k: recorded.get(k, section[k] if k == "precision" else None) for k in SCORING_SETTINGS}
         return {k: section.get(k) for k in SCORING_SETTINGS}
 
     def task_way(self, name: str) -> dict[str, Any]:
