@@ -460,6 +460,24 @@ def test_a_cache_dir_without_a_cache_is_refused_before_the_data_is_read(setup, t
     assert not (setup["root"] / "runs" / "no-cache").exists()  # nothing started
 
 
+def test_a_cache_dir_naming_a_file_says_so_and_names_the_directory(setup, tmp_path, capsys):
+    """Try-out 46, F3: teacher.cache_dir=CACHE/manifest.json said 'manifest.json missing' of the manifest itself."""
+    manifest = Path(setup["cache"]) / "manifest.json"
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    for path, fix in ((manifest, f"teacher.cache_dir={setup['cache']}"), (other, "ekd cache CONFIG")):
+        for command in (
+            ["distill", setup["cfg"], "run.name=file", "teacher.source=cache"],
+            ["cache", setup["cfg"]],
+        ):
+            assert main([*command, f"teacher.cache_dir={path}"]) == 2
+            line = _error_line(capsys)
+            assert (
+                f"teacher.cache_dir={path} is a file, not a teacher cache directory" in line and fix in line
+            ), line
+    assert not (setup["root"] / "runs" / "file").exists() and other.read_text() == "x"
+
+
 def test_signature_mismatch_names_each_field(setup, capsys):
     args = [
         "run.name=mismatch",

@@ -398,6 +398,19 @@ _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 _CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging|\.ekd\.lock)(\.tmp)?")
 
 
+def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:
+    """Raise CacheError when ``directory`` is a file: its manifest, named for the cache (try-out 46: "manifest.json
+    missing" of the manifest itself), names the directory holding it."""
+    if not directory.is_file():
+        return
+    fix = (
+        f"name the directory that holds it ({option}={directory.parent})"
+        if directory.name == MANIFEST
+        else "name the directory `ekd cache CONFIG` writes the cache to"
+    )
+    raise CacheError(f"{option}={directory} is a file, not a teacher cache directory; {fix}")
+
+
 def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") -> None:
     """Raise CacheError unless ``directory`` may hold a cache: absent, empty, a cache (it has a manifest) or
     an unfinished one (only files a build writes). Checked before anything is written, ``--overwrite`` or
@@ -407,6 +420,7 @@ def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") ->
         option: what names the directory on the command line, for the error (``--out`` of ``ekd cache import``).
     """
     directory = Path(directory)
+    refuse_a_file(directory, option)
     if not directory.is_dir():
         return
     names = [p.name for p in directory.iterdir()]

@@ -44,6 +44,7 @@ from ekd.teacher.cache.manifest import (
     compare_signatures,
     diff_summary,
     read_manifest,
+    refuse_a_file,
 )
 from ekd.words import counted
 
@@ -127,6 +128,7 @@ class CacheReader:
         self._repair = f" in the teacher cache at {self.directory}: {REBUILD_SHARDS}"  # ends a shard's damage
         path = self.directory / MANIFEST
         building = _being_built(self.directory)  # "" or why an unfinished cache is no one's to rerun now
+        refuse_a_file(self.directory)
         if not path.exists():
             if any(self.directory.glob("manifest.rank*.json")):
                 raise CacheError(
