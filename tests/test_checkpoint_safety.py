@@ -486,26 +486,32 @@ def test_a_sample_selection_changed_since_the_checkpoint_is_restored_from_it(
     others = [i for i in range(written["meta"]["samples"]) if i not in kept][: len(kept)]
     assert len(others) == len(kept) > 0
     config = config_file(Path("."), Path("corpus"), "ck", **extra)
-    for damage, steps in (("edited", 3), ("deleted", 4)):
+    for damage, steps in (("edited", 3), ("deleted", 4), ("truncated", 5)):
         if damage == "edited":
             path.write_text(json.dumps(written | {"sample_ids": others}))
-        else:  # try-out 43, F3: the samples were scored again, a pass over the training set, to the same blocks
+        elif (
+            damage == "deleted"
+        ):  # try-out 43, F3: the samples were scored again, a pass over the training set
             path.unlink()
             monkeypatch.setattr(trainer_mod, "sharded_sample_scores", _never_called)
+        else:  # try-out 44, F9: refused with 'delete it', though the warning said damaged files were restored
+            path.write_text(json.dumps(written)[:40])
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ekd"):
             rc, _, err = cli(capsys, "distill", config, f"train.max_steps={steps}", "--resume")
         assert rc == 0, err
-        assert json.loads(path.read_text())["sample_ids"] == kept
+        restored = json.loads(path.read_text())
+        assert restored["sample_ids"] == kept
+        assert restored["meta"] == written["meta"] | {"restored_from": f"step-00000{steps - 1}"}  # F9: kept
         assert f"than checkpoint step-00000{steps - 1} trained on" in caplog.text, caplog.text
     # a checkpoint without the kept blocks (an older ekd's): refused by the sha256 of the blocks it drew from
-    state_path = CKPT / "step-000004" / "state.pt"
+    state_path = CKPT / "step-000005" / "state.pt"
     state = torch.load(state_path, weights_only=True)
     del state["sample_ids"]
     _forge(state_path, _pickled(state))
     path.write_text(json.dumps(written | {"sample_ids": others}))
-    line = one_error_line(*cli(capsys, "distill", config, "train.max_steps=5", "--resume")[::2])
-    assert "sample_selection.json keeps other training blocks than checkpoint step-000004" in line, line
+    line = one_error_line(*cli(capsys, "distill", config, "train.max_steps=6", "--resume")[::2])
+    assert "sample_selection.json keeps other training blocks than checkpoint step-000005" in line, line
     assert "--overwrite" in line
 
 

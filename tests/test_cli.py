@@ -543,3 +543,12 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
         "--resume: model.teacher" in line
         and "holds other weights than the teacher this run was taught by" in line
     )
+    # try-out 44, F9: the teacher moved away and named as the run saved it: was "pass a hub id, a saved model
+    # directory or preset:<name>"; the line says it is gone and how to name where it is now
+    (tmp_path / "t-copy").rename(tmp_path / "t-moved")
+    assert main([*moved, "train.max_steps=5", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"ekd: error: --resume: model.teacher={tmp_path / 't-copy'} no longer exists"), line
+    assert "--resume model.teacher=PATH (the run checks that it holds the same weights)" in line, line
+    there = ["distill", config, f"model.teacher={tmp_path / 't-moved'}", "model.tokenizer=teacher"]
+    assert main([*there, "train.max_steps=5", "--resume"]) == 0

@@ -676,6 +676,22 @@ def test_resume_reads_the_same_data_at_another_path_and_refuses_other_data(ws, c
     with caplog.at_level(logging.INFO, logger="ekd"):
         assert cli(capsys, "distill", _config(), "train.max_steps=3", "data.source=copy", "--resume")[0] == 0
     assert any("--resume with data.source at another path" in r.getMessage() for r in caplog.records)
+    # try-out 44, F9: the data moved away and named as the run saved it: the line says how to name it now
+    (ws / "copy").rename(ws / "moved")
+    before = snapshot(ws / "runs")
+    line = one_error_line(
+        *cli(capsys, "distill", _config(), "train.max_steps=4", "data.source=copy", "--resume")[::2]
+    )
+    assert "--resume: no such file or directory: data.source: copy" in line, line
+    assert "or name where it is now with --resume data.source=PATH (the run checks that it holds the same training " \
+        "blocks)" in line, line  # fmt: skip
+    line = one_error_line(  # named as the run saved it, absolute
+        *cli(capsys, "distill", _config(), "train.max_steps=4", f"data.source={ws / 'copy'}", "--resume")[::2]
+    )
+    assert (
+        f"--resume: data.source={ws / 'copy'} no longer exists: put it back, or name where it is now" in line
+    )
+    unchanged(before, ws / "runs")
 
 
 def test_a_runs_saved_config_naming_another_run_is_warned(ws, capsys, caplog):

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ from ekd.train.rank_work import (
     run_on_main,
     sharded_sample_scores,
 )
-from ekd.train.run_dir import RunDirError, RunStart, read_marker
+from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
@@ -321,7 +322,7 @@ def _train(
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     # a typo in a model name or a cache not built yet is found first: before the run directory's checks
     # (whose advice would be --overwrite) and before the data is read
-    _check_model_names(cfg, parts)
+    _check_model_names(cfg, parts, resume)
     if cfg.teacher.source == "cache" and teacher_needed(cfg):
         from ekd.teacher.cache.source import check_cache_dir, check_cache_temperature
 
@@ -416,7 +417,8 @@ def _train(
             earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
             saved_ids = state.get("sample_ids")  # absent from checkpoints of older ekd versions
             if kept is not None and saved_ids is not None and kept.tolist() != list(saved_ids):
-                kept = restore_sample_selection(run_dir, saved_ids, ckpt, ranks)
+                note = selection_note(cfg, len(data.blocks["train"]))
+                kept = restore_sample_selection(run_dir, saved_ids, ckpt, ranks, note)
                 loader = loader.subset(kept[torch.isin(kept, _blocks_with_targets(data.blocks["train"]))])
             recorded, everything = state["loader"].get("blocks"), _every_block(kept, data)
             if loader.indices.numel() != everything.numel() and recorded in (None, everything.numel()):
@@ -850,8 +852,10 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
         require_wandb()
 
 
-def _check_model_names(cfg: Config, parts: MethodParts) -> None:
-    """:func:`ekd.hub.check_model_spec` on the student and the teacher this run loads (cheap: no download)."""
+def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) -> None:
+    """:func:`ekd.hub.check_model_spec` on the student and the teacher this run loads (cheap: no download). A
+    ``--resume`` whose local teacher directory is gone is told it may name where the teacher is now (try-out 44:
+    it was told to pass 'a hub id, a saved model directory or preset:<name>')."""
     from ekd.hub import check_model_spec
 
     check_model_spec(cfg.model.student, "model.student", cfg.model.revision)
@@ -859,6 +863,8 @@ def _check_model_names(cfg: Config, parts: MethodParts) -> None:
         try:
             check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
         except EkdError as e:
+            if resume and Path(cfg.model.teacher).expanduser().is_absolute():
+                raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)} ({e})") from None
             raise _eval_only_teacher(e, cfg, parts) from None
 
 
@@ -906,21 +912,29 @@ def _checkpoint_sample_ids(ckpt: Path) -> list[int] | None:
     return ids if isinstance(ids, list) else None
 
 
-def restore_sample_selection(run_dir: Path, ids: list[int], ckpt: Path, ranks: Ranks) -> torch.Tensor:
+def selection_note(cfg: Config, samples: int) -> dict[str, Any]:
+    """The ``meta`` of ``sample_selection.json``: the scorer, the fraction kept and the training blocks scored."""
+    return {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": samples}
+
+
+def restore_sample_selection(
+    run_dir: Path, ids: list[int], ckpt: Path, ranks: Ranks, note: dict[str, Any]
+) -> torch.Tensor:
     """TopSmp's kept blocks as checkpoint ``ckpt`` trained on them, written back to ``run_dir``'s
-    ``sample_selection.json``, which holds others — edited or damaged since, or scored again after it was deleted,
-    where near-ties can rank otherwise on another layout (try-out 41, review 99). Returns them, (k,) long."""
+    ``sample_selection.json`` with ``note`` (:func:`selection_note`) and the checkpoint it came from: the file holds
+    others (edited since, or scored again after it was deleted, where near-ties can rank otherwise on another
+    layout: try-out 41, review 99), is gone (try-out 43) or cannot be read (try-out 44). Returns them, (k,) long."""
     from ekd.selection.sample_selection import save_sample_selection
 
     path = run_dir / SAMPLE_SELECTION
     kept = torch.tensor(ids, dtype=torch.long)
     log.warning(
-        "%s keeps other training blocks than checkpoint %s trained on, or is gone (edited, damaged, deleted or "
-        "scored again since): the run goes on with the checkpoint's, written back to it",
+        "%s keeps other training blocks than checkpoint %s trained on, is gone or cannot be read (edited, "
+        "deleted, damaged or scored again since): the run goes on with the checkpoint's, written back to it",
         path,
         ckpt.name,
     )
-    note = {"restored_from": ckpt.name}
+    note = {**note, "restored_from": ckpt.name}
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "restore the sample selection")
     return kept
 
@@ -944,16 +958,22 @@ def sample_selection(
     from ekd.selection.sample_selection import load_sample_selection, save_sample_selection, select_samples
 
     path = run_dir / SAMPLE_SELECTION
+    blocks = data.blocks["train"]
     done = path.exists()  # a directory in its way is refused by the load, not written over (try-out 42)
     ranks.barrier()  # every rank has looked before rank 0 may write it
-    if done:
-        kept, _ = load_sample_selection(path)
-        return kept
-    # deleted since: the checkpoint holds them (try-out 43: the whole training set was scored again to find them)
     ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None and (saved := _checkpoint_sample_ids(ckpt)) is not None:
-        return restore_sample_selection(run_dir, saved, ckpt, ranks)
-    blocks = data.blocks["train"]
+    saved = _checkpoint_sample_ids(ckpt) if ckpt is not None else None
+    if done:
+        try:
+            kept, _ = load_sample_selection(path)
+            return kept
+        except ConfigError:
+            if saved is None or path.is_dir():
+                raise
+    if (
+        saved is not None
+    ):  # deleted or damaged since: the checkpoint holds them (try-outs 43, 44: scored again)
+        return restore_sample_selection(run_dir, saved, ckpt, ranks, selection_note(cfg, len(blocks)))
     ids, scores = sharded_sample_scores(
         student,
         blocks,
@@ -967,11 +987,7 @@ def sample_selection(
         autocast_dtype=amp,
     )
     kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
-    note = {
-        "scorer": cfg.method.sample_scorer,
-        "fraction": cfg.method.sample_fraction,
-        "samples": len(blocks),
-    }
+    note = selection_note(cfg, len(blocks))
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
     log.info(
         "sample selection: kept %d of %d training blocks by %s",
