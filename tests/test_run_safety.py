@@ -618,7 +618,8 @@ def test_resume_with_the_data_moved_away_names_the_missing_path_not_a_config_cha
     line = one_error_line(*cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[::2])
     assert line == (
         f"ekd: error: --resume: no such file or directory: data.source: corpus (the run read {read}); put it "
-        "back where the run read it and rerun with --resume"
+        "back where the run read it and rerun with --resume, or name where it is now with --resume "
+        "data.source=PATH (the run checks that it holds the same training blocks)"
     ), line
     unchanged(before, ws)
     shutil.move(ws / "corpus.away", ws / "corpus")
