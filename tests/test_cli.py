@@ -548,7 +548,9 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     (tmp_path / "t-copy").rename(tmp_path / "t-moved")
     assert main([*moved, "train.max_steps=5", "--resume"]) == 2
     line = _error_line(capsys)
-    assert line.startswith(f"ekd: error: --resume: model.teacher={tmp_path / 't-copy'} no longer exists"), line
+    assert line.startswith(f"ekd: error: --resume: model.teacher={tmp_path / 't-copy'} no longer exists"), (
+        line
+    )
     assert "--resume model.teacher=PATH (the run checks that it holds the same weights)" in line, line
     there = ["distill", config, f"model.teacher={tmp_path / 't-moved'}", "model.tokenizer=teacher"]
     assert main([*there, "train.max_steps=5", "--resume"]) == 0

@@ -954,9 +954,14 @@ def _bad_tasks(tmp_path, case: str):
     elif case == "answer-out-of-range":
         rows[4]["answer"] = 7
         lines[4] = json.dumps(rows[4])
-    elif case == "float-answer":  # try-out 39, F2: datasets reads the column as floats, lm-eval fails on 1.0
+    elif case in ("float-answer", "float-answer-template"):  # try-out 39, F2: the column reads as floats
         rows[3]["answer"] = float(rows[3]["answer"])
         lines[3] = json.dumps(rows[3])
+        if case == "float-answer-template":  # try-out 44, F3: rendered '0.0', row 1 was blamed
+            yaml_path = tasks_dir / "tiny_mc.yaml"
+            text = yaml_path.read_text()
+            assert "doc_to_target: answer\n" in text
+            yaml_path.write_text(text.replace("doc_to_target: answer\n", 'doc_to_target: "{{answer}}"\n'))
     data.write_text("\n".join(lines) + "\n")
     return tasks_dir, data
 
@@ -965,7 +970,8 @@ BAD_ROW = {
     "truncated": "line 11 is not valid JSON",
     "no-answer": "test split row 7: its field 'answer' is missing or null",
     "answer-out-of-range": "test split row 5: its answer index 7 is outside its 3 choices (0–2)",
-    "float-answer": "its answer indices read as floats, which lm-eval cannot index the choices with: one cell",
+    "float-answer": "its answer column 'answer' reads as floats (line 4 holds",  # try-out 44, F4: the row
+    "float-answer-template": "its answer column 'answer' reads as floats (line 4 holds",
 }
 
 

@@ -238,6 +238,9 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 
 FIX = "fix that row of the data or remove it, then run again"
+NULL_FIELD = (
+    "its field"  # how a row's missing or null field is said (an empty CSV cell makes its column float)
+)
 FLOAT_FIX = (
     "fix the file: whole numbers in every row"  # float answer indices (try-out 39: lm-eval failed on them)
 )
@@ -264,22 +267,76 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     if shots > 0:
         parts.append(("few-shot split", task.fewshot_docs() or []))
     mc = task.get_config("output_type") == "multiple_choice"
+    column = _float_answer_column(task) if mc else ""  # a template renders its 1.0 as '1.0', no choice
     floats = ""  # the first row whose answer is a float: said unless a row's empty cell is why the column is
     for part, docs in parts:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
-            if cause.endswith(FLOAT_FIX):  # the column's type, not this row's: said of the task (try-out 42)
+            if cause.endswith(FLOAT_FIX) or (column and cause and not cause.startswith(NULL_FIELD)):
+                # the column's type, not this row's: said of the task (try-outs 42, 44)
                 floats = floats or f"eval.tasks: {_where(name, task, split)}: {cause}"
             elif cause:
                 raise EkdError(f"eval.tasks: {_where(name, task, split)}, {part} row {i}: {cause}; {FIX}")
+    if column:
+        raise EkdError(f"eval.tasks: {_where(name, task, split)}: {_float_column(column, task, split)}")
     if floats:
         raise EkdError(floats)
+
+
+def _float_answer_column(task: Any) -> str:
+    """The column of ``task``'s documents that ``doc_to_target`` reads (by name, or inside a Jinja template's
+    ``{{ }}``) whose type is float; "" when none. A float index reaches lm-eval as a float (the field form), or
+    through a template as the text '1.0', which is no choice (try-out 44, F3: row 1 was blamed, holding 0)."""
+    features = getattr(task.eval_docs, "features", None)
+    how = task.get_config("doc_to_target")
+    if not isinstance(how, str) or not features:
+        return ""
+    read = {how} | set(re.findall(r"{{-?\s*(\w+)", how))
+    for column in features:
+        dtype = getattr(features[column], "dtype", "")
+        if column in read and str(dtype).startswith("float"):
+            return column
+    return ""
+
+
+def _float_column(column: str, task: Any, split: str) -> str:
+    """The cause of :func:`_float_answer_column`, naming the first row of a local JSONL file that writes the column
+    as a float (a decimal point or an empty cell turns the whole column float, so every row reads as one)."""
+    cfg = {
+        "dataset_kwargs": task.get_config("dataset_kwargs"),
+        "dataset_path": task.get_config("dataset_path"),
+    }
+    culprit = ""
+    for file in data_files(cfg, split):
+        culprit = _first_float_row(Path(file).expanduser(), column)
+        if culprit:
+            break
+    return (
+        f"its answer column '{column}' reads as floats{culprit}, which lm-eval cannot index the choices with "
+        f"(one cell with a decimal point, 1.0, or an empty one makes the whole column float); {FLOAT_FIX}"
+    )
+
+
+def _first_float_row(path: Path, column: str) -> str:
+    """`` (line 10 holds 1.0)``: the first line of a JSONL file whose ``column`` is a float; "" when none is found
+    or the file is not JSONL."""
+    if path.suffix not in (".jsonl", ".json") or not path.is_file():
+        return ""
+    try:
+        with path.open() as f:
+            for n, line in enumerate(f, start=1):
+                row = json.loads(line) if line.strip() else None
+                if isinstance(row, dict) and isinstance(row.get(column), float):
+                    return f" (line {n} holds {json.dumps(row[column])})"
+    except (OSError, ValueError):
+        return ""
+    return ""
 
 
 def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
     """What is wrong with one row ("" when nothing is)."""
     for field, how in _null_fields(task, doc):
-        return f"its field '{field}' is missing or null ({how} reads it)"
+        return f"{NULL_FIELD} '{field}' is missing or null ({how} reads it)"
     step = "doc_to_text"
     try:
         text = task.doc_to_text(doc)
