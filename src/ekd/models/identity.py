@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ MEMO_NAME = "weight-file-sha256.json"
 MEMO_ENTRIES = 4096  # files remembered; the oldest are dropped
 
 _memo_lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def cache_home() -> Path:
@@ -90,6 +92,13 @@ def _digests(files: list[Path]) -> list[str]:
     keys = [_state_key(f) for f in files]
     missing = [(f, k) for f, k in zip(files, keys) if k not in memo]
     if missing:
+        total = sum(f.stat().st_size for f, _ in missing)
+        if total >= 1 << 30:  # a pause worth a word: a 16 GB teacher takes seconds, once
+            log.info(
+                "hashing %.1f GB of weight files once (remembered in %s)",
+                total / 1e9,
+                cache_home() / MEMO_NAME,
+            )
         pieces = [(f, start) for f, _ in missing for start in range(0, max(f.stat().st_size, 1), PIECE)]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(pieces))) as pool:
             hashed = dict(zip(pieces, pool.map(lambda p: _piece_sha256(*p), pieces)))
