@@ -935,6 +935,8 @@ def test_the_teacher_cache_is_shared_across_seeds_unless_few_shot_examples_are_d
     assert len(calls) == 3
     saved = json.loads((cache / "teacher.json").read_text())["tasks"]["tiny_mc"]
     assert len(saved) == 3 and sum("seed" in e["signature"] for e in saved) == 2
+    teacher(replace(zero, precision="bf16"))  # try-out 45, F2: a bf16 forward's results are its own
+    assert len(calls) == 4
 
 
 def _bad_tasks(tmp_path, case: str):
@@ -1113,6 +1115,14 @@ def test_ece_bins_are_recorded_with_the_tasks_and_split_a_compare_column():
         section = {"settings": settings, "student": {"mc": {"n": 20, "documents_sha256": "ab"}}}
         ways.append(tm.task_ways({"tasks": section})["task:mc"])
     assert ways[0] != ways[1]
+    # try-out 45, F2: a bf16 forward is another way too; an eval.json without the key was scored in fp32
+    bf16 = task_section_settings(TaskSettings(tasks=("mc",), precision="bf16"))
+    fp32 = {k: v for k, v in task_section_settings(TaskSettings(tasks=("mc",))).items() if k != "precision"}
+    student = {"mc": {"n": 20, "documents_sha256": "ab"}}
+    bf16_way, fp32_way = (
+        tm.task_ways({"tasks": {"settings": s, "student": student}})["task:mc"] for s in (bf16, fp32)
+    )
+    assert bf16_way != fp32_way and fp32_way["precision"] == "fp32"
 
 
 def test_task_ways_tell_each_task_by_its_own_data():
@@ -1135,5 +1145,6 @@ def test_task_ways_tell_each_task_by_its_own_data():
         "num_fewshot": -1,
         "tasks_dir": "/x/t",
         "tasks_dir_hash": "aa",
+        "precision": "fp32",  # recorded since try-out 45; an older eval.json's: fp32
         "documents": 20,
     }

@@ -114,6 +114,9 @@ class TaskSettings:
     chat_template: str = "auto"
     ece_bins: int = 15
     progress: bool = True  # log.progress: lm-eval's own progress bars; changes no result (not in signature())
+    precision: str = (
+        "fp32"  # the forward passes' autocast (fp32, bf16): a cached result is reused under its own
+    )
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:

@@ -335,9 +335,13 @@ def run_end_tasks(
     Returns:
         The ``tasks`` section written to eval.json ({} when ``eval.tasks`` is empty).
     """
+    from ekd.eval.eval_json import precision_name
+
     settings = settings or TaskSettings.from_config(cfg)
     if not settings.tasks:
         return {}
+    # scored (and cached) under this autocast: a bf16 teacher's results are not an fp32 run's (try-out 45, F2)
+    settings = replace(settings, precision=precision_name(amp))
     require_lm_eval()
     from ekd.models.identity import teacher_identity
     from ekd.train.prepare import PreparedData, load_student, load_teacher
@@ -404,7 +408,8 @@ def _with_earlier_tasks(
     # each earlier result records its task by content: where its directory was is no setting of it (try-out 38:
     # scoring one task from another --tasks-dir dropped the four the run had)
     mine = {k: v for k, v in task_section_settings(settings).items() if k not in ("tasks", "tasks_dir")}
-    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
+    recorded = {"precision": "fp32", **(old.get("settings") or {})}  # an older ekd's: fp32
+    theirs = {k: v for k, v in recorded.items() if k not in ("tasks", "tasks_dir")}
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
         log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now
