@@ -379,6 +379,7 @@ def cmd_eval(args) -> int:
         )
     run = Path(args.run_dir)
     with using_run(run):  # one hold across the eval sets and the tasks
+        _check_run_files(run, sets=not args.tasks)
         cfg = load_run_config(run, overrides)  # once, for the three below
         flags = [
             f for f, v in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot)) if v is not None
@@ -397,6 +398,57 @@ def cmd_eval(args) -> int:
     if section:
         print(tasks_markdown(section))
     return 0
+
+
+def _check_run_files(run: Path, sets: bool) -> None:
+    """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10): a
+    path that does not exist; a ``config.yaml`` that is not valid YAML or not a run's config
+    (:func:`~ekd.eval.compare.runs.config_problem`); an ``eval.json`` whose entries are malformed
+    (:func:`~ekd.eval.compare.runs.eval_json_problem`), which ekd eval would otherwise keep as they were or drop.
+    An ``eval.json`` with nothing to keep (not a JSON object) is said, then replaced when ``sets`` are scored.
+
+    Raises:
+        EkdError: one of the above; a run that is not finished is left to :func:`load_run_config` to say.
+    """
+    import json
+    import shlex
+
+    import yaml
+
+    from ekd.eval.compare.runs import config_problem, eval_json_problem
+    from ekd.train.evaluation import is_finished_run
+
+    if not run.exists():
+        raise EkdError(
+            f"ekd eval: {run} does not exist; give the directory of a run ekd distill wrote (runs/<name>)"
+        )
+    if not is_finished_run(run):
+        return
+    path = run / "config.yaml"
+    try:
+        problem = config_problem(yaml.safe_load(path.read_text()), identity=False)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = f"not valid YAML: {str(e).splitlines()[0]}"
+    if problem:
+        raise EkdError(
+            f"ekd eval: {path} is not a run's config ({problem}); put back the config.yaml ekd distill wrote"
+        )
+    path = run / "eval.json"
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return  # said where it is rewritten: 'could not be read', then the sets scored now alone
+    if not isinstance(saved, dict):  # nothing in it to keep
+        if sets:
+            logging.getLogger(__name__).warning(
+                "%s could not be read (%s); writing the sets scored now only", path, eval_json_problem(saved)
+            )
+        return
+    if problem := eval_json_problem(saved):
+        raise EkdError(
+            f"ekd eval: {path} is malformed: {problem}; ekd eval keeps the results it does not score, so fix "
+            f"that entry, or move the file away to write only what `ekd eval {shlex.quote(str(run))}` scores"
+        )
 
 
 def cmd_list(args) -> int:

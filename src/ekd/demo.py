@@ -559,7 +559,12 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
         reference = reference or section
         student = section["student"]
         summary = section.get("summary", {})
-        gap = gap_cell(summary.get("gap_closed", {}), summary.get("gap_within_noise", []), "in_distribution")
+        gap = gap_cell(
+            summary.get("gap_closed", {}),
+            summary.get("gap_within_noise", []),
+            "in_distribution",
+            summary.get("gap_teacher_below_init", []),
+        )
         row = _task_row(r["method"], student, gap)
         row["wall"] = sum(t.get("wall_s") or 0.0 for t in student.values())
         wall += row["wall"]

@@ -13,6 +13,7 @@ set and the ``tasks`` section (:func:`merge`): evaluating one more set never del
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -134,3 +135,47 @@ def split_settings(
         if isinstance(entry.get(TEACHER_KEY), dict):
             teachers[name] = dict(entry[TEACHER_KEY])
     return metrics, settings, scoring, teachers
+
+
+RECORD_KEYS = (SETTINGS_KEY, SCORING_KEY, TEACHER_KEY)
+"""The keys of an entry that record how it was scored (objects), not metrics (numbers)."""
+
+
+def malformed(saved: Any) -> str | None:
+    """What is wrong with a parsed ``eval.json`` for a reader that takes its entries' metrics as numbers, as
+    words ('entry 'held' is 5, not an object of metrics'); None when every set entry is an object whose metrics
+    are numbers or null and each record (:data:`RECORD_KEYS`) and the ``tasks`` section is an object (try-out
+    45, F3: a string, a list or an object where a number is expected was a traceback in ``ekd compare`` and was
+    kept without a word, or dropped while said kept, by ``ekd eval``)."""
+    if not isinstance(saved, dict):
+        return f"it holds a JSON {_json_kind(saved)}, not an object of eval sets"
+    for name, entry in saved.items():
+        if name == "tasks":
+            if not isinstance(entry, dict):
+                return f"its 'tasks' section is a JSON {_json_kind(entry)}, not an object"
+            continue
+        if not isinstance(entry, dict):
+            return f"entry '{name}' is a JSON {_json_kind(entry)} ({_short(entry)}), not an object of metrics"
+        for key, value in entry.items():
+            if key in RECORD_KEYS:
+                if not isinstance(value, dict):
+                    return f"'{name}' records '{key}' as a JSON {_json_kind(value)}, not an object"
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return (
+                    f"'{name}' metric '{key}' is a JSON {_json_kind(value)} ({_short(value)}), not a number"
+                )
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON type of a parsed value, in words: 'list', 'string', 'number', 'object'."""
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = {dict: "object", list: "list", str: "string", int: "number", float: "number"}
+    return next((w for t, w in kinds.items() if isinstance(value, t)), "null")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON, cut at ``limit`` characters."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -128,11 +128,16 @@ def macro_means(values: Mapping[str, float], tags: Mapping[str, str]) -> dict[st
 def gap_closed(student: float, teacher: float, init: float) -> float:
     """(student − init) / (teacher − init): 0 = no better than the initial student, 1 = the teacher.
 
-    NaN when a value is missing or the teacher equals the initial student (nothing to close). Callers with
-    item counts check :func:`gap_within_noise` first: a ratio over a gap the items cannot resolve is noise.
+    NaN when a value is missing, the teacher equals the initial student (nothing to close) or scores below it
+    (:func:`teacher_not_better`: no gap to close). Callers with item counts check :func:`gap_within_noise`
+    first: a ratio over a gap the items cannot resolve is noise.
     """
     vals = (student, teacher, init)
-    if any(v is None or not math.isfinite(v) for v in vals) or teacher == init:
+    if (
+        any(v is None or not math.isfinite(v) for v in vals)
+        or teacher == init
+        or teacher_not_better(teacher, init)
+    ):
         return math.nan
     return (student - init) / (teacher - init) + 0.0  # + 0.0: no "-0.000" in tables
 
@@ -143,12 +148,27 @@ MIN_GAP_ITEMS = 3
 GAP_WITHIN_NOISE = "n/a (gap within noise)"
 """What tables print instead of a gap closed whose teacher − init gap is within noise."""
 
+GAP_TEACHER_NOT_BETTER = "n/a (teacher below init)"
+"""What tables print instead of a gap closed where the teacher scores below the initial student (a resolved gap)."""
+
 GAP_NOTE = (
     "Gap closed: (student − init)/(teacher − init); "
     f"'{GAP_WITHIN_NOISE}' where teacher − init is under two standard errors of a difference of two "
-    f"accuracies on the task's items (or under {MIN_GAP_ITEMS} items): that ratio would be noise."
+    f"accuracies on the task's items (or under {MIN_GAP_ITEMS} items): that ratio would be noise; "
+    f"'{GAP_TEACHER_NOT_BETTER}' where the teacher scores below the initial student: there is no gap to close."
 )
 """The line under every table with a gap-closed column."""
+
+
+def teacher_not_better(teacher: float, init: float) -> bool:
+    """True when the teacher's score, a proportion in [0, 1] (accuracy, exact match: higher is better), is below the
+    initial student's: (student − init)/(teacher − init) then reads a student that lost items as one that closed
+    the gap (try-out 45, F5: teacher 0.017, init 0.300, a student at 0.000 gave 1.059). False for a missing score
+    or one that is not a proportion (its better direction unknown: not judged)."""
+    vals = (teacher, init)
+    if any(v is None or not math.isfinite(v) or not 0.0 <= v <= 1.0 for v in vals):
+        return False
+    return teacher < init
 
 
 def gap_noise(teacher: float, init: float, n: int | None) -> float:

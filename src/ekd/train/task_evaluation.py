@@ -210,17 +210,20 @@ def task_section(
         }
     teacher, init = results.get("teacher"), results.get("student_init")
     if teacher and init:
-        gaps, noise, within = {}, {}, []
+        gaps, noise, within, below = {}, {}, [], []
         for t, r in student.items():
             tv, iv = _num(teacher.get(t, {}).get("value")), _num(init.get(t, {}).get("value"))
             noise[t] = tm.gap_noise(tv, iv, r.get("n"))
             if tm.gap_within_noise(tv, iv, noise[t]):
                 within.append(t)
+            elif tm.teacher_not_better(tv, iv):  # no gap to close (gap_closed gives NaN)
+                below.append(t)
             gaps[t] = math.nan if t in within else tm.gap_closed(_num(r["value"]), tv, iv)
         section["gap_closed"] = gaps
         section["gap_within_noise"] = within
+        section["gap_teacher_below_init"] = below
         means = section["summary"]
-        means["gap_closed"], means["gap_within_noise"] = {}, []
+        means["gap_closed"], means["gap_within_noise"], means["gap_teacher_below_init"] = {}, [], []
         for tag, mean in means["student"]["mean"].items():
             tv = means["teacher"]["mean"].get(tag, math.nan)
             iv = means["student_init"]["mean"].get(tag, math.nan)
@@ -229,13 +232,18 @@ def task_section(
                 means["gap_within_noise"].append(tag)
                 means["gap_closed"][tag] = math.nan
             else:
+                if tm.teacher_not_better(tv, iv):
+                    means["gap_teacher_below_init"].append(tag)
                 means["gap_closed"][tag] = tm.gap_closed(mean, tv, iv)
     return json_safe(section)
 
 
-def gap_cell(gaps: dict[str, Any], within_noise: list[str], key: str) -> Any:
-    """A table's gap-closed value for ``key`` (a task or a tag): the ratio, or :data:`tm.GAP_WITHIN_NOISE`."""
-    return tm.GAP_WITHIN_NOISE if key in within_noise else gaps.get(key)
+def gap_cell(gaps: dict[str, Any], within_noise: list[str], key: str, below: list[str] | None = None) -> Any:
+    """A table's gap-closed value for ``key`` (a task or a tag): the ratio, :data:`tm.GAP_WITHIN_NOISE`, or
+    :data:`tm.GAP_TEACHER_NOT_BETTER` when ``key`` is in ``below`` (``gap_teacher_below_init``)."""
+    if key in within_noise:
+        return tm.GAP_WITHIN_NOISE
+    return tm.GAP_TEACHER_NOT_BETTER if key in (below or []) else gaps.get(key)
 
 
 def tasks_markdown(section: dict[str, Any]) -> str:
@@ -256,7 +264,12 @@ def tasks_markdown(section: dict[str, Any]) -> str:
         for role in roles:
             row[role] = section[role].get(task, {}).get("value")
             row[f"{role}_ece"] = section[role].get(task, {}).get("ece")
-        row["gap"] = gap_cell(section.get("gap_closed", {}), section.get("gap_within_noise", []), task)
+        row["gap"] = gap_cell(
+            section.get("gap_closed", {}),
+            section.get("gap_within_noise", []),
+            task,
+            section.get("gap_teacher_below_init", []),
+        )
         rows.append(row)
     summary = section["summary"]
     for tag in summary["student"]["mean"]:
@@ -264,7 +277,12 @@ def tasks_markdown(section: dict[str, Any]) -> str:
         for role in roles:
             row[role] = summary[role]["mean"].get(tag)
             row[f"{role}_ece"] = summary[role]["mc_ece"].get(tag)
-        row["gap"] = gap_cell(summary.get("gap_closed", {}), summary.get("gap_within_noise", []), tag)
+        row["gap"] = gap_cell(
+            summary.get("gap_closed", {}),
+            summary.get("gap_within_noise", []),
+            tag,
+            summary.get("gap_teacher_below_init", []),
+        )
         rows.append(row)
     names = {"student": "student", "teacher": "teacher", "student_init": "student init"}
     cols = [("task", "task", ""), ("tag", "tag", ""), ("metric", "metric", "")]

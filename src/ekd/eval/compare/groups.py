@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import label_eval_sets
-from ekd.eval.compare.runs import METRICS, RunRecord, _config_differences
+from ekd.eval.compare.runs import METRICS, TEACHER_RELATIVE, RunRecord, _config_differences
 from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
@@ -33,6 +33,32 @@ class Group:
             if v is not None and not math.isnan(v):
                 out[r.seed] = v
         return out
+
+    def one_teacher_values(self, key: str) -> tuple[dict[int, float], list[int]]:
+        """:meth:`values` for a mean over seeds: of a figure measured against the teacher (KL, agreement, their
+        per-bucket ``@H<i>``), only the seeds measured against the group's teacher on the column
+        (:meth:`teacher_seeds`), and the seeds left out for another (try-out 45, F1: a mean over 0.058 against one
+        teacher and 3.98, 3.99 against another read 2.68 ± 2.27). Any other key: :meth:`values` and [].
+        """
+        values = self.values(key)
+        column, _, metric = key.rpartition("/")
+        if not column or metric.split("@")[0] not in TEACHER_RELATIVE:
+            return values, []
+        _, others = self.teacher_seeds(column)
+        return {s: v for s, v in values.items() if s not in others}, [s for s in values if s in others]
+
+    def teacher_seeds(self, column: str) -> tuple[list[int], list[int]]:
+        """(the seeds whose figures in ``column`` were measured against the group's teacher there, those measured
+        against another): the group's teacher is the one most of its seeds that scored the column were measured
+        against (:meth:`RunRecord.teacher`, :meth:`TeacherKey.same_as`), the first run given's on a tie."""
+        runs = [r for r in self.runs if r.entry(column)]
+        keys = [r.teacher(column) for r in runs]
+        if not keys:
+            return [], []
+        counts = [sum(k.same_as(o) for o in keys) for k in keys]
+        ref = keys[counts.index(max(counts))]  # index(): the first of the most
+        same = [r.seed for r, k in zip(runs, keys) if k.same_as(ref)]
+        return same, [r.seed for r in runs if r.seed not in same]
 
     def run(self, seed: int) -> RunRecord:
         """The group's run with ``seed`` (one per seed: :func:`group_runs` keeps a seed's replicas apart)."""

@@ -80,11 +80,13 @@ def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Pat
 
 def kl_by_entropy(groups: list[Group], eval_set: str) -> dict[str, dict[int, float]]:
     """group label → teacher-entropy bucket → KL(teacher‖student) (``kl@H<i>``) averaged over the group's seeds
-    scored on column ``eval_set`` (:meth:`Group.values`: never over two sets); groups without it are left out."""
+    scored on column ``eval_set`` (:meth:`Group.values`: never over two sets) against the group's teacher there
+    (:meth:`Group.teacher_seeds`: never over two teachers); groups without it are left out."""
     series = {}
     for g in groups:
         buckets = {}
-        for r in g.runs:
+        seeds, _ = g.teacher_seeds(eval_set)
+        for r in (r for r in g.runs if r.seed in seeds):
             for k, v in r.entry(eval_set).items():
                 if k.startswith("kl@H") and v is not None and not math.isnan(v):
                     buckets.setdefault(int(k[4:]), []).append(float(v))

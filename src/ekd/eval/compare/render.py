@@ -85,6 +85,13 @@ def markdown(summary: dict[str, Any]) -> str:
         parts.append(
             f"No `(teacher)` row: these runs record no teacher figures ({_why_no_teacher(summary['no_teacher'])}).\n"
         )
+    if summary.get("teacher_notes"):  # try-out 45, F1: never a mean over two teachers
+        parts.append(
+            "Measured against another teacher (KL and agreement are means over the seeds measured against the "
+            "teacher most of a method's seeds were, the first run's on a tie): "
+            + "; ".join(summary["teacher_notes"])
+            + ".\n"
+        )
     if summary.get("replica_notes"):
         parts.append(
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "

@@ -6,6 +6,7 @@ or ``metrics.jsonl``, ``ekd-run.json``, the exported tokenizer)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -16,11 +17,13 @@ import yaml
 
 from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
-from ekd.eval.eval_json import BLOCKS_KEY, SCORING_SETTINGS, set_settings, split_settings
+from ekd.eval.eval_json import BLOCKS_KEY, SCORING_SETTINGS, malformed, set_settings, split_settings
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
 from ekd.train.run_dir import changes_training, read_marker
+
+log = logging.getLogger(__name__)
 
 
 class Metric(NamedTuple):
@@ -42,6 +45,9 @@ METRIC_INFO = {
 METRICS = tuple(METRIC_INFO)
 HIGHER_IS_BETTER = {k: m.higher_is_better for k, m in METRIC_INFO.items()}
 RUN_KEYS = ("name", "seed", "output_dir")
+TEACHER_RELATIVE = ("kl", "agree")
+"""Metrics measured against the run's teacher (also their per-entropy-bucket ``kl@H<i>``, ``agree@H<i>``): figures
+against two teachers are neither averaged nor paired."""
 EVAL_SET_KEYS = (
     "data.eval_sources",
     "data.max_eval_blocks",
@@ -326,10 +332,17 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise EkdError(f"ekd compare: {run_dir} is not a run directory (no config.yaml); {fix}")
     try:
         config = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise EkdError(f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if isinstance(config, dict):  # a run of an older ekd: the keys added since, at their defaults
-        config = with_todays_defaults(config)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise EkdError(
+            f"ekd compare: {cfg_path} is not valid YAML ({str(e).splitlines()[0]}); put back the config.yaml ekd "
+            "distill wrote, or leave the run out"
+        ) from None
+    if problem := config_problem(config):  # try-out 45, F4: method '?', seed 0, paired with another seed 0
+        raise EkdError(
+            f"ekd compare: {cfg_path} is not a run's config ({problem}); put back the config.yaml ekd distill "
+            "wrote, or leave the run out"
+        )
+    config = with_todays_defaults(config)  # a run of an older ekd: the keys added since, at their defaults
     rows = metric_rows(run_dir)
     results, scored_with, scored_by, ways, teachers = _eval_results(run_dir, rows)
     if not results:
@@ -355,6 +368,32 @@ def read_run(run_dir: str | Path) -> RunRecord:
         task_ways=ways,
         teachers=teachers,
     )
+
+
+def config_problem(config: Any, identity: bool = True) -> str | None:
+    """What makes a parsed ``config.yaml`` no run's config, as words ('a YAML list, not a mapping of sections',
+    'no run.seed'); None when it is a mapping of sections (mappings) and, with ``identity`` (``ekd compare``: the
+    method and seed group and pair the run), has ``method.preset`` a name and ``run.seed`` a whole number, as
+    ekd distill of any version writes them (``ekd eval`` takes a missing key at its default)."""
+    if not isinstance(config, dict):
+        return f"a YAML {_yaml_kind(config)}, not a mapping of sections"
+    if bad := [str(s) for s, v in config.items() if v is not None and not isinstance(v, dict)]:
+        return f"section '{bad[0]}' is a YAML {_yaml_kind(config[bad[0]])}, not a mapping"
+    if not identity:
+        return None
+    preset = (config.get("method") or {}).get("preset")
+    if not isinstance(preset, str) or not preset:
+        return "no method.preset"
+    seed = (config.get("run") or {}).get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return "no run.seed" if seed is None else f"run.seed={seed!r}, not a whole number"
+    return None
+
+
+def _yaml_kind(value: Any) -> str:
+    """A parsed YAML value's kind, in words: 'list', 'string', 'number'."""
+    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return next((w for t, w in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
 def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
@@ -403,18 +442,28 @@ def _eval_results(
     scored with (likewise), task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`), and
     entry → the teacher it was measured with (likewise)."""
     path = run_dir / "eval.json"
+    rerun = f"rerun `ekd eval {shlex.quote(str(run_dir))}`"
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            sets, scored_with, scored_by, teachers = split_settings(task_sets(saved))  # tasks: task:<name>
-            # eval.json writes NaN as null (strict JSON): back to NaN
-            metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
-            return metrics, scored_with, scored_by, task_ways(saved), teachers
-        except json.JSONDecodeError:
-            raise EkdError(
-                f"ekd compare: {path} is not valid JSON; rerun `ekd eval {shlex.quote(str(run_dir))}`"
-            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EkdError(f"ekd compare: {path} is not valid JSON; {rerun}") from None
+        if problem := eval_json_problem(saved):  # try-out 45, F3: a traceback in float() or .items()
+            raise EkdError(f"ekd compare: {path} is malformed: {problem}; move it away and {rerun}")
+        ways = task_ways(saved)
+        sets, scored_with, scored_by, teachers = split_settings(task_sets(saved))  # tasks: task:<name>
+        # eval.json writes NaN as null (strict JSON): back to NaN
+        metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
+        return metrics, scored_with, scored_by, ways, teachers
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
+    if (
+        last is not None
+    ):  # try-out 45, F10: figures an `ekd eval` since may have replaced, read without a word
+        log.warning(
+            "ekd compare: %s has no eval.json; its figures are the last evaluation in metrics.jsonl (step %s)",
+            run_dir,
+            last.get("step", "?"),
+        )
     results: dict[str, dict[str, float]] = {}
     for key, value in (last or {}).items():
         if not key.startswith("eval/") or value is None:
@@ -422,6 +471,19 @@ def _eval_results(
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
     return results, {}, {}, {}, {}
+
+
+def eval_json_problem(saved: Any) -> str | None:
+    """What makes a parsed ``eval.json`` unreadable as figures, as words (:func:`~ekd.eval.eval_json.malformed`,
+    then its ``tasks`` section as :func:`~ekd.eval.task_metrics.task_sets` flattens it); None when it reads."""
+    if problem := malformed(saved):
+        return problem
+    try:
+        task_ways(saved)
+        problem = malformed(task_sets(saved))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a section of another shape
+        problem = str(e)
+    return f"its 'tasks' section: {problem}" if problem else None
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:

@@ -12,10 +12,9 @@ from ekd.config import ConfigError
 from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
 from ekd.eval.compare.groups import Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
-from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, _scored_set, _text_set
+from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, TEACHER_RELATIVE, _scored_set, _text_set
 from ekd.eval.eval_json import set_of
 
-TEACHER_RELATIVE = ("kl", "agree")  # metrics measured against the run's teacher (also kl@H<i>)
 UNPAIRED = ("different eval sets", "different teachers")  # verdicts of a difference that is not computed
 
 
@@ -135,16 +134,19 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
             "vs": {},
         }
         for key in keys:
-            vals = list(g.values(key).values())
-            if vals:
-                mean, std = mean_std(vals)
-                entry["metrics"][key] = {"mean": mean, "std": std, "n": len(vals)}
+            values, other_teacher = g.one_teacher_values(key)  # never a mean over two teachers' figures
+            if values:
+                mean, std = mean_std(list(values.values()))
+                entry["metrics"][key] = {"mean": mean, "std": std, "n": len(values)}
+                if other_teacher:
+                    entry["metrics"][key]["other_teacher"] = other_teacher
         for b in out["baselines"]:
             if b != g.label:
                 entry["vs"][b] = {
                     k: paired_difference(g, by_label[b], k) for k in keys if k in entry["metrics"]
                 }
         out["groups"].append(entry)
+    out["teacher_notes"] = _other_teacher_notes(out["groups"])
     out["teachers"] = _teacher_rows(groups)
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
@@ -155,6 +157,27 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     ]
     out["replica_notes"] = [replica_note(r) for r in out["replicas"]]
     return out
+
+
+def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
+    """One line per group whose KL or agreement means left seeds out, measured against another teacher than the
+    group's (:meth:`Group.one_teacher_values`): '`kd`: seed 0 measured against another teacher on `eval`, `held`,
+    left out of their KL and agreement (n=2 of 3)'."""
+    notes = []
+    for g in groups:
+        said: dict[tuple[tuple[int, ...], int], list[str]] = {}  # (seeds left out, n) → columns
+        for key, cell in g["metrics"].items():
+            if cell.get("other_teacher"):
+                columns = said.setdefault((tuple(sorted(cell["other_teacher"])), cell["n"]), [])
+                if (column := key.rpartition("/")[0]) not in columns:
+                    columns.append(column)
+        for (seeds, n), columns in said.items():
+            which = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            notes.append(
+                f"`{g['method']}`: {which} measured against another teacher on "
+                f"{', '.join(f'`{c}`' for c in columns)}, left out of their KL and agreement (n={n} of {n + len(seeds)})"
+            )
+    return notes
 
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:

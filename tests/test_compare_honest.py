@@ -1,0 +1,141 @@
+"""``ekd compare`` reports no figure it cannot stand behind (try-out 45): no mean of KL or agreement over seeds
+measured against two teachers (F1), one line for a malformed eval.json or a config.yaml that is no run's config
+(F3, F4), and a word when a run's figures come from metrics.jsonl instead of eval.json (F10)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ekd.eval.compare import compare_runs, group_runs, kl_by_entropy, read_run
+from hostile import cli, one_error_line
+
+
+def _run(root: Path, name: str, preset: str, seed: int, kl: float, weights: str = "aa") -> Path:
+    """A finished run whose eval.json entry ``held`` records the teacher (by its weights) its KL and agreement
+    were measured against, as ``ekd eval`` writes it."""
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"run": {"name": name, "seed": seed}, "method": {"preset": preset}, "model": {"teacher": "/m/t"}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    teacher = {"model": "/m/t", "revision": "", "weights": f"sha256:{weights}", "dtype": "auto"}
+    entry = {"ppl": 10.0 + seed, "kl": kl, "agree": 1.0 - kl / 10, "kl@H0": kl, "teacher": teacher}
+    (d / "eval.json").write_text(
+        json.dumps({"held": entry, "held/teacher": {"ppl": 2.0, "teacher": teacher}})
+    )
+    return d
+
+
+def test_a_mean_of_kl_is_over_the_seeds_measured_against_one_teacher(tmp_path):
+    """F1: kd seed 0 re-evaluated against another teacher (KL 0.058) beside seeds 1, 2 (3.98, 3.99) read
+    ``2.677 ± 2.268`` (n=3): the mean is over the seeds measured against the teacher most seeds were, the cell
+    says n=2, and a note names the seed left out; ppl (not measured against the teacher) keeps all three; the
+    paired difference, the Pareto plot and the KL-by-entropy bars follow the same seeds."""
+    runs = [_run(tmp_path, "kd0", "kd", 0, 0.058, weights="bb")]
+    runs += [_run(tmp_path, f"kd{s}", "kd", s, kl) for s, kl in ((1, 3.98), (2, 3.99))]
+    runs += [_run(tmp_path, f"ce{s}", "ce", s, 4.0 + s / 100) for s in (0, 1, 2)]
+    s = compare_runs(runs, tmp_path / "o", baselines=("ce",), plots=True)
+    kd = next(g for g in s["groups"] if g["method"] == "kd")
+    assert kd["metrics"]["held/kl"]["mean"] == pytest.approx(3.985)
+    assert kd["metrics"]["held/kl"]["n"] == 2 and kd["metrics"]["held/kl"]["other_teacher"] == [0]
+    assert kd["metrics"]["held/agree"]["n"] == 2
+    assert kd["metrics"]["held/ppl"]["n"] == 3 and "other_teacher" not in kd["metrics"]["held/ppl"]
+    assert kd["vs"]["ce"]["held/kl"]["n"] == 2  # as the paired difference already was
+    text = (tmp_path / "o" / "compare.md").read_text()
+    assert "3.985 ± 0.007 (n=2)" in text
+    assert "`kd`: seed 0 measured against another teacher on `held`" in text
+    rows = {
+        (r[0], r[1]): r
+        for r in (line.split(",") for line in (tmp_path / "o" / "compare.csv").read_text().splitlines())
+    }
+    assert float(rows[("kd", "held/kl")][2]) == pytest.approx(3.985) and rows[("kd", "held/kl")][4] == "2"
+    assert kl_by_entropy(group_runs([read_run(r) for r in runs]), "held")["kd"][0] == pytest.approx(3.985)
+
+
+def test_a_tie_of_teachers_keeps_the_first_runs_and_one_teacher_leaves_nothing_out(tmp_path):
+    """Two seeds, two teachers: the first run given's teacher; every seed against one teacher: no note."""
+    runs = [_run(tmp_path, "a0", "kd", 0, 1.0, "aa"), _run(tmp_path, "a1", "kd", 1, 2.0, "bb")]
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    cell = s["groups"][0]["metrics"]["held/kl"]
+    assert (cell["mean"], cell["n"], cell["other_teacher"]) == (1.0, 1, [1])
+    same = [_run(tmp_path, "b0", "kd", 0, 1.0), _run(tmp_path, "b1", "kd", 1, 2.0)]
+    s = compare_runs(same, tmp_path / "o2", baselines=(), plots=False)
+    assert s["groups"][0]["metrics"]["held/kl"]["n"] == 2 and not s["teacher_notes"]
+
+
+def _good(tmp_path: Path) -> Path:
+    return _run(tmp_path, "ce0", "ce", 0, 4.0)
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (
+            lambda ev: ev["held"].update(ppl="abc"),
+            "'held' metric 'ppl' is a JSON string (\"abc\"), not a number",
+        ),
+        (
+            lambda ev: ev["held"].update(ece=[1, 2]),
+            "'held' metric 'ece' is a JSON list ([1, 2]), not a number",
+        ),
+        (lambda ev: ev.update(held=5), "entry 'held' is a JSON number (5), not an object of metrics"),
+        (
+            lambda ev: ev["held"].update(teacher="x"),
+            "'held' records 'teacher' as a JSON string, not an object",
+        ),
+        (lambda ev: ev.update(tasks=[1]), "its 'tasks' section is a JSON list, not an object"),
+        (
+            lambda ev: ev.update(tasks={"student": {"t": {"value": "x"}}}),
+            "its 'tasks' section: could not convert string to float",
+        ),
+        (lambda ev: [], "it holds a JSON list, not an object of eval sets"),
+    ],
+)
+def test_a_malformed_eval_json_is_one_line_naming_the_file(tmp_path, capsys, edit, says):
+    """F3: a string, a list or a number where a number or an object is expected was a traceback (float(),
+    .items())."""
+    bad = _run(tmp_path, "kd1", "kd", 1, 3.0)
+    ev = json.loads((bad / "eval.json").read_text())
+    replaced = edit(ev)  # None: edited in place
+    ev = ev if replaced is None else replaced
+    (bad / "eval.json").write_text(json.dumps(ev))
+    line = one_error_line(*cli(capsys, "compare", _good(tmp_path), bad, "--out", tmp_path / "o")[::2])
+    assert f"{bad / 'eval.json'} is malformed: {says}" in line and "rerun `ekd eval" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("::: not yaml [\n", "section '::' is a YAML string, not a mapping"),
+        ("- a list\n", "a YAML list, not a mapping of sections"),
+        ("method: {preset: kdd}\n", "no run.seed"),
+        ("run: {seed: 1}\n", "no method.preset"),
+        ("run: {seed: one}\nmethod: {preset: kd}\n", "run.seed='one', not a whole number"),
+    ],
+)
+def test_a_config_yaml_that_is_no_runs_config_is_refused_in_one_line(tmp_path, capsys, text, says):
+    """F4: a config.yaml that parses to no run's config became method '?' at seed 0 (paired with another run's
+    seed 0, exit 0), or an AttributeError traceback for a list."""
+    bad = _run(tmp_path, "kd1", "kd", 1, 3.0)
+    (bad / "config.yaml").write_text(text)
+    line = one_error_line(*cli(capsys, "compare", _good(tmp_path), bad, "--out", tmp_path / "o")[::2])
+    assert f"{bad / 'config.yaml'} is not a run's config ({says})" in line, line
+
+
+def test_figures_read_from_metrics_jsonl_are_said(tmp_path, caplog):
+    """F10: a run without eval.json was compared on its metrics.jsonl's last evaluation without a word."""
+    run = _good(tmp_path)
+    (run / "eval.json").unlink()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 7, "eval/held/ppl": 9.0}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        record = read_run(run)
+    assert record.eval == {"held": {"ppl": 9.0}}
+    assert (
+        f"{run} has no eval.json; its figures are the last evaluation in metrics.jsonl (step 7)"
+        in caplog.text
+    )

@@ -1,0 +1,98 @@
+"""``ekd eval RUN`` refuses in one line what it cannot read, before it scores anything (try-out 45): a path that
+does not exist (F10), a config.yaml that is not a run's config (F4), an eval.json whose entries it would keep or
+drop as they are (F3); an eval.json with nothing to keep is said, then replaced."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hostile import cli, one_error_line, snapshot, unchanged
+
+
+def _finished(root: Path) -> Path:
+    """A directory ``ekd eval`` takes for a finished run (config.yaml, student/config.json) with an eval.json;
+    every refusal below comes before its student is loaded."""
+    run = root / "runs" / "r"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": {"seed": 1}, "method": {"preset": "kd"}}))
+    ev = {"eval": {"ppl": 9.0, "kl": 1.0}, "eval/teacher": {"ppl": 2.0}, "held": {"ppl": 8.0}}
+    (run / "eval.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_a_path_that_does_not_exist_is_said_so(tmp_path, capsys):
+    """F10: 'is not a finished ekd run (needs config.yaml and student/); run ekd distill first'."""
+    line = one_error_line(*cli(capsys, "eval", tmp_path / "nonexistent")[::2])
+    assert f"{tmp_path / 'nonexistent'} does not exist" in line, line
+    assert not (tmp_path / "nonexistent").exists()
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("::: not yaml [\n", "section '::' is a YAML string, not a mapping"),  # ValueError: not enough values
+        ("run: {seed: 1\n", "not valid YAML"),  # truncated: yaml ScannerError / ParserError traceback
+        ("- a list\n", "a YAML list, not a mapping of sections"),  # AttributeError
+        ("run: 5\n", "section 'run' is a YAML number, not a mapping"),
+    ],
+)
+def test_a_config_yaml_that_is_no_runs_config_is_one_line(tmp_path, capsys, text, says):
+    """F4: tracebacks (ValueError, yaml.ScannerError, AttributeError); nothing is written."""
+    run = _finished(tmp_path)
+    (run / "config.yaml").write_text(text)
+    before = snapshot(tmp_path)
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert f"{run / 'config.yaml'} is not a run's config ({says}" in line, line
+    unchanged(before, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda ev: ev.update(held=5), "entry 'held' is a JSON number (5), not an object of metrics"),
+        (
+            lambda ev: ev["held"].update(ece=[1, 2]),
+            "'held' metric 'ece' is a JSON list ([1, 2]), not a number",
+        ),
+        (
+            lambda ev: ev["eval"].update(ppl="abc"),
+            "'eval' metric 'ppl' is a JSON string (\"abc\"), not a number",
+        ),
+    ],
+)
+def test_a_malformed_entry_of_eval_json_is_refused_not_kept_or_dropped(tmp_path, capsys, edit, says):
+    """F3: ``held = 5`` was dropped from the written file while the log said ``keeps held ... as it was``; a list
+    where a number belongs was kept without a word, for ekd compare to crash on later."""
+    run = _finished(tmp_path)
+    ev = json.loads((run / "eval.json").read_text())
+    edit(ev)
+    (run / "eval.json").write_text(json.dumps(ev))
+    before = snapshot(tmp_path)
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert (
+        f"{run / 'eval.json'} is malformed: {says}; ekd eval keeps the results it does not score" in line
+    ), line
+    unchanged(before, tmp_path)
+
+
+def test_an_eval_json_with_nothing_to_keep_is_said_before_it_is_replaced(tmp_path, caplog):
+    """F3: ``eval.json = []`` was replaced without the 'could not be read' warning invalid JSON gets."""
+    from ekd.cli import _check_run_files
+
+    run = _finished(tmp_path)
+    (run / "eval.json").write_text("[]")
+    with caplog.at_level(logging.WARNING):
+        _check_run_files(run, sets=True)
+    assert (
+        "could not be read (it holds a JSON list, not an object of eval sets); writing the sets scored now only"
+        in caplog.text
+    )
+    caplog.clear()
+    _check_run_files(run, sets=False)  # --tasks alone: the task writer says its own
+    assert not caplog.text
