@@ -397,6 +397,24 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
 
+def _end_documents_as_trained(student: nn.Module, data: PreparedData) -> None:
+    """The student's config and generation config end sequences first with the id its documents end with
+    (:func:`ekd.models.export.end_documents_with`), said in one line when that changes them."""
+    from ekd.models.export import end_documents_with
+
+    eos = getattr(data.boundary, "eos_id", None)
+    ids = end_documents_with(student, eos)
+    if ids:
+        log.info(
+            "student: documents end with id %d (%r, data.separator=%s), which its config does not name: its "
+            "config and generation_config now end sequences with %s (its own after it), and the export does",
+            eos,
+            data.tokenizer.convert_ids_to_tokens(eos),
+            data.boundary.separator,
+            ids,
+        )
+
+
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
     """Role → (spec, revision) of the real (non-preset) models whose document convention counts."""
     models = {}
@@ -436,6 +454,8 @@ def _load_role(
     )
     model = empty_model(spec, **common) if empty else load_model(spec, seed=seed, **common)
     shared_vocab_size(data.vocab_size, (role, model))
+    if role == "student":
+        _end_documents_as_trained(model, data)
     if empty:  # shapes only: rank 0 checks the head of the real weights
         return model
     model = model.to(device)
