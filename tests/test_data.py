@@ -866,3 +866,42 @@ def test_a_jsonl_line_with_an_unterminated_string_is_named_so(tmp_path: Path) ->
         ConfigError, match=r"line 2: not valid JSON \(Unterminated string starting at column 10\)"
     ):
         load_documents(str(f), DataConfig())
+
+
+def test_the_eval_split_follows_the_documented_rule_and_is_logged(tmp_path: Path, caplog) -> None:
+    """Try-out 45, F6: the README's rule (a document is held out when the first 8 bytes of sha256 of the hex
+    sha256 of prompt + NUL + text, over 2**64, fall below data.eval_fraction; the smallest unit held out when
+    none is, the largest always trained on), recomputed here from hashlib alone, gives the split ekd makes;
+    one info line says how many and which."""
+    import hashlib
+    import logging
+
+    from ekd.data import load_splits
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    texts = {f"d{i:02d}.txt": f"document {i} says {'la ' * i}\n" for i in range(30)}
+    for name, text in texts.items():
+        (root / name).write_text(text)
+
+    def unit(text: str, prompt: str = "") -> float:
+        key = hashlib.sha256(f"{prompt}\x00{text}".encode()).hexdigest()
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+    cfg = Config()
+    cfg.data.source = str(root)
+    for fraction in (0.2, 1e-6):
+        cfg.data.eval_fraction = fraction
+        units = {name: unit(text) for name, text in texts.items()}
+        held = {n for n, u in units.items() if u < fraction} or {min(units, key=units.get)}
+        held.discard(max(units, key=units.get))
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="ekd.data.build"):
+            splits = load_splits(cfg)
+        assert sorted(d.doc_id for d in splits["eval"]) == sorted(held)
+        said = [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()]
+        assert said and said[0].startswith(
+            f"data.source: the eval split holds {len(held)} of 30 documents"
+        ), said
+        listed = [r.getMessage() for r in caplog.records if "eval split documents:" in r.getMessage()]
+        assert listed and set(listed[0].split(": ", 2)[2].split(", ")) == held
