@@ -130,3 +130,17 @@ def test_perplexity_with_and_without_boundary_targets():
     assert out["boundary_tokens"] == 2
     assert out["ppl"] == pytest.approx(float(nll[valid].mean().exp()), rel=1e-6)
     assert out["ppl_no_boundary"] == pytest.approx(float(nll[valid & ~boundary].mean().exp()), rel=1e-6)
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_the_advice_for_models_that_end_differently_says_when_eos_drops_a_bos(tmp_path: Path, adds_bos):
+    """Try-out 44, F7: the advised data.separator=eos frames documents with the EOS alone, dropping the BOS that
+    the tokenizer adds (and auto prepends); the line said nothing of it, nor that bos_eos keeps it."""
+    for name, eos in (("teacher", 1), ("student", 7)):
+        LlamaConfig(eos_token_id=eos).save_pretrained(tmp_path / name)
+    models = {role: (str(tmp_path / role), "") for role in ("teacher", "student")}
+    with pytest.raises(ConfigError) as e:
+        document_boundary(DataConfig(), _tokenizer(adds_bos), models)
+    dropped = "it drops the BOS '<s>' the tokenizer adds, which data.separator=bos_eos keeps"
+    assert "set data.separator=eos (the tokenizer's EOS '</s>' for both" in str(e.value)
+    assert (dropped in str(e.value)) is adds_bos, str(e.value)

@@ -61,9 +61,36 @@ def test_text_file_splits_on_two_blank_lines_only(tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("first para\n\nstill doc one\n\n\nsecond doc\n\n \n\n\nthird doc\n")
     docs = load_documents(str(f), DataConfig())
-    assert [d.text for d in docs] == ["first para\n\nstill doc one", "second doc", "third doc"]
+    assert [d.text for d in docs] == [
+        "first para\n\nstill doc one",
+        "second doc",
+        "third doc\n",
+    ]  # the file's end
     assert [d.doc_id for d in docs] == ["notes.txt#0", "notes.txt#1", "notes.txt#2"]
     assert all(d.prompt == "" for d in docs)
+
+
+@pytest.mark.parametrize(
+    "text", ["The big cat.\n", "\nlead\r\nand crlf\r\n", "two\n\nparagraphs\n\n", "no newline"]
+)
+def test_a_text_file_named_alone_is_the_same_document_as_in_a_directory_or_a_glob(
+    tmp_path: Path, text
+) -> None:
+    """Try-out 45, F7: a .txt named alone lost its trailing newline ('The big cat.\\n' → 12 characters) while the
+    same file in a directory or a glob kept it: the same text packed to two token streams. A file without a
+    separator is now one document, its text as in the file (universal newlines), whichever way it is named."""
+    (tmp_path / "held").mkdir()
+    path = tmp_path / "held" / "doc000.txt"
+    path.write_bytes(text.encode())
+    named = load_documents(str(path), DataConfig())
+    in_dir = load_documents(str(tmp_path / "held"), DataConfig())
+    globbed = load_documents(str(tmp_path / "held" / "doc000*.txt"), DataConfig())
+    assert (
+        [d.text for d in named]
+        == [d.text for d in in_dir]
+        == [d.text for d in globbed]
+        == [text.replace("\r\n", "\n")]
+    )
 
 
 def test_directory_one_document_per_file_sorted_recursive(tmp_path: Path) -> None:
@@ -839,3 +866,42 @@ def test_a_jsonl_line_with_an_unterminated_string_is_named_so(tmp_path: Path) ->
         ConfigError, match=r"line 2: not valid JSON \(Unterminated string starting at column 10\)"
     ):
         load_documents(str(f), DataConfig())
+
+
+def test_the_eval_split_follows_the_documented_rule_and_is_logged(tmp_path: Path, caplog) -> None:
+    """Try-out 45, F6: the README's rule (a document is held out when the first 8 bytes of sha256 of the hex
+    sha256 of prompt + NUL + text, over 2**64, fall below data.eval_fraction; the smallest unit held out when
+    none is, the largest always trained on), recomputed here from hashlib alone, gives the split ekd makes;
+    one info line says how many and which."""
+    import hashlib
+    import logging
+
+    from ekd.data import load_splits
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    texts = {f"d{i:02d}.txt": f"document {i} says {'la ' * i}\n" for i in range(30)}
+    for name, text in texts.items():
+        (root / name).write_text(text)
+
+    def unit(text: str, prompt: str = "") -> float:
+        key = hashlib.sha256(f"{prompt}\x00{text}".encode()).hexdigest()
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+    cfg = Config()
+    cfg.data.source = str(root)
+    for fraction in (0.2, 1e-6):
+        cfg.data.eval_fraction = fraction
+        units = {name: unit(text) for name, text in texts.items()}
+        held = {n for n, u in units.items() if u < fraction} or {min(units, key=units.get)}
+        held.discard(max(units, key=units.get))
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="ekd.data.build"):
+            splits = load_splits(cfg)
+        assert sorted(d.doc_id for d in splits["eval"]) == sorted(held)
+        said = [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()]
+        assert said and said[0].startswith(
+            f"data.source: the eval split holds {len(held)} of 30 documents"
+        ), said
+        listed = [r.getMessage() for r in caplog.records if "eval split documents:" in r.getMessage()]
+        assert listed and set(listed[0].split(": ", 2)[2].split(", ")) == held

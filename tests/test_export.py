@@ -240,3 +240,46 @@ def test_a_tokenizer_read_back_from_a_directory_saves_the_same_files(tmp_path):
     for name in ("tokenizer_config.json", "tokenizer.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert "is_local" in loaded.init_kwargs  # the tokenizer itself is left as it was
+
+
+def test_end_documents_with_puts_the_trained_end_first_and_keeps_the_models_own():
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from ekd.models.export import end_documents_with
+
+    config = LlamaConfig(
+        vocab_size=16, hidden_size=8, num_attention_heads=2, num_hidden_layers=1, eos_token_id=2
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[2, 7])
+    assert end_documents_with(model, None) == [] and end_documents_with(model, 7) == []  # already one of them
+    assert model.config.eos_token_id == 2
+    assert end_documents_with(model, 1) == [1, 2, 7]
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == [1, 2, 7]
+
+
+def test_the_export_ends_sequences_where_the_run_ended_documents(tmp_path, corpus, tokenizer, caplog):
+    """Try-out 44, F7: a student whose config and generation_config name eos_token_id 2, trained under the advised
+    data.separator=eos to end documents with the tokenizer's EOS (another id), was exported with eos_token_id 2
+    alone: generate() ran past the end the run trained. Under auto (documents end with its own id) nothing
+    changes."""
+    import logging
+
+    student = _student(tmp_path, tokenizer, padded=0)
+    own = tokenizer.eos_token_id + 2
+    for name in ("config.json", "generation_config.json"):
+        path = student / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "eos_token_id": own}))
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        _distill(tmp_path, corpus, "eos", student, **{"data.separator": "eos"})
+    trained = [tokenizer.eos_token_id, own]
+    for name in ("config.json", "generation_config.json"):
+        assert (
+            json.loads((tmp_path / "runs" / "eos" / "student" / name).read_text())["eos_token_id"] == trained
+        )
+    assert f"student: documents end with id {tokenizer.eos_token_id}" in caplog.text
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "eos" / "student")
+    assert exported.generation_config.eos_token_id == trained
+    _distill(tmp_path, corpus, "auto", student)
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((tmp_path / "runs" / "auto" / "student" / name).read_text())["eos_token_id"] == own

@@ -325,6 +325,71 @@ def test_a_tokenizer_without_eos_is_one_line_naming_where_to_set_it(tmp_path, ca
     assert '"eos_token" in its tokenizer_config.json' in line, line
 
 
+def _no_eos_tokenizer(path):
+    """A word-level tokenizer of WORDS without an EOS token, saved at ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w: i for i, w in enumerate(["[UNK]", *sorted(set(WORDS))])}
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(path)
+    return load_tokenizer(str(path))
+
+
+@pytest.mark.parametrize(
+    "separator, fraction, refused",
+    [
+        ("none", 0.0, ""),
+        ("auto", 0.0, ""),  # both models' configs name eos_token_id 1
+        ("eos", 0.0, "which data.separator=eos ends each packed document with; "),
+        ("bos_eos", 0.0, "which data.separator=bos_eos ends each packed document with; "),
+        (
+            "none",
+            0.5,
+            "which method.student_data_fraction=0.5 stops and pads the student's sampled continuations",
+        ),
+    ],
+)
+def test_a_tokenizer_without_eos_is_refused_only_where_the_run_uses_one(
+    tmp_path, separator, fraction, refused
+):
+    """Try-out 46, F2: a tokenizer without EOS was refused under data.separator=none (nothing ends a document
+    there) and under auto with both models' configs naming eos_token_id, 'ekd ends each packed document with
+    one' being false in both."""
+    from transformers import LlamaConfig
+
+    from ekd.train.prepare import check_run_tokenizer
+
+    tokenizer = _no_eos_tokenizer(tmp_path / "no-eos")
+    for role in ("teacher", "student"):
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=16, num_attention_heads=2, eos_token_id=1
+        ).save_pretrained(tmp_path / role)
+    cfg = _cfg(tmp_path / "teacher", tmp_path / "student", str(tmp_path / "no-eos"))
+    cfg.data.separator, cfg.method.student_data_fraction = separator, fraction
+    if not refused:
+        check_run_tokenizer(cfg, tokenizer)
+        return
+    with pytest.raises(ModelError) as e:
+        check_run_tokenizer(cfg, tokenizer)
+    assert refused in str(e.value) and '"eos_token" in its tokenizer_config.json' in str(e.value)
+
+
+def test_a_run_without_eos_under_separator_none_trains_and_evaluates(tmp_path, capsys):
+    """Try-out 46, F2, end to end: the packed stream holds no EOS, the run trains and ekd eval scores it."""
+    from ekd.cli import main
+    from tiny import tiny_overrides, write_corpus
+
+    _no_eos_tokenizer(tmp_path / "no-eos")
+    corpus = write_corpus(tmp_path / "corpus", n_docs=8)
+    args = tiny_overrides(
+        tmp_path, corpus, "r", **{"model.tokenizer": str(tmp_path / "no-eos"), "data.separator": "none"}
+    )
+    assert main(["distill", *args, "train.max_steps=1"]) == 0, capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "runs" / "r")]) == 0, capsys.readouterr().err
+
+
 def test_a_student_tokenizer_with_added_tokens_is_told_what_differs(tmp_path):
     """Try-out 13: a student whose tokenizer is the teacher's plus two added special tokens was told to 'pick a
     student from the teacher's family', though it is of that family: the refusal names the added tokens and
@@ -511,3 +576,63 @@ def test_the_same_files_loaded_as_another_class_are_named_so(tmp_path):
         check_same_tokenizer(teacher, student)
     assert f"which its class {type(student).__name__} adds" in str(e.value), e.value
     assert "remove the tokenizer files from the student's directory" in str(e.value)
+
+
+def _bpe_dirs(tmp_path, specials, dirs):
+    """One byte-level BPE (``specials`` its special tokens, the first its EOS) saved in each of ``dirs``
+    (name → (model_type, extra tokens added to that copy)), each beside a config.json of that model_type whose
+    head has one row per token of the files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator(["def f(x): return x + 1\n"] * 20, trainer)
+    for name, (model_type, extra) in dirs.items():
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=specials[0])
+        tok.add_tokens(list(extra))
+        tok.save_pretrained(tmp_path / name)
+        AutoConfig.for_model(model_type, vocab_size=len(tok)).save_pretrained(tmp_path / name)
+    return [tmp_path / name for name in dirs]
+
+
+def test_a_token_in_the_students_files_is_not_blamed_on_its_class(tmp_path):
+    """Try-out 44, F5: a student whose tokenizer.json adds '<|newtok|>' (a Llama beside a Qwen2 teacher: two
+    classes) was told that its class adds the token; the class adds nothing, the token is in its files."""
+    teacher, student = _bpe_dirs(
+        tmp_path, ["<eos>", "<|endoftext|>"], {"teacher": ("qwen2", ()), "student": ("llama", ["<|newtok|>"])}
+    )
+    with pytest.raises(ModelError) as e:
+        prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)
+    message = str(e.value)
+    assert "plus 1 added token ('<|newtok|>'), which its tokenizer files hold" in message, message
+    assert "its class" not in message and "remove the tokenizer files from the student's directory" in message
+
+
+def test_a_token_the_teachers_class_adds_is_named_in_the_first_refusal_and_its_fix_works(tmp_path, caplog):
+    """Try-out 44, F6: tokenizer files without '<|endoftext|>' beside a Qwen2 teacher load as Qwen2Tokenizer,
+    which adds it (id 512 of a 512-row head). The first refusal said 'check model.tokenizer'; naming the files
+    alone was refused as another tokenizer, with 'model.tokenizer=teacher' — the first refusal again. Now the
+    first names the class-added token and how to name the files alone, which passes; so does the student's."""
+    import logging
+
+    from transformers import PreTrainedTokenizerFast
+
+    teacher, student = _bpe_dirs(tmp_path, ["<eos>"], {"teacher": ("qwen2", ()), "student": ("llama", ())})
+    rows = len(PreTrainedTokenizerFast.from_pretrained(teacher))
+    with pytest.raises(ModelError) as e:
+        prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)
+    message = str(e.value)
+    assert f"teacher head has {rows} rows but the tokenizer has {rows + 1} tokens" in message, message
+    assert (
+        f"{rows} '<|endoftext|>' is in none of its files ({teacher}) but added by its class Qwen2Tokenizer"
+        in (message)
+    ), message
+    assert f"PreTrainedTokenizerFast.from_pretrained('{teacher}').save_pretrained(DIR)" in message, message
+    PreTrainedTokenizerFast.from_pretrained(teacher).save_pretrained(tmp_path / "alone")  # the advised fix
+    for named in (str(tmp_path / "alone"), "student"):
+        with caplog.at_level(logging.INFO, logger="ekd"):
+            assert len(prepare_tokenizer(_cfg(teacher, student, named), tmp_path, None)) == rows
+        assert "its files alone (TokenizersBackend" in caplog.text

@@ -134,9 +134,16 @@ def resolve_boundary(
             named = " and ".join(
                 f"the {role} with id {e} ({tokenizer.convert_ids_to_tokens(e)!r})" for role, e in ends.items()
             )
+            # eos frames with the EOS alone: a BOS the tokenizer adds, which auto keeps, is dropped (try-out 44, F7)
+            dropped = (
+                f"; it drops the BOS {tokenizer.bos_token!r} the tokenizer adds, which data.separator=bos_eos keeps"
+                if bos is not None
+                else ""
+            )
             raise ConfigError(
-                f"data.separator=auto: documents end differently for {named}; "
-                "set data.separator=eos (the tokenizer's EOS for both) or pick models of one family"
+                f"data.separator=auto: documents end differently for {named}; set data.separator=eos (the "
+                f"tokenizer's EOS{f' {tokenizer.eos_token!r}' if tok_eos is not None else ''} for both{dropped}) "
+                "or pick models of one family"
             )
         eos = distinct[0] if distinct else tok_eos
         if eos is None:

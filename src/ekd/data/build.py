@@ -32,6 +32,7 @@ from ekd.data.eval_sample import pool_blocks, spread_blocks
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import pystdlib_splits
 from ekd.data.split import held_out_keys
+from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
             "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars),
             "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars),
         }
+        say_eval_documents(splits["eval"], len(docs), data.eval_fraction)
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
@@ -171,6 +173,25 @@ def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Do
         else filter_documents(docs, data, "pystdlib", "data.source")
         for name, docs in pystdlib_splits(max_chars=max_chars, eval_fraction=data.eval_fraction).items()
     }
+
+
+def say_eval_documents(held: list[Document], total: int, fraction: float) -> None:
+    """One info line: how many of the source's ``total`` documents the ``eval`` split holds, by the rule of
+    :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug level
+    (``log.level=DEBUG``). A user can then tell which documents were scored (try-out 45, F6)."""
+    if not held:
+        return
+    ids = [d.doc_id or f"#{i}" for i, d in enumerate(held)]
+    logger.info(
+        "data.source: the eval split holds %d of %s (those whose content hash falls below "
+        "data.eval_fraction=%g: README, The eval split): %s%s",
+        len(held),
+        counted(total, "document"),
+        fraction,
+        ", ".join(ids[:5]),
+        ", … (log.level=DEBUG lists every one)" if len(ids) > 5 else "",
+    )
+    logger.debug("data.source: eval split documents: %s", ", ".join(ids))
 
 
 def content_key(doc: Document) -> str:

@@ -291,7 +291,10 @@ def _phases(cfg: Config) -> list[_Phase]:
 
         def routed() -> Iterator[tuple[str, Document]]:
             for doc in iter_documents(d.source, d):
-                yield ("eval" if stable_unit(content_key(doc)) < d.eval_fraction else "train"), doc
+                held = stable_unit(content_key(doc)) < d.eval_fraction
+                if held:  # which documents the eval split scores (try-out 45, F6)
+                    logger.debug("data.source: eval split document %s", doc.doc_id)
+                yield ("eval" if held else "train"), doc
 
         splits = (
             ["train", "eval"] if d.eval_fraction > 0 else ["train"]

@@ -16,6 +16,9 @@ before the final evaluation, every rank turns its student into the model ``<run>
   An evaluator that takes the softmax over the whole head still puts some probability on them: the final
   evaluation reports it (``padded_mass``, ``ppl_full_head``; ``ekd.eval.metrics``). With ``trim`` the head
   (and a tied embedding) is cut to V rows, so every evaluator sees the scored model.
+- **end of sequence**: a student whose config names another ``eos_token_id`` than the id the run ends
+  documents with gets that id first in its config and generation config when it is loaded, its own kept after
+  it (:func:`end_documents_with`), so the export stops generating where it was trained to end.
 """
 
 from __future__ import annotations
@@ -135,6 +138,33 @@ def prepare_shipped(
         )
     round_in_place(tensors, dtype)
     return {"padded": padded, "trimmed": trimmed, "head_rows": head_rows(model)}
+
+
+def end_documents_with(model: nn.Module, eos_id: int | None) -> list[int]:
+    """Make ``eos_id``, the id the run ends every document with (``data.separator``), the first end-of-sequence
+    id of ``model``'s config and generation config, its own ids kept after it; returns the ids written, or []
+    when ``eos_id`` is already one of them (or None: ``data.separator=none``).
+
+    A pre-trained student whose ``eos_token_id`` is another id (its family's ``<|endoftext|>``, not the
+    teacher's ``</s>``) is taught under ``data.separator=eos``/``bos_eos`` to end documents with the tokenizer's
+    EOS; the export then stops ``generate`` at that id, and still at its own, which its pre-training taught
+    (try-out 44, F7: the export kept the old id alone, so ``generate`` ran past the end the run trained).
+    """
+    if eos_id is None:
+        return []
+    own: list[int] = []
+    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
+    for config in configs:
+        value = getattr(config, "eos_token_id", None)
+        for i in [value] if isinstance(value, int) else list(value or []):
+            if int(i) not in own:
+                own.append(int(i))
+    if int(eos_id) in own:
+        return []
+    ids = [int(eos_id), *own]
+    for config in configs:
+        config.eos_token_id = ids if len(ids) > 1 else ids[0]
+    return ids
 
 
 def export_line(

@@ -424,18 +424,8 @@ def check_same_tokenizer(
         student, teacher = (tb, ta) if names == ("teacher", "student") else (ta, tb)
         extends = len(student) > len(teacher) and all(i in student and i not in teacher for i in differing)
         if not fix and set(names) == {"teacher", "student"} and extends:  # the teacher's plus added tokens
-            added = ", ".join(repr(student[i]) for i in differing[:4]) + (", …" if len(differing) > 4 else "")
-            classes = (type(a), type(b)) if names == ("teacher", "student") else (type(b), type(a))
-            fix = (
-                f"the student's is the teacher's plus {counted(len(differing), 'added token')} ({added}): save "
-                "the teacher's tokenizer files into the student's directory if it does not need them"
-                if classes[0] is classes[1]
-                # the same files, another class: transformers picks it by model_type (try-outs 35, 42)
-                else f"the student's is the teacher's plus {counted(len(differing), 'added token')} ({added}), "
-                f"which its class {classes[1].__name__} adds (transformers picks the class by the model_type next "
-                "to the files): remove the tokenizer files from the student's directory, so that the run's "
-                "tokenizer is the only one"
-            )
+            pair = (a, b) if names == ("teacher", "student") else (b, a)
+            fix = _added_tokens_fix(*pair, [student[i] for i in differing])
         raise ModelError(
             f"{names[0]} and {names[1]} tokenizers differ ({len(a)} vs {counted(len(b), 'token')}, "
             f"{counted(len(differing), 'id')} {'differs' if len(differing) == 1 else 'differ'}{where}; "
@@ -467,6 +457,29 @@ def check_same_tokenizer(
             raise ModelError(
                 f"{difference}: token-level KD needs a shared tokenizer; {fix or _tokenizer_fix(names, True)}"
             )
+
+
+def _added_tokens_fix(
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, added: list[str]
+) -> str:
+    """What to do about a student tokenizer that is the teacher's plus the ``added`` tokens: where they come
+    from (the student's class, which transformers picks by the model_type next to the files, when the classes
+    differ and the student's files lack them: try-outs 35, 42; else its files: try-out 44, F5) and the way on."""
+    shown = ", ".join(map(repr, added[:4])) + (", …" if len(added) > 4 else "")
+    plus = f"the student's is the teacher's plus {counted(len(added), 'added token')} ({shown})"
+    if type(student) is type(teacher):
+        return f"{plus}: save the teacher's tokenizer files into the student's directory if it does not need them"
+    if set(added) <= set(class_added_tokens(student).values()):
+        return (
+            f"{plus}, which its class {type(student).__name__} adds (transformers picks the class by the "
+            "model_type next to the files): remove the tokenizer files from the student's directory, so that the "
+            "run's tokenizer is the only one"
+        )
+    return (
+        f"{plus}, which its tokenizer files hold: if the student does not need {'it' if len(added) == 1 else 'them'}"
+        ", remove the tokenizer files from the student's directory (it then reads the run's tokenizer) or save "
+        "the teacher's there"
+    )
 
 
 def _word_at(tok: PreTrainedTokenizerBase, text: str, index: int) -> str:
@@ -504,17 +517,68 @@ def _tokenizer_fix(names: tuple[str, str], encoding: bool = False) -> str:
     return "point model.tokenizer at the teacher's tokenizer (model.tokenizer=teacher)"
 
 
-def check_head_covers(role: str, rows: int, tokenizer_length: int) -> None:
+def check_head_covers(
+    role: str, rows: int, tokenizer_length: int, tokenizer: PreTrainedTokenizerBase | None = None
+) -> None:
     """Refuse a head of ``rows`` rows shorter than the tokenizer: some token would have no logit.
+
+    ``tokenizer`` (of ``tokenizer_length`` tokens): when the tokens past the head are none of its files' but
+    its class's (:func:`class_added_tokens`), the refusal says so and how to name the files alone (try-out 44,
+    F6: 'check model.tokenizer' led to a second refusal that pointed back at the first).
 
     Raises:
         ModelError: ``rows < tokenizer_length``, in one line naming the role and both sizes.
     """
-    if rows < tokenizer_length:
+    if rows >= tokenizer_length:
+        return
+    past = {i: t for i, t in class_added_tokens(tokenizer).items() if i >= rows} if tokenizer else {}
+    if tokenizer is not None and past and len(file_tokenizer(tokenizer) or ()) <= rows:
+        ids = sorted(past)
+        tokens = ", ".join(f"{i} {past[i]!r}" for i in ids[:4]) + (", …" if len(ids) > 4 else "")
+        source = tokenizer.name_or_path
         raise ModelError(
-            f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
-            "the model does not cover the tokenizer; check model.tokenizer"
+            f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: {tokens} "
+            f"{'is' if len(ids) == 1 else 'are'} in none of its files ({source}) but added by its class "
+            f"{type(tokenizer).__name__}, which transformers picks by the model_type next to the files; name the "
+            f"files alone: PreTrainedTokenizerFast.from_pretrained('{source}').save_pretrained(DIR), then "
+            "model.tokenizer=DIR"
         )
+    raise ModelError(
+        f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
+        "the model does not cover the tokenizer; check model.tokenizer"
+    )
+
+
+def file_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase | None:
+    """``tok``'s files (tokenizer.json, tokenizer_config.json) loaded alone, by transformers' generic fast class
+    (``PreTrainedTokenizerFast``), not the class ``AutoTokenizer`` picks by the ``model_type`` next to them:
+    what a directory holding only those files gives. None where they cannot be read so (no tokenizer.json, a
+    hub id not in the local cache)."""
+    from transformers import PreTrainedTokenizerFast
+
+    source = getattr(tok, "name_or_path", "")
+    if not source:
+        return None
+    library = logging.getLogger("transformers")
+    level = library.level
+    library.setLevel(logging.ERROR)  # a second load of files already loaded: nothing to say twice
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 — the files cannot be read alone: nothing is said of them
+        return None
+    finally:
+        library.setLevel(level)
+
+
+def class_added_tokens(tok: PreTrainedTokenizerBase) -> dict[int, str]:
+    """id → token of the tokens ``tok`` holds that its files do not: added by its class (transformers 5's
+    ``Qwen2Tokenizer`` adds ``<|endoftext|>`` as its unk and pad token to files without it). Empty when the
+    files cannot be read alone (:func:`file_tokenizer`)."""
+    alone = file_tokenizer(tok)
+    if alone is None:
+        return {}
+    held = alone.get_vocab()
+    return {i: t for t, i in tok.get_vocab().items() if t not in held}
 
 
 def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> int:

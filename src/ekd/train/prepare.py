@@ -20,7 +20,9 @@ from ekd.models.load import (
     check_head_covers,
     check_output_head,
     check_same_tokenizer,
+    class_added_tokens,
     empty_model,
+    file_tokenizer,
     has_tokenizer_files,
     is_preset,
     load_model,
@@ -49,10 +51,12 @@ class PreparedData:
         return len(self.tokenizer)
 
     @property
-    def eos_id(self) -> int:
-        """The id that ends a document (the boundary's EOS, else the tokenizer's)."""
+    def eos_id(self) -> int | None:
+        """The id that ends a document (the boundary's EOS, else the tokenizer's); None when neither has one
+        (``data.separator=none`` with a tokenizer without EOS: :func:`check_run_tokenizer`)."""
         eos = getattr(self.boundary, "eos_id", None)
-        return int(self.tokenizer.eos_token_id if eos is None else eos)
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return None if eos is None else int(eos)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,17 +186,44 @@ def check_models_fit_tokenizer(
     for role, (spec, revision) in models.items():
         if is_preset(spec):
             continue
+        rows = declared_head_rows(spec, revision, trust_remote_code, role)
         if role != own and not has_tokenizer_files(spec):  # a model saved without one: it takes the run's
             named = name if "=" in name else f"model.tokenizer={name}"
             log.info(
                 "model.%s: %s holds no tokenizer files; it reads the run's tokenizer (%s)", role, spec, named
             )
         elif role != own:
-            other = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
+            other = own_tokenizer(
+                load_tokenizer(spec, revision, trust_remote_code, f"model.{role}"), rows, role
+            )
             check_same_tokenizer(tok, other, (name, role), fix, learns_encoding=role == "student")
-        rows = declared_head_rows(spec, revision, trust_remote_code, role)
         if rows is not None:
-            check_head_covers(role, rows, len(tok))
+            check_head_covers(role, rows, len(tok), tok)
+
+
+def own_tokenizer(tok, rows: int | None, role: str):
+    """The tokenizer a model of ``rows`` head rows was trained with, from its directory's ``tok``: ``tok`` itself,
+    or its files alone (:func:`ekd.models.load.file_tokenizer`) where ``tok`` is longer than the head by
+    tokens that its class adds and its files lack — no row of the head could have been trained on them (try-out
+    44, F6: a tokenizer without ``<|endoftext|>`` beside a Qwen2 config loads as Qwen2Tokenizer, 513 tokens for a
+    512-row head; the run's tokenizer named as those files alone was then refused as another tokenizer)."""
+    if rows is None or len(tok) <= rows:
+        return tok
+    added = class_added_tokens(tok)
+    alone = file_tokenizer(tok) if added else None
+    if alone is None or len(alone) > rows:
+        return tok
+    log.info(
+        "model.%s: its tokenizer loads as %s, which adds %s its %d-row head has no row for; its files alone "
+        "(%s, %d tokens) are taken as its tokenizer",
+        role,
+        type(tok).__name__,
+        ", ".join(repr(t) for _, t in sorted(added.items())),
+        rows,
+        type(alone).__name__,
+        len(alone),
+    )
+    return alone
 
 
 def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: str) -> int | None:
@@ -243,19 +274,67 @@ def _run_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None
 
 
 def check_run_tokenizer(cfg: Config, tokenizer) -> None:
-    """The checks the run's settings make on its tokenizer: an EOS token, and ``check_vocab``.
+    """The checks the run's settings make on its tokenizer: an EOS token where the run uses one
+    (:func:`eos_use`), and ``check_vocab``.
 
     Raises:
-        ModelError: no EOS token, in one line naming where to set one.
+        ModelError: no EOS token where the run needs one, in one line naming what needs it and where to set one.
         ConfigError: as ``check_vocab``.
     """
     if tokenizer.eos_token_id is None:
-        raise ModelError(
-            f"the tokenizer (model.tokenizer={cfg.model.tokenizer}) has no EOS token: ekd ends each packed "
-            'document with one; give it one ("eos_token" in its tokenizer_config.json, or set tokenizer.eos_token '
-            "and save_pretrained) or name a tokenizer that has one"
-        )
+        models_end = cfg.data.separator == "auto" and _models_end_documents(cfg)
+        use = eos_use(cfg.data.separator, cfg.method.student_data_fraction, models_end)
+        if use:
+            other = (
+                "set method.student_data_fraction=0 (no sampled continuations)"
+                if cfg.data.separator == "none"
+                else "set data.separator=none (documents concatenated, no end-of-document target)"
+            )
+            raise ModelError(
+                f"the tokenizer (model.tokenizer={cfg.model.tokenizer}) has no EOS token, which {use}; give it one "
+                '("eos_token" in its tokenizer_config.json, or set tokenizer.eos_token and save_pretrained), name a '
+                f"tokenizer that has one, or {other}"
+            )
     check_vocab(cfg, len(tokenizer))
+
+
+def eos_use(separator: str, student_data_fraction: float, models_end: bool) -> str:
+    """What in a run uses the tokenizer's EOS token, in words; '' when nothing does.
+
+    Args:
+        separator: ``data.separator``: ``eos`` and ``bos_eos`` end every document with the tokenizer's EOS;
+            ``auto`` with it only when no model's config sets ``eos_token_id`` (``models_end`` False); ``none``
+            adds nothing (try-out 46: a tokenizer without EOS was refused under ``none``, for a reason that
+            was false there).
+        student_data_fraction: ``method.student_data_fraction``; above 0, the student's sampled continuations
+            stop at, and are padded with, the end-of-document id (the tokenizer's under ``none``).
+        models_end: Under ``auto``, whether a model's config names the end-of-document id.
+    """
+    if separator in ("eos", "bos_eos"):
+        return f"data.separator={separator} ends each packed document with"
+    if separator == "auto" and not models_end:
+        return "data.separator=auto ends each packed document with, as no model's config sets eos_token_id"
+    if separator == "none" and student_data_fraction > 0:
+        return (
+            f"method.student_data_fraction={student_data_fraction:g} stops and pads the student's sampled "
+            "continuations with"
+        )
+    return ""
+
+
+def _models_end_documents(cfg: Config) -> bool:
+    """Whether a real model of the run names an ``eos_token_id`` (``data.separator=auto`` ends documents with
+    it); True when a config cannot be read here, so that the document boundary, resolved next, says why."""
+    from ekd.data.boundary import read_model_eos
+
+    for role, (spec, revision) in boundary_models(cfg).items():
+        try:
+            eos = read_model_eos(spec, revision, cfg.model.trust_remote_code, key=f"model.{role}")
+        except ConfigError:
+            return True
+        if eos not in (None, []):
+            return True
+    return False
 
 
 def model_tokenizers(cfg: Config) -> dict:
@@ -318,6 +397,24 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
 
+def _end_documents_as_trained(student: nn.Module, data: PreparedData) -> None:
+    """The student's config and generation config end sequences first with the id its documents end with
+    (:func:`ekd.models.export.end_documents_with`), said in one line when that changes them."""
+    from ekd.models.export import end_documents_with
+
+    eos = getattr(data.boundary, "eos_id", None)
+    ids = end_documents_with(student, eos)
+    if ids:
+        log.info(
+            "student: documents end with id %d (%r, data.separator=%s), which its config does not name: its "
+            "config and generation_config now end sequences with %s (its own after it), and the export does",
+            eos,
+            data.tokenizer.convert_ids_to_tokens(eos),
+            data.boundary.separator,
+            ids,
+        )
+
+
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
     """Role → (spec, revision) of the real (non-preset) models whose document convention counts."""
     models = {}
@@ -357,6 +454,8 @@ def _load_role(
     )
     model = empty_model(spec, **common) if empty else load_model(spec, seed=seed, **common)
     shared_vocab_size(data.vocab_size, (role, model))
+    if role == "student":
+        _end_documents_as_trained(model, data)
     if empty:  # shapes only: rank 0 checks the head of the real weights
         return model
     model = model.to(device)
