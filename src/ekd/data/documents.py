@@ -18,9 +18,7 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   JSONL rows, so that a large file is not read to its end first) is instead one error naming
   ``data.messages_field`` and the fields present: the likely cause is a wrong field name.
 - a single text file: documents are separated by two or more blank lines (a run of ``\\n\\n\\n``); a file
-  without such a separator is one document. Single blank lines (paragraphs) never split a document. The text
-  is the file's as it is, only the separators left out: a file without one is the document it is in a
-  directory or a glob, its last newline included.
+  without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively; hidden files, ekd's own run directories, caches, token stores and lock
   files, and JSONL/Parquet files skipped: :mod:`ekd.data.text_dir`): one document per file, in sorted path
   order, with one info line naming the files read by extension; files that are not UTF-8 are skipped with a
@@ -358,7 +356,7 @@ def _read_files(
             yield from _read_jsonl(path, data_cfg, key, skipped)
         elif fmt == "parquet":
             yield from _read_parquet(path, data_cfg, key, skipped)
-        elif (doc := _whole_file(path, doc_id, key)) is not None:
+        elif (doc := _whole_file(path, doc_id)) is not None:
             yield doc
         else:
             not_utf8 += 1
@@ -383,18 +381,11 @@ def _format_from_suffix(path: Path, key: str) -> str:
 TEXT_CHUNK_CHARS = 1 << 20  # characters read at a time from a text file
 
 
-def _read_text_file(path: Path, key: str, doc_id: str = "") -> Iterator[Document]:
-    """The documents of a text file, read ``TEXT_CHUNK_CHARS`` characters at a time: a file named alone is split
-    at ``DOCUMENT_SEPARATOR`` (ids ``<name>#<index>``); a file of a directory or a glob (``doc_id`` given) is one
-    document. Either way the text is the file's as it is, only the separators left out: a file without one
-    is the same document named alone as in a directory or a glob (try-out 45, F7: named alone, it lost its
-    last newline, so the same text packed to two token streams).
+def _read_text_file(path: Path, key: str) -> Iterator[Document]:
+    """The documents of ``DOCUMENT_SEPARATOR.split(text)``, read ``TEXT_CHUNK_CHARS`` characters at a time.
 
     A separator is taken only once text follows it in the buffer (its trailing ``\\s*`` is greedy), so the
     pieces are exactly those of splitting the whole file at once.
-
-    Raises:
-        ConfigError: The file is not UTF-8 (the caller of a directory or glob skips it instead).
     """
     index = 0
     buffer = ""
@@ -404,12 +395,11 @@ def _read_text_file(path: Path, key: str, doc_id: str = "") -> Iterator[Document
                 chunk = f.read(TEXT_CHUNK_CHARS)
                 buffer += chunk
                 start = 0
-                separators = () if doc_id else DOCUMENT_SEPARATOR.finditer(buffer)  # a whole file: none
-                for m in separators:
+                for m in DOCUMENT_SEPARATOR.finditer(buffer):
                     if chunk and m.end() == len(buffer):
                         break  # the separator may go on in the next chunk
                     if (piece := buffer[start : m.start()]).strip():
-                        yield Document(text=piece, doc_id=f"{path.name}#{index}")
+                        yield Document(text=piece.strip("\n"), doc_id=f"{path.name}#{index}")
                     index += 1
                     start = m.end()
                 buffer = buffer[start:]
@@ -417,18 +407,15 @@ def _read_text_file(path: Path, key: str, doc_id: str = "") -> Iterator[Document
                     break
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {path} is not UTF-8 text; convert it or set data.format") from None
-    if doc_id:
-        yield Document(text=buffer, doc_id=doc_id)
-    elif buffer.strip():
-        yield Document(text=buffer, doc_id=f"{path.name}#{index}")
+    if buffer.strip():
+        yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
 
 
-def _whole_file(path: Path, doc_id: str, key: str) -> Document | None:
-    """The file of a directory or glob as one document (:func:`_read_text_file`, the reader of a file named
-    alone), or None when it is not UTF-8 text."""
+def _whole_file(path: Path, doc_id: str) -> Document | None:
+    """The whole file as one document, or None when it is not UTF-8 text."""
     try:
-        return next(_read_text_file(path, key, doc_id))
-    except ConfigError:
+        return Document(text=path.read_text(encoding="utf-8"), doc_id=doc_id)
+    except UnicodeDecodeError:
         return None
 
 
