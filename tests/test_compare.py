@@ -820,6 +820,11 @@ def test_an_evaluation_under_bf16_autocast_is_another_column(tmp_path):
     (kd,) = s["groups"]
     assert kd["metrics"]["eval/ece"]["n"] == 1 and kd["metrics"]["eval#2/ece"]["n"] == 1
     assert "train.precision='bf16' (vs 'fp32')" in s["eval_sets"], s["eval_sets"]
+    # review 106: an entry of an ekd that recorded no autocast (a GPU run's bf16, a CPU run's fp32) pairs with either
+    del ev[0]["eval"]["scoring"]["precision"]
+    (runs[0] / "eval.json").write_text(json.dumps(ev[0]))
+    (kd,) = compare_runs(runs, tmp_path / "cmp2", baselines=(), plots=False)["groups"]
+    assert kd["metrics"]["eval/ece"]["n"] == 2 and "eval#2/ece" not in kd["metrics"]
 
 
 def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):

@@ -719,6 +719,12 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
     assert main([*argv[:-3], "--tasks-dir", str(other_dir), "--tasks", "tiny_gen"]) == 0
     tasks = _eval_json(run_dir)["tasks"]
     assert tasks["student"]["tiny_mc"] == mc and tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen"]
+    # review 106: an eval.json of an ekd that recorded no autocast keeps its tasks too (it pairs with either)
+    written = _eval_json(run_dir)
+    assert written["tasks"]["settings"].pop("precision") == "fp32"
+    (run_dir / "eval.json").write_text(json.dumps(written))
+    assert main([*argv, "tiny_gen"]) == 0
+    assert _eval_json(run_dir)["tasks"]["student"]["tiny_mc"] == mc
     with caplog.at_level(logging.INFO, logger="ekd.train.task_evaluation"):
         assert main([*argv, "tiny_gen", "--limit", "3"]) == 0
     tasks = _eval_json(run_dir)["tasks"]
@@ -1115,14 +1121,14 @@ def test_ece_bins_are_recorded_with_the_tasks_and_split_a_compare_column():
         section = {"settings": settings, "student": {"mc": {"n": 20, "documents_sha256": "ab"}}}
         ways.append(tm.task_ways({"tasks": section})["task:mc"])
     assert ways[0] != ways[1]
-    # try-out 45, F2: a bf16 forward is another way too; an eval.json without the key was scored in fp32
+    # try-out 45, F2: a bf16 forward is another way too
     bf16 = task_section_settings(TaskSettings(tasks=("mc",), precision="bf16"))
-    fp32 = {k: v for k, v in task_section_settings(TaskSettings(tasks=("mc",))).items() if k != "precision"}
+    fp32 = task_section_settings(TaskSettings(tasks=("mc",)))
     student = {"mc": {"n": 20, "documents_sha256": "ab"}}
     bf16_way, fp32_way = (
         tm.task_ways({"tasks": {"settings": s, "student": student}})["task:mc"] for s in (bf16, fp32)
     )
-    assert bf16_way != fp32_way and fp32_way["precision"] == "fp32"
+    assert (bf16_way["precision"], fp32_way["precision"]) == ("bf16", "fp32")
 
 
 def test_task_ways_tell_each_task_by_its_own_data():
@@ -1145,6 +1151,5 @@ def test_task_ways_tell_each_task_by_its_own_data():
         "num_fewshot": -1,
         "tasks_dir": "/x/t",
         "tasks_dir_hash": "aa",
-        "precision": "fp32",  # recorded since try-out 45; an older eval.json's: fp32
         "documents": 20,
     }

@@ -27,7 +27,8 @@ SCORING_KEY = "scoring"
 ``entropy_buckets``, and ``precision``, the forward passes' autocast: ``fp32`` or ``bf16``): ECE over 5 bins is
 another figure than over 15 (try-out 34: ``ekd compare`` averaged the two), and a bf16 forward another than an
 fp32 one (try-out 45: ``ekd eval RUN train.precision=bf16`` moved the teacher's ECE by 6%, recorded nowhere)."""
-SCORING_SETTINGS = ("ece_bins", "entropy_buckets", "precision")
+PRECISION = "precision"
+SCORING_SETTINGS = ("ece_bins", "entropy_buckets", PRECISION)
 TEACHER_KEY = "teacher"
 """The key of a set's entry and of its teacher row holding the teacher its KL, agreement and teacher figures were
 measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by the sha256 of their

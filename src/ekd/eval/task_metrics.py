@@ -249,8 +249,7 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     two columns in ``ekd compare``, never one mean.
     """
     section = eval_json.get("tasks") or {}
-    recorded = {"precision": "fp32", **(section.get("settings") or {})}  # an older ekd's: fp32 (CPU, tests)
-    settings = {k: v for k, v in recorded.items() if k not in SETTINGS_NOT_A_WAY}
+    settings = {k: v for k, v in (section.get("settings") or {}).items() if k not in SETTINGS_NOT_A_WAY}
     student = section.get("student") or {}
     tags = section.get("tags") or {}
     out: dict[str, dict[str, Any]] = {}

@@ -425,9 +425,9 @@ def _with_earlier_tasks(
         return results, settings
     # each earlier result records its task by content: where its directory was is no setting of it (try-out 38:
     # scoring one task from another --tasks-dir dropped the four the run had)
-    mine = {k: v for k, v in task_section_settings(settings).items() if k not in ("tasks", "tasks_dir")}
-    recorded = {"precision": "fp32", **(old.get("settings") or {})}  # an older ekd's: fp32
-    theirs = {k: v for k, v in recorded.items() if k not in ("tasks", "tasks_dir")}
+    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
+    unrecorded = ("tasks", "tasks_dir") + (() if "precision" in theirs else ("precision",))  # an older ekd's
+    mine = {k: v for k, v in task_section_settings(settings).items() if k not in unrecorded}
     if mine != theirs:
         changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
         log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now

@@ -17,7 +17,14 @@ import yaml
 
 from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
-from ekd.eval.eval_json import BLOCKS_KEY, SCORING_SETTINGS, malformed, set_settings, split_settings
+from ekd.eval.eval_json import (
+    BLOCKS_KEY,
+    PRECISION,
+    SCORING_SETTINGS,
+    malformed,
+    set_settings,
+    split_settings,
+)
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
@@ -94,6 +101,9 @@ class RunRecord:
     teacher_by_content: bool = False
     # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
     sets_by_content: frozenset[str] = frozenset()
+    # sets and tasks whose forward autocast (``precision``) every run that scored them records: only there is it a
+    # way of scoring (an entry of an older ekd, which records none, pairs with fp32 and bf16 ones alike)
+    precision_recorded: frozenset[str] = frozenset()
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
     # every segment's {"ranks", "parallel"} (ekd-run.json), where the run knows them all; None otherwise
@@ -231,14 +241,11 @@ class RunRecord:
         """The ``eval.*`` settings eval set ``name``'s figures were computed with (ECE bins, entropy buckets):
         those its eval.json entry records (``ekd eval RUN eval.ece_bins=5`` scores otherwise than config.yaml
         says), else the run's config's."""
+        keys = [k for k in SCORING_SETTINGS if k != PRECISION or name in self.precision_recorded]
+        if name in self.scored_by:
+            return {k: self.scored_by[name].get(k) for k in keys}
         section = with_todays_defaults({"eval": self.config.get("eval") or {}})["eval"]
-        # an entry without ``precision`` (an older ekd): fp32 unless the run asked for bf16 everywhere
-        asked = (self.config.get("train") or {}).get("precision")
-        section = {**section, "precision": "bf16" if asked == "bf16" else "fp32"}
-        recorded = self.scored_by.get(name)
-        if recorded is not None:
-            return {k: recorded.get(k, section[k] if k == "precision" else None) for k in SCORING_SETTINGS}
-        return {k: section.get(k) for k in SCORING_SETTINGS}
+        return {k: section.get(k) for k in keys}
 
     def task_way(self, name: str) -> dict[str, Any]:
         """How task entry ``name`` was scored (:func:`~ekd.eval.task_metrics.task_ways`), its tasks directory
@@ -246,6 +253,8 @@ class RunRecord:
         (:attr:`sets_by_content`), else by path — so runs of an older ekd still pair."""
         way = dict(self.task_ways.get(name) or {})
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
+        if name not in self.precision_recorded:
+            way.pop(PRECISION, None)
         return way
 
     def teacher(self, column: str | None = None) -> TeacherKey:
