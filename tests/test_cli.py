@@ -552,5 +552,9 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
         line
     )
     assert "--resume model.teacher=PATH (the run checks that it holds the same weights)" in line, line
+    assert "preset" not in line  # review 106: the old advice was appended in parentheses
+    (tmp_path / "t-copy").mkdir()  # there, but empty: said as such, not 'no longer exists'
+    assert main([*moved, "train.max_steps=5", "--resume"]) == 2
+    assert "no longer exists" not in (line := _error_line(capsys)) and "is empty" in line, line
     there = ["distill", config, f"model.teacher={tmp_path / 't-moved'}", "model.tokenizer=teacher"]
     assert main([*there, "train.max_steps=5", "--resume"]) == 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_an_unchanged_teacher_is_not_read_again_and_a_lost_memo_only_costs_a_has
     assert len(reads) == -(-(teacher / "model.safetensors").stat().st_size // 4096)
     reads.clear()
     assert weights_fingerprint(str(teacher)) == first and reads == []  # a stat
-    memo = identity.cache_home() / identity.MEMO_NAME
+    memo = identity.memo_path()
     memo.write_text("{not json")  # damaged: hashed again, rewritten
     assert weights_fingerprint(str(teacher)) == first and reads
     assert len(json.loads(memo.read_text())) >= 1
@@ -100,3 +102,48 @@ def test_records_of_the_sampling_ekd_are_checked_their_way_and_compared_by_name(
     )  # compare falls back to name, revision, dtype
     assert comparable(weights_fingerprint(str(teacher)), "sha256:00") and not comparable(None, old)
     assert same_weights(old, "preset:llama-micro") is None
+
+
+def test_a_fingerprint_taken_meanwhile_by_another_process_stays_in_the_memo(tmp_path, monkeypatch):
+    """Review 106: the memo was read before hashing and written back whole after it, without a lock across
+    processes: the digests another process remembered meanwhile were dropped (and it hashed them again)."""
+    specs = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(CONFIG).save_pretrained(tmp_path / f"t{seed}")
+        specs.append(str(tmp_path / f"t{seed}"))
+    piece, lock, started = identity._piece_sha256, threading.Lock(), []
+
+    def meanwhile(path, start):  # while t0 is hashed, another process fingerprints t1 and remembers it
+        with lock:
+            first = not started
+            started.append(path)
+        if first:
+            weights_fingerprint(specs[1])
+        return piece(path, start)
+
+    monkeypatch.setattr(identity, "_piece_sha256", meanwhile)
+    weights_fingerprint(specs[0])
+    memo = json.loads(identity.memo_path().read_text())
+    assert {k.split("|")[0] for k in memo} >= {str(Path(s, "model.safetensors").resolve()) for s in specs}
+
+
+def test_trainer_state_files_are_not_weights_and_a_file_written_while_hashed_is_not_remembered(
+    teacher, monkeypatch
+):
+    first = weights_fingerprint(str(teacher))
+    (teacher / "optimizer.pt").write_bytes(os.urandom(1 << 16))  # a Trainer checkpoint's own files
+    (teacher / "training_args.bin").write_bytes(b"x")
+    assert weights_fingerprint(str(teacher)) == first
+    file = teacher / "model.safetensors"
+    piece = identity._piece_sha256
+
+    def written_meanwhile(path, start):
+        os.utime(path)  # the file changes state while it is hashed
+        return piece(path, start)
+
+    monkeypatch.setattr(identity, "PIECE", 1 << 20)  # another memo: hashed anew
+    monkeypatch.setattr(identity, "_piece_sha256", written_meanwhile)
+    weights_fingerprint(str(teacher))
+    memo = identity.memo_path()
+    assert not memo.exists() or str(file.resolve()) not in memo.read_text()

@@ -9,7 +9,7 @@ projection, or one edited tensor, fell between 16 sampled windows per file and w
 
 Reading a 16 GB teacher at every evaluation is what made the sample tempting; two things make the whole hash
 cheap instead: a file is hashed in :data:`PIECE`-sized pieces on several threads (sha256 releases the GIL), and
-each file's digest is remembered (:data:`MEMO_NAME` in ekd's user cache directory, :func:`cache_home`) under
+each file's digest is remembered (:func:`memo_path`, in ekd's user cache directory :func:`cache_home`) under
 its path and its state — size, modification and change times, inode, device. A file written in place, or with
 its modification time put back, has a new change time (the kernel sets it on every write and ``utime``), so it
 is hashed again; an unchanged file is a ``stat``. The memo is a convenience: unreadable or unwritable, every
@@ -22,19 +22,21 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TRAINER_STATE = ("optimizer", "scheduler", "rng_state", "training_args", "trainer_state")
+"""Names of a transformers Trainer checkpoint's own files beside the weights (``optimizer.pt``, 2–4× the model):
+no weights, never hashed."""
 SCHEME = "sha256"  # weights_fingerprint's prefix
-PIECE = 64 << 20  # bytes hashed by one thread at a time
+PIECE = 64 << 20
+"""Bytes of a file hashed by one thread: part of what a file's digest is (a sha256 over its pieces' sha256, not
+the file's ``sha256sum``), so the memo's name carries it (:func:`memo_path`)."""
 BLOCK = 8 << 20  # bytes read at once
-MEMO_NAME = "weight-file-sha256.json"
-MEMO_ENTRIES = 4096  # files remembered; the oldest are dropped
+MEMO_ENTRIES = 4096  # file states remembered, first in, first out
 
-_memo_lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 
@@ -45,19 +47,28 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ekd"
 
 
+def memo_path() -> Path:
+    """The file digests' memo: ``weight-file-sha256-p64m.json`` in :func:`cache_home` (the scheme and
+    :data:`PIECE` in its name: digests of another piece size are another memo)."""
+    return cache_home() / f"weight-file-{SCHEME}-p{PIECE >> 20}m.json"
+
+
 def weight_files(spec: str) -> list[Path]:
-    """The weight files (:data:`WEIGHT_SUFFIXES`) of the local model directory ``spec``, sorted by name; [] for a
-    hub id, a preset or a directory without any."""
+    """The files the model of the local directory ``spec`` loads its weights from, sorted by name: its
+    ``*.safetensors`` when it has any (transformers prefers them), else its ``.bin`` / ``.pt`` / ``.pth`` files but
+    a Trainer checkpoint's own (:data:`TRAINER_STATE`); [] for a hub id, a preset or a directory without any."""
     path = Path(spec).expanduser()
     if spec.startswith("preset:") or not path.is_dir():
         return []
-    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    safetensors = [f for f in files if f.suffix == ".safetensors"]
+    return safetensors or [f for f in files if not f.name.startswith(TRAINER_STATE)]
 
 
 def weights_fingerprint(spec: str) -> str | None:
-    """``sha256:<hex>`` over the names and :func:`file_digest` of the weight files of the local model directory
-    ``spec``; None for a hub id, a preset or a directory without weight files. Equal for a copy anywhere,
-    different as soon as one byte of one weight differs."""
+    """``sha256:<hex>`` over the names and :func:`file_digest` of the weight files (:func:`weight_files`) of the
+    local model directory ``spec``; None for a hub id, a preset or a directory without weight files. Equal for a
+    copy anywhere, different as soon as one byte of one weight differs."""
     files = weight_files(spec)
     if not files:
         return None
@@ -82,32 +93,34 @@ def comparable(a: str | None, b: str | None) -> bool:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 over the sha256 of every :data:`PIECE` of the file (hashed on several threads) and its size;
-    remembered under the file's state (see the module docstring)."""
+    """sha256 over the file's size and the sha256 of each of its :data:`PIECE`-sized pieces (hashed on several
+    threads); remembered under the file's state (see the module docstring)."""
     return _digests([path])[0]
 
 
 def _digests(files: list[Path]) -> list[str]:
+    states = [(f, f.stat()) for f in files]  # one stat per file: the pieces and the memo key agree
+    keys = [_state_key(f, st) for f, st in states]
     memo = _read_memo()
-    keys = [_state_key(f) for f in files]
-    missing = [(f, k) for f, k in zip(files, keys) if k not in memo]
+    missing = [(f, st, k) for (f, st), k in zip(states, keys) if k not in memo]
     if missing:
-        total = sum(f.stat().st_size for f, _ in missing)
+        total = sum(st.st_size for _, st, _ in missing)
         if total >= 1 << 30:  # a pause worth a word: a 16 GB teacher takes seconds, once
             log.info(
-                "hashing %.1f GB of weight files once (remembered in %s)",
-                total / 1e9,
-                cache_home() / MEMO_NAME,
+                "hashing %.1f GiB of weight files once (remembered in %s)", total / (1 << 30), memo_path()
             )
-        pieces = [(f, start) for f, _ in missing for start in range(0, max(f.stat().st_size, 1), PIECE)]
+        pieces = [(f, start) for f, st, _ in missing for start in range(0, max(st.st_size, 1), PIECE)]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(pieces))) as pool:
             hashed = dict(zip(pieces, pool.map(lambda p: _piece_sha256(*p), pieces)))
-        for f, k in missing:
-            h = hashlib.sha256(f"{f.stat().st_size};".encode())
-            for start in range(0, max(f.stat().st_size, 1), PIECE):
+        unchanged = {}
+        for f, st, k in missing:
+            h = hashlib.sha256(f"{st.st_size};".encode())
+            for start in range(0, max(st.st_size, 1), PIECE):
                 h.update(hashed[(f, start)])
             memo[k] = h.hexdigest()
-        _write_memo(memo)
+            if _state_key(f, f.stat()) == k:  # a file written while it was hashed is not remembered
+                unchanged[k] = memo[k]
+        _remember(unchanged)
     return [memo[k] for k in keys]
 
 
@@ -122,36 +135,38 @@ def _piece_sha256(path: Path, start: int) -> bytes:
     return h.digest()
 
 
-def _state_key(path: Path) -> str:
+def _state_key(path: Path, st: os.stat_result) -> str:
     """The file's real path and state: any write (or ``utime``) changes its change time, a copy its inode."""
-    st = path.stat()
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
 
 def _read_memo() -> dict[str, str]:
     try:
-        memo = json.loads((cache_home() / MEMO_NAME).read_text())
+        memo = json.loads(memo_path().read_text())
     except (OSError, ValueError):
         return {}
-    return (
-        {k: v for k, v in memo.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(memo, dict)
-        else {}
-    )
+    if not isinstance(memo, dict):
+        return {}
+    return {k: v for k, v in memo.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _write_memo(memo: dict[str, str]) -> None:
-    """Keep the newest :data:`MEMO_ENTRIES` entries; best effort (a read-only home, a race: hashed again)."""
-    kept = dict(list(memo.items())[-MEMO_ENTRIES:])
-    path = cache_home() / MEMO_NAME
-    tmp = path.with_name(f".{MEMO_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with _memo_lock:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(kept))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+def _remember(digests: dict[str, str]) -> None:
+    """Add ``digests`` to the memo under its lock, read again there (other processes' entries are kept), keeping
+    the newest :data:`MEMO_ENTRIES`; best effort: a read-only home, or any other failure, only costs a hash."""
+    from ekd.errors import EkdError
+    from ekd.io import atomic_write_text
+    from ekd.locks import locked
+
+    if not digests:
+        return
+    path = memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with locked(path.with_name(f".{path.name}.lock")):
+            memo = {**_read_memo(), **digests}
+            atomic_write_text(path, json.dumps(dict(list(memo.items())[-MEMO_ENTRIES:])))
+    except (OSError, EkdError):
+        pass
 
 
 # --- the fingerprint of ekd before try-out 44, for the records it wrote ----------------------------------------
@@ -164,7 +179,10 @@ def sampled_fingerprint(spec: str) -> str | None:
     """``sampled-sha256:<hex>``: each weight file's name, size, safetensors header and 16 windows of 4 KiB spread
     over it — what runs and eval.json entries recorded before :func:`weights_fingerprint` hashed every byte;
     computed only to check such a record."""
-    files = weight_files(spec)
+    path = Path(spec).expanduser()
+    if spec.startswith("preset:") or not path.is_dir():
+        return None
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)  # its selection
     if not files:
         return None
     h = hashlib.sha256()

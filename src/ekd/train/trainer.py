@@ -863,8 +863,9 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
         try:
             check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
         except EkdError as e:
-            if resume and Path(cfg.model.teacher).expanduser().is_absolute():
-                raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)} ({e})") from None
+            gone = Path(cfg.model.teacher).expanduser()
+            if resume and gone.is_absolute() and not gone.exists():  # (an empty directory is said as such)
+                raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)}") from None
             raise _eval_only_teacher(e, cfg, parts) from None
 
 
