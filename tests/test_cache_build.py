@@ -475,6 +475,7 @@ def test_a_cache_dir_naming_a_file_says_so_and_names_the_directory(setup, tmp_pa
             assert (
                 f"teacher.cache_dir={path} is a file, not a teacher cache directory" in line and fix in line
             ), line
+            assert line.count("teacher.cache_dir") == 1 + fix.count("teacher.cache_dir"), line  # try-out 47
     assert not (setup["root"] / "runs" / "file").exists() and other.read_text() == "x"
 
 

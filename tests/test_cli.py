@@ -558,3 +558,12 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     assert "no longer exists" not in (line := _error_line(capsys)) and "is empty" in line, line
     there = ["distill", config, f"model.teacher={tmp_path / 't-moved'}", "model.tokenizer=teacher"]
     assert main([*there, "train.max_steps=5", "--resume"]) == 0
+    # review 106: a run of the ekd that sampled its teacher's bytes is checked that way, then recorded by every byte
+    from ekd.models.identity import sampled_fingerprint
+
+    marker_path = tmp_path / "runs" / "tr" / "ekd-run.json"
+    marker = json.loads(marker_path.read_text())
+    marker["teacher_weights"] = sampled_fingerprint(str(tmp_path / "t-moved"))
+    marker_path.write_text(json.dumps(marker))
+    assert main([*there, "train.max_steps=6", "--resume"]) == 0
+    assert json.loads(marker_path.read_text())["teacher_weights"].startswith("sha256:")

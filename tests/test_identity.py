@@ -90,8 +90,13 @@ def test_an_unchanged_teacher_is_not_read_again_and_a_lost_memo_only_costs_a_has
     memo.write_text("{not json")  # damaged: hashed again, rewritten
     assert weights_fingerprint(str(teacher)) == first and reads
     assert len(json.loads(memo.read_text())) >= 1
-    monkeypatch.setenv("EKD_CACHE_HOME", "/proc/no-such-dir")  # unwritable: hashed every time, no error
-    assert weights_fingerprint(str(teacher)) == first
+    for unwritable in (
+        "/proc/no-such-dir",
+        "/dev/null",
+        str(memo),
+    ):  # try-out 47, F1: /dev/null was a traceback
+        monkeypatch.setenv("EKD_CACHE_HOME", unwritable)  # hashed every time, no error
+        assert weights_fingerprint(str(teacher)) == first
 
 
 def test_records_of_the_sampling_ekd_are_checked_their_way_and_compared_by_name(teacher):
@@ -147,3 +152,16 @@ def test_trainer_state_files_are_not_weights_and_a_file_written_while_hashed_is_
     weights_fingerprint(str(teacher))
     memo = identity.memo_path()
     assert not memo.exists() or str(file.resolve()) not in memo.read_text()
+
+
+def test_file_states_an_older_ekd_recorded_are_compared_as_far_as_they_go(teacher):
+    """Review 106: the teacher cache and a LoRA run's base recorded [size, mtime]; with ctime and inode added,
+    every such record differed and the whole teacher was hashed at every run."""
+    from ekd.teacher.cache.signature import same_files, teacher_files
+
+    now = teacher_files(str(teacher))
+    older = {name: state[:2] for name, state in now.items()}
+    assert same_files(now, str(teacher)) and same_files(older, str(teacher))
+    os.utime(teacher / "model.safetensors")  # a new mtime (and ctime)
+    assert not same_files(now, str(teacher)) and not same_files(older, str(teacher))
+    assert not same_files(None, str(teacher)) and not same_files({"other.safetensors": [1, 2]}, str(teacher))

@@ -190,9 +190,9 @@ def base_changed(recorded: dict, spec: str) -> bool:
     """Whether the base at ``spec`` is not the one :func:`base_identity` recorded: its files' sizes and times
     first (a ``stat`` each: a file written in place has a new ctime, whatever its mtime), their sha256 only when
     those differ (a base copied elsewhere is the same base)."""
-    from ekd.teacher.cache.signature import teacher_files, weights_revision
+    from ekd.teacher.cache.signature import same_files, weights_revision
 
-    return teacher_files(spec) != recorded.get("files") and weights_revision(spec) != recorded.get("revision")
+    return not same_files(recorded.get("files"), spec) and weights_revision(spec) != recorded.get("revision")
 
 
 def load_exported_student(

@@ -669,16 +669,19 @@ class RunStart:
         Raises:
             RunDirError: ``--resume`` with a teacher whose weights differ from the run's.
         """
-        from ekd.models.identity import same_weights, weights_fingerprint
+        from ekd.models.identity import SAMPLED, same_weights, weights_fingerprint
 
         if self.cfg.teacher.source != "online":
             return
         spec = self.cfg.model.teacher
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
         if saved is not None and not self.fresh:
-            if same_weights(saved, spec) is False:  # (an older ekd's sampled fingerprint: checked its way)
+            same = same_weights(saved, spec)  # an older ekd's sampled fingerprint: checked its way, ...
+            if same is False:
                 raise RunDirError(other_teacher(spec))
-        elif saved is None and (current := weights_fingerprint(spec)) is not None:
+            if same and saved.startswith(SAMPLED):  # ... then recorded by every byte (ekd compare reads it)
+                saved = None
+        if saved is None and (current := weights_fingerprint(spec)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, teacher_weights=current)
 

@@ -95,11 +95,21 @@ def teacher_files(spec: str) -> dict[str, list[int]] | None:
     the weights again only when it differs, so a teacher retrained in place is caught without reading the whole
     teacher every run. The change time and inode catch a file written in place with its mtime put back (``cp
     -p``, ``rsync -a``, tools that stamp one fixed mtime; try-out 44): the kernel sets ctime on every write and
-    ``utime``. Records of an older ekd ([size, mtime]) differ, so the weights are hashed, as for a change."""
+    ``utime``. Records of an older ekd ([size, mtime]) are compared as far as they go (:func:`same_files`)."""
     stats = {f.name: f.stat() for f in _safetensors(spec)}  # one stat per file: one moment
     return {
         name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for name, st in stats.items()
     } or None
+
+
+def same_files(recorded: Any, spec: str) -> bool:
+    """Whether ``spec``'s safetensors files are in the state :func:`teacher_files` recorded: each file's
+    [size, mtime, ctime, inode], or the [size, mtime] an older ekd recorded (compared as far as it goes, so its
+    caches and LoRA runs are not hashed again at every run; review 106)."""
+    current = teacher_files(spec)
+    if not isinstance(recorded, dict) or current is None or set(recorded) != set(current):
+        return False
+    return all(isinstance(v, list) and current[k][: len(v)] == v for k, v in recorded.items())
 
 
 def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
@@ -150,6 +160,7 @@ __all__ = [
     "files_sha256",
     "state_dict_sha256",
     "target_spec",
+    "same_files",
     "teacher_files",
     "teacher_revision",
     "weights_revision",

@@ -36,7 +36,7 @@ from ekd.teacher.cache.manifest import (
     same_directory,
 )
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature, teacher_files, weights_revision
+from ekd.teacher.cache.signature import cache_signature, same_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
 from ekd.temperature import fixed_tau, varying_tau
 
@@ -84,8 +84,11 @@ def check_cache_dir(directory: str) -> None:
         )
     try:
         CacheReader(path)  # the manifest only: its format version, and that the build finished
-    except CacheError as e:
-        raise CacheError(f"teacher.cache_dir: {e}") from None
+    except CacheError as e:  # named once (try-out 47: 'teacher.cache_dir: teacher.cache_dir=…')
+        said = str(e)
+        raise CacheError(
+            said if said.startswith("teacher.cache_dir") else f"teacher.cache_dir: {said}"
+        ) from None
 
 
 def training_signature(cfg: Config, data, found: dict) -> dict:
@@ -112,9 +115,10 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             cached_id,
         )
         expected["teacher_revision"] = weights_revision(spec) or ""  # "": cannot tell, the ids decide
-    elif revision.startswith("safetensors-sha256:") and found.get(TEACHER_FILES) not in (
-        None,
-        teacher_files(spec),
+    elif (
+        revision.startswith("safetensors-sha256:")
+        and found.get(TEACHER_FILES) is not None
+        and not same_files(found.get(TEACHER_FILES), spec)
     ):
         log.info(
             "teacher cache: %s's safetensors files changed (size, times or inode) since the cache was built; "
