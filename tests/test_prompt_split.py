@@ -15,7 +15,7 @@ from ekd.config import load_config
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.document import Document
 from ekd.data.packing import pack_documents, token_chunks
-from ekd.data.prompt_split import PromptSplits
+from ekd.data.prompt_split import PromptBoundaryCheck
 from ekd.train.prepare import prepare_data
 
 SENTENCES = ["Answer: Cats sleep all day.", "Answer: Dogs run in the park."] * 50
@@ -73,13 +73,13 @@ def test_rows_that_split_where_the_tokenizer_does_say_nothing(bpe, caplog) -> No
 
 def test_only_the_first_rows_are_encoded_again(bpe, caplog) -> None:
     tok, _ = bpe
-    splits = PromptSplits("train", limit=3)
+    checks = PromptBoundaryCheck("train", limit=3)
     docs = [Document("ts sleep.", f"r:{i}", prompt="Answer: Ca") for i in range(10)]
     eos = tok.eos_token_id
-    list(token_chunks(docs, tok, DocumentBoundary("eos", None, eos, eos), chunk=4, splits=splits))
-    assert (splits.checked, splits.differing, splits.first) == (3, 3, "r:0")
+    list(token_chunks(docs, tok, DocumentBoundary("eos", None, eos, eos), chunk=4, prompt_checks=checks))
+    assert (checks.checked, checks.differing, checks.first) == (3, 3, "r:0")
     with caplog.at_level(logging.INFO, logger="ekd"):
-        splits.report()
+        checks.report()
     assert "train: 3 of the first 3 prompt/response rows" in warnings_of(caplog)[0]
 
 
@@ -106,3 +106,35 @@ def test_both_data_paths_say_it_once_per_split(bpe, tmp_path: Path, caplog, stor
         prepare_data(cfg, tmp_path / "run")
     (line,) = warnings_of(caplog)
     assert "train: 3 of 40 prompt/response rows" in line and "first: rows.jsonl:1" in line, line
+
+
+def test_the_pieces_shown_reach_past_the_prompts_end(bpe, caplog) -> None:
+    """Try-out 47, F3: a prompt ending three tokens into a word ('… answer: sl') was shown up to before the '|'."""
+    tok, _ = bpe
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(
+            [Document("eep all day.", "r:1", prompt="Answer: Cats sl")], tok, block_length=8, split="train"
+        )
+    (line,) = warnings_of(caplog)
+    assert " | " in line.split("; joined")[0], line
+
+
+def test_a_tokenizer_that_starts_every_string_with_a_space_is_judged_by_the_text_it_spells(caplog) -> None:
+    """Review 106: a SentencePiece-style tokenizer (a prefix space before every string it starts) gave every
+    response an id the literal concatenation lacked, so every row was counted. A row is counted where a token of
+    its joined text spans the prompt's end: a response starting a word is fine, a word split across is not."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>"])
+    backend.train_from_iterator(SENTENCES, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    good = [Document("Cats sleep all day.", f"r:{i}", prompt="Answer:") for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(good, tok, block_length=8, split="train")
+    assert warnings_of(caplog) == []
+    bad = Document("ts sleep all day.", "r:9", prompt="Answer: Ca")
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents([*good, bad], tok, block_length=8, split="train")
+    (line,) = warnings_of(caplog)
+    assert "train: 1 of 4 prompt/response rows" in line and "first: r:9" in line, line

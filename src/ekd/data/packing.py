@@ -36,7 +36,7 @@ from ekd.config import ConfigError
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.chat import ChatRenderer, RejectedRow, SkippedRows
 from ekd.data.document import Document
-from ekd.data.prompt_split import PromptSplits
+from ekd.data.prompt_split import PromptBoundaryCheck
 from ekd.words import counted
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def token_chunks(
     boundary: DocumentBoundary,
     chunk: int = 32,
     skipped: SkippedRows | None = None,
-    splits: PromptSplits | None = None,
+    prompt_checks: PromptBoundaryCheck | None = None,
 ) -> Iterator[TokenChunk]:
     """The packed stream of ``docs`` in pieces: one :class:`TokenChunk` per ``chunk`` documents.
 
@@ -301,8 +301,9 @@ def token_chunks(
     A document with no tokens at all is skipped, and so is a chat row the renderer rejects (counted, one
     warning line once ``docs`` is exhausted; with ``skipped`` given, they are counted there and the caller
     reports them with :func:`settle_skipped`, as the token store does over its many calls per split). The first
-    prompt/response rows are checked against their joined text's tokenization
-    (:class:`~ekd.data.prompt_split.PromptSplits`, reported likewise: here, or by the caller that gives ``splits``).
+    prompt/response rows are checked for a word split between the two
+    (:class:`~ekd.data.prompt_split.PromptBoundaryCheck`, reported likewise: here, or by the caller that gives
+    ``prompt_checks``).
     Concatenating the chunks gives the stream :func:`pack_documents` cuts into blocks; the token store
     (:mod:`ekd.data.store`) writes the same chunks to disk.
 
@@ -314,8 +315,8 @@ def token_chunks(
     chat: ChatRenderer | None = None  # built at the first chat row
     own = skipped is None
     skipped = SkippedRows("data.format=chat: rows") if skipped is None else skipped
-    own_splits = splits is None
-    splits = PromptSplits() if splits is None else splits
+    own_prompt_checks = prompt_checks is None
+    prompt_checks = PromptBoundaryCheck() if prompt_checks is None else prompt_checks
     total = 0
     for batch in _batched(docs, chunk):
         if chat is None and any(d.messages is not None for d in batch):
@@ -325,7 +326,7 @@ def token_chunks(
         starts: list[bool] = []
         ends: list[bool] = []
         used = 0
-        for _, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped, splits):
+        for _, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped, prompt_checks):
             if not tokens:
                 continue
             head, tail = (bos, eos) if framed else ([], [])
@@ -347,8 +348,8 @@ def token_chunks(
         )
     if own:
         settle_skipped(skipped, total)
-    if own_splits:
-        splits.report()
+    if own_prompt_checks:
+        prompt_checks.report()
 
 
 def settle_skipped(skipped: SkippedRows, tokens: int) -> None:
@@ -426,18 +427,18 @@ def _token_stream(
     """Concatenated ids, target mask, document starts and end-of-document marks of :func:`token_chunks`,
     each (S,); with ``max_tokens`` tokenization stops once the stream holds that many tokens. Skipped chat rows
     of ``split`` (named in the line) are reported once, or refused when no row is left, and so are its
-    prompt/response rows that tokenize otherwise joined (:class:`~ekd.data.prompt_split.PromptSplits`)."""
+    prompt/response rows that split a word between the two (:class:`~ekd.data.prompt_split.PromptBoundaryCheck`)."""
     pieces: list[TokenChunk] = []
     held = 0
     skipped = SkippedRows(f"data.format=chat: {split} rows" if split else "data.format=chat: rows")
-    splits = PromptSplits(split)
-    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped, splits):
+    prompt_checks = PromptBoundaryCheck(split)
+    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped, prompt_checks):
         pieces.append(piece)
         held += len(piece)
         if max_tokens is not None and held >= max_tokens:
             break
     settle_skipped(skipped, held)
-    splits.report()
+    prompt_checks.report()
     if not pieces:
         pieces = [TokenChunk(*(torch.zeros(0, dtype=d) for d in (torch.long, *[torch.bool] * 3)), 0)]
     return (
@@ -453,24 +454,23 @@ def _tokenized(
     tokenizer: PreTrainedTokenizerBase,
     chat: ChatRenderer | None,
     skipped: SkippedRows,
-    splits: PromptSplits | None = None,
+    prompt_checks: PromptBoundaryCheck | None = None,
 ) -> list[tuple[Document, list[int], list[bool], bool]]:
     """Per document of ``batch`` (rejected chat rows left out): the document, its token ids, which of them are
     targets, and whether the boundary's BOS/EOS frame it (not for chat rows, whose template frames them).
-    Prompt/response rows are checked against their joined text's ids while ``splits`` wants more."""
+    Prompt/response rows are checked for a word split between the two while ``prompt_checks`` wants more."""
     plain = [d for d in batch if d.messages is None]
     texts = _encode([d.text for d in plain], tokenizer)
     prompt_rows = [i for i, d in enumerate(plain) if d.prompt]
     prompts: list[list[int]] = [[] for _ in plain]
     for i, encoded in zip(prompt_rows, _encode([plain[i].prompt for i in prompt_rows], tokenizer)):
         prompts[i] = encoded
-    if splits is not None and splits.wanted and prompt_rows:
-        rows = prompt_rows[: splits.wanted]
-        splits.check(
-            [plain[i].doc_id for i in rows],
+    if prompt_checks is not None and prompt_checks.wanted and prompt_rows:
+        rows = prompt_rows[: prompt_checks.wanted]
+        prompt_checks.check(
+            [(plain[i].doc_id, plain[i].prompt, plain[i].text) for i in rows],
             [prompts[i] for i in rows],
             [texts[i] for i in rows],
-            _encode([plain[i].prompt + plain[i].text for i in rows], tokenizer),
             tokenizer,
         )
     plain_docs = iter(zip(prompts, texts))

@@ -1,13 +1,14 @@
-"""Rows whose prompt and response tokenize otherwise apart than joined (``data.prompt_field`` +
-``data.response_field``).
+"""Prompt/response rows (``data.prompt_field`` + ``data.response_field``) that split a word between the prompt
+and the response.
 
 ekd tokenizes the prompt and the response as two strings, so the loss boundary falls exactly between them
 (:func:`ekd.data.packing.token_chunks`). Where a word straddles the boundary (prompt ``"… Answer: Ca"``,
-response ``"ts sleep"``), or a tokenizer adds a prefix space to every string it starts (SentencePiece's dummy
-prefix), the response's first tokens are pieces the tokenizer never produces for the whole text, and the
-student learns to emit them. :class:`PromptSplits` checks the first rows of a split against the joined text's
-tokenization and reports, once, how many differ and where the first one parts (TRL checks the same for its
-prompt-completion rows).
+response ``"ts sleep"``), the response's first tokens are pieces the tokenizer never produces for the whole text
+(``' Cats'``), and the student learns to emit them. :class:`PromptBoundaryCheck` tokenizes the first rows' joined
+text with character offsets and counts those where a token of it spans the boundary — reporting, once per split,
+how many and where the first one parts (TRL checks its prompt-completion rows likewise). Offsets make the check
+hold for every fast tokenizer: a SentencePiece tokenizer that starts every string with a prefix space tokenizes
+the two strings otherwise than their concatenation in every row, though no word is split (review 106).
 """
 
 from __future__ import annotations
@@ -21,23 +22,25 @@ from ekd.words import counted
 
 logger = logging.getLogger(__name__)
 
-CHECKED_ROWS = 1_000  # rows of a split compared with their joined tokenization (each costs one more encode)
+CHECKED_ROWS = 1_000  # rows of a split checked (each costs one more encode)
+SHOWN = 12  # pieces shown at most where a row parts
 
 
 @dataclass
-class PromptSplits:
-    """Count of prompt/response rows whose ids as two strings differ from the joined text's, over the first
-    ``limit`` such rows of a split, and the first one, for a one-line report.
+class PromptBoundaryCheck:
+    """Count of prompt/response rows that split a word between prompt and response (a token of their joined text
+    spans the prompt's end), over the first ``limit`` such rows of a split, and the first one, for a one-line
+    report.
 
     Attributes:
-        what: The split, e.g. ``train``.
-        limit: Rows to check; later rows are not encoded again.
+        split: The split, e.g. ``train``, for the line.
+        limit: Rows to check; later rows are not checked.
         checked: Rows checked.
-        differing: Rows whose ``ids(prompt) + ids(response) != ids(prompt + response)``.
-        first: ``doc_id`` of the first differing row, and ``where`` the two tokenizations part in it.
+        differing: Rows whose joined text has a token across the prompt's end.
+        first: ``doc_id`` of the first differing row, and ``where`` its two tokenizations part.
     """
 
-    what: str = ""
+    split: str = ""
     limit: int = CHECKED_ROWS
     checked: int = 0
     differing: int = 0
@@ -51,34 +54,40 @@ class PromptSplits:
 
     def check(
         self,
-        doc_ids: list[str],
+        rows: list[tuple[str, str, str]],
         prompts: list[list[int]],
-        texts: list[list[int]],
-        joined: list[list[int]],
+        responses: list[list[int]],
         tokenizer: PreTrainedTokenizerBase,
     ) -> None:
-        """Count the rows whose two-string ids (``prompts[i] + texts[i]``) differ from ``joined[i]``, the ids of
-        their joined text. All lists are per row, of equal length (at most :attr:`wanted`)."""
-        for doc_id, prompt, text, whole in zip(doc_ids, prompts, texts, joined):
+        """Count the rows whose joined text has a token spanning the prompt's end. ``rows``: (doc_id, prompt,
+        response) per row; ``prompts``, ``responses``: their ids as two strings (for the line). At most
+        :attr:`wanted` rows; a slow tokenizer (no character offsets) checks none."""
+        if not getattr(tokenizer, "is_fast", False):
+            return
+        joined = tokenizer(
+            [p + r for _, p, r in rows], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        for (doc_id, prompt, _), ids, offsets, p_ids, r_ids in zip(
+            rows, joined["input_ids"], joined["offset_mapping"], prompts, responses
+        ):
             self.checked += 1
-            apart = prompt + text
-            if apart == whole:
+            cut = len(prompt)
+            if not any(start < cut < end for start, end in offsets):
                 continue
             if not self.differing:
-                self.first, self.where = doc_id, _parting(prompt, text, whole, tokenizer)
+                self.first, self.where = doc_id, _parting(p_ids + r_ids, len(p_ids), ids, tokenizer)
             self.differing += 1
 
     def report(self) -> None:
         """Log one warning when any checked row differs."""
         if not self.differing:
             return
-        split = f"{self.what}: " if self.what else ""
         logger.warning(
-            "data.prompt_field/response_field: %s%s of %s%s tokenize otherwise as prompt + response "
-            "than as their joined text (first: %s, %s); the student is trained on pieces the tokenizer never "
-            "makes for the whole text — end each prompt where the tokenizer splits anyway (for byte-level BPEs "
-            "before a word's leading space: prompt 'Answer:', response ' Cats sleep'; README, data.source)",
-            split,
+            "data.prompt_field/response_field: %s%s of %s%s split a token of their joined text between prompt "
+            "and response (first: %s, %s); the student is trained on pieces the tokenizer never makes for that "
+            "text — end each prompt where the tokenizer splits anyway (for byte-level BPEs before a word's "
+            "leading space: prompt 'Answer:', response ' Cats sleep'; README, data.source)",
+            f"{self.split}: " if self.split else "",
             self.differing,
             "the first " if self.checked >= self.limit else "",
             counted(self.checked, "prompt/response row"),
@@ -87,20 +96,19 @@ class PromptSplits:
         )
 
 
-def _parting(prompt: list[int], text: list[int], whole: list[int], tokenizer: PreTrainedTokenizerBase) -> str:
-    """Where two tokenizations of one row part, as a user reads it: the pieces on each side from the first
-    differing token on, e.g. ``apart: 'Ca' | 'ts' …; joined: 'Cats' …``."""
-    apart = prompt + text
+def _parting(apart: list[int], boundary: int, whole: list[int], tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where a row's two tokenizations part, as a user reads it: the pieces from just before the first difference
+    to past the prompt's end (``|``), e.g. ``as two strings ':' ' Ca' | 'ts' …; joined ':' ' Cats' …``."""
     k = next((i for i, (a, b) in enumerate(zip(apart, whole)) if a != b), min(len(apart), len(whole)))
-    k = min(k, len(prompt))  # show the boundary's pieces when the difference starts at or after it
-    start = max(0, k - 1)
+    start = max(0, min(k, boundary) - 1)
+    end = min(max(start + 4, boundary + 2), start + SHOWN)
 
     def pieces(ids: list[int], cut: int | None) -> str:
         shown = []
-        for i, t in enumerate(ids[start : start + 4], start):
-            if cut is not None and i == cut:
+        for i, t in enumerate(ids[start:end], start):
+            if i == cut:
                 shown.append("|")
             shown.append(repr(tokenizer.decode([t])))
-        return " ".join(shown) + (" …" if len(ids) > start + 4 else "")
+        return " ".join(shown) + (" …" if len(ids) > end else "")
 
-    return f"as two strings {pieces(apart, len(prompt))}; joined {pieces(whole, None)}"
+    return f"as two strings {pieces(apart, boundary)}; joined {pieces(whole, None)}"

@@ -58,7 +58,7 @@ from ekd.data.packing import (
     settle_skipped,
     token_chunks,
 )
-from ekd.data.prompt_split import PromptSplits
+from ekd.data.prompt_split import PromptBoundaryCheck
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, stdlib_root
 from ekd.data.split import stable_unit
 from ekd.data.store import (
@@ -389,7 +389,7 @@ def _build(
                 stream = islice(phase.documents(), consumed, None)
                 # chat rows skipped in this phase, per split, over all its windows (reported once at its end)
                 skipped = {n: SkippedRows(f"data.format=chat: {n} rows") for n in phase.splits}
-                splits = {n: PromptSplits(n) for n in phase.splits}  # rows that tokenize otherwise joined
+                prompt_checks = {n: PromptBoundaryCheck(n) for n in phase.splits}  # prompt/response rows' ids
                 while not all(states[n].closed for n in phase.splits):
                     window = list(islice(stream, WINDOW_DOCUMENTS))
                     if not window:
@@ -401,7 +401,11 @@ def _build(
                             routed[split].append(doc)
                     for split, docs in routed.items():
                         for chunk in token_chunks(
-                            docs, tokenizer, boundary, skipped=skipped[split], splits=splits[split]
+                            docs,
+                            tokenizer,
+                            boundary,
+                            skipped=skipped[split],
+                            prompt_checks=prompt_checks[split],
                         ):
                             files[split].append(chunk)
                             since_checkpoint += len(chunk)
@@ -421,7 +425,7 @@ def _build(
                     raise no_documents(d, phase.source, phase.key)
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
-                    splits[split].report()
+                    prompt_checks[split].report()
                 _checkpoint(staging, signature, index + 1, 0, states, files)
             manifest = _finish(cfg, boundary, signature, staging, names, states, files)
         finally:
