@@ -962,9 +962,21 @@ def _bad_tasks(tmp_path, case: str):
     elif case == "answer-out-of-range":
         rows[4]["answer"] = 7
         lines[4] = json.dumps(rows[4])
-    elif case in ("float-answer", "float-answer-template"):  # try-out 39, F2: the column reads as floats
+    elif case in (
+        "float-answer",
+        "float-answer-template",
+        "float-answer-and-bad-text",
+    ):  # try-out 39, F2: the column reads as floats
         rows[3]["answer"] = float(rows[3]["answer"])
         lines[3] = json.dumps(rows[3])
+        if case == "float-answer-and-bad-text":  # review 106: the row's own failure is said, not the column
+            rows[5]["question"] = 5
+            lines[5] = json.dumps(rows[5])
+            yaml_path = tasks_dir / "tiny_mc.yaml"
+            text = yaml_path.read_text()
+            yaml_path.write_text(
+                text.replace('doc_to_text: "{{question}}"', 'doc_to_text: "{{question.upper()}}"')
+            )
         if case == "float-answer-template":  # try-out 44, F3: rendered '0.0', row 1 was blamed
             yaml_path = tasks_dir / "tiny_mc.yaml"
             text = yaml_path.read_text()
@@ -980,6 +992,7 @@ BAD_ROW = {
     "answer-out-of-range": "test split row 5: its answer index 7 is outside its 3 choices (0–2)",
     "float-answer": "its answer column 'answer' reads as floats (line 4 holds",  # try-out 44, F4: the row
     "float-answer-template": "its answer column 'answer' reads as floats (line 4 holds",
+    "float-answer-and-bad-text": "test split row 6: doc_to_text fails",
 }
 
 

@@ -238,12 +238,10 @@ def _where(task_name: str, task: Any, split: str) -> str:
 
 
 FIX = "fix that row of the data or remove it, then run again"
-NULL_FIELD = (
-    "its field"  # how a row's missing or null field is said (an empty CSV cell makes its column float)
-)
-FLOAT_FIX = (
-    "fix the file: whole numbers in every row"  # float answer indices (try-out 39: lm-eval failed on them)
-)
+# how a row's answer is blamed: in a float column (one 1.0 makes every row's a float), said of the column instead
+ANSWER = "its answer"
+# float answer indices (try-out 39: lm-eval failed on them)
+FLOAT_FIX = "fix the file: whole numbers in every row"
 
 
 def check_rows_of(name: str, task: Any, shots: int) -> None:
@@ -272,7 +270,7 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     for part, docs in parts:
         for i, doc in enumerate(docs, start=1):
             cause = _row_problem(task, doc, mc, name, i)
-            if cause.endswith(FLOAT_FIX) or (column and cause and not cause.startswith(NULL_FIELD)):
+            if cause.endswith(FLOAT_FIX) or (column and cause.startswith(ANSWER)):
                 # the column's type, not this row's: said of the task (try-outs 42, 44)
                 floats = floats or f"eval.tasks: {_where(name, task, split)}: {cause}"
             elif cause:
@@ -336,7 +334,7 @@ def _first_float_row(path: Path, column: str) -> str:
 def _row_problem(task: Any, doc: Any, mc: bool, name: str, i: int) -> str:
     """What is wrong with one row ("" when nothing is)."""
     for field, how in _null_fields(task, doc):
-        return f"{NULL_FIELD} '{field}' is missing or null ({how} reads it)"
+        return f"its field '{field}' is missing or null ({how} reads it)"
     step = "doc_to_text"
     try:
         text = task.doc_to_text(doc)
