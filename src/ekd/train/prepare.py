@@ -397,9 +397,11 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
 
 
-def _end_documents_as_trained(student: nn.Module, data: PreparedData) -> None:
+def _end_documents_as_trained(student: nn.Module, data: PreparedData, adapter: bool) -> None:
     """The student's config and generation config end sequences first with the id its documents end with
-    (:func:`ekd.models.export.end_documents_with`), said in one line when that changes them."""
+    (:func:`ekd.models.export.end_documents_with`), said in one line when that changes them — and what the export
+    holds: a full model ends there too; an adapter export (``adapter``) ships no config, so its base keeps its own
+    ids and the line gives the ones to pass to ``generate`` (review 106)."""
     from ekd.models.export import end_documents_with
 
     eos = getattr(data.boundary, "eos_id", None)
@@ -407,11 +409,14 @@ def _end_documents_as_trained(student: nn.Module, data: PreparedData) -> None:
     if ids:
         log.info(
             "student: documents end with id %d (%r, data.separator=%s), which its config does not name: its "
-            "config and generation_config now end sequences with %s (its own after it), and the export does",
+            "config and generation_config now end sequences with %s (its own after it), %s",
             eos,
             data.tokenizer.convert_ids_to_tokens(eos),
             data.boundary.separator,
             ids,
+            f"but an adapter export keeps its base's: pass eos_token_id={ids} to generate"
+            if adapter
+            else "and the export does",
         )
 
 
@@ -455,7 +460,7 @@ def _load_role(
     model = empty_model(spec, **common) if empty else load_model(spec, seed=seed, **common)
     shared_vocab_size(data.vocab_size, (role, model))
     if role == "student":
-        _end_documents_as_trained(model, data)
+        _end_documents_as_trained(model, data, cfg.model.lora_r > 0 and cfg.model.lora_export == "adapter")
     if empty:  # shapes only: rank 0 checks the head of the real weights
         return model
     model = model.to(device)
