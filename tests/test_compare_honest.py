@@ -15,14 +15,16 @@ from ekd.eval.compare import compare_runs, group_runs, kl_by_entropy, read_run
 from hostile import cli, one_error_line
 
 
-def _run(root: Path, name: str, preset: str, seed: int, kl: float, weights: str = "aa") -> Path:
+def _run(
+    root: Path, name: str, preset: str, seed: int, kl: float, weights: str = "aa", path: str = "/m/t"
+) -> Path:
     """A finished run whose eval.json entry ``held`` records the teacher (by its weights) its KL and agreement
     were measured against, as ``ekd eval`` writes it."""
     d = root / name
     d.mkdir(parents=True)
     cfg = {"run": {"name": name, "seed": seed}, "method": {"preset": preset}, "model": {"teacher": "/m/t"}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    teacher = {"model": "/m/t", "revision": "", "weights": f"sha256:{weights}", "dtype": "auto"}
+    teacher = {"model": path, "revision": "", "weights": f"sha256:{weights}", "dtype": "auto"}
     entry = {"ppl": 10.0 + seed, "kl": kl, "agree": 1.0 - kl / 10, "kl@H0": kl, "teacher": teacher}
     (d / "eval.json").write_text(
         json.dumps({"held": entry, "held/teacher": {"ppl": 2.0, "teacher": teacher}})
@@ -58,10 +60,13 @@ def test_a_mean_of_kl_is_over_the_seeds_measured_against_one_teacher(tmp_path):
 
 def test_a_tie_of_teachers_keeps_the_first_runs_and_one_teacher_leaves_nothing_out(tmp_path):
     """Two seeds, two teachers: the first run given's teacher; every seed against one teacher: no note."""
-    runs = [_run(tmp_path, "a0", "kd", 0, 1.0, "aa"), _run(tmp_path, "a1", "kd", 1, 2.0, "bb")]
+    runs = [_run(tmp_path, "a0", "kd", 0, 1.0, "aa"), _run(tmp_path, "a1", "kd", 1, 2.0, "bb", "/m/other")]
     s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
     cell = s["groups"][0]["metrics"]["held/kl"]
     assert (cell["mean"], cell["n"], cell["other_teacher"]) == (1.0, 1, [1])
+    # try-out 47, F2: both rows were '(teacher of kd)', the second naming the config's path, not the recorded one
+    rows = {t["label"]: t["teacher"] for t in s["teachers"]}
+    assert rows == {"(teacher of kd: weights aa)": "/m/t", "(teacher of kd: weights bb)": "/m/other"}, rows
     same = [_run(tmp_path, "b0", "kd", 0, 1.0), _run(tmp_path, "b1", "kd", 1, 2.0)]
     s = compare_runs(same, tmp_path / "o2", baselines=(), plots=False)
     assert s["groups"][0]["metrics"]["held/kl"]["n"] == 2 and not s["teacher_notes"]

@@ -197,8 +197,11 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             for c in columns:  # each column's figures under the teacher it recorded (try-out 39)
                 key = r.teacher(c)
                 row = next((row for row in rows if row["key"].same_as(key)), None)
-                if row is None:
-                    teacher = (r.config.get("model") or {}).get("teacher")
+                if (
+                    row is None
+                ):  # the teacher the entry records it was measured with (try-out 47: the config's)
+                    recorded = r.teachers.get(r.entry_name(c) or "") or {}
+                    teacher = recorded.get("model") or (r.config.get("model") or {}).get("teacher")
                     row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": []}
                     rows.append(row)
                 for m, v in r.entry(c).items():
@@ -207,9 +210,13 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
                 row["runs"].append((r.config, g.label))
-    for row in rows:
-        del row["key"]
-        row["label"] = "(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})"
+    labels = ["(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})" for row in rows]
+    for row, label in zip(rows, labels):
+        key = row.pop("key")
+        if labels.count(label) > 1:  # two teachers of one method (try-out 47): told apart by weights or path
+            which = f"weights {key.weights.rpartition(':')[2][:8]}" if key.weights else str(row["teacher"])
+            label = f"{label[:-1]}: {which})"
+        row["label"] = label
         runs = row.pop("runs")
         if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
             row["without_sets"] = _no_teacher_sets(*runs[0])
