@@ -114,9 +114,9 @@ class TaskSettings:
     chat_template: str = "auto"
     ece_bins: int = 15
     progress: bool = True  # log.progress: lm-eval's own progress bars; changes no result (not in signature())
-    precision: str = (
-        "fp32"  # the forward passes' autocast (fp32, bf16): a cached result is reused under its own
-    )
+    precision: str = "fp32"
+    """The forward passes' autocast (``fp32``, ``bf16``; ``train.precision`` as resolved on the device): part of
+    :meth:`signature`, so a result cached under one is not reused under the other (try-out 45, F2)."""
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:

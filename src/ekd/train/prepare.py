@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError
 from ekd.config.validate import check_vocab
@@ -201,7 +202,7 @@ def check_models_fit_tokenizer(
             check_head_covers(role, rows, len(tok), tok)
 
 
-def own_tokenizer(tok, rows: int | None, role: str):
+def own_tokenizer(tok: PreTrainedTokenizerBase, rows: int | None, role: str) -> PreTrainedTokenizerBase:
     """The tokenizer a model of ``rows`` head rows was trained with, from its directory's ``tok``: ``tok`` itself,
     or its files alone (:func:`ekd.models.load.file_tokenizer`) where ``tok`` is longer than the head by
     tokens that its class adds and its files lack — no row of the head could have been trained on them (try-out

@@ -165,37 +165,32 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def moved_away(key: str, value: str, what: str) -> str:
-    """``model.teacher=/old/t no longer exists: put it back, or name where it is now with --resume
-    model.teacher=PATH (the run checks that it holds the same weights)``: a ``--resume`` whose teacher or training
-    data is gone may name where they are now, as the run records their content (try-out 44 was told to pass 'a hub
-    id, a saved model directory or preset:<name>')."""
-    return (
-        f"{key}={value} no longer exists: put it back, or name where it is now with --resume {key}=PATH (the run "
-        f"checks that it holds {what})"
-    )
+RECORDED_CONTENT = {
+    "model.teacher": ("teacher_weights", "the same weights"),
+    "data.source": ("data_fingerprint", "the same training blocks"),
+}
+"""Config key → (``ekd-run.json`` record of what it holds, what ``--resume`` checks): paths a resumed run may name
+anew, since it checks their content (a teacher or training data moved: try-out 44 was told to pass 'a hub id, a
+saved model directory or preset:<name>')."""
 
 
-RECORDED_CONTENT = (
-    ("model.teacher", "teacher_weights", "the same weights"),
-    ("data.source", "data_fingerprint", "the same training blocks"),
-)
-"""(config key, ``ekd-run.json`` record of its content, what ``--resume`` checks): paths a resumed run may name
-anew, since it checks what they hold."""
+def name_it_now(key: str) -> str:
+    """``name where it is now with --resume model.teacher=PATH (the run checks that it holds the same weights)``."""
+    return f"name where it is now with --resume {key}=PATH (the run checks that it holds {RECORDED_CONTENT[key][1]})"
 
 
 def moved_teacher(spec: str) -> str:
-    """:func:`moved_away` of ``model.teacher``."""
-    return moved_away("model.teacher", spec, RECORDED_CONTENT[0][2])
+    """``model.teacher=/old/t no longer exists: put it back, or`` :func:`name_it_now`."""
+    return f"model.teacher={spec} no longer exists: put it back, or {name_it_now('model.teacher')}"
 
 
-def _moved_away(cfg: Config, marker: dict) -> str:
+def _gone_data_source(cfg: Config, marker: dict) -> str:
     """The ``--resume`` refusal of a training data path, named as the run saved it, that is gone while the run
-    records its blocks' sha256 (:func:`moved_away`); "" when it is there."""
+    records its blocks' sha256 (:func:`name_it_now`); "" when it is there."""
     value = str(cfg.data.source)
     path = Path(value).expanduser()
     if marker.get("data_fingerprint") and path.is_absolute() and not has_magic(value) and not path.exists():
-        return f"--resume: {moved_away('data.source', value, RECORDED_CONTENT[1][2])}"
+        return f"--resume: data.source={value} no longer exists: put it back, or {name_it_now('data.source')}"
     return ""
 
 
@@ -512,17 +507,11 @@ class RunStart:
             raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))
         if gone := gone_paths(flat_config(saved), flat_config(current), blocking):
             movable = [
-                (k, what)
-                for k, record, what in RECORDED_CONTENT
-                if record in (marker or {}) and k in blocking
+                k for k, (record, _) in RECORDED_CONTENT.items() if record in (marker or {}) and k in blocking
             ]
             raise RunDirError(  # try-out 23: was "the config differs in data.source" (it did not)
                 f"--resume: no such file or directory: {'; '.join(gone)}; put it back where the run read it and "
-                "rerun with --resume"
-                + "".join(
-                    f", or name where it is now with --resume {k}=PATH (the run checks that it holds {what})"
-                    for k, what in movable
-                )  # fmt: skip
+                "rerun with --resume" + "".join(f", or {name_it_now(k)}" for k in movable)
             )
         if "data.source" in blocking and (marker or {}).get("data_fingerprint"):
             # the data at another path (a copy on another node): the run's blocks' sha256 decides, once read
@@ -545,7 +534,7 @@ class RunStart:
                 f"the run computes{' (' + '; '.join(why) + ')' if why else ''}; resume with the settings in "
                 f"{run_dir / 'config.yaml'}, or start a new run under another run.name"
             )
-        if moved := _moved_away(self.cfg, marker or {}):
+        if moved := _gone_data_source(self.cfg, marker or {}):
             raise RunDirError(moved)
         if ckpt is None:  # resuming would train from step 0 and rewrite the run's metrics and plots
             raise RunDirError(

@@ -110,8 +110,11 @@ def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
     if _task_entry(name):
         return _task_difference(a.task_way(name), b.task_way(name))
     keys = _config_differences({"data": a.set_data(name)}, {"data": b.set_data(name)})
-    keys += _config_differences(*({"eval": scoring, "train": {"precision": scoring.pop("precision", None)}}
-                                  for scoring in (a.scoring(name), b.scoring(name))))  # fmt: skip
+    scored = []
+    for scoring in (a.scoring(name), b.scoring(name)):  # the autocast is named by the key that sets it
+        precision = scoring.pop("precision", None)
+        scored.append({"eval": scoring, "train": {"precision": precision}})
+    keys += _config_differences(*scored)
     if keys:
         return ", ".join(keys)
     if a.tokenizer != b.tokenizer:
