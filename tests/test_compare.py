@@ -1137,3 +1137,24 @@ def test_seeds_of_a_method_without_a_teacher_are_one_group_whatever_teacher_eval
     mixed = [run("m0", "kd", 0, "/m/t", "sampled-sha256:aa"), run("m1", "kd", 1, "/n/t", "sha256:aa")]
     s = compare_runs(mixed, tmp_path / "o2", baselines=(), plots=False)  # two schemes: by path, as before
     assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"], s["groups"]
+
+
+@pytest.mark.parametrize("extra", [[], ["teacher.source=cache"], ["method.sample_fraction=0.5"]])
+def test_whether_a_run_trained_with_its_teacher_is_the_trainers_rule_for_every_preset(extra):
+    """Review 106: compare reads the trainer's rules (teacher_needed, scores_samples_with_teacher) off a saved
+    config through a view of its sections; a rule reading anything else would silently count every run as taught
+    (ce seeds split by teacher again). Every preset, from its saved form, agrees with the trainer."""
+    from ekd.config import load_config
+    from ekd.config.sections import _preset_names
+    from ekd.eval.compare.runs import RunRecord
+    from ekd.train.prepare import scores_samples_with_teacher, teacher_needed
+
+    for preset in _preset_names():
+        try:
+            cfg = load_config(overrides=[f"method.preset={preset}", "teacher.cache_dir=/c", *extra])
+        except Exception:  # noqa: BLE001 — a preset this combination does not allow
+            continue
+        record = RunRecord(Path("r"), cfg.to_dict(), {}, 1.0, 0.0)
+        assert record.trains_with_teacher() == (teacher_needed(cfg) or scores_samples_with_teacher(cfg)), (
+            preset
+        )
