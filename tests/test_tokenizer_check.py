@@ -349,6 +349,11 @@ def _no_eos_tokenizer(path):
             0.5,
             "which method.student_data_fraction=0.5 stops and pads the student's sampled continuations",
         ),
+        (  # review 106: both settings that use it are named, not one that the next run refuses for the other
+            "eos",
+            0.5,
+            "set data.separator=none (no end-of-document target) and method.student_data_fraction=0",
+        ),
     ],
 )
 def test_a_tokenizer_without_eos_is_refused_only_where_the_run_uses_one(

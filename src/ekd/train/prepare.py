@@ -287,10 +287,11 @@ def check_run_tokenizer(cfg: Config, tokenizer) -> None:
         use = eos_use(cfg.data.separator, cfg.method.student_data_fraction, models_end)
         if use:
             other = (
-                "set method.student_data_fraction=0 (no sampled continuations)"
-                if cfg.data.separator == "none"
-                else "set data.separator=none (documents concatenated, no end-of-document target)"
+                [] if cfg.data.separator == "none" else ["data.separator=none (no end-of-document target)"]
             )
+            if cfg.method.student_data_fraction > 0:  # none alone would be refused next (review 106)
+                other.append("method.student_data_fraction=0 (no sampled continuations)")
+            other = "set " + " and ".join(other)
             raise ModelError(
                 f"the tokenizer (model.tokenizer={cfg.model.tokenizer}) has no EOS token, which {use}; give it one "
                 '("eos_token" in its tokenizer_config.json, or set tokenizer.eos_token and save_pretrained), name a '
