@@ -392,7 +392,10 @@ def test_a_run_without_eos_under_separator_none_trains_and_evaluates(tmp_path, c
         tmp_path, corpus, "r", **{"model.tokenizer": str(tmp_path / "no-eos"), "data.separator": "none"}
     )
     assert main(["distill", *args, "train.max_steps=1"]) == 0, capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "runs" / "r")]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs" / "r")]) == 0
+    out = capsys.readouterr().out  # try-out 47: no 'ppl w/o EOS' column repeating ppl, no EOS in the note
+    assert "ppl w/o EOS" not in out and "(these sets hold no end-of-document target)" in out, out
 
 
 def test_a_student_tokenizer_with_added_tokens_is_told_what_differs(tmp_path):

@@ -338,12 +338,14 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
         for row in rows:  # a head without rows past the tokenizer (one trimmed for export): the same softmax
             if "ppl" in row:
                 row.setdefault("ppl_full_head", row["ppl"])
+    boundary = any(r.get("boundary_tokens") != 0 for r in rows)
     cols = [
         ("set", "eval set", ""),
         ("documents", "docs", ".0f"),
         ("tokens", "scored tokens", ",.0f"),
         ("ppl", "ppl", ".2f"),
-        ("ppl_no_boundary", "ppl w/o EOS", ".2f"),
+        # no end-of-document target in any set (data.separator=none): the column would repeat ppl (try-out 47)
+        *([("ppl_no_boundary", "ppl w/o EOS", ".2f")] if boundary else []),
         *([("ppl_full_head", "ppl (full head)", ".2f")] if any("ppl_full_head" in r for r in rows) else []),
         ("acc", "acc", ".3f"),
         ("ece", "ECE %", ".2f"),
@@ -351,7 +353,7 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
         ("agree", "top-1 agree", ".3f"),
     ]
     print(results_table(rows, cols))
-    print(ppl_note(cols))
+    print(ppl_note(cols, boundary))
     if note := tiny_note(sizes):
         print(note)
 

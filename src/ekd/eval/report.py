@@ -25,13 +25,16 @@ Column = tuple[str, str, str | Callable[[Any], str]]
 """(key, header, format): a format spec such as ``".3f"``, or a callable value → text."""
 
 
-def ppl_note(columns: Sequence[Column]) -> str:
+def ppl_note(columns: Sequence[Column], boundary: bool = True) -> str:
     """The line under a results table that says which perplexity its ``ppl`` columns are, explaining only the
     columns it has: the 'ppl w/o EOS' sentence only beside a ``ppl_no_boundary`` column; "" without a ``ppl``
-    column. Keys may carry an eval-set prefix (``eval/ppl``)."""
+    column. Keys may carry an eval-set prefix (``eval/ppl``). ``boundary``: whether any set holds an
+    end-of-document target (not under ``data.separator=none``)."""
     metrics = {key.rpartition("/")[2] for key, _, _ in columns}
     if "ppl" not in metrics:
         return ""
+    if not boundary:  # data.separator=none: no end-of-document target to include or leave out
+        return "ppl is over every target (these sets hold no end-of-document target)"
     note = "ppl is over every target, the end-of-document tokens (EOS) included"
     if "ppl_no_boundary" in metrics:
         note += "; 'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out"
