@@ -825,6 +825,11 @@ def test_an_evaluation_under_bf16_autocast_is_another_column(tmp_path):
     (runs[0] / "eval.json").write_text(json.dumps(ev[0]))
     (kd,) = compare_runs(runs, tmp_path / "cmp2", baselines=(), plots=False)["groups"]
     assert kd["metrics"]["eval/ece"]["n"] == 2 and "eval#2/ece" not in kd["metrics"]
+    # try-out 48, F1: beside entries recording fp32 and bf16, it is neither: bf16 and fp32 never share a mean
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "kd2", **{"run.seed": 2})]) == 0
+    runs.append(tmp_path / "runs" / "kd2")  # fp32
+    (kd,) = compare_runs(runs, tmp_path / "cmp3", baselines=(), plots=False)["groups"]
+    assert sorted(kd["metrics"][f"{c}/ece"]["n"] for c in ("eval", "eval#2", "eval#3")) == [1, 1, 1]
 
 
 def test_a_cost_difference_is_lower_or_higher_not_better_or_worse(tmp_path):

@@ -139,6 +139,7 @@ def test_trainer_state_files_are_not_weights_and_a_file_written_while_hashed_is_
     first = weights_fingerprint(str(teacher))
     (teacher / "optimizer.pt").write_bytes(os.urandom(1 << 16))  # a Trainer checkpoint's own files
     (teacher / "training_args.bin").write_bytes(b"x")
+    (teacher / "scaler.pt").write_bytes(b"y")  # try-out 48, F6: fp16 training's grad scaler
     assert weights_fingerprint(str(teacher)) == first
     file = teacher / "model.safetensors"
     piece = identity._piece_sha256
@@ -165,3 +166,15 @@ def test_file_states_an_older_ekd_recorded_are_compared_as_far_as_they_go(teache
     os.utime(teacher / "model.safetensors")  # a new mtime (and ctime)
     assert not same_files(now, str(teacher)) and not same_files(older, str(teacher))
     assert not same_files(None, str(teacher)) and not same_files({"other.safetensors": [1, 2]}, str(teacher))
+
+
+def test_a_pickled_teachers_trainer_state_files_are_not_its_weights(tmp_path):
+    """Review 106 / try-out 48, F6: beside pytorch_model.bin, a Trainer checkpoint's optimizer, scheduler, grad
+    scaler, rng and args files are no weights: adding or changing them is the same teacher."""
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(CONFIG).save_pretrained(tmp_path / "t", safe_serialization=False)
+    before = weights_fingerprint(str(tmp_path / "t"))
+    assert before is not None
+    for name in ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state_0.pth", "training_args.bin"):
+        (tmp_path / "t" / name).write_bytes(os.urandom(64))
+    assert weights_fingerprint(str(tmp_path / "t")) == before

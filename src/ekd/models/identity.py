@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-TRAINER_STATE = ("optimizer", "scheduler", "rng_state", "training_args", "trainer_state")
+TRAINER_STATE = ("optimizer", "scheduler", "scaler", "rng_state", "training_args", "trainer_state")
 """Names of a transformers Trainer checkpoint's own files beside the weights (``optimizer.pt``, 2–4× the model):
 no weights, never hashed."""
 SCHEME = "sha256"  # weights_fingerprint's prefix

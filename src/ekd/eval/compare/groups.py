@@ -11,7 +11,7 @@ from pathlib import Path
 from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import label_eval_sets
 from ekd.eval.compare.runs import METRICS, TEACHER_RELATIVE, RunRecord, _config_differences
-from ekd.eval.eval_json import BLOCKS_KEY, PRECISION
+from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
 
@@ -100,11 +100,12 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         seen_dirs[real] = str(r.run_dir)
     by_content = all(r.data_fingerprint for r in runs)
     scored = {n for r in runs for n in r.eval}
-    precision_recorded = frozenset(  # an older ekd's entry records no autocast: it pairs with either
-        n
-        for n in scored
-        if all(PRECISION in r.scored_by.get(n, r.task_ways.get(n, {})) for r in runs if n in r.eval)
-    )
+    # an older ekd's entry records no autocast: it reads as the one value the others record (try-out 48: reading
+    # it as 'either' joined bf16 and fp32 seeds in one mean), or as unrecorded where they record two
+    precision_fill: dict[str, str | None] = {}
+    for n in scored:
+        values = {r.recorded_precision(n) for r in runs if n in r.eval} - {None}
+        precision_fill[n] = next(iter(values)) if len(values) == 1 else ("unrecorded" if values else None)
     sets_by_content = frozenset(  # text sets by their blocks, tasks by their directory's files
         n
         for n in scored
@@ -121,7 +122,7 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     teacher_by_content = bool(recorded) and all(comparable(recorded[0], w) for w in recorded)
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
-        r.precision_recorded = precision_recorded
+        r.precision_fill = precision_fill
         r.teacher_by_content = teacher_by_content
     groups: dict[str, Group] = {}
     for r in runs:

@@ -101,9 +101,9 @@ class RunRecord:
     teacher_by_content: bool = False
     # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
     sets_by_content: frozenset[str] = frozenset()
-    # sets and tasks whose forward autocast (``precision``) every run that scored them records: only there is it a
-    # way of scoring (an entry of an older ekd, which records none, pairs with fp32 and bf16 ones alike)
-    precision_recorded: frozenset[str] = frozenset()
+    # set or task → the forward autocast (``precision``) an entry that records none (an older ekd's) reads as: the
+    # one value the compared runs' entries record, or 'unrecorded' where they record two (:func:`group_runs`)
+    precision_fill: dict[str, str | None] = field(default_factory=dict)
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
     # every segment's {"ranks", "parallel"} (ekd-run.json), where the run knows them all; None otherwise
@@ -241,11 +241,16 @@ class RunRecord:
         """The ``eval.*`` settings eval set ``name``'s figures were computed with (ECE bins, entropy buckets):
         those its eval.json entry records (``ekd eval RUN eval.ece_bins=5`` scores otherwise than config.yaml
         says), else the run's config's."""
-        keys = [k for k in SCORING_SETTINGS if k != PRECISION or name in self.precision_recorded]
+        fill = {PRECISION: self.precision_fill.get(name)}
         if name in self.scored_by:
-            return {k: self.scored_by[name].get(k) for k in keys}
+            return {k: self.scored_by[name].get(k, fill.get(k)) for k in SCORING_SETTINGS}
         section = with_todays_defaults({"eval": self.config.get("eval") or {}})["eval"]
-        return {k: section.get(k) for k in keys}
+        return {k: section.get(k, fill.get(k)) for k in SCORING_SETTINGS}
+
+    def recorded_precision(self, name: str) -> str | None:
+        """The forward autocast set or task ``name``'s entry records (``fp32``, ``bf16``); None: none recorded."""
+        recorded = self.scored_by[name] if name in self.scored_by else self.task_ways.get(name) or {}
+        return recorded.get(PRECISION)
 
     def task_way(self, name: str) -> dict[str, Any]:
         """How task entry ``name`` was scored (:func:`~ekd.eval.task_metrics.task_ways`), its tasks directory
@@ -253,8 +258,7 @@ class RunRecord:
         (:attr:`sets_by_content`), else by path — so runs of an older ekd still pair."""
         way = dict(self.task_ways.get(name) or {})
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
-        if name not in self.precision_recorded:
-            way.pop(PRECISION, None)
+        way.setdefault(PRECISION, self.precision_fill.get(name))
         return way
 
     def teacher(self, column: str | None = None) -> TeacherKey:
