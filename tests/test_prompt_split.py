@@ -138,3 +138,23 @@ def test_a_tokenizer_that_starts_every_string_with_a_space_is_judged_by_the_text
         pack_documents([*good, bad], tok, block_length=8, split="train")
     (line,) = warnings_of(caplog)
     assert "train: 1 of 4 prompt/response rows" in line and "first: r:9" in line, line
+
+
+def test_a_prompt_ending_in_a_space_splits_no_word_and_pieces_show_their_word_marks(caplog) -> None:
+    """Try-out 48, F2: a SentencePiece-style tokenizer's '▁runs' starts at the prompt's trailing space, so every row
+    of prompts ending in a space was counted; F3: its pieces showed no word boundary ('dog' 'cat')."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(prepend_scheme="always")
+    backend.train_from_iterator(
+        SENTENCES, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>"])
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    trailing = [Document("Cats sleep all day.", f"r:{i}", prompt="Answer: ") for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(trailing, tok, block_length=8, split="train")
+    assert warnings_of(caplog) == []
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents([Document("ts sleep all day.", "r:9", prompt="Answer: Ca")], tok, block_length=8)
+    (line,) = warnings_of(caplog)
+    assert "joined ' Answer:' ' Cats'" in line, line

@@ -67,12 +67,11 @@ class PromptBoundaryCheck:
         joined = tokenizer(
             [p + r for _, p, r in rows], add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
-        for (doc_id, prompt, _), ids, offsets, p_ids, r_ids in zip(
+        for (doc_id, prompt, response), ids, offsets, p_ids, r_ids in zip(
             rows, joined["input_ids"], joined["offset_mapping"], prompts, responses
         ):
             self.checked += 1
-            cut = len(prompt)
-            if not any(start < cut < end for start, end in offsets):
+            if not splits_a_word(prompt + response, len(prompt), offsets):
                 continue
             if not self.differing:
                 self.first, self.where = doc_id, _parting(p_ids + r_ids, len(p_ids), ids, tokenizer)
@@ -96,6 +95,15 @@ class PromptBoundaryCheck:
         )
 
 
+def splits_a_word(text: str, cut: int, offsets: list[tuple[int, int]]) -> bool:
+    """Whether a token of ``text`` (its character ``offsets``) holds text on both sides of character ``cut``: a
+    word split there. A token that only begins with the whitespace before the cut (a SentencePiece '▁runs' after
+    a prompt ending in a space; try-out 48) splits nothing."""
+    return any(
+        start < cut < end and text[start:cut].strip() and text[cut:end].strip() for start, end in offsets
+    )
+
+
 def _parting(apart: list[int], boundary: int, whole: list[int], tokenizer: PreTrainedTokenizerBase) -> str:
     """Where a row's two tokenizations part, as a user reads it: the pieces from just before the first difference
     to past the prompt's end (``|``), e.g. ``as two strings ':' ' Ca' | 'ts' …; joined ':' ' Cats' …``."""
@@ -108,7 +116,15 @@ def _parting(apart: list[int], boundary: int, whole: list[int], tokenizer: PreTr
         for i, t in enumerate(ids[start:end], start):
             if i == cut:
                 shown.append("|")
-            shown.append(repr(tokenizer.decode([t])))
+            shown.append(repr(_piece(t, tokenizer)))
         return " ".join(shown) + (" …" if len(ids) > end else "")
 
     return f"as two strings {pieces(apart, boundary)}; joined {pieces(whole, None)}"
+
+
+def _piece(token_id: int, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A token as text, its word boundary kept: SentencePiece's '▁cat' decodes alone to 'cat' (the prefix space
+    dropped), shown ' cat' as a byte-level BPE's 'Ġcat' is (try-out 48: 'dog' 'cat' showed no boundary)."""
+    text = tokenizer.decode([token_id])
+    marked = str(tokenizer.convert_ids_to_tokens(token_id) or "")
+    return " " + text if marked.startswith("▁") and not text.startswith(" ") else text
