@@ -477,6 +477,18 @@ def test_a_cache_dir_naming_a_file_says_so_and_names_the_directory(setup, tmp_pa
             ), line
             assert line.count("teacher.cache_dir") == 1 + fix.count("teacher.cache_dir"), line  # try-out 47
     assert not (setup["root"] / "runs" / "file").exists() and other.read_text() == "x"
+    # try-out 48, F5: a path under a file, and a device, were told to build the cache there
+    for path, says in (
+        (other / "sub", f"lies under {other}, which is a file"),
+        (Path("/dev/null"), "is a file"),
+    ):
+        for command in (
+            ["distill", setup["cfg"], "run.name=file", "teacher.source=cache"],
+            ["cache", setup["cfg"]],
+        ):
+            assert main([*command, f"teacher.cache_dir={path}"]) == 2
+            line = _error_line(capsys)
+            assert f"teacher.cache_dir={path} {says}" in line and line.count("teacher.cache_dir") == 1, line
 
 
 def test_signature_mismatch_names_each_field(setup, capsys):

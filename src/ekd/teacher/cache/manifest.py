@@ -399,9 +399,13 @@ _CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.
 
 
 def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:
-    """Raise CacheError when ``directory`` is a file: its manifest, named for the cache (try-out 46: "manifest.json
-    missing" of the manifest itself), names the directory holding it."""
-    if not directory.is_file():
+    """Raise CacheError when ``directory`` is no directory (a file, a device such as /dev/null) or lies under a
+    file: its manifest, named for the cache (try-out 46: "manifest.json missing" of the manifest itself), names
+    the directory holding it; a path under a file was told to build the cache there (try-out 48)."""
+    above = next((p for p in directory.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CacheError(f"{option}={directory} lies under {above}, which is a file; name a directory")
+    if not directory.exists() or directory.is_dir():
         return
     fix = (
         f"name the directory that holds it ({option}={directory.parent})"

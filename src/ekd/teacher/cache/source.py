@@ -33,6 +33,7 @@ from ekd.teacher.cache.manifest import (
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
+    refuse_a_file,
     same_directory,
 )
 from ekd.teacher.cache.reader import CacheReader
@@ -77,6 +78,7 @@ def check_cache_dir(directory: str) -> None:
         CacheError: one line naming the key, the path and the fix (build it with ``ekd cache CONFIG``).
     """
     path = Path(directory)
+    refuse_a_file(path)
     if not path.exists():
         raise CacheError(
             f"teacher.cache_dir {path} does not exist: build the cache first with `ekd cache CONFIG` "
