@@ -156,4 +156,13 @@ def metric_keys(groups: list[Group]) -> list[str]:
     """``<column>/<metric>`` for every student eval set column (:func:`label_eval_sets`; teacher rows
     excluded), then cost columns."""
     sets = sorted({c for g in groups for r in g.runs for c in r.column_names() if not c.endswith("/teacher")})
-    return [f"{s}/{m}" for s in sets for m in METRICS] + ["kd_pct", "bytes_per_token"]
+    return [f"{s}/{m}" for s in sets for m in METRICS if _shown(groups, s, m)] + ["kd_pct", "bytes_per_token"]
+
+
+def _shown(groups: list[Group], column: str, metric: str) -> bool:
+    """Whether ``metric`` says anything in ``column``: 'ppl w/o EOS' not where no run's set holds an
+    end-of-document target (``data.separator=none``: it would repeat ppl; try-out 48)."""
+    if metric != "ppl_no_boundary":
+        return True
+    entries = [r.entry(column) for g in groups for r in g.runs if r.entry(column)]
+    return any(e.get("boundary_tokens") != 0 for e in entries)
