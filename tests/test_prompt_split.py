@@ -158,3 +158,31 @@ def test_a_prompt_ending_in_a_space_splits_no_word_and_pieces_show_their_word_ma
         pack_documents([Document("ts sleep all day.", "r:9", prompt="Answer: Ca")], tok, block_length=8)
     (line,) = warnings_of(caplog)
     assert "joined ' Answer:' ' Cats'" in line, line
+
+
+def test_with_a_prefix_space_tokenizer_a_run_together_piece_is_no_split_word(caplog) -> None:
+    """Try-out 49, F1: prompt 'green that' + response 'alpha …' trains '▁that ▁alpha' with a SentencePiece-style
+    tokenizer; a piece of the run-together 'thatalpha' across the cut warned on 1 row of 24 of that shape. Only a
+    token that begins a word ('▁green' across 'gr' | 'een') is a split word there."""
+    texts = [
+        "green that alpha beta data tall talk",
+        "the cat sat on the mat with data",
+        "that alpha is a beta",
+    ]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(prepend_scheme="always")
+    backend.train_from_iterator(
+        texts * 50, trainers.BpeTrainer(vocab_size=150, special_tokens=["<unk>", "</s>"])
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    joined = tok(["green alphathat beta"], add_special_tokens=False)["input_ids"][0]
+    assert "at" in tok.convert_ids_to_tokens(joined)  # a piece across 'alpha' | 'that', beginning no word
+    rows = [Document("that beta", f"r:{i}", prompt="green alpha") for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents(rows, tok, block_length=4, split="train")
+    assert warnings_of(caplog) == []
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        pack_documents([*rows, Document("een that", "r:x", prompt="the gr")], tok, block_length=4)
+    (line,) = warnings_of(caplog)
+    assert "1 of 4" in line and "first: r:x" in line, line

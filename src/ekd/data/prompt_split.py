@@ -67,11 +67,12 @@ class PromptBoundaryCheck:
         joined = tokenizer(
             [p + r for _, p, r in rows], add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
+        word_start = prefixes_a_space(tokenizer)
         for (doc_id, prompt, response), ids, offsets, p_ids, r_ids in zip(
             rows, joined["input_ids"], joined["offset_mapping"], prompts, responses
         ):
             self.checked += 1
-            if not splits_a_word(prompt + response, len(prompt), offsets):
+            if not splits_a_word(prompt + response, len(prompt), offsets, word_start):
                 continue
             if not self.differing:
                 self.first, self.where = doc_id, _parting(p_ids + r_ids, len(p_ids), ids, tokenizer)
@@ -95,13 +96,26 @@ class PromptBoundaryCheck:
         )
 
 
-def splits_a_word(text: str, cut: int, offsets: list[tuple[int, int]]) -> bool:
+def splits_a_word(text: str, cut: int, offsets: list[tuple[int, int]], word_start: bool = False) -> bool:
     """Whether a token of ``text`` (its character ``offsets``) holds text on both sides of character ``cut``: a
     word split there. A token that only begins with the whitespace before the cut (a SentencePiece '▁runs' after
-    a prompt ending in a space; try-out 48) splits nothing."""
-    return any(
-        start < cut < end and text[start:cut].strip() and text[cut:end].strip() for start, end in offsets
-    )
+    a prompt ending in a space; try-out 48) splits nothing. ``word_start`` (a tokenizer that starts every string
+    with a prefix space, :func:`prefixes_a_space`): only a token that begins a word counts ('▁river' across
+    'riv' | 'er'), since such a tokenizer trains prompt 'that' + response 'alpha' as 'that alpha' — a piece of the
+    run-together 'thatalpha' across the cut is no word (try-out 49)."""
+    for start, end in offsets:
+        if not (start < cut < end and text[start:cut].strip() and text[cut:end].strip()):
+            continue
+        if not word_start or start == 0 or text[start - 1].isspace() or text[start].isspace():
+            return True
+    return False
+
+
+def prefixes_a_space(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer`` starts every string it encodes with a word mark (SentencePiece's '▁' prefix space):
+    then prompt and response, tokenized apart, are always two words."""
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bool(ids) and str(tokenizer.convert_ids_to_tokens(ids[0]) or "").startswith("▁")
 
 
 def _parting(apart: list[int], boundary: int, whole: list[int], tokenizer: PreTrainedTokenizerBase) -> str:
