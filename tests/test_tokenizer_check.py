@@ -400,6 +400,7 @@ def test_a_run_without_eos_under_separator_none_trains_and_evaluates(tmp_path, c
         main(["compare", str(tmp_path / "runs" / "r"), "--out", str(tmp_path / "cmp")]) == 0
     )  # try-out 48, F4
     assert "ppl w/o EOS" not in (tmp_path / "cmp" / "compare.md").read_text()
+    assert "ppl_no_boundary" not in (tmp_path / "cmp" / "compare.csv").read_text()  # try-out 49: teacher row
 
 
 def test_a_student_tokenizer_with_added_tokens_is_told_what_differs(tmp_path):

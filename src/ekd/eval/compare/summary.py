@@ -204,8 +204,9 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                     teacher = recorded.get("model") or (r.config.get("model") or {}).get("teacher")
                     row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": []}
                     rows.append(row)
+                no_boundary = r.entry(c[: -len("/teacher")]).get("boundary_tokens") == 0  # separator=none
                 for m, v in r.entry(c).items():
-                    if m in METRICS:
+                    if m in METRICS and not (m == "ppl_no_boundary" and no_boundary):  # it would repeat ppl
                         row["values"].setdefault(f"{set_of(c)}/{m}", {}).setdefault(r.seed, []).append(v)
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
