@@ -480,7 +480,7 @@ def test_a_cache_dir_naming_a_file_says_so_and_names_the_directory(setup, tmp_pa
     # try-out 48, F5: a path under a file, and a device, were told to build the cache there
     for path, says in (
         (other / "sub", f"lies under {other}, which is a file"),
-        (Path("/dev/null"), "is a file"),
+        (Path("/dev/null"), "is no directory"),
     ):
         for command in (
             ["distill", setup["cfg"], "run.name=file", "teacher.source=cache"],

@@ -412,7 +412,8 @@ def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:
         if directory.name == MANIFEST
         else "name the directory `ekd cache CONFIG` writes the cache to"
     )
-    raise CacheError(f"{option}={directory} is a file, not a teacher cache directory; {fix}")
+    what = "a file" if directory.is_file() else "no directory"  # /dev/null is a device (try-out 49)
+    raise CacheError(f"{option}={directory} is {what}, not a teacher cache directory; {fix}")
 
 
 def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") -> None:
