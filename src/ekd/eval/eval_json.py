@@ -149,31 +149,32 @@ def malformed(saved: Any) -> str | None:
     45, F3: a string, a list or an object where a number is expected was a traceback in ``ekd compare`` and was
     kept without a word, or dropped while said kept, by ``ekd eval``)."""
     if not isinstance(saved, dict):
-        return f"it holds a JSON {_json_kind(saved)}, not an object of eval sets"
+        return f"it holds a JSON {value_kind(saved)}, not an object of eval sets"
     for name, entry in saved.items():
         if name == "tasks":
             if not isinstance(entry, dict):
-                return f"its 'tasks' section is a JSON {_json_kind(entry)}, not an object"
+                return f"its 'tasks' section is a JSON {value_kind(entry)}, not an object"
             continue
         if not isinstance(entry, dict):
-            return f"entry '{name}' is a JSON {_json_kind(entry)} ({_short(entry)}), not an object of metrics"
+            return f"entry '{name}' is a JSON {value_kind(entry)} ({_short(entry)}), not an object of metrics"
         for key, value in entry.items():
             if key in RECORD_KEYS:
                 if not isinstance(value, dict):
-                    return f"'{name}' records '{key}' as a JSON {_json_kind(value)}, not an object"
+                    return f"'{name}' records '{key}' as a JSON {value_kind(value)}, not an object"
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return (
-                    f"'{name}' metric '{key}' is a JSON {_json_kind(value)} ({_short(value)}), not a number"
+                    f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({_short(value)}), not a number"
                 )
     return None
 
 
-def _json_kind(value: Any) -> str:
-    """The JSON type of a parsed value, in words: 'list', 'string', 'number', 'object'."""
+def value_kind(value: Any) -> str:
+    """The kind of a parsed JSON or YAML value, in words: 'object', 'list', 'string', 'number', 'boolean',
+    'null' (another YAML type: its Python name)."""
     if isinstance(value, bool):
         return "boolean"
-    kinds = {dict: "object", list: "list", str: "string", int: "number", float: "number"}
-    return next((w for t, w in kinds.items() if isinstance(value, t)), "null")
+    kinds = {dict: "object", list: "list", str: "string", int: "number", float: "number", type(None): "null"}
+    return next((w for t, w in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -227,13 +227,18 @@ def _split_of(task: Any) -> str:
     return task.get_config("test_split") or task.get_config("validation_split") or ""
 
 
-def _where(task_name: str, task: Any, split: str) -> str:
-    """ "task 'my_mc' (/data/my_mc.jsonl)": the task and the file its split reads, when the config names one."""
+def _task_files(task: Any, split: str) -> list[str]:
+    """The local files a loaded task's ``split`` reads (:func:`data_files` of its config)."""
     cfg = {
         "dataset_kwargs": task.get_config("dataset_kwargs"),
         "dataset_path": task.get_config("dataset_path"),
     }
-    files = data_files(cfg, split)
+    return data_files(cfg, split)
+
+
+def _where(task_name: str, task: Any, split: str) -> str:
+    """ "task 'my_mc' (/data/my_mc.jsonl)": the task and the file its split reads, when the config names one."""
+    files = _task_files(task, split)
     return f"task '{task_name}'" + (f" ({files[0]})" if len(files) == 1 else "")
 
 
@@ -300,12 +305,8 @@ def _float_answer_column(task: Any) -> str:
 def _float_column(column: str, task: Any, split: str) -> str:
     """The cause of :func:`_float_answer_column`, naming the first row of a local JSONL file that writes the column
     as a float (a decimal point or an empty cell turns the whole column float, so every row reads as one)."""
-    cfg = {
-        "dataset_kwargs": task.get_config("dataset_kwargs"),
-        "dataset_path": task.get_config("dataset_path"),
-    }
     culprit = ""
-    for file in data_files(cfg, split):
+    for file in _task_files(task, split):
         culprit = _first_float_row(Path(file).expanduser(), column)
         if culprit:
             break

@@ -469,7 +469,7 @@ def _added_tokens_fix(
     plus = f"the student's is the teacher's plus {counted(len(added), 'added token')} ({shown})"
     if type(student) is type(teacher):
         return f"{plus}: save the teacher's tokenizer files into the student's directory if it does not need them"
-    if set(added) <= set(class_added_tokens(student).values()):
+    if set(added) <= set(class_added_tokens(student, file_tokenizer(student)).values()):
         return (
             f"{plus}, which its class {type(student).__name__} adds (transformers picks the class by the "
             "model_type next to the files): remove the tokenizer files from the student's directory, so that the "
@@ -531,8 +531,9 @@ def check_head_covers(
     """
     if rows >= tokenizer_length:
         return
-    past = {i: t for i, t in class_added_tokens(tokenizer).items() if i >= rows} if tokenizer else {}
-    if tokenizer is not None and past and len(file_tokenizer(tokenizer) or ()) <= rows:
+    alone = file_tokenizer(tokenizer) if tokenizer is not None else None
+    past = {i: t for i, t in class_added_tokens(tokenizer, alone).items() if i >= rows}
+    if past and alone is not None and len(alone) <= rows:
         ids = sorted(past)
         tokens = ", ".join(f"{i} {past[i]!r}" for i in ids[:4]) + (", …" if len(ids) > 4 else "")
         source = tokenizer.name_or_path
@@ -570,11 +571,10 @@ def file_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase | No
         library.setLevel(level)
 
 
-def class_added_tokens(tok: PreTrainedTokenizerBase) -> dict[int, str]:
+def class_added_tokens(tok: PreTrainedTokenizerBase, alone: PreTrainedTokenizerBase | None) -> dict[int, str]:
     """id → token of the tokens ``tok`` holds that its files do not: added by its class (transformers 5's
-    ``Qwen2Tokenizer`` adds ``<|endoftext|>`` as its unk and pad token to files without it). Empty when the
-    files cannot be read alone (:func:`file_tokenizer`)."""
-    alone = file_tokenizer(tok)
+    ``Qwen2Tokenizer`` adds ``<|endoftext|>`` as its unk and pad token to files without it). ``alone``: its files
+    loaded alone (:func:`file_tokenizer`, loaded once by the caller, which uses it too); empty when None."""
     if alone is None:
         return {}
     held = alone.get_vocab()

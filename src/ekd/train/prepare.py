@@ -210,9 +210,9 @@ def own_tokenizer(tok: PreTrainedTokenizerBase, rows: int | None, role: str) -> 
     512-row head; the run's tokenizer named as those files alone was then refused as another tokenizer)."""
     if rows is None or len(tok) <= rows:
         return tok
-    added = class_added_tokens(tok)
-    alone = file_tokenizer(tok) if added else None
-    if alone is None or len(alone) > rows:
+    alone = file_tokenizer(tok)  # loaded once: what it adds and what is taken
+    added = class_added_tokens(tok, alone)
+    if not added or alone is None or len(alone) > rows:
         return tok
     log.info(
         "model.%s: its tokenizer loads as %s, which adds %s its %d-row head has no row for; its files alone "

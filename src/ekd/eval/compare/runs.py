@@ -24,6 +24,7 @@ from ekd.eval.eval_json import (
     malformed,
     set_settings,
     split_settings,
+    value_kind,
 )
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
@@ -389,9 +390,9 @@ def config_problem(config: Any, identity: bool = True) -> str | None:
     method and seed group and pair the run), has ``method.preset`` a name and ``run.seed`` a whole number, as
     ekd distill of any version writes them (``ekd eval`` takes a missing key at its default)."""
     if not isinstance(config, dict):
-        return f"a YAML {_yaml_kind(config)}, not a mapping of sections"
+        return f"a YAML {value_kind(config)}, not a mapping of sections"
     if bad := [str(s) for s, v in config.items() if v is not None and not isinstance(v, dict)]:
-        return f"section '{bad[0]}' is a YAML {_yaml_kind(config[bad[0]])}, not a mapping"
+        return f"section '{bad[0]}' is a YAML {value_kind(config[bad[0]])}, not a mapping"
     if not identity:
         return None
     preset = (config.get("method") or {}).get("preset")
@@ -401,12 +402,6 @@ def config_problem(config: Any, identity: bool = True) -> str | None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         return "no run.seed" if seed is None else f"run.seed={seed!r}, not a whole number"
     return None
-
-
-def _yaml_kind(value: Any) -> str:
-    """A parsed YAML value's kind, in words: 'list', 'string', 'number'."""
-    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
-    return next((w for t, w in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
 def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
