@@ -3,6 +3,9 @@ run feeds must use it: two different tokenizers are refused in one line, never s
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from ekd.config import load_config
@@ -649,3 +652,45 @@ def test_a_token_the_teachers_class_adds_is_named_in_the_first_refusal_and_its_f
         with caplog.at_level(logging.INFO, logger="ekd"):
             assert len(prepare_tokenizer(_cfg(teacher, student, named), tmp_path, None)) == rows
         assert "its files alone (TokenizersBackend" in caplog.text
+
+
+def test_a_hub_tokenizers_files_alone_are_read_at_its_revision(tmp_path):
+    """Review 106, item 14: the files alone of a tokenizer loaded at ``model.revision`` were read at the default
+    branch; where both are in the hub cache and differ, the class-added tokens were another snapshot's. In a
+    fresh process, as a user's run reads HF_HUB_CACHE from the environment."""
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    repo = tmp_path / "hub" / "models--someorg--tok"
+    for ref, commit, extra in (("main", "a" * 40, []), ("v1", "b" * 40, ["zeta", "omega"])):
+        words = {w: i for i, w in enumerate(["[UNK]", "<eos>", *sorted(set(WORDS)), *extra])}
+        backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>")
+        tok.save_pretrained(repo / "snapshots" / commit)
+        (repo / "snapshots" / commit / "config.json").write_text(
+            '{"model_type": "llama"}'
+        )  # AutoTokenizer reads it
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "ALL_PROXY", "all_proxy"))}
+    env |= {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "src"}
+    script = (
+        "from ekd.models.load import file_tokenizer, load_tokenizer\n"
+        "tok = load_tokenizer('someorg/tok', 'v1')\n"
+        "print(len(tok), len(file_tokenizer(tok)), len(file_tokenizer(load_tokenizer('someorg/tok'))))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    v1, v1_alone, main_alone = map(int, run.stdout.split())
+    assert v1 == v1_alone == main_alone + 2, run.stdout

@@ -9,6 +9,7 @@ with safetensors.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,13 +233,21 @@ def load_tokenizer(
         )
     kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
-    return load_or_refuse(
+    tok = load_or_refuse(
         spec,
         role,
         lambda: AutoTokenizer.from_pretrained(source, **kwargs),
         "a tokenizer",
         drop=CONFIG_LOGGERS,  # the model's load says what matters about its config.json
     )
+    if local is None and revision:
+        _HUB_REVISION[tok] = revision  # its files alone are read at the same revision (file_tokenizer)
+    return tok
+
+
+# tokenizer → the hub revision load_tokenizer read it at: transformers keeps no record of it, and file_tokenizer
+# must read the same snapshot (review 106, item 14: the default branch's files could differ)
+_HUB_REVISION: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, str] = weakref.WeakKeyDictionary()
 
 
 CONFIG_LOGGERS = ("transformers.configuration_utils", "transformers.models.auto.configuration_auto")
@@ -554,7 +563,7 @@ def file_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase | No
     """``tok``'s files (tokenizer.json, tokenizer_config.json) loaded alone, by transformers' generic fast class
     (``PreTrainedTokenizerFast``), not the class ``AutoTokenizer`` picks by the ``model_type`` next to them:
     what a directory holding only those files gives. None where they cannot be read so (no tokenizer.json, a
-    hub id not in the local cache)."""
+    hub id not in the local cache). A hub id's files are read at the revision :func:`load_tokenizer` read it at."""
     from transformers import PreTrainedTokenizerFast
 
     source = getattr(tok, "name_or_path", "")
@@ -564,7 +573,8 @@ def file_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase | No
     level = library.level
     library.setLevel(logging.ERROR)  # a second load of files already loaded: nothing to say twice
     try:
-        return PreTrainedTokenizerFast.from_pretrained(source, local_files_only=True)
+        revision = {"revision": _HUB_REVISION[tok]} if tok in _HUB_REVISION else {}
+        return PreTrainedTokenizerFast.from_pretrained(source, local_files_only=True, **revision)
     except Exception:  # noqa: BLE001 — the files cannot be read alone: nothing is said of them
         return None
     finally:
