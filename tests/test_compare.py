@@ -44,7 +44,7 @@ def test_mean_std_and_paired_verdicts(tmp_path):
         _fake_run(tmp_path, "kd1", "kd", 1, 12.0, 0.60),
         _fake_run(tmp_path, "kd2", "kd", 2, 11.0, 0.55),
         _fake_run(tmp_path, "se0", "sekd", 0, 9.0, 0.52),  # ppl better by 1.0, 1.0, 1.5 → better
-        _fake_run(tmp_path, "se1", "sekd", 1, 11.0, 0.58),  # kl diffs +0.02, −0.02, +0.01 → within spread
+        _fake_run(tmp_path, "se1", "sekd", 1, 11.0, 0.58),  # kl diffs +0.02, −0.02, +0.01 → not significant
         _fake_run(tmp_path, "se2", "sekd", 2, 9.5, 0.56),
         _fake_run(tmp_path, "kdlr", "kd", 0, 20.0, 0.9, lr=1e-2),  # another config of kd: its own group
     ]
@@ -61,8 +61,9 @@ def test_mean_std_and_paired_verdicts(tmp_path):
     assert d["mean"] == pytest.approx(-7 / 6) and d["std"] == pytest.approx(
         statistics.stdev([-1.0, -1.0, -1.5])
     )
-    assert d["verdict"] == "better"  # lower perplexity, beyond the spread
-    assert by["sekd"]["vs"]["kd"]["eval/kl"]["verdict"] == "within spread"
+    assert d["verdict"] == "better"  # lower perplexity: t₀.₉₇₅,₂·std/√3 = 0.72 < 1.17
+    assert d["ci95"] == pytest.approx(4.302653 * statistics.stdev([-1.0, -1.0, -1.5]) / math.sqrt(3))
+    assert by["sekd"]["vs"]["kd"]["eval/kl"]["verdict"] == "not significant"
     assert by["kd#2"]["vs"]["kd"]["eval/ppl"]["verdict"] == "1 seed"
     # KD fraction: Σcount / Σ(count/fraction) = 40 / (60 + 40)
     assert by["kd"]["metrics"]["kd_pct"]["mean"] == pytest.approx(40.0)
@@ -72,7 +73,7 @@ def test_mean_std_and_paired_verdicts(tmp_path):
     row = next(r for r in rows if r["method"] == "sekd" and r["metric"] == "eval/ppl")
     assert float(row["mean"]) == pytest.approx(9.833333, rel=1e-5) and row["kd_verdict"] == "better"
     md = (tmp_path / "out" / "compare.md").read_text()
-    assert "11.00 ± 1.00" in md and "(better)" in md and "(within spread)" in md
+    assert "11.00 ± 1.00" in md and "(better)" in md and "(not significant)" in md
 
 
 def _layout(run: Path, micro: int, ranks: int, parallel: str) -> Path:
@@ -1163,3 +1164,27 @@ def test_whether_a_run_trained_with_its_teacher_is_the_trainers_rule_for_every_p
         assert record.trains_with_teacher() == (teacher_needed(cfg) or scores_samples_with_teacher(cfg)), (
             preset
         )
+
+
+@pytest.mark.parametrize(
+    "diffs, verdict",
+    [
+        ([-1.0, -1.4], "not significant"),  # mean beyond one std, but t₀.₉₇₅,₁·std/√2 = 2.54
+        ([-1.0, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -1.0], "better"),  # mean 0.90 std, half-width 0.84 std
+    ],
+    ids=["2-seeds", "8-seeds"],
+)
+def test_a_verdict_is_a_paired_t_test_at_the_5_percent_level(tmp_path, diffs, verdict):
+    """Try-out 45, F8: 'better' only needed the mean paired difference to exceed its sample std — with 2 seeds
+    about 60% confidence, with 8 seeds stricter than 95%. Now the 95% interval of the mean must exclude 0."""
+    runs = []
+    for seed, d in enumerate(diffs):
+        runs.append(_fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0, 0.5))
+        runs.append(_fake_run(tmp_path, f"se{seed}", "sekd", seed, 10.0 + d, 0.5))
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    d = next(g for g in s["groups"] if g["method"] == "sekd")["vs"]["kd"]["eval/ppl"]
+    n, mean, std = len(diffs), statistics.fmean(diffs), statistics.stdev(diffs)
+    t975 = {2: 12.706205, 8: 2.364624}[n]  # Student's t, two-sided 95%, n − 1 degrees of freedom
+    assert d["mean"] == pytest.approx(mean) and d["ci95"] == pytest.approx(t975 * std / math.sqrt(n))
+    assert d["verdict"] == verdict
+    assert f"({verdict}" in (tmp_path / "out" / "compare.md").read_text()

@@ -12,9 +12,9 @@ data.max_eval_blocks=48``: other blocks, tokenizer or scored tokens) is one *col
 ``eval#2``, :func:`label_eval_sets`): a mean, a spread and a paired difference are over the seeds scored one
 way, never over two sets. Against
 each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
-``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the mean difference, in the
-metric's better direction, exceeds the spread of the paired differences; a difference inside the spread is
-"within spread"; one shared seed is "1 seed" (no spread to compare against).
+``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the 95% confidence interval of
+the mean difference (Student's t over the seeds: a paired t-test) excludes 0 in the metric's better direction;
+otherwise "not significant"; one shared seed is "1 seed" (no spread to compare against).
 
 Outputs (``--out DIR``): ``compare.md``, ``compare.csv``, ``compare.json`` and ``plots/``:
 ``pareto-<metric>.png`` (held-out KL and perplexity vs teacher bytes per training token, the Pareto

@@ -127,8 +127,8 @@ def markdown(summary: dict[str, Any]) -> str:
                 (k, _header(k), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
             ]
             parts.append(
-                f"\nPaired difference vs `{b}` (same seeds; method − {b}; verdict: better/worse only "
-                "when the mean difference exceeds the spread of the paired differences).\n"
+                f"\nPaired difference vs `{b}` (same seeds; method − {b}, mean ± std; verdict: better/worse only "
+                "when the 95% confidence interval of the mean difference excludes 0, a paired t-test).\n"
             )
             parts.append(results_table(diff_rows, dcols))
     return "\n".join(parts)

@@ -29,7 +29,9 @@ COST_KEYS = ("kd_pct", "bytes_per_token")  # what a method spends (try-out 31: f
 
 
 def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]:
-    """``group − baseline`` on the seeds both have: mean, std, n and a verdict for ``key``'s metric.
+    """``group − baseline`` on the seeds both have: mean, std, n, the 95% confidence half-width (``ci95``,
+    :func:`ci95_half_width`) and a verdict for ``key``'s metric: better/worse (higher/lower for a cost) only when
+    the interval excludes 0 (a paired t-test), else :data:`NOT_SIGNIFICANT`.
 
     A seed pairs only runs scored alike: on the same eval set (the column's: :meth:`Group.values`) for a text
     eval set's metric, and against the same teacher for KL and agreement. When no seed pairs, the verdict says
@@ -41,20 +43,21 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
     seeds = [s for s in sorted(set(a) & set(b)) if s not in why_not]
     diffs = [a[s] - b[s] for s in seeds]
     mean, std = mean_std(diffs)
+    half = ci95_half_width(std, len(diffs))
     higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
     if not diffs:
         verdict = next(iter(why_not.values()), "no shared seed")
     elif len(diffs) == 1:
         verdict = "1 seed"
-    elif (
-        abs(mean) > std and key in COST_KEYS
-    ):  # a cost, not a quality: which way is better is the user's call
+    elif not abs(mean) > half:
+        verdict = NOT_SIGNIFICANT
+    elif key in COST_KEYS:  # a cost, not a quality: which way is better is the user's call
         verdict = "higher" if mean > 0 else "lower"
-    elif abs(mean) > std:
-        verdict = "better" if (mean > 0) == higher else "worse"
     else:
-        verdict = "within spread"
+        verdict = "better" if (mean > 0) == higher else "worse"
     out = {"mean": mean, "std": std, "n": len(diffs), "verdict": verdict}
+    if math.isfinite(half):
+        out["ci95"] = half
     noise = item_noise(group, baseline, key, seeds)
     if verdict in ("better", "worse", "1 seed") and abs(mean) < noise:
         out["verdict"] = ITEM_NOISE  # a fixed set of n items: seeds cannot average its sampling error away
@@ -64,6 +67,19 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
 
 
 ITEM_NOISE = "within item noise"
+NOT_SIGNIFICANT = "not significant"  # the 95% confidence interval of the mean difference holds 0
+
+
+def ci95_half_width(std: float, n: int) -> float:
+    """The half-width of the two-sided 95% confidence interval of the mean of ``n`` paired differences of sample
+    standard deviation ``std``: t₀.₉₇₅,ₙ₋₁ · std / √n (Student's t; the paired t-test at the 5% level, two-sided).
+    NaN for n < 2. With 2 seeds t is 12.7: a difference resolves only if it is ~9 times its spread (try-out 45,
+    F8: 'better' needed only the mean to exceed the sample std, ~60% confidence at 2 seeds)."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
 
 
 def item_noise(group: Group, baseline: Group, key: str, seeds: list[int] | None = None) -> float:
