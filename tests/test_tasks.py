@@ -353,7 +353,13 @@ def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, tmp_path, mo
         "shift": again["student"]["tiny_gen"]["value"],
     }
     assert "tiny_mc" in capsys.readouterr().out
-    assert "Downstream tasks" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "Downstream tasks" in report
+    entry = _eval_json(run_dir)[
+        "eval"
+    ]  # try-out 45, F11: the eval sets' table says what its figures average over
+    sizes = f"eval: {int(entry['documents'])} documents, {int(entry['tokens']):,} tokens"
+    assert "Eval sets (documents, scored tokens): " in report and sizes in report, report
     from ekd.eval.compare import compare_runs, markdown
 
     table = markdown(compare_runs([run_dir], run_dir.parent / "cmp", ("kd",), plots=False))

@@ -313,7 +313,7 @@ def write_outputs(
 ) -> None:
     """Merge ``tasks`` into eval.json (``saved``: as it stood, :func:`_read_eval_json`), write report.md (eval
     sets + tasks) and the MC reliability diagrams."""
-    from ekd.eval.report import plot_reliability, results_table, write_report
+    from ekd.eval.report import plot_reliability, results_table, sizes_note, write_report
 
     results = dict(_read_eval_json(run_dir) if saved is None else saved)
     results["tasks"] = section
@@ -325,7 +325,17 @@ def write_outputs(
         rows = [{"set": k, "tag": tm.tag_of(k.split("/")[0], tags), **v} for k, v in sets.items()]
         cols = [("set", "eval set", ""), ("tag", "tag", ""), ("ppl", "ppl", ".2f"), ("acc", "acc", ".3f")]
         cols += [("ece", "ECE %", ".2f"), ("kl", "KL(t‖s)", ".3f")]
-        reports.append(("Eval sets", results_table(rows, cols)))
+        # what each set's figures average over, tiny sets marked, as under the demo's tables (try-out 45, F11)
+        sizes = {
+            k: (int(v["documents"]), int(v["tokens"]))
+            for k, v in sets.items()
+            if "/" not in k
+            and isinstance(v.get("documents"), (int, float))
+            and isinstance(v.get("tokens"), (int, float))
+        }
+        reports.append(
+            ("Eval sets", "\n\n".join(filter(None, [results_table(rows, cols), sizes_note(sizes)])))
+        )
     reports.append(("Downstream tasks (lm-evaluation-harness)", tasks_markdown(section)))
     write_report(run_dir, title, reports)
     if plots:
