@@ -489,6 +489,20 @@ def test_a_cache_dir_naming_a_file_says_so_and_names_the_directory(setup, tmp_pa
             assert main([*command, f"teacher.cache_dir={path}"]) == 2
             line = _error_line(capsys)
             assert f"teacher.cache_dir={path} {says}" in line and line.count("teacher.cache_dir") == 1, line
+    # try-out 49, F4: `ekd cache info|verify DIR` names DIR as typed, not as a setting the user did not write
+    for path, says in (
+        (
+            manifest,
+            f"{manifest} is a file, not a teacher cache directory; name the directory that holds it (",
+        ),
+        (other, f"{other} is a file"),
+        (other / "sub", f"{other / 'sub'} lies under {other}, which is a file"),
+        (Path("/dev/null"), "/dev/null is no directory"),
+    ):
+        for command in ("info", "verify"):
+            assert main(["cache", command, str(path)]) == 2
+            line = _error_line(capsys)
+            assert line.startswith(f"ekd: error: {says}") and "teacher.cache_dir" not in line, line
 
 
 def test_signature_mismatch_names_each_field(setup, capsys):

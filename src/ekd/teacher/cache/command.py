@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.io import writing
-from ekd.teacher.cache.manifest import REBUILD_SHARDS
+from ekd.teacher.cache.manifest import REBUILD_SHARDS, refuse_a_file
 from ekd.words import counted
 
 INSPECT = ("info", "verify")
@@ -144,6 +144,9 @@ def run_cache_command(args) -> int:
     if args.config in INSPECT:
         if len(args.overrides) != 1:
             raise EkdError(f"usage: ekd cache {args.config} DIR (one cache directory)")
+        refuse_a_file(
+            Path(args.overrides[0]), option=""
+        )  # named as typed, not as teacher.cache_dir (try-out 49)
         reader = CacheReader(args.overrides[0])
         if args.config == "info":
             print(format_info(reader.info()))

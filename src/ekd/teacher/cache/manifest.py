@@ -401,19 +401,21 @@ _CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.
 def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:
     """Raise CacheError when ``directory`` is no directory (a file, a device such as /dev/null) or lies under a
     file: its manifest, named for the cache (try-out 46: "manifest.json missing" of the manifest itself), names
-    the directory holding it; a path under a file was told to build the cache there (try-out 48)."""
+    the directory holding it; a path under a file was told to build the cache there (try-out 48). ``option``:
+    the setting that names it, or "" for a command's argument (``ekd cache info DIR``: the path alone)."""
+    named = lambda path: f"{option}={path}" if option else str(path)  # noqa: E731
     above = next((p for p in directory.parents if p.exists()), None)
     if above is not None and not above.is_dir():
-        raise CacheError(f"{option}={directory} lies under {above}, which is a file; name a directory")
+        raise CacheError(f"{named(directory)} lies under {above}, which is a file; name a directory")
     if not directory.exists() or directory.is_dir():
         return
     fix = (
-        f"name the directory that holds it ({option}={directory.parent})"
+        f"name the directory that holds it ({named(directory.parent)})"
         if directory.name == MANIFEST
         else "name the directory `ekd cache CONFIG` writes the cache to"
     )
     what = "a file" if directory.is_file() else "no directory"  # /dev/null is a device (try-out 49)
-    raise CacheError(f"{option}={directory} is {what}, not a teacher cache directory; {fix}")
+    raise CacheError(f"{named(directory)} is {what}, not a teacher cache directory; {fix}")
 
 
 def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") -> None:
