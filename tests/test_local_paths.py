@@ -276,6 +276,31 @@ def test_task_results_of_a_local_model_survive_a_respelling():
     assert not same_model("org/a@main", "org/b@main")
 
 
+def test_task_results_belong_to_a_models_bytes_not_its_files_times(tmp_path):
+    """A task cache was keyed by the weight files' names, sizes and mtimes: other weights of the same sizes with
+    the times put back (rsync -a, cp -p of another checkpoint) read the old model's scores, and a plain copy was
+    scored again. Now the bytes of the weights and of the ``*.json`` files decide."""
+    from ekd.train.task_evaluation import model_identity, same_model
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    first = model_identity(str(model))
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy, copy_function=shutil.copyfile)  # new mtimes
+    assert same_model(first, model_identity(str(copy)))
+    weights = model / "model.safetensors"
+    st = weights.stat()
+    weights.write_bytes(b"\x00" * 63 + b"\x01")  # same size, its times put back
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not same_model(first, model_identity(str(model)))
+    weights.write_bytes(b"\x00" * 64)
+    assert model_identity(str(model)) == first
+    (model / "config.json").write_text('{"model_type": "llama", "final_logit_softcapping": 30.0}')
+    assert not same_model(first, model_identity(str(model)))
+
+
 def test_a_path_that_cannot_be_a_file_name_is_kept(monkeypatch, tmp_path):
     """A Jinja template too long for a file name is no path: kept as given (no OSError)."""
     monkeypatch.chdir(tmp_path)

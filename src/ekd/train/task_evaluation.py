@@ -140,20 +140,24 @@ def _matching(entries: list[dict[str, Any]], signature: dict[str, Any]) -> dict[
 
 
 def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
-    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub
-    id, or the weight files' names, sizes and mtimes of a local directory (a retrained model there is new)."""
+    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub id, or
+    for a local directory 16 hex digits of a sha256 over its weights' bytes (:func:`~ekd.models.identity.
+    weights_fingerprint`, memoised) and its ``*.json`` files' (config, generation config, tokenizer): a model
+    retrained or edited there is another model, a copy anywhere the same one (its files' sizes and mtimes keyed
+    it before: a copy was scored again, and another model of the same sizes and times was not)."""
     if is_preset(spec):
         return f"{spec}#seed{seed}"
     path = Path(spec).expanduser()
     if path.is_dir():
         import hashlib
 
-        h = hashlib.sha256()
+        from ekd.models.identity import weights_fingerprint
+
+        h = hashlib.sha256(f"{weights_fingerprint(spec)};".encode())
         for f in sorted(path.iterdir()):
-            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
-                st = f.stat()
-                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return f"{spec}#{h.hexdigest()[:12]}"
+            if f.is_file() and f.suffix == ".json":
+                h.update(f"{f.name}:".encode() + f.read_bytes() + b";")
+        return f"{spec}#{h.hexdigest()[:16]}"
     return f"{spec}@{revision}" if revision else spec
 
 
@@ -165,7 +169,7 @@ def same_model(saved: object, current: str) -> bool:
         return True
     if not isinstance(saved, str) or is_preset(current) or "#" not in saved or "#" not in current:
         return False
-    return re.fullmatch(r"[0-9a-f]{12}", current.rsplit("#", 1)[1]) is not None and (
+    return re.fullmatch(r"[0-9a-f]{12,16}", current.rsplit("#", 1)[1]) is not None and (
         saved.rsplit("#", 1)[1] == current.rsplit("#", 1)[1]
     )
 
