@@ -58,3 +58,44 @@ def test_bpe_merges_never_span_more_than_the_cap():
     longest = max(len(tok.convert_tokens_to_string([t]).encode()) for t in tok.get_vocab())
     assert longest <= MAX_PRETOKEN_CHARS
     assert tok.decode(tok(run).input_ids) == run  # encoding is unchanged by the cap
+
+
+def test_a_text_directory_skips_binary_files_and_names_them(tmp_path, caplog):
+    """Try-out 51: a tar archive is valid UTF-8 (ASCII headers, NUL padding) and was 93% of the training tokens
+    (F1); the files skipped as not UTF-8 were counted, never named (F2)."""
+    import io
+    import logging
+    import tarfile
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"doc{i}.txt").write_text(f"a real document number {i}\n")
+    with tarfile.open(corpus / "backup.tar", "w") as tar:
+        data = b"archived text\n"
+        info = tarfile.TarInfo("old.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (corpus / "dump.dat").write_bytes(b"hello\0\0\0world\0")
+    (corpus / "latin1.txt").write_bytes("café naïve ".encode("latin-1"))
+    (corpus / "blob.bin").write_bytes(bytes(range(256)))
+    cfg = load_config(overrides=[f"data.source={corpus}"])
+    with caplog.at_level(logging.DEBUG, logger="ekd"):
+        docs = load_documents(str(corpus), cfg.data)
+    assert sorted(d.doc_id for d in docs) == ["doc0.txt", "doc1.txt", "doc2.txt"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        "skipped 4 files that are not text: backup.tar (NUL bytes), blob.bin (not UTF-8), dump.dat (NUL "
+        in (warning)
+    ), warning
+    assert warning.count("(") == 4 and ", …" in warning  # three named, the rest at DEBUG
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.endswith("skipped latin1.txt (not UTF-8)") for m in debug), debug
+
+
+def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"text\0\0\0" + b"\0" * 500)
+    cfg = load_config(overrides=[f"data.source={path}"])
+    with pytest.raises(ConfigError, match=r"corpus.txt holds NUL bytes: a binary file, not text"):
+        load_documents(str(path), cfg.data)

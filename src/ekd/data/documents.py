@@ -21,8 +21,8 @@ one source (the syntax of ``data.source``) and applies ``data.min_chars`` and ``
   without such a separator is one document. Single blank lines (paragraphs) never split a document.
 - a directory (searched recursively; hidden files, ekd's own run directories, caches, token stores and lock
   files, and JSONL/Parquet files skipped: :mod:`ekd.data.text_dir`): one document per file, in sorted path
-  order, with one info line naming the files read by extension; files that are not UTF-8 are skipped with a
-  warning. A directory holding only row files is refused with the glob that reads them.
+  order, with one info line naming the files read by extension; files that are not text (not UTF-8, or with
+  NUL bytes as a binary file has) are skipped with a warning naming the first few. A directory holding only row files is refused with the glob that reads them.
 - a glob (``shards/*.jsonl``, ``corpus/**/*``; ekd's own outputs and lock files skipped as in a directory):
   every matched file in sorted path order, read by its format as naming it alone would — JSONL/Parquet files
   give their rows (chat rows with ``data.format=chat``, which refuses a matched text file), any other file is
@@ -348,19 +348,19 @@ def _read_files(
 ) -> Iterator[Document]:
     """Each file's documents in turn: rows of a 'jsonl' or 'parquet' file, a 'text' file as one document, its
     id the path relative to ``ids_under`` (a directory source), else the path as matched (a glob); files that
-    are not UTF-8 are skipped, with one warning line."""
-    not_utf8 = 0
+    are not text (:func:`_whole_file`) are skipped, with one warning line naming the first few."""
+    not_text: list[str] = []  # 'doc_id (why)' of each skipped file
     for path, fmt in zip(files, formats):
         doc_id = (path if ids_under is None else path.relative_to(ids_under)).as_posix()
         if fmt == "jsonl":
             yield from _read_jsonl(path, data_cfg, key, skipped)
         elif fmt == "parquet":
             yield from _read_parquet(path, data_cfg, key, skipped)
-        elif (doc := _whole_file(path, doc_id)) is not None:
+        elif isinstance(doc := _whole_file(path, doc_id), Document):
             yield doc
         else:
-            not_utf8 += 1
-    _warn_not_utf8(not_utf8, key, source)
+            not_text.append(f"{doc_id} ({doc})")
+    _warn_not_text(not_text, key, source)
 
 
 def _format_from_suffix(path: Path, key: str) -> str:
@@ -393,6 +393,11 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
         with path.open(encoding="utf-8") as f:
             while True:
                 chunk = f.read(TEXT_CHUNK_CHARS)
+                if index == 0 and "\x00" in chunk[:BINARY_PROBE_CHARS] and not buffer:
+                    raise ConfigError(
+                        f"{key}: {path} holds NUL bytes: a binary file, not text; name a text file (or set "
+                        "data.format for rows)"
+                    )
                 buffer += chunk
                 start = 0
                 for m in DOCUMENT_SEPARATOR.finditer(buffer):
@@ -411,23 +416,43 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
         yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
 
 
-def _whole_file(path: Path, doc_id: str) -> Document | None:
-    """The whole file as one document, or None when it is not UTF-8 text."""
+BINARY_PROBE_CHARS = 8000  # a NUL among a file's first characters marks it binary (git's heuristic)
+
+
+def _whole_file(path: Path, doc_id: str) -> Document | str:
+    """The whole file as one document, or why it is not text: 'not UTF-8', or 'NUL bytes' — valid UTF-8 but
+    binary, as a tar archive's padding or a zero-filled dump (try-out 51, F1: a .tar in a text directory was
+    93% of the training tokens)."""
     try:
-        return Document(text=path.read_text(encoding="utf-8"), doc_id=doc_id)
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        return None
+        return "not UTF-8"
+    if "\x00" in text[:BINARY_PROBE_CHARS]:
+        return "NUL bytes"
+    return Document(text=text, doc_id=doc_id)
 
 
-def _warn_not_utf8(count: int, key: str, source: str) -> None:
-    if count:
-        logger.warning(
-            "%s=%s: skipped %s that %s not UTF-8 text",
-            key,
-            source,
-            counted(count, "file"),
-            "is" if count == 1 else "are",
-        )
+SKIPPED_SHOWN = 3  # skipped files a warning names (all of them at DEBUG)
+
+
+def _warn_not_text(skipped: list[str], key: str, source: str) -> None:
+    """One warning line for the files of a directory or glob that are not text, naming the first
+    :data:`SKIPPED_SHOWN` with why (try-out 51, F2: only their count was said; a latin-1 document was lost
+    without a name); every one at DEBUG."""
+    if not skipped:
+        return
+    shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (", …" if len(skipped) > SKIPPED_SHOWN else "")
+    logger.warning(
+        "%s=%s: skipped %s that %s not text: %s (re-encode a text file as UTF-8; every skipped file at "
+        "log.level=DEBUG)",
+        key,
+        source,
+        counted(len(skipped), "file"),
+        "is" if len(skipped) == 1 else "are",
+        shown,
+    )
+    for name in skipped:
+        logger.debug("%s=%s: skipped %s", key, source, name)
 
 
 # ---------------------------------------------------------------------------------------------------------
