@@ -555,7 +555,8 @@ def test_a_teacher_row_without_eval_set_figures_says_why(tmp_path):
 
 def test_runs_that_differ_only_in_checkpointing_or_eval_batching_share_a_group(tmp_path):
     """Try-out 21: two seeds of kd differing in train.checkpoint_every became `kd` and `kd#2` (paired differences
-    all —). Keys that make no other run — checkpointing, eval batching and plots, the same math in another
+    all —). Keys that make no other run — checkpointing, eval batching, plots and how often the run evaluates while
+    training (try-out 51, F4), the same math in another
     summation order — are left out of the groups, as the device layout is; a key that does change the run is not."""
     from ekd.eval.compare import compare_runs
 
@@ -564,7 +565,7 @@ def test_runs_that_differ_only_in_checkpointing_or_eval_batching_share_a_group(t
     for run, extra in ((a, {}), (b, {"checkpoint_every": 50, "head_chunk_size": 512, "compile": True})):
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         cfg["train"].update(extra)
-        cfg["eval"] = {"batch_size": 8 if extra else 16, "plots": not extra}
+        cfg["eval"] = {"batch_size": 8 if extra else 16, "plots": not extra, "every": 15 if extra else 0}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     summary = compare_runs([a, b], tmp_path / "cmp")
     assert [g["method"] for g in summary["groups"]] == ["kd"] and len(summary["groups"][0]["seeds"]) == 2

@@ -144,3 +144,36 @@ def test_figures_read_from_metrics_jsonl_are_said(tmp_path, caplog):
         f"{run} has no eval.json; its figures are the last evaluation in metrics.jsonl (step 7)"
         in caplog.text
     )
+
+
+def test_compare_out_refuses_a_data_or_run_directory_and_a_corpus_skips_a_comparison(tmp_path, capsys):
+    """Try-out 51, F3: `ekd compare --out CORPUS` wrote compare.md/.csv/.json into a text directory, and the next
+    `ekd distill` of it trained on the tables (+37% tokens); `--out RUN` mixed the plots into the run's own."""
+    from ekd.config import load_config
+    from ekd.data.documents import load_documents
+    from hostile import snapshot, unchanged
+
+    runs = [_run(tmp_path, f"kd{s}", "kd", s, 1.0 + s) for s in (0, 1)]
+    (runs[1] / "metrics.jsonl").write_text('{"step": 1}\n')
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "doc.txt").write_text("a document\n")
+    for out, says in (
+        (corpus, f"--out {corpus} holds 1 other file (doc.txt), not a comparison's directory; name a new"),
+        (runs[1], f"--out {runs[1]} is a run directory, not a comparison's directory"),
+        (corpus / "doc.txt", f"--out {corpus / 'doc.txt'} is a file; name a directory"),
+        (corpus / "doc.txt" / "x", f"lies under {corpus / 'doc.txt'}, which is a file"),
+    ):
+        before = snapshot(tmp_path)
+        line = one_error_line(*cli(capsys, "compare", *runs, "--out", out, "--no-plots")[::2])
+        assert says in line, line
+        unchanged(before, tmp_path)
+        assert snapshot(tmp_path).keys() == before.keys()  # nothing written
+    # a comparison below a corpus (compare's default --out, ./compare, run from the corpus root) is not read
+    assert cli(capsys, "compare", *runs, "--out", corpus / "compare", "--no-plots")[0] == 0
+    assert json.loads((corpus / "compare" / "compare.json").read_text())["format"] == "ekd-compare"
+    assert cli(capsys, "compare", *runs, "--out", corpus / "compare", "--no-plots")[0] == 0  # written again
+    cfg = load_config(overrides=[f"data.source={corpus}"])
+    assert [d.doc_id for d in load_documents(str(corpus), cfg.data)] == ["doc.txt"]
+    (corpus / "compare" / "compare.json").write_text("{}")  # an older ekd's: no format, the three files
+    assert [d.doc_id for d in load_documents(str(corpus), cfg.data)] == ["doc.txt"]

@@ -8,7 +8,8 @@ A directory is searched recursively; its files are read in sorted path order, on
   ``config.yaml`` beside ``metrics.jsonl``: their metrics, checkpoints and exported students), teacher caches
   (a manifest of format ``ekd-teacher-cache``) and token stores: a store's key directory (a ``manifest.json``
   of ``STORE_FORMAT`` with its signature and splits, or ``split-<i>/tokens.u32`` while it is being built)
-  and the store root (``data.store_dir``: a directory holding nothing but key directories and their locks);
+  and the store root (``data.store_dir``: a directory holding nothing but key directories and their locks), and
+  comparisons (``ekd compare --out``: a compare.json of format ``ekd-compare``);
 - ekd's lock files (:func:`is_lock_file`: ``<name>.lock`` holding at most a pid, as :class:`ekd.locks.FileLock`
   writes them; run and cache locks are also hidden, a token store's ``<key>.lock`` is not);
 - row files (``.jsonl``, ``.ndjson``, ``.parquet``, ``.pq``): each line of them is a row, not text; a glob
@@ -173,8 +174,34 @@ def is_lock_file(path: Path) -> bool:
     return len(head) <= LOCK_MAX_BYTES and LOCK_CONTENT.fullmatch(head) is not None
 
 
+COMPARE_FORMAT = "ekd-compare"  # compare.json's "format" (ekd.eval.compare.compare_runs writes it)
+COMPARE_OUTPUTS = (
+    "compare.md",
+    "compare.csv",
+    "compare.json",
+    "plots",
+)  # what compare_runs writes under --out
+
+
+def is_comparison(directory: Path) -> bool:
+    """Whether ``directory`` holds a comparison ``ekd compare`` wrote: a compare.json of :data:`COMPARE_FORMAT`,
+    or (an ekd that wrote no format) compare.json, compare.md and compare.csv side by side."""
+    path = directory / "compare.json"
+    if not path.is_file():
+        return False
+    if all((directory / name).is_file() for name in COMPARE_OUTPUTS[:2]):
+        return True
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f'"format": "{COMPARE_FORMAT}"' in head
+
+
 def ekd_output_kind(directory: Path) -> str | None:
-    """'run directory', 'teacher cache' or 'token store' when ``directory`` is one ekd wrote, else None."""
+    """'run directory', 'teacher cache', 'token store' or 'comparison' (``ekd compare --out``: try-out 51, F3)
+    when ``directory`` is one ekd wrote, else None."""
     from ekd.teacher.cache.format import FORMAT_NAME
     from ekd.teacher.cache.manifest import manifest_paths
 
@@ -187,6 +214,8 @@ def ekd_output_kind(directory: Path) -> str | None:
             return "teacher cache"
     if _is_token_store(directory) or _is_store_root(directory):
         return "token store"
+    if is_comparison(directory):
+        return "comparison"
     return None
 
 

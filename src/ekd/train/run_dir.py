@@ -140,6 +140,7 @@ SAME_RUN_KEYS = (
     "train.keep_checkpoints",
     "eval.batch_size",
     "eval.plots",
+    "eval.every",  # evaluations between steps: the global RNG is seeded anew each step (try-out 51, F4)
     *LAYOUT_KEYS,
     *SAME_MATH_CHANGES,
 )

@@ -16,7 +16,8 @@ each baseline present (``kd``, ``ce`` by default): the paired difference over th
 the mean difference (Student's t over the seeds: a paired t-test) excludes 0 in the metric's better direction;
 otherwise "not significant"; one shared seed is "1 seed" (no spread to compare against).
 
-Outputs (``--out DIR``): ``compare.md``, ``compare.csv``, ``compare.json`` and ``plots/``:
+Outputs (``--out DIR``: new, or an earlier comparison's; :func:`check_out_directory`): ``compare.md``, ``compare.csv``,
+``compare.json`` (its ``format`` is ``ekd-compare``) and ``plots/``:
 ``pareto-<metric>.png`` (held-out KL and perplexity vs teacher bytes per training token, the Pareto
 frontier marked), ``reliability.png`` (each group's reliability diagram side by side, from the runs'
 ``plots/``) and ``kl-by-entropy.png`` (KL to the teacher per teacher-entropy bucket).
@@ -37,6 +38,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ekd.data.text_dir import COMPARE_FORMAT, COMPARE_OUTPUTS, ekd_output_kind, is_comparison
 from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import eval_set_columns, label_eval_sets
 from ekd.eval.compare.groups import Group, group_runs, metric_keys
@@ -66,6 +68,7 @@ from ekd.eval.compare.runs import (
 from ekd.eval.compare.summary import TEACHER_RELATIVE, UNPAIRED, mean_std, paired_difference, summarize
 from ekd.eval.report import _atomic_write
 from ekd.nearest import did_you_mean
+from ekd.words import counted
 
 
 def compare_runs(
@@ -87,6 +90,7 @@ def compare_runs(
     """
     if not run_dirs:
         raise EkdError("ekd compare: give at least one run directory (runs/<name>)")
+    check_out_directory(Path(out))
     runs = [read_run(d) for d in run_dirs]
     groups = group_runs(runs)
     labels = [g.label for g in groups]
@@ -98,7 +102,11 @@ def compare_runs(
         )
     summary = summarize(groups, list(baselines))
     out = Path(out)
-    _atomic_write(out / "compare.json", lambda f: f.write(json.dumps(_nan_to_none(summary), indent=2)))
+    record = {
+        "format": COMPARE_FORMAT,
+        **_nan_to_none(summary),
+    }  # the format marks the directory as ekd's output
+    _atomic_write(out / "compare.json", lambda f: f.write(json.dumps(record, indent=2)))
     _atomic_write(out / "compare.csv", lambda f: f.write(to_csv(summary)))
     text = "# ekd compare\n\n" + markdown(summary)
     if plots:
@@ -114,6 +122,34 @@ def compare_runs(
             text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in written) + "\n"
     _atomic_write(out / "compare.md", lambda f: f.write(text))
     return summary
+
+
+def check_out_directory(out: Path) -> None:
+    """Refuse an ``--out`` that compare must not write into: a file, a path under a file, or a directory that
+    holds anything but an earlier comparison — a corpus directory (the next ``ekd distill`` of it trained on the
+    tables: try-out 51, F3), a run directory (its plots mixed with the comparison's), any other data.
+
+    Raises:
+        EkdError: one line naming ``out`` and what to give instead.
+    """
+    above = next((p for p in [out, *out.parents] if p.exists()), None)
+    if above is not None and not above.is_dir():
+        where = "is a file" if above == out else f"lies under {above}, which is a file"
+        raise EkdError(f"ekd compare: --out {out} {where}; name a directory")
+    if not out.is_dir() or is_comparison(out):
+        return
+    others = sorted(
+        p.name for p in out.iterdir() if p.name not in COMPARE_OUTPUTS and not p.name.startswith(".")
+    )
+    if not others:
+        return
+    shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+    kind = ekd_output_kind(out)
+    what = f"is a {kind}" if kind else f"holds {counted(len(others), 'other file')} ({shown})"
+    raise EkdError(
+        f"ekd compare: --out {out} {what}, not a comparison's directory; name a new directory (or one an earlier "
+        "ekd compare wrote), so that nothing else is mixed with its tables and plots"
+    )
 
 
 def _nan_to_none(value: Any) -> Any:
