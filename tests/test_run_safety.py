@@ -701,9 +701,47 @@ def test_a_runs_saved_config_naming_another_run_is_warned(ws, capsys, caplog):
     in 'resumed from'. A warning names both runs and the override that uses the one beside the file."""
     import logging
 
+    import yaml
+
+    # the original is this workspace's run: its saved run.output_dir named the module's template, which the
+    # resume below then trained a step further under every later test
+    config = Path("runs") / "base" / "config.yaml"
+    saved_cfg = yaml.safe_load(config.read_text())
+    saved_cfg["run"]["output_dir"] = str((ws / "runs").resolve())
+    config.write_text(yaml.safe_dump(saved_cfg))
     shutil.copytree(Path("runs") / "base", Path("copy") / "runs" / "base")
     saved = Path("copy") / "runs" / "base" / "config.yaml"
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert cli(capsys, "distill", str(saved), "train.max_steps=3", "--resume")[0] == 0
     said = [r.getMessage() for r in caplog.records if "is the saved config of the run" in r.getMessage()]
     assert len(said) == 1 and f"set run.output_dir={(ws / 'copy' / 'runs').resolve()}" in said[0], said
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_a_run_of_an_older_ekd_resumes(ws, capsys):
+    """Try-out 50, F1: a checkpoint copied from another run into this run's checkpoints/ (a seed-1 run's into a
+    seed-0 run; a kd run's into an rkl run) resumed without a word, the run then reporting itself as its own.
+    Each run records a run id in ekd-run.json and every checkpoint the id of the run that wrote it."""
+    assert cli(capsys, "distill", _config("seed1", **{"run.seed": 1}))[0] == 0
+    base, other = Path("runs", "base"), Path("runs", "seed1")
+    own_id = json.loads((base / MARKER).read_text())["run_id"]
+    assert len(own_id) == 32 and own_id != json.loads((other / MARKER).read_text())["run_id"]
+    shutil.rmtree(base / "checkpoints" / "step-000002")
+    shutil.copytree(other / "checkpoints" / "step-000002", base / "checkpoints" / "step-000002")
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    line = one_error_line(rc, err)
+    assert "checkpoint step-000002 in" in line and "was written by another run (seed1, run id" in line, line
+    assert f"this run's is {own_id[:8]}" in line and "move it out of checkpoints/" in line, line
+    unchanged(before, ws)
+    # moved out: the run resumes from its own newest checkpoint
+    shutil.move(str(base / "checkpoints" / "step-000002"), "foreign-step-000002")
+    (base / "checkpoints" / "latest").unlink()
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+    assert rc == 0, err
+    # a run whose ekd-run.json records no run id (an older ekd's): its checkpoint's is taken
+    marker = json.loads((base / MARKER).read_text())
+    del marker["run_id"]
+    (base / MARKER).write_text(json.dumps(marker))
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert rc == 0, err
+    assert json.loads((base / MARKER).read_text())["run_id"] == own_id

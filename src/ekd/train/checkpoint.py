@@ -211,6 +211,17 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name[5:])
 
 
+def checkpoint_run(path: Path) -> dict[str, Any] | None:
+    """What a verified checkpoint records of the run that wrote it (``{'id', 'name'}``), None where it records
+    nothing (an older ekd's) or cannot be read (:func:`load_checkpoint` then says so)."""
+    try:
+        state = _load_pickle(path / "state.pt", "cpu")
+    except Exception:  # noqa: BLE001 — unreadable: the load that follows names the file
+        return None
+    run = state.get("run") if isinstance(state, dict) else None
+    return run if isinstance(run, dict) else None
+
+
 def verify_checkpoint(path: Path) -> None:
     """Check every file of a checkpoint against the sha256 in its manifest.
 

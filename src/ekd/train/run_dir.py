@@ -295,6 +295,13 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     return True
 
 
+def new_run_id() -> str:
+    """A run's identity (``run_id`` in ekd-run.json, recorded by its checkpoints): 32 random hex digits."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
 def _write_marker(run_dir: Path, **fields: object) -> None:
     marker = (read_marker(run_dir) if (run_dir / MARKER).is_file() else None) or {
         "format": FORMAT,
@@ -421,6 +428,7 @@ class RunStart:
         self.committed = False
         self.made_output = False  # this start created run.output_dir
         self.lock: FileLock | None = None  # the run's lock, held from open() to close()
+        self.run_id = ""  # ekd-run.json's run_id (open()): what the run's checkpoints record
 
     # ------------------------------------------------------------ open
 
@@ -475,9 +483,37 @@ class RunStart:
             self.existed = self.moved or run_dir.is_dir()
             run_dir.mkdir(parents=True, exist_ok=True)
             if self.fresh:  # a resumed run's files change only once it has started (commit)
-                _write_marker(run_dir, state="starting")
+                self.run_id = new_run_id()
+                _write_marker(run_dir, state="starting", run_id=self.run_id)
                 atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+            else:  # "" for a run of an ekd that recorded none: its checkpoint's, or a new one, at commit
+                self.run_id = str((marker or {}).get("run_id") or "")
         return run_dir
+
+    def check_checkpoint(self, path: Path, recorded: object) -> None:
+        """Refuse to resume from checkpoint ``path`` of another run: ``recorded`` is what it records of the run
+        that wrote it (``{'id', 'name'}``; None for a checkpoint of an older ekd, which is taken). A checkpoint
+        copied from another run into this one's ``checkpoints/`` resumed without a word (try-out 50, F1: a kd
+        run's step-000010 continued as an rkl run, a seed-1 run's as seed 0); a whole run copied (``cp -r``)
+        keeps its id and resumes. A run that records no id (an older ekd's) takes the checkpoint's.
+
+        Raises:
+            CheckpointError: one line naming the checkpoint, the run that wrote it and the way on.
+        """
+        if not isinstance(recorded, dict) or not recorded.get("id") or recorded.get("id") == self.run_id:
+            return
+        if not self.run_id:  # nothing to tell it by: the run is the checkpoint's
+            self.run_id = str(recorded["id"])
+            return
+        from ekd.train.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"--resume: checkpoint {path.name} in {path.parent} was written by another run "
+            f"({recorded.get('name') or 'unnamed'}, run id {recorded['id'][:8]}; this run's is {self.run_id[:8]} "
+            f"in {self.run_dir / MARKER}): it would continue that run's weights and state as this one; move it "
+            "out of checkpoints/ (this run then resumes from its own newest checkpoint), or resume the run it "
+            "belongs to"
+        )
 
     def _check_existing(self, marker: dict | None) -> None:
         run_dir = self.run_dir
@@ -678,7 +714,8 @@ class RunStart:
     def commit(self) -> None:
         """The run has started: mark it so and delete the run it replaces."""
         with writing(self.run_dir):
-            _write_marker(self.run_dir, state="started")  # (a run of an older ekd is marked now)
+            self.run_id = self.run_id or new_run_id()  # a run of an older ekd, which recorded none
+            _write_marker(self.run_dir, state="started", run_id=self.run_id)
             if not self.fresh:
                 atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         self.committed = True  # (if the marker could not be written, the start is rolled back)

@@ -35,6 +35,7 @@ from ekd.selection.policies import StepContext
 from ekd.signals import already_stopping
 from ekd.train.checkpoint import (
     CheckpointError,
+    checkpoint_run,
     checkpoint_step,
     latest_checkpoint,
     latest_verified_checkpoint,
@@ -409,6 +410,10 @@ def _train(
         "micro_batch_size": cfg.train.micro_batch_size,
     }
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
+        # first: a checkpoint of another run is said so, not as weights that do not fit or another policy
+        run_on_main(
+            ranks, lambda: start.check_checkpoint(ckpt, checkpoint_run(ckpt)), "check the checkpoint's run"
+        )
         state = restore_checkpoint(
             ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors
         )
@@ -471,6 +476,8 @@ def _train(
             "policy": parts.policy.state_dict(),
             "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
             "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
+            # the run that wrote it (rank 0 writes state.pt): a checkpoint copied into another run is refused
+            "run": {"id": start.run_id, "name": cfg.run.name} if start is not None else None,
             "micro_batch_size": cfg.train.micro_batch_size,
             # TopSmp's kept blocks: what a resume trains on whatever became of sample_selection.json
             "sample_ids": kept.tolist() if kept is not None else None,
