@@ -392,6 +392,17 @@ def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
     assert "last bits" in lines[0]
 
 
+def test_resume_accepts_other_eval_sets_and_scores_them(ws, capsys):
+    """Try-out 50, F3: `--resume data.max_eval_blocks=4` was refused as a change of 'what the run computes';
+    which eval sets are scored and how much of them changes no trained weight, like `eval.*`."""
+    Path("held.txt").write_text("def held(x):\n    return x * 2\n" * 40)
+    over = ["data.max_eval_blocks=3", "data.eval_sources={held: held.txt}"]
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *over, "--resume")
+    assert rc == 0, err
+    scored = json.loads(Path("runs", "base", "eval.json").read_text())
+    assert "held" in scored and scored["eval"]["documents"] >= 1
+
+
 def test_resume_on_another_device_layout_says_so_in_the_same_line(ws, capsys, caplog):
     """Try-out 23: `--resume train.parallel=fsdp` of a run checkpointed under ddp resumed without a word, while a
     head_chunk_size change had its info line. A layout change (engine, offload, teacher placement, micro-batch

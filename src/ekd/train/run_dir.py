@@ -88,6 +88,8 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "log.",
     "eval.",
+    "data.max_eval_blocks",  # what the evaluations score, not what is trained (try-out 50, F3)
+    "data.eval_sources",
     "run.device",
     "run.output_dir",
     "run.name",
