@@ -756,3 +756,16 @@ def test_a_checkpoint_of_another_run_is_refused_and_a_run_of_an_older_ekd_resume
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
     assert rc == 0, err
     assert json.loads((base / MARKER).read_text())["run_id"] == own_id
+
+
+def test_resume_of_a_mistyped_run_name_suggests_the_run_beside_it(ws, capsys):
+    """Try-out 50, F4: `run.name=ada4 --resume` (the run is ada40) was told to drop --resume, which starts a new
+    run under the typo."""
+    rc, _, err = cli(capsys, "distill", _config("bas"), "--resume")
+    line = one_error_line(rc, err)
+    assert (
+        "bas holds no run to resume; did you mean run.name=base? (drop --resume to start a new run" in line
+    ), line
+    assert not Path("runs", "bas").exists()
+    rc, _, err = cli(capsys, "distill", _config("zzz"), "--resume")
+    assert one_error_line(rc, err).endswith("holds no run to resume; drop --resume to start it")

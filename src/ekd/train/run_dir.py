@@ -297,6 +297,20 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     return True
 
 
+def _runs_beside(run_dir: Path) -> str:
+    """The way on for ``--resume`` of a run directory that holds none: the runs beside it whose name is close to
+    its (try-out 50, F4: 'drop --resume' for a mistyped run.name started a new run under the typo), else
+    '; drop --resume to start it'."""
+    from ekd.nearest import close_names
+
+    out = run_dir.parent
+    runs = [p.name for p in out.iterdir() if p.is_dir() and is_ekd_run(p)] if out.is_dir() else []
+    if close := close_names(run_dir.name, runs):
+        names = " or ".join(f"run.name={n}" for n in close[:3])
+        return f"; did you mean {names}? (drop --resume to start a new run named {run_dir.name})"
+    return "; drop --resume to start it"
+
+
 def new_run_id() -> str:
     """A run's identity (``run_id`` in ekd-run.json, recorded by its checkpoints): 32 random hex digits."""
     import uuid
@@ -480,7 +494,7 @@ class RunStart:
                         "(run.output_dir=DIR --resume)"
                     )
             elif self.resume:
-                raise RunDirError(f"--resume: {run_dir} holds no run to resume; drop --resume to start it")
+                raise RunDirError(f"--resume: {run_dir} holds no run to resume{_runs_beside(run_dir)}")
             self.fresh = self.moved or not holds
             self.existed = self.moved or run_dir.is_dir()
             run_dir.mkdir(parents=True, exist_ok=True)
