@@ -769,3 +769,35 @@ def test_resume_of_a_mistyped_run_name_suggests_the_run_beside_it(ws, capsys):
     assert not Path("runs", "bas").exists()
     rc, _, err = cli(capsys, "distill", _config("zzz"), "--resume")
     assert one_error_line(rc, err).endswith("holds no run to resume; drop --resume to start it")
+
+
+def test_eval_of_an_unfinished_run_says_how_to_finish_it(ws, capsys):
+    """Try-out 50, F5: `ekd eval` of an interrupted run said 'not a finished ekd run (needs config.yaml and
+    student/); run ekd distill first' — it has config.yaml, and plain `ekd distill` is refused there."""
+    import yaml
+
+    run = Path("runs", "base")
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # as the run itself saved it: its own directory
+    saved["run"]["output_dir"] = str((ws / "runs").resolve())
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    shutil.rmtree(run / "student")  # interrupted before its export
+    marker = json.loads((run / MARKER).read_text())
+    (run / MARKER).write_text(json.dumps({**marker, "state": "started"}))
+    rc, _, err = cli(capsys, "eval", run)
+    line = one_error_line(rc, err)
+    assert (
+        "runs/base is a run that has not finished (no exported student/ yet); its newest checkpoint is "
+        in line
+    )
+    assert (
+        "step-000002: finish it with `ekd distill runs/base/config.yaml --resume`, then `ekd eval` it" in line
+    )
+    assert cli(capsys, "distill", run / "config.yaml", "--resume")[0] == 0  # the advice works
+    assert cli(capsys, "eval", run, "eval.teacher=false")[0] == 0
+    shutil.rmtree(run / "student")
+    shutil.rmtree(run / "checkpoints")
+    (run / MARKER).write_text(json.dumps({**marker, "state": "started"}))
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert (
+        "it saved no checkpoint: start it again with `ekd distill runs/base/config.yaml --overwrite`" in line
+    )

@@ -113,6 +113,29 @@ def enclosing_run(path: Path) -> str | None:
     return None if run is None else _as_given(run, path)
 
 
+def _unfinished_run(path: Path) -> str | None:
+    """The line for ``ekd eval`` of a run ``ekd distill`` started and did not finish (interrupted, failed, or
+    training now: :func:`_not_a_run_hint` says that one), with the way on from what it holds: its newest
+    checkpoint → ``--resume``, none → ``--overwrite`` (try-out 50, F5: 'needs config.yaml and student/; run ekd
+    distill first' of a run holding config.yaml, which plain ekd distill refuses). None for anything else."""
+    from ekd.train.checkpoint import latest_checkpoint
+
+    if not (path / "config.yaml").is_file() or holder_of(path.resolve()) not in (None, os.getpid()):
+        return None
+    try:
+        if (read_marker(path) or {}).get("state") != "started":  # a start that did not finish: see the hint
+            return None
+    except EkdError:
+        return None
+    command = f"ekd distill {shlex.quote(str(path / 'config.yaml'))}"
+    newest = latest_checkpoint(path)
+    if newest is None:
+        way = f"it saved no checkpoint: start it again with `{command} --overwrite`"
+    else:
+        way = f"its newest checkpoint is {newest.name}: finish it with `{command} --resume`"
+    return f"{path} is a run that has not finished (no exported student/ yet); {way}, then `ekd eval` it"
+
+
 def _not_a_run_hint(path: Path) -> str:
     """The way on for ``ekd eval PATH`` where PATH is no finished run: when another ekd process holds the run
     PATH is or lies inside (``RUN/student`` while RUN trains, or is resumed), wait for it to end; else
@@ -171,6 +194,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             (:func:`_saved_rule_failure`).
     """
     run_dir = Path(run_dir)
+    if not is_finished_run(run_dir) and (unfinished := _unfinished_run(run_dir)):
+        raise EkdError(unfinished)
     if not is_finished_run(run_dir):
         raise EkdError(
             f"{run_dir} is not a finished ekd run (needs config.yaml and student/){_not_a_run_hint(run_dir)}"
