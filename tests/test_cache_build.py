@@ -522,6 +522,22 @@ def test_signature_mismatch_names_each_field(setup, capsys):
     ):
         assert field in line, line
     assert "tokenizer_hash" not in line and "teacher_id" not in line
+    assert "train as it was built" not in line  # other data: no setting makes this cache the run's
+
+
+def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsys):
+    """Try-out 50, F6: where every differing field is a setting (here the RS draws), the refusal's first way on
+    keeps the cache — train as it was built — rather than rebuilding it (which deletes a good cache)."""
+    args = ["teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "train.max_steps=1"]
+    assert main(["distill", setup["cfg"], "run.name=as-built", *args, "method.rs_samples=20"]) == 2
+    line = _error_line(capsys)
+    assert (
+        "rs_samples [method.rs_samples]: expected 20, found 50): train as it was built (method.rs_samples=50), "
+        in (line)
+    ), line
+    assert (
+        main(["distill", setup["cfg"], "run.name=as-built", *args, "method.rs_samples=50"]) == 0
+    )  # the advice
 
 
 def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsys):

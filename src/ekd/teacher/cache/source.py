@@ -144,8 +144,26 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
             named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): "
-            f"{REBUILD} or set teacher.cache_dir to a matching cache"
+            f"{_train_as_built(diffs, found)}{REBUILD} or set teacher.cache_dir to a matching cache"
         )
+
+
+# signature fields a run can simply be set to (teacher, tokenizer and data are what they are)
+SETTABLE = ("block_length", "target", "topk", "topk_tail", "target_temperature", "rs_samples")
+SETTABLE += ("rs_proposal_power", "seed", "document_attention", "separator", "positions", "position_fraction")
+
+
+def _train_as_built(diffs: list[str], found: dict) -> str:
+    """'train as it was built (KEY=VALUE ...), or ' where every differing field is a setting the run can take
+    from the cache — the way on that keeps a good cache (try-out 50, F6: a teacher-entropy top-20% cache was
+    told to be rebuilt, deleting it, where teacher.cache_positions=teacher_entropy_topk trains on it); ''
+    otherwise."""
+    fields = [d.split(":", 1)[0] for d in diffs]
+    if not fields or any(f not in SETTABLE for f in fields):
+        return ""
+    values = {CONFIG_KEYS[f]: found.get(f) for f in fields if found.get(f) is not None}
+    shown = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
+    return f"train as it was built ({shown}), or " if shown else ""
 
 
 def check_cache_temperature(method, total_steps: int | None = None) -> None:
