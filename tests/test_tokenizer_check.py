@@ -694,3 +694,28 @@ def test_a_hub_tokenizers_files_alone_are_read_at_its_revision(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     v1, v1_alone, main_alone = map(int, run.stdout.split())
     assert v1 == v1_alone == main_alone + 2, run.stdout
+
+
+def test_a_bad_model_tokenizer_is_told_what_model_tokenizer_takes(tmp_path, capsys):
+    """Try-out 51, F6: a missing model.tokenizer path was told '(no config.json); pass ... preset:<name>', and a
+    preset, so passed, was 'not a valid hub id'."""
+    from ekd.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    takes = "or teacher, student or train_bpe"
+    for spec, says in (
+        (f"{tmp_path}/missing", "missing does not exist; pass a hub id, a directory holding tokenizer files"),
+        (str(tmp_path / "empty"), "empty is empty (no tokenizer.json or tokenizer_config.json)"),
+        (
+            str(tmp_path / "junk"),
+            "junk is no tokenizer directory (no tokenizer.json or tokenizer_config.json)",
+        ),
+        ("preset:llama-tiny", "'preset:llama-tiny' is a model preset, not a tokenizer"),
+    ):
+        assert main(["distill", f"model.tokenizer={spec}", f"run.output_dir={tmp_path / 'runs'}"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("ekd: error: model.tokenizer: ") and says in line, line
+        assert "(no config.json)" not in line and "preset:<name>" not in line, line
+        assert takes in line or "name teacher, student, train_bpe" in line, line

@@ -71,6 +71,13 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
         raise error(f"{key}: {spec} does not exist; pass an existing directory or a hub id (org/name)")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    if key == "model.tokenizer" and spec.startswith(
+        "preset:"
+    ):  # try-out 51, F6: the other refusals offered it
+        raise error(
+            f"{key}: '{spec}' is a model preset, not a tokenizer; a preset model reads the run's tokenizer: name "
+            "teacher, student, train_bpe, a directory holding tokenizer files or a hub id"
+        )
     try:
         validate_repo_id(spec)
     except HFValidationError:
@@ -187,9 +194,14 @@ def hub_kwargs(
         )
         _go_offline()
         return {"local_files_only": True}
+    local = (
+        "a directory holding tokenizer files, or teacher, student or train_bpe"
+        if key == "model.tokenizer"  # a preset is no tokenizer (try-out 51, F6)
+        else "a saved model directory or preset:<name>"
+    )
     raise error(
         f"{key}: '{spec}' is not a local directory, and as a hub id it is not in the local cache while {why}; "
-        "pass a saved model directory or preset:<name>, or run where the hub is reachable"
+        f"pass {local}, or run where the hub is reachable"
     )
 
 

@@ -259,6 +259,10 @@ def _key(role: str) -> str:
     return role if "." in role or ":" in role else f"model.{role}"
 
 
+TOKENIZER_FIX = (
+    "pass a hub id, a directory holding tokenizer files (tokenizer.json, tokenizer_config.json), or teacher, "
+    "student or train_bpe"
+)  # what model.tokenizer takes (a preset is no tokenizer)
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.pt", "*.pth")  # what from_pretrained can read
 
 
@@ -279,6 +283,11 @@ def check_model_dir(
         if presets
         else "pass a hub id or a saved model directory"
     )
+    named_tokenizer = (
+        _key(role) == "model.tokenizer"
+    )  # try-out 51, F6: not a model's words (config.json, preset:)
+    if named_tokenizer:
+        fix = TOKENIZER_FIX
     if not spec.strip():  # Path("") would be the current directory
         raise ModelError(f"{_key(role)} is empty; {fix}")
     path = Path(spec).expanduser()
@@ -286,14 +295,19 @@ def check_model_dir(
         return None
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
     if not path.exists():
-        raise ModelError(f"{_key(role)}: {spec} does not exist (no config.json); {fix}")
+        raise ModelError(
+            f"{_key(role)}: {spec} does not exist{'' if named_tokenizer else ' (no config.json)'}; {fix}"
+        )
     if not path.is_dir():
         raise ModelError(f"{_key(role)}: {spec} is not a directory; {fix}")
     if not (path / "config.json").is_file() and not (
         tokenizer_only and any((path / f).is_file() for f in tokenizer_files)
     ):
         what = "empty" if not any(path.iterdir()) else "not a Hugging Face model directory"
-        raise ModelError(f"{_key(role)}: {spec} is {what} (no config.json); {fix}")
+        if named_tokenizer:
+            what = "empty" if what == "empty" else "no tokenizer directory"
+        missing = "no tokenizer.json or tokenizer_config.json" if named_tokenizer else "no config.json"
+        raise ModelError(f"{_key(role)}: {spec} is {what} ({missing}); {fix}")
     if weights and not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
         raise ModelError(
             f"{_key(role)}: {spec} holds a config.json but no weights (model.safetensors, pytorch_model.bin or a "
