@@ -171,7 +171,11 @@ def _no_data(monkeypatch) -> None:
 @pytest.mark.parametrize(
     "student, expected",
     [
-        ("short", "student head has 270 rows but the tokenizer has 280 tokens: the model does not cover"),
+        (
+            "short",
+            "student head has 270 rows but the tokenizer has 280 tokens: the model does not cover the tokenizer; "
+            "name a student of that vocabulary (model.student), or (ekd distill) another model.tokenizer",
+        ),
         ("other", "teacher and student tokenizers differ (280 vs 289 tokens"),
     ],
 )

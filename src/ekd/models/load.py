@@ -567,9 +567,9 @@ def check_head_covers(
             f"files alone: PreTrainedTokenizerFast.from_pretrained('{source}').save_pretrained(DIR), then "
             "model.tokenizer=DIR"
         )
-    raise ModelError(
-        f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: "
-        "the model does not cover the tokenizer; check model.tokenizer"
+    raise ModelError(  # ekd eval reads the run's tokenizer: the model is the one to change there (try-out 51, F5)
+        f"{role} head has {rows} rows but the tokenizer has {tokenizer_length} tokens: the model does not cover "
+        f"the tokenizer; name a {role} of that vocabulary (model.{role}), or (ekd distill) another model.tokenizer"
     )
 
 
