@@ -10,6 +10,7 @@ here ends its groups through ekd's teardown and checks that none is left (:func:
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
 ``EKD_TEST_STOP_AT=RUN:STEP:RANK:HOW`` ends rank RANK of run RUN when it starts step STEP (0-based): ``error``
 raises a CacheError there (a record of its own shard failing its CRC), ``kill`` sends it SIGKILL (``kill -9``),
+``interrupt`` raises KeyboardInterrupt (Ctrl-C reaching that rank first),
 while the other ranks go on into the step's collectives (test_rank_errors.py).
 ``EKD_TEST_LOUD=1`` keeps INFO log lines (``-q`` otherwise).
 ``EKD_TEST_CODES=DIR`` runs every argument list whatever the exit codes and writes them to ``DIR/rank<r>.json``
@@ -63,6 +64,8 @@ def _stop_at(run: int, step: int, rank: int, how: str, current: list) -> None:
         if current[0] == run and at == step and dist.get_rank() == rank:
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if how == "interrupt":  # Ctrl-C reaching this rank alone (its peers' SIGINT not yet arrived)
+                raise KeyboardInterrupt
             raise CacheError("shard-00003.bin is corrupted (record of sample 5 fails its CRC-32) (test)")
         return lr_at(at, cfg)
 

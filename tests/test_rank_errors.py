@@ -369,3 +369,21 @@ def test_a_rank_that_ends_mid_run_leaves_one_line_from_rank_0_with_the_checkpoin
     for noise in ("pair.cc", "[rank0]", "[rank1]", "ekd/train/", "continue from the last checkpoint"):
         assert noise not in out.stderr, out.stderr
     assert (tmp_path / "runs" / "mid" / "checkpoints" / "step-000002").is_dir()
+
+
+@pytest.mark.slow
+def test_a_rank_interrupted_first_is_said_as_an_interrupt_by_rank_0(tmp_path):
+    """Try-out 50, F2: after Ctrl-C to the launcher, rank 0's collective sometimes lost rank 1 (interrupted first)
+    before its own SIGINT arrived, and it said 'another rank ended first (its error ... is above)'. The rank
+    interrupted records so in the job's store before its groups end; rank 0 says 'interrupted'."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    over = {"train.micro_batch_size": 2, "train.max_steps": 4, "train.checkpoint_every": 1}
+    run = [*tiny_overrides(tmp_path, corpus, "int", **over), "eval.teacher=false"]
+    out = torchrun_runs([run], tmp_path / "runs.json", {"EKD_TEST_STOP_AT": "0:2:1:interrupt"}, timeout=300)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if line.startswith("ekd:")]
+    kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
+    assert said == [f"ekd: interrupted; {kept}"] or said == [f"ekd: interrupted (SIGTERM); {kept}"], (
+        out.stderr
+    )
+    assert (tmp_path / "runs" / "int" / "checkpoints" / "step-000002").is_dir()

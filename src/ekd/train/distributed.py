@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ekd.log_level import said_by_rank0
-from ekd.signals import already_stopping
+from ekd.signals import Terminated, already_stopping
 
 HOST_WAIT = timedelta(hours=4)
 """Timeout of the waits on one rank's host-side work (rank 0 tokenizing, saving, running lm-eval tasks;
@@ -95,9 +95,40 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
             yield ranks
     except BaseException as e:
         already_stopping()  # torchrun's SIGTERM, sent once a rank has ended, must not cut the teardown
+        if isinstance(e, KeyboardInterrupt):
+            _tell_interrupted(e)  # before the groups end: a rank that sees this one go can tell why
+        elif lost_peer(e) and (interrupt := _peer_interrupt()) is not None:
+            interrupt.continue_hint = getattr(e, "continue_hint", None)  # type: ignore[attr-defined]
+            _leave(started, ranks, e)
+            raise interrupt from e
         _leave(started, ranks, e)
         raise
     _leave(started, ranks)
+
+
+INTERRUPTED_KEY = "ekd/interrupted"  # in the job's store: the signal a rank of it was stopped by
+
+
+def _tell_interrupted(e: KeyboardInterrupt) -> None:
+    """Record in the job's store that this rank was interrupted (Ctrl-C or SIGTERM), best effort."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(INTERRUPTED_KEY, "SIGTERM" if isinstance(e, Terminated) else "SIGINT")
+    except Exception:  # noqa: BLE001 — no store (the groups are gone): the peers say 'another rank ended'
+        pass
+
+
+def _peer_interrupt() -> KeyboardInterrupt | None:
+    """The interrupt another rank of the job recorded (:func:`_tell_interrupted`), as this rank's own — so that a
+    rank whose collective lost that peer before its own SIGINT arrived says 'interrupted' (try-out 50, F2: rank 0
+    said 'another rank ended first ... its error is above' after Ctrl-C, 2 times in 9) — else None."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        if not store.check([INTERRUPTED_KEY]):
+            return None
+        return Terminated() if store.get(INTERRUPTED_KEY) == b"SIGTERM" else KeyboardInterrupt()
+    except Exception:  # noqa: BLE001 — no store to ask: the lost peer is said as such
+        return None
 
 
 LOST_PEER = ("Connection closed by peer", "Connection reset by peer")
