@@ -345,7 +345,7 @@ def test_claims_inconclusive_and_one_seed(tmp_path):
     ]
     groups = group_runs([read_run(d) for d in dirs])
     claims = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(groups)}
-    assert claims["SE-KD"].verdict == "inconclusive (within seed spread)"
+    assert claims["SE-KD"].verdict == "inconclusive (not significant over the seeds)"
     assert claims["EKD"].verdict == "not run"  # fake runs have no student dir, hence no bytes/token figure
     one = group_runs([read_run(dirs[0]), read_run(dirs[2])])
     c1 = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(one)}

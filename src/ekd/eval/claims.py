@@ -1,8 +1,8 @@
 """Check the papers' claims on a comparison of runs: one row per claim with its numbers and a verdict.
 
 Each claim compares two methods (or places one on the cost/quality frontier) on the held-out set. Verdicts:
-``reproduced``, ``not reproduced``, ``inconclusive (within seed spread)`` when the paired difference over
-seeds does not exceed its spread, ``not run`` when a method the claim needs is missing. With one seed there
+``reproduced``, ``not reproduced``, ``inconclusive (not significant over the seeds)`` when the paired t-test over
+seeds (:func:`ekd.eval.compare.summary.paired_difference`) does not resolve the difference, ``not run`` when a method the claim needs is missing. With one seed there
 is no spread: the verdict follows the point estimate and says ``(1 seed)``. A "not reproduced" is reported
 as it is, with the likely reason.
 """
@@ -53,7 +53,7 @@ def _better_verdict(diffs: list[tuple[str, dict]]) -> str:
         return "not reproduced"
     if all(d["verdict"] == "better" for _, d in diffs):
         return "reproduced"
-    return "inconclusive (within seed spread)"
+    return "inconclusive (not significant over the seeds)"
 
 
 def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
