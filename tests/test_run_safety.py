@@ -792,6 +792,16 @@ def test_eval_of_an_unfinished_run_says_how_to_finish_it(ws, capsys):
     assert (
         "step-000002: finish it with `ekd distill runs/base/config.yaml --resume`, then `ekd eval` it" in line
     )
+    # a copy (cp -r): its config.yaml names the original; the advice names the copy (try-out 52, F2)
+    copy = Path("runs", "copy")
+    shutil.copytree(run, copy)
+    line = one_error_line(*cli(capsys, "eval", copy)[::2])
+    where = f"run.output_dir={(ws / 'runs').resolve()} run.name=copy"
+    assert f"finish it with `ekd distill runs/copy/config.yaml {where} --resume`" in line, line
+    assert cli(capsys, "distill", copy / "config.yaml", *where.split(), "--resume")[0] == 0
+    assert (copy / "student").is_dir() and not (
+        run / "student"
+    ).exists()  # the copy finished, not the original
     assert cli(capsys, "distill", run / "config.yaml", "--resume")[0] == 0  # the advice works
     assert cli(capsys, "eval", run, "eval.teacher=false")[0] == 0
     shutil.rmtree(run / "student")

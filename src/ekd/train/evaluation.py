@@ -128,6 +128,17 @@ def _unfinished_run(path: Path) -> str | None:
     except EkdError:
         return None
     command = f"ekd distill {shlex.quote(str(path / 'config.yaml'))}"
+    try:  # a run copied or moved: its config.yaml names where it was made (try-out 52, F2)
+        run = yaml.safe_load((path / "config.yaml").read_text()).get("run") or {}
+        saved = Path(str(run.get("output_dir", ""))).expanduser() / str(run.get("name", ""))
+        elsewhere = not saved.is_absolute() or saved.resolve() != path.resolve()
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        elsewhere = True
+    if elsewhere:
+        here = path.resolve()
+        command += (
+            f" {override_arg('run.output_dir', str(here.parent))} {override_arg('run.name', here.name)}"
+        )
     newest = latest_checkpoint(path)
     if newest is None:
         way = f"it saved no checkpoint: start it again with `{command} --overwrite`"
