@@ -91,6 +91,13 @@ def test_a_text_directory_skips_binary_files_and_names_them(tmp_path, caplog):
     assert warning.count("(") == 4 and ", …" in warning  # three named, the rest at DEBUG
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any(m.endswith("skipped latin1.txt (not UTF-8)") for m in debug), debug
+    for name in ("blob.bin", "latin1.txt"):  # binary files alone: re-encoding is not the fix
+        (corpus / name).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        load_documents(str(corpus), cfg.data)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 2 files that are not text" in warning and "re-encode" not in warning, warning
 
 
 def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):

@@ -442,14 +442,15 @@ def _warn_not_text(skipped: list[str], key: str, source: str) -> None:
     if not skipped:
         return
     shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (", …" if len(skipped) > SKIPPED_SHOWN else "")
+    recode = "re-encode a text file as UTF-8; " if any(s.endswith("(not UTF-8)") for s in skipped) else ""
     logger.warning(
-        "%s=%s: skipped %s that %s not text: %s (re-encode a text file as UTF-8; every skipped file at "
-        "log.level=DEBUG)",
+        "%s=%s: skipped %s that %s not text: %s (%severy skipped file at log.level=DEBUG)",
         key,
         source,
         counted(len(skipped), "file"),
         "is" if len(skipped) == 1 else "are",
         shown,
+        recode,  # not for binary files (NUL bytes): re-encoding is no fix there (try-out 52, F7)
     )
     for name in skipped:
         logger.debug("%s=%s: skipped %s", key, source, name)
