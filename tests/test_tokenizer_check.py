@@ -723,3 +723,21 @@ def test_a_bad_model_tokenizer_is_told_what_model_tokenizer_takes(tmp_path, caps
         assert line.startswith("ekd: error: model.tokenizer: ") and says in line, line
         assert "(no config.json)" not in line and "preset:<name>" not in line, line
         assert takes in line or "name teacher, student, train_bpe" in line, line
+
+
+def test_a_preset_models_tokenizer_falls_back_to_the_real_model_either_way_round():
+    """Try-out 52, F4: model.tokenizer=student with a preset student beside a real teacher was refused as
+    'model.tokenizer=train_bpe needs preset models', a value the user never typed."""
+    from ekd.train.prepare import tokenizer_source
+
+    for named, student, teacher, source in (
+        ("student", "preset:llama-micro", "/models/t", "teacher"),
+        ("teacher", "/models/s", "preset:llama-tiny", "student"),
+        ("student", "preset:llama-micro", "preset:llama-tiny", "train_bpe"),
+        ("teacher", "preset:llama-micro", "preset:llama-tiny", "train_bpe"),
+        ("student", "/models/s", "/models/t", "student"),
+    ):
+        cfg = load_config(
+            None, [f"model.tokenizer={named}", f"model.student={student}", f"model.teacher={teacher}"]
+        )
+        assert tokenizer_source(cfg) == source, (named, student, teacher)

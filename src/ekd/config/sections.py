@@ -114,7 +114,8 @@ class ModelConfig:
     tokenizer: str = text("teacher", nonempty=True, what="teacher, student, train_bpe, a path or hub id")
     """'teacher' (the teacher's tokenizer), 'student', a path/hub id, or 'train_bpe' (a byte-level BPE
     trained on the training split, runs of non-whitespace cut at 256 characters for training; only with preset
-    models)."""
+    models). A preset has no tokenizer: 'teacher' or 'student' naming one reads the other model's if that is real,
+    else trains the BPE."""
     bpe_vocab_size: int = number(4096, ge=257, le=2**20, why="256 bytes + <|endoftext|>")
     """Vocabulary size of the trained BPE when ``model.tokenizer`` is 'train_bpe'."""
     teacher_dtype: str = one_of("auto", "auto", "float32", "bfloat16", "float16")

@@ -115,12 +115,13 @@ def evaluates_teacher(cfg: Config) -> bool:
 
 def tokenizer_source(cfg: Config) -> str:
     """``model.tokenizer`` resolved for preset models: ``teacher`` / ``student`` name a preset's tokenizer,
-    which does not exist, so they fall back to the real model's, else to ``train_bpe``."""
+    which does not exist, so they fall back to the other, real model's, else to ``train_bpe`` (either way round:
+    try-out 52, F4 — ``student`` of a preset beside a real teacher was refused as ``train_bpe``)."""
     spec = cfg.model.tokenizer
     if spec == "teacher" and is_preset(cfg.model.teacher):
         spec = "student" if not is_preset(cfg.model.student) else "train_bpe"
-    if spec == "student" and is_preset(cfg.model.student):
-        spec = "train_bpe"
+    elif spec == "student" and is_preset(cfg.model.student):
+        spec = "teacher" if not is_preset(cfg.model.teacher) else "train_bpe"
     return spec
 
 
