@@ -522,7 +522,8 @@ def test_signature_mismatch_names_each_field(setup, capsys):
     ):
         assert field in line, line
     assert "tokenizer_hash" not in line and "teacher_id" not in line
-    assert "train as it was built" not in line  # other data: no setting makes this cache the run's
+    # the block length explains the other blocks: the build's settings give them back (try-out 52, F3)
+    assert "train as it was built (data.block_length=32 method.rs_samples=50), or rebuild" in line, line
 
 
 def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsys):
@@ -538,6 +539,9 @@ def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsy
     assert (
         main(["distill", setup["cfg"], "run.name=as-built", *args, "method.rs_samples=50"]) == 0
     )  # the advice
+    assert main(["distill", setup["cfg"], "run.name=other-data", *args, "data.max_chars=2000"]) == 2
+    line = _error_line(capsys)  # other documents: no setting of the run gives the cache's blocks
+    assert "data_fingerprint" in line and "train as it was built" not in line, line
 
 
 def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsys):

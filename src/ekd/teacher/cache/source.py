@@ -153,12 +153,21 @@ SETTABLE = ("block_length", "target", "topk", "topk_tail", "target_temperature",
 SETTABLE += ("rs_proposal_power", "seed", "document_attention", "separator", "positions", "position_fraction")
 
 
+PACKING = ("block_length", "separator", "document_attention")  # settings that change the packed blocks
+
+
 def _train_as_built(diffs: list[str], found: dict) -> str:
     """'train as it was built (KEY=VALUE ...), or ' where every differing field is a setting the run can take
     from the cache — the way on that keeps a good cache (try-out 50, F6: a teacher-entropy top-20% cache was
     told to be rebuilt, deleting it, where teacher.cache_positions=teacher_entropy_topk trains on it); ''
     otherwise."""
     fields = [d.split(":", 1)[0] for d in diffs]
+    if "data_fingerprint" in fields and set(fields) & set(
+        PACKING
+    ):  # packed otherwise: other blocks, of course
+        fields.remove(
+            "data_fingerprint"
+        )  # (try-out 52, F3) — the build's setting gives the build's blocks back
     if not fields or any(f not in SETTABLE for f in fields):
         return ""
     values = {CONFIG_KEYS[f]: found.get(f) for f in fields if found.get(f) is not None}
