@@ -8,6 +8,9 @@ here ends its groups through ekd's teardown and checks that none is left (:func:
 
 ``EKD_TEST_KILL_AT=RUN:STEP`` sends SIGKILL to rank 0 of run RUN while it writes checkpoint STEP (its shards
 are written, the manifest not yet): a kill -9 in the middle of a checkpoint (test_sharded_checkpoint.py).
+``EKD_TEST_SIGTERM_IN_SAVE=RUN:STEP`` sends every rank of run RUN SIGTERM (torchrun's forward of a scheduler's)
+from inside ``torch.save`` while DCP writes that rank's shard of checkpoint STEP: the interrupt ends the zip file
+half written, whose clean-up raises torch's ``unexpected pos`` RuntimeError (try-out 52, F1).
 ``EKD_TEST_STOP_AT=RUN:STEP:RANK:HOW`` ends rank RANK of run RUN when it starts step STEP (0-based): ``error``
 raises a CacheError there (a record of its own shard failing its CRC), ``kill`` sends it SIGKILL (``kill -9``),
 ``interrupt`` raises KeyboardInterrupt (Ctrl-C reaching that rank first),
@@ -50,6 +53,35 @@ def _kill_while_writing(run: str, step: int) -> None:
         return write(path, text)
 
     checkpoint.atomic_write_text = write_or_die
+
+
+def _sigterm_in_save(run: str, step: int) -> None:
+    """SIGTERM to this process at the second write of its shard of run ``run``'s checkpoint ``step``."""
+    from torch.distributed.checkpoint import filesystem
+
+    write_item = filesystem._write_item
+
+    class Stream:  # the shard's file, which signals at its second write: inside torch.save's zip writer
+        def __init__(self, stream):
+            self.stream, self.writes = stream, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sum(range(10_000))  # Python runs the handler between bytecodes: here, within torch.save
+            return self.stream.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    def write_or_signal(transforms, stream, *args):
+        p = Path(getattr(stream, "name", "") or "")
+        if p.parent.name == f"step-{step:06d}.tmp" and p.parents[2].name == run:
+            stream = Stream(stream)
+        return write_item(transforms, stream, *args)
+
+    filesystem._write_item = write_or_signal
 
 
 def _stop_at(run: int, step: int, rank: int, how: str, current: list) -> None:
@@ -116,6 +148,9 @@ def run_all(path: str) -> int:
     if kill := os.environ.get("EKD_TEST_KILL_AT"):
         run, step = kill.split(":")
         _kill_while_writing(run, int(step))
+    if sigterm := os.environ.get("EKD_TEST_SIGTERM_IN_SAVE"):
+        run, step = sigterm.split(":")
+        _sigterm_in_save(run, int(step))
     events: list = []
     current = [0]
     if stop := os.environ.get("EKD_TEST_STOP_AT"):

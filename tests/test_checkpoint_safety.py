@@ -259,6 +259,43 @@ def test_disk_failure_during_a_checkpoint_is_one_line_and_resumable(ws, capsys, 
     assert _train_steps(RUN) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monkeypatch, signum):
+    """Try-out 52, F1: an interrupt that lands inside ``torch.save`` ends its zip file half written, whose
+    clean-up raises ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos`` with the
+    interrupt only in its ``__context__``: a traceback instead of ``ekd: interrupted``. The command was stopped
+    from outside, and says so with the checkpoint kept; the half-written one is removed."""
+    import signal
+
+    from ekd import io
+
+    write = io._HashingFile.write
+    sent, writes = [], []
+
+    def write_or_signal(self, data):
+        name = Path(self._f.name)
+        if name.name == "optimizer.pt.tmp" and name.parent.name == "step-000003.tmp":
+            writes.append(len(data))
+        if len(writes) == 3 and not sent:  # past the zip file's first record
+            sent.append(signum)  # before: os.kill runs the handler (raises) as it returns
+            os.kill(os.getpid(), getattr(signal, signum))
+            sum(range(10_000))  # Python runs the handler between bytecodes: here, inside torch.save
+        return write(self, data)
+
+    monkeypatch.setattr(io._HashingFile, "write", write_or_signal)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert sent and rc == (143 if signum == "SIGTERM" else 130), err
+    by = " (SIGTERM)" if signum == "SIGTERM" else ""
+    kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
+    assert err.strip().splitlines() == [f"ekd: interrupted{by}; {kept}"]
+    assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000001", "step-000002"]
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert rc == 0, err
+    assert _train_steps(RUN) == [1, 2, 3, 4]
+
+
 def test_a_full_disk_at_the_export_says_that_resume_finishes_the_run(ws, capsys, monkeypatch):
     """Try-out 36, F3: a full disk while exporting the student (after the last step's checkpoint) ended with
     '… free space there and rerun' alone; the rerun was refused (the directory holds a run). The line says how to

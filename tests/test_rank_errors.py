@@ -387,3 +387,24 @@ def test_a_rank_interrupted_first_is_said_as_an_interrupt_by_rank_0(tmp_path):
         out.stderr
     )
     assert (tmp_path / "runs" / "int" / "checkpoints" / "step-000002").is_dir()
+
+
+@pytest.mark.slow
+def test_sigterm_inside_a_sharded_checkpoints_writer_is_said_as_an_interrupt(tmp_path):
+    """Try-out 52, F1: SIGTERM (torchrun's forward of a scheduler's) that lands inside ``torch.save`` while DCP
+    writes the shards ends their zip files half written; the writer's clean-up raises torch's ``unexpected pos``
+    RuntimeError, DCP gathers the ranks' failures into a CheckpointException, and both ranks printed that
+    traceback with no ekd line. The command was stopped from outside: one ``interrupted (SIGTERM)`` line naming
+    the checkpoint kept, the torn one removed."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    over = {"train.micro_batch_size": 2, "train.max_steps": 4, "train.checkpoint_every": 1}
+    run = [*tiny_overrides(tmp_path, corpus, "term", **over), "eval.teacher=false"]
+    out = torchrun_runs([run], tmp_path / "runs.json", {"EKD_TEST_SIGTERM_IN_SAVE": "term:2"}, timeout=300)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if line.startswith("ekd:")]
+    kept = "checkpoint step-000001 is kept: continue with the same command and --resume"
+    assert said == [f"ekd: interrupted (SIGTERM); {kept}"], out.stderr
+    for noise in ("unexpected pos", "[rank0]", "[rank1]", "ekd/train/"):  # torchrun's own summary stays
+        assert noise not in out.stderr, out.stderr
+    checkpoints = tmp_path / "runs" / "term" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-000001"]  # the torn one removed

@@ -29,7 +29,7 @@ from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
-from ekd.signals import interrupt_exit_code, interrupted_by, sigterm_as_interrupt
+from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt
 from ekd.words import counted
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
@@ -699,7 +699,13 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_split_size(_Parser.argv)
         _refuse_torchrun_of_one_process_command(args)
         with sigterm_as_interrupt():  # a scheduler's SIGTERM ends the command as Ctrl-C does
-            return COMMANDS[args.command](args)
+            try:
+                return COMMANDS[args.command](args)
+            except Exception as e:
+                # an interrupt that a library turned into its own error (torch.save: try-out 52, F1) is one
+                if not args.debug and (interrupt := interrupt_behind(e)) is not None:
+                    raise interrupt from e
+                raise
     except EkdError as e:
         if args.debug:
             raise
@@ -708,12 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Ctrl-C (or SIGTERM) reaches every rank of a torchrun job: rank 0 says what to do
     except KeyboardInterrupt as e:
-        if _rank0():
-            hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-            print(
-                f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr
-            )
-        return interrupt_exit_code(e)
+        return _interrupted(e, args)
     # under torchrun: a collective whose peer has gone, because another rank ended first
     except Exception as e:
         if args.debug or not _lost_peer(e):
@@ -725,6 +726,14 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 1
+
+
+def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """``ekd: interrupted; <how to go on>`` (said by rank 0) and the exit code of an interrupted command."""
+    if _rank0():
+        hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
+        print(f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
+    return interrupt_exit_code(e)
 
 
 LOST_PEER_LINE = (

@@ -7,7 +7,8 @@ path: a start that had not finished is rolled back, the CLI prints ``ekd: interr
 step-N is kept: continue with the same command and --resume`` and exits 143 (128 + 15, the shell's code for
 SIGTERM; Ctrl-C exits 130 = 128 + 2). Once an error is ending the command (:func:`already_stopping`), SIGTERM is
 ignored: under torchrun it is what the agent sends the ranks still alive when one has ended, and it would cut
-their clean-up and replace the error they report.
+their clean-up and replace the error they report. An interrupt that lands inside a library's code and comes out
+as the library's own error (``torch.save``'s zip writer) is still said as an interrupt (:func:`interrupt_behind`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,23 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
 
 
+_received: list[type[KeyboardInterrupt]] = []
+"""The kinds of interrupt this module's handlers raised in the current :func:`sigterm_as_interrupt` block (not
+the exceptions: their tracebacks would keep the frames they were raised in, and what those hold, alive)."""
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     signal.signal(
         signal.SIGTERM, signal.SIG_IGN
     )  # a second SIGTERM must not cut the clean-up this one starts
+    _received.append(Terminated)
     raise Terminated
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C, as Python's own handler (``signal.default_int_handler``), remembered for :func:`interrupt_behind`."""
+    _received.append(KeyboardInterrupt)
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -39,12 +52,41 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C keeps Python's behaviour (KeyboardInterrupt), remembered; a caller's own SIGINT handler is left alone
+    ours_for_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours_for_sigint:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
         # None: the previous handler was not set from Python; SIG_DFL is the closest that can be restored
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if ours_for_sigint and signal.getsignal(signal.SIGINT) is _raise_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _received.clear()  # a later command of this process (tests, a library caller) starts afresh
+
+
+def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt that ``e`` stands for, else None: ``e`` itself when it is one, one in its chain of causes
+    (``__cause__``/``__context__``), or one this module's handlers raised in the current
+    :func:`sigterm_as_interrupt` block.
+
+    An interrupt raised inside a library's code can come out as the library's own error: SIGTERM inside
+    ``torch.save`` under DCP's checkpoint writer ends its zip file half written, whose clean-up raises
+    ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos``, and DCP gathers the ranks'
+    failures (copies, without their chains) into a ``CheckpointException`` (try-out 52, F1). The command was
+    still stopped from outside, and says so.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return _received[-1]() if _received else None
 
 
 def already_stopping() -> None:

@@ -198,10 +198,17 @@ def end_process_groups(error: BaseException | None = None) -> None:
     which finalization refuses by ending the thread inside a C++ destructor: SIGABRT, "terminate called
     without an active exception" (the 2-rank FSDP2 test, about 1 run in 10). So the error's finished frames
     are cleared (its message and lines stay), the caches emptied and the cycles collected first; callers
-    run their work in a function that has returned by then.
+    run their work in a function that has returned by then. The errors it was raised from (``__cause__``,
+    ``__context__``) are cleared too: an interrupt that a library turned into its own error is re-raised from it
+    (:func:`ekd.signals.interrupt_behind`).
     """
-    if error is not None:
+    seen: set[int] = set()
+    while (
+        error is not None and id(error) not in seen
+    ):  # the error and its chain (an interrupt raised from it)
+        seen.add(id(error))
         traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
     _clear_mesh_caches()
     gc.collect()
     dist.destroy_process_group()

@@ -32,7 +32,7 @@ from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
-from ekd.signals import already_stopping
+from ekd.signals import already_stopping, interrupt_behind
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_run,
@@ -201,13 +201,17 @@ def train(
             return _train(cfg, ranks, resume, start, data)
         except BaseException as e:
             already_stopping()  # torchrun's SIGTERM (another rank ended) must not cut the rollback or the hint
+            # an interrupt that a library turned into its own error (DCP's writer: try-out 52, F1) is said as one
+            stop = interrupt_behind(e) or e
             if start is not None:
                 start.rollback()  # a no-op once the run has started
-                if isinstance(e, KeyboardInterrupt) or lost_peer(e):  # stopped from outside this rank
-                    e.continue_hint = interrupted_hint(start)  # what the CLI prints after its line
-                elif isinstance(e, EkdError) and not isinstance(e, NonFiniteLossError):
-                    e.args = (f"{e}{failed_hint(start, cfg.train.max_steps)}", *e.args[1:])
-            raise
+                if isinstance(stop, KeyboardInterrupt) or lost_peer(stop):  # stopped from outside this rank
+                    stop.continue_hint = interrupted_hint(start)  # what the CLI prints after its line
+                elif isinstance(stop, EkdError) and not isinstance(stop, NonFiniteLossError):
+                    stop.args = (f"{stop}{failed_hint(start, cfg.train.max_steps)}", *stop.args[1:])
+            if stop is e:
+                raise
+            raise stop from e
         finally:
             if start is not None:
                 start.close()  # the run directory's lock, held by rank 0 for the whole run
