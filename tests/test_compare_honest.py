@@ -163,6 +163,12 @@ def test_compare_out_refuses_a_data_or_run_directory_and_a_corpus_skips_a_compar
         (runs[1], f"--out {runs[1]} is a run directory, not a comparison's directory"),
         (corpus / "doc.txt", f"--out {corpus / 'doc.txt'} is a file; name a directory"),
         (corpus / "doc.txt" / "x", f"lies under {corpus / 'doc.txt'}, which is a file"),
+        # try-out 52, F5: mkdir says "no such file or directory" where nothing can be created (was a traceback)
+        *(
+            [(Path("/proc/ekd-compare"), "cannot create the directory /proc/ekd-compare")]
+            if Path("/proc").is_dir()
+            else []
+        ),
     ):
         before = snapshot(tmp_path)
         line = one_error_line(*cli(capsys, "compare", *runs, "--out", out, "--no-plots")[::2])

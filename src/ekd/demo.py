@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ekd.config import Config, load_config
 from ekd.eval.report import TINY_MARK, sizes_note, tiny_sets
+from ekd.io import make_dirs
 from ekd.train.checkpoint import atomic_write_text
 from ekd.words import counted
 
@@ -301,7 +302,7 @@ def run_demo(
             from ekd.config import ConfigError
 
             raise ConfigError(f"ekd demo --methods: {presets.unknown_message(m)}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     pretrain_teacher(out, b, fresh)
     if not from_scratch:
         pretrain_student(out, b, fresh)
@@ -612,7 +613,7 @@ def write_demo_report(
     from ekd.eval import plot_metric_bars, write_report
 
     plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    make_dirs(plots)
     first = [r for r in rows if r.get("seed", 0) == 0]
     by_method = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in first}
     for metric in ("eval/kl", "eval/ppl", "eval/ece"):

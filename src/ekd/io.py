@@ -103,6 +103,24 @@ def writing(where: Path | str) -> Iterator[None]:
         raise disk_error(cause, where) from None
 
 
+def make_dirs(path: Path | str) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)`` for a directory ekd writes into: a refusal of the file system is
+    one :class:`DiskError` line naming ``path`` — also "no such file or directory", which ``mkdir`` says where
+    nothing can be created (under ``/proc``) or a parent vanished meanwhile (try-out 52, F5: a traceback).
+
+    Raises:
+        DiskError: the directory cannot be created.
+    """
+    path = Path(path)
+    with writing(path):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError as e:
+            raise DiskError(
+                f"cannot create the directory {path} ({e.strerror} at {e.filename}); choose another directory"
+            ) from None
+
+
 class _HashingFile:
     """A write-only file that hashes what passes through it (torch.save needs only write/flush)."""
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ekd.errors import EkdError
-from ekd.io import writing
+from ekd.io import make_dirs, writing
 
 
 def _flock(f, wait: bool) -> bool:
@@ -170,7 +170,7 @@ def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) 
     if real.is_dir() and not os.access(lock.path.parent, os.W_OK):
         return lock  # read-only beside and inside: not held
     with writing(lock.path.parent):
-        lock.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(lock.path.parent)
     if not lock.acquire(wait=False):
         pid = lock.holder()
         who = "another ekd process" + (f" (pid {pid})" if pid is not None else "")

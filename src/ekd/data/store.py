@@ -33,7 +33,7 @@ import torch
 
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.packing import PackedBlocks, TokenChunk
-from ekd.io import fsync_dir
+from ekd.io import fsync_dir, make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class SplitFiles:
     @classmethod
     def open(cls, directory: Path, tokens: int = 0, documents: int = 0) -> SplitFiles:
         """Open (create) the files; an existing file is cut back to ``tokens``/``documents`` (resume)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         files = cls(directory, tokens, documents)
         for name, (filename, dtype) in FILES.items():
             path = directory / filename

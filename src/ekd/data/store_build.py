@@ -75,7 +75,7 @@ from ekd.data.store import (
 )
 from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
-from ekd.io import atomic_write_text, file_sha256, fsync_dir, writing
+from ekd.io import atomic_write_text, file_sha256, fsync_dir, make_dirs, writing
 from ekd.locks import locked
 from ekd.words import counted
 
@@ -123,7 +123,7 @@ def stored_blocks(
         _log_reuse(directory, manifest)
     else:
         with writing(root):
-            root.mkdir(parents=True, exist_ok=True)
+            make_dirs(root)
         lock = root / f"{key}.lock"
         with locked(
             lock,
@@ -657,7 +657,7 @@ def _copy_train_split(directory: Path, manifest: dict, split_dir: Path) -> dict:
     """Copy the training split's files of the store at ``directory`` into ``split_dir``; its
     :class:`_SplitState` as a dict (closed: the build reads no more training documents)."""
     train = next(s for s in manifest["splits"] if s["name"] == "train")
-    split_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(split_dir)
     for filename, _ in FILES.values():
         shutil.copyfile(directory / f"split-{train['folder']}" / filename, split_dir / filename)
     documents = train["documents"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.eval.metrics import expected_calibration_error
-from ekd.io import writing
+from ekd.io import make_dirs, writing
 from ekd.words import counted
 
 Column = tuple[str, str, str | Callable[[Any], str]]
@@ -85,7 +85,7 @@ def sizes_note(sizes: dict[str, tuple[int, int]], labels: dict[str, str] | None 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write ``path`` through ``write(file)`` into a temp file beside it, then rename over ``path``."""
     with writing(path.parent):  # a full or read-only disk: one DiskError line, not a traceback
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with writing(path), os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekd.data.document import Document
+from ekd.io import make_dirs
 
 NAME_CHOICE = "stdlib_name_choice"
 NAME_COMPLETE = "stdlib_name_complete"
@@ -174,7 +175,7 @@ def write_stdlib_tasks(
     ``datasets`` cache for the JSONL files; it must lie outside ``tasks_dir`` (whose files enter the task
     signature). Rewriting the same items leaves the files byte-identical.
     """
-    tasks_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(tasks_dir)
     for name, rows, body in (
         (NAME_CHOICE, name_choice_items(docs, n_mc, count_tokens, seed), _MC_BODY),
         (NAME_COMPLETE, name_complete_items(docs, n_gen, seed), _GEN_BODY),

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ekd.io import make_dirs
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 TRAINER_STATE = ("optimizer", "scheduler", "scaler", "rng_state", "training_args", "trainer_state")
 """Names of a transformers Trainer checkpoint's own files beside the weights (``optimizer.pt``, 2–4× the model):
@@ -161,7 +163,7 @@ def _remember(digests: dict[str, str]) -> None:
         return
     path = memo_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         with locked(path.with_name(f".{path.name}.lock")):
             memo = {**_read_memo(), **digests}
             atomic_write_text(path, json.dumps(dict(list(memo.items())[-MEMO_ENTRIES:])))

@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from ekd import __version__
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
+from ekd.io import make_dirs
 from ekd.models.layers import decoder_layers
 from ekd.models.load import (
     check_model_dir,
@@ -431,7 +432,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         "seed": plan.seed,
         **record,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     # the record in the same rename as the model (try-out 36: a kill between the two left a model without it,
     # which neither a rerun nor --overwrite would replace)
     save_model_dir(student, tokenizer, out, extra_files={RECORD: json.dumps(record, indent=2) + "\n"})

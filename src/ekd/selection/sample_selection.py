@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ekd.errors import ConfigError
+from ekd.io import make_dirs
 from ekd.selection.base import COUNT_SLACK
 from ekd.selection.scores import CE_RATIO_EPS
 
@@ -248,7 +249,7 @@ def save_sample_selection(path: str | Path, ids: Tensor | list[int], meta: dict[
     ids_list = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
     payload = {"format": FORMAT, "version": VERSION, "sample_ids": ids_list, "meta": meta}
     text = json.dumps(payload, indent=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

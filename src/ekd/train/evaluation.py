@@ -15,6 +15,7 @@ from torch import nn
 
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError, ModelError
+from ekd.io import make_dirs
 from ekd.locks import holder_of
 from ekd.models.lora import is_adapter_dir, load_exported_student
 from ekd.train.prepare import PreparedData
@@ -81,7 +82,7 @@ def evaluate_run(
 
     def draw() -> None:
         for bins, path, title in drawn:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             plot_reliability(bins, path, title)
 
     if ranks is None:

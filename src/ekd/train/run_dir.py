@@ -52,7 +52,7 @@ import yaml
 from ekd.config import Config, flat_config, is_reporting_key, with_todays_defaults
 from ekd.config.paths import gone_paths, resolve_saved
 from ekd.errors import EkdError, RunDirError
-from ekd.io import atomic_write_text, writing
+from ekd.io import atomic_write_text, make_dirs, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
 from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
 from ekd.words import counted
@@ -468,7 +468,7 @@ class RunStart:
             if run_dir.exists() and not run_dir.is_dir():
                 raise RunDirError(f"{run_dir} is a file, not a run directory; choose another run.name")
             self.made_output = not out.exists()
-            out.mkdir(parents=True, exist_ok=True)  # the lock file lives here, beside the run directory
+            make_dirs(out)  # the lock file lives here, beside the run directory
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
             self.lock = lock_run(run_dir, self._in_use_fix())
             recover_interrupted_replace(run_dir)
@@ -497,7 +497,7 @@ class RunStart:
                 raise RunDirError(f"--resume: {run_dir} holds no run to resume{_runs_beside(run_dir)}")
             self.fresh = self.moved or not holds
             self.existed = self.moved or run_dir.is_dir()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(run_dir)
             if self.fresh:  # a resumed run's files change only once it has started (commit)
                 self.run_id = new_run_id()
                 _write_marker(run_dir, state="starting", run_id=self.run_id)
@@ -756,7 +756,7 @@ class RunStart:
         if self.aside.is_dir():
             self.aside.rename(self.run_dir)
         elif self.existed:
-            self.run_dir.mkdir(parents=True, exist_ok=True)  # it was an empty directory before
+            make_dirs(self.run_dir)  # it was an empty directory before
 
     def close(self) -> None:
         """Release the run's lock (after :meth:`finish`, :meth:`rollback` or a refusal); an output directory

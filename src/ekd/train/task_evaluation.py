@@ -45,7 +45,7 @@ from ekd.eval.tasks import (
     run_tasks,
     task_identities,
 )
-from ekd.io import atomic_write_text, json_safe, strict_json
+from ekd.io import atomic_write_text, json_safe, make_dirs, strict_json
 from ekd.models.load import is_preset
 from ekd.train.run_dir import writes_into_run
 
@@ -95,7 +95,7 @@ def cached_tasks(
             found[requested] = {"signature": wanted[requested], "results": leaves}
             kept = [e for e in entries.get(requested, []) if e.get("signature") != wanted[requested]]
             entries[requested] = [*kept, found[requested]][-CACHED_PER_TASK:]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         atomic_write_text(path, strict_json({"model": model_spec, "tasks": entries}))
     else:
         log.info("%s task results reused from %s", role, path)

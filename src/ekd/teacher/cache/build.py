@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config
 from ekd.data.collate import model_inputs
+from ekd.io import make_dirs
 from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
@@ -325,7 +326,7 @@ def run_build(
         device = ranks.device
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)
-            directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(directory)
             if overwrite:
                 shutil.rmtree(directory / "tokenizer", ignore_errors=True)
             return _prepare_data(cfg, directory)

@@ -43,7 +43,7 @@ import torch
 from ekd.config import Config, ConfigError
 from ekd.data.chat import RejectedRow, import_key, parse_messages, parse_tools
 from ekd.data.document import Document
-from ekd.io import file_sha256
+from ekd.io import file_sha256, make_dirs
 from ekd.locks import holding
 from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
@@ -321,7 +321,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     check_cache_directory(directory, "--out")
     check_cache_kind(directory, imported=True, overwrite=overwrite)  # not a cache `ekd cache` built
     with holding(directory, IMPORT_IN_USE, CacheError):  # no build or import into it meanwhile
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         data = _prepare_data(cfg, directory)
         blocks = data.blocks["train"]
         n_blocks, T = blocks.input_ids.shape

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ekd.io import atomic_write_bytes, file_sha256, fsync_dir, writing
+from ekd.io import atomic_write_bytes, file_sha256, fsync_dir, make_dirs, writing
 from ekd.log_level import EVERY_RANK
 from ekd.teacher.cache.encode import encode_records
 from ekd.teacher.cache.format import (
@@ -127,7 +127,7 @@ class CacheWriter:
             self.directory / MANIFEST if world_size == 1 else rank_manifest_path(directory, rank)
         )
         with writing(self.directory.parent):
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory)
         self._template = build_manifest(
             self.signature, self.layout.to_dict(), self.num_samples, self.shard_samples, [], False
         )
