@@ -725,6 +725,34 @@ def test_a_bad_model_tokenizer_is_told_what_model_tokenizer_takes(tmp_path, caps
         assert takes in line or "name teacher, student, train_bpe" in line, line
 
 
+def test_a_malformed_json_file_of_a_model_directory_is_named_with_the_fix(tmp_path, capsys):
+    """Try-out 52, F6: a tokenizer.json that is not JSON was 'cannot load a tokenizer from DIR (Expecting value:
+    line 1 column 1 (char 0))' (neither file nor fix); a broken config.json was told to check the network."""
+    from ekd.cli import main
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("garbage {")
+    (tok / "tokenizer_config.json").write_text("{}")
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "config.json").write_text('{"model_type": "llama",')
+    (student / "model.safetensors").write_bytes(b"")
+    (student / "tokenizer_config.json").write_text("{}")
+    for over, names in (
+        ([f"model.tokenizer={tok}"], "model.tokenizer: cannot load a tokenizer from '{}': tokenizer.json is"),
+        ([f"model.student={student}", "model.tokenizer=student"], "model.student: cannot load"),
+    ):
+        assert main(["distill", *over, f"run.output_dir={tmp_path / 'runs'}"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert names.format(tok) in line, line
+        assert (
+            "is not valid JSON (" in line and "; replace that file (save_pretrained writes it again)" in line
+        )
+        assert "network" not in line, line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_preset_models_tokenizer_falls_back_to_the_real_model_either_way_round():
     """Try-out 52, F4: model.tokenizer=student with a preset student beside a real teacher was refused as
     'model.tokenizer=train_bpe needs preset models', a value the user never typed."""

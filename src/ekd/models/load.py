@@ -8,6 +8,7 @@ with safetensors.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from collections.abc import Callable
@@ -346,6 +347,11 @@ def load_or_refuse(
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
+        if broken := _broken_json(spec):  # try-out 52, F6: the parser's words named neither file nor fix
+            raise ModelError(
+                f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
+                "writes it again) or name another directory"
+            ) from e
         raise ModelError(
             f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){loader_hint(e)}"
         ) from e
@@ -355,6 +361,21 @@ def load_or_refuse(
         if record.name not in drop and not any(text in record.getMessage() for text in MISLEADING):
             logging.getLogger(record.name).handle(record)
     return result
+
+
+def _broken_json(spec: str) -> str:
+    """``"<name> is not valid JSON (<error>)"`` for the first ``*.json`` of the local directory ``spec`` that does
+    not parse (a truncated download, a hand edit), else ``""``: a loader's own message says "Expecting value:
+    line 1 column 1" without the file (the tokenizers library), or blames the network (transformers)."""
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return ""
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_bytes())
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return f"{file.name} is not valid JSON ({first_line(e)})"
+    return ""
 
 
 MISLEADING = ("as a standalone, add `is_decoder=True",)
