@@ -100,6 +100,25 @@ def test_a_text_directory_skips_binary_files_and_names_them(tmp_path, caplog):
     assert "skipped 2 files that are not text" in warning and "re-encode" not in warning, warning
 
 
+def test_a_directory_of_only_binary_files_says_so_not_to_lower_min_chars(tmp_path):
+    """Try-out 52, F7: every file skipped as not text ended in 'no documents left after filtering (min_chars=1);
+    lower data.min_chars', which cannot help."""
+    corpus = tmp_path / "bin"
+    corpus.mkdir()
+    (corpus / "dump.dat").write_bytes(b"hello\0\0\0world\0")
+    (corpus / "latin1.txt").write_bytes("café naïve ".encode("latin-1"))
+    for source in (str(corpus), f"{corpus}/*"):
+        cfg = load_config(overrides=[f"data.source={source}"])
+        with pytest.raises(ConfigError) as e:
+            load_documents(source, cfg.data)
+        line = str(e.value)
+        assert f"data.source {source}: none of its files is text (skipped 2 files: " in line, line
+        assert "dump.dat (NUL bytes)" in line and "latin1.txt (not UTF-8)" in line, line
+        assert "min_chars" not in line and line.endswith(
+            "point data.source at UTF-8 text files, or at JSONL/Parquet rows"
+        )
+
+
 def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"text\0\0\0" + b"\0" * 500)

@@ -350,16 +350,27 @@ def _read_files(
     id the path relative to ``ids_under`` (a directory source), else the path as matched (a glob); files that
     are not text (:func:`_whole_file`) are skipped, with one warning line naming the first few."""
     not_text: list[str] = []  # 'doc_id (why)' of each skipped file
+    read = 0
     for path, fmt in zip(files, formats):
         doc_id = (path if ids_under is None else path.relative_to(ids_under)).as_posix()
         if fmt == "jsonl":
-            yield from _read_jsonl(path, data_cfg, key, skipped)
+            for doc in _read_jsonl(path, data_cfg, key, skipped):
+                read += 1
+                yield doc
         elif fmt == "parquet":
-            yield from _read_parquet(path, data_cfg, key, skipped)
+            for doc in _read_parquet(path, data_cfg, key, skipped):
+                read += 1
+                yield doc
         elif isinstance(doc := _whole_file(path, doc_id), Document):
+            read += 1
             yield doc
         else:
             not_text.append(f"{doc_id} ({doc})")
+    if not_text and not read:  # try-out 52, F7: was 'no documents left after filtering; lower data.min_chars'
+        raise ConfigError(
+            f"{key} {source}: none of its files is text (skipped {counted(len(not_text), 'file')}: "
+            f"{_first_skipped(not_text)}); point {key} at UTF-8 text files, or at JSONL/Parquet rows"
+        )
     _warn_not_text(not_text, key, source)
 
 
@@ -441,7 +452,6 @@ def _warn_not_text(skipped: list[str], key: str, source: str) -> None:
     without a name); every one at DEBUG."""
     if not skipped:
         return
-    shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (", …" if len(skipped) > SKIPPED_SHOWN else "")
     recode = "re-encode a text file as UTF-8; " if any(s.endswith("(not UTF-8)") for s in skipped) else ""
     logger.warning(
         "%s=%s: skipped %s that %s not text: %s (%severy skipped file at log.level=DEBUG)",
@@ -449,11 +459,16 @@ def _warn_not_text(skipped: list[str], key: str, source: str) -> None:
         source,
         counted(len(skipped), "file"),
         "is" if len(skipped) == 1 else "are",
-        shown,
+        _first_skipped(skipped),
         recode,  # not for binary files (NUL bytes): re-encoding is no fix there (try-out 52, F7)
     )
     for name in skipped:
         logger.debug("%s=%s: skipped %s", key, source, name)
+
+
+def _first_skipped(skipped: list[str]) -> str:
+    """'a.tar (NUL bytes), b.txt (not UTF-8), …': the first :data:`SKIPPED_SHOWN` skipped files, with why."""
+    return ", ".join(skipped[:SKIPPED_SHOWN]) + (", …" if len(skipped) > SKIPPED_SHOWN else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
