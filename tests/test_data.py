@@ -131,6 +131,40 @@ def test_directory_skips_ekd_outputs_and_row_files_and_says_what_it_read(
         assert skipped in line, line
 
 
+def test_a_source_that_is_or_lies_in_an_ekd_output_is_refused(tmp_path: Path) -> None:
+    """Try-out 52, F9: outputs *below* a source were left out, but ``data.source=runs/kd-s0`` (the run itself, a
+    swap of model.student and data.source) trained on its tokenizer.json, manifests and config.yaml; a
+    comparison directory on its tables. Each is refused in one line naming the output and its kind."""
+    _ekd_outputs_below(tmp_path)
+    compare = tmp_path / "cmp"
+    compare.mkdir()
+    (compare / "compare.json").write_text('{"format": "ekd-compare"}')
+    (compare / "compare.md").write_text("| method |")
+    for source, says in (
+        ("runs/r1", "runs/r1 is a run directory ekd wrote, not data"),
+        ("runs/r0", "runs/r0 is a run directory ekd wrote, not data"),
+        ("runs/r1/student", f"runs/r1/student lies in {tmp_path / 'runs/r1'}, which is a run directory"),
+        ("runs/r1/metrics.jsonl", "lies in"),
+        ("runs/r1/*", f"runs/r1/* reads {tmp_path / 'runs/r1'}, which is a run directory"),
+        ("cache", "cache is a teacher cache ekd wrote"),
+        ("runs/token-store/abc123", "abc123 is a token store ekd wrote"),
+        ("cmp", "cmp is a comparison ekd wrote"),
+        ("cmp/*.md", "which is a comparison"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            load_documents(f"{tmp_path}/{source}", DataConfig())
+        assert says in str(e.value) and str(e.value).endswith(
+            "point data.source at your corpus (text files, JSONL or Parquet rows)"
+        ), str(e.value)
+    (tmp_path / "runs" / "notes.txt").write_text(
+        "a corpus beside the runs is read"
+    )  # outputs below: left out
+    assert [d.doc_id for d in load_documents(str(tmp_path / "runs"), DataConfig())] == ["notes.txt"]
+    (tmp_path / "runs" / "notes.txt").unlink()
+    with pytest.raises(ConfigError, match=r"it holds only ekd's own outputs \(r0 \(run directory\), r1 "):
+        load_documents(str(tmp_path / "runs"), DataConfig())
+
+
 def test_text_directory_reads_and_signs_as_before(tmp_path: Path) -> None:
     """A directory of .py/.txt/.md files (with a hidden file) reads the same files as the old rule, and its
     token-store source signature is the old one; ekd outputs written below it later change neither."""

@@ -47,7 +47,7 @@ from ekd.config import ConfigError, DataConfig
 from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
-from ekd.data.text_dir import by_suffix, list_directory, list_glob
+from ekd.data.text_dir import by_suffix, enclosing_output, glob_root, list_directory, list_glob
 from ekd.errors import first_line
 from ekd.hub import check_dataset_reachable
 from ekd.nearest import did_you_mean
@@ -209,6 +209,9 @@ def _empty_files(source: str) -> str:
             files = list_glob(source).files
         else:
             return ""
+        if not files and path.is_dir() and (outputs := list_directory(path).outputs):
+            shown = ", ".join(f"{o.relative_to(path)} ({kind})" for o, kind in outputs[:3])
+            return f"it holds only ekd's own outputs ({shown}{', …' if len(outputs) > 3 else ''}), which are not data"
         if not files:
             return "the directory holds no files" if path.is_dir() else ""
         if not all(_blank(f) for f in files):
@@ -253,6 +256,9 @@ def _read_source(
     if fmt == "hf" or source.startswith("hf:"):
         return _read_hf(source.removeprefix("hf:"), data_cfg, key, skipped)
     path = Path(source)
+    _refuse_ekd_output(
+        glob_root(source) if glob.has_magic(source) and not path.exists() else path, source, key
+    )
     if fmt == "chat" and path.is_dir():
         raise _chat_directory(path, source, key)
     if fmt == "chat" and path.exists() and _format_from_suffix(path, key) == "text":
@@ -284,6 +290,26 @@ def _read_source(
     if fmt == "jsonl":
         return _read_jsonl(path, data_cfg, key, skipped)
     return _read_parquet(path, data_cfg, key, skipped)
+
+
+def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
+    """Refuse a local source that is, or lies in, one of ekd's outputs — a run directory, teacher cache, token
+    store or comparison (try-out 52, F9: ``data.source=runs/kd-s0`` trained on its JSON files without an error;
+    outputs *below* a source were already left out).
+
+    Raises:
+        ConfigError: naming the output and its kind.
+    """
+    if not path.exists() or (found := enclosing_output(path)) is None:
+        return
+    directory, kind = found
+    where = "is" if directory.absolute() == path.absolute() else f"lies in {directory}, which is"
+    if glob.has_magic(source) and not Path(source).exists():
+        where = f"reads {directory}, which is"
+    raise ConfigError(
+        f"{key}: {source} {where} a {kind} ekd wrote, not data; point {key} at your corpus (text files, JSONL or "
+        "Parquet rows)"
+    )
 
 
 def _chat_directory(path: Path, source: str, key: str) -> ConfigError:

@@ -138,15 +138,31 @@ def list_glob(pattern: str) -> DirectoryListing:
     """The files a glob source reads: every file ``pattern`` matches (``**`` recursive; sorted), but those in
     ekd's own outputs below its fixed leading directories and ekd's lock files. Row files stay in ``files``:
     the reader reads each file by its format."""
-    parts = Path(pattern).parts
-    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    root = Path(*parts[:fixed]) if fixed else Path()
+    root = glob_root(pattern)
     listing = DirectoryListing(root, relative=False)
     outputs = _Outputs(root)
     for path in sorted(Path(p) for p in glob.glob(pattern, recursive=True)):
         if path.is_file() and not outputs.skip(path, listing):
             listing.files.append(path)
     return listing
+
+
+def glob_root(pattern: str) -> Path:
+    """The fixed leading directories of a glob (``corpus/a`` of ``corpus/a/**/*.txt``; ``.`` of ``*.txt``)."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:fixed]) if fixed else Path()
+
+
+def enclosing_output(path: Path) -> tuple[Path, str] | None:
+    """(directory, kind) of the ekd output (:func:`ekd_output_kind`) that ``path`` — a directory, or the directory
+    of a file — is, or lies in, else None: a data source there reads ekd's own files (try-out 52, F9: a run
+    directory named as data.source trained on its tokenizer.json, manifests and config.yaml)."""
+    directory = path if path.is_dir() else path.parent
+    for candidate in (directory, *directory.absolute().parents):
+        if (kind := ekd_output_kind(candidate)) is not None:
+            return candidate, kind
+    return None
 
 
 def signed_files(root: Path) -> list[Path]:
