@@ -771,6 +771,25 @@ def test_resume_of_a_mistyped_run_name_suggests_the_run_beside_it(ws, capsys):
     assert one_error_line(rc, err).endswith("holds no run to resume; drop --resume to start it")
 
 
+def test_a_mistyped_run_output_dir_or_run_path_suggests_the_existing_one(ws, capsys):
+    """Try-out 52, F8: `run.output_dir=rusn --resume` was told to drop --resume (a new run under the typo,
+    made there), and `ekd eval runs/bas` had no suggestion."""
+    rc, _, err = cli(capsys, "distill", _config(), "run.output_dir=rusn", "--resume")
+    line = one_error_line(rc, err)
+    assert (
+        f"(run.output_dir {ws / 'rusn'} does not exist; did you mean run.output_dir={ws / 'runs'}?); drop "
+        "--resume to start a new run there" in line
+    ), line
+    assert not Path("rusn").exists()  # refused before anything is made there
+    rc, _, err = cli(capsys, "distill", _config(), "run.output_dir=elsewhere", "--resume")
+    assert f"(run.output_dir {ws / 'elsewhere'} does not exist); drop --resume" in one_error_line(rc, err)
+    for typed, meant in (("runs/bas", "runs/base"), ("rnus/base", "runs/base")):
+        line = one_error_line(*cli(capsys, "eval", typed)[::2])
+        assert f"ekd eval: {typed} does not exist (did you mean {meant}?); give the directory" in line, line
+    line = one_error_line(*cli(capsys, "eval", "runs/zzz")[::2])
+    assert "runs/zzz does not exist; give the directory of a run" in line, line
+
+
 def test_eval_of_an_unfinished_run_says_how_to_finish_it(ws, capsys):
     """Try-out 50, F5: `ekd eval` of an interrupted run said 'not a finished ekd run (needs config.yaml and
     student/); run ekd distill first' — it has config.yaml, and plain `ekd distill` is refused there."""

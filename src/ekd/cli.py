@@ -421,8 +421,13 @@ def _check_run_files(run: Path, sets: bool) -> None:
     from ekd.train.evaluation import is_finished_run
 
     if not run.exists():
+        from ekd.nearest import close_paths, either
+        from ekd.train.run_dir import is_ekd_run
+
+        meant = either([str(p) for p in close_paths(run, is_ekd_run)])  # try-out 52, F8
         raise EkdError(
-            f"ekd eval: {run} does not exist; give the directory of a run ekd distill wrote (runs/<name>)"
+            f"ekd eval: {run} does not exist{f' (did you mean {meant}?)' if meant else ''}; give the directory of "
+            "a run ekd distill wrote (runs/<name>)"
         )
     if not is_finished_run(run):
         return

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 PART_CUTOFF = 0.75  # a part must be this similar: 'kll' ~ 'kl' (0.8), not 'tvd' ~ 'kl'
 SHOWN = 3  # at most this many names in one hint
@@ -46,6 +47,8 @@ def did_you_mean(word: str, names: Iterable[str], cutoff: float = 0.6) -> str:
 def either(names: Iterable[str]) -> str:
     """'a', 'a or b', 'a, b or c'."""
     names = list(names)
+    if not names:
+        return ""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
@@ -57,3 +60,23 @@ def _parts(name: str) -> set[str]:
 
 def _similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def close_paths(path: Path, accept: Callable[[Path], bool] = Path.exists) -> list[Path]:
+    """The existing paths a mistyped ``path`` most likely meant, best first (at most ``SHOWN``): its first
+    component that does not exist replaced by the close names (:func:`close_names`) of the directories beside it,
+    the components after it kept, and only those ``accept`` takes (try-out 52, F8: ``run.output_dir=rusn`` with
+    ``--resume``, ``ekd eval runs/kd-s00``). [] when ``path`` exists or nothing is close."""
+    parts = path.parts
+    for i in range(len(parts)):
+        head = Path(*parts[: i + 1])
+        if head.exists():
+            continue
+        parent = Path(*parts[:i]) if i else Path()
+        try:
+            names = [p.name for p in parent.iterdir() if p.is_dir()]
+        except OSError:
+            return []
+        rest = parts[i + 1 :]
+        return [c for n in close_names(parts[i], names) if accept(c := parent.joinpath(n, *rest))][:SHOWN]
+    return []

@@ -301,9 +301,15 @@ def _runs_beside(run_dir: Path) -> str:
     """The way on for ``--resume`` of a run directory that holds none: the runs beside it whose name is close to
     its (try-out 50, F4: 'drop --resume' for a mistyped run.name started a new run under the typo), else
     '; drop --resume to start it'."""
-    from ekd.nearest import close_names
+    from ekd.nearest import close_names, close_paths
 
     out = run_dir.parent
+    if not out.exists():  # try-out 52, F8: 'drop --resume' would start the run under a mistyped directory
+        meant = " or ".join(f"run.output_dir={p.parent}" for p in close_paths(run_dir, is_ekd_run))
+        return (
+            f" (run.output_dir {out} does not exist{f'; did you mean {meant}?' if meant else ''}); drop --resume "
+            "to start a new run there"
+        )
     runs = [p.name for p in out.iterdir() if p.is_dir() and is_ekd_run(p)] if out.is_dir() else []
     if close := close_names(run_dir.name, runs):
         names = " or ".join(f"run.name={n}" for n in close[:3])
@@ -467,6 +473,8 @@ class RunStart:
                 raise RunDirError(f"run.output_dir {out} is a file, not a directory; set run.output_dir")
             if run_dir.exists() and not run_dir.is_dir():
                 raise RunDirError(f"{run_dir} is a file, not a run directory; choose another run.name")
+            if self.resume and not out.exists():  # refused before anything is made there
+                raise RunDirError(f"--resume: {run_dir} holds no run to resume{_runs_beside(run_dir)}")
             self.made_output = not out.exists()
             make_dirs(out)  # the lock file lives here, beside the run directory
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
