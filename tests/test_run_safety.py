@@ -790,6 +790,34 @@ def test_a_mistyped_run_output_dir_or_run_path_suggests_the_existing_one(ws, cap
     assert "runs/zzz does not exist; give the directory of a run" in line, line
 
 
+def test_a_finished_run_whose_student_is_gone_is_exported_again_by_resume(ws, capsys):
+    """Try-out 52, F10: `ekd eval` of a finished run whose student/ was removed said 'not a finished ekd run ...;
+    run ekd distill first', and `--resume` said the run was finished: no way on. ekd eval names the resume that
+    exports it again from the last checkpoint (no step trained, the final evaluation not logged twice)."""
+    import yaml
+
+    run = Path("runs", "base")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["run"]["output_dir"] = str((ws / "runs").resolve())
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    exported = sorted(p.name for p in (run / "student").iterdir())
+    shutil.rmtree(run / "student")
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert (
+        "runs/base is a finished run whose exported student/ is gone; export it again from its last checkpoint "
+        "step-000002 with `ekd distill runs/base/config.yaml --resume` (no step is trained), then `ekd eval` it"
+        in line
+    ), line
+    assert cli(capsys, "distill", run / "config.yaml", "--resume")[0] == 0  # the advice works
+    assert sorted(p.name for p in (run / "student").iterdir()) == exported
+    assert (run / "metrics.jsonl").read_text().splitlines() == rows  # its final evaluation once
+    assert json.loads((run / MARKER).read_text())["state"] == "finished"
+    assert cli(capsys, "eval", run, "eval.teacher=false")[0] == 0
+    rc, out, err = cli(capsys, "distill", run / "config.yaml", "--resume")  # finished again: nothing to do
+    assert rc == 0 and "is already finished" in out + err, (out, err)
+
+
 def test_eval_of_an_unfinished_run_says_how_to_finish_it(ws, capsys):
     """Try-out 50, F5: `ekd eval` of an interrupted run said 'not a finished ekd run (needs config.yaml and
     student/); run ekd distill first' — it has config.yaml, and plain `ekd distill` is refused there."""

@@ -118,15 +118,18 @@ def _unfinished_run(path: Path) -> str | None:
     """The line for ``ekd eval`` of a run ``ekd distill`` started and did not finish (interrupted, failed, or
     training now: :func:`_not_a_run_hint` says that one), with the way on from what it holds: its newest
     checkpoint → ``--resume``, none → ``--overwrite`` (try-out 50, F5: 'needs config.yaml and student/; run ekd
-    distill first' of a run holding config.yaml, which plain ekd distill refuses). None for anything else."""
+    distill first' of a run holding config.yaml, which plain ekd distill refuses); of a finished run whose
+    student/ is gone, ``--resume`` exports it again from the last checkpoint (try-out 52, F10). None for
+    anything else."""
     from ekd.train.checkpoint import latest_checkpoint
 
     if not (path / "config.yaml").is_file() or holder_of(path.resolve()) not in (None, os.getpid()):
         return None
-    try:
-        if (read_marker(path) or {}).get("state") != "started":  # a start that did not finish: see the hint
-            return None
+    try:  # "starting": a start that did not finish (see the hint); "finished" without student/: exported again
+        state = (read_marker(path) or {}).get("state")
     except EkdError:
+        return None
+    if state not in ("started", "finished"):
         return None
     command = f"ekd distill {shlex.quote(str(path / 'config.yaml'))}"
     try:  # a run copied or moved: its config.yaml names where it was made (try-out 52, F2)
@@ -141,6 +144,13 @@ def _unfinished_run(path: Path) -> str | None:
             f" {override_arg('run.output_dir', str(here.parent))} {override_arg('run.name', here.name)}"
         )
     newest = latest_checkpoint(path)
+    if state == "finished":  # try-out 52, F10: its student/ removed or moved since
+        if newest is None:
+            return None
+        return (
+            f"{path} is a finished run whose exported student/ is gone; export it again from its last checkpoint "
+            f"{newest.name} with `{command} --resume` (no step is trained), then `ekd eval` it"
+        )
     if newest is None:
         way = f"it saved no checkpoint: start it again with `{command} --overwrite`"
     else:

@@ -21,13 +21,26 @@ log = logging.getLogger(__name__)
 
 class MetricsLog:
     """Append-only JSONL + optional TensorBoard. On resume, lines after the resumed step are dropped so the
-    file holds one continuous curve."""
+    file holds one continuous curve; so is the final evaluation of a run resumed at its last step
+    (``final_step``), which writes it again once it has exported the student (try-out 52, F10)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None, wandb=None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        resume_step: int | None = None,
+        wandb=None,
+        final_step: int | None = None,
+    ):
         self.path = run_dir / "metrics.jsonl"
         with writing(run_dir):
             if resume_step is not None and self.path.is_file():
-                kept = [row for row in _parse(self.path) if row.get("step", 0) <= resume_step]
+                end = resume_step if final_step is None or resume_step < final_step else resume_step - 1
+                kept = [
+                    row
+                    for row in _parse(self.path)
+                    if row.get("step", 0) <= end or (row.get("step", 0) <= resume_step and not _is_eval(row))
+                ]
                 atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
             elif resume_step is None and self.path.exists():
                 self.path.unlink()
@@ -97,3 +110,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of ``run_dir/metrics.jsonl`` ([] if there is none)."""
     path = Path(run_dir) / "metrics.jsonl"
     return _parse(path) if path.is_file() else []
+
+
+def _is_eval(row: dict) -> bool:
+    """Whether a metrics row is an evaluation's (its keys ``eval/...``), not a training step's."""
+    return any(key.startswith("eval/") for key in row)

@@ -558,11 +558,16 @@ class RunStart:
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
         ckpt = latest_checkpoint(run_dir)
+        from ekd.train.evaluation import is_finished_run
+
         finished = (
             marker is not None
             and marker.get("state") == "finished"
             and ckpt is not None
             and checkpoint_step(ckpt) >= self.cfg.train.max_steps
+            and is_finished_run(
+                run_dir
+            )  # its student/ removed since: --resume exports it again (try-out 52, F10)
         )
         if not self.resume:
             raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))

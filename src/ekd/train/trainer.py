@@ -465,6 +465,7 @@ def _train(
             cfg.log.tensorboard,
             resume_step=start_step if resume else None,
             wandb=open_wandb(cfg, run_dir, resumed=resume) if cfg.log.wandb_project else None,
+            final_step=cfg.train.max_steps,
         ),
         "open the metrics log",
         share=False,
