@@ -392,13 +392,21 @@ def test_resume_accepts_memory_and_speed_knobs_and_says_so(ws, capsys, caplog):
     assert "last bits" in lines[0]
 
 
-def test_resume_accepts_other_eval_sets_and_scores_them(ws, capsys):
+def test_resume_accepts_other_eval_sets_and_scores_them(ws, capsys, caplog):
     """Try-out 50, F3: `--resume data.max_eval_blocks=4` was refused as a change of 'what the run computes';
-    which eval sets are scored and how much of them changes no trained weight, like `eval.*`."""
+    which eval sets are scored and how much of them changes no trained weight, like `eval.*`. The change is said
+    in one line (try-out 52, F11: the eval curves changed sets without a word)."""
+    caplog.set_level("INFO", logger="ekd.train.run_dir")
     Path("held.txt").write_text("def held(x):\n    return x * 2\n" * 40)
     over = ["data.max_eval_blocks=3", "data.eval_sources={held: held.txt}"]
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", *over, "--resume")
     assert rc == 0, err
+    (line,) = [r.getMessage() for r in caplog.records if "score other eval sets" in r.getMessage()]
+    assert (
+        line.startswith("--resume with data.eval_sources {} → {'held': '")
+        and "held.txt'}, data.max_e" in line
+    )
+    assert "→ 3: the evaluations from step 3 on score other eval sets" in line, line
     scored = json.loads(Path("runs", "base", "eval.json").read_text())
     assert "held" in scored and scored["eval"]["documents"] >= 1
 

@@ -110,6 +110,11 @@ SAME_MATH_CHANGES = {
 }
 
 
+# what the evaluations score: resumable, said in one info line (try-out 52, F11: the eval curve changed sets
+# without a word, where layout and chunking changes had their line)
+EVAL_SET_CHANGES = ("data.max_eval_blocks", "data.eval_sources")
+
+
 def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
     'fp32' on CPU (no autocast there: :func:`ekd.train.precision.autocast_for`, and TF32 is a GPU matter);
@@ -638,6 +643,15 @@ class RunStart:
             changes = ", ".join(f"{k} {flat.get(k)} → {flat_config(current).get(k)}" for k in knobs)
             notes = "; ".join(dict.fromkeys(said[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
+        if eval_keys := [k for k in diffs if k in EVAL_SET_CHANGES]:
+            flat, now = flat_config(saved or {}), flat_config(current)
+            changes = ", ".join(f"{k} {flat.get(k)} → {now.get(k)}" for k in eval_keys)
+            log.info(
+                "--resume with %s: the evaluations from step %d on score other eval sets, so the eval curves in "
+                "metrics.jsonl change sets there (eval/<set>/tokens and documents say which)",
+                changes,
+                checkpoint_step(ckpt) + 1,
+            )
 
     def _in_use_fix(self) -> str:
         """The way on when another process holds the run's lock: another run.name starts a new run, which is no
