@@ -744,13 +744,26 @@ def test_a_checkpoint_of_another_run_is_refused_and_a_run_of_an_older_ekd_resume
     base, other = Path("runs", "base"), Path("runs", "seed1")
     own_id = json.loads((base / MARKER).read_text())["run_id"]
     assert len(own_id) == 32 and own_id != json.loads((other / MARKER).read_text())["run_id"]
-    shutil.rmtree(base / "checkpoints" / "step-000002")
-    shutil.copytree(other / "checkpoints" / "step-000002", base / "checkpoints" / "step-000002")
+    shutil.move(str(base / "checkpoints" / "step-000001"), "own-step-000001")
+    for step in ("step-000001", "step-000002"):
+        shutil.rmtree(base / "checkpoints" / step, ignore_errors=True)
+        shutil.copytree(other / "checkpoints" / step, base / "checkpoints" / step)
+    # every foreign checkpoint named at once (try-out 52, F12)
+    line = one_error_line(*cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[::2])
+    other_id = json.loads((other / MARKER).read_text())["run_id"][:8]
+    assert (
+        f"checkpoints step-000001 (seed1, run id {other_id}), step-000002 (seed1, run id {other_id}) in"
+        in line
+    ), line
+    assert "were written by another run" in line and "move them out of checkpoints/ (this run has no " in line
+    shutil.rmtree(base / "checkpoints" / "step-000001")
+    shutil.move("own-step-000001", base / "checkpoints" / "step-000001")
     before = snapshot(ws)
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
     line = one_error_line(rc, err)
-    assert "checkpoint step-000002 in" in line and "was written by another run (seed1, run id" in line, line
-    assert f"this run's is {own_id[:8]}" in line and "move it out of checkpoints/" in line, line
+    assert "checkpoint step-000002 (seed1, run id" in line and "was written by another run" in line, line
+    assert f"this run's id is {own_id[:8]}" in line and "move it out of checkpoints/" in line, line
+    assert "(this run then resumes from its own newest, step-000001)" in line, line
     unchanged(before, ws)
     # moved out: the run resumes from its own newest checkpoint
     shutil.move(str(base / "checkpoints" / "step-000002"), "foreign-step-000002")

@@ -150,7 +150,7 @@ def seal_checkpoint(tmp: Path, final: Path, manifest: dict[str, Any], keep: int)
     _prune(root, keep)
 
 
-def _steps(root: Path) -> list[Path]:
+def checkpoint_dirs(root: Path) -> list[Path]:
     """Checkpoint directories ``step-NNNNNN`` in step order (temp directories excluded)."""
     return sorted(
         p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()
@@ -185,7 +185,7 @@ def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 
 
 def _prune(root: Path, keep: int) -> None:
-    steps = _steps(root)
+    steps = checkpoint_dirs(root)
     for old in steps[: max(0, len(steps) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -202,7 +202,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         path = run_dir / "checkpoints" / name
         if re.fullmatch(r"step-\d{6,}", name) and path.is_dir():
             return path
-    steps = _steps(run_dir / "checkpoints")
+    steps = checkpoint_dirs(run_dir / "checkpoints")
     return steps[-1] if steps else None
 
 
@@ -270,7 +270,9 @@ def latest_verified_checkpoint(run_dir: Path) -> Path | None:
             every older one that failed too).
     """
     newest = latest_checkpoint(run_dir)
-    candidates = sorted(set(_steps(run_dir / "checkpoints")) | ({newest} if newest else set()), reverse=True)
+    candidates = sorted(
+        set(checkpoint_dirs(run_dir / "checkpoints")) | ({newest} if newest else set()), reverse=True
+    )
     skipped: list[tuple[Path, str]] = []
     for path in candidates:
         try:

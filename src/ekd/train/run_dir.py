@@ -534,14 +534,33 @@ class RunStart:
         if not self.run_id:  # nothing to tell it by: the run is the checkpoint's
             self.run_id = str(recorded["id"])
             return
-        from ekd.train.checkpoint import CheckpointError
+        from ekd.train.checkpoint import CheckpointError, checkpoint_dirs, checkpoint_run
 
+        # every checkpoint of another run, named at once (try-out 52, F12: refused one at a time)
+        foreign, own = {path.name: recorded}, []
+        for other in checkpoint_dirs(path.parent):
+            if other.name != path.name:
+                run = checkpoint_run(other)
+                if isinstance(run, dict) and run.get("id") and run.get("id") != self.run_id:
+                    foreign[other.name] = run
+                else:
+                    own.append(other.name)
+        named = ", ".join(
+            f"{name} ({run.get('name') or 'unnamed'}, run id {str(run['id'])[:8]})"
+            for name, run in sorted(foreign.items())
+        )
+        one = len(foreign) == 1
+        then = (
+            f"this run then resumes from its own newest, {own[-1]}"
+            if own
+            else "this run has no checkpoint of its own: start it again with --overwrite"
+        )
         raise CheckpointError(
-            f"--resume: checkpoint {path.name} in {path.parent} was written by another run "
-            f"({recorded.get('name') or 'unnamed'}, run id {recorded['id'][:8]}; this run's is {self.run_id[:8]} "
-            f"in {self.run_dir / MARKER}): it would continue that run's weights and state as this one; move it "
-            "out of checkpoints/ (this run then resumes from its own newest checkpoint), or resume the run it "
-            "belongs to"
+            f"--resume: {'checkpoint' if one else 'checkpoints'} {named} in {path.parent} "
+            f"{'was' if one else 'were'} written by another run (this run's id is {self.run_id[:8]} in "
+            f"{self.run_dir / MARKER}): resuming would continue that run's weights and state as this one; move "
+            f"{'it' if one else 'them'} out of checkpoints/ ({then}), or resume the run "
+            f"{'it belongs' if one else 'they belong'} to"
         )
 
     def _check_existing(self, marker: dict | None) -> None:
