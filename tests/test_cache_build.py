@@ -690,8 +690,15 @@ def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
     assert "method.target=dense" in _error_line(capsys)
     assert main(["cache", setup["cfg"], "teacher.cache_dir="]) == 2
     assert "teacher.cache_dir must be set" in _error_line(capsys)
-    assert main(["cache", "verify", str(tmp_path / "nowhere")]) == 2
-    assert "no teacher cache at" in _error_line(capsys)
+    for command in ("verify", "info"):  # try-out 52: not 'manifest.json missing' of a path that is not there
+        assert main(["cache", command, str(tmp_path / "nowhere")]) == 2
+        assert (
+            f"no teacher cache at {tmp_path / 'nowhere'}: it does not exist; check the path"
+            in _error_line(capsys)
+        )
+    (tmp_path / "empty").mkdir()
+    assert main(["cache", "info", str(tmp_path / "empty")]) == 2
+    assert "(manifest.json missing): build it with `ekd cache CONFIG`" in _error_line(capsys)
     assert main(["cache", "info"]) == 2
     assert "usage: ekd cache info DIR" in _error_line(capsys)
 

@@ -135,6 +135,11 @@ class CacheReader:
                     f"teacher cache at {self.directory} is unfinished (only per-rank manifests): "
                     + (building or "rerun the cache build to finish and assemble it")
                 )
+            if not self.directory.exists():  # try-out 52: 'manifest.json missing' of a path that is not there
+                raise CacheError(
+                    f"no teacher cache at {self.directory}: it does not exist; check the path, or build it with "
+                    "`ekd cache CONFIG`"
+                )
             raise CacheError(
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
             )
