@@ -7,6 +7,10 @@ set's entry also records, under :data:`SETTINGS_KEY`, the data settings it was s
 not describe, and ``ekd compare`` pairs two runs on a set only when these agree. An ``eval.json`` written
 before sets recorded them is read through the run's config (the same function, so old and new runs pair).
 
+Each set's entry also holds, under :data:`BLOCK_SUMS_KEY`, its sums per block (:data:`ekd.eval.metrics.BLOCK_SUMS`):
+what ``ekd compare`` needs to say how much of a difference the fixed sample of eval text could make. An entry
+written before they were recorded has none, and is read as before.
+
 ``ekd eval RUN`` replaces the entries of the sets it scores (with their teacher rows) and keeps every other
 set and the ``tasks`` section (:func:`merge`): evaluating one more set never deletes the results of another.
 """
@@ -14,6 +18,7 @@ set and the ``tasks`` section (:func:`merge`): evaluating one more set never del
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +39,9 @@ TEACHER_KEY = "teacher"
 measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by the sha256 of their
 bytes, so a teacher retrained or edited in place is another teacher; try-outs 39, 44)."""
 TEACHER_SUFFIX = "/teacher"
+BLOCK_SUMS_KEY = "block_sums"
+"""The key of a set's entry holding its per-block sums: :data:`ekd.eval.metrics.BLOCK_SUMS` name → one number per
+block, block i the i-th row of the set's packed eval batches (counts as whole numbers, NLL sums in nats)."""
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
 
@@ -61,6 +69,35 @@ def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
+class EvalResults(dict):
+    """Set → metrics (numbers: what ``metrics.jsonl`` logs and ``ekd distill`` prints), as
+    :func:`ekd.train.evaluation.evaluate_run` returns them, with :attr:`block_sums`: set → its per-block sums
+    (:meth:`ekd.eval.metrics.StreamingMetrics.block_sums`), which eval.json records beside the metrics
+    (:data:`BLOCK_SUMS_KEY`) and nothing logs."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.block_sums: dict[str, dict[str, list[float]]] = {}
+
+
+def block_sums_record(sums: Mapping[str, list[float]]) -> dict[str, list[float] | list[int]]:
+    """Per-block sums as eval.json records them: the counts as whole numbers (``tokens``, ``correct``,
+    ``boundary_tokens``), the NLL sums as float64 (JSON's shortest repr: no precision lost)."""
+    return {
+        k: [int(round(x)) if k in ("tokens", "correct", "boundary_tokens") else float(x) for x in v]
+        for k, v in sums.items()
+    }
+
+
+def block_sums_of(entry: Mapping[str, Any]) -> dict[str, list[float]] | None:
+    """The per-block sums an eval.json entry (or :class:`~ekd.eval.compare.runs.RunRecord` metrics) records,
+    ``null`` read back as NaN; None for an entry without them (an older ekd's, a teacher row, a task)."""
+    sums = entry.get(BLOCK_SUMS_KEY)
+    if not isinstance(sums, Mapping):
+        return None
+    return {k: [math.nan if x is None else float(x) for x in v] for k, v in sums.items()}
+
+
 def set_of(entry: str) -> str:
     """The eval set an eval.json entry belongs to: ``held`` for ``held`` and ``held/teacher``."""
     return entry[: -len(TEACHER_SUFFIX)] if entry.endswith(TEACHER_SUFFIX) else entry
@@ -72,13 +109,15 @@ def with_settings(
     blocks: Mapping[str, str] | None = None,
     scoring: Mapping[str, Any] | None = None,
     teacher: Mapping[str, Any] | None = None,
+    block_sums: Mapping[str, Mapping[str, list[float]]] | None = None,
 ) -> dict[str, Any]:
     """``results`` (set → metrics, as :func:`ekd.train.evaluation.evaluate_run` returns) as eval.json
     entries: each set's own entry gains :data:`SETTINGS_KEY` (its :func:`set_settings`, and the sha256 of its
     blocks, ``blocks[set]``, under :data:`BLOCKS_KEY`) and :data:`SCORING_KEY` (``scoring``: the ``eval``
     section, narrowed to :data:`SCORING_SETTINGS`); teacher rows are scored on their set's blocks the set's way
     and carry none. Every entry measured with the teacher (its row, a set's KL and agreement) records
-    ``teacher`` under :data:`TEACHER_KEY`."""
+    ``teacher`` under :data:`TEACHER_KEY`. A set in ``block_sums`` (set → its per-block sums) records them
+    under :data:`BLOCK_SUMS_KEY` (:func:`block_sums_record`)."""
     out: dict[str, Any] = {}
     for name, metrics in results.items():
         out[name] = dict(metrics)
@@ -90,6 +129,8 @@ def with_settings(
                 out[name][SETTINGS_KEY][BLOCKS_KEY] = blocks[name]
             if scoring is not None:
                 out[name][SCORING_KEY] = {k: scoring[k] for k in SCORING_SETTINGS if k in scoring}
+            if block_sums and name in block_sums:
+                out[name][BLOCK_SUMS_KEY] = block_sums_record(block_sums[name])
     return out
 
 
@@ -122,7 +163,8 @@ def split_settings(
 ]:
     """eval.json's set entries → (set → metrics alone, set → recorded data settings, set → recorded scoring
     settings (:data:`SCORING_KEY`), entry → the teacher it was measured with (:data:`TEACHER_KEY`); the last three
-    for the entries that record them)."""
+    for the entries that record them). The metrics keep a set's per-block sums (:data:`BLOCK_SUMS_KEY`, read by
+    :func:`block_sums_of`): figures at the grain of blocks, which ``ekd compare`` reports none of."""
     metrics: dict[str, dict[str, Any]] = {}
     settings: dict[str, dict[str, Any]] = {}
     scoring: dict[str, dict[str, Any]] = {}
@@ -161,10 +203,34 @@ def malformed(saved: Any) -> str | None:
             if key in RECORD_KEYS:
                 if not isinstance(value, dict):
                     return f"'{name}' records '{key}' as a JSON {value_kind(value)}, not an object"
+            elif key == BLOCK_SUMS_KEY:
+                if problem := _block_sums_problem(value):
+                    return f"'{name}' records '{key}' {problem}"
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return (
                     f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({_short(value)}), not a number"
                 )
+    return None
+
+
+def _block_sums_problem(value: Any) -> str | None:
+    """What makes ``value`` no :data:`BLOCK_SUMS_KEY` record, as words ('as a JSON list, not an object'); None
+    when it is an object of lists of numbers (or null, a NaN) of one length."""
+    if not isinstance(value, dict):
+        return f"as a JSON {value_kind(value)}, not an object of per-block lists"
+    lengths = set()
+    for key, values in value.items():
+        if not isinstance(values, list):
+            return f"with '{key}' a JSON {value_kind(values)}, not a list of numbers"
+        bad = next(
+            (x for x in values if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)))),
+            None,
+        )
+        if bad is not None:
+            return f"with '{key}' holding a JSON {value_kind(bad)} ({_short(bad)}), not a number"
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        return f"with lists of different lengths ({', '.join(map(str, sorted(lengths)))})"
     return None
 
 

@@ -10,7 +10,6 @@ only at the valid rows (label ≠ −100), ``chunk_rows`` rows at a time, and ev
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -72,6 +71,7 @@ def evaluate(
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    block_sums: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, float], list[tuple[float, float, int, float, float]]]:
     """Streaming evaluation of ``student`` (and KL/agreement to ``teacher``) over valid tokens.
 
@@ -91,6 +91,8 @@ def evaluate(
         rank, world_size: under ``torch.distributed`` with ``world_size`` > 1, this process evaluates the
             batches i ≡ rank (mod world_size) and the sums are all-reduced over the default group: every
             rank returns the metrics of all batches (a collective: all ranks call it).
+        block_sums: a dict this fills with the per-block sums (:meth:`StreamingMetrics.block_sums`): block i is
+            row i of the batches in order, counted over every rank's batches (all-reduced like the metrics).
 
     Returns:
         (metrics, reliability bins): see ``StreamingMetrics.compute`` and ``StreamingMetrics.reliability``.
@@ -107,15 +109,24 @@ def evaluate(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    if world_size > 1:
-        batches = itertools.islice(batches, rank, None, world_size)  # this rank's share, streamed
+    blocks = 0  # rows of the batches so far, every rank's: the index of the next batch's first block
+
+    def share() -> Iterator[tuple[int, EvalBatch]]:  # this rank's batches i ≡ rank (mod world_size), streamed
+        nonlocal blocks
+        for i, batch in enumerate(batches):
+            if i % world_size == rank:
+                yield blocks, batch
+            blocks += batch.labels.shape[0]
+
+    mine: Iterable[tuple[int, EvalBatch]] = share()
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="eval", unit="batch", leave=False)
+        total = len(range(rank, len(batches), world_size)) if hasattr(batches, "__len__") else None
+        mine = tqdm(mine, total=total, desc="eval", unit="batch", leave=False)
     s_buffer, t_buffer = RowBuffer(), RowBuffer()  # every chunk's (m, V) logits, reused
     with _eval_mode(student, teacher), torch.no_grad(), autocast:
-        for batch in batches:
+        for first, batch in mine:
             batch = batch.to(device)
             valid = batch.labels != IGNORE_INDEX  # (B, T)
             labels = batch.labels[valid]  # (M,)
@@ -123,6 +134,8 @@ def evaluate(
                 continue
             boundary = getattr(batch, "boundary", None)
             boundary = boundary[valid] if boundary is not None else None  # (M,) end-of-document targets
+            rows = first + torch.arange(valid.shape[0], device=device)  # (B,) global block index of each row
+            block = rows[:, None].expand_as(valid)[valid]  # (M,) the block of each target
             s_hidden = _final_hidden(student, batch)[valid]  # (M, Ds) at valid rows
             t_hidden = _final_hidden(teacher, batch)[valid] if teacher is not None else None  # (M, Dt)
             for start in range(0, labels.shape[0], chunk_rows):
@@ -138,9 +151,12 @@ def evaluate(
                     t_logits,
                     None if boundary is None else boundary[start:end],
                     padded,
+                    block[start:end],
                 )
     if world_size > 1:
-        metrics.all_reduce(device)
+        metrics.all_reduce(device, blocks)
+    if block_sums is not None:
+        block_sums.update(metrics.block_sums(blocks))
     result = metrics.compute()
     log.debug("eval: %d tokens, loss %.4f", int(result["tokens"]), result["loss"])
     return result, metrics.reliability()

@@ -24,6 +24,11 @@ Metrics (``compute()``):
   evaluator of the exported model that does not slice its logits to V (lm-eval, a plain ``log_softmax``)
   computes. Per row, with d = logsumexp(padded logits) − logsumexp(V logits): mass = σ(d) and
   NLL_full = NLL + softplus(d).
+
+Per block (``block_sums()``, when ``update(..., block=...)`` names each row's block, a row of the packed eval
+batches): the same sums of :data:`BLOCK_SUMS` — scored tokens, NLL (nats), correct top-1 predictions, and the
+end-of-document targets' count and NLL — so that ``ekd compare`` can tell how much of a difference the fixed
+sample of eval text could make (a cluster standard error over blocks: the tokens of a document are correlated).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 IGNORE_INDEX = -100
+BLOCK_SUMS = ("tokens", "nll", "correct", "boundary_tokens", "boundary_nll")
+"""The per-block sums (:meth:`StreamingMetrics.block_sums`): scored targets, their summed NLL (nats), correct
+top-1 predictions, and of those the end-of-document targets and their summed NLL — each the block's share of the
+set's ``tokens``, ``loss``·``tokens``, ``acc``·``tokens``, ``boundary_tokens``."""
 
 
 def _xlogy_terms(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -69,6 +78,8 @@ class StreamingMetrics:
         self.chunk_rows = chunk_rows
         self._device: torch.device | None = None
         self._sums: dict[str, Tensor] = {}
+        self._blocks: dict[str, Tensor] = {}  # name → (capacity,) per-block sums (BLOCK_SUMS)
+        self._block_count = 0  # blocks seen: 1 + the largest block index passed
 
     # ---------------------------------------------------------------- state
 
@@ -105,6 +116,20 @@ class StreamingMetrics:
         """Forget everything seen so far."""
         self._device = None
         self._sums = {}
+        self._blocks = {}
+        self._block_count = 0
+
+    def _reserve_blocks(self, count: int) -> None:
+        """Room for blocks [0, ``count``) in the per-block sums (capacity doubled: batches add a few blocks each)."""
+        capacity = next(iter(self._blocks.values())).shape[0] if self._blocks else 0
+        if count <= capacity:
+            return
+        size = max(count, 2 * capacity)
+        for name in BLOCK_SUMS:
+            grown = torch.zeros(size, dtype=self._sums["tokens"].dtype, device=self._device)  # (size,)
+            if name in self._blocks:
+                grown[:capacity] = self._blocks[name]
+            self._blocks[name] = grown
 
     # ---------------------------------------------------------------- update
 
@@ -116,6 +141,7 @@ class StreamingMetrics:
         teacher_logits: Tensor | None = None,
         boundary: Tensor | None = None,
         padded_logsumexp: Tensor | None = None,
+        block: Tensor | None = None,
     ) -> None:
         """Add N rows.
 
@@ -126,6 +152,8 @@ class StreamingMetrics:
             boundary: (N,) bool, True where the target is an end-of-document token, or None (none are).
             padded_logsumexp: (N,) logsumexp of the student's logits at its head rows ≥ V (a padded head), or
                 None (no such rows).
+            block: (N,) int64, the index of the block (a row of the packed eval batches, numbered over the
+                whole set) each row belongs to, or None (no per-block sums).
         """
         if student_logits.dim() != 2 or student_logits.shape[1] != self.vocab_size:
             raise ValueError(
@@ -149,11 +177,19 @@ class StreamingMetrics:
             raise ValueError(
                 f"padded_logsumexp must be ({labels.shape[0]},), got {tuple(padded_logsumexp.shape)}"
             )
+        if block is not None and block.shape != labels.shape:
+            raise ValueError(f"block must be ({labels.shape[0]},), got {tuple(block.shape)}")
         if not bool(valid.all()):
             student_logits, labels = student_logits[valid], labels[valid]  # (n, V), (n,)
             teacher_logits = None if teacher_logits is None else teacher_logits[valid]
             boundary = boundary[valid]  # (n,)
             padded_logsumexp = None if padded_logsumexp is None else padded_logsumexp[valid]  # (n,)
+            block = None if block is None else block[valid]  # (n,)
+        if block is not None and block.numel():
+            if int(block.min()) < 0:
+                raise ValueError(f"block indices must be ≥ 0, got {int(block.min())}")
+            self._block_count = max(self._block_count, int(block.max()) + 1)
+            self._reserve_blocks(self._block_count)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.vocab_size):
             raise ValueError(
                 f"labels must be in [0, {self.vocab_size}) or −100, got [{int(labels.min())}, {int(labels.max())}]"
@@ -166,6 +202,7 @@ class StreamingMetrics:
                 None if teacher_logits is None else teacher_logits[start:end],
                 boundary[start:end],
                 None if padded_logsumexp is None else padded_logsumexp[start:end],
+                None if block is None else block[start:end],
             )
 
     def _update_chunk(
@@ -175,6 +212,7 @@ class StreamingMetrics:
         teacher_logits: Tensor | None,
         boundary: Tensor,
         padded_logsumexp: Tensor | None = None,
+        block: Tensor | None = None,
     ) -> None:
         s = self._sums
         acc = s["tokens"].dtype
@@ -194,6 +232,14 @@ class StreamingMetrics:
         s["bin_count"].index_add_(0, b, torch.ones_like(correct))
         s["bin_conf"].index_add_(0, b, conf.to(acc))
         s["bin_correct"].index_add_(0, b, correct)
+        if block is not None:  # the same sums per block (the packed row each target is in)
+            per = self._blocks
+            boundary_nll = torch.where(boundary, nll, nll.new_zeros(())).to(acc)  # (m,)
+            per["tokens"].index_add_(0, block, torch.ones_like(correct))
+            per["nll"].index_add_(0, block, nll.to(acc))
+            per["correct"].index_add_(0, block, correct)
+            per["boundary_tokens"].index_add_(0, block, boundary.to(acc))
+            per["boundary_nll"].index_add_(0, block, boundary_nll)
         if padded_logsumexp is not None:
             gap = padded_logsumexp.float() - torch.logsumexp(z, dim=-1)  # (m,) log(padded mass / V-row mass)
             s["padded_tokens"] += labels.shape[0]
@@ -218,13 +264,34 @@ class StreamingMetrics:
             s["h_correct"].index_add_(0, h, correct)
             s["h_agree"].index_add_(0, h, agree)
 
-    def all_reduce(self, device: torch.device) -> None:
+    def all_reduce(self, device: torch.device, blocks: int = 0) -> None:
         """Sum every accumulator over the ranks of the default process group (a collective; each rank must
-        call it once, also a rank that saw no rows). Afterwards every rank holds the metrics of all rows."""
+        call it once, also a rank that saw no rows). Afterwards every rank holds the metrics of all rows.
+
+        Args:
+            device: where a rank that saw no rows makes its (zero) accumulators.
+            blocks: the blocks of the whole set (every rank passes the same count): the per-block sums of blocks
+                [0, ``blocks``), each rank's zero where another rank scored the block, are summed too.
+        """
         if not self._sums:
             self._init(torch.device(device))
         for t in self._sums.values():
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if blocks:
+            for name, t in self._per_block(blocks).items():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                self._blocks[name] = t
+
+    def _per_block(self, blocks: int) -> dict[str, Tensor]:
+        """The per-block sums of blocks [0, ``blocks``), zero for a block no row was passed for: name → (blocks,)."""
+        if self._block_count > blocks:
+            raise ValueError(
+                f"rows of block {self._block_count - 1} were passed, but the set has {blocks} blocks"
+            )
+        if not self._sums:
+            self._init(torch.device("cpu"))
+        self._reserve_blocks(blocks)
+        return {name: self._blocks[name][:blocks].clone() for name in BLOCK_SUMS}  # (blocks,) each
 
     # ---------------------------------------------------------------- results
 
@@ -273,6 +340,13 @@ class StreamingMetrics:
                 out[f"agree@H{b}"] = mean(s["h_agree"][b], c)
                 out[f"tokens@H{b}"] = c
         return out
+
+    def block_sums(self, blocks: int | None = None) -> dict[str, list[float]]:
+        """The sums of :data:`BLOCK_SUMS` per block: name → ``blocks`` values (None: as many as the largest block
+        index passed + 1), block i's at position i, 0 for a block no row was passed for. They add up to the
+        set's totals: Σ tokens = ``tokens``, Σ nll = ``loss``·``tokens``, Σ correct = ``acc``·``tokens``."""
+        count = self._block_count if blocks is None else blocks
+        return {name: t.tolist() for name, t in self._per_block(count).items()}
 
     def reliability(self) -> list[tuple[float, float, int, float, float]]:
         """Reliability-diagram bins: (lo, hi, count, mean confidence, accuracy) per bin (lo, hi].

@@ -39,18 +39,24 @@ def evaluate_run(
     ``ranks`` (``ekd.train.distributed.Ranks``): under ``torchrun`` every rank calls this, evaluates a 1/W
     share of each split's batches and gets the all-reduced metrics of the whole split (no rank idles in a
     collective while another evaluates); pass ``plots_dir`` on one rank only.
+
+    Returns:
+        Set → metrics (teacher rows under ``<set>/teacher``), with each student set's per-block sums in
+        :attr:`~ekd.eval.eval_json.EvalResults.block_sums` (for eval.json, not logged).
     """
     share = {"rank": ranks.rank, "world_size": ranks.world_size} if ranks is not None else {}
     drawn: list = []  # (bins, path, title): drawn once every collective is done, by the rank given plots_dir
     from ekd.data import iter_eval
     from ekd.eval import evaluate, plot_reliability
+    from ekd.eval.eval_json import EvalResults
 
-    results: dict[str, dict[str, float]] = {}
+    results = EvalResults()
     use_teacher = teacher if cfg.eval.teacher else None
     for name, blocks in data.blocks.items():
         if name == "train":
             continue
         batches = list(iter_eval(blocks, cfg.eval.batch_size, cfg.data.max_eval_blocks))
+        results.block_sums[name] = {}
         metrics, bins = evaluate(
             student,
             batches,  # each moved to the device when it is evaluated
@@ -60,6 +66,7 @@ def evaluate_run(
             entropy_buckets=cfg.eval.entropy_buckets,
             device=device,
             autocast_dtype=amp,
+            block_sums=results.block_sums[name],
             **share,
         )
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
@@ -467,7 +474,7 @@ def write_eval_json(
     of its blocks in ``data`` (:mod:`ekd.eval.eval_json`).
 
     Args:
-        results: Set → metrics, as :func:`evaluate_run` returns them.
+        results: Set → metrics, as :func:`evaluate_run` returns them (their per-block sums recorded too).
         keep: ``ekd eval RUN``: keep the entries of the sets not scored now, with their own recorded
             settings, and the ``tasks`` section (one log line names the kept sets); the end of training
             writes its evaluation alone (the student changed).
@@ -479,7 +486,8 @@ def write_eval_json(
     path = run_dir / "eval.json"
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
     scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
-    written = with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg))
+    per_block = getattr(results, "block_sums", None)  # an EvalResults: the sets' per-block sums
+    written = with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg), per_block)
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())

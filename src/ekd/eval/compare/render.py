@@ -10,7 +10,7 @@ from typing import Any
 
 from ekd.eval.compare.eval_sets import _eval_set_notes
 from ekd.eval.compare.runs import METRIC_INFO, _text_set
-from ekd.eval.compare.summary import UNPAIRED
+from ekd.eval.compare.summary import ITEM_NOISE, UNPAIRED
 from ekd.eval.report import results_table
 
 
@@ -34,6 +34,12 @@ FORMATS = {k: m.fmt for k, m in METRIC_INFO.items()} | {"kd_pct": ".1f", "bytes_
 
 def _fmt(key: str) -> str:
     return FORMATS.get(key.rpartition("/")[2] or key, ".4g")
+
+
+ITEM_NOISE_SAID = (
+    "two standard errors of the fixed sample every seed is scored on (a task's items, an eval set's text blocks), "
+    "`item_noise` in compare.json"
+)
 
 
 def _why_no_teacher(why: dict[str, str] | None) -> str:
@@ -126,9 +132,12 @@ def markdown(summary: dict[str, Any]) -> str:
             dcols = [("method", "method", "")] + [
                 (k, _header(k), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
             ]
+            noise = any(d.get("verdict") == ITEM_NOISE for g in groups for d in g["vs"].get(b, {}).values())
             parts.append(
                 f"\nPaired difference vs `{b}` (same seeds; method − {b}, mean ± std; verdict: better/worse only "
-                "when the 95% confidence interval of the mean difference excludes 0, a paired t-test).\n"
+                "when the 95% confidence interval of the mean difference excludes 0, a paired t-test"
+                + (f"; {ITEM_NOISE}: smaller than {ITEM_NOISE_SAID}" if noise else "")
+                + ").\n"
             )
             parts.append(results_table(diff_rows, dcols))
     return "\n".join(parts)

@@ -13,7 +13,7 @@ from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
 from ekd.eval.compare.groups import Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
 from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, TEACHER_RELATIVE, _scored_set, _text_set
-from ekd.eval.eval_json import set_of
+from ekd.eval.eval_json import block_sums_of, set_of
 
 UNPAIRED = ("different eval sets", "different teachers")  # verdicts of a difference that is not computed
 
@@ -83,19 +83,41 @@ def ci95_half_width(std: float, n: int) -> float:
 
 
 def item_noise(group: Group, baseline: Group, key: str, seeds: list[int] | None = None) -> float:
-    """The smallest difference of a downstream task's score (a proportion: accuracy, exact match) that its n
-    items resolve: :func:`~ekd.eval.task_metrics.gap_noise` of the two groups' means over ``seeds`` (the paired
-    seeds the difference is over; None: every seed) — 2·√((a(1−a) + b(1−b))/n), at least 3/n — and for a tag's
-    mean over tasks, :func:`~ekd.eval.task_metrics.mean_noise` of its tasks'. The means are over the difference's
-    own seeds (try-out 39: a method's seed that no baseline run pairs moved the noise and flipped a verdict).
-    Every seed is scored on the same items, so this error does not shrink with seeds (try-out 34: 'better' on
-    2 seeds that differed by 3 and 1 items of 70, one standard error being ~0.08). NaN (no judgement) for any
-    other key, an unknown item count, or a score outside [0, 1]."""
+    """The smallest difference ``group − baseline`` of ``key`` that the fixed items every seed is scored on
+    resolve — seeds cannot average their sampling error away (try-out 34: 'better' on 2 seeds that differed by
+    3 and 1 items of 70, one standard error being ~0.08). ``seeds``: the paired seeds the difference is over
+    (None: every seed both groups have); the figures are over those alone (try-out 39: a method's seed that no
+    baseline run pairs moved the noise and flipped a verdict).
+
+    - A downstream task's score (a proportion: accuracy, exact match): :func:`~ekd.eval.task_metrics.gap_noise`
+      of the two groups' means — 2·√((a(1−a) + b(1−b))/n), at least 3/n — and for a tag's mean over tasks,
+      :func:`~ekd.eval.task_metrics.mean_noise` of its tasks'.
+    - A text eval set's ``ppl``, ``ppl_no_boundary``, ``loss``, ``acc``: :func:`text_set_noise` of the runs'
+      per-block sums.
+
+    NaN (no judgement) for any other key, an unknown item count, a score outside [0, 1], or a text set whose runs
+    record no per-block sums (an older ekd's) or blocks that do not pair."""
+    column, _, metric = key.rpartition("/")
+    if not group.runs or not column:
+        return math.nan
+    if column.startswith(("task:", "tasks[")):
+        return _task_noise(group, baseline, key, seeds) if metric == "score" else math.nan
+    if _text_set(column) and metric in TEXT_SET_NOISE_METRICS:
+        if seeds is None:
+            seeds = sorted(set(group.values(key)) & set(baseline.values(key)))
+        sums = [_mean_block_sums(g, column, seeds) for g in (group, baseline)]
+        if sums[0] is None or sums[1] is None:
+            return math.nan
+        base = [v for seed, v in baseline.values(key).items() if seed in seeds]
+        return text_set_noise(sums[0], sums[1], metric, statistics.fmean(base) if base else math.nan)
+    return math.nan
+
+
+def _task_noise(group: Group, baseline: Group, key: str, seeds: list[int] | None) -> float:
+    """:func:`item_noise` of a downstream task's score ``key`` (``task:<name>/score``, ``tasks[<tag>]/score``)."""
     from ekd.eval import task_metrics as tm
 
-    column, _, metric = key.rpartition("/")
-    if metric != "score" or not column.startswith(("task:", "tasks[")) or not group.runs:
-        return math.nan
+    column = key.rpartition("/")[0]
     run = next((r for r in group.runs if r.entry_name(column)), None)
     way = run.task_way(run.entry_name(column)) if run is not None else {}
 
@@ -111,6 +133,92 @@ def item_noise(group: Group, baseline: Group, key: str, seeds: list[int] | None 
             for t, n in tm.tag_documents(way).items()
         ]
     )
+
+
+TEXT_SET_NOISE_METRICS = ("ppl", "ppl_no_boundary", "loss", "acc")
+"""A text eval set's figures :func:`text_set_noise` judges: per-token means over its blocks (and exp of one)."""
+
+
+def _mean_block_sums(group: Group, column: str, seeds: list[int]) -> dict[str, list[float]] | None:
+    """The per-block sums (:func:`~ekd.eval.eval_json.block_sums_of`) of ``group``'s runs of ``seeds`` on
+    ``column``, each block's averaged over the seeds: name → (B,) values. None when a run records none, or the
+    runs' block counts differ."""
+    recorded = [block_sums_of(group.run(seed).entry(column)) for seed in seeds]
+    if not recorded or any(r is None for r in recorded):
+        return None
+    names = set.intersection(*(set(r) for r in recorded))
+    lengths = {len(r[k]) for r in recorded for k in names}
+    if len(lengths) != 1:
+        return None
+    return {k: [statistics.fmean(vs) for vs in zip(*(r[k] for r in recorded))] for k in names}
+
+
+def cluster_standard_error(differences: list[float], counts: list[float]) -> tuple[float, float]:
+    """The ratio estimator D of a per-token mean difference over B blocks (clusters), and its cluster standard
+    error: with d_b a block's summed difference (e.g. NLL sums, nats, of two models on the block's n_b tokens),
+
+        D = Σ_b d_b / Σ_b n_b,    SE = √(B/(B−1) · Σ_b (d_b − D·n_b)²) / Σ_b n_b,
+
+    the linearized (delta-method) variance of a ratio of sums over sampled clusters, B/(B−1) the small-sample
+    correction. Blocks, not tokens, are the independent draws: the tokens of a document are correlated.
+
+    Args:
+        differences: (B,) d_b per block.
+        counts: (B,) n_b per block (tokens; a block with none counts no block).
+
+    Returns:
+        (D, SE); SE is NaN for fewer than 2 blocks with tokens, D NaN for no token, both NaN for a NaN input.
+    """
+    if len(differences) != len(counts):
+        raise ValueError(f"{len(differences)} block differences for {len(counts)} block counts")
+    pairs = [(d, n) for d, n in zip(differences, counts) if n != 0 or not math.isfinite(d)]
+    total = math.fsum(n for _, n in pairs)
+    if not total > 0:
+        return math.nan, math.nan
+    mean = math.fsum(d for d, _ in pairs) / total
+    blocks = len(pairs)
+    if blocks < 2:
+        return mean, math.nan
+    spread = math.fsum((d - mean * n) ** 2 for d, n in pairs)
+    return mean, math.sqrt(blocks / (blocks - 1) * spread) / total
+
+
+def text_set_noise(
+    group: dict[str, list[float]], baseline: dict[str, list[float]], metric: str, baseline_value: float
+) -> float:
+    """Two cluster standard errors (:func:`cluster_standard_error`) of ``metric``'s difference group − baseline
+    on a text eval set, from the two sides' per-block sums (:data:`~ekd.eval.metrics.BLOCK_SUMS` name → (B,), each
+    side's averaged over its seeds), in the metric's own units:
+
+    - ``loss`` (nats/token): d_b = NLL_b(group) − NLL_b(baseline), n_b = tokens_b; noise 2·SE;
+    - ``ppl``: the same, times ``baseline_value`` (the baseline's ppl): Δppl ≈ ppl·Δloss to first order;
+    - ``ppl_no_boundary``: likewise without the end-of-document targets (NLL_b − boundary NLL_b, tokens_b −
+      boundary tokens_b);
+    - ``acc``: d_b = correct_b(group) − correct_b(baseline); noise 2·SE.
+
+    NaN when a sum it needs is missing, the block counts differ, or the two sides' blocks hold other token
+    counts (not one eval set)."""
+    if metric == "ppl_no_boundary":
+        names, tokens = ("nll", "boundary_nll"), ("tokens", "boundary_tokens")
+    elif metric == "acc":
+        names, tokens = ("correct",), ("tokens",)
+    elif metric in ("ppl", "loss"):
+        names, tokens = ("nll",), ("tokens",)
+    else:
+        return math.nan
+    if any(k not in side for k in (*names, *tokens) for side in (group, baseline)):
+        return math.nan
+
+    def net(side: dict[str, list[float]], keys: tuple[str, ...]) -> list[float]:  # (B,) first − the rest
+        return [v[0] - math.fsum(v[1:]) for v in zip(*(side[k] for k in keys))]
+
+    counts, other_counts = net(baseline, tokens), net(group, tokens)
+    a, b = net(group, names), net(baseline, names)
+    if len(a) != len(b) or counts != other_counts:
+        return math.nan
+    _, se = cluster_standard_error([x - y for x, y in zip(a, b)], counts)
+    scale = baseline_value if metric.startswith("ppl") else 1.0
+    return 2.0 * se * scale
 
 
 def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict[int, str]:
