@@ -14,7 +14,9 @@ way, never over two sets. Against
 each baseline present (``kd``, ``ce`` by default): the paired difference over the seeds both have,
 ``mean(d) ± std(d)``, and a verdict — a method *beats* the baseline only when the 95% confidence interval of
 the mean difference (Student's t over the seeds: a paired t-test) excludes 0 in the metric's better direction;
-otherwise "not significant"; one shared seed is "1 seed" (no spread to compare against).
+otherwise "not significant"; one shared seed is "1 seed" (no spread to compare against). A gap smaller than the
+eval items resolve (a task's n items; a text set's blocks, from ``block_sums`` in eval.json) is "within item
+noise" where the seeds alone would say better, worse or "1 seed".
 
 Outputs (``--out DIR``: new, or an earlier comparison's; :func:`check_out_directory`): ``compare.md``, ``compare.csv``,
 ``compare.json`` (its ``format`` is ``ekd-compare``) and ``plots/``:
