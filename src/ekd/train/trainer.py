@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
+from ekd.config.inert import inert_message, refuse_inert_keys
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
@@ -196,6 +197,12 @@ def train(
     teacher that does not fit, an out-of-memory step); a run replaced by ``--overwrite`` is deleted only then.
     """
     with distributed(resolve_device(cfg.run.device)) as ranks:
+        # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
+        # trains on as it began)
+        if not resume:
+            refuse_inert_keys(cfg.method)
+        elif ranks.is_main and (inert := inert_message(cfg.method)):
+            log.warning("%s (the resumed run trains on as it began)", inert)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)

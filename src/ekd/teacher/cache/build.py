@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config
+from ekd.config.inert import refuse_inert_keys
 from ekd.data.collate import model_inputs
 from ekd.io import make_dirs
 from ekd.locks import lock_directory
@@ -318,6 +319,7 @@ def run_build(
 
     check_cacheable(cfg)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
+    refuse_inert_keys(cfg.method)  # e.g. method.topk with RS targets: the cache would not be what was asked
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`

@@ -1,0 +1,163 @@
+"""Method keys a run sets that its method never reads (try-out 53, F5: ``method=egad method.kd_temperature=3``
+trained at EGAD's entropy-mapped τ without a word): refused at a start, warned about on a resume."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ekd.config import load_config
+from ekd.config.inert import READ_WHEN, inert_keys
+from ekd.methods import presets
+from ekd.selection.policies import policies
+from ekd.temperature import temperatures
+from hostile import cli, one_error_line
+from tiny import config_file, write_corpus
+
+
+class _Reads:
+    """A method config that records every key read from it."""
+
+    def __init__(self, method_cfg):
+        self._cfg, self.read = method_cfg, set()
+
+    def __getattr__(self, key):
+        self.read.add(key)
+        return getattr(self._cfg, key)
+
+
+def _built(registry, name: str, **overrides) -> tuple[set[str], object]:
+    """The keys the ``name`` entry of ``registry`` reads as it is built, and the config it was built from (the
+    bandit with ``bandit_kind=exp3`` is EXP3, which ``build_policy`` builds in LinUCB's place)."""
+    from ekd.selection.bandit import Exp3Budget
+
+    over = [f"method.{k}={v}" for k, v in overrides.items()]
+    cfg = load_config(None, over).method
+    reads = _Reads(cfg)
+    build = Exp3Budget if overrides.get("bandit_kind") == "exp3" else registry.get(name)
+    try:
+        build(reads, total_steps=10)
+    except TypeError:
+        build(reads)
+    return reads.read, cfg
+
+
+@pytest.mark.parametrize(
+    "registry, key, names",
+    [
+        (policies, "policy", [*policies.names(), "bandit:exp3"]),
+        (temperatures, "temperature", temperatures.names()),
+    ],
+    ids=["policies", "temperatures"],
+)
+def test_the_table_says_what_each_policy_and_temperature_reads(registry, key, names):
+    """READ_WHEN agrees with the code: every registered policy and temperature, built from a config that records
+    reads, reads exactly the keys the table says are read under it (among the keys any of them reads)."""
+    built = {}
+    for entry in names:
+        name, _, kind = entry.partition(":")
+        extra = {"bandit_kind": kind} if kind else {}
+        if registry is policies and name != "all":
+            extra["scorer"] = "student_entropy"  # every policy but 'all' ranks positions by a score
+        built[entry] = _built(registry, name, **{key: name}, **extra)
+    group = set().union(*(read for read, _ in built.values())) & set(READ_WHEN)
+    assert group, "no key of the table is read by any entry"
+    for entry, (read, cfg) in built.items():
+        said = {k for k in group if READ_WHEN[k].reads(cfg)}
+        assert read & group == said, (entry, sorted(read & group), sorted(said))
+
+
+def test_no_preset_sets_a_key_it_does_not_read():
+    for name in presets.names():
+        assert inert_keys(load_config(None, [f"method={name}"]).method) == [], name
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["method=egad", "method.kd_temperature=3"],
+            "method.kd_temperature=3.0 is read only under method.temperature",
+        ),
+        (["method=kd", "method.rs_samples=7"], "method.rs_samples=7 is read only under method.target=rs"),
+        (
+            ["method=kd", "method.idts_strength=2"],
+            "method.idts_strength=2.0 is read only under method.temperature=idts",
+        ),
+        (
+            ["method=kd", "method.jsd_beta=0.9"],
+            "method.jsd_beta=0.9 is read only under method.divergence=jsd",
+        ),
+        (
+            ["method=sekd", "method.gls_queue_size=10"],
+            "method.gls_queue_size=10 is read only under method.policy=gls",
+        ),
+        (
+            ["method=kd", "method.ce_on=selected"],
+            "method.ce_on=selected is read only with method.ce_weight > 0",
+        ),
+    ],
+)
+def test_a_key_the_method_never_reads_is_refused_at_a_start(tmp_path, capsys, monkeypatch, overrides, named):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "inert", **{"train.max_steps": 1})
+    line = one_error_line(*cli(capsys, "distill", config, *overrides)[::2])
+    assert named in line and "no effect on this run" in line and line.endswith("or choose what reads it"), (
+        line
+    )
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_keys_set_to_the_presets_value_or_read_by_the_method_pass():
+    for overrides in (
+        ["method=kd", "method.rs_samples=50"],  # the default: nothing was set
+        ["method=egad", "method.entropy_tau_max=3"],
+        ["method=adakd", "method.kd_temperature=2"],  # IDTS's τ_base
+        ["method=rskd", "method.rs_samples=7"],
+        ["method=kd", "method.temperature=schedule", "method.temperature_end=2"],
+    ):
+        assert inert_keys(load_config(None, overrides).method) == [], overrides
+
+
+def test_several_inert_keys_are_named_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "inert", **{"train.max_steps": 1})
+    line = one_error_line(
+        *cli(capsys, "distill", config, "method=kd", "method.topk=5", "method.bucket_low=10")[::2]
+    )
+    assert "method.topk=5 is read only under method.target=topk; method.bucket_low=10.0 is read only" in line
+    assert "they have no effect on this run" in line and line.endswith("or choose what reads them"), line
+
+
+def test_a_cache_build_refuses_an_inert_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "inert", **{"train.max_steps": 1})
+    line = one_error_line(
+        *cli(capsys, "cache", config, "method=rskd", "method.topk=5", "teacher.cache_dir=cache")[::2]
+    )
+    assert "method.topk=5 is read only under method.target=topk" in line, line
+    assert not Path("cache").exists()
+
+
+def test_a_resumed_run_with_an_inert_key_is_warned_about_and_trains_on(tmp_path, capsys, monkeypatch, caplog):
+    """A run saved before this check may hold an inert key: its resume is not refused (it trains on as it began)."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=12)
+    config = config_file(Path("."), Path("corpus"), "old", **{"train.max_steps": 1, "method.preset": "kd"})
+    assert cli(capsys, "distill", config)[0] == 0
+    saved = Path("runs", "old", "config.yaml")
+    raw = yaml.safe_load(saved.read_text())
+    raw["method"]["rs_samples"] = 7  # as an older ekd let it be saved
+    saved.write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        rc, out, err = cli(capsys, "distill", saved, "train.max_steps=2", "--resume")
+    assert rc == 0, err
+    said = [r.getMessage() for r in caplog.records if "no effect on this run" in r.getMessage()]
+    assert len(said) == 1 and "method.rs_samples=7 is read only under method.target=rs" in said[0], said
