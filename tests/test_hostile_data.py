@@ -119,6 +119,26 @@ def test_a_directory_of_only_binary_files_says_so_not_to_lower_min_chars(tmp_pat
         )
 
 
+def test_a_text_file_not_in_utf8_names_where_and_the_fix(tmp_path):
+    """Try-out 53, F2: a Latin-1 word in a UTF-8 corpus was 'is not UTF-8 text; convert it or set data.format' —
+    no place, and data.format is no fix for text in another encoding. The line and byte are named, as the JSONL
+    reader names a row's, wherever the chunks of the reader cut the file."""
+    from ekd.data.documents import _utf8_error_at
+
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(("héllo wörld\n" * 5).encode() + b"abc caf\xe9 x\n" + b"more\n")
+    cfg = load_config(overrides=[f"data.source={path}"])
+    with pytest.raises(ConfigError) as e:
+        load_documents(str(path), cfg.data)
+    assert str(e.value) == (
+        f"data.source: {path} is not UTF-8 text (line 6, byte 8 of the line: 0xe9); re-encode the file as UTF-8"
+    )
+    for chunk in (1, 2, 3, 7, 64):  # a 2-byte 'é' cut by a chunk is carried, not reported
+        assert _utf8_error_at(path, chunk) == "line 6, byte 8 of the line: 0xe9", chunk
+    path.write_bytes(b"ab\n" + "é".encode()[:1])
+    assert _utf8_error_at(path, 2) == "line 2: a character cut short at the end of the file"
+
+
 def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"text\0\0\0" + b"\0" * 500)
