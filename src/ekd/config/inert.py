@@ -32,7 +32,7 @@ def _under(key: str, *values: str) -> ReadWhen:
     return ReadWhen(lambda m: getattr(m, key) in values, f"under method.{key}={' or '.join(values)}")
 
 
-_SELECT_FRACTION_POLICIES = ("topk", "gls", "curriculum", "coverage_schedule", "pos_rs")
+_SELECT_FRACTION_POLICIES = ("topk", "gls", "curriculum", "pos_rs")  # coverage_schedule: k from coverage_*
 _LINUCB = ReadWhen(
     lambda m: m.policy == "bandit" and m.bandit_kind == "linucb",
     "under method.policy=bandit with method.bandit_kind=linucb",

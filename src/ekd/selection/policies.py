@@ -93,7 +93,8 @@ class CoverageSchedule(TopK):
     name = "coverage_schedule"
 
     def __init__(self, cfg: Any, total_steps: int):
-        super().__init__(cfg, total_steps)
+        SelectionPolicy.__init__(self)  # not TopK's: k comes from the schedule, method.select_fraction is unread
+        self.per = cfg.select_per
         self.start, self.end = float(cfg.coverage_start), float(cfg.coverage_end)
         self.shape = cfg.coverage_shape
         self.total_steps = max(1, int(total_steps))
