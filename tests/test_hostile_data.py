@@ -139,6 +139,26 @@ def test_a_text_file_not_in_utf8_names_where_and_the_fix(tmp_path):
     assert _utf8_error_at(path, 2) == "line 2: a character cut short at the end of the file"
 
 
+def test_a_utf8_byte_order_mark_is_not_read_as_text(tmp_path):
+    """Try-out 53, F7: a BOM (Excel, Notepad, pandas' utf-8-sig) made JSONL's first row 'not valid JSON ... fix or
+    remove the line', and in a text file was trained as the first document's first character."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "rows.jsonl").write_bytes(bom + b'{"text": "first row"}\r\n{"text": "second row"}\n')
+    (tmp_path / "one.txt").write_bytes(bom + b"the quiet text\n\n\nanother document\n")
+    corpus = tmp_path / "dir"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes(bom + b"a whole file\n")
+    for source, first in (
+        ("rows.jsonl", "first row"),
+        ("one.txt", "the quiet text"),
+        ("dir", "a whole file\n"),
+    ):
+        path = tmp_path / source
+        cfg = load_config(overrides=[f"data.source={path}"])
+        docs = load_documents(str(path), cfg.data)
+        assert docs[0].text == first and "\ufeff" not in "".join(d.text for d in docs), (source, docs[0].text)
+
+
 def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"text\0\0\0" + b"\0" * 500)

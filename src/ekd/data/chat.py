@@ -268,7 +268,7 @@ def read_template_option(value: str) -> str:
             "fix the path (relative paths start at the working directory) or give the template text"
         )
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no template text
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(
             f"{where}: cannot read {path.resolve()} ({type(e).__name__}); give a readable UTF-8 text file"

@@ -427,7 +427,7 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
     index = 0
     buffer = ""
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a leading byte-order mark is no text (try-out 53, F7)
             while True:
                 chunk = f.read(TEXT_CHUNK_CHARS)
                 if index == 0 and "\x00" in chunk[:BINARY_PROBE_CHARS] and not buffer:
@@ -489,7 +489,7 @@ def _whole_file(path: Path, doc_id: str) -> Document | str:
     binary, as a tar archive's padding or a zero-filled dump (try-out 51, F1: a .tar in a text directory was
     93% of the training tokens)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is no text
     except UnicodeDecodeError:
         return "not UTF-8"
     if "\x00" in text[:BINARY_PROBE_CHARS]:
@@ -600,7 +600,7 @@ def _read_jsonl(
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a byte-order mark: no JSON
             except UnicodeDecodeError as e:
                 raise ConfigError(
                     f"{where}: not UTF-8 (byte {e.start + 1} of the line); re-encode the file as UTF-8"
