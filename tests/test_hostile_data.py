@@ -159,6 +159,29 @@ def test_a_utf8_byte_order_mark_is_not_read_as_text(tmp_path):
         assert docs[0].text == first and "\ufeff" not in "".join(d.text for d in docs), (source, docs[0].text)
 
 
+def test_a_source_of_one_document_warns_that_no_eval_set_is_scored(tmp_path, caplog):
+    """Try-out 53, F3: a source of one document held none out; an INFO line said 'eval set is empty' and the run
+    ended with no evaluation (eval.json {}). Now a warning says so and how to get one; naming a set silences it."""
+    import logging
+
+    from ekd.data.build import load_splits
+
+    path = tmp_path / "one.txt"
+    path.write_text("a single document with no blank-line separators\n" * 20)
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        splits = load_splits(load_config(overrides=[f"data.source={path}", "data.eval_fraction=0.1"]))
+    assert list(splits) == ["train"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "no document is held out for the eval set (1 document; data.eval_fraction=0.1" in warning, warning
+    assert "so this run scores no eval set; name one with data.eval_sources={eval: FILE}" in warning, warning
+    held = tmp_path / "held.txt"
+    held.write_text("held out text\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        load_splits(load_config(overrides=[f"data.source={path}", f"data.eval_sources={{held: {held}}}"]))
+    assert not caplog.records
+
+
 def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"text\0\0\0" + b"\0" * 500)

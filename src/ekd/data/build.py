@@ -71,7 +71,17 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
             load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
         )
     for name in [n for n, d in splits.items() if not d]:
-        if not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
+        if name == "eval" and data.eval_fraction > 0 and not data.eval_sources:
+            # the run will end with no evaluation at all (try-out 53, F3: said at INFO only, eval.json {})
+            logger.warning(
+                "data.source %s: no document is held out for the eval set (%s; data.eval_fraction=%g holds out "
+                "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, "
+                "or split the text into documents (two blank lines between them)",
+                data.source,
+                counted(len(splits.get("train", [])), "document"),
+                data.eval_fraction,
+            )
+        elif not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
             logger.info("eval set '%s' is empty; skipping it", name)
         del splits[name]
     return splits
