@@ -132,6 +132,13 @@ def test_results_footnotes_explain_only_present_columns_and_mark_a_tiny_eval_set
         [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("ppl_no_boundary", "x", "")]
     )
     assert ppl_note([("method", "method", ""), ("eval/acc", "ID acc", ".3f")]) == ""
+    # try-out 53, F6: sets without an end-of-document target (chat rows) still explain 'ppl (full head)'
+    full = [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("ppl_full_head", "ppl (full head)", ".2f")]
+    assert ppl_note(full, boundary=False) == (
+        "ppl is over every target (these sets hold no end-of-document target); 'ppl (full head)' (ppl_full_head) "
+        "takes the softmax over every head row, the padded rows past the tokenizer included, as an outside "
+        "evaluator of the export does."
+    )
 
 
 def test_quick_collapses_the_claims_it_cannot_check_into_one_line():

@@ -33,10 +33,11 @@ def ppl_note(columns: Sequence[Column], boundary: bool = True) -> str:
     metrics = {key.rpartition("/")[2] for key, _, _ in columns}
     if "ppl" not in metrics:
         return ""
-    if not boundary:  # data.separator=none: no end-of-document target to include or leave out
-        return "ppl is over every target (these sets hold no end-of-document target)"
-    note = "ppl is over every target, the end-of-document tokens (EOS) included"
-    if "ppl_no_boundary" in metrics:
+    if not boundary:  # data.separator=none, chat rows: no end-of-document target to include or leave out
+        note = "ppl is over every target (these sets hold no end-of-document target)"
+    else:
+        note = "ppl is over every target, the end-of-document tokens (EOS) included"
+    if "ppl_no_boundary" in metrics and boundary:
         note += "; 'ppl w/o EOS' (eval key ppl_no_boundary) leaves those out"
     if "ppl_full_head" in metrics:
         note += (
