@@ -642,6 +642,30 @@ def test_an_eval_file_copied_to_another_path_is_one_config_and_one_set(tmp_path)
     assert [(g["method"], g["seeds"]) for g in s["groups"]] == [("kd", [0, 1])] and not s["eval_sets"], s
 
 
+def test_a_set_identified_by_its_blocks_is_not_told_apart_by_the_fields_it_was_read_with(tmp_path):
+    """Try-out 53, F1: `ekd eval RUN data.prompt_field=prompt data.response_field=completion` (to add a
+    prompt/completion set) re-scored the run's text `eval` set with identical blocks, and compare put it in another
+    column (`eval#2`, 'data.prompt_field='' (vs 'prompt')'): every paired difference n/a. The blocks' sha256 holds
+    what those keys decide."""
+    runs = []
+    for name, method, fields in (("kd0", "kd", {"prompt_field": "prompt", "response_field": "completion"}),
+                                 ("se0", "sekd", {})):  # fmt: skip
+        run = _fake_run(tmp_path, name, method, 0, 10.0 if method == "kd" else 9.0, 0.5)
+        scored = {**fields, BLOCKS_KEY: "a" * 64}
+        runs.append(_edit(run, eval_sets={"eval": {"ppl": 9.0 if method == "kd" else 8.0, "data": scored}}))
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    assert not s["eval_sets"], s["eval_sets"]  # one column
+    d = s["groups"][1]["vs"]["kd"]["eval/ppl"]
+    assert (d["n"], d["mean"]) == (1, pytest.approx(-1.0)), d
+    # settings that change how the same blocks are scored still tell sets apart
+    runs[0] = _edit(
+        runs[0],
+        eval_sets={"eval": {"ppl": 9.0, "data": {"document_attention": "packed", BLOCKS_KEY: "a" * 64}}},
+    )
+    s = compare_runs(runs, tmp_path / "out2", baselines=("kd",), plots=False)
+    assert "document_attention" in s["eval_sets"], s["eval_sets"]
+
+
 def _rescored(run: Path, ppl: float, teacher_ppl: float, blocks: int) -> Path:
     """A fake run whose ``eval`` set was scored again (``ekd eval RUN data.max_eval_blocks=<blocks>``): its entry
     records those settings and another blocks sha256, with its teacher row on the same blocks."""

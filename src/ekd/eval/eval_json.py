@@ -42,6 +42,24 @@ TEACHER_SUFFIX = "/teacher"
 BLOCK_SUMS_KEY = "block_sums"
 """The key of a set's entry holding its per-block sums: :data:`ekd.eval.metrics.BLOCK_SUMS` name → one number per
 block, block i the i-th row of the set's packed eval batches (counts as whole numbers, NLL sums in nats)."""
+CONTENT_KEYS = (
+    "source",
+    "eval_sources",
+    "format",
+    "text_field",
+    "prompt_field",
+    "response_field",
+    "messages_field",
+    "tools_field",
+    "chat_template",
+    "chat_template_from",
+    "hf_name",
+    "hf_split",
+)
+"""``data.*`` keys that decide only what text a set's blocks hold — where it is, which fields of its rows, how a
+chat is rendered — all of which the blocks' sha256 (:data:`BLOCKS_KEY`: token ids, targets and document starts)
+captures: a set identified by that sha256 is not told apart by them (try-out 53, F1: ``ekd eval RUN
+data.prompt_field=prompt ...`` to add a prompt/completion set split the run's text ``eval`` set off its own)."""
 READ_ONLY_KEYS = ("store_dir", "hf_streaming")
 """``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
 

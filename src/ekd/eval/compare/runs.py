@@ -19,6 +19,7 @@ from ekd.config import with_todays_defaults
 from ekd.errors import EkdError
 from ekd.eval.eval_json import (
     BLOCKS_KEY,
+    CONTENT_KEYS,
     PRECISION,
     SCORING_SETTINGS,
     malformed,
@@ -212,8 +213,8 @@ class RunRecord:
             data = with_todays_defaults({"data": self.scored_with[name]})["data"]
         else:
             data = self.config.get("data") or {}
-        if name in self.sets_by_content:  # what the set holds, not where its files are
-            data = {k: v for k, v in data.items() if k not in ("source", "eval_sources")}
+        if name in self.sets_by_content:  # what the set holds, not where its files are nor how they were read
+            data = {k: v for k, v in data.items() if k not in CONTENT_KEYS}
         else:
             data = {k: v for k, v in data.items() if k != BLOCKS_KEY}
         return set_settings(data, name)  # narrowed and without the keys that only change how it is read
