@@ -658,6 +658,30 @@ def test_a_token_the_teachers_class_adds_is_named_in_the_first_refusal_and_its_f
         assert "its files alone (TokenizersBackend" in caplog.text
 
 
+def test_a_padded_qwen2_students_class_added_token_is_not_another_tokenizer(tmp_path, caplog):
+    """Try-out 53, F4: a Qwen2-type student with a padded head (rows past its tokenizer) and the run's tokenizer
+    files byte for byte loads as Qwen2Tokenizer, which adds '<|endoftext|>' — a token its padded head has a row
+    for — and was refused as another tokenizer with 'pick a student from the teacher's family'. Its files alone
+    are the run's tokenizer: taken, with an info line; files that differ are still refused."""
+    import logging
+
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    teacher, student = _bpe_dirs(tmp_path, ["<eos>"], {"teacher": ("llama", ()), "student": ("qwen2", ())})
+    rows = len(PreTrainedTokenizerFast.from_pretrained(teacher))
+    AutoConfig.for_model("qwen2", vocab_size=rows + 48).save_pretrained(student)  # a padded head
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert len(prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)) == rows
+    assert (
+        "model.student: its tokenizer loads as Qwen2Tokenizer, which adds '<|endoftext|>' beyond its files"
+        in (caplog.text)
+    )
+    other = _bpe_dirs(tmp_path / "x", ["<eos>"], {"student": ("qwen2", ["<|newtok|>"])})[0]
+    AutoConfig.for_model("qwen2", vocab_size=rows + 48).save_pretrained(other)
+    with pytest.raises(ModelError, match="tokenizers differ"):
+        prepare_tokenizer(_cfg(teacher, other, "teacher"), tmp_path, None)
+
+
 def test_a_hub_tokenizers_files_alone_are_read_at_its_revision(tmp_path):
     """Review 106, item 14: the files alone of a tokenizer loaded at ``model.revision`` were read at the default
     branch; where both are in the hub cache and differ, the class-added tokens were another snapshot's. In a
