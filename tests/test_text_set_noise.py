@@ -312,3 +312,17 @@ def test_eval_json_with_per_block_sums_reads_and_a_malformed_record_is_one_line(
     (run / "eval.json").write_text(json.dumps({"eval": bad}))
     with pytest.raises(EkdError, match=r"eval.json is malformed: 'eval' records 'block_sums' with 'nll'"):
         compare_runs([run], tmp_path / "out", plots=False)
+
+
+def test_lists_of_numbers_stay_on_one_line_in_written_json():
+    """eval.json's per-block sums: one number per line made five lines per block of every set."""
+    import json
+
+    from ekd.io import strict_json
+
+    value = {"eval": {"block_sums": {"nll": [1.5, 2.25e-05, -3, float("nan")], "tokens": [1, 2]}, "ppl": 3.0},
+             "names": ["x", "y"], "empty": []}  # fmt: skip
+    text = strict_json(value)
+    assert '"nll": [1.5, 2.25e-05, -3, null],' in text and '"tokens": [1, 2]' in text, text
+    assert '"names": [\n' in text  # lists of strings as json.dumps lays them out
+    assert json.loads(text) == json.loads(strict_json(value, indent=None))

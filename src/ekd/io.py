@@ -295,7 +295,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+_NUMBER_LIST = re.compile(r"\[(\s+(?:-?[0-9][0-9.eE+-]*|null),?)+\s+\]")  # an indented list of numbers
+
+
 def strict_json(value: Any, indent: int | None = 2) -> str:
     """``json.dumps`` of :func:`json_safe` (NaN and ±inf as ``null``): strict JSON that every parser reads,
-    as ``metrics.jsonl`` writes it; readers take ``null`` back as NaN."""
-    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+    as ``metrics.jsonl`` writes it; readers take ``null`` back as NaN. With ``indent``, a list of numbers stays on
+    one line (eval.json's per-block sums: a number per line made 5 lines per block of every set)."""
+    text = json.dumps(json_safe(value), indent=indent, allow_nan=False)
+    if indent is None:
+        return text
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(x.rstrip(",") for x in m.group(0)[1:-1].split()) + "]", text
+    )
