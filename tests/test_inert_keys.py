@@ -111,6 +111,55 @@ def test_a_key_the_method_never_reads_is_refused_at_a_start(tmp_path, capsys, mo
     assert not Path("runs").exists() or not any(Path("runs").iterdir())
 
 
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["method=kd", "method.ema_decay=0.5"],
+            "method.ema_decay=0.5 is read only under method.objective=ema_self",
+        ),
+        (["method=kd", "method.uncertainty_weight=3"], "method.uncertainty_weight=3.0 is read only under"),
+        (
+            ["method=kd", "method.scorer=student_entropy"],
+            "method.scorer=student_entropy is read only under a ",
+        ),
+        (
+            ["method=dkd", "method.target=rs", "method.rs_samples=7"],
+            "method.target=rs is read only with method.",
+        ),
+        (
+            ["method=atkd", "method.target=topk", "method.topk=2"],
+            "method.topk=2 is read only under method.target",
+        ),
+        (["method=uncertainty", "method.kd_temperature=3"], "method.kd_temperature=3.0 is read only under"),
+        (["method=ce", "method.kd_temperature=3"], "with a per-token term that takes τ"),
+        (
+            ["method=ce", "method.policy=topk", "method.scorer=student_entropy"],
+            "method.policy=topk is read only",
+        ),
+        (
+            ["method=ema_self_distill", "method.kd_weight=2"],
+            "method.kd_weight=2.0 is read only under method.",
+        ),
+    ],
+)
+def test_a_component_that_does_not_run_reads_none_of_its_keys(overrides, named):
+    """Try-out 54, F1: the rules looked only at a component's own switch: under dkd/atkd/self-distillation the
+    target is never read, under `ce` (no KD term) no KD knob is, the uncertainty objective takes no τ, and the
+    EMA/uncertainty knobs belong to their objectives."""
+    from ekd.config.inert import inert_message
+
+    message = inert_message(load_config(None, overrides).method)
+    assert named in message, message
+
+
+def test_the_self_distilling_objectives_are_the_trainers():
+    from ekd.config.inert import SELF_OBJECTIVES
+    from ekd.train.method_parts import SELF_OBJECTIVES as trainers
+
+    assert SELF_OBJECTIVES == trainers
+
+
 def test_keys_set_to_the_presets_value_or_read_by_the_method_pass():
     for overrides in (
         ["method=kd", "method.rs_samples=50"],  # the default: nothing was set
@@ -118,6 +167,11 @@ def test_keys_set_to_the_presets_value_or_read_by_the_method_pass():
         ["method=adakd", "method.kd_temperature=2"],  # IDTS's τ_base
         ["method=rskd", "method.rs_samples=7"],
         ["method=kd", "method.temperature=schedule", "method.temperature_end=2"],
+        ["method=dkd", "method.kd_temperature=2", "method.dkd_beta=4"],  # DKD takes τ
+        ["method=ema_self_distill", "method.ema_decay=0.9", "method.kd_temperature=2"],
+        ["method=uncertainty", "method.uncertainty_fraction=0.3"],
+        ["method=sekd", "method.scorer=teacher_entropy"],
+        ["method=ce", "method.ce_weight=2"],
     ):
         assert inert_keys(load_config(None, overrides).method) == [], overrides
 
@@ -129,7 +183,11 @@ def test_several_inert_keys_are_named_in_one_line(tmp_path, capsys, monkeypatch)
     line = one_error_line(
         *cli(capsys, "distill", config, "method=kd", "method.topk=5", "method.bucket_low=10")[::2]
     )
-    assert "method.topk=5 is read only under method.target=topk; method.bucket_low=10.0 is read only" in line
+    assert (
+        "method.topk=5 is read only under method.target=topk with method.objective=kd and method.kd_weight > 0; "
+        in line
+    )
+    assert "method.bucket_low=10.0 is read only under method.policy=bucket with a per-token KD term" in line
     assert "they have no effect on this run" in line and line.endswith("or choose what reads them"), line
 
 

@@ -46,7 +46,39 @@ _ON_POLICY = ReadWhen(
     lambda m: m.student_data_fraction > 0, "with method.student_data_fraction > 0 (student-generated data)"
 )
 
-READ_WHEN: dict[str, ReadWhen] = {
+SELF_OBJECTIVES = (
+    "ema_self_distill",
+    "uncertainty",
+)  # = ekd.train.method_parts.SELF_OBJECTIVES (a test checks)
+_ALWAYS = ReadWhen(lambda m: True, "")
+
+# When a component runs at all (the try-out 54 finding: the rules above looked only at a component's own switch):
+# a per-token term (KD or a self-distilling objective); the divergence and the teacher's targets only in the KD
+# objective; τ in every term but the uncertainty objective's; the feature branch beside a teacher.
+_TERM = ReadWhen(
+    lambda m: m.kd_weight > 0 or m.objective in SELF_OBJECTIVES,
+    "with a per-token KD term (method.kd_weight > 0, or a self-distilling method.objective)",
+)
+_KD_TERM = ReadWhen(
+    lambda m: m.objective == "kd" and m.kd_weight > 0, "with method.objective=kd and method.kd_weight > 0"
+)
+_TAU_TERM = ReadWhen(
+    lambda m: _TERM.reads(m) and m.objective != "uncertainty",
+    "with a per-token term that takes τ (method.kd_weight > 0; not method.objective=uncertainty)",
+)
+_TEACHER_TERM = ReadWhen(
+    lambda m: m.kd_weight > 0 and m.objective not in SELF_OBJECTIVES,
+    "with a teacher's term (method.kd_weight > 0, method.objective kd, dkd or atkd)",
+)
+
+
+def _and(rule: ReadWhen, gate: ReadWhen) -> ReadWhen:
+    """Read when ``rule`` and ``gate`` both hold."""
+    when = f"{rule.when} {gate.when}" if rule.when else gate.when
+    return ReadWhen(lambda m: rule.reads(m) and gate.reads(m), when)
+
+
+COMPONENT_RULES: dict[str, ReadWhen] = {
     # the temperature (ekd.temperature): each kind reads its own knobs
     "kd_temperature": _under("temperature", "constant", "schedule", "idts"),
     "temperature_end": _under("temperature", "schedule"),
@@ -55,14 +87,6 @@ READ_WHEN: dict[str, ReadWhen] = {
     "entropy_tau_min": _under("temperature", "entropy_map"),
     "entropy_tau_max": _under("temperature", "entropy_map"),
     "entropy_direction": _under("temperature", "entropy_map"),
-    # the teacher's targets and the divergence
-    "topk": _under("target", "topk"),
-    "topk_tail": _under("target", "topk"),
-    "rs_samples": _under("target", "rs"),
-    "rs_proposal_power": _under("target", "rs"),
-    "jsd_beta": _under("divergence", "jsd"),
-    "skew_alpha": _under("divergence", "skew_forward_kl", "skew_reverse_kl"),
-    "ce_on": ReadWhen(lambda m: m.ce_weight > 0, "with method.ce_weight > 0"),
     # where the KD goes: the scorer and the policy (ekd.selection)
     "scorer_weights": _under("scorer", "composite"),
     "scorer_normalization": _under("scorer", "composite"),
@@ -103,18 +127,59 @@ READ_WHEN: dict[str, ReadWhen] = {
     "bandit_threshold": _LINUCB,
     "bandit_budgets": _EXP3,
     "bandit_gamma": _EXP3,
+}
+"""What each temperature kind and policy reads as it is built (``tests/test_inert_keys.py`` builds every one)."""
+
+READ_WHEN: dict[str, ReadWhen] = {
+    # τ: every term but the uncertainty objective's
+    "temperature": _TAU_TERM,
+    "scale_by_tau_squared": _TAU_TERM,
+    **{
+        k: _and(COMPONENT_RULES[k], _TAU_TERM)
+        for k in COMPONENT_RULES
+        if k.startswith(("kd_temp", "temp", "idts", "entropy_"))
+    },
+    # the teacher's targets and the divergence: the KD objective's
+    "target": _KD_TERM,
+    "topk": _and(_under("target", "topk"), _KD_TERM),
+    "topk_tail": _and(_under("target", "topk"), _KD_TERM),
+    "rs_samples": _and(_under("target", "rs"), _KD_TERM),
+    "rs_proposal_power": _and(_under("target", "rs"), _KD_TERM),
+    "divergence": _KD_TERM,
+    "jsd_beta": _and(_under("divergence", "jsd"), _KD_TERM),
+    "skew_alpha": _and(_under("divergence", "skew_forward_kl", "skew_reverse_kl"), _KD_TERM),
+    "ce_on": ReadWhen(lambda m: m.ce_weight > 0, "with method.ce_weight > 0"),
+    # where the term goes: the scorer (for a policy that ranks positions) and the policy
+    "policy": _TERM,
+    "scorer": _and(ReadWhen(lambda m: m.policy != "all", "under a method.policy other than all"), _TERM),
+    **{
+        k: _and(rule, _TERM)
+        for k, rule in COMPONENT_RULES.items()
+        if not k.startswith(("kd_temp", "temp", "idts", "entropy_"))
+    },
     "sample_scorer": ReadWhen(lambda m: m.sample_fraction < 1, "with method.sample_fraction < 1"),
     # the objective and its branches
-    "dkd_beta": _under("objective", "dkd"),
-    "atkd_lambda": _under("objective", "atkd"),
-    "feature_hard_fraction": _FEATURES,
-    "feature_loss": _FEATURES,
-    "feature_student_layer": _FEATURES,
-    "feature_teacher_layer": _FEATURES,
+    "kd_weight": ReadWhen(
+        lambda m: m.objective not in SELF_OBJECTIVES,
+        "under method.objective=kd, dkd or atkd (a self-distilling objective weighs its own term)",
+    ),
+    "dkd_beta": _and(_under("objective", "dkd"), _TEACHER_TERM),
+    "atkd_lambda": _and(_under("objective", "atkd"), _TEACHER_TERM),
+    "ema_decay": _under("objective", "ema_self_distill"),
+    "ema_weight": _under("objective", "ema_self_distill"),
+    "uncertainty_fraction": _under("objective", "uncertainty"),
+    "uncertainty_weight": _under("objective", "uncertainty"),
+    "feature_weight": _TEACHER_TERM,
+    **{
+        k: _and(_FEATURES, _TEACHER_TERM)
+        for k in ("feature_hard_fraction", "feature_loss", "feature_student_layer", "feature_teacher_layer")
+    },  # fmt: skip
     "sampling_temperature": _ON_POLICY,
     "max_new_tokens": _ON_POLICY,
     "prompt_tokens": _ON_POLICY,
 }
+"""Method key → when it is read: a component's own switch (:data:`COMPONENT_RULES`) and whether the component
+runs at all."""
 
 
 def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
