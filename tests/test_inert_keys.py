@@ -153,11 +153,22 @@ def test_a_component_that_does_not_run_reads_none_of_its_keys(overrides, named):
     assert named in message, message
 
 
+def test_the_scorer_is_read_where_the_policy_needs_scores():
+    from ekd.selection.bandit import Exp3Budget
+
+    for entry in [*policies.names(), "bandit:exp3"]:
+        name, _, kind = entry.partition(":")
+        cfg = load_config(None, [f"method.policy={name}", f"method.bandit_kind={kind or 'linucb'}",
+                                 *([] if name == "all" else ["method.scorer=student_entropy"])]).method  # fmt: skip
+        needs = (Exp3Budget if kind == "exp3" else policies.get(name)).needs_scores
+        assert READ_WHEN["scorer"].reads(cfg) == needs, entry
+
+
 def test_the_self_distilling_objectives_are_the_trainers():
     from ekd.config.inert import SELF_OBJECTIVES
     from ekd.train.method_parts import SELF_OBJECTIVES as trainers
 
-    assert SELF_OBJECTIVES == trainers
+    assert trainers == SELF_OBJECTIVES
 
 
 def test_keys_set_to_the_presets_value_or_read_by_the_method_pass():

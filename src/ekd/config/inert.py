@@ -151,7 +151,13 @@ READ_WHEN: dict[str, ReadWhen] = {
     "ce_on": ReadWhen(lambda m: m.ce_weight > 0, "with method.ce_weight > 0"),
     # where the term goes: the scorer (for a policy that ranks positions) and the policy
     "policy": _TERM,
-    "scorer": _and(ReadWhen(lambda m: m.policy != "all", "under a method.policy other than all"), _TERM),
+    "scorer": _and(
+        ReadWhen(
+            lambda m: m.policy != "all" and not (m.policy == "bandit" and m.bandit_kind == "linucb"),
+            "under a method.policy that ranks positions by a score (not all, nor bandit with linucb)",
+        ),
+        _TERM,
+    ),
     **{
         k: _and(rule, _TERM)
         for k, rule in COMPONENT_RULES.items()
