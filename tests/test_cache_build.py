@@ -696,6 +696,9 @@ def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
             f"no teacher cache at {tmp_path / 'nowhere'}: it does not exist; check the path"
             in _error_line(capsys)
         )
+    if Path("/proc").is_dir():  # try-out 54, F2: the lock file beside it could not be made: a traceback
+        assert main(["cache", setup["cfg"], "teacher.cache_dir=/proc/ekd-cache"]) == 2
+        assert "cannot create the lock file /proc/.ekd-cache.lock" in _error_line(capsys)
     (tmp_path / "empty").mkdir()
     assert main(["cache", "info", str(tmp_path / "empty")]) == 2
     assert "(manifest.json missing): build it with `ekd cache CONFIG`" in _error_line(capsys)

@@ -164,6 +164,21 @@ def test_the_scorer_is_read_where_the_policy_needs_scores():
         assert READ_WHEN["scorer"].reads(cfg) == needs, entry
 
 
+def test_a_select_fraction_the_bandit_clamps_is_refused_unless_its_range_holds_it():
+    """Try-out 54, F3: `method=bandit method.select_fraction=0.5` trained at the preset's bandit_max_fraction=0.2
+    (LinUCB clamps its target to [min, max]) without a word."""
+    from ekd.config.inert import inert_message
+
+    message = inert_message(load_config(None, ["method=bandit", "method.select_fraction=0.5"]).method)
+    assert (
+        "method.select_fraction=0.5 is clamped by LinUCB's bandit to method.bandit_max_fraction=0.2"
+        in message
+    )
+    for overrides in (["method=bandit", "method.select_fraction=0.5", "method.bandit_max_fraction=0.6"],
+                      ["method=bandit", "method.select_fraction=0.1"], ["method=bandit"]):  # fmt: skip
+        assert inert_message(load_config(None, overrides).method) == "", overrides
+
+
 def test_the_self_distilling_objectives_are_the_trainers():
     from ekd.config.inert import SELF_OBJECTIVES
     from ekd.train.method_parts import SELF_OBJECTIVES as trainers

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ekd.errors import EkdError
-from ekd.io import make_dirs, writing
+from ekd.io import DiskError, make_dirs, writing
 
 
 def _flock(f, wait: bool) -> bool:
@@ -59,7 +59,12 @@ class FileLock:
         """
         while True:
             with writing(self.path.parent):
-                f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
+                try:
+                    f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
+                except FileNotFoundError as e:  # where nothing can be created (/proc): not a missing input
+                    raise DiskError(
+                        f"cannot create the lock file {self.path} ({e.strerror}); choose another directory"
+                    ) from None
             try:
                 if not _flock(f, wait):
                     f.close()

@@ -189,9 +189,10 @@ runs at all."""
 
 
 def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
-    """``[("kd_temperature", 3.0, "under method.temperature=constant or schedule or idts"), ...]``: the keys of
-    :data:`READ_WHEN` whose value differs from the one the preset gives them (the user set them) while the
-    resolved method does not read them, with their value and when they are read; [] when there is none."""
+    """``[("kd_temperature", 3.0, "is read only under method.temperature=constant or schedule or idts"), ...]``:
+    the keys of :data:`READ_WHEN` whose value differs from the one the preset gives them (the user set them) while
+    the resolved method does not read them, with their value and why they act not; also a ``select_fraction`` set
+    outside LinUCB's [bandit_min_fraction, bandit_max_fraction], which clamps it. [] when there is none."""
     from ekd.methods import preset_values
 
     preset, defaults = preset_values(method_cfg.preset), type(method_cfg)()
@@ -199,7 +200,24 @@ def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
     for key, rule in READ_WHEN.items():
         value = getattr(method_cfg, key)
         if value != preset.get(key, getattr(defaults, key)) and not rule.reads(method_cfg):
-            out.append((key, value, rule.when))
+            out.append((key, value, f"is read only {rule.when}"))
+    m = method_cfg
+    set_fraction = m.select_fraction != preset.get("select_fraction", defaults.select_fraction)
+    if (
+        set_fraction
+        and _LINUCB.reads(m)
+        and not m.bandit_min_fraction <= m.select_fraction <= m.bandit_max_fraction
+    ):
+        # read, but clamped to the bandit's range (try-out 54, F3: 0.5 trained at the preset's 0.2)
+        bound = "max" if m.select_fraction > m.bandit_max_fraction else "min"
+        out.append(
+            (
+                "select_fraction",
+                m.select_fraction,
+                f"is clamped by LinUCB's bandit to method.bandit_{bound}_fraction="
+                f"{getattr(m, f'bandit_{bound}_fraction')} (set that too)",
+            )
+        )
     return out
 
 
@@ -209,7 +227,7 @@ def inert_message(method_cfg: Any) -> str:
     if not inert:
         return ""
     m, one = method_cfg, len(inert) == 1
-    named = "; ".join(f"method.{key}={value} is read only {when}" for key, value, when in inert)
+    named = "; ".join(f"method.{key}={value} {why}" for key, value, why in inert)
     return (
         f"{named}: {'it has' if one else 'they have'} no effect on this run (method.preset={m.preset}: "
         f"temperature={m.temperature}, target={m.target}, divergence={m.divergence}, policy={m.policy}, "
