@@ -245,3 +245,5 @@ def test_a_resumed_run_with_an_inert_key_is_warned_about_and_trains_on(tmp_path,
     assert rc == 0, err
     said = [r.getMessage() for r in caplog.records if "no effect on this run" in r.getMessage()]
     assert len(said) == 1 and "method.rs_samples=7 is read only under method.target=rs" in said[0], said
+    # try-out 54, F5: 'drop it' was advice a resume refuses (another run): the resumed run keeps its settings
+    assert said[0].endswith("the resumed run keeps its saved settings and trains on as it began"), said[0]

@@ -221,17 +221,24 @@ def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
-def inert_message(method_cfg: Any) -> str:
-    """The line naming every inert key (:func:`inert_keys`) and the resolved method; "" when there is none."""
+def inert_message(method_cfg: Any, resumed: bool = False) -> str:
+    """The line naming every inert key (:func:`inert_keys`) and the resolved method, with the way on; "" when there
+    is none. ``resumed``: said of a run being resumed, which keeps its saved settings (dropping the key would be
+    refused as another run: try-out 54, F5), so there is nothing to do but know it."""
     inert = inert_keys(method_cfg)
     if not inert:
         return ""
     m, one = method_cfg, len(inert) == 1
     named = "; ".join(f"method.{key}={value} {why}" for key, value, why in inert)
+    way = (
+        "the resumed run keeps its saved settings and trains on as it began"
+        if resumed
+        else f"drop {'it' if one else 'them'}, or choose what reads {'it' if one else 'them'}"
+    )
     return (
         f"{named}: {'it has' if one else 'they have'} no effect on this run (method.preset={m.preset}: "
         f"temperature={m.temperature}, target={m.target}, divergence={m.divergence}, policy={m.policy}, "
-        f"objective={m.objective}); drop {'it' if one else 'them'}, or choose what reads {'it' if one else 'them'}"
+        f"objective={m.objective}); {way}"
     )
 
 

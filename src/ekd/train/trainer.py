@@ -201,8 +201,8 @@ def train(
         # trains on as it began)
         if not resume:
             refuse_inert_keys(cfg.method)
-        elif ranks.is_main and (inert := inert_message(cfg.method)):
-            log.warning("%s (the resumed run trains on as it began)", inert)
+        elif ranks.is_main and (inert := inert_message(cfg.method, resumed=True)):
+            log.warning("%s", inert)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)
