@@ -832,6 +832,11 @@ def test_a_finished_run_whose_student_is_gone_is_exported_again_by_resume(ws, ca
     ), line
     assert cli(capsys, "distill", run / "config.yaml", "--resume")[0] == 0  # the advice works
     assert sorted(p.name for p in (run / "student").iterdir()) == exported
+    good = (run / "student" / "config.json").read_text()
+    (run / "student" / "config.json").write_text("{")  # try-out 54, F4: was blamed on the tokenizer files
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert "runs/base/student: config.json is not valid JSON (" in line and "put back the file" in line, line
+    (run / "student" / "config.json").write_text(good)
     assert (run / "metrics.jsonl").read_text().splitlines() == rows  # its final evaluation once
     assert json.loads((run / MARKER).read_text())["state"] == "finished"
     assert cli(capsys, "eval", run, "eval.teacher=false")[0] == 0

@@ -347,7 +347,7 @@ def load_or_refuse(
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
-        if broken := _broken_json(spec):  # try-out 52, F6: the parser's words named neither file nor fix
+        if broken := broken_json(spec):  # try-out 52, F6: the parser's words named neither file nor fix
             raise ModelError(
                 f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
                 "writes it again) or name another directory"
@@ -363,7 +363,7 @@ def load_or_refuse(
     return result
 
 
-def _broken_json(spec: str) -> str:
+def broken_json(spec: str) -> str:
     """``"<name> is not valid JSON (<error>)"`` for the first ``*.json`` of the local directory ``spec`` that does
     not parse (a truncated download, a hand edit), else ``""``: a loader's own message says "Expecting value:
     line 1 column 1" without the file (the tokenizers library), or blames the network (transformers)."""

@@ -100,6 +100,15 @@ def _read(student_dir: Path, cls) -> PreTrainedTokenizerBase:
             str(student_dir), "student", lambda: cls.from_pretrained(str(student_dir)), "a tokenizer"
         )
     except ModelError as e:
+        from ekd.models.load import broken_json
+
+        if not missing and (
+            broken := broken_json(str(student_dir))
+        ):  # try-out 54, F4: blamed on the tokenizer
+            raise ModelError(
+                f"{student_dir}: {broken}; put back the file the run exported, or remove {student_dir} and export it "
+                "again from the run's last checkpoint with `ekd distill RUN/config.yaml --resume`"
+            ) from e
         why = f"{', '.join(missing)} missing" if missing else str(e).split(" (", 1)[-1].split(":", 1)[0]
         raise ModelError(
             f"{student_dir}: cannot read the run's tokenizer ({why}); put its tokenizer files back "
