@@ -150,9 +150,13 @@ def test_a_source_that_is_or_lies_in_an_ekd_output_is_refused(tmp_path: Path) ->
         ("runs/token-store/abc123", "abc123 is a token store ekd wrote"),
         ("cmp", "cmp is a comparison ekd wrote"),
         ("cmp/*.md", "which is a comparison"),
+        # try-out 54, F7: datasets' load_dataset read a run's eval.json as rows
+        ("hf:RUN", "is a run directory ekd wrote, not data"),
+        ("hf:CACHE", "is a teacher cache ekd wrote"),
     ):
+        source = source.replace("RUN", str(tmp_path / "runs/r1")).replace("CACHE", str(tmp_path / "cache"))
         with pytest.raises(ConfigError) as e:
-            load_documents(f"{tmp_path}/{source}", DataConfig())
+            load_documents(source if source.startswith("hf:") else f"{tmp_path}/{source}", DataConfig())
         assert says in str(e.value) and str(e.value).endswith(
             "point data.source at your corpus (text files, JSONL or Parquet rows)"
         ), str(e.value)

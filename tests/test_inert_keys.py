@@ -247,3 +247,47 @@ def test_a_resumed_run_with_an_inert_key_is_warned_about_and_trains_on(tmp_path,
     assert len(said) == 1 and "method.rs_samples=7 is read only under method.target=rs" in said[0], said
     # try-out 54, F5: 'drop it' was advice a resume refuses (another run): the resumed run keeps its settings
     assert said[0].endswith("the resumed run keeps its saved settings and trains on as it began"), said[0]
+
+
+def test_a_cache_fraction_no_cache_reads_is_refused_and_cache_keys_of_an_online_run_are_said(
+    tmp_path, capsys, monkeypatch, caplog
+):
+    """Try-out 54, F8: `teacher.cache_fraction=0.5` with teacher.cache_positions=all built a cache (and trained an
+    online run) without a word; an online run's teacher.cache_* keys are read by nothing."""
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "frac", **{"train.max_steps": 1})
+    for command in (["cache", config, "method=rskd", "teacher.cache_dir=cache"], ["distill", config]):
+        line = one_error_line(*cli(capsys, *command, "teacher.cache_fraction=0.5")[::2])
+        assert (
+            "teacher.cache_fraction=0.5 is read only under teacher.cache_positions=teacher_entropy_topk"
+            in line
+        ), line
+        assert line.endswith("drop it, or set teacher.cache_positions=teacher_entropy_topk"), line
+    assert not Path("cache").exists() and not Path("runs", "frac").exists()
+    with caplog.at_level(logging.WARNING, logger="ekd.train.trainer"):
+        rc, _, _ = cli(capsys, "distill", config, "teacher.cache_dir=cache", "teacher.cache_stat_format=fp16")
+    assert rc == 0
+    said = [r.getMessage() for r in caplog.records if "configure a teacher cache" in r.getMessage()]
+    assert said == [
+        f"teacher.cache_dir={tmp_path / 'cache'}, teacher.cache_stat_format=fp16 configure a teacher cache (ekd cache, "
+        "teacher.source=cache); this run's teacher.source=online reads none of them (set teacher.source=cache "
+        "to train from that cache)"
+    ]
+
+
+def test_cache_keys_a_run_reads_are_not_said():
+    from ekd.config.inert import inert_cache_fraction, unread_cache_keys
+
+    def teacher(*overrides):
+        return load_config(None, list(overrides)).teacher
+
+    topk = ("teacher.cache_positions=teacher_entropy_topk", "teacher.cache_fraction=0.5")
+    assert inert_cache_fraction(teacher(*topk)) == ""
+    assert (
+        unread_cache_keys(teacher(*topk, "teacher.source=cache", "teacher.cache_dir=c", "method=rskd")) == ""
+    )
+    assert unread_cache_keys(teacher("teacher.source=online")) == ""  # nothing set
+    assert unread_cache_keys(teacher(*topk)).startswith(
+        "teacher.cache_positions=teacher_entropy_topk, teacher.cache_fraction=0.5 configure a teacher cache"
+    )

@@ -447,3 +447,37 @@ def test_the_templates_end_of_turn_stops_a_base_students_turn(student, monkeypat
     out = _turns(student, monkeypatch, [[5, EOT, 6], [EOT], [6, 7, 8]], end_of_turn=[EOT])
     assert out.attention_mask.sum(1).tolist() == [10, 9, 11]
     assert out.labels[0, 7:].tolist() == [5, EOT] + [IGNORE_INDEX] * (T - 9)
+
+
+def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
+    """Try-out 54, F6: with data.block_length ≤ method.prompt_tokens + 1 a plain row's prompt is T − 1 tokens, so
+    the student generated one token per row and max_new_tokens / sampling_temperature acted on nothing."""
+    from ekd.cli import main
+
+    for prompt in (31, 32, 100):
+        overrides = tiny_overrides(tmp_path, corpus, "gkd")  # data.block_length=32
+        rc = main(["distill", *overrides, "method=gkd", f"method.prompt_tokens={prompt}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert f"method.prompt_tokens={prompt} leaves at most one token" in err[0]
+        assert "set method.prompt_tokens ≤ 15" in err[0]  # 32 − 1 − min(64, 16)
+    assert not (tmp_path / "runs" / "gkd").exists()
+    load_config(
+        overrides=tiny_overrides(tmp_path, corpus) + ["method=gkd", "method.prompt_tokens=30"]
+    )  # 2 tokens
+    # λ = 0: nothing is generated, so nothing to refuse
+    load_config(overrides=tiny_overrides(tmp_path, corpus) + ["method=kd", "data.block_length=16"])
+
+
+def test_a_block_shorter_than_prompt_and_budget_is_logged(caplog):
+    from ekd.train.onpolicy import log_generation_budget
+
+    with caplog.at_level("INFO", logger="ekd.train.onpolicy"):
+        log_generation_budget(_cfg(fraction=0.5, max_new=64, prompt=32), block_length=48)
+        log_generation_budget(_cfg(fraction=0.5, max_new=16, prompt=32), block_length=48)  # fits: silent
+        log_generation_budget(_cfg(fraction=0.0, max_new=64, prompt=32), block_length=48)  # off: silent
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "on-policy: rows without a prompt region generate at most 16 tokens (data.block_length=48 − "
+        "method.prompt_tokens=32), not method.max_new_tokens=64"
+    ]

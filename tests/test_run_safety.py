@@ -804,7 +804,12 @@ def test_a_mistyped_run_output_dir_or_run_path_suggests_the_existing_one(ws, cap
     assert not Path("rusn").exists()  # refused before anything is made there
     rc, _, err = cli(capsys, "distill", _config(), "run.output_dir=elsewhere", "--resume")
     assert f"(run.output_dir {ws / 'elsewhere'} does not exist); drop --resume" in one_error_line(rc, err)
-    for typed, meant in (("runs/bas", "runs/base"), ("rnus/base", "runs/base")):
+    # try-out 54, F7: a mistyped path inside the run means the run
+    for typed, meant in (
+        ("runs/bas", "runs/base"),
+        ("rnus/base", "runs/base"),
+        ("runs/base/studnt", "runs/base"),
+    ):
         line = one_error_line(*cli(capsys, "eval", typed)[::2])
         assert f"ekd eval: {typed} does not exist (did you mean {meant}?); give the directory" in line, line
     line = one_error_line(*cli(capsys, "eval", "runs/zzz")[::2])

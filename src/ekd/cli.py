@@ -424,7 +424,9 @@ def _check_run_files(run: Path, sets: bool) -> None:
         from ekd.nearest import close_paths, either
         from ekd.train.run_dir import is_ekd_run
 
-        meant = either([str(p) for p in close_paths(run, is_ekd_run)])  # try-out 52, F8
+        # try-out 52, F8: a mistyped run; try-out 54, F7: a mistyped path inside a run (RUN/studnt) means the run
+        inside = [p for p in run.parents if is_ekd_run(p)][:1]
+        meant = either([str(p) for p in close_paths(run, is_ekd_run) or inside])
         raise EkdError(
             f"ekd eval: {run} does not exist{f' (did you mean {meant}?)' if meant else ''}; give the directory of "
             "a run ekd distill wrote (runs/<name>)"

@@ -242,11 +242,50 @@ def inert_message(method_cfg: Any, resumed: bool = False) -> str:
     )
 
 
-def refuse_inert_keys(method_cfg: Any) -> None:
-    """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`).
+def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None) -> None:
+    """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`), or a
+    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`).
 
     Raises:
         ConfigError: one line naming each such key, when it is read, and the resolved method's choices.
     """
     if message := inert_message(method_cfg):
         raise ConfigError(message, keys=tuple(f"method.{key}" for key, _, _ in inert_keys(method_cfg)))
+    if teacher_cfg is not None and (message := inert_cache_fraction(teacher_cfg)):
+        raise ConfigError(message, keys=("teacher.cache_fraction", "teacher.cache_positions"))
+
+
+_CACHE_KEYS = ("cache_dir", "cache_positions", "cache_fraction", "cache_shard_samples", "cache_stat_format")
+
+
+def inert_cache_fraction(teacher_cfg: Any) -> str:
+    """The line refusing a ``teacher.cache_fraction`` set while ``teacher.cache_positions=all`` (the fraction of
+    positions a teacher-entropy top-f cache keeps; an all-positions cache keeps every one: try-out 54, F8), else
+    "". Inert in every command, so refused alike by ``ekd cache`` and ``ekd distill``."""
+    t, default = teacher_cfg, type(teacher_cfg)().cache_fraction
+    if t.cache_fraction == default or t.cache_positions == "teacher_entropy_topk":
+        return ""
+    return (
+        f"teacher.cache_fraction={t.cache_fraction} is read only under "
+        f"teacher.cache_positions=teacher_entropy_topk (the fraction of positions such a cache keeps); with "
+        f"teacher.cache_positions={t.cache_positions} every position is cached: drop it, or set "
+        "teacher.cache_positions=teacher_entropy_topk"
+    )
+
+
+def unread_cache_keys(teacher_cfg: Any) -> str:
+    """The warning for a run whose teacher is not a cache (``teacher.source=online`` or ``none``) while it sets
+    ``teacher.cache_*`` keys — they configure ``ekd cache`` and ``teacher.source=cache`` (one YAML may serve
+    both, so this is said, not refused; try-out 54, F8) — else "". A ``teacher.cache_dir`` is the likely slip of
+    a run meant to train from that cache."""
+    t, defaults = teacher_cfg, type(teacher_cfg)()
+    if t.source == "cache":
+        return ""
+    named = [f"teacher.{k}={getattr(t, k)}" for k in _CACHE_KEYS if getattr(t, k) != getattr(defaults, k)]
+    if not named:
+        return ""
+    way = " (set teacher.source=cache to train from that cache)" if t.cache_dir else ""
+    return (
+        f"{', '.join(named)} {'configures' if len(named) == 1 else 'configure'} a teacher cache (ekd cache, "
+        f"teacher.source=cache); this run's teacher.source={t.source} reads none of them{way}"
+    )

@@ -754,6 +754,7 @@ def _read_hf(
             f"{key}=hf: names no dataset; write hf:<hub id> or hf:<directory saved by save_to_disk>"
         )
     path = Path(name)
+    _refuse_ekd_output(path, f"hf:{name}", key)  # a local directory datasets would read (try-out 54, F7)
     offline = check_dataset_reachable(name, key)  # "" or why the hub is not used (then: the cache only)
     from_disk = path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
     try:

@@ -92,6 +92,26 @@ def prompt_lengths(labels: torch.Tensor, prompt_tokens: int) -> torch.Tensor:
     return torch.where(valid.any(dim=1), lengths, torch.zeros_like(lengths))
 
 
+def log_generation_budget(method_cfg: MethodConfig, block_length: int) -> None:
+    """Say when the block, not ``method.max_new_tokens``, bounds a plain row's continuation.
+
+    A row without a prompt region generates at most ``T − min(prompt_tokens, T − 1)`` tokens (its prompt and
+    continuation share the block); ``validate`` refuses a budget of one token, this logs a smaller one.
+    """
+    if method_cfg.student_data_fraction <= 0:
+        return
+    room = block_length - max(1, min(method_cfg.prompt_tokens, block_length - 1))
+    if room < method_cfg.max_new_tokens:
+        log.info(
+            "on-policy: rows without a prompt region generate at most %d tokens (data.block_length=%d − "
+            "method.prompt_tokens=%d), not method.max_new_tokens=%d",
+            room,
+            block_length,
+            method_cfg.prompt_tokens,
+            method_cfg.max_new_tokens,
+        )
+
+
 def on_policy_turn_ends(cfg, tokenizer) -> list[int]:
     """The chat template's end-of-turn token for an on-policy run on chat data (``data.format=chat``,
     ``method.student_data_fraction > 0``), else []."""

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
-from ekd.config.inert import inert_message, refuse_inert_keys
+from ekd.config.inert import inert_message, refuse_inert_keys, unread_cache_keys
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
@@ -62,7 +62,12 @@ from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_
 from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
-from ekd.train.onpolicy import maybe_on_policy, on_policy_generator, on_policy_turn_ends
+from ekd.train.onpolicy import (
+    log_generation_budget,
+    maybe_on_policy,
+    on_policy_generator,
+    on_policy_turn_ends,
+)
 from ekd.train.precision import enable_tf32
 from ekd.train.prepare import (
     PreparedData,
@@ -200,9 +205,11 @@ def train(
         # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
         # trains on as it began)
         if not resume:
-            refuse_inert_keys(cfg.method)
+            refuse_inert_keys(cfg.method, cfg.teacher)
         elif ranks.is_main and (inert := inert_message(cfg.method, resumed=True)):
             log.warning("%s", inert)
+        if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
+            log.warning("%s", unread)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)
@@ -533,6 +540,8 @@ def _train(
     )
     # on-policy turns also end at the chat template's end-of-turn token (a base student's config may not name it)
     end_of_turn = on_policy_turn_ends(cfg, data.tokenizer)
+    if main:
+        log_generation_budget(cfg.method, cfg.data.block_length)
     tokens_seen, t_loop = 0, time.perf_counter()
     for step in bar:
         # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact

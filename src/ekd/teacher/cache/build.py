@@ -319,7 +319,9 @@ def run_build(
 
     check_cacheable(cfg)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
-    refuse_inert_keys(cfg.method)  # e.g. method.topk with RS targets: the cache would not be what was asked
+    refuse_inert_keys(
+        cfg.method, cfg.teacher
+    )  # e.g. method.topk with RS targets: the cache would not be what was asked
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
