@@ -183,3 +183,18 @@ def test_compare_out_refuses_a_data_or_run_directory_and_a_corpus_skips_a_compar
     assert [d.doc_id for d in load_documents(str(corpus), cfg.data)] == ["doc.txt"]
     (corpus / "compare" / "compare.json").write_text("{}")  # an older ekd's: no format, the three files
     assert [d.doc_id for d in load_documents(str(corpus), cfg.data)] == ["doc.txt"]
+
+
+def test_a_record_a_later_ekd_writes_is_read_past_not_refused(tmp_path):
+    """Review 106, item 13: eval.json entries gained an object-valued record (`block_sums`), which an older ekd
+    refused as a malformed metric; an object under a key this ekd does not know is a later ekd's record: the
+    comparison reads the metrics beside it as before and reports nothing of it."""
+    runs = [_run(tmp_path, f"kd{s}", "kd", s, 1.0 + s) for s in (0, 1)]
+    before = compare_runs(runs, tmp_path / "o1", baselines=(), plots=False)["groups"][0]["metrics"]
+    for run in runs:
+        ev = json.loads((run / "eval.json").read_text())
+        ev["held"]["per_domain"] = {"code": [1.5, 2.0], "prose": {"ppl": 3.0}}  # a future record
+        (run / "eval.json").write_text(json.dumps(ev))
+    after = compare_runs(runs, tmp_path / "o2", baselines=(), plots=False)["groups"][0]["metrics"]
+    assert after == before and not any("per_domain" in key for key in after)
+    assert "per_domain" not in (tmp_path / "o2" / "compare.md").read_text()

@@ -96,3 +96,21 @@ def test_an_eval_json_with_nothing_to_keep_is_said_before_it_is_replaced(tmp_pat
     caplog.clear()
     _check_run_files(run, sets=False)  # --tasks alone: the task writer says its own
     assert not caplog.text
+
+
+def test_a_record_a_later_ekd_writes_is_no_malformed_entry(tmp_path, caplog):
+    """Review 106, item 13: an object under a key this ekd does not know is a later ekd's record, not a metric
+    of the wrong type: ekd eval reads past it (and its merge keeps the sets it does not score as they were)."""
+    from ekd.cli import _check_run_files
+    from ekd.eval.eval_json import merge
+
+    run = _finished(tmp_path)
+    ev = json.loads((run / "eval.json").read_text())
+    name = next(k for k in ev if k != "tasks")
+    ev[name]["per_domain"] = {"code": [1.5, 2.0]}
+    (run / "eval.json").write_text(json.dumps(ev))
+    with caplog.at_level(logging.WARNING):
+        _check_run_files(run, sets=True)
+    assert not caplog.text
+    kept, names = merge(ev, {"other": {"ppl": 3.0}})
+    assert kept[name]["per_domain"] == {"code": [1.5, 2.0]} and name in names

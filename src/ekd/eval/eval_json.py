@@ -188,7 +188,13 @@ def split_settings(
     scoring: dict[str, dict[str, Any]] = {}
     teachers: dict[str, dict[str, Any]] = {}
     for name, entry in entries.items():
-        metrics[name] = {k: v for k, v in entry.items() if k not in (SETTINGS_KEY, SCORING_KEY, TEACHER_KEY)}
+        metrics[
+            name
+        ] = {  # an object under another key: a record of a later ekd, not a metric (see malformed)
+            k: v
+            for k, v in entry.items()
+            if k not in RECORD_KEYS and (k == BLOCK_SUMS_KEY or not isinstance(v, dict))
+        }
         if isinstance(entry.get(SETTINGS_KEY), dict):
             settings[name] = dict(entry[SETTINGS_KEY])
         if isinstance(entry.get(SCORING_KEY), dict):
@@ -207,7 +213,9 @@ def malformed(saved: Any) -> str | None:
     words ('entry 'held' is 5, not an object of metrics'); None when every set entry is an object whose metrics
     are numbers or null and each record (:data:`RECORD_KEYS`) and the ``tasks`` section is an object (try-out
     45, F3: a string, a list or an object where a number is expected was a traceback in ``ekd compare`` and was
-    kept without a word, or dropped while said kept, by ``ekd eval``)."""
+    kept without a word, or dropped while said kept, by ``ekd eval``). An object under a key this ekd does not
+    know is a record a later ekd writes beside the metrics (as ``block_sums`` once was): accepted, kept by
+    ``ekd eval``'s merge and read by nothing, so a newer run's eval.json stays readable (review 106, item 13)."""
     if not isinstance(saved, dict):
         return f"it holds a JSON {value_kind(saved)}, not an object of eval sets"
     for name, entry in saved.items():
@@ -224,6 +232,8 @@ def malformed(saved: Any) -> str | None:
             elif key == BLOCK_SUMS_KEY:
                 if problem := _block_sums_problem(value):
                     return f"'{name}' records '{key}' {problem}"
+            elif isinstance(value, dict):
+                continue  # a record a later ekd writes (review 106, item 13): kept, not read as a metric
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return (
                     f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({_short(value)}), not a number"
