@@ -121,6 +121,11 @@ def test_a_malformed_eval_json_is_one_line_naming_the_file(tmp_path, capsys, edi
         ("method: {preset: kdd}\n", "no run.seed"),
         ("run: {seed: 1}\n", "no method.preset"),
         ("run: {seed: one}\nmethod: {preset: kd}\n", "run.seed='one', not a whole number"),
+        # try-out 47, F4: taken as a setting the runs differ in
+        (
+            "run: {seed: 1}\nmethod: {preset: kd}\ntrain: {max_steps: four}\n",
+            "train.max_steps: expected int, got 'four'",
+        ),
     ],
 )
 def test_a_config_yaml_that_is_no_runs_config_is_refused_in_one_line(tmp_path, capsys, text, says):
@@ -198,3 +203,19 @@ def test_a_record_a_later_ekd_writes_is_read_past_not_refused(tmp_path):
     after = compare_runs(runs, tmp_path / "o2", baselines=(), plots=False)["groups"][0]["metrics"]
     assert after == before and not any("per_domain" in key for key in after)
     assert "per_domain" not in (tmp_path / "o2" / "compare.md").read_text()
+
+
+def test_a_saved_config_of_another_version_is_no_problem():
+    """Keys another version knows and this one does not, and every preset's whole saved config, read."""
+    from ekd.config import load_config
+    from ekd.eval.compare.runs import config_problem
+    from ekd.methods import presets
+
+    for name in presets.names():
+        assert config_problem(load_config(None, [f"method={name}"]).to_dict()) is None, name
+    old = {
+        "run": {"seed": 0, "gone_key": "x"},
+        "method": {"preset": "no-longer-a-preset"},
+        "retired": {"a": 1},
+    }
+    assert config_problem(old) is None

@@ -318,6 +318,26 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return build_config(_flatten(raw, "saved config"))
 
 
+def saved_value_problem(raw: dict[str, Any]) -> str | None:
+    """The first value of a saved config (``config.yaml``, parsed) that is not of its key's type, as the error
+    line loading it would give (``train.max_steps must be an int, got 'four'``); None when every value of a key
+    this ekd knows converts to the key's type. Keys it does not know (another version's), the values each key
+    accepts (names, bounds: they change between versions and with registered plugins) and the rules between
+    fields are not checked (try-out 47, F4: ``ekd compare`` took ``max_steps: four`` as a setting the runs
+    differ in)."""
+    for section, values in raw.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            continue
+        hints = typing.get_type_hints(_section_type(section))
+        for name, value in values.items():
+            if name in hints:
+                try:
+                    coerce(value, hints[name], f"{section}.{name}")
+                except ConfigError as e:
+                    return str(e)
+    return None
+
+
 def explain() -> str:
     """Every key with its type, default and docstring (``ekd config show --explain``)."""
     lines = []
