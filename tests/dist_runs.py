@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def _sigterm_in_save(run: str, step: int) -> None:
         def write(self, data):
             self.writes += 1
             if self.writes == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
+                # to the main thread: one sent to the process may be taken by a gloo thread, later
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
                 sum(range(10_000))  # Python runs the handler between bytecodes: here, within torch.save
             return self.stream.write(data)
 

@@ -566,7 +566,7 @@ CACHE_AND_DISTILL_REFUSE = {
     "rs-tau-per-token-idts": ["method.temperature=idts"],
     "rs-tau-schedule": ["method.temperature=schedule", "method.temperature_end=2"],
     "topk-tau-per-token": ["method=topk", "method.temperature=entropy_map"],
-    "on-policy": ["method.student_data_fraction=0.5"],
+    "on-policy": ["method.student_data_fraction=0.5", "method.prompt_tokens=8"],
     "full-distribution-score": [
         "method.scorer=forward_kl",
         "method.policy=topk",

@@ -266,6 +266,7 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
     interrupt only in its ``__context__``: a traceback instead of ``ekd: interrupted``. The command was stopped
     from outside, and says so with the checkpoint kept; the half-written one is removed."""
     import signal
+    import threading
 
     from ekd import io
 
@@ -277,8 +278,10 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
         if name.name == "optimizer.pt.tmp" and name.parent.name == "step-000003.tmp":
             writes.append(len(data))
         if len(writes) == 3 and not sent:  # past the zip file's first record
-            sent.append(signum)  # before: os.kill runs the handler (raises) as it returns
-            os.kill(os.getpid(), getattr(signal, signum))
+            sent.append(signum)  # before: the handler runs (raises) as pthread_kill returns
+            # to this (the main) thread: a signal to the process may be taken by another thread (gloo's,
+            # the tokenizers'), which sets Python's flag only later — once after torch.save had returned
+            signal.pthread_kill(threading.get_ident(), getattr(signal, signum))
             sum(range(10_000))  # Python runs the handler between bytecodes: here, inside torch.save
         return write(self, data)
 

@@ -465,8 +465,10 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
     load_config(
         overrides=tiny_overrides(tmp_path, corpus) + ["method=gkd", "method.prompt_tokens=30"]
     )  # 2 tokens
-    # λ = 0: nothing is generated, so nothing to refuse
+    # λ = 0: nothing is generated, so nothing to refuse; prompt/response rows take their prompts from the data
     load_config(overrides=tiny_overrides(tmp_path, corpus) + ["method=kd", "data.block_length=16"])
+    fields = ["data.prompt_field=q", "data.response_field=a"]
+    load_config(overrides=tiny_overrides(tmp_path, corpus) + ["method=gkd", *fields])
 
 
 def test_a_block_shorter_than_prompt_and_budget_is_logged(caplog):

@@ -69,10 +69,11 @@ def validate(cfg: Config) -> None:
             "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)",
             keys=("method.student_data_fraction", "teacher.source"),
         )
-    if m.student_data_fraction > 0 and m.prompt_tokens >= d.block_length - 1:
+    plain_rows = d.format != "chat" and not d.prompt_field  # every row's prompt is its first prompt_tokens
+    if m.student_data_fraction > 0 and plain_rows and m.prompt_tokens >= d.block_length - 1:
         raise ConfigError(
             f"method.prompt_tokens={m.prompt_tokens} leaves at most one token to generate in a "
-            f"data.block_length={d.block_length} block (a row without a prompt region takes its first "
+            f"data.block_length={d.block_length} block (a row of text without prompt fields takes its first "
             f"min(prompt_tokens, block_length − 1) tokens as the prompt): set method.prompt_tokens ≤ "
             f"{max(1, d.block_length - 1 - min(m.max_new_tokens, d.block_length // 2))} or raise data.block_length",
             keys=("method.prompt_tokens", "data.block_length"),
