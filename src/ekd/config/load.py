@@ -320,7 +320,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def saved_value_problem(raw: dict[str, Any]) -> str | None:
     """The first value of a saved config (``config.yaml``, parsed) that is not of its key's type, as the error
-    line loading it would give (``train.max_steps must be an int, got 'four'``); None when every value of a key
+    line loading it would give (``train.max_steps: expected int, got 'four'``); None when every value of a key
     this ekd knows converts to the key's type. Keys it does not know (another version's), the values each key
     accepts (names, bounds: they change between versions and with registered plugins) and the rules between
     fields are not checked (try-out 47, F4: ``ekd compare`` took ``max_steps: four`` as a setting the runs

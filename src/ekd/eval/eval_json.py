@@ -188,13 +188,8 @@ def split_settings(
     scoring: dict[str, dict[str, Any]] = {}
     teachers: dict[str, dict[str, Any]] = {}
     for name, entry in entries.items():
-        metrics[
-            name
-        ] = {  # an object under another key: a record of a later ekd, not a metric (see malformed)
-            k: v
-            for k, v in entry.items()
-            if k not in RECORD_KEYS and (k == BLOCK_SUMS_KEY or not isinstance(v, dict))
-        }
+        # an object under a key not known here is a later ekd's record, not a metric (see malformed)
+        metrics[name] = {k: v for k, v in entry.items() if _is_metric(k, v) or k == BLOCK_SUMS_KEY}
         if isinstance(entry.get(SETTINGS_KEY), dict):
             settings[name] = dict(entry[SETTINGS_KEY])
         if isinstance(entry.get(SCORING_KEY), dict):
@@ -206,6 +201,12 @@ def split_settings(
 
 RECORD_KEYS = (SETTINGS_KEY, SCORING_KEY, TEACHER_KEY)
 """The keys of an entry that record how it was scored (objects), not metrics (numbers)."""
+
+
+def _is_metric(key: str, value: Any) -> bool:
+    """Whether an entry's ``key`` holds a metric: not a record (:data:`RECORD_KEYS`, ``block_sums``, or an object
+    a later ekd writes)."""
+    return key not in RECORD_KEYS and key != BLOCK_SUMS_KEY and not isinstance(value, dict)
 
 
 def malformed(saved: Any) -> str | None:

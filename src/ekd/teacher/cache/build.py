@@ -319,9 +319,8 @@ def run_build(
 
     check_cacheable(cfg)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
-    refuse_inert_keys(
-        cfg.method, cfg.teacher
-    )  # e.g. method.topk with RS targets: the cache would not be what was asked
+    # e.g. method.topk with RS targets, a cache_fraction under all positions: the cache would not be what was asked
+    refuse_inert_keys(cfg.method, cfg.teacher)
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
