@@ -255,7 +255,7 @@ def test_plan_cli(tmp_path, capsys, monkeypatch):
     assert rc == 0 and "1 GPU × 1.0 MiB" in out  # not "0.0 GiB"
     # only the fixed overhead does not fit: more GPUs or a smaller batch cannot help (try-out 4, finding 9)
     assert "nothing fits in 1.0 MiB: the fixed 2.0 GiB of CUDA overhead" in out and "more GPUs" not in out
-    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "2050MiB")  # overhead + 2 MiB
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--gpu-memory", "2049MiB")  # overhead + 1 MiB
     assert rc == 0 and "nothing fits in 2.0 GiB: the smallest option needs" in out and "more GPUs" in out
     rc, _, err = cli(capsys, "plan", config, "--gpus", "2", "--gpu-memory", "lots")
     assert "--gpu-memory: 'lots' is not a size" in one_error_line(rc, err)
@@ -338,3 +338,34 @@ def test_preset_models_with_a_tokenizer_of_their_own_are_planned_at_its_length(t
     assert rc == 0 and out.startswith(
         "one GPU: train.parallel=fsdp and teacher.placement=shard do nothing"
     ), out
+
+
+def test_the_head_holds_at_most_the_micro_batchs_rows(tmp_path, capsys, monkeypatch):
+    """Try-out 56, F3: the head column was 4·chunk·V·4 with a 2048-row chunk over a 512-token micro-batch (4× the
+    buffers the fused head allocates: it loops over the batch's rows, ``chunked.py``)."""
+    from ekd.plan import HEAD_BUFFERS, estimate, shape_of
+
+    student = shape_of("preset:llama-micro", 320)
+    kw = dict(gpus=1, parallel="ddp", placement="replicate", activation_checkpointing=False)
+    for tokens, chunk, rows in ((512, 2048, 512), (4096, 2048, 2048), (2048, 2048, 2048)):
+        head = estimate(student, None, tokens=tokens, chunk_rows=chunk, **kw).head
+        assert head == HEAD_BUFFERS * rows * 320 * 4, (tokens, chunk)
+
+
+def test_a_model_path_that_is_no_model_is_named_so(tmp_path, capsys, monkeypatch):
+    """Try-out 56, F4: a missing path or a directory of no model got transformers' 'Unrecognized model ...
+    Should have a `model_type` key in its config.json'."""
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    Path("corpus").mkdir()
+    (Path("corpus") / "a.py").write_text("x = 1\n")
+    missing = str(tmp_path / "nonexistent")
+    for spec, says in (
+        (missing, f"{missing} does not exist"),
+        (str(tmp_path / "corpus"), "is not a Hugging Face"),
+    ):
+        rc, _, err = cli(
+            capsys, "plan", config, "--gpus", "1", f"model.student={spec}", "--vocab-size", "320"
+        )
+        line = one_error_line(rc, err)
+        assert f"model.student: {spec}" in line and says in line and "model_type" not in line, line

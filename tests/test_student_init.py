@@ -181,16 +181,25 @@ def test_from_config_slices_per_layer_lists(tmp_path):
         (["--layers", "2", "--keep-layers", "0"], "not both"),
         (["--layers", "2", "--seed", "-3"], "must be ≥ 0"),
         (["--from-config", "hidden_size=abc"], "invalid llama config"),
-        (["--from-config", "num_attention_heads=3"], "invalid llama config"),
+        (
+            ["--from-config", "num_attention_heads=3"],
+            "hidden_size=32 is not a multiple of num_attention_heads=3",
+        ),
         # try-out 4, finding 10: the reason was cut to "(Class validation error for validator ...:)"
+        # try-out 56, F5: a qwen2 teacher's said "does not run (...); e.g. num_attention_heads must be a multiple
+        # of num_key_value_heads", which held
         (
             ["--from-config", "hidden_size=30"],
-            "hidden size (30) is not a multiple of the number of attention",
+            "hidden_size=30 is not a multiple of num_attention_heads=4 (head_dim = hidden_size / num_attention",
         ),
+        (["--keep-layers", "0,,2"], "comma-separated"),  # was read as 0,2
         (["--from-config", "num_hidden_layers=0"], "num_hidden_layers must be ≥ 1, got 0"),  # was accepted
         (["--keep-layers", "3,1"], "must be increasing"),  # was kept in reversed order
         # try-out 33: written, then a 92-line traceback in distill
-        (["--from-config", "num_key_value_heads=3"], "llama model that does not run"),
+        (
+            ["--from-config", "num_key_value_heads=3"],
+            "num_attention_heads=4 is not a multiple of num_key_value_h",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
@@ -399,3 +408,23 @@ def test_an_encoder_teacher_is_refused_as_not_a_causal_lm(tmp_path, capsys, how)
         "ekd: error: student init: teacher: model type 'bert' (BertLMHeadModel) is not a causal LM" in err
     ), err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_student_gets_the_teachers_own_tokenizer_not_its_class_additions(tmp_path, capsys):
+    """Try-out 56, F2: a Qwen2 teacher whose tokenizer files lack '<|endoftext|>' loads as Qwen2Tokenizer, which
+    adds it (a token its head has no row for); student init saved that, so the student's tokenizer.json held a
+    301st token, distill refused it against the teacher, and `--from-config vocab_size=<the teacher's head>` was
+    refused as short. The student's directory gets the teacher's files' tokenizer."""
+    _, teacher_dir = _teacher("qwen2", tmp_path, with_tokenizer=True)
+    assert (
+        len(AutoTokenizer.from_pretrained(teacher_dir)) == V + 1
+    )  # the class adds one (the finding's premise)
+    files = json.loads((teacher_dir / "tokenizer.json").read_text())
+    for name, args in (("cut", ["--layers", "2"]), ("fresh", ["--from-config", f"vocab_size={V}"])):
+        assert main(["student", "init", str(teacher_dir), str(tmp_path / name), *args]) == 0, (
+            capsys.readouterr()
+        )
+        saved = json.loads((tmp_path / name / "tokenizer.json").read_text())
+        assert saved["model"]["vocab"] == files["model"]["vocab"], name
+        assert saved["added_tokens"] == files["added_tokens"], name  # [UNK] alone: no '<|endoftext|>'
+        assert len(PreTrainedTokenizerFast.from_pretrained(tmp_path / name)) == V

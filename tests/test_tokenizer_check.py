@@ -634,28 +634,44 @@ def test_a_token_in_the_students_files_is_not_blamed_on_its_class(tmp_path):
 def test_a_token_the_teachers_class_adds_is_named_in_the_first_refusal_and_its_fix_works(tmp_path, caplog):
     """Try-out 44, F6: tokenizer files without '<|endoftext|>' beside a Qwen2 teacher load as Qwen2Tokenizer,
     which adds it (id 512 of a 512-row head). The first refusal said 'check model.tokenizer'; naming the files
-    alone was refused as another tokenizer, with 'model.tokenizer=teacher' — the first refusal again. Now the
-    first names the class-added token and how to name the files alone, which passes; so does the student's."""
+    alone was refused as another tokenizer. Try-out 56, F1: `model.tokenizer=teacher` (or the teacher's
+    directory) was still refused so, while the teacher itself was read as its files alone: a model directory
+    named as the tokenizer is now read as the model's own tokenizer, its files alone. Files that load as that
+    class where no head says so (no config.json) differ from the teacher's by the class-added token, said so,
+    with the advice (model.tokenizer=teacher) that now passes; as do their files alone."""
+    import json
     import logging
+    import shutil
 
     from transformers import PreTrainedTokenizerFast
 
     teacher, student = _bpe_dirs(tmp_path, ["<eos>"], {"teacher": ("qwen2", ()), "student": ("llama", ())})
     rows = len(PreTrainedTokenizerFast.from_pretrained(teacher))
+    for named in ("teacher", str(teacher)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ekd"):
+            assert len(prepare_tokenizer(_cfg(teacher, student, named), tmp_path, None)) == rows, named
+        assert (
+            "which adds '<|endoftext|>' its " + f"{rows}-row head has no row for; its files alone"
+            in caplog.text
+        )
+    classed = tmp_path / "classed"  # the teacher's tokenizer files, no config.json, declaring Qwen2Tokenizer
+    classed.mkdir()
+    for f in teacher.glob("tokenizer*.json"):
+        shutil.copy(f, classed)
+    config = json.loads((classed / "tokenizer_config.json").read_text())
+    (classed / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "Qwen2Tokenizer"}))
     with pytest.raises(ModelError) as e:
-        prepare_tokenizer(_cfg(teacher, student, "teacher"), tmp_path, None)
+        prepare_tokenizer(_cfg(teacher, student, str(classed)), tmp_path, None)
     message = str(e.value)
-    assert f"teacher head has {rows} rows but the tokenizer has {rows + 1} tokens" in message, message
     assert (
-        f"{rows} '<|endoftext|>' is in none of its files ({teacher}) but added by its class Qwen2Tokenizer"
-        in (message)
-    ), message
-    assert f"PreTrainedTokenizerFast.from_pretrained('{teacher}').save_pretrained(DIR)" in message, message
-    PreTrainedTokenizerFast.from_pretrained(teacher).save_pretrained(tmp_path / "alone")  # the advised fix
+        f"first id {rows}: '<|endoftext|>' in the model.tokenizer={classed}, none in the teacher" in message
+    )
+    assert message.endswith("point model.tokenizer at the teacher's tokenizer (model.tokenizer=teacher)")
+    PreTrainedTokenizerFast.from_pretrained(classed).save_pretrained(tmp_path / "alone")  # its files alone
     for named in (str(tmp_path / "alone"), "student"):
         with caplog.at_level(logging.INFO, logger="ekd"):
             assert len(prepare_tokenizer(_cfg(teacher, student, named), tmp_path, None)) == rows
-        assert "its files alone (TokenizersBackend" in caplog.text
 
 
 def test_a_padded_qwen2_students_class_added_token_is_not_another_tokenizer(tmp_path, caplog):

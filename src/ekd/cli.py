@@ -542,8 +542,8 @@ def cmd_compare(args) -> int:
 def cmd_student(args) -> int:
     from ekd.models.student_init import StudentPlan, build_student, parse_overrides
 
-    try:
-        keep = [int(i) for i in args.keep_layers.split(",") if i.strip()]
+    try:  # an empty item ('0,,2') is a slip, not a separator (try-out 56, F5)
+        keep = [int(i) for i in args.keep_layers.split(",")] if args.keep_layers.strip() else []
     except ValueError:
         raise EkdError(
             f"--keep-layers must be comma-separated layer indices, got '{args.keep_layers}'"

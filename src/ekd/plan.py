@@ -39,7 +39,7 @@ bf16; r = bytes of the residual stream, the parameters' s under DDP, a under FSD
 - without activation checkpointing: L layers' stored values + the backward term;
 - with it: ``L · t · h · r`` (each layer's input, the one tensor a checkpointed layer keeps — measured) + one
   layer's stored values (recomputed in backward) + the backward term;
-- the chunked head: ``4 · chunk · V · 4`` (about four fp32 (chunk, V) buffers at its peak, see
+- the chunked head: ``4 · min(chunk, t) · V · 4`` (about four fp32 (chunk, V) buffers at its peak, see
   ``ekd.losses.chunked.auto_chunk_rows``) plus the teacher's last hidden states ``t · h_T · 2``.
 
 A fixed overhead (2 GiB: CUDA context, allocator fragmentation, NCCL buffers; ``estimate(overhead=)``) is
@@ -141,6 +141,10 @@ def shape_of(
         values = dict(architectures.get(name))
         config = AutoConfig.for_model(values.pop("model_type"), vocab_size=vocab_size, **values)
     else:
+        from ekd.hub import check_model_spec
+
+        # try-out 56, F4: a missing path or a directory of no model got transformers' "should have a model_type"
+        check_model_spec(spec, f"model.{role}", weights=False)
         config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -220,7 +224,9 @@ def estimate(
         activations = student.layers * tokens * student.hidden * residual_bytes + per_layer + backward
     else:
         activations = student.layers * per_layer + backward
-    head = HEAD_BUFFERS * chunk_rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
+    # a chunk holds at most the micro-batch's rows (try-out 56, F3: 4·2048·V·4 at 512 tokens, 4× too much)
+    rows = min(chunk_rows, tokens)
+    head = HEAD_BUFFERS * rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
     return RankMemory(teacher_bytes, params, grads, buckets, optimizer, gathered, activations, head, overhead)
 
 

@@ -626,6 +626,55 @@ def class_added_tokens(tok: PreTrainedTokenizerBase, alone: PreTrainedTokenizerB
     return {i: t for t, i in tok.get_vocab().items() if t not in held}
 
 
+def own_tokenizer(tok: PreTrainedTokenizerBase, rows: int | None, role: str) -> PreTrainedTokenizerBase:
+    """The tokenizer a model of ``rows`` head rows was trained with, from its directory's ``tok``: ``tok`` itself,
+    or its files alone (:func:`file_tokenizer`) where ``tok`` is longer than the head by
+    tokens that its class adds and its files lack — no row of the head could have been trained on them (try-out
+    44, F6: a tokenizer without ``<|endoftext|>`` beside a Qwen2 config loads as Qwen2Tokenizer, 513 tokens for a
+    512-row head; the run's tokenizer named as those files alone was then refused as another tokenizer)."""
+    if rows is None or len(tok) <= rows:
+        return tok
+    alone = file_tokenizer(tok)  # loaded once: what it adds and what is taken
+    added = class_added_tokens(tok, alone)
+    if not added or alone is None or len(alone) > rows:
+        return tok
+    log.info(
+        "model.%s: its tokenizer loads as %s, which adds %s its %d-row head has no row for; its files alone "
+        "(%s, %d tokens) are taken as its tokenizer",
+        role,
+        type(tok).__name__,
+        ", ".join(repr(t) for _, t in sorted(added.items())),
+        rows,
+        type(alone).__name__,
+        len(alone),
+    )
+    return alone
+
+
+def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: str) -> int | None:
+    """The output-head rows a model's config.json declares (``vocab_size`` of its text config), read without
+    weights; None when it cannot be read here (loading the model reports why) or the architecture is custom
+    code (``auto_map``: its head need not follow ``vocab_size``)."""
+    try:
+        config = model_config(spec, revision, trust_remote_code, role)
+    except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
+        return None
+    if getattr(config, "auto_map", None):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
+def model_tokenizer(spec: str, revision: str, trust_remote_code: bool, role: str) -> PreTrainedTokenizerBase:
+    """The tokenizer a model directory (or hub id) was trained with: :func:`load_tokenizer`'s, or its files alone
+    where its class adds tokens its head has no row for (:func:`own_tokenizer`); a directory of tokenizer files
+    alone (no config.json) gives :func:`load_tokenizer`'s. ``role``: how errors and the log name it (``teacher``,
+    ``student``, ``tokenizer``)."""
+    tok = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
+    return own_tokenizer(tok, declared_head_rows(spec, revision, trust_remote_code, role), role)
+
+
 def shared_vocab_size(tokenizer_length: int, *models: tuple[str, nn.Module]) -> int:
     """The vocabulary V every head is sliced to: the tokenizer length. Logs padded heads; refuses short ones."""
     for role, model in models:

@@ -41,10 +41,12 @@ from ekd.models.layers import decoder_layers
 from ekd.models.load import (
     check_model_dir,
     check_output_head,
+    declared_head_rows,
     is_preset,
     load_model,
     load_or_refuse,
     load_tokenizer,
+    own_tokenizer,
     save_model_dir,
 )
 from ekd.nearest import did_you_mean
@@ -276,14 +278,20 @@ def from_config(
         raise ModelError(
             f"student init: the overrides make an invalid {config.model_type} config ({first_line(e)})"
         ) from None
+    heads, groups = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if isinstance(heads, int) and isinstance(groups, int) and groups > 0 and heads % groups:  # try-out 33
+        raise ModelError(
+            f"student init: num_attention_heads={heads} is not a multiple of num_key_value_heads={groups} (each "
+            "key/value head serves a whole group of query heads); choose sizes that divide"
+        )
     student = _seeded_from_config(config, seed, dtype)
-    try:  # a config that builds may still not run (try-out 33: 4 heads over 3 key/value heads)
+    try:  # a config that builds may still not run
         with torch.no_grad():
             student(input_ids=torch.zeros(1, 2, dtype=torch.long))
     except Exception as e:  # noqa: BLE001  (any failure of the model's own forward)
         raise ModelError(
             f"student init: the overrides make a {config.model_type} model that does not run ({first_line(e)}); "
-            "e.g. num_attention_heads must be a multiple of num_key_value_heads"
+            "check that the sizes they set fit together"
         ) from None
     return student
 
@@ -305,8 +313,13 @@ def _follow_head_dim(teacher: PretrainedConfig, config: PretrainedConfig, overri
             "num_attention_heads; add head_dim=N to change it",
             head_dim,
         )
-    elif hidden % heads == 0:  # else the config's own validation names the indivisible width
+    elif hidden % heads == 0:
         config.head_dim = hidden // heads
+    else:  # try-out 56, F5: a forward shape error, blamed on the key/value heads
+        raise ModelError(
+            f"student init: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (head_dim = "
+            "hidden_size / num_attention_heads); choose sizes that divide, or set head_dim=N"
+        )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -405,8 +418,13 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
 
     tokenizer = None
     try:
-        tokenizer = load_tokenizer(
-            _resolved(plan.teacher), plan.revision, plan.trust_remote_code, "teacher tokenizer"
+        teacher_dir = _resolved(plan.teacher)
+        # the teacher's own tokenizer, as a run reads it (try-out 56, F2: saved as its class loads it, the
+        # student's tokenizer.json held a token the class adds and neither head has a row for)
+        tokenizer = own_tokenizer(
+            load_tokenizer(teacher_dir, plan.revision, plan.trust_remote_code, "teacher tokenizer"),
+            declared_head_rows(teacher_dir, plan.revision, plan.trust_remote_code, "teacher"),
+            "teacher",
         )
     except ModelError as e:
         log.warning("%s: the student directory gets no tokenizer", e)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError
 from ekd.config.validate import check_vocab
@@ -22,12 +21,15 @@ from ekd.models.load import (
     check_output_head,
     check_same_tokenizer,
     class_added_tokens,
+    declared_head_rows,
     empty_model,
     file_tokenizer,
     has_tokenizer_files,
     is_preset,
     load_model,
     load_tokenizer,
+    model_tokenizer,
+    own_tokenizer,
     padded_head_mass,
     resolve_dtype,
     shared_vocab_size,
@@ -160,11 +162,10 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | N
     }
     source, revision = models.get(spec, (spec, cfg.model.revision))
     name = spec if spec in models else f"model.tokenizer={spec}"
-    tok = load_tokenizer(
-        source,
-        revision,
-        cfg.model.trust_remote_code,
-        f"model.{spec}" if spec in models else "model.tokenizer",
+    # a model directory's own tokenizer (try-out 56, F1: model.tokenizer naming the teacher's directory, or
+    # `teacher`, was read with the tokens its class adds and its head has no row for, unlike the teacher itself)
+    tok = model_tokenizer(
+        source, revision, cfg.model.trust_remote_code, spec if spec in models else "tokenizer"
     )
     # whichever tokenizer is named, every real model the run feeds must use it (presets are built for it)
     fed = {r: m for r, m in models.items() if not (r == "teacher" and cfg.teacher.source == "none")}
@@ -219,48 +220,6 @@ def check_models_fit_tokenizer(
                 )
         if rows is not None:
             check_head_covers(role, rows, len(tok), tok)
-
-
-def own_tokenizer(tok: PreTrainedTokenizerBase, rows: int | None, role: str) -> PreTrainedTokenizerBase:
-    """The tokenizer a model of ``rows`` head rows was trained with, from its directory's ``tok``: ``tok`` itself,
-    or its files alone (:func:`ekd.models.load.file_tokenizer`) where ``tok`` is longer than the head by
-    tokens that its class adds and its files lack — no row of the head could have been trained on them (try-out
-    44, F6: a tokenizer without ``<|endoftext|>`` beside a Qwen2 config loads as Qwen2Tokenizer, 513 tokens for a
-    512-row head; the run's tokenizer named as those files alone was then refused as another tokenizer)."""
-    if rows is None or len(tok) <= rows:
-        return tok
-    alone = file_tokenizer(tok)  # loaded once: what it adds and what is taken
-    added = class_added_tokens(tok, alone)
-    if not added or alone is None or len(alone) > rows:
-        return tok
-    log.info(
-        "model.%s: its tokenizer loads as %s, which adds %s its %d-row head has no row for; its files alone "
-        "(%s, %d tokens) are taken as its tokenizer",
-        role,
-        type(tok).__name__,
-        ", ".join(repr(t) for _, t in sorted(added.items())),
-        rows,
-        type(alone).__name__,
-        len(alone),
-    )
-    return alone
-
-
-def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: str) -> int | None:
-    """The output-head rows a model's config.json declares (``vocab_size`` of its text config), read without
-    weights; None when it cannot be read here (loading the model reports why) or the architecture is custom
-    code (``auto_map``: its head need not follow ``vocab_size``)."""
-    from ekd.models.load import model_config
-
-    try:
-        config = model_config(spec, revision, trust_remote_code, role)
-    except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
-        return None
-    if getattr(config, "auto_map", None):
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    rows = getattr(text, "vocab_size", None)
-    return rows if isinstance(rows, int) and rows > 0 else None
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
