@@ -278,7 +278,7 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
         if name.name == "optimizer.pt.tmp" and name.parent.name == "step-000003.tmp":
             writes.append(len(data))
         if len(writes) == 3 and not sent:  # past the zip file's first record
-            sent.append(signum)  # before: the handler runs (raises) as pthread_kill returns
+            sent.append((signum, signal.getsignal(getattr(signal, signum))))  # before: the handler raises
             # to this (the main) thread: a signal to the process may be taken by another thread (gloo's,
             # the tokenizers'), which sets Python's flag only later — once after torch.save had returned
             signal.pthread_kill(threading.get_ident(), getattr(signal, signum))
@@ -287,7 +287,7 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
 
     monkeypatch.setattr(io._HashingFile, "write", write_or_signal)
     rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
-    assert sent and rc == (143 if signum == "SIGTERM" else 130), err
+    assert sent and rc == (143 if signum == "SIGTERM" else 130), (sent, err)  # the handler it met, if not
     by = " (SIGTERM)" if signum == "SIGTERM" else ""
     kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
     assert err.strip().splitlines() == [f"ekd: interrupted{by}; {kept}"]
