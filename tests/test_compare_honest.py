@@ -219,3 +219,34 @@ def test_a_saved_config_of_another_version_is_no_problem():
         "retired": {"a": 1},
     }
     assert config_problem(old) is None
+
+
+def test_the_teacher_row_of_figures_alike_in_every_run_has_no_spread_and_a_missing_figure_no_crash(tmp_path):
+    """Try-out 55, F7: two seeds scored on a generation task with the teacher crashed `ekd compare` (its MC-ECE is
+    null: NaN ≠ NaN made a 'spread', and stdev raised); F2: bit-identical teacher figures showed '± 0.00' (each
+    seed's mean over 3 and 2 runs rounded apart)."""
+    ppl = 3.0859652715295374
+    runs = []
+    for name, preset, seed in (("kd0", "kd", 0), ("sekd0", "sekd", 0), ("ce0", "ce", 0), ("kd1", "kd", 1),
+                               ("sekd1", "sekd", 1)):  # fmt: skip
+        run = _run(tmp_path, name, preset, seed, 1.0 + seed)
+        ev = json.loads((run / "eval.json").read_text())
+        ev["held/teacher"].update(ppl=ppl, ece=None)
+        (run / "eval.json").write_text(json.dumps(ev))
+        runs.append(run)
+    assert sum([ppl] * 3) / 3 != sum([ppl] * 2) / 2  # the premise: the means round apart
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    (teacher,) = s["teachers"]
+    assert teacher["metrics"]["held/ppl"] == ppl and not teacher["spread"], teacher
+    assert "held/ece" not in teacher["metrics"]
+    assert f"{ppl:.2f} ±" not in (tmp_path / "o" / "compare.md").read_text()
+
+
+def test_two_teachers_of_a_method_are_told_apart_where_the_rows_name_other_methods_too(tmp_path):
+    """Try-out 55, F3: '(teacher of kd, sekd, ce)' and '(teacher of kd)': the README promises the weights where
+    one method's seeds were measured against two teachers; only identical labels got them."""
+    runs = [_run(tmp_path, "kd0", "kd", 0, 1.0), _run(tmp_path, "kd1", "kd", 1, 2.0, "bb", "/m/other")]
+    runs += [_run(tmp_path, "ce0", "ce", 0, 4.0), _run(tmp_path, "ce1", "ce", 1, 4.0)]
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    labels = sorted(t["label"] for t in s["teachers"])
+    assert labels == ["(teacher of kd, ce: weights aa)", "(teacher of kd: weights bb)"], labels

@@ -338,7 +338,9 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     labels = ["(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})" for row in rows]
     for row, label in zip(rows, labels):
         key = row.pop("key")
-        if labels.count(label) > 1:  # two teachers of one method (try-out 47): told apart by weights or path
+        # two teachers of one method (try-out 47; try-out 55, F3: also where the rows name other methods too,
+        # '(teacher of kd, sekd)' and '(teacher of kd)'): told apart by weights or path
+        if any(set(row["of"]) & set(other["of"]) for other in rows if other is not row):
             which = f"weights {key.weights.rpartition(':')[2][:8]}" if key.weights else str(row["teacher"])
             label = f"{label[:-1]}: {which})"
         row["label"] = label
@@ -347,15 +349,27 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             row["without_sets"] = _no_teacher_sets(*runs[0])
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
         # examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
-        per_seed = {
-            k: [statistics.fmean(vs) for vs in seeds.values()] for k, seeds in row.pop("values").items()
-        }
+        per_seed = {k: _seed_figures(seeds) for k, seeds in row.pop("values").items()}
+        per_seed = {k: vs for k, vs in per_seed.items() if vs}  # a figure no seed has (a generation task's ECE)
         row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
         row["n"] = {k: len(vs) for k, vs in per_seed.items()}
         row["spread"] = {
             k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
         }
     return rows
+
+
+def _seed_figures(seeds: dict[int, list[Any]]) -> list[float]:
+    """One teacher figure per seed from its runs' (every method's run of a seed scores the same teacher alike):
+    the value itself where they agree — their mean would round, and seeds with 3 and 2 runs then 'differ' by
+    1e-16, a spread of ± 0.00 (try-out 55, F2) — else their mean; a seed without a figure (null or NaN: a
+    generation task has no MC-ECE) has none (try-out 55, F7: NaN ≠ NaN made a 'spread' whose stdev raised)."""
+    out = []
+    for values in seeds.values():
+        kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+        if kept:
+            out.append(kept[0] if len(set(kept)) == 1 else statistics.fmean(kept))
+    return out
 
 
 def _no_teacher_sets(config: dict[str, Any], method: str) -> dict[str, str]:
