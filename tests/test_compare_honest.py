@@ -250,3 +250,33 @@ def test_two_teachers_of_a_method_are_told_apart_where_the_rows_name_other_metho
     s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
     labels = sorted(t["label"] for t in s["teachers"])
     assert labels == ["(teacher of kd, ce: weights aa)", "(teacher of kd: weights bb)"], labels
+
+
+def test_a_figure_that_contradicts_its_entry_is_refused_as_malformed(tmp_path, capsys):
+    """Try-out 55, F6: a ppl edited by hand (5.0 beside loss 2.5138, exp = 12.35, and block sums saying the same)
+    was compared as it stood. Each perplexity is exp of its loss, and loss, acc and tokens are the ratios of the
+    per-block sums: an entry whose figures disagree is refused like a malformed one."""
+    import math
+
+    from ekd.eval.eval_json import malformed
+
+    sums = {"tokens": [60, 40], "nll": [150.0, 101.38], "correct": [30, 14], "boundary_tokens": [1, 0],
+            "boundary_nll": [3.0, 0.0]}  # fmt: skip
+    loss = 251.38 / 100
+    entry = {"tokens": 100, "loss": loss, "ppl": math.exp(loss), "acc": 0.44, "block_sums": sums}
+    assert malformed({"eval": entry}) is None
+    for edit, says in (
+        ({"ppl": 5.0}, "'eval' ppl 5 is not exp(loss 2.5138) = 12.3518"),
+        ({"acc": 0.5}, "'eval' acc 0.5 is not what its block sums give (0.44)"),
+        ({"loss": 2.0, "ppl": math.exp(2.0)}, "'eval' loss 2 is not what its block sums give (2.5138)"),
+        ({"tokens": 99}, "'eval' tokens 99 is not what its block sums give (100)"),
+    ):
+        assert malformed({"eval": entry | edit}) == says, edit
+    assert malformed({"eval": entry | {"ppl": None, "acc": None}}) is None  # NaN written as null
+    assert malformed({"eval": {"loss": 800.0, "ppl": None}}) is None
+    run = _run(tmp_path, "kd1", "kd", 1, 3.0)
+    ev = json.loads((run / "eval.json").read_text())
+    ev["held"].update(loss=2.5138, ppl=5.0)
+    (run / "eval.json").write_text(json.dumps(ev))
+    line = one_error_line(*cli(capsys, "compare", _good(tmp_path), run, "--out", tmp_path / "o")[::2])
+    assert "is malformed: 'held' ppl 5 is not exp(loss 2.5138)" in line, line

@@ -239,6 +239,43 @@ def malformed(saved: Any) -> str | None:
                 return (
                     f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({_short(value)}), not a number"
                 )
+        if problem := _disagreement(entry):
+            return f"'{name}' {problem}"
+    return None
+
+
+_PPL_OF = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
+
+
+def _disagreement(entry: dict[str, Any]) -> str | None:
+    """Where an entry's figures contradict each other, as words; None when they agree. Each perplexity is
+    exp of its loss, and a set's loss, accuracy and token count are its per-block sums' ratios (try-out 55, F6: a
+    ppl edited by hand was compared as it stood, beside the loss and block sums it contradicts). A null (NaN) or
+    missing figure is not compared; the block sums to a relative 1e-6 (float32 sums on the device)."""
+
+    def number(key: str, where: dict[str, Any] = entry) -> float | None:
+        value = where.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    for ppl_key, loss_key in _PPL_OF.items():
+        ppl, loss = number(ppl_key), number(loss_key)
+        if ppl is None or loss is None or loss > 700:  # exp(loss) overflows past ~709
+            continue
+        if not math.isclose(ppl, math.exp(loss), rel_tol=1e-9):
+            return f"{ppl_key} {ppl:g} is not exp({loss_key} {loss:g}) = {math.exp(loss):g}"
+    sums = entry.get(BLOCK_SUMS_KEY)
+    if not isinstance(sums, dict) or _block_sums_problem(sums):
+        return None
+    totals = {k: math.fsum(x for x in v if x is not None) for k, v in sums.items() if isinstance(v, list)}
+    tokens = totals.get("tokens")
+    if not tokens:
+        return None
+    for key, figure in (("tokens", tokens), ("loss", totals.get("nll", math.nan) / tokens),
+                        ("acc", totals.get("correct", math.nan) / tokens)):  # fmt: skip
+        value = number(key)
+        if value is not None and math.isfinite(figure) and not math.isclose(value, figure, rel_tol=1e-6):
+            return f"{key} {value:g} is not what its block sums give ({figure:g})"
     return None
 
 
