@@ -84,6 +84,8 @@ REFUSED = {
     "teacher.cache_fraction=nan": "teacher.cache_fraction must be a finite number",
     "method.bandit_budgets=[0.1,nan]": "method.bandit_budgets[1] must be a finite number",
     "train.max_steps=1e400": "train.max_steps: expected int",
+    # try-out 55, F1: YAML's flow mapping read `{ood:/path}` as one key
+    "data.eval_sources={ood:/x.txt}": "in YAML a space must follow the colon: {ood: ...}",
     # keys that were never validated (item 4)
     "log.every=0": "log.every must be ≥ 1",
     "eval.batch_size=0": "eval.batch_size must be ≥ 1",
@@ -299,7 +301,10 @@ def test_model_revision_reaches_student_and_tokenizer(monkeypatch, tmp_path):
         seen.append((role, revision))
         return object()
 
+    from ekd.models import load
+
     monkeypatch.setattr(prepare, "load_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(load, "load_tokenizer", fake_tokenizer)  # the run's tokenizer: load.model_tokenizer
     monkeypatch.setattr(prepare, "check_same_tokenizer", lambda *args, **kwargs: None)
     for tok in ("teacher", "student", "org/tok"):
         cfg = load_config(
