@@ -1172,3 +1172,16 @@ def test_task_ways_tell_each_task_by_its_own_data():
         "tasks_dir_hash": "aa",
         "documents": 20,
     }
+
+
+def test_an_untagged_extra_eval_set_is_said_to_be_tagged_in_distribution():
+    """Try-out 55, F8: report.md labelled an extra set named `ood` in_distribution (the default tag) without a
+    word; the note names it and how to tag it. The held-out split and `shift*` names follow the rule."""
+    from ekd.train.task_evaluation import untagged_note
+
+    sets = {"eval": {}, "ood": {}, "ood/teacher": {}, "shift_news": {}, "code": {}}
+    assert untagged_note(sets, {"code": "in_distribution"}) == (
+        "`ood`: no `eval.set_tags` entry, so tagged in_distribution; tag a shifted set with e.g. "
+        "`ekd eval RUN 'eval.set_tags={ood: shift}'`"
+    )
+    assert untagged_note({"eval": {}, "shift_x": {}}, {}) == ""

@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,22 @@ def _read_eval_json(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
+def untagged_note(sets: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """The note under report.md's eval-set table naming the extra eval sets (``data.eval_sources``) that no
+    ``eval.set_tags`` entry tags, which are reported ``in_distribution`` by default — said, so that the tag is
+    not read as the author's judgement (try-out 55, F8: an ``ood`` set labelled in_distribution); "" when
+    there is none. The held-out split (``eval``) and names starting with ``shift`` are tagged by the rule."""
+    untagged = [
+        k for k in sets if "/" not in k and k != "eval" and k not in tags and not k.startswith("shift")
+    ]
+    if not untagged:
+        return ""
+    return (
+        f"{', '.join(f'`{k}`' for k in untagged)}: no `eval.set_tags` entry, so tagged in_distribution; tag a "
+        f"shifted set with e.g. `ekd eval RUN 'eval.set_tags={{{untagged[0]}: shift}}'`"
+    )
+
+
 def write_outputs(
     run_dir: Path, section: dict[str, Any], plots: bool, title: str, saved: dict[str, Any] | None = None
 ) -> None:
@@ -338,7 +354,12 @@ def write_outputs(
             and isinstance(v.get("tokens"), (int, float))
         }
         reports.append(
-            ("Eval sets", "\n\n".join(filter(None, [results_table(rows, cols), sizes_note(sizes)])))
+            (
+                "Eval sets",
+                "\n\n".join(
+                    filter(None, [results_table(rows, cols), sizes_note(sizes), untagged_note(sets, tags)])
+                ),
+            )
         )
     reports.append(("Downstream tasks (lm-evaluation-harness)", tasks_markdown(section)))
     write_report(run_dir, title, reports)
