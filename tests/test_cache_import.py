@@ -339,3 +339,27 @@ def test_estimated_stats_bound_the_true_ones():
     known = ~torch.isnan(gold_lp)
     torch.testing.assert_close(logp_gold[known], true_g[known])
     assert (logp_gold[~known] >= true_g[~known] - 1e-6).all()
+
+
+def test_positions_whose_block_holds_part_of_their_document_are_counted(setup, imported, capsys, caplog):
+    """Try-out 56, F6: an SRC scored per document (vLLM prompt_logprobs, a KD capture) conditions a target on the
+    whole document before it, while a training block that starts inside the document sees only its part of it
+    (14% of the positions of a real capture): the import counts those positions and says so. This test's SRC is
+    scored on the training blocks, so its targets are right there — the line says that case too."""
+    src = _write_parquet(setup["root"] / "teacher-context.parquet", setup["rows"])
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert _import(setup, src, setup["root"] / "imported-context") == 0
+    said = [r.getMessage() for r in caplog.records if "see in their training block" in r.getMessage()]
+    cfg = load_config([setup["cfg"]], [f"teacher.cache_dir={imported}"])
+    data = prepare_data(cfg, setup["root"] / "context")
+    T = data.blocks["train"].input_ids.shape[1]
+    starts = np.cumsum([0] + [len(tokens) for _, tokens in _documents(cfg, data)])[:-1]  # (D,) stream offsets
+    reader = CacheReader(imported)
+    cached = np.concatenate([sid * T + reader.get(sid).positions.numpy() for sid in range(reader.num_samples)])
+    doc_start = starts[np.searchsorted(starts, cached, side="right") - 1]  # (P,) start of each position's doc
+    other = int((cached // T != doc_start // T).sum())
+    assert 0 < other < len(cached)
+    assert len(said) == 1 and said[0].startswith(
+        f"ekd cache import: {other} of the {len(cached)} cached positions ({100 * other / len(cached):.1f}%) see in "
+        "their training block less than the document before them (their document began in an earlier block)"
+    ), said

@@ -181,18 +181,24 @@ class _Window:
     Arrays per flat position p of the window (p = (block − first) · T + t): top-K ids and log p, log p(gold)
     where SRC lists the gold token, whether SRC gave a row, and the token the documents put there."""
 
-    def __init__(self, blocks, writer: CacheWriter, k: int, tail: str, tau: float, width: int) -> None:
+    def __init__(
+        self, blocks, writer: CacheWriter, k: int, tail: str, tau: float, width: int, isolated: bool = True
+    ) -> None:
         self.blocks, self.writer, self.k, self.tail, self.tau = blocks, writer, k, tail, tau
         self.n_blocks, self.T = blocks.input_ids.shape
-        self.width = width
+        self.width, self.isolated = width, isolated
         self.first = 0  # first block of the window
         self.cached = self.targets = self.hits = 0
+        self.other_context = 0  # cached positions whose block context is not the document prefix SRC scored
         size = width * self.T
         self.ids = np.zeros((size, k), dtype=np.int64)  # (W·T, K) top-K ids, largest first
         self.lp = np.full((size, k), -np.inf, dtype=np.float32)  # (W·T, K) their log p
         self.gold_lp = np.full(size, np.nan, dtype=np.float32)  # (W·T,) log p(next token) if SRC has it
         self.has = np.zeros(size, dtype=bool)  # (W·T,) positions SRC gives a row for
         self.tokens = np.full(size, -1, dtype=np.int64)  # (W·T,) the document tokens laid here
+        # (W·T,) positions whose context in the block is not the whole document before them: the document began in
+        # an earlier block, or (packed attention) other documents precede it in its block
+        self.other = np.zeros(size, dtype=bool)
 
     @property
     def end(self) -> int:
@@ -220,6 +226,12 @@ class _Window:
                 self.lp[off : off + r] = row.logprobs[j : j + r, : self.k]
                 self.gold_lp[off : off + r] = gold[j : j + r]
                 self.has[off : off + r] = True
+                # (r,) stream positions of the piece's rows; the block sees the document from its start only in
+                # the block the document starts in, and (packed) only if the document starts that block
+                where = at + j + np.arange(r)
+                self.other[off : off + r] = (where // self.T != at // self.T) | (
+                    not self.isolated and at % self.T != 0
+                )
             j += m
 
     def flush(self) -> None:
@@ -264,12 +276,14 @@ class _Window:
             )
         self.writer.add_batch(batch)
         self.cached += int(cached.sum())
+        self.other_context += int((cached & self.other[:used]).sum())
         self.targets += int(has_label.sum())
         self.first = stop
         self.ids[:] = 0
         self.lp[:] = -np.inf
         self.gold_lp[:] = np.nan
         self.has[:] = False
+        self.other[:] = False
         self.tokens[:] = -1
 
     def close(self) -> None:
@@ -343,7 +357,8 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             overwrite=overwrite,
             rebuild=IMPORT_AGAIN,
         )
-        window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T))
+        isolated = blocks.document_attention == "isolated"
+        window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T), isolated)
         at, stream = 0, n_blocks * T
         for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
             if at >= stream:
@@ -384,6 +399,26 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             k,
             100.0 * window.hits / max(window.cached, 1),
         )
+        if (
+            window.other_context
+        ):  # try-out 56, F6: a per-document capture trained 14% of positions off-context
+            why = (
+                "their document began in an earlier block"
+                if isolated
+                else "their document began in an earlier block or follows others in its block "
+                "(data.document_attention=packed)"
+            )
+            log.warning(
+                "ekd cache import: %d of the %d cached positions (%.1f%%) see in their training block less than the "
+                "document before them (%s): an SRC scored per document conditions their targets on context the "
+                "student does not see there (one scored on the training blocks does not); a data.block_length "
+                "≥ the documents' length%s leaves none",
+                window.other_context,
+                window.cached,
+                100.0 * window.other_context / max(window.cached, 1),
+                why,
+                "" if isolated else " and data.document_attention=isolated",
+            )
         return directory
 
 
