@@ -369,3 +369,21 @@ def test_a_model_path_that_is_no_model_is_named_so(tmp_path, capsys, monkeypatch
         )
         line = one_error_line(rc, err)
         assert f"model.student: {spec}" in line and says in line and "model_type" not in line, line
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, monkeypatch):
+    """Try-out 56, F7: `ekd plan ... | head` (and `ekd cache info|verify`) ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ekd", "plan", config, "--gpus", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
+    proc.stdout.close()  # the reader is gone before ekd writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -722,6 +723,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C (or SIGTERM) reaches every rank of a torchrun job: rank 0 says what to do
     except KeyboardInterrupt as e:
         return _interrupted(e, args)
+    # the reader of stdout has gone (`ekd cache info DIR | head`; try-out 56, F7: a traceback): end as a pipe's
+    # writer does, without the flush at exit raising again (Python's docs, "Note on SIGPIPE")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     # under torchrun: a collective whose peer has gone, because another rank ended first
     except Exception as e:
         if args.debug or not _lost_peer(e):
