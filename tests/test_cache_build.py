@@ -1031,3 +1031,19 @@ def test_idts_from_a_cache_is_refused_as_a_per_token_temperature(setup, capsys):
     assert main(["distill", setup["cfg"], *args, "method.temperature=idts"]) == 2
     line = _error_line(capsys)
     assert "method.temperature=idts changes τ per token, but cached RS targets are drawn at τ=1" in line, line
+
+
+def test_a_selecting_method_over_a_top_f_cache_is_told_its_candidates():
+    """Try-out 56, F8: EKD over a teacher-entropy top-20% cache selected its coverage of the cached positions
+    (6.8% of the tokens over the run vs 29.8% online) and only the final 'KD positions' said so."""
+    from ekd.teacher.cache.source import candidates_note
+
+    ekd = load_config(None, ["method=ekd"]).method
+    top = {"positions": "teacher_entropy_topk", "position_fraction": 0.2}
+    assert candidates_note(top, ekd) == (
+        "teacher cache: the KD candidates are the cached 20% of each sequence's positions (its teacher-entropy "
+        "top 0.2); method.policy=coverage_schedule selects its fraction of those, so about 0.2× that fraction of "
+        "all tokens"
+    )
+    assert candidates_note({"positions": "all", "position_fraction": None}, ekd) == ""
+    assert candidates_note(top, load_config(None, ["method=rskd"]).method) == ""  # every candidate is trained
