@@ -355,7 +355,9 @@ def test_positions_whose_block_holds_part_of_their_document_are_counted(setup, i
     T = data.blocks["train"].input_ids.shape[1]
     starts = np.cumsum([0] + [len(tokens) for _, tokens in _documents(cfg, data)])[:-1]  # (D,) stream offsets
     reader = CacheReader(imported)
-    cached = np.concatenate([sid * T + reader.get(sid).positions.numpy() for sid in range(reader.num_samples)])
+    cached = np.concatenate(
+        [sid * T + reader.get(sid).positions.numpy() for sid in range(reader.num_samples)]
+    )
     doc_start = starts[np.searchsorted(starts, cached, side="right") - 1]  # (P,) start of each position's doc
     other = int((cached // T != doc_start // T).sum())
     assert 0 < other < len(cached)

@@ -598,7 +598,8 @@ def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(
     s = compare_runs([a, edited], tmp_path / "o2", baselines=("kd",), plots=False)
     assert [g["method"] for g in s["groups"]] == ["kd", "kd#2"]
     assert "training blocks sha256:cdcdcdcd" in s["groups"][1]["note"]
-    assert "(/scratch/me/text.jsonl vs /scratch/me/text.jsonl)" in s["groups"][1]["note"]  # the files too
+    # the files too: the same path, its content changed (try-out 55, F5: said "(x vs x)")
+    assert "(both /scratch/me/text.jsonl)" in s["groups"][1]["note"]
     assert not s["eval_sets"]  # ... and the held-out set is the same blocks
     other = run("other", 1, "/scratch/me/text.jsonl", "cd" * 32, held="f" * 64)  # the held-out set changed
     s = compare_runs([a, other], tmp_path / "o3", baselines=("kd",), plots=False)
@@ -1213,3 +1214,19 @@ def test_a_verdict_is_a_paired_t_test_at_the_5_percent_level(tmp_path, diffs, ve
     assert d["mean"] == pytest.approx(mean) and d["ci95"] == pytest.approx(t975 * std / math.sqrt(n))
     assert d["verdict"] == verdict
     assert f"({verdict}" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_keys_a_run_did_not_read_make_no_other_config():
+    """Try-out 55, F5: `ce` with model.tokenizer=train_bpe bpe_vocab_size=400 beside `ce` on the teacher's
+    tokenizer was said to differ in `model.bpe_vocab_size=400 (vs 4096)`, a default the other never read; so
+    would the lora_* knobs of a student without LoRA."""
+    from ekd.eval.compare.runs import _unread_model_keys_dropped
+
+    real = {"tokenizer": "teacher", "teacher": "/m/t", "student": "/m/s", "bpe_vocab_size": 4096}
+    assert "bpe_vocab_size" not in _unread_model_keys_dropped(real)
+    assert "bpe_vocab_size" in _unread_model_keys_dropped(real | {"tokenizer": "train_bpe"})
+    presets = real | {"teacher": "preset:llama-tiny", "student": "preset:llama-micro"}  # teacher → train_bpe
+    assert "bpe_vocab_size" in _unread_model_keys_dropped(presets)
+    lora = {"lora_r": 0, "lora_alpha": 32.0, "lora_dropout": 0.1}
+    assert _unread_model_keys_dropped(lora) == {"lora_r": 0}
+    assert _unread_model_keys_dropped(lora | {"lora_r": 8}) == lora | {"lora_r": 8}

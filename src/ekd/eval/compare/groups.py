@@ -141,12 +141,11 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             a, b = first.runs[0], g.runs[0]
             diffs = _config_differences(a.trained_config(), b.trained_config())
             if by_content and any(d.startswith("data.source=") for d in diffs):
-                # the files, beside the blocks
+                # the files, beside the blocks; the same files packed otherwise (try-out 55, F5: "(x vs x)" where
+                # only the tokenizer differed)
                 paths = [(r.config.get("data") or {}).get("source") for r in (b, a)]
-                diffs = [
-                    d + (f" ({paths[0]} vs {paths[1]})" if d.startswith("data.source=") else "")
-                    for d in diffs
-                ]
+                files = f"({paths[0]} vs {paths[1]})" if paths[0] != paths[1] else f"(both {paths[0]})"
+                diffs = [d + (f" {files}" if d.startswith("data.source=") else "") for d in diffs]
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
     label_eval_sets(list(groups.values()))
     return list(groups.values())

@@ -173,6 +173,8 @@ class RunRecord:
         ):  # (ce) which teacher decides its eval figures alone, paired by their own
             # record (try-out 44: ce seeds evaluated against a teacher retrained between them were split in two)
             cfg["model"] = {k: v for k, v in cfg.get("model", {}).items() if k not in TEACHER_MODEL_KEYS}
+        if "model" in cfg:
+            cfg["model"] = _unread_model_keys_dropped(cfg["model"])
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
 
     def trains_with_teacher(self) -> bool:
@@ -314,6 +316,21 @@ def _scored_set(name: str) -> bool:
     """An entry a run scored some way (a text eval set or a downstream task; not a teacher row): runs are
     paired on it only where they scored it alike (:meth:`RunRecord.eval_set`)."""
     return not name.endswith("/teacher")
+
+
+def _unread_model_keys_dropped(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` without the keys its run did not read (try-out 55, F5: two runs were said to differ in
+    ``model.bpe_vocab_size=400 (vs 4096)``, a default the other never used): ``bpe_vocab_size`` unless the
+    tokenizer was trained (``train_bpe``, or ``teacher``/``student`` naming two presets:
+    :func:`ekd.train.prepare.tokenizer_source`), the ``lora_*`` knobs without a LoRA student (``lora_r`` 0)."""
+    spec = model.get("tokenizer", "teacher")
+    presets = all(str(model.get(r, "")).startswith("preset:") for r in ("teacher", "student"))
+    unread = set()
+    if not (spec == "train_bpe" or (spec in ("teacher", "student") and presets)):
+        unread.add("bpe_vocab_size")
+    if not model.get("lora_r"):
+        unread.update(k for k in model if k.startswith("lora_") and k != "lora_r")
+    return {k: v for k, v in model.items() if k not in unread}
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> list[str]:
