@@ -578,3 +578,29 @@ def test_a_store_of_another_budget_above_the_corpus_gives_its_training_split_to_
     )
     assert_same_blocks(fresh.blocks, copied.blocks)
     assert sum(calls) - copied_texts > 250  # the fresh build tokenized the training documents too
+
+
+def test_a_build_killed_while_it_finishes_resumes_at_its_last_step(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 56, F9: a kill after the last phase's checkpoint, while the blocks were cut and sealed, left
+    progress.json at phase == len(phases); every rerun then ended in an IndexError traceback (its log line read
+    phases[phase]) until the user deleted the .partial directory."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=400)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_build, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, tmp_path / "r1")
+    partial = next((tmp_path / "runs" / "token-store").glob("*.partial"))
+    assert json.loads((partial / "progress.json").read_text())["phase"] >= 1  # past every phase
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        stored = prepare_data(cfg, tmp_path / "r2")
+    assert any("resuming a killed build at its last step" in r.getMessage() for r in caplog.records)
+    assert not partial.exists()
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False), tmp_path / "r3")
+    assert_same_blocks(memory.blocks, stored.blocks)

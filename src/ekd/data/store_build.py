@@ -367,6 +367,12 @@ def _build(
             logger.info(
                 "token store %s: building it (data.store_dir; tokenizing once for every run)", directory
             )
+    elif progress["phase"] >= len(
+        phases
+    ):  # killed while finishing (try-out 56, F9: an IndexError, every rerun)
+        logger.info(
+            "token store %s: resuming a killed build at its last step (cutting blocks, sealing)", directory
+        )
     else:
         logger.info(
             "token store %s: resuming a killed build at document %d of %s",
