@@ -365,3 +365,19 @@ def test_positions_whose_block_holds_part_of_their_document_are_counted(setup, i
         f"ekd cache import: {other} of the {len(cached)} cached positions ({100 * other / len(cached):.1f}%) see in "
         "their training block less than the document before them (their document began in an earlier block)"
     ), said
+
+
+def test_a_broken_jsonl_line_is_named_by_its_line_in_the_file(setup, tmp_path, capsys):
+    """Try-out 56, F11: a broken last line of a 60-row JSONL was reported as json's 'line 1 column 2' (of the
+    record), not the file's line 61 — hard to find in a multi-GB capture."""
+    rows = [json.dumps(r) for r in setup["rows"]]
+    for bad, says in (
+        ("{broken", "is not JSON (Expecting property name"),
+        ("[1, 2]", "is not a JSON object"),
+    ):
+        src = tmp_path / "broken.jsonl"
+        src.write_text("\n".join([*rows, "", bad]) + "\n")  # a blank line between: lines, not rows, counted
+        assert _import(setup, src, tmp_path / "out") == 2
+        line = _one_line(capsys)
+        assert f"{src} line {len(rows) + 2} {says}" in line, line
+        assert not (tmp_path / "out" / "manifest.json").exists()

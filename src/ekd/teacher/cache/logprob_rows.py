@@ -23,6 +23,7 @@ refused).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,14 +111,14 @@ class SourceTable:
                 return
             offsets: list[int] = []
             with open(self.path, "rb") as f:
-                while True:
+                for number in itertools.count(1):  # the file's line, named in an error (try-out 56, F11)
                     at = f.tell()
                     line = f.readline()
                     if not line:
                         break
                     if line.strip():
                         offsets.append(at)
-                        yield json.loads(line).get(name)
+                        yield _json_object(line, f"{self.path} line {number}").get(name)
             self._offsets = offsets
 
     def row(self, index: int, columns: list[str]) -> dict:
@@ -141,6 +142,18 @@ class SourceTable:
                 batch = next(batches)
             self._cursor = (group, batches, first, batch)
             return batch.slice(index - first, 1).to_pylist()[0]
+
+
+def _json_object(line: bytes, where: str) -> dict:
+    """One JSONL line parsed as a JSON object; CacheError naming ``where`` (file and line) otherwise."""
+    try:
+        value = json.loads(line)
+    except ValueError as e:
+        reason = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise CacheError(f"{where} is not JSON ({reason}); fix or remove that line") from None
+    if not isinstance(value, dict):
+        raise CacheError(f"{where} is not a JSON object (one row per line: {{column: value, ...}})")
+    return value
 
 
 class _ReadErrors:
