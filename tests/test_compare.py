@@ -1230,3 +1230,23 @@ def test_keys_a_run_did_not_read_make_no_other_config():
     lora = {"lora_r": 0, "lora_alpha": 32.0, "lora_dropout": 0.1}
     assert _unread_model_keys_dropped(lora) == {"lora_r": 0}
     assert _unread_model_keys_dropped(lora | {"lora_r": 8}) == lora | {"lora_r": 8}
+
+
+def test_the_pareto_plot_labels_a_method_without_a_teacher(tmp_path, monkeypatch):
+    """Try-out 55, F4: `ce`'s 0 teacher bytes/token was drawn at x = 0.1 on the log axis, unmarked: read off the
+    plot as 0.1 B/token."""
+    from ekd.eval.compare import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save_png", lambda fig, path: saved.append(fig) or Path(path))
+    groups = [
+        {"method": m, "metrics": {"eval/kl": {"mean": kl}, "bytes_per_token": {"mean": cost}}}
+        for m, kl, cost in (("ce", 2.0, 0.0), ("kd", 0.5, 4096.0), ("sekd", 0.6, 30.0))
+    ]
+    plots.plot_pareto({"groups": groups}, "eval/kl", tmp_path / "p.png")
+    (ax,) = saved[0].axes
+    texts = {t.get_text(): t.xy for t in ax.texts}
+    assert set(texts) == {"ce (0 B: no teacher)", "kd", "sekd"}
+    assert texts["ce (0 B: no teacher)"][0] == pytest.approx(
+        3.0
+    )  # a decade left of the cheapest teacher (30)
