@@ -286,7 +286,13 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
         return write(self, data)
 
     monkeypatch.setattr(io._HashingFile, "write", write_or_signal)
-    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive shell inherits
+    # SIGINT ignored, which Python (and ekd) leave ignored — the signal then did nothing, and the run finished
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sent and rc == (143 if signum == "SIGTERM" else 130), (sent, err)  # the handler it met, if not
     by = " (SIGTERM)" if signum == "SIGTERM" else ""
     kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
