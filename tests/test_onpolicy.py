@@ -462,6 +462,15 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
         assert f"method.prompt_tokens={prompt} leaves at most one token" in err[0]
         assert "set method.prompt_tokens ≤ 15" in err[0]  # 32 − 1 − min(64, 16)
     assert not (tmp_path / "runs" / "gkd").exists()
+    # try-out 57, F7: a 2-token block was told to set prompt_tokens ≤ 1, then refused 1 alike
+    over = tiny_overrides(tmp_path, corpus, "gkd") + [
+        "method=gkd",
+        "data.block_length=2",
+        "method.prompt_tokens=1",
+    ]
+    assert main(["distill", *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.block_length=2 leaves at most one token" in err[0], err
     load_config(
         overrides=tiny_overrides(tmp_path, corpus) + ["method=gkd", "method.prompt_tokens=30"]
     )  # 2 tokens

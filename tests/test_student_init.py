@@ -56,7 +56,15 @@ def _teacher(model_type: str, tmp_path, with_tokenizer: bool = False):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     out = tmp_path / f"teacher-{model_type}"
-    model.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()  # its "Writing model shards" bars on stderr, where a test
+    hf_logging.disable_progress_bar()  # run first in its process (one xdist worker's) counts ekd's one line
+    try:
+        model.save_pretrained(out)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     if with_tokenizer:
         vocab = {f"w{i}": i for i in range(V - 1)} | {"[UNK]": V - 1}
         tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
@@ -428,3 +436,16 @@ def test_the_student_gets_the_teachers_own_tokenizer_not_its_class_additions(tmp
         assert saved["model"]["vocab"] == files["model"]["vocab"], name
         assert saved["added_tokens"] == files["added_tokens"], name  # [UNK] alone: no '<|endoftext|>'
         assert len(PreTrainedTokenizerFast.from_pretrained(tmp_path / name)) == V
+
+
+def test_a_width_the_heads_do_not_divide_is_named_for_a_config_without_head_dim(tmp_path, capsys):
+    """Try-out 57, F3: a Qwen2 config holds no head_dim of its own (the width is divided by the heads), so
+    `hidden_size=30` over 4 heads still ended in the forward's tensor-size error."""
+    _, teacher_dir = _teacher("qwen2", tmp_path)
+    assert (
+        main(["student", "init", str(teacher_dir), str(tmp_path / "s"), "--from-config", "hidden_size=30"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hidden_size=30 is not a multiple of num_attention_heads=4" in err[0], err
+    assert not (tmp_path / "s").exists()

@@ -70,6 +70,12 @@ def validate(cfg: Config) -> None:
             keys=("method.student_data_fraction", "teacher.source"),
         )
     plain_rows = d.format != "chat" and not d.prompt_field  # every row's prompt is its first prompt_tokens
+    if m.student_data_fraction > 0 and plain_rows and d.block_length <= 2:  # a 1-token prompt leaves ≤ 1
+        raise ConfigError(
+            f"data.block_length={d.block_length} leaves at most one token to generate after a one-token prompt "
+            "(method.student_data_fraction > 0); raise data.block_length",
+            keys=("data.block_length", "method.student_data_fraction"),
+        )
     if m.student_data_fraction > 0 and plain_rows and m.prompt_tokens >= d.block_length - 1:
         raise ConfigError(
             f"method.prompt_tokens={m.prompt_tokens} leaves at most one token to generate in a "

@@ -411,13 +411,11 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             log.warning(
                 "ekd cache import: %d of the %d cached positions (%.1f%%) see in their training block less than the "
                 "document before them (%s): an SRC scored per document conditions their targets on context the "
-                "student does not see there (one scored on the training blocks does not); a data.block_length "
-                "≥ the documents' length%s leaves none",
+                "student does not see there; one scored on the training blocks (ekd's packing) does not",
                 window.other_context,
                 window.cached,
                 100.0 * window.other_context / max(window.cached, 1),
                 why,
-                "" if isolated else " and data.document_attention=isolated",
             )
         return directory
 
