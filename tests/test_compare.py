@@ -1250,3 +1250,14 @@ def test_the_pareto_plot_labels_a_method_without_a_teacher(tmp_path, monkeypatch
     assert texts["ce (0 B: no teacher)"][0] == pytest.approx(
         3.0
     )  # a decade left of the cheapest teacher (30)
+
+
+def test_the_note_names_keys_both_runs_read_before_one_sided_ones():
+    """Try-out 57, F2: beside `model.lora_r=4 (vs 0)` the note listed five lora keys '(vs None)': read by the LoRA
+    run only. One-sided keys are named where nothing else differs."""
+    from ekd.eval.compare.runs import _config_differences
+
+    a = {"model": {"lora_r": 0}}
+    b = {"model": {"lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0}}
+    assert _config_differences(a, b) == ["model.lora_r=4 (vs 0)"]
+    assert _config_differences({"train": {}}, {"train": {"new_key": 1}}) == ["train.new_key=1 (vs None)"]

@@ -281,7 +281,13 @@ def from_config(
     heads, groups = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     hidden, head_dim = getattr(config, "hidden_size", None), getattr(config, "head_dim", None)
     # a config without head_dim of its own divides hidden_size by the heads (try-out 57, F3: a tensor-size error)
-    if isinstance(heads, int) and heads > 0 and isinstance(hidden, int) and head_dim is None and hidden % heads:
+    if (
+        isinstance(heads, int)
+        and heads > 0
+        and isinstance(hidden, int)
+        and head_dim is None
+        and hidden % heads
+    ):
         raise ModelError(
             f"student init: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (head_dim = "
             "hidden_size / num_attention_heads); choose sizes that divide, or set head_dim=N"
