@@ -273,6 +273,17 @@ def test_a_figure_that_contradicts_its_entry_is_refused_as_malformed(tmp_path, c
     ):
         assert malformed({"eval": entry | edit}) == says, edit
     assert malformed({"eval": entry | {"ppl": None, "acc": None}}) is None  # NaN written as null
+    # try-out 57, F1: NaN or inf where the loss gives a finite figure, and figures outside their bounds
+    for edit, says in (
+        ({"ppl": math.nan}, "'eval' ppl nan is not exp(loss 2.5138) = 12.3518"),
+        ({"ppl": math.inf}, "'eval' ppl inf is not exp(loss 2.5138) = 12.3518"),
+        ({"loss": math.inf, "ppl": math.inf}, "'eval' loss inf is not what its block sums give (2.5138)"),
+        ({"ece": -5.0}, "'eval' ece -5 is outside [0, 100]"),
+        ({"kl": -1.0}, "'eval' kl -1 is outside [0, inf]"),
+        ({"acc": 1.5}, "'eval' acc 1.5 is outside [0, 1]"),
+    ):
+        assert malformed({"eval": entry | edit}) == says, edit
+    assert malformed({"eval": {"kl": -1e-9, "ece": math.nan}}) is None  # float noise; NaN an older ekd wrote
     assert malformed({"eval": {"loss": 800.0, "ppl": None}}) is None
     run = _run(tmp_path, "kd1", "kd", 1, 3.0)
     ev = json.loads((run / "eval.json").read_text())

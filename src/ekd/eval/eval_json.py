@@ -247,23 +247,35 @@ def malformed(saved: Any) -> str | None:
 _PPL_OF = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
 
 
-def _disagreement(entry: dict[str, Any]) -> str | None:
-    """Where an entry's figures contradict each other, as words; None when they agree. Each perplexity is
-    exp of its loss, and a set's loss, accuracy and token count are its per-block sums' ratios (try-out 55, F6: a
-    ppl edited by hand was compared as it stood, beside the loss and block sums it contradicts). A null (NaN) or
-    missing figure is not compared; the block sums to a relative 1e-6 (float32 sums on the device)."""
+_RANGES = {"acc": (0.0, 1.0), "agree": (0.0, 1.0), "ece": (0.0, 100.0), "kl": (-1e-3, math.inf)}
+"""Figures with bounds (ECE in percent; a KL above −1e-3: float noise of a mean of non-negative terms)."""
 
-    def number(key: str, where: dict[str, Any] = entry) -> float | None:
-        value = where.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else None
+
+def _disagreement(entry: dict[str, Any]) -> str | None:
+    """Where an entry's figures contradict each other or their bounds, as words; None when they agree. Each
+    perplexity is exp of its loss, and a set's loss, accuracy and token count are its per-block sums' ratios
+    (try-out 55, F6: a ppl edited by hand was compared as it stood, beside the loss and block sums it
+    contradicts); NaN or ±inf where those give a finite figure contradicts it too, and acc, agreement, ECE and KL
+    stay in their ranges (try-out 57, F1). A null (JSON's NaN as ekd writes it) or missing figure is not compared;
+    the block sums to a relative 1e-6 (float32 sums on the device)."""
+
+    def raw(key: str) -> float | None:
+        value = entry.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def agree(value: float, figure: float, rel: float) -> bool:
+        return math.isfinite(value) and math.isclose(value, figure, rel_tol=rel)
 
     for ppl_key, loss_key in _PPL_OF.items():
-        ppl, loss = number(ppl_key), number(loss_key)
-        if ppl is None or loss is None or loss > 700:  # exp(loss) overflows past ~709
+        ppl, loss = raw(ppl_key), raw(loss_key)
+        if ppl is None or loss is None or not math.isfinite(loss) or loss > 700:  # exp overflows past ~709
             continue
-        if not math.isclose(ppl, math.exp(loss), rel_tol=1e-9):
+        if not agree(ppl, math.exp(loss), 1e-9):
             return f"{ppl_key} {ppl:g} is not exp({loss_key} {loss:g}) = {math.exp(loss):g}"
+    for key, (low, high) in _RANGES.items():
+        value = raw(key)
+        if value is not None and not math.isnan(value) and not low <= value <= high:
+            return f"{key} {value:g} is outside [{max(low, 0):g}, {high:g}]"
     sums = entry.get(BLOCK_SUMS_KEY)
     if not isinstance(sums, dict) or _block_sums_problem(sums):
         return None
@@ -273,8 +285,8 @@ def _disagreement(entry: dict[str, Any]) -> str | None:
         return None
     for key, figure in (("tokens", tokens), ("loss", totals.get("nll", math.nan) / tokens),
                         ("acc", totals.get("correct", math.nan) / tokens)):  # fmt: skip
-        value = number(key)
-        if value is not None and math.isfinite(figure) and not math.isclose(value, figure, rel_tol=1e-6):
+        value = raw(key)
+        if value is not None and math.isfinite(figure) and not agree(value, figure, 1e-6):
             return f"{key} {value:g} is not what its block sums give ({figure:g})"
     return None
 
