@@ -916,3 +916,20 @@ def test_the_eval_split_follows_the_documented_rule_and_is_logged(tmp_path: Path
         ), said
         listed = [r.getMessage() for r in caplog.records if "eval split documents:" in r.getMessage()]
         assert listed and set(listed[0].split(": ", 2)[2].split(", ")) == held
+
+
+def test_a_model_directory_is_refused_as_data(tmp_path: Path) -> None:
+    """Try-out 57, F5: data.source=<model.teacher's directory> trained on its config.json, tokenizer.json and
+    generation_config.json (the weights skipped as not text); hf:<it> failed with datasets' vague error. A corpus
+    file kept beside a model's files is still read."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"\0" * 16)
+    (model / "notes.txt").write_text("a corpus file beside the model")
+    for source in (str(model), f"hf:{model}"):
+        with pytest.raises(ConfigError, match="is a model directory \\(config.json and weights\\), not data"):
+            load_documents(source, DataConfig())
+    assert [d.text for d in load_documents(str(model / "notes.txt"), DataConfig())] == [
+        "a corpus file beside the model"
+    ]

@@ -292,6 +292,13 @@ def _read_source(
     return _read_parquet(path, data_cfg, key, skipped)
 
 
+_WEIGHT_FILES = (
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "model.safetensors.index.json",
+)  # a saved model's weights
+
+
 def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
     """Refuse a local source that is, or lies in, one of ekd's outputs — a run directory, teacher cache, token
     store or comparison (try-out 52, F9: ``data.source=runs/kd-s0`` trained on its JSON files without an error;
@@ -300,7 +307,20 @@ def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
     Raises:
         ConfigError: naming the output and its kind.
     """
-    if not path.exists() or (found := enclosing_output(path)) is None:
+    if not path.exists():
+        return
+    # try-out 57, F5: data.source=<model.teacher's directory> trained on its config and tokenizer JSON (a file
+    # named beside a model's files may be a corpus: only the directory itself is refused)
+    if (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and any(next(path.glob(p), None) for p in _WEIGHT_FILES)
+    ):
+        raise ConfigError(
+            f"{key}: {source} is a model directory (config.json and weights), not data; point {key} at your "
+            "corpus (text files, JSONL or Parquet rows)"
+        )
+    if (found := enclosing_output(path)) is None:
         return
     directory, kind = found
     where = "is" if directory.absolute() == path.absolute() else f"lies in {directory}, which is"
