@@ -381,3 +381,15 @@ def test_a_broken_jsonl_line_is_named_by_its_line_in_the_file(setup, tmp_path, c
         line = _one_line(capsys)
         assert f"{src} line {len(rows) + 2} {says}" in line, line
         assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_bad_jsonl_row_is_named_by_its_line_in_the_file(setup, tmp_path, capsys):
+    """Try-out 57, F6: a JSONL row with a logprob row too few was 'row 6' (0-based, blank lines skipped) where
+    the file's line 7 (or 9, after two blank lines) held it; Parquet rows keep their 0-based row number."""
+    rows = _broken(setup, lambda rows: rows[6].update(logprobs=rows[6]["logprobs"][:-2]))
+    lines = [json.dumps(r) for r in rows]
+    src = tmp_path / "short.jsonl"
+    src.write_text("\n".join([*lines[:2], "", "", *lines[2:]]) + "\n")  # row 6 on line 9
+    assert _import(setup, src, tmp_path / "out") == 2
+    line = _one_line(capsys)
+    assert f"{src} line 9: " in line, line

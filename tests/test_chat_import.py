@@ -163,7 +163,7 @@ def test_chat_source_that_is_not_messages_or_lacks_a_row_is_one_line(setup, tmp_
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in bad))
     assert _import(setup, path, tmp_path / "c1") == 2
-    assert "bad.jsonl row 3: column 'messages' is not chat messages" in _one_line(capsys)
+    assert "bad.jsonl line 4: column 'messages' is not chat messages" in _one_line(capsys)  # the file's line
     missing = tmp_path / "missing.parquet"
     pq.write_table(pa.Table.from_pylist(setup["table"][1:], schema=SCHEMA), missing)
     assert _import(setup, missing, tmp_path / "c2") == 2

@@ -170,7 +170,7 @@ def _index_rows(table: SourceTable, column: str, chat: bool, tools: str | None =
     rows = zip(values, table.column(tools)) if tools else ((v, None) for v in values)
     for r, (value, row_tools) in enumerate(rows):
         if value is not None:
-            index.setdefault(_digest(row_key(value, chat, f"{table.path} row {r}", column, row_tools)), r)
+            index.setdefault(_digest(row_key(value, chat, table.where(r), column, row_tools)), r)
     return index
 
 
@@ -369,7 +369,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
                     f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
                     "SRC must hold every training document of the config's data"
                 )
-            where = f"{src} row {r}"
+            where = table.where(r)
             row = source_row(table.row(r, needed), layout, columns, k, where)
             bad = first_mismatch(ours, row.tokens)
             if bad is not None:

@@ -82,6 +82,7 @@ class SourceTable:
         if self.suffix not in (".parquet", ".jsonl", ".json"):
             raise CacheError(f"{path}: ekd cache import reads .parquet or .jsonl files")
         self._offsets: list[int] | None = None  # JSONL: byte offset of every row (after column())
+        self._lines: list[int] = []  # JSONL: the file's line (1-based) of every row (after column())
         self._group_starts: list[int] = []  # Parquet: first row of every row group, then the row count
         self._cursor: tuple | None = None  # Parquet: (group, batches iterator, first row of batch, batch)
         with self._reading():
@@ -110,6 +111,7 @@ class SourceTable:
                     yield from batch.column(0).to_pylist()
                 return
             offsets: list[int] = []
+            self._lines = []
             with open(self.path, "rb") as f:
                 for number in itertools.count(1):  # the file's line, named in an error (try-out 56, F11)
                     at = f.tell()
@@ -118,8 +120,17 @@ class SourceTable:
                         break
                     if line.strip():
                         offsets.append(at)
+                        self._lines.append(number)
                         yield _json_object(line, f"{self.path} line {number}").get(name)
             self._offsets = offsets
+
+    def where(self, index: int) -> str:
+        """How an error names row ``index``: ``FILE line N`` (the file's line, 1-based) for JSONL after
+        :meth:`column`, ``FILE row N`` (0-based) for Parquet (try-out 57, F6: a JSONL row was 'row 6', 0-based
+        among the non-blank lines, where the file's line 7 or 9 held it)."""
+        if self.suffix != ".parquet" and index < len(self._lines):
+            return f"{self.path} line {self._lines[index]}"
+        return f"{self.path} row {index}"
 
     def row(self, index: int, columns: list[str]) -> dict:
         """Row ``index`` (counted from 0 over the rows :meth:`column` read) with ``columns``."""
