@@ -504,3 +504,14 @@ def test_an_unknown_model_type_read_for_the_document_boundary_names_the_real_fix
         read_model_eos(str(d), key="model.student")
     assert "upgrade transformers or use a supported architecture" in str(e.value), e.value
     assert "data.separator=eos" not in str(e.value)
+
+
+def test_a_run_directory_named_as_a_model_points_at_its_export(tmp_path):
+    """Try-out 57, F5: `model.student=RUN` said 'not a Hugging Face model directory (no config.json)' without the
+    'did you mean RUN/student' that `ekd eval RUN/student` gets."""
+    run = tmp_path / "runs" / "kd"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "config.json").write_text('{"model_type": "llama"}')
+    (run / "config.yaml").write_text("run: {name: kd}\n")
+    with pytest.raises(ModelError, match=f"did you mean {run / 'student'}, the run's exported student\\?"):
+        load_model(str(run), vocab_size=64, role="student")

@@ -308,6 +308,8 @@ def check_model_dir(
         if named_tokenizer:
             what = "empty" if what == "empty" else "no tokenizer directory"
         missing = "no tokenizer.json or tokenizer_config.json" if named_tokenizer else "no config.json"
+        if (path / "student" / "config.json").is_file():  # an ekd run: its export (try-out 57, F5)
+            fix = f"did you mean {Path(spec) / 'student'}, the run's exported student? else {fix}"
         raise ModelError(f"{_key(role)}: {spec} is {what} ({missing}); {fix}")
     if weights and not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
         raise ModelError(
