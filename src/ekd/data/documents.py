@@ -292,11 +292,13 @@ def _read_source(
     return _read_parquet(path, data_cfg, key, skipped)
 
 
-_WEIGHT_FILES = (
-    "*.safetensors",
-    "pytorch_model*.bin",
-    "model.safetensors.index.json",
-)  # a saved model's weights
+def _holds_weights(directory: Path) -> bool:
+    """Whether ``directory`` holds a weights file ``from_pretrained`` reads (:data:`ekd.models.load.WEIGHT_FILES`)."""
+    from ekd.models.load import (
+        WEIGHT_FILES,  # torch and transformers: only for a directory with a config.json
+    )
+
+    return any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES)
 
 
 def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
@@ -311,11 +313,7 @@ def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
         return
     # try-out 57, F5: data.source=<model.teacher's directory> trained on its config and tokenizer JSON (a file
     # named beside a model's files may be a corpus: only the directory itself is refused)
-    if (
-        path.is_dir()
-        and (path / "config.json").is_file()
-        and any(next(path.glob(p), None) for p in _WEIGHT_FILES)
-    ):
+    if path.is_dir() and (path / "config.json").is_file() and _holds_weights(path):
         raise ConfigError(
             f"{key}: {source} is a model directory (config.json and weights), not data; point {key} at your "
             "corpus (text files, JSONL or Parquet rows)"

@@ -367,9 +367,8 @@ def _build(
             logger.info(
                 "token store %s: building it (data.store_dir; tokenizing once for every run)", directory
             )
-    elif progress["phase"] >= len(
-        phases
-    ):  # killed while finishing (try-out 56, F9: an IndexError, every rerun)
+    # killed while finishing, past every phase (try-out 56, F9: this log line raised an IndexError, every rerun)
+    elif progress["phase"] >= len(phases):
         logger.info(
             "token store %s: resuming a killed build at its last step (cutting blocks, sealing)", directory
         )

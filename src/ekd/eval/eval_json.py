@@ -252,7 +252,8 @@ _RANGES = {"acc": (0.0, 1.0), "agree": (0.0, 1.0), "ece": (0.0, 100.0), "kl": (-
 
 
 def _disagreement(entry: dict[str, Any]) -> str | None:
-    """Where an entry's figures contradict each other or their bounds, as words; None when they agree. Each
+    """Where an entry's figures contradict each other or their bounds, as words; None when they agree (the entry
+    passed :func:`malformed`'s checks of each value, its block sums included). Each
     perplexity is exp of its loss, and a set's loss, accuracy and token count are its per-block sums' ratios
     (try-out 55, F6: a ppl edited by hand was compared as it stood, beside the loss and block sums it
     contradicts); NaN or ±inf where those give a finite figure contradicts it too, and acc, agreement, ECE and KL
@@ -276,10 +277,10 @@ def _disagreement(entry: dict[str, Any]) -> str | None:
         value = raw(key)
         if value is not None and not math.isnan(value) and not low <= value <= high:
             return f"{key} {value:g} is outside [{max(low, 0):g}, {high:g}]"
-    sums = entry.get(BLOCK_SUMS_KEY)
-    if not isinstance(sums, dict) or _block_sums_problem(sums):
+    sums = entry.get(BLOCK_SUMS_KEY)  # checked well-formed by malformed, before
+    if not isinstance(sums, dict):
         return None
-    totals = {k: math.fsum(x for x in v if x is not None) for k, v in sums.items() if isinstance(v, list)}
+    totals = {k: math.fsum(x for x in v if x is not None) for k, v in sums.items()}
     tokens = totals.get("tokens")
     if not tokens:
         return None

@@ -668,12 +668,14 @@ def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: 
     return rows if isinstance(rows, int) and rows > 0 else None
 
 
-def model_tokenizer(spec: str, revision: str, trust_remote_code: bool, role: str) -> PreTrainedTokenizerBase:
+def model_tokenizer(
+    spec: str, revision: str, trust_remote_code: bool, role: str, key: str = ""
+) -> PreTrainedTokenizerBase:
     """The tokenizer a model directory (or hub id) was trained with: :func:`load_tokenizer`'s, or its files alone
     where its class adds tokens its head has no row for (:func:`own_tokenizer`); a directory of tokenizer files
-    alone (no config.json) gives :func:`load_tokenizer`'s. ``role``: how errors and the log name it (``teacher``,
-    ``student``, ``tokenizer``)."""
-    tok = load_tokenizer(spec, revision, trust_remote_code, f"model.{role}")
+    alone (no config.json) gives :func:`load_tokenizer`'s. ``role``: how the log names it (``teacher``,
+    ``student``, ``tokenizer``); ``key``: how load errors name it (default ``model.<role>``)."""
+    tok = load_tokenizer(spec, revision, trust_remote_code, key or f"model.{role}")
     return own_tokenizer(tok, declared_head_rows(spec, revision, trust_remote_code, role), role)
 
 

@@ -41,12 +41,10 @@ from ekd.models.layers import decoder_layers
 from ekd.models.load import (
     check_model_dir,
     check_output_head,
-    declared_head_rows,
     is_preset,
     load_model,
     load_or_refuse,
-    load_tokenizer,
-    own_tokenizer,
+    model_tokenizer,
     save_model_dir,
 )
 from ekd.nearest import did_you_mean
@@ -288,10 +286,7 @@ def from_config(
         and head_dim is None
         and hidden % heads
     ):
-        raise ModelError(
-            f"student init: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (head_dim = "
-            "hidden_size / num_attention_heads); choose sizes that divide, or set head_dim=N"
-        )
+        raise _indivisible_width(hidden, heads)
     if isinstance(heads, int) and isinstance(groups, int) and groups > 0 and heads % groups:  # try-out 33
         raise ModelError(
             f"student init: num_attention_heads={heads} is not a multiple of num_key_value_heads={groups} (each "
@@ -329,10 +324,15 @@ def _follow_head_dim(teacher: PretrainedConfig, config: PretrainedConfig, overri
     elif hidden % heads == 0:
         config.head_dim = hidden // heads
     else:  # try-out 56, F5: a forward shape error, blamed on the key/value heads
-        raise ModelError(
-            f"student init: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (head_dim = "
-            "hidden_size / num_attention_heads); choose sizes that divide, or set head_dim=N"
-        )
+        raise _indivisible_width(hidden, heads)
+
+
+def _indivisible_width(hidden: int, heads: int) -> ModelError:
+    """The refusal of a width the attention heads do not divide, where head_dim follows from it."""
+    return ModelError(
+        f"student init: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (head_dim = "
+        "hidden_size / num_attention_heads); choose sizes that divide, or set head_dim=N"
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -434,10 +434,8 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         teacher_dir = _resolved(plan.teacher)
         # the teacher's own tokenizer, as a run reads it (try-out 56, F2: saved as its class loads it, the
         # student's tokenizer.json held a token the class adds and neither head has a row for)
-        tokenizer = own_tokenizer(
-            load_tokenizer(teacher_dir, plan.revision, plan.trust_remote_code, "teacher tokenizer"),
-            declared_head_rows(teacher_dir, plan.revision, plan.trust_remote_code, "teacher"),
-            "teacher",
+        tokenizer = model_tokenizer(
+            teacher_dir, plan.revision, plan.trust_remote_code, "teacher", key="teacher tokenizer"
         )
     except ModelError as e:
         log.warning("%s: the student directory gets no tokenizer", e)

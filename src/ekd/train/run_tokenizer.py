@@ -102,9 +102,8 @@ def _read(student_dir: Path, cls) -> PreTrainedTokenizerBase:
     except ModelError as e:
         from ekd.models.load import broken_json
 
-        if not missing and (
-            broken := broken_json(str(student_dir))
-        ):  # try-out 54, F4: blamed on the tokenizer
+        # a config.json that does not parse (try-out 54, F4: blamed on the tokenizer)
+        if not missing and (broken := broken_json(str(student_dir))):
             raise ModelError(
                 f"{student_dir}: {broken}; put back the file the run exported, or remove {student_dir} and export it "
                 "again from the run's last checkpoint with `ekd distill RUN/config.yaml --resume`"

@@ -350,9 +350,8 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
         # examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
         per_seed = {k: _seed_figures(seeds) for k, seeds in row.pop("values").items()}
-        per_seed = {
-            k: vs for k, vs in per_seed.items() if vs
-        }  # a figure no seed has (a generation task's ECE)
+        # a figure no seed has (a generation task's MC-ECE) is left out
+        per_seed = {k: vs for k, vs in per_seed.items() if vs}
         row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
         row["n"] = {k: len(vs) for k, vs in per_seed.items()}
         row["spread"] = {

@@ -228,8 +228,8 @@ class _Window:
                 self.has[off : off + r] = True
                 # (r,) stream positions of the piece's rows; the block sees the document from its start only in
                 # the block the document starts in, and (packed) only if the document starts that block
-                where = at + j + np.arange(r)
-                self.other[off : off + r] = (where // self.T != at // self.T) | (
+                rows_at = at + j + np.arange(r)
+                self.other[off : off + r] = (rows_at // self.T != at // self.T) | (
                     not self.isolated and at % self.T != 0
                 )
             j += m
@@ -399,9 +399,8 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             k,
             100.0 * window.hits / max(window.cached, 1),
         )
-        if (
-            window.other_context
-        ):  # try-out 56, F6: a per-document capture trained 14% of positions off-context
+        # try-out 56, F6: a per-document capture trained 14% of its positions off-context, without a word
+        if window.other_context:
             why = (
                 "their document began in an earlier block"
                 if isolated
