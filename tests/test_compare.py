@@ -804,31 +804,60 @@ def test_a_seed_evaluated_again_on_other_blocks_is_its_own_column_end_to_end(tmp
     assert "data.max_eval_blocks=2 (vs 4)" in printed, printed
 
 
-def test_ece_over_other_bins_is_another_column_end_to_end(tmp_path, capsys):
+def test_ece_over_other_bins_is_left_out_of_ece_alone_end_to_end(tmp_path, capsys):
     """Try-out 34, finding 2: `ekd eval RUN eval.ece_bins=5` of one seed and ECE over 15 bins of the other were
-    one mean (`eval ECE % 7.91 ± 1.08`); the bins (and entropy buckets) an entry was scored with are recorded
-    and make another column. A run trained with other eval.ece_bins is the same method, not kd#2."""
+    one mean (`eval ECE % 7.91 ± 1.08`); the bins an entry was scored with are recorded, and ECE is a mean and a
+    paired difference only over seeds scored with the same bins. Try-out 55, F10: the bins split the whole set
+    into another column ('n/a (different eval sets)' for ppl, acc and KL, which no bin changes) — they do not.
+    A run trained with other eval.ece_bins is the same method, not kd#2."""
     corpus = write_corpus(tmp_path / "corpus")
     for seed, bins in ((0, 15), (1, 15), (2, 7)):
         extra = {"run.seed": seed, "method.preset": "kd", "eval.ece_bins": bins}
         assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, f"kd{seed}", **extra)]) == 0
+    extra = {"run.seed": 1, "method.preset": "ce"}
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "ce1", **extra)]) == 0
     runs = [tmp_path / "runs" / f"kd{s}" for s in (0, 1, 2)]
     assert main(["-q", "eval", str(runs[1]), "eval.ece_bins=5"]) == 0
     ev = [json.loads((r / "eval.json").read_text()) for r in runs]
     assert ev[1]["eval"]["scoring"] == {"ece_bins": 5, "entropy_buckets": 4, "precision": "fp32"}
-    s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
-    (kd,) = s["groups"]  # eval.ece_bins chooses how the sets are scored, not what is trained
-    ece = {c: kd["metrics"][f"{c}/ece"] for c in ("eval", "eval#2", "eval#3")}
-    assert [(ece[c]["mean"], ece[c]["n"]) for c in ece] == [(e["eval"]["ece"], 1) for e in ev]
-    assert "eval.ece_bins=5 (vs 15)" in s["eval_sets"] and "eval.ece_bins=7 (vs 15)" in s["eval_sets"]
+    s = compare_runs([*runs, tmp_path / "runs" / "ce1"], tmp_path / "cmp", baselines=("ce",), plots=False)
+    kd, ce = s["groups"]  # eval.ece_bins chooses how the sets are scored, not what is trained
+    assert not s["eval_set_columns"] and "eval#2/ppl" not in kd["metrics"]
+    for metric in ("ppl", "acc", "kl"):  # every seed, one column
+        values = [e["eval"][metric] for e in ev]
+        assert kd["metrics"][f"eval/{metric}"]["n"] == 3
+        assert kd["metrics"][f"eval/{metric}"]["mean"] == pytest.approx(sum(values) / 3, rel=1e-12)
+    # ECE over the bins most seeds used (15: seed 0; seeds 1 and 2 re-scored with 5, trained with 7): a tie of
+    # one each, so the first run given's
+    cell = kd["metrics"]["eval/ece"]
+    assert (cell["mean"], cell["n"], cell["setting"]) == (ev[0]["eval"]["ece"], 1, "eval.ece_bins=15")
+    assert cell["other_setting"] == {1: "eval.ece_bins=5", 2: "eval.ece_bins=7"}
+    assert s["setting_notes"] == [
+        "`kd`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 3); "
+        "seed 1 (eval.ece_bins=5), seed 2 (eval.ece_bins=7) left out"
+    ]
+    # seed 1 pairs with ce's seed 1 on ppl (same blocks) but not on ECE (5 bins vs ce's 15)
+    vs = kd["vs"]["ce"]
+    assert vs["eval/ppl"]["n"] == 1 and vs["eval/ppl"]["mean"] == pytest.approx(
+        ev[1]["eval"]["ppl"]
+        - json.loads((tmp_path / "runs" / "ce1" / "eval.json").read_text())["eval"]["ppl"]
+    )
+    assert vs["eval/ece"]["n"] == 0 and vs["eval/ece"]["verdict"] == "other ECE bins"
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "n/a (other ECE bins)" in table and "Scored with other ECE bins" in table
+    assert "different eval sets" not in table
+    # the teacher row's ECE: over the runs scored with the bins most used, never a mean over two binnings
+    (teacher,) = s["teachers"]
+    assert teacher["metrics"]["eval/ece"] == pytest.approx(ev[0]["eval/teacher"]["ece"])
     # an eval.json of an older ekd records no scoring: the run's config says how it was scored
     for e, r in zip(ev, runs):
         for entry in e.values():
             if isinstance(entry, dict):
                 entry.pop("scoring", None)
         (r / "eval.json").write_text(json.dumps(e))
-    s = compare_runs(runs, tmp_path / "cmp", baselines=(), plots=False)
-    assert s["groups"][0]["metrics"]["eval/ece"]["n"] == 2 and "eval.ece_bins=7 (vs 15)" in s["eval_sets"]
+    s = compare_runs(runs, tmp_path / "cmp2", baselines=(), plots=False)
+    cell = s["groups"][0]["metrics"]["eval/ece"]
+    assert cell["n"] == 2 and cell["other_setting"] == {2: "eval.ece_bins=7"}
 
 
 def test_an_evaluation_under_bf16_autocast_is_another_column(tmp_path):

@@ -788,6 +788,15 @@ def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path
     # seed 0 kept its tiny_gen (scored alike at distill: another --tasks-dir is no setting), seed 1's went with
     # the --limit 5 scoring: their tag means are over other tasks, told apart
     assert "a mean over other tasks (tiny_mc vs tiny_gen, tiny_mc)" in s["eval_sets"], s["eval_sets"]
+    # try-out 55, F10: other ECE bins are no other way of scoring the task — its score pairs, its MC-ECE alone is
+    # over the seeds scored with one number of bins
+    assert main([*argv, "eval.ece_bins=4"]) == 0
+    s = compare_runs(runs, tmp_path / "cmp", ("kd",), plots=False)
+    metrics = s["groups"][0]["metrics"]
+    assert metrics["task:tiny_mc/score"]["n"] == 2 and "task:tiny_mc#2/score" not in metrics
+    ece = metrics["task:tiny_mc/ece"]
+    assert (ece["n"], ece["setting"], ece["other_setting"]) == (1, "eval.ece_bins=15", {1: "eval.ece_bins=4"})
+    assert ece["mean"] == _eval_json(runs[0])["tasks"]["student"]["tiny_mc"]["ece"]
 
 
 # --- a task's identity, bad task data, the cache across seeds (try-out 34) ------------------------------------

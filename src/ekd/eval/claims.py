@@ -171,8 +171,8 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
 
 
 def _mean(group: Group, key: str) -> float:
-    """The mean over ``group``'s seeds, of KL over those measured against one teacher (:meth:`Group.one_teacher_values`)."""
-    values = list(group.one_teacher_values(key)[0].values())
+    """The mean over ``group``'s seeds, of KL over those measured against one teacher (:meth:`Group.one_way_values`)."""
+    values = list(group.one_way_values(key)[0].values())
     return sum(values) / len(values) if values else math.nan
 
 

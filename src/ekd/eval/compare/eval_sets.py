@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ekd.eval.compare.runs import RunRecord, _config_differences, _scored_set, _task_entry
+from ekd.eval.compare.runs import NOT_A_WAY, RunRecord, _config_differences, _scored_set, _task_entry
 from ekd.eval.eval_json import set_of
 from ekd.eval.task_metrics import DOCUMENTS_SHA256
 
@@ -112,6 +112,7 @@ def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
     keys = _config_differences({"data": a.set_data(name)}, {"data": b.set_data(name)})
     scored = []
     for scoring in (a.scoring(name), b.scoring(name)):  # the autocast is named by the key that sets it
+        scoring = {k: v for k, v in scoring.items() if k not in NOT_A_WAY}  # ECE's bins: no other way
         precision = scoring.pop("precision", None)
         scored.append({"eval": scoring, "train": {"precision": precision}})
     keys += _config_differences(*scored)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import label_eval_sets
-from ekd.eval.compare.runs import METRICS, TEACHER_RELATIVE, RunRecord, _config_differences
+from ekd.eval.compare.runs import METRIC_SETTINGS, METRICS, TEACHER_RELATIVE, RunRecord, _config_differences
 from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
@@ -34,18 +34,44 @@ class Group:
                 out[r.seed] = v
         return out
 
-    def one_teacher_values(self, key: str) -> tuple[dict[int, float], list[int]]:
-        """:meth:`values` for a mean over seeds: of a figure measured against the teacher (KL, agreement, their
-        per-bucket ``@H<i>``), only the seeds measured against the group's teacher on the column
-        (:meth:`teacher_seeds`), and the seeds left out for another (try-out 45, F1: a mean over 0.058 against one
-        teacher and 3.98, 3.99 against another read 2.68 ± 2.27). Any other key: :meth:`values` and [].
-        """
+    def one_way_values(self, key: str) -> tuple[dict[int, float], dict[int, str]]:
+        """:meth:`values` for a mean over seeds, and seed → why it is left out: of a figure measured against the
+        teacher (KL, agreement, their per-bucket ``@H<i>``), only the seeds measured against the group's teacher on
+        the column (:meth:`teacher_seeds`; try-out 45, F1: a mean over 0.058 against one teacher and 3.98, 3.99
+        against another read 2.68 ± 2.27) — the others ``"another teacher"``; of a figure that reads a setting of
+        its own (ECE's bins: :data:`~ekd.eval.compare.runs.METRIC_SETTINGS`), only the seeds scored with the
+        group's value (:meth:`setting_seeds`) — the others ``"eval.ece_bins=5"``. Any other key: :meth:`values`
+        and {}."""
         values = self.values(key)
         column, _, metric = key.rpartition("/")
-        if not column or metric.split("@")[0] not in TEACHER_RELATIVE:
-            return values, []
-        _, others = self.teacher_seeds(column)
-        return {s: v for s, v in values.items() if s not in others}, [s for s in values if s in others]
+        if not column:
+            return values, {}
+        left_out: dict[int, str] = {}
+        if metric.split("@")[0] in TEACHER_RELATIVE:
+            _, others = self.teacher_seeds(column)
+            left_out = {s: "another teacher" for s in values if s in others}
+        elif metric in METRIC_SETTINGS:
+            _, others = self.setting_seeds(column, metric)
+            setting = f"eval.{METRIC_SETTINGS[metric]}"
+            left_out = {
+                s: f"{setting}={self.run(s).metric_setting(self.run(s).entry_name(column), metric)}"
+                for s in values
+                if s in others
+            }
+        return {s: v for s, v in values.items() if s not in left_out}, left_out
+
+    def setting_seeds(self, column: str, metric: str) -> tuple[list[int], list[int]]:
+        """(the seeds whose ``metric`` in ``column`` was scored with the group's value of the setting it reads,
+        those scored with another: :meth:`RunRecord.metric_setting`): the group's value is the one most of its
+        seeds that scored the column used, the first run given's on a tie."""
+        runs = [r for r in self.runs if r.entry(column)]
+        values = [r.metric_setting(r.entry_name(column), metric) for r in runs]
+        if not values:
+            return [], []
+        ref = max(values, key=values.count)  # the first of the most
+        return [r.seed for r, v in zip(runs, values) if v == ref], [
+            r.seed for r, v in zip(runs, values) if v != ref
+        ]
 
     def teacher_seeds(self, column: str) -> tuple[list[int], list[int]]:
         """(the seeds whose figures in ``column`` were measured against the group's teacher there, those measured

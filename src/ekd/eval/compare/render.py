@@ -98,6 +98,12 @@ def markdown(summary: dict[str, Any]) -> str:
             + "; ".join(summary["teacher_notes"])
             + ".\n"
         )
+    if summary.get("setting_notes"):  # try-out 55, F10: ECE over other bins, the set's other figures paired
+        parts.append(
+            "Scored with other ECE bins (ECE is a mean over the seeds scored with the bins most of a method's seeds "
+            "were, the first run's on a tie, and paired only where both runs used the same bins; every other "
+            "figure of the set pairs): " + "; ".join(summary["setting_notes"]) + ".\n"
+        )
     if summary.get("replica_notes"):
         parts.append(
             "Replicas (the same config and seed, trained apart: another device layout, a resume; each seed is "

@@ -57,6 +57,16 @@ RUN_KEYS = ("name", "seed", "output_dir")
 TEACHER_RELATIVE = ("kl", "agree")
 """Metrics measured against the run's teacher (also their per-entropy-bucket ``kl@H<i>``, ``agree@H<i>``): figures
 against two teachers are neither averaged nor paired."""
+METRIC_SETTINGS = {"ece": "ece_bins"}
+"""A metric → the scoring setting that it alone reads (ECE's equal-width confidence bins, on a text set or a
+multiple-choice task). A set scored with another value of that setting is the same set — its other figures pair
+and share means — and the metric itself is averaged and paired only over seeds scored with one value
+(:meth:`RunRecord.metric_setting`; try-out 55, F10: a seed re-scored with ``eval.ece_bins=10`` put its ppl, acc and
+KL in another column, 'n/a (different eval sets)')."""
+NOT_A_WAY = ("ece_bins", "entropy_buckets")
+"""Scoring settings that do not make another way of scoring a set (:meth:`RunRecord.eval_set`): ``ece_bins`` is
+read by ECE alone (:data:`METRIC_SETTINGS`), ``entropy_buckets`` only by the per-bucket ``@H<i>`` figures, which a
+comparison does not show."""
 EVAL_SET_KEYS = (
     "data.eval_sources",
     "data.max_eval_blocks",
@@ -232,7 +242,7 @@ class RunRecord:
         return json.dumps(
             [
                 self.set_data(name),
-                self.scoring(name),
+                {k: v for k, v in self.scoring(name).items() if k not in NOT_A_WAY},
                 self.tokenizer,
                 metrics.get("tokens"),
                 metrics.get("documents"),
@@ -251,6 +261,17 @@ class RunRecord:
         section = with_todays_defaults({"eval": self.config.get("eval") or {}})["eval"]
         return {k: section.get(k, fill.get(k)) for k in SCORING_SETTINGS}
 
+    def metric_setting(self, name: str, metric: str) -> Any:
+        """The value of the setting ``metric`` alone reads (:data:`METRIC_SETTINGS`) in entry ``name``: ECE's
+        bins as the entry records them, else as the run's config says (:meth:`scoring`); for a downstream task, its
+        section's settings (None where an older ekd recorded none). None for a metric that reads no such setting."""
+        key = METRIC_SETTINGS.get(metric)
+        if key is None:
+            return None
+        if _task_entry(name):
+            return (self.task_ways.get(name) or {}).get(key)
+        return self.scoring(name).get(key)
+
     def recorded_precision(self, name: str) -> str | None:
         """The forward autocast set or task ``name``'s entry records (``fp32``, ``bf16``); None: none recorded."""
         recorded = self.scored_by[name] if name in self.scored_by else self.task_ways.get(name) or {}
@@ -260,7 +281,7 @@ class RunRecord:
         """How task entry ``name`` was scored (:func:`~ekd.eval.task_metrics.task_ways`), its tasks directory
         told by content (``tasks_dir_hash``) when every run that scored it records that
         (:attr:`sets_by_content`), else by path — so runs of an older ekd still pair."""
-        way = dict(self.task_ways.get(name) or {})
+        way = {k: v for k, v in (self.task_ways.get(name) or {}).items() if k not in NOT_A_WAY}
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
         way.setdefault(PRECISION, self.precision_fill.get(name))
         return way

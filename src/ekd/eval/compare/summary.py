@@ -12,10 +12,19 @@ from ekd.config import ConfigError
 from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
 from ekd.eval.compare.groups import Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
-from ekd.eval.compare.runs import HIGHER_IS_BETTER, METRICS, TEACHER_RELATIVE, _scored_set, _text_set
+from ekd.eval.compare.runs import (
+    HIGHER_IS_BETTER,
+    METRIC_INFO,
+    METRIC_SETTINGS,
+    METRICS,
+    TEACHER_RELATIVE,
+    _scored_set,
+    _text_set,
+)
 from ekd.eval.eval_json import block_sums_of, set_of
 
-UNPAIRED = ("different eval sets", "different teachers")  # verdicts of a difference that is not computed
+# verdicts of a difference that is not computed
+UNPAIRED = ("different eval sets", "different teachers", "other ECE bins")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -240,6 +249,8 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
             base.teacher(column)
         ):
             out[seed] = UNPAIRED[1]
+        elif run.metric_setting(name, metric) != base.metric_setting(base.entry_name(column) or name, metric):
+            out[seed] = UNPAIRED[2]  # ECE over other bins (try-out 55, F10: the set's other figures pair)
     return out
 
 
@@ -258,12 +269,21 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
             "vs": {},
         }
         for key in keys:
-            values, other_teacher = g.one_teacher_values(key)  # never a mean over two teachers' figures
+            # never a mean over two teachers' figures, nor ECE over two binnings
+            values, left_out = g.one_way_values(key)
             if values:
                 mean, std = mean_std(list(values.values()))
-                entry["metrics"][key] = {"mean": mean, "std": std, "n": len(values)}
+                cell = entry["metrics"][key] = {"mean": mean, "std": std, "n": len(values)}
+                other_teacher = [s for s, why in left_out.items() if why == "another teacher"]
                 if other_teacher:
-                    entry["metrics"][key]["other_teacher"] = other_teacher
+                    cell["other_teacher"] = other_teacher
+                other_setting = {s: why for s, why in left_out.items() if why != "another teacher"}
+                if other_setting:  # seed → 'eval.ece_bins=5'; the mean's own: 'eval.ece_bins=15'
+                    cell["other_setting"] = other_setting
+                    column, _, metric = key.rpartition("/")
+                    kept = g.run(next(iter(values)))
+                    value = kept.metric_setting(kept.entry_name(column) or column, metric)
+                    cell["setting"] = f"eval.{METRIC_SETTINGS[metric]}={value}"
         for b in out["baselines"]:
             if b != g.label:
                 entry["vs"][b] = {
@@ -271,6 +291,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
                 }
         out["groups"].append(entry)
     out["teacher_notes"] = _other_teacher_notes(out["groups"])
+    out["setting_notes"] = _other_setting_notes(out["groups"])
     out["teachers"] = _teacher_rows(groups)
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
@@ -285,7 +306,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
 
 def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
     """One line per group whose KL or agreement means left seeds out, measured against another teacher than the
-    group's (:meth:`Group.one_teacher_values`): '`kd`: seed 0 measured against another teacher on `eval`, `held`,
+    group's (:meth:`Group.one_way_values`): '`kd`: seed 0 measured against another teacher on `eval`, `held`,
     left out of their KL and agreement (n=2 of 3)'."""
     notes = []
     for g in groups:
@@ -301,6 +322,25 @@ def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
                 f"`{g['method']}`: {which} measured against another teacher on "
                 f"{', '.join(f'`{c}`' for c in columns)}, left out of their KL and agreement (n={n} of {n + len(seeds)})"
             )
+    return notes
+
+
+def _other_setting_notes(groups: list[dict[str, Any]]) -> list[str]:
+    """One line per group figure whose mean left seeds out, scored with another value of the setting the figure
+    alone reads (:meth:`Group.one_way_values`): '`kd`: ECE on `eval` is over the seeds scored with
+    eval.ece_bins=15 (n=2 of 3); seed 1 (eval.ece_bins=5) left out'."""
+    notes = []
+    for g in groups:
+        for key, cell in g["metrics"].items():
+            if cell.get("other_setting"):
+                column, _, metric = key.rpartition("/")
+                header = METRIC_INFO[metric].header if metric in METRIC_INFO else metric
+                others = ", ".join(f"seed {s} ({why})" for s, why in sorted(cell["other_setting"].items()))
+                n = cell["n"]
+                notes.append(
+                    f"`{g['method']}`: {header} on `{column}` is over the seeds scored with {cell['setting']} "
+                    f"(n={n} of {n + len(cell['other_setting'])}); {others} left out"
+                )
     return notes
 
 
@@ -326,12 +366,15 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                 ):  # the teacher the entry records it was measured with (try-out 47: the config's)
                     recorded = r.teachers.get(r.entry_name(c) or "") or {}
                     teacher = recorded.get("model") or (r.config.get("model") or {}).get("teacher")
-                    row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": []}
+                    row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": [], "settings": {}}
                     rows.append(row)
                 no_boundary = r.entry(c[: -len("/teacher")]).get("boundary_tokens") == 0  # separator=none
                 for m, v in r.entry(c).items():
                     if m in METRICS and not (m == "ppl_no_boundary" and no_boundary):  # it would repeat ppl
                         row["values"].setdefault(f"{set_of(c)}/{m}", {}).setdefault(r.seed, []).append(v)
+                        if m in METRIC_SETTINGS:  # the teacher's ECE: scored with the student's entry's bins
+                            setting = r.metric_setting(r.entry_name(c[: -len("/teacher")]) or "", m)
+                            row["settings"].setdefault(f"{set_of(c)}/{m}", []).append((r.seed, v, setting))
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
                 row["runs"].append((r.config, g.label))
@@ -345,6 +388,15 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             label = f"{label[:-1]}: {which})"
         row["label"] = label
         runs = row.pop("runs")
+        for k, scored in row.pop(
+            "settings"
+        ).items():  # ECE over the bins most of its runs used (try-out 55, F10)
+            settings = [setting for _, _, setting in scored]
+            ref = max(settings, key=settings.count)
+            row["values"][k] = {}
+            for seed, v, setting in scored:
+                if setting == ref:
+                    row["values"][k].setdefault(seed, []).append(v)
         if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
             row["without_sets"] = _no_teacher_sets(*runs[0])
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
