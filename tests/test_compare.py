@@ -314,6 +314,47 @@ def test_claims_verdicts(tmp_path):
     assert table.count("\n") == 2 + 6
 
 
+def test_ece_equivalence_is_two_one_sided_tests_not_a_mean_within_the_spread(tmp_path):
+    """'RS-KD: ECE ≈ Full KD' was reproduced whenever |mean Δ| ≤ 0.5 pp or ≤ the seeds' std: the noisier the
+    seeds, the likelier 'reproduced'. Equivalence is shown by the 90% interval inside ±0.5 pp (TOST at 5%), refuted
+    by the 95% interval wholly outside it, and otherwise inconclusive. t quantiles: t₀.₉₅,₂ = 2.919986,
+    t₀.₉₇₅,₂ = 4.302653."""
+    from ekd.eval.claims import check_claims, equivalence_verdict
+    from ekd.eval.compare import group_runs, read_run
+
+    def claim(kd_ece, rs_ece):
+        dirs = []
+        for seed, (a, b) in enumerate(zip(kd_ece, rs_ece)):
+            for name, preset, ece in ((f"kd{seed}", "kd", a), (f"rs{seed}", "rskd", b)):
+                d = _fake_run(tmp_path / str(len(kd_ece)) / str(kd_ece[0]), name, preset, seed, 10.0, 0.5)
+                ev = json.loads((d / "eval.json").read_text())
+                ev["eval"]["ece"] = ece
+                (d / "eval.json").write_text(json.dumps(ev))
+                dirs.append(d)
+        claims = check_claims(group_runs([read_run(d) for d in dirs]))
+        return next(c for c in claims if c.claim.startswith("RS-KD"))
+
+    # Δ = 0.4, −0.3, 0.2: mean 0.1, std 0.360555 — within 0.5 and the spread (was reproduced), but the 90% interval
+    # 0.1 ± 2.919986·0.360555/√3 = 0.1 ± 0.607840 reaches past ±0.5, and the 95% one holds 0: inconclusive
+    c = claim([2.0, 2.0, 2.0], [2.4, 1.7, 2.2])
+    assert c.verdict == "inconclusive (the seeds cannot show |Δ| ≤ 0.5)" and not c.reason
+    assert "90% CI [-0.508, +0.708]" in c.numbers, c.numbers
+    # Δ = 0.1, 0.2, −0.1: mean 0.066667, std 0.152753; 90% interval ± 0.257519 inside ±0.5: reproduced
+    c = claim([1.0, 1.0, 1.0], [1.1, 1.2, 0.9])
+    assert c.verdict == "reproduced" and "90% CI [-0.191, +0.324]" in c.numbers, c.numbers
+    # Δ = 2.0, 2.2, 2.1: the 95% interval 2.1 ± 4.302653·0.1/√3 = 2.1 ± 0.248414 lies above 0.5: not reproduced
+    c = claim([3.0, 3.0, 3.0], [5.0, 5.2, 5.1])
+    assert c.verdict == "not reproduced" and c.reason
+    # Δ = 2.0, −2.0 (two seeds): mean 0 ≤ std 2.83, the old rule's 'reproduced'; 12.7 × the spread: inconclusive
+    assert equivalence_verdict({"n": 2, "mean": 0.0, "std": 2.828427}, 0.5)[0].startswith("inconclusive")
+    assert equivalence_verdict({"n": 1, "mean": 0.4, "std": math.nan}, 0.5)[0] == "reproduced (1 seed)"
+    assert equivalence_verdict({"n": 1, "mean": -0.6, "std": math.nan}, 0.5)[0] == "not reproduced (1 seed)"
+    assert (
+        equivalence_verdict({"n": 0, "mean": math.nan, "std": math.nan, "verdict": "other ECE bins"}, 0.5)[0]
+        == "not run (other ECE bins)"
+    )
+
+
 def test_runs_that_differ_only_in_log_keys_share_a_group(tmp_path):
     """log.* keys change how a run reports itself, not what it computes (``ekd.config.REPORTING_KEYS``): two
     seeds of one method, one run with progress bars and a W&B name, are one group, not ``kd`` and ``kd#2``."""
