@@ -355,6 +355,33 @@ def test_ece_equivalence_is_two_one_sided_tests_not_a_mean_within_the_spread(tmp
     )
 
 
+def test_a_claim_within_item_noise_says_so_and_a_worse_key_is_never_outvoted():
+    """A paired difference smaller than the eval set's items resolve ('within item noise') made a claim
+    'inconclusive (not significant over the seeds)' over seeds and 'reproduced (1 seed)' on one seed; a key worse
+    beyond the noise is 'not reproduced' whatever the others say."""
+    from ekd.eval.claims import _better_verdict
+
+    def d(mean, n, verdict):
+        return {"mean": mean, "std": 0.1 if n > 1 else math.nan, "n": n, "verdict": verdict}
+
+    kl, ppl = "eval/kl", "eval/ppl"  # lower is better for both
+    noise = "within item noise"
+    assert (
+        _better_verdict([(kl, d(-0.2, 3, "better")), (ppl, d(-0.1, 3, noise))]) == f"inconclusive ({noise})"
+    )
+    assert (
+        _better_verdict([(kl, d(-0.2, 1, "1 seed")), (ppl, d(-0.1, 1, noise))]) == f"inconclusive ({noise})"
+    )
+    assert (
+        _better_verdict([(kl, d(+0.2, 1, "1 seed")), (ppl, d(-0.1, 1, noise))]) == "not reproduced (1 seed)"
+    )
+    assert _better_verdict([(kl, d(+0.2, 3, "worse")), (ppl, d(-0.1, 3, noise))]) == "not reproduced"
+    assert _better_verdict([(kl, d(-0.2, 1, "1 seed")), (ppl, d(-0.1, 1, "1 seed"))]) == "reproduced (1 seed)"
+    assert _better_verdict([(kl, d(-0.2, 3, "better")), (ppl, d(-0.1, 3, "better"))]) == "reproduced"
+    inconclusive = "inconclusive (not significant over the seeds)"
+    assert _better_verdict([(kl, d(-0.2, 3, "better")), (ppl, d(-0.1, 3, "not significant"))]) == inconclusive
+
+
 def test_runs_that_differ_only_in_log_keys_share_a_group(tmp_path):
     """log.* keys change how a run reports itself, not what it computes (``ekd.config.REPORTING_KEYS``): two
     seeds of one method, one run with progress bars and a W&B name, are one group, not ``kd`` and ``kd#2``."""

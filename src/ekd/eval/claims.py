@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ekd.eval.compare import HIGHER_IS_BETTER, Group, paired_difference, pareto_front
+from ekd.eval.compare.summary import ITEM_NOISE
 
 ECE_TOLERANCE = 0.5  # percentage points: "ECE ≈ Full KD" is shown when the difference lies within ± this
 
@@ -43,18 +44,19 @@ def _fmt_diff(d: dict, key: str) -> str:
 
 def _better_verdict(diffs: list[tuple[str, dict]]) -> str:
     """'a better than b' on every (key, paired difference a − b): better beyond the spread on all →
-    reproduced; worse beyond it on any → not reproduced; otherwise inconclusive. One seed: point estimates."""
+    reproduced; worse beyond it on any → not reproduced; otherwise inconclusive — ``(within item noise)`` where a
+    difference is smaller than the eval set's items resolve (:data:`ITEM_NOISE`, whatever the seeds say; it read
+    'not significant over the seeds'). One seed: point estimates."""
     if unpaired := [d["verdict"] for _, d in diffs if d["n"] == 0]:
         return f"not run ({unpaired[0]})"  # no shared seed, different eval sets or teachers
-    if any(d["n"] == 1 for _, d in diffs):
-        better = all(
-            (d["mean"] > 0) == HIGHER_IS_BETTER[k.rpartition("/")[2]] and d["mean"] != 0 for k, d in diffs
-        )
-        return "reproduced (1 seed)" if better else "not reproduced (1 seed)"
-    if any(d["verdict"] == "worse" for _, d in diffs):
-        return "not reproduced"
-    if all(d["verdict"] == "better" for _, d in diffs):
-        return "reproduced"
+    judged = [_judged(k, d) for k, d in diffs]
+    one_seed = " (1 seed)" if any(d["n"] == 1 for _, d in diffs) else ""
+    if "worse" in judged:
+        return "not reproduced" + one_seed
+    if all(j == "better" for j in judged):
+        return "reproduced" + one_seed
+    if any(d["verdict"] == ITEM_NOISE for _, d in diffs):
+        return f"inconclusive ({ITEM_NOISE})"
     return "inconclusive (not significant over the seeds)"
 
 
@@ -80,6 +82,17 @@ def equivalence_verdict(d: dict, tolerance: float) -> tuple[str, str]:
     if abs(mean) - half95 > tolerance:
         return "not reproduced", interval
     return f"inconclusive (the seeds cannot show |Δ| ≤ {tolerance})", interval
+
+
+def _judged(key: str, d: dict) -> str:
+    """``better``, ``worse`` or ``unresolved`` for one paired difference: over seeds its t-test verdict; of one seed
+    the point estimate (no difference is not better); within item noise unresolved either way."""
+    if d["verdict"] == ITEM_NOISE:
+        return "unresolved"
+    if d["n"] == 1:
+        better = (d["mean"] > 0) == HIGHER_IS_BETTER[key.rpartition("/")[2]] and d["mean"] != 0
+        return "better" if better else "worse"
+    return d["verdict"] if d["verdict"] in ("better", "worse") else "unresolved"
 
 
 def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
