@@ -208,7 +208,7 @@ def test_a_record_a_later_ekd_writes_is_read_past_not_refused(tmp_path):
 def test_a_saved_config_of_another_version_is_no_problem():
     """Keys another version knows and this one does not, and every preset's whole saved config, read."""
     from ekd.config import load_config
-    from ekd.eval.compare.runs import config_problem
+    from ekd.eval.saved_files import config_problem
     from ekd.methods import presets
 
     for name in presets.names():

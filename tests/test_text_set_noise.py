@@ -19,8 +19,8 @@ from ekd.cli import main
 from ekd.errors import EkdError
 from ekd.eval import StreamingMetrics, evaluate
 from ekd.eval.compare import compare_runs
-from ekd.eval.compare.runs import eval_json_problem
 from ekd.eval.compare.summary import cluster_standard_error, text_set_noise
+from ekd.eval.saved_files import eval_json_problem
 from test_eval import V, make_batches, tiny_llama
 from tiny import tiny_overrides, write_corpus
 

@@ -406,8 +406,8 @@ def cmd_eval(args) -> int:
 def _check_run_files(run: Path, sets: bool) -> None:
     """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10): a
     path that does not exist; a ``config.yaml`` that is not valid YAML or not a run's config
-    (:func:`~ekd.eval.compare.runs.config_problem`); an ``eval.json`` whose entries are malformed
-    (:func:`~ekd.eval.compare.runs.eval_json_problem`), which ekd eval would otherwise keep as they were or drop.
+    (:func:`~ekd.eval.saved_files.config_problem`); an ``eval.json`` whose entries are malformed
+    (:func:`~ekd.eval.saved_files.eval_json_problem`), which ekd eval would otherwise keep as they were or drop.
     An ``eval.json`` with nothing to keep (not a JSON object) is said, then replaced when ``sets`` are scored.
 
     Raises:
@@ -418,7 +418,7 @@ def _check_run_files(run: Path, sets: bool) -> None:
 
     import yaml
 
-    from ekd.eval.compare.runs import config_problem, eval_json_problem
+    from ekd.eval.saved_files import config_problem, eval_json_problem
     from ekd.train.evaluation import is_finished_run
 
     if not run.exists():

@@ -22,11 +22,10 @@ from ekd.eval.eval_json import (
     CONTENT_KEYS,
     PRECISION,
     SCORING_SETTINGS,
-    malformed,
     set_settings,
     split_settings,
-    value_kind,
 )
+from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
@@ -427,28 +426,6 @@ def read_run(run_dir: str | Path) -> RunRecord:
     )
 
 
-def config_problem(config: Any, identity: bool = True) -> str | None:
-    """What makes a parsed ``config.yaml`` no run's config, as words ('a YAML list, not a mapping of sections',
-    'no run.seed'); None when it is a mapping of sections (mappings) whose values have their keys' types
-    (:func:`~ekd.config.load.saved_value_problem`) and, with ``identity`` (``ekd compare``: the
-    method and seed group and pair the run), has ``method.preset`` a name and ``run.seed`` a whole number, as
-    ekd distill of any version writes them (``ekd eval`` takes a missing key at its default)."""
-    if not isinstance(config, dict):
-        return f"a YAML {value_kind(config)}, not a mapping of sections"
-    if bad := [str(s) for s, v in config.items() if v is not None and not isinstance(v, dict)]:
-        return f"section '{bad[0]}' is a YAML {value_kind(config[bad[0]])}, not a mapping"
-    from ekd.config.load import saved_value_problem
-
-    if identity:
-        preset = (config.get("method") or {}).get("preset")
-        if not isinstance(preset, str) or not preset:
-            return "no method.preset"
-        seed = (config.get("run") or {}).get("seed")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            return "no run.seed" if seed is None else f"run.seed={seed!r}, not a whole number"
-    return saved_value_problem(config)
-
-
 def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
     """The tokenizer a run's eval sets were encoded with: the content of the exported student's
     ``tokenizer.json`` (vocabulary, merges, added tokens, normalization: not its formatting), else
@@ -524,19 +501,6 @@ def _eval_results(
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
     return results, {}, {}, {}, {}
-
-
-def eval_json_problem(saved: Any) -> str | None:
-    """What makes a parsed ``eval.json`` unreadable as figures, as words (:func:`~ekd.eval.eval_json.malformed`,
-    then its ``tasks`` section as :func:`~ekd.eval.task_metrics.task_sets` flattens it); None when it reads."""
-    if problem := malformed(saved):
-        return problem
-    try:
-        task_ways(saved)
-        problem = malformed(task_sets(saved))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a section of another shape
-        problem = str(e)
-    return f"its 'tasks' section: {problem}" if problem else None
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:
