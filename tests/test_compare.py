@@ -833,6 +833,21 @@ def test_a_replica_scored_on_another_eval_set_is_not_a_disagreement(tmp_path, ca
     assert "eval#2/ppl" not in kd["metrics"]  # a way only a replica scored is no column
 
 
+def test_a_replica_scored_with_other_ece_bins_is_not_a_disagreement(tmp_path):
+    """A seed's replica re-scored with `eval.ece_bins=5` shares the set's column (try-out 55, F10), so its ECE
+    over 5 bins must not be called the replicas' largest difference: ECE is compared only over the same bins."""
+    runs = []
+    for name, bins, ece in (("one", 15, 1.0), ("twin", 5, 3.5)):
+        run = _fake_run(tmp_path, name, "kd", 0, 10.0, 0.5)
+        ev = json.loads((run / "eval.json").read_text())
+        ev["eval"].update(ece=ece, scoring={"ece_bins": bins, "entropy_buckets": 4, "precision": "fp32"})
+        (run / "eval.json").write_text(json.dumps(ev))
+        runs.append(run)
+    (rec,) = compare_runs(runs, tmp_path / "out", plots=False)["replicas"]
+    assert rec["largest_difference"]["abs"] == 0 and rec["eval_figures_compared"] > 0, rec
+    assert not rec["scored_otherwise"]  # the same set: its ppl, acc, KL compared
+
+
 @pytest.mark.slow
 def test_a_seed_evaluated_again_on_other_blocks_is_its_own_column_end_to_end(tmp_path, capsys):
     """Try-out 29, end to end: two seeds of kd, the second scored again with `ekd eval RUN

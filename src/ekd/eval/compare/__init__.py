@@ -61,13 +61,14 @@ from ekd.eval.compare.runs import (
     METRICS,
     RUN_KEYS,
     TEACHER_KEYS,
+    TEACHER_RELATIVE,
     Metric,
     RunRecord,
     measured_rs_unique_ids,
     metric_rows,
     read_run,
 )
-from ekd.eval.compare.summary import TEACHER_RELATIVE, UNPAIRED, mean_std, paired_difference, summarize
+from ekd.eval.compare.summary import UNPAIRED, mean_std, paired_difference, summarize
 from ekd.eval.report import _atomic_write
 from ekd.nearest import did_you_mean
 from ekd.words import counted

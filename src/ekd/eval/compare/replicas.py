@@ -66,8 +66,9 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         )
         for key in keys:
             a, b = _value(counted_run, key), _value(r, key)
-            if a is None or b is None:
-                continue
+            column, _, metric = key.rpartition("/")
+            if a is None or b is None or (column and r.figure_differs(counted_run, column, metric)):
+                continue  # a figure against another teacher, ECE over other bins: no training difference
             compared += "/" in key
             diff = abs(a - b)
             rel = diff / max(abs(a), abs(b)) if diff else 0.0

@@ -271,6 +271,19 @@ class RunRecord:
             return (self.task_ways.get(name) or {}).get(key)
         return self.scoring(name).get(key)
 
+    def figure_differs(self, other: RunRecord, column: str, metric: str) -> str | None:
+        """Why this run's ``metric`` in ``column`` is not comparable with ``other``'s though both scored the set
+        alike: ``different teachers`` (KL, agreement and their ``@H<i>``: :meth:`teacher`), ``other ECE bins``
+        (:meth:`metric_setting`); None when it is."""
+        if metric.split("@")[0] in TEACHER_RELATIVE and not self.teacher(column).same_as(
+            other.teacher(column)
+        ):
+            return "different teachers"
+        mine, theirs = self.entry_name(column), other.entry_name(column)
+        if self.metric_setting(mine or column, metric) != other.metric_setting(theirs or column, metric):
+            return "other ECE bins"
+        return None
+
     def recorded_precision(self, name: str) -> str | None:
         """The forward autocast set or task ``name``'s entry records (``fp32``, ``bf16``); None: none recorded."""
         recorded = self.scored_by[name] if name in self.scored_by else self.task_ways.get(name) or {}

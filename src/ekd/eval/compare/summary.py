@@ -17,13 +17,12 @@ from ekd.eval.compare.runs import (
     METRIC_INFO,
     METRIC_SETTINGS,
     METRICS,
-    TEACHER_RELATIVE,
     _scored_set,
     _text_set,
 )
 from ekd.eval.eval_json import block_sums_of, set_of
 
-# verdicts of a difference that is not computed
+# verdicts of a difference that is not computed (the last two: :meth:`RunRecord.figure_differs`)
 UNPAIRED = ("different eval sets", "different teachers", "other ECE bins")
 
 
@@ -245,12 +244,8 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
             continue  # no such seed, or a set the baseline's run did not score: nothing to pair
         if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
             out[seed] = UNPAIRED[0]  # scored another way: in another column
-        elif metric.split("@")[0] in TEACHER_RELATIVE and not run.teacher(column).same_as(
-            base.teacher(column)
-        ):
-            out[seed] = UNPAIRED[1]
-        elif run.metric_setting(name, metric) != base.metric_setting(base.entry_name(column) or name, metric):
-            out[seed] = UNPAIRED[2]  # ECE over other bins (try-out 55, F10: the set's other figures pair)
+        elif why := run.figure_differs(base, column, metric):  # another teacher; ECE over other bins
+            out[seed] = why
     return out
 
 
