@@ -1136,9 +1136,10 @@ def test_ekd_eval_task_flags_without_tasks_are_one_line(
     unchanged(before, ws)
 
 
-def test_ece_bins_are_recorded_with_the_tasks_and_split_a_compare_column():
+def test_ece_bins_are_recorded_with_the_tasks_settings():
     """Try-out 34, finding 2: eval.json's tasks.settings had no ece_bins, so ekd compare averaged MC-ECEs
-    computed with 5 and 15 bins into one mean."""
+    computed with 5 and 15 bins into one mean; the bins recorded keep those apart (the score pairs: try-out 55,
+    F10, in test_compare_keeps_seeds_scored_with_other_task_settings_apart)."""
     from ekd.eval.tasks import TaskSettings
     from ekd.train.task_evaluation import task_section_settings
 
