@@ -402,9 +402,10 @@ class MethodConfig:
     feature_loss: str = one_of("mse", "mse", "cosine")
     """'mse' or 'cosine'."""
     feature_student_layer: int = number(-1)
-    """Student hidden layer for the feature loss (-1 = last)."""
+    """Student hidden state for the feature loss: an index into transformers' hidden_states (0 = the embedding
+    output, k = decoder layer k's output, -1 = the final hidden state after the model's last norm)."""
     feature_teacher_layer: int = number(-1)
-    """Teacher hidden layer for the feature loss (-1 = last)."""
+    """Teacher hidden state for the feature loss, indexed as feature_student_layer."""
     # -- objectives --
     objective: str = one_of("kd", "kd", "dkd", "atkd", "ema_self_distill", "uncertainty")
     """'kd' (divergence), 'dkd', 'atkd', 'ema_self_distill', 'uncertainty'."""

@@ -56,6 +56,26 @@ class FeatureProjection(nn.Module):
             return self.linear(student_hidden.float())  # (H, Dt)
 
 
+def check_hidden_state_index(model: nn.Module, index: int, key: str, role: str) -> None:
+    """Refuse a feature layer ``index`` outside the model's ``hidden_states`` (transformers'
+    ``output_hidden_states``: L + 1 tensors for L decoder layers — 0 the embedding output, k the output of decoder
+    layer k, L (= −1) the final hidden state after the model's last norm; negative indices count from the end).
+
+    Raises:
+        ConfigError: ``index`` outside −(L+1)…L, naming ``key``, ``role`` and the range (try-out 58, F1: an
+            IndexError traceback at the first step).
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int) or -(layers + 1) <= index <= layers:
+        return
+    raise ConfigError(
+        f"{key}={index} is outside the {role}'s hidden states: it has {layers} decoder layers, so 0…{layers} "
+        f"(0 = the embeddings, k = decoder layer k's output, {layers} or -1 = the final hidden state after its "
+        f"norm) or -{layers + 1}…-1 from the end; set {key} in that range"
+    )
+
+
 def hard_token_mask(teacher_entropy: Tensor, hard_fraction: float) -> Tensor:
     """Hard tokens of the feature branch: the ⌈f·M⌉ highest teacher entropies among the selected rows.
 

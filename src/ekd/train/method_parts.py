@@ -128,11 +128,18 @@ class MethodParts:
     ) -> None:
         """Create the extra modules: EGAD projection (trained), EMA student, frozen initial student."""
         if self.feature_weight > 0:
-            from ekd.losses.features import FeatureProjection
+            from ekd.losses.features import FeatureProjection, check_hidden_state_index
 
             ds = student.config.hidden_size
             if teacher_model is None:
                 raise ConfigError("method.feature_weight > 0 needs an online teacher (teacher.source=online)")
+            m = self.method_cfg
+            check_hidden_state_index(
+                student, m.feature_student_layer, "method.feature_student_layer", "student"
+            )
+            check_hidden_state_index(
+                teacher_model, m.feature_teacher_layer, "method.feature_teacher_layer", "teacher"
+            )
             dt = teacher_model.config.hidden_size
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.target.seed + 17)
