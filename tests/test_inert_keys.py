@@ -291,3 +291,58 @@ def test_cache_keys_a_run_reads_are_not_said():
     assert unread_cache_keys(teacher(*topk)).startswith(
         "teacher.cache_positions=teacher_entropy_topk, teacher.cache_fraction=0.5 configure a teacher cache"
     )
+
+
+def test_a_temperature_end_behind_a_hold_over_the_whole_run_is_refused():
+    """Try-out 58, F3: `method.temperature=schedule` with `temperature_hold_fraction=1` holds τ0 for every step,
+    so a `temperature_end` set beside it has no effect — refused like any key the method does not read."""
+    from ekd.config.inert import inert_message
+
+    schedule = ["method=sekd", "method.temperature=schedule", "method.kd_temperature=2"]
+    held = inert_message(
+        load_config(
+            None, [*schedule, "method.temperature_end=3", "method.temperature_hold_fraction=1"]
+        ).method
+    )
+    assert "method.temperature_end=3.0 is read only under method.temperature=schedule with" in held, held
+    assert "temperature_hold_fraction < 1" in held
+    moving = [*schedule, "method.temperature_end=3", "method.temperature_hold_fraction=0.5"]
+    assert inert_message(load_config(None, moving).method) == ""
+
+
+def test_schedules_longer_than_the_run_are_said_at_its_start(tmp_path, capsys, monkeypatch, caplog):
+    """Try-out 58, F3: a curriculum of 100 steps in a 2-step run (the window moved 1% of its way) and a τ hold
+    that outlasts the run (temperature_end never reached) trained without a word: one warning line each."""
+    import logging
+
+    from ekd.config.inert import idle_schedules
+
+    egad = load_config(None, ["method=egad", "method.curriculum_steps=100"]).method
+    (line,) = idle_schedules(egad, 2)
+    # EGAD's curriculum: φ = start + (end − start)·u^power at the last step u = 1/100
+    phase = (
+        egad.curriculum_start
+        + (egad.curriculum_end - egad.curriculum_start) * (1 / 100) ** egad.curriculum_power
+    )
+    assert line.startswith("method.curriculum_steps=100 is longer than the run (train.max_steps=2)"), line
+    assert f"(phase {phase:.3g})" in line, line
+    assert idle_schedules(egad, 100) == [] and idle_schedules(egad, 200) == []
+    held = [
+        "method=sekd",
+        "method.temperature=schedule",
+        "method.kd_temperature=2",
+        "method.temperature_end=3",
+    ]
+    short = load_config(None, [*held, "method.temperature_hold_fraction=0.9"]).method
+    (line,) = idle_schedules(short, 3)  # u = 2/3 ≤ 0.9 at the last step: τ stays 2
+    assert line.startswith("method.temperature_end=3.0 never acts in this run"), line
+    assert idle_schedules(short, 20) == []  # u = 19/20 > 0.9: τ moves
+    # from the CLI: the run trains, and says so once
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "idle", **{"train.max_steps": 2})
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        rc, _, err = cli(capsys, "distill", config, "method=egad", "method.curriculum_steps=100")
+    assert rc == 0, err
+    said = [r.getMessage() for r in caplog.records if "curriculum_steps=100 is longer" in r.getMessage()]
+    assert len(said) == 1, said

@@ -81,7 +81,10 @@ def _and(rule: ReadWhen, gate: ReadWhen) -> ReadWhen:
 COMPONENT_RULES: dict[str, ReadWhen] = {
     # the temperature (ekd.temperature): each kind reads its own knobs
     "kd_temperature": _under("temperature", "constant", "schedule", "idts"),
-    "temperature_end": _under("temperature", "schedule"),
+    "temperature_end": ReadWhen(  # a hold over the whole run never leaves τ0 (try-out 58, F3)
+        lambda m: m.temperature == "schedule" and m.temperature_hold_fraction < 1,
+        "under method.temperature=schedule with method.temperature_hold_fraction < 1",
+    ),
     "temperature_hold_fraction": _under("temperature", "schedule"),
     "idts_strength": _under("temperature", "idts"),
     "entropy_tau_min": _under("temperature", "entropy_map"),
@@ -217,6 +220,39 @@ def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
                 f"is clamped by LinUCB's bandit to method.bandit_{bound}_fraction="
                 f"{getattr(m, f'bandit_{bound}_fraction')} (set that too)",
             )
+        )
+    return out
+
+
+def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
+    """Warnings for schedules the run is too short to carry out (try-out 58, F3: accepted without a word), one
+    line each: a τ schedule whose hold outlasts the run's last step (``temperature_end`` never acts), a curriculum
+    longer than the run (its window stops short of ``curriculum_end``). Said, not refused: the run is what its
+    figures say, and a longer ``train.max_steps`` carries the schedule out. [] when every schedule acts."""
+    from ekd.selection.policies import Curriculum
+    from ekd.temperature import fixed_tau
+
+    m, out = method_cfg, []
+    tau0 = float(m.kd_temperature)
+    if (
+        _TAU_TERM.reads(m)
+        and READ_WHEN["temperature_end"].reads(m)
+        and float(m.temperature_end) != tau0
+        and fixed_tau(m, total_steps) == tau0
+    ):
+        out.append(
+            f"method.temperature_end={m.temperature_end} never acts in this run: τ holds at method.kd_temperature="
+            f"{m.kd_temperature} through its last step (method.temperature_hold_fraction="
+            f"{m.temperature_hold_fraction} of train.max_steps={total_steps}); lower the hold or train longer"
+        )
+    if READ_WHEN["curriculum_steps"].reads(m) and _TERM.reads(m) and m.curriculum_steps > total_steps:
+        u = (total_steps - 1) / m.curriculum_steps  # the last step's progress (steps count from 0)
+        out.append(
+            f"method.curriculum_steps={m.curriculum_steps} is longer than the run (train.max_steps={total_steps}): "
+            f"its window moves {u**m.curriculum_power:.0%} of the way from method.curriculum_start="
+            f"{m.curriculum_start} to method.curriculum_end={m.curriculum_end} by the last step (phase "
+            f"{Curriculum(m, total_steps).phase(total_steps - 1):.3g}); set curriculum_steps ≤ train.max_steps, or "
+            "0 for the run's length"
         )
     return out
 

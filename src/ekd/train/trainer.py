@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
-from ekd.config.inert import inert_message, refuse_inert_keys, unread_cache_keys
+from ekd.config.inert import idle_schedules, inert_message, refuse_inert_keys, unread_cache_keys
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
@@ -210,6 +210,10 @@ def train(
             log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
             log.warning("%s", unread)
+        for idle in (
+            idle_schedules(cfg.method, cfg.train.max_steps) if ranks.is_main else []
+        ):  # try-out 58, F3
+            log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)
