@@ -165,6 +165,42 @@ def test_step_selection_figures_cover_the_whole_step(tmp_path):
         assert r["select/ratio"] == pytest.approx(r["select/fraction"]), r
 
 
+def test_pos_rs_reports_the_positions_given_kd_not_its_draws(tmp_path):
+    """Try-out 58, F4: pos_rs draws k·N positions with replacement, so at select_fraction=1 `select/fraction`, the
+    run's "KD positions %" and compare's KD pos % and teacher B/token said 100% while ~65% of the positions got KD.
+    `select/count` stays the draws; `select/positions`, `select/fraction`, `select/ratio` and the run's share count
+    distinct positions. F5: a constant τ's `select/tau_mean` was summed in fp32 and fell below `select/tau_min`."""
+    from ekd.eval.compare import read_run
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    over = tiny_overrides(
+        tmp_path, corpus, "prs", **{"method.select_fraction": 1.0, "method.kd_temperature": 0.1}
+    )
+    assert main(["-q", "distill", *over, "method=pos_rs"]) == 0
+    run = tmp_path / "runs" / "prs"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/kd" in r]
+    positions = valid = 0.0
+    for r in steps:
+        drawn, distinct = r["select/count"], r["select/positions"]
+        assert drawn == r["train/kd_tokens"] and distinct < drawn, (
+            r
+        )  # N draws with replacement repeat positions
+        n_valid = drawn  # select_fraction=1: k·N = N draws
+        assert r["select/fraction"] == pytest.approx(distinct / n_valid) and r["select/fraction"] < 0.9, r
+        assert r["select/ratio"] == pytest.approx(r["select/fraction"]), r  # no cache: candidates = valid
+        assert r["select/tau_min"] <= r["select/tau_mean"] <= r["select/tau_max"], r
+        positions, valid = positions + distinct, valid + n_valid
+    assert read_run(run).kd_fraction == pytest.approx(positions / valid)  # compare's KD pos %, B/token
+    # sekd's rows are distinct: its positions are its rows
+    over = tiny_overrides(tmp_path, corpus, "se", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *over, "method=sekd"]) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "se" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(r["select/positions"] == r["select/count"] for r in rows if "train/kd" in r)
+
+
 def test_a_term_is_logged_only_where_it_runs(logged):
     """`train/ce` and `train/ce_tokens` exist only with `method.ce_weight > 0`, `train/kd` and `train/kd_tokens`
     only with a KD term: before, a run without the term logged 0.0 and a normalizer of 1, which read as measured."""

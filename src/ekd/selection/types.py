@@ -31,7 +31,13 @@ class Selection:
 
     @property
     def count(self) -> int:
+        """M, the selected rows (a position drawn twice counts twice)."""
         return int(self.rows.numel())
+
+    @property
+    def positions(self) -> int:
+        """The distinct positions among the rows, those that receive KD (= :attr:`count` unless rows repeat)."""
+        return int(self.rows.unique().numel())
 
     def mask(self, shape: tuple[int, int]) -> Tensor:
         """(B, T) bool mask of the selected positions."""

@@ -242,9 +242,10 @@ def _selection_metrics(
 ) -> dict[str, float]:
     """Sums and extremes for the step's diagnostics (aggregated over micro-batches by the trainer)."""
     out = {
-        "selected": float(sel.count),
+        "selected": float(sel.count),  # rows: pos_rs's draws, a position drawn twice counted twice
+        "positions": float(sel.positions),  # the distinct positions that receive KD (try-out 58, F4)
         "candidates": float(candidates.sum()),
-        "tau_sum": float(tau.sum()) if tau.numel() else 0.0,
+        "tau_sum": float(tau.sum(dtype=torch.float64)) if tau.numel() else 0.0,  # fp32 would drift below min
         "tau_min": float(tau.min()) if tau.numel() else float("nan"),
         "tau_max": float(tau.max()) if tau.numel() else float("nan"),
     }

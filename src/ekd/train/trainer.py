@@ -623,7 +623,7 @@ def _train(
             teacher.release()  # a sharded teacher's gathered head, kept for the bandit's KL
         parts.after_optimizer_step(student)
         # 5. log
-        totals["selected"] += sums.get("selected", 0.0)
+        totals["selected"] += sums.get("positions", 0.0)  # distinct positions given KD (the run's KD share)
         totals["valid"] += sums.get("valid", 0.0)
         elapsed = time.perf_counter() - t_loop
         last = _step_metrics(
@@ -1069,10 +1069,12 @@ def _step_metrics(
         m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
         m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
     if parts.kd_weight > 0 and sums.get("valid"):
-        m["select/fraction"] = sums.get("selected", 0.0) / sums["valid"]
-        m["select/count"] = sums.get("selected", 0.0)  # the step's, every rank and micro-batch
+        # the share of positions given KD: distinct ones (try-out 58, F4: pos_rs's draws repeat positions)
+        m["select/fraction"] = sums.get("positions", 0.0) / sums["valid"]
+        m["select/count"] = sums.get("selected", 0.0)  # the step's rows, every rank and micro-batch
+        m["select/positions"] = sums.get("positions", 0.0)
         if sums.get("candidates"):
-            m["select/ratio"] = sums.get("selected", 0.0) / sums["candidates"]
+            m["select/ratio"] = sums.get("positions", 0.0) / sums["candidates"]
         if sums.get("selected"):
             m["select/tau_mean"] = sums.get("tau_sum", 0.0) / sums["selected"]
             m["select/tau_min"] = sums.get("tau_min", float("nan"))

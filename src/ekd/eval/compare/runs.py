@@ -517,10 +517,12 @@ def _eval_results(
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:
-    """Selected / valid positions over the run, from the per-step ``select/count`` and ``select/fraction``."""
+    """Positions given KD / valid positions over the run, from the per-step ``select/positions`` (distinct
+    positions) and ``select/fraction``; a run of an older ekd logged no ``select/positions``, and its
+    ``select/count`` (rows: ``pos_rs`` counted each draw) stands in."""
     selected = valid = 0.0
     for r in rows:
-        count, fraction = r.get("select/count"), r.get("select/fraction")
+        count, fraction = r.get("select/positions", r.get("select/count")), r.get("select/fraction")
         if count is not None and fraction:
             selected += count
             valid += count / fraction
