@@ -56,6 +56,9 @@ RUN_KEYS = ("name", "seed", "output_dir")
 TEACHER_RELATIVE = ("kl", "agree")
 """Metrics measured against the run's teacher (also their per-entropy-bucket ``kl@H<i>``, ``agree@H<i>``): figures
 against two teachers are neither averaged nor paired."""
+UNPAIRED = ("different eval sets", "different teachers", "other ECE bins")
+"""Why a paired difference is not computed (its verdict): the runs scored the set another way (another column),
+or the figure differs apart from the training (:meth:`RunRecord.figure_differs`)."""
 METRIC_SETTINGS = {"ece": "ece_bins"}
 """A metric → the scoring setting that it alone reads (ECE's equal-width confidence bins, on a text set or a
 multiple-choice task). A set scored with another value of that setting is the same set — its other figures pair
@@ -278,10 +281,10 @@ class RunRecord:
         if metric.split("@")[0] in TEACHER_RELATIVE and not self.teacher(column).same_as(
             other.teacher(column)
         ):
-            return "different teachers"
+            return UNPAIRED[1]
         mine, theirs = self.entry_name(column), other.entry_name(column)
         if self.metric_setting(mine or column, metric) != other.metric_setting(theirs or column, metric):
-            return "other ECE bins"
+            return UNPAIRED[2]
         return None
 
     def recorded_precision(self, name: str) -> str | None:

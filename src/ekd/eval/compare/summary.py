@@ -17,13 +17,11 @@ from ekd.eval.compare.runs import (
     METRIC_INFO,
     METRIC_SETTINGS,
     METRICS,
+    UNPAIRED,
     _scored_set,
     _text_set,
 )
 from ekd.eval.eval_json import block_sums_of, set_of
-
-# verdicts of a difference that is not computed (the last two: :meth:`RunRecord.figure_differs`)
-UNPAIRED = ("different eval sets", "different teachers", "other ECE bins")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
