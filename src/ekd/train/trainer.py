@@ -210,10 +210,9 @@ def train(
             log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
             log.warning("%s", unread)
-        for idle in (
-            idle_schedules(cfg.method, cfg.train.max_steps) if ranks.is_main else []
-        ):  # try-out 58, F3
-            log.warning("%s", idle)
+        if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)
+            for idle in idle_schedules(cfg.method, cfg.train.max_steps):
+                log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
             return _train(cfg, ranks, resume, start, data)

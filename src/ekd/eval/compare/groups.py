@@ -15,6 +15,8 @@ from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
 
+ANOTHER_TEACHER = "another teacher"  # why a seed is left out of a KL or agreement mean (Group.one_way_values)
+
 
 @dataclass
 class Group:
@@ -49,7 +51,7 @@ class Group:
         left_out: dict[int, str] = {}
         if metric.split("@")[0] in TEACHER_RELATIVE:
             _, others = self.teacher_seeds(column)
-            left_out = {s: "another teacher" for s in values if s in others}
+            left_out = {s: ANOTHER_TEACHER for s in values if s in others}
         elif metric in METRIC_SETTINGS:
             _, others = self.setting_seeds(column, metric)
             setting = f"eval.{METRIC_SETTINGS[metric]}"

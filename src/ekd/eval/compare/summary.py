@@ -10,7 +10,7 @@ from typing import Any
 
 from ekd.config import ConfigError
 from ekd.eval.compare.eval_sets import _eval_set_notes, eval_set_columns
-from ekd.eval.compare.groups import Group, metric_keys
+from ekd.eval.compare.groups import ANOTHER_TEACHER, Group, metric_keys
 from ekd.eval.compare.replicas import replica_note, replica_record
 from ekd.eval.compare.runs import (
     HIGHER_IS_BETTER,
@@ -267,10 +267,10 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
             if values:
                 mean, std = mean_std(list(values.values()))
                 cell = entry["metrics"][key] = {"mean": mean, "std": std, "n": len(values)}
-                other_teacher = [s for s, why in left_out.items() if why == "another teacher"]
+                other_teacher = [s for s, why in left_out.items() if why == ANOTHER_TEACHER]
                 if other_teacher:
                     cell["other_teacher"] = other_teacher
-                other_setting = {s: why for s, why in left_out.items() if why != "another teacher"}
+                other_setting = {s: why for s, why in left_out.items() if why != ANOTHER_TEACHER}
                 if other_setting:  # seed → 'eval.ece_bins=5'; the mean's own: 'eval.ece_bins=15'
                     cell["other_setting"] = other_setting
                     column, _, metric = key.rpartition("/")
@@ -381,9 +381,8 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             label = f"{label[:-1]}: {which})"
         row["label"] = label
         runs = row.pop("runs")
-        for k, scored in row.pop(
-            "settings"
-        ).items():  # ECE over the bins most of its runs used (try-out 55, F10)
+        # ECE over the bins most of its runs used (try-out 55, F10)
+        for k, scored in row.pop("settings").items():
             settings = [setting for _, _, setting in scored]
             ref = max(settings, key=settings.count)
             row["values"][k] = {}
