@@ -841,11 +841,36 @@ def test_a_replica_scored_with_other_ece_bins_is_not_a_disagreement(tmp_path):
         run = _fake_run(tmp_path, name, "kd", 0, 10.0, 0.5)
         ev = json.loads((run / "eval.json").read_text())
         ev["eval"].update(ece=ece, scoring={"ece_bins": bins, "entropy_buckets": 4, "precision": "fp32"})
+        # try-out 59, F1: the teacher row's ECE is scored with its set's bins too
+        ev["eval/teacher"] = {"ppl": 5.0, "acc": 0.3, "ece": 2.0 * ece}
         (run / "eval.json").write_text(json.dumps(ev))
         runs.append(run)
     (rec,) = compare_runs(runs, tmp_path / "out", plots=False)["replicas"]
     assert rec["largest_difference"]["abs"] == 0 and rec["eval_figures_compared"] > 0, rec
     assert not rec["scored_otherwise"]  # the same set: its ppl, acc, KL compared
+
+
+def test_the_teacher_rows_ece_over_other_bins_names_the_seed_left_out(tmp_path):
+    """Try-out 59, F2: the teacher row's ECE (n=1) left a seed scored with other bins out without a word; it is
+    named as a method's seed is."""
+    runs = []
+    for seed, bins, ece in ((0, 15, 1.0), (1, 10, 3.5)):
+        run = _fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0, 0.5)
+        ev = json.loads((run / "eval.json").read_text())
+        ev["eval"].update(ece=ece, scoring={"ece_bins": bins, "entropy_buckets": 4, "precision": "fp32"})
+        ev["eval/teacher"] = {"ppl": 5.0, "acc": 0.3, "ece": 2.0 * ece}
+        (run / "eval.json").write_text(json.dumps(ev))
+        runs.append(run)
+    s = compare_runs(runs, tmp_path / "out", plots=False)
+    (teacher,) = s["teachers"]
+    assert teacher["metrics"]["eval/ece"] == 2.0 and teacher["n"]["eval/ece"] == 1  # the first run's 15 bins
+    assert teacher["metrics"]["eval/ppl"] == 5.0 and teacher["n"]["eval/ppl"] == 2
+    assert s["setting_notes"] == [
+        "`kd`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 2); seed 1 (eval.ece_bins=10) "
+        "left out",
+        "`(teacher)`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 2); seed 1 "
+        "(eval.ece_bins=10) left out",
+    ]
 
 
 @pytest.mark.slow
@@ -917,7 +942,9 @@ def test_ece_over_other_bins_is_left_out_of_ece_alone_end_to_end(tmp_path, capsy
     assert cell["other_setting"] == {1: "eval.ece_bins=5", 2: "eval.ece_bins=7"}
     assert s["setting_notes"] == [
         "`kd`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 3); "
-        "seed 1 (eval.ece_bins=5), seed 2 (eval.ece_bins=7) left out"
+        "seed 1 (eval.ece_bins=5), seed 2 (eval.ece_bins=7) left out",
+        "`(teacher)`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 3); "
+        "seed 1 (eval.ece_bins=5), seed 2 (eval.ece_bins=7) left out",
     ]
     # seed 1 pairs with ce's seed 1 on ppl (same blocks) but not on ECE (5 bins vs ce's 15)
     vs = kd["vs"]["ce"]

@@ -87,9 +87,9 @@ def test_distill_with_a_feature_layer_past_the_model_is_one_line(tmp_path, capsy
     corpus = write_corpus(tmp_path / "corpus")
     over = tiny_overrides(tmp_path, corpus, "egad", **{"method.preset": "egad", f"method.{key}": index})
     line = one_error_line(*cli(capsys, "distill", *over)[::2])
-    layers = 1 if role == "student" else 2
+    depth = "1 decoder layer, so 0…1" if role == "student" else "2 decoder layers, so 0…2"
     assert f"method.{key}={index} is outside the {role}'s hidden states" in line, line
-    assert f"{layers} decoder layers" in line, line
+    assert f"it has {depth}" in line, line
 
 
 def test_distill_with_an_intermediate_feature_layer_trains(tmp_path, capsys):

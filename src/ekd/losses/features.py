@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ekd.errors import ConfigError
 from ekd.losses.decoupled import top_fraction_mask
+from ekd.words import counted
 
 FEATURE_LOSSES = ("mse", "cosine")
 
@@ -70,7 +71,7 @@ def check_hidden_state_index(model: nn.Module, index: int, key: str, role: str) 
     if not isinstance(layers, int) or -(layers + 1) <= index <= layers:
         return
     raise ConfigError(
-        f"{key}={index} is outside the {role}'s hidden states: it has {layers} decoder layers, so 0…{layers} "
+        f"{key}={index} is outside the {role}'s hidden states: it has {counted(layers, 'decoder layer')}, so 0…{layers} "
         f"(0 = the embeddings, k = decoder layer k's output, {layers} or -1 = the final hidden state after its "
         f"norm) or -{layers + 1}…-1 from the end; set {key} in that range"
     )

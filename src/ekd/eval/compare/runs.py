@@ -22,6 +22,7 @@ from ekd.eval.eval_json import (
     CONTENT_KEYS,
     PRECISION,
     SCORING_SETTINGS,
+    set_of,
     set_settings,
     split_settings,
 )
@@ -266,10 +267,13 @@ class RunRecord:
     def metric_setting(self, name: str, metric: str) -> Any:
         """The value of the setting ``metric`` alone reads (:data:`METRIC_SETTINGS`) in entry ``name``: ECE's
         bins as the entry records them, else as the run's config says (:meth:`scoring`); for a downstream task, its
-        section's settings (None where an older ekd recorded none). None for a metric that reads no such setting."""
+        section's settings (None where an older ekd recorded none). A teacher row (``eval/teacher``) is scored as
+        its set (try-out 59, F1: it read the config's bins, so a replica's teacher ECE over other bins was compared).
+        None for a metric that reads no such setting."""
         key = METRIC_SETTINGS.get(metric)
         if key is None:
             return None
+        name = set_of(name)
         if _task_entry(name):
             return (self.task_ways.get(name) or {}).get(key)
         return self.scoring(name).get(key)

@@ -286,6 +286,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     out["teacher_notes"] = _other_teacher_notes(out["groups"])
     out["setting_notes"] = _other_setting_notes(out["groups"])
     out["teachers"] = _teacher_rows(groups)
+    out["setting_notes"] += _teacher_setting_notes(out["teachers"])
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
     out["eval_set_columns"] = eval_set_columns(groups)
@@ -337,6 +338,23 @@ def _other_setting_notes(groups: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _teacher_setting_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """:func:`_other_setting_notes` for the teacher rows (:func:`_teacher_rows`' ``other_setting``): '`(teacher)`:
+    ECE % on `eval` is over the seeds scored with eval.ece_bins=10 (n=1 of 2); seed 0 (eval.ece_bins=15) left out'."""
+    notes = []
+    for row in rows:
+        for key, left in (row.get("other_setting") or {}).items():
+            column, _, metric = key.rpartition("/")
+            header = METRIC_INFO[metric].header if metric in METRIC_INFO else metric
+            n = row["n"].get(key, 0)
+            others = ", ".join(f"seed {s} ({why})" for s, why in left["seeds"].items())
+            notes.append(
+                f"`{row['label']}`: {header} on `{column}` is over the seeds scored with {left['setting']} "
+                f"(n={n} of {n + len(left['seeds'])}); {others} left out"
+            )
+    return notes
+
+
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """One row per distinct teacher (:meth:`RunRecord.teacher`; the runs' ``<set>/teacher`` metrics): the
     teacher, the groups it taught, its metrics — the mean over the seeds of a column (each seed's the mean of its
@@ -365,8 +383,8 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                 for m, v in r.entry(c).items():
                     if m in METRICS and not (m == "ppl_no_boundary" and no_boundary):  # it would repeat ppl
                         row["values"].setdefault(f"{set_of(c)}/{m}", {}).setdefault(r.seed, []).append(v)
-                        if m in METRIC_SETTINGS:  # the teacher's ECE: scored with the student's entry's bins
-                            setting = r.metric_setting(r.entry_name(c[: -len("/teacher")]) or "", m)
+                        if m in METRIC_SETTINGS:  # the teacher's ECE: scored with its set's bins
+                            setting = r.metric_setting(r.entry_name(c) or c, m)
                             row["settings"].setdefault(f"{set_of(c)}/{m}", []).append((r.seed, v, setting))
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
@@ -381,7 +399,7 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             label = f"{label[:-1]}: {which})"
         row["label"] = label
         runs = row.pop("runs")
-        # ECE over the bins most of its runs used (try-out 55, F10)
+        # ECE over the bins most of its runs used (try-out 55, F10), the seeds left out named (try-out 59, F2)
         for k, scored in row.pop("settings").items():
             settings = [setting for _, _, setting in scored]
             ref = max(settings, key=settings.count)
@@ -389,6 +407,17 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             for seed, v, setting in scored:
                 if setting == ref:
                     row["values"][k].setdefault(seed, []).append(v)
+            other = {
+                seed: setting
+                for seed, _, setting in scored
+                if setting != ref and seed not in row["values"][k]
+            }
+            if other:
+                key = f"eval.{METRIC_SETTINGS[k.rpartition('/')[2]]}"
+                row.setdefault("other_setting", {})[k] = {
+                    "setting": f"{key}={ref}",
+                    "seeds": {seed: f"{key}={setting}" for seed, setting in sorted(other.items())},
+                }
         if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
             row["without_sets"] = _no_teacher_sets(*runs[0])
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
