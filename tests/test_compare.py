@@ -319,7 +319,7 @@ def test_ece_equivalence_is_two_one_sided_tests_not_a_mean_within_the_spread(tmp
     seeds, the likelier 'reproduced'. Equivalence is shown by the 90% interval inside ±0.5 pp (TOST at 5%), refuted
     by the 95% interval wholly outside it, and otherwise inconclusive. t quantiles: t₀.₉₅,₂ = 2.919986,
     t₀.₉₇₅,₂ = 4.302653."""
-    from ekd.eval.claims import check_claims, equivalence_verdict
+    from ekd.eval.claims import _fmt_diff, check_claims, equivalence_verdict
     from ekd.eval.compare import group_runs, read_run
 
     def claim(kd_ece, rs_ece):
@@ -338,7 +338,7 @@ def test_ece_equivalence_is_two_one_sided_tests_not_a_mean_within_the_spread(tmp
     # 0.1 ± 2.919986·0.360555/√3 = 0.1 ± 0.607840 reaches past ±0.5, and the 95% one holds 0: inconclusive
     c = claim([2.0, 2.0, 2.0], [2.4, 1.7, 2.2])
     assert c.verdict == "inconclusive (the seeds cannot show |Δ| ≤ 0.5)" and not c.reason
-    assert "90% CI [-0.508, +0.708]" in c.numbers, c.numbers
+    assert "90% CI [-0.508, +0.708]" in c.numbers and "(equivalence margin ±0.5 pp;" in c.numbers, c.numbers
     # Δ = 0.1, 0.2, −0.1: mean 0.066667, std 0.152753; 90% interval ± 0.257519 inside ±0.5: reproduced
     c = claim([1.0, 1.0, 1.0], [1.1, 1.2, 0.9])
     assert c.verdict == "reproduced" and "90% CI [-0.191, +0.324]" in c.numbers, c.numbers
@@ -349,10 +349,9 @@ def test_ece_equivalence_is_two_one_sided_tests_not_a_mean_within_the_spread(tmp
     assert equivalence_verdict({"n": 2, "mean": 0.0, "std": 2.828427}, 0.5)[0].startswith("inconclusive")
     assert equivalence_verdict({"n": 1, "mean": 0.4, "std": math.nan}, 0.5)[0] == "reproduced (1 seed)"
     assert equivalence_verdict({"n": 1, "mean": -0.6, "std": math.nan}, 0.5)[0] == "not reproduced (1 seed)"
-    assert (
-        equivalence_verdict({"n": 0, "mean": math.nan, "std": math.nan, "verdict": "other ECE bins"}, 0.5)[0]
-        == "not run (other ECE bins)"
-    )
+    unpaired = {"n": 0, "mean": math.nan, "std": math.nan, "verdict": "other ECE bins"}
+    assert equivalence_verdict(unpaired, 0.5)[0] == "not run (other ECE bins)"
+    assert _fmt_diff(unpaired, "eval/ece") == "Δece n/a (other ECE bins)"  # try-out 59, F4: was '+nan (n=0)'
 
 
 def test_a_claim_within_item_noise_says_so_and_a_worse_key_is_never_outvoted():

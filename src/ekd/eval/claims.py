@@ -38,6 +38,9 @@ def _missing(groups: dict[str, Group], *methods: str) -> list[str]:
 
 
 def _fmt_diff(d: dict, key: str) -> str:
+    """'Δkl -0.087 ± 0.012 (n=3)'; 'Δece n/a (other ECE bins)' where no seed pairs (try-out 59, F4: '+nan (n=0)')."""
+    if not d["n"]:
+        return f"Δ{key.rpartition('/')[2]} n/a ({d['verdict']})"
     spread = "" if math.isnan(d["std"]) else f" ± {d['std']:.3f}"
     return f"Δ{key.rpartition('/')[2]} {d['mean']:+.3f}{spread} (n={d['n']})"
 
@@ -112,7 +115,7 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
             Claim(
                 "RS-KD: ECE ≈ Full KD",
                 src,
-                f"rskd − kd: {_fmt_diff(d, ece)} pp (equivalent within ±{ECE_TOLERANCE} pp{interval})",
+                f"rskd − kd: {_fmt_diff(d, ece)} pp (equivalence margin ±{ECE_TOLERANCE} pp{interval})",
                 verdict,
                 "RS targets carry ~12 ids per position; at this budget the estimator's variance shows"
                 if verdict.startswith("not reproduced")
