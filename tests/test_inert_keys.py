@@ -346,3 +346,26 @@ def test_schedules_longer_than_the_run_are_said_at_its_start(tmp_path, capsys, m
     assert rc == 0, err
     said = [r.getMessage() for r in caplog.records if "curriculum_steps=100 is longer" in r.getMessage()]
     assert len(said) == 1, said
+
+
+@pytest.mark.parametrize(
+    "overrides, way",
+    [
+        (["method=ema_self_distill", "method.ce_weight=0"], "set method.ce_weight > 0"),
+        (["method=kd", "method.objective=ema_self_distill"], "set method.ce_weight > 0"),
+        (["method=uncertainty", "method.uncertainty_fraction=0"], "or method.uncertainty_fraction > 0"),
+    ],
+)
+def test_a_self_distilling_objective_with_nothing_to_move_the_student_is_refused(
+    tmp_path, capsys, monkeypatch, overrides, way
+):
+    """Try-out 60, F3: the only term a KL to the student itself (its EMA, its initial copy) is 0 with a zero gradient
+    at the start, and AdamW walked the weights along float rounding (loss 0 → 6e-7 → 1e-3): refused in one line."""
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "selfd", **{"train.max_steps": 1})
+    line = one_error_line(*cli(capsys, "distill", config, *overrides)[::2])
+    assert "has no term that moves the student" in line and way in line, line
+    # with a CE term, or MLE tokens, the objective regularizes a student that moves: accepted
+    assert load_config(None, ["method=ema_self_distill"]).method.ce_weight > 0
+    load_config(None, ["method=uncertainty", "method.uncertainty_fraction=0", "method.ce_weight=0.5"])
