@@ -49,7 +49,25 @@ def test_per_row_streams_follow_the_documented_keys():
     key = _h(f"ekd-rows:{run_seed}:{step}:0")
     assert micro_batch_key(run_seed, step, 0) == key
     rows = RowDraws(key, sample_ids)
-    for stream in ("random_scorer", "pos_rs", "on_policy"):
+    for stream in ("random_scorer", "pos_rs"):
         stream_key = _h(f"{key}:{stream}")
         want = [_uniforms(_seed(stream_key, int(i), 0), 6) for i in sample_ids]
         assert rows.uniforms(stream, 6).tolist() == want, stream
+
+
+def test_on_policy_coin_and_key_follow_the_documented_generator():
+    """Try-out 60, F1: the recipe gave the on-policy stream the step's key; it is keyed by the micro-batch's own
+    generator (coin, then key), which the recipe now spells out."""
+    from ekd.selection.draws import row_uniforms
+    from ekd.train.onpolicy import on_policy_generator
+
+    run_seed, step, micro, sample_ids = 7, 4, 3, torch.tensor([2, 30])
+    b = (run_seed * 1000003 + step * 1009 + micro) % 2**63
+    mine = torch.Generator().manual_seed((b * 6364136223846793005 + 1442695040888963407) % 2**63)
+    theirs = on_policy_generator(run_seed, step, micro)
+    coin = float(torch.rand((), generator=mine))
+    assert coin == float(torch.rand((), generator=theirs))
+    key = int(torch.randint(0, 2**62, (), generator=mine))
+    assert key == int(torch.randint(0, 2**62, (), generator=theirs))
+    want = [_uniforms(_seed(_h(f"{key}:on_policy"), int(i), 0), 5) for i in sample_ids]
+    assert row_uniforms(key, "on_policy", sample_ids, 5).tolist() == want

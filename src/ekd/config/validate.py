@@ -48,8 +48,13 @@ def validate(cfg: Config) -> None:
             "method.kd_weight and method.ce_weight are both 0: nothing to train",
             keys=("method.kd_weight", "method.ce_weight"),
         )
-    if m.kd_weight > 0 and m.ce_weight == 0 and (
-        m.objective == "ema_self_distill" or (m.objective == "uncertainty" and m.uncertainty_fraction == 0)
+    if (
+        m.kd_weight > 0
+        and m.ce_weight == 0
+        and (
+            m.objective == "ema_self_distill"
+            or (m.objective == "uncertainty" and m.uncertainty_fraction == 0)
+        )
     ):
         # try-out 60, F3: the only term is a KL to the student itself at the start (its EMA, or its initial copy):
         # 0 with a zero gradient, so AdamW would walk the weights along float rounding
