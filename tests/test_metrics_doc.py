@@ -40,6 +40,13 @@ RUNS = {
     "gls": ["method=gls"],
     "schedule": ["method=kd", "method.temperature=schedule", "method.temperature_end=2.0"],
     "ce": ["method=ce"],
+    # every micro-batch student-generated: at most 8 new tokens after an 8-token prompt
+    "gkd": [
+        "method=gkd",
+        "method.student_data_fraction=1.0",
+        "method.prompt_tokens=8",
+        "method.max_new_tokens=8",
+    ],
 }
 
 
@@ -120,6 +127,20 @@ def logged(tmp_path_factory) -> dict[str, tuple[list[dict], dict]]:
             yaml.safe_load((run_dir / "config.yaml").read_text())["method"],
         )
     return rows
+
+
+def test_gkd_logs_its_realised_on_policy_share(logged):
+    """Try-out 60, F2: nothing in metrics.jsonl said which micro-batches the student generated, nor how many of
+    its tokens were trained on. At λ = 1 every row is generated; each trains on at most max_new_tokens targets."""
+    rows, _ = logged["gkd"]
+    steps = [r for r in rows if "train/loss" in r]
+    assert steps and all(r["train/on_policy_fraction"] == 1.0 for r in steps), steps
+    for r in steps:  # 4 rows per step, each continuation 1…8 tokens
+        assert (
+            4 <= r["train/generated_targets"] <= 4 * 8
+            and r["train/generated_targets"] == r["train/kd_tokens"]
+        ), r
+    assert not any("train/on_policy_fraction" in r for r in logged["kd"][0])
 
 
 def test_every_logged_key_is_documented(logged):

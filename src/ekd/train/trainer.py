@@ -555,9 +555,10 @@ def _train(
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
         micro_batches = [rank_slice(b, ranks).to(device) for b in loader.next_step()]
+        on_policy = [False] * len(micro_batches)  # which micro-batches the student generated
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             with gathered(sharded):  # FSDP2: ranks generate different lengths; no collective inside
-                micro_batches = [
+                sampled = [
                     maybe_on_policy(
                         b,
                         student,
@@ -566,9 +567,10 @@ def _train(
                         data.eos_id,
                         vocab_size=data.vocab_size,
                         end_of_turn=end_of_turn,
-                    )[0]
+                    )
                     for i, b in enumerate(micro_batches)
                 ]
+            micro_batches, on_policy = [b for b, _ in sampled], [flag for _, flag in sampled]
         loss_value, sums, kd_count, ce_count, feature_count, feedback = forward_backward(
             micro_batches,
             student,
@@ -583,6 +585,16 @@ def _train(
             rows_keyed_per_micro_batch=not loader.steps_within_epochs,
         )
         sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
+        if (
+            cfg.method.student_data_fraction > 0
+        ):  # the realised on-policy share (try-out 60, F2), this rank's rows
+            sums["rows"] = float(sum(b.input_ids.shape[0] for b in micro_batches))
+            sums["on_policy_rows"] = float(
+                sum(b.input_ids.shape[0] for b, on in zip(micro_batches, on_policy) if on)
+            )
+            sums["generated_targets"] = float(
+                sum(int((b.labels != -100).sum()) for b, on in zip(micro_batches, on_policy) if on)
+            )
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
         # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
@@ -1055,6 +1067,9 @@ def _step_metrics(
         "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
         "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
     }
+    if "on_policy_rows" in sums:  # GKD: the share of rows the student generated, and their targets
+        m["train/on_policy_fraction"] = sums["on_policy_rows"] / max(sums["rows"], 1.0)
+        m["train/generated_targets"] = sums["generated_targets"]
     # a term's loss and normalizer only where the term runs: a logged 0 would read as a measured zero
     if parts.kd_weight > 0:
         m["train/kd"] = sums.get("kd_sum", 0.0) / kd_count
