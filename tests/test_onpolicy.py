@@ -460,7 +460,8 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
         assert f"method.prompt_tokens={prompt} leaves at most one token" in err[0]
-        assert "set method.prompt_tokens ≤ 15" in err[0]  # 32 − 1 − min(64, 16)
+        # the bound (32 − 2), then a prompt with room for min(max_new_tokens, half the block): 32 − 1 − min(64, 16)
+        assert "set method.prompt_tokens ≤ 30 (e.g. 15, which leaves room" in err[0], err[0]
     assert not (tmp_path / "runs" / "gkd").exists()
     # try-out 57, F7: a 2-token block was told to set prompt_tokens ≤ 1, then refused 1 alike
     over = tiny_overrides(tmp_path, corpus, "gkd") + [

@@ -99,7 +99,9 @@ def validate(cfg: Config) -> None:
             f"method.prompt_tokens={m.prompt_tokens} leaves at most one token to generate in a "
             f"data.block_length={d.block_length} block (a row of text without prompt fields takes its first "
             f"min(prompt_tokens, block_length − 1) tokens as the prompt): set method.prompt_tokens ≤ "
-            f"{max(1, d.block_length - 1 - min(m.max_new_tokens, d.block_length // 2))} or raise data.block_length",
+            f"{d.block_length - 2} (e.g. {max(1, d.block_length - 1 - min(m.max_new_tokens, d.block_length // 2))}, "
+            f"which leaves room for min(method.max_new_tokens, half the block) new tokens) or raise "
+            "data.block_length",
             keys=("method.prompt_tokens", "data.block_length"),
         )
     if m.sample_fraction < 1.0 and t.source != "online":
