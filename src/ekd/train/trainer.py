@@ -585,9 +585,8 @@ def _train(
             rows_keyed_per_micro_batch=not loader.steps_within_epochs,
         )
         sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
-        if (
-            cfg.method.student_data_fraction > 0
-        ):  # the realised on-policy share (try-out 60, F2), this rank's rows
+        # the realised on-policy share (try-out 60, F2): this rank's rows, summed over ranks like every sum
+        if cfg.method.student_data_fraction > 0:
             sums["rows"] = float(sum(b.input_ids.shape[0] for b in micro_batches))
             sums["on_policy_rows"] = float(
                 sum(b.input_ids.shape[0] for b, on in zip(micro_batches, on_policy) if on)
