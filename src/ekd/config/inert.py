@@ -257,6 +257,29 @@ def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
     return out
 
 
+def idle_objective(method_cfg: Any) -> str:
+    """The refusal of a self-distilling objective with nothing to move the student (try-out 60, F3), else "": its
+    only term is a KL to the student itself — its EMA (``ema_self_distill``), or its initial copy (``uncertainty``
+    with ``uncertainty_fraction=0``, no MLE tokens) — which is 0 with a zero gradient at the start, so AdamW would
+    walk the weights along float rounding (loss 0 → 6e-7 → 1e-3). A CE term (or MLE tokens) moves the student and
+    the KL then regularizes it. Refused at the start of a run, not when a config loads (a config may serve a unit
+    of the loss)."""
+    m = method_cfg
+    if not (m.kd_weight > 0 and m.ce_weight == 0):
+        return ""
+    if m.objective == "ema_self_distill":
+        target, also = "its own EMA", ""
+    elif m.objective == "uncertainty" and m.uncertainty_fraction == 0:
+        target, also = "its initial copy", " or method.uncertainty_fraction > 0 (MLE tokens)"
+    else:
+        return ""
+    return (
+        f"method.objective={m.objective} with method.ce_weight=0 has no term that moves the student: its KL to "
+        f"{target} is 0 with a zero gradient at the start, so only float rounding would train it; set "
+        f"method.ce_weight > 0{also}"
+    )
+
+
 def inert_message(method_cfg: Any, resumed: bool = False) -> str:
     """The line naming every inert key (:func:`inert_keys`) and the resolved method, with the way on; "" when there
     is none. ``resumed``: said of a run being resumed, which keeps its saved settings (dropping the key would be

@@ -48,24 +48,6 @@ def validate(cfg: Config) -> None:
             "method.kd_weight and method.ce_weight are both 0: nothing to train",
             keys=("method.kd_weight", "method.ce_weight"),
         )
-    if (
-        m.kd_weight > 0
-        and m.ce_weight == 0
-        and (
-            m.objective == "ema_self_distill"
-            or (m.objective == "uncertainty" and m.uncertainty_fraction == 0)
-        )
-    ):
-        # try-out 60, F3: the only term is a KL to the student itself at the start (its EMA, or its initial copy):
-        # 0 with a zero gradient, so AdamW would walk the weights along float rounding
-        target = "its own EMA" if m.objective == "ema_self_distill" else "its initial copy"
-        also = "" if m.objective == "ema_self_distill" else " or method.uncertainty_fraction > 0 (MLE tokens)"
-        raise ConfigError(
-            f"method.objective={m.objective} with method.ce_weight=0 has no term that moves the student: its KL to "
-            f"{target} is 0 with a zero gradient at the start, so only float rounding would train it; set "
-            f"method.ce_weight > 0{also}",
-            keys=("method.objective", "method.ce_weight"),
-        )
     if m.ce_on == "selected" and m.kd_weight == 0:
         raise ConfigError(
             "method.ce_on=selected needs a KD term to select positions (method.kd_weight > 0); use method.ce_on=all",

@@ -21,7 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
-from ekd.config.inert import idle_schedules, inert_message, refuse_inert_keys, unread_cache_keys
+from ekd.config.inert import (
+    idle_objective,
+    idle_schedules,
+    inert_message,
+    refuse_inert_keys,
+    unread_cache_keys,
+)
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
@@ -206,6 +212,8 @@ def train(
         # trains on as it began)
         if not resume:
             refuse_inert_keys(cfg.method, cfg.teacher)
+            if idle := idle_objective(cfg.method):  # try-out 60, F3: a run that would train on rounding noise
+                raise ConfigError(idle, keys=("method.objective", "method.ce_weight"))
         elif ranks.is_main and (inert := inert_message(cfg.method, resumed=True)):
             log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
