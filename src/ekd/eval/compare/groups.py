@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.eval.compare.eval_sets import label_eval_sets
-from ekd.eval.compare.runs import METRIC_SETTINGS, METRICS, TEACHER_RELATIVE, RunRecord, _config_differences
+from ekd.eval.compare.runs import (
+    METRIC_SETTINGS,
+    METRICS,
+    TEACHER_RELATIVE,
+    RunRecord,
+    _config_differences,
+    most_common,
+    setting_said,
+)
 from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
@@ -54,9 +62,8 @@ class Group:
             left_out = {s: ANOTHER_TEACHER for s in values if s in others}
         elif metric in METRIC_SETTINGS:
             _, others = self.setting_seeds(column, metric)
-            setting = f"eval.{METRIC_SETTINGS[metric]}"
             left_out = {
-                s: f"{setting}={self.run(s).metric_setting(self.run(s).entry_name(column), metric)}"
+                s: setting_said(metric, self.run(s).metric_setting(self.run(s).entry_name(column), metric))
                 for s in values
                 if s in others
             }
@@ -70,7 +77,7 @@ class Group:
         values = [r.metric_setting(r.entry_name(column), metric) for r in runs]
         if not values:
             return [], []
-        ref = max(values, key=values.count)  # the first of the most
+        ref = most_common(values)
         return [r.seed for r, v in zip(runs, values) if v == ref], [
             r.seed for r, v in zip(runs, values) if v != ref
         ]

@@ -66,6 +66,18 @@ multiple-choice task). A set scored with another value of that setting is the sa
 and share means — and the metric itself is averaged and paired only over seeds scored with one value
 (:meth:`RunRecord.metric_setting`; try-out 55, F10: a seed re-scored with ``eval.ece_bins=10`` put its ppl, acc and
 KL in another column, 'n/a (different eval sets)')."""
+
+
+def setting_said(metric: str, value: Any) -> str:
+    """How a value of the setting ``metric`` alone reads is named in notes and compare.json: 'eval.ece_bins=15'."""
+    return f"eval.{METRIC_SETTINGS[metric]}={value}"
+
+
+def most_common(values: list[Any]) -> Any:
+    """The value most of ``values`` hold, the first given on a tie (the group's teacher, its ECE bins)."""
+    return max(values, key=values.count)
+
+
 NOT_A_WAY = ("ece_bins", "entropy_buckets")
 """Scoring settings that do not make another way of scoring a set (:meth:`RunRecord.eval_set`): ``ece_bins`` is
 read by ECE alone (:data:`METRIC_SETTINGS`), ``entropy_buckets`` only by the per-bucket ``@H<i>`` figures, which a

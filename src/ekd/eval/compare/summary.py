@@ -20,6 +20,8 @@ from ekd.eval.compare.runs import (
     UNPAIRED,
     _scored_set,
     _text_set,
+    most_common,
+    setting_said,
 )
 from ekd.eval.eval_json import block_sums_of, set_of
 
@@ -275,8 +277,9 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
                     cell["other_setting"] = other_setting
                     column, _, metric = key.rpartition("/")
                     kept = g.run(next(iter(values)))
-                    value = kept.metric_setting(kept.entry_name(column) or column, metric)
-                    cell["setting"] = f"eval.{METRIC_SETTINGS[metric]}={value}"
+                    cell["setting"] = setting_said(
+                        metric, kept.metric_setting(kept.entry_name(column) or column, metric)
+                    )
         for b in out["baselines"]:
             if b != g.label:
                 entry["vs"][b] = {
@@ -321,38 +324,35 @@ def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
 
 def _other_setting_notes(groups: list[dict[str, Any]]) -> list[str]:
     """One line per group figure whose mean left seeds out, scored with another value of the setting the figure
-    alone reads (:meth:`Group.one_way_values`): '`kd`: ECE on `eval` is over the seeds scored with
+    alone reads (:meth:`Group.one_way_values`): '`kd`: ECE % on `eval` is over the seeds scored with
     eval.ece_bins=15 (n=2 of 3); seed 1 (eval.ece_bins=5) left out'."""
-    notes = []
-    for g in groups:
-        for key, cell in g["metrics"].items():
-            if cell.get("other_setting"):
-                column, _, metric = key.rpartition("/")
-                header = METRIC_INFO[metric].header if metric in METRIC_INFO else metric
-                others = ", ".join(f"seed {s} ({why})" for s, why in sorted(cell["other_setting"].items()))
-                n = cell["n"]
-                notes.append(
-                    f"`{g['method']}`: {header} on `{column}` is over the seeds scored with {cell['setting']} "
-                    f"(n={n} of {n + len(cell['other_setting'])}); {others} left out"
-                )
-    return notes
+    return [
+        _setting_note(g["method"], key, cell["setting"], cell["n"], cell["other_setting"])
+        for g in groups
+        for key, cell in g["metrics"].items()
+        if cell.get("other_setting")
+    ]
 
 
 def _teacher_setting_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """:func:`_other_setting_notes` for the teacher rows (:func:`_teacher_rows`' ``other_setting``): '`(teacher)`:
-    ECE % on `eval` is over the seeds scored with eval.ece_bins=10 (n=1 of 2); seed 0 (eval.ece_bins=15) left out'."""
-    notes = []
-    for row in rows:
-        for key, left in (row.get("other_setting") or {}).items():
-            column, _, metric = key.rpartition("/")
-            header = METRIC_INFO[metric].header if metric in METRIC_INFO else metric
-            n = row["n"].get(key, 0)
-            others = ", ".join(f"seed {s} ({why})" for s, why in left["seeds"].items())
-            notes.append(
-                f"`{row['label']}`: {header} on `{column}` is over the seeds scored with {left['setting']} "
-                f"(n={n} of {n + len(left['seeds'])}); {others} left out"
-            )
-    return notes
+    """:func:`_other_setting_notes` for the teacher rows (:func:`_teacher_rows`' ``other_setting``)."""
+    return [
+        _setting_note(row["label"], key, left["setting"], row["n"].get(key, 0), left["seeds"])
+        for row in rows
+        for key, left in (row.get("other_setting") or {}).items()
+    ]
+
+
+def _setting_note(label: str, key: str, setting: str, n: int, left_out: dict[int, str]) -> str:
+    """'`kd`: ECE % on `eval` is over the seeds scored with eval.ece_bins=15 (n=1 of 2); seed 1 (eval.ece_bins=10)
+    left out' for figure ``key`` of row ``label``, its mean over ``n`` seeds, ``left_out`` seed → its setting."""
+    column, _, metric = key.rpartition("/")
+    header = METRIC_INFO[metric].header if metric in METRIC_INFO else metric
+    others = ", ".join(f"seed {s} ({why})" for s, why in sorted(left_out.items()))
+    return (
+        f"`{label}`: {header} on `{column}` is over the seeds scored with {setting} "
+        f"(n={n} of {n + len(left_out)}); {others} left out"
+    )
 
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
@@ -401,8 +401,7 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
         runs = row.pop("runs")
         # ECE over the bins most of its runs used (try-out 55, F10), the seeds left out named (try-out 59, F2)
         for k, scored in row.pop("settings").items():
-            settings = [setting for _, _, setting in scored]
-            ref = max(settings, key=settings.count)
+            ref = most_common([setting for _, _, setting in scored])
             row["values"][k] = {}
             for seed, v, setting in scored:
                 if setting == ref:
@@ -413,10 +412,10 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                 if setting != ref and seed not in row["values"][k]
             }
             if other:
-                key = f"eval.{METRIC_SETTINGS[k.rpartition('/')[2]]}"
+                metric = k.rpartition("/")[2]
                 row.setdefault("other_setting", {})[k] = {
-                    "setting": f"{key}={ref}",
-                    "seeds": {seed: f"{key}={setting}" for seed, setting in sorted(other.items())},
+                    "setting": setting_said(metric, ref),
+                    "seeds": {seed: setting_said(metric, setting) for seed, setting in sorted(other.items())},
                 }
         if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
             row["without_sets"] = _no_teacher_sets(*runs[0])
