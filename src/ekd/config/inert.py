@@ -234,9 +234,9 @@ def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
 
     m, out = method_cfg, []
     tau0 = float(m.kd_temperature)
+    # READ_WHEN: the τ schedule, past a whole-run hold, in a term that takes τ
     if (
-        _TAU_TERM.reads(m)
-        and READ_WHEN["temperature_end"].reads(m)
+        READ_WHEN["temperature_end"].reads(m)
         and float(m.temperature_end) != tau0
         and fixed_tau(m, total_steps) == tau0
     ):
@@ -245,7 +245,9 @@ def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
             f"{m.kd_temperature} through its last step (method.temperature_hold_fraction="
             f"{m.temperature_hold_fraction} of train.max_steps={total_steps}); lower the hold or train longer"
         )
-    if READ_WHEN["curriculum_steps"].reads(m) and _TERM.reads(m) and m.curriculum_steps > total_steps:
+    if (
+        READ_WHEN["curriculum_steps"].reads(m) and m.curriculum_steps > total_steps
+    ):  # a curriculum in a KD term
         u = (total_steps - 1) / m.curriculum_steps  # the last step's progress (steps count from 0)
         out.append(
             f"method.curriculum_steps={m.curriculum_steps} is longer than the run (train.max_steps={total_steps}): "
