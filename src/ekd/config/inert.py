@@ -245,9 +245,8 @@ def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
             f"{m.kd_temperature} through its last step (method.temperature_hold_fraction="
             f"{m.temperature_hold_fraction} of train.max_steps={total_steps}); lower the hold or train longer"
         )
-    if (
-        READ_WHEN["curriculum_steps"].reads(m) and m.curriculum_steps > total_steps
-    ):  # a curriculum in a KD term
+    # READ_WHEN: a curriculum policy in a KD term
+    if READ_WHEN["curriculum_steps"].reads(m) and m.curriculum_steps > total_steps:
         u = (total_steps - 1) / m.curriculum_steps  # the last step's progress (steps count from 0)
         out.append(
             f"method.curriculum_steps={m.curriculum_steps} is longer than the run (train.max_steps={total_steps}): "
