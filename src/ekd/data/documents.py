@@ -294,9 +294,8 @@ def _read_source(
 
 def _holds_weights(directory: Path) -> bool:
     """Whether ``directory`` holds a weights file ``from_pretrained`` reads (:data:`ekd.models.load.WEIGHT_FILES`)."""
-    from ekd.models.load import (
-        WEIGHT_FILES,  # torch and transformers: only for a directory with a config.json
-    )
+    # torch and transformers are imported only for a directory with a config.json
+    from ekd.models.load import WEIGHT_FILES
 
     return any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES)
 
