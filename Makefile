@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 # the suite runs on every logical CPU (pytest-xdist; CI's 2 cores: 2 workers), a test module per worker so its
-# module-scoped fixtures (a cache, a run) are built once; at most 4 (each worker peaks near 1.2 GB)
+# module-scoped fixtures (a cache, a run) are built once; at most 4 (each worker peaks near 1.2 GB); the
+# longest modules first, in the order tests/conftest.py gives (LONGEST_FIRST), not xdist's by test count
 PYTEST_WORKERS ?= logical
 
 .PHONY: demo demo-quick test bench lint format clean
@@ -28,7 +29,7 @@ demo-quick: $(STAMP)
 	$(BIN)/ekd demo --quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Liger-Kernel and TRL are benchmark-only comparisons (the `bench` extra, pinned in constraints.txt): installed
 # without their dependencies, which ekd[eval] already brings (TRL 1.16.0: accelerate, datasets, pandas, psutil).

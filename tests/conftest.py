@@ -6,6 +6,31 @@ directory (the weight files' digests) is the session's own, not the user's. Shar
 import pytest
 import torch
 
+# The modules that take longest on CI's 2 cores (each spawns 2-rank torchrun jobs or whole CLI runs; seconds
+# summed over their tests, `pytest --durations=0`, 2026-12-03): collected first, so that with
+# `--dist loadfile --no-loadscope-reorder` (Makefile) xdist hands them out before the many short modules and
+# no worker is left running one long module alone at the end (longest-first scheduling).
+LONGEST_FIRST = (
+    "test_sharded_checkpoint.py",  # 180 s
+    "test_rank_errors.py",  # 138 s
+    "test_fsdp.py",  # 114 s
+    "test_cache_build.py",  # 80 s
+    "test_run_lock.py",  # 76 s
+    "test_demo.py",  # 73 s
+    "test_distributed.py",  # 60 s
+    "test_tasks.py",  # 50 s
+    "test_presets.py",  # 42 s
+    "test_plan.py",  # 34 s
+    "test_rank_work.py",  # 27 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of LONGEST_FIRST first, in its order; the others after them in their collected order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # stable: a module's tests keep their order
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
