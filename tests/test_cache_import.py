@@ -26,7 +26,7 @@ from ekd.config import load_config
 from ekd.data import collate, load_splits
 from ekd.data.collate import model_inputs
 from ekd.locks import lock_directory
-from ekd.teacher.cache import CacheReader
+from ekd.teacher.cache import CacheError, CacheReader
 from ekd.teacher.cache.build import run_build
 from ekd.teacher.cache.importer import estimated_stats, topk_from_logprobs
 from ekd.teacher.targets import topk_target
@@ -194,6 +194,44 @@ def imported(setup) -> Path:
     out = setup["root"] / "imported"
     assert _import(setup, src, out) == 0
     return out
+
+
+def test_an_imported_caches_damage_and_mismatches_name_the_import_again(setup, imported, tmp_path, capsys):
+    """Try-out 62 F6: a damaged shard or a config mismatch of an *imported* cache was told to run `ekd cache
+    CONFIG` (which refuses to build into an import) or `ekd cache CONFIG --overwrite` (which deletes the import
+    and needs the teacher); the advice is the import again. A cache built by `ekd cache` keeps its own."""
+    damaged = tmp_path / "imported-damaged"
+    shutil.copytree(imported, damaged)
+    shard = sorted(damaged.glob("shard-*.bin"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte mid-shard: its sha256 and one record's CRC-32 fail
+    shard.write_bytes(bytes(raw))
+    assert main(["-q", "cache", "verify", str(damaged)]) == 2
+    line = _one_line(capsys)
+    assert f"{shard.name} is corrupted" in line, line
+    assert line.endswith(
+        "run `ekd cache import SRC --config CONFIG --out DIR` again to rebuild the damaged shard(s)"
+    )
+    assert "ekd cache CONFIG" not in line, line
+    reader = CacheReader(damaged)  # what training reads: the damaged record, whichever step first needs it
+    with pytest.raises(CacheError) as e:
+        for sid in range(reader.num_samples):
+            reader.get(sid)
+    assert "is corrupted" in str(e.value) and "ekd cache CONFIG" not in str(e.value), e.value
+    assert str(e.value).endswith(
+        "`ekd cache import SRC --config CONFIG --out DIR` again to rebuild the damaged shard(s)"
+    )
+    other = ["run.name=other-block", "teacher.source=cache", f"teacher.cache_dir={imported}", "method=kd"]
+    other += ["method.target=topk", f"method.topk={K}", "data.block_length=16"]
+    assert main(["-q", "distill", setup["cfg"], *other]) == 2
+    line = _one_line(capsys)
+    assert "does not match the training config" in line, line
+    assert "import it again with `ekd cache import SRC --config CONFIG --out DIR --overwrite`" in line, line
+    assert "ekd cache CONFIG" not in line, line
+    native = ["run.name=native-block", "teacher.source=cache", f"teacher.cache_dir={setup['native']}"]
+    native += ["method=kd", "method.target=topk", f"method.topk={K}", "data.block_length=16"]
+    assert main(["-q", "distill", setup["cfg"], *native]) == 2
+    assert "rebuild with `ekd cache CONFIG --overwrite`" in _one_line(capsys)
 
 
 def test_an_import_says_the_data_source_figures_once(setup, capsys, caplog):

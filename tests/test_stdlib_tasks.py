@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,13 +129,18 @@ def test_completion_prompts_end_before_a_name_after_dot_paren_or_bracket():
         name_complete_items(docs, 10_000)
 
 
-def test_written_tasks_are_lm_eval_yamls_over_jsonl(tmp_path, tokenizer):
+def test_written_tasks_are_lm_eval_yamls_over_jsonl(tmp_path, tokenizer, monkeypatch):
     count = hf_token_counter(tokenizer)
-    names = write_stdlib_tasks(_docs(), tmp_path / "tasks", tmp_path / "hf", count, n_mc=7, n_gen=3)
+    monkeypatch.chdir(tmp_path)  # relative folders, as `ekd demo --out runs/demo` passes them
+    names = write_stdlib_tasks(_docs(), Path("tasks"), Path("hf"), count, n_mc=7, n_gen=3)
     assert names == TASKS
     for name, n in zip(TASKS, (7, 3)):
         spec = yaml.safe_load((tmp_path / "tasks" / f"{name}.yaml").read_text())
         assert spec["task"] == name and spec["target_delimiter"] == ""
+        # absolute: lm-eval reads them from the working directory of a later `ekd eval` (try-out 62, F5)
+        kwargs = spec["dataset_kwargs"]
+        assert kwargs["data_files"]["test"] == str(tmp_path / "tasks" / f"{name}.jsonl")
+        assert kwargs["cache_dir"] == str(tmp_path / "hf")
         rows = (tmp_path / "tasks" / f"{name}.jsonl").read_text().splitlines()
         assert len(rows) == n and all(json.loads(r)["answer"] is not None for r in rows)
     gen = yaml.safe_load((tmp_path / "tasks" / f"{NAME_COMPLETE}.yaml").read_text())

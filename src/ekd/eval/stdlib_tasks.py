@@ -173,8 +173,11 @@ def write_stdlib_tasks(
 
     ``count_tokens`` is the evaluated models' tokenizer (:func:`hf_token_counter`). ``hf_cache`` is the
     ``datasets`` cache for the JSONL files; it must lie outside ``tasks_dir`` (whose files enter the task
-    signature). Rewriting the same items leaves the files byte-identical.
+    signature). Rewriting the same items leaves the files byte-identical. The YAMLs name both absolutely:
+    lm-eval reads a relative ``data_files`` or ``cache_dir`` from the working directory of each later
+    ``ekd eval``, not from the YAML's folder (try-out 62).
     """
+    tasks_dir, hf_cache = tasks_dir.resolve(), hf_cache.resolve()
     make_dirs(tasks_dir)
     for name, rows, body in (
         (NAME_CHOICE, name_choice_items(docs, n_mc, count_tokens, seed), _MC_BODY),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.io import writing
-from ekd.teacher.cache.manifest import REBUILD_SHARDS, refuse_a_file
+from ekd.teacher.cache.manifest import rebuild_advice, refuse_a_file
 from ekd.words import counted
 
 INSPECT = ("info", "verify")
@@ -152,7 +152,8 @@ def run_cache_command(args) -> int:
             print(format_info(reader.info()))
             if problems := reader.size_problems():  # the figures above come from the manifest
                 print(
-                    f"ekd: warning: {reader.directory}: {'; '.join(problems)}: {REBUILD_SHARDS} "
+                    f"ekd: warning: {reader.directory}: {'; '.join(problems)}: "
+                    f"{rebuild_advice(reader.signature, shards=True)} "
                     "(`ekd cache verify` checks every record)",
                     file=sys.stderr,
                 )

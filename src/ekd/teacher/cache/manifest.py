@@ -65,6 +65,10 @@ RS_SAMPLER = "splitmix64-inverse-cdf-blocked-v1"
 REBUILD = "rebuild with `ekd cache CONFIG --overwrite`"
 # a damaged shard (missing, wrong size or sha256) is not listed as done, so a plain rerun rebuilds it alone
 REBUILD_SHARDS = "run `ekd cache CONFIG` again to rebuild the damaged shard(s)"
+# the same two ways for a cache `ekd cache import` wrote: `ekd cache CONFIG` refuses to build into an import (or
+# deletes it with --overwrite and needs the teacher the importer may not have), so its refusals name the import
+REIMPORT = "import it again with `ekd cache import SRC --config CONFIG --out DIR --overwrite`"
+REIMPORT_SHARDS = "run `ekd cache import SRC --config CONFIG --out DIR` again to rebuild the damaged shard(s)"
 
 
 def make_signature(
@@ -448,6 +452,16 @@ def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") ->
 
 IMPORTED = "import-sha256:"
 """``teacher_revision`` prefix of a cache written by ``ekd cache import`` (then the sha256 of its SRC file)."""
+
+
+def rebuild_advice(signature: dict | None, shards: bool = False) -> str:
+    """How to make the cache of ``signature`` anew: :data:`REBUILD` (``shards``: :data:`REBUILD_SHARDS`), or for
+    a cache ``ekd cache import`` wrote (its ``teacher_revision`` starts with :data:`IMPORTED`), the import again
+    (:data:`REIMPORT`, :data:`REIMPORT_SHARDS`; try-out 62)."""
+    imported = str((signature or {}).get("teacher_revision", "")).startswith(IMPORTED)
+    if imported:
+        return REIMPORT_SHARDS if shards else REIMPORT
+    return REBUILD_SHARDS if shards else REBUILD
 
 
 def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:

@@ -39,11 +39,10 @@ from ekd.teacher.cache.format import (
 )
 from ekd.teacher.cache.manifest import (
     MANIFEST,
-    REBUILD,
-    REBUILD_SHARDS,
     compare_signatures,
     diff_summary,
     read_manifest,
+    rebuild_advice,
     refuse_a_file,
 )
 from ekd.words import counted
@@ -125,7 +124,6 @@ class CacheReader:
         self, directory: str | os.PathLike, expected_signature: dict | None = None, max_open_shards: int = 64
     ) -> None:
         self.directory = Path(directory)
-        self._repair = f" in the teacher cache at {self.directory}: {REBUILD_SHARDS}"  # ends a shard's damage
         path = self.directory / MANIFEST
         building = _being_built(self.directory)  # "" or why an unfinished cache is no one's to rerun now
         refuse_a_file(self.directory)
@@ -144,13 +142,19 @@ class CacheReader:
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
             )
         self.manifest = read_manifest(path)
+        signature = self.manifest.get("signature")
+        self._rebuild = rebuild_advice(signature)  # `ekd cache CONFIG --overwrite`, or the import again
+        self._rebuild_shards = rebuild_advice(signature, shards=True)
+        self._repair = (
+            f" in the teacher cache at {self.directory}: {self._rebuild_shards}"  # ends a shard's damage
+        )
         if (
             self.manifest.get("format") != FORMAT_NAME
             or self.manifest.get("format_version") != FORMAT_VERSION
         ):
             raise CacheError(
                 f"{path} is format {self.manifest.get('format')!r} version {self.manifest.get('format_version')}, "
-                f"this ekd reads {FORMAT_NAME!r} version {FORMAT_VERSION}: {REBUILD}"
+                f"this ekd reads {FORMAT_NAME!r} version {FORMAT_VERSION}: {self._rebuild}"
             )
         if not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["num_shards"]
@@ -164,7 +168,7 @@ class CacheReader:
             if diffs:
                 raise CacheError(
                     f"teacher cache at {self.directory} does not match the training config ({diff_summary(diffs)}): "
-                    f"{REBUILD} or set teacher.cache_dir to a matching cache"
+                    f"{self._rebuild} or set teacher.cache_dir to a matching cache"
                 )
         self.layout = Layout.from_dict(self.manifest["layout"])  # checked by read_manifest
         self.num_samples: int = self.manifest["num_samples"]
@@ -231,7 +235,7 @@ class CacheReader:
         if not 0 <= sample_id < self.num_samples or k not in self._shards:
             raise MissingSampleError(
                 f"sample {sample_id} is not in the teacher cache at {self.directory} (it holds samples "
-                f"0..{self.num_samples - 1}): the data does not match the cache; {REBUILD}"
+                f"0..{self.num_samples - 1}): the data does not match the cache; {self._rebuild}"
             )
         index, data = self._open(k)
         name = self._shards[k]["name"]
@@ -300,7 +304,7 @@ class CacheReader:
         """
         if block_length != self.block_length:
             raise CacheError(
-                f"batch block length {block_length} differs from the cache's {self.block_length}: {REBUILD}"
+                f"batch block length {block_length} differs from the cache's {self.block_length}: {self._rebuild}"
             )
         ids_list = [int(s) for s in (sample_ids.tolist() if isinstance(sample_ids, Tensor) else sample_ids)]
         records = [self._record(s) for s in ids_list]
@@ -365,7 +369,7 @@ class CacheReader:
                 problems.append(f"{name} cannot be read ({e.strerror or e})")
         if problems:
             raise CacheError(
-                f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {REBUILD_SHARDS}"
+                f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {self._rebuild_shards}"
             )
         return {"shards": len(self._shards), "samples": samples, "ok": True}
 

@@ -29,10 +29,10 @@ from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
-    REBUILD,
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
+    rebuild_advice,
     refuse_a_file,
     same_directory,
 )
@@ -144,7 +144,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
             named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): "
-            f"{_train_as_built(diffs, found)}{REBUILD} or set teacher.cache_dir to a matching cache"
+            f"{_train_as_built(diffs, found)}{rebuild_advice(found)} or set teacher.cache_dir to a matching cache"
         )
 
 
