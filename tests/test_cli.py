@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -454,6 +455,24 @@ def test_help_of_cache_forms_and_list_tables(capsys):
     assert main(["list", "divergences"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("hellinger"))
     assert "not a method.divergence" in line
+
+
+def test_every_option_with_a_default_value_says_it_in_its_help():
+    """Try-out 62: `ekd demo --help` did not say `--out` defaults to runs/demo or `--seeds` to 1 (nor did
+    compare's --out, student init's --seed, plan's --param-dtype). Every option whose default is a value (not
+    None, a switch, an empty string or list) names it in its help."""
+    from ekd.cli import _all_actions, build_parser
+
+    silent = []
+    for action in _all_actions(build_parser()):
+        default = action.default
+        if not action.option_strings or default in (None, "", [], False, True, argparse.SUPPRESS):
+            continue
+        if f"default: {default}" not in (action.help or "") and f"default {default}" not in (
+            action.help or ""
+        ):
+            silent.append((action.option_strings[0], default))
+    assert silent == []
 
 
 def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, capsys, caplog):

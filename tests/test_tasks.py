@@ -1118,6 +1118,12 @@ def test_an_unknown_task_gets_did_you_mean(tmp_path):
     _, _, tasks_dir = _tiny_model_and_tasks(tmp_path)
     with pytest.raises(EkdError, match=r"unknown task\(s\) tiny_mcc: .*; did you mean 'tiny_mc'\?"):
         task_manager(("tiny_gen", "tiny_mcc"), str(tasks_dir))
+    # the registry's thousands of names: a typo of a real task is suggested, a chance likeness is not (try-out 62)
+    with pytest.raises(EkdError, match=r"unknown task\(s\) arc_esay: .*; did you mean 'arc_easy'\?"):
+        task_manager(("arc_esay",), str(tasks_dir))
+    with pytest.raises(EkdError, match=r"unknown task\(s\) nosuch_task: ") as e:
+        task_manager(("nosuch_task",), str(tasks_dir))
+    assert "did you mean" not in str(e.value), e.value
 
 
 @pytest.mark.parametrize("flags", [["--limit", "5"], ["--num-fewshot", "2"], ["--tasks", ""]])

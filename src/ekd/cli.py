@@ -110,14 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default="", help="comma-separated presets to compare (default: the demo list)"
     )
     p.add_argument(
-        "--out", default="runs/demo", help="demo directory (teacher, tokenizer and runs are cached here)"
+        "--out",
+        default="runs/demo",
+        help="demo directory (teacher, tokenizer and runs are cached here; default: runs/demo)",
     )
     p.add_argument(
         "--steps", type=int, default=None, help="distillation steps per method (default: the budget's)"
     )
     p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
     p.add_argument(
-        "--seeds", type=int, default=1, help="seeds per method (mean ± std and paired differences)"
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds per method (mean ± std and paired differences; default: 1)",
     )
     p.add_argument(
         "--from-scratch",
@@ -173,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="aggregate finished runs (methods × seeds) into one table, paired differences and plots",
     )
     p.add_argument("runs", nargs="+", help="run directories written by ekd distill")
-    p.add_argument("--out", default="compare", help="directory for compare.md/.csv/.json and plots/")
+    p.add_argument(
+        "--out", default="compare", help="directory for compare.md/.csv/.json and plots/ (default: compare)"
+    )
     p.add_argument(
         "--baselines",
         default=None,
@@ -212,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--revision", default="", help="teacher revision (hub)")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random init (--from-config)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random init (--from-config; default: 0)")
     s.add_argument(
         "--overwrite", action="store_true", help="replace a student directory written by this command"
     )
@@ -248,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--param-dtype",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="student parameter dtype (fp32 master)",
+        help="student parameter dtype (fp32 master; default: fp32)",
     )
     p.add_argument(
         "--vocab-size",

@@ -58,6 +58,9 @@ from ekd.nearest import close_names, did_you_mean
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
+# among lm-eval's thousands of task names a whole-name match at difflib's 0.6 is mostly chance ('nosuch_task' →
+# 'xlsum_tasks', 0.64; try-out 62); a typo of a real task scores higher ('arc_esay' → 'arc_easy', 0.88)
+REGISTRY_CUTOFF = 0.75
 
 INSTALL_HINT = "downstream tasks need lm-evaluation-harness: pip install 'ekd[eval]' (lm-eval[hf]==0.4.13)"
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
@@ -234,7 +237,7 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
     local = _MANAGERS[(tasks_dir, False)].all_tasks if tasks_dir else []
     hints = []  # a local task first (the likelier meaning), else the registry's
     for name in missing:
-        close = close_names(name, local) or close_names(name, manager.all_tasks)
+        close = close_names(name, local) or close_names(name, manager.all_tasks, cutoff=REGISTRY_CUTOFF)
         if close:
             hints.append(did_you_mean(name, close)[2:] + (f" (for {name})" if len(missing) > 1 else ""))
     hint = f"; {'; '.join(hints)}" if hints else ""
