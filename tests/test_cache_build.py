@@ -357,7 +357,10 @@ def _step(cfg, data, source, batches, run_dir):
 
 @pytest.mark.parametrize("method", ["rskd", "sekd3x"])
 def test_online_and_cache_give_the_same_step(setup, method):
-    """Same RS draws online and cached → equal loss and gradients (rskd: all tokens; sekd3x: student-entropy top 20%)."""
+    """Same RS draws online and cached → the same loss and gradients, bit for bit (rskd: all tokens; sekd3x:
+    student-entropy top 20%). Try-out 61 F1: a cached target kept the K width of every cached row of the
+    micro-batch, online the width of the widest selected row; the padding changed the gradients' last bits and a
+    near-tie of the selection flipped a few steps later (tolerances here had hidden it)."""
     over = [f"method={method}", "method.sample_fraction=1.0"]
     cfg_online = load_config([setup["cfg"]], [*over, "teacher.source=online"])
     cfg_cache = load_config([setup["cfg"]], [*over, "teacher.source=cache"])
@@ -370,22 +373,22 @@ def test_online_and_cache_give_the_same_step(setup, method):
     loss_o, sums_o, grads_o = _step(cfg_online, data, online, batches, setup["root"])
     loss_c, sums_c, grads_c = _step(cfg_cache, data, cached, batches, setup["root"])
     assert sums_o["selected"] == sums_c["selected"] > 0
-    assert loss_c == pytest.approx(loss_o, rel=1e-5)
+    assert loss_c == loss_o
     assert grads_o.keys() == grads_c.keys()
-    for name in grads_o:
-        torch.testing.assert_close(grads_c[name], grads_o[name], rtol=1e-4, atol=1e-7, msg=name)
-    if method == "rskd":  # the targets themselves: same ids and t̂ = c/N at every valid row
-        b = batches[0]
-        rows = (b.labels != -100).reshape(-1).nonzero().squeeze(-1)
-        spec, tau = MethodParts.build(cfg_online, 3).target, torch.ones(rows.numel())
+    assert [n for n in grads_o if not torch.equal(grads_c[n], grads_o[n])] == []
+    # the targets themselves at every valid row and at a selection of them: the same ids and t̂ = c/N, as wide
+    b = batches[0]
+    valid = (b.labels != -100).reshape(-1).nonzero().squeeze(-1)
+    spec = MethodParts.build(cfg_online, 3).target
+    sig = cached.signal(b, {"teacher_entropy"})
+    assert torch.equal(sig.available, b.labels != -100)
+    for rows in (valid, valid[::7]):
+        tau = torch.ones(rows.numel())
         t_o = online.signal(b, set()).target_at(rows, spec, tau, b.labels, b.sample_ids)
-        sig = cached.signal(b, {"teacher_entropy"})
-        assert torch.equal(sig.available, b.labels != -100)
         t_c = sig.target_at(rows, spec, tau, b.labels, b.sample_ids)
-        k = max(t_o.ids.shape[1], t_c.ids.shape[1])
-        pad = lambda x: torch.nn.functional.pad(x, (0, k - x.shape[1]))  # noqa: E731
-        assert torch.equal(pad(t_o.probs), pad(t_c.probs))
-        assert torch.equal(pad(t_o.ids) * (pad(t_o.probs) > 0), pad(t_c.ids) * (pad(t_c.probs) > 0))
+        assert t_c.ids.shape == t_o.ids.shape
+        assert torch.equal(t_c.probs, t_o.probs)
+        assert torch.equal(t_c.ids * (t_c.probs > 0), t_o.ids * (t_o.probs > 0))
 
 
 @pytest.mark.slow

@@ -481,6 +481,34 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
     load_config(overrides=tiny_overrides(tmp_path, corpus) + ["method=gkd", *fields])
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # try-out 61, F3: accepted, a teacher was loaded that no term read, and the student trained on its samples
+        (["method=ema_self_distill"], "method.objective=ema_self_distill has no teacher term on them"),
+        (["method=uncertainty"], "method.objective=uncertainty has no teacher term on them"),
+        (["method=kd", "method.objective=ema_self_distill", "method.ce_weight=1"], "has no teacher term"),
+        # the reason named is the source's own (it said 'a cache' for teacher.source=none)
+        (
+            ["method=ce", "teacher.source=none"],
+            "(teacher.source=none loads no teacher to score student-generated",
+        ),
+        (
+            ["method=gkd", "teacher.source=cache", "teacher.cache_dir=c"],
+            "(a cache has no targets for student-gen",
+        ),
+    ],
+)
+def test_on_policy_data_needs_a_teacher_to_score_it(tmp_path, corpus, capsys, overrides, message):
+    from ekd.cli import main
+
+    over = [*tiny_overrides(tmp_path, corpus, "onp"), *overrides, "method.student_data_fraction=0.5"]
+    assert main(["distill", *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs" / "onp").exists()
+
+
 def test_a_block_shorter_than_prompt_and_budget_is_logged(caplog):
     from ekd.train.onpolicy import log_generation_budget
 

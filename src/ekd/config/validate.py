@@ -9,6 +9,9 @@ from ekd.config.rules import about, rule_of
 from ekd.config.sections import Config
 from ekd.errors import ConfigError
 
+# objectives whose target is the student itself, not a teacher (docs/methods.md §9.25, §9.26)
+SELF_TARGETS = {"ema_self_distill": "the student's own EMA copy", "uncertainty": "the frozen initial student"}
+
 
 def check_fields(cfg: Config) -> None:
     """Check every field against the rule declared with it in ``sections.py`` (generated, not hand-written)."""
@@ -64,9 +67,23 @@ def validate(cfg: Config) -> None:
             "has its own loss: leave method.divergence at forward_kl",
             keys=("method.divergence", "method.objective"),
         )
-    if m.student_data_fraction > 0 and t.source != "online":
+    if m.student_data_fraction > 0 and m.objective in SELF_TARGETS:
+        # try-out 61, F3: accepted, it loaded a teacher no term read and trained the student on its own samples
         raise ConfigError(
-            "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for student-generated tokens)",
+            f"method.student_data_fraction > 0 makes the student generate continuations for a teacher to score; "
+            f"method.objective={m.objective} has no teacher term on them (its target is {SELF_TARGETS[m.objective]}, "
+            "and CE on the student's own samples has zero expected gradient): set method.student_data_fraction=0, "
+            "or use method=gkd for on-policy distillation from a teacher",
+            keys=("method.student_data_fraction", "method.objective"),
+        )
+    if m.student_data_fraction > 0 and t.source != "online":
+        why = (
+            "a cache has no targets for"
+            if t.source == "cache"
+            else "teacher.source=none loads no teacher to score"
+        )
+        raise ConfigError(
+            f"method.student_data_fraction > 0 needs teacher.source=online ({why} student-generated tokens)",
             keys=("method.student_data_fraction", "teacher.source"),
         )
     plain_rows = d.format != "chat" and not d.prompt_field  # every row's prompt is its first prompt_tokens

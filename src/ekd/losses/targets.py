@@ -94,6 +94,18 @@ class SparseTarget:
             None if self.drawn is None else self.drawn[index],
         )
 
+    def narrowed(self) -> SparseTarget:
+        """The same target without the trailing slots that are padding (probability 0) in every row: (M, K') with
+        K' the last slot any row uses. An RS target drawn online is that wide (the widest row's distinct draws);
+        cached RS rows read at a selection of positions are cut to it, so that both paths hand the loss the same
+        tensors: a wider padding alone changes the sums' last bits, and a student-entropy selection then flips
+        a near-tie a few steps later (try-out 61, F1)."""
+        used = (self.probs != 0).any(0).nonzero()  # (K_used, 1) slots some row uses
+        width = int(used.max()) + 1 if used.numel() else 0
+        if width == self.probs.shape[1]:
+            return self
+        return SparseTarget(self.ids[:, :width], self.probs[:, :width], self.tail, self.drawn)
+
     def slice(self, start: int, end: int) -> SparseTarget:
         return SparseTarget(
             self.ids[start:end],

@@ -65,7 +65,8 @@ class TeacherSignal:
         if self.sparse is not None:
             # cached rows are stored in flat order of `available`: map flat row → its index there
             index_of = torch.cumsum(self.available.reshape(-1).long(), 0) - 1  # (B·T,)
-            return self.sparse.rows(index_of[rows])
+            cached = self.sparse.rows(index_of[rows])  # (M, K) as wide as the widest cached row of the batch
+            return cached.narrowed() if spec.kind == "rs" else cached  # as wide as online draws at these rows
         if self.hidden is None or self.head is None:
             raise RuntimeError("this teacher signal has neither a model nor cached targets")
         hidden = self.hidden.reshape(-1, self.hidden.shape[-1])[rows]  # (M, Dt) teacher hidden at the rows
