@@ -46,10 +46,9 @@ _ON_POLICY = ReadWhen(
     lambda m: m.student_data_fraction > 0, "with method.student_data_fraction > 0 (student-generated data)"
 )
 
-SELF_OBJECTIVES = (
-    "ema_self_distill",
-    "uncertainty",
-)  # = ekd.train.method_parts.SELF_OBJECTIVES (a test checks)
+# the self-distilling objectives and the student's target under each (docs/methods.md §9.25, §9.26)
+SELF_TARGETS = {"ema_self_distill": "its own EMA", "uncertainty": "its initial copy"}
+SELF_OBJECTIVES = tuple(SELF_TARGETS)  # = ekd.train.method_parts.SELF_OBJECTIVES (a test checks)
 _ALWAYS = ReadWhen(lambda m: True, "")
 
 # When a component runs at all (the try-out 54 finding: the rules above looked only at a component's own switch):
@@ -269,14 +268,14 @@ def idle_objective(method_cfg: Any) -> str:
     if not (m.kd_weight > 0 and m.ce_weight == 0):
         return ""
     if m.objective == "ema_self_distill":
-        target, also = "its own EMA", ""
+        also = ""
     elif m.objective == "uncertainty" and m.uncertainty_fraction == 0:
-        target, also = "its initial copy", " or method.uncertainty_fraction > 0 (MLE tokens)"
+        also = " or method.uncertainty_fraction > 0 (MLE tokens)"
     else:
         return ""
     return (
         f"method.objective={m.objective} with method.ce_weight=0 has no term that moves the student: its KL to "
-        f"{target} is 0 with a zero gradient at the start, so only float rounding would train it; set "
+        f"{SELF_TARGETS[m.objective]} is 0 with a zero gradient at the start, so only float rounding would train it; set "
         f"method.ce_weight > 0{also}"
     )
 

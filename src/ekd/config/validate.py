@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ekd.config.inert import SELF_TARGETS
 from ekd.config.rules import about, rule_of
 from ekd.config.sections import Config
 from ekd.errors import ConfigError
-
-# objectives whose target is the student itself, not a teacher (docs/methods.md §9.25, §9.26)
-SELF_TARGETS = {"ema_self_distill": "the student's own EMA copy", "uncertainty": "the frozen initial student"}
 
 
 def check_fields(cfg: Config) -> None:
@@ -71,7 +69,8 @@ def validate(cfg: Config) -> None:
         # try-out 61, F3: accepted, it loaded a teacher no term read and trained the student on its own samples
         raise ConfigError(
             f"method.student_data_fraction > 0 makes the student generate continuations for a teacher to score; "
-            f"method.objective={m.objective} has no teacher term on them (its target is {SELF_TARGETS[m.objective]}, "
+            f"method.objective={m.objective} has no teacher term on them (it distills the student from "
+            f"{SELF_TARGETS[m.objective]}, "
             "and CE on the student's own samples has zero expected gradient): set method.student_data_fraction=0, "
             "or use method=gkd for on-policy distillation from a teacher",
             keys=("method.student_data_fraction", "method.objective"),
