@@ -228,6 +228,24 @@ def test_an_imported_caches_damage_and_mismatches_name_the_import_again(setup, i
     assert "does not match the training config" in line, line
     assert "import it again with `ekd cache import SRC --config CONFIG --out DIR --overwrite`" in line, line
     assert "ekd cache CONFIG" not in line, line
+    # try-out 63, F2: RS targets asked of an import, which can only hold top-K ones: not "import it again"
+    rs = [
+        "run.name=rs-from-import",
+        "teacher.source=cache",
+        f"teacher.cache_dir={imported}",
+        "method=rskd",
+        "method.target=rs",
+        "method.topk=12",  # the default: the config's K is a key rskd never reads
+    ]
+    assert main(["-q", "distill", setup["cfg"], *rs]) == 2
+    line = _one_line(capsys)
+    assert (
+        f"an imported cache holds top-K targets (K={K}): train with method.target=topk method.topk={K}"
+        in line
+    )
+    assert (
+        "build an rs cache from the teacher with `ekd cache CONFIG`" in line and "import it again" not in line
+    )
     native = ["run.name=native-block", "teacher.source=cache", f"teacher.cache_dir={setup['native']}"]
     native += ["method=kd", "method.target=topk", f"method.topk={K}", "data.block_length=16"]
     assert main(["-q", "distill", setup["cfg"], *native]) == 2

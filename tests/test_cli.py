@@ -457,22 +457,32 @@ def test_help_of_cache_forms_and_list_tables(capsys):
     assert "not a method.divergence" in line
 
 
-def test_every_option_with_a_default_value_says_it_in_its_help():
+def test_every_option_with_a_default_says_it_in_its_help():
     """Try-out 62: `ekd demo --help` did not say `--out` defaults to runs/demo or `--seeds` to 1 (nor did
-    compare's --out, student init's --seed, plan's --param-dtype). Every option whose default is a value (not
-    None, a switch, an empty string or list) names it in its help."""
+    compare's --out, student init's --seed, plan's --param-dtype): an option whose default is a value names it.
+    Try-out 63: one that defaults to nothing says what nothing means (--limit: the run's eval.tasks_limit;
+    --placement: both; --tie-embeddings: as the teacher), unless it is required."""
     from ekd.cli import _all_actions, build_parser
 
-    silent = []
+    # refused without: import's --config and --out, plan's --gpus, one of student init's three modes
+    required = {"--config", "--out", "--gpus", "--layers", "--keep-layers", "--from-config"}
+    silent, unsaid = [], []
     for action in _all_actions(build_parser()):
-        default = action.default
-        if not action.option_strings or default in (None, "", [], False, True, argparse.SUPPRESS):
+        default, words = action.default, action.help or ""
+        if not action.option_strings or default == argparse.SUPPRESS:  # a positional, --help, --version
             continue
-        if f"default: {default}" not in (action.help or "") and f"default {default}" not in (
-            action.help or ""
+        option = action.option_strings[0]
+        if default in (None, "", []):
+            switch = action.nargs == 0 and action.dest != "tie"  # --tie-embeddings: None = as the teacher
+            if option not in required and not switch and "default" not in words:
+                unsaid.append(option)
+        elif (
+            default not in (False, True)
+            and f"default: {default}" not in words
+            and f"default {default}" not in words
         ):
-            silent.append((action.option_strings[0], default))
-    assert silent == []
+            silent.append((option, default))
+    assert silent == [] and unsaid == []
 
 
 def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, capsys, caplog):

@@ -485,14 +485,22 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
     "overrides, message",
     [
         # try-out 61, F3: accepted, a teacher was loaded that no term read, and the student trained on its samples
-        (["method=ema_self_distill"], "method.objective=ema_self_distill has no teacher term on them"),
-        (["method=uncertainty"], "method.objective=uncertainty has no teacher term on them"),
-        (["method=kd", "method.objective=ema_self_distill", "method.ce_weight=1"], "has no teacher term"),
-        # the reason named is the source's own (it said 'a cache' for teacher.source=none)
         (
-            ["method=ce", "teacher.source=none"],
-            "(teacher.source=none loads no teacher to score student-generated",
+            ["method=ema_self_distill"],
+            "but method.objective=ema_self_distill distills the student from its own EMA",
         ),
+        (
+            ["method=uncertainty"],
+            "but method.objective=uncertainty distills the student from its initial copy",
+        ),
+        (["method=kd", "method.objective=ema_self_distill", "method.ce_weight=1"], "from its own EMA"),
+        # try-out 63, F1: CE alone trained on the student's own samples (train/ce_tokens = generated targets)
+        (["method=ce"], "but method.kd_weight=0 leaves no KD term"),
+        (
+            ["method=gkd", "method.kd_weight=0", "method.ce_weight=1"],
+            "but method.kd_weight=0 leaves no KD term",
+        ),
+        # a cache holds no targets for generated tokens
         (
             ["method=gkd", "teacher.source=cache", "teacher.cache_dir=c"],
             "(a cache has no targets for student-gen",

@@ -163,12 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks",
         default=None,
-        help="lm-eval tasks only (no eval sets), e.g. arc_easy,hellaswag,piqa,lambada_openai,gsm8k (needs ekd[eval])",
+        help="lm-eval tasks only (no eval sets), e.g. arc_easy,hellaswag,piqa,lambada_openai,gsm8k (needs ekd[eval]; "
+        "default: the eval sets, then the run's eval.tasks)",
     )
     p.add_argument(
-        "--tasks-dir", default="", help="directory of lm-eval task YAMLs (local datasets, no network)"
+        "--tasks-dir",
+        default="",
+        help="directory of lm-eval task YAMLs (local datasets, no network; default: the run's eval.tasks_dir)",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most N documents per task")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most N documents per task (default: the run's eval.tasks_limit)",
+    )
     p.add_argument(
         "--num-fewshot", type=int, default=None, help="few-shot examples per task (default: the task's)"
     )
@@ -212,12 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tie = s.add_mutually_exclusive_group()
     tie.add_argument(
-        "--tie-embeddings", dest="tie", action="store_true", default=None, help="tie head and embeddings"
+        "--tie-embeddings",
+        dest="tie",
+        action="store_true",
+        default=None,
+        help="tie head and embeddings (default: as the teacher)",
     )
     tie.add_argument(
-        "--untie-embeddings", dest="tie", action="store_false", help="separate head and embeddings"
+        "--untie-embeddings",
+        dest="tie",
+        action="store_false",
+        help="separate head and embeddings (default: as the teacher)",
     )
-    s.add_argument("--revision", default="", help="teacher revision (hub)")
+    s.add_argument("--revision", default="", help="teacher revision (hub; default: its main branch)")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code")
     s.add_argument("--seed", type=int, default=0, help="seed of the random init (--from-config; default: 0)")
     s.add_argument(
@@ -249,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel", choices=("ddp", "fsdp"), default=None, help="plan only this mode (default: both)"
     )
     p.add_argument(
-        "--placement", choices=("replicate", "shard"), default=None, help="plan only this teacher placement"
+        "--placement",
+        choices=("replicate", "shard"),
+        default=None,
+        help="plan only this teacher placement (default: both)",
     )
     p.add_argument(
         "--param-dtype",

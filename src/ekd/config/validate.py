@@ -65,24 +65,23 @@ def validate(cfg: Config) -> None:
             "has its own loss: leave method.divergence at forward_kl",
             keys=("method.divergence", "method.objective"),
         )
-    if m.student_data_fraction > 0 and m.objective in SELF_TARGETS:
-        # try-out 61, F3: accepted, it loaded a teacher no term read and trained the student on its own samples
-        raise ConfigError(
-            f"method.student_data_fraction > 0 makes the student generate continuations for a teacher to score; "
-            f"method.objective={m.objective} has no teacher term on them (it distills the student from "
-            f"{SELF_TARGETS[m.objective]}, "
-            "and CE on the student's own samples has zero expected gradient): set method.student_data_fraction=0, "
-            "or use method=gkd for on-policy distillation from a teacher",
-            keys=("method.student_data_fraction", "method.objective"),
-        )
-    if m.student_data_fraction > 0 and t.source != "online":
+    if m.student_data_fraction > 0 and (m.kd_weight == 0 or m.objective in SELF_TARGETS):
+        # try-outs 61 F3, 63 F1: accepted, it loaded a teacher no term read and trained the student on its samples
         why = (
-            "a cache has no targets for"
-            if t.source == "cache"
-            else "teacher.source=none loads no teacher to score"
+            f"method.objective={m.objective} distills the student from {SELF_TARGETS[m.objective]}"
+            if m.objective in SELF_TARGETS
+            else "method.kd_weight=0 leaves no KD term"
         )
         raise ConfigError(
-            f"method.student_data_fraction > 0 needs teacher.source=online ({why} student-generated tokens)",
+            "method.student_data_fraction > 0 makes the student generate continuations for a teacher to score, "
+            f"but {why}, and CE on the student's own samples has zero expected gradient: set "
+            "method.student_data_fraction=0, or use method=gkd for on-policy distillation from a teacher",
+            keys=("method.student_data_fraction", "method.kd_weight", "method.objective"),
+        )
+    if m.student_data_fraction > 0 and t.source == "cache":  # (source=none with a KD term is refused above)
+        raise ConfigError(
+            "method.student_data_fraction > 0 needs teacher.source=online (a cache has no targets for "
+            "student-generated tokens)",
             keys=("method.student_data_fraction", "teacher.source"),
         )
     plain_rows = d.format != "chat" and not d.prompt_field  # every row's prompt is its first prompt_tokens

@@ -99,7 +99,10 @@ def add_import_arguments(parser) -> None:
         "--ids-column", default=None, help="SRC top-K token ids per position (default target_token_ids, …)"
     )
     g.add_argument(
-        "--logprobs-column", default=None, help="SRC top-K logprobs per position, or vLLM prompt_logprobs"
+        "--logprobs-column",
+        default=None,
+        help="SRC top-K logprobs per position, or vLLM prompt_logprobs (default: the first of prompt_logprobs, "
+        "target_logprobs, logprobs, topk_logprobs, top_logprobs it holds)",
     )
 
 

@@ -454,12 +454,17 @@ IMPORTED = "import-sha256:"
 """``teacher_revision`` prefix of a cache written by ``ekd cache import`` (then the sha256 of its SRC file)."""
 
 
+def is_imported(signature: dict | None) -> bool:
+    """Whether ``ekd cache import`` wrote the cache of ``signature`` (its ``teacher_revision`` starts with
+    :data:`IMPORTED`)."""
+    return str((signature or {}).get("teacher_revision", "")).startswith(IMPORTED)
+
+
 def rebuild_advice(signature: dict | None, shards: bool = False) -> str:
     """How to make the cache of ``signature`` anew: :data:`REBUILD` (``shards``: :data:`REBUILD_SHARDS`), or for
-    a cache ``ekd cache import`` wrote (its ``teacher_revision`` starts with :data:`IMPORTED`), the import again
-    (:data:`REIMPORT`, :data:`REIMPORT_SHARDS`; try-out 62)."""
-    imported = str((signature or {}).get("teacher_revision", "")).startswith(IMPORTED)
-    if imported:
+    an imported cache (:func:`is_imported`) the import again (:data:`REIMPORT`, :data:`REIMPORT_SHARDS`;
+    try-out 62)."""
+    if is_imported(signature):
         return REIMPORT_SHARDS if shards else REIMPORT
     return REBUILD_SHARDS if shards else REBUILD
 
@@ -485,7 +490,7 @@ def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:
     except CacheError:
         return  # the writer names what is wrong with it
     revision = str(signature.get("teacher_revision", ""))
-    if revision.startswith(IMPORTED) == imported:
+    if is_imported(signature) == imported:
         return  # the same kind: the writer compares the fields
     target = signature.get("target")
     what = f"target {target}, " + (

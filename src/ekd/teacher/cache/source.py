@@ -32,6 +32,7 @@ from ekd.teacher.cache.manifest import (
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
+    is_imported,
     rebuild_advice,
     refuse_a_file,
     same_directory,
@@ -142,9 +143,17 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         for line in diffs:
             key = line.split(":", 1)[0]
             named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
+        if is_imported(found) and expected.get("target") != found.get("target"):
+            # try-out 63, F2: "import it again" cannot help, an import holds top-K targets only
+            way = (
+                f"an imported cache holds top-K targets (K={found.get('topk')}): train with method.target=topk "
+                f"method.topk={found.get('topk')}, or build an {expected.get('target')} cache from the teacher "
+                "with `ekd cache CONFIG` in another teacher.cache_dir"
+            )
+        else:
+            way = f"{_train_as_built(diffs, found)}{rebuild_advice(found)} or set teacher.cache_dir to a matching cache"
         raise CacheError(
-            f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): "
-            f"{_train_as_built(diffs, found)}{rebuild_advice(found)} or set teacher.cache_dir to a matching cache"
+            f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): {way}"
         )
 
 
