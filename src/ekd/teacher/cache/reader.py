@@ -145,9 +145,8 @@ class CacheReader:
         signature = self.manifest.get("signature")
         self._rebuild = rebuild_advice(signature)  # `ekd cache CONFIG --overwrite`, or the import again
         self._rebuild_shards = rebuild_advice(signature, shards=True)
-        self._repair = (
-            f" in the teacher cache at {self.directory}: {self._rebuild_shards}"  # ends a shard's damage
-        )
+        # ends a shard's damage
+        self._repair = f" in the teacher cache at {self.directory}: {self._rebuild_shards}"
         if (
             self.manifest.get("format") != FORMAT_NAME
             or self.manifest.get("format_version") != FORMAT_VERSION
