@@ -4,10 +4,13 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
-# the suite runs on every logical CPU (pytest-xdist; CI's 2 cores: 2 workers), a test module per worker so its
-# module-scoped fixtures (a cache, a run) are built once; at most 4 (each worker peaks near 1.2 GB); the
-# longest modules first, in the order tests/conftest.py gives (LONGEST_FIRST), not xdist's by test count
-PYTEST_WORKERS ?= logical
+# the suite runs one pytest-xdist worker more than the CPUs this process may use (CI's 2 cores: 3 workers): a
+# worker whose test runs 2-rank torchrun jobs or CLI subprocesses waits on them, and the extra worker keeps the
+# cores busy (2026-12-03, 2 cores: 8:58 with 3 workers, 10:37-11:08 with 2; CPU 194% vs 163%). A test module
+# per worker so its module-scoped fixtures (a cache, a run) are built once; at most 4 (each worker peaks near
+# 1.2 GB); the longest modules first, in the order tests/conftest.py gives (LONGEST_FIRST), not xdist's by test
+# count.
+PYTEST_WORKERS ?= $(shell $(PY) -c 'import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1)')
 
 .PHONY: demo demo-quick test bench lint format clean
 
@@ -16,10 +19,14 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch is installed first and spelled exactly (torch==2.13.0): on these machines that picks the local CPU
-# build; the constraints file pins every other tested version.
+# build; the constraints file pins every other tested version. pip would compile every installed module to
+# bytecode one file at a time (~65 s of the install on 2 cores); compileall does it on every core (~20 s). Files
+# written for a newer Python fail there as under pip (torch ships one) and stay source: -qq, its exit status set
+# aside.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,eval,lora,wandb]"
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[dev,eval,lora,wandb]"
+	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 	touch $(STAMP)
 
 demo: $(STAMP)
