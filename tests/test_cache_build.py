@@ -521,7 +521,7 @@ def test_signature_mismatch_names_each_field(setup, capsys):
     for field in (
         "block_length [data.block_length]: expected 16, found 32",
         "rs_samples [method.rs_samples]: expected 20, found 50",
-        "data_fingerprint",
+        "data_fingerprint [from data.block_length]: ",  # what explains the other blocks
     ):
         assert field in line, line
     assert "tokenizer_hash" not in line and "teacher_id" not in line
@@ -544,7 +544,51 @@ def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsy
     )  # the advice
     assert main(["distill", setup["cfg"], "run.name=other-data", *args, "data.max_chars=2000"]) == 2
     line = _error_line(capsys)  # other documents: no setting of the run gives the cache's blocks
-    assert "data_fingerprint" in line and "train as it was built" not in line, line
+    assert "data_fingerprint [data.max_chars=2000, built with 0]: " in line, line  # the key that changed
+    assert "train as it was built" not in line, line
+
+
+def test_a_cache_whose_data_changed_under_the_same_settings_says_so(tmp_path, capsys):
+    """Try-out 61: a data mismatch said `data_fingerprint [data.*]`, not which data key changed, nor that the
+    documents themselves changed since the build under the same settings (a file edited)."""
+    from ekd.data import train_bpe_tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=6)
+    cache = tmp_path / "cache"
+    tokenizer = tmp_path / "tokenizer"  # a tokenizer of its own (train_bpe would learn the edit too)
+    train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, tokenizer)
+    extra = {"method.preset": "rskd", "teacher.cache_dir": str(cache), "model.tokenizer": str(tokenizer)}
+    cfg = _config_file(tmp_path, corpus, "rs", **extra)
+    assert main(["-q", "cache", cfg]) == 0
+    capsys.readouterr()
+    assert main(["cache", "info", str(cache)]) == 0  # the recorded settings, as key=value pairs
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  data_settings "))
+    assert f"source={corpus}, " in line and " format=auto, " in line and "store_dir" not in line, line
+    doc = sorted(corpus.iterdir())[0]
+    doc.write_text(doc.read_text() + "return value:\n")
+    assert main(["distill", cfg, "teacher.source=cache", "train.max_steps=1"]) == 2
+    line = _error_line(capsys)
+    said = f"data_fingerprint [the same data.* settings: the data at data.source={corpus} changed since the build]"
+    assert said in line, line
+
+
+def test_a_cache_built_before_data_settings_were_recorded(setup, capsys):
+    """A cache whose manifest has no `data_settings` (built by an ekd before them) trains as before, and a data
+    mismatch names `data.*` as it did; a finished build of it records them without rebuilding a shard."""
+    from ekd.teacher.cache.manifest import DATA_SETTINGS, write_json_atomic
+
+    old = _damaged_copy(setup, "before-data-settings")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["signature"][DATA_SETTINGS]
+    write_json_atomic(old / "manifest.json", manifest)  # sealed again, as that ekd wrote it
+    shards = {p.name: p.stat().st_mtime_ns for p in old.glob("shard-*")}
+    args = ["teacher.source=cache", f"teacher.cache_dir={old}", "train.max_steps=1"]
+    assert main(["-q", "distill", setup["cfg"], "run.name=before-settings", *args]) == 0
+    assert main(["distill", setup["cfg"], "run.name=before-settings-2", *args, "data.max_chars=2000"]) == 2
+    assert "data_fingerprint [data.*]: " in _error_line(capsys)
+    assert main(["-q", "cache", setup["cfg"], f"teacher.cache_dir={old}"]) == 0
+    assert DATA_SETTINGS in json.loads((old / "manifest.json").read_text())["signature"]
+    assert {p.name: p.stat().st_mtime_ns for p in old.glob("shard-*")} == shards
 
 
 def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsys):

@@ -28,6 +28,8 @@ def _fmt(value) -> str:
         return f"{value:,.3f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
+    if isinstance(value, dict):  # a signature's description (data_settings, teacher_files): key=value pairs
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     return str(value)
 
 

@@ -162,6 +162,15 @@ TEACHER_FILES = "teacher_files"
 that tells a run when to hash the weights again, not part of what the cache is (never compared: a teacher copied
 elsewhere has other mtimes and the same weights)."""
 
+DATA_SETTINGS = "data_settings"
+"""Signature key of the build's ``data.*`` settings that decide the training blocks besides the fields of their
+own (:func:`ekd.teacher.cache.signature.data_settings`): when ``data_fingerprint`` differs, they name the key
+that changed, or say that the data itself did. Never compared: the fingerprint is what the cache depends on
+(a corpus path spelled otherwise packs the same blocks)."""
+
+UNCOMPARED = (TEACHER_FILES, DATA_SETTINGS)
+"""Signature keys that describe a build without deciding what the cache is: never compared."""
+
 CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
 """``teacher_revision`` prefixes that pin a teacher by its weights' bytes (a local directory, a preset), not by
 a name (a hub commit or ``model.revision``): two signatures with one such revision hold the same teacher."""
@@ -194,9 +203,9 @@ def same_teacher(expected: dict, found: dict) -> bool:
 def compare_signatures(expected: dict, found: dict) -> list[str]:
     """One line per differing field: 'field: expected X, found Y' (known fields first, then extras sorted).
     ``teacher_id`` differs only when the teacher does (:func:`same_teacher`), not its spelling; the
-    :data:`TEACHER_FILES` hint is never compared."""
+    :data:`UNCOMPARED` descriptions are never compared."""
     keys = [k for k in SIGNATURE_FIELDS if k in expected or k in found]
-    keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS) - {TEACHER_FILES})
+    keys += sorted((set(expected) | set(found)) - set(SIGNATURE_FIELDS) - set(UNCOMPARED))
     missing = object()
     diffs = []
     for key in keys:

@@ -7,6 +7,7 @@ The signature is stored in the cache manifest; training from a cache recomputes 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,34 @@ from torch import nn
 
 from ekd.config import Config, ConfigError
 from ekd.models.load import is_preset
-from ekd.teacher.cache.manifest import make_signature
+from ekd.teacher.cache.manifest import DATA_SETTINGS, make_signature
 from ekd.teacher.signal import TargetSpec
 
 # ekd.data.packing: documents framed by the document boundary (BOS/EOS), concatenated, cut into
 # non-overlapping T-token blocks; v2 added document starts (isolated attention) and the boundary rule
 PACKING_RULE = "concat-documents-blocks-v2"
+
+
+# data.* keys that do not decide the training blocks (eval sets, where the token store lives), or are fields of
+# the signature of their own
+NOT_DATA_SETTINGS = (
+    "eval_sources",
+    "max_eval_blocks",
+    "store_dir",
+    "block_length",
+    "document_attention",
+    "separator",
+)
+
+
+def data_settings(cfg: Config) -> dict[str, Any]:
+    """The ``data.*`` settings recorded beside ``data_fingerprint`` (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`):
+    every data key but :data:`NOT_DATA_SETTINGS`, by name without the section (``{"source": ..., ...}``)."""
+    return {
+        f.name: getattr(cfg.data, f.name)
+        for f in dataclasses.fields(cfg.data)
+        if f.name not in NOT_DATA_SETTINGS
+    }
 
 
 def check_cacheable(cfg: Config) -> None:
@@ -144,6 +167,7 @@ def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
     )
     signature["document_attention"] = blocks.document_attention
     signature["separator"] = boundary.describe() if boundary is not None else "eos"
+    signature[DATA_SETTINGS] = data_settings(cfg)  # names the key when data_fingerprint differs
     return signature
 
 
@@ -157,6 +181,7 @@ __all__ = [
     "PACKING_RULE",
     "cache_signature",
     "check_cacheable",
+    "data_settings",
     "files_sha256",
     "state_dict_sha256",
     "target_spec",

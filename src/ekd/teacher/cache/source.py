@@ -29,6 +29,7 @@ from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
+    DATA_SETTINGS,
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
@@ -142,7 +143,11 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         named = []
         for line in diffs:
             key = line.split(":", 1)[0]
-            named.append(f"{key} [{CONFIG_KEYS[key]}]{line[len(key) :]}" if key in CONFIG_KEYS else line)
+            if key == "data_fingerprint":
+                config_key = _data_keys(expected, found, [d.split(":", 1)[0] for d in diffs])
+            else:
+                config_key = CONFIG_KEYS.get(key)
+            named.append(f"{key} [{config_key}]{line[len(key) :]}" if config_key else line)
         if is_imported(found) and expected.get("target") != found.get("target"):
             # try-out 63, F2: "import it again" cannot help, an import holds top-K targets only
             way = (
@@ -155,6 +160,23 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): {way}"
         )
+
+
+def _data_keys(expected: dict, found: dict, fields: list[str]) -> str:
+    """What explains a differing ``data_fingerprint`` (``fields``: the differing signature fields): the
+    ``data.*`` keys whose values differ from the build's (``data.max_documents=200, built with 100``), else the
+    packing or tokenizer keys that differ too, else the data itself, changed under the same settings;
+    ``data.*`` for a cache built before ekd recorded them (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`)."""
+    now, built = expected.get(DATA_SETTINGS), found.get(DATA_SETTINGS)
+    if not isinstance(now, dict) or not isinstance(built, dict):
+        return CONFIG_KEYS["data_fingerprint"]
+    changed = [k for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)]
+    if changed:
+        return ", ".join(f"data.{k}={now.get(k)!r}, built with {built.get(k)!r}" for k in changed)
+    packing = [CONFIG_KEYS[f] for f in (*PACKING, "tokenizer_hash") if f in fields]
+    if packing:
+        return f"from {', '.join(dict.fromkeys(packing))}"
+    return f"the same data.* settings: the data at data.source={now.get('source')} changed since the build"
 
 
 # signature fields a run can simply be set to (teacher, tokenizer and data are what they are)
@@ -171,12 +193,10 @@ def _train_as_built(diffs: list[str], found: dict) -> str:
     told to be rebuilt, deleting it, where teacher.cache_positions=teacher_entropy_topk trains on it); ''
     otherwise."""
     fields = [d.split(":", 1)[0] for d in diffs]
-    if "data_fingerprint" in fields and set(fields) & set(
-        PACKING
-    ):  # packed otherwise: other blocks, of course
-        fields.remove(
-            "data_fingerprint"
-        )  # (try-out 52, F3) — the build's setting gives the build's blocks back
+    # packed otherwise, the blocks differ of course: the build's setting gives the build's blocks back
+    # (try-out 52, F3)
+    if "data_fingerprint" in fields and set(fields) & set(PACKING):
+        fields.remove("data_fingerprint")
     if not fields or any(f not in SETTABLE for f in fields):
         return ""
     values = {CONFIG_KEYS[f]: found.get(f) for f in fields if found.get(f) is not None}
