@@ -1103,3 +1103,21 @@ def test_a_selecting_method_over_a_top_f_cache_is_told_its_candidates():
     assert candidates_note(top, load_config(None, ["method=rskd"]).method).endswith(  # try-out 57, F4
         "method.policy=all distills every one of them: about 20% of the tokens"
     )
+
+
+def test_a_changed_data_setting_is_shown_whole_or_cut_to_100_characters():
+    """A chat template (pages of Jinja) that changed is named and cut, not printed whole into the error line."""
+    from ekd.teacher.cache.manifest import DATA_SETTINGS
+    from ekd.teacher.cache.source import check_signature
+
+    template = "{% for message in messages %}{{ message['content'] }}{% endfor %}" * 20
+    found = {"data_fingerprint": "a" * 64, DATA_SETTINGS: {"chat_template": "", "source": "chat.jsonl"}}
+    expected = {
+        "data_fingerprint": "b" * 64,
+        DATA_SETTINGS: {"chat_template": template, "source": "chat.jsonl"},
+    }
+    with pytest.raises(CacheError) as e:
+        check_signature(Path("c"), expected, found)
+    said = str(e.value)
+    assert '[data.chat_template="{% for message in messages %}' in said and ', built with ""]: ' in said, said
+    assert template not in said and len(said) < 600, said

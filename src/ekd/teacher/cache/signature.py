@@ -38,8 +38,9 @@ NOT_DATA_SETTINGS = (
 
 
 def data_settings(cfg: Config) -> dict[str, Any]:
-    """The ``data.*`` settings recorded beside ``data_fingerprint`` (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`):
-    every data key but :data:`NOT_DATA_SETTINGS`, by name without the section (``{"source": ..., ...}``)."""
+    """The ``data.*`` settings recorded beside ``data_fingerprint``
+    (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`): every data key but :data:`NOT_DATA_SETTINGS`, by name
+    without the section (``{"source": ..., ...}``)."""
     return {
         f.name: getattr(cfg.data, f.name)
         for f in dataclasses.fields(cfg.data)

@@ -17,9 +17,11 @@ from its safetensors files, and equal weights make it the same teacher (:func:`t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -172,11 +174,19 @@ def _data_keys(expected: dict, found: dict, fields: list[str]) -> str:
         return CONFIG_KEYS["data_fingerprint"]
     changed = [k for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)]
     if changed:
-        return ", ".join(f"data.{k}={now.get(k)!r}, built with {built.get(k)!r}" for k in changed)
+        return ", ".join(
+            f"data.{k}={_setting(now.get(k))}, built with {_setting(built.get(k))}" for k in changed
+        )
     packing = [CONFIG_KEYS[f] for f in (*PACKING, "tokenizer_hash") if f in fields]
     if packing:
         return f"from {', '.join(dict.fromkeys(packing))}"
     return f"the same data.* settings: the data at data.source={now.get('source')} changed since the build"
+
+
+def _setting(value: Any) -> str:
+    """A data setting as JSON, cut to 100 characters (a chat template can be pages long; a path is whole)."""
+    text = json.dumps(value)
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 # signature fields a run can simply be set to (teacher, tokenizer and data are what they are)
