@@ -550,26 +550,51 @@ def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsy
 
 def test_a_cache_whose_data_changed_under_the_same_settings_says_so(tmp_path, capsys):
     """Try-out 61: a data mismatch said `data_fingerprint [data.*]`, not which data key changed, nor that the
-    documents themselves changed since the build under the same settings (a file edited)."""
+    documents themselves changed since the build under the same settings (a file edited). Try-out 64, F3: with a
+    BPE trained on the training data, its hash and vocabulary size changed too, and were blamed on model.tokenizer,
+    which no one had changed."""
     from ekd.data import train_bpe_tokenizer
 
     corpus = write_corpus(tmp_path / "corpus", n_docs=6)
-    cache = tmp_path / "cache"
-    tokenizer = tmp_path / "tokenizer"  # a tokenizer of its own (train_bpe would learn the edit too)
+    tokenizer = tmp_path / "tokenizer"  # a tokenizer of its own: it does not learn the edit
     train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, tokenizer)
-    extra = {"method.preset": "rskd", "teacher.cache_dir": str(cache), "model.tokenizer": str(tokenizer)}
-    cfg = _config_file(tmp_path, corpus, "rs", **extra)
-    assert main(["-q", "cache", cfg]) == 0
+    caches = {"own": tmp_path / "cache-own", "bpe": tmp_path / "cache-bpe"}
+    cfgs = {
+        name: _config_file(
+            tmp_path,
+            corpus,
+            name,
+            **{
+                "method.preset": "rskd",
+                "teacher.cache_dir": str(cache),
+                "model.tokenizer": str(tokenizer) if name == "own" else "train_bpe",
+            },
+        )
+        for name, cache in caches.items()
+    }
+    for cfg in cfgs.values():
+        assert main(["-q", "cache", cfg]) == 0
     capsys.readouterr()
-    assert main(["cache", "info", str(cache)]) == 0  # the recorded settings, as key=value pairs
+    assert main(["cache", "info", str(caches["own"])]) == 0  # the recorded settings, as key=value pairs
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  data_settings "))
-    assert f"source={corpus}, " in line and " format=auto, " in line and "store_dir" not in line, line
+    assert f"data.source={corpus}, " in line and " data.format=auto, " in line and "store_dir" not in line, (
+        line
+    )
+    assert "bpe_vocab_size" not in line, line  # its own tokenizer: not trained on the data
     doc = sorted(corpus.iterdir())[0]
     doc.write_text(doc.read_text() + "return value:\n")
-    assert main(["distill", cfg, "teacher.source=cache", "train.max_steps=1"]) == 2
+    changed = f"the same data settings: the data at data.source={corpus} changed since the build"
+    assert main(["distill", cfgs["own"], "teacher.source=cache", "train.max_steps=1"]) == 2
     line = _error_line(capsys)
-    said = f"data_fingerprint [the same data.* settings: the data at data.source={corpus} changed since the build]"
-    assert said in line, line
+    assert f"data_fingerprint [{changed}]: " in line and "tokenizer_hash" not in line, line
+    assert main(["distill", cfgs["bpe"], "teacher.source=cache", "train.max_steps=1"]) == 2
+    line = _error_line(capsys)
+    assert f"data_fingerprint [{changed}]: " in line, line
+    trained = "tokenizer_hash [model.tokenizer: a BPE trained on the training data, see data_fingerprint]: "
+    assert trained in line and "from model.tokenizer" not in line, line
+    # a BPE of another size: the key that changed, not the data
+    assert main(["distill", cfgs["bpe"], "teacher.source=cache", "model.bpe_vocab_size=300"]) == 2
+    assert "data_fingerprint [model.bpe_vocab_size=300, built with 320]: " in _error_line(capsys)
 
 
 def test_a_cache_built_before_data_settings_were_recorded(setup, capsys):
@@ -598,6 +623,13 @@ def test_cache_built_with_another_separator_or_attention_is_refused(setup, capsy
     line = _error_line(capsys)
     assert 'separator [data.separator]: expected "bos_eos:bos=0,eos=0", found "auto:bos=-,eos=0"' in line, (
         line
+    )
+    # the fix names a value data.separator takes (try-out 64, F1: it said data.separator=auto:bos=-,eos=0)
+    assert "train as it was built (data.separator=auto), or" in line, line
+    # another mode that picks the same ids packs the same blocks: accepted (try-out 64, F2)
+    assert (
+        main(["-q", "distill", setup["cfg"], *args, "data.separator=eos", "train.max_steps=1", "--overwrite"])
+        == 0
     )
     assert main(["distill", setup["cfg"], *args, "data.document_attention=packed", "--overwrite"]) == 2
     line = _error_line(capsys)
@@ -1111,10 +1143,13 @@ def test_a_changed_data_setting_is_shown_whole_or_cut_to_100_characters():
     from ekd.teacher.cache.source import check_signature
 
     template = "{% for message in messages %}{{ message['content'] }}{% endfor %}" * 20
-    found = {"data_fingerprint": "a" * 64, DATA_SETTINGS: {"chat_template": "", "source": "chat.jsonl"}}
+    found = {
+        "data_fingerprint": "a" * 64,
+        DATA_SETTINGS: {"data.chat_template": "", "data.source": "chat.jsonl"},
+    }
     expected = {
         "data_fingerprint": "b" * 64,
-        DATA_SETTINGS: {"chat_template": template, "source": "chat.jsonl"},
+        DATA_SETTINGS: {"data.chat_template": template, "data.source": "chat.jsonl"},
     }
     with pytest.raises(CacheError) as e:
         check_signature(Path("c"), expected, found)

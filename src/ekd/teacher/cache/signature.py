@@ -35,17 +35,23 @@ NOT_DATA_SETTINGS = (
     "document_attention",
     "separator",
 )
+BPE_VOCAB_SIZE = "model.bpe_vocab_size"  # recorded when the tokenizer is a BPE trained on the training split
 
 
 def data_settings(cfg: Config) -> dict[str, Any]:
-    """The ``data.*`` settings recorded beside ``data_fingerprint``
-    (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`): every data key but :data:`NOT_DATA_SETTINGS`, by name
-    without the section (``{"source": ..., ...}``)."""
-    return {
-        f.name: getattr(cfg.data, f.name)
+    """The settings recorded beside ``data_fingerprint`` (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`),
+    by config key: every ``data.*`` key but :data:`NOT_DATA_SETTINGS`, and :data:`BPE_VOCAB_SIZE` when the
+    tokenizer is trained on the training split (``train_bpe``: its tokens follow the data)."""
+    from ekd.train.prepare import tokenizer_source
+
+    settings = {
+        f"data.{f.name}": getattr(cfg.data, f.name)
         for f in dataclasses.fields(cfg.data)
         if f.name not in NOT_DATA_SETTINGS
     }
+    if tokenizer_source(cfg) == "train_bpe":
+        settings[BPE_VOCAB_SIZE] = cfg.model.bpe_vocab_size
+    return settings
 
 
 def check_cacheable(cfg: Config) -> None:
@@ -179,6 +185,7 @@ def target_spec(cfg: Config) -> TargetSpec:
 
 
 __all__ = [
+    "BPE_VOCAB_SIZE",
     "PACKING_RULE",
     "cache_signature",
     "check_cacheable",

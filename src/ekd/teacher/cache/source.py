@@ -41,7 +41,7 @@ from ekd.teacher.cache.manifest import (
     same_directory,
 )
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature, same_files, weights_revision
+from ekd.teacher.cache.signature import BPE_VOCAB_SIZE, cache_signature, same_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
 from ekd.temperature import fixed_tau, varying_tau
 
@@ -145,10 +145,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         named = []
         for line in diffs:
             key = line.split(":", 1)[0]
-            if key == "data_fingerprint":
-                config_key = _data_keys(expected, found, [d.split(":", 1)[0] for d in diffs])
-            else:
-                config_key = CONFIG_KEYS.get(key)
+            config_key = _config_key(key, expected, found, [d.split(":", 1)[0] for d in diffs])
             named.append(f"{key} [{config_key}]{line[len(key) :]}" if config_key else line)
         if is_imported(found) and expected.get("target") != found.get("target"):
             # try-out 63, F2: "import it again" cannot help, an import holds top-K targets only
@@ -164,23 +161,42 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         )
 
 
+def _config_key(field: str, expected: dict, found: dict, fields: list[str]) -> str | None:
+    """The config key that decides a differing signature ``field`` (``fields``: all that differ), or what
+    explains it: for ``data_fingerprint``, :func:`_data_keys`; for the tokenizer's hash and vocabulary size when the
+    tokenizer is a BPE trained on the training split, the data too (try-out 64, F3: an edited corpus was blamed
+    on model.tokenizer, which no one had changed)."""
+    if field == "data_fingerprint":
+        return _data_keys(expected, found, fields)
+    settings = expected.get(DATA_SETTINGS)
+    if (
+        field in ("tokenizer_hash", "vocab_size")
+        and isinstance(settings, dict)
+        and BPE_VOCAB_SIZE in settings
+    ):
+        if "data_fingerprint" in fields:
+            return "model.tokenizer: a BPE trained on the training data, see data_fingerprint"
+        return f"model.tokenizer: a BPE trained on the training data, {_data_keys(expected, found, fields)}"
+    return CONFIG_KEYS.get(field)
+
+
 def _data_keys(expected: dict, found: dict, fields: list[str]) -> str:
     """What explains a differing ``data_fingerprint`` (``fields``: the differing signature fields): the
-    ``data.*`` keys whose values differ from the build's (``data.max_documents=200, built with 100``), else the
-    packing or tokenizer keys that differ too, else the data itself, changed under the same settings;
-    ``data.*`` for a cache built before ekd recorded them (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`)."""
+    settings whose values differ from the build's (``data.max_documents=200, built with 100``), else the packing
+    or tokenizer keys that differ too, else the data itself, changed under the same settings; ``data.*`` for a
+    cache built before ekd recorded them (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`)."""
     now, built = expected.get(DATA_SETTINGS), found.get(DATA_SETTINGS)
     if not isinstance(now, dict) or not isinstance(built, dict):
         return CONFIG_KEYS["data_fingerprint"]
     changed = [k for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)]
     if changed:
-        return ", ".join(
-            f"data.{k}={_setting(now.get(k))}, built with {_setting(built.get(k))}" for k in changed
-        )
-    packing = [CONFIG_KEYS[f] for f in (*PACKING, "tokenizer_hash") if f in fields]
+        return ", ".join(f"{k}={_setting(now.get(k))}, built with {_setting(built.get(k))}" for k in changed)
+    trained = BPE_VOCAB_SIZE in now  # its tokens follow the data: not a cause of their own
+    causes = [*PACKING, *(() if trained else ("tokenizer_hash",))]
+    packing = [CONFIG_KEYS[f] for f in causes if f in fields]
     if packing:
         return f"from {', '.join(dict.fromkeys(packing))}"
-    return f"the same data.* settings: the data at data.source={now.get('source')} changed since the build"
+    return f"the same data settings: the data at data.source={now.get('data.source')} changed since the build"
 
 
 def _setting(value: Any) -> str:
@@ -197,6 +213,14 @@ SETTABLE += ("rs_proposal_power", "seed", "document_attention", "separator", "po
 PACKING = ("block_length", "separator", "document_attention")  # settings that change the packed blocks
 
 
+def _config_value(field: str, recorded: Any) -> Any:
+    """The config value that gives a signature field's recorded value: ``separator`` records the resolved
+    boundary (``eos:bos=-,eos=0``), of which ``data.separator`` takes the mode (try-out 64, F1)."""
+    if field == "separator" and isinstance(recorded, str):
+        return recorded.split(":", 1)[0]
+    return recorded
+
+
 def _train_as_built(diffs: list[str], found: dict) -> str:
     """'train as it was built (KEY=VALUE ...), or ' where every differing field is a setting the run can take
     from the cache — the way on that keeps a good cache (try-out 50, F6: a teacher-entropy top-20% cache was
@@ -209,7 +233,7 @@ def _train_as_built(diffs: list[str], found: dict) -> str:
         fields.remove("data_fingerprint")
     if not fields or any(f not in SETTABLE for f in fields):
         return ""
-    values = {CONFIG_KEYS[f]: found.get(f) for f in fields if found.get(f) is not None}
+    values = {CONFIG_KEYS[f]: _config_value(f, found.get(f)) for f in fields if found.get(f) is not None}
     shown = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
     return f"train as it was built ({shown}), or " if shown else ""
 
