@@ -577,9 +577,7 @@ def test_a_cache_whose_data_changed_under_the_same_settings_says_so(tmp_path, ca
     capsys.readouterr()
     assert main(["cache", "info", str(caches["own"])]) == 0  # the recorded settings, as key=value pairs
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  data_settings "))
-    assert f"data.source={corpus}, " in line and " data.format=auto, " in line and "store_dir" not in line, (
-        line
-    )
+    assert f"data.source={corpus}, " in line and " data.format=auto, " in line, line
     assert "bpe_vocab_size" not in line, line  # its own tokenizer: not trained on the data
     doc = sorted(corpus.iterdir())[0]
     doc.write_text(doc.read_text() + "return value:\n")
@@ -1156,3 +1154,52 @@ def test_a_changed_data_setting_is_shown_whole_or_cut_to_100_characters():
     said = str(e.value)
     assert '[data.chat_template="{% for message in messages %}' in said and ', built with ""]: ' in said, said
     assert template not in said and len(said) < 600, said
+
+
+def test_a_build_over_a_cache_of_other_settings_names_the_key_and_keeps_a_way_to_keep_it(setup, capsys):
+    """Try-out 64, F7: `ekd cache CONFIG` over a finished cache with a data key changed said `data_fingerprint:
+    expected .., found ..` and only `--overwrite`, which deletes a cache good for the settings it was built with."""
+    cache = _damaged_copy(setup, "other-settings")
+    before = _tree_sha256(cache)
+    assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}", "data.max_chars=2000"]) == 2
+    line = _error_line(capsys)
+    assert "data_fingerprint [data.max_chars=2000, built with 0]: " in line, line
+    assert line.endswith("or set teacher.cache_dir to another directory to keep it"), line
+    assert _tree_sha256(cache) == before  # nothing written
+
+
+def test_the_recorded_data_settings_hold_the_token_store_and_not_the_eval_sets():
+    """Try-out 64, F4: the token store splits eval documents by its own rule, so `data.store_dir` can change the
+    training blocks of a small corpus: recorded (a refusal names it); the eval sets' keys do not, and are not."""
+    from ekd.teacher.cache.signature import data_settings
+
+    settings = data_settings(load_config(None, ["model.tokenizer=train_bpe"]))
+    assert "data.store_dir" in settings and "data.source" in settings and "model.bpe_vocab_size" in settings
+    assert not {"data.eval_sources", "data.max_eval_blocks", "data.block_length"} & set(settings)
+    assert "model.bpe_vocab_size" not in data_settings(load_config(None, ["model.tokenizer=gpt2"]))
+
+
+def test_a_chat_template_file_edited_in_place_is_named(tmp_path):
+    """Try-out 64, F6: a chat template file edited under the same path was said to be the data at data.source
+    changing: the recorded settings hold the file's sha256, and the refusal names the template."""
+    from ekd.teacher.cache.manifest import DATA_SETTINGS
+    from ekd.teacher.cache.signature import TEMPLATE_FILE, data_settings
+    from ekd.teacher.cache.source import check_signature
+
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    cfg = load_config(
+        None, [f"data.chat_template={template}", "data.format=chat", f"data.source={tmp_path}/c.jsonl"]
+    )
+    built = data_settings(cfg)
+    template.write_text("{% for m in messages %}<<{{ m['content'] }}{% endfor %}")
+    now = data_settings(cfg)
+    assert built[TEMPLATE_FILE] != now[TEMPLATE_FILE] and built[TEMPLATE_FILE].startswith("sha256:")
+    with pytest.raises(CacheError) as e:
+        check_signature(
+            Path("c"),
+            {"data_fingerprint": "b" * 64, DATA_SETTINGS: now},
+            {"data_fingerprint": "a" * 64, DATA_SETTINGS: built},
+        )
+    assert "data_fingerprint [data.chat_template (the file's text)=\"sha256:" in str(e.value), e.value
+    assert "data.source" not in str(e.value), e.value

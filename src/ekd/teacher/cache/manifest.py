@@ -63,6 +63,8 @@ POSITION_RULES = ("all", "teacher_entropy_topk")
 # mix with new online draws, naming this field.
 RS_SAMPLER = "splitmix64-inverse-cdf-blocked-v1"
 REBUILD = "rebuild with `ekd cache CONFIG --overwrite`"
+# a cache of other settings (not a damaged one): it may be a good cache of those; keeping it is a way too
+REBUILD_ELSEWHERE = "rebuild with `ekd cache CONFIG --overwrite` (deleting it), or set teacher.cache_dir to another directory to keep it"
 # a damaged shard (missing, wrong size or sha256) is not listed as done, so a plain rerun rebuilds it alone
 REBUILD_SHARDS = "run `ekd cache CONFIG` again to rebuild the damaged shard(s)"
 # the same two ways for a cache `ekd cache import` wrote: `ekd cache CONFIG` refuses to build into an import (or
@@ -250,7 +252,9 @@ def _short(value: Any) -> str:
 def diff_summary(diffs: list[str]) -> str:
     """Lines ``field: expected X, found Y`` as one short clause: the first :data:`DIFFS_SHOWN` in full, then
     the other fields by name."""
-    rest = [d.split(":", 1)[0] for d in diffs[DIFFS_SHOWN:]]
+    rest = [
+        d.split(":", 1)[0].split(" [", 1)[0] for d in diffs[DIFFS_SHOWN:]
+    ]  # the field, its config key left out
     return "; ".join(diffs[:DIFFS_SHOWN]) + (f"; also {', '.join(rest)}" if rest else "")
 
 
@@ -531,9 +535,13 @@ def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:
 
 
 def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD) -> None:
-    """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split; the
-    error ends with ``fix``."""
-    diffs = compare_signatures(expected["signature"], found.get("signature", {}))
+    """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split, each
+    signature field named by its config key (:mod:`ekd.teacher.cache.mismatch`; try-out 64, F7); the error ends
+    with ``fix``."""
+    from ekd.teacher.cache.mismatch import name_config_keys
+
+    signatures = expected["signature"], found.get("signature", {})
+    diffs = name_config_keys(compare_signatures(*signatures), *signatures)
     for key in ("layout", "num_samples", "shard_samples"):
         a, b = expected[key], found.get(key)
         if a != b and isinstance(a, dict) and isinstance(b, dict):  # the fields, not two whole dicts

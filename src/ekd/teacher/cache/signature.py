@@ -25,23 +25,24 @@ from ekd.teacher.signal import TargetSpec
 PACKING_RULE = "concat-documents-blocks-v2"
 
 
-# data.* keys that do not decide the training blocks (eval sets, where the token store lives), or are fields of
-# the signature of their own
+# data.* keys that do not decide the training blocks (eval sets), or are fields of the signature of their own
+# (data.store_dir stays: the token store splits eval documents by its own rule, try-out 64 F4)
 NOT_DATA_SETTINGS = (
     "eval_sources",
     "max_eval_blocks",
-    "store_dir",
     "block_length",
     "document_attention",
     "separator",
 )
 BPE_VOCAB_SIZE = "model.bpe_vocab_size"  # recorded when the tokenizer is a BPE trained on the training split
+TEMPLATE_FILE = "data.chat_template (the file's text)"  # recorded when data.chat_template names a file
 
 
 def data_settings(cfg: Config) -> dict[str, Any]:
     """The settings recorded beside ``data_fingerprint`` (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`),
-    by config key: every ``data.*`` key but :data:`NOT_DATA_SETTINGS`, and :data:`BPE_VOCAB_SIZE` when the
-    tokenizer is trained on the training split (``train_bpe``: its tokens follow the data)."""
+    by config key: every ``data.*`` key but :data:`NOT_DATA_SETTINGS`, :data:`BPE_VOCAB_SIZE` when the
+    tokenizer is trained on the training split (``train_bpe``: its tokens follow the data), and the sha256 of
+    the chat template's text (:data:`TEMPLATE_FILE`) when ``data.chat_template`` names a file."""
     from ekd.train.prepare import tokenizer_source
 
     settings = {
@@ -51,6 +52,10 @@ def data_settings(cfg: Config) -> dict[str, Any]:
     }
     if tokenizer_source(cfg) == "train_bpe":
         settings[BPE_VOCAB_SIZE] = cfg.model.bpe_vocab_size
+    template = cfg.data.chat_template  # a file's path: its text may change under it (try-out 64, F6)
+    if template and "{%" not in template and "{{" not in template and Path(template).expanduser().is_file():
+        digest = hashlib.sha256(Path(template).expanduser().read_bytes()).hexdigest()
+        settings[TEMPLATE_FILE] = f"sha256:{digest}"
     return settings
 
 

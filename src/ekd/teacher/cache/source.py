@@ -17,7 +17,6 @@ from its safetensors files, and equal weights make it the same teacher (:func:`t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -31,7 +30,6 @@ from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
-    DATA_SETTINGS,
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
@@ -40,33 +38,14 @@ from ekd.teacher.cache.manifest import (
     refuse_a_file,
     same_directory,
 )
+from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, name_config_keys
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import BPE_VOCAB_SIZE, cache_signature, same_files, weights_revision
+from ekd.teacher.cache.signature import cache_signature, same_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
 from ekd.temperature import fixed_tau, varying_tau
 
 log = logging.getLogger(__name__)
 
-# signature field → the config key that decides it (named in mismatch errors)
-CONFIG_KEYS = {
-    "teacher_id": "model.teacher",
-    "teacher_revision": "model.teacher",
-    "tokenizer_hash": "model.tokenizer",
-    "data_fingerprint": "data.*",
-    "block_length": "data.block_length",
-    "vocab_size": "model.tokenizer",
-    "target": "method.target",
-    "topk": "method.topk",
-    "topk_tail": "method.topk_tail",
-    "target_temperature": "method.kd_temperature",
-    "rs_samples": "method.rs_samples",
-    "rs_proposal_power": "method.rs_proposal_power",
-    "seed": "run.seed",
-    "document_attention": "data.document_attention",
-    "separator": "data.separator",
-    "positions": "teacher.cache_positions",
-    "position_fraction": "teacher.cache_fraction",
-}
 # taken from the cache: not recomputable without the teacher (weights). The positions rule is compared (try-out
 # 27: an `all`-positions method trained from a teacher-entropy top-20% cache became a 20% selection, while its
 # config.yaml said teacher.cache_positions=all), so a run's config says which positions it could train on.
@@ -142,11 +121,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
     """Raise CacheError naming each differing field (and its config key) in one line."""
     diffs = compare_signatures(expected, found)
     if diffs:
-        named = []
-        for line in diffs:
-            key = line.split(":", 1)[0]
-            config_key = _config_key(key, expected, found, [d.split(":", 1)[0] for d in diffs])
-            named.append(f"{key} [{config_key}]{line[len(key) :]}" if config_key else line)
+        named = name_config_keys(diffs, expected, found)
         if is_imported(found) and expected.get("target") != found.get("target"):
             # try-out 63, F2: "import it again" cannot help, an import holds top-K targets only
             way = (
@@ -161,56 +136,9 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
         )
 
 
-def _config_key(field: str, expected: dict, found: dict, fields: list[str]) -> str | None:
-    """The config key that decides a differing signature ``field`` (``fields``: all that differ), or what
-    explains it: for ``data_fingerprint``, :func:`_data_keys`; for the tokenizer's hash and vocabulary size when the
-    tokenizer is a BPE trained on the training split, the data too (try-out 64, F3: an edited corpus was blamed
-    on model.tokenizer, which no one had changed)."""
-    if field == "data_fingerprint":
-        return _data_keys(expected, found, fields)
-    settings = expected.get(DATA_SETTINGS)
-    if (
-        field in ("tokenizer_hash", "vocab_size")
-        and isinstance(settings, dict)
-        and BPE_VOCAB_SIZE in settings
-    ):
-        if "data_fingerprint" in fields:
-            return "model.tokenizer: a BPE trained on the training data, see data_fingerprint"
-        return f"model.tokenizer: a BPE trained on the training data, {_data_keys(expected, found, fields)}"
-    return CONFIG_KEYS.get(field)
-
-
-def _data_keys(expected: dict, found: dict, fields: list[str]) -> str:
-    """What explains a differing ``data_fingerprint`` (``fields``: the differing signature fields): the
-    settings whose values differ from the build's (``data.max_documents=200, built with 100``), else the packing
-    or tokenizer keys that differ too, else the data itself, changed under the same settings; ``data.*`` for a
-    cache built before ekd recorded them (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`)."""
-    now, built = expected.get(DATA_SETTINGS), found.get(DATA_SETTINGS)
-    if not isinstance(now, dict) or not isinstance(built, dict):
-        return CONFIG_KEYS["data_fingerprint"]
-    changed = [k for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)]
-    if changed:
-        return ", ".join(f"{k}={_setting(now.get(k))}, built with {_setting(built.get(k))}" for k in changed)
-    trained = BPE_VOCAB_SIZE in now  # its tokens follow the data: not a cause of their own
-    causes = [*PACKING, *(() if trained else ("tokenizer_hash",))]
-    packing = [CONFIG_KEYS[f] for f in causes if f in fields]
-    if packing:
-        return f"from {', '.join(dict.fromkeys(packing))}"
-    return f"the same data settings: the data at data.source={now.get('data.source')} changed since the build"
-
-
-def _setting(value: Any) -> str:
-    """A data setting as JSON, cut to 100 characters (a chat template can be pages long; a path is whole)."""
-    text = json.dumps(value)
-    return text if len(text) <= 100 else text[:99] + "…"
-
-
 # signature fields a run can simply be set to (teacher, tokenizer and data are what they are)
 SETTABLE = ("block_length", "target", "topk", "topk_tail", "target_temperature", "rs_samples")
 SETTABLE += ("rs_proposal_power", "seed", "document_attention", "separator", "positions", "position_fraction")
-
-
-PACKING = ("block_length", "separator", "document_attention")  # settings that change the packed blocks
 
 
 def _config_value(field: str, recorded: Any) -> Any:

@@ -38,6 +38,7 @@ from ekd.teacher.cache.format import (
 from ekd.teacher.cache.manifest import (
     MANIFEST,
     REBUILD,
+    REBUILD_ELSEWHERE,
     build_manifest,
     check_compatible,
     dumps,
@@ -179,7 +180,10 @@ class CacheWriter:
             if not path.exists():
                 continue
             found = read_manifest(path, self.rebuild)
-            check_compatible(self._template, found, f"the existing cache {path}", self.rebuild)
+            fix = (
+                REBUILD_ELSEWHERE if self.rebuild == REBUILD else self.rebuild
+            )  # it may be good for its settings
+            check_compatible(self._template, found, f"the existing cache {path}", fix)
             for entry in found["shards"]:
                 k = entry["index"]
                 if k in self.owned and k not in done and _intact(self.directory, entry):
