@@ -526,7 +526,9 @@ def test_signature_mismatch_names_each_field(setup, capsys):
         assert field in line, line
     assert "tokenizer_hash" not in line and "teacher_id" not in line
     # the block length explains the other blocks: the build's settings give them back (try-out 52, F3)
-    assert "train as it was built (data.block_length=32 method.rs_samples=50), or rebuild" in line, line
+    assert (
+        "train as it was built (data.block_length=32 method.rs_samples=50), or build this config's" in line
+    ), line
 
 
 def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsys):
@@ -545,6 +547,11 @@ def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsy
     assert main(["distill", setup["cfg"], "run.name=other-data", *args, "data.max_chars=2000"]) == 2
     line = _error_line(capsys)  # other documents: no setting of the run gives the cache's blocks
     assert "data_fingerprint [data.max_chars=2000, built with 0]: " in line, line  # the key that changed
+    # a way on that keeps the cache, good for the settings it was built with (try-out 64, F8)
+    assert (
+        "build this config's cache in another teacher.cache_dir with `ekd cache CONFIG` (keeping this one)"
+        in line
+    )
     assert "train as it was built" not in line, line
 
 
@@ -577,7 +584,13 @@ def test_a_cache_whose_data_changed_under_the_same_settings_says_so(tmp_path, ca
     capsys.readouterr()
     assert main(["cache", "info", str(caches["own"])]) == 0  # the recorded settings, as key=value pairs
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  data_settings "))
-    assert f"data.source={corpus}, " in line and " data.format=auto, " in line, line
+    # each value as JSON: exact and pasteable (try-out 64, F9: 0.0512 was shown 0.051, 4000000 as 4,000,000)
+    assert f'data.source="{corpus}", ' in line and ' data.format="auto", ' in line, line
+    assert (
+        " data.eval_fraction=0.2, " in line
+        and " data.max_chars=0, " in line
+        and " data.hf_streaming=false" in line
+    )
     assert "bpe_vocab_size" not in line, line  # its own tokenizer: not trained on the data
     doc = sorted(corpus.iterdir())[0]
     doc.write_text(doc.read_text() + "return value:\n")
@@ -1203,3 +1216,17 @@ def test_a_chat_template_file_edited_in_place_is_named(tmp_path):
         )
     assert "data_fingerprint [data.chat_template (the file's text)=\"sha256:" in str(e.value), e.value
     assert "data.source" not in str(e.value), e.value
+
+
+def test_a_rerun_that_builds_nothing_keeps_the_data_settings_the_shards_were_built_with(setup, capsys):
+    """Try-out 64, F11: `ekd cache CONFIG` rerun over a finished cache with an inert key changed (max_documents
+    above the corpus: the same blocks) recorded that value, and a later refusal said 'built with 500'."""
+    from ekd.teacher.cache.manifest import DATA_SETTINGS
+
+    cache = _damaged_copy(setup, "rerun-inert")
+    shards = _tree_sha256(cache)
+    shards.pop("manifest.json")
+    assert main(["-q", "cache", setup["cfg"], f"teacher.cache_dir={cache}", "data.max_documents=500"]) == 0
+    recorded = json.loads((cache / "manifest.json").read_text())["signature"][DATA_SETTINGS]
+    assert recorded["data.max_documents"] == 0, recorded
+    assert {k: v for k, v in _tree_sha256(cache).items() if k != "manifest.json"} == shards

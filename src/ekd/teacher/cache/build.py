@@ -42,11 +42,13 @@ from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
+    DATA_SETTINGS,
     MANIFEST,
     TEACHER_FILES,
     assemble_manifest,
     check_cache_directory,
     check_cache_kind,
+    compare_signatures,
     read_manifest,
 )
 from ekd.teacher.cache.reader import CacheReader
@@ -219,6 +221,18 @@ def _gather(value, ranks: Ranks) -> list:
     return everyone
 
 
+def _built_data_settings(directory: Path, signature: dict) -> dict | None:
+    """The data settings a cache of ``signature`` in ``directory`` records, when it has a manifest of the same
+    signature: a rerun (or resume) whose inert keys differ (``data.max_documents`` above the corpus) builds the
+    same blocks, and must not record values the shards were not built with. None otherwise."""
+    try:
+        found = read_manifest(directory / MANIFEST).get("signature", {})
+    except (CacheError, OSError):
+        return None
+    recorded = found.get(DATA_SETTINGS)
+    return recorded if isinstance(recorded, dict) and not compare_signatures(signature, found) else None
+
+
 def _finished(directory: Path, pending: list[int], signature: dict, ranks: Ranks) -> bool:
     """Whether the cache needs no write: no rank has a sample left to build, and ``manifest.json`` is the
     complete one (not the rank manifests of a torchrun build stopped before their assembly) with this build's
@@ -343,6 +357,10 @@ def run_build(
         signature = cache_signature(cfg, data, teacher_revision(cfg, teacher))
         if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
+        if not overwrite and (built_with := _built_data_settings(directory, signature)) is not None:
+            signature[DATA_SETTINGS] = (
+                built_with  # the shards' own settings, not this rerun's (try-out 64, F11)
+            )
 
         def open_writer() -> CacheWriter:
             return CacheWriter(

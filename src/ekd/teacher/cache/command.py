@@ -12,6 +12,7 @@ Problems print one line ``ekd: error: ...`` (a ``CacheError``) and exit 2.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def _fmt(value) -> str:
         return f"{value:,.3f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    if isinstance(value, dict):  # a signature's description (data_settings, teacher_files): key=value pairs
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, dict):  # a signature's description (data_settings, teacher_files): key=value pairs,
+        # each value as JSON (exact, one line: a template's newlines escaped; try-out 64, F9)
+        return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in value.items())
     return str(value)
 
 

@@ -130,7 +130,9 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
                 "with `ekd cache CONFIG` in another teacher.cache_dir"
             )
         else:
-            way = f"{_train_as_built(diffs, found)}{rebuild_advice(found)} or set teacher.cache_dir to a matching cache"
+            way = (
+                f"{_train_as_built(diffs, found)}{_anew(found)}, or set teacher.cache_dir to a matching cache"
+            )
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): {way}"
         )
@@ -139,6 +141,17 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
 # signature fields a run can simply be set to (teacher, tokenizer and data are what they are)
 SETTABLE = ("block_length", "target", "topk", "topk_tail", "target_temperature", "rs_samples")
 SETTABLE += ("rs_proposal_power", "seed", "document_attention", "separator", "positions", "position_fraction")
+
+
+def _anew(found: dict) -> str:
+    """How to make the config's cache: beside this one (it is good for the settings it was built with; try-out
+    64, F8), or in its place; an import is imported again (:func:`rebuild_advice`)."""
+    if is_imported(found):
+        return rebuild_advice(found)
+    return (
+        "build this config's cache in another teacher.cache_dir with `ekd cache CONFIG` (keeping this one), or "
+        "rebuild it here with `ekd cache CONFIG --overwrite`"
+    )
 
 
 def _config_value(field: str, recorded: Any) -> Any:
