@@ -544,15 +544,21 @@ def test_a_cache_of_other_settings_says_how_to_train_on_it_as_built(setup, capsy
     assert (
         main(["distill", setup["cfg"], "run.name=as-built", *args, "method.rs_samples=50"]) == 0
     )  # the advice
+    # a data key beside a packing key: both come back (try-out 64, F12: the data key was left out)
+    assert (
+        main(["distill", setup["cfg"], "run.name=two", *args, "data.block_length=16", "data.max_chars=2000"])
+        == 2
+    )
+    assert "train as it was built (data.max_chars=0 data.block_length=32), or " in _error_line(capsys)
     assert main(["distill", setup["cfg"], "run.name=other-data", *args, "data.max_chars=2000"]) == 2
-    line = _error_line(capsys)  # other documents: no setting of the run gives the cache's blocks
+    line = _error_line(capsys)  # other documents: the build's data.max_chars gives its blocks back
     assert "data_fingerprint [data.max_chars=2000, built with 0]: " in line, line  # the key that changed
     # a way on that keeps the cache, good for the settings it was built with (try-out 64, F8)
     assert (
         "build this config's cache in another teacher.cache_dir with `ekd cache CONFIG` (keeping this one)"
         in line
     )
-    assert "train as it was built" not in line, line
+    assert "train as it was built (data.max_chars=0), or " in line, line  # the build's value gives its blocks
 
 
 def test_a_cache_whose_data_changed_under_the_same_settings_says_so(tmp_path, capsys):

@@ -52,16 +52,26 @@ def config_key(field: str, expected: dict, found: dict, fields: list[str]) -> st
     on model.tokenizer, which no one had changed)."""
     if field == "data_fingerprint":
         return data_keys(expected, found, fields)
-    settings = expected.get(DATA_SETTINGS)
-    if (
-        field in ("tokenizer_hash", "vocab_size")
-        and isinstance(settings, dict)
-        and BPE_VOCAB_SIZE in settings
-    ):
+    if field in ("tokenizer_hash", "vocab_size") and trains_bpe(expected):
         if "data_fingerprint" in fields:
             return "model.tokenizer: a BPE trained on the training data, see data_fingerprint"
         return f"model.tokenizer: a BPE trained on the training data, {data_keys(expected, found, fields)}"
     return CONFIG_KEYS.get(field)
+
+
+def changed_settings(expected: dict, found: dict) -> dict[str, Any]:
+    """The recorded data settings (:data:`~ekd.teacher.cache.manifest.DATA_SETTINGS`) that differ, by key, with
+    the build's values; {} when none do or either signature records none."""
+    now, built = expected.get(DATA_SETTINGS), found.get(DATA_SETTINGS)
+    if not isinstance(now, dict) or not isinstance(built, dict):
+        return {}
+    return {k: built.get(k) for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)}
+
+
+def trains_bpe(expected: dict) -> bool:
+    """Whether the config's tokenizer is a BPE trained on the training data (its settings record its size)."""
+    settings = expected.get(DATA_SETTINGS)
+    return isinstance(settings, dict) and BPE_VOCAB_SIZE in settings
 
 
 def data_keys(expected: dict, found: dict, fields: list[str]) -> str:
@@ -72,10 +82,9 @@ def data_keys(expected: dict, found: dict, fields: list[str]) -> str:
     now, built = expected.get(DATA_SETTINGS), found.get(DATA_SETTINGS)
     if not isinstance(now, dict) or not isinstance(built, dict):
         return CONFIG_KEYS["data_fingerprint"]
-    changed = [k for k in sorted(set(now) | set(built)) if now.get(k) != built.get(k)]
-    if changed:
-        return ", ".join(f"{k}={_setting(now.get(k))}, built with {_setting(built.get(k))}" for k in changed)
-    trained = BPE_VOCAB_SIZE in now  # its tokens follow the data: not a cause of their own
+    if changed := changed_settings(expected, found):
+        return ", ".join(f"{k}={_setting(now.get(k))}, built with {_setting(v)}" for k, v in changed.items())
+    trained = trains_bpe(expected)  # its tokens follow the data: not a cause of their own
     causes = [*PACKING, *(() if trained else ("tokenizer_hash",))]
     packing = [CONFIG_KEYS[f] for f in causes if f in fields]
     if packing:

@@ -38,9 +38,9 @@ from ekd.teacher.cache.manifest import (
     refuse_a_file,
     same_directory,
 )
-from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, name_config_keys
+from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, changed_settings, name_config_keys, trains_bpe
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import cache_signature, same_files, weights_revision
+from ekd.teacher.cache.signature import TEMPLATE_FILE, cache_signature, same_files, weights_revision
 from ekd.teacher.signal import TeacherSignal
 from ekd.temperature import fixed_tau, varying_tau
 
@@ -130,9 +130,7 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
                 "with `ekd cache CONFIG` in another teacher.cache_dir"
             )
         else:
-            way = (
-                f"{_train_as_built(diffs, found)}{_anew(found)}, or set teacher.cache_dir to a matching cache"
-            )
+            way = f"{_train_as_built(diffs, found, expected)}{_anew(found)}, or set teacher.cache_dir to a matching cache"
         raise CacheError(
             f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): {way}"
         )
@@ -162,19 +160,27 @@ def _config_value(field: str, recorded: Any) -> Any:
     return recorded
 
 
-def _train_as_built(diffs: list[str], found: dict) -> str:
+def _train_as_built(diffs: list[str], found: dict, expected: dict) -> str:
     """'train as it was built (KEY=VALUE ...), or ' where every differing field is a setting the run can take
     from the cache — the way on that keeps a good cache (try-out 50, F6: a teacher-entropy top-20% cache was
     told to be rebuilt, deleting it, where teacher.cache_positions=teacher_entropy_topk trains on it); ''
-    otherwise."""
+    otherwise. Other blocks come back with the build's packing and data settings (try-out 52, F3; try-out 64,
+    F12: a data key that differed beside data.block_length was left out, and following the advice was refused
+    again); a BPE trained on the training data comes back with them."""
     fields = [d.split(":", 1)[0] for d in diffs]
-    # packed otherwise, the blocks differ of course: the build's setting gives the build's blocks back
-    # (try-out 52, F3)
-    if "data_fingerprint" in fields and set(fields) & set(PACKING):
-        fields.remove("data_fingerprint")
-    if not fields or any(f not in SETTABLE for f in fields):
+    values: dict[str, Any] = {}
+    if "data_fingerprint" in fields:
+        changed = changed_settings(expected, found)
+        if TEMPLATE_FILE in changed:
+            return ""  # a template file's text: not a value a run can be set to
+        if changed or set(fields) & set(PACKING):
+            fields.remove("data_fingerprint")
+            values.update(changed)
+            if trains_bpe(expected):  # its tokens follow the data
+                fields = [f for f in fields if f not in ("tokenizer_hash", "vocab_size")]
+    if (not fields and not values) or any(f not in SETTABLE for f in fields):
         return ""
-    values = {CONFIG_KEYS[f]: _config_value(f, found.get(f)) for f in fields if found.get(f) is not None}
+    values |= {CONFIG_KEYS[f]: _config_value(f, found.get(f)) for f in fields if found.get(f) is not None}
     shown = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
     return f"train as it was built ({shown}), or " if shown else ""
 
