@@ -357,10 +357,9 @@ def run_build(
         signature = cache_signature(cfg, data, teacher_revision(cfg, teacher))
         if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
+        # the shards' own data settings, not this rerun's (try-out 64, F11)
         if not overwrite and (built_with := _built_data_settings(directory, signature)) is not None:
-            signature[DATA_SETTINGS] = (
-                built_with  # the shards' own settings, not this rerun's (try-out 64, F11)
-            )
+            signature[DATA_SETTINGS] = built_with
 
         def open_writer() -> CacheWriter:
             return CacheWriter(

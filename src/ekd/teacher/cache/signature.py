@@ -43,6 +43,7 @@ def data_settings(cfg: Config) -> dict[str, Any]:
     by config key: every ``data.*`` key but :data:`NOT_DATA_SETTINGS`, :data:`BPE_VOCAB_SIZE` when the
     tokenizer is trained on the training split (``train_bpe``: its tokens follow the data), and the sha256 of
     the chat template's text (:data:`TEMPLATE_FILE`) when ``data.chat_template`` names a file."""
+    from ekd.data.chat import read_template_option
     from ekd.train.prepare import tokenizer_source
 
     settings = {
@@ -52,10 +53,13 @@ def data_settings(cfg: Config) -> dict[str, Any]:
     }
     if tokenizer_source(cfg) == "train_bpe":
         settings[BPE_VOCAB_SIZE] = cfg.model.bpe_vocab_size
-    template = cfg.data.chat_template  # a file's path: its text may change under it (try-out 64, F6)
-    if template and "{%" not in template and "{{" not in template and Path(template).expanduser().is_file():
-        digest = hashlib.sha256(Path(template).expanduser().read_bytes()).hexdigest()
-        settings[TEMPLATE_FILE] = f"sha256:{digest}"
+    # a file's path (the option's own rule tells it from template text): its text may change under it (F6)
+    try:
+        text = read_template_option(cfg.data.chat_template) if cfg.data.chat_template else ""
+    except ConfigError:  # no readable file: a chat run refused it already; another format never reads it
+        text = ""
+    if text and text != cfg.data.chat_template:
+        settings[TEMPLATE_FILE] = f"sha256:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
     return settings
 
 
