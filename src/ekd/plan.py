@@ -486,28 +486,24 @@ def _vocab_size(cfg) -> int:
 
     from ekd.hub import check_model_spec
     from ekd.models.load import is_preset, load_or_refuse
+    from ekd.train.prepare import names_teacher, teacher_files, tokenizer_source
 
     m = cfg.model
-    spec = m.tokenizer
-    if spec == "teacher" and is_preset(m.teacher):
-        spec = "student" if not is_preset(m.student) else "train_bpe"
-    if spec == "student" and is_preset(m.student):
-        spec = "train_bpe"
+    spec = tokenizer_source(cfg)  # distill's rule for presets
     if spec == "train_bpe":
         return m.bpe_vocab_size
-    if spec not in (
-        "teacher",
-        "student",
-    ):  # a tokenizer of its own (try-out 24): what distill reads, its length
+    models = {"teacher": teacher_files(cfg), "student": (m.student, m.revision)}  # a cache run: its copy
+    if spec not in models and names_teacher(cfg, spec):
+        spec = "teacher"
+    if spec not in models:  # a tokenizer of its own (try-out 24): what distill reads, its length
         from ekd.models.load import load_tokenizer
 
         return len(load_tokenizer(spec, m.revision, m.trust_remote_code, "model.tokenizer"))
-    for role, model in (("teacher", m.teacher), ("student", m.student)):
+    for role in sorted(models, key=lambda r: r != spec):  # the named model's first
+        model, revision = models[role]
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
-            check_model_spec(
-                model, f"model.{role}", m.revision, weights=False
-            )  # distill's check; config only
+            check_model_spec(model, f"model.{role}", revision, weights=False)  # distill's check; config only
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
             return int(config.vocab_size)
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")

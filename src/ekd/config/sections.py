@@ -105,8 +105,9 @@ class ModelConfig:
     """Student: a hub id (``Qwen/Qwen2.5-0.5B``), a local HF model directory, or ``preset:<name>`` (random
     init from a small Llama-style architecture preset, see ``ekd list presets``)."""
     teacher: str = text("preset:llama-small", nonempty=True, what="hub id, directory or preset:<name>")
-    """Teacher: a hub id, a local HF model directory, or ``preset:<name>``. Unused when
-    ``teacher.source`` is 'cache' or the method needs no teacher."""
+    """Teacher: a hub id, a local HF model directory, or ``preset:<name>``. Unused when the method needs no
+    teacher; with ``teacher.source=cache`` it names the cache's teacher (compared with the cache's), whose
+    config and tokenizer the cache keeps, and is loaded only to evaluate it (``eval.teacher``)."""
     revision: str = text("", what="hub revision")
     """Hub revision (branch, tag or commit) of hub ids: teacher, student and tokenizer; empty = default branch."""
     trust_remote_code: bool = flag(False)

@@ -156,11 +156,10 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | N
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
         return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
-    models = {
-        "teacher": (cfg.model.teacher, cfg.model.revision),
-        "student": (cfg.model.student, cfg.model.revision),
-    }
+    models = {"teacher": teacher_files(cfg), "student": (cfg.model.student, cfg.model.revision)}
     source, revision = models.get(spec, (spec, cfg.model.revision))
+    if spec not in models and names_teacher(cfg, spec):  # the teacher's directory by its path: read where
+        source, revision = models["teacher"]  # the teacher's files are (a cache's copy)
     name = spec if spec in models else f"model.tokenizer={spec}"
     # a model directory's own tokenizer (try-out 56, F1: model.tokenizer naming the teacher's directory, or
     # `teacher`, was read with the tokens its class adds and its head has no row for, unlike the teacher itself)
@@ -401,13 +400,53 @@ def _end_documents_as_trained(student: nn.Module, data: PreparedData, adapter: b
 
 
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
-    """Role → (spec, revision) of the real (non-preset) models whose document convention counts."""
+    """Role → (spec, revision) of the real (non-preset) models whose document convention counts; the teacher's
+    files as :func:`teacher_files` finds them."""
     models = {}
     if not is_preset(cfg.model.student):
         models["student"] = (cfg.model.student, cfg.model.revision)
     if teacher_needed(cfg) and not is_preset(cfg.model.teacher):
-        models["teacher"] = (cfg.model.teacher, cfg.model.revision)
+        models["teacher"] = teacher_files(cfg)
     return models
+
+
+def teacher_files(cfg: Config) -> tuple[str, str]:
+    """(spec, revision) the run reads the teacher's small files from (config, generation config, tokenizer; no
+    weights): a run from a cache reads the copy the cache keeps (:mod:`ekd.teacher.cache.kept_teacher`), so
+    the teacher's directory need not exist there (try-out 64, F13); any other run reads ``model.teacher``.
+
+    Raises:
+        ConfigError: a run from a cache that keeps no copy (built by an older ekd) whose ``model.teacher``
+            directory is not there: one line naming the ways on.
+    """
+    spec, revision = cfg.model.teacher, cfg.model.revision
+    if cfg.teacher.source != "cache" or is_preset(spec) or not cfg.teacher.cache_dir:
+        return spec, revision
+    from ekd.teacher.cache.kept_teacher import kept_teacher_dir
+
+    kept = kept_teacher_dir(cfg.teacher.cache_dir)
+    if kept is not None:
+        return str(kept), ""
+    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+        raise ConfigError(
+            f"model.teacher: {spec} is not there, and the teacher cache {cfg.teacher.cache_dir} (built by an older "
+            "ekd) keeps no copy of the teacher's config and tokenizer, which a run from it reads: run `ekd cache "
+            "CONFIG` once where the teacher is (it adds them to the finished cache, recomputing nothing), or set "
+            "model.teacher to where the teacher is"
+        )
+    return spec, revision
+
+
+def names_teacher(cfg: Config, spec: str) -> bool:
+    """Whether ``spec`` (``model.tokenizer``) names ``model.teacher``'s directory, however spelled (relative,
+    absolute, a trailing '/'), whether or not it exists here."""
+    teacher = cfg.model.teacher
+    if is_preset(teacher) or not spec.strip() or not teacher.strip():
+        return False
+    try:
+        return Path(spec).expanduser().resolve() == Path(teacher).expanduser().resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def load_student(cfg: Config, data: PreparedData, device: torch.device, empty: bool = False) -> nn.Module:

@@ -917,6 +917,28 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
             if resume and gone.is_absolute() and not gone.exists():  # (an empty directory is said as such)
                 raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)}") from None
             raise _eval_only_teacher(e, cfg, parts) from None
+    elif cfg.teacher.source == "cache":
+        _check_evaluation_teacher(cfg)
+
+
+def _check_evaluation_teacher(cfg: Config) -> None:
+    """A run from a cache reads no teacher to train (the cache keeps its files: ``teacher_files``) but loads it
+    at the end to evaluate it — for its eval-set figures and task scores: a teacher that is not there is refused
+    now, not after the training, naming the keys that train and evaluate without it."""
+    from ekd.hub import check_model_spec
+
+    tasks = bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher)
+    uses = [k for k, on in (("eval.teacher", evaluates_teacher(cfg)), ("eval.tasks_teacher", tasks)) if on]
+    if not uses:
+        return
+    try:
+        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+    except EkdError as e:
+        keys = " and ".join(f"{k}=false" for k in uses)
+        raise type(e)(
+            f"{e} (with teacher.source=cache the teacher is loaded only to evaluate it at the end: set {keys} to "
+            "train and evaluate without it)"
+        ) from None
 
 
 def _load_teacher_model(

@@ -41,6 +41,7 @@ from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
+from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, kept_teacher_dir
 from ekd.teacher.cache.manifest import (
     DATA_SETTINGS,
     MANIFEST,
@@ -281,6 +282,30 @@ def _prepare_data(cfg: Config, directory: Path):
     return data
 
 
+def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
+    """The teacher's config and tokenizer files into the cache (:mod:`~ekd.teacher.cache.kept_teacher`), once
+    the writer has accepted this config's signature; a finished cache of an older ekd gets them on a rerun
+    (nothing else is written), and one on a read-only mount is left as it is, said in a line."""
+    if kept_teacher_dir(directory) is not None:
+        return  # the same teacher: the signature matched (--overwrite removed an earlier teacher's)
+    try:
+        names = keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
+    except OSError as e:
+        if not finished:
+            raise
+        log.info(
+            "teacher cache %s: cannot add the teacher's config and tokenizer files (%s); a run from it reads them "
+            "from model.teacher",
+            directory,
+            e,
+        )
+        return
+    if names and finished:
+        log.info(
+            "teacher cache %s: kept the teacher's files (%s) for runs from it", directory, ", ".join(names)
+        )
+
+
 def build_cache(
     cfg: Config, overwrite: bool = False, *, stat_format: str | None = None, measure_forward: bool = True
 ) -> Path:
@@ -346,6 +371,7 @@ def run_build(
             make_dirs(directory)
             if overwrite:
                 shutil.rmtree(directory / "tokenizer", ignore_errors=True)
+                shutil.rmtree(directory / KEPT_DIR, ignore_errors=True)
             return _prepare_data(cfg, directory)
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
@@ -381,6 +407,7 @@ def run_build(
 
         pending = writer.pending_sample_ids()
         finished = _finished(directory, pending, writer.signature, ranks)
+        run_on_main(ranks, lambda: _keep_teacher_files(cfg, directory, finished), "keep the teacher's files")
         if not finished:  # rank 0 says it (said_by_rank0)
             _warn_idle_ranks(len(blocks), cfg.teacher.cache_shard_samples, ranks.world_size)
         bs = max(1, cfg.eval.batch_size)

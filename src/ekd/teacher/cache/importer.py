@@ -47,6 +47,7 @@ from ekd.io import file_sha256, make_dirs
 from ekd.locks import holding
 from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
+from ekd.teacher.cache.kept_teacher import keep_teacher_files
 from ekd.teacher.cache.logprob_rows import (
     Columns,
     SourceRow,
@@ -391,6 +392,10 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             at += len(ours)
         window.close()
         writer.close()
+        try:  # its config and tokenizer, for runs from the import where the teacher is not
+            keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
+        except OSError as e:  # a finished import on a read-only mount: runs read model.teacher's
+            log.info("imported cache %s: the teacher's files not kept (%s)", directory, e)
         log.info(
             "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
             src,

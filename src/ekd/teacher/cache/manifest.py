@@ -425,7 +425,9 @@ def manifest_paths(directory: Path) -> list[Path]:
 
 _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 # what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
-_CACHE_ENTRY = re.compile(rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|\.staging|\.ekd\.lock)(\.tmp)?")
+_CACHE_ENTRY = re.compile(
+    rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|teacher|\.staging|\.teacher-staging|\.ekd\.lock)(\.tmp)?"
+)
 
 
 def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:

@@ -406,9 +406,21 @@ class CacheReader:
                 epp, pps
             ),
             "fixed_width_bound_formula": self.layout.formula(),
+            "teacher_files": _kept_teacher_files(self.directory),
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
+
+
+def _kept_teacher_files(directory: Path) -> str:
+    """The teacher's files the cache keeps for runs without the teacher (:mod:`ekd.teacher.cache.kept_teacher`),
+    in words."""
+    from ekd.teacher.cache.kept_teacher import kept_teacher_dir, small_files
+
+    kept = kept_teacher_dir(directory)
+    if kept is None:
+        return "none kept (a run from the cache reads model.teacher's config and tokenizer)"
+    return ", ".join(p.name for p in small_files(kept))
 
 
 def _size_problem(path: Path, want: int) -> str | None:

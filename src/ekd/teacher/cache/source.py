@@ -79,7 +79,8 @@ def check_cache_dir(directory: str) -> None:
 def training_signature(cfg: Config, data, found: dict) -> dict:
     """The signature the training config expects, with the fields it cannot decide copied from ``found``.
 
-    The teacher's weights hash is copied too when ``model.teacher`` names the cache's teacher directory
+    The teacher's weights hash is copied too when ``model.teacher`` is a local path that is not there (a cache
+    copied to a machine without its teacher: the ids decide), or names the cache's teacher directory
     (however spelled) and its safetensors files have the sizes, times and inodes the build recorded
     (:data:`~ekd.teacher.cache.manifest.TEACHER_FILES`; caches built before that record are trusted). When it
     names another path while the cache pins its teacher by the weights' content (a cache built from another
@@ -93,7 +94,16 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     revision = str(found.get("teacher_revision", ""))
     cached_id = str(found.get("teacher_id", ""))
     spec = cfg.model.teacher
-    if revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
+    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+        # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, the weights'
+        # hash is the cache's
+        if spec == cached_id:
+            log.info(
+                "teacher cache: model.teacher %s is not on this machine; the cache's teacher (the same id, its "
+                "weights pinned by the cache's teacher_revision) is taken as it was built",
+                spec,
+            )
+    elif revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
         log.info(
             "teacher cache: model.teacher %s is not the cache's teacher_id %s; comparing the weights' hash",
             spec,

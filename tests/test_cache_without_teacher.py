@@ -1,0 +1,189 @@
+"""A teacher cache trains where its teacher is not (try-out 64, F13): the cache keeps the teacher's config and
+tokenizer files, and a run from it reads those where an online run reads ``model.teacher``'s — the run's
+tokenizer, the check that the teacher's tokenizer and head fit it, and the end-of-document id of
+``data.separator=auto``. A cache copied to a machine without the teacher used to be refused ("model.teacher: …
+does not exist") whatever the run's settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ekd.cli import main
+from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, kept_teacher_dir
+from tiny import config_file, loss_curve, write_corpus
+
+TEACHER_EOS = (
+    7  # the teacher's config ends documents with id 7, not the tokenizer's EOS: only its config says
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A real (saved) teacher whose config names its own end-of-document id, its RS cache, and a run trained
+    from the cache while the teacher is there (the reference)."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+
+    root = tmp_path_factory.mktemp("away")
+    corpus = write_corpus(root / "corpus", n_docs=24)
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, None)
+    assert tok.eos_token_id != TEACHER_EOS
+    teacher = root / "teacher"
+    build_preset("llama-micro", len(tok), TEACHER_EOS).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    cfg = config_file(
+        root,
+        corpus,
+        "ref",
+        **{
+            "method.preset": "rskd",
+            "teacher.cache_dir": str(root / "cache"),
+            "model.teacher": str(teacher),
+            "model.tokenizer": "teacher",
+            "data.separator": "auto",
+        },
+    )
+    assert main(["-q", "cache", cfg]) == 0
+    assert main(["-q", "distill", cfg, "teacher.source=cache", "eval.teacher=false"]) == 0
+    return {"root": root, "teacher": teacher, "cfg": cfg, "cache": root / "cache"}
+
+
+@contextmanager
+def teacher_away(teacher: Path):
+    """The teacher's directory moved away meanwhile (a machine without it), put back after."""
+    away = teacher.with_name("moved-away")
+    teacher.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(teacher)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear line, no traceback
+    assert err[0].startswith("ekd: error: ")
+    return err[0]
+
+
+def _shards_sha256(cache: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(cache.glob("shard-*"))}
+
+
+def test_the_cache_keeps_the_teachers_small_files_and_no_weights(built, capsys):
+    kept = kept_teacher_dir(built["cache"])
+    assert kept == built["cache"] / KEPT_DIR
+    names = {p.name for p in kept.iterdir()}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(n.endswith(".safetensors") for n in names)
+    for name in names:  # byte for byte the teacher's
+        assert (kept / name).read_bytes() == (built["teacher"] / name).read_bytes(), name
+    assert main(["cache", "info", str(built["cache"])]) == 0
+    info = capsys.readouterr().out
+    assert "teacher_files" in info and "tokenizer.json" in info
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer", ["teacher", "path"])
+def test_a_run_from_the_cache_trains_where_the_teacher_is_not(built, tokenizer, capsys):
+    """The tokenizer (``teacher``, or the teacher's directory by its path) and the teacher's end-of-document id
+    (its config's 7, which ``data.separator=auto`` reads) come from the cache's copy: the run trains exactly as
+    the one made while the teacher was there."""
+    root = built["root"]
+    name = f"away-{tokenizer}"
+    spec = "teacher" if tokenizer == "teacher" else f"{built['teacher']}/"
+    with teacher_away(built["teacher"]):
+        code = main(
+            [
+                "-q",
+                "distill",
+                built["cfg"],
+                "teacher.source=cache",
+                "eval.teacher=false",
+                f"run.name={name}",
+                f"model.tokenizer={spec}",
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+    run, reference = root / "runs" / name, root / "runs" / "ref"
+    assert loss_curve(run) == loss_curve(reference)
+    marker = json.loads((run / "ekd-run.json").read_text())
+    assert marker["document_boundary"]["eos_id"] == TEACHER_EOS
+
+
+@pytest.mark.slow
+def test_a_run_that_would_evaluate_the_absent_teacher_is_refused_at_its_start(built, capsys):
+    """The evaluation at the end loads the teacher (``eval.teacher``, on by default): refused before the run
+    starts, naming the key that trains without it — not after the whole training."""
+    with teacher_away(built["teacher"]):
+        code = main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=evaluates"])
+    assert code != 0
+    line = _error_line(capsys)
+    assert str(built["teacher"]) in line and "eval.teacher=false" in line
+    assert not (built["root"] / "runs" / "evaluates").exists()
+
+
+@pytest.mark.slow
+def test_a_cache_of_an_older_ekd_gets_the_teachers_files_from_a_rerun(built, capsys):
+    """A cache built before the copy: refused where the teacher is not, in one line naming the rerun that adds
+    the files; that rerun writes no shard, and the cache then trains without the teacher."""
+    old = built["root"] / "old-cache"
+    shutil.copytree(built["cache"], old)
+    shutil.rmtree(old / KEPT_DIR)
+    shards = _shards_sha256(old)
+    run = [
+        "-q",
+        "distill",
+        built["cfg"],
+        "teacher.source=cache",
+        "eval.teacher=false",
+        f"teacher.cache_dir={old}",
+    ]
+    with teacher_away(built["teacher"]):
+        assert main([*run, "run.name=old-away"]) != 0
+        line = _error_line(capsys)
+        assert "keeps no copy of the teacher's config and tokenizer" in line and "`ekd cache CONFIG`" in line
+    assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0
+    assert kept_teacher_dir(old) is not None and _shards_sha256(old) == shards
+    with teacher_away(built["teacher"]):
+        assert main([*run, "run.name=old-away"]) == 0, capsys.readouterr().err
+    assert loss_curve(built["root"] / "runs" / "old-away") == loss_curve(built["root"] / "runs" / "ref")
+
+
+def test_a_hub_teachers_files_are_copied_from_its_snapshot(tmp_path, monkeypatch):
+    """A hub id's files are the hub cache's snapshot (links to blobs: their bytes are copied); weights are not
+    copied, and a teacher whose files are not found removes an earlier teacher's copy."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--teacher"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, text in [
+        ("config.json", '{"eos_token_id": 2}'),
+        ("tokenizer.json", "{}"),
+        ("model.safetensors", "w"),
+    ]:
+        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.write_text(text)
+        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert keep_teacher_files("org/teacher", "", cache) == ["config.json", "tokenizer.json"]
+    kept = kept_teacher_dir(cache)
+    assert (kept / "config.json").read_text() == '{"eos_token_id": 2}' and not (
+        kept / "config.json"
+    ).is_symlink()
+    assert not (kept / "model.safetensors").exists()
+    assert keep_teacher_files("org/not-fetched", "", cache) == [] and kept_teacher_dir(cache) is None
