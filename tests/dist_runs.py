@@ -16,6 +16,10 @@ raises a CacheError there (a record of its own shard failing its CRC), ``kill`` 
 ``interrupt`` raises KeyboardInterrupt (Ctrl-C reaching that rank first),
 while the other ranks go on into the step's collectives (test_rank_errors.py).
 ``EKD_TEST_LOUD=1`` keeps INFO log lines (``-q`` otherwise).
+``EKD_TEST_MARK_RUNS=1`` writes the line ``RUN_MARK`` + index to stderr before each run, between two barriers: every
+rank's output of the runs before it is written, none of this run's yet; :func:`run_outputs` cuts the launch's
+stderr at those lines (several tests' runs in one launch, each test reading its own runs' lines:
+test_sharded_checkpoint.py).
 ``EKD_TEST_CODES=DIR`` runs every argument list whatever the exit codes and writes them to ``DIR/rank<r>.json``
 (runs that are meant to be refused, test_rank_errors.py).
 ``EKD_TEST_TRACE=DIR`` writes ``DIR/rank<r>.json``: every ``torch.distributed`` collective this rank entered and
@@ -171,13 +175,22 @@ def run_all(path: str) -> int:
     return code
 
 
+RUN_MARK = "ekd-test: run "
+
+
 def _run_each(runs: list[list[str]], current: list[int], rank: int) -> int:
     """``ekd distill`` with each argument list (``current[0]``: the index of the one running)."""
     quiet = [] if os.environ.get("EKD_TEST_LOUD") else ["-q"]
     codes_dir = os.environ.get("EKD_TEST_CODES")
+    mark = bool(os.environ.get("EKD_TEST_MARK_RUNS"))
     codes: list[int] = []
     for i, args in enumerate(runs):
         current[0] = i
+        if mark:
+            dist.barrier()
+            if rank == 0:
+                print(f"{RUN_MARK}{i}", file=sys.stderr, flush=True)
+            dist.barrier()
         code = main([*quiet, "distill", *args])
         codes.append(code)
         if code != 0 and not codes_dir:
@@ -185,6 +198,24 @@ def _run_each(runs: list[list[str]], current: list[int], rank: int) -> int:
     if codes_dir:
         Path(codes_dir, f"rank{rank}.json").write_text(json.dumps(codes))
     return 0
+
+
+def run_outputs(stderr: str) -> list[str]:
+    """The stderr of a launch with ``EKD_TEST_MARK_RUNS=1`` cut at its run marks: item i from run i's mark to the
+    next (the last to the end of the launch, its teardown and torchrun's summary); the lines before the first
+    mark (the launch's start) go with run 0."""
+    parts = stderr.split("\n" + RUN_MARK)
+    head, rest = parts[0], parts[1:]
+    if head.startswith(RUN_MARK):  # the mark on the very first line
+        head, rest = "", [head[len(RUN_MARK) :], *rest]
+    outputs = []
+    for i, part in enumerate(rest):
+        index, _, text = part.partition("\n")
+        assert index == str(i), (index, i)
+        outputs.append(text)
+    if outputs:
+        outputs[0] = f"{head}\n{outputs[0]}"
+    return outputs
 
 
 def gloo_ranks(body: Callable, out_dir: str | Path, *args: object, world: int = 2) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dist_runs import torchrun_runs
+from dist_runs import run_outputs, torchrun_runs
 from ekd.models.layers import checkpoint_decoder_layers
 from ekd.train.checkpoint import CheckpointError, save_checkpoint, verify_checkpoint
 from ekd.train.distributed import Ranks
@@ -194,13 +194,118 @@ def test_another_global_micro_batch_is_refused(tmp_path):
 
 COMMON = ["train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=10", "eval.teacher=false"]
 METHOD = ["method=pos_rs", "train.grad_accum_steps=2"]  # per-row draws and 2 micro-batches per step
+LORA = ["model.lora_r=4", "model.lora_train_head=true", "train.activation_checkpointing=true"]
+FSDP = ["train.parallel=fsdp"]
+SAID_FSDP = ["train.parallel=fsdp", "teacher.placement=shard"]
 
 
 def _torchrun(
     tmp_path: Path, name: str, runs: list[list[str]], kill: str = ""
 ) -> subprocess.CompletedProcess:
-    """``runs`` in one 2-rank torchrun (tests/dist_runs.py), INFO log lines kept; ``kill``: RUN:STEP."""
-    return torchrun_runs(runs, tmp_path / f"{name}.json", {"EKD_TEST_LOUD": "1", "EKD_TEST_KILL_AT": kill})
+    """``runs`` in one 2-rank torchrun (tests/dist_runs.py), INFO log lines kept and each run's lines marked
+    (:func:`dist_runs.run_outputs`); ``kill``: RUN:STEP."""
+    env = {"EKD_TEST_LOUD": "1", "EKD_TEST_KILL_AT": kill, "EKD_TEST_MARK_RUNS": "1"}
+    return torchrun_runs(runs, tmp_path / f"{name}.json", env)
+
+
+def _args(tmp: Path, name: str, micro: int, *extra: str) -> list[str]:
+    """A 4-step pos_rs run checkpointed at every step, ``tmp/runs/NAME`` on ``tmp/corpus``."""
+    over = {"train.micro_batch_size": micro}
+    return [*tiny_overrides(tmp, tmp / "corpus", name, **over), *COMMON, *METHOD, *extra]
+
+
+def _said_args(tmp: Path, name: str, micro: int, steps: int) -> list[str]:
+    """A sekd run with sample selection of the padded student ``tmp/padded-student``, checkpointed each step."""
+    common = [
+        f"model.student={tmp / 'padded-student'}",
+        "model.tokenizer=student",
+        "method=sekd",
+        "method.sample_fraction=0.5",
+        "train.checkpoint_every=1",
+        "eval.teacher=false",
+    ]
+    extra = {"train.micro_batch_size": micro, "train.max_steps": steps}
+    return [*tiny_overrides(tmp, tmp / "corpus", name, **extra), *common]
+
+
+def _padded_student(tmp: Path) -> None:
+    """``tmp/padded-student``: llama-micro with 8 head rows past the BPE tokenizer of ``tmp/corpus``."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset, save_model_dir
+
+    tokenizer = train_bpe_tokenizer([p.read_text() for p in sorted((tmp / "corpus").iterdir())], 300)
+    padded = build_preset("llama-micro", len(tokenizer) + 8, tokenizer.eos_token_id, seed=0)
+    save_model_dir(padded, tokenizer, tmp / "padded-student")
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory) -> dict:
+    """The 2-rank runs of the three tests below in three torchrun launches (each launch starts 3 Python
+    processes that import torch: seconds apiece). A kill ends its launch, so each test's killed run has a
+    launch of its own: ``first`` (plain and LoRA references, then the plain run "killed"), ``second`` (the
+    FSDP reference, then the FSDP run "killed"); ``resumes`` holds every 2-rank resume and the said-once
+    runs, each run's stderr apart (:func:`dist_runs.run_outputs`): the plain test's 3 resumes, the FSDP
+    test's resume, then the said-once test's fresh FSDP run and its 1 → 2 resume. Each test's runs lie in a
+    directory of its own (``kill``, ``fsdp``, ``said``); the one-process runs resumed on 2 ranks are
+    trained first, in this process."""
+    from ekd.cli import main
+
+    root = tmp_path_factory.mktemp("sharded-checkpoint")
+    kill, fsdp, said = root / "kill", root / "fsdp", root / "said"
+    for tmp in (kill, fsdp, said):
+        write_corpus(tmp / "corpus", n_docs=24)
+    _padded_student(said)
+    first = _torchrun(
+        root,
+        "first",
+        [_args(kill, "ref", 2), _args(kill, "lora-ref", 2, *LORA), _args(kill, "killed", 2)],
+        kill="killed:3",
+    )
+    second = _torchrun(
+        root, "second", [_args(fsdp, "ref", 2, *FSDP), _args(fsdp, "killed", 2, *FSDP)], kill="killed:3"
+    )
+    killed = {"kill": _left_by_the_kill(kill), "fsdp": _left_by_the_kill(fsdp)}  # before the resumes below
+    assert main(["-q", "distill", *_args(kill, "single", 4)]) == 0
+    assert main(["-q", "distill", *_said_args(said, "one", 4, 1)]) == 0
+    try:
+        _interrupted_copy(kill / "runs" / "lora-ref", kill / "runs" / "lora-resumed", 2)
+        _interrupted_copy(kill / "runs" / "single", kill / "runs" / "one-to-two", 2)
+        _interrupted_copy(kill / "runs" / "ref", kill / "runs" / "two-to-one", 2)
+        _interrupted_copy(fsdp / "runs" / "ref", fsdp / "runs" / "two-to-one", 2)
+    except OSError as e:
+        pytest.fail(f"{e}\nfirst launch:\n{first.stderr[-3000:]}\nsecond launch:\n{second.stderr[-3000:]}")
+    resumes = [
+        [*_args(kill, "killed", 2), "--resume"],
+        [*_args(kill, "one-to-two", 2), "--resume"],
+        [*_args(kill, "lora-resumed", 2, *LORA), "--resume"],
+        [*_args(fsdp, "killed", 2, *FSDP), "--resume"],
+        [*_said_args(said, "two", 2, 1), *SAID_FSDP],
+        [*_said_args(said, "one", 2, 2), "--resume"],
+    ]
+    out = _torchrun(root, "resumes", resumes)
+    return {
+        "root": root,
+        "first": first,
+        "second": second,
+        "resumes": out,
+        "outputs": run_outputs(out.stderr),
+        "killed": killed,
+    }
+
+
+def _left_by_the_kill(tmp: Path) -> dict:
+    """What the run ``tmp/runs/killed`` holds after its kill: the names under ``checkpoints/`` and the text of
+    ``latest`` and of checkpoint 2's manifest (None where missing)."""
+    ckpts = tmp / "runs" / "killed" / "checkpoints"
+
+    def text(path: Path) -> str | None:
+        return path.read_text() if path.is_file() else None
+
+    return {
+        "names": sorted(p.name for p in ckpts.iterdir()) if ckpts.is_dir() else [],
+        "latest": text(ckpts / "latest"),
+        "manifest 2": text(ckpts / "step-000002" / "manifest.json"),
+    }
 
 
 def _losses(run_dir: Path) -> torch.Tensor:
@@ -233,35 +338,23 @@ def _same(a: Path, b: Path, rtol: float, atol: float) -> list:
 
 
 @pytest.mark.slow
-def test_kill_resume_and_resharding(tmp_path, caplog):
+def test_kill_resume_and_resharding(launches, caplog):
     """2 gloo ranks: a run killed with SIGKILL while writing checkpoint 3 resumes from checkpoint 2 and
     equals the uninterrupted run bit for bit (losses of every step, final weights). The same DCP
     checkpoint resumed in one process (micro-batch 2 → 4) and a one-process checkpoint resumed on 2 ranks
     (4 → 2) equal the uninterrupted runs within DDP's 1e-5. A LoRA student with activation checkpointing
     (in the same torchrun launches) keeps only its trained tensors in each DCP checkpoint and resumes
-    bit for bit (the wrapped layers' AdamW state was once dropped on resume)."""
+    bit for bit (the wrapped layers' AdamW state was once dropped on resume). Its 2-rank runs: the
+    module's ``launches``."""
     from ekd.cli import main
     from ekd.train.sharded_checkpoint import SafeReader
 
-    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
-    runs = tmp_path / "runs"
-
-    def args(name: str, micro: int) -> list[str]:
-        return [
-            *tiny_overrides(tmp_path, corpus, name, **{"train.micro_batch_size": micro}),
-            *COMMON,
-            *METHOD,
-        ]
-
-    def lora(name: str) -> list[str]:
-        extra = ["model.lora_r=4", "model.lora_train_head=true", "train.activation_checkpointing=true"]
-        return [*args(name, 2), *extra]
-
-    first = [args("ref", 2), lora("lora-ref"), args("killed", 2)]
-    out = _torchrun(tmp_path, "first", first, kill="killed:3")
+    tmp = launches["root"] / "kill"
+    runs = tmp / "runs"
+    out = launches["first"]  # ref, lora-ref, then killed
     assert out.returncode != 0 and "SIGKILL" in out.stderr + out.stdout, out.stderr[-3000:]
-    ckpts = runs / "killed" / "checkpoints"
-    assert (ckpts / "latest").read_text() == "step-000002" and (ckpts / "step-000003.tmp").is_dir()
+    left = launches["killed"]["kill"]  # the run killed, before the resumes
+    assert left["latest"] == "step-000002" and "step-000003.tmp" in left["names"], left
     assert (
         json.loads((runs / "ref" / "checkpoints" / "step-000004" / "manifest.json").read_text())["layout"]
         == "dcp"
@@ -270,19 +363,15 @@ def test_kill_resume_and_resharding(tmp_path, caplog):
     saved = SafeReader(runs / "lora-ref" / "checkpoints" / "step-000002").read_metadata().state_dict_metadata
     weights = [k.removeprefix("model.student.") for k in saved if k.startswith("model.")]
     assert weights and all("lora_" in k or "lm_head" in k for k in weights), weights
-    _interrupted_copy(runs / "lora-ref", runs / "lora-resumed", 2)
 
-    assert main(["-q", "distill", *args("single", 4)]) == 0
-    _interrupted_copy(runs / "single", runs / "one-to-two", 2)
-    _interrupted_copy(runs / "ref", runs / "two-to-one", 2)
-    resumed = [[*args("killed", 2), "--resume"], [*args("one-to-two", 2), "--resume"]]
-    out = _torchrun(tmp_path, "resume", [*resumed, [*lora("lora-resumed"), "--resume"]])
+    out = launches["resumes"]
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stderr.count("at step 2") >= 3  # every run resumed from its step-2 checkpoint (not from 0)
-    assert out.stderr.count("resumed from") == 3  # said once per run (rank 0), not once per rank
-    assert out.stderr.count("resharding checkpoint step-000002 of 1 rank onto 2") == 1  # rank 0's, once
+    said = "".join(launches["outputs"][:3])  # this test's resumes: killed, one-to-two, lora-resumed
+    assert said.count("at step 2") >= 3  # every run resumed from its step-2 checkpoint (not from 0)
+    assert said.count("resumed from") == 3  # said once per run (rank 0), not once per rank
+    assert said.count("resharding checkpoint step-000002 of 1 rank onto 2") == 1  # rank 0's, once
     with caplog.at_level("INFO", logger="ekd.train.sharded_checkpoint"):
-        assert main(["distill", *args("two-to-one", 4), "--resume"]) == 0
+        assert main(["distill", *_args(tmp, "two-to-one", 4), "--resume"]) == 0
     assert "resharding checkpoint step-000002 of 2 ranks onto 1" in caplog.text
 
     assert _same(runs / "ref", runs / "killed", rtol=0, atol=0) == []  # exact
@@ -291,45 +380,36 @@ def test_kill_resume_and_resharding(tmp_path, caplog):
     assert _same(runs / "ref", runs / "two-to-one", rtol=1e-5, atol=5e-6) == []
     assert _same(runs / "single", runs / "one-to-two", rtol=1e-5, atol=5e-6) == []
     # and one process resumed with another global micro-batch is one line
-    code = main(["distill", *args("two-to-one", 2), "train.max_steps=5", "--resume"])
+    code = main(["distill", *_args(tmp, "two-to-one", 2), "train.max_steps=5", "--resume"])
     assert code == 2
 
 
 @pytest.mark.slow
-def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog):
+def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(launches, caplog):
     """``train.parallel=fsdp`` on 2 gloo ranks: every rank writes its DTensor shards with DCP; a run killed with
     SIGKILL while writing checkpoint 3 resumes from checkpoint 2 and equals the uninterrupted FSDP2 run bit
-    for bit; the same sharded checkpoint resumes in one process (micro-batch 2 → 4) within 1e-5."""
+    for bit; the same sharded checkpoint resumes in one process (micro-batch 2 → 4) within 1e-5. Its 2-rank
+    runs: the module's ``launches``."""
     from ekd.cli import main
 
-    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
-    runs = tmp_path / "runs"
-
-    def args(name: str, micro: int, fsdp: bool = True) -> list[str]:
-        extra = ["train.parallel=fsdp"] if fsdp else []
-        return [
-            *tiny_overrides(tmp_path, corpus, name, **{"train.micro_batch_size": micro}),
-            *COMMON,
-            *METHOD,
-            *extra,
-        ]
-
-    out = _torchrun(tmp_path, "first", [args("ref", 2), args("killed", 2)], kill="killed:3")
+    tmp = launches["root"] / "fsdp"
+    runs = tmp / "runs"
+    out = launches["second"]  # ref, then killed
     assert out.returncode != 0 and "SIGKILL" in out.stderr + out.stdout, out.stderr[-3000:]
-    ckpts = runs / "killed" / "checkpoints"
-    assert (ckpts / "latest").read_text() == "step-000002"
-    manifest = json.loads((ckpts / "step-000002" / "manifest.json").read_text())
+    left = launches["killed"]["fsdp"]  # the run killed, before the resumes
+    assert left["latest"] == "step-000002", left
+    manifest = json.loads(left["manifest 2"])
     assert manifest["layout"] == "dcp" and manifest["world_size"] == 2
     assert sorted(f for f in manifest["files"] if f.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
-    _interrupted_copy(runs / "ref", runs / "two-to-one", 2)
-    out = _torchrun(tmp_path, "resume", [[*args("killed", 2), "--resume"]])
+    out = launches["resumes"]
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "at step 2" in out.stderr
+    said = launches["outputs"][3]  # this test's resume of killed
+    assert "at step 2" in said
     # what rank 0 does for all is said once (try-out 12: every rank said it)
-    assert out.stderr.count("model.student: rank 0 reads the weights") == 1, out.stderr[-3000:]
+    assert said.count("model.student: rank 0 reads the weights") == 1, said[-3000:]
     with caplog.at_level("INFO", logger="ekd.train.sharded_checkpoint"):
-        assert main(["distill", *args("two-to-one", 4, fsdp=False), "--resume"]) == 0
+        assert main(["distill", *_args(tmp, "two-to-one", 4), "--resume"]) == 0
     assert "resharding checkpoint step-000002 of 2 ranks onto 1" in caplog.text
 
     assert _same(runs / "ref", runs / "killed", rtol=0, atol=0) == []  # exact
@@ -337,39 +417,18 @@ def test_fsdp_kill_resume_is_exact_and_reshards_to_one_process(tmp_path, caplog)
 
 
 @pytest.mark.slow
-def test_what_rank_0_does_for_all_is_said_once(tmp_path):
+def test_what_rank_0_does_for_all_is_said_once(launches):
     """Try-out 12: under torchrun the resharding line, 'rank 0 reads the weights', the sample selection's 'kept N
     of M blocks' and a padded head's 'aligned to V' were printed by every rank (8 times on 8 GPUs). A 2-rank
     FSDP run of a padded student with a sharded teacher and sample selection, and a 2-rank resume of a 1-process
-    checkpoint: no ekd log line twice, and each rank's own memory line once."""
-    from ekd.cli import main
-    from ekd.data import train_bpe_tokenizer
-    from ekd.models.load import build_preset, save_model_dir
-
-    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
-    tokenizer = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300)
-    padded = build_preset("llama-micro", len(tokenizer) + 8, tokenizer.eos_token_id, seed=0)
-    student = save_model_dir(padded, tokenizer, tmp_path / "padded-student")  # 8 head rows past the tokenizer
-    common = [
-        f"model.student={student}",
-        "model.tokenizer=student",
-        "method=sekd",
-        "method.sample_fraction=0.5",
-        "train.checkpoint_every=1",
-        "eval.teacher=false",
-    ]
-
-    def args(name: str, micro: int, steps: int) -> list[str]:
-        extra = {"train.micro_batch_size": micro, "train.max_steps": steps}
-        return [*tiny_overrides(tmp_path, corpus, name, **extra), *common]
-
-    fsdp = ["train.parallel=fsdp", "teacher.placement=shard"]
-    assert main(["-q", "distill", *args("one", 4, 1)]) == 0
+    checkpoint: no ekd log line twice, and each rank's own memory line once. Its 2-rank runs: the last two of
+    the module's ``launches``, each run's lines apart."""
+    out = launches["resumes"]
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(launches["outputs"]) == 6, out.stderr[-3000:]
     said = []
-    for name, run in (("fresh", [*args("two", 2, 1), *fsdp]), ("resume", [*args("one", 2, 2), "--resume"])):
-        out = _torchrun(tmp_path, name, [run])
-        assert out.returncode == 0, out.stderr[-3000:]
-        lines = [line for line in out.stderr.splitlines() if line.startswith(("INFO ekd", "WARNING ekd"))]
+    for stderr in launches["outputs"][4:]:  # the fresh FSDP run, then the 1 → 2 resume of "one"
+        lines = [line for line in stderr.splitlines() if line.startswith(("INFO ekd", "WARNING ekd"))]
         assert [line for line in set(lines) if lines.count(line) > 1] == [], lines
         words = ("resharding", "rank 0 reads", "kept", "aligned to", "rank 0 holds", "rank 1 holds")
         said += [w for line in lines for w in words if w in line]
