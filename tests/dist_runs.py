@@ -224,10 +224,11 @@ def gloo_ranks(body: Callable, out_dir: str | Path, *args: object, world: int = 
     (:func:`ekd.train.distributed.in_process_group`), checked (:func:`assert_groups_ended`)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_gloo_rank, args=(body, world, str(out_dir), args), nprocs=world, join=True)
+    mp.spawn(gloo_rank, args=(body, world, str(out_dir), args), nprocs=world, join=True)
 
 
-def _gloo_rank(rank: int, body: Callable, world: int, out_dir: str, args: tuple) -> None:
+def gloo_rank(rank: int, body: Callable, world: int, out_dir: str, args: tuple) -> None:
+    """One process of :func:`gloo_ranks` (for a spawned worker that runs it beside other work)."""
     init = f"file://{os.path.join(out_dir, 'init')}"
     start_process_group("gloo", init_method=init, rank=rank, world_size=world)
     in_process_group(body, rank, out_dir, *args)

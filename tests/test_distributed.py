@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import traceback
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from dist_runs import assert_groups_ended, free_port, gloo_ranks, torchrun_runs
+from dist_runs import assert_groups_ended, free_port, gloo_rank, torchrun_runs
 from ekd.eval.compare import read_run
 from ekd.train.distributed import Ranks, data_parallel, distributed, micro_batch_sync
 from tiny import tiny_overrides, write_corpus
@@ -157,13 +157,12 @@ def _ddp_worker(rank: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_sums_gradients_once_per_step():
+def test_ddp_sums_gradients_once_per_step(spawned):
     """2 gloo ranks through ``data_parallel``: after the last micro-batch every rank holds the one-process
     gradient of the global batch (a sum over ranks, not DDP's average), including a parameter used outside
-    the body and one unused in the last micro-batch; ``no_sync`` before it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        gloo_ranks(_ddp_worker, tmp)
-        g0, g1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    the body and one unused in the last micro-batch; ``no_sync`` before it. (The ranks: ``spawned``.)"""
+    _passed(spawned, "ddp")
+    g0, g1 = (torch.load(spawned / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     model, extra = _toy_model(), torch.nn.Linear(5, 1)
     data = _toy_data()
@@ -193,10 +192,54 @@ def _failing_worker(rank: int, port: int) -> None:
     assert_groups_ended()
 
 
-@pytest.mark.slow
-def test_groups_end_with_distributed_after_an_error():
-    """``distributed()`` ends its groups (their gloo threads joined) when the work in it fails too: a group
-    left to interpreter exit can abort the process ("terminate called without an active exception")."""
+def _spawned_checks(rank: int, out_dir: str, port: int) -> None:
+    """The spawned checks of this module in one pair of processes (each spawned process imports torch, ekd and
+    this module: seconds): the DDP worker in a gloo group started as :func:`dist_runs.gloo_ranks` does, then,
+    that group ended, the failing work under ``distributed()``. Each check writes ``out_dir/CHECK-rank<r>.txt``:
+    ``ok``, or its traceback, raised again (mp.spawn then ends the other rank: none left in a collective)."""
+    checks = {
+        "ddp": lambda: gloo_rank(rank, _ddp_worker, 2, out_dir, ()),
+        "failing": lambda: _failing_worker(
+            rank, port
+        ),  # sets the env:// variables: after the file rendezvous
+    }
+    for name, check in checks.items():
+        said = Path(out_dir, f"{name}-rank{rank}.txt")
+        try:
+            check()
+        except BaseException:
+            said.write_text(traceback.format_exc())
+            raise
+        said.write_text("ok")
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory) -> Path:
+    """The directory of :func:`_spawned_checks`, run once on 2 spawned ranks; ``spawn.txt``: mp.spawn's error."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_failing_worker, args=(free_port(),), nprocs=2, join=True)
+    out = tmp_path_factory.mktemp("spawned")
+    try:
+        mp.spawn(_spawned_checks, args=(str(out), free_port()), nprocs=2, join=True)
+    except Exception as e:  # each test below fails on its own check's record
+        (out / "spawn.txt").write_text(f"{type(e).__name__}: {e}")
+    return out
+
+
+def _passed(out: Path, check: str) -> None:
+    """Both ranks of ``spawned`` ran ``check`` without error."""
+    for rank in (0, 1):
+        said = out / f"{check}-rank{rank}.txt"
+        spawn = out / "spawn.txt"
+        text = (
+            said.read_text() if said.exists() else f"not run; {spawn.read_text() if spawn.exists() else ''}"
+        )
+        assert text == "ok", f"rank {rank}: {text}"
+
+
+@pytest.mark.slow
+def test_groups_end_with_distributed_after_an_error(spawned):
+    """``distributed()`` ends its groups (their gloo threads joined) when the work in it fails too: a group
+    left to interpreter exit can abort the process ("terminate called without an active exception"). (The
+    ranks: ``spawned``.)"""
+    _passed(spawned, "failing")
