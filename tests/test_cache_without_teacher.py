@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ekd.cli import main
-from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, kept_teacher_dir
+from ekd.teacher.cache.kept_teacher import KEPT_DIR, KEPT_RECORD, keep_teacher_files, kept_teacher_dir
 from tiny import config_file, loss_curve, write_corpus
 
 TEACHER_EOS = (
@@ -79,11 +79,12 @@ def _shards_sha256(cache: Path) -> dict[str, str]:
 def test_the_cache_keeps_the_teachers_small_files_and_no_weights(built, capsys):
     kept = kept_teacher_dir(built["cache"])
     assert kept == built["cache"] / KEPT_DIR
-    names = {p.name for p in kept.iterdir()}
+    names = {p.name for p in kept.iterdir()} - {KEPT_RECORD}
     assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
     assert not any(n.endswith(".safetensors") for n in names)
     for name in names:  # byte for byte the teacher's
         assert (kept / name).read_bytes() == (built["teacher"] / name).read_bytes(), name
+    assert set(json.loads((kept / KEPT_RECORD).read_text())) == names  # each file's sha256
     assert main(["cache", "info", str(built["cache"])]) == 0
     info = capsys.readouterr().out
     assert "teacher_files" in info and "tokenizer.json" in info
@@ -181,9 +182,135 @@ def test_a_hub_teachers_files_are_copied_from_its_snapshot(tmp_path, monkeypatch
     cache = tmp_path / "cache"
     cache.mkdir()
     assert keep_teacher_files("org/teacher", "", cache) == ["config.json", "tokenizer.json"]
+    assert keep_teacher_files("org/teacher", "", cache) == []  # whole and the same: nothing written
     kept = kept_teacher_dir(cache)
     assert (kept / "config.json").read_text() == '{"eos_token_id": 2}' and not (
         kept / "config.json"
     ).is_symlink()
     assert not (kept / "model.safetensors").exists()
     assert keep_teacher_files("org/not-fetched", "", cache) == [] and kept_teacher_dir(cache) is None
+
+
+@pytest.mark.slow
+def test_another_absent_teacher_is_refused_and_the_projects_relative_path_is_the_caches(
+    built, tmp_path, monkeypatch, capsys
+):
+    """Try-out 65, F1: any missing ``model.teacher`` path trained from the cache (its content hash, copied from
+    the cache, made it "the same weights") and config.yaml recorded the wrong teacher. F2: the config's own
+    relative spelling (configs/cache-demo.yaml: ``runs/demo/teacher``) in another copy of the project tree, where
+    the teacher is not, was refused with ways that need the teacher or delete the cache."""
+    run = ["-q", "distill", built["cfg"], "teacher.source=cache", "eval.teacher=false"]
+    with teacher_away(built["teacher"]):
+        assert main([*run, "run.name=other", f"model.teacher={tmp_path / 'nowhere' / 'teacher'}"]) != 0
+        line = _error_line(capsys)
+        assert f"is not the teacher of the cache at {built['cache']} ({built['teacher']})" in line
+        assert f"set model.teacher={built['teacher']}" in line
+        monkeypatch.chdir(tmp_path)  # another tree: `teacher` names the end of the cache's teacher path
+        assert main([*run, "run.name=relative", "model.teacher=teacher"]) == 0, capsys.readouterr().err
+    assert not (built["root"] / "runs" / "other").exists()
+    assert loss_curve(built["root"] / "runs" / "relative") == loss_curve(built["root"] / "runs" / "ref")
+
+
+@pytest.mark.slow
+def test_a_damaged_copy_is_named_verified_and_restored_by_a_rerun(built, capsys):
+    """Try-out 65, F4: a copy missing its tokenizer.json broke the cache even with the teacher there, blamed
+    model.teacher in a line cut mid-sentence, passed `ekd cache verify`, and a rerun of `ekd cache` left it."""
+    damaged = built["root"] / "damaged-cache"
+    shutil.copytree(built["cache"], damaged)
+    (damaged / KEPT_DIR / "tokenizer.json").unlink()
+    run = [
+        "-q",
+        "distill",
+        built["cfg"],
+        "teacher.source=cache",
+        "eval.teacher=false",
+        f"teacher.cache_dir={damaged}",
+    ]
+    assert main([*run, "run.name=damaged"]) != 0
+    line = _error_line(capsys)
+    assert (
+        "is damaged (tokenizer.json is missing)" in line
+        and "`ekd cache CONFIG` once where the teacher is" in line
+    )
+    assert main(["cache", "verify", str(damaged)]) != 0
+    assert "tokenizer.json is missing" in _error_line(capsys)
+    assert main(["cache", "info", str(damaged)]) == 0
+    assert "damaged: tokenizer.json is missing" in capsys.readouterr().out
+    shards = _shards_sha256(damaged)
+    assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={damaged}"]) == 0
+    assert _shards_sha256(damaged) == shards and main(["cache", "verify", str(damaged)]) == 0
+    with teacher_away(built["teacher"]):
+        assert main([*run, "run.name=restored"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_finished_cache_whose_copy_cannot_be_written_still_says_nothing_to_build(
+    built, monkeypatch, capsys
+):
+    """Try-out 65, F3: on a read-only mount the copy's write raised ekd's DiskError, which the build did not
+    catch: the finished cache's rerun failed where it had said "nothing to build"."""
+    from ekd.io import DiskError
+    from ekd.teacher.cache import build
+
+    old = built["root"] / "read-only-cache"
+    shutil.copytree(built["cache"], old)
+    shutil.rmtree(old / KEPT_DIR)
+
+    def read_only(*args, **kwargs):
+        raise DiskError(f"read-only file system writing to {old / '.teacher-staging'}")
+
+    monkeypatch.setattr(build, "keep_teacher_files", read_only)
+    assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_build_from_a_config_that_trains_from_the_cache_reads_the_teachers_own_files(built, capsys):
+    """Try-out 65, F6: `ekd cache CONFIG teacher.source=cache` (one YAML for the build and the runs) read the
+    copy of the cache it was making: where the teacher was not, a first build was told the cache was 'made by an
+    older ekd' instead of that the teacher it runs is not there."""
+    fresh = built["root"] / "fresh-cache"
+    build = ["-q", "cache", built["cfg"], "teacher.source=cache", f"teacher.cache_dir={fresh}"]
+    with teacher_away(built["teacher"]):
+        assert main(build) != 0
+        line = _error_line(capsys)
+        assert f"model.teacher: {built['teacher']} does not exist" in line and "older ekd" not in line
+    assert main(build) == 0, capsys.readouterr().err
+    assert kept_teacher_dir(fresh) is not None
+
+
+def test_an_older_import_is_told_to_import_again_not_to_build(tmp_path):
+    """Try-out 65, F5: an import made before the copy was told to run `ekd cache CONFIG`, which refuses an
+    import; the import's own command adds the copy."""
+    from ekd.teacher.cache import CacheError
+    from ekd.teacher.cache.kept_teacher import teacher_files_in_cache
+    from ekd.teacher.cache.manifest import IMPORTED, MANIFEST
+
+    cache = tmp_path / "import"
+    cache.mkdir()
+    (cache / MANIFEST).write_text(json.dumps({"signature": {"teacher_revision": f"{IMPORTED}abc"}}))
+    with pytest.raises(CacheError, match=r"run `ekd cache import SRC --config CONFIG --out DIR` again"):
+        teacher_files_in_cache(cache, str(tmp_path / "gone"))
+
+
+def test_train_as_built_is_not_offered_for_a_setting_the_run_has_already():
+    """Try-out 65, F7: a boundary of other ids under the same mode (a teacher whose eos_token_id changed) was
+    told "train as it was built (data.separator=auto)" while the run was `auto` already."""
+    from ekd.teacher.cache.source import _train_as_built
+
+    expected, found = {"separator": "auto:bos=-,eos=5"}, {"separator": "auto:bos=-,eos=0"}
+    assert _train_as_built(["separator: …"], found, expected) == ""
+    found = {"separator": "eos:bos=-,eos=5"}
+    assert (
+        _train_as_built(["separator: …"], found, expected)
+        == "train as it was built (data.separator=eos), or "
+    )
+
+
+@pytest.mark.slow
+def test_plan_of_a_cache_run_says_the_evaluation_loads_the_teacher(built, capsys):
+    """Try-out 65, F10: `ekd plan` said "fits" for a run that loads the teacher at its end, without a word."""
+    assert main(["plan", built["cfg"], "--gpus", "1", "teacher.source=cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"the evaluation at the end loads the teacher ({built['teacher']})" in out
+    assert main(["plan", built["cfg"], "--gpus", "1", "teacher.source=cache", "eval.teacher=false"]) == 0
+    assert "loads the teacher" not in capsys.readouterr().out

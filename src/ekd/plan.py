@@ -424,6 +424,7 @@ def plan_config(
     """
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
+    from ekd.train.prepare import evaluates_teacher
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
@@ -450,6 +451,11 @@ def plan_config(
                 "ddp with a replicated teacher\n"
             )
         parallel, placement = ("ddp",), ("replicate",)
+    if teacher_spec is None and evaluates_teacher(cfg):  # try-out 65, F10: a plan that said nothing of it
+        note += (
+            f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
+            "not in these figures; eval.teacher=false skips it\n"
+        )
     vocab = vocab_size or _vocab_size(cfg)
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None

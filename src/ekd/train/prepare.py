@@ -416,25 +416,16 @@ def teacher_files(cfg: Config) -> tuple[str, str]:
     the teacher's directory need not exist there (try-out 64, F13); any other run reads ``model.teacher``.
 
     Raises:
-        ConfigError: a run from a cache that keeps no copy (built by an older ekd) whose ``model.teacher``
-            directory is not there: one line naming the ways on.
+        CacheError: the cache's copy is damaged, or it keeps none (made by an older ekd) while the
+            ``model.teacher`` directory is not there (:func:`~ekd.teacher.cache.kept_teacher.teacher_files_in_cache`).
     """
     spec, revision = cfg.model.teacher, cfg.model.revision
     if cfg.teacher.source != "cache" or is_preset(spec) or not cfg.teacher.cache_dir:
         return spec, revision
-    from ekd.teacher.cache.kept_teacher import kept_teacher_dir
+    from ekd.teacher.cache.kept_teacher import teacher_files_in_cache
 
-    kept = kept_teacher_dir(cfg.teacher.cache_dir)
-    if kept is not None:
-        return str(kept), ""
-    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
-        raise ConfigError(
-            f"model.teacher: {spec} is not there, and the teacher cache {cfg.teacher.cache_dir} (built by an older "
-            "ekd) keeps no copy of the teacher's config and tokenizer, which a run from it reads: run `ekd cache "
-            "CONFIG` once where the teacher is (it adds them to the finished cache, recomputing nothing), or set "
-            "model.teacher to where the teacher is"
-        )
-    return spec, revision
+    kept = teacher_files_in_cache(cfg.teacher.cache_dir, spec)
+    return (str(kept), "") if kept is not None else (spec, revision)
 
 
 def names_teacher(cfg: Config, spec: str) -> bool:

@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.config.inert import refuse_inert_keys
 from ekd.data.collate import model_inputs
-from ekd.io import make_dirs
+from ekd.io import DiskError, make_dirs
 from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, kept_teacher_dir
+from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files
 from ekd.teacher.cache.manifest import (
     DATA_SETTINGS,
     MANIFEST,
@@ -267,9 +267,14 @@ def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
 
 def _prepare_data(cfg: Config, directory: Path):
     """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
-    (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one."""
+    (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one. The
+    teacher's own files are read whatever ``teacher.source`` says (the build and the import run with the
+    teacher; try-out 65, F6: ``teacher.source=cache`` read the copy of the cache being made)."""
+    from dataclasses import replace
+
     from ekd.train.prepare import prepare_data
 
+    cfg = replace(cfg, teacher=replace(cfg.teacher, source="online"))
     if (directory / "tokenizer" / "tokenizer.json").is_file():
         return prepare_data(cfg, directory)
     staging = directory / ".staging"
@@ -284,25 +289,24 @@ def _prepare_data(cfg: Config, directory: Path):
 
 def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
     """The teacher's config and tokenizer files into the cache (:mod:`~ekd.teacher.cache.kept_teacher`), once
-    the writer has accepted this config's signature; a finished cache of an older ekd gets them on a rerun
-    (nothing else is written), and one on a read-only mount is left as it is, said in a line."""
-    if kept_teacher_dir(directory) is not None:
-        return  # the same teacher: the signature matched (--overwrite removed an earlier teacher's)
+    the writer has accepted this config's signature (the same teacher): a missing, damaged or outdated copy is
+    made again, a whole one left as it is; a finished cache on a read-only mount keeps its shards usable, said
+    in a line."""
     try:
         names = keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
-    except OSError as e:
+    except (OSError, DiskError) as e:
         if not finished:
             raise
         log.info(
-            "teacher cache %s: cannot add the teacher's config and tokenizer files (%s); a run from it reads them "
-            "from model.teacher",
+            "teacher cache %s: cannot write its copy of the teacher's config and tokenizer files (%s); a run from "
+            "it reads model.teacher's",
             directory,
             e,
         )
         return
-    if names and finished:
+    if names:
         log.info(
-            "teacher cache %s: kept the teacher's files (%s) for runs from it", directory, ", ".join(names)
+            "teacher cache %s: kept the teacher's files for runs without it (%s)", directory, ", ".join(names)
         )
 
 

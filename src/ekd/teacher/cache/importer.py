@@ -43,7 +43,7 @@ import torch
 from ekd.config import Config, ConfigError
 from ekd.data.chat import RejectedRow, import_key, parse_messages, parse_tools
 from ekd.data.document import Document
-from ekd.io import file_sha256, make_dirs
+from ekd.io import DiskError, file_sha256, make_dirs
 from ekd.locks import holding
 from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
@@ -394,7 +394,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         writer.close()
         try:  # its config and tokenizer, for runs from the import where the teacher is not
             keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
-        except OSError as e:  # a finished import on a read-only mount: runs read model.teacher's
+        except (OSError, DiskError) as e:  # a finished import on a read-only mount: runs read model.teacher's
             log.info("imported cache %s: the teacher's files not kept (%s)", directory, e)
         log.info(
             "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",

@@ -9,19 +9,19 @@ machine without the teacher trains there (try-out 64, F13). Weights are never co
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 from ekd.io import make_dirs
-from ekd.models.load import is_preset
-
-log = logging.getLogger(__name__)
 
 KEPT_DIR = "teacher"
 """``<cache_dir>/teacher``: the copy of the teacher's small files."""
 STAGING_DIR = ".teacher-staging"
+KEPT_RECORD = ".ekd-kept.json"
+"""In the copy: {file name: sha256} of the files copied, checked before a run reads them."""
 WEIGHT_SUFFIXES = (
     ".safetensors",
     ".bin",
@@ -40,6 +40,8 @@ MAX_FILE_BYTES = 64 << 20  # a tokenizer.json of a 256k vocabulary is ~35 MB; we
 def _model_directory(spec: str, revision: str) -> Path | None:
     """The directory holding ``spec``'s files: a local directory, or the hub cache's snapshot of a hub id the
     build has loaded; None for a preset or files not found."""
+    from ekd.models.load import is_preset
+
     if is_preset(spec) or not spec.strip():
         return None
     local = Path(spec).expanduser()
@@ -67,26 +69,61 @@ def small_files(directory: Path) -> list[Path]:
     )
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # small files (MAX_FILE_BYTES)
+
+
+def _record(kept: Path) -> dict[str, str] | None:
+    """The copy's record {name: sha256}, None when missing or unreadable."""
+    try:
+        record = json.loads((kept / KEPT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and all(isinstance(v, str) for v in record.values())
+    return record if ok else None
+
+
+def kept_problem(kept: Path) -> str | None:
+    """What is wrong with the copy in ``kept`` against its record (a file missing, changed, or the record
+    itself), in words; None when it is whole."""
+    record = _record(kept)
+    if record is None:
+        return f"its record {KEPT_RECORD} is missing or unreadable"
+    for name, digest in sorted(record.items()):
+        path = kept / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} differs from the copy made (sha256)"
+    return None
+
+
 def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
-    """Copy the teacher's small files into ``cache_dir/teacher``, replacing an earlier copy (through a staging
-    directory, renamed into place: a kill mid-copy leaves no half copy); returns the names copied. A preset, or
-    a teacher whose files are not found (a hub id whose config was never fetched), gives [] and no copy (an
-    earlier one is removed: it was another teacher's).
+    """Make ``cache_dir/teacher`` a whole copy of the teacher's small files, with a record of their sha256
+    (:data:`KEPT_RECORD`, which :func:`kept_problem` and ``ekd cache verify`` check); returns the names written,
+    [] when the copy was already whole and the same as the teacher's files (nothing is written: a read-only
+    cache stays untouched). The copy is made in a staging directory and renamed into place: a kill mid-copy
+    leaves no half copy. A preset, or a teacher whose files are not found (a hub id whose config was never
+    fetched), gives [] and no copy (an earlier one is removed: it was another teacher's).
 
     Raises:
-        OSError: the cache directory cannot be written (the caller decides whether that matters).
+        OSError, DiskError: the cache directory cannot be written (the caller decides whether that matters).
     """
     source = _model_directory(spec, revision)
     files = small_files(source) if source is not None else []
+    kept = cache_dir / KEPT_DIR
     if not files:
-        shutil.rmtree(cache_dir / KEPT_DIR, ignore_errors=True)
+        shutil.rmtree(kept, ignore_errors=True)
+        return []
+    record = {p.name: _sha256(p) for p in files}
+    if kept.is_dir() and _record(kept) == record and kept_problem(kept) is None:
         return []
     staging = cache_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
     make_dirs(staging)
     for path in files:
         shutil.copyfile(path, staging / path.name)  # a hub snapshot's links: their blobs' bytes
-    kept = cache_dir / KEPT_DIR
+    (staging / KEPT_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
     shutil.rmtree(kept, ignore_errors=True)
     os.replace(staging, kept)
     return [p.name for p in files]
@@ -94,9 +131,58 @@ def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
 
 def kept_teacher_dir(cache_dir: str | Path) -> Path | None:
     """``cache_dir/teacher`` when the cache keeps its teacher's files (one built by ekd since try-out 64's F13),
-    else None."""
+    whole or not (:func:`kept_problem`), else None."""
     kept = Path(cache_dir) / KEPT_DIR
-    return kept if (kept / "config.json").is_file() else None
+    return kept if kept.is_dir() else None
 
 
-__all__ = ["KEPT_DIR", "keep_teacher_files", "kept_teacher_dir", "small_files"]
+def _again(cache_dir: Path) -> str:
+    """The command that (re)makes the copy where the teacher is: the build's, or an import's (try-out 65, F5)."""
+    from ekd.teacher.cache.manifest import MANIFEST, is_imported
+
+    try:
+        signature = json.loads((cache_dir / MANIFEST).read_text()).get("signature")
+    except (OSError, ValueError, AttributeError):
+        signature = None
+    if is_imported(signature):
+        return "run `ekd cache import SRC --config CONFIG --out DIR` again where the teacher's files are"
+    return "run `ekd cache CONFIG` once where the teacher is"
+
+
+def teacher_files_in_cache(cache_dir: str | Path, spec: str) -> Path | None:
+    """Where a run from the cache at ``cache_dir`` reads its teacher's files: the cache's whole copy; None (read
+    ``spec``, ``model.teacher``) for a cache that keeps none while ``spec`` is there.
+
+    Raises:
+        CacheError: a damaged copy (:func:`kept_problem`), or no copy while ``spec`` is a local path that is not
+            there; one line naming the command that makes the copy again, recomputing nothing.
+    """
+    from ekd.teacher.cache.format import CacheError
+
+    cache_dir = Path(cache_dir)
+    kept = kept_teacher_dir(cache_dir)
+    if kept is not None:
+        if (problem := kept_problem(kept)) is not None:
+            raise CacheError(
+                f"teacher cache {cache_dir}: its copy of the teacher's config and tokenizer files ({kept}) is "
+                f"damaged ({problem}); {_again(cache_dir)} to restore it (the targets are kept)"
+            )
+        return kept
+    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+        raise CacheError(
+            f"model.teacher: {spec} is not there, and the teacher cache {cache_dir} (made by an older ekd) keeps no "
+            f"copy of the teacher's config and tokenizer, which a run from it reads: {_again(cache_dir)} (it adds "
+            "them, recomputing nothing), or set model.teacher to where the teacher is"
+        )
+    return None
+
+
+__all__ = [
+    "KEPT_DIR",
+    "KEPT_RECORD",
+    "keep_teacher_files",
+    "kept_problem",
+    "kept_teacher_dir",
+    "small_files",
+    "teacher_files_in_cache",
+]

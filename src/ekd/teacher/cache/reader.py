@@ -370,6 +370,9 @@ class CacheReader:
             raise CacheError(
                 f"teacher cache at {self.directory} failed verification: {'; '.join(problems)}: {self._rebuild_shards}"
             )
+        from ekd.teacher.cache.kept_teacher import teacher_files_in_cache
+
+        teacher_files_in_cache(self.directory, "")  # its copy of the teacher's files, when it keeps one
         return {"shards": len(self._shards), "samples": samples, "ok": True}
 
     def size_problems(self) -> list[str]:
@@ -406,7 +409,7 @@ class CacheReader:
                 epp, pps
             ),
             "fixed_width_bound_formula": self.layout.formula(),
-            "teacher_files": _kept_teacher_files(self.directory),
+            "kept_teacher_files": _kept_teacher_files(self.directory),
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
@@ -415,12 +418,13 @@ class CacheReader:
 def _kept_teacher_files(directory: Path) -> str:
     """The teacher's files the cache keeps for runs without the teacher (:mod:`ekd.teacher.cache.kept_teacher`),
     in words."""
-    from ekd.teacher.cache.kept_teacher import kept_teacher_dir, small_files
+    from ekd.teacher.cache.kept_teacher import kept_problem, kept_teacher_dir, small_files
 
     kept = kept_teacher_dir(directory)
     if kept is None:
-        return "none kept (a run from the cache reads model.teacher's config and tokenizer)"
-    return ", ".join(p.name for p in small_files(kept))
+        return "none (a run from the cache reads model.teacher's config and tokenizer)"
+    problem = kept_problem(kept)
+    return ", ".join(p.name for p in small_files(kept)) + (f" — damaged: {problem}" if problem else "")
 
 
 def _size_problem(path: Path, want: int) -> str | None:

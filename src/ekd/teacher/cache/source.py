@@ -18,6 +18,7 @@ from its safetensors files, and equal weights make it the same teacher (:func:`t
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
+from ekd.models.load import is_preset
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
@@ -79,8 +81,9 @@ def check_cache_dir(directory: str) -> None:
 def training_signature(cfg: Config, data, found: dict) -> dict:
     """The signature the training config expects, with the fields it cannot decide copied from ``found``.
 
-    The teacher's weights hash is copied too when ``model.teacher`` is a local path that is not there (a cache
-    copied to a machine without its teacher: the ids decide), or names the cache's teacher directory
+    The teacher's weights hash is copied too when ``model.teacher`` is a local path that is not there and names
+    the cache's teacher (:func:`_names_cached_teacher`: a cache copied to a machine without its teacher; another
+    absent path is refused, CacheError), or names the cache's teacher directory
     (however spelled) and its safetensors files have the sizes, times and inodes the build recorded
     (:data:`~ekd.teacher.cache.manifest.TEACHER_FILES`; caches built before that record are trusted). When it
     names another path while the cache pins its teacher by the weights' content (a cache built from another
@@ -94,15 +97,23 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     revision = str(found.get("teacher_revision", ""))
     cached_id = str(found.get("teacher_id", ""))
     spec = cfg.model.teacher
-    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
-        # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, the weights'
-        # hash is the cache's
-        if spec == cached_id:
-            log.info(
-                "teacher cache: model.teacher %s is not on this machine; the cache's teacher (the same id, its "
-                "weights pinned by the cache's teacher_revision) is taken as it was built",
-                spec,
+    if _absent_path(spec, cached_id):
+        # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, and the
+        # weights' hash is the cache's — only for the cache's own teacher (try-out 65, F1: any missing path was
+        # taken, the content-pinning hash copied from the cache making it "the same weights")
+        if not _names_cached_teacher(spec, cached_id):
+            raise CacheError(
+                f"model.teacher {spec} is not there and is not the teacher of the cache at {cfg.teacher.cache_dir} "
+                f"({cached_id}); set model.teacher={cached_id} to train from the cache without its teacher, or "
+                "set model.teacher to where the teacher is"
             )
+        expected["teacher_id"] = cached_id
+        log.info(
+            "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s (its weights "
+            "pinned by the cache's teacher_revision)",
+            spec,
+            cached_id,
+        )
     elif revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
         log.info(
             "teacher cache: model.teacher %s is not the cache's teacher_id %s; comparing the weights' hash",
@@ -125,6 +136,24 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     if expected["target"] == "topk":  # top-K targets do not depend on the seed
         expected["seed"] = found.get("seed")
     return expected
+
+
+def _absent_path(spec: str, cached_id: str) -> bool:
+    """Whether ``model.teacher`` names a local directory that is not on this machine: a path (or, beside a cache
+    whose teacher was a local directory, a relative name) that does not exist."""
+    if is_preset(spec) or not spec.strip() or Path(spec).expanduser().exists():
+        return False
+    return spec.startswith((".", "/", "~")) or cached_id.startswith("/")
+
+
+def _names_cached_teacher(spec: str, cached_id: str) -> bool:
+    """Whether ``spec`` names the cache's teacher directory ``cached_id`` (an absolute path, as the build
+    resolved it): the same path however spelled, or a relative path that is its end — the config's own spelling
+    in another copy of the project tree (configs/cache-demo.yaml: ``runs/demo/teacher``; try-out 65, F2)."""
+    path = Path(os.path.normpath(Path(spec).expanduser()))
+    if path.is_absolute() or ".." in path.parts:
+        return path == Path(os.path.normpath(cached_id))
+    return Path(cached_id).parts[-len(path.parts) :] == path.parts
 
 
 def check_signature(directory: Path, expected: dict, found: dict) -> None:
@@ -190,6 +219,8 @@ def _train_as_built(diffs: list[str], found: dict, expected: dict) -> str:
                 fields = [f for f in fields if f not in ("tokenizer_hash", "vocab_size")]
     if (not fields and not values) or any(f not in SETTABLE for f in fields):
         return ""
+    if any(_config_value(f, found.get(f)) == _config_value(f, expected.get(f)) for f in fields):
+        return ""  # the run has that setting already (try-out 65, F7: separator auto → auto, other ids)
     values |= {CONFIG_KEYS[f]: _config_value(f, found.get(f)) for f in fields if found.get(f) is not None}
     shown = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
     return f"train as it was built ({shown}), or " if shown else ""
