@@ -348,6 +348,16 @@ def test_malformed_source_gives_one_line(setup, tmp_path, capsys, name, change, 
     assert re.search(message, line), line
 
 
+def test_an_import_refused_before_writing_leaves_no_out_directory(setup, tmp_path, capsys):
+    """Try-out 65: an import refused once it had made --out (here: model.teacher, whose tokenizer it reads, is
+    not there) left an empty directory, which later commands took for an unfinished cache."""
+    src = _write_parquet(tmp_path / "ok.parquet", setup["rows"])
+    gone = tmp_path / "gone-teacher"
+    assert _import(setup, src, tmp_path / "out", f"model.teacher={gone}", "model.tokenizer=teacher") == 2
+    assert str(gone) in _one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_column_gives_one_line(setup, tmp_path, capsys):
     table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "logprobs"} for r in setup["rows"]])
     pq.write_table(table, tmp_path / "nolp.parquet")

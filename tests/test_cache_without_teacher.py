@@ -274,6 +274,7 @@ def test_a_build_from_a_config_that_trains_from_the_cache_reads_the_teachers_own
         assert main(build) != 0
         line = _error_line(capsys)
         assert f"model.teacher: {built['teacher']} does not exist" in line and "older ekd" not in line
+        assert not fresh.exists()  # a refused build leaves no empty teacher.cache_dir behind
     assert main(build) == 0, capsys.readouterr().err
     assert kept_teacher_dir(fresh) is not None
 

@@ -143,6 +143,23 @@ class _HashingFile:
 
 
 @contextmanager
+def removed_if_left_empty(directory: Path | str) -> Iterator[None]:
+    """Run the block; when it raises and ``directory`` did not exist before it, remove ``directory`` if the block
+    left it empty — a command refused before writing anything leaves no empty directory behind (try-out 65: a
+    failed ``ekd cache`` or ``ekd cache import`` left its ``teacher.cache_dir`` / ``--out``, which later runs
+    then took for an unfinished cache). Only an empty directory is removed (``rmdir``)."""
+    directory = Path(directory)
+    existed = directory.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with suppress(OSError):  # not empty, or another rank removed it first
+                directory.rmdir()
+        raise
+
+
+@contextmanager
 def atomic_file(path: Path | str) -> Iterator[_HashingFile]:
     """Write ``path`` atomically: the block writes to ``<path>.tmp``, which is fsynced and renamed onto
     ``path`` on success and removed on failure. Yields a file with ``.sha256`` and ``.bytes`` of what was written.

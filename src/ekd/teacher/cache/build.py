@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.config.inert import refuse_inert_keys
 from ekd.data.collate import model_inputs
-from ekd.io import DiskError, make_dirs
+from ekd.io import DiskError, make_dirs, removed_if_left_empty
 from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
@@ -368,7 +368,11 @@ def run_build(
     check_cache_directory(directory)
     check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
-    with distributed(resolve_device(cfg.run.device)) as ranks, _locked_by_main(directory, ranks):
+    with (
+        removed_if_left_empty(directory),
+        distributed(resolve_device(cfg.run.device)) as ranks,
+        _locked_by_main(directory, ranks),
+    ):
         device = ranks.device
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)

@@ -43,7 +43,7 @@ import torch
 from ekd.config import Config, ConfigError
 from ekd.data.chat import RejectedRow, import_key, parse_messages, parse_tools
 from ekd.data.document import Document
-from ekd.io import DiskError, file_sha256, make_dirs
+from ekd.io import DiskError, file_sha256, make_dirs, removed_if_left_empty
 from ekd.locks import holding
 from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
@@ -335,7 +335,7 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory, "--out")
     check_cache_kind(directory, imported=True, overwrite=overwrite)  # not a cache `ekd cache` built
-    with holding(directory, IMPORT_IN_USE, CacheError):  # no build or import into it meanwhile
+    with removed_if_left_empty(directory), holding(directory, IMPORT_IN_USE, CacheError):  # no other writer
         make_dirs(directory)
         data = _prepare_data(cfg, directory)
         blocks = data.blocks["train"]
