@@ -22,6 +22,10 @@ stderr at those lines (several tests' runs in one launch, each test reading its 
 test_sharded_checkpoint.py).
 ``EKD_TEST_CODES=DIR`` runs every argument list whatever the exit codes and writes them to ``DIR/rank<r>.json``
 (runs that are meant to be refused, test_rank_errors.py).
+``EKD_TEST_BODY=MODULE:FUNCTION:DIR`` then calls ``MODULE.FUNCTION(rank, DIR)`` on every rank in the job's group
+(a test's own 2-rank worker, as :func:`gloo_ranks` runs it, after the runs: one launch where a spawn would start
+2 more processes) and writes ``DIR/body-rank<r>.txt``: ``ok``, or its traceback (raised again: the launch ends),
+or that it did not run (a run failed before it) (test_fsdp.py).
 ``EKD_TEST_TRACE=DIR`` writes ``DIR/rank<r>.json``: every ``torch.distributed`` collective this rank entered and
 left (monotonic clock, run index, whether on the default group) and the span of ``run_end_tasks`` (rank 0's
 lm-eval tasks), for test_fsdp.py to check who waits where while rank 0 runs the tasks.
@@ -167,11 +171,33 @@ def run_all(path: str) -> int:
     start_process_group("gloo")
     rank = dist.get_rank()
     try:
-        code = in_process_group(_run_each, json.loads(Path(path).read_text()), current, rank)
+        code = in_process_group(_runs_then_body, json.loads(Path(path).read_text()), current, rank)
     finally:
         if trace:
             Path(trace, f"rank{rank}.json").write_text(json.dumps(events))
     assert_groups_ended()
+    return code
+
+
+def _runs_then_body(runs: list[list[str]], current: list[int], rank: int) -> int:
+    """The runs, then ``EKD_TEST_BODY`` (``current[0]`` -1 while it works)."""
+    code = _run_each(runs, current, rank)
+    if body := os.environ.get("EKD_TEST_BODY"):
+        import importlib
+        import traceback
+
+        module, function, out_dir = body.split(":", 2)
+        said = Path(out_dir, f"body-rank{rank}.txt")
+        if code != 0:
+            said.write_text(f"not run: a run ended with exit code {code}")
+            return code
+        current[0] = -1
+        try:
+            getattr(importlib.import_module(module), function)(rank, out_dir)
+        except BaseException:
+            said.write_text(traceback.format_exc())
+            raise
+        said.write_text("ok")
     return code
 
 

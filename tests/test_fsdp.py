@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_runs import COLLECTIVES, gloo_ranks, torchrun_runs
+from dist_runs import COLLECTIVES, torchrun_runs
 from test_distributed import _metrics
 from tiny import config_file, tiny_overrides, write_corpus
 
@@ -89,12 +89,15 @@ def test_parallel_options_accepted():
     assert (cfg.train.parallel, cfg.train.cpu_offload, cfg.teacher.placement) == ("fsdp", True, "shard")
 
 
-@pytest.mark.slow
-def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
-    from transformers import AutoModelForCausalLM
-
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory) -> dict:
+    """Every case trained in this process (micro-batch 4) and, in one 2-rank torchrun, on 2 ranks (micro-batch
+    2 each), the collectives traced (who waits where while rank 0 runs the lm-eval tasks, dist_runs.py); after
+    the runs the same launch's ranks run :func:`_fsdp_worker` (``EKD_TEST_BODY``: its 2 ranks without a spawn
+    of their own), which records ``worker/body-rank<r>.txt``."""
     from ekd.cli import main
 
+    tmp_path = tmp_path_factory.mktemp("fsdp")
     corpus = write_corpus(tmp_path / "corpus", n_docs=24)
     cache = tmp_path / "cache"  # rskd from a cache: no teacher in memory, targets drawn at build time
     cache_cfg = config_file(
@@ -109,9 +112,31 @@ def test_fsdp_and_sharded_teacher_equal_one_process(tmp_path):
         assert main(["-q", "distill", *single, *COMMON, *both]) == 0, name
         two = tiny_overrides(tmp_path, corpus, f"two-{name}", **{"train.micro_batch_size": 2})
         runs.append([*two, *COMMON, *both, *ranked])
-    trace = tmp_path / "trace"  # who waits where while rank 0 runs the lm-eval tasks (dist_runs.py)
+    trace, worker = tmp_path / "trace", tmp_path / "worker"
     trace.mkdir()
-    out = torchrun_runs(runs, tmp_path / "runs.json", {"EKD_TEST_TRACE": str(trace)}, timeout=900)
+    worker.mkdir()
+    env = {"EKD_TEST_TRACE": str(trace), "EKD_TEST_BODY": f"test_fsdp:_fsdp_worker:{worker}"}
+    out = torchrun_runs(runs, tmp_path / "runs.json", env, timeout=900)
+    return {
+        "tmp": tmp_path,
+        "cases": cases,
+        "tasks_dir": tasks_dir,
+        "trace": trace,
+        "worker": worker,
+        "out": out,
+    }
+
+
+@pytest.mark.slow
+def test_fsdp_and_sharded_teacher_equal_one_process(launch):
+    """The cases of ``launch``: 2 ranks equal one process (see the module's docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    from ekd.cli import main
+
+    tmp_path, cases, tasks_dir, trace, out = (
+        launch[k] for k in ("tmp", "cases", "tasks_dir", "trace", "out")
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     mismatches = []
     for name in cases:
@@ -361,14 +386,15 @@ def _load_failures_reach_every_rank(rank: int) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_sums_clips_checkpoints_and_shards():
+def test_fsdp_sums_clips_checkpoints_and_shards(launch):
     """2 gloo ranks through ``shard_student``: after 2 micro-batches every rank's shards hold the one-process
     gradient of the global batch (a sum, including a parameter used on one rank only), the clipped norm is the
     one-process norm, each rank holds ≤ 0.55 of the parameter bytes, a sharded checkpoint round-trips into
     fresh shards through torch.distributed.checkpoint (tied and untied heads), and a sharded frozen teacher gives the whole model's hidden states.
     The tied student and the teacher are read by rank 0 only (rank 1 builds them on the meta device and
-    receives its shards); a load failing on either rank is an error on both."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        gloo_ranks(_fsdp_worker, tmp)
+    receives its shards); a load failing on either rank is an error on both. (The ranks: those of
+    ``launch``, after its runs.)"""
+    for rank in (0, 1):
+        said = launch["worker"] / f"body-rank{rank}.txt"
+        text = said.read_text() if said.exists() else f"not run:\n{launch['out'].stderr[-3000:]}"
+        assert text == "ok", f"rank {rank}: {text}"
