@@ -131,12 +131,17 @@ def test_a_run_that_would_evaluate_the_absent_teacher_is_refused_at_its_start(bu
 
 
 @pytest.mark.slow
-def test_a_cache_of_an_older_ekd_gets_the_teachers_files_from_a_rerun(built, capsys):
+def test_a_cache_of_an_older_ekd_gets_the_teachers_files_from_a_rerun(built, monkeypatch, capsys):
     """A cache built before the copy: refused where the teacher is not, in one line naming the rerun that adds
     the files; that rerun writes no shard, and the cache then trains without the teacher."""
+    from ekd.teacher.cache import build
+
     old = built["root"] / "old-cache"
-    shutil.copytree(built["cache"], old)
-    shutil.rmtree(old / KEPT_DIR)
+    with monkeypatch.context() as older:  # an older ekd: no copy, none recorded in the manifest
+        older.setattr(build, "teacher_files_record", lambda *args: None)
+        older.setattr(build, "keep_teacher_files", lambda *args: [])
+        assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0
+    assert kept_teacher_dir(old) is None
     shards = _shards_sha256(old)
     run = [
         "-q",
@@ -155,6 +160,30 @@ def test_a_cache_of_an_older_ekd_gets_the_teachers_files_from_a_rerun(built, cap
     with teacher_away(built["teacher"]):
         assert main([*run, "run.name=old-away"]) == 0, capsys.readouterr().err
     assert loss_curve(built["root"] / "runs" / "old-away") == loss_curve(built["root"] / "runs" / "ref")
+
+
+@pytest.mark.slow
+def test_a_cache_copied_without_its_copy_or_with_a_file_added_is_named_by_verify_and_runs(built, capsys):
+    """Try-out 66, F4: `cp cache/* dst` skips teacher/; `ekd cache verify` said ok and the run blamed an older
+    ekd — the manifest now records the copy (sealed with it). F9: a file added to the copy (a loader reads
+    special_tokens_map.json) passed verify and changed the tokenizer."""
+    shipped = built["root"] / "shipped"
+    shipped.mkdir()
+    for path in built["cache"].iterdir():
+        if path.is_file():
+            shutil.copy2(path, shipped / path.name)
+    assert main(["cache", "verify", str(shipped)]) != 0
+    assert f"is missing (copied without its {KEPT_DIR}/ directory?)" in _error_line(capsys)
+    with teacher_away(built["teacher"]):
+        args = [built["cfg"], "teacher.source=cache", "eval.teacher=false", f"teacher.cache_dir={shipped}"]
+        assert main(["-q", "distill", *args, "run.name=shipped"]) != 0
+        line = _error_line(capsys)
+        assert "copied without its teacher/ directory?" in line and "older ekd" not in line
+    added = built["root"] / "added"
+    shutil.copytree(built["cache"], added)
+    (added / KEPT_DIR / "special_tokens_map.json").write_text('{"eos_token": "<|x|>"}')
+    assert main(["cache", "verify", str(added)]) != 0
+    assert "special_tokens_map.json was not in the copy made" in _error_line(capsys)
 
 
 def test_a_hub_teachers_files_are_copied_from_its_snapshot(tmp_path, monkeypatch):
@@ -205,8 +234,16 @@ def test_another_absent_teacher_is_refused_and_the_projects_relative_path_is_the
         line = _error_line(capsys)
         assert f"is not the teacher of the cache at {built['cache']} ({built['teacher']})" in line
         assert f"set model.teacher={built['teacher']}" in line
+        monkeypatch.chdir(built["root"] / "runs")  # try-out 66, F1: `..` resolved from the working directory
+        assert main([*run, "run.name=up", "model.teacher=../teacher"]) == 0, capsys.readouterr().err
         monkeypatch.chdir(tmp_path)  # another tree: `teacher` names the end of the cache's teacher path
         assert main([*run, "run.name=relative", "model.teacher=teacher"]) == 0, capsys.readouterr().err
+        shutil.copytree(built["cache"] / KEPT_DIR, built["teacher"])  # configs, no weights (try-out 66, F6)
+        try:
+            assert main([*run, "run.name=weightless"]) != 0
+        finally:
+            shutil.rmtree(built["teacher"])
+        assert "holds no safetensors weights" in _error_line(capsys)
     assert not (built["root"] / "runs" / "other").exists()
     assert loss_curve(built["root"] / "runs" / "relative") == loss_curve(built["root"] / "runs" / "ref")
 

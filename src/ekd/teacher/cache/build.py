@@ -41,9 +41,10 @@ from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files
+from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, teacher_files_record
 from ekd.teacher.cache.manifest import (
     DATA_SETTINGS,
+    KEPT_FILES,
     MANIFEST,
     TEACHER_FILES,
     assemble_manifest,
@@ -297,12 +298,20 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
     except (OSError, DiskError) as e:
         if not finished:
             raise
-        log.info(
-            "teacher cache %s: cannot write its copy of the teacher's config and tokenizer files (%s); a run from "
-            "it reads model.teacher's",
-            directory,
-            e,
-        )
+        if (directory / KEPT_DIR).is_dir():  # try-out 66, F5: a damaged copy stays, and runs are refused
+            log.warning(
+                "teacher cache %s: cannot restore its copy of the teacher's config and tokenizer files (%s): runs "
+                "from it are refused until it is whole; copy the cache to a writable directory and rerun there",
+                directory,
+                e,
+            )
+        else:
+            log.info(
+                "teacher cache %s: cannot write a copy of the teacher's config and tokenizer files (%s); a run "
+                "from it reads model.teacher's",
+                directory,
+                e,
+            )
         return
     if names:
         log.info(
@@ -391,6 +400,8 @@ def run_build(
         signature = cache_signature(cfg, data, teacher_revision(cfg, teacher))
         if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
+        if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
+            signature[KEPT_FILES] = kept  # the copy _keep_teacher_files makes
         # the shards' own data settings, not this rerun's (try-out 64, F11)
         if not overwrite and (built_with := _built_data_settings(directory, signature)) is not None:
             signature[DATA_SETTINGS] = built_with

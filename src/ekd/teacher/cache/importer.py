@@ -47,7 +47,7 @@ from ekd.io import DiskError, file_sha256, make_dirs, removed_if_left_empty
 from ekd.locks import holding
 from ekd.log_level import info_said_already
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.kept_teacher import keep_teacher_files
+from ekd.teacher.cache.kept_teacher import keep_teacher_files, teacher_files_record
 from ekd.teacher.cache.logprob_rows import (
     Columns,
     SourceRow,
@@ -56,7 +56,7 @@ from ekd.teacher.cache.logprob_rows import (
     resolve_columns,
     source_row,
 )
-from ekd.teacher.cache.manifest import IMPORTED, check_cache_directory, check_cache_kind
+from ekd.teacher.cache.manifest import IMPORTED, KEPT_FILES, check_cache_directory, check_cache_kind
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
@@ -349,6 +349,8 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
         revision = f"{IMPORTED}{file_sha256(src)}"
         signature = cache_signature(cfg, data, revision)
         signature.update(positions="all", position_fraction=None)
+        if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
+            signature[KEPT_FILES] = kept  # the copy kept below
         writer = CacheWriter(
             directory,
             signature,

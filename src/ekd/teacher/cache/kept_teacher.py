@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ekd.io import make_dirs
+from ekd.teacher.cache.manifest import KEPT_FILES, MANIFEST, is_imported
 
 KEPT_DIR = "teacher"
 """``<cache_dir>/teacher``: the copy of the teacher's small files."""
@@ -83,10 +84,12 @@ def _record(kept: Path) -> dict[str, str] | None:
     return record if ok else None
 
 
-def kept_problem(kept: Path) -> str | None:
-    """What is wrong with the copy in ``kept`` against its record (a file missing, changed, or the record
-    itself), in words; None when it is whole."""
-    record = _record(kept)
+def kept_problem(kept: Path, recorded: dict | None = None) -> str | None:
+    """What is wrong with the copy in ``kept`` against ``recorded`` (the manifest's :data:`KEPT_FILES`, sealed
+    with it) or, for a cache whose manifest records none, the copy's own record: a file missing, changed, one
+    the copy did not have (a loader would read it: try-out 66, F9), or the record itself, in words; None when
+    it is whole."""
+    record = recorded if isinstance(recorded, dict) else _record(kept)
     if record is None:
         return f"its record {KEPT_RECORD} is missing or unreadable"
     for name, digest in sorted(record.items()):
@@ -95,7 +98,17 @@ def kept_problem(kept: Path) -> str | None:
             return f"{name} is missing"
         if _sha256(path) != digest:
             return f"{name} differs from the copy made (sha256)"
+    if extra := sorted({p.name for p in small_files(kept)} - set(record)):
+        return f"{', '.join(extra)} {'was' if len(extra) == 1 else 'were'} not in the copy made"
     return None
+
+
+def teacher_files_record(spec: str, revision: str) -> dict[str, str] | None:
+    """{file name: sha256} of the teacher's small files, as :func:`keep_teacher_files` copies them (the build
+    records it in the cache's signature, :data:`KEPT_FILES`); None where none are found."""
+    source = _model_directory(spec, revision)
+    files = small_files(source) if source is not None else []
+    return {p.name: _sha256(p) for p in files} or None
 
 
 def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
@@ -136,14 +149,16 @@ def kept_teacher_dir(cache_dir: str | Path) -> Path | None:
     return kept if kept.is_dir() else None
 
 
-def _again(cache_dir: Path) -> str:
-    """The command that (re)makes the copy where the teacher is: the build's, or an import's (try-out 65, F5)."""
-    from ekd.teacher.cache.manifest import MANIFEST, is_imported
-
+def _signature(cache_dir: Path) -> dict | None:
     try:
         signature = json.loads((cache_dir / MANIFEST).read_text()).get("signature")
     except (OSError, ValueError, AttributeError):
-        signature = None
+        return None
+    return signature if isinstance(signature, dict) else None
+
+
+def _again(signature: dict | None) -> str:
+    """The command that (re)makes the copy where the teacher is: the build's, or an import's (try-out 65, F5)."""
     if is_imported(signature):
         return "run `ekd cache import SRC --config CONFIG --out DIR` again where the teacher's files are"
     return "run `ekd cache CONFIG` once where the teacher is"
@@ -154,24 +169,33 @@ def teacher_files_in_cache(cache_dir: str | Path, spec: str) -> Path | None:
     ``spec``, ``model.teacher``) for a cache that keeps none while ``spec`` is there.
 
     Raises:
-        CacheError: a damaged copy (:func:`kept_problem`), or no copy while ``spec`` is a local path that is not
-            there; one line naming the command that makes the copy again, recomputing nothing.
+        CacheError: a damaged copy (:func:`kept_problem`), a copy the manifest records that is not there (a cache
+            copied without its ``teacher/``), or no copy while ``spec`` is a local path that is not there; one
+            line naming the command that makes the copy again, recomputing nothing.
     """
     from ekd.teacher.cache.format import CacheError
 
     cache_dir = Path(cache_dir)
+    signature = _signature(cache_dir)
+    recorded = (signature or {}).get(KEPT_FILES)
     kept = kept_teacher_dir(cache_dir)
+    where = f"its copy of the teacher's config and tokenizer files ({cache_dir / KEPT_DIR})"
+    if kept is None and recorded:
+        raise CacheError(
+            f"teacher cache {cache_dir}: {where} is missing (copied without its {KEPT_DIR}/ directory?): copy it "
+            f"along with the cache, or {_again(signature)} to restore it (the targets are kept)"
+        )
     if kept is not None:
-        if (problem := kept_problem(kept)) is not None:
+        if (problem := kept_problem(kept, recorded)) is not None:
             raise CacheError(
-                f"teacher cache {cache_dir}: its copy of the teacher's config and tokenizer files ({kept}) is "
-                f"damaged ({problem}); {_again(cache_dir)} to restore it (the targets are kept)"
+                f"teacher cache {cache_dir}: {where} is damaged ({problem}); {_again(signature)} to restore it "
+                "(the targets are kept)"
             )
         return kept
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
         raise CacheError(
             f"model.teacher: {spec} is not there, and the teacher cache {cache_dir} (made by an older ekd) keeps no "
-            f"copy of the teacher's config and tokenizer, which a run from it reads: {_again(cache_dir)} (it adds "
+            f"copy of the teacher's config and tokenizer, which a run from it reads: {_again(signature)} (it adds "
             "them, recomputing nothing), or set model.teacher to where the teacher is"
         )
     return None
@@ -185,4 +209,5 @@ __all__ = [
     "kept_teacher_dir",
     "small_files",
     "teacher_files_in_cache",
+    "teacher_files_record",
 ]

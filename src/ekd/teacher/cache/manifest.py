@@ -170,7 +170,11 @@ own (:func:`ekd.teacher.cache.signature.data_settings`): when ``data_fingerprint
 that changed, or say that the data itself did. Never compared: the fingerprint is what the cache depends on
 (a corpus path spelled otherwise packs the same blocks)."""
 
-UNCOMPARED = (TEACHER_FILES, DATA_SETTINGS)
+KEPT_FILES = "kept_teacher_files"
+"""Signature key of {file name: sha256} of the teacher's small files the cache keeps a copy of
+(:mod:`ekd.teacher.cache.kept_teacher`), sealed with the manifest: a cache copied without its ``teacher/``
+directory is told so, not taken for an older ekd's (try-out 66, F4); never compared."""
+UNCOMPARED = (TEACHER_FILES, DATA_SETTINGS, KEPT_FILES)
 """Signature keys that describe a build without deciding what the cache is: never compared."""
 
 CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")

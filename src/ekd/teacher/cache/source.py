@@ -109,10 +109,12 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             )
         expected["teacher_id"] = cached_id
         log.info(
-            "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s (its weights "
-            "pinned by the cache's teacher_revision)",
+            "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s (%s)",
             spec,
             cached_id,
+            "its import pinned by the source file's hash"
+            if is_imported(found)
+            else "its weights pinned by the cache's teacher_revision",
         )
     elif revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
         log.info(
@@ -126,6 +128,14 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
         and found.get(TEACHER_FILES) is not None
         and not same_files(found.get(TEACHER_FILES), spec)
     ):
+        if (
+            weights_revision(spec) is None
+        ):  # try-out 66, F6: an empty mount point, a directory of configs only
+            raise CacheError(
+                f"model.teacher {spec} holds no safetensors weights to check against the cache's teacher "
+                f"({cached_id}): point model.teacher at the teacher's directory, or, to train without the teacher, "
+                "leave no directory at that path (an unmounted or half-synced teacher?)"
+            )
         log.info(
             "teacher cache: %s's safetensors files changed (size, times or inode) since the cache was built; "
             "comparing the weights' hash (equal weights use the cache; `ekd cache CONFIG` then records the files' "
@@ -148,12 +158,18 @@ def _absent_path(spec: str, cached_id: str) -> bool:
 
 def _names_cached_teacher(spec: str, cached_id: str) -> bool:
     """Whether ``spec`` names the cache's teacher directory ``cached_id`` (an absolute path, as the build
-    resolved it): the same path however spelled, or a relative path that is its end — the config's own spelling
-    in another copy of the project tree (configs/cache-demo.yaml: ``runs/demo/teacher``; try-out 65, F2)."""
-    path = Path(os.path.normpath(Path(spec).expanduser()))
-    if path.is_absolute() or ".." in path.parts:
-        return path == Path(os.path.normpath(cached_id))
-    return Path(cached_id).parts[-len(path.parts) :] == path.parts
+    resolved it): the same path however spelled (from the working directory: ``../w/teacher``, try-out 66 F1),
+    or a relative path whose end is its end once leading ``..`` are dropped — the config's own spelling in
+    another copy of the project tree (configs/cache-demo.yaml: ``runs/demo/teacher``; ``../models/teacher`` from
+    a sibling directory; try-out 65, F2). A symlink is not followed (the build recorded its target)."""
+    cached = Path(os.path.normpath(cached_id))
+    if Path(os.path.normpath(os.path.abspath(os.path.expanduser(spec)))) == cached:
+        return True
+    path = Path(os.path.normpath(os.path.expanduser(spec)))
+    if path.is_absolute():
+        return False
+    parts = path.parts[next((i for i, p in enumerate(path.parts) if p != ".."), len(path.parts)) :]
+    return bool(parts) and cached.parts[-len(parts) :] == parts
 
 
 def check_signature(directory: Path, expected: dict, found: dict) -> None:
