@@ -492,13 +492,16 @@ def _vocab_size(cfg) -> int:
 
     from ekd.hub import check_model_spec
     from ekd.models.load import is_preset, load_or_refuse
-    from ekd.train.prepare import names_teacher, teacher_files, tokenizer_source
+    from ekd.train.prepare import names_teacher, teacher_config_source, tokenizer_source
 
     m = cfg.model
     spec = tokenizer_source(cfg)  # distill's rule for presets
     if spec == "train_bpe":
         return m.bpe_vocab_size
-    models = {"teacher": teacher_files(cfg), "student": (m.student, m.revision)}  # a cache run: its copy
+    models = {
+        "teacher": teacher_config_source(cfg),
+        "student": (m.student, m.revision),
+    }  # a cache run: its copy
     if spec not in models and names_teacher(cfg, spec):
         spec = "teacher"
     if spec not in models:  # a tokenizer of its own (try-out 24): what distill reads, its length

@@ -156,7 +156,7 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | N
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
         return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
-    models = {"teacher": teacher_files(cfg), "student": (cfg.model.student, cfg.model.revision)}
+    models = {"teacher": teacher_config_source(cfg), "student": (cfg.model.student, cfg.model.revision)}
     source, revision = models.get(spec, (spec, cfg.model.revision))
     if spec not in models and names_teacher(cfg, spec):  # the teacher's directory by its path: read where
         source, revision = models["teacher"]  # the teacher's files are (a cache's copy)
@@ -401,16 +401,16 @@ def _end_documents_as_trained(student: nn.Module, data: PreparedData, adapter: b
 
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
     """Role → (spec, revision) of the real (non-preset) models whose document convention counts; the teacher's
-    files as :func:`teacher_files` finds them."""
+    files as :func:`teacher_config_source` finds them."""
     models = {}
     if not is_preset(cfg.model.student):
         models["student"] = (cfg.model.student, cfg.model.revision)
     if teacher_needed(cfg) and not is_preset(cfg.model.teacher):
-        models["teacher"] = teacher_files(cfg)
+        models["teacher"] = teacher_config_source(cfg)
     return models
 
 
-def teacher_files(cfg: Config) -> tuple[str, str]:
+def teacher_config_source(cfg: Config) -> tuple[str, str]:
     """(spec, revision) the run reads the teacher's small files from (config, generation config, tokenizer; no
     weights): a run from a cache reads the copy the cache keeps (:mod:`ekd.teacher.cache.kept_teacher`), so
     the teacher's directory need not exist there (try-out 64, F13); any other run reads ``model.teacher``.

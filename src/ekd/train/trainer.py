@@ -922,9 +922,9 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
 
 
 def _check_evaluation_teacher(cfg: Config) -> None:
-    """A run from a cache reads no teacher to train (the cache keeps its files: ``teacher_files``) but loads it
-    at the end to evaluate it — for its eval-set figures and task scores: a teacher that is not there is refused
-    now, not after the training, naming the keys that train and evaluate without it."""
+    """A run from a cache reads no teacher to train (the cache keeps its files: ``teacher_config_source``) but
+    loads it at the end to evaluate it — for its eval-set figures and task scores: a teacher that is not there is
+    refused now, not after the training, naming the keys that train and evaluate without it."""
     from ekd.hub import check_model_spec
 
     tasks = bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher)

@@ -9,13 +9,12 @@ machine without the teacher trains there (try-out 64, F13). Weights are never co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-from ekd.io import make_dirs
+from ekd.io import file_sha256, make_dirs
 from ekd.teacher.cache.manifest import KEPT_FILES, MANIFEST, is_imported
 
 KEPT_DIR = "teacher"
@@ -70,10 +69,6 @@ def small_files(directory: Path) -> list[Path]:
     )
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()  # small files (MAX_FILE_BYTES)
-
-
 def _record(kept: Path) -> dict[str, str] | None:
     """The copy's record {name: sha256}, None when missing or unreadable."""
     try:
@@ -96,7 +91,7 @@ def kept_problem(kept: Path, recorded: dict | None = None) -> str | None:
         path = kept / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} differs from the copy made (sha256)"
     if extra := sorted({p.name for p in small_files(kept)} - set(record)):
         return f"{', '.join(extra)} {'was' if len(extra) == 1 else 'were'} not in the copy made"
@@ -106,9 +101,12 @@ def kept_problem(kept: Path, recorded: dict | None = None) -> str | None:
 def teacher_files_record(spec: str, revision: str) -> dict[str, str] | None:
     """{file name: sha256} of the teacher's small files, as :func:`keep_teacher_files` copies them (the build
     records it in the cache's signature, :data:`KEPT_FILES`); None where none are found."""
+    return {p.name: file_sha256(p) for p in _teacher_small_files(spec, revision)} or None
+
+
+def _teacher_small_files(spec: str, revision: str) -> list[Path]:
     source = _model_directory(spec, revision)
-    files = small_files(source) if source is not None else []
-    return {p.name: _sha256(p) for p in files} or None
+    return small_files(source) if source is not None else []
 
 
 def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
@@ -122,13 +120,12 @@ def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
     Raises:
         OSError, DiskError: the cache directory cannot be written (the caller decides whether that matters).
     """
-    source = _model_directory(spec, revision)
-    files = small_files(source) if source is not None else []
+    files = _teacher_small_files(spec, revision)
     kept = cache_dir / KEPT_DIR
     if not files:
         shutil.rmtree(kept, ignore_errors=True)
         return []
-    record = {p.name: _sha256(p) for p in files}
+    record = {p.name: file_sha256(p) for p in files}
     if kept.is_dir() and _record(kept) == record and kept_problem(kept) is None:
         return []
     staging = cache_dir / STAGING_DIR

@@ -42,7 +42,13 @@ from ekd.teacher.cache.manifest import (
 )
 from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, changed_settings, name_config_keys, trains_bpe
 from ekd.teacher.cache.reader import CacheReader
-from ekd.teacher.cache.signature import TEMPLATE_FILE, cache_signature, same_files, weights_revision
+from ekd.teacher.cache.signature import (
+    TEMPLATE_FILE,
+    cache_signature,
+    same_files,
+    teacher_files,
+    weights_revision,
+)
 from ekd.teacher.signal import TeacherSignal
 from ekd.temperature import fixed_tau, varying_tau
 
@@ -128,9 +134,8 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
         and found.get(TEACHER_FILES) is not None
         and not same_files(found.get(TEACHER_FILES), spec)
     ):
-        if (
-            weights_revision(spec) is None
-        ):  # try-out 66, F6: an empty mount point, a directory of configs only
+        # try-out 66, F6: an empty mount point, a directory of configs only (a stat, not a hash of the weights)
+        if teacher_files(spec) is None:
             raise CacheError(
                 f"model.teacher {spec} holds no safetensors weights to check against the cache's teacher "
                 f"({cached_id}): point model.teacher at the teacher's directory, or, to train without the teacher, "
