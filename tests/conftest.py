@@ -7,21 +7,23 @@ import pytest
 import torch
 
 # The modules that take longest on CI's 2 cores (each spawns 2-rank torchrun jobs or whole CLI runs; seconds
-# summed over their tests, `pytest --durations=0`, 2026-12-03): collected first, so that with
-# `--dist loadfile --no-loadscope-reorder` (Makefile) xdist hands them out before the many short modules and
-# no worker is left running one long module alone at the end (longest-first scheduling).
+# summed over their tests, `pytest -n 3 --dist loadfile --durations=0` in a fresh clone, 2026-12-03 21:31, beside
+# another job): collected first, so that with `--dist loadfile --no-loadscope-reorder` (Makefile) xdist hands them
+# out before the many short modules and no worker is left running one long module alone at the end (longest-first
+# scheduling).
 LONGEST_FIRST = (
-    "test_sharded_checkpoint.py",  # 180 s
-    "test_rank_errors.py",  # 138 s
-    "test_fsdp.py",  # 114 s
-    "test_cache_build.py",  # 80 s
-    "test_run_lock.py",  # 76 s
-    "test_demo.py",  # 73 s
-    "test_distributed.py",  # 60 s
-    "test_tasks.py",  # 50 s
-    "test_presets.py",  # 42 s
-    "test_plan.py",  # 34 s
-    "test_rank_work.py",  # 27 s
+    "test_rank_errors.py",  # 157 s
+    "test_cache_build.py",  # 119 s
+    "test_tasks.py",  # 112 s
+    "test_sharded_checkpoint.py",  # 103 s
+    "test_demo.py",  # 101 s
+    "test_run_lock.py",  # 83 s
+    "test_fsdp.py",  # 68 s
+    "test_distributed.py",  # 56 s
+    "test_plan.py",  # 51 s
+    "test_presets.py",  # 43 s
+    "test_run_safety.py",  # 27 s
+    "test_rank_work.py",  # 25 s
 )
 
 
