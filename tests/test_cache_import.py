@@ -358,6 +358,21 @@ def test_an_import_refused_before_writing_leaves_no_out_directory(setup, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unfinished_import_is_told_to_import_again(setup, tmp_path, capsys):
+    """Try-out 67, F5: an import refused mid-way (a NaN in a later row) leaves its unfinished manifest to resume
+    from; `ekd cache info` told it to "rerun the cache build", which refuses an import."""
+    rows = _broken(
+        setup, lambda rows: rows[3].update(logprobs=[[float("nan")] * (K + 2)] + rows[3]["logprobs"][1:])
+    )
+    assert _import(setup, _write_parquet(tmp_path / "nan.parquet", rows), tmp_path / "out") == 2
+    capsys.readouterr()
+    if not (tmp_path / "out" / "manifest.json").is_file():
+        pytest.skip("the import was refused before its manifest was written")
+    assert main(["cache", "info", str(tmp_path / "out")]) != 0
+    line = _one_line(capsys)
+    assert "is unfinished" in line and "rerun `ekd cache import SRC --config CONFIG --out DIR`" in line
+
+
 def test_missing_column_gives_one_line(setup, tmp_path, capsys):
     table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "logprobs"} for r in setup["rows"]])
     pq.write_table(table, tmp_path / "nolp.parquet")

@@ -352,3 +352,72 @@ def test_plan_of_a_cache_run_says_the_evaluation_loads_the_teacher(built, capsys
     assert f"the evaluation at the end loads the teacher ({built['teacher']})" in out
     assert main(["plan", built["cfg"], "--gpus", "1", "teacher.source=cache", "eval.teacher=false"]) == 0
     assert "loads the teacher" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_refused_overwrite_deletes_nothing(built, capsys):
+    """Try-out 67, F1: `ekd cache CONFIG --overwrite` refused (a mistyped data.source) had already deleted the
+    cache's teacher/ copy (and a trained BPE), leaving a cache that no longer trained without its teacher."""
+    cache = built["root"] / "overwrite-refused"
+    shutil.copytree(built["cache"], cache)
+    missing = built["root"] / "no-such-corpus"
+    assert (
+        main(
+            [
+                "-q",
+                "cache",
+                built["cfg"],
+                f"teacher.cache_dir={cache}",
+                f"data.source={missing}",
+                "--overwrite",
+            ]
+        )
+        != 0
+    )
+    capsys.readouterr()
+    assert kept_teacher_dir(cache) is not None and main(["cache", "verify", str(cache)]) == 0
+
+
+@pytest.mark.slow
+def test_a_read_only_finished_cache_reruns_with_nothing_to_build(built, monkeypatch, capsys, caplog):
+    """Try-out 67, F2/F3: on a read-only cache a rerun whose only news is descriptive (the teacher's new file
+    stamps, the record of its files, a copy to add) failed writing the manifest; it now says nothing to build and
+    writes nothing, and the line about the copy it cannot add says the teacher's directory is then needed."""
+    import os
+
+    from ekd.io import DiskError
+    from ekd.teacher.cache import build
+    from ekd.teacher.cache.manifest import MANIFEST
+
+    old = built["root"] / "read-only-older"
+    with monkeypatch.context() as older:  # an older ekd's cache: no copy, none recorded
+        older.setattr(build, "teacher_files_record", lambda *args: None)
+        older.setattr(build, "keep_teacher_files", lambda *args: [])
+        assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0
+    manifest = (old / MANIFEST).read_bytes()
+
+    def read_only(*args, **kwargs):
+        raise DiskError(f"read-only file system writing to {old / '.teacher-staging'}")
+
+    writable = os.access
+    monkeypatch.setattr(build, "keep_teacher_files", read_only)
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: mode != os.W_OK and writable(path, mode))
+    with caplog.at_level("INFO", logger="ekd.teacher.cache.build"):
+        assert main(["cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0, capsys.readouterr().err
+    assert "nothing to build" in capsys.readouterr().out
+    assert "the teacher's directory must be there" in caplog.text
+    assert (old / MANIFEST).read_bytes() == manifest
+
+
+@pytest.mark.slow
+def test_info_of_a_cache_copied_without_its_copy_says_it_is_missing(built, capsys):
+    """Try-out 67, F4: `ekd cache info` said "none" (an older cache's words) where verify and runs said missing."""
+    shipped = built["root"] / "shipped-info"
+    shipped.mkdir()
+    for path in built["cache"].iterdir():
+        if path.is_file():
+            shutil.copy2(path, shipped / path.name)
+    assert main(["cache", "info", str(shipped)]) == 0
+    assert (
+        "missing: the manifest records 4 (copied without its teacher/ directory?)" in capsys.readouterr().out
+    )

@@ -245,7 +245,19 @@ def _finished(directory: Path, pending: list[int], signature: dict, ranks: Ranks
         manifest = read_manifest(directory / MANIFEST)
     except (CacheError, OSError):
         return False
-    return bool(manifest["complete"]) and manifest["signature"] == json.loads(json.dumps(signature))
+    if not manifest["complete"]:
+        return False
+    if manifest["signature"] == json.loads(json.dumps(signature)):
+        return True
+    # only the descriptive records differ (the teacher's new file stamps, its files' record): they are written
+    # when the directory can be written, and a read-only cache is finished as it is (try-out 67, F2)
+    if compare_signatures(signature, manifest["signature"]) == [] and not os.access(directory, os.W_OK):
+        log.info(
+            "teacher cache %s: read-only; the teacher's file records in its manifest are left as they are",
+            directory,
+        )
+        return True
+    return False
 
 
 CACHE_IN_USE = "wait for it to end, or choose another teacher.cache_dir"
@@ -266,7 +278,7 @@ def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
         yield
 
 
-def _prepare_data(cfg: Config, directory: Path):
+def _prepare_data(cfg: Config, directory: Path, retrain: bool = False):
     """``prepare_data`` with the cache as run directory; a tokenizer it trains lands there atomically
     (trained in a staging directory, then renamed), so a build killed mid-save never leaves half of one. The
     teacher's own files are read whatever ``teacher.source`` says (the build and the import run with the
@@ -276,7 +288,7 @@ def _prepare_data(cfg: Config, directory: Path):
     from ekd.train.prepare import prepare_data
 
     cfg = replace(cfg, teacher=replace(cfg.teacher, source="online"))
-    if (directory / "tokenizer" / "tokenizer.json").is_file():
+    if not retrain and (directory / "tokenizer" / "tokenizer.json").is_file():
         return prepare_data(cfg, directory)
     staging = directory / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -298,7 +310,7 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
     except (OSError, DiskError) as e:
         if not finished:
             raise
-        if (directory / KEPT_DIR).is_dir():  # try-out 66, F5: a damaged copy stays, and runs are refused
+        if (directory / KEPT_DIR).is_dir() or _records_a_copy(directory):  # damaged or missing: runs refused
             log.warning(
                 "teacher cache %s: cannot restore its copy of the teacher's config and tokenizer files (%s): runs "
                 "from it are refused until it is whole; copy the cache to a writable directory and rerun there",
@@ -307,8 +319,9 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
             )
         else:
             log.info(
-                "teacher cache %s: cannot write a copy of the teacher's config and tokenizer files (%s); a run "
-                "from it reads model.teacher's",
+                "teacher cache %s: cannot write a copy of the teacher's config and tokenizer files (%s); a run from "
+                "it reads model.teacher's, so the teacher's directory must be there (to train without it, copy the "
+                "cache to a writable directory and rerun there)",
                 directory,
                 e,
             )
@@ -317,6 +330,14 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
         log.info(
             "teacher cache %s: kept the teacher's files for runs without it (%s)", directory, ", ".join(names)
         )
+
+
+def _records_a_copy(directory: Path) -> bool:
+    """Whether the cache's manifest records a copy of the teacher's files (a cache copied without it)."""
+    try:
+        return bool(read_manifest(directory / MANIFEST)["signature"].get(KEPT_FILES))
+    except (CacheError, OSError, KeyError, AttributeError):
+        return False
 
 
 def build_cache(
@@ -386,10 +407,9 @@ def run_build(
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)
             make_dirs(directory)
-            if overwrite:
-                shutil.rmtree(directory / "tokenizer", ignore_errors=True)
-                shutil.rmtree(directory / KEPT_DIR, ignore_errors=True)
-            return _prepare_data(cfg, directory)
+            # --overwrite retrains a BPE beside the cache's and replaces it once trained; the teacher's copy is
+            # replaced after the writer accepts the build: a refused --overwrite deletes nothing (try-out 67, F1)
+            return _prepare_data(cfg, directory, retrain=overwrite)
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)  # one download per node

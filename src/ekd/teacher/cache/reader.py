@@ -38,9 +38,11 @@ from ekd.teacher.cache.format import (
     decode_record,
 )
 from ekd.teacher.cache.manifest import (
+    KEPT_FILES,
     MANIFEST,
     compare_signatures,
     diff_summary,
+    is_imported,
     read_manifest,
     rebuild_advice,
     refuse_a_file,
@@ -157,9 +159,14 @@ class CacheReader:
             )
         if not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["num_shards"]
+            again = (  # try-out 67, F5: an import's was told to rerun the build
+                "rerun `ekd cache import SRC --config CONFIG --out DIR` (finished shards are skipped)"
+                if is_imported(signature)
+                else "rerun the cache build (finished shards are skipped)"
+            )
             raise CacheError(
                 f"teacher cache at {self.directory} is unfinished ({done} of {counted(total, 'shard')}): "
-                + (building or "rerun the cache build (finished shards are skipped)")
+                + (building or again)
             )
         self.signature: dict = self.manifest["signature"]
         if expected_signature is not None:
@@ -409,21 +416,24 @@ class CacheReader:
                 epp, pps
             ),
             "fixed_width_bound_formula": self.layout.formula(),
-            "kept_teacher_files": _kept_teacher_files(self.directory),
+            "kept_teacher_files": _kept_teacher_files(self.directory, self.signature),
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
 
 
-def _kept_teacher_files(directory: Path) -> str:
+def _kept_teacher_files(directory: Path, signature: dict) -> str:
     """The teacher's files the cache keeps for runs without the teacher (:mod:`ekd.teacher.cache.kept_teacher`),
-    in words."""
+    in words: checked against the manifest's record when it has one (try-out 67, F4)."""
     from ekd.teacher.cache.kept_teacher import kept_problem, kept_teacher_dir, small_files
 
+    recorded = signature.get(KEPT_FILES)
     kept = kept_teacher_dir(directory)
     if kept is None:
+        if recorded:
+            return f"missing: the manifest records {len(recorded)} (copied without its teacher/ directory?)"
         return "none (a run from the cache reads model.teacher's config and tokenizer)"
-    problem = kept_problem(kept)
+    problem = kept_problem(kept, recorded)
     return ", ".join(p.name for p in small_files(kept)) + (f" — damaged: {problem}" if problem else "")
 
 
