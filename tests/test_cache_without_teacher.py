@@ -421,3 +421,19 @@ def test_info_of_a_cache_copied_without_its_copy_says_it_is_missing(built, capsy
     assert (
         "missing: the manifest records 4 (copied without its teacher/ directory?)" in capsys.readouterr().out
     )
+
+
+@pytest.mark.slow
+def test_a_teacher_whose_weights_file_is_cut_short_is_named(built, capsys):
+    """Try-out 67, F6: a truncated model.safetensors (a half-copied teacher) got the generic mismatch, whose way
+    on (--overwrite) needs the very teacher that is broken."""
+    weights = built["teacher"] / "model.safetensors"
+    whole = weights.read_bytes()
+    try:
+        weights.write_bytes(whole[: len(whole) // 2])
+        run = ["-q", "distill", built["cfg"], "teacher.source=cache", "eval.teacher=false", "run.name=cut"]
+        assert main(run) != 0
+    finally:
+        weights.write_bytes(whole)
+    line = _error_line(capsys)
+    assert "has model.safetensors, which safetensors cannot read" in line and "half-synced" in line

@@ -134,12 +134,14 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
         and found.get(TEACHER_FILES) is not None
         and not same_files(found.get(TEACHER_FILES), spec)
     ):
-        # try-out 66, F6: an empty mount point, a directory of configs only (a stat, not a hash of the weights)
-        if teacher_files(spec) is None:
+        # try-out 66, F6: an empty mount point, a directory of configs only (a stat, not a hash of the weights);
+        # try-out 67, F6: a weights file cut short (a half-copied teacher), named before its hash is compared
+        damaged = "holds no safetensors weights" if teacher_files(spec) is None else _unreadable_weights(spec)
+        if damaged:
             raise CacheError(
-                f"model.teacher {spec} holds no safetensors weights to check against the cache's teacher "
-                f"({cached_id}): point model.teacher at the teacher's directory, or, to train without the teacher, "
-                "leave no directory at that path (an unmounted or half-synced teacher?)"
+                f"model.teacher {spec} {damaged} to check against the cache's teacher ({cached_id}): point "
+                "model.teacher at the teacher's directory, or, to train without the teacher, leave no directory at "
+                "that path (an unmounted or half-synced teacher?)"
             )
         log.info(
             "teacher cache: %s's safetensors files changed (size, times or inode) since the cache was built; "
@@ -151,6 +153,22 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     if expected["target"] == "topk":  # top-K targets do not depend on the seed
         expected["seed"] = found.get("seed")
     return expected
+
+
+def _unreadable_weights(spec: str) -> str:
+    """'has NAME, which safetensors cannot read (its error)' for the first safetensors file of the local
+    directory ``spec`` whose header or length is wrong (safetensors' own check: no tensor is read); ''."""
+    from safetensors import safe_open
+
+    from ekd.errors import first_line
+
+    for path in sorted(Path(spec).expanduser().glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+            return f"has {path.name}, which safetensors cannot read ({first_line(e)})"
+    return ""
 
 
 def _absent_path(spec: str, cached_id: str) -> bool:
