@@ -65,6 +65,30 @@ def teacher_away(teacher: Path):
         away.rename(teacher)
 
 
+def _from_cache(built: dict, *extra: str) -> list[str]:
+    """`ekd -q distill CONFIG` from the cache, not evaluating the teacher, with ``extra`` overrides."""
+    return ["-q", "distill", built["cfg"], "teacher.source=cache", "eval.teacher=false", *extra]
+
+
+def _older_cache(built: dict, monkeypatch, cache: Path) -> None:
+    """Build ``cache`` as an ekd before the copy did: no ``teacher/``, none recorded in the manifest."""
+    from ekd.teacher.cache import build
+
+    with monkeypatch.context() as older:
+        older.setattr(build, "teacher_files_record", lambda *args: None)
+        older.setattr(build, "keep_teacher_files", lambda *args: [])
+        assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={cache}"]) == 0
+
+
+def _without_its_copy(cache: Path, to: Path) -> Path:
+    """The cache's files copied to ``to`` without its ``teacher/`` directory (as `cp cache/* to` does)."""
+    to.mkdir()
+    for path in cache.iterdir():
+        if path.is_file():
+            shutil.copy2(path, to / path.name)
+    return to
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # one clear line, no traceback
@@ -100,17 +124,7 @@ def test_a_run_from_the_cache_trains_where_the_teacher_is_not(built, tokenizer, 
     name = f"away-{tokenizer}"
     spec = "teacher" if tokenizer == "teacher" else f"{built['teacher']}/"
     with teacher_away(built["teacher"]):
-        code = main(
-            [
-                "-q",
-                "distill",
-                built["cfg"],
-                "teacher.source=cache",
-                "eval.teacher=false",
-                f"run.name={name}",
-                f"model.tokenizer={spec}",
-            ]
-        )
+        code = main(_from_cache(built, f"run.name={name}", f"model.tokenizer={spec}"))
         assert code == 0, capsys.readouterr().err
     run, reference = root / "runs" / name, root / "runs" / "ref"
     assert loss_curve(run) == loss_curve(reference)
@@ -134,23 +148,11 @@ def test_a_run_that_would_evaluate_the_absent_teacher_is_refused_at_its_start(bu
 def test_a_cache_of_an_older_ekd_gets_the_teachers_files_from_a_rerun(built, monkeypatch, capsys):
     """A cache built before the copy: refused where the teacher is not, in one line naming the rerun that adds
     the files; that rerun writes no shard, and the cache then trains without the teacher."""
-    from ekd.teacher.cache import build
-
     old = built["root"] / "old-cache"
-    with monkeypatch.context() as older:  # an older ekd: no copy, none recorded in the manifest
-        older.setattr(build, "teacher_files_record", lambda *args: None)
-        older.setattr(build, "keep_teacher_files", lambda *args: [])
-        assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0
+    _older_cache(built, monkeypatch, old)
     assert kept_teacher_dir(old) is None
     shards = _shards_sha256(old)
-    run = [
-        "-q",
-        "distill",
-        built["cfg"],
-        "teacher.source=cache",
-        "eval.teacher=false",
-        f"teacher.cache_dir={old}",
-    ]
+    run = _from_cache(built, f"teacher.cache_dir={old}")
     with teacher_away(built["teacher"]):
         assert main([*run, "run.name=old-away"]) != 0
         line = _error_line(capsys)
@@ -167,16 +169,11 @@ def test_a_cache_copied_without_its_copy_or_with_a_file_added_is_named_by_verify
     """Try-out 66, F4: `cp cache/* dst` skips teacher/; `ekd cache verify` said ok and the run blamed an older
     ekd — the manifest now records the copy (sealed with it). F9: a file added to the copy (a loader reads
     special_tokens_map.json) passed verify and changed the tokenizer."""
-    shipped = built["root"] / "shipped"
-    shipped.mkdir()
-    for path in built["cache"].iterdir():
-        if path.is_file():
-            shutil.copy2(path, shipped / path.name)
+    shipped = _without_its_copy(built["cache"], built["root"] / "shipped")
     assert main(["cache", "verify", str(shipped)]) != 0
     assert f"is missing (copied without its {KEPT_DIR}/ directory?)" in _error_line(capsys)
     with teacher_away(built["teacher"]):
-        args = [built["cfg"], "teacher.source=cache", "eval.teacher=false", f"teacher.cache_dir={shipped}"]
-        assert main(["-q", "distill", *args, "run.name=shipped"]) != 0
+        assert main(_from_cache(built, f"teacher.cache_dir={shipped}", "run.name=shipped")) != 0
         line = _error_line(capsys)
         assert "copied without its teacher/ directory?" in line and "older ekd" not in line
     added = built["root"] / "added"
@@ -228,7 +225,7 @@ def test_another_absent_teacher_is_refused_and_the_projects_relative_path_is_the
     the cache, made it "the same weights") and config.yaml recorded the wrong teacher. F2: the config's own
     relative spelling (configs/cache-demo.yaml: ``runs/demo/teacher``) in another copy of the project tree, where
     the teacher is not, was refused with ways that need the teacher or delete the cache."""
-    run = ["-q", "distill", built["cfg"], "teacher.source=cache", "eval.teacher=false"]
+    run = _from_cache(built)
     with teacher_away(built["teacher"]):
         assert main([*run, "run.name=other", f"model.teacher={tmp_path / 'nowhere' / 'teacher'}"]) != 0
         line = _error_line(capsys)
@@ -255,14 +252,7 @@ def test_a_damaged_copy_is_named_verified_and_restored_by_a_rerun(built, capsys)
     damaged = built["root"] / "damaged-cache"
     shutil.copytree(built["cache"], damaged)
     (damaged / KEPT_DIR / "tokenizer.json").unlink()
-    run = [
-        "-q",
-        "distill",
-        built["cfg"],
-        "teacher.source=cache",
-        "eval.teacher=false",
-        f"teacher.cache_dir={damaged}",
-    ]
+    run = _from_cache(built, f"teacher.cache_dir={damaged}")
     assert main([*run, "run.name=damaged"]) != 0
     line = _error_line(capsys)
     assert (
@@ -390,10 +380,7 @@ def test_a_read_only_finished_cache_reruns_with_nothing_to_build(built, monkeypa
     from ekd.teacher.cache.manifest import MANIFEST
 
     old = built["root"] / "read-only-older"
-    with monkeypatch.context() as older:  # an older ekd's cache: no copy, none recorded
-        older.setattr(build, "teacher_files_record", lambda *args: None)
-        older.setattr(build, "keep_teacher_files", lambda *args: [])
-        assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={old}"]) == 0
+    _older_cache(built, monkeypatch, old)
     manifest = (old / MANIFEST).read_bytes()
 
     def read_only(*args, **kwargs):
@@ -412,11 +399,7 @@ def test_a_read_only_finished_cache_reruns_with_nothing_to_build(built, monkeypa
 @pytest.mark.slow
 def test_info_of_a_cache_copied_without_its_copy_says_it_is_missing(built, capsys):
     """Try-out 67, F4: `ekd cache info` said "none" (an older cache's words) where verify and runs said missing."""
-    shipped = built["root"] / "shipped-info"
-    shipped.mkdir()
-    for path in built["cache"].iterdir():
-        if path.is_file():
-            shutil.copy2(path, shipped / path.name)
+    shipped = _without_its_copy(built["cache"], built["root"] / "shipped-info")
     assert main(["cache", "info", str(shipped)]) == 0
     assert (
         "missing: the manifest records 4 (copied without its teacher/ directory?)" in capsys.readouterr().out
@@ -431,8 +414,7 @@ def test_a_teacher_whose_weights_file_is_cut_short_is_named(built, capsys):
     whole = weights.read_bytes()
     try:
         weights.write_bytes(whole[: len(whole) // 2])
-        run = ["-q", "distill", built["cfg"], "teacher.source=cache", "eval.teacher=false", "run.name=cut"]
-        assert main(run) != 0
+        assert main(_from_cache(built, "run.name=cut")) != 0
     finally:
         weights.write_bytes(whole)
     line = _error_line(capsys)

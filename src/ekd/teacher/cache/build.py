@@ -41,7 +41,7 @@ from ekd.losses.targets import Head
 from ekd.models.load import output_head
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
-from ekd.teacher.cache.kept_teacher import KEPT_DIR, keep_teacher_files, teacher_files_record
+from ekd.teacher.cache.kept_teacher import copy_state, keep_teacher_files, teacher_files_record
 from ekd.teacher.cache.manifest import (
     DATA_SETTINGS,
     KEPT_FILES,
@@ -310,14 +310,15 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
     except (OSError, DiskError) as e:
         if not finished:
             raise
-        if (directory / KEPT_DIR).is_dir() or _records_a_copy(directory):  # damaged or missing: runs refused
+        kept, problem, _ = copy_state(directory)
+        if problem is not None:  # damaged or missing: runs are refused
             log.warning(
                 "teacher cache %s: cannot restore its copy of the teacher's config and tokenizer files (%s): runs "
                 "from it are refused until it is whole; copy the cache to a writable directory and rerun there",
                 directory,
                 e,
             )
-        else:
+        elif kept is None:  # no copy (an older cache); a whole one stays usable as it is
             log.info(
                 "teacher cache %s: cannot write a copy of the teacher's config and tokenizer files (%s); a run from "
                 "it reads model.teacher's, so the teacher's directory must be there (to train without it, copy the "
@@ -330,14 +331,6 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
         log.info(
             "teacher cache %s: kept the teacher's files for runs without it (%s)", directory, ", ".join(names)
         )
-
-
-def _records_a_copy(directory: Path) -> bool:
-    """Whether the cache's manifest records a copy of the teacher's files (a cache copied without it)."""
-    try:
-        return bool(read_manifest(directory / MANIFEST)["signature"].get(KEPT_FILES))
-    except (CacheError, OSError, KeyError, AttributeError):
-        return False
 
 
 def build_cache(

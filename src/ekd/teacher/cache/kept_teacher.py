@@ -161,33 +161,42 @@ def _again(signature: dict | None) -> str:
     return "run `ekd cache CONFIG` once where the teacher is"
 
 
+def copy_state(cache_dir: str | Path) -> tuple[Path | None, str | None, dict | None]:
+    """(the copy, what is wrong with it, the manifest's signature) of the cache at ``cache_dir``: the copy is
+    checked against the manifest's record when it has one (:data:`KEPT_FILES`), else against its own
+    (:func:`kept_problem`); no copy where the manifest records one is "missing" (a cache copied without its
+    ``teacher/``; try-out 66, F4); no copy and no record (an older ekd's cache) is (None, None, signature). The one
+    reading of the copy's state that runs, ``ekd cache verify``/``info`` and the build's rerun share."""
+    cache_dir = Path(cache_dir)
+    signature = _signature(cache_dir)
+    recorded = (signature or {}).get(KEPT_FILES)
+    kept = kept_teacher_dir(cache_dir)
+    if kept is None:
+        missing = f"missing (copied without its {KEPT_DIR}/ directory?)" if recorded else None
+        return None, missing, signature
+    return kept, kept_problem(kept, recorded), signature
+
+
 def teacher_files_in_cache(cache_dir: str | Path, spec: str) -> Path | None:
     """Where a run from the cache at ``cache_dir`` reads its teacher's files: the cache's whole copy; None (read
     ``spec``, ``model.teacher``) for a cache that keeps none while ``spec`` is there.
 
     Raises:
-        CacheError: a damaged copy (:func:`kept_problem`), a copy the manifest records that is not there (a cache
-            copied without its ``teacher/``), or no copy while ``spec`` is a local path that is not there; one
-            line naming the command that makes the copy again, recomputing nothing.
+        CacheError: a damaged or missing copy (:func:`copy_state`), or no copy while ``spec`` is a local path that
+            is not there; one line naming the command that makes the copy again, recomputing nothing.
     """
     from ekd.teacher.cache.format import CacheError
 
     cache_dir = Path(cache_dir)
-    signature = _signature(cache_dir)
-    recorded = (signature or {}).get(KEPT_FILES)
-    kept = kept_teacher_dir(cache_dir)
+    kept, problem, signature = copy_state(cache_dir)
     where = f"its copy of the teacher's config and tokenizer files ({cache_dir / KEPT_DIR})"
-    if kept is None and recorded:
+    if problem is not None:
+        how = "copy it along with the cache, or " if kept is None else ""
+        said = f"{problem}: {how}" if kept is None else f"damaged ({problem}); "
         raise CacheError(
-            f"teacher cache {cache_dir}: {where} is missing (copied without its {KEPT_DIR}/ directory?): copy it "
-            f"along with the cache, or {_again(signature)} to restore it (the targets are kept)"
+            f"teacher cache {cache_dir}: {where} is {said}{_again(signature)} to restore it (the targets are kept)"
         )
     if kept is not None:
-        if (problem := kept_problem(kept, recorded)) is not None:
-            raise CacheError(
-                f"teacher cache {cache_dir}: {where} is damaged ({problem}); {_again(signature)} to restore it "
-                "(the targets are kept)"
-            )
         return kept
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
         raise CacheError(
@@ -201,6 +210,7 @@ def teacher_files_in_cache(cache_dir: str | Path, spec: str) -> Path | None:
 __all__ = [
     "KEPT_DIR",
     "KEPT_RECORD",
+    "copy_state",
     "keep_teacher_files",
     "kept_problem",
     "kept_teacher_dir",

@@ -416,24 +416,23 @@ class CacheReader:
                 epp, pps
             ),
             "fixed_width_bound_formula": self.layout.formula(),
-            "kept_teacher_files": _kept_teacher_files(self.directory, self.signature),
+            "kept_teacher_files": _kept_teacher_files(self.directory),
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
 
 
-def _kept_teacher_files(directory: Path, signature: dict) -> str:
+def _kept_teacher_files(directory: Path) -> str:
     """The teacher's files the cache keeps for runs without the teacher (:mod:`ekd.teacher.cache.kept_teacher`),
-    in words: checked against the manifest's record when it has one (try-out 67, F4)."""
-    from ekd.teacher.cache.kept_teacher import kept_problem, kept_teacher_dir, small_files
+    in words, with what is wrong with them (:func:`~ekd.teacher.cache.kept_teacher.copy_state`)."""
+    from ekd.teacher.cache.kept_teacher import copy_state, small_files
 
-    recorded = signature.get(KEPT_FILES)
-    kept = kept_teacher_dir(directory)
+    kept, problem, signature = copy_state(directory)
+    if kept is None and problem:
+        recorded = (signature or {}).get(KEPT_FILES) or {}
+        return f"missing: the manifest records {len(recorded)} (copied without its teacher/ directory?)"
     if kept is None:
-        if recorded:
-            return f"missing: the manifest records {len(recorded)} (copied without its teacher/ directory?)"
         return "none (a run from the cache reads model.teacher's config and tokenizer)"
-    problem = kept_problem(kept, recorded)
     return ", ".join(p.name for p in small_files(kept)) + (f" — damaged: {problem}" if problem else "")
 
 
