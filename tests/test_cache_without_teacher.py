@@ -344,6 +344,25 @@ def test_plan_of_a_cache_run_says_the_evaluation_loads_the_teacher(built, capsys
     assert "loads the teacher" not in capsys.readouterr().out
 
 
+def test_plan_refuses_what_distill_refuses_at_its_start_without_the_teacher(built, tmp_path, capsys):
+    """Try-out 66, F8: `ekd plan` said "fits" for a cache run whose evaluation would load the absent teacher and
+    for an absent ``model.teacher`` that is not the cache's teacher — both refused by `ekd distill` at its start.
+    Plan now says distill's own line; the cache's teacher, not evaluated, is planned."""
+    plan = ["plan", built["cfg"], "--gpus", "1", "teacher.source=cache"]
+    with teacher_away(built["teacher"]):
+        lines = []
+        for extra in ([], ["eval.teacher=false", f"model.teacher={tmp_path / 'nowhere' / 'teacher'}"]):
+            assert main([*plan, *extra]) != 0
+            lines.append(_error_line(capsys))
+            assert main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=planned", *extra]) != 0
+            assert _error_line(capsys) == lines[-1]
+        assert "eval.teacher=false" in lines[0] and str(built["teacher"]) in lines[0]
+        assert f"is not the teacher of the cache at {built['cache']}" in lines[1]
+        assert main([*plan, "eval.teacher=false"]) == 0
+        assert "fits" in capsys.readouterr().out
+    assert not (built["root"] / "runs" / "planned").exists()
+
+
 @pytest.mark.slow
 def test_a_refused_overwrite_deletes_nothing(built, capsys):
     """Try-out 67, F1: `ekd cache CONFIG --overwrite` refused (a mistyped data.source) had already deleted the

@@ -421,10 +421,12 @@ def plan_config(
     Raises:
         ConfigError: ``--gpus`` < 1, ``--vocab-size`` outside [2, ``MAX_VOCAB``] or given without a preset model to apply to, or
             the vocabulary size of preset models cannot be known.
+        CacheError, ModelError: a run from a cache that ``ekd distill`` refuses at its start
+            (:func:`ekd.train.prepare.check_cache_run`).
     """
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
-    from ekd.train.prepare import evaluates_teacher
+    from ekd.train.prepare import check_cache_run, evaluates_teacher
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
@@ -451,6 +453,8 @@ def plan_config(
                 "ddp with a replicated teacher\n"
             )
         parallel, placement = ("ddp",), ("replicate",)
+    if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
+        check_cache_run(cfg)
     if teacher_spec is None and evaluates_teacher(cfg):  # try-out 65, F10: a plan that said nothing of it
         note += (
             f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "

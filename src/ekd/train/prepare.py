@@ -428,6 +428,54 @@ def teacher_config_source(cfg: Config) -> tuple[str, str]:
     return (str(kept), "") if kept is not None else (spec, revision)
 
 
+def check_cache_run(cfg: Config) -> None:
+    """What a run from a teacher cache (``teacher.source=cache``) is refused for before any data is read — at
+    ``ekd distill``'s start and by ``ekd plan`` (try-out 66, F8: plan said "fits" for both refusals below): the
+    cached targets' temperature, ``teacher.cache_dir`` (a finished cache), ``model.teacher`` (a path not on this
+    machine must name the cache's teacher: :func:`~ekd.teacher.cache.source.absent_teacher`), the cache's copy of
+    the teacher's files (:func:`teacher_config_source`) and a teacher the evaluation at the end would load
+    (:func:`check_evaluation_teacher`).
+
+    Raises:
+        CacheError, ConfigError, ModelError: one line naming the key and its fix.
+    """
+    if teacher_needed(cfg):
+        from ekd.teacher.cache.source import absent_teacher, check_cache_dir, check_cache_temperature
+
+        check_cache_temperature(cfg.method, cfg.train.max_steps)
+        absent_teacher(cfg.model.teacher, check_cache_dir(cfg.teacher.cache_dir), cfg.teacher.cache_dir)
+        teacher_config_source(cfg)
+    check_evaluation_teacher(cfg)
+
+
+def check_evaluation_teacher(cfg: Config) -> None:
+    """A run from a cache reads no teacher to train (the cache keeps its files: :func:`teacher_config_source`)
+    but loads it at the end to evaluate it — for its eval-set figures and task scores: a teacher that is not
+    there is refused at the start, not after the training, naming the keys that train and evaluate without it.
+
+    Raises:
+        ModelError: ``model.teacher`` cannot be loaded here while ``eval.teacher`` or ``eval.tasks_teacher`` is
+            on.
+    """
+    from ekd.errors import EkdError
+    from ekd.hub import check_model_spec
+
+    if cfg.teacher.source != "cache":
+        return
+    tasks = bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher)
+    uses = [k for k, on in (("eval.teacher", evaluates_teacher(cfg)), ("eval.tasks_teacher", tasks)) if on]
+    if not uses:
+        return
+    try:
+        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+    except EkdError as e:
+        keys = " and ".join(f"{k}=false" for k in uses)
+        raise type(e)(
+            f"{e} (with teacher.source=cache the teacher is loaded only to evaluate it at the end: set {keys} to "
+            "train and evaluate without it)"
+        ) from None
+
+
 def names_teacher(cfg: Config, spec: str) -> bool:
     """Whether ``spec`` (``model.tokenizer``) names ``model.teacher``'s directory, however spelled (relative,
     absolute, a trailing '/'), whether or not it exists here."""

@@ -79,13 +79,13 @@ from ekd.train.prepare import (
     PreparedData,
     autocast_dtype,
     build_teacher_source,
+    check_cache_run,
     chunk_rows,
     evaluates_teacher,
     load_student,
     load_teacher,
     resolve_device,
     scores_samples_with_teacher,
-    teacher_needed,
     warn_smaller_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
@@ -353,16 +353,10 @@ def _train(
     # a typo in a model name or a cache not built yet is found first: before the run directory's checks
     # (whose advice would be --overwrite) and before the data is read
     _check_model_names(cfg, parts, resume)
-    if cfg.teacher.source == "cache" and teacher_needed(cfg):
-        from ekd.teacher.cache.source import check_cache_dir, check_cache_temperature
-
-        def check_cache() -> None:  # the rule `ekd cache` applies before building (check_trains_from_cache)
-            check_cache_temperature(cfg.method, cfg.train.max_steps)
-            check_cache_dir(cfg.teacher.cache_dir)
-
+    if cfg.teacher.source == "cache":
         # every rank would find the same: rank 0 checks, its refusal is said once (its node's files; another
         # node's are checked when its ranks open the cache)
-        run_on_main(ranks, check_cache, "check teacher.cache_dir")
+        run_on_main(ranks, lambda: check_cache_run(cfg), "check teacher.cache_dir")
     # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
     # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike
     run_dir = run_on_main(ranks, lambda: _open_run(cfg, ranks, start), "open the run directory")
@@ -917,28 +911,6 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
             if resume and gone.is_absolute() and not gone.exists():  # (an empty directory is said as such)
                 raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)}") from None
             raise _eval_only_teacher(e, cfg, parts) from None
-    elif cfg.teacher.source == "cache":
-        _check_evaluation_teacher(cfg)
-
-
-def _check_evaluation_teacher(cfg: Config) -> None:
-    """A run from a cache reads no teacher to train (the cache keeps its files: ``teacher_config_source``) but
-    loads it at the end to evaluate it — for its eval-set figures and task scores: a teacher that is not there is
-    refused now, not after the training, naming the keys that train and evaluate without it."""
-    from ekd.hub import check_model_spec
-
-    tasks = bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher)
-    uses = [k for k, on in (("eval.teacher", evaluates_teacher(cfg)), ("eval.tasks_teacher", tasks)) if on]
-    if not uses:
-        return
-    try:
-        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
-    except EkdError as e:
-        keys = " and ".join(f"{k}=false" for k in uses)
-        raise type(e)(
-            f"{e} (with teacher.source=cache the teacher is loaded only to evaluate it at the end: set {keys} to "
-            "train and evaluate without it)"
-        ) from None
 
 
 def _load_teacher_model(

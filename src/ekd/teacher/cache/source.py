@@ -60,10 +60,13 @@ log = logging.getLogger(__name__)
 FROM_CACHE = ("teacher_revision",)
 
 
-def check_cache_dir(directory: str) -> None:
+def check_cache_dir(directory: str) -> dict:
     """Refuse a ``teacher.cache_dir`` that holds no finished cache this ekd reads, before any data is read
     (reading, tokenizing and packing a real corpus takes minutes); the signature, which needs the prepared
     data, is checked when :class:`CacheTeacher` opens the cache.
+
+    Returns:
+        The manifest's signature.
 
     Raises:
         CacheError: one line naming the key, the path and the fix (build it with ``ekd cache CONFIG``).
@@ -76,12 +79,37 @@ def check_cache_dir(directory: str) -> None:
             "(this config), or set teacher.cache_dir to a built cache"
         )
     try:
-        CacheReader(path)  # the manifest only: its format version, and that the build finished
+        return CacheReader(
+            path
+        ).signature  # the manifest only: its format version, and that the build finished
     except CacheError as e:  # named once (try-out 47: 'teacher.cache_dir: teacher.cache_dir=…')
         said = str(e)
         raise CacheError(
             said if said.startswith("teacher.cache_dir") else f"teacher.cache_dir: {said}"
         ) from None
+
+
+def absent_teacher(spec: str, found: dict, cache_dir: str) -> bool:
+    """Whether ``model.teacher`` (``spec``) is a local directory that is not on this machine, and so stands for
+    the teacher of the cache at ``cache_dir`` (signature ``found``) — which it must name: its recorded path
+    however spelled, or the config's relative spelling of it (:func:`_names_cached_teacher`). One rule for the
+    check at a run's start (``ekd distill``, ``ekd plan``: :func:`ekd.train.prepare.check_cache_run`) and the
+    signature's (:func:`training_signature`).
+
+    Raises:
+        CacheError: an absent path that is not the cache's teacher (try-out 65, F1: any missing path was taken,
+            the content-pinning hash copied from the cache making it "the same weights").
+    """
+    cached_id = str(found.get("teacher_id", ""))
+    if not _absent_path(spec, cached_id):
+        return False
+    if not _names_cached_teacher(spec, cached_id):
+        raise CacheError(
+            f"model.teacher {spec} is not there and is not the teacher of the cache at {cache_dir} "
+            f"({cached_id}); set model.teacher={cached_id} to train from the cache without its teacher, or "
+            "set model.teacher to where the teacher is"
+        )
+    return True
 
 
 def training_signature(cfg: Config, data, found: dict) -> dict:
@@ -103,16 +131,9 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     revision = str(found.get("teacher_revision", ""))
     cached_id = str(found.get("teacher_id", ""))
     spec = cfg.model.teacher
-    if _absent_path(spec, cached_id):
+    if absent_teacher(spec, found, cfg.teacher.cache_dir):
         # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, and the
-        # weights' hash is the cache's — only for the cache's own teacher (try-out 65, F1: any missing path was
-        # taken, the content-pinning hash copied from the cache making it "the same weights")
-        if not _names_cached_teacher(spec, cached_id):
-            raise CacheError(
-                f"model.teacher {spec} is not there and is not the teacher of the cache at {cfg.teacher.cache_dir} "
-                f"({cached_id}); set model.teacher={cached_id} to train from the cache without its teacher, or "
-                "set model.teacher to where the teacher is"
-            )
+        # weights' hash is the cache's
         expected["teacher_id"] = cached_id
         log.info(
             "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s (%s)",
@@ -431,6 +452,8 @@ class CacheTeacher:
 __all__ = [
     "CONFIG_KEYS",
     "CacheTeacher",
+    "absent_teacher",
+    "check_cache_dir",
     "check_cache_temperature",
     "check_signature",
     "check_trains_from_cache",
