@@ -354,7 +354,9 @@ def test_plan_refuses_what_distill_refuses_at_its_start_without_the_teacher(buil
         for extra in ([], ["eval.teacher=false", f"model.teacher={tmp_path / 'nowhere' / 'teacher'}"]):
             assert main([*plan, *extra]) != 0
             lines.append(_error_line(capsys))
-            assert main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=planned", *extra]) != 0
+            assert (
+                main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=planned", *extra]) != 0
+            )
             assert _error_line(capsys) == lines[-1]
         assert "eval.teacher=false" in lines[0] and str(built["teacher"]) in lines[0]
         assert f"is not the teacher of the cache at {built['cache']}" in lines[1]

@@ -55,6 +55,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -426,7 +427,7 @@ def plan_config(
     """
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
-    from ekd.train.prepare import check_cache_run, evaluates_teacher
+    from ekd.train.prepare import check_cache_run, check_evaluation_teacher, evaluates_teacher, teacher_needed
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
@@ -454,7 +455,14 @@ def plan_config(
             )
         parallel, placement = ("ddp",), ("replicate",)
     if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
-        check_cache_run(cfg)
+        if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
+            check_evaluation_teacher(cfg)  # a plan made before the cache is built: the rest needs the cache
+            note += (
+                f"teacher.cache_dir {cfg.teacher.cache_dir} is not built yet (`ekd cache CONFIG` builds it): planned "
+                "as the run from it\n"
+            )
+        else:
+            check_cache_run(cfg)
     if teacher_spec is None and evaluates_teacher(cfg):  # try-out 65, F10: a plan that said nothing of it
         note += (
             f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
