@@ -219,7 +219,7 @@ def test_a_hub_teachers_files_are_copied_from_its_snapshot(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_another_absent_teacher_is_refused_and_the_projects_relative_path_is_the_caches(
-    built, tmp_path, monkeypatch, capsys
+    built, tmp_path, monkeypatch, capsys, caplog
 ):
     """Try-out 65, F1: any missing ``model.teacher`` path trained from the cache (its content hash, copied from
     the cache, made it "the same weights") and config.yaml recorded the wrong teacher. F2: the config's own
@@ -231,10 +231,18 @@ def test_another_absent_teacher_is_refused_and_the_projects_relative_path_is_the
         line = _error_line(capsys)
         assert f"is not the teacher of the cache at {built['cache']} ({built['teacher']})" in line
         assert f"set model.teacher={built['teacher']}" in line
+        said = []
         monkeypatch.chdir(built["root"] / "runs")  # try-out 66, F1: `..` resolved from the working directory
-        assert main([*run, "run.name=up", "model.teacher=../teacher"]) == 0, capsys.readouterr().err
-        monkeypatch.chdir(tmp_path)  # another tree: `teacher` names the end of the cache's teacher path
-        assert main([*run, "run.name=relative", "model.teacher=teacher"]) == 0, capsys.readouterr().err
+        with caplog.at_level("INFO", logger="ekd.teacher.cache.source"):
+            assert main([*run, "run.name=up", "model.teacher=../teacher"]) == 0, capsys.readouterr().err
+            said.append(caplog.text)
+            caplog.clear()
+            monkeypatch.chdir(tmp_path)  # another tree: `teacher` names the end of the cache's teacher path
+            assert main([*run, "run.name=relative", "model.teacher=teacher"]) == 0, capsys.readouterr().err
+            said.append(caplog.text)
+        taken = f"model.teacher %s is not on this machine; taken as the cache's teacher {built['teacher']}"
+        assert taken % "../teacher" + " (" in said[0]  # the same path
+        assert taken % "teacher" + f", by the end of its path (here it is {tmp_path / 'teacher'})" in said[1]
         shutil.copytree(built["cache"] / KEPT_DIR, built["teacher"])  # configs, no weights (try-out 66, F6)
         try:
             assert main([*run, "run.name=weightless"]) != 0

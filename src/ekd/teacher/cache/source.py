@@ -135,10 +135,15 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
         # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, and the
         # weights' hash is the cache's
         expected["teacher_id"] = cached_id
-        log.info(
-            "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s (%s)",
+        here = os.path.normpath(os.path.abspath(os.path.expanduser(spec)))
+        by_end = (
+            "" if here == os.path.normpath(cached_id) else f", by the end of its path (here it is {here})"
+        )
+        log.info(  # try-out 67, F7: a relative spelling matched by its end is said so
+            "teacher cache: model.teacher %s is not on this machine; taken as the cache's teacher %s%s (%s)",
             spec,
             cached_id,
+            by_end,
             "its import pinned by the source file's hash"
             if is_imported(found)
             else "its weights pinned by the cache's teacher_revision",
