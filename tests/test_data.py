@@ -386,6 +386,25 @@ def test_jsonl_prompt_response_masks_prompt_exactly(
     assert labels.tolist() == [[-100, 7, 8, 0, -100, 2, 3, 4, 0, -100]]
 
 
+def test_conversations_read_as_text_are_told_to_set_the_chat_format(tmp_path: Path) -> None:
+    """Try-out 68, F2: chat rows read without data.format=chat were told to set data.text_field (to the
+    conversations, which is not text)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    f = write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
+    g = tmp_path / "chat.parquet"
+    pq.write_table(pa.table({"messages": [messages]}), g)
+    for path, said in ((f, "line 1: missing field 'text' (row keys: messages)"), (g, "no column 'text'")):
+        with pytest.raises(ConfigError) as e:
+            load_documents(str(path), DataConfig())
+        assert said in str(e.value), e.value
+        assert str(e.value).endswith(
+            "set data.format=chat to read its 'messages' as conversations, or set data.text_field"
+        ), e.value
+    assert load_documents(str(f), DataConfig(format="chat"))[0].messages  # the fix named reads them
+
+
 def test_parquet_text_and_prompt_response(tmp_path: Path, word_tok: PreTrainedTokenizerFast) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

@@ -402,7 +402,10 @@ def test_a_run_without_eos_under_separator_none_trains_and_evaluates(tmp_path, c
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "runs" / "r")]) == 0
     out = capsys.readouterr().out  # try-out 47: no 'ppl w/o EOS' column repeating ppl, no EOS in the note
-    assert "ppl w/o EOS" not in out and "(these sets hold no end-of-document target)" in out, out
+    assert (
+        "ppl w/o EOS" not in out
+        and "(no end-of-document token is added between these sets' documents;" in out
+    ), out
     assert (
         main(["compare", str(tmp_path / "runs" / "r"), "--out", str(tmp_path / "cmp")]) == 0
     )  # try-out 48, F4

@@ -567,6 +567,16 @@ def _field_key(data_cfg: DataConfig, field_name: str) -> str:
     return "data.text_field"
 
 
+def _set_field(data_cfg: DataConfig, name: str, present: Iterable[Any]) -> str:
+    """The fix for text field ``name`` missing from a row or table that has ``present``: set its key, or — rows
+    holding ``data.messages_field`` (conversations) read as text — ``data.format=chat`` (try-out 68, F2: told
+    to set data.text_field to the conversations)."""
+    fix = f"set {_field_key(data_cfg, name)}"
+    if data_cfg.format != "chat" and data_cfg.messages_field in map(str, present):
+        return f"set data.format=chat to read its '{data_cfg.messages_field}' as conversations, or {fix}"
+    return fix
+
+
 def _row_document(
     values: list[Any],
     fields: list[str],
@@ -646,7 +656,7 @@ def _read_jsonl(
                     fix = (
                         f"the {counted(rows - 1, 'row')} before it have it: fix or remove the line"
                         if rows > 1
-                        else f"set {_field_key(data_cfg, name)}"
+                        else _set_field(data_cfg, name, row)
                     )
                     raise ConfigError(
                         f"{where}: missing field '{name}' (row keys: {', '.join(map(str, row)) or 'none'}); {fix}"
@@ -719,7 +729,8 @@ def _check_columns(columns: list[str], fields: list[str], what: str, data_cfg: D
     for name in fields:
         if name not in columns:
             raise ConfigError(
-                f"{key} {what}: no column '{name}' (columns: {', '.join(columns)}); set {_field_key(data_cfg, name)}"
+                f"{key} {what}: no column '{name}' (columns: {', '.join(columns)}); "
+                f"{_set_field(data_cfg, name, columns)}"
             )
 
 

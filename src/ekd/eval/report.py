@@ -34,7 +34,10 @@ def ppl_note(columns: Sequence[Column], boundary: bool = True) -> str:
     if "ppl" not in metrics:
         return ""
     if not boundary:  # data.separator=none, chat rows: no end-of-document target to include or leave out
-        note = "ppl is over every target (these sets hold no end-of-document target)"
+        note = (  # try-out 68, F3: read as "EOS is never a target"
+            "ppl is over every target (no end-of-document token is added between these sets' documents; an EOS "
+            "the text holds itself, such as the end of an assistant turn, is an ordinary target)"
+        )
     else:
         note = "ppl is over every target, the end-of-document tokens (EOS) included"
     if "ppl_no_boundary" in metrics and boundary:
