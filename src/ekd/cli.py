@@ -13,7 +13,7 @@
 User mistakes print one line ``ekd: error: ...`` and exit 2 (``ekd --debug CMD`` shows the traceback).
 Ctrl-C and SIGTERM print ``ekd: interrupted`` and how to go on, and exit 130 / 143 (:mod:`ekd.signals`).
 Under torchrun a rank whose collective lost its peer (another rank ended first) exits 1 without a traceback;
-rank 0 says so in one line, with how to go on.
+rank 0 says so in one line, with how to go on (rank 0 killed without a word: the first other rank says it).
 """
 
 from __future__ import annotations
@@ -757,20 +757,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug or not _lost_peer(e):
             raise
-        if _rank0():  # its own line, if it had one, is the news; rank 0 says how to go on
-            hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-            print(
-                f"ekd: error: {LOST_PEER_LINE}{_continue_hint(args) if hint is None else hint}",
-                file=sys.stderr,
-            )
+        hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
+        hint = _continue_hint(args) if hint is None else hint
+        if _said_for_rank0(e, hint):
+            pass
+        elif _rank0():  # its own line, if it had one, is the news; rank 0 says how to go on
+            print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)
         return 1
 
 
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
     """``ekd: interrupted; <how to go on>`` (said by rank 0) and the exit code of an interrupted command."""
-    if _rank0():
-        hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-        print(f"ekd: {interrupted_by(e)}{_continue_hint(args) if hint is None else hint}", file=sys.stderr)
+    hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
+    hint = _continue_hint(args) if hint is None else hint
+    if _said_for_rank0(e, hint):
+        pass
+    elif _rank0():
+        print(f"ekd: {interrupted_by(e)}{hint}", file=sys.stderr)
     return interrupt_exit_code(e)
 
 
@@ -779,6 +782,23 @@ LOST_PEER_LINE = (
     "below names it)"
 )
 """What rank 0 prints instead of gloo's "Connection closed by peer" traceback; the continue hint follows."""
+
+SILENT_RANK0_LINE = (
+    "rank {rank} stopped: rank 0 ended without a word (killed: by the OOM killer, kill -9? torchrun's summary below "
+    "says how it ended)"
+)
+"""What the rank that speaks for a silent rank 0 prints (:func:`ekd.train.distributed.distributed`: rank 0 did not
+say within a few seconds that it was ending); rank 0's continue hint follows."""
+
+
+def _said_for_rank0(e: BaseException, hint: str) -> bool:
+    """Print :data:`SILENT_RANK0_LINE` and ``hint`` when this rank speaks for a rank 0 killed without a word
+    (try-out 69, F2: only torchrun's summary was left); whether it did."""
+    rank = getattr(e, "said_for_rank0", None)
+    if rank is None:
+        return False
+    print(f"ekd: error: {SILENT_RANK0_LINE.format(rank=rank)}{hint}", file=sys.stderr)
+    return True
 
 
 def _lost_peer(e: Exception) -> bool:

@@ -20,9 +20,10 @@ import logging
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -95,27 +96,82 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
             yield ranks
     except BaseException as e:
         already_stopping()  # torchrun's SIGTERM, sent once a rank has ended, must not cut the teardown
+        if ranks is not None and ranks.rank == 0:
+            _store_set(RANK0_SAYS_KEY, "1")  # it ends saying why (its line, or a traceback)
         if isinstance(e, KeyboardInterrupt):
             _tell_interrupted(e)  # before the groups end: a rank that sees this one go can tell why
-        elif lost_peer(e) and (interrupt := _peer_interrupt()) is not None:
+        if lost_peer(e) and (interrupt := _peer_interrupt()) is not None:
             interrupt.continue_hint = getattr(e, "continue_hint", None)  # type: ignore[attr-defined]
             _leave(started, ranks, e)
             raise interrupt from e
+        stopped_from_outside = lost_peer(e) or isinstance(e, Terminated)
+        if ranks is not None and ranks.rank != 0 and stopped_from_outside and _says_for_rank0():
+            # rank 0 ended without a word (kill -9, the OOM killer): this rank says it, with rank 0's hint
+            e.said_for_rank0 = ranks.rank  # type: ignore[attr-defined]
+            e.continue_hint = _store_get(CONTINUE_HINT_KEY)  # type: ignore[attr-defined]
         _leave(started, ranks, e)
         raise
     _leave(started, ranks)
+
+
+RANK0_SAYS_KEY = "ekd/rank0-says"  # in the job's store: rank 0 is ending, and says why
+SAYS_FOR_RANK0_KEY = (
+    "ekd/says-for-rank0"  # the ranks that would speak for a silent rank 0 count here: the first does
+)
+CONTINUE_HINT_KEY = "ekd/continue-hint"  # rank 0's "; how to go on" (:func:`publish_continue_hint`)
+RANK0_WAIT = timedelta(seconds=10)
+"""How long a rank that lost its peer (or got torchrun's SIGTERM) waits for rank 0 to say it is ending before it
+speaks for rank 0: rank 0 alive ends within ~0.1 s of torchrun noticing a rank gone (its monitor interval) plus
+its current op; torchrun kills the ranks 30 s after its SIGTERM."""
+
+
+def publish_continue_hint(hint: str) -> None:
+    """Rank 0: record in the job's store how to go on if the job stops now ("; checkpoint step-… is kept: …"), for
+    the rank that speaks for a rank 0 killed without a word (try-out 69, F2: a ``kill -9`` of rank 0 left only
+    torchrun's summary). Best effort; nothing in one process."""
+    if dist.is_available() and dist.is_initialized():
+        _store_set(CONTINUE_HINT_KEY, hint)
+
+
+def _says_for_rank0() -> bool:
+    """Whether this rank (not 0), ending on a lost peer or torchrun's SIGTERM, speaks for rank 0: rank 0 did not
+    mark the store within :data:`RANK0_WAIT` that it is ending (so it was killed: its process had no chance to
+    say anything), and this is the first rank to claim the word. False without a store."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 — no store (the groups are gone): rank 0's word or none
+        return False
+    try:  # polled: a timed-out store.wait() prints c10d's own warning lines
+        deadline = time.monotonic() + RANK0_WAIT.total_seconds()
+        while not store.check([RANK0_SAYS_KEY]):
+            if time.monotonic() > deadline:
+                return store.add(SAYS_FOR_RANK0_KEY, 1) == 1
+            time.sleep(0.1)
+        return False
+    except Exception:  # noqa: BLE001 — the store went away meanwhile: say nothing rather than twice
+        return False
+
+
+def _store_set(key: str, value: str) -> None:
+    with suppress(Exception):  # best effort: no store, or it has gone with the job
+        dist.distributed_c10d._get_default_store().set(key, value)
+
+
+def _store_get(key: str) -> str | None:
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        return store.get(key).decode() if store.check([key]) else None
+    except Exception:  # noqa: BLE001 — best effort
+        return None
 
 
 INTERRUPTED_KEY = "ekd/interrupted"  # in the job's store: the signal a rank of it was stopped by
 
 
 def _tell_interrupted(e: KeyboardInterrupt) -> None:
-    """Record in the job's store that this rank was interrupted (Ctrl-C or SIGTERM), best effort."""
-    try:
-        store = dist.distributed_c10d._get_default_store()
-        store.set(INTERRUPTED_KEY, "SIGTERM" if isinstance(e, Terminated) else "SIGINT")
-    except Exception:  # noqa: BLE001 — no store (the groups are gone): the peers say 'another rank ended'
-        pass
+    """Record in the job's store that this rank was interrupted (Ctrl-C or SIGTERM), best effort (no store: the
+    peers say 'another rank ended')."""
+    _store_set(INTERRUPTED_KEY, "SIGTERM" if isinstance(e, Terminated) else "SIGINT")
 
 
 def _peer_interrupt() -> KeyboardInterrupt | None:

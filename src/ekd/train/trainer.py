@@ -60,6 +60,7 @@ from ekd.train.distributed import (
     lost_peer,
     micro_batch_sync,
     place_teacher,
+    publish_continue_hint,
     rank_seed,
     rank_slice,
 )
@@ -222,6 +223,7 @@ def train(
             for idle in idle_schedules(cfg.method, cfg.train.max_steps):
                 log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
+        _publish_hint(start)
         try:
             return _train(cfg, ranks, resume, start, data)
         except BaseException as e:
@@ -240,6 +242,14 @@ def train(
         finally:
             if start is not None:
                 start.close()  # the run directory's lock, held by rank 0 for the whole run
+
+
+def _publish_hint(start: RunStart | None) -> None:
+    """Rank 0: :func:`interrupted_hint` in the job's store, kept current (the run's start, its commit, each
+    checkpoint) for the rank that speaks for a rank 0 killed without a word
+    (:func:`~ekd.train.distributed.publish_continue_hint`)."""
+    if start is not None:
+        publish_continue_hint(interrupted_hint(start))
 
 
 def interrupted_hint(start: RunStart) -> str:
@@ -514,9 +524,11 @@ def _train(
         if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
             modules = training_state(student, extra_modules)
             trainable_only = saved_tensors is not None
-            return save_sharded_checkpoint(
+            saved = save_sharded_checkpoint(
                 run_dir, step, modules, optimizer, state, ranks, keep, trainable_only
             )
+            _publish_hint(start)
+            return saved
         return save_checkpoint(
             run_dir, step, student, optimizer, state, extra_modules, keep, only=saved_tensors
         )
@@ -612,6 +624,7 @@ def _train(
             # the run has started (data, teacher or cache, model and optimizer went through one whole step): only
             # now is a run replaced by --overwrite deleted; from here a failure keeps the directory for --resume
             run_on_main(ranks, lambda: start.commit(), "mark the run started")
+            _publish_hint(start)
         if step == start_step:  # every rank: what it holds once gradients and AdamW state exist
             log.info(
                 memory_line(
@@ -663,6 +676,7 @@ def _train(
     bar.close()
     if start_step >= cfg.train.max_steps:  # no step was left to train (a resume at max_steps): commit now
         run_on_main(ranks, lambda: start.commit(), "mark the run started")
+        _publish_hint(start)
 
     # the fp32 master weights, which a --resume with more steps continues from; once (try-out 38: written twice
     # when train.checkpoint_every divides train.max_steps), and not again by a resume that trained no step, which
