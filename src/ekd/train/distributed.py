@@ -115,9 +115,8 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
 
 
 RANK0_SAYS_KEY = "ekd/rank0-says"  # in the job's store: rank 0 is ending, and says why
-SAYS_FOR_RANK0_KEY = (
-    "ekd/says-for-rank0"  # the ranks that would speak for a silent rank 0 count here: the first does
-)
+# the ranks that would speak for a silent rank 0 count themselves here: the first does
+SAYS_FOR_RANK0_KEY = "ekd/says-for-rank0"
 CONTINUE_HINT_KEY = "ekd/continue-hint"  # rank 0's "; how to go on" (:func:`publish_continue_hint`)
 RANK0_WAIT = timedelta(seconds=10)
 """How long a rank that lost its peer (or got torchrun's SIGTERM) waits for rank 0 to say it is ending before it

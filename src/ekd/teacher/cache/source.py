@@ -78,10 +78,8 @@ def check_cache_dir(directory: str) -> dict:
             f"teacher.cache_dir {path} does not exist: build the cache first with `ekd cache CONFIG` "
             "(this config), or set teacher.cache_dir to a built cache"
         )
-    try:
-        return CacheReader(
-            path
-        ).signature  # the manifest only: its format version, and that the build finished
+    try:  # the manifest only: its format version, and that the build finished
+        return CacheReader(path).signature
     except CacheError as e:  # named once (try-out 47: 'teacher.cache_dir: teacher.cache_dir=…')
         said = str(e)
         raise CacheError(
