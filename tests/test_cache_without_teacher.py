@@ -265,7 +265,7 @@ def test_a_damaged_copy_is_named_verified_and_restored_by_a_rerun(built, capsys)
     line = _error_line(capsys)
     assert (
         "is damaged (tokenizer.json is missing)" in line
-        and "`ekd cache CONFIG` once where the teacher is" in line
+        and f"`ekd cache CONFIG` once where the teacher ({built['teacher']}) is" in line
     )
     assert main(["cache", "verify", str(damaged)]) != 0
     assert "tokenizer.json is missing" in _error_line(capsys)
@@ -323,9 +323,14 @@ def test_an_older_import_is_told_to_import_again_not_to_build(tmp_path):
 
     cache = tmp_path / "import"
     cache.mkdir()
-    (cache / MANIFEST).write_text(json.dumps({"signature": {"teacher_revision": f"{IMPORTED}abc"}}))
-    with pytest.raises(CacheError, match=r"run `ekd cache import SRC --config CONFIG --out DIR` again"):
+    teacher = "/models/teacherB"
+    signature = {"teacher_revision": f"{IMPORTED}abc", "teacher_id": teacher}
+    (cache / MANIFEST).write_text(json.dumps({"signature": signature}))
+    with pytest.raises(CacheError) as e:
         teacher_files_in_cache(cache, str(tmp_path / "gone"))
+    # try-out 66, F7: the import compares the teacher's path, so its files must be back there
+    said = f"run `ekd cache import SRC --config CONFIG --out DIR` again with the teacher's files at {teacher}"
+    assert said in str(e.value), e.value
 
 
 def test_train_as_built_is_not_offered_for_a_setting_the_run_has_already():

@@ -156,9 +156,13 @@ def _signature(cache_dir: Path) -> dict | None:
 
 def _again(signature: dict | None) -> str:
     """The command that (re)makes the copy where the teacher is: the build's, or an import's (try-out 65, F5)."""
-    if is_imported(signature):
-        return "run `ekd cache import SRC --config CONFIG --out DIR` again where the teacher's files are"
-    return "run `ekd cache CONFIG` once where the teacher is"
+    teacher = str((signature or {}).get("teacher_id", "")) or "the teacher"
+    if is_imported(signature):  # try-out 66, F7: the import compares that path, so the files must be there
+        return (
+            f"run `ekd cache import SRC --config CONFIG --out DIR` again with the teacher's files at {teacher} "
+            "(model.teacher)"
+        )
+    return f"run `ekd cache CONFIG` once where the teacher ({teacher}) is"
 
 
 def copy_state(cache_dir: str | Path) -> tuple[Path | None, str | None, dict | None]:
