@@ -339,6 +339,12 @@ def test_ekd_eval_tasks_matches_distill_and_reuses_the_teacher(run, tmp_path, mo
 
     monkeypatch.setattr(task_evaluation, "run_tasks", spy)
     argv = ["-q", "eval", str(run_dir), "--tasks", "tiny_mc,tiny_gen", "--tasks-dir", str(tasks_dir)]
+    before = (run_dir / "eval.json").read_bytes()
+    assert (
+        main([*argv[:3], "eval.set_tags={tiny_gn: shift}", *argv[3:]]) == 2
+    )  # try-out 70, F3: refused first
+    assert "eval.set_tags.tiny_gn names no eval set or task" in capsys.readouterr().err
+    assert (run_dir / "eval.json").read_bytes() == before and calls == []
     assert main([*argv[:3], "eval.set_tags={tiny_gen: shift}", *argv[3:]]) == 0
     assert [c[0] for c in calls] == ["student"]  # teacher and initial student came from the cache
     assert teacher_cache.stat().st_mtime_ns == stamp
@@ -555,6 +561,30 @@ def test_bad_task_settings_fail_at_config_time():
         load_config([], ["eval.set_tags={x: nope}"])
     with pytest.raises(ConfigError, match="eval.tasks_num_fewshot"):
         load_config([], ["eval.tasks=[arc_easy]", "eval.tasks_num_fewshot=-2"])
+
+
+def test_a_tag_that_names_no_set_or_task_is_refused(tmp_path):
+    """Try-out 70, F3: `eval.set_tags={od: shift}` beside the set `ood` was dropped without a word, and `ood`
+    averaged into the in-distribution mean; a task's typo likewise (checked against lm-eval's index, whose
+    groups' subtasks a tag may name)."""
+    from ekd.config import load_config
+    from ekd.errors import ConfigError
+    from ekd.eval.tasks import check_tag_names
+
+    sources = f"data.eval_sources={{ood: {tmp_path}}}"
+    assert load_config([], [sources, "eval.set_tags={ood: shift, eval: in_distribution}"])
+    with pytest.raises(ConfigError) as e:
+        load_config([], [sources, "eval.set_tags={od: shift}"])
+    assert str(e.value) == (
+        "eval.set_tags.od names no eval set or task of the run (eval sets: eval, ood; tasks: none): fix the name or "
+        "drop the entry; did you mean 'ood'?"
+    )
+    cfg = load_config([], ["eval.tasks=[my_mc, my_mc2]", "eval.set_tags={my_mc_2: shift}"])  # checked later
+    with pytest.raises(ConfigError, match=r"eval.set_tags.my_mc_2 names no eval set or task .* 'my_mc2'"):
+        check_tag_names(cfg, ["my_mc", "my_mc2"])
+    check_tag_names(
+        load_config([], ["eval.tasks=[mmlu]", "eval.set_tags={mmlu_anatomy: shift}"]), ["mmlu_anatomy"]
+    )
 
 
 def test_task_metric_helpers():

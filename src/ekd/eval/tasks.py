@@ -34,7 +34,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,35 @@ def check_task_config(cfg: Any) -> None:
                 f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'",
                 keys=("eval.set_tags",),
             )
-    if cfg.eval.tasks:
+    if (
+        cfg.eval.tasks
+    ):  # a tag may name a group's subtask: checked against lm-eval's index (check_config_tasks)
         TaskSettings.from_config(cfg)
         require_lm_eval(import_now=False)
+    else:
+        check_tag_names(cfg, ())
+
+
+def check_tag_names(cfg: Any, task_names: Iterable[str]) -> None:
+    """Every ``eval.set_tags`` key names one of the run's eval sets (``eval``, ``data.eval_sources``) or tasks
+    (``eval.tasks``, or any name in ``task_names``: lm-eval's index, whose groups' subtasks a tag may name) —
+    a key that names nothing was dropped without a word, so a typo left a shifted set in the in-distribution
+    mean (try-out 70, F3).
+
+    Raises:
+        ConfigError: one line naming the key, the sets and tasks there are, and the closest name.
+    """
+    sets = ["eval", *cfg.data.eval_sources]
+    named = [*sets, *cfg.eval.tasks]
+    known = {*named, *task_names}
+    for key in cfg.eval.set_tags:
+        if key not in known:
+            tasks = ", ".join(cfg.eval.tasks) or "none"
+            raise ConfigError(
+                f"eval.set_tags.{key} names no eval set or task of the run (eval sets: {', '.join(sets)}; tasks: "
+                f"{tasks}): fix the name or drop the entry{did_you_mean(key, named)}",
+                keys=("eval.set_tags",),
+            )
 
 
 @dataclass(frozen=True)
@@ -388,7 +414,8 @@ def check_config_tasks(cfg: Any) -> None:
     settings = TaskSettings.from_config(cfg)
     if settings.tasks:
         require_lm_eval()
-        check_tasks_available(settings.tasks, settings.tasks_dir, settings.num_fewshot)
+        manager, _ = check_tasks_available(settings.tasks, settings.tasks_dir, settings.num_fewshot)
+        check_tag_names(cfg, manager.all_tasks)
 
 
 def _load_task(manager: Any, name: str, offline: str, later: tuple[str, ...] = ()) -> dict[str, Any]:
