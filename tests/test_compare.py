@@ -163,6 +163,39 @@ def test_bad_runs_one_line(tmp_path, capsys):
     assert "no final evaluation" in capsys.readouterr().err
 
 
+def test_a_run_still_training_or_stopped_is_refused_not_read_as_a_seed(tmp_path, capsys, monkeypatch):
+    """Try-out 70, F2: a run training now, or killed, was compared on its last periodic evaluation (its starting
+    student's, at step 0) as a seed of a method, with one warning."""
+    from ekd import locks
+
+    done = _fake_run(tmp_path, "done", "kd", 0, 1.0, 1.0)
+    run = _fake_run(tmp_path, "prog", "kd", 1, 1.0, 1.0)
+    (run / "eval.json").unlink()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "max_steps": 3000}}))
+    marker = {"format": "ekd-run", "version": 1}
+    (run / "ekd-run.json").write_text(json.dumps({**marker, "state": "started"}))
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 0, "eval/eval/ppl": 300.0}) + "\n" + json.dumps({"step": 900}) + "\n")
+    (run / "checkpoints" / "step-000800").mkdir(parents=True)
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["compare", str(done), str(run), *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"ekd: error: ekd compare: {run} has not finished (stopped at step 900 of 3,000); its "
+    )
+    assert err.endswith("--resume`, then compare it (or leave it out)") and "\n" not in err, err
+    monkeypatch.setattr(locks, "holder_of", lambda directory: 4242)
+    assert main(["compare", str(done), str(run), *out]) == 2
+    assert f"{run} is training now (another ekd process (pid 4242) holds it)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (run / "ekd-run.json").write_text(
+        json.dumps({**marker, "state": "finished"})
+    )  # eval.json gone: the metrics, said
+    monkeypatch.undo()
+    assert main(["compare", str(done), str(run), *out]) == 0
+
+
 @pytest.mark.slow
 def test_compare_three_real_runs(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus")

@@ -138,8 +138,34 @@ def _unfinished_run(path: Path) -> str | None:
         return None
     if state not in ("started", "finished"):
         return None
+    newest = latest_checkpoint(path)
+    if state == "finished":  # try-out 52, F10: its student/ removed or moved since
+        if newest is None:
+            return None
+        return (
+            f"{path} is a finished run whose exported student/ is gone; export it again from its last checkpoint "
+            f"{newest.name} with `{_distill_command(path)} --resume` (no step is trained), then `ekd eval` it"
+        )
+    return f"{path} is a run that has not finished (no exported student/ yet); {way_to_finish(path)}, then `ekd eval` it"
+
+
+def way_to_finish(path: Path) -> str:
+    """How to finish the run ``path`` that ``ekd distill`` started and did not finish: "its newest checkpoint is
+    step-…: finish it with `ekd distill …/config.yaml --resume`", or, without a checkpoint, start it again with
+    ``--overwrite``."""
+    from ekd.train.checkpoint import latest_checkpoint
+
+    newest, command = latest_checkpoint(path), _distill_command(path)
+    if newest is None:
+        return f"it saved no checkpoint: start it again with `{command} --overwrite`"
+    return f"its newest checkpoint is {newest.name}: finish it with `{command} --resume`"
+
+
+def _distill_command(path: Path) -> str:
+    """``ekd distill RUN/config.yaml``, with the run's directory as overrides when the run was copied or moved
+    (its config.yaml names where it was made; try-out 52, F2)."""
     command = f"ekd distill {shlex.quote(str(path / 'config.yaml'))}"
-    try:  # a run copied or moved: its config.yaml names where it was made (try-out 52, F2)
+    try:
         run = yaml.safe_load((path / "config.yaml").read_text()).get("run") or {}
         saved = Path(str(run.get("output_dir", ""))).expanduser() / str(run.get("name", ""))
         elsewhere = not saved.is_absolute() or saved.resolve() != path.resolve()
@@ -150,19 +176,7 @@ def _unfinished_run(path: Path) -> str | None:
         command += (
             f" {override_arg('run.output_dir', str(here.parent))} {override_arg('run.name', here.name)}"
         )
-    newest = latest_checkpoint(path)
-    if state == "finished":  # try-out 52, F10: its student/ removed or moved since
-        if newest is None:
-            return None
-        return (
-            f"{path} is a finished run whose exported student/ is gone; export it again from its last checkpoint "
-            f"{newest.name} with `{command} --resume` (no step is trained), then `ekd eval` it"
-        )
-    if newest is None:
-        way = f"it saved no checkpoint: start it again with `{command} --overwrite`"
-    else:
-        way = f"its newest checkpoint is {newest.name}: finish it with `{command} --resume`"
-    return f"{path} is a run that has not finished (no exported student/ yet); {way}, then `ekd eval` it"
+    return command
 
 
 def _not_a_run_hint(path: Path) -> str:

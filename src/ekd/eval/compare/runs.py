@@ -432,13 +432,14 @@ def read_run(run_dir: str | Path) -> RunRecord:
         )
     config = with_todays_defaults(config)  # a run of an older ekd: the keys added since, at their defaults
     rows = metric_rows(run_dir)
+    marker = _marker(run_dir)
+    _refuse_unfinished(run_dir, marker, rows, config)
     results, scored_with, scored_by, ways, teachers = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
         )
     kd_fraction = _kd_fraction(rows)
-    marker = _marker(run_dir)
     return RunRecord(
         run_dir,
         config,
@@ -455,6 +456,38 @@ def read_run(run_dir: str | Path) -> RunRecord:
         scored_by=scored_by,
         task_ways=ways,
         teachers=teachers,
+    )
+
+
+def _refuse_unfinished(
+    run_dir: Path, marker: dict[str, Any], rows: list[dict[str, Any]], config: dict
+) -> None:
+    """Refuse a run ``ekd distill`` started and has not finished — training now, or stopped — whose figures
+    would be those of its last periodic evaluation (its starting student's, at step 0) beside finished runs
+    (try-out 70, F2: read as a seed with one warning). A run of an older ekd, which recorded no state, is read.
+
+    Raises:
+        EkdError: one line: training now (wait), or stopped at step N of M (finish it with ``--resume``).
+    """
+    import os
+
+    from ekd.locks import holder_of
+    from ekd.train.evaluation import way_to_finish
+
+    if marker.get("state") not in ("starting", "started"):
+        return
+    pid = holder_of(run_dir.resolve())
+    if pid not in (None, os.getpid()):
+        who = "another ekd process" + (f" (pid {pid})" if pid else "")
+        raise EkdError(
+            f"ekd compare: {run_dir} is training now ({who} holds it): compare it once it has finished, or leave "
+            "it out"
+        )
+    steps = [int(r["step"]) for r in rows if isinstance(r.get("step"), int | float)]
+    total = (config.get("train") or {}).get("max_steps")
+    at = f" (stopped at step {max(steps, default=0):,} of {total:,})" if isinstance(total, int) else ""
+    raise EkdError(
+        f"ekd compare: {run_dir} has not finished{at}; {way_to_finish(run_dir)}, then compare it (or leave it out)"
     )
 
 
