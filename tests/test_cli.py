@@ -544,6 +544,21 @@ def test_a_missing_config_names_the_config_alone_and_a_table_prefix_its_table(ca
     assert capsys.readouterr().err.rstrip().endswith("did you mean 'architectures'?")
 
 
+def test_a_run_records_its_local_starting_students_weights(tmp_path, corpus):
+    """Try-out 70, F1: ekd compare tells apart runs whose starting students differ at one path by this record."""
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.identity import weights_fingerprint
+    from ekd.models.load import build_preset
+
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    build_preset("llama-micro", len(tok), tok.eos_token_id, seed=3).save_pretrained(tmp_path / "s")
+    tok.save_pretrained(tmp_path / "s")
+    config = _config_file(tmp_path, corpus, "st", **{"train.max_steps": 1, "eval.teacher": False})
+    assert main(["-q", "distill", config, f"model.student={tmp_path / 's'}", "model.tokenizer=student"]) == 0
+    marker = json.loads((tmp_path / "runs" / "st" / "ekd-run.json").read_text())
+    assert marker["student_weights"] == weights_fingerprint(str(tmp_path / "s"))
+
+
 def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     """Try-out 42, F2: a teacher saved over at its path between a kill and --resume taught the run's first steps and
     the others another model, without a word. A run records its local teacher's weights; --resume refuses others."""

@@ -1321,6 +1321,40 @@ def test_seeds_taught_by_two_teachers_are_two_groups(tmp_path):
     assert [g["method"] for g in same["groups"]] == ["rkl"]
 
 
+def test_seeds_from_two_starting_students_at_one_path_are_two_groups(tmp_path):
+    """Try-out 70, F1: two students written to one path (`ekd student init --overwrite`) were seeds of one method,
+    the ± their difference. Where every run with a local student records its weights (ekd-run.json
+    ``student_weights``), model.student is read as them; a preset student (built from run.seed) by its name."""
+    from ekd.eval.compare import compare_runs
+
+    def run(name, seed, student, weights=None):
+        r = _edit(_fake_run(tmp_path, name, "kd", seed, 10.0 + seed, 0.5), teacher="/m/t")
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        cfg["model"]["student"] = student
+        (r / "config.yaml").write_text(yaml.safe_dump(cfg))
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "teacher_weights": "sha256:tt"}
+        (r / "ekd-run.json").write_text(
+            json.dumps({**marker, **({"student_weights": weights} if weights else {})})
+        )
+        return r
+
+    def groups(*runs):
+        out = tmp_path / f"o{len(list(tmp_path.glob('o*')))}"
+        return [
+            (g["method"], len(g["seeds"]))
+            for g in compare_runs(runs, out, baselines=(), plots=False)["groups"]
+        ]
+
+    assert groups(run("a0", 0, "/s/cut", "sha256:aa"), run("a1", 1, "/s/cut", "sha256:bb")) == [
+        ("kd", 1),
+        ("kd#2", 1),
+    ]
+    assert groups(run("b0", 0, "/s/cut", "sha256:aa"), run("b1", 1, "/t/copy", "sha256:aa")) == [("kd", 2)]
+    assert groups(run("c0", 0, "preset:llama-micro"), run("c1", 1, "preset:llama-micro")) == [("kd", 2)]
+    # a run of an older ekd among them (no record): by path, as before
+    assert groups(run("d0", 0, "/s/cut", "sha256:aa"), run("d1", 1, "/s/cut")) == [("kd", 2)]
+
+
 def test_seeds_of_a_method_without_a_teacher_are_one_group_whatever_teacher_evaluated_them(tmp_path):
     """Try-out 44, F2: ``ce`` seeds evaluated against a teacher retrained between them were split into ``ce`` and
     ``ce#2`` by a teacher that taught neither (their KL is paired by each entry's own teacher record); a method

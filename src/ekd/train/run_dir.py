@@ -748,6 +748,17 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_base=identity)
 
+    def check_student(self) -> None:
+        """A new run from a local student directory records its weights (:func:`ekd.models.identity.weights_fingerprint`,
+        ``student_weights``), so that ``ekd compare`` tells apart runs whose starting students differ at one path
+        (try-out 70, F1: two students written to one path by ``ekd student init --overwrite`` were averaged as
+        seeds). A resume trains on from its checkpoint, whatever that path holds now."""
+        from ekd.models.identity import weights_fingerprint
+
+        if self.fresh and (current := weights_fingerprint(self.cfg.model.student)) is not None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, student_weights=current)
+
     def check_teacher(self) -> None:
         """A run taught online by a local teacher directory: a new run records its weights
         (:func:`ekd.models.identity.weights_fingerprint`, ``teacher_weights``), ``--resume`` refuses other weights

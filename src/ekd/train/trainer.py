@@ -901,6 +901,7 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     start.check_student_base()
+    start.check_student()
     start.check_teacher()
     if cfg.eval.tasks:
         from ekd.eval.tasks import check_config_tasks

@@ -22,6 +22,7 @@ from ekd.eval.compare.runs import (
 from ekd.eval.eval_json import BLOCKS_KEY
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
+from ekd.models.load import is_preset
 
 ANOTHER_TEACHER = "another teacher"  # why a seed is left out of a KL or agreement mean (Group.one_way_values)
 
@@ -155,10 +156,19 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     ]
     recorded = [r.teacher_weights for r in taught_online]  # every one, by one scheme
     teacher_by_content = bool(recorded) and all(comparable(recorded[0], w) for w in recorded)
+    local_students = [  # a preset student is built from run.seed: its name and seed are what it is
+        r.student_weights
+        for r in runs
+        if not is_preset(str((r.config.get("model") or {}).get("student", "")))
+    ]
+    student_by_content = bool(local_students) and all(
+        comparable(local_students[0], w) for w in local_students
+    )
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
         r.precision_fill = precision_fill
         r.teacher_by_content = teacher_by_content
+        r.student_by_content = student_by_content
     groups: dict[str, Group] = {}
     for r in runs:
         g = groups.setdefault(r.group_key(), Group(label=""))

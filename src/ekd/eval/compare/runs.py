@@ -126,6 +126,11 @@ class RunRecord:
     teacher_weights: str | None = None
     # model.teacher is read as its weights (:attr:`teacher_weights`): every compared run taught online records them
     teacher_by_content: bool = False
+    # the weights fingerprint of a local starting student (ekd-run.json ``student_weights``); None for a hub id, a
+    # preset (built from run.seed) or a run of an older ekd
+    student_weights: str | None = None
+    # model.student is read as its weights: every compared run with a local student records them
+    student_by_content: bool = False
     # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
     sets_by_content: frozenset[str] = frozenset()
     # set or task → the forward autocast (``precision``) an entry that records none (an older ekd's) reads as: the
@@ -192,6 +197,13 @@ class RunRecord:
             cfg["model"] = {
                 **cfg["model"],
                 "teacher": f"weights {self.teacher_weights.rpartition(':')[2][:16]}",
+            }
+        if self.student_by_content and self.student_weights and "student" in cfg.get("model", {}):
+            # try-out 70, F1: two students written to one path (`ekd student init --overwrite`) were seeds of
+            # one method, the ± their difference; a copy elsewhere is the same student
+            cfg["model"] = {
+                **cfg["model"],
+                "student": f"weights {self.student_weights.rpartition(':')[2][:16]}",
             }
         if (
             not self.trains_with_teacher()
@@ -451,6 +463,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
         teacher_weights=marker.get("teacher_weights") or None,
+        student_weights=marker.get("student_weights") or None,
         ranks=marker.get("ranks"),
         segments=marker.get("segments") or None,
         scored_by=scored_by,
