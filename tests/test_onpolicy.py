@@ -246,6 +246,23 @@ def test_prompt_rule_groups_rows_by_prompt_length(student, monkeypatch):
     )  # no target: unchanged
 
 
+def test_a_row_cut_mid_response_answers_the_next_whole_prompt():
+    """Try-out 71, F1: a row starting in the previous example's response took its first ``prompt_tokens`` tokens
+    as the prompt, and the student generated over the rest of the next example's prompt (trained as targets).
+    Its prompt now ends where the next example's does; plain text (boundaries: one ignored label each) and a
+    prompt cut by the block's end keep the plain rule."""
+    ids = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(2))
+    target = torch.ones_like(ids, dtype=torch.bool)
+    ids[0, 3] = EOS  # row 0: response tail 0–3 (its EOS), next example: prompt 4–8, response from 9
+    target[0, 4:9] = False
+    target[1, 6] = target[1, 15] = False  # row 1: plain text, two document boundaries
+    ids[2, 3] = EOS  # row 2: response tail, then a prompt the block's end cuts
+    target[2, 4:] = False
+    labels = shift_labels(ids, target)
+    assert prompt_lengths(labels, 8).tolist() == [9, 8, 8]
+    assert prompt_lengths(labels[:1], 8).tolist() == [9]  # a row's rule is its own
+
+
 def test_new_tokens_are_capped_by_the_block(student, monkeypatch):
     calls = _spy_generate(monkeypatch)
     out, _ = maybe_on_policy(

@@ -10,13 +10,17 @@ micro-batch::
     )
 
 Prompt of each row (:func:`prompt_lengths`). Packing writes ``prompt · response · EOS`` per document with the
-prompt tokens (and the first token of every document) masked out of the targets, so a row that *starts* in a
-prompt has a leading run of ≥ 2 ignored labels. Its prompt is every token up to the first target: ``r + 1``
-tokens for a leading run of ``r`` ignored labels. Plain packed text has a leading run of at most 1 (a block that
-starts on the EOS before a document), as does a prompt/response row cut mid-response; those rows use the first
-``method.prompt_tokens`` tokens (at most T − 1) as the prompt. A row with no target at all (wholly inside a
-long prompt or padding) is left unchanged: its response is not in the block. Prompts of 1–2 tokens at the
-very start of a block are indistinguishable from a document boundary and get the plain-text rule.
+prompt tokens (and the first token of every document) masked out of the targets, so a prompt is a run of ≥ 2
+ignored labels followed by a target. A row's prompt is every token up to the first target after its first
+prompt: ``r + 1`` tokens for a row that starts with a run of ``r`` ignored labels; for a row cut mid-response
+by the block's start (the previous example's tail, its EOS, then the next example), everything up to the end
+of that next example's prompt — the student answers that prompt, whole, with the tail as context, as packing
+trains it (try-out 71, F1: it generated from the row's first ``method.prompt_tokens`` tokens, over the rest of
+the next prompt). Plain packed text has no run of more than 1 ignored label (a document boundary), nor has a
+row whose only prompt is cut by the block's end; those rows use the first ``method.prompt_tokens`` tokens (at
+most T − 1) as the prompt. A row with no target at all (wholly inside a long prompt or padding) is left
+unchanged: its response is not in the block. A one-token prompt (without BOS), or a prompt cut by the block's
+start to its last 1–2 tokens, looks like a document boundary and gets the plain-text rule.
 
 Generation. Rows are grouped by prompt length and each group is generated as one batch, so every prompt sits
 at positions ``0 … p−1`` exactly as in training (no left padding, no shifted position ids); packed text is one
@@ -82,13 +86,18 @@ def prompt_lengths(labels: torch.Tensor, prompt_tokens: int) -> torch.Tensor:
     Returns:
         (B,) long in ``[1, T − 1]``, or 0 for a row with no target (left unchanged).
     """
-    T = labels.shape[1]
+    B, T = labels.shape
     valid = labels != IGNORE_INDEX  # (B, T)
-    leading_ignored = valid.int().argmax(dim=1)  # (B,) index of the first target = length of the ignored run
-    plain = torch.full_like(leading_ignored, max(1, min(prompt_tokens, T - 1)))
-    lengths = torch.where(
-        leading_ignored >= _MIN_PROMPT_RUN, leading_ignored + 1, plain
-    )  # ≤ T−1: labels[:, -1] = -100
+    # a target right after a run of ≥ _MIN_PROMPT_RUN ignored labels ends a prompt: at the row's start, or after
+    # a response cut by the block's start (try-out 71, F1: the first prompt_tokens tokens were taken, and the
+    # student generated over the rest of the next example's prompt)
+    after_prompt = valid[:, _MIN_PROMPT_RUN:].clone()  # (B, T − r): target j + r ...
+    for back in range(1, _MIN_PROMPT_RUN + 1):
+        after_prompt &= ~valid[:, _MIN_PROMPT_RUN - back : T - back]  # ... after r ignored labels
+    has_prompt = after_prompt.any(dim=1)  # (B,)
+    first = after_prompt.int().argmax(dim=1) + _MIN_PROMPT_RUN  # (B,) index of that target
+    plain = torch.full((B,), max(1, min(prompt_tokens, T - 1)), dtype=torch.long, device=labels.device)
+    lengths = torch.where(has_prompt, first + 1, plain)  # ≤ T−1: labels[:, -1] = -100
     return torch.where(valid.any(dim=1), lengths, torch.zeros_like(lengths))
 
 
