@@ -114,11 +114,12 @@ REFUSED = {
     "method.policy=topq": "did you mean 'topk'?",
     "method.gls_queue_size=0": "method.gls_queue_size must be ≥ 1",
     "method.latf_ema_decay=2": "method.latf_ema_decay must be ≥ 0 and < 1",
+    "method.latf_step=1.5": "method.latf_step must be ≥ 0 and < 1",  # try-out 71, F3: r jumped, floored
     "method.bandit_budgets=[]": "method.bandit_budgets needs at least 1 item",
     "method.sample_scorer=foo": "method.sample_scorer must be one of",
     "method.temperature=foo": "method.temperature must be one of",
     "method.scorer_weights={bogus: 1}": "method.scorer_weights key must be one of",
-    "method.policy=topk": "method.policy=topk ranks positions by a score: set method.scorer",
+    "method.policy=topk": "method.policy=topk ranks positions by a score: set method.scorer (e.g. teacher_entropy)",
     "method.scorer=composite": "method.scorer=composite needs method.scorer_weights",
     "method.bandit_min_fraction=0.6": "method.bandit_min_fraction must be ≤ method.bandit_max_fraction",
     "method.entropy_tau_min=3": "method.entropy_tau_min must be ≤ method.entropy_tau_max",
@@ -126,6 +127,16 @@ REFUSED = {
     "train.max_steps": "override 'train.max_steps' has no value: write train.max_steps=<value>",
     "train.max_stepz": "did you mean 'train.max_steps'?",
 }
+
+
+def test_an_exp3_bandit_without_a_scorer_is_told_what_needs_one(capsys):
+    """Try-out 71, F5: the line named neither exp3 (linucb scores with its own features) nor a scorer."""
+    assert main(["config", "show", "method.preset=bandit", "method.bandit_kind=exp3"]) == 2
+    assert _one_error_line(capsys).endswith(
+        "method.policy=bandit with method.bandit_kind=exp3 picks the top positions by a score: set method.scorer "
+        "(e.g. teacher_entropy)"
+    )
+    assert main(["config", "show", "method.preset=bandit"]) == 0
 
 
 @pytest.mark.parametrize("override", list(REFUSED))

@@ -354,8 +354,8 @@ class MethodConfig:
     """LATF: β of the loss EMA."""
     latf_tolerance: float = number(0.05, ge=0)
     """LATF: ε, relative band around L_ref."""
-    latf_step: float = number(0.05, ge=0)
-    """LATF: δ, multiplicative change of r."""
+    latf_step: float = number(0.05, ge=0, lt=1)
+    """LATF: δ, multiplicative change of r (r ← r(1 ∓ δ); δ ≥ 1 would make r(1 − δ) ≤ 0: try-out 71, F3)."""
     latf_min_ratio: float = number(0.1, gt=0, le=1)
     """LATF: floor of r."""
     bandit_kind: str = one_of("linucb", "linucb", "exp3")

@@ -112,9 +112,11 @@ def validate(cfg: Config) -> None:
                 keys=("method.sample_scorer", "teacher.source"),
             )
     if m.scorer == "none" and _policy_needs_scores(m):
-        hint = " (AdaKD uses hellinger)" if m.policy == "latf" else ""
+        from ekd.selection.policies import scorer_hint
+
+        hint = scorer_hint(m.policy, m.bandit_kind)
         raise ConfigError(
-            f"method.policy={m.policy} ranks positions by a score: set method.scorer{hint}",
+            f"method.policy={m.policy}{hint}",
             keys=("method.policy", "method.scorer"),
         )
     if m.scorer == "composite" and not m.scorer_weights:

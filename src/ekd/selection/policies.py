@@ -339,6 +339,19 @@ policies.add("latf", LossAdaptiveTokenFocusing, "top r over the batch, r adapted
 policies.add("bandit", LinUCBBandit, "LinUCB over token features, or EXP3 over budgets (EKD)")
 
 
+def scorer_hint(policy: str, bandit_kind: str = "linucb") -> str:
+    """What follows ``method.policy=NAME`` in the refusal of a policy that needs a score without
+    ``method.scorer``: the bandit's EXP3 budget picks the top positions by one (try-out 71, F5: the line named
+    neither exp3 nor a scorer), AdaKD's LATF by the Hellinger distance."""
+    if policy == "bandit":
+        return (
+            f" with method.bandit_kind={bandit_kind} picks the top positions by a score: set method.scorer "
+            "(e.g. teacher_entropy)"
+        )
+    example = "AdaKD uses hellinger" if policy == "latf" else "e.g. teacher_entropy"
+    return f" ranks positions by a score: set method.scorer ({example})"
+
+
 def build_policy(method_cfg: Any, total_steps: int) -> SelectionPolicy:
     """The selection policy of ``method_cfg`` for a run of ``total_steps`` optimizer steps."""
     name = method_cfg.policy
@@ -353,6 +366,5 @@ def build_policy(method_cfg: Any, total_steps: int) -> SelectionPolicy:
         raise ConfigError(f"method.bandit_kind must be 'linucb' or 'exp3', got '{method_cfg.bandit_kind}'")
     policy = cls(method_cfg, total_steps)  # type: ignore[call-arg]
     if policy.needs_scores and method_cfg.scorer == "none":
-        hint = " (AdaKD uses hellinger)" if name == "latf" else ""
-        raise ConfigError(f"method.policy={name} ranks positions by a score: set method.scorer{hint}")
+        raise ConfigError(f"method.policy={name}{scorer_hint(name, method_cfg.bandit_kind)}")
     return policy
