@@ -135,9 +135,9 @@ def test_results_footnotes_explain_only_present_columns_and_mark_a_tiny_eval_set
     # try-out 53, F6: sets without an end-of-document target (chat rows) still explain 'ppl (full head)'
     full = [("set", "eval set", ""), ("ppl", "ppl", ".2f"), ("ppl_full_head", "ppl (full head)", ".2f")]
     assert ppl_note(full, boundary=False) == (
-        "ppl is over every target (no end-of-document token is added between these sets' documents; an EOS the "
-        "text holds itself, such as the end of an assistant turn, is an ordinary target); 'ppl (full head)' "
-        "(ppl_full_head) takes the softmax over every head row, the padded rows past the tokenizer included, as an outside "
+        "ppl is over every target (no end-of-document token between documents is among these sets' scored "
+        "targets; an EOS the text holds itself, such as the end of an assistant turn, is an ordinary target); "
+        "'ppl (full head)' (ppl_full_head) takes the softmax over every head row, the padded rows past the tokenizer included, as an outside "
         "evaluator of the export does."
     )
 

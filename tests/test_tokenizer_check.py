@@ -404,7 +404,7 @@ def test_a_run_without_eos_under_separator_none_trains_and_evaluates(tmp_path, c
     out = capsys.readouterr().out  # try-out 47: no 'ppl w/o EOS' column repeating ppl, no EOS in the note
     assert (
         "ppl w/o EOS" not in out
-        and "(no end-of-document token is added between these sets' documents;" in out
+        and "(no end-of-document token between documents is among these sets' scored targets;" in out
     ), out
     assert (
         main(["compare", str(tmp_path / "runs" / "r"), "--out", str(tmp_path / "cmp")]) == 0

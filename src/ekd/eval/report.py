@@ -34,9 +34,9 @@ def ppl_note(columns: Sequence[Column], boundary: bool = True) -> str:
     if "ppl" not in metrics:
         return ""
     if not boundary:  # data.separator=none, chat rows: no end-of-document target to include or leave out
-        note = (  # try-out 68, F3: read as "EOS is never a target"
-            "ppl is over every target (no end-of-document token is added between these sets' documents; an EOS "
-            "the text holds itself, such as the end of an assistant turn, is an ordinary target)"
+        note = (  # try-out 68, F3: read as "EOS is never a target"; try-out 71, F4: a set's one EOS unscored
+            "ppl is over every target (no end-of-document token between documents is among these sets' scored "
+            "targets; an EOS the text holds itself, such as the end of an assistant turn, is an ordinary target)"
         )
     else:
         note = "ppl is over every target, the end-of-document tokens (EOS) included"
