@@ -1114,6 +1114,92 @@ def test_distill_refuses_a_bad_task_row_before_training(tmp_path, capsys):
     assert not (tmp_path / "runs" / "bad" / "metrics.jsonl").exists()  # no step was trained
 
 
+# the tester's file: an indented key after a plain one (try-out 70, F4)
+BROKEN_YAML = """task: broken
+dataset_path: json
+  dataset_kwargs: {data_files: {test: /nowhere/mc.jsonl}
+output_type: multiple_choice
+"""
+
+
+def test_a_task_yaml_that_does_not_parse_is_named_with_its_error(tmp_path):
+    """Try-out 70, F4: lm-eval's index skips a YAML it cannot parse without a word, so a task whose file had an
+    indentation error was 'unknown ... neither in lm-eval's registry nor in DIR; check the names'. A missing
+    name names the tasks dir's YAMLs that do not parse, with where and why; one with lm-eval's own tags
+    (``!function``) parses."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    (tasks_dir / "utils.py").write_text("def keep(dataset):\n    return dataset\n")
+    _write_task(tasks_dir, "tagged_mc", _mc_rows(1), "process_docs: !function utils.keep\n" + MC_YAML)
+    broken = tasks_dir / "broken.yaml"
+    broken.write_text(BROKEN_YAML)
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_mc", "broken"), str(tasks_dir))
+    assert str(e.value) == (
+        f"eval.tasks: unknown task(s) broken: {broken} does not parse (mapping values are not allowed here, "
+        "line 3 column 17); fix it"
+    )
+    # a name no broken file mentions: the usual line, the broken file said as a maybe
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_mcc",), str(tasks_dir))
+    message = str(e.value)
+    assert "\n" not in message and f"(and {broken} does not parse (mapping values" in message, message
+    assert "fix it if it defines the task); did you mean 'tiny_mc'?" in message and "tagged_mc" not in message
+    check_tasks_available(("tiny_mc", "tagged_mc"), str(tasks_dir))  # the good tasks still load
+
+
+@pytest.mark.parametrize(
+    "how, old, new",
+    [
+        ("doc_to_target", "doc_to_target: answer", "doc_to_target: label"),
+        ("doc_to_choice", 'doc_to_choice: "{{choices}}"', "doc_to_choice: label"),
+        ("doc_to_text", 'doc_to_text: "{{question}}"', "doc_to_text: label"),
+    ],
+)
+def test_a_field_name_the_data_lacks_is_the_yamls_mistake(tmp_path, how, old, new):
+    """Try-out 70, F5: ``doc_to_target: label`` where no row has 'label' was blamed on row 1 of the data ('its
+    answer 'label' is not one of its choices'): lm-eval reads a bare name that is no field as plain text. Said of
+    the task's YAML instead — also for doc_to_choice (a failed load) and doc_to_text (every prompt 'label')."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    assert old in MC_YAML
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML.replace(old, new))
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_mc",), str(tasks_dir))
+    assert str(e.value) == (
+        f"eval.tasks: task 'tiny_mc' (its YAML: {tasks_dir / 'tiny_mc.yaml'}): {how} 'label' is not a field of its "
+        "data (fields: question, choices, answer); fix the task's YAML"
+    )
+
+
+def test_an_unknown_metric_is_named_with_its_yaml_and_the_closest_metric(tmp_path, capfd, monkeypatch):
+    """Try-out 70, F6: ``metric_list: [{metric: accuracy}]`` gave lm-eval's ERROR log line, then 'cannot be
+    loaded (DATA FILE): KeyError: None'. One line, before training: the task, its YAML, the metric and the
+    closest of lm-eval's metrics. ('accuracy' itself is an HF evaluate metric on the hub, which lm-eval loads
+    where the hub is reachable: the test's name is found nowhere, and evaluate is kept offline.)"""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    evaluate_config = pytest.importorskip("evaluate.config")
+    monkeypatch.setattr(evaluate_config, "HF_EVALUATE_OFFLINE", True)
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML.replace("metric: acc", "metric: accurracy"))
+    cfg = config_file(tmp_path, write_corpus(tmp_path / "corpus"), "bad")
+    assert main(["distill", cfg, "eval.tasks=[tiny_mc]", f"eval.tasks_dir={tasks_dir}"]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip() and not ln.startswith("INFO ")]
+    assert err == [
+        f"ekd: error: eval.tasks: task 'tiny_mc' (its YAML: {tasks_dir / 'tiny_mc.yaml'}): metric 'accurracy' "
+        "(metric_list) is not an lm-eval metric, nor an HF evaluate metric that loads here; did you mean 'acc'?"
+    ], err
+    assert not (tmp_path / "runs" / "bad" / "metrics.jsonl").exists()  # no step was trained
+
+
 def test_a_failure_inside_lm_eval_while_scoring_is_one_line_with_its_cause(tmp_path, monkeypatch):
     """Whatever lm-eval or datasets raise while a task is scored is one line naming the task and the cause (the
     exception chained, for ``ekd --debug``), not a traceback."""

@@ -34,6 +34,7 @@ from typing import Any
 
 from ekd.errors import EkdError, first_line
 from ekd.eval.task_metrics import DOCUMENTS_SHA256  # noqa: F401  (the key of a result's identity)
+from ekd.nearest import close_names, did_you_mean, either
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ def task_leaves(
         return cached[1]
     with quiet_lm_eval(), _same_random_state():
         if loaded is None:
+            bad_metric = metric_error(manager, name)  # before lm-eval's load logs its own ERROR line
+            if bad_metric is not None:
+                raise bad_metric
             try:
                 loaded = manager.load([name])
             except ConnectionError:
@@ -259,7 +263,8 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     warning ekd's quiet logs hide.
 
     Raises:
-        EkdError: the first bad row, one line: the task, the file, the row, the cause and the fix.
+        EkdError: a ``doc_to_*`` naming no field of the data (:func:`unknown_field`: the task and its YAML), else
+            the first bad row, one line: the task, the file, the row, the cause and the fix.
     """
     from lm_eval.api.task import ConfigurableTask
 
@@ -269,6 +274,9 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
     parts = [(f"{split} split" if split else "eval split", task.eval_docs)]
     if shots > 0:
         parts.append(("few-shot split", task.fewshot_docs() or []))
+    no_field = unknown_field(task)  # the YAML's mistake, not row 1's (try-out 70, F5)
+    if no_field:
+        raise EkdError(f"eval.tasks: task '{name}'{_its_yaml(task)}: {no_field}")
     mc = task.get_config("output_type") == "multiple_choice"
     column = _float_answer_column(task) if mc else ""  # a template renders its 1.0 as '1.0', no choice
     floats = ""  # the first row whose answer is a float: said unless a row's empty cell is why the column is
@@ -284,6 +292,37 @@ def check_rows_of(name: str, task: Any, shots: int) -> None:
         raise EkdError(f"eval.tasks: {_where(name, task, split)}: {_float_column(column, task, split)}")
     if floats:
         raise EkdError(floats)
+
+
+FIELD_READERS = ("doc_to_text", "doc_to_target", "doc_to_choice")
+_FIELD_NAME = re.compile(r"[A-Za-z_]\w*")  # a bare name: not a Jinja template, not an index
+
+
+def unknown_field(task: Any) -> str:
+    """ "doc_to_target 'label' is not a field of its data (fields: ...); fix the task's YAML" when one of
+    :data:`FIELD_READERS` of ``task`` is a bare name its documents lack; "" when none is. lm-eval reads such a
+    name as a template of plain text: every row's target became the text 'label', blamed on row 1 as an answer
+    outside its choices (try-out 70, F5); a doc_to_choice failed the load, a doc_to_text gave every row that
+    one word as its prompt."""
+    features = list(getattr(task, "features", None) or [])
+    # no columns known, or a promptsource prompt (it reads the fields itself)
+    if not features or getattr(task, "prompt", None) is not None:
+        return ""
+    for how in FIELD_READERS:
+        value = task.get_config(how)
+        if isinstance(value, str) and _FIELD_NAME.fullmatch(value) and value not in features:
+            return (
+                f"{how} '{value}' is not a field of its data (fields: {', '.join(features)}); fix the task's "
+                f"YAML{did_you_mean(value, features)}"
+            )
+    return ""
+
+
+def _its_yaml(task: Any) -> str:
+    """ " (its YAML: PATH)": the file lm-eval built ``task`` from (its config's ``metadata.config_source``), or ""."""
+    meta = task.get_config("metadata")
+    source = meta.get("config_source") if isinstance(meta, Mapping) else None
+    return f" (its YAML: {source})" if isinstance(source, str) and source != "inline" else ""
 
 
 def _float_answer_column(task: Any) -> str:
@@ -429,8 +468,16 @@ def _bad_json_line(files: list[str]) -> str:
 
 
 def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
-    """One line for task ``name`` whose load (its dataset) failed: the file and line when a JSON Lines file
-    of it does not parse, else the innermost cause."""
+    """One line for task ``name`` whose load (its dataset) failed: an unknown metric (:func:`metric_error`), a
+    ``doc_to_*`` naming no field (:func:`unknown_field`, of the task being built in ``e``'s traceback), the file
+    and line when a JSON Lines file of it does not parse, else the innermost cause."""
+    bad_metric = metric_error(manager, name)
+    if bad_metric is not None:
+        return bad_metric
+    task = _task_in(e)
+    no_field = unknown_field(task) if task is not None else ""
+    if no_field:  # lm-eval builds one row when it builds the task: a doc_to_choice of no field fails there
+        return EkdError(f"eval.tasks: task '{task.get_config('task')}'{_its_yaml(task)}: {no_field}")
     files = [f for cfg in leaf_configs(manager, name) for f in data_files(cfg)]
     bad = _bad_json_line(files)
     if bad:
@@ -445,6 +492,98 @@ def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
         f"eval.tasks: task '{name}' cannot be loaded{named}: {type(cause).__name__}: "
         f"{first_line(cause) or 'no message'}; fix the task's YAML or data (`ekd --debug ...` shows the traceback)"
     )
+
+
+def _task_in(e: BaseException) -> Any:
+    """The lm-eval ConfigurableTask being built where ``e`` was raised (the innermost ``self`` of that type in its
+    traceback), or None."""
+    from lm_eval.api.task import ConfigurableTask
+
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, ConfigurableTask):
+            found = obj
+        tb = tb.tb_next
+    return found
+
+
+def metric_error(manager: Any, name: str) -> EkdError | None:
+    """One line for the first metric of task (or group) ``name``'s configs that lm-eval cannot find
+    (:func:`unknown_metric`): the task, its YAML, the metric and the closest of lm-eval's metrics; None when
+    every metric is found. lm-eval logged an ERROR and failed the load with 'KeyError: None' (try-out 70, F6)."""
+    for cfg in leaf_configs(manager, name):
+        metric = unknown_metric(cfg)
+        if not metric:
+            continue
+        task = cfg.get("task") if isinstance(cfg.get("task"), str) else name
+        entry = manager.task_index.get(task) or manager.task_index.get(name)
+        path = getattr(entry, "yaml_path", None)
+        where = f" (its YAML: {path})" if path else ""
+        return EkdError(
+            f"eval.tasks: task '{task}'{where}: metric '{metric}' (metric_list) is not an lm-eval metric, nor an "
+            f"HF evaluate metric that loads here; {_metric_hint(metric)}"
+        )
+    return None
+
+
+def unknown_metric(cfg: Mapping[str, Any]) -> str:
+    """The first ``metric_list`` name of task config ``cfg`` that lm-eval will not find — neither in its metric
+    registry nor loadable by HF ``evaluate`` (as lm-eval's ``get_metric`` looks, ``hf_evaluate: true`` skipping
+    the registry) — or "". Nothing is looked up where lm-eval does not: a Python task, a ``process_results``
+    (it computes the metrics), a ``!function`` metric (an absolute path in the unresolved config)."""
+    metrics = cfg.get("metric_list")
+    if "class" in cfg or cfg.get("process_results") is not None or not isinstance(metrics, list):
+        return ""
+    for entry in metrics:
+        metric = entry.get("metric") if isinstance(entry, Mapping) else None
+        if not isinstance(metric, str) or Path(metric).is_absolute():
+            continue
+        if (entry.get("hf_evaluate") is not True and metric in _lm_eval_metrics()) or _evaluate_loads(metric):
+            continue
+        return metric
+    return ""
+
+
+def _lm_eval_metrics() -> list[str]:
+    """The names in lm-eval's metric registry (filled when ``lm_eval.api.metrics`` is imported)."""
+    import lm_eval.api.metrics  # noqa: F401  (registers them)
+    from lm_eval.api.registry import metric_registry
+
+    return list(metric_registry)
+
+
+_EVALUATE_LOADS: dict[str, bool] = {}
+
+
+def _evaluate_loads(metric: str) -> bool:
+    """Whether HF ``evaluate`` loads ``metric`` here, as lm-eval would (``get_metric(hf_evaluate_metric=True)``),
+    with lm-eval's ERROR line about a metric it cannot find kept out; once per name per process."""
+    if metric not in _EVALUATE_LOADS:
+        from lm_eval.api.registry import get_metric
+
+        logger = logging.getLogger("lm_eval")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            _EVALUATE_LOADS[metric] = get_metric(metric, hf_evaluate_metric=True) is not None
+        finally:
+            logger.setLevel(level)
+    return _EVALUATE_LOADS[metric]
+
+
+def _metric_hint(metric: str) -> str:
+    """ "did you mean 'acc'?": the closest lm-eval metric — a typo's (:func:`~ekd.nearest.close_names`), else the
+    longest that ``metric`` starts with ('accuracy' → 'acc', 'bleu_score' → 'bleu') — else the fix and the list."""
+    names = _lm_eval_metrics()
+    close = close_names(metric, names)
+    prefixed = max((n for n in names if metric.startswith(n)), key=len, default="")
+    if prefixed and not (close and close[0].startswith(prefixed)):
+        close = [prefixed]
+    if close:
+        return "did you mean " + either(f"'{n}'" for n in close) + "?"
+    return f"fix the task's YAML (lm-eval's metrics: {', '.join(sorted(names))})"
 
 
 def run_error(name: str, label: str, e: BaseException) -> EkdError:

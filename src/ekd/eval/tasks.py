@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from ekd.errors import ConfigError, EkdError, first_line
@@ -242,7 +243,8 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
     (fast), else with lm-eval's built-in registry (indexing it takes seconds). Cached per process.
 
     Raises:
-        EkdError: a name is neither in ``tasks_dir`` nor in lm-eval's registry.
+        EkdError: a name is neither in ``tasks_dir`` nor in lm-eval's registry (naming the YAMLs of
+            ``tasks_dir`` that do not parse, with where and why).
     """
     from lm_eval.tasks import TaskManager
 
@@ -255,11 +257,18 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
         missing = [t for t in tasks if t not in known]
         if not missing:
             return manager
+    broken = unparsed_yamls(tasks_dir) if tasks_dir else []
+    named = [(path, why) for path, why in broken if _mentions(path, missing)]
+    if named:  # lm-eval skips a YAML it cannot parse without a word (try-out 70, F4)
+        them = "it" if len(named) == 1 else "them"
+        raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {_unparsed(named)}; fix {them}")
     where = (
         f"neither in lm-eval's registry nor in {tasks_dir}; check the names"
         if tasks_dir
         else "not in lm-eval's registry; check the names, or add eval.tasks_dir / --tasks-dir DIR for local tasks"
     )
+    if broken:
+        where += f" (and {_unparsed(broken)}: fix it if it defines the task)"
     local = _MANAGERS[(tasks_dir, False)].all_tasks if tasks_dir else []
     hints = []  # a local task first (the likelier meaning), else the registry's
     for name in missing:
@@ -268,6 +277,51 @@ def task_manager(tasks: tuple[str, ...], tasks_dir: str) -> Any:
             hints.append(did_you_mean(name, close)[2:] + (f" (for {name})" if len(missing) > 1 else ""))
     hint = f"; {'; '.join(hints)}" if hints else ""
     raise EkdError(f"eval.tasks: unknown task(s) {', '.join(missing)}: {where}{hint}")
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """A YAML loader that reads any tag (lm-eval's ``!function utils.process``, ...) as None: only whether a
+    file parses matters."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def unparsed_yamls(tasks_dir: str) -> list[tuple[Path, str]]:
+    """(path, "why, line L column C") of every task YAML under ``tasks_dir`` that does not parse — the files
+    lm-eval's index reads (``**/*.yaml``), which it skips without a word when one does not parse."""
+    out = []
+    for path in sorted(Path(tasks_dir).glob("**/*.yaml")):
+        if "__pycache__" in path.parts or ".ipynb_checkpoints" in path.parts:
+            continue
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError as e:
+            out.append((path, _yaml_why(e)))
+        except (OSError, UnicodeDecodeError) as e:
+            out.append((path, first_line(e)))
+    return out
+
+
+def _yaml_why(e: yaml.YAMLError) -> str:
+    """ "mapping values are not allowed here, line 3 column 17" (1-based) from a YAML parse error."""
+    mark = getattr(e, "problem_mark", None)
+    why = getattr(e, "problem", None) or first_line(e)
+    return f"{why}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else why
+
+
+def _mentions(path: Path, names: list[str]) -> bool:
+    """Whether the file at ``path`` is named after, or its text holds, one of ``names`` (the task it defines)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(path.stem == n or re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", text) for n in names)
+
+
+def _unparsed(broken: list[tuple[Path, str]]) -> str:
+    """ "DIR/a.yaml does not parse (why)" for each of ``broken``, joined."""
+    return ", ".join(f"{path} does not parse ({why})" for path, why in broken)
 
 
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")  # datasets' builders of local files
