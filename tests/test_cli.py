@@ -611,3 +611,22 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     marker_path.write_text(json.dumps(marker))
     assert main([*there, "train.max_steps=6", "--resume"]) == 0
     assert json.loads(marker_path.read_text())["teacher_weights"].startswith("sha256:")
+
+
+def test_a_sigterm_after_the_command_has_ended_does_not_change_its_exit_code():
+    """Try-out 71, F6: a scheduler's SIGTERM while a finished run's process exits (freeing models, joining
+    threads) made its exit code 143, without a word; the ``ekd`` process ignores it once the command has ended."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "sys.argv = ['ekd', 'list', 'presets']\n"
+        "from ekd.cli import main\n"
+        "rc = main()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the process is exiting, the command has ended\n"
+        "sys.exit(rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.returncode != -signal.SIGTERM, out.stderr

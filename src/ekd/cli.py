@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ekd import __version__
@@ -720,6 +721,18 @@ def _unrecognized(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ekd`` command; its exit code. ``argv`` None: this process's own command line (the ``ekd`` script,
+    ``python -m ekd``), which then ignores SIGTERM once the command has ended and said how: the process's exit
+    (freeing models, joining threads: seconds) is no longer the command, and a scheduler's SIGTERM there made a
+    finished run's exit code 143, without a word (try-out 71, F6)."""
+    try:
+        return _command(argv)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _command(argv: list[str] | None) -> int:
     args = parse(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
