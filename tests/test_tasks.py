@@ -571,14 +571,20 @@ def test_a_tag_that_names_no_set_or_task_is_refused(tmp_path):
     from ekd.errors import ConfigError
     from ekd.eval.tasks import check_tag_names
 
-    sources = f"data.eval_sources={{ood: {tmp_path}}}"
-    assert load_config([], [sources, "eval.set_tags={ood: shift, eval: in_distribution}"])
+    (tmp_path / "a.txt").write_text("a document")
+    own = [f"data.source={tmp_path}", f"data.eval_sources={{ood: {tmp_path}}}"]
+    assert load_config([], [*own, "eval.set_tags={ood: shift, eval: in_distribution}"])
     with pytest.raises(ConfigError) as e:
-        load_config([], [sources, "eval.set_tags={od: shift}"])
+        load_config([], [*own, "eval.set_tags={od: shift}"])
     assert str(e.value) == (
         "eval.set_tags.od names no eval set or task of the run (eval sets: eval, ood; tasks: none): fix the name or "
         "drop the entry; did you mean 'ood'?"
     )
+    # the builtin corpus's own shift sets (try-out 72, F1: refused, though docs/evaluation.md tags them)
+    builtin = "eval.set_tags={shift_tests: diversity_shift, shift_docstrings: correlation_shift}"
+    assert load_config([], ["data.source=pystdlib", builtin])
+    with pytest.raises(ConfigError, match="eval.set_tags.shift_tests names no eval set"):
+        load_config([], [*own, builtin])
     cfg = load_config([], ["eval.tasks=[my_mc, my_mc2]", "eval.set_tags={my_mc_2: shift}"])  # checked later
     with pytest.raises(ConfigError, match=r"eval.set_tags.my_mc_2 names no eval set or task .* 'my_mc2'"):
         check_tag_names(cfg, ["my_mc", "my_mc2"])

@@ -109,7 +109,8 @@ def check_task_config(cfg: Any) -> None:
 
 
 def check_tag_names(cfg: Any, task_names: Iterable[str]) -> None:
-    """Every ``eval.set_tags`` key names one of the run's eval sets (``eval``, ``data.eval_sources``) or tasks
+    """Every ``eval.set_tags`` key names one of the run's eval sets (``eval``, the builtin corpus's shift sets,
+    ``data.eval_sources``) or tasks
     (``eval.tasks``, or any name in ``task_names``: lm-eval's index, whose groups' subtasks a tag may name) —
     a key that names nothing was dropped without a word, so a typo left a shifted set in the in-distribution
     mean (try-out 70, F3).
@@ -117,7 +118,13 @@ def check_tag_names(cfg: Any, task_names: Iterable[str]) -> None:
     Raises:
         ConfigError: one line naming the key, the sets and tasks there are, and the closest name.
     """
-    sets = ["eval", *cfg.data.eval_sources]
+    from ekd.data.pystdlib import PYSTDLIB_SPLITS
+
+    # the builtin corpus's own shift sets too (try-out 72, F1: its documented tags were refused)
+    builtin = (
+        [s for s in PYSTDLIB_SPLITS if s not in ("train", "eval")] if cfg.data.source == "pystdlib" else []
+    )
+    sets = ["eval", *builtin, *cfg.data.eval_sources]
     named = [*sets, *cfg.eval.tasks]
     known = {*named, *task_names}
     for key in cfg.eval.set_tags:
