@@ -1185,6 +1185,31 @@ def test_a_field_name_the_data_lacks_is_the_yamls_mistake(tmp_path, how, old, ne
     )
 
 
+@pytest.mark.parametrize(
+    "how, old, new, name, meant",
+    [
+        ("doc_to_text", 'doc_to_text: "{{question}}"', 'doc_to_text: "{{questn}}"', "questn", "question"),
+        ("doc_to_choice", 'doc_to_choice: "{{choices}}"', 'doc_to_choice: "{{choics}}"', "choics", "choices"),
+        ("doc_to_target", "doc_to_target: answer", 'doc_to_target: "{{answr}}"', "answr", "answer"),
+    ],
+)
+def test_a_template_reading_a_field_the_data_lacks_is_the_yamls_mistake(tmp_path, how, old, new, name, meant):
+    """Try-out 72, F3: the template form (``{{answr}}``, README's own) failed the load as 'cannot be loaded (DATA
+    FILE): UndefinedError: 'answr' is undefined' — the data file named, no field list, no suggestion."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML.replace(old, new))
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_mc",), str(tasks_dir))
+    assert str(e.value) == (
+        f"eval.tasks: task 'tiny_mc' (its YAML: {tasks_dir / 'tiny_mc.yaml'}): {how} reads '{name}', which is not a "
+        f"field of its data (fields: question, choices, answer); fix the task's YAML; did you mean '{meant}'?"
+    )
+
+
 def test_an_unknown_metric_is_named_with_its_yaml_and_the_closest_metric(tmp_path, capfd, monkeypatch):
     """Try-out 70, F6: ``metric_list: [{metric: accuracy}]`` gave lm-eval's ERROR log line, then 'cannot be
     loaded (DATA FILE): KeyError: None'. One line, before training: the task, its YAML, the metric and the

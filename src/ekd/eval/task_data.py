@@ -318,6 +318,26 @@ def unknown_field(task: Any) -> str:
     return ""
 
 
+def undefined_field(task: Any, cause: BaseException) -> str:
+    """ "doc_to_target reads 'answr', which is not a field of its data (fields: ...); fix the task's YAML; did
+    you mean 'answer'?" when ``cause`` is Jinja's UndefinedError for a name ``task``'s documents lack — a
+    template's (``{{answr}}``) form of :func:`unknown_field`, which failed the load against the data file
+    (try-out 72, F3); "" otherwise."""
+    from jinja2.exceptions import UndefinedError
+
+    found = re.match(r"'(\w+)' is undefined", str(cause)) if isinstance(cause, UndefinedError) else None
+    features = list(getattr(task, "features", None) or [])
+    if found is None or not features or found[1] in features:
+        return ""
+    name = found[1]
+    readers = [h for h in FIELD_READERS if re.search(rf"\b{name}\b", str(task.get_config(h) or ""))]
+    how = readers[0] if readers else "a template"
+    return (
+        f"{how} reads '{name}', which is not a field of its data (fields: {', '.join(features)}); fix the task's "
+        f"YAML{did_you_mean(name, features)}"
+    )
+
+
 def _its_yaml(task: Any) -> str:
     """ " (its YAML: PATH)": the file lm-eval built ``task`` from (its config's ``metadata.config_source``), or ""."""
     meta = task.get_config("metadata")
@@ -475,7 +495,7 @@ def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
     if bad_metric is not None:
         return bad_metric
     task = _task_in(e)
-    no_field = unknown_field(task) if task is not None else ""
+    no_field = (unknown_field(task) or undefined_field(task, root_cause(e))) if task is not None else ""
     if no_field:  # lm-eval builds one row when it builds the task: a doc_to_choice of no field fails there
         return EkdError(f"eval.tasks: task '{task.get_config('task')}'{_its_yaml(task)}: {no_field}")
     files = [f for cfg in leaf_configs(manager, name) for f in data_files(cfg)]
