@@ -593,6 +593,36 @@ def test_a_tag_that_names_no_set_or_task_is_refused(tmp_path):
     )
 
 
+def test_a_saved_tag_the_overrides_leave_without_its_set_says_whose_it_is(tmp_path):
+    """Try-out 72, F4: `ekd eval RUN 'data.eval_sources={}'` of a run whose saved config tags its set `held` was
+    told to "fix the name or drop the entry" — an entry the user never typed: the line names the saved config and
+    the override that drops it too."""
+    import yaml
+
+    from ekd.config import load_config
+    from ekd.errors import ConfigError
+    from ekd.train.evaluation import load_run_config
+
+    (tmp_path / "a.txt").write_text("a document")
+    saved = [
+        f"data.source={tmp_path}",
+        f"data.eval_sources={{held: {tmp_path}}}",
+        "eval.set_tags={held: shift}",
+    ]
+    run = tmp_path / "run"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump(load_config([], saved).to_dict()))
+    with pytest.raises(ConfigError) as e:
+        load_run_config(run, ["data.eval_sources={}"])
+    assert str(e.value).startswith("eval.set_tags.held names no eval set or task of the run")
+    assert str(e.value).endswith(
+        f"(eval.set_tags is the run's saved value, from {run / 'config.yaml'}: override it too, e.g. "
+        "'eval.set_tags={}')"
+    ), e.value
+    assert load_run_config(run, ["data.eval_sources={}", "eval.set_tags={}"]).eval.set_tags == {}
+
+
 def test_task_metric_helpers():
     results = {"exact_match,strict-match": 0.25, "exact_match,flexible-extract": 0.5, "alias": "gsm8k"}
     assert tm.primary_metric(results) == ("exact_match", "strict-match", 0.25)

@@ -305,6 +305,14 @@ def _saved_rule_failure(
     last = error
     for _ in range(len(saved)):
         named = [k for k in last.keys if k in saved and k not in given and k not in fixes]
+        if named and named[0].startswith(EVAL_READS) and given and named[0] in defaults and not fixes:
+            # a saved setting the user's overrides now contradict (try-out 72, F4: a saved eval.set_tags entry
+            # for a set 'data.eval_sources={}' drops): say whose it is, and how to override it too
+            return type(last)(
+                f"{last} ({named[0]} is the run's saved value, from {run_dir / 'config.yaml'}: override it too, "
+                f"e.g. {override_arg(named[0], defaults[named[0]])})",
+                keys=last.keys,
+            )
         if not named or named[0].startswith(EVAL_READS) or named[0] not in defaults:
             return last  # what no default of a training setting gets past (the user's override, say)
         fixes[named[0]] = defaults[named[0]]
