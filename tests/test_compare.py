@@ -1355,6 +1355,30 @@ def test_seeds_from_two_starting_students_at_one_path_are_two_groups(tmp_path):
     assert groups(run("d0", 0, "/s/cut", "sha256:aa"), run("d1", 1, "/s/cut")) == [("kd", 2)]
 
 
+def test_a_run_whose_student_dir_is_gone_is_scored_by_the_tokenizer_it_recorded(tmp_path):
+    """Try-out 70, F2: a run without its exported student/ fell back to the config's tokenizer spelling, and its
+    eval set became a column of its own, 'another tokenizer' — false. Where every run records its tokenizer's
+    encodings (ekd-run.json ``tokenizer_sha256``), that is what tells the sets' tokenizers apart."""
+    from ekd.eval.compare import compare_runs
+
+    def run(name, seed, encodings, exported):
+        r = _edit(_fake_run(tmp_path, name, "kd", seed, 10.0 + seed, 0.5), teacher="/m/t")
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "tokenizer_sha256": encodings}
+        (r / "ekd-run.json").write_text(json.dumps(marker))
+        if exported:
+            (r / "student").mkdir()
+            (r / "student" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0}}}))
+        return r
+
+    def notes(*runs):
+        out = tmp_path / f"o{len(list(tmp_path.glob('o*')))}"
+        compare_runs(runs, out, baselines=(), plots=False)
+        return (out / "compare.md").read_text()
+
+    assert "another tokenizer" not in notes(run("a0", 0, "e1", True), run("a1", 1, "e1", False))
+    assert "another tokenizer" in notes(run("b0", 0, "e1", True), run("b1", 1, "e2", True))
+
+
 def test_seeds_of_a_method_without_a_teacher_are_one_group_whatever_teacher_evaluated_them(tmp_path):
     """Try-out 44, F2: ``ce`` seeds evaluated against a teacher retrained between them were split into ``ce`` and
     ``ce#2`` by a teacher that taught neither (their KL is paired by each entry's own teacher record); a method

@@ -164,6 +164,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     student_by_content = bool(local_students) and all(
         comparable(local_students[0], w) for w in local_students
     )
+    if all(
+        r.tokenizer_sha256 for r in runs
+    ):  # what encoded each run's sets, recorded by every run: read as such
+        for r in (
+            runs
+        ):  # (try-out 70, F2: a finished run whose student/ is gone fell back to the config's spelling)
+            r.tokenizer = f"encodings sha256:{r.tokenizer_sha256}"
     for r in runs:
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
         r.precision_fill = precision_fill

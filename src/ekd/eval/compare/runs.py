@@ -131,6 +131,9 @@ class RunRecord:
     student_weights: str | None = None
     # model.student is read as its weights: every compared run with a local student records them
     student_by_content: bool = False
+    # the sha256 of the run's tokenizer's encodings (ekd-run.json ``tokenizer_sha256``, recorded at its export);
+    # None for a run of an older ekd
+    tokenizer_sha256: str | None = None
     # eval sets told apart by their blocks' sha256, not their files' paths: every run that scored them records it
     sets_by_content: frozenset[str] = frozenset()
     # set or task → the forward autocast (``precision``) an entry that records none (an older ekd's) reads as: the
@@ -464,6 +467,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("data_fingerprint") or None,
         teacher_weights=marker.get("teacher_weights") or None,
         student_weights=marker.get("student_weights") or None,
+        tokenizer_sha256=marker.get("tokenizer_sha256") or None,
         ranks=marker.get("ranks"),
         segments=marker.get("segments") or None,
         scored_by=scored_by,
