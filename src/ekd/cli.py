@@ -770,24 +770,26 @@ def _command(argv: list[str] | None) -> int:
     except Exception as e:
         if args.debug or not _lost_peer(e):
             raise
-        hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-        hint = _continue_hint(args) if hint is None else hint
-        if _said_for_rank0(e, hint):
-            pass
-        elif _rank0():  # its own line, if it had one, is the news; rank 0 says how to go on
-            print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)
+        hint = _how_to_go_on(e, args)
+        if not _said_for_rank0(e, hint) and _rank0():  # its own line, if it had one, is the news; rank 0 says
+            print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)  # how to go on
         return 1
 
 
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
     """``ekd: interrupted; <how to go on>`` (said by rank 0) and the exit code of an interrupted command."""
-    hint = getattr(e, "continue_hint", None)  # ekd distill: from what the run directory holds
-    hint = _continue_hint(args) if hint is None else hint
-    if _said_for_rank0(e, hint):
-        pass
-    elif _rank0():
+    hint = _how_to_go_on(e, args)
+    if not _said_for_rank0(e, hint) and _rank0():
         print(f"ekd: {interrupted_by(e)}{hint}", file=sys.stderr)
     return interrupt_exit_code(e)
+
+
+def _how_to_go_on(e: BaseException, args: argparse.Namespace) -> str:
+    """ "; how to go on" after a command stopped from outside: the hint ``ekd distill`` attached from what the run
+    directory holds (``continue_hint``; rank 0's, from the job's store, for a rank that speaks for it), else the
+    command's own (:func:`_continue_hint`)."""
+    hint = getattr(e, "continue_hint", None)
+    return _continue_hint(args) if hint is None else hint
 
 
 LOST_PEER_LINE = (

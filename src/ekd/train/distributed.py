@@ -124,12 +124,12 @@ speaks for rank 0: rank 0 alive ends within ~0.1 s of torchrun noticing a rank g
 its current op; torchrun kills the ranks 30 s after its SIGTERM."""
 
 
-def publish_continue_hint(hint: str) -> None:
-    """Rank 0: record in the job's store how to go on if the job stops now ("; checkpoint step-… is kept: …"), for
-    the rank that speaks for a rank 0 killed without a word (try-out 69, F2: a ``kill -9`` of rank 0 left only
-    torchrun's summary). Best effort; nothing in one process."""
+def publish_continue_hint(hint: Callable[[], str]) -> None:
+    """Rank 0: record in the job's store how to go on if the job stops now (``hint()``: "; checkpoint step-… is
+    kept: …"), for the rank that speaks for a rank 0 killed without a word (try-out 69, F2: a ``kill -9`` of rank 0
+    left only torchrun's summary). Best effort; nothing (``hint`` not called) in one process."""
     if dist.is_available() and dist.is_initialized():
-        _store_set(CONTINUE_HINT_KEY, hint)
+        _store_set(CONTINUE_HINT_KEY, hint())
 
 
 def _says_for_rank0() -> bool:
@@ -177,13 +177,10 @@ def _peer_interrupt() -> KeyboardInterrupt | None:
     """The interrupt another rank of the job recorded (:func:`_tell_interrupted`), as this rank's own — so that a
     rank whose collective lost that peer before its own SIGINT arrived says 'interrupted' (try-out 50, F2: rank 0
     said 'another rank ended first ... its error is above' after Ctrl-C, 2 times in 9) — else None."""
-    try:
-        store = dist.distributed_c10d._get_default_store()
-        if not store.check([INTERRUPTED_KEY]):
-            return None
-        return Terminated() if store.get(INTERRUPTED_KEY) == b"SIGTERM" else KeyboardInterrupt()
-    except Exception:  # noqa: BLE001 — no store to ask: the lost peer is said as such
+    said = _store_get(INTERRUPTED_KEY)  # None without a store to ask: the lost peer is said as such
+    if said is None:
         return None
+    return Terminated() if said == "SIGTERM" else KeyboardInterrupt()
 
 
 LOST_PEER = ("Connection closed by peer", "Connection reset by peer")

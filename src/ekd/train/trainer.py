@@ -249,7 +249,7 @@ def _publish_hint(start: RunStart | None) -> None:
     checkpoint) for the rank that speaks for a rank 0 killed without a word
     (:func:`~ekd.train.distributed.publish_continue_hint`)."""
     if start is not None:
-        publish_continue_hint(interrupted_hint(start))
+        publish_continue_hint(lambda: interrupted_hint(start))
 
 
 def interrupted_hint(start: RunStart) -> str:

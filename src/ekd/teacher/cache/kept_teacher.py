@@ -101,7 +101,11 @@ def kept_problem(kept: Path, recorded: dict | None = None) -> str | None:
 def teacher_files_record(spec: str, revision: str) -> dict[str, str] | None:
     """{file name: sha256} of the teacher's small files, as :func:`keep_teacher_files` copies them (the build
     records it in the cache's signature, :data:`KEPT_FILES`); None where none are found."""
-    return {p.name: file_sha256(p) for p in _teacher_small_files(spec, revision)} or None
+    return _sha256s(_teacher_small_files(spec, revision)) or None
+
+
+def _sha256s(files: list[Path]) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in files}
 
 
 def _teacher_small_files(spec: str, revision: str) -> list[Path]:
@@ -125,7 +129,7 @@ def keep_teacher_files(spec: str, revision: str, cache_dir: Path) -> list[str]:
     if not files:
         shutil.rmtree(kept, ignore_errors=True)
         return []
-    record = {p.name: file_sha256(p) for p in files}
+    record = _sha256s(files)
     if kept.is_dir() and _record(kept) == record and kept_problem(kept) is None:
         return []
     staging = cache_dir / STAGING_DIR
