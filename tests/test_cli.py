@@ -81,6 +81,28 @@ def test_module_entry_point_help():
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["cache", "--help"],
+        ["distill", "missing.yaml"],
+        ["plan", "c.yaml", "--gpus", "1", "--gpu-memory", "80", "GiB"],
+    ],
+    ids=["help", "cache-help", "missing-config", "split-size"],
+)
+def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_path, argv):
+    """Seconds of imports before `ekd --help` or a one-line error were felt by every user (8 s under load)."""
+    code = (
+        "import sys\nfrom ekd.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         (["train.max_step=3"], "unknown key 'train.max_step'; did you mean 'train.max_steps'"),

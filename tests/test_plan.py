@@ -14,7 +14,8 @@ import torch
 from dist_runs import gloo_ranks
 from ekd.config import Config
 from ekd.models.load import build_preset
-from ekd.plan import GIB, estimate, parse_bytes, shape_of
+from ekd.plan import GIB, estimate, shape_of
+from ekd.sizes import parse_bytes
 from ekd.train.distributed import Ranks, data_parallel
 from ekd.train.trainer import build_optimizer
 from hostile import cli, one_error_line

@@ -294,11 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_distill(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
     from ekd.log_level import apply_log_level
+
+    paths, overrides = split_config_and_overrides(args.config, args.overrides)
+    cfg = load_config(
+        paths, overrides
+    )  # a config's mistake is said before the training stack's imports (seconds)
     from ekd.train.run_dir import RunFinished
     from ekd.train.trainer import train
 
-    paths, overrides = split_config_and_overrides(args.config, args.overrides)
-    cfg = load_config(paths, overrides)
     apply_log_level(cfg.log.level)
     _say_another_runs_config(paths, cfg)
     try:
@@ -532,7 +535,8 @@ def cmd_config(args) -> int:
 
 def cmd_plan(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
-    from ekd.plan import PARALLEL, PLACEMENT, parse_bytes, plan_config
+    from ekd.plan import PARALLEL, PLACEMENT, plan_config
+    from ekd.sizes import parse_bytes
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
     cfg = load_config(paths, overrides)
@@ -611,13 +615,18 @@ def cmd_demo(args) -> int:
 
 
 def _quiet_hf_progress_bars() -> None:
-    """transformers' per-shard 'Writing model shards' bars add nothing to ekd's own progress bar."""
-    try:
+    """transformers' per-shard 'Writing model shards' bars add nothing to ekd's own progress bar. Said through
+    huggingface_hub's environment variable, which both read when they are imported, so that a command that
+    never loads a model (``--help``, a config error) does not import transformers (seconds) to say it."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:  # an in-process caller has imported them already: tell them directly
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def one_line(message: str) -> str:
@@ -669,7 +678,7 @@ def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def _refuse_split_size(argv: list[str]) -> None:
     """A size option written with a space (``--gpu-memory 80 GiB``) is one error naming the option: argparse
     takes '80' as its value and 'GiB' as a positional, which was then reported as a config file not found."""
-    from ekd.plan import split_size
+    from ekd.sizes import split_size
 
     for i, word in enumerate(argv):
         option, eq, value = word.partition("=")

@@ -20,11 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from ekd.errors import ConfigError, first_line
 from ekd.hub import hub_kwargs
+
+if (
+    TYPE_CHECKING
+):  # annotations only: importing transformers costs seconds (`ekd config show` reads this package)
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,37 @@ Building it and training from it:
 - ``command``   — ``ekd cache`` (build | info | verify)
 """
 
-# Below the format: these import the config, models and losses (never the other way round).
-from ekd.teacher.cache.build import build_cache, run_build  # noqa: E402
-from ekd.teacher.cache.codes import id_bits_for
-from ekd.teacher.cache.command import run_cache_command  # noqa: E402
-from ekd.teacher.cache.format import FORMAT_VERSION, CacheError, Layout, MissingSampleError
-from ekd.teacher.cache.manifest import assemble_manifest, compare_signatures, make_signature
-from ekd.teacher.cache.reader import CachedSample, CacheReader
-from ekd.teacher.cache.source import CacheTeacher  # noqa: E402
-from ekd.teacher.cache.writer import CacheWriter
+import importlib
+
+# Each public name → its submodule, imported on first access (PEP 562): every `ekd --help` builds `ekd cache`'s
+# parser from `command`, which must not pay for the build's torch and transformers (seconds). No name here is
+# also a submodule's (importing that submodule would rebind the name to it).
+_HOMES = {
+    "FORMAT_VERSION": "format",
+    "CacheError": "format",
+    "Layout": "format",
+    "MissingSampleError": "format",
+    "CacheTeacher": "source",
+    "CacheReader": "reader",
+    "CachedSample": "reader",
+    "CacheWriter": "writer",
+    "assemble_manifest": "manifest",
+    "compare_signatures": "manifest",
+    "make_signature": "manifest",
+    "build_cache": "build",
+    "run_build": "build",
+    "id_bits_for": "codes",
+    "run_cache_command": "command",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # later reads skip this hook
+    return value
+
 
 __all__ = [
     "FORMAT_VERSION",
