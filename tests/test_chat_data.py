@@ -172,6 +172,33 @@ def test_both_ways_of_finding_assistant_tokens_agree_on_every_row(chat_tok):
         assert (marked.input_ids, marked.assistant_mask) == reference(chat_tok, messages)
 
 
+@pytest.mark.parametrize("system", [False, True], ids=["bare", "default-system-prompt"])
+def test_a_conversation_opening_with_an_assistant_turn_is_trained_on_every_assistant_turn(chat_tok, system):
+    """A greeting before the user's first message has no messages before it: transformers refuses to render
+    an empty conversation, and prefix_diff skipped such rows as 'rejected by the chat template' (try-out 74, F1).
+    With a template that writes a default system prompt before a conversation without one (Qwen2.5's), that
+    prompt is part of the opening turn's header, not of its answer."""
+    default = (
+        "{% if messages[0]['role'] != 'system' %}<|system|>you are fine<|end|>{% endif %}" if system else ""
+    )
+    messages = [
+        {"role": "assistant", "content": "hello there"},
+        {"role": "user", "content": "how are you"},
+        {"role": "assistant", "content": "fine thanks"},
+    ]
+    pairs = parse_messages(messages)
+    marked, plain = (
+        ChatRenderer(chat_tok, default + MARKED)(pairs),
+        ChatRenderer(chat_tok, default + PLAIN)(pairs),
+    )
+    ids, flags = reference(chat_tok, messages)
+    if system:
+        sys_ids, sys_flags = reference(chat_tok, [{"role": "system", "content": "you are fine"}])
+        ids, flags = sys_ids + ids, sys_flags + flags
+    assert (plain.input_ids, plain.assistant_mask) == (ids, flags)
+    assert marked == plain
+
+
 def test_a_template_that_is_not_prefix_stable_is_refused_in_one_line(chat_tok):
     rows = conversations(4)
     multi = next(r for r in rows if sum(m["role"] == "assistant" for m in r) > 1)
@@ -366,7 +393,8 @@ def test_rows_without_the_messages_field_are_skipped_and_counted_with_the_malfor
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "skipped 3 of 6 (2 malformed messages, 1 no data.messages_field)" in warnings[0]
-    assert "first: c.jsonl:2 (no field 'messages' (row keys: text, id))" in warnings[0]
+    assert "first of each: c.jsonl:3 (" in warnings[0]  # the more frequent reason's first row, then the other's
+    assert "; c.jsonl:2 (no field 'messages' (row keys: text, id))" in warnings[0], warnings[0]
 
 
 def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, chat_tok, caplog):
@@ -391,10 +419,12 @@ def test_rejected_rows_are_skipped_counted_and_reported_in_one_line(tmp_path, ch
     load_line = next(line for line in lines if "malformed" in line)
     assert "skipped 1 of 6" in load_line and "first: c.jsonl:5" in load_line
     render_line = next(line for line in lines if "chat template" in line)
-    assert (
+    assert (  # the first row of each reason is named, not only the first row's (try-out 74, F1)
         "skipped 2 of 5" in render_line
-        and "first: c.jsonl:2 (no assistant turn (roles: user))" in render_line
-    )
+        and "first of each: c.jsonl:2 (no assistant turn (roles: user)); c.jsonl:4 (the chat template raised: "
+        "unknown role tool)"
+        in render_line
+    ), render_line
     assert "1 rejected by the chat template" in render_line and "1 no assistant turn" in render_line
     kept = [tok for r in (good[0], good[1], good[2]) for tok in reference(chat_tok, r)[0]]
     assert blocks.input_ids.flatten().tolist() == kept[: len(blocks) * 8]

@@ -199,7 +199,7 @@ def _without_nulls(value: Any) -> Any:
 
 @dataclass
 class SkippedRows:
-    """Count of skipped rows by reason, and the first one, for a one-line report.
+    """Count of skipped rows by reason, and the first one of each reason, for a one-line report.
 
     Attributes:
         what: What was skipped, e.g. ``data.format=chat: rows``.
@@ -208,6 +208,7 @@ class SkippedRows:
         first: ``doc_id`` of the first skipped row (``chat.jsonl:4``: line 4).
         first_reason: Why the first one was skipped.
         reasons: Generic reason (``RejectedRow.kind``) → count.
+        first_of: Generic reason → (``doc_id``, reason) of its first row.
     """
 
     what: str
@@ -216,6 +217,7 @@ class SkippedRows:
     first: str = ""
     first_reason: str = ""
     reasons: Counter = field(default_factory=Counter)
+    first_of: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def add(self, doc_id: str, rejected: RejectedRow) -> None:
         """Count one skipped row."""
@@ -223,13 +225,17 @@ class SkippedRows:
             self.first, self.first_reason = doc_id, str(rejected)
         self.count += 1
         self.reasons[rejected.kind] += 1
+        self.first_of.setdefault(rejected.kind, (doc_id, str(rejected)))
 
     def line(self) -> str:
-        """``<what>: skipped 3 of 40 (2 rejected by the chat template, 1 no assistant turn); first: a.jsonl:4
-        (<reason>)``."""
+        """``<what>: skipped 3 of 40 (2 rejected by the chat template, 1 no assistant turn); first of each:
+        a.jsonl:4 (<reason>); a.jsonl:9 (<reason>)`` — one row per reason, so a rarer reason is not hidden behind
+        the first row's (try-out 74, F1); ``first: a.jsonl:4 (<reason>)`` when all share one."""
+        kinds = [kind for kind, _ in self.reasons.most_common()]
+        firsts = "; ".join("{} ({})".format(*self.first_of[kind]) for kind in kinds)
         return (
             f"{self.what}: skipped {self.count} of {self.seen} ({self.kinds()}); "
-            f"first: {self.first} ({self.first_reason})"
+            f"{'first' if len(kinds) == 1 else 'first of each'}: {firsts}"
         )
 
     def kinds(self) -> str:
@@ -523,7 +529,7 @@ class ChatRenderer:
         for i, message in enumerate(conversation):
             if message["role"] != ASSISTANT:
                 continue
-            header = self._render(conversation[:i], True, tools)  # up to the assistant header
+            header = self._header(conversation, i, tools)  # up to the assistant header
             turn = self._render(conversation[: i + 1], tools=tools)  # up to the end of the assistant turn
             end = _turn_end(turn, full, self.closing_text())
             if not (turn.startswith(header) and end is not None):
@@ -538,6 +544,24 @@ class ChatRenderer:
             spans.append((len(header), end))
         encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         return RenderedChat(list(encoded["input_ids"]), overlap_mask(encoded["offset_mapping"], spans))
+
+    def _header(self, conversation: list[dict], i: int, tools: list[dict] | None) -> str:
+        """The rendering of ``conversation`` up to the header of its assistant turn ``i``: ``messages[:i]`` with
+        the generation prompt. A conversation that opens with an assistant turn (a greeting) has no messages
+        before it, and transformers refuses to render an empty conversation: its header is what the template
+        writes before that turn's content, found by rendering the turn with a marker for its content (the
+        row was skipped as 'rejected by the chat template'; try-out 74, F1)."""
+        if i:
+            return self._render(conversation[:i], True, tools)
+        marker = "ekd-opening-turn-marker"
+        probe = self._render([{**conversation[0], "content": marker}], tools=tools)
+        if marker not in probe:
+            raise RejectedRow(
+                "the chat template does not write an opening assistant turn's content as given, so its tokens "
+                "cannot be located (wrap assistant content in {% generation %}…{% endgeneration %})",
+                TEMPLATE_REJECTS,
+            )
+        return probe[: probe.index(marker)]
 
 
 def _turn_end(turn: str, full: str, closing: str) -> int | None:
