@@ -169,6 +169,34 @@ def test_store_and_memory_log_the_same_document_counts(
     assert 0 < documents < 120 and tokens == blocks * 16
 
 
+@pytest.mark.parametrize("fraction", [0.2, 1e-9], ids=["held-out", "none-held-out"])
+def test_store_build_says_the_eval_split_as_the_in_memory_path_does(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture, fraction: float
+) -> None:
+    """Try-out 74, F2: with the store, the held-out split's documents were not named ('the eval split holds 3
+    of 10 documents: …'), and a split that held none was said at INFO only (the in-memory path warns: the run
+    will score no eval set)."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=40)
+    said = {}
+    for store, run in ((False, "r1"), (True, "r2")):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="ekd.data"):
+            prepare_data(
+                config(tmp_path, tokenizer_dir, corpus, store, eval_fraction=fraction), tmp_path / run
+            )
+        said[run] = [
+            (r.levelname, r.getMessage())
+            for r in caplog.records
+            if "eval split" in r.getMessage() or "held out" in r.getMessage()
+        ]
+    if fraction < 1e-6:  # in memory the document of the lowest hash is held out all the same (README)
+        assert (
+            said["r2"][0][0] == "WARNING" and "no document is held out for the eval set" in said["r2"][0][1]
+        )
+    else:
+        assert said["r1"] == said["r2"] and said["r1"][0][1].startswith("data.source: the eval split holds ")
+
+
 def test_built_once_then_reused_without_tokenizing(
     tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

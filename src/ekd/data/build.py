@@ -62,7 +62,8 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
             "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars),
             "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars),
         }
-        say_eval_documents(splits["eval"], len(docs), data.eval_fraction)
+        held_ids = [d.doc_id or f"#{i}" for i, d in enumerate(splits["eval"])]
+        say_eval_documents(held_ids, len(held_ids), len(docs), data.eval_fraction)
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
@@ -71,18 +72,7 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
             load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
         )
     for name in [n for n, d in splits.items() if not d]:
-        if name == "eval" and data.eval_fraction > 0 and not data.eval_sources:
-            # the run will end with no evaluation at all (try-out 53, F3: said at INFO only, eval.json {})
-            logger.warning(
-                "data.source %s: no document is held out for the eval set (%s; data.eval_fraction=%g holds out "
-                "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, "
-                "or split the text into documents (two blank lines between them)",
-                data.source,
-                counted(len(splits.get("train", [])), "document"),
-                data.eval_fraction,
-            )
-        elif not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
-            logger.info("eval set '%s' is empty; skipping it", name)
+        say_empty_split(name, data, len(splits.get("train", [])))
         del splits[name]
     return splits
 
@@ -185,23 +175,47 @@ def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Do
     }
 
 
-def say_eval_documents(held: list[Document], total: int, fraction: float) -> None:
-    """One info line: how many of the source's ``total`` documents the ``eval`` split holds, by the rule of
-    :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug level
-    (``log.level=DEBUG``). A user can then tell which documents were scored (try-out 45, F6)."""
+def say_eval_documents(first_ids: list[str], held: int, total: int, fraction: float) -> None:
+    """One info line: how many of the source's ``total`` documents the ``eval`` split holds (``held``), by the
+    rule of :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug
+    level (``log.level=DEBUG``). A user can then tell which documents were scored (try-out 45, F6). The token
+    store's build says it too, from the ids it saw (try-out 74, F2).
+
+    Args:
+        first_ids: the held documents' ids in order (at least the first 5, or all of them when fewer).
+    """
     if not held:
         return
-    ids = [d.doc_id or f"#{i}" for i, d in enumerate(held)]
+    ids = ": " + ", ".join(first_ids[:5]) if first_ids else ""  # none from a resumed store build's pass
     logger.info(
         "data.source: the eval split holds %d of %s (those whose content hash falls below "
-        "data.eval_fraction=%g: README, The eval split): %s%s",
-        len(held),
+        "data.eval_fraction=%g: README, The eval split)%s%s",
+        held,
         counted(total, "document"),
         fraction,
-        ", ".join(ids[:5]),
-        ", … (log.level=DEBUG lists every one)" if len(ids) > 5 else "",
+        ids,
+        ", … (log.level=DEBUG lists every one)" if ids and held > 5 else "",
     )
-    logger.debug("data.source: eval split documents: %s", ", ".join(ids))
+    if len(first_ids) == held:
+        logger.debug("data.source: eval split documents: %s", ", ".join(first_ids))
+
+
+def say_empty_split(name: str, data: DataConfig, train_documents: int) -> None:
+    """What an eval split that holds nothing means for the run: a warning when the held-out ``eval`` split
+    was asked for and is the run's only eval set (it will score none: try-out 53, F3 — said at INFO only, its
+    eval.json ``{}``), info for a named set, nothing when ``data.eval_fraction=0`` asked for none. Said by the
+    in-memory path and the token store's build alike (try-out 74, F2)."""
+    if name == "eval" and data.eval_fraction > 0 and not data.eval_sources:
+        logger.warning(
+            "data.source %s: no document is held out for the eval set (%s; data.eval_fraction=%g holds out "
+            "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, "
+            "or split the text into documents (two blank lines between them)",
+            data.source,
+            counted(train_documents, "document"),
+            data.eval_fraction,
+        )
+    elif not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
+        logger.info("eval set '%s' is empty; skipping it", name)
 
 
 def content_key(doc: Document) -> str:

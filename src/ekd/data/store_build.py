@@ -44,7 +44,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary
-from ekd.data.build import builtin_splits, content_key, eval_source_format
+from ekd.data.build import (
+    builtin_splits,
+    content_key,
+    eval_source_format,
+    say_empty_split,
+    say_eval_documents,
+)
 from ekd.data.chat import SkippedRows, chat_template_of
 from ekd.data.document import Document
 from ekd.data.documents import iter_documents, no_documents
@@ -291,9 +297,9 @@ def _phases(cfg: Config) -> list[_Phase]:
 
         def routed() -> Iterator[tuple[str, Document]]:
             for doc in iter_documents(d.source, d):
-                held = stable_unit(content_key(doc)) < d.eval_fraction
-                if held:  # which documents the eval split scores (try-out 45, F6)
-                    logger.debug("data.source: eval split document %s", doc.doc_id)
+                held = (
+                    stable_unit(content_key(doc)) < d.eval_fraction
+                )  # said at the phase's end (try-out 45, F6)
                 yield ("eval" if held else "train"), doc
 
         splits = (
@@ -395,6 +401,9 @@ def _build(
                 # chat rows skipped in this phase, per split, over all its windows (reported once at its end)
                 skipped = {n: SkippedRows(f"data.format=chat: {n} rows") for n in phase.splits}
                 prompt_checks = {n: PromptBoundaryCheck(n) for n in phase.splits}  # prompt/response rows' ids
+                held_ids: list[
+                    str
+                ] = []  # the held-out documents' ids this pass sees (a resumed one: the rest)
                 while not all(states[n].closed for n in phase.splits):
                     window = list(islice(stream, WINDOW_DOCUMENTS))
                     if not window:
@@ -404,6 +413,8 @@ def _build(
                     for split, doc in window:
                         if _accept(states[split], doc, phase.max_chars):
                             routed[split].append(doc)
+                            if split == "eval" and d.source != "pystdlib":
+                                held_ids.append(doc.doc_id or f"#{states[split].accepted - 1}")
                     for split, docs in routed.items():
                         for chunk in token_chunks(
                             docs,
@@ -428,6 +439,12 @@ def _build(
                         _log_progress(phase, consumed, states, budgets, last_log - t0)
                 if consumed == 0 and phase.required:
                     raise no_documents(d, phase.source, phase.key)
+                if "eval" in phase.splits and d.source != "pystdlib":
+                    eval_held = states["eval"].accepted
+                    total = eval_held + states["train"].accepted
+                    say_eval_documents(
+                        held_ids if len(held_ids) == eval_held else [], eval_held, total, d.eval_fraction
+                    )
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
                     prompt_checks[split].report()
@@ -460,8 +477,7 @@ def _finish(
         state, split_files = states[name], files[name]
         is_train = name == "train"
         if not is_train and state.accepted == 0:
-            if not (name == "eval" and d.eval_fraction == 0):  # none was asked for: nothing to say
-                logger.info("eval set '%s' is empty; skipping it", name)
+            say_empty_split(name, d, states["train"].accepted)
             continue
         max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
         n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
