@@ -248,6 +248,19 @@ def test_unknown_section_on_the_command_line():
         load_config(None, ["max_steps=10"])
 
 
+@pytest.mark.parametrize(
+    "key, meant",
+    [
+        ("train.eval_every", "'eval.every'"),  # the section's name joined to the key (try-out 74, F5)
+        ("train.block_length", "'data.block_length'"),  # the key of another section
+        ("data.max_steps", "'train.max_steps' or 'data.max_tokens'"),  # then this section's close keys
+    ],
+)
+def test_a_key_written_under_another_section_points_at_its_own(key, meant):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; did you mean {meant}"):
+        load_config(None, [f"{key}=1"])
+
+
 @pytest.mark.parametrize("key", ["method.temperature_start", "method.tau"])
 def test_a_key_named_by_its_meaning_points_at_the_schedules_start(key):
     """τ0 of the temperature schedule is method.kd_temperature (beside method.temperature_end): a spelling match

@@ -26,7 +26,7 @@ from ekd.config.rules import about, rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
 from ekd.errors import ConfigError
-from ekd.nearest import did_you_mean
+from ekd.nearest import SHOWN, close_names, did_you_mean, either
 
 
 def split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -83,9 +83,18 @@ MEANT = {
 def _nearest(key: str) -> str:
     if key in MEANT:
         return f"; did you mean '{MEANT[key]}'?"
-    section = key.split(".", 1)[0]
-    if "." in key and section in SECTIONS:  # a key of a known section: its keys, never a section name alone
-        return did_you_mean(key, [k for k in all_keys() if k.startswith(f"{section}.")], cutoff=0.5)
+    section, _, leaf = key.partition(".")
+    if leaf and section in SECTIONS:  # a key of a known section: its keys, never a section name alone
+        # first the key of another section it names (train.block_length → data.block_length, train.eval_every →
+        # eval.every: try-out 74, F5, was told 'train.checkpoint_every'), then this section's close ones
+        elsewhere = [
+            k
+            for k in all_keys()
+            if not k.startswith(f"{section}.") and leaf in (k.partition(".")[2], k.replace(".", "_"))
+        ]
+        here = close_names(key, [k for k in all_keys() if k.startswith(f"{section}.")], cutoff=0.5)
+        close = [f"'{k}'" for k in [*elsewhere, *here][:SHOWN]]
+        return f"; did you mean {either(close)}?" if close else ""
     return did_you_mean(key, all_keys() + SECTIONS, cutoff=0.5)
 
 
