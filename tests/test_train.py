@@ -111,6 +111,39 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, corpus, m
     assert (cfg.run_dir / "checkpoints" / "step-000002" / "student.safetensors").stat().st_size > 0
 
 
+def test_a_diverged_student_is_said_at_every_evaluation(tmp_path, corpus, monkeypatch, caplog):
+    """Try-out 75, F1: a learning rate that blew the loss up 100× (finite) trained on in silence, exit 0, its ppl
+    printed as a 66-digit number. A student whose eval ppl is over 10× the vocabulary's size is said diverged."""
+    import logging
+
+    from ekd.eval import results_table
+
+    cfg = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "diverged")
+        + ["train.max_steps=3", "eval.every=2", "method=ce", "train.max_grad_norm=0"]
+    )
+    real = trainer_mod.distill_micro_batch
+
+    def blow_up_at_step_2(batch, student, teacher, parts, kd, ce, ctx):
+        if ctx.step == 1:  # 0-based: the second step
+            with torch.no_grad():
+                student.get_output_embeddings().weight.mul_(1e3)  # what a far too large step does to the head
+        return real(batch, student, teacher, parts, kd, ce, ctx)
+
+    monkeypatch.setattr(trainer_mod, "distill_micro_batch", blow_up_at_step_2)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        result = train(cfg)
+    said = [r.getMessage() for r in caplog.records if "its training has diverged" in r.getMessage()]
+    assert len(said) == 2, said  # the evaluations after step 2 and at the end; not the one before training
+    assert (
+        said[0].startswith("eval set 'eval': the student's perplexity ") and "train.lr (now 0.001)" in said[0]
+    )
+    assert "gradient clipping (train.max_grad_norm=1.0; now 0, off)" in said[0]
+    assert result.eval["eval"]["ppl"] > 10 * 320
+    table = results_table([{"ppl": 7.284e65}, {"ppl": 12.5}], [("ppl", "ppl", ".2f")])
+    assert "| 7.284e+65 |" in table and "| 12.50 |" in table
+
+
 def test_run_dir_guard(tmp_path, corpus):
     cfg = load_config(
         overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=ce"]

@@ -124,6 +124,8 @@ def _remove_stale_temps(path: Path) -> None:
 def _cell(value: Any, fmt: str | Callable[[Any], str]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    if isinstance(fmt, str) and fmt.endswith("f") and isinstance(value, float) and abs(value) >= 1e7:
+        fmt = ".3e"  # a diverged student's ppl: 7.284e+65, not 66 digits (try-out 75, F1)
     text = fmt(value) if callable(fmt) else format(value, fmt)
     return text.replace("|", "\\|").replace("\n", " ")
 

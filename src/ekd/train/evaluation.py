@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 from pathlib import Path
@@ -71,6 +72,7 @@ def evaluate_run(
         )
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
+        say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -99,6 +101,30 @@ def evaluate_run(
 
         run_on_main(ranks, draw, "draw the reliability diagrams", share=False)
     return results
+
+
+# a student this many times worse than a uniform guess over the vocabulary has diverged: a model at its random
+# initialization scores about the vocabulary's size (try-out 75, F1: lr 5 trained 20 steps to ppl 7e65 in silence)
+DIVERGED_PPL_FACTOR = 10
+
+
+def say_divergence(name: str, ppl: float, vocab_size: int, cfg: Config) -> None:
+    """Warn when the student's perplexity on the eval set ``name`` exceeds ``DIVERGED_PPL_FACTOR`` × ``vocab_size``
+    (a uniform guess scores ``vocab_size``): its training has diverged, and every evaluation from then on says
+    so while the run can still be stopped."""
+    if not ppl > DIVERGED_PPL_FACTOR * vocab_size:  # NaN too: said where the loss is checked
+        return
+    clip = cfg.train.max_grad_norm
+    log.warning(
+        "eval set '%s': the student's perplexity %.3g is over %d× the vocabulary's size (%s; a uniform guess "
+        "scores that): its training has diverged; start again with a lower train.lr (now %g)%s",
+        name,
+        ppl,
+        DIVERGED_PPL_FACTOR,
+        f"{vocab_size:,}",
+        cfg.train.lr,
+        "" if clip else " or with gradient clipping (train.max_grad_norm=1.0; now 0, off)",
+    )
 
 
 RUN_PARTS_DEPTH = 3  # how far above a path a run is looked for (RUN/checkpoints/step-000100/...: 3)

@@ -1131,9 +1131,15 @@ def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
         ckpt = latest_verified_checkpoint(run_dir)
     except CheckpointError:
         ckpt = None
-    kept = f"the last good checkpoint {ckpt} is kept" if ckpt else "no checkpoint was written yet"
-    raise NonFiniteLossError(
-        f"non-finite {what} at step {step + 1}; {kept}; lower train.lr or check the data/teacher"
+    kept = (
+        f"its last good checkpoint {ckpt} is kept (--resume continues it only with the run's own settings, "
+        "this train.lr included)"
+        if ckpt
+        else "no checkpoint was written yet"
+    )
+    raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
+        f"non-finite {what} at step {step + 1}; start the run again with a lower train.lr (the same command "
+        f"with --overwrite, or another run.name) or check the data/teacher; {kept}"
     )
 
 
