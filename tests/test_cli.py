@@ -507,6 +507,44 @@ def test_every_option_with_a_default_says_it_in_its_help():
     assert silent == [] and unsaid == []
 
 
+def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, capsys, caplog):
+    """Try-out 74, F6: after the training source was edited, `ekd eval RUN` re-drew the content-hash split and
+    scored documents the student trained on as held-out text, without a word. F7: a run that held nothing out
+    needed its training source to score its named sets."""
+    import logging
+
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    named = tmp_path / "named.txt"
+    named.write_text("def value(self):\n    return self.items\n" * 4)
+    base = tiny_overrides(tmp_path, corpus, "held", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
+    assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
+    run = tmp_path / "runs" / "held"
+    assert main(["eval", str(run)]) == 0  # nothing changed: scored again
+    before = (run / "eval.json").read_text()
+    for doc in corpus.iterdir():  # every document edited: the split holds other text now
+        doc.write_text(doc.read_text() + "return value\n")
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    line = _error_line(capsys)
+    assert "the eval split it holds out now differs from the one this run held out and scored" in line, line
+    assert "documents the student trained on may now be held out" in line and "data.eval_fraction=0" in line
+    assert (run / "eval.json").read_text() == before  # nothing written
+    # F7: a run that holds nothing out is scored on its named sets without its training source
+    none_held = ["run.name=none-held", "data.eval_fraction=0", f"data.eval_sources={{named: {named}}}"]
+    assert main(["distill", *base, *none_held]) == 0
+    for doc in corpus.iterdir():
+        doc.unlink()
+    corpus.rmdir()
+    named.write_text("class Items:\n    pass\n" * 4)  # a named set's text changed: said, then scored
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["eval", str(tmp_path / "runs" / "none-held")]) == 0
+    assert "eval set 'named': its blocks differ from those the run scored under that name" in caplog.text
+    assert "| named" in capsys.readouterr().out
+
+
 def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, capsys, caplog):
     """Try-out 18: with data.eval_fraction=0 and no data.eval_sources, `ekd distill` said "eval set 'eval' is
     empty; skipping it" (none was asked for) and printed an empty table with its footnote."""

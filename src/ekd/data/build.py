@@ -37,13 +37,16 @@ from ekd.words import counted
 logger = logging.getLogger(__name__)
 
 
-def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Document]]:
+def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -> dict[str, list[Document]]:
     """Load the documents of every split named by the config.
 
     Args:
         cfg: The run config (its ``data`` section is used).
         max_chars: Cap on the total characters of each split (``None`` = no cap); documents are kept in
             order while they fit. ``pystdlib`` applies it before reading files.
+        train: False: the eval sets only (``ekd eval RUN``): a user ``data.source`` that holds nothing out
+            (``data.eval_fraction=0``) is not read at all — a run moved elsewhere, or whose corpus is gone, is
+            evaluated on its named sets (try-out 74, F7).
 
     Returns:
         Split name → documents; ``train`` first, then ``eval``, then the other sets.
@@ -55,6 +58,8 @@ def load_splits(cfg: Config, max_chars: int | None = None) -> dict[str, list[Doc
     data = cfg.data
     if data.source == "pystdlib":
         splits = builtin_splits(data, max_chars)
+    elif not train and data.eval_fraction == 0:
+        splits = {}
     else:
         docs = load_documents(data.source, data)
         held = held_out_keys((content_key(d) for d in docs), data.eval_fraction)

@@ -422,11 +422,12 @@ def evaluate_saved_run(
         data = prepare_stored_data(cfg, run_dir, tokenizer, boundary)
         data.blocks.pop("train", None)
     else:
-        splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
+        splits = load_splits(cfg, max_chars=cfg.data.max_chars or None, train=False)
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer, boundary)
     if not data.blocks:  # every set came out empty: before any model is loaded
         return _no_eval_set(run_dir, cfg)
+    check_sets_unchanged(run_dir, cfg, data)
     recorded_base = marker.get("student_base")  # a LoRA run's base, as it trained on it
     student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
     shared_vocab_size(len(tokenizer), ("student", student))
@@ -440,6 +441,53 @@ def evaluate_saved_run(
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp)
     return results
+
+
+def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None:
+    """``ekd eval RUN``: each eval set read now against the blocks eval.json records it was scored on, where both
+    were read with the same data settings (so equal sources give equal blocks). The ``eval`` split held out of
+    ``data.source`` that differs is refused: the source changed since the run, and its content-hash split may now
+    hold out documents the student trained on (try-out 74, F6: one edited row moved into the split, scored as
+    held-out text without a word). A named set that differs is said (its file changed: its figures replace
+    those of other text, under the same name).
+
+    Raises:
+        ConfigError: the held-out split differs from the one the run scored.
+    """
+    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, set_settings
+
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return  # none yet, or unreadable: write_eval_json says so
+    if not isinstance(saved, dict):
+        return
+    section = cfg.to_dict()["data"]
+    for name, blocks in data.blocks.items():
+        recorded = saved.get(name, {}).get(SETTINGS_KEY) if isinstance(saved.get(name), dict) else None
+        if not isinstance(recorded, dict) or BLOCKS_KEY not in recorded:
+            continue  # never scored, or by an ekd that did not record its blocks
+        recorded = dict(recorded)
+        sha = recorded.pop(BLOCKS_KEY)
+        if recorded != json.loads(json.dumps(set_settings(section, name))):
+            continue  # scored with other settings: other blocks are expected
+        if (now := blocks.fingerprint()) == sha:
+            continue
+        if name == "eval" and cfg.data.source != "pystdlib":
+            raise ConfigError(
+                f"data.source {cfg.data.source}: the eval split it holds out now differs from the one this run "
+                f"held out and scored (eval.json blocks_sha256 {str(sha)[:12]}, now {now[:12]}): the source changed "
+                "since the run, and documents the student trained on may now be held out; restore the source as "
+                f"the run read it, or score named sets only (`ekd eval {run_dir} data.eval_fraction=0 "
+                "'data.eval_sources={name: FILE}'`)"
+            )
+        log.warning(
+            "eval set '%s': its blocks differ from those the run scored under that name (eval.json blocks_sha256 "
+            "%s, now %s; its text changed): the figures written now replace those of other text",
+            name,
+            str(sha)[:12],
+            now[:12],
+        )
 
 
 def check_saved_teacher(
