@@ -400,6 +400,24 @@ def test_a_model_with_non_finite_weights_is_one_line(good_dir, tmp_path):
     assert str(info.value).startswith("model.teacher: its logits on 8 probe tokens are not finite"), (
         info.value
     )
+    assert "its weights hold NaN or inf (model.layers.0.mlp.down_proj.weight)" in str(info.value)
+
+
+def test_a_float16_overflow_is_said_as_the_dtypes_range_not_a_corrupt_checkpoint(good_dir):
+    """Try-out 75, F4: an intact teacher whose logits pass 65,504 under model.teacher_dtype=float16 was called 'a
+    corrupt or diverged checkpoint; use another checkpoint'."""
+    from ekd.models.load import check_finite_weights, check_output_head
+
+    model = AutoModelForCausalLM.from_pretrained(good_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(60_000 / float(model.lm_head.weight.abs().max()))  # finite in float16 too
+    check_output_head(model, 64, "teacher")  # float32: fine
+    with pytest.raises(ModelError, match="in float16, whose range ends at 65,504.*model.teacher_dtype=bfloat16"):
+        check_output_head(model.half(), 64, "teacher")
+    with torch.no_grad():
+        model.float().lm_head.weight.mul_(1e3)  # past float16's range: the cast itself overflows
+    with pytest.raises(ModelError, match=r"holds NaN or inf weights \(lm_head.weight\): in float16"):
+        check_finite_weights(model.half(), "t", "teacher")
 
 
 def test_a_nan_in_an_embedding_row_no_probe_feeds_is_refused_at_load(good_dir, tmp_path):

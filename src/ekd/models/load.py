@@ -131,15 +131,40 @@ def check_finite_weights(model: nn.Module, spec: str, role: str, chunk: int = 1 
     Raises:
         ModelError: ``model.<role>: <spec> holds NaN or inf weights (<first tensor>): …``.
     """
+    if (name := _first_non_finite(model, chunk)) is not None:
+        dtype = model.get_parameter(name).dtype
+        raise ModelError(
+            f"{_key(role)}: {spec} holds NaN or inf weights ({name}): {_non_finite_cause(dtype, role)}"
+        )
+
+
+def _first_non_finite(model: nn.Module, chunk: int = 1 << 24) -> str | None:
+    """The name of the first parameter holding NaN or inf, read ``chunk`` elements at a time; None if none."""
     for name, p in model.named_parameters():
         if p.is_meta:
             continue
         flat = p.detach().reshape(-1)
         if not all(bool(torch.isfinite(part).all()) for part in flat.split(chunk)):
-            raise ModelError(
-                f"{_key(role)}: {spec} holds NaN or inf weights ({name}): a corrupt or diverged checkpoint; "
-                "use another checkpoint"
-            )
+            return name
+    return None
+
+
+def _non_finite_cause(dtype: torch.dtype, role: str, bad_weight: str | None = "") -> str:
+    """Why a model's weights or logits are not finite, and the way on. In float16 the likely cause is its range,
+    which ends at 65,504: a weight cast from a wider checkpoint, or an activation, past it is inf (try-out 75, F4:
+    an intact teacher was called 'a corrupt or diverged checkpoint' under model.teacher_dtype=float16)."""
+    if dtype == torch.float16:
+        key = "model.teacher_dtype=bfloat16 or float32" if role == "teacher" else "bfloat16 or float32"
+        return (
+            "in float16, whose range ends at 65,504, a weight cast from a wider checkpoint or an activation past it "
+            f"overflows to inf; load it in {key} (the same range as float32)"
+        )
+    if bad_weight is None:  # the logits' check found every weight finite
+        return (
+            "its weights are finite, so its forward overflows (a diverged checkpoint); use another checkpoint"
+        )
+    where = f"its weights hold NaN or inf ({bad_weight}): " if bad_weight else ""
+    return f"{where}a corrupt or diverged checkpoint; use another checkpoint"
 
 
 def empty_model(
@@ -761,8 +786,8 @@ def check_output_head(
     expected = logits[0]  # (n, V)
     if logits.isnan().any() or (logits == float("inf")).any() or not torch.isfinite(expected).any():
         raise ModelError(  # try-out 35: a NaN weight ended in a traceback (a max over no finite logit)
-            f"{_key(role)}: its logits on {tokens} probe tokens are not finite (NaN or +inf): its weights hold NaN "
-            "or inf (a corrupt or diverged checkpoint); use another checkpoint"
+            f"{_key(role)}: its logits on {tokens} probe tokens are not finite (NaN or +inf): "
+            + _non_finite_cause(head.weight.dtype, role, bad_weight=_first_non_finite(model))
         )
     finite = torch.isfinite(expected)
     scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
