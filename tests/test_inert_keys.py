@@ -375,3 +375,87 @@ def test_a_self_distilling_objective_with_nothing_to_move_the_student_is_refused
     assert idle_objective(load_config(None, ["method=uncertainty"]).method) == ""
     # a config still loads (a unit of the loss may isolate the KL term); the run start refuses it
     assert idle_objective(load_config(None, overrides).method)
+
+
+@pytest.mark.parametrize(
+    "source, overrides, named",
+    [
+        (
+            "rows.jsonl",
+            ["data.hf_split=validation"],
+            "data.hf_split='validation' is read only from hf: sources",
+        ),
+        (
+            "corpus",
+            ["data.text_field=body"],
+            "data.text_field='body' is read only from JSONL, Parquet or hf: rows",
+        ),
+        (
+            "rows.jsonl",
+            ["data.messages_field=conv"],
+            "data.messages_field='conv' is read only from chat rows",
+        ),
+        (
+            "chat.jsonl",
+            ["data.format=chat", "data.text_field=body"],
+            "data.text_field='body' is read only from",
+        ),
+    ],
+    ids=[
+        "hf-split-of-jsonl",
+        "text-field-of-a-directory",
+        "messages-field-without-chat",
+        "text-field-of-chat",
+    ],
+)
+def test_a_data_key_no_source_reads_is_refused_at_a_start(
+    tmp_path, capsys, monkeypatch, source, overrides, named
+):
+    """Try-out 74, F10: data keys the run's sources never read were accepted in silence (and `--resume` refused
+    them as changes of what the run computes); `data.chat_template` without chat was already refused."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    Path("rows.jsonl").write_text(
+        "".join(json.dumps({"text": f"row {i} says hello"}) + "\n" for i in range(8))
+    )
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    Path("chat.jsonl").write_text(json.dumps({"messages": chat}) + "\n")
+    config = config_file(Path("."), Path("corpus"), "inert", **{"train.max_steps": 1})
+    line = one_error_line(*cli(capsys, "distill", config, f"data.source={source}", *overrides)[::2])
+    assert (
+        named in line and "and this run reads none (data.source " in line and "no effect; unset data." in line
+    )
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_a_data_key_some_source_reads_is_accepted():
+    """An eval source of another kind reads the key (an hf: set's split), and a glob may hold any kind."""
+    from ekd.config.inert import inert_data_keys
+
+    def inert(**data):
+        return inert_data_keys(load_config(overrides=[f"data.{k}={v}" for k, v in data.items()]).data)
+
+    assert inert(source="rows.jsonl", hf_split="validation", eval_sources="{e: 'hf:org/set'}") == []
+    assert inert(source="rows.jsonl", text_field="body") == []
+    assert inert(source="shards/*", text_field="body", hf_split="test") == []
+    assert [k for k, _ in inert(source="corpus.txt", text_field="body", hf_split="test")] == [
+        "hf_split",
+        "text_field",
+    ]
+
+
+def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
+    """Try-out 74, F11: data.separator on chat rows packed the same blocks whatever it said."""
+    from ekd.config.inert import inert_data_keys
+
+    def inert(**data):
+        cfg = load_config(overrides=["data.format=chat", *(f"data.{k}={v}" for k, v in data.items())])
+        return [k for k, _ in inert_data_keys(cfg.data)]
+
+    assert inert(source="chat.jsonl", separator="eos") == ["separator"]
+    assert (
+        inert(source="chat.jsonl", separator="eos", eval_sources="{notes: notes.txt}") == []
+    )  # frames the text set
+    assert inert(source="chat.jsonl") == []

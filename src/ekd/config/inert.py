@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ekd.errors import ConfigError
@@ -301,9 +302,83 @@ def inert_message(method_cfg: Any, resumed: bool = False) -> str:
     )
 
 
-def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None) -> None:
-    """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`), or a
-    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`).
+def _source_kind(source: str, fmt: str) -> str:
+    """How a data source is read: ``builtin`` (pystdlib), ``hf`` (a hub or saved dataset), ``rows`` (JSONL or
+    Parquet), ``text`` (text files, a directory) or ``unknown`` (a glob or file whose suffix does not say)."""
+    from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES
+
+    if source == "pystdlib" or source.startswith("pystdlib:"):
+        return "builtin"
+    if fmt == "hf" or source.startswith("hf:"):
+        return "hf"
+    if fmt in ("jsonl", "parquet", "chat"):
+        return "rows"
+    if fmt == "text" or Path(source).is_dir():
+        return "text"
+    suffix = Path(source).suffix.lower()
+    if suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        return "rows"
+    return "text" if suffix in TEXT_SUFFIXES else "unknown"
+
+
+def inert_data_keys(d: Any) -> list[tuple[str, str]]:
+    """The ``data.*`` keys set away from their defaults that no source of the run reads, each with what reads it
+    (try-out 74, F10: ``data.hf_split=validation`` on a JSONL file, ``data.text_field`` on a directory of text files
+    or chat rows, ``data.messages_field`` without chat: trained on in silence, and ``--resume`` refused them as
+    changes of what the run computes). The sources are ``data.source`` and every ``data.eval_sources`` entry, each
+    read as the data path reads it; a source whose kind its path does not say (a glob) reads every key."""
+    from ekd.data.build import eval_source_format
+
+    sources = {"data.source": (d.source, d.format)}
+    sources |= {
+        f"data.eval_sources.{n}": (src, eval_source_format(src, d)) for n, src in d.eval_sources.items()
+    }
+    kinds = {key: _source_kind(src, fmt) for key, (src, fmt) in sources.items()}
+    chat = d.format == "chat"  # rows read as chat: data.source, and a chat run's row eval sources
+    unknown = "unknown" in kinds.values()
+    fields = unknown or any(k in ("rows", "hf") for k in kinds.values())
+    read_by = {  # key → whether some source reads it, and what does
+        "hf_split": (unknown or "hf" in kinds.values(), "hf: sources"),
+        "hf_name": (unknown or "hf" in kinds.values(), "hf: sources"),
+        "hf_streaming": (unknown or "hf" in kinds.values(), "hf: sources"),
+        "text_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),
+        "prompt_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),
+        "response_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),
+        "messages_field": (chat, "chat rows (data.format=chat)"),
+        "tools_field": (chat, "chat rows (data.format=chat)"),
+        # a conversation is framed by its template alone: the separator frames text (try-out 74, F11)
+        "separator": (not chat or any(k in ("text", "unknown") for k in kinds.values()), "text sources"),
+    }
+    defaults = type(d)()
+    inert = [
+        (key, what)
+        for key, (read, what) in read_by.items()
+        if not read and getattr(d, key) != getattr(defaults, key)
+    ]
+    return inert
+
+
+def inert_data_message(d: Any, resumed: bool = False) -> str:
+    """The line naming every ``data.*`` key no source reads (:func:`inert_data_keys`) and the sources, with the way
+    on (``resumed``: the run keeps its saved settings); "" when there is none."""
+    inert = inert_data_keys(d)
+    if not inert:
+        return ""
+    said = "; ".join(f"data.{key}={getattr(d, key)!r} is read only from {what}" for key, what in inert)
+    sources = {"data.source": d.source} | {f"data.eval_sources.{n}": s for n, s in d.eval_sources.items()}
+    read = ", ".join(f"{key} {src}" for key, src in sources.items())
+    way = (
+        "the resumed run keeps its saved settings"
+        if resumed
+        else f"unset {' and '.join(f'data.{k}' for k, _ in inert)}"
+    )
+    return f"{said}, and this run reads none ({read}): no effect; {way}"
+
+
+def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = None) -> None:
+    """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`), a
+    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`), or data keys no source reads
+    (:func:`inert_data_keys`).
 
     Raises:
         ConfigError: one line naming each such key, when it is read, and the resolved method's choices.
@@ -312,6 +387,8 @@ def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None) -> None:
         raise ConfigError(message, keys=tuple(f"method.{key}" for key, _, _ in inert_keys(method_cfg)))
     if teacher_cfg is not None and (message := inert_cache_fraction(teacher_cfg)):
         raise ConfigError(message, keys=("teacher.cache_fraction", "teacher.cache_positions"))
+    if data_cfg is not None and (message := inert_data_message(data_cfg)):
+        raise ConfigError(message, keys=tuple(f"data.{key}" for key, _ in inert_data_keys(data_cfg)))
 
 
 _CACHE_KEYS = ("cache_dir", "cache_positions", "cache_fraction", "cache_shard_samples", "cache_stat_format")

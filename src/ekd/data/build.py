@@ -103,7 +103,12 @@ def document_boundary(
             role: read_model_eos(spec, revision, trust_remote_code, key=f"model.{role}")
             for role, (spec, revision) in (models or {}).items()
         }
-    return resolve_boundary(data.separator, tokenizer, model_eos)
+    boundary = resolve_boundary(data.separator, tokenizer, model_eos)
+    if data.format == "chat":  # try-out 74, F11: the line above announced a framing no conversation gets
+        logger.info(
+            "data.format=chat: conversations are framed by their chat template alone (no BOS/EOS added)"
+        )
+    return boundary
 
 
 def pack_splits(

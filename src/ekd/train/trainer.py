@@ -24,6 +24,7 @@ from ekd.config import Config, ConfigError
 from ekd.config.inert import (
     idle_objective,
     idle_schedules,
+    inert_data_message,
     inert_message,
     refuse_inert_keys,
     unread_cache_keys,
@@ -212,11 +213,16 @@ def train(
         # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
         # trains on as it began)
         if not resume:
-            refuse_inert_keys(cfg.method, cfg.teacher)
+            refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
             if idle := idle_objective(cfg.method):  # try-out 60, F3: a run that would train on rounding noise
                 raise ConfigError(idle, keys=("method.objective", "method.ce_weight"))
-        elif ranks.is_main and (inert := inert_message(cfg.method, resumed=True)):
-            log.warning("%s", inert)
+        elif ranks.is_main:
+            for inert in (
+                inert_message(cfg.method, resumed=True),
+                inert_data_message(cfg.data, resumed=True),
+            ):
+                if inert:
+                    log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
             log.warning("%s", unread)
         if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)

@@ -386,7 +386,7 @@ def run_build(
     check_cacheable(cfg)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     # e.g. method.topk with RS targets, a cache_fraction under all positions: the cache would not be what was asked
-    refuse_inert_keys(cfg.method, cfg.teacher)
+    refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory)
     check_cache_kind(directory, imported=False, overwrite=overwrite)  # not an `ekd cache import`
