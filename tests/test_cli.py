@@ -523,6 +523,9 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     run = tmp_path / "runs" / "held"
     assert main(["eval", str(run)]) == 0  # nothing changed: scored again
     before = (run / "eval.json").read_text()
+    capsys.readouterr()  # try-out 75, F5: another student scored the run's own in silence
+    assert main(["eval", str(run), f"model.student={tmp_path / 'other'}"]) == 2
+    assert "model.student is not read: it scores the run's exported student" in _error_line(capsys)
     for doc in corpus.iterdir():  # every document edited: the split holds other text now
         doc.write_text(doc.read_text() + "return value\n")
     capsys.readouterr()

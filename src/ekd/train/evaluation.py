@@ -253,6 +253,10 @@ def _as_given(run: Path, given: Path) -> str:
     return str(run)
 
 
+# what ekd eval never reads from its overrides: the student and its tokenizer are the run's export
+NOT_READ_BY_EVAL = ("model.student", "model.tokenizer")
+
+
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     """The saved ``run_dir/config.yaml`` with dotted overrides applied.
 
@@ -273,6 +277,13 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     raw = yaml.safe_load(saved.read_text())
     flat = flat_config(raw)
     given = parse_overrides(overrides or [])
+    if unread := [k for k in given if k in NOT_READ_BY_EVAL and given[k] != flat.get(k)]:
+        raise ConfigError(  # try-out 75, F5: model.student=OTHER scored the run's own student in silence
+            f"ekd eval {run_dir}: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} not read: it scores the "
+            f"run's exported student ({run_dir / 'student'}) with the tokenizer it trained with; to score another "
+            "model, evaluate the run that made it (or distill it into a run of its own)",
+            keys=tuple(unread),
+        )
     try:
         return config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
@@ -339,7 +350,7 @@ def _saved_rule_failure(
                 f"e.g. {override_arg(named[0], defaults[named[0]])})",
                 keys=last.keys,
             )
-        if not named or named[0].startswith(EVAL_READS) or named[0] not in defaults:
+        if not named or named[0].startswith(EVAL_READS + NOT_READ_BY_EVAL) or named[0] not in defaults:
             return last  # what no default of a training setting gets past (the user's override, say)
         fixes[named[0]] = defaults[named[0]]
         try:
