@@ -677,6 +677,21 @@ def test_resume_with_more_steps_says_the_schedules_follow_the_new_length(ws, cap
     ], said
 
 
+def test_resume_with_more_steps_past_a_corrupt_checkpoint_says_the_step_it_resumes_from(ws, capsys, caplog):
+    """Try-out 75, F3: with the newest checkpoint corrupt, the line named its step (2), while the run resumed
+    from the intact one before it (1)."""
+    import logging
+
+    weights = Path("runs/base/checkpoints/step-000002/student.safetensors")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")[0] == 0
+    said = [r.getMessage() for r in caplog.records if "--resume with train.max_steps" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(
+        "follows the new length from step 2 on (a schedule at step 1 of 2 is at 25% of the new one)"
+    ), said
+
+
 def test_resume_reads_the_same_data_at_another_path_and_refuses_other_data(ws, capsys, caplog):
     """Try-out 25: `--resume` with the run's data copied to another path (another node's scratch directory) was
     refused as "the config differs in data.source", though the run records its training blocks' sha256 (and

@@ -456,6 +456,7 @@ class RunStart:
         self.made_output = False  # this start created run.output_dir
         self.lock: FileLock | None = None  # the run's lock, held from open() to close()
         self.run_id = ""  # ekd-run.json's run_id (open()): what the run's checkpoints record
+        self.saved_max_steps: object = None  # --resume with another train.max_steps: the saved one (open())
 
     # ------------------------------------------------------------ open
 
@@ -643,19 +644,8 @@ class RunStart:
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
                 "resume (raise train.max_steps to train further, or `ekd eval` it)"
             )
-        if "train.max_steps" in diffs:  # try-out 28: EGAD's curriculum phase went 0.95 → 0.67 without a word
-            old_steps = _saved_max_steps(saved)
-            log.info(
-                "--resume with train.max_steps %s → %s: what is scheduled over the run's length — the learning "
-                "rate, and a curriculum, coverage or τ schedule or LATF's warm-up — follows the new length from "
-                "step %d on (a schedule at step %d of %s is at %.0f%% of the new one)",
-                old_steps,
-                self.cfg.train.max_steps,
-                checkpoint_step(ckpt) + 1,
-                checkpoint_step(ckpt),
-                old_steps,
-                100 * checkpoint_step(ckpt) / self.cfg.train.max_steps,
-            )
+        if "train.max_steps" in diffs:  # said once the checkpoint it resumes from is known (say_new_length)
+            self.saved_max_steps = _saved_max_steps(saved)
         said = {**LAYOUT_CHANGES, **SAME_MATH_CHANGES}
         if knobs := [k for k in diffs if k in said]:
             flat = flat_config(saved or {})
@@ -671,6 +661,25 @@ class RunStart:
                 changes,
                 checkpoint_step(ckpt) + 1,
             )
+
+    def say_new_length(self, resumed_step: int) -> None:
+        """One line when ``--resume`` changed ``train.max_steps`` (try-out 28: EGAD's curriculum phase went 0.95 →
+        0.67 without a word), at the step the run resumed from — a corrupt newest checkpoint is skipped for an
+        earlier one, which the line names (try-out 75, F3: it named the skipped one's step)."""
+        if self.saved_max_steps is None:
+            return
+        new = self.cfg.train.max_steps
+        log.info(
+            "--resume with train.max_steps %s → %s: what is scheduled over the run's length — the learning "
+            "rate, and a curriculum, coverage or τ schedule or LATF's warm-up — follows the new length from "
+            "step %d on (a schedule at step %d of %s is at %.0f%% of the new one)",
+            self.saved_max_steps,
+            new,
+            resumed_step + 1,
+            resumed_step,
+            self.saved_max_steps,
+            100 * resumed_step / new,
+        )
 
     def _in_use_fix(self) -> str:
         """The way on when another process holds the run's lock: another run.name starts a new run, which is no

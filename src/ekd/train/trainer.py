@@ -490,6 +490,8 @@ def _train(
             raise unreadable(ckpt, e) from None
         # every rank resumed from the same checkpoint (verified_on_main); rank 0 says it (said_by_rank0)
         log.info("resumed from %s at step %d", ckpt, start_step)
+        if start is not None:
+            start.say_new_length(start_step)
     # a step's micro-batches come from one epoch, unless an older ekd's checkpoint keeps its per-batch rule
     trained_blocks, whole_step = loader.indices.numel(), loader.steps_within_epochs
     _check_enough_blocks(trained_blocks, len(data.blocks["train"]), kept is not None, cfg, ranks, whole_step)
