@@ -440,6 +440,16 @@ def test_full_distribution_policies_are_refused(setup, overrides, capsys):
     assert ("score" in line) is not objective and "method.target" not in line.split(":", 1)[1]
 
 
+def test_the_feature_branch_from_a_cache_is_refused_for_its_hidden_states(setup, capsys):
+    """Try-out 73, F3: EGAD's feature branch was refused for 'the teacher's full distribution' (it needs the
+    teacher's hidden states) and the key that turns it off went unsaid."""
+    args = ["run.name=refused", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "method=egad"]
+    args += ["method.target=rs", "method.temperature=constant"]
+    assert main(["distill", setup["cfg"], *args, "--overwrite"]) == 2
+    line = _error_line(capsys)
+    assert "the feature branch needs the teacher's hidden states" in line and "method.feature_weight=0" in line
+
+
 @pytest.mark.parametrize("state", ["missing", "empty", "unfinished"])
 def test_a_cache_dir_without_a_cache_is_refused_before_the_data_is_read(setup, tmp_path, capsys, state):
     """The corpus does not exist either: the cache is what is reported, so the data was never read."""

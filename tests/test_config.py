@@ -533,3 +533,26 @@ def test_a_number_given_as_the_temperature_policy_names_the_temperature_key():
     with pytest.raises(ConfigError) as e:  # try-out 42, F8: no τ, so no advice to set τ = -1
         load_config([], ["method=ekd", "method.temperature=-1"])
     assert "kd_temperature" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "method, named",
+    [
+        (
+            "egad",
+            ["method.target=dense", "method.temperature=entropy_map", "method.feature_weight=0 turns it off"],
+        ),
+        (
+            "adakd",
+            ["method.target=dense", "method.divergence=reverse_kl", "method.temperature=idts", "hellinger"],
+        ),
+    ],
+)
+def test_a_method_a_cache_cannot_serve_is_told_every_reason_at_once(method, named):
+    """Try-out 73, F3: method=egad / adakd from a cache were refused one blocker at a time (3 and 4 runs), the
+    first fix offered (a sparse target) leading only to the next refusal."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"method={method}", "teacher.source=cache", "teacher.cache_dir=/tmp/cache"])
+    line = str(info.value)
+    assert line.startswith(f"teacher.source=cache cannot train method.preset={method} as configured: "), line
+    assert all(n in line for n in named) and line.endswith("use teacher.source=online"), line

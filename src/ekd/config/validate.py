@@ -143,6 +143,14 @@ def validate(cfg: Config) -> None:
             f"method.entropy_tau_min must be ≤ method.entropy_tau_max ({m.entropy_tau_min} > {m.entropy_tau_max})",
             keys=("method.entropy_tau_min", "method.entropy_tau_max"),
         )
+    if t.source == "cache" and m.kd_weight > 0 and len(blockers := _cache_blockers(cfg)) > 1:
+        # try-out 73, F3: method=egad or adakd from a cache was refused one blocker at a time (3 and 4 runs),
+        # the first fix offered (a sparse target) leading to the next refusal
+        raise ConfigError(
+            f"teacher.source=cache cannot train method.preset={m.preset} as configured: {'; '.join(blockers)}; "
+            "use teacher.source=online",
+            keys=("teacher.source",),
+        )
     if m.target != "dense" and m.divergence != "forward_kl" and m.kd_weight > 0:
         raise ConfigError(
             f"method.divergence={m.divergence} has no estimator for sparse targets (method.target={m.target}); "
@@ -219,6 +227,41 @@ def _check_chat(d) -> None:
             "data.format=chat needs conversations (JSONL, Parquet or hf: rows), not pystdlib; set data.source",
             keys=("data.format", "data.source"),
         )
+
+
+def _cache_blockers(cfg: Config) -> list[str]:
+    """Each part of the KD term that a teacher cache (sparse targets at one τ, and the teacher's entropy and
+    log p(gold)) cannot serve, said with what it needs; [] when it can serve them all. The rules are those each
+    part's own refusal applies (here, in :class:`~ekd.train.method_parts.MethodParts` and
+    :func:`~ekd.teacher.cache.source.check_cache_temperature`), gathered so that a method none of whose defining
+    parts runs from a cache is told so at once."""
+    from ekd.selection.scores import score_needs
+    from ekd.temperature import fixed_tau, varying_tau
+    from ekd.train.token_stats import PAIR_STATS
+
+    m = cfg.method
+    blockers = []
+    if m.objective in ("dkd", "atkd"):  # no target or divergence makes these train from a cache
+        blockers.append(f"method.objective={m.objective} (needs the teacher's full distribution)")
+    else:
+        if m.target == "dense":
+            blockers.append("method.target=dense (a cache holds sparse targets: rs or topk)")
+        if m.divergence != "forward_kl":
+            blockers.append(f"method.divergence={m.divergence} (no estimator for sparse targets)")
+    tau = fixed_tau(m, cfg.train.max_steps)
+    if tau is None:
+        blockers.append(f"{varying_tau(m, cfg.train.max_steps)} (cached targets hold one τ)")
+    elif m.target == "rs" and tau != 1.0:
+        blockers.append(f"method.kd_temperature={m.kd_temperature} (cached RS targets are drawn at τ=1)")
+    if m.feature_weight > 0:
+        blockers.append(
+            "the feature branch (needs the teacher's hidden states; method.feature_weight=0 turns it off)"
+        )
+    if _policy_needs_scores(m) and (pair := sorted(score_needs(m) & PAIR_STATS)):
+        blockers.append(
+            f"method.scorer={m.scorer}, which reads {', '.join(pair)} (needs the teacher's full distribution)"
+        )
+    return blockers
 
 
 def _policy_needs_scores(m) -> bool:

@@ -88,9 +88,15 @@ class MethodParts:
                     if missing
                     else ""
                 )
-                raise ConfigError(
-                    f"method {m.preset}: {what} needs the teacher's full distribution at training time, which a "
-                    f"cache does not hold; use teacher.source=online{other}"
+                if missing or m.objective in ("dkd", "atkd"):
+                    raise ConfigError(
+                        f"method {m.preset}: {what} needs the teacher's full distribution at training time, which "
+                        f"a cache does not hold; use teacher.source=online{other}"
+                    )
+                raise ConfigError(  # try-out 73, F3: said as 'the teacher's full distribution', without the key
+                    f"method {m.preset}: the feature branch needs the teacher's hidden states at training time, "
+                    "which a cache does not hold; use teacher.source=online, or method.feature_weight=0 to train "
+                    "without it"
                 )
         if self_objective and policy.needs_scores:
             raise ConfigError(
