@@ -556,3 +556,19 @@ def test_a_method_a_cache_cannot_serve_is_told_every_reason_at_once(method, name
     line = str(info.value)
     assert line.startswith(f"teacher.source=cache cannot train method.preset={method} as configured: "), line
     assert all(n in line for n in named) and line.endswith("use teacher.source=online"), line
+
+
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("model.teacher_dtype=fp16", "did you mean 'float16'?"),
+        ("model.export_dtype=half", "did you mean 'float16'?"),
+        ("train.precision=float32", "did you mean 'fp32'?"),
+        ("train.precision=fp16", "(fp16 is not offered here: fp32, bf16 are)"),
+    ],
+)
+def test_a_dtype_spelt_the_other_way_points_at_the_keys_spelling(override, hint):
+    """Try-out 75, F6: model.teacher_dtype=fp16 got no suggestion, train.precision=fp16 was offered bf16."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).endswith(hint), info.value

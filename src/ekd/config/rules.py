@@ -56,6 +56,14 @@ class Number:
         return " and ".join(kept) if kept else "a finite number"
 
 
+# the spellings of a dtype, torch's names and the short ones (keys take one or the other): a hint, not a typo's
+DTYPE_SPELLINGS = {
+    spelling: names
+    for names in (("float16", "fp16", "half"), ("bfloat16", "bf16"), ("float32", "fp32", "float"))
+    for spelling in names
+}
+
+
 @dataclass(frozen=True)
 class OneOf:
     """One of fixed names, or of the names a registry returns (``options`` is then a callable, read lazily)."""
@@ -78,6 +86,15 @@ class OneOf:
         hint = next((f" ({value} is {where})" for name, where in self.elsewhere if name == found), None)
         if hint is None and self.numbers and _is_number(value) and float(value) > 0:  # a τ, not a typo of -1
             hint = f"; a number is {self.numbers}'s: {self.numbers}={value}"
+        if hint is None and (
+            same := DTYPE_SPELLINGS.get(str(found).lower())
+        ):  # fp16 is float16 (try-out 75, F6)
+            meant = [n for n in same if n in names]
+            hint = (
+                f"; did you mean '{meant[0]}'?"
+                if meant
+                else f" ({value} is not offered here: {', '.join(n for n in names if n not in ('auto', ''))} are)"
+            )
         hint = hint if hint is not None else did_you_mean(found, names)
         shown = ", ".join(repr(n) if n == "" else n for n in names)
         raise ConfigError(f"{key} must be one of {shown}, got '{value}'{hint}")
