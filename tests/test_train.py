@@ -144,6 +144,31 @@ def test_a_diverged_student_is_said_at_every_evaluation(tmp_path, corpus, monkey
     assert "| 7.284e+65 |" in table and "| 12.50 |" in table
 
 
+def test_a_resume_over_an_edited_eval_file_says_its_curve_changes_text(tmp_path, corpus, caplog):
+    """Try-out 74, F3: `--resume` after an eval file was edited said nothing, and metrics.jsonl held one curve
+    under the set's name over two texts (274 targets, then 153)."""
+    import logging
+
+    held = tmp_path / "held.txt"
+    held.write_text("def value(self):\n    return self.items\n" * 6)
+    extra = ["train.checkpoint_every=1", "method=ce", f"data.eval_sources={{held: {held}}}"]
+    train(load_config(overrides=tiny_overrides(tmp_path, corpus, "edited") + ["train.max_steps=2", *extra]))
+    resumed = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "edited") + ["train.max_steps=3", *extra]
+    )
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        train(resumed, resume=True)  # the same text: nothing said
+    assert "its blocks differ" not in caplog.text
+    held.write_text("class Items:\n    pass\n" * 6)
+    again = load_config(overrides=tiny_overrides(tmp_path, corpus, "edited") + ["train.max_steps=4", *extra])
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        train(again, resume=True)
+    said = [r.getMessage() for r in caplog.records if "its blocks differ" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        "eval set 'held': its blocks differ from those the run scored"
+    ), said
+
+
 def test_run_dir_guard(tmp_path, corpus):
     cfg = load_config(
         overrides=tiny_overrides(tmp_path, corpus, "guard") + ["train.max_steps=1", "method=ce"]

@@ -4,6 +4,7 @@
 
     {"format": "ekd-run", "version": 1, "state": "starting" | "started" | "finished",
      "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78,
+     "eval_blocks": {"eval": "<sha256 of the set's blocks>", ...},
      "tokenizer_tokens": 320, "head_rows": 320, "global_micro_batch": 8, "ranks": 2}
 
 (the last four once the run has finished: the tokenizer length V its targets and scores spanned, the rows of
@@ -457,6 +458,7 @@ class RunStart:
         self.lock: FileLock | None = None  # the run's lock, held from open() to close()
         self.run_id = ""  # ekd-run.json's run_id (open()): what the run's checkpoints record
         self.saved_max_steps: object = None  # --resume with another train.max_steps: the saved one (open())
+        self.eval_sets_reset = False  # --resume with other eval-set settings (said in open())
 
     # ------------------------------------------------------------ open
 
@@ -653,6 +655,7 @@ class RunStart:
             notes = "; ".join(dict.fromkeys(said[k] for k in knobs))
             log.info("--resume with %s: the same math with other memory and speed (%s)", changes, notes)
         if eval_keys := [k for k in diffs if k in EVAL_SET_CHANGES]:
+            self.eval_sets_reset = True
             flat, now = flat_config(saved or {}), flat_config(current)
             changes = ", ".join(f"{k} {flat.get(k)} → {now.get(k)}" for k in eval_keys)
             log.info(
@@ -731,6 +734,27 @@ class RunStart:
         if saved is None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, data_fingerprint=fingerprint, train_blocks=int(train_blocks))
+
+    def check_eval_sets(self, fingerprints: dict[str, str]) -> None:
+        """Record the eval sets' blocks (name → sha256), and on ``--resume`` say a set whose blocks differ from
+        those recorded while its settings did not change: its file was edited, and the run's eval curve of that
+        name goes on over other text (try-out 74, F3: 274 targets, then 153, under one name, without a word)."""
+        marker = read_marker(self.run_dir) or {}
+        saved = marker.get("eval_blocks") or {}
+        if not self.fresh and not self.eval_sets_reset:
+            for name in [n for n, sha in fingerprints.items() if saved.get(n) not in (None, sha)]:
+                log.warning(
+                    "eval set '%s': its blocks differ from those the run scored before this --resume (its text "
+                    "changed; blocks_sha256 %s, now %s): its eval curve in metrics.jsonl scores other text from "
+                    "here on (eval/%s/tokens and documents say so)",
+                    name,
+                    str(saved[name])[:12],
+                    fingerprints[name][:12],
+                    name,
+                )
+        if saved != fingerprints:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, eval_blocks=fingerprints)
 
     def check_student_base(self) -> None:
         """A LoRA run (``model.lora_r > 0``) trains adapters on the base ``model.student`` names and reloads that

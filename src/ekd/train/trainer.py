@@ -908,6 +908,9 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     data; an unknown ``eval.tasks`` name, a task's hub dataset that cannot be fetched (no network, not cached)
     and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
+    start.check_eval_sets(
+        {name: blocks.fingerprint() for name, blocks in data.blocks.items() if name != "train"}
+    )
     start.check_student_base()
     start.check_student()
     start.check_teacher()
