@@ -459,3 +459,37 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
         inert(source="chat.jsonl", separator="eos", eval_sources="{notes: notes.txt}") == []
     )  # frames the text set
     assert inert(source="chat.jsonl") == []
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            [
+                "method=egad",
+                "method.entropy_tau_min=1.5",
+                "method.entropy_tau_max=1.5",
+                "method.entropy_direction=decreasing",
+            ],
+            "method.entropy_direction=decreasing is read only under method.temperature=entropy_map with "
+            "method.entropy_tau_min ≠ entropy_tau_max",
+        ),
+        (
+            [
+                "method=egad",
+                "method.curriculum_start=0.5",
+                "method.curriculum_end=0.5",
+                "method.curriculum_power=2",
+            ],
+            "method.curriculum_power=2.0 is read only under method.policy=curriculum with method.curriculum_start ≠",
+        ),
+    ],
+    ids=["direction-of-one-tau", "power-of-a-fixed-phase"],
+)
+def test_a_key_other_values_leave_without_effect_is_refused(overrides, named):
+    """Try-out 73, F2: a τ range of one value, or a curriculum that starts where it ends, ran in silence with a
+    direction or a power that changes nothing (as `temperature_end` behind a full hold is refused)."""
+    from ekd.config.inert import inert_message
+
+    line = inert_message(load_config(overrides=overrides).method)
+    assert named in line, line

@@ -89,7 +89,10 @@ COMPONENT_RULES: dict[str, ReadWhen] = {
     "idts_strength": _under("temperature", "idts"),
     "entropy_tau_min": _under("temperature", "entropy_map"),
     "entropy_tau_max": _under("temperature", "entropy_map"),
-    "entropy_direction": _under("temperature", "entropy_map"),
+    "entropy_direction": ReadWhen(  # a τ range of one value maps every entropy to it (try-out 73, F2)
+        lambda m: m.temperature == "entropy_map" and m.entropy_tau_min != m.entropy_tau_max,
+        "under method.temperature=entropy_map with method.entropy_tau_min ≠ entropy_tau_max",
+    ),
     # where the KD goes: the scorer and the policy (ekd.selection)
     "scorer_weights": _under("scorer", "composite"),
     "scorer_normalization": _under("scorer", "composite"),
@@ -109,7 +112,10 @@ COMPONENT_RULES: dict[str, ReadWhen] = {
     "curriculum_steps": _under("policy", "curriculum"),
     "curriculum_start": _under("policy", "curriculum"),
     "curriculum_end": _under("policy", "curriculum"),
-    "curriculum_power": _under("policy", "curriculum"),
+    "curriculum_power": ReadWhen(  # a phase that starts where it ends never moves (try-out 73, F2)
+        lambda m: m.policy == "curriculum" and m.curriculum_start != m.curriculum_end,
+        "under method.policy=curriculum with method.curriculum_start ≠ curriculum_end",
+    ),
     "coverage_start": _under("policy", "coverage_schedule"),
     "coverage_end": _under("policy", "coverage_schedule"),
     "coverage_shape": _under("policy", "coverage_schedule"),
