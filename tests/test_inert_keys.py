@@ -493,3 +493,28 @@ def test_a_key_other_values_leave_without_effect_is_refused(overrides, named):
 
     line = inert_message(load_config(overrides=overrides).method)
     assert named in line, line
+
+
+def test_a_save_to_disk_directory_reads_no_dataset_name_or_streaming(tmp_path):
+    """Try-out 76, F1: hf:<save_to_disk directory> with data.hf_name or data.hf_streaming=true trained on the whole
+    directory in silence (load_from_disk reads neither); its rows still read data.text_field."""
+    import datasets
+
+    from ekd.config.inert import inert_data_keys
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"body": "a row"}]).save_to_disk(str(saved))
+
+    def inert(**data):
+        return [
+            k
+            for k, _ in inert_data_keys(
+                load_config(overrides=[f"data.{k}={v}" for k, v in data.items()]).data
+            )
+        ]
+
+    assert inert(source=f"hf:{saved}", hf_name="foo", hf_streaming="true", text_field="body") == [
+        "hf_name",
+        "hf_streaming",
+    ]
+    assert inert(source="hf:org/set", hf_name="foo", hf_streaming="true") == []  # a hub dataset reads them

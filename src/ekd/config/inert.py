@@ -309,14 +309,17 @@ def inert_message(method_cfg: Any, resumed: bool = False) -> str:
 
 
 def _source_kind(source: str, fmt: str) -> str:
-    """How a data source is read: ``builtin`` (pystdlib), ``hf`` (a hub or saved dataset), ``rows`` (JSONL or
-    Parquet), ``text`` (text files, a directory) or ``unknown`` (a glob or file whose suffix does not say)."""
+    """How a data source is read: ``builtin`` (pystdlib), ``hf`` (a hub dataset), ``hf_disk`` (a directory saved by
+    ``save_to_disk``), ``rows`` (JSONL or Parquet), ``text`` (text files, a directory) or ``unknown`` (a glob or
+    file whose suffix does not say)."""
     from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES
 
     if source == "pystdlib" or source.startswith("pystdlib:"):
         return "builtin"
     if fmt == "hf" or source.startswith("hf:"):
-        return "hf"
+        path = Path(source.removeprefix("hf:").strip())
+        saved = path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
+        return "hf_disk" if saved else "hf"  # a save_to_disk directory: load_from_disk, no name or streaming
     if fmt in ("jsonl", "parquet", "chat"):
         return "rows"
     if fmt == "text" or Path(source).is_dir():
@@ -342,11 +345,12 @@ def inert_data_keys(d: Any) -> list[tuple[str, str]]:
     kinds = {key: _source_kind(src, fmt) for key, (src, fmt) in sources.items()}
     chat = d.format == "chat"  # rows read as chat: data.source, and a chat run's row eval sources
     unknown = "unknown" in kinds.values()
-    fields = unknown or any(k in ("rows", "hf") for k in kinds.values())
+    fields = unknown or any(k in ("rows", "hf", "hf_disk") for k in kinds.values())
+    hub = unknown or "hf" in kinds.values()
     read_by = {  # key → whether some source reads it, and what does
-        "hf_split": (unknown or "hf" in kinds.values(), "hf: sources"),
-        "hf_name": (unknown or "hf" in kinds.values(), "hf: sources"),
-        "hf_streaming": (unknown or "hf" in kinds.values(), "hf: sources"),
+        "hf_split": (hub or "hf_disk" in kinds.values(), "hf: sources"),
+        "hf_name": (hub, "hf: hub datasets (a save_to_disk directory is loaded whole)"),
+        "hf_streaming": (hub, "hf: hub datasets (a save_to_disk directory is loaded whole)"),
         "text_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),
         "prompt_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),
         "response_field": (fields and not chat, "JSONL, Parquet or hf: rows read as text"),

@@ -746,11 +746,10 @@ class RunStart:
                 log.warning(
                     "eval set '%s': its blocks differ from those the run scored before this --resume (its text "
                     "changed; blocks_sha256 %s, now %s): its eval curve in metrics.jsonl scores other text from "
-                    "here on (eval/%s/tokens and documents say so)",
+                    "here on, and this line is the record of it (its rows do not mark the change)",
                     name,
                     str(saved[name])[:12],
                     fingerprints[name][:12],
-                    name,
                 )
         if saved != fingerprints:
             with writing(self.run_dir):
