@@ -447,7 +447,9 @@ def test_the_feature_branch_from_a_cache_is_refused_for_its_hidden_states(setup,
     args += ["method.target=rs", "method.temperature=constant"]
     assert main(["distill", setup["cfg"], *args, "--overwrite"]) == 2
     line = _error_line(capsys)
-    assert "the feature branch needs the teacher's hidden states" in line and "method.feature_weight=0" in line
+    assert (
+        "the feature branch needs the teacher's hidden states" in line and "method.feature_weight=0" in line
+    )
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "unfinished"])

@@ -393,7 +393,9 @@ def test_rows_without_the_messages_field_are_skipped_and_counted_with_the_malfor
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "skipped 3 of 6 (2 malformed messages, 1 no data.messages_field)" in warnings[0]
-    assert "first of each: c.jsonl:3 (" in warnings[0]  # the more frequent reason's first row, then the other's
+    assert (
+        "first of each: c.jsonl:3 (" in warnings[0]
+    )  # the more frequent reason's first row, then the other's
     assert "; c.jsonl:2 (no field 'messages' (row keys: text, id))" in warnings[0], warnings[0]
 
 

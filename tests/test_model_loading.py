@@ -412,7 +412,9 @@ def test_a_float16_overflow_is_said_as_the_dtypes_range_not_a_corrupt_checkpoint
     with torch.no_grad():
         model.lm_head.weight.mul_(60_000 / float(model.lm_head.weight.abs().max()))  # finite in float16 too
     check_output_head(model, 64, "teacher")  # float32: fine
-    with pytest.raises(ModelError, match="in float16, whose range ends at 65,504.*model.teacher_dtype=bfloat16"):
+    with pytest.raises(
+        ModelError, match="in float16, whose range ends at 65,504.*model.teacher_dtype=bfloat16"
+    ):
         check_output_head(model.half(), 64, "teacher")
     with torch.no_grad():
         model.float().lm_head.weight.mul_(1e3)  # past float16's range: the cast itself overflows
