@@ -522,6 +522,10 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
     run = tmp_path / "runs" / "held"
     assert main(["eval", str(run)]) == 0  # nothing changed: scored again
+    with caplog.at_level(logging.WARNING, logger="ekd"):  # try-out 77, F4: teacher figures dropped in silence
+        assert main(["eval", str(run), "eval.teacher=false"]) == 0
+    assert "eval, named scored now without the teacher (eval.teacher=false)" in caplog.text, caplog.text
+    caplog.clear()
     before = (run / "eval.json").read_text()
     capsys.readouterr()  # try-out 75, F5: another student scored the run's own in silence
     assert main(["eval", str(run), f"model.student={tmp_path / 'other'}"]) == 2

@@ -118,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int, default=None, help="distillation steps per method (default: the budget's)"
     )
-    p.add_argument("--fresh", action="store_true", help="ignore cached teacher/tokenizer and student runs")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore the cached teacher, tokenizer, student-init and cache (the method runs are always distilled again)",
+    )
     p.add_argument(
         "--seeds",
         type=int,

@@ -103,7 +103,7 @@ class RunConfig:
 class ModelConfig:
     student: str = text("preset:llama-tiny", nonempty=True, what="hub id, directory or preset:<name>")
     """Student: a hub id (``Qwen/Qwen2.5-0.5B``), a local HF model directory, or ``preset:<name>`` (random
-    init from a small Llama-style architecture preset, see ``ekd list presets``)."""
+    init from a small Llama-style architecture preset, see ``ekd list architectures``)."""
     teacher: str = text("preset:llama-small", nonempty=True, what="hub id, directory or preset:<name>")
     """Teacher: a hub id, a local HF model directory, or ``preset:<name>``. Unused when the method needs no
     teacher; with ``teacher.source=cache`` it names the cache's teacher (compared with the cache's), whose

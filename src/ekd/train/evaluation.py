@@ -501,6 +501,28 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
         )
 
 
+def say_teacher_figures_dropped(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """One warning naming the sets whose re-evaluation replaces teacher figures with none (``ekd eval RUN
+    eval.teacher=false``: KL, agreement and the ``<set>/teacher`` row were dropped without a word; try-out 77, F4)."""
+    from ekd.eval.eval_json import TEACHER_SUFFIX
+
+    def has_teacher(entries: dict[str, Any], name: str) -> bool:
+        entry = entries.get(name)
+        measured = isinstance(entry, dict) and ("kl" in entry or "agree" in entry)
+        return measured or f"{name}{TEACHER_SUFFIX}" in entries
+
+    lost = [
+        n for n in new if not n.endswith(TEACHER_SUFFIX) and has_teacher(old, n) and not has_teacher(new, n)
+    ]
+    if lost:
+        log.warning(
+            "%s: %s scored now without the teacher (eval.teacher=false): their KL, agreement and teacher rows are "
+            "dropped (`ekd compare` reads them); scoring them with the teacher again restores them",
+            path,
+            ", ".join(lost),
+        )
+
+
 def check_saved_teacher(
     run_dir: Path, cfg: Config, overrides: list[str] | None = None, *, sets: bool = True
 ) -> None:
@@ -602,6 +624,7 @@ def write_eval_json(
             old = None
             log.warning("%s could not be read (%s); writing the sets scored now only", path, e)
         if isinstance(old, dict):
+            say_teacher_figures_dropped(path, old, written)
             written, kept = merge(old, written)
             if kept:
                 log.info(
