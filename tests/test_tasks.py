@@ -1378,3 +1378,25 @@ def test_an_untagged_extra_eval_set_is_said_to_be_tagged_in_distribution():
         "`ekd eval RUN 'eval.set_tags={ood: shift}'`"
     )
     assert untagged_note({"eval": {}, "shift_x": {}}, {}) == ""
+
+
+def test_a_generation_budget_past_the_models_length_names_the_setting_that_fixes_it():
+    """Try-out 77, F2: lm-eval's assertion said what (256 tokens asked of a 256-position model), not which ekd
+    setting lowers the budget."""
+    from ekd.eval.task_data import run_error
+
+    said = str(
+        run_error(
+            "my_gen",
+            "student",
+            AssertionError(
+                "Invalid configuration: requested max tokens to generate (256) must be less than model's maximum "
+                "sequence length (256)."
+            ),
+        )
+    )
+    assert said.startswith(
+        "eval.tasks: task 'my_gen' failed while lm-eval scored the student: AssertionError"
+    )
+    assert "the generation budget, 256 tokens, must be below the student's maximum length, 256: set " in said
+    assert "eval.tasks_max_new_tokens lower" in said

@@ -609,7 +609,16 @@ def _metric_hint(metric: str) -> str:
 def run_error(name: str, label: str, e: BaseException) -> EkdError:
     """One line for task ``name`` that failed while lm-eval scored it on ``label`` ('student', 'teacher')."""
     cause = root_cause(e)
+    fix = "`ekd --debug ...` shows the traceback"
+    if budget := re.search(
+        r"max tokens to generate \((\d+)\).*maximum sequence length \((\d+)\)", str(cause)
+    ):
+        # try-out 77, F2: lm-eval's assertion said what, not which setting: the generation budget
+        fix = (
+            f"the generation budget, {budget[1]} tokens, must be below the {label}'s maximum length, {budget[2]}: "
+            "set eval.tasks_max_new_tokens lower (or max_gen_toks in the task's generation_kwargs)"
+        )
     return EkdError(
         f"eval.tasks: task '{name}' failed while lm-eval scored the {label}: {type(cause).__name__}: "
-        f"{first_line(cause) or 'no message'} (`ekd --debug ...` shows the traceback)"
+        f"{first_line(cause) or 'no message'} ({fix})"
     )
