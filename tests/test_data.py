@@ -933,6 +933,8 @@ def test_the_eval_split_follows_the_documented_rule_and_is_logged(tmp_path: Path
         assert said and said[0].startswith(
             f"data.source: the eval split holds {len(held)} of 30 documents"
         ), said
+        fell = any(u < fraction for u in units.values())  # try-out 76, F5: else the smallest hash's, said so
+        assert ("no content hash falls below" in said[0]) is not fell, said
         listed = [r.getMessage() for r in caplog.records if "eval split documents:" in r.getMessage()]
         assert listed and set(listed[0].split(": ", 2)[2].split(", ")) == held
 

@@ -140,6 +140,14 @@ def test_a_diverged_student_is_said_at_every_evaluation(tmp_path, corpus, monkey
     )
     assert "gradient clipping (train.max_grad_norm=1.0; now 0, off)" in said[0]
     assert result.eval["eval"]["ppl"] > 10 * 320
+    from ekd.train.evaluation import say_divergence  # try-out 76, F3: at step 0 no learning rate made it
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        say_divergence("e", 7.9e7, 300, cfg, before_training=True)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "the student starts at perplexity 7.9e+07" in line and "before any training" in line
+    assert "train.lr" not in line
     table = results_table([{"ppl": 7.284e65}, {"ppl": 12.5}], [("ppl", "ppl", ".2f")])
     assert "| 7.284e+65 |" in table and "| 12.50 |" in table
 

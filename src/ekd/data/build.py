@@ -27,11 +27,17 @@ from ekd.config import Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary, read_model_eos, resolve_boundary
 from ekd.data.chat import messages_key
 from ekd.data.document import Document
-from ekd.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, filter_documents, load_documents
+from ekd.data.documents import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    TEXT_SUFFIXES,
+    filter_documents,
+    load_documents,
+)
 from ekd.data.eval_sample import pool_blocks, spread_blocks
 from ekd.data.packing import PackedBlocks, pack_documents
 from ekd.data.pystdlib import pystdlib_splits
-from ekd.data.split import held_out_keys
+from ekd.data.split import held_out_keys, stable_unit
 from ekd.words import counted
 
 logger = logging.getLogger(__name__)
@@ -68,7 +74,10 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
             "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars),
         }
         held_ids = [d.doc_id or f"#{i}" for i, d in enumerate(splits["eval"])]
-        say_eval_documents(held_ids, len(held_ids), len(docs), data.eval_fraction)
+        below = any(
+            stable_unit(k) < data.eval_fraction for k in held
+        )  # else the smallest hash's (held_out_keys)
+        say_eval_documents(held_ids, len(held_ids), len(docs), data.eval_fraction, below)
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
@@ -185,7 +194,9 @@ def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Do
     }
 
 
-def say_eval_documents(first_ids: list[str], held: int, total: int, fraction: float) -> None:
+def say_eval_documents(
+    first_ids: list[str], held: int, total: int, fraction: float, below: bool = True
+) -> None:
     """One info line: how many of the source's ``total`` documents the ``eval`` split holds (``held``), by the
     rule of :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug
     level (``log.level=DEBUG``). A user can then tell which documents were scored (try-out 45, F6). The token
@@ -193,16 +204,22 @@ def say_eval_documents(first_ids: list[str], held: int, total: int, fraction: fl
 
     Args:
         first_ids: the held documents' ids in order (at least the first 5, or all of them when fewer).
+        below: False: no hash fell below the fraction, and the in-memory rule held out the document of the
+            smallest one (try-out 76, F5: the line said it fell below).
     """
     if not held:
         return
     ids = ": " + ", ".join(first_ids[:5]) if first_ids else ""  # none from a resumed store build's pass
+    rule = (
+        f"those whose content hash falls below data.eval_fraction={fraction:g}"
+        if below
+        else f"no content hash falls below data.eval_fraction={fraction:g}: the smallest one's"
+    )
     logger.info(
-        "data.source: the eval split holds %d of %s (those whose content hash falls below "
-        "data.eval_fraction=%g: README, The eval split)%s%s",
+        "data.source: the eval split holds %d of %s (%s: README, The eval split)%s%s",
         held,
         counted(total, "document"),
-        fraction,
+        rule,
         ids,
         ", … (log.level=DEBUG lists every one)" if ids and held > 5 else "",
     )
@@ -216,13 +233,16 @@ def say_empty_split(name: str, data: DataConfig, train_documents: int) -> None:
     eval.json ``{}``), info for a named set, nothing when ``data.eval_fraction=0`` asked for none. Said by the
     in-memory path and the token store's build alike (try-out 74, F2)."""
     if name == "eval" and data.eval_fraction > 0 and not data.eval_sources:
+        one_file = Path(data.source).is_file() and Path(data.source).suffix.lower() in TEXT_SUFFIXES
         logger.warning(
             "data.source %s: no document is held out for the eval set (%s; data.eval_fraction=%g holds out "
-            "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, "
-            "or split the text into documents (two blank lines between them)",
+            "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, %s",
             data.source,
             counted(train_documents, "document"),
             data.eval_fraction,
+            "or split the text into documents (two blank lines between them)"
+            if one_file  # a directory's files and a file's rows are documents already (try-out 76, F5)
+            else "or raise data.eval_fraction",
         )
     elif not (name == "eval" and data.eval_fraction == 0):  # none was asked for: nothing to say
         logger.info("eval set '%s' is empty; skipping it", name)

@@ -150,21 +150,32 @@ def _first_non_finite(model: nn.Module, chunk: int = 1 << 24) -> str | None:
 
 
 def _non_finite_cause(dtype: torch.dtype, role: str, bad_weight: str | None = "") -> str:
-    """Why a model's weights or logits are not finite, and the way on. In float16 the likely cause is its range,
-    which ends at 65,504: a weight cast from a wider checkpoint, or an activation, past it is inf (try-out 75, F4:
-    an intact teacher was called 'a corrupt or diverged checkpoint' under model.teacher_dtype=float16)."""
+    """Why a model's weights or logits are not finite, and the way on. ``bad_weight``: the first non-finite
+    parameter's name, None when the logits' check found every weight finite, "" when the weights were not read.
+    In float16 the likely cause is its range, which ends at 65,504: a weight cast from a wider checkpoint, or an
+    activation, past it is inf (try-out 75, F4: an intact teacher was called 'a corrupt or diverged checkpoint'
+    under model.teacher_dtype=float16)."""
+    weights = (
+        "its weights are finite"
+        if bad_weight is None
+        else f"its weights hold NaN or inf ({bad_weight})"
+        if bad_weight
+        else ""
+    )
     if dtype == torch.float16:
         key = "model.teacher_dtype=bfloat16 or float32" if role == "teacher" else "bfloat16 or float32"
-        return (
-            "in float16, whose range ends at 65,504, a weight cast from a wider checkpoint or an activation past it "
-            f"overflows to inf; load it in {key} (the same range as float32)"
+        how = (
+            "an activation"
+            if bad_weight is None
+            else "a weight cast from a wider checkpoint, or an activation,"
         )
-    if bad_weight is None:  # the logits' check found every weight finite
         return (
-            "its weights are finite, so its forward overflows (a diverged checkpoint); use another checkpoint"
+            f"{weights + ': ' if weights else ''}in float16, whose range ends at 65,504, {how} past it overflows to "
+            f"inf; load it in {key} (the same range as float32)"
         )
-    where = f"its weights hold NaN or inf ({bad_weight}): " if bad_weight else ""
-    return f"{where}a corrupt or diverged checkpoint; use another checkpoint"
+    if bad_weight is None:
+        return f"{weights}, so its forward overflows (a diverged checkpoint); use another checkpoint"
+    return f"{weights + ': ' if weights else ''}a corrupt or diverged checkpoint; use another checkpoint"
 
 
 def empty_model(

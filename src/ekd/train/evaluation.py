@@ -34,6 +34,7 @@ def evaluate_run(
     amp,
     plots_dir: Path | None = None,
     ranks=None,
+    before_training: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the student (and the teacher, if loaded) on every eval split.
 
@@ -72,7 +73,7 @@ def evaluate_run(
         )
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
-        say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg)
+        say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -108,11 +109,25 @@ def evaluate_run(
 DIVERGED_PPL_FACTOR = 10
 
 
-def say_divergence(name: str, ppl: float, vocab_size: int, cfg: Config) -> None:
+def say_divergence(
+    name: str, ppl: float, vocab_size: int, cfg: Config, before_training: bool = False
+) -> None:
     """Warn when the student's perplexity on the eval set ``name`` exceeds ``DIVERGED_PPL_FACTOR`` × ``vocab_size``
     (a uniform guess scores ``vocab_size``): its training has diverged, and every evaluation from then on says
-    so while the run can still be stopped."""
+    so while the run can still be stopped. ``before_training``: the evaluation at step 0, which no learning rate
+    made (try-out 76, F3): said as a student that starts there."""
     if not ppl > DIVERGED_PPL_FACTOR * vocab_size:  # NaN too: said where the loss is checked
+        return
+    if before_training:
+        log.warning(
+            "eval set '%s': the student starts at perplexity %.3g, over %d× the vocabulary's size (%s; a uniform "
+            "guess scores that), before any training: check its weights, and that it was trained with this "
+            "tokenizer",
+            name,
+            ppl,
+            DIVERGED_PPL_FACTOR,
+            f"{vocab_size:,}",
+        )
         return
     clip = cfg.train.max_grad_norm
     log.warning(

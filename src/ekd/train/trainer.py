@@ -550,7 +550,9 @@ def _train(
     # the starting point, logged at step 0 (a pre-trained student's own figures); not again on --resume
     if cfg.eval.every and start_step == 0:
         with gathered(sharded, eval_shard):
-            start_eval = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks)
+            start_eval = evaluate_run(
+                cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True
+            )
         write_metrics(0, _flatten_eval(start_eval))
         student.train()
     totals = {"selected": 0.0, "valid": 0.0}
