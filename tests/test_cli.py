@@ -537,6 +537,10 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     line = _error_line(capsys)
     assert "the eval split it holds out now differs from the one this run held out and scored" in line, line
     assert "documents the student trained on may now be held out" in line and "data.eval_fraction=0" in line
+    # try-out 76, F10: an override of the blocks' settings got past the blocks' comparison; the documents decide
+    for override in ("data.block_length=16", "data.max_eval_blocks=2", "data.eval_fraction=0.5"):
+        assert main(["eval", str(run), override]) == 2, override
+        assert "the eval split it holds out now differs" in _error_line(capsys)
     assert (run / "eval.json").read_text() == before  # nothing written
     # F7: a run that holds nothing out is scored on its named sets without its training source
     none_held = ["run.name=none-held", "data.eval_fraction=0", f"data.eval_sources={{named: {named}}}"]

@@ -256,6 +256,13 @@ def content_key(doc: Document) -> str:
     return hashlib.sha256(f"{doc.prompt}\x00{doc.text}".encode()).hexdigest()
 
 
+def held_out_fingerprint(docs: Sequence[Document]) -> str:
+    """sha256 hex of the held-out split's documents (their sorted :func:`content_key`): which documents a run held
+    out, whatever blocks they are packed into. ``ekd eval RUN`` refuses a split that differs (try-out 76, F10: an
+    override of ``data.block_length`` got past the blocks' comparison and scored a trained document)."""
+    return hashlib.sha256("\n".join(sorted(content_key(d) for d in docs)).encode()).hexdigest()
+
+
 def eval_source_format(source: str, data: DataConfig) -> str:
     """The ``data.format`` a ``data.eval_sources`` entry is read with: ``chat`` for rows (``hf:``, JSONL or
     Parquet files or globs of them) of a ``data.format=chat`` run, else ``auto`` (text files stay text).

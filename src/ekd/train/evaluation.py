@@ -453,6 +453,7 @@ def evaluate_saved_run(
         data = pack_run_splits(cfg, splits, tokenizer, boundary)
     if not data.blocks:  # every set came out empty: before any model is loaded
         return _no_eval_set(run_dir, cfg)
+    check_held_out(run_dir, cfg, data.held_out, marker.get("held_out_documents"))
     check_sets_unchanged(run_dir, cfg, data)
     recorded_base = marker.get("student_base")  # a LoRA run's base, as it trained on it
     student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
@@ -500,13 +501,7 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
         if (now := blocks.fingerprint()) == sha:
             continue
         if name == "eval" and cfg.data.source != "pystdlib":
-            raise ConfigError(
-                f"data.source {cfg.data.source}: the eval split it holds out now differs from the one this run "
-                f"held out and scored (eval.json blocks_sha256 {str(sha)[:12]}, now {now[:12]}): the source changed "
-                "since the run, and documents the student trained on may now be held out; restore the source as "
-                f"the run read it, or score named sets only (`ekd eval {run_dir} data.eval_fraction=0 "
-                "'data.eval_sources={name: FILE}'`)"
-            )
+            raise _held_out_changed(run_dir, cfg, f"eval.json blocks_sha256 {str(sha)[:12]}, now {now[:12]}")
         log.warning(
             "eval set '%s': its blocks differ from those the run scored under that name (eval.json blocks_sha256 "
             "%s, now %s; its text changed): the figures written now replace those of other text",
@@ -514,6 +509,27 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
             str(sha)[:12],
             now[:12],
         )
+
+
+def check_held_out(run_dir: Path, cfg: Config, now: str | None, recorded: str | None) -> None:
+    """``ekd eval RUN``: the held-out split's documents (:func:`ekd.data.build.held_out_fingerprint`) against those
+    the run held out (``held_out_documents`` in ekd-run.json), whatever blocks an override packs them into
+    (try-out 76, F10: ``data.block_length=16`` got past the blocks' comparison and scored a trained document).
+
+    Raises:
+        ConfigError: the split holds other documents (a changed source, or another ``data.eval_fraction``).
+    """
+    if now is not None and recorded is not None and now != recorded:
+        raise _held_out_changed(run_dir, cfg, f"documents sha256 {recorded[:12]}, now {now[:12]}")
+
+
+def _held_out_changed(run_dir: Path, cfg: Config, figures: str) -> ConfigError:
+    return ConfigError(
+        f"data.source {cfg.data.source}: the eval split it holds out now differs from the one this run held out "
+        f"and scored ({figures}): the source or data.eval_fraction changed since the run, and documents the student "
+        "trained on may now be held out; restore them as the run read them, or score named sets only (`ekd eval "
+        f"{run_dir} data.eval_fraction=0 'data.eval_sources={{name: FILE}}'`)"
+    )
 
 
 def say_teacher_figures_dropped(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:

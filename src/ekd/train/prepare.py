@@ -48,6 +48,7 @@ class PreparedData:
     tokenizer: object
     blocks: dict[str, object]  # name → ekd.data.PackedBlocks
     boundary: object | None = None  # ekd.data.DocumentBoundary used to pack the blocks
+    held_out: str | None = None  # the held-out eval split's documents (ekd.data.build.held_out_fingerprint)
 
     @property
     def vocab_size(self) -> int:
@@ -353,7 +354,10 @@ def pack_run_splits(cfg: Config, splits: dict, tokenizer, boundary=None) -> Prep
         cfg.data.document_attention,
         cfg.data.max_tokens,
     )
-    return PreparedData(tokenizer, blocks, boundary)
+    from ekd.data.build import held_out_fingerprint
+
+    held = splits.get("eval") if cfg.data.source != "pystdlib" else None  # user data's held-out documents
+    return PreparedData(tokenizer, blocks, boundary, held_out_fingerprint(held) if held else None)
 
 
 def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=None) -> PreparedData:

@@ -5,6 +5,7 @@
     {"format": "ekd-run", "version": 1, "state": "starting" | "started" | "finished",
      "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78,
      "eval_blocks": {"eval": "<sha256 of the set's blocks>", ...},
+     "held_out_documents": "<sha256 of the held-out split's documents>",
      "tokenizer_tokens": 320, "head_rows": 320, "global_micro_batch": 8, "ranks": 2}
 
 (the last four once the run has finished: the tokenizer length V its targets and scores spanned, the rows of
@@ -735,12 +736,17 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, data_fingerprint=fingerprint, train_blocks=int(train_blocks))
 
-    def check_eval_sets(self, fingerprints: dict[str, str]) -> None:
+    def check_eval_sets(self, fingerprints: dict[str, str], held_out: str | None = None) -> None:
         """Record the eval sets' blocks (name → sha256), and on ``--resume`` say a set whose blocks differ from
         those recorded while its settings did not change: its file was edited, and the run's eval curve of that
-        name goes on over other text (try-out 74, F3: 274 targets, then 153, under one name, without a word)."""
+        name goes on over other text (try-out 74, F3: 274 targets, then 153, under one name, without a word).
+        ``held_out``: the held-out split's documents (:func:`ekd.data.build.held_out_fingerprint`), recorded once
+        for ``ekd eval RUN`` (:func:`ekd.train.evaluation.check_held_out`)."""
         marker = read_marker(self.run_dir) or {}
         saved = marker.get("eval_blocks") or {}
+        if held_out is not None and marker.get("held_out_documents") is None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, held_out_documents=held_out)
         if not self.fresh and not self.eval_sets_reset:
             for name in [n for n, sha in fingerprints.items() if saved.get(n) not in (None, sha)]:
                 log.warning(

@@ -911,7 +911,7 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     and a missing wandb are refused now, before the models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     start.check_eval_sets(
-        {name: blocks.fingerprint() for name, blocks in data.blocks.items() if name != "train"}
+        {name: blocks.fingerprint() for name, blocks in data.blocks.items() if name != "train"}, data.held_out
     )
     start.check_student_base()
     start.check_student()
