@@ -448,7 +448,16 @@ def evaluate_saved_run(
         data = prepare_stored_data(cfg, run_dir, tokenizer, boundary)
         data.blocks.pop("train", None)
     else:
-        splits = load_splits(cfg, max_chars=cfg.data.max_chars or None, train=False)
+        try:
+            splits = load_splits(cfg, max_chars=cfg.data.max_chars or None, train=False)
+        except ConfigError as e:
+            if cfg.data.eval_fraction > 0 and str(e).startswith("data.source"):  # try-out 76, F7: the way on
+                raise ConfigError(
+                    f"{e}; ekd eval reads data.source for the split the run held out of it: put it back, or score "
+                    f"named sets only (`ekd eval {run_dir} data.eval_fraction=0 'data.eval_sources={{name: FILE}}'`)",
+                    keys=e.keys,
+                ) from None
+            raise
         splits.pop("train", None)
         data = pack_run_splits(cfg, splits, tokenizer, boundary)
     if not data.blocks:  # every set came out empty: before any model is loaded
