@@ -556,7 +556,10 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     assert "| named" in capsys.readouterr().out
     assert main(["eval", str(run)]) == 2  # try-out 76, F7: the run that held a split out of the gone corpus
     line = _error_line(capsys)
-    assert "ekd eval reads data.source for the split the run held out of it" in line and "eval_fraction=0" in line
+    assert (
+        "ekd eval reads data.source for the split the run held out of it" in line
+        and "eval_fraction=0" in line
+    )
 
 
 def test_a_run_without_eval_sets_prints_no_table_and_no_skip_line(tmp_path, capsys, caplog):
