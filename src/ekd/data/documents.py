@@ -623,6 +623,7 @@ def _read_jsonl(
     missing = 0  # chat rows of this file without the messages field (a glob shares ``skipped`` among files)
     keys: dict[str, None] = {}  # chat rows without the messages field: their keys, in order of appearance
     has_tools = False  # a row has data.tools_field
+    first_keys: list[str] = []  # the first row's fields
     with path.open("rb") as f:  # bytes, so that invalid UTF-8 is reported with its line number
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
@@ -663,6 +664,7 @@ def _read_jsonl(
                     )
             tools = row.get(data_cfg.tools_field) if skipped is not None else None
             has_tools = has_tools or data_cfg.tools_field in row
+            first_keys = first_keys or list(map(str, row))  # named if no row has the tools field
             doc = _row_document(
                 [row[n] for n in fields],
                 fields,
@@ -677,7 +679,7 @@ def _read_jsonl(
     if skipped is not None and rows and missing == rows:
         raise _no_field_anywhere(key, path, fields[0], keys, "no row has")
     if skipped is not None and rows and not has_tools:
-        _say_no_tools_field(data_cfg, f"{key} {path}", "row")
+        _say_no_tools_field(data_cfg, f"{key} {path}", "row", first_keys)
 
 
 def _no_field_anywhere(key: str, path: Path, name: str, keys: Iterable[str], which: str) -> ConfigError:
@@ -707,21 +709,29 @@ def _tools_column(
     if skipped is None:
         return []
     if data_cfg.tools_field not in columns:
-        _say_no_tools_field(data_cfg, where, "column")
+        _say_no_tools_field(data_cfg, where, "column", columns)
         return []
     return [data_cfg.tools_field]
 
 
-def _say_no_tools_field(data_cfg: DataConfig, where: str, what: str) -> None:
+def _say_no_tools_field(data_cfg: DataConfig, where: str, what: str, names: Iterable[Any]) -> None:
     """A warning when ``data.tools_field`` names a field no row has and is not the default (rows without tool
-    definitions are the common case; a field set by name that nothing holds is a typo)."""
+    definitions are the common case; a field set by name that nothing holds is a typo). ``what``: ``row`` (JSONL:
+    ``names`` the keys the rows have) or ``column`` (a table's columns); said as the messages field's error is, with
+    the names there and the close one (try-out 76, F8: 'no row named ...')."""
     if data_cfg.tools_field != DataConfig().tools_field:
+        names = list(names)
+        has, there = (
+            ("no row has the field", "the first row's") if what == "row" else ("no column is named", "the")
+        )
         logger.warning(
-            "%s: no %s named '%s' (data.tools_field): the rows are rendered without tool definitions; check "
-            "the name",
+            "%s: %s '%s' (data.tools_field; %s fields: %s)%s: the rows are rendered without tool definitions",
             where,
-            what,
+            has,
             data_cfg.tools_field,
+            there,
+            _names(names) or "none",
+            did_you_mean(data_cfg.tools_field, map(str, names)) or "; check the name",
         )
 
 
