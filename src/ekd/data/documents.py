@@ -725,7 +725,7 @@ def _say_no_tools_field(data_cfg: DataConfig, where: str, what: str, names: Iter
             ("no row has the field", "the first row's") if what == "row" else ("no column is named", "the")
         )
         logger.warning(
-            "%s: %s '%s' (data.tools_field; %s fields: %s)%s: the rows are rendered without tool definitions",
+            "%s: %s '%s' (data.tools_field; %s fields: %s): the rows are rendered without tool definitions%s",
             where,
             has,
             data_cfg.tools_field,
