@@ -360,12 +360,11 @@ def inert_data_keys(d: Any) -> list[tuple[str, str]]:
         "separator": (not chat or any(k in ("text", "unknown") for k in kinds.values()), "text sources"),
     }
     defaults = type(d)()
-    inert = [
+    return [
         (key, what)
         for key, (read, what) in read_by.items()
         if not read and getattr(d, key) != getattr(defaults, key)
     ]
-    return inert
 
 
 def inert_data_message(d: Any, resumed: bool = False) -> str:

@@ -205,24 +205,28 @@ class SkippedRows:
         what: What was skipped, e.g. ``data.format=chat: rows``.
         count: Rows skipped.
         seen: Rows looked at (skipped or not).
-        first: ``doc_id`` of the first skipped row (``chat.jsonl:4``: line 4).
-        first_reason: Why the first one was skipped.
         reasons: Generic reason (``RejectedRow.kind``) → count.
-        first_of: Generic reason → (``doc_id``, reason) of its first row.
+        first_of: Generic reason → (``doc_id``, reason) of its first row, in the order the reasons first came.
     """
 
     what: str
     count: int = 0
     seen: int = 0
-    first: str = ""
-    first_reason: str = ""
     reasons: Counter = field(default_factory=Counter)
     first_of: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+    @property
+    def first(self) -> str:
+        """``doc_id`` of the first skipped row (``chat.jsonl:4``: line 4); '' when none was."""
+        return next(iter(self.first_of.values()), ("", ""))[0]
+
+    @property
+    def first_reason(self) -> str:
+        """Why the first skipped row was skipped; '' when none was."""
+        return next(iter(self.first_of.values()), ("", ""))[1]
+
     def add(self, doc_id: str, rejected: RejectedRow) -> None:
         """Count one skipped row."""
-        if not self.count:
-            self.first, self.first_reason = doc_id, str(rejected)
         self.count += 1
         self.reasons[rejected.kind] += 1
         self.first_of.setdefault(rejected.kind, (doc_id, str(rejected)))

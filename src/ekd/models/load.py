@@ -155,13 +155,6 @@ def _non_finite_cause(dtype: torch.dtype, role: str, bad_weight: str | None = ""
     In float16 the likely cause is its range, which ends at 65,504: a weight cast from a wider checkpoint, or an
     activation, past it is inf (try-out 75, F4: an intact teacher was called 'a corrupt or diverged checkpoint'
     under model.teacher_dtype=float16)."""
-    weights = (
-        "its weights are finite"
-        if bad_weight is None
-        else f"its weights hold NaN or inf ({bad_weight})"
-        if bad_weight
-        else ""
-    )
     if dtype == torch.float16:
         key = "model.teacher_dtype=bfloat16 or float32" if role == "teacher" else "bfloat16 or float32"
         how = (
@@ -169,13 +162,16 @@ def _non_finite_cause(dtype: torch.dtype, role: str, bad_weight: str | None = ""
             if bad_weight is None
             else "a weight cast from a wider checkpoint, or an activation,"
         )
+        cause = f"in float16, whose range ends at 65,504, {how} past it overflows to inf; load it in {key} (the same range as float32)"
+    elif bad_weight is None:
         return (
-            f"{weights + ': ' if weights else ''}in float16, whose range ends at 65,504, {how} past it overflows to "
-            f"inf; load it in {key} (the same range as float32)"
+            "its weights are finite, so its forward overflows (a diverged checkpoint); use another checkpoint"
         )
+    else:
+        cause = "a corrupt or diverged checkpoint; use another checkpoint"
     if bad_weight is None:
-        return f"{weights}, so its forward overflows (a diverged checkpoint); use another checkpoint"
-    return f"{weights + ': ' if weights else ''}a corrupt or diverged checkpoint; use another checkpoint"
+        return f"its weights are finite: {cause}"
+    return f"its weights hold NaN or inf ({bad_weight}): {cause}" if bad_weight else cause
 
 
 def empty_model(
