@@ -5,9 +5,11 @@
    (TRL's ``generalized_jsd_loss``), Liger's Triton ``LigerFusedLinearJSD`` and its chunked
    ``LigerFusedLinearJSDLoss`` (torch.compile). Time (CUDA-synchronized, fastest of 3 after a warm-up), peak
    allocated memory, time ÷ bare GEMMs, loss value (all must agree).
-2. One optimizer step of a Qwen2.5-0.5B-shape student with a Qwen2.5-1.5B-shape teacher (random weights, bf16,
-   B=4 × T=1024, AdamW) through ``ekd.train.trainer.forward_backward`` for ``kd`` and ``sekd``: tokens/s, peak
-   memory.
+2. One optimizer step of a Qwen2.5-0.5B-shape student with a Qwen2.5-1.5B-shape teacher (random weights, the
+   trainer's precision: fp32 student under bf16 autocast, bf16 teacher; B=4 × T=1024, fused AdamW) through
+   ``ekd.train.trainer.forward_backward`` for ``kd`` and ``sekd``: tokens/s, peak memory.
+3. The model probes ``ekd distill`` runs before training, on both presets in fp32/bf16/fp16 × sdpa/eager, with
+   TF32 on as a GPU run sets it: any refusal is a false positive.
 
 Every case is guarded: an error or out-of-memory is recorded and the script goes on. Results go to
 ``$OUT/gpu_check.json`` (rewritten after each case) and ``$OUT/gpu_check.md``.
@@ -76,7 +78,7 @@ def head_cases(
         del zt
         return 0.0
 
-    def ekd(chunk: int) -> Callable[[], float]:
+    def ekd(chunk: int, compile: bool = False) -> Callable[[], float]:
         from ekd.losses.divergences import make_divergence
         from ekd.losses.head_loss import kd_loss_sum
         from ekd.losses.targets import DenseTarget, Head
@@ -86,7 +88,8 @@ def head_cases(
 
         def step() -> float:
             zero_grads()
-            loss = kd_loss_sum(h, Head(w), DenseTarget(ht, Head(wt)), ones, ones, div, chunk_size=chunk) / n
+            target = DenseTarget(ht, Head(wt))
+            loss = kd_loss_sum(h, Head(w), target, ones, ones, div, chunk_size=chunk, compile=compile) / n
             loss.backward()
             return float(loss.detach())
 
@@ -104,7 +107,7 @@ def head_cases(
         from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
 
         zero_grads()
-        loss = LigerFusedLinearJSD(jsd_beta=BETA)(h, w, ht, wt)
+        loss = LigerFusedLinearJSD(jsd_beta=BETA)(h, w, ht, wt, None)  # shift_labels None: every row
         loss.backward()
         return float(loss.detach())
 
@@ -121,28 +124,34 @@ def head_cases(
         "gemm": gemm,
         "ekd_chunk256": ekd(256),
         "ekd_chunk1024": ekd(1024),
+        "ekd_chunk1024_compiled": ekd(1024, compile=True),  # train.compile=true
+        "ekd_chunk4096_compiled": ekd(4096, compile=True),
         "naive_trl_gjsd": naive,
         "liger_triton": liger_triton,
         "liger_chunked_compiled": liger_chunked,
     }
 
 
-def step_case(
-    method: str,
-    student: str,
-    teacher: str,
-    v: int,
-    b: int,
-    t: int,
-    dev: torch.device,
-    dtype,
-    repeats: int = 3,
-) -> dict:
-    """One ekd optimizer step (``forward_backward`` + AdamW) of the preset pair: tokens/s and peak memory."""
+def build_pair(
+    student: str, teacher: str, v: int, dev: torch.device, amp
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The preset pair as the trainer holds it on a GPU: fp32 student (AdamW master weights, bodies and heads
+    under bf16 autocast), teacher in bf16 (``model.teacher_dtype=auto``). Built on ``dev`` directly: a
+    1.5B-shape random init on the device takes a second, on 16 CPU cores half a minute."""
+    from ekd.models.load import build_preset
+
+    with dev:
+        s = build_preset(student, v, eos_token_id=0, seed=0).train()
+        tm = build_preset(teacher, v, eos_token_id=0, seed=1).to(amp or torch.float32).eval()
+    return s, tm
+
+
+def step_case(method: str, s, tm, v: int, b: int, t: int, dev: torch.device, amp, repeats: int = 3) -> dict:
+    """One ekd optimizer step (``forward_backward`` + the trainer's fused AdamW) of the pair, in the trainer's
+    precision (``amp``: the autocast dtype, None for fp32): tokens/s and peak memory."""
     from ekd.config import load_config
     from ekd.data.collate import Batch
     from ekd.losses.chunked import auto_chunk_rows
-    from ekd.models.load import build_preset
     from ekd.teacher.online import OnlineTeacher
     from ekd.train.method_parts import MethodParts
     from ekd.train.trainer import build_optimizer, forward_backward
@@ -153,15 +162,13 @@ def step_case(
         [f"method={method}", f"train.head_chunk_size={chunk}", "train.max_steps=100", "train.warmup_steps=0"],
     )
     parts = MethodParts.build(cfg, total_steps=100)
-    s = build_preset(student, v, eos_token_id=0, seed=0).to(dev, dtype).train()
-    tm = build_preset(teacher, v, eos_token_id=0, seed=1).to(dev, dtype).eval()
-    source = OnlineTeacher(tm, v, chunk)
+    source = OnlineTeacher(tm, v, chunk, amp)
     opt = build_optimizer(list(s.named_parameters()), cfg)  # the trainer's (fused) AdamW
     g = torch.Generator().manual_seed(2)
-    ids = torch.randint(1, v, (b, t + 1), generator=g)
+    ids = torch.randint(1, v, (b, t + 1), generator=g)  # (B, T+1)
     batch = Batch(
-        input_ids=ids[:, :-1].contiguous().to(dev),
-        labels=ids[:, 1:].contiguous().to(dev),
+        input_ids=ids[:, :-1].contiguous().to(dev),  # (B, T)
+        labels=ids[:, 1:].contiguous().to(dev),  # (B, T)
         attention_mask=torch.ones(b, t, dtype=torch.long, device=dev),
         sample_ids=torch.arange(b, device=dev),
     )
@@ -169,7 +176,7 @@ def step_case(
     state = {"i": 0}
 
     def step() -> float:
-        loss, *_ = forward_backward([batch], s, source, parts, state["i"], cfg, v, None, run_dir)
+        loss, *_ = forward_backward([batch], s, source, parts, state["i"], cfg, v, amp, run_dir)
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["i"] += 1
@@ -179,24 +186,28 @@ def step_case(
     return {**r, "tokens_per_s": b * t / r["time_s"]}
 
 
-def isolation_cases(presets: tuple[str, ...], v: int, dev: torch.device) -> dict:
-    """``ekd.models.isolation.check_document_isolation`` of each preset in every dtype and attention kernel the
-    device runs: "ok", or the refusal (on a GPU a refusal of an isolating model is a false positive to fix)."""
+def probe_cases(presets: tuple[str, ...], v: int, dev: torch.device) -> dict:
+    """The model probes ``ekd distill`` runs before training (``check_output_head``,
+    ``check_document_isolation``) on each preset in every dtype and attention kernel, under the settings a run
+    leaves (TF32 on a GPU): "ok", or the refusal (a refusal of one of these presets is a false positive to fix)."""
     from ekd.models.isolation import check_document_isolation
-    from ekd.models.load import build_preset
+    from ekd.models.load import build_preset, check_output_head
+    from ekd.train.precision import enable_tf32
 
+    enable_tf32("auto", dev)  # as ekd distill does before it loads the models
     found = {}
-    kernels = ["sdpa", "eager"] + (["flash_attention_2"] if dev.type == "cuda" else [])
     for preset in presets:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for attn in kernels:
+            for attn in ("sdpa", "eager"):
                 key = f"{preset}/{str(dtype).removeprefix('torch.')}/{attn}"
                 try:
-                    model = build_preset(preset, v, eos_token_id=0, seed=0).to(dev, dtype)
+                    with dev:
+                        model = build_preset(preset, v, eos_token_id=0, seed=0).to(dtype)
                     model.set_attn_implementation(attn)
+                    check_output_head(model, v, "student")
                     check_document_isolation(model, v, "student")
                     found[key] = "ok"
-                except Exception as e:  # noqa: BLE001 — a kernel the machine lacks, or a refusal: recorded
+                except Exception as e:  # noqa: BLE001 — a refusal: recorded
                     found[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.dry else 3
     t_start = time.perf_counter()
     for name, fn in head_cases(v, n, ds, dt, dev, dtype).items():
-        if args.dry and name == "liger_chunked_compiled":
+        if args.dry and name.endswith("_compiled"):
             results["head"][name] = {"error": "skipped in --dry (torch.compile takes minutes on a CPU)"}
             continue
         try:
@@ -253,9 +264,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         print(name, results["head"][name], flush=True)
         save()
-    for method in ("kd", "sekd"):
+    amp = None if args.dry else torch.bfloat16  # the trainer's train.precision=auto
+    try:
+        student, teacher = build_pair(*pair, v, dev, amp)
+    except Exception as e:  # noqa: BLE001
+        student = teacher = None
+        results["step"]["build"] = {
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        }
+    for method in ("kd", "sekd") if student is not None else ():
         try:
-            results["step"][method] = step_case(method, *pair, v, b, t, dev, dtype, repeats)
+            results["step"][method] = step_case(method, student, teacher, v, b, t, dev, amp, repeats)
         except Exception as e:  # noqa: BLE001
             results["step"][method] = {
                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -264,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         print(method, results["step"][method], flush=True)
         save()
-    results["isolation"] = isolation_cases(pair, v, dev)
-    print("isolation", results["isolation"], flush=True)
+    del student, teacher
+    results["probes"] = probe_cases(pair, v, dev)
+    print("probes", results["probes"], flush=True)
     save()
     results["seconds"] = time.perf_counter() - t_start
     save()
@@ -309,6 +329,11 @@ def report(results: dict) -> list[str]:
             lines.append(f"| {method} | {r.get('error', 'not run')} | | |")
             continue
         lines.append(f"| {method} | {r['time_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['peak_mb']:.0f} |")
+    lines += ["", f"sekd step / kd step: {_div(step.get('sekd', {}), step.get('kd', {}), 'time_s')}"]
+    probes = results.get("probes", {})
+    refused = {k: r for k, r in probes.items() if r != "ok"}
+    lines += ["", f"Model probes under the run's settings: {len(probes) - len(refused)} of {len(probes)} ok"]
+    lines += [f"- {k}: {r}" for k, r in refused.items()]
     return lines
 
 

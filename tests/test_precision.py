@@ -147,7 +147,7 @@ def test_cuda_bf16_heads_match_the_cpu_emulation():
     h, w, ht, wt, labels = _case()
     results = []
     for device in ("cpu", "cuda"):
-        hs, ws = h.to(device).requires_grad_(), w.to(device).requires_grad_()
+        hs, ws = h.detach().to(device).requires_grad_(), w.detach().to(device).requires_grad_()  # leaves
         target = DenseTarget(ht.to(device), Head(wt.to(device)))
         with torch.autocast(device, dtype=torch.bfloat16):
             kd = kd_loss_sum(

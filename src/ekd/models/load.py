@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
+from ekd.models.exact import ieee_fp32
 from ekd.models.head_transform import logit_transform, model_type
 from ekd.models.presets import architectures, require_preset
 from ekd.words import counted
@@ -766,7 +767,8 @@ def check_output_head(
     ``AutoModelForCausalLM`` as ``BertLMHeadModel`` without ``is_decoder``, attends both ways), and the first
     row's ``forward(...).logits`` must equal ``output_head`` applied to the body's last hidden states, first
     ``vocab_size`` columns. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
-    dtype. This catches any post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a
+    dtype; the probe runs in IEEE fp32 without autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run
+    that turned TF32 on. This catches any post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a
     bias, a custom forward). ``vocab_size`` None: the head's every row.
 
     Raises:
@@ -783,7 +785,7 @@ def check_output_head(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), ieee_fp32(head.weight.device.type):  # not TF32: the model's own arithmetic
             logits = model(input_ids=rows, attention_mask=mask, use_cache=False).logits[:, :, :vocab_size]
             hidden = model_body(model)(input_ids=rows[:1], attention_mask=mask[:1], use_cache=False)
             got = head(hidden.last_hidden_state[0])  # (n, V)
