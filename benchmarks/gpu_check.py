@@ -40,8 +40,10 @@ def _sync(dev: torch.device) -> None:
 
 def _timed(fn: Callable[[], float], dev: torch.device, repeats: int) -> dict:
     """Warm-up call, then ``repeats`` timed calls: fastest time, peak memory of the timed calls, last value."""
+    t0 = time.perf_counter()
     value = fn()  # warm-up: compilation, autotuning, allocator
     _sync(dev)
+    first = time.perf_counter() - t0
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(dev)
@@ -53,7 +55,7 @@ def _timed(fn: Callable[[], float], dev: torch.device, repeats: int) -> dict:
         _sync(dev)
         times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20 if dev.type == "cuda" else float("nan")
-    return {"time_s": min(times), "peak_mb": peak, "value": float(value)}
+    return {"time_s": min(times), "first_s": first, "peak_mb": peak, "value": float(value)}
 
 
 def head_cases(
@@ -146,9 +148,22 @@ def build_pair(
     return s, tm
 
 
-def step_case(method: str, s, tm, v: int, b: int, t: int, dev: torch.device, amp, repeats: int = 3) -> dict:
+def step_case(
+    method: str,
+    s,
+    tm,
+    v: int,
+    b: int,
+    t: int,
+    dev: torch.device,
+    amp,
+    repeats: int = 3,
+    chunk: int = 0,
+    compile: bool = False,
+) -> dict:
     """One ekd optimizer step (``forward_backward`` + the trainer's fused AdamW) of the pair, in the trainer's
-    precision (``amp``: the autocast dtype, None for fp32): tokens/s and peak memory."""
+    precision (``amp``: the autocast dtype, None for fp32): tokens/s and peak memory. ``chunk`` 0: the
+    trainer's automatic rows on ``dev``; ``compile``: ``train.compile``."""
     from ekd.config import load_config
     from ekd.data.collate import Batch
     from ekd.losses.chunked import auto_chunk_rows
@@ -156,11 +171,13 @@ def step_case(method: str, s, tm, v: int, b: int, t: int, dev: torch.device, amp
     from ekd.train.method_parts import MethodParts
     from ekd.train.trainer import build_optimizer, forward_backward
 
-    chunk = auto_chunk_rows(v)
-    cfg = load_config(
-        None,
-        [f"method={method}", f"train.head_chunk_size={chunk}", "train.max_steps=100", "train.warmup_steps=0"],
-    )
+    chunk = chunk or auto_chunk_rows(v, dev.type)
+    overrides = [
+        f"method={method}",
+        f"train.head_chunk_size={chunk}",
+        f"train.compile={str(compile).lower()}",
+    ]
+    cfg = load_config(None, [*overrides, "train.max_steps=100", "train.warmup_steps=0"])
     parts = MethodParts.build(cfg, total_steps=100)
     source = OnlineTeacher(tm, v, chunk, amp)
     opt = build_optimizer(list(s.named_parameters()), cfg)  # the trainer's (fused) AdamW
@@ -183,7 +200,7 @@ def step_case(method: str, s, tm, v: int, b: int, t: int, dev: torch.device, amp
         return float(loss)
 
     r = _timed(step, dev, repeats=repeats)
-    return {**r, "tokens_per_s": b * t / r["time_s"]}
+    return {**r, "tokens_per_s": b * t / r["time_s"], "chunk": chunk, "compile": compile}
 
 
 def probe_cases(presets: tuple[str, ...], v: int, dev: torch.device) -> dict:
@@ -220,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dry", action="store_true", help="tiny shapes on CPU (a crash check, seconds)")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="results folder ($OUT)")
+    parser.add_argument(
+        "--step-sweep",
+        action="store_true",
+        help="only the optimizer step: kd and sekd × chunk rows 256/1024 × train.compile off/on",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
 
     repeats = 1 if args.dry else 3
+    if args.step_sweep:
+        return step_sweep(results, pair, v, b, t, dev, out, repeats, compile_too=not args.dry)
     t_start = time.perf_counter()
     for name, fn in head_cases(v, n, ds, dt, dev, dtype).items():
         if args.dry and name.endswith("_compiled"):
@@ -290,6 +314,45 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - t_start
     save()
     (out / "gpu_check.md").write_text("\n".join(report(results)) + "\n")
+    return 0
+
+
+def step_sweep(
+    results: dict, pair, v: int, b: int, t: int, dev: torch.device, out: Path, repeats: int, compile_too: bool
+) -> int:
+    """The whole step's chunk rows and ``train.compile`` on the device: ``$OUT/gpu_step_sweep.{json,md}``."""
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    student, teacher = build_pair(*pair, v, dev, amp)
+    sweep = results["step"]["sweep"] = []
+    for compile in (False, True) if compile_too else (False,):
+        for chunk in (256, 1024):
+            for method in ("kd", "sekd"):
+                try:
+                    r = step_case(method, student, teacher, v, b, t, dev, amp, repeats, chunk, compile)
+                except Exception as e:  # noqa: BLE001
+                    r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+                sweep.append({"method": method, "chunk": chunk, "compile": compile, **r})
+                print(sweep[-1], flush=True)
+                (out / "gpu_step_sweep.json").write_text(json.dumps(results, indent=1))
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    base = {(r["method"]): r for r in sweep if r["chunk"] == 256 and not r["compile"] and "time_s" in r}
+    lines = [
+        f"Device: {results['machine']['device']}, torch {results['machine']['torch']}; "
+        f"{pair[0]} student, {pair[1]} teacher, B={b} × T={t}, V={v:,}",
+        "",
+        "| method | chunk rows | train.compile | step (s) | first step (s) | tokens/s | peak (MB) | time / chunk 256 eager |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sweep:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['chunk']} | {r['compile']} | {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['method']} | {r['chunk']} | {r['compile']} | {r['time_s']:.3f} | {r['first_s']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['peak_mb']:.0f} | {_div(r, base.get(r['method'], {}), 'time_s')} |"
+        )
+    (out / "gpu_step_sweep.md").write_text("\n".join(lines) + "\n")
     return 0
 
 

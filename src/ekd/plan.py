@@ -422,7 +422,7 @@ def plan_config(
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
-    chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab)
+    chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab, "cuda")  # a plan is for GPUs
     ac = (cfg.train.activation_checkpointing,) if cfg.train.activation_checkpointing else (False, True)
     options = plan_options(
         student,

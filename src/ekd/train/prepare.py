@@ -597,12 +597,13 @@ def build_teacher_source(
 
     assert teacher is not None
     return OnlineTeacher(
-        teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size), autocast_dtype(cfg, device), shard
+        teacher, data.vocab_size, chunk_rows(cfg, data.vocab_size, device), autocast_dtype(cfg, device), shard
     )
 
 
-def chunk_rows(cfg: Config, vocab_size: int) -> int:
-    """``train.head_chunk_size``, or the automatic size for this vocabulary when it is 0."""
+def chunk_rows(cfg: Config, vocab_size: int, device: torch.device) -> int:
+    """``train.head_chunk_size``, or the automatic size for this vocabulary on ``device`` when it is 0
+    (:func:`ekd.losses.chunked.auto_chunk_rows`: 4× more rows on a GPU than on CPU)."""
     from ekd.losses.chunked import auto_chunk_rows
 
-    return cfg.train.head_chunk_size or auto_chunk_rows(vocab_size)
+    return cfg.train.head_chunk_size or auto_chunk_rows(vocab_size, device.type)

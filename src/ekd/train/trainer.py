@@ -836,7 +836,7 @@ def forward_backward(
             vocab_size,
             step_generator(cfg.run.seed, step, i),
             cfg.train.loss_path,
-            chunk_rows(cfg, vocab_size),
+            chunk_rows(cfg, vocab_size, batch.input_ids.device),
             amp,
             cfg.train.compile,
             feature_count=feature_count,
@@ -1056,7 +1056,7 @@ def sample_selection(
         teacher_model,
         batch_size=cfg.eval.batch_size,
         seed=cfg.run.seed,
-        chunk_rows=chunk_rows(cfg, data.vocab_size),
+        chunk_rows=chunk_rows(cfg, data.vocab_size, ranks.device),
         autocast_dtype=amp,
     )
     kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
