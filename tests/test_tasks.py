@@ -1400,3 +1400,38 @@ def test_a_generation_budget_past_the_models_length_names_the_setting_that_fixes
     )
     assert "the generation budget, 256 tokens, must be below the student's maximum length, 256: set " in said
     assert "eval.tasks_max_new_tokens lower" in said
+
+
+def test_a_generation_budget_past_the_models_length_is_refused_before_any_task_is_scored(
+    tmp_path, monkeypatch
+):
+    """Try-out 77, F2: lm-eval asserts the budget only when it reaches the generation task, so the tasks scored
+    before it (here tiny_mc, first) were computed and then lost with the evaluation. Every task is now loaded and
+    its budget checked before the first is scored; a budget that fits still scores both."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import lm_eval.evaluator
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    length = model.config.max_position_embeddings
+    scored, real_evaluate = [], lm_eval.evaluator.evaluate
+
+    def evaluate(*, task_dict, **kwargs):
+        scored.append(list(task_dict["tasks"]) if "tasks" in task_dict else list(task_dict))
+        return real_evaluate(task_dict=task_dict, **kwargs)
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", evaluate)
+    tasks = ("tiny_mc", "tiny_gen")
+    with pytest.raises(EkdError) as e:
+        run_tasks(model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=length))
+    assert scored == []
+    assert str(e.value) == (
+        f"eval.tasks: the generation budget of 'tiny_gen' ({length}) new tokens leaves no room for a prompt "
+        f"within the model's maximum length, {length} tokens; no task was scored: set eval.tasks_max_new_tokens "
+        "lower (or max_gen_toks in the task's generation_kwargs)"
+    )
+    results = run_tasks(
+        model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=length - 1)
+    )
+    assert set(results) == {"tiny_mc", "tiny_gen"} and len(scored) == 2

@@ -586,15 +586,22 @@ def run_tasks(
             mixed_precision_dtype=amp,
         )
         has_template = bool(getattr(tokenizer, "chat_template", None))
+        prepared = []  # every task loaded and configured before any is scored
         for i, name in enumerate(settings.tasks):
             t0 = time.perf_counter()
             _seed_everything(settings.seed)
             loaded = _load_task(manager, name, offline, settings.tasks[i + 1 :])
             identity = task_leaves(manager, settings.tasks_dir, name, settings.num_fewshot, loaded=loaded)
-            generation = False
             for task in loaded["tasks"].values():
                 _configure(task, settings)
-                generation |= task.get_config("output_type") == "generate_until"
+            prepared.append((name, loaded, identity, time.perf_counter() - t0))
+        check_generation_budgets(prepared, lm.max_gen_toks, lm.max_length, label)
+        for name, loaded, identity, load_s in prepared:
+            t0 = time.perf_counter() - load_s
+            _seed_everything(settings.seed)
+            generation = any(
+                task.get_config("output_type") == "generate_until" for task in loaded["tasks"].values()
+            )
             chat = generation and (
                 settings.chat_template == "on" or (settings.chat_template == "auto" and has_template)
             )
@@ -631,6 +638,40 @@ def run_tasks(
                     out[leaf]["wall_s"],
                 )
     return out
+
+
+def check_generation_budgets(
+    prepared: list[tuple[str, dict[str, Any], Any, float]], default_budget: int, max_length: int, label: str
+) -> None:
+    """Refuse, before any task is scored, a generation task whose new-token budget leaves the model no room for
+    a prompt: lm-eval asserts ``max_length − max_gen_toks > 0`` only when it reaches that task, and the tasks
+    scored before it were lost with the run's evaluation (try-out 77, F2).
+
+    Args:
+        prepared: (task name, ``manager.load`` result, identity, load seconds) of every task, configured.
+        default_budget: lm-eval's ``max_gen_toks`` when a task sets none (``HFLM.max_gen_toks``).
+        max_length: the model's maximum sequence length as lm-eval reads it (``HFLM.max_length``).
+
+    Raises:
+        EkdError: one line naming the tasks, their budgets, the model's length and the settings that fix it.
+    """
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    over = []
+    for name, loaded, _, _ in prepared:
+        for leaf, task in loaded["tasks"].items():
+            if task.get_config("output_type") != "generate_until":
+                continue
+            kwargs = dict(task.get_config("generation_kwargs") or {})
+            budget = normalize_gen_kwargs(kwargs, default_budget)["max_gen_toks"]
+            if max_length - budget <= 0:
+                over.append(f"'{leaf}' ({budget})" if leaf == name else f"'{leaf}' of '{name}' ({budget})")
+    if over:
+        raise EkdError(
+            f"eval.tasks: the generation budget of {', '.join(over)} new tokens leaves no room for a prompt "
+            f"within the {label}'s maximum length, {max_length} tokens; no task was scored: set "
+            "eval.tasks_max_new_tokens lower (or max_gen_toks in the task's generation_kwargs)"
+        )
 
 
 def _configure(task: Any, settings: TaskSettings) -> None:
