@@ -1,4 +1,4 @@
-"""Bytes a rank holds for parameters, gradients and optimizer state: its local shards only.
+"""Bytes a rank holds for parameters, gradients and optimizer state: its local shards only; its peak memory.
 
 Pure counting over tensors, for the start-of-run log line (and ``ekd plan`` to compare its estimate with).
 A DTensor (FSDP2) counts its local shard; a plain tensor counts whole; a tensor reached twice (tied
@@ -7,6 +7,7 @@ embeddings) counts once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -57,3 +58,18 @@ def memory_line(rank: int, teacher: int, params: int, grads: int, optim: int) ->
         f"rank {rank} holds: teacher params {teacher / mib:.1f} MiB, student params {params / mib:.1f} MiB, "
         f"grads {grads / mib:.1f} MiB, optimizer state {optim / mib:.1f} MiB"
     )
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak memory so far, in bytes: on a CUDA ``device`` the most torch has had allocated there
+    (``torch.cuda.max_memory_allocated``: tensors; the CUDA context and the caching allocator's reserve come on
+    top, as ``nvidia-smi`` shows), elsewhere the process's peak resident set (``getrusage``'s ``ru_maxrss``: every
+    host allocation, data preparation included); 0 where neither can be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux

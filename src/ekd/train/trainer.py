@@ -67,7 +67,7 @@ from ekd.train.distributed import (
 )
 from ekd.train.evaluation import evaluate_run, write_eval_json
 from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_state
-from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, tensor_bytes
+from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, peak_memory_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
 from ekd.train.metrics_log import MetricsLog
 from ekd.train.onpolicy import (
@@ -623,6 +623,7 @@ def _train(
         loss_value = global_sum(loss_value, ranks)
         if not math.isfinite(loss_value):  # the global loss: every rank stops alike (rank 0 says why)
             stop(step, "loss")
+        sums["peak_memory_max"] = float(peak_memory_bytes(device))  # this rank's so far; the max over ranks
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         tokens_seen += int(sums["tokens"])  # the job's tokens: train/tokens_per_s is not a rank's rate
         trainable = [p for _, p in params if p.grad is not None]
@@ -764,6 +765,9 @@ def _train(
         results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
         run_on_main(ranks, finish, "write the evaluation", share=False)
     wall_time = time.perf_counter() - t_start
+    if last:  # the run's memory, beside its time: what the training steps needed at most on the largest rank
+        where = "GPU memory allocated" if device.type == "cuda" else "host memory (peak RSS)"
+        log.info("peak %s: %.2f GiB (train/peak_memory_gib)", where, last["train/peak_memory_gib"])
     whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"], layout)
     counts = whole or totals
     kd_fraction = counts["selected"] / counts["valid"] if counts["valid"] else 0.0
@@ -1095,6 +1099,8 @@ def _step_metrics(
         "train/grad_norm": grad_norm,
         "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
         "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
+        "train/peak_memory_gib": sums["peak_memory_max"]
+        / 2**30,  # the largest rank's peak so far (GPU or host)
     }
     if "on_policy_rows" in sums:  # GKD: the share of rows the student generated, and their targets
         m["train/on_policy_fraction"] = sums["on_policy_rows"] / max(sums["rows"], 1.0)
