@@ -19,3 +19,14 @@ def test_gpu_check_dry_run_writes_every_case(tmp_path):
     for method in ("kd", "sekd"):
         assert step[method]["tokens_per_s"] > 0 and step[method]["value"] > 0
     assert "| ekd_chunk256 |" in (tmp_path / "gpu_check.md").read_text()
+    assert set(results["probes"].values()) == {"ok"}  # the model probes, under the run's settings
+
+
+def test_gpu_check_step_sweep_dry_run_times_both_chunks_of_both_methods(tmp_path):
+    assert main(["--dry", "--step-sweep", "--out", str(tmp_path)]) == 0
+    sweep = json.loads((tmp_path / "gpu_step_sweep.json").read_text())["step"]["sweep"]
+    assert {(r["method"], r["chunk"], r["compile"]) for r in sweep} == {
+        (m, c, False) for m in ("kd", "sekd") for c in (256, 1024)
+    }  # --dry leaves out train.compile (minutes on a CPU)
+    assert all(r["tokens_per_s"] > 0 and r["first_s"] > 0 for r in sweep)
+    assert "| kd | 1024 | False |" in (tmp_path / "gpu_step_sweep.md").read_text()
