@@ -390,6 +390,19 @@ def test_rs_target_is_refused(setup, tmp_path, capsys):
     assert "set method.target=topk" in _one_line(capsys)
 
 
+def test_more_yaml_files_are_merged_after_the_config_as_distill_does(setup, tmp_path, capsys):
+    """Try-out 77, F6: ``ekd cache import SRC more.yaml`` took the file for a key=value and refused it; it is
+    merged after --config, in order, and key=value overrides win over both."""
+    src = _write_parquet(tmp_path / "ok.parquet", setup["rows"])
+    more = tmp_path / "more.yaml"
+    more.write_text("method:\n  target: rs\n")
+    args = ["cache", "import", str(src), str(more), "--config", setup["cfg"], "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "set method.target=topk" in _one_line(capsys)  # the file's setting reached the import
+    assert main([*args[:4], "method.target=topk", *args[4:]]) == 0, capsys.readouterr().err
+    assert CacheReader(tmp_path / "o").info()["samples"] > 0
+
+
 @pytest.mark.parametrize("tail", ["renormalize", "ghost", "to_gold"])
 def test_targets_from_logprobs_equal_topk_target(tail):
     """From the K' largest full-softmax log-probabilities: the native targets (float64 reference)."""

@@ -842,7 +842,7 @@ CACHE_FORMS = """the four forms of ekd cache:
   ekd cache CONFIG [key=value ...] [--overwrite]  build the teacher cache CONFIG describes (torchrun: shared)
   ekd cache info DIR                              samples, positions, bytes per position and token, signature
   ekd cache verify DIR                            checksums, and every record parsed
-  ekd cache import SRC [key=value ...] --config CONFIG --out DIR [--text-column NAME ...]
+  ekd cache import SRC [MORE.yaml key=value ...] --config CONFIG --out DIR [--text-column NAME ...]
                                                   top-K logprobs computed by another tool (Parquet or JSONL)"""
 
 

@@ -3,7 +3,7 @@
     ekd cache CONFIG [key=value ...] [--overwrite]    build (or resume) the cache in teacher.cache_dir
     ekd cache info DIR                                 samples, positions, bytes/position and /token, signature
     ekd cache verify DIR                               every shard's sha256 and every record's CRC-32 and parse
-    ekd cache import SRC [key=value ...] --config CONFIG --out DIR [--text-column text --tokens-column input_ids
+    ekd cache import SRC [MORE.yaml ...] [key=value ...] --config CONFIG --out DIR [--text-column text --tokens-column input_ids
                      --ids-column target_token_ids --logprobs-column logprobs]
                                                        top-K cache from another tool's teacher logprobs
 
@@ -111,16 +111,20 @@ def add_import_arguments(parser) -> None:
 
 
 def run_import(args) -> int:
-    """``ekd cache import SRC [key=value ...] --config CONFIG --out DIR``."""
-    from ekd.config import load_config
+    """``ekd cache import SRC [MORE.yaml ...] [key=value ...] --config CONFIG --out DIR``: more YAML files are
+    merged after CONFIG, in order, as ``ekd distill``'s and ``ekd cache``'s (try-out 77, F6)."""
+    from ekd.config import load_config, split_config_and_overrides
     from ekd.log_level import apply_log_level
     from ekd.teacher.cache.importer import import_cache
     from ekd.teacher.cache.logprob_rows import Columns
 
     if not args.overrides or not args.import_config or not args.import_out:
-        raise EkdError("usage: ekd cache import SRC [key=value ...] --config CONFIG --out DIR")
-    src, *overrides = args.overrides
-    cfg = load_config([args.import_config], [*overrides, f"teacher.cache_dir={args.import_out}"])
+        raise EkdError(
+            "usage: ekd cache import SRC [MORE.yaml ...] [key=value ...] --config CONFIG --out DIR"
+        )
+    src, *rest = args.overrides
+    paths, overrides = split_config_and_overrides(args.import_config, rest)
+    cfg = load_config(paths, [*overrides, f"teacher.cache_dir={args.import_out}"])
     apply_log_level(cfg.log.level)
     columns = Columns(
         args.text_column or (cfg.data.messages_field if cfg.data.format == "chat" else cfg.data.text_field),
