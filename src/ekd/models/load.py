@@ -768,8 +768,8 @@ def check_output_head(
     row's ``forward(...).logits`` must equal ``output_head`` applied to the body's last hidden states, first
     ``vocab_size`` columns. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
     dtype; the probe runs in IEEE fp32 without autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run
-    that turned TF32 on. This catches any post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a
-    bias, a custom forward). ``vocab_size`` None: the head's every row.
+    that turned TF32 on. This catches any post-head transform ``ekd.models.head_transform`` does not know (a
+    scale, a cap, a bias, a custom forward). ``vocab_size`` None: the head's every row.
 
     Raises:
         ModelError: one line naming the model type and the problem: logits that are not finite (NaN or +inf:
