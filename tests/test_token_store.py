@@ -515,6 +515,37 @@ def test_train_and_ekd_eval_read_the_store(tmp_path: Path, caplog: pytest.LogCap
     assert any("tokenizing the eval sets only" in r.getMessage() for r in caplog.records)
 
 
+def test_ekd_eval_of_a_store_run_refuses_a_split_its_changed_source_redraws(tmp_path: Path, capsys) -> None:
+    """A token-store run recorded no held-out documents (the store streams them), so after its source changed an
+    `ekd eval RUN data.block_length=16` — an override of the blocks, which eval.json's comparison lets through —
+    scored a redrawn split that may hold trained documents. The run records the files and eval fraction that
+    decide its split (the store's own identity of its source); a changed one is refused in one line."""
+    import json
+
+    from ekd.cli import main
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus", n_docs=12)
+    base = tiny_overrides(tmp_path, corpus, "stored", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
+    assert main(["-q", "distill", *base, "data.store_dir=auto", "method=ce"]) == 0
+    run = tmp_path / "runs" / "stored"
+    assert json.loads((run / "ekd-run.json").read_text())["held_out_documents"].startswith("source-files:")
+    assert main(["-q", "eval", str(run), "data.block_length=16"]) == 0  # nothing changed: scored again
+    before = (run / "eval.json").read_text()
+    doc = sorted(corpus.iterdir())[0]
+    doc.write_text(doc.read_text() + "return value\n")
+    capsys.readouterr()
+    for override in ([], ["data.block_length=16"], ["data.eval_fraction=0.5"]):
+        assert main(["-q", "eval", str(run), *override]) == 2, override
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1 and "the eval split it holds out now differs from the one this run held" in err[0]
+        )
+        assert "source files and eval fraction sha256" in err[0] and "copied or touched" in err[0], err
+    assert (run / "eval.json").read_text() == before  # nothing written
+
+
 def _store_files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 

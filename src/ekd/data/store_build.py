@@ -240,6 +240,25 @@ def source_signature(source: str) -> dict:
     return {"source": source, "files": len(files), "stat": h.hexdigest()}
 
 
+SOURCE_FILES_PREFIX = "source-files:"
+
+
+def held_out_source_key(cfg: Config) -> str | None:
+    """What decides a token-store run's held-out split: its source's files (resolved paths, sizes, modification
+    times: :func:`source_signature`, the identity the store keys its source by) and ``data.eval_fraction``, as
+    ``source-files:<sha256>``. The store streams its documents, so unlike the in-memory path
+    (:func:`ekd.data.build.held_out_fingerprint`) it has no list of them; ``ekd eval`` compares this key instead
+    (a source copied or touched since reads as changed, as the store itself reads it). None: nothing is held out
+    of ``data.source`` (the builtin corpus's eval set is its own modules; ``data.eval_fraction=0``)."""
+    d = cfg.data
+    if d.source == "pystdlib" or d.eval_fraction <= 0:
+        return None
+    what = json.dumps(
+        {"source": source_signature(d.source), "eval_fraction": d.eval_fraction}, sort_keys=True
+    )
+    return SOURCE_FILES_PREFIX + hashlib.sha256(what.encode()).hexdigest()
+
+
 def train_texts(cfg: Config) -> Iterator[str]:
     """``full_text`` of the training documents, streamed (to train a BPE tokenizer without loading them)."""
     return (doc.full_text for doc in train_documents(cfg))

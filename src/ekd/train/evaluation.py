@@ -526,10 +526,24 @@ def check_held_out(run_dir: Path, cfg: Config, now: str | None, recorded: str | 
     (try-out 76, F10: ``data.block_length=16`` got past the blocks' comparison and scored a trained document).
 
     Raises:
-        ConfigError: the split holds other documents (a changed source, or another ``data.eval_fraction``).
+        ConfigError: the split holds other documents (a changed source, or another ``data.eval_fraction``); for a
+            run through the token store (``data.store_dir``), whose key is its source's files: a file changed.
     """
-    if now is not None and recorded is not None and now != recorded:
+    from ekd.data.store_build import SOURCE_FILES_PREFIX
+
+    if now is None or recorded is None or now == recorded:
+        return
+    kinds = {key.startswith(SOURCE_FILES_PREFIX) for key in (now, recorded)}
+    if kinds == {True}:  # a token-store run, scored through the store: its source files decide
+        n = len(SOURCE_FILES_PREFIX)
+        figures = f"source files and eval fraction sha256 {recorded[n : n + 12]}, now {now[n : n + 12]}"
+        raise _held_out_changed(
+            run_dir, cfg, figures + "; the token store reads a file copied or touched as changed"
+        )
+    if kinds == {False}:
         raise _held_out_changed(run_dir, cfg, f"documents sha256 {recorded[:12]}, now {now[:12]}")
+    # one through the token store, the other in memory (data.store_dir set or cleared): not comparable; eval.json's
+    # blocks are (check_sets_unchanged)
 
 
 def _held_out_changed(run_dir: Path, cfg: Config, figures: str) -> ConfigError:

@@ -48,7 +48,9 @@ class PreparedData:
     tokenizer: object
     blocks: dict[str, object]  # name → ekd.data.PackedBlocks
     boundary: object | None = None  # ekd.data.DocumentBoundary used to pack the blocks
-    held_out: str | None = None  # the held-out eval split's documents (ekd.data.build.held_out_fingerprint)
+    # the held-out eval split's documents (ekd.data.build.held_out_fingerprint); through the token store, the
+    # source files and eval fraction that decide it (ekd.data.store_build.held_out_source_key)
+    held_out: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -365,7 +367,7 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     tokenized and packed only when no store for this data, tokenizer and packing exists yet; the blocks are
     memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it;
     ``boundary``: likewise (:func:`run_boundary`)."""
-    from ekd.data.store_build import stored_blocks, train_documents, train_texts
+    from ekd.data.store_build import held_out_source_key, stored_blocks, train_documents, train_texts
 
     if tokenizer is None:
         tokenizer = prepare_tokenizer(cfg, run_dir, train_texts(cfg))
@@ -377,7 +379,8 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
             settle_chat_template(cfg, tokenizer, rows, model_tokenizers(cfg))
     check_run_tokenizer(cfg, tokenizer)
     boundary = boundary or run_boundary(cfg, tokenizer)
-    return PreparedData(tokenizer, stored_blocks(cfg, tokenizer, boundary), boundary)
+    blocks = stored_blocks(cfg, tokenizer, boundary)
+    return PreparedData(tokenizer, blocks, boundary, held_out_source_key(cfg))
 
 
 def _end_documents_as_trained(student: nn.Module, data: PreparedData, adapter: bool) -> None:
