@@ -393,10 +393,6 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ekd.train.evaluation import check_saved_teacher, evaluate_saved_run, load_run_config
-    from ekd.train.run_dir import using_run
-    from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
-
     overrides = list(args.overrides)
     for flag, key in (("tasks", "tasks"), ("tasks_dir", "tasks_dir"), ("limit", "tasks_limit")):
         value = getattr(args, flag)
@@ -414,6 +410,11 @@ def cmd_eval(args) -> int:
             f"ekd eval --tasks {args.tasks!r} names no task; name them (--tasks arc_easy,piqa) or leave it out"
         )
     run = Path(args.run_dir)
+    _refuse_missing_run(run)  # before torch is imported: a mistyped path is said at once
+    from ekd.train.evaluation import check_saved_teacher, evaluate_saved_run, load_run_config
+    from ekd.train.run_dir import using_run
+    from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
+
     with using_run(run):  # one hold across the eval sets and the tasks
         _check_run_files(run, sets=not args.tasks)
         cfg = load_run_config(run, overrides)  # once, for the three below
@@ -436,6 +437,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _refuse_missing_run(run: Path) -> None:
+    """``ekd eval`` of a path that does not exist: one line, with the run it most likely meant (try-out 52, F8: a
+    mistyped run; try-out 54, F7: a mistyped path inside a run, RUN/studnt, means the run). No torch import: the
+    answer comes in a fraction of a second (try-out 76, F4: 3 s)."""
+    if run.exists():
+        return
+    from ekd.nearest import close_paths, either
+    from ekd.train.run_dir import is_ekd_run
+
+    inside = [p for p in run.parents if is_ekd_run(p)][:1]
+    meant = either([str(p) for p in close_paths(run, is_ekd_run) or inside])
+    raise EkdError(
+        f"ekd eval: {run} does not exist{f' (did you mean {meant}?)' if meant else ''}; give the directory of "
+        "a run ekd distill wrote (runs/<name>)"
+    )
+
+
 def _check_run_files(run: Path, sets: bool) -> None:
     """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10): a
     path that does not exist; a ``config.yaml`` that is not valid YAML or not a run's config
@@ -454,17 +472,7 @@ def _check_run_files(run: Path, sets: bool) -> None:
     from ekd.eval.saved_files import config_problem, eval_json_problem
     from ekd.train.evaluation import is_finished_run
 
-    if not run.exists():
-        from ekd.nearest import close_paths, either
-        from ekd.train.run_dir import is_ekd_run
-
-        # try-out 52, F8: a mistyped run; try-out 54, F7: a mistyped path inside a run (RUN/studnt) means the run
-        inside = [p for p in run.parents if is_ekd_run(p)][:1]
-        meant = either([str(p) for p in close_paths(run, is_ekd_run) or inside])
-        raise EkdError(
-            f"ekd eval: {run} does not exist{f' (did you mean {meant}?)' if meant else ''}; give the directory of "
-            "a run ekd distill wrote (runs/<name>)"
-        )
+    _refuse_missing_run(run)
     if not is_finished_run(run):
         return
     path = run / "config.yaml"

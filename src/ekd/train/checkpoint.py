@@ -24,10 +24,8 @@ checkpoint that verifies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from ekd.io import (
     restore_dir,
     writing,
 )
+from ekd.train.checkpoint_dirs import checkpoint_dirs, checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +149,6 @@ def seal_checkpoint(tmp: Path, final: Path, manifest: dict[str, Any], keep: int)
     _prune(root, keep)
 
 
-def checkpoint_dirs(root: Path) -> list[Path]:
-    """Checkpoint directories ``step-NNNNNN`` in step order (temp directories excluded)."""
-    return sorted(
-        p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()
-    )
-
-
 def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A state dict safetensors accepts: no two tensors share memory (tied embeddings, views of one buffer).
 
@@ -188,27 +180,6 @@ def _prune(root: Path, keep: int) -> None:
     steps = checkpoint_dirs(root)
     for old in steps[: max(0, len(steps) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (not verified), or None. A checkpoint a kill left renamed aside while
-    it was being replaced (``.step-N.replaced``, :func:`ekd.io.replace_dir`) is put back first."""
-    for old in (run_dir / "checkpoints").glob(".step-*.replaced"):
-        with contextlib.suppress(OSError):  # a read-only copy of a run: listed as it is
-            restore_dir(old.with_name(old.name[1 : -len(".replaced")]))
-    pointer = run_dir / "checkpoints" / "latest"
-    if pointer.is_file():
-        name = pointer.read_text(errors="replace").strip()
-        path = run_dir / "checkpoints" / name
-        if re.fullmatch(r"step-\d{6,}", name) and path.is_dir():
-            return path
-    steps = checkpoint_dirs(run_dir / "checkpoints")
-    return steps[-1] if steps else None
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint directory ``step-NNNNNN`` was written at."""
-    return int(path.name[5:])
 
 
 def checkpoint_run(path: Path) -> dict[str, Any] | None:

@@ -56,7 +56,7 @@ from ekd.config.paths import gone_paths, resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, make_dirs, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
-from ekd.train.checkpoint import checkpoint_step, latest_checkpoint
+from ekd.train.checkpoint_dirs import checkpoint_step, latest_checkpoint
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
