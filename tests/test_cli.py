@@ -88,8 +88,9 @@ def test_module_entry_point_help():
         ["distill", "missing.yaml"],
         ["plan", "c.yaml", "--gpus", "1", "--gpu-memory", "80", "GiB"],
         ["eval", "runs/mistyped"],  # try-out 76, F4: 3 s of imports before the line
+        ["cache", "info", "runs/mistyped-cache"],  # 2 s
     ],
-    ids=["help", "cache-help", "missing-config", "split-size", "missing-run"],
+    ids=["help", "cache-help", "missing-config", "split-size", "missing-run", "missing-cache"],
 )
 def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_path, argv):
     """Seconds of imports before `ekd --help` or a one-line error were felt by every user (8 s under load)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ekd.errors import EkdError
 from ekd.io import writing
-from ekd.teacher.cache.manifest import rebuild_advice, refuse_a_file
+from ekd.teacher.cache.manifest import rebuild_advice, refuse_a_file, refuse_missing_cache
 from ekd.words import counted
 
 INSPECT = ("info", "verify")
@@ -147,18 +147,18 @@ def run_import(args) -> int:
 
 def run_cache_command(args) -> int:
     """Entry point of ``ekd cache`` (``args``: config, overrides, overwrite)."""
-    from ekd.teacher.cache.reader import CacheReader
-
     if args.config == "import":
         return run_import(args)
 
     if args.config in INSPECT:
         if len(args.overrides) != 1:
             raise EkdError(f"usage: ekd cache {args.config} DIR (one cache directory)")
-        refuse_a_file(
-            Path(args.overrides[0]), option=""
-        )  # named as typed, not as teacher.cache_dir (try-out 49)
-        reader = CacheReader(args.overrides[0])
+        directory = Path(args.overrides[0])
+        refuse_a_file(directory, option="")  # named as typed, not as teacher.cache_dir (try-out 49)
+        refuse_missing_cache(directory)  # before torch is imported (the reader's)
+        from ekd.teacher.cache.reader import CacheReader
+
+        reader = CacheReader(directory)
         if args.config == "info":
             print(format_info(reader.info()))
             if problems := reader.size_problems():  # the figures above come from the manifest

@@ -454,6 +454,16 @@ def refuse_a_file(directory: Path, option: str = "teacher.cache_dir") -> None:
     raise CacheError(f"{named(directory)} is {what}, not a teacher cache directory; {fix}")
 
 
+def refuse_missing_cache(directory: Path) -> None:
+    """Raise CacheError when ``directory`` does not exist (try-out 52: 'manifest.json missing' of a path that is
+    not there). Here, apart from the reader, so that ``ekd cache info|verify`` of a mistyped path answers without
+    importing torch (try-out 76, F4)."""
+    if not directory.exists():
+        raise CacheError(
+            f"no teacher cache at {directory}: it does not exist; check the path, or build it with `ekd cache CONFIG`"
+        )
+
+
 def check_cache_directory(directory: Path, option: str = "teacher.cache_dir") -> None:
     """Raise CacheError unless ``directory`` may hold a cache: absent, empty, a cache (it has a manifest) or
     an unfinished one (only files a build writes). Checked before anything is written, ``--overwrite`` or

@@ -46,6 +46,7 @@ from ekd.teacher.cache.manifest import (
     read_manifest,
     rebuild_advice,
     refuse_a_file,
+    refuse_missing_cache,
 )
 from ekd.words import counted
 
@@ -135,11 +136,7 @@ class CacheReader:
                     f"teacher cache at {self.directory} is unfinished (only per-rank manifests): "
                     + (building or "rerun the cache build to finish and assemble it")
                 )
-            if not self.directory.exists():  # try-out 52: 'manifest.json missing' of a path that is not there
-                raise CacheError(
-                    f"no teacher cache at {self.directory}: it does not exist; check the path, or build it with "
-                    "`ekd cache CONFIG`"
-                )
+            refuse_missing_cache(self.directory)
             raise CacheError(
                 f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
             )
