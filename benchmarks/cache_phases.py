@@ -12,6 +12,9 @@ ABBA order for ``rounds`` rounds (median per phase):
     encoding      ``encode_records`` of the batch's records (the writer thread's numpy work)
 
     PYTHONPATH=src:. python -m benchmarks.cache_phases --rounds 5
+    PYTHONPATH=src:. python -m benchmarks.cache_phases --rounds 5 --device cuda   # a GPU: the build's own slicing
+
+On a GPU each phase is timed to a ``torch.cuda.synchronize``; the encoding phase runs on the host either way.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from benchmarks.measure import allocator_option, use_allocator
 
 
 def measure(
-    preset: str = "llama-small", vocab: int = 2048, b: int = 16, t: int = 128, rounds: int = 5
+    preset: str = "llama-small",
+    vocab: int = 2048,
+    b: int = 16,
+    t: int = 128,
+    rounds: int = 5,
+    device: str = "cpu",
 ) -> dict:
     """phase → [seconds per round]; see the module docstring."""
     import torch
@@ -44,13 +52,14 @@ def measure(
     from ekd.teacher.targets import position_seeds, rs_target_from_probs
     from ekd.train.token_stats import logp_at, softmax_entropy
 
-    teacher = build_preset(preset, vocab, eos_token_id=0, seed=0).eval()
+    dev = torch.device(device)
+    teacher = build_preset(preset, vocab, eos_token_id=0, seed=0).to(dev).eval()
     head = output_head(teacher, vocab)
     g = torch.Generator().manual_seed(0)
     blocks = PackedBlocks(
         torch.randint(1, vocab, (b, t), generator=g), torch.ones(b, t, dtype=torch.bool), torch.arange(b)
     )
-    batch = collate(blocks, torch.arange(b))
+    batch = collate(blocks, torch.arange(b)).to(dev)
     with torch.no_grad():
         pre = model_body(teacher)(input_ids=batch.input_ids[:1]).last_hidden_state[0]  # (T, D) pre-norm
         _peak_teacher(teacher, head, pre.float(), target_entropy=2.5)
@@ -60,7 +69,9 @@ def measure(
     rows = (labels != -100).reshape(-1).nonzero().squeeze(-1)  # (N,)
     gold = labels.reshape(-1)[rows]
     h = hidden.reshape(-1, hidden.shape[-1])[rows]  # (N, D)
-    work = work_rows_for(torch.device("cpu"), vocab) or h.shape[0]
+    work = (
+        work_rows_for(dev, vocab) or h.shape[0]
+    )  # the build's slices on this device (whole chunks on a GPU)
     with torch.no_grad():  # as the build runs (no autograd graph, the statistics' blocked path)
         logits = head(h).float()  # (N, V)
         probs = [softmax_entropy(logits[s : s + work])[0] for s in range(0, h.shape[0], work)]
@@ -116,20 +127,27 @@ def measure(
         "encoding": encoding,
     }
     times: dict[str, list[float]] = {k: [] for k in phases}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     with torch.no_grad():
         for _ in range(rounds):
             for k in (*phases, *reversed(phases)):
+                sync()
                 t0 = time.perf_counter()
                 phases[k]()
+                sync()
                 times[k].append(time.perf_counter() - t0)
-    return {"times": times, "threads": torch.get_num_threads(), "tokens": b * t}
+    return {"times": times, "threads": torch.get_num_threads(), "tokens": b * t, "device": str(dev)}
 
 
 def report(res: dict) -> list[str]:
     med = {k: statistics.median(v) for k, v in res["times"].items()}
     forward = med["body"] + med["head GEMM"]
     lines = [
-        f"{res['tokens']:,} tokens per batch, torch threads {res['threads']}, median of"
+        f"{res['tokens']:,} tokens per batch on {res['device']}, torch threads {res['threads']}, median of"
         f" {len(res['times']['body'])} runs per phase ({len(res['times']['body']) // 2} ABBA rounds).",
         "",
         "| phase | ms per batch | / forward (body + head GEMM) |",
@@ -148,10 +166,11 @@ def report(res: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     allocator_option(ap)
     args = ap.parse_args()
     use_allocator(args.default_malloc)
-    print("\n".join(report(measure(rounds=args.rounds))))
+    print("\n".join(report(measure(rounds=args.rounds, device=args.device))))
 
 
 if __name__ == "__main__":

@@ -60,5 +60,9 @@ part() { echo; echo "=== $1 ($(date +%T))"; }
   timeout 120 $PY -m ekd cache configs/cache-demo.yaml $DEMO teacher.cache_dir=/tmp/ekd_cache; echo "rc=$?"
   timeout 120 $PY -m ekd distill configs/cache-demo.yaml $DEMO teacher.cache_dir=/tmp/ekd_cache run.name=sekd3x \
     method=sekd3x teacher.source=cache train.max_steps=20 train.warmup_steps=0; echo "rc=$?"
+
+  part "8. where the cache build's time goes on the GPU (issue 16 part 3: 0.35x forward-only on the H200)"
+  timeout 120 $PY -m benchmarks.cache_phases --rounds 5 --device "$([ -n "$DRY" ] && echo cpu || echo cuda)"
+  echo "rc=$?"
   part "end"
 } 2>&1 | tee "$LOG"
