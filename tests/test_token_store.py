@@ -546,6 +546,44 @@ def test_ekd_eval_of_a_store_run_refuses_a_split_its_changed_source_redraws(tmp_
     assert (run / "eval.json").read_text() == before  # nothing written
 
 
+def test_ekd_eval_draws_a_split_only_the_way_the_run_did_and_never_from_a_run_that_held_nothing_out(
+    tmp_path: Path, capsys
+) -> None:
+    """Try-out 79, F2: an in-memory run evaluated with `data.store_dir=auto data.block_length=16` skipped the
+    content check (the two records were not comparable) and scored a changed split; F1: a run trained with
+    `data.eval_fraction=0` evaluated with `data.eval_fraction=0.2` scored a split of trained documents as held-out."""
+    from ekd.cli import main
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus", n_docs=12)
+    named = tmp_path / "named.txt"
+    named.write_text("def value(self):\n    return self.items\n" * 4)
+    base = tiny_overrides(tmp_path, corpus, "m", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
+    assert main(["-q", "distill", *base]) == 0
+    assert main(["-q", "distill", *base, "run.name=s", "data.store_dir=auto"]) == 0
+    none_held = ["data.eval_fraction=0", f"data.eval_sources={{named: {named}}}"]
+    assert main(["-q", "distill", *base, "run.name=z", *none_held]) == 0
+    assert main(["-q", "distill", *base, "run.name=zs", *none_held, "data.store_dir=auto"]) == 0
+    runs = tmp_path / "runs"
+    capsys.readouterr()
+    cases = [
+        ("m", ["data.store_dir=auto", "data.block_length=16"], "drew its held-out split in memory"),
+        ("m", ["data.store_dir=auto"], "drop the data.store_dir override"),
+        ("s", ["data.store_dir="], "drew its held-out split through the token store"),
+        ("z", ["data.eval_fraction=0.2"], "the run held nothing out of its data.source (data.eval_fraction=0)"),
+        ("zs", ["data.eval_fraction=0.2", "data.block_length=16"], "so every document there was trained on"),
+    ]
+    for run, overrides, said in cases:
+        before = (runs / run / "eval.json").read_text()
+        assert main(["-q", "eval", str(runs / run), *overrides]) == 2, (run, overrides)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], (run, overrides, err)
+        assert (runs / run / "eval.json").read_text() == before
+    for run in ("m", "s", "z", "zs"):  # as each trained: scored
+        assert main(["-q", "eval", str(runs / run)]) == 0, run
+
+
 def _store_files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 

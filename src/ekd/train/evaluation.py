@@ -462,7 +462,7 @@ def evaluate_saved_run(
         data = pack_run_splits(cfg, splits, tokenizer, boundary)
     if not data.blocks:  # every set came out empty: before any model is loaded
         return _no_eval_set(run_dir, cfg)
-    check_held_out(run_dir, cfg, data.held_out, marker.get("held_out_documents"))
+    check_held_out(run_dir, cfg, data.held_out, marker.get("held_out_documents"), _trained_data(run_dir))
     check_sets_unchanged(run_dir, cfg, data)
     recorded_base = marker.get("student_base")  # a LoRA run's base, as it trained on it
     student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
@@ -520,30 +520,62 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
         )
 
 
-def check_held_out(run_dir: Path, cfg: Config, now: str | None, recorded: str | None) -> None:
+def check_held_out(
+    run_dir: Path, cfg: Config, now: str | None, recorded: str | None, trained: dict[str, Any] | None = None
+) -> None:
     """``ekd eval RUN``: the held-out split's documents (:func:`ekd.data.build.held_out_fingerprint`) against those
     the run held out (``held_out_documents`` in ekd-run.json), whatever blocks an override packs them into
     (try-out 76, F10: ``data.block_length=16`` got past the blocks' comparison and scored a trained document).
+    Through the token store the record is the source's files and eval fraction
+    (:func:`ekd.data.store_build.held_out_source_key`), so a run is evaluated the way it held its split out.
+    ``trained``: the run's own ``data`` settings (its config.yaml, no override).
 
     Raises:
         ConfigError: the split holds other documents (a changed source, or another ``data.eval_fraction``); for a
-            run through the token store (``data.store_dir``), whose key is its source's files: a file changed.
+            run through the token store (``data.store_dir``), whose key is its source's files: a file changed; a
+            split drawn by the other path than the run's (``data.store_dir`` set or cleared: try-out 79, F2); a
+            split drawn from a run that held nothing out (``data.eval_fraction=0``: try-out 79, F1).
     """
     from ekd.data.store_build import SOURCE_FILES_PREFIX
 
+    if now is not None and trained is not None and not trained.get("eval_fraction", 1):
+        raise ConfigError(  # every document of its source was trained on: a split drawn now is trained text
+            f"data.eval_fraction={cfg.data.eval_fraction}: the run held nothing out of its data.source "
+            f"(data.eval_fraction=0), so every document there was trained on and a split drawn now would score "
+            f"trained text as held-out; score other text as named sets (`ekd eval {run_dir} data.eval_fraction=0 "
+            "'data.eval_sources={name: FILE}'`)",
+            keys=("data.eval_fraction",),
+        )
     if now is None or recorded is None or now == recorded:
         return
-    kinds = {key.startswith(SOURCE_FILES_PREFIX) for key in (now, recorded)}
-    if kinds == {True}:  # a token-store run, scored through the store: its source files decide
+    stored_now, stored_then = (key.startswith(SOURCE_FILES_PREFIX) for key in (now, recorded))
+    if stored_now != stored_then:
+        if stored_then:
+            how, fix = "through the token store", "keep data.store_dir as the run had it"
+            if trained and trained.get("store_dir"):
+                fix += f" ({trained['store_dir']})"
+        else:
+            how, fix = "in memory", "drop the data.store_dir override"
+        raise ConfigError(
+            f"data.store_dir: the run drew its held-out split {how}, and ekd can compare the split only when it is "
+            f"drawn the same way: {fix}",
+            keys=("data.store_dir",),
+        )
+    if stored_then:  # a token-store run, scored through the store: its source files decide
         n = len(SOURCE_FILES_PREFIX)
         figures = f"source files and eval fraction sha256 {recorded[n : n + 12]}, now {now[n : n + 12]}"
         raise _held_out_changed(
             run_dir, cfg, figures + "; the token store reads a file copied or touched as changed"
         )
-    if kinds == {False}:
-        raise _held_out_changed(run_dir, cfg, f"documents sha256 {recorded[:12]}, now {now[:12]}")
-    # one through the token store, the other in memory (data.store_dir set or cleared): not comparable; eval.json's
-    # blocks are (check_sets_unchanged)
+    raise _held_out_changed(run_dir, cfg, f"documents sha256 {recorded[:12]}, now {now[:12]}")
+
+
+def _trained_data(run_dir: Path) -> dict[str, Any] | None:
+    """The ``data`` section of the run's own config.yaml (today's defaults for keys added since), None if absent."""
+    from ekd.train.run_dir import saved_config
+
+    saved = saved_config(run_dir)
+    return saved.get("data") if saved else None
 
 
 def _held_out_changed(run_dir: Path, cfg: Config, figures: str) -> ConfigError:

@@ -242,7 +242,7 @@ def other_teacher(spec: str) -> str:
 
 def _saved_source(run_dir: Path) -> object:
     """``data.source`` of the run's saved config.yaml, or '?' when it holds none."""
-    return ((_saved_config(run_dir) or {}).get("data") or {}).get("source", "?")
+    return ((saved_config(run_dir) or {}).get("data") or {}).get("source", "?")
 
 
 def _saved_max_steps(saved: dict) -> object:
@@ -250,7 +250,7 @@ def _saved_max_steps(saved: dict) -> object:
     return (saved.get("train") or {}).get("max_steps", "?")
 
 
-def _saved_config(run_dir: Path) -> dict | None:
+def saved_config(run_dir: Path) -> dict | None:
     """The run's saved ``config.yaml`` as a dict, or None if absent or not an ekd config."""
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -269,7 +269,7 @@ def is_ekd_run(run_dir: Path) -> bool:
     ``config.yaml`` beside ``checkpoints/`` or ``metrics.jsonl``."""
     if (run_dir / MARKER).is_file():
         return True
-    return _saved_config(run_dir) is not None and (
+    return saved_config(run_dir) is not None and (
         (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
     )
 
@@ -569,7 +569,7 @@ class RunStart:
 
     def _check_existing(self, marker: dict | None) -> None:
         run_dir = self.run_dir
-        saved = _saved_config(run_dir)
+        saved = saved_config(run_dir)
         if marker is None and saved is None:
             raise RunDirError(
                 f"{run_dir} exists and is not an ekd run directory; choose another run.name or run.output_dir"
