@@ -805,6 +805,24 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
         "earlier task results of tiny_mc were scored with other settings (limit): dropped, not rescored"
         in caplog.text
     )
+    # try-out 79, F5: a new generation budget dropped the multiple-choice results it cannot change; the earlier
+    # generation task's go (scored with another budget), the multiple-choice task's stay
+    assert main([*argv, "tiny_mc,tiny_gen"]) == 0
+    mc = _eval_json(run_dir)["tasks"]["student"]["tiny_mc"]
+    rng = random.Random(5)
+    rows = [{"question": " ".join(rng.sample(WORDS, 4)), "answer": rng.choice(WORDS)} for _ in range(3)]
+    _write_task(other_dir, "tiny_gen2", rows, GEN_YAML)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd.train.task_evaluation"):
+        budget = [*argv[:-3], "--tasks-dir", str(other_dir), "eval.tasks_max_new_tokens=3", "--tasks"]
+        assert main([*budget, "tiny_gen2"]) == 0
+    tasks = _eval_json(run_dir)["tasks"]
+    assert tasks["student"]["tiny_mc"] == mc and "tiny_gen" not in tasks["student"]
+    assert tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen2"]
+    assert (
+        "earlier task results of tiny_gen were scored with other settings (max_new_tokens): dropped"
+        in caplog.text
+    )
 
 
 def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path):

@@ -571,7 +571,11 @@ def test_ekd_eval_draws_a_split_only_the_way_the_run_did_and_never_from_a_run_th
         ("m", ["data.store_dir=auto", "data.block_length=16"], "drew its held-out split in memory"),
         ("m", ["data.store_dir=auto"], "drop the data.store_dir override"),
         ("s", ["data.store_dir="], "drew its held-out split through the token store"),
-        ("z", ["data.eval_fraction=0.2"], "the run held nothing out of its data.source (data.eval_fraction=0)"),
+        (
+            "z",
+            ["data.eval_fraction=0.2"],
+            "the run held nothing out of its data.source (data.eval_fraction=0)",
+        ),
         ("zs", ["data.eval_fraction=0.2", "data.block_length=16"], "so every document there was trained on"),
     ]
     for run, overrides, said in cases:

@@ -463,23 +463,42 @@ def _with_earlier_tasks(
     theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
     unrecorded = ("tasks", "tasks_dir") + (() if "precision" in theirs else ("precision",))  # an older ekd's
     mine = {k: v for k, v in task_section_settings(settings).items() if k not in unrecorded}
-    if mine != theirs:
-        changed = ", ".join(sorted(k for k in mine if mine[k] != theirs.get(k)))
+    changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if changed:
+        # try-out 79, F5: a new generation budget dropped multiple-choice results it cannot change
+        only_generation = set(changed) <= set(GENERATION_SETTINGS)
+        kept = [t for t in earlier if only_generation and not _generates(old, t)]
         log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now
             "eval.json's earlier task results of %s were scored with other settings (%s): dropped, not rescored; "
             "add them to --tasks to score them with these settings",
-            ", ".join(earlier),
-            changed,
+            ", ".join(t for t in earlier if t not in kept),
+            ", ".join(changed),
         )
-        return results, settings
+        earlier = kept
+        if not earlier:
+            return results, settings
     merged = {
         role: {**{t: old[role][t] for t in earlier if t in (old.get(role) or {})}, **res}
         for role, res in results.items()
     }
     log.info(
-        "eval.json keeps the earlier task results of %s (same settings, not scored now)", ", ".join(earlier)
+        "eval.json keeps the earlier task results of %s (not scored now; scored with settings that give the same "
+        "results)",
+        ", ".join(earlier),
     )
     return merged, replace(settings, tasks=tuple(earlier) + tuple(settings.tasks))
+
+
+GENERATION_SETTINGS = ("max_new_tokens", "chat_template")
+"""Task settings that change only what ``generate_until`` tasks score (their new-token budget, and whether their
+prompts go through the chat template): a log-likelihood task's result scored under other values stands."""
+
+
+def _generates(old: dict[str, Any], task: str) -> bool:
+    """Whether eval.json's ``tasks`` section ``old`` records ``task`` as generating, or cannot say (a group, whose
+    results are its leaves', or a result without ``output_type``): then it counts as generating."""
+    found = [r for role in ROLES for r in [(old.get(role) or {}).get(task)] if isinstance(r, dict)]
+    return not found or any(r.get("output_type", "generate_until") == "generate_until" for r in found)
 
 
 def check_saved_tasks(
