@@ -572,3 +572,21 @@ def test_a_dtype_spelt_the_other_way_points_at_the_keys_spelling(override, hint)
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value).endswith(hint), info.value
+
+
+@pytest.mark.parametrize("value", ["null", "None", "~", " NONE "])
+def test_a_null_spelled_for_a_directory_on_the_command_line_is_refused(value):
+    """Try-out 79, F8: `data.store_dir=null` made a token store in ./null (a command line keeps a text setting as
+    written; a YAML file reads null as unset). Refused, with the spelling that leaves it unset."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"data.store_dir={value}"])
+    assert str(e.value) == (
+        f"data.store_dir={value.strip()} would name a directory '{value.strip()}' here; to leave it unset, give it "
+        "empty (data.store_dir=)"
+    )
+    with pytest.raises(
+        ConfigError, match="run.output_dir=null would name a directory 'null' here; give a directory"
+    ):
+        load_config(None, ["run.output_dir=null"])
+    assert load_config(None, ["data.store_dir="]).data.store_dir == ""
+    assert load_config(None, ["run.name=null"]).run.name == "null"  # a name, not a directory: as written

@@ -218,6 +218,34 @@ def _mapping_keys() -> frozenset[str]:
     )
 
 
+NULL_SPELLINGS = ("null", "none", "~")
+"""What YAML reads as null. A command line's ``key=value`` keeps a text setting's value as written, so for a directory
+setting these would name a directory ``null`` in the working directory (try-out 79, F8: ``data.store_dir=null``)."""
+
+
+@functools.cache
+def _directory_keys() -> dict[str, bool]:
+    """The keys whose value names a directory (``data.store_dir``, ``run.output_dir``, ...) → whether it may be
+    empty (unset)."""
+    from ekd.config.rules import Text
+
+    return {
+        f"{s}.{f.name}": not rule.nonempty
+        for s in SECTIONS
+        for f in dataclasses.fields(_section_type(s))
+        if isinstance(rule := rule_of(f), Text) and rule.what == "a directory"
+    }
+
+
+def _refuse_null_directory(key: str, text: str) -> None:
+    """``data.store_dir=null`` on a command line: refused, with the spelling that leaves it unset."""
+    if key in _directory_keys() and text.strip().lower() in NULL_SPELLINGS:
+        unset = f"to leave it unset, give it empty ({key}=)" if _directory_keys()[key] else "give a directory"
+        raise ConfigError(
+            f"{key}={text.strip()} would name a directory '{text.strip()}' here; {unset}", keys=(key,)
+        )
+
+
 def _mapping_entry_hint(key: str, value: str) -> str:
     """For ``data.eval_sources.e=x`` (one entry of a mapping key, which is set whole): the spelling that works."""
     section, _, rest = key.partition(".")
@@ -245,6 +273,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             key = "method.preset"
         key = canonical_key(key, _known())  # model.lora.r → model.lora_r
         _check_key(key, "command line", text.strip())
+        _refuse_null_directory(key, text)
         flat[key] = CliText(text)
     return flat
 
