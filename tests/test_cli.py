@@ -88,9 +88,20 @@ def test_module_entry_point_help():
         ["distill", "missing.yaml"],
         ["plan", "c.yaml", "--gpus", "1", "--gpu-memory", "80", "GiB"],
         ["eval", "runs/mistyped"],  # try-out 76, F4: 3 s of imports before the line
+        ["eval", ""],  # try-out 79, F6: said as '.', after 3 s
+        ["eval", "given.yaml"],  # a file (the test writes it)
         ["cache", "info", "runs/mistyped-cache"],  # 2 s
     ],
-    ids=["help", "cache-help", "missing-config", "split-size", "missing-run", "missing-cache"],
+    ids=[
+        "help",
+        "cache-help",
+        "missing-config",
+        "split-size",
+        "missing-run",
+        "empty-run",
+        "file-run",
+        "missing-cache",
+    ],
 )
 def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_path, argv):
     """Seconds of imports before `ekd --help` or a one-line error were felt by every user (8 s under load)."""
@@ -98,10 +109,16 @@ def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_
         "import sys\nfrom ekd.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
+    (tmp_path / "given.yaml").write_text("run:\n  name: x\n")
     out = subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    if argv[0] == "eval":  # one line naming what was given
+        said = {"": "the run directory given is empty", "given.yaml": "given.yaml is a file"}.get(
+            argv[1], "does not exist"
+        )
+        assert said in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(

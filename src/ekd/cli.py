@@ -409,6 +409,10 @@ def cmd_eval(args) -> int:
         raise ConfigError(
             f"ekd eval --tasks {args.tasks!r} names no task; name them (--tasks arc_easy,piqa) or leave it out"
         )
+    if not args.run_dir.strip():  # Path('') reads as '.' (try-out 79, F6)
+        raise EkdError(
+            "ekd eval: the run directory given is empty (an unset shell variable?); give runs/<name>"
+        )
     run = Path(args.run_dir)
     _refuse_missing_run(run)  # before torch is imported: a mistyped path is said at once
     from ekd.train.evaluation import check_saved_teacher, evaluate_saved_run, load_run_config
@@ -438,19 +442,20 @@ def cmd_eval(args) -> int:
 
 
 def _refuse_missing_run(run: Path) -> None:
-    """``ekd eval`` of a path that does not exist: one line, with the run it most likely meant (try-out 52, F8: a
-    mistyped run; try-out 54, F7: a mistyped path inside a run, RUN/studnt, means the run). No torch import: the
-    answer comes in a fraction of a second (try-out 76, F4: 3 s)."""
-    if run.exists():
+    """``ekd eval`` of a path that does not exist, or of a file: one line, with the run it most likely meant
+    (try-out 52, F8: a mistyped run; try-out 54, F7: a path inside a run, RUN/studnt, means the run). No torch
+    import: the answer comes in a fraction of a second (try-out 76, F4: 3 s; try-out 79, F6: a file)."""
+    if run.is_dir():
         return
     from ekd.nearest import close_paths, either
     from ekd.train.run_dir import is_ekd_run
 
     inside = [p for p in run.parents if is_ekd_run(p)][:1]
-    meant = either([str(p) for p in close_paths(run, is_ekd_run) or inside])
+    what = "is a file" if run.exists() else "does not exist"
+    meant = either([str(p) for p in (close_paths(run, is_ekd_run) if not run.exists() else []) or inside])
     raise EkdError(
-        f"ekd eval: {run} does not exist{f' (did you mean {meant}?)' if meant else ''}; give the directory of "
-        "a run ekd distill wrote (runs/<name>)"
+        f"ekd eval: {run} {what}{f' (did you mean {meant}?)' if meant else ''}; give the directory of a run ekd "
+        "distill wrote (runs/<name>)"
     )
 
 
