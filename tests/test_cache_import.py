@@ -403,6 +403,20 @@ def test_more_yaml_files_are_merged_after_the_config_as_distill_does(setup, tmp_
     assert CacheReader(tmp_path / "o").info()["samples"] > 0
 
 
+def test_arguments_in_the_wrong_order_or_a_directory_for_a_yaml_are_said_so(setup, tmp_path, capsys):
+    """Try-out 79, F7: more.yaml given first was said as the JSONL's invalid YAML; a directory given as a YAML file
+    was 'config file not found'."""
+    src = _write_parquet(tmp_path / "ok.parquet", setup["rows"])
+    more = tmp_path / "more.yaml"
+    more.write_text("method:\n  topk: 6\n")
+    out = ["--config", setup["cfg"], "--out", str(tmp_path / "o")]
+    assert main(["cache", "import", str(more), str(src), *out]) == 2
+    assert f"SRC, the first argument, is {more}, a YAML file; give the Parquet or JSONL" in _one_line(capsys)
+    assert main(["cache", "import", str(src), str(tmp_path), *out]) == 2
+    assert f"{tmp_path} is a directory, not a config file" in _one_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("tail", ["renormalize", "ghost", "to_gold"])
 def test_targets_from_logprobs_equal_topk_target(tail):
     """From the K' largest full-softmax log-probabilities: the native targets (float64 reference)."""

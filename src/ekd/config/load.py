@@ -328,6 +328,8 @@ def _missing_file_message(item: str) -> str:
         return f"override '{item}' has no value: write {item}=<value> (arguments without '=' are YAML files)"
     if "." in item and item.split(".", 1)[0] in SECTIONS:
         return f"'{item}' is neither a config file nor a known key{_nearest(item)}; overrides look like section.key=value"
+    if Path(item).is_dir():  # try-out 79, F7: a directory was said to be "not found"
+        return f"{item} is a directory, not a config file; give a YAML file (arguments without '=' are YAML files)"
     return f"config file not found: {item}"
 
 

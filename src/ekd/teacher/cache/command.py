@@ -123,6 +123,11 @@ def run_import(args) -> int:
             "usage: ekd cache import SRC [MORE.yaml ...] [key=value ...] --config CONFIG --out DIR"
         )
     src, *rest = args.overrides
+    if Path(src).suffix.lower() in (".yaml", ".yml"):  # try-out 79, F7: said as the next argument's bad YAML
+        raise EkdError(
+            f"ekd cache import: SRC, the first argument, is {src}, a YAML file; give the Parquet or JSONL file of "
+            "teacher logprobs first, then more YAML files and key=value overrides"
+        )
     paths, overrides = split_config_and_overrides(args.import_config, rest)
     cfg = load_config(paths, [*overrides, f"teacher.cache_dir={args.import_out}"])
     apply_log_level(cfg.log.level)
