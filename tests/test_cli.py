@@ -356,19 +356,25 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_directory(capsys, 
         (["distill", "x.yaml"], "--resume"),
         (["cache", "x.yaml"], "rerun the same `ekd cache` command"),
         (["cache", "verify", "some-dir"], None),
+        (["demo", "--quick"], "run the same `ekd demo` command again"),  # try-out 78, F8: it said --overwrite
     ],
 )
 def test_ctrl_c_says_how_to_continue(monkeypatch, capsys, argv, hint):
     import ekd.cli as cli_mod
 
     def interrupted(args):
-        raise KeyboardInterrupt
+        stop = KeyboardInterrupt()  # as a run inside it stops: with the hint ekd distill would print
+        stop.continue_hint = (
+            "; no checkpoint was saved yet: start again with the same command and --overwrite"
+        )
+        raise stop if args.command == "demo" else KeyboardInterrupt
 
     monkeypatch.setitem(cli_mod.COMMANDS, argv[0], interrupted)
     assert cli_mod.main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("ekd: interrupted") and len(err.splitlines()) == 1
     assert (hint in err) if hint else err == "ekd: interrupted"
+    assert argv[0] == "distill" or "--overwrite" not in err  # only distill takes it
 
 
 @pytest.mark.parametrize("older_checkpoint", [False, True])

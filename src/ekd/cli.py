@@ -814,7 +814,9 @@ def _how_to_go_on(e: BaseException, args: argparse.Namespace) -> str:
     """ "; how to go on" after a command stopped from outside: the hint ``ekd distill`` attached from what the run
     directory holds (``continue_hint``; rank 0's, from the job's store, for a rank that speaks for it), else the
     command's own (:func:`_continue_hint`)."""
-    hint = getattr(e, "continue_hint", None)
+    hint = (
+        getattr(e, "continue_hint", None) if args.command == "distill" else None
+    )  # a run's flags are distill's
     return _continue_hint(args) if hint is None else hint
 
 
@@ -919,6 +921,11 @@ def _continue_hint(args: argparse.Namespace) -> str:
         )
     if args.command == "cache" and args.config not in ("import", *CACHE_INSPECT):
         return "; rerun the same `ekd cache` command to continue (finished shards are kept)"
+    if args.command == "demo":  # try-out 78, F8: it was told distill's --overwrite, which ekd demo has not
+        return (
+            "; run the same `ekd demo` command again (the teacher, tokenizer and student-init it finished are "
+            "reused; the method runs are distilled again)"
+        )
     return ""
 
 

@@ -471,7 +471,7 @@ class TrainConfig:
     'chunked_recompute' (per-chunk activation checkpointing) or 'reference' (plain full logits)."""
     head_chunk_size: int = number(0, ge=0)
     """Rows per chunk of the head/loss and statistics (0 = auto: one fp32 (rows, V) buffer ≈ 128 MiB on CPU —
-    1024 rows at V=32,768, 256 at V=151,936 — and ≈ 512 MiB on a GPU — 1024 rows up to V≈300k, which on an H200
+    1024 rows at V=32,768, 256 at V=151,936 — and ≈ 512 MiB on a GPU — 1024 rows up to V≈185k, 512 above, which on an H200
     took half the head's time of 256 rows). On CPU a quarter of the CPU size is as fast at about a third of the
     step's peak memory (docs/benchmarks.md, "Chunk rows of the whole step", "GPU checks")."""
     compile: bool = flag(False)

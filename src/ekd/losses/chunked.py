@@ -154,7 +154,7 @@ def auto_chunk_rows(vocab_size: int, device_type: str = "cpu") -> int:
     """Rows per chunk such that one fp32 (rows, V) buffer is about 128 MiB on CPU, 512 MiB on a GPU.
 
     A power of two in [64, 1024]: on CPU 1024 rows up to V=32,768, 256 at V=151,936; on a GPU ('cuda') 1024
-    rows up to V≈300k. The fused head holds about four such buffers at its peak (plus the (V, D) weight
+    rows up to V≈185k (Qwen2.5/3: 151,936), 512 above it (Gemma: 256,000). The fused head holds about four such buffers at its peak (plus the (V, D) weight
     gradient), two for forward KL, reverse KL, JSD, skew reverse KL and TVD on CPU (``ekd.losses.dense_kd_blocks``);
     fewer rows save memory, more rows keep the GEMMs efficient and launch fewer kernels. On an H200 at
     V=151,936, N=8,192 (bf16, JSD), 1024 rows took 0.49–0.64× the time of 256 for 3.4× the head's peak (5.1 vs
