@@ -158,3 +158,41 @@ def test_cuda_bf16_heads_match_the_cpu_emulation():
         results.append([t.detach().cpu() for t in (kd, ce, hs.grad, ws.grad)])
     for cpu, cuda in zip(*results):
         torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_fails_under_the_runs_autocast_is_refused_before_training(tmp_path, capsys):
+    """Try-out 78, F1: a float16 GPT-2 teacher under CPU bf16 autocast passed the probes (which run without
+    autocast) and failed at the first step with a traceback ('mixed dtype (CPU)' in its LayerNorm). One forward
+    under the run's autocast at load refuses it in one line; in bfloat16 it trains."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ekd.cli import main
+    from ekd.data import train_bpe_tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, None)
+    eos = tok.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    gpt2 = {"model.teacher": str(tmp_path / "gpt2"), "model.tokenizer": str(tmp_path / "gpt2")}
+    args = tiny_overrides(
+        tmp_path, corpus, "fp16", **gpt2, **{"train.precision": "bf16", "train.max_steps": 1}
+    )
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["-q", "distill", *args, "model.teacher_dtype=float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ekd: error: model.teacher: its forward fails under cpu autocast to bfloat16 with its float16 weights "
+        "(RuntimeError: mixed dtype (CPU): expect parameter to have scalar type of Float); load it in bfloat16 or "
+        "float32 (model.teacher_dtype) or set train.precision=fp32"
+    ]
+    assert main(["-q", "distill", *args, "model.teacher_dtype=bfloat16", "run.name=bf16"]) == 0

@@ -43,3 +43,40 @@ def enable_tf32(precision: str, device: torch.device) -> bool:
     torch.backends.cudnn.conv.fp32_precision = "tf32"
     log.info("TF32 on for fp32 matmuls (train.precision=%s)", precision)
     return True
+
+
+def check_forward_under_autocast(
+    model: torch.nn.Module,
+    vocab_size: int,
+    role: str,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """One forward of a few token ids under the run's autocast, before training: a model that runs alone but not
+    under it is refused in one line (try-out 78, F1: a float16 GPT-2 teacher under CPU bf16 autocast failed at
+    the first step with a traceback, "mixed dtype (CPU)", in its LayerNorm; the model probes run without
+    autocast, :func:`ekd.models.exact.ieee_fp32`). Nothing to check without autocast.
+
+    Raises:
+        ModelError: the forward raised; the line names the weights' dtype, the autocast and the settings to change.
+    """
+    from ekd.errors import ModelError, first_line
+
+    if autocast_dtype is None:
+        return
+    ids = torch.arange(min(8, vocab_size), device=device)[None]  # (1, n)
+    weights = next(model.parameters()).dtype
+    try:
+        with torch.no_grad(), head_precision(device, autocast_dtype):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    except RuntimeError as e:
+        amp = str(autocast_dtype).removeprefix("torch.")
+        fix = (
+            f"load it in {amp} or float32 (model.teacher_dtype) or set train.precision=fp32"
+            if role == "teacher"
+            else "set train.precision=fp32"
+        )
+        raise ModelError(
+            f"model.{role}: its forward fails under {device.type} autocast to {amp} with its "
+            f"{str(weights).removeprefix('torch.')} weights ({type(e).__name__}: {first_line(e)}); {fix}"
+        ) from None

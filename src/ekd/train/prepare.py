@@ -35,7 +35,7 @@ from ekd.models.load import (
     shared_vocab_size,
 )
 from ekd.models.positions import check_block_fits_positions
-from ekd.train.precision import autocast_for
+from ekd.train.precision import autocast_for, check_forward_under_autocast
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -535,6 +535,7 @@ def _load_role(
         warn_padded_teacher(model, data)
     if cfg.data.document_attention == "isolated":
         check_document_isolation(model, data.vocab_size, role)
+    check_forward_under_autocast(model, data.vocab_size, role, device, autocast_dtype(cfg, device))
     return model
 
 
