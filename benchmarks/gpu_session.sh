@@ -19,7 +19,9 @@ if [ -d .whl ] && [ -z "$DRY" ]; then
 else
   export PYTHONPATH=src:.
 fi
+mkdir -p "$OUT"
 LOG=$OUT/session.log
+WORK=$(mktemp -d)  # the demo, runs and cache: this session's own (two rehearsals on one host do not meet)
 part() { echo; echo "=== $1 ($(date +%T))"; }
 {
   part "machine"
@@ -35,19 +37,18 @@ part() { echo; echo "=== $1 ($(date +%T))"; }
     tests/test_host_memory.py tests/test_exact_probes.py; echo "rc=$?"
 
   part "3. ekd demo --quick --no-tasks (run.device=auto: the GPU, bf16 autocast)"
-  rm -rf /tmp/ekd_demo /tmp/ekd_runs /tmp/ekd_cache
-  timeout 200 $PY -m ekd demo --quick --no-tasks --out /tmp/ekd_demo; echo "rc=$?"
-  find /tmp/ekd_demo -maxdepth 1 -name '*.md' -exec cp {} "$OUT/" \; 2>/dev/null
+  timeout 200 $PY -m ekd demo --quick --no-tasks --out $WORK/demo; echo "rc=$?"
+  find $WORK/demo -maxdepth 1 -name '*.md' -exec cp {} "$OUT/" \; 2>/dev/null
 
-  part "4. torchrun, 1 process (nccl), FSDP2, sekd, compiled loss, from the demo's student-init"
-  DEMO="model.student=/tmp/ekd_demo/student-init model.teacher=/tmp/ekd_demo/teacher \
-    model.tokenizer=/tmp/ekd_demo/teacher run.output_dir=/tmp/ekd_runs data.block_length=96 \
+  part "4. torchrun, 1 process (an NCCL group of one rank), sekd, compiled loss, from the demo's student-init (train.parallel=fsdp is a no-op with one process: ekd says so)"
+  DEMO="model.student=$WORK/demo/student-init model.teacher=$WORK/demo/teacher \
+    model.tokenizer=$WORK/demo/teacher run.output_dir=$WORK/runs data.block_length=96 \
     data.max_chars=1500000 data.max_eval_blocks=16 ${DRY:+run.device=cpu}"
   timeout 150 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m ekd distill configs/demo.yaml \
     $DEMO run.name=fsdp1 train.parallel=fsdp method=sekd train.max_steps=20 train.warmup_steps=0 \
     train.compile=true; echo "rc=$?"
 
-  part "5. torchrun, 1 process, FSDP2 with train.cpu_offload and teacher.placement=shard (GPU-only paths)"
+  part "5. torchrun, 1 process: the fsdp/cpu_offload/shard settings are accepted and said to be no-ops with one process (FSDP2 needs 2 GPUs)"
   timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m ekd distill configs/demo.yaml \
     $DEMO run.name=offload1 train.parallel=fsdp train.cpu_offload=true teacher.placement=shard method=kd \
     train.max_steps=10 train.warmup_steps=0; echo "rc=$?"
@@ -57,12 +58,13 @@ part() { echo; echo "=== $1 ($(date +%T))"; }
     $DEMO run.name=egad1 method=egad train.max_steps=10 train.warmup_steps=0; echo "rc=$?"
 
   part "7. RS cache build on the GPU (throughput vs the teacher's forward-only), then sekd3x from it"
-  timeout 120 $PY -m ekd cache configs/cache-demo.yaml $DEMO teacher.cache_dir=/tmp/ekd_cache; echo "rc=$?"
-  timeout 120 $PY -m ekd distill configs/cache-demo.yaml $DEMO teacher.cache_dir=/tmp/ekd_cache run.name=sekd3x \
+  timeout 120 $PY -m ekd cache configs/cache-demo.yaml $DEMO teacher.cache_dir=$WORK/cache; echo "rc=$?"
+  timeout 120 $PY -m ekd distill configs/cache-demo.yaml $DEMO teacher.cache_dir=$WORK/cache run.name=sekd3x \
     method=sekd3x teacher.source=cache train.max_steps=20 train.warmup_steps=0; echo "rc=$?"
 
   part "8. where the cache build's time goes on the GPU (issue 16 part 3: 0.35x forward-only on the H200)"
   timeout 120 $PY -m benchmarks.cache_phases --rounds 5 --device "$([ -n "$DRY" ] && echo cpu || echo cuda)"
   echo "rc=$?"
+  rm -rf "$WORK"
   part "end"
 } 2>&1 | tee "$LOG"
