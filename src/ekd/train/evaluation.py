@@ -539,11 +539,18 @@ def check_held_out(
     from ekd.data.store_build import SOURCE_FILES_PREFIX
 
     if now is not None and trained is not None and not trained.get("eval_fraction", 1):
-        raise ConfigError(  # every document of its source was trained on: a split drawn now is trained text
-            f"data.eval_fraction={cfg.data.eval_fraction}: the run held nothing out of its data.source "
-            f"(data.eval_fraction=0), so every document there was trained on and a split drawn now would score "
-            f"trained text as held-out; score other text as named sets (`ekd eval {run_dir} data.eval_fraction=0 "
-            "'data.eval_sources={name: FILE}'`)",
+        if trained.get("source") == cfg.data.source:  # every document there was trained on
+            why = (
+                "the run held nothing out of its data.source (data.eval_fraction=0), so every document there was "
+                "trained on and a split drawn now would score trained text as held-out"
+            )
+        else:
+            why = (
+                "the run held nothing out (data.eval_fraction=0) and draws no split from another data.source"
+            )
+        raise ConfigError(
+            f"data.eval_fraction={cfg.data.eval_fraction}: {why}; score other text as named sets (`ekd eval "
+            f"{run_dir} data.eval_fraction=0 'data.eval_sources={{name: FILE}}'`)",
             keys=("data.eval_fraction",),
         )
     if now is None or recorded is None or now == recorded:
