@@ -823,6 +823,10 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
         "earlier task results of tiny_gen were scored with other settings (max_new_tokens): dropped"
         in caplog.text
     )
+    caplog.clear()  # only multiple-choice results earlier: kept, and no warning of an empty list dropped
+    with caplog.at_level(logging.INFO, logger="ekd.train.task_evaluation"):
+        assert main([*budget[:-2], "eval.tasks_max_new_tokens=4", "--tasks", "tiny_gen2"]) == 0
+    assert _eval_json(run_dir)["tasks"]["student"]["tiny_mc"] == mc and "dropped" not in caplog.text
 
 
 def test_compare_keeps_seeds_scored_with_other_task_settings_apart(run, tmp_path):

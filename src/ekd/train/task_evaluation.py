@@ -468,12 +468,13 @@ def _with_earlier_tasks(
         # try-out 79, F5: a new generation budget dropped multiple-choice results it cannot change
         only_generation = set(changed) <= set(GENERATION_SETTINGS)
         kept = [t for t in earlier if only_generation and not _generates(old, t)]
-        log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now
-            "eval.json's earlier task results of %s were scored with other settings (%s): dropped, not rescored; "
-            "add them to --tasks to score them with these settings",
-            ", ".join(t for t in earlier if t not in kept),
-            ", ".join(changed),
-        )
+        if dropped := [t for t in earlier if t not in kept]:
+            log.warning(  # try-out 39, F7: an info line said 'replaced by these' of tasks not scored now
+                "eval.json's earlier task results of %s were scored with other settings (%s): dropped, not "
+                "rescored; add them to --tasks to score them with these settings",
+                ", ".join(dropped),
+                ", ".join(changed),
+            )
         earlier = kept
         if not earlier:
             return results, settings
