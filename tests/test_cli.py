@@ -91,6 +91,7 @@ def test_module_entry_point_help():
         ["eval", ""],  # try-out 79, F6: said as '.', after 3 s
         ["eval", "given.yaml"],  # a file (the test writes it)
         ["cache", "info", "runs/mistyped-cache"],  # 2 s
+        ["cache", "verify", ""],  # try-out 79, F6: said as '.' (manifest.json missing)
     ],
     ids=[
         "help",
@@ -101,6 +102,7 @@ def test_module_entry_point_help():
         "empty-run",
         "file-run",
         "missing-cache",
+        "empty-cache",
     ],
 )
 def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_path, argv):
@@ -114,6 +116,8 @@ def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    if argv[:3] == ["cache", "verify", ""]:
+        assert "ekd cache verify: the directory given is empty" in out.stderr, out.stderr
     if argv[0] == "eval":  # one line naming what was given
         said = {"": "the run directory given is empty", "given.yaml": "given.yaml is a file"}.get(
             argv[1], "does not exist"

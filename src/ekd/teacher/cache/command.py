@@ -158,6 +158,10 @@ def run_cache_command(args) -> int:
     if args.config in INSPECT:
         if len(args.overrides) != 1:
             raise EkdError(f"usage: ekd cache {args.config} DIR (one cache directory)")
+        if not args.overrides[0].strip():  # Path('') reads as '.' (try-out 79, F6)
+            raise EkdError(
+                f"ekd cache {args.config}: the directory given is empty (an unset shell variable?)"
+            )
         directory = Path(args.overrides[0])
         refuse_a_file(directory, option="")  # named as typed, not as teacher.cache_dir (try-out 49)
         refuse_missing_cache(directory)  # before torch is imported (the reader's)
