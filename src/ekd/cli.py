@@ -460,8 +460,9 @@ def _refuse_missing_run(run: Path) -> None:
 
 
 def _check_run_files(run: Path, sets: bool) -> None:
-    """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10): a
-    path that does not exist; a ``config.yaml`` that is not valid YAML or not a run's config
+    """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10;
+    a path that does not exist is refused before, by :func:`_refuse_missing_run`): a ``config.yaml`` that is not
+    valid YAML or not a run's config
     (:func:`~ekd.eval.saved_files.config_problem`); an ``eval.json`` whose entries are malformed
     (:func:`~ekd.eval.saved_files.eval_json_problem`), which ekd eval would otherwise keep as they were or drop.
     An ``eval.json`` with nothing to keep (not a JSON object) is said, then replaced when ``sets`` are scored.
@@ -477,8 +478,7 @@ def _check_run_files(run: Path, sets: bool) -> None:
     from ekd.eval.saved_files import config_problem, eval_json_problem
     from ekd.train.evaluation import is_finished_run
 
-    _refuse_missing_run(run)
-    if not is_finished_run(run):
+    if not is_finished_run(run):  # a path that is not there was refused before (_refuse_missing_run)
         return
     path = run / "config.yaml"
     try:
@@ -814,9 +814,9 @@ def _how_to_go_on(e: BaseException, args: argparse.Namespace) -> str:
     """ "; how to go on" after a command stopped from outside: the hint ``ekd distill`` attached from what the run
     directory holds (``continue_hint``; rank 0's, from the job's store, for a rank that speaks for it), else the
     command's own (:func:`_continue_hint`)."""
-    hint = (
-        getattr(e, "continue_hint", None) if args.command == "distill" else None
-    )  # a run's flags are distill's
+    if args.command != "distill":  # the hint a run attaches names distill's flags (ekd demo trains runs too)
+        return _continue_hint(args)
+    hint = getattr(e, "continue_hint", None)
     return _continue_hint(args) if hint is None else hint
 
 
