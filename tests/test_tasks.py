@@ -14,6 +14,7 @@ import json
 import math
 import random
 import sys
+import types
 
 import pytest
 import torch
@@ -1457,3 +1458,90 @@ def test_a_generation_budget_past_the_models_length_is_refused_before_any_task_i
         model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=length - 1)
     )
     assert set(results) == {"tiny_mc", "tiny_gen"} and len(scored) == 2
+
+
+def test_the_budgets_read_from_task_configs_are_the_ones_lm_eval_runs(tmp_path):
+    """Try-out 79, F4: the up-front check reads each generation task's budget from its config (nothing loaded);
+    it must be the budget lm-eval runs with — the task's own, ``eval.tasks_max_new_tokens``, or lm-eval's
+    default where neither is set — and the length must be ``HFLM.max_length``'s, config or tokenizer."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from lm_eval.models.huggingface import HFLM
+
+    from ekd.eval.tasks import (
+        DEFAULT_GEN_TOKS,
+        TaskSettings,
+        _configure,
+        config_budgets,
+        loaded_budgets,
+        model_max_length,
+        task_manager,
+    )
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    own = GEN_YAML.replace('  until: ["\\n"]\n', '  until: ["\\n"]\n  max_gen_toks: 7\n')
+    _write_task(tasks_dir, "own_budget", _gen_rows(2), own)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
+    assert lm.max_gen_toks == DEFAULT_GEN_TOKS
+    tasks = ("tiny_mc", "tiny_gen", "own_budget")
+    for max_new in (0, 5):
+        settings = TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=max_new)
+        manager = task_manager(tasks, str(tasks_dir))
+        prepared = []
+        for name in tasks:
+            loaded = manager.load([name])
+            for task in loaded["tasks"].values():
+                _configure(task, settings)
+            prepared.append((name, loaded, None, 0.0))
+        expected = [("'tiny_gen'", max_new or DEFAULT_GEN_TOKS), ("'own_budget'", max_new or 7)]
+        assert loaded_budgets(prepared, lm.max_gen_toks) == expected
+        assert config_budgets(settings) == expected
+    assert model_max_length(model.config, tok) == lm.max_length == model.config.max_position_embeddings
+    tok.model_max_length = 77  # a config naming no length: the tokenizer's, as lm-eval reads it
+    assert model_max_length(types.SimpleNamespace(vocab_size=len(tok)), tok) == 77
+
+
+def test_a_budget_a_scored_models_length_cannot_hold_is_refused_before_training_and_before_ekd_eval_writes(
+    tmp_path, monkeypatch, capsys
+):
+    """Try-out 79, F4: a generation budget that leaves the *teacher* (64 positions here) no room for a prompt
+    was refused only when its tasks were scored — after the whole training in ``ekd distill``, after the eval
+    sets were rescored and eval.json rewritten in ``ekd eval``. Both now refuse it before anything runs."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.data import train_bpe_tokenizer
+    from ekd.models.load import build_preset
+    from ekd.train import evaluation
+    from hostile import one_error_line
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 320, None)
+    short = tmp_path / "short_teacher"
+    teacher = build_preset("llama-tiny", len(tok), tok.eos_token_id)
+    teacher.config.max_position_embeddings = 64
+    teacher.save_pretrained(short)
+    tok.save_pretrained(short)
+    capsys.readouterr()  # transformers' saving bars
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_gen", _gen_rows(3), GEN_YAML)
+    common = {"model.teacher": str(short), "model.tokenizer": str(short), "train.max_steps": 1}
+    tasks = ["eval.tasks=[tiny_gen]", f"eval.tasks_dir={tasks_dir}"]
+    refusal = (
+        "eval.tasks: the generation budget of 'tiny_gen' (64) new tokens leaves no room for a prompt within the "
+        "teacher's maximum length, 64 tokens; no task was scored"
+    )
+
+    cfg = config_file(tmp_path, corpus, "over", **common, **{"eval.tasks_max_new_tokens": 64})
+    rc = main(["-q", "distill", cfg, *tasks])
+    assert refusal in one_error_line(rc, capsys.readouterr().err)
+    assert not (tmp_path / "runs" / "over" / "metrics.jsonl").exists()  # no step was taken
+    assert not list((tmp_path / "runs" / "over").glob("checkpoints/*"))
+
+    cfg = config_file(tmp_path, corpus, "fits", **common, **{"eval.tasks_max_new_tokens": 4})
+    assert main(["-q", "distill", cfg, *tasks]) == 0
+    run = tmp_path / "runs" / "fits"
+    evaluated = []
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: evaluated.append(a))
+    before = (run / "eval.json").read_bytes()
+    rc = main(["eval", str(run), "eval.tasks_max_new_tokens=64"])
+    assert refusal in one_error_line(rc, capsys.readouterr().err)
+    assert evaluated == [] and (run / "eval.json").read_bytes() == before

@@ -66,6 +66,8 @@ REGISTRY_CUTOFF = 0.75
 INSTALL_HINT = "downstream tasks need lm-evaluation-harness: pip install 'ekd[eval]' (lm-eval[hf]==0.4.13)"
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 DECODING = "greedy; model generation_config set aside"  # in every cached result's signature
+DEFAULT_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks: a generation task's budget where it sets none
+Budget = tuple[str, int]  # (a generation task as a line names it, its new-token budget)
 
 
 def require_lm_eval(import_now: bool = True) -> None:
@@ -595,7 +597,7 @@ def run_tasks(
             for task in loaded["tasks"].values():
                 _configure(task, settings)
             prepared.append((name, loaded, identity, time.perf_counter() - t0))
-        check_generation_budgets(prepared, lm.max_gen_toks, lm.max_length, label)
+        check_generation_budgets(loaded_budgets(prepared, lm.max_gen_toks), lm.max_length, label)
         for name, loaded, identity, load_s in prepared:
             t0 = time.perf_counter() - load_s
             _seed_everything(settings.seed)
@@ -640,38 +642,83 @@ def run_tasks(
     return out
 
 
-def check_generation_budgets(
-    prepared: list[tuple[str, dict[str, Any], Any, float]], default_budget: int, max_length: int, label: str
-) -> None:
-    """Refuse, before any task is scored, a generation task whose new-token budget leaves the model no room for
-    a prompt: lm-eval asserts ``max_length − max_gen_toks > 0`` only when it reaches that task, and the tasks
-    scored before it were lost with the run's evaluation (try-out 77, F2).
+def loaded_budgets(
+    prepared: list[tuple[str, dict[str, Any], Any, float]], default_budget: int
+) -> list[Budget]:
+    """(how the line names the task, new-token budget) of every generation task of ``prepared`` — (task name,
+    ``manager.load`` result, identity, load seconds) of every task, configured (:func:`_configure`) — as
+    lm-eval will run it: ``default_budget`` (``HFLM.max_gen_toks``) where a task sets none."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    out = []
+    for name, loaded, _, _ in prepared:
+        for leaf, task in loaded["tasks"].items():
+            if task.get_config("output_type") == "generate_until":
+                kwargs = dict(task.get_config("generation_kwargs") or {})
+                out.append(
+                    (_leaf_label(leaf, name), normalize_gen_kwargs(kwargs, default_budget)["max_gen_toks"])
+                )
+    return out
+
+
+def config_budgets(settings: TaskSettings, default_budget: int = DEFAULT_GEN_TOKS) -> list[Budget]:
+    """:func:`loaded_budgets` of ``settings.tasks`` read from their configs in lm-eval's index (no dataset read:
+    before training or any scoring), with ``eval.tasks_max_new_tokens`` applied as :func:`_configure` applies it.
+    A Python task (``class``) keeps its budget in code: it is checked when it is loaded
+    (:func:`check_generation_budgets` in :func:`run_tasks`)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    manager = task_manager(settings.tasks, settings.tasks_dir)
+    out = []
+    for name in settings.tasks:
+        for config in leaf_configs(manager, name):
+            if config.get("output_type") != "generate_until" or "class" in config:
+                continue
+            kwargs = dict(config.get("generation_kwargs") or {})
+            if settings.max_new_tokens > 0:
+                kwargs["max_gen_toks"] = settings.max_new_tokens
+            budget = normalize_gen_kwargs(kwargs, default_budget)["max_gen_toks"]
+            out.append((_leaf_label(str(config.get("task", name)), name), budget))
+    return out
+
+
+def _leaf_label(leaf: str, name: str) -> str:
+    return f"'{leaf}'" if leaf == name else f"'{leaf}' of '{name}'"
+
+
+def check_generation_budgets(budgets: list[Budget], max_length: int, label: str) -> None:
+    """Refuse a generation task whose new-token budget leaves the model no room for a prompt, before any task is
+    scored: lm-eval asserts ``max_length − max_gen_toks > 0`` only when it reaches that task, and the tasks
+    scored before it were lost with the run's evaluation (try-out 77, F2); ``ekd distill`` and ``ekd eval`` check
+    every model they will score before training or evaluating anything (try-out 79, F4).
 
     Args:
-        prepared: (task name, ``manager.load`` result, identity, load seconds) of every task, configured.
-        default_budget: lm-eval's ``max_gen_toks`` when a task sets none (``HFLM.max_gen_toks``).
-        max_length: the model's maximum sequence length as lm-eval reads it (``HFLM.max_length``).
+        budgets: (task as the line names it, new-token budget) of every generation task
+            (:func:`loaded_budgets`, :func:`config_budgets`).
+        max_length: the model's maximum sequence length as lm-eval reads it (``HFLM.max_length``:
+            :func:`model_max_length`).
+        label: the model, as the line names it ("student", "teacher").
 
     Raises:
         EkdError: one line naming the tasks, their budgets, the model's length and the settings that fix it.
     """
-    from lm_eval.models.utils import normalize_gen_kwargs
-
-    over = []
-    for name, loaded, _, _ in prepared:
-        for leaf, task in loaded["tasks"].items():
-            if task.get_config("output_type") != "generate_until":
-                continue
-            kwargs = dict(task.get_config("generation_kwargs") or {})
-            budget = normalize_gen_kwargs(kwargs, default_budget)["max_gen_toks"]
-            if max_length - budget <= 0:
-                over.append(f"'{leaf}' ({budget})" if leaf == name else f"'{leaf}' of '{name}' ({budget})")
+    over = [f"{task} ({budget})" for task, budget in budgets if max_length - budget <= 0]
     if over:
         raise EkdError(
             f"eval.tasks: the generation budget of {', '.join(over)} new tokens leaves no room for a prompt "
             f"within the {label}'s maximum length, {max_length} tokens; no task was scored: set "
             "eval.tasks_max_new_tokens lower (or max_gen_toks in the task's generation_kwargs)"
         )
+
+
+def model_max_length(config: Any, tokenizer: Any) -> int:
+    """A model's maximum sequence length as lm-eval's ``HFLM.max_length`` reads it (``resolve_max_length``: the
+    config's ``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, else the tokenizer's
+    ``model_max_length``, else 2,048), from its config alone: before the model is loaded."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils import resolve_max_length
+
+    return resolve_max_length(config, tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)
 
 
 def _configure(task: Any, settings: TaskSettings) -> None:

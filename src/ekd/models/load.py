@@ -38,22 +38,28 @@ def is_preset(spec: str) -> bool:
     return spec.startswith(PRESET_PREFIX)
 
 
+def preset_config(name: str, vocab_size: int | None = None, eos_token_id: int | None = None) -> Any:
+    """The transformers config of an architecture preset (``vocab_size`` None: the model type's default).
+
+    Raises:
+        ModelError: ``name`` is not a preset.
+    """
+    require_preset(name)
+    values = dict(architectures.get(name))
+    model_type = values.pop("model_type")
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    return AutoConfig.for_model(
+        model_type, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id, **values
+    )
+
+
 def build_preset(
     name: str, vocab_size: int, eos_token_id: int | None = None, seed: int = 0, attn_implementation: str = ""
 ) -> nn.Module:
     """A randomly initialized causal LM from an architecture preset, with ``vocab_size`` rows and the given
     attention implementation (empty: transformers' default)."""
-    require_preset(name)
-    values = dict(architectures.get(name))
-    model_type = values.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=vocab_size,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
-        **values,
-    )
+    config = preset_config(name, vocab_size, eos_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or None)
@@ -211,6 +217,14 @@ def empty_model(
         build["attn_implementation"] = attn_implementation
     with torch.device("meta"):
         return load_or_refuse(spec, role, lambda: AutoModelForCausalLM.from_config(config, **build))
+
+
+def architecture_config(spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "model"):
+    """:func:`model_config`, or for ``preset:<name>`` the preset's (with the model type's default vocabulary:
+    for what does not depend on it, such as the maximum sequence length)."""
+    if is_preset(spec):
+        return preset_config(spec[len(PRESET_PREFIX) :])
+    return model_config(spec, revision, trust_remote_code, role)
 
 
 def model_config(spec: str, revision: str = "", trust_remote_code: bool = False, role: str = "model"):

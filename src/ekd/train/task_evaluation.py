@@ -41,6 +41,9 @@ from ekd.eval.task_metrics import DOCUMENTS_SHA256
 from ekd.eval.tasks import (
     TaskSettings,
     check_config_tasks,
+    check_generation_budgets,
+    config_budgets,
+    model_max_length,
     require_lm_eval,
     run_tasks,
     task_identities,
@@ -502,6 +505,45 @@ def _generates(old: dict[str, Any], task: str) -> bool:
     return not found or any(r.get("output_type", "generate_until") == "generate_until" for r in found)
 
 
+def task_models(cfg: Config, student: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    """Role → (spec, revision) of every model ``eval.tasks`` will score (:func:`run_end_tasks`' rule):
+    ``student`` (given: ``model.student`` before training, ``RUN/student`` after), the teacher and the initial
+    student when asked."""
+    models = {"student": student}
+    if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
+        models["teacher"] = (cfg.model.teacher, cfg.model.revision)
+    if cfg.eval.tasks_student_init:
+        models["student_init"] = (cfg.model.student, cfg.model.revision)
+    return models
+
+
+def check_task_lengths(cfg: Config, student: tuple[str, str], tokenizer: Callable[[], Any]) -> None:
+    """Every model ``eval.tasks`` will score (:func:`task_models`) against every generation task's new-token
+    budget, from the models' configs and the task configs (nothing loaded): ``ekd distill`` before training,
+    ``ekd eval RUN`` before the eval sets are rescored — not when lm-eval reaches the task (try-out 79, F4: a
+    budget the teacher's length could not hold was refused after the whole training). A model whose config
+    cannot be read here is left to its load, which says why. ``tokenizer``: the run's, called only when a task
+    generates (lm-eval reads its ``model_max_length`` where a config names no length).
+
+    Raises:
+        EkdError: one line naming the model, the tasks, their budgets and the fix
+            (:func:`ekd.eval.tasks.check_generation_budgets`).
+    """
+    from ekd.models.load import architecture_config
+
+    settings = TaskSettings.from_config(cfg)
+    budgets = config_budgets(settings) if settings.tasks else []
+    if not budgets:
+        return
+    tok = tokenizer()
+    for role, (spec, revision) in task_models(cfg, student).items():
+        try:
+            config = architecture_config(spec, revision, cfg.model.trust_remote_code, role)
+        except EkdError:
+            continue
+        check_generation_budgets(budgets, model_max_length(config, tok), role)
+
+
 def check_saved_tasks(
     run_dir: Path, overrides: list[str] | None = None, *, cfg: Config | None = None
 ) -> None:
@@ -517,10 +559,16 @@ def check_saved_tasks(
     ``cfg``: as :func:`ekd.train.evaluation.evaluate_saved_run` takes it.
     """
     from ekd.train.evaluation import load_run_config
+    from ekd.train.run_dir import read_marker
+    from ekd.train.run_tokenizer import run_tokenizer
 
     cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
+    student_dir = Path(run_dir) / "student"
     try:
         check_config_tasks(cfg)
+        check_task_lengths(
+            cfg, (str(student_dir), ""), lambda: run_tokenizer(student_dir, read_marker(Path(run_dir)))
+        )
     except EkdError as e:
         if {"eval.tasks", "eval.tasks_dir"} & set(parse_overrides(overrides or [])):
             raise  # the user's own value: the line is about it

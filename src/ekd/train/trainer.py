@@ -911,8 +911,9 @@ def _open_run(cfg: Config, ranks: Ranks, start: RunStart) -> Path:
 
 def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     """Rank 0's checks once the data is read: a new run records its data, ``--resume`` refuses different
-    data; an unknown ``eval.tasks`` name, a task's hub dataset that cannot be fetched (no network, not cached)
-    and a missing wandb are refused now, before the models load (not after the whole training)."""
+    data; an unknown ``eval.tasks`` name, a task's hub dataset that cannot be fetched (no network, not cached),
+    a generation budget a scored model's length cannot hold and a missing wandb are refused now, before the
+    models load (not after the whole training)."""
     start.check_data(data.blocks["train"].fingerprint(), len(data.blocks["train"]))
     start.check_eval_sets(
         {name: blocks.fingerprint() for name, blocks in data.blocks.items() if name != "train"}, data.held_out
@@ -922,8 +923,10 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     start.check_teacher()
     if cfg.eval.tasks:
         from ekd.eval.tasks import check_config_tasks
+        from ekd.train.task_evaluation import check_task_lengths
 
         check_config_tasks(cfg)
+        check_task_lengths(cfg, (cfg.model.student, cfg.model.revision), lambda: data.tokenizer)
     if cfg.log.wandb_project:
         require_wandb()
 
