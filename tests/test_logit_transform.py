@@ -292,3 +292,79 @@ def test_load_teacher_refuses_an_unknown_head_transform(monkeypatch):
     cfg = load_config(overrides=["model.teacher=some-org/scaled-model", "run.device=cpu"])
     with pytest.raises(ModelError, match="cannot reproduce the logits of model type 'llama'"):
         load_teacher(cfg, PreparedData(_Tokenizer(), {}), torch.device("cpu"))
+
+
+class _CappedLlama(LlamaForCausalLM):
+    """A causal LM whose forward soft-caps its logits at 30 (custom code; no config key says so)."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = 30.0 * torch.tanh(out.logits / 30.0)
+        return out
+
+
+@pytest.mark.parametrize("arch", [*BUILDERS, "llama-tied-bf16"])
+def test_known_transforms_stay_accepted_on_freshly_initialised_models(arch):
+    """The second probe (the head's weights scaled up so the logits near PROBE_LOGIT) must not refuse what ekd
+    reproduces — each family's transform on its own random init (Gemma-2's head not scaled up), a tied head in
+    bf16 — and must leave every weight as it was, bit for bit."""
+    from ekd.models.load import PROBE_LOGIT, _head_probe, _scaled_head
+
+    if arch == "gemma2":
+        torch.manual_seed(2)
+        model = Gemma2ForCausalLM(Gemma2Config(**COMMON, head_dim=8, final_logit_softcapping=3.0)).eval()
+    elif arch == "llama-tied-bf16":
+        torch.manual_seed(4)
+        model = LlamaForCausalLM(LlamaConfig(**COMMON, tie_word_embeddings=True)).to(torch.bfloat16).eval()
+    else:
+        model = BUILDERS[arch]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_output_head(model, V, "student")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ids = torch.arange(8).view(1, 8)
+    plain, _ = _head_probe(model, output_head(model, V), ids, V)
+    with _scaled_head(model, PROBE_LOGIT / float(plain.abs().max())):
+        logits, got = _head_probe(model, output_head(model, V), ids, V)
+    assert float(logits.abs().max()) > 4 * float(plain.abs().max())  # forward's logits grew
+    tolerance = 4 * torch.finfo(torch.bfloat16).eps if arch == "llama-tied-bf16" else 1e-4
+    assert float((got - logits[0]).abs().max()) <= tolerance * float(logits[0].abs().max())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_opt_model_whose_forward_skips_its_body_module_passes_the_second_probe():
+    """OPT's forward calls ``model.decoder``, not the body ekd calls (``model``): the second probe must act where
+    both read (the head's weights), not on the body's output."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=64,
+    )  # fmt: skip
+    check_output_head(OPTForCausalLM(config).eval(), V, "student")
+
+
+def test_an_unknown_soft_cap_on_a_freshly_initialised_model_is_refused():
+    """Try-out 78, F2: a random-init model's logits stay under 1, where a cap of 30 moves them by < 1e-4 of their
+    scale, so custom code that caps them was accepted and trained as h·Wᵀ. The amplified probe sees it."""
+    torch.manual_seed(0)
+    model = _CappedLlama(LlamaConfig(**COMMON)).eval()
+    with torch.no_grad():
+        assert float(model(input_ids=torch.arange(8).view(1, 8)).logits.abs().max()) < 5.0
+    with pytest.raises(ModelError, match="cannot reproduce the logits of model type 'llama'") as e:
+        check_output_head(model, V, "student")
+    assert "\n" not in str(e.value) and "from its config" not in str(e.value)
+
+
+def test_a_config_softcap_the_forward_does_not_read_is_named_in_the_refusal():
+    """Try-out 78, F3: a Llama whose config.json carries an unused ``final_logit_softcapping`` was refused as
+    'a post-head transform ekd does not know' — the transform was ekd's own, read off the config. The line now
+    names the key ekd applied."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**COMMON, final_logit_softcapping=5.0)).eval()
+    with pytest.raises(ModelError) as e:
+        check_output_head(model, V, "student")
+    assert (
+        "ekd applies final_logit_softcapping=5 from its config, as the model types that read it do: a key "
+        in (str(e.value))
+    )

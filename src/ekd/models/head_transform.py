@@ -57,16 +57,22 @@ _DEFAULT = (("softcap", "final_logit_softcapping"),)
 
 def logit_transform(model: nn.Module) -> LogitTransform:
     """The transform ``model.forward`` applies to ``lm_head``'s output (identity for Llama, Qwen, ...)."""
+    return LogitTransform(**{field: value for field, _, value in transform_settings(model)})
+
+
+def transform_settings(model: nn.Module) -> list[tuple[str, str, float]]:
+    """(``LogitTransform`` field, config attribute, value) of every setting :func:`logit_transform` reads off
+    ``model``'s config, in the order forward applies them; [] for Llama, Qwen, ... (and a model without config)."""
     config = getattr(model, "config", None)
     if config is None:
-        return LogitTransform()
+        return []
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    values: dict[str, float] = {}
+    out = []
     for field, attribute in _RULES.get(getattr(config, "model_type", ""), _DEFAULT):
         value = getattr(text, attribute, getattr(config, attribute, None))
         if value is not None:
-            values[field] = float(value)
-    return LogitTransform(**values)
+            out.append((field, attribute, float(value)))
+    return out
 
 
 def model_type(model: nn.Module) -> str:

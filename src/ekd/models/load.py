@@ -8,10 +8,12 @@ with safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,7 @@ from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
-from ekd.models.head_transform import logit_transform, model_type
+from ekd.models.head_transform import logit_transform, model_type, transform_settings
 from ekd.models.presets import architectures, require_preset
 from ekd.words import counted
 
@@ -780,14 +782,19 @@ def check_output_head(
     positions must not change (a causal LM's position t sees tokens ≤ t; try-out 38: a BERT encoder, loaded by
     ``AutoModelForCausalLM`` as ``BertLMHeadModel`` without ``is_decoder``, attends both ways), and the first
     row's ``forward(...).logits`` must equal ``output_head`` applied to the body's last hidden states, first
-    ``vocab_size`` columns. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
-    dtype; the probe runs in IEEE fp32 without autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run
+    ``vocab_size`` columns. Where those logits are small (a freshly initialised model's stay under 1, where a
+    soft-cap of 30 moves them by < 1e-4: try-out 78, F2), the first row is probed again with the output head's
+    weights scaled by a power of two so that the largest logit is about :data:`PROBE_LOGIT` — ``forward`` and
+    ekd's head read the same weights, which are restored bit for bit after. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
+    dtype; the probes run in IEEE fp32 without autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run
     that turned TF32 on. This catches any post-head transform ``ekd.models.head_transform`` does not know (a
-    scale, a cap, a bias, a custom forward). ``vocab_size`` None: the head's every row.
+    scale, a cap, a bias, a custom forward), and a config setting ekd applies that the forward does not.
+    ``vocab_size`` None: the head's every row.
 
     Raises:
         ModelError: one line naming the model type and the problem: logits that are not finite (NaN or +inf:
-            weights that hold them), that depend on later tokens, or that the head does not reproduce.
+            weights that hold them), that depend on later tokens, or that the head does not reproduce (with the
+            config settings ekd applied, if any).
     """
     head = output_head(model, vocab_size)
     vocab_size = head.weight.shape[0]  # (V, D)
@@ -795,6 +802,47 @@ def check_output_head(
     changed = ids.clone()
     changed[-1] = ids[0] if ids[-1] != ids[0] else (ids[0] + 1) % vocab_size  # another last token
     rows = torch.stack([ids, changed])  # (2, n): the same first n−1 tokens
+    logits, got = _head_probe(model, head, rows, vocab_size)  # (2, n, V), (n, V)
+    expected = logits[0]  # (n, V)
+    if logits.isnan().any() or (logits == float("inf")).any() or not torch.isfinite(expected).any():
+        raise ModelError(  # try-out 35: a NaN weight ended in a traceback (a max over no finite logit)
+            f"{_key(role)}: its logits on {tokens} probe tokens are not finite (NaN or +inf): "
+            + _non_finite_cause(head.weight.dtype, role, bad_weight=_first_non_finite(model))
+        )
+    scale = _logit_scale(expected)
+    low = head.weight.dtype in (torch.bfloat16, torch.float16)
+    tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
+    _refuse_non_causal(logits, scale, tolerance, model, role)
+    error = _head_error(got, expected, scale)
+    if error <= tolerance and scale < PROBE_LOGIT:  # small logits: probe again where a cap or scale shows
+        with _scaled_head(model, PROBE_LOGIT / scale):
+            logits, got = _head_probe(model, head, rows[:1], vocab_size)  # (1, n, V), (n, V)
+        expected = logits[0]
+        if torch.isfinite(expected).any():
+            error = _head_error(got, expected, _logit_scale(expected))
+    if not error <= tolerance:
+        applied = ", ".join(f"{attribute}={value:g}" for _, attribute, value in transform_settings(model))
+        raise ModelError(
+            f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
+            f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
+            f"hidden states by {error:.3g} of their scale ("
+            + (
+                f"ekd applies {applied} from its config, as the model types that read it do: a key this "
+                "model's forward does not read, or "
+                if applied
+                else ""
+            )
+            + "a post-head transform ekd does not know); use another model"
+        )
+
+
+PROBE_LOGIT = 64.0  # the largest logit of the head probe's second pass: past the soft-caps in use (30, 50)
+
+
+def _head_probe(
+    model: nn.Module, head: Head, rows: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward(rows).logits`` (b, n, V) and ekd's ``head`` on the first row's last hidden states (n, V), float64."""
     mask = torch.ones_like(rows)
     was_training = model.training
     model.eval()
@@ -805,29 +853,44 @@ def check_output_head(
             got = head(hidden.last_hidden_state[0])  # (n, V)
     finally:
         model.train(was_training)
-    logits, got = logits.double(), got.double()  # (2, n, V), (n, V)
-    expected = logits[0]  # (n, V)
-    if logits.isnan().any() or (logits == float("inf")).any() or not torch.isfinite(expected).any():
-        raise ModelError(  # try-out 35: a NaN weight ended in a traceback (a max over no finite logit)
-            f"{_key(role)}: its logits on {tokens} probe tokens are not finite (NaN or +inf): "
-            + _non_finite_cause(head.weight.dtype, role, bad_weight=_first_non_finite(model))
-        )
+    return logits.double(), got.double()
+
+
+@contextlib.contextmanager
+def _scaled_head(model: nn.Module, factor: float) -> Iterator[None]:
+    """The output linear's weight (and bias) multiplied in place by the power of two nearest ``factor`` — exact,
+    and exactly undone after (also on error): no copy of the head is made. The power is lowered so that no
+    weight can overflow its dtype (a tied head scales the input embedding with it, in both paths alike)."""
+    linear = model.get_output_embeddings()
+    tensors = [t for t in (linear.weight, getattr(linear, "bias", None)) if isinstance(t, torch.Tensor)]
+    power = max(0, round(math.log2(factor)))
+    with torch.no_grad():
+        for t in tensors:
+            largest = float(t.abs().max()) if t.numel() else 0.0
+            if largest > 0:
+                power = min(power, int(math.log2(torch.finfo(t.dtype).max / 4 / largest)))
+        for t in tensors:
+            t.mul_(2.0**power)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t in tensors:
+                t.mul_(2.0**-power)
+
+
+def _logit_scale(expected: torch.Tensor) -> float:
+    """The largest finite |logit| of ``expected`` (n, V), at least 1.0."""
     finite = torch.isfinite(expected)
-    scale = max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
-    low = head.weight.dtype in (torch.bfloat16, torch.float16)
-    tolerance = 4 * torch.finfo(head.weight.dtype).eps if low else 1e-4
-    _refuse_non_causal(logits, scale, tolerance, model, role)
-    error = (
-        float((got - expected)[finite].abs().max()) / scale
-        if torch.equal(finite, torch.isfinite(got)) and expected.shape == got.shape
-        else float("inf")
-    )
-    if not error <= tolerance:
-        raise ModelError(
-            f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
-            f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
-            f"hidden states by {error:.3g} of their scale (a post-head transform ekd does not know); use another model"
-        )
+    return max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
+
+
+def _head_error(got: torch.Tensor, expected: torch.Tensor, scale: float) -> float:
+    """max |got − expected| / ``scale`` over the finite logits; inf where the two are not finite alike."""
+    finite = torch.isfinite(expected)
+    if not (torch.equal(finite, torch.isfinite(got)) and expected.shape == got.shape):
+        return float("inf")
+    return float((got - expected)[finite].abs().max()) / scale
 
 
 def _refuse_non_causal(
