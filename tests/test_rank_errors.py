@@ -184,7 +184,7 @@ def test_a_copy_of_rank_0s_error_is_not_printed_again(monkeypatch, capsys):
     assert str(bug) == "rank 0 could not open the run directory: OSError: boom"
 
 
-def test_cpu_offload_needs_a_gpu_under_torchrun_and_is_a_logged_no_op_in_one_process(caplog):
+def test_cpu_offload_needs_a_gpu_under_torchrun_and_is_a_warned_no_op_in_one_process(caplog):
     from ekd.config import ConfigError, load_config
     from ekd.train.distributed import Ranks, check_cpu_offload, data_parallel
 
@@ -199,7 +199,12 @@ def test_cpu_offload_needs_a_gpu_under_torchrun_and_is_a_logged_no_op_in_one_pro
         assert data_parallel(torch.nn.Linear(2, 2), {}, Ranks(0, 1, cpu), cfg) is None
         fsdp = load_config(None, ["train.parallel=fsdp"])  # try-out 23: said for teacher.placement only
         assert data_parallel(torch.nn.Linear(2, 2), {}, Ranks(0, 1, cpu), fsdp) is None
-    assert "train.cpu_offload: one process, nothing is sharded or offloaded" in caplog.text
+    offload = [r for r in caplog.records if "train.cpu_offload: one process" in r.getMessage()]
+    assert [r.levelname for r in offload] == ["WARNING"]  # a setting that saves no memory is said as such
+    assert (
+        "nothing is sharded or offloaded — the student, its gradients and AdamW state stay whole on cpu"
+        in (offload[0].getMessage())
+    )
     assert "train.parallel=fsdp: one process, the student stays whole" in caplog.text
 
 

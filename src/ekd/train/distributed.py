@@ -371,7 +371,7 @@ def data_parallel(
     student: nn.Module, extras: dict[str, nn.Module], ranks: Ranks, cfg=None
 ) -> nn.Module | None:
     """``DistributedDataParallel`` over the trained modules, or their FSDP2 root with
-    ``cfg.train.parallel=fsdp`` (:func:`ekd.train.fsdp.shard_student`); None in a single process (a log line
+    ``cfg.train.parallel=fsdp`` (:func:`ekd.train.fsdp.shard_student`); None in a single process (a warning
     says that ``train.cpu_offload`` does nothing there).
 
     Buffers are synced once, when DDP starts, not before every forward (``forward_sync_buffers=False``: every
@@ -381,7 +381,11 @@ def data_parallel(
     """
     if ranks.world_size == 1:
         if cfg is not None and cfg.train.cpu_offload:
-            log.info("train.cpu_offload: one process, nothing is sharded or offloaded")
+            log.warning(  # a setting that saves no memory here: said louder than the fsdp no-op below
+                "train.cpu_offload: one process, nothing is sharded or offloaded — the student, its gradients and "
+                "AdamW state stay whole on %s (ekd offloads FSDP2 shards, under torchrun with 2 or more ranks)",
+                ranks.device,
+            )
         elif cfg is not None and cfg.train.parallel == "fsdp":  # try-out 23: said for placement=shard only
             log.info("train.parallel=fsdp: one process, the student stays whole")
         return None
