@@ -293,6 +293,9 @@ def test_quiet_progress_bars_disables_every_tqdm_and_restores_it(capfd):
         assert positional.disable
     assert "%|" not in capfd.readouterr().err
     assert vars(std.tqdm)["__init__"] is init
+    with quiet_progress_bars(), quiet_progress_bars():  # try-out 81, F1: nested, it raised a ValueError
+        assert std.tqdm(range(2), "nested", disable=False).disable
+    assert vars(std.tqdm)["__init__"] is init
     with quiet_progress_bars(False):
         list(std.tqdm(range(2), desc="shown"))
     assert "shown" in capfd.readouterr().err
@@ -1545,3 +1548,19 @@ def test_a_budget_a_scored_models_length_cannot_hold_is_refused_before_training_
     rc = main(["eval", str(run), "eval.tasks_max_new_tokens=64"])
     assert refusal in one_error_line(rc, capsys.readouterr().err)
     assert evaluated == [] and (run / "eval.json").read_bytes() == before
+
+
+def test_a_tag_of_tasks_is_scored_with_progress_bars_off(tmp_path):
+    """Try-out 81, F1: a tag (``tag: NAME`` in task YAMLs) under ``log.progress=false`` ended in a traceback
+    ("'disable' is not in list": its leaves were read inside the tasks' own quiet block, which was not
+    reentrant) — in ``ekd distill`` after the whole training. It scores as its tasks do."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    _write_task(tasks_dir, "tagged_mc", _mc_rows(3), "tag: tiny_tag\n" + MC_YAML)
+    _write_task(tasks_dir, "tagged_gen", _gen_rows(4), "tag: tiny_tag\n" + GEN_YAML)
+    settings = TaskSettings(tasks=("tiny_tag",), tasks_dir=str(tasks_dir), max_new_tokens=2, progress=False)
+    results = run_tasks(model, tok, settings)
+    assert set(results) == {"tagged_mc", "tagged_gen"}
+    assert all(r["n"] > 0 for r in results.values())

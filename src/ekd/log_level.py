@@ -112,13 +112,14 @@ def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
     is created disabled (it still iterates and counts, it draws nothing). Afterwards tqdm is as it was.
 
     Args:
-        quiet: False does nothing (the bars show, as ``log.progress=true`` asks).
+        quiet: False does nothing (the bars show, as ``log.progress=true`` asks); inside another such block it
+            does nothing either (the outer one restores tqdm).
     """
-    if not quiet:
-        yield
-        return
     from tqdm import std
 
+    if not quiet or getattr(std.tqdm.__init__, "quiets_tqdm", False):  # not asked, or quiet already (nested:
+        yield  # try-out 81, F1: a tag's leaves are read inside the tasks' own quiet block)
+        return
     original = vars(std.tqdm)["__init__"]  # tqdm wraps it (env-var defaults): restore the object itself
     init = std.tqdm.__init__
     at = list(inspect.signature(init).parameters).index("disable") - 1  # its index in *args (after self)
@@ -130,6 +131,7 @@ def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
             kwargs["disable"] = True
         init(self, *args, **kwargs)
 
+    disabled_init.quiets_tqdm = True  # type: ignore[attr-defined]
     std.tqdm.__init__ = disabled_init
     try:
         yield
