@@ -1564,3 +1564,38 @@ def test_a_tag_of_tasks_is_scored_with_progress_bars_off(tmp_path):
     results = run_tasks(model, tok, settings)
     assert set(results) == {"tagged_mc", "tagged_gen"}
     assert all(r["n"] > 0 for r in results.values())
+
+
+def test_prompts_lm_eval_cuts_to_fit_the_model_are_said_per_task(tmp_path, caplog):
+    """Try-out 81, F2: a budget that leaves the prompt one token (max length 4096, budget 4095) passed the check,
+    and lm-eval scored prompts cut to their last token; its own warning was kept quiet with the rest of its
+    output. Each task whose prompts were cut is now one warning; a task whose prompts fit is not."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    import logging
+
+    from ekd.eval.tasks import TaskSettings, run_tasks
+
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    length = model.config.max_position_embeddings
+    tasks = ("tiny_mc", "tiny_gen")
+    with caplog.at_level(logging.WARNING, logger="ekd.eval.tasks"):
+        run_tasks(model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=2, limit=2))
+        assert "lm-eval cut prompts" not in caplog.text
+        run_tasks(
+            model,
+            tok,
+            TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=length - 1, limit=2),
+        )
+    cut = [r.getMessage() for r in caplog.records if "lm-eval cut prompts" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].startswith("task tiny_gen on model: lm-eval cut prompts from the left"), (
+        cut
+    )
+    assert f"(1 generation batch to {length} tokens less the generation budget)" in cut[0]
+    assert "a smaller eval.tasks_max_new_tokens" in cut[0]
+    caplog.clear()
+    model.config.max_position_embeddings = 6  # shorter than the MC questions (5 words + a choice)
+    with caplog.at_level(logging.WARNING, logger="ekd.eval.tasks"):
+        run_tasks(model, tok, TaskSettings(tasks=("tiny_mc",), tasks_dir=str(tasks_dir), limit=2))
+    cut = [r.getMessage() for r in caplog.records if "lm-eval cut prompts" in r.getMessage()]
+    assert len(cut) == 1 and "log-likelihood requests to 6 tokens)" in cut[0], cut
+    assert "eval.tasks_max_new_tokens" not in cut[0]

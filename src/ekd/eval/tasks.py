@@ -608,19 +608,22 @@ def run_tasks(
                 settings.chat_template == "on" or (settings.chat_template == "auto" and has_template)
             )
             try:
-                r = evaluate(
-                    lm=lm,
-                    task_dict=loaded,
-                    limit=settings.limit or None,
-                    bootstrap_iters=0,
-                    log_samples=True,
-                    apply_chat_template=chat,
-                    fewshot_as_multiturn=chat,
-                )
+                with counting_truncations() as cut:
+                    r = evaluate(
+                        lm=lm,
+                        task_dict=loaded,
+                        limit=settings.limit or None,
+                        bootstrap_iters=0,
+                        log_samples=True,
+                        apply_chat_template=chat,
+                        fewshot_as_multiturn=chat,
+                    )
             except (EkdError, torch.OutOfMemoryError):
                 raise
             except Exception as e:  # noqa: BLE001 - lm-eval's or datasets' failure: one line, the cause chained
                 raise run_error(name, label, e) from e
+            if cut.count:
+                say_truncations(name, label, lm.max_length, cut)
             wall = time.perf_counter() - t0
             leaves = list(loaded["tasks"])
             for leaf in leaves:
@@ -640,6 +643,68 @@ def run_tasks(
                     out[leaf]["wall_s"],
                 )
     return out
+
+
+TRUNCATIONS = {  # lm-eval's HFLM warnings that it cut a prompt from the left to fit the model: the start of each
+    "Left truncation applied": "generation",  # a generation batch's prompts, to max length − budget
+    "Combined length of context": "loglikelihood",  # one log-likelihood request's context, to max length
+}
+
+
+class TruncationCount(logging.Filter):
+    """A filter on lm-eval's HF model logger that counts :data:`TRUNCATIONS` by kind and lets only errors through
+    (what :func:`~ekd.eval.task_data.quiet_lm_eval`'s level lets through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        return sum(self.kinds.values())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for start, kind in TRUNCATIONS.items():
+            if message.startswith(start):
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def counting_truncations() -> Iterator[TruncationCount]:
+    """While inside, lm-eval's truncation warnings are counted (:class:`TruncationCount`), not shown: lm-eval cuts
+    a prompt longer than the model allows from the left and scores the rest, and ekd keeps lm-eval's warnings
+    quiet (try-out 81, F2: prompts cut to their last token were scored without a word)."""
+    logger = logging.getLogger("lm_eval.models.huggingface")
+    counter, level = TruncationCount(), logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeFilter(counter)
+        logger.setLevel(level)
+
+
+def say_truncations(name: str, label: str, max_length: int, cut: TruncationCount) -> None:
+    """One warning per task whose prompts lm-eval cut (:func:`counting_truncations`): which, on which model, and
+    the settings that leave room."""
+    parts = []
+    if n := cut.kinds.get("generation"):
+        parts.append(f"{counted(n, 'generation batch')} to {max_length} tokens less the generation budget")
+    if n := cut.kinds.get("loglikelihood"):
+        parts.append(f"{counted(n, 'log-likelihood request')} to {max_length} tokens")
+    log.warning(
+        "task %s on %s: lm-eval cut prompts from the left to fit the %s's maximum length (%s), and scored what was "
+        "left: these results are of truncated prompts; fewer few-shot examples (eval.tasks_num_fewshot)%s leave "
+        "more room",
+        name,
+        label,
+        label,
+        "; ".join(parts),
+        ", a smaller eval.tasks_max_new_tokens" if "generation" in cut.kinds else "",
+    )
 
 
 def loaded_budgets(
