@@ -303,6 +303,18 @@ class _CappedLlama(LlamaForCausalLM):
         return out
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_known_transforms_are_accepted_in_every_dtype(arch, dtype):
+    """The 16-bit factor test (try-out 81, F3) must not refuse what ekd reproduces: each family in each dtype,
+    its head at random init and scaled up to trained-model logits."""
+    for grow in (1.0, 16.0):
+        model = copy.deepcopy(BUILDERS[arch]())
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(grow)
+        check_output_head(model.to(dtype), V, "teacher")
+
+
 @pytest.mark.parametrize("arch", [*BUILDERS, "llama-tied-bf16"])
 def test_known_transforms_stay_accepted_on_freshly_initialised_models(arch):
     """The second probe (the head's weights scaled up so the logits near PROBE_LOGIT) must not refuse what ekd
@@ -364,7 +376,36 @@ def test_a_config_softcap_the_forward_does_not_read_is_named_in_the_refusal():
     model = LlamaForCausalLM(LlamaConfig(**COMMON, final_logit_softcapping=5.0)).eval()
     with pytest.raises(ModelError) as e:
         check_output_head(model, V, "student")
+    said = str(e.value)
     assert (
         "ekd applies final_logit_softcapping=5 from its config, as the model types that read it do: a key "
-        in (str(e.value))
+        in said
     )
+    assert "model's forward does not read — then remove it from config.json — or a post-head" in said
+
+
+class _HotLlama(LlamaForCausalLM):
+    """A causal LM whose forward multiplies its logits by 1.02 (a hidden temperature of 0.98)."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits * 1.02
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_small_hidden_scale_of_a_16_bit_model_is_refused(dtype):
+    """Try-out 81, F3: 4 ulps of the largest logit, a 16-bit model's tolerance, let a forward that scales the
+    logits by 1.02 through in bf16: ekd distilled from h·Wᵀ, not from the model's own softmax. The factor between
+    the two is now measured (least squares); rounding leaves it within half an ulp of 1, a scale does not."""
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(LlamaConfig(**COMMON)).to(dtype).eval()
+    check_output_head(plain, V, "teacher")
+    torch.manual_seed(0)
+    hot = _HotLlama(LlamaConfig(**COMMON)).to(dtype).eval()
+    with pytest.raises(ModelError, match="cannot reproduce the logits of model type 'llama'") as e:
+        check_output_head(hot, V, "teacher")
+    if dtype == torch.bfloat16:  # fp16's 4 ulps are tight enough to refuse it by the difference alone
+        assert "hidden states by a factor of 1.02 (rounding alone leaves it within 0.0039 of 1)" in str(
+            e.value
+        )
