@@ -204,8 +204,9 @@ def _runs_then_body(runs: list[list[str]], current: list[int], rank: int) -> int
 RUN_MARK = "ekd-test: run "
 
 
-def _run_each(runs: list[list[str]], current: list[int], rank: int) -> int:
-    """``ekd distill`` with each argument list (``current[0]``: the index of the one running)."""
+def _run_each(runs: list[list[str] | dict[str, list[str]]], current: list[int], rank: int) -> int:
+    """``ekd distill`` with each argument list (``current[0]``: the index of the one running); an entry that maps
+    ranks ("0", "1") to argument lists gives each rank its own (a job whose nodes were launched differently)."""
     quiet = [] if os.environ.get("EKD_TEST_LOUD") else ["-q"]
     codes_dir = os.environ.get("EKD_TEST_CODES")
     mark = bool(os.environ.get("EKD_TEST_MARK_RUNS"))
@@ -217,6 +218,8 @@ def _run_each(runs: list[list[str]], current: list[int], rank: int) -> int:
             if rank == 0:
                 print(f"{RUN_MARK}{i}", file=sys.stderr, flush=True)
             dist.barrier()
+        if isinstance(args, dict):
+            args = args[str(rank)]
         code = main([*quiet, "distill", *args])
         codes.append(code)
         if code != 0 and not codes_dir:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -393,8 +394,10 @@ def test_online_and_cache_give_the_same_step(setup, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ekd", "sekd3x"])
-def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys):
-    """ekd: teacher-entropy coverage schedule on cached stats; sekd3x: student-entropy positions + samples."""
+def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys, caplog):
+    """ekd: teacher-entropy coverage schedule on cached stats; sekd3x: student-entropy positions + samples. Its
+    preset teacher is not evaluated at the end, and the run says so (try-out 80, F4: the table's teacher columns
+    were left blank without a word)."""
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("a teacher model was loaded")
@@ -408,7 +411,12 @@ def test_distill_from_cache_loads_no_teacher(setup, method, monkeypatch, capsys)
         "teacher.source=cache",
         f"teacher.cache_dir={setup['cache']}",
     ]
-    assert main(["distill", setup["cfg"], *args]) == 0, capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="ekd.train.trainer"):
+        assert main(["distill", setup["cfg"], *args]) == 0, capsys.readouterr().err
+    assert (
+        "eval.teacher: no teacher figures at the end (KL, top-1 agreement, the eval/teacher row): "
+        in caplog.text
+    )
     run_dir = setup["root"] / "runs" / name
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     fractions = [m["select/fraction"] for m in metrics if "select/fraction" in m]

@@ -51,6 +51,9 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         "teacher.source=cache",
         f"teacher.cache_dir={tmp_path / 'no-cache'}",
     ]
+    # try-out 80, F1/F2: ranks launched with different settings trained in silence (another lr on rank 1) or hung
+    # (other step counts): refused at the start, by rank 0, on every rank alike, before anything is made
+    mixed = tiny_overrides(tmp_path, corpus, "mixed", **{"train.micro_batch_size": 2})
     runs = [
         fin,
         [*fin, "--resume"],
@@ -59,6 +62,8 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         busy,
         other_batch,
         no_cache,
+        {"0": mixed, "1": [*mixed, "train.lr=0.002"]},
+        {"0": mixed, "1": [*mixed, "train.max_steps=5", f"run.output_dir={tmp_path / 'elsewhere'}"]},
         [*fin, "train.max_steps=3", "--resume"],
     ]
     codes = tmp_path / "codes"
@@ -69,9 +74,14 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 2, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 2, 2, 2, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 5, out.stderr
+    assert out.stderr.count("ekd: error:") == 7, out.stderr
+    different = "ekd: error: torchrun: the ranks of this job were given different settings: "
+    assert out.stderr.count(different + "train.lr (rank 0: 0.001, rank 1: 0.002); every rank must run ") == 1
+    # a local path is no setting compared (nodes mount files where they do); the step count is
+    assert out.stderr.count(different + "train.max_steps (rank 0: 3, rank 1: 5); every rank must run ") == 1
+    assert not (tmp_path / "runs" / "mixed").exists() and not (tmp_path / "elsewhere").exists()
     assert out.stderr.count(f"teacher.cache_dir {tmp_path / 'no-cache'} does not exist") == 1, out.stderr
     assert out.stderr.count("was trained with 2 ranks × micro-batch 2 = 4 rows per micro-batch") == 1, (
         out.stderr
@@ -274,7 +284,7 @@ def test_sigterm_while_a_lost_peer_unwinds_keeps_the_line_and_the_checkpoint_hin
     from ekd.train.distributed import Ranks
 
     @contextmanager
-    def distributed_whose_teardown_gets_sigterm(device):
+    def distributed_whose_teardown_gets_sigterm(device, agree=None):
         try:
             yield Ranks(0, 2, torch.device("cpu"))
         except BaseException:

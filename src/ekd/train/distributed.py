@@ -71,11 +71,13 @@ class Ranks:
 
 
 @contextmanager
-def distributed(device: torch.device) -> Iterator[Ranks]:
+def distributed(device: torch.device, agree: dict[str, Any] | None = None) -> Iterator[Ranks]:
     """Join the ``torchrun`` process group (WORLD_SIZE/RANK in the environment): gloo on CPU, NCCL on GPU.
 
     The GPU is chosen by LOCAL_RANK (the rank on this node), everything else by the global rank; a second
     gloo group with a long timeout (``HOST_WAIT``) carries the waits on host-side work (``Ranks.barrier``).
+    ``agree``: the settings every rank must have been given alike
+    (:func:`ekd.train.same_settings.rank_settings`), checked first (a ConfigError on every rank, said by rank 0).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Ranks(0, 1, device)
@@ -93,6 +95,10 @@ def distributed(device: torch.device) -> Iterator[Ranks]:
         ranks = Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
         del host
         with said_by_rank0(ranks.rank):  # the job's lines once; a rank's own facts (EVERY_RANK) by each
+            if agree is not None:
+                from ekd.train.same_settings import check_same_settings
+
+                check_same_settings(ranks.rank, ranks.world_size, agree, ranks.host)
             yield ranks
     except BaseException as e:
         already_stopping()  # torchrun's SIGTERM, sent once a rank has ended, must not cut the teardown

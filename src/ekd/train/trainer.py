@@ -100,6 +100,7 @@ from ekd.train.rank_work import (
 )
 from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
+from ekd.train.same_settings import rank_settings
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
     save_sharded_checkpoint,
@@ -209,7 +210,8 @@ def train(
     before the first optimizer step has completed leaves the run directory as it was (a corrupt cache, a
     teacher that does not fit, an out-of-memory step); a run replaced by ``--overwrite`` is deleted only then.
     """
-    with distributed(resolve_device(cfg.run.device)) as ranks:
+    same = rank_settings(cfg, resume=resume, overwrite=overwrite)  # alike on every rank (try-out 80, F1/F2)
+    with distributed(resolve_device(cfg.run.device), same) as ranks:
         # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
         # trains on as it began)
         if not resume:
@@ -225,6 +227,18 @@ def train(
                     log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
             log.warning("%s", unread)
+        if (
+            ranks.is_main
+            and cfg.eval.teacher
+            and not evaluates_teacher(cfg)
+            and cfg.teacher.source == "cache"
+        ):
+            log.info(  # try-out 80, F4: the table's KL and agreement columns and eval/teacher row were left blank
+                "eval.teacher: no teacher figures at the end (KL, top-1 agreement, the eval/teacher row): "
+                "model.teacher=%s is a preset, not the model that built the cache; name the real teacher to "
+                "evaluate it",
+                cfg.model.teacher,
+            )
         if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)
             for idle in idle_schedules(cfg.method, cfg.train.max_steps):
                 log.warning("%s", idle)

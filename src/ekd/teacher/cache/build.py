@@ -58,6 +58,7 @@ from ekd.teacher.cache.signature import cache_signature, check_cacheable, teache
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter, log_resuming
 from ekd.train.distributed import Ranks, distributed
+from ekd.train.same_settings import rank_settings
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ def run_build(
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work, before ours
     with (
         removed_if_left_empty(directory),
-        distributed(resolve_device(cfg.run.device)) as ranks,
+        distributed(resolve_device(cfg.run.device), rank_settings(cfg, overwrite=overwrite)) as ranks,
         _locked_by_main(directory, ranks),
     ):
         device = ranks.device
