@@ -203,24 +203,74 @@ def step_case(
     return {**r, "tokens_per_s": b * t / r["time_s"], "chunk": chunk, "compile": compile}
 
 
+def family_models(v: int) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Small random models of the families whose heads are not plain h·Wᵀ or whose layout differs from the
+    presets' (Gemma-2's soft-cap, Cohere's logit scale, Phi's head bias, GPT-2's tied head and learned
+    positions), each also with its head ×16 (a trained model's logits: the probes' second pass is then skipped
+    and the 16-bit factor test sees large logits)."""
+    from transformers import (
+        CohereConfig,
+        CohereForCausalLM,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PhiConfig,
+        PhiForCausalLM,
+    )
+
+    common = dict(
+        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+    )
+    builds = {
+        "gemma2-softcap30": lambda: Gemma2ForCausalLM(
+            Gemma2Config(**common, num_key_value_heads=2, head_dim=16, final_logit_softcapping=30.0)
+        ),
+        "cohere-scale0.25": lambda: CohereForCausalLM(
+            CohereConfig(**common, num_key_value_heads=2, logit_scale=0.25)
+        ),
+        "phi-head-bias": lambda: PhiForCausalLM(PhiConfig(**common)),
+        "gpt2-tied": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=64, n_layer=2, n_head=4)),
+    }
+    out: dict[str, Callable[[], torch.nn.Module]] = {}
+    for name, build in builds.items():
+        out[name] = build
+        out[f"{name}-head×16"] = lambda build=build: _grown_head(build(), 16.0)
+    return out
+
+
+def _grown_head(model: torch.nn.Module, factor: float) -> torch.nn.Module:
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(factor)
+    return model
+
+
 def probe_cases(presets: tuple[str, ...], v: int, dev: torch.device) -> dict:
     """The model probes ``ekd distill`` runs before training (``check_output_head``,
-    ``check_document_isolation``) on each preset in every dtype and attention kernel, under the settings a run
-    leaves (TF32 on a GPU): "ok", or the refusal (a refusal of one of these presets is a false positive to fix)."""
+    ``check_document_isolation``) on each preset and each of :func:`family_models` in every dtype and attention
+    kernel, under the settings a run leaves (TF32 on a GPU): "ok", "n/a" (a kernel the model lacks), or the
+    refusal (a refusal of any of these is a false positive to fix)."""
     from ekd.models.isolation import check_document_isolation
     from ekd.models.load import build_preset, check_output_head
     from ekd.train.precision import enable_tf32
 
     enable_tf32("auto", dev)  # as ekd distill does before it loads the models
+    builds = {p: (lambda p=p: build_preset(p, v, eos_token_id=0, seed=0)) for p in presets}
+    builds.update(family_models(v))
     found = {}
-    for preset in presets:
+    for name, build in builds.items():
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for attn in ("sdpa", "eager"):
-                key = f"{preset}/{str(dtype).removeprefix('torch.')}/{attn}"
+                key = f"{name}/{str(dtype).removeprefix('torch.')}/{attn}"
+                torch.manual_seed(0)
+                with dev:
+                    model = build().to(dtype)
                 try:
-                    with dev:
-                        model = build_preset(preset, v, eos_token_id=0, seed=0).to(dtype)
                     model.set_attn_implementation(attn)
+                except ValueError:  # Gemma-2 has no sdpa kernel in transformers
+                    found[key] = "n/a (no such attention kernel for this model)"
+                    continue
+                try:
                     check_output_head(model, v, "student")
                     check_document_isolation(model, v, "student")
                     found[key] = "ok"
