@@ -1,15 +1,16 @@
 """What every rank of a torchrun job must agree on (``ekd.train.same_settings``); the refusal itself runs in a
-2-rank job in ``test_rank_errors.py`` (another ``train.lr`` or ``train.max_steps`` on rank 1)."""
+2-rank job in ``test_rank_errors.py`` (another ``train.lr``, ``train.max_steps`` or output directory on rank 1)."""
 
 from __future__ import annotations
 
 from ekd.config import load_config
-from ekd.train.same_settings import LOCAL_PATH, _differences, rank_settings
+from ekd.train.same_settings import LOCAL_PATH, _differences, masked, rank_settings
 
 
-def test_rank_settings_mask_local_paths_and_keep_every_other_value(tmp_path):
-    """Nodes may mount the same files at different paths (each resolves its own): local paths are not compared;
-    a hub id, a preset, ``pystdlib`` and every non-path key are, and so are the command's flags."""
+def test_rank_settings_keep_every_key_but_reporting_and_mask_paths_between_machines(tmp_path):
+    """Try-out 82, F2: ``log.*`` changes no training (rank 0 reports): not compared. Between machines a local path
+    is not compared (each node mounts files where it does); a hub id, a preset, ``pystdlib`` and every other key
+    are, and so are the command's flags."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     cfg = load_config(
@@ -20,18 +21,29 @@ def test_rank_settings_mask_local_paths_and_keep_every_other_value(tmp_path):
             "model.student=preset:llama-micro",
             f"run.output_dir={tmp_path / 'runs'}",
             "train.lr=0.002",
+            "log.level=DEBUG",
         ],
     )
     settings = rank_settings(cfg, resume=True)
-    assert settings["data.source"] == LOCAL_PATH and settings["run.output_dir"] == LOCAL_PATH
-    assert (
-        settings["model.teacher"] == "Qwen/Qwen2.5-1.5B" and settings["model.student"] == "preset:llama-micro"
-    )
+    assert settings["data.source"] == str(corpus) and not any(k.startswith("log.") for k in settings)
     assert settings["train.lr"] == 0.002 and settings["flag.resume"] is True
-    assert rank_settings(load_config(None, ["data.source=pystdlib"]))["data.source"] == "pystdlib"
+    view = masked(settings)
+    assert view["data.source"] == LOCAL_PATH and view["run.output_dir"] == LOCAL_PATH
+    assert view["model.teacher"] == "Qwen/Qwen2.5-1.5B" and view["model.student"] == "preset:llama-micro"
+    assert masked(rank_settings(load_config(None, ["data.source=pystdlib"])))["data.source"] == "pystdlib"
 
 
-def test_differences_name_each_key_with_rank_0s_value_and_the_first_other():
-    everyone = [{"a": 1, "b": "x"}, {"a": 1, "b": "x"}, {"a": 2, "b": "y", "c": True}]
-    assert _differences(everyone) == [("a", "1", 2, "2"), ("b", "x", 2, "y"), ("c", "(unset)", 2, "true")]
-    assert _differences([{"a": 1}, {"a": 1}]) == []
+def test_differences_compare_paths_on_one_machine_and_other_keys_everywhere():
+    """Try-out 82, F1: another ``teacher.cache_dir`` on a rank of rank 0's machine broke the cache build ("rank 1
+    has not run"): on one machine paths are compared as given, between machines masked."""
+    a = {"train.lr": 0.001, "teacher.cache_dir": "/c"}
+    other_dir = {"train.lr": 0.001, "teacher.cache_dir": "/elsewhere"}
+    assert _differences(["n0", "n0"], [a, other_dir]) == [("teacher.cache_dir", 0, "/c", 1, "/elsewhere")]
+    assert _differences(["n0", "n1"], [a, other_dir]) == []  # another machine mounts it elsewhere
+    # ranks 2 and 3 on a second machine: compared with rank 2 as given, with rank 0 masked
+    assert _differences(["n0", "n0", "n1", "n1"], [a, a, other_dir, a]) == [
+        ("teacher.cache_dir", 2, "/elsewhere", 3, "/c")
+    ]
+    hot = {"train.lr": 0.002, "teacher.cache_dir": "/elsewhere"}
+    assert _differences(["n0", "n1"], [a, hot]) == [("train.lr", 0, "0.001", 1, "0.002")]
+    assert _differences(["n0", "n0"], [{"a": 1}, {"a": 1, "c": True}]) == [("c", 0, "(unset)", 1, "true")]

@@ -1455,8 +1455,16 @@ def test_a_generation_budget_past_the_models_length_is_refused_before_any_task_i
     assert str(e.value) == (
         f"eval.tasks: the generation budget of 'tiny_gen' ({length}) new tokens leaves no room for a prompt "
         f"within the model's maximum length, {length} tokens; no task was scored: set eval.tasks_max_new_tokens "
-        "lower (or max_gen_toks in the task's generation_kwargs)"
+        "lower"
     )
+    # the tasks' own budget (no eval.tasks_max_new_tokens): both ways to lower it (try-out 82, F5: the task's
+    # max_gen_toks was offered where eval.tasks_max_new_tokens replaces it)
+    from ekd.eval.tasks import check_generation_budgets
+
+    with pytest.raises(
+        EkdError, match=r"set eval.tasks_max_new_tokens \(it replaces the tasks' own budgets\) or "
+    ):
+        check_generation_budgets([("'tiny_gen'", 300)], 256, "student")
     results = run_tasks(
         model, tok, TaskSettings(tasks=tasks, tasks_dir=str(tasks_dir), max_new_tokens=length - 1)
     )

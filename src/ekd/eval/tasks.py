@@ -597,7 +597,9 @@ def run_tasks(
             for task in loaded["tasks"].values():
                 _configure(task, settings)
             prepared.append((name, loaded, identity, time.perf_counter() - t0))
-        check_generation_budgets(loaded_budgets(prepared, lm.max_gen_toks), lm.max_length, label)
+        check_generation_budgets(
+            loaded_budgets(prepared, lm.max_gen_toks), lm.max_length, label, settings.max_new_tokens > 0
+        )
         for name, loaded, identity, load_s in prepared:
             t0 = time.perf_counter() - load_s
             _seed_everything(settings.seed)
@@ -751,7 +753,9 @@ def _leaf_label(leaf: str, name: str) -> str:
     return f"'{leaf}'" if leaf == name else f"'{leaf}' of '{name}'"
 
 
-def check_generation_budgets(budgets: list[Budget], max_length: int, label: str) -> None:
+def check_generation_budgets(
+    budgets: list[Budget], max_length: int, label: str, overridden: bool = False
+) -> None:
     """Refuse a generation task whose new-token budget leaves the model no room for a prompt, before any task is
     scored: lm-eval asserts ``max_length − max_gen_toks > 0`` only when it reaches that task, and the tasks
     scored before it were lost with the run's evaluation (try-out 77, F2); ``ekd distill`` and ``ekd eval`` check
@@ -763,6 +767,8 @@ def check_generation_budgets(budgets: list[Budget], max_length: int, label: str)
         max_length: the model's maximum sequence length as lm-eval reads it (``HFLM.max_length``:
             :func:`model_max_length`).
         label: the model, as the line names it ("student", "teacher").
+        overridden: the budgets are ``eval.tasks_max_new_tokens`` (> 0), not the tasks' own: the line names it
+            alone (try-out 82, F5).
 
     Raises:
         EkdError: one line naming the tasks, their budgets, the model's length and the settings that fix it.
@@ -772,7 +778,12 @@ def check_generation_budgets(budgets: list[Budget], max_length: int, label: str)
         raise EkdError(
             f"eval.tasks: the generation budget of {', '.join(over)} new tokens leaves no room for a prompt "
             f"within the {label}'s maximum length, {max_length} tokens; no task was scored: set "
-            "eval.tasks_max_new_tokens lower (or max_gen_toks in the task's generation_kwargs)"
+            + (
+                "eval.tasks_max_new_tokens lower"
+                if overridden
+                else "eval.tasks_max_new_tokens (it replaces the tasks' own budgets) or max_gen_toks in the task's "
+                "generation_kwargs lower"
+            )
         )
 
 

@@ -98,7 +98,7 @@ def distributed(device: torch.device, agree: dict[str, Any] | None = None) -> It
             if agree is not None:
                 from ekd.train.same_settings import check_same_settings
 
-                check_same_settings(ranks.rank, ranks.world_size, agree, ranks.host)
+                check_same_settings(ranks.world_size, agree, ranks.host)
             yield ranks
     except BaseException as e:
         already_stopping()  # torchrun's SIGTERM, sent once a rank has ended, must not cut the teardown
@@ -389,7 +389,7 @@ def data_parallel(
         if cfg is not None and cfg.train.cpu_offload:
             log.warning(  # a setting that saves no memory here: said louder than the fsdp no-op below
                 "train.cpu_offload: one process, nothing is sharded or offloaded — the student, its gradients and "
-                "AdamW state stay whole on %s (ekd offloads FSDP2 shards, under torchrun with 2 or more ranks)",
+                "AdamW state stay whole on %s (ekd offloads FSDP2 shards, under torchrun with 2 or more GPU ranks)",
                 ranks.device,
             )
         elif cfg is not None and cfg.train.parallel == "fsdp":  # try-out 23: said for placement=shard only

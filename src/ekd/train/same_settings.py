@@ -7,13 +7,16 @@ batch — or hung until the 4-hour host wait when the ranks' step counts differe
 :func:`check_same_settings` gathers every rank's :func:`rank_settings` (JSON over the host group: no pickle)
 when the job starts and refuses any difference in one line naming the keys, before anything is read or written.
 
-Local paths are not compared (nodes may mount the same files at different paths, and every path is resolved on
-its own node); a hub id, a preset or a keyword in a path key is.
+Local paths are compared among the ranks of one machine (its hostname) only — nodes may mount the same files at
+different paths, and every path is resolved on its own node; across machines a local path is compared as
+:data:`LOCAL_PATH` (a hub id, a preset or a keyword in a path key still is). The reporting keys (``log.*``) are
+not compared: rank 0 reports, and a debug log or progress bars on one node change no training.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import torch
@@ -21,27 +24,30 @@ import torch.distributed as dist
 
 from ekd.errors import ConfigError
 
-LOCAL_PATH = "<a local path>"  # what a rank's local path is compared as
+LOCAL_PATH = "<a local path>"  # what a local path is compared as between machines
+UNSET = "(unset)"  # a key a rank's settings lack
 SHOWN_KEYS = 4  # differing keys named in the line (then "and N more")
 
 
 def rank_settings(cfg: Any, **flags: object) -> dict[str, Any]:
-    """``cfg`` as flat keys (``train.lr``: value) with its local paths masked (:data:`LOCAL_PATH`), and the
-    command's ``flags`` (``--resume``, ``--overwrite``) as ``flag.<name>``: what every rank must agree on."""
-    from ekd.config import flat_config
-    from ekd.config.paths import DIRECTORIES, SPECS
+    """``cfg`` as flat keys (``train.lr``: value) without the reporting keys (``log.*``), and the command's
+    ``flags`` (``--resume``, ``--overwrite``) as ``flag.<name>``: what every rank must agree on."""
+    from ekd.config import REPORTING_KEYS, flat_config
 
-    out = {}
-    for key, value in flat_config(cfg.to_dict()).items():
-        if key in DIRECTORIES or key in SPECS:
-            value = _masked(value)
-        out[key] = value
+    out = {k: v for k, v in flat_config(cfg.to_dict()).items() if not k.startswith(REPORTING_KEYS)}
     out.update({f"flag.{name}": value for name, value in flags.items()})
     return json.loads(json.dumps(out, default=str))  # JSON values, as every rank reads them back
 
 
+def masked(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with each local path of a path key (absolute, as the config resolves it) as :data:`LOCAL_PATH`:
+    what ranks on different machines compare."""
+    from ekd.config.paths import DIRECTORIES, SPECS
+
+    return {k: _masked(v) if k in DIRECTORIES or k in SPECS else v for k, v in settings.items()}
+
+
 def _masked(value: Any) -> Any:
-    """A path key's value with each local path (absolute, as the config resolves it) replaced by :data:`LOCAL_PATH`."""
     if isinstance(value, dict):
         return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, str) and value.removeprefix("hf:").startswith("/"):
@@ -49,16 +55,18 @@ def _masked(value: Any) -> Any:
     return value
 
 
-def check_same_settings(rank: int, world_size: int, settings: dict[str, Any], group: Any = None) -> None:
-    """Refuse a job whose ranks were given different :func:`rank_settings`: every rank gathers every rank's
-    (two ``all_gather`` on ``group``: the lengths, then the padded JSON bytes) and raises the same line.
+def check_same_settings(world_size: int, settings: dict[str, Any], group: Any = None) -> None:
+    """Refuse a job whose ranks were given different :func:`rank_settings`: every rank gathers every rank's, with
+    its hostname (two ``all_gather`` on ``group``: the lengths, then the padded JSON bytes), and raises the same
+    line. Each rank is compared with rank 0, local paths masked (:func:`masked`), and with the first rank of its
+    own machine as given.
 
     Raises:
-        ConfigError: the keys that differ from rank 0's, each with rank 0's value and the first other rank's.
+        ConfigError: the keys that differ, each with the two ranks and their values.
     """
     if world_size <= 1:
         return
-    blob = json.dumps(settings, sort_keys=True).encode()
+    blob = json.dumps({"host": socket.gethostname(), "settings": settings}, sort_keys=True).encode()
     length = torch.tensor([len(blob)], dtype=torch.long)
     lengths = [torch.zeros_like(length) for _ in range(world_size)]
     dist.all_gather(lengths, length, group=group)
@@ -68,28 +76,36 @@ def check_same_settings(rank: int, world_size: int, settings: dict[str, Any], gr
     gathered = [torch.zeros_like(mine) for _ in range(world_size)]
     dist.all_gather(gathered, mine, group=group)
     everyone = [json.loads(bytes(t[: int(n)].tolist())) for t, n in zip(gathered, lengths)]
-    differing = _differences(everyone)
+    differing = _differences([e["host"] for e in everyone], [e["settings"] for e in everyone])
     if differing:
-        named = [
-            f"{key} (rank 0: {first}, rank {r}: {other})" for key, first, r, other in differing[:SHOWN_KEYS]
-        ]
+        named = [f"{key} (rank {a}: {va}, rank {b}: {vb})" for key, a, va, b, vb in differing[:SHOWN_KEYS]]
         more = f" and {len(differing) - SHOWN_KEYS} more" if len(differing) > SHOWN_KEYS else ""
         raise ConfigError(
             f"torchrun: the ranks of this job were given different settings: {', '.join(named)}{more}; every rank "
-            "must run the same command line with the same config files (local paths aside)",
+            "must run the same command line with the same config files (local paths may differ between machines)",
             keys=tuple(key for key, *_ in differing if not key.startswith("flag.")),
         )
 
 
-def _differences(everyone: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
-    """(key, rank 0's value, the first rank that differs, its value) for every key where a rank differs from rank 0,
-    in sorted key order; a key a rank lacks reads as ``(unset)``."""
-    first = everyone[0]
+def _differences(hosts: list[str], everyone: list[dict[str, Any]]) -> list[tuple[str, int, str, int, str]]:
+    """(key, rank a, its value, rank b, its value) for every key where a rank b differs from rank a — rank 0 with
+    local paths masked, else the first rank on b's machine as given — once per key, in sorted key order; a key a
+    rank lacks reads as ``(unset)``."""
+    views = [masked(s) for s in everyone]
+    leader = {}  # host → its first rank
+    for r, host in enumerate(hosts):
+        leader.setdefault(host, r)
     out = []
     for key in sorted(set().union(*everyone)):
-        for r, settings in enumerate(everyone[1:], start=1):
-            if settings.get(key, "(unset)") != first.get(key, "(unset)"):
-                out.append((key, _shown(first.get(key, "(unset)")), r, _shown(settings.get(key, "(unset)"))))
+        for b in range(1, len(everyone)):
+            a = leader[hosts[b]]
+            if views[0].get(key, UNSET) != views[b].get(key, UNSET):  # across machines: paths masked
+                out.append((key, 0, _shown(views[0].get(key, UNSET)), b, _shown(views[b].get(key, UNSET))))
+                break
+            if a != b and everyone[a].get(key, UNSET) != everyone[b].get(key, UNSET):  # one machine: as given
+                out.append(
+                    (key, a, _shown(everyone[a].get(key, UNSET)), b, _shown(everyone[b].get(key, UNSET)))
+                )
                 break
     return out
 
@@ -98,4 +114,4 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-__all__ = ["check_same_settings", "rank_settings"]
+__all__ = ["check_same_settings", "masked", "rank_settings"]

@@ -541,7 +541,7 @@ def check_task_lengths(cfg: Config, student: tuple[str, str], tokenizer: Callabl
             config = architecture_config(spec, revision, cfg.model.trust_remote_code, role)
         except EkdError:
             continue
-        check_generation_budgets(budgets, model_max_length(config, tok), role)
+        check_generation_budgets(budgets, model_max_length(config, tok), role, settings.max_new_tokens > 0)
 
 
 def check_saved_tasks(

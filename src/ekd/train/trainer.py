@@ -235,8 +235,8 @@ def train(
         ):
             log.info(  # try-out 80, F4: the table's KL and agreement columns and eval/teacher row were left blank
                 "eval.teacher: no teacher figures at the end (KL, top-1 agreement, the eval/teacher row): "
-                "model.teacher=%s is a preset, not the model that built the cache; name the real teacher to "
-                "evaluate it",
+                "model.teacher=%s is a preset, whose random weights a run from a cache does not rebuild to "
+                "evaluate (they need not be those that built it); a saved teacher is evaluated",
                 cfg.model.teacher,
             )
         if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)
