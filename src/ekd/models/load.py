@@ -785,11 +785,12 @@ def check_output_head(
     ``vocab_size`` columns. Where those logits are small (a freshly initialised model's stay under 1, where a
     soft-cap of 30 moves them by < 1e-4: try-out 78, F2), the first row is probed again with the output head's
     weights scaled by a power of two so that the largest logit is about :data:`PROBE_LOGIT` — ``forward`` and
-    ekd's head read the same weights, which are restored bit for bit after. The tolerance is relative to the largest logit: 1e-4, or 4 ulps of a 16-bit model
-    dtype; the probes run in IEEE fp32 without autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run
-    that turned TF32 on. This catches any post-head transform ``ekd.models.head_transform`` does not know (a
-    scale, a cap, a bias, a custom forward), and a config setting ekd applies that the forward does not.
-    ``vocab_size`` None: the head's every row.
+    ekd's head read the same weights, which are restored bit for bit after. The tolerance is relative to the
+    largest logit: 1e-4, or 4 ulps of a 16-bit model dtype, whose least-squares factor between the two must also
+    be 1 within half an ulp (try-out 81, F3: a hidden ×1.02 is within 4 ulps). The probes run in IEEE fp32 without
+    autocast (:func:`ekd.models.exact.ieee_fp32`), also in a GPU run that turned TF32 on. This catches any
+    post-head transform ``ekd.models.head_transform`` does not know (a scale, a cap, a bias, a custom forward),
+    and a config setting ekd applies that the forward does not. ``vocab_size`` None: the head's every row.
 
     Raises:
         ModelError: one line naming the model type and the problem: logits that are not finite (NaN or +inf:
@@ -830,19 +831,24 @@ def check_output_head(
             f"by a factor of {slope:.4g} (rounding alone leaves it within {rounding:.2g} of 1)",
         )
     if not error <= tolerance:
-        applied = ", ".join(f"{attribute}={value:g}" for _, attribute, value in transform_settings(model))
-        raise ModelError(
-            f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
-            f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's "
-            f"hidden states {what} ("
-            + (
-                f"ekd applies {applied} from its config, as the model types that read it do: a key this "
-                "model's forward does not read — then remove it from config.json — or "
-                if applied
-                else ""
-            )
-            + "a post-head transform ekd does not know); use another model"
+        raise _not_reproduced(model, role, what)
+
+
+def _not_reproduced(model: nn.Module, role: str, what: str) -> ModelError:
+    """The refusal of a model whose logits ekd's head does not reproduce (``what``: by how much), naming the
+    config settings ekd applied (:func:`~ekd.models.head_transform.transform_settings`), if any."""
+    applied = ", ".join(f"{attribute}={value:g}" for _, attribute, value in transform_settings(model))
+    cause = "a post-head transform ekd does not know"
+    if applied:
+        cause = (
+            f"ekd applies {applied} from its config, as the model types that read it do: a key this model's "
+            f"forward does not read — then remove it from config.json — or {cause}"
         )
+    return ModelError(
+        f"{_key(role)}: ekd cannot reproduce the logits of model type '{model_type(model)}' "
+        f"({type(model).__name__}): forward(...).logits differ from its output head applied to the body's hidden "
+        f"states {what} ({cause}); use another model"
+    )
 
 
 def _slope(got: torch.Tensor, expected: torch.Tensor) -> float:
