@@ -114,3 +114,13 @@ def test_a_record_a_later_ekd_writes_is_no_malformed_entry(tmp_path, caplog):
     assert not caplog.text
     kept, names = merge(ev, {"other": {"ppl": 3.0}})
     assert kept[name]["per_domain"] == {"code": [1.5, 2.0]} and name in names
+
+
+def test_the_directory_that_holds_runs_names_them(tmp_path, capsys):
+    """``ekd eval runs`` (run.output_dir, not a run in it) said 'run ekd distill first' beside finished runs."""
+    run = _finished(tmp_path)
+    line = one_error_line(*cli(capsys, "eval", run.parent)[::2])
+    assert line.endswith(
+        f"is not a finished ekd run (needs config.yaml and student/); it holds the finished runs r: give one, "
+        f"e.g. `ekd eval {run}`"
+    ), line
