@@ -121,6 +121,14 @@ def test_the_directory_that_holds_runs_names_them(tmp_path, capsys):
     run = _finished(tmp_path)
     line = one_error_line(*cli(capsys, "eval", run.parent)[::2])
     assert line.endswith(
-        f"is not a finished ekd run (needs config.yaml and student/); it holds the finished runs r: give one, "
+        f"is not a finished ekd run (needs config.yaml and student/); it holds the run r: give one, "
         f"e.g. `ekd eval {run}`"
     ), line
+    # try-out 83, F2: a run ekd distill started and did not finish is named too, after the finished ones
+    from ekd.train.run_dir import MARKER
+
+    cut = run.parent / "a-cut"
+    cut.mkdir()
+    (cut / MARKER).write_text('{"state": "started"}')
+    line = one_error_line(*cli(capsys, "eval", run.parent)[::2])
+    assert line.endswith(f"it holds the runs r, a-cut: give one, e.g. `ekd eval {run}`"), line

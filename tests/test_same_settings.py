@@ -47,3 +47,11 @@ def test_differences_compare_paths_on_one_machine_and_other_keys_everywhere():
     hot = {"train.lr": 0.002, "teacher.cache_dir": "/elsewhere"}
     assert _differences(["n0", "n1"], [a, hot]) == [("train.lr", 0, "0.001", 1, "0.002")]
     assert _differences(["n0", "n0"], [{"a": 1}, {"a": 1, "c": True}]) == [("c", 0, "(unset)", 1, "true")]
+    # try-out 83, F1: on one machine a path beside a non-path shows as given, and '' as ""
+    unset_dir = {"train.lr": 0.001, "teacher.cache_dir": ""}
+    assert _differences(["n0", "n0"], [unset_dir, other_dir]) == [
+        ("teacher.cache_dir", 0, '""', 1, "/elsewhere")
+    ]
+    assert _differences(["n0", "n1"], [unset_dir, other_dir]) == [
+        ("teacher.cache_dir", 0, '""', 1, "<a local path>")
+    ]

@@ -259,19 +259,22 @@ def _not_a_run_hint(path: Path) -> str:
     held = _runs_in(Path(path))  # run.output_dir given for a run inside it
     if held:
         names = ", ".join(p.name for p in held[:RUNS_SHOWN]) + (", …" if len(held) > RUNS_SHOWN else "")
-        return f"; it holds the finished runs {names}: give one, e.g. `ekd eval {shlex.quote(str(held[0]))}`"
+        which = f"the run {names}" if len(held) == 1 else f"the runs {names}"
+        return f"; it holds {which}: give one, e.g. `ekd eval {shlex.quote(str(held[0]))}`"
     return "; run ekd distill first"
 
 
-RUNS_SHOWN = 3  # finished runs named by the hint for a directory that holds them
+RUNS_SHOWN = 3  # runs named by the hint for a directory that holds them
 
 
 def _runs_in(path: Path) -> list[Path]:
-    """The finished runs directly inside ``path``, by name (none if it cannot be listed)."""
+    """The runs directly inside ``path`` — finished first, then runs ekd distill started (``ekd eval`` of one says how
+    to finish it) — each by name; none if it cannot be listed."""
     try:
-        return sorted((p for p in path.iterdir() if p.is_dir() and is_finished_run(p)), key=lambda p: p.name)
+        found = [p for p in path.iterdir() if p.is_dir() and (is_finished_run(p) or is_ekd_run(p))]
     except OSError:
         return []
+    return sorted(found, key=lambda p: (not is_finished_run(p), p.name))
 
 
 def _as_given(run: Path, given: Path) -> str:

@@ -100,7 +100,8 @@ def _differences(hosts: list[str], everyone: list[dict[str, Any]]) -> list[tuple
         for b in range(1, len(everyone)):
             a = leader[hosts[b]]
             if views[0].get(key, UNSET) != views[b].get(key, UNSET):  # across machines: paths masked
-                out.append((key, 0, _shown(views[0].get(key, UNSET)), b, _shown(views[b].get(key, UNSET))))
+                side = everyone if hosts[b] == hosts[0] else views  # one machine: its paths shown as given
+                out.append((key, 0, _shown(side[0].get(key, UNSET)), b, _shown(side[b].get(key, UNSET))))
                 break
             if a != b and everyone[a].get(key, UNSET) != everyone[b].get(key, UNSET):  # one machine: as given
                 out.append(
@@ -111,7 +112,8 @@ def _differences(hosts: list[str], everyone: list[dict[str, Any]]) -> list[tuple
 
 
 def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """A value as the line shows it: a string as is ('' as ``""``), anything else as JSON."""
+    return value if isinstance(value, str) and value else json.dumps(value)
 
 
 __all__ = ["check_same_settings", "masked", "rank_settings"]
