@@ -394,6 +394,15 @@ def test_method_shorthand_applies_the_preset_and_explicit_keys_win():
     assert load_config(None, ["method.preset=skl"]).method.divergence == "skew_forward_kl"
 
 
+def test_method_shorthand_in_a_file_names_the_preset_as_on_a_command_line(tmp_path):
+    """Try-out 83: messages say "e.g. method=rskd"; written in a YAML file as ``method: rskd`` it was refused
+    ("section 'method' must be a mapping"). It names the preset, as ``method=rskd`` does."""
+    cfg = load_config(_write(tmp_path, "method: rkl\n"))
+    assert (cfg.method.preset, cfg.method.divergence) == ("rkl", "reverse_kl")
+    with pytest.raises(ConfigError, match="method.preset"):
+        load_config(_write(tmp_path, "method: no_such_method\n", "bad.yaml"))
+
+
 def test_preset_in_a_file_with_explicit_keys(tmp_path):
     path = _write(tmp_path, "method:\n  preset: rkl\n  divergence: tvd\n")
     assert load_config(path).method.divergence == "tvd"

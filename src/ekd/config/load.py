@@ -185,6 +185,10 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: unknown section '{section}'{_nearest(str(section))}")
         if values is None:
             continue
+        if section == "method" and isinstance(
+            values, str
+        ):  # `method: rskd`, as method=rskd on a command line
+            values = {"preset": values}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
         for key, v in expand_section(str(section), values, known, source).items():  # groups → flat keys
