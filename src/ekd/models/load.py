@@ -824,12 +824,11 @@ def check_output_head(
     what = f"by {error:.3g} of their scale"
     # a 16-bit model's tolerance (4 ulps of the largest logit) lets a scale of up to ~3% through (try-out 81, F3);
     # rounding leaves the least-squares factor between the two within a few % of an ulp of 1
-    slope, rounding = _slope(got, expected), torch.finfo(head.weight.dtype).eps / 2
-    if error <= tolerance and low and not abs(slope - 1) <= rounding:
-        error, what = (
-            math.inf,
-            f"by a factor of {slope:.4g} (rounding alone leaves it within {rounding:.2g} of 1)",
-        )
+    if error <= tolerance and low:
+        slope, rounding = _slope(got, expected), torch.finfo(head.weight.dtype).eps / 2
+        if not abs(slope - 1) <= rounding:
+            error = math.inf
+            what = f"by a factor of {slope:.4g} (rounding alone leaves it within {rounding:.2g} of 1)"
     if not error <= tolerance:
         raise _not_reproduced(model, role, what)
 

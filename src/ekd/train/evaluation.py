@@ -271,10 +271,12 @@ def _runs_in(path: Path) -> list[Path]:
     """The runs directly inside ``path`` — finished first, then runs ekd distill started (``ekd eval`` of one says how
     to finish it) — each by name; none if it cannot be listed."""
     try:
-        found = [p for p in path.iterdir() if p.is_dir() and (is_finished_run(p) or is_ekd_run(p))]
+        found = [
+            (not is_finished_run(p), p.name, p) for p in path.iterdir() if p.is_dir()
+        ]  # (unfinished, name, p)
     except OSError:
         return []
-    return sorted(found, key=lambda p: (not is_finished_run(p), p.name))
+    return [p for unfinished, _, p in sorted(found) if not unfinished or is_ekd_run(p)]
 
 
 def _as_given(run: Path, given: Path) -> str:

@@ -405,7 +405,8 @@ def run_end_tasks(
     data = PreparedData(tokenizer, {})
     cache_dir = Path(cfg.eval.tasks_cache_dir).expanduser() if cfg.eval.tasks_cache_dir else run_dir / "tasks"
     results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
-    if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
+    scored_roles = task_models(cfg, (str(run_dir / "student"), ""))  # the rule check_task_lengths checks by
+    if "teacher" in scored_roles:
         spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
         scored = cached_tasks(
             cache_dir,
@@ -418,7 +419,7 @@ def run_end_tasks(
         # each result names its teacher, as the eval sets' entries do: kept beside later ones (ekd compare)
         identity = teacher_identity(cfg)
         results["teacher"] = {task: {**r, TEACHER_KEY: identity} for task, r in scored.items()}
-    if cfg.eval.tasks_student_init:
+    if "student_init" in scored_roles:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)
         results["student_init"] = cached_tasks(
             cache_dir,
@@ -506,9 +507,10 @@ def _generates(old: dict[str, Any], task: str) -> bool:
 
 
 def task_models(cfg: Config, student: tuple[str, str]) -> dict[str, tuple[str, str]]:
-    """Role → (spec, revision) of every model ``eval.tasks`` will score (:func:`run_end_tasks`' rule):
-    ``student`` (given: ``model.student`` before training, ``RUN/student`` after), the teacher and the initial
-    student when asked."""
+    """Role → (spec, revision) of every model ``eval.tasks`` scores (the rule :func:`run_end_tasks` scores by and
+    :func:`check_task_lengths` checks by): ``student`` (given: ``model.student`` before training, ``RUN/student``
+    after), the teacher (not a preset one of a cache run: it is not the model that built the cache) and the
+    initial student when asked."""
     models = {"student": student}
     if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
         models["teacher"] = (cfg.model.teacher, cfg.model.revision)
