@@ -303,6 +303,17 @@ class _CappedLlama(LlamaForCausalLM):
         return out
 
 
+class _ClampedLlama(LlamaForCausalLM):
+    """A causal LM whose forward clamps its logits to ±``bound`` (custom code; no config key says so)."""
+
+    bound = 100.0
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits.clamp(-self.bound, self.bound)
+        return out
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_known_transforms_are_accepted_in_every_dtype(arch, dtype):
@@ -366,6 +377,21 @@ def test_an_unknown_soft_cap_on_a_freshly_initialised_model_is_refused():
     with pytest.raises(ModelError, match="cannot reproduce the logits of model type 'llama'") as e:
         check_output_head(model, V, "student")
     assert "\n" not in str(e.value) and "from its config" not in str(e.value)
+
+
+@pytest.mark.parametrize("bound", [50.0, 100.0, 500.0])
+@pytest.mark.parametrize("grow", [1.0, 16.0])
+def test_an_unknown_clamp_of_trained_model_size_is_refused(bound, grow):
+    """Try-out 81, F5: the second probe brought the largest logit to 45–90 only, so a custom clamp at ±100 — on a
+    fresh head or one scaled to trained-model logits — was accepted and trained as h·Wᵀ."""
+    torch.manual_seed(0)
+    model = _ClampedLlama(LlamaConfig(**COMMON)).eval()
+    model.bound = bound
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(grow)
+        assert float(model(input_ids=torch.arange(8).view(1, 8)).logits.abs().max()) < bound  # the clamp idle
+    with pytest.raises(ModelError, match="cannot reproduce the logits of model type 'llama'"):
+        check_output_head(model, V, "student")
 
 
 def test_a_config_softcap_the_forward_does_not_read_is_named_in_the_refusal():
