@@ -432,6 +432,28 @@ def test_runs_that_differ_only_in_log_keys_share_a_group(tmp_path):
     assert [g.label for g in groups] == ["kd", "kd#2"] and "log." not in groups[1].note, groups[1].note
 
 
+def test_groups_that_differ_from_the_first_alike_say_what_sets_them_apart(tmp_path):
+    """Try-out 84, F1: a merged and an adapter LoRA run beside a full fine-tune were `kd#2` and `kd#3`, both noted
+    'differs from `kd` in model.lora_r=4 (vs 0)' (model.lora_export is not read without LoRA): the later one
+    also says how it differs from the earlier."""
+    from ekd.eval.compare import group_runs, read_run
+
+    dirs = [
+        _fake_run(tmp_path, n, "kd", 0, 10.0 + i, 0.5) for i, n in enumerate(("full", "merged", "adapter"))
+    ]
+    for d, model in zip(
+        dirs, ({"lora_r": 0}, {"lora_r": 4, "lora_export": "merged"}, {"lora_r": 4, "lora_export": "adapter"})
+    ):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": model}))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [g.note for g in groups] == [
+        "",
+        "`kd#2` differs from `kd` in model.lora_r=4 (vs 0)",
+        "`kd#3` differs from `kd` in model.lora_r=4 (vs 0); from `kd#2` in model.lora_export='adapter' (vs 'merged')",
+    ]
+
+
 def test_claims_inconclusive_and_one_seed(tmp_path):
     from ekd.eval.claims import check_claims
     from ekd.eval.compare import group_runs, read_run

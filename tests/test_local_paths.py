@@ -146,6 +146,32 @@ def test_a_missing_model_path_is_named_by_its_own_key(work, monkeypatch, capsys)
     assert "model.student" in line and "no-such-student" in line and "data.separator" not in line, line
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.teacher=./t",
+        "model.student=s",
+        "model.tokenizer=./tok",
+        "data.source=./corpus",
+        "data.source=c.jsonl",
+    ],
+)
+def test_a_missing_relative_path_names_the_path_it_was_read_as(work, monkeypatch, capsys, override):
+    """Try-out 84, F2: from another directory than the config file's, `teacher: ./teacher` was refused as
+    './teacher does not exist (no config.json)' — neither where it was looked for nor why. The line names the
+    absolute path and that relative paths start at the working directory."""
+    monkeypatch.chdir(work / "elsewhere")
+    key, value = override.split("=")
+    assert main(["-q", "distill", *_relative("rel-missing", work / "w"), override]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"ekd: error: {key}") and str(work / "elsewhere" / value.lstrip("./")) in line, (
+        line
+    )
+    assert "no config.json" not in line, line
+    if value.startswith("./"):
+        assert "relative paths start at the working directory" in line, line
+
+
 def test_eval_of_a_run_whose_teacher_moved(work, tmp_path, monkeypatch, capsys):
     """Try-out 32 (left then): with the run's teacher directory moved, `ekd eval RUN` said 'model.teacher: … pass
     a hub id, … or preset:<name>', and with `eval.teacher=false` still failed — packing the eval sets read the

@@ -221,7 +221,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
 @pytest.mark.parametrize(
     "teacher, extra, message",
     [
-        ("missing", ["--layers", "1"], "student init: teacher: {d}/missing does not exist (no config.json)"),
+        ("missing", ["--layers", "1"], "student init: teacher: {d}/missing does not exist;"),
         ("empty", ["--from-config", "num_hidden_layers=1"], "student init: teacher: {d}/empty is empty"),
         (
             "config_only",

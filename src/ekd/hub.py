@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ekd.config.paths import absolute, read_as
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.log_level import EVERY_RANK
 
@@ -68,7 +69,9 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
     if not spec.strip():
         raise error(f"{key} is empty; pass a directory, a hub id (org/name) or preset:<name>")
     if spec.startswith((".", "/", "~")):
-        raise error(f"{key}: {spec} does not exist; pass an existing directory or a hub id (org/name)")
+        raise error(
+            f"{key}: {spec} does not exist{read_as(spec)}; pass an existing directory or a hub id (org/name)"
+        )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if key == "model.tokenizer" and spec.startswith(
@@ -200,8 +203,8 @@ def hub_kwargs(
         else "a saved model directory or preset:<name>"
     )
     raise error(
-        f"{key}: '{spec}' is not a local directory, and as a hub id it is not in the local cache while {why}; "
-        f"pass {local}, or run where the hub is reachable"
+        f"{key}: '{spec}' is not a local directory (no {absolute(spec)}), and as a hub id it is not in the local "
+        f"cache while {why}; pass {local}, or run where the hub is reachable"
     )
 
 

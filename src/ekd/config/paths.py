@@ -48,6 +48,15 @@ def absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def read_as(path: str) -> str:
+    """What a refusal of a missing ``path`` adds: for a relative path, the absolute one it was read as (try-out
+    84, F2: ``./teacher`` from another directory than the config file's), " (read as /w/teacher: relative paths
+    start at the working directory)"; "" for an absolute or ``~`` path."""
+    if not path.strip() or Path(path).is_absolute() or path.startswith("~"):
+        return ""
+    return f" (read as {absolute(path)}: relative paths start at the working directory)"
+
+
 def _existing(path: str) -> bool:
     try:
         return Path(path).expanduser().exists()
@@ -176,4 +185,13 @@ def _rebase(value: Any, old_root: Path, new_root: Path) -> Any:
     return prefix + str(moved)
 
 
-__all__ = ["DIRECTORIES", "SPECS", "absolute", "local_spec", "resolve_path", "resolve_paths", "resolve_saved"]
+__all__ = [
+    "DIRECTORIES",
+    "SPECS",
+    "absolute",
+    "read_as",
+    "local_spec",
+    "resolve_path",
+    "resolve_paths",
+    "resolve_saved",
+]

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config import ConfigError, DataConfig
+from ekd.config.paths import read_as
 from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
@@ -281,7 +282,8 @@ def _read_source(
         if glob.has_magic(source):
             return _read_glob(source, fmt, data_cfg, key, skipped)
         raise ConfigError(
-            f"{key}: no such file or directory: {source}; check the path (or use 'pystdlib' or 'hf:<name>')"
+            f"{key}: no such file or directory: {source}{read_as(source)}; check the path (or use 'pystdlib' or "
+            "'hf:<name>')"
         )
     if fmt in ("auto", "chat"):
         fmt = _format_from_suffix(path, key)

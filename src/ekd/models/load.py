@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ekd.config.paths import read_as
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
@@ -345,9 +346,7 @@ def check_model_dir(
         return None
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
     if not path.exists():
-        raise ModelError(
-            f"{_key(role)}: {spec} does not exist{'' if named_tokenizer else ' (no config.json)'}; {fix}"
-        )
+        raise ModelError(f"{_key(role)}: {spec} does not exist{read_as(spec)}; {fix}")
     if not path.is_dir():
         raise ModelError(f"{_key(role)}: {spec} is not a directory; {fix}")
     if not (path / "config.json").is_file() and not (

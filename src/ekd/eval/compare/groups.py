@@ -184,6 +184,9 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         else:
             g.runs.append(r)
     seen: dict[str, int] = {}
+    seen_diffs: dict[
+        str, list[tuple[Group, list[str]]]
+    ] = {}  # method → (group, its differences from the first)
     for g in groups.values():
         method = g.runs[0].method
         seen[method] = seen.get(method, 0) + 1
@@ -199,6 +202,12 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
                 files = f"({paths[0]} vs {paths[1]})" if paths[0] != paths[1] else f"(both {paths[0]})"
                 diffs = [d + (f" {files}" if d.startswith("data.source=") else "") for d in diffs]
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
+            # try-out 84, F1: two groups can differ from the first alike (a merged and an adapter LoRA export
+            # against a full fine-tune, which reads no model.lora_export): what sets them apart is said too
+            for twin in (o for o in seen_diffs.get(method, []) if o[1] == diffs):
+                apart = _config_differences(twin[0].runs[0].trained_config(), b.trained_config())
+                g.note += f"; from `{twin[0].label}` in " + ", ".join(apart)
+            seen_diffs.setdefault(method, []).append((g, diffs))
     label_eval_sets(list(groups.values()))
     return list(groups.values())
 
