@@ -381,6 +381,30 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys, argv, hint):
     assert argv[0] == "distill" or "--overwrite" not in err  # only distill takes it
 
 
+@pytest.mark.parametrize("stop", ["interrupt", "error"])
+def test_a_progress_bar_left_open_is_closed_before_the_last_line(monkeypatch, capsys, stop):
+    """Try-out 85, F1: Ctrl-C during `ekd cache` printed its line, then the build's bar (left open by the
+    interrupt, closed only when its frame was freed) drew itself again below it: the line looked missing. The
+    same for an error raised mid-loop (a shard found missing at step 4). Open bars are closed first."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    import ekd.cli as cli_mod
+    from ekd.errors import EkdError
+
+    def build(args):  # as the build: the bar iterated inside a generator that a local holds (alive after)
+        batches = (i for i in tqdm(range(10), desc="teacher cache", file=sys.stderr, mininterval=0))
+        for i in batches:
+            if i == 3:
+                raise KeyboardInterrupt if stop == "interrupt" else EkdError("shard-00060.bin is missing")
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "cache", build)
+    assert cli_mod.main(["cache", "x.yaml"]) == (130 if stop == "interrupt" else 2)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("ekd: interrupted;" if stop == "interrupt" else "ekd: error: shard-00060"), last
+
+
 @pytest.mark.parametrize("older_checkpoint", [False, True])
 def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
     tmp_path, corpus, capsys, monkeypatch, older_checkpoint

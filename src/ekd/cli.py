@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
-from ekd.log_level import set_level_floor
+from ekd.log_level import close_progress_bars, set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt
 from ekd.words import counted
@@ -781,6 +781,7 @@ def _command(argv: list[str] | None) -> int:
     except EkdError as e:
         if args.debug:
             raise
+        close_progress_bars()  # before the last line, not drawn again below it
         if not copy_of_rank0(e) and not _said_by_local_rank0(e):  # under torchrun: said once (per node)
             print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
         return 2
@@ -797,6 +798,7 @@ def _command(argv: list[str] | None) -> int:
         if args.debug or not _lost_peer(e):
             raise
         hint = _how_to_go_on(e, args)
+        close_progress_bars()
         if not _said_for_rank0(e, hint) and _rank0():  # its own line, if it had one, is the news; rank 0 says
             print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)  # how to go on
         return 1
@@ -805,6 +807,7 @@ def _command(argv: list[str] | None) -> int:
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
     """``ekd: interrupted; <how to go on>`` (said by rank 0) and the exit code of an interrupted command."""
     hint = _how_to_go_on(e, args)
+    close_progress_bars()
     if not _said_for_rank0(e, hint) and _rank0():
         print(f"ekd: {interrupted_by(e)}{hint}", file=sys.stderr)
     return interrupt_exit_code(e)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import sys
 from collections.abc import Iterator
 
 _floor = logging.NOTSET
@@ -137,3 +138,16 @@ def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
         yield
     finally:
         std.tqdm.__init__ = original
+
+
+def close_progress_bars() -> None:
+    """Close every tqdm bar still open in this process, before the command's last line (``ekd: error: …``,
+    ``ekd: interrupted; …``): a bar that an exception left open (a loop ended by Ctrl-C or an error) is closed only
+    when its frame is freed, after that line, and draws itself again below it (try-out 85, F1: ``ekd cache``'s
+    interrupt line hidden above the bar's last repaint). A bar whose stream is gone is left as it is."""
+    std = sys.modules.get("tqdm.std")  # no tqdm imported: no bar
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except (OSError, ValueError):  # its stream closed (a pipe's reader gone)
+            pass
