@@ -147,7 +147,5 @@ def close_progress_bars() -> None:
     interrupt line hidden above the bar's last repaint). A bar whose stream is gone is left as it is."""
     std = sys.modules.get("tqdm.std")  # no tqdm imported: no bar
     for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # its stream closed (a pipe's reader gone)
             bar.close()
-        except (OSError, ValueError):  # its stream closed (a pipe's reader gone)
-            pass
