@@ -808,6 +808,60 @@ def test_missing_sample_and_missing_shard_are_named(setup, capsys):
         teacher.available(collate(data.blocks["train"], torch.arange(24, 28)))
 
 
+@pytest.mark.parametrize("command", ["distill", "plan"])
+def test_a_missing_shard_is_refused_at_the_start(setup, tmp_path, capsys, monkeypatch, command):
+    """Try-out 85, F2: a deleted shard was found when training reached it (step 4 of 70: every step before it
+    lost; a 3-step run never read it). distill and plan stat every shard file first, before any data is read."""
+    import ekd.train.prepare as prepare_mod
+
+    cache = _damaged_copy(setup, f"missing-at-start-{command}")
+    (cache / "shard-00002.bin").unlink()
+    path = cache / "shard-00001.idx"
+    path.write_bytes(path.read_bytes()[:-3])
+    monkeypatch.setattr(
+        prepare_mod, "prepare_data", lambda *a, **k: pytest.fail("data read before the check")
+    )
+    over = ["teacher.source=cache", f"teacher.cache_dir={cache}", f"run.output_dir={tmp_path}"]
+    argv = (
+        ["distill", setup["cfg"], *over]
+        if command == "distill"
+        else ["plan", setup["cfg"], "--gpus", "1", *over]
+    )
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "shard-00001.idx is truncated" in line and "shard-00002.bin is missing" in line, line
+    assert "`ekd cache CONFIG` again" in line, line
+    assert not (tmp_path / "cached").exists()
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("method.rs_samples=20", "rs_samples"), ("run.seed=7", "seed"), ("method=topk", "target")],
+)
+def test_target_settings_other_than_the_caches_are_refused_before_any_data_is_read(
+    setup, tmp_path, capsys, monkeypatch, override, field
+):
+    """Try-out 85, F3: an RS run from a top-K cache (or another N or seed) was said to fit by `ekd plan`, and
+    distill refused it only after packing the data; the settings the config alone decides are compared first
+    (with another data.block_length the data's fields differ too: all are named at once, once the data is read —
+    test_signature_mismatch_names_each_field)."""
+    import ekd.train.prepare as prepare_mod
+
+    monkeypatch.setattr(
+        prepare_mod, "prepare_data", lambda *a, **k: pytest.fail("data read before the check")
+    )
+    over = [
+        "teacher.source=cache",
+        f"teacher.cache_dir={setup['cache']}",
+        f"run.output_dir={tmp_path}",
+        override,
+    ]
+    for argv in (["plan", setup["cfg"], "--gpus", "1", *over], ["distill", setup["cfg"], *over]):
+        assert main(argv) == 2
+        line = _error_line(capsys)
+        assert "does not match the training config" in line and f"{field} [" in line, line
+
+
 def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
     assert main(["cache", setup["cfg"], "method=kd"]) == 2
     assert "method.target=dense" in _error_line(capsys)

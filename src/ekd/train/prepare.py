@@ -438,7 +438,8 @@ def teacher_config_source(cfg: Config) -> tuple[str, str]:
 def check_cache_run(cfg: Config) -> None:
     """What a run from a teacher cache (``teacher.source=cache``) is refused for before any data is read — at
     ``ekd distill``'s start and by ``ekd plan`` (try-out 66, F8: plan said "fits" for both refusals below): the
-    cached targets' temperature, ``teacher.cache_dir`` (a finished cache), ``model.teacher`` (a path not on this
+    cached targets' temperature, ``teacher.cache_dir`` (a finished cache, every shard file there), the target
+    settings it was built with (:func:`~ekd.teacher.cache.source.check_cache_settings`), ``model.teacher`` (a path not on this
     machine must name the cache's teacher: :func:`~ekd.teacher.cache.source.absent_teacher`), the cache's copy of
     the teacher's files (:func:`teacher_config_source`) and a teacher the evaluation at the end would load
     (:func:`check_evaluation_teacher`).
@@ -447,10 +448,17 @@ def check_cache_run(cfg: Config) -> None:
         CacheError, ConfigError, ModelError: one line naming the key and its fix.
     """
     if teacher_needed(cfg):
-        from ekd.teacher.cache.source import absent_teacher, check_cache_dir, check_cache_temperature
+        from ekd.teacher.cache.source import (
+            absent_teacher,
+            check_cache_dir,
+            check_cache_settings,
+            check_cache_temperature,
+        )
 
         check_cache_temperature(cfg.method, cfg.train.max_steps)
-        absent_teacher(cfg.model.teacher, check_cache_dir(cfg.teacher.cache_dir), cfg.teacher.cache_dir)
+        found = check_cache_dir(cfg.teacher.cache_dir)
+        absent_teacher(cfg.model.teacher, found, cfg.teacher.cache_dir)
+        check_cache_settings(cfg, found)
         teacher_config_source(cfg)
     check_evaluation_teacher(cfg)
 

@@ -390,6 +390,18 @@ class CacheReader:
                     problems.append(problem)
         return problems
 
+    def check_files(self) -> None:
+        """Refuse a cache whose shard files are not all there at the sizes the manifest records (a ``stat``
+        each), before a run trains from it — not when training reaches the shard, hours in.
+
+        Raises:
+            CacheError: the first :data:`SHARD_PROBLEMS_SHOWN` problems and how many more, and the fix.
+        """
+        if problems := self.size_problems():
+            more = len(problems) - SHARD_PROBLEMS_SHOWN
+            shown = "; ".join(problems[:SHARD_PROBLEMS_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
+            raise CacheError(f"{shown}{self._repair}")
+
     def info(self) -> dict:
         """Sizes and figures: samples, positions, entries/position, bytes/position and bytes/token."""
         counts = self.manifest["counts"]
@@ -417,6 +429,10 @@ class CacheReader:
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
+
+
+SHARD_PROBLEMS_SHOWN = 3
+"""Missing or cut-short shard files named in one refusal (:meth:`CacheReader.check_files`)."""
 
 
 def _kept_teacher_files(directory: Path) -> str:

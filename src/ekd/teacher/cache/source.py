@@ -36,6 +36,7 @@ from ekd.teacher.cache.manifest import (
     compare_signatures,
     diff_summary,
     is_imported,
+    make_signature,
     rebuild_advice,
     refuse_a_file,
     same_directory,
@@ -43,8 +44,10 @@ from ekd.teacher.cache.manifest import (
 from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, changed_settings, name_config_keys, trains_bpe
 from ekd.teacher.cache.reader import CacheReader
 from ekd.teacher.cache.signature import (
+    PACKING_RULE,
     TEMPLATE_FILE,
     cache_signature,
+    check_cacheable,
     same_files,
     teacher_files,
     weights_revision,
@@ -78,13 +81,56 @@ def check_cache_dir(directory: str) -> dict:
             f"teacher.cache_dir {path} does not exist: build the cache first with `ekd cache CONFIG` "
             "(this config), or set teacher.cache_dir to a built cache"
         )
-    try:  # the manifest only: its format version, and that the build finished
-        return CacheReader(path).signature
+    try:  # the manifest: its format version, that the build finished; every shard file there, of its size
+        reader = CacheReader(path)
+        reader.check_files()  # try-out 85, F2: a missing shard was found when training reached it
+        return reader.signature
     except CacheError as e:  # named once (try-out 47: 'teacher.cache_dir: teacher.cache_dir=…')
         said = str(e)
         raise CacheError(
             said if said.startswith("teacher.cache_dir") else f"teacher.cache_dir: {said}"
         ) from None
+
+
+# the signature fields the training config alone decides: compared before any data is read
+SETTINGS_FIELDS = ("target", "topk", "topk_tail", "target_temperature", "rs_samples", "rs_proposal_power")
+SETTINGS_FIELDS += ("rs_sampler", "positions", "position_fraction", "seed")
+
+
+def check_cache_settings(cfg: Config, found: dict) -> None:
+    """Refuse a cache whose target settings are not the config's — the target, its K, tail, τ, N and β, the
+    positions rule and the seed — before any data is read, at ``ekd distill``'s start and by ``ekd plan``
+    (try-out 85, F3: an RS run from a top-K cache was said to fit, and distill refused it only once the data
+    was packed); the fields that need the data, the tokenizer or the teacher are compared when
+    :class:`CacheTeacher` opens the cache, with the same line.
+
+    Raises:
+        CacheError: :func:`check_signature`'s line, naming each differing field and its config key.
+    """
+    check_cacheable(cfg)
+    if found.get("block_length") != cfg.data.block_length:  # other blocks: the data's fields differ too, and
+        return  # naming the data key behind them needs the data (the line then names every field at once)
+    m = cfg.method
+    own = make_signature(  # the identity fields are placeholders: only SETTINGS_FIELDS are read from it
+        teacher_id="",
+        teacher_revision="",
+        tokenizer_hash="",
+        data_fingerprint="",
+        block_length=cfg.data.block_length,  # the blocks' T (PackedBlocks.block_length)
+        packing=PACKING_RULE,
+        vocab_size=2,
+        target=m.target,
+        topk=m.topk,
+        topk_tail=m.topk_tail,
+        target_temperature=m.kd_temperature,
+        rs_samples=m.rs_samples,
+        rs_proposal_power=m.rs_proposal_power,
+        positions=cfg.teacher.cache_positions,
+        position_fraction=cfg.teacher.cache_fraction,
+        seed=cfg.run.seed,
+    )
+    expected = {**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}
+    check_signature(Path(cfg.teacher.cache_dir), expected, found)
 
 
 def absent_teacher(spec: str, found: dict, cache_dir: str) -> bool:
