@@ -864,7 +864,9 @@ def test_target_settings_other_than_the_caches_are_refused_before_any_data_is_re
 
 def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
     assert main(["cache", setup["cfg"], "method=kd"]) == 2
-    assert "method.target=dense" in _error_line(capsys)
+    assert "method=kd (method.target=dense): a teacher cache stores sparse targets" in _error_line(capsys)
+    assert main(["cache", setup["cfg"], "method=ce"]) == 2  # try-out 85: it was told its (dense) target
+    assert "method=ce (method.kd_weight=0) trains without a teacher term" in _error_line(capsys)
     assert main(["cache", setup["cfg"], "teacher.cache_dir="]) == 2
     assert "teacher.cache_dir must be set" in _error_line(capsys)
     for command in ("verify", "info"):  # try-out 52: not 'manifest.json missing' of a path that is not there

@@ -156,11 +156,14 @@ def test_a_missing_model_path_is_named_by_its_own_key(work, monkeypatch, capsys)
         "data.source=c.jsonl",
     ],
 )
-def test_a_missing_relative_path_names_the_path_it_was_read_as(work, monkeypatch, capsys, override):
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_missing_relative_path_names_the_path_it_was_read_as(work, monkeypatch, capsys, override, offline):
     """Try-out 84, F2: from another directory than the config file's, `teacher: ./teacher` was refused as
     './teacher does not exist (no config.json)' — neither where it was looked for nor why. The line names the
     absolute path and that relative paths start at the working directory."""
     monkeypatch.chdir(work / "elsewhere")
+    if offline:  # a bare name is then read as a cached hub id, and fails as such: the line names the path too
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     key, value = override.split("=")
     assert main(["-q", "distill", *_relative("rel-missing", work / "w"), override]) == 2
     line = _error_line(capsys)

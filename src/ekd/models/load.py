@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from ekd.config.paths import read_as
+from ekd.config.paths import absolute, read_as
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs
 from ekd.losses.targets import Head
@@ -402,9 +402,12 @@ def load_or_refuse(
                 f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
                 "writes it again) or name another directory"
             ) from e
-        raise ModelError(
-            f"{_key(role)}: cannot load {what} from '{spec}' ({_first_line(e, held)}){loader_hint(e)}"
-        ) from e
+        said = _first_line(e, held)
+        if not (is_preset(spec) or Path(spec).expanduser().exists()):  # a name read as a hub id (offline): it
+            said = (
+                f"{said.rstrip('.')}; nor is it a local path: no {absolute(spec)}"  # may be a mistyped path
+            )
+        raise ModelError(f"{_key(role)}: cannot load {what} from '{spec}' ({said}){loader_hint(e)}") from e
     finally:
         library.handlers, library.propagate = handlers, propagate
     for record in held.records:

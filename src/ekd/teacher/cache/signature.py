@@ -69,9 +69,15 @@ def check_cacheable(cfg: Config) -> None:
         raise ConfigError(
             "teacher.cache_dir must be set: it is the directory `ekd cache` writes the cache to"
         )
+    named = f"method={cfg.method.preset} (method.{{}})" if cfg.method.preset else "method.{}"
+    if cfg.method.kd_weight <= 0:  # try-out 85: `method=ce` was told its target, not that it has no teacher
+        raise ConfigError(
+            f"{named.format(f'kd_weight={cfg.method.kd_weight:g}')} trains without a teacher term: there are "
+            "no teacher targets to cache; a cache is for a KD method with sparse targets, e.g. method=rskd"
+        )
     if cfg.method.target not in ("rs", "topk"):
         raise ConfigError(
-            f"method.target={cfg.method.target}: a teacher cache stores sparse targets; "
+            f"{named.format(f'target={cfg.method.target}')}: a teacher cache stores sparse targets; "
             "set method.target=rs (e.g. method=rskd) or method.target=topk"
         )
 
