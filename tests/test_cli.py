@@ -92,6 +92,8 @@ def test_module_entry_point_help():
         ["eval", "given.yaml"],  # a file (the test writes it)
         ["cache", "info", "runs/mistyped-cache"],  # 2 s
         ["cache", "verify", ""],  # try-out 79, F6: said as '.' (manifest.json missing)
+        ["eval", "notes"],  # a directory that is no run: 4 s before its line (sessions 25-26)
+        ["eval", "runs"],  # run.output_dir, not a run: it names the runs inside
     ],
     ids=[
         "help",
@@ -103,6 +105,8 @@ def test_module_entry_point_help():
         "file-run",
         "missing-cache",
         "empty-cache",
+        "not-a-run",
+        "runs-dir",
     ],
 )
 def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_path, argv):
@@ -112,6 +116,10 @@ def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     (tmp_path / "given.yaml").write_text("run:\n  name: x\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "runs" / "kd" / "student").mkdir(parents=True)  # a finished run's files (no weights needed)
+    (tmp_path / "runs" / "kd" / "config.yaml").write_text("run:\n  name: kd\n")
+    (tmp_path / "runs" / "kd" / "student" / "config.json").write_text("{}")
     out = subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
@@ -119,9 +127,12 @@ def test_help_and_command_line_mistakes_do_not_import_torch_or_transformers(tmp_
     if argv[:3] == ["cache", "verify", ""]:
         assert "ekd cache verify: the directory given is empty" in out.stderr, out.stderr
     if argv[0] == "eval":  # one line naming what was given
-        said = {"": "the run directory given is empty", "given.yaml": "given.yaml is a file"}.get(
-            argv[1], "does not exist"
-        )
+        said = {
+            "": "the run directory given is empty",
+            "given.yaml": "given.yaml is a file",
+            "notes": "notes is not a finished ekd run (needs config.yaml and student/); run ekd distill first",
+            "runs": "it holds the run kd: give one, e.g. `ekd eval runs/kd`",
+        }.get(argv[1], "does not exist")
         assert said in out.stderr, out.stderr
 
 

@@ -415,6 +415,13 @@ def cmd_eval(args) -> int:
         )
     run = Path(args.run_dir)
     _refuse_missing_run(run)  # before torch is imported: a mistyped path is said at once
+    from ekd.train.run_dir import aside_of, is_ekd_run
+    from ekd.train.run_state import not_a_finished_run
+
+    real = run.resolve()  # a directory that is no run at all is said at once too (a run's own states: below)
+    no_run = not (is_ekd_run(real) or (real.name and aside_of(real).is_dir()))
+    if no_run and (refusal := not_a_finished_run(run)) is not None:
+        raise EkdError(refusal)
     from ekd.train.evaluation import check_saved_teacher, evaluate_saved_run, load_run_config
     from ekd.train.run_dir import using_run
     from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
@@ -476,7 +483,7 @@ def _check_run_files(run: Path, sets: bool) -> None:
     import yaml
 
     from ekd.eval.saved_files import config_problem, eval_json_problem
-    from ekd.train.evaluation import is_finished_run
+    from ekd.train.run_state import is_finished_run
 
     if not is_finished_run(run):  # a path that is not there was refused before (_refuse_missing_run)
         return

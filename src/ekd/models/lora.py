@@ -29,11 +29,10 @@ from torch import nn
 from ekd.config import ConfigError, ModelConfig
 from ekd.errors import ModelError
 from ekd.io import atomic_dir
+from ekd.models.adapter_dir import BASE_NOTE, is_adapter_dir
 from ekd.models.layers import state_dict_name
 
 log = logging.getLogger(__name__)
-
-BASE_NOTE = "ekd_base.json"  # written beside an exported adapter: the base model it applies to
 
 
 def require_peft():
@@ -169,11 +168,6 @@ class LoraStudent:
                 "(peft did not find them by module name: an ekd bug, please report it); the run's checkpoints "
                 "hold them"
             )
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds an exported adapter (``model.lora_export=adapter``) rather than a full model."""
-    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / BASE_NOTE).is_file()
 
 
 def base_identity(spec: str) -> dict | None:

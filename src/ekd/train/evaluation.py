@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from torch import nn
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.io import make_dirs
-from ekd.locks import holder_of
-from ekd.models.lora import is_adapter_dir, load_exported_student
+from ekd.models.lora import load_exported_student
 from ekd.train.prepare import PreparedData
-from ekd.train.run_dir import aside_of, is_ekd_run, override_arg, read_marker, writes_into_run
+from ekd.train.run_dir import override_arg, read_marker, writes_into_run
+from ekd.train.run_state import not_a_finished_run
 
 log = logging.getLogger(__name__)
 
@@ -142,152 +141,6 @@ def say_divergence(
     )
 
 
-RUN_PARTS_DEPTH = 3  # how far above a path a run is looked for (RUN/checkpoints/step-000100/...: 3)
-
-
-def is_finished_run(path: Path) -> bool:
-    """Whether ``path`` is a run ``ekd distill`` finished: config.yaml and an exported student/ (a model
-    directory or a LoRA adapter)."""
-    student = path / "student"
-    return (path / "config.yaml").is_file() and (
-        (student / "config.json").is_file() or is_adapter_dir(student)
-    )
-
-
-def enclosing_run(path: Path) -> str | None:
-    """The finished run ``path`` lies inside (``RUN/student``, the exported model; ``RUN/checkpoints/step-N``),
-    at most ``RUN_PARTS_DEPTH`` levels up, spelled as ``path`` is (relative stays relative); None if none."""
-    path = Path(path)
-    run = next((p for p in list(path.resolve().parents)[:RUN_PARTS_DEPTH] if is_finished_run(p)), None)
-    return None if run is None else _as_given(run, path)
-
-
-def _unfinished_run(path: Path) -> str | None:
-    """The line for ``ekd eval`` of a run ``ekd distill`` started and did not finish (interrupted, failed, or
-    training now: :func:`_not_a_run_hint` says that one), with the way on from what it holds: its newest
-    checkpoint → ``--resume``, none → ``--overwrite`` (try-out 50, F5: 'needs config.yaml and student/; run ekd
-    distill first' of a run holding config.yaml, which plain ekd distill refuses); of a finished run whose
-    student/ is gone, ``--resume`` exports it again from the last checkpoint (try-out 52, F10). None for
-    anything else."""
-    from ekd.train.checkpoint import latest_checkpoint
-
-    if not (path / "config.yaml").is_file() or holder_of(path.resolve()) not in (None, os.getpid()):
-        return None
-    try:  # "starting": a start that did not finish (see the hint); "finished" without student/: exported again
-        state = (read_marker(path) or {}).get("state")
-    except EkdError:
-        return None
-    if state not in ("started", "finished"):
-        return None
-    newest = latest_checkpoint(path)
-    if state == "finished":  # try-out 52, F10: its student/ removed or moved since
-        if newest is None:
-            return None
-        return (
-            f"{path} is a finished run whose exported student/ is gone; export it again from its last checkpoint "
-            f"{newest.name} with `{_distill_command(path)} --resume` (no step is trained), then `ekd eval` it"
-        )
-    return f"{path} is a run that has not finished (no exported student/ yet); {way_to_finish(path)}, then `ekd eval` it"
-
-
-def way_to_finish(path: Path) -> str:
-    """How to finish the run ``path`` that ``ekd distill`` started and did not finish: "its newest checkpoint is
-    step-…: finish it with `ekd distill …/config.yaml --resume`", or, without a checkpoint, start it again with
-    ``--overwrite``."""
-    from ekd.train.checkpoint import latest_checkpoint
-
-    newest, command = latest_checkpoint(path), _distill_command(path)
-    if newest is None:
-        return f"it saved no checkpoint: start it again with `{command} --overwrite`"
-    return f"its newest checkpoint is {newest.name}: finish it with `{command} --resume`"
-
-
-def _distill_command(path: Path) -> str:
-    """``ekd distill RUN/config.yaml``, with the run's directory as overrides when the run was copied or moved
-    (its config.yaml names where it was made; try-out 52, F2)."""
-    command = f"ekd distill {shlex.quote(str(path / 'config.yaml'))}"
-    try:
-        run = yaml.safe_load((path / "config.yaml").read_text()).get("run") or {}
-        saved = Path(str(run.get("output_dir", ""))).expanduser() / str(run.get("name", ""))
-        elsewhere = not saved.is_absolute() or saved.resolve() != path.resolve()
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        elsewhere = True
-    if elsewhere:
-        here = path.resolve()
-        command += (
-            f" {override_arg('run.output_dir', str(here.parent))} {override_arg('run.name', here.name)}"
-        )
-    return command
-
-
-def _not_a_run_hint(path: Path) -> str:
-    """The way on for ``ekd eval PATH`` where PATH is no finished run: when another ekd process holds the run
-    PATH is or lies inside (``RUN/student`` while RUN trains, or is resumed), wait for it to end; else
-    say where a killed ``--overwrite`` left the run (:func:`~ekd.train.run_dir.using_run` puts it back unless
-    something else is in the way); else evaluate the finished run PATH lies inside; else train one."""
-    resolved = Path(path).resolve()
-    for run in [resolved, *list(resolved.parents)[:RUN_PARTS_DEPTH]]:
-        if not (is_finished_run(run) or is_ekd_run(run)):
-            continue
-        pid = holder_of(run)
-        if (
-            pid is None or pid == os.getpid()
-        ):  # nobody, or this process (``ekd eval`` holds what it evaluates)
-            break
-        try:
-            training = (read_marker(run) or {}).get("state") in ("starting", "started")
-        except EkdError:
-            training = False
-        who = "another ekd process" + (f" (pid {pid})" if pid else "")
-        doing = "is training it" if training else "is using it (training or evaluating it)"
-        given = shlex.quote(str(path) if run == resolved else _as_given(run, Path(path)))
-        where = "" if run == resolved else f"it lies inside the run {given}, and "
-        return f"; {where}{who} {doing}: wait for it to end, then `ekd eval {given}`"
-    # a run a killed --overwrite left aside that using_run did not put back: something else is in the way
-    aside = aside_of(resolved) if resolved.name else None  # ('/' has no name, and nothing beside it)
-    if aside is not None and aside.is_dir() and is_ekd_run(aside):
-        shown = Path(path).parent / aside.name if Path(path).name else aside
-        return (
-            f"; an interrupted --overwrite moved the run aside to {shown}, and {path} holds something else: "
-            f"move that away, then `ekd eval {shlex.quote(str(path))}` puts the run back and evaluates it"
-        )
-    run = enclosing_run(path)  # RUN/student, the exported model: the run is what is evaluated
-    if run is not None:
-        return (
-            f"; it lies inside the finished run {run}: evaluate that with `ekd eval {shlex.quote(str(run))}`"
-        )
-    held = _runs_in(Path(path))  # run.output_dir given for a run inside it
-    if held:
-        names = ", ".join(p.name for p in held[:RUNS_SHOWN]) + (", …" if len(held) > RUNS_SHOWN else "")
-        which = f"the run {names}" if len(held) == 1 else f"the runs {names}"
-        return f"; it holds {which}: give one, e.g. `ekd eval {shlex.quote(str(held[0]))}`"
-    return "; run ekd distill first"
-
-
-RUNS_SHOWN = 3  # runs named by the hint for a directory that holds them
-
-
-def _runs_in(path: Path) -> list[Path]:
-    """The runs directly inside ``path`` — finished first, then runs ekd distill started (``ekd eval`` of one says how
-    to finish it) — each by name; none if it cannot be listed."""
-    try:
-        found = [
-            (not is_finished_run(p), p.name, p) for p in path.iterdir() if p.is_dir()
-        ]  # (unfinished, name, p)
-    except OSError:
-        return []
-    return [p for unfinished, _, p in sorted(found) if not unfinished or is_ekd_run(p)]
-
-
-def _as_given(run: Path, given: Path) -> str:
-    """``run`` (a resolved ancestor of ``given``) spelled as the user spelled ``given``: 'w/runs/a' for
-    'w/runs/a/student', '.' for 'student'; its absolute path when that cannot be read off ``given``."""
-    up = len(given.resolve().relative_to(run).parts)
-    if ".." not in given.parts and up <= len(given.parents):
-        return str(given.parents[up - 1])
-    return str(run)
-
-
 # what ekd eval never reads from its overrides: the student and its tokenizer are the run's export
 NOT_READ_BY_EVAL = ("model.student", "model.tokenizer")
 
@@ -302,12 +155,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             (:func:`_saved_rule_failure`).
     """
     run_dir = Path(run_dir)
-    if not is_finished_run(run_dir) and (unfinished := _unfinished_run(run_dir)):
-        raise EkdError(unfinished)
-    if not is_finished_run(run_dir):
-        raise EkdError(
-            f"{run_dir} is not a finished ekd run (needs config.yaml and student/){_not_a_run_hint(run_dir)}"
-        )
+    if (refusal := not_a_finished_run(run_dir)) is not None:
+        raise EkdError(refusal)
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = flat_config(raw)

@@ -586,7 +586,7 @@ class RunStart:
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
         ckpt = latest_checkpoint(run_dir)
-        from ekd.train.evaluation import is_finished_run
+        from ekd.train.run_state import is_finished_run
 
         finished = (
             marker is not None

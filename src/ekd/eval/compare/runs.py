@@ -428,7 +428,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        from ekd.train.evaluation import enclosing_run
+        from ekd.train.run_state import enclosing_run
 
         run = enclosing_run(run_dir)  # RUN/student, the exported model: did you mean RUN?
         fix = f"it lies inside the run {run}: pass that" if run is not None else "pass runs/<name>"
@@ -489,7 +489,7 @@ def _refuse_unfinished(
     import os
 
     from ekd.locks import holder_of
-    from ekd.train.evaluation import way_to_finish
+    from ekd.train.run_state import way_to_finish
 
     if marker.get("state") not in ("starting", "started"):
         return
