@@ -836,14 +836,19 @@ def test_a_missing_shard_is_refused_at_the_start(setup, tmp_path, capsys, monkey
 
 @pytest.mark.parametrize(
     "override, field",
-    [("method.rs_samples=20", "rs_samples"), ("run.seed=7", "seed"), ("method=topk", "target")],
+    [
+        ("method.rs_samples=20", "rs_samples"),
+        ("run.seed=7", "seed"),
+        ("method=topk", "target"),
+        ("data.block_length=16", "block_length"),  # try-out 86, F1: plan said "fits"
+    ],
 )
 def test_target_settings_other_than_the_caches_are_refused_before_any_data_is_read(
     setup, tmp_path, capsys, monkeypatch, override, field
 ):
     """Try-out 85, F3: an RS run from a top-K cache (or another N or seed) was said to fit by `ekd plan`, and
     distill refused it only after packing the data; the settings the config alone decides are compared first
-    (with another data.block_length the data's fields differ too: all are named at once, once the data is read —
+    (another data.block_length with the data keys that differ from the build's: try-out 86, F1;
     test_signature_mismatch_names_each_field)."""
     import ekd.train.prepare as prepare_mod
 

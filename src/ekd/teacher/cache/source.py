@@ -32,6 +32,7 @@ from ekd.models.load import is_preset
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
+    DATA_SETTINGS,
     TEACHER_FILES,
     compare_signatures,
     diff_summary,
@@ -48,6 +49,7 @@ from ekd.teacher.cache.signature import (
     TEMPLATE_FILE,
     cache_signature,
     check_cacheable,
+    data_settings,
     same_files,
     teacher_files,
     weights_revision,
@@ -98,8 +100,8 @@ SETTINGS_FIELDS += ("rs_sampler", "positions", "position_fraction", "seed")
 
 
 def check_cache_settings(cfg: Config, found: dict) -> None:
-    """Refuse a cache whose target settings are not the config's — the target, its K, tail, τ, N and β, the
-    positions rule and the seed — before any data is read, at ``ekd distill``'s start and by ``ekd plan``
+    """Refuse a cache whose settings are not the config's — the target, its K, tail, τ, N and β, the positions
+    rule, the seed and the block length (with the data keys that differ from the build's) — before any data is read, at ``ekd distill``'s start and by ``ekd plan``
     (try-out 85, F3: an RS run from a top-K cache was said to fit, and distill refused it only once the data
     was packed); the fields that need the data, the tokenizer or the teacher are compared when
     :class:`CacheTeacher` opens the cache, with the same line.
@@ -108,8 +110,6 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         CacheError: :func:`check_signature`'s line, naming each differing field and its config key.
     """
     check_cacheable(cfg)
-    if found.get("block_length") != cfg.data.block_length:  # other blocks: the data's fields differ too, and
-        return  # naming the data key behind them needs the data (the line then names every field at once)
     m = cfg.method
     own = make_signature(  # the identity fields are placeholders: only SETTINGS_FIELDS are read from it
         teacher_id="",
@@ -130,7 +130,15 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         seed=cfg.run.seed,
     )
     expected = {**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}
+    if found.get("block_length") != cfg.data.block_length:  # other blocks (try-out 86, F1: plan said "fits"):
+        # their fingerprint differs too, explained by the data keys that differ from the build's (try-out 64, F12)
+        expected.update(block_length=cfg.data.block_length, data_fingerprint=OTHER_BLOCKS)
+        expected[DATA_SETTINGS] = data_settings(cfg)
     check_signature(Path(cfg.teacher.cache_dir), expected, found)
+
+
+OTHER_BLOCKS = "(other blocks: another block length)"
+"""The data fingerprint :func:`check_cache_settings` expects where the block length differs (the data unread)."""
 
 
 def absent_teacher(spec: str, found: dict, cache_dir: str) -> bool:
