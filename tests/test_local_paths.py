@@ -175,6 +175,28 @@ def test_a_missing_relative_path_names_the_path_it_was_read_as(work, monkeypatch
         assert "relative paths start at the working directory" in line, line
 
 
+def test_a_missing_name_that_is_no_hub_id_or_a_home_path_names_where_it_was_read(
+    work, monkeypatch, capsys, tmp_path
+):
+    """Try-out 86, F3/F4: 'my student' (no valid hub id) got no absolute path, and ~/nope not what it expanded
+    to; F2: student init, which refuses presets, was told to pass preset:<name>."""
+    monkeypatch.chdir(work / "elsewhere")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for override, said in (
+        (
+            "model.student=my student",
+            f"'my student' is not an existing path (read as {work / 'elsewhere' / 'my student'}",
+        ),
+        ("model.teacher=~/nope", f"~/nope does not exist (read as {tmp_path / 'nope'})"),
+    ):
+        assert main(["-q", "distill", *_relative("home-missing", work / "w"), override]) == 2
+        line = _error_line(capsys)
+        assert said in line, line
+    assert main(["student", "init", "nope", str(tmp_path / "s"), "--layers", "1"]) == 2
+    line = _error_line(capsys)
+    assert "student init: teacher" in line and "preset:" not in line, line
+
+
 def test_eval_of_a_run_whose_teacher_moved(work, tmp_path, monkeypatch, capsys):
     """Try-out 32 (left then): with the run's teacher directory moved, `ekd eval RUN` said 'model.teacher: … pass
     a hub id, … or preset:<name>', and with `eval.teacher=false` still failed — packing the eval sets read the

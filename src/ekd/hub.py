@@ -85,8 +85,8 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
         validate_repo_id(spec)
     except HFValidationError:
         raise error(
-            f"{key}: '{spec}' is not an existing path and not a valid hub id (org/name: letters, digits, "
-            "'-', '_', '.'); check the spelling"
+            f"{key}: '{spec}' is not an existing path{read_as(spec)} and not a valid hub id (org/name: letters, "
+            "digits, '-', '_', '.'); check the spelling"
         ) from None
 
 
@@ -200,6 +200,8 @@ def hub_kwargs(
     local = (
         "a directory holding tokenizer files, or teacher, student or train_bpe"
         if key == "model.tokenizer"  # a preset is no tokenizer (try-out 51, F6)
+        else "a saved model directory"
+        if key.startswith("student init")  # it refuses presets (try-out 86, F2)
         else "a saved model directory or preset:<name>"
     )
     raise error(

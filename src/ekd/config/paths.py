@@ -51,9 +51,11 @@ def absolute(path: str) -> str:
 def read_as(path: str) -> str:
     """What a refusal of a missing ``path`` adds: for a relative path, the absolute one it was read as (try-out
     84, F2: ``./teacher`` from another directory than the config file's), " (read as /w/teacher: relative paths
-    start at the working directory)"; "" for an absolute or ``~`` path."""
-    if not path.strip() or Path(path).is_absolute() or path.startswith("~"):
+    start at the working directory)"; for a ``~`` path, what it expands to; "" for an absolute path."""
+    if not path.strip() or Path(path).is_absolute():
         return ""
+    if path.startswith("~"):  # what it expanded to (try-out 86, F4)
+        return f" (read as {absolute(path)})"
     return f" (read as {absolute(path)}: relative paths start at the working directory)"
 
 
