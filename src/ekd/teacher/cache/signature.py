@@ -167,7 +167,7 @@ def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
     from ekd.data import tokenizer_hash
 
     check_cacheable(cfg)
-    m, blocks = cfg.method, data.blocks["train"]
+    blocks = data.blocks["train"]
     boundary = getattr(data, "boundary", None) or blocks.boundary
     signature = make_signature(
         teacher_id=cfg.model.teacher,
@@ -177,20 +177,29 @@ def cache_signature(cfg: Config, data: Any, revision: str) -> dict:
         block_length=blocks.block_length,
         packing=PACKING_RULE,
         vocab_size=data.vocab_size,
-        target=m.target,
-        topk=m.topk,
-        topk_tail=m.topk_tail,
-        target_temperature=m.kd_temperature,
-        rs_samples=m.rs_samples,
-        rs_proposal_power=m.rs_proposal_power,
-        positions=cfg.teacher.cache_positions,
-        position_fraction=cfg.teacher.cache_fraction,
-        seed=cfg.run.seed,
+        **target_settings(cfg),
     )
     signature["document_attention"] = blocks.document_attention
     signature["separator"] = boundary.describe() if boundary is not None else "eos"
     signature[DATA_SETTINGS] = data_settings(cfg)  # names the key when data_fingerprint differs
     return signature
+
+
+def target_settings(cfg: Config) -> dict[str, Any]:
+    """The :func:`~ekd.teacher.cache.manifest.make_signature` arguments the config alone decides: the target, its
+    K, tail, τ, N and β, the positions rule and fraction, and the RS seed."""
+    m = cfg.method
+    return {
+        "target": m.target,
+        "topk": m.topk,
+        "topk_tail": m.topk_tail,
+        "target_temperature": m.kd_temperature,
+        "rs_samples": m.rs_samples,
+        "rs_proposal_power": m.rs_proposal_power,
+        "positions": cfg.teacher.cache_positions,
+        "position_fraction": cfg.teacher.cache_fraction,
+        "seed": cfg.run.seed,
+    }
 
 
 def target_spec(cfg: Config) -> TargetSpec:
@@ -203,6 +212,7 @@ __all__ = [
     "BPE_VOCAB_SIZE",
     "PACKING_RULE",
     "cache_signature",
+    "target_settings",
     "check_cacheable",
     "data_settings",
     "files_sha256",

@@ -51,6 +51,7 @@ from ekd.teacher.cache.signature import (
     check_cacheable,
     data_settings,
     same_files,
+    target_settings,
     teacher_files,
     weights_revision,
 )
@@ -110,7 +111,6 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         CacheError: :func:`check_signature`'s line, naming each differing field and its config key.
     """
     check_cacheable(cfg)
-    m = cfg.method
     own = make_signature(  # the identity fields are placeholders: only SETTINGS_FIELDS are read from it
         teacher_id="",
         teacher_revision="",
@@ -119,15 +119,7 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         block_length=cfg.data.block_length,  # the blocks' T (PackedBlocks.block_length)
         packing=PACKING_RULE,
         vocab_size=2,
-        target=m.target,
-        topk=m.topk,
-        topk_tail=m.topk_tail,
-        target_temperature=m.kd_temperature,
-        rs_samples=m.rs_samples,
-        rs_proposal_power=m.rs_proposal_power,
-        positions=cfg.teacher.cache_positions,
-        position_fraction=cfg.teacher.cache_fraction,
-        seed=cfg.run.seed,
+        **target_settings(cfg),
     )
     expected = {**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}
     if found.get("block_length") != cfg.data.block_length:  # other blocks (try-out 86, F1: plan said "fits"):
