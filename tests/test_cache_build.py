@@ -867,6 +867,16 @@ def test_target_settings_other_than_the_caches_are_refused_before_any_data_is_re
         assert "does not match the training config" in line and f"{field} [" in line, line
 
 
+def test_a_topk_cache_trains_under_another_run_seed(tmp_path, capsys):
+    """Top-K targets do not depend on the seed: the check at the start, like the one at data time, must not
+    refuse a top-K cache for another run.seed (the first version of the early check did)."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=6)
+    cfg = _config_file(tmp_path, corpus, "topk-seed", **{"method.preset": "topk", "method.topk": 4})
+    over = ["teacher.source=cache", f"teacher.cache_dir={tmp_path / 'cache'}", "train.max_steps=1"]
+    assert main(["-q", "cache", cfg, f"teacher.cache_dir={tmp_path / 'cache'}"]) == 0, capsys.readouterr().err
+    assert main(["-q", "distill", cfg, *over, "run.seed=7"]) == 0, capsys.readouterr().err
+
+
 def test_bad_cache_commands_give_one_line(setup, tmp_path, capsys):
     assert main(["cache", setup["cfg"], "method=kd"]) == 2
     assert "method=kd (method.target=dense): a teacher cache stores sparse targets" in _error_line(capsys)

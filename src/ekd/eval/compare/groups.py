@@ -184,9 +184,8 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         else:
             g.runs.append(r)
     seen: dict[str, int] = {}
-    seen_diffs: dict[
-        str, list[tuple[Group, list[str]]]
-    ] = {}  # method → (group, its differences from the first)
+    # method → (group, its differences from the method's first group), for every later group
+    seen_diffs: dict[str, list[tuple[Group, list[str]]]] = {}
     for g in groups.values():
         method = g.runs[0].method
         seen[method] = seen.get(method, 0) + 1
@@ -204,9 +203,10 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             g.note = f"`{g.label}` differs from `{method}` in " + ", ".join(diffs)
             # try-out 84, F1: two groups can differ from the first alike (a merged and an adapter LoRA export
             # against a full fine-tune, which reads no model.lora_export): what sets them apart is said too
-            for twin in (o for o in seen_diffs.get(method, []) if o[1] == diffs):
-                apart = _config_differences(twin[0].runs[0].trained_config(), b.trained_config())
-                g.note += f"; from `{twin[0].label}` in " + ", ".join(apart)
+            for twin, twin_diffs in seen_diffs.get(method, []):
+                if twin_diffs == diffs:
+                    apart = _config_differences(twin.runs[0].trained_config(), b.trained_config())
+                    g.note += f"; from `{twin.label}` in " + ", ".join(apart)
             seen_diffs.setdefault(method, []).append((g, diffs))
     label_eval_sets(list(groups.values()))
     return list(groups.values())

@@ -102,10 +102,10 @@ SETTINGS_FIELDS += ("rs_sampler", "positions", "position_fraction", "seed")
 
 def check_cache_settings(cfg: Config, found: dict) -> None:
     """Refuse a cache whose settings are not the config's — the target, its K, tail, τ, N and β, the positions
-    rule, the seed and the block length (with the data keys that differ from the build's) — before any data is read, at ``ekd distill``'s start and by ``ekd plan``
-    (try-out 85, F3: an RS run from a top-K cache was said to fit, and distill refused it only once the data
-    was packed); the fields that need the data, the tokenizer or the teacher are compared when
-    :class:`CacheTeacher` opens the cache, with the same line.
+    rule, the RS seed and the block length (with the data keys that differ from the build's) — before any data
+    is read, at ``ekd distill``'s start and by ``ekd plan`` (try-out 85, F3: an RS run from a top-K cache was
+    said to fit, and distill refused it only once the data was packed); the fields that need the data, the
+    tokenizer or the teacher are compared when :class:`CacheTeacher` opens the cache, with the same line.
 
     Raises:
         CacheError: :func:`check_signature`'s line, naming each differing field and its config key.
@@ -121,7 +121,7 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         vocab_size=2,
         **target_settings(cfg),
     )
-    expected = {**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}
+    expected = _seed_unread_by_topk({**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}, found)
     if found.get("block_length") != cfg.data.block_length:  # other blocks (try-out 86, F1: plan said "fits"):
         # their fingerprint differs too, explained by the data keys that differ from the build's (try-out 64, F12)
         expected.update(block_length=cfg.data.block_length, data_fingerprint=OTHER_BLOCKS)
@@ -220,7 +220,12 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             spec,
         )
         expected["teacher_revision"] = weights_revision(spec) or ""  # retrained in place: refused by name
-    if expected["target"] == "topk":  # top-K targets do not depend on the seed
+    return _seed_unread_by_topk(expected, found)
+
+
+def _seed_unread_by_topk(expected: dict, found: dict) -> dict:
+    """``expected`` with the cache's own seed where the target is top-K: top-K targets do not depend on it."""
+    if expected["target"] == "topk":
         expected["seed"] = found.get("seed")
     return expected
 
