@@ -295,7 +295,7 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
         signal.signal(signal.SIGINT, previous)
     assert sent and rc == (143 if signum == "SIGTERM" else 130), (sent, err)  # the handler it met, if not
     by = " (SIGTERM)" if signum == "SIGTERM" else ""
-    kept = "checkpoint step-000002 is kept: continue with the same command and --resume"
+    kept = "checkpoint step-000002 is kept: continue with the same command (--resume)"  # it has --resume
     assert err.strip().splitlines() == [f"ekd: interrupted{by}; {kept}"]
     assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000001", "step-000002"]
     monkeypatch.undo()
@@ -319,7 +319,7 @@ def test_a_full_disk_at_the_export_says_that_resume_finishes_the_run(ws, capsys,
     assert "no space left on device" in line, line
     assert line.endswith(
         "; checkpoint step-000003 of the last step is kept: once fixed, finish the run (export and evaluation) "
-        "with the same command and --resume"
+        "with the same command (--resume)"  # the command given resumed already
     ), line
     monkeypatch.undo()
     monkeypatch.chdir(ws)
@@ -581,3 +581,27 @@ def test_something_in_the_way_of_a_write_is_named(tmp_path):
 
 def _never_called(*args, **kwargs):
     raise AssertionError("the samples were scored again")
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ({}, "continue with the same command and --resume"),
+        ({"overwrite": True}, "continue with the same command with --resume in place of --overwrite"),
+        ({"resume": True}, "continue with the same command (--resume)"),
+    ],
+)
+def test_the_way_on_reads_as_the_command_given(tmp_path, monkeypatch, given, said):
+    """Try-out 87, F3: an --overwrite that failed after its first step (a full disk) was told to go on with "the
+    same command and --resume", which is refused beside --overwrite; a --resume was told to add it again."""
+    from types import SimpleNamespace
+
+    from ekd.train import trainer as trainer_mod
+
+    start = SimpleNamespace(
+        committed=True, run_dir=tmp_path, **{"overwrite": False, "resume": False, **given}
+    )
+    monkeypatch.setattr(trainer_mod, "latest_checkpoint", lambda run_dir: tmp_path / "step-000002")
+    monkeypatch.setattr(trainer_mod, "read_marker", lambda run_dir: {"state": "started"})
+    for hint in (trainer_mod.interrupted_hint(start), trainer_mod.failed_hint(start, max_steps=10)):
+        assert hint.endswith(said) and "--resume --" not in hint, hint

@@ -298,6 +298,7 @@ def test_sigterm_while_a_lost_peer_unwinds_keeps_the_line_and_the_checkpoint_hin
 
     class Started:  # a run that has started and saved step 10
         run_dir, committed = tmp_path / "run", True
+        resume, overwrite = False, False  # a plain `ekd distill CONFIG`
 
         def __init__(self, *args):
             (self.run_dir / "checkpoints" / "step-000010").mkdir(parents=True)

@@ -405,3 +405,37 @@ def test_resume_of_a_read_only_run_is_refused_before_anything_loads(ws, capsys, 
     assert f"--resume: {run.resolve()} is read-only" in line or f"--resume: {run} is read-only" in line, line
     assert "copy it to a writable directory (cp -r) and resume the copy there" in line
     unchanged(before, ws)
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_one_disk_error_and_leaves_no_file(tmp_path, monkeypatch):
+    """Try-out 87, F1/F2: with no space left, `ekd eval RUN` and a token-store build ended in a traceback — the
+    lock file was created (an inode needs no block) but its pid could not be flushed, outside the handler that
+    says a full disk in one line — and left an empty lock file behind."""
+    import errno
+
+    import ekd.locks as locks_mod
+    from ekd.io import DiskError
+    from ekd.locks import FileLock
+
+    real_open = open
+
+    class _Full:  # a file on a full disk: writes buffer, flushing them fails
+        def __init__(self, f):
+            self._f = f
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self._f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks_mod, "open", lambda *a, **k: _Full(real_open(*a, **k)), raising=False)
+    lock = FileLock(tmp_path / "run.lock")
+    with pytest.raises(DiskError, match="no space left on device") as e:
+        lock.acquire(wait=False)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    assert not lock.held and not (tmp_path / "run.lock").exists()

@@ -71,16 +71,32 @@ class FileLock:
                     return False
                 with suppress(FileNotFoundError):
                     if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
-                        f.seek(0)
-                        f.truncate()
-                        f.write(f"{os.getpid()}\n")
-                        f.flush()
+                        self._write_pid(f)
                         self._file = f
                         return True
                 f.close()  # the holder released and removed the file we had opened: lock the new one
             except BaseException:
-                f.close()
+                with suppress(OSError):  # its unwritten pid may fail to flush again (no space left)
+                    f.close()
                 raise
+
+    def _write_pid(self, f) -> None:
+        """Write this process's pid into the lock file ``f`` it has just locked. Where that cannot be written
+        (try-out 87, F1/F2: no space left, a traceback), the file is removed and the lock given up.
+
+        Raises:
+            DiskError: one line naming the directory and the fix.
+        """
+        try:
+            with writing(self.path.parent):
+                f.seek(0)
+                f.truncate()
+                f.write(f"{os.getpid()}\n")
+                f.flush()
+        except BaseException:
+            with suppress(OSError):  # ours (the caller compared inodes under the lock)
+                self.path.unlink()
+            raise
 
     def release(self) -> None:
         """Remove the lock file and release the lock (a no-op when not held)."""

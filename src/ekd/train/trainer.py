@@ -281,8 +281,8 @@ def interrupted_hint(start: RunStart) -> str:
         )
     newest = latest_checkpoint(start.run_dir)
     if newest is None:
-        return "; no checkpoint was saved yet: start again with the same command and --overwrite"
-    return f"; checkpoint {newest.name} is kept: continue with the same command and --resume"
+        return f"; no checkpoint was saved yet: start again with {_same_command(start, '--overwrite')}"
+    return f"; checkpoint {newest.name} is kept: continue with {_same_command(start, '--resume')}"
 
 
 def failed_hint(start: RunStart, max_steps: int) -> str:
@@ -294,7 +294,7 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
         return ""
     newest = latest_checkpoint(start.run_dir)
     if newest is None:
-        return "; the run saved no checkpoint: once fixed, start again with the same command and --overwrite"
+        return f"; the run saved no checkpoint: once fixed, start again with {_same_command(start, '--overwrite')}"
     try:
         if (read_marker(start.run_dir) or {}).get("state") == "finished":
             return ""
@@ -305,9 +305,19 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
     ):  # the export or final evaluation failed (try-out 36: a full disk)
         return (
             f"; checkpoint {newest.name} of the last step is kept: once fixed, finish the run (export and "
-            "evaluation) with the same command and --resume"
+            f"evaluation) with {_same_command(start, '--resume')}"
         )
-    return f"; checkpoint {newest.name} is kept: once fixed, continue with the same command and --resume"
+    return f"; checkpoint {newest.name} is kept: once fixed, continue with {_same_command(start, '--resume')}"
+
+
+def _same_command(start: RunStart, flag: str) -> str:
+    """'the same command and --resume' as the command given reads (try-out 87, F3: an ``--overwrite`` that failed
+    after its first step was told to add --resume, which is refused beside --overwrite): with ``flag`` in place of
+    the other flag where that was given, or 'the same command (--resume)' where it already has ``flag``."""
+    given = "--overwrite" if start.overwrite else "--resume" if start.resume else ""
+    if given == flag:
+        return f"the same command ({flag})"
+    return f"the same command with {flag} in place of {given}" if given else f"the same command and {flag}"
 
 
 def _every_block(kept: torch.Tensor | None, data: PreparedData) -> torch.Tensor:
