@@ -827,8 +827,8 @@ def test_a_mistyped_run_output_dir_or_run_path_suggests_the_existing_one(ws, cap
     ):
         line = one_error_line(*cli(capsys, "eval", typed)[::2])
         assert f"ekd eval: {typed} does not exist (did you mean {meant}?); give the directory" in line, line
-    line = one_error_line(*cli(capsys, "eval", "runs/zzz")[::2])
-    assert "runs/zzz does not exist; give the directory of a run" in line, line
+    line = one_error_line(*cli(capsys, "eval", "runs/zzz")[::2])  # nothing close: where it was looked for
+    assert "runs/zzz does not exist (read as " in line and "; give the directory of a run" in line, line
 
 
 def test_a_finished_run_whose_student_is_gone_is_exported_again_by_resume(ws, capsys):

@@ -454,15 +454,18 @@ def _refuse_missing_run(run: Path) -> None:
     import: the answer comes in a fraction of a second (try-out 76, F4: 3 s; try-out 79, F6: a file)."""
     if run.is_dir():
         return
+    from ekd.config.paths import read_as
     from ekd.nearest import close_paths, either
     from ekd.train.run_dir import is_ekd_run
 
     inside = [p for p in run.parents if is_ekd_run(p)][:1]
     what = "is a file" if run.exists() else "does not exist"
     meant = either([str(p) for p in (close_paths(run, is_ekd_run) if not run.exists() else []) or inside])
+    where = (
+        f" (did you mean {meant}?)" if meant else "" if run.exists() else read_as(str(run))
+    )  # try-out 86, F5
     raise EkdError(
-        f"ekd eval: {run} {what}{f' (did you mean {meant}?)' if meant else ''}; give the directory of a run ekd "
-        "distill wrote (runs/<name>)"
+        f"ekd eval: {run} {what}{where}; give the directory of a run ekd distill wrote (runs/<name>)"
     )
 
 

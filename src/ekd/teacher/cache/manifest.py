@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ekd.config.paths import read_as
 from ekd.io import atomic_write_text
 from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError, Layout
 
@@ -460,7 +461,8 @@ def refuse_missing_cache(directory: Path) -> None:
     importing torch (try-out 76, F4)."""
     if not directory.exists():
         raise CacheError(
-            f"no teacher cache at {directory}: it does not exist; check the path, or build it with `ekd cache CONFIG`"
+            f"no teacher cache at {directory}: it does not exist{read_as(str(directory))}; check the path, or build "
+            "it with `ekd cache CONFIG`"
         )
 
 
