@@ -748,7 +748,7 @@ def _train(
 
     def export() -> None:
         tokenizer_record.update(tokenizer_facts(data.tokenizer))
-        with writing(run_dir):
+        with writing(run_dir / "student"):  # the export named (try-out 87, F4: the run directory was)
             if adapter:
                 lora.save_adapter(data.tokenizer, run_dir / "student", lora_base(cfg, data, rows), dtype)
             else:
