@@ -934,6 +934,11 @@ def _continue_hint(args: argparse.Namespace) -> str:
         )
     if args.command == "cache" and args.config not in ("import", *CACHE_INSPECT):
         return "; rerun the same `ekd cache` command to continue (finished shards are kept)"
+    if args.command == "eval":  # try-out 86, F7: a bare 'ekd: interrupted'
+        return (
+            "; no file of the run is half-written (eval.json, plots and task results are each replaced whole): run "
+            "the same `ekd eval` command again"
+        )
     if args.command == "demo":  # try-out 78, F8: it was told distill's --overwrite, which ekd demo has not
         return (
             "; run the same `ekd demo` command again (the teacher, tokenizer and student-init it finished are "
