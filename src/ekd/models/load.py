@@ -403,10 +403,9 @@ def load_or_refuse(
                 "writes it again) or name another directory"
             ) from e
         said = _first_line(e, held)
-        if not (is_preset(spec) or Path(spec).expanduser().exists()):  # a name read as a hub id (offline): it
-            said = (
-                f"{said.rstrip('.')}; nor is it a local path: no {absolute(spec)}"  # may be a mistyped path
-            )
+        if isinstance(e, OSError) and not (is_preset(spec) or Path(spec).expanduser().exists()):
+            # files not found for a name read as a hub id (offline): it may be a mistyped relative path
+            said = f"{said.rstrip('.')}; nor is it a local path: no {absolute(spec)}"
         raise ModelError(f"{_key(role)}: cannot load {what} from '{spec}' ({said}){loader_hint(e)}") from e
     finally:
         library.handlers, library.propagate = handlers, propagate
@@ -819,8 +818,7 @@ def check_output_head(
     _refuse_non_causal(logits, scale, tolerance, model, role)
     error = _head_error(got, expected, scale)
     if error <= tolerance and scale < PROBE_LOGIT:  # small logits: probe again where a cap or scale shows
-        largest = float(expected[torch.isfinite(expected)].abs().max())  # not floored at 1 as `scale` is
-        with _scaled_head(model, PROBE_LOGIT / max(largest, 1e-30)):
+        with _scaled_head(model, PROBE_LOGIT / _logit_scale(expected, floor=1e-30)):  # not floored at 1
             logits, got = _head_probe(model, head, rows[:1], vocab_size)  # (1, n, V), (n, V)
         expected = logits[0]
         if torch.isfinite(expected).any():
@@ -909,10 +907,10 @@ def _scaled_head(model: nn.Module, factor: float) -> Iterator[None]:
                 t.mul_(2.0**-power)
 
 
-def _logit_scale(expected: torch.Tensor) -> float:
-    """The largest finite |logit| of ``expected`` (n, V), at least 1.0."""
+def _logit_scale(expected: torch.Tensor, floor: float = 1.0) -> float:
+    """The largest finite |logit| of ``expected`` (n, V), at least ``floor``."""
     finite = torch.isfinite(expected)
-    return max(float(expected[finite].abs().max()) if finite.any() else 0.0, 1.0)
+    return max(float(expected[finite].abs().max()) if finite.any() else 0.0, floor)
 
 
 def _head_error(got: torch.Tensor, expected: torch.Tensor, scale: float) -> float:

@@ -95,11 +95,6 @@ def check_cache_dir(directory: str) -> dict:
         ) from None
 
 
-# the signature fields the training config alone decides: compared before any data is read
-SETTINGS_FIELDS = ("target", "topk", "topk_tail", "target_temperature", "rs_samples", "rs_proposal_power")
-SETTINGS_FIELDS += ("rs_sampler", "positions", "position_fraction", "seed")
-
-
 def check_cache_settings(cfg: Config, found: dict) -> None:
     """Refuse a cache whose settings are not the config's — the target, its K, tail, τ, N and β, the positions
     rule, the RS seed and the block length (with the data keys that differ from the build's) — before any data
@@ -111,7 +106,8 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         CacheError: :func:`check_signature`'s line, naming each differing field and its config key.
     """
     check_cacheable(cfg)
-    own = make_signature(  # the identity fields are placeholders: only SETTINGS_FIELDS are read from it
+    settings = target_settings(cfg)
+    own = make_signature(  # the identity fields are placeholders: only the settings are read from it
         teacher_id="",
         teacher_revision="",
         tokenizer_hash="",
@@ -119,9 +115,10 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
         block_length=cfg.data.block_length,  # the blocks' T (PackedBlocks.block_length)
         packing=PACKING_RULE,
         vocab_size=2,
-        **target_settings(cfg),
+        **settings,
     )
-    expected = _seed_unread_by_topk({**found, **{k: own[k] for k in SETTINGS_FIELDS if k in own}}, found)
+    fields = [*settings, "rs_sampler"]  # as make_signature normalised them; the sampler follows the target
+    expected = _seed_unread_by_topk({**found, **{k: own[k] for k in fields}}, found)
     if found.get("block_length") != cfg.data.block_length:  # other blocks (try-out 86, F1: plan said "fits"):
         # their fingerprint differs too, explained by the data keys that differ from the build's (try-out 64, F12)
         expected.update(block_length=cfg.data.block_length, data_fingerprint=OTHER_BLOCKS)
