@@ -305,6 +305,48 @@ def test_an_interrupt_inside_torch_save_is_said_as_an_interrupt(ws, capsys, monk
     assert _train_steps(RUN) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("at", ["fsync_dir", "_prune"])
+def test_an_interrupt_after_a_checkpoint_is_in_place_waits_for_the_pruning(
+    ws, capsys, monkeypatch, signum, at
+):
+    """Try-out 84, F4: a Ctrl-C between putting a checkpoint in place and pruning the oldest left three with
+    ``keep_checkpoints=2`` (or, inside the pruning, an old one half deleted). The pointer and the pruning finish
+    first; the interrupt is said as usual and --resume continues from the new checkpoint."""
+    import signal
+    import threading
+
+    from ekd.train import checkpoint
+
+    real = getattr(checkpoint, at)
+    sent = []
+
+    def signal_then_run(*args, **kwargs):
+        if not sent and any("step-000003" in str(a) or str(a).endswith("checkpoints") for a in args):
+            sent.append(signum)
+            signal.pthread_kill(threading.get_ident(), getattr(signal, signum))
+            sum(range(10_000))  # Python runs the handler between bytecodes: here, before the real call
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, at, signal_then_run)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C (above)
+    try:
+        rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent and rc == (143 if signum == "SIGTERM" else 130), (sent, err)
+    by = " (SIGTERM)" if signum == "SIGTERM" else ""
+    kept = "checkpoint step-000003 is kept: continue with the same command (--resume)"
+    assert err.strip().splitlines() == [f"ekd: interrupted{by}; {kept}"]
+    assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000002", "step-000003"]
+    assert (CKPT / "latest").read_text() == "step-000003"
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=4", "--resume")
+    assert rc == 0, err
+    assert _train_steps(RUN) == [1, 2, 3, 4]
+
+
 def test_a_full_disk_at_the_export_says_that_resume_finishes_the_run(ws, capsys, monkeypatch):
     """Try-out 36, F3: a full disk while exporting the student (after the last step's checkpoint) ended with
     '… free space there and rerun' alone; the rerun was refused (the directory holds a run). The line says how to

@@ -68,6 +68,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _received.clear()  # a later command of this process (tests, a library caller) starts afresh
 
 
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM arriving inside the block take effect when it ends: steps that must finish together
+    (a checkpoint's ``latest`` pointer and the pruning of older checkpoints after it is in place) are not cut
+    half way. The handlers in place when the block started are restored at its end and the first signal
+    received is then handed to its handler (so :func:`sigterm_as_interrupt`'s raise :class:`Terminated`, Python's
+    raise ``KeyboardInterrupt``). A no-op outside the main thread (where Python runs signal handlers); keep the
+    block short: nothing can stop it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.getsignal(kind) for kind in kinds}
+    for kind in kinds:
+        if callable(previous[kind]):  # an ignored signal stays ignored
+            signal.signal(kind, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for kind in kinds:
+            if callable(previous[kind]):
+                signal.signal(kind, previous[kind])
+    if arrived:
+        handler = previous[arrived[0]]
+        handler(arrived[0], None)  # e.g. raises KeyboardInterrupt now that the block is done
+
+
 def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
     """The interrupt that ``e`` stands for, else None: ``e`` itself when it is one, one in its chain of causes
     (``__cause__``/``__context__``), or one this module's handlers raised in the current

@@ -45,6 +45,7 @@ from ekd.io import (
     restore_dir,
     writing,
 )
+from ekd.signals import deferred_interrupts
 from ekd.train.checkpoint_dirs import checkpoint_dirs, checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,12 @@ def seal_checkpoint(tmp: Path, final: Path, manifest: dict[str, Any], keep: int)
         shutil.rmtree(tmp, ignore_errors=True)
         restore_dir(final)
         raise
-    fsync_dir(root)  # the renames survive a power cut
-    atomic_write_text(root / "latest", final.name)
-    _prune(root, keep)
+    # once the checkpoint is in place, an interrupt waits for the pointer and the pruning (try-out 84, F4: a
+    # Ctrl-C there left keep + 1 checkpoints, or an old one half deleted)
+    with deferred_interrupts():
+        fsync_dir(root)  # the renames survive a power cut
+        atomic_write_text(root / "latest", final.name)
+        _prune(root, keep)
 
 
 def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
