@@ -221,3 +221,28 @@ def test_demo_counts_below_one_are_one_line(tmp_path, capsys, flag):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"ekd demo {flag[0]} must be ≥ 1" in err
     assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_the_starting_students_row_sits_between_the_students_and_the_teacher(tmp_path):
+    """Try-out 84, F3: the demo's students all start from one CE-pre-trained student, and nothing showed how far
+    training moved them from it; the first run's eval.json records its start (``student_init``)."""
+    import json
+
+    from ekd.demo import _student_init_row, comparison_table
+
+    run = tmp_path / "kd"
+    run.mkdir()
+    start = {"ppl": 80.0, "acc": 0.1, "ece": 3.0, "kl": 0.5, "agree": 0.4, "tokens": 100.0}
+    entry = {"ppl": 70.0, "student_init": start, "data": {}}
+    (run / "eval.json").write_text(json.dumps({"eval": entry, "eval/teacher": {"ppl": 60.0}}))
+    row = _student_init_row(run)
+    assert row == {"method": "(student init)", "eval/ppl": 80.0, "eval/acc": 0.1, "eval/ece": 3.0} | {
+        "eval/kl": 0.5,
+        "eval/agree": 0.4,
+    }
+    table = comparison_table(
+        [{"method": "kd", "eval/ppl": 70.0}], {"method": "(teacher)", "eval/ppl": 60.0}, {}, row
+    )
+    methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][2:]
+    assert methods == ["kd", "(student init)", "(teacher)"]
+    assert _student_init_row(tmp_path / "absent") == {}

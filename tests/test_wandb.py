@@ -81,13 +81,13 @@ def test_offline_run_writes_the_config_and_the_metrics(tmp_path, monkeypatch):
     assert config["log"]["wandb_project"] == "ekd-test"
     assert config["train"]["max_steps"] == 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(history) == [1, 2]
+    assert sorted(history) == [0, 1, 2]  # 0: the starting student's evaluation (eval.student_init)
     for row in rows:  # every finite scalar of metrics.jsonl, at its step
         logged = history[row["step"]]
         for key, value in row.items():
             if key != "step" and value is not None:
                 assert logged[key] == pytest.approx(value, rel=1e-12), key
-    assert "eval/eval/ppl" in history[2]
+    assert "eval/eval/ppl" in history[2] and "eval/eval/ppl" in history[0]
 
 
 def test_missing_wandb_is_one_line(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ rank 0 says so in one line, with how to go on (rank 0 killed without a word: the
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -317,7 +318,7 @@ def cmd_distill(args) -> int:
     if not _rank0():  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
     print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
-    _print_eval(result.eval)
+    _print_eval(result.eval, result.run_dir)
     return 0
 
 
@@ -355,14 +356,23 @@ def _run_summary(result) -> str:
     return f"{head}, {result.total_time:.0f} s in all, {kd}"
 
 
-def _print_eval(results: dict[str, dict[str, float]]) -> None:
+def _print_eval(results: dict[str, dict[str, float]], run_dir: Path | None = None) -> None:
     """The eval table of ``ekd distill`` / ``ekd eval``: one row per set (teacher rows under ``<set>/teacher``),
-    its documents and scored tokens beside the metrics, a tiny set marked and explained under the table."""
+    its documents and scored tokens beside the metrics, a tiny set marked and explained under the table. With
+    ``run_dir``, the starting student's figures its eval.json records follow each set's row
+    (``<set>/student_init``, ``eval.student_init``)."""
     from ekd.eval import results_table
     from ekd.eval.report import TINY_MARK, ppl_note, tiny_note, tiny_sets
 
     if not results:  # no eval set (data.eval_fraction=0 and no data.eval_sources): no table to print
         return
+    if run_dir is not None and (start := _student_init_rows(run_dir)):
+        ordered: dict[str, dict[str, float]] = {}
+        for name, metrics in results.items():
+            ordered[name] = metrics
+            if f"{name}/student_init" in start:  # the start beside the result, then the teacher
+                ordered[f"{name}/student_init"] = start[f"{name}/student_init"]
+        results = ordered
     sizes = {  # (documents, scored tokens) of the student's sets (a run evaluated by an older ekd: none)
         name: (int(m["documents"]), int(m["tokens"])) for name, m in results.items() if "documents" in m
     }
@@ -390,6 +400,18 @@ def _print_eval(results: dict[str, dict[str, float]]) -> None:
     print(ppl_note(cols, boundary))
     if note := tiny_note(sizes):
         print(note)
+
+
+def _student_init_rows(run_dir: Path) -> dict[str, dict[str, float]]:
+    """``<set>/student_init`` → the starting student's figures ``run_dir``/eval.json records (none when it cannot
+    be read: the table is printed without them)."""
+    from ekd.eval.eval_json import student_init_rows
+
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return student_init_rows(saved) if isinstance(saved, dict) else {}
 
 
 def cmd_eval(args) -> int:
@@ -441,7 +463,7 @@ def cmd_eval(args) -> int:
         if args.tasks:  # the tasks alone: a teacher moved since is checked here (else by evaluate_saved_run)
             check_saved_teacher(run, cfg, overrides, sets=False)
         else:  # the eval sets, then eval.tasks if configured
-            _print_eval(evaluate_saved_run(run, overrides, cfg=cfg))
+            _print_eval(evaluate_saved_run(run, overrides, cfg=cfg), run)
         section = evaluate_saved_tasks(run, overrides, cfg=cfg)
     if section:
         print(tasks_markdown(section))

@@ -322,7 +322,9 @@ def run_demo(
             rows.append(_row(method, result, cfg, cache_info, data.vocab_size) | {"seed": seed, "run": name})
     teacher_row = _teacher_row(out)
     sizes = eval_set_sizes(data.blocks) if data is not None else {}
-    table = comparison_table([r for r in rows if r["seed"] == 0], teacher_row, sizes)
+    firsts = [r for r in rows if r["seed"] == 0]
+    start_row = _student_init_row(out / "runs" / firsts[0]["run"]) if firsts else {}
+    table = comparison_table(firsts, teacher_row, sizes, start_row)
     if quick:  # try-out 21: ce ahead of its teacher and of kd read as a finding
         table += "\n\n" + QUICK_NOTE
     compare_md, claims_md = compare_and_claims(out, rows, methods if quick else None, sizes)
@@ -431,6 +433,24 @@ def _row(method: str, result, cfg: Config, cache_info: dict | None, vocab_size: 
     return row
 
 
+def _student_init_row(run_dir: Path) -> dict:
+    """The starting student's figures (eval.json's ``student_init``, ``eval.student_init``) as a table row: every
+    student of a seed starts from the same weights (the CE-pre-trained student, or the preset built from the seed),
+    so the first run's are every run's. {} when it records none."""
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    row = {
+        f"{name}/{k}": entry["student_init"][k]
+        for name, entry in saved.items()
+        if isinstance(entry, dict) and isinstance(entry.get("student_init"), dict)
+        for k in ("ppl", "acc", "ece", "kl", "agree")
+        if k in entry["student_init"]
+    }
+    return {"method": "(student init)", **row} if row else {}
+
+
 def _teacher_row(out: Path) -> dict:
     """The teacher's own figures, from its pre-training run."""
     stamp = out / "teacher" / "ekd_demo.json"
@@ -533,16 +553,21 @@ def comparison_columns(rows: list[dict], sizes: dict[str, tuple[int, int]] | Non
 
 
 def comparison_table(
-    rows: list[dict], teacher_row: dict, sizes: dict[str, tuple[int, int]] | None = None
+    rows: list[dict],
+    teacher_row: dict,
+    sizes: dict[str, tuple[int, int]] | None = None,
+    start_row: dict | None = None,
 ) -> str:
-    """The results table (markdown) with its footnotes: which perplexity, and the eval sets' sizes."""
+    """The results table (markdown) with its footnotes: which perplexity, and the eval sets' sizes; the starting
+    student's row (``start_row``, where given) and the teacher's under the students'."""
     from ekd.eval import results_table
     from ekd.eval.report import ppl_note
 
     cols = comparison_columns(rows, sizes)
     wall = WALL_NOTE if any(r.get("wall_s") is not None for r in rows) else ""
     notes = [n for n in (ppl_note(cols), eval_sets_note(sizes or {}), wall) if n]
-    return results_table(rows + ([teacher_row] if teacher_row else []), cols) + "\n" + "\n\n".join(notes)
+    below = [r for r in (start_row, teacher_row) if r]
+    return results_table(rows + below, cols) + "\n" + "\n\n".join(notes)
 
 
 def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:

@@ -499,6 +499,11 @@ class EvalConfig:
     """Equal-width buckets of normalized teacher entropy Ĥ = H/log V in [0, 1] for the per-bucket metrics
     ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}`` (0 = off). Equal-width, not quantile, so
     evaluation streams in one pass and buckets mean the same thing across models and runs."""
+    student_init: bool = flag(True)
+    """Also score the student as it starts, before the first step (a pre-trained student's own figures), on every
+    eval set: eval.json records them in each set's entry (``student_init``) and the tables of ``ekd distill`` and
+    ``ekd eval`` show them as ``<set>/student_init`` rows, so what training changed is read beside the result.
+    The evaluation at step 0 that ``every`` > 0 makes is this one (not made twice); not made again on --resume."""
     teacher: bool = flag(True)
     """Report KL(teacher‖student) and top-1 agreement when a teacher model is available."""
     teacher_metrics: bool = flag(True)

@@ -39,6 +39,14 @@ TEACHER_KEY = "teacher"
 measured with (:func:`ekd.models.identity.teacher_identity`: a local directory's weights by the sha256 of their
 bytes, so a teacher retrained or edited in place is another teacher; try-outs 39, 44)."""
 TEACHER_SUFFIX = "/teacher"
+STUDENT_INIT_KEY = "student_init"
+"""The key of a set's entry holding the starting student's figures on the same blocks (``ekd distill``'s
+evaluation before its first step, ``eval.student_init``): the set's metrics as numbers, no per-block sums.
+Recorded only where that evaluation scored the set with the same data settings, blocks, scoring and teacher as
+the entry (:func:`with_student_init`)."""
+STUDENT_INIT_FILE = "eval_student_init.json"
+"""The run's file of the starting student's eval.json entries, written before the first step and read at the end
+(a --resume included) to fill :data:`STUDENT_INIT_KEY`."""
 BLOCK_SUMS_KEY = "block_sums"
 """The key of a set's entry holding its per-block sums: :data:`ekd.eval.metrics.BLOCK_SUMS` name → one number per
 block, block i the i-th row of the set's packed eval batches (counts as whole numbers, NLL sums in nats)."""
@@ -152,6 +160,64 @@ def with_settings(
     return out
 
 
+def with_student_init(entries: Mapping[str, Any], init: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``entries`` (eval.json entries, as :func:`with_settings` writes them) with each set's starting-student
+    figures under :data:`STUDENT_INIT_KEY`, taken from ``init`` (entries of the same form: the evaluation before the
+    first step, or :func:`student_init_entries` of an earlier eval.json), where ``init`` scored that set with the
+    same recorded data settings (blocks included), scoring settings and teacher: figures of other blocks, bins or
+    teacher are not the same set's (left out). Teacher rows get none. ``entries`` is not modified."""
+    out = {name: dict(entry) if isinstance(entry, dict) else entry for name, entry in entries.items()}
+    for name, entry in out.items():
+        if name == "tasks" or name.endswith(TEACHER_SUFFIX) or not isinstance(entry, dict):
+            continue
+        entry.pop(STUDENT_INIT_KEY, None)
+        start = (init or {}).get(name)
+        if not isinstance(start, dict) or not _scored_alike(entry, start):
+            continue
+        if numbers := {k: v for k, v in start.items() if _is_metric(k, v)}:
+            entry[STUDENT_INIT_KEY] = numbers
+    return out
+
+
+def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two entries of one set were scored on the same blocks, the same way, against the same teacher:
+    equal scoring settings; data settings equal but for :data:`CONTENT_KEYS` where both record their blocks'
+    sha256 (equal too: a resumed run's data read from another path is the same set); the same teacher, a local
+    one by its weights (the same files moved are the same teacher)."""
+    if a.get(SCORING_KEY) != b.get(SCORING_KEY):
+        return False
+    da, db = a.get(SETTINGS_KEY) or {}, b.get(SETTINGS_KEY) or {}
+    if BLOCKS_KEY in da and BLOCKS_KEY in db:
+        da, db = ({k: v for k, v in d.items() if k not in CONTENT_KEYS} for d in (da, db))
+    if da != db:
+        return False
+    ta, tb = a.get(TEACHER_KEY), b.get(TEACHER_KEY)
+    if isinstance(ta, Mapping) and isinstance(tb, Mapping) and ta.get("weights") and tb.get("weights"):
+        ta, tb = ({k: v for k, v in t.items() if k != "model"} for t in (ta, tb))
+    return ta == tb
+
+
+def student_init_entries(saved: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The starting student's entries an eval.json records (set → its :data:`STUDENT_INIT_KEY` figures with the
+    set's records, :data:`RECORD_KEYS`): what :func:`with_student_init` carries into a re-evaluation of the set
+    (``ekd eval RUN``: the start did not change)."""
+    return {
+        name: {**{k: entry[k] for k in RECORD_KEYS if k in entry}, **entry[STUDENT_INIT_KEY]}
+        for name, entry in saved.items()
+        if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
+    }
+
+
+def student_init_rows(entries: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``<set>/student_init`` → the starting student's figures, for each set entry of ``entries`` that records
+    them (:data:`STUDENT_INIT_KEY`): the rows of ``ekd distill``'s and ``ekd eval``'s tables."""
+    return {
+        f"{name}/{STUDENT_INIT_KEY}": dict(entry[STUDENT_INIT_KEY])
+        for name, entry in entries.items()
+        if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
+    }
+
+
 def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """eval.json after a re-evaluation: ``new``'s entries, and those of ``old`` whose set ``new`` did not
     score (with their teacher rows) and ``old``'s ``tasks`` section, kept as they were.
@@ -233,6 +299,11 @@ def malformed(saved: Any) -> str | None:
             elif key == BLOCK_SUMS_KEY:
                 if problem := _block_sums_problem(value):
                     return f"'{name}' records '{key}' {problem}"
+            elif key == STUDENT_INIT_KEY:
+                if not isinstance(value, dict):
+                    return f"'{name}' records '{key}' as a JSON {value_kind(value)}, not an object of metrics"
+                if problem := malformed({f"{name}/{key}": value}):
+                    return problem
             elif isinstance(value, dict):
                 continue  # a record a later ekd writes (review 106, item 13): kept, not read as a metric
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):

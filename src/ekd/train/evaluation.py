@@ -553,6 +553,51 @@ def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
     )
 
 
+def eval_entries(
+    cfg: Config, results: dict[str, dict[str, float]], data: PreparedData, autocast: torch.dtype | None = None
+) -> dict[str, Any]:
+    """``results`` (set → metrics, as :func:`evaluate_run` returns them) as eval.json entries: each set's metrics
+    with the data settings it was scored with, the sha256 of its blocks in ``data``, its scoring settings, the
+    teacher and its per-block sums (:func:`ekd.eval.eval_json.with_settings`)."""
+    from ekd.eval.eval_json import precision_name, with_settings
+    from ekd.models.identity import teacher_identity
+
+    blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
+    scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
+    per_block = getattr(results, "block_sums", None)  # an EvalResults: the sets' per-block sums
+    return with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg), per_block)
+
+
+def write_student_init(run_dir: Path, entries: dict[str, Any]) -> None:
+    """Write the starting student's eval.json entries (:func:`eval_entries` of the evaluation before the first
+    step) to ``run_dir``/:data:`~ekd.eval.eval_json.STUDENT_INIT_FILE`, which the end of training (a --resume
+    included) reads back into eval.json."""
+    from ekd.eval.eval_json import STUDENT_INIT_FILE
+    from ekd.io import atomic_write_text, strict_json
+
+    atomic_write_text(run_dir / STUDENT_INIT_FILE, strict_json(entries))
+
+
+def read_student_init(run_dir: Path) -> dict[str, Any] | None:
+    """The entries :func:`write_student_init` wrote, or None where there are none (a run that did not evaluate
+    its start, or an older ekd's) or they cannot be read (said in a warning: the table then has no starting
+    student's rows; nothing else depends on them)."""
+    from ekd.eval.eval_json import STUDENT_INIT_FILE, malformed
+
+    path = run_dir / STUDENT_INIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        problem = malformed(saved)
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    if problem:
+        log.warning("%s cannot be read (%s): eval.json gets no starting student's figures", path, problem)
+        return None
+    return saved
+
+
 def write_eval_json(
     run_dir: Path,
     cfg: Config,
@@ -560,25 +605,28 @@ def write_eval_json(
     keep: bool,
     data: PreparedData,
     autocast: torch.dtype | None = None,
-) -> None:
+    student_init: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``run_dir/eval.json``: each set's metrics with the data settings it was scored with and the sha256
     of its blocks in ``data`` (:mod:`ekd.eval.eval_json`).
 
     Args:
         results: Set → metrics, as :func:`evaluate_run` returns them (their per-block sums recorded too).
         keep: ``ekd eval RUN``: keep the entries of the sets not scored now, with their own recorded
-            settings, and the ``tasks`` section (one log line names the kept sets); the end of training
-            writes its evaluation alone (the student changed).
+            settings, and the ``tasks`` section (one log line names the kept sets), and the starting student's
+            figures of a set scored again the same way; the end of training writes its evaluation alone (the
+            student changed).
+        student_init: the end of training: the starting student's entries (:func:`read_student_init`), recorded
+            in the entries of the sets they match (:func:`ekd.eval.eval_json.with_student_init`).
+
+    Returns:
+        The entries written.
     """
-    from ekd.eval.eval_json import merge, precision_name, with_settings
+    from ekd.eval.eval_json import merge, student_init_entries, with_student_init
     from ekd.io import atomic_write_text, strict_json
-    from ekd.models.identity import teacher_identity
 
     path = run_dir / "eval.json"
-    blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
-    scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
-    per_block = getattr(results, "block_sums", None)  # an EvalResults: the sets' per-block sums
-    written = with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg), per_block)
+    written = with_student_init(eval_entries(cfg, results, data, autocast), student_init)
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -587,6 +635,7 @@ def write_eval_json(
             log.warning("%s could not be read (%s); writing the sets scored now only", path, e)
         if isinstance(old, dict):
             say_teacher_figures_dropped(path, old, written)
+            written = with_student_init(written, student_init_entries(old))  # the start did not change
             written, kept = merge(old, written)
             if kept:
                 log.info(
@@ -607,3 +656,4 @@ def write_eval_json(
                 shlex.quote(str(run_dir)),
             )
     atomic_write_text(path, strict_json(written))
+    return written

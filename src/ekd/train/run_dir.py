@@ -150,6 +150,7 @@ SAME_RUN_KEYS = (
     "eval.batch_size",
     "eval.plots",
     "eval.every",  # evaluations between steps: the global RNG is seeded anew each step (try-out 51, F4)
+    "eval.student_init",  # the evaluation before the first step (the same reason)
     *LAYOUT_KEYS,
     *SAME_MATH_CHANGES,
 )

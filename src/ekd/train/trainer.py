@@ -65,7 +65,13 @@ from ekd.train.distributed import (
     rank_seed,
     rank_slice,
 )
-from ekd.train.evaluation import evaluate_run, write_eval_json
+from ekd.train.evaluation import (
+    eval_entries,
+    evaluate_run,
+    read_student_init,
+    write_eval_json,
+    write_student_init,
+)
 from ekd.train.fsdp import clip_grad_norm, full_state_dict, gathered, submodule_state
 from ekd.train.memory import memory_line, optimizer_bytes, param_bytes, peak_memory_bytes, tensor_bytes
 from ekd.train.method_parts import MethodParts
@@ -571,13 +577,21 @@ def _train(
     def stop(at: int, what: str) -> None:  # every rank stops alike (a global figure), rank 0 says why
         run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what), "stop")
 
-    # the starting point, logged at step 0 (a pre-trained student's own figures); not again on --resume
-    if cfg.eval.every and start_step == 0:
+    # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
+    # starting-student figures (eval.student_init); not again on --resume
+    has_sets = bool(data.blocks.keys() - {"train"})
+    if start_step == 0 and (cfg.eval.every or cfg.eval.student_init and has_sets):
         with gathered(sharded, eval_shard):
             start_eval = evaluate_run(
                 cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True
             )
         write_metrics(0, _flatten_eval(start_eval))
+        if cfg.eval.student_init:  # with their settings and blocks' sha256, by rank 0 (eval.json's form)
+            run_on_main(
+                ranks,
+                lambda: write_student_init(run_dir, eval_entries(cfg, start_eval, data, amp)),
+                "write the starting student's figures",
+            )
         student.train()
     totals = {"selected": 0.0, "valid": 0.0}
     last: dict[str, float] = {}
@@ -764,7 +778,10 @@ def _train(
 
     def finish() -> None:
         metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
-        write_eval_json(run_dir, cfg, results, keep=False, data=data, autocast=amp)
+        start_figures = read_student_init(run_dir) if cfg.eval.student_init else None
+        write_eval_json(
+            run_dir, cfg, results, keep=False, data=data, autocast=amp, student_init=start_figures
+        )
         run_end_tasks(cfg, run_dir, student, data.tokenizer, eval_teacher, device, amp)
         metrics_log.close()
         # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows,

@@ -1,0 +1,116 @@
+"""The starting student's eval-set figures (``eval.student_init``, try-out 84 F3): scored before the first step,
+recorded in each set's eval.json entry (``student_init``) and shown beside the result by ``ekd distill`` and
+``ekd eval``; kept across --resume and a re-evaluation of the same blocks, left out where they would describe
+other blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ekd.eval.eval_json import STUDENT_INIT_FILE, STUDENT_INIT_KEY, malformed
+from hostile import cli, copy_workspace, make_workspace
+from tiny import config_file
+
+EXTRA = {"train.max_steps": 2, "train.checkpoint_every": 1, "method.preset": "kd"}
+RUN = Path("runs/si")
+FIGURES = ("ppl", "acc", "ece", "kl", "agree", "tokens", "documents")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """``runs/si``: a finished 2-step KD run (eval.every = 0, the default: the start is scored for eval.json)."""
+    return make_workspace(tmp_path_factory.mktemp("student-init"), "si", EXTRA)
+
+
+@pytest.fixture
+def ws(template, tmp_path, monkeypatch):
+    return copy_workspace(template, tmp_path, monkeypatch)
+
+
+def _eval_json(run: Path = RUN) -> dict:
+    return json.loads((run / "eval.json").read_text())
+
+
+def _step0(run: Path = RUN) -> dict[str, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {k: v for r in rows if r["step"] == 0 for k, v in r.items() if k.startswith("eval/")}
+
+
+def test_every_set_records_the_starting_students_figures(ws, capsys):
+    saved = _eval_json()
+    start = saved["eval"][STUDENT_INIT_KEY]
+    assert set(FIGURES) <= set(start)
+    logged = _step0()  # the same evaluation, logged at step 0
+    assert all(start[k] == pytest.approx(logged[f"eval/eval/{k}"], rel=1e-12) for k in FIGURES)
+    assert start["ppl"] != saved["eval"]["ppl"]  # two steps at lr 1e-3 moved the student
+    assert STUDENT_INIT_KEY not in saved.get("eval/teacher", {})  # the teacher did not start anywhere
+    assert malformed(saved) is None
+    assert (RUN / STUDENT_INIT_FILE).is_file()
+
+
+def test_an_unmoved_student_scores_its_start_bit_for_bit(ws, capsys):
+    """lr 1e-30: AdamW's updates vanish in fp32, so the trained student is the starting one and its figures are
+    those recorded as the start — the start is what the student was before the first step."""
+    rc, out, err = cli(
+        capsys, "distill", config_file(Path("."), Path("corpus"), "still", **EXTRA, **{"train.lr": 1e-30})
+    )
+    assert rc == 0, err
+    saved = _eval_json(Path("runs/still"))
+    start = saved["eval"][STUDENT_INIT_KEY]
+    assert {k: start[k] for k in FIGURES} == {k: saved["eval"][k] for k in FIGURES}
+    # the table shows the start beside the result
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| eval |"))
+    assert lines[at + 1].startswith("| eval/student_init |"), out
+
+
+def test_a_resumed_run_keeps_the_start_of_its_first_segment(ws, capsys):
+    rc, _, err = cli(
+        capsys,
+        "distill",
+        config_file(Path("."), Path("corpus"), "si", **EXTRA),
+        "train.max_steps=3",
+        "--resume",
+    )
+    assert rc == 0, err
+    start = _eval_json()["eval"][STUDENT_INIT_KEY]
+    assert {k: start[k] for k in FIGURES} == {
+        k: v for k, v in json.loads((RUN / STUDENT_INIT_FILE).read_text())["eval"].items() if k in FIGURES
+    }
+    assert len([1 for k in _step0() if k == "eval/eval/ppl"]) == 1  # not scored again
+
+
+def test_ekd_eval_keeps_the_start_of_the_same_blocks_only(ws, capsys):
+    before = _eval_json()["eval"][STUDENT_INIT_KEY]
+    rc, out, err = cli(capsys, "eval", str(RUN))
+    assert rc == 0, err
+    assert _eval_json()["eval"][STUDENT_INIT_KEY] == before  # the same blocks, bins and teacher
+    assert "eval/student_init" in out
+    rc, out, err = cli(capsys, "eval", str(RUN), "data.max_eval_blocks=2")  # other blocks: not the same set
+    assert rc == 0, err
+    assert STUDENT_INIT_KEY not in _eval_json()["eval"]
+    assert "eval/student_init" not in out
+
+
+def test_off_writes_no_start(ws, capsys):
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        config_file(Path("."), Path("corpus"), "nostart", **EXTRA, **{"eval.student_init": False}),
+    )
+    assert rc == 0, err
+    run = Path("runs/nostart")
+    assert STUDENT_INIT_KEY not in _eval_json(run)["eval"]
+    assert not (run / STUDENT_INIT_FILE).exists()
+    assert _step0(run) == {}  # and no evaluation before the first step
+
+
+@pytest.mark.parametrize("value", ["high", 3, [1.0]])
+def test_a_starting_figure_that_is_no_number_is_malformed(value):
+    saved = {"eval": {"ppl": 5.0, STUDENT_INIT_KEY: {"ppl": value}}}
+    if not isinstance(value, dict) and isinstance(value, (int, float)):
+        saved["eval"][STUDENT_INIT_KEY] = value  # not an object at all
+    assert "student_init" in malformed(saved)
