@@ -202,6 +202,37 @@ def test_str_fields_keep_the_command_line_text(override):
     assert getattr(getattr(load_config(None, [override]), section), name) == text
 
 
+@pytest.mark.parametrize(
+    "line, read",
+    [
+        ("run:\n  name: off", "the boolean false"),  # was the run directory runs/False
+        ("run:\n  name: yes", "the boolean true"),
+        ("model:\n  revision: 1.10", "the number 1.1"),  # was revision '1.1'
+        ("eval:\n  tasks: [no]", "the boolean false"),
+    ],
+)
+def test_a_yaml_boolean_or_float_where_text_belongs_is_refused_with_the_quotes_that_fix_it(
+    tmp_path, line, read
+):
+    path = tmp_path / "c.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=rf"YAML read this value as {read}.*put it in quotes") as e:
+        load_config([str(path)], [])
+    assert "\n" not in str(e.value)
+    quoted = (
+        line.replace("off", "'off'").replace("yes", "'yes'").replace("1.10", "'1.10'").replace("no]", "'no']")
+    )
+    path.write_text(quoted + "\n")
+    cfg = load_config([str(path)], [])
+    assert cfg.run.name in ("off", "yes") or cfg.model.revision == "1.10" or cfg.eval.tasks == ["no"]
+
+
+def test_a_yaml_integer_where_text_belongs_keeps_its_digits(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  name: 2024\n")
+    assert load_config([str(path)], []).run.name == "2024"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Unknown keys and sections
 # ---------------------------------------------------------------------------------------------------------

@@ -141,6 +141,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, (bool, float)):
+                raise ConfigError(_not_text(key, value))
             return "" if value is None else str(value)
         if origin is list:
             (item,) = typing.get_args(annotation)
@@ -164,6 +166,17 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         return value
     tname = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {tname}, got {value!r}")
+
+
+def _not_text(key: str, value: bool | float) -> str:
+    """The refusal of a YAML boolean or float where text belongs: its text is not the one written (``run.name:
+    off`` named the run directory ``False``, ``model.revision: 1.10`` reads ``1.1``)."""
+    field = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool):
+        read = f"the boolean {str(value).lower()} (YAML reads unquoted yes, no, on, off, true and false so)"
+    else:
+        read = f"the number {value!r}, whose text may differ from what was written (1.10 reads 1.1)"
+    return f"{key}: YAML read this value as {read}, not as text; put it in quotes ({field}: 'the text')"
 
 
 def _parse_cli_value(text: str) -> Any:
