@@ -291,3 +291,33 @@ def test_a_figure_that_contradicts_its_entry_is_refused_as_malformed(tmp_path, c
     (run / "eval.json").write_text(json.dumps(ev))
     line = one_error_line(*cli(capsys, "compare", _good(tmp_path), run, "--out", tmp_path / "o")[::2])
     assert "is malformed: 'held' ppl 5 is not exp(loss 2.5138)" in line, line
+
+
+def _sized_run(root: Path, name: str, preset: str, seed: int, documents: int, kl: float) -> Path:
+    """A run whose eval set ``held`` (``documents`` documents, 480 scored tokens) records its per-bucket tokens."""
+    d = _run(root, name, preset, seed, kl)
+    saved = json.loads((d / "eval.json").read_text())
+    saved["held"].update(
+        {"documents": documents, "tokens": 480, "tokens@H0": 2, "kl@H1": kl, "tokens@H1": 478}
+    )
+    (d / "eval.json").write_text(json.dumps(saved))
+    return d
+
+
+@pytest.mark.parametrize("documents, marked", [(1, True), (5, False)])
+def test_a_tiny_set_is_marked_in_every_table_and_its_size_said(tmp_path, documents, marked):
+    """Try-out 89, F1: a 1-document set got 'better' verdicts unmarked, where ekd distill's table marks it † and
+    says that its differences are weak evidence; compare now marks its columns in the table and the paired
+    differences, and says every set's documents and tokens under the table, as distill does. F2: the KL-by-entropy
+    plot's buckets say how many tokens they hold (a bucket of 2 tokens drew the tallest bars)."""
+    runs = [_sized_run(tmp_path, f"kd{s}", "kd", s, documents, 0.5 + s / 100) for s in (0, 1)]
+    runs += [_sized_run(tmp_path, f"ce{s}", "ce", s, documents, 0.9 + s / 50) for s in (0, 1)]
+    compare_runs(runs, tmp_path / "o", baselines=("ce",), plots=False)
+    text = (tmp_path / "o" / "compare.md").read_text()
+    assert text.count("| held KL(t‖s)† |") == (2 if marked else 0)  # the means' table and the differences'
+    said = f"held{'†' if marked else ''}: {documents} document{'s' if documents > 1 else ''}, 480 tokens"
+    assert said in text
+    assert ("† tiny (under 5 documents)" in text) == marked
+    from ekd.eval.compare.plots import _bucket_tokens
+
+    assert _bucket_tokens(group_runs([read_run(r) for r in runs]), "held", 2) == {0: 2, 1: 478}

@@ -117,9 +117,25 @@ def plot_kl_by_entropy(
             width=width,
             label=label,
         )
-    ax.set_xticks([b + 0.4 - width / 2 for b in range(nb)], [f"H{b}" for b in range(nb)])
-    ax.set_xlabel("teacher-entropy bucket (low → high)")
+    counts = _bucket_tokens(groups, eval_set, nb)  # a bucket of 2 tokens reads as loud as one of 2,000
+    ticks = [f"H{b}" + (f"\nn={counts[b]:,}" if b in counts else "") for b in range(nb)]
+    ax.set_xticks([b + 0.4 - width / 2 for b in range(nb)], ticks)
+    ax.set_xlabel("teacher-entropy bucket (low → high; n = the bucket's scored tokens)")
     ax.set_ylabel("KL(teacher ‖ student)")
     ax.legend(fontsize="x-small", ncol=2)
     ax.set_title(f"KL by teacher entropy on {eval_set}")
     return _save_png(fig, path)
+
+
+def _bucket_tokens(groups: list[Group], eval_set: str, buckets: int) -> dict[int, int]:
+    """Bucket → its scored tokens (``tokens@H<b>``) as the first run recording them has them: the buckets split
+    one set by the teacher's entropy, so every run of a column has the same counts (try-out 89, F2)."""
+    for g in groups:
+        for r in g.runs:
+            entry = r.entry(eval_set)
+            counts = {b: entry.get(f"tokens@H{b}") for b in range(buckets)}
+            if any(isinstance(n, (int, float)) and math.isfinite(n) for n in counts.values()):
+                return {
+                    b: int(n) for b, n in counts.items() if isinstance(n, (int, float)) and math.isfinite(n)
+                }
+    return {}

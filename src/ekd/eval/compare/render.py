@@ -11,7 +11,7 @@ from typing import Any
 from ekd.eval.compare.eval_sets import _eval_set_notes
 from ekd.eval.compare.runs import METRIC_INFO, _text_set
 from ekd.eval.compare.summary import ITEM_NOISE, UNPAIRED
-from ekd.eval.report import results_table
+from ekd.eval.report import TINY_MARK, results_table, sizes_note, tiny_sets
 
 
 def _of(cell: dict[str, Any] | None, seeds: list[int]) -> dict[str, Any] | None:
@@ -75,10 +75,19 @@ def markdown(summary: dict[str, Any]) -> str:
                 },
             }
         )
+    sizes = {name: tuple(size) for name, size in summary.get("set_sizes", {}).items()}
+    tiny = set(tiny_sets(sizes))
     cols = [("method", "method", ""), ("seeds", "seeds", "d")] + [
-        (k, _header(k), (lambda f: lambda c: _pm(c, f))(_fmt(k))) for k in keys
+        (k, _header(k, tiny), (lambda f: lambda c: _pm(c, f))(_fmt(k))) for k in keys
     ]
     parts = ["Mean ± sample std over seeds.\n", results_table(rows, cols)]
+    if note := sizes_note(sizes):  # each set's size; a tiny one marked in every table (try-out 89, F1)
+        parts.append(note + "\n")
+    if any(k.endswith("/ppl_no_boundary") for k in keys):  # try-out 89, F3: why some sets have the column
+        parts.append(
+            "ppl w/o EOS leaves out the end-of-document targets; a set that scores none has no such column "
+            "(it would repeat ppl).\n"
+        )
     notes = [g["note"] for g in groups if g.get("note")]
     if notes:
         parts.append("Same preset, another config: " + "; ".join(notes) + ".\n")
@@ -136,7 +145,7 @@ def markdown(summary: dict[str, Any]) -> str:
             diff_rows.append(row)
         if diff_rows:
             dcols = [("method", "method", "")] + [
-                (k, _header(k), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
+                (k, _header(k, tiny), "") for k in keys if k not in ("kd_pct", "bytes_per_token")
             ]
             noise = any(d.get("verdict") == ITEM_NOISE for g in groups for d in g["vs"].get(b, {}).values())
             parts.append(
@@ -156,13 +165,15 @@ def _ordered_keys(summary: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _header(key: str) -> str:
+def _header(key: str, tiny: set[str] = frozenset()) -> str:
+    """A column's header: its set (marked † when ``tiny`` holds it) and metric."""
     if key == "kd_pct":
         return "KD pos %"
     if key == "bytes_per_token":
         return "teacher B/token"
     name, _, metric = key.rpartition("/")
-    return f"{name} {METRIC_INFO[metric].header if metric in METRIC_INFO else metric}"
+    mark = TINY_MARK if name in tiny else ""  # after the metric, as the demo's table marks it
+    return f"{name} {METRIC_INFO[metric].header if metric in METRIC_INFO else metric}{mark}"
 
 
 def to_csv(summary: dict[str, Any]) -> str:

@@ -292,6 +292,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     out["setting_notes"] += _teacher_setting_notes(out["teachers"])
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
+    out["set_sizes"] = set_sizes(groups)
     out["eval_set_columns"] = eval_set_columns(groups)
     out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
     out["replicas"] = [
@@ -299,6 +300,26 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     ]
     out["replica_notes"] = [replica_note(r) for r in out["replicas"]]
     return out
+
+
+def set_sizes(groups: list[Group]) -> dict[str, list[int]]:
+    """Text-set column → [documents, scored tokens], as the first run that records both has them (every run in a
+    column scored the same set: :meth:`~ekd.eval.compare.runs.RunRecord.eval_set` includes both): what marks a tiny
+    set under the table as ``ekd distill``'s does (try-out 89, F1: compare gave verdicts on a 1-document set
+    unmarked)."""
+    sizes: dict[str, list[int]] = {}
+    for g in groups:
+        for r in g.runs:
+            for column in r.column_names():
+                entry = r.entry(column)
+                if column in sizes or not _text_set(column) or not {"documents", "tokens"} <= entry.keys():
+                    continue
+                if all(
+                    isinstance(entry[k], (int, float)) and math.isfinite(entry[k])
+                    for k in ("documents", "tokens")
+                ):
+                    sizes[column] = [int(entry["documents"]), int(entry["tokens"])]
+    return sizes
 
 
 def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
