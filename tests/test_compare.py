@@ -733,6 +733,24 @@ def test_the_same_training_data_at_another_path_is_the_same_config_and_eval_set(
     assert "data.source='/scratch/you/text.jsonl'" in s["eval_sets"]
 
 
+def test_a_replica_read_from_another_copy_of_the_data_says_so(tmp_path):
+    """Try-out 88, F2: a seed trained again on the same text given as JSONL (the same training blocks) is a replica,
+    rightly, but its note read "the same layout: a resume or a rerun", hiding the other source."""
+
+    def run(name: str, source: str) -> Path:
+        d = _edit(_fake_run(tmp_path, name, "kd", 0, 10.0, 0.5), data={"source": source})
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "data_fingerprint": "ab" * 32}
+        (d / "ekd-run.json").write_text(json.dumps(marker))
+        return d
+
+    txt, jsonl, again = run("txt", "corpus/"), run("jsonl", "corpus.jsonl"), run("again", "corpus/")
+    s = compare_runs([txt, jsonl, again], tmp_path / "o", baselines=(), plots=False)
+    (rec,) = s["replicas"]
+    assert [r["differs_in"] for r in rec["replicas"]] == [["data.source='corpus.jsonl' (vs 'corpus/')"], []]
+    assert "(data.source='corpus.jsonl' (vs 'corpus/'))" in s["replica_notes"][0]
+    assert "(the same layout: a resume or a rerun)" in s["replica_notes"][0]  # the rerun from corpus/
+
+
 @pytest.mark.slow
 def test_two_seeds_trained_on_copies_of_the_data_are_one_config_scored_on_one_set(tmp_path):
     """End to end: seed 0 on corpus/, seed 1 on a byte-identical copy elsewhere (another node's scratch): one

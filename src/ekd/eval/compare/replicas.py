@@ -34,6 +34,19 @@ def _layout(run: RunRecord) -> dict[str, Any]:
     return layout
 
 
+def _content_keys(run: RunRecord) -> dict[str, Any]:
+    """The config keys of ``run`` that say where its models and data were read from and in what form, which
+    ``ekd compare`` groups by content (training blocks, weights) rather than by value: a replica may differ there
+    with the same training (``data.source``, ``data.format``, ``model.teacher``, ...); ``run.*``, ``log.*`` and
+    :data:`~ekd.train.run_dir.SAME_RUN_KEYS` are not among them."""
+    flat = flat_config(run.config)
+    return {
+        k: v
+        for k, v in flat.items()
+        if k.startswith(("data.", "model.", "teacher.")) and k not in SAME_RUN_KEYS
+    }
+
+
 def replica_record(group: Group, seed: int) -> dict[str, Any]:
     """What a seed's replicas are: the counted run, each replica with the layout keys where it differs from
     that run (``ranks=2``, ``train.parallel='fsdp'``; none for a resumed run or a rerun), and the largest
@@ -56,12 +69,20 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         if _scored_set(c) and n in counted_columns and counted_columns[n] != c
     ]
     compared = 0  # eval figures (``<column>/<metric>``) both runs scored alike
+    counted_config = _content_keys(counted_run)
     for r in group.replicas[seed]:
-        mine = _layout(r)
+        mine, config = _layout(r), _content_keys(r)
+        # where its files were read from (try-out 88, F2: a JSONL copy of the text read as 'a resume or a rerun')
+        read_from = [
+            f"{k}={config.get(k)!r} (vs {counted_config.get(k)!r})"
+            for k in sorted(config.keys() | counted_config.keys())
+            if config.get(k) != counted_config.get(k)
+        ]
         replicas.append(
             {
                 "run": str(r.run_dir),
-                "differs_in": [f"{k}={mine[k]!r} (vs {base[k]!r})" for k in base if mine[k] != base[k]],
+                "differs_in": [f"{k}={mine[k]!r} (vs {base[k]!r})" for k in base if mine[k] != base[k]]
+                + read_from,
             }
         )
         for key in keys:
