@@ -321,3 +321,28 @@ def test_a_tiny_set_is_marked_in_every_table_and_its_size_said(tmp_path, documen
     from ekd.eval.compare.plots import _bucket_tokens
 
     assert _bucket_tokens(group_runs([read_run(r) for r in runs]), "held", 2) == {0: 2, 1: 478}
+
+
+def test_methods_from_other_starting_students_get_a_start_row_each(tmp_path):
+    """The `(student init)` rows: one per set of starting students (eval.json's ``student_init``), shared by the
+    methods that started from the same ones, labelled with them where there are several."""
+
+    def started(name: str, preset: str, seed: int, start_ppl: float) -> Path:
+        d = _run(tmp_path, name, preset, seed, 0.5)
+        saved = json.loads((d / "eval.json").read_text())
+        saved["held"]["student_init"] = {"ppl": start_ppl, "kl": 2.0}
+        (d / "eval.json").write_text(json.dumps(saved))
+        return d
+
+    runs = [started(f"kd{s}", "kd", s, 50.0 + s) for s in (0, 1)]
+    runs += [started(f"ce{s}", "ce", s, 50.0 + s) for s in (0, 1)]  # the same two starts
+    runs += [started(f"rkl{s}", "rkl", s, 70.0) for s in (0, 1)]  # another student
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    rows = {r["label"]: r for r in s["starts"]}
+    assert set(rows) == {"(student init of kd, ce)", "(student init of rkl)"}
+    assert rows["(student init of kd, ce)"]["metrics"]["held/ppl"] == 50.5
+    assert rows["(student init of kd, ce)"]["spread"]["held/ppl"]["n"] == 2
+    assert rows["(student init of rkl)"]["metrics"] == {"held/ppl": 70.0, "held/kl": 2.0}
+    text = (tmp_path / "o" / "compare.md").read_text()
+    assert "| (student init of kd, ce) | 2 | 50.50 ± 0.71 |" in text
+    assert "(student init of rkl)" in (tmp_path / "o" / "compare.csv").read_text()

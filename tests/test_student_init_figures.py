@@ -114,3 +114,40 @@ def test_a_starting_figure_that_is_no_number_is_malformed(value):
     if not isinstance(value, dict) and isinstance(value, (int, float)):
         saved["eval"][STUDENT_INIT_KEY] = value  # not an object at all
     assert "student_init" in malformed(saved)
+
+
+def test_compare_shows_the_starting_students_beside_the_methods(ws, capsys):
+    """Seeds 0 and 1 of kd and ce start from the preset built from the seed (one start per seed, shared by the
+    methods): one `(student init)` row, its figures the mean over the two starts; a run whose start is another
+    student gets its own row."""
+    from ekd.eval.compare import compare_runs
+
+    runs = []
+    for method in ("kd", "ce"):
+        for seed in (0, 1):
+            name = f"{method}{seed}"
+            extra = {**EXTRA, "method.preset": method, "run.seed": seed}
+            rc, _, err = cli(capsys, "distill", config_file(Path("."), Path("corpus"), name, **extra))
+            assert rc == 0, err
+            runs.append(Path("runs") / name)
+    starts = [_eval_json(r)["eval"][STUDENT_INIT_KEY]["ppl"] for r in runs]
+    assert (
+        starts[0] == starts[2] and starts[1] == starts[3] and starts[0] != starts[1]
+    )  # per seed, per method alike
+    s = compare_runs(runs, Path("cmp"), baselines=("ce",), plots=False)
+    (row,) = s["starts"]
+    assert row["label"] == "(student init)" and row["of"] == ["kd", "ce"]
+    assert (
+        row["metrics"]["eval/ppl"] == pytest.approx((starts[0] + starts[1]) / 2) and row["n"]["eval/ppl"] == 2
+    )
+    assert "| (student init) | 2 |" in Path("cmp/compare.md").read_text()
+    other = Path("runs") / "kd9"  # another start: seed 9's preset, compared as a seed of kd beside one of ce
+    rc, _, err = cli(
+        capsys, "distill", config_file(Path("."), Path("corpus"), "kd9", **{**EXTRA, "run.seed": 9})
+    )
+    assert rc == 0, err
+    s = compare_runs([runs[0], other], Path("cmp2"), baselines=(), plots=False)
+    assert [r["label"] for r in s["starts"]] == [
+        "(student init)"
+    ]  # one group (kd, seeds 0 and 9): two starts
+    assert s["starts"][0]["n"]["eval/ppl"] == 2

@@ -61,7 +61,8 @@ def markdown(summary: dict[str, Any]) -> str:
         }
         for g in groups
     ]
-    for teacher in summary.get("teachers", []):  # one per distinct teacher and eval sets
+    # the starting students, then one row per distinct teacher and eval sets
+    for teacher in [*summary.get("starts", []), *summary.get("teachers", [])]:
         counts = teacher.get("n", {})
         seeds = max(counts.values(), default=1)
         rows.append(
@@ -193,7 +194,8 @@ def to_csv(summary: dict[str, Any]) -> str:
                 d = g["vs"].get(b, {}).get(key)
                 extra += [d["mean"], d["std"], d["n"], d["verdict"]] if d else ["", "", "", ""]
             w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
-    for t in summary.get("teachers", []):  # no difference; a spread over seeds where they differ (few-shot)
+    # no difference; a spread over seeds where they differ (few-shot; a preset student's start per seed)
+    for t in [*summary.get("starts", []), *summary.get("teachers", [])]:
         for key, value in t["metrics"].items():
             std = t.get("spread", {}).get(key, {}).get("std", "")
             w.writerow(

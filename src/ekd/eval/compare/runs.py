@@ -22,6 +22,7 @@ from ekd.eval.eval_json import (
     CONTENT_KEYS,
     PRECISION,
     SCORING_SETTINGS,
+    STUDENT_INIT_KEY,
     set_of,
     set_settings,
     split_settings,
@@ -152,6 +153,8 @@ class RunRecord:
     columns: dict[str, str] | None = None
     # eval.json entry → the teacher its figures were measured with, where it records one (:meth:`teacher`)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # eval set entry → the starting student's figures on it (eval.json's ``student_init``); {} where none
+    starts: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def entry_name(self, column: str) -> str | None:
         """The eval.json entry shown in ``column`` (``eval#2``: this run's ``eval``, scored the second way;
@@ -450,6 +453,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     marker = _marker(run_dir)
     _refuse_unfinished(run_dir, marker, rows, config)
     results, scored_with, scored_by, ways, teachers = _eval_results(run_dir, rows)
+    starts = _starts(run_dir)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -473,7 +477,24 @@ def read_run(run_dir: str | Path) -> RunRecord:
         scored_by=scored_by,
         task_ways=ways,
         teachers=teachers,
+        starts=starts,
     )
+
+
+def _starts(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Eval set entry → the starting student's figures ``run_dir``/eval.json records (``student_init``, checked
+    by :func:`_eval_results` before), NaN for null; {} without eval.json."""
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    return {
+        name: {k: math.nan if v is None else v for k, v in entry[STUDENT_INIT_KEY].items()}
+        for name, entry in saved.items()
+        if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
+    }
 
 
 def _refuse_unfinished(

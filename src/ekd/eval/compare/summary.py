@@ -288,6 +288,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
         out["groups"].append(entry)
     out["teacher_notes"] = _other_teacher_notes(out["groups"])
     out["setting_notes"] = _other_setting_notes(out["groups"])
+    out["starts"] = _start_rows(groups)
     out["teachers"] = _teacher_rows(groups)
     out["setting_notes"] += _teacher_setting_notes(out["teachers"])
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
@@ -374,6 +375,58 @@ def _setting_note(label: str, key: str, setting: str, n: int, left_out: dict[int
         f"`{label}`: {header} on `{column}` is over the seeds scored with {setting} "
         f"(n={n} of {n + len(left_out)}); {others} left out"
     )
+
+
+def _start_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    """Rows of the starting students' eval-set figures (eval.json's ``student_init``, ``eval.student_init``): what
+    training moved each method from. Groups whose runs started from the same students — equal figures at every
+    seed and column both have, one at least — share a row: ``(student init)`` when all do, else
+    ``(student init of kd, sekd)``. Each figure is the mean over the seeds of its column (a preset student is built
+    from the seed: one start per seed), with ``n`` and ``spread`` (std) as the teacher rows have; ECE over the
+    bins most of those seeds were scored with; none for a set whose runs record no start (an older ekd's,
+    ``eval.student_init=false``)."""
+    rows: list[dict[str, Any]] = []
+    for g in groups:
+        values: dict[str, dict[int, tuple[float, Any]]] = {}  # key → seed → (figure, its setting)
+        for r in g.runs:
+            for column in r.column_names():
+                entry = r.entry_name(column)
+                figures = r.starts.get(entry or "") if _text_set(column) else None
+                for m, v in (figures or {}).items():
+                    if m not in METRICS or not isinstance(v, (int, float)) or not math.isfinite(v):
+                        continue
+                    if m == "ppl_no_boundary" and figures.get("boundary_tokens") == 0:  # it would repeat ppl
+                        continue
+                    setting = r.metric_setting(entry, m) if m in METRIC_SETTINGS else None
+                    values.setdefault(f"{column}/{m}", {})[r.seed] = (float(v), setting)
+        if not values:
+            continue
+        same = next((row for row in rows if _same_starts(row["values"], values)), None)
+        if same is None:
+            rows.append({"of": [g.label], "values": values})
+        else:
+            same["of"].append(g.label)
+            for k, seeds in values.items():
+                same["values"].setdefault(k, {}).update(seeds)
+    for row in rows:
+        row["label"] = "(student init)" if len(rows) == 1 else f"(student init of {', '.join(row['of'])})"
+        per_seed: dict[str, list[float]] = {}
+        for k, seeds in row.pop("values").items():
+            ref = most_common([setting for _, setting in seeds.values()])
+            per_seed[k] = [v for _, (v, setting) in sorted(seeds.items()) if setting == ref]
+        row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
+        row["n"] = {k: len(vs) for k, vs in per_seed.items()}
+        row["spread"] = {
+            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
+        }
+    return rows
+
+
+def _same_starts(a: dict[str, dict[int, Any]], b: dict[str, dict[int, Any]]) -> bool:
+    """Whether two groups' starting figures (key → seed → (figure, setting)) are those of the same students: equal
+    wherever both have a figure, and both have one somewhere."""
+    shared = [(k, seed) for k in a.keys() & b.keys() for seed in a[k].keys() & b[k].keys()]
+    return bool(shared) and all(a[k][seed] == b[k][seed] for k, seed in shared)
 
 
 def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
