@@ -203,34 +203,48 @@ def test_str_fields_keep_the_command_line_text(override):
 
 
 @pytest.mark.parametrize(
-    "line, read",
+    "line, key, text",
     [
-        ("run:\n  name: off", "the boolean false"),  # was the run directory runs/False
-        ("run:\n  name: yes", "the boolean true"),
-        ("model:\n  revision: 1.10", "the number 1.1"),  # was revision '1.1'
-        ("eval:\n  tasks: [no]", "the boolean false"),
+        ("run:\n  name: off", "run.name", "off"),  # was the run directory runs/False
+        ("run:\n  name: yes", "run.name", "yes"),
+        ("run:\n  name: 010", "run.name", "010"),  # was runs/8 (YAML 1.1 octal; try-out 90, F2)
+        ("run:\n  name: 12:30", "run.name", "12:30"),  # was 750 (sexagesimal)
+        ("run:\n  name: 0x10", "run.name", "0x10"),
+        ("run:\n  name: 2024", "run.name", "2024"),
+        ("run:\n  name: 2024-01-01", "run.name", "2024-01-01"),
+        ("model:\n  revision: 1.10", "model.revision", "1.10"),  # was '1.1'
+        ("model:\n  revision: 0123456", "model.revision", "0123456"),  # a commit prefix, was '42798'
+        ("eval:\n  tasks: [no, tiny_mc]", "eval.tasks", ["no", "tiny_mc"]),  # try-out 90, F5
     ],
 )
-def test_a_yaml_boolean_or_float_where_text_belongs_is_refused_with_the_quotes_that_fix_it(
-    tmp_path, line, read
-):
+def test_a_text_key_keeps_the_text_written_in_a_yaml_file(tmp_path, line, key, text):
+    """YAML 1.1 reads unquoted off/yes as booleans and 010, 12:30, 0x10, 1.10 as numbers whose text is another:
+    a text key keeps what the file says, as a command line's text does."""
     path = tmp_path / "c.yaml"
-    path.write_text(line + "\n")
-    with pytest.raises(ConfigError, match=rf"YAML read this value as {read}.*put it in quotes") as e:
-        load_config([str(path)], [])
-    assert "\n" not in str(e.value)
-    quoted = (
-        line.replace("off", "'off'").replace("yes", "'yes'").replace("1.10", "'1.10'").replace("no]", "'no']")
+    path.write_text(line + "\nmethod: kd\n")
+    section, name = key.split(".")
+    assert getattr(getattr(load_config([str(path)], []), section), name) == text
+
+
+def test_a_list_typed_on_the_command_line_keeps_its_items_text():
+    cfg = load_config(None, ["eval.tasks=[off,tiny_mc]", "run.name=off"])
+    assert (cfg.eval.tasks, cfg.run.name) == (["off", "tiny_mc"], "off")
+
+
+def test_typed_keys_still_read_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "train:\n  lr: 1.10e-3\n  max_steps: 010\neval:\n  plots: off\nrun:\n  name: null\n  seed: 7\n"
     )
-    path.write_text(quoted + "\n")
+    with pytest.raises(ConfigError, match="run.name must be a plain name"):  # null is no text, as before
+        load_config([str(path)], [])
+    path.write_text("train:\n  lr: 1.10e-3\n  max_steps: 010\n  warmup_steps: 1\neval:\n  plots: off\n")
     cfg = load_config([str(path)], [])
-    assert cfg.run.name in ("off", "yes") or cfg.model.revision == "1.10" or cfg.eval.tasks == ["no"]
-
-
-def test_a_yaml_integer_where_text_belongs_keeps_its_digits(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("run:\n  name: 2024\n")
-    assert load_config([str(path)], []).run.name == "2024"
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.eval.plots) == (
+        1.1e-3,
+        8,
+        False,
+    )  # YAML 1.1 octal, as before
 
 
 # ---------------------------------------------------------------------------------------------------------

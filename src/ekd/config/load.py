@@ -103,11 +103,21 @@ class CliText(str):
     (so ``run.name=1.10`` stays '1.10' and ``train.lr=3e-4`` becomes 0.0003)."""
 
 
-def coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert ``value`` to the declared type, or raise ConfigError naming the dotted key."""
+def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
+    """Convert ``value`` to the declared type, or raise ConfigError naming the dotted key.
+
+    ``text``: the value as written in its YAML file (:func:`scalar_texts`: the same tree with every scalar a string;
+    None where unknown). A text key (``str``, or the items of a list or mapping of them) given a scalar YAML reads
+    as something else — ``off``/``yes`` as booleans, ``1.10`` as 1.1, ``010`` as 8, ``12:30`` as 750 — keeps the
+    text written (``run.name: off`` named the run directory ``runs/False``), as a command line's text does.
+    """
     origin = typing.get_origin(annotation)
     if isinstance(value, CliText):
-        value = str(value) if annotation is str else _parse_cli_value(str(value))
+        if annotation is str:
+            value = str(value)
+        else:  # a list or mapping typed on the command line: its items as typed, beside their YAML reading
+            text = _text_tree(str(value))
+            value = _parse_cli_value(str(value))
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -141,23 +151,31 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
-            if isinstance(value, (bool, float)):
+            if value is None or isinstance(value, str):
+                return value or ""
+            if isinstance(text, str):  # a boolean, number or date as YAML read it: the text as written
+                return text
+            if isinstance(value, (bool, float)):  # its text unknown: not guessed
                 raise ConfigError(_not_text(key, value))
-            return "" if value is None else str(value)
+            return str(value)
         if origin is list:
             (item,) = typing.get_args(annotation)
             if isinstance(value, str):
                 value = [v for v in value.strip("[]").split(",") if v.strip()]
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            return [coerce(v.strip() if isinstance(v, str) else v, item, key) for v in value]
+            texts = text if isinstance(text, list) and len(text) == len(value) else [None] * len(value)
+            return [
+                coerce(v.strip() if isinstance(v, str) else v, item, key, t) for v, t in zip(value, texts)
+            ]
         if origin is dict:
             _, vtype = typing.get_args(annotation)
             if value in (None, ""):
                 return {}
             if not isinstance(value, dict):
                 raise ValueError
-            return {str(k): coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
+            texts = text if isinstance(text, dict) else {}
+            return {str(k): coerce(v, vtype, f"{key}.{k}", texts.get(str(k))) for k, v in value.items()}
     except ConfigError:
         raise  # an item's own message names the item
     except (TypeError, ValueError, OverflowError):
@@ -177,6 +195,28 @@ def _not_text(key: str, value: bool | float) -> str:
     else:
         read = f"the number {value!r}, whose text may differ from what was written (1.10 reads 1.1)"
     return f"{key}: YAML read this value as {read}, not as text; put it in quotes ({field}: 'the text')"
+
+
+def _text_tree(document: str) -> Any:
+    """``document`` parsed with every scalar left a string (PyYAML's BaseLoader): the text each value was written
+    with, beside what :func:`yaml.safe_load` reads; None where it does not parse."""
+    try:
+        return yaml.load(document, Loader=yaml.BaseLoader)  # noqa: S506 — BaseLoader builds only str, list, dict
+    except yaml.YAMLError:
+        return None
+
+
+def scalar_texts(path: Path) -> dict[str, Any]:
+    """Dotted key → the value of ``path``'s config as written (:func:`_text_tree`, flattened as the values are);
+    {} where that reading fails: text keys then take YAML's reading, refused where it is a boolean or float."""
+    try:
+        tree = _text_tree(path.read_text(encoding="utf-8"))
+        if not isinstance(tree, dict):
+            return {}
+        # BaseLoader reads an empty section (`train:`) as '' where safe_load reads None
+        return _flatten({k: (None if v == "" else v) for k, v in tree.items()}, str(path))
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return {}
 
 
 def _parse_cli_value(text: str) -> Any:
@@ -304,6 +344,7 @@ def load_config(
     elif isinstance(paths, (str, Path)):
         paths = [paths]
     flat: dict[str, Any] = {}
+    texts: dict[str, Any] = {}  # key → its value as written in the file that set it last (coerce's ``text``)
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -317,8 +358,11 @@ def load_config(
         for key in file_flat:
             _check_key(key, str(path))
         flat.update(file_flat)
-    flat.update(parse_overrides(overrides or []))
-    return build_config(flat)
+        written = scalar_texts(path)
+        texts.update({k: written.get(k) for k in file_flat})
+    given = parse_overrides(overrides or [])
+    flat.update(given)
+    return build_config(flat, {k: v for k, v in texts.items() if k not in given})
 
 
 def read_yaml(path: Path) -> Any:
@@ -350,9 +394,10 @@ def _missing_file_message(item: str) -> str:
     return f"config file not found: {item}"
 
 
-def build_config(flat: dict[str, Any]) -> Config:
+def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None) -> Config:
     """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly. Local
-    paths (relative to the working directory) come out absolute (:mod:`ekd.config.paths`)."""
+    paths (relative to the working directory) come out absolute (:mod:`ekd.config.paths`). ``texts``: key → its
+    value as written in a YAML file (:func:`scalar_texts`), which text keys keep (:func:`coerce`)."""
     from ekd.methods import preset_values  # local import: methods imports config types
 
     preset = str(flat.get("method.preset", MethodConfig.preset))
@@ -364,7 +409,8 @@ def build_config(flat: dict[str, Any]) -> Config:
         section, name = key.split(".", 1)
         _check_key(key, "config")
         with about(key):
-            setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key))
+            text = (texts or {}).get(key)
+            setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key, text))
     resolve_paths(cfg)  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
     validate(cfg)
     return cfg
