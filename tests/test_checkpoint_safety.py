@@ -647,3 +647,31 @@ def test_the_way_on_reads_as_the_command_given(tmp_path, monkeypatch, given, sai
     monkeypatch.setattr(trainer_mod, "read_marker", lambda run_dir: {"state": "started"})
     for hint in (trainer_mod.interrupted_hint(start), trainer_mod.failed_hint(start, max_steps=10)):
         assert hint.endswith(said) and "--resume --" not in hint, hint
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_while_a_finished_run_prints_its_table_changes_nothing(ws, capsys, monkeypatch, signum):
+    """Try-out 90, F4: a scheduler's SIGTERM landing as a finished run printed its results table ended it with
+    exit 143 and 'interrupted ... --resume', which then said the run was finished: the run's work is done once
+    training returns, and an interrupt from there on is ignored (the table printed, exit 0)."""
+    import signal
+    import threading
+
+    from ekd import cli as cli_module
+
+    real = cli_module._print_eval
+
+    def signal_then_print(*args, **kwargs):
+        signal.pthread_kill(threading.get_ident(), getattr(signal, signum))
+        sum(range(10_000))  # Python runs the handler between bytecodes: here, before the table
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "_print_eval", signal_then_print)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C
+    try:
+        rc, out, err = cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the command
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert rc == 0, err
+    assert "| eval |" in out and "interrupted" not in err

@@ -32,7 +32,7 @@ from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import close_progress_bars, set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
-from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt
+from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt, work_done
 from ekd.words import counted
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
@@ -315,6 +315,7 @@ def cmd_distill(args) -> int:
         if not copy_of_rank0(e):  # under torchrun rank 0 says so, once
             print(f"ekd: {e}")
         return 0
+    work_done()  # the run is finished and written: an interrupt from here on changes nothing
     if not _rank0():  # under torchrun rank 0 alone reports (as it alone logs)
         return 0
     print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")

@@ -63,7 +63,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         # None: the previous handler was not set from Python; SIG_DFL is the closest that can be restored
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-        if ours_for_sigint and signal.getsignal(signal.SIGINT) is _raise_interrupt:
+        if ours_for_sigint and signal.getsignal(signal.SIGINT) in (_raise_interrupt, _ignore):
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _received.clear()  # a later command of this process (tests, a library caller) starts afresh
 
@@ -130,6 +130,23 @@ def already_stopping() -> None:
     main_thread = threading.current_thread() is threading.main_thread()  # where Python sets handlers
     if main_thread and signal.getsignal(signal.SIGTERM) is _raise_terminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A handler that does nothing: the command's work is done (:func:`work_done`)."""
+
+
+def work_done() -> None:
+    """The command's work is done and written (a finished run's last file): from now on Ctrl-C and SIGTERM are
+    ignored within :func:`sigterm_as_interrupt` (whose end restores the handlers before it), so one landing while
+    the command prints its results or returns cannot make a finished run exit 143 with ``interrupted ... --resume``
+    (try-out 90, F4). Only this module's handlers are replaced: a library caller's own are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, _ignore)
+    if signal.getsignal(signal.SIGINT) is _raise_interrupt:
+        signal.signal(signal.SIGINT, _ignore)
 
 
 def interrupt_exit_code(e: KeyboardInterrupt) -> int:
