@@ -151,3 +151,25 @@ def test_compare_shows_the_starting_students_beside_the_methods(ws, capsys):
         "(student init)"
     ]  # one group (kd, seeds 0 and 9): two starts
     assert s["starts"][0]["n"]["eval/ppl"] == 2
+
+
+def test_ekd_eval_restores_the_start_once_a_set_is_scored_as_it_was_again(ws, capsys):
+    """Try-out 90, F3: after `ekd eval RUN data.max_eval_blocks=2` (the start left out: other blocks), a plain
+    `ekd eval RUN` scores the start's blocks again, and the start comes back from the run's file."""
+    before = _eval_json()["eval"][STUDENT_INIT_KEY]
+    assert cli(capsys, "eval", str(RUN), "data.max_eval_blocks=2")[0] == 0
+    assert STUDENT_INIT_KEY not in _eval_json()["eval"]
+    rc, out, err = cli(capsys, "eval", str(RUN))
+    assert rc == 0, err
+    assert _eval_json()["eval"][STUDENT_INIT_KEY] == before and "eval/student_init" in out
+
+
+def test_ekd_eval_refuses_another_seed_for_a_preset_teacher(ws, capsys):
+    """Try-out 90, F1: `ekd eval RUN run.seed=7` rebuilt the random preset teacher from seed 7 and recorded its
+    figures (and the start's beside them) as the run's teacher's."""
+    before = (RUN / "eval.json").read_bytes()
+    rc, _, err = cli(capsys, "eval", str(RUN), "run.seed=7")
+    assert rc == 2 and "run.seed=7 would build the run's teacher preset:llama-tiny from another seed" in err
+    assert "leave run.seed out" in err and len(err.strip().splitlines()) == 1
+    assert (RUN / "eval.json").read_bytes() == before
+    assert cli(capsys, "eval", str(RUN), "run.seed=0")[0] == 0  # the run's own seed: as without it

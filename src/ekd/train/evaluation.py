@@ -168,6 +168,15 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             "model, evaluate the run that made it (or distill it into a run of its own)",
             keys=tuple(unread),
         )
+    teacher = str(given.get("model.teacher", flat.get("model.teacher")) or "")
+    seed = given.get("run.seed")
+    if teacher.startswith("preset:") and seed is not None and str(seed) != str(flat.get("run.seed")):
+        raise ConfigError(  # try-out 90, F1: scored against another random teacher, recorded as the same one
+            f"ekd eval {run_dir}: run.seed={seed} would build the run's teacher {teacher} from another seed: random "
+            f"weights other than those it taught with (run.seed={flat.get('run.seed')}), whose KL, agreement and "
+            "figures would be recorded as the run's teacher's; leave run.seed out",
+            keys=("run.seed",),
+        )
     try:
         return config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
@@ -635,7 +644,10 @@ def write_eval_json(
             log.warning("%s could not be read (%s); writing the sets scored now only", path, e)
         if isinstance(old, dict):
             say_teacher_figures_dropped(path, old, written)
-            written = with_student_init(written, student_init_entries(old))  # the start did not change
+            # the start did not change: its figures, where this scores a set as they were (try-out 90, F3: after
+            # one `ekd eval` scored otherwise, eval.json had lost them; the run's file still has them)
+            start = read_student_init(run_dir)
+            written = with_student_init(written, student_init_entries(old) if start is None else start)
             written, kept = merge(old, written)
             if kept:
                 log.info(
