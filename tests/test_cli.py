@@ -368,7 +368,7 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_directory(capsys, 
 @pytest.mark.parametrize(
     "argv, hint",
     [
-        (["distill", "x.yaml"], "--resume"),
+        (["distill", "x.yaml"], "the run had not started"),  # no run attached its hint (try-out 90, F7)
         (["cache", "x.yaml"], "rerun the same `ekd cache` command"),
         (["cache", "verify", "some-dir"], None),
         (["eval", "runs/x"], "run the same `ekd eval` command again"),  # try-out 86, F7: a bare line
@@ -772,3 +772,22 @@ def test_a_sigterm_after_the_command_has_ended_does_not_change_its_exit_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.returncode != -signal.SIGTERM, out.stderr
+
+
+def test_distill_interrupted_while_loading_says_the_run_had_not_started(tmp_path, monkeypatch, capsys):
+    """Try-out 90, F7: a Ctrl-C while ekd distill was still loading (before its run's start) was told "continue from
+    the last checkpoint ... --resume (a run that saved none starts again with --overwrite)": nothing had been
+    changed, and the way on is the same command again."""
+    from ekd.train import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "run.name=x", "model.student=preset:llama-micro"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ekd: interrupted; the run had not started (interrupted while loading), so nothing in it was changed: run "
+        "the same command again"
+    ]

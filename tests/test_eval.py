@@ -496,6 +496,9 @@ def test_the_eval_table_gives_each_sets_documents_and_tokens_and_marks_a_tiny_on
     assert f"{TINY_MARK} tiny (under {SMALL_EVAL_DOCUMENTS} documents)" in out
     _print_eval({"eval": {"ppl": 12.5, "tokens": 6094.0}})  # eval.json of an older ekd: no documents, no note
     assert "tiny" not in capsys.readouterr().out
+    # try-out 90, F6: a tiny set's teacher row describes the same few texts, marked as its set is
+    _print_eval({"notes": results["notes"], "notes/teacher": {"ppl": 30.0, "tokens": 3.0}})
+    assert f"| notes/teacher{TINY_MARK} | — | 3 |" in capsys.readouterr().out
 
 
 def test_the_eval_table_shows_the_full_head_ppl_of_a_padded_head(capsys):

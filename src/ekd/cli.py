@@ -378,7 +378,11 @@ def _print_eval(results: dict[str, dict[str, float]], run_dir: Path | None = Non
         name: (int(m["documents"]), int(m["tokens"])) for name, m in results.items() if "documents" in m
     }
     tiny = tiny_sets(sizes)
-    rows = [{"set": name + (TINY_MARK if name in tiny else ""), **m} for name, m in results.items()]
+
+    def of_tiny(name: str) -> bool:  # a set's teacher and starting-student rows describe the same few texts
+        return name in tiny or name.removesuffix("/teacher").removesuffix("/student_init") in tiny
+
+    rows = [{"set": name + (TINY_MARK if of_tiny(name) else ""), **m} for name, m in results.items()]
     if any("ppl_full_head" in m for m in results.values()):
         for row in rows:  # a head without rows past the tokenizer (one trimmed for export): the same softmax
             if "ppl" in row:
@@ -853,7 +857,14 @@ def _how_to_go_on(e: BaseException, args: argparse.Namespace) -> str:
     if args.command != "distill":  # the hint a run attaches names distill's flags (ekd demo trains runs too)
         return _continue_hint(args)
     hint = getattr(e, "continue_hint", None)
+    if hint is None and _rank0() and not _lost_peer(e):  # rank 0 attaches one from the run's start on: before
+        return NOT_STARTED_HINT  # it (loading libraries, the config, the models' files) nothing was changed
     return _continue_hint(args) if hint is None else hint
+
+
+NOT_STARTED_HINT = "; the run had not started (interrupted while loading), so nothing in it was changed: run the same command again"
+"""``ekd distill`` interrupted before its run's start (try-out 90, F7: it was told "continue from the last checkpoint
+... (a run that saved none starts again with --overwrite)", which it could not tell apart)."""
 
 
 LOST_PEER_LINE = (

@@ -249,8 +249,8 @@ def train(
             for idle in idle_schedules(cfg.method, cfg.train.max_steps):
                 log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
-        _publish_hint(start)
         try:
+            _publish_hint(start)  # inside: an interrupt here too rolls the start back and says how to go on
             return _train(cfg, ranks, resume, start, data)
         except BaseException as e:
             already_stopping()  # torchrun's SIGTERM (another rank ended) must not cut the rollback or the hint

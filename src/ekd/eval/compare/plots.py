@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ekd.eval.compare.groups import Group
-from ekd.eval.report import _figure, _save_png
+from ekd.eval.report import SMALL_EVAL_DOCUMENTS, TINY_MARK, _figure, _save_png
+from ekd.words import counted
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -122,8 +123,10 @@ def plot_kl_by_entropy(
     ax.set_xticks([b + 0.4 - width / 2 for b in range(nb)], ticks)
     ax.set_xlabel("teacher-entropy bucket (low → high; n = the bucket's scored tokens)")
     ax.set_ylabel("KL(teacher ‖ student)")
-    ax.legend(fontsize="x-small", ncol=2)
-    ax.set_title(f"KL by teacher entropy on {eval_set}")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
+    size = summary.get("set_sizes", {}).get(eval_set)  # [documents, tokens]
+    tiny = f" ({TINY_MARK} {counted(size[0], 'document')})" if size and size[0] < SMALL_EVAL_DOCUMENTS else ""
+    ax.set_title(f"KL by teacher entropy on {eval_set}{tiny}")
     return _save_png(fig, path)
 
 
