@@ -755,19 +755,23 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     assert json.loads(marker_path.read_text())["teacher_weights"].startswith("sha256:")
 
 
-def test_a_sigterm_after_the_command_has_ended_does_not_change_its_exit_code():
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_sigterm_after_the_command_has_ended_does_not_change_its_exit_code(signum):
     """Try-out 71, F6: a scheduler's SIGTERM while a finished run's process exits (freeing models, joining
-    threads) made its exit code 143, without a word; the ``ekd`` process ignores it once the command has ended."""
+    threads) made its exit code 143, without a word; the ``ekd`` process ignores it once the command has ended.
+    Try-out 92, F3: Ctrl-C there killed it (status 130)."""
     import signal
     import subprocess
     import sys
 
     code = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C reaches it\n"
         "sys.argv = ['ekd', 'list', 'presets']\n"
         "from ekd.cli import main\n"
         "rc = main()\n"
-        "os.kill(os.getpid(), signal.SIGTERM)  # the process is exiting, the command has ended\n"
+        f"os.kill(os.getpid(), signal.{signum})  # the process is exiting, the command has ended\n"
+        "sum(range(10_000))\n"
         "sys.exit(rc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -226,6 +226,32 @@ def test_a_text_key_keeps_the_text_written_in_a_yaml_file(tmp_path, line, key, t
     assert getattr(getattr(load_config([str(path)], []), section), name) == text
 
 
+@pytest.mark.parametrize(
+    "document, key, expected",
+    [
+        # try-out 92, F1: a set named `no` became 'False', its source 0x10 the directory '16'
+        (
+            "data:\n  eval_sources: {no: 0x10, 010: a.txt}\n",
+            "data.eval_sources",
+            {"no": "0x10", "010": "a.txt"},
+        ),
+        # F2: keys a merge key brings in were read by YAML alone
+        ("model: {<<: {revision: 0123456}}\n", "model.revision", "0123456"),
+    ],
+)
+def test_names_and_merged_keys_keep_their_text_too(tmp_path, document, key, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(document)
+    section, name = key.split(".")
+    value = getattr(getattr(load_config([str(path)], []), section), name)
+    if isinstance(expected, dict):
+        assert {
+            k: v.rsplit("/", 1)[-1] for k, v in value.items()
+        } == expected  # local paths come out absolute
+    else:
+        assert value == expected
+
+
 def test_a_list_typed_on_the_command_line_keeps_its_items_text():
     cfg = load_config(None, ["eval.tasks=[off,tiny_mc]", "run.name=off"])
     assert (cfg.eval.tasks, cfg.run.name) == (["off", "tiny_mc"], "off")

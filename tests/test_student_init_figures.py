@@ -173,3 +173,4 @@ def test_ekd_eval_refuses_another_seed_for_a_preset_teacher(ws, capsys):
     assert "leave run.seed out" in err and len(err.strip().splitlines()) == 1
     assert (RUN / "eval.json").read_bytes() == before
     assert cli(capsys, "eval", str(RUN), "run.seed=0")[0] == 0  # the run's own seed: as without it
+    assert cli(capsys, "eval", str(RUN), "run.seed=00")[0] == 0  # read as 0 (try-out 92, F6)

@@ -785,14 +785,15 @@ def _unrecognized(
 
 def main(argv: list[str] | None = None) -> int:
     """The ``ekd`` command; its exit code. ``argv`` None: this process's own command line (the ``ekd`` script,
-    ``python -m ekd``), which then ignores SIGTERM once the command has ended and said how: the process's exit
-    (freeing models, joining threads: seconds) is no longer the command, and a scheduler's SIGTERM there made a
-    finished run's exit code 143, without a word (try-out 71, F6)."""
+    ``python -m ekd``), which then ignores SIGTERM and Ctrl-C once the command has ended and said how: the
+    process's exit (freeing models, joining threads: seconds) is no longer the command, and a scheduler's SIGTERM
+    there made a finished run's exit code 143, without a word (try-out 71, F6)."""
     try:
         return _command(argv)
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # try-out 92, F3: Ctrl-C there killed it, status 130
 
 
 def _command(argv: list[str] | None) -> int:

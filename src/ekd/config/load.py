@@ -174,8 +174,14 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
                 return {}
             if not isinstance(value, dict):
                 raise ValueError
-            texts = text if isinstance(text, dict) else {}
-            return {str(k): coerce(v, vtype, f"{key}.{k}", texts.get(str(k))) for k, v in value.items()}
+            # the names too as written (try-out 92, F1: `{no: a.txt}` named a set 'False', `{010: ...}` '8'): the
+            # text tree holds the same entries in the same order
+            written = list(text.items()) if isinstance(text, dict) and len(text) == len(value) else None
+            out = {}
+            for i, (k, v) in enumerate(value.items()):
+                name, t = written[i] if written is not None else (str(k), None)
+                out[str(name)] = coerce(v, vtype, f"{key}.{name}", t)
+            return out
     except ConfigError:
         raise  # an item's own message names the item
     except (TypeError, ValueError, OverflowError):
@@ -197,11 +203,21 @@ def _not_text(key: str, value: bool | float) -> str:
     return f"{key}: YAML read this value as {read}, not as text; put it in quotes ({field}: 'the text')"
 
 
+class _TextLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with booleans, numbers and dates left as the text written (null stays None; merge
+    keys ``<<`` and aliases resolved as safe_load resolves them): the same tree as safe_load's, its scalars as
+    written."""
+
+
+for _tag in ("bool", "int", "float", "timestamp"):
+    _TextLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", yaml.SafeLoader.construct_scalar)
+
+
 def _text_tree(document: str) -> Any:
-    """``document`` parsed with every scalar left a string (PyYAML's BaseLoader): the text each value was written
-    with, beside what :func:`yaml.safe_load` reads; None where it does not parse."""
+    """``document`` parsed as :func:`yaml.safe_load` parses it, with every boolean, number and date left as the text
+    written (:class:`_TextLoader`): what each value was written as; None where it does not parse."""
     try:
-        return yaml.load(document, Loader=yaml.BaseLoader)  # noqa: S506 — BaseLoader builds only str, list, dict
+        return yaml.load(document, Loader=_TextLoader)  # noqa: S506 — a SafeLoader
     except yaml.YAMLError:
         return None
 
@@ -213,8 +229,7 @@ def scalar_texts(path: Path) -> dict[str, Any]:
         tree = _text_tree(path.read_text(encoding="utf-8"))
         if not isinstance(tree, dict):
             return {}
-        # BaseLoader reads an empty section (`train:`) as '' where safe_load reads None
-        return _flatten({k: (None if v == "" else v) for k, v in tree.items()}, str(path))
+        return _flatten(tree, str(path))
     except (ConfigError, OSError, UnicodeDecodeError):
         return {}
 

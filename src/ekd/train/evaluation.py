@@ -168,19 +168,22 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             "model, evaluate the run that made it (or distill it into a run of its own)",
             keys=tuple(unread),
         )
-    teacher = str(given.get("model.teacher", flat.get("model.teacher")) or "")
-    seed = given.get("run.seed")
-    if teacher.startswith("preset:") and seed is not None and str(seed) != str(flat.get("run.seed")):
-        raise ConfigError(  # try-out 90, F1: scored against another random teacher, recorded as the same one
-            f"ekd eval {run_dir}: run.seed={seed} would build the run's teacher {teacher} from another seed: random "
-            f"weights other than those it taught with (run.seed={flat.get('run.seed')}), whose KL, agreement and "
-            "figures would be recorded as the run's teacher's; leave run.seed out",
-            keys=("run.seed",),
-        )
     try:
-        return config_from_dict(_nested({**flat, **given}))
+        cfg = config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
         raise _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
+    try:  # as the saved config reads it (00, 0x0: 0 — try-out 92, F6)
+        saved_seed = int(flat.get("run.seed", Config().run.seed))
+    except (TypeError, ValueError):
+        saved_seed = cfg.run.seed  # not a number: today's rules refused it above unless run.seed is given
+    if cfg.model.teacher.startswith("preset:") and cfg.run.seed != saved_seed:
+        raise ConfigError(  # try-out 90, F1: scored against another random teacher, recorded as the same one
+            f"ekd eval {run_dir}: run.seed={cfg.run.seed} would build the run's teacher {cfg.model.teacher} from "
+            f"another seed: random weights other than those it taught with (run.seed={saved_seed}), whose KL, "
+            "agreement and figures would be recorded as the run's teacher's; leave run.seed out",
+            keys=("run.seed",),
+        )
+    return cfg
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
