@@ -795,3 +795,16 @@ def test_distill_interrupted_while_loading_says_the_run_had_not_started(tmp_path
         "ekd: interrupted; the run had not started (interrupted while loading), so nothing in it was changed: run "
         "the same command again"
     ]
+
+
+def test_an_eval_source_without_an_extension_is_told_to_take_one(tmp_path, capsys):
+    """Try-out 92, F4: the line said to set data.format, which only the training source reads: the same line came
+    back after it. An eval source is read by its extension: the line names them."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    (tmp_path / "held").write_text("def f():\n    return 1\n" * 20)
+    config = config_file(tmp_path, corpus, "noext", **{"train.max_steps": 1})
+    rc = main(["distill", config, f"data.eval_sources={{e: {tmp_path / 'held'}}}", "data.format=text"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "cannot tell the format" in err[0] and "name it with one of .jsonl, .md" in err[0]
+    assert "data.format applies to data.source only" in err[0]

@@ -423,10 +423,13 @@ def _format_from_suffix(path: Path, key: str) -> str:
     suffix = path.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
-    raise ConfigError(
-        f"{key}: cannot tell the format of {path} from its extension '{suffix}'; "
-        "set data.format to text, jsonl or parquet"
+    # an eval source is read by its extension alone (data.format is the training source's): its fix is a name
+    fix = (
+        f"name it with one of {', '.join(sorted(SUFFIX_FORMATS))} (data.format applies to data.source only)"
+        if key.startswith("data.eval_sources")
+        else "set data.format to text, jsonl or parquet"
     )
+    raise ConfigError(f"{key}: cannot tell the format of {path} from its extension '{suffix}'; {fix}")
 
 
 # ---------------------------------------------------------------------------------------------------------
