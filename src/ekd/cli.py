@@ -19,7 +19,6 @@ rank 0 says so in one line, with how to go on (rank 0 killed without a word: the
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -363,11 +362,12 @@ def _print_eval(results: dict[str, dict[str, float]], run_dir: Path | None = Non
     ``run_dir``, the starting student's figures its eval.json records follow each set's row
     (``<set>/student_init``, ``eval.student_init``)."""
     from ekd.eval import results_table
+    from ekd.eval.eval_json import student_init_rows_of
     from ekd.eval.report import TINY_MARK, ppl_note, tiny_note, tiny_sets
 
     if not results:  # no eval set (data.eval_fraction=0 and no data.eval_sources): no table to print
         return
-    if run_dir is not None and (start := _student_init_rows(run_dir)):
+    if run_dir is not None and (start := student_init_rows_of(run_dir)):
         ordered: dict[str, dict[str, float]] = {}
         for name, metrics in results.items():
             ordered[name] = metrics
@@ -405,18 +405,6 @@ def _print_eval(results: dict[str, dict[str, float]], run_dir: Path | None = Non
     print(ppl_note(cols, boundary))
     if note := tiny_note(sizes):
         print(note)
-
-
-def _student_init_rows(run_dir: Path) -> dict[str, dict[str, float]]:
-    """``<set>/student_init`` → the starting student's figures ``run_dir``/eval.json records (none when it cannot
-    be read: the table is printed without them)."""
-    from ekd.eval.eval_json import student_init_rows
-
-    try:
-        saved = json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return student_init_rows(saved) if isinstance(saved, dict) else {}
 
 
 def cmd_eval(args) -> int:

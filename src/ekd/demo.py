@@ -437,13 +437,9 @@ def _student_init_row(run_dir: Path) -> dict:
     """The starting student's figures (eval.json's ``student_init``, ``eval.student_init``) as a table row: every
     student of a seed starts from the same weights (the CE-pre-trained student, or the preset built from the seed),
     so the first run's are every run's. {} when it records none."""
-    from ekd.eval.eval_json import student_init_rows
+    from ekd.eval.eval_json import student_init_rows_of
 
-    try:
-        saved = json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    starts = student_init_rows(saved) if isinstance(saved, dict) else {}
+    starts = student_init_rows_of(run_dir)
     row = {
         f"{name.rpartition('/')[0]}/{k}": figures[k]  # <set>/student_init → <set>/<metric>
         for name, figures in starts.items()

@@ -106,7 +106,7 @@ class CliText(str):
 def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
     """Convert ``value`` to the declared type, or raise ConfigError naming the dotted key.
 
-    ``text``: the value as written in its YAML file (:func:`scalar_texts`: the same tree with every scalar a string;
+    ``text``: the value as written in its YAML file (:func:`scalar_texts`: the same tree, its scalars as written;
     None where unknown). A text key (``str``, or the items of a list or mapping of them) given a scalar YAML reads
     as something else — ``off``/``yes`` as booleans, ``1.10`` as 1.1, ``010`` as 8, ``12:30`` as 750 — keeps the
     text written (``run.name: off`` named the run directory ``runs/False``), as a command line's text does.
@@ -222,15 +222,14 @@ def _text_tree(document: str) -> Any:
         return None
 
 
-def scalar_texts(path: Path) -> dict[str, Any]:
-    """Dotted key → the value of ``path``'s config as written (:func:`_text_tree`, flattened as the values are);
-    {} where that reading fails: text keys then take YAML's reading, refused where it is a boolean or float."""
+def scalar_texts(document: str, source: str) -> dict[str, Any]:
+    """Dotted key → the value of the config ``document`` (the file ``source``) as written (:func:`_text_tree`,
+    flattened as the values are); {} where that reading fails: text keys then take YAML's reading, refused where
+    it is a boolean or float."""
+    tree = _text_tree(document)
     try:
-        tree = _text_tree(path.read_text(encoding="utf-8"))
-        if not isinstance(tree, dict):
-            return {}
-        return _flatten(tree, str(path))
-    except (ConfigError, OSError, UnicodeDecodeError):
+        return _flatten(tree, source) if isinstance(tree, dict) else {}
+    except ConfigError:
         return {}
 
 
@@ -364,7 +363,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(_missing_file_message(str(path)))
-        raw = read_yaml(path)
+        raw, text = read_yaml(path)
         file_flat = _flatten(raw, str(path))
         if not file_flat:  # an empty file must not start the full default run
             raise ConfigError(
@@ -373,15 +372,15 @@ def load_config(
         for key in file_flat:
             _check_key(key, str(path))
         flat.update(file_flat)
-        written = scalar_texts(path)
+        written = scalar_texts(text, str(path))
         texts.update({k: written.get(k) for k in file_flat})
     given = parse_overrides(overrides or [])
     flat.update(given)
     return build_config(flat, {k: v for k, v in texts.items() if k not in given})
 
 
-def read_yaml(path: Path) -> Any:
-    """The YAML document in ``path``; a syntax error keeps PyYAML's line and column."""
+def read_yaml(path: Path) -> tuple[Any, str]:
+    """The YAML document in ``path`` and its text; a syntax error keeps PyYAML's line and column."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -389,7 +388,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        return yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}, text
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 SETTINGS_KEY = "data"
@@ -216,6 +217,16 @@ def student_init_rows(entries: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         for name, entry in entries.items()
         if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
     }
+
+
+def student_init_rows_of(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """:func:`student_init_rows` of ``run_dir``/eval.json; {} where it cannot be read (a table is then printed
+    without them)."""
+    try:
+        saved = json.loads((Path(run_dir) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return student_init_rows(saved) if isinstance(saved, dict) else {}
 
 
 def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

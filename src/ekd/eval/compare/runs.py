@@ -452,8 +452,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     rows = metric_rows(run_dir)
     marker = _marker(run_dir)
     _refuse_unfinished(run_dir, marker, rows, config)
-    results, scored_with, scored_by, ways, teachers = _eval_results(run_dir, rows)
-    starts = _starts(run_dir)
+    results, scored_with, scored_by, ways, teachers, starts = _eval_results(run_dir, rows)
     if not results:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
@@ -479,22 +478,6 @@ def read_run(run_dir: str | Path) -> RunRecord:
         teachers=teachers,
         starts=starts,
     )
-
-
-def _starts(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Eval set entry → the starting student's figures ``run_dir``/eval.json records (``student_init``, checked
-    by :func:`_eval_results` before), NaN for null; {} without eval.json."""
-    try:
-        saved = json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(saved, dict):
-        return {}
-    return {
-        name: {k: math.nan if v is None else v for k, v in entry[STUDENT_INIT_KEY].items()}
-        for name, entry in saved.items()
-        if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
-    }
 
 
 def _refuse_unfinished(
@@ -568,12 +551,14 @@ def _eval_results(
     dict[str, dict[str, Any]],
     dict[str, dict[str, Any]],
     dict[str, dict[str, Any]],
+    dict[str, dict[str, float]],
 ]:
     """``eval.json`` if ``ekd eval`` wrote one, else the last evaluation logged in ``metrics.jsonl``: set →
     metrics, set → the data settings it was scored with, for the sets whose eval.json entry records them
     (:mod:`ekd.eval.eval_json`; none from metrics.jsonl or an older eval.json), set → the eval settings it was
-    scored with (likewise), task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`), and
-    entry → the teacher it was measured with (likewise)."""
+    scored with (likewise), task entry → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`),
+    entry → the teacher it was measured with (likewise), and set → the starting student's figures on it (its
+    ``student_init``, NaN for null; likewise)."""
     path = run_dir / "eval.json"
     rerun = f"rerun `ekd eval {shlex.quote(str(run_dir))}`"
     if path.is_file():
@@ -587,7 +572,12 @@ def _eval_results(
         sets, scored_with, scored_by, teachers = split_settings(task_sets(saved))  # tasks: task:<name>
         # eval.json writes NaN as null (strict JSON): back to NaN
         metrics = {n: {k: math.nan if v is None else v for k, v in m.items()} for n, m in sets.items()}
-        return metrics, scored_with, scored_by, ways, teachers
+        starts = {
+            name: {k: math.nan if v is None else v for k, v in entry[STUDENT_INIT_KEY].items()}
+            for name, entry in saved.items()
+            if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
+        }
+        return metrics, scored_with, scored_by, ways, teachers, starts
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
     if (
         last is not None
@@ -603,7 +593,7 @@ def _eval_results(
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
         results.setdefault(name, {})[metric] = value
-    return results, {}, {}, {}, {}
+    return results, {}, {}, {}, {}, {}
 
 
 def _kd_fraction(rows: list[dict[str, Any]]) -> float:

@@ -414,12 +414,20 @@ def _start_rows(groups: list[Group]) -> list[dict[str, Any]]:
         for k, seeds in row.pop("values").items():
             ref = most_common([setting for _, setting in seeds.values()])
             per_seed[k] = [v for _, (v, setting) in sorted(seeds.items()) if setting == ref]
-        row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
-        row["n"] = {k: len(vs) for k, vs in per_seed.items()}
-        row["spread"] = {
-            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
-        }
+        row.update(_over_seeds(per_seed))
     return rows
+
+
+def _over_seeds(per_seed: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """A teacher or starting-student row's figures from one value per seed (key → values): ``metrics`` (their
+    mean), ``n`` (how many seeds) and ``spread`` (std, n) where the seeds differ."""
+    return {
+        "metrics": {k: statistics.fmean(vs) for k, vs in per_seed.items()},
+        "n": {k: len(vs) for k, vs in per_seed.items()},
+        "spread": {
+            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
+        },
+    }
 
 
 def _same_starts(a: dict[str, dict[int, Any]], b: dict[str, dict[int, Any]]) -> bool:
@@ -498,11 +506,7 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
         per_seed = {k: _seed_figures(seeds) for k, seeds in row.pop("values").items()}
         # a figure no seed has (a generation task's MC-ECE) is left out
         per_seed = {k: vs for k, vs in per_seed.items() if vs}
-        row["metrics"] = {k: statistics.fmean(vs) for k, vs in per_seed.items()}
-        row["n"] = {k: len(vs) for k, vs in per_seed.items()}
-        row["spread"] = {
-            k: {"std": statistics.stdev(vs), "n": len(vs)} for k, vs in per_seed.items() if len(set(vs)) > 1
-        }
+        row.update(_over_seeds(per_seed))
     return rows
 
 
