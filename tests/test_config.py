@@ -262,7 +262,10 @@ def test_typed_keys_still_read_yaml_values(tmp_path):
     path.write_text(
         "train:\n  lr: 1.10e-3\n  max_steps: 010\neval:\n  plots: off\nrun:\n  name: null\n  seed: 7\n"
     )
-    with pytest.raises(ConfigError, match="run.name must be a plain name"):  # null is no text, as before
+    # null is no text, as before; the refusal says so (try-out 92, F5: it said "got ''")
+    with pytest.raises(
+        ConfigError, match=r"run.name must be a plain name .*got an empty value .*quote 'null'"
+    ):
         load_config([str(path)], [])
     path.write_text("train:\n  lr: 1.10e-3\n  max_steps: 010\n  warmup_steps: 1\neval:\n  plots: off\n")
     cfg = load_config([str(path)], [])
@@ -526,6 +529,23 @@ def test_to_yaml_round_trips(overrides):
     again = config_from_dict(raw)
     assert again == cfg
     assert again.to_yaml() == text
+
+
+@pytest.mark.parametrize(
+    "written", ["1e3", "1.0E-3", "+12", "0o17", "0x1F", "1_000", "12", "-3.5", "null", "True"]
+)
+def test_to_yaml_quotes_text_a_yaml_1_2_reader_takes_for_a_number(written):
+    """Try-out 92, F8: `ekd config show` printed the run name 1e3 bare, which PyYAML (YAML 1.1) reads back as text
+    but YAML 1.2 readers (ruamel.yaml, yq, Go's yaml.v3) as the number 1000."""
+    cfg = load_config(None, [f"run.name={written}", f"model.revision={written}"])
+    text = cfg.to_yaml()
+    assert f"  name: '{written}'" in text and f"  revision: '{written}'" in text
+    assert config_from_dict(yaml.safe_load(text)) == cfg
+
+
+def test_to_yaml_leaves_other_text_bare():
+    text = load_config(None, ["run.name=x1e3", "model.revision=v1.0"]).to_yaml()
+    assert "  name: x1e3\n" in text and "  revision: v1.0\n" in text
 
 
 def test_round_trip_through_a_file(tmp_path):

@@ -116,7 +116,13 @@ class Text:
             raise ConfigError(f"{key} must not be empty")
         problem = self.check_fn(value) if self.check_fn else None
         if problem:
-            raise ConfigError(f"{key} {problem}, got '{value}'")
+            # '' is also what a YAML null or ~ gives a text key (try-out 92, F5: `run: {name: null}` got "got ''")
+            got = (
+                f"'{value}'"
+                if value
+                else "an empty value (YAML reads null and ~ as none: quote 'null' for the text)"
+            )
+            raise ConfigError(f"{key} {problem}, got {got}")
 
     def describe(self) -> str:
         return self.what + (" (non-empty)" if self.nonempty else "")

@@ -620,11 +620,33 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML that any reader takes back as the same values (:class:`_QuotingDumper`)."""
+        return yaml.dump(self.to_dict(), Dumper=_QuotingDumper, sort_keys=False)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 
+
+# A plain scalar that YAML 1.2's core schema reads as null, a boolean or a number (ruamel.yaml, yq, Go's yaml.v3;
+# PyYAML reads YAML 1.1, where 1e3 and 0o17 are text): a text written so is quoted.
+_YAML12_TYPED = re.compile(
+    r"null|Null|NULL|~|true|True|TRUE|false|False|FALSE"
+    r"|[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.nan|\.NaN|\.NAN"
+)
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """``yaml.safe_dump`` that also quotes the texts a YAML 1.2 reader would take as something else (try-out 92, F8:
+    ``run.name: 1e3`` was printed bare, which YAML 1.2 reads as the number 1000)."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if _YAML12_TYPED.fullmatch(data):
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+        return super().represent_str(data)
+
+
+_QuotingDumper.add_representer(str, _QuotingDumper.represent_str)
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
