@@ -225,6 +225,28 @@ def test_built_once_then_reused_without_tokenizing(
     )
 
 
+def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Try-out 94, F1 changed how a text file named alone splits (indentation kept): a store built under the rule
+    before holds other documents for the same file and must not be reused; stores of row files are unaffected."""
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(f"    doc {i} " + " ".join(WORDS[: 5 + i % 7]) + "\n\n\n" for i in range(60)))
+    rows = write_corpus(tmp_path / "c.jsonl")
+    first = prepare_data(config(tmp_path, tokenizer_dir, text, True), tmp_path / "r1")
+    assert_same_blocks(
+        prepare_data(config(tmp_path, tokenizer_dir, text, False), tmp_path / "r0").blocks, first.blocks
+    )
+    signed = store_build.store_signature(
+        config(tmp_path, tokenizer_dir, text, True), first.tokenizer, first.boundary
+    )
+    assert signed["text_split"] == documents_mod.TEXT_SPLIT_RULE
+    by_rows = store_build.store_signature(
+        config(tmp_path, tokenizer_dir, rows, True), first.tokenizer, first.boundary
+    )
+    assert "text_split" not in by_rows
+    shifted = config(tmp_path, tokenizer_dir, rows, True, eval_sources=f"{{shift: {text}}}")
+    assert "text_split" in store_build.store_signature(shifted, first.tokenizer, first.boundary)
+
+
 def test_a_run_that_waited_for_another_build_logs_that_it_reuses_the_store(
     tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -437,7 +459,17 @@ def test_text_file_read_in_chunks_splits_like_the_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(3)
-    seps = ["\n\n\n", "\n \n\t\n  \n", "\n\n", "\n", "\r\n\r\n\r\n", "\n\n\n\n\n"]
+    # the last ones end in a blank line's spaces or the next document's indentation (try-out 94, F1)
+    seps = [
+        "\n\n\n",
+        "\n \n\t\n  \n",
+        "\n\n",
+        "\n",
+        "\r\n\r\n\r\n",
+        "\n\n\n\n\n",
+        "\n\n\n  \t ",
+        "\n\n \n\n    ",
+    ]
     text = "".join(
         " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6))) + rng.choice(seps) for _ in range(200)
     )
@@ -453,6 +485,22 @@ def test_text_file_read_in_chunks_splits_like_the_whole_file(
         monkeypatch.setattr(documents_mod, "TEXT_CHUNK_CHARS", size)
         got = [(d.text, d.doc_id) for d in load_documents(str(path), DataConfig())]
         assert got == expected, size
+
+
+def test_documents_of_a_text_file_keep_their_first_line_indentation(tmp_path: Path) -> None:
+    """Try-out 94, F1: the separator took the indentation of every document's first line but the first one's
+    (spaces, a tab, CJK full-width spaces) — only the newlines at a document's start and end go."""
+    path = tmp_path / "indent.txt"
+    path.write_text(
+        "\n    first doc\n    line2\n\n\n    second doc\n    line2\n \n\t\n\n\u3000\u3000CJK paragraph\n\n\n\tTabbed\n"
+    )
+    got = [d.text for d in load_documents(str(path), DataConfig())]
+    assert got == [
+        "    first doc\n    line2",
+        "    second doc\n    line2",
+        "\u3000\u3000CJK paragraph",
+        "\tTabbed",
+    ]
 
 
 def test_hf_streaming_reads_the_same_documents(tmp_path: Path) -> None:
