@@ -225,6 +225,42 @@ def test_built_once_then_reused_without_tokenizing(
     )
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_max_chars_says_where_it_stops_a_split(
+    tmp_path: Path, tokenizer_dir: Path, store: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 94, F2: the cap keeps whole documents in order, so one long document early in a file stopped a
+    5,000-character training split at 28 characters without a word. Both data paths say it, as a warning when
+    the split keeps under half the cap."""
+    rows = [{"text": "a b c p q x y z " * 15}, {"text": "big " * 2000}]
+    rows += [{"text": f"normal document {i} " + "a b c " * 20} for i in range(200)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.INFO, logger="ekd.data.build"):
+        data = prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, store, max_chars=5000, eval_fraction=0), tmp_path / "r"
+        )
+    said = [r for r in caplog.records if r.getMessage().startswith("data.max_chars=5000:")]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            "data.max_chars=5000: the train split stops at its document 2 (8,000 characters, more than the 4,760 "
+            "left): it keeps 1 document, 240 characters; the cap keeps whole documents in order, so raise it or cap "
+            "with data.max_tokens or data.max_documents",
+        )
+    ]
+    assert data.blocks["train"].num_documents == 1
+    caplog.clear()
+    with caplog.at_level(
+        logging.INFO, logger="ekd.data.build"
+    ):  # a cap that stops later: an info line, no advice
+        prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, store, max_chars=20000, eval_fraction=0), tmp_path / "r2"
+        )
+    said = [r for r in caplog.records if r.getMessage().startswith("data.max_chars=20000:")]
+    assert len(said) == 1 and said[0].levelno == logging.INFO and "raise it" not in said[0].getMessage()
+
+
 def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:
     """Try-out 94, F1 changed how a text file named alone splits (indentation kept): a store built under the rule
     before holds other documents for the same file and must not be reused; stores of row files are unaffected."""

@@ -223,7 +223,9 @@ class DataConfig:
     min_chars: int = number(1, ge=0)
     """Drop documents shorter than this many characters, and (unless 0) documents of only whitespace."""
     max_chars: int = number(0, ge=0)
-    """Cap the characters read per split (0 = no cap; the builtin corpus reads only what it needs)."""
+    """Cap the characters of each split (0 = no cap): whole documents in order, up to the first that would pass
+    the cap, where the split stops (a line says where; one long document early on stops it early). The builtin
+    corpus passes over a file that does not fit and reads only what it needs."""
     max_eval_blocks: int = number(64, ge=0)
     """Blocks scored per eval set (0 = all): spread evenly over the blocks that hold a target among the set's
     first 32 times as many blocks, so a few long documents cannot fill the budget (``ekd.data.eval_sample``)."""

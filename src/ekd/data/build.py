@@ -70,8 +70,8 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
         docs = load_documents(data.source, data)
         held = held_out_keys((content_key(d) for d in docs), data.eval_fraction)
         splits = {
-            "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars),
-            "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars),
+            "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars, "train"),
+            "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars, "eval"),
         }
         held_ids = [d.doc_id or f"#{i}" for i, d in enumerate(splits["eval"])]
         below = any(
@@ -83,7 +83,7 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
             raise ConfigError(f"data.eval_sources: the name '{name}' is already a split; rename it")
         fmt = eval_source_format(source, data)
         splits[name] = cap_chars(
-            load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars
+            load_documents(source, data, format=fmt, key=f"data.eval_sources.{name}"), max_chars, name
         )
     for name in [n for n, d in splits.items() if not d]:
         say_empty_split(name, data, len(splits.get("train", [])))
@@ -167,8 +167,9 @@ def pack_splits(
     return packed
 
 
-def cap_chars(docs: Sequence[Document], max_chars: int | None) -> list[Document]:
-    """The leading documents whose ``full_text`` fits under ``max_chars`` in total (``None`` = all).
+def cap_chars(docs: Sequence[Document], max_chars: int | None, split: str = "") -> list[Document]:
+    """The leading documents whose ``full_text`` fits under ``max_chars`` in total (``None`` = all); where the cap
+    stops the split ``split`` before its end, :func:`say_chars_cap` says so.
 
     The first document is always kept, so a non-empty set stays non-empty.
     """
@@ -177,11 +178,37 @@ def cap_chars(docs: Sequence[Document], max_chars: int | None) -> list[Document]
     kept: list[Document] = []
     total = 0
     for doc in docs:
-        total += len(doc.full_text)
-        if total > max_chars and kept:
+        chars = len(doc.full_text)
+        if total + chars > max_chars and kept:
+            say_chars_cap(split, len(kept), total, chars, max_chars)
             break
+        total += chars
         kept.append(doc)
     return kept
+
+
+def say_chars_cap(split: str, kept: int, kept_chars: int, next_chars: int, max_chars: int) -> None:
+    """One line when ``data.max_chars`` stops ``split`` at a document of ``next_chars`` characters that would pass
+    it, having kept ``kept`` documents of ``kept_chars`` characters; a warning when that is under half the cap (the
+    cap keeps whole documents in order: try-out 94, F2 — one 8,000-character document early in a file left a
+    5,000-character cap with one document of 28 characters, unsaid). Both data paths (in memory, token store)
+    say it."""
+    short = kept_chars < max_chars // 2
+    logger.log(
+        logging.WARNING if short else logging.INFO,
+        "data.max_chars=%d: the %s split stops at its document %d (%s characters, more than the %s left): it keeps "
+        "%s, %s characters%s",
+        max_chars,
+        split or "data",
+        kept + 1,
+        f"{next_chars:,}",
+        f"{max_chars - kept_chars:,}",
+        counted(kept, "document"),
+        f"{kept_chars:,}",
+        "; the cap keeps whole documents in order, so raise it or cap with data.max_tokens or data.max_documents"
+        if short
+        else "",
+    )
 
 
 def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Document]]:

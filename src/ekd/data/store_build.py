@@ -48,6 +48,7 @@ from ekd.data.build import (
     builtin_splits,
     content_key,
     eval_source_format,
+    say_chars_cap,
     say_empty_split,
     say_eval_documents,
 )
@@ -354,13 +355,16 @@ def _phases(cfg: Config) -> list[_Phase]:
     return phases
 
 
-def _accept(state: _SplitState, doc: Document, max_chars: int | None) -> bool:
-    """Route ``doc`` to a split unless it is closed; ``data.max_chars`` closes it (as ``cap_chars``)."""
+def _accept(state: _SplitState, doc: Document, max_chars: int | None, split: str = "") -> bool:
+    """Route ``doc`` to a split unless it is closed; ``data.max_chars`` closes it (as ``cap_chars``, said as it
+    says it where ``split`` is named)."""
     if state.closed:
         return False
     chars = len(doc.full_text)
     if max_chars is not None and state.chars + chars > max_chars and state.accepted:
         state.closed = True
+        if split:
+            say_chars_cap(split, state.accepted, state.chars, chars, max_chars)
         return False
     state.chars += chars
     state.accepted += 1
@@ -446,7 +450,7 @@ def _build(
                     consumed += len(window)
                     routed: dict[str, list[Document]] = {n: [] for n in phase.splits}
                     for split, doc in window:
-                        if _accept(states[split], doc, phase.max_chars):
+                        if _accept(states[split], doc, phase.max_chars, split):
                             routed[split].append(doc)
                             if split == "eval" and d.source != "pystdlib":
                                 held_ids.append(doc.doc_id or f"#{states[split].accepted - 1}")
