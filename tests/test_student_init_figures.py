@@ -95,6 +95,50 @@ def test_ekd_eval_keeps_the_start_of_the_same_blocks_only(ws, capsys):
     assert "eval/student_init" not in out
 
 
+def test_ekd_eval_without_the_teacher_keeps_the_starts_other_figures(ws, capsys):
+    """A start scored against a teacher, re-evaluated without one (``eval.teacher=false``): its ppl, acc and ECE are
+    the same set's figures, its KL and agreement are not shown beside a result that has none."""
+    before = _eval_json()["eval"][STUDENT_INIT_KEY]
+    rc, out, err = cli(capsys, "eval", str(RUN), "eval.teacher=false")
+    assert rc == 0, err
+    kept = _eval_json()["eval"][STUDENT_INIT_KEY]
+    assert {k: kept[k] for k in ("ppl", "acc", "ece", "tokens")} == {
+        k: before[k] for k in ("ppl", "acc", "ece", "tokens")
+    }
+    assert not {"kl", "agree", "teacher_entropy"} & set(kept) and not any("@H" in k for k in kept)
+    assert "eval/student_init" in out
+
+
+@pytest.mark.parametrize("start_teacher", [None, {"model": "other", "weights": "sha256:bbb"}])
+def test_a_start_without_the_runs_teacher_keeps_its_teacher_free_figures(start_teacher):
+    """Try-out 93, F1: a run from a teacher cache scores its start with no teacher in memory and its result against
+    the teacher loaded at the end: the start was dropped whole, ppl, acc and ECE with it. Measured against another
+    teacher, its KL and agreement are not this teacher's."""
+    from ekd.eval.eval_json import SCORING_KEY, SETTINGS_KEY, TEACHER_KEY, with_student_init
+
+    records = {SETTINGS_KEY: {"block_length": 32, "blocks_sha256": "aaa"}, SCORING_KEY: {"ece_bins": 15}}
+    teacher = {"model": "/t", "weights": "sha256:aaa"}
+    final = {
+        "eval": {"ppl": 9.0, "acc": 0.5, "ece": 1.0, "kl": 0.2, "agree": 0.6, **records, TEACHER_KEY: teacher}
+    }
+    start = {"ppl": 20.0, "acc": 0.3, "ece": 4.0, "tokens": 100, **records}
+    if start_teacher is not None:
+        start |= {
+            "kl": 0.9,
+            "agree": 0.2,
+            "kl@H0": 1.0,
+            "acc@H0": 0.1,
+            "teacher_entropy": 2.0,
+            TEACHER_KEY: start_teacher,
+        }
+    got = with_student_init(final, {"eval": start})["eval"][STUDENT_INIT_KEY]
+    assert got == {"ppl": 20.0, "acc": 0.3, "ece": 4.0, "tokens": 100}
+    same = with_student_init(final, {"eval": {**start, TEACHER_KEY: teacher}})["eval"][STUDENT_INIT_KEY]
+    assert ("kl" in same) == (start_teacher is not None)  # against the same teacher: all of them
+    other_blocks = {**start, SETTINGS_KEY: {"block_length": 32, "blocks_sha256": "ccc"}}
+    assert STUDENT_INIT_KEY not in with_student_init(final, {"eval": other_blocks})["eval"]
+
+
 def test_off_writes_no_start(ws, capsys):
     rc, out, err = cli(
         capsys,

@@ -165,8 +165,11 @@ def with_student_init(entries: Mapping[str, Any], init: Mapping[str, Any] | None
     """``entries`` (eval.json entries, as :func:`with_settings` writes them) with each set's starting-student
     figures under :data:`STUDENT_INIT_KEY`, taken from ``init`` (entries of the same form: the evaluation before the
     first step, or :func:`student_init_entries` of an earlier eval.json), where ``init`` scored that set with the
-    same recorded data settings (blocks included), scoring settings and teacher: figures of other blocks, bins or
-    teacher are not the same set's (left out). Teacher rows get none. ``entries`` is not modified."""
+    same recorded data settings (blocks included) and scoring settings: figures of other blocks or bins are not the
+    same set's (left out). The figures measured against the teacher (:func:`teacher_relative`) come along only
+    where ``init`` measured them against the same teacher: a start scored without one (a run from a teacher cache
+    holds no teacher while it trains; try-out 93, F1 — its ppl, acc and ECE were dropped with them) or against
+    another keeps its other figures. Teacher rows get none. ``entries`` is not modified."""
     out = {name: dict(entry) if isinstance(entry, dict) else entry for name, entry in entries.items()}
     for name, entry in out.items():
         if name == "tasks" or name.endswith(TEACHER_SUFFIX) or not isinstance(entry, dict):
@@ -175,23 +178,36 @@ def with_student_init(entries: Mapping[str, Any], init: Mapping[str, Any] | None
         start = (init or {}).get(name)
         if not isinstance(start, dict) or not _scored_alike(entry, start):
             continue
-        if numbers := {k: v for k, v in start.items() if _is_metric(k, v)}:
+        same_teacher = _same_teacher(entry, start)
+        numbers = {
+            k: v for k, v in start.items() if _is_metric(k, v) and (same_teacher or not teacher_relative(k))
+        }
+        if numbers:
             entry[STUDENT_INIT_KEY] = numbers
     return out
 
 
+def teacher_relative(key: str) -> bool:
+    """Whether a set's metric ``key`` is measured against the teacher: KL, top-1 agreement, the teacher's entropy
+    and tokens, and every figure per teacher-entropy bucket (``kl@H<i>``, ``acc@H<i>``, ...)."""
+    return key in ("kl", "agree", "teacher_entropy", "teacher_tokens") or "@H" in key
+
+
 def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two entries of one set were scored on the same blocks, the same way, against the same teacher:
-    equal scoring settings; data settings equal but for :data:`CONTENT_KEYS` where both record their blocks'
-    sha256 (equal too: a resumed run's data read from another path is the same set); the same teacher, a local
-    one by its weights (the same files moved are the same teacher)."""
+    """Whether two entries of one set were scored on the same blocks the same way: equal scoring settings; data
+    settings equal but for :data:`CONTENT_KEYS` where both record their blocks' sha256 (equal too: a resumed run's
+    data read from another path is the same set)."""
     if a.get(SCORING_KEY) != b.get(SCORING_KEY):
         return False
     da, db = a.get(SETTINGS_KEY) or {}, b.get(SETTINGS_KEY) or {}
     if BLOCKS_KEY in da and BLOCKS_KEY in db:
         da, db = ({k: v for k, v in d.items() if k not in CONTENT_KEYS} for d in (da, db))
-    if da != db:
-        return False
+    return da == db
+
+
+def _same_teacher(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two entries record the same teacher, a local one by its weights (the same files moved are the same
+    teacher); two entries without one (no teacher figures) are alike."""
     ta, tb = a.get(TEACHER_KEY), b.get(TEACHER_KEY)
     if isinstance(ta, Mapping) and isinstance(tb, Mapping) and ta.get("weights") and tb.get("weights"):
         ta, tb = ({k: v for k, v in t.items() if k != "model"} for t in (ta, tb))
