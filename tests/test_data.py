@@ -434,6 +434,14 @@ def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
     assert [d.text for d in load_documents(f"hf:{dd_path}", DataConfig(hf_split="validation"))] == ["v"]
     with pytest.raises(ConfigError, match="data.hf_split.*no split 'test'"):
         load_documents(f"hf:{dd_path}", DataConfig(hf_split="test"))
+    # try-out 94, F3: named without hf:, the directory was read as text files (dataset_info.json and state.json
+    # trained, the rows' .arrow file passed over as not UTF-8)
+    for saved in (path, dd_path):
+        for fmt in ("auto", "text"):
+            with pytest.raises(
+                ConfigError, match=f"is a Hugging Face datasets directory .*name it hf:{saved} to read"
+            ):
+                load_documents(str(saved), DataConfig(format=fmt))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -305,6 +305,16 @@ def _holds_weights(directory: Path) -> bool:
     return any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES)
 
 
+def _saved_dataset(directory: Path) -> bool:
+    """Whether ``directory`` is what ``datasets``' ``save_to_disk`` writes: a ``Dataset`` (``state.json``,
+    ``dataset_info.json`` and ``.arrow`` files) or a ``DatasetDict`` (``dataset_dict.json`` and a directory per
+    split)."""
+    if (directory / "dataset_dict.json").is_file():
+        return True
+    state, info = directory / "state.json", directory / "dataset_info.json"
+    return state.is_file() and info.is_file() and next(directory.glob("*.arrow"), None) is not None
+
+
 def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
     """Refuse a local source that is, or lies in, one of ekd's outputs — a run directory, teacher cache, token
     store or comparison (try-out 52, F9: ``data.source=runs/kd-s0`` trained on its JSON files without an error;
@@ -321,6 +331,13 @@ def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
         raise ConfigError(
             f"{key}: {source} is a model directory (config.json and weights), not data; point {key} at your "
             "corpus (text files, JSONL or Parquet rows)"
+        )
+    # try-out 94, F3: a `datasets` save_to_disk directory was read as text files: its dataset_info.json and
+    # state.json trained, its .arrow rows passed over as "not UTF-8"
+    if path.is_dir() and not source.startswith("hf:") and _saved_dataset(path):
+        raise ConfigError(
+            f"{key}: {source} is a Hugging Face datasets directory (save_to_disk), not text files; name it "
+            f"hf:{source} to read its rows"
         )
     if (found := enclosing_output(path)) is None:
         return
