@@ -261,6 +261,49 @@ def test_max_chars_says_where_it_stops_a_split(
     assert len(said) == 1 and said[0].levelno == logging.INFO and "raise it" not in said[0].getMessage()
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_an_eval_set_of_training_documents_is_said(
+    tmp_path: Path, tokenizer_dir: Path, store: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 94, F4: a data.eval_sources set that was the training file itself was scored as held out without a
+    word. Both data paths say how many of a set's documents are training documents, the store on every reuse."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=60)
+    rows = corpus.read_text().splitlines()
+    dev = (
+        tmp_path / "dev.jsonl"
+    )  # 3 training documents and 2 of its own (the held-out split's are not trained)
+    dev.write_text(
+        "\n".join([rows[0], rows[1], rows[2], '{"text": "p q x y z"}', '{"text": "z y x q"}']) + "\n"
+    )
+    cfg = config(
+        tmp_path,
+        tokenizer_dir,
+        corpus,
+        store,
+        eval_fraction=0,
+        eval_sources=f"{{dev: {dev}, same: {corpus}}}",
+    )
+    for run in ("r1", "r2"):  # the second reuses the store
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ekd.data.build"):
+            prepare_data(cfg, tmp_path / run)
+        said = sorted(r.getMessage() for r in caplog.records if "training documents too" in r.getMessage())
+        assert said == [
+            "data.eval_sources.dev: 3 of its 5 documents are training documents too (the same text): its figures on "
+            "them are not held-out figures; take them out of the set or out of the training data",
+            "data.eval_sources.same: 60 of its 60 documents are training documents too (the same text): its "
+            "figures on them are not held-out figures; take them out of the set or out of the training data",
+        ], run
+    caplog.clear()
+    own = tmp_path / "own.jsonl"
+    own.write_text('{"text": "p q x y z"}\n{"text": "z y x q"}\n')
+    with caplog.at_level(logging.WARNING, logger="ekd.data.build"):  # a set of its own: nothing said
+        prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, store, eval_sources=f"{{own: {own}}}"), tmp_path / "r3"
+        )
+    assert not [r for r in caplog.records if "training documents too" in r.getMessage()]
+
+
 def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:
     """Try-out 94, F1 changed how a text file named alone splits (indentation kept): a store built under the rule
     before holds other documents for the same file and must not be reused; stores of row files are unaffected."""

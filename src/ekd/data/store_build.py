@@ -34,6 +34,8 @@ import logging
 import platform
 import shutil
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from glob import has_magic
@@ -51,6 +53,7 @@ from ekd.data.build import (
     say_chars_cap,
     say_empty_split,
     say_eval_documents,
+    say_trained_documents,
 )
 from ekd.data.chat import SkippedRows, chat_template_of
 from ekd.data.document import Document
@@ -185,7 +188,8 @@ def stored_blocks(
 
 
 def _log_reuse(directory: Path, manifest: dict) -> None:
-    """The line of a run that reuses a complete store (found at once, or built by a process it waited for)."""
+    """The line of a run that reuses a complete store (found at once, or built by a process it waited for), and
+    the warning of its eval sets that hold training documents (:func:`say_trained_documents`)."""
     train = next((s for s in manifest["splits"] if s["name"] == "train"), manifest["splits"][0])
     logger.info(
         "token store %s: reusing it (%s, %s) for the same data, tokenizer and packing",
@@ -193,6 +197,25 @@ def _log_reuse(directory: Path, manifest: dict) -> None:
         counted(train["blocks"], "training block"),
         counted(train["blocks"] * manifest["block_length"], "token"),
     )
+    for split in manifest["splits"]:
+        if isinstance(split.get("trained_documents"), list):
+            say_trained_documents(split["name"], *split["trained_documents"])
+
+
+def _count_trained(
+    split: str, doc: Document, phase: int, train_keys: array, trained: dict[str, list[int]]
+) -> None:
+    """Phase 0 (``data.source``): keep 8 bytes of a training document's :func:`content_key`; a later phase (a
+    ``data.eval_sources`` set, its keys sorted by then): count the set's documents and those among them."""
+    key = int(content_key(doc)[:16], 16)
+    if phase == 0:
+        if split == "train":
+            train_keys.append(key)
+        return
+    counts = trained.setdefault(split, [0, 0])
+    at = bisect_left(train_keys, key)
+    counts[0] += at < len(train_keys) and train_keys[at] == key
+    counts[1] += 1
 
 
 def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: DocumentBoundary) -> dict:
@@ -425,6 +448,16 @@ def _build(
             phases[progress["phase"]].key,
         )
     states = {n: _SplitState(**progress["splits"][n]) for n in names}
+    # 8 bytes of each training document's content_key, to find training documents in the named eval sets: only
+    # where this build reads the whole training split itself (not a resumed build, not one copying another's)
+    fresh = train_from is None and progress["phase"] == 0 and progress["consumed"] == 0
+    train_keys = array("Q") if d.eval_sources and fresh else None
+    trained: dict[str, list[int]] = {  # eval set → [its training documents, its documents]; a copied training
+        # split's store counted them on the same documents (its eval pools differ, not its sets)
+        split["name"]: split["trained_documents"]
+        for split in (train_from[1]["splits"] if train_from is not None else [])
+        if isinstance(split.get("trained_documents"), list)
+    }
     t0, last_log, since_checkpoint = time.monotonic(), time.monotonic(), 0
     with writing(staging):
         files = {
@@ -452,6 +485,8 @@ def _build(
                     for split, doc in window:
                         if _accept(states[split], doc, phase.max_chars, split):
                             routed[split].append(doc)
+                            if train_keys is not None:
+                                _count_trained(split, doc, index, train_keys, trained)
                             if split == "eval" and d.source != "pystdlib":
                                 held_ids.append(doc.doc_id or f"#{states[split].accepted - 1}")
                     for split, docs in routed.items():
@@ -487,8 +522,12 @@ def _build(
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
                     prompt_checks[split].report()
+                    if split in trained:
+                        say_trained_documents(split, *trained[split])
+                if index == 0 and train_keys is not None:  # sorted once, searched by the eval sets' phases
+                    train_keys = array("Q", sorted(train_keys))
                 _checkpoint(staging, signature, index + 1, 0, states, files)
-            manifest = _finish(cfg, boundary, signature, staging, names, states, files)
+            manifest = _finish(cfg, boundary, signature, staging, names, states, files, trained)
         finally:
             for f in files.values():
                 f.close()
@@ -508,8 +547,11 @@ def _finish(
     names: list[str],
     states: dict[str, _SplitState],
     files: dict[str, SplitFiles],
+    trained: dict[str, list[int]] | None = None,
 ) -> dict:
-    """Cut every split into blocks (padding a lone partial block), drop empty eval sets, fingerprint them."""
+    """Cut every split into blocks (padding a lone partial block), drop empty eval sets, fingerprint them; an eval
+    set's training documents (``trained``, set → [training documents, documents]) are recorded, said again on
+    every reuse."""
     d, t = cfg.data, cfg.data.block_length
     splits = []
     for i, name in enumerate(names):
@@ -545,6 +587,8 @@ def _finish(
                 "sha256": {f: file_sha256(split_files.directory / f) for f, _ in FILES.values()},
             }
         )
+        if name in (trained or {}):
+            splits[-1]["trained_documents"] = trained[name]
     manifest = {
         "format": STORE_FORMAT,
         "signature": signature,
