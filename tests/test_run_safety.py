@@ -511,6 +511,25 @@ def test_a_changed_eval_key_on_a_finished_run_suggests_ekd_eval_not_resume(ws, c
     assert cli(capsys, *command[1:])[0] == 0
 
 
+@pytest.mark.parametrize("change", ["data.eval_sources={held: my held.txt}", "data.max_eval_blocks=2"])
+def test_the_suggested_ekd_eval_carries_a_new_eval_set(ws, capsys, change):
+    """Try-out 93, F2: a finished run refused for another data.eval_sources or data.max_eval_blocks was told
+    `ekd eval RUN` "evaluates it again" — the command left the change out and never scored the new set."""
+    (ws / "my held.txt").write_text("a held out text of a few words\n\n\nand a second one here\n")
+    rc, _, err = cli(capsys, "distill", _config(), change)
+    line = one_error_line(rc, err)
+    command = shlex.split(line.split("`")[1])
+    key = change.split("=")[0]
+    assert command[:3] == ["ekd", "eval", str(ws / "runs" / "base")] and command[3].startswith(f"{key}="), (
+        line
+    )
+    assert "with the new eval settings" in line
+    rc, out, err = cli(capsys, *command[1:])
+    assert rc == 0, err
+    if key == "data.eval_sources":
+        assert "| held" in out  # the new set is scored
+
+
 def test_a_suggested_command_quotes_a_run_path_with_a_space(ws, capsys):
     """Try-out 8/9: `ekd eval /w/my runs/sp1 ...` was suggested unquoted and failed when pasted."""
     shutil.copytree(Path("runs") / "base", Path("my runs") / "base")

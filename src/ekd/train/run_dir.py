@@ -404,8 +404,11 @@ def writes_into_run(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def override_arg(key: str, value: object) -> str:
-    """``key=value`` as typed on the command line (a list comma-separated), quoted for a shell if needed."""
-    if isinstance(value, list | tuple):
+    """``key=value`` as typed on the command line (a list comma-separated, a mapping in YAML's flow style:
+    ``data.eval_sources={held: h.txt}``), quoted for a shell if needed."""
+    if isinstance(value, dict):
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    elif isinstance(value, list | tuple):
         text = ",".join(str(v) for v in value)
     elif isinstance(value, bool):
         text = str(value).lower()
@@ -432,7 +435,12 @@ def _existing_run_advice(
         )
     if finished:  # --resume would have nothing to do
         flat = flat_config(current)
-        evals = " ".join(override_arg(k, flat[k]) for k in diffs if k.startswith("eval.") and k in flat)
+        # what ekd eval takes: eval.* and the eval sets (try-out 93, F2: a new data.eval_sources was left out)
+        evals = " ".join(
+            override_arg(k, flat[k])
+            for k in diffs
+            if (k.startswith("eval.") or k in EVAL_SET_CHANGES) and k in flat
+        )
         again = f"`ekd eval {shlex.quote(str(run_dir))}{' ' + evals if evals else ''}` evaluates it" + (
             " with the new eval settings" if evals else " again"
         )
