@@ -284,10 +284,7 @@ def _read_source(
     if not path.exists():
         if glob.has_magic(source):
             return _read_glob(source, fmt, data_cfg, key, skipped)
-        raise ConfigError(
-            f"{key}: no such file or directory: {source}{read_as(source)}; check the path (or use 'pystdlib' or "
-            "'hf:<name>')"
-        )
+        raise _no_such_source(source, key)
     if fmt in ("auto", "chat"):
         fmt = _format_from_suffix(path, key)
     if fmt == "text":
@@ -295,6 +292,31 @@ def _read_source(
     if fmt == "jsonl":
         return _read_jsonl(path, data_cfg, key, skipped)
     return _read_parquet(path, data_cfg, key, skipped)
+
+
+def _no_such_source(source: str, key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}: no such file or directory: {source}{read_as(source)}; check the path (or use 'pystdlib' or "
+        "'hf:<name>')"
+    )
+
+
+def check_sources_exist(data_cfg: DataConfig) -> None:
+    """Refuse a local ``data.source`` or ``data.eval_sources`` entry that names nothing, as reading it would — before
+    a run directory is compared with the config (try-out 93, F3: a mistyped data.source on an existing run name was
+    told to pass --overwrite first). Hub datasets, the builtin corpus and globs are left to the reader.
+
+    Raises:
+        ConfigError: naming the key and the path.
+    """
+    sources = [("data.source", data_cfg.source)]
+    sources += [(f"data.eval_sources.{name}", src) for name, src in data_cfg.eval_sources.items()]
+    for key, source in sources:
+        local = not (
+            source.startswith(("hf:", "pystdlib")) or data_cfg.format == "hf" and key == "data.source"
+        )
+        if local and not glob.has_magic(source) and not Path(source).exists():
+            raise _no_such_source(source, key)
 
 
 def _holds_weights(directory: Path) -> bool:

@@ -392,6 +392,7 @@ def _train(
     cfg: Config, ranks: Ranks, resume: bool, start: RunStart | None, data: PreparedData | None
 ) -> TrainResult:
     from ekd.data import BlockLoader
+    from ekd.data.documents import check_sources_exist
 
     t_start = time.perf_counter()
     device, main = ranks.device, ranks.is_main
@@ -403,6 +404,10 @@ def _train(
         # every rank would find the same: rank 0 checks, its refusal is said once (its node's files; another
         # node's are checked when its ranks open the cache)
         run_on_main(ranks, lambda: check_cache_run(cfg), "check teacher.cache_dir")
+    # a mistyped data path is named before the run directory's advice (try-out 93, F3: "pass --overwrite"), by rank 0,
+    # which reads the data; a --resume names a moved source against the path its run read (gone_paths)
+    if not resume:
+        run_on_main(ranks, lambda: check_sources_exist(cfg.data), "check the data sources")
     # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
     # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike
     run_dir = run_on_main(ranks, lambda: _open_run(cfg, ranks, start), "open the run directory")
