@@ -25,6 +25,7 @@ from ekd.data import (
     pack_documents,
     pack_splits,
     pystdlib_splits,
+    stable_unit,
     tokenizer_hash,
     train_bpe_tokenizer,
 )
@@ -833,6 +834,17 @@ def test_held_out_keys_never_empty_and_deterministic() -> None:
     assert len(held) == 1 and held == held_out_keys(reversed(keys), 0.01)
     assert held_out_keys(keys, 0.0) == set()
     assert 0 < len(held_out_keys(["a", "b"], 0.99)) < 2  # the training side keeps one
+
+
+def test_the_forced_hold_out_skips_a_document_with_many_copies() -> None:
+    """Try-out 94, F6: with no unit below the fraction, the smallest hash's document was held out with all its
+    copies — 10 of 11 documents at eval_fraction=0.2. The forced one is the smallest hash among the documents whose
+    copies fit in the fraction; without duplicates that is the smallest hash, as before."""
+    a, b = sorted(["doc-a", "doc-b", "doc-c", "doc-d"], key=stable_unit)[:2]  # a: the smallest unit
+    assert stable_unit(a) > 0.01  # no unit below the fraction: the forced rule decides
+    assert held_out_keys([a] * 10 + [b], 0.01) == {b}  # a's 10 copies are more than max(1, 0.01·11)
+    assert held_out_keys([a, b], 0.01) == {a}  # one copy each: the smallest hash, as before
+    assert held_out_keys([a] * 10 + [b] * 10, 0.01) == {a}  # none fits: the smallest hash's
 
 
 def test_load_and_pack_splits_from_jsonl(tmp_path: Path, word_tok: PreTrainedTokenizerFast) -> None:

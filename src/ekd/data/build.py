@@ -253,7 +253,7 @@ def say_eval_documents(
     Args:
         first_ids: the held documents' ids in order (at least the first 5, or all of them when fewer).
         below: False: no hash fell below the fraction, and the in-memory rule held out the document of the
-            smallest one (try-out 76, F5: the line said it fell below).
+            smallest one whose copies fit in the fraction (try-out 76, F5: the line said it fell below).
     """
     if not held:
         return
@@ -261,7 +261,7 @@ def say_eval_documents(
     rule = (
         f"those whose content hash falls below data.eval_fraction={fraction:g}"
         if below
-        else f"no content hash falls below data.eval_fraction={fraction:g}: the smallest one's"
+        else f"no content hash falls below data.eval_fraction={fraction:g}: the smallest one whose copies fit in it"
     )
     logger.info(
         "data.source: the eval split holds %d of %s (%s: README, The eval split)%s%s",

@@ -7,6 +7,7 @@ Used for the in-distribution eval set of every source: by document content for u
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 
 
@@ -19,12 +20,14 @@ def stable_unit(key: str) -> float:
 def held_out_keys(keys: Iterable[str], fraction: float) -> set[str]:
     """The keys whose :func:`stable_unit` is below ``fraction``, adjusted so that neither side is empty.
 
-    With ``fraction > 0`` and at least two distinct keys, at least one key is held out (the one with the
-    smallest hash) and at least one is kept (the one with the largest hash). With ``fraction == 0``
-    nothing is held out.
+    With ``fraction > 0`` and at least two distinct keys, at least one key is held out and at least one is kept
+    (where every unit is below ``fraction``, the one with the largest hash is kept). Where none is, one key is held
+    out: the one with the smallest hash among those whose copies (the times it occurs in ``keys``) are at most that
+    fraction of all of them, one at least — the smallest hash's if none is (try-out 94, F6: ten copies of one
+    document beside one other were all held out, 10 of 11). With ``fraction == 0`` nothing is held out.
 
     Args:
-        keys: Split units (module names, document hashes); duplicates count once.
+        keys: Split units (module names, document hashes), one per document: a unit's documents share a side.
         fraction: Target held-out fraction in [0, 1].
 
     Returns:
@@ -32,11 +35,13 @@ def held_out_keys(keys: Iterable[str], fraction: float) -> set[str]:
     """
     if fraction <= 0:
         return set()
-    ranked = sorted(set(keys), key=lambda k: (stable_unit(k), k))
+    copies = Counter(keys)
+    ranked = sorted(copies, key=lambda k: (stable_unit(k), k))
     if len(ranked) < 2:
         return set()
     held = {k for k in ranked if stable_unit(k) < fraction}
-    if not held:
-        held = {ranked[0]}
-    held.discard(ranked[-1])
-    return held
+    if held:
+        held.discard(ranked[-1])  # all of them below the fraction: the training side keeps one
+        return held
+    bound = max(1, int(fraction * sum(copies.values())))  # one key of two or more: the other side keeps one
+    return {next((k for k in ranked if copies[k] <= bound), ranked[0])}
