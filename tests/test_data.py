@@ -974,3 +974,27 @@ def test_a_model_directory_is_refused_as_data(tmp_path: Path) -> None:
     assert [d.text for d in load_documents(str(model / "notes.txt"), DataConfig())] == [
         "a corpus file beside the model"
     ]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "jsonl", "text"])
+def test_a_compressed_file_is_told_to_be_decompressed(tmp_path: Path, fmt: str) -> None:
+    """Try-out 94, F7: a .jsonl.gz was told to set data.format, then that its line 1 was not UTF-8 and to re-encode
+    it; in a directory it was skipped as 'not UTF-8'."""
+    import gzip
+
+    path = tmp_path / "rows.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write('{"text": "a b c"}\n' * 3)
+    with pytest.raises(
+        ConfigError, match=r"rows.jsonl.gz is gzip-compressed, which ekd does not read; decompress"
+    ):
+        load_documents(str(path), DataConfig(format=fmt))
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_is_told_it_is_not_json_lines(tmp_path: Path, indent: int | None) -> None:
+    """Try-out 94, F7: `json.dump(rows)` in a .jsonl was 'expected a JSON object, got list' or 'not valid JSON'."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps([{"text": "a b"}, {"text": "c d"}], indent=indent))
+    with pytest.raises(ConfigError, match="line 1: .*looks like one JSON array, not JSON Lines"):
+        load_documents(str(path), DataConfig())

@@ -461,10 +461,50 @@ def _read_files(
     _warn_not_text(not_text, key, source)
 
 
+# the first bytes of compressed files (try-out 94, F7: a .jsonl.gz was told to set data.format, then that its
+# first line was not UTF-8 and to re-encode it)
+COMPRESSED_MAGIC = {
+    b"\x1f\x8b": ("gzip", "gunzip -k"),
+    b"BZh": ("bzip2", "bunzip2 -k"),
+    b"\xfd7zXZ\x00": ("xz", "unxz -k"),
+    b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"),
+    b"PK\x03\x04": ("zip", "unzip"),
+}
+
+
+def _compressed(path: Path, key: str) -> ConfigError | None:
+    """The refusal of a compressed file (by its first bytes: ekd reads text, JSONL and Parquet uncompressed), or
+    None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    for magic, (name, command) in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            return ConfigError(
+                f"{key}: {path} is {name}-compressed, which ekd does not read; decompress it ({command} FILE) and "
+                "name the file it gives"
+            )
+    return None
+
+
+def _array_hint(line_no: int, line: str) -> str:
+    """What a first line opening a JSON array says (a file of ``json.dump(rows)``, not JSON Lines), or ''."""
+    if line_no != 1 or not line.lstrip().startswith("["):
+        return ""
+    return (
+        " (the file looks like one JSON array, not JSON Lines: one object per line; convert it, e.g. "
+        "jq -c '.[]' FILE > FILE.jsonl)"
+    )
+
+
 def _format_from_suffix(path: Path, key: str) -> str:
     suffix = path.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
+    if (compressed := _compressed(path, key)) is not None:
+        raise compressed
     # an eval source is read by its extension alone (data.format is the training source's): its fix is a name
     fix = (
         f"name it with one of {', '.join(sorted(SUFFIX_FORMATS))} (data.format applies to data.source only)"
@@ -513,6 +553,8 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
                 if not chunk:
                     break
     except UnicodeDecodeError:
+        if (compressed := _compressed(path, key)) is not None:
+            raise compressed from None
         raise ConfigError(
             f"{key}: {path} is not UTF-8 text ({_utf8_error_at(path)}); re-encode the file as UTF-8"
         ) from None
@@ -556,7 +598,7 @@ def _whole_file(path: Path, doc_id: str) -> Document | str:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is no text
     except UnicodeDecodeError:
-        return "not UTF-8"
+        return "compressed" if _compressed(path, "") is not None else "not UTF-8"
     if "\x00" in text[:BINARY_PROBE_CHARS]:
         return "NUL bytes"
     return Document(text=text, doc_id=doc_id)
@@ -678,6 +720,8 @@ def _read_jsonl(
             try:
                 line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a byte-order mark: no JSON
             except UnicodeDecodeError as e:
+                if line_no == 1 and (compressed := _compressed(path, key)) is not None:
+                    raise compressed from None
                 raise ConfigError(
                     f"{where}: not UTF-8 (byte {e.start + 1} of the line); re-encode the file as UTF-8"
                 ) from None
@@ -688,9 +732,12 @@ def _read_jsonl(
             except json.JSONDecodeError as e:
                 raise ConfigError(
                     f"{where}: not valid JSON ({e.msg} column {e.colno}); fix or remove the line"
+                    f"{_array_hint(line_no, line)}"
                 ) from None
             if not isinstance(row, dict):
-                raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                raise ConfigError(
+                    f"{where}: expected a JSON object, got {type(row).__name__}{_array_hint(line_no, line)}"
+                )
             rows += 1
             if skipped is not None and fields[0] not in row:  # a chat row without messages: skipped, counted
                 keys.update(dict.fromkeys(map(str, row)))
