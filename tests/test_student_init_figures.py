@@ -139,6 +139,19 @@ def test_a_start_without_the_runs_teacher_keeps_its_teacher_free_figures(start_t
     assert STUDENT_INIT_KEY not in with_student_init(final, {"eval": other_blocks})["eval"]
 
 
+def test_another_block_budget_over_the_same_blocks_keeps_the_start():
+    """Try-out 95, F5: `ekd eval RUN data.max_eval_blocks=4` of a set of 3 blocks (all of them either way: the same
+    sha256) dropped the start: the budget only picks the blocks, which the sha256 already tells apart."""
+    from ekd.eval.eval_json import SCORING_KEY, SETTINGS_KEY, with_student_init
+
+    def entry(budget: int, sha: str) -> dict:
+        return {"ppl": 9.0, SETTINGS_KEY: {"max_eval_blocks": budget, "blocks_sha256": sha}, SCORING_KEY: {}}
+
+    start = {"eval": {**entry(64, "aaa"), "ppl": 20.0}}
+    assert with_student_init({"eval": entry(4, "aaa")}, start)["eval"][STUDENT_INIT_KEY] == {"ppl": 20.0}
+    assert STUDENT_INIT_KEY not in with_student_init({"eval": entry(4, "bbb")}, start)["eval"]
+
+
 def test_off_writes_no_start(ws, capsys):
     rc, out, err = cli(
         capsys,

@@ -195,13 +195,15 @@ def teacher_relative(key: str) -> bool:
 
 def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two entries of one set were scored on the same blocks the same way: equal scoring settings; data
-    settings equal but for :data:`CONTENT_KEYS` where both record their blocks' sha256 (equal too: a resumed run's
-    data read from another path is the same set)."""
+    settings equal but for :data:`CONTENT_KEYS` and ``max_eval_blocks`` (which only picks the blocks) where both
+    record their blocks' sha256 (equal too: a resumed run's data read from another path is the same set; try-out
+    95, F5: ``ekd eval RUN data.max_eval_blocks=4`` of a set of 3 blocks dropped its start)."""
     if a.get(SCORING_KEY) != b.get(SCORING_KEY):
         return False
     da, db = a.get(SETTINGS_KEY) or {}, b.get(SETTINGS_KEY) or {}
     if BLOCKS_KEY in da and BLOCKS_KEY in db:
-        da, db = ({k: v for k, v in d.items() if k not in CONTENT_KEYS} for d in (da, db))
+        moot = (*CONTENT_KEYS, "max_eval_blocks")
+        da, db = ({k: v for k, v in d.items() if k not in moot} for d in (da, db))
     return da == db
 
 
