@@ -18,13 +18,14 @@ def stable_unit(key: str) -> float:
 
 
 def held_out_keys(keys: Iterable[str], fraction: float) -> set[str]:
-    """The keys whose :func:`stable_unit` is below ``fraction``, adjusted so that neither side is empty.
+    """The keys whose :func:`stable_unit` is below ``fraction``, adjusted so that the training side is never empty
+    and the held-out side only where the copies allow it.
 
-    With ``fraction > 0`` and at least two distinct keys, at least one key is held out and at least one is kept
-    (where every unit is below ``fraction``, the one with the largest hash is kept). Where none is, one key is held
-    out: the one with the smallest hash among those whose copies (the times it occurs in ``keys``) are at most that
-    fraction of all of them, one at least — the smallest hash's if none is (try-out 94, F6: ten copies of one
-    document beside one other were all held out, 10 of 11). With ``fraction == 0`` nothing is held out.
+    With ``fraction > 0`` and at least two distinct keys: where every unit is below ``fraction``, the key with the
+    largest hash is kept. Where none is, one key is held out: the one with the smallest hash among those whose copies
+    (the times it occurs in ``keys``) are at most that fraction of all of them, one at least; none where no key's
+    copies fit (try-out 94, F6 and 95, F2: ten copies of one document beside one other were all held out, 10 of 11;
+    ten and ten copies, half of them). With ``fraction == 0`` nothing is held out.
 
     Args:
         keys: Split units (module names, document hashes), one per document: a unit's documents share a side.
@@ -44,4 +45,5 @@ def held_out_keys(keys: Iterable[str], fraction: float) -> set[str]:
         held.discard(ranked[-1])  # all of them below the fraction: the training side keeps one
         return held
     bound = max(1, int(fraction * sum(copies.values())))  # one key of two or more: the other side keeps one
-    return {next((k for k in ranked if copies[k] <= bound), ranked[0])}
+    fits = next((k for k in ranked if copies[k] <= bound), None)
+    return set() if fits is None else {fits}
