@@ -252,6 +252,42 @@ def test_names_and_merged_keys_keep_their_text_too(tmp_path, document, key, expe
         assert value == expected
 
 
+@pytest.mark.parametrize(
+    "document, said",
+    [
+        ("train:\n  lr: 0.1\n  lr: 0.2\n", "line 3, column 3: the key 'lr' is written twice in one mapping"),
+        ("data:\n  eval_sources:\n    null: c.txt\n    ~: d.txt\n", "the key null (or ~) is written twice"),
+        ("train: {}\ntrain: {lr: 0.1}\n", "the key 'train' is written twice"),
+    ],
+)
+def test_a_key_written_twice_is_refused(tmp_path, document, said):
+    """Try-out 95, F7: YAML keeps the last of two equal keys in silence — two eval sets named null and ~ left one,
+    a second lr replaced the first."""
+    path = tmp_path / "c.yaml"
+    path.write_text(document)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config([str(path)], [])
+    with pytest.raises(ConfigError, match="data.eval_sources=.*the key 'a' is written twice"):
+        load_config(None, ["data.eval_sources={a: x.txt, a: y.txt}"])
+
+
+def test_a_key_a_merge_brings_in_may_be_written_again(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {<<: {revision: abc}, revision: def}\n")
+    assert load_config([str(path)], []).model.revision == "def"
+
+
+@pytest.mark.parametrize(
+    "written", ["data:\n  eval_sources:\n    null: c.txt\n", "eval:\n  set_tags: {~: x}\n"]
+)
+def test_an_entry_named_null_is_refused(tmp_path, written):
+    """Try-out 95, F7: an eval set named null or ~ was named 'None'."""
+    path = tmp_path / "c.yaml"
+    path.write_text(written)
+    with pytest.raises(ConfigError, match=r"an entry has no name \(YAML reads null and ~ as none\)"):
+        load_config([str(path)], [])
+
+
 def test_a_list_typed_on_the_command_line_keeps_its_items_text():
     cfg = load_config(None, ["eval.tasks=[off,tiny_mc]", "run.name=off"])
     assert (cfg.eval.tasks, cfg.run.name) == (["off", "tiny_mc"], "off")

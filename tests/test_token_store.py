@@ -259,6 +259,25 @@ def test_max_chars_says_where_it_stops_a_split(
         )
     said = [r for r in caplog.records if r.getMessage().startswith("data.max_chars=20000:")]
     assert len(said) == 1 and said[0].levelno == logging.INFO and "raise it" not in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(
+        logging.INFO, logger="ekd.data.build"
+    ):  # a cap below the first document (try-out 95, F3)
+        prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, store, max_chars=100, eval_fraction=0), tmp_path / "r3"
+        )
+    said = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith("data.max_chars=100:")
+    ]
+    assert said == [
+        (
+            logging.WARNING,
+            "data.max_chars=100: the train split's first document alone has 240 characters, more than the cap: it "
+            "keeps that one document and stops there; raise data.max_chars",
+        )
+    ]
 
 
 @pytest.mark.parametrize("store", [False, True])

@@ -117,7 +117,7 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
             value = str(value)
         else:  # a list or mapping typed on the command line: its items as typed, beside their YAML reading
             text = _text_tree(str(value))
-            value = _parse_cli_value(str(value))
+            value = _parse_cli_value(str(value), key)
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -179,7 +179,12 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
             written = list(text.items()) if isinstance(text, dict) and len(text) == len(value) else None
             out = {}
             for i, (k, v) in enumerate(value.items()):
-                name, t = written[i] if written is not None else (str(k), None)
+                name, t = written[i] if written is not None else (k, None)
+                if name is None or not str(name).strip():  # try-out 95, F7: a set named null became 'None'
+                    raise ConfigError(
+                        f"{key}: an entry has no name (YAML reads null and ~ as none); name it, or quote the text "
+                        "('null': ...)"
+                    )
                 out[str(name)] = coerce(v, vtype, f"{key}.{name}", t)
             return out
     except ConfigError:
@@ -203,8 +208,39 @@ def _not_text(key: str, value: bool | float) -> str:
     return f"{key}: YAML read this value as {read}, not as text; put it in quotes ({field}: 'the text')"
 
 
-class _TextLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with booleans, numbers and dates left as the text written (null stays None; merge
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key written twice in one mapping (safe_load keeps the last in silence:
+    try-out 95, F7 — two eval sets named ``null`` and ``~`` left one; ``lr:`` twice in a section, the second). A
+    key a merge ``<<`` brings in may be written again: that overrides it, as YAML says."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    again = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: left to PyYAML's own error
+                    continue
+                if again:
+                    said = "null (or ~)" if key is None else repr(key)
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {said} is written twice in one mapping", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as :func:`yaml.safe_load` reads it, a key written twice in one mapping refused
+    (:class:`ConfigLoader`)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 — a SafeLoader
+
+
+class _TextLoader(ConfigLoader):
+    """:class:`ConfigLoader` with booleans, numbers and dates left as the text written (null stays None; merge
     keys ``<<`` and aliases resolved as safe_load resolves them): the same tree as safe_load's, its scalars as
     written."""
 
@@ -233,9 +269,13 @@ def scalar_texts(document: str, source: str) -> dict[str, Any]:
         return {}
 
 
-def _parse_cli_value(text: str) -> Any:
+def _parse_cli_value(text: str, key: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except yaml.constructor.ConstructorError as e:
+        if "written twice" in str(e.problem):
+            raise ConfigError(f"{key}={text}: {e.problem}") from None
+        return text
     except yaml.YAMLError:
         return text
 
@@ -388,7 +428,7 @@ def read_yaml(path: Path) -> tuple[Any, str]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        return yaml.safe_load(text) or {}, text
+        return load_yaml(text) or {}, text
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

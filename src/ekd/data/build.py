@@ -214,6 +214,17 @@ def say_chars_cap(split: str, kept: int, kept_chars: int, next_chars: int, max_c
     cap keeps whole documents in order: try-out 94, F2 — one 8,000-character document early in a file left a
     5,000-character cap with one document of 28 characters, unsaid). Both data paths (in memory, token store)
     say it."""
+    if (
+        kept_chars > max_chars
+    ):  # the first document alone is over the cap: kept, as a split keeps one (try-out 95, F3)
+        logger.warning(
+            "data.max_chars=%d: the %s split's first document alone has %s characters, more than the cap: it keeps "
+            "that one document and stops there; raise data.max_chars",
+            max_chars,
+            split or "data",
+            f"{kept_chars:,}",
+        )
+        return
     short = kept_chars < max_chars // 2
     logger.log(
         logging.WARNING if short else logging.INFO,
