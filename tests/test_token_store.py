@@ -306,11 +306,11 @@ def test_an_eval_set_of_training_documents_is_said(
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ekd.data.build"):
             prepare_data(cfg, tmp_path / run)
-        said = sorted(r.getMessage() for r in caplog.records if "training documents too" in r.getMessage())
+        said = sorted(r.getMessage() for r in caplog.records if "in the training split too" in r.getMessage())
         assert said == [
-            "data.eval_sources.dev: 3 of its 5 documents are training documents too (the same text): its figures on "
+            "data.eval_sources.dev: 3 of its 5 documents are in the training split too (the same text): its figures on "
             "them are not held-out figures; take them out of the set or out of the training data",
-            "data.eval_sources.same: 60 of its 60 documents are training documents too (the same text): its "
+            "data.eval_sources.same: 60 of its 60 documents are in the training split too (the same text): its "
             "figures on them are not held-out figures; take them out of the set or out of the training data",
         ], run
     caplog.clear()
@@ -320,7 +320,20 @@ def test_an_eval_set_of_training_documents_is_said(
         prepare_data(
             config(tmp_path, tokenizer_dir, corpus, store, eval_sources=f"{{own: {own}}}"), tmp_path / "r3"
         )
-    assert not [r for r in caplog.records if "training documents too" in r.getMessage()]
+    assert not [r for r in caplog.records if "in the training split too" in r.getMessage()]
+    caplog.clear()
+    budget = config(
+        tmp_path, tokenizer_dir, corpus, store, eval_fraction=0, max_tokens=64, eval_sources=f"{{dev: {dev}}}"
+    )
+    with caplog.at_level(
+        logging.WARNING, logger="ekd.data.build"
+    ):  # try-out 95, F4: a budget trains only a start
+        prepare_data(budget, tmp_path / "r4")
+    said = [r.getMessage() for r in caplog.records if "in the training split too" in r.getMessage()]
+    assert (
+        len(said) == 1
+        and " — some maybe past data.max_tokens=64, which trains only the start of it" in said[0]
+    )
 
 
 def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -197,9 +197,10 @@ def _log_reuse(directory: Path, manifest: dict) -> None:
         counted(train["blocks"], "training block"),
         counted(train["blocks"] * manifest["block_length"], "token"),
     )
+    max_tokens = manifest["signature"]["data"].get("max_tokens") or 0
     for split in manifest["splits"]:
         if isinstance(split.get("trained_documents"), list):
-            say_trained_documents(split["name"], *split["trained_documents"])
+            say_trained_documents(split["name"], *split["trained_documents"], max_tokens)
 
 
 def _count_trained(
@@ -523,7 +524,7 @@ def _build(
                     settle_skipped(skipped[split], states[split].tokens)
                     prompt_checks[split].report()
                     if split in trained:
-                        say_trained_documents(split, *trained[split])
+                        say_trained_documents(split, *trained[split], d.max_tokens)
                 if index == 0 and train_keys is not None:  # sorted once, searched by the eval sets' phases
                     train_keys = array("Q", sorted(train_keys))
                 _checkpoint(staging, signature, index + 1, 0, states, files)
