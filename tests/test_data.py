@@ -437,6 +437,17 @@ def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
         load_documents(f"hf:{dd_path}", DataConfig(hf_split="test"))
     # try-out 94, F3: named without hf:, the directory was read as text files (dataset_info.json and state.json
     # trained, the rows' .arrow file passed over as not UTF-8)
+    # try-out 95, F1: one level down, in a directory or a glob, it was still read as text
+    parent = tmp_path / "par"
+    parent.mkdir()
+    (parent / "a.txt").write_text("a text")
+    path.rename(parent / "ds")
+    for source in (str(parent), f"{parent}/**/*"):
+        with pytest.raises(
+            ConfigError, match=f"holds a Hugging Face datasets directory, {parent / 'ds'} .*hf:"
+        ):
+            load_documents(source, DataConfig())
+    (parent / "ds").rename(path)
     for saved in (path, dd_path):
         for fmt in ("auto", "text"):
             with pytest.raises(

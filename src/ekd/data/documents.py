@@ -273,6 +273,7 @@ def _read_source(
         if fmt not in ("auto", "text"):
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
         listing = list_directory(path)  # hidden files, ekd's own outputs and row files left out
+        _refuse_saved_datasets(listing.files + listing.row_files, path, key, source)
         logger.info("%s", listing.describe(key, source))
         if not listing.files and listing.row_files:
             raise ConfigError(
@@ -304,7 +305,8 @@ def _no_such_source(source: str, key: str) -> ConfigError:
 def check_sources_exist(data_cfg: DataConfig) -> None:
     """Refuse a local ``data.source`` or ``data.eval_sources`` entry that names nothing, as reading it would — before
     a run directory is compared with the config (try-out 93, F3: a mistyped data.source on an existing run name was
-    told to pass --overwrite first). Hub datasets, the builtin corpus and globs are left to the reader.
+    told to pass --overwrite first): a file or directory that is not there, a glob that matches no file (try-out
+    95, F6), an ``hf:`` path spelled as one (``/``, ``./``, ``../``, ``~``). Hub names are left to the reader.
 
     Raises:
         ConfigError: naming the key and the path.
@@ -312,10 +314,19 @@ def check_sources_exist(data_cfg: DataConfig) -> None:
     sources = [("data.source", data_cfg.source)]
     sources += [(f"data.eval_sources.{name}", src) for name, src in data_cfg.eval_sources.items()]
     for key, source in sources:
-        local = not (
-            source.startswith(("hf:", "pystdlib")) or data_cfg.format == "hf" and key == "data.source"
-        )
-        if local and not glob.has_magic(source) and not Path(source).exists():
+        if source.startswith("pystdlib"):
+            continue
+        name = source.removeprefix("hf:")
+        if source.startswith("hf:") or (data_cfg.format == "hf" and key == "data.source"):
+            # a local path by its spelling (a hub name is left to datasets), said as the reader says it
+            if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+                raise ConfigError(
+                    f"{key}: {name} does not exist; pass an existing directory or a hub id (org/name)"
+                )
+        elif glob.has_magic(source):
+            if not list_glob(source).files:
+                raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
+        elif not Path(source).exists():
             raise _no_such_source(source, key)
 
 
@@ -335,6 +346,26 @@ def _saved_dataset(directory: Path) -> bool:
         return True
     state, info = directory / "state.json", directory / "dataset_info.json"
     return state.is_file() and info.is_file() and next(directory.glob("*.arrow"), None) is not None
+
+
+def _refuse_saved_datasets(files: list[Path], root: Path, key: str, source: str) -> None:
+    """Refuse a directory or glob source whose files lie in a ``datasets`` save_to_disk directory below ``root``
+    (try-out 95, F1: one level down, its dataset_info.json and state.json trained and its rows were passed over).
+
+    Raises:
+        ConfigError: naming the dataset directory and ``hf:`` for it.
+    """
+    known: dict[Path, bool] = {}
+    for f in files:
+        for parent in f.parents:
+            if parent == root or root not in parent.parents:
+                break
+            if known.setdefault(parent, _saved_dataset(parent)):
+                other = "narrow the glob" if glob.has_magic(source) else f"move it out of {source}"
+                raise ConfigError(
+                    f"{key}: {source} holds a Hugging Face datasets directory, {parent} (save_to_disk), whose files "
+                    f"are not text; name it hf:{parent} to read its rows, or {other}"
+                )
 
 
 def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
@@ -359,7 +390,7 @@ def _refuse_ekd_output(path: Path, source: str, key: str) -> None:
     if path.is_dir() and not source.startswith("hf:") and _saved_dataset(path):
         raise ConfigError(
             f"{key}: {source} is a Hugging Face datasets directory (save_to_disk), not text files; name it "
-            f"hf:{source} to read its rows"
+            f"hf:{path} to read its rows"
         )
     if (found := enclosing_output(path)) is None:
         return
@@ -406,6 +437,7 @@ def _read_glob(
     if not listing.files:
         left_out = " outside ekd's own outputs and lock files" if listing.outputs or listing.locks else ""
         raise ConfigError(f"{key}: glob '{source}' matches no files{left_out}; check the pattern")
+    _refuse_saved_datasets(listing.files, listing.root, key, source)
     logger.info("%s", listing.describe(key, source))
     formats = [_glob_format(p, fmt) for p in listing.files]
     if fmt == "chat" and "text" in formats:
@@ -464,11 +496,11 @@ def _read_files(
 # the first bytes of compressed files (try-out 94, F7: a .jsonl.gz was told to set data.format, then that its
 # first line was not UTF-8 and to re-encode it)
 COMPRESSED_MAGIC = {
-    b"\x1f\x8b": ("gzip", "gunzip -k"),
-    b"BZh": ("bzip2", "bunzip2 -k"),
-    b"\xfd7zXZ\x00": ("xz", "unxz -k"),
-    b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"),
-    b"PK\x03\x04": ("zip", "unzip"),
+    b"\x1f\x8b": ("gzip", "gunzip -c"),
+    b"BZh": ("bzip2", "bunzip2 -c"),
+    b"\xfd7zXZ\x00": ("xz", "unxz -c"),
+    b"\x28\xb5\x2f\xfd": ("zstd", "unzstd -c"),
+    b"PK\x03\x04": ("zip", "unzip -p"),
 }
 
 
@@ -483,8 +515,8 @@ def _compressed(path: Path, key: str) -> ConfigError | None:
     for magic, (name, command) in COMPRESSED_MAGIC.items():
         if head.startswith(magic):
             return ConfigError(
-                f"{key}: {path} is {name}-compressed, which ekd does not read; decompress it ({command} FILE) and "
-                "name the file it gives"
+                f"{key}: {path} is {name}-compressed, which ekd does not read; decompress it ({command} FILE > NEW, "
+                "whatever its name) and name NEW"
             )
     return None
 
