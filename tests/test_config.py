@@ -288,6 +288,16 @@ def test_an_entry_named_null_is_refused(tmp_path, written):
         load_config([str(path)], [])
 
 
+def test_a_required_text_left_null_says_what_yaml_read(tmp_path):
+    """Try-out 95, F12: `data: {source: null}` was 'must not be empty' with no word of the null."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: null\n")
+    with pytest.raises(
+        ConfigError, match=re.escape("data.source must not be empty (YAML reads null and ~ as none)")
+    ):
+        load_config([str(path)], [])
+
+
 def test_a_list_typed_on_the_command_line_keeps_its_items_text():
     cfg = load_config(None, ["eval.tasks=[off,tiny_mc]", "run.name=off"])
     assert (cfg.eval.tasks, cfg.run.name) == (["off", "tiny_mc"], "off")

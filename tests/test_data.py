@@ -1009,3 +1009,17 @@ def test_a_json_array_is_told_it_is_not_json_lines(tmp_path: Path, indent: int |
     path.write_text(json.dumps([{"text": "a b"}, {"text": "c d"}], indent=indent))
     with pytest.raises(ConfigError, match="line 1: .*looks like one JSON array, not JSON Lines"):
         load_documents(str(path), DataConfig())
+
+
+def test_a_refusal_of_changed_data_names_the_text_split_rule_for_a_text_file(tmp_path: Path) -> None:
+    """Try-out 95, F8: a run made before the text split kept indentation was told its source had changed, though
+    the file was not touched: the refusals of --resume and ekd eval name the rule for a text file named alone."""
+    from ekd.data.documents import text_split_note
+
+    (tmp_path / "notes.txt").write_text("a\n\n\nb\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "a"}\n')
+    assert "since 2026-12-04 each document keeps its first line's indentation" in text_split_note(
+        str(tmp_path / "notes.txt")
+    )
+    for other in (tmp_path / "rows.jsonl", tmp_path, "pystdlib", f"hf:{tmp_path}"):
+        assert text_split_note(str(other)) == ""

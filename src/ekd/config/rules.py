@@ -112,8 +112,10 @@ class Text:
     what: str = "text"
 
     def check(self, key: str, value: Any) -> None:
-        if self.nonempty and not value.strip():
-            raise ConfigError(f"{key} must not be empty")
+        if self.nonempty and not value.strip():  # '' is also what a YAML null or ~ gives (try-out 95, F12)
+            raise ConfigError(
+                f"{key} must not be empty" + ("" if value else " (YAML reads null and ~ as none)")
+            )
         problem = self.check_fn(value) if self.check_fn else None
         if problem:
             # '' is also what a YAML null or ~ gives a text key (try-out 92, F5: `run: {name: null}` got "got ''")

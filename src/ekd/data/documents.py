@@ -73,6 +73,21 @@ DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n(?:[ \t]*\n)*")
 TEXT_SPLIT_RULE = "blank-lines-v2"  # in a token store's key: a store of the rule before is not reused
 
 
+def text_split_note(source: str) -> str:
+    """For a refusal that says a run's data changed: where ``source`` is a text file named alone, that ekd's split of
+    such a file changed on 2026-12-04 (:data:`TEXT_SPLIT_RULE`), which changes the documents of a file that was not
+    touched (try-out 95, F8); else ''."""
+    path = Path(source)
+    if source.startswith(("hf:", "pystdlib")) or path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES):
+        return ""
+    if not path.is_file():
+        return ""
+    return (
+        " (or ekd's split of a text file named alone: since 2026-12-04 each document keeps its first line's "
+        "indentation, so a run made before then on such a file reads other documents now)"
+    )
+
+
 def load_documents(
     source: str,
     data_cfg: DataConfig,

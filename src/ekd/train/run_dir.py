@@ -735,10 +735,13 @@ class RunStart:
         marker = read_marker(self.run_dir) or {}
         saved = marker.get("data_fingerprint")
         if not self.fresh and saved is not None and saved != fingerprint:
+            from ekd.data.documents import text_split_note
+
             raise RunDirError(
                 f"--resume: the training data of data.source={self.cfg.data.source} differ from the run's "
                 f"({counted(marker.get('train_blocks'), 'block')}, fingerprint {str(saved)[:12]}; now "
-                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}); name the data the run read "
+                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}){text_split_note(self.cfg.data.source)}; "
+                "name the data the run read "
                 f"({_saved_source(self.run_dir)}) as it was, or start a new run under another run.name"
             )
         if saved is None:
