@@ -271,6 +271,26 @@ def test_a_key_written_twice_is_refused(tmp_path, document, said):
         load_config(None, ["data.eval_sources={a: x.txt, a: y.txt}"])
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        'data:\n  eval_sources: {1: a.txt, "1": b.txt}\n',
+        'run: {name: off}\ndata:\n  eval_sources: {010: a.txt, "010": b.txt}\n',
+    ],
+)
+def test_two_entries_named_alike_as_written_are_refused(tmp_path, document):
+    """Try-out 96, F1: `{1: a, "1": b}` kept one set in silence — and the text reading of the whole file was dropped
+    with it (a `run.name: off` beside them was refused as a boolean)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(document)
+    with pytest.raises(
+        ConfigError, match="data.eval_sources: two of its entries have the same name as written"
+    ):
+        load_config([str(path)], [])
+    with pytest.raises(ConfigError, match="two of its entries have the same name as written"):
+        load_config(None, ['data.eval_sources={1: a.txt, "1": b.txt}'])
+
+
 def test_a_key_a_merge_brings_in_may_be_written_again(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {<<: {revision: abc}, revision: def}\n")

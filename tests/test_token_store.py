@@ -332,7 +332,7 @@ def test_an_eval_set_of_training_documents_is_said(
     said = [r.getMessage() for r in caplog.records if "in the training split too" in r.getMessage()]
     assert (
         len(said) == 1
-        and " — some maybe past data.max_tokens=64, which trains only the start of it" in said[0]
+        and " — some may be past data.max_tokens=64, which trains only the start of it" in said[0]
     )
 
 

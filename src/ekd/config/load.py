@@ -176,6 +176,11 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
                 raise ValueError
             # the names too as written (try-out 92, F1: `{no: a.txt}` named a set 'False', `{010: ...}` '8'): the
             # text tree holds the same entries in the same order
+            if isinstance(text, dict) and len(text) < len(value):  # 1 and '1', 010 and '010' (try-out 96, F1)
+                raise ConfigError(
+                    f"{key}: two of its entries have the same name as written (such as 1 and '1', or 010 and "
+                    "'010'), and one would replace the other; name each entry once"
+                )
             written = list(text.items()) if isinstance(text, dict) and len(text) == len(value) else None
             out = {}
             for i, (k, v) in enumerate(value.items()):
@@ -239,10 +244,11 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 — a SafeLoader
 
 
-class _TextLoader(ConfigLoader):
-    """:class:`ConfigLoader` with booleans, numbers and dates left as the text written (null stays None; merge
+class _TextLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with booleans, numbers and dates left as the text written (null stays None; merge
     keys ``<<`` and aliases resolved as safe_load resolves them): the same tree as safe_load's, its scalars as
-    written."""
+    written. Two keys that differ in YAML's reading but not as written (``1`` and ``"1"``) become one here: a
+    mapping of fewer entries than YAML's, which :func:`coerce` refuses (try-out 96, F1)."""
 
 
 for _tag in ("bool", "int", "float", "timestamp"):

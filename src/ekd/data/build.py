@@ -112,7 +112,7 @@ def say_trained_documents(name: str, trained: int, documents: int, max_tokens: i
             f"{trained:,}",
             counted(documents, "document"),
             "is" if trained == 1 else "are",
-            f" — some maybe past data.max_tokens={max_tokens}, which trains only the start of it"
+            f" — some may be past data.max_tokens={max_tokens}, which trains only the start of it"
             if max_tokens
             else "",
         )
