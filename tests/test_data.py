@@ -595,9 +595,9 @@ def test_packing_errors(word_tok: PreTrainedTokenizerFast) -> None:
         pack_documents([Document("a b c")], word_tok, block_length=1)
     with pytest.raises(
         ConfigError,
-        match=r"data: 3 tokens are fewer than one block of data\.block_length=8; lower it or add data",
+        match=r"data: the train split's 3 tokens are fewer than one block of data\.block_length=8; lower it or add data",
     ):
-        pack_documents([Document("a b")], word_tok, block_length=8, allow_partial_block=False)
+        pack_documents([Document("a b")], word_tok, block_length=8, allow_partial_block=False, split="train")
     with pytest.raises(ConfigError, match="0 tokens"):
         pack_documents([], word_tok, block_length=8)
 

@@ -432,7 +432,7 @@ def test_killed_build_resumes_and_never_looks_complete(
     calls = count_encodes(monkeypatch)
     with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
         resumed = prepare_data(cfg, tmp_path / "r2")
-    assert any("resuming a killed build" in r.getMessage() for r in caplog.records)
+    assert any("resuming an unfinished build" in r.getMessage() for r in caplog.records)
     resumed_texts = sum(calls)
     assert 0 < resumed_texts < 2000  # the documents before the checkpoint were not tokenized again
     assert not partial.exists()
@@ -860,7 +860,10 @@ def test_a_build_killed_while_it_finishes_resumes_at_its_last_step(
     monkeypatch.undo()
     with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
         stored = prepare_data(cfg, tmp_path / "r2")
-    assert any("resuming a killed build at its last step" in r.getMessage() for r in caplog.records)
+    assert any(
+        "resuming an unfinished build (killed, or stopped by an error) at its last step" in r.getMessage()
+        for r in caplog.records
+    )
     assert not partial.exists()
     memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False), tmp_path / "r3")
     assert_same_blocks(memory.blocks, stored.blocks)

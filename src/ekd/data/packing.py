@@ -205,7 +205,7 @@ def pack_documents(
     max_tokens = max_blocks * block_length if max_blocks else None
     ids, mask, starts, ends = _token_stream(docs, tokenizer, boundary, max_tokens, split=split)  # each (S,)
     total = ids.numel()
-    n_blocks = block_count(total, block_length, max_blocks, allow_partial_block)
+    n_blocks = block_count(total, block_length, max_blocks, allow_partial_block, split)
     real = min(total, n_blocks * block_length) if n_blocks else total  # real tokens in the blocks
     documents = int(starts[:real].sum())  # documents that start in the blocks (before any padding)
     if n_blocks == 0:
@@ -400,7 +400,9 @@ class TokenChunk:
         return int(self.input_ids.numel())
 
 
-def block_count(total: int, block_length: int, max_blocks: int | None, allow_partial_block: bool) -> int:
+def block_count(
+    total: int, block_length: int, max_blocks: int | None, allow_partial_block: bool, split: str = ""
+) -> int:
     """Blocks cut from a stream of ``total`` tokens: ``total // T``, at most ``max_blocks`` (None or 0 = no cap);
     0 means one padded block (only when ``allow_partial_block``).
 
@@ -409,9 +411,11 @@ def block_count(total: int, block_length: int, max_blocks: int | None, allow_par
     """
     n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
     if n_blocks == 0 and (total == 0 or not allow_partial_block):
+        whose = f"the {split} split's " if split else ""  # which split (try-out 96, F5: not said)
         raise ConfigError(
-            f"data: {counted(total, 'token')} {'is' if total == 1 else 'are'} fewer than one block of "
-            f"data.block_length={block_length}; lower it or add data"
+            f"data: {whose}{counted(total, 'token')} {'is' if total == 1 else 'are'} fewer than one block of "
+            f"data.block_length={block_length}; lower it or add data (or raise a cap: data.max_chars, "
+            "data.max_documents)"
         )
     return n_blocks
 

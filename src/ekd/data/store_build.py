@@ -403,7 +403,7 @@ def _build(
     directory: Path,
     train_from: tuple[Path, dict] | None = None,
 ) -> dict:
-    """Build the store of ``signature`` into ``directory`` (resuming a killed build of it); with ``train_from``
+    """Build the store of ``signature`` into ``directory`` (resuming an unfinished build (killed, or stopped by an error) of it); with ``train_from``
     (a complete store that differs only in its eval pools, :func:`_store_with_other_eval_pools`) its training
     split's files are copied and only the eval sets are tokenized: the same files as a build from scratch."""
     d = cfg.data
@@ -439,11 +439,12 @@ def _build(
     # killed while finishing, past every phase (try-out 56, F9: this log line raised an IndexError, every rerun)
     elif progress["phase"] >= len(phases):
         logger.info(
-            "token store %s: resuming a killed build at its last step (cutting blocks, sealing)", directory
+            "token store %s: resuming an unfinished build (killed, or stopped by an error) at its last step (cutting blocks, sealing)",
+            directory,
         )
     else:
         logger.info(
-            "token store %s: resuming a killed build at document %d of %s",
+            "token store %s: resuming an unfinished build (killed, or stopped by an error) at document %d of %s",
             directory,
             progress["consumed"],
             phases[progress["phase"]].key,
@@ -562,7 +563,7 @@ def _finish(
             say_empty_split(name, d, states["train"].accepted)
             continue
         max_blocks = (d.max_tokens // t if is_train else pool_blocks(d.max_eval_blocks)) or None
-        n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train)
+        n_blocks = block_count(state.tokens, t, max_blocks, allow_partial_block=not is_train, split=name)
         real = min(state.tokens, n_blocks * t) if n_blocks else state.tokens  # real tokens in the blocks
         if n_blocks == 0:
             split_files.pad(t - state.tokens, boundary.pad_id)
