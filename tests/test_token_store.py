@@ -336,6 +336,24 @@ def test_an_eval_set_of_training_documents_is_said(
     )
 
 
+def test_a_store_stopped_by_its_caps_says_how_many_documents_it_read(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 96, F4: under data.max_chars the store said the eval split held "4 of 5 documents" (those it had
+    routed before the caps filled) where memory said 4 of 23: it says how many it read, and that the caps stopped it."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=600)
+    said = {}
+    for store in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ekd.data.build"):
+            prepare_data(
+                config(tmp_path, tokenizer_dir, corpus, store, max_chars=600), tmp_path / f"r{store}"
+            )
+        said[store] = next(r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage())
+    assert " of 600 documents (" in said[False], said
+    assert " of the first 256 documents read (its splits' caps stopped the reading) (" in said[True], said
+
+
 def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:
     """Try-out 94, F1 changed how a text file named alone splits (indentation kept): a store built under the rule
     before holds other documents for the same file and must not be reused; stores of row files are unaffected."""

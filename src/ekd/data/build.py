@@ -260,7 +260,7 @@ def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Do
 
 
 def say_eval_documents(
-    first_ids: list[str], held: int, total: int, fraction: float, below: bool = True
+    first_ids: list[str], held: int, total: int, fraction: float, below: bool = True, stopped: bool = False
 ) -> None:
     """One info line: how many of the source's ``total`` documents the ``eval`` split holds (``held``), by the
     rule of :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug
@@ -271,6 +271,8 @@ def say_eval_documents(
         first_ids: the held documents' ids in order (at least the first 5, or all of them when fewer).
         below: False: no hash fell below the fraction, and the in-memory rule held out the document of the
             smallest one whose copies fit in the fraction (try-out 76, F5: the line said it fell below).
+        stopped: the token store stopped reading the source at ``total`` documents, its splits full (a cap): said
+            as "of the first N read" (try-out 96, F4: "4 of 5" read as 80% held out, where memory said 4 of 23).
     """
     if not held:
         return
@@ -283,7 +285,9 @@ def say_eval_documents(
     logger.info(
         "data.source: the eval split holds %d of %s (%s: README, The eval split)%s%s",
         held,
-        counted(total, "document"),
+        f"the first {counted(total, 'document')} read (its splits' caps stopped the reading)"
+        if stopped
+        else counted(total, "document"),
         rule,
         ids,
         ", … (log.level=DEBUG lists every one)" if ids and held > 5 else "",

@@ -478,8 +478,10 @@ def _build(
                 held_ids: list[
                     str
                 ] = []  # the held-out documents' ids this pass sees (a resumed one: the rest)
+                exhausted = False  # the source read to its end (a short window), not stopped by the caps
                 while not all(states[n].closed for n in phase.splits):
                     window = list(islice(stream, WINDOW_DOCUMENTS))
+                    exhausted = len(window) < WINDOW_DOCUMENTS
                     if not window:
                         break
                     consumed += len(window)
@@ -517,9 +519,13 @@ def _build(
                     raise no_documents(d, phase.source, phase.key)
                 if "eval" in phase.splits and d.source != "pystdlib":
                     eval_held = states["eval"].accepted
-                    total = eval_held + states["train"].accepted
+                    stopped = not exhausted  # the caps closed every split before the source's end
                     say_eval_documents(
-                        held_ids if len(held_ids) == eval_held else [], eval_held, total, d.eval_fraction
+                        held_ids if len(held_ids) == eval_held else [],
+                        eval_held,
+                        consumed if stopped else eval_held + states["train"].accepted,
+                        d.eval_fraction,
+                        stopped=stopped,
                     )
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
