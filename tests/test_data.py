@@ -1023,3 +1023,20 @@ def test_a_refusal_of_changed_data_names_the_text_split_rule_for_a_text_file(tmp
     )
     for other in (tmp_path / "rows.jsonl", tmp_path, "pystdlib", f"hf:{tmp_path}"):
         assert text_split_note(str(other)) == ""
+
+
+def test_copies_that_keep_every_document_in_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 96, F6: ten and ten copies at eval_fraction=0.05 hold nothing out; the warning said the run scores no
+    eval set but not that the copies are why."""
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": "alpha beta"}] * 10 + [{"text": "gamma delta"}] * 10)
+    cfg = Config()
+    cfg.data.source, cfg.data.eval_fraction = str(src), 0.05
+    with caplog.at_level(logging.WARNING, logger="ekd.data.build"):
+        splits = load_splits(cfg)
+    assert "eval" not in splits and len(splits["train"]) == 20
+    assert (
+        "every document has more copies than data.eval_fraction=0.05 of its 20 documents allows"
+        in caplog.text
+    )

@@ -68,10 +68,20 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
         splits = {}
     else:
         docs = load_documents(data.source, data)
-        held = held_out_keys((content_key(d) for d in docs), data.eval_fraction)
+        keys = [content_key(d) for d in docs]
+        held = held_out_keys(keys, data.eval_fraction)
+        if (
+            not held and data.eval_fraction > 0 and len(set(keys)) > 1
+        ):  # only copies keep every one in (F6 of 95)
+            logger.warning(
+                "data.source: every document has more copies than data.eval_fraction=%g of its %s allows "
+                "(identical documents share a side): none is held out",
+                data.eval_fraction,
+                counted(len(docs), "document"),
+            )
         splits = {
-            "train": cap_chars([d for d in docs if content_key(d) not in held], max_chars, "train"),
-            "eval": cap_chars([d for d in docs if content_key(d) in held], max_chars, "eval"),
+            "train": cap_chars([d for d, k in zip(docs, keys) if k not in held], max_chars, "train"),
+            "eval": cap_chars([d for d, k in zip(docs, keys) if k in held], max_chars, "eval"),
         }
         held_ids = [d.doc_id or f"#{i}" for i, d in enumerate(splits["eval"])]
         below = any(
