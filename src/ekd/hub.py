@@ -221,11 +221,23 @@ def check_dataset_reachable(name: str, key: str) -> str:
     """
     if _local(name):
         return ""
-    _refuse_missing_path(name, key, ConfigError)
+    check_dataset_path(name, key)
     return offline_unless_reachable(key)  # the user's offline mode counts as a reason too
 
 
+def check_dataset_path(name: str, key: str) -> None:
+    """Refuse an ``hf:`` dataset name that is neither an existing path nor a well-formed hub id, in one line, with no
+    probe of the hub (a path spelled as one — ``.``, ``/``, ``~`` — that does not exist).
+
+    Raises:
+        ConfigError: naming the key and the path.
+    """
+    if not _local(name):
+        _refuse_missing_path(name, key, ConfigError)
+
+
 __all__ = [
+    "check_dataset_path",
     "check_dataset_reachable",
     "check_model_spec",
     "endpoint_unreachable",

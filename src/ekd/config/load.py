@@ -213,6 +213,10 @@ def _not_text(key: str, value: bool | float) -> str:
     return f"{key}: YAML read this value as {read}, not as text; put it in quotes ({field}: 'the text')"
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping (:class:`ConfigLoader`)."""
+
+
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader that refuses a key written twice in one mapping (safe_load keeps the last in silence:
     try-out 95, F7 — two eval sets named ``null`` and ``~`` left one; ``lr:`` twice in a section, the second). A
@@ -232,7 +236,7 @@ class ConfigLoader(yaml.SafeLoader):
                     continue
                 if again:
                     said = "null (or ~)" if key is None else repr(key)
-                    raise yaml.constructor.ConstructorError(
+                    raise DuplicateKeyError(
                         None, None, f"the key {said} is written twice in one mapping", key_node.start_mark
                     )
         return super().construct_mapping(node, deep=deep)
@@ -278,10 +282,8 @@ def scalar_texts(document: str, source: str) -> dict[str, Any]:
 def _parse_cli_value(text: str, key: str) -> Any:
     try:
         return load_yaml(text)
-    except yaml.constructor.ConstructorError as e:
-        if "written twice" in str(e.problem):
-            raise ConfigError(f"{key}={text}: {e.problem}") from None
-        return text
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{key}={text}: {e.problem}") from None
     except yaml.YAMLError:
         return text
 

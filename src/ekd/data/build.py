@@ -70,9 +70,8 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
         docs = load_documents(data.source, data)
         keys = [content_key(d) for d in docs]
         held = held_out_keys(keys, data.eval_fraction)
-        if (
-            not held and data.eval_fraction > 0 and len(set(keys)) > 1
-        ):  # only copies keep every one in (F6 of 95)
+        # none held out of two or more documents: only copies keep every one in (try-out 96, F6)
+        if not held and data.eval_fraction > 0 and len(set(keys)) > 1:
             logger.warning(
                 "data.source: every document has more copies than data.eval_fraction=%g of its %s allows "
                 "(identical documents share a side): none is held out",
@@ -230,9 +229,8 @@ def say_chars_cap(split: str, kept: int, kept_chars: int, next_chars: int, max_c
     cap keeps whole documents in order: try-out 94, F2 — one 8,000-character document early in a file left a
     5,000-character cap with one document of 28 characters, unsaid). Both data paths (in memory, token store)
     say it."""
-    if (
-        kept_chars > max_chars
-    ):  # the first document alone is over the cap: kept, as a split keeps one (try-out 95, F3)
+    # the first document alone is over the cap: kept, as a split keeps one (try-out 95, F3)
+    if kept_chars > max_chars:
         logger.warning(
             "data.max_chars=%d: the %s split's first document alone has %s characters, more than the cap: it keeps "
             "that one document and stops there; raise data.max_chars",

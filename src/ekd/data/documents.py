@@ -48,9 +48,16 @@ from ekd.config.paths import read_as
 from ekd.data.chat import NO_MESSAGES, RejectedRow, SkippedRows, parse_messages, parse_tools
 from ekd.data.document import Document
 from ekd.data.pystdlib import PYSTDLIB_SPLITS, pystdlib_splits
-from ekd.data.text_dir import by_suffix, enclosing_output, glob_root, list_directory, list_glob
+from ekd.data.text_dir import (
+    DirectoryListing,
+    by_suffix,
+    enclosing_output,
+    glob_root,
+    list_directory,
+    list_glob,
+)
 from ekd.errors import first_line
-from ekd.hub import check_dataset_reachable
+from ekd.hub import check_dataset_path, check_dataset_reachable
 from ekd.nearest import did_you_mean
 from ekd.words import counted
 
@@ -73,14 +80,19 @@ DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n(?:[ \t]*\n)*")
 TEXT_SPLIT_RULE = "blank-lines-v2"  # in a token store's key: a store of the rule before is not reused
 
 
+def split_as_text(source: str) -> bool:
+    """Whether ``source`` is a single file read as text, so split into documents at blank lines by
+    :data:`DOCUMENT_SEPARATOR` (a row file is not; a directory or glob reads one document per file)."""
+    path = Path(source)
+    rows = path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES)
+    return not rows and not source.startswith(("hf:", "pystdlib")) and path.is_file()
+
+
 def text_split_note(source: str) -> str:
     """For a refusal that says a run's data changed: where ``source`` is a text file named alone, that ekd's split of
     such a file changed on 2026-12-04 (:data:`TEXT_SPLIT_RULE`), which changes the documents of a file that was not
     touched (try-out 95, F8); else ''."""
-    path = Path(source)
-    if source.startswith(("hf:", "pystdlib")) or path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES):
-        return ""
-    if not path.is_file():
+    if not split_as_text(source):
         return ""
     return (
         " (or ekd's split of a text file named alone: since 2026-12-04 each document keeps its first line's "
@@ -331,18 +343,19 @@ def check_sources_exist(data_cfg: DataConfig) -> None:
     for key, source in sources:
         if source.startswith("pystdlib"):
             continue
-        name = source.removeprefix("hf:")
         if source.startswith("hf:") or (data_cfg.format == "hf" and key == "data.source"):
-            # a local path by its spelling (a hub name is left to datasets), said as the reader says it
-            if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
-                raise ConfigError(
-                    f"{key}: {name} does not exist; pass an existing directory or a hub id (org/name)"
-                )
+            if name := source.removeprefix("hf:").strip():  # hf: alone is said by the reader
+                check_dataset_path(name, key)  # a well-formed hub name is left to datasets
         elif glob.has_magic(source):
-            if not list_glob(source).files:
-                raise ConfigError(f"{key}: glob '{source}' matches no files; check the pattern")
+            if not (listing := list_glob(source)).files:
+                raise _no_glob_match(source, key, listing)
         elif not Path(source).exists():
             raise _no_such_source(source, key)
+
+
+def _no_glob_match(source: str, key: str, listing: DirectoryListing) -> ConfigError:
+    left_out = " outside ekd's own outputs and lock files" if listing.outputs or listing.locks else ""
+    return ConfigError(f"{key}: glob '{source}' matches no files{left_out}; check the pattern")
 
 
 def _holds_weights(directory: Path) -> bool:
@@ -450,8 +463,7 @@ def _read_glob(
     """
     listing = list_glob(source)
     if not listing.files:
-        left_out = " outside ekd's own outputs and lock files" if listing.outputs or listing.locks else ""
-        raise ConfigError(f"{key}: glob '{source}' matches no files{left_out}; check the pattern")
+        raise _no_glob_match(source, key, listing)
     _refuse_saved_datasets(listing.files, listing.root, key, source)
     logger.info("%s", listing.describe(key, source))
     formats = [_glob_format(p, fmt) for p in listing.files]

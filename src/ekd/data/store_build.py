@@ -57,13 +57,7 @@ from ekd.data.build import (
 )
 from ekd.data.chat import SkippedRows, chat_template_of
 from ekd.data.document import Document
-from ekd.data.documents import (
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    TEXT_SPLIT_RULE,
-    iter_documents,
-    no_documents,
-)
+from ekd.data.documents import TEXT_SPLIT_RULE, iter_documents, no_documents, split_as_text
 from ekd.data.eval_sample import EVAL_POOL, pool_blocks, spread_blocks
 from ekd.data.packing import (
     PackedBlocks,
@@ -240,17 +234,9 @@ def store_signature(cfg: Config, tokenizer: PreTrainedTokenizerBase, boundary: D
     }
     if d.format == "chat":  # the template actually used (declared, a model's, or the tokenizer's own)
         signature["chat_template"] = chat_template_of(tokenizer)
-    if any(_split_as_text(src) for src in (d.source, *d.eval_sources.values())):
+    if any(split_as_text(src) for src in (d.source, *d.eval_sources.values())):
         signature["text_split"] = TEXT_SPLIT_RULE  # try-out 94, F1: stores of the rule before are not reused
     return json.loads(json.dumps(signature))  # JSON values, as read back from a manifest
-
-
-def _split_as_text(source: str) -> bool:
-    """Whether ``source`` is a single file read as text, so split into documents at blank lines (a row file
-    is not; a directory or glob reads one document per file)."""
-    path = Path(source)
-    rows = path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES)
-    return not rows and not source.startswith(("hf:", "pystdlib")) and path.is_file()
 
 
 def _eval_source_signature(source: str, data: DataConfig) -> dict:
