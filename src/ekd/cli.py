@@ -32,7 +32,7 @@ from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import close_progress_bars, set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt, work_done
-from ekd.words import counted
+from ekd.words import counted, one_line
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
 
@@ -669,12 +669,6 @@ def _quiet_hf_progress_bars() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-
-def one_line(message: str) -> str:
-    """``message`` with every non-printable character escaped, so a value echoed in an error (a newline,
-    a control character from a file) cannot break the one-line promise."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 COMMANDS = {

@@ -1,4 +1,4 @@
-"""Words for messages: a count with its noun in the right number (``1 step``, ``2 steps``)."""
+"""Words for messages: a count with its noun in the right number (``1 step``, ``2 steps``); a text kept on one line."""
 
 from __future__ import annotations
 
@@ -19,3 +19,9 @@ def counted(n: int, noun: str, plural: str | None = None, fmt: str = "") -> str:
         else:
             plural = noun + "s"
     return f"{n:{fmt}} {noun if n == 1 else plural}"
+
+
+def one_line(message: str) -> str:
+    """``message`` with every non-printable character escaped, so a value echoed in an error or a warning (a
+    newline, a control character from a file, a chat role ``"\\n"``) cannot break the one-line promise."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)

@@ -40,6 +40,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from ekd.errors import ConfigError
+from ekd.words import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ class SkippedRows:
         """Count one skipped row."""
         self.count += 1
         self.reasons[rejected.kind] += 1
-        self.first_of.setdefault(rejected.kind, (doc_id, str(rejected)))
+        # the row's own text kept on one line (a role "\n" broke it: tests/test_chat_data.py, session 29)
+        self.first_of.setdefault(rejected.kind, (doc_id, one_line(str(rejected))))
 
     def line(self) -> str:
         """``<what>: skipped 3 of 40 (2 rejected by the chat template, 1 no assistant turn); first of each:
