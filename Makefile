@@ -12,7 +12,10 @@ PYTEST_ARGS ?=
 # count.
 PYTEST_WORKERS ?= $(shell $(PY) -c 'import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1)')
 
-.PHONY: demo demo-quick test bench lint format clean
+FUZZ_ROUNDS ?= 5
+HYPOTHESIS_TESTS := tests/test_fuzz_inputs.py tests/test_fuzz_bytes.py tests/test_chat_data.py tests/test_hostile_data.py
+
+.PHONY: demo demo-quick test fuzz bench lint format clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +40,13 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+# The property tests with new random examples each round (make test draws the same ones every time:
+# tests/conftest.py); a failing example is kept in .hypothesis/ and replayed first by the next round.
+fuzz: $(STAMP)
+	for round in $$(seq $(FUZZ_ROUNDS)); do \
+		EKD_HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(HYPOTHESIS_TESTS) || exit 1; \
+	done
 
 # Liger-Kernel and TRL are benchmark-only comparisons (the `bench` extra, pinned in constraints.txt): installed
 # without their dependencies, which ekd[eval] already brings (TRL 1.16.0: accelerate, datasets, pandas, psutil).

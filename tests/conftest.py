@@ -1,10 +1,22 @@
 """Test-suite settings: one intra-op thread. The tests run tiny tensors, where a second OpenMP thread only
 adds synchronization (and on a loaded 2-core CI box makes small ops up to 100× slower). ekd's user cache
 directory (the weight files' digests) is the session's own, not the user's. Shared fixtures:
-``hub_unreachable`` (no network, by a closed local port)."""
+``hub_unreachable`` (no network, by a closed local port).
+
+Hypothesis profiles (``EKD_HYPOTHESIS_PROFILE``): ``ci``, the default, draws the same examples on every run
+(``derandomize``, no example database), so ``make test`` passes or fails on the code alone, never on a new
+random draw; ``explore`` (``make fuzz``: several rounds) draws new examples every run and keeps failing ones in
+``.hypothesis/`` to replay them first. A case ``explore`` finds becomes an ``@example`` of its test."""
+
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("EKD_HYPOTHESIS_PROFILE", "ci"))
 
 # The modules that take longest on CI's 2 cores (each spawns 2-rank torchrun jobs or whole CLI runs; seconds
 # summed over their tests, `pytest -n 3 --dist loadfile --durations=0` in a fresh clone, 2026-12-03 21:31, beside

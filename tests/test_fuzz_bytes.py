@@ -2,7 +2,8 @@
 of any file, run the command that reads it, and require exit 2 with one line or success — never a traceback
 (an exception escaping ``ekd.cli.main``), never a change to a file that existed before a refused command.
 
-Few examples (derandomized, no example database) on one tiny cache and one tiny run made once per module.
+Few examples (the same on every run under ``make test``; new ones under ``make fuzz``: tests/conftest.py) on one
+tiny cache and one tiny run made once per module.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from tiny import config_file, write_corpus
 FUZZ = settings(
     max_examples=25,
     deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 # (kind, where in the file as a fraction of its length, xor mask or kept fraction)

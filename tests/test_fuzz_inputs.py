@@ -103,3 +103,13 @@ def test_random_data_files_load_or_fail_in_one_line(tmp_path_factory, lines, fmt
         for d in docs:
             d.text.encode("utf-8")  # every document is text that a tokenizer can take
     assert path.read_bytes() == before  # reading never changes the file
+
+
+def test_make_test_draws_the_same_examples_every_run():
+    """``make test`` (the ``ci`` profile of tests/conftest.py) fails on the code alone, never on a new draw."""
+    import os
+
+    if os.environ.get("EKD_HYPOTHESIS_PROFILE", "ci") == "ci":
+        assert settings.default.derandomize and settings.default.database is None
+    else:
+        assert not settings.default.derandomize
