@@ -159,6 +159,16 @@ def test_a_utf8_byte_order_mark_is_not_read_as_text(tmp_path):
         assert docs[0].text == first and "\ufeff" not in "".join(d.text for d in docs), (source, docs[0].text)
 
 
+def test_jsonl_files_joined_with_their_byte_order_marks_are_read(tmp_path):
+    """Try-out 94, F7: `cat a.jsonl b.jsonl` of two files saved with a BOM put one at a later line's start, which
+    was refused as 'not valid JSON (Unexpected UTF-8 BOM ...); fix or remove the line'."""
+    bom = b"\xef\xbb\xbf"
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(bom + b'{"text": "first file"}\n' + bom + b'{"text": "second file"}\r\n')
+    cfg = load_config(overrides=[f"data.source={path}"])
+    assert [d.text for d in load_documents(str(path), cfg.data)] == ["first file", "second file"]
+
+
 def test_a_source_of_one_document_warns_that_no_eval_set_is_scored(tmp_path, caplog):
     """Try-out 53, F3: a source of one document held none out; an INFO line said 'eval set is empty' and the run
     ended with no evaluation (eval.json {}). Now a warning says so and how to get one; naming a set silences it."""

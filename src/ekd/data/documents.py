@@ -777,7 +777,8 @@ def _read_jsonl(
         for line_no, raw in enumerate(f, start=1):
             where = f"{key} {path} line {line_no}"
             try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a byte-order mark: no JSON
+                # a byte-order mark is no JSON: the file's, or a joined file's at a later line (`cat a b`)
+                line = raw.decode("utf-8-sig")
             except UnicodeDecodeError as e:
                 if line_no == 1 and (compressed := _compressed(path, key)) is not None:
                     raise compressed from None
