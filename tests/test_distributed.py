@@ -79,10 +79,10 @@ def test_two_ranks_equal_one_process(tmp_path):
     for name in METHODS:
         a, b = tmp_path / "runs" / f"single-{name}", tmp_path / "runs" / f"ddp-{name}"
         # every figure a step logs (try-out 23: EGAD's train/feature was divided by the ranks): grad norm, DDP
-        # sums, never averages; tokens, the job's count; tokens/s is a rate of the wall clock and peak memory a
-        # measurement of the processes, not figures of the math
+        # sums, never averages; tokens, the job's count; tokens/s and step seconds are readings of the wall clock
+        # and peak memory a measurement of the processes, not figures of the math
         step_rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
-        measured = {"step", "train/tokens_per_s", "train/peak_memory_gib"}
+        measured = {"step", "train/tokens_per_s", "train/step_s", "train/peak_memory_gib"}
         keys = sorted({k for r in step_rows if "train/loss" in r for k in r} - measured)
         assert {"train/loss", "train/grad_norm", "train/tokens"} <= set(keys), keys
         for key in keys:

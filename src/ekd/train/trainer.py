@@ -168,7 +168,10 @@ def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | N
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """Linear warm-up to ``train.lr`` then cosine decay to ``min_lr_ratio``·lr at ``max_steps``."""
+    """The learning rate of 0-based ``step``: linear warm-up, lr·(step + 1)/``warmup_steps``, reaching ``train.lr``
+    at step ``warmup_steps`` − 1, then a cosine from lr at step ``warmup_steps`` toward ``min_lr_ratio``·lr, which
+    it would reach at step ``max_steps`` (the last step, ``max_steps`` − 1, is a hair above it; try-out 97 F2). So
+    the peak is used twice, at the warm-up's last step and the cosine's first."""
     t = cfg.train
     if t.warmup_steps > 0 and step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
@@ -613,7 +616,9 @@ def _train(
     if main:
         log_generation_budget(cfg.method, cfg.data.block_length)
     tokens_seen, t_loop = 0, time.perf_counter()
+    window_s, window_steps = 0.0, 0  # wall seconds of the steps since the last training row (train/step_s)
     for step in bar:
+        t_step = time.perf_counter()
         # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact
         torch.manual_seed(rank_seed(cfg.run.seed, step, ranks.rank))
         # learning rate for this step
@@ -704,7 +709,8 @@ def _train(
         # 5. log
         totals["selected"] += sums.get("positions", 0.0)  # distinct positions given KD (the run's KD share)
         totals["valid"] += sums.get("valid", 0.0)
-        elapsed = time.perf_counter() - t_loop
+        now = time.perf_counter()
+        window_s, window_steps = window_s + now - t_step, window_steps + 1
         last = _step_metrics(
             step,
             lr,
@@ -713,10 +719,12 @@ def _train(
             sums,
             (kd_count, ce_count, feature_count),
             parts,
-            tokens_seen / max(elapsed, 1e-9),
+            tokens_seen / max(now - t_loop, 1e-9),
+            window_s / window_steps,
         )
         if (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.max_steps:
             write_metrics(step + 1, last)
+            window_s, window_steps = 0.0, 0
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last['train/tokens_per_s']:.0f}")
         # 6. evaluate, checkpoint
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
@@ -1137,10 +1145,19 @@ def _combine(key: str, old: float | None, new: float) -> float:
 
 
 def _step_metrics(
-    step, lr, loss, grad_norm, sums, counts: tuple[float, float, float], parts: MethodParts, tokens_per_s
+    step,
+    lr,
+    loss,
+    grad_norm,
+    sums,
+    counts: tuple[float, float, float],
+    parts: MethodParts,
+    tokens_per_s: float,
+    step_s: float,
 ) -> dict[str, float]:
     """The step's logged figures from the global ``sums`` (every rank's, summed) and the terms' global
-    normalizers ``counts`` = (kd_count, ce_count, feature_count), which every rank holds alike."""
+    normalizers ``counts`` = (kd_count, ce_count, feature_count), which every rank holds alike; ``tokens_per_s``
+    and ``step_s`` (seconds) are this rank's wall clock."""
     kd_count, ce_count, feature_count = counts
     m = {
         "train/loss": loss,
@@ -1148,6 +1165,7 @@ def _step_metrics(
         "train/grad_norm": grad_norm,
         "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
         "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
+        "train/step_s": step_s,  # mean wall seconds of the steps since the last row: no evaluation, no checkpoint
         "train/peak_memory_gib": sums["peak_memory_max"]
         / 2**30,  # the largest rank's peak so far (GPU or host)
     }
