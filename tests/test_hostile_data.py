@@ -198,3 +198,62 @@ def test_a_text_file_with_nul_bytes_is_one_line(tmp_path):
     cfg = load_config(overrides=[f"data.source={path}"])
     with pytest.raises(ConfigError, match=r"corpus.txt holds NUL bytes: a binary file, not text"):
         load_documents(str(path), cfg.data)
+
+
+def _notes_with_one_long_document(path, long_chars: int = 5000):
+    """A text file named alone: 12 short documents and, among them, one of ``long_chars`` characters."""
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 7))) for _ in range(200)]
+    docs = [" ".join(rng.choices(words, k=60)) for _ in range(12)]
+    docs[5] = (" ".join(rng.choices(words, k=long_chars)))[:long_chars]
+    path.write_text("\n\n\n".join(docs) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_a_document_over_max_document_chars_is_refused_before_it_is_tokenized(tmp_path, capsys, store):
+    """Try-out 98, F1: a 176 MB text file without two blank lines was one document, tokenized whole (~170 B of
+    memory per character): the kernel killed ekd at 24 GB with no line. A document over data.max_document_chars
+    is refused in one line naming it, in memory and in a token store's build."""
+    from hostile import cli, one_error_line
+    from tiny import tiny_overrides
+
+    notes = _notes_with_one_long_document(tmp_path / "notes.txt")
+    args = tiny_overrides(tmp_path, notes, "long", **{"data.max_document_chars": 2000})
+    if store:
+        args.append(f"data.store_dir={tmp_path / 'store'}")
+    line = one_error_line(*cli(capsys, "distill", "configs/demo.yaml", *args)[::2])
+    assert "document notes.txt#5 holds 5,000 characters, over data.max_document_chars=2,000" in line
+    assert "two blank lines separate documents" in line and "raise data.max_document_chars" in line
+    assert not (tmp_path / "runs" / "long").exists()
+    # the same data under the limit trains
+    args = tiny_overrides(tmp_path, notes, "long", **{"data.max_document_chars": 5000, "train.max_steps": 1})
+    assert cli(capsys, "distill", "configs/demo.yaml", *args)[0] == 0
+
+
+def test_a_text_file_is_searched_for_separators_once(tmp_path, monkeypatch):
+    """Try-out 98, F1: the text reader searched the whole unfinished document again for every 1 MiB chunk —
+    quadratic in a file without two blank lines (a 176 MB one gave no line for 5 minutes). Each character is
+    searched about once now, whatever the chunk size."""
+    import ekd.data.documents as documents_mod
+
+    searched = 0
+    separator = documents_mod.DOCUMENT_SEPARATOR
+
+    class CountingSeparator:
+        def finditer(self, text):
+            nonlocal searched
+            searched += len(text)
+            return separator.finditer(text)
+
+        def __getattr__(self, name):
+            return getattr(separator, name)
+
+    monkeypatch.setattr(documents_mod, "DOCUMENT_SEPARATOR", CountingSeparator())
+    monkeypatch.setattr(documents_mod, "TEXT_CHUNK_CHARS", 100)
+    path = tmp_path / "one.txt"
+    path.write_text(("word " * 8 + "\n") * 2000 + "\n\n\n" + "last document\n")  # 82,017 characters
+    cfg = load_config(overrides=[f"data.source={path}"])
+    docs = load_documents(str(path), cfg.data)
+    assert len(docs) == 2 and len(docs[0].text) == 82_000 - 1
+    assert searched < 2 * path.stat().st_size, searched

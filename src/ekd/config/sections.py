@@ -226,6 +226,11 @@ class DataConfig:
     """Cap the characters of each split (0 = no cap): whole documents in order, up to the first that would pass
     the cap, where the split stops (a line says where; one long document early on stops it early). The builtin
     corpus passes over a file that does not fit and reads only what it needs."""
+    max_document_chars: int = number(16 * 2**20, ge=0)
+    """Refuse a document longer than this many characters before it is tokenized (0 = no limit; default 16 Mi):
+    a document is tokenized whole, and a fast tokenizer holds ~170 bytes per character of it at once (offsets
+    and alignments), so one 176 MB document took 24 GB and was killed (try-out 98). A text file named alone is
+    one document until two blank lines separate documents."""
     max_eval_blocks: int = number(64, ge=0)
     """Blocks scored per eval set (0 = all): spread evenly over the blocks that hold a target among the set's
     first 32 times as many blocks, so a few long documents cannot fill the budget (``ekd.data.eval_sample``)."""

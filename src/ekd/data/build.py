@@ -164,6 +164,7 @@ def pack_splits(
     boundary: DocumentBoundary | None = None,
     document_attention: str = "isolated",
     max_train_tokens: int = 0,
+    max_document_chars: int = 0,
 ) -> dict[str, PackedBlocks]:
     """Pack every split; an eval set is ``max_eval_blocks`` blocks spread evenly over its first
     ``EVAL_POOL × max_eval_blocks`` (:mod:`ekd.data.eval_sample`).
@@ -180,6 +181,7 @@ def pack_splits(
         document_attention: 'isolated' or 'packed' (``data.document_attention``).
         max_train_tokens: ``data.max_tokens``: ``train`` keeps its first ``max_train_tokens // block_length``
             blocks and tokenizes only the documents they need (0 = all).
+        max_document_chars: ``data.max_document_chars``: a longer document is refused before it is tokenized.
 
     Returns:
         Split name → PackedBlocks. ``train`` must fill at least one full block; an eval set shorter than
@@ -198,6 +200,7 @@ def pack_splits(
             boundary=boundary,
             document_attention=document_attention,
             split=name,
+            max_document_chars=max_document_chars,
         )
         packed[name] = blocks if is_train else spread_blocks(blocks, max_eval_blocks, name)
     return packed

@@ -586,39 +586,51 @@ def _read_text_file(path: Path, key: str) -> Iterator[Document]:
 
     A separator is taken only once a line with text follows it in the buffer (it takes every blank line after
     the first two, and the buffer may end inside one), so the pieces are exactly those of splitting the whole
-    file at once.
+    file at once. Each chunk is searched once: what follows the last separator, up to the blank lines a new
+    separator may start in, waits in ``pending`` (try-out 98, F1: the whole unfinished document was searched
+    again for every chunk — quadratic in a file with no separator).
     """
     index = 0
-    buffer = ""
+    pending: list[str] = []  # the document being read, before ``buffer``: holds no separator
+    buffer = ""  # the unsearched text: the blank tail a separator may start in, then the new chunk
     try:
         with path.open(encoding="utf-8-sig") as f:  # a leading byte-order mark is no text (try-out 53, F7)
+            first = True
             while True:
                 chunk = f.read(TEXT_CHUNK_CHARS)
-                if index == 0 and "\x00" in chunk[:BINARY_PROBE_CHARS] and not buffer:
+                if first and "\x00" in chunk[:BINARY_PROBE_CHARS]:
                     raise ConfigError(
                         f"{key}: {path} holds NUL bytes: a binary file, not text; name a text file (or set "
                         "data.format for rows)"
                     )
+                first = False
                 buffer += chunk
                 start = 0
                 for m in DOCUMENT_SEPARATOR.finditer(buffer):
                     if chunk and not buffer[m.end() :].strip(" \t"):
                         break  # the separator may go on in the next chunk (more blank lines)
-                    if (piece := buffer[start : m.start()]).strip():
+                    piece = "".join(pending) + buffer[start : m.start()]
+                    pending = []
+                    if piece.strip():
                         yield Document(text=piece.strip("\n"), doc_id=f"{path.name}#{index}")
                     index += 1
                     start = m.end()
-                buffer = buffer[start:]
                 if not chunk:
+                    buffer = buffer[start:]
                     break
+                # a separator not yet taken starts in the blank lines at the end (after the last other character)
+                tail = len(buffer.rstrip(" \t\n")) if buffer[-1:].isspace() else len(buffer)
+                tail = max(tail, start)
+                pending.append(buffer[start:tail])
+                buffer = buffer[tail:]
     except UnicodeDecodeError:
         if (compressed := _compressed(path, key)) is not None:
             raise compressed from None
         raise ConfigError(
             f"{key}: {path} is not UTF-8 text ({_utf8_error_at(path)}); re-encode the file as UTF-8"
         ) from None
-    if buffer.strip():
-        yield Document(text=buffer.strip("\n"), doc_id=f"{path.name}#{index}")
+    if (rest := "".join(pending) + buffer).strip():
+        yield Document(text=rest.strip("\n"), doc_id=f"{path.name}#{index}")
 
 
 def _utf8_error_at(path: Path, chunk: int = 1 << 20) -> str:

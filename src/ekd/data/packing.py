@@ -164,6 +164,7 @@ def pack_documents(
     boundary: DocumentBoundary | None = None,
     document_attention: str = "isolated",
     split: str = "",
+    max_document_chars: int = 0,
 ) -> PackedBlocks:
     """Tokenize documents (batched, no special tokens added by the tokenizer) and pack them into blocks.
 
@@ -181,6 +182,7 @@ def pack_documents(
             EOS after every document (``data.separator=eos``).
         document_attention: 'isolated' or 'packed' (``data.document_attention``), kept with the blocks.
         split: The split's name, for the log line (:func:`packed_line`).
+        max_document_chars: ``data.max_document_chars`` (0 = no limit; :func:`check_document_length`).
 
     Returns:
         PackedBlocks with ``input_ids``, ``target_mask``, ``document_starts``, ``boundary_mask`` (N, T) and
@@ -188,7 +190,8 @@ def pack_documents(
 
     Raises:
         ConfigError: ``block_length < 2``; no tokens; fewer than T tokens with ``allow_partial_block=False``;
-            no EOS id without a boundary; an unknown ``document_attention``; chat rows and a tokenizer without
+            no EOS id without a boundary; an unknown ``document_attention``; a document over
+            ``max_document_chars``; chat rows and a tokenizer without
             a chat template, or every chat row skipped (see :class:`~ekd.data.chat.ChatRenderer`).
     """
     if block_length < 2:
@@ -203,7 +206,10 @@ def pack_documents(
             raise ConfigError("the tokenizer has no eos_token; set one (it separates packed documents)")
         boundary = DocumentBoundary("eos", None, int(eos_id), int(eos_id))
     max_tokens = max_blocks * block_length if max_blocks else None
-    ids, mask, starts, ends = _token_stream(docs, tokenizer, boundary, max_tokens, split=split)  # each (S,)
+    # each (S,)
+    ids, mask, starts, ends = _token_stream(
+        docs, tokenizer, boundary, max_tokens, split=split, max_document_chars=max_document_chars
+    )
     total = ids.numel()
     n_blocks = block_count(total, block_length, max_blocks, allow_partial_block, split)
     real = min(total, n_blocks * block_length) if n_blocks else total  # real tokens in the blocks
@@ -293,6 +299,7 @@ def token_chunks(
     chunk: int = 32,
     skipped: SkippedRows | None = None,
     prompt_checks: PromptBoundaryCheck | None = None,
+    max_document_chars: int = 0,
 ) -> Iterator[TokenChunk]:
     """The packed stream of ``docs`` in pieces: one :class:`TokenChunk` per ``chunk`` documents.
 
@@ -308,7 +315,8 @@ def token_chunks(
     (:mod:`ekd.data.store`) writes the same chunks to disk.
 
     Raises:
-        ConfigError: every chat row was rejected (at the end of ``docs``, without ``skipped``).
+        ConfigError: every chat row was rejected (at the end of ``docs``, without ``skipped``); a document
+            longer than ``max_document_chars`` characters (:func:`check_document_length`).
     """
     bos = [] if boundary.bos_id is None else [boundary.bos_id]
     eos = [] if boundary.eos_id is None else [boundary.eos_id]
@@ -319,6 +327,8 @@ def token_chunks(
     prompt_checks = PromptBoundaryCheck() if prompt_checks is None else prompt_checks
     total = 0
     for batch in _batched(docs, chunk):
+        for doc in batch:
+            check_document_length(doc, max_document_chars)
         if chat is None and any(d.messages is not None for d in batch):
             chat = ChatRenderer(tokenizer)
         ids: list[int] = []
@@ -378,6 +388,8 @@ def framed_documents(
     chat: ChatRenderer | None = None
     skipped = SkippedRows("data.format=chat: rows")  # token_chunks reports them
     for batch in _batched(docs, chunk):
+        for doc in batch:
+            check_document_length(doc, max_document_chars)
         if chat is None and any(d.messages is not None for d in batch):
             chat = ChatRenderer(tokenizer)
         for doc, tokens, _, framed in _tokenized(batch, tokenizer, chat, skipped):
@@ -427,6 +439,7 @@ def _token_stream(
     max_tokens: int | None = None,
     chunk: int = 32,
     split: str = "",
+    max_document_chars: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Concatenated ids, target mask, document starts and end-of-document marks of :func:`token_chunks`,
     each (S,); with ``max_tokens`` tokenization stops once the stream holds that many tokens. Skipped chat rows
@@ -436,7 +449,7 @@ def _token_stream(
     held = 0
     skipped = SkippedRows(f"data.format=chat: {split} rows" if split else "data.format=chat: rows")
     prompt_checks = PromptBoundaryCheck(split)
-    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped, prompt_checks):
+    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped, prompt_checks, max_document_chars):
         pieces.append(piece)
         held += len(piece)
         if max_tokens is not None and held >= max_tokens:
@@ -450,6 +463,40 @@ def _token_stream(
         torch.cat([p.target_mask for p in pieces]),
         torch.cat([p.document_starts for p in pieces]),
         torch.cat([p.boundary_mask for p in pieces]),
+    )
+
+
+TOKENIZER_BYTES_PER_CHAR = 170
+"""Peak memory of a fast tokenizer per character of one text it encodes (ids, offsets, per-byte alignments):
+164 B measured on a 8.8 M-character document (``tokenizers`` 0.22, a byte-level BPE; try-out 98)."""
+
+
+def check_document_length(doc: Document, limit: int) -> None:
+    """Refuse ``doc`` when it holds more than ``limit`` characters (``data.max_document_chars``; 0 = no limit):
+    it would be tokenized whole, at :data:`TOKENIZER_BYTES_PER_CHAR` bytes of memory per character, before any
+    cap applies (try-out 98, F1: a 176 MB text file without two blank lines was one document; the tokenizer took
+    24 GB and the kernel killed ekd without a word).
+
+    Raises:
+        ConfigError: naming the document, its length, the memory it would take and the ways out.
+    """
+    if not limit:
+        return
+    length = len(doc.prompt) + len(doc.text) if doc.messages is None else len(doc.full_text)
+    if length <= limit:
+        return
+    text_file = "#" in doc.doc_id and not doc.messages
+    split_hint = (
+        "a text file named alone is one document until two blank lines separate documents: separate them so, "
+        "or write them as JSONL rows; "
+        if text_file
+        else "split it into documents; "
+    )
+    raise ConfigError(
+        f"data: document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
+        f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~"
+        f"{length * TOKENIZER_BYTES_PER_CHAR / 2**30:.1f} GiB of memory for this one; {split_hint}or raise "
+        "data.max_document_chars (0 = no limit)"
     )
 
 

@@ -98,6 +98,7 @@ WINDOW_DOCUMENTS = 256  # documents routed between two rounds of tokenizing
 PROGRESS = "progress.json"
 NOT_SIGNED = (
     "store_dir",
+    "max_document_chars",  # refuses a document, never changes a stored one
     "hf_streaming",
     "source",
     "eval_sources",
@@ -486,6 +487,7 @@ def _build(
                             boundary,
                             skipped=skipped[split],
                             prompt_checks=prompt_checks[split],
+                            max_document_chars=d.max_document_chars,
                         ):
                             files[split].append(chunk)
                             since_checkpoint += len(chunk)

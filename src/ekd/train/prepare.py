@@ -355,6 +355,7 @@ def pack_run_splits(cfg: Config, splits: dict, tokenizer, boundary=None) -> Prep
         boundary,
         cfg.data.document_attention,
         cfg.data.max_tokens,
+        cfg.data.max_document_chars,
     )
     from ekd.data.build import held_out_fingerprint
 

@@ -92,6 +92,7 @@ RESUMABLE_CHANGES = (
     "eval.",
     "data.max_eval_blocks",  # what the evaluations score, not what is trained (try-out 50, F3)
     "data.eval_sources",
+    "data.max_document_chars",  # refuses a document before tokenizing it, never changes the blocks
     "run.device",
     "run.output_dir",
     "run.name",
@@ -151,6 +152,7 @@ SAME_RUN_KEYS = (
     "eval.plots",
     "eval.every",  # evaluations between steps: the global RNG is seeded anew each step (try-out 51, F4)
     "eval.student_init",  # the evaluation before the first step (the same reason)
+    "data.max_document_chars",  # a run either refused or the same blocks
     *LAYOUT_KEYS,
     *SAME_MATH_CHANGES,
 )

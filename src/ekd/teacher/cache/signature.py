@@ -28,6 +28,7 @@ PACKING_RULE = "concat-documents-blocks-v2"
 # data.* keys that do not decide the training blocks (eval sets), or are fields of the signature of their own
 # (data.store_dir stays: the token store splits eval documents by its own rule, try-out 64 F4)
 NOT_DATA_SETTINGS = (
+    "max_document_chars",  # refuses a document, never changes the blocks
     "eval_sources",
     "max_eval_blocks",
     "block_length",
