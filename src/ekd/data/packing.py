@@ -388,8 +388,6 @@ def framed_documents(
     chat: ChatRenderer | None = None
     skipped = SkippedRows("data.format=chat: rows")  # token_chunks reports them
     for batch in _batched(docs, chunk):
-        for doc in batch:
-            check_document_length(doc, max_document_chars)
         if chat is None and any(d.messages is not None for d in batch):
             chat = ChatRenderer(tokenizer)
         for doc, tokens, _, framed in _tokenized(batch, tokenizer, chat, skipped):
