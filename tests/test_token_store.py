@@ -336,6 +336,26 @@ def test_an_eval_set_of_training_documents_is_said(
     )
 
 
+def test_a_store_counts_the_eval_documents_past_its_pool_as_memory_does(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 98, F2: a store whose eval pool (32 × data.max_eval_blocks blocks) filled before the source's end
+    said "the eval split holds 7 of 96,916 documents", counting only the pool's documents on both sides, where
+    5,021 of 101,930 were held out (memory said it right). Now both say the same line, and every id at DEBUG."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=600)
+    said = {}
+    for store in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="ekd.data.build"):
+            prepare_data(config(tmp_path, tokenizer_dir, corpus, store, max_eval_blocks=1), tmp_path / f"r{store}")
+        said[store] = [r.getMessage() for r in caplog.records if "eval split" in r.getMessage()]
+    assert " of 600 documents (" in said[False][0], said
+    assert said[True] == said[False], said
+    ids = said[True][1].removeprefix("data.source: eval split documents: ").split(", ")
+    held = int(said[True][0].split(" holds ")[1].split(" of ")[0])
+    assert len(ids) == held > 40  # about 0.2 × 600, far more than the pool's documents
+
+
 def test_a_store_stopped_by_its_caps_says_how_many_documents_it_read(
     tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -885,3 +905,24 @@ def test_a_build_killed_while_it_finishes_resumes_at_its_last_step(
     assert not partial.exists()
     memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False), tmp_path / "r3")
     assert_same_blocks(memory.blocks, stored.blocks)
+
+
+def test_a_build_stopped_by_a_bad_row_is_named_by_the_next_build_of_other_data(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Try-out 98, F4: a build stopped by a bad row left its `<key>.partial/`; fixing the row changed the store's
+    key, so the partial was neither resumed nor removed, and nothing said so. The next build in the directory
+    names it with its size (it is not deleted: it resumes for the same data and settings)."""
+    rows = [json.dumps({"text": f"document {i} " + "word " * 30}) for i in range(300)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join([*rows[:250], '{"text": 42}', *rows[250:]]) + "\n")
+    with pytest.raises(ConfigError, match="line 251: field 'text' must be a string"):
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    partial = next((tmp_path / "runs").rglob("*.partial"), None) or next(tmp_path.rglob("*.partial"))
+    corpus.write_text("\n".join([*rows[:250], '{"text": "fixed"}', *rows[250:]]) + "\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd.data.store_build"):
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
+    said = [r.getMessage() for r in caplog.records if "unfinished build of other data" in r.getMessage()]
+    assert len(said) == 1 and str(partial) in said[0] and " MiB, last written " in said[0], said
+    assert partial.is_dir()

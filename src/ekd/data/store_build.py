@@ -316,6 +316,10 @@ class _SplitState:
     accepted: int = 0  # documents routed to the split (data.max_chars counts them)
     chars: int = 0
     closed: bool = False
+    capped: bool = False  # closed by data.max_chars (not by its token budget)
+    # documents the split holds: accepted, and those past its token budget, which are not tokenized (the line
+    # of the eval split's size counts them, as the in-memory path does: try-out 98, F2)
+    held: int = 0
 
 
 @dataclass
@@ -366,6 +370,29 @@ def _phases(cfg: Config) -> list[_Phase]:
     return phases
 
 
+def say_other_unfinished_builds(staging: Path) -> None:
+    """One warning per other ``<key>.partial/`` beside ``staging``: an unfinished build of other data or settings
+    (try-out 98, F4: a build stopped by a bad row left one as large as what it had tokenized; fixing the row
+    changed the store's key, so it was never resumed nor removed, and nothing said so). It resumes only for the
+    same data and settings, so it is named, with its size, for the user to delete — never deleted here."""
+    for other in sorted(staging.parent.glob("*.partial")):
+        if other == staging or not other.is_dir():
+            continue
+        files = [f for f in other.rglob("*") if f.is_file()]
+        size = sum(f.stat().st_size for f in files)
+        written = max((f.stat().st_mtime for f in files), default=other.stat().st_mtime)
+        logger.warning(
+            "token store: %s is an unfinished build of other data or settings (%s, last written %s UTC): it "
+            "resumes only for the same data and settings; delete it if those have changed",
+            other,
+            f"{size / 2**20:,.1f} MiB",
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(written)),
+        )
+
+
+MAX_HELD_IDS = 100_000  # held-out ids kept for the log (every one at debug level when they all fit)
+
+
 def _accept(state: _SplitState, doc: Document, max_chars: int | None, split: str = "") -> bool:
     """Route ``doc`` to a split unless it is closed; ``data.max_chars`` closes it (as ``cap_chars``, said as it
     says it where ``split`` is named)."""
@@ -373,7 +400,7 @@ def _accept(state: _SplitState, doc: Document, max_chars: int | None, split: str
         return False
     chars = len(doc.full_text)
     if max_chars is not None and state.chars + chars > max_chars and state.accepted:
-        state.closed = True
+        state.closed = state.capped = True
         if split:
             say_chars_cap(split, state.accepted, state.chars, chars, max_chars)
         return False
@@ -423,6 +450,7 @@ def _build(
             logger.info(
                 "token store %s: building it (data.store_dir; tokenizing once for every run)", directory
             )
+        say_other_unfinished_builds(staging)
     # killed while finishing, past every phase (try-out 56, F9: this log line raised an IndexError, every rerun)
     elif progress["phase"] >= len(phases):
         logger.info(
@@ -458,6 +486,7 @@ def _build(
                 if index < progress["phase"]:
                     continue
                 consumed = progress["consumed"] if index == progress["phase"] else 0
+                resumed_pass = consumed > 0
                 stream = islice(phase.documents(), consumed, None)
                 # chat rows skipped in this phase, per split, over all its windows (reported once at its end)
                 skipped = {n: SkippedRows(f"data.format=chat: {n} rows") for n in phase.splits}
@@ -478,8 +507,11 @@ def _build(
                             routed[split].append(doc)
                             if train_keys is not None:
                                 _count_trained(split, doc, index, train_keys, trained)
-                            if split == "eval" and d.source != "pystdlib":
-                                held_ids.append(doc.doc_id or f"#{states[split].accepted - 1}")
+                        elif states[split].capped:
+                            continue
+                        states[split].held += 1  # accepted, or past the split's token budget
+                        if split == "eval" and d.source != "pystdlib" and len(held_ids) < MAX_HELD_IDS:
+                            held_ids.append(doc.doc_id or f"#{states[split].held - 1}")
                     for split, docs in routed.items():
                         for chunk in token_chunks(
                             docs,
@@ -506,14 +538,15 @@ def _build(
                 if consumed == 0 and phase.required:
                     raise no_documents(d, phase.source, phase.key)
                 if "eval" in phase.splits and d.source != "pystdlib":
-                    eval_held = states["eval"].accepted
-                    stopped = not exhausted  # the caps closed every split before the source's end
+                    # every document the source's eval split holds, of every document read (not only the
+                    # eval pool's, which are tokenized: try-out 98, F2 read "7 of 96,916" for 5,021 of 101,930)
+                    eval_held = states["eval"].held
                     say_eval_documents(
-                        held_ids if len(held_ids) == eval_held else [],
+                        [] if resumed_pass else held_ids,  # a resumed pass saw only the rest
                         eval_held,
-                        consumed if stopped else eval_held + states["train"].accepted,
+                        consumed,
                         d.eval_fraction,
-                        stopped=stopped,
+                        stopped=not exhausted,  # the caps closed every split before the source's end
                     )
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)
