@@ -347,7 +347,9 @@ def test_a_store_counts_the_eval_documents_past_its_pool_as_memory_does(
     for store in (False, True):
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="ekd.data.build"):
-            prepare_data(config(tmp_path, tokenizer_dir, corpus, store, max_eval_blocks=1), tmp_path / f"r{store}")
+            prepare_data(
+                config(tmp_path, tokenizer_dir, corpus, store, max_eval_blocks=1), tmp_path / f"r{store}"
+            )
         said[store] = [r.getMessage() for r in caplog.records if "eval split" in r.getMessage()]
     assert " of 600 documents (" in said[False][0], said
     assert said[True] == said[False], said
