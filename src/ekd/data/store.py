@@ -88,7 +88,9 @@ class MappedColumn:
         """Rows ``[start, stop)`` (m, T) read from the file (a copy; no page of the mapping touched)."""
         m, width = max(0, stop - start), self.array.shape[1]
         itemsize = self.array.dtype.itemsize
-        flat = np.fromfile(self.path, dtype=self.array.dtype, count=m * width, offset=start * width * itemsize)
+        flat = np.fromfile(
+            self.path, dtype=self.array.dtype, count=m * width, offset=start * width * itemsize
+        )
         rows = torch.from_numpy(flat.view(np.uint8 if self.mask else np.int32).reshape(m, width))  # (m, T)
         return rows.view(torch.bool) if self.mask else rows
 
