@@ -231,6 +231,34 @@ def test_a_document_over_max_document_chars_is_refused_before_it_is_tokenized(tm
     assert cli(capsys, "distill", "configs/demo.yaml", *args)[0] == 0
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_a_long_document_is_refused_before_a_bpe_tokenizer_trains_on_it(tmp_path, capsys, monkeypatch, store):
+    """Try-out 98 F1, the model.tokenizer=train_bpe case: the refusal came after the BPE had trained on the whole
+    document (a 44 MB one: 4.6 GB and 1 min 52 s, then the line). The BPE's training texts are checked first."""
+    import ekd.data
+    from hostile import cli, one_error_line
+    from tiny import tiny_overrides
+
+    seen: list[str] = []
+    train_bpe = ekd.data.train_bpe_tokenizer
+
+    def spy(texts, *args, **kwargs):
+        seen.extend(texts)
+        return train_bpe(seen, *args, **kwargs)
+
+    monkeypatch.setattr(ekd.data, "train_bpe_tokenizer", spy)
+    notes = _notes_with_one_long_document(tmp_path / "notes.txt")
+    # every document on the training side, which the BPE reads
+    args = tiny_overrides(
+        tmp_path, notes, "long", **{"data.max_document_chars": 2000, "data.eval_fraction": 0}
+    )
+    if store:
+        args.append(f"data.store_dir={tmp_path / 'store'}")
+    line = one_error_line(*cli(capsys, "distill", "configs/demo.yaml", *args)[::2])
+    assert "document notes.txt#5 holds 5,000 characters" in line
+    assert seen and max(len(t) for t in seen) < 2000  # the documents before it, not it
+
+
 def test_a_text_file_is_searched_for_separators_once(tmp_path, monkeypatch):
     """Try-out 98, F1: the text reader searched the whole unfinished document again for every 1 MiB chunk —
     quadratic in a file without two blank lines (a 176 MB one gave no line for 5 minutes). Each character is

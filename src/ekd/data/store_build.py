@@ -287,11 +287,6 @@ def held_out_source_key(cfg: Config) -> str | None:
     return SOURCE_FILES_PREFIX + hashlib.sha256(what.encode()).hexdigest()
 
 
-def train_texts(cfg: Config) -> Iterator[str]:
-    """``full_text`` of the training documents, streamed (to train a BPE tokenizer without loading them)."""
-    return (doc.full_text for doc in train_documents(cfg))
-
-
 def train_documents(cfg: Config) -> Iterator[Document]:
     """The training documents in the order the store packs them, streamed (routed and ``data.max_chars``-capped
     as :func:`_build` does; documents past ``data.max_tokens`` are included — the caller stops reading)."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from ekd.models.load import (
 from ekd.models.positions import check_block_fits_positions
 from ekd.train.precision import autocast_for, check_forward_under_autocast
 from ekd.words import counted
+
+if TYPE_CHECKING:
+    from ekd.data.document import Document
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +140,16 @@ def needs_training_text(cfg: Config, run_dir: Path) -> bool:
     return tokenizer_source(cfg) == "train_bpe" and not (run_dir / "tokenizer" / "tokenizer.json").is_file()
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None):
-    """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``.
+def prepare_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document] | None):
+    """The run's tokenizer (see ``model.tokenizer``); a trained BPE is saved to ``run_dir/tokenizer``, trained on
+    the ``full_text`` of ``train_docs`` (each checked against ``data.max_document_chars`` first, as packing checks
+    it: try-out 98 F1's refusal came after the BPE had trained on the whole document, 4.6 GB and 2 minutes later).
 
     Every real model the run feeds is checked against it here, from its tokenizer and config.json files
     (:func:`check_models_fit_tokenizer`): with a named tokenizer, before any data is read.
     """
     from ekd.data import train_bpe_tokenizer
+    from ekd.data.packing import check_document_length
 
     spec = tokenizer_source(cfg)
     saved = run_dir / "tokenizer"
@@ -153,12 +160,14 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | N
             )
         if (saved / "tokenizer.json").is_file():
             return load_tokenizer(str(saved))
-        if not train_texts:
+        if not train_docs:
             raise ConfigError("model.tokenizer=train_bpe: no training text to train the tokenizer on")
         log.info(
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
-        return train_bpe_tokenizer(train_texts, cfg.model.bpe_vocab_size, saved)
+        limit = cfg.data.max_document_chars
+        texts = (check_document_length(d, limit) or d.full_text for d in train_docs)
+        return train_bpe_tokenizer(texts, cfg.model.bpe_vocab_size, saved)
     models = {"teacher": teacher_config_source(cfg), "student": (cfg.model.student, cfg.model.revision)}
     source, revision = models.get(spec, (spec, cfg.model.revision))
     if spec not in models and names_teacher(cfg, spec):  # the teacher's directory by its path: read where
@@ -239,7 +248,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
         check_tokenizer_template(cfg, tokenizer)  # the template it renders with, before the corpus is read
     splits = load_splits(cfg, max_chars=cfg.data.max_chars or None)
     if tokenizer is None:
-        tokenizer = _run_tokenizer(cfg, run_dir, [d.full_text for d in splits["train"]])
+        tokenizer = _run_tokenizer(cfg, run_dir, splits["train"])
     if cfg.data.format == "chat":
         from ekd.data.chat_template import settle_chat_template
 
@@ -247,9 +256,9 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     return pack_run_splits(cfg, splits, tokenizer)
 
 
-def _run_tokenizer(cfg: Config, run_dir: Path, train_texts: Iterable[str] | None):
+def _run_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document] | None):
     """:func:`prepare_tokenizer`, then :func:`check_run_tokenizer`."""
-    tokenizer = prepare_tokenizer(cfg, run_dir, train_texts)
+    tokenizer = prepare_tokenizer(cfg, run_dir, train_docs)
     check_run_tokenizer(cfg, tokenizer)
     return tokenizer
 
@@ -368,10 +377,10 @@ def prepare_stored_data(cfg: Config, run_dir: Path, tokenizer=None, boundary=Non
     tokenized and packed only when no store for this data, tokenizer and packing exists yet; the blocks are
     memory-mapped. ``tokenizer``: use this one (``ekd eval``: the saved student's) instead of preparing it;
     ``boundary``: likewise (:func:`run_boundary`)."""
-    from ekd.data.store_build import held_out_source_key, stored_blocks, train_documents, train_texts
+    from ekd.data.store_build import held_out_source_key, stored_blocks, train_documents
 
     if tokenizer is None:
-        tokenizer = prepare_tokenizer(cfg, run_dir, train_texts(cfg))
+        tokenizer = prepare_tokenizer(cfg, run_dir, train_documents(cfg))
         if cfg.data.format == "chat":  # before the store's key, which signs the settled template
             from ekd.data.chat_template import AGREEMENT_ROWS, check_tokenizer_template, settle_chat_template
 
