@@ -939,21 +939,48 @@ def test_a_build_killed_while_it_finishes_resumes_at_its_last_step(
 
 
 def test_a_build_stopped_by_a_bad_row_is_named_by_the_next_build_of_other_data(
-    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Try-out 98, F4: a build stopped by a bad row left its `<key>.partial/`; fixing the row changed the store's
     key, so the partial was neither resumed nor removed, and nothing said so. The next build in the directory
     names it with its size (it is not deleted: it resumes for the same data and settings)."""
-    rows = [json.dumps({"text": f"document {i} " + "word " * 30}) for i in range(300)]
+    import ekd.data.store_build as store_build
+
+    monkeypatch.setattr(
+        store_build, "CHECKPOINT_TOKENS", 1000
+    )  # checkpointed before the bad row, as a big build
+    rows = [json.dumps({"text": f"document {i} " + "word " * 30}) for i in range(700)]
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join([*rows[:250], '{"text": 42}', *rows[250:]]) + "\n")
-    with pytest.raises(ConfigError, match="line 251: field 'text' must be a string"):
+    corpus.write_text("\n".join([*rows[:600], '{"text": 42}', *rows[600:]]) + "\n")  # in the third window
+    with pytest.raises(ConfigError, match="line 601: field 'text' must be a string"):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
-    partial = next((tmp_path / "runs").rglob("*.partial"), None) or next(tmp_path.rglob("*.partial"))
-    corpus.write_text("\n".join([*rows[:250], '{"text": "fixed"}', *rows[250:]]) + "\n")
+    partial = next(tmp_path.rglob("*.partial"))
+    corpus.write_text("\n".join([*rows[:600], '{"text": "fixed"}', *rows[600:]]) + "\n")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ekd.data.store_build"):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
     said = [r.getMessage() for r in caplog.records if "unfinished build of other data" in r.getMessage()]
     assert len(said) == 1 and str(partial) in said[0] and " MiB, last written " in said[0], said
     assert partial.is_dir()
+
+
+def test_a_long_document_past_the_token_budget_is_never_read_by_either_path(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """Try-out 99, F2: with data.max_tokens, the store tokenized the whole window of 256 documents before it closed
+    the training split, so a document over data.max_document_chars past the budget was refused there while the
+    in-memory path trained (and with no limit, up to 255 documents past the budget were tokenized). The store stops
+    tokenizing a split once it is full; a refusal before anything was stored leaves no partial build (F4)."""
+    rows = [json.dumps({"text": f"document {i} " + "word " * 30}) for i in range(400)]
+    rows.insert(150, json.dumps({"text": "long " * 1000}))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(rows) + "\n")
+    caps = {"max_tokens": 400, "max_document_chars": 2000}
+    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False, **caps), tmp_path / "r0").blocks
+    stored = prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **caps), tmp_path / "r1").blocks
+    assert_same_blocks(memory, stored)
+    # the long document within the budget: refused, and the store directory keeps no partial build of it
+    caps["max_tokens"] = 8000
+    with pytest.raises(ConfigError, match=r"the train split's document c.jsonl:151 holds 5,000 characters"):
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **caps), tmp_path / "r2")
+    assert not list((tmp_path / "runs").rglob("*.partial"))

@@ -300,6 +300,7 @@ def token_chunks(
     skipped: SkippedRows | None = None,
     prompt_checks: PromptBoundaryCheck | None = None,
     max_document_chars: int = 0,
+    split: str = "",
 ) -> Iterator[TokenChunk]:
     """The packed stream of ``docs`` in pieces: one :class:`TokenChunk` per ``chunk`` documents.
 
@@ -328,7 +329,7 @@ def token_chunks(
     total = 0
     for batch in _batched(docs, chunk):
         for doc in batch:
-            check_document_length(doc, max_document_chars)
+            check_document_length(doc, max_document_chars, split)
         if chat is None and any(d.messages is not None for d in batch):
             chat = ChatRenderer(tokenizer)
         ids: list[int] = []
@@ -447,7 +448,9 @@ def _token_stream(
     held = 0
     skipped = SkippedRows(f"data.format=chat: {split} rows" if split else "data.format=chat: rows")
     prompt_checks = PromptBoundaryCheck(split)
-    for piece in token_chunks(docs, tokenizer, boundary, chunk, skipped, prompt_checks, max_document_chars):
+    for piece in token_chunks(
+        docs, tokenizer, boundary, chunk, skipped, prompt_checks, max_document_chars, split
+    ):
         pieces.append(piece)
         held += len(piece)
         if max_tokens is not None and held >= max_tokens:
@@ -469,32 +472,28 @@ TOKENIZER_BYTES_PER_CHAR = 170
 164 B measured on a 8.8 M-character document (``tokenizers`` 0.22, a byte-level BPE; try-out 98)."""
 
 
-def check_document_length(doc: Document, limit: int) -> None:
+def check_document_length(doc: Document, limit: int, split: str = "") -> None:
     """Refuse ``doc`` when it holds more than ``limit`` characters (``data.max_document_chars``; 0 = no limit):
     it would be tokenized whole, at :data:`TOKENIZER_BYTES_PER_CHAR` bytes of memory per character, before any
     cap applies (try-out 98, F1: a 176 MB text file without two blank lines was one document; the tokenizer took
     24 GB and the kernel killed ekd without a word).
 
     Raises:
-        ConfigError: naming the document, its length, the memory it would take and the ways out.
+        ConfigError: naming the split and the document, its length, the memory it would take and the ways out.
     """
     if not limit:
         return
     length = len(doc.prompt) + len(doc.text) if doc.messages is None else len(doc.full_text)
     if length <= limit:
         return
-    text_file = "#" in doc.doc_id and not doc.messages
-    split_hint = (
-        "a text file named alone is one document until two blank lines separate documents: separate them so, "
-        "or write them as JSONL rows; "
-        if text_file
-        else "split it into documents; "
-    )
+    memory = length * TOKENIZER_BYTES_PER_CHAR
+    whose = f"the {split} split's " if split else ""
     raise ConfigError(
-        f"data: document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
+        f"data: {whose}document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
         f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~"
-        f"{length * TOKENIZER_BYTES_PER_CHAR / 2**30:.1f} GiB of memory for this one; {split_hint}or raise "
-        "data.max_document_chars (0 = no limit)"
+        f"{f'{memory / 2**30:.1f} GiB' if memory >= 2**30 else f'{memory / 2**20:.0f} MiB'} of memory for this "
+        "one; split it into documents (a text file named alone is split only at two or more blank lines in a "
+        "row; JSONL rows are a document each) or raise data.max_document_chars (0 = no limit)"
     )
 
 

@@ -476,6 +476,7 @@ def _build(
             n: SplitFiles.open(staging / f"split-{i}", states[n].tokens, states[n].documents)
             for i, n in enumerate(names)
         }
+        discard = False
         try:
             for index, phase in enumerate(phases):
                 if index < progress["phase"]:
@@ -515,9 +516,14 @@ def _build(
                             skipped=skipped[split],
                             prompt_checks=prompt_checks[split],
                             max_document_chars=d.max_document_chars,
+                            split=split,
                         ):
                             files[split].append(chunk)
                             since_checkpoint += len(chunk)
+                            if budgets[split] and files[split].tokens >= budgets[split]:
+                                # full: the window's later documents are not tokenized, as in memory (try-out
+                                # 99, F2: a long one past data.max_tokens was refused, and up to 255 tokenized)
+                                break
                         states[split].tokens, states[split].documents = (
                             files[split].tokens,
                             files[split].documents,
@@ -535,10 +541,9 @@ def _build(
                 if "eval" in phase.splits and d.source != "pystdlib":
                     # every document the source's eval split holds, of every document read (not only the
                     # eval pool's, which are tokenized: try-out 98, F2 read "7 of 96,916" for 5,021 of 101,930)
-                    eval_held = states["eval"].held
                     say_eval_documents(
                         [] if resumed_pass else held_ids,  # a resumed pass saw only the rest
-                        eval_held,
+                        states["eval"].held,
                         consumed,
                         d.eval_fraction,
                         stopped=not exhausted,  # the caps closed every split before the source's end
@@ -552,9 +557,16 @@ def _build(
                     train_keys = array("Q", sorted(train_keys))
                 _checkpoint(staging, signature, index + 1, 0, states, files)
             manifest = _finish(cfg, boundary, signature, staging, names, states, files, trained)
+        except ConfigError:
+            # stopped by the data before anything was stored: nothing to resume (try-out 99, F4: an empty partial
+            # build was left, and every later build warned about it)
+            discard = train_from is None and not (staging / PROGRESS).exists()
+            raise
         finally:
             for f in files.values():
                 f.close()
+            if discard:
+                shutil.rmtree(staging, ignore_errors=True)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
         (staging / PROGRESS).unlink(missing_ok=True)
         staging.rename(directory)

@@ -166,7 +166,7 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document]
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
         limit = cfg.data.max_document_chars
-        texts = (check_document_length(d, limit) or d.full_text for d in train_docs)
+        texts = (check_document_length(d, limit, "train") or d.full_text for d in train_docs)
         return train_bpe_tokenizer(texts, cfg.model.bpe_vocab_size, saved)
     models = {"teacher": teacher_config_source(cfg), "student": (cfg.model.student, cfg.model.revision)}
     source, revision = models.get(spec, (spec, cfg.model.revision))
