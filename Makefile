@@ -45,7 +45,7 @@ test: $(STAMP)
 # tests/conftest.py); a failing example is kept in .hypothesis/ and replayed first by the next round.
 fuzz: $(STAMP)
 	for round in $$(seq $(FUZZ_ROUNDS)); do \
-		EKD_HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(HYPOTHESIS_TESTS) || exit 1; \
+		EKD_HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -rs -n $(PYTEST_WORKERS) --dist loadfile $(HYPOTHESIS_TESTS) || exit 1; \
 	done
 
 # Liger-Kernel and TRL are benchmark-only comparisons (the `bench` extra, pinned in constraints.txt): installed
