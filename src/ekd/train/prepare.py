@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -149,7 +149,6 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document]
     (:func:`check_models_fit_tokenizer`): with a named tokenizer, before any data is read.
     """
     from ekd.data import train_bpe_tokenizer
-    from ekd.data.packing import check_document_length
 
     spec = tokenizer_source(cfg)
     saved = run_dir / "tokenizer"
@@ -165,8 +164,7 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document]
         log.info(
             "training a byte-level BPE tokenizer (vocab %d) on the training split", cfg.model.bpe_vocab_size
         )
-        limit = cfg.data.max_document_chars
-        texts = (check_document_length(d, limit, "train") or d.full_text for d in train_docs)
+        texts = _checked_texts(train_docs, cfg.data.max_document_chars)
         return train_bpe_tokenizer(texts, cfg.model.bpe_vocab_size, saved)
     models = {"teacher": teacher_config_source(cfg), "student": (cfg.model.student, cfg.model.revision)}
     source, revision = models.get(spec, (spec, cfg.model.revision))
@@ -254,6 +252,16 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
 
         settle_chat_template(cfg, tokenizer, splits["train"], model_tokenizers(cfg))
     return pack_run_splits(cfg, splits, tokenizer)
+
+
+def _checked_texts(docs: Iterable[Document], limit: int) -> Iterator[str]:
+    """``full_text`` of each of ``docs``, each refused first when over ``limit`` characters (the BPE trainer holds
+    a document whole, as the tokenizer does: :func:`ekd.data.packing.check_document_length`)."""
+    from ekd.data.packing import check_document_length
+
+    for doc in docs:
+        check_document_length(doc, limit, "train")
+        yield doc.full_text
 
 
 def _run_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document] | None):
