@@ -246,7 +246,9 @@ class DataConfig:
     before, EOS after) or 'none' (nothing added; no end-of-document target)."""
     max_tokens: int = number(0, ge=0)
     """Token budget of the training split (0 = all): tokenizing stops once it is reached and the split keeps
-    ``max_tokens // block_length`` blocks; with ``store_dir`` set, reading the source stops there too."""
+    ``max_tokens // block_length`` blocks; with ``store_dir`` set, reading the source stops there too — except
+    that ``model.tokenizer=train_bpe`` trains its BPE on the whole training split, documents past the budget
+    included (their text shapes the vocabulary, and ``data.max_document_chars`` applies to them)."""
     store_dir: str = text("", what="a directory")
     """Token store: '' = tokenize and pack in memory on every run; 'auto' = ``<run.output_dir>/token-store``;
     else this directory. Packed blocks are written there once (memory-mapped, read lazily by every run and
