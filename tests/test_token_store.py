@@ -470,14 +470,23 @@ def test_killed_build_resumes_and_never_looks_complete(
     assert (partial / "progress.json").is_file()
     monkeypatch.setattr(packing, "_encode", real)
     calls = count_encodes(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd.data"):
         resumed = prepare_data(cfg, tmp_path / "r2")
     assert any("resuming an unfinished build" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()]
     resumed_texts = sum(calls)
     assert 0 < resumed_texts < 2000  # the documents before the checkpoint were not tokenized again
     assert not partial.exists()
-    memory = prepare_data(config(tmp_path, tokenizer_dir, corpus, False, max_eval_blocks=0), tmp_path / "r3")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd.data"):
+        memory = prepare_data(
+            config(tmp_path, tokenizer_dir, corpus, False, max_eval_blocks=0), tmp_path / "r3"
+        )
     assert_same_blocks(memory.blocks, resumed.blocks)
+    # the resumed build's line names the split's first documents, as memory does (try-out 99, F3: it named none)
+    assert said == [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()], said
+    assert ": c.jsonl:" in said[0]
 
 
 def test_killed_build_with_other_settings_restarts_cleanly(

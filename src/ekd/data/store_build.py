@@ -37,7 +37,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from glob import has_magic
 from itertools import islice
 from pathlib import Path
@@ -315,6 +315,9 @@ class _SplitState:
     # documents the split holds: accepted, and those past its token budget, which are not tokenized (the line
     # of the eval split's size counts them, as the in-memory path does: try-out 98, F2)
     held: int = 0
+    first_ids: list[str] = field(
+        default_factory=list
+    )  # the first held documents' ids (a resumed build's line)
 
 
 @dataclass
@@ -385,6 +388,7 @@ def say_other_unfinished_builds(staging: Path) -> None:
         )
 
 
+FIRST_IDS = 5  # held-out ids a checkpoint keeps, for a resumed build's line (say_eval_documents names 5)
 MAX_HELD_IDS = 100_000  # held-out ids kept for the log (every one at debug level when they all fit)
 
 
@@ -508,6 +512,8 @@ def _build(
                         states[split].held += 1  # accepted, or past the split's token budget
                         if split == "eval" and d.source != "pystdlib" and len(held_ids) < MAX_HELD_IDS:
                             held_ids.append(doc.doc_id or f"#{states[split].held - 1}")
+                            if len(states[split].first_ids) < FIRST_IDS:
+                                states[split].first_ids.append(held_ids[-1])
                     for split, docs in routed.items():
                         for chunk in token_chunks(
                             docs,
@@ -542,7 +548,8 @@ def _build(
                     # every document the source's eval split holds, of every document read (not only the
                     # eval pool's, which are tokenized: try-out 98, F2 read "7 of 96,916" for 5,021 of 101,930)
                     say_eval_documents(
-                        [] if resumed_pass else held_ids,  # a resumed pass saw only the rest
+                        # a resumed pass saw only the rest: the first ids come from the checkpoint (try-out 99, F3)
+                        states["eval"].first_ids if resumed_pass else held_ids,
                         states["eval"].held,
                         consumed,
                         d.eval_fraction,
