@@ -1018,9 +1018,11 @@ def test_a_refusal_of_changed_data_names_the_text_split_rule_for_a_text_file(tmp
 
     (tmp_path / "notes.txt").write_text("a\n\n\nb\n")
     (tmp_path / "rows.jsonl").write_text('{"text": "a"}\n')
-    assert "since 2026-12-04 each document keeps its first line's indentation" in text_split_note(
-        str(tmp_path / "notes.txt")
-    )
+    note = text_split_note(str(tmp_path / "notes.txt"))
+    assert "since 2026-12-04 each document keeps its first line's indentation" in note
+    assert (
+        "only an ekd older than that change (commit 731a482) continues such a run" in note
+    )  # try-out 101, F2
     for other in (tmp_path / "rows.jsonl", tmp_path, "pystdlib", f"hf:{tmp_path}"):
         assert text_split_note(str(other)) == ""
 

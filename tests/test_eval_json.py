@@ -12,7 +12,7 @@ import yaml
 
 from ekd.cli import main
 from ekd.eval.compare import read_run
-from ekd.eval.eval_json import BLOCKS_KEY, merge, set_settings, with_settings
+from ekd.eval.eval_json import BLOCKS_KEY, READ_ONLY_KEYS, merge, set_settings, with_settings
 from tiny import tiny_overrides, write_corpus
 
 
@@ -49,7 +49,7 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
     )
     run = tmp_path / "runs" / "r"
     config_data = yaml.safe_load((run / "config.yaml").read_text())["data"]
-    for key in ("store_dir", "hf_streaming"):  # how a set is read, not what it holds (READ_ONLY_KEYS)
+    for key in READ_ONLY_KEYS:  # how a set is read, not what it holds
         config_data.pop(key)
     trained = json.loads((run / "eval.json").read_text())
     assert set(trained) == {"eval", "eval/teacher", "held", "held/teacher"}

@@ -271,7 +271,13 @@ def builtin_splits(data: DataConfig, max_chars: int | None) -> dict[str, list[Do
 
 
 def say_eval_documents(
-    first_ids: list[str], held: int, total: int, fraction: float, below: bool = True, stopped: bool = False
+    first_ids: list[str],
+    held: int,
+    total: int,
+    fraction: float,
+    below: bool = True,
+    stopped: bool = False,
+    resumed_at: int | None = None,
 ) -> None:
     """One info line: how many of the source's ``total`` documents the ``eval`` split holds (``held``), by the
     rule of :func:`content_key` and :func:`ekd.data.split.held_out_keys`, and the first ids; every id at debug
@@ -284,6 +290,8 @@ def say_eval_documents(
             smallest one whose copies fit in the fraction (try-out 76, F5: the line said it fell below).
         stopped: the token store stopped reading the source at ``total`` documents, its splits full (a cap): said
             as "of the first N read" (try-out 96, F4: "4 of 5" read as 80% held out, where memory said 4 of 23).
+        resumed_at: ``held`` and ``total`` count the documents a resumed token-store build read after document
+            ``resumed_at``, where its checkpoint (an older ekd's) counted none before (try-out 101, F3).
     """
     if not held:
         return
@@ -293,12 +301,19 @@ def say_eval_documents(
         if below
         else f"no content hash falls below data.eval_fraction={fraction:g}: the smallest one whose copies fit in it"
     )
+    if resumed_at is not None:
+        read = (
+            f"the {counted(total, 'document')} read since the build resumed at document {resumed_at} (its "
+            "checkpoint, an older ekd's, counts none before)"
+        )
+    elif stopped:
+        read = f"the first {counted(total, 'document')} read (its splits' caps stopped the reading)"
+    else:
+        read = counted(total, "document")
     logger.info(
         "data.source: the eval split holds %d of %s (%s: README, The eval split)%s%s",
         held,
-        f"the first {counted(total, 'document')} read (its splits' caps stopped the reading)"
-        if stopped
-        else counted(total, "document"),
+        read,
         rule,
         ids,
         ", … (log.level=DEBUG lists every one)" if ids and held > 5 else "",

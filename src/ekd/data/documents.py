@@ -78,6 +78,7 @@ FIELD_PROBE_ROWS = 256
 # indentation of its first line (try-out 94, F1: a trailing \s* took it from every document but the first)
 DOCUMENT_SEPARATOR = re.compile(r"\n[ \t]*\n[ \t]*\n(?:[ \t]*\n)*")
 TEXT_SPLIT_RULE = "blank-lines-v2"  # in a token store's key: a store of the rule before is not reused
+TEXT_SPLIT_COMMIT = "731a482"  # the commit that made the rule (ekd's version number did not change)
 
 
 def split_as_text(source: str) -> bool:
@@ -91,12 +92,14 @@ def split_as_text(source: str) -> bool:
 def text_split_note(source: str) -> str:
     """For a refusal that says a run's data changed: where ``source`` is a text file named alone, that ekd's split of
     such a file changed on 2026-12-04 (:data:`TEXT_SPLIT_RULE`), which changes the documents of a file that was not
-    touched (try-out 95, F8); else ''."""
+    touched (try-out 95, F8), and what such a run can do then: naming the file "as it was" cannot bring its
+    documents back (try-out 101, F2); else ''."""
     if not split_as_text(source):
         return ""
     return (
         " (or ekd's split of a text file named alone: since 2026-12-04 each document keeps its first line's "
-        "indentation, so a run made before then on such a file reads other documents now)"
+        "indentation, so a run made before then on such a file reads other documents now from the same file; "
+        f"only an ekd older than that change (commit {TEXT_SPLIT_COMMIT}) continues such a run or scores its split)"
     )
 
 

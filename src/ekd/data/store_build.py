@@ -318,6 +318,9 @@ class _SplitState:
     first_ids: list[str] = field(
         default_factory=list
     )  # the first held documents' ids (a resumed build's line)
+    # the first document ``held`` counts: a build resumed from a checkpoint of an older ekd, which counted none
+    # (try-out 101, F3: its resumed pass said "291 of 12000" for 602); 0 otherwise
+    counted_from: int = 0
 
 
 @dataclass
@@ -463,7 +466,10 @@ def _build(
             progress["consumed"],
             phases[progress["phase"]].key,
         )
-    states = {n: _SplitState(**progress["splits"][n]) for n in names}
+    known = {f.name for f in fields(_SplitState)}  # a checkpoint of another ekd may record more or fewer
+    states = {n: _SplitState(**{k: v for k, v in progress["splits"][n].items() if k in known}) for n in names}
+    if "eval" in states and "held" not in progress["splits"]["eval"]:  # an older ekd's checkpoint
+        states["eval"].counted_from = progress["consumed"]
     # 8 bytes of each training document's content_key, to find training documents in the named eval sets: only
     # where this build reads the whole training split itself (not a resumed build, not one copying another's)
     fresh = train_from is None and progress["phase"] == 0 and progress["consumed"] == 0
@@ -547,13 +553,15 @@ def _build(
                 if "eval" in phase.splits and d.source != "pystdlib":
                     # every document the source's eval split holds, of every document read (not only the
                     # eval pool's, which are tokenized: try-out 98, F2 read "7 of 96,916" for 5,021 of 101,930)
+                    since = states["eval"].counted_from
                     say_eval_documents(
                         # a resumed pass saw only the rest: the first ids come from the checkpoint (try-out 99, F3)
-                        states["eval"].first_ids if resumed_pass else held_ids,
+                        states["eval"].first_ids if resumed_pass and not since else held_ids,
                         states["eval"].held,
-                        consumed,
+                        consumed - since,
                         d.eval_fraction,
                         stopped=not exhausted,  # the caps closed every split before the source's end
+                        resumed_at=since or None,
                     )
                 for split in phase.splits:  # a window whose rows were all skipped is no error; a split's is
                     settle_skipped(skipped[split], states[split].tokens)

@@ -69,8 +69,9 @@ CONTENT_KEYS = (
 chat is rendered — all of which the blocks' sha256 (:data:`BLOCKS_KEY`: token ids, targets and document starts)
 captures: a set identified by that sha256 is not told apart by them (try-out 53, F1: ``ekd eval RUN
 data.prompt_field=prompt ...`` to add a prompt/completion set split the run's text ``eval`` set off its own)."""
-READ_ONLY_KEYS = ("store_dir", "hf_streaming")
-"""``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks)."""
+READ_ONLY_KEYS = ("store_dir", "hf_streaming", "max_document_chars")
+"""``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks; a
+document over ``max_document_chars`` is refused, never cut)."""
 
 
 def precision_name(autocast: Any) -> str:
@@ -94,6 +95,20 @@ def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     sources = out.get("eval_sources") or {}
     out["eval_sources"] = {name: sources[name]} if name in sources else {}
     return out
+
+
+def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A set's recorded data settings (an entry's :data:`SETTINGS_KEY`, :data:`BLOCKS_KEY` kept) as
+    :func:`set_settings` would write them today, as JSON reads them back: ``data`` keys added to ekd after the entry
+    was written at their defaults (a key is added with a default that keeps what earlier runs computed:
+    :func:`~ekd.config.with_todays_defaults`), :data:`READ_ONLY_KEYS` dropped. Recorded settings are compared
+    through it, so an entry of an older ekd is not told apart from today's by a key it could not record (try-out
+    101, F1: every eval.json written before ``data.max_document_chars`` existed skipped ``ekd eval``'s check that
+    the held-out split is the one the run scored)."""
+    from ekd.config import with_todays_defaults
+
+    filled = with_todays_defaults({"data": dict(recorded)})["data"]
+    return json.loads(json.dumps({k: v for k, v in filled.items() if k not in READ_ONLY_KEYS}, default=str))
 
 
 class EvalResults(dict):
@@ -201,6 +216,8 @@ def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if a.get(SCORING_KEY) != b.get(SCORING_KEY):
         return False
     da, db = a.get(SETTINGS_KEY) or {}, b.get(SETTINGS_KEY) or {}
+    if da and db:  # both recorded: an older ekd's entry read with the keys added since at their defaults
+        da, db = recorded_settings(da), recorded_settings(db)
     if BLOCKS_KEY in da and BLOCKS_KEY in db:
         moot = (*CONTENT_KEYS, "max_eval_blocks")
         da, db = ({k: v for k, v in d.items() if k not in moot} for d in (da, db))

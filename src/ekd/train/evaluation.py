@@ -371,7 +371,7 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
     Raises:
         ConfigError: the held-out split differs from the one the run scored.
     """
-    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, set_settings
+    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, recorded_settings, set_settings
 
     try:
         saved = json.loads((run_dir / "eval.json").read_text())
@@ -384,9 +384,9 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
         recorded = saved.get(name, {}).get(SETTINGS_KEY) if isinstance(saved.get(name), dict) else None
         if not isinstance(recorded, dict) or BLOCKS_KEY not in recorded:
             continue  # never scored, or by an ekd that did not record its blocks
-        recorded = dict(recorded)
+        recorded = recorded_settings(recorded)  # an older ekd's entry: the keys added since at their defaults
         sha = recorded.pop(BLOCKS_KEY)
-        if recorded != json.loads(json.dumps(set_settings(section, name))):
+        if recorded != recorded_settings(set_settings(section, name)):
             continue  # scored with other settings: other blocks are expected
         if (now := blocks.fingerprint()) == sha:
             continue

@@ -23,6 +23,7 @@ from ekd.eval.eval_json import (
     PRECISION,
     SCORING_SETTINGS,
     STUDENT_INIT_KEY,
+    recorded_settings,
     set_of,
     set_settings,
     split_settings,
@@ -255,7 +256,7 @@ class RunRecord:
         alike (:func:`ekd.eval.eval_json.set_settings`); keys added to ekd after the entry was written at their
         defaults, as in the config (:func:`~ekd.config.with_todays_defaults`)."""
         if name in self.scored_with:
-            data = with_todays_defaults({"data": self.scored_with[name]})["data"]
+            data = recorded_settings(self.scored_with[name])
         else:
             data = self.config.get("data") or {}
         if name in self.sets_by_content:  # what the set holds, not where its files are nor how they were read
