@@ -254,7 +254,7 @@ class RunRecord:
         """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
         RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
         alike (:func:`ekd.eval.eval_json.set_settings`); keys added to ekd after the entry was written at their
-        defaults, as in the config (:func:`~ekd.config.with_todays_defaults`)."""
+        defaults, as in the config (:func:`ekd.eval.eval_json.recorded_settings`)."""
         if name in self.scored_with:
             data = recorded_settings(self.scored_with[name])
         else:
