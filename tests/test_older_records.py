@@ -1,7 +1,8 @@
-"""Records an older ekd wrote (eval.json's data settings, ekd-run.json), read by today's: a key added to ``data``
-since is read at its default, so the checks that compare recorded settings still run (try-out 101, F1: every
-eval.json written before ``data.max_document_chars`` existed skipped ``ekd eval``'s held-out-split check, and a
-re-evaluation dropped the starting student's figures)."""
+"""Recorded eval-set settings against today's (``ekd.eval.eval_json.recorded_settings``): a key added to ``data``
+since an older ekd wrote a record is read at its default, so the checks that compare recorded settings still run
+(try-out 101, F1: every eval.json written before ``data.max_document_chars`` existed skipped ``ekd eval``'s
+held-out-split check, and a re-evaluation dropped the starting student's figures); a named set is not told apart
+by the training split's keys (try-out 102, F1)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from ekd.cli import main
 from ekd.config import Config
+from ekd.data.documents import TEXT_SPLIT_RULE
 from ekd.eval.eval_json import (
     BLOCKS_KEY,
     SETTINGS_KEY,
@@ -90,3 +92,53 @@ def test_ekd_eval_of_an_older_run_still_checks_its_sets(tmp_path, capsys, caplog
     line = _error_line(capsys)
     assert "documents the student trained on may now be held out" in line, line
     assert (run / "eval.json").read_text() == before  # nothing written
+
+
+def test_the_way_on_a_changed_split_keeps_checking_the_named_sets(tmp_path, capsys, caplog):
+    """Try-out 102, F1: the refusal of a changed held-out split says to score the named sets only, `ekd eval RUN
+    data.eval_fraction=0 'data.eval_sources={name: FILE}'`; that override turned off the check that a named set's
+    text is unchanged (a changed one was scored without a word) and dropped the start's figures of an unchanged
+    one."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    named = tmp_path / "named.txt"
+    named.write_text("def value(self):\n    return self.items\n" * 4)
+    base = tiny_overrides(tmp_path, corpus, "way", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
+    assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
+    run = tmp_path / "runs" / "way"
+    start = json.loads((run / "eval.json").read_text())["named"]["student_init"]
+    for doc in corpus.iterdir():  # the held-out split changed: refused, with the way on
+        doc.write_text(doc.read_text() + "return value\n")
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    way = f"ekd eval {run} data.eval_fraction=0 'data.eval_sources={{name: FILE}}'"
+    assert way in _error_line(capsys)
+    named_only = ["eval", str(run), "data.eval_fraction=0", f"data.eval_sources={{named: {named}}}"]
+    assert main(named_only) == 0  # the set unchanged: its start kept
+    assert json.loads((run / "eval.json").read_text())["named"]["student_init"] == start
+    named.write_text("class Items:\n    pass\n" * 4)  # its text changed: said, then scored
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(named_only) == 0
+    assert "eval set 'named': its blocks differ from those the run scored under that name" in caplog.text
+
+
+def test_the_text_split_note_goes_to_runs_that_do_not_record_todays_rule(tmp_path, capsys):
+    """Try-out 102, F2: a run made today on a text file named alone, its file then edited, was told that only an ekd
+    older than the 2026-12-04 split change could continue it; a run records the rule (ekd-run.json text_split),
+    and one that does not (an older ekd's) keeps the note."""
+    notes = tmp_path / "notes.txt"
+    body = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n\n\n"
+    notes.write_text("".join(body.replace("1", str(i)) for i in range(40)))
+    args = tiny_overrides(tmp_path, notes, "txt", **{"train.max_steps": 1, "data.eval_fraction": 0.2})
+    assert main(["distill", *args]) == 0
+    marker = tmp_path / "runs" / "txt" / "ekd-run.json"
+    assert json.loads(marker.read_text())["text_split"] == TEXT_SPLIT_RULE
+    notes.write_text(notes.read_text().replace("pass", "return None"))
+    capsys.readouterr()
+    assert main(["distill", *args, "train.max_steps=2", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert "the training data of data.source" in line and "731a482" not in line, line
+    older = json.loads(marker.read_text())
+    del older["text_split"]  # as an ekd before the record wrote it
+    marker.write_text(json.dumps(older))
+    assert main(["distill", *args, "train.max_steps=2", "--resume"]) == 2
+    assert "only an ekd older than that change (commit 731a482)" in _error_line(capsys)

@@ -89,12 +89,14 @@ def split_as_text(source: str) -> bool:
     return not rows and not source.startswith(("hf:", "pystdlib")) and path.is_file()
 
 
-def text_split_note(source: str) -> str:
+def text_split_note(source: str, recorded: str | None = None) -> str:
     """For a refusal that says a run's data changed: where ``source`` is a text file named alone, that ekd's split of
     such a file changed on 2026-12-04 (:data:`TEXT_SPLIT_RULE`), which changes the documents of a file that was not
     touched (try-out 95, F8), and what such a run can do then: naming the file "as it was" cannot bring its
-    documents back (try-out 101, F2); else ''."""
-    if not split_as_text(source):
+    documents back (try-out 101, F2); else ''. ``recorded``: the rule the run recorded (ekd-run.json
+    ``text_split``); a run that records today's rule gets no note (try-out 102, F2: a run made today whose file was
+    edited was sent to an older ekd)."""
+    if not split_as_text(source) or recorded == TEXT_SPLIT_RULE:
         return ""
     return (
         " (or ekd's split of a text file named alone: since 2026-12-04 each document keeps its first line's "

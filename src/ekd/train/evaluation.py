@@ -468,11 +468,16 @@ def _trained_data(run_dir: Path) -> dict[str, Any] | None:
 
 def _held_out_changed(run_dir: Path, cfg: Config, figures: str) -> ConfigError:
     from ekd.data.documents import text_split_note
+    from ekd.train.run_dir import read_marker
 
+    try:
+        rule = (read_marker(run_dir) or {}).get("text_split")
+    except EkdError:  # a corrupt marker: said where the run is opened; this refusal names the data
+        rule = None
     return ConfigError(
         f"data.source {cfg.data.source}: the eval split it holds out now differs from the one this run held out "
         f"and scored ({figures}): the source or data.eval_fraction changed since the run"
-        f"{text_split_note(cfg.data.source)}, and documents the student "
+        f"{text_split_note(cfg.data.source, rule)}, and documents the student "
         "trained on may now be held out; restore them as the run read them, or score named sets only (`ekd eval "
         f"{run_dir} data.eval_fraction=0 'data.eval_sources={{name: FILE}}'`)"
     )

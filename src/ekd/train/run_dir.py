@@ -742,13 +742,21 @@ class RunStart:
             raise RunDirError(
                 f"--resume: the training data of data.source={self.cfg.data.source} differ from the run's "
                 f"({counted(marker.get('train_blocks'), 'block')}, fingerprint {str(saved)[:12]}; now "
-                f"{counted(train_blocks, 'block')}, {fingerprint[:12]}){text_split_note(self.cfg.data.source)}; "
+                f"{counted(train_blocks, 'block')}, {fingerprint[:12]})"
+                f"{text_split_note(self.cfg.data.source, marker.get('text_split'))}; "
                 "name the data the run read "
                 f"({_saved_source(self.run_dir)}) as it was, or start a new run under another run.name"
             )
         if saved is None:
-            with writing(self.run_dir):
-                _write_marker(self.run_dir, data_fingerprint=fingerprint, train_blocks=int(train_blocks))
+            from ekd.data.documents import TEXT_SPLIT_RULE
+
+            with writing(self.run_dir):  # the split rule of a text file named alone the blocks were read with
+                _write_marker(
+                    self.run_dir,
+                    data_fingerprint=fingerprint,
+                    train_blocks=int(train_blocks),
+                    text_split=TEXT_SPLIT_RULE,
+                )
 
     def check_eval_sets(self, fingerprints: dict[str, str], held_out: str | None = None) -> None:
         """Record the eval sets' blocks (name → sha256), and on ``--resume`` say a set whose blocks differ from

@@ -253,12 +253,12 @@ class RunRecord:
     def set_data(self, name: str) -> dict[str, Any]:
         """The data settings eval set ``name`` was scored with: those its eval.json entry records (``ekd eval
         RUN data.…=…`` scores with settings config.yaml does not hold), else the run's config's, narrowed
-        alike (:func:`ekd.eval.eval_json.set_settings`); keys added to ekd after the entry was written at their
-        defaults, as in the config (:func:`ekd.eval.eval_json.recorded_settings`)."""
-        if name in self.scored_with:
-            data = recorded_settings(self.scored_with[name])
-        else:
-            data = self.config.get("data") or {}
+        alike (:func:`ekd.eval.eval_json.set_settings`); both read as they are compared
+        (:func:`ekd.eval.eval_json.recorded_settings`: keys added to ekd since at their defaults)."""
+        recorded = self.scored_with.get(name)
+        data = recorded_settings(
+            recorded if recorded is not None else set_settings(self.config.get("data") or {}, name)
+        )
         if name in self.sets_by_content:  # what the set holds, not where its files are nor how they were read
             data = {k: v for k, v in data.items() if k not in CONTENT_KEYS}
         else:

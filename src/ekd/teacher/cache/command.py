@@ -138,12 +138,15 @@ def run_import(args) -> int:
         args.logprobs_column,
     )
     with writing(args.import_out):
-        directory = import_cache(cfg, src, columns, overwrite=args.overwrite)
+        directory, written = import_cache(cfg, src, columns, overwrite=args.overwrite)
     from ekd.teacher.cache.reader import CacheReader
 
     info = CacheReader(directory).info()
+    done = (
+        f"imported {src} into {directory}" if written else f"{directory} held this import of {src}, complete"
+    )
     print(
-        f"imported {src} into {directory}: {counted(info['samples'], 'block', fmt=',')}, "
+        f"{done}: {counted(info['samples'], 'block', fmt=',')}, "
         f"{counted(info['positions'], 'position', fmt=',')}, "
         f"{info['bytes_per_position']:.2f} B/position"
     )

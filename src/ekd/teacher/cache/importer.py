@@ -310,7 +310,9 @@ IMPORT_IN_USE = "wait for it to end, or choose another --out"
 IMPORT_AGAIN = "replace it by rerunning `ekd cache import` with --overwrite, or choose another --out"
 
 
-def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool = False) -> Path:
+def import_cache(
+    cfg: Config, src: str | Path, columns: Columns, overwrite: bool = False
+) -> tuple[Path, bool]:
     """Write the top-K cache of ``cfg`` (in ``teacher.cache_dir``) from SRC's teacher log-probabilities.
 
     SRC is streamed: one pass over its text column indexes the rows (a 16-byte hash per row), then the
@@ -318,12 +320,16 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     blocks that is written once the stream passes it. Memory: the index, one SRC row (and one Parquet batch),
     one window of ``WINDOW_TOKENS`` positions — not SRC, not the stream.
 
+    Returns:
+        The cache directory, and whether this call wrote to it: False when it held this import, complete (the
+        same SRC and config), whose rows are not laid again (try-out 102, F3: it read the training documents and
+        SRC's rows a second time and said "imported").
+
     Raises:
         ConfigError: a config an imported cache cannot serve (:func:`check_importable`).
         CacheError: SRC unreadable or malformed (one line naming row and position), a training document
             missing from SRC, or SRC's tokens differing from ours (row and first differing position named).
     """
-    from ekd.data.packing import framed_documents
     from ekd.teacher.cache.build import _prepare_data
 
     check_importable(cfg)
@@ -338,14 +344,10 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
     with removed_if_left_empty(directory), holding(directory, IMPORT_IN_USE, CacheError):  # no other writer
         make_dirs(directory)
         data = _prepare_data(cfg, directory)
-        blocks = data.blocks["train"]
-        n_blocks, T = blocks.input_ids.shape
-        k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
+        n_blocks = len(data.blocks["train"].input_ids)
         chat = cfg.data.format == "chat"
         tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
-        index = _index_rows(table, columns.text, chat, tools)
-        needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
-
+        index = _index_rows(table, columns.text, chat, tools)  # SRC read whole once: refused before any write
         revision = f"{IMPORTED}{file_sha256(src)}"
         signature = cache_signature(cfg, data, revision)
         signature.update(positions="all", position_fraction=None)
@@ -360,70 +362,96 @@ def import_cache(cfg: Config, src: str | Path, columns: Columns, overwrite: bool
             overwrite=overwrite,
             rebuild=IMPORT_AGAIN,
         )
-        isolated = blocks.document_attention == "isolated"
-        window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T), isolated)
-        at, stream = 0, n_blocks * T
-        for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
-            if at >= stream:
-                break
-            r = index.get(_digest(document_key(doc, with_tools=tools is not None)))
-            if r is None:
-                raise CacheError(
-                    f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
-                    "SRC must hold every training document of the config's data"
-                )
-            where = table.where(r)
-            row = source_row(table.row(r, needed), layout, columns, k, where)
-            bad = first_mismatch(ours, row.tokens)
-            if bad is not None:
-                theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
-                mine = ours[bad] if bad < len(ours) else "<end>"
-                how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
-                untold = (  # try-out 25: SRC rows told apart by messages alone, one of them rendered with tools
-                    f"; the training row {doc.doc_id} has tool definitions and SRC no '{cfg.data.tools_field}' "
-                    "column to tell rows with the same messages apart (add it)"
-                    if chat and doc.tools and tools is None
-                    else ""
-                )
-                raise CacheError(
-                    f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
-                    f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does{untold}"
-                )
-            n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
-            window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
-            at += len(ours)
-        window.close()
-        writer.close()
+        if complete := writer.completed_shards == len(writer.owned):
+            writer.close()  # the manifest as it is: a finished cache is not written again
+        else:
+            _import_rows(cfg, table, index, tools, layout, columns, data, writer)
         try:  # its config and tokenizer, for runs from the import where the teacher is not
             keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
         except (OSError, DiskError) as e:  # a finished import on a read-only mount: runs read model.teacher's
             log.info("imported cache %s: the teacher's files not kept (%s)", directory, e)
-        log.info(
-            "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
-            src,
-            window.cached,
-            window.targets,
-            k,
-            100.0 * window.hits / max(window.cached, 1),
+        return directory, not complete
+
+
+def _import_rows(
+    cfg: Config,
+    table: SourceTable,
+    index: dict[bytes, int],
+    tools: str | None,
+    layout: Any,
+    columns: Columns,
+    data: Any,
+    writer: CacheWriter,
+) -> None:
+    """The rows of ``table`` (found by ``index``: :func:`_index_rows`) laid onto the training blocks of ``data`` in
+    packing order and written (the body of :func:`import_cache`)."""
+    from ekd.data.packing import framed_documents
+
+    src = table.path
+    blocks = data.blocks["train"]
+    n_blocks, T = blocks.input_ids.shape
+    k, tail, tau = cfg.method.topk, cfg.method.topk_tail, cfg.method.kd_temperature
+    chat = cfg.data.format == "chat"
+    needed = [c for c in (columns.tokens, columns.ids, columns.logprobs) if c is not None]
+    isolated = blocks.document_attention == "isolated"
+    window = _Window(blocks, writer, k, tail, tau, max(1, WINDOW_TOKENS // T), isolated)
+    at, stream = 0, n_blocks * T
+    for doc, ours in framed_documents(_training_documents(cfg), data.tokenizer, data.boundary):
+        if at >= stream:
+            break
+        r = index.get(_digest(document_key(doc, with_tools=tools is not None)))
+        if r is None:
+            raise CacheError(
+                f"{src} has no row whose '{columns.text}' is the training document {doc.doc_id}: "
+                "SRC must hold every training document of the config's data"
+            )
+        where = table.where(r)
+        row = source_row(table.row(r, needed), layout, columns, k, where)
+        bad = first_mismatch(ours, row.tokens)
+        if bad is not None:
+            theirs = int(row.tokens[bad]) if bad < len(row.tokens) else "<end>"
+            mine = ours[bad] if bad < len(ours) else "<end>"
+            how = "data.chat_template" if chat else f"data.separator={cfg.data.separator}"
+            untold = (  # try-out 25: SRC rows told apart by messages alone, one of them rendered with tools
+                f"; the training row {doc.doc_id} has tool definitions and SRC no '{cfg.data.tools_field}' "
+                "column to tell rows with the same messages apart (add it)"
+                if chat and doc.tools and tools is None
+                else ""
+            )
+            raise CacheError(
+                f"{where}: token {bad} is {theirs} in SRC but {mine} in our tokenization of its text "
+                f"(model.tokenizer={cfg.model.tokenizer}, {how}); tokenize SRC as the config does{untold}"
+            )
+        n = min(len(row.ids), len(ours) - 1)  # row j → stream position at + j, over token j + 1
+        window.lay(at, np.asarray(ours, dtype=np.int64), row, n)
+        at += len(ours)
+    window.close()
+    writer.close()
+    log.info(
+        "imported %s: %d of %d target positions cached; gold token in the top-%d at %.1f%% of them",
+        src,
+        window.cached,
+        window.targets,
+        k,
+        100.0 * window.hits / max(window.cached, 1),
+    )
+    # try-out 56, F6: a per-document capture trained 14% of its positions off-context, without a word
+    if window.other_context:
+        why = (
+            "their document began in an earlier block"
+            if isolated
+            else "their document began in an earlier block or follows others in its block "
+            "(data.document_attention=packed)"
         )
-        # try-out 56, F6: a per-document capture trained 14% of its positions off-context, without a word
-        if window.other_context:
-            why = (
-                "their document began in an earlier block"
-                if isolated
-                else "their document began in an earlier block or follows others in its block "
-                "(data.document_attention=packed)"
-            )
-            log.warning(
-                "ekd cache import: %d of the %d cached positions (%.1f%%) see in their training block less than the "
-                "document before them (%s): an SRC scored per document conditions their targets on context the "
-                "student does not see there; one scored on the training blocks (ekd's packing) does not",
-                window.other_context,
-                window.cached,
-                100.0 * window.other_context / max(window.cached, 1),
-                why,
-            )
-        return directory
+        log.warning(
+            "ekd cache import: %d of the %d cached positions (%.1f%%) see in their training block less than the "
+            "document before them (%s): an SRC scored per document conditions their targets on context the "
+            "student does not see there; one scored on the training blocks (ekd's packing) does not",
+            window.other_context,
+            window.cached,
+            100.0 * window.other_context / max(window.cached, 1),
+            why,
+        )
 
 
 __all__ = ["check_importable", "document_key", "estimated_stats", "import_cache", "topk_from_logprobs"]

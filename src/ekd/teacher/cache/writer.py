@@ -75,8 +75,13 @@ def _intact(directory: Path, entry: dict) -> bool:
 
 def log_resuming(directory: Path, done: int, shards: int) -> None:
     """The line of a build that resumes: ``done`` of the whole cache's ``shards`` already on disk (every rank's
-    together under torchrun: :func:`ekd.teacher.cache.build.run_build` adds them up); nothing when none is."""
-    if done:
+    together under torchrun: :func:`ekd.teacher.cache.build.run_build` adds them up); nothing when none is, and
+    that nothing is left when all are (try-out 102, F3: a rerun of a finished import said "resuming")."""
+    if done == shards:
+        log.info(
+            "cache %s: complete (%s on disk): nothing left to write", directory, counted(shards, "shard")
+        )
+    elif done:
         log.info("cache %s: resuming, %d of %s done", directory, done, counted(shards, "shard"))
 
 
