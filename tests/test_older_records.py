@@ -62,13 +62,18 @@ def _error_line(capsys) -> str:
     return err
 
 
-def test_ekd_eval_of_an_older_run_still_checks_its_sets(tmp_path, capsys, caplog):
+def _run_with_a_named_set(tmp_path, name: str):
+    """A one-step run ``name`` holding 30% of a 12-document corpus out, with a named set: (run, corpus, named)."""
     corpus = write_corpus(tmp_path / "corpus", n_docs=12)
     named = tmp_path / "named.txt"
     named.write_text("def value(self):\n    return self.items\n" * 4)
-    base = tiny_overrides(tmp_path, corpus, "older", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
+    base = tiny_overrides(tmp_path, corpus, name, **{"data.eval_fraction": 0.3, "train.max_steps": 1})
     assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
-    run = tmp_path / "runs" / "older"
+    return tmp_path / "runs" / name, corpus, named
+
+
+def test_ekd_eval_of_an_older_run_still_checks_its_sets(tmp_path, capsys, caplog):
+    run, corpus, named = _run_with_a_named_set(tmp_path, "older")
     _as_older_ekd(run)
     starts = {
         k: v["student_init"] for k, v in json.loads((run / "eval.json").read_text()).items() if "/" not in k
@@ -99,12 +104,7 @@ def test_the_way_on_a_changed_split_keeps_checking_the_named_sets(tmp_path, caps
     data.eval_fraction=0 'data.eval_sources={name: FILE}'`; that override turned off the check that a named set's
     text is unchanged (a changed one was scored without a word) and dropped the start's figures of an unchanged
     one."""
-    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
-    named = tmp_path / "named.txt"
-    named.write_text("def value(self):\n    return self.items\n" * 4)
-    base = tiny_overrides(tmp_path, corpus, "way", **{"data.eval_fraction": 0.3, "train.max_steps": 1})
-    assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
-    run = tmp_path / "runs" / "way"
+    run, corpus, named = _run_with_a_named_set(tmp_path, "way")
     start = json.loads((run / "eval.json").read_text())["named"]["student_init"]
     for doc in corpus.iterdir():  # the held-out split changed: refused, with the way on
         doc.write_text(doc.read_text() + "return value\n")
