@@ -266,22 +266,40 @@ def test_an_import_says_the_data_source_figures_once(setup, capsys, caplog):
     assert len(set(said)) == len(said) and any(" documents, " in line for line in said), said
 
 
-def test_an_import_again_into_its_finished_cache_writes_and_reads_nothing(setup, imported, capsys, caplog):
+def test_an_import_again_into_its_finished_cache_writes_and_reads_nothing(
+    setup, imported, capsys, caplog, monkeypatch
+):
     """Try-out 102, F3: importing SRC again into the cache it finished said "resuming, 2 of 2 shards done" and
     "imported ...", and read SRC and the training documents a second time (the files were left as they were)."""
+    from ekd.teacher.cache import importer
+
     src = setup["root"] / "teacher.parquet"
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in imported.iterdir() if p.is_file()}
+    args = ["cache", "import", str(src), "--config", setup["cfg"], "--out", str(imported)]
+
+    def files() -> dict:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in imported.iterdir() if p.is_file()}
+
+    before = files()
+    indexed: list[int] = []
+    real_index = importer._index_rows
+    monkeypatch.setattr(importer, "_index_rows", lambda *a, **k: indexed.append(1) or real_index(*a, **k))
     capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="ekd"):
-        assert main(["cache", "import", str(src), "--config", setup["cfg"], "--out", str(imported)]) == 0
+        assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{imported} held this import of {src}, complete: "), out
     said = [r.getMessage() for r in caplog.records]
     assert f"cache {imported}: complete (" in " ".join(said) and not any("resuming" in m for m in said), said
-    assert not any(m.startswith("imported ") for m in said)  # the rows were not laid again
-    assert {
-        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in imported.iterdir() if p.is_file()
-    } == before
+    assert not any(m.startswith("imported ") for m in said) and not indexed  # SRC's rows not read again
+    assert files() == before
+    # an import killed after its last shard, before its manifest was sealed: finished now, and said as an import
+    from ekd.teacher.cache.manifest import write_json_atomic
+
+    manifest = json.loads((imported / "manifest.json").read_text())
+    write_json_atomic(imported / "manifest.json", {**manifest, "complete": False})
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"imported {src} into {imported}: ")
+    assert json.loads((imported / "manifest.json").read_text()) == manifest
 
 
 def test_imported_topk_trains_like_the_native_cache(setup, imported, capsys):

@@ -224,7 +224,7 @@ def test_a_document_over_max_document_chars_is_refused_before_it_is_tokenized(tm
         args.append(f"data.store_dir={tmp_path / 'store'}")
     line = one_error_line(*cli(capsys, "distill", "configs/demo.yaml", *args)[::2])
     assert "split's document notes.txt#5 holds 5,000 characters, over data.max_document_chars=2,000" in line
-    assert "at ~1 MiB of memory" in line and "two or more blank lines" in line
+    assert "at ~830.1 KiB of memory" in line and "two or more blank lines" in line
     assert "raise data.max_document_chars" in line
     assert not (tmp_path / "runs" / "long").exists()
     # the same data under the limit trains

@@ -983,11 +983,21 @@ def test_a_build_stopped_by_a_bad_row_is_named_by_the_next_build_of_other_data(
     corpus.write_text("\n".join([*rows[:600], '{"text": 42}', *rows[600:]]) + "\n")  # in the third window
     with pytest.raises(ConfigError, match="line 601: field 'text' must be a string"):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    from ekd.locks import FileLock
+
     partial = next(tmp_path.rglob("*.partial"))
+    # review of session 31: a partial another process is building now (its lock held) is not named
+    other = FileLock(partial.with_name(partial.name.removesuffix(".partial") + ".lock"))
+    assert other.acquire(wait=False)
     corpus.write_text("\n".join([*rows[:600], '{"text": "fixed"}', *rows[600:]]) + "\n")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ekd.data.store_build"):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r2")
+    assert not [r for r in caplog.records if "unfinished build of other data" in r.getMessage()]
+    other.release()  # given up: named by the next build
+    corpus.write_text("\n".join([*rows[:600], '{"text": "fixed again"}', *rows[600:]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="ekd.data.store_build"):
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r3")
     said = [r.getMessage() for r in caplog.records if "unfinished build of other data" in r.getMessage()]
     assert len(said) == 1 and str(partial) in said[0] and " MiB, last written " in said[0], said
     assert partial.is_dir()
@@ -1012,4 +1022,53 @@ def test_a_long_document_past_the_token_budget_is_never_read_by_either_path(
     caps["max_tokens"] = 8000
     with pytest.raises(ConfigError, match=r"the train split's document c.jsonl:151 holds 5,000 characters"):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **caps), tmp_path / "r2")
+    assert not list((tmp_path / "runs").rglob("*.partial"))
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize("long_at", [1, 5, 40])
+def test_a_long_document_past_the_token_budget_is_never_refused(
+    tmp_path: Path, tokenizer_dir: Path, store: bool, long_at: int
+) -> None:
+    """Review of session 31: a document over data.max_document_chars past data.max_tokens was refused when it shared
+    a batch of 32 documents with the one that filled the budget (memory and the store batch differently, so one
+    config trained in memory and was refused with a store). The stream stops before it; the budget's blocks are
+    those of the data without it."""
+    words = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30)) for i in range(60)]
+    long = " ".join(WORDS[j % len(WORDS)] for j in range(2000))
+    corpus = tmp_path / "c.jsonl"
+    rows = words[:long_at] + [long] + words[long_at:]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    budget = {"max_tokens": 16, "eval_fraction": 0, "max_document_chars": 1000}  # document 0 fills the budget
+    got = prepare_data(config(tmp_path, tokenizer_dir, corpus, store, **budget), tmp_path / "r")
+    short = tmp_path / "short.jsonl"  # the same documents without the long one
+    short.write_text("".join(json.dumps({"text": t}) + "\n" for t in words))
+    without = prepare_data(config(tmp_path, tokenizer_dir, short, store, **budget), tmp_path / "r2")
+    assert len(got.blocks["train"]) == 1
+    assert torch.equal(got.blocks["train"].input_ids[:], without.blocks["train"].input_ids[:])
+    if long_at == 1:  # reached within the budget: refused, naming it
+        with pytest.raises(ConfigError, match=r"document c.jsonl:2 holds \d[\d,]* characters, over"):
+            prepare_data(
+                config(tmp_path, tokenizer_dir, corpus, store, **{**budget, "max_tokens": 64}),
+                tmp_path / "r3",
+            )
+
+
+def test_a_copying_build_stopped_by_its_eval_split_leaves_no_partial_build(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of session 31: a build copying another store's training split (other eval pools) stopped by a data
+    error before its first checkpoint kept its `.partial/`, as large as the copied split, which nothing resumes."""
+    longs = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(i, 800)) for i in range(10)]
+    rows = [json.dumps({"text": t}) for t in longs] + write_corpus(
+        tmp_path / "c.jsonl"
+    ).read_text().splitlines()
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(rows) + "\n")  # long documents first: some held out, tokenized first
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
+    other = {"max_eval_blocks": 9, "max_document_chars": 1000}  # a held-out long document is over it
+    refused = pytest.raises(ConfigError, match="the eval split's document c.jsonl:")
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"), refused:
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **other), tmp_path / "r2")
+    assert any("with the training split of" in r.getMessage() for r in caplog.records)  # a copying build
     assert not list((tmp_path / "runs").rglob("*.partial"))

@@ -162,7 +162,13 @@ def directory_lock(directory: Path) -> FileLock:
 def holder_of(directory: Path) -> int | None:
     """The pid of the live ekd process holding ``directory``'s lock (0 if it wrote none yet), or None when no
     process holds it. Only reads: no lock file is created, none is taken for longer than the probe."""
-    path = directory_lock(directory).path
+    return lock_holder(directory_lock(directory).path)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the live process holding the lock file ``path`` (0 if it wrote none yet), or None when no
+    process holds it (or there is no such file). Only reads: no lock file is created, none is taken for longer
+    than the probe."""
     try:
         f = open(path)  # noqa: SIM115 (closed below on every path)
     except OSError:

@@ -25,6 +25,7 @@ it (the behaviour before isolation).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -315,6 +316,12 @@ def token_chunks(
     Concatenating the chunks gives the stream :func:`pack_documents` cuts into blocks; the token store
     (:mod:`ekd.data.store`) writes the same chunks to disk.
 
+    A document longer than ``max_document_chars`` characters is refused only when the stream reaches it: the
+    documents of its batch before it come out as a chunk first, so a consumer that stops once its budget is full
+    (``data.max_tokens``, an eval pool) never meets the refusal of a document past it, however the documents
+    are batched (review of session 31: a document past the budget was refused when it shared a batch of 32
+    with the one that filled it, and memory and the token store batch differently).
+
     Raises:
         ConfigError: every chat row was rejected (at the end of ``docs``, without ``skipped``); a document
             longer than ``max_document_chars`` characters (:func:`check_document_length`).
@@ -328,8 +335,14 @@ def token_chunks(
     prompt_checks = PromptBoundaryCheck() if prompt_checks is None else prompt_checks
     total = 0
     for batch in _batched(docs, chunk):
-        for doc in batch:
-            check_document_length(doc, max_document_chars, split)
+        # the first document over the length limit: the chunk stops before it, the refusal comes after
+        too_long = (
+            i for i, d in enumerate(batch) if max_document_chars and document_chars(d) > max_document_chars
+        )
+        at = next(too_long, None)
+        refused, batch = (None, batch) if at is None else (batch[at], batch[:at])
+        if refused is not None and not batch:
+            check_document_length(refused, max_document_chars, split)  # raises
         if chat is None and any(d.messages is not None for d in batch):
             chat = ChatRenderer(tokenizer)
         ids: list[int] = []
@@ -357,6 +370,8 @@ def token_chunks(
             torch.tensor(ends, dtype=torch.bool),
             used,
         )
+        if refused is not None:  # the consumer wants more of the stream: the long document is next
+            check_document_length(refused, max_document_chars, split)  # raises
     if own:
         settle_skipped(skipped, total)
     if own_prompt_checks:
@@ -472,6 +487,14 @@ TOKENIZER_BYTES_PER_CHAR = 170
 164 B measured on a 8.8 M-character document (``tokenizers`` 0.22, a byte-level BPE; try-out 98)."""
 
 
+def document_chars(doc: Document) -> int:
+    """The characters of ``doc`` that are tokenized at once: prompt and text, or a chat row's contents and its tool
+    definitions (as JSON), which its template renders into the text."""
+    if doc.messages is None:
+        return len(doc.prompt) + len(doc.text)
+    return len(doc.full_text) + (len(json.dumps(doc.tools)) if doc.tools else 0)
+
+
 def check_document_length(doc: Document, limit: int, split: str = "") -> None:
     """Refuse ``doc`` when it holds more than ``limit`` characters (``data.max_document_chars``; 0 = no limit):
     it would be tokenized whole, at :data:`TOKENIZER_BYTES_PER_CHAR` bytes of memory per character, before any
@@ -483,15 +506,19 @@ def check_document_length(doc: Document, limit: int, split: str = "") -> None:
     """
     if not limit:
         return
-    length = len(doc.prompt) + len(doc.text) if doc.messages is None else len(doc.full_text)
+    length = document_chars(doc)
     if length <= limit:
         return
     memory = length * TOKENIZER_BYTES_PER_CHAR
+    size = next(
+        f"{memory / 2**e:.1f} {unit}"
+        for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B"))
+        if memory >= 2**e or e == 0
+    )
     whose = f"the {split} split's " if split else ""
     raise ConfigError(
         f"data: {whose}document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
-        f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~"
-        f"{f'{memory / 2**30:.1f} GiB' if memory >= 2**30 else f'{memory / 2**20:.0f} MiB'} of memory for this "
+        f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~{size} of memory for this "
         "one; split it into documents (a text file named alone is split only at two or more blank lines in a "
         "row; JSONL rows are a document each) or raise data.max_document_chars (0 = no limit)"
     )

@@ -86,7 +86,7 @@ from ekd.data.store import (
 from ekd.data.text_dir import list_glob, signed_files
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.io import atomic_write_text, file_sha256, fsync_dir, make_dirs, writing
-from ekd.locks import locked
+from ekd.locks import lock_holder, locked
 from ekd.words import counted
 
 logger = logging.getLogger(__name__)
@@ -375,13 +375,20 @@ def say_other_unfinished_builds(staging: Path) -> None:
     """One warning per other ``<key>.partial/`` beside ``staging``: an unfinished build of other data or settings
     (try-out 98, F4: a build stopped by a bad row left one as large as what it had tokenized; fixing the row
     changed the store's key, so it was never resumed nor removed, and nothing said so). It resumes only for the
-    same data and settings, so it is named, with its size, for the user to delete — never deleted here."""
+    same data and settings, so it is named, with its size, for the user to delete — never deleted here. One that a
+    live process is building now (its ``<key>.lock`` held: runs of a sweep sharing ``data.store_dir``) is not
+    named, and one that finishes or moves while it is measured is passed over (review of session 31: the warning
+    told users to delete a live build, and its files' renames could end the run in a traceback)."""
     for other in sorted(staging.parent.glob("*.partial")):
-        if other == staging or not other.is_dir():
+        key = other.name.removesuffix(".partial")
+        if other == staging or not other.is_dir() or lock_holder(other.with_name(f"{key}.lock")) is not None:
             continue
-        files = [f for f in other.rglob("*") if f.is_file()]
-        size = sum(f.stat().st_size for f in files)
-        written = max((f.stat().st_mtime for f in files), default=other.stat().st_mtime)
+        try:
+            stats = [f.stat() for f in other.rglob("*") if f.is_file()]
+            written = max((st.st_mtime for st in stats), default=other.stat().st_mtime)
+        except OSError:  # renamed or removed by a process that took it up meanwhile
+            continue
+        size = sum(st.st_size for st in stats)
         logger.warning(
             "token store: %s is an unfinished build of other data or settings (%s, last written %s UTC): it "
             "resumes only for the same data and settings; delete it if those have changed",
@@ -574,8 +581,9 @@ def _build(
             manifest = _finish(cfg, boundary, signature, staging, names, states, files, trained)
         except ConfigError:
             # stopped by the data before anything was stored: nothing to resume (try-out 99, F4: an empty partial
-            # build was left, and every later build warned about it)
-            discard = train_from is None and not (staging / PROGRESS).exists()
+            # build was left, and every later build warned about it); a copy of another store's training split
+            # too, which a rebuild copies again (review of session 31: it was kept, as large as that split)
+            discard = not (staging / PROGRESS).exists()
             raise
         finally:
             for f in files.values():

@@ -56,7 +56,13 @@ from ekd.teacher.cache.logprob_rows import (
     resolve_columns,
     source_row,
 )
-from ekd.teacher.cache.manifest import IMPORTED, KEPT_FILES, check_cache_directory, check_cache_kind
+from ekd.teacher.cache.manifest import (
+    IMPORTED,
+    KEPT_FILES,
+    MANIFEST,
+    check_cache_directory,
+    check_cache_kind,
+)
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
@@ -321,9 +327,9 @@ def import_cache(
     one window of ``WINDOW_TOKENS`` positions — not SRC, not the stream.
 
     Returns:
-        The cache directory, and whether this call wrote to it: False when it held this import, complete (the
-        same SRC and config), whose rows are not laid again (try-out 102, F3: it read the training documents and
-        SRC's rows a second time and said "imported").
+        The cache directory, and whether this call imported rows: False when it held this import, finished (the
+        same SRC and config), whose rows are neither indexed nor laid again (try-out 102, F3: it read the
+        training documents and SRC a second time and said "imported").
 
     Raises:
         ConfigError: a config an imported cache cannot serve (:func:`check_importable`).
@@ -345,14 +351,21 @@ def import_cache(
         make_dirs(directory)
         data = _prepare_data(cfg, directory)
         n_blocks = len(data.blocks["train"].input_ids)
-        chat = cfg.data.format == "chat"
-        tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
-        index = _index_rows(table, columns.text, chat, tools)  # SRC read whole once: refused before any write
         revision = f"{IMPORTED}{file_sha256(src)}"
         signature = cache_signature(cfg, data, revision)
         signature.update(positions="all", position_fraction=None)
         if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
             signature[KEPT_FILES] = kept  # the copy kept below
+        chat = cfg.data.format == "chat"
+        tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
+        sealed = _sealed(
+            directory, signature
+        )  # this very import, finished before: SRC's rows are not indexed
+
+        def index_rows() -> dict[bytes, int]:
+            return _index_rows(table, columns.text, chat, tools)
+
+        index = None if sealed else index_rows()  # SRC read whole: a bad row is refused before any write
         writer = CacheWriter(
             directory,
             signature,
@@ -362,15 +375,28 @@ def import_cache(
             overwrite=overwrite,
             rebuild=IMPORT_AGAIN,
         )
-        if complete := writer.completed_shards == len(writer.owned):
+        if held := sealed and writer.completed_shards == len(writer.owned):
             writer.close()  # the manifest as it is: a finished cache is not written again
-        else:
-            _import_rows(cfg, table, index, tools, layout, columns, data, writer)
+        else:  # a new import, one killed before it finished, or one with damaged shards to rebuild
+            _import_rows(cfg, table, index or index_rows(), tools, layout, columns, data, writer)
         try:  # its config and tokenizer, for runs from the import where the teacher is not
             keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
         except (OSError, DiskError) as e:  # a finished import on a read-only mount: runs read model.teacher's
             log.info("imported cache %s: the teacher's files not kept (%s)", directory, e)
-        return directory, not complete
+        return directory, not held
+
+
+def _sealed(directory: Path, signature: dict) -> bool:
+    """Whether ``directory``'s manifest is a finished cache of ``signature`` (its shards are checked after, by the
+    writer)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    same = json.loads(json.dumps(signature, default=str))
+    return (
+        isinstance(manifest, dict) and manifest.get("complete") is True and manifest.get("signature") == same
+    )
 
 
 def _import_rows(
