@@ -14,8 +14,8 @@ from ekd.cli import main
 from ekd.eval.compare import read_run
 from ekd.eval.eval_json import (
     BLOCKS_KEY,
-    NOT_A_NAMED_SETS,
     READ_ONLY_KEYS,
+    TRAINING_SPLIT_KEYS,
     merge,
     set_settings,
     with_settings,
@@ -75,7 +75,7 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
     assert after["e"]["data"]["eval_sources"] == {"e": str(other)} and after["e"]["tokens"] > 0
     assert "eval.json keeps held (not scored now)" in caplog.text
     record = read_run(run)  # ekd compare reads each set with the settings it was scored with
-    unread = (BLOCKS_KEY, *NOT_A_NAMED_SETS)  # a named set is not told apart by the training split's keys
+    unread = (BLOCKS_KEY, *TRAINING_SPLIT_KEYS)  # a named set is not told apart by the training split's keys
     recorded = {n: {k: v for k, v in after[n]["data"].items() if k not in unread} for n in ("e", "held")}
     assert record.set_data("e") == recorded["e"] and record.set_data("held") == recorded["held"]
     assert "data" not in record.eval["held"]  # the settings are not a metric

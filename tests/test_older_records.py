@@ -132,7 +132,8 @@ def test_the_text_split_note_goes_to_runs_that_do_not_record_todays_rule(tmp_pat
     assert main(["distill", *args]) == 0
     marker = tmp_path / "runs" / "txt" / "ekd-run.json"
     assert json.loads(marker.read_text())["text_split"] == TEXT_SPLIT_RULE
-    notes.write_text(notes.read_text().replace("pass", "return None"))
+    original = notes.read_text()
+    notes.write_text(original.replace("pass", "return None"))
     capsys.readouterr()
     assert main(["distill", *args, "train.max_steps=2", "--resume"]) == 2
     line = _error_line(capsys)
@@ -142,3 +143,25 @@ def test_the_text_split_note_goes_to_runs_that_do_not_record_todays_rule(tmp_pat
     marker.write_text(json.dumps(older))
     assert main(["distill", *args, "train.max_steps=2", "--resume"]) == 2
     assert "only an ekd older than that change (commit 731a482)" in _error_line(capsys)
+    notes.write_text(original)  # its data as it read them: today's rule reads them alike, recorded now
+    assert main(["distill", *args, "train.max_steps=2", "--resume"]) == 0
+    assert json.loads(marker.read_text())["text_split"] == TEXT_SPLIT_RULE
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_ekd_eval_reads_a_document_boundary_record_of_another_ekd(tmp_path, capsys, change):
+    """Review of session 31: ekd-run.json's document_boundary was read back as DocumentBoundary(**recorded), so a
+    record with a field more (a newer ekd's) or less ended `ekd eval RUN` in a TypeError."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    assert main(["distill", *tiny_overrides(tmp_path, corpus, "b", **{"train.max_steps": 1})]) == 0
+    run = tmp_path / "runs" / "b"
+    before = json.loads((run / "eval.json").read_text())["eval"]["ppl"]
+    marker = json.loads((run / "ekd-run.json").read_text())
+    if change == "extra":
+        marker["document_boundary"]["mask_id"] = 7
+    else:
+        del marker["document_boundary"]["pad_id"]
+    (run / "ekd-run.json").write_text(json.dumps(marker))
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == before

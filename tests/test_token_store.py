@@ -498,7 +498,8 @@ def test_killed_build_resumes_and_never_looks_complete(
     in_memory = [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()]
     assert len(said) == len(in_memory) == 1 and ": c.jsonl:" in said[0]
     if not older_checkpoint:  # the resumed build's line is memory's (try-out 99, F3: it named no document)
-        assert said == in_memory, said
+        debug = " (log.level=DEBUG lists every one)"  # not promised where the pass knows only the first ids
+        assert in_memory[0].endswith(debug) and said == [in_memory[0].removesuffix(debug)], said
     else:  # it counts the documents it read, and says from where
         held, read = (
             int(n) for n in re.search(r"holds (\d+) of the (\d+) documents read since", said[0]).groups()

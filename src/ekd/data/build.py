@@ -316,7 +316,10 @@ def say_eval_documents(
         read,
         rule,
         ids,
-        ", … (log.level=DEBUG lists every one)" if ids and held > 5 else "",
+        # the debug line lists them only where every id is known (not a resumed store build's, nor over 100,000)
+        (", … (log.level=DEBUG lists every one)" if len(first_ids) == held else ", …")
+        if ids and held > 5
+        else "",
     )
     if len(first_ids) == held:
         logger.debug("data.source: eval split documents: %s", ", ".join(first_ids))

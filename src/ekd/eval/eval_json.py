@@ -97,9 +97,10 @@ def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
-NOT_A_NAMED_SETS = ("source", "eval_fraction", "max_tokens")
-"""``data.*`` keys a named set's blocks (``data.eval_sources``: each read on its own) never depend on: the training
-source, its held-out fraction and its token budget."""
+TRAINING_SPLIT_KEYS = ("source", "eval_fraction", "max_tokens")
+"""``data.*`` keys only the training split and the split held out of it depend on (the training source, its
+held-out fraction and its token budget): a named set's blocks (``data.eval_sources``, each read on its own) never
+do."""
 
 
 def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
     compared, as JSON reads them back: ``data`` keys added to ekd after the entry was written at their defaults (a
     key is added with a default that keeps what earlier runs computed: :func:`~ekd.config.with_todays_defaults`),
     without :data:`READ_ONLY_KEYS`, and for a named set (its ``eval_sources`` entry) without
-    :data:`NOT_A_NAMED_SETS`. So an entry of an older ekd is not told apart from today's by a key it could not
+    :data:`TRAINING_SPLIT_KEYS`. So an entry of an older ekd is not told apart from today's by a key it could not
     record (try-out 101, F1: every eval.json written before ``data.max_document_chars`` existed skipped ``ekd
     eval``'s check that the held-out split is the one the run scored), nor a named set by a training key
     (try-out 102, F1: ``ekd eval RUN data.eval_fraction=0 ...``, the way on ekd's own refusal gives, scored a
@@ -115,7 +116,7 @@ def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
     from ekd.config import with_todays_defaults
 
     filled = with_todays_defaults({"data": dict(recorded)})["data"]
-    unread = (*READ_ONLY_KEYS, *(NOT_A_NAMED_SETS if filled.get("eval_sources") else ()))
+    unread = (*READ_ONLY_KEYS, *(TRAINING_SPLIT_KEYS if filled.get("eval_sources") else ()))
     return json.loads(json.dumps({k: v for k, v in filled.items() if k not in unread}, default=str))
 
 

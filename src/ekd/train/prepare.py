@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -349,11 +349,14 @@ def run_boundary(cfg: Config, tokenizer, recorded: dict | None = None):
     """The document boundary of ``cfg`` (``data.separator`` resolved for the tokenizer and the models' own EOS:
     :func:`ekd.data.document_boundary`), or, for ``ekd eval`` of a finished run, the one it trained with
     (``recorded``: ekd-run.json's ``document_boundary``) while ``data.separator`` is the run's — no model's
-    config is read then, so a teacher moved or deleted since does not stop the student's evaluation."""
+    config is read then, so a teacher moved or deleted since does not stop the student's evaluation. A record
+    that lacks one of the boundary's fields (another ekd's) is not used; one with more keeps the fields it has
+    (review of session 31: ``DocumentBoundary(**recorded)`` of such a record ended ``ekd eval`` in a TypeError)."""
     from ekd.data import DocumentBoundary, document_boundary
 
-    if recorded and recorded.get("separator") == cfg.data.separator:
-        return DocumentBoundary(**recorded)
+    names = [f.name for f in fields(DocumentBoundary)]
+    if recorded and recorded.get("separator") == cfg.data.separator and set(names) <= set(recorded):
+        return DocumentBoundary(**{name: recorded[name] for name in names})
     return document_boundary(cfg.data, tokenizer, boundary_models(cfg), cfg.model.trust_remote_code)
 
 

@@ -747,9 +747,9 @@ class RunStart:
                 "name the data the run read "
                 f"({_saved_source(self.run_dir)}) as it was, or start a new run under another run.name"
             )
-        if saved is None:
-            from ekd.data.documents import TEXT_SPLIT_RULE
+        from ekd.data.documents import TEXT_SPLIT_RULE
 
+        if saved is None:
             with writing(self.run_dir):  # the split rule of a text file named alone the blocks were read with
                 _write_marker(
                     self.run_dir,
@@ -757,6 +757,11 @@ class RunStart:
                     train_blocks=int(train_blocks),
                     text_split=TEXT_SPLIT_RULE,
                 )
+        elif (
+            "text_split" not in marker
+        ):  # an older ekd's run whose data today's rule reads alike: recorded now
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, text_split=TEXT_SPLIT_RULE)
 
     def check_eval_sets(self, fingerprints: dict[str, str], held_out: str | None = None) -> None:
         """Record the eval sets' blocks (name → sha256), and on ``--resume`` say a set whose blocks differ from

@@ -170,8 +170,8 @@ def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | N
 def lr_at(step: int, cfg: Config) -> float:
     """The learning rate of 0-based ``step``: linear warm-up, lr·(step + 1)/``warmup_steps``, reaching ``train.lr``
     at step ``warmup_steps`` − 1, then a cosine from lr at step ``warmup_steps`` toward ``min_lr_ratio``·lr, which
-    it would reach at step ``max_steps`` (the last step, ``max_steps`` − 1, is a hair above it; try-out 97 F2). So
-    the peak is used twice, at the warm-up's last step and the cosine's first."""
+    it would reach at step ``max_steps``: the last step, ``max_steps`` − 1, is one cosine step above it (try-out
+    97 F2). With a warm-up the peak is used twice, at its last step and the cosine's first."""
     t = cfg.train
     if t.warmup_steps > 0 and step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
@@ -1165,7 +1165,9 @@ def _step_metrics(
         "train/grad_norm": grad_norm,
         "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
         "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
-        "train/step_s": step_s,  # mean wall seconds of the steps since the last row: no evaluation, no checkpoint
+        # mean wall seconds of the steps since the last row: no evaluation, no checkpoint (the first row's include
+        # the first step's one-time work: allocations, a replaced run's removal under --overwrite)
+        "train/step_s": step_s,
         "train/peak_memory_gib": sums["peak_memory_max"]
         / 2**30,  # the largest rank's peak so far (GPU or host)
     }
