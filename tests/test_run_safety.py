@@ -111,6 +111,7 @@ def test_a_start_that_fails_puts_the_old_run_back(ws, capsys, monkeypatch, failu
     if failure is KeyboardInterrupt:  # Ctrl-C: the CLI says "interrupted" and exits 130
         rc, _, err = cli(capsys, "distill", config, "--overwrite")
         assert rc == 130 and "the run had not started, so nothing in it was changed" in err
+        assert "token store" not in err  # none here (try-out 103, F2: said of every run)
     else:
         with pytest.raises(failure):
             cli(capsys, "distill", config, "--overwrite")

@@ -795,9 +795,11 @@ def test_ekd_eval_of_other_tasks_keeps_the_earlier_ones_scored_alike(run, tmp_pa
     assert main([*argv[:-3], "--tasks-dir", str(other_dir), "--tasks", "tiny_gen"]) == 0
     tasks = _eval_json(run_dir)["tasks"]
     assert tasks["student"]["tiny_mc"] == mc and tasks["settings"]["tasks"] == ["tiny_mc", "tiny_gen"]
-    # review 106: an eval.json of an ekd that recorded no autocast keeps its tasks too (it pairs with either)
+    # review 106: an eval.json of an ekd that recorded no autocast keeps its tasks too (it pairs with either); a
+    # setting added since is read at its default (review of session 31: it dropped them as other settings)
     written = _eval_json(run_dir)
     assert written["tasks"]["settings"].pop("precision") == "fp32"
+    assert written["tasks"]["settings"].pop("num_fewshot") == -1
     (run_dir / "eval.json").write_text(json.dumps(written))
     assert main([*argv, "tiny_gen"]) == 0
     assert _eval_json(run_dir)["tasks"]["student"]["tiny_mc"] == mc

@@ -464,8 +464,12 @@ def _with_earlier_tasks(
         return results, settings
     # each earlier result records its task by content: where its directory was is no setting of it (try-out 38:
     # scoring one task from another --tasks-dir dropped the four the run had)
-    theirs = {k: v for k, v in (old.get("settings") or {}).items() if k not in ("tasks", "tasks_dir")}
-    unrecorded = ("tasks", "tasks_dir") + (() if "precision" in theirs else ("precision",))  # an older ekd's
+    # an older ekd's section: the settings added since at their defaults (which keep what it computed), but the
+    # forward's autocast, which it may have run in either (it pairs with both)
+    recorded = old.get("settings") or {}
+    theirs = {**task_section_settings(TaskSettings(tasks=())), **recorded}
+    theirs = {k: v for k, v in theirs.items() if k not in ("tasks", "tasks_dir")}
+    unrecorded = ("tasks", "tasks_dir") + (() if "precision" in recorded else ("precision",))
     mine = {k: v for k, v in task_section_settings(settings).items() if k not in unrecorded}
     changed = sorted(k for k in mine if mine[k] != theirs.get(k))
     if changed:

@@ -283,11 +283,9 @@ def _publish_hint(start: RunStart | None) -> None:
 
 def interrupted_hint(start: RunStart) -> str:
     """How to go on after Ctrl-C, from what the run directory now holds: "; ..." for ``ekd: interrupted``."""
-    if not start.committed:
-        return (
-            "; the run had not started, so nothing in it was changed: run the same command again (a token store "
-            "being built resumes where it stopped)"
-        )
+    if not start.committed:  # a token store being built is said only where one is (try-out 103, F2)
+        store = " (a token store being built resumes where it stopped)" if start.cfg.data.store_dir else ""
+        return f"; the run had not started, so nothing in it was changed: run the same command again{store}"
     newest = latest_checkpoint(start.run_dir)
     if newest is None:
         return f"; no checkpoint was saved yet: start again with {_same_command(start, '--overwrite')}"
