@@ -358,14 +358,10 @@ def import_cache(
             signature[KEPT_FILES] = kept  # the copy kept below
         chat = cfg.data.format == "chat"
         tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
-        sealed = _sealed(
-            directory, signature
-        )  # this very import, finished before: SRC's rows are not indexed
-
-        def index_rows() -> dict[bytes, int]:
-            return _index_rows(table, columns.text, chat, tools)
-
-        index = None if sealed else index_rows()  # SRC read whole: a bad row is refused before any write
+        # this very import, finished before: SRC's rows are neither indexed nor laid again
+        sealed = _sealed(directory, signature)
+        # otherwise SRC is indexed first, so that a bad row is refused before anything is written
+        index = None if sealed else _index_rows(table, columns.text, chat, tools)
         writer = CacheWriter(
             directory,
             signature,
@@ -378,7 +374,9 @@ def import_cache(
         if held := sealed and writer.completed_shards == len(writer.owned):
             writer.close()  # the manifest as it is: a finished cache is not written again
         else:  # a new import, one killed before it finished, or one with damaged shards to rebuild
-            _import_rows(cfg, table, index or index_rows(), tools, layout, columns, data, writer)
+            if index is None:
+                index = _index_rows(table, columns.text, chat, tools)
+            _import_rows(cfg, table, index, tools, layout, columns, data, writer)
         try:  # its config and tokenizer, for runs from the import where the teacher is not
             keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
         except (OSError, DiskError) as e:  # a finished import on a read-only mount: runs read model.teacher's
