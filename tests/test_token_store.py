@@ -1055,21 +1055,55 @@ def test_a_long_document_past_the_token_budget_is_never_refused(
             )
 
 
-def test_a_copying_build_stopped_by_its_eval_split_leaves_no_partial_build(
-    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("where", ["eval split", "named set"])
+def test_a_copying_build_stopped_by_its_eval_sets_leaves_no_partial_build(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
-    """Review of session 31: a build copying another store's training split (other eval pools) stopped by a data
-    error before its first checkpoint kept its `.partial/`, as large as the copied split, which nothing resumes."""
+    """Review of session 31, try-out 104 F1: a build copying another store's training split (other eval pools)
+    stopped by a data error kept its `.partial/`, as large as the copied split — before its first checkpoint (the
+    source's eval split) or after it (a named set's phase: orphaned once the set is fixed). A rebuild copies the
+    split again; nothing is kept."""
     longs = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(i, 800)) for i in range(10)]
     rows = [json.dumps({"text": t}) for t in longs] + write_corpus(
         tmp_path / "c.jsonl"
     ).read_text().splitlines()
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join(rows) + "\n")  # long documents first: some held out, tokenized first
-    prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
-    other = {"max_eval_blocks": 9, "max_document_chars": 1000}  # a held-out long document is over it
-    refused = pytest.raises(ConfigError, match="the eval split's document c.jsonl:")
-    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"), refused:
+    corpus.write_text("\n".join(rows if where == "eval split" else rows[10:]) + "\n")  # long documents first
+    shift = tmp_path / "shift.jsonl"
+    shift.write_text(json.dumps({"text": longs[0]}) + "\n")
+    extra = {"eval_sources": "{shift: " + str(shift) + "}"} if where == "named set" else {}
+    prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **extra), tmp_path / "r1")
+    other = {**extra, "max_eval_blocks": 9, "max_document_chars": 1000}  # a long document is over it
+    split = (
+        "eval split's document c.jsonl:"
+        if where == "eval split"
+        else "eval set 'shift': document shift.jsonl:1"
+    )
+    with (
+        caplog.at_level(logging.INFO, logger="ekd.data.store_build"),
+        pytest.raises(ConfigError, match=split),
+    ):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True, **other), tmp_path / "r2")
     assert any("with the training split of" in r.getMessage() for r in caplog.records)  # a copying build
+    assert not list((tmp_path / "runs").rglob("*.partial"))
+
+
+def test_a_build_interrupted_before_its_first_checkpoint_leaves_no_partial_build(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Try-out 104, F3: Ctrl-C / SIGTERM before a build's first checkpoint left a `.partial/` the rerun could not
+    resume (it built afresh), which every later build named for deletion."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
+    calls = count_encodes(monkeypatch)
+    real = packing._encode
+
+    def dying(texts, tokenizer):
+        if len(calls) > 5:
+            raise KeyboardInterrupt  # before the first checkpoint (8M tokens)
+        return real(texts, tokenizer)
+
+    monkeypatch.setattr(packing, "_encode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
     assert not list((tmp_path / "runs").rglob("*.partial"))

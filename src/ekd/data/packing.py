@@ -437,7 +437,7 @@ def block_count(
     """
     n_blocks = total // block_length if not max_blocks else min(total // block_length, max_blocks)
     if n_blocks == 0 and (total == 0 or not allow_partial_block):
-        whose = f"the {split} split's " if split else ""  # which split (try-out 96, F5: not said)
+        whose = _whose(split)  # which split (try-out 96, F5: not said)
         raise ConfigError(
             f"data: {whose}{counted(total, 'token')} {'is' if total == 1 else 'are'} fewer than one block of "
             f"data.block_length={block_length}; lower it or add data (or raise a cap: data.max_chars, "
@@ -495,6 +495,14 @@ def document_chars(doc: Document) -> int:
     return len(doc.full_text) + (len(json.dumps(doc.tools)) if doc.tools else 0)
 
 
+def _whose(split: str) -> str:
+    """The owner of a split's figure in a message: "the train split's ", a named eval set's name (no split of
+    ``data.source``: try-out 104, F5 read "the dl split's document"), or '' when unnamed."""
+    if not split:
+        return ""
+    return f"the {split} split's " if split in ("train", "eval") else f"eval set '{split}': "
+
+
 def check_document_length(doc: Document, limit: int, split: str = "") -> None:
     """Refuse ``doc`` when it holds more than ``limit`` characters (``data.max_document_chars``; 0 = no limit):
     it would be tokenized whole, at :data:`TOKENIZER_BYTES_PER_CHAR` bytes of memory per character, before any
@@ -515,7 +523,7 @@ def check_document_length(doc: Document, limit: int, split: str = "") -> None:
         for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B"))
         if memory >= 2**e or e == 0
     )
-    whose = f"the {split} split's " if split else ""
+    whose = _whose(split)
     raise ConfigError(
         f"data: {whose}document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
         f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~{size} of memory for this "

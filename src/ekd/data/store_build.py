@@ -579,11 +579,13 @@ def _build(
                     train_keys = array("Q", sorted(train_keys))
                 _checkpoint(staging, signature, index + 1, 0, states, files)
             manifest = _finish(cfg, boundary, signature, staging, names, states, files, trained)
-        except ConfigError:
-            # stopped by the data before anything was stored: nothing to resume (try-out 99, F4: an empty partial
-            # build was left, and every later build warned about it); a copy of another store's training split
-            # too, which a rebuild copies again (review of session 31: it was kept, as large as that split)
-            discard = not (staging / PROGRESS).exists()
+        except (ConfigError, KeyboardInterrupt):
+            # stopped (by the data, or Ctrl-C / SIGTERM) before anything was stored: nothing to resume (try-out 99,
+            # F4: an empty partial build was left, and every later build warned about it; try-out 104, F3: one of
+            # an interrupt, which the rerun built afresh); a build copying another store's training split, whose
+            # copy a rebuild makes again in seconds, wherever it stopped (review of session 31, try-out 104 F1:
+            # kept, as large as that split, and orphaned once the refused named set was fixed)
+            discard = train_from is not None or not (staging / PROGRESS).exists()
             raise
         finally:
             for f in files.values():

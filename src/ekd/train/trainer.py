@@ -284,7 +284,11 @@ def _publish_hint(start: RunStart | None) -> None:
 def interrupted_hint(start: RunStart) -> str:
     """How to go on after Ctrl-C, from what the run directory now holds: "; ..." for ``ekd: interrupted``."""
     if not start.committed:  # a token store being built is said only where one is (try-out 103, F2)
-        store = " (a token store being built resumes where it stopped)" if start.cfg.data.store_dir else ""
+        store = (
+            " (a token store build it began resumes from its last checkpoint)"
+            if start.cfg.data.store_dir
+            else ""
+        )
         return f"; the run had not started, so nothing in it was changed: run the same command again{store}"
     newest = latest_checkpoint(start.run_dir)
     if newest is None:

@@ -327,12 +327,16 @@ def read_manifest(path: Path, fix: str = REBUILD) -> dict:
     """Read and check a manifest: valid JSON, its own ``manifest_sha256``, every field present and typed.
 
     Args:
-        fix: the way out named in the error (:func:`read_json`).
+        fix: the way out named in the error (:func:`read_json`); the default, :data:`REBUILD`, names the import
+            again for a manifest whose signature says ``ekd cache import`` wrote it (:func:`rebuild_advice`;
+            try-out 104, F2: an edited import's manifest was told to be rebuilt from the teacher).
 
     Raises:
         CacheError: one line naming the file, the problem and ``fix``.
     """
     manifest = read_json(path, fix)
+    if fix == REBUILD and isinstance(manifest, dict) and isinstance(manifest.get("signature"), dict):
+        fix = rebuild_advice(manifest["signature"])
     problem = _manifest_problem(manifest)
     if problem:
         raise CacheError(f"{path} is not a valid cache manifest ({problem}): {fix}")
