@@ -306,6 +306,12 @@ def test_an_import_again_into_its_finished_cache_writes_and_reads_nothing(
 
     manifest = json.loads((imported / "manifest.json").read_text())
     write_json_atomic(imported / "manifest.json", {**manifest, "complete": False})
+    assert (
+        main(["-q", "cache", "info", str(imported)]) == 2
+    )  # try-out 104, F6: said "unfinished (2 of 2 shards)"
+    assert (
+        "is unfinished (every shard written, not sealed): rerun `ekd cache import" in capsys.readouterr().err
+    )
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(f"imported {src} into {imported}: ")
     assert json.loads((imported / "manifest.json").read_text()) == manifest

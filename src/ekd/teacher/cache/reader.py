@@ -161,9 +161,12 @@ class CacheReader:
                 if is_imported(signature)
                 else "rerun the cache build (finished shards are skipped)"
             )
+            # every shard written, the manifest not yet sealed (killed at the end): try-out 104, F6 read "6 of 6"
+            left = (
+                "every shard written, not sealed" if done == total else f"{done} of {counted(total, 'shard')}"
+            )
             raise CacheError(
-                f"teacher cache at {self.directory} is unfinished ({done} of {counted(total, 'shard')}): "
-                + (building or again)
+                f"teacher cache at {self.directory} is unfinished ({left}): " + (building or again)
             )
         self.signature: dict = self.manifest["signature"]
         if expected_signature is not None:
