@@ -370,6 +370,7 @@ def test_an_empty_argument_is_refused_not_read_as_the_current_directory(capsys, 
     [
         (["distill", "x.yaml"], "the run had not started"),  # no run attached its hint (try-out 90, F7)
         (["cache", "x.yaml"], "rerun the same `ekd cache` command"),
+        (["cache", "import", "s.jsonl"], "rerun the same `ekd cache import` command"),  # try-out 105, F4
         (["cache", "verify", "some-dir"], None),
         (["eval", "runs/x"], "run the same `ekd eval` command again"),  # try-out 86, F7: a bare line
         (["demo", "--quick"], "run the same `ekd demo` command again"),  # try-out 78, F8: it said --overwrite

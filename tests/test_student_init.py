@@ -137,7 +137,12 @@ def test_cli_layers_with_tokenizer_and_untie(tmp_path, capsys):
     assert json.loads((out / RECORD).read_text())["kept_layers"] == [0, 3]
     # rerun without --overwrite is refused; with it, replaced
     assert main(["student", "init", str(teacher_dir), str(out), "--layers", "3"]) == 2
-    assert "exists" in capsys.readouterr().err
+    err = (
+        capsys.readouterr().err
+    )  # try-out 105, F3: what it holds is said (a kill after its rename read as lost)
+    assert f"holds a finished student of ekd student init (2 layers, from {teacher_dir.resolve()})" in err, (
+        err
+    )
     assert main(["student", "init", str(teacher_dir), str(out), "--layers", "3", "--overwrite"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
 

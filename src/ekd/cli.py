@@ -951,6 +951,8 @@ def _continue_hint(args: argparse.Namespace) -> str:
         )
     if args.command == "cache" and args.config not in ("import", *CACHE_INSPECT):
         return "; rerun the same `ekd cache` command to continue (finished shards are kept)"
+    if args.command == "cache" and args.config == "import":  # try-out 105, F4: a bare 'ekd: interrupted'
+        return "; rerun the same `ekd cache import` command to continue (finished shards are kept)"
     if args.command == "eval":  # try-out 86, F7: a bare 'ekd: interrupted'
         return (
             "; no file of the run is half-written (eval.json, plots and task results are each replaced whole): run "

@@ -370,7 +370,9 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     ):
         raise ModelError("student init: the output directory is the teacher's directory; choose another")
     if out.exists() and not overwrite:
-        raise ModelError(f"student init: {out} exists; choose another directory or pass --overwrite")
+        raise ModelError(
+            f"student init: {out} exists{_what_it_holds(out)}; choose another directory or pass --overwrite"
+        )
     if out.exists() and not (out / RECORD).is_file():
         raise ModelError(
             f"student init: {out} exists and was not written by ekd student init; --overwrite only replaces those"
@@ -466,6 +468,22 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     # which neither a rerun nor --overwrite would replace)
     save_model_dir(student, tokenizer, out, extra_files={RECORD: json.dumps(record, indent=2) + "\n"})
     return out
+
+
+def _what_it_holds(out: Path) -> str:
+    """What an existing output directory is, for the refusal to write over it: a finished student of ``ekd
+    student init`` (its record, written in the same rename as the model) is named with its teacher and layers, so
+    a rerun after an interrupt that landed once it was written does not read as a failed one (try-out 105, F3:
+    "interrupted", then "exists; ... pass --overwrite" of a complete student); '' otherwise."""
+    try:
+        record = json.loads((out / RECORD).read_text())
+        layers, teacher = int(record["student_layers"]), str(record["teacher"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return (
+        f" and holds a finished student of ekd student init ({counted(layers, 'layer')}, from {teacher}): use it as "
+        "model.student"
+    )
 
 
 def _resolved(spec: str) -> str:

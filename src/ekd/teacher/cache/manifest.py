@@ -466,7 +466,7 @@ def refuse_missing_cache(directory: Path) -> None:
     if not directory.exists():
         raise CacheError(
             f"no teacher cache at {directory}: it does not exist{read_as(str(directory))}; check the path, or build "
-            "it with `ekd cache CONFIG`"
+            "it with `ekd cache CONFIG` (or `ekd cache import SRC --config CONFIG --out DIR`)"
         )
 
 

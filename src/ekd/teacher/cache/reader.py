@@ -138,7 +138,8 @@ class CacheReader:
                 )
             refuse_missing_cache(self.directory)
             raise CacheError(
-                f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG`"
+                f"no teacher cache at {self.directory} (manifest.json missing): build it with `ekd cache CONFIG` (or "
+                "`ekd cache import SRC --config CONFIG --out DIR`)"
             )
         self.manifest = read_manifest(path)
         signature = self.manifest.get("signature")
