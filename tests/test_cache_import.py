@@ -223,13 +223,18 @@ def test_an_imported_caches_damage_and_mismatches_name_the_import_again(setup, i
     )
     # try-out 104, F2: an edited manifest of an import was told `ekd cache CONFIG --overwrite` (the teacher)
     manifest = json.loads((damaged / "manifest.json").read_text())
-    (damaged / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))  # its sha256 fails
-    for command in (["cache", "info"], ["cache", "verify"]):
-        assert main(["-q", *command, str(damaged)]) == 2
-        line = _one_line(capsys)
-        assert "was edited or is corrupt" in line and line.endswith(
-            "import it again with `ekd cache import SRC --config CONFIG --out DIR --overwrite`"
-        ), line
+    cut = (damaged / "manifest.json").read_text()[:-200]  # try-out 106, F2: cut short, no JSON to read
+    for text, said in (
+        (json.dumps({**manifest, "complete": False}), "was edited or is corrupt"),
+        (cut, "not valid JSON"),
+    ):
+        (damaged / "manifest.json").write_text(text)
+        for command in (["cache", "info"], ["cache", "verify"]):
+            assert main(["-q", *command, str(damaged)]) == 2
+            line = _one_line(capsys)
+            assert said in line and line.endswith(
+                "import it again with `ekd cache import SRC --config CONFIG --out DIR --overwrite`"
+            ), line
     other = ["run.name=other-block", "teacher.source=cache", f"teacher.cache_dir={imported}", "method=kd"]
     other += ["method.target=topk", f"method.topk={K}", "data.block_length=16"]
     assert main(["-q", "distill", setup["cfg"], *other]) == 2

@@ -327,16 +327,16 @@ def read_manifest(path: Path, fix: str = REBUILD) -> dict:
     """Read and check a manifest: valid JSON, its own ``manifest_sha256``, every field present and typed.
 
     Args:
-        fix: the way out named in the error (:func:`read_json`); the default, :data:`REBUILD`, names the import
-            again for a manifest whose signature says ``ekd cache import`` wrote it (:func:`rebuild_advice`;
-            try-out 104, F2: an edited import's manifest was told to be rebuilt from the teacher).
+        fix: the way out named in the error (:func:`read_json`); the default, :data:`REBUILD`, becomes
+            :data:`REIMPORT` for a manifest whose text names an imported cache's teacher revision (try-outs 104 F2,
+            106 F2: an edited or cut import's manifest was told to be rebuilt from the teacher).
 
     Raises:
         CacheError: one line naming the file, the problem and ``fix``.
     """
+    if fix == REBUILD and _written_by_import(path):
+        fix = REIMPORT
     manifest = read_json(path, fix)
-    if fix == REBUILD and isinstance(manifest, dict) and isinstance(manifest.get("signature"), dict):
-        fix = rebuild_advice(manifest["signature"])
     problem = _manifest_problem(manifest)
     if problem:
         raise CacheError(f"{path} is not a valid cache manifest ({problem}): {fix}")
@@ -349,6 +349,15 @@ def read_manifest(path: Path, fix: str = REBUILD) -> dict:
             f"{path} was edited or is corrupt (its content does not match its manifest_sha256): {fix}"
         )
     return manifest
+
+
+def _written_by_import(path: Path) -> bool:
+    """Whether the manifest at ``path`` names an imported cache's teacher revision (:data:`IMPORTED`), read in its
+    raw text: so that one cut short or edited is still told to be imported again (try-out 106, F2)."""
+    try:
+        return f'"{IMPORTED}' in Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def _manifest_problem(m: Any) -> str | None:
