@@ -1042,3 +1042,27 @@ def test_copies_that_keep_every_document_in_are_said(
         "every document has more copies than data.eval_fraction=0.05 of its 20 documents allows"
         in caplog.text
     )
+
+
+def test_a_document_over_max_document_chars_is_measured_and_told_by_its_kind() -> None:
+    """Try-out 104, F5 and the review of session 31: a chat row's tool definitions are rendered into the text the
+    tokenizer holds whole, so they count; its way out is to shorten the row, not to split a file; a named eval set
+    is no split of data.source; the memory is said in a unit that fits (it read "~0 MiB")."""
+    from ekd.data.chat import Message
+    from ekd.data.document import Document
+    from ekd.data.packing import check_document_length, document_chars
+
+    tools = ({"name": "search", "description": "x" * 300},)
+    row = Document(text="", doc_id="chat.jsonl:3", messages=(Message("user", "hi"),), tools=tools)
+    assert document_chars(row) == len(row.full_text) + len(json.dumps(tools)) > 300
+    with pytest.raises(ConfigError) as e:
+        check_document_length(row, 300, "dl")
+    line = str(e.value)
+    assert line.startswith("data: eval set 'dl': document chat.jsonl:3 holds ") and "KiB of memory" in line
+    assert "shorten the row (its messages and tool definitions" in line and "split it into" not in line
+    plain = Document(text="y" * 20, doc_id="notes.txt#0")
+    check_document_length(plain, 20, "train")  # at the limit: kept
+    with pytest.raises(
+        ConfigError, match=r"the train split's document notes.txt#0 holds 20 characters.*3\.3 KiB.*split it"
+    ):
+        check_document_length(plain, 19, "train")

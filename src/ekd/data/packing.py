@@ -523,12 +523,17 @@ def check_document_length(doc: Document, limit: int, split: str = "") -> None:
         for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B"))
         if memory >= 2**e or e == 0
     )
-    whose = _whose(split)
+    if doc.messages is not None:  # a chat row is rendered whole, its tool definitions too (try-out 104, F5)
+        fix = "shorten the row (its messages and tool definitions are rendered and tokenized as one)"
+    else:
+        fix = (
+            "split it into documents (a text file named alone is split only at two or more blank lines in a row; "
+            "JSONL rows are a document each)"
+        )
     raise ConfigError(
-        f"data: {whose}document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
+        f"data: {_whose(split)}document {doc.doc_id or '(unnamed)'} holds {length:,} characters, over "
         f"data.max_document_chars={limit:,}: a document is tokenized whole, at ~{size} of memory for this "
-        "one; split it into documents (a text file named alone is split only at two or more blank lines in a "
-        "row; JSONL rows are a document each) or raise data.max_document_chars (0 = no limit)"
+        f"one; {fix} or raise data.max_document_chars (0 = no limit)"
     )
 
 
