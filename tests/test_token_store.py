@@ -343,14 +343,9 @@ def test_a_store_counts_the_eval_documents_past_its_pool_as_memory_does(
     said "the eval split holds 7 of 96,916 documents", counting only the pool's documents on both sides, where
     5,021 of 101,930 were held out (memory said it right). Now both say the same line, and every id at DEBUG."""
     corpus = write_corpus(tmp_path / "c.jsonl", n=600)
-    said = {}
-    for store in (False, True):
-        caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="ekd.data.build"):
-            prepare_data(
-                config(tmp_path, tokenizer_dir, corpus, store, max_eval_blocks=1), tmp_path / f"r{store}"
-            )
-        said[store] = [r.getMessage() for r in caplog.records if "eval split" in r.getMessage()]
+    said = _data_log_lines(
+        tmp_path, tokenizer_dir, corpus, caplog, logging.DEBUG, "eval split", max_eval_blocks=1
+    )
     assert " of 600 documents (" in said[False][0], said
     assert said[True] == said[False], said
     ids = said[True][1].removeprefix("data.source: eval split documents: ").split(", ")
@@ -364,16 +359,31 @@ def test_a_store_stopped_by_its_caps_says_how_many_documents_it_read(
     """Try-out 96, F4: under data.max_chars the store said the eval split held "4 of 5 documents" (those it had
     routed before the caps filled) where memory said 4 of 23: it says how many it read, and that the caps stopped it."""
     corpus = write_corpus(tmp_path / "c.jsonl", n=600)
+    said = _data_log_lines(
+        tmp_path, tokenizer_dir, corpus, caplog, logging.INFO, "the eval split holds", max_chars=600
+    )
+    assert " of 600 documents (" in said[False][0], said
+    assert " of the first 256 documents read (its splits' caps stopped the reading) (" in said[True][0], said
+
+
+def _data_log_lines(
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    corpus: Path,
+    caplog: pytest.LogCaptureFixture,
+    level: int,
+    words: str,
+    **data: object,
+) -> dict[bool, list[str]]:
+    """store? → the log lines of ``ekd.data.build`` at ``level`` holding ``words`` when ``corpus`` is prepared in
+    memory (False) and through the token store (True), with the ``data`` settings given."""
     said = {}
     for store in (False, True):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="ekd.data.build"):
-            prepare_data(
-                config(tmp_path, tokenizer_dir, corpus, store, max_chars=600), tmp_path / f"r{store}"
-            )
-        said[store] = next(r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage())
-    assert " of 600 documents (" in said[False], said
-    assert " of the first 256 documents read (its splits' caps stopped the reading) (" in said[True], said
+        with caplog.at_level(level, logger="ekd.data.build"):
+            prepare_data(config(tmp_path, tokenizer_dir, corpus, store, **data), tmp_path / f"r{store}")
+        said[store] = [r.getMessage() for r in caplog.records if words in r.getMessage()]
+    return said
 
 
 def test_a_store_of_a_text_file_is_keyed_by_its_split_rule(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -334,8 +334,16 @@ def read_manifest(path: Path, fix: str = REBUILD) -> dict:
     Raises:
         CacheError: one line naming the file, the problem and ``fix``.
     """
-    if fix == REBUILD and _written_by_import(path):
-        fix = REIMPORT
+    try:
+        return _checked_manifest(path, fix)
+    except CacheError:  # its text is read again only here: a readable manifest is read once
+        if fix != REBUILD or not _written_by_import(path):
+            raise
+    return _checked_manifest(path, REIMPORT)  # raises the same error, naming the import
+
+
+def _checked_manifest(path: Path, fix: str) -> dict:
+    """:func:`read_manifest`'s checks, ``fix`` named in their error."""
     manifest = read_json(path, fix)
     problem = _manifest_problem(manifest)
     if problem:
