@@ -10,6 +10,7 @@ setting the spec does not name at the defaults METHODS §§1–7 state.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ekd.config import load_config
 from ekd.methods import presets
@@ -174,3 +175,81 @@ def test_defaults_are_the_ones_methods_md_states():
         assert getattr(cfg, key) == value, (
             f"method.{key} defaults to {getattr(cfg, key)!r}, METHODS {value!r}"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# §1 divergences, through the fused head, against formulas written from the spec in float64
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _log_softmax64(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    z = z.double() / tau.double().unsqueeze(-1)  # (M, V) at each row's τ
+    return z - torch.logsumexp(z, -1, keepdim=True)
+
+
+def _spec_divergence(name: str, zs: torch.Tensor, zt: torch.Tensor, tau: torch.Tensor, **par: float):
+    """METHODS §1, per position: p = teacher, q = student, both at τ; (M,) float64."""
+    lp, lq = _log_softmax64(zt, tau), _log_softmax64(zs, tau)
+    p, q = lp.exp(), lq.exp()
+    kl = lambda a, la, lb: (a * (la - lb)).sum(-1)  # noqa: E731 KL(a‖b)
+    if name == "forward_kl":
+        return kl(p, lp, lq)
+    if name == "reverse_kl":
+        return kl(q, lq, lp)
+    if name == "jsd":  # generalized JSD(β) = β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q; β=0 → FKL, β=1 → RKL
+        b = par["beta"]
+        if b == 0:
+            return kl(p, lp, lq)
+        if b == 1:
+            return kl(q, lq, lp)
+        lm = (b * p + (1 - b) * q).log()
+        return b * kl(p, lp, lm) + (1 - b) * kl(q, lq, lm)
+    if name == "skew_forward_kl":  # KL(p ‖ αp + (1−α)q)
+        a = par["alpha"]
+        return kl(p, lp, (a * p + (1 - a) * q).log())
+    if name == "skew_reverse_kl":  # KL(q ‖ (1−α)p + αq)
+        a = par["alpha"]
+        return kl(q, lq, ((1 - a) * p + a * q).log())
+    assert name == "tvd"
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@pytest.mark.parametrize("path", ["chunked", "chunked_recompute", "reference"])
+@pytest.mark.parametrize(
+    ("name", "par"),
+    [
+        ("forward_kl", {}),
+        ("reverse_kl", {}),
+        ("jsd", {"beta": 0.0}),
+        ("jsd", {"beta": 0.27}),
+        ("jsd", {"beta": 0.5}),
+        ("jsd", {"beta": 1.0}),
+        ("skew_forward_kl", {"alpha": 0.35}),
+        ("skew_reverse_kl", {"alpha": 0.6}),
+        ("tvd", {}),
+    ],
+)
+def test_head_loss_is_the_spec_sum_with_a_temperature_per_row(name, par, path):
+    """Σ_i w_i·τ_i²·D(p_i^τ, q_i^τ) and its gradient, with a different τ in every row and chunks of 3 rows
+    (7 rows: the last chunk is short), against the spec's formula in float64 (try-out 107's script)."""
+    from ekd.losses.divergences import make_divergence
+    from ekd.losses.head_loss import kd_loss_sum
+    from ekd.losses.targets import DenseTarget, Head
+
+    gen = torch.Generator().manual_seed(len(name) + int(10 * sum(par.values())))
+    M, V = 7, 173
+    zs, zt = 3 * torch.randn(M, V, generator=gen), 3 * torch.randn(M, V, generator=gen)  # (M, V) logits
+    tau = 0.3 + 3 * torch.rand(M, generator=gen)  # (M,)
+    w = 0.5 + torch.rand(M, generator=gen)  # (M,)
+    fn = make_divergence(name, jsd_beta=par.get("beta", 0.5), skew_alpha=par.get("alpha", 0.1))
+    h = zs.clone().requires_grad_(True)  # identity heads: the hidden states are the logits
+    loss = kd_loss_sum(
+        h, Head(torch.eye(V)), DenseTarget(zt, Head(torch.eye(V))), tau, w, fn, path=path, chunk_size=3
+    )
+    (grad,) = torch.autograd.grad(loss, h)
+
+    z64 = zs.double().requires_grad_(True)
+    want = (w.double() * tau.double() ** 2 * _spec_divergence(name, z64, zt, tau, **par)).sum()
+    (want_grad,) = torch.autograd.grad(want, z64)
+    assert loss.item() == pytest.approx(want.item(), rel=2e-5, abs=1e-7)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=2e-6)
