@@ -47,9 +47,10 @@ set's ``tokens``, ``loss``·``tokens``, ``acc``·``tokens``, ``boundary_tokens``
 
 
 def _xlogy_terms(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
-    """Σ_v p·(log p − log q) per row, with 0·(anything) = 0 (guards −inf teacher logits). (m, V) → (m,)."""
+    """Σ_v p·(log p − log q) per row, with 0·(anything) = 0 (guards −inf teacher logits); a NaN p gives NaN.
+    (m, V) → (m,)."""
     terms = p * (log_p - log_q)  # (m, V)
-    return torch.where(p > 0, terms, terms.new_zeros(())).sum(-1)
+    return torch.where(p == 0, terms.new_zeros(()), terms).sum(-1)  # a NaN p stays NaN (never a perfect match)
 
 
 class StreamingMetrics:
@@ -250,7 +251,7 @@ class StreamingMetrics:
         log_p = torch.log_softmax(teacher_logits.float(), dim=-1)  # (m, V)
         p = log_p.exp()  # (m, V)
         kl = _xlogy_terms(p, log_p, log_q)  # (m,)
-        entropy = -torch.where(p > 0, p * log_p, p.new_zeros(())).sum(-1)  # (m,)
+        entropy = -torch.where(p == 0, p.new_zeros(()), p * log_p).sum(-1)  # (m,)
         agree = (log_p.argmax(dim=-1) == pred).to(acc)  # (m,)
         s["teacher_tokens"] += labels.shape[0]
         s["kl"] += kl.to(acc).sum()

@@ -50,7 +50,7 @@ def _split_gold(log_x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def _xdiff(x: Tensor, log_x: Tensor, log_z: Tensor) -> Tensor:
     """x·(log x − log z) with 0·(anything) = 0. (m,) × 3 → (m,)."""
-    return torch.where(x > 0, x * (log_x - log_z), torch.zeros_like(x))
+    return torch.where(x == 0, torch.zeros_like(x), x * (log_x - log_z))  # a NaN x stays NaN
 
 
 def decoupled_kd_chunk(

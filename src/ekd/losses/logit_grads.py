@@ -237,7 +237,7 @@ def sparse_kd_chunk(
     scale = coef / tau  # (m,)
     ids = ids.long()
     t = probs.float()
-    present = t > 0
+    present = ~(t <= 0)  # padding is t ≤ 0; a NaN value (a NaN teacher) is kept, so the loss is NaN
     t = torch.where(present, t, torch.zeros_like(t))
     safe_t = torch.where(present, t, torch.ones_like(t))
     tail = None if tail is None else tail.float()

@@ -153,7 +153,7 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
             k = min(step, m - r)
             x = z[r : r + k]  # (rows, V)
             if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
-                x = x.nan_to_num(neginf=torch.finfo(z.dtype).min)
+                x = x.nan_to_num(nan=float("nan"), neginf=torch.finfo(z.dtype).min)  # a NaN stays NaN
             e = exp_buf[:k] if probs is None else probs[r : r + k]
             _block_sums(x, shifted[:k], e, top[r : r + k], total[r : r + k], dot[r : r + k], normal, True)
     log_total = total.log()
@@ -181,11 +181,11 @@ def row_softmax(z: Tensor) -> Tensor:
     for r in range(0, m, step):
         k = min(step, m - r)
         _block_sums(z[r : r + k], shifted[:k], probs[r : r + k], top[r : r + k], total[r : r + k], None, True)
-    bad = total.isnan()  # only an all −inf row (−inf − (−inf)): computed again with the finite floor
+    bad = total.isnan()  # an all −inf row (−inf − (−inf)): computed again with the finite floor (a NaN stays)
     if bool(bad.any()):
         for r in sorted({int(i) // step * step for i in bad.nonzero().view(-1)}):
             k = min(step, m - r)
-            x = z[r : r + k].nan_to_num(neginf=torch.finfo(z.dtype).min)  # (rows, V)
+            x = z[r : r + k].nan_to_num(nan=float("nan"), neginf=torch.finfo(z.dtype).min)  # (rows, V)
             _block_sums(x, shifted[:k], probs[r : r + k], top[r : r + k], total[r : r + k], None, True, True)
     return probs
 
@@ -230,7 +230,7 @@ def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Te
     for r in range(0, m, step):
         x = z[r : r + step]  # (rows, V) view
         if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
-            x = x.nan_to_num(neginf=lowest)
+            x = x.nan_to_num(nan=float("nan"), neginf=lowest)  # a NaN stays NaN (never read as 0)
         top = x.amax(-1, keepdim=True)  # (rows, 1)
         shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
         e = shifted.exp()

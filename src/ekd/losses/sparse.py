@@ -52,7 +52,7 @@ def sparse_forward_kl(
     ids = target.ids.long()
     log_q_at = log_q.gather(-1, ids)  # (M, K) student log-probs at the target ids
     t = target.probs.float()  # (M, K)
-    present = t > 0
+    present = ~(t <= 0)  # padding is t ≤ 0; a NaN value (a NaN teacher) is kept, so the loss is NaN
     # a target id the student gives probability 0 exactly (-inf logit): the KL is +inf, as on the chunked path
     outside_support = (present & (log_q_at <= LOG_ZERO)).any(-1)  # (M,)
     if teacher_entropy is not None:

@@ -262,6 +262,9 @@ def rs_target_from_probs(
         draws = inverse_cdf_draws(proposal, uniforms, sampling_block(vocab, num_samples))  # (m, N)
         ids, counts = unique_counts(draws)  # (m, K)
         target = counts.float() / num_samples
+        # a row of NaN probabilities (a NaN or +inf teacher logit) draws arbitrary ids: its values are NaN, so a
+        # loss on it is NaN (the trainer stops), never a finite loss on made-up targets
+        target = target.masked_fill(probs.gather(1, ids).isnan(), float("nan"))
         weights = None
         if log_p is not None and log_r is not None:
             log_w = log_p.gather(1, ids) - log_r.gather(1, ids)  # (m, K) log p/r

@@ -23,6 +23,7 @@ from ekd.config import Config
 from ekd.losses.matmul import RowBuffer
 from ekd.losses.targets import Head
 from ekd.models.body import body_outputs
+from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.signature import target_spec
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, rs_target_from_probs, topk_target
@@ -160,6 +161,7 @@ def batch_entries(
             parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
     flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
     ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
+    _refuse_nan_teacher(entropy.cpu().numpy(), rows.cpu().numpy(), sample_ids, T)
     if parts:
         t = _concat(parts)
         arrays = {k: None if v is None else v.cpu().numpy() for k, v in vars(t).items()}
@@ -185,6 +187,24 @@ def batch_entries(
             }
         )
     return out
+
+
+def _refuse_nan_teacher(entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: Tensor, T: int) -> None:
+    """Refuse a batch whose teacher logits are NaN at some valid position (its entropy (N,) is NaN there): its
+    statistics and draws would be stored as made-up numbers (a quantized NaN entropy reads 0).
+
+    Raises:
+        CacheError: naming the first sample and position, and the likely causes.
+    """
+    bad = np.flatnonzero(np.isnan(entropy))
+    if not bad.size:
+        return
+    row = int(flat_rows[bad[0]])
+    raise CacheError(
+        f"the teacher's logits are NaN at {bad.size:,} position(s) of this batch (first: sample "
+        f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights "
+        "and its precision (train.precision=fp32 rules out a 16-bit overflow)"
+    )
 
 
 @dataclass(frozen=True)

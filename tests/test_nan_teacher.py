@@ -1,0 +1,91 @@
+"""A NaN teacher logit (a 16-bit overflow, broken weights) gives NaN figures or a refusal, never made-up ones.
+
+Try-out 109, F3: terms kept where ``p > 0`` read a NaN teacher row as a perfect match (KL 0) in ``forward_kl``,
+the eval metrics and DKD's terms; the accurate CPU softmax's −inf floor (``nan_to_num``) turned a NaN logit into
+0, so the cache's statistics and RS draws of that row were computed from a teacher that never said so; sparse
+targets of NaN value counted as padding. Each now propagates NaN: the trainer stops on the non-finite loss
+("check the data/teacher"), an eval figure is NaN, and a cache build refuses the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ekd.eval.metrics import StreamingMetrics
+from ekd.losses.divergences import divergences, make_divergence
+from ekd.losses.head_loss import kd_loss_sum
+from ekd.losses.row_reductions import row_logsumexp_entropy, row_softmax
+from ekd.losses.targets import DenseTarget, Head
+from ekd.teacher.cache import CacheError
+from ekd.teacher.cache.entries import batch_entries
+from ekd.teacher.signal import TargetSpec
+from ekd.teacher.targets import rs_target, topk_target
+
+V = 40
+
+
+def _logits(bad: float = math.nan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher logits (3, V); the teacher's row 0 holds one ``bad`` logit."""
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(3, V, generator=g), 2 * torch.randn(3, V, generator=g)
+    zt[0, 7] = bad
+    return zs, zt
+
+
+@pytest.mark.parametrize("name", sorted(divergences.names()))
+def test_a_nan_teacher_row_is_nan_in_every_divergence(name):
+    zs, zt = _logits()
+    d = make_divergence(name)(zs, zt, 1.0)  # (3,)
+    assert d[0].isnan() and d[1:].isfinite().all(), (name, d)
+
+
+def test_the_softmax_and_entropy_keep_a_nan_logit():
+    """The −inf floor of the blocked CPU softmax made the NaN logit 0 and the row a valid distribution."""
+    _, zt = _logits()
+    zt[2] = float("-inf")  # an all −inf row still takes the floor (uniform), as documented
+    p = row_softmax(zt)
+    lse, entropy = row_logsumexp_entropy(zt)
+    assert p[0].isnan().all() and lse[0].isnan() and entropy[0].isnan()
+    assert p[1:].isfinite().all() and entropy[1:].isfinite().all()
+    torch.testing.assert_close(p[2], torch.full((V,), 1 / V))
+
+
+@pytest.mark.parametrize("target", ["dense", "topk", "rs"])
+@pytest.mark.parametrize("path", ["chunked", "chunked_recompute", "reference"])
+def test_a_nan_teacher_row_makes_the_loss_nan_on_every_path(target, path):
+    zs, zt = _logits()
+    teacher = {
+        "dense": lambda: DenseTarget(zt, Head(torch.eye(V))),
+        "topk": lambda: topk_target(zt, 5, "renormalize", None, 1.0),
+        "rs": lambda: rs_target(zt, 20, seeds=torch.arange(3)).target,
+    }[target]()
+    h = zs.clone().requires_grad_(True)
+    loss = kd_loss_sum(
+        h, Head(torch.eye(V)), teacher, 1.0, torch.ones(3), make_divergence("forward_kl"), path=path
+    )
+    assert loss.isnan()
+
+
+def test_eval_kl_and_teacher_entropy_of_a_nan_teacher_are_nan():
+    zs, zt = _logits()
+    m = StreamingMetrics(V)
+    m.update(zs, torch.tensor([1, 2, 3]), zt)
+    out = m.compute()
+    assert math.isnan(out["kl"]), out  # was (0 + KL₁ + KL₂)/3: a teacher NaN read as agreement
+
+
+def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
+    g = torch.Generator().manual_seed(1)
+    B, T, D = 2, 6, 8
+    hidden = torch.randn(B, T, D, generator=g)
+    hidden[1, 4, 0] = math.nan  # one position of sample 11
+    labels = torch.randint(0, V, (B, T), generator=g)
+    with pytest.raises(
+        CacheError, match=r"NaN at 1 position\(s\) .*first: sample 11, position 4.*train.precision"
+    ):
+        batch_entries(
+            hidden, Head(torch.randn(V, D, generator=g)), labels, torch.tensor([10, 11]), TargetSpec("rs")
+        )
