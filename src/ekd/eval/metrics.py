@@ -50,7 +50,7 @@ def _xlogy_terms(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     """Σ_v p·(log p − log q) per row, with 0·(anything) = 0 (guards −inf teacher logits); a NaN p gives NaN.
     (m, V) → (m,)."""
     terms = p * (log_p - log_q)  # (m, V)
-    return torch.where(p == 0, terms.new_zeros(()), terms).sum(-1)  # a NaN p stays NaN (never a perfect match)
+    return torch.where(p == 0, terms.new_zeros(()), terms).sum(-1)  # a NaN p stays NaN
 
 
 class StreamingMetrics:

@@ -49,7 +49,7 @@ def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
     """
     p = log_p.exp()
     terms = p * (log_p - log_q)
-    kl = torch.where(p == 0, torch.zeros_like(terms), terms).sum(-1)  # (M,) NaN p (a NaN teacher logit) stays NaN
+    kl = torch.where(p == 0, torch.zeros_like(terms), terms).sum(-1)  # (M,) a NaN p (NaN teacher) stays NaN
     outside_support = ((p > 0) & (log_q <= LOG_ZERO)).any(-1)  # (M,) p has mass where q has none
     return kl.masked_fill(outside_support, float("inf"))
 
