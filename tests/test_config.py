@@ -509,6 +509,46 @@ def test_unknown_preset_suggests_the_nearest():
     assert "method.preset" in msg and "'rkll'" in msg and "did you mean 'rkl'" in msg
 
 
+@pytest.mark.parametrize(
+    "override, meant",
+    [
+        ("method.divergence=FORWARD_KL", "forward_kl"),
+        ("method=KD", "kd"),
+        ("method=SEKD", "sekd"),
+        ("method.target=RS", "rs"),
+        ("data.format=JSONL", "jsonl"),
+        ("method.divergence=Forwrd_KL", "forward_kl"),
+    ],
+)
+def test_a_choice_in_another_case_is_suggested(override, meant):
+    """Try-out 108, F11: the did-you-mean compared case-sensitively, so 'FORWARD_KL' or 'KD' got none."""
+    with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["method=bandit", "method.bandit_min_fraction=0", "method.bandit_max_fraction=0"],
+            "bandit_max_fraction",
+        ),
+        (["eval.ece_bins=1000000000"], "eval.ece_bins"),
+        (["eval.entropy_buckets=100000000"], "eval.entropy_buckets"),
+        (
+            ["method.scorer=composite", "method.scorer_weights={teacher_entropy: 0, student_entropy: 0}"],
+            "method.scorer_weights are all 0",
+        ),
+    ],
+)
+def test_settings_that_would_train_nothing_or_fail_after_training_are_refused(overrides, named):
+    """Try-out 108: a LinUCB budget of 0 selected no position (loss 0 at every step, the student unchanged); a
+    billion ECE bins or entropy buckets trained the whole run and were killed for memory at its evaluation;
+    composite weights all 0 scored every position 0 (top-k kept each sequence's first positions)."""
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(None, overrides)
+
+
 def test_valid_sparse_and_cache_combinations_pass():
     cfg = load_config(None, ["method.target=rs", "teacher.source=cache", "teacher.cache_dir=/tmp/cache"])
     assert (cfg.method.target, cfg.teacher.source) == ("rs", "cache")

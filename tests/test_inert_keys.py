@@ -61,6 +61,8 @@ def test_the_table_says_what_each_policy_and_temperature_reads(registry, key, na
         extra = {"bandit_kind": kind} if kind else {}
         if registry is policies and name != "all":
             extra["scorer"] = "student_entropy"  # every policy but 'all' ranks positions by a score
+        if name == "schedule":
+            extra["temperature_end"] = 2.0  # a schedule that moves (τ0 = τ1 holds nothing: its hold is inert)
         built[entry] = _built(registry, name, **{key: name}, **extra)
     group = set().union(*(read for read, _ in built.values())) & set(READ_WHEN)
     assert group, "no key of the table is read by any entry"
@@ -483,12 +485,34 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
             ],
             "method.curriculum_power=2.0 is read only under method.policy=curriculum with method.curriculum_start ≠",
         ),
+        (
+            ["method.temperature=schedule", "method.temperature_hold_fraction=0.5"],
+            "method.temperature_hold_fraction=0.5 is read only under method.temperature=schedule with "
+            "method.temperature_end ≠ kd_temperature",
+        ),
+        (
+            ["method=uncertainty", "method.uncertainty_fraction=1", "method.uncertainty_weight=5"],
+            "method.uncertainty_weight=5.0 is read only under method.objective=uncertainty with "
+            "method.uncertainty_fraction < 1",
+        ),
+        (
+            ["method.feature_weight=1", "method.feature_hard_fraction=0"],
+            "method.feature_weight=1.0 is read only with method.feature_hard_fraction > 0",
+        ),
     ],
-    ids=["direction-of-one-tau", "power-of-a-fixed-phase"],
+    ids=[
+        "direction-of-one-tau",
+        "power-of-a-fixed-phase",
+        "hold-between-equal-taus",
+        "weight-of-no-self-distilled-token",
+        "features-of-no-hard-token",
+    ],
 )
 def test_a_key_other_values_leave_without_effect_is_refused(overrides, named):
     """Try-out 73, F2: a τ range of one value, or a curriculum that starts where it ends, ran in silence with a
-    direction or a power that changes nothing (as `temperature_end` behind a full hold is refused)."""
+    direction or a power that changes nothing (as `temperature_end` behind a full hold is refused); try-out 108,
+    F9: a τ schedule between equal τs, the uncertainty objective's weight with ρ = 1 (losses identical at every
+    step), the feature branch with no hard token (its loss 0 at every step)."""
     from ekd.config.inert import inert_message
 
     line = inert_message(load_config(overrides=overrides).method)
@@ -518,3 +542,68 @@ def test_a_save_to_disk_directory_reads_no_dataset_name_or_streaming(tmp_path):
         "hf_streaming",
     ]
     assert inert(source="hf:org/set", hf_name="foo", hf_streaming="true") == []  # a hub dataset reads them
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["model.lora_alpha=32", "model.lora_target_modules=[q_proj]"],
+            "model.lora_alpha=32.0 is read only with model.lora_r > 0 (a LoRA student); "
+            "model.lora_target_modules=['q_proj'] is read only with model.lora_r > 0",
+        ),
+        (["eval.tasks_limit=5"], "eval.tasks_limit=5 is read only with eval.tasks"),
+        (["eval.tasks_dir=/nonexistent"], "eval.tasks_dir=/nonexistent is read only with eval.tasks"),
+        (
+            ["train.compile=true", "train.loss_path=reference"],
+            "train.compile=True is read only under train.loss_path",
+        ),
+        (
+            ["eval.teacher=false", "eval.entropy_buckets=8"],
+            "eval.entropy_buckets=8 is read only with eval.teacher",
+        ),
+    ],
+    ids=["lora-without-lora", "tasks-limit-without-tasks", "tasks-dir-without-tasks", "compile", "buckets"],
+)
+def test_a_run_key_the_run_never_reads_is_refused_at_a_start(tmp_path, capsys, monkeypatch, overrides, named):
+    """Try-out 108, F3–F6: LoRA knobs without a LoRA student (a full fine-tune with no word), task settings
+    without a task (eval.tasks_dir failed only after training), torch.compile on a loss path it does not compile,
+    eval settings without an eval set, teacher-entropy buckets without the teacher at evaluation."""
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "inert", **{"train.max_steps": 1})
+    line = one_error_line(*cli(capsys, "distill", config, *overrides)[::2])
+    assert named in line and "no effect on this run" in line, line
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_run_keys_the_run_reads_pass():
+    from ekd.config.inert import inert_run_keys
+
+    def inert(*overrides):
+        return [k for k, _, _ in inert_run_keys(load_config(overrides=list(overrides)))]
+
+    assert inert("model.lora_r=8", "model.lora_alpha=32") == []
+    assert inert("eval.tasks=[arc_easy]", "eval.tasks_limit=5") == []
+    assert inert("train.compile=true") == []  # the chunked path, the default
+    assert inert("eval.entropy_buckets=8") == []
+
+
+def test_eval_keys_of_a_run_without_an_eval_set_are_said():
+    """Try-out 108, F5: `eval.every=1` with no eval set evaluated nothing, without a word (said, not refused: one
+    YAML may serve runs with and without a set)."""
+    from ekd.config.inert import unread_eval_keys
+
+    def said(*overrides):
+        return unread_eval_keys(load_config(overrides=list(overrides)))
+
+    line = said("data.source=c.txt", "data.eval_fraction=0", "eval.every=1", "data.max_eval_blocks=3")
+    assert line.startswith(
+        "eval.every=1, data.max_eval_blocks=3 configure evaluation, but this run has no eval"
+    )
+    assert said("data.source=pystdlib", "data.eval_fraction=0", "eval.every=5") == ""  # its shifted sets
+    assert (
+        said("data.source=c.txt", "data.eval_fraction=0", "data.eval_sources={e: e.txt}", "eval.every=5")
+        == ""
+    )
+    assert said("data.source=c.txt", "data.eval_fraction=0") == ""

@@ -1,7 +1,8 @@
 """The "did you mean" of every error about an unknown name: config keys and sections, choice values
 (``method.divergence=kll``), registry entries (presets, scorers, ...) and command-line options (``--o``).
 
-One matcher, so every such error suggests alike. Three tries, the first that finds something wins:
+One matcher, so every such error suggests alike. A name spelled in another case is the answer; otherwise three
+tries, case ignored, the first that finds something wins:
 
 1. ``word`` starts a name (an abbreviation: ``--o`` → ``--overwrite``, ``forward`` → ``forward_kl``); every
    name it starts is returned, so an ambiguous prefix names all of them;
@@ -26,14 +27,21 @@ def close_names(word: str, names: Iterable[str], cutoff: float = 0.6) -> list[st
     names = [n for n in dict.fromkeys(names) if n != word]
     if not word.strip("-_."):
         return []
-    started = [n for n in names if n.startswith(word)]
+    same = [
+        n for n in names if n.lower() == word.lower()
+    ]  # another case: 'FORWARD_KL', 'KD' (try-out 108, F11)
+    if same:
+        return same[:SHOWN]
+    word = word.lower()  # the tries below ignore case
+    lowered = {n.lower(): n for n in reversed(names)}  # lower-case name → the first name spelled so
+    started = [n for n in names if n.lower().startswith(word)]
     if started:
         return started[:SHOWN]
-    close = difflib.get_close_matches(word, names, n=1, cutoff=cutoff)
+    close = [lowered[c] for c in difflib.get_close_matches(word, list(lowered), n=1, cutoff=cutoff)]
     if close:
         return close
     leaf = word.lstrip("-").rsplit(".", 1)[-1]
-    scores = {n: max((_similarity(leaf, part) for part in _parts(n)), default=0.0) for n in names}
+    scores = {n: max((_similarity(leaf, part) for part in _parts(n.lower())), default=0.0) for n in names}
     best = max(scores.values(), default=0.0)
     return [n for n, s in scores.items() if s == best][:SHOWN] if best >= PART_CUTOFF else []
 

@@ -85,7 +85,10 @@ COMPONENT_RULES: dict[str, ReadWhen] = {
         lambda m: m.temperature == "schedule" and m.temperature_hold_fraction < 1,
         "under method.temperature=schedule with method.temperature_hold_fraction < 1",
     ),
-    "temperature_hold_fraction": _under("temperature", "schedule"),
+    "temperature_hold_fraction": ReadWhen(  # a hold between equal τs holds nothing (try-out 108, F9)
+        lambda m: m.temperature == "schedule" and m.temperature_end != m.kd_temperature,
+        "under method.temperature=schedule with method.temperature_end ≠ kd_temperature",
+    ),
     "idts_strength": _under("temperature", "idts"),
     "entropy_tau_min": _under("temperature", "entropy_map"),
     "entropy_tau_max": _under("temperature", "entropy_map"),
@@ -183,8 +186,14 @@ READ_WHEN: dict[str, ReadWhen] = {
     "ema_decay": _under("objective", "ema_self_distill"),
     "ema_weight": _under("objective", "ema_self_distill"),
     "uncertainty_fraction": _under("objective", "uncertainty"),
-    "uncertainty_weight": _under("objective", "uncertainty"),
-    "feature_weight": _TEACHER_TERM,
+    "uncertainty_weight": ReadWhen(  # ρ = 1: every token is an MLE token, none is self-distilled (try-out 108)
+        lambda m: m.objective == "uncertainty" and m.uncertainty_fraction < 1,
+        "under method.objective=uncertainty with method.uncertainty_fraction < 1 (tokens left to self-distill)",
+    ),
+    "feature_weight": _and(  # no hard token, no feature loss (try-out 108, F9)
+        ReadWhen(lambda m: m.feature_hard_fraction > 0, "with method.feature_hard_fraction > 0"),
+        _TEACHER_TERM,
+    ),
     **{
         k: _and(_FEATURES, _TEACHER_TERM)
         for k in ("feature_hard_fraction", "feature_loss", "feature_student_layer", "feature_teacher_layer")
@@ -384,10 +393,100 @@ def inert_data_message(d: Any, resumed: bool = False) -> str:
     return f"{said}, and this run reads none ({read}): no effect; {way}"
 
 
-def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = None) -> None:
+def _has_eval_set(d: Any) -> bool:
+    """Whether the data settings name an eval set: a held-out fraction, a named set, or the builtin corpus (its
+    shifted sets)."""
+    return d.eval_fraction > 0 or bool(d.eval_sources) or d.source.startswith("pystdlib")
+
+
+RUN_READ_WHEN: dict[str, ReadWhen] = {
+    # a LoRA student's knobs (model.lora_train_head and lora_export are refused as config rules)
+    **{
+        f"model.{k}": ReadWhen(lambda c: c.model.lora_r > 0, "with model.lora_r > 0 (a LoRA student)")
+        for k in ("lora_alpha", "lora_dropout", "lora_target_modules")
+    },
+    "train.compile": ReadWhen(
+        lambda c: c.train.loss_path == "chunked",
+        "under train.loss_path=chunked (it compiles the fused head's math)",
+    ),
+    # the downstream tasks' settings, without a task (try-out 108, F3: eval.tasks_dir failed after training)
+    **{
+        f"eval.{k}": ReadWhen(lambda c: bool(c.eval.tasks), "with eval.tasks (downstream tasks to run)")
+        for k in (
+            "tasks_dir",
+            "tasks_limit",
+            "tasks_num_fewshot",
+            "tasks_max_new_tokens",
+            "tasks_chat_template",
+            "tasks_teacher",
+            "tasks_student_init",
+            "tasks_cache_dir",
+        )
+    },
+    "eval.entropy_buckets": ReadWhen(
+        lambda c: c.eval.teacher, "with eval.teacher=true (the buckets are of the teacher's entropy)"
+    ),
+}
+"""Run keys outside ``method.*``/``data.*`` sources → when they are read (try-out 108: accepted and ignored)."""
+
+EVAL_SET_KEYS = ("eval.every", "eval.ece_bins", "eval.entropy_buckets", "data.max_eval_blocks")
+"""Keys read only when the run has an eval set (:func:`unread_eval_keys`)."""
+
+
+def unread_eval_keys(cfg: Any) -> str:
+    """The warning for a run with no eval set (``data.eval_fraction=0``, no ``data.eval_sources``, not the builtin
+    corpus) that sets keys only an eval set reads — said, not refused: one YAML may serve runs with and without
+    one (try-out 108, F5: ``eval.every=1`` evaluated nothing, without a word) — else ""."""
+    if _has_eval_set(cfg.data):
+        return ""
+    named = []
+    for key in EVAL_SET_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != getattr(type(getattr(cfg, section))(), name):
+            named.append(f"{key}={value}")
+    if not named:
+        return ""
+    return (
+        f"{', '.join(named)} {'configures' if len(named) == 1 else 'configure'} evaluation, but this run has no eval "
+        "set (data.eval_fraction=0 and no data.eval_sources): nothing is evaluated; name one with "
+        "data.eval_sources={eval: FILE} or data.eval_fraction > 0"
+    )
+
+
+def inert_run_keys(cfg: Any) -> list[tuple[str, Any, str]]:
+    """``[("model.lora_alpha", 32.0, "is read only with model.lora_r > 0 (a LoRA student)"), ...]``: the keys of
+    :data:`RUN_READ_WHEN` set away from their defaults that this run does not read. [] when there is none."""
+    out = []
+    for key, rule in RUN_READ_WHEN.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != getattr(type(getattr(cfg, section))(), name) and not rule.reads(cfg):
+            out.append((key, value, f"is read only {rule.when}"))
+    return out
+
+
+def inert_run_message(cfg: Any, resumed: bool = False) -> str:
+    """The line naming every key of :func:`inert_run_keys`, with the way on; "" when there is none."""
+    inert = inert_run_keys(cfg)
+    if not inert:
+        return ""
+    one = len(inert) == 1
+    named = "; ".join(f"{key}={value} {why}" for key, value, why in inert)
+    way = (
+        "the resumed run keeps its saved settings"
+        if resumed
+        else f"drop {'it' if one else 'them'}, or set what reads {'it' if one else 'them'}"
+    )
+    return f"{named}: {'it has' if one else 'they have'} no effect on this run; {way}"
+
+
+def refuse_inert_keys(
+    method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = None, cfg: Any = None
+) -> None:
     """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`), a
-    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`), or data keys no source reads
-    (:func:`inert_data_keys`).
+    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`), data keys no source reads
+    (:func:`inert_data_keys`), or other keys the run does not read (``cfg``: :func:`inert_run_keys`).
 
     Raises:
         ConfigError: one line naming each such key, when it is read, and the resolved method's choices.
@@ -398,6 +497,8 @@ def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = 
         raise ConfigError(message, keys=("teacher.cache_fraction", "teacher.cache_positions"))
     if data_cfg is not None and (message := inert_data_message(data_cfg)):
         raise ConfigError(message, keys=tuple(f"data.{key}" for key, _ in inert_data_keys(data_cfg)))
+    if cfg is not None and (message := inert_run_message(cfg)):
+        raise ConfigError(message, keys=tuple(key for key, _, _ in inert_run_keys(cfg)))
 
 
 _CACHE_KEYS = ("cache_dir", "cache_positions", "cache_fraction", "cache_shard_samples", "cache_stat_format")

@@ -375,7 +375,7 @@ class MethodConfig:
     """bandit LinUCB: ridge λ of A = λI + Σxxᵀ."""
     bandit_min_fraction: float = number(0.05, ge=0, le=1)
     """bandit: minimum selected fraction."""
-    bandit_max_fraction: float = number(0.5, ge=0, le=1)
+    bandit_max_fraction: float = number(0.5, gt=0, le=1)
     """bandit: maximum selected fraction."""
     bandit_threshold: float = number(0.0)
     """bandit LinUCB: select tokens whose UCB score (predicted KL drop + exploration bonus, nats) exceeds
@@ -484,7 +484,8 @@ class TrainConfig:
     took half the head's time of 256 rows). On CPU a quarter of the CPU size is as fast at about a third of the
     step's peak memory (docs/benchmarks.md, "Chunk rows of the whole step", "GPU checks")."""
     compile: bool = flag(False)
-    """torch.compile the per-chunk loss function."""
+    """torch.compile the per-chunk loss function of the fused head (``loss_path=chunked``; other paths are not
+    compiled, and the run is refused)."""
     parallel: str = one_of("ddp", "ddp", "fsdp")
     """Data parallelism under ``torchrun``: 'ddp' (torch's DistributedDataParallel: a full student per rank,
     gradients all-reduced in buckets during backward) or 'fsdp' (FSDP2 ``fully_shard`` per decoder layer +
@@ -502,9 +503,9 @@ class EvalConfig:
     as it starts); 0 = only at the end."""
     batch_size: int = number(8, ge=1)
     """Sequences per eval batch."""
-    ece_bins: int = number(15, ge=1)
+    ece_bins: int = number(15, ge=1, le=1000)
     """Equal-width top-1 confidence bins (lo, hi] of ECE and the reliability diagram (Guo et al. 2017: 15)."""
-    entropy_buckets: int = number(4, ge=0)
+    entropy_buckets: int = number(4, ge=0, le=1000)
     """Equal-width buckets of normalized teacher entropy Ĥ = H/log V in [0, 1] for the per-bucket metrics
     ``kl@H{b}``, ``acc@H{b}``, ``agree@H{b}``, ``tokens@H{b}`` (0 = off). Equal-width, not quantile, so
     evaluation streams in one pass and buckets mean the same thing across models and runs."""
@@ -514,9 +515,11 @@ class EvalConfig:
     ``ekd eval`` show them as ``<set>/student_init`` rows, so what training changed is read beside the result.
     The evaluation at step 0 that ``every`` > 0 makes is this one (not made twice); not made again on --resume."""
     teacher: bool = flag(True)
-    """Report KL(teacher‖student) and top-1 agreement when a teacher model is available."""
+    """Score the eval sets beside the teacher when a teacher model is available: KL(teacher‖student), top-1
+    agreement, the per-entropy-bucket metrics (``entropy_buckets``) and, with ``teacher_metrics``, the teacher's own
+    row; false = none of them (no teacher at evaluation)."""
     teacher_metrics: bool = flag(True)
-    """Also report the teacher's own metrics (ppl, accuracy, ECE) on each eval set."""
+    """With ``teacher``: also report the teacher's own metrics (ppl, accuracy, ECE) on each eval set."""
     plots: bool = flag(True)
     """Write reliability diagrams to ``plots/``."""
     tasks: list[str] = items(list, Text(nonempty=True, what="a task name"))

@@ -125,6 +125,12 @@ def validate(cfg: Config) -> None:
             "'method.scorer_weights={student_entropy: 1.0, teacher_entropy: 0.5}'",
             keys=("method.scorer", "method.scorer_weights"),
         )
+    if m.scorer == "composite" and m.scorer_weights and not any(m.scorer_weights.values()):
+        raise ConfigError(  # every score 0: top-k would keep the first positions of each sequence (try-out 108)
+            "method.scorer_weights are all 0, so every position scores 0 and the selection would keep the first "
+            "positions of each sequence; give a score a non-zero weight",
+            keys=("method.scorer_weights",),
+        )
     if not m.bucket_low < m.bucket_high:
         raise ConfigError(
             "method.bucket_low must be < method.bucket_high", keys=("method.bucket_low", "method.bucket_high")

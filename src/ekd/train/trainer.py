@@ -26,8 +26,10 @@ from ekd.config.inert import (
     idle_schedules,
     inert_data_message,
     inert_message,
+    inert_run_message,
     refuse_inert_keys,
     unread_cache_keys,
+    unread_eval_keys,
 )
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.io import writing
@@ -224,17 +226,20 @@ def train(
         # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
         # trains on as it began)
         if not resume:
-            refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
+            refuse_inert_keys(cfg.method, cfg.teacher, cfg.data, cfg)
             if idle := idle_objective(cfg.method):  # try-out 60, F3: a run that would train on rounding noise
                 raise ConfigError(idle, keys=("method.objective", "method.ce_weight"))
         elif ranks.is_main:
             for inert in (
                 inert_message(cfg.method, resumed=True),
                 inert_data_message(cfg.data, resumed=True),
+                inert_run_message(cfg, resumed=True),
             ):
                 if inert:
                     log.warning("%s", inert)
         if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
+            log.warning("%s", unread)
+        if ranks.is_main and (unread := unread_eval_keys(cfg)):  # try-out 108, F5
             log.warning("%s", unread)
         if (
             ranks.is_main
