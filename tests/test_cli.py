@@ -596,6 +596,14 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     capsys.readouterr()  # try-out 75, F5: another student scored the run's own in silence
     assert main(["eval", str(run), f"model.student={tmp_path / 'other'}"]) == 2
     assert "model.student is not read: it scores the run's exported student" in _error_line(capsys)
+    assert main(["eval", str(run)]) == 0
+    scored = (run / "eval.json").read_text()
+    with caplog.at_level(logging.WARNING, logger="ekd"):  # try-out 108, F13: a training setting, in silence
+        assert main(["eval", str(run), "train.lr=5", "method.kd_temperature=2"]) == 0
+    assert "train.lr=5, method.kd_temperature=2 are training settings: evaluation reads none" in caplog.text
+    assert (run / "eval.json").read_text() == scored  # the same figures
+    caplog.clear()
+    before = scored
     for doc in corpus.iterdir():  # every document edited: the split holds other text now
         doc.write_text(doc.read_text() + "return value\n")
     capsys.readouterr()

@@ -254,13 +254,28 @@ def test_no_rows_gives_zero_loss_and_finite_zero_grads(path, sparse):
         SparseTarget(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4)) if sparse else _dense_target(m=0)
     )
     loss = kd_loss_sum(
-        hidden, Head(weight, b), target, torch.ones(0), torch.ones(0), make_divergence("jsd"), path=path
+        hidden,
+        Head(weight, b),
+        target,
+        torch.ones(0),
+        torch.ones(0),
+        make_divergence("forward_kl" if sparse else "jsd"),  # a sparse target takes forward KL only
+        path=path,
     )
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert hidden.grad is not None and hidden.grad.shape == (0, DS)
     for g in (weight.grad, b.grad):
         assert g is None or (torch.isfinite(g).all() and float(g.abs().max()) == 0.0)
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "jsd", "tvd"])
+def test_a_sparse_target_refuses_a_divergence_it_cannot_estimate(name):
+    """Try-out 109, F9: a sparse target with reverse KL returned the forward-KL value without a word."""
+    hidden, weight, b = _student(m=3)
+    target = SparseTarget(torch.zeros(3, 2, dtype=torch.long), torch.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match="scored by forward KL only"):
+        kd_loss_sum(hidden, Head(weight, b), target, 1.0, torch.ones(3), make_divergence(name))
 
 
 def test_ce_fast_equals_reference_with_ignored_rows():

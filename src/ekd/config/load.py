@@ -400,7 +400,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def load_config(
     paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """Build a validated Config from YAML file(s) and dotted overrides (later wins)."""
+    """Build a validated Config from YAML file(s) and dotted overrides (later wins): ``load_config(None,
+    ["method=sekd", "train.max_steps=100"])`` applies the preset as ``ekd distill`` does.
+
+    Raises:
+        ConfigError: a key, value or file the config cannot take, in one line naming it and the fix.
+        TypeError: ``overrides`` given as one string instead of a list of them.
+    """
+    if isinstance(overrides, str):  # iterated character by character: "override 'm' must look like …"
+        raise TypeError(
+            f"load_config: overrides must be a list of 'key=value' strings, got the string {overrides!r}"
+        )
     if paths is None:
         paths = []
     elif isinstance(paths, (str, Path)):

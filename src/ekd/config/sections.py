@@ -282,7 +282,9 @@ class TeacherConfig:
 @dataclass
 class MethodConfig:
     preset: str = one_of("kd", names=_preset_names)
-    """Named method preset (``ekd list presets``); its values are defaults under the keys set explicitly."""
+    """Named method preset (``ekd list presets``); its values are defaults under the keys set explicitly. Applied
+    when a config is built (``load_config``, ``config_from_dict``, ``build_config``): a ``MethodConfig(preset=…)``
+    constructed directly holds the name only (docs/library.md)."""
     # -- what the KD term compares --
     divergence: str = one_of(
         "forward_kl",

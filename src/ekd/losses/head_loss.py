@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ekd.losses.chunked import Observer, ce_chunk_loss, fused_linear_loss, kd_chunk_loss
-from ekd.losses.divergences import Divergence
+from ekd.losses.divergences import Divergence, forward_kl
 from ekd.losses.row_reductions import log_softmax
 from ekd.losses.sparse import sparse_forward_kl
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
@@ -81,7 +81,8 @@ def kd_loss_sum(
         target: DenseTarget (teacher hidden (M, Dt) + head) or SparseTarget ((M, K) ids/probs).
         tau: (M,) per-row temperature (detached), or one float for all rows.
         weights: (M,) per-row weight (detached).
-        divergence: per-row divergence (student_logits, teacher_logits, tau) → (M,), dense targets only.
+        divergence: per-row divergence (student_logits, teacher_logits, tau) → (M,) for a DenseTarget; a
+            SparseTarget is scored by its forward-KL estimator and takes ``forward_kl`` only (ValueError else).
             On the ``chunked`` path the divergences of ``ekd.losses.divergences`` (and ``make_divergence``
             partials) use closed-form gradients; any other callable gets autograd per chunk.
         scale_by_tau_squared: multiply row i by τ_i² (Hinton).
@@ -93,6 +94,11 @@ def kd_loss_sum(
         Scalar Σ_i w_i·τ_i²·D_i (fp32). On the ``chunked`` path it can be backpropagated once.
     """
     _check_path(path, chunk_size)
+    if isinstance(target, SparseTarget) and getattr(divergence, "func", divergence) is not forward_kl:
+        raise ValueError(  # the sparse estimators are forward KL's (try-out 109, F9: another one was ignored)
+            f"kd_loss_sum: a sparse target (top-K or RS) is scored by forward KL only, got {divergence!r}; use "
+            "make_divergence('forward_kl') or a DenseTarget"
+        )
     m = student_hidden.shape[0]
     if not isinstance(tau, Tensor):
         tau = torch.full((m,), float(tau), device=student_hidden.device)
@@ -142,6 +148,9 @@ def ce_loss_sum(
     observe: Observer | None = None,
 ) -> Tensor:
     """Σ_i −log q_i(y_i) over N rows. hidden (N, D), labels (N,) → scalar (fp32); rows labelled −100 add 0.
+
+    Labels are the next tokens, already **shifted** (row i of a sequence is scored on token i + 1:
+    ``ekd.data.collate``); Hugging Face's unshifted ``labels`` would score every token against itself.
 
     ``path``, ``chunk_size`` and ``compile`` as in ``kd_loss_sum``; ``observe`` (``chunked`` path only) is
     shown each chunk's logits (``ekd.losses.chunked.fused_linear_loss``).

@@ -23,5 +23,14 @@ def global_count(local_counts: list[float] | float, device: torch.device | str =
 
 
 def normalize(term_sum: torch.Tensor, count: float) -> torch.Tensor:
-    """term_sum / count — the only place a loss term is divided by a token count."""
+    """term_sum / count — the only place a loss term is divided by a token count.
+
+    ``count`` is the step's :func:`global_count` (≥ 1): a step with no token of the term gives 0, not 0/0.
+
+    Raises:
+        ValueError: ``count`` < 1 (a raw Σ of planned counts, 0 for a batch without a valid position, gives NaN
+            gradients: pass it through :func:`global_count`).
+    """
+    if not count >= 1:
+        raise ValueError(f"normalize: the token count is {count}; pass the step's global_count(...) (≥ 1)")
     return term_sum / count

@@ -2,7 +2,7 @@
 
     policy = build_policy(cfg.method, total_steps=cfg.train.max_steps)
     ctx = StepContext(step, total_steps, generator, vocab_size, features=stats)
-    planned = sum(policy.planned_count(mb.valid, ctx) for mb in micro_batches)   # loss normalizer
+    planned = global_count([policy.planned_count(mb.valid, ctx) for mb in micro_batches])  # normalizer, ≥ 1
     selection = policy.select(scores, valid, ctx)                                   # per micro-batch
     ...optimizer step...
     policy.observe(kd_loss=mean_kd_loss, kl_before=..., kl_after=...)

@@ -172,6 +172,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         cfg = config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
         raise _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
+    _say_training_overrides(run_dir, flat, given)
     try:  # as the saved config reads it (00, 0x0: 0 — try-out 92, F6)
         saved_seed = int(flat.get("run.seed", Config().run.seed))
     except (TypeError, ValueError):
@@ -184,6 +185,28 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             keys=("run.seed",),
         )
     return cfg
+
+
+def _say_training_overrides(run_dir: Path, saved: dict[str, Any], given: dict[str, Any]) -> None:
+    """Warn of overrides that are training settings (no :data:`EVAL_READS` key) which the saved config does not need
+    to pass today's rules (the way :func:`_saved_rule_failure` offers): evaluation reads none of them, so
+    ``ekd eval RUN method.kd_temperature=2`` would seem to score KL at τ = 2 (try-out 108, F13)."""
+    training = [k for k in given if not k.startswith(EVAL_READS + NOT_READ_BY_EVAL)]
+    if not training:
+        return
+    try:
+        config_from_dict(_nested({**saved, **{k: v for k, v in given.items() if k not in training}}))
+    except ConfigError:
+        return  # they get an older run's saved config past today's rules
+    log.warning(
+        "ekd eval %s: %s %s training setting%s: evaluation reads none, and scores the run's student as it would "
+        "without %s (KL and agreement at τ = 1)",
+        run_dir,
+        ", ".join(f"{k}={given[k]}" for k in training),
+        "is a" if len(training) == 1 else "are",
+        "" if len(training) == 1 else "s",
+        "it" if len(training) == 1 else "them",
+    )
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:

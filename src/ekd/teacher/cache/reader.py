@@ -311,7 +311,9 @@ class CacheReader:
         """
         if block_length != self.block_length:
             raise CacheError(
-                f"batch block length {block_length} differs from the cache's {self.block_length}: {self._rebuild}"
+                f"batch block length {block_length} differs from the cache's {self.block_length} "
+                f"(CacheReader.block_length): read it at {self.block_length}, or build a cache at data.block_length="
+                f"{block_length}: {self._rebuild}"
             )
         ids_list = [int(s) for s in (sample_ids.tolist() if isinstance(sample_ids, Tensor) else sample_ids)]
         records = [self._record(s) for s in ids_list]
