@@ -1328,3 +1328,21 @@ def test_a_rerun_that_builds_nothing_keeps_the_data_settings_the_shards_were_bui
     recorded = json.loads((cache / "manifest.json").read_text())["signature"][DATA_SETTINGS]
     assert recorded["data.max_documents"] == 0, recorded
     assert {k: v for k, v in _tree_sha256(cache).items() if k != "manifest.json"} == shards
+
+
+def test_a_run_from_a_cache_is_told_its_write_settings_are_not_read(setup, capsys, caplog):
+    """Try-out 108, F8: teacher.cache_stat_format=fp16 on a run from a q8 cache was accepted without a word and
+    config.yaml recorded fp16; the run reads the cache as written, and now says so."""
+    args = ["teacher.source=cache", f"teacher.cache_dir={setup['cache']}", "train.max_steps=1", "--overwrite"]
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert (
+            main(
+                ["-q", "distill", setup["cfg"], "run.name=fp16-said", *args, "teacher.cache_stat_format=fp16"]
+            )
+            == 0
+        )
+    assert "teacher.cache_stat_format=fp16 (the cache's: q8): how `ekd cache` writes a cache" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["-q", "distill", setup["cfg"], "run.name=q8-unsaid", *args]) == 0
+    assert "how `ekd cache` writes a cache" not in caplog.text

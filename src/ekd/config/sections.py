@@ -225,7 +225,9 @@ class DataConfig:
     max_chars: int = number(0, ge=0)
     """Cap the characters of each split (0 = no cap): whole documents in order, up to the first that would pass
     the cap, where the split stops (a line says where; one long document early on stops it early). The builtin
-    corpus passes over a file that does not fit and reads only what it needs."""
+    corpus named alone (``data.source=pystdlib``: its train, eval and shifted sets) passes over a file that does
+    not fit and reads only what it needs; a ``pystdlib:<split>`` source (or eval source) is read like any other,
+    whole and then cut (try-out 108, F10: 2 documents of ``shift_tests`` where the builtin set keeps 30)."""
     max_document_chars: int = number(16 * 2**20, ge=0)
     """Refuse a document longer than this many characters before it is tokenized (0 = no limit; default 16 Mi):
     a document is tokenized whole, and a fast tokenizer holds ~170 bytes per character of it at once (offsets

@@ -267,6 +267,26 @@ def _names_cached_teacher(spec: str, cached_id: str) -> bool:
     return bool(parts) and cached.parts[-len(parts) :] == parts
 
 
+def build_keys_note(teacher_cfg: Any, reader: CacheReader) -> str:
+    """The warning for a run from a cache whose config sets ``teacher.cache_stat_format`` or
+    ``cache_shard_samples`` other than the cache was written with: how ``ekd cache`` writes a cache, which the
+    run does not read — it reads the cache as written (try-out 108, F8: config.yaml said fp16 of a q8 cache) —
+    else ""."""
+    defaults = type(teacher_cfg)()
+    written = {"cache_stat_format": reader.layout.stat_format, "cache_shard_samples": reader.shard_samples}
+    named = [
+        f"teacher.{key}={getattr(teacher_cfg, key)} (the cache's: {value})"
+        for key, value in written.items()
+        if getattr(teacher_cfg, key) != value and getattr(teacher_cfg, key) != getattr(defaults, key)
+    ]
+    if not named:
+        return ""
+    return (
+        f"{', '.join(named)}: how `ekd cache` writes a cache, not how a run reads one; this run reads the cache at "
+        f"{reader.directory} as it was written"
+    )
+
+
 def check_signature(directory: Path, expected: dict, found: dict) -> None:
     """Raise CacheError naming each differing field (and its config key) in one line."""
     diffs = compare_signatures(expected, found)
@@ -447,6 +467,8 @@ class CacheTeacher:
         )
         if note := candidates_note(self.reader.signature, cfg.method):
             log.info("%s", note)
+        if note := build_keys_note(cfg.teacher, self.reader):
+            log.warning("%s", note)
         self.device = device
         self._memo: OrderedDict[tuple[int, ...], tuple[dict[str, Tensor], Tensor, SparseTarget]] = (
             OrderedDict()
