@@ -61,8 +61,6 @@ def test_the_table_says_what_each_policy_and_temperature_reads(registry, key, na
         extra = {"bandit_kind": kind} if kind else {}
         if registry is policies and name != "all":
             extra["scorer"] = "student_entropy"  # every policy but 'all' ranks positions by a score
-        if name == "schedule":
-            extra["temperature_end"] = 2.0  # a schedule that moves (τ0 = τ1 holds nothing: its hold is inert)
         built[entry] = _built(registry, name, **{key: name}, **extra)
     group = set().union(*(read for read, _ in built.values())) & set(READ_WHEN)
     assert group, "no key of the table is read by any entry"
@@ -295,21 +293,23 @@ def test_cache_keys_a_run_reads_are_not_said():
     )
 
 
-def test_a_temperature_end_behind_a_hold_over_the_whole_run_is_refused():
+def test_a_temperature_end_behind_a_hold_over_the_whole_run_is_said():
     """Try-out 58, F3: `method.temperature=schedule` with `temperature_hold_fraction=1` holds τ0 for every step,
-    so a `temperature_end` set beside it has no effect — refused like any key the method does not read."""
-    from ekd.config.inert import inert_message
+    so a `temperature_end` set beside it has no effect — said at the start (a sweep over the hold may reach 1:
+    review of session 32), not refused."""
+    from ekd.config.inert import idle_keys, idle_schedules, inert_message
 
     schedule = ["method=sekd", "method.temperature=schedule", "method.kd_temperature=2"]
-    held = inert_message(
-        load_config(
-            None, [*schedule, "method.temperature_end=3", "method.temperature_hold_fraction=1"]
-        ).method
-    )
-    assert "method.temperature_end=3.0 is read only under method.temperature=schedule with" in held, held
-    assert "temperature_hold_fraction < 1" in held
+    held = load_config(
+        None, [*schedule, "method.temperature_end=3", "method.temperature_hold_fraction=1"]
+    ).method
+    assert inert_message(held) == ""
+    assert idle_keys(held) == [
+        "method.temperature_end=3.0 has no effect in this run: it acts only with method.temperature_hold_fraction < 1"
+    ]
+    assert idle_schedules(held, 100) == []  # said once
     moving = [*schedule, "method.temperature_end=3", "method.temperature_hold_fraction=0.5"]
-    assert inert_message(load_config(None, moving).method) == ""
+    assert idle_keys(load_config(None, moving).method) == []
 
 
 def test_schedules_longer_than_the_run_are_said_at_its_start(tmp_path, capsys, monkeypatch, caplog):
@@ -473,7 +473,7 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
                 "method.entropy_tau_max=1.5",
                 "method.entropy_direction=decreasing",
             ],
-            "method.entropy_direction=decreasing is read only under method.temperature=entropy_map with "
+            "method.entropy_direction=decreasing has no effect in this run: it acts only with "
             "method.entropy_tau_min ≠ entropy_tau_max",
         ),
         (
@@ -483,21 +483,23 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
                 "method.curriculum_end=0.5",
                 "method.curriculum_power=2",
             ],
-            "method.curriculum_power=2.0 is read only under method.policy=curriculum with method.curriculum_start ≠",
+            "method.curriculum_power=2.0 has no effect in this run: it acts only with method.curriculum_start ≠ "
+            "curriculum_end",
         ),
         (
             ["method.temperature=schedule", "method.temperature_hold_fraction=0.5"],
-            "method.temperature_hold_fraction=0.5 is read only under method.temperature=schedule with "
+            "method.temperature_hold_fraction=0.5 has no effect in this run: it acts only with "
             "method.temperature_end ≠ kd_temperature",
         ),
         (
             ["method=uncertainty", "method.uncertainty_fraction=1", "method.uncertainty_weight=5"],
-            "method.uncertainty_weight=5.0 is read only under method.objective=uncertainty with "
-            "method.uncertainty_fraction < 1",
+            "method.uncertainty_weight=5.0 has no effect in this run: it acts only with "
+            "method.uncertainty_fraction < 1 (tokens left to self-distill)",
         ),
         (
             ["method.feature_weight=1", "method.feature_hard_fraction=0"],
-            "method.feature_weight=1.0 is read only with method.feature_hard_fraction > 0",
+            "method.feature_weight=1.0 has no effect in this run: it acts only with method.feature_hard_fraction > 0 "
+            "(hard tokens)",
         ),
     ],
     ids=[
@@ -508,15 +510,17 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
         "features-of-no-hard-token",
     ],
 )
-def test_a_key_other_values_leave_without_effect_is_refused(overrides, named):
+def test_a_key_other_values_leave_without_effect_is_said(overrides, named):
     """Try-out 73, F2: a τ range of one value, or a curriculum that starts where it ends, ran in silence with a
-    direction or a power that changes nothing (as `temperature_end` behind a full hold is refused); try-out 108,
-    F9: a τ schedule between equal τs, the uncertainty objective's weight with ρ = 1 (losses identical at every
-    step), the feature branch with no hard token (its loss 0 at every step)."""
-    from ekd.config.inert import inert_message
+    direction or a power that changes nothing (as `temperature_end` behind a full hold); try-out 108, F9: a τ
+    schedule between equal τs, the uncertainty objective's weight with ρ = 1 (losses identical at every step),
+    the feature branch with no hard token (its loss 0 at every step). Said at the start, not refused: one YAML of
+    a sweep may reach such a point of its grid (review of session 32)."""
+    from ekd.config.inert import idle_keys, inert_message
 
-    line = inert_message(load_config(overrides=overrides).method)
-    assert named in line, line
+    method = load_config(overrides=overrides).method
+    assert inert_message(method) == ""
+    assert [named] == idle_keys(method)
 
 
 def test_a_save_to_disk_directory_reads_no_dataset_name_or_streaming(tmp_path):
@@ -587,6 +591,8 @@ def test_run_keys_the_run_reads_pass():
     assert inert("eval.tasks=[arc_easy]", "eval.tasks_limit=5") == []
     assert inert("train.compile=true") == []  # the chunked path, the default
     assert inert("eval.entropy_buckets=8") == []
+    assert inert("eval.teacher=false", "eval.entropy_buckets=0") == []  # turned off: nothing lost (review)
+    assert inert("eval.tasks_teacher=false") == []
 
 
 def test_eval_keys_of_a_run_without_an_eval_set_are_said():
@@ -607,3 +613,7 @@ def test_eval_keys_of_a_run_without_an_eval_set_are_said():
         == ""
     )
     assert said("data.source=c.txt", "data.eval_fraction=0") == ""
+    assert said("data.source=c.txt", "data.eval_fraction=0", "eval.entropy_buckets=0") == ""  # off
+    assert said(
+        "data.source=pystdlib:train", "data.eval_fraction=0", "eval.every=5"
+    )  # one split: no shifted sets

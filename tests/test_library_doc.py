@@ -40,6 +40,13 @@ def test_library_calls_outside_their_domain_say_so():
         topk_target(z, 2, tau=0.0)
     with pytest.raises(ValueError, match="finite and > 0, got -1.0"):
         rs_target(z, 3, seeds=torch.arange(2), tau=-1.0)
+    from ekd.losses.divergences import make_divergence
+    from ekd.losses.head_loss import kd_loss_sum
+    from ekd.losses.targets import DenseTarget, Head
+
+    head = Head(torch.eye(5))
+    with pytest.raises(ValueError, match="kd_loss_sum: the temperature τ must be finite and > 0, got -1.0"):
+        kd_loss_sum(z.clone(), head, DenseTarget(z, head), -1.0, torch.ones(2), make_divergence("forward_kl"))
     with pytest.raises(ValueError, match="global_count"):
         normalize(torch.tensor(1.0), 0)
     assert normalize(torch.tensor(3.0), 2.0).item() == 1.5

@@ -35,16 +35,22 @@ def _logits(bad: float = math.nan) -> tuple[torch.Tensor, torch.Tensor]:
     return zs, zt
 
 
+BAD = pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+
+
+@BAD
 @pytest.mark.parametrize("name", sorted(divergences.names()))
-def test_a_nan_teacher_row_is_nan_in_every_divergence(name):
-    zs, zt = _logits()
+def test_a_nan_teacher_row_is_not_finite_in_any_divergence(name, bad):
+    zs, zt = _logits(bad)
     d = make_divergence(name)(zs, zt, 1.0)  # (3,)
-    assert d[0].isnan() and d[1:].isfinite().all(), (name, d)
+    assert not d[0].isfinite() and d[1:].isfinite().all(), (name, d)  # NaN, or +inf (q's mass outside p's)
 
 
-def test_the_softmax_and_entropy_keep_a_nan_logit():
-    """The −inf floor of the blocked CPU softmax made the NaN logit 0 and the row a valid distribution."""
-    _, zt = _logits()
+@BAD
+def test_the_softmax_and_entropy_keep_a_nan_logit(bad):
+    """The −inf floor of the blocked CPU softmax made a NaN logit 0 (and +inf the largest finite value) and the row
+    a valid distribution (review of session 32: a one-hot for +inf)."""
+    _, zt = _logits(bad)
     zt[2] = float("-inf")  # an all −inf row still takes the floor (uniform), as documented
     p = row_softmax(zt)
     lse, entropy = row_logsumexp_entropy(zt)
@@ -53,10 +59,11 @@ def test_the_softmax_and_entropy_keep_a_nan_logit():
     torch.testing.assert_close(p[2], torch.full((V,), 1 / V))
 
 
+@BAD
 @pytest.mark.parametrize("target", ["dense", "topk", "rs"])
 @pytest.mark.parametrize("path", ["chunked", "chunked_recompute", "reference"])
-def test_a_nan_teacher_row_makes_the_loss_nan_on_every_path(target, path):
-    zs, zt = _logits()
+def test_a_nan_teacher_row_makes_the_loss_not_finite_on_every_path(target, path, bad):
+    zs, zt = _logits(bad)
     teacher = {
         "dense": lambda: DenseTarget(zt, Head(torch.eye(V))),
         "topk": lambda: topk_target(zt, 5, "renormalize", None, 1.0),
@@ -66,15 +73,22 @@ def test_a_nan_teacher_row_makes_the_loss_nan_on_every_path(target, path):
     loss = kd_loss_sum(
         h, Head(torch.eye(V)), teacher, 1.0, torch.ones(3), make_divergence("forward_kl"), path=path
     )
-    assert loss.isnan()
+    assert not loss.isfinite()
 
 
-def test_eval_kl_and_teacher_entropy_of_a_nan_teacher_are_nan():
+def test_eval_figures_of_a_nan_teacher_are_nan():
+    """KL was (0 + KL₁ + KL₂)/3 (a teacher NaN read as agreement); then agreement and the entropy bucket of the NaN
+    row (bucket 0 by clamping) stayed finite, and a NaN model row's argmax counted in its accuracy (review)."""
     zs, zt = _logits()
-    m = StreamingMetrics(V)
+    m = StreamingMetrics(V, entropy_buckets=2)
     m.update(zs, torch.tensor([1, 2, 3]), zt)
     out = m.compute()
-    assert math.isnan(out["kl"]), out  # was (0 + KL₁ + KL₂)/3: a teacher NaN read as agreement
+    for key in ("kl", "agree", "teacher_entropy", "tokens@H0", "agree@H0"):
+        assert math.isnan(out[key]), (key, out)
+    assert math.isfinite(out["acc"]) and math.isfinite(out["loss"])  # the student's own figures are whole
+    own = StreamingMetrics(V)  # the teacher scored as a model (eval.teacher_metrics)
+    own.update(zt, torch.tensor([7, 2, 3]))
+    assert math.isnan(own.compute()["acc"]) and math.isnan(own.compute()["loss"])
 
 
 def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
@@ -84,7 +98,8 @@ def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
     hidden[1, 4, 0] = math.nan  # one position of sample 11
     labels = torch.randint(0, V, (B, T), generator=g)
     with pytest.raises(
-        CacheError, match=r"NaN at 1 position\(s\) .*first: sample 11, position 4.*train.precision"
+        CacheError,
+        match=r"\(NaN or \+inf\) at 1 position\(s\) .*first: sample 11, position 4.*train.precision",
     ):
         batch_entries(
             hidden, Head(torch.randn(V, D, generator=g)), labels, torch.tensor([10, 11]), TargetSpec("rs")

@@ -81,21 +81,12 @@ def _and(rule: ReadWhen, gate: ReadWhen) -> ReadWhen:
 COMPONENT_RULES: dict[str, ReadWhen] = {
     # the temperature (ekd.temperature): each kind reads its own knobs
     "kd_temperature": _under("temperature", "constant", "schedule", "idts"),
-    "temperature_end": ReadWhen(  # a hold over the whole run never leaves τ0 (try-out 58, F3)
-        lambda m: m.temperature == "schedule" and m.temperature_hold_fraction < 1,
-        "under method.temperature=schedule with method.temperature_hold_fraction < 1",
-    ),
-    "temperature_hold_fraction": ReadWhen(  # a hold between equal τs holds nothing (try-out 108, F9)
-        lambda m: m.temperature == "schedule" and m.temperature_end != m.kd_temperature,
-        "under method.temperature=schedule with method.temperature_end ≠ kd_temperature",
-    ),
+    "temperature_end": _under("temperature", "schedule"),
+    "temperature_hold_fraction": _under("temperature", "schedule"),
     "idts_strength": _under("temperature", "idts"),
     "entropy_tau_min": _under("temperature", "entropy_map"),
     "entropy_tau_max": _under("temperature", "entropy_map"),
-    "entropy_direction": ReadWhen(  # a τ range of one value maps every entropy to it (try-out 73, F2)
-        lambda m: m.temperature == "entropy_map" and m.entropy_tau_min != m.entropy_tau_max,
-        "under method.temperature=entropy_map with method.entropy_tau_min ≠ entropy_tau_max",
-    ),
+    "entropy_direction": _under("temperature", "entropy_map"),
     # where the KD goes: the scorer and the policy (ekd.selection)
     "scorer_weights": _under("scorer", "composite"),
     "scorer_normalization": _under("scorer", "composite"),
@@ -115,10 +106,7 @@ COMPONENT_RULES: dict[str, ReadWhen] = {
     "curriculum_steps": _under("policy", "curriculum"),
     "curriculum_start": _under("policy", "curriculum"),
     "curriculum_end": _under("policy", "curriculum"),
-    "curriculum_power": ReadWhen(  # a phase that starts where it ends never moves (try-out 73, F2)
-        lambda m: m.policy == "curriculum" and m.curriculum_start != m.curriculum_end,
-        "under method.policy=curriculum with method.curriculum_start ≠ curriculum_end",
-    ),
+    "curriculum_power": _under("policy", "curriculum"),
     "coverage_start": _under("policy", "coverage_schedule"),
     "coverage_end": _under("policy", "coverage_schedule"),
     "coverage_shape": _under("policy", "coverage_schedule"),
@@ -186,14 +174,8 @@ READ_WHEN: dict[str, ReadWhen] = {
     "ema_decay": _under("objective", "ema_self_distill"),
     "ema_weight": _under("objective", "ema_self_distill"),
     "uncertainty_fraction": _under("objective", "uncertainty"),
-    "uncertainty_weight": ReadWhen(  # ρ = 1: every token is an MLE token, none is self-distilled (try-out 108)
-        lambda m: m.objective == "uncertainty" and m.uncertainty_fraction < 1,
-        "under method.objective=uncertainty with method.uncertainty_fraction < 1 (tokens left to self-distill)",
-    ),
-    "feature_weight": _and(  # no hard token, no feature loss (try-out 108, F9)
-        ReadWhen(lambda m: m.feature_hard_fraction > 0, "with method.feature_hard_fraction > 0"),
-        _TEACHER_TERM,
-    ),
+    "uncertainty_weight": _under("objective", "uncertainty"),
+    "feature_weight": _TEACHER_TERM,
     **{
         k: _and(_FEATURES, _TEACHER_TERM)
         for k in ("feature_hard_fraction", "feature_loss", "feature_student_layer", "feature_teacher_layer")
@@ -204,6 +186,32 @@ READ_WHEN: dict[str, ReadWhen] = {
 }
 """Method key → when it is read: a component's own switch (:data:`COMPONENT_RULES`) and whether the component
 runs at all."""
+
+IDLE_WHEN: dict[str, ReadWhen] = {
+    # read, but other values of the method leave it without effect (try-out 58, F3; 73, F2; 108, F9)
+    "temperature_end": ReadWhen(  # a hold over the whole run never leaves τ0
+        lambda m: m.temperature_hold_fraction < 1, "with method.temperature_hold_fraction < 1"
+    ),
+    "temperature_hold_fraction": ReadWhen(  # a hold between equal τs holds nothing
+        lambda m: m.temperature_end != m.kd_temperature, "with method.temperature_end ≠ kd_temperature"
+    ),
+    "entropy_direction": ReadWhen(  # a τ range of one value maps every entropy to it
+        lambda m: m.entropy_tau_min != m.entropy_tau_max, "with method.entropy_tau_min ≠ entropy_tau_max"
+    ),
+    "curriculum_power": ReadWhen(  # a phase that starts where it ends never moves
+        lambda m: m.curriculum_start != m.curriculum_end, "with method.curriculum_start ≠ curriculum_end"
+    ),
+    "uncertainty_weight": ReadWhen(  # ρ = 1: every token is an MLE token, none is self-distilled
+        lambda m: m.uncertainty_fraction < 1,
+        "with method.uncertainty_fraction < 1 (tokens left to self-distill)",
+    ),
+    "feature_weight": ReadWhen(  # no hard token, no feature loss
+        lambda m: m.feature_hard_fraction > 0, "with method.feature_hard_fraction > 0 (hard tokens)"
+    ),
+}
+"""Method key → the values of other keys it needs to act, where :data:`READ_WHEN` says it is read: a key set
+away from its preset's value that they leave without effect is *said* at a run's start (:func:`idle_keys`), not
+refused — one YAML of a sweep may reach such a point of its grid (τ ∈ {4, 2, 1} annealed to 1)."""
 
 
 def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
@@ -239,6 +247,21 @@ def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
+def idle_keys(method_cfg: Any) -> list[str]:
+    """Warnings, one line each, for the keys of :data:`IDLE_WHEN` the run sets (away from the preset's value) and
+    reads, while the other values of its method leave them without effect. [] when there is none."""
+    from ekd.methods import preset_values
+
+    preset, defaults = preset_values(method_cfg.preset), type(method_cfg)()
+    out = []
+    for key, rule in IDLE_WHEN.items():
+        value = getattr(method_cfg, key)
+        set_here = value != preset.get(key, getattr(defaults, key))
+        if set_here and READ_WHEN[key].reads(method_cfg) and not rule.reads(method_cfg):
+            out.append(f"method.{key}={value} has no effect in this run: it acts only {rule.when}")
+    return out
+
+
 def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
     """Warnings for schedules the run is too short to carry out (try-out 58, F3: accepted without a word), one
     line each: a τ schedule whose hold outlasts the run's last step (``temperature_end`` never acts), a curriculum
@@ -252,6 +275,7 @@ def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
     # READ_WHEN: the τ schedule, past a whole-run hold, in a term that takes τ
     if (
         READ_WHEN["temperature_end"].reads(m)
+        and IDLE_WHEN["temperature_end"].reads(m)  # a hold over the whole run: idle_keys says it
         and float(m.temperature_end) != tau0
         and fixed_tau(m, total_steps) == tau0
     ):
@@ -396,7 +420,7 @@ def inert_data_message(d: Any, resumed: bool = False) -> str:
 def _has_eval_set(d: Any) -> bool:
     """Whether the data settings name an eval set: a held-out fraction, a named set, or the builtin corpus (its
     shifted sets)."""
-    return d.eval_fraction > 0 or bool(d.eval_sources) or d.source.startswith("pystdlib")
+    return d.eval_fraction > 0 or bool(d.eval_sources) or d.source == "pystdlib"  # not a pystdlib:<split>
 
 
 RUN_READ_WHEN: dict[str, ReadWhen] = {
@@ -443,7 +467,7 @@ def unread_eval_keys(cfg: Any) -> str:
     for key in EVAL_SET_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value != getattr(type(getattr(cfg, section))(), name):
+        if value != getattr(type(getattr(cfg, section))(), name) and value:  # 0: off, nothing to lose
             named.append(f"{key}={value}")
     if not named:
         return ""
@@ -456,12 +480,14 @@ def unread_eval_keys(cfg: Any) -> str:
 
 def inert_run_keys(cfg: Any) -> list[tuple[str, Any, str]]:
     """``[("model.lora_alpha", 32.0, "is read only with model.lora_r > 0 (a LoRA student)"), ...]``: the keys of
-    :data:`RUN_READ_WHEN` set away from their defaults that this run does not read. [] when there is none."""
+    :data:`RUN_READ_WHEN` set away from their defaults, and not to an off value (0, false, empty), that this run
+    does not read. [] when there is none."""
     out = []
     for key, rule in RUN_READ_WHEN.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value != getattr(type(getattr(cfg, section))(), name) and not rule.reads(cfg):
+        set_on = value != getattr(type(getattr(cfg, section))(), name) and bool(value)  # 0, false, '': off
+        if set_on and not rule.reads(cfg):
             out.append((key, value, f"is read only {rule.when}"))
     return out
 

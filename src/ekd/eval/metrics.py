@@ -223,6 +223,7 @@ class StreamingMetrics:
         # softmax (not exp(log_softmax)) so that e.g. uniform logits give exactly 1/V: bin edges are exact.
         conf, pred = torch.softmax(z, dim=-1).max(dim=-1)  # (m,), (m,)
         correct = (pred == labels).to(acc)  # (m,)
+        correct = correct.masked_fill(nll.isnan(), math.nan)  # a NaN row's argmax is no prediction: acc NaN
         s["tokens"] += labels.shape[0]
         s["nll"] += nll.to(acc).sum()
         s["boundary_tokens"] += boundary.sum().to(acc)
@@ -252,7 +253,9 @@ class StreamingMetrics:
         p = log_p.exp()  # (m, V)
         kl = _xlogy_terms(p, log_p, log_q)  # (m,)
         entropy = -torch.where(p == 0, p.new_zeros(()), p * log_p).sum(-1)  # (m,)
-        agree = (log_p.argmax(dim=-1) == pred).to(acc)  # (m,)
+        agree = (
+            (log_p.argmax(dim=-1) == pred).to(acc).masked_fill(kl.isnan(), math.nan)
+        )  # (m,) NaN: no answer
         s["teacher_tokens"] += labels.shape[0]
         s["kl"] += kl.to(acc).sum()
         s["agree"] += agree.sum()
@@ -260,7 +263,8 @@ class StreamingMetrics:
         if self.entropy_buckets:
             h_norm = entropy / math.log(self.vocab_size)  # (m,) Ĥ in [0, 1] up to rounding
             h = (h_norm * self.entropy_buckets).floor().long().clamp_(0, self.entropy_buckets - 1)  # (m,)
-            s["h_count"].index_add_(0, h, torch.ones_like(correct))
+            # a NaN teacher row has no bucket: it makes every bucket's figures NaN (never counted in bucket 0)
+            s["h_count"].index_add_(0, h, torch.ones_like(correct).masked_fill_(entropy.isnan(), math.nan))
             s["h_kl"].index_add_(0, h, kl.to(acc))
             s["h_correct"].index_add_(0, h, correct)
             s["h_agree"].index_add_(0, h, agree)

@@ -9,6 +9,7 @@ computed in fp32. The Hinton τ² factor, per-token weights, selection and norma
 outside, by the step (STYLE 3: math apart from machinery). ``-inf`` logits (masked vocabulary entries) are
 handled: terms with zero probability contribute exactly zero, never NaN, and a KL whose first argument puts
 mass where the second has none (p_v > 0 = q_v) is +inf, as on the chunked path (``ekd.losses.logit_grads``).
+A NaN or +inf logit makes its row NaN on every path (terms are dropped where p == 0, so a NaN p is kept).
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
     kl = torch.where(p == 0, torch.zeros_like(terms), terms).sum(-1)  # (M,) a NaN p (NaN teacher) stays NaN
     outside_support = ((p > 0) & (log_q <= LOG_ZERO)).any(-1)  # (M,) p has mass where q has none
     return kl.masked_fill(outside_support, float("inf"))
+
+
+def check_temperature(tau: Tensor | float, caller: str) -> None:
+    """A float τ must be finite and > 0: τ = 0 gave NaN top-K targets and a 0 KL, τ < 0 the targets and KL of −z
+    (try-out 109, F4). A per-row τ tensor is not checked (a device sync per call); ``ekd.temperature`` keeps it
+    in the config's range.
+
+    Raises:
+        ValueError: naming ``caller`` and τ.
+    """
+    if not isinstance(tau, Tensor) and not 0 < float(tau) < float("inf"):
+        raise ValueError(f"{caller}: the temperature τ must be finite and > 0, got {tau}")
 
 
 @divergences.register("forward_kl", "KL(p‖q): Hinton KD, 'Full KD'")

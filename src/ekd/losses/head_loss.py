@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ekd.losses.chunked import Observer, ce_chunk_loss, fused_linear_loss, kd_chunk_loss
-from ekd.losses.divergences import Divergence, forward_kl
+from ekd.losses.divergences import Divergence, check_temperature, forward_kl
 from ekd.losses.row_reductions import log_softmax
 from ekd.losses.sparse import sparse_forward_kl
 from ekd.losses.targets import DenseTarget, Head, SparseTarget, Target
@@ -94,10 +94,12 @@ def kd_loss_sum(
         Scalar Σ_i w_i·τ_i²·D_i (fp32). On the ``chunked`` path it can be backpropagated once.
     """
     _check_path(path, chunk_size)
-    if isinstance(target, SparseTarget) and getattr(divergence, "func", divergence) is not forward_kl:
+    check_temperature(tau, "kd_loss_sum")
+    base = getattr(divergence, "func", divergence)  # a make_divergence partial's function
+    if isinstance(target, SparseTarget) and base is not forward_kl:
         raise ValueError(  # the sparse estimators are forward KL's (try-out 109, F9: another one was ignored)
-            f"kd_loss_sum: a sparse target (top-K or RS) is scored by forward KL only, got {divergence!r}; use "
-            "make_divergence('forward_kl') or a DenseTarget"
+            f"kd_loss_sum: a sparse target (top-K or RS) is scored by forward KL only, got "
+            f"{getattr(base, '__name__', base)}; use make_divergence('forward_kl') or a DenseTarget"
         )
     m = student_hidden.shape[0]
     if not isinstance(tau, Tensor):

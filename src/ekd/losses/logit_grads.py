@@ -216,7 +216,7 @@ def sparse_kd_chunk(
 ) -> tuple[Tensor, Tensor]:
     """Sparse forward-KL estimate (``ekd.losses.sparse``) and its gradient w.r.t. the student logits.
 
-    Per row, with t the K target values (padding slots t = 0), H the set of ids with t > 0 (duplicates
+    Per row, with t the K target values (padding slots t ≤ 0; a NaN value is kept), H the set of ids with t > 0 (duplicates
     counted once) and the student's tail mass T = Σ_{v∉H} q_v (summed over the complement, exact as q → 1
     on H)::
 

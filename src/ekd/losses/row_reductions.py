@@ -153,12 +153,19 @@ def row_logsumexp_entropy(z: Tensor, probs: Tensor | None = None) -> tuple[Tenso
             k = min(step, m - r)
             x = z[r : r + k]  # (rows, V)
             if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
-                x = x.nan_to_num(nan=float("nan"), neginf=torch.finfo(z.dtype).min)  # a NaN stays NaN
+                x = _floored(x)
             e = exp_buf[:k] if probs is None else probs[r : r + k]
             _block_sums(x, shifted[:k], e, top[r : r + k], total[r : r + k], dot[r : r + k], normal, True)
     log_total = total.log()
     lse = top.squeeze(1) + log_total
     return lse, (log_total - dot / total).clamp_min_(0.0)
+
+
+def _floored(x: Tensor) -> Tensor:
+    """x with −inf at the lowest finite value (an all −inf row is then uniform), NaN kept and +inf made NaN: a
+    non-finite logit is never read as a number (``nan_to_num``'s defaults turned NaN into 0 and +inf into the
+    largest finite value, so a NaN or +inf teacher row became a valid distribution: try-out 109, F3)."""
+    return x.nan_to_num(nan=float("nan"), posinf=float("nan"), neginf=torch.finfo(x.dtype).min)
 
 
 def row_softmax(z: Tensor) -> Tensor:
@@ -185,7 +192,7 @@ def row_softmax(z: Tensor) -> Tensor:
     if bool(bad.any()):
         for r in sorted({int(i) // step * step for i in bad.nonzero().view(-1)}):
             k = min(step, m - r)
-            x = z[r : r + k].nan_to_num(nan=float("nan"), neginf=torch.finfo(z.dtype).min)  # (rows, V)
+            x = _floored(z[r : r + k])  # (rows, V)
             _block_sums(x, shifted[:k], probs[r : r + k], top[r : r + k], total[r : r + k], None, True, True)
     return probs
 
@@ -230,7 +237,7 @@ def _lse_entropy_functional(z: Tensor, probs: Tensor | None) -> tuple[Tensor, Te
     for r in range(0, m, step):
         x = z[r : r + step]  # (rows, V) view
         if not bool(torch.isfinite(x.amax(-1)).all()):  # an all −inf row: the finite floor
-            x = x.nan_to_num(nan=float("nan"), neginf=lowest)  # a NaN stays NaN (never read as 0)
+            x = _floored(x)
         top = x.amax(-1, keepdim=True)  # (rows, 1)
         shifted = (x - top).clamp_min(lowest)  # x − max ≤ 0; −inf → lowest, so that 0·x is 0
         e = shifted.exp()

@@ -49,7 +49,7 @@ def sparse_kd_rows_blocked(
         student_logits: (m, V) contiguous fp32 logits (consumed: the gradient is written over them).
         ids: (m, K) int64 target ids.
         t: (m, K) fp32 target values, 0 at padding slots (t ≤ 0 in the input).
-        present: (m, K) bool, t > 0.
+        present: (m, K) bool, not t ≤ 0 (a NaN value is present).
         tail: (m,) fp32 teacher tail mass, or None.
         tau: (m,) temperatures.
         scale: (m,) coef/τ.

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ekd.losses.divergences import log_probs_at
+from ekd.losses.divergences import check_temperature, log_probs_at
 from ekd.losses.row_reductions import row_softmax
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.sampling import inverse_cdf_draws, sampling_block, unique_counts
@@ -94,13 +94,6 @@ def counter_uniforms(seeds: Tensor, num: int) -> Tensor:
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
 
 
-def _check_tau(tau: Tensor | float, caller: str) -> None:
-    """A float τ must be finite and > 0 (τ = 0 gave NaN top-K targets, τ < 0 the targets of −z: try-out 109, F4).
-    A per-row τ tensor is not checked here (a device sync per call); ``ekd.temperature`` makes it in range."""
-    if not isinstance(tau, Tensor) and not 0 < float(tau) < float("inf"):
-        raise ValueError(f"{caller}: the temperature τ must be finite and > 0, got {tau}")
-
-
 def topk_target(
     teacher_logits: Tensor,
     k: int,
@@ -131,7 +124,7 @@ def topk_target(
     """
     if tail not in TAIL_MODES:
         raise ValueError(f"top-K tail must be one of {TAIL_MODES}, got {tail!r}")
-    _check_tau(tau, "topk_target")
+    check_temperature(tau, "topk_target")
     vocab = teacher_logits.shape[-1]
     if not 1 <= k <= vocab:
         raise ValueError(f"top-K k must be in [1, V={vocab}], got {k}")
@@ -212,7 +205,7 @@ def rs_target(
     seeds = seeds.reshape(-1)
     if seeds.shape[0] != rows:
         raise ValueError(f"rs_target needs one seed per row: {seeds.shape[0]} seeds for {rows} rows")
-    _check_tau(tau, "rs_target")
+    check_temperature(tau, "rs_target")
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
         if tau.shape[0] != rows:

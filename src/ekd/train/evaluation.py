@@ -191,7 +191,11 @@ def _say_training_overrides(run_dir: Path, saved: dict[str, Any], given: dict[st
     """Warn of overrides that are training settings (no :data:`EVAL_READS` key) which the saved config does not need
     to pass today's rules (the way :func:`_saved_rule_failure` offers): evaluation reads none of them, so
     ``ekd eval RUN method.kd_temperature=2`` would seem to score KL at τ = 2 (try-out 108, F13)."""
-    training = [k for k in given if not k.startswith(EVAL_READS + NOT_READ_BY_EVAL)]
+    training = [
+        k
+        for k in given
+        if not k.startswith(EVAL_READS + NOT_READ_BY_EVAL) and not _same(given[k], saved.get(k))
+    ]
     if not training:
         return
     try:
@@ -200,13 +204,21 @@ def _say_training_overrides(run_dir: Path, saved: dict[str, Any], given: dict[st
         return  # they get an older run's saved config past today's rules
     log.warning(
         "ekd eval %s: %s %s training setting%s: evaluation reads none, and scores the run's student as it would "
-        "without %s (KL and agreement at τ = 1)",
+        "without %s",
         run_dir,
         ", ".join(f"{k}={given[k]}" for k in training),
         "is a" if len(training) == 1 else "are",
         "" if len(training) == 1 else "s",
         "it" if len(training) == 1 else "them",
     )
+
+
+def _same(given: Any, saved: Any) -> bool:
+    """Whether an override's value is the saved one (``1e-3`` is 0.001)."""
+    try:
+        return float(given) == float(saved)
+    except (TypeError, ValueError):
+        return str(given) == str(saved)
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:

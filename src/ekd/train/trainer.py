@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
 from ekd.config.inert import (
+    idle_keys,
     idle_objective,
     idle_schedules,
     inert_data_message,
@@ -254,7 +255,7 @@ def train(
                 cfg.model.teacher,
             )
         if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)
-            for idle in idle_schedules(cfg.method, cfg.train.max_steps):
+            for idle in (*idle_keys(cfg.method), *idle_schedules(cfg.method, cfg.train.max_steps)):
                 log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         try:
