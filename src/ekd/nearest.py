@@ -27,9 +27,8 @@ def close_names(word: str, names: Iterable[str], cutoff: float = 0.6) -> list[st
     names = [n for n in dict.fromkeys(names) if n != word]
     if not word.strip("-_."):
         return []
-    same = [
-        n for n in names if n.lower() == word.lower()
-    ]  # another case: 'FORWARD_KL', 'KD' (try-out 108, F11)
+    # a name in another case: 'FORWARD_KL', 'KD' (try-out 108, F11)
+    same = [n for n in names if n.lower() == word.lower()]
     if same:
         return same[:SHOWN]
     word = word.lower()  # the tries below ignore case

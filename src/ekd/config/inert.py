@@ -22,7 +22,9 @@ from ekd.errors import ConfigError
 
 @dataclass(frozen=True)
 class ReadWhen:
-    """When a method key is read: ``reads(method_cfg)``, said as ``when`` ("under method.target=rs")."""
+    """When a key is read: ``reads(cfg)``, said as ``when`` ("under method.target=rs"). ``cfg`` is the
+    ``MethodConfig`` for the method tables (:data:`READ_WHEN`, :data:`IDLE_WHEN`) and the whole ``Config`` for
+    :data:`RUN_READ_WHEN`."""
 
     reads: Callable[[Any], bool]
     when: str

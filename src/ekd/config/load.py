@@ -379,7 +379,14 @@ def _mapping_entry_hint(key: str, value: str) -> str:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """['train.lr=3e-4', 'method=sekd'] → {'train.lr': '3e-4' parsed, 'method.preset': 'sekd'}."""
+    """['train.lr=3e-4', 'method=sekd'] → {'train.lr': '3e-4' parsed, 'method.preset': 'sekd'}.
+
+    Raises:
+        ConfigError: an item that is not ``key=value``, or a key no section has.
+        TypeError: ``overrides`` given as one string instead of a list of them.
+    """
+    if isinstance(overrides, str):  # iterated character by character: "override 'm' must look like …"
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
     flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -407,10 +414,6 @@ def load_config(
         ConfigError: a key, value or file the config cannot take, in one line naming it and the fix.
         TypeError: ``overrides`` given as one string instead of a list of them.
     """
-    if isinstance(overrides, str):  # iterated character by character: "override 'm' must look like …"
-        raise TypeError(
-            f"load_config: overrides must be a list of 'key=value' strings, got the string {overrides!r}"
-        )
     if paths is None:
         paths = []
     elif isinstance(paths, (str, Path)):

@@ -198,10 +198,16 @@ def _say_training_overrides(run_dir: Path, saved: dict[str, Any], given: dict[st
     ]
     if not training:
         return
-    try:
-        config_from_dict(_nested({**saved, **{k: v for k, v in given.items() if k not in training}}))
-    except ConfigError:
-        return  # they get an older run's saved config past today's rules
+    unneeded = []
+    for key in training:  # one that gets an older run's saved config past today's rules is needed
+        try:
+            config_from_dict(_nested({**saved, **{k: v for k, v in given.items() if k != key}}))
+            unneeded.append(key)
+        except ConfigError:
+            pass
+    training = unneeded
+    if not training:
+        return
     log.warning(
         "ekd eval %s: %s %s training setting%s: evaluation reads none, and scores the run's student as it would "
         "without %s",

@@ -147,6 +147,7 @@ def batch_entries(
             logp_gold[sl] = logp_at(z, lse, gold[sl])
             if fused:
                 parts.append(_targets_at(z, rows[sl], gold[sl], sample_ids, T, spec, tau, probs=p))
+    _refuse_nan_teacher(entropy.cpu().numpy(), rows.cpu().numpy(), sample_ids, T)  # before any row is chosen
     if fused:
         chosen = torch.arange(n, device=labels.device)  # (P,) indices into rows
     else:
@@ -161,7 +162,6 @@ def batch_entries(
             parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
     flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
     ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
-    _refuse_nan_teacher(entropy.cpu().numpy(), rows.cpu().numpy(), sample_ids, T)
     if parts:
         t = _concat(parts)
         arrays = {k: None if v is None else v.cpu().numpy() for k, v in vars(t).items()}
