@@ -50,3 +50,34 @@ def test_library_calls_outside_their_domain_say_so():
     with pytest.raises(ValueError, match="global_count"):
         normalize(torch.tensor(1.0), 0)
     assert normalize(torch.tensor(3.0), 2.0).item() == 1.5
+
+
+def test_loss_calls_with_rows_that_disagree_say_which():
+    """Try-out 109, F7: mismatched rows gave torch's own errors deep inside a chunk (the chunked and reference
+    paths failing differently) or broadcast; each is one line naming the shapes before any work."""
+    import pytest
+
+    from ekd.losses.divergences import make_divergence
+    from ekd.losses.head_loss import ce_loss_sum, kd_loss_sum
+    from ekd.losses.targets import DenseTarget, Head, SparseTarget
+
+    h, head, fkl = torch.randn(4, 5), Head(torch.randn(7, 5)), make_divergence("forward_kl")
+    dense = DenseTarget(torch.randn(4, 3), Head(torch.randn(7, 3)))
+    for path in ("chunked", "reference"):
+        with pytest.raises(ValueError, match=r"4 student rows, but weights \(3,\)"):
+            kd_loss_sum(h, head, dense, 1.0, torch.ones(3), fkl, path=path)
+        with pytest.raises(ValueError, match=r"4 student rows, but target rows \(3,\)"):
+            kd_loss_sum(
+                h, head, DenseTarget(torch.randn(3, 3), dense.head), 1.0, torch.ones(4), fkl, path=path
+            )
+        with pytest.raises(ValueError, match=r"tau \(2,\)"):
+            kd_loss_sum(h, head, dense, torch.ones(2), torch.ones(4), fkl, path=path)
+        with pytest.raises(ValueError, match="the teacher head has 9 rows, the student's 7"):
+            kd_loss_sum(
+                h, head, DenseTarget(torch.randn(4, 3), Head(torch.randn(9, 3))), 1.0, torch.ones(4), fkl
+            )
+        sparse = SparseTarget(torch.zeros(4, 2, dtype=torch.long), torch.ones(4, 3))
+        with pytest.raises(ValueError, match=r"ids \(4, 2\) and probs \(4, 3\) differ"):
+            kd_loss_sum(h, head, sparse, 1.0, torch.ones(4), fkl, path=path)
+        with pytest.raises(ValueError, match=r"labels \(N,\) \(shifted, flat\), got \(4, 5\) and \(2, 2\)"):
+            ce_loss_sum(h, head, torch.zeros(2, 2, dtype=torch.long), path=path)

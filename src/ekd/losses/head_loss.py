@@ -61,6 +61,33 @@ def _check_path(path: str, chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
+def _check_rows(
+    student_hidden: Tensor, student_head: Head, target: Target, tau: Tensor | float, weights: Tensor
+):
+    """The shapes kd_loss_sum's arguments must agree on (try-out 109, F7: torch's own errors deep in a chunk, the
+    chunked and reference paths failing differently). Metadata only: no device sync."""
+    if student_hidden.dim() != 2:
+        raise ValueError(f"kd_loss_sum: student_hidden must be (M, D), got {tuple(student_hidden.shape)}")
+    m = student_hidden.shape[0]
+    rows = len(target) if isinstance(target, DenseTarget) else target.ids.shape[0]
+    shapes = {"weights": tuple(weights.shape), "tau": tuple(tau.shape) if isinstance(tau, Tensor) else (m,)}
+    shapes["target rows"] = (rows,)
+    if wrong := {k: v for k, v in shapes.items() if v != (m,)}:
+        said = ", ".join(f"{k} {v}" for k, v in wrong.items())
+        raise ValueError(
+            f"kd_loss_sum: {m} student rows, but {said}: each needs one entry per row, (M,) = ({m},)"
+        )
+    if isinstance(target, SparseTarget) and target.probs.shape != target.ids.shape:
+        raise ValueError(
+            f"kd_loss_sum: a SparseTarget's ids {tuple(target.ids.shape)} and probs {tuple(target.probs.shape)} differ"
+        )
+    if isinstance(target, DenseTarget) and target.head.weight.shape[0] != student_head.weight.shape[0]:
+        raise ValueError(
+            f"kd_loss_sum: the teacher head has {target.head.weight.shape[0]} rows, the student's "
+            f"{student_head.weight.shape[0]}: both must cover the shared vocabulary V (ekd.models.load.output_head)"
+        )
+
+
 def kd_loss_sum(
     student_hidden: Tensor,
     student_head: Head,
@@ -95,6 +122,7 @@ def kd_loss_sum(
     """
     _check_path(path, chunk_size)
     check_temperature(tau, "kd_loss_sum")
+    _check_rows(student_hidden, student_head, target, tau, weights)
     base = getattr(divergence, "func", divergence)  # a make_divergence partial's function
     if isinstance(target, SparseTarget) and base is not forward_kl:
         raise ValueError(  # the sparse estimators are forward KL's (try-out 109, F9: another one was ignored)
@@ -158,6 +186,11 @@ def ce_loss_sum(
     shown each chunk's logits (``ekd.losses.chunked.fused_linear_loss``).
     """
     _check_path(path, chunk_size)
+    if labels.shape != hidden.shape[:1] or hidden.dim() != 2:
+        raise ValueError(
+            f"ce_loss_sum: hidden must be (N, D) and labels (N,) (shifted, flat), got {tuple(hidden.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
     if path == "chunked":
         return fused_linear_loss(hidden, head, ce_chunk_loss(labels, compile=compile), chunk_size, observe)
     if observe is not None:
