@@ -441,7 +441,7 @@ def test_a_warmup_as_long_as_the_run_names_every_value_that_works():
     with pytest.raises(ConfigError) as e:
         load_config([], ["train.max_steps=10"])  # the default warmup is 10
     assert str(e.value) == (
-        "train.warmup_steps must be < train.max_steps (10 ≥ 10); set it to any value from 0 to 9 "
+        "train.warmup_steps must be < train.max_steps (10 (its default) ≥ 10); set it to any value from 0 to 9 "
         "(a tenth of the run, train.warmup_steps=1, is usual)"
     )
 
@@ -547,6 +547,22 @@ def test_settings_that_would_train_nothing_or_fail_after_training_are_refused(ov
     composite weights all 0 scored every position 0 (top-k kept each sequence's first positions)."""
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("run.name= lead", "run.name must not start or end with a space"),
+        ("run.name=trail ", "run.name must not start or end with a space"),
+        ("run.name=" + "a" * 300, "run.name is 300 bytes long: a file name holds at most 255"),
+        ("train.max_steps=5", "train.warmup_steps must be < train.max_steps (10 (its default) ≥ 5)"),
+    ],
+)
+def test_names_and_defaults_that_would_fail_later_are_said_at_load(override, said):
+    """Try-out 108, F14: a run name with a space at an end made 'runs/ lead'; a 300-character name failed at the
+    start as 'file name too long' without naming run.name; max_steps alone was refused by a warmup never set."""
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config(None, [override])
 
 
 def test_valid_sparse_and_cache_combinations_pass():

@@ -1117,3 +1117,17 @@ def test_a_build_interrupted_before_its_first_checkpoint_leaves_no_partial_build
     with pytest.raises(KeyboardInterrupt):
         prepare_data(config(tmp_path, tokenizer_dir, corpus, True), tmp_path / "r1")
     assert not list((tmp_path / "runs").rglob("*.partial"))
+
+
+def test_a_store_dir_that_is_a_file_is_named_by_its_key(tmp_path):
+    """Try-out 108, F14: 'a file is in the way at …' did not say which setting named the path."""
+    taken = tmp_path / "base.yaml"
+    taken.write_text("data: {}\n")
+    for path in (taken, taken / "store"):
+        with pytest.raises(
+            ConfigError, match=rf"^data.store_dir: {re.escape(str(taken))} is a file, not a directory"
+        ):
+            store_build.store_root(load_config(None, [f"data.store_dir={path}"]))
+    with pytest.raises(ConfigError, match=r"^run.output_dir: .* is a file"):
+        store_build.store_root(load_config(None, ["data.store_dir=auto", f"run.output_dir={taken}"]))
+    assert taken.read_text() == "data: {}\n"

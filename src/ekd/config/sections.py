@@ -34,9 +34,14 @@ from ekd.config.rules import (
 
 def _plain_name(value: str) -> str | None:
     """A run name is one path component: not blank, not starting with '.' (no '.', '..' or hidden names,
-    which the run directory's own temporary siblings use), no separators."""
+    which the run directory's own temporary siblings use), no separators, no space at either end (a directory
+    'runs/ lead' that `ls` shows as 'lead': try-out 108, F14), at most 255 bytes (a file name's limit)."""
     if not value.strip() or value.startswith(".") or "/" in value or "\\" in value or not value.isprintable():
         return "must be a plain name (printable, no '/' or '\\', not starting with '.')"
+    if value != value.strip():
+        return "must not start or end with a space"
+    if len(value.encode()) > 255:
+        return f"is {len(value.encode())} bytes long: a file name holds at most 255"
     return None
 
 

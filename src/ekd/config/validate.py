@@ -176,7 +176,8 @@ def validate(cfg: Config) -> None:
         )
     if tr.warmup_steps >= tr.max_steps and tr.max_steps > 1:
         raise ConfigError(
-            f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps} ≥ {tr.max_steps}); "
+            f"train.warmup_steps must be < train.max_steps ({tr.warmup_steps}"
+            f"{' (its default)' if tr.warmup_steps == type(tr)().warmup_steps else ''} ≥ {tr.max_steps}); "
             f"set it to any value from 0 to {tr.max_steps - 1} (a tenth of the run, "
             f"train.warmup_steps={tr.max_steps // 10}, is usual)",
             keys=("train.warmup_steps", "train.max_steps"),

@@ -106,9 +106,21 @@ NOT_SIGNED = (
 
 
 def store_root(cfg: Config) -> Path:
-    """``data.store_dir`` as a directory: 'auto' = ``<run.output_dir>/token-store``."""
+    """``data.store_dir`` as a directory: 'auto' = ``<run.output_dir>/token-store``.
+
+    Raises:
+        ConfigError: the path, or a directory above it, is a file (try-out 108, F14: "a file is in the way" did not
+            name the key).
+    """
     value = cfg.data.store_dir
-    return Path(cfg.run.output_dir) / "token-store" if value == "auto" else Path(value)
+    root = Path(cfg.run.output_dir) / "token-store" if value == "auto" else Path(value)
+    taken = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if taken is not None:
+        key = "run.output_dir" if value == "auto" and taken != root else "data.store_dir"
+        raise ConfigError(
+            f"{key}: {taken} is a file, not a directory, so no token store can be kept at {root}; name a directory"
+        )
+    return root
 
 
 def stored_blocks(
