@@ -83,7 +83,7 @@ def test_eval_figures_of_a_nan_teacher_are_nan():
     m = StreamingMetrics(V, entropy_buckets=2)
     m.update(zs, torch.tensor([1, 2, 3]), zt)
     out = m.compute()
-    for key in ("kl", "agree", "teacher_entropy", "tokens@H0", "agree@H0"):
+    for key in ("kl", "agree", "teacher_entropy", "tokens@H0", "agree@H0", "kl@H1", "tokens@H1"):
         assert math.isnan(out[key]), (key, out)
     assert math.isfinite(out["acc"]) and math.isfinite(out["loss"])  # the student's own figures are whole
     own = StreamingMetrics(V)  # the teacher scored as a model (eval.teacher_metrics)
@@ -99,8 +99,44 @@ def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
     labels = torch.randint(0, V, (B, T), generator=g)
     with pytest.raises(
         CacheError,
-        match=r"\(NaN or \+inf\) at 1 position\(s\) .*first: sample 11, position 4.*train.precision",
+        match=r"\(NaN or \+inf\) at 1 position\(s\) .*first: sample 11, position 4.*model.teacher_dtype=float32",
     ):
         batch_entries(
             hidden, Head(torch.randn(V, D, generator=g)), labels, torch.tensor([10, 11]), TargetSpec("rs")
         )
+
+
+def test_a_selection_that_passes_over_a_nan_teacher_position_still_makes_the_kd_term_nan():
+    """Try-out 110, F5: a curriculum sorts NaN teacher-entropy scores last and never selected them; EGAD trained 30
+    steps on such a teacher without a word. The KD term is NaN whenever a teacher statistic is (the run stops)."""
+    from ekd.train.step import _nan_of_teacher_stats
+
+    entropy = torch.rand(2, 5)
+    assert (
+        _nan_of_teacher_stats({"teacher_entropy": entropy, "student_entropy": torch.full((2, 5), math.nan)})
+        == 0
+    )
+    entropy[1, 3] = math.nan
+    assert torch.isnan(torch.as_tensor(_nan_of_teacher_stats({"teacher_entropy": entropy})))
+    assert torch.isnan(torch.as_tensor(_nan_of_teacher_stats({"hellinger": entropy})))
+    assert (
+        _nan_of_teacher_stats({"forward_kl": torch.full((2, 5), math.inf)}) == 0
+    )  # +inf KL: q outside p's support
+    assert _nan_of_teacher_stats({}) == 0.0
+
+
+def test_an_eval_set_whose_teacher_figures_are_nan_is_said(caplog):
+    """Try-out 110, F2: a NaN teacher figure printed as '—', as if not evaluated, with no word."""
+    import logging
+
+    from ekd.config import load_config
+    from ekd.train.evaluation import say_non_finite_teacher
+
+    cfg = load_config(None, ["model.teacher_dtype=float16"])
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        say_non_finite_teacher("eval", {"loss": 2.0, "kl": math.nan}, cfg)
+        say_non_finite_teacher("fine", {"loss": 2.0, "kl": 0.3}, cfg)
+        say_non_finite_teacher("diverged", {"loss": math.nan, "kl": math.nan}, cfg)  # the student's own fault
+    assert caplog.text.count("not finite") == 1
+    assert "eval set 'eval': the teacher's logits are not finite" in caplog.text
+    assert "model.teacher_dtype=float16" in caplog.text

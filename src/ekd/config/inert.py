@@ -419,7 +419,7 @@ def inert_data_message(d: Any, resumed: bool = False) -> str:
     return f"{said}, and this run reads none ({read}): no effect; {way}"
 
 
-def _has_eval_set(d: Any) -> bool:
+def has_eval_set(d: Any) -> bool:
     """Whether the data settings name an eval set: a held-out fraction, a named set, or the builtin corpus (its
     shifted sets)."""
     return d.eval_fraction > 0 or bool(d.eval_sources) or d.source == "pystdlib"  # not a pystdlib:<split>
@@ -450,10 +450,21 @@ RUN_READ_WHEN: dict[str, ReadWhen] = {
         )
     },
     "eval.entropy_buckets": ReadWhen(
-        lambda c: c.eval.teacher, "with eval.teacher=true (the buckets are of the teacher's entropy)"
+        lambda c: _evaluates_teacher(c),
+        "when evaluation scores beside a teacher (eval.teacher=true and a teacher to load: the buckets are of its "
+        "entropy)",
     ),
 }
-"""Run keys outside ``method.*``/``data.*`` sources → when they are read (try-out 108: accepted and ignored)."""
+"""Run keys outside ``method.*``/``data.*`` sources → when they are read (try-out 108: accepted and ignored): said
+at a run's start, not refused — a sweep's shared YAML holds them for the grid points that read them (try-out 110,
+F7: ``model.lora_alpha: 32`` at the ``lora_r=0`` point)."""
+
+
+def _evaluates_teacher(cfg: Any) -> bool:
+    from ekd.train.prepare import evaluates_teacher
+
+    return evaluates_teacher(cfg)
+
 
 EVAL_SET_KEYS = ("eval.every", "eval.ece_bins", "eval.entropy_buckets", "data.max_eval_blocks")
 """Keys read only when the run has an eval set (:func:`unread_eval_keys`)."""
@@ -463,7 +474,7 @@ def unread_eval_keys(cfg: Any) -> str:
     """The warning for a run with no eval set (``data.eval_fraction=0``, no ``data.eval_sources``, not the builtin
     corpus) that sets keys only an eval set reads — said, not refused: one YAML may serve runs with and without
     one (try-out 108, F5: ``eval.every=1`` evaluated nothing, without a word) — else ""."""
-    if _has_eval_set(cfg.data):
+    if has_eval_set(cfg.data):
         return ""
     named = []
     for key in EVAL_SET_KEYS:
@@ -494,27 +505,20 @@ def inert_run_keys(cfg: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
-def inert_run_message(cfg: Any, resumed: bool = False) -> str:
-    """The line naming every key of :func:`inert_run_keys`, with the way on; "" when there is none."""
+def inert_run_message(cfg: Any) -> str:
+    """The warning naming every key of :func:`inert_run_keys`; "" when there is none."""
     inert = inert_run_keys(cfg)
     if not inert:
         return ""
     one = len(inert) == 1
     named = "; ".join(f"{key}={value} {why}" for key, value, why in inert)
-    way = (
-        "the resumed run keeps its saved settings"
-        if resumed
-        else f"drop {'it' if one else 'them'}, or set what reads {'it' if one else 'them'}"
-    )
-    return f"{named}: {'it has' if one else 'they have'} no effect on this run; {way}"
+    return f"{named}: {'it has' if one else 'they have'} no effect on this run"
 
 
-def refuse_inert_keys(
-    method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = None, cfg: Any = None
-) -> None:
+def refuse_inert_keys(method_cfg: Any, teacher_cfg: Any = None, data_cfg: Any = None) -> None:
     """Refuse a run whose config sets method keys its method never reads (:func:`inert_keys`), a
-    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`), data keys no source reads
-    (:func:`inert_data_keys`), or other keys the run does not read (``cfg``: :func:`inert_run_keys`).
+    ``teacher.cache_fraction`` no cache reads (:func:`inert_cache_fraction`), or data keys no source reads
+    (:func:`inert_data_keys`).
 
     Raises:
         ConfigError: one line naming each such key, when it is read, and the resolved method's choices.
@@ -525,8 +529,6 @@ def refuse_inert_keys(
         raise ConfigError(message, keys=("teacher.cache_fraction", "teacher.cache_positions"))
     if data_cfg is not None and (message := inert_data_message(data_cfg)):
         raise ConfigError(message, keys=tuple(f"data.{key}" for key, _ in inert_data_keys(data_cfg)))
-    if cfg is not None and (message := inert_run_message(cfg)):
-        raise ConfigError(message, keys=tuple(key for key, _, _ in inert_run_keys(cfg)))
 
 
 _CACHE_KEYS = ("cache_dir", "cache_positions", "cache_fraction", "cache_shard_samples", "cache_stat_format")

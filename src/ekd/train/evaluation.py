@@ -73,6 +73,7 @@ def evaluate_run(
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
         say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
+        say_non_finite_teacher(name, metrics, cfg)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -101,6 +102,20 @@ def evaluate_run(
 
         run_on_main(ranks, draw, "draw the reliability diagrams", share=False)
     return results
+
+
+def say_non_finite_teacher(name: str, metrics: dict[str, float], cfg: Config) -> None:
+    """Warn when the teacher's figures of a set are NaN while the student's are not: the teacher's logits are not
+    finite (NaN or +inf) at some scored position, and the tables show its columns as '—', as if not evaluated
+    (try-out 110, F2)."""
+    if math.isnan(metrics.get("kl", 0.0)) and math.isfinite(metrics.get("loss", math.nan)):
+        log.warning(
+            "eval set '%s': the teacher's logits are not finite (NaN or +inf) at some scored position, so its KL, "
+            "agreement and entropy figures are NaN (shown as '—'); check the teacher's weights and the dtype it "
+            "runs in (model.teacher_dtype=%s)",
+            name,
+            cfg.model.teacher_dtype,
+        )
 
 
 # a student this many times worse than a uniform guess over the vocabulary has diverged: a model at its random
@@ -345,7 +360,9 @@ def evaluate_saved_run(
     student_dir = run_dir / "student"
     cfg = cfg if cfg is not None else load_run_config(run_dir, overrides)
     apply_log_level(cfg.log.level)
-    if cfg.data.eval_fraction == 0 and not cfg.data.eval_sources:  # known from the config: no data is read
+    from ekd.config.inert import has_eval_set
+
+    if not has_eval_set(cfg.data):  # known from the config: no data is read (the builtin corpus has its own)
         return _no_eval_set(run_dir, cfg)
     device = resolve_device(cfg.run.device)
     amp = autocast_dtype(cfg, device)

@@ -176,6 +176,7 @@ def distill_micro_batch(
                 "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)
                 "kl_before": stats["forward_kl"].reshape(-1)[rows],
             }
+        kd_sum = kd_sum + _nan_of_teacher_stats(stats)  # a passed-over NaN teacher still stops the run
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
@@ -203,6 +204,17 @@ def distill_micro_batch(
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
+
+
+def _nan_of_teacher_stats(stats: dict[str, Tensor]) -> Tensor | float:
+    """NaN when a statistic the teacher enters (its entropy, log p(gold), a KL or Hellinger to the student) is NaN
+    at some position — NaN or +inf teacher logits — else 0, to add to the KD term: a selection that passed over
+    those positions (a curriculum sorts NaN scores last) still stops the run on its non-finite loss (try-out 110,
+    F5: EGAD trained 30 steps on such a teacher without a word). No device sync."""
+    flags = [v.isnan().any() for k, v in stats.items() if k in TEACHER_STATS | PAIR_STATS]
+    if not flags:
+        return 0.0
+    return torch.where(torch.stack(flags).any(), float("nan"), 0.0)
 
 
 def _ce_sum(

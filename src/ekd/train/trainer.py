@@ -227,21 +227,22 @@ def train(
         # a method key the method never reads (try-out 53, F5): refused at a start, said on a resume (its run
         # trains on as it began)
         if not resume:
-            refuse_inert_keys(cfg.method, cfg.teacher, cfg.data, cfg)
+            refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
             if idle := idle_objective(cfg.method):  # try-out 60, F3: a run that would train on rounding noise
                 raise ConfigError(idle, keys=("method.objective", "method.ce_weight"))
         elif ranks.is_main:
             for inert in (
                 inert_message(cfg.method, resumed=True),
                 inert_data_message(cfg.data, resumed=True),
-                inert_run_message(cfg, resumed=True),
             ):
                 if inert:
                     log.warning("%s", inert)
-        if ranks.is_main and (unread := unread_cache_keys(cfg.teacher)):  # try-out 54, F8
-            log.warning("%s", unread)
-        if ranks.is_main and (unread := unread_eval_keys(cfg)):  # try-out 108, F5
-            log.warning("%s", unread)
+        if (
+            ranks.is_main
+        ):  # keys of a shared YAML this run does not read: said, not refused (try-outs 54, 108)
+            for unread in (unread_cache_keys(cfg.teacher), inert_run_message(cfg), unread_eval_keys(cfg)):
+                if unread:
+                    log.warning("%s", unread)
         if (
             ranks.is_main
             and cfg.eval.teacher
@@ -1234,8 +1235,9 @@ def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
         else "no checkpoint was written yet"
     )
     raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
-        f"non-finite {what} at step {step + 1}; start the run again with a lower train.lr (the same command "
-        f"with --overwrite, or another run.name) or check the data/teacher; {kept}"
+        f"non-finite {what} at step {step + 1}: the student diverged, or the teacher's logits are not finite (NaN or "
+        f"+inf: its weights, or a 16-bit model.teacher_dtype overflowing); start the run again with a lower train.lr "
+        f"(the same command with --overwrite, or another run.name), or fix the data or the teacher; {kept}"
     )
 
 

@@ -203,7 +203,8 @@ def _refuse_nan_teacher(entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: 
     raise CacheError(
         f"the teacher's logits are not finite (NaN or +inf) at {bad.size:,} position(s) of this batch (first: sample "
         f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights "
-        "and its precision (train.precision=fp32 rules out a 16-bit overflow)"
+        "and the dtype it runs in (model.teacher_dtype=float32 with train.precision=fp32 rules out a 16-bit "
+        "overflow)"
     )
 
 
