@@ -603,6 +603,9 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     assert "train.lr=5, method.kd_temperature=2 are training settings: evaluation reads none" in caplog.text
     assert (run / "eval.json").read_text() == scored  # the same figures
     caplog.clear()
+    capsys.readouterr()  # --tasks-dir with no task: refused up front, as --limit (review, session 32)
+    assert main(["eval", str(run), "--tasks-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--tasks-dir applies to lm-eval tasks, and none are set" in _error_line(capsys)
     before = scored
     for doc in corpus.iterdir():  # every document edited: the split holds other text now
         doc.write_text(doc.read_text() + "return value\n")

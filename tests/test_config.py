@@ -554,7 +554,7 @@ def test_settings_that_would_train_nothing_or_fail_after_training_are_refused(ov
     [
         ("run.name= lead", "run.name must not start or end with a space"),
         ("run.name=trail ", "run.name must not start or end with a space"),
-        ("run.name=" + "a" * 300, "run.name is 300 bytes long: a file name holds at most 255"),
+        ("run.name=" + "a" * 250, "run.name is 250 bytes long: at most 245 (a file name holds 255"),
         ("train.max_steps=5", "train.warmup_steps must be < train.max_steps (10 (its default) ≥ 5)"),
     ],
 )

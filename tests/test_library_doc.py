@@ -72,6 +72,8 @@ def test_loss_calls_with_rows_that_disagree_say_which():
             )
         with pytest.raises(ValueError, match=r"tau \(2,\)"):
             kd_loss_sum(h, head, dense, torch.ones(2), torch.ones(4), fkl, path=path)
+        one = kd_loss_sum(h, head, dense, torch.tensor(2.0), torch.ones(4), fkl, path=path)  # 0-dim: one τ
+        assert one.item() == kd_loss_sum(h, head, dense, 2.0, torch.ones(4), fkl, path=path).item()
         with pytest.raises(ValueError, match="the teacher head has 9 rows, the student's 7"):
             kd_loss_sum(
                 h, head, DenseTarget(torch.randn(4, 3), Head(torch.randn(9, 3))), 1.0, torch.ones(4), fkl

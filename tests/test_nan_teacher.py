@@ -140,3 +140,24 @@ def test_an_eval_set_whose_teacher_figures_are_nan_is_said(caplog):
     assert caplog.text.count("not finite") == 1
     assert "eval set 'eval': the teacher's logits are not finite" in caplog.text
     assert "model.teacher_dtype=float16" in caplog.text
+
+
+def test_a_non_finite_student_row_makes_every_bucket_nan_too():
+    """Review of session 32: one +inf student logit made the set's KL NaN while kl@H0–kl@H2 stayed finite."""
+    zs, zt = _logits(bad=0.0)
+    zs[1, 4] = math.inf
+    m = StreamingMetrics(V, entropy_buckets=3)
+    m.update(zs, torch.tensor([1, 2, 3]), zt)
+    out = m.compute()
+    assert all(math.isnan(out[f"kl@H{b}"]) for b in range(3)) and math.isnan(out["kl"]), out
+
+
+def test_nan_sample_scores_are_refused_not_kept_first():
+    """Review of session 32: a descending sort puts NaN first, so a NaN-scored sample was kept and saved."""
+    from ekd.config import ConfigError
+    from ekd.selection.sample_selection import select_samples
+
+    ids = torch.arange(4)
+    assert select_samples(torch.tensor([0.5, 3.0, 2.0, 1.0]), ids, 0.25).tolist() == [1]
+    with pytest.raises(ConfigError, match="1 of 4 sample scores are NaN"):
+        select_samples(torch.tensor([0.5, math.nan, 2.0, 1.0]), ids, 0.25)

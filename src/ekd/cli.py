@@ -445,7 +445,13 @@ def cmd_eval(args) -> int:
         _check_run_files(run, sets=not args.tasks)
         cfg = load_run_config(run, overrides)  # once, for the three below
         flags = [
-            f for f, v in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot)) if v is not None
+            f
+            for f, v in (
+                ("--limit", args.limit),
+                ("--num-fewshot", args.num_fewshot),
+                ("--tasks-dir", args.tasks_dir or None),
+            )
+            if v is not None
         ]
         if flags and not [t for t in cfg.eval.tasks if t.strip()]:  # it would be ignored: the text sets alone
             raise ConfigError(

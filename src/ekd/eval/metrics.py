@@ -264,8 +264,9 @@ class StreamingMetrics:
             h_norm = entropy / math.log(self.vocab_size)  # (m,) Ĥ in [0, 1] up to rounding
             h = (h_norm * self.entropy_buckets).floor().long().clamp_(0, self.entropy_buckets - 1)  # (m,)
             s["h_count"].index_add_(0, h, torch.ones_like(correct))
-            # a NaN teacher row has no bucket: every bucket's figures are NaN, as the set's (no sync: added to all)
-            s["h_count"] += torch.where(entropy.isnan().any(), math.nan, 0.0).to(acc)
+            # a NaN row (a non-finite teacher or student) has no bucket, or its KL none: every bucket's figures are
+            # NaN, as the set's (no sync: added to all)
+            s["h_count"] += torch.where((entropy.isnan() | kl.isnan()).any(), math.nan, 0.0).to(acc)
             s["h_kl"].index_add_(0, h, kl.to(acc))
             s["h_correct"].index_add_(0, h, correct)
             s["h_agree"].index_add_(0, h, agree)

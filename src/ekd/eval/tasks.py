@@ -171,9 +171,8 @@ class TaskSettings:
         ):
             if value < lo:
                 raise ConfigError(f"{key} must be ≥ {lo}, got {value}", keys=(key,))
-        if (
-            self.tasks and self.tasks_dir and not Path(self.tasks_dir).is_dir()
-        ):  # no task reads it: said at the start
+        # checked where a task reads it (ekd distill says the key at its start, ekd eval refuses --tasks-dir alone)
+        if self.tasks and self.tasks_dir and not Path(self.tasks_dir).is_dir():
             raise ConfigError(
                 f"eval.tasks_dir: {self.tasks_dir} is not a directory of lm-eval task YAMLs",
                 keys=("eval.tasks_dir",),

@@ -122,6 +122,8 @@ def kd_loss_sum(
     """
     _check_path(path, chunk_size)
     check_temperature(tau, "kd_loss_sum")
+    if isinstance(tau, Tensor) and tau.dim() == 0:
+        tau = tau.expand(student_hidden.shape[0])  # one τ for every row, as a float
     _check_rows(student_hidden, student_head, target, tau, weights)
     base = getattr(divergence, "func", divergence)  # a make_divergence partial's function
     if isinstance(target, SparseTarget) and base is not forward_kl:

@@ -237,6 +237,13 @@ def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float) -> Tenso
     n = sample_ids.numel()
     if n == 0:
         return sample_ids.clone()
+    if bad := int(
+        scores.isnan().sum()
+    ):  # a descending sort puts NaN first: it would be kept (review, session 32)
+        raise ConfigError(
+            f"sample selection: {bad} of {n} sample scores are NaN (a model's logits not finite: its weights, or a "
+            "16-bit model.teacher_dtype or train.precision overflowing); nothing is selected"
+        )
     keep = min(n, max(1, math.ceil(fraction * n - COUNT_SLACK)))
     by_id = torch.argsort(sample_ids, stable=True)  # (N,) ascending ids
     order = torch.argsort(scores[by_id].double(), descending=True, stable=True)  # (N,) ties → smaller id

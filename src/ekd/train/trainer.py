@@ -237,9 +237,8 @@ def train(
             ):
                 if inert:
                     log.warning("%s", inert)
-        if (
-            ranks.is_main
-        ):  # keys of a shared YAML this run does not read: said, not refused (try-outs 54, 108)
+        # keys of a shared YAML this run does not read: said, not refused (try-outs 54, 108, 110)
+        if ranks.is_main:
             for unread in (unread_cache_keys(cfg.teacher), inert_run_message(cfg), unread_eval_keys(cfg)):
                 if unread:
                     log.warning("%s", unread)
