@@ -606,6 +606,8 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     capsys.readouterr()  # --tasks-dir with no task: refused up front, as --limit (review, session 32)
     assert main(["eval", str(run), "--tasks-dir", str(tmp_path / "nowhere")]) == 2
     assert "--tasks-dir applies to lm-eval tasks, and none are set" in _error_line(capsys)
+    assert main(["eval", str(run), "eval.tasks_limit=4"]) == 2  # its config form too (try-out 111, F5)
+    assert "eval.tasks_limit applies to lm-eval tasks, and none are set" in _error_line(capsys)
     before = scored
     for doc in corpus.iterdir():  # every document edited: the split holds other text now
         doc.write_text(doc.read_text() + "return value\n")

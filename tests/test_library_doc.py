@@ -47,6 +47,12 @@ def test_library_calls_outside_their_domain_say_so():
     head = Head(torch.eye(5))
     with pytest.raises(ValueError, match="kd_loss_sum: the temperature τ must be finite and > 0, got -1.0"):
         kd_loss_sum(z.clone(), head, DenseTarget(z, head), -1.0, torch.ones(2), make_divergence("forward_kl"))
+    with pytest.raises(ValueError, match="topk_target: the temperature τ must be finite and > 0, got 0.0"):
+        topk_target(z, 2, tau=torch.tensor(0.0))  # a 0-dim tensor is one τ (try-out 111, F4)
+    torch.testing.assert_close(
+        rs_target(z, 3, seeds=torch.arange(2), tau=torch.tensor(2.0)).target.probs,
+        rs_target(z, 3, seeds=torch.arange(2), tau=2.0).target.probs,
+    )
     with pytest.raises(ValueError, match="global_count"):
         normalize(torch.tensor(1.0), 0)
     assert normalize(torch.tensor(3.0), 2.0).item() == 1.5

@@ -109,7 +109,7 @@ def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
 def test_a_selection_that_passes_over_a_nan_teacher_position_still_makes_the_kd_term_nan():
     """Try-out 110, F5: a curriculum sorts NaN teacher-entropy scores last and never selected them; EGAD trained 30
     steps on such a teacher without a word. The KD term is NaN whenever a teacher statistic is (the run stops)."""
-    from ekd.train.step import _nan_of_teacher_stats
+    from ekd.train.step import _nan_of_teacher as _nan_of_teacher_stats
 
     entropy = torch.rand(2, 5)
     assert (
@@ -161,3 +161,36 @@ def test_nan_sample_scores_are_refused_not_kept_first():
     assert select_samples(torch.tensor([0.5, 3.0, 2.0, 1.0]), ids, 0.25).tolist() == [1]
     with pytest.raises(ConfigError, match="1 of 4 sample scores are NaN"):
         select_samples(torch.tensor([0.5, math.nan, 2.0, 1.0]), ids, 0.25)
+
+
+def test_a_teacher_whose_hidden_states_are_not_finite_where_nothing_asks_still_stops_the_run():
+    """Try-out 111, F1: SE-KD scores by the student, so no teacher statistic was computed and a teacher NaN at
+    positions it never selected trained on (20 steps, exit 0). Its hidden states join the KD term's guard; a
+    position without a target (padding a model may leave NaN) does not."""
+    from ekd.teacher.signal import TeacherSignal
+    from ekd.train.step import _nan_of_teacher
+
+    hidden = torch.randn(2, 5, 3)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    valid[1, 4] = False
+    signal = TeacherSignal(stats={}, available=valid, hidden=hidden)
+    assert _nan_of_teacher({}, signal, valid) == 0
+    hidden[1, 4, 0] = math.inf  # no target there
+    assert _nan_of_teacher({}, signal, valid) == 0
+    hidden[0, 2, 1] = math.nan
+    assert torch.isnan(torch.as_tensor(_nan_of_teacher({}, signal, valid)))
+
+
+def test_the_non_finite_stop_names_the_teachers_dtype(tmp_path):
+    """Try-out 111, F2: the stop led with the learning rate and never said the dtype the teacher ran in."""
+    from ekd.config import load_config
+    from ekd.errors import NonFiniteLossError
+    from ekd.train.trainer import _stop_non_finite
+
+    cfg = load_config(None, ["model.teacher_dtype=float16"])
+    with pytest.raises(
+        NonFiniteLossError,
+        match="model.teacher_dtype=float32 rules out a 16-bit overflow; it runs "
+        "with model.teacher_dtype=float16",
+    ):
+        _stop_non_finite(3, tmp_path, cfg=cfg)

@@ -56,15 +56,16 @@ def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 
 def check_temperature(tau: Tensor | float, caller: str) -> None:
-    """A float τ must be finite and > 0: τ = 0 gave NaN top-K targets and a 0 KL, τ < 0 the targets and KL of −z
-    (try-out 109, F4). A per-row τ tensor is not checked (a device sync per call); ``ekd.temperature`` keeps it
-    in the config's range.
+    """A float τ (or a 0-dim tensor: one τ) must be finite and > 0: τ = 0 gave NaN top-K targets and a 0 KL, τ < 0
+    the targets and KL of −z (try-out 109, F4). A per-row (M,) τ tensor is not checked (a device sync per call);
+    ``ekd.temperature`` keeps it in the config's range.
 
     Raises:
         ValueError: naming ``caller`` and τ.
     """
-    if not isinstance(tau, Tensor) and not 0 < float(tau) < float("inf"):
-        raise ValueError(f"{caller}: the temperature τ must be finite and > 0, got {tau}")
+    one = not isinstance(tau, Tensor) or tau.dim() == 0  # a 0-dim tensor is one τ, as a float
+    if one and not 0 < float(tau) < float("inf"):
+        raise ValueError(f"{caller}: the temperature τ must be finite and > 0, got {float(tau)}")
 
 
 @divergences.register("forward_kl", "KL(p‖q): Hinton KD, 'Full KD'")

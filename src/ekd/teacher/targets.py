@@ -206,6 +206,8 @@ def rs_target(
     if seeds.shape[0] != rows:
         raise ValueError(f"rs_target needs one seed per row: {seeds.shape[0]} seeds for {rows} rows")
     check_temperature(tau, "rs_target")
+    if isinstance(tau, Tensor) and tau.dim() == 0:
+        tau = float(tau)  # one τ for every row (checked above)
     if isinstance(tau, Tensor):
         tau = tau.float().reshape(-1, 1)  # (M, 1) broadcast over the vocabulary
         if tau.shape[0] != rows:

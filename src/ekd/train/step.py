@@ -176,7 +176,9 @@ def distill_micro_batch(
                 "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)
                 "kl_before": stats["forward_kl"].reshape(-1)[rows],
             }
-        kd_sum = kd_sum + _nan_of_teacher_stats(stats)  # a passed-over NaN teacher still stops the run
+        kd_sum = kd_sum + _nan_of_teacher(
+            stats, signal, valid
+        )  # a passed-over NaN teacher still stops the run
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
@@ -206,12 +208,21 @@ def distill_micro_batch(
     return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
 
 
-def _nan_of_teacher_stats(stats: dict[str, Tensor]) -> Tensor | float:
-    """NaN when a statistic the teacher enters (its entropy, log p(gold), a KL or Hellinger to the student) is NaN
-    at some position — NaN or +inf teacher logits — else 0, to add to the KD term: a selection that passed over
-    those positions (a curriculum sorts NaN scores last) still stops the run on its non-finite loss (try-out 110,
-    F5: EGAD trained 30 steps on such a teacher without a word). No device sync."""
+def _nan_of_teacher(
+    stats: dict[str, Tensor], signal: TeacherSignal | None = None, valid: Tensor | None = None
+) -> Tensor | float:
+    """NaN when the teacher is not finite somewhere in the batch — a statistic it enters (its entropy, log p(gold),
+    a KL or Hellinger to the student) NaN at some position, or its final hidden states (online) NaN or ±inf at a
+    position with a target (``valid`` (B, T); a padded row a model leaves NaN is not the teacher's fault) — else
+    0, to add to the KD term: a selection that passed over those positions still stops the run on its non-finite
+    loss (try-out 110, F5: EGAD's curriculum sorts NaN scores last and trained 30 steps on such a teacher; try-out
+    111, F1: SE-KD scores by the student and computed no teacher statistic at all). One pass over the teacher's
+    (B, T, Dt) hidden states, no device sync. A 16-bit overflow in the head at rows nobody selects is not seen: no
+    figure of the run reads those logits."""
     flags = [v.isnan().any() for k, v in stats.items() if k in TEACHER_STATS | PAIR_STATS]
+    if signal is not None and signal.hidden is not None and valid is not None:
+        finite = torch.isfinite(signal.hidden).all(-1)  # (B, T)
+        flags.append(~(finite | ~valid).all())
     if not flags:
         return 0.0
     return torch.where(torch.stack(flags).any(), float("nan"), 0.0)

@@ -591,7 +591,7 @@ def _train(
         run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
 
     def stop(at: int, what: str) -> None:  # every rank stops alike (a global figure), rank 0 says why
-        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what), "stop")
+        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, cfg), "stop")
 
     # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
     # starting-student figures (eval.student_init); not again on --resume
@@ -912,7 +912,7 @@ def forward_backward(
             out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
             # under torchrun the global loss is checked after the step (one rank alone must not stop here)
             if engine is None and not torch.isfinite(out.loss):
-                _stop_non_finite(step, run_dir)
+                _stop_non_finite(step, run_dir, cfg=cfg)
             out.loss.backward()
         if teacher is not None and hasattr(teacher, "release") and not parts.wants_feedback:
             teacher.release()  # a sharded teacher's gathered head (the bandit still needs it after the step)
@@ -1222,7 +1222,7 @@ def _step_metrics(
     return m
 
 
-def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
+def _stop_non_finite(step: int, run_dir: Path, what: str = "loss", cfg: Config | None = None) -> None:
     try:
         ckpt = latest_verified_checkpoint(run_dir)
     except CheckpointError:
@@ -1233,10 +1233,11 @@ def _stop_non_finite(step: int, run_dir: Path, what: str = "loss") -> None:
         if ckpt
         else "no checkpoint was written yet"
     )
+    dtype = f"; it runs with model.teacher_dtype={cfg.model.teacher_dtype}" if cfg is not None else ""
     raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
-        f"non-finite {what} at step {step + 1}: the student diverged, or the teacher's logits are not finite (NaN or "
-        f"+inf: its weights, or a 16-bit model.teacher_dtype overflowing); start the run again with a lower train.lr "
-        f"(the same command with --overwrite, or another run.name), or fix the data or the teacher; {kept}"
+        f"non-finite {what} at step {step + 1}: the student diverged (start the run again with a lower train.lr: the "
+        f"same command with --overwrite, or another run.name), or the teacher's outputs are not finite (NaN or +inf: "
+        f"check its weights; model.teacher_dtype=float32 rules out a 16-bit overflow{dtype}); {kept}"
     )
 
 

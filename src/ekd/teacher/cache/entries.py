@@ -202,9 +202,9 @@ def _refuse_nan_teacher(entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: 
     row = int(flat_rows[bad[0]])
     raise CacheError(
         f"the teacher's logits are not finite (NaN or +inf) at {bad.size:,} position(s) of this batch (first: sample "
-        f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights "
-        "and the dtype it runs in (model.teacher_dtype=float32 with train.precision=fp32 rules out a 16-bit "
-        "overflow)"
+        f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights, "
+        "and if it runs in 16 bits (model.teacher_dtype, train.precision), model.teacher_dtype=float32 rules out "
+        "an overflow"
     )
 
 
