@@ -183,7 +183,9 @@ def test_a_source_of_one_document_warns_that_no_eval_set_is_scored(tmp_path, cap
     assert list(splits) == ["train"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "no document is held out for the eval set (1 document; data.eval_fraction=0.1" in warning, warning
-    assert "so this run scores no eval set; name one with data.eval_sources={eval: FILE}" in warning, warning
+    assert "so this run scores no eval set; name one with data.eval_sources={held_out: FILE}" in warning, (
+        warning
+    )
     held = tmp_path / "held.txt"
     held.write_text("held out text\n")
     caplog.clear()

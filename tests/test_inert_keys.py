@@ -617,6 +617,10 @@ def test_eval_keys_of_a_run_without_an_eval_set_are_said():
         == ""
     )
     assert said("data.source=c.txt", "data.eval_fraction=0") == ""
+    advised = line.split("name one with ")[1].split(" or ")[
+        0
+    ]  # try-out 112, F2: it named the reserved 'eval'
+    load_config(overrides=["data.source=c.txt", advised.replace("FILE", "e.txt")])
     assert said("data.source=c.txt", "data.eval_fraction=0", "eval.entropy_buckets=0") == ""  # off
     assert said(
         "data.source=pystdlib:train", "data.eval_fraction=0", "eval.every=5"

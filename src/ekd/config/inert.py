@@ -487,7 +487,7 @@ def unread_eval_keys(cfg: Any) -> str:
     return (
         f"{', '.join(named)} {'configures' if len(named) == 1 else 'configure'} evaluation, but this run has no eval "
         "set (data.eval_fraction=0 and no data.eval_sources): nothing is evaluated; name one with "
-        "data.eval_sources={eval: FILE} or data.eval_fraction > 0"
+        "data.eval_sources={held_out: FILE} or data.eval_fraction > 0"
     )
 
 

@@ -334,7 +334,7 @@ def say_empty_split(name: str, data: DataConfig, train_documents: int) -> None:
         one_file = Path(data.source).is_file() and Path(data.source).suffix.lower() in TEXT_SUFFIXES
         logger.warning(
             "data.source %s: no document is held out for the eval set (%s; data.eval_fraction=%g holds out "
-            "whole documents), so this run scores no eval set; name one with data.eval_sources={eval: FILE}, %s",
+            "whole documents), so this run scores no eval set; name one with data.eval_sources={held_out: FILE}, %s",
             data.source,
             counted(train_documents, "document"),
             data.eval_fraction,
