@@ -625,3 +625,20 @@ def test_eval_keys_of_a_run_without_an_eval_set_are_said():
     assert said(
         "data.source=pystdlib:train", "data.eval_fraction=0", "eval.every=5"
     )  # one split: no shifted sets
+
+
+def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys, monkeypatch, caplog):
+    """Try-out 112, F1: `--resume` refused a changed `model.lora_alpha` (no LoRA student either time) as changing
+    "what the run computes", right after the warning that it has no effect; a key one of them reads still blocks."""
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "unread", **{"train.max_steps": 1})
+    assert cli(capsys, "distill", config, "model.lora_alpha=32")[0] == 0
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        code, _, err = cli(capsys, "distill", config, "--resume", "train.max_steps=2", "model.lora_alpha=64")
+    assert code == 0, err
+    assert "model.lora_alpha differ(s) from the saved run but neither reads it" in caplog.text
+    line = one_error_line(
+        *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.lora_r=4")[::2]
+    )
+    assert "the config differs from the saved run in " in line and "model.lora_r" in line, line

@@ -264,6 +264,18 @@ def idle_keys(method_cfg: Any) -> list[str]:
     return out
 
 
+def unread_keys(cfg: Any) -> set[str]:
+    """The config keys (``section.field``) a run of ``cfg`` sets and does not read, or reads without effect: its
+    inert method keys, idle method keys, data keys no source reads and run keys (:data:`RUN_READ_WHEN`). A change
+    of such a key between a saved run and its ``--resume`` changes nothing the run computes."""
+    m = cfg.method
+    keys = {f"method.{k}" for k, _, _ in inert_keys(m)}
+    keys |= {f"method.{k}" for k, rule in IDLE_WHEN.items() if READ_WHEN[k].reads(m) and not rule.reads(m)}
+    keys |= {f"data.{k}" for k, _ in inert_data_keys(cfg.data)}
+    keys |= {k for k, rule in RUN_READ_WHEN.items() if not rule.reads(cfg)}
+    return keys
+
+
 def idle_schedules(method_cfg: Any, total_steps: int) -> list[str]:
     """Warnings for schedules the run is too short to carry out (try-out 58, F3: accepted without a word), one
     line each: a τ schedule whose hold outlasts the run's last step (``temperature_end`` never acts), a curriculum

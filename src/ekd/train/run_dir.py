@@ -173,6 +173,19 @@ class RunFinished(EkdError):
     """``--resume`` of a run that has already trained all of ``train.max_steps``: nothing to do."""
 
 
+def _unread_by_both(saved: dict | None, cfg: Config) -> set[str]:
+    """Keys neither the saved run's config nor ``cfg`` reads (:func:`ekd.config.inert.unread_keys`); empty when the
+    saved config no longer builds under today's rules."""
+    from ekd.config import config_from_dict
+    from ekd.config.inert import unread_keys
+
+    try:
+        before = config_from_dict(saved or {})
+    except EkdError:
+        return set()
+    return unread_keys(before) & unread_keys(cfg)
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = flat_config(saved), flat_config(current)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -596,6 +609,12 @@ class RunStart:
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
+        if unread := _unread_by_both(saved, self.cfg) & set(
+            blocking
+        ):  # try-out 112, F1: "no effect", then refused
+            blocking = [k for k in blocking if k not in unread]
+            log.info("--resume: %s differ(s) from the saved run but neither reads it: nothing it computes changes",
+                     ", ".join(sorted(unread)))  # fmt: skip
         ckpt = latest_checkpoint(run_dir)
         from ekd.train.run_state import is_finished_run
 
