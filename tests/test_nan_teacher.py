@@ -194,3 +194,5 @@ def test_the_non_finite_stop_names_the_teachers_dtype(tmp_path):
         "with model.teacher_dtype=float16",
     ):
         _stop_non_finite(3, tmp_path, cfg=cfg)
+    with pytest.raises(NonFiniteLossError, match="--overwrite in place of any --resume"):  # try-out 112, F3
+        _stop_non_finite(3, tmp_path, cfg=cfg)

@@ -1235,8 +1235,8 @@ def _stop_non_finite(step: int, run_dir: Path, what: str = "loss", cfg: Config |
     )
     dtype = f"; it runs with model.teacher_dtype={cfg.model.teacher_dtype}" if cfg is not None else ""
     raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
-        f"non-finite {what} at step {step + 1}: the student diverged (start the run again with a lower train.lr: the "
-        f"same command with --overwrite, or another run.name), or the teacher's outputs are not finite (NaN or +inf: "
+        f"non-finite {what} at step {step + 1}: the student diverged (start the run anew with a lower train.lr: "
+        f"--overwrite in place of any --resume, or another run.name), or the teacher's outputs are not finite (NaN or +inf: "
         f"check its weights; model.teacher_dtype=float32 rules out a 16-bit overflow{dtype}); {kept}"
     )
 
