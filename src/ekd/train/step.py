@@ -176,9 +176,8 @@ def distill_micro_batch(
                 "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)
                 "kl_before": stats["forward_kl"].reshape(-1)[rows],
             }
-        kd_sum = kd_sum + _nan_of_teacher(
-            stats, signal, valid
-        )  # a passed-over NaN teacher still stops the run
+        # a teacher not finite where the selection did not look still stops the run (0 otherwise: the same bits)
+        kd_sum = kd_sum + _nan_of_teacher(stats, signal, valid)
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
