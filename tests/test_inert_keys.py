@@ -634,10 +634,19 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
     write_corpus(Path("corpus"), n_docs=8)
     config = config_file(Path("."), Path("corpus"), "unread", **{"train.max_steps": 1})
     assert cli(capsys, "distill", config, "model.lora_alpha=32")[0] == 0
+    with caplog.at_level(
+        logging.INFO, logger="ekd"
+    ):  # a rerun without --resume: no --resume line (try-out 113)
+        assert cli(capsys, "distill", config, "train.max_steps=2", "model.lora_alpha=64")[0] == 2
+    assert "--resume:" not in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="ekd"):
         code, _, err = cli(capsys, "distill", config, "--resume", "train.max_steps=2", "model.lora_alpha=64")
     assert code == 0, err
-    assert "model.lora_alpha differ(s) from the saved run but neither reads it" in caplog.text
+    assert (
+        "--resume: model.lora_alpha differs from the saved run, but neither the run nor this config reads it"
+        in caplog.text
+    )
     line = one_error_line(
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.lora_r=4")[::2]
     )

@@ -609,12 +609,9 @@ class RunStart:
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
-        if unread := _unread_by_both(saved, self.cfg) & set(
-            blocking
-        ):  # try-out 112, F1: "no effect", then refused
-            blocking = [k for k in blocking if k not in unread]
-            log.info("--resume: %s differ(s) from the saved run but neither reads it: nothing it computes changes",
-                     ", ".join(sorted(unread)))  # fmt: skip
+        # try-out 112, F1: a key neither config reads was warned of as without effect, then refused as a change
+        unread = sorted(_unread_by_both(saved, self.cfg) & set(blocking))
+        blocking = [k for k in blocking if k not in unread]
         ckpt = latest_checkpoint(run_dir)
         from ekd.train.run_state import is_finished_run
 
@@ -629,6 +626,15 @@ class RunStart:
         )
         if not self.resume:
             raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))
+        if unread:
+            one = len(unread) == 1
+            log.info(
+                "--resume: %s %s from the saved run, but neither the run nor this config reads %s: nothing it "
+                "computes changes",
+                ", ".join(unread),
+                "differs" if one else "differ",
+                "it" if one else "them",
+            )
         if gone := gone_paths(flat_config(saved), flat_config(current), blocking):
             movable = [
                 k for k, (record, _) in RECORDED_CONTENT.items() if record in (marker or {}) and k in blocking
