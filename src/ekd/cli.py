@@ -453,15 +453,9 @@ def cmd_eval(args) -> int:
             )
             if v is not None
         ]
-        said = {
-            "--tasks-dir": "eval.tasks_dir",
-            "--limit": "eval.tasks_limit",
-            "--num-fewshot": "eval.tasks_num_fewshot",
-        }
-        keys = [
-            o.split("=", 1)[0] for o in overrides if o.startswith("eval.tasks_")
-        ]  # their config forms too
-        flags += [k for k in keys if k not in {said[f] for f in flags}]
+        flags += [
+            o.split("=", 1)[0] for o in args.overrides if o.startswith("eval.tasks_")
+        ]  # config forms too
         if flags and not [t for t in cfg.eval.tasks if t.strip()]:  # it would be ignored: the text sets alone
             raise ConfigError(
                 f"ekd eval {' '.join(flags)} applies to lm-eval tasks, and none are set (no --tasks, no eval.tasks "

@@ -488,12 +488,7 @@ def unread_eval_keys(cfg: Any) -> str:
     one (try-out 108, F5: ``eval.every=1`` evaluated nothing, without a word) — else ""."""
     if has_eval_set(cfg.data):
         return ""
-    named = []
-    for key in EVAL_SET_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value != getattr(type(getattr(cfg, section))(), name) and value:  # 0: off, nothing to lose
-            named.append(f"{key}={value}")
+    named = [f"{key}={value}" for key in EVAL_SET_KEYS if (value := _set_on(cfg, key)) is not None]
     if not named:
         return ""
     return (
@@ -507,14 +502,19 @@ def inert_run_keys(cfg: Any) -> list[tuple[str, Any, str]]:
     """``[("model.lora_alpha", 32.0, "is read only with model.lora_r > 0 (a LoRA student)"), ...]``: the keys of
     :data:`RUN_READ_WHEN` set away from their defaults, and not to an off value (0, false, empty), that this run
     does not read. [] when there is none."""
-    out = []
-    for key, rule in RUN_READ_WHEN.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        set_on = value != getattr(type(getattr(cfg, section))(), name) and bool(value)  # 0, false, '': off
-        if set_on and not rule.reads(cfg):
-            out.append((key, value, f"is read only {rule.when}"))
-    return out
+    return [
+        (key, value, f"is read only {rule.when}")
+        for key, rule in RUN_READ_WHEN.items()
+        if (value := _set_on(cfg, key)) is not None and not rule.reads(cfg)
+    ]
+
+
+def _set_on(cfg: Any, key: str) -> Any:
+    """The value of ``key`` (``section.field``) when the config sets it away from its default and not to an off
+    value (0, false, empty: nothing is lost where it goes unread), else None."""
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    return value if value != getattr(type(getattr(cfg, section))(), name) and value else None
 
 
 def inert_run_message(cfg: Any) -> str:

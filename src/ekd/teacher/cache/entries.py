@@ -147,7 +147,8 @@ def batch_entries(
             logp_gold[sl] = logp_at(z, lse, gold[sl])
             if fused:
                 parts.append(_targets_at(z, rows[sl], gold[sl], sample_ids, T, spec, tau, probs=p))
-    _refuse_nan_teacher(entropy.cpu().numpy(), rows.cpu().numpy(), sample_ids, T)  # before any row is chosen
+    entropy_host, rows_host = entropy.cpu().numpy(), rows.cpu().numpy()  # (N,) each, copied to the host once
+    _refuse_nan_teacher(entropy_host, rows_host, sample_ids, T)  # before any row is chosen
     if fused:
         chosen = torch.arange(n, device=labels.device)  # (P,) indices into rows
     else:
@@ -160,8 +161,9 @@ def batch_entries(
             c = chosen[start : start + step]
             logits = head(h[rows[c]], buffer).float()  # (m, V) at the chosen rows only
             parts.append(_targets_at(logits, rows[c], gold[c], sample_ids, T, spec, tau))
-    flat = rows[chosen].cpu().numpy()  # (P,) chosen flat positions, ascending
-    ent, lpg = entropy[chosen].cpu().numpy(), logp_gold[chosen].cpu().numpy()
+    chosen_host = chosen.cpu().numpy()  # (P,)
+    flat = rows_host[chosen_host]  # (P,) chosen flat positions, ascending
+    ent, lpg = entropy_host[chosen_host], logp_gold[chosen].cpu().numpy()
     if parts:
         t = _concat(parts)
         arrays = {k: None if v is None else v.cpu().numpy() for k, v in vars(t).items()}
