@@ -566,8 +566,24 @@ def test_a_save_to_disk_directory_reads_no_dataset_name_or_streaming(tmp_path):
             ["eval.teacher=false", "eval.entropy_buckets=8"],
             "eval.entropy_buckets=8 is read only when evaluation scores beside a teacher",
         ),
+        (  # try-out 108, F7
+            ["method=ce", "model.teacher_dtype=float32"],
+            "model.teacher_dtype=float32 is read only when the run loads a teacher model",
+        ),
+        (
+            ["model.revision=main"],
+            "model.revision=main is read only when a model or the tokenizer is a hub id",
+        ),
     ],
-    ids=["lora-without-lora", "tasks-limit-without-tasks", "tasks-dir-without-tasks", "compile", "buckets"],
+    ids=[
+        "lora-without-lora",
+        "tasks-limit-without-tasks",
+        "tasks-dir-without-tasks",
+        "compile",
+        "buckets",
+        "teacher-dtype-without-teacher",
+        "revision-of-presets",
+    ],
 )
 def test_a_run_key_the_run_never_reads_is_said_at_its_start(
     tmp_path, capsys, monkeypatch, caplog, overrides, named
@@ -597,6 +613,19 @@ def test_run_keys_the_run_reads_pass():
     assert inert("eval.entropy_buckets=8") == []
     assert inert("eval.teacher=false", "eval.entropy_buckets=0") == []  # turned off: nothing lost (review)
     assert inert("eval.tasks_teacher=false") == []
+    # try-out 108, F7: what reads the model keys
+    assert inert("model.teacher_dtype=float32") == []  # kd trains from its teacher
+    assert (
+        inert("method=ce", "model.teacher_dtype=float32", "model.teacher=/tmp") == []
+    )  # evaluated beside it
+    assert (
+        inert("method=ce", "model.teacher_dtype=float32", "eval.tasks=[x]", "eval.tasks_teacher=true") == []
+    )
+    assert inert("model.revision=main", "model.student=org/name") == []
+    assert inert("model.revision=main", "model.tokenizer=org/tok") == []
+    assert inert("model.bpe_vocab_size=512") == []  # preset models: the BPE is trained
+    assert inert("model.bpe_vocab_size=512", "model.tokenizer=/tmp") == ["model.bpe_vocab_size"]
+    assert inert("model.bpe_vocab_size=512", "model.teacher=/tmp") == ["model.bpe_vocab_size"]
 
 
 def test_eval_keys_of_a_run_without_an_eval_set_are_said():
@@ -637,8 +666,19 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
     with caplog.at_level(
         logging.INFO, logger="ekd"
     ):  # a rerun without --resume: no --resume line (try-out 113)
-        assert cli(capsys, "distill", config, "train.max_steps=2", "model.lora_alpha=64")[0] == 2
+        line = one_error_line(
+            *cli(capsys, "distill", config, "train.max_steps=2", "model.lora_alpha=64")[::2]
+        )
     assert "--resume:" not in caplog.text
+    # try-out 113, F2: not "a different run" for a key neither config reads
+    assert (
+        "already holds a different run (differs in train.max_steps; also in model.lora_alpha, which neither"
+        " config reads)" in line
+    ), line
+    line = one_error_line(*cli(capsys, "distill", config, "model.lora_alpha=64")[::2])
+    assert (
+        "already holds a run (differing in model.lora_alpha, which neither config reads), finished" in line
+    ), line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ekd"):
         code, _, err = cli(capsys, "distill", config, "--resume", "train.max_steps=2", "model.lora_alpha=64")

@@ -466,6 +466,19 @@ RUN_READ_WHEN: dict[str, ReadWhen] = {
         "when evaluation scores beside a teacher (eval.teacher=true and a teacher to load: the buckets are of its "
         "entropy)",
     ),
+    # try-out 108, F7: accepted in silence where nothing reads them
+    "model.bpe_vocab_size": ReadWhen(
+        lambda c: _tokenizer_source(c) == "train_bpe",
+        "when the run trains its tokenizer (model.tokenizer=train_bpe, or teacher/student naming preset models)",
+    ),
+    "model.revision": ReadWhen(
+        lambda c: _names_hub_id(c),
+        "when a model or the tokenizer is a hub id (not a preset or a local directory)",
+    ),
+    "model.teacher_dtype": ReadWhen(
+        lambda c: _loads_teacher(c),
+        "when the run loads a teacher model (to train from, score samples with or evaluate beside)",
+    ),
 }
 """Run keys outside ``method.*``/``data.*`` sources → when they are read (try-out 108: accepted and ignored): said
 at a run's start, not refused — a sweep's shared YAML holds them for the grid points that read them (try-out 110,
@@ -476,6 +489,33 @@ def _evaluates_teacher(cfg: Any) -> bool:
     from ekd.train.prepare import evaluates_teacher
 
     return evaluates_teacher(cfg)
+
+
+def _tokenizer_source(cfg: Any) -> str:
+    from ekd.train.prepare import tokenizer_source
+
+    return tokenizer_source(cfg)
+
+
+def _names_hub_id(cfg: Any) -> bool:
+    """Whether the student, the teacher or the tokenizer is named by a hub id: not a preset, not an existing path
+    (a missing path is a hub id to the loaders too)."""
+    from ekd.models.load import is_preset
+
+    m = cfg.model
+    tokenizer = _tokenizer_source(cfg)
+    specs = [m.student, m.teacher] + ([] if tokenizer in ("teacher", "student", "train_bpe") else [tokenizer])
+    return any(not is_preset(s) and not Path(s).expanduser().exists() for s in specs)
+
+
+def _loads_teacher(cfg: Any) -> bool:
+    """Whether the run loads the teacher model: to train from online, to score samples with, to evaluate beside,
+    or for downstream tasks (``eval.tasks_teacher``)."""
+    from ekd.train.prepare import scores_samples_with_teacher, teacher_needed
+
+    online = (cfg.teacher.source == "online" and teacher_needed(cfg)) or scores_samples_with_teacher(cfg)
+    tasks = bool(cfg.eval.tasks) and cfg.eval.tasks_teacher
+    return online or _evaluates_teacher(cfg) or tasks
 
 
 EVAL_SET_KEYS = ("eval.every", "eval.ece_bins", "eval.entropy_buckets", "data.max_eval_blocks")

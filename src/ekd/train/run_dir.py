@@ -433,11 +433,23 @@ def override_arg(key: str, value: object) -> str:
 
 
 def _existing_run_advice(
-    run_dir: Path, diffs: list[str], blocking: list[str], ckpt: Path | None, finished: bool, current: dict
+    run_dir: Path,
+    diffs: list[str],
+    blocking: list[str],
+    ckpt: Path | None,
+    finished: bool,
+    current: dict,
+    unread: list[str],
 ) -> str:
     """The refusal of a start (no flag) on a directory that holds a run: what it holds and the ways on that work
-    with this config (``--resume`` only where it would accept it)."""
-    what = f"a different run (differs in {', '.join(diffs[:5])})" if diffs else "a run"
+    with this config (``--resume`` only where it would accept it). ``unread``: the keys of ``diffs`` neither config
+    reads, which make no other run (try-out 113, F2: a run differing only in one was called "a different run")."""
+    read = [k for k in diffs if k not in unread]
+    idle = f"{', '.join(unread[:5])}, which neither config reads" if unread else ""
+    if read:
+        what = f"a different run (differs in {', '.join(read[:5])}{'; also in ' + idle if idle else ''})"
+    else:
+        what = f"a run (differing in {idle})" if idle else "a run"
     if ckpt is None:  # stopped before its first checkpoint: --resume cannot help
         return (
             f"{run_dir} already holds {what} that saved no checkpoint (nothing to resume); pass "
@@ -453,7 +465,7 @@ def _existing_run_advice(
         # what ekd eval takes: eval.* and the eval sets (try-out 93, F2: a new data.eval_sources was left out)
         evals = " ".join(
             override_arg(k, flat[k])
-            for k in diffs
+            for k in read
             if (k.startswith("eval.") or k in EVAL_SET_CHANGES) and k in flat
         )
         again = f"`ekd eval {shlex.quote(str(run_dir))}{' ' + evals if evals else ''}` evaluates it" + (
@@ -610,7 +622,8 @@ class RunStart:
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
         blocking = [k for k in diffs if not resumable(k)]
         # try-out 112, F1: a key neither config reads was warned of as without effect, then refused as a change
-        unread = sorted(_unread_by_both(saved, self.cfg) & set(blocking))
+        unread_diffs = sorted(_unread_by_both(saved, self.cfg) & set(diffs))
+        unread = [k for k in blocking if k in unread_diffs]
         blocking = [k for k in blocking if k not in unread]
         ckpt = latest_checkpoint(run_dir)
         from ekd.train.run_state import is_finished_run
@@ -625,7 +638,9 @@ class RunStart:
             )  # its student/ removed since: --resume exports it again (try-out 52, F10)
         )
         if not self.resume:
-            raise RunDirError(_existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current))
+            raise RunDirError(
+                _existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current, unread_diffs)
+            )
         if unread:
             one = len(unread) == 1
             log.info(
