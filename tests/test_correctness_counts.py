@@ -58,7 +58,7 @@ def test_ce_on_selected_is_the_mean_over_the_selected_rows(prepared, method, mon
         return out
 
     monkeypatch.setattr(trainer_mod, "distill_micro_batch", keep_selection)
-    _, sums, kd_count, ce_count, _, _ = forward_backward(
+    _, sums, kd_count, ce_count, _, _, _ = forward_backward(
         micro, student, teacher, parts, 0, cfg, data.vocab_size, None, root
     )
     # float64 reference: −log q(y) at exactly the rows each selection returned, averaged over all of them
@@ -91,7 +91,7 @@ def test_egad_feature_term_is_the_mean_over_its_hard_rows(prepared):
     parts = MethodParts.build(cfg, cfg.train.max_steps)
     parts.attach_models(student, teacher_model, CPU)
     micro = [collate(data.blocks["train"], torch.arange(i * 2, i * 2 + 2)) for i in range(2)]
-    loss, sums, kd_count, _, _, _ = forward_backward(
+    loss, sums, kd_count, _, _, _, _ = forward_backward(
         micro, student, teacher, parts, 0, cfg, data.vocab_size, None, root
     )
     hard, selected = sums["hard"], sums["selected"]

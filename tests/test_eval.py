@@ -397,6 +397,31 @@ def test_plot_reliability_and_metric_bars(tmp_path):
     assert [p.name for p in tmp_path.rglob("*.tmp")] == []
 
 
+def test_a_reliability_diagram_of_a_set_with_a_nan_row_draws_no_bars(tmp_path, monkeypatch):
+    """Review of session 32: one NaN student row makes the set's ECE NaN, yet the diagram drew the other rows'
+    bars (as if they were the set's) under 'ECE nan%'. It now draws none and says why."""
+    import ekd.eval.report as report
+
+    student, labels, _ = random_rows(200, seed=6)
+    student[5, 3] = math.nan
+    m = StreamingMetrics(V)
+    m.update(student, labels)
+    assert math.isnan(m.compute()["ece"])
+    drawn = []
+    save = report._save_png
+    monkeypatch.setattr(report, "_save_png", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    plot_reliability(m.reliability(), tmp_path / "rel.png", title="student")
+    ax = drawn[0].axes[0]
+    assert [p for p in ax.patches if math.isfinite(p.get_height()) and p.get_height() != 0] == []
+    assert "not finite" in " ".join(t.get_text() for t in ax.texts)
+    assert ax.get_title() == "student — ECE — (200 tokens)"
+    finite = StreamingMetrics(V)
+    finite.update(*random_rows(200, seed=6)[:2])
+    drawn.clear()
+    plot_reliability(finite.reliability(), tmp_path / "ok.png", title="student")
+    assert len(drawn[0].axes[0].patches) > 0 and len(drawn[0].axes[0].texts) == 0
+
+
 def test_results_table():
     rows = [{"method": "full_kd", "ppl": 12.3456, "kl": 0.5}, {"method": "a|b", "ppl": float("nan")}]
     table = results_table(rows, [("method", "Method", ""), ("ppl", "PPL", ".2f"), ("kl", "KL", ".3f")])

@@ -243,7 +243,7 @@ def test_granite_teacher_step_kd_equals_model_logits(tmp_path):
     log_p, log_q = torch.log_softmax(zt / 2, -1), torch.log_softmax(zs / 2, -1)
     want = 4 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
-    loss, _, kd_count, _, _, _ = forward_backward(
+    loss, _, kd_count, _, _, _, _ = forward_backward(
         [batch], student, teacher, parts, 0, cfg, vocab, None, tmp_path
     )
     assert kd_count == keep.sum()

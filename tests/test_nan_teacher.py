@@ -196,3 +196,67 @@ def test_the_non_finite_stop_names_the_teachers_dtype(tmp_path):
         _stop_non_finite(3, tmp_path, cfg=cfg)
     with pytest.raises(NonFiniteLossError, match="--overwrite in place of any --resume"):  # try-out 112, F3
         _stop_non_finite(3, tmp_path, cfg=cfg)
+
+
+def test_a_non_finite_teacher_is_said_once_a_run_not_at_every_evaluation(
+    tmp_path, capsys, monkeypatch, caplog
+):
+    """Review of session 32: the warning repeated at every in-training evaluation (the teacher is frozen: its
+    figures are the same each time). The run's evaluations share what was said; `ekd eval` says it again."""
+    import logging
+    from pathlib import Path
+
+    import ekd.eval
+    from hostile import cli
+    from tiny import config_file, write_corpus
+
+    real = ekd.eval.evaluate
+
+    def teacher_made_nan(model, batches, teacher, **kwargs):
+        metrics, bins = real(model, batches, teacher, **kwargs)
+        if teacher is not None:
+            metrics["kl"] = math.nan
+        return metrics, bins
+
+    monkeypatch.setattr(ekd.eval, "evaluate", teacher_made_nan)
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "nan", **{"train.max_steps": 3, "eval.every": 1})
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        code, _, err = cli(capsys, "distill", config)
+        assert code == 0, err
+        assert caplog.text.count("eval set 'eval': the teacher's logits are not finite") == 1, caplog.text
+        caplog.clear()
+        assert cli(capsys, "eval", "runs/nan")[0] == 0
+    assert caplog.text.count("eval set 'eval': the teacher's logits are not finite") == 1, caplog.text
+
+
+def test_the_stop_leads_with_the_teacher_when_its_outputs_made_the_loss_nan(tmp_path, capsys, monkeypatch):
+    """Try-out 112, F4: a run stopped by the teacher guard led with "the student diverged (… lower train.lr)" and
+    said `teacher_dtype=auto` without what it became. The stop now names the teacher when its statistics or hidden
+    states are what is not finite, and the dtype 'auto' resolved to."""
+    from pathlib import Path
+
+    import ekd.train.trainer as trainer_mod
+    from hostile import cli
+    from tiny import config_file, write_corpus
+
+    real = trainer_mod.load_teacher
+
+    def broken_teacher(*args, **kwargs):
+        teacher = real(*args, **kwargs)
+        with torch.no_grad():
+            teacher.model.norm.weight[0] = math.nan  # every final hidden state NaN in one component
+        return teacher
+
+    monkeypatch.setattr(trainer_mod, "load_teacher", broken_teacher)
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "broken", **{"train.max_steps": 2})
+    code, _, err = cli(capsys, "distill", config, "method=sekd")
+    line = err.strip().splitlines()[-1]
+    assert code != 0 and "Traceback" not in err
+    assert line.startswith(
+        "ekd: error: non-finite loss at step 1: the teacher's outputs are not finite (NaN or +inf) at a position"
+    ), line
+    assert "it runs with model.teacher_dtype=auto (float32 on cpu)" in line and "diverged" not in line, line

@@ -392,7 +392,7 @@ def test_on_policy_batch_goes_through_a_distillation_step(tmp_path, corpus):
     on_cfg = _cfg(fraction=1.0, max_new=8, prompt=8)
     new, on = maybe_on_policy(batch, student, on_cfg, on_policy_generator(0, 0, 0), data.eos_id)
     assert on and (new.labels[:, :7] == IGNORE_INDEX).all()
-    loss, sums, kd_count, _, _, _ = forward_backward(
+    loss, sums, kd_count, _, _, _, _ = forward_backward(
         [new], student, teacher, parts, 0, cfg, data.vocab_size, None, tmp_path
     )
     assert math.isfinite(loss) and kd_count == float((new.labels != IGNORE_INDEX).sum()) > 0

@@ -184,7 +184,20 @@ def plot_reliability(
     """
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    full = [b for b in bins if b[2] > 0]
+    ece = expected_calibration_error(list(bins))
+    n = sum(b[2] for b in bins)
+    # a NaN row (a non-finite logit) makes the set's ECE NaN: no bars of the other rows, as if they were the
+    # set's (review of session 32: finite bars under a title of 'ECE nan%')
+    full = [b for b in bins if b[2] > 0] if math.isfinite(ece) else []
+    if n > 0 and not math.isfinite(ece):
+        ax.text(
+            0.5,
+            0.5,
+            "not finite: the model's logits are NaN or ±inf\nat some scored position",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.bar(
         [b[0] for b in full],
         [b[4] for b in full],
@@ -213,9 +226,8 @@ def plot_reliability(
     ax.set_xlabel("confidence (top-1)")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize="small")
-    ece = expected_calibration_error(list(bins))
-    n = sum(b[2] for b in bins)
-    ax.set_title(f"{title} — ECE {ece:.2f}% ({n:,} {unit})")
+    said = f"{ece:.2f}%" if math.isfinite(ece) else "—"
+    ax.set_title(f"{title} — ECE {said} ({n:,} {unit})")
     return _save_png(fig, path)
 
 

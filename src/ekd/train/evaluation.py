@@ -17,7 +17,7 @@ from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.io import make_dirs
 from ekd.models.lora import load_exported_student
-from ekd.train.prepare import PreparedData
+from ekd.train.prepare import PreparedData, teacher_dtype_said
 from ekd.train.run_dir import override_arg, read_marker, writes_into_run
 from ekd.train.run_state import not_a_finished_run
 
@@ -34,12 +34,15 @@ def evaluate_run(
     plots_dir: Path | None = None,
     ranks=None,
     before_training: bool = False,
+    said: set[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the student (and the teacher, if loaded) on every eval split.
 
     ``ranks`` (``ekd.train.distributed.Ranks``): under ``torchrun`` every rank calls this, evaluates a 1/W
     share of each split's batches and gets the all-reduced metrics of the whole split (no rank idles in a
-    collective while another evaluates); pass ``plots_dir`` on one rank only.
+    collective while another evaluates); pass ``plots_dir`` on one rank only. ``said``: the sets whose
+    non-finite teacher was already said by an earlier evaluation of the same run (a frozen teacher gives the
+    same figures each time), updated; None says it every time.
 
     Returns:
         Set → metrics (teacher rows under ``<set>/teacher``), with each student set's per-block sums in
@@ -73,7 +76,7 @@ def evaluate_run(
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
         say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
-        say_non_finite_teacher(name, metrics, cfg)
+        say_non_finite_teacher(name, metrics, cfg, said)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -104,17 +107,24 @@ def evaluate_run(
     return results
 
 
-def say_non_finite_teacher(name: str, metrics: dict[str, float], cfg: Config) -> None:
+def say_non_finite_teacher(
+    name: str, metrics: dict[str, float], cfg: Config, said: set[str] | None = None
+) -> None:
     """Warn when the teacher's figures of a set are NaN while the student's are not: the teacher's logits are not
     finite (NaN or +inf) at some scored position, and the tables show its columns as '—', as if not evaluated
-    (try-out 110, F2)."""
+    (try-out 110, F2). Once per set of ``said`` (a run's in-training evaluations: the review of session 32 saw it
+    repeated at each), which records the sets said."""
+    if said is not None and name in said:
+        return
     if math.isnan(metrics.get("kl", 0.0)) and math.isfinite(metrics.get("loss", math.nan)):
+        if said is not None:
+            said.add(name)
         log.warning(
             "eval set '%s': the teacher's logits are not finite (NaN or +inf) at some scored position, so its KL, "
             "agreement and entropy figures are NaN (shown as '—'); check the teacher's weights and the dtype it "
-            "runs in (model.teacher_dtype=%s)",
+            "runs in (%s)",
             name,
-            cfg.model.teacher_dtype,
+            teacher_dtype_said(cfg),
         )
 
 

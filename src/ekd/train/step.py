@@ -11,6 +11,7 @@ the objective's per-row loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,9 @@ class MicroBatchResult:
     selection: Selection | None
     metrics: dict[str, float]
     feedback: dict[str, Tensor] | None = None  # what a policy needs after the optimizer step (bandit)
+    teacher_not_finite: bool = (
+        False  # the KD term is NaN because the teacher's outputs are (told apart on a NaN)
+    )
 
 
 def student_hidden(
@@ -109,7 +113,7 @@ def distill_micro_batch(
     h_s, f_s = student_hidden(student, batch, ctx.autocast_dtype, parts.student_feature_layer)  # (B, T, Ds)
     h_s_flat = h_s.reshape(B * T, -1)  # (B·T, Ds)
     total = h_s.sum() * 0.0  # keeps the graph connected when every term is empty
-    kd_sum_value, selection, feedback = 0.0, None, None
+    kd_sum_value, selection, feedback, teacher_not_finite = 0.0, None, None, False
     student_needs = parts.stat_needs & (STUDENT_STATS | PAIR_STATS) if parts.selects else set()
 
     # 7a. CE over all valid rows first when its chunk logits can give the student statistics (no second GEMM)
@@ -177,9 +181,12 @@ def distill_micro_batch(
                 "kl_before": stats["forward_kl"].reshape(-1)[rows],
             }
         # a teacher not finite where the selection did not look still stops the run (0 otherwise: the same bits)
-        kd_sum = kd_sum + _nan_of_teacher(stats, signal, valid)
+        teacher_nan = _nan_of_teacher(stats, signal, valid)
+        kd_sum = kd_sum + teacher_nan
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
+        if math.isnan(kd_sum_value):  # only then: which of the two the stop names (try-out 112, F4)
+            teacher_not_finite = bool(torch.as_tensor(teacher_nan).isnan())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
         if parts.feature_weight > 0:
             feat_sum, n_hard = parts.feature_sum(rows, stats, f_s, signal)
@@ -204,7 +211,9 @@ def distill_micro_batch(
     if ce_sum is not None:
         total = total + parts.ce_weight * normalize(ce_sum, ce_count)
         ce_sum_value = float(ce_sum.detach())
-    return MicroBatchResult(total, kd_sum_value, ce_sum_value, selection, metrics, feedback)
+    return MicroBatchResult(
+        total, kd_sum_value, ce_sum_value, selection, metrics, feedback, teacher_not_finite
+    )
 
 
 def _nan_of_teacher(

@@ -97,6 +97,7 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
     scores_samples_with_teacher,
+    teacher_dtype_said,
     warn_smaller_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
@@ -590,16 +591,19 @@ def _train(
     def write_metrics(at: int, metrics: dict[str, float]) -> None:  # by rank 0; every rank hears how it went
         run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
 
-    def stop(at: int, what: str) -> None:  # every rank stops alike (a global figure), rank 0 says why
-        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, cfg), "stop")
+    def stop(
+        at: int, what: str, teacher: bool = False
+    ) -> None:  # every rank alike (a global figure); rank 0 says why
+        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, cfg, teacher), "stop")
 
     # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
     # starting-student figures (eval.student_init); not again on --resume
     has_sets = bool(data.blocks.keys() - {"train"})
+    said: set[str] = set()  # eval sets whose non-finite teacher was said (once a run: the teacher is frozen)
     if start_step == 0 and (cfg.eval.every or cfg.eval.student_init and has_sets):
         with gathered(sharded, eval_shard):
             start_eval = evaluate_run(
-                cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True
+                cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True, said=said
             )
         write_metrics(0, _flatten_eval(start_eval))
         if cfg.eval.student_init:  # with their settings and blocks' sha256, by rank 0 (eval.json's form)
@@ -651,7 +655,7 @@ def _train(
                     for i, b in enumerate(micro_batches)
                 ]
             micro_batches, on_policy = [b for b, _ in sampled], [flag for _, flag in sampled]
-        loss_value, sums, kd_count, ce_count, feature_count, feedback = forward_backward(
+        loss_value, sums, kd_count, ce_count, feature_count, feedback, teacher_not_finite = forward_backward(
             micro_batches,
             student,
             teacher,
@@ -678,7 +682,7 @@ def _train(
         # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
         if not math.isfinite(loss_value):  # the global loss: every rank stops alike (rank 0 says why)
-            stop(step, "loss")
+            stop(step, "loss", global_sum(float(teacher_not_finite), ranks) > 0)
         sums["peak_memory_max"] = float(peak_memory_bytes(device))  # this rank's so far; the max over ranks
         sums = global_sums(sums, ranks)  # diagnostics of the global batch, alike on every rank
         tokens_seen += int(sums["tokens"])  # the job's tokens: train/tokens_per_s is not a rank's rate
@@ -738,7 +742,7 @@ def _train(
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
             # all ranks evaluate their share; sharded models are gathered whole on every rank meanwhile
             with gathered(sharded, eval_shard):
-                periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks)
+                periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks, said=said)
             write_metrics(step + 1, _flatten_eval(periodic))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -824,7 +828,9 @@ def _train(
     # the others wait on the host group
     plots = run_dir / "plots" if main else None
     with gathered(sharded, eval_shard):
-        results = evaluate_run(cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks)
+        results = evaluate_run(
+            cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks, said=said
+        )
         run_on_main(ranks, finish, "write the evaluation", share=False)
     wall_time = time.perf_counter() - t_start
     if last:  # the run's memory, beside its time: what the training steps needed at most on the largest rank
@@ -872,8 +878,9 @@ def forward_backward(
     ⌈k·N⌉ over the global micro-batch, as one process would.
 
     Returns:
-        (loss, summed diagnostics of this rank, kd_count, ce_count, feature_count, bandit feedback); the counts
-        are the global micro-batches' already (every rank's rows), never summed over ranks again
+        (loss, summed diagnostics of this rank, kd_count, ce_count, feature_count, bandit feedback, whether a
+        KD term was NaN because of the teacher's outputs on this rank); the counts are the global micro-batches'
+        already (every rank's rows), never summed over ranks again
     """
     planned, selected_rows, valid_counts = [], [], []
     for i, b in enumerate(micro_batches):
@@ -895,6 +902,7 @@ def forward_backward(
     sums: dict[str, float] = {}
     loss_value = 0.0
     feedback: list = []
+    teacher_not_finite = False
     for i, batch in enumerate(micro_batches):
         ctx = StepContextData(
             step,
@@ -912,7 +920,7 @@ def forward_backward(
             out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
             # under torchrun the global loss is checked after the step (one rank alone must not stop here)
             if engine is None and not torch.isfinite(out.loss):
-                _stop_non_finite(step, run_dir, cfg=cfg)
+                _stop_non_finite(step, run_dir, cfg=cfg, teacher=out.teacher_not_finite)
             out.loss.backward()
         if teacher is not None and hasattr(teacher, "release") and not parts.wants_feedback:
             teacher.release()  # a sharded teacher's gathered head (the bandit still needs it after the step)
@@ -920,7 +928,8 @@ def forward_backward(
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
             sums[k] = _combine(k, sums.get(k), v)
         feedback.append(out.feedback)
-    return loss_value, sums, kd_count, ce_count, feature_count, feedback
+        teacher_not_finite |= out.teacher_not_finite
+    return loss_value, sums, kd_count, ce_count, feature_count, feedback, teacher_not_finite
 
 
 def _micro_batch(engine, *args) -> MicroBatchResult:
@@ -1222,7 +1231,16 @@ def _step_metrics(
     return m
 
 
-def _stop_non_finite(step: int, run_dir: Path, what: str = "loss", cfg: Config | None = None) -> None:
+def _stop_non_finite(
+    step: int, run_dir: Path, what: str = "loss", cfg: Config | None = None, teacher: bool = False
+) -> None:
+    """Stop the run on a non-finite loss or gradient norm at ``step`` (0-based). ``teacher``: the KD term was NaN
+    because the teacher's statistics or hidden states are not finite (:func:`ekd.train.step._nan_of_teacher`),
+    which the line then leads with (try-out 112, F4: it led with the student's divergence either way).
+
+    Raises:
+        NonFiniteLossError: always; one line with the cause(s), the dtype the teacher runs in, and what is kept.
+    """
     try:
         ckpt = latest_verified_checkpoint(run_dir)
     except CheckpointError:
@@ -1233,11 +1251,17 @@ def _stop_non_finite(step: int, run_dir: Path, what: str = "loss", cfg: Config |
         if ckpt
         else "no checkpoint was written yet"
     )
-    dtype = f"; it runs with model.teacher_dtype={cfg.model.teacher_dtype}" if cfg is not None else ""
+    dtype = f"; it runs with {teacher_dtype_said(cfg)}" if cfg is not None else ""
+    check = f"check its weights; model.teacher_dtype=float32 rules out a 16-bit overflow{dtype}"
+    if teacher:
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {step + 1}: the teacher's outputs are not finite (NaN or +inf) at a "
+            f"position of this step's batch ({check}); {kept}"
+        )
     raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
         f"non-finite {what} at step {step + 1}: the student diverged (start the run anew with a lower train.lr: "
-        f"--overwrite in place of any --resume, or another run.name), or the teacher's outputs are not finite (NaN or +inf: "
-        f"check its weights; model.teacher_dtype=float32 rules out a 16-bit overflow{dtype}); {kept}"
+        f"--overwrite in place of any --resume, or another run.name), or the teacher's outputs are not finite "
+        f"(NaN or +inf: {check}); {kept}"
     )
 
 
