@@ -603,6 +603,15 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     assert "train.lr=5, method.kd_temperature=2 are training settings: evaluation reads none" in caplog.text
     assert (run / "eval.json").read_text() == scored  # the same figures
     caplog.clear()
+    with caplog.at_level(
+        logging.WARNING, logger="ekd"
+    ):  # try-out 110, F10: the student's LoRA and export keys
+        assert main(["eval", str(run), "model.lora_alpha=64", "model.export_dtype=bfloat16"]) == 0
+    assert "model.lora_alpha=64, model.export_dtype=bfloat16 are training settings" in caplog.text, (
+        caplog.text
+    )
+    assert (run / "eval.json").read_text() == scored
+    caplog.clear()
     capsys.readouterr()  # --tasks-dir with no task: refused up front, as --limit (review, session 32)
     assert main(["eval", str(run), "--tasks-dir", str(tmp_path / "nowhere")]) == 2
     assert "--tasks-dir applies to lm-eval tasks, and none are set" in _error_line(capsys)

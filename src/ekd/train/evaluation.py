@@ -266,7 +266,10 @@ def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # key is a training setting: the evaluation's numbers are the same whatever its value.
 EVAL_READS = (
     "data.",
-    "model.",
+    "model.teacher",  # and model.teacher_dtype; the student is the run's export (lora_*, export_*: training)
+    "model.revision",
+    "model.trust_remote_code",
+    "model.attn_implementation",
     "eval.",
     "run.",
     "log.",
