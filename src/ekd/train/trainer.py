@@ -591,9 +591,8 @@ def _train(
     def write_metrics(at: int, metrics: dict[str, float]) -> None:  # by rank 0; every rank hears how it went
         run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
 
-    def stop(
-        at: int, what: str, teacher: bool = False
-    ) -> None:  # every rank alike (a global figure); rank 0 says why
+    # every rank stops alike (on a global figure); rank 0 says why
+    def stop(at: int, what: str, teacher: bool = False) -> None:
         run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, cfg, teacher), "stop")
 
     # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
