@@ -129,17 +129,15 @@ def test_an_eval_set_whose_teacher_figures_are_nan_is_said(caplog):
     """Try-out 110, F2: a NaN teacher figure printed as '—', as if not evaluated, with no word."""
     import logging
 
-    from ekd.config import load_config
     from ekd.train.evaluation import say_non_finite_teacher
 
-    cfg = load_config(None, ["model.teacher_dtype=float16"])
     with caplog.at_level(logging.WARNING, logger="ekd"):
-        say_non_finite_teacher("eval", {"loss": 2.0, "kl": math.nan}, cfg)
-        say_non_finite_teacher("fine", {"loss": 2.0, "kl": 0.3}, cfg)
-        say_non_finite_teacher("diverged", {"loss": math.nan, "kl": math.nan}, cfg)  # the student's own fault
+        say_non_finite_teacher("eval", {"loss": 2.0, "kl": math.nan}, torch.float16)
+        say_non_finite_teacher("fine", {"loss": 2.0, "kl": 0.3}, torch.float16)
+        say_non_finite_teacher("diverged", {"loss": math.nan, "kl": math.nan}, torch.float16)  # the student's
     assert caplog.text.count("not finite") == 1
     assert "eval set 'eval': the teacher's logits are not finite" in caplog.text
-    assert "model.teacher_dtype=float16" in caplog.text
+    assert "it runs in float16, and model.teacher_dtype=float32 rules out a 16-bit overflow" in caplog.text
 
 
 def test_a_non_finite_student_row_makes_every_bucket_nan_too():
@@ -182,20 +180,30 @@ def test_a_teacher_whose_hidden_states_are_not_finite_where_nothing_asks_still_s
 
 
 def test_the_non_finite_stop_names_the_teachers_dtype(tmp_path):
-    """Try-out 111, F2: the stop led with the learning rate and never said the dtype the teacher ran in."""
-    from ekd.config import load_config
+    """Try-out 111, F2: the stop led with the learning rate and never said the dtype the teacher ran in; try-out
+    112, F4 (review, session 33): float32 is advised only to a 16-bit teacher, and a run whose loss reads no
+    teacher model (CE only, a cache) is not told to check one."""
     from ekd.errors import NonFiniteLossError
     from ekd.train.trainer import _stop_non_finite
 
-    cfg = load_config(None, ["model.teacher_dtype=float16"])
-    with pytest.raises(
-        NonFiniteLossError,
-        match="model.teacher_dtype=float32 rules out a 16-bit overflow; it runs "
-        "with model.teacher_dtype=float16",
-    ):
-        _stop_non_finite(3, tmp_path, cfg=cfg)
-    with pytest.raises(NonFiniteLossError, match="--overwrite in place of any --resume"):  # try-out 112, F3
-        _stop_non_finite(3, tmp_path, cfg=cfg)
+    def line(**kwargs) -> str:
+        with pytest.raises(NonFiniteLossError) as e:
+            _stop_non_finite(3, tmp_path, **kwargs)
+        return str(e.value)
+
+    sixteen = line(teacher_dtype=torch.bfloat16)
+    assert (
+        "the student diverged" in sixteen and "--overwrite in place of any --resume" in sixteen
+    )  # try-out 112, F3
+    assert "it runs in bfloat16, and model.teacher_dtype=float32 rules out a 16-bit overflow" in sixteen
+    full = line(teacher_dtype=torch.float32)
+    assert "(NaN or +inf: check its weights; it runs in float32)" in full and "rules out" not in full
+    alone = line()
+    assert "the student diverged" in alone and "teacher" not in alone, alone
+    blamed = line(teacher_dtype=torch.float16, blamed=True)
+    assert blamed.startswith("non-finite loss at step 4: the teacher's outputs are not finite") and (
+        "diverged" not in blamed
+    ), blamed
 
 
 def test_a_non_finite_teacher_is_said_once_a_run_not_at_every_evaluation(
@@ -259,4 +267,35 @@ def test_the_stop_leads_with_the_teacher_when_its_outputs_made_the_loss_nan(tmp_
     assert line.startswith(
         "ekd: error: non-finite loss at step 1: the teacher's outputs are not finite (NaN or +inf) at a position"
     ), line
-    assert "it runs with model.teacher_dtype=auto (float32 on cpu)" in line and "diverged" not in line, line
+    assert "(check its weights; it runs in float32); no checkpoint" in line and "diverged" not in line, line
+
+
+@pytest.mark.parametrize("method", ["adakd", "ce"])
+def test_a_student_that_is_not_finite_is_not_blamed_on_the_teacher(tmp_path, capsys, monkeypatch, method):
+    """Review of session 33: AdaKD scores by Hellinger, a pair statistic NaN for a NaN student too, and the stop
+    then blamed the teacher; CE-only runs were told to check a teacher their loss never reads."""
+    from pathlib import Path
+
+    import ekd.train.trainer as trainer_mod
+    from hostile import cli
+    from tiny import config_file, write_corpus
+
+    real = trainer_mod.load_student
+
+    def broken_student(*args, **kwargs):
+        student = real(*args, **kwargs)
+        with torch.no_grad():
+            student.model.norm.weight[0] = math.nan
+        return student
+
+    monkeypatch.setattr(trainer_mod, "load_student", broken_student)
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "broken", **{"train.max_steps": 2})
+    code, _, err = cli(
+        capsys, "distill", config, f"method={method}"
+    )  # its figures at step 0 first (review F7)
+    line = err.strip().splitlines()[-1]
+    assert code != 0 and "Traceback" not in err, err
+    assert line.startswith("ekd: error: non-finite loss at step 1: the student diverged"), line
+    assert ("teacher" in line) == (method == "adakd"), line  # adakd's loss reads its teacher; ce's does not

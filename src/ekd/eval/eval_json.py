@@ -131,11 +131,16 @@ class EvalResults(dict):
         self.block_sums: dict[str, dict[str, list[float]]] = {}
 
 
-def block_sums_record(sums: Mapping[str, list[float]]) -> dict[str, list[float] | list[int]]:
+def block_sums_record(sums: Mapping[str, list[float]]) -> dict[str, list[float] | list[int | None]]:
     """Per-block sums as eval.json records them: the counts as whole numbers (``tokens``, ``correct``,
-    ``boundary_tokens``), the NLL sums as float64 (JSON's shortest repr: no precision lost)."""
+    ``boundary_tokens``; a NaN count — ``correct`` of a block with a non-finite student row — as None, which
+    :func:`block_sums_of` reads back as NaN), the NLL sums as float64 (JSON's shortest repr: no precision lost)."""
+
+    def count(x: float) -> int | None:  # review of session 33: int(round(nan)) was a traceback
+        return int(round(x)) if math.isfinite(x) else None
+
     return {
-        k: [int(round(x)) if k in ("tokens", "correct", "boundary_tokens") else float(x) for x in v]
+        k: [count(x) if k in ("tokens", "correct", "boundary_tokens") else float(x) for x in v]
         for k, v in sums.items()
     }
 

@@ -193,7 +193,7 @@ def plot_reliability(
         ax.text(
             0.5,
             0.5,
-            "not finite: the model's logits are NaN or ±inf\nat some scored position",
+            "not finite: the model's logits are NaN or +inf\nat some scored position",
             ha="center",
             va="center",
             transform=ax.transAxes,

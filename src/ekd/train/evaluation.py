@@ -17,7 +17,8 @@ from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.io import make_dirs
 from ekd.models.lora import load_exported_student
-from ekd.train.prepare import PreparedData, teacher_dtype_said
+from ekd.train.precision import teacher_dtype_advice
+from ekd.train.prepare import PreparedData
 from ekd.train.run_dir import override_arg, read_marker, writes_into_run
 from ekd.train.run_state import not_a_finished_run
 
@@ -76,7 +77,8 @@ def evaluate_run(
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
         say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
-        say_non_finite_teacher(name, metrics, cfg, said)
+        if use_teacher is not None:
+            say_non_finite_teacher(name, metrics, next(use_teacher.parameters()).dtype, said)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -108,7 +110,7 @@ def evaluate_run(
 
 
 def say_non_finite_teacher(
-    name: str, metrics: dict[str, float], cfg: Config, said: set[str] | None = None
+    name: str, metrics: dict[str, float], teacher_dtype: torch.dtype, said: set[str] | None = None
 ) -> None:
     """Warn when the teacher's figures of a set are NaN while the student's are not: the teacher's logits are not
     finite (NaN or +inf) at some scored position, and the tables show its columns as '—', as if not evaluated
@@ -121,10 +123,9 @@ def say_non_finite_teacher(
             said.add(name)
         log.warning(
             "eval set '%s': the teacher's logits are not finite (NaN or +inf) at some scored position, so its KL, "
-            "agreement and entropy figures are NaN (shown as '—'); check the teacher's weights and the dtype it "
-            "runs in (%s)",
+            "agreement and entropy figures are NaN (shown as '—'); check the teacher's weights (%s)",
             name,
-            teacher_dtype_said(cfg),
+            teacher_dtype_advice(teacher_dtype),
         )
 
 

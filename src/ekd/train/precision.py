@@ -27,6 +27,16 @@ def autocast_for(precision: str, device_type: str) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def teacher_dtype_advice(dtype: torch.dtype) -> str:
+    """What a line about a teacher whose outputs are not finite says of the dtype its weights are in:
+    ``it runs in float16, and model.teacher_dtype=float32 rules out a 16-bit overflow``, or ``it runs in float32``
+    (try-out 112, F4: 'model.teacher_dtype=auto' said nothing, and float32 was advised to a float32 teacher)."""
+    name = str(dtype).removeprefix("torch.")
+    if dtype.itemsize == 2:
+        return f"it runs in {name}, and model.teacher_dtype=float32 rules out a 16-bit overflow"
+    return f"it runs in {name}"
+
+
 def head_precision(device: torch.device, autocast_dtype: torch.dtype | None) -> torch.autocast:
     """Autocast for a body or the output heads: GEMM operands in ``autocast_dtype``; disabled when None."""
     return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)

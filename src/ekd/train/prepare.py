@@ -85,16 +85,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def teacher_dtype_said(cfg: Config) -> str:
-    """``model.teacher_dtype=float16``, or ``model.teacher_dtype=auto (bfloat16 on cuda)``: what 'auto' became on
-    the run's device (try-out 112, F4)."""
-    name = cfg.model.teacher_dtype
-    if name != "auto":
-        return f"model.teacher_dtype={name}"
-    device = resolve_device(cfg.run.device)
-    return f"model.teacher_dtype=auto ({str(resolve_dtype(name, device)).removeprefix('torch.')} on {device.type})"
-
-
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPU ('auto' or 'bf16'), none (fp32) on CPU unless 'bf16' is asked for
     (:func:`ekd.train.precision.autocast_for`)."""

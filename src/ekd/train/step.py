@@ -63,9 +63,8 @@ class MicroBatchResult:
     selection: Selection | None
     metrics: dict[str, float]
     feedback: dict[str, Tensor] | None = None  # what a policy needs after the optimizer step (bandit)
-    teacher_not_finite: bool = (
-        False  # the KD term is NaN because the teacher's outputs are (told apart on a NaN)
-    )
+    # the KD term is NaN and the teacher's own outputs are not finite (only looked at on a NaN)
+    teacher_not_finite: bool = False
 
 
 def student_hidden(
@@ -181,12 +180,15 @@ def distill_micro_batch(
                 "kl_before": stats["forward_kl"].reshape(-1)[rows],
             }
         # a teacher not finite where the selection did not look still stops the run (0 otherwise: the same bits)
-        teacher_nan = _nan_of_teacher(stats, signal, valid)
-        kd_sum = kd_sum + teacher_nan
+        kd_sum = kd_sum + _nan_of_teacher(stats, signal, valid)
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
-        if math.isnan(kd_sum_value):  # only then: which of the two the stop names (try-out 112, F4)
-            teacher_not_finite = bool(torch.as_tensor(teacher_nan).isnan())
+        if math.isnan(
+            kd_sum_value
+        ):  # only then (a sync): whether the stop names the teacher (try-out 112, F4),
+            # from what the teacher alone gives — a KL or Hellinger to the student is NaN for a NaN student too
+            own = _nan_of_teacher(stats, signal, valid, keys=TEACHER_STATS)
+            teacher_not_finite = bool(torch.as_tensor(own).isnan())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens
         if parts.feature_weight > 0:
             feat_sum, n_hard = parts.feature_sum(rows, stats, f_s, signal)
@@ -217,17 +219,20 @@ def distill_micro_batch(
 
 
 def _nan_of_teacher(
-    stats: dict[str, Tensor], signal: TeacherSignal | None = None, valid: Tensor | None = None
+    stats: dict[str, Tensor],
+    signal: TeacherSignal | None = None,
+    valid: Tensor | None = None,
+    keys: frozenset[str] | set[str] = TEACHER_STATS | PAIR_STATS,
 ) -> Tensor | float:
-    """NaN when the teacher is not finite somewhere in the batch — a statistic it enters (its entropy, log p(gold),
-    a KL or Hellinger to the student) NaN at some position, or its final hidden states (online) NaN or ±inf at a
-    position with a target (``valid`` (B, T); a padded row a model leaves NaN is not the teacher's fault) — else
-    0, to add to the KD term: a selection that passed over those positions still stops the run on its non-finite
-    loss (try-out 110, F5: EGAD's curriculum sorts NaN scores last and trained 30 steps on such a teacher; try-out
-    111, F1: SE-KD scores by the student and computed no teacher statistic at all). One pass over the teacher's
-    (B, T, Dt) hidden states, no device sync. A 16-bit overflow in the head at rows nobody selects is not seen: no
-    figure of the run reads those logits."""
-    flags = [v.isnan().any() for k, v in stats.items() if k in TEACHER_STATS | PAIR_STATS]
+    """NaN when the teacher is not finite somewhere in the batch — a statistic of ``keys`` it enters (its entropy,
+    log p(gold), a KL or Hellinger to the student) NaN at some position, or its final hidden states (online) NaN or
+    ±inf at a position with a target (``valid`` (B, T); a padded row a model leaves NaN is not the teacher's fault)
+    — else 0, to add to the KD term: a selection that passed over those positions still stops the run on its
+    non-finite loss (try-out 110, F5: EGAD's curriculum sorts NaN scores last and trained 30 steps on such a
+    teacher; try-out 111, F1: SE-KD scores by the student and computed no teacher statistic at all). One pass over
+    the teacher's (B, T, Dt) hidden states, no device sync. A 16-bit overflow in the head at rows nobody selects is
+    not seen: no figure of the run reads those logits. ``keys=TEACHER_STATS`` asks of the teacher alone."""
+    flags = [v.isnan().any() for k, v in stats.items() if k in keys]
     if signal is not None and signal.hidden is not None and valid is not None:
         finite = torch.isfinite(signal.hidden).all(-1)  # (B, T)
         flags.append(~(finite | ~valid).all())

@@ -85,7 +85,7 @@ from ekd.train.onpolicy import (
     on_policy_generator,
     on_policy_turn_ends,
 )
-from ekd.train.precision import enable_tf32
+from ekd.train.precision import enable_tf32, teacher_dtype_advice
 from ekd.train.prepare import (
     PreparedData,
     autocast_dtype,
@@ -97,7 +97,6 @@ from ekd.train.prepare import (
     load_teacher,
     resolve_device,
     scores_samples_with_teacher,
-    teacher_dtype_said,
     warn_smaller_teacher,
 )
 from ekd.train.rank0_load import load_for_rank
@@ -591,9 +590,12 @@ def _train(
     def write_metrics(at: int, metrics: dict[str, float]) -> None:  # by rank 0; every rank hears how it went
         run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
 
-    # every rank stops alike (on a global figure); rank 0 says why
-    def stop(at: int, what: str, teacher: bool = False) -> None:
-        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, cfg, teacher), "stop")
+    # every rank stops alike (on a global figure); rank 0 says why, with the dtype of a teacher in the loss
+    in_loss = teacher_model if parts.needs_teacher and cfg.teacher.source == "online" else None
+
+    def stop(at: int, what: str, blamed: bool = False) -> None:
+        dtype = next(in_loss.parameters()).dtype if in_loss is not None else None  # on rank 0: whole
+        run_on_main(ranks, lambda: _stop_non_finite(at, run_dir, what, dtype, blamed), "stop")
 
     # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
     # starting-student figures (eval.student_init); not again on --resume
@@ -917,10 +919,7 @@ def forward_backward(
         )
         with micro_batch_sync(engine, last=i == len(micro_batches) - 1):
             out = _micro_batch(engine, batch, student, teacher, parts, kd_count, ce_count, ctx)
-            # under torchrun the global loss is checked after the step (one rank alone must not stop here)
-            if engine is None and not torch.isfinite(out.loss):
-                _stop_non_finite(step, run_dir, cfg=cfg, teacher=out.teacher_not_finite)
-            out.loss.backward()
+            out.loss.backward()  # a non-finite loss stops the run after the step: the global one, on every rank
         if teacher is not None and hasattr(teacher, "release") and not parts.wants_feedback:
             teacher.release()  # a sharded teacher's gathered head (the bandit still needs it after the step)
         loss_value += float(out.loss.detach())
@@ -1231,14 +1230,21 @@ def _step_metrics(
 
 
 def _stop_non_finite(
-    step: int, run_dir: Path, what: str = "loss", cfg: Config | None = None, teacher: bool = False
+    step: int,
+    run_dir: Path,
+    what: str = "loss",
+    teacher_dtype: torch.dtype | None = None,
+    blamed: bool = False,
 ) -> None:
-    """Stop the run on a non-finite loss or gradient norm at ``step`` (0-based). ``teacher``: the KD term was NaN
-    because the teacher's statistics or hidden states are not finite (:func:`ekd.train.step._nan_of_teacher`),
-    which the line then leads with (try-out 112, F4: it led with the student's divergence either way).
+    """Stop the run on a non-finite loss or gradient norm at ``step`` (0-based).
+
+    ``teacher_dtype``: the dtype of the online teacher the loss reads (None: no teacher model enters the loss —
+    a CE-only run, or a cache); ``blamed``: the teacher's own statistics or hidden states are not finite
+    (:class:`ekd.train.step.MicroBatchResult`), so the line names it alone (try-out 112, F4: it led with the
+    student's divergence either way, and advised float32 to a float32 teacher and to runs without one).
 
     Raises:
-        NonFiniteLossError: always; one line with the cause(s), the dtype the teacher runs in, and what is kept.
+        NonFiniteLossError: always; one line with the likely cause, what to check, and what is kept.
     """
     try:
         ckpt = latest_verified_checkpoint(run_dir)
@@ -1250,18 +1256,24 @@ def _stop_non_finite(
         if ckpt
         else "no checkpoint was written yet"
     )
-    dtype = f"; it runs with {teacher_dtype_said(cfg)}" if cfg is not None else ""
-    check = f"check its weights; model.teacher_dtype=float32 rules out a 16-bit overflow{dtype}"
-    if teacher:
-        raise NonFiniteLossError(
-            f"non-finite {what} at step {step + 1}: the teacher's outputs are not finite (NaN or +inf) at a "
-            f"position of this step's batch ({check}); {kept}"
-        )
-    raise NonFiniteLossError(  # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
-        f"non-finite {what} at step {step + 1}: the student diverged (start the run anew with a lower train.lr: "
-        f"--overwrite in place of any --resume, or another run.name), or the teacher's outputs are not finite "
-        f"(NaN or +inf: {check}); {kept}"
+    # try-out 75, F2: 'lower train.lr' beside the kept checkpoint read as 'resume it'
+    anew = (
+        "start the run anew with a lower train.lr: --overwrite in place of any --resume, or another run.name"
     )
+    check = "check its weights" + (
+        f"; {teacher_dtype_advice(teacher_dtype)}" if teacher_dtype is not None else ""
+    )
+    if blamed:
+        cause = (
+            f"the teacher's outputs are not finite (NaN or +inf) at a position of this step's batch ({check})"
+        )
+    elif teacher_dtype is not None:
+        cause = (
+            f"the student diverged ({anew}), or the teacher's outputs are not finite (NaN or +inf: {check})"
+        )
+    else:
+        cause = f"the student diverged ({anew})"
+    raise NonFiniteLossError(f"non-finite {what} at step {step + 1}: {cause}; {kept}")
 
 
 def _flatten_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
