@@ -432,6 +432,42 @@ def test_runs_that_differ_only_in_log_keys_share_a_group(tmp_path):
     assert [g.label for g in groups] == ["kd", "kd#2"] and "log." not in groups[1].note, groups[1].note
 
 
+def test_runs_differing_only_in_keys_neither_reads_are_seeds_of_one_group(tmp_path):
+    """Review of session 33, F5: compare kept its own copy of the unread-key rules (the BPE size, LoRA knobs), so
+    seeds differing in a key the trainer calls unread or idle (`model.teacher_dtype` of CE runs beside a preset
+    teacher, a τ hold between equal temperatures) were two groups. It reads the trainer's rules
+    (`ekd.config.inert.unread_keys`), such keys counting at their defaults; a key one run reads still makes another
+    group."""
+    from ekd.eval.compare import group_runs, read_run
+
+    def run(name: str, seed: int, preset: str, **section_keys) -> Path:
+        d = _fake_run(tmp_path, name, preset, seed, 10.0 + seed, 0.5)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        for section, values in section_keys.items():
+            cfg[section] = {**cfg.get(section, {}), **values}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return d
+
+    ce = [
+        run(f"ce{i}", i, "ce", model={"teacher_dtype": dtype})
+        for i, dtype in enumerate(("float32", "float16"))
+    ]
+    assert [len(g.runs) for g in group_runs([read_run(d) for d in ce])] == [2]
+    hold = {"kd_temperature": 2.0, "temperature_end": 2.0}
+    kd = [
+        run("kd0", 0, "kd", method={**hold, "temperature_hold_fraction": 0.2}, model={"revision": "v1"}),
+        run("kd1", 1, "kd", method={**hold, "temperature_hold_fraction": 0.5}, model={"revision": "v1"}),
+    ]
+    assert [len(g.runs) for g in group_runs([read_run(d) for d in kd])] == [2]
+    kd.append(run("kd2", 2, "kd", method=hold, model={"revision": "v1"}))  # no hold set
+    assert [len(g.runs) for g in group_runs([read_run(d) for d in kd])] == [3]
+    # kd's τ is fixed: it reads no τ schedule (a hold, an end τ), but kd_temperature makes another run
+    kd.append(run("kd3", 3, "kd", method={**hold, "kd_temperature": 1.0}, model={"revision": "v1"}))
+    groups = group_runs([read_run(d) for d in kd])
+    assert [len(g.runs) for g in groups] == [3, 1], [g.note for g in groups]
+    assert "method.kd_temperature=1.0" in groups[1].note, groups[1].note
+
+
 def test_groups_that_differ_from_the_first_alike_say_what_sets_them_apart(tmp_path):
     """Try-out 84, F1: a merged and an adapter LoRA run beside a full fine-tune were `kd#2` and `kd#3`, both noted
     'differs from `kd` in model.lora_r=4 (vs 0)' (model.lora_export is not read without LoRA): the later one

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ekd.config import with_todays_defaults
+from ekd.config import Config, with_todays_defaults
 from ekd.errors import EkdError
 from ekd.eval.eval_json import (
     BLOCKS_KEY,
@@ -219,7 +219,25 @@ class RunRecord:
             cfg["model"] = {k: v for k, v in cfg.get("model", {}).items() if k not in TEACHER_MODEL_KEYS}
         if "model" in cfg:
             cfg["model"] = _unread_model_keys_dropped(cfg["model"])
+        # keys the trainer calls unread or idle (the warning at a run's start, --resume) count at their defaults:
+        # a value they do not read makes no other run, whichever side reads the default (review of session 33, F5)
+        defaults = Config().to_dict()
+        for key in self._unread_keys():
+            section, name = key.split(".", 1)
+            if name in (cfg.get(section) or {}):
+                cfg[section][name] = defaults[section][name]
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def _unread_keys(self) -> set[str]:
+        """The keys the run does not read, by the trainer's own rules (:func:`ekd.config.inert.unread_keys`); none
+        for a config today's rules refuse (an older ekd's)."""
+        from ekd.config import config_from_dict
+        from ekd.config.inert import unread_keys
+
+        try:
+            return unread_keys(config_from_dict(self.config))
+        except EkdError:
+            return set()
 
     def trains_with_teacher(self) -> bool:
         """Whether the teacher took part in training (a KD term against it, or TopSmp scoring with it): the
