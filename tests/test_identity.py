@@ -178,3 +178,34 @@ def test_a_pickled_teachers_trainer_state_files_are_not_its_weights(tmp_path):
     for name in ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state_0.pth", "training_args.bin"):
         (tmp_path / "t" / name).write_bytes(os.urandom(64))
     assert weights_fingerprint(str(tmp_path / "t")) == before
+
+
+def test_an_interrupt_while_hashing_drops_the_pieces_not_begun(tmp_path, monkeypatch):
+    """Session 33, in the hunt for a hang after SIGTERM (try-out 103, F1): Ctrl-C or SIGTERM during the first
+    hashing of a teacher must not leave the pool to read every queued piece before the process can end (minutes
+    for a 16 GB teacher on a slow file system). It does not: ``Executor.map`` cancels the futures not begun when
+    its iteration ends early; this pins it."""
+    import _thread
+    import threading
+    import time
+
+    path = tmp_path / "w" / "model.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(64 << 10))
+    monkeypatch.setattr(identity, "PIECE", 256)  # 256 pieces
+    hashed = []
+    lock = threading.Lock()
+
+    def slow_piece(p, start):
+        with lock:
+            hashed.append(start)
+            if len(hashed) == 3:
+                _thread.interrupt_main()  # KeyboardInterrupt in the main thread, as Ctrl-C
+        time.sleep(0.02)
+        return b""
+
+    monkeypatch.setattr(identity, "_piece_sha256", slow_piece)
+    with pytest.raises(KeyboardInterrupt):
+        identity.file_digest(path)
+    time.sleep(0.2)  # what the pool still does after the interrupt
+    assert len(hashed) < 64, len(hashed)  # the running pieces finish, the queued ones are dropped
