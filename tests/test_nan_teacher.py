@@ -99,11 +99,14 @@ def test_a_cache_build_refuses_a_batch_with_a_nan_teacher_position():
     labels = torch.randint(0, V, (B, T), generator=g)
     with pytest.raises(
         CacheError,
-        match=r"\(NaN or \+inf\) at 1 position\(s\) .*first: sample 11, position 4.*model.teacher_dtype=float32",
+        match=r"\(NaN or \+inf\) at 1 position\(s\) .*first: sample 11, position 4.*\(it runs in float32\)$",
     ):
         batch_entries(
             hidden, Head(torch.randn(V, D, generator=g)), labels, torch.tensor([10, 11]), TargetSpec("rs")
         )
+    with pytest.raises(CacheError, match=r"it runs in float16, and model.teacher_dtype=float32 rules out"):
+        head = Head(torch.randn(V, D, generator=g).half())  # a 16-bit teacher: float32 advised
+        batch_entries(hidden.half(), head, labels, torch.tensor([10, 11]), TargetSpec("rs"))
 
 
 def test_a_selection_that_passes_over_a_nan_teacher_position_still_makes_the_kd_term_nan():

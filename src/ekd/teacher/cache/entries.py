@@ -27,6 +27,7 @@ from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.signature import target_spec
 from ekd.teacher.signal import TargetSpec
 from ekd.teacher.targets import position_seeds, rs_target, rs_target_from_probs, topk_target
+from ekd.train.precision import teacher_dtype_advice
 from ekd.train.token_stats import logp_at, softmax_entropy
 
 
@@ -148,7 +149,7 @@ def batch_entries(
             if fused:
                 parts.append(_targets_at(z, rows[sl], gold[sl], sample_ids, T, spec, tau, probs=p))
     entropy_host, rows_host = entropy.cpu().numpy(), rows.cpu().numpy()  # (N,) each, copied to the host once
-    _refuse_nan_teacher(entropy_host, rows_host, sample_ids, T)  # before any row is chosen
+    _refuse_nan_teacher(entropy_host, rows_host, sample_ids, T, head.weight.dtype)  # before any row is chosen
     if fused:
         chosen = torch.arange(n, device=labels.device)  # (P,) indices into rows
     else:
@@ -191,9 +192,12 @@ def batch_entries(
     return out
 
 
-def _refuse_nan_teacher(entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: Tensor, T: int) -> None:
+def _refuse_nan_teacher(
+    entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: Tensor, T: int, dtype: torch.dtype
+) -> None:
     """Refuse a batch whose teacher logits are NaN at some valid position (its entropy (N,) is NaN there): its
-    statistics and draws would be stored as made-up numbers (a quantized NaN entropy reads 0).
+    statistics and draws would be stored as made-up numbers (a quantized NaN entropy reads 0). ``dtype``: the
+    teacher head's, said with the advice (float32 only to a 16-bit teacher).
 
     Raises:
         CacheError: naming the first sample and position, and the likely causes.
@@ -204,9 +208,8 @@ def _refuse_nan_teacher(entropy: np.ndarray, flat_rows: np.ndarray, sample_ids: 
     row = int(flat_rows[bad[0]])
     raise CacheError(
         f"the teacher's logits are not finite (NaN or +inf) at {bad.size:,} position(s) of this batch (first: sample "
-        f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights, "
-        "and if it runs in 16 bits (model.teacher_dtype, train.precision), model.teacher_dtype=float32 rules out "
-        "an overflow"
+        f"{int(sample_ids[row // T])}, position {row % T}): nothing of it is written; check the teacher's weights "
+        f"({teacher_dtype_advice(dtype)})"
     )
 
 
