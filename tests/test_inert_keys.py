@@ -571,8 +571,8 @@ def test_a_save_to_disk_directory_reads_no_dataset_name_or_streaming(tmp_path):
             "model.teacher_dtype=float32 is read only when the run loads a teacher model",
         ),
         (
-            ["model.revision=main"],
-            "model.revision=main is read only when a model or the tokenizer is a hub id",
+            ["method=ce", "model.revision=main"],
+            "model.revision=main is read only when a model or the tokenizer is a hub id, or the run loads a teacher",
         ),
     ],
     ids=[
@@ -622,6 +622,9 @@ def test_run_keys_the_run_reads_pass():
         inert("method=ce", "model.teacher_dtype=float32", "eval.tasks=[x]", "eval.tasks_teacher=true") == []
     )
     assert inert("model.revision=main", "model.student=org/name") == []
+    # review of session 33, F1: a teacher's figures record its revision, a preset's too (eval.json, ekd compare)
+    assert inert("model.revision=main") == []
+    assert inert("method=ce", "model.revision=main") == ["model.revision"]
     assert inert("model.revision=main", "model.tokenizer=org/tok") == []
     assert inert("model.bpe_vocab_size=512") == []  # preset models: the BPE is trained
     assert inert("model.bpe_vocab_size=512", "model.tokenizer=/tmp") == ["model.bpe_vocab_size"]
@@ -691,3 +694,8 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.lora_r=4")[::2]
     )
     assert "the config differs from the saved run in " in line and "model.lora_r" in line, line
+    # review of session 33, F1: the evaluated teacher's figures record its revision (a preset's too): read
+    line = one_error_line(
+        *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.revision=v2")[::2]
+    )
+    assert "the config differs from the saved run in " in line and "model.revision" in line, line

@@ -471,13 +471,14 @@ RUN_READ_WHEN: dict[str, ReadWhen] = {
         lambda c: _tokenizer_source(c) == "train_bpe",
         "when the run trains its tokenizer (model.tokenizer=train_bpe, or teacher/student naming preset models)",
     ),
+    # the teacher's revision is recorded with its figures (eval.json, ekd compare) even for a preset or a directory
     "model.revision": ReadWhen(
-        lambda c: _names_hub_id(c),
-        "when a model or the tokenizer is a hub id (not a preset or a local directory)",
+        lambda c: _names_hub_id(c) or _loads_teacher(c),
+        "when a model or the tokenizer is a hub id, or the run loads a teacher model (its figures record it)",
     ),
     "model.teacher_dtype": ReadWhen(
         lambda c: _loads_teacher(c),
-        "when the run loads a teacher model (to train from, score samples with or evaluate beside)",
+        "when the run loads a teacher model (to train from, score samples with, evaluate beside or run tasks)",
     ),
 }
 """Run keys outside ``method.*``/``data.*`` sources → when they are read (try-out 108: accepted and ignored): said
