@@ -205,7 +205,9 @@ def test_compare_three_real_runs(tmp_path, capsys):
         assert main(["distill", *args, f"method={preset}"]) == 0
         made.append(tmp_path / "runs" / name)
     out = tmp_path / "cmp"
+    capsys.readouterr()
     assert main(["compare", *map(str, made), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("(+ .csv, .json, plots/)")
     s = json.loads((out / "compare.json").read_text())
     by = {g["method"]: g for g in s["groups"]}
     evals = {n: json.loads((tmp_path / "runs" / n / "eval.json").read_text()) for n in ("kd0", "kd1", "ce0")}
@@ -1566,3 +1568,32 @@ def test_the_note_names_keys_both_runs_read_before_one_sided_ones():
     b = {"model": {"lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0}}
     assert _config_differences(a, b) == ["model.lora_r=4 (vs 0)"]
     assert _config_differences({"train": {}}, {"train": {"new_key": 1}}) == ["train.new_key=1 (vs None)"]
+
+
+def test_a_teacher_whose_figures_are_nan_is_not_said_to_be_switched_off(tmp_path):
+    """Try-out 116, F4: a teacher whose logits are not finite has NaN (null) figures; compare said the runs had
+    `eval.teacher_metrics=false` and that `ekd eval RUN eval.teacher_metrics=true` adds them — it did nothing."""
+    runs = [_fake_run(tmp_path, f"ce{s}", "ce", s, 10.0 + s, 0.5) for s in (0, 1)]
+    for d in runs:
+        record = json.loads((d / "eval.json").read_text())
+        record["eval/teacher"] = {"tokens": 100, "loss": None, "ppl": None, "acc": None, "ece": None}
+        (d / "eval.json").write_text(json.dumps(record))
+    compare_runs(runs, tmp_path / "out", plots=False)
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "teacher_metrics" not in text, text
+    assert "its figures are NaN: the teacher's logits are not finite (NaN or +inf)" in text, text
+
+
+def test_the_written_line_names_plots_only_when_some_were_drawn(tmp_path, capsys):
+    """Try-out 116, F7: runs scored on a named set only (no `eval` split, which the plots read) drew no plot, and
+    the line still said `(+ .csv, .json, plots/)`."""
+    from ekd.cli import main
+
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in (0, 1)]
+    capsys.readouterr()  # (plots drawn: test_compare_three_real_runs)
+    for d in runs:
+        record = json.loads((d / "eval.json").read_text())
+        (d / "eval.json").write_text(json.dumps({"held": record["eval"]}))
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "without")]) == 0
+    assert not (tmp_path / "without" / "plots").exists()
+    assert capsys.readouterr().out.rstrip().endswith("(+ .csv, .json)")

@@ -414,6 +414,7 @@ def test_a_reliability_diagram_of_a_set_with_a_nan_row_draws_no_bars(tmp_path, m
     ax = drawn[0].axes[0]
     assert [p for p in ax.patches if math.isfinite(p.get_height()) and p.get_height() != 0] == []
     assert "not finite" in " ".join(t.get_text() for t in ax.texts)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["perfect calibration"]  # try-out 116, F3
     assert ax.get_title() == "student — ECE — (200 tokens)"
     finite = StreamingMetrics(V)
     finite.update(*random_rows(200, seed=6)[:2])

@@ -9,6 +9,7 @@ targets of NaN value counted as padding. Each now propagates NaN: the trainer st
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -203,6 +204,8 @@ def test_the_non_finite_stop_names_the_teachers_dtype(tmp_path):
     assert "(NaN or +inf: check its weights; it runs in float32)" in full and "rules out" not in full
     alone = line()
     assert "the student diverged" in alone and "teacher" not in alone, alone
+    with pytest.raises(NonFiniteLossError, match="the student's outputs are not finite before any update"):
+        _stop_non_finite(0, tmp_path)  # try-out 116, F2
     blamed = line(teacher_dtype=torch.float16, blamed=True)
     assert blamed.startswith("non-finite loss at step 4: the teacher's outputs are not finite") and (
         "diverged" not in blamed
@@ -274,7 +277,9 @@ def test_the_stop_leads_with_the_teacher_when_its_outputs_made_the_loss_nan(tmp_
 
 
 @pytest.mark.parametrize("method", ["adakd", "ce"])
-def test_a_student_that_is_not_finite_is_not_blamed_on_the_teacher(tmp_path, capsys, monkeypatch, method):
+def test_a_student_that_is_not_finite_is_not_blamed_on_the_teacher(
+    tmp_path, capsys, monkeypatch, caplog, method
+):
     """Review of session 33: AdaKD scores by Hellinger, a pair statistic NaN for a NaN student too, and the stop
     then blamed the teacher; CE-only runs were told to check a teacher their loss never reads."""
     from pathlib import Path
@@ -295,10 +300,17 @@ def test_a_student_that_is_not_finite_is_not_blamed_on_the_teacher(tmp_path, cap
     monkeypatch.chdir(tmp_path)
     write_corpus(Path("corpus"), n_docs=8)
     config = config_file(Path("."), Path("corpus"), "broken", **{"train.max_steps": 2})
-    code, _, err = cli(
-        capsys, "distill", config, f"method={method}"
-    )  # its figures at step 0 first (review F7)
+    with caplog.at_level(logging.WARNING, logger="ekd"):  # its figures at step 0 first (review F7)
+        code, _, err = cli(capsys, "distill", config, f"method={method}", "eval.every=1")
     line = err.strip().splitlines()[-1]
     assert code != 0 and "Traceback" not in err, err
-    assert line.startswith("ekd: error: non-finite loss at step 1: the student diverged"), line
+    # try-out 116, F2: at the first step no update has been made, so 'lower train.lr' could not help
+    assert line.startswith(
+        "ekd: error: non-finite loss at step 1: the student's outputs are not finite before any update: check its "
+        "weights (model.student)"
+    ), line
     assert ("teacher" in line) == (method == "adakd"), line  # adakd's loss reads its teacher; ce's does not
+    assert "diverged" not in line, line
+    # try-out 116, F3: its figures at step 0 are NaN ('—' in the tables): said, once
+    said = [r.getMessage() for r in caplog.records if "the student's logits are not finite" in r.getMessage()]
+    assert len(said) == 1 and "before any training: check its weights" in said[0], said

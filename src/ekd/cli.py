@@ -615,9 +615,8 @@ def cmd_compare(args) -> int:
         args.runs, Path(args.out), baselines, plots=not args.no_plots, require_baselines=given
     )
     print(markdown(summary))
-    print(
-        f"written: {Path(args.out) / 'compare.md'} (+ .csv, .json{', plots/' if not args.no_plots else ''})"
-    )
+    plots = ", plots/" if summary.get("plots_written") else ""  # try-out 116, F7: said when none was drawn
+    print(f"written: {Path(args.out) / 'compare.md'} (+ .csv, .json{plots})")
     return 0
 
 

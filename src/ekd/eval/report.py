@@ -198,28 +198,29 @@ def plot_reliability(
             va="center",
             transform=ax.transAxes,
         )
-    ax.bar(
-        [b[0] for b in full],
-        [b[4] for b in full],
-        width=[b[1] - b[0] for b in full],
-        align="edge",
-        color="tab:blue",
-        edgecolor="black",
-        linewidth=0.5,
-        label="accuracy",
-    )
-    ax.bar(
-        [b[0] for b in full],
-        [b[3] - b[4] for b in full],
-        bottom=[b[4] for b in full],
-        width=[b[1] - b[0] for b in full],
-        align="edge",
-        facecolor="none",
-        hatch="//",
-        edgecolor="tab:red",
-        linewidth=0.5,
-        label="gap to mean confidence",
-    )
+    if full:  # no legend entries for bars not drawn (try-out 116, F3)
+        ax.bar(
+            [b[0] for b in full],
+            [b[4] for b in full],
+            width=[b[1] - b[0] for b in full],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            [b[0] for b in full],
+            [b[3] - b[4] for b in full],
+            bottom=[b[4] for b in full],
+            width=[b[1] - b[0] for b in full],
+            align="edge",
+            facecolor="none",
+            hatch="//",
+            edgecolor="tab:red",
+            linewidth=0.5,
+            label="gap to mean confidence",
+        )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

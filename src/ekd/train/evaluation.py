@@ -77,6 +77,7 @@ def evaluate_run(
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
         say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
+        say_non_finite_student(name, metrics, before_training, said)
         if use_teacher is not None:
             say_non_finite_teacher(name, metrics, next(use_teacher.parameters()).dtype, said)
         if plots_dir is not None and cfg.eval.plots:
@@ -107,6 +108,28 @@ def evaluate_run(
 
         run_on_main(ranks, draw, "draw the reliability diagrams", share=False)
     return results
+
+
+def say_non_finite_student(
+    name: str, metrics: dict[str, float], before_training: bool = False, said: set[str] | None = None
+) -> None:
+    """Warn when the student's figures of a set are NaN: its logits are not finite (NaN or +inf) at some scored
+    position, and the tables show '—', as if not evaluated (try-out 116, F3: said nowhere). Once per set of
+    ``said``, as :func:`say_non_finite_teacher`; ``before_training``: at step 0, before any update."""
+    key = f"student:{name}"
+    if (said is not None and key in said) or not math.isnan(metrics.get("loss", 0.0)):
+        return
+    if said is not None:
+        said.add(key)
+    log.warning(
+        "eval set '%s': the student's logits are not finite (NaN or +inf) at some scored position, so its figures "
+        "are NaN (shown as '—'); %s",
+        name,
+        "before any training: check its weights"
+        if before_training
+        else "check its weights, train.lr, and at the end model.export_dtype (the final evaluation scores the "
+        "exported student)",
+    )
 
 
 def say_non_finite_teacher(

@@ -1239,7 +1239,8 @@ def _stop_non_finite(
     """Stop the run on a non-finite loss or gradient norm at ``step`` (0-based).
 
     ``teacher_dtype``: the dtype of the online teacher the loss reads (None: no teacher model enters the loss —
-    a CE-only run, or a cache); ``blamed``: the teacher's own statistics or hidden states are not finite
+    a CE-only run, or a cache); at step 0 no update has been made, so the student is said to start non-finite,
+    not to have diverged; ``blamed``: the teacher's own statistics or hidden states are not finite
     (:class:`ekd.train.step.MicroBatchResult`), so the line names it alone (try-out 112, F4: it led with the
     student's divergence either way, and advised float32 to a float32 teacher and to runs without one).
 
@@ -1266,6 +1267,13 @@ def _stop_non_finite(
     if blamed:
         cause = (
             f"the teacher's outputs are not finite (NaN or +inf) at a position of this step's batch ({check})"
+        )
+    elif (
+        step == 0
+    ):  # no update has been made: nothing diverged (try-out 116, F2: 'lower train.lr' could not help)
+        also = f", or the teacher's (NaN or +inf: {check})" if teacher_dtype is not None else ""
+        cause = (
+            f"the student's outputs are not finite before any update: check its weights (model.student){also}"
         )
     elif teacher_dtype is not None:
         cause = (

@@ -123,6 +123,7 @@ def compare_runs(
         written += [p] if p else []
         if written:
             text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in written) + "\n"
+        summary["plots_written"] = [p.name for p in written]  # none without an `eval` set (try-out 116, F7)
     _atomic_write(out / "compare.md", lambda f: f.write(text))
     return summary
 

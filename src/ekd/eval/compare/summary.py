@@ -292,7 +292,8 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     out["teachers"] = _teacher_rows(groups)
     out["setting_notes"] += _teacher_setting_notes(out["teachers"])
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
-        out["no_teacher"] = _no_teacher_sets(groups[0].runs[0].config, groups[0].label)
+        first = groups[0].runs[0]
+        out["no_teacher"] = _no_teacher_sets(first.config, groups[0].label, first.eval)
     out["set_sizes"] = set_sizes(groups)
     out["eval_set_columns"] = eval_set_columns(groups)
     out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
@@ -470,7 +471,7 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                             row["settings"].setdefault(f"{set_of(c)}/{m}", []).append((r.seed, v, setting))
                 if g.label not in row["of"]:
                     row["of"].append(g.label)
-                row["runs"].append((r.config, g.label))
+                row["runs"].append((r.config, g.label, r.eval))
     labels = ["(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})" for row in rows]
     for row, label in zip(rows, labels):
         key = row.pop("key")
@@ -499,13 +500,13 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                     "setting": setting_said(metric, ref),
                     "seeds": {seed: setting_said(metric, setting) for seed, setting in sorted(other.items())},
                 }
-        if not any(_text_set(k.rpartition("/")[0]) for k in row["values"]):  # its downstream tasks only
-            row["without_sets"] = _no_teacher_sets(*runs[0])
         # one figure per seed (try-out 39: seeds with more methods counted more); a few-shot task draws its
         # examples per seed (try-out 38: the row showed the first seed's teacher beside a mean)
         per_seed = {k: _seed_figures(seeds) for k, seeds in row.pop("values").items()}
-        # a figure no seed has (a generation task's MC-ECE) is left out
+        # a figure no seed has (a generation task's MC-ECE; every figure of a NaN teacher) is left out
         per_seed = {k: vs for k, vs in per_seed.items() if vs}
+        if not any(_text_set(k.rpartition("/")[0]) for k in per_seed):  # its downstream tasks only, or NaN
+            row["without_sets"] = _no_teacher_sets(*runs[0])
         row.update(_over_seeds(per_seed))
     return rows
 
@@ -523,14 +524,29 @@ def _seed_figures(seeds: dict[int, list[Any]]) -> list[float]:
     return out
 
 
-def _no_teacher_sets(config: dict[str, Any], method: str) -> dict[str, str]:
+def _no_teacher_sets(
+    config: dict[str, Any], method: str, evals: dict[str, dict[str, float]] | None = None
+) -> dict[str, str]:
     """Why a run's eval.json has no teacher figures on its text eval sets, from its ``config.yaml``:
     ``{"switch": key}``, the switch that turned them off (``ekd eval RUN <key>=true`` adds them), else
     ``{"reason": text}``, the rule of :func:`ekd.train.prepare.evaluates_teacher` (a ``preset:`` teacher is random,
     rebuilt for evaluation only by a method that trains with it; try-out 39: a ``ce`` run was said to have
-    ``eval.teacher_metrics=false``, and following the advice added nothing)."""
+    ``eval.teacher_metrics=false``, and following the advice added nothing). ``evals``: the run's eval entries,
+    whose teacher rows may hold NaN figures (a teacher whose logits are not finite: try-out 116, F4 — that run
+    was said to have turned them off)."""
     from ekd.config.load import config_from_dict
     from ekd.train.prepare import evaluates_teacher
+
+    for name, metrics in (evals or {}).items():
+        if (
+            name.endswith("/teacher")
+            and _text_set(name.rpartition("/")[0])
+            and math.isnan(metrics.get("loss", 0.0))
+        ):
+            return {
+                "reason": "its figures are NaN: the teacher's logits are not finite (NaN or +inf) at some scored "
+                "position; check its weights and model.teacher_dtype"
+            }
 
     evaluation = config.get("eval") or {}
     for key in ("teacher", "teacher_metrics"):
