@@ -31,7 +31,16 @@ from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
 from ekd.log_level import close_progress_bars, set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
-from ekd.signals import interrupt_behind, interrupt_exit_code, interrupted_by, sigterm_as_interrupt, work_done
+from ekd.signals import (
+    SIGINT_EXIT,
+    SIGTERM_EXIT,
+    exit_promptly,
+    interrupt_behind,
+    interrupt_exit_code,
+    interrupted_by,
+    sigterm_as_interrupt,
+    work_done,
+)
 from ekd.words import counted, one_line
 
 SIZE = "SIZE"  # the metavar of options whose value is a size with its unit (``_refuse_split_size``)
@@ -777,13 +786,18 @@ def main(argv: list[str] | None = None) -> int:
     """The ``ekd`` command; its exit code. ``argv`` None: this process's own command line (the ``ekd`` script,
     ``python -m ekd``), which then ignores SIGTERM and Ctrl-C once the command has ended and said how: the
     process's exit (freeing models, joining threads: seconds) is no longer the command, and a scheduler's SIGTERM
-    there made a finished run's exit code 143, without a word (try-out 71, F6)."""
+    there made a finished run's exit code 143, without a word (try-out 71, F6); an interrupted command's process
+    ends within seconds whatever threads a library left behind (:func:`ekd.signals.exit_promptly`)."""
+    code = None
     try:
-        return _command(argv)
+        code = _command(argv)
+        return code
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # try-out 92, F3: Ctrl-C there killed it, status 130
+            if code in (SIGTERM_EXIT, SIGINT_EXIT):
+                exit_promptly(code)
 
 
 def _command(argv: list[str] | None) -> int:

@@ -13,10 +13,14 @@ as the library's own error (``torch.save``'s zip writer) is still said as an int
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 SIGINT_EXIT = 128 + signal.SIGINT
@@ -157,3 +161,32 @@ def interrupt_exit_code(e: KeyboardInterrupt) -> int:
 def interrupted_by(e: KeyboardInterrupt) -> str:
     """``"interrupted"``, naming SIGTERM when that was the cause (Ctrl-C needs no name)."""
     return "interrupted (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+
+
+EXIT_GRACE_S = 20.0
+"""Seconds an interrupted command's process may take to end (joining threads, at-exit handlers) before it ends at
+once with its exit code (:func:`exit_promptly`)."""
+
+
+def exit_promptly(code: int, grace: float = EXIT_GRACE_S) -> None:
+    """Let an interrupted command's process end with ``code`` even where a thread left behind would hold its exit.
+
+    Python's exit joins every non-daemon thread, with SIGTERM and Ctrl-C ignored by then (:func:`ekd.cli.main`).
+    An interrupt landing in ``ThreadPoolExecutor.submit`` while it starts a pool's first worker (``Thread.start``
+    waiting for the thread to run) leaves that worker running, unknown to the pool and to concurrent.futures' exit
+    hook, waiting for work until the pool is shut down or collected; transformers' weight loading shuts its pool
+    down only in a ``finally`` it enters after submitting every tensor, and the interrupt's traceback (a reference
+    cycle: a frame holding its exception) kept the pool alive — the process said ``ekd: interrupted (SIGTERM)``
+    and never ended (try-out 103, F1; found by try-out 114 with gdb). The cycles are collected here (the pool's
+    collection wakes its worker), and a daemon thread ends the process with ``code`` should its exit still take
+    longer than ``grace`` seconds (whatever else a library left running)."""
+    gc.collect()
+
+    def end() -> None:
+        time.sleep(grace)
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):  # a closed or broken stream: nothing more to say
+                stream.flush()
+        os._exit(code)
+
+    threading.Thread(target=end, name="ekd-exit-watchdog", daemon=True).start()

@@ -43,7 +43,7 @@ from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
-from ekd.signals import already_stopping, interrupt_behind
+from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_run,
@@ -258,9 +258,12 @@ def train(
             for idle in (*idle_keys(cfg.method), *idle_schedules(cfg.method, cfg.train.max_steps)):
                 log.warning("%s", idle)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
+        finished = False
         try:
             _publish_hint(start)  # inside: an interrupt here too rolls the start back and says how to go on
-            return _train(cfg, ranks, resume, start, data)
+            result = _train(cfg, ranks, resume, start, data)
+            finished = True
+            return result
         except BaseException as e:
             already_stopping()  # torchrun's SIGTERM (another rank ended) must not cut the rollback or the hint
             # an interrupt that a library turned into its own error (DCP's writer: try-out 52, F1) is said as one
@@ -271,12 +274,24 @@ def train(
                     stop.continue_hint = interrupted_hint(start)  # what the CLI prints after its line
                 elif isinstance(stop, EkdError) and not isinstance(stop, NonFiniteLossError):
                     stop.args = (f"{stop}{failed_hint(start, cfg.train.max_steps)}", *stop.args[1:])
-            if stop is e:
-                raise
-            raise stop from e
+            try:
+                if stop is e:
+                    raise
+                raise stop from e
+            finally:
+                # this frame holding its own exception (and so its traceback): a cycle that kept a library's
+                # thread pool, and its threads, alive to the process's exit (try-out 114)
+                del stop
         finally:
             if start is not None:
-                start.close()  # the run directory's lock, held by rank 0 for the whole run
+                try:
+                    with deferred_interrupts():  # the run directory's lock, held by rank 0 for the whole run
+                        start.close()
+                except KeyboardInterrupt:
+                    # try-out 114, F2: an interrupt as a finished run released its lock said "the run had not
+                    # started … run the same command again" (143): the run is written, the interrupt changes nothing
+                    if not finished:
+                        raise
 
 
 def _publish_hint(start: RunStart | None) -> None:
