@@ -183,10 +183,9 @@ def distill_micro_batch(
         kd_sum = kd_sum + _nan_of_teacher(stats, signal, valid)
         total = total + parts.kd_weight * normalize(kd_sum, kd_count)
         kd_sum_value = float(kd_sum.detach())
-        if math.isnan(
-            kd_sum_value
-        ):  # only then (a sync): whether the stop names the teacher (try-out 112, F4),
-            # from what the teacher alone gives — a KL or Hellinger to the student is NaN for a NaN student too
+        # only on a NaN (a sync): whether the stop names the teacher (try-out 112, F4), from what the teacher
+        # alone gives — a KL or Hellinger to the student is NaN for a NaN student too
+        if math.isnan(kd_sum_value):
             own = _nan_of_teacher(stats, signal, valid, keys=TEACHER_STATS)
             teacher_not_finite = bool(torch.as_tensor(own).isnan())
         # 6. EGAD feature branch on the hard (high teacher entropy) selected tokens

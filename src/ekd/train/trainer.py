@@ -615,7 +615,7 @@ def _train(
     # the starting point, logged at step 0 (a pre-trained student's own figures) and kept for eval.json's
     # starting-student figures (eval.student_init); not again on --resume
     has_sets = bool(data.blocks.keys() - {"train"})
-    said: set[str] = set()  # eval sets whose non-finite teacher was said (once a run: the teacher is frozen)
+    said: set[str] = set()  # eval sets whose non-finite figures were said (once a run, teacher and student)
     if start_step == 0 and (cfg.eval.every or cfg.eval.student_init and has_sets):
         with gathered(sharded, eval_shard):
             start_eval = evaluate_run(
