@@ -163,6 +163,11 @@ def test_nan_sample_scores_are_refused_not_kept_first():
     assert select_samples(torch.tensor([0.5, 3.0, 2.0, 1.0]), ids, 0.25).tolist() == [1]
     with pytest.raises(ConfigError, match="1 of 4 sample scores are NaN"):
         select_samples(torch.tensor([0.5, math.nan, 2.0, 1.0]), ids, 0.25)
+    # try-out 116, F8: which model; a student scorer reads no teacher
+    with pytest.raises(ConfigError, match=r"NaN \(the student's logits are not finite: check its weights\)"):
+        select_samples(torch.tensor([0.5, math.nan, 2.0, 1.0]), ids, 0.25, "student_entropy")
+    with pytest.raises(ConfigError, match="the student's or the teacher's logits are not finite"):
+        select_samples(torch.tensor([0.5, math.nan, 2.0, 1.0]), ids, 0.25, "forward_kl")
 
 
 def test_a_teacher_whose_hidden_states_are_not_finite_where_nothing_asks_still_stops_the_run():

@@ -224,10 +224,14 @@ def score_samples(
     return score_samples_by_id(model, batches, scorer, vocab_size, device, teacher, **kwargs)[1]
 
 
-def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float) -> Tensor:
+def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float, scorer: str = "") -> Tensor:
     """The ids of the ⌈ℓ·N⌉ highest-scoring samples (at least 1 when N > 0), ascending.
 
-    Deterministic: ties go to the smaller sample id. scores (N,), sample_ids (N,) → (⌈ℓ·N⌉,) long.
+    Deterministic: ties go to the smaller sample id. scores (N,), sample_ids (N,) → (⌈ℓ·N⌉,) long. ``scorer``
+    (``method.sample_scorer``) names the models a NaN score can come from (empty: either).
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1], or a NaN score (a descending sort would keep it first).
     """
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"method.sample_fraction must be in (0, 1], got {fraction}")
@@ -240,9 +244,15 @@ def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float) -> Tenso
     if bad := int(
         scores.isnan().sum()
     ):  # a descending sort puts NaN first: it would be kept (review, session 32)
+        # try-out 116, F8: 'a model's logits' said nothing of which, and a student scorer reads no teacher
+        which = (
+            "the student's logits are not finite: check its weights"
+            if scorer and scorer not in TEACHER_SCORERS
+            else "the student's or the teacher's logits are not finite: check their weights, and a 16-bit "
+            "model.teacher_dtype or train.precision overflowing"
+        )
         raise ConfigError(
-            f"sample selection: {bad} of {n} sample scores are NaN (a model's logits not finite: its weights, or a "
-            "16-bit model.teacher_dtype or train.precision overflowing); nothing is selected"
+            f"sample selection: {bad} of {n} sample scores are NaN ({which}); nothing is selected"
         )
     keep = min(n, max(1, math.ceil(fraction * n - COUNT_SLACK)))
     by_id = torch.argsort(sample_ids, stable=True)  # (N,) ascending ids

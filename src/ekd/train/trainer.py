@@ -1150,7 +1150,9 @@ def sample_selection(
         chunk_rows=chunk_rows(cfg, data.vocab_size, ranks.device),
         autocast_dtype=amp,
     )
-    kept = select_samples(scores, ids, cfg.method.sample_fraction)  # sample ids are block indices
+    kept = select_samples(
+        scores, ids, cfg.method.sample_fraction, cfg.method.sample_scorer
+    )  # ids: block indices
     note = selection_note(cfg, len(blocks))
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
     log.info(
