@@ -612,6 +612,11 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     )
     assert (run / "eval.json").read_text() == scored
     caplog.clear()
+    capsys.readouterr()  # try-out 116, F5: an override's conflict was blamed on the run's saved config
+    assert main(["eval", str(run), "model.lora_export=adapter"]) == 2
+    line = _error_line(capsys)
+    said = "from the override model.lora_export=adapter: a training setting that evaluation does not read; drop it"
+    assert said in line and "saved config" not in line, line
     capsys.readouterr()  # --tasks-dir with no task: refused up front, as --limit (review, session 32)
     assert main(["eval", str(run), "--tasks-dir", str(tmp_path / "nowhere")]) == 2
     assert "--tasks-dir applies to lm-eval tasks, and none are set" in _error_line(capsys)

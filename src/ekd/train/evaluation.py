@@ -220,7 +220,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     try:
         cfg = config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
-        raise _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
+        refusal = _training_override_conflict(run_dir, flat, given, e)
+        raise refusal or _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
     _say_training_overrides(run_dir, flat, given)
     try:  # as the saved config reads it (00, 0x0: 0 — try-out 92, F6)
         saved_seed = int(flat.get("run.seed", Config().run.seed))
@@ -305,6 +306,30 @@ EVAL_READS = (
     "method.sample_fraction",
     "method.sample_scorer",
 )
+
+
+def _training_override_conflict(
+    run_dir: Path, saved: dict[str, Any], given: dict[str, Any], error: ConfigError
+) -> ConfigError | None:
+    """The refusal of overrides that contradict a saved config which passes today's rules by itself, when some of
+    them are training settings (evaluation reads none: dropping them is the way on; try-out 116, F5:
+    ``ekd eval RUN model.lora_r=0`` of a LoRA run was told that the run's saved config fails today's rules);
+    None otherwise (:func:`_saved_rule_failure` says it)."""
+    try:
+        config_from_dict(_nested(saved))
+    except ConfigError:
+        return None  # the saved config itself fails today's rules
+    training = [k for k in given if not k.startswith(EVAL_READS + NOT_READ_BY_EVAL)]
+    if not training:
+        return None
+    one = len(training) == 1
+    named = ", ".join(f"{k}={given[k]}" for k in training)
+    return ConfigError(
+        f"ekd eval {run_dir}: {error} — from the override{'' if one else 's'} {named}: "
+        f"{'a training setting' if one else 'training settings'} that evaluation does not read; drop "
+        f"{'it' if one else 'them'}",
+        keys=error.keys,
+    )
 
 
 def _saved_rule_failure(
