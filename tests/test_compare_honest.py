@@ -346,3 +346,16 @@ def test_methods_from_other_starting_students_get_a_start_row_each(tmp_path):
     text = (tmp_path / "o" / "compare.md").read_text()
     assert "| (student init of kd, ce) | 2 | 50.50 ± 0.71 |" in text
     assert "(student init of rkl)" in (tmp_path / "o" / "compare.csv").read_text()
+
+
+def test_two_teachers_differing_only_in_dtype_are_told_apart_by_it(tmp_path):
+    """Try-out 116, F6: one teacher's weights evaluated in bfloat16 by one seed and in the default dtype by another
+    made two rows both labelled '(teacher of kd: weights aa)'."""
+    runs = [_run(tmp_path, "a0", "kd", 0, 1.0, "aa"), _run(tmp_path, "a1", "kd", 1, 2.0, "aa")]
+    record = json.loads((runs[1] / "eval.json").read_text())
+    for entry in record.values():
+        entry["teacher"]["dtype"] = "bfloat16"
+    (runs[1] / "eval.json").write_text(json.dumps(record))
+    s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
+    labels = sorted(t["label"] for t in s["teachers"])
+    assert labels == ["(teacher of kd: weights aa, auto)", "(teacher of kd: weights aa, bfloat16)"], labels

@@ -473,13 +473,18 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
                     row["of"].append(g.label)
                 row["runs"].append((r.config, g.label, r.eval))
     labels = ["(teacher)" if len(rows) == 1 else f"(teacher of {', '.join(row['of'])})" for row in rows]
-    for row, label in zip(rows, labels):
-        key = row.pop("key")
-        # two teachers of one method (try-out 47; try-out 55, F3: also where the rows name other methods too,
-        # '(teacher of kd, sekd)' and '(teacher of kd)'): told apart by weights or path
+    keys = [row.pop("key") for row in rows]
+    # two teachers of one method (try-out 47; try-out 55, F3: also where the rows name other methods too,
+    # '(teacher of kd, sekd)' and '(teacher of kd)'): told apart by weights or path, and by the dtype they ran in
+    # where that alone differs (try-out 116, F6: two rows labelled alike)
+    which = [
+        f"weights {k.weights.rpartition(':')[2][:8]}" if k.weights else str(row["teacher"])
+        for row, k in zip(rows, keys)
+    ]
+    which = [f"{w}, {k.dtype or 'auto'}" if which.count(w) > 1 else w for w, k in zip(which, keys)]
+    for row, label, told in zip(rows, labels, which):
         if any(set(row["of"]) & set(other["of"]) for other in rows if other is not row):
-            which = f"weights {key.weights.rpartition(':')[2][:8]}" if key.weights else str(row["teacher"])
-            label = f"{label[:-1]}: {which})"
+            label = f"{label[:-1]}: {told})"
         row["label"] = label
         runs = row.pop("runs")
         # ECE over the bins most of its runs used (try-out 55, F10), the seeds left out named (try-out 59, F2)
