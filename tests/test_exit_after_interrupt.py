@@ -154,3 +154,32 @@ def test_sigterm_as_a_finished_run_releases_its_lock_changes_nothing(tmp_path, c
     assert code == 0, err
     assert "student saved to" in out and (tmp_path / "runs" / "done" / "eval.json").is_file()
     assert not list((tmp_path / "runs").glob(".*lock")), list((tmp_path / "runs").iterdir())
+
+
+def test_a_sigterm_a_library_swallowed_still_stops_the_run(tmp_path, capsys, monkeypatch):
+    """Try-out 117, F1: once in 88 SIGTERMs (under load, during loading) the run trained on to its end and exited
+    0: the handler sets SIGTERM ignored before it raises, so an interrupt a library swallowed on its way (an
+    ``except BaseException`` that goes on) lost the scheduler's stop. The run stops at its first step."""
+    import signal
+
+    import ekd.train.trainer as trainer_mod
+    from hostile import cli
+    from tiny import config_file, write_corpus
+
+    real = trainer_mod.load_student
+
+    def loaded_under_a_swallowed_sigterm(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # ekd's handler raises Terminated here...
+            time.sleep(1)
+        except BaseException:  # noqa: BLE001 - ...which a library's own handler swallows
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "load_student", loaded_under_a_swallowed_sigterm)
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(Path("."), Path("corpus"), "swallowed", **{"train.max_steps": 3})
+    code, _, err = cli(capsys, "distill", config)
+    assert code == 143, (code, err)
+    assert "ekd: interrupted (SIGTERM)" in err and "Traceback" not in err, err

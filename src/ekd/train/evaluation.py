@@ -127,7 +127,7 @@ def say_non_finite_student(
         name,
         "before any training: check its weights"
         if before_training
-        else "check its weights, train.lr, and at the end model.export_dtype (the final evaluation scores the "
+        else "check its weights (a trained student's: train.lr, and model.export_dtype — evaluation scores the "
         "exported student)",
     )
 

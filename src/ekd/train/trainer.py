@@ -43,7 +43,7 @@ from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
-from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind
+from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind, raise_swallowed_interrupt
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_run,
@@ -646,6 +646,7 @@ def _train(
     tokens_seen, t_loop = 0, time.perf_counter()
     window_s, window_steps = 0.0, 0  # wall seconds of the steps since the last training row (train/step_s)
     for step in bar:
+        raise_swallowed_interrupt()  # a SIGTERM a library swallowed while the run was loading still stops it
         t_step = time.perf_counter()
         # 1. this rank's global RNG (dropout) from (seed, step, rank): ranks differ, resume is exact
         torch.manual_seed(rank_seed(cfg.run.seed, step, ranks.rank))
@@ -1288,7 +1289,10 @@ def _stop_non_finite(
     elif (
         step == 0
     ):  # no update has been made: nothing diverged (try-out 116, F2: 'lower train.lr' could not help)
-        also = f", or the teacher's (NaN or +inf: {check})" if teacher_dtype is not None else ""
+        # (a teacher whose own statistics or hidden states were not finite is named alone, above: what is left is
+        # its head's logits; try-out 117, F6)
+        runs_in = f": {teacher_dtype_advice(teacher_dtype)}" if teacher_dtype is not None else ""
+        also = f", or the teacher's head logits (NaN or +inf{runs_in})" if teacher_dtype is not None else ""
         cause = (
             f"the student's outputs are not finite before any update: check its weights (model.student){also}"
         )

@@ -549,8 +549,8 @@ def _no_teacher_sets(
             and math.isnan(metrics.get("loss", 0.0))
         ):
             return {
-                "reason": "its figures are NaN: the teacher's logits are not finite (NaN or +inf) at some scored "
-                "position; check its weights and model.teacher_dtype"
+                "reason": "they are NaN: the teacher's logits are not finite (NaN or +inf) at some scored position; "
+                "check its weights (and a 16-bit model.teacher_dtype)"
             }
 
     evaluation = config.get("eval") or {}

@@ -39,6 +39,7 @@ from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
 from ekd.models.load import output_head
+from ekd.signals import raise_swallowed_interrupt
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.kept_teacher import copy_state, keep_teacher_files, teacher_files_record
@@ -148,6 +149,7 @@ def write_batches(
     positions = 0
     try:
         for entries in teacher_entries(teacher, head, batches, options, amp):
+            raise_swallowed_interrupt()  # a SIGTERM a library swallowed still stops the build
             background.put(entries)
             positions += sum(len(e["positions"]) for e in entries)
     except BaseException:
