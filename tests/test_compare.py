@@ -1600,3 +1600,19 @@ def test_the_written_line_names_plots_only_when_some_were_drawn(tmp_path, capsys
     assert main(["compare", *map(str, runs), "--out", str(tmp_path / "without")]) == 0
     assert not (tmp_path / "without" / "plots").exists()
     assert capsys.readouterr().out.rstrip().endswith("(+ .csv, .json)")
+
+
+def test_a_student_whose_figures_are_nan_is_said(tmp_path):
+    """Try-out 117, F3: a run whose student logits were not finite on a set showed '—' in its row and in every
+    difference with it, without a word (a NaN teacher got its reason)."""
+    runs = [_fake_run(tmp_path, "ce0", "ce", 0, 10.0, 0.5), _fake_run(tmp_path, "kd0", "kd", 0, 11.0, 0.5)]
+    record = json.loads((runs[1] / "eval.json").read_text())
+    record["eval"] = {**record["eval"], "loss": None, "ppl": None, "acc": None, "ece": None, "kl": None}
+    (runs[1] / "eval.json").write_text(json.dumps(record))
+    s = compare_runs(runs, tmp_path / "out", plots=False)
+    assert s["non_finite"] == ["`kd` seed 0 on `eval`"], s["non_finite"]
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "NaN student figures (`kd` seed 0 on `eval`): its logits are not finite (NaN or +inf)" in text, (
+        text
+    )
+    assert compare_runs(runs[:1], tmp_path / "one", plots=False)["non_finite"] == []

@@ -97,6 +97,11 @@ def markdown(summary: dict[str, Any]) -> str:
         if text_keys and not set(t["metrics"]) & set(text_keys):
             said = _why_no_teacher(t.get("without_sets"))
             parts.append(f"`{t['label']}`: no eval-set figures in these runs ({said}).\n")
+    if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
+        parts.append(
+            f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "
+            "some scored position — its row and every difference with it show '—'.\n"
+        )
     if "no_teacher" in summary:
         parts.append(
             f"No `(teacher)` row: these runs record no teacher figures ({_why_no_teacher(summary['no_teacher'])}).\n"

@@ -291,6 +291,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     out["starts"] = _start_rows(groups)
     out["teachers"] = _teacher_rows(groups)
     out["setting_notes"] += _teacher_setting_notes(out["teachers"])
+    out["non_finite"] = _non_finite_students(groups)
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         first = groups[0].runs[0]
         out["no_teacher"] = _no_teacher_sets(first.config, groups[0].label, first.eval)
@@ -526,6 +527,17 @@ def _seed_figures(seeds: dict[int, list[Any]]) -> list[float]:
         kept = [float(v) for v in values if v is not None and not math.isnan(v)]
         if kept:
             out.append(kept[0] if len(set(kept)) == 1 else statistics.fmean(kept))
+    return out
+
+
+def _non_finite_students(groups: list[Any]) -> list[str]:
+    """``"`kd` seed 0 on `held`"``: each run whose student figures of a text eval set are NaN (its logits not
+    finite at some scored position), which the tables show as '—' as if not evaluated (try-out 117, F3)."""
+    out = []
+    for g in groups:
+        for r in g.runs:
+            sets = [n for n, m in r.eval.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
+            out += [f"`{g.label}` seed {r.seed} on `{name}`" for name in sorted(sets)]
     return out
 
 
