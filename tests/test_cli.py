@@ -617,6 +617,10 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     line = _error_line(capsys)
     said = "from the override model.lora_export=adapter: a training setting that evaluation does not read; drop it"
     assert said in line and "saved config" not in line, line
+    # try-out 117, F2: a preset teacher's figures re-recorded under a revision it never reads
+    assert main(["eval", str(run), "model.revision=v9"]) == 2
+    assert "model.revision is read of hub ids only, and the teacher preset:" in _error_line(capsys)
+    assert (run / "eval.json").read_text() == scored
     capsys.readouterr()  # --tasks-dir with no task: refused up front, as --limit (review, session 32)
     assert main(["eval", str(run), "--tasks-dir", str(tmp_path / "nowhere")]) == 2
     assert "--tasks-dir applies to lm-eval tasks, and none are set" in _error_line(capsys)

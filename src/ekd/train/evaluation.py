@@ -217,6 +217,18 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             "model, evaluate the run that made it (or distill it into a run of its own)",
             keys=tuple(unread),
         )
+    teacher = str(given.get("model.teacher", flat.get("model.teacher", "")))
+    if "model.revision" in given and str(given["model.revision"]) != str(flat.get("model.revision", "")):
+        from ekd.models.load import is_preset
+
+        if is_preset(teacher) or Path(teacher).expanduser().exists():  # try-out 117, F2
+            raise ConfigError(
+                f"ekd eval {run_dir}: model.revision is read of hub ids only, and the teacher {teacher} is "
+                f"{'a preset' if is_preset(teacher) else 'a local directory'}: its figures would be the same, "
+                "recorded under another revision (dropping the starting student's, measured under the run's); "
+                "drop model.revision",
+                keys=("model.revision",),
+            )
     try:
         cfg = config_from_dict(_nested({**flat, **given}))
     except ConfigError as e:
