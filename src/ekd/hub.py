@@ -42,7 +42,8 @@ def _env_on(*names: str) -> bool:
     return any(os.environ.get(n, "").strip().lower() in {"1", "true", "yes", "on"} for n in names)
 
 
-def _local(spec: str) -> bool:
+def is_local(spec: str) -> bool:
+    """Whether ``spec`` names an existing path (the loaders read it from disk; anything else is a hub id)."""
     return bool(spec.strip()) and Path(spec).expanduser().exists()  # Path("") is the current directory
 
 
@@ -183,7 +184,7 @@ def hub_kwargs(
     Raises:
         error: the endpoint is unreachable and ``spec`` is not in the local cache.
     """
-    if _local(spec):
+    if is_local(spec):
         return {}
     _refuse_missing_path(spec, key, error)  # offline too: a missing path is named, not read as a hub id
     if _env_on("HF_HUB_OFFLINE"):
@@ -219,7 +220,7 @@ def check_dataset_reachable(name: str, key: str) -> str:
     missing one fails at once — the caller names the returned reason in its one-line error. A path that does
     not exist is refused here (ConfigError).
     """
-    if _local(name):
+    if is_local(name):
         return ""
     check_dataset_path(name, key)
     return offline_unless_reachable(key)  # the user's offline mode counts as a reason too
@@ -232,7 +233,7 @@ def check_dataset_path(name: str, key: str) -> None:
     Raises:
         ConfigError: naming the key and the path.
     """
-    if not _local(name):
+    if not is_local(name):
         _refuse_missing_path(name, key, ConfigError)
 
 

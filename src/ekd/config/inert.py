@@ -499,14 +499,13 @@ def _tokenizer_source(cfg: Any) -> str:
 
 
 def _names_hub_id(cfg: Any) -> bool:
-    """Whether the student, the teacher or the tokenizer is named by a hub id: not a preset, not an existing path
-    (a missing path is a hub id to the loaders too)."""
-    from ekd.models.load import is_preset
+    """Whether the student, the teacher or the tokenizer is named by a hub id (:func:`ekd.models.load.is_hub_id`)."""
+    from ekd.models.load import is_hub_id
 
     m = cfg.model
     tokenizer = _tokenizer_source(cfg)
     specs = [m.student, m.teacher] + ([] if tokenizer in ("teacher", "student", "train_bpe") else [tokenizer])
-    return any(not is_preset(s) and not Path(s).expanduser().exists() for s in specs)
+    return any(is_hub_id(s) for s in specs)
 
 
 def _loads_teacher(cfg: Any) -> bool:

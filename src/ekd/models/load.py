@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ekd.config.paths import absolute, read_as
 from ekd.errors import ModelError, first_line
-from ekd.hub import hub_kwargs
+from ekd.hub import hub_kwargs, is_local
 from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
 from ekd.models.head_transform import logit_transform, model_type, transform_settings
@@ -39,6 +39,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def is_preset(spec: str) -> bool:
     return spec.startswith(PRESET_PREFIX)
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether a model spec names a hub model: not ``preset:<name>``, not an existing path (a missing path is a hub
+    id to the loaders too) — what ``model.revision`` applies to."""
+    return not is_preset(spec) and not is_local(spec)
 
 
 def preset_config(name: str, vocab_size: int | None = None, eos_token_id: int | None = None) -> Any:

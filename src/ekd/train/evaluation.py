@@ -219,9 +219,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         )
     teacher = str(given.get("model.teacher", flat.get("model.teacher", "")))
     if "model.revision" in given and str(given["model.revision"]) != str(flat.get("model.revision", "")):
-        from ekd.models.load import is_preset
+        from ekd.models.load import is_hub_id, is_preset
 
-        if is_preset(teacher) or Path(teacher).expanduser().exists():  # try-out 117, F2
+        if not is_hub_id(teacher):  # try-out 117, F2
             raise ConfigError(
                 f"ekd eval {run_dir}: model.revision is read of hub ids only, and the teacher {teacher} is "
                 f"{'a preset' if is_preset(teacher) else 'a local directory'}: its figures would be the same, "

@@ -10,6 +10,7 @@ import logging
 import math
 import shlex
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -221,23 +222,23 @@ class RunRecord:
             cfg["model"] = _unread_model_keys_dropped(cfg["model"])
         # keys the trainer calls unread or idle (the warning at a run's start, --resume) count at their defaults:
         # a value they do not read makes no other run, whichever side reads the default (review of session 33, F5)
-        defaults = Config().to_dict()
-        for key in self._unread_keys():
+        for key in self.unread_keys:
             section, name = key.split(".", 1)
             if name in (cfg.get(section) or {}):
-                cfg[section][name] = defaults[section][name]
+                cfg[section][name] = _DEFAULTS[section][name]
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
 
-    def _unread_keys(self) -> set[str]:
+    @cached_property
+    def unread_keys(self) -> frozenset[str]:
         """The keys the run does not read, by the trainer's own rules (:func:`ekd.config.inert.unread_keys`); none
-        for a config today's rules refuse (an older ekd's)."""
+        for a config today's rules refuse (an older ekd's). Once per run: grouping asks for its config often."""
         from ekd.config import config_from_dict
         from ekd.config.inert import unread_keys
 
         try:
-            return unread_keys(config_from_dict(self.config))
+            return frozenset(unread_keys(config_from_dict(self.config)))
         except EkdError:
-            return set()
+            return frozenset()
 
     def trains_with_teacher(self) -> bool:
         """Whether the teacher took part in training (a KD term against it, or TopSmp scoring with it): the
@@ -386,6 +387,10 @@ class TeacherKey:
             return (self.weights, self.dtype) == (other.weights, other.dtype)
         return self.named == other.named
 
+
+_DEFAULTS = Config().to_dict()
+"""Every key's default, as a saved config.yaml writes it (what :meth:`RunRecord.trained_config` counts an unread
+key at)."""
 
 TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
 TEACHER_MODEL_KEYS = ("teacher", "teacher_dtype")  # model.* keys that choose the teacher alone
