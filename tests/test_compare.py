@@ -1616,3 +1616,21 @@ def test_a_student_whose_figures_are_nan_is_said(tmp_path):
         text
     )
     assert compare_runs(runs[:1], tmp_path / "one", plots=False)["non_finite"] == []
+
+
+def test_a_starting_student_whose_figures_are_nan_is_said(tmp_path):
+    """Try-out 117, F3's rest: a starting student whose figures on a set are NaN (eval.json's ``student_init``,
+    null) was left out of the ``(student init)`` row without a word."""
+    from ekd.eval.eval_json import STUDENT_INIT_KEY
+
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in (0, 1)]
+    for seed, d in enumerate(runs):
+        record = json.loads((d / "eval.json").read_text())
+        start = {"loss": 3.0, "ppl": math.exp(3.0)} if seed == 0 else {"loss": None, "ppl": None}
+        record["eval"] = {**record["eval"], STUDENT_INIT_KEY: start}
+        (d / "eval.json").write_text(json.dumps(record))
+    s = compare_runs(runs, tmp_path / "out", plots=False)
+    assert s["non_finite"] == ["`kd` seed 1's starting student on `eval`"], s["non_finite"]
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "NaN student figures (`kd` seed 1's starting student on `eval`)" in text, text
+    assert "left out of the `(student init)` row" in text, text

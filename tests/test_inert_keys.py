@@ -682,6 +682,12 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
     assert (
         "already holds a run (differing in model.lora_alpha, which neither config reads), finished" in line
     ), line
+    # try-out 116, F8 (d): a key --resume cannot change named the unread ones nowhere
+    line = one_error_line(*cli(capsys, "distill", config, "model.lora_alpha=64", "train.lr=0.002")[::2])
+    assert (
+        "(differs in train.lr, which --resume cannot change; also in model.lora_alpha, which neither config reads)"
+        in line
+    ), line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ekd"):
         code, _, err = cli(capsys, "distill", config, "--resume", "train.max_steps=2", "model.lora_alpha=64")

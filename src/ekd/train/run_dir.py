@@ -458,7 +458,7 @@ def _existing_run_advice(
     if blocking:  # --resume would refuse these changes
         return (
             f"{run_dir} already holds a different run (differs in {', '.join(blocking[:5])}, which --resume "
-            "cannot change); pass --overwrite to replace it, or set run.name"
+            f"cannot change{'; also in ' + idle if idle else ''}); pass --overwrite to replace it, or set run.name"
         )
     if finished:  # --resume would have nothing to do
         flat = flat_config(current)

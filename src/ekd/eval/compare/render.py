@@ -100,7 +100,13 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(
             f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "
-            "some scored position — its row and every difference with it show '—'.\n"
+            "some scored position — its row and every difference with it show '—'"
+            + (
+                "; a starting student's NaN figures are left out of the `(student init)` row"
+                if any("starting student" in said for said in summary["non_finite"])
+                else ""
+            )
+            + ".\n"
         )
     if "no_teacher" in summary:
         parts.append(

@@ -532,12 +532,16 @@ def _seed_figures(seeds: dict[int, list[Any]]) -> list[float]:
 
 def _non_finite_students(groups: list[Any]) -> list[str]:
     """``"`kd` seed 0 on `held`"``: each run whose student figures of a text eval set are NaN (its logits not
-    finite at some scored position), which the tables show as '—' as if not evaluated (try-out 117, F3)."""
+    finite at some scored position), which the tables show as '—' as if not evaluated (try-out 117, F3); and
+    ``"`kd` seed 0's starting student on `held`"`` for the starting students' figures (eval.json's
+    ``student_init``), which the ``(student init)`` row leaves out."""
     out = []
     for g in groups:
         for r in g.runs:
             sets = [n for n, m in r.eval.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
             out += [f"`{g.label}` seed {r.seed} on `{name}`" for name in sorted(sets)]
+            starts = [n for n, m in r.starts.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
+            out += [f"`{g.label}` seed {r.seed}'s starting student on `{name}`" for name in sorted(starts)]
     return out
 
 
