@@ -1634,3 +1634,18 @@ def test_a_starting_student_whose_figures_are_nan_is_said(tmp_path):
     text = (tmp_path / "out" / "compare.md").read_text()
     assert "NaN student figures (`kd` seed 1's starting student on `eval`)" in text, text
     assert "left out of the `(student init)` row" in text, text
+
+
+def test_seeds_differing_only_in_what_they_evaluate_are_one_method(tmp_path):
+    """Try-out 116, F6's rest: seeds differing in `eval.teacher` (or the downstream tasks' cache directory, which
+    the README lists among the keys that keep seeds together) were two methods, `ce` and `ce#2`; no `eval.*` key
+    changes what a run trains. A figure some seeds lack is the mean of the others, with its n."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5 + s / 10) for s in (0, 1, 2)]
+    for d, evaluation in ((runs[1], {"tasks_cache_dir": "elsewhere"}), (runs[2], {"teacher": False})):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "eval": evaluation}))
+    (runs[2] / "eval.json").write_text(json.dumps({"eval": {"ppl": 12.0, "acc": 0.1, "ece": 1.0}}))
+    (g,) = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
+    assert g["method"] == "kd" and g["seeds"] == [0, 1, 2], g
+    assert g["metrics"]["eval/kl"]["n"] == 2 and g["metrics"]["eval/kl"]["mean"] == pytest.approx(0.55)
+    assert g["metrics"]["eval/ppl"]["n"] == 3

@@ -102,6 +102,16 @@ EVAL_SET_KEYS = (
 runs differing in them are one config, and each set or task is paired only where both runs scored it alike
 (:meth:`RunRecord.eval_set`; try-out 26: an eval file copied to another path split two seeds into two
 configs)."""
+
+
+def evaluation_only(key: str) -> bool:
+    """Whether config key ``key`` (section.field) decides only what is evaluated and how — any ``eval.*`` key (each
+    step seeds its draws anew, so an evaluation changes nothing trained; seeds differing in ``eval.teacher`` or
+    ``eval.tasks_cache_dir`` were two methods, try-out 116 F6) or one of :data:`EVAL_SET_KEYS` —, not what the run
+    trains: runs differing in it are one config, their figures paired where they were scored alike."""
+    return key.startswith("eval.") or key in EVAL_SET_KEYS
+
+
 GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
 """The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
 
@@ -188,7 +198,7 @@ class RunRecord:
         ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
         cfg = {
             s: {
-                k: x for k, x in v.items() if changes_training(f"{s}.{k}") and f"{s}.{k}" not in EVAL_SET_KEYS
+                k: x for k, x in v.items() if changes_training(f"{s}.{k}") and not evaluation_only(f"{s}.{k}")
             }
             for s, v in self.config.items()
             if isinstance(v, dict)
