@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from ekd.cli import main
+from ekd.config import READ_ONLY_DATA_KEYS
 from ekd.eval.compare import read_run
 from ekd.eval.eval_json import (
     BLOCKS_KEY,
-    READ_ONLY_KEYS,
     TRAINING_SPLIT_KEYS,
     merge,
     set_settings,
@@ -56,7 +56,7 @@ def test_eval_with_other_eval_sets_keeps_the_others_and_records_each_sets_settin
     )
     run = tmp_path / "runs" / "r"
     config_data = yaml.safe_load((run / "config.yaml").read_text())["data"]
-    for key in READ_ONLY_KEYS:  # how a set is read, not what it holds
+    for key in READ_ONLY_DATA_KEYS:  # how a set is read, not what it holds
         config_data.pop(key)
     trained = json.loads((run / "eval.json").read_text())
     assert set(trained) == {"eval", "eval/teacher", "held", "held/teacher"}

@@ -705,3 +705,36 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.revision=v2")[::2]
     )
     assert "the config differs from the saved run in " in line and "model.revision" in line, line
+
+
+def test_a_run_read_through_a_token_store_is_the_run_read_in_memory(tmp_path, capsys, monkeypatch):
+    """Try-out 119, F1: a token store holds the in-memory path's blocks exactly, yet `--resume data.store_dir=auto`
+    was refused as changing "what the run computes", and `ekd compare` made the store run of a seed another method
+    (`kd#2`, differing in data.store_dir) instead of a replica of the in-memory one. The keys of
+    `READ_ONLY_DATA_KEYS` (where blocks are kept, streaming, the document cap) make no other run."""
+    import json
+
+    from ekd.eval.compare import compare_runs
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    config = config_file(
+        Path("."), Path("corpus"), "mem", **{"train.max_steps": 2, "train.checkpoint_every": 1}
+    )
+    assert cli(capsys, "distill", config, "train.max_steps=1")[0] == 0
+    code, _, err = cli(
+        capsys, "distill", config, "--resume", "data.store_dir=auto", "data.max_document_chars=0"
+    )
+    assert code == 0, err
+    code, _, err = cli(capsys, "distill", config, "run.name=stored", "data.store_dir=auto")
+    assert code == 0, err
+    runs = sorted(Path("runs").glob("*/eval.json"))
+    assert [p.parent.name for p in runs] == ["mem", "stored"], runs
+    summary = compare_runs([p.parent for p in runs], tmp_path / "cmp", plots=False)
+    (group,) = summary["groups"]
+    assert group["seeds"] == [0], group
+    (replica,) = summary["replicas"]
+    assert replica["replicas"][0]["run"] == "runs/stored", replica
+    assert '"abs": 0.0, "relative": 0.0' in json.dumps(replica), (
+        replica
+    )  # resumed through the store: bit for bit

@@ -24,6 +24,7 @@ from ekd.config.load import (
     split_config_and_overrides,
 )
 from ekd.config.sections import (
+    READ_ONLY_DATA_KEYS,
     REPORTING_KEYS,
     SECTIONS,
     Config,
@@ -43,6 +44,7 @@ from ekd.config.validate import validate
 from ekd.errors import ConfigError
 
 __all__ = [
+    "READ_ONLY_DATA_KEYS",
     "REPORTING_KEYS",
     "SECTIONS",
     "CliText",

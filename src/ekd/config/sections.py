@@ -268,6 +268,13 @@ class DataConfig:
     ``max_tokens``)."""
 
 
+READ_ONLY_DATA_KEYS = ("store_dir", "hf_streaming", "max_document_chars")
+"""``data.*`` keys that decide how the documents are read — where the packed blocks are kept (a token store holds
+the in-memory path's blocks exactly), whether a hub dataset streams, the longest document accepted (refused, never
+cut) —, never which blocks: runs, token stores and eval sets differing only in them hold the same blocks (a
+``--resume`` checks the training blocks' sha256 all the same)."""
+
+
 @dataclass
 class TeacherConfig:
     source: str = one_of("online", "online", "cache", "none")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from ekd.config import Config, ConfigError, DataConfig
+from ekd.config import READ_ONLY_DATA_KEYS, Config, ConfigError, DataConfig
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.build import (
     builtin_splits,
@@ -97,9 +97,7 @@ PROGRESS_SECONDS = 10.0
 WINDOW_DOCUMENTS = 256  # documents routed between two rounds of tokenizing
 PROGRESS = "progress.json"
 NOT_SIGNED = (
-    "store_dir",
-    "max_document_chars",  # refuses a document, never changes a stored one
-    "hf_streaming",
+    *READ_ONLY_DATA_KEYS,
     "source",
     "eval_sources",
 )  # data keys outside the signature's "data"

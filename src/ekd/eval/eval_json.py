@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ekd.config.sections import READ_ONLY_DATA_KEYS
+
 SETTINGS_KEY = "data"
 """The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""
 BLOCKS_KEY = "blocks_sha256"
@@ -69,9 +71,6 @@ CONTENT_KEYS = (
 chat is rendered — all of which the blocks' sha256 (:data:`BLOCKS_KEY`: token ids, targets and document starts)
 captures: a set identified by that sha256 is not told apart by them (try-out 53, F1: ``ekd eval RUN
 data.prompt_field=prompt ...`` to add a prompt/completion set split the run's text ``eval`` set off its own)."""
-READ_ONLY_KEYS = ("store_dir", "hf_streaming", "max_document_chars")
-"""``data.*`` keys that change how a set is read, never its blocks (a token store holds the in-memory blocks; a
-document over ``max_document_chars`` is refused, never cut)."""
 
 
 def precision_name(autocast: Any) -> str:
@@ -83,7 +82,7 @@ def precision_name(autocast: Any) -> str:
 
 def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The data settings that decide eval set ``name``'s blocks: the ``data`` section as ``config.yaml``
-    writes it, without :data:`READ_ONLY_KEYS`, with ``eval_sources`` narrowed to ``name``'s own entry (``{}`` for
+    writes it, without :data:`~ekd.config.READ_ONLY_DATA_KEYS`, with ``eval_sources`` narrowed to ``name``'s own entry (``{}`` for
     the ``eval`` split and the builtin sets). Each source is read on its own (:func:`ekd.data.build.load_splits`), so the other sets
     named beside it do not change it; every other key is kept, whether or not it matters to this set.
 
@@ -91,7 +90,7 @@ def set_settings(data: Mapping[str, Any], name: str) -> dict[str, Any]:
         data: The ``data`` section (``Config.to_dict()["data"]`` or a saved config's); not modified.
         name: The set's name.
     """
-    out = {k: v for k, v in data.items() if k not in READ_ONLY_KEYS}
+    out = {k: v for k, v in data.items() if k not in READ_ONLY_DATA_KEYS}
     sources = out.get("eval_sources") or {}
     out["eval_sources"] = {name: sources[name]} if name in sources else {}
     return out
@@ -107,7 +106,7 @@ def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A set's recorded data settings (an entry's :data:`SETTINGS_KEY`, :data:`BLOCKS_KEY` kept) as they are
     compared, as JSON reads them back: ``data`` keys added to ekd after the entry was written at their defaults (a
     key is added with a default that keeps what earlier runs computed: :func:`~ekd.config.with_todays_defaults`),
-    without :data:`READ_ONLY_KEYS`, and for a named set (its ``eval_sources`` entry) without
+    without :data:`~ekd.config.READ_ONLY_DATA_KEYS`, and for a named set (its ``eval_sources`` entry) without
     :data:`TRAINING_SPLIT_KEYS`. So an entry of an older ekd is not told apart from today's by a key it could not
     record (try-out 101, F1: every eval.json written before ``data.max_document_chars`` existed skipped ``ekd
     eval``'s check that the held-out split is the one the run scored), nor a named set by a training key
@@ -116,7 +115,7 @@ def recorded_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
     from ekd.config import with_todays_defaults
 
     filled = with_todays_defaults({"data": dict(recorded)})["data"]
-    unread = (*READ_ONLY_KEYS, *(TRAINING_SPLIT_KEYS if filled.get("eval_sources") else ()))
+    unread = (*READ_ONLY_DATA_KEYS, *(TRAINING_SPLIT_KEYS if filled.get("eval_sources") else ()))
     return json.loads(json.dumps({k: v for k, v in filled.items() if k not in unread}, default=str))
 
 

@@ -51,7 +51,7 @@ from typing import TypeVar
 
 import yaml
 
-from ekd.config import Config, flat_config, is_reporting_key, with_todays_defaults
+from ekd.config import READ_ONLY_DATA_KEYS, Config, flat_config, is_reporting_key, with_todays_defaults
 from ekd.config.paths import gone_paths, resolve_saved
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, make_dirs, writing
@@ -92,7 +92,7 @@ RESUMABLE_CHANGES = (
     "eval.",
     "data.max_eval_blocks",  # what the evaluations score, not what is trained (try-out 50, F3)
     "data.eval_sources",
-    "data.max_document_chars",  # refuses a document before tokenizing it, never changes the blocks
+    *(f"data.{k}" for k in READ_ONLY_DATA_KEYS),  # how the documents are read, never which blocks
     "run.device",
     "run.output_dir",
     "run.name",
@@ -152,7 +152,7 @@ SAME_RUN_KEYS = (
     "eval.plots",
     "eval.every",  # evaluations between steps: the global RNG is seeded anew each step (try-out 51, F4)
     "eval.student_init",  # the evaluation before the first step (the same reason)
-    "data.max_document_chars",  # a run either refused or the same blocks
+    *(f"data.{k}" for k in READ_ONLY_DATA_KEYS),  # the same blocks (or a run refused)
     *LAYOUT_KEYS,
     *SAME_MATH_CHANGES,
 )
