@@ -58,7 +58,7 @@ def test_distill_eval_end_to_end_and_reload_with_transformers(tmp_path, corpus, 
     # the teacher its KL was measured with (try-out 39: a teacher retrained in place was 'the same')
     assert (
         saved["eval"]["teacher"]["model"].startswith("preset:llama-")
-        and saved["eval"]["teacher"]["dtype"] == "auto"
+        and saved["eval"]["teacher"]["dtype"] == "float32"  # auto, as it ran on a CPU (try-out 119, F2)
     )
 
 

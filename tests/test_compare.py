@@ -1649,3 +1649,24 @@ def test_seeds_differing_only_in_what_they_evaluate_are_one_method(tmp_path):
     assert g["method"] == "kd" and g["seeds"] == [0, 1, 2], g
     assert g["metrics"]["eval/kl"]["n"] == 2 and g["metrics"]["eval/kl"]["mean"] == pytest.approx(0.55)
     assert g["metrics"]["eval/ppl"]["n"] == 3
+
+
+def test_teachers_are_told_apart_by_the_dtype_they_ran_in(tmp_path):
+    """Try-out 119, F2: eval.json recorded `model.teacher_dtype` as set, so `auto` and `float32` on a CPU — one
+    teacher, bit-identical KL — were two teachers (a seed's KL left out), and `auto` on a GPU (bfloat16) and on a
+    CPU (float32) one. The record is the dtype the weights ran in; an older ekd's `auto` pairs with either."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5 + s / 10) for s in (0, 1, 2)]
+
+    def record(d: Path, dtype: str) -> None:
+        saved = json.loads((d / "eval.json").read_text())
+        saved["eval"]["teacher"] = {"model": "t", "revision": "", "weights": "sha256:ab", "dtype": dtype}
+        (d / "eval.json").write_text(json.dumps(saved))
+
+    for d, dtype in zip(runs, ("float32", "auto", "float32")):
+        record(d, dtype)
+    (g,) = compare_runs(runs, tmp_path / "same", plots=False)["groups"]
+    assert g["metrics"]["eval/kl"]["n"] == 3, g["metrics"]["eval/kl"]
+    record(runs[1], "float32")
+    record(runs[2], "bfloat16")  # auto on a GPU
+    (g,) = compare_runs(runs, tmp_path / "other", plots=False)["groups"]
+    assert g["metrics"]["eval/kl"]["n"] == 2, g["metrics"]["eval/kl"]

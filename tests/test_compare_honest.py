@@ -352,10 +352,13 @@ def test_two_teachers_differing_only_in_dtype_are_told_apart_by_it(tmp_path):
     """Try-out 116, F6: one teacher's weights evaluated in bfloat16 by one seed and in the default dtype by another
     made two rows both labelled '(teacher of kd: weights aa)'."""
     runs = [_run(tmp_path, "a0", "kd", 0, 1.0, "aa"), _run(tmp_path, "a1", "kd", 1, 2.0, "aa")]
-    record = json.loads((runs[1] / "eval.json").read_text())
-    for entry in record.values():
-        entry["teacher"]["dtype"] = "bfloat16"
-    (runs[1] / "eval.json").write_text(json.dumps(record))
+    for run, dtype in zip(
+        runs, ("float32", "bfloat16")
+    ):  # the dtypes they ran in (an older ekd's auto: either)
+        record = json.loads((run / "eval.json").read_text())
+        for entry in record.values():
+            entry["teacher"]["dtype"] = dtype
+        (run / "eval.json").write_text(json.dumps(record))
     s = compare_runs(runs, tmp_path / "o", baselines=(), plots=False)
     labels = sorted(t["label"] for t in s["teachers"])
-    assert labels == ["(teacher of kd: weights aa, auto)", "(teacher of kd: weights aa, bfloat16)"], labels
+    assert labels == ["(teacher of kd: weights aa, bfloat16)", "(teacher of kd: weights aa, float32)"], labels

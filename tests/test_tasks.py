@@ -1609,3 +1609,28 @@ def test_prompts_lm_eval_cuts_to_fit_the_model_are_said_per_task(tmp_path, caplo
     cut = [r.getMessage() for r in caplog.records if "lm-eval cut prompts" in r.getMessage()]
     assert len(cut) == 1 and "log-likelihood requests to 6 tokens)" in cut[0], cut
     assert "eval.tasks_max_new_tokens" not in cut[0]
+
+
+def test_the_teacher_cache_keeps_results_of_each_dtype_apart(tmp_path, monkeypatch):
+    """Try-out 119, F2: the teacher's cached task results were keyed by the model and the autocast, not by the
+    dtype its weights ran in: a bfloat16 teacher's scores were reused for `model.teacher_dtype=float32` (and
+    recorded as float32's). Each dtype has its own results; a result of an older ekd, without one, is computed
+    again."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import cached_tasks
+
+    model, tok, _ = _tiny_model_and_tasks(tmp_path)
+    tasks_dir = tmp_path / "ext_tasks"
+    tasks_dir.mkdir()
+    _external_task(tasks_dir, tmp_path / "data", "ext_mc", _mc_rows())
+    settings = TaskSettings(tasks=("ext_mc",), tasks_dir=str(tasks_dir))
+    calls = _teacher_cache_calls(monkeypatch)
+    cache = tmp_path / "cache"
+    cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok))  # as an older ekd: no dtype
+    cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="float32")
+    cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="bfloat16")
+    assert calls == [("ext_mc",)] * 3
+    cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="float32")
+    cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="bfloat16")
+    assert calls == [("ext_mc",)] * 3  # each dtype's own results reused

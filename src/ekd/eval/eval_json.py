@@ -123,11 +123,12 @@ class EvalResults(dict):
     """Set → metrics (numbers: what ``metrics.jsonl`` logs and ``ekd distill`` prints), as
     :func:`ekd.train.evaluation.evaluate_run` returns them, with :attr:`block_sums`: set → its per-block sums
     (:meth:`ekd.eval.metrics.StreamingMetrics.block_sums`), which eval.json records beside the metrics
-    (:data:`BLOCK_SUMS_KEY`) and nothing logs."""
+    (:data:`BLOCK_SUMS_KEY`) and nothing logs, and :attr:`teacher_dtype`, which its teacher identity records."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.block_sums: dict[str, dict[str, list[float]]] = {}
+        self.teacher_dtype: Any = None  # the evaluated teacher's torch.dtype (None: no teacher evaluated)
 
 
 def block_sums_record(sums: Mapping[str, list[float]]) -> dict[str, list[float] | list[int | None]]:
@@ -240,10 +241,14 @@ def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def _same_teacher(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two entries record the same teacher, a local one by its weights (the same files moved are the same
     teacher); two entries without one (no teacher figures) are alike."""
+    from ekd.models.identity import same_dtype
+
     ta, tb = a.get(TEACHER_KEY), b.get(TEACHER_KEY)
-    if isinstance(ta, Mapping) and isinstance(tb, Mapping) and ta.get("weights") and tb.get("weights"):
-        ta, tb = ({k: v for k, v in t.items() if k != "model"} for t in (ta, tb))
-    return ta == tb
+    if not (isinstance(ta, Mapping) and isinstance(tb, Mapping)):
+        return ta == tb
+    skip = ("model", "dtype") if ta.get("weights") and tb.get("weights") else ("dtype",)
+    ta, tb = ({k: v for k, v in t.items() if k not in skip} for t in (ta, tb))
+    return ta == tb and same_dtype(a[TEACHER_KEY].get("dtype"), b[TEACHER_KEY].get("dtype"))
 
 
 def student_init_entries(saved: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

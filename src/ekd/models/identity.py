@@ -202,14 +202,23 @@ def sampled_fingerprint(spec: str) -> str | None:
     return f"{SAMPLED}{h.hexdigest()}"
 
 
-def teacher_identity(cfg: Any) -> dict[str, Any]:
+def same_dtype(a: Any, b: Any) -> bool:
+    """Whether two teacher identities' dtypes (:func:`teacher_identity`) are one: equal, or one of them ``auto`` —
+    what an older ekd recorded, the device's dtype then, which its record does not tell (it paired as equal)."""
+    return a == b or "auto" in (a, b)
+
+
+def teacher_identity(cfg: Any, dtype: Any = None) -> dict[str, Any]:
     """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
-    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, ``model.revision``, ``model.teacher_dtype`` and,
-    for a local directory, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config."""
+    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, ``model.revision``, the dtype its weights ran in
+    and, for a local directory, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config;
+    ``dtype``: the evaluated teacher's ``torch.dtype`` — ``model.teacher_dtype=auto`` is float32 on a CPU and
+    bfloat16 on a GPU, so the setting alone told two runs of one teacher apart and paired two that differ
+    (try-out 119, F2); None: the setting (no teacher was evaluated)."""
     spec = cfg.model.teacher
     return {
         "model": spec,
         "revision": cfg.model.revision,
         "weights": weights_fingerprint(spec),
-        "dtype": cfg.model.teacher_dtype,
+        "dtype": cfg.model.teacher_dtype if dtype is None else str(dtype).removeprefix("torch."),
     }

@@ -57,6 +57,8 @@ def evaluate_run(
 
     results = EvalResults()
     use_teacher = teacher if cfg.eval.teacher else None
+    if use_teacher is not None:
+        results.teacher_dtype = next(use_teacher.parameters()).dtype
     for name, blocks in data.blocks.items():
         if name == "train":
             continue
@@ -79,7 +81,7 @@ def evaluate_run(
         say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
         say_non_finite_student(name, metrics, before_training, said)
         if use_teacher is not None:
-            say_non_finite_teacher(name, metrics, next(use_teacher.parameters()).dtype, said)
+            say_non_finite_teacher(name, metrics, results.teacher_dtype, said)
         if plots_dir is not None and cfg.eval.plots:
             drawn.append((bins, plots_dir / f"reliability-{name}.png", f"{cfg.run.name} on {name}"))
         if use_teacher is not None and cfg.eval.teacher_metrics:
@@ -717,7 +719,8 @@ def eval_entries(
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
     scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
     per_block = getattr(results, "block_sums", None)  # an EvalResults: the sets' per-block sums
-    return with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher_identity(cfg), per_block)
+    teacher = teacher_identity(cfg, getattr(results, "teacher_dtype", None))
+    return with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher, per_block)
 
 
 def write_student_init(run_dir: Path, entries: dict[str, Any]) -> None:

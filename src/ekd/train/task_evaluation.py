@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ekd.config import Config, parse_overrides
@@ -49,7 +50,7 @@ from ekd.eval.tasks import (
     task_identities,
 )
 from ekd.io import atomic_write_text, json_safe, make_dirs, strict_json
-from ekd.models.load import is_preset
+from ekd.models.load import is_preset, resolve_dtype
 from ekd.train.run_dir import writes_into_run
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def cached_tasks(
     settings: TaskSettings,
     load: Callable[[], tuple[nn.Module, Any]],
     amp: Any = None,
+    dtype: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Task results of a reference model (teacher, initial student), cached in ``cache_dir/<role>.json``.
 
@@ -76,6 +78,9 @@ def cached_tasks(
         role: 'teacher' or 'student_init' (the cache file's name).
         model_spec: the model's identity (e.g. ``model.teacher`` and revision); another spec invalidates the cache.
         load: returns (model, tokenizer); called only when some task is not cached.
+        dtype: the dtype the model's weights run in (the teacher's ``model.teacher_dtype`` as resolved on the
+            device), part of each result's signature: a bfloat16 teacher's results are not a float32 one's
+            (try-out 119, F2; results an older ekd cached without it are computed again once).
 
     Returns:
         task → result (see ``ekd.eval.tasks.run_tasks``).
@@ -83,6 +88,8 @@ def cached_tasks(
     path = cache_dir / f"{role}.json"
     entries = _read_cache(path, role, model_spec, warn=True)
     wanted = {t: settings.signature(t, task_identities(settings, t)) for t in settings.tasks}
+    if dtype is not None:
+        wanted = {t: {**sig, "dtype": dtype} for t, sig in wanted.items()}
     found = {t: _matching(entries.get(t, []), sig) for t, sig in wanted.items()}
     missing = tuple(t for t, hit in found.items() if hit is None)
     if missing:
@@ -408,6 +415,12 @@ def run_end_tasks(
     scored_roles = task_models(cfg, (str(run_dir / "student"), ""))  # the rule check_task_lengths checks by
     if "teacher" in scored_roles:
         spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
+        # the dtype it runs in: the training's teacher's, else model.teacher_dtype as load_teacher resolves it
+        dtype = (
+            next(teacher.parameters()).dtype
+            if teacher is not None
+            else resolve_dtype(cfg.model.teacher_dtype, torch.device(device))
+        )
         scored = cached_tasks(
             cache_dir,
             "teacher",
@@ -415,9 +428,10 @@ def run_end_tasks(
             settings,
             lambda: (teacher if teacher is not None else load_teacher(cfg, data, device), tokenizer),
             amp,
+            dtype=str(dtype).removeprefix("torch."),
         )
         # each result names its teacher, as the eval sets' entries do: kept beside later ones (ekd compare)
-        identity = teacher_identity(cfg)
+        identity = teacher_identity(cfg, dtype)
         results["teacher"] = {task: {**r, TEACHER_KEY: identity} for task, r in scored.items()}
     if "student_init" in scored_roles:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)

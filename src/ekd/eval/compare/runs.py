@@ -32,7 +32,7 @@ from ekd.eval.eval_json import (
 from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import task_sets, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
-from ekd.models.identity import comparable
+from ekd.models.identity import comparable, same_dtype
 from ekd.train.run_dir import changes_training, read_marker
 
 log = logging.getLogger(__name__)
@@ -372,18 +372,20 @@ class RunRecord:
         name = self.entry_name(column) if column else None
         recorded = self.teachers.get(name) if name else None
         if recorded is not None:
-            named = [recorded.get(k) or "" for k in ("model", "revision", "dtype")]
-            return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), named[-1])
+            named = [recorded.get(k) or "" for k in ("model", "revision")]
+            return TeacherKey(
+                json.dumps(named, default=str), recorded.get("weights"), recorded.get("dtype") or ""
+            )
         model = self.config.get("model") or {}
         named = [model.get(k) or "" for k in TEACHER_KEYS]
-        return TeacherKey(json.dumps(named, default=str), None, named[-1])
+        return TeacherKey(json.dumps(named[:-1], default=str), None, named[-1])
 
 
 @dataclass(frozen=True)
 class TeacherKey:
-    """A teacher as :meth:`RunRecord.teacher` knows it: ``named`` (model, revision, dtype as JSON), ``weights``,
+    """A teacher as :meth:`RunRecord.teacher` knows it: ``named`` (model and revision as JSON), ``weights``,
     the fingerprint of a local teacher's weight files where recorded (None: a hub id, a preset, an older ekd),
-    and ``dtype`` (``model.teacher_dtype``)."""
+    and ``dtype``, the dtype it ran in (``auto``: an older ekd's record, :func:`~ekd.models.identity.same_dtype`)."""
 
     named: str
     weights: str | None
@@ -394,8 +396,8 @@ class TeacherKey:
         directory is the same, one retrained in place is not (try-out 39) —, else by name, revision and dtype (an
         older ekd's entry still pairs with today's)."""
         if comparable(self.weights, other.weights):
-            return (self.weights, self.dtype) == (other.weights, other.dtype)
-        return self.named == other.named
+            return self.weights == other.weights and same_dtype(self.dtype, other.dtype)
+        return self.named == other.named and same_dtype(self.dtype, other.dtype)
 
 
 _DEFAULTS = Config().to_dict()
