@@ -1634,3 +1634,37 @@ def test_the_teacher_cache_keeps_results_of_each_dtype_apart(tmp_path, monkeypat
     cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="float32")
     cached_tasks(cache, "teacher", "t#1", settings, lambda: (model, tok), dtype="bfloat16")
     assert calls == [("ext_mc",)] * 3  # each dtype's own results reused
+
+
+def test_a_task_that_does_not_generate_is_one_way_under_any_generation_budget():
+    """Try-out 119, F3: a multiple-choice task scored by one seed with eval.tasks_max_new_tokens=5 and by another
+    with 7 was two columns (`task:my_mc`, `task:my_mc#2`), and its cached results were recomputed; the budget and
+    the chat template are read by generate_until tasks alone. A generation task (or one of an older ekd, which
+    recorded no output type) is still another way, and so is a tag over it."""
+    from ekd.eval.task_data import LeafTask
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section_settings
+
+    def ways(budget: int, template: str = "auto") -> dict:
+        settings = task_section_settings(
+            TaskSettings(tasks=("mc", "gen", "old"), max_new_tokens=budget, chat_template=template)
+        )
+        student = {
+            "mc": {"n": 20, "documents_sha256": "m", "output_type": "multiple_choice"},
+            "gen": {"n": 6, "documents_sha256": "g", "output_type": "generate_until"},
+            "old": {"n": 6, "documents_sha256": "o"},
+        }
+        tags = {"mc": "mcs", "gen": "gens", "old": "gens"}
+        return tm.task_ways({"tasks": {"settings": settings, "student": student, "tags": tags}})
+
+    five, seven, off = ways(5), ways(7), ways(5, "off")
+    assert five["task:mc"] == seven["task:mc"] == off["task:mc"]
+    assert five["tasks[mcs]"] == seven["tasks[mcs]"]
+    for name in ("task:gen", "task:old", "tasks[gens]"):
+        assert five[name] != seven[name] and five[name] != off[name], name
+    # the cached results' signature likewise
+    mc, gen = LeafTask("m", 0, generates=False), LeafTask("g", 0)
+    sig = lambda budget, leaves: TaskSettings(tasks=("t",), max_new_tokens=budget).signature("t", leaves)  # noqa: E731
+    assert sig(5, {"mc": mc}) == sig(7, {"mc": mc})
+    assert sig(5, {"gen": gen}) != sig(7, {"gen": gen})
+    assert sig(5, {"mc": mc, "gen": gen}) != sig(7, {"mc": mc, "gen": gen})  # a group with a generating leaf

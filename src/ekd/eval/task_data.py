@@ -45,6 +45,7 @@ class LeafTask:
 
     sha256: str  # first 16 hex digits of the sha256 over its resolved config and its documents
     num_fewshot: int  # few-shot examples per document: the setting, or the task's own default (None → 0)
+    generates: bool = True  # a generate_until task: the generation budget and chat template are read
 
 
 @contextlib.contextmanager
@@ -224,7 +225,9 @@ def leaf_identity(task: Any, num_fewshot: int) -> LeafTask:
         h.update(f"\n{part}\n".encode())
         for doc in docs:
             h.update(json.dumps(doc, sort_keys=True, default=str).encode() + b"\n")
-    return LeafTask(h.hexdigest()[:16], shots)
+    get_config = getattr(task, "get_config", None)  # a Python task may not say: taken to generate
+    generates = get_config is None or get_config("output_type") in (None, "generate_until")
+    return LeafTask(h.hexdigest()[:16], shots, generates)
 
 
 def _split_of(task: Any) -> str:

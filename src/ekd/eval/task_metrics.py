@@ -228,6 +228,11 @@ def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+GENERATION_SETTINGS = ("max_new_tokens", "chat_template")
+"""Task settings (:class:`~ekd.eval.tasks.TaskSettings` fields) read by generation (``generate_until``) tasks
+alone: a multiple-choice or log-likelihood task's score is the same under any value (try-out 119, F3: a budget
+raised for GSM8K made ARC's results another way, scored again and split into another column)."""
+
 SETTINGS_NOT_A_WAY = ("tasks", "seed")
 """``tasks.settings`` keys that do not make another way of scoring a task: the list of tasks scored with it, and
 the seed (the run's: few-shot examples drawn per seed are part of what varies over seeds)."""
@@ -236,7 +241,7 @@ the seed (the run's: few-shot examples drawn per seed are part of what varies ov
 def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """How each task entry of :func:`task_sets` was scored, for ``ekd compare`` to pair runs only where it is
     the same: ``task:<name>`` → the section's ``settings`` (limit, few-shot, generation budget, chat template,
-    ECE bins) but :data:`SETTINGS_NOT_A_WAY`, the documents scored (``n``) and what the task was: its own
+    ECE bins) but :data:`SETTINGS_NOT_A_WAY` (and :data:`GENERATION_SETTINGS` for a task that does not generate), the documents scored (``n``) and what the task was: its own
     identity (``documents_sha256``: its config and documents by content, :mod:`ekd.eval.task_data`) where the
     result records one — the tasks directory's path is then no part of it, and another task's edit changes
     nothing here; in eval.json of an older ekd, the tasks directory's path and, where recorded, its content hash
@@ -254,20 +259,28 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     tags = section.get("tags") or {}
     out: dict[str, dict[str, Any]] = {}
     members: dict[str, dict[str, Any]] = {}  # tag → task → documents (and identity)
+    generating: dict[str, bool] = {}  # tag → whether a task of it generates (or may: none recorded)
     for task, r in student.items():
+        generates = r.get("output_type") in (None, "generate_until")
+        own = {k: v for k, v in settings.items() if generates or k not in GENERATION_SETTINGS}
         identity = r.get(DOCUMENTS_SHA256)
         if identity:  # the task by content: where its directory lies, and what else it holds, do not matter
-            way = {k: v for k, v in settings.items() if k not in ("tasks_dir", "tasks_dir_hash")}
+            way = {k: v for k, v in own.items() if k not in ("tasks_dir", "tasks_dir_hash")}
             out[f"task:{task}"] = {**way, DOCUMENTS_SHA256: identity, "documents": r.get("n")}
             member: Any = [r.get("n"), identity]
         else:
-            out[f"task:{task}"] = {**settings, "documents": r.get("n")}
+            out[f"task:{task}"] = {**own, "documents": r.get("n")}
             member = r.get("n")
-        members.setdefault(tags.get(task) or tag_of(task, {}), {})[task] = member
+        tag = tags.get(task) or tag_of(task, {})
+        members.setdefault(tag, {})[task] = member
+        generating[tag] = generating.get(tag, False) or generates
     for tag, tasks in members.items():
         identified = all(isinstance(m, list) for m in tasks.values())
         way = {
-            k: v for k, v in settings.items() if not identified or k not in ("tasks_dir", "tasks_dir_hash")
+            k: v
+            for k, v in settings.items()
+            if (not identified or k not in ("tasks_dir", "tasks_dir_hash"))
+            and (generating[tag] or k not in GENERATION_SETTINGS)
         }
         out[f"tasks[{tag}]"] = {**way, "tasks": dict(sorted(tasks.items()))}
     return out

@@ -53,7 +53,7 @@ from ekd.eval.task_data import (
     run_error,
     task_leaves,
 )
-from ekd.eval.task_metrics import DOCUMENTS_SHA256
+from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS
 from ekd.hub import offline_unless_reachable
 from ekd.nearest import close_names, did_you_mean
 from ekd.words import counted
@@ -201,7 +201,8 @@ class TaskSettings:
         ``leaves`` (:func:`task_identities`): each leaf task's identity, its config and documents by content
         (wherever the files lie, in whatever format), enters as ``documents_sha256``; the seed only where
         few-shot examples are drawn (a leaf's effective few-shot count > 0), since nothing else of a task's
-        score depends on it; the batch size and ``progress`` do not (they change no score). ``decoding`` names
+        score depends on it; the generation budget and chat template only where a leaf generates
+        (:data:`GENERATION_SETTINGS`); the batch size and ``progress`` do not (they change no score). ``decoding`` names
         how generation is set up (:data:`DECODING`): results cached before the model's own generation_config
         was set aside are computed again.
         """
@@ -209,6 +210,9 @@ class TaskSettings:
         sig = {k: v for k, v in asdict(self).items() if k not in ignored}
         if not any(leaf.num_fewshot > 0 for leaf in leaves.values()):
             del sig["seed"]
+        if not any(leaf.generates for leaf in leaves.values()):  # read by generate_until tasks alone
+            for key in GENERATION_SETTINGS:
+                del sig[key]
         sig["task"] = task
         sig[DOCUMENTS_SHA256] = {name: leaf.sha256 for name, leaf in sorted(leaves.items())}
         sig["lm_eval"] = _lm_eval_version()
