@@ -236,10 +236,16 @@ def test_vocab_size_without_a_preset_model_is_refused(tmp_path, capsys, monkeypa
     assert "preset:<name> models only" in line and "model.student and model.teacher are" in line, line
     rc, out, _ = cli(capsys, "plan", config, *both, "--gpus", "1")
     assert rc == 0 and f"V={VOCAB}" in out
-    rc, out, _ = cli(
-        capsys, "plan", config, both[0], "--gpus", "1", "--vocab-size", "5000"
-    )  # teacher: preset
-    assert rc == 0 and f"V={VOCAB}" in out  # the student's own vocabulary; the preset teacher's is 5000
+    # try-out 118, F3: beside a Hugging Face model the run builds its presets at that model's V, and a preset
+    # teacher of 5000 (planned in silence before) never exists
+    own = [both[0], "model.tokenizer=student"]  # (the tiny config trains a BPE: a what-if, said in a line)
+    line = one_error_line(*cli(capsys, "plan", config, *own, "--gpus", "1", "--vocab-size", "5000")[::2])
+    assert (
+        f"--vocab-size 5,000: this run builds its preset models at V={VOCAB:,}, the vocabulary of "
+        f"model.student={model_dir} (its config.json); drop --vocab-size" in line
+    ), line
+    rc, out, _ = cli(capsys, "plan", config, *own, "--gpus", "1", "--vocab-size", str(VOCAB))
+    assert rc == 0 and f"V={VOCAB}" in out
 
 
 def test_plan_cli(tmp_path, capsys, monkeypatch):
@@ -386,3 +392,28 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, monkeypatch)
     proc.stdout.close()  # the reader is gone before ekd writes
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_plan_shows_both_checkpointing_modes_and_the_chunk_that_fits(tmp_path, capsys, monkeypatch):
+    """Try-out 118, F1 and F2: a config asking for activation checkpointing was planned with it only (never shown
+    that it fits without, at ~1/3 less compute); and when nothing fitted the plan advised more GPUs or a smaller
+    micro-batch, which leave the head's chunk rows × V buffers as they are, not the train.head_chunk_size that
+    fits. A config that asks for what-if presets beside a BPE it trains is said to be one."""
+    monkeypatch.chdir(tmp_path)
+    qwen = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-1.5b-to-0.5b.yaml"
+    shapes = ["model.student=preset:qwen2.5-0.5b-shape", "model.teacher=preset:qwen2.5-1.5b-shape"]
+    args = ["plan", str(qwen), *shapes, "--vocab-size", "151936", "--gpus", "2", "--parallel", "ddp"]
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "80GiB")
+    assert rc == 0, err
+    modes = {line.split()[2] for line in out.splitlines() if line.startswith("ddp ")}
+    assert modes == {"on", "off"}, out  # the config sets activation_checkpointing: true
+    assert "fits: train.parallel=ddp teacher.placement=replicate train.activation_checkpointing=false" in out
+    assert out.startswith("preset models planned at V=151,936 (--vocab-size); this run trains a BPE"), out
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB")
+    verdict = next(line for line in out.splitlines() if line.startswith("nothing fits"))
+    rows = int(verdict.split("train.head_chunk_size=")[1].split()[0])
+    assert rows < 2048 and "the same math in smaller pieces" in verdict, verdict
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB", f"train.head_chunk_size={rows}")
+    assert rc == 0 and "\nfits: " in out, out
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB", f"train.head_chunk_size={rows * 2}")
+    assert "nothing fits" in out, out  # the largest that fits was named

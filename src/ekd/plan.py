@@ -295,8 +295,11 @@ def format_plan(
     gpus: int,
     gpu_memory: int,
     tokens: int,
+    smaller_chunk: tuple[int, int] | None = None,
 ) -> str:
-    """The plan as text: model sizes, one row per option (GiB per rank), and the verdict."""
+    """The plan as text: model sizes, one row per option (GiB per rank), and the verdict. ``smaller_chunk``:
+    when nothing fits, the largest ``train.head_chunk_size`` with which some option fits, and that option's
+    bytes per rank (None: none does)."""
 
     def gib(b: int) -> str:
         return f"{b / GIB:8.2f}"
@@ -344,10 +347,17 @@ def format_plan(
                 "alone fills it; check --gpu-memory, the memory of one GPU (e.g. 80GiB)"
             )
         else:
-            fix = (
-                f"the smallest option needs {least.memory.total / GIB:.1f} GiB per rank; use more GPUs, a "
-                "smaller train.micro_batch_size or data.block_length"
-            )
+            fix = f"the smallest option needs {least.memory.total / GIB:.1f} GiB per rank; "
+            if smaller_chunk is not None:  # try-out 118, F1: the head's buffers do not shrink with the batch
+                rows, total = smaller_chunk
+                fix += (
+                    f"train.head_chunk_size={rows} fits ({total / GIB:.1f} GiB per rank: the head's "
+                    f"{least.memory.head / GIB:.2f} GiB are buffers of chunk rows × V, the same math in smaller "
+                    "pieces), or use more GPUs"
+                )
+            else:
+                fix += "use more GPUs"
+            fix += ", a smaller train.micro_batch_size or data.block_length"
         lines.append(f"nothing fits in {_size(gpu_memory)}: {fix}")
     lines.append(
         "teacher/params/grads/adam are tensor bytes; gather (FSDP2's unsharded working set), activations and head are estimates (formulas: ekd.plan)"
@@ -377,7 +387,13 @@ def plan_config(
     """
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
-    from ekd.train.prepare import check_cache_run, check_evaluation_teacher, evaluates_teacher, teacher_needed
+    from ekd.train.prepare import (
+        check_cache_run,
+        check_evaluation_teacher,
+        evaluates_teacher,
+        teacher_needed,
+        tokenizer_source,
+    )
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
@@ -418,34 +434,67 @@ def plan_config(
             f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
             "not in these figures; eval.teacher=false skips it\n"
         )
-    vocab = vocab_size or _vocab_size(cfg)
+    if vocab_size is None:
+        vocab, _ = _vocab_size(cfg)
+    elif (
+        tokenizer_source(cfg) != "train_bpe"
+    ):  # a real model or a tokenizer of its own sets it (try-out 118, F3)
+        vocab, source = _vocab_size(cfg)
+        if vocab != vocab_size:
+            raise ConfigError(
+                f"--vocab-size {vocab_size:,}: this run builds its preset models at V={vocab:,}, the vocabulary of "
+                f"{source}; drop --vocab-size"
+            )
+    else:  # a what-if over the size of a tokenizer not trained yet
+        vocab = vocab_size
+        if vocab != cfg.model.bpe_vocab_size:
+            note += (
+                f"preset models planned at V={vocab:,} (--vocab-size); this run trains a BPE tokenizer and builds "
+                f"them at model.bpe_vocab_size={cfg.model.bpe_vocab_size:,}\n"
+            )
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab, "cuda")  # a plan is for GPUs
-    ac = (cfg.train.activation_checkpointing,) if cfg.train.activation_checkpointing else (False, True)
-    options = plan_options(
+    # with and without activation checkpointing whatever the config says (try-out 118, F2: a config that asks for
+    # it was never shown that it fits without, at ~1/3 less compute)
+    options_at = partial(
+        plan_options,
         student,
         teacher,
         gpus=gpus,
         tokens=tokens,
-        chunk_rows=chunk,
         parallel=parallel,
         placement=placement,
-        activation_checkpointing=ac,
         param_dtype=param_dtype,
         teacher_bytes_per_param=4 if cfg.model.teacher_dtype == "float32" else 2,
         activation_bytes=4 if cfg.train.precision == "fp32" else 2,
     )
+    options = options_at(chunk_rows=chunk)
+    smaller_chunk = None
+    rows = min(chunk, tokens) // 2
+    while (
+        smaller_chunk is None
+        and rows >= MIN_PLANNED_CHUNK
+        and all(o.memory.total > gpu_memory for o in options)
+    ):
+        fitting = [o for o in options_at(chunk_rows=rows) if o.memory.total <= gpu_memory]
+        smaller_chunk = (rows, fitting[0].memory.total) if fitting else None
+        rows //= 2
     return note + format_plan(
-        cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens
+        cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens, smaller_chunk
     )
 
 
-def _vocab_size(cfg) -> int:
-    """The vocabulary a preset model is built with: the BPE size when the run trains its tokenizer (the rules
-    of ``ekd.train.prepare``), the length of ``model.tokenizer`` when it names one of its own, else the
-    vocabulary in the config of the non-preset model.
+MIN_PLANNED_CHUNK = 64
+"""The smallest ``train.head_chunk_size`` a plan that fits nowhere suggests (halving from the config's): below it
+the head's GEMMs are too thin to keep a GPU busy."""
+
+
+def _vocab_size(cfg) -> tuple[int, str]:
+    """The vocabulary a preset model is built with, and where it comes from: the BPE size when the run trains its
+    tokenizer (the rules of ``ekd.train.prepare``), the length of ``model.tokenizer`` when it names one of its
+    own, else the vocabulary in the config of the non-preset model.
 
     Raises:
         ConfigError: the size cannot be known without loading a tokenizer (pass ``--vocab-size``).
@@ -459,7 +508,7 @@ def _vocab_size(cfg) -> int:
     m = cfg.model
     spec = tokenizer_source(cfg)  # distill's rule for presets
     if spec == "train_bpe":
-        return m.bpe_vocab_size
+        return m.bpe_vocab_size, "model.bpe_vocab_size (the BPE tokenizer the run trains)"
     models = {
         "teacher": teacher_config_source(cfg),
         "student": (m.student, m.revision),
@@ -469,12 +518,13 @@ def _vocab_size(cfg) -> int:
     if spec not in models:  # a tokenizer of its own (try-out 24): what distill reads, its length
         from ekd.models.load import load_tokenizer
 
-        return len(load_tokenizer(spec, m.revision, m.trust_remote_code, "model.tokenizer"))
+        tokenizer = load_tokenizer(spec, m.revision, m.trust_remote_code, "model.tokenizer")
+        return len(tokenizer), f"model.tokenizer={spec}"
     for role in sorted(models, key=lambda r: r != spec):  # the named model's first
         model, revision = models[role]
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
             check_model_spec(model, f"model.{role}", revision, weights=False)  # distill's check; config only
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
-            return int(config.vocab_size)
+            return int(config.vocab_size), f"model.{role}={model} (its config.json)"
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")
