@@ -1670,3 +1670,23 @@ def test_teachers_are_told_apart_by_the_dtype_they_ran_in(tmp_path):
     record(runs[2], "bfloat16")  # auto on a GPU
     (g,) = compare_runs(runs, tmp_path / "other", plots=False)["groups"]
     assert g["metrics"]["eval/kl"]["n"] == 2, g["metrics"]["eval/kl"]
+
+
+def test_the_starting_students_row_shows_their_task_scores(tmp_path):
+    """Try-out 119, F5: the `(student init)` row showed '—' in every task column though each run's eval.json
+    records the initial student's task results (`tasks.student_init`) and tag means."""
+    runs = []
+    for seed in (0, 1):
+        run = _with_tasks(_fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0, 0.5), {"mc": (0.4, 20)})
+        ev = json.loads((run / "eval.json").read_text())
+        ev["tasks"]["student_init"] = {"mc": {"value": 0.25, "ece": 9.0, "n": 20}}
+        ev["tasks"]["summary"]["student_init"] = {"mean": {"in_distribution": 0.25}, "mc_ece": {}}
+        (run / "eval.json").write_text(json.dumps(ev))
+        runs.append(run)
+    (start,) = compare_runs(runs, tmp_path / "out", plots=False)["starts"]
+    assert start["metrics"]["task:mc/score"] == 0.25 and start["metrics"]["task:mc/ece"] == 9.0, start
+    assert start["metrics"]["tasks[in_distribution]/score"] == 0.25 and start["n"]["task:mc/score"] == 2
+    assert "tasks[in_distribution]/ece" not in start["metrics"]  # none recorded: no NaN figure
+    text = (tmp_path / "out" / "compare.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| (student init)"))
+    assert "0.2500" in row, row

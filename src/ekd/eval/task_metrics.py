@@ -204,6 +204,23 @@ def format_gap(value: Any, fmt: str = ".3f") -> str:
     return value if isinstance(value, str) else format(value, fmt)
 
 
+def task_starts(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The initial student's downstream-task figures an eval.json records (its ``tasks`` section's
+    ``student_init`` results and tag means), keyed as :func:`task_sets` keys the student's: ``task:<name>`` and
+    ``tasks[<tag>]`` → ``score`` and ``ece`` (NaN where none) — what ``ekd compare``'s ``(student init)`` row
+    shows beside the eval sets' starting figures (try-out 119, F5: it showed '—' in every task column)."""
+    section = eval_json.get("tasks") or {}
+    out = {
+        f"task:{task}": {"score": _nan(r.get("value")), "ece": _nan(r.get("ece"))}
+        for task, r in (section.get("student_init") or {}).items()
+        if isinstance(r, Mapping)
+    }
+    summary = (section.get("summary") or {}).get("student_init") or {}
+    for tag, mean in (summary.get("mean") or {}).items():
+        out[f"tasks[{tag}]"] = {"score": _nan(mean), "ece": _nan((summary.get("mc_ece") or {}).get(tag))}
+    return out
+
+
 def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """eval.json with its ``tasks`` section flattened into eval-set-like entries for ``ekd compare``.
 

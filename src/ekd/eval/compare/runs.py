@@ -30,7 +30,7 @@ from ekd.eval.eval_json import (
     split_settings,
 )
 from ekd.eval.saved_files import config_problem, eval_json_problem
-from ekd.eval.task_metrics import task_sets, task_ways
+from ekd.eval.task_metrics import task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, same_dtype
 from ekd.train.run_dir import changes_training, read_marker
@@ -613,6 +613,7 @@ def _eval_results(
             for name, entry in saved.items()
             if isinstance(entry, dict) and isinstance(entry.get(STUDENT_INIT_KEY), dict)
         }
+        starts.update(task_starts(saved))  # the downstream tasks' initial student
         return metrics, scored_with, scored_by, ways, teachers, starts
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
     if (

@@ -19,6 +19,7 @@ from ekd.eval.compare.runs import (
     METRICS,
     UNPAIRED,
     _scored_set,
+    _task_entry,
     _text_set,
     most_common,
     setting_said,
@@ -393,7 +394,7 @@ def _start_rows(groups: list[Group]) -> list[dict[str, Any]]:
         for r in g.runs:
             for column in r.column_names():
                 entry = r.entry_name(column)
-                figures = r.starts.get(entry or "") if _text_set(column) else None
+                figures = r.starts.get(entry or "") if _text_set(column) or _task_entry(column) else None
                 for m, v in (figures or {}).items():
                     if m not in METRICS or not isinstance(v, (int, float)) or not math.isfinite(v):
                         continue
