@@ -453,3 +453,27 @@ def test_a_teacher_whose_weights_file_is_cut_short_is_named(built, capsys):
         weights.write_bytes(whole)
     line = _error_line(capsys)
     assert "has model.safetensors, which safetensors cannot read" in line and "half-synced" in line
+
+
+def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
+    """Try-out 119 (a sweep moving its cache to a node's disk): `--resume teacher.cache_dir=COPY` was refused as
+    changing "what the run computes"; the cache's signature is checked before the first step, so a copy is
+    taken (one line says so) and trains on exactly as the uninterrupted run; a cache built for other settings
+    is still refused, and one that is not there is named."""
+    root = built["root"]
+    first = _from_cache(built, "run.name=moved", "train.checkpoint_every=1")
+    assert main([*first, "train.max_steps=2"]) == 0
+    copy = root / "cache-copy"
+    shutil.copytree(built["cache"], copy)
+    capsys.readouterr()
+    assert main([*first, "--resume", f"teacher.cache_dir={copy}"]) == 0, capsys.readouterr().err
+    assert loss_curve(root / "runs" / "moved") == loss_curve(root / "runs" / "ref")
+    other = root / "cache-topk"  # the same data and teacher, other targets: its signature differs
+    assert main(["-q", "cache", built["cfg"], "method.preset=topk", f"teacher.cache_dir={other}"]) == 0
+    capsys.readouterr()
+    assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={other}"]) != 0
+    assert "target" in _error_line(capsys)
+    gone = root / "cache-gone"
+    assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
+    line = _error_line(capsys)
+    assert f"teacher.cache_dir {gone} does not exist" in line, line

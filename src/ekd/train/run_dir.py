@@ -194,10 +194,12 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 RECORDED_CONTENT = {
     "model.teacher": ("teacher_weights", "the same weights"),
     "data.source": ("data_fingerprint", "the same training blocks"),
+    "teacher.cache_dir": (None, "a cache built for this run: its signature is checked"),
 }
 """Config key → (``ekd-run.json`` record of what it holds, what ``--resume`` checks): paths a resumed run may name
 anew, since it checks their content (a teacher or training data moved: try-out 44 was told to pass 'a hub id, a
-saved model directory or preset:<name>')."""
+saved model directory or preset:<name>'). A teacher cache needs no record: the run refuses a cache whose
+signature — the data, the teacher's weights, the targets — is not its config's before the first step."""
 
 
 def name_it_now(key: str) -> str:
@@ -246,6 +248,15 @@ def _another_path(blocking: list[str], key: str, saved: dict, now: str, why: str
     longer ``blocking``, said in one line with ``why`` it is the same."""
     blocking.remove(key)
     log.info("--resume with %s at another path (%s → %s): %s", key, flat_config(saved).get(key), now, why)
+
+
+def _reads_cache(key: str, saved: dict, cfg: Config) -> bool:
+    """Whether ``key`` is ``teacher.cache_dir`` of a run that trains from a cache, saved and now."""
+    return (
+        key == "teacher.cache_dir"
+        and cfg.teacher.source == "cache"
+        and ((saved.get("teacher") or {}).get("source") == "cache")
+    )
 
 
 def other_teacher(spec: str) -> str:
@@ -652,7 +663,9 @@ class RunStart:
             )
         if gone := gone_paths(flat_config(saved), flat_config(current), blocking):
             movable = [
-                k for k, (record, _) in RECORDED_CONTENT.items() if record in (marker or {}) and k in blocking
+                k
+                for k, (record, _) in RECORDED_CONTENT.items()
+                if k in blocking and (record in (marker or {}) or _reads_cache(k, saved, self.cfg))
             ]
             raise RunDirError(  # try-out 23: was "the config differs in data.source" (it did not)
                 f"--resume: no such file or directory: {'; '.join(gone)}; put it back where the run read it and "
@@ -671,6 +684,11 @@ class RunStart:
                               "the same weights (their fingerprint is the run's)")  # fmt: skip
             elif same is not None:
                 raise RunDirError(other_teacher(self.cfg.model.teacher))
+        if "teacher.cache_dir" in blocking and _reads_cache("teacher.cache_dir", saved, self.cfg):
+            # the cache copied or moved (a node's local disk): try-out 119's was refused as another run
+            _another_path(blocking, "teacher.cache_dir", saved, self.cfg.teacher.cache_dir,
+                          "a cache built for this run (its signature — the data, the teacher's weights, the "
+                          "targets — is checked before the first step)")  # fmt: skip
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
