@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from ekd.config import load_config
 from ekd.config.inert import READ_WHEN, inert_keys
@@ -738,3 +739,24 @@ def test_a_run_read_through_a_token_store_is_the_run_read_in_memory(tmp_path, ca
     assert '"abs": 0.0, "relative": 0.0' in json.dumps(replica), (
         replica
     )  # resumed through the store: bit for bit
+
+
+def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(tmp_path, capsys, monkeypatch):
+    """Try-out 119's class (the teacher's dtype as set, not as it ran): `--resume model.teacher_dtype=float32` of
+    a kd run with `auto` on a CPU — where auto loads a float32 teacher — was refused as changing what the run
+    computes, as train.precision=fp32 of an `auto` run once was; bfloat16 is another teacher and still refused."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU 'auto' is bfloat16")
+    monkeypatch.chdir(tmp_path)
+    write_corpus(Path("corpus"), n_docs=8)
+    extra = {"train.max_steps": 1, "train.checkpoint_every": 1, "method.preset": "kd"}
+    config = config_file(Path("."), Path("corpus"), "kdrun", **extra)
+    assert cli(capsys, "distill", config)[0] == 0
+    code, _, err = cli(
+        capsys, "distill", config, "--resume", "train.max_steps=2", "model.teacher_dtype=float32"
+    )
+    assert code == 0, err
+    line = one_error_line(
+        *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.teacher_dtype=bfloat16")[::2]
+    )
+    assert "the config differs from the saved run in model.teacher_dtype" in line, line

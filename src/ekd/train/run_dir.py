@@ -122,13 +122,32 @@ def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``train.precision`` compute alike on this run's device: 'auto' and
     'fp32' on CPU (no autocast there: :func:`ekd.train.precision.autocast_for`, and TF32 is a GPU matter);
     on a GPU 'auto' is bf16."""
-    import torch
-
     from ekd.train.precision import autocast_for
 
     old, new = (saved.get("train") or {}).get("precision"), cfg.train.precision
-    on_cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
-    return on_cpu and autocast_for(old, "cpu") is None and autocast_for(new, "cpu") is None
+    return _on_cpu(cfg) and autocast_for(old, "cpu") is None and autocast_for(new, "cpu") is None
+
+
+def _one_teacher_dtype(saved: dict, cfg: Config) -> bool:
+    """Whether the saved and the current ``model.teacher_dtype`` load the teacher alike on this run's device:
+    'auto' and 'float32' on CPU (:func:`ekd.models.load.resolve_dtype`), as :func:`_one_arithmetic` for the
+    precision."""
+    import torch
+
+    from ekd.models.load import DTYPES, resolve_dtype
+
+    old = str((saved.get("model") or {}).get("teacher_dtype"))
+    if not _on_cpu(cfg) or old not in {*DTYPES, "auto"}:
+        return False
+    cpu = torch.device("cpu")
+    return resolve_dtype(old, cpu) == resolve_dtype(cfg.model.teacher_dtype, cpu)
+
+
+def _on_cpu(cfg: Config) -> bool:
+    """Whether the run computes on the CPU (``run.device``, 'auto' without a GPU)."""
+    import torch
+
+    return cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
 
 
 # why a refused key cannot change, where the generic "changes what the run computes" says too little
@@ -631,6 +650,8 @@ class RunStart:
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
             diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
+        if "model.teacher_dtype" in diffs and _one_teacher_dtype(saved or {}, self.cfg):
+            diffs.remove("model.teacher_dtype")  # likewise: 'auto' loads a float32 teacher on CPU
         blocking = [k for k in diffs if not resumable(k)]
         # try-out 112, F1: a key neither config reads was warned of as without effect, then refused as a change
         unread_diffs = sorted(_unread_by_both(saved, self.cfg) & set(diffs))
