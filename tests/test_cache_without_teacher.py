@@ -468,6 +468,16 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     capsys.readouterr()
     assert main([*first, "--resume", f"teacher.cache_dir={copy}"]) == 0, capsys.readouterr().err
     assert loss_curve(root / "runs" / "moved") == loss_curve(root / "runs" / "ref")
+    # try-out 120, F2: ekd compare made the run that read the copy another method (teacher.cache_dir by path):
+    # a cache run is told by the teacher its cache pins (ekd-run.json's cache_teacher), not by the cache's path
+    from ekd.eval.compare import compare_runs
+
+    runs = [root / "runs" / "ref", root / "runs" / "moved"]
+    marker = json.loads((runs[1] / "ekd-run.json").read_text())
+    assert marker["cache_teacher"].startswith("safetensors-sha256:"), marker
+    summary = compare_runs(runs, root / "cmp", plots=False)
+    assert [g["method"] for g in summary["groups"]] == ["rskd"], summary["groups"]
+    assert summary["replicas"][0]["replicas"][0]["run"] == str(runs[1]), summary["replicas"]
     other = root / "cache-topk"  # the same data and teacher, other targets: its signature differs
     assert main(["-q", "cache", built["cfg"], "method.preset=topk", f"teacher.cache_dir={other}"]) == 0
     capsys.readouterr()

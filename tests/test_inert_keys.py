@@ -760,3 +760,15 @@ def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(tmp_pa
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.teacher_dtype=bfloat16")[::2]
     )
     assert "the config differs from the saved run in model.teacher_dtype" in line, line
+    # try-out 120, F1: ekd compare took the resumed run (config now float32) for another method than an
+    # uninterrupted `auto` one of the same seed; each segment records what ran, so they are replicas
+    import json
+
+    from ekd.eval.compare import compare_runs
+
+    marker = json.loads(Path("runs/kdrun/ekd-run.json").read_text())
+    assert {(s["autocast"], s["teacher_dtype"]) for s in marker["segments"]} == {("fp32", "float32")}, marker
+    assert cli(capsys, "distill", config, "run.name=whole", "train.max_steps=2")[0] == 0
+    summary = compare_runs([Path("runs/kdrun"), Path("runs/whole")], tmp_path / "cmp", plots=False)
+    assert [g["method"] for g in summary["groups"]] == ["kd"], summary["groups"]
+    assert [r["run"] for r in summary["replicas"][0]["replicas"]] == ["runs/whole"], summary["replicas"]

@@ -6,11 +6,15 @@
      "data_fingerprint": "<sha256 of the packed training blocks>", "train_blocks": 78,
      "eval_blocks": {"eval": "<sha256 of the set's blocks>", ...},
      "held_out_documents": "<sha256 of the held-out split's documents>",
-     "tokenizer_tokens": 320, "head_rows": 320, "global_micro_batch": 8, "ranks": 2}
+     "tokenizer_tokens": 320, "head_rows": 320, "global_micro_batch": 8, "ranks": 2,
+     "segments": [{"ranks": 2, "parallel": "ddp", "micro_batch_size": 4, "autocast": "bf16",
+                   "teacher_dtype": "bfloat16"}], "cache_teacher": "safetensors-sha256:…"}
 
-(the last four once the run has finished: the tokenizer length V its targets and scores spanned, the rows of
+(the last ones once the run has finished: the tokenizer length V its targets and scores spanned, the rows of
 the exported student's head, more than V when padded, the rows of one micro-batch over all ranks —
-ranks × ``train.micro_batch_size``, which config.yaml alone does not tell — and the ranks of its last segment.)
+ranks × ``train.micro_batch_size``, which config.yaml alone does not tell —, the ranks of its last segment, each
+segment's layout and arithmetic as it ran — ``train.precision`` and ``model.teacher_dtype`` resolved —, and a
+cache run's teacher as its cache pins it.)
 
 :class:`RunStart` is the start of a run as one transaction:
 

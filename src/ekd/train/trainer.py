@@ -33,6 +33,7 @@ from ekd.config.inert import (
     unread_eval_keys,
 )
 from ekd.errors import EkdError, NonFiniteLossError
+from ekd.eval.eval_json import precision_name
 from ekd.io import writing
 from ekd.log_level import EVERY_RANK
 from ekd.models.dropout import active_dropout, dropout_fix
@@ -154,6 +155,28 @@ def run_totals(
         "valid": float(earlier["valid"]) + valid,
         "layouts": segment_layouts(earlier, layout),
     }
+
+
+def dtype_name(model: nn.Module) -> str:
+    """'float32', 'bfloat16', … : the dtype of ``model``'s parameters (the dtype a teacher runs in)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _cache_teacher(teacher: Any) -> str | None:
+    """The teacher of a run from a cache as the cache's signature pins it: the sha256 of its weights (a local
+    directory, a preset: ``teacher_revision``), else its id at its hub revision; None for an online teacher or
+    none."""
+    from ekd.teacher.cache.manifest import CONTENT_REVISIONS
+
+    signature = getattr(getattr(teacher, "reader", None), "signature", None) or {}
+    revision = str(signature.get("teacher_revision") or "")
+    if not revision:
+        return None
+    return (
+        revision
+        if revision.startswith(CONTENT_REVISIONS)
+        else f"{signature.get('teacher_id', '')}@{revision}"
+    )
 
 
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
@@ -508,6 +531,10 @@ def _train(
         "ranks": ranks.world_size,
         "parallel": cfg.train.parallel,
         "micro_batch_size": cfg.train.micro_batch_size,
+        # the arithmetic as it ran, not as set ('auto' is fp32 and a float32 teacher on a CPU): what `ekd compare`
+        # groups runs by (try-out 120, F1: auto and fp32 runs, bit-identical, were two methods)
+        "autocast": precision_name(amp),
+        **({"teacher_dtype": dtype_name(teacher_model)} if teacher_model is not None else {}),
     }
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         # first: a checkpoint of another run is said so, not as weights that do not fit or another policy
@@ -829,6 +856,8 @@ def _train(
         # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows,
         # the batch over all ranks (a torchrun run's config.yaml is a one-process run's with another batch)
         start.finish(
+            # a cache run's teacher, as the cache pins it (ekd compare's identity of the teacher: try-out 120, F2)
+            **({"cache_teacher": cache_teacher} if (cache_teacher := _cache_teacher(teacher)) else {}),
             tokenizer_tokens=data.vocab_size,
             head_rows=shipped["head_rows"],
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,

@@ -171,7 +171,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             runs
         ):  # (try-out 70, F2: a finished run whose student/ is gone fell back to the config's spelling)
             r.tokenizer = f"encodings sha256:{r.tokenizer_sha256}"
+    # train.precision / model.teacher_dtype as they ran, when every run records how (an older ekd's 'auto' stays
+    # comparable with the others' settings); a cache run's teacher as its cache pins it, likewise
+    arithmetic_by_record = all("train.precision" in r.ran_as() for r in runs)
+    from_cache = [r for r in runs if (r.config.get("teacher") or {}).get("source") == "cache"]
+    cache_by_content = all(r.cache_teacher for r in from_cache)
     for r in runs:
+        r.arithmetic_by_record, r.cache_by_content = arithmetic_by_record, cache_by_content
         r.source_by_content, r.sets_by_content = by_content, sets_by_content
         r.precision_fill = precision_fill
         r.teacher_by_content = teacher_by_content

@@ -154,8 +154,16 @@ class RunRecord:
     precision_fill: dict[str, str | None] = field(default_factory=dict)
     # the ranks of the run's last segment (ekd-run.json); None for a run of an older ekd
     ranks: int | None = None
-    # every segment's {"ranks", "parallel"} (ekd-run.json), where the run knows them all; None otherwise
+    # every segment's {"ranks", "parallel", "micro_batch_size", "autocast", "teacher_dtype"} (ekd-run.json), where
+    # the run knows them all; None otherwise
     segments: list[dict[str, Any]] | None = None
+    # train.precision and model.teacher_dtype read as the segments record them ran (:meth:`ran_as`): every compared
+    # run records it
+    arithmetic_by_record: bool = False
+    # a cache-trained run's teacher as its cache pins it (ekd-run.json ``cache_teacher``); None otherwise
+    cache_teacher: str | None = None
+    # model.teacher and teacher.cache_dir of a cache run read as :attr:`cache_teacher`: every cache run records it
+    cache_by_content: bool = False
     # set → the eval settings its figures were computed with, where its eval.json entry records them (:meth:`scoring`)
     scored_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # task entry (``task:<name>``, ``tasks[<tag>]``) → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)
@@ -228,6 +236,21 @@ class RunRecord:
         ):  # (ce) which teacher decides its eval figures alone, paired by their own
             # record (try-out 44: ce seeds evaluated against a teacher retrained between them were split in two)
             cfg["model"] = {k: v for k, v in cfg.get("model", {}).items() if k not in TEACHER_MODEL_KEYS}
+        if (
+            self.cache_by_content
+            and self.cache_teacher
+            and (self.config.get("teacher") or {}).get("source") == "cache"
+        ):
+            # the cache by what it holds: a copy elsewhere (a node's disk), or each seed's own RS cache, is the same
+            # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
+            cfg["model"] = {**cfg.get("model", {}), "teacher": f"cache of {self.cache_teacher}"}
+            cfg.get("teacher", {}).pop("cache_dir", None)
+        if (
+            self.arithmetic_by_record
+        ):  # as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
+            for key, value in self.ran_as().items():
+                section, name = key.split(".")
+                cfg.setdefault(section, {})[name] = value
         if "model" in cfg:
             cfg["model"] = _unread_model_keys_dropped(cfg["model"])
         # keys the trainer calls unread or idle (the warning at a run's start, --resume) count at their defaults:
@@ -237,6 +260,19 @@ class RunRecord:
             if name in (cfg.get(section) or {}):
                 cfg[section][name] = _DEFAULTS[section][name]
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
+
+    def ran_as(self) -> dict[str, str]:
+        """``train.precision`` and ``model.teacher_dtype`` as the run computed them — the forward autocast
+        ('fp32', 'bf16') and the dtype its teacher's weights ran in ('float32', ...) that every segment records
+        (``autocast``, ``teacher_dtype`` in ekd-run.json), 'x then y' where a resume changed them; {} for a run
+        of an older ekd, and no ``model.teacher_dtype`` where no teacher model was loaded."""
+        out: dict[str, str] = {}
+        segments = self.segments or []
+        for key, recorded in (("train.precision", "autocast"), ("model.teacher_dtype", "teacher_dtype")):
+            values = [s.get(recorded) for s in segments]
+            if values and None not in values:
+                out[key] = " then ".join(dict.fromkeys(map(str, values)))
+        return out
 
     @cached_property
     def unread_keys(self) -> frozenset[str]:
@@ -505,6 +541,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         marker.get("global_micro_batch"),
         marker.get("data_fingerprint") or None,
         teacher_weights=marker.get("teacher_weights") or None,
+        cache_teacher=marker.get("cache_teacher") or None,
         student_weights=marker.get("student_weights") or None,
         tokenizer_sha256=marker.get("tokenizer_sha256") or None,
         ranks=marker.get("ranks"),
