@@ -1647,19 +1647,33 @@ def test_a_task_that_does_not_generate_is_one_way_under_any_generation_budget():
 
     def ways(budget: int, template: str = "auto") -> dict:
         settings = task_section_settings(
-            TaskSettings(tasks=("mc", "gen", "old"), max_new_tokens=budget, chat_template=template)
+            TaskSettings(tasks=("mc", "gen", "old", "grouped"), max_new_tokens=budget, chat_template=template)
         )
         student = {
-            "mc": {"n": 20, "documents_sha256": "m", "output_type": "multiple_choice"},
+            "mc": {
+                "n": 20,
+                "documents_sha256": "m",
+                "output_type": "multiple_choice",
+                "group_generates": False,
+            },
+            # try-out 120, F5: a multiple-choice leaf of a group that generates is rendered through the template
+            "grouped": {
+                "n": 20,
+                "documents_sha256": "q",
+                "output_type": "multiple_choice",
+                "group_generates": True,
+            },
             "gen": {"n": 6, "documents_sha256": "g", "output_type": "generate_until"},
             "old": {"n": 6, "documents_sha256": "o"},
         }
-        tags = {"mc": "mcs", "gen": "gens", "old": "gens"}
+        tags = {"mc": "mcs", "gen": "gens", "old": "gens", "grouped": "groups"}
         return tm.task_ways({"tasks": {"settings": settings, "student": student, "tags": tags}})
 
     five, seven, off = ways(5), ways(7), ways(5, "off")
     assert five["task:mc"] == seven["task:mc"] == off["task:mc"]
     assert five["tasks[mcs]"] == seven["tasks[mcs]"]
+    assert five["task:grouped"] == seven["task:grouped"] != off["task:grouped"]
+    assert five["tasks[groups]"] == seven["tasks[groups]"] != off["tasks[groups]"]
     for name in ("task:gen", "task:old", "tasks[gens]"):
         assert five[name] != seven[name] and five[name] != off[name], name
     # the cached results' signature likewise

@@ -250,9 +250,23 @@ GENERATION_SETTINGS = ("max_new_tokens", "chat_template")
 alone: a multiple-choice or log-likelihood task's score is the same under any value (try-out 119, F3: a budget
 raised for GSM8K made ARC's results another way, scored again and split into another column)."""
 
+GROUP_GENERATES = "group_generates"
+"""The key of a task result recording whether the group it was requested in (a ``group:`` YAML, or the task
+alone) holds a generation task: lm-eval renders every leaf of such a group through the chat template
+(``eval.tasks_chat_template``), a multiple-choice one too (try-out 120, F5)."""
+
 SETTINGS_NOT_A_WAY = ("tasks", "seed")
 """``tasks.settings`` keys that do not make another way of scoring a task: the list of tasks scored with it, and
 the seed (the run's: few-shot examples drawn per seed are part of what varies over seeds)."""
+
+
+def _generation_settings_read(result: Mapping[str, Any]) -> set[str]:
+    """The :data:`GENERATION_SETTINGS` a task's score depends on: both for a generation task (or one whose
+    result records no output type, an older ekd's), the chat template alone for another task of a group that
+    generates (or whose result does not record it: :data:`GROUP_GENERATES`), none otherwise."""
+    if result.get("output_type") in (None, "generate_until"):
+        return set(GENERATION_SETTINGS)
+    return {"chat_template"} if result.get(GROUP_GENERATES, True) else set()
 
 
 def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -276,10 +290,10 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     tags = section.get("tags") or {}
     out: dict[str, dict[str, Any]] = {}
     members: dict[str, dict[str, Any]] = {}  # tag → task → documents (and identity)
-    generating: dict[str, bool] = {}  # tag → whether a task of it generates (or may: none recorded)
+    reads: dict[str, set[str]] = {}  # tag → the generation settings some task of it reads
     for task, r in student.items():
-        generates = r.get("output_type") in (None, "generate_until")
-        own = {k: v for k, v in settings.items() if generates or k not in GENERATION_SETTINGS}
+        read = _generation_settings_read(r)
+        own = {k: v for k, v in settings.items() if k in read or k not in GENERATION_SETTINGS}
         identity = r.get(DOCUMENTS_SHA256)
         if identity:  # the task by content: where its directory lies, and what else it holds, do not matter
             way = {k: v for k, v in own.items() if k not in ("tasks_dir", "tasks_dir_hash")}
@@ -290,14 +304,14 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             member = r.get("n")
         tag = tags.get(task) or tag_of(task, {})
         members.setdefault(tag, {})[task] = member
-        generating[tag] = generating.get(tag, False) or generates
+        reads.setdefault(tag, set()).update(read)
     for tag, tasks in members.items():
         identified = all(isinstance(m, list) for m in tasks.values())
         way = {
             k: v
             for k, v in settings.items()
             if (not identified or k not in ("tasks_dir", "tasks_dir_hash"))
-            and (generating[tag] or k not in GENERATION_SETTINGS)
+            and (k in reads[tag] or k not in GENERATION_SETTINGS)
         }
         out[f"tasks[{tag}]"] = {**way, "tasks": dict(sorted(tasks.items()))}
     return out

@@ -53,7 +53,7 @@ from ekd.eval.task_data import (
     run_error,
     task_leaves,
 )
-from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS
+from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS, GROUP_GENERATES
 from ekd.hub import offline_unless_reachable
 from ekd.nearest import close_names, did_you_mean
 from ekd.words import counted
@@ -638,6 +638,8 @@ def run_tasks(
                     leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall / len(leaves)
                 )
                 out[leaf][DOCUMENTS_SHA256] = identity[leaf].sha256
+                # the chat template applies to every leaf of a group that generates (a multiple-choice one too)
+                out[leaf][GROUP_GENERATES] = generation
                 ece = out[leaf]["ece"]  # NaN for generation tasks: MC-ECE is for multiple choice only
                 log.info(
                     "task %s on %s: %s %.4f%s  (%s, %.1fs)",
