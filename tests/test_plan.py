@@ -415,5 +415,32 @@ def test_a_plan_shows_both_checkpointing_modes_and_the_chunk_that_fits(tmp_path,
     assert rows < 2048 and "the same math in smaller pieces" in verdict, verdict
     rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB", f"train.head_chunk_size={rows}")
     assert rc == 0 and "\nfits: " in out, out
-    rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB", f"train.head_chunk_size={rows * 2}")
-    assert "nothing fits" in out, out  # the largest that fits was named
+    assert rows % 64 == 0, rows
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "16GiB", f"train.head_chunk_size={rows + 64}")
+    assert "nothing fits" in out, (
+        out
+    )  # the largest multiple of 64 that fits was named (try-out 120, F6: halving
+    # named 512 where 576 fitted)
+
+
+def test_a_padded_hugging_face_head_gives_the_presets_its_tokenizers_length(tmp_path, capsys, monkeypatch):
+    """Try-out 120, F4: beside a model whose config.json pads its head (Qwen2.5: 151,936 rows for 151,665 tokens),
+    plan sized the preset student at the padded rows and refused `--vocab-size` of the tokenizer's length — the V
+    distill builds it at."""
+    from ekd.data.tokenizer import train_bpe_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    tok = train_bpe_tokenizer([f"a b c word{i} {i * 7}" for i in range(200)], 300)
+    padded = tmp_path / "padded"
+    build_preset("llama-micro", len(tok) + 64).save_pretrained(padded)
+    tok.save_pretrained(padded)
+    config = config_file(Path("."), Path("corpus"), "p")
+    own = [f"model.teacher={padded}", "model.tokenizer=teacher"]
+    rc, out, err = cli(capsys, "plan", config, *own, "--gpus", "1")
+    assert rc == 0 and f"V={len(tok)}" in out.splitlines()[0], (out, err)
+    rc, out, err = cli(capsys, "plan", config, *own, "--gpus", "1", "--vocab-size", str(len(tok)))
+    assert rc == 0, err
+    line = one_error_line(
+        *cli(capsys, "plan", config, *own, "--gpus", "1", "--vocab-size", str(len(tok) + 64))[::2]
+    )
+    assert f"V={len(tok):,}, the vocabulary of model.teacher={padded} (its tokenizer)" in line, line

@@ -472,23 +472,20 @@ def plan_config(
     )
     options = options_at(chunk_rows=chunk)
     smaller_chunk = None
-    rows = min(chunk, tokens) // 2
-    while (
-        smaller_chunk is None
-        and rows >= MIN_PLANNED_CHUNK
-        and all(o.memory.total > gpu_memory for o in options)
-    ):
-        fitting = [o for o in options_at(chunk_rows=rows) if o.memory.total <= gpu_memory]
-        smaller_chunk = (rows, fitting[0].memory.total) if fitting else None
-        rows //= 2
+    if all(o.memory.total > gpu_memory for o in options):  # the largest multiple of 64 rows that fits, if any
+        rows = (min(chunk, tokens) - 1) // MIN_PLANNED_CHUNK * MIN_PLANNED_CHUNK
+        while smaller_chunk is None and rows >= MIN_PLANNED_CHUNK:
+            fitting = [o for o in options_at(chunk_rows=rows) if o.memory.total <= gpu_memory]
+            smaller_chunk = (rows, fitting[0].memory.total) if fitting else None
+            rows -= MIN_PLANNED_CHUNK
     return note + format_plan(
         cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens, smaller_chunk
     )
 
 
 MIN_PLANNED_CHUNK = 64
-"""The smallest ``train.head_chunk_size`` a plan that fits nowhere suggests (halving from the config's): below it
-the head's GEMMs are too thin to keep a GPU busy."""
+"""The step and the smallest value of the ``train.head_chunk_size`` a plan that fits nowhere suggests (the largest
+multiple of it below the config's chunk that fits): below it the head's GEMMs are too thin to keep a GPU busy."""
 
 
 def _vocab_size(cfg) -> tuple[int, str]:
@@ -526,5 +523,13 @@ def _vocab_size(cfg) -> tuple[int, str]:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
             check_model_spec(model, f"model.{role}", revision, weights=False)  # distill's check; config only
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
-            return int(config.vocab_size), f"model.{role}={model} (its config.json)"
+            # distill builds presets at the tokenizer's length, not at a padded head's rows (try-out 120, F4:
+            # Qwen2.5's config.json says 151,936 for 151,665 tokens)
+            try:
+                from ekd.models.load import load_tokenizer
+
+                tokens = len(load_tokenizer(model, revision, m.trust_remote_code, f"model.{role}"))
+            except Exception:  # noqa: BLE001 - no tokenizer there (a bare model directory): its head's rows
+                return int(config.vocab_size), f"model.{role}={model} (its config.json)"
+            return tokens, f"model.{role}={model} (its tokenizer)"
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")
