@@ -751,6 +751,10 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     shutil.copytree(tmp_path / "t", tmp_path / "t-copy")  # try-out 43, F1: the same teacher at another path
     moved = ["distill", config, f"model.teacher={tmp_path / 't-copy'}", "model.tokenizer=teacher"]
     assert main([*moved, "train.max_steps=4", "--resume"]) == 0
+    # try-out 120, F3: a tokenizer named by the teacher's path (configs/demo.yaml) moved with it: the blocks it
+    # encodes are checked, so the path may change (it was refused as changing what the run computes)
+    by_path = [*moved[:3], f"model.tokenizer={tmp_path / 't-copy'}"]
+    assert main([*by_path, "train.max_steps=4", "--resume"]) == 0
     build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=1).save_pretrained(
         tmp_path / "t"
     )  # retrained

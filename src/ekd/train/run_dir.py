@@ -217,6 +217,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 RECORDED_CONTENT = {
     "model.teacher": ("teacher_weights", "the same weights"),
     "data.source": ("data_fingerprint", "the same training blocks"),
+    "model.tokenizer": ("data_fingerprint", "the same encodings of the training blocks"),
     "teacher.cache_dir": (None, "a cache built for this run: its signature is checked"),
 }
 """Config key → (``ekd-run.json`` record of what it holds, what ``--resume`` checks): paths a resumed run may name
@@ -700,6 +701,11 @@ class RunStart:
             # the data at another path (a copy on another node): the run's blocks' sha256 decides, once read
             _another_path(blocking, "data.source", saved, self.cfg.data.source, "the training blocks must be the "
                           "run's (their sha256 is checked once they are read)")  # fmt: skip
+        if "model.tokenizer" in blocking and (marker or {}).get("data_fingerprint"):
+            # the tokenizer moved with its teacher (try-out 120, F3: configs/demo.yaml names the teacher's
+            # directory): the blocks it encodes must be the run's, as for data.source
+            _another_path(blocking, "model.tokenizer", saved, self.cfg.model.tokenizer, "the training blocks it "
+                          "encodes must be the run's (their sha256 is checked once they are read)")  # fmt: skip
         if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
             from ekd.models.identity import same_weights
 
