@@ -944,3 +944,13 @@ def test_eval_of_an_unfinished_run_says_how_to_finish_it(ws, capsys):
     assert (
         "it saved no checkpoint: start it again with `ekd distill runs/base/config.yaml --overwrite`" in line
     )
+
+
+def test_a_refusal_naming_many_keys_says_how_many_it_leaves_out():
+    """Try-out 120, F7: a rerun refused for six keys --resume cannot change named five and dropped the sixth
+    without a word, the line then reading as the complete list."""
+    from ekd.train.run_dir import some_of
+
+    keys = [f"train.k{i}" for i in range(7)]
+    assert some_of(keys) == "train.k0, train.k1, train.k2, train.k3, train.k4 and 2 more"
+    assert some_of(keys[:5]) == "train.k0, train.k1, train.k2, train.k3, train.k4"

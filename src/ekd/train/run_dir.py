@@ -274,6 +274,13 @@ def _another_path(blocking: list[str], key: str, saved: dict, now: str, why: str
     log.info("--resume with %s at another path (%s → %s): %s", key, flat_config(saved).get(key), now, why)
 
 
+def some_of(keys: list[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 2 more``: the first ``shown`` of ``keys`` and how many are left out (try-out 120, F7: a
+    sixth blocking key was dropped without a word)."""
+    rest = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {rest} more" if rest > 0 else "")
+
+
 def _reads_cache(key: str, saved: dict, cfg: Config) -> bool:
     """Whether ``key`` is ``teacher.cache_dir`` of a run that trains from a cache, saved and now."""
     return (
@@ -480,9 +487,9 @@ def _existing_run_advice(
     with this config (``--resume`` only where it would accept it). ``unread``: the keys of ``diffs`` neither config
     reads, which make no other run (try-out 113, F2: a run differing only in one was called "a different run")."""
     read = [k for k in diffs if k not in unread]
-    idle = f"{', '.join(unread[:5])}, which neither config reads" if unread else ""
+    idle = f"{some_of(unread)}, which neither config reads" if unread else ""
     if read:
-        what = f"a different run (differs in {', '.join(read[:5])}{'; also in ' + idle if idle else ''})"
+        what = f"a different run (differs in {some_of(read)}{'; also in ' + idle if idle else ''})"
     else:
         what = f"a run (differing in {idle})" if idle else "a run"
     if ckpt is None:  # stopped before its first checkpoint: --resume cannot help
@@ -492,7 +499,7 @@ def _existing_run_advice(
         )
     if blocking:  # --resume would refuse these changes
         return (
-            f"{run_dir} already holds a different run (differs in {', '.join(blocking[:5])}, which --resume "
+            f"{run_dir} already holds a different run (differs in {some_of(blocking)}, which --resume "
             f"cannot change{'; also in ' + idle if idle else ''}); pass --overwrite to replace it, or set run.name"
         )
     if finished:  # --resume would have nothing to do
@@ -723,7 +730,7 @@ class RunStart:
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
-                f"--resume: the config differs from the saved run in {', '.join(blocking[:5])}, which "
+                f"--resume: the config differs from the saved run in {some_of(blocking)}, which "
                 f"{'changes' if len(blocking) == 1 else 'change'} what "
                 f"the run computes{' (' + '; '.join(why) + ')' if why else ''}; resume with the settings in "
                 f"{run_dir / 'config.yaml'}, or start a new run under another run.name"
