@@ -1690,3 +1690,15 @@ def test_the_starting_students_row_shows_their_task_scores(tmp_path):
     text = (tmp_path / "out" / "compare.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| (student init)"))
     assert "0.2500" in row, row
+
+
+def test_a_way_note_names_no_generation_setting_a_task_does_not_read():
+    """Try-out 120, F9: a tag's mean over a multiple-choice task alone (no generation setting in its way) beside one
+    over it and a generation task was said to differ in `eval.tasks_max_new_tokens=None (vs 4)` and the chat
+    template, which no run changed; only the tasks it is over differ."""
+    from ekd.eval.compare.eval_sets import _task_difference
+
+    both = {"limit": 0, "max_new_tokens": 4, "chat_template": "auto", "tasks": {"mc": 20, "gen": 6}}
+    alone = {"limit": 0, "tasks": {"mc": 20}}
+    assert _task_difference(both, alone) == "a mean over other tasks (mc vs mc, gen)"
+    assert "eval.tasks_max_new_tokens=8 (vs 4)" in _task_difference(both, {**both, "max_new_tokens": 8})

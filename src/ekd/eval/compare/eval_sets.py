@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekd.eval.compare.runs import NOT_A_WAY, RunRecord, _config_differences, _scored_set, _task_entry
 from ekd.eval.eval_json import set_of
-from ekd.eval.task_metrics import DOCUMENTS_SHA256
+from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS
 
 if TYPE_CHECKING:
     from ekd.eval.compare.groups import Group
@@ -149,8 +149,8 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     ]  # settings, then data
     for key in sorted(set(a) | set(b), key=lambda k: (order.index(k) if k in order else len(order), k)):
         va, vb = a.get(key), b.get(key)
-        if va == vb:
-            continue
+        if va == vb or (key in GENERATION_SETTINGS and None in (va, vb)):
+            continue  # (a way without a generation setting: no task of it reads it, try-out 120, F9)
         if key in TASK_SETTING_KEYS:
             out.append(f"{TASK_SETTING_KEYS[key]}={vb!r} (vs {va!r})")
         elif key == "documents":
