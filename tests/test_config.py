@@ -459,6 +459,10 @@ def test_a_warmup_as_long_as_the_run_names_every_value_that_works():
         (["method.divergence=hellinger"], "method.divergence"),
         (["method.divergence=forward_kll"], "method.divergence"),
         (["method.jsd_beta=1.5"], "method.jsd_beta"),
+        (
+            ["method.preset=atkd", "method.atkd_lambda=5"],
+            "method.atkd_lambda",
+        ),  # try-out 121, F1: trained away
         (["method.kd_weight=0", "method.ce_weight=0"], "method.kd_weight"),
         (["train.lr=0"], "train.lr"),
         (["train.max_steps=0"], "train.max_steps"),

@@ -81,9 +81,9 @@ def test_demo_seeds_compare_and_claims(tmp_path, capsys):
     """Pre-trained student (default protocol), 2 seeds, the compare table and one claims row per claim."""
     import yaml
 
-    methods = ["kd", "sekd", "rskd", "egad", "egad_nocurriculum"]
+    methods = ["kd", "sekd", "rskd", "egad", "egad_nocurriculum", "sekd3x"]
     rows = run_demo(tmp_path / "demo", methods=methods, budget=TINY, seeds=2, tasks=False)
-    assert [(r["method"], r["seed"]) for r in rows][:2] == [("kd", 0), ("sekd", 0)] and len(rows) == 10
+    assert [(r["method"], r["seed"]) for r in rows][:2] == [("kd", 0), ("sekd", 0)] and len(rows) == 12
     out = capsys.readouterr().out
     assert "pre-trained with CE" in out and "distilling: kd-s1" in out
     init = tmp_path / "demo" / "student-init"
@@ -93,6 +93,10 @@ def test_demo_seeds_compare_and_claims(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
     by = {g["method"]: g for g in summary["groups"]}
     assert by["kd"]["seeds"] == [0, 1] and by["kd"]["metrics"]["eval/ppl"]["n"] == 2
+    # try-out 120: seed 1's cached run stopped at a cache of seed 0's draws; each seed reads its own cache, and
+    # ekd compare tells them by the teacher they pin, not by their paths (one method, two seeds)
+    assert (tmp_path / "demo" / "cache-s1" / "manifest.json").is_file()
+    assert by["sekd3x"]["seeds"] == [0, 1], by["sekd3x"]
     claims = json.loads((tmp_path / "demo" / "claims.json").read_text())
     assert len(claims) == 6 and all(c["verdict"] for c in claims)
     verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims}

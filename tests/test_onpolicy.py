@@ -546,3 +546,10 @@ def test_a_block_shorter_than_prompt_and_budget_is_logged(caplog):
         "on-policy: rows without a prompt region generate at most 16 tokens (data.block_length=48 − "
         "method.prompt_tokens=32), not method.max_new_tokens=64"
     ]
+    caplog.clear()  # try-out 121, F3: "at most 1 tokens (data.block_length=32 − method.prompt_tokens=32)"
+    with caplog.at_level("INFO", logger="ekd.train.onpolicy"):
+        log_generation_budget(_cfg(fraction=1.0, max_new=8, prompt=32), block_length=32)
+    assert [r.getMessage() for r in caplog.records] == [
+        "on-policy: rows without a prompt region generate at most 1 token (data.block_length=32 − "
+        "method.prompt_tokens=32, taken as 31 to leave one to generate), not method.max_new_tokens=8"
+    ]

@@ -199,7 +199,11 @@ def student_config(
     tasks: tuple[str, ...] = (),
 ) -> Config:
     preset, variant = VARIANTS.get(method, (method, []))
-    extra = ["teacher.source=cache", f"teacher.cache_dir={out / 'cache'}"] if method in CACHED_METHODS else []
+    extra = (
+        ["teacher.source=cache", f"teacher.cache_dir={demo_cache_dir(out, seed)}"]
+        if method in CACHED_METHODS
+        else []
+    )
     if tasks:  # the teacher's and the initial student's results are computed once, shared by every run
         extra += [
             f"eval.tasks=[{','.join(tasks)}]",
@@ -248,11 +252,17 @@ def write_demo_tasks(out: Path, b: DemoBudget) -> tuple[str, ...]:
     return write_stdlib_tasks(docs, out / "tasks", out / "tasks-hf-cache", count_tokens, n_mc, n_gen)
 
 
-def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
-    """The offline RS cache (N=50, all positions) of the demo teacher, for the cached presets."""
+def demo_cache_dir(out: Path, seed: int) -> Path:
+    """The demo's RS cache of seed ``seed``: ``cache/`` for seed 0, ``cache-s<seed>/`` for the others (RS draws
+    follow ``run.seed``, so each seed reads its own cache; ``--seeds 2`` stopped at seed 1's cached run)."""
+    return out / ("cache" if seed == 0 else f"cache-s{seed}")
+
+
+def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool, seed: int = 0) -> dict:
+    """The offline RS cache (N=50, all positions) of the demo teacher for seed ``seed``, for the cached presets."""
     from ekd.teacher.cache import CacheError, CacheReader, build_cache
 
-    cfg = student_config(out, b, "sekd3x", steps)
+    cfg = student_config(out, b, "sekd3x", steps, seed)
     t0 = time.perf_counter()
     try:
         directory = build_cache(cfg, overwrite=fresh, measure_forward=False)
@@ -261,7 +271,7 @@ def build_demo_cache(out: Path, b: DemoBudget, steps: int, fresh: bool) -> dict:
         directory = build_cache(cfg, overwrite=True, measure_forward=False)
     info = CacheReader(directory).info()
     print(
-        f"cache: {out / 'cache'} ready in {time.perf_counter() - t0:.0f}s — {info['bytes_per_position']:.1f} B/position, "
+        f"cache: {demo_cache_dir(out, seed)} ready in {time.perf_counter() - t0:.0f}s — {info['bytes_per_position']:.1f} B/position, "
         f"{info['entries_per_position']:.1f} ids/position"
     )
     return info
@@ -309,7 +319,8 @@ def run_demo(
     steps = steps or b.student_steps
     rows: list[dict] = []
     data = None
-    cache_info = build_demo_cache(out, b, steps, fresh) if CACHED_METHODS & set(methods) else None
+    cached = CACHED_METHODS & set(methods)
+    cache_infos = {s: build_demo_cache(out, b, steps, fresh, s) if cached else None for s in range(seeds)}
     task_names = write_demo_tasks(out, b) if tasks else ()
     for seed in range(seeds):
         for method in methods:
@@ -319,7 +330,8 @@ def run_demo(
                 data = prepare_data(cfg, cfg.run_dir)  # tokenized once, shared by every student (equal data)
             print(f"distilling: {name} ({counted(steps, 'step')})")
             result = train(cfg, overwrite=True, data=data)
-            rows.append(_row(method, result, cfg, cache_info, data.vocab_size) | {"seed": seed, "run": name})
+            row = _row(method, result, cfg, cache_infos[seed], data.vocab_size)
+            rows.append(row | {"seed": seed, "run": name})
     teacher_row = _teacher_row(out)
     sizes = eval_set_sizes(data.blocks) if data is not None else {}
     firsts = [r for r in rows if r["seed"] == 0]

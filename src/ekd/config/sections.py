@@ -440,8 +440,9 @@ class MethodConfig:
     """'kd' (divergence), 'dkd', 'atkd', 'ema_self_distill', 'uncertainty'."""
     dkd_beta: float = number(8.0, ge=0)
     """DKD: β weight of NCKD."""
-    atkd_lambda: float = number(0.2, ge=0)
-    """AT-KD: λ weight of easy tokens."""
+    atkd_lambda: float = number(0.2, ge=0, le=1)
+    """AT-KD: λ weight of easy tokens (NCKD), 1 − λ that of hard ones (TCKD + NCKD): in [0, 1] — above 1 the hard
+    tokens' weight is negative and the student is trained away from the teacher (try-out 121, F1)."""
     ema_decay: float = number(0.999, ge=0, le=1)
     """ema_self_distill: decay of the EMA student."""
     ema_weight: float = number(1.0, ge=0)

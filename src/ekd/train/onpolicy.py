@@ -57,6 +57,7 @@ from ekd.data.collate import IGNORE_INDEX, Batch, document_positions, shift_labe
 from ekd.models.generation import neutral_generation_config, stop_ids
 from ekd.selection.draws import row_uniforms
 from ekd.train.row_sampler import RowSampler
+from ekd.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,18 @@ def log_generation_budget(method_cfg: MethodConfig, block_length: int) -> None:
     """
     if method_cfg.student_data_fraction <= 0:
         return
-    room = block_length - max(1, min(method_cfg.prompt_tokens, block_length - 1))
+    prompt = max(1, min(method_cfg.prompt_tokens, block_length - 1))
+    room = block_length - prompt
     if room < method_cfg.max_new_tokens:
+        # the prompt as taken: a row keeps one position to generate into (try-out 121, F3: "32 − 32 … at most 1")
+        taken = "" if prompt == method_cfg.prompt_tokens else f", taken as {prompt} to leave one to generate"
         log.info(
-            "on-policy: rows without a prompt region generate at most %d tokens (data.block_length=%d − "
-            "method.prompt_tokens=%d), not method.max_new_tokens=%d",
-            room,
+            "on-policy: rows without a prompt region generate at most %s (data.block_length=%d − "
+            "method.prompt_tokens=%d%s), not method.max_new_tokens=%d",
+            counted(room, "token"),
             block_length,
             method_cfg.prompt_tokens,
+            taken,
             method_cfg.max_new_tokens,
         )
 
