@@ -482,7 +482,11 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     assert main(["-q", "cache", built["cfg"], "method.preset=topk", f"teacher.cache_dir={other}"]) == 0
     capsys.readouterr()
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={other}"]) != 0
-    assert "target" in _error_line(capsys)
+    line = _error_line(capsys)  # try-out 120, F8: not "train as it was built", which --resume then refuses
+    assert line.startswith("ekd: error: --resume: teacher cache at") and "target" in line, line
+    assert (
+        f"name that cache (teacher.cache_dir={copy}, as " in line and "train as it was built" not in line
+    ), line
     gone = root / "cache-gone"
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -108,7 +109,7 @@ from ekd.train.rank_work import (
     run_on_main,
     sharded_sample_scores,
 )
-from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker
+from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker, saved_config
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
 from ekd.train.same_settings import rank_settings
 from ekd.train.sharded_checkpoint import (
@@ -124,6 +125,7 @@ from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SAMPLE_SELECTION = "sample_selection.json"  # TopSmp's kept blocks, scored once by the initial student
 
 
@@ -155,6 +157,25 @@ def run_totals(
         "valid": float(earlier["valid"]) + valid,
         "layouts": segment_layouts(earlier, layout),
     }
+
+
+def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None) -> T:
+    """``open_cache()`` (a check of ``teacher.cache_dir`` or the cache's opening); on ``--resume`` of the run in
+    ``resumed``, a cache built for other settings is told to be the run's own (try-out 120, F8: the advice "train
+    as it was built (method.rs_samples=20)" was then refused by --resume as a change of what the run computes)."""
+    from ekd.teacher.cache.format import CacheError
+
+    try:
+        return open_cache()
+    except CacheError as e:
+        head, sep, _ = str(e).partition("): ")
+        if resumed is None or not sep or "does not match the training config" not in head:
+            raise
+        saved = ((saved_config(resumed) or {}).get("teacher") or {}).get("cache_dir")
+        raise CacheError(
+            f"--resume: {head}): this run was trained from another cache; name that cache "
+            f"(teacher.cache_dir={saved}, as {resumed / 'config.yaml'} has it) or a copy of it"
+        ) from None
 
 
 def dtype_name(model: nn.Module) -> str:
@@ -452,7 +473,10 @@ def _train(
     if cfg.teacher.source == "cache":
         # every rank would find the same: rank 0 checks, its refusal is said once (its node's files; another
         # node's are checked when its ranks open the cache)
-        run_on_main(ranks, lambda: check_cache_run(cfg), "check teacher.cache_dir")
+        resumed = cfg.run_dir if resume else None
+        run_on_main(
+            ranks, lambda: _resumed_cache(lambda: check_cache_run(cfg), resumed), "check teacher.cache_dir"
+        )
     # a mistyped data path is named before the run directory's advice (try-out 93, F3: "pass --overwrite"), by rank 0,
     # which reads the data; a --resume names a moved source against the path its run read (gone_paths)
     if not resume:
@@ -490,7 +514,10 @@ def _train(
     if parts.needs_teacher:  # a cache built for another config is refused alike by every rank: said once
         teacher = opened_on_main_first(
             ranks,
-            lambda: build_teacher_source(cfg, data, device, teacher_model, teacher_shard),
+            lambda: _resumed_cache(
+                lambda: build_teacher_source(cfg, data, device, teacher_model, teacher_shard),
+                run_dir if resume else None,
+            ),
             "open the teacher source",
         )
     parts.attach_models(student, teacher_model, device)
