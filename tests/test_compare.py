@@ -1702,3 +1702,20 @@ def test_a_way_note_names_no_generation_setting_a_task_does_not_read():
     alone = {"limit": 0, "tasks": {"mc": 20}}
     assert _task_difference(both, alone) == "a mean over other tasks (mc vs mc, gen)"
     assert "eval.tasks_max_new_tokens=8 (vs 4)" in _task_difference(both, {**both, "max_new_tokens": 8})
+
+
+def test_a_set_on_which_every_student_is_nan_keeps_its_column(tmp_path):
+    """Try-out 120, F10: a set on which every seed's student is NaN lost its column in compare.md, and the
+    teacher's finite figures on it with it (they were in compare.csv and .json only)."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0, 0.5) for s in (0, 1)]
+    for d in runs:
+        record = json.loads((d / "eval.json").read_text())
+        record["eval"] = {**record["eval"], "loss": None, "ppl": None, "acc": None, "ece": None, "kl": None}
+        record["eval/teacher"] = {"loss": math.log(5.0), "ppl": 5.0, "acc": 0.5, "ece": 2.0}
+        (d / "eval.json").write_text(json.dumps(record))
+    compare_runs(runs, tmp_path / "out", plots=False)
+    text = (tmp_path / "out" / "compare.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| method | seeds"))
+    assert "eval ppl" in header, header
+    teacher = next(line for line in text.splitlines() if line.startswith("| (teacher)"))
+    assert "5.00" in teacher, teacher

@@ -52,7 +52,7 @@ def _why_no_teacher(why: dict[str, str] | None) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The results table (mean ± std over seeds) and one paired-difference table per baseline."""
     groups = summary["groups"]
-    keys = [k for k in _ordered_keys(summary) if any(k in g["metrics"] for g in groups)]
+    keys = _ordered_keys(summary)
     rows = [  # a cell of fewer seeds than its row (a set some runs did not score) says how many
         {
             "method": g["method"],
@@ -171,10 +171,22 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _ordered_keys(summary: dict[str, Any]) -> list[str]:
-    keys = []
+    """The table's columns: every figure a method's row has, and those only the starting students' or teachers'
+    rows have (try-out 120, F10: a set on which every student is NaN lost its column, the teacher's figures with
+    it), each set's figures together in the methods' order, the cost columns last."""
+    keys: list[str] = []
     for g in summary["groups"]:
         keys.extend(k for k in g["metrics"] if k not in keys)
-    return keys
+    costs = [k for k in keys if "/" not in k]
+    keys = [k for k in keys if "/" in k]
+    for row in [*summary.get("starts", []), *summary.get("teachers", [])]:
+        for k in row["metrics"]:
+            if k in keys:
+                continue
+            column = k.rpartition("/")[0]
+            same = [i for i, other in enumerate(keys) if other.rpartition("/")[0] == column]
+            keys.insert(same[-1] + 1 if same else len(keys), k)
+    return keys + costs
 
 
 def _header(key: str, tiny: set[str] = frozenset()) -> str:
