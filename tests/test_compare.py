@@ -1662,14 +1662,20 @@ def test_teachers_are_told_apart_by_the_dtype_they_ran_in(tmp_path):
         saved["eval"]["teacher"] = {"model": "t", "revision": "", "weights": "sha256:ab", "dtype": dtype}
         (d / "eval.json").write_text(json.dumps(saved))
 
-    for d, dtype in zip(runs, ("float32", "auto", "float32")):
+    for d, dtype in zip(runs, ("float32", "auto", "float32")):  # an older ekd's auto, no autocast recorded
         record(d, dtype)
-    (g,) = compare_runs(runs, tmp_path / "same", plots=False)["groups"]
-    assert g["metrics"]["eval/kl"]["n"] == 3, g["metrics"]["eval/kl"]
-    record(runs[1], "float32")
+    (g,) = compare_runs(runs, tmp_path / "unknown", plots=False)["groups"]
+    assert g["metrics"]["eval/kl"]["n"] == 2, g["metrics"]["eval/kl"]  # auto of an unknown device: apart
     record(runs[2], "bfloat16")  # auto on a GPU
     (g,) = compare_runs(runs, tmp_path / "other", plots=False)["groups"]
-    assert g["metrics"]["eval/kl"]["n"] == 2, g["metrics"]["eval/kl"]
+    assert g["metrics"]["eval/kl"]["n"] == 1, g["metrics"]["eval/kl"]
+    # review of session 34, R1: an older ekd's auto is read by the autocast its entry records (fp32: a CPU's
+    # float32 teacher), never as a wildcard that put a float32 and a bfloat16 teacher in one mean
+    saved = json.loads((runs[1] / "eval.json").read_text())
+    saved["eval"]["scoring"] = {"precision": "fp32"}
+    (runs[1] / "eval.json").write_text(json.dumps(saved))
+    (g,) = compare_runs(runs, tmp_path / "resolved", plots=False)["groups"]
+    assert g["metrics"]["eval/kl"]["n"] == 2 and g["metrics"]["eval/kl"]["mean"] == pytest.approx(0.55)
 
 
 def test_the_starting_students_row_shows_their_task_scores(tmp_path):
@@ -1719,3 +1725,16 @@ def test_a_set_on_which_every_student_is_nan_keeps_its_column(tmp_path):
     assert "eval ppl" in header, header
     teacher = next(line for line in text.splitlines() if line.startswith("| (teacher)"))
     assert "5.00" in teacher, teacher
+
+
+def test_an_evaluation_only_teacher_makes_no_other_method(tmp_path):
+    """Review of session 34, R2: a ce seed evaluated with a teacher recorded that teacher's dtype among its
+    arithmetic and was another method (`ce#2`, "differs in model.teacher_dtype=None (vs 'auto')") than a seed
+    evaluated without one."""
+    runs = [_fake_run(tmp_path, f"ce{s}", "ce", s, 10.0 + s, 0.5) for s in (0, 1)]
+    for d, segment in zip(runs, ({"autocast": "fp32", "teacher_dtype": "float32"}, {"autocast": "fp32"})):
+        (d / "ekd-run.json").write_text(
+            json.dumps({"format": "ekd-run", "state": "finished", "segments": [{"ranks": 1, **segment}]})
+        )
+    (g,) = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
+    assert g["seeds"] == [0, 1], g

@@ -1682,3 +1682,19 @@ def test_a_task_that_does_not_generate_is_one_way_under_any_generation_budget():
     assert sig(5, {"mc": mc}) == sig(7, {"mc": mc})
     assert sig(5, {"gen": gen}) != sig(7, {"gen": gen})
     assert sig(5, {"mc": mc, "gen": gen}) != sig(7, {"mc": mc, "gen": gen})  # a group with a generating leaf
+
+
+def test_an_older_multiple_choice_result_is_the_way_of_todays():
+    """Review of session 34, R6: a multiple-choice result an older ekd wrote (no `group_generates`) kept the chat
+    template in its way, so the same task scored alike by an older and today's ekd made two columns. No ekd
+    applied the template to a group that does not generate: a run whose tasks do not generate reads it so."""
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section_settings
+
+    settings = task_section_settings(TaskSettings(tasks=("arc",)))
+    old = {"arc": {"n": 20, "documents_sha256": "a", "output_type": "multiple_choice"}}
+    new = {"arc": {**old["arc"], "group_generates": False}}
+    ways = [tm.task_ways({"tasks": {"settings": settings, "student": s}})["task:arc"] for s in (old, new)]
+    assert ways[0] == ways[1]
+    with_gen = {**old, "gen": {"n": 6, "documents_sha256": "g", "output_type": "generate_until"}}
+    assert "chat_template" in tm.task_ways({"tasks": {"settings": settings, "student": with_gen}})["task:arc"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config.sections import READ_ONLY_DATA_KEYS
+from ekd.models.identity import ran_in
 
 SETTINGS_KEY = "data"
 """The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""
@@ -241,14 +242,13 @@ def _scored_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def _same_teacher(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two entries record the same teacher, a local one by its weights (the same files moved are the same
     teacher); two entries without one (no teacher figures) are alike."""
-    from ekd.models.identity import same_dtype
-
     ta, tb = a.get(TEACHER_KEY), b.get(TEACHER_KEY)
     if not (isinstance(ta, Mapping) and isinstance(tb, Mapping)):
         return ta == tb
     skip = ("model", "dtype") if ta.get("weights") and tb.get("weights") else ("dtype",)
+    dtypes = [ran_in(e[TEACHER_KEY].get("dtype"), (e.get(SCORING_KEY) or {}).get(PRECISION)) for e in (a, b)]
     ta, tb = ({k: v for k, v in t.items() if k not in skip} for t in (ta, tb))
-    return ta == tb and same_dtype(a[TEACHER_KEY].get("dtype"), b[TEACHER_KEY].get("dtype"))
+    return ta == tb and dtypes[0] == dtypes[1]
 
 
 def student_init_entries(saved: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

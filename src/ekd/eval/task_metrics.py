@@ -260,13 +260,20 @@ SETTINGS_NOT_A_WAY = ("tasks", "seed")
 the seed (the run's: few-shot examples drawn per seed are part of what varies over seeds)."""
 
 
-def _generation_settings_read(result: Mapping[str, Any]) -> set[str]:
-    """The :data:`GENERATION_SETTINGS` a task's score depends on: both for a generation task (or one whose
-    result records no output type, an older ekd's), the chat template alone for another task of a group that
-    generates (or whose result does not record it: :data:`GROUP_GENERATES`), none otherwise."""
-    if result.get("output_type") in (None, "generate_until"):
+def generates(result: Mapping[str, Any]) -> bool:
+    """Whether a task result is a generation task's (``generate_until``; one that records no output type, an older
+    ekd's, is taken to be: its budget may have mattered)."""
+    return result.get("output_type") in (None, "generate_until")
+
+
+def _generation_settings_read(result: Mapping[str, Any], any_generates: bool) -> set[str]:
+    """The :data:`GENERATION_SETTINGS` a task's score depends on: both for a generation task (:func:`generates`),
+    the chat template alone for another task of a group that generates (:data:`GROUP_GENERATES`; a result of an
+    older ekd, which did not record it, by whether any task of its run generates — review of session 34, R6),
+    none otherwise."""
+    if generates(result):
         return set(GENERATION_SETTINGS)
-    return {"chat_template"} if result.get(GROUP_GENERATES, True) else set()
+    return {"chat_template"} if result.get(GROUP_GENERATES, any_generates) else set()
 
 
 def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -291,8 +298,9 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     members: dict[str, dict[str, Any]] = {}  # tag → task → documents (and identity)
     reads: dict[str, set[str]] = {}  # tag → the generation settings some task of it reads
+    any_generates = any(generates(r) for r in student.values())
     for task, r in student.items():
-        read = _generation_settings_read(r)
+        read = _generation_settings_read(r, any_generates)
         own = {k: v for k, v in settings.items() if k in read or k not in GENERATION_SETTINGS}
         identity = r.get(DOCUMENTS_SHA256)
         if identity:  # the task by content: where its directory lies, and what else it holds, do not matter

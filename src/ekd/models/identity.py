@@ -202,10 +202,15 @@ def sampled_fingerprint(spec: str) -> str | None:
     return f"{SAMPLED}{h.hexdigest()}"
 
 
-def same_dtype(a: Any, b: Any) -> bool:
-    """Whether two teacher identities' dtypes (:func:`teacher_identity`) are one: equal, or one of them ``auto`` —
-    what an older ekd recorded, the device's dtype then, which its record does not tell (it paired as equal)."""
-    return a == b or "auto" in (a, b)
+def ran_in(recorded: Any, precision: Any) -> Any:
+    """The dtype a teacher identity (:func:`teacher_identity`) says the teacher ran in: today's records hold it
+    ('float32', 'bfloat16'); an older ekd's ``auto`` is read by the forward autocast its entry records — 'fp32'
+    where 'auto' is a float32 teacher (a CPU), 'bf16'/'fp16' where it is bfloat16 (a GPU) — and stays ``auto``
+    where none is recorded. (A GPU run with ``train.precision=fp32`` and an ``auto`` teacher ran a bfloat16 teacher
+    under no autocast: read as float32; its figures are an older ekd's.)"""
+    if recorded != "auto":
+        return recorded
+    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "bfloat16"}.get(str(precision), recorded)
 
 
 def teacher_identity(cfg: Any, dtype: Any = None) -> dict[str, Any]:

@@ -561,7 +561,13 @@ def _train(
         # the arithmetic as it ran, not as set ('auto' is fp32 and a float32 teacher on a CPU): what `ekd compare`
         # groups runs by (try-out 120, F1: auto and fp32 runs, bit-identical, were two methods)
         "autocast": precision_name(amp),
-        **({"teacher_dtype": dtype_name(teacher_model)} if teacher_model is not None else {}),
+        # the teacher's, where it takes part in training (an evaluation-only teacher is eval.json's: review of
+        # session 34, R2 — a ce seed evaluated with a teacher was another method than one without)
+        **(
+            {"teacher_dtype": dtype_name(teacher_model)}
+            if teacher_model is not None and (parts.needs_teacher or scores_samples_with_teacher(cfg))
+            else {}
+        ),
     }
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         # first: a checkpoint of another run is said so, not as weights that do not fit or another policy

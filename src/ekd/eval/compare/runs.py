@@ -32,7 +32,7 @@ from ekd.eval.eval_json import (
 from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
-from ekd.models.identity import comparable, same_dtype
+from ekd.models.identity import comparable, ran_in
 from ekd.train.run_dir import changes_training, read_marker
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,8 @@ class RunRecord:
         ):  # as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
             for key, value in self.ran_as().items():
                 section, name = key.split(".")
-                cfg.setdefault(section, {})[name] = value
+                if name in cfg.get(section, {}):  # a key left out above (a ce run's teacher) stays out
+                    cfg[section][name] = value
         if "model" in cfg:
             cfg["model"] = _unread_model_keys_dropped(cfg["model"])
         # keys the trainer calls unread or idle (the warning at a run's start, --resume) count at their defaults:
@@ -409,9 +410,8 @@ class RunRecord:
         recorded = self.teachers.get(name) if name else None
         if recorded is not None:
             named = [recorded.get(k) or "" for k in ("model", "revision")]
-            return TeacherKey(
-                json.dumps(named, default=str), recorded.get("weights"), recorded.get("dtype") or ""
-            )
+            dtype = ran_in(recorded.get("dtype") or "", self.recorded_precision(set_of(name)))
+            return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), dtype)
         model = self.config.get("model") or {}
         named = [model.get(k) or "" for k in TEACHER_KEYS]
         return TeacherKey(json.dumps(named[:-1], default=str), None, named[-1])
@@ -421,7 +421,8 @@ class RunRecord:
 class TeacherKey:
     """A teacher as :meth:`RunRecord.teacher` knows it: ``named`` (model and revision as JSON), ``weights``,
     the fingerprint of a local teacher's weight files where recorded (None: a hub id, a preset, an older ekd),
-    and ``dtype``, the dtype it ran in (``auto``: an older ekd's record, :func:`~ekd.models.identity.same_dtype`)."""
+    and ``dtype``, the dtype it ran in (:func:`~ekd.models.identity.ran_in`: an older ekd's ``auto`` read by its
+    entry's autocast)."""
 
     named: str
     weights: str | None
@@ -432,8 +433,8 @@ class TeacherKey:
         directory is the same, one retrained in place is not (try-out 39) —, else by name, revision and dtype (an
         older ekd's entry still pairs with today's)."""
         if comparable(self.weights, other.weights):
-            return self.weights == other.weights and same_dtype(self.dtype, other.dtype)
-        return self.named == other.named and same_dtype(self.dtype, other.dtype)
+            return (self.weights, self.dtype) == (other.weights, other.dtype)
+        return (self.named, self.dtype) == (other.named, other.dtype)
 
 
 _DEFAULTS = Config().to_dict()
