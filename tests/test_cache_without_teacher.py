@@ -475,6 +475,7 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     runs = [root / "runs" / "ref", root / "runs" / "moved"]
     marker = json.loads((runs[1] / "ekd-run.json").read_text())
     assert marker["cache_teacher"].startswith("safetensors-sha256:"), marker
+    assert marker["cache_teacher"].endswith("|float32|fp32"), marker  # and the arithmetic of its build
     summary = compare_runs(runs, root / "cmp", plots=False)
     assert [g["method"] for g in summary["groups"]] == ["rskd"], summary["groups"]
     assert summary["replicas"][0]["replicas"][0]["run"] == str(runs[1]), summary["replicas"]
@@ -487,6 +488,19 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     assert (
         f"name that cache (teacher.cache_dir={copy}, as " in line and "train as it was built" not in line
     ), line
+    # review of session 34, R3: a cache of this config's signature computed in other arithmetic (a GPU's bfloat16
+    # teacher) is no copy of the run's: refused, where the path alone let it in
+    bf16 = root / "cache-bf16"
+    assert (
+        main(["-q", "cache", built["cfg"], "model.teacher_dtype=bfloat16", f"teacher.cache_dir={bf16}"]) == 0
+    )
+    capsys.readouterr()
+    assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={bf16}"]) != 0
+    line = _error_line(capsys)
+    assert (
+        "was computed otherwise than the run's (a bfloat16 teacher under fp32 autocast; the run's: float32"
+        in line
+    )
     gone = root / "cache-gone"
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)

@@ -1738,3 +1738,23 @@ def test_an_evaluation_only_teacher_makes_no_other_method(tmp_path):
         )
     (g,) = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
     assert g["seeds"] == [0, 1], g
+
+
+def test_cache_runs_are_told_apart_by_what_computed_their_targets(tmp_path):
+    """Try-out 120, F2 and review of session 34, R3: each seed's own RS cache (or a copy) is one method — cache
+    runs are told by the teacher and arithmetic their cache pins (`cache_teacher`), not by the cache's path —, and
+    a cache a bfloat16 teacher computed is another than a float32 one's, though both pin the same weights."""
+    runs = []
+    for seed, pinned in enumerate(
+        ("sha256:ab|float32|fp32", "sha256:ab|float32|fp32", "sha256:ab|bfloat16|bf16")
+    ):
+        d = _fake_run(tmp_path, f"rs{seed}", "rskd", seed, 10.0 + seed, 0.5)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg["teacher"] = {"source": "cache", "cache_dir": str(tmp_path / f"cache{seed}")}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "ekd-run.json").write_text(
+            json.dumps({"format": "ekd-run", "state": "finished", "cache_teacher": pinned})
+        )
+        runs.append(d)
+    groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
+    assert [(g["method"], g["seeds"]) for g in groups] == [("rskd", [0, 1]), ("rskd#2", [2])], groups

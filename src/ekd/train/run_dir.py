@@ -920,6 +920,29 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_weights=current)
 
+    def check_cache_teacher(self, pinned: str | None) -> None:
+        """A run from a teacher cache: a new run records what its cache's targets were computed by
+        (:func:`ekd.train.trainer.cache_teacher`: the teacher and the arithmetic of the build; ``cache_teacher``,
+        which ``ekd compare`` tells cache runs apart by), ``--resume`` refuses a cache computed otherwise — a copy
+        built on a GPU in bfloat16 for a run begun from a CPU's float32 cache matches the config's signature all
+        the same (review of session 34, R3). None (a cache that records no arithmetic): nothing to record.
+
+        Raises:
+            RunDirError: ``--resume`` with a cache whose targets another teacher or arithmetic computed.
+        """
+        saved = (read_marker(self.run_dir) or {}).get("cache_teacher")
+        if pinned is not None and saved is not None and not self.fresh and saved != pinned:
+            now, then = pinned.split("|"), saved.split("|")
+            other = ", another teacher" if now[0] != then[0] else ""
+            raise RunDirError(
+                f"--resume: the teacher cache at {self.cfg.teacher.cache_dir} was computed otherwise than the "
+                f"run's (a {now[1]} teacher under {now[2]} autocast; the run's: {then[1]} under {then[2]}{other}); "
+                "name the run's cache or a copy of it"
+            )
+        if pinned is not None and saved is None:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, cache_teacher=pinned)
+
     def check_teacher(self) -> None:
         """A run taught online by a local teacher directory: a new run records its weights
         (:func:`ekd.models.identity.weights_fingerprint`, ``teacher_weights``), ``--resume`` refuses other weights

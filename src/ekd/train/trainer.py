@@ -183,21 +183,22 @@ def dtype_name(model: nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
-def _cache_teacher(teacher: Any) -> str | None:
-    """The teacher of a run from a cache as the cache's signature pins it: the sha256 of its weights (a local
-    directory, a preset: ``teacher_revision``), else its id at its hub revision; None for an online teacher or
-    none."""
-    from ekd.teacher.cache.manifest import CONTENT_REVISIONS
+def cache_teacher(signature: dict) -> str | None:
+    """What the targets of the cache of ``signature`` were computed by: its teacher as the signature pins it — the
+    sha256 of its weights (a local directory, a preset: ``teacher_revision``), else its id at its hub revision —
+    and the arithmetic its build ran it in (``built_with``), as ``<teacher>|<dtype>|<autocast>``; None for a cache
+    that records no arithmetic (an older ekd's, an import)."""
+    from ekd.teacher.cache.manifest import BUILT_WITH, CONTENT_REVISIONS
 
-    signature = getattr(getattr(teacher, "reader", None), "signature", None) or {}
-    revision = str(signature.get("teacher_revision") or "")
-    if not revision:
+    revision, built = str(signature.get("teacher_revision") or ""), signature.get(BUILT_WITH)
+    if not revision or not isinstance(built, dict):
         return None
-    return (
+    pinned = (
         revision
         if revision.startswith(CONTENT_REVISIONS)
         else f"{signature.get('teacher_id', '')}@{revision}"
     )
+    return f"{pinned}|{built.get('teacher_dtype')}|{built.get('autocast')}"
 
 
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
@@ -520,6 +521,9 @@ def _train(
             ),
             "open the teacher source",
         )
+    if cfg.teacher.source == "cache" and teacher is not None:  # rank 0 records it; --resume refuses another
+        pinned = cache_teacher(teacher.reader.signature)
+        run_on_main(ranks, lambda: start.check_cache_teacher(pinned), "check the cache's teacher")
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer
@@ -890,7 +894,6 @@ def _train(
         # the batch over all ranks (a torchrun run's config.yaml is a one-process run's with another batch)
         start.finish(
             # a cache run's teacher, as the cache pins it (ekd compare's identity of the teacher: try-out 120, F2)
-            **({"cache_teacher": cache_teacher} if (cache_teacher := _cache_teacher(teacher)) else {}),
             tokenizer_tokens=data.vocab_size,
             head_rows=shipped["head_rows"],
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ekd.config import Config
 from ekd.config.inert import refuse_inert_keys
 from ekd.data.collate import model_inputs
+from ekd.eval.eval_json import precision_name
 from ekd.io import DiskError, make_dirs, removed_if_left_empty
 from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
@@ -44,6 +45,7 @@ from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
 from ekd.teacher.cache.kept_teacher import copy_state, keep_teacher_files, teacher_files_record
 from ekd.teacher.cache.manifest import (
+    BUILT_WITH,
     DATA_SETTINGS,
     KEPT_FILES,
     MANIFEST,
@@ -418,6 +420,10 @@ def run_build(
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
         if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
             signature[KEPT_FILES] = kept  # the copy _keep_teacher_files makes
+        signature[BUILT_WITH] = {  # the arithmetic its targets were computed in
+            "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch."),
+            "autocast": precision_name(amp),
+        }
         # the shards' own data settings, not this rerun's (try-out 64, F11)
         if not overwrite and (built_with := _built_data_settings(directory, signature)) is not None:
             signature[DATA_SETTINGS] = built_with

@@ -175,7 +175,13 @@ KEPT_FILES = "kept_teacher_files"
 """Signature key of {file name: sha256} of the teacher's small files the cache keeps a copy of
 (:mod:`ekd.teacher.cache.kept_teacher`), sealed with the manifest: a cache copied without its ``teacher/``
 directory is told so, not taken for an older ekd's (try-out 66, F4); never compared."""
-UNCOMPARED = (TEACHER_FILES, DATA_SETTINGS, KEPT_FILES)
+BUILT_WITH = "built_with"
+"""Signature key of the arithmetic the build ran its teacher in: ``{"teacher_dtype": "bfloat16", "autocast":
+"bf16"}`` (``model.teacher_dtype`` and ``train.precision`` as resolved on its device). Never compared — the cache
+serves any run of its settings —, but what its targets are: a run records it with the teacher
+(``cache_teacher`` in ekd-run.json), ``--resume`` refuses a cache computed otherwise, and ``ekd compare`` tells
+caches apart by it (review of session 34, R3: a GPU's bfloat16 cache and a CPU's float32 one were one)."""
+UNCOMPARED = (TEACHER_FILES, DATA_SETTINGS, KEPT_FILES, BUILT_WITH)
 """Signature keys that describe a build without deciding what the cache is: never compared."""
 
 CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
