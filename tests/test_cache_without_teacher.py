@@ -501,6 +501,15 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
         "was computed otherwise than the run's (a bfloat16 teacher under fp32 autocast; the run's: float32"
         in line
     )
+    # review of session 34, R4: the run's own cache, rebuilt in place for other settings, keeps its own advice (it
+    # was told "trained from another cache; name that cache (teacher.cache_dir=<the same path>)")
+    shutil.rmtree(copy)
+    shutil.copytree(other, copy)
+    assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={copy}"]) != 0
+    line = _error_line(capsys)
+    assert (
+        line.startswith(f"ekd: error: teacher cache at {copy} does not match") and "another cache" not in line
+    )
     gone = root / "cache-gone"
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)

@@ -159,22 +159,28 @@ def run_totals(
     }
 
 
-def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None) -> T:
+def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir: str) -> T:
     """``open_cache()`` (a check of ``teacher.cache_dir`` or the cache's opening); on ``--resume`` of the run in
-    ``resumed``, a cache built for other settings is told to be the run's own (try-out 120, F8: the advice "train
-    as it was built (method.rs_samples=20)" was then refused by --resume as a change of what the run computes)."""
-    from ekd.teacher.cache.format import CacheError
+    ``resumed`` that names another cache than the run's, a cache built for other settings is told to be the run's
+    own (try-out 120, F8: the advice "train as it was built (method.rs_samples=20)" was then refused by --resume
+    as a change of what the run computes). The run's own cache changed since keeps its own advice."""
+    from ekd.teacher.cache.format import CacheMismatch
+
+    def same_path(a: str, b: str) -> bool:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
     try:
         return open_cache()
-    except CacheError as e:
-        head, sep, _ = str(e).partition("): ")
-        if resumed is None or not sep or "does not match the training config" not in head:
+    except CacheMismatch as e:
+        saved = ((saved_config(resumed) or {}).get("teacher") or {}).get("cache_dir") if resumed else None
+        if not saved or same_path(saved, cache_dir):
             raise
-        saved = ((saved_config(resumed) or {}).get("teacher") or {}).get("cache_dir")
-        raise CacheError(
-            f"--resume: {head}): this run was trained from another cache; name that cache "
-            f"(teacher.cache_dir={saved}, as {resumed / 'config.yaml'} has it) or a copy of it"
+        raise CacheMismatch(
+            f"--resume: teacher cache at {e.directory} does not match the training config ({e.differences}): this "
+            f"run was trained from another cache; name that cache (teacher.cache_dir={saved}, as "
+            f"{resumed / 'config.yaml'} has it) or a copy of it",
+            e.directory,
+            e.differences,
         ) from None
 
 
@@ -476,7 +482,9 @@ def _train(
         # node's are checked when its ranks open the cache)
         resumed = cfg.run_dir if resume else None
         run_on_main(
-            ranks, lambda: _resumed_cache(lambda: check_cache_run(cfg), resumed), "check teacher.cache_dir"
+            ranks,
+            lambda: _resumed_cache(lambda: check_cache_run(cfg), resumed, cfg.teacher.cache_dir),
+            "check teacher.cache_dir",
         )
     # a mistyped data path is named before the run directory's advice (try-out 93, F3: "pass --overwrite"), by rank 0,
     # which reads the data; a --resume names a moved source against the path its run read (gone_paths)
@@ -518,6 +526,7 @@ def _train(
             lambda: _resumed_cache(
                 lambda: build_teacher_source(cfg, data, device, teacher_model, teacher_shard),
                 run_dir if resume else None,
+                cfg.teacher.cache_dir,
             ),
             "open the teacher source",
         )

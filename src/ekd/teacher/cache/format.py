@@ -88,6 +88,15 @@ class CacheError(EkdError):
     """
 
 
+class CacheMismatch(CacheError):
+    """A cache built for other settings than the run's (:func:`ekd.teacher.cache.source.check_signature`):
+    ``directory``, and ``differences``, the differing fields as the message names them."""
+
+    def __init__(self, message: str, directory: object, differences: str) -> None:
+        super().__init__(message)
+        self.directory, self.differences = directory, differences
+
+
 class MissingSampleError(CacheError, KeyError):
     """A sample id that the cache does not hold."""
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from ekd.config import Config, ConfigError
 from ekd.losses.targets import SparseTarget
 from ekd.models.load import is_preset
-from ekd.teacher.cache.format import CacheError
+from ekd.teacher.cache.format import CacheError, CacheMismatch
 from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
     DATA_SETTINGS,
@@ -301,8 +301,11 @@ def check_signature(directory: Path, expected: dict, found: dict) -> None:
             )
         else:
             way = f"{_train_as_built(diffs, found, expected)}{_anew(found)}, or set teacher.cache_dir to a matching cache"
-        raise CacheError(
-            f"teacher cache at {directory} does not match the training config ({diff_summary(named)}): {way}"
+        summary = diff_summary(named)
+        raise CacheMismatch(
+            f"teacher cache at {directory} does not match the training config ({summary}): {way}",
+            directory,
+            summary,
         )
 
 
