@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ekd.errors import ConfigError
+from ekd.errors import ConfigError, EkdError, first_line
 from ekd.models.stored_activations import LayerActivations, layer_activations
 from ekd.words import counted
 
@@ -435,16 +435,27 @@ def plan_config(
             "not in these figures; eval.teacher=false skips it\n"
         )
     if vocab_size is None:
-        vocab, _ = _vocab_size(cfg)
-    elif (
-        tokenizer_source(cfg) != "train_bpe"
-    ):  # a real model or a tokenizer of its own sets it (try-out 118, F3)
-        vocab, source = _vocab_size(cfg)
-        if vocab != vocab_size:
-            raise ConfigError(
-                f"--vocab-size {vocab_size:,}: this run builds its preset models at V={vocab:,}, the vocabulary of "
-                f"{source}; drop --vocab-size"
+        vocab, source, inexact = _vocab_size(cfg)
+        if inexact:
+            note += f"V={vocab:,} from {source}: {inexact}; distill builds preset models at its tokenizer's length\n"
+    elif tokenizer_source(cfg) != "train_bpe":
+        # a real model or a tokenizer of its own sets it (try-out 118, F3), where it can be read here (review of
+        # session 34, R5: a hub tokenizer offline refused the --vocab-size that was the way round it)
+        vocab = vocab_size
+        try:
+            fixed, source, inexact = _vocab_size(cfg)
+        except EkdError as e:
+            note += (
+                f"V={vocab:,} (--vocab-size) not checked against the run's tokenizer: {first_line(str(e))}\n"
             )
+        else:
+            if fixed != vocab_size and inexact:
+                note += f"V={vocab:,} (--vocab-size) not checked against {source}: {inexact}\n"
+            elif fixed != vocab_size:
+                raise ConfigError(
+                    f"--vocab-size {vocab_size:,}: this run builds its preset models at V={fixed:,}, the vocabulary "
+                    f"of {source}; drop --vocab-size"
+                )
     else:  # a what-if over the size of a tokenizer not trained yet
         vocab = vocab_size
         if vocab != cfg.model.bpe_vocab_size:
@@ -488,24 +499,27 @@ MIN_PLANNED_CHUNK = 64
 multiple of it below the config's chunk that fits): below it the head's GEMMs are too thin to keep a GPU busy."""
 
 
-def _vocab_size(cfg) -> tuple[int, str]:
-    """The vocabulary a preset model is built with, and where it comes from: the BPE size when the run trains its
-    tokenizer (the rules of ``ekd.train.prepare``), the length of ``model.tokenizer`` when it names one of its
-    own, else the vocabulary in the config of the non-preset model.
+def _vocab_size(cfg) -> tuple[int, str, str]:
+    """The vocabulary a preset model is built with, where it comes from, and why it may not be exact (''): the BPE
+    size when the run trains its tokenizer (the rules of ``ekd.train.prepare``), the length of ``model.tokenizer``
+    when it names one of its own, else the length of the non-preset model's tokenizer, as distill builds the
+    presets — its config.json's vocabulary (a padded head's rows, maybe) where it holds no tokenizer or that
+    cannot be loaded here (a hub id offline: the third item says so).
 
     Raises:
         ConfigError: the size cannot be known without loading a tokenizer (pass ``--vocab-size``).
+        ModelError: ``model.tokenizer`` or the model's config cannot be loaded.
     """
     from transformers import AutoConfig
 
-    from ekd.hub import check_model_spec
-    from ekd.models.load import is_preset, load_or_refuse
+    from ekd.hub import check_model_spec, is_local
+    from ekd.models.load import has_tokenizer_files, is_preset, load_or_refuse, load_tokenizer
     from ekd.train.prepare import names_teacher, teacher_config_source, tokenizer_source
 
     m = cfg.model
     spec = tokenizer_source(cfg)  # distill's rule for presets
     if spec == "train_bpe":
-        return m.bpe_vocab_size, "model.bpe_vocab_size (the BPE tokenizer the run trains)"
+        return m.bpe_vocab_size, "model.bpe_vocab_size (the BPE tokenizer the run trains)", ""
     models = {
         "teacher": teacher_config_source(cfg),
         "student": (m.student, m.revision),
@@ -513,10 +527,8 @@ def _vocab_size(cfg) -> tuple[int, str]:
     if spec not in models and names_teacher(cfg, spec):
         spec = "teacher"
     if spec not in models:  # a tokenizer of its own (try-out 24): what distill reads, its length
-        from ekd.models.load import load_tokenizer
-
         tokenizer = load_tokenizer(spec, m.revision, m.trust_remote_code, "model.tokenizer")
-        return len(tokenizer), f"model.tokenizer={spec}"
+        return len(tokenizer), f"model.tokenizer={spec}", ""
     for role in sorted(models, key=lambda r: r != spec):  # the named model's first
         model, revision = models[role]
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
@@ -525,11 +537,12 @@ def _vocab_size(cfg) -> tuple[int, str]:
             config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
             # distill builds presets at the tokenizer's length, not at a padded head's rows (try-out 120, F4:
             # Qwen2.5's config.json says 151,936 for 151,665 tokens)
+            from_config = int(config.vocab_size), f"model.{role}={model} (its config.json)"
+            if is_local(model) and not has_tokenizer_files(model):
+                return *from_config, "it holds no tokenizer"
             try:
-                from ekd.models.load import load_tokenizer
-
-                tokens = len(load_tokenizer(model, revision, m.trust_remote_code, f"model.{role}"))
-            except Exception:  # noqa: BLE001 - no tokenizer there (a bare model directory): its head's rows
-                return int(config.vocab_size), f"model.{role}={model} (its config.json)"
-            return tokens, f"model.{role}={model} (its tokenizer)"
+                tokenizer = load_tokenizer(model, revision, m.trust_remote_code, f"model.{role}")
+            except EkdError as e:  # a hub id offline: its config.json's (review of session 34, R5)
+                return *from_config, f"its tokenizer cannot be loaded here ({first_line(str(e))})"
+            return len(tokenizer), f"model.{role}={model} (its tokenizer)", ""
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")
