@@ -208,7 +208,8 @@ def cache_teacher(signature: dict) -> str | None:
 
 
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
-    """The device layout ({"ranks", "parallel", "micro_batch_size"}) of each segment of the run, this one's
+    """The device layout ({"ranks", "parallel", "micro_batch_size"}, with the arithmetic as it ran: "autocast" and,
+    where the teacher takes part in training, "teacher_dtype") of each segment of the run, this one's
     (``layout``) last; None where an earlier segment's is unknown (a checkpoint of an older ekd). A segment like the
     one before it, in the keys both record (one of an ekd that did not record the micro-batch), is not another.
     ``ekd compare`` describes a run resumed on other ranks by all of them (try-out 37: a run trained 2 × 4 then

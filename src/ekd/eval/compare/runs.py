@@ -201,9 +201,12 @@ class RunRecord:
     def trained_config(self) -> dict[str, Any]:
         """The config as far as it decides what the run trained: without ``run.*`` identity keys and the keys that
         make no other run (:func:`~ekd.train.run_dir.changes_training`: reporting, checkpointing, eval batching,
-        the device layout, the same math) or only choose the eval sets (:data:`EVAL_SET_KEYS`: each set is paired
-        on its own, :meth:`eval_set`), with the micro-batch over all ranks (:data:`GLOBAL_BATCH_KEY`) instead — a
-        ``torchrun`` run of 2 × 4 rows trains what one process of 8 does."""
+        the device layout, the same math) or only decide what is evaluated (:func:`evaluation_only`: each set is
+        paired on its own, :meth:`eval_set`), with the micro-batch over all ranks (:data:`GLOBAL_BATCH_KEY`) instead
+        — a ``torchrun`` run of 2 × 4 rows trains what one process of 8 does —, content for paths where every run
+        records it (the training blocks, a teacher's or student's weights, the teacher and arithmetic a cache
+        pins: :attr:`cache_by_content`), and ``train.precision`` / ``model.teacher_dtype`` as they ran
+        (:meth:`ran_as`, :attr:`arithmetic_by_record`)."""
         cfg = {
             s: {
                 k: x for k, x in v.items() if changes_training(f"{s}.{k}") and not evaluation_only(f"{s}.{k}")
@@ -245,9 +248,8 @@ class RunRecord:
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
             cfg["model"] = {**cfg.get("model", {}), "teacher": f"cache of {self.cache_teacher}"}
             cfg.get("teacher", {}).pop("cache_dir", None)
-        if (
-            self.arithmetic_by_record
-        ):  # as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
+        # the arithmetic as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
+        if self.arithmetic_by_record:
             for key, value in self.ran_as().items():
                 section, name = key.split(".")
                 if name in cfg.get(section, {}):  # a key left out above (a ce run's teacher) stays out
