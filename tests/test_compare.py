@@ -1758,3 +1758,20 @@ def test_cache_runs_are_told_apart_by_what_computed_their_targets(tmp_path):
         runs.append(d)
     groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
     assert [(g["method"], g["seeds"]) for g in groups] == [("rskd", [0, 1]), ("rskd#2", [2])], groups
+
+
+def test_a_run_without_arithmetic_records_is_said_to_switch_the_comparison_to_settings(tmp_path):
+    """Review of session 34, R9: one run of an older ekd (no autocast in its segments) among runs that record it
+    made every run compare train.precision and model.teacher_dtype as set — splitting `auto` and `fp32` seeds
+    again — without a word."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in (0, 1)]
+    marker = {"format": "ekd-run", "state": "finished", "segments": [{"ranks": 1, "autocast": "fp32"}]}
+    (runs[0] / "ekd-run.json").write_text(json.dumps(marker))
+    compare_runs(runs, tmp_path / "out", plots=False)
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert (
+        f"compared as set, not as they ran ('auto' is fp32 and a float32 teacher on a CPU): {runs[1]}" in text
+    )
+    (runs[1] / "ekd-run.json").write_text(json.dumps(marker))
+    compare_runs(runs, tmp_path / "all", plots=False)
+    assert "compared as set" not in (tmp_path / "all" / "compare.md").read_text()

@@ -97,6 +97,12 @@ def markdown(summary: dict[str, Any]) -> str:
         if text_keys and not set(t["metrics"]) & set(text_keys):
             said = _why_no_teacher(t.get("without_sets"))
             parts.append(f"`{t['label']}`: no eval-set figures in these runs ({said}).\n")
+    if summary.get("arithmetic_as_set"):
+        parts.append(
+            "train.precision and model.teacher_dtype are compared as set, not as they ran ('auto' is fp32 and a "
+            f"float32 teacher on a CPU): {', '.join(summary['arithmetic_as_set'])} "
+            "record no arithmetic (an older ekd's runs).\n"
+        )
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(
             f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "
