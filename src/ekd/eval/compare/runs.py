@@ -85,23 +85,11 @@ NOT_A_WAY = ("ece_bins", "entropy_buckets")
 """Scoring settings that do not make another way of scoring a set (:meth:`RunRecord.eval_set`): ``ece_bins`` is
 read by ECE alone (:data:`METRIC_SETTINGS`), ``entropy_buckets`` only by the per-bucket ``@H<i>`` figures, which a
 comparison does not show."""
-EVAL_SET_KEYS = (
-    "data.eval_sources",
-    "data.max_eval_blocks",
-    "eval.tasks",
-    "eval.tasks_dir",
-    "eval.tasks_limit",
-    "eval.tasks_num_fewshot",
-    "eval.tasks_max_new_tokens",
-    "eval.tasks_chat_template",
-    "eval.set_tags",
-    "eval.ece_bins",
-    "eval.entropy_buckets",
-)
-"""Keys that choose the eval sets and downstream tasks and how much of them is scored, not what a run trains:
-runs differing in them are one config, and each set or task is paired only where both runs scored it alike
-(:meth:`RunRecord.eval_set`; try-out 26: an eval file copied to another path split two seeds into two
-configs)."""
+EVAL_SET_KEYS = ("data.eval_sources", "data.max_eval_blocks")
+"""The ``data.*`` keys that choose the eval sets and how much of them is scored, not what a run trains (every
+``eval.*`` key is of that kind too: :func:`evaluation_only`): runs differing in them are one config, and each set
+or task is paired only where both runs scored it alike (:meth:`RunRecord.eval_set`; try-out 26: an eval file
+copied to another path split two seeds into two configs)."""
 
 
 def evaluation_only(key: str) -> bool:
