@@ -844,3 +844,24 @@ def test_an_eval_source_without_an_extension_is_told_to_take_one(tmp_path, capsy
     assert rc == 2 and len(err) == 1, err
     assert "cannot tell the format" in err[0] and "name it with one of .jsonl, .md" in err[0]
     assert "data.format applies to data.source only" in err[0]
+
+
+def test_resume_refuses_a_tokenizer_that_is_not_the_runs(tmp_path, corpus, capsys):
+    """Review of session 34, R8: a tokenizer named at another path is checked by the training blocks it encodes;
+    one with a token the text never uses encodes them alike and is another tokenizer all the same (another V). A
+    run records its tokenizer's hash at its start; --resume refuses another (a copy passes)."""
+    from ekd.data import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    tok.save_pretrained(tmp_path / "tok")
+    tok.add_tokens(["<never-used>"])
+    tok.save_pretrained(tmp_path / "tok-extra")
+    config = _config_file(tmp_path, corpus, "tk", **{"train.max_steps": 1, "train.checkpoint_every": 1})
+    args = ["distill", config, "method=ce"]
+    assert main([*args, f"model.tokenizer={tmp_path / 'tok'}"]) == 0
+    shutil.copytree(tmp_path / "tok", tmp_path / "tok-copy")
+    assert main([*args, f"model.tokenizer={tmp_path / 'tok-copy'}", "train.max_steps=2", "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*args, f"model.tokenizer={tmp_path / 'tok-extra'}", "train.max_steps=3", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert "is not the run's tokenizer (its vocabulary, merges or special tokens differ" in line, line

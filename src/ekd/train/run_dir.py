@@ -920,6 +920,26 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_weights=current)
 
+    def check_tokenizer(self, sha256: str) -> None:
+        """The run's tokenizer (:func:`ekd.data.tokenizer.tokenizer_hash`: vocabulary with added tokens, merges,
+        pipeline, special tokens): a new run records it (``tokenizer_sha256``, as a finished run always has), a
+        ``--resume`` refuses another — the training blocks' sha256 does not see added tokens the text never uses,
+        and a tokenizer named at another path is checked by both (review of session 34, R8).
+
+        Raises:
+            RunDirError: ``--resume`` with a tokenizer that is not the run's.
+        """
+        saved = (read_marker(self.run_dir) or {}).get("tokenizer_sha256")
+        if saved and not self.fresh and saved != sha256:
+            raise RunDirError(
+                f"--resume: model.tokenizer={self.cfg.model.tokenizer} is not the run's tokenizer (its vocabulary, "
+                f"merges or special tokens differ: tokenizer_sha256 {sha256[:12]}, the run's {saved[:12]}); name the "
+                "run's tokenizer, or start a new run under another run.name"
+            )
+        if not saved:
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, tokenizer_sha256=sha256)
+
     def check_cache_teacher(self, pinned: str | None) -> None:
         """A run from a teacher cache: a new run records what its cache's targets were computed by
         (:func:`ekd.train.trainer.cache_teacher`: the teacher and the arithmetic of the build; ``cache_teacher``,

@@ -33,6 +33,7 @@ from ekd.config.inert import (
     unread_cache_keys,
     unread_eval_keys,
 )
+from ekd.data.tokenizer import tokenizer_hash
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.eval.eval_json import precision_name
 from ekd.io import writing
@@ -1081,6 +1082,7 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
     start.check_student_base()
     start.check_student()
     start.check_teacher()
+    start.check_tokenizer(tokenizer_hash(data.tokenizer))
     if cfg.eval.tasks:
         from ekd.eval.tasks import check_config_tasks
         from ekd.train.task_evaluation import check_task_lengths
