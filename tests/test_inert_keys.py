@@ -768,6 +768,15 @@ def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(tmp_pa
 
     marker = json.loads(Path("runs/kdrun/ekd-run.json").read_text())
     assert {(s["autocast"], s["teacher_dtype"]) for s in marker["segments"]} == {("fp32", "float32")}, marker
+    # review of session 34, R7: the resume rule reads the arithmetic the run recorded it computed in, not today's
+    # device's reading of its settings: a run begun on a GPU in bf16 and resumed here with fp32 changes it
+    assert marker["arithmetic"] == {"autocast": "fp32", "teacher_dtype": "float32"}, marker
+    Path("runs/kdrun/ekd-run.json").write_text(json.dumps({**marker, "arithmetic": {"autocast": "bf16"}}))
+    line = one_error_line(
+        *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "train.precision=fp32")[::2]
+    )
+    assert "differs from the saved run in train.precision, which changes" in line, line
+    Path("runs/kdrun/ekd-run.json").write_text(json.dumps(marker))
     assert cli(capsys, "distill", config, "run.name=whole", "train.max_steps=2")[0] == 0
     summary = compare_runs([Path("runs/kdrun"), Path("runs/whole")], tmp_path / "cmp", plots=False)
     assert [g["method"] for g in summary["groups"]] == ["kd"], summary["groups"]

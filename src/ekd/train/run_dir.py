@@ -132,6 +132,35 @@ def _one_arithmetic(saved: dict, cfg: Config) -> bool:
     return _on_cpu(cfg) and autocast_for(old, "cpu") is None and autocast_for(new, "cpu") is None
 
 
+ARITHMETIC = "arithmetic"
+"""The ekd-run.json key of the arithmetic the run computes in — ``{"autocast": "bf16", "teacher_dtype":
+"bfloat16"}`` (``train.precision`` and, where the teacher takes part in training, ``model.teacher_dtype`` as
+resolved on its device) — recorded at its start (:meth:`RunStart.record_arithmetic`): ``--resume`` accepts a
+setting that resolves to it here, and refuses one that does not (review of session 34, R7: a run begun on a GPU
+in bf16 and resumed on a CPU with fp32 was told nothing changed; on a GPU, auto ↔ bf16 was refused)."""
+
+
+def resolved_arithmetic(cfg: Config, teacher: bool) -> dict[str, str]:
+    """``train.precision`` (and, with ``teacher``, ``model.teacher_dtype``) as they resolve on the device this
+    process computes on: :data:`ARITHMETIC`'s form."""
+    from ekd.eval.eval_json import precision_name
+    from ekd.models.load import resolve_dtype
+    from ekd.train.precision import autocast_for
+    from ekd.train.prepare import resolve_device
+
+    device = resolve_device(cfg.run.device)
+    out = {"autocast": precision_name(autocast_for(cfg.train.precision, device.type))}
+    if teacher:
+        out["teacher_dtype"] = str(resolve_dtype(cfg.model.teacher_dtype, device)).removeprefix("torch.")
+    return out
+
+
+def _as_it_ran(ran: dict, key: str, cfg: Config) -> bool:
+    """Whether this config computes here what the run recorded it ran in (``ran``: :data:`ARITHMETIC`) for
+    ``key`` ('autocast', 'teacher_dtype'); False where the run records none for it."""
+    return key in ran and resolved_arithmetic(cfg, teacher=True).get(key) == ran[key]
+
+
 def _one_teacher_dtype(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``model.teacher_dtype`` load the teacher alike on this run's device:
     'auto' and 'float32' on CPU (:func:`ekd.models.load.resolve_dtype`), as :func:`_one_arithmetic` for the
@@ -660,9 +689,18 @@ class RunStart:
         saved = resolve_saved(saved or {}, self.cfg.run.output_dir)
         diffs = sorted(set(config_differences(saved, current)) & set(config_differences(as_saved, current)))
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
-        if "train.precision" in diffs and _one_arithmetic(saved or {}, self.cfg):
-            diffs.remove("train.precision")  # 'auto' is fp32 on CPU: nothing the run computes changes
-        if "model.teacher_dtype" in diffs and _one_teacher_dtype(saved or {}, self.cfg):
+        ran = (marker or {}).get(ARITHMETIC)  # as the run computed, where it records it (since 2026-12-05)
+        if "train.precision" in diffs and (
+            _as_it_ran(ran, "autocast", self.cfg) if ran else _one_arithmetic(saved or {}, self.cfg)
+        ):
+            diffs.remove(
+                "train.precision"
+            )  # 'auto' is fp32 on CPU, bf16 on a GPU: nothing the run computes changes
+        if "model.teacher_dtype" in diffs and (
+            _as_it_ran(ran, "teacher_dtype", self.cfg)
+            if ran and "teacher_dtype" in ran  # (none where the teacher only evaluates)
+            else _one_teacher_dtype(saved or {}, self.cfg)
+        ):
             diffs.remove("model.teacher_dtype")  # likewise: 'auto' loads a float32 teacher on CPU
         blocking = [k for k in diffs if not resumable(k)]
         # try-out 112, F1: a key neither config reads was warned of as without effect, then refused as a change
@@ -919,6 +957,11 @@ class RunStart:
         if self.fresh and (current := weights_fingerprint(self.cfg.model.student)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_weights=current)
+
+    def record_arithmetic(self, ran: dict[str, str]) -> None:
+        """Record the arithmetic this segment computes in (:data:`ARITHMETIC`; the resume checks read it)."""
+        with writing(self.run_dir):
+            _write_marker(self.run_dir, **{ARITHMETIC: ran})
 
     def check_tokenizer(self, sha256: str) -> None:
         """The run's tokenizer (:func:`ekd.data.tokenizer.tokenizer_hash`: vocabulary with added tokens, merges,

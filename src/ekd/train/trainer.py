@@ -584,6 +584,8 @@ def _train(
             else {}
         ),
     }
+    arithmetic = {k: layout[k] for k in ("autocast", "teacher_dtype") if k in layout}
+    run_on_main(ranks, lambda: start.record_arithmetic(arithmetic), "record the run's arithmetic")
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
         # first: a checkpoint of another run is said so, not as weights that do not fit or another policy
         run_on_main(
