@@ -741,7 +741,9 @@ def test_a_run_read_through_a_token_store_is_the_run_read_in_memory(tmp_path, ca
     )  # resumed through the store: bit for bit
 
 
-def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(tmp_path, capsys, monkeypatch):
+def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(
+    tmp_path, capsys, monkeypatch, caplog
+):
     """Try-out 119's class (the teacher's dtype as set, not as it ran): `--resume model.teacher_dtype=float32` of
     a kd run with `auto` on a CPU — where auto loads a float32 teacher — was refused as changing what the run
     computes, as train.precision=fp32 of an `auto` run once was; bfloat16 is another teacher and still refused."""
@@ -776,8 +778,16 @@ def test_a_resume_with_the_teacher_dtype_auto_resolves_to_is_the_same_run(tmp_pa
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "train.precision=fp32")[::2]
     )
     assert "differs from the saved run in train.precision, which changes" in line, line
+    with caplog.at_level(
+        logging.WARNING, logger="ekd"
+    ):  # the same settings: said, as they now compute otherwise
+        assert cli(capsys, "distill", config, "--resume", "train.max_steps=3")[0] == 0
+    assert (
+        "--resume: this run computed in bf16; on this device its settings compute in fp32: the rest of it computes "
+        "otherwise (train.precision=bf16 keeps it as it was)" in caplog.text
+    ), caplog.text
     Path("runs/kdrun/ekd-run.json").write_text(json.dumps(marker))
-    assert cli(capsys, "distill", config, "run.name=whole", "train.max_steps=2")[0] == 0
+    assert cli(capsys, "distill", config, "run.name=whole", "train.max_steps=3")[0] == 0
     summary = compare_runs([Path("runs/kdrun"), Path("runs/whole")], tmp_path / "cmp", plots=False)
     assert [g["method"] for g in summary["groups"]] == ["kd"], summary["groups"]
     assert [r["run"] for r in summary["replicas"][0]["replicas"]] == ["runs/whole"], summary["replicas"]

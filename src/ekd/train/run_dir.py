@@ -161,6 +161,23 @@ def _as_it_ran(ran: dict, key: str, cfg: Config) -> bool:
     return key in ran and resolved_arithmetic(cfg, teacher=True).get(key) == ran[key]
 
 
+def _arithmetic_moved(ran: dict, cfg: Config) -> tuple[str, str, str] | None:
+    """(what the run recorded it computed in, what ``cfg`` computes in on this device, the settings that keep the
+    former) where they differ — a run resumed on a GPU after a CPU with ``auto`` settings —, else None."""
+    now = resolved_arithmetic(cfg, teacher="teacher_dtype" in ran)
+    if all(now.get(k) == v for k, v in ran.items()):
+        return None
+    keep = {"autocast": "train.precision", "teacher_dtype": "model.teacher_dtype"}
+
+    def said(a: dict) -> str:
+        return " with a ".join(
+            [a["autocast"], *([f"{a['teacher_dtype']} teacher"] if "teacher_dtype" in a else [])]
+        )
+
+    settings = " ".join(f"{keep[k]}={v}" for k, v in ran.items() if now.get(k) != v)
+    return said(ran), said(now), settings
+
+
 def _one_teacher_dtype(saved: dict, cfg: Config) -> bool:
     """Whether the saved and the current ``model.teacher_dtype`` load the teacher alike on this run's device:
     'auto' and 'float32' on CPU (:func:`ekd.models.load.resolve_dtype`), as :func:`_one_arithmetic` for the
@@ -722,6 +739,12 @@ class RunStart:
         if not self.resume:
             raise RunDirError(
                 _existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current, unread_diffs)
+            )
+        if ran and not blocking and (moved := _arithmetic_moved(ran, self.cfg)):
+            log.warning(
+                "--resume: this run computed in %s; on this device its settings compute in %s: the rest of it "
+                "computes otherwise (%s keeps it as it was)",
+                *moved,
             )
         if unread:
             one = len(unread) == 1
