@@ -514,3 +514,23 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)
     assert f"teacher.cache_dir {gone} does not exist" in line, line
+
+
+def test_a_build_continued_in_other_arithmetic_is_refused(built, capsys):
+    """Try-out 122, F1: a build of a local teacher stopped under one teacher dtype and finished under another was
+    one cache of mixed targets, recorded as the last build's arithmetic (which --resume and ekd compare trusted);
+    the teacher's file hash is the same in both. Continuing over shards another arithmetic computed is refused in
+    one line; in the same one it goes on."""
+    out = built["root"] / "cache-continued"
+    shutil.copytree(built["cache"], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["signature"]["built_with"] == {"teacher_dtype": "float32", "autocast": "fp32"}, manifest
+    (out / "shard-00000.bin").unlink()
+    capsys.readouterr()
+    assert main(["cache", built["cfg"], f"teacher.cache_dir={out}", "model.teacher_dtype=bfloat16"]) == 2
+    line = _error_line(capsys)
+    assert (
+        "its built shards (manifest.json) were computed with a float32 teacher under fp32 autocast" in line
+    ), line
+    assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={out}"]) == 0
+    assert _shards_sha256(out) == _shards_sha256(built["cache"])

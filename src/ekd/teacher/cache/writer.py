@@ -36,6 +36,7 @@ from ekd.teacher.cache.format import (
     encode_index,
 )
 from ekd.teacher.cache.manifest import (
+    BUILT_WITH,
     MANIFEST,
     REBUILD,
     REBUILD_ELSEWHERE,
@@ -189,11 +190,37 @@ class CacheWriter:
                 REBUILD_ELSEWHERE if self.rebuild == REBUILD else self.rebuild
             )  # it may be good for its settings
             check_compatible(self._template, found, f"the existing cache {path}", fix)
+            if found["shards"]:
+                self._continue_arithmetic(found["signature"].get(BUILT_WITH), path)
             for entry in found["shards"]:
                 k = entry["index"]
                 if k in self.owned and k not in done and _intact(self.directory, entry):
                     done[k] = entry
         return done
+
+    def _continue_arithmetic(self, prior: object, path: Path) -> None:
+        """A build continued over shards an earlier one wrote: they were computed in ``prior`` (their manifest's
+        :data:`~ekd.teacher.cache.manifest.BUILT_WITH`), which this one must compute in too — a bfloat16 start
+        finished in float32 was one cache of mixed targets labelled float32 (try-out 122, F1). Shards of an ekd
+        that recorded none: the cache records none (what they were computed in is not known).
+
+        Raises:
+            CacheError: this build computes otherwise than the shards already there.
+        """
+        ours = self.signature.get(BUILT_WITH)
+        if ours is None or prior == ours:
+            return
+        if prior is None:
+            self.signature.pop(BUILT_WITH)
+            return
+        were = f"a {prior.get('teacher_dtype')} teacher under {prior.get('autocast')} autocast"
+        now = f"a {ours.get('teacher_dtype')} teacher under {ours.get('autocast')}"
+        raise CacheError(
+            f"teacher cache at {self.directory}: its built shards ({path.name}) were computed with {were}, this build "
+            f"would compute the rest with {now}; continue it as it was built (model.teacher_dtype="
+            f"{prior.get('teacher_dtype')}, and train.precision / the device of {prior.get('autocast')}), or rebuild "
+            "it with `ekd cache CONFIG --overwrite`"
+        )
 
     def completed_sample_ranges(self) -> list[tuple[int, int]]:
         """[start, end) sample-id ranges of this rank's shards already on disk."""
