@@ -1775,3 +1775,17 @@ def test_a_run_without_arithmetic_records_is_said_to_switch_the_comparison_to_se
     (runs[1] / "ekd-run.json").write_text(json.dumps(marker))
     compare_runs(runs, tmp_path / "all", plots=False)
     assert "compared as set" not in (tmp_path / "all" / "compare.md").read_text()
+
+
+def test_the_starting_students_kl_is_over_the_seeds_of_the_groups_teacher(tmp_path):
+    """Try-out 122, F3: the `(student init)` row averaged KL and agreement over a float32 and a bfloat16 teacher,
+    the mean the method's own row leaves out; it keeps the seeds measured against the group's teacher."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0, 0.5) for s in (0, 1, 2)]
+    for seed, (d, dtype) in enumerate(zip(runs, ("float32", "float32", "bfloat16"))):
+        saved = json.loads((d / "eval.json").read_text())
+        saved["eval"]["teacher"] = {"model": "t", "revision": "", "weights": "sha256:ab", "dtype": dtype}
+        saved["eval"]["student_init"] = {"loss": math.log(20.0), "ppl": 20.0, "kl": 1.0 + seed}
+        (d / "eval.json").write_text(json.dumps(saved))
+    (start,) = compare_runs(runs, tmp_path / "out", plots=False)["starts"]
+    assert start["n"]["eval/kl"] == 2 and start["metrics"]["eval/kl"] == pytest.approx(1.5), start
+    assert start["n"]["eval/ppl"] == 3

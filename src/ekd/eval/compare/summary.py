@@ -17,6 +17,7 @@ from ekd.eval.compare.runs import (
     METRIC_INFO,
     METRIC_SETTINGS,
     METRICS,
+    TEACHER_RELATIVE,
     UNPAIRED,
     _scored_set,
     _task_entry,
@@ -399,8 +400,13 @@ def _start_rows(groups: list[Group]) -> list[dict[str, Any]]:
             for column in r.column_names():
                 entry = r.entry_name(column)
                 figures = r.starts.get(entry or "") if _text_set(column) or _task_entry(column) else None
+                # KL and agreement over the seeds measured against the group's teacher, as its own row's
+                # (try-out 122, F3: a float32 and a bfloat16 teacher's in one mean)
+                apart = figures and r.seed in g.teacher_seeds(column)[1]
                 for m, v in (figures or {}).items():
                     if m not in METRICS or not isinstance(v, (int, float)) or not math.isfinite(v):
+                        continue
+                    if apart and m.split("@")[0] in TEACHER_RELATIVE:
                         continue
                     if m == "ppl_no_boundary" and figures.get("boundary_tokens") == 0:  # it would repeat ppl
                         continue
