@@ -1789,3 +1789,22 @@ def test_the_starting_students_kl_is_over_the_seeds_of_the_groups_teacher(tmp_pa
     (start,) = compare_runs(runs, tmp_path / "out", plots=False)["starts"]
     assert start["n"]["eval/kl"] == 2 and start["metrics"]["eval/kl"] == pytest.approx(1.5), start
     assert start["n"]["eval/ppl"] == 3
+
+
+def test_an_older_run_is_read_by_the_autocast_its_eval_sets_record(tmp_path):
+    """Try-out 122, F4: one run of an older ekd (no arithmetic in its segments) made every run compare
+    train.precision as set — an `auto` seed and an `fp32` one of today's, one arithmetic, became `kd` and `kd#2`.
+    An older run reads as the autocast its eval sets record (its evaluation ran in the training's)."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in (0, 1)]
+    cfg = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    (runs[0] / "config.yaml").write_text(
+        yaml.safe_dump({**cfg, "train": {**cfg["train"], "precision": "fp32"}})
+    )
+    marker = {"format": "ekd-run", "state": "finished", "segments": [{"ranks": 1, "autocast": "fp32"}]}
+    (runs[0] / "ekd-run.json").write_text(json.dumps(marker))
+    saved = json.loads((runs[1] / "eval.json").read_text())  # an older ekd's: its autocast in its eval entry
+    saved["eval"]["scoring"] = {"precision": "fp32"}
+    (runs[1] / "eval.json").write_text(json.dumps(saved))
+    summary = compare_runs(runs, tmp_path / "out", plots=False)
+    assert [(g["method"], g["seeds"]) for g in summary["groups"]] == [("kd", [0, 1])], summary["groups"]
+    assert summary["arithmetic_as_set"] == []

@@ -255,14 +255,24 @@ class RunRecord:
     def ran_as(self) -> dict[str, str]:
         """``train.precision`` and ``model.teacher_dtype`` as the run computed them — the forward autocast
         ('fp32', 'bf16') and the dtype its teacher's weights ran in ('float32', ...) that every segment records
-        (``autocast``, ``teacher_dtype`` in ekd-run.json), 'x then y' where a resume changed them; {} for a run
-        of an older ekd, and no ``model.teacher_dtype`` where no teacher model was loaded."""
+        (``autocast``, ``teacher_dtype`` in ekd-run.json), 'x then y' where a resume changed them; no
+        ``model.teacher_dtype`` where the teacher took no part in training. A run of an older ekd, which records
+        none: the autocast its eval sets record (its evaluation at the end ran in the training's), and the teacher's
+        dtype setting read by it (:func:`~ekd.models.identity.ran_in`: ``auto`` is float32 under fp32) — try-out
+        122, F4: one such run made every run compare as set, splitting today's seeds; {} where it records none."""
         out: dict[str, str] = {}
         segments = self.segments or []
         for key, recorded in (("train.precision", "autocast"), ("model.teacher_dtype", "teacher_dtype")):
             values = [s.get(recorded) for s in segments]
             if values and None not in values:
                 out[key] = " then ".join(dict.fromkeys(map(str, values)))
+        if "train.precision" not in out:
+            precisions = {self.recorded_precision(n) for n in self.eval if _text_set(n)} - {None}
+            if len(precisions) == 1:
+                out["train.precision"] = precision = precisions.pop()
+                if self.trains_with_teacher():
+                    setting = (self.config.get("model") or {}).get("teacher_dtype", "auto")
+                    out["model.teacher_dtype"] = ran_in(setting, precision)
         return out
 
     @cached_property
