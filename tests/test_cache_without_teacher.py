@@ -507,9 +507,19 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     shutil.copytree(other, copy)
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={copy}"]) != 0
     line = _error_line(capsys)
-    assert (
-        line.startswith(f"ekd: error: teacher cache at {copy} does not match") and "another cache" not in line
-    )
+    # try-out 122, F6: not a new run's advice ("train as it was built", which --resume refuses): rebuild it for the run
+    assert line.startswith(
+        f"ekd: error: --resume: the run's teacher cache at {copy} was rebuilt since for other"
+    ), line
+    assert "config.yaml --overwrite`" in line and "train as it was built" not in line, line
+    shutil.rmtree(
+        copy
+    )  # the run's own cache rebuilt in place in another arithmetic: told so, with the command
+    shutil.copytree(bf16, copy)
+    assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={copy}"]) != 0
+    line = _error_line(capsys)
+    assert "it is the run's, rebuilt since: rebuild it as it was with `ekd cache" in line, line
+    assert "--overwrite model.teacher_dtype=float32` on a device where that computes under fp32" in line, line
     gone = root / "cache-gone"
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)

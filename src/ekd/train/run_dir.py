@@ -1020,10 +1020,23 @@ class RunStart:
         if pinned is not None and saved is not None and not self.fresh and saved != pinned:
             now, then = pinned.split("|"), saved.split("|")
             other = ", another teacher" if now[0] != then[0] else ""
+            way = "name the run's cache or a copy of it"
+            own = (saved_config(self.run_dir) or {}).get("teacher", {}).get("cache_dir")
+            if (
+                own
+                and Path(own).expanduser().resolve()
+                == Path(self.cfg.teacher.cache_dir).expanduser().resolve()
+            ):
+                # the run's own cache, rebuilt since (try-out 122, F6: "name the run's cache" named this one)
+                way = (
+                    f"it is the run's, rebuilt since: rebuild it as it was with `ekd cache "
+                    f"{self.run_dir / 'config.yaml'} --overwrite model.teacher_dtype={then[1]}` on a device where "
+                    f"that computes under {then[2]}, or name a copy of the run's cache"
+                )
             raise RunDirError(
                 f"--resume: the teacher cache at {self.cfg.teacher.cache_dir} was computed otherwise than the "
                 f"run's (a {now[1]} teacher under {now[2]} autocast; the run's: {then[1]} under {then[2]}{other}); "
-                "name the run's cache or a copy of it"
+                f"{way}"
             )
         if pinned is not None and saved is None:
             with writing(self.run_dir):

@@ -162,9 +162,10 @@ def run_totals(
 
 def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir: str) -> T:
     """``open_cache()`` (a check of ``teacher.cache_dir`` or the cache's opening); on ``--resume`` of the run in
-    ``resumed`` that names another cache than the run's, a cache built for other settings is told to be the run's
-    own (try-out 120, F8: the advice "train as it was built (method.rs_samples=20)" was then refused by --resume
-    as a change of what the run computes). The run's own cache changed since keeps its own advice."""
+    ``resumed``, a cache built for other settings is told to be the run's own (try-out 120, F8: the advice "train
+    as it was built (method.rs_samples=20)" was then refused by --resume as a change of what the run computes):
+    another cache named is told to name the run's, the run's own rebuilt since for other settings to be rebuilt
+    for the run (try-out 122, F6: it kept the advice of a new run)."""
     from ekd.teacher.cache.format import CacheMismatch
 
     def same_path(a: str, b: str) -> bool:
@@ -174,8 +175,16 @@ def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir:
         return open_cache()
     except CacheMismatch as e:
         saved = ((saved_config(resumed) or {}).get("teacher") or {}).get("cache_dir") if resumed else None
-        if not saved or same_path(saved, cache_dir):
+        if not saved:
             raise
+        if same_path(saved, cache_dir):
+            raise CacheMismatch(
+                f"--resume: the run's teacher cache at {e.directory} was rebuilt since for other settings "
+                f"({e.differences}): rebuild it for the run with `ekd cache {resumed / 'config.yaml'} --overwrite`, "
+                "or name a copy of the cache the run was trained from",
+                e.directory,
+                e.differences,
+            ) from None
         raise CacheMismatch(
             f"--resume: teacher cache at {e.directory} does not match the training config ({e.differences}): this "
             f"run was trained from another cache; name that cache (teacher.cache_dir={saved}, as "
