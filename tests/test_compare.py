@@ -1758,6 +1758,11 @@ def test_cache_runs_are_told_apart_by_what_computed_their_targets(tmp_path):
         runs.append(d)
     groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
     assert [(g["method"], g["seeds"]) for g in groups] == [("rskd", [0, 1]), ("rskd#2", [2])], groups
+    # try-out 122, F8: said as the arithmetic, not as an encoded model.teacher
+    assert groups[1]["note"] == (
+        "`rskd#2` differs from `rskd` in teacher.cache built with='a bfloat16 teacher under bf16' "
+        "(vs 'a float32 teacher under fp32')"
+    ), groups[1]["note"]
 
 
 def test_a_run_without_arithmetic_records_is_said_to_switch_the_comparison_to_settings(tmp_path):

@@ -100,6 +100,9 @@ def evaluation_only(key: str) -> bool:
     return key.startswith("eval.") or key in EVAL_SET_KEYS
 
 
+CACHE_BUILT_KEY = "cache built with"
+"""The key of :meth:`RunRecord.trained_config`'s ``teacher`` section for the arithmetic a cache run's cache was built
+in (``built_with``): 'a bfloat16 teacher under bf16'."""
 GLOBAL_BATCH_KEY = "ranks × micro_batch_size"
 """The key of :meth:`RunRecord.trained_config`'s ``train`` section for the rows of a micro-batch over all ranks."""
 
@@ -234,8 +237,12 @@ class RunRecord:
         ):
             # the cache by what it holds: a copy elsewhere (a node's disk), or each seed's own RS cache, is the same
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
-            cfg["model"] = {**cfg.get("model", {}), "teacher": f"cache of {self.cache_teacher}"}
+            teacher, dtype, autocast = (self.cache_teacher.split("|") + ["?", "?"])[:3]
+            short = teacher.rpartition(":")[2][:16] if ":" in teacher else teacher
+            cfg["model"] = {**cfg.get("model", {}), "teacher": f"weights {short}"}
             cfg.get("teacher", {}).pop("cache_dir", None)
+            # said as such in a note, not as an encoded teacher (try-out 122, F8)
+            cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = f"a {dtype} teacher under {autocast}"
         # the arithmetic as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
         if self.arithmetic_by_record:
             for key, value in self.ran_as().items():
