@@ -462,3 +462,15 @@ def test_vocab_size_beside_a_tokenizer_that_cannot_be_loaded_here_is_planned_and
     assert rc == 0, err
     assert out.startswith("V=5,000 (--vocab-size) not checked against the run's tokenizer: "), out
     assert "V=5000" in out
+
+
+def test_vocab_size_beside_a_mistyped_tokenizer_path_is_refused(tmp_path, capsys, monkeypatch):
+    """Try-out 122, F9: the best-effort check of --vocab-size (a hub tokenizer offline) also planned, and exited 0,
+    with a local tokenizer path that does not exist, which distill refuses."""
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    typo = tmp_path / "teachr"
+    line = one_error_line(
+        *cli(capsys, "plan", config, f"model.tokenizer={typo}", "--gpus", "1", "--vocab-size", "5000")[::2]
+    )
+    assert f"model.tokenizer: {typo} does not exist" in line, line
