@@ -1775,8 +1775,9 @@ def test_a_run_without_arithmetic_records_is_said_to_switch_the_comparison_to_se
     compare_runs(runs, tmp_path / "out", plots=False)
     text = (tmp_path / "out" / "compare.md").read_text()
     assert (
-        f"compared as set, not as they ran ('auto' is fp32 and a float32 teacher on a CPU): {runs[1]}" in text
-    )
+        f"compared as set, not as they ran ('auto' is fp32 and a float32 teacher on a CPU): {runs[1]} records no"
+        in text
+    ), text
     (runs[1] / "ekd-run.json").write_text(json.dumps(marker))
     compare_runs(runs, tmp_path / "all", plots=False)
     assert "compared as set" not in (tmp_path / "all" / "compare.md").read_text()

@@ -785,9 +785,17 @@ class RunStart:
                 raise RunDirError(other_teacher(self.cfg.model.teacher))
         if "teacher.cache_dir" in blocking and _reads_cache("teacher.cache_dir", saved, self.cfg):
             # the cache copied or moved (a node's local disk): try-out 119's was refused as another run
+            unchecked = (
+                ""
+                if (marker or {}).get("cache_teacher")
+                else (
+                    "; the run records no cache arithmetic (an older ekd's), so the teacher dtype and autocast the cache "
+                    "was built in are not checked"
+                )
+            )  # try-out 122, F10
             _another_path(blocking, "teacher.cache_dir", saved, self.cfg.teacher.cache_dir,
                           "a cache built for this run (its signature — the data, the teacher's weights, the "
-                          "targets — is checked before the first step)")  # fmt: skip
+                          f"targets — is checked before the first step){unchecked}")  # fmt: skip
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(
