@@ -1814,3 +1814,16 @@ def test_an_older_run_is_read_by_the_autocast_its_eval_sets_record(tmp_path):
     summary = compare_runs(runs, tmp_path / "out", plots=False)
     assert [(g["method"], g["seeds"]) for g in summary["groups"]] == [("kd", [0, 1])], summary["groups"]
     assert summary["arithmetic_as_set"] == []
+
+
+def test_a_split_by_an_unrecorded_group_says_so_and_the_way_out():
+    """Try-out 122, F5: a multiple-choice task of an older ekd (its run scored a generation task too, so its way
+    keeps the chat template) beside today's was "scored 2 ways … (the same settings)"."""
+    from ekd.eval.compare.eval_sets import _task_difference
+
+    old = {"limit": 0, "chat_template": "auto", "documents": 20}
+    new = {"limit": 0, "documents": 20}
+    said = _task_difference(old, new)
+    assert "did not record whether the task's group generates" in said and "`ekd eval` of that run" in said, (
+        said
+    )

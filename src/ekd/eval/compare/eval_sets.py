@@ -140,6 +140,7 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     """How task way ``b`` (:meth:`RunRecord.task_way`) differs from ``a``: 'eval.tasks_limit=5 (vs 0)', 'the task's
     config or documents', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'."""
     out = []
+    unrecorded = False  # a generation setting in one way only: one of an ekd that did not record its group
     order = [
         *TASK_SETTING_KEYS,
         "tasks_dir_hash",
@@ -149,8 +150,11 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     ]  # settings, then data
     for key in sorted(set(a) | set(b), key=lambda k: (order.index(k) if k in order else len(order), k)):
         va, vb = a.get(key), b.get(key)
-        if va == vb or (key in GENERATION_SETTINGS and None in (va, vb)):
-            continue  # (a way without a generation setting: no task of it reads it, try-out 120, F9)
+        if va == vb:
+            continue
+        if key in GENERATION_SETTINGS and None in (va, vb):  # no task of one way reads it (try-out 120, F9)
+            unrecorded = True
+            continue
         if key in TASK_SETTING_KEYS:
             out.append(f"{TASK_SETTING_KEYS[key]}={vb!r} (vs {va!r})")
         elif key == "documents":
@@ -166,4 +170,9 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
             out.append("the task's config or documents")
         else:
             out.append(f"{key}={vb!r} (vs {va!r})")
+    if unrecorded and not out:  # try-out 122, F5: "(the same settings)" for a split it did not explain
+        out.append(
+            "the same settings; one was scored by an ekd that did not record whether the task's group generates "
+            "(its chat template may apply): `ekd eval` of that run records it"
+        )
     return ", ".join(out) or "the same settings"
