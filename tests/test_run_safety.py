@@ -469,11 +469,10 @@ def test_resume_with_precision_fp32_of_an_auto_run_on_cpu_is_the_same_run(ws, ca
 @pytest.mark.parametrize(
     "change, why",
     [
-        (["train.precision=bf16"], "bf16 and fp32 are different arithmetic"),
         (["train.micro_batch_size=2", "train.grad_accum_steps=2"], "is the optimizer step's batch"),
         (["method=kd"], ""),
     ],
-    ids=["precision", "same-global-batch", "method"],
+    ids=["same-global-batch", "method"],
 )
 def test_resume_refuses_what_changes_the_math_and_says_why(ws, capsys, change, why):
     before = snapshot(ws)
@@ -482,6 +481,19 @@ def test_resume_refuses_what_changes_the_math_and_says_why(ws, capsys, change, w
     keys = line.split("differs from the saved run in ")[1].split(", which ")[0].split(", ")
     verb = "changes" if len(keys) == 1 else "change"  # one key changes, several change (try-out 8)
     assert f"which {verb} what the run computes" in line and why in line, line
+    assert "under another run.name" in line
+    unchanged(before, ws)
+
+
+def test_resume_refuses_other_arithmetic_and_names_the_settings_that_keep_it(ws, capsys):
+    """A run records the arithmetic it computes in: --resume with train.precision=bf16 of an fp32 run (auto on a
+    CPU) is refused, naming the setting that continues it as it was (try-out 123, F4)."""
+    before = snapshot(ws)
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=3", "train.precision=bf16", "--resume")
+    line = one_error_line(rc, err)
+    assert (
+        "this run computed in fp32; this config computes in bf16 here: pass train.precision=fp32" in line
+    ), line
     assert "under another run.name" in line
     unchanged(before, ws)
 

@@ -707,6 +707,11 @@ class RunStart:
         diffs = sorted(set(config_differences(saved, current)) & set(config_differences(as_saved, current)))
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         ran = (marker or {}).get(ARITHMETIC)  # as the run computed, where it records it (since 2026-12-05)
+        if (
+            ran
+        ):  # what the settings compute here decides, not their spelling: checked below (_arithmetic_moved)
+            recorded = ["train.precision", *(["model.teacher_dtype"] if "teacher_dtype" in ran else [])]
+            diffs = [k for k in diffs if k not in recorded]
         if "train.precision" in diffs and (
             _as_it_ran(ran, "autocast", self.cfg) if ran else _one_arithmetic(saved or {}, self.cfg)
         ):
@@ -740,11 +745,13 @@ class RunStart:
             raise RunDirError(
                 _existing_run_advice(run_dir, diffs, blocking, ckpt, finished, current, unread_diffs)
             )
-        if ran and not blocking and (moved := _arithmetic_moved(ran, self.cfg)):
-            log.warning(
-                "--resume: this run computed in %s; on this device its settings compute in %s: the rest of it "
-                "computes otherwise (%s keeps it as it was)",
-                *moved,
+        if ran and (moved := _arithmetic_moved(ran, self.cfg)):
+            # its settings, changed or not, compute otherwise here (a run begun on a GPU resumed on a CPU): refused
+            # as any change of arithmetic, with the settings that keep it (try-out 123, F1/F4: a warning, and the
+            # record rewritten before a step; train.precision=fp32 refused while auto, the same fp32 here, passed)
+            raise RunDirError(
+                f"--resume: this run computed in {moved[0]}; this config computes in {moved[1]} here: pass "
+                f"{moved[2]} to continue it as it was, or start a new run under another run.name"
             )
         if unread:
             one = len(unread) == 1
