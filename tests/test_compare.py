@@ -1827,3 +1827,19 @@ def test_a_split_by_an_unrecorded_group_says_so_and_the_way_out():
     assert "did not record whether the task's group generates" in said and "`ekd eval` of that run" in said, (
         said
     )
+
+
+def test_a_tokenizer_at_another_path_with_the_same_encodings_is_one_method(tmp_path):
+    """Try-out 123, F2: seeds whose tokenizer was a copy at another path (the teacher's directory on a node's disk)
+    were two methods, though both record the same tokenizer_sha256; another tokenizer is still another method."""
+    runs = []
+    for seed, (path, sha) in enumerate((("/a/t", "c2" * 32), ("/b/t", "c2" * 32), ("/a/t", "d3" * 32))):
+        d = _fake_run(tmp_path, f"kd{seed}", "kd", seed, 10.0 + seed, 0.5)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {"tokenizer": path}}))
+        (d / "ekd-run.json").write_text(
+            json.dumps({"format": "ekd-run", "state": "finished", "tokenizer_sha256": sha})
+        )
+        runs.append(d)
+    groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
+    assert [(g["method"], g["seeds"]) for g in groups] == [("kd", [0, 1]), ("kd#2", [2])], groups

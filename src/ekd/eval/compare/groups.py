@@ -164,12 +164,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     student_by_content = bool(local_students) and all(
         comparable(local_students[0], w) for w in local_students
     )
-    if all(
-        r.tokenizer_sha256 for r in runs
-    ):  # what encoded each run's sets, recorded by every run: read as such
-        for r in (
-            runs
-        ):  # (try-out 70, F2: a finished run whose student/ is gone fell back to the config's spelling)
+    # what encoded each run's sets, recorded by every run: read as such (try-out 70, F2: a finished run whose
+    # student/ is gone fell back to the config's spelling), and model.tokenizer by it too (try-out 123, F2: a
+    # tokenizer copied with its teacher made two methods)
+    tokenizer_by_content = all(r.tokenizer_sha256 for r in runs)
+    for r in runs:
+        r.tokenizer_by_content = tokenizer_by_content
+        if tokenizer_by_content:
             r.tokenizer = f"encodings sha256:{r.tokenizer_sha256}"
     # train.precision / model.teacher_dtype as they ran, when every run records how (an older ekd's 'auto' stays
     # comparable with the others' settings); a cache run's teacher as its cache pins it, likewise

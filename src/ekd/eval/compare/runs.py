@@ -155,6 +155,8 @@ class RunRecord:
     cache_teacher: str | None = None
     # model.teacher and teacher.cache_dir of a cache run read as :attr:`cache_teacher`: every cache run records it
     cache_by_content: bool = False
+    # model.tokenizer read as :attr:`tokenizer_sha256`: every compared run records it
+    tokenizer_by_content: bool = False
     # set → the eval settings its figures were computed with, where its eval.json entry records them (:meth:`scoring`)
     scored_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # task entry (``task:<name>``, ``tasks[<tag>]``) → how it was scored (:func:`~ekd.eval.task_metrics.task_ways`)
@@ -218,6 +220,9 @@ class RunRecord:
                 **cfg["model"],
                 "teacher": f"weights {self.teacher_weights.rpartition(':')[2][:16]}",
             }
+        if self.tokenizer_by_content and self.tokenizer_sha256 and "tokenizer" in cfg.get("model", {}):
+            # a copy elsewhere (the teacher's directory on a node's disk) is the same tokenizer
+            cfg["model"] = {**cfg["model"], "tokenizer": f"encodings {self.tokenizer_sha256[:16]}"}
         if self.student_by_content and self.student_weights and "student" in cfg.get("model", {}):
             # try-out 70, F1: two students written to one path (`ekd student init --overwrite`) were seeds of
             # one method, the ± their difference; a copy elsewhere is the same student
