@@ -1843,3 +1843,28 @@ def test_a_tokenizer_at_another_path_with_the_same_encodings_is_one_method(tmp_p
         runs.append(d)
     groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
     assert [(g["method"], g["seeds"]) for g in groups] == [("kd", [0, 1]), ("kd#2", [2])], groups
+
+
+def test_an_older_run_re_evaluated_is_read_by_the_teacher_dtype_it_now_records(tmp_path):
+    """Try-out 123, F3: an older CPU run under bf16 autocast (its `auto` teacher was float32) stayed another method
+    than today's seeds after `ekd eval RUN` re-recorded its teacher as float32: the grouping read the setting."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in (0, 1)]
+    for d in runs:
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(
+            yaml.safe_dump({**cfg, "train": {**cfg["train"], "precision": "bf16"}})
+        )
+    marker = {
+        "format": "ekd-run",
+        "state": "finished",
+        "segments": [{"autocast": "bf16", "teacher_dtype": "float32"}],
+    }
+    (runs[0] / "ekd-run.json").write_text(json.dumps(marker))
+    saved = json.loads(
+        (runs[1] / "eval.json").read_text()
+    )  # the older one, evaluated again by today's ekd eval
+    saved["eval"]["scoring"] = {"precision": "bf16"}
+    saved["eval"]["teacher"] = {"model": "t", "revision": "", "weights": None, "dtype": "float32"}
+    (runs[1] / "eval.json").write_text(json.dumps(saved))
+    groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
+    assert [(g["method"], g["seeds"]) for g in groups] == [("kd", [0, 1])], groups

@@ -283,8 +283,16 @@ class RunRecord:
             if len(precisions) == 1:
                 out["train.precision"] = precision = precisions.pop()
                 if self.trains_with_teacher():
+                    # as its eval.json records it (`ekd eval RUN` re-records an older `auto`: try-out 123, F3),
+                    # else its setting read by the autocast
+                    recorded = {
+                        (t or {}).get("dtype") for n, t in self.teachers.items() if _text_set(set_of(n))
+                    }
+                    recorded -= {None, "auto"}
                     setting = (self.config.get("model") or {}).get("teacher_dtype", "auto")
-                    out["model.teacher_dtype"] = ran_in(setting, precision)
+                    out["model.teacher_dtype"] = (
+                        recorded.pop() if len(recorded) == 1 else ran_in(setting, precision)
+                    )
         return out
 
     @cached_property
