@@ -519,7 +519,7 @@ def _vocab_size(cfg) -> tuple[int, str, str]:
     from transformers import AutoConfig
 
     from ekd.hub import check_model_spec, is_local
-    from ekd.models.load import has_tokenizer_files, is_preset, load_or_refuse, load_tokenizer
+    from ekd.models.load import is_preset, load_or_refuse, load_tokenizer
     from ekd.train.prepare import names_teacher, teacher_config_source, tokenizer_source
 
     m = cfg.model
@@ -544,11 +544,11 @@ def _vocab_size(cfg) -> tuple[int, str, str]:
             # distill builds presets at the tokenizer's length, not at a padded head's rows (try-out 120, F4:
             # Qwen2.5's config.json says 151,936 for 151,665 tokens)
             from_config = int(config.vocab_size), f"model.{role}={model} (its config.json)"
-            if is_local(model) and not has_tokenizer_files(model):
-                return *from_config, "it holds no tokenizer"
-            try:
+            try:  # a local directory without one is refused as distill refuses it (try-out 123, F5)
                 tokenizer = load_tokenizer(model, revision, m.trust_remote_code, f"model.{role}")
             except EkdError as e:  # a hub id offline: its config.json's (review of session 34, R5)
+                if is_local(model):
+                    raise
                 return *from_config, f"its tokenizer cannot be loaded here ({first_line(str(e))})"
             return len(tokenizer), f"model.{role}={model} (its tokenizer)", ""
     raise ConfigError(f"ekd plan: cannot tell the vocabulary size of '{spec}'; pass --vocab-size V")
