@@ -102,7 +102,7 @@ def markdown(summary: dict[str, Any]) -> str:
             "train.precision and model.teacher_dtype are compared as set, not as they ran ('auto' is fp32 and a "
             f"float32 teacher on a CPU): {', '.join(summary['arithmetic_as_set'])} "
             f"{'records' if len(summary['arithmetic_as_set']) == 1 else 'record'} no arithmetic (an older ekd's "
-            "run, evaluated before eval.json recorded its autocast).\n"
+            "run, evaluated before eval.json recorded its autocast): `ekd eval RUN` of it records it.\n"
         )
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(

@@ -210,16 +210,21 @@ class CacheWriter:
         ours = self.signature.get(BUILT_WITH)
         if ours is None or prior == ours:
             return
-        if prior is None:
+        if prior is None:  # said, not checked (try-out 123, F6)
             self.signature.pop(BUILT_WITH)
+            log.info(
+                "teacher cache %s: the shards already there record no arithmetic (an older ekd's build): the cache "
+                "records none, and whether they were computed as this build computes is not checked",
+                self.directory,
+            )
             return
         were = f"a {prior.get('teacher_dtype')} teacher under {prior.get('autocast')} autocast"
         now = f"a {ours.get('teacher_dtype')} teacher under {ours.get('autocast')}"
         raise CacheError(
             f"teacher cache at {self.directory}: its built shards ({path.name}) were computed with {were}, this build "
             f"would compute the rest with {now}; continue it as it was built (model.teacher_dtype="
-            f"{prior.get('teacher_dtype')}, and train.precision / the device of {prior.get('autocast')}), or rebuild "
-            "it with `ekd cache CONFIG --overwrite`"
+            f"{prior.get('teacher_dtype')} train.precision={prior.get('autocast')}), or rebuild it with `ekd cache "
+            "CONFIG --overwrite`"
         )
 
     def completed_sample_ranges(self) -> list[tuple[int, int]]:
