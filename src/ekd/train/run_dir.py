@@ -1053,8 +1053,8 @@ class RunStart:
                 f"run's (a {now[1]} teacher under {now[2]} autocast; the run's: {then[1]} under {then[2]}{other}); "
                 f"{way}"
             )
-        if pinned is not None and saved is None:
-            with writing(self.run_dir):
+        if pinned is not None and saved is None and self.fresh:  # a resumed run that recorded none: not known
+            with writing(self.run_dir):  # for its first steps (try-out 123, F6)
                 _write_marker(self.run_dir, cache_teacher=pinned)
 
     def check_teacher(self) -> None:
