@@ -471,3 +471,17 @@ def test_vocab_size_beside_a_mistyped_tokenizer_path_is_refused(tmp_path, capsys
         *cli(capsys, "plan", config, f"model.tokenizer={typo}", "--gpus", "1", "--vocab-size", "5000")[::2]
     )
     assert f"model.tokenizer: {typo} does not exist" in line, line
+
+
+def test_a_hub_tokenizer_that_cannot_be_loaded_names_vocab_size_as_the_way_round(
+    tmp_path, capsys, monkeypatch
+):
+    """Try-out 122, F9's rest: without --vocab-size, a hub tokenizer that cannot be loaded here (offline) was
+    refused without naming --vocab-size, the way round it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = config_file(Path("."), Path("corpus"), "p")
+    line = one_error_line(
+        *cli(capsys, "plan", config, "model.tokenizer=ekd-tests/no-such-tokenizer", "--gpus", "1")[::2]
+    )
+    assert line.endswith("; or plan without reading it: --vocab-size V"), line

@@ -434,8 +434,16 @@ def plan_config(
             f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
             "not in these figures; eval.teacher=false skips it\n"
         )
-    if vocab_size is None:
-        vocab, source, inexact = _vocab_size(cfg)
+    if vocab_size is None and not any(is_preset(s) for s in (cfg.model.student, teacher_spec) if s):
+        vocab = 0  # unread: a Hugging Face model's V is its config.json's (plan reads no tokenizer for it)
+    elif vocab_size is None:
+        try:
+            vocab, source, inexact = _vocab_size(cfg)
+        except EkdError as e:  # a hub tokenizer that cannot be read here: the way round (try-out 122, F9)
+            spec = tokenizer_source(cfg)
+            if spec in ("teacher", "student", "train_bpe") or spec.startswith((".", "/", "~")):
+                raise
+            raise type(e)(f"{first_line(str(e))}; or plan without reading it: --vocab-size V") from None
         if inexact:
             note += f"V={vocab:,} from {source}: {inexact}; distill builds preset models at its tokenizer's length\n"
     elif tokenizer_source(cfg) != "train_bpe":
