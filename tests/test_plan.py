@@ -485,3 +485,17 @@ def test_a_hub_tokenizer_that_cannot_be_loaded_names_vocab_size_as_the_way_round
         *cli(capsys, "plan", config, "model.tokenizer=ekd-tests/no-such-tokenizer", "--gpus", "1")[::2]
     )
     assert line.endswith("; or plan without reading it: --vocab-size V"), line
+
+
+def test_two_hugging_face_models_beside_a_mistyped_tokenizer_path_are_refused(tmp_path, capsys, monkeypatch):
+    """Try-out 124, F1: with Hugging Face models alone plan needs no vocabulary, and planned (rc 0) a config whose
+    model.tokenizer path does not exist, which distill refuses."""
+    from ekd.models.load import build_preset
+
+    monkeypatch.chdir(tmp_path)
+    build_preset("llama-micro", VOCAB).save_pretrained(tmp_path / "hf")
+    config = config_file(Path("."), Path("corpus"), "p")
+    both = [f"model.student={tmp_path / 'hf'}", f"model.teacher={tmp_path / 'hf'}"]
+    typo = tmp_path / "teachr"
+    line = one_error_line(*cli(capsys, "plan", config, *both, f"model.tokenizer={typo}", "--gpus", "1")[::2])
+    assert f"{typo}" in line and "does not exist" in line, line

@@ -435,7 +435,11 @@ def plan_config(
             "not in these figures; eval.teacher=false skips it\n"
         )
     if vocab_size is None and not any(is_preset(s) for s in (cfg.model.student, teacher_spec) if s):
-        vocab = 0  # unread: a Hugging Face model's V is its config.json's (plan reads no tokenizer for it)
+        vocab = 0  # unread: a Hugging Face model's V is its config.json's (plan loads no tokenizer for it)
+        if (spec := tokenizer_source(cfg)) not in ("teacher", "student", "train_bpe"):
+            from ekd.models.load import check_model_dir
+
+            check_model_dir(spec, "model.tokenizer", tokenizer_only=True)  # distill's line (try-out 124, F1)
     elif vocab_size is None:
         try:
             vocab, source, inexact = _vocab_size(cfg)
