@@ -122,6 +122,15 @@ def gone_paths(saved: dict[str, Any], current: dict[str, Any], keys: list[str]) 
     return out
 
 
+def same_location(a: str, b: str) -> bool:
+    """Whether two paths name one location from here, however spelled (relative, absolute, ``~``, a trailing '/',
+    a symlink), whether or not it exists."""
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, ValueError):
+        return False
+
+
 def _same_path(typed: str, saved: str) -> bool:
     """Whether ``typed`` (as given, not existing) names the saved absolute path ``saved``: the same path from
     here, or its trailing components (the run was made in a project directory since moved or copied)."""

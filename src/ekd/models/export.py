@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ekd.errors import ModelError
-from ekd.models.load import DTYPES, declared_dtype, is_preset
+from ekd.models.load import DTYPES, declared_dtype, dtype_name, is_preset
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def export_line(
     where: str, dtype: torch.dtype, vocab_size: int, rows: int, changes: dict, adapter: bool
 ) -> str:
     """The log line that says what ``where`` holds: dtype, rounding, and what became of padded head rows."""
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     parts = [f"{where}: {'adapter' if adapter else 'weights'} in {name}"]
     if dtype != torch.float32:
         parts.append("rounded from the fp32 master weights (the checkpoint keeps them) and evaluated so")

@@ -213,11 +213,12 @@ def ran_in(recorded: Any, precision: Any) -> Any:
     return {"fp32": "float32", "bf16": "bfloat16", "fp16": "bfloat16"}.get(str(precision), recorded)
 
 
-def teacher_identity(cfg: Any, dtype: Any = None) -> dict[str, Any]:
+def teacher_identity(cfg: Any, dtype: str | None = None) -> dict[str, Any]:
     """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
     (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, ``model.revision``, the dtype its weights ran in
     and, for a local directory, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config;
-    ``dtype``: the evaluated teacher's ``torch.dtype`` — ``model.teacher_dtype=auto`` is float32 on a CPU and
+    ``dtype``: the name of the evaluated teacher's dtype ('float32', :func:`ekd.models.load.dtype_name`) —
+    ``model.teacher_dtype=auto`` is float32 on a CPU and
     bfloat16 on a GPU, so the setting alone told two runs of one teacher apart and paired two that differ
     (try-out 119, F2); None: the setting (no teacher was evaluated)."""
     spec = cfg.model.teacher
@@ -225,5 +226,5 @@ def teacher_identity(cfg: Any, dtype: Any = None) -> dict[str, Any]:
         "model": spec,
         "revision": cfg.model.revision,
         "weights": weights_fingerprint(spec),
-        "dtype": cfg.model.teacher_dtype if dtype is None else str(dtype).removeprefix("torch."),
+        "dtype": cfg.model.teacher_dtype if dtype is None else dtype,
     }

@@ -999,7 +999,7 @@ def save_model_dir(
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if dtype is not None:  # save_pretrained wrote the dtype of the model's parameters
             kept = model.config.dtype
-            model.config.dtype = str(dtype).removeprefix("torch.")
+            model.config.dtype = dtype_name(dtype)
             try:
                 model.config.save_pretrained(tmp)
             finally:
@@ -1041,6 +1041,12 @@ def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
             cast[key] = t.detach().to(dtype)
         out[name] = cast[key]
     return out
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32', 'bfloat16', … : the name a dtype is written under (config.json, eval.json, ekd-run.json, the
+    logs) — :data:`DTYPES`' keys."""
+    return str(dtype).removeprefix("torch.")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

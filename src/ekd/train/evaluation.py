@@ -16,6 +16,7 @@ from torch import nn
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.io import make_dirs
+from ekd.models.load import dtype_name
 from ekd.models.lora import load_exported_student
 from ekd.train.precision import teacher_dtype_advice
 from ekd.train.prepare import PreparedData
@@ -719,7 +720,8 @@ def eval_entries(
     blocks = {name: data.blocks[name].fingerprint() for name in results if name in data.blocks}
     scoring = {**cfg.to_dict()["eval"], "precision": precision_name(autocast)}
     per_block = getattr(results, "block_sums", None)  # an EvalResults: the sets' per-block sums
-    teacher = teacher_identity(cfg, getattr(results, "teacher_dtype", None))
+    ran = getattr(results, "teacher_dtype", None)  # the evaluated teacher's torch.dtype, None without one
+    teacher = teacher_identity(cfg, dtype_name(ran) if ran is not None else None)
     return with_settings(results, cfg.to_dict()["data"], blocks, scoring, teacher, per_block)
 
 

@@ -14,6 +14,8 @@ import logging
 
 import torch
 
+from ekd.models.load import dtype_name
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ def teacher_dtype_advice(dtype: torch.dtype) -> str:
     """What a line about a teacher whose outputs are not finite says of the dtype its weights are in:
     ``it runs in float16, and model.teacher_dtype=float32 rules out a 16-bit overflow``, or ``it runs in float32``
     (try-out 112, F4: 'model.teacher_dtype=auto' said nothing, and float32 was advised to a float32 teacher)."""
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     if dtype.itemsize == 2:
         return f"it runs in {name}, and model.teacher_dtype=float32 rules out a 16-bit overflow"
     return f"it runs in {name}"
@@ -80,7 +82,7 @@ def check_forward_under_autocast(
         with torch.no_grad(), head_precision(device, autocast_dtype):
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except RuntimeError as e:
-        amp = str(autocast_dtype).removeprefix("torch.")
+        amp = dtype_name(autocast_dtype)
         fix = (
             f"load it in {amp} or float32 (model.teacher_dtype) or set train.precision=fp32"
             if role == "teacher"

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ekd.config import Config, ConfigError
+from ekd.config.paths import same_location
 from ekd.config.validate import check_vocab
 from ekd.errors import ModelError
 from ekd.host_memory import retain_freed_memory
@@ -518,10 +519,7 @@ def names_teacher(cfg: Config, spec: str) -> bool:
     teacher = cfg.model.teacher
     if is_preset(teacher) or not spec.strip() or not teacher.strip():
         return False
-    try:
-        return Path(spec).expanduser().resolve() == Path(teacher).expanduser().resolve()
-    except (OSError, ValueError):
-        return False
+    return same_location(spec, teacher)
 
 
 def load_student(cfg: Config, data: PreparedData, device: torch.device, empty: bool = False) -> nn.Module:

@@ -56,7 +56,7 @@ from typing import TypeVar
 import yaml
 
 from ekd.config import READ_ONLY_DATA_KEYS, Config, flat_config, is_reporting_key, with_todays_defaults
-from ekd.config.paths import gone_paths, resolve_saved
+from ekd.config.paths import gone_paths, resolve_saved, same_location
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, make_dirs, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
@@ -144,14 +144,14 @@ def resolved_arithmetic(cfg: Config, teacher: bool) -> dict[str, str]:
     """``train.precision`` (and, with ``teacher``, ``model.teacher_dtype``) as they resolve on the device this
     process computes on: :data:`ARITHMETIC`'s form."""
     from ekd.eval.eval_json import precision_name
-    from ekd.models.load import resolve_dtype
+    from ekd.models.load import dtype_name, resolve_dtype
     from ekd.train.precision import autocast_for
     from ekd.train.prepare import resolve_device
 
     device = resolve_device(cfg.run.device)
     out = {"autocast": precision_name(autocast_for(cfg.train.precision, device.type))}
     if teacher:
-        out["teacher_dtype"] = str(resolve_dtype(cfg.model.teacher_dtype, device)).removeprefix("torch.")
+        out["teacher_dtype"] = dtype_name(resolve_dtype(cfg.model.teacher_dtype, device))
     return out
 
 
@@ -1037,11 +1037,7 @@ class RunStart:
             other = ", another teacher" if now[0] != then[0] else ""
             way = "name the run's cache or a copy of it"
             own = (saved_config(self.run_dir) or {}).get("teacher", {}).get("cache_dir")
-            if (
-                own
-                and Path(own).expanduser().resolve()
-                == Path(self.cfg.teacher.cache_dir).expanduser().resolve()
-            ):
+            if own and same_location(own, self.cfg.teacher.cache_dir):
                 # the run's own cache, rebuilt since (try-out 122, F6: "name the run's cache" named this one)
                 way = (
                     f"it is the run's, rebuilt since: rebuild it as it was with `ekd cache "

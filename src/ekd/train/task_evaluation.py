@@ -50,7 +50,7 @@ from ekd.eval.tasks import (
     task_identities,
 )
 from ekd.io import atomic_write_text, json_safe, make_dirs, strict_json
-from ekd.models.load import is_preset, resolve_dtype
+from ekd.models.load import dtype_name, is_preset, resolve_dtype
 from ekd.train.run_dir import writes_into_run
 
 log = logging.getLogger(__name__)
@@ -428,10 +428,10 @@ def run_end_tasks(
             settings,
             lambda: (teacher if teacher is not None else load_teacher(cfg, data, device), tokenizer),
             amp,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=dtype_name(dtype),
         )
         # each result names its teacher, as the eval sets' entries do: kept beside later ones (ekd compare)
-        identity = teacher_identity(cfg, dtype)
+        identity = teacher_identity(cfg, dtype_name(dtype))
         results["teacher"] = {task: {**r, TEACHER_KEY: identity} for task, r in scored.items()}
     if "student_init" in scored_roles:
         spec = model_identity(cfg.model.student, "", cfg.run.seed)

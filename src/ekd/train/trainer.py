@@ -33,6 +33,7 @@ from ekd.config.inert import (
     unread_cache_keys,
     unread_eval_keys,
 )
+from ekd.config.paths import same_location
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.eval.eval_json import precision_name
@@ -41,7 +42,7 @@ from ekd.log_level import EVERY_RANK
 from ekd.models.dropout import active_dropout, dropout_fix
 from ekd.models.export import export_dtype, export_line, head_rows, prepare_shipped
 from ekd.models.layers import checkpoint_decoder_layers, uncheckpoint_decoder_layers
-from ekd.models.load import is_preset, save_model_dir
+from ekd.models.load import dtype_name, is_preset, save_model_dir
 from ekd.models.lora import LoraStudent, trainable_names
 from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
@@ -168,16 +169,13 @@ def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir:
     for the run (try-out 122, F6: it kept the advice of a new run)."""
     from ekd.teacher.cache.format import CacheMismatch
 
-    def same_path(a: str, b: str) -> bool:
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
     try:
         return open_cache()
     except CacheMismatch as e:
         saved = ((saved_config(resumed) or {}).get("teacher") or {}).get("cache_dir") if resumed else None
         if not saved:
             raise
-        if same_path(saved, cache_dir):
+        if same_location(saved, cache_dir):
             raise CacheMismatch(
                 f"--resume: the run's teacher cache at {e.directory} was rebuilt since for other settings "
                 f"({e.differences}): rebuild it for the run with `ekd cache {resumed / 'config.yaml'} --overwrite`, "
@@ -192,11 +190,6 @@ def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir:
             e.directory,
             e.differences,
         ) from None
-
-
-def dtype_name(model: nn.Module) -> str:
-    """'float32', 'bfloat16', … : the dtype of ``model``'s parameters (the dtype a teacher runs in)."""
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def cache_teacher(signature: dict) -> str | None:
@@ -588,7 +581,7 @@ def _train(
         # the teacher's, where it takes part in training (an evaluation-only teacher is eval.json's: review of
         # session 34, R2 — a ce seed evaluated with a teacher was another method than one without)
         **(
-            {"teacher_dtype": dtype_name(teacher_model)}
+            {"teacher_dtype": dtype_name(next(teacher_model.parameters()).dtype)}
             if teacher_model is not None and (parts.needs_teacher or scores_samples_with_teacher(cfg))
             else {}
         ),

@@ -174,7 +174,7 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             r.tokenizer = f"encodings sha256:{r.tokenizer_sha256}"
     # train.precision / model.teacher_dtype as they ran, when every run records how (an older ekd's 'auto' stays
     # comparable with the others' settings); a cache run's teacher as its cache pins it, likewise
-    arithmetic_by_record = all("train.precision" in r.ran_as() for r in runs)
+    arithmetic_by_record = all("train.precision" in r.ran_as for r in runs)
     from_cache = [r for r in runs if (r.config.get("teacher") or {}).get("source") == "cache"]
     cache_by_content = all(r.cache_teacher for r in from_cache)
     for r in runs:

@@ -148,7 +148,7 @@ class RunRecord:
     # every segment's {"ranks", "parallel", "micro_batch_size", "autocast", "teacher_dtype"} (ekd-run.json), where
     # the run knows them all; None otherwise
     segments: list[dict[str, Any]] | None = None
-    # train.precision and model.teacher_dtype read as the segments record them ran (:meth:`ran_as`): every compared
+    # train.precision and model.teacher_dtype read as the segments record them ran (:attr:`ran_as`): every compared
     # run records it
     arithmetic_by_record: bool = False
     # a cache-trained run's teacher as its cache pins it (ekd-run.json ``cache_teacher``); None otherwise
@@ -199,7 +199,7 @@ class RunRecord:
         — a ``torchrun`` run of 2 × 4 rows trains what one process of 8 does —, content for paths where every run
         records it (the training blocks, a teacher's or student's weights, the teacher and arithmetic a cache
         pins: :attr:`cache_by_content`), and ``train.precision`` / ``model.teacher_dtype`` as they ran
-        (:meth:`ran_as`, :attr:`arithmetic_by_record`)."""
+        (:attr:`ran_as`, :attr:`arithmetic_by_record`)."""
         cfg = {
             s: {
                 k: x for k, x in v.items() if changes_training(f"{s}.{k}") and not evaluation_only(f"{s}.{k}")
@@ -250,7 +250,7 @@ class RunRecord:
             cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = f"a {dtype} teacher under {autocast}"
         # the arithmetic as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
         if self.arithmetic_by_record:
-            for key, value in self.ran_as().items():
+            for key, value in self.ran_as.items():
                 section, name = key.split(".")
                 if name in cfg.get(section, {}):  # a key left out above (a ce run's teacher) stays out
                     cfg[section][name] = value
@@ -264,6 +264,7 @@ class RunRecord:
                 cfg[section][name] = _DEFAULTS[section][name]
         return {s: v for s, v in cfg.items() if v}  # a section left empty (reporting keys alone): as absent
 
+    @cached_property
     def ran_as(self) -> dict[str, str]:
         """``train.precision`` and ``model.teacher_dtype`` as the run computed them — the forward autocast
         ('fp32', 'bf16') and the dtype its teacher's weights ran in ('float32', ...) that every segment records
@@ -271,7 +272,8 @@ class RunRecord:
         ``model.teacher_dtype`` where the teacher took no part in training. A run of an older ekd, which records
         none: the autocast its eval sets record (its evaluation at the end ran in the training's), and the teacher's
         dtype setting read by it (:func:`~ekd.models.identity.ran_in`: ``auto`` is float32 under fp32) — try-out
-        122, F4: one such run made every run compare as set, splitting today's seeds; {} where it records none."""
+        122, F4: one such run made every run compare as set, splitting today's seeds; {} where it records none.
+        Once per run: grouping asks for its trained config often."""
         out: dict[str, str] = {}
         segments = self.segments or []
         for key, recorded in (("train.precision", "autocast"), ("model.teacher_dtype", "teacher_dtype")):

@@ -296,7 +296,7 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
     out["non_finite"] = _non_finite_students(groups)
     # review of session 34, R9: one run that records no arithmetic makes every run compare it as set
     runs = [r for g in groups for r in [*g.runs, *(x for xs in g.replicas.values() for x in xs)]]
-    unrecorded = [str(r.run_dir) for r in runs if "train.precision" not in r.ran_as()]
+    unrecorded = [str(r.run_dir) for r in runs if "train.precision" not in r.ran_as]
     out["arithmetic_as_set"] = unrecorded if 0 < len(unrecorded) < len(runs) else []
     if not out["teachers"] and groups and groups[0].runs:  # try-out 42, F9: no row, and no word why
         first = groups[0].runs[0]

@@ -39,7 +39,7 @@ from ekd.io import DiskError, make_dirs, removed_if_left_empty
 from ekd.locks import lock_directory
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
-from ekd.models.load import output_head
+from ekd.models.load import dtype_name, output_head
 from ekd.signals import raise_swallowed_interrupt
 from ekd.teacher.cache.entries import EntryOptions, teacher_entries
 from ekd.teacher.cache.format import CacheError
@@ -421,7 +421,7 @@ def run_build(
         if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
             signature[KEPT_FILES] = kept  # the copy _keep_teacher_files makes
         signature[BUILT_WITH] = {  # the arithmetic its targets were computed in
-            "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch."),
+            "teacher_dtype": dtype_name(next(teacher.parameters()).dtype),
             "autocast": precision_name(amp),
         }
         # the shards' own data settings, not this rerun's (try-out 64, F11)
