@@ -169,7 +169,8 @@ def step_case(
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.teacher.online import OnlineTeacher
     from ekd.train.method_parts import MethodParts
-    from ekd.train.trainer import build_optimizer, forward_backward
+    from ekd.train.optim import build_optimizer
+    from ekd.train.trainer import forward_backward
 
     chunk = chunk or auto_chunk_rows(v, dev.type)
     overrides = [

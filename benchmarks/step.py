@@ -38,8 +38,9 @@ def run(case: dict) -> dict:
     from ekd.config import load_config
     from ekd.data.collate import Batch
     from ekd.teacher.online import OnlineTeacher
+    from ekd.train.optim import build_optimizer
     from ekd.train.step import MethodParts
-    from ekd.train.trainer import build_optimizer, forward_backward
+    from ekd.train.trainer import forward_backward
 
     method, v, t, b = case["method"], case["v"], case["t"], case["b"]
     from ekd.losses.chunked import auto_chunk_rows

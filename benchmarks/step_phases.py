@@ -108,7 +108,8 @@ def _contenders(v: int, b: int, t: int, out: str) -> dict:
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.teacher.online import OnlineTeacher
     from ekd.train.method_parts import MethodParts
-    from ekd.train.trainer import build_optimizer, forward_backward
+    from ekd.train.optim import build_optimizer
+    from ekd.train.trainer import forward_backward
 
     chunk = auto_chunk_rows(v)
     student0, teacher_model = _model(STUDENT, v, 0).train(), _model(TEACHER, v, 1)

@@ -565,7 +565,7 @@ def test_a_sample_selection_changed_since_the_checkpoint_is_restored_from_it(
     damaged or scored again since (review 99: near-ties may rank otherwise on another layout) is written back from
     it, with a warning, and the run goes on with the blocks it trained on. A checkpoint of an older ekd, which holds
     none, is refused in one line by the blocks' sha256 it records."""
-    from ekd.train import trainer as trainer_mod
+    from ekd.train import top_samples
 
     extra = {**EXTRA, "method.sample_fraction": 0.5}
     make_workspace(tmp_path, "ck", extra)
@@ -583,7 +583,7 @@ def test_a_sample_selection_changed_since_the_checkpoint_is_restored_from_it(
             damage == "deleted"
         ):  # try-out 43, F3: the samples were scored again, a pass over the training set
             path.unlink()
-            monkeypatch.setattr(trainer_mod, "sharded_sample_scores", _never_called)
+            monkeypatch.setattr(top_samples, "sharded_sample_scores", _never_called)
         else:  # try-out 44, F9: refused with 'delete it', though the warning said damaged files were restored
             path.write_text(json.dumps(written)[:40])
         caplog.clear()

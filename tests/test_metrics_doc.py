@@ -254,12 +254,12 @@ def test_bandit_above_threshold_covers_the_whole_step(tmp_path):
 
 
 def test_a_micro_batch_that_selects_nothing_does_not_erase_the_steps_tau_extremes():
-    """h38: `_combine` took min(nan, x) = nan, so a step whose first micro-batch selected nothing logged
+    """h38: `combine` took min(nan, x) = nan, so a step whose first micro-batch selected nothing logged
     `select/tau_min` / `tau_max` as null."""
     import math
 
-    from ekd.train.trainer import _combine
+    from ekd.train.step_metrics import combine
 
-    assert _combine("tau_min", math.nan, 2.0) == 2.0 and _combine("tau_min", 2.0, math.nan) == 2.0
-    assert _combine("tau_max", math.nan, 3.0) == 3.0 and _combine("tau_max", 3.0, 1.0) == 3.0
-    assert math.isnan(_combine("tau_min", math.nan, math.nan)) and _combine("selected", 1.0, 2.0) == 3.0
+    assert combine("tau_min", math.nan, 2.0) == 2.0 and combine("tau_min", 2.0, math.nan) == 2.0
+    assert combine("tau_max", math.nan, 3.0) == 3.0 and combine("tau_max", 3.0, 1.0) == 3.0
+    assert math.isnan(combine("tau_min", math.nan, math.nan)) and combine("selected", 1.0, 2.0) == 3.0

@@ -17,7 +17,7 @@ from ekd.models.load import build_preset
 from ekd.plan import GIB, estimate, shape_of
 from ekd.sizes import parse_bytes
 from ekd.train.distributed import Ranks, data_parallel
-from ekd.train.trainer import build_optimizer
+from ekd.train.optim import build_optimizer
 from hostile import cli, one_error_line
 from tiny import config_file
 

@@ -953,7 +953,7 @@ def test_latf_micro_batch_sums_give_the_lowest_score_given_kd():
     """select/threshold of LATF is the step's lowest selected score: each micro-batch reports its own minimum (NaN
     when it selected nothing, so an earlier micro-batch's value is not carried into a later one) and the trainer
     takes the minimum over micro-batches and ranks."""
-    from ekd.train.trainer import _combine
+    from ekd.train.step_metrics import combine
 
     policy = latf()
     policy.ratio = 0.5
@@ -966,7 +966,7 @@ def test_latf_micro_batch_sums_give_the_lowest_score_given_kd():
         lows.append(float(scores.flatten()[sel.rows].min()))
         ((key, value),) = policy.micro_batch_sums().items()
         assert key == "threshold_min" and value == lows[-1]
-        combined = _combine(key, combined, value)
+        combined = combine(key, combined, value)
     assert combined == min(lows)
     policy.select(torch.rand(2, 8, generator=g), torch.zeros(2, 8, dtype=torch.bool), ctx())
     assert math.isnan(policy.micro_batch_sums()["threshold_min"])

@@ -12,6 +12,7 @@ from ekd.data import collate
 from ekd.errors import NonFiniteLossError, RunDirError
 from ekd.train import trainer as trainer_mod
 from ekd.train.method_parts import MethodParts
+from ekd.train.optim import lr_at
 from ekd.train.prepare import build_teacher_source, load_student, load_teacher, prepare_data
 from ekd.train.trainer import forward_backward, train
 from tiny import crash_then_resume, loss_curve, tiny_overrides, write_corpus
@@ -202,10 +203,10 @@ def test_student_parameters_change_and_lr_schedule(tmp_path, corpus):
         overrides=tiny_overrides(tmp_path, corpus, "lr")
         + ["train.max_steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"]
     )
-    lrs = [trainer_mod.lr_at(s, cfg) for s in range(10)]
+    lrs = [lr_at(s, cfg) for s in range(10)]
     assert lrs[0] == pytest.approx(cfg.train.lr / 2) and lrs[1] == pytest.approx(cfg.train.lr)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
-    assert trainer_mod.lr_at(10, cfg) == pytest.approx(cfg.train.lr * 0.1)
+    assert lr_at(10, cfg) == pytest.approx(cfg.train.lr * 0.1)
 
 
 @pytest.mark.parametrize(

@@ -1023,7 +1023,7 @@ class RunStart:
 
     def check_cache_teacher(self, pinned: str | None) -> None:
         """A run from a teacher cache: a new run records what its cache's targets were computed by
-        (:func:`ekd.train.trainer.cache_teacher`: the teacher and the arithmetic of the build; ``cache_teacher``,
+        (:func:`ekd.teacher.cache.manifest.cache_teacher`: the teacher and the arithmetic of the build; ``cache_teacher``,
         which ``ekd compare`` tells cache runs apart by), ``--resume`` refuses a cache computed otherwise — a copy
         built on a GPU in bfloat16 for a run begun from a CPU's float32 cache matches the config's signature all
         the same (review of session 34, R3). None (a cache that records no arithmetic): nothing to record.

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from ekd.selection.draws import RowDraws, micro_batch_key
 from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
 from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind, raise_swallowed_interrupt
+from ekd.teacher.cache.manifest import cache_teacher
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_run,
@@ -89,6 +90,7 @@ from ekd.train.onpolicy import (
     on_policy_generator,
     on_policy_turn_ends,
 )
+from ekd.train.optim import build_optimizer, lr_at
 from ekd.train.precision import enable_tf32, teacher_dtype_advice
 from ekd.train.prepare import (
     PreparedData,
@@ -109,7 +111,6 @@ from ekd.train.rank_work import (
     opened_on_main_first,
     prepare_data_once,
     run_on_main,
-    sharded_sample_scores,
 )
 from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker, saved_config
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
@@ -121,14 +122,15 @@ from ekd.train.sharded_checkpoint import (
     verified_on_main,
 )
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
+from ekd.train.step_metrics import combine, eval_metrics, step_metrics
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
+from ekd.train.top_samples import SAMPLE_SELECTION, restore_sample_selection, sample_selection, selection_note
 from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SAMPLE_SELECTION = "sample_selection.json"  # TopSmp's kept blocks, scored once by the initial student
 
 
 @dataclass
@@ -192,24 +194,6 @@ def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir:
         ) from None
 
 
-def cache_teacher(signature: dict) -> str | None:
-    """What the targets of the cache of ``signature`` were computed by: its teacher as the signature pins it — the
-    sha256 of its weights (a local directory, a preset: ``teacher_revision``), else its id at its hub revision —
-    and the arithmetic its build ran it in (``built_with``), as ``<teacher>|<dtype>|<autocast>``; None for a cache
-    that records no arithmetic (an older ekd's, an import)."""
-    from ekd.teacher.cache.manifest import BUILT_WITH, CONTENT_REVISIONS
-
-    revision, built = str(signature.get("teacher_revision") or ""), signature.get(BUILT_WITH)
-    if not revision or not isinstance(built, dict):
-        return None
-    pinned = (
-        revision
-        if revision.startswith(CONTENT_REVISIONS)
-        else f"{signature.get('teacher_id', '')}@{revision}"
-    )
-    return f"{pinned}|{built.get('teacher_dtype')}|{built.get('autocast')}"
-
-
 def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
     """The device layout ({"ranks", "parallel", "micro_batch_size"}, with the arithmetic as it ran: "autocast" and,
     where the teacher takes part in training, "teacher_dtype") of each segment of the run, this one's
@@ -223,31 +207,6 @@ def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | N
     if known and all(known[-1][k] == v for k, v in layout.items() if k in known[-1]):
         return list(known)
     return [*known, layout]
-
-
-def lr_at(step: int, cfg: Config) -> float:
-    """The learning rate of 0-based ``step``: linear warm-up, lr·(step + 1)/``warmup_steps``, reaching ``train.lr``
-    at step ``warmup_steps`` − 1, then a cosine from lr at step ``warmup_steps`` toward ``min_lr_ratio``·lr, which
-    it would reach at step ``max_steps``: the last step, ``max_steps`` − 1, is one cosine step above it (try-out
-    97 F2). With a warm-up the peak is used twice, at its last step and the cosine's first."""
-    t = cfg.train
-    if t.warmup_steps > 0 and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * cosine)
-
-
-def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: Config) -> torch.optim.AdamW:
-    """torch's fused AdamW (one kernel over all parameters: 4.7× faster than ``foreach`` on CPU for an 18M-parameter
-    student, ``make bench``'s step section); no weight decay on biases and norm weights (1-D parameters)."""
-    decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=True)
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -700,7 +659,7 @@ def _train(
             start_eval = evaluate_run(
                 cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True, said=said
             )
-        write_metrics(0, _flatten_eval(start_eval))
+        write_metrics(0, eval_metrics(start_eval))
         if cfg.eval.student_init:  # with their settings and blocks' sha256, by rank 0 (eval.json's form)
             run_on_main(
                 ranks,
@@ -819,7 +778,7 @@ def _train(
         totals["valid"] += sums.get("valid", 0.0)
         now = time.perf_counter()
         window_s, window_steps = window_s + now - t_step, window_steps + 1
-        last = _step_metrics(
+        last = step_metrics(
             step,
             lr,
             loss_value,
@@ -839,7 +798,7 @@ def _train(
             # all ranks evaluate their share; sharded models are gathered whole on every rank meanwhile
             with gathered(sharded, eval_shard):
                 periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks, said=said)
-            write_metrics(step + 1, _flatten_eval(periodic))
+            write_metrics(step + 1, eval_metrics(periodic))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(step + 1)
@@ -898,7 +857,7 @@ def _train(
         say_if_auto_differs(run_dir / "student", data.tokenizer, tokenizer_record["tokenizer_sha256"])
 
     def finish() -> None:
-        metrics_log.write(cfg.train.max_steps, _flatten_eval(results))
+        metrics_log.write(cfg.train.max_steps, eval_metrics(results))
         start_figures = read_student_init(run_dir) if cfg.eval.student_init else None
         write_eval_json(
             run_dir, cfg, results, keep=False, data=data, autocast=amp, student_init=start_figures
@@ -1020,7 +979,7 @@ def forward_backward(
             teacher.release()  # a sharded teacher's gathered head (the bandit still needs it after the step)
         loss_value += float(out.loss.detach())
         for k, v in {**out.metrics, "kd_sum": out.kd_sum, "ce_sum": out.ce_sum}.items():
-            sums[k] = _combine(k, sums.get(k), v)
+            sums[k] = combine(k, sums.get(k), v)
         feedback.append(out.feedback)
         teacher_not_finite |= out.teacher_not_finite
     return loss_value, sums, kd_count, ce_count, feature_count, feedback, teacher_not_finite
@@ -1144,190 +1103,6 @@ def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
     return parts.needs_teacher or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
 
 
-def _checkpoint_sample_ids(ckpt: Path) -> list[int] | None:
-    """TopSmp's kept blocks as checkpoint ``ckpt``'s ``state.pt`` holds them (``weights_only``; not verified here:
-    the resume verifies the checkpoint and checks its loader against them); None when it holds none or cannot be
-    read (an older ekd's, a damaged one)."""
-    from ekd.train.checkpoint import _load_pickle
-
-    try:
-        state = _load_pickle(ckpt / "state.pt", "cpu")
-    except Exception:  # noqa: BLE001 — a damaged state.pt: the samples are scored as before
-        return None
-    ids = state.get("sample_ids") if isinstance(state, dict) else None
-    return ids if isinstance(ids, list) else None
-
-
-def selection_note(cfg: Config, samples: int) -> dict[str, Any]:
-    """The ``meta`` of ``sample_selection.json``: the scorer, the fraction kept and the training blocks scored."""
-    return {"scorer": cfg.method.sample_scorer, "fraction": cfg.method.sample_fraction, "samples": samples}
-
-
-def restore_sample_selection(
-    run_dir: Path, ids: list[int], ckpt: Path, ranks: Ranks, note: dict[str, Any]
-) -> torch.Tensor:
-    """TopSmp's kept blocks as checkpoint ``ckpt`` trained on them, written back to ``run_dir``'s
-    ``sample_selection.json`` with ``note`` (:func:`selection_note`) and the checkpoint it came from: the file holds
-    others (edited since, or scored again after it was deleted, where near-ties can rank otherwise on another
-    layout: try-out 41, review 99), is gone (try-out 43) or cannot be read (try-out 44). Returns them, (k,) long."""
-    from ekd.selection.sample_selection import save_sample_selection
-
-    path = run_dir / SAMPLE_SELECTION
-    kept = torch.tensor(ids, dtype=torch.long)
-    log.warning(
-        "%s keeps other training blocks than checkpoint %s trained on, is gone or cannot be read (edited, "
-        "deleted, damaged or scored again since): the run goes on with the checkpoint's, written back to it",
-        path,
-        ckpt.name,
-    )
-    note = {**note, "restored_from": ckpt.name}
-    run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "restore the sample selection")
-    return kept
-
-
-def sample_selection(
-    cfg: Config,
-    run_dir: Path,
-    data: PreparedData,
-    student,
-    teacher_model,
-    ranks: Ranks,
-    amp,
-    resume: bool = False,
-) -> torch.Tensor:
-    """SE-KD3X TopSmp: the kept training-sample indices, scored once by the frozen initial student.
-
-    Each rank scores 1/W of the blocks, streamed (``ekd.train.rank_work.sharded_sample_scores``); every rank
-    then selects alike. Rank 0 saves the selection to ``run_dir/sample_selection.json``; it is reused on
-    resume (never re-scored with a trained student).
-    """
-    from ekd.selection.sample_selection import load_sample_selection, save_sample_selection, select_samples
-
-    path = run_dir / SAMPLE_SELECTION
-    blocks = data.blocks["train"]
-    done = path.exists()  # a directory in its way is refused by the load, not written over (try-out 42)
-    ranks.barrier()  # every rank has looked before rank 0 may write it
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    saved = _checkpoint_sample_ids(ckpt) if ckpt is not None else None
-    if done:
-        try:
-            kept, _ = load_sample_selection(path)
-            return kept
-        except ConfigError:
-            if saved is None or path.is_dir():
-                raise
-    if (
-        saved is not None
-    ):  # deleted or damaged since: the checkpoint holds them (try-outs 43, 44: scored again)
-        return restore_sample_selection(run_dir, saved, ckpt, ranks, selection_note(cfg, len(blocks)))
-    ids, scores = sharded_sample_scores(
-        student,
-        blocks,
-        cfg.method.sample_scorer,
-        data.vocab_size,
-        ranks,
-        teacher_model,
-        batch_size=cfg.eval.batch_size,
-        seed=cfg.run.seed,
-        chunk_rows=chunk_rows(cfg, data.vocab_size, ranks.device),
-        autocast_dtype=amp,
-    )
-    kept = select_samples(
-        scores, ids, cfg.method.sample_fraction, cfg.method.sample_scorer
-    )  # ids: block indices
-    note = selection_note(cfg, len(blocks))
-    run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
-    log.info(
-        "sample selection: kept %d of %d training blocks by %s",
-        kept.numel(),
-        len(blocks),
-        cfg.method.sample_scorer,
-    )
-    return kept
-
-
-def _combine(key: str, old: float | None, new: float) -> float:
-    """A step metric over micro-batches: sums add; ``*_min`` / ``*_max`` take the extreme of those that have one
-    (a micro-batch that selected nothing gives NaN, which must not erase the others', as min(nan, x) would)."""
-    if old is None or (key.endswith(("_min", "_max")) and math.isnan(old)):
-        return new
-    if key.endswith("_min"):
-        return old if math.isnan(new) else min(old, new)
-    if key.endswith("_max"):
-        return old if math.isnan(new) else max(old, new)
-    return old + new
-
-
-def _step_metrics(
-    step,
-    lr,
-    loss,
-    grad_norm,
-    sums,
-    counts: tuple[float, float, float],
-    parts: MethodParts,
-    tokens_per_s: float,
-    step_s: float,
-) -> dict[str, float]:
-    """The step's logged figures from the global ``sums`` (every rank's, summed) and the terms' global
-    normalizers ``counts`` = (kd_count, ce_count, feature_count), which every rank holds alike; ``tokens_per_s``
-    and ``step_s`` (seconds) are this rank's wall clock."""
-    kd_count, ce_count, feature_count = counts
-    m = {
-        "train/loss": loss,
-        "train/lr": lr,
-        "train/grad_norm": grad_norm,
-        "train/tokens": sums["tokens"],  # the step's global count of input tokens (all ranks, micro-batches)
-        "train/tokens_per_s": tokens_per_s,  # the job's: tokens of every rank since the loop started / wall time
-        # mean wall seconds of the steps since the last row: no evaluation, no checkpoint (the first row's include
-        # the first step's one-time work: allocations, a replaced run's removal under --overwrite)
-        "train/step_s": step_s,
-        "train/peak_memory_gib": sums["peak_memory_max"]
-        / 2**30,  # the largest rank's peak so far (GPU or host)
-    }
-    if "on_policy_rows" in sums:  # GKD: the share of rows the student generated, and their targets
-        m["train/on_policy_fraction"] = sums["on_policy_rows"] / max(sums["rows"], 1.0)
-        m["train/generated_targets"] = sums["generated_targets"]
-    # a term's loss and normalizer only where the term runs: a logged 0 would read as a measured zero
-    if parts.kd_weight > 0:
-        m["train/kd"] = sums.get("kd_sum", 0.0) / kd_count
-        m["train/kd_tokens"] = kd_count  # the step's global count of KD rows (normalizer, at least 1)
-    if parts.ce_weight > 0:
-        m["train/ce"] = sums.get("ce_sum", 0.0) / ce_count
-        m["train/ce_tokens"] = ce_count  # the step's global count of CE tokens (normalizer, at least 1)
-    if parts.feature_weight > 0:
-        feature = parts.feature_weight * sums.get("feature_sum", 0.0) / feature_count
-        m["train/feature"] = feature
-        m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
-        m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
-    if parts.kd_weight > 0 and sums.get("valid"):
-        # the share of positions given KD: distinct ones (try-out 58, F4: pos_rs's draws repeat positions)
-        m["select/fraction"] = sums.get("positions", 0.0) / sums["valid"]
-        m["select/count"] = sums.get("selected", 0.0)  # the step's rows, every rank and micro-batch
-        m["select/positions"] = sums.get("positions", 0.0)
-        if sums.get("candidates"):
-            m["select/ratio"] = sums.get("positions", 0.0) / sums["candidates"]
-        if sums.get("selected"):
-            m["select/tau_mean"] = sums.get("tau_sum", 0.0) / sums["selected"]
-            m["select/tau_min"] = sums.get("tau_min", float("nan"))
-            m["select/tau_max"] = sums.get("tau_max", float("nan"))
-        # online RS: distinct ids drawn per KD row, over the step's rows on every rank
-        if "rs_unique" in sums and sums.get("selected"):  # the M rows RS drew for are the selected ones
-            m["train/rs_unique_ids"] = sums["rs_unique"] / sums["selected"]
-        if sums.get("h_sel_n"):
-            m["select/teacher_entropy_selected"] = sums["h_sel_sum"] / sums["h_sel_n"]
-        if sums.get("h_unsel_n"):
-            m["select/teacher_entropy_unselected"] = sums["h_unsel_sum"] / sums["h_unsel_n"]
-        if "bandit_above" in sums:  # LinUCB: candidates above bandit_threshold, every micro-batch and rank
-            m["select/bandit_above_threshold"] = sums["bandit_above"] / max(sums.get("candidates", 0.0), 1.0)
-        if not math.isnan(sums.get("threshold_min", math.nan)):  # LATF: the lowest score given KD in the step
-            m["select/threshold"] = sums["threshold_min"]
-        for source in (parts.policy, parts.temperature):
-            if hasattr(source, "diagnostics"):
-                m.update(source.diagnostics())
-    return m
-
-
 def _stop_non_finite(
     step: int,
     run_dir: Path,
@@ -1384,7 +1159,3 @@ def _stop_non_finite(
     else:
         cause = f"the student diverged ({anew})"
     raise NonFiniteLossError(f"non-finite {what} at step {step + 1}: {cause}; {kept}")
-
-
-def _flatten_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"eval/{name}/{k}": v for name, metrics in results.items() for k, v in metrics.items()}

@@ -189,6 +189,22 @@ CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
 a name (a hub commit or ``model.revision``): two signatures with one such revision hold the same teacher."""
 
 
+def cache_teacher(signature: dict) -> str | None:
+    """What the targets of the cache of ``signature`` were computed by: its teacher as the signature pins it — the
+    sha256 of its weights (a local directory, a preset: ``teacher_revision``), else its id at its hub revision —
+    and the arithmetic its build ran it in (``built_with``), as ``<teacher>|<dtype>|<autocast>``; None for a cache
+    that records no arithmetic (an older ekd's, an import)."""
+    revision, built = str(signature.get("teacher_revision") or ""), signature.get(BUILT_WITH)
+    if not revision or not isinstance(built, dict):
+        return None
+    pinned = (
+        revision
+        if revision.startswith(CONTENT_REVISIONS)
+        else f"{signature.get('teacher_id', '')}@{revision}"
+    )
+    return f"{pinned}|{built.get('teacher_dtype')}|{built.get('autocast')}"
+
+
 def same_directory(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` name one existing local directory (relative paths from the working directory)."""
     try:
