@@ -1031,6 +1031,8 @@ class RunStart:
         Raises:
             RunDirError: ``--resume`` with a cache whose targets another teacher or arithmetic computed.
         """
+        from ekd.teacher.cache.manifest import computed_with
+
         saved = (read_marker(self.run_dir) or {}).get("cache_teacher")
         if pinned is not None and saved is not None and not self.fresh and saved != pinned:
             now, then = pinned.split("|"), saved.split("|")
@@ -1042,11 +1044,11 @@ class RunStart:
                 way = (
                     f"it is the run's, rebuilt since: rebuild it as it was with `ekd cache "
                     f"{self.run_dir / 'config.yaml'} --overwrite model.teacher_dtype={then[1]}` on a device where "
-                    f"that computes under {then[2]}, or name a copy of the run's cache"
+                    f"that computes in {then[2]}, or name a copy of the run's cache"
                 )
             raise RunDirError(
                 f"--resume: the teacher cache at {self.cfg.teacher.cache_dir} was computed otherwise than the "
-                f"run's (a {now[1]} teacher under {now[2]} autocast; the run's: {then[1]} under {then[2]}{other}); "
+                f"run's ({computed_with(now[1], now[2])}; the run's: {computed_with(then[1], then[2])}{other}); "
                 f"{way}"
             )
         if pinned is not None and saved is None and self.fresh:  # a resumed run that recorded none: not known

@@ -189,6 +189,14 @@ CONTENT_REVISIONS = ("safetensors-sha256:", "state-dict-sha256:")
 a name (a hub commit or ``model.revision``): two signatures with one such revision hold the same teacher."""
 
 
+def computed_with(teacher_dtype: object, autocast: object) -> str:
+    """How a teacher's outputs were computed, in words: "a float32 teacher in fp32" (no autocast), "a float32
+    teacher under bf16 autocast" (try-out 124, F3: "under fp32 autocast" named an autocast that is its absence)."""
+    return f"a {teacher_dtype} teacher " + (
+        f"in {autocast}" if autocast == "fp32" else f"under {autocast} autocast"
+    )
+
+
 def cache_teacher(signature: dict) -> str | None:
     """What the targets of the cache of ``signature`` were computed by: its teacher as the signature pins it — the
     sha256 of its weights (a local directory, a preset: ``teacher_revision``), else its id at its hub revision —

@@ -42,6 +42,7 @@ from ekd.teacher.cache.manifest import (
     REBUILD_ELSEWHERE,
     build_manifest,
     check_compatible,
+    computed_with,
     dumps,
     manifest_paths,
     manifest_sha256,
@@ -218,8 +219,8 @@ class CacheWriter:
                 self.directory,
             )
             return
-        were = f"a {prior.get('teacher_dtype')} teacher under {prior.get('autocast')} autocast"
-        now = f"a {ours.get('teacher_dtype')} teacher under {ours.get('autocast')}"
+        were = computed_with(prior.get("teacher_dtype"), prior.get("autocast"))
+        now = computed_with(ours.get("teacher_dtype"), ours.get("autocast"))
         raise CacheError(
             f"teacher cache at {self.directory}: its built shards ({path.name}) were computed with {were}, this build "
             f"would compute the rest with {now}; continue it as it was built (model.teacher_dtype="
