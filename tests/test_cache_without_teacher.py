@@ -519,7 +519,7 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={copy}"]) != 0
     line = _error_line(capsys)
     assert "it is the run's, rebuilt since: rebuild it as it was with `ekd cache" in line, line
-    assert "--overwrite model.teacher_dtype=float32` on a device where that computes under fp32" in line, line
+    assert "--overwrite model.teacher_dtype=float32` on a device where that computes in fp32" in line, line
     gone = root / "cache-gone"
     assert main([*first, "train.max_steps=7", "--resume", f"teacher.cache_dir={gone}"]) != 0
     line = _error_line(capsys)
