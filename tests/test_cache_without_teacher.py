@@ -476,6 +476,12 @@ def test_a_resume_may_name_the_cache_where_it_is_now(built, capsys):
     marker = json.loads((runs[1] / "ekd-run.json").read_text())
     assert marker["cache_teacher"].startswith("safetensors-sha256:"), marker
     assert marker["cache_teacher"].endswith("|float32|fp32"), marker  # and the arithmetic of its build
+    # review 126, R2: and the cache's measured bytes/token, which ekd compare reports once the cache is gone
+    from ekd.teacher.cache import CacheReader
+
+    assert marker["cache_bytes_per_token"] == CacheReader(built["cache"]).info()["bytes_per_token"] > 0, (
+        marker
+    )
     summary = compare_runs(runs, root / "cmp", plots=False)
     assert [g["method"] for g in summary["groups"]] == ["rskd"], summary["groups"]
     assert summary["replicas"][0]["replicas"][0]["run"] == str(runs[1]), summary["replicas"]

@@ -1868,3 +1868,90 @@ def test_an_older_run_re_evaluated_is_read_by_the_teacher_dtype_it_now_records(t
     (runs[1] / "eval.json").write_text(json.dumps(saved))
     groups = compare_runs(runs, tmp_path / "out", plots=False)["groups"]
     assert [(g["method"], g["seeds"]) for g in groups] == [("kd", [0, 1])], groups
+
+
+def _marked(run: Path, **facts) -> Path:
+    """``run`` with an ``ekd-run.json`` of a finished run recording ``facts``."""
+    (run / "ekd-run.json").write_text(
+        json.dumps({"format": "ekd-run", "version": 1, "state": "finished", **facts})
+    )
+    return run
+
+
+def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_path, capsys, caplog):
+    """Review 126, R1 and R3: a cut ekd-run.json was read as a run of an older ekd — every content check off, so
+    two runs trained on different data were averaged as seeds of one method — and a damaged metrics.jsonl line
+    anywhere was skipped (the KD fraction taken from the rest), a line holding a number a traceback. Both are read
+    as `ekd distill` reads them: an absent file is an older run's, a damaged one one line; a torn last line alone
+    is dropped with a warning."""
+    import logging
+
+    def on_data(
+        run: Path, fingerprint: str
+    ) -> Path:  # one path, its documents changed in place between seeds
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {"source": "/scratch/text.jsonl"}}))
+        return _marked(run, data_fingerprint=fingerprint * 32)
+
+    a = on_data(_fake_run(tmp_path, "a", "kd", 0, 10.0, 0.5), "ab")
+    b = on_data(_fake_run(tmp_path, "b", "kd", 1, 30.0, 0.7), "cd")
+    out = ["--out", str(tmp_path / "o")]
+    assert [g.label for g in group_runs([read_run(a), read_run(b)])] == ["kd", "kd#2"]
+    text = (b / "ekd-run.json").read_text()
+    (b / "ekd-run.json").write_text(text[:-3])
+    assert main(["compare", str(a), str(b), *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt (not the record ekd distill writes); restore "
+        "it, or leave the run out"
+    ), err
+    (b / "ekd-run.json").unlink()  # absent: a run of an older ekd, read by its paths
+    assert read_run(b).data_fingerprint is None
+    rows = (a / "metrics.jsonl").read_text().splitlines()
+    for damaged in ("\x00\x00\x00", "7"):
+        (a / "metrics.jsonl").write_text("\n".join([damaged, *rows]) + "\n")
+        assert main(["compare", str(a), *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ekd: error: ekd compare: {a / 'metrics.jsonl'} line 1 is not a JSON object; ")
+        assert err.endswith(", or leave the run out") and "\n" not in err, err
+    (a / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 3, "sel')  # torn by an interrupted write
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert read_run(a).kd_fraction == pytest.approx(40 / 100)  # both rows: (30 + 10) / (60 + 40)
+    assert "dropping a torn last line" in caplog.text
+
+
+def test_a_cache_runs_bytes_per_token_is_its_caches_even_once_the_cache_is_gone(tmp_path, caplog):
+    """Review 126, R2: a run trained from a cache deleted or moved since was sized by the online formula (23.9 for
+    a cache measured at 38.2 B/token) without a word, and claim 6 left a group without a figure out of the
+    frontier silently. A run records its cache's figure; an older run whose cache is gone has none, said; claim 6
+    is inconclusive where such a group reaches a lower KL."""
+    import logging
+
+    from ekd.eval.claims import check_claims
+
+    def cached(name, seed, kl, **facts):
+        run = _fake_run(tmp_path, name, "rskd", seed, 10.0, kl)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["teacher"] = {"source": "cache", "cache_dir": str(tmp_path / "gone")}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return _marked(run, tokenizer_tokens=320, **facts)
+
+    recorded = cached("rec", 0, 0.5, cache_bytes_per_token=38.18)
+    assert read_run(recorded).bytes_per_token == 38.18
+    older = cached("old", 1, 0.5)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert math.isnan(read_run(older).bytes_per_token)
+    assert f"no bytes/token for {older}: its teacher cache {tmp_path / 'gone'} cannot be read" in caplog.text
+    ekd_run = _marked(_fake_run(tmp_path, "ek", "ekd", 0, 10.0, 0.6), tokenizer_tokens=320)
+    ekd_cfg = yaml.safe_load((ekd_run / "config.yaml").read_text())
+    ekd_cfg["teacher"] = {"source": "online"}
+    (ekd_run / "config.yaml").write_text(yaml.safe_dump(ekd_cfg))
+    claims = {
+        c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(ekd_run), read_run(older)]))
+    }
+    assert claims["EKD"].verdict == "inconclusive", claims["EKD"]
+    assert "rskd reach a lower KL at an unknown bytes/token" in claims["EKD"].reason
+    claims = {
+        c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(ekd_run), read_run(recorded)]))
+    }
+    assert claims["EKD"].verdict.startswith("reproduced"), claims["EKD"]  # ekd's 0.6 × ~9.9 B < rskd's 38.2 B

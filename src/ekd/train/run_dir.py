@@ -1021,12 +1021,15 @@ class RunStart:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, tokenizer_sha256=sha256)
 
-    def check_cache_teacher(self, pinned: str | None) -> None:
+    def check_cache_teacher(self, pinned: str | None, bytes_per_token: float | None = None) -> None:
         """A run from a teacher cache: a new run records what its cache's targets were computed by
         (:func:`ekd.teacher.cache.manifest.cache_teacher`: the teacher and the arithmetic of the build; ``cache_teacher``,
         which ``ekd compare`` tells cache runs apart by), ``--resume`` refuses a cache computed otherwise — a copy
         built on a GPU in bfloat16 for a run begun from a CPU's float32 cache matches the config's signature all
-        the same (review of session 34, R3). None (a cache that records no arithmetic): nothing to record.
+        the same (review of session 34, R3). None (a cache that records no arithmetic): nothing to record. A new
+        run also records the cache's measured ``bytes_per_token`` (``cache_bytes_per_token``), which ``ekd
+        compare`` reports once the cache is deleted or moved (review 126, R2: it fell back to the online formula,
+        37% lower, without a word).
 
         Raises:
             RunDirError: ``--resume`` with a cache whose targets another teacher or arithmetic computed.
@@ -1051,9 +1054,13 @@ class RunStart:
                 f"run's ({computed_with(now[1], now[2])}; the run's: {computed_with(then[1], then[2])}{other}); "
                 f"{way}"
             )
-        if pinned is not None and saved is None and self.fresh:  # a resumed run that recorded none: not known
-            with writing(self.run_dir):  # for its first steps (try-out 123, F6)
-                _write_marker(self.run_dir, cache_teacher=pinned)
+        facts = {
+            **({"cache_teacher": pinned} if pinned is not None and saved is None else {}),
+            **({"cache_bytes_per_token": bytes_per_token} if bytes_per_token is not None else {}),
+        }
+        if facts and self.fresh:  # a resumed run that recorded none: not known for its first steps (t123, F6)
+            with writing(self.run_dir):
+                _write_marker(self.run_dir, **facts)
 
     def check_teacher(self) -> None:
         """A run taught online by a local teacher directory: a new run records its weights

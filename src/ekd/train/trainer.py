@@ -494,8 +494,8 @@ def _train(
             "open the teacher source",
         )
     if cfg.teacher.source == "cache" and teacher is not None:  # rank 0 records it; --resume refuses another
-        pinned = cache_teacher(teacher.reader.signature)
-        run_on_main(ranks, lambda: start.check_cache_teacher(pinned), "check the cache's teacher")
+        pinned, size = cache_teacher(teacher.reader.signature), teacher.reader.info()["bytes_per_token"]
+        run_on_main(ranks, lambda: start.check_cache_teacher(pinned, size), "check the cache's teacher")
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer

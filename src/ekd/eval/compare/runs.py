@@ -33,7 +33,7 @@ from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, ran_in
-from ekd.train.run_dir import changes_training, read_marker
+from ekd.train.run_dir import MARKER, changes_training, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -545,7 +545,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         )
     config = with_todays_defaults(config)  # a run of an older ekd: the keys added since, at their defaults
     rows = metric_rows(run_dir)
-    marker = _marker(run_dir)
+    marker = run_marker(run_dir)
     _refuse_unfinished(run_dir, marker, rows, config)
     results, scored_with, scored_by, ways, teachers, starts = _eval_results(run_dir, rows)
     if not results:
@@ -558,7 +558,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         config,
         results,
         kd_fraction,
-        _bytes_per_token(run_dir, config, kd_fraction, measured_rs_unique_ids(rows)),
+        _bytes_per_token(run_dir, config, marker, kd_fraction, measured_rs_unique_ids(rows)),
         _tokenizer_identity(run_dir, config),
         scored_with,
         marker.get("global_micro_batch"),
@@ -627,16 +627,36 @@ def _tokenizer_identity(run_dir: Path, config: dict[str, Any]) -> str:
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (none when it is absent; a torn last line is skipped)."""
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line (interrupted write) carries nothing we need
-    return rows
+    """The rows of a run's ``metrics.jsonl`` as the run's own reader reads them
+    (:func:`ekd.train.metrics_log.read_metrics`: none when it is absent, a torn last line dropped with a warning).
+
+    Raises:
+        EkdError: a line other than the last is not a JSON object (review 126, R3: any damaged line was skipped,
+            the KD fraction taken from the rest without a word, and a line holding a number was a traceback).
+    """
+    from ekd.train.metrics_log import read_metrics
+
+    try:
+        return read_metrics(run_dir)
+    except EkdError as e:
+        raise EkdError(f"ekd compare: {e}, or leave the run out") from None
+
+
+def run_marker(run_dir: Path) -> dict[str, Any]:
+    """The run's ``ekd-run.json`` (what it recorded as it ran and when it finished); {} when there is none (a run
+    of an older ekd, or one copied without it).
+
+    Raises:
+        EkdError: the file is there but cannot be read (review 126, R1: it was read as absent, which turned off
+            every content check — two runs trained on different data became seeds of one method).
+    """
+    try:
+        return read_marker(run_dir) or {}
+    except EkdError:
+        raise EkdError(
+            f"ekd compare: {run_dir / MARKER} is corrupt (not the record ekd distill writes); restore it, or leave "
+            "the run out"
+        ) from None
 
 
 def _eval_results(
@@ -721,42 +741,61 @@ def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
 
 
 def _bytes_per_token(
-    run_dir: Path, config: dict[str, Any], kd_fraction: float, rs_unique_ids: float | None
+    run_dir: Path,
+    config: dict[str, Any],
+    marker: dict[str, Any],
+    kd_fraction: float,
+    rs_unique_ids: float | None,
 ) -> float:
-    """:func:`ekd.demo.teacher_bytes_per_token` of a run; ``rs_unique_ids``: :func:`measured_rs_unique_ids`."""
+    """:func:`ekd.demo.teacher_bytes_per_token` of a run; ``rs_unique_ids``: :func:`measured_rs_unique_ids`. A
+    cache run's figure is the one measured on its cache: as the run recorded it (``cache_bytes_per_token`` in
+    ``marker``), else (a run of an older ekd) read from the cache where its config names it; NaN, said in a line,
+    when neither can be read or V is unknown — never the online formula's estimate for a cache run (review 126,
+    R2: 23.9 for a cache measured at 38.2 B/token, once the cache was deleted)."""
     from ekd.config import config_from_dict
     from ekd.demo import teacher_bytes_per_token
 
     try:
         cfg = config_from_dict(config)
-    except EkdError:
+    except EkdError as e:
+        log.warning(
+            "ekd compare: no bytes/token for %s: its config is not read by today's ekd (%s)", run_dir, e
+        )
         return math.nan
-    vocab = _vocab_size(run_dir)
     cache_info = None
-    if cfg.teacher.source == "cache" and cfg.teacher.cache_dir:
+    if cfg.teacher.source == "cache":
+        recorded = marker.get("cache_bytes_per_token")
+        if isinstance(recorded, (int, float)):
+            return float(recorded)
         try:
             from ekd.teacher.cache import CacheReader
 
             cache_info = CacheReader(cfg.teacher.cache_dir).info()
         except EkdError:
-            cache_info = None
-    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab, rs_unique_ids) if vocab else math.nan
+            log.warning(
+                "ekd compare: no bytes/token for %s: its teacher cache %s cannot be read (deleted or moved) and "
+                "the run records no figure of it (an older ekd's run)",
+                run_dir,
+                cfg.teacher.cache_dir,
+            )
+            return math.nan
+    vocab = _vocab_size(run_dir, marker)
+    if not vocab:
+        log.warning(
+            "ekd compare: no bytes/token for %s: the size of its vocabulary is not recorded and its student "
+            "directory holds no tokenizer",
+            run_dir,
+        )
+        return math.nan
+    return teacher_bytes_per_token(cfg, kd_fraction, cache_info, vocab, rs_unique_ids)
 
 
-def _marker(run_dir: Path) -> dict[str, Any]:
-    """The run's ``ekd-run.json`` (what it recorded when it finished); {} when absent or unreadable."""
-    try:
-        return read_marker(run_dir) or {}
-    except EkdError:
-        return {}
-
-
-def _vocab_size(run_dir: Path) -> int:
+def _vocab_size(run_dir: Path, marker: dict[str, Any]) -> int:
     """V, the vocabulary the run's teacher targets spanned: the tokenizer length the run recorded when it
     finished (``ekd-run.json``'s ``tokenizer_tokens``), else (a run of an older ekd) the length of the tokenizer
     exported with the student (a model or an adapter directory alike); 0 when neither is there. Never the
     student head's ``vocab_size``: a padded head has more rows than the targets span."""
-    recorded = _marker(run_dir).get("tokenizer_tokens")
+    recorded = marker.get("tokenizer_tokens")
     if recorded:
         return int(recorded)
     try:
