@@ -1,6 +1,6 @@
 """``ekd eval RUN`` refuses in one line what it cannot read, before it scores anything (try-out 45): a path that
 does not exist (F10), a config.yaml that is not a run's config (F4), an eval.json whose entries it would keep or
-drop as they are (F3); an eval.json with nothing to keep is said, then replaced."""
+drop as they are (F3), one that is not a JSON object (review 126, R4: it was replaced)."""
 
 from __future__ import annotations
 
@@ -81,21 +81,26 @@ def test_a_malformed_entry_of_eval_json_is_refused_not_kept_or_dropped(tmp_path,
     unchanged(before, tmp_path)
 
 
-def test_an_eval_json_with_nothing_to_keep_is_said_before_it_is_replaced(tmp_path, caplog):
-    """F3: ``eval.json = []`` was replaced without the 'could not be read' warning invalid JSON gets."""
-    from ekd.cli import _check_run_files
-
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda text: text[:-1], "is not valid JSON (Expecting"),  # one byte short: a hand edit, a cut copy
+        (lambda text: "[]", "is not valid JSON for ekd (a JSON list, not an object)"),
+        (lambda text: "\xff", "is not valid JSON ("),
+    ],
+)
+@pytest.mark.parametrize("tasks", [False, True])
+def test_an_eval_json_that_cannot_be_read_is_refused_not_replaced(tmp_path, capsys, damage, says, tasks):
+    """Review 126, R4 (try-out 45 F3 had it said, then replaced): an eval.json one byte short of valid JSON was
+    replaced by the sets scored now — every other set's figures lost — with a warning; on the tasks' path it was
+    rewritten with the task results only. It is refused in one line, the file as it was."""
     run = _finished(tmp_path)
-    (run / "eval.json").write_text("[]")
-    with caplog.at_level(logging.WARNING):
-        _check_run_files(run, sets=True)
-    assert (
-        "could not be read (it holds a JSON list, not an object of eval sets); writing the sets scored now only"
-        in caplog.text
-    )
-    caplog.clear()
-    _check_run_files(run, sets=False)  # --tasks alone: the task writer says its own
-    assert not caplog.text
+    (run / "eval.json").write_text(damage((run / "eval.json").read_text()))
+    before = snapshot(tmp_path)
+    line = one_error_line(*cli(capsys, "eval", run, *(["--tasks", "arc_easy"] if tasks else []))[::2])
+    assert f"ekd eval: {run / 'eval.json'} {says}" in line, line
+    assert line.endswith(f"so fix it, or move the file away to write only what `ekd eval {run}` scores"), line
+    unchanged(before, tmp_path)
 
 
 def test_a_record_a_later_ekd_writes_is_no_malformed_entry(tmp_path, caplog):
@@ -110,7 +115,7 @@ def test_a_record_a_later_ekd_writes_is_no_malformed_entry(tmp_path, caplog):
     ev[name]["per_domain"] = {"code": [1.5, 2.0]}
     (run / "eval.json").write_text(json.dumps(ev))
     with caplog.at_level(logging.WARNING):
-        _check_run_files(run, sets=True)
+        _check_run_files(run)
     assert not caplog.text
     kept, names = merge(ev, {"other": {"ppl": 3.0}})
     assert kept[name]["per_domain"] == {"code": [1.5, 2.0]} and name in names

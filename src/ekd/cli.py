@@ -451,7 +451,7 @@ def cmd_eval(args) -> int:
     from ekd.train.task_evaluation import check_saved_tasks, evaluate_saved_tasks, tasks_markdown
 
     with using_run(run):  # one hold across the eval sets and the tasks
-        _check_run_files(run, sets=not args.tasks)
+        _check_run_files(run)
         cfg = load_run_config(run, overrides)  # once, for the three below
         flags = [
             f
@@ -502,22 +502,23 @@ def _refuse_missing_run(run: Path) -> None:
     )
 
 
-def _check_run_files(run: Path, sets: bool) -> None:
+def _check_run_files(run: Path) -> None:
     """What ``ekd eval RUN`` reads before it scores anything, each refused in one line (try-out 45, F3/F4/F10;
     a path that does not exist is refused before, by :func:`_refuse_missing_run`): a ``config.yaml`` that is not
     valid YAML or not a run's config
-    (:func:`~ekd.eval.saved_files.config_problem`); an ``eval.json`` whose entries are malformed
-    (:func:`~ekd.eval.saved_files.eval_json_problem`), which ekd eval would otherwise keep as they were or drop.
-    An ``eval.json`` with nothing to keep (not a JSON object) is said, then replaced when ``sets`` are scored.
+    (:func:`~ekd.eval.saved_files.config_problem`); an ``eval.json`` that is not a JSON object
+    (:func:`~ekd.eval.eval_json.read_eval_json`) or whose entries are malformed
+    (:func:`~ekd.eval.saved_files.eval_json_problem`), which ekd eval would otherwise replace, keep as they were
+    or drop.
 
     Raises:
         EkdError: one of the above; a run that is not finished is left to :func:`load_run_config` to say.
     """
-    import json
     import shlex
 
     import yaml
 
+    from ekd.eval.eval_json import read_eval_json
     from ekd.eval.saved_files import config_problem, eval_json_problem
     from ekd.train.run_state import is_finished_run
 
@@ -533,21 +534,16 @@ def _check_run_files(run: Path, sets: bool) -> None:
             f"ekd eval: {path} is not a run's config ({problem}); put back the config.yaml ekd distill wrote"
         )
     path = run / "eval.json"
-    try:
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return  # said where it is rewritten: 'could not be read', then the sets scored now alone
-    if not isinstance(saved, dict):  # nothing in it to keep
-        if sets:
-            logging.getLogger(__name__).warning(
-                "%s could not be read (%s); writing the sets scored now only", path, eval_json_problem(saved)
-            )
-        return
+    keep = (
+        "ekd eval keeps the results it does not score, so fix {}, or move the file away to write only what "
+        f"`ekd eval {shlex.quote(str(run))}` scores"
+    )
+    try:  # review 126, R4: one that is not JSON was replaced by the sets scored now, the others' figures lost
+        saved = read_eval_json(run) or {}
+    except EkdError as e:
+        raise EkdError(f"ekd eval: {e}; {keep.format('it')}") from None
     if problem := eval_json_problem(saved):
-        raise EkdError(
-            f"ekd eval: {path} is malformed: {problem}; ekd eval keeps the results it does not score, so fix "
-            f"that entry, or move the file away to write only what `ekd eval {shlex.quote(str(run))}` scores"
-        )
+        raise EkdError(f"ekd eval: {path} is malformed: {problem}; {keep.format('that entry')}")
 
 
 def cmd_list(args) -> int:

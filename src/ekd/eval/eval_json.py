@@ -24,7 +24,33 @@ from pathlib import Path
 from typing import Any
 
 from ekd.config.sections import READ_ONLY_DATA_KEYS
+from ekd.errors import EkdError
 from ekd.models.identity import ran_in
+
+EVAL_JSON = "eval.json"
+
+
+def read_eval_json(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/eval.json`` as a JSON object; None when there is none. The one reader of the file for every
+    command that keeps what it holds (``ekd eval``, the tasks' merge, the held-out check): a file that is there but
+    cannot be read is never taken for none (review 126, R4: one byte short of valid JSON, it was replaced by the
+    sets scored then — the others' figures lost — with a warning).
+
+    Raises:
+        EkdError: the file is there but is not readable JSON, or not a JSON object; the message names the file
+            and what is wrong, for the caller to add its way out.
+    """
+    path = Path(run_dir) / EVAL_JSON
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise EkdError(f"{path} is not valid JSON for ekd (a JSON {type(saved).__name__}, not an object)")
+    return saved
+
 
 SETTINGS_KEY = "data"
 """The key of a set's entry holding the ``data.*`` settings it was scored with (not a metric)."""

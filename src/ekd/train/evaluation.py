@@ -506,13 +506,12 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
     Raises:
         ConfigError: the held-out split differs from the one the run scored.
     """
-    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, recorded_settings, set_settings
+    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, read_eval_json, recorded_settings, set_settings
 
-    try:
-        saved = json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return  # none yet, or unreadable: write_eval_json says so
-    if not isinstance(saved, dict):
+    saved = read_eval_json(
+        run_dir
+    )  # one that cannot be read is refused (review 126, S7: the check was skipped)
+    if saved is None:
         return
     section = cfg.to_dict()["data"]
     for name, blocks in data.blocks.items():
@@ -779,18 +778,14 @@ def write_eval_json(
     Returns:
         The entries written.
     """
-    from ekd.eval.eval_json import merge, student_init_entries, with_student_init
+    from ekd.eval.eval_json import merge, read_eval_json, student_init_entries, with_student_init
     from ekd.io import atomic_write_text, strict_json
 
     path = run_dir / "eval.json"
     written = with_student_init(eval_entries(cfg, results, data, autocast), student_init)
-    if keep and path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            old = None
-            log.warning("%s could not be read (%s); writing the sets scored now only", path, e)
-        if isinstance(old, dict):
+    if keep:
+        old = read_eval_json(run_dir)  # one that cannot be read is refused, never replaced (review 126, R4)
+        if old is not None:
             say_teacher_figures_dropped(path, old, written)
             # the start did not change: its figures, where this scores a set as they were (try-out 90, F3: after
             # one `ekd eval` scored otherwise, eval.json had lost them; the run's file still has them)

@@ -308,18 +308,18 @@ def tasks_markdown(section: dict[str, Any]) -> str:
 
 
 def _read_eval_json(run_dir: Path) -> dict[str, Any]:
-    """``RUN/eval.json`` as it stands ({} when there is none, or none that reads as a JSON object)."""
-    path = run_dir / "eval.json"
-    if not path.is_file():
-        return {}
+    """``RUN/eval.json`` as it stands ({} when there is none).
+
+    Raises:
+        EkdError: it is there but cannot be read (review 126, R4: it was rewritten with the task results only,
+            every perplexity set's figures lost).
+    """
+    from ekd.eval.eval_json import read_eval_json
+
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        saved = None
-    if not isinstance(saved, dict):
-        log.warning("%s is not valid JSON; rewriting it with the task results only", path)
-        return {}
-    return saved
+        return read_eval_json(run_dir) or {}
+    except EkdError as e:
+        raise EkdError(f"{e}: fix it, or move it away to write the task results only") from None
 
 
 def untagged_note(sets: Mapping[str, Any], tags: Mapping[str, str]) -> str:
