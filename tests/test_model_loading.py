@@ -81,7 +81,17 @@ def _remote_code(d):
     (d / "modeling.py").write_text(f"open({str(d / 'RAN')!r}, 'w').close()\n")
 
 
+def _cut_generation_config(d):
+    from transformers import GenerationConfig
+
+    GenerationConfig(eos_token_id=5).save_pretrained(d)  # an instruct model: its turn end ends sequences
+    text = (d / "generation_config.json").read_text()
+    (d / "generation_config.json").write_text(text[: len(text) // 2])
+
+
 CASES = {
+    # review 126, R5: transformers loads the model with a default generation config, without a word
+    "cut_generation_config": (_cut_generation_config, "generation_config.json is not valid JSON ("),
     "random_safetensors": (_random_weights, "not a valid safetensors file"),
     "truncated_safetensors": (_truncated_weights, "not a valid safetensors file"),
     "unknown_model_type": (_unknown_type, "foobar_lm"),
@@ -538,3 +548,28 @@ def test_a_run_directory_named_as_a_model_points_at_its_export(tmp_path):
     (run / "config.yaml").write_text("run: {name: kd}\n")
     with pytest.raises(ModelError, match=f"did you mean {run / 'student'}, the run's exported student\\?"):
         load_model(str(run), vocab_size=64, role="student")
+
+
+def test_a_generation_config_that_does_not_parse_is_refused_not_read_as_absent(good_dir, tmp_path):
+    """Review 126, R5: data.separator=auto read a cut generation_config.json as missing (transformers says OSError
+    for both) and took config.json's end-of-sequence id: every document ended with id 2 instead of 5."""
+    from ekd.config import ConfigError
+    from ekd.data.boundary import read_model_eos
+
+    d = tmp_path / "instruct"
+    shutil.copytree(good_dir, d)
+    _edit_config(d, eos_token_id=2)
+    from transformers import GenerationConfig
+
+    GenerationConfig(eos_token_id=5).save_pretrained(d)
+    assert read_model_eos(str(d), key="model.teacher") == 5
+    (d / "generation_config.json").unlink()  # absent: config.json's, as documented
+    assert read_model_eos(str(d), key="model.teacher") == 2
+    _cut_generation_config(d)
+    with pytest.raises(ConfigError) as info:
+        read_model_eos(str(d), key="model.teacher")
+    text = str(info.value)
+    assert text.startswith(f"model.teacher: '{d}': generation_config.json is not valid JSON ("), text
+    assert text.endswith(
+        "replace that file (save_pretrained writes it again), or delete it to use config.json's"
+    )

@@ -86,8 +86,15 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     """
     from transformers import AutoConfig, GenerationConfig
 
+    from ekd.models.load import SKIPPED_WHEN_BROKEN, broken_json
+
     kwargs: dict = {"revision": revision} if revision else {}
     kwargs.update(hub_kwargs(spec, key, revision=revision, error=ConfigError))
+    if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):  # transformers says OSError, as for a missing file
+        raise ConfigError(
+            f"{key}: '{spec}': {broken}, which data.separator=auto reads for the end-of-document id; replace that "
+            "file (save_pretrained writes it again), or delete it to use config.json's"
+        )
     try:
         eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
     except (OSError, ValueError):

@@ -400,6 +400,11 @@ def load_or_refuse(
     library.handlers, library.propagate = [held], False  # its own handlers and the root's alike (review 99)
     try:
         result = load()
+        if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):  # loaded as if it were absent: refused alike
+            raise ModelError(
+                f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
+                "writes it again), delete it to use config.json's end-of-sequence id, or name another directory"
+            )
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
@@ -421,14 +426,22 @@ def load_or_refuse(
     return result
 
 
-def broken_json(spec: str) -> str:
-    """``"<name> is not valid JSON (<error>)"`` for the first ``*.json`` of the local directory ``spec`` that does
-    not parse (a truncated download, a hand edit), else ``""``: a loader's own message says "Expecting value:
-    line 1 column 1" without the file (the tokenizers library), or blames the network (transformers)."""
+SKIPPED_WHEN_BROKEN = "generation_config.json"
+"""The file of a model directory that transformers passes over when it does not parse — ``from_pretrained`` loads
+the model with a default generation config, ``GenerationConfig.from_pretrained`` says ``OSError`` as for a
+missing file —, so that another end-of-sequence id would be taken from ``config.json`` without a word (review
+126, R5: ``data.separator=auto`` ended every document with id 2 instead of 5). Checked before it is read."""
+
+
+def broken_json(spec: str, pattern: str = "*.json") -> str:
+    """``"<name> is not valid JSON (<error>)"`` for the first file matching ``pattern`` (``*.json``, or one file
+    name) of the local directory ``spec`` that does not parse (a truncated download, a hand edit), else ``""``: a
+    loader's own message says "Expecting value: line 1 column 1" without the file (the tokenizers library), or
+    blames the network (transformers)."""
     path = Path(spec).expanduser()
     if not path.is_dir():
         return ""
-    for file in sorted(path.glob("*.json")):
+    for file in sorted(path.glob(pattern)):
         try:
             json.loads(file.read_bytes())
         except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
