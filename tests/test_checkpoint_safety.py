@@ -677,3 +677,27 @@ def test_an_interrupt_while_a_finished_run_prints_its_table_changes_nothing(ws, 
         signal.signal(signal.SIGINT, previous)
     assert rc == 0, err
     assert "| eval |" in out and "interrupted" not in err
+
+
+def test_a_directory_fsync_that_fails_is_raised_unless_the_file_system_cannot_fsync_one(
+    tmp_path, monkeypatch
+):
+    """Review 126, S6: every OSError of a directory's fsync was passed over — EIO too, after which a rename (a
+    checkpoint's, eval.json's) may not be on disk; a file system that cannot fsync a directory (EINVAL) is a no-op."""
+    import errno
+    import os
+
+    from ekd.io import fsync_dir
+
+    def failing(code):
+        def fsync(fd):
+            raise OSError(code, os.strerror(code))
+
+        return fsync
+
+    monkeypatch.setattr(os, "fsync", failing(errno.EINVAL))
+    fsync_dir(tmp_path)
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError) as info:
+        fsync_dir(tmp_path)
+    assert info.value.errno == errno.EIO

@@ -265,16 +265,27 @@ def _readable_as_umask_says(directory: Path) -> None:
             f.chmod(0o666 & ~umask)
 
 
+NO_DIRECTORY_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
+"""``errno`` of a file system that cannot fsync a directory (some network and FUSE mounts): nothing to do there."""
+
+
 def fsync_dir(directory: Path | str) -> None:
-    """fsync a directory so a rename in it survives a power cut (a no-op where directories cannot be opened)."""
+    """fsync a directory so a rename in it survives a power cut (a no-op where directories cannot be opened, or
+    the file system cannot fsync one).
+
+    Raises:
+        OSError: the fsync failed otherwise (``EIO``: the rename may not be on disk; review 126, S6 — every error
+            was passed over).
+    """
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in NO_DIRECTORY_FSYNC:
+            raise
     finally:
         os.close(fd)
 
