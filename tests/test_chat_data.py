@@ -889,7 +889,7 @@ def test_rows_none_of_which_is_messages_name_the_format_not_min_chars(tmp_path):
     assert "('conversations') to hold a list of {role, content} objects" in line and "min_chars" not in line
 
 
-def test_the_templates_end_of_turn_token_is_found_by_a_probe(chat_tok):
+def test_the_templates_end_of_turn_token_is_found_by_a_probe(chat_tok, caplog):
     """Try-out 19: a base student (its config names only its EOS) taught on an instruct template kept generating
     past the template's end-of-turn token in on-policy runs. The renderer names that token for the stops."""
     end = chat_tok.convert_tokens_to_ids("<|end|>")
@@ -899,9 +899,13 @@ def test_the_templates_end_of_turn_token_is_found_by_a_probe(chat_tok):
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"  # no special token after
     )
     assert ChatRenderer(chat_tok, bare).end_of_turn_ids() == []
-    assert (
-        ChatRenderer(chat_tok, STRICT.replace("'assistant'", "'helper'")).end_of_turn_ids() == []
-    )  # rejects
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        assert (
+            ChatRenderer(chat_tok, STRICT.replace("'assistant'", "'helper'")).end_of_turn_ids() == []
+        )  # rejects
+    # review 126, S4: said, not left for generated turns to run on to the EOS without a word
+    assert "the chat template rejects a plain user/assistant exchange (" in caplog.text
+    assert "generated turns end at the EOS only" in caplog.text
 
 
 def test_on_policy_chat_runs_stop_turns_at_the_templates_end_of_turn(tmp_path, chat_tok, monkeypatch):

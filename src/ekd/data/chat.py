@@ -481,7 +481,12 @@ class ChatRenderer:
         probe = [{"role": "user", "content": "ekd probe question"}, {"role": ASSISTANT, "content": answer}]
         try:
             text = self._render(probe)
-        except RejectedRow:
+        except RejectedRow as e:  # review 126, S4: said, not left for on-policy turns to run on to the EOS
+            logger.info(
+                "the chat template rejects a plain user/assistant exchange (%s): no end-of-turn token is known, so "
+                "generated turns end at the EOS only",
+                e,
+            )
             return []
         at = text.find(answer)
         if at < 0:
