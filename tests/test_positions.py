@@ -91,3 +91,20 @@ def test_blocks_that_fit_train_and_a_rotary_model_past_its_positions_is_warned(s
         "it never saw positions past 16 in training (its positions extrapolate, which usually degrades it); "
         "set data.block_length ≤ 16 unless it is meant to run that long"
     ]
+
+
+def test_a_composite_models_limit_and_stop_ids_are_its_language_models():
+    """Review 126, S2/S3: a composite config (Gemma-3, Qwen2.5-VL) keeps ``max_position_embeddings`` and
+    ``eos_token_id`` in its text config; reading the outer one, the position check found no limit (no warning past
+    the trained positions) and on-policy turns lost the end-of-turn id."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3Config
+
+    from ekd.models.generation import stop_ids
+    from ekd.models.positions import position_limit
+
+    config = Gemma3Config(text_config={"max_position_embeddings": 4096, "eos_token_id": [1, 106]})
+    model = SimpleNamespace(config=config, generation_config=None)
+    assert position_limit(model) == ("max_position_embeddings", 4096)
+    assert stop_ids(model, 1) == [1, 106]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ekd.errors import ConfigError, first_line
 from ekd.hub import hub_kwargs
+from ekd.models.text_config import text_config
 
 if (
     TYPE_CHECKING
@@ -112,8 +113,7 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
             f"{key}: cannot read the config of '{spec}' ({first_line(e)}), which data.separator=auto reads for the "
             f"end-of-document id; {fix or 'fix the path or set data.separator=eos'}"
         ) from None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text_config, "eos_token_id", None)
+    return getattr(text_config(config), "eos_token_id", None)
 
 
 def resolve_boundary(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ekd.errors import ConfigError
 from ekd.losses.decoupled import top_fraction_mask
+from ekd.models.text_config import text_config
 from ekd.words import counted
 
 FEATURE_LOSSES = ("mse", "cosine")
@@ -66,7 +67,7 @@ def check_hidden_state_index(model: nn.Module, index: int, key: str, role: str) 
         ConfigError: ``index`` outside −(L+1)…L, naming ``key``, ``role`` and the range (try-out 58, F1: an
             IndexError traceback at the first step).
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(layers, int) or -(layers + 1) <= index <= layers:
         return

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from ekd.models.text_config import text_config
+
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "suppress_tokens")
 """The fields of a generation config kept for ekd's generation: they name tokens, they do not steer decoding
 (``suppress_tokens``: ids that are no tokens, e.g. the padded head rows an export suppresses,
@@ -31,7 +33,8 @@ def stop_ids(model: nn.Module, eos_id: int) -> list[int]:
     ``model.generate`` would end it (try-out 18: stopping at the one document EOS, Gemma-3, Phi-3 and Llama-3
     students generated past their end of turn to the token budget)."""
     ids = [int(eos_id)]
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+    # a composite model names them in its language model's config (review 126, S3)
+    for source in (getattr(model, "generation_config", None), text_config(getattr(model, "config", None))):
         value = getattr(source, "eos_token_id", None)
         for i in [value] if isinstance(value, int) else list(value or []):
             if isinstance(i, int) and not isinstance(i, bool) and i not in ids:

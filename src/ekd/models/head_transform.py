@@ -27,6 +27,7 @@ from __future__ import annotations
 from torch import nn
 
 from ekd.losses.logit_transform import LogitTransform
+from ekd.models.text_config import text_config
 
 # model type → ((LogitTransform field, config attribute), ...) in the order forward applies them
 _RULES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -66,7 +67,7 @@ def transform_settings(model: nn.Module) -> list[tuple[str, str, float]]:
     config = getattr(model, "config", None)
     if config is None:
         return []
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     out = []
     for field, attribute in _RULES.get(getattr(config, "model_type", ""), _DEFAULT):
         value = getattr(text, attribute, getattr(config, attribute, None))

@@ -28,6 +28,7 @@ from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
 from ekd.models.head_transform import logit_transform, model_type, transform_settings
 from ekd.models.presets import architectures, require_preset
+from ekd.models.text_config import text_config
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -732,7 +733,7 @@ def declared_head_rows(spec: str, revision: str, trust_remote_code: bool, role: 
         return None
     if getattr(config, "auto_map", None):
         return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     rows = getattr(text, "vocab_size", None)
     return rows if isinstance(rows, int) and rows > 0 else None
 

@@ -12,6 +12,7 @@ import logging
 from torch import nn
 
 from ekd.errors import ModelError
+from ekd.models.text_config import text_config
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ LEARNED_TABLES = ("wpe", "embed_positions", "position_embeddings")
 def position_limit(model: nn.Module) -> tuple[str, int] | None:
     """(config key, positions) of the model's limit — the first of :data:`POSITION_KEYS` its config sets to a
     positive whole number — or None when it names none."""
-    config = getattr(model, "config", None)
+    config = text_config(
+        getattr(model, "config", None)
+    )  # a composite model's: its language model's (review 126, S2)
     for key in POSITION_KEYS:
         value = getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
