@@ -139,3 +139,33 @@ def test_two_ranks_share_data_scoring_and_evaluation(tmp_path):
     # hub models: one download per node, never for presets or local directories
     assert r0["calls"]["one_node"] == ["org/model-a", "org/model-b"] and r1["calls"]["one_node"] == []
     assert r0["calls"]["download"] == r1["calls"]["download"] == ["org/model-a", "org/model-b"]
+
+
+def test_a_mixture_of_experts_student_is_told_by_its_config_or_its_modules():
+    """Review 126, S1: a DBRX student (its expert count in ``ffn_config.moe_num_experts``) was not told a mixture of
+    experts, so DDP ran without ``find_unused_parameters`` and a micro-batch routing no token to an expert failed."""
+    from types import SimpleNamespace
+
+    from torch import nn
+    from transformers import DbrxConfig, LlamaConfig, LlamaForCausalLM
+
+    from ekd.train.distributed import routes_tokens
+
+    dense = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    assert not routes_tokens(dense)
+
+    class Block(nn.Module):
+        def __init__(self, config, inner):
+            super().__init__()
+            self.config, self.inner = config, inner
+
+    assert routes_tokens(Block(DbrxConfig(ffn_config={"moe_num_experts": 4}), nn.Linear(2, 2)))
+
+    class SparseMoeBlock(nn.Module):
+        pass
+
+    assert routes_tokens(Block(SimpleNamespace(), SparseMoeBlock()))  # a config that counts none its own way

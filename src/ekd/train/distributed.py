@@ -358,12 +358,27 @@ def outside_layers(root: TrainedModules) -> tuple[str, ...]:
     return tuple(n for n in names if not (prefixes and n.startswith(prefixes)))
 
 
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+"""Config keys that count a mixture-of-experts model's experts (Qwen-MoE/OLMoE, Mixtral, DeepSeek, DBRX)."""
+
+
 def routes_tokens(student: nn.Module) -> bool:
     """A mixture-of-experts student: a micro-batch may route no token to an expert, leaving parameters inside
-    a decoder layer without gradient (not covered by :attr:`TrainedModules.root_params`)."""
-    cfg = getattr(student, "config", None)
-    keys = ("num_experts", "num_local_experts", "n_routed_experts")
-    return any(isinstance(getattr(cfg, k, None), int) and getattr(cfg, k) > 1 for k in keys)
+    a decoder layer without gradient (not covered by :attr:`TrainedModules.root_params`). Told by an expert
+    count in its config, its language model's (a composite model) or its ``ffn_config`` (DBRX), or by a module
+    whose class names experts (``…SparseMoeBlock``, ``…Experts``, ``…MoE``): a family whose config spells the
+    count otherwise was trained without ``find_unused_parameters`` (review 126, S1: DBRX)."""
+    import re
+
+    from ekd.models.text_config import text_config
+
+    config = getattr(student, "config", None)
+    configs = [config, text_config(config), getattr(text_config(config), "ffn_config", None)]
+    if any(
+        isinstance(getattr(c, k, None), int) and getattr(c, k) > 1 for c in configs for k in EXPERT_COUNTS
+    ):
+        return True
+    return any(re.search(r"moe|experts", type(m).__name__, re.IGNORECASE) for m in student.modules())
 
 
 def _sum_hook(state, bucket):  # no annotations: DDP checks them as objects, and this file's are strings
