@@ -448,6 +448,29 @@ def test_full_distribution_policies_are_refused(setup, overrides, capsys):
     assert ("score" in line) is not objective and "method.target" not in line.split(":", 1)[1]
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method.policy=bandit", "method.bandit_kind=exp3", "method.scorer=student_entropy"],
+        ["method=bandit", "method.target=rs"],
+        ["method.policy=bandit", "method.bandit_kind=exp3", "method.scorer=forward_kl"],
+    ],
+    ids=["exp3", "linucb", "exp3-forward_kl"],
+)
+def test_a_bandit_from_a_cache_is_refused_for_its_own_reward(setup, overrides, capsys):
+    """Try-out 125, F2: a bandit from a cache was refused as 'forward_kl needs the teacher's full distribution ...
+    use a teacher-side/student-side score (teacher_entropy, student_entropy, ...)' for an EXP3 bandit scored by
+    student_entropy already, and for LinUCB, which takes no scorer: the bandit's reward reads the KL."""
+    args = ["run.name=refused", "teacher.source=cache", f"teacher.cache_dir={setup['cache']}", *overrides]
+    assert main(["distill", setup["cfg"], *args, "--overwrite"]) == 2
+    line = _error_line(capsys)
+    assert (
+        ": method.policy=bandit reads forward_kl (its reward is the KL before and after the step)" in line
+    ), line
+    assert line.endswith("use teacher.source=online, or another method.policy"), line
+    assert "student_entropy" not in line, line
+
+
 def test_the_feature_branch_from_a_cache_is_refused_for_its_hidden_states(setup, capsys):
     """Try-out 73, F3: EGAD's feature branch was refused for 'the teacher's full distribution' (it needs the
     teacher's hidden states) and the key that turns it off went unsaid."""

@@ -60,12 +60,11 @@ class MethodParts:
         else:
             kd_weight = m.kd_weight if needs_teacher else 0.0
         needs = set(temperature_needs(m)) if kd_weight > 0 else set()
-        if kd_weight > 0 and policy.needs_scores:
-            needs |= set(score_needs(m))
-        if getattr(policy, "name", "") == "bandit" and m.bandit_kind == "linucb":
-            needs |= BANDIT_FEATURES
+        scored = set(score_needs(m)) if kd_weight > 0 and policy.needs_scores else set()
+        bandit = set()  # what the bandit itself reads: LinUCB's features, the reward's KL before the step
         if getattr(policy, "name", "") == "bandit":
-            needs.add("forward_kl")  # kl_before of the reward
+            bandit = {"forward_kl"} | (BANDIT_FEATURES if m.bandit_kind == "linucb" else set())
+        needs |= scored | bandit
         if m.objective == "atkd":
             needs.add("teacher_logp_gold")
         if m.objective == "uncertainty":
@@ -80,6 +79,12 @@ class MethodParts:
             # to change a scorer it did not set)
             check_cache_temperature(m, total_steps)
             missing = sorted(needs & PAIR_STATS)
+            if set(missing) & bandit:  # try-out 125, F2: it named a scorer, which cannot change what it reads
+                raise ConfigError(
+                    f"method {m.preset}: method.policy=bandit reads {', '.join(sorted(set(missing) & bandit))} "
+                    "(its reward is the KL before and after the step) at training time, which needs the teacher's "
+                    "full distribution a cache does not hold; use teacher.source=online, or another method.policy"
+                )
             if missing or m.objective in ("dkd", "atkd") or feature:
                 what = ", ".join(missing) or (m.objective if m.objective != "kd" else "the feature branch")
                 # a score can be swapped for one the cache holds; an objective or the feature branch cannot
