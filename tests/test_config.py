@@ -543,12 +543,26 @@ def test_a_choice_in_another_case_is_suggested(override, meant):
             ["method.scorer=composite", "method.scorer_weights={teacher_entropy: 0, student_entropy: 0}"],
             "method.scorer_weights are all 0",
         ),
+        (  # try-out 125, F3: refused in the first step, after the models loaded, with a fix that did not fit
+            ["method.policy=pos_rs", "method.scorer=composite", "method.scorer_weights={student_entropy: 1.0}"],
+            "set method.scorer_normalization=minmax (each score scaled to [0, 1])",
+        ),
+        (
+            [
+                "method.policy=pos_rs",
+                "method.scorer=composite",
+                "method.scorer_normalization=minmax",
+                "method.scorer_weights={student_entropy: 1.0, teacher_entropy: -0.5}",
+            ],
+            "method.scorer_weights gives teacher_entropy a negative weight",
+        ),
     ],
 )
 def test_settings_that_would_train_nothing_or_fail_after_training_are_refused(overrides, named):
     """Try-out 108: a LinUCB budget of 0 selected no position (loss 0 at every step, the student unchanged); a
     billion ECE bins or entropy buckets trained the whole run and were killed for memory at its evaluation;
-    composite weights all 0 scored every position 0 (top-k kept each sequence's first positions)."""
+    composite weights all 0 scored every position 0 (top-k kept each sequence's first positions); pos_rs over
+    z-scored or negatively weighted scores failed in the first step."""
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_config(None, overrides)
 

@@ -131,6 +131,21 @@ def validate(cfg: Config) -> None:
             "positions of each sequence; give a score a non-zero weight",
             keys=("method.scorer_weights",),
         )
+    if m.policy == "pos_rs" and m.scorer == "composite" and m.kd_weight > 0:
+        # q_i ∝ score_i^α needs scores ≥ 0: found here, not in the first step after the models load (try-out 125, F3)
+        if m.scorer_normalization == "zscore":
+            raise ConfigError(
+                "method.policy=pos_rs draws positions with probability ∝ score^α, which needs scores ≥ 0, but "
+                "method.scorer=composite with method.scorer_normalization=zscore scores every below-average position "
+                "negative: set method.scorer_normalization=minmax (each score scaled to [0, 1])",
+                keys=("method.policy", "method.scorer_normalization"),
+            )
+        if negative := sorted(k for k, w in m.scorer_weights.items() if w < 0):
+            raise ConfigError(
+                f"method.policy=pos_rs needs scores ≥ 0, but method.scorer_weights gives {', '.join(negative)} a "
+                "negative weight: give each score a weight ≥ 0",
+                keys=("method.policy", "method.scorer_weights"),
+            )
     if not m.bucket_low < m.bucket_high:
         raise ConfigError(
             "method.bucket_low must be < method.bucket_high", keys=("method.bucket_low", "method.bucket_high")

@@ -291,7 +291,10 @@ class PositionSampling(SelectionPolicy):
             return empty_selection(valid)
         s = scores.double().masked_fill(~valid, 0.0)
         if bool((s < 0).any()):
-            raise ConfigError("pos_rs needs nonnegative scores; use an entropy, CE or divergence scorer")
+            raise ConfigError(  # config validation refuses the composite settings that give them
+                "pos_rs needs nonnegative scores; use an entropy, CE or divergence scorer (with method.scorer="
+                "composite: method.scorer_normalization=minmax and weights ≥ 0)"
+            )
         w = s.pow(self.power).masked_fill(~valid, 0.0)  # (B, T)
         w = torch.where(w.sum(-1, keepdim=True) > 0, w, valid.double())  # all-zero rows → uniform
         q = w / w.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, T), rows without valid positions: 0
