@@ -544,7 +544,11 @@ def test_a_choice_in_another_case_is_suggested(override, meant):
             "method.scorer_weights are all 0",
         ),
         (  # try-out 125, F3: refused in the first step, after the models loaded, with a fix that did not fit
-            ["method.policy=pos_rs", "method.scorer=composite", "method.scorer_weights={student_entropy: 1.0}"],
+            [
+                "method.policy=pos_rs",
+                "method.scorer=composite",
+                "method.scorer_weights={student_entropy: 1.0}",
+            ],
             "set method.scorer_normalization=minmax (each score scaled to [0, 1])",
         ),
         (
