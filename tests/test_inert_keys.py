@@ -502,6 +502,11 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
             "method.feature_weight=1.0 has no effect in this run: it acts only with method.feature_hard_fraction > 0 "
             "(hard tokens)",
         ),
+        (  # try-out 125, F4: the preset's feature weight, left without a hard token by the key the run set
+            ["method=egad", "method.feature_hard_fraction=0"],
+            "method.feature_hard_fraction=0.0 leaves method.feature_weight=0.1 without effect in this run: it acts "
+            "only with method.feature_hard_fraction > 0 (hard tokens)",
+        ),
     ],
     ids=[
         "direction-of-one-tau",
@@ -509,6 +514,7 @@ def test_a_separator_no_text_source_reads_is_refused_on_chat_data():
         "hold-between-equal-taus",
         "weight-of-no-self-distilled-token",
         "features-of-no-hard-token",
+        "egad-without-hard-tokens",
     ],
 )
 def test_a_key_other_values_leave_without_effect_is_said(overrides, named):

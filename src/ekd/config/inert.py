@@ -24,10 +24,12 @@ from ekd.errors import ConfigError
 class ReadWhen:
     """When a key is read: ``reads(cfg)``, said as ``when`` ("under method.target=rs"). ``cfg`` is the
     ``MethodConfig`` for the method tables (:data:`READ_WHEN`, :data:`IDLE_WHEN`) and the whole ``Config`` for
-    :data:`RUN_READ_WHEN`."""
+    :data:`RUN_READ_WHEN`. ``by``: the method keys ``reads`` looks at (:data:`IDLE_WHEN`: a run that sets one of
+    them away from its preset is told what it leaves without effect)."""
 
     reads: Callable[[Any], bool]
     when: str
+    by: tuple[str, ...] = ()
 
 
 def _under(key: str, *values: str) -> ReadWhen:
@@ -192,23 +194,34 @@ runs at all."""
 IDLE_WHEN: dict[str, ReadWhen] = {
     # read, but other values of the method leave it without effect (try-out 58, F3; 73, F2; 108, F9)
     "temperature_end": ReadWhen(  # a hold over the whole run never leaves τ0
-        lambda m: m.temperature_hold_fraction < 1, "with method.temperature_hold_fraction < 1"
+        lambda m: m.temperature_hold_fraction < 1,
+        "with method.temperature_hold_fraction < 1",
+        ("temperature_hold_fraction",),
     ),
     "temperature_hold_fraction": ReadWhen(  # a hold between equal τs holds nothing
-        lambda m: m.temperature_end != m.kd_temperature, "with method.temperature_end ≠ kd_temperature"
+        lambda m: m.temperature_end != m.kd_temperature,
+        "with method.temperature_end ≠ kd_temperature",
+        ("temperature_end", "kd_temperature"),
     ),
     "entropy_direction": ReadWhen(  # a τ range of one value maps every entropy to it
-        lambda m: m.entropy_tau_min != m.entropy_tau_max, "with method.entropy_tau_min ≠ entropy_tau_max"
+        lambda m: m.entropy_tau_min != m.entropy_tau_max,
+        "with method.entropy_tau_min ≠ entropy_tau_max",
+        ("entropy_tau_min", "entropy_tau_max"),
     ),
     "curriculum_power": ReadWhen(  # a phase that starts where it ends never moves
-        lambda m: m.curriculum_start != m.curriculum_end, "with method.curriculum_start ≠ curriculum_end"
+        lambda m: m.curriculum_start != m.curriculum_end,
+        "with method.curriculum_start ≠ curriculum_end",
+        ("curriculum_start", "curriculum_end"),
     ),
     "uncertainty_weight": ReadWhen(  # ρ = 1: every token is an MLE token, none is self-distilled
         lambda m: m.uncertainty_fraction < 1,
         "with method.uncertainty_fraction < 1 (tokens left to self-distill)",
+        ("uncertainty_fraction",),
     ),
     "feature_weight": ReadWhen(  # no hard token, no feature loss
-        lambda m: m.feature_hard_fraction > 0, "with method.feature_hard_fraction > 0 (hard tokens)"
+        lambda m: m.feature_hard_fraction > 0,
+        "with method.feature_hard_fraction > 0 (hard tokens)",
+        ("feature_hard_fraction",),
     ),
 }
 """Method key → the values of other keys it needs to act, where :data:`READ_WHEN` says it is read: a key set
@@ -250,17 +263,29 @@ def inert_keys(method_cfg: Any) -> list[tuple[str, Any, str]]:
 
 
 def idle_keys(method_cfg: Any) -> list[str]:
-    """Warnings, one line each, for the keys of :data:`IDLE_WHEN` the run sets (away from the preset's value) and
-    reads, while the other values of its method leave them without effect. [] when there is none."""
+    """Warnings, one line each, for the keys of :data:`IDLE_WHEN` the run reads while the other values of its
+    method leave them without effect, where the run sets the key or one its effect depends on (``by``) away
+    from the preset's value (try-out 125, F4: ``method=egad method.feature_hard_fraction=0`` trained an EGAD whose
+    feature branch had no hard token, without a word). [] when there is none."""
     from ekd.methods import preset_values
 
     preset, defaults = preset_values(method_cfg.preset), type(method_cfg)()
+
+    def set_here(key: str) -> bool:
+        return getattr(method_cfg, key) != preset.get(key, getattr(defaults, key))
+
     out = []
     for key, rule in IDLE_WHEN.items():
+        if not READ_WHEN[key].reads(method_cfg) or rule.reads(method_cfg):
+            continue
         value = getattr(method_cfg, key)
-        set_here = value != preset.get(key, getattr(defaults, key))
-        if set_here and READ_WHEN[key].reads(method_cfg) and not rule.reads(method_cfg):
+        if set_here(key):
             out.append(f"method.{key}={value} has no effect in this run: it acts only {rule.when}")
+        elif causes := [f"method.{k}={getattr(method_cfg, k)}" for k in rule.by if set_here(k)]:
+            out.append(
+                f"{' and '.join(causes)} leave{'s' if len(causes) == 1 else ''} method.{key}={value} without "
+                f"effect in this run: it acts only {rule.when}"
+            )
     return out
 
 
