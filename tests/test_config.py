@@ -834,3 +834,17 @@ def test_a_null_spelled_for_a_directory_on_the_command_line_is_refused(value):
         load_config(None, ["run.output_dir=null"])
     assert load_config(None, ["data.store_dir="]).data.store_dir == ""
     assert load_config(None, ["run.name=null"]).run.name == "null"  # a name, not a directory: as written
+
+
+def test_a_flow_mapping_without_a_space_after_the_colon_is_said_so():
+    """Try-out 125, F5: `{teacher_entropy:1.0,student_entropy:0.5}` (YAML: keys 'teacher_entropy:1.0' without a
+    value) was told 'expected float, got None', beside the float the user wrote."""
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            None,
+            ["method.scorer=composite", "method.scorer_weights={teacher_entropy:1.0,student_entropy:0.5}"],
+        )
+    assert str(e.value) == (
+        "method.scorer_weights: the entry 'teacher_entropy:1.0' has no value (YAML reads 'name:value' without a space "
+        "as one name); write a space after the colon: {teacher_entropy: 1.0}"
+    )

@@ -190,6 +190,11 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
                         f"{key}: an entry has no name (YAML reads null and ~ as none); name it, or quote the text "
                         "('null': ...)"
                     )
+                if v is None and ":" in str(name) and vtype is not str:  # YAML's {a:1} is a key 'a:1', no value
+                    raise ConfigError(
+                        f"{key}: the entry '{name}' has no value (YAML reads 'name:value' without a space as one "
+                        f"name); write a space after the colon: {{{str(name).replace(':', ': ', 1)}}}"
+                    )
                 out[str(name)] = coerce(v, vtype, f"{key}.{name}", t)
             return out
     except ConfigError:
