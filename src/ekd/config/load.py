@@ -190,7 +190,8 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
                         f"{key}: an entry has no name (YAML reads null and ~ as none); name it, or quote the text "
                         "('null': ...)"
                     )
-                if v is None and ":" in str(name) and vtype is not str:  # YAML's {a:1} is a key 'a:1', no value
+                # YAML reads {a:1} as a key 'a:1' without a value (try-out 125, F5)
+                if v is None and ":" in str(name) and vtype is not str:
                     raise ConfigError(
                         f"{key}: the entry '{name}' has no value (YAML reads 'name:value' without a space as one "
                         f"name); write a space after the colon: {{{str(name).replace(':', ': ', 1)}}}"
