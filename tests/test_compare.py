@@ -1823,10 +1823,36 @@ def test_a_split_by_an_unrecorded_group_says_so_and_the_way_out():
 
     old = {"limit": 0, "chat_template": "auto", "documents": 20}
     new = {"limit": 0, "documents": 20}
-    said = _task_difference(old, new)
-    assert "did not record whether the task's group generates" in said and "`ekd eval` of that run" in said, (
-        said
-    )
+    said = _task_difference(old, new, ["runs/kd-old"])
+    assert said == (
+        "scored by an ekd that did not record whether the task's group generates (its chat template may apply), "
+        "alike otherwise: `ekd eval RUN --tasks …` records it, for RUN in runs/kd-old"
+    ), said
+
+
+def test_the_split_by_an_unrecorded_group_names_the_runs_to_evaluate_again(tmp_path):
+    """Try-out 123, F8: the note said "`ekd eval` of that run" where two runs of an older ekd were split off, without
+    their paths; it names the runs whose task results record no group (their ekd did not)."""
+    from ekd.eval.compare.eval_sets import eval_set_columns
+
+    def scored(run: Path, group: bool | None) -> Path:
+        saved = json.loads((run / "eval.json").read_text())
+        result = {"acc": 0.5, "n": 20, "output_type": "multiple_choice"}
+        if group is not None:
+            result["group_generates"] = group
+        generated = {"exact_match": 0.1, "n": 5, "output_type": "generate_until"}
+        saved["tasks"] = {
+            "settings": {"limit": 0, "num_fewshot": 0, "max_new_tokens": 64, "chat_template": "auto"},
+            "student": {"my_mc": result, "my_gen": generated},
+        }
+        (run / "eval.json").write_text(json.dumps(saved))
+        return run
+
+    new = [scored(_fake_run(tmp_path, f"n{s}", "kd", s, 10.0, 0.5), False) for s in (0, 1)]
+    old = [scored(_fake_run(tmp_path, f"o{s}", "ce", s, 10.0, 0.5), None) for s in (0, 1)]
+    columns = eval_set_columns(group_runs([read_run(r) for r in new + old]))
+    (split,) = [c for c in columns if c["set"] == "task:my_mc" and c["differs"]]
+    assert split["differs"].endswith(f"for RUN in {old[0]}, {old[1]}"), split
 
 
 def test_a_tokenizer_at_another_path_with_the_same_encodings_is_one_method(tmp_path):

@@ -251,6 +251,10 @@ alone: a multiple-choice or log-likelihood task's score is the same under any va
 raised for GSM8K made ARC's results another way, scored again and split into another column)."""
 
 GROUP_GENERATES = "group_generates"
+UNRECORDED_GROUP = "group_generates_unrecorded"
+"""The key :func:`task_ways` sets on the way of a non-generating task beside generating ones whose result records no
+:data:`GROUP_GENERATES` (an older ekd's; its way keeps the chat template): no part of the way (``ekd compare`` leaves
+it out), it names the runs to evaluate again."""
 """The key of a task result recording whether the group it was requested in (a ``group:`` YAML, or the task
 alone) holds a generation task: lm-eval renders every leaf of such a group through the chat template
 (``eval.tasks_chat_template``), a multiple-choice one too (try-out 120, F5)."""
@@ -303,6 +307,8 @@ def task_ways(eval_json: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         read = _generation_settings_read(r, any_generates)
         own = {k: v for k, v in settings.items() if k in read or k not in GENERATION_SETTINGS}
         identity = r.get(DOCUMENTS_SHA256)
+        if any_generates and not generates(r) and GROUP_GENERATES not in r:  # its way read with the template
+            own[UNRECORDED_GROUP] = True
         if identity:  # the task by content: where its directory lies, and what else it holds, do not matter
             way = {k: v for k, v in own.items() if k not in ("tasks_dir", "tasks_dir_hash")}
             out[f"task:{task}"] = {**way, DOCUMENTS_SHA256: identity, "documents": r.get("n")}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekd.eval.compare.runs import NOT_A_WAY, RunRecord, _config_differences, _scored_set, _task_entry
 from ekd.eval.eval_json import set_of
-from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS
+from ekd.eval.task_metrics import DOCUMENTS_SHA256, GENERATION_SETTINGS, UNRECORDED_GROUP
 
 if TYPE_CHECKING:
     from ekd.eval.compare.groups import Group
@@ -67,7 +67,11 @@ def eval_set_columns(groups: list[Group]) -> list[dict[str, Any]]:
                     "set": name,
                     "runs": [str(r.run_dir) for _, r in runs],
                     "labels": _labels(runs),
-                    "differs": "" if column == name else _eval_set_difference(ref, runs[0][1], name),
+                    "differs": (
+                        ""
+                        if column == name
+                        else _eval_set_difference(ref, runs[0][1], name, [r for _, r in ordered[0][1] + runs])
+                    ),
                 }
             )
     return out
@@ -103,12 +107,12 @@ def _labels(runs: list[tuple[Group, RunRecord]]) -> str:
     return ", ".join(labels)
 
 
-def _eval_set_difference(a: RunRecord, b: RunRecord, name: str) -> str:
+def _eval_set_difference(a: RunRecord, b: RunRecord, name: str, both: list[RunRecord] | None = None) -> str:
     """How ``b``'s eval set ``name`` differs from ``a``'s: data keys (:meth:`RunRecord.set_data`), the
     tokenizer, the scored tokens, or else the documents (a run evaluated before eval sets were spread samples
     records none); for a downstream task, :func:`_task_difference`."""
     if _task_entry(name):
-        return _task_difference(a.task_way(name), b.task_way(name))
+        return _task_difference(a.task_way(name), b.task_way(name), _unrecorded(both or [a, b], name))
     keys = _config_differences({"data": a.set_data(name)}, {"data": b.set_data(name)})
     scored = []
     for scoring in (a.scoring(name), b.scoring(name)):  # the autocast is named by the key that sets it
@@ -136,9 +140,16 @@ TASK_SETTING_KEYS = {
 """eval.json ``tasks.settings`` keys → the config keys (and ``ekd eval`` flags) that set them."""
 
 
-def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+def _unrecorded(runs: list[RunRecord], name: str) -> list[str]:
+    """The paths of ``runs`` whose task entry ``name`` was scored by an ekd that did not record whether the task's
+    group generates (:data:`~ekd.eval.task_metrics.UNRECORDED_GROUP`; try-out 123, F8: the note said "that run")."""
+    return [str(r.run_dir) for r in runs if (r.task_ways.get(name) or {}).get(UNRECORDED_GROUP)]
+
+
+def _task_difference(a: dict[str, Any], b: dict[str, Any], older_runs: list[str] | None = None) -> str:
     """How task way ``b`` (:meth:`RunRecord.task_way`) differs from ``a``: 'eval.tasks_limit=5 (vs 0)', 'the task's
-    config or documents', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'."""
+    config or documents', '5 documents (vs 20)', 'a mean over other tasks (arc_easy, piqa vs arc_easy)'; a split
+    by a generation setting one way does not record names ``older_runs`` (:func:`_unrecorded`)."""
     out = []
     unrecorded = False  # a generation setting in one way only: one of an ekd that did not record its group
     order = [
@@ -171,8 +182,9 @@ def _task_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
         else:
             out.append(f"{key}={vb!r} (vs {va!r})")
     if unrecorded and not out:  # try-out 122, F5: "(the same settings)" for a split it did not explain
+        older = ", ".join(older_runs or []) or "the run scored so"
         out.append(
-            "the same settings; one was scored by an ekd that did not record whether the task's group generates "
-            "(its chat template may apply): `ekd eval` of that run records it"
+            "scored by an ekd that did not record whether the task's group generates (its chat template may "
+            f"apply), alike otherwise: `ekd eval RUN --tasks …` records it, for RUN in {older}"
         )
     return ", ".join(out) or "the same settings"

@@ -30,7 +30,7 @@ from ekd.eval.eval_json import (
     split_settings,
 )
 from ekd.eval.saved_files import config_problem, eval_json_problem
-from ekd.eval.task_metrics import task_sets, task_starts, task_ways
+from ekd.eval.task_metrics import UNRECORDED_GROUP, task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, ran_in
 from ekd.train.run_dir import MARKER, changes_training, read_marker
@@ -81,7 +81,7 @@ def most_common(values: list[Any]) -> Any:
     return max(values, key=values.count)
 
 
-NOT_A_WAY = ("ece_bins", "entropy_buckets")
+NOT_A_WAY = ("ece_bins", "entropy_buckets", UNRECORDED_GROUP)
 """Scoring settings that do not make another way of scoring a set (:meth:`RunRecord.eval_set`): ``ece_bins`` is
 read by ECE alone (:data:`METRIC_SETTINGS`), ``entropy_buckets`` only by the per-bucket ``@H<i>`` figures, which a
 comparison does not show."""
