@@ -1981,3 +1981,31 @@ def test_a_cache_runs_bytes_per_token_is_its_caches_even_once_the_cache_is_gone(
         c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(ekd_run), read_run(recorded)]))
     }
     assert claims["EKD"].verdict.startswith("reproduced"), claims["EKD"]  # ekd's 0.6 × ~9.9 B < rskd's 38.2 B
+
+
+def test_the_kd_share_is_the_runs_own_count_not_one_rebuilt_from_logged_rows(tmp_path, caplog):
+    """Review 128, R1: compare rebuilt a run's KD share from metrics.jsonl's logged rows — a sample of the steps under
+    log.every > 1, without the steps that selected nothing (21.3% for a run that gave 2.6% of its positions KD), 0%
+    for a run copied without metrics.jsonl (a dense kd run at 0 B/token, on the Pareto frontier for free). A run
+    records its exact counts when it finishes; an older run's estimate is said; one with no selection is NaN."""
+    import logging
+
+    from ekd.config import load_config
+    from ekd.train.trainer import train
+
+    corpus = write_corpus(tmp_path / "corpus")
+    args = tiny_overrides(tmp_path, corpus, "se", **{"train.max_steps": 5, "log.every": 3})
+    result = train(load_config(None, [*args, "method=sekd"]))
+    run = tmp_path / "runs" / "se"
+    marker = json.loads((run / "ekd-run.json").read_text())
+    assert marker["kd_positions"] / marker["valid_positions"] == pytest.approx(result.kd_fraction)
+    assert read_run(run).kd_fraction == pytest.approx(result.kd_fraction)
+    (run / "metrics.jsonl").unlink()  # copied without it: the record holds
+    assert read_run(run).kd_fraction == pytest.approx(result.kd_fraction)
+    older = _fake_run(tmp_path, "older", "sekd", 1, 10.0, 0.5)  # two logged rows, no record
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert read_run(older).kd_fraction == pytest.approx(0.4)
+    assert f"the KD share of {older} (an older ekd's run, which records none) is estimated" in caplog.text
+    (older / "metrics.jsonl").unlink()
+    assert math.isnan(read_run(older).kd_fraction)
+    assert read_run(_fake_run(tmp_path, "ce", "ce", 0, 10.0, 0.5)).kd_fraction == 0.0

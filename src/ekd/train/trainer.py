@@ -877,6 +877,14 @@ def _train(
             **({"segments": segments} if (segments := segment_layouts(earlier, layout)) else {}),
             # ekd eval packs the eval sets as the run did, without reading its models' configs again
             **({"document_boundary": asdict(data.boundary)} if data.boundary is not None else {}),
+            # the run's KD positions and valid positions, every step of every segment: what `ekd compare`'s KD share
+            # is (review 128, R1: rebuilt from the logged rows it lost the steps that selected nothing and those
+            # log.every skipped); none where an earlier segment's are unknown (an older ekd's checkpoint)
+            **(
+                {"kd_positions": positions["selected"], "valid_positions": positions["valid"]}
+                if (positions := run_totals(earlier, 0.0, totals["selected"], totals["valid"]))
+                else {}
+            ),
         )
 
     run_on_main(ranks, export, "export the student", share=False)

@@ -552,7 +552,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise EkdError(
             f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
         )
-    kd_fraction = _kd_fraction(rows)
+    kd_fraction = _kd_fraction(run_dir, rows, marker, config)
     return RunRecord(
         run_dir,
         config,
@@ -713,17 +713,45 @@ def _eval_results(
     return results, {}, {}, {}, {}, {}
 
 
-def _kd_fraction(rows: list[dict[str, Any]]) -> float:
-    """Positions given KD / valid positions over the run, from the per-step ``select/positions`` (distinct
-    positions) and ``select/fraction``; a run of an older ekd logged no ``select/positions``, and its
-    ``select/count`` (rows: ``pos_rs`` counted each draw) stands in."""
+def _kd_fraction(run_dir: Path, rows: list[dict[str, Any]], marker: dict[str, Any], config: dict) -> float:
+    """Positions given KD / valid positions over the run: as the run recorded them when it finished
+    (``kd_positions``, ``valid_positions`` in ``marker``: every step of every segment). A run that records none
+    (an older ekd's) gets them from the per-step ``select/positions`` (distinct positions; an older ekd's
+    ``select/count``, rows: ``pos_rs`` counted each draw) and ``select/fraction`` of its logged rows — a sample
+    of the steps under ``log.every`` > 1, without the steps that selected nothing (review 128, R1: 21.3% for a run
+    that gave 2.6% of its positions KD) —, said in a line when that can differ; 0 for a run without a KD term;
+    NaN, said, for one that logged no selection at all."""
+    if isinstance(marker.get("kd_positions"), (int, float)) and marker.get("valid_positions"):
+        return float(marker["kd_positions"]) / float(marker["valid_positions"])
+    method = config.get("method") or {}
+    if not method.get("kd_weight", 1.0) or method.get("preset") == "ce":
+        return 0.0
     selected = valid = 0.0
+    skipped = 0  # logged steps that selected nothing: their valid positions are unknown
     for r in rows:
         count, fraction = r.get("select/positions", r.get("select/count")), r.get("select/fraction")
         if count is not None and fraction:
             selected += count
             valid += count / fraction
-    return selected / valid if valid else 0.0
+        elif count is not None:
+            skipped += 1
+    if not valid:
+        log.warning(
+            "ekd compare: no KD share for %s: it records none (an older ekd's run) and its metrics.jsonl holds no "
+            "selection figures",
+            run_dir,
+        )
+        return math.nan
+    steps = sum(1 for r in rows if "train/loss" in r)
+    if skipped or steps < int((config.get("train") or {}).get("max_steps", steps)):
+        log.warning(
+            "ekd compare: the KD share of %s (an older ekd's run, which records none) is estimated from its %d "
+            "logged steps%s",
+            run_dir,
+            steps,
+            f", {skipped} of which selected nothing" if skipped else "",
+        )
+    return selected / valid
 
 
 def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
