@@ -10,6 +10,7 @@ name a family with the placeholders of ``PLACEHOLDERS`` (``eval/<set>/kl@H<b>``)
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -263,3 +264,26 @@ def test_a_micro_batch_that_selects_nothing_does_not_erase_the_steps_tau_extreme
     assert combine("tau_min", math.nan, 2.0) == 2.0 and combine("tau_min", 2.0, math.nan) == 2.0
     assert combine("tau_max", math.nan, 3.0) == 3.0 and combine("tau_max", 3.0, 1.0) == 3.0
     assert math.isnan(combine("tau_min", math.nan, math.nan)) and combine("selected", 1.0, 2.0) == 3.0
+
+
+def test_a_step_that_selected_nothing_logs_no_measured_zero():
+    """Review 128, R5: a step whose selection was empty (LinUCB under bandit_min_fraction=0, a cache holding none of
+    its positions) logged `train/kd` 0.0 — a perfect match to the teacher, for a term never computed — beside
+    `select/bandit_above_threshold` 0/max(0, 1) and the hard fraction of no row. They are NaN; a step that selected
+    rows logs them as before."""
+    from ekd.config import load_config
+    from ekd.train.method_parts import MethodParts
+    from ekd.train.step_metrics import step_metrics
+
+    cfg = load_config(None, ["method=egad", "method.ce_weight=1", "method.ce_on=selected"])
+    parts = MethodParts.build(cfg, 10)
+    sums = {"tokens": 64.0, "peak_memory_max": 0.0, "rows": 2.0, "valid": 60.0, "kd_sum": 0.0, "ce_sum": 0.0}
+    sums |= {"selected": 0.0, "positions": 0.0, "candidates": 0.0, "hard": 0.0, "bandit_above": 0.0}
+    m = step_metrics(1, 1e-3, 0.0, 0.0, sums, (1.0, 1.0, 1.0), parts, 1.0, 1.0)
+    for key in ("train/kd", "train/ce", "select/hard_fraction", "select/bandit_above_threshold"):
+        assert math.isnan(m[key]), (key, m[key])
+    assert m["select/fraction"] == 0.0  # a measured share: none of the 60 valid positions
+    sums |= {"selected": 4.0, "positions": 4.0, "candidates": 60.0, "hard": 2.0, "kd_sum": 2.0, "ce_sum": 8.0}
+    m = step_metrics(1, 1e-3, 0.0, 0.0, sums, (4.0, 4.0, 2.0), parts, 1.0, 1.0)
+    assert (m["train/kd"], m["train/ce"], m["select/hard_fraction"]) == (0.5, 2.0, 0.5)
+    assert m["select/bandit_above_threshold"] == 0.0

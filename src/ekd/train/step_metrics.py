@@ -49,18 +49,21 @@ def step_metrics(
     if "on_policy_rows" in sums:  # GKD: the share of rows the student generated, and their targets
         m["train/on_policy_fraction"] = sums["on_policy_rows"] / max(sums["rows"], 1.0)
         m["train/generated_targets"] = sums["generated_targets"]
-    # a term's loss and normalizer only where the term runs: a logged 0 would read as a measured zero
+    # a term's loss and normalizer only where the term runs: a logged 0 would read as a measured zero — so a step
+    # whose selection is empty (LinUCB under bandit_min_fraction=0, a cache holding none of its positions) logs
+    # NaN (null), not 0 (review 128, R5)
+    chose = bool(sums.get("selected"))
     if parts.kd_weight > 0:
-        m["train/kd"] = sums.get("kd_sum", 0.0) / kd_count
+        m["train/kd"] = sums.get("kd_sum", 0.0) / kd_count if chose else math.nan
         m["train/kd_tokens"] = kd_count  # the step's global count of KD rows (normalizer, at least 1)
     if parts.ce_weight > 0:
-        m["train/ce"] = sums.get("ce_sum", 0.0) / ce_count
+        m["train/ce"] = sums.get("ce_sum", 0.0) / ce_count if chose or parts.ce_on != "selected" else math.nan
         m["train/ce_tokens"] = ce_count  # the step's global count of CE tokens (normalizer, at least 1)
     if parts.feature_weight > 0:
         feature = parts.feature_weight * sums.get("feature_sum", 0.0) / feature_count
         m["train/feature"] = feature
         m["select/feature_share"] = feature / loss if loss else 0.0  # EGAD: feature term's share of the loss
-        m["select/hard_fraction"] = sums.get("hard", 0.0) / max(sums.get("selected", 0.0), 1.0)
+        m["select/hard_fraction"] = sums.get("hard", 0.0) / sums["selected"] if chose else math.nan
     if parts.kd_weight > 0 and sums.get("valid"):
         # the share of positions given KD: distinct ones (try-out 58, F4: pos_rs's draws repeat positions)
         m["select/fraction"] = sums.get("positions", 0.0) / sums["valid"]
@@ -80,7 +83,9 @@ def step_metrics(
         if sums.get("h_unsel_n"):
             m["select/teacher_entropy_unselected"] = sums["h_unsel_sum"] / sums["h_unsel_n"]
         if "bandit_above" in sums:  # LinUCB: candidates above bandit_threshold, every micro-batch and rank
-            m["select/bandit_above_threshold"] = sums["bandit_above"] / max(sums.get("candidates", 0.0), 1.0)
+            m["select/bandit_above_threshold"] = (
+                sums["bandit_above"] / sums["candidates"] if sums.get("candidates") else math.nan
+            )
         if not math.isnan(sums.get("threshold_min", math.nan)):  # LATF: the lowest score given KD in the step
             m["select/threshold"] = sums["threshold_min"]
         for source in (parts.policy, parts.temperature):
