@@ -2009,3 +2009,46 @@ def test_the_kd_share_is_the_runs_own_count_not_one_rebuilt_from_logged_rows(tmp
     (older / "metrics.jsonl").unlink()
     assert math.isnan(read_run(older).kd_fraction)
     assert read_run(_fake_run(tmp_path, "ce", "ce", 0, 10.0, 0.5)).kd_fraction == 0.0
+
+
+def test_a_seed_whose_figures_are_not_finite_is_named_and_no_verdict_is_over_the_others(tmp_path):
+    """Review 128, R2-R4: a seed that diverged (its student's logits not finite: every figure of the set NaN) or
+    whose perplexity overflowed (exp of a finite loss of 1,000 nats, written as null) dropped out of its method's
+    mean and out of the paired verdict ("better; n=2 of 3"), while the note said its row showed '—'; a replica whose
+    figures were all NaN read "identical metrics". The cell names the seed, the verdict is `not finite (...)`, the
+    claim inconclusive, the replica's difference said."""
+    from ekd.eval.claims import check_claims
+    from ekd.eval.compare.render import markdown
+    from ekd.eval.compare.summary import summarize
+
+    def diverged(run: Path, **figures) -> Path:
+        saved = json.loads((run / "eval.json").read_text())
+        saved["eval"] |= figures
+        (run / "eval.json").write_text(json.dumps(saved))
+        return run
+
+    kd = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5 + s / 10) for s in range(3)]
+    sekd = [_fake_run(tmp_path, f"se{s}", "sekd", s, 9.0 + s, 0.4 + s / 10) for s in range(2)]
+    sekd.append(
+        diverged(_fake_run(tmp_path, "se2", "sekd", 2, 1.0, 0.1), loss=None, ppl=None, kl=None, acc=None)
+    )
+    groups = group_runs([read_run(r) for r in kd + sekd])
+    summary = summarize(groups, ["kd"])
+    se = next(g for g in summary["groups"] if g["method"] == "sekd")
+    assert se["metrics"]["eval/ppl"]["not_finite"] == [2] and se["metrics"]["eval/ppl"]["n"] == 2
+    assert se["vs"]["kd"]["eval/ppl"]["verdict"] == "not finite (`sekd` seed 2)"
+    text = markdown(summary)
+    assert "9.50 ± 0.71 (n=2; seed 2 not finite)" in text, text
+    assert "(not finite (`sekd` seed 2); n=2 of 3)" in text and "(better" not in text, text
+    claims = {c.claim.split(":")[0].split(" (")[0]: c for c in check_claims(groups)}
+    assert claims["SE-KD"].verdict == "inconclusive (not finite (`sekd` seed 2))", claims["SE-KD"]
+    # a perplexity that overflowed (loss finite, ppl +inf written as null) is not finite too
+    overflow = diverged(_fake_run(tmp_path, "over", "kd", 3, 1.0, 0.5), loss=1000.0, ppl=None)
+    assert group_runs([read_run(overflow)])[0].not_finite("eval/ppl") == [3]
+    assert group_runs([read_run(overflow)])[0].not_finite("eval/loss") == []
+    # a replica (a DDP twin, a rerun) whose figures are all NaN is no "identical metrics"
+    twin = diverged(_fake_run(tmp_path, "twin", "kd", 0, 10.0, 0.5), loss=None, ppl=None, kl=None, acc=None)
+    summary = summarize(group_runs([read_run(kd[0]), read_run(twin)]), [])
+    (note,) = summary["replica_notes"]
+    assert "identical metrics" not in note and " vs not finite (" in note, note
+    assert any("replica" in said for said in summary["non_finite"]), summary["non_finite"]

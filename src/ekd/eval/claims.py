@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ekd.eval.compare import HIGHER_IS_BETTER, Group, paired_difference, pareto_front
-from ekd.eval.compare.summary import ITEM_NOISE
+from ekd.eval.compare.summary import ITEM_NOISE, NOT_FINITE
 
 ECE_TOLERANCE = 0.5  # percentage points: "ECE ≈ Full KD" is shown when the difference lies within ± this
 
@@ -50,6 +50,10 @@ def _better_verdict(diffs: list[tuple[str, dict]]) -> str:
     reproduced; worse beyond it on any → not reproduced; otherwise inconclusive — ``(within item noise)`` where a
     difference is smaller than the eval set's items resolve (:data:`ITEM_NOISE`, whatever the seeds say; it read
     'not significant over the seeds'). One seed: point estimates."""
+    if diverged := [d["verdict"] for _, d in diffs if d["verdict"].startswith(NOT_FINITE)]:
+        return (
+            f"inconclusive ({diverged[0]})"  # a seed that diverged: the others alone do not judge the method
+        )
     if unpaired := [d["verdict"] for _, d in diffs if d["n"] == 0]:
         return f"not run ({unpaired[0]})"  # no shared seed, different eval sets or teachers
     judged = [_judged(k, d) for k, d in diffs]
@@ -71,6 +75,8 @@ def equivalence_verdict(d: dict, tolerance: float) -> tuple[str, str]:
     it, else ``inconclusive`` (a spread over the seeds that cannot tell; it used to read as reproduced when the
     mean was within one std). One seed: the point estimate, ``(1 seed)``. No paired seed: ``not run (why)``."""
     n, mean, std = d["n"], d["mean"], d["std"]
+    if d.get("verdict", "").startswith(NOT_FINITE):
+        return f"inconclusive ({d['verdict']})", ""
     if n == 0:
         return f"not run ({d['verdict']})", ""
     if n == 1:

@@ -16,6 +16,7 @@ from ekd.eval.compare.runs import (
     TEACHER_RELATIVE,
     RunRecord,
     _config_differences,
+    _text_set,
     most_common,
     setting_said,
 )
@@ -41,9 +42,15 @@ class Group:
         out = {}
         for r in self.runs:
             v = _value(r, key)
-            if v is not None and not math.isnan(v):
+            if v is not None and not math.isnan(v) and not not_finite(r, key):
                 out[r.seed] = v
         return out
+
+    def not_finite(self, key: str) -> list[int]:
+        """The seeds whose run scored ``key`` without a finite figure (:func:`not_finite`): left out of
+        :meth:`values`, named wherever a mean or a difference is over the others (review 128, R2/R3: a seed that
+        diverged dropped out of its method's mean and the verdict said *better* over the rest)."""
+        return [r.seed for r in self.runs if not_finite(r, key)]
 
     def one_way_values(self, key: str) -> tuple[dict[int, float], dict[int, str]]:
         """:meth:`values` for a mean over seeds, and seed → why it is left out: of a figure measured against the
@@ -99,6 +106,30 @@ class Group:
     def run(self, seed: int) -> RunRecord:
         """The group's run with ``seed`` (one per seed: :func:`group_runs` keeps a seed's replicas apart)."""
         return next(r for r in self.runs if r.seed == seed)
+
+
+PPL_LOSS = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
+"""A perplexity figure → the mean loss it is ``exp`` of."""
+
+
+def not_finite(run: RunRecord, key: str) -> bool:
+    """Whether ``run`` scored ``key`` (``<text set>/<metric>``) but its figure is not a finite number: the student's
+    logits were not finite at some scored position (the set's ``loss`` NaN: every figure of the set is), or a
+    perplexity overflowed (``exp`` of a finite mean loss above 709.8 nats is +inf, written as null). A figure a set
+    legitimately has none of (a KL by entropy bucket without tokens) is no such figure."""
+    column, _, metric = key.rpartition("/")
+    if not column or not _text_set(column):
+        return False
+    entry = run.entry(column)
+    if metric not in entry:
+        return False
+    loss, value, own = entry.get("loss"), entry.get(metric), entry.get(PPL_LOSS.get(metric, ""))
+    if isinstance(loss, float) and math.isnan(loss):
+        return True
+    nan = isinstance(value, float) and math.isnan(value)
+    return (nan and isinstance(own, (int, float)) and math.isfinite(own)) or (
+        isinstance(value, float) and math.isinf(value)
+    )
 
 
 def _value(run: RunRecord, key: str) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ekd.eval.compare.eval_sets import _eval_set_notes
 from ekd.eval.compare.runs import METRIC_INFO, _text_set
-from ekd.eval.compare.summary import ITEM_NOISE, UNPAIRED
+from ekd.eval.compare.summary import ITEM_NOISE, NOT_FINITE, UNPAIRED
 from ekd.eval.report import TINY_MARK, results_table, sizes_note, tiny_sets
 
 
@@ -20,10 +20,13 @@ def _of(cell: dict[str, Any] | None, seeds: list[int]) -> dict[str, Any] | None:
 
 
 def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
-    """'mean ± std', 'mean' for one value; ' (n=1)' after a cell of fewer seeds than its row's."""
+    """'mean ± std', 'mean' for one value; ' (n=1)' after a cell of fewer seeds than its row's; the seeds whose
+    figure is not finite named (``(n=2; seed 2 not finite)``, ``— (seed 2 not finite)``)."""
+    bad = (cell or {}).get("not_finite") or []
+    said = f"{'seed' if len(bad) == 1 else 'seeds'} {', '.join(map(str, bad))} not finite" if bad else ""
     if not cell or cell["mean"] is None or math.isnan(cell["mean"]):
-        return "—"
-    fewer = f" (n={cell['n']})" if cell["n"] < cell.get("of", 0) else ""
+        return f"— ({said})" if said else "—"
+    fewer = f" (n={cell['n']}{'; ' + said if said else ''})" if cell["n"] < cell.get("of", 0) else ""
     if cell["n"] < 2 or math.isnan(cell["std"]):
         return format(cell["mean"], fmt) + fewer
     return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}{fewer}"
@@ -107,7 +110,9 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(
             f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "
-            "some scored position — its row and every difference with it show '—'"
+            "some scored position — its method's cells are means over the other seeds and name it (`n=2; seed 2 "
+            "not finite`), and every difference with it reads `not finite`: a seed that diverged is part of the "
+            "method's result, never a verdict over the others alone"
             + (
                 "; a starting student's NaN figures are left out of the `(student init)` row"
                 if any("starting student" in said for said in summary["non_finite"])
@@ -159,7 +164,7 @@ def markdown(summary: dict[str, Any]) -> str:
                     verdict = f"1 seed of {of}" if d["verdict"] == "1 seed" and of > 1 else d["verdict"]
                     fewer = f"; n={d['n']} of {of}" if 1 < d["n"] < of else ""
                     row[k] = f"{sign}{spread} ({verdict}{fewer})"
-                elif d["verdict"] in UNPAIRED:
+                elif d["verdict"] in UNPAIRED or d["verdict"].startswith(NOT_FINITE):
                     row[k] = f"n/a ({d['verdict']})"
             diff_rows.append(row)
         if diff_rows:

@@ -4,10 +4,11 @@ and their largest metric difference from it."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ekd.config import flat_config
-from ekd.eval.compare.groups import Group, _value, metric_keys
+from ekd.eval.compare.groups import Group, _value, metric_keys, not_finite
 from ekd.eval.compare.runs import METRICS, RunRecord, _scored_set
 from ekd.train.run_dir import SAME_RUN_KEYS
 
@@ -88,6 +89,15 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         for key in keys:
             a, b = _value(counted_run, key), _value(r, key)
             column, _, metric = key.rpartition("/")
+            scored = bool(column) and all(metric in x.entry(column) for x in (counted_run, r))
+            if scored and not_finite(counted_run, key) != not_finite(
+                r, key
+            ):  # review 128, R4: "identical metrics"
+                a, b = (math.nan if not_finite(x, key) else _value(x, key) for x in (counted_run, r))
+                largest = {"key": key, "counted": a, "replica": b, "abs": math.inf, "relative": math.inf}
+                largest["run"] = str(r.run_dir)
+                compared += 1
+                continue
             if a is None or b is None or (column and r.figure_differs(counted_run, column, metric)):
                 continue  # a figure against another teacher, ECE over other bins: no training difference
             compared += "/" in key
@@ -122,6 +132,12 @@ def replica_note(record: dict[str, Any]) -> str:
     big, otherwise = record["largest_difference"], record.get("scored_otherwise")
     if big is None or big["abs"] == 0:
         agree = "identical metrics"
+    elif math.isinf(big["abs"]):  # one side's figure is not finite (its student diverged)
+        said = [
+            "not finite" if v is None or math.isnan(v) else f"{v:.10g}"
+            for v in (big["counted"], big["replica"])
+        ]
+        agree = f"largest difference {big['key']} {said[0]} vs {said[1]} ({big['run']})"
     else:
         agree = (
             f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "

@@ -49,13 +49,21 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
     teachers``) and there is no number.
     """
     a, b = group.values(key), baseline.values(key)
+    diverged = [
+        f"`{g.label}` seed {s}"
+        for g, other in ((group, baseline), (baseline, group))
+        for s in g.not_finite(key)
+        if any(r.seed == s for r in other.runs)
+    ]
     why_not = _unpaired(group, baseline, key, sorted(a))
     seeds = [s for s in sorted(set(a) & set(b)) if s not in why_not]
     diffs = [a[s] - b[s] for s in seeds]
     mean, std = mean_std(diffs)
     half = ci95_half_width(std, len(diffs))
     higher = HIGHER_IS_BETTER.get(key.rpartition("/")[2], True)
-    if not diffs:
+    if diverged:  # a seed that diverged is part of the method's result: no verdict over the others alone
+        verdict = f"{NOT_FINITE} ({', '.join(diverged)})"
+    elif not diffs:
         verdict = next(iter(why_not.values()), "no shared seed")
     elif len(diffs) == 1:
         verdict = "1 seed"
@@ -77,6 +85,7 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
 
 
 ITEM_NOISE = "within item noise"
+NOT_FINITE = "not finite"  # a paired seed's figure is not a finite number (its student diverged): no verdict
 NOT_SIGNIFICANT = "not significant"  # the 95% confidence interval of the mean difference holds 0
 
 
@@ -268,9 +277,12 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
         for key in keys:
             # never a mean over two teachers' figures, nor ECE over two binnings
             values, left_out = g.one_way_values(key)
-            if values:
+            diverged = g.not_finite(key)
+            if values or diverged:
                 mean, std = mean_std(list(values.values()))
                 cell = entry["metrics"][key] = {"mean": mean, "std": std, "n": len(values)}
+                if diverged:  # the mean is over the others; said in the cell and in every verdict with it
+                    cell["not_finite"] = diverged
                 other_teacher = [s for s, why in left_out.items() if why == ANOTHER_TEACHER]
                 if other_teacher:
                     cell["other_teacher"] = other_teacher
@@ -549,8 +561,15 @@ def _non_finite_students(groups: list[Any]) -> list[str]:
     out = []
     for g in groups:
         for r in g.runs:
-            sets = [n for n, m in r.eval.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
-            out += [f"`{g.label}` seed {r.seed} on `{name}`" for name in sorted(sets)]
+            for name in sorted(
+                n for n, m in r.eval.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))
+            ):
+                out.append(f"`{g.label}` seed {r.seed} on `{name}`")
+            for replica in g.replicas.get(r.seed, []):  # review 128, R4: a replica that diverged, named too
+                sets = [n for n, m in replica.eval.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
+                out += [
+                    f"`{g.label}` seed {r.seed}'s replica {replica.run_dir} on `{n}`" for n in sorted(sets)
+                ]
             starts = [n for n, m in r.starts.items() if _text_set(n) and math.isnan(m.get("loss", 0.0))]
             out += [f"`{g.label}` seed {r.seed}'s starting student on `{name}`" for name in sorted(starts)]
     return out
