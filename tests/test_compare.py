@@ -1928,10 +1928,36 @@ def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_
     assert main(["compare", str(a), str(b), *out]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt (not the record ekd distill writes); restore "
-        "it, or leave the run out"
+        f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt; restore it (e.g. "
+        '{"format": "ekd-run", "version": 1, "state": "started"}), or leave the run out'
     ), err
-    (b / "ekd-run.json").unlink()  # absent: a run of an older ekd, read by its paths
+    # try-out 127, F3: a field of another type than ekd writes was a traceback, or a figure (true → 2 B/token)
+    for field, value, said in [
+        ("segments", "x", "its field 'segments' is a JSON string (\"x\"), not a list of objects"),
+        (
+            "tokenizer_tokens",
+            True,
+            "its field 'tokenizer_tokens' is a JSON boolean (true), not a whole number > 0",
+        ),
+        (
+            "cache_bytes_per_token",
+            -5,
+            "its field 'cache_bytes_per_token' is a JSON number (-5), not a number ≥ 0",
+        ),
+        ("data_fingerprint", 5, "its field 'data_fingerprint' is a JSON number (5), not a sha256 text"),
+    ]:
+        (b / "ekd-run.json").write_text(json.dumps({**json.loads(text), field: value}))
+        assert main(["compare", str(a), str(b), *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err
+            == f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt: {said}; restore it, or leave the run out"
+        )
+    (b / "ekd-run.json").unlink()
+    (b / "ekd-run.json").mkdir()  # try-out 127, F5: a directory in its place was read as no record
+    assert main(["compare", str(a), str(b), *out]) == 2
+    assert f"{b / 'ekd-run.json'} is not a file; put the run's record back" in capsys.readouterr().err
+    (b / "ekd-run.json").rmdir()  # absent: a run of an older ekd, read by its paths
     assert read_run(b).data_fingerprint is None
     rows = (a / "metrics.jsonl").read_text().splitlines()
     for damaged in ("\x00\x00\x00", "7"):
@@ -1940,6 +1966,19 @@ def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"ekd: error: ekd compare: {a / 'metrics.jsonl'} line 1 is not a JSON object; ")
         assert err.endswith(", or leave the run out") and "\n" not in err, err
+    # try-out 127, F4: a value of another type was a traceback (a text where a count belongs)
+    (a / "metrics.jsonl").write_text("\n".join([rows[0], '{"step": 2, "select/positions": "x"}']) + "\n")
+    assert main(["compare", str(a), *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ekd: error: ekd compare: {a / 'metrics.jsonl'} line 2: 'select/positions' is a JSON string, not a number; "
+        "delete that line, or leave the run out"
+    ), err
+    (a / "metrics.jsonl").unlink()
+    (a / "metrics.jsonl").mkdir()  # try-out 127, F5: a directory in its place was read as no rows (0% KD)
+    assert main(["compare", str(a), *out]) == 2
+    assert f"{a / 'metrics.jsonl'} is not a file" in capsys.readouterr().err
+    (a / "metrics.jsonl").rmdir()
     (a / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 3, "sel')  # torn by an interrupted write
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert read_run(a).kd_fraction == pytest.approx(40 / 100)  # both rows: (30 + 10) / (60 + 40)

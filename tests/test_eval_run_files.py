@@ -137,3 +137,32 @@ def test_the_directory_that_holds_runs_names_them(tmp_path, capsys):
     (cut / MARKER).write_text('{"state": "started"}')
     line = one_error_line(*cli(capsys, "eval", run.parent)[::2])
     assert line.endswith(f"it holds the runs r, a-cut: give one, e.g. `ekd eval {run}`"), line
+
+
+def test_an_eval_json_that_is_a_directory_or_cannot_be_read_is_said_for_what_it_is(
+    tmp_path, capsys, monkeypatch
+):
+    """Try-out 127, F5/F6: a directory in eval.json's place was read as no file (ekd eval scored, then failed to write
+    `eval.json.tmp`), and a file without read permission was called invalid JSON and told to be moved away (every
+    other set's figures with it); its fix is its permissions."""
+    run = _finished(tmp_path)
+    (run / "eval.json").unlink()
+    (run / "eval.json").mkdir()
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert (
+        f"ekd eval: {run / 'eval.json'} is not a file; remove it, or put the run's eval.json back" in line
+    ), line
+    (run / "eval.json").rmdir()
+    (run / "eval.json").write_text('{"eval": {"ppl": 9.0}}')
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "eval.json":
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert line.endswith(f"{run / 'eval.json'} cannot be read (Permission denied); check its permissions"), (
+        line
+    )

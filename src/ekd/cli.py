@@ -539,9 +539,9 @@ def _check_run_files(run: Path) -> None:
         f"`ekd eval {shlex.quote(str(run))}` scores"
     )
     try:  # review 126, R4: one that is not JSON was replaced by the sets scored now, the others' figures lost
-        saved = read_eval_json(run) or {}
+        saved = read_eval_json(run, fix=keep.format("it")) or {}
     except EkdError as e:
-        raise EkdError(f"ekd eval: {e}; {keep.format('it')}") from None
+        raise EkdError(f"ekd eval: {e}") from None
     if problem := eval_json_problem(saved):
         raise EkdError(f"ekd eval: {path} is malformed: {problem}; {keep.format('that entry')}")
 

@@ -30,25 +30,36 @@ from ekd.models.identity import ran_in
 EVAL_JSON = "eval.json"
 
 
-def read_eval_json(run_dir: Path) -> dict[str, Any] | None:
+def read_eval_json(run_dir: Path, fix: str = "fix it") -> dict[str, Any] | None:
     """``run_dir/eval.json`` as a JSON object; None when there is none. The one reader of the file for every
-    command that keeps what it holds (``ekd eval``, the tasks' merge, the held-out check): a file that is there but
-    cannot be read is never taken for none (review 126, R4: one byte short of valid JSON, it was replaced by the
-    sets scored then — the others' figures lost — with a warning).
+    command that reads what it holds (``ekd eval``, the tasks' merge, the held-out check, ``ekd compare``): a file
+    that is there but cannot be read is never taken for none (review 126, R4: one byte short of valid JSON, it was
+    replaced by the sets scored then — the others' figures lost — with a warning). ``fix``: the way out named for
+    a file that is not a JSON object (a file that cannot be read, or a directory, has its own).
 
     Raises:
-        EkdError: the file is there but is not readable JSON, or not a JSON object; the message names the file
-            and what is wrong, for the caller to add its way out.
+        EkdError: one line — something other than a file is in its place, it cannot be read (its permissions:
+            try-out 127, F6 — it was called invalid JSON and told to be moved away), or it is not a JSON object.
     """
     path = Path(run_dir) / EVAL_JSON
-    if not path.is_file():
+    if not path.exists():
         return None
+    if (
+        not path.is_file()
+    ):  # try-out 127, F5: a directory was read as none, and the write failed after scoring
+        raise EkdError(f"{path} is not a file; remove it, or put the run's eval.json back")
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        text = path.read_text()
+    except OSError as e:
+        raise EkdError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
+    except ValueError as e:  # UnicodeDecodeError
+        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
+    try:
+        saved = json.loads(text)
+    except ValueError as e:
+        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
     if not isinstance(saved, dict):
-        raise EkdError(f"{path} is not valid JSON for ekd (a JSON {type(saved).__name__}, not an object)")
+        raise EkdError(f"{path} is not valid JSON for ekd (a JSON {value_kind(saved)}, not an object); {fix}")
     return saved
 
 

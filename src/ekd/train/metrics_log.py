@@ -80,13 +80,19 @@ class MetricsLog:
             self.wandb.close()
 
 
-def _parse(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line is dropped with a warning.
+def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line is dropped with a warning; ``fix``: the way out a refusal names.
 
     Raises:
-        RunDirError: a line other than the last is not a JSON object.
+        RunDirError: the file cannot be read, a line other than the last is not a JSON object, or a row holds a
+            value that is not a number (every figure ekd logs is one, or null: try-out 127, F4 — a text where a
+            count belongs was a traceback in ``ekd compare``).
     """
-    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
+    lines = raw.decode("utf-8", errors="replace").split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -99,17 +105,34 @@ def _parse(path: Path) -> list[dict]:
             if all(not rest.strip() for rest in lines[number:]):
                 log.warning("%s: dropping a torn last line (%s)", path, counted(len(line), "byte"))
                 break
+            raise RunDirError(f"{path} line {number} is not a JSON object; {fix}") from None
+        if (key := next((k for k, v in row.items() if not _figure(v)), None)) is not None:
+            from ekd.eval.eval_json import value_kind
+
             raise RunDirError(
-                f"{path} line {number} is not a JSON object; delete that line (or the file) and rerun"
-            ) from None
+                f"{path} line {number}: '{key}' is a JSON {value_kind(row[key])}, not a number; {fix}"
+            )
         rows.append(row)
     return rows
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl`` ([] if there is none)."""
+def _figure(value: object) -> bool:
+    """A value a metrics row may hold: a number, or null (a figure not finite, or not measured)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def read_metrics(run_dir: Path, fix: str = "delete that line (or the file) and rerun") -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl`` ([] if there is none; :func:`_parse`).
+
+    Raises:
+        RunDirError: something other than a file is in its place, or :func:`_parse`'s.
+    """
     path = Path(run_dir) / "metrics.jsonl"
-    return _parse(path) if path.is_file() else []
+    if not path.exists():
+        return []
+    if not path.is_file():  # try-out 127, F5: a directory in its place was read as no rows
+        raise RunDirError(f"{path} is not a file; put the run's metrics back (or remove it)")
+    return _parse(path, fix)
 
 
 def _is_eval(row: dict) -> bool:

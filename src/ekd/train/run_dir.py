@@ -292,24 +292,34 @@ def _gone_data_source(cfg: Config, marker: dict) -> str:
     return ""
 
 
-def read_marker(run_dir: Path) -> dict | None:
-    """The run's ``ekd-run.json``, or None if there is none.
+def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> dict | None:
+    """The run's ``ekd-run.json``, or None if there is none; ``otherwise``: the way out a refusal names beside
+    restoring the file (``ekd compare``: leave the run out).
 
     Raises:
-        RunDirError: the marker exists but is not an ekd-run marker.
+        RunDirError: the marker exists but is not a file, cannot be read, is not an ekd-run marker or holds a field
+            of another type than ekd writes (:func:`ekd.train.run_marker.marker_problem`).
     """
+    from ekd.train.run_marker import marker_problem
+
     path = run_dir / MARKER
-    if not path.is_file():
+    if not path.exists():
         return None
+    example = '{"format": "ekd-run", "version": 1, "state": "started"}'
+    if not path.is_file():  # try-out 127, F5: a directory in its place was read as no record
+        raise RunDirError(f"{path} is not a file; put the run's record back (e.g. {example}), or {otherwise}")
     try:
-        marker = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as e:  # try-out 127, F6: a file that cannot be read is no corrupt one
+        raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        marker = json.loads(text)
         if not isinstance(marker, dict) or marker.get("format") != FORMAT:
             raise ValueError
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise RunDirError(
-            f'{path} is corrupt; restore it (e.g. {{"format": "ekd-run", "version": 1, "state": "started"}}) '
-            "or choose another run.name"
-        ) from None
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        raise RunDirError(f"{path} is corrupt; restore it (e.g. {example}), or {otherwise}") from None
+    if problem := marker_problem(marker):
+        raise RunDirError(f"{path} is corrupt: its {problem}; restore it, or {otherwise}")
     return marker
 
 

@@ -316,10 +316,7 @@ def _read_eval_json(run_dir: Path) -> dict[str, Any]:
     """
     from ekd.eval.eval_json import read_eval_json
 
-    try:
-        return read_eval_json(run_dir) or {}
-    except EkdError as e:
-        raise EkdError(f"{e}: fix it, or move it away to write the task results only") from None
+    return read_eval_json(run_dir, fix="fix it, or move it away to write the task results only") or {}
 
 
 def untagged_note(sets: Mapping[str, Any], tags: Mapping[str, str]) -> str:

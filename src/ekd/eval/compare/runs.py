@@ -24,6 +24,7 @@ from ekd.eval.eval_json import (
     PRECISION,
     SCORING_SETTINGS,
     STUDENT_INIT_KEY,
+    read_eval_json,
     recorded_settings,
     set_of,
     set_settings,
@@ -33,7 +34,7 @@ from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import UNRECORDED_GROUP, task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, ran_in
-from ekd.train.run_dir import MARKER, changes_training, read_marker
+from ekd.train.run_dir import changes_training, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -636,10 +637,10 @@ def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
     """
     from ekd.train.metrics_log import read_metrics
 
-    try:
-        return read_metrics(run_dir)
+    try:  # try-out 127, F1: "delete … the file" left the run at 0% KD positions
+        return read_metrics(run_dir, fix="delete that line, or leave the run out")
     except EkdError as e:
-        raise EkdError(f"ekd compare: {e}, or leave the run out") from None
+        raise EkdError(f"ekd compare: {e}") from None
 
 
 def run_marker(run_dir: Path) -> dict[str, Any]:
@@ -651,12 +652,9 @@ def run_marker(run_dir: Path) -> dict[str, Any]:
             every content check — two runs trained on different data became seeds of one method).
     """
     try:
-        return read_marker(run_dir) or {}
-    except EkdError:
-        raise EkdError(
-            f"ekd compare: {run_dir / MARKER} is corrupt (not the record ekd distill writes); restore it, or leave "
-            "the run out"
-        ) from None
+        return read_marker(run_dir, otherwise="leave the run out") or {}
+    except EkdError as e:
+        raise EkdError(f"ekd compare: {e}") from None
 
 
 def _eval_results(
@@ -677,11 +675,12 @@ def _eval_results(
     ``student_init``, NaN for null; likewise)."""
     path = run_dir / "eval.json"
     rerun = f"rerun `ekd eval {shlex.quote(str(run_dir))}`"
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EkdError(f"ekd compare: {path} is not valid JSON; {rerun}") from None
+    try:  # the one reader (try-out 127, F4/F7: an unreadable file was a traceback, a cut one told to rerun ekd eval,
+        # which refuses it)
+        saved = read_eval_json(run_dir, fix=f"restore it, or move it away and {rerun}")
+    except EkdError as e:
+        raise EkdError(f"ekd compare: {e}") from None
+    if saved is not None:
         if problem := eval_json_problem(saved):  # try-out 45, F3: a traceback in float() or .items()
             raise EkdError(f"ekd compare: {path} is malformed: {problem}; move it away and {rerun}")
         ways = task_ways(saved)
