@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -548,3 +549,28 @@ def test_a_build_continued_in_other_arithmetic_is_refused(built, capsys):
     assert "its built shards (manifest.json) were computed with a float32 teacher in fp32" in line, line
     assert main(["-q", "cache", built["cfg"], f"teacher.cache_dir={out}"]) == 0
     assert _shards_sha256(out) == _shards_sha256(built["cache"])
+
+
+def test_an_older_cache_run_is_sized_only_by_the_cache_it_trained_from(built, tmp_path, caplog):
+    """Try-out 127, F2: an older ekd's cache run (no `cache_bytes_per_token` record) was sized by whatever cache
+    sat at its path — one rebuilt for other settings priced an N=50 run at 12.1 B/token instead of 38.2."""
+    import logging
+
+    import yaml
+
+    from ekd.eval.compare import read_run
+    from ekd.teacher.cache import CacheReader
+
+    older = tmp_path / "older"
+    shutil.copytree(built["root"] / "runs" / "ref", older)
+    marker = json.loads((older / "ekd-run.json").read_text())
+    marker.pop("cache_bytes_per_token", None)
+    (older / "ekd-run.json").write_text(json.dumps(marker))
+    measured = CacheReader(built["cache"]).info()["bytes_per_token"]
+    assert read_run(older).bytes_per_token == measured  # the cache it trained from, still there
+    config = yaml.safe_load((older / "config.yaml").read_text())
+    config["method"]["rs_samples"] = 8  # the run's settings are not those of the cache at the path
+    (older / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert math.isnan(read_run(older).bytes_per_token)
+    assert f"the cache at {built['cache']} cannot tell it (" in caplog.text, caplog.text

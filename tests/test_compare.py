@@ -2006,7 +2006,10 @@ def test_a_cache_runs_bytes_per_token_is_its_caches_even_once_the_cache_is_gone(
     older = cached("old", 1, 0.5)
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert math.isnan(read_run(older).bytes_per_token)
-    assert f"no bytes/token for {older}: its teacher cache {tmp_path / 'gone'} cannot be read" in caplog.text
+    assert (
+        f"no bytes/token for {older}: the run records no figure of its teacher cache (an older ekd's run), and the cache at {tmp_path / 'gone'} cannot tell it"
+        in caplog.text
+    )
     ekd_run = _marked(_fake_run(tmp_path, "ek", "ekd", 0, 10.0, 0.6), tokenizer_tokens=320)
     ekd_cfg = yaml.safe_load((ekd_run / "config.yaml").read_text())
     ekd_cfg["teacher"] = {"source": "online"}

@@ -796,14 +796,21 @@ def _bytes_per_token(
             return float(recorded)
         try:
             from ekd.teacher.cache import CacheReader
+            from ekd.teacher.cache.source import check_cache_settings
 
             cache_info = CacheReader(cfg.teacher.cache_dir).info()
-        except EkdError:
+            # the cache there now may be another (try-out 127, F2: rebuilt with N=8, it priced an N=50 run at 12.1)
+            check_cache_settings(cfg, cache_info["signature"])
+            recorded = marker.get("data_fingerprint")
+            if recorded and cache_info["signature"].get("data_fingerprint") not in (None, recorded):
+                raise EkdError("it was built from other training blocks than the run's")
+        except EkdError as e:
             log.warning(
-                "ekd compare: no bytes/token for %s: its teacher cache %s cannot be read (deleted or moved) and "
-                "the run records no figure of it (an older ekd's run)",
+                "ekd compare: no bytes/token for %s: the run records no figure of its teacher cache (an older "
+                "ekd's run), and the cache at %s cannot tell it (%s)",
                 run_dir,
                 cfg.teacher.cache_dir,
+                str(e).split("\n")[0],
             )
             return math.nan
     vocab = _vocab_size(run_dir, marker)
