@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -90,8 +91,6 @@ def _cut_generation_config(d):
 
 
 CASES = {
-    # review 126, R5: transformers loads the model with a default generation config, without a word
-    "cut_generation_config": (_cut_generation_config, "generation_config.json is not valid JSON ("),
     "random_safetensors": (_random_weights, "not a valid safetensors file"),
     "truncated_safetensors": (_truncated_weights, "not a valid safetensors file"),
     "unknown_model_type": (_unknown_type, "foobar_lm"),
@@ -573,3 +572,23 @@ def test_a_generation_config_that_does_not_parse_is_refused_not_read_as_absent(g
     assert text.endswith(
         "replace that file (save_pretrained writes it again), or delete it to use config.json's"
     )
+    with pytest.raises(ModelError) as info:  # transformers loads the model with a default generation config
+        load_model(str(d), vocab_size=64, role="teacher")
+    assert str(info.value).startswith(f"model.teacher: '{d}': generation_config.json is not valid JSON (")
+    # try-out 127, F8: valid JSON of another shape was a TypeError traceback inside transformers, an eos "x" a
+    # ValueError in the boundary
+    for text, said in [
+        ("[1]", " is not a JSON object"),
+        ('{"eos_token_id": "x"}', '\'s eos_token_id is "x", not'),
+    ]:
+        (d / "generation_config.json").write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"generation_config.json{said}")):
+            read_model_eos(str(d), key="model.teacher")
+        with pytest.raises(ModelError, match=re.escape(f"generation_config.json{said}")):
+            load_model(str(d), vocab_size=64, role="teacher")
+    (d / "generation_config.json").unlink()
+    _edit_config(d, eos_token_id="x")
+    with pytest.raises(
+        ConfigError, match="'eos_token_id'.*fix that field of its config.json"
+    ):  # transformers checks it
+        read_model_eos(str(d), key="model.teacher")

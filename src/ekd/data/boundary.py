@@ -85,35 +85,51 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     Reads the small JSON configs only (no weights). Raises ConfigError naming ``key`` (the config key that
     names the model, e.g. ``model.student``) when the model cannot be found or neither config can be read.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, GenerationConfig
 
-    from ekd.models.load import SKIPPED_WHEN_BROKEN, broken_json
+    from ekd.models.load import generation_config_problem
 
     kwargs: dict = {"revision": revision} if revision else {}
     kwargs.update(hub_kwargs(spec, key, revision=revision, error=ConfigError))
-    if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):  # transformers says OSError, as for a missing file
+    if broken := generation_config_problem(spec):  # transformers says OSError, as for a missing file
         raise ConfigError(
             f"{key}: '{spec}': {broken}, which data.separator=auto reads for the end-of-document id; replace that "
             "file (save_pretrained writes it again), or delete it to use config.json's"
         )
     try:
         eos = GenerationConfig.from_pretrained(spec, **kwargs).eos_token_id
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # none there (a hub id's is read here too; a local one was checked above)
         eos = None
+    except StrictDataclassError as e:  # a field of another type (transformers validates them)
+        raise ConfigError(
+            f"{key}: '{spec}': its generation_config.json does not load ({first_line(e)}), which "
+            "data.separator=auto reads for the end-of-document id; fix that field, or delete the file to use "
+            "config.json's"
+        ) from None
     if eos is not None:
         return eos
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, StrictDataclassError) as e:  # the last: a field of another type
         from ekd.models.load import loader_hint
 
         # a cause the loader knows (an architecture this transformers lacks) has its own fix (try-out 42)
         fix = loader_hint(e).removeprefix("; ") if not isinstance(e, OSError) else ""
+        if isinstance(e, StrictDataclassError):
+            fix = "fix that field of its config.json, or set data.separator=eos"
         raise ConfigError(
             f"{key}: cannot read the config of '{spec}' ({first_line(e)}), which data.separator=auto reads for the "
             f"end-of-document id; {fix or 'fix the path or set data.separator=eos'}"
         ) from None
-    return getattr(text_config(config), "eos_token_id", None)
+    eos = getattr(text_config(config), "eos_token_id", None)
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(  # try-out 127, F8: a ValueError traceback in end_of_document_id
+            f"{key}: '{spec}': config.json's eos_token_id is {eos!r}, not a token id or a list of them, which "
+            "data.separator=auto reads for the end-of-document id; fix it, or set data.separator=eos"
+        )
+    return eos
 
 
 def resolve_boundary(

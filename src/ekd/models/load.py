@@ -401,15 +401,17 @@ def load_or_refuse(
     library.handlers, library.propagate = [held], False  # its own handlers and the root's alike (review 99)
     try:
         result = load()
-        if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):  # loaded as if it were absent: refused alike
+        if broken := generation_config_problem(spec):  # loaded as if it were absent: refused alike
             raise ModelError(
-                f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
-                "writes it again), delete it to use config.json's end-of-sequence id, or name another directory"
+                f"{_key(role)}: '{spec}': {broken}; replace that file (save_pretrained writes it again), delete it "
+                "to use config.json's end-of-sequence id, or name another directory"
             )
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 — every loader failure is an input problem; see the docstring
-        if broken := broken_json(spec):  # try-out 52, F6: the parser's words named neither file nor fix
+        # try-out 52, F6: the parser's words named neither file nor fix; try-out 127, F8: a generation config of
+        # another shape fails inside transformers
+        if broken := broken_json(spec) or generation_config_problem(spec):
             raise ModelError(
                 f"{_key(role)}: cannot load {what} from '{spec}': {broken}; replace that file (save_pretrained "
                 "writes it again) or name another directory"
@@ -432,6 +434,26 @@ SKIPPED_WHEN_BROKEN = "generation_config.json"
 the model with a default generation config, ``GenerationConfig.from_pretrained`` says ``OSError`` as for a
 missing file —, so that another end-of-sequence id would be taken from ``config.json`` without a word (review
 126, R5: ``data.separator=auto`` ended every document with id 2 instead of 5). Checked before it is read."""
+
+
+def generation_config_problem(spec: str) -> str:
+    """What is wrong with the local directory ``spec``'s :data:`SKIPPED_WHEN_BROKEN`, in words — it does not parse,
+    is not a JSON object (try-out 127, F8: ``[1]`` was a TypeError traceback inside transformers), or its
+    ``eos_token_id`` is not a token id, a list of them or null (``"x"`` was a ValueError in the boundary) —; ""
+    when it is fine or absent (a hub id: transformers reads it)."""
+    if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):
+        return broken
+    path = Path(spec).expanduser() / SKIPPED_WHEN_BROKEN
+    if not path.is_file():
+        return ""
+    saved = json.loads(path.read_bytes())
+    if not isinstance(saved, dict):
+        return f"{SKIPPED_WHEN_BROKEN} is not a JSON object"
+    eos = saved.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        return f"{SKIPPED_WHEN_BROKEN}'s eos_token_id is {json.dumps(eos)[:40]}, not a token id or a list of them"
+    return ""
 
 
 def broken_json(spec: str, pattern: str = "*.json") -> str:
