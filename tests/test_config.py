@@ -848,3 +848,30 @@ def test_a_flow_mapping_without_a_space_after_the_colon_is_said_so():
         "method.scorer_weights: the entry 'teacher_entropy:1.0' has no value (YAML reads 'name:value' without a space "
         "as one name); write a space after the colon: {teacher_entropy: 1.0}"
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        (["eval.set_tags={eval:in_distribution}"], "write a space after the colon: {eval: in_distribution}"),
+        (["data.eval_sources={held:/tmp/x.txt}"], "write a space after the colon: {held: /tmp/x.txt}"),
+    ],
+)
+def test_a_text_mapping_without_a_space_after_the_colon_is_said_so(overrides, said):
+    """Try-out 127, F9: the hint of try-out 125 F5 covered mappings of numbers only: `{eval:in_distribution}` was
+    told "must be one of in_distribution, …, got ''" beside the value the user wrote."""
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config(None, overrides)
+
+
+def test_a_section_written_without_a_space_after_the_colon_is_said_so(tmp_path):
+    """Try-out 127, F9: `method: {preset:kd}` in a YAML file was "unknown key 'method.preset:kd'; did you mean
+    'method.preset'?", without the cause."""
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {preset:kd}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path), [])
+    assert str(e.value) == (
+        f"{path}: unknown key 'method.preset:kd'; YAML reads 'name:value' without a space as one name: write "
+        "preset: kd"
+    )

@@ -85,7 +85,7 @@ REFUSED = {
     "method.bandit_budgets=[0.1,nan]": "method.bandit_budgets[1] must be a finite number",
     "train.max_steps=1e400": "train.max_steps: expected int",
     # try-out 55, F1: YAML's flow mapping read `{ood:/path}` as one key
-    "data.eval_sources={ood:/x.txt}": "in YAML a space must follow the colon: {ood: ...}",
+    "data.eval_sources={ood:/x.txt}": "(YAML reads 'name:value' without a space as one name); write a space after the colon: {ood: /x.txt}",
     # keys that were never validated (item 4)
     "log.every=0": "log.every must be ≥ 1",
     "eval.batch_size=0": "eval.batch_size must be ≥ 1",

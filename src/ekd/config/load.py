@@ -191,7 +191,7 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
                         "('null': ...)"
                     )
                 # YAML reads {a:1} as a key 'a:1' without a value (try-out 125, F5)
-                if v is None and ":" in str(name) and vtype is not str:
+                if v is None and ":" in str(name):
                     raise ConfigError(
                         f"{key}: the entry '{name}' has no value (YAML reads 'name:value' without a space as one "
                         f"name); write a space after the colon: {{{str(name).replace(':', ': ', 1)}}}"
@@ -326,7 +326,13 @@ def _known() -> frozenset[str]:
 
 def _check_key(key: str, source: str, value: str = "…") -> None:
     if key not in _known():
-        hint = _mapping_entry_hint(key, value) or unknown_group_hint(key, _known()) or _nearest(key)
+        name, colon, rest = key.rpartition(".")[2].partition(":")
+        spaced = (  # YAML reads {preset:kd} as a key 'preset:kd' (try-out 127, F9)
+            f"; YAML reads 'name:value' without a space as one name: write {name}: {rest}"
+            if colon and key.rsplit(":", 1)[0] in _known()
+            else ""
+        )
+        hint = spaced or _mapping_entry_hint(key, value) or unknown_group_hint(key, _known()) or _nearest(key)
         raise ConfigError(f"{source}: unknown key '{key}'{hint}", keys=(key,))
 
 
