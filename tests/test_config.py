@@ -558,7 +558,15 @@ def test_a_choice_in_another_case_is_suggested(override, meant):
                 "method.scorer_normalization=minmax",
                 "method.scorer_weights={student_entropy: 1.0, teacher_entropy: -0.5}",
             ],
-            "method.scorer_weights gives teacher_entropy a negative weight",
+            "can score a position negative: give teacher_entropy a weight ≥ 0 in method.scorer_weights",
+        ),
+        (  # try-out 127, F10: both causes in one line, not one refusal after the other
+            [
+                "method.policy=pos_rs",
+                "method.scorer=composite",
+                "method.scorer_weights={student_entropy: 1.0, teacher_entropy: -0.5}",
+            ],
+            "set method.scorer_normalization=minmax (each score scaled to [0, 1]) and give teacher_entropy a weight",
         ),
     ],
 )

@@ -132,19 +132,18 @@ def validate(cfg: Config) -> None:
             keys=("method.scorer_weights",),
         )
     if m.policy == "pos_rs" and m.scorer == "composite" and m.kd_weight > 0:
-        # q_i ∝ score_i^α needs scores ≥ 0: found here, not in the first step after the models load (try-out 125, F3)
-        if m.scorer_normalization == "zscore":
+        # q_i ∝ score_i^α needs scores ≥ 0: found here, not in the first step after the models load (try-out 125,
+        # F3), every cause in one line (try-out 127, F10)
+        fixes = []
+        if m.scorer_normalization == "zscore":  # every below-average position scores negative
+            fixes.append("set method.scorer_normalization=minmax (each score scaled to [0, 1])")
+        if negative := sorted(k for k, w in m.scorer_weights.items() if w < 0):
+            fixes.append(f"give {', '.join(negative)} a weight ≥ 0 in method.scorer_weights")
+        if fixes:
             raise ConfigError(
                 "method.policy=pos_rs draws positions with probability ∝ score^α, which needs scores ≥ 0, but "
-                "method.scorer=composite with method.scorer_normalization=zscore scores every below-average position "
-                "negative: set method.scorer_normalization=minmax (each score scaled to [0, 1])",
-                keys=("method.policy", "method.scorer_normalization"),
-            )
-        if negative := sorted(k for k, w in m.scorer_weights.items() if w < 0):
-            raise ConfigError(
-                f"method.policy=pos_rs needs scores ≥ 0, but method.scorer_weights gives {', '.join(negative)} a "
-                "negative weight: give each score a weight ≥ 0",
-                keys=("method.policy", "method.scorer_weights"),
+                f"method.scorer=composite can score a position negative: {' and '.join(fixes)}",
+                keys=("method.policy", "method.scorer_normalization", "method.scorer_weights"),
             )
     if not m.bucket_low < m.bucket_high:
         raise ConfigError(
