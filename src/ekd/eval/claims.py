@@ -209,17 +209,17 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
             f"frontier: {', '.join(front)}; ekd at {_mean(g['ekd'], 'bytes_per_token'):.1f} B/token, "
             f"KL {_mean(g['ekd'], kl):.3f}"
         )
+        one_seed = " (1 seed)" if len(g["ekd"].runs) == 1 else ""
         if (
             on and unpriced
         ):  # review 126, R2: a group without a bytes/token figure was left out without a word
-            verdict, reason = (
-                "inconclusive",
-                f"{', '.join(unpriced)} reach a lower KL at an unknown bytes/token (ekd compare says why)",
+            verb = "reaches" if len(unpriced) == 1 else "reach"
+            verdict = "inconclusive" + one_seed
+            reason = (
+                f"{', '.join(unpriced)} {verb} a lower KL at an unknown bytes/token (ekd compare says why)"
             )
         else:
-            verdict = ("reproduced" if on else "not reproduced") + (
-                " (1 seed)" if len(g["ekd"].runs) == 1 else ""
-            )
+            verdict = ("reproduced" if on else "not reproduced") + one_seed
             reason = "" if on else "a cheaper or equally cheap method reaches a lower KL at this budget"
         rows.append(Claim(claim, src, numbers, verdict, reason))
     return rows
