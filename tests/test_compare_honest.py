@@ -97,7 +97,7 @@ def _good(tmp_path: Path) -> Path:
             lambda ev: ev.update(tasks={"student": {"t": {"value": "x"}}}),
             "its 'tasks' section: could not convert string to float",
         ),
-        (lambda ev: [], "it holds a JSON list, not an object of eval sets"),
+        (lambda ev: [], "is not valid JSON for ekd (a JSON list, not an object)"),  # eval.json's one reader
     ],
 )
 def test_a_malformed_eval_json_is_one_line_naming_the_file(tmp_path, capsys, edit, says):
@@ -109,7 +109,8 @@ def test_a_malformed_eval_json_is_one_line_naming_the_file(tmp_path, capsys, edi
     ev = ev if replaced is None else replaced
     (bad / "eval.json").write_text(json.dumps(ev))
     line = one_error_line(*cli(capsys, "compare", _good(tmp_path), bad, "--out", tmp_path / "o")[::2])
-    assert f"{bad / 'eval.json'} is malformed: {says}" in line and "rerun `ekd eval" in line, line
+    said = says if says.startswith("is not valid JSON") else f"is malformed: {says}"
+    assert f"{bad / 'eval.json'} {said}" in line and "rerun `ekd eval" in line, line
     assert not (tmp_path / "o").exists()
 
 
