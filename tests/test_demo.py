@@ -250,3 +250,22 @@ def test_the_starting_students_row_sits_between_the_students_and_the_teacher(tmp
     methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][2:]
     assert methods == ["kd", "(student init)", "(teacher)"]
     assert _student_init_row(tmp_path / "absent") == {}
+
+
+def test_a_ce_student_without_a_finite_kl_is_compared_with_no_one(tmp_path):
+    """Review 128, R6: with `ce`'s KL NaN (its student not finite), the report said no student had a lower KL than
+    `ce` — a comparison never made."""
+    import math
+
+    from ekd.demo import QUICK, write_demo_report
+
+    rows = [
+        {"method": "ce", "run": "ce", "seed": 0, "eval/kl": math.nan, "eval/ppl": math.nan},
+        {"method": "kd", "run": "kd", "seed": 0, "eval/kl": 0.30, "eval/ppl": 20.0},
+    ]
+    write_demo_report(tmp_path, QUICK, rows, {}, "(table)", 1.0)
+    text = (tmp_path / "report.md").read_text()
+    assert "Students with lower KL to the teacher than `ce`" not in text
+    assert (
+        "`ce`'s KL to the teacher on the held-out set is not finite: no student is compared with it." in text
+    )

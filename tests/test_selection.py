@@ -669,6 +669,13 @@ def test_exp3_weight_update_matches_hand_computation():
         log_w[arm] += gamma * (reward / float(p[arm])) / 3
         assert policy.last_reward == pytest.approx(reward)
     torch.testing.assert_close(policy.probabilities(), (1 - gamma) * torch.softmax(log_w, 0) + gamma / 3)
+    # review 128, S2: a KL that is not finite after the step (a student that diverged) earned the best reward,
+    # max(-1, min(1, nan)) = 1; it is no reward, logged NaN, the weights as they were
+    before = policy.probabilities().clone()
+    policy.select(scores, valid, ctx(3))
+    policy.observe(kl_before=torch.full((4,), 1.0), kl_after=torch.full((4,), math.nan))
+    assert math.isnan(policy.last_reward)
+    torch.testing.assert_close(policy.probabilities(), before)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -664,7 +664,13 @@ def write_demo_report(
             shutil.copy(src, plots / f"reliability-{r['method']}.png")
     ce = next((r for r in first if r["method"] == "ce"), None)
     notes = []
-    if ce is not None and "eval/kl" in ce:
+    if (
+        ce is not None and "eval/kl" in ce and not math.isfinite(ce["eval/kl"])
+    ):  # review 128, R6: no comparison
+        notes.append(
+            "`ce`'s KL to the teacher on the held-out set is not finite: no student is compared with it."
+        )
+    elif ce is not None and "eval/kl" in ce:
         better = [r["method"] for r in first if r["method"] != "ce" and r.get("eval/kl", 1e9) < ce["eval/kl"]]
         notes.append(
             f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}."

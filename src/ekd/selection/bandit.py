@@ -256,6 +256,9 @@ class Exp3Budget(SelectionPolicy):
         if float(sums[2]) == 0:
             return
         mean_before, mean_after = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+        if not (math.isfinite(mean_before) and math.isfinite(mean_after)):  # max/min would make NaN the best
+            self.last_reward = math.nan  # reward (review 128, S2); the step's non-finite loss stops the run
+            return
         rel = max(-1.0, min(1.0, (mean_before - mean_after) / max(mean_before, 1e-8)))
         reward = 0.5 * (1.0 + rel)
         p = float(self.probabilities()[self.arm])
