@@ -635,6 +635,9 @@ def test_task_metric_helpers():
     assert [b[2] for b in bins].count(1) == 3 and bins[0][2] == 1  # 1/15 falls in (0, 1/15]
     assert math.isnan(tm.ece_percent(bins))  # 3 documents < 10: no estimate
     assert tm.ece_percent(tm.reliability_bins([0.9] * 10, [True] * 9 + [False], 15)) == pytest.approx(0.0)
+    # review 128, S7: a confidence that is not finite (a NaN student) was a ValueError traceback in math.ceil
+    nan_student = tm.reliability_bins([math.nan] + [0.9] * 11, [True] * 12, 15)
+    assert sum(b[2] for b in nan_student) == 0 and math.isnan(tm.ece_percent(nan_student))
     means = tm.macro_means({"a": 0.5, "b": 0.7, "shift_c": 0.1}, {"b": "shift"})
     assert means == pytest.approx({"in_distribution": 0.5, "shift": 0.4})
     assert tm.gap_closed(0.6, 0.8, 0.4) == pytest.approx(0.5)

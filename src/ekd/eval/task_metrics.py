@@ -81,10 +81,17 @@ def mc_confidences(samples: Iterable[Mapping[str, Any]]) -> tuple[list[float], l
 
 
 def reliability_bins(conf: Sequence[float], correct: Sequence[bool], n_bins: int = 15) -> list[Bin]:
-    """Equal-width bins (lo, hi] over [0, 1]: (lo, hi, count, mean confidence, accuracy); empty bins NaN."""
+    """Equal-width bins (lo, hi] over [0, 1]: (lo, hi, count, mean confidence, accuracy); empty bins NaN. A
+    confidence that is not finite (a student whose log-likelihoods are NaN) leaves every bin empty, so the ECE
+    is NaN and the diagram draws no bar, as a text set's of such a student (review 128, S7: ``math.ceil(nan)``
+    was a ValueError traceback that ended the task evaluation)."""
     counts = [0] * n_bins
     conf_sum = [0.0] * n_bins
     hits = [0] * n_bins
+    if len(conf) != len(correct):
+        raise ValueError(f"{len(conf)} confidences for {len(correct)} outcomes")
+    if not all(math.isfinite(c) for c in conf):
+        conf, correct = [], []
     for c, ok in zip(conf, correct, strict=True):
         b = min(max(math.ceil(c * n_bins) - 1, 0), n_bins - 1)  # (lo, hi]: c = k/n falls in bin k-1
         counts[b] += 1
