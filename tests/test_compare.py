@@ -2094,3 +2094,21 @@ def test_a_seed_whose_figures_are_not_finite_is_named_and_no_verdict_is_over_the
     (note,) = summary["replica_notes"]
     assert "identical metrics" not in note and " vs not finite (" in note, note
     assert any("replica" in said for said in summary["non_finite"]), summary["non_finite"]
+
+
+def test_an_online_rs_runs_ids_drawn_are_its_own_count_not_one_rebuilt_from_logged_rows(tmp_path):
+    """Try-out 129, F4: the distinct ids an online RS run drew per KD row (its teacher bytes per token) were averaged
+    over metrics.jsonl's logged rows, so log.every alone changed a run's figure (26.20 vs 26.23) and made a replica
+    difference. The run records them over every step when it finishes."""
+    from ekd.eval.compare import measured_rs_unique_ids, metric_rows
+
+    corpus = write_corpus(tmp_path / "corpus")
+    runs = {}
+    for every in (1, 3):
+        args = tiny_overrides(tmp_path, corpus, f"rs{every}", **{"train.max_steps": 5, "log.every": every})
+        assert main(["-q", "distill", *args, "method=rskd"]) == 0
+        runs[every] = tmp_path / "runs" / f"rs{every}"
+    recorded = {k: json.loads((r / "ekd-run.json").read_text())["rs_unique_ids"] for k, r in runs.items()}
+    assert recorded[1] == pytest.approx(measured_rs_unique_ids(metric_rows(runs[1])), rel=1e-12)
+    assert recorded[3] == pytest.approx(recorded[1], rel=1e-12)
+    assert read_run(runs[3]).bytes_per_token == pytest.approx(read_run(runs[1]).bytes_per_token, rel=1e-12)

@@ -68,6 +68,7 @@ MARKER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "segments": (_mappings, "a list of objects"),
     "document_boundary": (_mapping, "an object"),
     "kd_positions": (_amount, "a number ≥ 0"),
+    "rs_unique_ids": (_amount, "a number ≥ 0"),
     "valid_positions": (_amount, "a number ≥ 0"),
 }
 """ekd-run.json field → (its check, what it must be). A field not listed (a later ekd's) is read past; a listed one

@@ -147,20 +147,31 @@ class TrainResult:
     # ekd), so total_time and kd_fraction cover this segment only
 
 
+RS_COUNTS = ("rs_drawn", "rs_rows")
+"""Run totals of online RS's distinct ids drawn and the rows they were drawn for (``train/rs_unique_ids`` over
+every step; try-out 129, F4: rebuilt from the logged rows, ``log.every`` changed a run's teacher bytes per token)."""
+
+
 def run_totals(
-    earlier: dict | None, seconds: float, selected: float, valid: float, layout: dict | None = None
+    earlier: dict | None, seconds: float, counts: dict[str, float], layout: dict | None = None
 ) -> dict | None:
     """What a checkpoint records of the run so far: the earlier segments' ``earlier`` (from the checkpoint
-    resumed; None when it had none) plus this segment's seconds and KD/valid position counts, and the device
-    layout of every segment (:func:`segment_layouts`; ``layout``: this one's)."""
+    resumed; None when it had none) plus this segment's seconds and ``counts`` — KD and valid positions
+    (``selected``, ``valid``) and :data:`RS_COUNTS` —, and the device layout of every segment
+    (:func:`segment_layouts`; ``layout``: this one's). An RS count the earlier segments do not record (an older
+    ekd's checkpoint) stays unknown: None."""
     if earlier is None:
         return None  # unknown before this segment: stays unknown (a resume reports this segment only)
-    return {
+    out = {
         "seconds": float(earlier["seconds"]) + seconds,
-        "selected": float(earlier["selected"]) + selected,
-        "valid": float(earlier["valid"]) + valid,
+        "selected": float(earlier["selected"]) + counts["selected"],
+        "valid": float(earlier["valid"]) + counts["valid"],
         "layouts": segment_layouts(earlier, layout),
     }
+    for key in RS_COUNTS:
+        known = earlier.get(key)
+        out[key] = None if known is None else float(known) + counts[key]
+    return out
 
 
 def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir: str) -> T:
@@ -529,7 +540,14 @@ def _train(
 
     start_step, resumed_at = 0, None
     # the segments before this one (a new run: none), and this one's device layout
-    earlier: dict | None = {"seconds": 0.0, "selected": 0.0, "valid": 0.0, "layouts": []}
+    earlier: dict | None = {
+        "seconds": 0.0,
+        "selected": 0.0,
+        "valid": 0.0,
+        "layouts": [],
+        "rs_drawn": 0.0,
+        "rs_rows": 0.0,
+    }
     layout = {
         "ranks": ranks.world_size,
         "parallel": cfg.train.parallel,
@@ -623,9 +641,7 @@ def _train(
             # TopSmp's kept blocks: what a resume trains on whatever became of sample_selection.json
             "sample_ids": kept.tolist() if kept is not None else None,
             # time and KD positions of the run so far, for the final summary of a resumed run
-            "run_totals": run_totals(
-                earlier, time.perf_counter() - t_start, totals["selected"], totals["valid"], layout
-            ),
+            "run_totals": run_totals(earlier, time.perf_counter() - t_start, totals, layout),
         }
         keep = cfg.train.keep_checkpoints
         if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
@@ -667,7 +683,7 @@ def _train(
                 "write the starting student's figures",
             )
         student.train()
-    totals = {"selected": 0.0, "valid": 0.0}
+    totals = {"selected": 0.0, "valid": 0.0, "rs_drawn": 0.0, "rs_rows": 0.0}
     last: dict[str, float] = {}
     bar = tqdm(
         range(start_step, cfg.train.max_steps),
@@ -776,6 +792,9 @@ def _train(
         # 5. log
         totals["selected"] += sums.get("positions", 0.0)  # distinct positions given KD (the run's KD share)
         totals["valid"] += sums.get("valid", 0.0)
+        if "rs_unique" in sums:  # online RS: distinct ids drawn over the step's KD rows
+            totals["rs_drawn"] += sums["rs_unique"]
+            totals["rs_rows"] += sums.get("selected", 0.0)
         now = time.perf_counter()
         window_s, window_steps = window_s + now - t_step, window_steps + 1
         last = step_metrics(
@@ -882,7 +901,14 @@ def _train(
             # log.every skipped); none where an earlier segment's are unknown (an older ekd's checkpoint)
             **(
                 {"kd_positions": positions["selected"], "valid_positions": positions["valid"]}
-                if (positions := run_totals(earlier, 0.0, totals["selected"], totals["valid"]))
+                if (positions := run_totals(earlier, 0.0, totals))
+                else {}
+            ),
+            # online RS: the distinct ids drawn per KD row over every step (compare's bytes per token; try-out 129,
+            # F4: from the logged rows, log.every changed it)
+            **(
+                {"rs_unique_ids": positions["rs_drawn"] / positions["rs_rows"]}
+                if positions and positions["rs_drawn"] is not None and positions["rs_rows"]
                 else {}
             ),
         )
@@ -900,7 +926,7 @@ def _train(
     if last:  # the run's memory, beside its time: what the training steps needed at most on the largest rank
         where = "GPU memory allocated" if device.type == "cuda" else "host memory (peak RSS)"
         log.info("peak %s: %.2f GiB (train/peak_memory_gib)", where, last["train/peak_memory_gib"])
-    whole = run_totals(earlier, wall_time, totals["selected"], totals["valid"], layout)
+    whole = run_totals(earlier, wall_time, totals, layout)
     counts = whole or totals
     kd_fraction = counts["selected"] / counts["valid"] if counts["valid"] else 0.0
     return TrainResult(

@@ -559,7 +559,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         config,
         results,
         kd_fraction,
-        _bytes_per_token(run_dir, config, marker, kd_fraction, measured_rs_unique_ids(rows)),
+        _bytes_per_token(run_dir, config, marker, kd_fraction, _rs_unique_ids(marker, rows)),
         _tokenizer_identity(run_dir, config),
         scored_with,
         marker.get("global_micro_batch"),
@@ -751,6 +751,14 @@ def _kd_fraction(run_dir: Path, rows: list[dict[str, Any]], marker: dict[str, An
             f", {skipped} of which selected nothing" if skipped else "",
         )
     return selected / valid
+
+
+def _rs_unique_ids(marker: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """The distinct ids an online RS run drew per KD row over every step, as the run recorded it when it finished
+    (``rs_unique_ids`` in ekd-run.json); a run that records none (an older ekd's), over its logged rows
+    (:func:`measured_rs_unique_ids`; a sample of the steps under ``log.every`` > 1)."""
+    recorded = marker.get("rs_unique_ids")
+    return float(recorded) if isinstance(recorded, (int, float)) else measured_rs_unique_ids(rows)
 
 
 def measured_rs_unique_ids(rows: list[dict[str, Any]]) -> float | None:
