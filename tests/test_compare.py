@@ -2112,3 +2112,33 @@ def test_an_online_rs_runs_ids_drawn_are_its_own_count_not_one_rebuilt_from_logg
     assert recorded[1] == pytest.approx(measured_rs_unique_ids(metric_rows(runs[1])), rel=1e-12)
     assert recorded[3] == pytest.approx(recorded[1], rel=1e-12)
     assert read_run(runs[3]).bytes_per_token == pytest.approx(read_run(runs[1]).bytes_per_token, rel=1e-12)
+
+
+def test_the_frontier_claim_and_the_replica_note_count_what_is_not_known(tmp_path):
+    """Try-out 129, F1/F2: the EKD frontier claim said *reproduced* over the mean KL of two seeds when the third had
+    diverged; a replica whose KD share or bytes/token is unknown (an older ekd's run) beside one that records it read
+    "identical metrics"."""
+    from ekd.eval.claims import check_claims
+    from ekd.eval.compare.summary import summarize
+
+    def run(name, preset, seed, mean_kl, **figures):
+        r = _marked(_fake_run(tmp_path, name, preset, seed, 10.0, mean_kl), tokenizer_tokens=320)
+        if figures:
+            saved = json.loads((r / "eval.json").read_text())
+            saved["eval"] |= figures
+            (r / "eval.json").write_text(json.dumps(saved))
+        return r
+
+    ekd = [
+        run("e0", "ekd", 0, 0.1),
+        run("e1", "ekd", 1, 0.1, loss=None, ppl=None, kl=None),
+        run("e2", "ekd", 2, 0.1),
+    ]
+    kd = [run(f"k{s}", "kd", s, 0.5) for s in range(3)]
+    claims = {c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(r) for r in ekd + kd]))}
+    assert claims["EKD"].verdict == "inconclusive (not finite (`ekd` seed 1))", claims["EKD"]
+    counted = _marked(_fake_run(tmp_path, "new", "kd", 5, 10.0, 0.5), kd_positions=10.0, valid_positions=40.0)
+    older = _fake_run(tmp_path, "old", "kd", 5, 10.0, 0.5)
+    (older / "metrics.jsonl").unlink()  # an older run whose KD share is unknown
+    (note,) = summarize(group_runs([read_run(counted), read_run(older)]), [])["replica_notes"]
+    assert "identical metrics" not in note and "largest difference kd_pct 25 vs unknown" in note, note

@@ -210,10 +210,16 @@ def check_claims(groups: list[Group], eval_set: str = "eval") -> list[Claim]:
             f"KL {_mean(g['ekd'], kl):.3f}"
         )
         one_seed = " (1 seed)" if len(g["ekd"].runs) == 1 else ""
-        if (
-            on and unpriced
-        ):  # review 126, R2: a group without a bytes/token figure was left out without a word
-            verb = "reaches" if len(unpriced) == 1 else "reach"
+        # a seed that diverged is part of its method's result: no frontier over the others' mean (try-out 129, F1)
+        diverged = [f"`{grp.label}` seed {s}" for grp in groups for s in grp.not_finite(kl)]
+        # review 126, R2: a group without a bytes/token figure was left out without a word
+        verb = "reaches" if len(unpriced) == 1 else "reach"
+        if diverged:
+            verdict, reason = (
+                f"inconclusive ({NOT_FINITE} ({', '.join(diverged)}))",
+                "a KL figure is not finite",
+            )
+        elif on and unpriced:
             verdict = "inconclusive" + one_seed
             reason = (
                 f"{', '.join(unpriced)} {verb} a lower KL at an unknown bytes/token (ekd compare says why)"

@@ -133,10 +133,9 @@ def not_finite(run: RunRecord, key: str) -> bool:
 
 
 def _value(run: RunRecord, key: str) -> float | None:
-    if key == "kd_pct":
-        return 100.0 * run.kd_fraction
-    if key == "bytes_per_token":
-        return run.bytes_per_token
+    if key in ("kd_pct", "bytes_per_token"):  # NaN: unknown (an older run's, a cache gone)
+        cost = 100.0 * run.kd_fraction if key == "kd_pct" else run.bytes_per_token
+        return None if math.isnan(cost) else cost
     column, _, metric = key.rpartition("/")
     v = run.entry(column).get(metric)
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

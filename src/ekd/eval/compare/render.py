@@ -110,9 +110,10 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(
             f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "
-            "some scored position — its method's cells are means over the other seeds and name it (`n=2; seed 2 "
-            "not finite`), and every difference with it reads `not finite`: a seed that diverged is part of the "
-            "method's result, never a verdict over the others alone"
+            "some scored position — a counted seed's method cells are means over the other seeds and name it "
+            "(`n=2; seed 1 not finite`), and every difference with it reads `not finite`: a seed that diverged is "
+            "part of the method's result, never a verdict over the others alone; a replica's is its largest "
+            "difference from the run counted for its seed (below)"
             + (
                 "; a starting student's NaN figures are left out of the `(student init)` row"
                 if any("starting student" in said for said in summary["non_finite"])

@@ -90,13 +90,14 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
             a, b = _value(counted_run, key), _value(r, key)
             column, _, metric = key.rpartition("/")
             scored = bool(column) and all(metric in x.entry(column) for x in (counted_run, r))
-            if scored and not_finite(counted_run, key) != not_finite(
-                r, key
-            ):  # review 128, R4: "identical metrics"
-                a, b = (math.nan if not_finite(x, key) else _value(x, key) for x in (counted_run, r))
+            diverged = scored and not_finite(counted_run, key) != not_finite(r, key)  # review 128, R4
+            unknown = not column and (a is None) != (b is None)  # a cost one run has (try-out 129, F2)
+            if diverged or unknown:  # they read "identical metrics"
+                if diverged:
+                    a, b = (math.nan if not_finite(x, key) else _value(x, key) for x in (counted_run, r))
                 largest = {"key": key, "counted": a, "replica": b, "abs": math.inf, "relative": math.inf}
                 largest["run"] = str(r.run_dir)
-                compared += 1
+                compared += bool(column)
                 continue
             if a is None or b is None or (column and r.figure_differs(counted_run, column, metric)):
                 continue  # a figure against another teacher, ECE over other bins: no training difference
@@ -133,10 +134,10 @@ def replica_note(record: dict[str, Any]) -> str:
     if big is None or big["abs"] == 0:
         agree = "identical metrics"
     elif math.isinf(big["abs"]):  # one side's figure is not finite (its student diverged)
-        said = [
-            "not finite" if v is None or math.isnan(v) else f"{v:.10g}"
-            for v in (big["counted"], big["replica"])
-        ]
+        gone = (
+            "not finite" if "/" in big["key"] else "unknown"
+        )  # an eval figure; a cost (KD share, bytes/token)
+        said = [gone if v is None or math.isnan(v) else f"{v:.10g}" for v in (big["counted"], big["replica"])]
         agree = f"largest difference {big['key']} {said[0]} vs {said[1]} ({big['run']})"
     else:
         agree = (

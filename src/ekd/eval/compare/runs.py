@@ -735,10 +735,13 @@ def _kd_fraction(run_dir: Path, rows: list[dict[str, Any]], marker: dict[str, An
         elif count is not None:
             skipped += 1
     if not valid:
+        why = (  # try-out 129, F3: "no selection figures" for logged steps that selected nothing
+            f"the {skipped} steps its metrics.jsonl logged selected nothing"
+            if skipped
+            else "its metrics.jsonl holds no selection figures"
+        )
         log.warning(
-            "ekd compare: no KD share for %s: it records none (an older ekd's run) and its metrics.jsonl holds no "
-            "selection figures",
-            run_dir,
+            "ekd compare: no KD share for %s: it records none (an older ekd's run) and %s", run_dir, why
         )
         return math.nan
     steps = sum(1 for r in rows if "train/loss" in r)
