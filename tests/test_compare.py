@@ -1927,10 +1927,15 @@ def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_
     (b / "ekd-run.json").write_text(text[:-3])
     assert main(["compare", str(a), str(b), *out]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (
-        f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt; restore it (e.g. "
-        '{"format": "ekd-run", "version": 1, "state": "started"}), or leave the run out'
+    assert err.startswith(f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt (Unterminated string"), (
+        err
+    )
+    assert err.endswith(
+        '): fix it there, or restore it (e.g. {"format": "ekd-run", "version": 1, "state": "started"}), or leave '
+        "the run out"
     ), err
+    (b / "ekd-run.json").write_text("\ufeff" + text)  # a byte-order mark an editor wrote: read past
+    assert read_run(b).data_fingerprint == "cd" * 32
     # try-out 127, F3: a field of another type than ekd writes was a traceback, or a figure (true → 2 B/token)
     for field, value, said in [
         ("segments", "x", "its field 'segments' is a JSON string (\"x\"), not a list of objects"),
@@ -1971,8 +1976,8 @@ def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_
     assert main(["compare", str(a), *out]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"ekd: error: ekd compare: {a / 'metrics.jsonl'} line 2: 'select/positions' is a JSON string, not a number; "
-        "delete that line, or leave the run out"
+        f"ekd: error: ekd compare: {a / 'metrics.jsonl'} line 2: 'select/positions' is a JSON string (\"x\"), not a "
+        "number: write it as a number, or delete that line, or leave the run out"
     ), err
     (a / "metrics.jsonl").unlink()
     (a / "metrics.jsonl").mkdir()  # try-out 127, F5: a directory in its place was read as no rows (0% KD)
@@ -2142,3 +2147,23 @@ def test_the_frontier_claim_and_the_replica_note_count_what_is_not_known(tmp_pat
     (older / "metrics.jsonl").unlink()  # an older run whose KD share is unknown
     (note,) = summarize(group_runs([read_run(counted), read_run(older)]), [])["replica_notes"]
     assert "identical metrics" not in note and "largest difference kd_pct 25 vs unknown" in note, note
+
+
+def test_hand_edited_records_in_forms_ekd_does_not_write_are_read_and_huge_figures_stay_short(tmp_path):
+    """Try-out 129, F6/F7/F9/F10: a count written 78.0 was refused as "not a whole number"; a byte-order mark before a
+    metrics.jsonl's first row made it "line 1 is not a JSON object; delete that line" (the step-0 row); compare.csv
+    did not say which seeds were not finite; a perplexity of 7.5e+251 took 250 characters in compare.md."""
+    from ekd.eval.compare.render import markdown, to_csv
+    from ekd.eval.compare.summary import summarize
+
+    a = _marked(_fake_run(tmp_path, "a", "kd", 0, 7.5e251, 0.5), train_blocks=78.0)
+    (a / "metrics.jsonl").write_text("\ufeff" + (a / "metrics.jsonl").read_text())
+    assert read_run(a).kd_fraction == pytest.approx(0.4)
+    b = _fake_run(tmp_path, "b", "kd", 1, 10.0, 0.5)
+    saved = json.loads((b / "eval.json").read_text())
+    saved["eval"] |= {"loss": None, "ppl": None}
+    (b / "eval.json").write_text(json.dumps(saved))
+    summary = summarize(group_runs([read_run(a), read_run(b)]), [])
+    rows = list(csv.DictReader(to_csv(summary).splitlines()))
+    assert next(r for r in rows if r["metric"] == "eval/ppl")["not_finite"] == "1"
+    assert "7.5e+251 (n=1; seed 1 not finite)" in markdown(summary)

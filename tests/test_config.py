@@ -883,3 +883,11 @@ def test_a_section_written_without_a_space_after_the_colon_is_said_so(tmp_path):
         f"{path}: unknown key 'method.preset:kd'; YAML reads 'name:value' without a space as one name: write "
         "preset: kd"
     )
+
+
+def test_a_section_value_with_a_dot_written_without_a_space_is_said_so(tmp_path):
+    """Try-out 129, F11: `train: {lr:0.01}` was "did you mean 'train.lr'?" — the hint split the key inside 0.01."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr:0.01}\n")
+    with pytest.raises(ConfigError, match=re.escape("without a space as one name: write lr: 0.01")):
+        load_config(str(path), [])

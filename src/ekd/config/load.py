@@ -326,10 +326,12 @@ def _known() -> frozenset[str]:
 
 def _check_key(key: str, source: str, value: str = "…") -> None:
     if key not in _known():
-        name, colon, rest = key.rpartition(".")[2].partition(":")
+        head, colon, rest = key.partition(
+            ":"
+        )  # the first colon: a value may hold dots ({lr:0.01}; try-out 129, F11)
         spaced = (  # YAML reads {preset:kd} as a key 'preset:kd' (try-out 127, F9)
-            f"; YAML reads 'name:value' without a space as one name: write {name}: {rest}"
-            if colon and key.rsplit(":", 1)[0] in _known()
+            f"; YAML reads 'name:value' without a space as one name: write {head.rpartition('.')[2]}: {rest}"
+            if colon and head in _known()
             else ""
         )
         hint = spaced or _mapping_entry_hint(key, value) or unknown_group_hint(key, _known()) or _nearest(key)

@@ -55,7 +55,7 @@ def read_eval_json(run_dir: Path, fix: str = "fix it") -> dict[str, Any] | None:
     except ValueError as e:  # UnicodeDecodeError
         raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
     try:
-        saved = json.loads(text)
+        saved = json.loads(text.removeprefix("\ufeff"))  # a byte-order mark an editor wrote is read past
     except ValueError as e:
         raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
     if not isinstance(saved, dict):

@@ -92,7 +92,8 @@ def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") ->
         raw = path.read_bytes()
     except OSError as e:
         raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    lines = raw.decode("utf-8", errors="replace").split("\n")
+    # a byte-order mark an editor wrote is read past (try-out 129, F10: line 1, the step-0 row, was to be deleted)
+    lines = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -109,8 +110,10 @@ def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") ->
         if (key := next((k for k, v in row.items() if not _figure(v)), None)) is not None:
             from ekd.eval.eval_json import value_kind
 
+            shown = json.dumps(row[key])[:40]
             raise RunDirError(
-                f"{path} line {number}: '{key}' is a JSON {value_kind(row[key])}, not a number; {fix}"
+                f"{path} line {number}: '{key}' is a JSON {value_kind(row[key])} ({shown}), not a number: write it "
+                f"as a number, or {fix}"
             )
         rows.append(row)
     return rows

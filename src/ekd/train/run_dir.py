@@ -309,15 +309,18 @@ def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> di
     if not path.is_file():  # try-out 127, F5: a directory in its place was read as no record
         raise RunDirError(f"{path} is not a file; put the run's record back (e.g. {example}), or {otherwise}")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:  # try-out 127, F6: a file that cannot be read is no corrupt one
         raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    try:
-        marker = json.loads(text)
-        if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-            raise ValueError
-    except ValueError:  # UnicodeDecodeError is a ValueError
-        raise RunDirError(f"{path} is corrupt; restore it (e.g. {example}), or {otherwise}") from None
+    try:  # a byte-order mark an editor wrote is read past (try-out 129, F8)
+        marker = json.loads(raw.decode("utf-8-sig"))
+    except ValueError as e:  # UnicodeDecodeError is a ValueError; the parser's words say where
+        raise RunDirError(
+            f"{path} is corrupt ({str(e).splitlines()[0]}): fix it there, or restore it (e.g. {example}), or "
+            f"{otherwise}"
+        ) from None
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        raise RunDirError(f"{path} is corrupt; restore it (e.g. {example}), or {otherwise}")
     if problem := marker_problem(marker):
         raise RunDirError(f"{path} is corrupt: its {problem}; restore it, or {otherwise}")
     return marker

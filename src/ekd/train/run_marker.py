@@ -14,8 +14,9 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _count(value: Any) -> bool:  # 78.0, as a hand edit may write it, is a whole number too (try-out 129, F9)
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return whole and not isinstance(value, bool) and value >= 0
 
 
 def _positive(value: Any) -> bool:

@@ -28,8 +28,16 @@ def _pm(cell: dict[str, Any] | None, fmt: str) -> str:
         return f"— ({said})" if said else "—"
     fewer = f" (n={cell['n']}{'; ' + said if said else ''})" if cell["n"] < cell.get("of", 0) else ""
     if cell["n"] < 2 or math.isnan(cell["std"]):
-        return format(cell["mean"], fmt) + fewer
-    return f"{format(cell['mean'], fmt)} ± {format(cell['std'], fmt)}{fewer}"
+        return _number(cell["mean"], fmt) + fewer
+    return f"{_number(cell['mean'], fmt)} ± {_number(cell['std'], fmt)}{fewer}"
+
+
+def _number(value: float, fmt: str) -> str:
+    """``value`` in ``fmt``, or in 4 significant digits with an exponent where ``fmt`` would write more than a dozen
+    of them (try-out 129, F7: a perplexity of 7.5e+251 took 250 characters in a `.2f` cell)."""
+    if math.isfinite(value) and abs(value) >= 1e9:
+        return format(value, ("+" if fmt.startswith("+") else "") + ".4g")
+    return format(value, fmt)
 
 
 FORMATS = {k: m.fmt for k, m in METRIC_INFO.items()} | {"kd_pct": ".1f", "bytes_per_token": ".1f"}
@@ -158,12 +166,13 @@ def markdown(summary: dict[str, Any]) -> str:
             row: dict[str, Any] = {"method": g["method"]}
             for k, d in g["vs"][b].items():
                 if d["n"]:
-                    sign = format(d["mean"], "+" + _fmt(k))
-                    spread = "" if math.isnan(d["std"]) else f" ± {format(d['std'], _fmt(k))}"
-                    # try-out 31: a difference over 2 of 3 seeds read as one over all of them
+                    sign = _number(d["mean"], "+" + _fmt(k))
+                    spread = "" if math.isnan(d["std"]) else f" ± {_number(d['std'], _fmt(k))}"
+                    # try-out 31: a difference over 2 of 3 seeds read as one over all of them (and over 1 of 3
+                    # where the verdict does not say it: try-out 129, F6)
                     of = len(g["seeds"])
                     verdict = f"1 seed of {of}" if d["verdict"] == "1 seed" and of > 1 else d["verdict"]
-                    fewer = f"; n={d['n']} of {of}" if 1 < d["n"] < of else ""
+                    fewer = f"; n={d['n']} of {of}" if d["n"] < of and d["verdict"] != "1 seed" else ""
                     row[k] = f"{sign}{spread} ({verdict}{fewer})"
                 elif d["verdict"] in UNPAIRED or d["verdict"].startswith(NOT_FINITE):
                     row[k] = f"n/a ({d['verdict']})"
@@ -222,6 +231,7 @@ def to_csv(summary: dict[str, Any]) -> str:
     w.writerow(
         ["method", "metric", "mean", "std", "n"]
         + [f"{b}_{x}" for b in baselines for x in ("diff", "diff_std", "diff_n", "verdict")]
+        + ["not_finite"]  # the seeds whose figure is not finite, left out of the mean (try-out 129, F6)
     )
     for g in summary["groups"]:
         for key, cell in g["metrics"].items():
@@ -229,12 +239,13 @@ def to_csv(summary: dict[str, Any]) -> str:
             for b in baselines:
                 d = g["vs"].get(b, {}).get(key)
                 extra += [d["mean"], d["std"], d["n"], d["verdict"]] if d else ["", "", "", ""]
-            w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra])
+            bad = " ".join(map(str, cell.get("not_finite", [])))
+            w.writerow([g["method"], key, cell["mean"], cell["std"], cell["n"], *extra, bad])
     # no difference; a spread over seeds where they differ (few-shot; a preset student's start per seed)
     for t in [*summary.get("starts", []), *summary.get("teachers", [])]:
         for key, value in t["metrics"].items():
             std = t.get("spread", {}).get(key, {}).get("std", "")
             w.writerow(
-                [t["label"], key, value, std, t.get("n", {}).get(key, 1), *[""] * (4 * len(baselines))]
+                [t["label"], key, value, std, t.get("n", {}).get(key, 1), *[""] * (4 * len(baselines)), ""]
             )
     return buf.getvalue()

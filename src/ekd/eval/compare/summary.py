@@ -64,7 +64,7 @@ def paired_difference(group: Group, baseline: Group, key: str) -> dict[str, Any]
     if diverged:  # a seed that diverged is part of the method's result: no verdict over the others alone
         verdict = f"{NOT_FINITE} ({', '.join(diverged)})"
     elif not diffs:
-        verdict = next(iter(why_not.values()), "no shared seed")
+        verdict = next(iter(why_not.values()), "no shared seed" if b else f"no `{baseline.label}` figure")
     elif len(diffs) == 1:
         verdict = "1 seed"
     elif not abs(mean) > half:
@@ -253,6 +253,8 @@ def _unpaired(group: Group, baseline: Group, key: str, seeds: list[int]) -> dict
         name = run.entry_name(column)
         if base is None or name is None or (not base.entry(column) and name not in base.eval):
             continue  # no such seed, or a set the baseline's run did not score: nothing to pair
+        if base.entry(column) and metric not in base.entry(column):
+            continue  # a figure the baseline does not measure (a ce run's KL: try-out 129, F12, "different teachers")
         if not base.entry(column) or run.eval_set(name) != base.eval_set(name):
             out[seed] = UNPAIRED[0]  # scored another way: in another column
         elif why := run.figure_differs(base, column, metric):  # another teacher; ECE over other bins
