@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -832,9 +833,20 @@ def _train(
     if start_step < cfg.train.max_steps and saved_at[-1:] != [cfg.train.max_steps]:
         checkpoint(cfg.train.max_steps)
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
-        log.info("loading the teacher for evaluation only (training used the cache)")
-        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
-        eval_teacher = load_teacher(cfg, data, device)
+        from ekd.teacher.cache.source import teacher_changed_since
+
+        pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
+        if changed := teacher_changed_since(cfg.model.teacher, pinned):  # never another model's KL (t130 F1)
+            log.warning(
+                "the teacher is not evaluated: %s; the student's KL and agreement need the teacher its cache was "
+                "built from (`ekd eval %s` adds them once it is back)",
+                changed,
+                shlex.quote(str(run_dir)),
+            )
+        else:
+            log.info("loading the teacher for evaluation only (training used the cache)")
+            fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
+            eval_teacher = load_teacher(cfg, data, device)
     # every rank turns the student into the model <run>/student holds (LoRA merged; padded head rows suppressed
     # or trimmed; weights rounded to the export dtype), so the final evaluation scores the shipped weights
     adapter = lora is not None and cfg.model.lora_export == "adapter"

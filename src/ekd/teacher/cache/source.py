@@ -220,6 +220,30 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     return _seed_unread_by_topk(expected, found)
 
 
+def teacher_changed_since(spec: str, signature: dict) -> str:
+    """Why the teacher directory ``spec`` no longer holds the teacher a cache of ``signature`` was built from —
+    checked when a run trained from the cache loads the teacher again to evaluate it at its end (try-out 130, F1: a
+    teacher replaced while the run trained gave it another model's KL and agreement, while ekd-run.json recorded
+    the cache's); "" when it holds it, or when that cannot be told here (a hub id, a preset, an import, a cache
+    that pins no weights, a path that is no directory: the start's checks decided). The files' sizes, times and
+    inodes as the build recorded them first; their weights hashed only when those differ."""
+    revision = str(signature.get("teacher_revision", ""))
+    if (
+        not revision.startswith("safetensors-sha256:")
+        or is_preset(spec)
+        or not Path(spec).expanduser().is_dir()
+    ):
+        return ""
+    recorded = signature.get(TEACHER_FILES)
+    if recorded is not None and same_files(recorded, spec):
+        return ""
+    now = weights_revision(spec)
+    if now == revision:
+        return ""
+    held = "holds no safetensors weights" if now is None else "holds other weights"
+    return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
+
+
 def _seed_unread_by_topk(expected: dict, found: dict) -> dict:
     """``expected`` with the cache's own seed where the target is top-K: top-K targets do not depend on it."""
     if expected["target"] == "topk":
