@@ -576,7 +576,9 @@ def test_an_older_cache_run_is_sized_only_by_the_cache_it_trained_from(built, tm
     assert f"the cache at {built['cache']} cannot tell it (" in caplog.text, caplog.text
 
 
-def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(built, tmp_path, capsys, caplog, monkeypatch):
+def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(
+    built, tmp_path, capsys, caplog, monkeypatch
+):
     """Try-out 130, F1: a run trained from a cache loads the teacher again at its end to evaluate it; one replaced in
     the meantime (`ekd demo --fresh` rewrites runs/demo/teacher; a colleague retrains it) gave the run another
     model's KL and agreement, while ekd-run.json recorded the cache's teacher. Its weights are checked against the
@@ -591,15 +593,22 @@ def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(built, tm
     assert cache_source.teacher_changed_since(str(built["teacher"]), signature) == ""
     other = tmp_path / "teacher"
     shutil.copytree(built["teacher"], other)
-    assert cache_source.teacher_changed_since(str(other), signature) == ""  # a copy: its weights hashed, equal
+    assert (
+        cache_source.teacher_changed_since(str(other), signature) == ""
+    )  # a copy: its weights hashed, equal
     build_preset("llama-micro", 320, TEACHER_EOS, seed=7).save_pretrained(other)
     said = cache_source.teacher_changed_since(str(other), signature)
-    assert said == f"{other} holds other weights than the cache's teacher now (replaced while the run trained?)"
+    assert (
+        said == f"{other} holds other weights than the cache's teacher now (replaced while the run trained?)"
+    )
     # the end of a cache run: the teacher found replaced is not loaded, and the run says so
     real = cache_source.teacher_changed_since
     monkeypatch.setattr(cache_source, "teacher_changed_since", lambda spec, sig: real(str(other), sig))
     with caplog.at_level(logging.WARNING, logger="ekd"):
-        assert main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=swapped", "--overwrite"]) == 0
+        assert (
+            main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=swapped", "--overwrite"])
+            == 0
+        )
     assert "the teacher is not evaluated: " in caplog.text and "holds other weights" in caplog.text
     saved = json.loads((built["root"] / "runs" / "swapped" / "eval.json").read_text())
     assert "kl" not in saved["eval"] and "eval/teacher" not in saved, saved["eval"].keys()
