@@ -612,3 +612,31 @@ def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(
     assert "the teacher is not evaluated: " in caplog.text and "holds other weights" in caplog.text
     saved = json.loads((built["root"] / "runs" / "swapped" / "eval.json").read_text())
     assert "kl" not in saved["eval"] and "eval/teacher" not in saved, saved["eval"].keys()
+
+
+def test_a_cache_a_run_trains_from_is_not_overwritten_under_it(built, tmp_path, capsys):
+    """Try-out 130, F2: `ekd cache --overwrite` deleted the shards under a run training from the cache (a run took
+    no lock), which died at step 330 blaming a "damaged" shard, every step lost. A run holds the cache's readers'
+    lock shared while it trains; --overwrite takes it exclusively and is refused meanwhile; a run starting during a
+    rebuild is refused in one line."""
+    from ekd.teacher.cache.readers import no_readers, reading
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    before = _shards_sha256(cache)
+    with reading(cache):  # a run training from it (another process's, as flock sees a second open file)
+        assert main(["cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 2
+        line = _error_line(capsys)
+        assert line == (
+            f"ekd: error: {cache} is being read by a run training from it (another ekd process); --overwrite would "
+            "delete the shards under it: wait for it to end, or build into another teacher.cache_dir"
+        ), line
+        assert _shards_sha256(cache) == before
+        with reading(cache):  # another reader beside it: shared
+            pass
+    with no_readers(cache):  # a rebuild under way: a run starting now is told so
+        assert main([*_from_cache(built, f"teacher.cache_dir={cache}", "run.name=during")]) == 2
+        assert "is being rebuilt by another ekd process (ekd cache --overwrite)" in _error_line(capsys)
+    assert (
+        main(["-q", "cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 0
+    )  # none reads now

@@ -211,3 +211,51 @@ def holding(directory: Path, fix: str, error: type[EkdError] = EkdError) -> Iter
     holds it)."""
     with lock_directory(directory, fix, error):
         yield
+
+
+def readers_lock(directory: Path) -> Path:
+    """The file readers of ``directory`` hold a shared flock on while they read it (``.<name>.readers`` beside it,
+    or inside where :func:`directory_lock` puts its lock inside): a teacher cache a run trains from. Never removed
+    (several processes hold it at once; a removed file would let a new one be locked apart)."""
+    lock = directory_lock(directory).path
+    return lock.with_name(".ekd.readers") if lock.name == INSIDE else lock.with_suffix(".readers")
+
+
+class ReadLock:
+    """A shared (``shared=True``) or exclusive flock on ``directory``'s :func:`readers_lock`: the runs that read a
+    directory hold it shared for as long as they read; a command that would delete what they read (``ekd cache
+    --overwrite``) takes it exclusively, so that it is refused while any reads (try-out 130, F2: a rebuild
+    deleted the shards under a training run, which then died blaming a damaged shard). Not held where no lock
+    file can be made (a read-only directory no process of this user can change)."""
+
+    def __init__(self, directory: Path, shared: bool) -> None:
+        self.path, self.shared, self._file = readers_lock(directory), shared, None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> bool:
+        """Take it without waiting: False when another process holds it the other way (or, exclusive, at all)."""
+        try:
+            f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
+        except OSError:
+            return True  # nothing can be written beside it: nothing can be deleted by this user either
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the flock; the file stays for the other readers
+            self._file = None
+
+    def __enter__(self) -> ReadLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

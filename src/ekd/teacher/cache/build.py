@@ -57,6 +57,7 @@ from ekd.teacher.cache.manifest import (
     read_manifest,
 )
 from ekd.teacher.cache.reader import CacheReader
+from ekd.teacher.cache.readers import no_readers
 from ekd.teacher.cache.signature import cache_signature, check_cacheable, teacher_files, teacher_revision
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter, log_resuming
@@ -269,10 +270,11 @@ CACHE_IN_USE = "wait for it to end, or choose another teacher.cache_dir"
 
 
 @contextmanager
-def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
+def _locked_by_main(directory: Path, ranks: Ranks, overwrite: bool = False) -> Iterator[None]:
     """Hold the cache directory's lock (``ekd.locks``) for the block, taken by global rank 0 for the whole job:
     the ranks of one build share the directory, a second build (another job, or ``ekd cache import``) is refused
-    on every rank with one line."""
+    on every rank with one line; with ``overwrite``, also its readers' lock
+    (:func:`~ekd.teacher.cache.readers.no_readers`)."""
     from ekd.train.rank_work import run_on_main
 
     fix = CACHE_IN_USE
@@ -280,7 +282,13 @@ def _locked_by_main(directory: Path, ranks: Ranks) -> Iterator[None]:
         ranks, lambda: lock_directory(directory, fix, CacheError), "lock the cache", share=False
     )
     with lock if lock is not None else nullcontext():  # the other ranks hold nothing
-        yield
+        readers = (
+            run_on_main(ranks, lambda: no_readers(directory), "check the cache's readers", share=False)
+            if overwrite
+            else None
+        )
+        with readers if readers is not None else nullcontext():
+            yield
 
 
 def _prepare_data(cfg: Config, directory: Path, retrain: bool = False):
@@ -399,7 +407,7 @@ def run_build(
     with (
         removed_if_left_empty(directory),
         distributed(resolve_device(cfg.run.device), rank_settings(cfg, overwrite=overwrite)) as ranks,
-        _locked_by_main(directory, ranks),
+        _locked_by_main(directory, ranks, overwrite),
     ):
         device = ranks.device
 

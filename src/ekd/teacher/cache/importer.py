@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from ekd.teacher.cache.manifest import (
     check_cache_directory,
     check_cache_kind,
 )
+from ekd.teacher.cache.readers import no_readers
 from ekd.teacher.cache.signature import cache_signature, check_cacheable
 from ekd.teacher.cache.source import check_trains_from_cache
 from ekd.teacher.cache.writer import CacheWriter
@@ -347,7 +349,11 @@ def import_cache(
     directory = Path(cfg.teacher.cache_dir)
     check_cache_directory(directory, "--out")
     check_cache_kind(directory, imported=True, overwrite=overwrite)  # not a cache `ekd cache` built
-    with removed_if_left_empty(directory), holding(directory, IMPORT_IN_USE, CacheError):  # no other writer
+    with (
+        removed_if_left_empty(directory),
+        holding(directory, IMPORT_IN_USE, CacheError),  # no other writer
+        no_readers(directory) if overwrite else nullcontext(),  # nor a run training from it (try-out 130, F2)
+    ):
         make_dirs(directory)
         data = _prepare_data(cfg, directory)
         n_blocks = len(data.blocks["train"].input_ids)

@@ -44,6 +44,7 @@ from ekd.teacher.cache.manifest import (
 )
 from ekd.teacher.cache.mismatch import CONFIG_KEYS, PACKING, changed_settings, name_config_keys, trains_bpe
 from ekd.teacher.cache.reader import CacheReader
+from ekd.teacher.cache.readers import reading
 from ekd.teacher.cache.signature import (
     PACKING_RULE,
     TEMPLATE_FILE,
@@ -488,6 +489,7 @@ class CacheTeacher:
     def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
         directory = Path(cfg.teacher.cache_dir)
         check_cache_temperature(cfg.method, cfg.train.max_steps)
+        self._reading = reading(directory)  # held while this process trains from it: --overwrite is refused
         self.reader = CacheReader(directory)
         check_signature(
             directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
