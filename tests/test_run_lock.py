@@ -439,3 +439,24 @@ def test_a_lock_whose_pid_cannot_be_written_is_one_disk_error_and_leaves_no_file
         lock.acquire(wait=False)
     assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
     assert not lock.held and not (tmp_path / "run.lock").exists()
+
+
+def test_a_file_system_without_locks_is_one_line_naming_the_way_on(tmp_path, capsys, monkeypatch):
+    """Try-out 130, F3: on a file system without flock (Lustre without -o flock, NFSv3 without lockd) every command
+    ended in an OSError traceback (Errno 38) and left an empty lock file behind."""
+    import errno
+    import fcntl
+
+    from ekd.cli import main
+    from tiny import tiny_overrides, write_corpus
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    corpus = write_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert main(["distill", *tiny_overrides(tmp_path, corpus, "nf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ekd: error: the file system of {tmp_path / 'runs'} has no file locks ("), err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / ".nf.lock").exists()

@@ -15,6 +15,7 @@ mistake, not work to share).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator
@@ -24,14 +25,35 @@ from pathlib import Path
 from ekd.errors import EkdError
 from ekd.io import DiskError, make_dirs, writing
 
+NO_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
+"""``errno`` of ``flock`` on a file system that has no locks (Lustre mounted without ``flock``, NFSv3 without
+lockd)."""
+
 
 def _flock(f, wait: bool) -> bool:
     """Take an exclusive flock on the open file ``f``: False when another process holds one and ``wait`` is
-    False (else waits for it). Other OS errors propagate."""
+    False (else waits for it).
+
+    Raises:
+        DiskError: the file system has no locks (:data:`NO_LOCKS`; try-out 130, F3: a traceback from every
+            command), naming the directory and the way on. Other OS errors propagate.
+    """
     try:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
+    except OSError as e:
+        if e.errno not in NO_LOCKS:
+            raise
+        where = Path(f.name).parent
+        with suppress(OSError):  # the empty lock file this process made: no lock, nothing to leave
+            if Path(f.name).stat().st_size == 0:
+                Path(f.name).unlink()
+        raise DiskError(
+            f"the file system of {where} has no file locks ({e.strerror}), which ekd takes so that two jobs never "
+            "write one run, cache or token store at once: put run.output_dir, teacher.cache_dir and "
+            "data.store_dir on one that has (a local disk, Lustre mounted with -o flock, NFS with its lock daemon)"
+        ) from None
     return True
 
 
@@ -176,7 +198,7 @@ def lock_holder(path: Path) -> int | None:
     with f:  # closing it releases a flock the probe took
         try:
             free = _flock(f, wait=False)
-        except OSError:
+        except (OSError, DiskError):  # no locks there: none held
             return None
         return None if free else (FileLock(path).holder() or 0)
 
@@ -246,6 +268,9 @@ class ReadLock:
         except BlockingIOError:
             f.close()
             return False
+        except OSError:  # no file locks there: the run's and the cache's own locks said so first
+            f.close()
+            return True
         self._file = f
         return True
 
