@@ -113,7 +113,7 @@ def test_a_second_start_on_a_live_run_is_refused_and_touches_nothing(ws, capsys)
             assert f"{run.relative_to(ws)} is in use by another ekd process (pid {first.proc.pid})" in line, (
                 line
             )
-            fix = f"then rerun with {extra[0]}" if extra else "or choose another run.name"
+            fix = "then run the same command again" if extra else "or choose another run.name"
             assert f"wait for it to end, {fix}" in line, line
         assert first.proc.poll() is None  # refused while run 1 is still alive
         unchanged(before, ws)

@@ -507,8 +507,8 @@ def test_one_refused_key_is_grammatical(ws, capsys):
     "flag, fix",
     [
         ([], "wait for it to end, or choose another run.name"),
-        (["--resume"], "wait for it to end, then rerun with --resume"),
-        (["--overwrite"], "wait for it to end, then rerun with --overwrite"),
+        (["--resume"], "wait for it to end, then run the same command again"),
+        (["--overwrite"], "wait for it to end, then run the same command again"),
     ],
     ids=["start", "resume", "overwrite"],
 )

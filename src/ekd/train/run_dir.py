@@ -883,9 +883,10 @@ class RunStart:
 
     def _in_use_fix(self) -> str:
         """The way on when another process holds the run's lock: another run.name starts a new run, which is no
-        way to continue (``--resume``) or replace (``--overwrite``) this one."""
+        way to continue (``--resume``) or replace (``--overwrite``, ``ekd demo``) this one: the same command once it
+        has ended (try-out 130, F4: `ekd demo` was told to "rerun with --overwrite", a flag it does not have)."""
         if self.resume or self.overwrite:
-            return f"wait for it to end, then rerun with {'--resume' if self.resume else '--overwrite'}"
+            return "wait for it to end, then run the same command again"
         return "wait for it to end, or choose another run.name"
 
     def _move_aside(self) -> None:
