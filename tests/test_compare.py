@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -2167,3 +2168,17 @@ def test_hand_edited_records_in_forms_ekd_does_not_write_are_read_and_huge_figur
     rows = list(csv.DictReader(to_csv(summary).splitlines()))
     assert next(r for r in rows if r["metric"] == "eval/ppl")["not_finite"] == "1"
     assert "7.5e+251 (n=1; seed 1 not finite)" in markdown(summary)
+
+
+def test_a_run_whose_overwrite_was_killed_names_the_run_kept_aside(tmp_path, capsys):
+    """Try-out 130, F5: `ekd compare` of a run whose --overwrite was SIGKILLed said it "has not finished (stopped at
+    step 0 of 400)" and offered to start the new config, never the finished run kept in `.<name>.replaced`, which
+    `ekd eval RUN` puts back."""
+    done = _fake_run(tmp_path, "r", "kd", 0, 10.0, 0.5)
+    aside = tmp_path / ".r.replaced"
+    shutil.copytree(done, aside)
+    (done / "eval.json").unlink()
+    (done / "ekd-run.json").write_text(json.dumps({"format": "ekd-run", "version": 1, "state": "starting"}))
+    assert main(["compare", str(done), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"the run it replaced is kept in {aside}: `ekd eval {done}` puts it back" in err, err

@@ -601,6 +601,16 @@ def _refuse_unfinished(
             f"ekd compare: {run_dir} is training now ({who} holds it): compare it once it has finished, or leave "
             "it out"
         )
+    from ekd.train.run_dir import aside_of
+
+    if aside_of(
+        run_dir
+    ).is_dir():  # try-out 130, F5: a killed --overwrite; the finished run is kept beside it
+        raise EkdError(
+            f"ekd compare: {run_dir} is the start of an --overwrite that was killed; the run it replaced is kept in "
+            f"{aside_of(run_dir)}: `ekd eval {shlex.quote(str(run_dir))}` puts it back (then compare it), or "
+            "finish the new run with the same --overwrite command"
+        )
     steps = [int(r["step"]) for r in rows if isinstance(r.get("step"), int | float)]
     total = (config.get("train") or {}).get("max_steps")
     at = f" (stopped at step {max(steps, default=0):,} of {total:,})" if isinstance(total, int) else ""
