@@ -460,3 +460,20 @@ def test_a_file_system_without_locks_is_one_line_naming_the_way_on(tmp_path, cap
     assert err.startswith(f"ekd: error: the file system of {tmp_path / 'runs'} has no file locks ("), err
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "runs" / ".nf.lock").exists()
+
+
+def test_a_lock_held_on_another_host_names_the_host(tmp_path):
+    """Try-out 130, F7: a lock named only a pid; on a shared file system whose locks span nodes, the holder may be
+    a process of another machine that `ps` here cannot find. The lock file records the host; a refusal names it
+    where it is not this one."""
+    import socket
+
+    from ekd.locks import FileLock
+
+    lock = FileLock(tmp_path / ".r.lock")
+    assert lock.acquire(wait=False)
+    assert (tmp_path / ".r.lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
+    assert lock.holder_said() == f"another ekd process (pid {os.getpid()})"
+    (tmp_path / ".r.lock").write_text("4242 node-7\n")  # as another node's holder wrote it
+    assert lock.holder_said() == "another ekd process (pid 4242 on node-7)" and lock.holder() == 4242
+    lock.release()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -113,7 +114,9 @@ class FileLock:
             with writing(self.path.parent):
                 f.seek(0)
                 f.truncate()
-                f.write(f"{os.getpid()}\n")
+                f.write(
+                    f"{os.getpid()} {socket.gethostname()}\n"
+                )  # the host: a shared file system's other node
                 f.flush()
         except BaseException:
             with suppress(OSError):  # ours (the caller compared inodes under the lock)
@@ -145,6 +148,17 @@ class FileLock:
             return int(self.path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+
+    def holder_said(self) -> str:
+        """``"another ekd process (pid 4242)"``, with ``" on node-7"`` where the holder wrote another host than this
+        one (a shared file system whose locks span nodes: try-out 130, F7 — a pid `ps` here cannot find)."""
+        try:
+            pid, *host = self.path.read_text().split()
+            pid = str(int(pid))
+        except (OSError, ValueError):
+            return "another ekd process"
+        elsewhere = f" on {host[0]}" if host and host[0] != socket.gethostname() else ""
+        return f"another ekd process (pid {pid}{elsewhere})"
 
 
 @contextmanager
@@ -221,9 +235,7 @@ def lock_directory(directory: Path, fix: str, error: type[EkdError] = EkdError) 
     with writing(lock.path.parent):
         make_dirs(lock.path.parent)
     if not lock.acquire(wait=False):
-        pid = lock.holder()
-        who = "another ekd process" + (f" (pid {pid})" if pid is not None else "")
-        raise error(f"{directory} is in use by {who}; {fix}")
+        raise error(f"{directory} is in use by {lock.holder_said()}; {fix}")
     return lock
 
 
