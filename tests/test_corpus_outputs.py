@@ -43,3 +43,16 @@ def test_run_directories_inside_the_corpus_do_not_change_the_store_key(tmp_path:
     _distill(tmp_path, corpus, "b", **{"data.store_dir": stores, "run.output_dir": runs})
     _distill(tmp_path, corpus, "a", "--overwrite", **{"data.store_dir": stores, "run.output_dir": runs})
     assert len(_keys(stores)) == 1, _keys(stores)
+
+
+def test_ekd_lock_files_of_every_kind_are_told_from_a_users(tmp_path: Path) -> None:
+    """A lock records its holder's host beside its pid (try-out 130, F7), and a cache's readers hold an empty
+    `.<cache>.readers` (F2): both are ekd's, never documents of a corpus nor part of a store's key."""
+    from ekd.data.text_dir import is_lock_file
+
+    (tmp_path / ".r.lock").write_text("4242 node-7.cluster\n")
+    (tmp_path / ".cache.readers").write_text("")
+    (tmp_path / "yarn.lock").write_text("# yarn lockfile v1\n")
+    (tmp_path / "notes.readers").write_text("")
+    assert is_lock_file(tmp_path / ".r.lock") and is_lock_file(tmp_path / ".cache.readers")
+    assert not is_lock_file(tmp_path / "yarn.lock") and not is_lock_file(tmp_path / "notes.readers")

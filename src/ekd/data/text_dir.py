@@ -39,8 +39,10 @@ from ekd.words import counted
 
 FIRST_PATHS = 3  # paths named in the log line
 LOCK_SUFFIX = ".lock"
-LOCK_CONTENT = re.compile(rb"[0-9]*\n?")  # what ekd.locks.FileLock writes: nothing yet, or a pid line
-LOCK_MAX_BYTES = 32
+# what ekd.locks.FileLock writes: nothing yet, or a line of its pid and host (a pid alone: an older ekd's)
+LOCK_CONTENT = re.compile(rb"([0-9]+( [A-Za-z0-9._-]+)?)?\n?")
+READERS_SUFFIX = ".readers"  # ekd.locks.readers_lock: a teacher cache's readers' lock, hidden and empty
+LOCK_MAX_BYTES = 300  # a pid and a host name (at most 253 characters)
 
 
 @dataclass
@@ -177,9 +179,12 @@ def signed_files(root: Path) -> list[Path]:
 
 def is_lock_file(path: Path) -> bool:
     """Whether ``path`` is one of ekd's lock files (:mod:`ekd.locks`): named ``*.lock`` and holding nothing
-    or a pid line, the only content :class:`ekd.locks.FileLock` writes — the run lock ``.<name>.lock``, the
-    cache lock ``.<cache>.lock`` and the token store's ``<key>.lock`` alike. A user's ``*.lock`` file with
+    or a line of a pid and a host, the only content :class:`ekd.locks.FileLock` writes — the run lock
+    ``.<name>.lock``, the cache lock ``.<cache>.lock`` and the token store's ``<key>.lock`` alike —, or
+    ``.<cache>.readers``, empty (:class:`ekd.locks.ReadLock`). A user's ``*.lock`` file with
     other content (``yarn.lock``, ``Cargo.lock``) is not one."""
+    if path.name.startswith(".") and path.name.endswith(READERS_SUFFIX):  # ekd.locks.ReadLock writes nothing
+        return path.is_file() and path.stat().st_size == 0
     if not path.name.endswith(LOCK_SUFFIX):
         return False
     try:
