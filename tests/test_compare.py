@@ -1761,8 +1761,8 @@ def test_cache_runs_are_told_apart_by_what_computed_their_targets(tmp_path):
     assert [(g["method"], g["seeds"]) for g in groups] == [("rskd", [0, 1]), ("rskd#2", [2])], groups
     # try-out 122, F8: said as the arithmetic, not as an encoded model.teacher
     assert groups[1]["note"] == (
-        "`rskd#2` differs from `rskd` in teacher.cache built with='a bfloat16 teacher under bf16' "
-        "(vs 'a float32 teacher under fp32')"
+        "`rskd#2` differs from `rskd` in teacher.cache built with='a bfloat16 teacher under bf16 autocast' "
+        "(vs 'a float32 teacher in fp32')"
     ), groups[1]["note"]
 
 
@@ -2182,3 +2182,24 @@ def test_a_run_whose_overwrite_was_killed_names_the_run_kept_aside(tmp_path, cap
     assert main(["compare", str(done), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"the run it replaced is kept in {aside}: `ekd eval {done}` puts it back" in err, err
+
+
+def test_records_read_as_ekd_writes_them_and_as_a_later_ekd_may(tmp_path, monkeypatch):
+    """Review 132: a run recording 0 valid positions was read as an older ekd's (R7); a count written 78.0 is read
+    as the int ekd writes (R18); a metrics.jsonl key this ekd does not read may hold a text (a later ekd's: R14);
+    without huggingface_hub's StrictDataclassError (an older install) the boundary still reads configs (R1)."""
+    import huggingface_hub.errors
+
+    from ekd.hub import strict_field_error
+    from ekd.train.run_dir import read_marker
+
+    run = _marked(
+        _fake_run(tmp_path, "z", "kd", 0, 10.0, 0.5), kd_positions=0.0, valid_positions=0.0, ranks=2.0
+    )
+    assert math.isnan(read_run(run).kd_fraction)
+    assert read_marker(run)["ranks"] == 2 and isinstance(read_marker(run)["ranks"], int)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "later/note": "a text a later ekd logs"}) + "\n")
+    assert read_run(run).eval  # read past
+    monkeypatch.delattr(huggingface_hub.errors, "StrictDataclassError")
+    assert strict_field_error() == ()

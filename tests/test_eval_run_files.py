@@ -166,3 +166,16 @@ def test_an_eval_json_that_is_a_directory_or_cannot_be_read_is_said_for_what_it_
     assert line.endswith(f"{run / 'eval.json'} cannot be read (Permission denied); check its permissions"), (
         line
     )
+
+
+def test_a_run_path_with_braces_keeps_the_one_line(tmp_path, capsys):
+    """Review 132, R3: the refusal's text was built with str.format over the run's path: `runs/kd{lr}` was a
+    KeyError traceback in place of the line."""
+    run = _finished(tmp_path)
+    braced = run.with_name("kd{lr}")
+    run.rename(braced)
+    (braced / "eval.json").write_text("{")
+    line = one_error_line(*cli(capsys, "eval", braced)[::2])
+    assert (
+        f"{braced / 'eval.json'} is not valid JSON (" in line and "so fix it, or move the file away" in line
+    ), line

@@ -534,16 +534,19 @@ def _check_run_files(run: Path) -> None:
             f"ekd eval: {path} is not a run's config ({problem}); put back the config.yaml ekd distill wrote"
         )
     path = run / "eval.json"
-    keep = (
-        "ekd eval keeps the results it does not score, so fix {}, or move the file away to write only what "
-        f"`ekd eval {shlex.quote(str(run))}` scores"
-    )
+
+    def keep(what: str) -> str:  # never str.format over the run's path: it may hold braces
+        return (
+            f"ekd eval keeps the results it does not score, so fix {what}, or move the file away to write only "
+            f"what `ekd eval {shlex.quote(str(run))}` scores"
+        )
+
     try:  # review 126, R4: one that is not JSON was replaced by the sets scored now, the others' figures lost
-        saved = read_eval_json(run, fix=keep.format("it")) or {}
+        saved = read_eval_json(run, fix=keep("it")) or {}
     except EkdError as e:
         raise EkdError(f"ekd eval: {e}") from None
     if problem := eval_json_problem(saved):
-        raise EkdError(f"ekd eval: {path} is malformed: {problem}; {keep.format('that entry')}")
+        raise EkdError(f"ekd eval: {path} is malformed: {problem}; {keep('that entry')}")
 
 
 def cmd_list(args) -> int:

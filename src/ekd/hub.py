@@ -245,3 +245,11 @@ __all__ = [
     "hub_kwargs",
     "offline_unless_reachable",
 ]
+
+
+def strict_field_error() -> type[Exception] | tuple[()]:
+    """huggingface_hub's ``StrictDataclassError`` — what transformers ≥ 5 raises for a config field of another type —,
+    or ``()`` (an ``except`` clause that catches nothing) with a huggingface_hub that predates strict dataclasses."""
+    import huggingface_hub.errors
+
+    return getattr(huggingface_hub.errors, "StrictDataclassError", ())

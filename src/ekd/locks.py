@@ -47,9 +47,6 @@ def _flock(f, wait: bool) -> bool:
         if e.errno not in NO_LOCKS:
             raise
         where = Path(f.name).parent
-        with suppress(OSError):  # the empty lock file this process made: no lock, nothing to leave
-            if Path(f.name).stat().st_size == 0:
-                Path(f.name).unlink()
         raise DiskError(
             f"the file system of {where} has no file locks ({e.strerror}), which ekd takes so that two jobs never "
             "write one run, cache or token store at once: put run.output_dir, teacher.cache_dir and "
@@ -89,7 +86,14 @@ class FileLock:
                         f"cannot create the lock file {self.path} ({e.strerror}); choose another directory"
                     ) from None
             try:
-                if not _flock(f, wait):
+                try:
+                    free = _flock(f, wait)
+                except DiskError:  # no file locks there: the empty file this process made is not left behind
+                    with suppress(OSError):
+                        if os.fstat(f.fileno()).st_size == 0:
+                            self.path.unlink()
+                    raise
+                if not free:
                     f.close()
                     return False
                 with suppress(FileNotFoundError):

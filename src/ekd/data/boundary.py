@@ -85,7 +85,9 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
     Reads the small JSON configs only (no weights). Raises ConfigError naming ``key`` (the config key that
     names the model, e.g. ``model.student``) when the model cannot be found or neither config can be read.
     """
-    from huggingface_hub.errors import StrictDataclassError
+    from ekd.hub import strict_field_error
+
+    StrictDataclassError = strict_field_error()  # noqa: N806 (an exception class, or () before it existed)
     from transformers import AutoConfig, GenerationConfig
 
     from ekd.models.load import generation_config_problem
@@ -116,7 +118,7 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
 
         # a cause the loader knows (an architecture this transformers lacks) has its own fix (try-out 42)
         fix = loader_hint(e).removeprefix("; ") if not isinstance(e, OSError) else ""
-        if isinstance(e, StrictDataclassError):
+        if StrictDataclassError and isinstance(e, StrictDataclassError):
             fix = "fix that field of its config.json, or set data.separator=eos"
         raise ConfigError(
             f"{key}: cannot read the config of '{spec}' ({first_line(e)}), which data.separator=auto reads for the "

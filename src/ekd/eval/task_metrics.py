@@ -88,8 +88,6 @@ def reliability_bins(conf: Sequence[float], correct: Sequence[bool], n_bins: int
     counts = [0] * n_bins
     conf_sum = [0.0] * n_bins
     hits = [0] * n_bins
-    if len(conf) != len(correct):
-        raise ValueError(f"{len(conf)} confidences for {len(correct)} outcomes")
     if not all(math.isfinite(c) for c in conf):
         conf, correct = [], []
     for c, ok in zip(conf, correct, strict=True):
@@ -258,13 +256,13 @@ alone: a multiple-choice or log-likelihood task's score is the same under any va
 raised for GSM8K made ARC's results another way, scored again and split into another column)."""
 
 GROUP_GENERATES = "group_generates"
+"""The key of a task result recording whether the group it was requested in (a ``group:`` YAML, or the task
+alone) holds a generation task: lm-eval renders every leaf of such a group through the chat template
+(``eval.tasks_chat_template``), a multiple-choice one too (try-out 120, F5)."""
 UNRECORDED_GROUP = "group_generates_unrecorded"
 """The key :func:`task_ways` sets on the way of a non-generating task beside generating ones whose result records no
 :data:`GROUP_GENERATES` (an older ekd's; its way keeps the chat template): no part of the way (``ekd compare`` leaves
 it out), it names the runs to evaluate again."""
-"""The key of a task result recording whether the group it was requested in (a ``group:`` YAML, or the task
-alone) holds a generation task: lm-eval renders every leaf of such a group through the chat template
-(``eval.tasks_chat_template``), a multiple-choice one too (try-out 120, F5)."""
 
 SETTINGS_NOT_A_WAY = ("tasks", "seed")
 """``tasks.settings`` keys that do not make another way of scoring a task: the list of tasks scored with it, and

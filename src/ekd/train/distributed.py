@@ -373,12 +373,16 @@ def routes_tokens(student: nn.Module) -> bool:
     from ekd.models.text_config import text_config
 
     config = getattr(student, "config", None)
-    configs = [config, text_config(config), getattr(text_config(config), "ffn_config", None)]
+    text = text_config(config)
+    configs = [config, text, getattr(text, "ffn_config", None)]
     if any(
         isinstance(getattr(c, k, None), int) and getattr(c, k) > 1 for c in configs for k in EXPERT_COUNTS
     ):
         return True
-    return any(re.search(r"moe|experts", type(m).__name__, re.IGNORECASE) for m in student.modules())
+    # a class named for experts: ...SparseMoeBlock, ...MoE, ...Experts (not "moe" inside another word)
+    return any(
+        re.search(r"(Moe|MoE|Experts)(Block|Layer|Module)?$", type(m).__name__) for m in student.modules()
+    )
 
 
 def _sum_hook(state, bucket):  # no annotations: DDP checks them as objects, and this file's are strings

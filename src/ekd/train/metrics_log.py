@@ -80,7 +80,7 @@ class MetricsLog:
             self.wandb.close()
 
 
-def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") -> list[dict]:
+def _parse(path: Path, fix: str = "fix or delete that line, and rerun") -> list[dict]:
     """Rows of a metrics.jsonl; a torn last line is dropped with a warning; ``fix``: the way out a refusal names.
 
     Raises:
@@ -107,7 +107,9 @@ def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") ->
                 log.warning("%s: dropping a torn last line (%s)", path, counted(len(line), "byte"))
                 break
             raise RunDirError(f"{path} line {number} is not a JSON object; {fix}") from None
-        if (key := next((k for k, v in row.items() if not _figure(v)), None)) is not None:
+        if (
+            key := next((k for k, v in row.items() if k.startswith(READ_KEYS) and not _figure(v)), None)
+        ) is not None:
             from ekd.eval.eval_json import value_kind
 
             shown = json.dumps(row[key])[:40]
@@ -119,12 +121,17 @@ def _parse(path: Path, fix: str = "delete that line (or the file) and rerun") ->
     return rows
 
 
+READ_KEYS = ("step", "train/", "select/", "eval/")
+"""The metrics.jsonl keys this ekd reads (and writes): checked to hold numbers; a later ekd's other keys are read
+past, as ekd-run.json's unknown fields are."""
+
+
 def _figure(value: object) -> bool:
     """A value a metrics row may hold: a number, or null (a figure not finite, or not measured)."""
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def read_metrics(run_dir: Path, fix: str = "delete that line (or the file) and rerun") -> list[dict]:
+def read_metrics(run_dir: Path, fix: str = "fix or delete that line, and rerun") -> list[dict]:
     """The rows of ``run_dir/metrics.jsonl`` ([] if there is none; :func:`_parse`).
 
     Raises:

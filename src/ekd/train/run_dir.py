@@ -1048,11 +1048,11 @@ class RunStart:
         Raises:
             RunDirError: ``--resume`` with a cache whose targets another teacher or arithmetic computed.
         """
-        from ekd.teacher.cache.manifest import computed_with
+        from ekd.teacher.cache.manifest import cache_teacher_parts, computed_with
 
         saved = (read_marker(self.run_dir) or {}).get("cache_teacher")
         if pinned is not None and saved is not None and not self.fresh and saved != pinned:
-            now, then = pinned.split("|"), saved.split("|")
+            now, then = cache_teacher_parts(pinned), cache_teacher_parts(saved)
             other = ", another teacher" if now[0] != then[0] else ""
             way = "name the run's cache or a copy of it"
             own = (saved_config(self.run_dir) or {}).get("teacher", {}).get("cache_dir")

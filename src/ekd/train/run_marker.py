@@ -78,11 +78,15 @@ may be absent (an older ekd's record) or null (not known), never of another type
 
 def marker_problem(marker: dict[str, Any]) -> str:
     """``"field 'segments' is a JSON string ("x"), not a list of objects"`` for the first field of ``marker`` that is
-    not what ekd writes; "" when every field is."""
+    not what ekd writes; "" when every field is. A count written as a whole float (``78.0``) is made the int ekd
+    writes, in ``marker``."""
     from ekd.eval.eval_json import value_kind
 
     for key, (ok, what) in MARKER_FIELDS.items():
         value = marker.get(key)
+        if ok in (_count, _positive) and isinstance(value, float) and value.is_integer() and value >= 0:
+            marker[key] = int(value)  # 78.0 as a hand edit wrote it: read as the count ekd writes
+            continue
         if value is not None and not ok(value):
             shown = json.dumps(value, default=str)
             shown = shown if len(shown) <= 40 else shown[:39] + "…"

@@ -34,6 +34,7 @@ from ekd.eval.saved_files import config_problem, eval_json_problem
 from ekd.eval.task_metrics import UNRECORDED_GROUP, task_sets, task_starts, task_ways
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, ran_in
+from ekd.teacher.cache.manifest import cache_teacher_parts, computed_with
 from ekd.train.run_dir import changes_training, read_marker
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,12 @@ class RunRecord:
         ):
             # the cache by what it holds: a copy elsewhere (a node's disk), or each seed's own RS cache, is the same
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
-            teacher, dtype, autocast = (self.cache_teacher.split("|") + ["?", "?"])[:3]
+            teacher, dtype, autocast = cache_teacher_parts(self.cache_teacher)
             short = teacher.rpartition(":")[2][:16] if ":" in teacher else teacher
             cfg["model"] = {**cfg.get("model", {}), "teacher": f"weights {short}"}
             cfg.get("teacher", {}).pop("cache_dir", None)
             # said as such in a note, not as an encoded teacher (try-out 122, F8)
-            cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = f"a {dtype} teacher under {autocast}"
+            cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = computed_with(dtype, autocast)
         # the arithmetic as it ran: 'auto' is fp32 and a float32 teacher on a CPU (try-out 120, F1)
         if self.arithmetic_by_record:
             for key, value in self.ran_as.items():
@@ -730,8 +731,9 @@ def _kd_fraction(run_dir: Path, rows: list[dict[str, Any]], marker: dict[str, An
     of the steps under ``log.every`` > 1, without the steps that selected nothing (review 128, R1: 21.3% for a run
     that gave 2.6% of its positions KD) —, said in a line when that can differ; 0 for a run without a KD term;
     NaN, said, for one that logged no selection at all."""
-    if isinstance(marker.get("kd_positions"), (int, float)) and marker.get("valid_positions"):
-        return float(marker["kd_positions"]) / float(marker["valid_positions"])
+    if isinstance(marker.get("kd_positions"), (int, float)) and "valid_positions" in marker:
+        valid = float(marker["valid_positions"])
+        return float(marker["kd_positions"]) / valid if valid else math.nan  # no valid position: no share
     method = config.get("method") or {}
     if not method.get("kd_weight", 1.0) or method.get("preset") == "ce":
         return 0.0

@@ -197,6 +197,12 @@ def computed_with(teacher_dtype: object, autocast: object) -> str:
     )
 
 
+def cache_teacher_parts(pinned: str) -> tuple[str, str, str]:
+    """(teacher, dtype, autocast) of a :func:`cache_teacher` string ('?' where a part is missing)."""
+    teacher, dtype, autocast = (pinned.split("|") + ["?", "?"])[:3]
+    return teacher, dtype, autocast
+
+
 def cache_teacher(signature: dict) -> str | None:
     """What the targets of the cache of ``signature`` were computed by: its teacher as the signature pins it — the
     sha256 of its weights (a local directory, a preset: ``teacher_revision``), else its id at its hub revision —
