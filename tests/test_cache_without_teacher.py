@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from ekd.cli import main
 from ekd.teacher.cache.kept_teacher import KEPT_DIR, KEPT_RECORD, keep_teacher_files, kept_teacher_dir
@@ -640,3 +641,25 @@ def test_a_cache_a_run_trains_from_is_not_overwritten_under_it(built, tmp_path, 
     assert (
         main(["-q", "cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 0
     )  # none reads now
+
+
+def test_the_readers_lock_is_given_back_by_a_refused_open_and_by_close(built):
+    """Review 132, R5: the readers' lock lived as long as the CacheTeacher object — a refused open whose traceback
+    is kept (a notebook, pytest) or a driver that trains then rebuilds in one process refused its own rebuild."""
+    from ekd.config import load_config
+    from ekd.teacher.cache import CacheError, CacheTeacher
+    from ekd.teacher.cache.readers import no_readers
+    from ekd.train.prepare import prepare_data
+
+    cfg = load_config(built["cfg"], ["teacher.source=cache"])
+    data = prepare_data(cfg, built["root"] / "runs" / "ref")
+    teacher = CacheTeacher(cfg, data, torch.device("cpu"))
+    teacher.close()
+    with no_readers(built["cache"]):
+        pass
+    other = load_config(built["cfg"], ["teacher.source=cache", "method.rs_samples=7"])
+    with pytest.raises(CacheError) as refused:  # the traceback (and the half-made object) kept alive
+        CacheTeacher(other, data, torch.device("cpu"))
+    assert refused.value is not None
+    with no_readers(built["cache"]):
+        pass

@@ -832,6 +832,10 @@ def _train(
     # started from it (try-out 39: a --resume finishing the export rewrote it)
     if start_step < cfg.train.max_steps and saved_at[-1:] != [cfg.train.max_steps]:
         checkpoint(cfg.train.max_steps)
+    if teacher is not None and hasattr(
+        teacher, "close"
+    ):  # a cache: read no more (its readers' lock given back)
+        teacher.close()
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
         from ekd.teacher.cache.source import teacher_changed_since
 

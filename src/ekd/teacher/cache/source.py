@@ -489,11 +489,17 @@ class CacheTeacher:
     def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
         directory = Path(cfg.teacher.cache_dir)
         check_cache_temperature(cfg.method, cfg.train.max_steps)
-        self._reading = reading(directory)  # held while this process trains from it: --overwrite is refused
-        self.reader = CacheReader(directory)
-        check_signature(
-            directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
-        )
+        self._reading = reading(
+            directory
+        )  # held until close(): an --overwrite of the cache is refused meanwhile
+        try:  # taken before the check, so that what is checked is what is read; given back if refused
+            self.reader = CacheReader(directory)
+            check_signature(
+                directory, training_signature(cfg, data, self.reader.signature), self.reader.signature
+            )
+        except BaseException:
+            self._reading.release()
+            raise
         if note := candidates_note(self.reader.signature, cfg.method):
             log.info("%s", note)
         if note := build_keys_note(cfg.teacher, self.reader):
@@ -503,6 +509,10 @@ class CacheTeacher:
             OrderedDict()
         )
         self._memo_size = memo_batches
+
+    def close(self) -> None:
+        """Give back the cache's readers' lock (:mod:`ekd.teacher.cache.readers`): this process reads no more."""
+        self._reading.release()
 
     def _read(self, batch) -> tuple[dict[str, Tensor], Tensor, SparseTarget]:
         """(stats {(B, T)}, cached (B, T) bool, SparseTarget in flat order of cached), on ``device``."""
