@@ -205,6 +205,12 @@ def holder_of(directory: Path) -> int | None:
     return lock_holder(directory_lock(directory).path)
 
 
+def holder_said(directory: Path) -> str:
+    """``"another ekd process (pid 4242 on node-7)"``: who holds ``directory``'s lock, as every refusal and hint
+    names it (:meth:`FileLock.holder_said`; review 132, R4: four places named a pid without its host)."""
+    return directory_lock(directory).holder_said()
+
+
 def lock_holder(path: Path) -> int | None:
     """The pid of the live process holding the lock file ``path`` (0 if it wrote none yet), or None when no
     process holds it (or there is no such file). Only reads: no lock file is created, none is taken for longer

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ekd.errors import EkdError
-from ekd.locks import holder_of
+from ekd.locks import holder_of, holder_said
 from ekd.models.adapter_dir import is_adapter_dir
 from ekd.train.checkpoint_dirs import latest_checkpoint
 from ekd.train.run_dir import aside_of, is_ekd_run, override_arg, read_marker
@@ -119,7 +119,7 @@ def _not_a_run_hint(path: Path) -> str:
             training = (read_marker(run) or {}).get("state") in ("starting", "started")
         except EkdError:
             training = False
-        who = "another ekd process" + (f" (pid {pid})" if pid else "")
+        who = holder_said(run)
         doing = "is training it" if training else "is using it (training or evaluating it)"
         given = shlex.quote(str(path) if run == resolved else _as_given(run, Path(path)))
         where = "" if run == resolved else f"it lies inside the run {given}, and "

@@ -590,16 +590,15 @@ def _refuse_unfinished(
     """
     import os
 
-    from ekd.locks import holder_of
+    from ekd.locks import holder_of, holder_said
     from ekd.train.run_state import way_to_finish
 
     if marker.get("state") not in ("starting", "started"):
         return
     pid = holder_of(run_dir.resolve())
     if pid not in (None, os.getpid()):
-        who = "another ekd process" + (f" (pid {pid})" if pid else "")
         raise EkdError(
-            f"ekd compare: {run_dir} is training now ({who} holds it): compare it once it has finished, or leave "
+            f"ekd compare: {run_dir} is training now ({holder_said(run_dir.resolve())} holds it): compare it once it has finished, or leave "
             "it out"
         )
     from ekd.train.run_dir import aside_of

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ekd.locks import holder_of
+from ekd.locks import holder_of, holder_said
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import (
     FORMAT_NAME,
@@ -107,8 +107,7 @@ def _being_built(directory: Path) -> str:
     pid = holder_of(directory)
     if pid is None:
         return ""
-    who = f" (pid {pid})" if pid else ""
-    return f"another ekd process{who} is building it now; wait for it to finish"
+    return f"{holder_said(directory)} is building it now; wait for it to finish"
 
 
 class CacheReader:
