@@ -205,10 +205,12 @@ def holder_of(directory: Path) -> int | None:
     return lock_holder(directory_lock(directory).path)
 
 
-def holder_said(directory: Path) -> str:
+def holder_said(directory: Path, pid: int | None = None) -> str:
     """``"another ekd process (pid 4242 on node-7)"``: who holds ``directory``'s lock, as every refusal and hint
-    names it (:meth:`FileLock.holder_said`; review 132, R4: four places named a pid without its host)."""
-    return directory_lock(directory).holder_said()
+    names it (:meth:`FileLock.holder_said`; review 132, R4: four places named a pid without its host); ``pid``: the
+    holder's, as a probe found it, where the file no longer says (it was released meanwhile)."""
+    said = directory_lock(directory).holder_said()
+    return f"{said} (pid {pid})" if pid and "(" not in said else said
 
 
 def lock_holder(path: Path) -> int | None:

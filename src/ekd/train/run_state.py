@@ -119,7 +119,7 @@ def _not_a_run_hint(path: Path) -> str:
             training = (read_marker(run) or {}).get("state") in ("starting", "started")
         except EkdError:
             training = False
-        who = holder_said(run)
+        who = holder_said(run, pid)
         doing = "is training it" if training else "is using it (training or evaluating it)"
         given = shlex.quote(str(path) if run == resolved else _as_given(run, Path(path)))
         where = "" if run == resolved else f"it lies inside the run {given}, and "

@@ -598,7 +598,7 @@ def _refuse_unfinished(
     pid = holder_of(run_dir.resolve())
     if pid not in (None, os.getpid()):
         raise EkdError(
-            f"ekd compare: {run_dir} is training now ({holder_said(run_dir.resolve())} holds it): compare it once it has finished, or leave "
+            f"ekd compare: {run_dir} is training now ({holder_said(run_dir.resolve(), pid)} holds it): compare it once it has finished, or leave "
             "it out"
         )
     from ekd.train.run_dir import aside_of

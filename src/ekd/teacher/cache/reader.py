@@ -107,7 +107,7 @@ def _being_built(directory: Path) -> str:
     pid = holder_of(directory)
     if pid is None:
         return ""
-    return f"{holder_said(directory)} is building it now; wait for it to finish"
+    return f"{holder_said(directory, pid)} is building it now; wait for it to finish"
 
 
 class CacheReader:
