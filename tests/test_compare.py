@@ -2203,3 +2203,27 @@ def test_records_read_as_ekd_writes_them_and_as_a_later_ekd_may(tmp_path, monkey
     assert read_run(run).eval  # read past
     monkeypatch.delattr(huggingface_hub.errors, "StrictDataclassError")
     assert strict_field_error() == ()
+
+
+def test_a_kl_not_finite_beside_a_finite_loss_and_a_cost_some_seeds_lack_are_said(tmp_path):
+    """Review 132, R8: a KL or agreement that is NaN while the student's loss is finite (a teacher whose logits were
+    not finite) left the mean the old way, unnamed; a group with one seed's bytes/token unknown (its cache gone) was
+    priced by the others and placed on the frontier."""
+    from ekd.eval.claims import check_claims
+
+    kd = _marked(_fake_run(tmp_path, "k0", "kd", 0, 10.0, 0.5), tokenizer_tokens=320)
+    saved = json.loads((kd / "eval.json").read_text())
+    saved["eval"] |= {"kl": None, "agree": None}
+    (kd / "eval.json").write_text(json.dumps(saved))
+    assert group_runs([read_run(kd)])[0].not_finite("eval/kl") == [0]
+    ekd = [_marked(_fake_run(tmp_path, f"e{s}", "ekd", s, 10.0, 0.1), tokenizer_tokens=320) for s in range(2)]
+    priced = [
+        _marked(_fake_run(tmp_path, f"r{s}", "rkl", s, 10.0, 0.05), tokenizer_tokens=320) for s in range(2)
+    ]
+    (priced[1] / "ekd-run.json").write_text(
+        json.dumps({"format": "ekd-run", "version": 1, "state": "finished"})
+    )
+    (priced[1] / "metrics.jsonl").unlink()  # this seed's cost unknown: the method's too
+    claims = {c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(r) for r in ekd + priced]))}
+    assert claims["EKD"].verdict == "inconclusive", claims["EKD"]
+    assert "rkl reaches a lower KL at an unknown bytes/token" in claims["EKD"].reason

@@ -110,6 +110,9 @@ class Group:
 
 PPL_LOSS = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
 """A perplexity figure → the mean loss it is ``exp`` of."""
+MAY_BE_NAN = ("loss_no_boundary", "ppl_no_boundary")
+"""Figures a finite student legitimately has none of (a set whose every target ends a document), besides the
+per-bucket ``@H<i>`` ones (a bucket without tokens)."""
 
 
 def not_finite(run: RunRecord, key: str) -> bool:
@@ -127,6 +130,8 @@ def not_finite(run: RunRecord, key: str) -> bool:
     if isinstance(loss, float) and math.isnan(loss):
         return True
     nan = isinstance(value, float) and math.isnan(value)
+    if nan and metric not in MAY_BE_NAN and "@" not in metric:  # a KL or agreement against a teacher whose
+        return True  # logits were not finite (review 132, R8), a ppl whose exp overflowed
     return (nan and isinstance(own, (int, float)) and math.isfinite(own)) or (
         isinstance(value, float) and math.isinf(value)
     )
