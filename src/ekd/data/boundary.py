@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ekd.errors import ConfigError, first_line
 from ekd.hub import hub_kwargs
-from ekd.models.text_config import text_config
+from ekd.models.text_config import text_config, token_ids_or_none
 
 if (
     TYPE_CHECKING
@@ -125,8 +125,7 @@ def read_model_eos(spec: str, revision: str = "", trust_remote_code: bool = Fals
             f"end-of-document id; {fix or 'fix the path or set data.separator=eos'}"
         ) from None
     eos = getattr(text_config(config), "eos_token_id", None)
-    ids = eos if isinstance(eos, list) else [eos]
-    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    if not token_ids_or_none(eos):
         raise ConfigError(  # try-out 127, F8: a ValueError traceback in end_of_document_id
             f"{key}: '{spec}': config.json's eos_token_id is {eos!r}, not a token id or a list of them, which "
             "data.separator=auto reads for the end-of-document id; fix it, or set data.separator=eos"

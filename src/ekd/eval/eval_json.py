@@ -416,7 +416,8 @@ def malformed(saved: Any) -> str | None:
     return None
 
 
-_PPL_OF = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
+PPL_OF = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
+"""A perplexity figure → the mean loss (nats per token) it is ``exp`` of."""
 
 
 _RANGES = {"acc": (0.0, 1.0), "agree": (0.0, 1.0), "ece": (0.0, 100.0), "kl": (-1e-3, math.inf)}
@@ -439,7 +440,7 @@ def _disagreement(entry: dict[str, Any]) -> str | None:
     def agree(value: float, figure: float, rel: float) -> bool:
         return math.isfinite(value) and math.isclose(value, figure, rel_tol=rel)
 
-    for ppl_key, loss_key in _PPL_OF.items():
+    for ppl_key, loss_key in PPL_OF.items():
         ppl, loss = raw(ppl_key), raw(loss_key)
         if ppl is None or loss is None or not math.isfinite(loss) or loss > 700:  # exp overflows past ~709
             continue

@@ -28,7 +28,7 @@ from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
 from ekd.models.head_transform import logit_transform, model_type, transform_settings
 from ekd.models.presets import architectures, require_preset
-from ekd.models.text_config import text_config
+from ekd.models.text_config import text_config, token_ids_or_none
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -450,8 +450,7 @@ def generation_config_problem(spec: str) -> str:
     if not isinstance(saved, dict):
         return f"{SKIPPED_WHEN_BROKEN} is not a JSON object"
     eos = saved.get("eos_token_id")
-    ids = eos if isinstance(eos, list) else [eos]
-    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    if not token_ids_or_none(eos):
         return f"{SKIPPED_WHEN_BROKEN}'s eos_token_id is {json.dumps(eos)[:40]}, not a token id or a list of them"
     return ""
 

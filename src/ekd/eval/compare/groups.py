@@ -20,7 +20,7 @@ from ekd.eval.compare.runs import (
     most_common,
     setting_said,
 )
-from ekd.eval.eval_json import BLOCKS_KEY
+from ekd.eval.eval_json import BLOCKS_KEY, PPL_OF
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable
 from ekd.models.load import is_preset
@@ -108,8 +108,6 @@ class Group:
         return next(r for r in self.runs if r.seed == seed)
 
 
-PPL_LOSS = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
-"""A perplexity figure → the mean loss it is ``exp`` of."""
 MAY_BE_NAN = ("loss_no_boundary", "ppl_no_boundary")
 """Figures a finite student legitimately has none of (a set whose every target ends a document), besides the
 per-bucket ``@H<i>`` ones (a bucket without tokens)."""
@@ -126,7 +124,7 @@ def not_finite(run: RunRecord, key: str) -> bool:
     entry = run.entry(column)
     if metric not in entry:
         return False
-    loss, value, own = entry.get("loss"), entry.get(metric), entry.get(PPL_LOSS.get(metric, ""))
+    loss, value, own = entry.get("loss"), entry.get(metric), entry.get(PPL_OF.get(metric, ""))
     if isinstance(loss, float) and math.isnan(loss):
         return True
     nan = isinstance(value, float) and math.isnan(value)
