@@ -184,9 +184,9 @@ def base_changed(recorded: dict, spec: str) -> bool:
     """Whether the base at ``spec`` is not the one :func:`base_identity` recorded: its files' sizes and times
     first (a ``stat`` each: a file written in place has a new ctime, whatever its mtime), their sha256 only when
     those differ (a base copied elsewhere is the same base)."""
-    from ekd.teacher.cache.signature import same_files, weights_revision
+    from ekd.teacher.cache.signature import weights_changed
 
-    return not same_files(recorded.get("files"), spec) and weights_revision(spec) != recorded.get("revision")
+    return weights_changed(recorded.get("files"), recorded.get("revision"), spec)
 
 
 def load_exported_student(

@@ -134,6 +134,13 @@ def weights_revision(spec: str) -> str | None:
     return f"safetensors-sha256:{files_sha256(files)}" if files else None
 
 
+def weights_changed(files: dict | None, revision: str | None, spec: str) -> bool:
+    """Whether the safetensors weights at ``spec`` are not those recorded as ``files`` (:func:`teacher_files`) and
+    ``revision`` (:func:`weights_revision`): the files' sizes, times and inodes first (a ``stat`` each), their
+    sha256 only when those differ (a copy elsewhere, or rewritten in place with the same bytes, is the same)."""
+    return not (files is not None and same_files(files, spec)) and weights_revision(spec) != revision
+
+
 def teacher_files(spec: str) -> dict[str, list[int]] | None:
     """{file name: [size in bytes, mtime in ns, ctime in ns, inode]} of a local teacher directory's safetensors
     files; None for anything else. Recorded by ``ekd cache`` beside the weights' hash (signature key

@@ -54,6 +54,7 @@ from ekd.teacher.cache.signature import (
     same_files,
     target_settings,
     teacher_files,
+    weights_changed,
     weights_revision,
 )
 from ekd.teacher.signal import TeacherSignal
@@ -235,13 +236,9 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
         or not Path(spec).expanduser().is_dir()
     ):
         return ""
-    recorded = signature.get(TEACHER_FILES)
-    if recorded is not None and same_files(recorded, spec):
+    if not weights_changed(signature.get(TEACHER_FILES), revision, spec):
         return ""
-    now = weights_revision(spec)
-    if now == revision:
-        return ""
-    held = "holds no safetensors weights" if now is None else "holds other weights"
+    held = "holds no safetensors weights" if weights_revision(spec) is None else "holds other weights"
     return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
 
 
