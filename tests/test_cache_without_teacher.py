@@ -637,7 +637,10 @@ def test_a_cache_a_run_trains_from_is_not_overwritten_under_it(built, tmp_path, 
             pass
     with no_readers(cache):  # a rebuild under way: a run starting now is told so
         assert main([*_from_cache(built, f"teacher.cache_dir={cache}", "run.name=during")]) == 2
-        assert "is being rebuilt by another ekd process (ekd cache --overwrite)" in _error_line(capsys)
+        assert (
+            "is being rebuilt by another ekd process (ekd cache or ekd cache import, --overwrite)"
+            in _error_line(capsys)
+        )
     assert (
         main(["-q", "cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 0
     )  # none reads now
@@ -663,3 +666,64 @@ def test_the_readers_lock_is_given_back_by_a_refused_open_and_by_close(built):
     assert refused.value is not None
     with no_readers(built["cache"]):
         pass
+
+
+def test_a_reader_who_cannot_write_beside_the_cache_still_holds_its_lock(built, tmp_path, monkeypatch):
+    """Try-out 131, F2: a reader that could not open `.<cache>.readers` for writing (another user's cache on a shared
+    file system) took no lock, and the owner's --overwrite deleted the shards under it. A shared flock needs only
+    to read the file, which the build makes."""
+    import builtins
+
+    from ekd.locks import readers_lock
+    from ekd.teacher.cache.readers import no_readers, reading
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    with no_readers(cache):  # the owner's command made the file
+        pass
+    assert readers_lock(cache).is_file()
+    real = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):  # as another user who may only read it
+        if Path(file) == readers_lock(cache) and mode != "r":
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", read_only)
+        lock = reading(cache)
+    assert lock.held
+    with pytest.raises(Exception, match="is being read by a run training from it"):
+        no_readers(cache)
+    lock.release()
+
+
+def test_ekd_eval_of_a_cache_run_refuses_a_teacher_that_is_not_the_caches(built, tmp_path, capsys):
+    """Try-out 131, F1: `ekd eval RUN` of a cache run, told to add the teacher's figures "once it is back", wrote
+    another model's KL (5.705 for 0.189) into eval.json when the teacher was not back: it is checked against the
+    teacher the run recorded (`cache_teacher`), refused in one line with the way to score the student alone."""
+    from ekd.models.load import build_preset
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(built["teacher"], teacher)
+    run = built["root"] / "runs" / "cachecheck"
+    args = [
+        "-q",
+        "distill",
+        built["cfg"],
+        "teacher.source=cache",
+        f"model.teacher={teacher}",
+        "run.name=cachecheck",
+    ]
+    assert main([*args, "--overwrite"]) == 0
+    before = (run / "eval.json").read_bytes()
+    build_preset("llama-micro", 320, TEACHER_EOS, seed=7).save_pretrained(
+        teacher
+    )  # another model at its path
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    line = _error_line(capsys)
+    assert f"ekd eval: {teacher} holds other weights than the cache's teacher now" in line, line
+    assert line.endswith(f"score the student alone: `ekd eval {run} eval.teacher=false`"), line
+    assert (run / "eval.json").read_bytes() == before
+    assert main(["-q", "eval", str(run), "eval.teacher=false"]) == 0

@@ -259,6 +259,13 @@ def holding(directory: Path, fix: str, error: type[EkdError] = EkdError) -> Iter
         yield
 
 
+def make_readers_lock(directory: Path) -> None:
+    """Make ``directory``'s :func:`readers_lock` file (readable by all, as files are made), so that a reader who
+    cannot write beside it (another user's cache) can still hold it shared."""
+    with suppress(OSError):
+        readers_lock(directory).touch(exist_ok=True)
+
+
 def readers_lock(directory: Path) -> Path:
     """The file readers of ``directory`` hold a shared flock on while they read it (``.<name>.readers`` beside it,
     or inside where :func:`directory_lock` puts its lock inside): a teacher cache a run trains from. Never removed
@@ -282,11 +289,17 @@ class ReadLock:
         return self._file is not None
 
     def acquire(self) -> bool:
-        """Take it without waiting: False when another process holds it the other way (or, exclusive, at all)."""
+        """Take it without waiting: False when another process holds it the other way (or, exclusive, at all). A
+        shared lock needs only to read the file — a cache another user owns (try-out 131, F2: a reader that could
+        not write the file took no lock, and the owner's --overwrite deleted the shards under it); the build makes
+        the file (:func:`make_readers_lock`). Where it can be neither made nor read, nothing is held."""
         try:
             f = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
         except OSError:
-            return True  # nothing can be written beside it: nothing can be deleted by this user either
+            try:
+                f = open(self.path)  # noqa: SIM115 (a shared flock on a file this user can only read)
+            except OSError:
+                return True  # no such file and none can be made: nothing this user reads can be deleted
         try:
             fcntl.flock(f, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -489,6 +489,17 @@ def evaluate_saved_run(
         check_document_isolation(student, len(tokenizer), "student")
     teacher = None
     if evaluates_teacher(cfg):  # the same rule as the end of training
+        if cfg.teacher.source == "cache":  # the teacher its cache was built from, not another (t131, F1)
+            from ekd.teacher.cache.source import recorded_teacher_changed
+
+            if changed := recorded_teacher_changed(
+                cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher")
+            ):
+                raise ConfigError(
+                    f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's "
+                    f"cache was built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
+                    "eval.teacher=false`"
+                )
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
     write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp)

@@ -36,7 +36,7 @@ from ekd.config.inert import refuse_inert_keys
 from ekd.data.collate import model_inputs
 from ekd.eval.eval_json import precision_name
 from ekd.io import DiskError, make_dirs, removed_if_left_empty
-from ekd.locks import lock_directory
+from ekd.locks import lock_directory, make_readers_lock
 from ekd.log_level import EVERY_RANK
 from ekd.losses.targets import Head
 from ekd.models.load import dtype_name, output_head
@@ -282,6 +282,7 @@ def _locked_by_main(directory: Path, ranks: Ranks, overwrite: bool = False) -> I
         ranks, lambda: lock_directory(directory, fix, CacheError), "lock the cache", share=False
     )
     with lock if lock is not None else nullcontext():  # the other ranks hold nothing
+        run_on_main(ranks, lambda: make_readers_lock(directory), "make the readers' lock", share=False)
         readers = (
             run_on_main(ranks, lambda: no_readers(directory), "check the cache's readers", share=False)
             if overwrite

@@ -352,7 +352,9 @@ def import_cache(
     with (
         removed_if_left_empty(directory),
         holding(directory, IMPORT_IN_USE, CacheError),  # no other writer
-        no_readers(directory) if overwrite else nullcontext(),  # nor a run training from it (try-out 130, F2)
+        no_readers(directory, "import into another --out")
+        if overwrite
+        else nullcontext(),  # nor a run training from it (try-out 130, F2)
     ):
         make_dirs(directory)
         data = _prepare_data(cfg, directory)

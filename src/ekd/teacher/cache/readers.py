@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ekd.locks import ReadLock
+from ekd.locks import ReadLock, make_readers_lock
 from ekd.teacher.cache.format import CacheError
 
 
@@ -20,22 +20,24 @@ def reading(directory: Path) -> ReadLock:
     readers = ReadLock(directory, shared=True)
     if not readers.acquire():
         raise CacheError(
-            f"{directory} is being rebuilt by another ekd process (ekd cache --overwrite): wait for it to end, then "
-            "train from it, or name another teacher.cache_dir"
+            f"{directory} is being rebuilt by another ekd process (ekd cache or ekd cache import, --overwrite): "
+            "wait for it to end, then train from it, or name another teacher.cache_dir"
         )
     return readers
 
 
-def no_readers(directory: Path) -> ReadLock:
-    """``directory``'s readers' lock, held exclusively: no run reads the cache, nor starts to while it is held.
+def no_readers(directory: Path, elsewhere: str = "build into another teacher.cache_dir") -> ReadLock:
+    """``directory``'s readers' lock, held exclusively: no run reads the cache, nor starts to while it is held;
+    ``elsewhere``: the way round the refusal names (``ekd cache import``: another ``--out``).
 
     Raises:
         CacheError: a run is training from the cache (it holds the lock shared): replacing its shards would end it.
     """
+    make_readers_lock(directory)
     readers = ReadLock(directory, shared=False)
     if not readers.acquire():
         raise CacheError(
             f"{directory} is being read by a run training from it (another ekd process); --overwrite would delete "
-            "the shards under it: wait for it to end, or build into another teacher.cache_dir"
+            f"the shards under it: wait for it to end, or {elsewhere}"
         )
     return readers

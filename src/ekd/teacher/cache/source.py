@@ -34,6 +34,7 @@ from ekd.teacher.cache.manifest import (
     CONTENT_REVISIONS,
     DATA_SETTINGS,
     TEACHER_FILES,
+    cache_teacher_parts,
     compare_signatures,
     diff_summary,
     is_imported,
@@ -240,6 +241,23 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
         return ""
     held = "holds no safetensors weights" if weights_revision(spec) is None else "holds other weights"
     return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
+
+
+def recorded_teacher_changed(spec: str, cache_dir: str, pinned: str | None) -> str:
+    """:func:`teacher_changed_since` for ``ekd eval`` of a run trained from a cache: against the teacher the run
+    recorded (``cache_teacher`` in ekd-run.json, ``pinned``) — the cache itself may have been rebuilt since, or be
+    gone —, the cache's file stats used where it still holds that teacher (try-out 131, F1: ``ekd eval`` wrote
+    another model's KL into eval.json). "" where the run records none (an older ekd's) or it cannot be told."""
+    if not pinned:
+        return ""
+    revision = cache_teacher_parts(pinned)[0]
+    try:
+        signature = CacheReader(Path(cache_dir)).signature
+    except CacheError:
+        signature = {}
+    if signature.get("teacher_revision") != revision:
+        signature = {"teacher_revision": revision}  # no file stats to go by: the weights' hash decides
+    return teacher_changed_since(spec, signature)
 
 
 def _seed_unread_by_topk(expected: dict, found: dict) -> dict:
