@@ -228,15 +228,13 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
     checked when a run trained from the cache loads the teacher again to evaluate it at its end (try-out 130, F1: a
     teacher replaced while the run trained gave it another model's KL and agreement, while ekd-run.json recorded
     the cache's); "" when it holds it, or when that cannot be told here (a hub id, a preset, an import, a cache
-    that pins no weights, a path that is no directory: the start's checks decided). The files' sizes, times and
-    inodes as the build recorded them first; their weights hashed only when those differ."""
+    that pins no weights). The files' sizes, times and inodes as the build recorded them first; their weights
+    hashed only when those differ; a directory gone since is said so (try-out 131: the run failed at its end)."""
     revision = str(signature.get("teacher_revision", ""))
-    if (
-        not revision.startswith("safetensors-sha256:")
-        or is_preset(spec)
-        or not Path(spec).expanduser().is_dir()
-    ):
+    if not revision.startswith("safetensors-sha256:") or is_preset(spec):
         return ""
+    if not Path(spec).expanduser().is_dir():  # moved away while the run trained: said, not a failed end
+        return f"{spec} is no longer there (moved or deleted while the run trained?)"
     if not weights_changed(signature.get(TEACHER_FILES), revision, spec):
         return ""
     held = "holds no safetensors weights" if weights_revision(spec) is None else "holds other weights"
