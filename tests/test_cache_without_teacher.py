@@ -602,6 +602,8 @@ def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(
     assert (
         said == f"{other} holds other weights than the cache's teacher now (replaced while the run trained?)"
     )
+    gone = tmp_path / "gone"  # try-out 131: a teacher moved away failed the run at its end, nothing exported
+    assert cache_source.teacher_changed_since(str(gone), signature).startswith(f"{gone} is no longer there")
     # the end of a cache run: the teacher found replaced is not loaded, and the run says so
     real = cache_source.teacher_changed_since
     monkeypatch.setattr(cache_source, "teacher_changed_since", lambda spec, sig: real(str(other), sig))
