@@ -103,3 +103,18 @@ def test_the_end_of_training_names_the_results_it_drops(tmp_path, caplog):
         )
     assert set(json.loads((tmp_path / "eval.json").read_text())) == {"eval"}
     assert "e, tasks dropped (scored on the student before these steps" in caplog.text
+
+
+def test_the_starting_students_rows_of_an_unreadable_eval_json_are_left_out_with_a_word(tmp_path, caplog):
+    """Review 132, R2: `student_init_rows_of` parsed eval.json alone and swallowed a damaged file: the printed table
+    lost the `(student init)` rows without a word. It reads through `read_eval_json` and says so."""
+    import logging
+
+    from ekd.eval.eval_json import student_init_rows_of
+
+    (tmp_path / "eval.json").write_text("{")
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert student_init_rows_of(tmp_path) == {}
+    assert "is not valid JSON" in caplog.text and "leaves out the starting student's figures" in caplog.text
+    (tmp_path / "eval.json").write_text("\ufeff{}")  # a byte-order mark: read past
+    assert student_init_rows_of(tmp_path) == {}

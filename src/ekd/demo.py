@@ -584,12 +584,12 @@ def downstream_table(out: Path, rows: list[dict]) -> tuple[str, float]:
     """The downstream task table of the seed-0 runs (from each run's eval.json), with the teacher and the
     initial student; and the students' total task-evaluation wall time (s). ("", 0) without task results."""
     from ekd.eval import results_table
+    from ekd.eval.eval_json import read_eval_json
     from ekd.train.task_evaluation import gap_cell
 
     table_rows, wall, reference = [], 0.0, None
     for r in (r for r in rows if r.get("seed", 0) == 0):
-        path = out / "runs" / r["run"] / "eval.json"
-        section = json.loads(path.read_text()).get("tasks") if path.is_file() else None
+        section = (read_eval_json(out / "runs" / r["run"]) or {}).get("tasks")  # one reader (review 132, R2)
         if not section:
             continue
         reference = reference or section

@@ -310,13 +310,17 @@ def student_init_rows(entries: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def student_init_rows_of(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """:func:`student_init_rows` of ``run_dir``/eval.json; {} where it cannot be read (a table is then printed
-    without them)."""
+    """:func:`student_init_rows` of ``run_dir``/eval.json (:func:`read_eval_json`); {} where there is none, or
+    none that can be read — said in a warning, the table then printed without them (review 132, R2: left out
+    without a word)."""
+    import logging
+
     try:
-        saved = json.loads((Path(run_dir) / "eval.json").read_text())
-    except (OSError, ValueError):
+        saved = read_eval_json(run_dir)
+    except EkdError as e:
+        logging.getLogger(__name__).warning("%s; the table leaves out the starting student's figures", e)
         return {}
-    return student_init_rows(saved) if isinstance(saved, dict) else {}
+    return student_init_rows(saved) if saved is not None else {}
 
 
 def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
