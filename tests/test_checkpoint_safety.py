@@ -436,7 +436,7 @@ def test_the_last_step_is_checkpointed_once(ws, capsys, monkeypatch, every, writ
 
 
 def test_segment_layouts_follow_the_resumes():
-    from ekd.train.trainer import segment_layouts
+    from ekd.train.run_totals import segment_layouts
 
     a, b = {"ranks": 2, "parallel": "fsdp"}, {"ranks": 1, "parallel": "ddp"}
     assert segment_layouts({"layouts": []}, a) == [a]

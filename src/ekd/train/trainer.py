@@ -115,6 +115,7 @@ from ekd.train.rank_work import (
 )
 from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker, saved_config
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
+from ekd.train.run_totals import run_totals, segment_layouts, totals_record
 from ekd.train.same_settings import rank_settings
 from ekd.train.sharded_checkpoint import (
     restore_checkpoint,
@@ -148,33 +149,6 @@ class TrainResult:
     # ekd), so total_time and kd_fraction cover this segment only
 
 
-RS_COUNTS = ("rs_drawn", "rs_rows")
-"""Run totals of online RS's distinct ids drawn and the rows they were drawn for (``train/rs_unique_ids`` over
-every step; try-out 129, F4: rebuilt from the logged rows, ``log.every`` changed a run's teacher bytes per token)."""
-
-
-def run_totals(
-    earlier: dict | None, seconds: float, counts: dict[str, float], layout: dict | None = None
-) -> dict | None:
-    """What a checkpoint records of the run so far: the earlier segments' ``earlier`` (from the checkpoint
-    resumed; None when it had none) plus this segment's seconds and ``counts`` — KD and valid positions
-    (``selected``, ``valid``) and :data:`RS_COUNTS` —, and the device layout of every segment
-    (:func:`segment_layouts`; ``layout``: this one's). An RS count the earlier segments do not record (an older
-    ekd's checkpoint) stays unknown: None."""
-    if earlier is None:
-        return None  # unknown before this segment: stays unknown (a resume reports this segment only)
-    out = {
-        "seconds": float(earlier["seconds"]) + seconds,
-        "selected": float(earlier["selected"]) + counts["selected"],
-        "valid": float(earlier["valid"]) + counts["valid"],
-        "layouts": segment_layouts(earlier, layout),
-    }
-    for key in RS_COUNTS:
-        known = earlier.get(key)
-        out[key] = None if known is None else float(known) + counts[key]
-    return out
-
-
 def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir: str) -> T:
     """``open_cache()`` (a check of ``teacher.cache_dir`` or the cache's opening); on ``--resume`` of the run in
     ``resumed``, a cache built for other settings is told to be the run's own (try-out 120, F8: the advice "train
@@ -204,21 +178,6 @@ def _resumed_cache(open_cache: Callable[[], T], resumed: Path | None, cache_dir:
             e.directory,
             e.differences,
         ) from None
-
-
-def segment_layouts(earlier: dict | None, layout: dict | None) -> list[dict] | None:
-    """The device layout ({"ranks", "parallel", "micro_batch_size"}, with the arithmetic as it ran: "autocast" and,
-    where the teacher takes part in training, "teacher_dtype") of each segment of the run, this one's
-    (``layout``) last; None where an earlier segment's is unknown (a checkpoint of an older ekd). A segment like the
-    one before it, in the keys both record (one of an ekd that did not record the micro-batch), is not another.
-    ``ekd compare`` describes a run resumed on other ranks by all of them (try-out 37: a run trained 2 × 4 then
-    resumed as 1 × 8 was 'the same layout')."""
-    known = (earlier or {}).get("layouts")
-    if known is None or layout is None:
-        return None
-    if known and all(known[-1][k] == v for k, v in layout.items() if k in known[-1]):
-        return list(known)
-    return [*known, layout]
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -902,8 +861,7 @@ def _train(
         # what `ekd compare` reads back: the vocabulary the teacher's targets spanned, the shipped head's rows,
         # the batch over all ranks (a torchrun run's config.yaml is a one-process run's with another batch)
         start.finish(
-            # a cache run's teacher, as the cache pins it (ekd compare's identity of the teacher: try-out 120, F2)
-            tokenizer_tokens=data.vocab_size,
+            tokenizer_tokens=data.vocab_size,  # V, the vocabulary the teacher's targets spanned
             head_rows=shipped["head_rows"],
             global_micro_batch=ranks.world_size * cfg.train.micro_batch_size,
             ranks=ranks.world_size,
@@ -912,21 +870,7 @@ def _train(
             **({"segments": segments} if (segments := segment_layouts(earlier, layout)) else {}),
             # ekd eval packs the eval sets as the run did, without reading its models' configs again
             **({"document_boundary": asdict(data.boundary)} if data.boundary is not None else {}),
-            # the run's KD positions and valid positions, every step of every segment: what `ekd compare`'s KD share
-            # is (review 128, R1: rebuilt from the logged rows it lost the steps that selected nothing and those
-            # log.every skipped); none where an earlier segment's are unknown (an older ekd's checkpoint)
-            **(
-                {"kd_positions": positions["selected"], "valid_positions": positions["valid"]}
-                if (positions := run_totals(earlier, 0.0, totals))
-                else {}
-            ),
-            # online RS: the distinct ids drawn per KD row over every step (compare's bytes per token; try-out 129,
-            # F4: from the logged rows, log.every changed it)
-            **(
-                {"rs_unique_ids": positions["rs_drawn"] / positions["rs_rows"]}
-                if positions and positions["rs_drawn"] is not None and positions["rs_rows"]
-                else {}
-            ),
+            **totals_record(earlier, totals),  # KD share and RS ids over every step, for ekd compare
         )
 
     run_on_main(ranks, export, "export the student", share=False)
