@@ -25,6 +25,7 @@ from typing import Any
 
 from ekd.config.sections import READ_ONLY_DATA_KEYS
 from ekd.errors import EkdError
+from ekd.json_words import shown, value_kind
 from ekd.models.identity import ran_in
 
 EVAL_JSON = "eval.json"
@@ -396,7 +397,7 @@ def malformed(saved: Any) -> str | None:
                 return f"its 'tasks' section is a JSON {value_kind(entry)}, not an object"
             continue
         if not isinstance(entry, dict):
-            return f"entry '{name}' is a JSON {value_kind(entry)} ({_short(entry)}), not an object of metrics"
+            return f"entry '{name}' is a JSON {value_kind(entry)} ({shown(entry)}), not an object of metrics"
         for key, value in entry.items():
             if key in RECORD_KEYS:
                 if not isinstance(value, dict):
@@ -412,9 +413,7 @@ def malformed(saved: Any) -> str | None:
             elif isinstance(value, dict):
                 continue  # a record a later ekd writes (review 106, item 13): kept, not read as a metric
             elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                return (
-                    f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({_short(value)}), not a number"
-                )
+                return f"'{name}' metric '{key}' is a JSON {value_kind(value)} ({shown(value)}), not a number"
         if problem := _disagreement(entry):
             return f"'{name}' {problem}"
     return None
@@ -483,23 +482,8 @@ def _block_sums_problem(value: Any) -> str | None:
             None,
         )
         if bad is not None:
-            return f"with '{key}' holding a JSON {value_kind(bad)} ({_short(bad)}), not a number"
+            return f"with '{key}' holding a JSON {value_kind(bad)} ({shown(bad)}), not a number"
         lengths.add(len(values))
     if len(lengths) > 1:
         return f"with lists of different lengths ({', '.join(map(str, sorted(lengths)))})"
     return None
-
-
-def value_kind(value: Any) -> str:
-    """The kind of a parsed JSON or YAML value, in words: 'object', 'list', 'string', 'number', 'boolean',
-    'null' (another YAML type: its Python name)."""
-    if isinstance(value, bool):
-        return "boolean"
-    kinds = {dict: "object", list: "list", str: "string", int: "number", float: "number", type(None): "null"}
-    return next((w for t, w in kinds.items() if isinstance(value, t)), type(value).__name__)
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """``value`` as JSON, cut at ``limit`` characters."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

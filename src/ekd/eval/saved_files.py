@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ekd.eval.eval_json import malformed, value_kind
+from ekd.eval.eval_json import malformed
 from ekd.eval.task_metrics import task_sets, task_ways
+from ekd.json_words import value_kind
 
 
 def config_problem(config: Any, identity: bool = True) -> str | None:

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from ekd.config.paths import absolute, read_as
 from ekd.errors import ModelError, first_line
 from ekd.hub import hub_kwargs, is_local
+from ekd.json_words import shown
 from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
 from ekd.models.head_transform import logit_transform, model_type, transform_settings
@@ -451,7 +452,7 @@ def generation_config_problem(spec: str) -> str:
         return f"{SKIPPED_WHEN_BROKEN} is not a JSON object"
     eos = saved.get("eos_token_id")
     if not token_ids_or_none(eos):
-        return f"{SKIPPED_WHEN_BROKEN}'s eos_token_id is {json.dumps(eos)[:40]}, not a token id or a list of them"
+        return f"{SKIPPED_WHEN_BROKEN}'s eos_token_id is {shown(eos)}, not a token id or a list of them"
     return ""
 
 

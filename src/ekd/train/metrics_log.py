@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ekd.errors import RunDirError
 from ekd.io import atomic_write_text, writing
+from ekd.json_words import shown, value_kind
 from ekd.words import counted
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,8 @@ def _parse(path: Path, fix: str = "fix or delete that line, and rerun") -> list[
         if (
             key := next((k for k, v in row.items() if k.startswith(READ_KEYS) and not _figure(v)), None)
         ) is not None:
-            from ekd.eval.eval_json import value_kind
-
-            shown = json.dumps(row[key])[:40]
             raise RunDirError(
-                f"{path} line {number}: '{key}' is a JSON {value_kind(row[key])} ({shown}), not a number: write it "
+                f"{path} line {number}: '{key}' is a JSON {value_kind(row[key])} ({shown(row[key])}), not a number: write it "
                 f"as a number, or {fix}"
             )
         rows.append(row)

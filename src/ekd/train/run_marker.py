@@ -4,10 +4,11 @@ a traceback in ``ekd compare``, or a figure: ``"tokenizer_tokens": true`` priced
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import Any
+
+from ekd.json_words import shown, value_kind
 
 
 def _text(value: Any) -> bool:
@@ -80,15 +81,11 @@ def marker_problem(marker: dict[str, Any]) -> str:
     """``"field 'segments' is a JSON string ("x"), not a list of objects"`` for the first field of ``marker`` that is
     not what ekd writes; "" when every field is. A count written as a whole float (``78.0``) is made the int ekd
     writes, in ``marker``."""
-    from ekd.eval.eval_json import value_kind
-
     for key, (ok, what) in MARKER_FIELDS.items():
         value = marker.get(key)
         if ok in (_count, _positive) and isinstance(value, float) and value.is_integer() and value >= 0:
             marker[key] = int(value)  # 78.0 as a hand edit wrote it: read as the count ekd writes
             continue
         if value is not None and not ok(value):
-            shown = json.dumps(value, default=str)
-            shown = shown if len(shown) <= 40 else shown[:39] + "…"
-            return f"field '{key}' is a JSON {value_kind(value)} ({shown}), not {what}"
+            return f"field '{key}' is a JSON {value_kind(value)} ({shown(value)}), not {what}"
     return ""
