@@ -154,14 +154,14 @@ def test_an_eval_json_that_is_a_directory_or_cannot_be_read_is_said_for_what_it_
     ), line
     (run / "eval.json").rmdir()
     (run / "eval.json").write_text('{"eval": {"ppl": 9.0}}')
-    real = Path.read_text
+    real = Path.read_bytes
 
     def denied(self, *args, **kwargs):
         if self.name == "eval.json":
             raise PermissionError(13, "Permission denied")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(Path, "read_bytes", denied)
     line = one_error_line(*cli(capsys, "eval", run)[::2])
     assert line.endswith(f"{run / 'eval.json'} cannot be read (Permission denied); check its permissions"), (
         line

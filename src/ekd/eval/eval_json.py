@@ -45,19 +45,15 @@ def read_eval_json(run_dir: Path, fix: str = "fix it") -> dict[str, Any] | None:
     path = Path(run_dir) / EVAL_JSON
     if not path.exists():
         return None
-    if (
-        not path.is_file()
-    ):  # try-out 127, F5: a directory was read as none, and the write failed after scoring
+    if not path.is_file():  # a directory in its place is no eval.json (try-out 127, F5)
         raise EkdError(f"{path} is not a file; remove it, or put the run's eval.json back")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise EkdError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    except ValueError as e:  # UnicodeDecodeError
-        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
-    try:
-        saved = json.loads(text.removeprefix("\ufeff"))  # a byte-order mark an editor wrote is read past
-    except ValueError as e:
+    try:  # UTF-8 whatever the locale (ekd writes it so); a byte-order mark an editor wrote is read past
+        saved = json.loads(raw.decode("utf-8-sig"))
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
         raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
     if not isinstance(saved, dict):
         raise EkdError(f"{path} is not valid JSON for ekd (a JSON {value_kind(saved)}, not an object); {fix}")
