@@ -2227,3 +2227,28 @@ def test_a_kl_not_finite_beside_a_finite_loss_and_a_cost_some_seeds_lack_are_sai
     claims = {c.claim.split(":")[0]: c for c in check_claims(group_runs([read_run(r) for r in ekd + priced]))}
     assert claims["EKD"].verdict == "inconclusive", claims["EKD"]
     assert "rkl reaches a lower KL at an unknown bytes/token" in claims["EKD"].reason
+
+
+def test_an_online_run_and_its_cache_twin_differ_by_the_teacher_source_alone(tmp_path):
+    """Try-out 133, F1 (t119 F4): an online run and a run from a cache of the same teacher were said to differ in
+    model.teacher='weights ea56…' (vs 'weights 2d24…') and model.teacher_dtype — one teacher pinned by two
+    fingerprints —, which sent a user to rebuild a sound cache; they differ by teacher.source, said alone."""
+
+    def rskd(name, seed, source, **facts):
+        run = _fake_run(tmp_path, name, "rskd", seed, 10.0, 0.5)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["model"] = {"teacher": "/models/t"}
+        cfg["teacher"] = {
+            "source": source,
+            **({"cache_dir": str(tmp_path / "c")} if source == "cache" else {}),
+        }
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return _marked(run, tokenizer_tokens=320, **facts)
+
+    online = rskd("on", 0, "online", teacher_weights="sha256:" + "2d" * 32)
+    cached = rskd("ca", 0, "cache", cache_teacher="safetensors-sha256:" + "ea" * 32 + "|float32|fp32")
+    groups = group_runs([read_run(online), read_run(cached)])
+    assert [g.label for g in groups] == ["rskd", "rskd#2"]
+    assert groups[1].note == "`rskd#2` differs from `rskd` in teacher.source='cache' (vs 'online')", groups[
+        1
+    ].note

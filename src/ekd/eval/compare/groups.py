@@ -234,6 +234,11 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
             first = next(o for o in groups.values() if o.runs[0].method == method)
             a, b = first.runs[0], g.runs[0]
             diffs = _config_differences(a.trained_config(), b.trained_config())
+            if any(d.startswith("teacher.source=") for d in diffs):
+                # an online run and a cache run pin one teacher by two fingerprints (its weights' sha256; the
+                # cache's safetensors hash and arithmetic): told apart by teacher.source, said alone (try-out 133,
+                # F1: "model.teacher='weights ea56…' (vs 'weights 2d24…')" sent a user to rebuild a sound cache)
+                diffs = [d for d in diffs if not d.startswith(("model.teacher=", "model.teacher_dtype="))]
             if by_content and any(d.startswith("data.source=") for d in diffs):
                 # the files, beside the blocks; the same files packed otherwise (try-out 55, F5: "(x vs x)" where
                 # only the tokenizer differed)
