@@ -2252,3 +2252,9 @@ def test_an_online_run_and_its_cache_twin_differ_by_the_teacher_source_alone(tmp
     assert groups[1].note == "`rskd#2` differs from `rskd` in teacher.source='cache' (vs 'online')", groups[
         1
     ].note
+    # try-out 133, F2: one column, two measures (the cache's bytes on disk; the online targets' fixed-width size)
+    from ekd.eval.compare.render import markdown
+    from ekd.eval.compare.summary import summarize
+
+    assert "teacher B/token is two measures here" in markdown(summarize(groups, []))
+    assert "two measures" not in markdown(summarize(group_runs([read_run(online)]), []))

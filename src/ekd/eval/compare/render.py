@@ -115,6 +115,12 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{'records' if len(summary['arithmetic_as_set']) == 1 else 'record'} no arithmetic (an older ekd's "
             "run, evaluated before eval.json recorded its autocast): `ekd eval RUN` of it records it.\n"
         )
+    if summary.get("bytes_mixed"):
+        parts.append(
+            "teacher B/token is two measures here: a cache run's is its cache's bytes on disk per token (a tighter code, "
+            "with the teacher's statistics), an online run's the fixed-width size of the targets it drew (the same "
+            "draws read larger online); compare costs within one kind.\n"
+        )
     if summary.get("non_finite"):  # try-out 117, F3: '—' as if not evaluated
         parts.append(
             f"NaN student figures ({'; '.join(summary['non_finite'])}): its logits are not finite (NaN or +inf) at "

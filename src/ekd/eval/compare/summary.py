@@ -316,6 +316,10 @@ def summarize(groups: list[Group], baselines: list[str]) -> dict[str, Any]:
         first = groups[0].runs[0]
         out["no_teacher"] = _no_teacher_sets(first.config, groups[0].label, first.eval)
     out["set_sizes"] = set_sizes(groups)
+    # teacher B/token: measured on disk for a cache run, the fixed-width size of its targets otherwise (try-out 133,
+    # F2: one column held 65.3 and 37.7 for the same draws, unexplained)
+    sources = {(g.runs[0].config.get("teacher") or {}).get("source", "online") for g in groups if g.runs}
+    out["bytes_mixed"] = "cache" in sources and len(sources - {"none"}) > 1
     out["eval_set_columns"] = eval_set_columns(groups)
     out["eval_sets"] = "; ".join(_eval_set_notes(out["eval_set_columns"]))
     out["replicas"] = [
