@@ -269,3 +269,24 @@ def test_a_ce_student_without_a_finite_kl_is_compared_with_no_one(tmp_path):
     assert (
         "`ce`'s KL to the teacher on the held-out set is not finite: no student is compared with it." in text
     )
+
+
+def test_a_teacher_no_better_than_ce_is_said_in_the_report(tmp_path):
+    """Try-out 133, F3: the quick demo's teacher (ppl 66.09) was no better than the CE student (65.35), so every
+    distilled student lost to CE, and the report never said why."""
+    from ekd.demo import QUICK, write_demo_report
+
+    rows = [
+        {
+            "method": "ce",
+            "run": "ce",
+            "seed": 0,
+            "eval/kl": 0.17,
+            "eval/ppl": 65.35,
+            "_teacher": {"eval": {"ppl": 66.09}},
+        },
+        {"method": "kd", "run": "kd", "seed": 0, "eval/kl": 0.15, "eval/ppl": 74.96},
+    ]
+    write_demo_report(tmp_path, QUICK, rows, {}, "(table)", 1.0)
+    text = (tmp_path / "report.md").read_text()
+    assert "The teacher is no better than the CE student on the held-out set (ppl 66.09 vs 65.35)" in text

@@ -675,6 +675,13 @@ def write_demo_report(
         notes.append(
             f"Students with lower KL to the teacher than `ce` on the held-out set: {', '.join(better) or 'none'}."
         )
+    teacher_ppl = ((ce or {}).get("_teacher") or {}).get("eval", {}).get("ppl") if ce is not None else None
+    if ce is not None and isinstance(teacher_ppl, float) and teacher_ppl >= ce.get("eval/ppl", math.inf):
+        notes.append(  # try-out 133, F3: every student lost to ce, the report never said why
+            f"The teacher is no better than the CE student on the held-out set (ppl {teacher_ppl:.2f} vs "
+            f"{ce['eval/ppl']:.2f}): distilling it cannot beat CE at this budget, and the claims below compare "
+            "methods taught by it."
+        )
     start = (
         "every student starts from random weights (--from-scratch)"
         if from_scratch
