@@ -290,3 +290,11 @@ def test_a_teacher_no_better_than_ce_is_said_in_the_report(tmp_path):
     write_demo_report(tmp_path, QUICK, rows, {}, "(table)", 1.0)
     text = (tmp_path / "report.md").read_text()
     assert "The teacher is no better than the CE student on the held-out set (ppl 66.09 vs 65.35)" in text
+
+
+def test_only_the_run_that_trains_the_tokenizer_names_its_size(tmp_path):
+    """Try-out 133, F4: every demo run was given model.bpe_vocab_size, which only the teacher's pre-training (it
+    trains the tokenizer) reads: each student warned that the key had no effect (17 warnings in `make demo`)."""
+    from ekd.demo import QUICK, base_overrides
+
+    assert not any(o.startswith("model.bpe_vocab_size=") for o in base_overrides(tmp_path, QUICK))
