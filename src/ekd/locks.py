@@ -153,13 +153,19 @@ class FileLock:
         except (OSError, ValueError, IndexError):
             return None
 
-    def holder_said(self) -> str:
+    def holder_said(self, pid: int | None = None) -> str:
         """``"another ekd process (pid 4242)"``, with ``" on node-7"`` where the holder wrote another host than this
-        one (a shared file system whose locks span nodes: try-out 130, F7 — a pid `ps` here cannot find)."""
+        one (a shared file system whose locks span nodes: try-out 130, F7 — a pid `ps` here cannot find); ``pid``: the
+        holder's as a probe found it, said where the file no longer holds one."""
         try:
-            pid, *host = self.path.read_text().split()
-            pid = str(int(pid))
-        except (OSError, ValueError):
+            written, *host = self.path.read_text().split()
+            pid = int(written)
+        except (
+            OSError,
+            ValueError,
+        ):  # none written (yet), or released meanwhile: the pid a probe found, if any
+            host = []
+        if not pid:
             return "another ekd process"
         elsewhere = f" on {host[0]}" if host and host[0] != socket.gethostname() else ""
         return f"another ekd process (pid {pid}{elsewhere})"
@@ -209,8 +215,7 @@ def holder_said(directory: Path, pid: int | None = None) -> str:
     """``"another ekd process (pid 4242 on node-7)"``: who holds ``directory``'s lock, as every refusal and hint
     names it (:meth:`FileLock.holder_said`; review 132, R4: four places named a pid without its host); ``pid``: the
     holder's, as a probe found it, where the file no longer says (it was released meanwhile)."""
-    said = directory_lock(directory).holder_said()
-    return f"{said} (pid {pid})" if pid and "(" not in said else said
+    return directory_lock(directory).holder_said(pid)
 
 
 def lock_holder(path: Path) -> int | None:

@@ -442,12 +442,13 @@ def generation_config_problem(spec: str) -> str:
     is not a JSON object (try-out 127, F8: ``[1]`` was a TypeError traceback inside transformers), or its
     ``eos_token_id`` is not a token id, a list of them or null (``"x"`` was a ValueError in the boundary) —; ""
     when it is fine or absent (a hub id: transformers reads it)."""
-    if broken := broken_json(spec, SKIPPED_WHEN_BROKEN):
-        return broken
     path = Path(spec).expanduser() / SKIPPED_WHEN_BROKEN
     if not path.is_file():
         return ""
-    saved = json.loads(path.read_bytes())
+    try:  # parsed once: broken_json's words for a file that does not
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        return f"{SKIPPED_WHEN_BROKEN} is not valid JSON ({first_line(e)})"
     if not isinstance(saved, dict):
         return f"{SKIPPED_WHEN_BROKEN} is not a JSON object"
     eos = saved.get("eos_token_id")
@@ -456,15 +457,14 @@ def generation_config_problem(spec: str) -> str:
     return ""
 
 
-def broken_json(spec: str, pattern: str = "*.json") -> str:
-    """``"<name> is not valid JSON (<error>)"`` for the first file matching ``pattern`` (``*.json``, or one file
-    name) of the local directory ``spec`` that does not parse (a truncated download, a hand edit), else ``""``: a
-    loader's own message says "Expecting value: line 1 column 1" without the file (the tokenizers library), or
-    blames the network (transformers)."""
+def broken_json(spec: str) -> str:
+    """``"<name> is not valid JSON (<error>)"`` for the first ``*.json`` of the local directory ``spec`` that does
+    not parse (a truncated download, a hand edit), else ``""``: a loader's own message says "Expecting value:
+    line 1 column 1" without the file (the tokenizers library), or blames the network (transformers)."""
     path = Path(spec).expanduser()
     if not path.is_dir():
         return ""
-    for file in sorted(path.glob(pattern)):
+    for file in sorted(path.glob("*.json")):
         try:
             json.loads(file.read_bytes())
         except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -465,7 +465,7 @@ def _train(
             "open the teacher source",
         )
     if cfg.teacher.source == "cache" and teacher is not None:  # rank 0 records it; --resume refuses another
-        pinned, size = cache_teacher(teacher.reader.signature), teacher.reader.info()["bytes_per_token"]
+        pinned, size = cache_teacher(teacher.reader.signature), teacher.reader.bytes_per_token()
         run_on_main(ranks, lambda: start.check_cache_teacher(pinned, size), "check the cache's teacher")
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()

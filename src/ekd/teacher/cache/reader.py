@@ -407,6 +407,12 @@ class CacheReader:
             shown = "; ".join(problems[:SHARD_PROBLEMS_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
             raise CacheError(f"{shown}{self._repair}")
 
+    def bytes_per_token(self) -> float:
+        """The cache's shard bytes per training token it covers: what a run from it records as its teacher's cost
+        (``cache_bytes_per_token``), without :meth:`info`'s other figures (the kept teacher files are read there)."""
+        shard_bytes = sum(s["bin_bytes"] + s["idx_bytes"] for s in self._shards.values())
+        return shard_bytes / max(self.manifest["counts"]["tokens"], 1)
+
     def info(self) -> dict:
         """Sizes and figures: samples, positions, entries/position, bytes/position and bytes/token."""
         counts = self.manifest["counts"]
@@ -425,7 +431,7 @@ class CacheReader:
             "positions_per_sample": pps,
             "bytes_on_disk": shard_bytes + (self.directory / MANIFEST).stat().st_size,
             "bytes_per_position": shard_bytes / positions,
-            "bytes_per_token": shard_bytes / max(counts["tokens"], 1),
+            "bytes_per_token": self.bytes_per_token(),
             "fixed_width_bound_bytes_per_position": self.layout.fixed_width_bound_bytes_per_position(
                 epp, pps
             ),
