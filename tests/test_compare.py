@@ -1928,11 +1928,11 @@ def test_a_damaged_run_record_or_metrics_line_is_refused_not_read_as_absent(tmp_
     (b / "ekd-run.json").write_text(text[:-3])
     assert main(["compare", str(a), str(b), *out]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"ekd: error: ekd compare: {b / 'ekd-run.json'} is corrupt (Unterminated string"), (
-        err
-    )
+    assert err.startswith(
+        f"ekd: error: ekd compare: {b / 'ekd-run.json'} is not valid JSON (Unterminated string"
+    ), err
     assert err.endswith(
-        '): fix it there, or restore it (e.g. {"format": "ekd-run", "version": 1, "state": "started"}), or leave '
+        '); fix it there, or restore it (e.g. {"format": "ekd-run", "version": 1, "state": "started"}), or leave '
         "the run out"
     ), err
     (b / "ekd-run.json").write_text("\ufeff" + text)  # a byte-order mark an editor wrote: read past

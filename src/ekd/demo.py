@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekd.config import Config, load_config
+from ekd.errors import EkdError
 from ekd.eval.report import TINY_MARK, sizes_note, tiny_sets
 from ekd.io import make_dirs
+from ekd.json_words import value_kind
 from ekd.train.checkpoint import atomic_write_text
 from ekd.words import counted
 
@@ -150,7 +152,7 @@ def _pretrain_once(
 
     stamp = target / "ekd_demo.json"
     sig = _signature(b) + ("" if role == "teacher" else f"-{role}")
-    if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("signature") == sig:
+    if not fresh and _read_stamp(stamp, f"training the {role} again").get("signature") == sig:
         print(f"{role}: reusing {target}")
         return target
     t0 = time.perf_counter()
@@ -465,13 +467,29 @@ def _student_init_row(run_dir: Path) -> dict:
     return {"method": "(student init)", **row} if row else {}
 
 
+def _read_stamp(path: Path, otherwise: str) -> dict:
+    """A pre-trained model's ``ekd_demo.json`` (its budget's signature and its figures); {} when there is none,
+    or one that cannot be read (said, with ``otherwise``: what the demo does without it — a damaged stamp was a
+    traceback)."""
+    from ekd.json_record import read_json_record
+
+    try:
+        saved = read_json_record(path, otherwise)
+    except EkdError as e:
+        print(e)
+        return {}
+    if saved is not None and not isinstance(saved, dict):
+        print(f"{path} is not a demo stamp (a JSON {value_kind(saved)}); {otherwise}")
+    return saved if isinstance(saved, dict) else {}
+
+
 def _teacher_row(out: Path) -> dict:
     """The teacher's own figures, from its pre-training run."""
-    stamp = out / "teacher" / "ekd_demo.json"
-    if not stamp.is_file():
+    saved = _read_stamp(out / "teacher" / "ekd_demo.json", "the table leaves out the teacher's figures")
+    if not saved:
         return {}
     t = {"method": "(teacher)"}
-    for name, m in json.loads(stamp.read_text()).get("eval", {}).items():
+    for name, m in (saved.get("eval") or {}).items():
         if "/" not in name:
             for k in ("ppl", "acc", "ece"):
                 if k in m:

@@ -16,6 +16,13 @@ def value_kind(value: Any) -> str:
     return next((w for t, w in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
+def is_count(value: Any) -> bool:
+    """Whether a parsed JSON value is a whole number ≥ 0: ``78``, or ``78.0`` as a hand edit may write it
+    (try-out 129, F9); never a boolean."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return whole and not isinstance(value, bool) and value >= 0
+
+
 def shown(value: Any, limit: int = 40) -> str:
     """``value`` as JSON, cut at ``limit`` characters (an ellipsis where cut)."""
     text = json.dumps(value, default=str)

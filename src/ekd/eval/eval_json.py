@@ -25,36 +25,28 @@ from typing import Any
 
 from ekd.config.sections import READ_ONLY_DATA_KEYS
 from ekd.errors import EkdError
+from ekd.json_record import read_json_record
 from ekd.json_words import shown, value_kind
 from ekd.models.identity import ran_in
 
 EVAL_JSON = "eval.json"
 
 
-def read_eval_json(run_dir: Path, fix: str = "fix it") -> dict[str, Any] | None:
+def read_eval_json(run_dir: Path, fix: str = "fix it, or move it away") -> dict[str, Any] | None:
     """``run_dir/eval.json`` as a JSON object; None when there is none. The one reader of the file for every
     command that reads what it holds (``ekd eval``, the tasks' merge, the held-out check, ``ekd compare``): a file
     that is there but cannot be read is never taken for none (review 126, R4: one byte short of valid JSON, it was
     replaced by the sets scored then — the others' figures lost — with a warning). ``fix``: the way out named for
-    a file that is not a JSON object (a file that cannot be read, or a directory, has its own).
+    a file that is not a JSON object (:func:`ekd.json_record.read_json_record`).
 
     Raises:
         EkdError: one line — something other than a file is in its place, it cannot be read (its permissions:
             try-out 127, F6 — it was called invalid JSON and told to be moved away), or it is not a JSON object.
     """
     path = Path(run_dir) / EVAL_JSON
-    if not path.exists():
+    saved = read_json_record(path, fix, not_a_file="remove it, or put the run's eval.json back")
+    if saved is None:
         return None
-    if not path.is_file():  # a directory in its place is no eval.json (try-out 127, F5)
-        raise EkdError(f"{path} is not a file; remove it, or put the run's eval.json back")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise EkdError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    try:  # UTF-8 whatever the locale (ekd writes it so); a byte-order mark an editor wrote is read past
-        saved = json.loads(raw.decode("utf-8-sig"))
-    except ValueError as e:  # UnicodeDecodeError is a ValueError
-        raise EkdError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
     if not isinstance(saved, dict):
         raise EkdError(f"{path} is not valid JSON for ekd (a JSON {value_kind(saved)}, not an object); {fix}")
     return saved

@@ -29,6 +29,8 @@ from torch import nn
 from ekd.config import ConfigError, ModelConfig
 from ekd.errors import ModelError
 from ekd.io import atomic_dir
+from ekd.json_record import read_json_record
+from ekd.json_words import is_count
 from ekd.models.adapter_dir import BASE_NOTE, is_adapter_dir
 from ekd.models.layers import state_dict_name
 
@@ -211,7 +213,7 @@ def load_exported_student(
             str(path), "student", lambda: complete_causal_lm(path, str(path), "student", dtype=torch.float32)
         )
     peft = require_peft()
-    note = json.loads((path / BASE_NOTE).read_text())
+    note = base_note(path)
     if recorded_base and base_changed(recorded_base, note["base_model"]):
         raise ModelError(
             f"{path} is a LoRA adapter on {note['base_model']}, whose weights changed since the run trained it "
@@ -233,6 +235,26 @@ def load_exported_student(
             str(path), "student", lambda: peft.PeftModel.from_pretrained(base, path), "an adapter"
         )
     return wrapped.merge_and_unload()
+
+
+def base_note(path: Path) -> dict:
+    """The :data:`BASE_NOTE` of the adapter export in ``path``: the base model it applies to.
+
+    Raises:
+        ModelError: the note cannot be read, is not JSON, or names no base model or head size (a traceback
+            before: a damaged note ended ``ekd eval`` in a JSONDecodeError or KeyError).
+    """
+    file = path / BASE_NOTE
+    fix = 'restore it from a copy of the run (it holds e.g. {"base_model": "Qwen/Qwen2.5-0.5B", "head_rows": 151936})'
+    note = read_json_record(file, fix, ModelError)
+    rows = note.get("head_rows", note.get("vocab_size")) if isinstance(note, dict) else None
+    if (
+        not isinstance(note, dict)
+        or not isinstance(note.get("base_model"), str)
+        or not (is_count(rows) and rows)
+    ):
+        raise ModelError(f"{file} names no base model and head size; {fix}")
+    return note
 
 
 def _has_conv1d(model: nn.Module) -> bool:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ekd.errors import ConfigError
 from ekd.io import make_dirs
+from ekd.json_record import read_json_record
 from ekd.selection.base import COUNT_SLACK
 from ekd.selection.scores import CE_RATIO_EPS
 
@@ -284,13 +285,10 @@ DELETE_FIX = "delete it: --resume takes the kept blocks from the checkpoint (a r
 def load_sample_selection(path: str | Path) -> tuple[Tensor, dict[str, Any]]:
     """(ids (N,) long, meta) from a file written by ``save_sample_selection``."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except (
-        OSError,
-        ValueError,
-    ) as e:  # a directory in its way, bytes that are no UTF-8 or no JSON (try-out 42)
-        raise ConfigError(f"cannot read the sample selection {path}: {e}; {DELETE_FIX}") from None
+    # a directory in its way, bytes that are no UTF-8 or no JSON (try-out 42): one line
+    payload = read_json_record(path, DELETE_FIX, ConfigError)
+    if payload is None:
+        raise ConfigError(f"the sample selection {path} is gone; {DELETE_FIX}")
     ids = payload.get("sample_ids") if isinstance(payload, dict) else None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(ids, list):
         raise ConfigError(f"{path} is not an ekd sample selection file; {DELETE_FIX}")

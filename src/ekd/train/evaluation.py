@@ -750,17 +750,17 @@ def read_student_init(run_dir: Path) -> dict[str, Any] | None:
     its start, or an older ekd's) or they cannot be read (said in a warning: the table then has no starting
     student's rows; nothing else depends on them)."""
     from ekd.eval.eval_json import STUDENT_INIT_FILE, malformed
+    from ekd.json_record import read_json_record
 
     path = run_dir / STUDENT_INIT_FILE
-    if not path.is_file():
-        return None
+    no_rows = "eval.json gets no starting student's figures"
     try:
-        saved = json.loads(path.read_text())
-        problem = malformed(saved)
-    except (OSError, ValueError) as e:
-        problem = str(e)
-    if problem:
-        log.warning("%s cannot be read (%s): eval.json gets no starting student's figures", path, problem)
+        saved = read_json_record(path, no_rows)
+    except EkdError as e:
+        log.warning("%s", e)
+        return None
+    if saved is not None and (problem := malformed(saved)):
+        log.warning("%s is not what ekd writes (%s); %s", path, problem, no_rows)
         return None
     return saved
 

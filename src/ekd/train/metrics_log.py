@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ekd.errors import RunDirError
 from ekd.io import atomic_write_text, writing
+from ekd.json_record import record_bytes, record_text
 from ekd.json_words import shown, value_kind
 from ekd.words import counted
 
@@ -39,7 +40,7 @@ class MetricsLog:
                 end = resume_step if final_step is None or resume_step < final_step else resume_step - 1
                 kept = [
                     row
-                    for row in _parse(self.path)
+                    for row in read_metrics(run_dir)
                     if row.get("step", 0) <= end or (row.get("step", 0) <= resume_step and not _is_eval(row))
                 ]
                 atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
@@ -81,20 +82,17 @@ class MetricsLog:
             self.wandb.close()
 
 
-def _parse(path: Path, fix: str = "fix or delete that line, and rerun") -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line is dropped with a warning; ``fix``: the way out a refusal names.
+def _parse(path: Path, raw: bytes, fix: str = "fix or delete that line, and rerun") -> list[dict]:
+    """Rows of a metrics.jsonl (its bytes ``raw``); a torn last line is dropped with a warning; ``fix``: the way out
+    a refusal names.
 
     Raises:
-        RunDirError: the file cannot be read, a line other than the last is not a JSON object, or a row holds a
+        RunDirError: the file is not UTF-8, a line other than the last is not a JSON object, or a row holds a
             value that is not a number (every figure ekd logs is one, or null: try-out 127, F4 — a text where a
             count belongs was a traceback in ``ekd compare``).
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
     # a byte-order mark an editor wrote is read past (try-out 129, F10: line 1, the step-0 row, was to be deleted)
-    lines = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").split("\n")
+    lines = record_text(raw, path, fix, RunDirError).split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -136,11 +134,8 @@ def read_metrics(run_dir: Path, fix: str = "fix or delete that line, and rerun")
         RunDirError: something other than a file is in its place, or :func:`_parse`'s.
     """
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    if not path.is_file():  # try-out 127, F5: a directory in its place was read as no rows
-        raise RunDirError(f"{path} is not a file; put the run's metrics back (or remove it)")
-    return _parse(path, fix)
+    raw = record_bytes(path, fix, RunDirError, not_a_file="put the run's metrics back (or remove it)")
+    return [] if raw is None else _parse(path, raw, fix)
 
 
 def _is_eval(row: dict) -> bool:

@@ -300,25 +300,16 @@ def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> di
         RunDirError: the marker exists but is not a file, cannot be read, is not an ekd-run marker or holds a field
             of another type than ekd writes (:func:`ekd.train.run_marker.marker_problem`).
     """
+    from ekd.json_record import read_json_record
     from ekd.train.run_marker import marker_problem
 
     path = run_dir / MARKER
-    if not path.exists():
-        return None
     example = '{"format": "ekd-run", "version": 1, "state": "started"}'
-    if not path.is_file():  # try-out 127, F5: a directory in its place was read as no record
-        raise RunDirError(f"{path} is not a file; put the run's record back (e.g. {example}), or {otherwise}")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:  # try-out 127, F6: a file that cannot be read is no corrupt one
-        raise RunDirError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    try:  # a byte-order mark an editor wrote is read past (try-out 129, F8)
-        marker = json.loads(raw.decode("utf-8-sig"))
-    except ValueError as e:  # UnicodeDecodeError is a ValueError; the parser's words say where
-        raise RunDirError(
-            f"{path} is corrupt ({str(e).splitlines()[0]}): fix it there, or restore it (e.g. {example}), or "
-            f"{otherwise}"
-        ) from None
+    fix = f"fix it there, or restore it (e.g. {example}), or {otherwise}"
+    back = f"put the run's record back (e.g. {example}), or {otherwise}"
+    marker = read_json_record(path, fix, RunDirError, not_a_file=back)
+    if marker is None:
+        return None
     if not isinstance(marker, dict) or marker.get("format") != FORMAT:
         raise RunDirError(f"{path} is corrupt; restore it (e.g. {example}), or {otherwise}")
     if problem := marker_problem(marker):

@@ -8,20 +8,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ekd.json_words import shown, value_kind
+from ekd.json_words import is_count, shown, value_kind
 
 
 def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _count(value: Any) -> bool:  # 78.0, as a hand edit may write it, is a whole number too (try-out 129, F9)
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    return whole and not isinstance(value, bool) and value >= 0
-
-
 def _positive(value: Any) -> bool:
-    return _count(value) and value > 0
+    return is_count(value) and value > 0
 
 
 def _amount(value: Any) -> bool:
@@ -47,11 +42,11 @@ def _mappings(value: Any) -> bool:
 
 MARKER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "format": (_text, "a text"),
-    "version": (_count, "a whole number ≥ 0"),
+    "version": (is_count, "a whole number ≥ 0"),
     "state": (_text, "a text"),
     "run_id": (_text, "a text"),
     "data_fingerprint": (_text, "a sha256 text"),
-    "train_blocks": (_count, "a whole number ≥ 0"),
+    "train_blocks": (is_count, "a whole number ≥ 0"),
     "text_split": (_text, "a text"),
     "held_out_documents": (_text, "a sha256 text"),
     "eval_blocks": (_texts, "an object of sha256 texts"),
@@ -83,7 +78,7 @@ def marker_problem(marker: dict[str, Any]) -> str:
     writes, in ``marker``."""
     for key, (ok, what) in MARKER_FIELDS.items():
         value = marker.get(key)
-        if ok in (_count, _positive) and isinstance(value, float) and value.is_integer() and value >= 0:
+        if ok in (is_count, _positive) and isinstance(value, float) and value.is_integer() and value >= 0:
             marker[key] = int(value)  # 78.0 as a hand edit wrote it: read as the count ekd writes
             continue
         if value is not None and not ok(value):
