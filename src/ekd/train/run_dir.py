@@ -305,13 +305,17 @@ def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> di
 
     path = run_dir / MARKER
     example = '{"format": "ekd-run", "version": 1, "state": "started"}'
-    fix = f"fix it there, or restore it (e.g. {example}), or {otherwise}"
-    back = f"put the run's record back (e.g. {example}), or {otherwise}"
+    # a stub record is offered only where the file is gone: over a damaged one it would turn a finished run into
+    # one that has not finished, its recorded figures dropped (try-out 131, F5: a trailing comma)
+    fix = f"fix it there, or restore it from a copy of the run, or {otherwise}"
+    back = f"put the run's record back (a stub such as {example} marks the run unfinished), or {otherwise}"
     marker = read_json_record(path, fix, RunDirError, not_a_file=back)
     if marker is None:
         return None
     if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-        raise RunDirError(f"{path} is corrupt; restore it (e.g. {example}), or {otherwise}")
+        raise RunDirError(
+            f"{path} is not an ekd run record; restore it from a copy of the run, or {otherwise}"
+        )
     if problem := marker_problem(marker):
         raise RunDirError(f"{path} is corrupt: its {problem}; restore it, or {otherwise}")
     return marker
