@@ -139,7 +139,7 @@ def test_eval_of_a_run_being_resumed_is_refused(ws, capsys):
         rc, _, err = cli(capsys, "eval", "runs/base")
         line = one_error_line(rc, err)
         assert f"runs/base is in use by another ekd process (pid {first.proc.pid})" in line, line
-        assert "wait for it to finish, then rerun" in line
+        assert "wait for it to end, then run the same command again" in line
         unchanged(before, ws)
         rc, _, err = first.release()
     finally:

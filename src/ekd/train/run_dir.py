@@ -480,7 +480,7 @@ def using_run(run_dir: Path) -> Iterator[None]:
     if real in _USING or not (real.is_dir() or left_aside):  # held here already (nested), or nothing to guard
         yield
         return
-    lock = lock_run(run_dir, "wait for it to finish, then rerun")
+    lock = lock_run(run_dir, "wait for it to end, then run the same command again")
     if not lock.held:  # writable neither beside nor inside (ekd.locks.lock_directory)
         raise RunDirError(
             f"{run_dir} is read-only: ekd eval writes eval.json, plots and task results into the run; copy it to "
