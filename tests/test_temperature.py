@@ -126,6 +126,27 @@ def test_idts_clamps_zero_scores_and_handles_no_selection():
         policy(sel, {}, torch.ones(1, 4, dtype=torch.bool), ctx())
 
 
+def test_idts_logs_the_global_median_on_a_rank_that_selected_nothing(monkeypatch):
+    """review 136, R2: rank 0 (which writes the log) kept an earlier step's median when its own selection was empty
+    and another rank's was not (LATF's batch-wide top-r under torchrun); NaN where no rank selected a row."""
+    import ekd.temperature as temperature_mod
+
+    policy = build(temperature="idts")
+    stats = {"hellinger": torch.tensor([[0.1, 0.1, 0.9]])}
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    other_rank = {"s": torch.tensor([0.1, 0.1])}
+    monkeypatch.setattr(temperature_mod, "all_gather_1d", lambda s: torch.cat([s, other_rank["s"]]))
+    policy(Selection(torch.tensor([0, 1]), torch.ones(2), 3), stats, valid, ctx())
+    assert policy.diagnostics()["select/idts_median_hellinger"] == pytest.approx(0.1)
+    other_rank["s"] = torch.tensor([0.8, 0.8, 0.8])
+    empty = Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), 3)
+    assert policy(empty, stats, valid, ctx()).shape == (0,)
+    assert policy.diagnostics()["select/idts_median_hellinger"] == pytest.approx(0.8)  # was 0.1
+    other_rank["s"] = torch.zeros(0)
+    policy(empty, stats, valid, ctx())
+    assert math.isnan(policy.diagnostics()["select/idts_median_hellinger"])
+
+
 @pytest.mark.parametrize("direction", ["increasing", "decreasing"])
 def test_entropy_map_is_monotone_in_the_set_direction(direction):
     policy = build(

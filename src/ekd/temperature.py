@@ -174,9 +174,11 @@ class InverseDifficultyTemperature(TemperaturePolicy):
     ) -> Tensor:
         s = _at_rows(stats, "hellinger", selection, self.name).clamp_min(IDTS_SCORE_FLOOR)  # (M,)
         s_all = all_gather_1d(s)  # (Σ_ranks M,) before any early return: every rank joins
+        # the global median, logged by rank 0 even where its own rows are none (review 136, R2: a rank that
+        # selected nothing kept an earlier step's); NaN where no rank selected a row
+        median = self._median = torch.median(s_all) if s_all.numel() else torch.tensor(float("nan"))
         if s.numel() == 0:
             return s
-        median = self._median = torch.median(s_all)
         s_hat = torch.tanh(torch.log(s / median))  # (M,) in (−1, 1)
         return self.base * torch.exp(-self.strength * s_hat)
 
