@@ -1131,3 +1131,45 @@ def test_a_store_dir_that_is_a_file_is_named_by_its_key(tmp_path):
     with pytest.raises(ConfigError, match=r"^run.output_dir: .* is a file"):
         store_build.store_root(load_config(None, ["data.store_dir=auto", f"run.output_dir={taken}"]))
     assert taken.read_text() == "data: {}\n"
+
+
+def test_a_resumed_builds_rate_counts_only_the_tokens_it_tokenized(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review 136, R1: a resumed build's progress line divided the killed build's tokens too by its own seconds
+    (1,878 tokens/s logged for 425 tokenized)."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
+    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 500)
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
+    calls, real = count_encodes(monkeypatch), packing._encode
+
+    def dying(texts, tokenizer):
+        if len(calls) > 20:
+            raise KeyboardInterrupt  # a kill mid-build
+        return real(texts, tokenizer)
+
+    monkeypatch.setattr(packing, "_encode", dying)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=0)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, tmp_path / "r1")
+    partial = next((tmp_path / "runs" / "token-store").glob("*.partial"))
+    before = sum(s["tokens"] for s in json.loads((partial / "progress.json").read_text())["splits"].values())
+    assert before > 0
+    monkeypatch.setattr(packing, "_encode", real)
+    monkeypatch.setattr(store_build, "PROGRESS_SECONDS", 0.0)  # a line at every window
+    seen: list[tuple[int, float]] = []
+    log_progress = store_build._log_progress
+
+    def watched(phase, consumed, states, budgets, seconds, *rest):
+        seen.append((sum(s.tokens for s in states.values()), seconds))
+        return log_progress(phase, consumed, states, budgets, seconds, *rest)
+
+    monkeypatch.setattr(store_build, "_log_progress", watched)
+    with caplog.at_level(logging.INFO, logger="ekd.data"):
+        prepare_data(cfg, tmp_path / "r2")
+    rates = [
+        float(m.group(1)) for r in caplog.records if (m := re.search(r"; (\d+) tokens/s", r.getMessage()))
+    ]
+    assert rates and len(rates) == len(seen)
+    for rate, (tokens, seconds) in zip(rates, seen):
+        assert rate == pytest.approx((tokens - before) / max(seconds, 1e-9), abs=1), (rate, tokens, before)
