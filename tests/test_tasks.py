@@ -1701,3 +1701,36 @@ def test_an_older_multiple_choice_result_is_the_way_of_todays():
     assert ways[0] == ways[1]
     with_gen = {**old, "gen": {"n": 6, "documents_sha256": "g", "output_type": "generate_until"}}
     assert "chat_template" in tm.task_ways({"tasks": {"settings": settings, "student": with_gen}})["task:arc"]
+
+
+def _mc(value: float, ece: float, n: int, output_type: str = "multiple_choice") -> dict:
+    return {"metric": "acc", "value": value, "ece": ece, "n": n, "wall_s": 1.0, "output_type": output_type}
+
+
+def test_a_tags_mc_ece_mean_says_which_tasks_it_leaves_out_and_a_score_mean_is_never_over_a_subset():
+    """review 136, R3: a multiple-choice task without an MC-ECE estimate (< 10 documents) dropped out of its tag's
+    mean without a word — the "mean" of two MC tasks was one task's; a task score that is not finite did too."""
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section, tasks_markdown
+
+    results = {
+        role: {
+            "mc_a": _mc(0.5 + d, 30.0 - d, 200),
+            "mc_b": _mc(0.6 + d, math.nan, 8),
+            "gen": _mc(0.2 + d, math.nan, 50, "generate_until"),  # no MC-ECE by design: not "left out"
+        }
+        for role, d in (("student", 0.0), ("teacher", 0.2), ("student_init", -0.1))
+    }
+    section = task_section(results, TaskSettings(tasks=("mc_a", "mc_b", "gen")), {})
+    student = section["summary"]["student"]
+    assert student["mc_ece"] == {"in_distribution": 30.0}
+    assert student["mc_ece_without"] == {"in_distribution": ["mc_b"]}
+    assert student["mean"]["in_distribution"] == pytest.approx((0.5 + 0.6 + 0.2) / 3)
+    mean_row = next(line for line in tasks_markdown(section).splitlines() if "**mean (" in line)
+    assert "30.00 (1 of 2 MC tasks)" in mean_row and "29.80 (1 of 2 MC tasks)" in mean_row, mean_row
+    results["student"]["mc_b"]["ece"] = 12.0  # every MC task estimated: a plain mean, nothing listed
+    results["student"]["gen"]["value"] = math.nan  # a score that is not finite: no mean over the others
+    section = task_section(results, TaskSettings(tasks=("mc_a", "mc_b", "gen")), {})
+    assert section["summary"]["student"]["mc_ece"] == {"in_distribution": 21.0}
+    assert "mc_ece_without" not in section["summary"]["student"]
+    assert section["summary"]["student"]["mean"]["in_distribution"] is None  # null, as eval.json holds NaN

@@ -122,12 +122,35 @@ def tag_of(name: str, tags: Mapping[str, str]) -> str:
 
 
 def macro_means(values: Mapping[str, float], tags: Mapping[str, str]) -> dict[str, float]:
-    """Mean of the finite values per tag (tag → mean); sets with different tags are never averaged."""
+    """Mean of the values per tag (tag → mean); sets with different tags are never averaged. A tag with a value
+    that is not finite (or None) has a NaN mean: never the mean of its other members under the tag's name (review
+    136, R3; callers leave out beforehand what has no figure by design, and say so: :func:`mc_ece_means`)."""
     by_tag: dict[str, list[float]] = {}
     for name, v in values.items():
-        if v is not None and math.isfinite(v):
-            by_tag.setdefault(tag_of(name, tags), []).append(v)
-    return {t: sum(vs) / len(vs) for t, vs in by_tag.items()}
+        by_tag.setdefault(tag_of(name, tags), []).append(math.nan if v is None else float(v))
+    return {
+        t: sum(vs) / len(vs) if all(math.isfinite(v) for v in vs) else math.nan for t, vs in by_tag.items()
+    }
+
+
+def mc_ece_means(
+    results: Mapping[str, Mapping[str, Any]], tags: Mapping[str, str]
+) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """The MC-ECE of each tag: the mean over its multiple-choice tasks that have an estimate (tag → %), and the
+    multiple-choice tasks left out for having none (tag → names: fewer than :data:`MIN_ECE_SAMPLES` documents, or
+    log-likelihoods that are not finite). A tag none of whose multiple-choice tasks has one has no mean, its tasks
+    listed (review 136, R3: a tag's MC-ECE "mean" was one task's of two, unsaid)."""
+    estimated: dict[str, float] = {}
+    without: dict[str, list[str]] = {}
+    for name, r in results.items():
+        if r.get("output_type") != "multiple_choice":
+            continue
+        ece = r.get("ece")
+        if isinstance(ece, (int, float)) and math.isfinite(ece):
+            estimated[name] = float(ece)
+        else:
+            without.setdefault(tag_of(name, tags), []).append(name)
+    return macro_means(estimated, tags), without
 
 
 def gap_closed(student: float, teacher: float, init: float) -> float:
@@ -205,7 +228,8 @@ def gap_within_noise(teacher: float, init: float, noise: float) -> bool:
 
 
 def format_gap(value: Any, fmt: str = ".3f") -> str:
-    """A gap-closed table cell: the number, or :data:`GAP_WITHIN_NOISE` passed through."""
+    """A table cell of a figure that may be words: the number, or words (:data:`GAP_WITHIN_NOISE`, a mean's
+    "(1 of 2 MC tasks)") passed through."""
     return value if isinstance(value, str) else format(value, fmt)
 
 

@@ -28,6 +28,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +219,12 @@ def task_section(
         "summary": {},
     }
     for role, res in results.items():
+        mc_ece, without = tm.mc_ece_means(res, tags)
         section["summary"][role] = {
             "mean": tm.macro_means({t: _num(r["value"]) for t, r in res.items()}, tags),
-            "mc_ece": tm.macro_means({t: _num(r["ece"]) for t, r in res.items()}, tags),
+            "mc_ece": mc_ece,
+            # the multiple-choice tasks of each tag its MC-ECE mean leaves out (no estimate), where there are any
+            **({MC_ECE_WITHOUT: without} if without else {}),
         }
     teacher, init = results.get("teacher"), results.get("student_init")
     if teacher and init:
@@ -290,7 +294,7 @@ def tasks_markdown(section: dict[str, Any]) -> str:
         row = {"task": f"**mean ({tag})**", "tag": tag, "metric": "macro"}
         for role in roles:
             row[role] = summary[role]["mean"].get(tag)
-            row[f"{role}_ece"] = summary[role]["mc_ece"].get(tag)
+            row[f"{role}_ece"] = _mean_ece_cell(section, role, tag)
         row["gap"] = gap_cell(
             summary.get("gap_closed", {}),
             summary.get("gap_within_noise", []),
@@ -302,9 +306,33 @@ def tasks_markdown(section: dict[str, Any]) -> str:
     cols = [("task", "task", ""), ("tag", "tag", ""), ("metric", "metric", "")]
     cols += [(role, names[role], ".4f") for role in roles]
     cols += [("gap", "gap closed", tm.format_gap)] if "gap_closed" in section else []
-    cols += [(f"{role}_ece", f"MC-ECE % {names[role]}", ".2f") for role in roles]
+    cols += [(f"{role}_ece", f"MC-ECE % {names[role]}", partial(tm.format_gap, fmt=".2f")) for role in roles]
     cols += [("n", "docs", "d"), ("wall", "student wall s", ".1f")]
     return results_table(rows, cols) + (f"\n{tm.GAP_NOTE}\n" if "gap_closed" in section else "")
+
+
+MC_ECE_WITHOUT = "mc_ece_without"
+"""The key of a role's ``summary`` holding, per tag, the multiple-choice tasks its ``mc_ece`` mean leaves out for
+having no estimate (:func:`ekd.eval.task_metrics.mc_ece_means`); absent where none is left out."""
+
+
+def _mean_ece_cell(section: dict[str, Any], role: str, tag: str) -> float | str | None:
+    """A tag's MC-ECE mean for the table: the number, with "(k of m MC tasks)" where tasks without an estimate are
+    left out of it."""
+    mean = section["summary"][role]["mc_ece"].get(tag)
+    left_out = section["summary"][role].get(MC_ECE_WITHOUT, {}).get(tag, [])
+    if not left_out:
+        return mean
+    every = len(left_out) + sum(
+        1
+        for task, r in section[role].items()
+        if r.get("output_type") == "multiple_choice"
+        and section["tags"].get(task) == tag
+        and task not in left_out
+    )
+    counted_tasks = every - len(left_out)
+    shown = "—" if mean is None or not math.isfinite(mean) else f"{mean:.2f}"
+    return f"{shown} ({counted_tasks} of {every} MC tasks)"
 
 
 def _read_eval_json(run_dir: Path) -> dict[str, Any]:
