@@ -1734,3 +1734,32 @@ def test_a_tags_mc_ece_mean_says_which_tasks_it_leaves_out_and_a_score_mean_is_n
     assert section["summary"]["student"]["mc_ece"] == {"in_distribution": 21.0}
     assert "mc_ece_without" not in section["summary"]["student"]
     assert section["summary"]["student"]["mean"]["in_distribution"] is None  # null, as eval.json holds NaN
+
+
+def test_a_groups_leaves_share_its_wall_time_by_their_requests(tmp_path):
+    """review 136, R4: lm-eval scores a group's leaves in one pass, and each leaf was given the pass's time divided
+    evenly (a 3-document generation task the seconds of a 40-choice multiple-choice one). Each leaf's wall_s is
+    its share by model calls (one per choice, one per generation; a document logged once per filter counted
+    once), and the group's own time is recorded beside it."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import GROUP_WALL, TaskSettings, run_tasks, wall_shares
+
+    logged = {
+        "samples": {
+            "mc": [{"doc_id": d, "arguments": [("c", " a")] * 4, "filter": "none"} for d in range(10)],
+            "gen": [
+                {"doc_id": d, "arguments": [("q", {})], "filter": f} for d in range(2) for f in ("a", "b")
+            ],
+        }
+    }
+    assert wall_shares(logged, ["mc", "gen"]) == pytest.approx({"mc": 40 / 42, "gen": 2 / 42})
+    assert wall_shares({"samples": {}}, ["mc", "gen"]) == {"mc": 0.5, "gen": 0.5}
+    model, tok, tasks_dir = _tiny_model_and_tasks(tmp_path)
+    (tasks_dir / "both.yaml").write_text("group: both\ntask:\n  - tiny_mc\n  - tiny_gen\n")
+    out = run_tasks(model, tok, TaskSettings(tasks=("both",), tasks_dir=str(tasks_dir), max_new_tokens=2))
+    mc, gen = out["tiny_mc"], out["tiny_gen"]
+    assert mc[GROUP_WALL]["task"] == gen[GROUP_WALL]["task"] == "both"
+    whole = mc[GROUP_WALL]["wall_s"]
+    assert mc["wall_s"] + gen["wall_s"] == pytest.approx(whole)
+    calls = {"tiny_mc": sum(len(r["choices"]) for r in _mc_rows()), "tiny_gen": 3}
+    assert mc["wall_s"] / whole == pytest.approx(calls["tiny_mc"] / sum(calls.values()))

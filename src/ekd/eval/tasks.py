@@ -633,10 +633,15 @@ def run_tasks(
                 say_truncations(name, label, lm.max_length, cut)
             wall = time.perf_counter() - t0
             leaves = list(loaded["tasks"])
+            shares = wall_shares(r, leaves)
             for leaf in leaves:
                 out[leaf] = _task_result(
-                    leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall / len(leaves)
+                    leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall * shares[leaf]
                 )
+                if (
+                    len(leaves) > 1
+                ):  # scored in one pass with the group's other leaves: its share, and the whole
+                    out[leaf][GROUP_WALL] = {"task": name, "wall_s": wall}
                 out[leaf][DOCUMENTS_SHA256] = identity[leaf].sha256
                 # the chat template applies to every leaf of a group that generates (a multiple-choice one too)
                 out[leaf][GROUP_GENERATES] = generation
@@ -817,6 +822,29 @@ def _configure(task: Any, settings: TaskSettings) -> None:
         if settings.max_new_tokens > 0:  # else the task's own max_gen_toks (a short answer stays short)
             greedy["max_gen_toks"] = settings.max_new_tokens
         task.set_config(key="generation_kwargs", value=greedy, update=True)
+
+
+GROUP_WALL = "group_wall"
+"""The key of a group leaf's result holding the group it was scored with (``task``: the name asked for) and that
+pass's wall seconds (``wall_s``): lm-eval scores a group's leaves in one pass, so a leaf's own ``wall_s`` is its
+share (:func:`wall_shares`), not a time measured alone."""
+
+
+def wall_shares(r: dict, leaves: list[str]) -> dict[str, float]:
+    """Each leaf's share of a group's wall time: its requests (each sample's model calls — one per choice of a
+    multiple-choice document, one per generation) over the group's (review 136, R4: the time was split evenly, a
+    10-document leaf given the seconds of a 2,000-document one); evenly where lm-eval logged no samples."""
+    requests = {leaf: _requests(r["samples"].get(leaf, [])) for leaf in leaves}
+    total = sum(requests.values())
+    return {leaf: requests[leaf] / total if total else 1 / len(leaves) for leaf in leaves}
+
+
+def _requests(samples: list[dict]) -> int:
+    """The model calls of a leaf's logged samples: each document's once (lm-eval logs a document once per filter)."""
+    per_document: dict[Any, int] = {}
+    for i, sample in enumerate(samples):
+        per_document.setdefault(sample.get("doc_id", i), len(sample.get("arguments") or [None]))
+    return sum(per_document.values())
 
 
 def _task_result(name: str, r: dict, task: Any, ece_bins: int, wall_s: float) -> dict[str, Any]:
