@@ -2,8 +2,10 @@
 
 A loss term is a sum over its tokens divided by the global count of its tokens for the optimizer step —
 all micro-batches, all ranks. Each micro-batch's backward uses ``term_sum / global_count``, so the
-accumulated gradient is the same whether the step is 8 micro-batches of 1 or 2 of 4, on 1 rank or many
-(Hugging Face ``num_items_in_batch``; TRL's gradient-accumulation fix; torchtune divided twice).
+accumulated gradient of the same selected tokens is the same whether the step is 8 micro-batches of 1 or 2 of 4,
+on 1 rank or many (Hugging Face ``num_items_in_batch``; TRL's gradient-accumulation fix; torchtune divided
+twice). Which tokens are selected may depend on the split: a batch-wide selection ranks each (global)
+micro-batch's rows together.
 """
 
 from __future__ import annotations
