@@ -504,6 +504,22 @@ def test_a_kill_while_a_checkpoint_is_replaced_leaves_one_whole(ws, capsys):
     assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000002", "step-000003"]
 
 
+def test_a_checkpoint_a_kill_left_half_written_is_removed_by_the_next_one(ws, capsys, caplog):
+    """Try-out 134, F1: ``step-N.tmp/`` a ``kill -9`` left while checkpoint N was written stayed for good once no
+    later checkpoint of step N came (a --resume with another train.checkpoint_every): a whole checkpoint's bytes
+    outside keep_checkpoints, never named. The next checkpoint of the run removes it, and says so."""
+    stray = CKPT / "step-000010.tmp"
+    stray.mkdir()
+    (stray / "student.safetensors.tmp").write_bytes(b"\0" * 4096)
+    with caplog.at_level(logging.INFO, logger="ekd.train.checkpoint"):
+        rc, _, err = _resume(capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in CKPT.iterdir()) == ["latest", "step-000002", "step-000003"]
+    assert "step-000010.tmp, a checkpoint a killed run left half written (0.0 MiB)" in caplog.text, (
+        caplog.text[-3000:]
+    )
+
+
 def _failing_rename_onto(monkeypatch, target: str) -> None:
     """Make the rename of a directory onto a path named ``target`` fail once (the second rename of a replace)."""
     real, failed = Path.rename, []

@@ -181,9 +181,21 @@ def unshared_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 
 
 def _prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints in ``root``, and remove what a killed writer left half written: a
+    ``step-N.tmp`` directory other than the one just sealed (renamed by now) is no writer's any more — checkpoints
+    are written by this run alone, under its lock (try-out 134, F1: one left by a ``kill -9`` stayed for good once a
+    ``--resume`` with another ``train.checkpoint_every`` never wrote step N again, a whole checkpoint's bytes
+    outside ``keep_checkpoints``)."""
     steps = checkpoint_dirs(root)
     for old in steps[: max(0, len(steps) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
+    for stray in root.glob("step-*.tmp"):
+        if stray.is_dir() and stray.name[5:-4].isdigit():
+            size = sum(f.stat().st_size for f in stray.rglob("*") if f.is_file())
+            shutil.rmtree(stray, ignore_errors=True)
+            log.info(
+                "removed %s, a checkpoint a killed run left half written (%.1f MiB)", stray, size / 2**20
+            )
 
 
 def checkpoint_run(path: Path) -> dict[str, Any] | None:
