@@ -2256,3 +2256,18 @@ def test_an_online_run_and_its_cache_twin_differ_by_the_teacher_source_alone(tmp
 
     assert "teacher B/token is two measures here" in markdown(summarize(groups, []))
     assert "two measures" not in markdown(summarize(group_runs([read_run(online)]), []))
+
+
+def test_a_difference_alike_on_every_seed_is_said_so(tmp_path):
+    """Review 128, S4: one difference on every seed gives an interval of width 0, so any mean read *better* with
+    nothing beside it — more often a part the seed does not reach (an evaluation of shared weights) than a
+    difference resolved. The cell says it."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in range(3)]
+    runs += [_fake_run(tmp_path, f"se{s}", "sekd", s, 9.0 + s, 0.5 + 0.01 * s) for s in range(3)]
+    compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    md = (tmp_path / "out" / "compare.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| sekd |") and "better" in line)
+    assert "-1.00 ± 0.00 (better; the same on every seed)" in row, row
+    assert "the same on every seed" not in row.split("better; the same on every seed)", 1)[1], (
+        row
+    )  # KL: spread

@@ -179,7 +179,12 @@ def markdown(summary: dict[str, Any]) -> str:
                     of = len(g["seeds"])
                     verdict = f"1 seed of {of}" if d["verdict"] == "1 seed" and of > 1 else d["verdict"]
                     fewer = f"; n={d['n']} of {of}" if d["n"] < of and d["verdict"] != "1 seed" else ""
-                    row[k] = f"{sign}{spread} ({verdict}{fewer})"
+                    # review 128, S4: one difference on every seed is an interval of width 0 — more often a part the
+                    # seed does not reach (an evaluation of shared weights) than a difference resolved
+                    same = (
+                        "; the same on every seed" if d["n"] > 1 and d["std"] == 0 and d["mean"] != 0 else ""
+                    )
+                    row[k] = f"{sign}{spread} ({verdict}{fewer}{same})"
                 elif d["verdict"] in UNPAIRED or d["verdict"].startswith(NOT_FINITE):
                     row[k] = f"n/a ({d['verdict']})"
             diff_rows.append(row)
