@@ -2271,3 +2271,19 @@ def test_a_difference_alike_on_every_seed_is_said_so(tmp_path):
     assert "the same on every seed" not in row.split("better; the same on every seed)", 1)[1], (
         row
     )  # KL: spread
+
+
+def test_the_kl_by_entropy_plot_names_a_seed_not_finite_and_draws_no_mean_over_the_others(tmp_path):
+    """Review 128, S3: a bucket's bar was the mean over the seeds whose KL there is finite — a diverged seed left
+    out under the method's name, as the cells no longer do. An empty bucket (no tokens) is no divergence."""
+    from ekd.eval.compare import kl_by_entropy
+
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0, 0.5) for s in range(3)]
+    for s, run in enumerate(runs):
+        kl_h0 = None if s == 2 else 0.1 * (s + 1)  # seed 2 diverged: null, as eval.json writes NaN
+        _edit(run, eval_sets={"eval": {"kl@H0": kl_h0, "tokens@H0": 40, "kl@H1": 0.5, "tokens@H1": 60}})
+        _edit(run, eval_sets={"eval": {"kl@H2": None, "tokens@H2": 0}})  # an empty bucket in every run
+    series = kl_by_entropy(group_runs([read_run(r) for r in runs]), "eval")
+    assert list(series) == ["kd (seed 2 not finite)"]
+    bars = series["kd (seed 2 not finite)"]
+    assert math.isnan(bars[0]) and bars[1] == pytest.approx(0.5) and 2 not in bars

@@ -86,18 +86,38 @@ def plot_reliability_grid(groups: list[Group], eval_set: str, path: Path) -> Pat
 def kl_by_entropy(groups: list[Group], eval_set: str) -> dict[str, dict[int, float]]:
     """group label → teacher-entropy bucket → KL(teacher‖student) (``kl@H<i>``) averaged over the group's seeds
     scored on column ``eval_set`` (:meth:`Group.values`: never over two sets) against the group's teacher there
-    (:meth:`Group.teacher_seeds`: never over two teachers); groups without it are left out."""
+    (:meth:`Group.teacher_seeds`: never over two teachers); groups without it are left out. A bucket where a seed's
+    KL is not finite (its student diverged) has no bar, and the group's label names the seed: never a mean over the
+    other seeds under the method's name (review 128, S3; as its cells in compare.md)."""
     series = {}
     for g in groups:
-        buckets = {}
+        buckets: dict[int, list[float]] = {}
+        diverged: set[int] = set()
         seeds, _ = g.teacher_seeds(eval_set)
         for r in (r for r in g.runs if r.seed in seeds):
-            for k, v in r.entry(eval_set).items():
-                if k.startswith("kl@H") and v is not None and not math.isnan(v):
-                    buckets.setdefault(int(k[4:]), []).append(float(v))
+            entry = r.entry(eval_set)
+            for k, v in entry.items():
+                if not k.startswith("kl@H"):
+                    continue
+                value, scored = math.nan if v is None else float(v), entry.get(f"tokens@H{k[4:]}")
+                if math.isfinite(value):
+                    buckets.setdefault(int(k[4:]), []).append(value)
+                elif (
+                    isinstance(scored, (int, float)) and scored > 0
+                ):  # a bucket with tokens: not an empty one
+                    buckets.setdefault(int(k[4:]), []).append(value)
+                    diverged.add(r.seed)
         if buckets:
-            series[g.label] = {b: statistics.fmean(v) for b, v in buckets.items()}
+            label = g.label + (f" ({_seeds_not_finite(sorted(diverged))})" if diverged else "")
+            series[label] = {
+                b: statistics.fmean(v) if all(map(math.isfinite, v)) else math.nan for b, v in buckets.items()
+            }
     return series
+
+
+def _seeds_not_finite(seeds: list[int]) -> str:
+    """``seed 2 not finite`` / ``seeds 1, 2 not finite``."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} not finite"
 
 
 def plot_kl_by_entropy(
