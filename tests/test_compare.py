@@ -2287,3 +2287,18 @@ def test_the_kl_by_entropy_plot_names_a_seed_not_finite_and_draws_no_mean_over_t
     assert list(series) == ["kd (seed 2 not finite)"]
     bars = series["kd (seed 2 not finite)"]
     assert math.isnan(bars[0]) and bars[1] == pytest.approx(0.5) and 2 not in bars
+
+
+def test_a_run_read_from_metrics_jsonl_keeps_a_figure_that_was_not_finite(tmp_path, caplog):
+    """Review 128, S5: without eval.json, compare reads the last evaluation of metrics.jsonl, where a figure not
+    finite is null — it was left out, the seed read as one that did not score the set (the mean over the others
+    under the method's name, the diverged student named nowhere)."""
+    runs = [_fake_run(tmp_path, f"kd{s}", "kd", s, 10.0 + s, 0.5) for s in range(3)]
+    (runs[2] / "eval.json").unlink()
+    row = {"step": 2, "eval/eval/loss": None, "eval/eval/ppl": None, "eval/eval/kl": None}
+    with (runs[2] / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    s = compare_runs(runs, tmp_path / "out", baselines=("kd",), plots=False)
+    ppl = s["groups"][0]["metrics"]["eval/ppl"]
+    assert ppl["not_finite"] == [2], ppl
+    assert "seed 2 not finite" in (tmp_path / "out" / "compare.md").read_text()

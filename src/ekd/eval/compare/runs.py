@@ -715,10 +715,12 @@ def _eval_results(
         )
     results: dict[str, dict[str, float]] = {}
     for key, value in (last or {}).items():
-        if not key.startswith("eval/") or value is None:
+        if not key.startswith("eval/"):
             continue
         name, _, metric = key[len("eval/") :].rpartition("/")  # "eval/<set>[/teacher]/<metric>"
-        results.setdefault(name, {})[metric] = value
+        # null is a figure that was not finite, back to NaN as eval.json's is (review 128, S5: left out, the seed
+        # read as one that did not score the set, and a diverged student was named nowhere)
+        results.setdefault(name, {})[metric] = math.nan if value is None else value
     return results, {}, {}, {}, {}, {}
 
 
