@@ -454,3 +454,24 @@ def test_a_width_the_heads_do_not_divide_is_named_for_a_config_without_head_dim(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hidden_size=30 is not a multiple of num_attention_heads=4" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "how", [["--layers", "2"], ["--from-config", "num_hidden_layers=2", "hidden_size=16"]]
+)
+def test_the_student_gets_the_teachers_generation_config(tmp_path, capsys, how):
+    """Try-out 135, F1: a student built from a config got a generation config implied by config.json — an instruct
+    teacher's end-of-turn stop id and decoding defaults were lost, and the distilled export never stopped at its end
+    of turn. The teacher's generation_config.json is the student's; a broken one is refused in one line."""
+    _, teacher_dir = _teacher("llama", tmp_path)
+    said = {"eos_token_id": [2, 7], "do_sample": True, "temperature": 0.7, "top_p": 0.8, "max_new_tokens": 17}
+    (teacher_dir / "generation_config.json").write_text(json.dumps(said))
+    out = tmp_path / "s"
+    assert main(["student", "init", str(teacher_dir), str(out), *how]) == 0, capsys.readouterr().err
+    saved = json.loads((out / "generation_config.json").read_text())
+    assert {k: saved.get(k) for k in said} == said, saved
+    (teacher_dir / "generation_config.json").write_text('{"eos_token_id": [2, 7')
+    assert main(["student", "init", str(teacher_dir), str(tmp_path / "s2"), *how]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "generation_config.json is not valid JSON" in err, err
+    assert not (tmp_path / "s2").exists()

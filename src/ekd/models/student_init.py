@@ -41,6 +41,7 @@ from ekd.models.layers import decoder_layers
 from ekd.models.load import (
     check_model_dir,
     check_output_head,
+    generation_config_problem,
     is_preset,
     load_model,
     load_or_refuse,
@@ -415,6 +416,7 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         record: dict[str, Any] = {"overrides": plan.overrides}
         teacher_layers = int(teacher_config.num_hidden_layers)
         model_type = teacher_config.model_type
+        generation = _teacher_generation_config(plan, source, hub)
     else:
         teacher = load_model(
             _resolved(plan.teacher),
@@ -429,7 +431,13 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         student = drop_layers(teacher, keep, plan.tie_word_embeddings)
         record = {"kept_layers": keep}
         model_type = teacher.config.model_type
+        generation = teacher.generation_config  # its generation_config.json, checked by the load
         del teacher
+    # the teacher's stop ids and decoding defaults (an instruct model's end-of-turn id, its sampling settings):
+    # a model built from a config gets ones implied by config.json (try-out 135, F1: the export of a distilled
+    # chat student never stopped at its end of turn)
+    if generation is not None:
+        student.generation_config = copy.deepcopy(generation)
 
     tokenizer = None
     try:
@@ -484,6 +492,23 @@ def _what_it_holds(out: Path) -> str:
         f" and holds a finished student of ekd student init ({counted(layers, 'layer')}, from {teacher}): use it as "
         "model.student"
     )
+
+
+def _teacher_generation_config(plan: StudentPlan, source: str, hub: dict[str, Any]) -> Any:
+    """The teacher's ``GenerationConfig`` (its ``generation_config.json``), None where it has none.
+
+    Raises:
+        ModelError: a local teacher's generation_config.json does not parse or names no token ids
+            (:func:`~ekd.models.load.generation_config_problem`: transformers reads it as absent).
+    """
+    from transformers import GenerationConfig
+
+    if broken := generation_config_problem(source):
+        raise ModelError(f"student init: teacher '{plan.teacher}': {broken}; fix it there, or remove it")
+    try:
+        return GenerationConfig.from_pretrained(source, revision=plan.revision or None, **hub)
+    except OSError:  # none there (or none reachable on the hub): the student's own, from its config
+        return None
 
 
 def _resolved(spec: str) -> str:
