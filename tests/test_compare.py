@@ -2302,3 +2302,21 @@ def test_a_run_read_from_metrics_jsonl_keeps_a_figure_that_was_not_finite(tmp_pa
     ppl = s["groups"][0]["metrics"]["eval/ppl"]
     assert ppl["not_finite"] == [2], ppl
     assert "seed 2 not finite" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_a_finished_run_without_an_eval_set_is_told_how_to_score_one(tmp_path, capsys):
+    """Try-out 135, F2: a run trained without an eval set (data.eval_fraction=0) was called unfinished and sent to
+    `ekd eval RUN`, which refuses a run without an eval set; its metrics.jsonl ended in an empty {"step": N} row."""
+    from ekd.train.metrics_log import MetricsLog
+
+    a = _fake_run(tmp_path, "a", "kd", 0, 10.0, 0.5)
+    b = _fake_run(tmp_path, "b", "kd", 1, 11.0, 0.5)
+    (b / "eval.json").write_text("{}")
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{b} has no evaluated set (it was trained without one" in err, err
+    assert "'data.eval_sources={name: FILE}'" in err and "unfinished" not in err, err
+    log = MetricsLog(b, tensorboard=False, resume_step=2)
+    log.write(2, {})  # the end of training's evaluation of no set: no row
+    log.close()
+    assert all(json.loads(line) != {"step": 2} for line in (b / "metrics.jsonl").read_text().splitlines())

@@ -60,6 +60,8 @@ class MetricsLog:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not metrics:  # an evaluation of a run without an eval set: no row (try-out 135, F2: {"step": N})
+            return
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
         }

@@ -551,8 +551,16 @@ def read_run(run_dir: str | Path) -> RunRecord:
     _refuse_unfinished(run_dir, marker, rows, config)
     results, scored_with, scored_by, ways, teachers, starts = _eval_results(run_dir, rows)
     if not results:
+        command = f"ekd eval {shlex.quote(str(run_dir))}"
+        if (run_dir / "eval.json").is_file():  # a finished run that had no eval set (try-out 135, F2: told to
+            # finish it, or to run `ekd eval RUN`, which refuses a run without an eval set)
+            raise EkdError(
+                f"ekd compare: {run_dir} has no evaluated set (it was trained without one: data.eval_fraction=0 "
+                f"and no data.eval_sources); score one with `{command} 'data.eval_sources={{name: FILE}}'`, or "
+                "leave the run out"
+            )
         raise EkdError(
-            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `ekd eval {shlex.quote(str(run_dir))}`"
+            f"ekd compare: {run_dir} has no final evaluation (unfinished run?); finish it or run `{command}`"
         )
     kd_fraction = _kd_fraction(run_dir, rows, marker, config)
     return RunRecord(
