@@ -75,6 +75,22 @@ def test_a_block_longer_than_a_learned_position_table_is_one_line(setup, capsys,
     )
 
 
+def test_a_learned_position_table_too_short_is_refused_before_the_data_is_read(setup, capsys, monkeypatch):
+    """Try-out 135, F4: the refusal came after the whole corpus was tokenized and packed (minutes to hours on a
+    real corpus), though config.json says it; now with the other checks of the models' files, before any data."""
+    from ekd.data import packing
+
+    tmp, corpus = setup
+    model = tmp / "gpt2-16"
+    packed = []
+    monkeypatch.setattr(packing, "_encode", lambda *a, **k: packed.append(1) or [])
+    args = tiny_overrides(tmp, corpus, "early", **{"model.teacher": model, "model.tokenizer": model})
+    assert main(["distill", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.teacher: GPT2LMHeadModel has 16 positions (n_positions=16), learned" in err, err
+    assert not packed  # no document was tokenized
+
+
 def test_blocks_that_fit_train_and_a_rotary_model_past_its_positions_is_warned(setup, caplog):
     tmp, corpus = setup
     fits = tmp / "gpt2-64"

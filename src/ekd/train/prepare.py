@@ -180,7 +180,42 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train_docs: Iterable[Document]
     # whichever tokenizer is named, every real model the run feeds must use it (presets are built for it)
     fed = {r: m for r, m in models.items() if not (r == "teacher" and cfg.teacher.source == "none")}
     check_models_fit_tokenizer(tok, name, fed, cfg.model.trust_remote_code, own=spec)
+    check_declared_positions(fed, cfg.data.block_length, cfg.model.trust_remote_code)
     return tok
+
+
+def check_declared_positions(
+    models: dict[str, tuple[str, str]], block_length: int, trust_remote_code: bool
+) -> None:
+    """A learned position table shorter than ``block_length`` in a real model of ``models`` (role → (spec,
+    revision)), from its config.json — built on the meta device, no weights, only where the block passes the limit
+    the config names —, before any data is read (try-out 135, F4: a GPT-2 student's 128 positions were refused
+    after the whole corpus was tokenized). Loading the model checks it again (and warns of a rotary one's).
+
+    Raises:
+        ModelError: :func:`~ekd.models.positions.check_block_fits_positions`'s line.
+    """
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from ekd.models.load import model_config
+    from ekd.models.positions import has_learned_positions, position_limit
+
+    for role, (spec, revision) in models.items():
+        if is_preset(spec):
+            continue
+        try:
+            config = model_config(spec, revision, trust_remote_code, role)
+            limit = position_limit(SimpleNamespace(config=config))
+            if limit is None or block_length <= limit[1]:
+                continue
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        except Exception:  # noqa: BLE001 — any failure is reported, with its reason, when the model loads
+            continue
+        if has_learned_positions(model):
+            check_block_fits_positions(model, block_length, role)
 
 
 def check_models_fit_tokenizer(
