@@ -5,6 +5,7 @@ the merged export's logits equal the adapter model's; the adapter export reloads
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -271,3 +272,37 @@ def test_a_base_changed_in_place_is_refused_by_resume_and_eval(tmp_path, corpus,
     overrides = tiny_overrides(tmp_path, corpus, "on-base", **{**LORA, **extra, "train.max_steps": 5})
     assert main(["distill", *overrides, "--resume"]) == 2
     assert "is not the base this LoRA run trained its adapters on" in capsys.readouterr().err
+
+
+def _tiny_moe():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "qwen2_moe", vocab_size=64, hidden_size=16, intermediate_size=32, moe_intermediate_size=8,
+        shared_expert_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        num_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config)
+
+
+def test_lora_on_a_mixture_of_experts_says_its_experts_stay_frozen(caplog):
+    """Try-out 135, F2: `all-linear` cannot reach transformers 5's fused experts (3-D parameters) and router, so LoRA
+    on a MoE student left them frozen — 46% of its parameters — while the log read as for a dense model; naming
+    them was refused with a cut module repr for a reason."""
+    pytest.importorskip("peft")
+    cfg = load_config(overrides=["model.lora_r=4"])
+    with caplog.at_level(logging.WARNING, logger="ekd.models.lora"):
+        lora_mod.LoraStudent.wrap(_tiny_moe(), cfg.model)
+    said = [r.getMessage() for r in caplog.records if "LoRA adapts linear layers only" in r.getMessage()]
+    assert len(said) == 1 and "Qwen2MoeExperts (" in said[0] and "stay frozen" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd.models.lora"):
+        lora_mod.LoraStudent.wrap(build_preset("llama-micro", 64), cfg.model)  # a dense model: nothing said
+    assert not [r for r in caplog.records if "LoRA adapts" in r.getMessage()]
+    named = load_config(overrides=["model.lora_r=4", "model.lora_target_modules=[experts]"])
+    with pytest.raises(ConfigError) as e:
+        lora_mod.LoraStudent.wrap(_tiny_moe(), named.model)
+    assert (
+        "(Qwen2MoeExperts is no layer peft adapts: it adapts linear layers); name its linear layers"
+        in str(e.value)
+    ), e.value

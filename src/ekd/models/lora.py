@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,9 @@ class LoraStudent:
                 wrapper = peft.get_peft_model(student, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            # "Target module Qwen2MoeExperts(" — a module's repr cut at its first line (try-out 135, F2)
+            if unsupported := re.fullmatch(r"Target module (\w+)\(", first):
+                first = f"{unsupported[1]} is no layer peft adapts: it adapts linear layers"
             raise ConfigError(
                 f"model.lora_target_modules={list(targets)} does not fit {type(student).__name__} ({first}); "
                 "name its linear layers (e.g. [q_proj, v_proj]) or use [all-linear]"
@@ -103,6 +107,13 @@ class LoraStudent:
             100.0 * trained / max(total, 1),
             " (head included)" if model_cfg.lora_train_head else "",
         )
+        if frozen := _frozen_weights_outside_linear_layers(model):
+            log.warning(
+                "LoRA adapts linear layers only: %s hold weights that are none and stay frozen (a mixture of "
+                "experts' fused experts and router do not train; only attention and any shared expert adapt); "
+                "train without LoRA (model.lora_r=0) to update them",
+                ", ".join(f"{name} ({n:,} parameters)" for name, n in frozen.items()),
+            )
         return cls(model, wrapper, model_cfg.lora_train_head)
 
     def merge(self) -> nn.Module:
@@ -255,6 +266,26 @@ def base_note(path: Path) -> dict:
     ):
         raise ModelError(f"{file} names no base model and head size; {fix}")
     return note
+
+
+def _frozen_weights_outside_linear_layers(model: nn.Module) -> dict[str, int]:
+    """Class name → frozen parameters of the modules holding matrices (or 3-D expert stacks) that are no linear
+    layer, embedding or adapter — what ``all-linear`` cannot reach: transformers 5's fused MoE experts
+    (``Qwen2MoeExperts``) and routers (try-out 135, F2: 46% of a Qwen2-MoE student frozen, said nowhere); {} for a
+    dense model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers.pytorch_utils import Conv1D
+
+    reached = (nn.Linear, nn.Embedding, Conv1D, BaseTunerLayer)
+    out: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, reached):
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2 and not p.requires_grad]
+        if own:
+            name = type(module).__name__
+            out[name] = out.get(name, 0) + sum(p.numel() for p in own)
+    return out
 
 
 def _has_conv1d(model: nn.Module) -> bool:
