@@ -668,6 +668,13 @@ def test_distill_on_chat_data_puts_kd_and_ce_on_assistant_tokens_only(tmp_path, 
         main(["eval", str(run_dir)]) == 0
     )  # ekd eval renders the held-out chat rows with the saved template
     assert json.loads((run_dir / "eval.json").read_text())["held"]["tokens"] == held_targets
+    # try-out 135, F3: the export stops generating at the end of turn its assistant turns were taught to end with
+    from ekd.data.chat import ChatRenderer
+
+    saved.chat_template = PLAIN
+    (turn_end,) = ChatRenderer(saved).end_of_turn_ids()
+    stops = json.loads((run_dir / "student" / "generation_config.json").read_text())["eos_token_id"]
+    assert isinstance(stops, list) and turn_end in stops and stops[0] == saved.eos_token_id, (stops, turn_end)
 
 
 # Renders an assistant turn's tool calls (as Qwen2.5's and Llama-3.1's templates do) and a tool result turn.

@@ -167,6 +167,29 @@ def end_documents_with(model: nn.Module, eos_id: int | None) -> list[int]:
     return ids
 
 
+def also_stop_at(model: nn.Module, ids: list[int]) -> list[int]:
+    """Add ``ids`` (a chat template's end-of-turn tokens) after the end-of-sequence ids of ``model``'s config and
+    generation config; returns the ids written, or [] when every one is there already.
+
+    A student distilled on chat data learns to end each assistant turn with the template's end-of-turn token; a
+    base student's config names only its EOS, so ``generate`` on a chat prompt ran past the end of the turn it was
+    taught (try-out 135, F3). Its own ids stay first.
+    """
+    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
+    own: list[int] = []
+    for config in configs:
+        value = getattr(config, "eos_token_id", None)
+        for i in [value] if isinstance(value, int) else list(value or []):
+            if int(i) not in own:
+                own.append(int(i))
+    added = [int(i) for i in ids if int(i) not in own]
+    if not added:
+        return []
+    for config in configs:
+        config.eos_token_id = [*own, *added]
+    return [*own, *added]
+
+
 def export_line(
     where: str, dtype: torch.dtype, vocab_size: int, rows: int, changes: dict, adapter: bool
 ) -> str:

@@ -463,6 +463,26 @@ def _end_documents_as_trained(student: nn.Module, data: PreparedData, adapter: b
         )
 
 
+def _end_turns_as_trained(student: nn.Module, data: PreparedData, adapter: bool) -> None:
+    """On chat data, the student's config and generation config also end sequences with the template's end-of-turn
+    token, which its assistant turns are taught to end with (:func:`ekd.models.export.also_stop_at`), said in one
+    line when that changes them (an adapter export ships no config: the line gives the ids to pass)."""
+    from ekd.data.chat import ChatRenderer
+    from ekd.models.export import also_stop_at
+
+    turn_ends = ChatRenderer(data.tokenizer).end_of_turn_ids()
+    if ids := also_stop_at(student, turn_ends):
+        log.info(
+            "student: its chat turns end with %s, which its config does not name: its config and generation_config "
+            "now end sequences with %s, %s",
+            ", ".join(repr(t) for t in data.tokenizer.convert_ids_to_tokens(turn_ends)),
+            ids,
+            f"but an adapter export keeps its base's: pass eos_token_id={ids} to generate"
+            if adapter
+            else "and the export does",
+        )
+
+
 def boundary_models(cfg: Config) -> dict[str, tuple[str, str]]:
     """Role → (spec, revision) of the real (non-preset) models whose document convention counts; the teacher's
     files as :func:`teacher_config_source` finds them."""
@@ -587,7 +607,10 @@ def _load_role(
     model = empty_model(spec, **common) if empty else load_model(spec, seed=seed, **common)
     shared_vocab_size(data.vocab_size, (role, model))
     if role == "student":
-        _end_documents_as_trained(model, data, cfg.model.lora_r > 0 and cfg.model.lora_export == "adapter")
+        adapter = cfg.model.lora_r > 0 and cfg.model.lora_export == "adapter"
+        _end_documents_as_trained(model, data, adapter)
+        if cfg.data.format == "chat":
+            _end_turns_as_trained(model, data, adapter)
     if empty:  # shapes only: rank 0 checks the head of the real weights
         return model
     model = model.to(device)
