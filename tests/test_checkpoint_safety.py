@@ -520,6 +520,29 @@ def test_a_checkpoint_a_kill_left_half_written_is_removed_by_the_next_one(ws, ca
     )
 
 
+def test_an_export_that_no_longer_loads_is_told_the_way_back(ws, capsys):
+    """Try-out 135, F5: a student/ synced short was blamed on model.student with no way on, and --resume called
+    the run finished; the way back (move it away, --resume exports it again, no step trained) is named by both."""
+    weights = RUN / "student" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    rc, _, err = cli(capsys, "eval", RUN)
+    line = one_error_line(rc, err)
+    assert "cannot load a model from" in line and f"if {RUN / 'student'} was damaged" in line, line
+    assert "export it again from checkpoint step-000002 with `ekd distill" in line and "--resume`" in line, (
+        line
+    )
+    rc, out, err = cli(capsys, "distill", _config(), "--resume")
+    assert (
+        "a student/ that no longer loads is exported again from the last checkpoint once moved away"
+        in out + err
+    )
+    (RUN / "student").rename(RUN.parent / "student.damaged")
+    rc, _, err = cli(capsys, "distill", _config(), "--resume")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", RUN)
+    assert rc == 0, err
+
+
 def _failing_rename_onto(monkeypatch, target: str) -> None:
     """Make the rename of a directory onto a path named ``target`` fail once (the second rename of a replace)."""
     real, failed = Path.rename, []

@@ -481,7 +481,12 @@ def evaluate_saved_run(
     check_held_out(run_dir, cfg, data.held_out, marker.get("held_out_documents"), _trained_data(run_dir))
     check_sets_unchanged(run_dir, cfg, data)
     recorded_base = marker.get("student_base")  # a LoRA run's base, as it trained on it
-    student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
+    try:
+        student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
+    except ModelError as e:
+        from ekd.train.run_state import damaged_export
+
+        raise ModelError(damaged_export(run_dir, e)) from None
     shared_vocab_size(len(tokenizer), ("student", student))
     check_block_fits_positions(student, cfg.data.block_length, "student")
     check_output_head(student, len(tokenizer), "student")

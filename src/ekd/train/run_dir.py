@@ -836,7 +836,8 @@ class RunStart:
         if finished:
             raise RunFinished(
                 f"run {run_dir} is already finished ({counted(checkpoint_step(ckpt), 'step')}); nothing to "
-                "resume (raise train.max_steps to train further, or `ekd eval` it)"
+                "resume (raise train.max_steps to train further, or `ekd eval` it; a student/ that no longer loads is "
+                "exported again from the last checkpoint once moved away)"
             )
         if "train.max_steps" in diffs:  # said once the checkpoint it resumes from is known (say_new_length)
             self.saved_max_steps = _saved_max_steps(saved)

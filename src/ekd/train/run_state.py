@@ -73,6 +73,19 @@ def _unfinished_run(path: Path) -> str | None:
     return f"{path} is a run that has not finished (no exported student/ yet); {way_to_finish(path)}, then `ekd eval` it"
 
 
+def damaged_export(path: Path, error: Exception) -> str:
+    """``error`` (the run ``path``'s exported ``student/`` did not load) with the way back where the run has a
+    checkpoint: move ``student/`` away and export it again with ``--resume``, which trains no step (try-out 135,
+    F5: a student/ synced short was blamed on model.student, and ``--resume`` called the run finished)."""
+    newest = latest_checkpoint(path)
+    if newest is None:
+        return str(error)
+    return (
+        f"{error}; if {path / 'student'} was damaged (copied or synced short), move it away and export it again "
+        f"from checkpoint {newest.name} with `{_distill_command(path)} --resume` (no step is trained)"
+    )
+
+
 def way_to_finish(path: Path) -> str:
     """How to finish the run ``path`` that ``ekd distill`` started and did not finish: "its newest checkpoint is
     step-…: finish it with `ekd distill …/config.yaml --resume`", or, without a checkpoint, start it again with

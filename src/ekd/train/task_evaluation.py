@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ekd.config import Config, parse_overrides
-from ekd.errors import EkdError
+from ekd.errors import EkdError, ModelError
 from ekd.eval import task_metrics as tm
 from ekd.eval.eval_json import TEACHER_KEY
 from ekd.eval.task_metrics import DOCUMENTS_SHA256
@@ -650,7 +650,12 @@ def evaluate_saved_tasks(
     student_dir = Path(run_dir) / "student"
     tokenizer = run_tokenizer(student_dir, read_marker(Path(run_dir)))  # the class the run trained with
     recorded_base = (read_marker(Path(run_dir)) or {}).get("student_base")
-    student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
+    try:
+        student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
+    except ModelError as e:
+        from ekd.train.run_state import damaged_export
+
+        raise ModelError(damaged_export(run_dir, e)) from None
     return run_end_tasks(
         cfg, Path(run_dir), student, tokenizer, None, device, autocast_dtype(cfg, device), settings
     )
