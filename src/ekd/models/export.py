@@ -140,6 +140,19 @@ def prepare_shipped(
     return {"padded": padded, "trimmed": trimmed, "head_rows": head_rows(model)}
 
 
+def _end_ids(model: nn.Module) -> tuple[list, list[int]]:
+    """``model``'s config and generation config (those it has), and the end-of-sequence ids they name, in order,
+    each once."""
+    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
+    own: list[int] = []
+    for config in configs:
+        value = getattr(config, "eos_token_id", None)
+        for i in [value] if isinstance(value, int) else list(value or []):
+            if int(i) not in own:
+                own.append(int(i))
+    return configs, own
+
+
 def end_documents_with(model: nn.Module, eos_id: int | None) -> list[int]:
     """Make ``eos_id``, the id the run ends every document with (``data.separator``), the first end-of-sequence
     id of ``model``'s config and generation config, its own ids kept after it; returns the ids written, or []
@@ -152,13 +165,7 @@ def end_documents_with(model: nn.Module, eos_id: int | None) -> list[int]:
     """
     if eos_id is None:
         return []
-    own: list[int] = []
-    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
-    for config in configs:
-        value = getattr(config, "eos_token_id", None)
-        for i in [value] if isinstance(value, int) else list(value or []):
-            if int(i) not in own:
-                own.append(int(i))
+    configs, own = _end_ids(model)
     if int(eos_id) in own:
         return []
     ids = [int(eos_id), *own]
@@ -175,13 +182,7 @@ def also_stop_at(model: nn.Module, ids: list[int]) -> list[int]:
     base student's config names only its EOS, so ``generate`` on a chat prompt ran past the end of the turn it was
     taught (try-out 135, F3). Its own ids stay first.
     """
-    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
-    own: list[int] = []
-    for config in configs:
-        value = getattr(config, "eos_token_id", None)
-        for i in [value] if isinstance(value, int) else list(value or []):
-            if int(i) not in own:
-                own.append(int(i))
+    configs, own = _end_ids(model)
     added = [int(i) for i in ids if int(i) not in own]
     if not added:
         return []
