@@ -2320,3 +2320,19 @@ def test_a_finished_run_without_an_eval_set_is_told_how_to_score_one(tmp_path, c
     log.write(2, {})  # the end of training's evaluation of no set: no row
     log.close()
     assert all(json.loads(line) != {"step": 2} for line in (b / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_figure_one_replica_alone_measured_is_shown_in_the_note(tmp_path, capsys):
+    """Try-out 127, F11: the counted run evaluated without its teacher (no KL) and its replica with it: the group's
+    KL was '—' and the note read "identical metrics", the replica's KL shown nowhere."""
+    counted = _fake_run(tmp_path, "counted", "kd", 1, 10.0, 0.5)
+    ev = json.loads((counted / "eval.json").read_text())
+    del ev["eval"]["kl"], ev["eval"]["agree"]
+    (counted / "eval.json").write_text(json.dumps(ev))
+    replica = _fake_run(tmp_path, "replica", "kd", 1, 10.0, 0.018)
+    out = tmp_path / "o"
+    assert main(["compare", str(counted), str(replica), "--out", str(out)]) == 0
+    md = (out / "compare.md").read_text()
+    assert f"measured by one run alone, not compared: eval/kl 0.018 ({replica})" in md, md
+    (rec,) = json.loads((out / "compare.json").read_text())["replicas"]
+    assert {"key": "eval/kl", "run": str(replica), "value": 0.018} in rec["measured_alone"]

@@ -70,6 +70,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         if _scored_set(c) and n in counted_columns and counted_columns[n] != c
     ]
     compared = 0  # eval figures (``<column>/<metric>``) both runs scored alike
+    alone: list[dict[str, Any]] = []  # eval figures one run of the pair has and the other does not
     counted_config = _content_keys(counted_run)
     for r in group.replicas[seed]:
         mine, config = _layout(r), _content_keys(r)
@@ -99,6 +100,15 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
                 largest["run"] = str(r.run_dir)
                 compared += bool(column)
                 continue
+            lacking = r if b is None else counted_run
+            if (
+                column and (a is None) != (b is None) and lacking.entry(column)
+            ):  # it scored the set, not this figure
+                # a figure one run measured alone (the other evaluated without its teacher: try-out 127, F11 —
+                # the replica's KL was shown nowhere, the note read "identical metrics")
+                value, holder = (a, counted_run) if b is None else (b, r)
+                alone.append({"key": key, "run": str(holder.run_dir), "value": value})
+                continue
             if a is None or b is None or (column and r.figure_differs(counted_run, column, metric)):
                 continue  # a figure against another teacher, ECE over other bins: no training difference
             compared += "/" in key
@@ -120,6 +130,7 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
         "largest_difference": largest,
         "scored_otherwise": list(dict.fromkeys(otherwise)),
         "eval_figures_compared": compared,
+        "measured_alone": alone,
     }
 
 
@@ -152,6 +163,10 @@ def replica_note(record: dict[str, Any]) -> str:
         )
     elif otherwise:  # the eval sets themselves differ there: not a difference between the trainings
         agree += f" where scored alike ({', '.join(otherwise)} scored another way, not compared)"
+    if alone := record.get("measured_alone"):
+        shown = [f"{x['key']} {x['value']:.4g} ({x['run']})" for x in alone[:3]]
+        more = f" and {len(alone) - 3} more" if len(alone) > 3 else ""
+        agree += f"; measured by one run alone, not compared: {', '.join(shown)}{more}"
     return (
         f"`{record['method']}` seed {record['seed']}: {record['counted']} counts; replicas {others}: {agree}"
     )
