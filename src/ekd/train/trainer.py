@@ -791,25 +791,11 @@ def _train(
     # started from it (try-out 39: a --resume finishing the export rewrote it)
     if start_step < cfg.train.max_steps and saved_at[-1:] != [cfg.train.max_steps]:
         checkpoint(cfg.train.max_steps)
-    if teacher is not None and hasattr(
-        teacher, "close"
-    ):  # a cache: read no more (its readers' lock given back)
+    # a cache: read no more (its readers' lock given back)
+    if teacher is not None and hasattr(teacher, "close"):
         teacher.close()
     if eval_teacher is None and evaluates_teacher(cfg):  # a cache-trained run: no teacher in memory
-        from ekd.teacher.cache.source import teacher_changed_since
-
-        pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
-        if changed := teacher_changed_since(cfg.model.teacher, pinned):  # never another model's KL (t130 F1)
-            log.warning(
-                "the teacher is not evaluated: %s; the student's KL and agreement need the teacher its cache was "
-                "built from (`ekd eval %s` adds them once it is back)",
-                changed,
-                shlex.quote(str(run_dir)),
-            )
-        else:
-            log.info("loading the teacher for evaluation only (training used the cache)")
-            fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
-            eval_teacher = load_teacher(cfg, data, device)
+        eval_teacher = _teacher_of_the_cache(cfg, teacher, ranks, data, device, run_dir)
     # every rank turns the student into the model <run>/student holds (LoRA merged; padded head rows suppressed
     # or trimmed; weights rounded to the export dtype), so the final evaluation scores the shipped weights
     adapter = lora is not None and cfg.model.lora_export == "adapter"
@@ -900,6 +886,28 @@ def _train(
         total_time=whole["seconds"] if whole else wall_time,
         whole_run=whole is not None,
     )
+
+
+def _teacher_of_the_cache(
+    cfg: Config, teacher, ranks: Ranks, data: PreparedData, device, run_dir: Path
+) -> nn.Module | None:
+    """The teacher a run trained from a cache is evaluated with: ``model.teacher`` loaded for evaluation only, when
+    it is still the teacher the cache was built from; None (said in a warning) when it was replaced or moved since
+    — never another model's KL under the cache's teacher (try-out 130, F1)."""
+    from ekd.teacher.cache.source import teacher_changed_since
+
+    pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
+    if changed := teacher_changed_since(cfg.model.teacher, pinned):
+        log.warning(
+            "the teacher is not evaluated: %s; the student's KL and agreement need the teacher its cache was "
+            "built from (`ekd eval %s` adds them once it is back)",
+            changed,
+            shlex.quote(str(run_dir)),
+        )
+        return None
+    log.info("loading the teacher for evaluation only (training used the cache)")
+    fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
+    return load_teacher(cfg, data, device)
 
 
 def forward_backward(
