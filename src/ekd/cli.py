@@ -309,9 +309,8 @@ def cmd_distill(args) -> int:
     from ekd.log_level import apply_log_level
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
-    cfg = load_config(
-        paths, overrides
-    )  # a config's mistake is said before the training stack's imports (seconds)
+    # a config's mistake is said before the training stack's imports (seconds)
+    cfg = load_config(paths, overrides)
     from ekd.train.run_dir import RunFinished
     from ekd.train.trainer import train
 
@@ -494,9 +493,8 @@ def _refuse_missing_run(run: Path) -> None:
     inside = [p for p in run.parents if is_ekd_run(p)][:1]
     what = "is a file" if run.exists() else "does not exist"
     meant = either([str(p) for p in (close_paths(run, is_ekd_run) if not run.exists() else []) or inside])
-    where = (
-        f" (did you mean {meant}?)" if meant else "" if run.exists() else read_as(str(run))
-    )  # try-out 86, F5
+    # try-out 86, F5
+    where = f" (did you mean {meant}?)" if meant else "" if run.exists() else read_as(str(run))
     raise EkdError(
         f"ekd eval: {run} {what}{where}; give the directory of a run ekd distill wrote (runs/<name>)"
     )

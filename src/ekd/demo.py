@@ -686,9 +686,8 @@ def write_demo_report(
             shutil.copy(src, plots / f"reliability-{r['method']}.png")
     ce = next((r for r in first if r["method"] == "ce"), None)
     notes = []
-    if (
-        ce is not None and "eval/kl" in ce and not math.isfinite(ce["eval/kl"])
-    ):  # review 128, R6: no comparison
+    # review 128, R6: no comparison
+    if ce is not None and "eval/kl" in ce and not math.isfinite(ce["eval/kl"]):
         notes.append(
             "`ce`'s KL to the teacher on the held-out set is not finite: no student is compared with it."
         )

@@ -75,9 +75,8 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if key == "model.tokenizer" and spec.startswith(
-        "preset:"
-    ):  # try-out 51, F6: the other refusals offered it
+    # try-out 51, F6: the other refusals offered it
+    if key == "model.tokenizer" and spec.startswith("preset:"):
         raise error(
             f"{key}: '{spec}' is a model preset, not a tokenizer; a preset model reads the run's tokenizer: name "
             "teacher, student, train_bpe, a directory holding tokenizer files or a hub id"
@@ -102,9 +101,8 @@ def check_model_spec(spec: str, key: str, revision: str = "", weights: bool = Tr
     if not spec.startswith("preset:"):
         from ekd.models.load import check_model_dir
 
-        check_model_dir(
-            spec, key, weights=weights
-        )  # a local directory: its files, before any tokenizer check
+        # a local directory: its files, before any tokenizer check
+        check_model_dir(spec, key, weights=weights)
         hub_kwargs(spec, key, revision=revision)
         return
     from ekd.models.presets import require_preset

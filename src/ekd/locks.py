@@ -118,9 +118,8 @@ class FileLock:
             with writing(self.path.parent):
                 f.seek(0)
                 f.truncate()
-                f.write(
-                    f"{os.getpid()} {socket.gethostname()}\n"
-                )  # the host: a shared file system's other node
+                # the host: a shared file system's other node
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
                 f.flush()
         except BaseException:
             with suppress(OSError):  # ours (the caller compared inodes under the lock)
@@ -160,10 +159,8 @@ class FileLock:
         try:
             written, *host = self.path.read_text().split()
             pid = int(written)
-        except (
-            OSError,
-            ValueError,
-        ):  # none written (yet), or released meanwhile: the pid a probe found, if any
+        except (OSError, ValueError):
+            # none written (yet), or released meanwhile: the pid a probe found, if any
             host = []
         if not pid:
             return "another ekd process"

@@ -459,9 +459,8 @@ def plan_config(
         except EkdError as e:
             spec = tokenizer_source(cfg)
             spec = {"teacher": cfg.model.teacher, "student": cfg.model.student}.get(spec, spec)
-            if spec.startswith(
-                (".", "/", "~")
-            ):  # a path (mistyped?), not a hub id offline: distill refuses it too
+            # a path (mistyped?), not a hub id offline: distill refuses it too
+            if spec.startswith((".", "/", "~")):
                 raise
             note += (
                 f"V={vocab:,} (--vocab-size) not checked against the run's tokenizer: {first_line(str(e))}\n"

@@ -36,9 +36,8 @@ the exceptions: their tracebacks would keep the frames they were raised in, and 
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    signal.signal(
-        signal.SIGTERM, signal.SIG_IGN
-    )  # a second SIGTERM must not cut the clean-up this one starts
+    # a second SIGTERM must not cut the clean-up this one starts
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _received.append(Terminated)
     raise Terminated
 

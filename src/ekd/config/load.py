@@ -306,9 +306,8 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: unknown section '{section}'{_nearest(str(section))}")
         if values is None:
             continue
-        if section == "method" and isinstance(
-            values, str
-        ):  # `method: rskd`, as method=rskd on a command line
+        # `method: rskd`, as method=rskd on a command line
+        if section == "method" and isinstance(values, str):
             values = {"preset": values}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
@@ -326,9 +325,8 @@ def _known() -> frozenset[str]:
 
 def _check_key(key: str, source: str, value: str = "…") -> None:
     if key not in _known():
-        head, colon, rest = key.partition(
-            ":"
-        )  # the first colon: a value may hold dots ({lr:0.01}; try-out 129, F11)
+        # the first colon: a value may hold dots ({lr:0.01}; try-out 129, F11)
+        head, colon, rest = key.partition(":")
         spaced = (  # YAML reads {preset:kd} as a key 'preset:kd' (try-out 127, F9)
             f"; YAML reads 'name:value' without a space as one name: write {head.rpartition('.')[2]}: {rest}"
             if colon and head in _known()

@@ -86,9 +86,8 @@ class OneOf:
         hint = next((f" ({value} is {where})" for name, where in self.elsewhere if name == found), None)
         if hint is None and self.numbers and _is_number(value) and float(value) > 0:  # a τ, not a typo of -1
             hint = f"; a number is {self.numbers}'s: {self.numbers}={value}"
-        if hint is None and (
-            same := DTYPE_SPELLINGS.get(str(found).lower())
-        ):  # fp16 is float16 (try-out 75, F6)
+        # fp16 is float16 (try-out 75, F6)
+        if hint is None and (same := DTYPE_SPELLINGS.get(str(found).lower())):
             meant = [n for n in same if n in names]
             hint = (
                 f"; did you mean '{meant[0]}'?"

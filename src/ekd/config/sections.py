@@ -171,9 +171,8 @@ def _eval_set_name(name: str) -> str | None:
     if name in ("train", "eval", "tasks", "summary"):
         return "is a name ekd uses itself (train, eval, tasks, summary); choose another name"
     if not re.fullmatch(r"[\w.-]+", name):
-        name_colon = re.fullmatch(
-            r"([\w.-]+):\S.*", name
-        )  # YAML reads {ood:/path} as one key (try-out 55, F1)
+        # YAML reads {ood:/path} as one key (try-out 55, F1)
+        name_colon = re.fullmatch(r"([\w.-]+):\S.*", name)
         hint = f"; in YAML a space must follow the colon: {{{name_colon[1]}: ...}}" if name_colon else ""
         return f"must be a word (letters, digits, _, -, .): it names metrics eval/<set>/<metric>{hint}"
     return None

@@ -26,9 +26,8 @@ from ekd.errors import ConfigError, first_line
 from ekd.hub import hub_kwargs
 from ekd.models.text_config import text_config, token_ids_or_none
 
-if (
-    TYPE_CHECKING
-):  # annotations only: importing transformers costs seconds (`ekd config show` reads this package)
+# annotations only: importing transformers costs seconds (`ekd config show` reads this package)
+if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)

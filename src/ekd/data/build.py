@@ -83,9 +83,8 @@ def load_splits(cfg: Config, max_chars: int | None = None, train: bool = True) -
             "eval": cap_chars([d for d, k in zip(docs, keys) if k in held], max_chars, "eval"),
         }
         held_ids = [d.doc_id or f"#{i}" for i, d in enumerate(splits["eval"])]
-        below = any(
-            stable_unit(k) < data.eval_fraction for k in held
-        )  # else the smallest hash's (held_out_keys)
+        # else the smallest hash's (held_out_keys)
+        below = any(stable_unit(k) < data.eval_fraction for k in held)
         say_eval_documents(held_ids, len(held_ids), len(docs), data.eval_fraction, below)
     for name, source in data.eval_sources.items():
         if name in splits or name == "eval":

@@ -155,9 +155,8 @@ def collate(blocks: PackedBlocks, indices: torch.Tensor) -> Batch:
     position_ids = None
     if blocks.document_attention == "isolated":
         starts = blocks.document_starts[idx] if blocks.document_starts is not None else None
-        position_ids = document_positions(
-            starts if starts is not None else torch.zeros_like(target_mask)
-        )  # (B, T)
+        # (B, T)
+        position_ids = document_positions(starts if starts is not None else torch.zeros_like(target_mask))
     boundary = None
     if blocks.boundary_mask is not None:
         boundary = torch.zeros_like(target_mask)

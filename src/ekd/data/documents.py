@@ -992,9 +992,8 @@ def _read_hf(
                 f"data.hf_split: hf:{name} has no split '{data_cfg.hf_split}' (splits: {', '.join(ds)})"
             )
         ds = ds[data_cfg.hf_split]
-    elif (
-        from_disk and data_cfg.hf_split != DataConfig().hf_split
-    ):  # try-out 40: it was ignored without a word
+    elif from_disk and data_cfg.hf_split != DataConfig().hf_split:
+        # try-out 40: it was ignored without a word
         raise ConfigError(
             f"data.hf_split={data_cfg.hf_split}: hf:{name} is a single Dataset saved by save_to_disk, which has no "
             f"splits; leave data.hf_split at its default ({DataConfig().hf_split}) to read all its rows, or save a "

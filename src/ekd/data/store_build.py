@@ -96,11 +96,12 @@ CHECKPOINT_TOKENS = 1 << 23  # tokens written between two resumable checkpoints
 PROGRESS_SECONDS = 10.0
 WINDOW_DOCUMENTS = 256  # documents routed between two rounds of tokenizing
 PROGRESS = "progress.json"
+# data keys outside the signature's "data"
 NOT_SIGNED = (
     *READ_ONLY_DATA_KEYS,
     "source",
     "eval_sources",
-)  # data keys outside the signature's "data"
+)
 
 
 def store_root(cfg: Config) -> Path:
@@ -325,9 +326,8 @@ class _SplitState:
     # documents the split holds: accepted, and those past its token budget, which are not tokenized (the line
     # of the eval split's size counts them, as the in-memory path does: try-out 98, F2)
     held: int = 0
-    first_ids: list[str] = field(
-        default_factory=list
-    )  # the first held documents' ids (a resumed build's line)
+    # the first held documents' ids (a resumed build's line)
+    first_ids: list[str] = field(default_factory=list)
     # the first document ``held`` counts: a build resumed from a checkpoint of an older ekd, which counted none
     # (try-out 101, F3: its resumed pass said "291 of 12000" for 602); 0 otherwise
     counted_from: int = 0
@@ -359,14 +359,12 @@ def _phases(cfg: Config) -> list[_Phase]:
 
         def routed() -> Iterator[tuple[str, Document]]:
             for doc in iter_documents(d.source, d):
-                held = (
-                    stable_unit(content_key(doc)) < d.eval_fraction
-                )  # said at the phase's end (try-out 45, F6)
+                # said at the phase's end (try-out 45, F6)
+                held = stable_unit(content_key(doc)) < d.eval_fraction
                 yield ("eval" if held else "train"), doc
 
-        splits = (
-            ["train", "eval"] if d.eval_fraction > 0 else ["train"]
-        )  # a split that gets nothing never fills
+        # a split that gets nothing never fills
+        splits = ["train", "eval"] if d.eval_fraction > 0 else ["train"]
         phases = [_Phase("data.source", d.source, splits, routed, cap)]
     for name, source in d.eval_sources.items():
         if name in phases[0].splits or name == "eval":
@@ -470,8 +468,8 @@ def _build(
                 "token store %s: building it (data.store_dir; tokenizing once for every run)", directory
             )
         say_other_unfinished_builds(staging)
-    # killed while finishing, past every phase (try-out 56, F9: this log line raised an IndexError, every rerun)
     elif progress["phase"] >= len(phases):
+        # killed while finishing, past every phase (try-out 56, F9: this log line raised an IndexError, every rerun)
         logger.info(
             "token store %s: resuming an unfinished build (killed, or stopped by an error) at its last step (cutting blocks, sealing)",
             directory,

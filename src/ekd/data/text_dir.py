@@ -196,12 +196,13 @@ def is_lock_file(path: Path) -> bool:
 
 
 COMPARE_FORMAT = "ekd-compare"  # compare.json's "format" (ekd.eval.compare.compare_runs writes it)
+# what compare_runs writes under --out
 COMPARE_OUTPUTS = (
     "compare.md",
     "compare.csv",
     "compare.json",
     "plots",
-)  # what compare_runs writes under --out
+)
 
 
 def is_comparison(directory: Path) -> bool:

@@ -142,9 +142,8 @@ def evaluate(
                 end = start + chunk_rows
                 s_logits = s_head(s_hidden[start:end], s_buffer)  # (m, V)
                 t_logits = t_head(t_hidden[start:end], t_buffer) if t_hidden is not None else None  # (m, V)
-                padded = (
-                    s_padded(s_hidden[start:end]).logsumexp(dim=-1) if s_padded is not None else None
-                )  # (m,) over the R−V padded rows
+                # (m,) over the R−V padded rows
+                padded = s_padded(s_hidden[start:end]).logsumexp(dim=-1) if s_padded is not None else None
                 metrics.update(
                     s_logits,
                     labels[start:end],

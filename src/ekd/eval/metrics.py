@@ -253,9 +253,8 @@ class StreamingMetrics:
         p = log_p.exp()  # (m, V)
         kl = _xlogy_terms(p, log_p, log_q)  # (m,)
         entropy = -torch.where(p == 0, p.new_zeros(()), p * log_p).sum(-1)  # (m,)
-        agree = (
-            (log_p.argmax(dim=-1) == pred).to(acc).masked_fill(kl.isnan(), math.nan)
-        )  # (m,) NaN: no answer
+        # (m,) NaN: no answer
+        agree = (log_p.argmax(dim=-1) == pred).to(acc).masked_fill(kl.isnan(), math.nan)
         s["teacher_tokens"] += labels.shape[0]
         s["kl"] += kl.to(acc).sum()
         s["agree"] += agree.sum()

@@ -101,9 +101,8 @@ def check_task_config(cfg: Any) -> None:
                 f"eval.set_tags.{name} must be one of {', '.join(tm.TAGS)}, got '{tag}'",
                 keys=("eval.set_tags",),
             )
-    if (
-        cfg.eval.tasks
-    ):  # a tag may name a group's subtask: checked against lm-eval's index (check_config_tasks)
+    # a tag may name a group's subtask: checked against lm-eval's index (check_config_tasks)
+    if cfg.eval.tasks:
         TaskSettings.from_config(cfg)
         require_lm_eval(import_now=False)
     else:
@@ -638,9 +637,8 @@ def run_tasks(
                 out[leaf] = _task_result(
                     leaf, r, loaded["tasks"][leaf], settings.ece_bins, wall * shares[leaf]
                 )
-                if (
-                    len(leaves) > 1
-                ):  # scored in one pass with the group's other leaves: its share, and the whole
+                # scored in one pass with the group's other leaves: its share, and the whole
+                if len(leaves) > 1:
                     out[leaf][GROUP_WALL] = {"task": name, "wall_s": wall}
                 out[leaf][DOCUMENTS_SHA256] = identity[leaf].sha256
                 # the chat template applies to every leaf of a group that generates (a multiple-choice one too)

@@ -131,9 +131,8 @@ def fused_linear_loss(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     track = torch.is_grad_enabled()
-    chunk_loss = transformed_chunk_loss(
-        chunk_loss, head.transform
-    )  # model logits; ∂/∂(h·Wᵀ) by the chain rule
+    # model logits; ∂/∂(h·Wᵀ) by the chain rule
+    chunk_loss = transformed_chunk_loss(chunk_loss, head.transform)
     if observe is not None:
         chunk_loss = _observed(chunk_loss, observe, head.transform)
     return _FusedHeadLoss.apply(hidden, head.weight, head.bias, chunk_loss, chunk_size, track)

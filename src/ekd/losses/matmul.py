@@ -92,10 +92,11 @@ class _MatmulFp32(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_a = contract_vocab_fp32(grad, b.t()).to(a.dtype)  # (..., K) = (..., N)·(N, K)
         if ctx.needs_input_grad[1]:
+            # (rows, K), (rows, N)
             flat_a, flat_g = (
                 a.reshape(-1, a.shape[-1]),
                 grad.reshape(-1, grad.shape[-1]),
-            )  # (rows, K), (rows, N)
+            )
             grad_b = _mm_fp32(flat_a.t(), flat_g.to(flat_a.dtype)).to(b.dtype)  # (K, N)
         return grad_a, grad_b
 

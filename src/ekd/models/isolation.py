@@ -46,14 +46,14 @@ def check_document_isolation(model: nn.Module, vocab_size: int, role: str = "mod
     length = min(PROBE_LENGTH, shift)
     ids = torch.arange(shift + 2 * length, device=device) * 7919 % vocab_size  # (L,) spread ids
     doc = ids[:length]
+    # (2, L)
     rows = torch.stack(
         [
-            torch.cat(
-                [doc, ids[length:]]
-            ),  # D, then a filler document (≤ shift + length tokens: two documents)
+            # D, then a filler document (≤ shift + length tokens: two documents)
+            torch.cat([doc, ids[length:]]),
             torch.cat([ids.flip(0)[:shift], doc, ids[:length]]),  # a neighbour, D, a filler
         ]
-    )  # (2, L)
+    )
     starts = torch.zeros_like(rows, dtype=torch.bool)
     starts[:, 0] = True
     starts[0, [length, length + shift]] = True

@@ -318,10 +318,11 @@ def _key(role: str) -> str:
     return role if "." in role or ":" in role else f"model.{role}"
 
 
+# what model.tokenizer takes (a preset is no tokenizer)
 TOKENIZER_FIX = (
     "pass a hub id, a directory holding tokenizer files (tokenizer.json, tokenizer_config.json), or teacher, "
     "student or train_bpe"
-)  # what model.tokenizer takes (a preset is no tokenizer)
+)
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.pt", "*.pth")  # what from_pretrained can read
 
 
@@ -342,9 +343,8 @@ def check_model_dir(
         if presets
         else "pass a hub id or a saved model directory"
     )
-    named_tokenizer = (
-        _key(role) == "model.tokenizer"
-    )  # try-out 51, F6: not a model's words (config.json, preset:)
+    # try-out 51, F6: not a model's words (config.json, preset:)
+    named_tokenizer = _key(role) == "model.tokenizer"
     if named_tokenizer:
         fix = TOKENIZER_FIX
     if not spec.strip():  # Path("") would be the current directory

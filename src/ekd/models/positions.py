@@ -25,9 +25,8 @@ LEARNED_TABLES = ("wpe", "embed_positions", "position_embeddings")
 def position_limit(model: nn.Module) -> tuple[str, int] | None:
     """(config key, positions) of the model's limit — the first of :data:`POSITION_KEYS` its config sets to a
     positive whole number — or None when it names none."""
-    config = text_config(
-        getattr(model, "config", None)
-    )  # a composite model's: its language model's (review 126, S2)
+    # a composite model's: its language model's (review 126, S2)
+    config = text_config(getattr(model, "config", None))
     for key in POSITION_KEYS:
         value = getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:

@@ -156,9 +156,8 @@ def layer_activations(model: nn.Module, layer: nn.Module, hidden: int) -> LayerA
     else:
         return fallback(hidden)
     try:  # a module that cannot run on a small CPU input is a structure not recognized
-        act_saved = _saved_per_element(
-            act, 8
-        )  # values the activation keeps per input value (1 for SiLU, GeLU)
+        # values the activation keeps per input value (1 for SiLU, GeLU)
+        act_saved = _saved_per_element(act, 8)
         norm_saved = sum(_saved_per_element(norm, hidden) for norm in norms)  # per hidden unit, all norms
     except (RuntimeError, TypeError, ValueError):
         return fallback(hidden)

@@ -450,9 +450,8 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
     except ModelError as e:
         log.warning("%s: the student directory gets no tokenizer", e)
     rows = getattr(student.get_output_embeddings(), "out_features", None)
-    shrunk = (
-        "vocab_size" in plan.overrides
-    )  # a teacher's own head short of its tokenizer is not ours to refuse
+    # a teacher's own head short of its tokenizer is not ours to refuse
+    shrunk = "vocab_size" in plan.overrides
     if shrunk and tokenizer is not None and rows is not None and rows < len(tokenizer):  # try-out 33
         raise ModelError(
             f"student init: the student's head has {rows} rows, fewer than the teacher tokenizer's {len(tokenizer)} "
@@ -514,9 +513,8 @@ def _teacher_generation_config(plan: StudentPlan, source: str, hub: dict[str, An
 def _resolved(spec: str) -> str:
     """An existing directory as an absolute path; a hub id as given."""
     path = Path(spec).expanduser()
-    return (
-        str(path.resolve()) if spec.strip() and path.exists() else spec
-    )  # Path("") is the current directory
+    # Path("") is the current directory
+    return str(path.resolve()) if spec.strip() and path.exists() else spec
 
 
 __all__ = [

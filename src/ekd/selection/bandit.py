@@ -89,6 +89,7 @@ class LinUCBBandit(SelectionPolicy):
         b, t = valid.shape
         kl = stats.get("forward_kl")
         position = torch.arange(t, device=valid.device, dtype=torch.float64) / max(t - 1, 1)  # (T,)
+        # (B, T, d)
         x = torch.stack(
             [
                 stats["teacher_entropy"].double(),
@@ -99,7 +100,7 @@ class LinUCBBandit(SelectionPolicy):
                 position.expand(b, t),
             ],
             dim=-1,
-        )  # (B, T, d)
+        )
         return x.masked_fill(~valid[..., None], 0.0)
 
     def ucb(self, x: Tensor) -> Tensor:

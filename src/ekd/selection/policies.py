@@ -93,9 +93,8 @@ class CoverageSchedule(TopK):
     name = "coverage_schedule"
 
     def __init__(self, cfg: Any, total_steps: int):
-        SelectionPolicy.__init__(
-            self
-        )  # not TopK's: k comes from the schedule, method.select_fraction is unread
+        # not TopK's: k comes from the schedule, method.select_fraction is unread
+        SelectionPolicy.__init__(self)
         self.per = cfg.select_per
         self.start, self.end = float(cfg.coverage_start), float(cfg.coverage_end)
         self.shape = cfg.coverage_shape

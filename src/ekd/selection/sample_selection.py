@@ -242,9 +242,8 @@ def select_samples(scores: Tensor, sample_ids: Tensor, fraction: float, scorer: 
     n = sample_ids.numel()
     if n == 0:
         return sample_ids.clone()
-    if bad := int(
-        scores.isnan().sum()
-    ):  # a descending sort puts NaN first: it would be kept (review, session 32)
+    # a descending sort puts NaN first: it would be kept (review, session 32)
+    if bad := int(scores.isnan().sum()):
         # try-out 116, F8: 'a model's logits' said nothing of which, and a student scorer reads no teacher
         which = (
             "the student's logits are not finite: check its weights"

@@ -261,9 +261,8 @@ def end_process_groups(error: BaseException | None = None) -> None:
     (:func:`ekd.signals.interrupt_behind`).
     """
     seen: set[int] = set()
-    while (
-        error is not None and id(error) not in seen
-    ):  # the error and its chain (an interrupt raised from it)
+    # the error and its chain (an interrupt raised from it)
+    while error is not None and id(error) not in seen:
         seen.add(id(error))
         traceback.clear_frames(error.__traceback__)
         error = error.__cause__ or error.__context__

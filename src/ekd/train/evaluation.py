@@ -524,9 +524,8 @@ def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None
     """
     from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY, read_eval_json, recorded_settings, set_settings
 
-    saved = read_eval_json(
-        run_dir
-    )  # one that cannot be read is refused (review 126, S7: the check was skipped)
+    # one that cannot be read is refused (review 126, S7: the check was skipped)
+    saved = read_eval_json(run_dir)
     if saved is None:
         return
     section = cfg.to_dict()["data"]

@@ -63,9 +63,8 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool =
             box[0] = ("ok", result if share else None)
         except BaseException as e:  # tell the others instead of leaving them waiting
             failure = e
-            if isinstance(
-                e, KeyboardInterrupt
-            ):  # Ctrl-C or SIGTERM: every rank stops alike (exit 130 or 143)
+            # Ctrl-C or SIGTERM: every rank stops alike (exit 130 or 143)
+            if isinstance(e, KeyboardInterrupt):
                 box[0] = ("error", type(e), "")
             elif isinstance(e, EkdError):
                 box[0] = ("error", type(e), str(e))

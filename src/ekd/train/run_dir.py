@@ -715,17 +715,15 @@ class RunStart:
         diffs = sorted(set(config_differences(saved, current)) & set(config_differences(as_saved, current)))
         diffs = [k for k in diffs if not is_reporting_key(k)]  # the same run, reported otherwise
         ran = (marker or {}).get(ARITHMETIC)  # as the run computed, where it records it (since 2026-12-05)
-        if (
-            ran
-        ):  # what the settings compute here decides, not their spelling: checked below (_arithmetic_moved)
+        # what the settings compute here decides, not their spelling: checked below (_arithmetic_moved)
+        if ran:
             recorded = ["train.precision", *(["model.teacher_dtype"] if "teacher_dtype" in ran else [])]
             diffs = [k for k in diffs if k not in recorded]
         if "train.precision" in diffs and (
             _as_it_ran(ran, "autocast", self.cfg) if ran else _one_arithmetic(saved or {}, self.cfg)
         ):
-            diffs.remove(
-                "train.precision"
-            )  # 'auto' is fp32 on CPU, bf16 on a GPU: nothing the run computes changes
+            # 'auto' is fp32 on CPU, bf16 on a GPU: nothing the run computes changes
+            diffs.remove("train.precision")
         if "model.teacher_dtype" in diffs and (
             _as_it_ran(ran, "teacher_dtype", self.cfg)
             if ran and "teacher_dtype" in ran  # (none where the teacher only evaluates)
@@ -745,9 +743,8 @@ class RunStart:
             and marker.get("state") == "finished"
             and ckpt is not None
             and checkpoint_step(ckpt) >= self.cfg.train.max_steps
-            and is_finished_run(
-                run_dir
-            )  # its student/ removed since: --resume exports it again (try-out 52, F10)
+            # its student/ removed since: --resume exports it again (try-out 52, F10)
+            and is_finished_run(run_dir)
         )
         if not self.resume:
             raise RunDirError(
@@ -800,6 +797,7 @@ class RunStart:
                 raise RunDirError(other_teacher(self.cfg.model.teacher))
         if "teacher.cache_dir" in blocking and _reads_cache("teacher.cache_dir", saved, self.cfg):
             # the cache copied or moved (a node's local disk): try-out 119's was refused as another run
+            # try-out 122, F10
             unchecked = (
                 ""
                 if (marker or {}).get("cache_teacher")
@@ -807,7 +805,7 @@ class RunStart:
                     "; the run records no cache arithmetic (an older ekd's), so the teacher dtype and autocast the cache "
                     "was built in are not checked"
                 )
-            )  # try-out 122, F10
+            )
             _another_path(blocking, "teacher.cache_dir", saved, self.cfg.teacher.cache_dir,
                           "a cache built for this run (its signature — the data, the teacher's weights, the "
                           f"targets — is checked before the first step){unchecked}")  # fmt: skip
@@ -939,9 +937,8 @@ class RunStart:
                     train_blocks=int(train_blocks),
                     text_split=TEXT_SPLIT_RULE,
                 )
-        elif (
-            "text_split" not in marker
-        ):  # an older ekd's run whose data today's rule reads alike: recorded now
+        elif "text_split" not in marker:
+            # an older ekd's run whose data today's rule reads alike: recorded now
             with writing(self.run_dir):
                 _write_marker(self.run_dir, text_split=TEXT_SPLIT_RULE)
 

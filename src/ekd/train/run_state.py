@@ -124,9 +124,8 @@ def _not_a_run_hint(path: Path) -> str:
         if not (is_finished_run(run) or is_ekd_run(run)):
             continue
         pid = holder_of(run)
-        if (
-            pid is None or pid == os.getpid()
-        ):  # nobody, or this process (``ekd eval`` holds what it evaluates)
+        # nobody, or this process (``ekd eval`` holds what it evaluates)
+        if pid is None or pid == os.getpid():
             break
         try:
             training = (read_marker(run) or {}).get("state") in ("starting", "started")

@@ -171,9 +171,8 @@ def distill_micro_batch(
                 kd_sum = objective_sum(
                     parts, batch, rows, selection.weights.float(), tau, h_s_flat, head_s, signal, stats, ctx
                 )
-        if (
-            parts.wants_feedback
-        ):  # the bandit's reward, KL(p‖q) at τ=1 before/after the step, whatever the target
+        # the bandit's reward, KL(p‖q) at τ=1 before/after the step, whatever the target
+        if parts.wants_feedback:
             feedback = {
                 "rows": rows,
                 "teacher_hidden": signal.hidden.reshape(-1, signal.hidden.shape[-1])[rows],  # (M, Dt)

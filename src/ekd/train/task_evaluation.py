@@ -98,9 +98,8 @@ def cached_tasks(
         fresh = run_tasks(
             model, tokenizer, TaskSettings(**{**_fields(settings), "tasks": missing}), amp=amp, label=role
         )
-        entries = _read_cache(
-            path, role, model_spec
-        )  # as it stands now: another run of a sweep may have written
+        # as it stands now: another run of a sweep may have written
+        entries = _read_cache(path, role, model_spec)
         for requested in missing:
             leaves = {k: v for k, v in fresh.items() if k == requested} or fresh  # a group → its leaves
             found[requested] = {"signature": wanted[requested], "results": leaves}

@@ -92,9 +92,8 @@ def sample_selection(
         except ConfigError:
             if saved is None or path.is_dir():
                 raise
-    if (
-        saved is not None
-    ):  # deleted or damaged since: the checkpoint holds them (try-outs 43, 44: scored again)
+    # deleted or damaged since: the checkpoint holds them (try-outs 43, 44: scored again)
+    if saved is not None:
         return restore_sample_selection(run_dir, saved, ckpt, ranks, selection_note(cfg, len(blocks)))
     ids, scores = sharded_sample_scores(
         student,
@@ -108,9 +107,8 @@ def sample_selection(
         chunk_rows=chunk_rows(cfg, data.vocab_size, ranks.device),
         autocast_dtype=amp,
     )
-    kept = select_samples(
-        scores, ids, cfg.method.sample_fraction, cfg.method.sample_scorer
-    )  # ids: block indices
+    # ids: block indices
+    kept = select_samples(scores, ids, cfg.method.sample_fraction, cfg.method.sample_scorer)
     note = selection_note(cfg, len(blocks))
     run_on_main(ranks, lambda: save_sample_selection(path, kept, note), "save the sample selection")
     log.info(

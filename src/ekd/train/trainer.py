@@ -317,9 +317,8 @@ def failed_hint(start: RunStart, max_steps: int) -> str:
             return ""
     except RunDirError:  # a marker torn by the failure itself: say what the checkpoints allow
         pass
-    if (
-        checkpoint_step(newest) >= max_steps
-    ):  # the export or final evaluation failed (try-out 36: a full disk)
+    # the export or final evaluation failed (try-out 36: a full disk)
+    if checkpoint_step(newest) >= max_steps:
         return (
             f"; checkpoint {newest.name} of the last step is kept: once fixed, finish the run (export and "
             f"evaluation) with {_same_command(start, '--resume')}"
@@ -1144,9 +1143,8 @@ def _stop_non_finite(
         cause = (
             f"the teacher's outputs are not finite (NaN or +inf) at a position of this step's batch ({check})"
         )
-    elif (
-        step == 0
-    ):  # no update has been made: nothing diverged (try-out 116, F2: 'lower train.lr' could not help)
+    elif step == 0:
+        # no update has been made: nothing diverged (try-out 116, F2: 'lower train.lr' could not help)
         # (a teacher whose own statistics or hidden states were not finite is named alone, above: what is left is
         # its head's logits; try-out 117, F6)
         runs_in = f": {teacher_dtype_advice(teacher_dtype)}" if teacher_dtype is not None else ""

@@ -102,9 +102,8 @@ def kl_by_entropy(groups: list[Group], eval_set: str) -> dict[str, dict[int, flo
                 value, scored = math.nan if v is None else float(v), entry.get(f"tokens@H{k[4:]}")
                 if math.isfinite(value):
                     buckets.setdefault(int(k[4:]), []).append(value)
-                elif (
-                    isinstance(scored, (int, float)) and scored > 0
-                ):  # a bucket with tokens: not an empty one
+                elif isinstance(scored, (int, float)) and scored > 0:
+                    # a bucket with tokens: not an empty one
                     buckets.setdefault(int(k[4:]), []).append(value)
                     diverged.add(r.seed)
         if buckets:

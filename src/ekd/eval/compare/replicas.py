@@ -101,9 +101,8 @@ def replica_record(group: Group, seed: int) -> dict[str, Any]:
                 compared += bool(column)
                 continue
             lacking = r if b is None else counted_run
-            if (
-                column and (a is None) != (b is None) and lacking.entry(column)
-            ):  # it scored the set, not this figure
+            # it scored the set, not this figure
+            if column and (a is None) != (b is None) and lacking.entry(column):
                 # a figure one run measured alone (the other evaluated without its teacher: try-out 127, F11 —
                 # the replica's KL was shown nowhere, the note read "identical metrics")
                 value, holder = (a, counted_run) if b is None else (b, r)
@@ -145,9 +144,8 @@ def replica_note(record: dict[str, Any]) -> str:
     if big is None or big["abs"] == 0:
         agree = "identical metrics"
     elif math.isinf(big["abs"]):  # one side's figure is not finite (its student diverged)
-        gone = (
-            "not finite" if "/" in big["key"] else "unknown"
-        )  # an eval figure; a cost (KD share, bytes/token)
+        # an eval figure; a cost (KD share, bytes/token)
+        gone = "not finite" if "/" in big["key"] else "unknown"
         said = [gone if v is None or math.isnan(v) else f"{v:.10g}" for v in (big["counted"], big["replica"])]
         agree = f"largest difference {big['key']} {said[0]} vs {said[1]} ({big['run']})"
     else:
@@ -155,9 +153,8 @@ def replica_note(record: dict[str, Any]) -> str:
             f"largest difference {big['key']} {big['counted']:.10g} vs {big['replica']:.10g} "
             f"(|Δ| {big['abs']:.2g}, {big['relative']:.2g} relative, {big['run']})"
         )
-    if otherwise and not record.get(
-        "eval_figures_compared", 1
-    ):  # try-out 31: "identical" over no eval figure
+    # try-out 31: "identical" over no eval figure
+    if otherwise and not record.get("eval_figures_compared", 1):
         agree = agree.replace("metrics", "training figures") + (
             f"; no eval figure compared ({', '.join(otherwise)} scored another way)"
         )

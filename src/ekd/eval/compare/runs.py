@@ -232,9 +232,8 @@ class RunRecord:
                 **cfg["model"],
                 "student": f"weights {self.student_weights.rpartition(':')[2][:16]}",
             }
-        if (
-            not self.trains_with_teacher()
-        ):  # (ce) which teacher decides its eval figures alone, paired by their own
+        # (ce) which teacher decides its eval figures alone, paired by their own
+        if not self.trains_with_teacher():
             # record (try-out 44: ce seeds evaluated against a teacher retrained between them were split in two)
             cfg["model"] = {k: v for k, v in cfg.get("model", {}).items() if k not in TEACHER_MODEL_KEYS}
         if (
@@ -713,9 +712,8 @@ def _eval_results(
         starts.update(task_starts(saved))  # the downstream tasks' initial student
         return metrics, scored_with, scored_by, ways, teachers, starts
     last = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), None)
-    if (
-        last is not None
-    ):  # try-out 45, F10: figures an `ekd eval` since may have replaced, read without a word
+    # try-out 45, F10: figures an `ekd eval` since may have replaced, read without a word
+    if last is not None:
         log.warning(
             "ekd compare: %s has no eval.json; its figures are the last evaluation in metrics.jsonl (step %s)",
             run_dir,

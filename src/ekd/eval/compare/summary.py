@@ -485,9 +485,8 @@ def _teacher_rows(groups: list[Group]) -> list[dict[str, Any]]:
             for c in columns:  # each column's figures under the teacher it recorded (try-out 39)
                 key = r.teacher(c)
                 row = next((row for row in rows if row["key"].same_as(key)), None)
-                if (
-                    row is None
-                ):  # the teacher the entry records it was measured with (try-out 47: the config's)
+                # the teacher the entry records it was measured with (try-out 47: the config's)
+                if row is None:
                     recorded = r.teachers.get(r.entry_name(c) or "") or {}
                     teacher = recorded.get("model") or (r.config.get("model") or {}).get("teacher")
                     row = {"key": key, "teacher": teacher, "of": [], "values": {}, "runs": [], "settings": {}}

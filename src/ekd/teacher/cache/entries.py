@@ -56,9 +56,8 @@ def _targets_at(
     ``probs`` = p at τ=1 when the caller already has it (RS then reuses it)."""
     if spec.kind == "rs":
         r = flat_rows.cpu()
-        seeds = position_seeds(
-            spec.seed, sample_ids[r // T], r % T
-        )  # (m,) as online: (seed, sample, position)
+        # (m,) as online: (seed, sample, position)
+        seeds = position_seeds(spec.seed, sample_ids[r // T], r % T)
         if probs is None or spec.rs_proposal_power != 1.0:
             res = rs_target(logits, spec.rs_samples, seeds=seeds, proposal_power=spec.rs_proposal_power)
         else:

@@ -502,9 +502,8 @@ class CacheTeacher:
     def __init__(self, cfg: Config, data, device: torch.device, memo_batches: int = 16) -> None:
         directory = Path(cfg.teacher.cache_dir)
         check_cache_temperature(cfg.method, cfg.train.max_steps)
-        self._reading = reading(
-            directory
-        )  # held until close(): an --overwrite of the cache is refused meanwhile
+        # held until close(): an --overwrite of the cache is refused meanwhile
+        self._reading = reading(directory)
         try:  # taken before the check, so that what is checked is what is read; given back if refused
             self.reader = CacheReader(directory)
             check_signature(

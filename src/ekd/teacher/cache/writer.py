@@ -187,9 +187,8 @@ class CacheWriter:
             if not path.exists():
                 continue
             found = read_manifest(path, self.rebuild)
-            fix = (
-                REBUILD_ELSEWHERE if self.rebuild == REBUILD else self.rebuild
-            )  # it may be good for its settings
+            # it may be good for its settings
+            fix = REBUILD_ELSEWHERE if self.rebuild == REBUILD else self.rebuild
             check_compatible(self._template, found, f"the existing cache {path}", fix)
             if found["shards"]:
                 self._continue_arithmetic(found["signature"].get(BUILT_WITH), path)
