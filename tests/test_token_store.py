@@ -1173,3 +1173,23 @@ def test_a_resumed_builds_rate_counts_only_the_tokens_it_tokenized(
     assert rates and len(rates) == len(seen)
     for rate, (tokens, seconds) in zip(rates, seen):
         assert rate == pytest.approx((tokens - before) / max(seconds, 1e-9), abs=1), (rate, tokens, before)
+
+
+def test_ekd_eval_of_a_moved_run_reads_its_store_where_the_run_is_now(tmp_path: Path, caplog) -> None:
+    """Try-out 137, F1: `data.store_dir=auto` of a run whose runs directory was moved resolved against the
+    run.output_dir its config.yaml recorded: ekd eval tokenized the whole training source again into the old
+    path, re-creating the directory the user had moved away, and ignored the store beside the run."""
+    from ekd.cli import main
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus")
+    base = tiny_overrides(tmp_path, corpus, "stored", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base, "data.store_dir=auto", "method=ce"]) == 0
+    moved = tmp_path / "moved away é"
+    (tmp_path / "runs").rename(moved)
+    with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+        assert main(["eval", str(moved / "stored")]) == 0
+    assert not (tmp_path / "runs").exists()  # nothing written where the run was
+    said = [r.getMessage() for r in caplog.records if "token store" in r.getMessage()]
+    assert any(f"{moved / 'token-store'}" in m and "reusing" in m for m in said), said

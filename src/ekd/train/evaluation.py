@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,10 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = flat_config(raw)
+    # where the run lies now, not where it was made (try-out 137, F1: `data.store_dir=auto` of a run moved since
+    # rebuilt its token store under the old run.output_dir, re-creating the directory moved away)
+    here = Path(os.path.abspath(run_dir))
+    flat.update({"run.output_dir": str(here.parent), "run.name": here.name})
     given = parse_overrides(overrides or [])
     if unread := [k for k in given if k in NOT_READ_BY_EVAL and given[k] != flat.get(k)]:
         raise ConfigError(  # try-out 75, F5: model.student=OTHER scored the run's own student in silence
