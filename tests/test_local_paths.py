@@ -422,3 +422,29 @@ def test_gone_paths_are_the_paths_a_run_read_that_no_longer_exist(tmp_path, monk
         f"data.source: data/text.jsonl (the run read {tmp_path / 'data' / 'text.jsonl'})",
         "model.teacher: m/teacher (the run read /old/project/m/teacher)",
     ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "{loop}"],
+        ["cache", "info", "{loop}"],
+        ["compare", "{loop}"],
+        ["student", "init", "{loop}", "{tmp}/out", "--layers", "1"],
+        ["distill", "{config}", "model.teacher={loop}"],
+        ["distill", "{config}", "data.source={loop}"],
+    ],
+)
+def test_a_symlink_loop_anywhere_a_path_goes_is_one_line(tmp_path, capsys, monkeypatch, args):
+    """Try-out 137, F5: a relative path that is a symbolic link leading back to itself was Path.resolve's
+    RuntimeError traceback in every command that takes a path (15 places)."""
+    from ekd.cli import main
+    from tiny import config_file, write_corpus
+
+    monkeypatch.chdir(tmp_path)
+    Path("lp").symlink_to("lp")
+    config = config_file(tmp_path, write_corpus(tmp_path / "corpus"), "r")
+    given = [a.format(loop="lp", tmp=tmp_path, config=config) for a in args]
+    assert main(given) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lp" in err[0], err  # one line naming the path (a loop, or "does not exist")

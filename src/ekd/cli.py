@@ -832,6 +832,18 @@ def _command(argv: list[str] | None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    # a path that is a symbolic link leading back to itself: Path.resolve's RuntimeError (Python < 3.13) wherever a
+    # path is made absolute — every path key and argument (try-out 137, F5: a traceback in 15 places)
+    except RuntimeError as e:
+        if args.debug or not (loop := SYMLINK_LOOP.match(str(e))):
+            raise
+        close_progress_bars()
+        print(
+            f"ekd: error: {loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real file or "
+            "directory, or name another path",
+            file=sys.stderr,
+        )
+        return 2
     # under torchrun: a collective whose peer has gone, because another rank ended first
     except Exception as e:
         if args.debug or not _lost_peer(e):
@@ -841,6 +853,10 @@ def _command(argv: list[str] | None) -> int:
         if not _said_for_rank0(e, hint) and _rank0():  # its own line, if it had one, is the news; rank 0 says
             print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)  # how to go on
         return 1
+
+
+SYMLINK_LOOP = re.compile(r"Symlink loop from '(.*)'$")
+"""``pathlib.Path.resolve``'s words for a symbolic link that leads back to itself (Python 3.11, 3.12)."""
 
 
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
