@@ -448,3 +448,32 @@ def test_a_symlink_loop_anywhere_a_path_goes_is_one_line(tmp_path, capsys, monke
     assert main(given) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lp" in err[0], err  # one line naming the path (a loop, or "does not exist")
+
+
+def test_overwrite_of_a_run_that_is_a_symbolic_link_replaces_it_where_it_lies(tmp_path, capsys, monkeypatch):
+    """Try-out 137, F3: --overwrite of runs/exp1 -> bigdisk/exp1 moved the link aside (runs/.exp1.replaced), made the
+    new run on runs/'s disk, and every later command of the run was a traceback (rmtree of a symbolic link). The run
+    is replaced in the directory the link leads to; the link stays; a link an older ekd moved aside is removed."""
+    from tiny import tiny_overrides, write_corpus
+
+    monkeypatch.chdir(tmp_path)
+    corpus = write_corpus(tmp_path / "corpus")
+    big = tmp_path / "bigdisk"
+    base = tiny_overrides(tmp_path, corpus, "exp1", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base, f"run.output_dir={big}"]) == 0
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "exp1").symlink_to(big / "exp1")
+    first = json.loads((big / "exp1" / "ekd-run.json").read_text())["run_id"]
+    assert main(["-q", "distill", *base, "train.lr=0.002", "--overwrite"]) == 0, capsys.readouterr().err
+    link = tmp_path / "runs" / "exp1"
+    assert link.is_symlink() and link.resolve() == (big / "exp1").resolve()
+    assert json.loads((big / "exp1" / "ekd-run.json").read_text())["run_id"] != first  # the new run, there
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if "replaced" in p.name) == []
+    assert sorted(p.name for p in big.iterdir() if "replaced" in p.name) == []
+    assert main(["-q", "eval", str(link), "eval.teacher=false"]) == 0, capsys.readouterr().err
+    # the state an older ekd left: the user's link moved aside beside a new run directory
+    link.unlink()
+    shutil.copytree(big / "exp1", link)
+    (tmp_path / "runs" / ".exp1.replaced").symlink_to(big / "exp1")
+    assert main(["-q", "eval", str(link), "eval.teacher=false"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "runs" / ".exp1.replaced").exists() and (big / "exp1" / "ekd-run.json").is_file()

@@ -400,7 +400,15 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     :class:`RunStart`, ``ekd eval RUN`` through :func:`using_run`). Only an ekd run is moved, and a run
     directory that holds what is not an ekd run's start is left alone, as is the run aside.
     """
-    run_dir = Path(run_dir)
+    given = Path(run_dir)
+    linked = aside_of(given)
+    if (
+        linked.is_symlink()
+    ):  # an older ekd moved a run's symbolic link aside (try-out 137, F3): a link, no run
+        target = os.readlink(linked)
+        linked.unlink()
+        log.warning("removed %s, a link to %s an --overwrite had moved aside", linked, target)
+    run_dir = real_run_dir(given)
     aside = aside_of(run_dir)
     if not aside.is_dir() or not is_ekd_run(aside):
         return False
@@ -412,8 +420,16 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
         return False  # something else is in the way; leave both alone
     shutil.rmtree(run_dir, ignore_errors=True)
     aside.rename(run_dir)
-    log.warning("restored %s, which an interrupted --overwrite had moved aside", run_dir)
+    log.warning("restored %s, which an interrupted --overwrite had moved aside", given)
     return True
+
+
+def real_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, or the directory it links to when it is a symbolic link (a run kept on another disk, linked into
+    ``runs/``): where a replacement moves the run aside and makes the new one, so the link still leads to the run
+    (try-out 137, F3: the link itself was moved aside — a traceback in every later command of the run — and the
+    new run made on ``runs/``'s disk)."""
+    return Path(run_dir).resolve() if Path(run_dir).is_symlink() else Path(run_dir)
 
 
 def _runs_beside(run_dir: Path) -> str:
@@ -582,7 +598,10 @@ class RunStart:
     def __init__(self, cfg: Config, resume: bool, overwrite: bool) -> None:
         self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
         self.run_dir: Path = cfg.run_dir
-        self.aside = aside_of(self.run_dir)
+        self.real_dir = real_run_dir(
+            self.run_dir
+        )  # what a replacement moves: the linked directory, not a link
+        self.aside = aside_of(self.real_dir)
         self.fresh = False  # this start creates the run (new, replacing, or re-making an unstarted one)
         self.existed = False  # the directory existed before (empty, or moved aside)
         self.moved = False  # the previous content is at ``self.aside``
@@ -646,7 +665,7 @@ class RunStart:
                 raise RunDirError(f"--resume: {run_dir} holds no run to resume{_runs_beside(run_dir)}")
             self.fresh = self.moved or not holds
             self.existed = self.moved or run_dir.is_dir()
-            make_dirs(run_dir)
+            make_dirs(self.real_dir)
             if self.fresh:  # a resumed run's files change only once it has started (commit)
                 self.run_id = new_run_id()
                 _write_marker(run_dir, state="starting", run_id=self.run_id)
@@ -892,7 +911,7 @@ class RunStart:
         """
         if self.aside.exists():  # not ours to delete (ekd's own leftovers were handled by the recovery)
             raise RunDirError(f"{self.aside} is in the way of --overwrite; move or remove it and rerun")
-        out = self.run_dir.parent
+        out = self.real_dir.parent
         if not os.access(out, os.W_OK):  # the rename below would fail with a bare "read-only file system"
             what = (
                 f"--overwrite cannot replace {self.run_dir}"
@@ -903,7 +922,7 @@ class RunStart:
                 f"{what}: replacing a run directory moves it aside within its parent, and {out} is not "
                 "writable; set run.output_dir to a writable directory and rerun"
             )
-        self.run_dir.rename(self.aside)
+        self.real_dir.rename(self.aside)
         self.moved = True
 
     # ------------------------------------------------------------ data, commit, rollback
@@ -1119,11 +1138,11 @@ class RunStart:
                 elif entry.name != INSIDE:
                     entry.unlink(missing_ok=True)
         else:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            shutil.rmtree(self.real_dir, ignore_errors=True)
         if self.aside.is_dir():
-            self.aside.rename(self.run_dir)
+            self.aside.rename(self.real_dir)
         elif self.existed:
-            make_dirs(self.run_dir)  # it was an empty directory before
+            make_dirs(self.real_dir)  # it was an empty directory before
 
     def close(self) -> None:
         """Release the run's lock (after :meth:`finish`, :meth:`rollback` or a refusal); an output directory
