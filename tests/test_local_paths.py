@@ -477,3 +477,23 @@ def test_overwrite_of_a_run_that_is_a_symbolic_link_replaces_it_where_it_lies(tm
     (tmp_path / "runs" / ".exp1.replaced").symlink_to(big / "exp1")
     assert main(["-q", "eval", str(link), "eval.teacher=false"]) == 0, capsys.readouterr().err
     assert not (tmp_path / "runs" / ".exp1.replaced").exists() and (big / "exp1" / "ekd-run.json").is_file()
+
+
+def test_a_directory_source_reads_the_files_behind_a_linked_directory(tmp_path):
+    """Try-out 137, F2: a corpus directory holding a symbolic link to a directory of shards (on another disk) was
+    read without the shards' files — Path.rglob of Python 3.11 does not descend into a linked directory — while the
+    log line read as complete; a glob of the same tree read them. A link back up is walked once."""
+    from ekd.data.text_dir import list_directory, list_glob, signed_files
+
+    corpus, shards = tmp_path / "corpus", tmp_path / "elsewhere" / "shards"
+    (corpus / "sub").mkdir(parents=True)
+    shards.mkdir(parents=True)
+    (corpus / "a.txt").write_text("a\n")
+    (corpus / "sub" / "b.txt").write_text("b\n")
+    (shards / "e.txt").write_text("e\n")
+    (corpus / "ext").symlink_to(shards)
+    (corpus / "sub" / "up").symlink_to(corpus)  # a loop: not walked again
+    listed = [p.relative_to(corpus).as_posix() for p in list_directory(corpus).files]
+    assert listed == ["a.txt", "ext/e.txt", "sub/b.txt"], listed
+    assert {p.name for p in list_glob(f"{corpus}/*/*.txt").files} == {"b.txt", "e.txt"}
+    assert corpus / "ext" / "e.txt" in signed_files(corpus)  # the token store's signature sees them too
