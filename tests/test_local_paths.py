@@ -497,3 +497,25 @@ def test_a_directory_source_reads_the_files_behind_a_linked_directory(tmp_path):
     assert listed == ["a.txt", "ext/e.txt", "sub/b.txt"], listed
     assert {p.name for p in list_glob(f"{corpus}/*/*.txt").files} == {"b.txt", "e.txt"}
     assert corpus / "ext" / "e.txt" in signed_files(corpus)  # the token store's signature sees them too
+
+
+def test_a_data_file_named_with_a_globs_characters_is_that_file(tmp_path, capsys):
+    """Try-out 137, F4: `data.source=notes[v1].txt`, an existing file, was refused as "a glob that matches no files;
+    check the pattern" before it was read (the reader itself reads the literal file first); the escaped spelling that
+    passed read it by the glob rule, as one document without an eval split."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    text = "\n\n\n".join(p.read_text() for p in sorted(corpus.iterdir()))
+    named = tmp_path / "d [1]" / "notes[v1].txt"
+    named.parent.mkdir()
+    named.write_text(text)
+    plain = tmp_path / "plain.txt"
+    plain.write_text(text)
+    for name, source in (("bracket", named), ("plain", plain)):
+        args = tiny_overrides(tmp_path, source, name, **{"train.max_steps": 1, "data.eval_fraction": 0.3})
+        assert main(["-q", "distill", *args]) == 0, capsys.readouterr().err
+    marker = {
+        n: json.loads((tmp_path / "runs" / n / "ekd-run.json").read_text()) for n in ("bracket", "plain")
+    }
+    assert marker["bracket"]["data_fingerprint"] == marker["plain"]["data_fingerprint"]  # the same documents
