@@ -519,3 +519,26 @@ def test_a_data_file_named_with_a_globs_characters_is_that_file(tmp_path, capsys
         n: json.loads((tmp_path / "runs" / n / "ekd-run.json").read_text()) for n in ("bracket", "plain")
     }
     assert marker["bracket"]["data_fingerprint"] == marker["plain"]["data_fingerprint"]  # the same documents
+
+
+def test_a_home_path_that_reaches_ekd_unexpanded_is_read_as_the_home_directory(tmp_path, capsys, monkeypatch):
+    """Try-out 137, F6: `~/runs/x` quoted (or from a launcher's argument list) was expanded by ekd distill and every
+    config key but read literally by ekd eval / compare / cache info, which refused it as missing "(read as <the
+    home path, which exists>)". F9: a run named '~' is refused (`ekd eval ~` read its files from the home
+    directory)."""
+    from tiny import tiny_overrides, write_corpus
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    corpus = write_corpus(tmp_path / "corpus")
+    args = tiny_overrides(tmp_path, corpus, "h1", **{"train.max_steps": 1, "run.output_dir": "~/ekdruns"})
+    assert main(["-q", "distill", *args]) == 0, capsys.readouterr().err
+    assert (tmp_path / "home" / "ekdruns" / "h1" / "student").is_dir()
+    assert main(["-q", "eval", "~/ekdruns/h1", "eval.teacher=false"]) == 0, capsys.readouterr().err
+    out = tmp_path / "cmp"
+    assert main(["-q", "compare", "~/ekdruns/h1", "--out", str(out), "--no-plots"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert main(["cache", "info", "~/nocache"]) == 2
+    assert f"read as {tmp_path / 'home' / 'nocache'}" not in capsys.readouterr().err  # named as what it reads
+    assert main(["-q", "distill", *args, "run.name=~"]) == 2
+    assert "run.name" in capsys.readouterr().err

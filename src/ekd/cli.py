@@ -799,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(argv: list[str] | None) -> int:
     args = parse(argv)
+    _expand_home(args)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -853,6 +854,22 @@ def _command(argv: list[str] | None) -> int:
         if not _said_for_rank0(e, hint) and _rank0():  # its own line, if it had one, is the news; rank 0 says
             print(f"ekd: error: {LOST_PEER_LINE}{hint}", file=sys.stderr)  # how to go on
         return 1
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """``~`` at the start of a path argument (a run, runs to compare, ``--out``, a cache, a teacher, a config
+    file) read as the home directory, as a shell reads it unquoted — unless a path of that literal name exists:
+    a ``~/runs/x`` that reached ekd quoted, or from a launcher's argument list, was read literally by ``ekd eval``,
+    ``ekd compare`` and ``ekd cache info`` and refused as missing "(read as <the home path, which exists>)"
+    (try-out 137, F6), where ``ekd distill`` and every config key expand it."""
+
+    def home(value: object) -> object:
+        if isinstance(value, str) and value.startswith("~") and not os.path.lexists(value):
+            return os.path.expanduser(value)
+        return value
+
+    for name, value in vars(args).items():
+        setattr(args, name, [home(v) for v in value] if isinstance(value, list) else home(value))
 
 
 SYMLINK_LOOP = re.compile(r"Symlink loop from '(.*)'$")

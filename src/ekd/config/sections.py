@@ -34,13 +34,15 @@ from ekd.config.rules import (
 
 def _plain_name(value: str) -> str | None:
     """A run name is one path component: not blank, not starting with '.' (no '.', '..' or hidden names,
-    which the run directory's own temporary siblings use), no separators, no space at either end (a directory
+    which the run directory's own temporary siblings use) or '~', no separators, no space at either end (a directory
     'runs/ lead' that `ls` shows as 'lead': try-out 108, F14), at most 245 bytes (a file name's 255 less the 10
     its siblings '.NAME.lock' and '.NAME.replaced' add)."""
     if not value.strip() or value.startswith(".") or "/" in value or "\\" in value or not value.isprintable():
         return "must be a plain name (printable, no '/' or '\\', not starting with '.')"
     if value != value.strip():
         return "must not start or end with a space"
+    if value.startswith("~"):  # try-out 137, F9: `ekd eval ~` read the run's files from the home directory
+        return "must not start with '~', which paths read as the home directory"
     if len(value.encode()) > 245:  # its lock '.NAME.lock' and an --overwrite's '.NAME.replaced' add 10 to 255
         return (
             f"is {len(value.encode())} bytes long: at most 245 (a file name holds 255, its lock file adds 10)"
