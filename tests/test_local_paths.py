@@ -215,6 +215,10 @@ def test_eval_of_a_run_whose_teacher_moved(work, tmp_path, monkeypatch, capsys):
     line = _error_line(capsys)
     assert f"the run's teacher {teacher} (model.teacher) is not there any more" in line, line
     assert "model.teacher=PATH" in line and "eval.teacher=false" in line and "preset" not in line, line
+    # try-out 138, F1: the way's cost is said before it is taken (the warning came after eval.json was rewritten)
+    assert line.endswith(
+        "which drops the KL, agreement and teacher rows eval.json holds for the sets it scores"
+    ), line
     assert json.loads((run_dir / "eval.json").read_text()) == trained
     assert main(["-q", "eval", str(run_dir), "eval.teacher=false"]) == 0, capsys.readouterr().err
     alone = json.loads((run_dir / "eval.json").read_text())

@@ -508,7 +508,8 @@ def evaluate_saved_run(
                 raise ConfigError(
                     f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's "
                     f"cache was built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
-                    "eval.teacher=false`"
+                    "eval.teacher=false`, which drops the KL, agreement and teacher rows eval.json holds for the sets "
+                    "it scores"
                 )
         teacher = load_teacher(cfg, data, device)
     results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
@@ -708,7 +709,14 @@ def _check_teacher_is_there(
     if boundary:
         ways.append("pack the eval sets with the tokenizer's EOS (data.separator=eos)")
     elif alone:
-        ways.append(f"score the student alone (ekd eval {run} {alone})")
+        # what it costs, said before, not after eval.json is rewritten (try-out 138, F1: the KL, agreement and
+        # teacher rows of the end of training were dropped, and the warning's remedy needed the teacher that is gone)
+        drops = (
+            ", which drops the KL, agreement and teacher rows eval.json holds for the sets it scores"
+            if figures
+            else ""
+        )
+        ways.append(f"score the student alone (ekd eval {run} {alone}){drops}")
     whose = "the teacher" if typed else "the run's teacher"
     raise ModelError(
         f"ekd eval: {whose} {spec} (model.teacher) is not there{'' if typed else ' any more'}; it is read for "
