@@ -546,3 +546,19 @@ def test_a_home_path_that_reaches_ekd_unexpanded_is_read_as_the_home_directory(t
     assert f"read as {tmp_path / 'home' / 'nocache'}" not in capsys.readouterr().err  # named as what it reads
     assert main(["-q", "distill", *args, "run.name=~"]) == 2
     assert "run.name" in capsys.readouterr().err
+
+
+def test_resume_with_the_student_directory_moved_is_told_to_put_it_back(work, tmp_path, monkeypatch, capsys):
+    """Try-out 138, F2: --resume of a run whose model.student directory moved was told "pass a hub id, a saved model
+    directory or preset:<name>", and passing the moved directory was refused as a change to what the run computes.
+    The line says to put it back."""
+    student = tmp_path / "student"
+    shutil.copytree(work / "w" / "s", student)
+    monkeypatch.chdir(work)
+    over = {"model.student": str(student), "run.output_dir": str(tmp_path / "runs"), "train.max_steps": 1}
+    assert main(["-q", "distill", *_relative("smoved", **over)]) == 0, capsys.readouterr().err
+    student.rename(tmp_path / "student-moved")
+    assert main(["-q", "distill", *_relative("smoved", **over), "train.max_steps=2", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert line.endswith(f"--resume: model.student={student} no longer exists: put it back there (the run reads the "
+                         "student it started from there: its architecture, and with LoRA its base weights)"), line  # fmt: skip

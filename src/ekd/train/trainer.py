@@ -1063,7 +1063,17 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
     it was told to pass 'a hub id, a saved model directory or preset:<name>')."""
     from ekd.hub import check_model_spec
 
-    check_model_spec(cfg.model.student, "model.student", cfg.model.revision)
+    try:
+        check_model_spec(cfg.model.student, "model.student", cfg.model.revision)
+    except EkdError as e:
+        gone = Path(cfg.model.student).expanduser()
+        if resume and gone.is_absolute() and not gone.exists():  # try-out 138, F2: told to pass a directory,
+            # then refused for passing another one
+            raise type(e)(
+                f"--resume: model.student={cfg.model.student} no longer exists: put it back there (the run reads the "
+                "student it started from there: its architecture, and with LoRA its base weights)"
+            ) from None
+        raise
     if wants_teacher_model(cfg, parts):
         try:
             check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
