@@ -268,7 +268,15 @@ def test_a_base_changed_in_place_is_refused_by_resume_and_eval(tmp_path, corpus,
     assert main(["eval", str(run.run_dir)]) == 2
     err = capsys.readouterr().err
     assert "is a LoRA adapter on" in err and "whose weights changed since the run trained it" in err, err
+    assert "was damaged" not in err  # re-exporting the adapter cannot help (try-out 138, F3)
     assert (run.run_dir / "eval.json").read_bytes() == before
+    base.rename(tmp_path / "base-moved")  # gone, not changed: said so (try-out 138, F3)
+    assert main(["eval", str(run.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"is a LoRA adapter on {base}, which is not there any more" in err and "was damaged" not in err, (
+        err
+    )
+    (tmp_path / "base-moved").rename(base)
     overrides = tiny_overrides(tmp_path, corpus, "on-base", **{**LORA, **extra, "train.max_steps": 5})
     assert main(["distill", *overrides, "--resume"]) == 2
     assert "is not the base this LoRA run trained its adapters on" in capsys.readouterr().err

@@ -225,8 +225,14 @@ def load_exported_student(
         )
     peft = require_peft()
     note = base_note(path)
+    base_dir = Path(str(note["base_model"])).expanduser()
+    if base_dir.is_absolute() and not base_dir.exists():  # gone, not changed (try-out 138, F3)
+        raise AdapterBaseError(
+            f"{path} is a LoRA adapter on {note['base_model']}, which is not there any more (moved or deleted since "
+            "the run trained it); put the run's base back there"
+        )
     if recorded_base and base_changed(recorded_base, note["base_model"]):
-        raise ModelError(
+        raise AdapterBaseError(
             f"{path} is a LoRA adapter on {note['base_model']}, whose weights changed since the run trained it "
             "(another sha256 than ekd-run.json records); put the run's base back there"
         )
@@ -246,6 +252,11 @@ def load_exported_student(
             str(path), "student", lambda: peft.PeftModel.from_pretrained(base, path), "an adapter"
         )
     return wrapped.merge_and_unload()
+
+
+class AdapterBaseError(ModelError):
+    """An exported adapter's base model is not the one the run trained on (gone, or other weights): the export itself
+    is sound, and exporting it again does not help (:func:`ekd.train.run_state.damaged_export`)."""
 
 
 def base_note(path: Path) -> dict:

@@ -77,8 +77,10 @@ def damaged_export(path: Path, error: Exception) -> str:
     """``error`` (the run ``path``'s exported ``student/`` did not load) with the way back where the run has a
     checkpoint: move ``student/`` away and export it again with ``--resume``, which trains no step (try-out 135,
     F5: a student/ synced short was blamed on model.student, and ``--resume`` called the run finished)."""
+    from ekd.models.lora import AdapterBaseError
+
     newest = latest_checkpoint(path)
-    if newest is None:
+    if newest is None or isinstance(error, AdapterBaseError):  # its base, not the export: no re-export helps
         return str(error)
     return (
         f"{error}; if {path / 'student'} was damaged (copied or synced short), move it away and export it again "
