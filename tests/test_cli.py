@@ -775,6 +775,11 @@ def test_resume_refuses_a_teacher_retrained_in_place(tmp_path, corpus, capsys):
     )
     assert "--resume model.teacher=PATH (the run checks that it holds the same weights)" in line, line
     assert "preset" not in line  # review 106: the old advice was appended in parentheses
+    # try-out 138, F4: the tokenizer kept in the teacher's directory (configs/demo.yaml's layout) is named with it
+    assert main([*by_path, "train.max_steps=5", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert "(and model.tokenizer, the same directory) no longer exists" in line, line
+    assert "--resume model.teacher=PATH model.tokenizer=PATH" in line, line
     (tmp_path / "t-copy").mkdir()  # there, but empty: said as such, not 'no longer exists'
     assert main([*moved, "train.max_steps=5", "--resume"]) == 2
     assert "no longer exists" not in (line := _error_line(capsys)) and "is empty" in line, line

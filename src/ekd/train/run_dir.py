@@ -277,8 +277,16 @@ def name_it_now(key: str) -> str:
     return f"name where it is now with --resume {key}=PATH (the run checks that it holds {RECORDED_CONTENT[key][1]})"
 
 
-def moved_teacher(spec: str) -> str:
-    """``model.teacher=/old/t no longer exists: put it back, or`` :func:`name_it_now`."""
+def moved_teacher(spec: str, tokenizer: str = "") -> str:
+    """``model.teacher=/old/t no longer exists: put it back, or`` :func:`name_it_now`; with ``tokenizer``, the
+    ``model.tokenizer`` that names the same directory, both keys named (try-out 138, F4: the tokenizer kept in the
+    teacher's directory was refused on the next try)."""
+    if tokenizer and Path(tokenizer).expanduser() == Path(spec).expanduser():
+        return (
+            f"model.teacher={spec} (and model.tokenizer, the same directory) no longer exists: put it back, or name "
+            "where it is now with --resume model.teacher=PATH model.tokenizer=PATH (the run checks that they hold "
+            "the same weights and encodings)"
+        )
     return f"model.teacher={spec} no longer exists: put it back, or {name_it_now('model.teacher')}"
 
 

@@ -1080,7 +1080,7 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
         except EkdError as e:
             gone = Path(cfg.model.teacher).expanduser()
             if resume and gone.is_absolute() and not gone.exists():  # (an empty directory is said as such)
-                raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher)}") from None
+                raise type(e)(f"--resume: {moved_teacher(cfg.model.teacher, cfg.model.tokenizer)}") from None
             raise _eval_only_teacher(e, cfg, parts) from None
 
 
