@@ -303,6 +303,16 @@ def test_refuses_to_overwrite_foreign_directory_or_teacher(tmp_path, capsys):
     assert (foreign / "keep.txt").read_text() == "mine"
     assert main(["student", "init", str(teacher_dir), str(teacher_dir), "--layers", "2", "--overwrite"]) == 2
     assert "teacher's directory" in capsys.readouterr().err
+    # try-out 138, F5: without --overwrite it was offered, then refused; an empty directory is written into
+    assert main(["student", "init", str(teacher_dir), str(foreign), "--layers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "was not written by ekd student init; choose another directory" in err
+        and "pass --overwrite" not in err
+    )
+    (tmp_path / "empty").mkdir()
+    assert main(["student", "init", str(teacher_dir), str(tmp_path / "empty"), "--layers", "2"]) == 0
+    assert (tmp_path / "empty" / RECORD).is_file()
 
 
 def test_from_config_head_dim_follows_hidden_size(tmp_path):

@@ -370,13 +370,17 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
         and out.resolve() == Path(plan.teacher).expanduser().resolve()
     ):
         raise ModelError("student init: the output directory is the teacher's directory; choose another")
-    if out.exists() and not overwrite:
+    # an empty directory (made beforehand) is written into; one that holds something else is never offered
+    # --overwrite, which replaces only what this command wrote (try-out 138, F5: offered, then refused)
+    empty = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not empty and not (out / RECORD).is_file():
+        raise ModelError(
+            f"student init: {out} exists and was not written by ekd student init; choose another directory "
+            "(--overwrite replaces only a student this command wrote)"
+        )
+    if out.exists() and not empty and not overwrite:
         raise ModelError(
             f"student init: {out} exists{_what_it_holds(out)}; choose another directory or pass --overwrite"
-        )
-    if out.exists() and not (out / RECORD).is_file():
-        raise ModelError(
-            f"student init: {out} exists and was not written by ekd student init; --overwrite only replaces those"
         )
     if plan.overrides and (plan.layers or plan.keep_layers):
         raise ModelError("student init: give either --layers/--keep-layers or --from-config, not both")
