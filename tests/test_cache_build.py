@@ -1368,3 +1368,19 @@ def test_a_run_from_a_cache_is_told_its_write_settings_are_not_read(setup, capsy
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert main(["-q", "distill", setup["cfg"], "run.name=q8-unsaid", *args]) == 0
     assert "how `ekd cache` writes a cache" not in caplog.text
+
+
+def test_a_cache_built_with_another_shard_size_is_kept_by_asking_for_its_size(setup, capsys):
+    """Try-out 138, F6: a rerun of `ekd cache` with another teacher.cache_shard_samples (the config's default after
+    an interrupted build with a torchrun's size) was offered only deleting the cache — 27 finished shards — and the
+    field was named without its key. The line names the key and the size that keeps the cache."""
+    before = _tree_sha256(setup["cache"])
+    assert main(["cache", setup["cfg"], "teacher.cache_shard_samples=16"]) == 2
+    line = _error_line(capsys)
+    assert "shard_samples [teacher.cache_shard_samples]: expected 16, found 8" in line, line
+    assert "keep it with teacher.cache_shard_samples=8 (the size it was built with), or rebuild" in line, line
+    assert _tree_sha256(setup["cache"]) == before
+    assert (
+        main(["-q", "cache", setup["cfg"], "teacher.cache_shard_samples=8"]) == 0
+    )  # the way: kept, as it was
+    assert _tree_sha256(setup["cache"]) == before

@@ -619,13 +619,22 @@ def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD
     diffs = name_config_keys(compare_signatures(*signatures), *signatures)
     for key in ("layout", "num_samples", "shard_samples"):
         a, b = expected[key], found.get(key)
+        named = f"{key} [teacher.cache_shard_samples]" if key == "shard_samples" else key
         if a != b and isinstance(a, dict) and isinstance(b, dict):  # the fields, not two whole dicts
             fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            diffs.append(f"{key}: {', '.join(fields)} differ{'s' if len(fields) == 1 else ''}")
+            diffs.append(f"{named}: {', '.join(fields)} differ{'s' if len(fields) == 1 else ''}")
         elif a != b:
-            diffs.append(f"{key}: expected {_short(a)}, found {_short(b)}")
+            diffs.append(f"{named}: expected {_short(a)}, found {_short(b)}")
     if found.get("format") != FORMAT_NAME:
         diffs.append(f"format: expected {FORMAT_NAME!r}, found {found.get('format')!r}")
+    if (
+        len(diffs) == 1
+        and diffs[0].startswith("shard_samples")
+        and isinstance(found.get("shard_samples"), int)
+    ):
+        # only the shard size: the cache (or the build so far) is kept by asking for its size (try-out 138, F6:
+        # only deleting it was offered — 27 finished shards of an interrupted build)
+        fix = f"keep it with teacher.cache_shard_samples={found['shard_samples']} (the size it was built with), or {fix}"
     if diffs:
         raise CacheError(f"{where} was built differently ({diff_summary(diffs)}): {fix}")
 
