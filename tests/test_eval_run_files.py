@@ -179,3 +179,22 @@ def test_a_run_path_with_braces_keeps_the_one_line(tmp_path, capsys):
     assert (
         f"{braced / 'eval.json'} is not valid JSON (" in line and "so fix it, or move the file away" in line
     ), line
+
+
+def test_a_saved_tasks_directory_that_is_gone_gets_the_ways_on(tmp_path, capsys):
+    """Try-out 138, F7: the run's saved eval.tasks_dir gone since (a tasks dir in /tmp) was refused as "not a
+    directory of lm-eval task YAMLs" with no way on — the user looked for a key they never typed."""
+    run = _finished(tmp_path)
+    gone = tmp_path / "tasks-gone"
+    cfg = {
+        "run": {"seed": 1},
+        "method": {"preset": "kd"},
+        "eval": {"tasks": ["tiny_mc"], "tasks_dir": str(gone)},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = snapshot(tmp_path)
+    line = one_error_line(*cli(capsys, "eval", run)[::2])
+    assert f"eval.tasks_dir: {gone} does not exist" in line, line
+    assert f"`ekd eval {run} eval.tasks_dir=PATH` reads them from where they are now" in line, line
+    assert f"`ekd eval {run} 'eval.tasks=[]'` evaluates without them" in line, line
+    unchanged(before, tmp_path)

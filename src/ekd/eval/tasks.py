@@ -173,7 +173,8 @@ class TaskSettings:
         # checked where a task reads it (ekd distill says the key at its start, ekd eval refuses --tasks-dir alone)
         if self.tasks and self.tasks_dir and not Path(self.tasks_dir).is_dir():
             raise ConfigError(
-                f"eval.tasks_dir: {self.tasks_dir} is not a directory of lm-eval task YAMLs",
+                f"eval.tasks_dir: {self.tasks_dir} "
+                f"{'is not a directory' if Path(self.tasks_dir).exists() else 'does not exist'} (of lm-eval task YAMLs)",
                 keys=("eval.tasks_dir",),
             )
 

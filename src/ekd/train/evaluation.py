@@ -369,6 +369,16 @@ def _saved_rule_failure(
     """
     from ekd.methods import preset_values
 
+    if "eval.tasks_dir" in error.keys and not {"eval.tasks", "eval.tasks_dir"} & set(given):
+        # the run's saved tasks directory, gone since (a tasks dir in /tmp, another machine): the way on, as for
+        # a saved task that no longer loads (try-out 138, F7: none was given)
+        command = " ".join(["ekd eval", *map(shlex.quote, [str(run_dir), *overrides])])
+        return ConfigError(
+            f"{error}; it is the run's saved eval.tasks_dir ({run_dir / 'config.yaml'}, eval.tasks: "
+            f"[{', '.join(map(str, saved.get('eval.tasks') or []))}]): `{command} eval.tasks_dir=PATH` reads them "
+            f"from where they are now, `{command} {shlex.quote('eval.tasks=[]')}` evaluates without them",
+            keys=error.keys,
+        )
     defaults = flat_config(Config().to_dict())
     preset = given.get("method.preset", saved.get("method.preset"))
     defaults.update({f"method.{k}": v for k, v in preset_values(str(preset)).items()})
