@@ -586,6 +586,17 @@ def test_a_change_resume_would_refuse_is_not_offered_resume(ws, capsys):
     assert cli(capsys, "distill", _config(), "train.max_steps=3", "--resume")[0] == 0
 
 
+def test_a_stopped_run_past_this_configs_length_is_offered_resume_with_the_length(ws, capsys):
+    """Try-out 138, F8: a run stopped past the steps this config asks for was told "pass --resume", which was then
+    refused for its checkpoint past train.max_steps: the line says the length --resume needs."""
+    marker = ws / "runs" / "base" / "ekd-run.json"
+    marker.write_text(marker.read_text().replace('"finished"', '"started"'))  # stopped at its checkpoint 2
+    rc, _, err = cli(capsys, "distill", _config(), "train.max_steps=1")
+    line = one_error_line(rc, err)
+    assert "pass --resume with train.max_steps ≥ 2 to continue it" in line, line
+    assert cli(capsys, "distill", _config(), "train.max_steps=2", "--resume")[0] == 0
+
+
 def test_log_keys_do_not_make_a_run_different(ws, capsys):
     """Try-out 9: a start refused only because ``log.progress`` differed called the finished run "a different
     run (differs in log.progress)". log.* keys change how a run reports itself, nothing it computes

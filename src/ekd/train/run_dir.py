@@ -596,7 +596,17 @@ def _existing_run_advice(
             "raise train.max_steps and pass --resume to train it further, pass --overwrite to replace it, or set "
             "run.name"
         )
-    return f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, or set run.name"
+    # a checkpoint past this config's length: --resume alone would be refused next (try-out 138, F8)
+    steps = (current.get("train") or {}).get("max_steps")
+    longer = (
+        f" with train.max_steps ≥ {checkpoint_step(ckpt)}"
+        if isinstance(steps, int) and checkpoint_step(ckpt) > steps
+        else ""
+    )
+    return (
+        f"{run_dir} already holds {what}; pass --resume{longer} to continue it, --overwrite to replace it, or set "
+        "run.name"
+    )
 
 
 class RunStart:
