@@ -562,3 +562,17 @@ def test_resume_with_the_student_directory_moved_is_told_to_put_it_back(work, tm
     line = _error_line(capsys)
     assert line.endswith(f"--resume: model.student={student} no longer exists: put it back there (the run reads the "
                          "student it started from there: its architecture, and with LoRA its base weights)"), line  # fmt: skip
+
+
+@pytest.mark.parametrize("command, config", [("distill", "demo.yaml"), ("cache", "cache-demo.yaml")])
+def test_the_shipped_demo_configs_before_ekd_demo_are_told_to_run_it(
+    tmp_path, capsys, monkeypatch, command, config
+):
+    """Try-out 138, F9: configs/demo.yaml and configs/cache-demo.yaml run before `ekd demo` were told to "check the
+    spelling" of runs/demo/student-init and runs/demo/teacher, which `ekd demo` writes."""
+    shipped = Path(__file__).resolve().parents[1] / "configs" / config
+    monkeypatch.chdir(tmp_path)
+    assert main([command, str(shipped)]) == 2
+    line = _error_line(capsys)
+    assert "`ekd demo` writes it: run `ekd demo` first (or name your own models)" in line, line
+    assert "check the spelling" not in line, line

@@ -71,7 +71,8 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
         raise error(f"{key} is empty; pass a directory, a hub id (org/name) or preset:<name>")
     if spec.startswith((".", "/", "~")):
         raise error(
-            f"{key}: {spec} does not exist{read_as(spec)}; pass an existing directory or a hub id (org/name)"
+            f"{key}: {spec} does not exist{read_as(spec)}; "
+            f"{_demo_writes(spec) or 'pass an existing directory or a hub id (org/name)'}"
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -86,8 +87,22 @@ def _refuse_missing_path(spec: str, key: str, error: type[EkdError]) -> None:
     except HFValidationError:
         raise error(
             f"{key}: '{spec}' is not an existing path{read_as(spec)} and not a valid hub id (org/name: letters, "
-            "digits, '-', '_', '.'); check the spelling"
+            f"digits, '-', '_', '.'); {_demo_writes(spec) or 'check the spelling'}"
         ) from None
+
+
+DEMO_MODELS = ("teacher", "student-init")
+"""What ``ekd demo`` writes into its ``--out`` (default ``runs/demo``), which the shipped configs/demo.yaml and
+configs/cache-demo.yaml name."""
+
+
+def _demo_writes(spec: str) -> str:
+    """``"ekd demo writes it: run ..."`` for a missing ``<...>/demo/teacher`` or ``.../student-init``,
+    the demo's models the shipped configs name (try-out 138, F9: told to check the spelling); else ""."""
+    path = Path(spec)
+    if path.name in DEMO_MODELS and path.parent.name == "demo":
+        return "`ekd demo` writes it: run `ekd demo` first (or name your own models)"
+    return ""
 
 
 def check_model_spec(spec: str, key: str, revision: str = "", weights: bool = True) -> None:
