@@ -576,3 +576,28 @@ def test_the_shipped_demo_configs_before_ekd_demo_are_told_to_run_it(
     line = _error_line(capsys)
     assert "`ekd demo` writes it: run `ekd demo` first (or name your own models)" in line, line
     assert "check the spelling" not in line, line
+
+
+@pytest.mark.parametrize("folder", ["c,d", "{lr}"])
+def test_an_eval_source_path_holding_yaml_flow_characters_is_told_to_quote_it(
+    tmp_path, capsys, monkeypatch, folder
+):
+    """Try-out 137, F7: `data.eval_sources={ho: dd/c,d/held.txt}` blamed the set's *name* ('d/held.txt'), `{lr}` in
+    the path read "expected dict" of what was written as one, and the spelling ekd suggested for
+    `data.eval_sources.ho=…` was the one that fails. Each line now says to quote the path, and the way it gives
+    works."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    held = tmp_path / "dd" / folder / "held.txt"
+    held.parent.mkdir(parents=True)
+    held.write_text((corpus / "doc_000.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    base = tiny_overrides(tmp_path, corpus, "q", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base, f"data.eval_sources={{ho: dd/{folder}/held.txt}}"]) == 2
+    assert "in quotes" in _error_line(capsys)
+    assert main(["-q", "distill", *base, f"data.eval_sources.ho=dd/{folder}/held.txt"]) == 2
+    line = _error_line(capsys)
+    suggested = line.split('write "', 1)[1].split('"', 1)[0]
+    assert suggested == f"data.eval_sources={{ho: 'dd/{folder}/held.txt'}}", line
+    assert main(["-q", "distill", *base, suggested]) == 0, capsys.readouterr().err

@@ -205,7 +205,14 @@ def coerce(value: Any, annotation: Any, key: str, text: Any = None) -> Any:
     else:
         return value
     tname = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{key}: expected {tname}, got {value!r}")
+    unquoted = ""
+    if tname == "dict" and isinstance(value, str) and value.lstrip().startswith("{"):
+        # `{ho: dd/{lr}/held.txt}`: a path holding YAML's flow characters is no mapping (try-out 137, F7)
+        unquoted = (
+            " (it does not read as a YAML mapping: put a value holding ',', '{', '}', '[' or ']' in quotes, "
+            "e.g. {name: 'dir/{lr}/held.txt'})"
+        )
+    raise ConfigError(f"{key}: expected {tname}, got {value!r}{unquoted}")
 
 
 def _not_text(key: str, value: bool | float) -> str:
@@ -384,6 +391,10 @@ def _mapping_entry_hint(key: str, value: str) -> str:
     mapping = f"{section}.{field}"
     if not dot or mapping not in _mapping_keys():
         return ""
+    if any(
+        c in str(value) for c in ",{}[]#"
+    ):  # YAML's flow characters: the value in quotes (try-out 137, F7)
+        value = "'" + str(value).replace("'", "''") + "'"
     return (
         f'; {mapping} is a mapping, set whole: write "{mapping}={{{name}: {value}}}" (quoted in a shell; '
         f"it replaces the whole mapping, so name every entry to keep), or in YAML a mapping under {mapping}"

@@ -176,6 +176,8 @@ def _eval_set_name(name: str) -> str | None:
         # YAML reads {ood:/path} as one key (try-out 55, F1)
         name_colon = re.fullmatch(r"([\w.-]+):\S.*", name)
         hint = f"; in YAML a space must follow the colon: {{{name_colon[1]}: ...}}" if name_colon else ""
+        if not hint and "/" in name:  # the rest of a path a comma cut in a YAML mapping (try-out 137, F7)
+            hint = "; a value holding ',' is cut there in a YAML mapping: put it in quotes ({name: 'a,b/file.txt'})"
         return f"must be a word (letters, digits, _, -, .): it names metrics eval/<set>/<metric>{hint}"
     return None
 
