@@ -1763,3 +1763,18 @@ def test_a_groups_leaves_share_its_wall_time_by_their_requests(tmp_path):
     assert mc["wall_s"] + gen["wall_s"] == pytest.approx(whole)
     calls = {"tiny_mc": sum(len(r["choices"]) for r in _mc_rows()), "tiny_gen": 3}
     assert mc["wall_s"] / whole == pytest.approx(calls["tiny_mc"] / sum(calls.values()))
+
+
+def test_a_task_data_file_in_a_bracketed_directory_is_said_to_be_read_as_a_glob(tmp_path):
+    """Try-out 137, F8: a local task whose data file lies under 'tasks [1]/' was refused as "has no rows to read",
+    naming a file of 20 rows: `datasets` reads data_files as a glob, where '[1]' matches other names."""
+    pytest.importorskip("lm_eval.models.huggingface", reason="needs ekd[eval]")
+    from ekd.eval.tasks import check_tasks_available
+
+    tasks_dir = tmp_path / "tasks [1]"
+    tasks_dir.mkdir()
+    _write_task(tasks_dir, "tiny_mc", _mc_rows(), MC_YAML)
+    with pytest.raises(EkdError) as e:
+        check_tasks_available(("tiny_mc",), str(tasks_dir))
+    assert "is there, but `datasets` reads data_files as a glob pattern" in str(e.value), e.value
+    assert "write '[' as '[[]'" in str(e.value) and "has no rows" not in str(e.value)

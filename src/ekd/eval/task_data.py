@@ -507,6 +507,15 @@ def load_error(name: str, manager: Any, e: BaseException) -> EkdError:
         return EkdError(f"eval.tasks: task '{name}' cannot read its dataset: {bad}; fix or remove that line")
     cause = root_cause(e)
     named = f" ({', '.join(dict.fromkeys(files))})" if files else ""
+    if isinstance(cause, StopIteration) and (
+        bracketed := [f for f in files if "[" in f and Path(f).is_file()]
+    ):
+        # datasets reads data_files as glob patterns: `[1]` matches no file (try-out 137, F8: "has no rows")
+        return EkdError(
+            f"eval.tasks: task '{name}': its data file {bracketed[0]} is there, but `datasets` reads data_files as a "
+            "glob pattern, in which '[…]' matches other names; write '[' as '[[]' in the task YAML's data_files, or "
+            "move the file to a path without brackets"
+        )
     if isinstance(cause, StopIteration):  # datasets' reader of a file with no row
         return EkdError(
             f"eval.tasks: task '{name}' has no rows to read{named}; give it data or drop the task"
