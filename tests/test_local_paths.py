@@ -601,3 +601,24 @@ def test_an_eval_source_path_holding_yaml_flow_characters_is_told_to_quote_it(
     suggested = line.split('write "', 1)[1].split('"', 1)[0]
     assert suggested == f"data.eval_sources={{ho: 'dd/{folder}/held.txt'}}", line
     assert main(["-q", "distill", *base, suggested]) == 0, capsys.readouterr().err
+
+
+def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypatch, caplog):
+    """Try-out 137, F10: with ./pystdlib (./auto, ./teacher) here, data.source=pystdlib read the builtin corpus
+    (data.store_dir=auto the run's store, model.tokenizer=teacher the teacher's) without a word about the directory
+    passed over."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("pystdlib", "auto", "teacher"):
+        (tmp_path / name).mkdir()
+    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+        cfg = load_config(None, ["data.source=pystdlib", "data.store_dir=auto", "model.tokenizer=teacher"])
+    assert cfg.data.source == "pystdlib" and cfg.data.store_dir == "auto" and cfg.model.tokenizer == "teacher"
+    said = [r.getMessage() for r in caplog.records]
+    for key, value in (
+        ("data.source", "pystdlib"),
+        ("data.store_dir", "auto"),
+        ("model.tokenizer", "teacher"),
+    ):
+        assert f"{key}={value} is ekd's keyword; the local {value} here is read as {key}=./{value}" in said, (
+            said
+        )

@@ -15,6 +15,7 @@ directory all see the same spelling. Two kinds of keys:
 
 from __future__ import annotations
 
+import logging
 import os
 from glob import has_magic
 from pathlib import Path
@@ -37,6 +38,8 @@ SPECS = (
     "data.chat_template",
 )
 """Keys that name a local path or a hub id / preset / builtin / template; ``data.eval_sources``: each value."""
+log = logging.getLogger(__name__)
+
 KEYWORDS = {
     "model.tokenizer": ("teacher", "student", "train_bpe"),
     "data.store_dir": ("auto",),
@@ -91,7 +94,15 @@ def resolve_path(key: str, value: Any) -> Any:
         return value
     if isinstance(value, dict):  # data.eval_sources: name → source
         return {name: resolve_path(key, v) for name, v in value.items()}
-    if not isinstance(value, str) or value in KEYWORDS.get(key, ()):
+    if not isinstance(value, str):
+        return value
+    if value in KEYWORDS.get(key, ()) or (
+        key in ("data.source", "data.eval_sources") and value == "pystdlib"
+    ):
+        if _existing(value):  # a keyword wins over a directory of its name here: said (try-out 137, F10)
+            log.warning(
+                "%s=%s is ekd's keyword; the local %s here is read as %s=./%s", key, value, value, key, value
+            )
         return value
     if key in DIRECTORIES:
         return absolute(value) if value.strip() else value
