@@ -622,3 +622,18 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
         assert f"{key}={value} is ekd's keyword; the local {value} here is read as {key}=./{value}" in said, (
             said
         )
+
+
+def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys, monkeypatch):
+    """Try-out 137, F11: a symbolic link whose target does not exist, where ekd writes (`--out`), was "a file is in
+    the way"; it is said to be a link to nothing, with its target."""
+    from ekd.io import disk_error
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    try:
+        link.mkdir()
+    except OSError as e:
+        said = str(disk_error(e, link))
+    assert said.startswith(f"{link} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist"), said
+    assert "create its target, or remove the link" in said

@@ -82,6 +82,12 @@ def disk_error(e: OSError, where: Path | str) -> DiskError:
     """One line: what went wrong, the directory it went wrong in (for something in the way, its path), and what
     to do."""
     reason, fix = _REASONS.get(e.errno, (e.strerror or type(e).__name__, "check the directory"))
+    if e.errno in IN_THE_WAY and e.filename and os.path.islink(e.filename) and not os.path.exists(e.filename):
+        # a link to nothing, not a file (try-out 137, F11: "a file is in the way" of runs/dang -> /nowhere)
+        return DiskError(
+            f"{e.filename} is a symbolic link to {os.readlink(e.filename)}, which does not exist (writing to "
+            f"{where}); create its target, or remove the link, and rerun"
+        )
     if e.errno in IN_THE_WAY and e.filename:
         return DiskError(
             f"{reason} at {e.filename} (writing to {where}); move or remove it, or {fix}, and rerun"
