@@ -637,3 +637,13 @@ def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys, mo
         said = str(disk_error(e, link))
     assert said.startswith(f"{link} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist"), said
     assert "create its target, or remove the link" in said
+
+
+def test_a_run_directory_starting_with_a_dash_is_told_how_to_write_it(tmp_path, capsys, monkeypatch):
+    """Try-out 137, F11: `ekd eval -dash` said the run directory was missing; the line says the word reads as an
+    option and how to write it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["eval", "-dash"])
+    err = capsys.readouterr().err
+    assert "-dash reads as an option: write a path starting with '-' as ./-dash" in err, err

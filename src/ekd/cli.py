@@ -84,6 +84,11 @@ class _Parser(argparse.ArgumentParser):
             ]
             if hints:
                 message += f"; unrecognized: {' '.join(hints)}"
+            # a path starting with '-' (a run named -dash) taken for an option (try-out 137, F11)
+            elif dashed := [w for w in typos if w not in options and not w.startswith("--") and len(w) > 2]:
+                message += (
+                    f"; {dashed[0]} reads as an option: write a path starting with '-' as ./{dashed[0]}"
+                )
         hint = "" if "did you mean" in message else f" (`{self.prog} --help` lists what it takes)"
         # under torchrun every rank parses the same command line: local rank 0 says it (try-out 37: twice)
         self.exit(
