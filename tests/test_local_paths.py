@@ -451,7 +451,7 @@ def test_a_symlink_loop_anywhere_a_path_goes_is_one_line(tmp_path, capsys, monke
     given = [a.format(loop="lp", tmp=tmp_path, config=config) for a in args]
     assert main(given) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lp" in err[0], err  # one line naming the path (a loop, or "does not exist")
+    assert len(err) == 1 and "lp is a symbolic link that leads back to itself (a loop)" in err[0], err
 
 
 def test_overwrite_of_a_run_that_is_a_symbolic_link_replaces_it_where_it_lies(tmp_path, capsys, monkeypatch):

@@ -838,20 +838,18 @@ def _command(argv: list[str] | None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    # a path that is a symbolic link leading back to itself: Path.resolve's RuntimeError (Python < 3.13) wherever a
-    # path is made absolute — every path key and argument (try-out 137, F5: a traceback in 15 places)
-    except RuntimeError as e:
-        if args.debug or not (loop := SYMLINK_LOOP.match(str(e))):
-            raise
-        close_progress_bars()
-        print(
-            f"ekd: error: {loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real file or "
-            "directory, or name another path",
-            file=sys.stderr,
-        )
-        return 2
-    # under torchrun: a collective whose peer has gone, because another rank ended first
     except Exception as e:
+        # a path that is a symbolic link leading back to itself: Path.resolve's RuntimeError (Python < 3.13)
+        # wherever a path is made absolute — every path key and argument (try-out 137, F5: a traceback in 15 places)
+        if not args.debug and isinstance(e, RuntimeError) and (loop := SYMLINK_LOOP.match(str(e))):
+            close_progress_bars()
+            print(
+                f"ekd: error: {loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real "
+                "file or directory, or name another path",
+                file=sys.stderr,
+            )
+            return 2
+        # under torchrun: a collective whose peer has gone, because another rank ended first
         if args.debug or not _lost_peer(e):
             raise
         hint = _how_to_go_on(e, args)

@@ -63,8 +63,10 @@ def read_as(path: str) -> str:
 
 
 def _existing(path: str) -> bool:
+    """Whether ``path`` names something here — a symbolic link too, to nothing or to itself (a loop): a local path,
+    never a hub id (try-out 137, F5: ``model.teacher=lp``, a loop, was taken for the hub id 'lp')."""
     try:
-        return Path(path).expanduser().exists()
+        return Path(path).expanduser().exists() or os.path.islink(os.path.expanduser(path))
     except (OSError, ValueError):  # a Jinja template too long for a file name, a NUL byte
         return False
 
