@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -1193,3 +1194,26 @@ def test_ekd_eval_of_a_moved_run_reads_its_store_where_the_run_is_now(tmp_path: 
     assert not (tmp_path / "runs").exists()  # nothing written where the run was
     said = [r.getMessage() for r in caplog.records if "token store" in r.getMessage()]
     assert any(f"{moved / 'token-store'}" in m and "reusing" in m for m in said), said
+
+
+def test_ekd_eval_of_a_linked_or_copied_run_reads_the_store_where_it_is(tmp_path: Path, caplog) -> None:
+    """Try-out 139, F5: after the fix for a moved runs directory, `ekd eval` through a symbolic link to a run (or of
+    a run copied alone) built a new token store beside the link (the copy) instead of reusing the one at the
+    run's recorded output directory, which is still there."""
+    from ekd.cli import main
+    from tiny import tiny_overrides
+    from tiny import write_corpus as write_text_corpus
+
+    corpus = write_text_corpus(tmp_path / "corpus")
+    base = tiny_overrides(tmp_path, corpus, "stored", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base, "data.store_dir=auto", "method=ce"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "link").symlink_to(tmp_path / "runs" / "stored")
+    shutil.copytree(tmp_path / "runs" / "stored", tmp_path / "elsewhere" / "copy")
+    for run in ("link", "copy"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
+            assert main(["eval", str(tmp_path / "elsewhere" / run)]) == 0
+        said = [r.getMessage() for r in caplog.records if "token store" in r.getMessage()]
+        assert any(f"{tmp_path / 'runs' / 'token-store'}" in m and "reusing" in m for m in said), said
+    assert not (tmp_path / "elsewhere" / "token-store").exists()

@@ -213,10 +213,13 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     saved = run_dir / "config.yaml"
     raw = yaml.safe_load(saved.read_text())
     flat = flat_config(raw)
-    # where the run lies now, not where it was made (try-out 137, F1: `data.store_dir=auto` of a run moved since
-    # rebuilt its token store under the old run.output_dir, re-creating the directory moved away)
-    here = Path(os.path.abspath(run_dir))
-    flat.update({"run.output_dir": str(here.parent), "run.name": here.name})
+    # a runs directory moved since (the one recorded is gone): the run's settings relative to it (data.store_dir=
+    # auto) read where the run lies now — try-out 137, F1: its token store was rebuilt under the old run.output_dir,
+    # re-creating the directory moved away. Where the recorded one is still there (a run linked or copied from it:
+    # its store is there), it is kept (try-out 139, F5)
+    if not Path(str(flat.get("run.output_dir", ""))).expanduser().is_dir():
+        here = Path(os.path.abspath(run_dir))
+        flat.update({"run.output_dir": str(here.parent), "run.name": here.name})
     given = parse_overrides(overrides or [])
     if unread := [k for k in given if k in NOT_READ_BY_EVAL and given[k] != flat.get(k)]:
         raise ConfigError(  # try-out 75, F5: model.student=OTHER scored the run's own student in silence
