@@ -647,3 +647,27 @@ def test_a_run_directory_starting_with_a_dash_is_told_how_to_write_it(tmp_path, 
         main(["eval", "-dash"])
     err = capsys.readouterr().err
     assert "-dash reads as an option: write a path starting with '-' as ./-dash" in err, err
+
+
+def test_compare_of_a_linked_run_whose_overwrite_was_killed_names_the_run_kept(tmp_path, capsys):
+    """Try-out 139, F2: a killed --overwrite of a linked run keeps the old run beside the directory the link leads
+    to; `ekd compare` through the link looked beside the link, missed it, and offered --overwrite again (which
+    deletes it once the new run starts)."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    disk = tmp_path / "otherdisk"
+    base = tiny_overrides(tmp_path, corpus, "real1", **{"train.max_steps": 1, "run.output_dir": disk})
+    assert main(["-q", "distill", *base]) == 0, capsys.readouterr().err
+    (tmp_path / "lruns").mkdir()
+    link = tmp_path / "lruns" / "lk"
+    link.symlink_to(disk / "real1")
+    (disk / "real1").rename(disk / ".real1.replaced")  # the state a kill -9 during the new run's start leaves
+    (disk / "real1").mkdir()
+    shutil.copy(disk / ".real1.replaced" / "config.yaml", disk / "real1" / "config.yaml")
+    (disk / "real1" / "ekd-run.json").write_text(
+        json.dumps({"format": "ekd-run", "version": 1, "state": "starting"})
+    )
+    assert main(["compare", str(link), "--out", str(tmp_path / "cmp")]) == 2
+    line = _error_line(capsys)
+    assert f"the run it replaced is kept in {disk / '.real1.replaced'}" in line, line

@@ -608,14 +608,14 @@ def _refuse_unfinished(
             f"ekd compare: {run_dir} is training now ({holder_said(run_dir.resolve(), pid)} holds it): compare it once it has finished, or leave "
             "it out"
         )
-    from ekd.train.run_dir import aside_of
+    from ekd.train.run_dir import aside_of, real_run_dir
 
-    if aside_of(
-        run_dir
-    ).is_dir():  # try-out 130, F5: a killed --overwrite; the finished run is kept beside it
+    # try-out 130, F5: a killed --overwrite; the finished run is kept beside it — beside the directory a linked run
+    # leads to (try-out 139, F2: looked for beside the link, missed, and --overwrite offered again)
+    if (aside := aside_of(real_run_dir(run_dir))).is_dir():
         raise EkdError(
             f"ekd compare: {run_dir} is the start of an --overwrite that was killed; the run it replaced is kept in "
-            f"{aside_of(run_dir)}: `ekd eval {shlex.quote(str(run_dir))}` puts it back (then compare it), or "
+            f"{aside}: `ekd eval {shlex.quote(str(run_dir))}` puts it back (then compare it), or "
             "finish the new run with the same --overwrite command"
         )
     steps = [int(r["step"]) for r in rows if isinstance(r.get("step"), int | float)]
