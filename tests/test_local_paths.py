@@ -671,3 +671,17 @@ def test_compare_of_a_linked_run_whose_overwrite_was_killed_names_the_run_kept(t
     assert main(["compare", str(link), "--out", str(tmp_path / "cmp")]) == 2
     line = _error_line(capsys)
     assert f"the run it replaced is kept in {disk / '.real1.replaced'}" in line, line
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_a_directory_source_holding_a_link_to_nothing_is_refused(tmp_path, capsys, store):
+    """Try-out 139, F3: a symbolic link to a directory that is not there (a shard on an unmounted disk) was left out
+    of a directory source without a word: the corpus read in part, its eval split and store key changed."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "shard2").symlink_to(tmp_path / "mnt" / "disk2" / "shard2")
+    extra = {"train.max_steps": 1, **({"data.store_dir": "auto"} if store else {})}
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "dang", **extra)]) == 2
+    line = _error_line(capsys)
+    assert f"{corpus / 'shard2'} is a symbolic link to {tmp_path / 'mnt' / 'disk2' / 'shard2'}, which does not exist" in line, line  # fmt: skip

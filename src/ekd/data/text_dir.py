@@ -55,6 +55,7 @@ class DirectoryListing:
     outputs: list[tuple[Path, str]] = field(default_factory=list)  # (ekd output directory, its kind)
     row_files: list[Path] = field(default_factory=list)
     locks: list[Path] = field(default_factory=list)  # ekd lock files that are not hidden
+    broken: list[Path] = field(default_factory=list)  # symbolic links to nothing (refused by the reader)
     relative: bool = True  # name paths relative to ``root`` (a glob names them as it matched them)
 
     def describe(self, key: str, source: str) -> str:
@@ -126,7 +127,12 @@ def list_directory(root: Path) -> DirectoryListing:
     listing = DirectoryListing(root)
     outputs = _Outputs(root)
     for path in files_below(root):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if path.is_symlink() and not path.exists():  # an unmounted disk's shard, a mistyped link
+            listing.broken.append(path)
+            continue
+        if not path.is_file():
             continue
         if outputs.skip(path, listing):
             continue
