@@ -1778,3 +1778,23 @@ def test_a_task_data_file_in_a_bracketed_directory_is_said_to_be_read_as_a_glob(
         check_tasks_available(("tiny_mc",), str(tasks_dir))
     assert "is there, but `datasets` reads data_files as a glob pattern" in str(e.value), e.value
     assert "write '[' as '[[]'" in str(e.value) and "has no rows" not in str(e.value)
+
+
+def test_compare_shows_a_tags_mc_ece_only_over_every_mc_task():
+    """Try-out 139, F4: `ekd compare`'s `tasks[<tag>] ECE %` was the MC-ECE mean over the tasks that have an
+    estimate, with nothing said — two runs may average different tasks in one column. It is given only where every
+    multiple-choice task of the tag has one."""
+    from ekd.eval.tasks import TaskSettings
+    from ekd.train.task_evaluation import task_section
+
+    results = {
+        role: {"mc_a": _mc(0.5, 30.0, 200), "mc_b": _mc(0.6, math.nan, 8)}
+        for role in ("student", "teacher", "student_init")
+    }
+    section = task_section(results, TaskSettings(tasks=("mc_a", "mc_b")), {})
+    flat = tm.task_sets({"tasks": section})
+    assert math.isnan(flat["tasks[in_distribution]"]["ece"]) and flat["task:mc_a"]["ece"] == 30.0
+    assert math.isnan(tm.task_starts({"tasks": section})["tasks[in_distribution]"]["ece"])
+    results["student"]["mc_b"]["ece"] = 10.0
+    section = task_section(results, TaskSettings(tasks=("mc_a", "mc_b")), {})
+    assert tm.task_sets({"tasks": section})["tasks[in_distribution]"]["ece"] == 20.0

@@ -246,8 +246,17 @@ def task_starts(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     }
     summary = (section.get("summary") or {}).get("student_init") or {}
     for tag, mean in (summary.get("mean") or {}).items():
-        out[f"tasks[{tag}]"] = {"score": _nan(mean), "ece": _nan((summary.get("mc_ece") or {}).get(tag))}
+        out[f"tasks[{tag}]"] = {"score": _nan(mean), "ece": _nan(_whole_tag_ece(summary, tag))}
     return out
+
+
+def _whole_tag_ece(summary: Mapping[str, Any], tag: str) -> Any:
+    """A tag's MC-ECE mean as ``ekd compare`` shows it: only where it is over every multiple-choice task of the
+    tag — None where some have no estimate (``mc_ece_without``): a mean over a subset under the tag's name, which
+    two runs may draw differently (try-out 139, F4; ``ekd eval``'s table says "(1 of 2 MC tasks)")."""
+    if (summary.get("mc_ece_without") or {}).get(tag):
+        return None
+    return (summary.get("mc_ece") or {}).get(tag)
 
 
 def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -267,7 +276,7 @@ def task_sets(eval_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             teachers.add(json.dumps(r.get(TEACHER_KEY), sort_keys=True))
         summary = (section.get("summary") or {}).get(role) or {}
         for tag, mean in (summary.get("mean") or {}).items():
-            ece = (summary.get("mc_ece") or {}).get(tag)
+            ece = _whole_tag_ece(summary, tag)
             out[f"tasks[{tag}]{suffix}"] = {"score": _nan(mean), "ece": _nan(ece)}
             if suffix and len(teachers) == 1 and (one := json.loads(next(iter(teachers)))) is not None:
                 out[f"tasks[{tag}]{suffix}"][TEACHER_KEY] = one  # every task of the means by one teacher
