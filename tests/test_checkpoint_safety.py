@@ -740,3 +740,13 @@ def test_a_directory_fsync_that_fails_is_raised_unless_the_file_system_cannot_fs
     with pytest.raises(OSError) as info:
         fsync_dir(tmp_path)
     assert info.value.errno == errno.EIO
+
+
+def test_ekd_eval_of_a_damaged_run_record_names_no_run_name(ws, capsys):
+    """Try-out 139, F7: `ekd eval` of a run whose ekd-run.json is damaged was told "or choose another run.name",
+    which ekd eval does not read."""
+    marker = RUN / "ekd-run.json"
+    marker.write_text(marker.read_text().replace('"format": "ekd-run",', '"format": "ekd-run",,', 1))
+    line = one_error_line(*cli(capsys, "eval", RUN)[::2])
+    assert "ekd-run.json is not valid JSON" in line and "run.name" not in line, line
+    assert line.endswith("fix it there, or restore it from a copy of the run"), line

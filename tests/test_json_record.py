@@ -24,7 +24,7 @@ def test_absent_is_none_and_every_other_state_is_one_line(tmp_path):
     path.write_bytes(BOM + b'{"a": 1}')
     assert read_json_record(path, "fix it") == {"a": 1}  # an editor's byte-order mark is read past
     path.write_bytes(b'{"a": "\xff"}')
-    with pytest.raises(RunDirError, match=r"r\.json is not UTF-8 text \(byte 7\); fix it$"):
+    with pytest.raises(RunDirError, match=r"r\.json is not UTF-8 text \(line 1, byte 7\); fix it$"):
         read_json_record(path, "fix it", RunDirError)
     path.write_bytes(b'{"a": 1')
     with pytest.raises(
@@ -41,7 +41,7 @@ def test_a_metrics_file_that_is_not_utf8_is_refused_not_read_with_replacement_ch
     # before: decoded with errors="replace", the bad byte became U+FFFD inside a key, and the row was read
     row = json.dumps({"step": 1, "train/loss": 2.0}).encode()
     (tmp_path / "metrics.jsonl").write_bytes(row.replace(b"loss", b"lo\xffss") + b"\n" + row + b"\n")
-    with pytest.raises(RunDirError, match=r"metrics\.jsonl is not UTF-8 text \(byte \d+\)"):
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl is not UTF-8 text \(line 1, byte \d+\)"):
         read_metrics(tmp_path)
     (tmp_path / "metrics.jsonl").write_bytes(BOM + row + b"\n")
     assert read_metrics(tmp_path) == [{"step": 1, "train/loss": 2.0}]

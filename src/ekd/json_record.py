@@ -46,8 +46,9 @@ def record_text(raw: bytes, path: Path | str, fix: str, error: type[EkdError] = 
     """
     try:
         return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise error(f"{path} is not UTF-8 text (byte {e.start}); {fix}") from None
+    except UnicodeDecodeError as e:  # the line too: a JSONL record's fix names a line (try-out 139, F6)
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(f"{path} is not UTF-8 text (line {line}, byte {e.start}); {fix}") from None
 
 
 def read_json_record(

@@ -464,7 +464,7 @@ def evaluate_saved_run(
     from ekd.data import load_splits
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
-    marker = read_marker(run_dir) or {}
+    marker = read_marker(run_dir, otherwise="") or {}
     tokenizer = run_tokenizer(student_dir, marker)  # the class the run trained with
     recorded = marker.get("document_boundary")
     check_saved_teacher(run_dir, cfg, overrides)
@@ -639,7 +639,7 @@ def _held_out_changed(run_dir: Path, cfg: Config, figures: str) -> ConfigError:
     from ekd.train.run_dir import read_marker
 
     try:
-        rule = (read_marker(run_dir) or {}).get("text_split")
+        rule = (read_marker(run_dir, otherwise="") or {}).get("text_split")
     except EkdError:  # a corrupt marker: said where the run is opened; this refusal names the data
         rule = None
     return ConfigError(
@@ -688,7 +688,7 @@ def check_saved_teacher(
     from ekd.models.load import is_preset
     from ekd.train.prepare import boundary_models, evaluates_teacher
 
-    recorded = (read_marker(run_dir) or {}).get("document_boundary")
+    recorded = (read_marker(run_dir, otherwise="") or {}).get("document_boundary")
     _check_teacher_is_there(
         run_dir,
         cfg,

@@ -302,7 +302,7 @@ def _gone_data_source(cfg: Config, marker: dict) -> str:
 
 def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> dict | None:
     """The run's ``ekd-run.json``, or None if there is none; ``otherwise``: the way out a refusal names beside
-    restoring the file (``ekd compare``: leave the run out).
+    restoring the file (``ekd compare``: leave the run out; ``ekd eval``, which reads no run.name: none).
 
     Raises:
         RunDirError: the marker exists but is not a file, cannot be read, is not an ekd-run marker or holds a field
@@ -315,17 +315,16 @@ def read_marker(run_dir: Path, otherwise: str = "choose another run.name") -> di
     example = '{"format": "ekd-run", "version": 1, "state": "started"}'
     # a stub record is offered only where the file is gone: over a damaged one it would turn a finished run into
     # one that has not finished, its recorded figures dropped (try-out 131, F5: a trailing comma)
-    fix = f"fix it there, or restore it from a copy of the run, or {otherwise}"
-    back = f"put the run's record back (a stub such as {example} marks the run unfinished), or {otherwise}"
+    alternative = f", or {otherwise}" if otherwise else ""
+    fix = f"fix it there, or restore it from a copy of the run{alternative}"
+    back = f"put the run's record back (a stub such as {example} marks the run unfinished){alternative}"
     marker = read_json_record(path, fix, RunDirError, not_a_file=back)
     if marker is None:
         return None
     if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-        raise RunDirError(
-            f"{path} is not an ekd run record; restore it from a copy of the run, or {otherwise}"
-        )
+        raise RunDirError(f"{path} is not an ekd run record; restore it from a copy of the run{alternative}")
     if problem := marker_problem(marker):
-        raise RunDirError(f"{path} is corrupt: its {problem}; restore it, or {otherwise}")
+        raise RunDirError(f"{path} is corrupt: its {problem}; restore it{alternative}")
     return marker
 
 

@@ -611,7 +611,9 @@ def check_saved_tasks(
     try:
         check_config_tasks(cfg)
         check_task_lengths(
-            cfg, (str(student_dir), ""), lambda: run_tokenizer(student_dir, read_marker(Path(run_dir)))
+            cfg,
+            (str(student_dir), ""),
+            lambda: run_tokenizer(student_dir, read_marker(Path(run_dir), otherwise="")),
         )
     except EkdError as e:
         if {"eval.tasks", "eval.tasks_dir"} & set(parse_overrides(overrides or [])):
@@ -647,8 +649,10 @@ def evaluate_saved_tasks(
     require_lm_eval()
     device = resolve_device(cfg.run.device)
     student_dir = Path(run_dir) / "student"
-    tokenizer = run_tokenizer(student_dir, read_marker(Path(run_dir)))  # the class the run trained with
-    recorded_base = (read_marker(Path(run_dir)) or {}).get("student_base")
+    tokenizer = run_tokenizer(
+        student_dir, read_marker(Path(run_dir), otherwise="")
+    )  # the class the run trained with
+    recorded_base = (read_marker(Path(run_dir), otherwise="") or {}).get("student_base")
     try:
         student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
     except ModelError as e:
