@@ -314,3 +314,7 @@ def test_lora_on_a_mixture_of_experts_says_its_experts_stay_frozen(caplog):
         "(Qwen2MoeExperts is no layer peft adapts: it adapts linear layers); name its linear layers"
         in str(e.value)
     ), e.value
+    router = load_config(overrides=["model.lora_r=4", "model.lora_target_modules=[gate]"])
+    with pytest.raises(ConfigError) as e:  # a module without children: its repr on one line (try-out 139, F8)
+        lora_mod.LoraStudent.wrap(_tiny_moe(), router.model)
+    assert "(Qwen2MoeTopKRouter is no layer peft adapts: it adapts linear layers)" in str(e.value), e.value

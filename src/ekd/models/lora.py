@@ -83,8 +83,9 @@ class LoraStudent:
                 wrapper = peft.get_peft_model(student, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            # "Target module Qwen2MoeExperts(" — a module's repr cut at its first line (try-out 135, F2)
-            if unsupported := re.fullmatch(r"Target module (\w+)\(", first):
+            # "Target module Qwen2MoeExperts(" — a module's repr cut at its first line (try-out 135, F2) — or
+            # "Target module Qwen2MoeTopKRouter() is not supported. …" cut at 200 characters (try-out 139, F8)
+            if unsupported := re.match(r"Target module (\w+)\(", first):
                 first = f"{unsupported[1]} is no layer peft adapts: it adapts linear layers"
             raise ConfigError(
                 f"model.lora_target_modules={list(targets)} does not fit {type(student).__name__} ({first}); "
