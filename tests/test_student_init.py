@@ -485,3 +485,20 @@ def test_the_student_gets_the_teachers_generation_config(tmp_path, capsys, how):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "generation_config.json is not valid JSON" in err, err
     assert not (tmp_path / "s2").exists()
+
+
+def test_a_finished_students_record_is_read_past_a_byte_order_mark(tmp_path, capsys):
+    """Try-out 139, F9: ekd_student_init.json was read outside the one reader of ekd's records: a BOM an editor wrote
+    lost the "holds a finished student" wording; a task cache likewise was called not valid JSON."""
+    from ekd.train.task_evaluation import _read_cache
+
+    _, teacher_dir = _teacher("llama", tmp_path)
+    out = tmp_path / "s"
+    assert main(["student", "init", str(teacher_dir), str(out), "--layers", "1"]) == 0
+    record = out / RECORD
+    record.write_bytes(b"\xef\xbb\xbf" + record.read_bytes())
+    assert main(["student", "init", str(teacher_dir), str(out), "--layers", "1"]) == 2
+    assert "holds a finished student of ekd student init" in capsys.readouterr().err
+    cache = tmp_path / "teacher.json"
+    cache.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "preset:x", "tasks": {}}).encode())
+    assert _read_cache(cache, "teacher", "preset:x", warn=True) == {}

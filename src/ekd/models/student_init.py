@@ -486,10 +486,13 @@ def _what_it_holds(out: Path) -> str:
     student init`` (its record, written in the same rename as the model) is named with its teacher and layers, so
     a rerun after an interrupt that landed once it was written does not read as a failed one (try-out 105, F3:
     "interrupted", then "exists; ... pass --overwrite" of a complete student); '' otherwise."""
-    try:
-        record = json.loads((out / RECORD).read_text())
+    from ekd.errors import EkdError
+    from ekd.json_record import read_json_record
+
+    try:  # the one reader of ekd's records (a byte-order mark read past: try-out 139, F9)
+        record = read_json_record(out / RECORD, "")
         layers, teacher = int(record["student_layers"]), str(record["teacher"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (EkdError, ValueError, KeyError, TypeError):  # none, or not one this command wrote
         return ""
     return (
         f" and holds a finished student of ekd student init ({counted(layers, 'layer')}, from {teacher}): use it as "

@@ -21,7 +21,6 @@ are reported side by side and never averaged together.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -51,6 +50,7 @@ from ekd.eval.tasks import (
     task_identities,
 )
 from ekd.io import atomic_write_text, json_safe, make_dirs, strict_json
+from ekd.json_record import read_json_record
 from ekd.models.load import dtype_name, is_preset, resolve_dtype
 from ekd.train.run_dir import writes_into_run
 
@@ -128,8 +128,8 @@ def _read_cache(
     never an error."""
     if not path.is_file():
         return {}
-    try:
-        saved = json.loads(path.read_text())
+    try:  # the one reader of ekd's records (a byte-order mark read past: try-out 139, F9)
+        saved = read_json_record(path, f"the {role}'s tasks are scored again")
         if not same_model(saved.get("model"), model_spec):
             return {}
         tasks = saved.get("tasks") or {}
@@ -138,9 +138,10 @@ def _read_cache(
             for t, v in tasks.items()
             if isinstance(v, list)
         }
-    except (OSError, ValueError, AttributeError):
+    except (EkdError, AttributeError) as e:  # a cache: scored again, said
         if warn:
-            log.warning("%s is not valid JSON; recomputing the %s's tasks", path, role)
+            said = f"{path} is not a task cache; the {role}'s tasks are scored again"
+            log.warning("%s", e if isinstance(e, EkdError) else said)
         return {}
 
 
