@@ -750,3 +750,15 @@ def test_ekd_eval_of_a_damaged_run_record_names_no_run_name(ws, capsys):
     line = one_error_line(*cli(capsys, "eval", RUN)[::2])
     assert "ekd-run.json is not valid JSON" in line and "run.name" not in line, line
     assert line.endswith("fix it there, or restore it from a copy of the run"), line
+
+
+def test_ekd_eval_of_a_run_without_its_record_says_what_goes_unchecked(ws, capsys, caplog):
+    """Try-out 139, F1: with ekd-run.json removed, `ekd eval` scored a LoRA adapter on a changed base without a
+    word — every check the record carries was off in silence, where the README says each command says what it
+    does without it."""
+    (RUN / "ekd-run.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="ekd.train.evaluation"):
+        rc, _, err = cli(capsys, "eval", RUN)
+    assert rc == 0, err
+    said = [r.getMessage() for r in caplog.records if "holds no ekd-run.json" in r.getMessage()]
+    assert said and "a LoRA base's weights" in said[0] and "put it back" in said[0], said

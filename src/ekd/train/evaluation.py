@@ -464,7 +464,18 @@ def evaluate_saved_run(
     from ekd.data import load_splits
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
-    marker = read_marker(run_dir, otherwise="") or {}
+    marker = read_marker(run_dir, otherwise="")
+    if (
+        marker is None
+    ):  # absent: an older ekd's run, or its record removed — said, with what it costs (try-out
+        # 139, F1: a LoRA adapter was scored on a changed base without a word, its base's identity unchecked)
+        log.warning(
+            "%s holds no ekd-run.json (an older ekd's run, or the record removed): what it records is not checked "
+            "— a LoRA base's weights, the held-out documents, the tokenizer class, the document boundary, the "
+            "cache's teacher; put it back to have them checked",
+            run_dir,
+        )
+    marker = marker or {}
     tokenizer = run_tokenizer(student_dir, marker)  # the class the run trained with
     recorded = marker.get("document_boundary")
     check_saved_teacher(run_dir, cfg, overrides)
