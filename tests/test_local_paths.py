@@ -685,3 +685,34 @@ def test_a_directory_source_holding_a_link_to_nothing_is_refused(tmp_path, capsy
     assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "dang", **extra)]) == 2
     line = _error_line(capsys)
     assert f"{corpus / 'shard2'} is a symbolic link to {tmp_path / 'mnt' / 'disk2' / 'shard2'}, which does not exist" in line, line  # fmt: skip
+
+
+def test_a_run_directory_that_links_to_nothing_is_refused_and_an_older_killed_overwrite_restored(
+    tmp_path, capsys
+):
+    """Review 140, R1: a run directory linked to a disk not mounted (runs/x -> /mnt/disk2/x) was trained into the
+    empty mount point, exit 0. R2: the link an older ekd's killed --overwrite moved aside, the new run only
+    starting, is put back (it was deleted, the new run then made on runs/'s disk)."""
+    from ekd.train.run_dir import recover_interrupted_replace
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x").symlink_to(tmp_path / "mnt" / "disk2" / "x")
+    base = tiny_overrides(tmp_path, corpus, "x", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base]) == 2
+    line = _error_line(capsys)
+    assert f"runs/x is a symbolic link to {tmp_path / 'mnt' / 'disk2' / 'x'}, which does not exist" in line, (
+        line
+    )
+    assert not (tmp_path / "mnt").exists()
+    # R2: an older ekd moved the link aside and was killed while the new run was starting
+    big = tmp_path / "big"
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "y", **{"train.max_steps": 1, "run.output_dir": big})]) == 0  # fmt: skip
+    (tmp_path / "runs" / ".y.replaced").symlink_to(big / "y")
+    (tmp_path / "runs" / "y").mkdir()
+    (tmp_path / "runs" / "y" / "ekd-run.json").write_text(
+        '{"format": "ekd-run", "version": 1, "state": "starting"}'
+    )
+    assert recover_interrupted_replace(tmp_path / "runs" / "y")
+    assert (tmp_path / "runs" / "y").is_symlink() and (tmp_path / "runs" / "y" / "student").is_dir()

@@ -78,16 +78,22 @@ IN_THE_WAY = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 is the fix (try-out 42: 'a file is in the way writing to runs/x; choose another path' of a stray runs/x/student.tmp)."""
 
 
+def dangling_link(path: Path | str) -> str | None:
+    """``"P is a symbolic link to T, which does not exist"`` for a symbolic link to nothing (a disk not mounted, a
+    mistyped target), else None: the one wording of every place a path may be one."""
+    p = os.fspath(path)
+    if os.path.islink(p) and not os.path.exists(p):
+        return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
+    return None
+
+
 def disk_error(e: OSError, where: Path | str) -> DiskError:
     """One line: what went wrong, the directory it went wrong in (for something in the way, its path), and what
     to do."""
     reason, fix = _REASONS.get(e.errno, (e.strerror or type(e).__name__, "check the directory"))
-    if e.errno in IN_THE_WAY and e.filename and os.path.islink(e.filename) and not os.path.exists(e.filename):
+    if e.errno in IN_THE_WAY and e.filename and (dangling := dangling_link(e.filename)):
         # a link to nothing, not a file (try-out 137, F11: "a file is in the way" of runs/dang -> /nowhere)
-        return DiskError(
-            f"{e.filename} is a symbolic link to {os.readlink(e.filename)}, which does not exist (writing to "
-            f"{where}); create its target, or remove the link, and rerun"
-        )
+        return DiskError(f"{dangling} (writing to {where}); create its target, or remove the link, and rerun")
     if e.errno in IN_THE_WAY and e.filename:
         return DiskError(
             f"{reason} at {e.filename} (writing to {where}); move or remove it, or {fix}, and rerun"

@@ -38,7 +38,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -59,6 +58,7 @@ from ekd.data.text_dir import (
 )
 from ekd.errors import first_line
 from ekd.hub import check_dataset_path, check_dataset_reachable
+from ekd.io import dangling_link
 from ekd.nearest import did_you_mean
 from ekd.words import counted
 
@@ -307,11 +307,10 @@ def _read_source(
             raise ConfigError(f"{key}: {source} is a directory, which only data.format=text (or auto) reads")
         listing = list_directory(path)  # hidden files, ekd's own outputs and row files left out
         if listing.broken:  # try-out 139, F3: left out without a word, the corpus read in part
-            link = listing.broken[0]
             more = f" (and {len(listing.broken) - 1} more)" if len(listing.broken) > 1 else ""
             raise ConfigError(
-                f"{key}: {link} is a symbolic link to {os.readlink(link)}, which does not exist{more}; mount or "
-                "create what it leads to, or remove the link (the rest of the directory would be read without it)"
+                f"{key}: {dangling_link(listing.broken[0])}{more}; mount or create what it leads to, or remove the "
+                "link (the rest of the directory would be read without it)"
             )
         _refuse_saved_datasets(listing.files + listing.row_files, path, key, source)
         logger.info("%s", listing.describe(key, source))

@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ekd.io import dangling_link
 from ekd.words import counted
 
 FIRST_PATHS = 3  # paths named in the log line
@@ -129,7 +130,7 @@ def list_directory(root: Path) -> DirectoryListing:
     for path in files_below(root):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
-        if path.is_symlink() and not path.exists():  # an unmounted disk's shard, a mistyped link
+        if dangling_link(path):  # an unmounted disk's shard, a mistyped link
             listing.broken.append(path)
             continue
         if not path.is_file():

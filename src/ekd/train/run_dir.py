@@ -58,7 +58,7 @@ import yaml
 from ekd.config import READ_ONLY_DATA_KEYS, Config, flat_config, is_reporting_key, with_todays_defaults
 from ekd.config.paths import gone_paths, resolve_saved, same_location
 from ekd.errors import EkdError, RunDirError
-from ekd.io import atomic_write_text, make_dirs, writing
+from ekd.io import atomic_write_text, dangling_link, make_dirs, writing
 from ekd.locks import INSIDE, FileLock, lock_directory
 from ekd.train.checkpoint_dirs import checkpoint_step, latest_checkpoint
 from ekd.words import counted
@@ -408,20 +408,19 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     directory that holds what is not an ekd run's start is left alone, as is the run aside.
     """
     given = Path(run_dir)
-    linked = aside_of(given)
-    if (
-        linked.is_symlink()
-    ):  # an older ekd moved a run's symbolic link aside (try-out 137, F3): a link, no run
-        target = os.readlink(linked)
-        linked.unlink()
-        log.warning("removed %s, a link to %s an --overwrite had moved aside", linked, target)
-    run_dir = real_run_dir(given)
+    # an older ekd moved a linked run's link itself aside (try-out 137, F3): it is found beside the link
+    run_dir = given if aside_of(given).is_symlink() else real_run_dir(given)
     aside = aside_of(run_dir)
     if not aside.is_dir() or not is_ekd_run(aside):
         return False
     marker = read_marker(run_dir) if run_dir.is_dir() else None
     if marker is not None and marker.get("state") in ("started", "finished"):
-        shutil.rmtree(aside)  # the replacement started; this is the leftover of its commit
+        # the replacement started; this is the leftover of its commit (a link: removed, not what it leads to —
+        # rmtree of a link was a traceback in every later command of the run)
+        if aside.is_symlink():
+            aside.unlink()
+        else:
+            shutil.rmtree(aside)
         return False
     if run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir()) and marker is None:
         return False  # something else is in the way; leave both alone
@@ -436,7 +435,8 @@ def real_run_dir(run_dir: Path) -> Path:
     ``runs/``): where a replacement moves the run aside and makes the new one, so the link still leads to the run
     (try-out 137, F3: the link itself was moved aside — a traceback in every later command of the run — and the
     new run made on ``runs/``'s disk)."""
-    return Path(run_dir).resolve() if Path(run_dir).is_symlink() else Path(run_dir)
+    path = Path(run_dir)
+    return path.resolve() if path.is_symlink() and path.exists() else path
 
 
 def _runs_beside(run_dir: Path) -> str:
@@ -641,6 +641,8 @@ class RunStart:
             DiskError: the output directory is not writable.
         """
         run_dir, out = self.run_dir, self.run_dir.parent
+        if dangling := dangling_link(run_dir):  # a disk not mounted: never written into its empty mount point
+            raise RunDirError(f"{dangling}; mount or create what it leads to, or remove the link")
         if self.resume and self.overwrite:  # one continues the run, the other deletes it: never guess
             raise RunDirError(
                 "--resume continues a run and --overwrite replaces it; pass one of them, not both"
