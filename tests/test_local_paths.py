@@ -716,3 +716,36 @@ def test_a_run_directory_that_links_to_nothing_is_refused_and_an_older_killed_ov
     )
     assert recover_interrupted_replace(tmp_path / "runs" / "y")
     assert (tmp_path / "runs" / "y").is_symlink() and (tmp_path / "runs" / "y" / "student").is_dir()
+
+
+def test_review_140_a_renamed_run_a_loop_on_other_ranks_and_two_paths_to_one_directory(
+    tmp_path, capsys, monkeypatch
+):
+    """Review 140: R5 a run renamed in place is evaluated under its new name (its old one came back from
+    config.yaml); R3 a symbolic-link loop is said once a node (every torchrun rank printed it); R7 a directory
+    reached by two paths is named by the first in name order, whatever order the disk lists them in."""
+    from ekd.data.text_dir import files_below
+    from ekd.train.evaluation import load_run_config
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "x", **{"train.max_steps": 1})]) == 0
+    (tmp_path / "runs" / "x").rename(tmp_path / "runs" / "x-v2")
+    cfg = load_run_config(tmp_path / "runs" / "x-v2")
+    assert cfg.run.name == "x-v2" and cfg.run_dir == tmp_path / "runs" / "x-v2"
+    monkeypatch.chdir(tmp_path)
+    Path("lp").symlink_to("lp")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["eval", "lp"]) == 2
+    assert capsys.readouterr().err == ""  # local rank 0 says it
+    monkeypatch.delenv("LOCAL_RANK")
+    for first in ("all", "shards"):  # the link made before or after the directory
+        tree = tmp_path / f"tree-{first}"
+        tree.mkdir()
+        if first == "all":
+            (tree / "all").symlink_to(tree / "shards")
+        (tree / "shards").mkdir()
+        (tree / "shards" / "e.txt").write_text("e\n")
+        if first == "shards":
+            (tree / "all").symlink_to(tree / "shards")
+        assert [p.relative_to(tree).as_posix() for p in files_below(tree)] == ["all/e.txt"]

@@ -842,12 +842,15 @@ def _command(argv: list[str] | None) -> int:
         # a path that is a symbolic link leading back to itself: Path.resolve's RuntimeError (Python < 3.13)
         # wherever a path is made absolute — every path key and argument (try-out 137, F5: a traceback in 15 places)
         if not args.debug and isinstance(e, RuntimeError) and (loop := SYMLINK_LOOP.match(str(e))):
-            close_progress_bars()
-            print(
-                f"ekd: error: {loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real "
-                "file or directory, or name another path",
-                file=sys.stderr,
+            said = ConfigError(
+                f"{loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real file or "
+                "directory, or name another path"
             )
+            close_progress_bars()
+            if not _said_by_local_rank0(
+                said
+            ):  # the same path on every rank: said once a node (review 140, R3)
+                print(f"ekd: error: {said}", file=sys.stderr)
             return 2
         # under torchrun: a collective whose peer has gone, because another rank ended first
         if args.debug or not _lost_peer(e):

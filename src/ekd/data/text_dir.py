@@ -198,6 +198,7 @@ def files_below(root: Path) -> list[Path]:
             directories[:] = []
             continue
         seen.add(real)
+        directories.sort()  # a directory reached by two paths is named by the first in name order, on every disk
         found += [Path(top) / name for name in files]
     return sorted(found)
 

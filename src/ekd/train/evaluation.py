@@ -217,9 +217,14 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     # auto) read where the run lies now — try-out 137, F1: its token store was rebuilt under the old run.output_dir,
     # re-creating the directory moved away. Where the recorded one is still there (a run linked or copied from it:
     # its store is there), it is kept (try-out 139, F5)
-    if not Path(str(flat.get("run.output_dir", ""))).expanduser().is_dir():
-        here = Path(os.path.abspath(run_dir))
-        flat.update({"run.output_dir": str(here.parent), "run.name": here.name})
+    # its name is its directory's (review 140, R5: a run renamed in place was evaluated as its old name)
+    here = Path(os.path.abspath(run_dir))
+    recorded = Path(str(flat.get("run.output_dir", ""))).expanduser()
+    flat["run.name"] = here.name
+    if not (
+        recorded.is_absolute() and recorded.is_dir()
+    ):  # (an older ekd's relative one: read where it lies)
+        flat["run.output_dir"] = str(here.parent)
     given = parse_overrides(overrides or [])
     if unread := [k for k in given if k in NOT_READ_BY_EVAL and given[k] != flat.get(k)]:
         raise ConfigError(  # try-out 75, F5: model.student=OTHER scored the run's own student in silence

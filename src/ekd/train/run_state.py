@@ -141,7 +141,8 @@ def _not_a_run_hint(path: Path) -> str:
     # a run a killed --overwrite left aside that using_run did not put back: something else is in the way
     aside = aside_of(resolved) if resolved.name else None  # ('/' has no name, and nothing beside it)
     if aside is not None and aside.is_dir() and is_ekd_run(aside):
-        shown = Path(path).parent / aside.name if Path(path).name else aside
+        # beside the directory a linked run leads to, named there (review 140, R4: named beside the link)
+        shown = Path(path).parent / aside.name if Path(path).name and not Path(path).is_symlink() else aside
         return (
             f"; an interrupted --overwrite moved the run aside to {shown}, and {path} holds something else: "
             f"move that away, then `ekd eval {shlex.quote(str(path))}` puts the run back and evaluates it"
