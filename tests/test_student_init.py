@@ -500,5 +500,6 @@ def test_a_finished_students_record_is_read_past_a_byte_order_mark(tmp_path, cap
     assert main(["student", "init", str(teacher_dir), str(out), "--layers", "1"]) == 2
     assert "holds a finished student of ekd student init" in capsys.readouterr().err
     cache = tmp_path / "teacher.json"
-    cache.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "preset:x", "tasks": {}}).encode())
-    assert _read_cache(cache, "teacher", "preset:x", warn=True) == {}
+    entry = {"signature": {"documents_sha256": "ab" * 32}, "results": {"value": 0.5}}
+    cache.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "preset:x", "tasks": {"mc": [entry]}}).encode())
+    assert _read_cache(cache, "teacher", "preset:x", warn=True) == {"mc": [entry]}  # read, not scored again

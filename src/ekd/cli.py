@@ -84,8 +84,8 @@ class _Parser(argparse.ArgumentParser):
             ]
             if hints:
                 message += f"; unrecognized: {' '.join(hints)}"
-            # a path starting with '-' (a run named -dash) taken for an option (try-out 137, F11)
             elif dashed := [w for w in typos if w not in options and not w.startswith("--") and len(w) > 2]:
+                # a path starting with '-' (a run named -dash) taken for an option (try-out 137, F11)
                 message += (
                     f"; {dashed[0]} reads as an option: write a path starting with '-' as ./{dashed[0]}"
                 )
@@ -847,9 +847,8 @@ def _command(argv: list[str] | None) -> int:
                 "directory, or name another path"
             )
             close_progress_bars()
-            if not _said_by_local_rank0(
-                said
-            ):  # the same path on every rank: said once a node (review 140, R3)
+            # the same path on every rank: said once a node (review 140, R3)
+            if not _said_by_local_rank0(said):
                 print(f"ekd: error: {said}", file=sys.stderr)
             return 2
         # under torchrun: a collective whose peer has gone, because another rank ended first

@@ -391,9 +391,8 @@ def _mapping_entry_hint(key: str, value: str) -> str:
     mapping = f"{section}.{field}"
     if not dot or mapping not in _mapping_keys():
         return ""
-    if any(
-        c in str(value) for c in ",{}[]#"
-    ):  # YAML's flow characters: the value in quotes (try-out 137, F7)
+    # YAML's flow characters: the value in quotes (try-out 137, F7)
+    if any(c in str(value) for c in ",{}[]#"):
         value = "'" + str(value).replace("'", "''") + "'"
     return (
         f'; {mapping} is a mapping, set whole: write "{mapping}={{{name}: {value}}}" (quoted in a shell; '

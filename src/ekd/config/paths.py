@@ -39,6 +39,7 @@ SPECS = (
 )
 """Keys that name a local path or a hub id / preset / builtin / template; ``data.eval_sources``: each value."""
 log = logging.getLogger(__name__)
+_SAID: set[tuple[str, str]] = set()  # keywords over a local directory of their name, said once a process
 
 KEYWORDS = {
     "model.tokenizer": ("teacher", "student", "train_bpe"),
@@ -101,10 +102,19 @@ def resolve_path(key: str, value: Any) -> Any:
     if value in KEYWORDS.get(key, ()) or (
         key in ("data.source", "data.eval_sources") and value == "pystdlib"
     ):
-        if _existing(value):  # a keyword wins over a directory of its name here: said (try-out 137, F10)
-            log.warning(
-                "%s=%s is ekd's keyword; the local %s here is read as %s=./%s", key, value, value, key, value
-            )
+        # a keyword wins over a directory of its name here: said once a process, by local rank 0 (try-out 137,
+        # F10; review 140, R8: three times a --resume, on every rank)
+        if _existing(value) and (key, value) not in _SAID:
+            _SAID.add((key, value))
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                log.warning(
+                    "%s=%s is ekd's keyword, not the directory ./%s here, which is not read; write %s=./%s to read it",
+                    key,
+                    value,
+                    value,
+                    key,
+                    value,
+                )
         return value
     if key in DIRECTORIES:
         return absolute(value) if value.strip() else value

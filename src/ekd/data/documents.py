@@ -358,9 +358,9 @@ def check_sources_exist(data_cfg: DataConfig) -> None:
         if source.startswith("hf:") or (data_cfg.format == "hf" and key == "data.source"):
             if name := source.removeprefix("hf:").strip():  # hf: alone is said by the reader
                 check_dataset_path(name, key)  # a well-formed hub name is left to datasets
-        # a file named with a glob's characters (notes[v1].txt) is that file, as the reader reads it (try-out 137,
-        # F4: refused as a glob that matches nothing)
         elif Path(source).exists():
+            # a file named with a glob's characters (notes[v1].txt) is that file, as the reader reads it
+            # (try-out 137, F4: refused as a glob that matches nothing)
             continue
         elif glob.has_magic(source):
             if not (listing := list_glob(source)).files:

@@ -109,11 +109,15 @@ class LoraStudent:
             " (head included)" if model_cfg.lora_train_head else "",
         )
         if frozen := _frozen_weights_outside_linear_layers(model):
+            moe = any(w in name for name in frozen for w in ("Expert", "Router", "Gate"))
             log.warning(
-                "LoRA adapts linear layers only: %s hold weights that are none and stay frozen (a mixture of "
-                "experts' fused experts and router do not train; only attention and any shared expert adapt); "
-                "train without LoRA (model.lora_r=0) to update them",
+                "LoRA adapts linear layers only: %s hold weights that are none and stay frozen%s; train without "
+                "LoRA (model.lora_r=0) to update them",
                 ", ".join(f"{name} ({n:,} parameters)" for name, n in frozen.items()),
+                " (a mixture of experts' fused experts and router do not train; only attention and any shared "
+                "expert adapt)"
+                if moe
+                else "",
             )
         return cls(model, wrapper, model_cfg.lora_train_head)
 
@@ -288,7 +292,7 @@ def _frozen_weights_outside_linear_layers(model: nn.Module) -> dict[str, int]:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers.pytorch_utils import Conv1D
 
-    reached = (nn.Linear, nn.Embedding, Conv1D, BaseTunerLayer)
+    reached = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, Conv1D, BaseTunerLayer)  # what peft adapts
     out: dict[str, int] = {}
     for module in model.modules():
         if isinstance(module, reached):

@@ -221,9 +221,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     here = Path(os.path.abspath(run_dir))
     recorded = Path(str(flat.get("run.output_dir", ""))).expanduser()
     flat["run.name"] = here.name
-    if not (
-        recorded.is_absolute() and recorded.is_dir()
-    ):  # (an older ekd's relative one: read where it lies)
+    # (an older ekd's relative one: read where it lies)
+    if not (recorded.is_absolute() and recorded.is_dir()):
         flat["run.output_dir"] = str(here.parent)
     given = parse_overrides(overrides or [])
     if unread := [k for k in given if k in NOT_READ_BY_EVAL and given[k] != flat.get(k)]:
@@ -470,10 +469,9 @@ def evaluate_saved_run(
     from ekd.train.prepare import pack_run_splits, prepare_stored_data
 
     marker = read_marker(run_dir, otherwise="")
-    if (
-        marker is None
-    ):  # absent: an older ekd's run, or its record removed — said, with what it costs (try-out
-        # 139, F1: a LoRA adapter was scored on a changed base without a word, its base's identity unchecked)
+    if marker is None:
+        # absent: an older ekd's run, or its record removed — said, with what it costs (try-out 139, F1: a LoRA
+        # adapter was scored on a changed base without a word, its base's identity unchecked)
         log.warning(
             "%s holds no ekd-run.json (an older ekd's run, or the record removed): what it records is not checked "
             "— a LoRA base's weights, the held-out documents, the tokenizer class, the document boundary, the "

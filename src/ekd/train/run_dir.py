@@ -615,9 +615,8 @@ class RunStart:
     def __init__(self, cfg: Config, resume: bool, overwrite: bool) -> None:
         self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
         self.run_dir: Path = cfg.run_dir
-        self.real_dir = real_run_dir(
-            self.run_dir
-        )  # what a replacement moves: the linked directory, not a link
+        # what a replacement moves: the linked directory, not a link
+        self.real_dir = real_run_dir(self.run_dir)
         self.aside = aside_of(self.real_dir)
         self.fresh = False  # this start creates the run (new, replacing, or re-making an unstarted one)
         self.existed = False  # the directory existed before (empty, or moved aside)

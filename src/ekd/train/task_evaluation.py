@@ -650,9 +650,8 @@ def evaluate_saved_tasks(
     require_lm_eval()
     device = resolve_device(cfg.run.device)
     student_dir = Path(run_dir) / "student"
-    tokenizer = run_tokenizer(
-        student_dir, read_marker(Path(run_dir), otherwise="")
-    )  # the class the run trained with
+    # the class the run trained with
+    tokenizer = run_tokenizer(student_dir, read_marker(Path(run_dir), otherwise=""))
     recorded_base = (read_marker(Path(run_dir), otherwise="") or {}).get("student_base")
     try:
         student = load_exported_student(student_dir, cfg.model.trust_remote_code, recorded_base).to(device)
