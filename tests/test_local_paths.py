@@ -627,19 +627,19 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
     assert len(said) == 3, said
 
 
-def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys, monkeypatch):
-    """Try-out 137, F11: a symbolic link whose target does not exist, where ekd writes (`--out`), was "a file is in
-    the way"; it is said to be a link to nothing, with its target."""
-    from ekd.io import disk_error
+def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys):
+    """Try-out 137, F11: a symbolic link whose target does not exist, where ekd writes (`ekd compare --out`), was "a
+    file is in the way"; it is said to be a link to nothing, with its target."""
+    from tiny import tiny_overrides, write_corpus
 
-    link = tmp_path / "out"
-    link.symlink_to(tmp_path / "nowhere")
-    try:
-        link.mkdir()
-    except OSError as e:
-        said = str(disk_error(e, link))
-    assert said.startswith(f"{link} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist"), said
-    assert "create its target, or remove the link" in said
+    corpus = write_corpus(tmp_path / "corpus")
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "r", **{"train.max_steps": 1})]) == 0
+    out = tmp_path / "cmp"
+    out.symlink_to(tmp_path / "nowhere")
+    assert main(["compare", str(tmp_path / "runs" / "r"), "--out", str(out), "--no-plots"]) == 2
+    line = _error_line(capsys)
+    assert f"{out} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in line, line
+    assert "create its target, or remove the link" in line, line
 
 
 def test_a_run_directory_starting_with_a_dash_is_told_how_to_write_it(tmp_path, capsys, monkeypatch):
