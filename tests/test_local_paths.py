@@ -752,3 +752,28 @@ def test_review_140_a_renamed_run_a_loop_on_other_ranks_and_two_paths_to_one_dir
         if first == "shards":
             (tree / "all").symlink_to(tree / "shards")
         assert [p.relative_to(tree).as_posix() for p in files_below(tree)] == ["all/e.txt"]
+
+
+def test_overwrite_after_an_older_ekds_killed_overwrite_of_a_linked_run_keeps_the_link(tmp_path, capsys):
+    """Try-out 141, F1: where an older ekd had moved a run's link aside and its new start was killed, --overwrite
+    put the link back, then moved the link itself aside (RunStart had taken the killed start's directory for the
+    run), made the new run on runs/'s disk, and logged a removal that failed on the link."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    big = tmp_path / "big"
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "y", **{"train.max_steps": 1, "run.output_dir": big})]) == 0  # fmt: skip
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / ".y.replaced").symlink_to(big / "y")
+    (runs / "y").mkdir()
+    shutil.copy(big / "y" / "config.yaml", runs / "y" / "config.yaml")
+    (runs / "y" / "ekd-run.json").write_text('{"format": "ekd-run", "version": 1, "state": "starting"}')
+    first = json.loads((big / "y" / "ekd-run.json").read_text())["run_id"]
+    base = tiny_overrides(tmp_path, corpus, "y", **{"train.max_steps": 1})
+    assert main(["-q", "distill", *base, "train.lr=0.002", "--overwrite"]) == 0, capsys.readouterr().err
+    assert (runs / "y").is_symlink() and (runs / "y").resolve() == (big / "y").resolve()
+    assert (
+        json.loads((big / "y" / "ekd-run.json").read_text())["run_id"] != first
+    )  # the new run, where it leads
+    assert not [p for d in (runs, big) for p in d.iterdir() if p.name.endswith(".replaced")]

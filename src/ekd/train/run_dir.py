@@ -658,6 +658,9 @@ class RunStart:
             # first of all: nothing below may judge (or reclaim) a directory that a live process is writing
             self.lock = lock_run(run_dir, self._in_use_fix())
             recover_interrupted_replace(run_dir)
+            # a link the recovery put back leads elsewhere: what a replacement moves now (try-out 141, F1)
+            self.real_dir = real_run_dir(run_dir)
+            self.aside = aside_of(self.real_dir)
             holds = run_dir.is_dir() and any(p.name != INSIDE for p in run_dir.iterdir())  # not our lock
             marker = read_marker(run_dir) if holds else None
             # a start that did not finish, and whose process is gone (it would hold the lock we hold)
@@ -1139,8 +1142,11 @@ class RunStart:
             if not self.fresh:
                 atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         self.committed = True  # (if the marker could not be written, the start is rolled back)
-        if self.aside.exists():
-            shutil.rmtree(self.aside, ignore_errors=True)
+        if self.aside.exists() or self.aside.is_symlink():
+            if self.aside.is_symlink():  # a link (an older ekd's): removed, not what it leads to
+                self.aside.unlink()
+            else:
+                shutil.rmtree(self.aside, ignore_errors=True)
             why = "--overwrite" if self.overwrite else "its start had not finished"
             log.info("removed the previous run of %s (%s)", self.run_dir, why)
 
