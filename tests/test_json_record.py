@@ -96,3 +96,33 @@ def test_a_damaged_demo_stamp_is_said_and_read_as_none(tmp_path, capsys):
     assert "ekd_demo.json is not valid JSON" in capsys.readouterr().out
     stamp.write_bytes(BOM + json.dumps({"eval": {"eval": {"ppl": 3.0}}}).encode())
     assert _teacher_row(tmp_path) == {"method": "(teacher)", "eval/ppl": 3.0}
+
+
+def test_try_out_141_links_to_nothing_and_a_torn_character(tmp_path, capsys, caplog):
+    """Try-out 141: F6 a record that is a link to nothing was read as absent (every check off); F3 a link that leads
+    back to itself was called a link to something that does not exist, to be mounted; F2 `ekd eval` / `ekd compare`
+    of a run directory linked to nothing blamed relative paths / a missing config.yaml; F5 a metrics.jsonl whose last
+    line was cut inside a character refused the run, where any other cut is dropped as torn."""
+    from ekd.cli import main
+
+    record = tmp_path / "ekd-run.json"
+    record.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(
+        EkdError, match=r"ekd-run\.json is a symbolic link to .*nowhere\.json, which does not exist"
+    ):
+        read_json_record(record, "fix it")
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(EkdError, match=r"loop\.json is a symbolic link that leads back to itself \(a loop\)"):
+        read_json_record(loop, "fix it")
+    run = tmp_path / "run"
+    run.symlink_to(tmp_path / "mnt" / "run")
+    for command in (["eval", str(run)], ["compare", str(run), "--out", str(tmp_path / "o")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is a symbolic link to {tmp_path / 'mnt' / 'run'}, which does not exist" in err, err
+    row = json.dumps({"step": 1, "train/loss": 2.0}).encode()
+    (tmp_path / "metrics.jsonl").write_bytes(row + b"\n" + '{"step": 2, "name": "é'.encode()[:-1])
+    with caplog.at_level(logging.WARNING):
+        assert read_metrics(tmp_path) == [{"step": 1, "train/loss": 2.0}]
+    assert "dropping a torn last line" in caplog.text

@@ -492,8 +492,14 @@ def _refuse_missing_run(run: Path) -> None:
     if run.is_dir():
         return
     from ekd.config.paths import read_as
+    from ekd.io import dangling_link
     from ekd.nearest import close_paths, either
     from ekd.train.run_dir import is_ekd_run
+
+    if dangling := dangling_link(run):  # a run kept on a disk not mounted (try-out 141, F2)
+        raise ConfigError(
+            f"ekd eval: {dangling}; point it at what exists (mount its disk), or remove the link"
+        )
 
     inside = [p for p in run.parents if is_ekd_run(p)][:1]
     what = "is a file" if run.exists() else "does not exist"

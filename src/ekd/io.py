@@ -80,11 +80,17 @@ is the fix (try-out 42: 'a file is in the way writing to runs/x; choose another 
 
 def dangling_link(path: Path | str) -> str | None:
     """``"P is a symbolic link to T, which does not exist"`` for a symbolic link to nothing (a disk not mounted, a
-    mistyped target), else None: the one wording of every place a path may be one."""
+    mistyped target) — or one that leads back to itself — else None: the one wording of every place a path may be
+    one."""
     p = os.fspath(path)
-    if os.path.islink(p) and not os.path.exists(p):
-        return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
-    return None
+    if not os.path.islink(p) or os.path.exists(p):
+        return None
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # one that leads back to itself: no target to mount (try-out 141, F3)
+            return f"{p} is a symbolic link that leads back to itself (a loop)"
+    return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
 
 
 def disk_error(e: OSError, where: Path | str) -> DiskError:

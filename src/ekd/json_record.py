@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ekd.errors import EkdError
+from ekd.io import dangling_link
 
 
 def record_bytes(
@@ -28,6 +29,9 @@ def record_bytes(
             its content).
     """
     path = Path(path)
+    # a link to nothing is never read as absent: every check the record carries would be off (try-out 141, F6)
+    if dangling := dangling_link(path):
+        raise error(f"{dangling}; {not_a_file or fix}")
     if not path.exists():
         return None
     if not path.is_file():

@@ -641,7 +641,7 @@ class RunStart:
         """
         run_dir, out = self.run_dir, self.run_dir.parent
         if dangling := dangling_link(run_dir):  # a disk not mounted: never written into its empty mount point
-            raise RunDirError(f"{dangling}; mount or create what it leads to, or remove the link")
+            raise RunDirError(f"{dangling}; point it at what exists (mount its disk), or remove the link")
         if self.resume and self.overwrite:  # one continues the run, the other deletes it: never guess
             raise RunDirError(
                 "--resume continues a run and --overwrite replaces it; pass one of them, not both"
