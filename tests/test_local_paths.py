@@ -777,3 +777,23 @@ def test_overwrite_after_an_older_ekds_killed_overwrite_of_a_linked_run_keeps_th
         json.loads((big / "y" / "ekd-run.json").read_text())["run_id"] != first
     )  # the new run, where it leads
     assert not [p for d in (runs, big) for p in d.iterdir() if p.name.endswith(".replaced")]
+
+
+def test_the_way_on_for_a_linked_runs_kept_run_names_the_directory_to_move(tmp_path, capsys):
+    """Try-out 141, F4: with a linked run's old run kept aside where the link leads and something else in its
+    place, `ekd eval` told the user to move the link (the run then out of reach): it names the directory the link
+    leads to."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    disk = tmp_path / "od2"
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "real1", **{"train.max_steps": 1, "run.output_dir": disk})]) == 0  # fmt: skip
+    (disk / "real1").rename(disk / ".real1.replaced")
+    (disk / "real1").mkdir()
+    (disk / "real1" / "notes.txt").write_text("hi\n")
+    (tmp_path / "lr2").mkdir()
+    link = tmp_path / "lr2" / "lk"
+    link.symlink_to(disk / "real1")
+    assert main(["eval", str(link)]) == 2
+    line = _error_line(capsys)
+    assert f"and {(disk / 'real1').resolve()} holds something else: move that away" in line, line

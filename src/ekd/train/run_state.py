@@ -143,8 +143,10 @@ def _not_a_run_hint(path: Path) -> str:
     if aside is not None and aside.is_dir() and is_ekd_run(aside):
         # beside the directory a linked run leads to, named there (review 140, R4: named beside the link)
         shown = Path(path).parent / aside.name if Path(path).name and not Path(path).is_symlink() else aside
+        # what to move: where a linked run leads, not the link (try-out 141, F4)
+        holder = resolved if Path(path).is_symlink() else path
         return (
-            f"; an interrupted --overwrite moved the run aside to {shown}, and {path} holds something else: "
+            f"; an interrupted --overwrite moved the run aside to {shown}, and {holder} holds something else: "
             f"move that away, then `ekd eval {shlex.quote(str(path))}` puts the run back and evaluates it"
         )
     run = enclosing_run(path)  # RUN/student, the exported model: the run is what is evaluated
