@@ -639,7 +639,7 @@ def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "runs" / "r"), "--out", str(out), "--no-plots"]) == 2
     line = _error_line(capsys)
     assert f"{out} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in line, line
-    assert "create its target, or remove the link" in line, line
+    assert "mount its disk or create it, or remove the link" in line, line
 
 
 def test_a_run_directory_starting_with_a_dash_is_told_how_to_write_it(tmp_path, capsys, monkeypatch):
@@ -797,3 +797,25 @@ def test_the_way_on_for_a_linked_runs_kept_run_names_the_directory_to_move(tmp_p
     assert main(["eval", str(link)]) == 2
     line = _error_line(capsys)
     assert f"and {(disk / 'real1').resolve()} holds something else: move that away" in line, line
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_ekd_eval_puts_back_a_run_a_killed_overwrite_left_aside_with_nothing_in_its_place(
+    tmp_path, capsys, linked
+):
+    """Try-out 142, F1: the way on ("move that away, then `ekd eval RUN` puts the run back") did not work — with
+    nothing in the run's place `ekd eval` said it did not exist (a linked run: a link to nothing, to be removed:
+    the last pointer to the run)."""
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    disk = tmp_path / "od"
+    assert main(["-q", "distill", *tiny_overrides(tmp_path, corpus, "e9", **{"train.max_steps": 1, "run.output_dir": disk})]) == 0  # fmt: skip
+    (disk / "e9").rename(disk / ".e9.replaced")  # the old run aside, nothing yet in its place
+    run = disk / "e9"
+    if linked:
+        (tmp_path / "lr").mkdir()
+        run = tmp_path / "lr" / "lk"
+        run.symlink_to(disk / "e9")
+    assert main(["-q", "eval", str(run), "eval.teacher=false"]) == 0, capsys.readouterr().err
+    assert (disk / "e9" / "eval.json").is_file() and not (disk / ".e9.replaced").exists()

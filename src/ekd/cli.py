@@ -494,12 +494,15 @@ def _refuse_missing_run(run: Path) -> None:
     from ekd.config.paths import read_as
     from ekd.io import dangling_link
     from ekd.nearest import close_paths, either
-    from ekd.train.run_dir import is_ekd_run
+    from ekd.train.run_dir import aside_of, is_ekd_run
+
+    if is_ekd_run(
+        aside_of(Path(os.path.realpath(run)))
+    ):  # moved aside by a killed --overwrite: ekd eval puts
+        return  # it back (try-out 142, F1: "does not exist", the way on a refusal had given)
 
     if dangling := dangling_link(run):  # a run kept on a disk not mounted (try-out 141, F2)
-        raise ConfigError(
-            f"ekd eval: {dangling}; point it at what exists (mount its disk), or remove the link"
-        )
+        raise ConfigError(f"ekd eval: {dangling}, or remove the link")
 
     inside = [p for p in run.parents if is_ekd_run(p)][:1]
     what = "is a file" if run.exists() else "does not exist"

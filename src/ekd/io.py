@@ -79,7 +79,7 @@ is the fix (try-out 42: 'a file is in the way writing to runs/x; choose another 
 
 
 def dangling_link(path: Path | str) -> str | None:
-    """``"P is a symbolic link to T, which does not exist"`` for a symbolic link to nothing (a disk not mounted, a
+    """``"P is a symbolic link to T, which does not exist: mount its disk or create it"`` for a symbolic link to nothing (a disk not mounted, a
     mistyped target) — or one that leads back to itself — else None: the one wording of every place a path may be
     one."""
     p = os.fspath(path)
@@ -89,8 +89,8 @@ def dangling_link(path: Path | str) -> str | None:
         os.stat(p)
     except OSError as e:
         if e.errno == errno.ELOOP:  # one that leads back to itself: no target to mount (try-out 141, F3)
-            return f"{p} is a symbolic link that leads back to itself (a loop)"
-    return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
+            return f"{p} is a symbolic link that leads back to itself (a loop): point it at a real file or directory"
+    return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist: mount its disk or create it"
 
 
 def disk_error(e: OSError, where: Path | str) -> DiskError:
@@ -99,7 +99,7 @@ def disk_error(e: OSError, where: Path | str) -> DiskError:
     reason, fix = _REASONS.get(e.errno, (e.strerror or type(e).__name__, "check the directory"))
     if e.errno in IN_THE_WAY and e.filename and (dangling := dangling_link(e.filename)):
         # a link to nothing, not a file (try-out 137, F11: "a file is in the way" of runs/dang -> /nowhere)
-        return DiskError(f"{dangling} (writing to {where}); create its target, or remove the link, and rerun")
+        return DiskError(f"{dangling}, or remove the link (writing to {where}), and rerun")
     if e.errno in IN_THE_WAY and e.filename:
         return DiskError(
             f"{reason} at {e.filename} (writing to {where}); move or remove it, or {fix}, and rerun"

@@ -309,8 +309,8 @@ def _read_source(
         if listing.broken:  # try-out 139, F3: left out without a word, the corpus read in part
             more = f" (and {len(listing.broken) - 1} more)" if len(listing.broken) > 1 else ""
             raise ConfigError(
-                f"{key}: {dangling_link(listing.broken[0])}{more}; point it at what exists (mount its disk), or "
-                "remove the link (the rest of the directory would be read without it)"
+                f"{key}: {dangling_link(listing.broken[0])}{more}, or remove the link (the rest of the directory "
+                "would be read without it)"
             )
         _refuse_saved_datasets(listing.files + listing.row_files, path, key, source)
         logger.info("%s", listing.describe(key, source))

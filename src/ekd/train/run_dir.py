@@ -408,8 +408,10 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     directory that holds what is not an ekd run's start is left alone, as is the run aside.
     """
     given = Path(run_dir)
-    # an older ekd moved a linked run's link itself aside (try-out 137, F3): it is found beside the link
-    run_dir = given if aside_of(given).is_symlink() else real_run_dir(given)
+    # an older ekd moved a linked run's link itself aside (try-out 137, F3): it is found beside the link; else a
+    # link's run is beside where it leads, even while nothing is there (the run moved aside: try-out 142, F1)
+    linked = given.is_symlink() and not aside_of(given).is_symlink()
+    run_dir = Path(os.path.realpath(given)) if linked else given
     aside = aside_of(run_dir)
     if not aside.is_dir() or not is_ekd_run(aside):
         return False
@@ -640,8 +642,11 @@ class RunStart:
             DiskError: the output directory is not writable.
         """
         run_dir, out = self.run_dir, self.run_dir.parent
-        if dangling := dangling_link(run_dir):  # a disk not mounted: never written into its empty mount point
-            raise RunDirError(f"{dangling}; point it at what exists (mount its disk), or remove the link")
+        # a disk not mounted: never written into its empty mount point — unless what it leads to was moved aside by
+        # a killed --overwrite, which the recovery below puts back (try-out 142, F1)
+        dangling = dangling_link(run_dir)
+        if dangling and not is_ekd_run(aside_of(Path(os.path.realpath(run_dir)))):
+            raise RunDirError(f"{dangling}, or remove the link")
         if self.resume and self.overwrite:  # one continues the run, the other deletes it: never guess
             raise RunDirError(
                 "--resume continues a run and --overwrite replaces it; pass one of them, not both"

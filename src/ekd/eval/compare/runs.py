@@ -531,9 +531,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         from ekd.train.run_state import enclosing_run
 
         if dangling := dangling_link(run_dir):  # a run kept on a disk not mounted (try-out 141, F2)
-            raise EkdError(
-                f"ekd compare: {dangling}; point it at what exists (mount its disk), or leave the run out"
-            )
+            raise EkdError(f"ekd compare: {dangling}, or leave the run out")
 
         run = enclosing_run(run_dir)  # RUN/student, the exported model: did you mean RUN?
         fix = f"it lies inside the run {run}: pass that" if run is not None else "pass runs/<name>"
