@@ -96,6 +96,26 @@ def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _killed_build(tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store build of a 2,000-document corpus killed mid-way (a KeyboardInterrupt in the 21st encode), checkpoints
+    every 500 tokens; returns its config and the encoder to set back (``packing._encode``, counting its calls)."""
+    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
+    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 500)
+    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
+    calls, real = count_encodes(monkeypatch), packing._encode
+
+    def dying(texts, tokenizer):
+        if len(calls) > 20:
+            raise KeyboardInterrupt  # a kill mid-build
+        return real(texts, tokenizer)
+
+    monkeypatch.setattr(packing, "_encode", dying)
+    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=0)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, tmp_path / "r1")
+    return cfg, real
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -465,21 +485,7 @@ def test_killed_build_resumes_and_never_looks_complete(
     caplog: pytest.LogCaptureFixture,
     older_checkpoint: bool,
 ) -> None:
-    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
-    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 500)
-    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
-    calls = count_encodes(monkeypatch)
-    real = packing._encode
-
-    def dying(texts, tokenizer):
-        if len(calls) > 20:
-            raise KeyboardInterrupt  # a kill mid-build
-        return real(texts, tokenizer)
-
-    monkeypatch.setattr(packing, "_encode", dying)
-    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=0)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_data(cfg, tmp_path / "r1")
+    cfg, real = _killed_build(tmp_path, tokenizer_dir, monkeypatch)
     root = tmp_path / "runs" / "token-store"
     assert not any((p / "manifest.json").exists() for p in root.iterdir())  # nothing looks complete
     partial = next(root.glob("*.partial"))
@@ -503,7 +509,7 @@ def test_killed_build_resumes_and_never_looks_complete(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ekd.data"):
         memory = prepare_data(
-            config(tmp_path, tokenizer_dir, corpus, False, max_eval_blocks=0), tmp_path / "r3"
+            config(tmp_path, tokenizer_dir, tmp_path / "c.jsonl", False, max_eval_blocks=0), tmp_path / "r3"
         )
     assert_same_blocks(memory.blocks, resumed.blocks)
     in_memory = [r.getMessage() for r in caplog.records if "the eval split holds" in r.getMessage()]
@@ -1139,20 +1145,7 @@ def test_a_resumed_builds_rate_counts_only_the_tokens_it_tokenized(
 ) -> None:
     """review 136, R1: a resumed build's progress line divided the killed build's tokens too by its own seconds
     (1,878 tokens/s logged for 425 tokenized)."""
-    corpus = write_corpus(tmp_path / "c.jsonl", n=2000)
-    monkeypatch.setattr(store_build, "CHECKPOINT_TOKENS", 500)
-    monkeypatch.setattr(store_build, "WINDOW_DOCUMENTS", 64)
-    calls, real = count_encodes(monkeypatch), packing._encode
-
-    def dying(texts, tokenizer):
-        if len(calls) > 20:
-            raise KeyboardInterrupt  # a kill mid-build
-        return real(texts, tokenizer)
-
-    monkeypatch.setattr(packing, "_encode", dying)
-    cfg = config(tmp_path, tokenizer_dir, corpus, True, max_eval_blocks=0)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_data(cfg, tmp_path / "r1")
+    cfg, real = _killed_build(tmp_path, tokenizer_dir, monkeypatch)
     partial = next((tmp_path / "runs" / "token-store").glob("*.partial"))
     before = sum(s["tokens"] for s in json.loads((partial / "progress.json").read_text())["splits"].values())
     assert before > 0
