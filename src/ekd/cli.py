@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ekd import __version__
 from ekd.errors import ConfigError, EkdError, ModelError, copy_of_rank0
+from ekd.io import dangling_link
 from ekd.log_level import close_progress_bars, set_level_floor
 from ekd.nearest import close_names, did_you_mean, either
 from ekd.signals import (
@@ -492,14 +493,13 @@ def _refuse_missing_run(run: Path) -> None:
     if run.is_dir():
         return
     from ekd.config.paths import read_as
-    from ekd.io import dangling_link
     from ekd.nearest import close_paths, either
-    from ekd.train.run_dir import aside_of, is_ekd_run
+    from ekd.train.run_dir import aside_of, is_ekd_run, real_run_dir
 
-    if is_ekd_run(
-        aside_of(Path(os.path.realpath(run)))
-    ):  # moved aside by a killed --overwrite: ekd eval puts
-        return  # it back (try-out 142, F1: "does not exist", the way on a refusal had given)
+    # moved aside by a killed --overwrite: ekd eval puts it back (try-out 142, F1: "does not exist", the way on a
+    # refusal had given)
+    if is_ekd_run(aside_of(real_run_dir(run))):
+        return
 
     if dangling := dangling_link(run):  # a run kept on a disk not mounted (try-out 141, F2)
         raise ConfigError(f"ekd eval: {dangling}, or remove the link")
@@ -851,10 +851,7 @@ def _command(argv: list[str] | None) -> int:
         # a path that is a symbolic link leading back to itself: Path.resolve's RuntimeError (Python < 3.13)
         # wherever a path is made absolute — every path key and argument (try-out 137, F5: a traceback in 15 places)
         if not args.debug and isinstance(e, RuntimeError) and (loop := SYMLINK_LOOP.match(str(e))):
-            said = ConfigError(
-                f"{loop[1]} is a symbolic link that leads back to itself (a loop); point it at a real file or "
-                "directory, or name another path"
-            )
+            said = ConfigError(f"{dangling_link(loop[1]) or loop[1]}, or name another path")
             close_progress_bars()
             # the same path on every rank: said once a node (review 140, R3)
             if not _said_by_local_rank0(said):

@@ -79,9 +79,9 @@ is the fix (try-out 42: 'a file is in the way writing to runs/x; choose another 
 
 
 def dangling_link(path: Path | str) -> str | None:
-    """``"P is a symbolic link to T, which does not exist: mount its disk or create it"`` for a symbolic link to nothing (a disk not mounted, a
-    mistyped target) — or one that leads back to itself — else None: the one wording of every place a path may be
-    one."""
+    """What is wrong with ``path`` when it is a symbolic link to nothing — ``"P is a symbolic link to T, which does
+    not exist: mount its disk or create it"`` (a disk not mounted, a mistyped target) — or one that leads back to
+    itself; else None. The one wording of every place a path may be one."""
     p = os.fspath(path)
     if not os.path.islink(p) or os.path.exists(p):
         return None

@@ -93,17 +93,16 @@ def _parse(path: Path, raw: bytes, fix: str = "fix or delete that line, and reru
             value that is not a number (every figure ekd logs is one, or null: try-out 127, F4 — a text where a
             count belongs was a traceback in ``ekd compare``).
     """
-    last = raw.rstrip(b"\n").rfind(b"\n")  # the last line starts after it
-    try:
-        raw.decode("utf-8-sig")
+    try:  # decoded once; a byte-order mark an editor wrote is read past (try-out 129, F10)
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        if (
-            e.start > last
-        ):  # a write cut inside a character of the last line: torn, as any cut (try-out 141, F5)
+        last = raw.rstrip(b"\n").rfind(b"\n")  # the last line starts after it
+        if e.start > last:
+            # a write cut inside a character of the last line: torn, as any cut (try-out 141, F5)
             log.warning("%s: dropping a torn last line (%s)", path, counted(len(raw) - last - 1, "byte"))
             raw = raw[: last + 1]
-    # a byte-order mark an editor wrote is read past (try-out 129, F10: line 1, the step-0 row, was to be deleted)
-    lines = record_text(raw, path, fix, RunDirError).split("\n")
+        text = record_text(raw, path, fix, RunDirError)  # any other: refused, naming its line
+    lines = text.split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

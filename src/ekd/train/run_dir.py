@@ -410,8 +410,7 @@ def recover_interrupted_replace(run_dir: Path) -> bool:
     given = Path(run_dir)
     # an older ekd moved a linked run's link itself aside (try-out 137, F3): it is found beside the link; else a
     # link's run is beside where it leads, even while nothing is there (the run moved aside: try-out 142, F1)
-    linked = given.is_symlink() and not aside_of(given).is_symlink()
-    run_dir = Path(os.path.realpath(given)) if linked else given
+    run_dir = given if aside_of(given).is_symlink() else real_run_dir(given)
     aside = aside_of(run_dir)
     if not aside.is_dir() or not is_ekd_run(aside):
         return False
@@ -436,9 +435,10 @@ def real_run_dir(run_dir: Path) -> Path:
     """``run_dir``, or the directory it links to when it is a symbolic link (a run kept on another disk, linked into
     ``runs/``): where a replacement moves the run aside and makes the new one, so the link still leads to the run
     (try-out 137, F3: the link itself was moved aside — a traceback in every later command of the run — and the
-    new run made on ``runs/``'s disk)."""
+    new run made on ``runs/``'s disk) — also while nothing is there (the run it leads to moved aside by a killed
+    ``--overwrite``, to be put back: try-out 142, F1; a link to nothing else is refused: :class:`RunStart`)."""
     path = Path(run_dir)
-    return path.resolve() if path.is_symlink() and path.exists() else path
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _runs_beside(run_dir: Path) -> str:
@@ -645,7 +645,7 @@ class RunStart:
         # a disk not mounted: never written into its empty mount point — unless what it leads to was moved aside by
         # a killed --overwrite, which the recovery below puts back (try-out 142, F1)
         dangling = dangling_link(run_dir)
-        if dangling and not is_ekd_run(aside_of(Path(os.path.realpath(run_dir)))):
+        if dangling and not is_ekd_run(aside_of(real_run_dir(run_dir))):
             raise RunDirError(f"{dangling}, or remove the link")
         if self.resume and self.overwrite:  # one continues the run, the other deletes it: never guess
             raise RunDirError(
