@@ -103,7 +103,7 @@ def test_a_run_of_an_ekd_that_drew_every_block_resumes_exactly(tmp_path, monkeyp
         return real_step(*args, **kwargs)
 
     with monkeypatch.context() as old:  # the ekd before: every block drawn, no count in the loader state
-        old.setattr(trainer, "_blocks_with_targets", lambda blocks: torch.arange(len(blocks)))
+        old.setattr(trainer, "blocks_with_targets", lambda blocks: torch.arange(len(blocks)))
         old.setattr(BlockLoader, "state_dict", lambda self: {"epoch": self.epoch, "position": self.position})
         assert main(["distill", *over["whole"]]) == 0
         old.setattr(trainer, "forward_backward", interrupted)

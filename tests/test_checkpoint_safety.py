@@ -413,15 +413,15 @@ def test_tokenizer_save_is_atomic(tmp_path, monkeypatch):
 def test_the_last_step_is_checkpointed_once(ws, capsys, monkeypatch, every, written):
     """Try-out 38, F7: with train.checkpoint_every dividing train.max_steps the last step's checkpoint (fp32 weights
     and AdamW state) was written twice, in the loop and again after it."""
-    from ekd.train import trainer as trainer_mod
+    from ekd.train import checkpointed_run
 
-    steps, real = [], trainer_mod.save_checkpoint
+    steps, real = [], checkpointed_run.save_checkpoint
 
     def save(run_dir, step, *args, **kwargs):
         steps.append(step)
         return real(run_dir, step, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointed_run, "save_checkpoint", save)
     rc, _, err = cli(
         capsys, "distill", _config(**{"train.checkpoint_every": every}), "train.max_steps=4", "--resume"
     )
@@ -469,6 +469,7 @@ def test_a_directory_built_atomically_has_files_readable_as_the_umask_says(tmp_p
 def test_a_resume_that_only_exports_writes_no_checkpoint(ws, capsys, monkeypatch):
     """Try-out 39, F1: a --resume finishing a run whose export failed after the last step trained no step but wrote
     the last checkpoint again (removing the intact one before renaming the new one in)."""
+    from ekd.train import checkpointed_run
     from ekd.train import trainer as trainer_mod
 
     def full_disk(*args, **kwargs):
@@ -480,7 +481,9 @@ def test_a_resume_that_only_exports_writes_no_checkpoint(ws, capsys, monkeypatch
     monkeypatch.chdir(ws)
     before = {p.name: p.stat().st_ino for p in (CKPT / "step-000003").iterdir()}
     steps = []
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", lambda run_dir, step, *a, **k: steps.append(step))
+    monkeypatch.setattr(
+        checkpointed_run, "save_checkpoint", lambda run_dir, step, *a, **k: steps.append(step)
+    )
     rc, _, err = _resume(capsys)
     assert rc == 0, err
     assert steps == [] and {p.name: p.stat().st_ino for p in (CKPT / "step-000003").iterdir()} == before

@@ -426,9 +426,10 @@ def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
     of an older ekd (no run_totals) gives this segment's time only, said so."""
     import re
 
+    from ekd.train import checkpointed_run
     from ekd.train import trainer as trainer_mod
 
-    real_step, real_save = trainer_mod.forward_backward, trainer_mod.save_checkpoint
+    real_step, real_save = trainer_mod.forward_backward, checkpointed_run.save_checkpoint
 
     def killed_at_step_3(micro, student, teacher, parts, step, *args, **kwargs):
         if step == 3:
@@ -440,12 +441,12 @@ def test_the_summary_of_a_resumed_run_says_this_segment_and_in_all(
         return real_save(run_dir, step, student, optimizer, state, *args, **kwargs)
 
     if older_checkpoint:
-        monkeypatch.setattr(trainer_mod, "save_checkpoint", save_without_totals)
+        monkeypatch.setattr(checkpointed_run, "save_checkpoint", save_without_totals)
     config = _config_file(tmp_path, corpus, "resumed", **{"train.max_steps": 5, "train.checkpoint_every": 2})
     monkeypatch.setattr(trainer_mod, "forward_backward", killed_at_step_3)
     assert main(["distill", config]) == 130
     monkeypatch.setattr(trainer_mod, "forward_backward", real_step)
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpointed_run, "save_checkpoint", real_save)
     capsys.readouterr()
     assert main(["distill", config, "--resume"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("student saved to"))

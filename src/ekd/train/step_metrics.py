@@ -19,6 +19,19 @@ def combine(key: str, old: float | None, new: float) -> float:
     return old + new
 
 
+def batch_counts(micro_batches: list, on_policy: list[bool] | None) -> dict[str, float]:
+    """This rank's counts of a step's ``micro_batches``, summed over ranks like every sum: ``tokens`` (attended
+    positions) and, where ``on_policy`` flags the micro-batches the student generated (GKD; None otherwise), the
+    realised on-policy share (try-out 60, F2) — ``rows``, ``on_policy_rows`` and their ``generated_targets``."""
+    counts = {"tokens": float(sum(int(b.attention_mask.sum()) for b in micro_batches))}
+    if on_policy is not None:
+        generated = [b for b, on in zip(micro_batches, on_policy) if on]
+        counts["rows"] = float(sum(b.input_ids.shape[0] for b in micro_batches))
+        counts["on_policy_rows"] = float(sum(b.input_ids.shape[0] for b in generated))
+        counts["generated_targets"] = float(sum(int((b.labels != -100).sum()) for b in generated))
+    return counts
+
+
 def step_metrics(
     step,
     lr,

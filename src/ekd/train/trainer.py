@@ -52,13 +52,11 @@ from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind,
 from ekd.teacher.cache.manifest import cache_teacher
 from ekd.train.checkpoint import (
     CheckpointError,
-    checkpoint_run,
     checkpoint_step,
     latest_checkpoint,
     latest_verified_checkpoint,
-    save_checkpoint,
-    unreadable,
 )
+from ekd.train.checkpointed_run import CheckpointedRun, blocks_with_targets
 from ekd.train.distributed import (
     Ranks,
     check_cpu_offload,
@@ -115,19 +113,16 @@ from ekd.train.rank_work import (
 )
 from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker, saved_config
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
-from ekd.train.run_totals import run_totals, segment_layouts, totals_record
+from ekd.train.run_totals import NO_EARLIER_SEGMENTS, run_totals, segment_layouts, totals_record
 from ekd.train.same_settings import rank_settings
 from ekd.train.sharded_checkpoint import (
-    restore_checkpoint,
-    save_sharded_checkpoint,
-    training_state,
     verified_on_main,
 )
 from ekd.train.step import MicroBatchResult, StepContextData, distill_micro_batch, kl_at_rows
-from ekd.train.step_metrics import combine, eval_metrics, step_metrics
+from ekd.train.step_metrics import batch_counts, combine, eval_metrics, step_metrics
 from ekd.train.task_evaluation import run_end_tasks
 from ekd.train.term_counts import planned_hard_rows, planned_selection_rows
-from ekd.train.top_samples import SAMPLE_SELECTION, restore_sample_selection, sample_selection, selection_note
+from ekd.train.top_samples import sample_selection
 from ekd.train.wandb_log import open_wandb, require_wandb
 from ekd.words import counted
 
@@ -336,29 +331,23 @@ def _same_command(start: RunStart, flag: str) -> str:
     return f"the same command with {flag} in place of {given}" if given else f"the same command and {flag}"
 
 
-def _every_block(kept: torch.Tensor | None, data: PreparedData) -> torch.Tensor:
-    """The blocks a run drew from before blocks without a target were left out: TopSmp's ``kept``, else all."""
-    return kept if kept is not None else torch.arange(len(data.blocks["train"]))
-
-
-def _blocks_with_targets(blocks) -> torch.Tensor:
-    """(n,) the training blocks a step can learn from (:meth:`~ekd.data.packing.PackedBlocks.rows_with_targets`);
-    the others are left out of the loader's order, said in one line (try-out 24: tool-heavy chat rows cut into
-    128-token blocks left 150 of 282 blocks without a target, and their steps moved the weights on nothing)."""
-    with_targets = blocks.rows_with_targets()
-    if not with_targets.numel():
-        raise ConfigError(
-            f"train: none of its {counted(len(blocks), 'block')} holds a target (only prompt, tool or template "
-            "tokens); raise data.block_length so that answers share blocks with their prompts"
-        )
-    if (left := len(blocks) - with_targets.numel()) > 0:
-        log.info(
-            "train: %s of %s hold no target (only prompt, tool or template tokens) and are not trained on; "
-            "a larger data.block_length keeps more prompts beside their answers",
-            left,
-            counted(len(blocks), "block"),
-        )
-    return with_targets
+def _segment_layout(
+    cfg: Config, ranks: Ranks, amp: torch.dtype | None, teacher_model: nn.Module | None, parts: MethodParts
+) -> dict:
+    """This segment's device layout, as :func:`~ekd.train.run_totals.segment_layouts` records it: ranks, engine,
+    micro-batch, and the arithmetic as it ran, not as set ('auto' is fp32 and a float32 teacher on a CPU) — what
+    ``ekd compare`` groups runs by (try-out 120, F1: auto and fp32 runs, bit-identical, were two methods)."""
+    layout = {
+        "ranks": ranks.world_size,
+        "parallel": cfg.train.parallel,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "autocast": precision_name(amp),
+    }
+    # the teacher's, where it takes part in training (an evaluation-only teacher is eval.json's: review of session
+    # 34, R2 — a ce seed evaluated with a teacher was another method than one without)
+    if teacher_model is not None and (parts.needs_teacher or scores_samples_with_teacher(cfg)):
+        layout["teacher_dtype"] = dtype_name(next(teacher_model.parameters()).dtype)
+    return layout
 
 
 def _check_enough_blocks(
@@ -483,7 +472,7 @@ def _train(
     ]
     optimizer = build_optimizer(params, cfg)
     # every rank walks the same global order and takes its slice of each (W·b)-row batch
-    trained = _blocks_with_targets(data.blocks["train"])
+    trained = blocks_with_targets(data.blocks["train"])
     if kept is not None:
         trained = kept[torch.isin(kept, trained)]
     _check_enough_blocks(trained.numel(), len(data.blocks["train"]), kept is not None, cfg, ranks, False)
@@ -496,81 +485,26 @@ def _train(
         indices=trained,
         step_batches=cfg.train.grad_accum_steps,
     )
+    run = CheckpointedRun(
+        cfg, ranks, run_dir, start, student, optimizer, extra_modules, parts, loader, kept, saved_tensors
+    )
 
     start_step, resumed_at = 0, None
     # the segments before this one (a new run: none), and this one's device layout
-    earlier: dict | None = {
-        "seconds": 0.0,
-        "selected": 0.0,
-        "valid": 0.0,
-        "layouts": [],
-        "rs_drawn": 0.0,
-        "rs_rows": 0.0,
-    }
-    layout = {
-        "ranks": ranks.world_size,
-        "parallel": cfg.train.parallel,
-        "micro_batch_size": cfg.train.micro_batch_size,
-        # the arithmetic as it ran, not as set ('auto' is fp32 and a float32 teacher on a CPU): what `ekd compare`
-        # groups runs by (try-out 120, F1: auto and fp32 runs, bit-identical, were two methods)
-        "autocast": precision_name(amp),
-        # the teacher's, where it takes part in training (an evaluation-only teacher is eval.json's: review of
-        # session 34, R2 — a ce seed evaluated with a teacher was another method than one without)
-        **(
-            {"teacher_dtype": dtype_name(next(teacher_model.parameters()).dtype)}
-            if teacher_model is not None and (parts.needs_teacher or scores_samples_with_teacher(cfg))
-            else {}
-        ),
-    }
+    earlier: dict | None = NO_EARLIER_SEGMENTS
+    layout = _segment_layout(cfg, ranks, amp, teacher_model, parts)
     arithmetic = {k: layout[k] for k in ("autocast", "teacher_dtype") if k in layout}
     run_on_main(ranks, lambda: start.record_arithmetic(arithmetic), "record the run's arithmetic")
     if resume and (ckpt := verified_on_main(run_dir, ranks)) is not None:
-        # first: a checkpoint of another run is said so, not as weights that do not fit or another policy
-        run_on_main(
-            ranks, lambda: start.check_checkpoint(ckpt, checkpoint_run(ckpt)), "check the checkpoint's run"
-        )
-        state = restore_checkpoint(
-            ckpt, student, optimizer, extra_modules, ranks, cfg.train.micro_batch_size, device, saved_tensors
-        )
-        try:
-            start_step = resumed_at = int(state["step"])
-            earlier = state.get("run_totals")  # absent from checkpoints of older ekd versions
-            saved_ids = state.get("sample_ids")  # absent from checkpoints of older ekd versions
-            if kept is not None and saved_ids is not None and kept.tolist() != list(saved_ids):
-                note = selection_note(cfg, len(data.blocks["train"]))
-                kept = restore_sample_selection(run_dir, saved_ids, ckpt, ranks, note)
-                loader = loader.subset(kept[torch.isin(kept, _blocks_with_targets(data.blocks["train"]))])
-            recorded, everything = state["loader"].get("blocks"), _every_block(kept, data)
-            if loader.indices.numel() != everything.numel() and recorded in (None, everything.numel()):
-                # a run started by an ekd that drew blocks without a target too (its checkpoints record no
-                # count, or that one): keep its order, so that it continues exactly
-                log.info(
-                    "this run was started by an ekd that drew every training block, those without a target "
-                    "too: it keeps doing so, so that its order continues exactly (a new run leaves them out)"
-                )
-                loader = loader.subset(everything)
-            drawn = state["loader"].get("blocks_sha256")  # absent from checkpoints of older ekd versions
-            if kept is not None and drawn not in (None, loader.indices_sha256()):
-                raise RunDirError(  # a checkpoint of an older ekd, which does not hold the kept blocks
-                    f"{run_dir / SAMPLE_SELECTION} keeps other training blocks than checkpoint {ckpt.name} trained "
-                    "on (edited or damaged since; try-out 41: it trained on them without a word): restore the file "
-                    "the run wrote, or start the run again with --overwrite"
-                )
-            loader.load_state_dict(state["loader"])
-            parts.policy.load_state_dict(state["policy"])
-            if hasattr(parts.temperature, "load_state_dict"):
-                parts.temperature.load_state_dict(state.get("temperature", {}))
-        except EkdError:
-            raise
-        except Exception as e:  # a state.pt that loads but does not fit this run
-            raise unreadable(ckpt, e) from None
-        # every rank resumed from the same checkpoint (verified_on_main); rank 0 says it (said_by_rank0)
-        log.info("resumed from %s at step %d", ckpt, start_step)
+        start_step, earlier = run.restore(ckpt, data.blocks["train"], device)
+        resumed_at = start_step
         if start is not None:
             start.say_new_length(start_step)
     # a step's micro-batches come from one epoch, unless an older ekd's checkpoint keeps its per-batch rule
-    trained_blocks, whole_step = loader.indices.numel(), loader.steps_within_epochs
-    _check_enough_blocks(trained_blocks, len(data.blocks["train"]), kept is not None, cfg, ranks, whole_step)
+    trained_blocks, whole_step = run.loader.indices.numel(), run.loader.steps_within_epochs
+    _check_enough_blocks(
+        trained_blocks, len(data.blocks["train"]), run.kept is not None, cfg, ranks, whole_step
+    )
     metrics_log = run_on_main(  # rank 0's log (wandb may refuse to start): every rank hears whether it opened
         ranks,
         lambda: MetricsLog(
@@ -584,36 +518,11 @@ def _train(
         share=False,
     )
 
-    saved_at: list[int] = []  # the steps this process checkpointed
-
     def checkpoint(step: int) -> Path:
-        saved_at.append(step)
-        state = {
-            "step": step,
-            "loader": loader.state_dict(),
-            "policy": parts.policy.state_dict(),
-            "temperature": parts.temperature.state_dict() if hasattr(parts.temperature, "state_dict") else {},
-            "world_size": ranks.world_size,  # ranks × micro-batch: a resume must keep the global micro-batch
-            # the run that wrote it (rank 0 writes state.pt): a checkpoint copied into another run is refused
-            "run": {"id": start.run_id, "name": cfg.run.name} if start is not None else None,
-            "micro_batch_size": cfg.train.micro_batch_size,
-            # TopSmp's kept blocks: what a resume trains on whatever became of sample_selection.json
-            "sample_ids": kept.tolist() if kept is not None else None,
-            # time and KD positions of the run so far, for the final summary of a resumed run
-            "run_totals": run_totals(earlier, time.perf_counter() - t_start, totals, layout),
-        }
-        keep = cfg.train.keep_checkpoints
-        if ranks.world_size > 1:  # DDP or FSDP2: every rank writes its shards (DCP)
-            modules = training_state(student, extra_modules)
-            trainable_only = saved_tensors is not None
-            saved = save_sharded_checkpoint(
-                run_dir, step, modules, optimizer, state, ranks, keep, trainable_only
-            )
+        saved = run.save(step, run_totals(earlier, time.perf_counter() - t_start, totals, layout))
+        if ranks.world_size > 1:
             _publish_hint(start)
-            return saved
-        return save_checkpoint(
-            run_dir, step, student, optimizer, state, extra_modules, keep, only=saved_tensors
-        )
+        return saved
 
     def write_metrics(at: int, metrics: dict[str, float]) -> None:  # by rank 0; every rank hears how it went
         run_on_main(ranks, lambda: metrics_log.write(at, metrics), "write the metrics")
@@ -668,7 +577,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 2. this step's micro-batches: forward + backward, each term normalized by its global count
-        micro_batches = [rank_slice(b, ranks).to(device) for b in loader.next_step()]
+        micro_batches = [rank_slice(b, ranks).to(device) for b in run.loader.next_step()]
         on_policy = [False] * len(micro_batches)  # which micro-batches the student generated
         if cfg.method.student_data_fraction > 0:  # GKD: some continuations sampled from the student
             with gathered(sharded):  # FSDP2: ranks generate different lengths; no collective inside
@@ -696,18 +605,9 @@ def _train(
             amp,
             run_dir,
             engine,
-            rows_keyed_per_micro_batch=not loader.steps_within_epochs,
+            rows_keyed_per_micro_batch=not run.loader.steps_within_epochs,
         )
-        sums["tokens"] = float(sum(int(b.attention_mask.sum()) for b in micro_batches))  # this rank's tokens
-        # the realised on-policy share (try-out 60, F2): this rank's rows, summed over ranks like every sum
-        if cfg.method.student_data_fraction > 0:
-            sums["rows"] = float(sum(b.input_ids.shape[0] for b in micro_batches))
-            sums["on_policy_rows"] = float(
-                sum(b.input_ids.shape[0] for b, on in zip(micro_batches, on_policy) if on)
-            )
-            sums["generated_targets"] = float(
-                sum(int((b.labels != -100).sum()) for b, on in zip(micro_batches, on_policy) if on)
-            )
+        sums.update(batch_counts(micro_batches, on_policy if cfg.method.student_data_fraction > 0 else None))
         # 3. gradients are summed over ranks by DDP / FSDP2 in the last backward; clip (sharded: the norm of the
         # whole gradient), step
         loss_value = global_sum(loss_value, ranks)
@@ -788,7 +688,7 @@ def _train(
     # the fp32 master weights, which a --resume with more steps continues from; once (try-out 38: written twice
     # when train.checkpoint_every divides train.max_steps), and not again by a resume that trained no step, which
     # started from it (try-out 39: a --resume finishing the export rewrote it)
-    if start_step < cfg.train.max_steps and saved_at[-1:] != [cfg.train.max_steps]:
+    if start_step < cfg.train.max_steps and run.saved_at[-1:] != [cfg.train.max_steps]:
         checkpoint(cfg.train.max_steps)
     # a cache: read no more (its readers' lock given back)
     if teacher is not None and hasattr(teacher, "close"):
