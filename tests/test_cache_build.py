@@ -96,6 +96,20 @@ def _env() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_the_bytes_on_disk_are_the_whole_directory_and_the_per_position_figures_the_shards(setup, capsys):
+    """Try-out 144, F4: "on disk" counted the shards and the manifest, bytes/position the shards alone (their
+    product did not give it back), and neither the teacher's kept files that copying the cache takes (`du`)."""
+    cache = setup["cache"]
+    info = CacheReader(cache).info()
+    every_file = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    shards = sum(p.stat().st_size for p in cache.glob("shard-*"))
+    assert info["bytes_on_disk"] == every_file > shards
+    assert info["shard_bytes"] == shards and info["bytes_per_position"] == shards / info["positions"]
+    assert main(["cache", setup["cfg"]]) == 0  # complete: the summary of what is there
+    out = capsys.readouterr().out
+    assert f"on disk            {every_file:,} bytes (shards {shards:,}: what bytes/position" in out, out
+
+
 def test_cli_build_info_verify_round_trip(setup, capsys):
     cache = setup["root"] / "cli-cache"
     assert main(["cache", setup["cfg"], f"teacher.cache_dir={cache}"]) == 0
@@ -1167,7 +1181,8 @@ def test_build_summary_says_when_the_throughput_ratio_is_not_clean(load, caveat)
         "entries_per_position": 12.0,
         "bytes_per_position": 30.0,
         "bytes_per_token": 30.0,
-        "bytes_on_disk": 3000,
+        "bytes_on_disk": 3100,
+        "shard_bytes": 3000,
         "build_samples_per_s": 10.0,
         "forward_samples_per_s": 20.0,
         "throughput_ratio": 0.5,

@@ -534,6 +534,7 @@ def summary(result: BuildResult) -> dict:
         "bytes_per_position": info["bytes_per_position"],
         "bytes_per_token": info["bytes_per_token"],
         "bytes_on_disk": info["bytes_on_disk"],
+        "shard_bytes": info["shard_bytes"],
         "samples_built": result.samples_built,
         "build_seconds": result.build_seconds,
         "build_samples_per_s": result.build_throughput,

@@ -78,7 +78,8 @@ def format_summary(s: dict) -> str:
             f"  positions          {s['positions']:,} ({s['entries_per_position']:.2f} entries/position)",
             f"  bytes/position     {s['bytes_per_position']:.2f}",
             f"  bytes/train token  {s['bytes_per_token']:.2f}",
-            f"  on disk            {s['bytes_on_disk']:,} bytes",
+            f"  on disk            {s['bytes_on_disk']:,} bytes (shards {s['shard_bytes']:,}: what bytes/position and "
+            "/train token count; the rest is the manifest and the teacher's kept files)",
             f"  build throughput   {throughput}",
         ]
     )

@@ -414,7 +414,11 @@ class CacheReader:
         return shard_bytes / max(self.manifest["counts"]["tokens"], 1)
 
     def info(self) -> dict:
-        """Sizes and figures: samples, positions, entries/position, bytes/position and bytes/token."""
+        """Sizes and figures: samples, positions, entries/position, bytes/position and bytes/token.
+
+        ``shard_bytes``, ``bytes_per_position`` and ``bytes_per_token`` are the shards' (the targets and statistics
+        a run reads); ``bytes_on_disk`` is every file under the directory — the shards, the manifest, the teacher's
+        kept files: what copying the cache takes (try-out 144, F4: shards and manifest, neither figure's sum)."""
         counts = self.manifest["counts"]
         shard_bytes = sum(s["bin_bytes"] + s["idx_bytes"] for s in self._shards.values())
         positions = max(counts["positions"], 1)
@@ -429,7 +433,8 @@ class CacheReader:
             "shards": len(self._shards),
             "entries_per_position": epp,
             "positions_per_sample": pps,
-            "bytes_on_disk": shard_bytes + (self.directory / MANIFEST).stat().st_size,
+            "shard_bytes": shard_bytes,
+            "bytes_on_disk": _bytes_under(self.directory),
             "bytes_per_position": shard_bytes / positions,
             "bytes_per_token": self.bytes_per_token(),
             "fixed_width_bound_bytes_per_position": self.layout.fixed_width_bound_bytes_per_position(
@@ -440,6 +445,14 @@ class CacheReader:
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
+
+
+def _bytes_under(directory: Path) -> int:
+    """Bytes of the files under ``directory``, its subdirectories too; links not followed (their own size)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        total += sum(os.lstat(os.path.join(root, name)).st_size for name in files)
+    return total
 
 
 SHARD_PROBLEMS_SHOWN = 3
