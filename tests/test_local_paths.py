@@ -627,6 +627,30 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
     assert len(said) == 3, said
 
 
+def test_a_runs_recorded_keywords_are_not_said_of_a_directory_where_eval_or_compare_runs(
+    tmp_path, monkeypatch, caplog
+):
+    """Try-out 143, F1: with a ./teacher where `ekd eval RUN` and `ekd compare` ran, both warned that the run's
+    recorded model.tokenizer=teacher was a keyword and told to write ./teacher — which `ekd eval` refuses (it scores
+    with the run's own tokenizer) and which compare never reads. Said of a config a user gives, not of a record."""
+    from ekd.config import paths
+    from tiny import tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    overrides = tiny_overrides(tmp_path, corpus, "kw", **{"train.max_steps": 1, "model.tokenizer": "teacher"})
+    assert main(["-q", "distill", *overrides]) == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    monkeypatch.setattr(paths, "_SAID", set())
+    run = str(tmp_path / "runs" / "kw")
+    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+        assert main(["-q", "eval", run]) == 0
+        assert main(["-q", "compare", run, "--out", str(tmp_path / "cmp"), "--no-plots"]) == 0
+        assert not [r.getMessage() for r in caplog.records if "keyword" in r.getMessage()]
+        load_config(None, ["model.tokenizer=teacher"])  # a config given here: said
+    assert any("model.tokenizer=teacher is ekd's keyword" in r.getMessage() for r in caplog.records)
+
+
 def test_a_link_to_nothing_in_the_way_of_a_write_is_said_so(tmp_path, capsys):
     """Try-out 137, F11: a symbolic link whose target does not exist, where ekd writes (`ekd compare --out`), was "a
     file is in the way"; it is said to be a link to nothing, with its target."""

@@ -491,10 +491,11 @@ def _missing_file_message(item: str) -> str:
     return f"config file not found: {item}"
 
 
-def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None) -> Config:
+def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None, typed: bool = True) -> Config:
     """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly. Local
     paths (relative to the working directory) come out absolute (:mod:`ekd.config.paths`). ``texts``: key → its
-    value as written in a YAML file (:func:`scalar_texts`), which text keys keep (:func:`coerce`)."""
+    value as written in a YAML file (:func:`scalar_texts`), which text keys keep (:func:`coerce`). ``typed``:
+    False for a run's recorded config (:func:`~ekd.config.paths.resolve_path`)."""
     from ekd.methods import preset_values  # local import: methods imports config types
 
     preset = str(flat.get("method.preset", MethodConfig.preset))
@@ -508,14 +509,17 @@ def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None) -> C
         with about(key):
             text = (texts or {}).get(key)
             setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key, text))
-    resolve_paths(cfg)  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
+    resolve_paths(
+        cfg, typed
+    )  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
     validate(cfg)
     return cfg
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a saved ``config.yaml``)."""
-    return build_config(_flatten(raw, "saved config"))
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a saved ``config.yaml``): a recorded config, whose
+    keywords are not said of a directory of their name where the command runs."""
+    return build_config(_flatten(raw, "saved config"), typed=False)
 
 
 def saved_value_problem(raw: dict[str, Any]) -> str | None:

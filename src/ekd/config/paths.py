@@ -91,12 +91,17 @@ def local_spec(value: str, glob: bool = False) -> str:
     return value
 
 
-def resolve_path(key: str, value: Any) -> Any:
-    """The value of dotted ``key`` with its local path(s) resolved (other keys' values as given)."""
+def resolve_path(key: str, value: Any, typed: bool = True) -> Any:
+    """The value of dotted ``key`` with its local path(s) resolved (other keys' values as given).
+
+    ``typed``: the value is one a user gave this command (a config file, an override), which a keyword spelled
+    like a directory here is said of; False for a run's recorded config, read wherever the command runs (try-out
+    143, F1: `ekd eval RUN` and `ekd compare` warned of a ./teacher beside them, and told to write a path `ekd eval`
+    refuses)."""
     if key not in DIRECTORIES and key not in SPECS:
         return value
     if isinstance(value, dict):  # data.eval_sources: name → source
-        return {name: resolve_path(key, v) for name, v in value.items()}
+        return {name: resolve_path(key, v, typed) for name, v in value.items()}
     if not isinstance(value, str):
         return value
     if value in KEYWORDS.get(key, ()) or (
@@ -104,7 +109,7 @@ def resolve_path(key: str, value: Any) -> Any:
     ):
         # a keyword wins over a directory of its name here: said once a process, by local rank 0 (try-out 137,
         # F10; review 140, R8: three times a --resume, on every rank)
-        if _existing(value) and (key, value) not in _SAID:
+        if typed and _existing(value) and (key, value) not in _SAID:
             _SAID.add((key, value))
             if os.environ.get("LOCAL_RANK", "0") == "0":
                 log.warning(
@@ -165,12 +170,13 @@ def _same_path(typed: str, saved: str) -> bool:
     )
 
 
-def resolve_paths(cfg: Any) -> None:
-    """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``)."""
+def resolve_paths(cfg: Any, typed: bool = True) -> None:
+    """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``);
+    ``typed``: as :func:`resolve_path`'s."""
     for key in (*DIRECTORIES, *SPECS):
         section, name = key.split(".", 1)
         values = getattr(cfg, section)
-        setattr(values, name, resolve_path(key, getattr(values, name)))
+        setattr(values, name, resolve_path(key, getattr(values, name), typed))
 
 
 def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
@@ -186,7 +192,7 @@ def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
     out = {}
     for section, values in raw.items():
         if isinstance(values, dict):
-            values = {k: resolve_path(f"{section}.{k}", v) for k, v in values.items()}
+            values = {k: resolve_path(f"{section}.{k}", v, typed=False) for k, v in values.items()}
         out[section] = values
     saved_dir = (out.get("run") or {}).get("output_dir")
     if output_dir and isinstance(saved_dir, str) and saved_dir != output_dir:
