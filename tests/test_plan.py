@@ -499,3 +499,122 @@ def test_two_hugging_face_models_beside_a_mistyped_tokenizer_path_are_refused(tm
     typo = tmp_path / "teachr"
     line = one_error_line(*cli(capsys, "plan", config, *both, f"model.tokenizer={typo}", "--gpus", "1")[::2])
     assert f"{typo}" in line and "does not exist" in line, line
+
+
+def test_a_lora_student_is_planned_with_its_adapters_gradients_and_under_ddp_only(
+    tmp_path, capsys, monkeypatch
+):
+    """Try-out 144, F1: ``ekd plan`` ignored model.lora_r — a LoRA student's gradients and AdamW state planned as
+    full fine-tuning (61× what the run held) — and advised train.parallel=fsdp, which distill refuses for it."""
+    from ekd.config.sections import ModelConfig
+    from ekd.models.lora import LoraStudent
+
+    lora = ModelConfig(lora_r=4)
+    planned = shape_of("preset:llama-tiny", VOCAB, lora=lora)
+    real = build_preset("llama-tiny", VOCAB, seed=0)
+    LoraStudent.wrap(real, lora)
+    trains = sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert planned.trainable == trains < planned.params == sum(p.numel() for p in real.parameters())
+    assert shape_of("preset:llama-tiny", VOCAB).trainable == shape_of("preset:llama-tiny", VOCAB).params
+    kw = dict(
+        gpus=2,
+        parallel="ddp",
+        placement="replicate",
+        tokens=64,
+        chunk_rows=64,
+        activation_checkpointing=False,
+    )
+    m = estimate(planned, None, **kw)
+    assert (m.grads, m.ddp_buckets, m.optimizer, m.params) == (
+        4 * trains,
+        4 * trains,
+        8 * trains,
+        4 * planned.params,
+    )
+    monkeypatch.chdir(tmp_path)
+    qwen = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-1.5b-to-0.5b.yaml"
+    shapes = ["model.student=preset:qwen2.5-0.5b-shape", "model.teacher=preset:qwen2.5-1.5b-shape"]
+    args = ["plan", str(qwen), *shapes, "--vocab-size", "151936", "--gpus", "2", "--gpu-memory", "16GiB"]
+    rc, out, err = cli(capsys, *args, "model.lora_r=16")
+    assert rc == 0, err
+    assert "a LoRA student (model.lora_r > 0) runs under train.parallel=ddp only: planned as ddp" in out
+    assert "\nfsdp" not in out and "fits: train.parallel=ddp " in out, (
+        out
+    )  # full fine-tuning needed fsdp here
+    assert "of them train: LoRA adapters" in out
+    rc, out, err = cli(capsys, *args)
+    assert "fits: train.parallel=fsdp " in out, out
+
+
+def test_a_self_distillation_objective_is_planned_with_its_student_copy_not_a_teacher(
+    tmp_path, capsys, monkeypatch, caplog
+):
+    """Try-out 144, F2: for ema_self_distill and uncertainty the plan counted a teacher never loaded and left out
+    the whole student copy that teaches; so did the run's `rank 0 holds:` line."""
+    import logging
+
+    from tiny import write_corpus
+
+    monkeypatch.chdir(tmp_path)
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    student = shape_of("preset:llama-micro", VOCAB)
+    teacher = shape_of("preset:llama-tiny", VOCAB)
+
+    def teacher_cell(out: str) -> float:  # the teacher column of the first row, GiB
+        return float(next(line for line in out.splitlines() if line.startswith("ddp ")).split()[3])
+
+    for method, copy in (("kd", False), ("uncertainty", True), ("ema_self_distill", True)):
+        config = config_file(tmp_path, corpus, method, **{"method.preset": method, "eval.teacher": False})
+        rc, out, err = cli(
+            capsys, "plan", config, "--gpus", "2", "--vocab-size", str(VOCAB), "--gpu-memory", "80GiB"
+        )
+        assert rc == 0, err
+        expected = 4 * student.params if copy else 2 * teacher.params  # fp32 copy; a bf16 teacher
+        assert abs(teacher_cell(out) - expected / GIB) < 0.006, (method, out)
+        assert ("a whole copy of the student" in out) is copy, out
+        assert ("\nfsdp" in out) is (method != "ema_self_distill"), out  # distill refuses it under fsdp
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        rc, _, err = cli(capsys, "distill", config, "train.max_steps=1")
+    assert rc == 0, err
+    holds = next(r.getMessage() for r in caplog.records if "rank 0 holds:" in r.getMessage())
+    params = float(holds.split("student params ")[1].split()[0])
+    assert f"student copy {params:.1f} MiB" in holds and "teacher params 0.0 MiB" in holds, holds
+
+
+def test_cpu_offload_is_planned_and_offered_when_nothing_else_fits(tmp_path, capsys, monkeypatch):
+    """Try-out 144, F3: ``ekd plan`` ignored train.cpu_offload (the student's shards, gradients and AdamW state
+    planned on the GPU) and never named it when nothing fitted, the case the README gives it for."""
+    from ekd.plan import host_bytes
+
+    s = shape_of("preset:llama-tiny", VOCAB)
+    kw = dict(
+        gpus=2,
+        parallel="fsdp",
+        placement="replicate",
+        tokens=64,
+        chunk_rows=64,
+        activation_checkpointing=False,
+    )
+    sharded, offloaded = estimate(s, None, **kw), estimate(s, None, **kw, cpu_offload=True)
+    assert (offloaded.params, offloaded.grads, offloaded.optimizer) == (0, 0, 0)
+    assert offloaded.total == sharded.total - sharded.params - sharded.grads - sharded.optimizer
+    assert host_bytes(s, 2) == sharded.params + sharded.grads + sharded.optimizer
+    with pytest.raises(ValueError):
+        estimate(s, None, **{**kw, "parallel": "ddp"}, cpu_offload=True)
+    monkeypatch.chdir(tmp_path)
+    qwen = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-1.5b-to-0.5b.yaml"
+    shapes = ["model.student=preset:qwen2.5-0.5b-shape", "model.teacher=preset:qwen2.5-1.5b-shape"]
+    args = ["plan", str(qwen), *shapes, "--vocab-size", "151936", "--gpus", "2"]
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "80GiB")
+    assert rc == 0 and "fsdp+cpu" not in out, out  # fits without: not shown
+    rc, out, err = cli(
+        capsys, *args, "--gpu-memory", "80GiB", "train.parallel=fsdp", "train.cpu_offload=true"
+    )
+    rows = [line.split() for line in out.splitlines() if line.startswith("fsdp+cpu ")]
+    assert len(rows) == 4 and all(r[4:8] == ["0.00", "0.00", "0.00", "0.00"] for r in rows), out
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "10GiB")
+    verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
+    assert "train.parallel=fsdp" in verdict and "train.cpu_offload=true" in verdict, out
+    assert "GiB of CPU memory per rank for the offloaded student" in verdict
+    rc, out, err = cli(capsys, *args, "--gpus", "1", "--gpu-memory", "10GiB")
+    assert "fsdp+cpu" not in out  # one process offloads nothing

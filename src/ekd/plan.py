@@ -16,6 +16,12 @@ AdamW state          2·s·P (exp_avg, exp_avg_sq)              2·s·P/N
 gathered             shard: 2·(Q_root + 2 Q_layer)            + c·(P_root + 2·P_layer)
 ===================  ======================================  =======================================
 
+Gradients, DDP's buckets and AdamW state are of the parameters that train: a LoRA student's adapters (and head, with
+``model.lora_train_head``), built on the meta device as distill injects them; its parameters are all of them. A
+self-distillation objective's whole student copy (its EMA, its initial weights: s·P, on every rank) is counted in
+the teacher term. With FSDP2's CPU offload (``train.cpu_offload``; rows ``fsdp+cpu``) the student's shards, their
+gradients and AdamW state are in CPU memory (:func:`host_bytes`), none of them on the GPU.
+
 ``s`` is the bytes of the student's parameter dtype (``--param-dtype``: fp32 master weights, ekd's default,
 or bf16); AdamW keeps its moments in the parameter dtype. The first four terms are what a rank holds all the
 time (tensor bytes, tested against FSDP2 and DDP runs: ``tests/test_plan.py``). *gathered* is FSDP2's
@@ -55,6 +61,7 @@ import itertools
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -62,6 +69,9 @@ from torch import nn
 from ekd.errors import ConfigError, EkdError, first_line
 from ekd.models.stored_activations import LayerActivations, layer_activations
 from ekd.words import counted
+
+if TYPE_CHECKING:
+    from ekd.config.sections import ModelConfig
 
 GIB = 2**30
 HEAD_BUFFERS = 4  # fp32 (chunk, V) buffers of the fused head at its peak
@@ -81,6 +91,7 @@ class ModelShape:
     layer_params: int  # parameters of the largest decoder layer
     root_params: int  # parameters outside the decoder layers (embeddings, head, final norm)
     layer_activations: LayerActivations  # values autograd keeps per token of a decoder layer
+    trainable: int  # parameters that train: all of them, or a LoRA student's adapters (and head, if trained)
 
 
 def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
@@ -109,6 +120,9 @@ def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
         layer_params=layer_params,
         root_params=sum(n for i, n in unique.items() if i not in in_layers),
         layer_activations=layer_activations(model, layers[0], int(config.hidden_size)),
+        trainable=sum(
+            p.numel() for i, p in {id(p): p for p in model.parameters()}.items() if p.requires_grad
+        ),
     )
 
 
@@ -117,15 +131,22 @@ MAX_VOCAB = 1 << 24
 
 
 def shape_of(
-    spec: str, vocab_size: int, role: str = "student", block_length: int | None = None
+    spec: str,
+    vocab_size: int,
+    role: str = "student",
+    block_length: int | None = None,
+    lora: ModelConfig | None = None,
 ) -> ModelShape:
     """The shape of ``model.student``/``model.teacher``: a preset (with the run's vocabulary) or a Hugging Face
     directory or hub id (its config.json only), built on the meta device; with ``block_length``, the run's blocks
-    are checked against its positions as at load (:func:`ekd.models.positions.check_block_fits_positions`).
+    are checked against its positions as at load (:func:`ekd.models.positions.check_block_fits_positions`); with
+    ``lora`` (``model.*`` of a run with ``model.lora_r > 0``), the adapters distill injects are injected
+    (:meth:`ekd.models.lora.LoraStudent.wrap`, on the meta device too) and only what then trains is ``trainable``.
 
     Raises:
         ModelError: an unknown preset, a directory without a readable config, a model without a list of
             decoder layers, or learned positions fewer than ``block_length``.
+        ConfigError: ``lora`` names no layer of the model, or peft is not installed (as distill refuses them).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -148,6 +169,10 @@ def shape_of(
         config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+        if lora is not None and lora.lora_r > 0:
+            from ekd.models.lora import LoraStudent
+
+            LoraStudent.wrap(model, lora)  # in place; its log line says what trains
     if block_length is not None:
         from ekd.models.positions import check_block_fits_positions
 
@@ -187,20 +212,32 @@ def estimate(
     param_dtype: str = "fp32",
     activation_bytes: int = 2,
     teacher_bytes_per_param: int = 2,
+    student_copies: int = 0,
+    cpu_offload: bool = False,
     overhead: int = 2 * GIB,
 ) -> RankMemory:
     """Per-rank bytes of one configuration (formulas in the module docstring).
 
     Args:
-        teacher: None when no teacher model is loaded (a cache, or CE only).
+        student: its gradients, DDP buckets and AdamW state are of its ``trainable`` parameters (a LoRA
+            student's adapters), its parameters of all of them.
+        teacher: None when no teacher model is loaded (a cache, CE only, a self-distillation objective).
         tokens: tokens of one micro-batch on one rank (micro_batch_size × block_length).
         chunk_rows: rows of the chunked head (``train.head_chunk_size`` or the automatic size).
         activation_bytes: bytes of the autocast dtype (2 for bf16 on GPU), also FSDP2's gathered copies.
         teacher_bytes_per_param: 2 (bf16, ``model.teacher_dtype: auto`` on GPU) or 4 (float32).
+        student_copies: whole frozen copies of the student a self-distillation objective keeps on every rank (1
+            for ``method.objective`` ``ema_self_distill`` and ``uncertainty``): s·P bytes each, counted in the
+            ``teacher`` term, the model that teaches.
+        cpu_offload: FSDP2's ``CPUOffloadPolicy`` (``train.cpu_offload``): the student's shards, their gradients
+            and AdamW state live in CPU memory (:func:`host_bytes`), none of them on the GPU; the gathered working
+            set stays. Only with ``parallel='fsdp'``.
     """
+    if cpu_offload and parallel != "fsdp":
+        raise ValueError("cpu_offload needs parallel='fsdp'")
     if parallel not in PARALLEL or placement not in PLACEMENT:
         raise ValueError(f"parallel must be one of {PARALLEL}, placement one of {PLACEMENT}")
-    n, s, p = max(gpus, 1), DTYPE_BYTES[param_dtype], student.params
+    n, s, p, trained = max(gpus, 1), DTYPE_BYTES[param_dtype], student.params, student.trainable
     sharded = parallel == "fsdp"
     gathered = 0  # unsharded copies: the root (embeddings, head) and a layer plus the prefetched next one
     if teacher is None:
@@ -210,12 +247,15 @@ def estimate(
         gathered += teacher_bytes_per_param * (teacher.root_params + 2 * teacher.layer_params)
     else:
         teacher_bytes = teacher_bytes_per_param * teacher.params
+    teacher_bytes += student_copies * s * p  # whole on every rank, in the student's dtype
     params = s * _ceil_div(p, n) if sharded else s * p
     if sharded:  # in the compute dtype (MixedPrecisionPolicy's param_dtype)
         gathered += activation_bytes * (student.root_params + 2 * student.layer_params)
-    grads = s * (_ceil_div(p, n) if sharded else p)
-    buckets = 0 if sharded or n == 1 else s * p
-    optimizer = 2 * s * (_ceil_div(p, n) if sharded else p)
+    grads = s * (_ceil_div(trained, n) if sharded else trained)
+    buckets = 0 if sharded or n == 1 else s * trained
+    optimizer = 2 * s * (_ceil_div(trained, n) if sharded else trained)
+    if cpu_offload:  # in CPU memory: host_bytes
+        params = grads = optimizer = 0
     stored = student.layer_activations
     residual_bytes = activation_bytes if sharded else s  # FSDP2 gathers the student in the compute dtype
     per_layer = tokens * stored.bytes_per_token(residual_bytes, activation_bytes)
@@ -228,6 +268,13 @@ def estimate(
     rows = min(chunk_rows, tokens)
     head = HEAD_BUFFERS * rows * student.vocab * 4 + (tokens * teacher.hidden * 2 if teacher else 0)
     return RankMemory(teacher_bytes, params, grads, buckets, optimizer, gathered, activations, head, overhead)
+
+
+def host_bytes(student: ModelShape, gpus: int, param_dtype: str = "fp32") -> int:
+    """CPU memory per rank of FSDP2's offloaded student (``train.cpu_offload``): its shards, their gradients and
+    AdamW state, s·P/N + s·T/N + 2·s·T/N bytes (T = trainable parameters)."""
+    s, n = DTYPE_BYTES[param_dtype], max(gpus, 1)
+    return s * _ceil_div(student.params, n) + 3 * s * _ceil_div(student.trainable, n)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -245,6 +292,13 @@ class Option:
     placement: str
     activation_checkpointing: bool
     memory: RankMemory
+    cpu_offload: bool = False
+    host: int = 0  # CPU memory per rank of the offloaded student (host_bytes); 0 without offload
+
+    @property
+    def mode(self) -> str:
+        """The table's ``parallel`` cell: ``ddp``, ``fsdp`` or ``fsdp+cpu`` (offloaded)."""
+        return f"{self.parallel}+cpu" if self.cpu_offload else self.parallel
 
 
 def plan_options(
@@ -260,12 +314,18 @@ def plan_options(
     param_dtype: str = "fp32",
     activation_bytes: int = 2,
     teacher_bytes_per_param: int = 2,
+    student_copies: int = 0,
+    cpu_offload: bool = False,
     overhead: int = 2 * GIB,
 ) -> list[Option]:
-    """Every combination asked for, fastest first: DDP before FSDP, a replicated teacher before a sharded
-    one, no activation checkpointing before it (each step of the order trades speed for memory)."""
+    """Every combination asked for, fastest first: DDP before FSDP before FSDP with its shards in CPU memory
+    (``cpu_offload``: those rows too), a replicated teacher before a sharded one, no activation checkpointing before
+    it (each step of the order trades speed for memory)."""
+    modes = [(par, False) for par in parallel] + (
+        [("fsdp", True)] if cpu_offload and "fsdp" in parallel else []
+    )
     out = []
-    for par, ac, place in itertools.product(parallel, activation_checkpointing, placement):
+    for (par, offload), ac, place in itertools.product(modes, activation_checkpointing, placement):
         if teacher is None and place == "shard":
             continue  # nothing to place
         memory = estimate(
@@ -280,9 +340,12 @@ def plan_options(
             param_dtype=param_dtype,
             activation_bytes=activation_bytes,
             teacher_bytes_per_param=teacher_bytes_per_param,
+            student_copies=student_copies,
+            cpu_offload=offload,
             overhead=overhead,
         )
-        out.append(Option(par, place if teacher is not None else "-", ac, memory))
+        host = host_bytes(student, gpus, param_dtype) if offload else 0
+        out.append(Option(par, place if teacher is not None else "-", ac, memory, offload, host))
     return out
 
 
@@ -296,21 +359,36 @@ def format_plan(
     gpu_memory: int,
     tokens: int,
     smaller_chunk: tuple[int, int] | None = None,
+    self_teacher: str = "",
 ) -> str:
     """The plan as text: model sizes, one row per option (GiB per rank), and the verdict. ``smaller_chunk``:
     when nothing fits, the largest ``train.head_chunk_size`` with which some option fits, and that option's
-    bytes per rank (None: none does)."""
+    bytes per rank (None: none does). ``self_teacher``: the student copy a self-distillation objective teaches
+    with, as words ('' for none), in the teacher column."""
 
     def gib(b: int) -> str:
         return f"{b / GIB:8.2f}"
 
+    trains = (
+        f" ({student.trainable:,} of them train: LoRA adapters; grads and adam are theirs)"
+        if student.trainable != student.params
+        else ""
+    )
+    if teacher:
+        teacher_line = (
+            f"teacher {teacher_spec}: {teacher.params:,} parameters, {counted(teacher.layers, 'layer')}, "
+            f"d={teacher.hidden}" + (f"; and {self_teacher}" if self_teacher else "")
+        )
+    else:
+        teacher_line = (
+            f"teacher: {self_teacher}"
+            if self_teacher
+            else "teacher: none loaded for training (cache or CE only)"
+        )
     lines = [
-        f"student {student_spec}: {student.params:,} parameters, {counted(student.layers, 'layer')}, "
+        f"student {student_spec}: {student.params:,} parameters{trains}, {counted(student.layers, 'layer')}, "
         f"d={student.hidden}, V={student.vocab}",
-        f"teacher {teacher_spec}: {teacher.params:,} parameters, {counted(teacher.layers, 'layer')}, "
-        f"d={teacher.hidden}"
-        if teacher
-        else "teacher: none loaded for training (cache or CE only)",
+        teacher_line,
         f"{counted(gpus, 'GPU')} × {_size(gpu_memory)}; {tokens:,} tokens per micro-batch per rank",
         "",
         f"{'parallel':9} {'teacher':10} {'act-ckpt':8}"
@@ -324,7 +402,7 @@ def format_plan(
         m = o.memory
         fits = "yes" if m.total <= gpu_memory else "no"
         lines.append(
-            f"{o.parallel:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
+            f"{o.mode:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
             f"{gib(m.teacher)}{gib(m.params)}{gib(m.grads)}{gib(m.ddp_buckets)}{gib(m.optimizer)}"
             f"{gib(m.gathered)}{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
         )
@@ -336,8 +414,13 @@ def format_plan(
         if best.placement != "-":
             keys.append(f"teacher.placement={best.placement}")
         keys.append(f"train.activation_checkpointing={str(best.activation_checkpointing).lower()}")
+        if best.cpu_offload:
+            keys.append("train.cpu_offload=true")
+        host = (
+            f"; and {_size(best.host)} of CPU memory per rank for the offloaded student" if best.host else ""
+        )
         lines.append(
-            f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank)"
+            f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank{host})"
         )
     else:
         least = min(options, key=lambda o: o.memory.total)
@@ -359,6 +442,11 @@ def format_plan(
                 fix += "use more GPUs"
             fix += ", a smaller train.micro_batch_size or data.block_length"
         lines.append(f"nothing fits in {_size(gpu_memory)}: {fix}")
+    if any(o.cpu_offload for o in options):
+        lines.append(
+            "fsdp+cpu: FSDP2 with the student's shards, their gradients and AdamW state in CPU memory "
+            "(train.cpu_offload=true), the optimizer step on the CPU"
+        )
     lines.append(
         "teacher/params/grads/adam are tensor bytes; gather (FSDP2's unsharded working set), activations and head are estimates (formulas: ekd.plan)"
     )
@@ -385,19 +473,30 @@ def plan_config(
         CacheError, ModelError: a run from a cache that ``ekd distill`` refuses at its start
             (:func:`ekd.train.prepare.check_cache_run`).
     """
+    from ekd.config.inert import SELF_TARGETS
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
     from ekd.train.prepare import (
         check_cache_run,
         check_evaluation_teacher,
         evaluates_teacher,
+        loads_teacher_model,
         teacher_needed,
         tokenizer_source,
     )
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
-    teacher_spec = cfg.model.teacher if cfg.teacher.source == "online" else None
+    # the models distill holds through training (try-out 144, F2: a self-distillation run was planned with a
+    # teacher it never loads, and without the student copy it teaches with)
+    teacher_spec = cfg.model.teacher if loads_teacher_model(cfg) else None
+    objective = cfg.method.objective
+    copies, self_teacher = 0, ""
+    if objective in SELF_TARGETS:
+        copies = 1
+        self_teacher = (
+            f"a whole copy of the student ({SELF_TARGETS[objective]}, method.objective={objective})"
+        )
     if vocab_size is not None:
         if not 2 <= vocab_size <= MAX_VOCAB:
             raise ConfigError(
@@ -420,6 +519,17 @@ def plan_config(
                 "ddp with a replicated teacher\n"
             )
         parallel, placement = ("ddp",), ("replicate",)
+    # what distill refuses under FSDP2 is not planned there (try-out 144, F1: a LoRA run was advised fsdp)
+    ddp_only = (
+        "a LoRA student (model.lora_r > 0)"
+        if cfg.model.lora_r > 0
+        else f"method.objective={objective}"
+        if objective == "ema_self_distill"
+        else ""
+    )
+    if ddp_only and "fsdp" in parallel:
+        note += f"{ddp_only} runs under train.parallel=ddp only: planned as ddp\n"
+        parallel = ("ddp",)
     if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
         if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
             check_evaluation_teacher(cfg)  # a plan made before the cache is built: the rest needs the cache
@@ -480,7 +590,8 @@ def plan_config(
                 f"preset models planned at V={vocab:,} (--vocab-size); this run trains a BPE tokenizer and builds "
                 f"them at model.bpe_vocab_size={cfg.model.bpe_vocab_size:,}\n"
             )
-    student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length)
+    lora = cfg.model if cfg.model.lora_r > 0 else None  # its adapters alone train (try-out 144, F1)
+    student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length, lora)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab, "cuda")  # a plan is for GPUs
@@ -497,8 +608,15 @@ def plan_config(
         param_dtype=param_dtype,
         teacher_bytes_per_param=4 if cfg.model.teacher_dtype == "float32" else 2,
         activation_bytes=4 if cfg.train.precision == "fp32" else 2,
+        student_copies=copies,
     )
-    options = options_at(chunk_rows=chunk)
+    # FSDP2 with its shards in CPU memory where the config asks for it, or nothing else fits (try-out 144, F3: the
+    # mode for "not even 1/W fits" was never planned); in one process it offloads nothing
+    offload = gpus > 1 and "fsdp" in parallel
+    options = options_at(chunk_rows=chunk, cpu_offload=offload and cfg.train.cpu_offload)
+    if offload and all(o.memory.total > gpu_memory for o in options):
+        options = options_at(chunk_rows=chunk, cpu_offload=True)
+    options_at = partial(options_at, cpu_offload=offload and any(o.cpu_offload for o in options))
     smaller_chunk = None
     if all(o.memory.total > gpu_memory for o in options):  # the largest multiple of 64 rows that fits, if any
         rows = (min(chunk, tokens) - 1) // MIN_PLANNED_CHUNK * MIN_PLANNED_CHUNK
@@ -507,7 +625,16 @@ def plan_config(
             smaller_chunk = (rows, fitting[0].memory.total) if fitting else None
             rows -= MIN_PLANNED_CHUNK
     return note + format_plan(
-        cfg.model.student, student, teacher_spec, teacher, options, gpus, gpu_memory, tokens, smaller_chunk
+        cfg.model.student,
+        student,
+        teacher_spec,
+        teacher,
+        options,
+        gpus,
+        gpu_memory,
+        tokens,
+        smaller_chunk,
+        self_teacher,
     )
 
 

@@ -51,11 +51,13 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
     return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
-def memory_line(rank: int, teacher: int, params: int, grads: int, optim: int) -> str:
-    """One log line of a rank's bytes, in MiB."""
+def memory_line(rank: int, teacher: int, params: int, grads: int, optim: int, copies: int = 0) -> str:
+    """One log line of a rank's bytes, in MiB; ``copies``: the frozen student copies a self-distillation
+    objective teaches with (its EMA, its initial weights), said where there are any (try-out 144, F2)."""
     mib = 2.0**20
+    copy = f", student copy {copies / mib:.1f} MiB" if copies else ""
     return (
-        f"rank {rank} holds: teacher params {teacher / mib:.1f} MiB, student params {params / mib:.1f} MiB, "
+        f"rank {rank} holds: teacher params {teacher / mib:.1f} MiB, student params {params / mib:.1f} MiB{copy}, "
         f"grads {grads / mib:.1f} MiB, optimizer state {optim / mib:.1f} MiB"
     )
 

@@ -110,6 +110,16 @@ def scores_samples_with_teacher(cfg: Config) -> bool:
     return cfg.method.sample_fraction < 1.0 and cfg.method.sample_scorer in TEACHER_SCORERS
 
 
+def loads_teacher_model(cfg: Config) -> bool:
+    """Whether a run loads the teacher model at its start, and holds it through training: for its targets (an
+    online source), TopSmp's teacher scores, or the evaluation's teacher figures of an online run (a CE-only run's
+    KL too). A cache run's evaluation loads its teacher after training (:func:`evaluates_teacher`); a
+    self-distillation objective teaches with a copy of the student, no teacher model."""
+    if cfg.teacher.source != "online":
+        return False
+    return teacher_needed(cfg) or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
+
+
 def evaluates_teacher(cfg: Config) -> bool:
     """Whether evaluation reports the teacher (KL(t‖s), top-1 agreement, the ``eval/teacher`` row) and so
     needs the teacher model: one rule for the end of training and ``ekd eval``, so both write the same

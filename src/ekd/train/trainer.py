@@ -100,6 +100,7 @@ from ekd.train.prepare import (
     evaluates_teacher,
     load_student,
     load_teacher,
+    loads_teacher_model,
     resolve_device,
     scores_samples_with_teacher,
     warn_smaller_teacher,
@@ -421,7 +422,7 @@ def _train(
     if data is None:  # tokenized and packed once, by rank 0; the other ranks receive it
         data = prepare_data_once(cfg, run_dir, ranks)
     run_on_main(ranks, lambda: _check_on_main(cfg, data, start), "check the data, eval.tasks and log.wandb")
-    teacher_spec = [cfg.model.teacher] if wants_teacher_model(cfg, parts) else []
+    teacher_spec = [cfg.model.teacher] if loads_teacher_model(cfg) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
     # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
     student = load_for_rank(cfg, "student", ranks, lambda empty: load_student(cfg, data, device, empty))
@@ -634,6 +635,7 @@ def _train(
                     tensor_bytes(p for _, p in params),
                     tensor_bytes(p.grad for _, p in params),
                     optimizer_bytes(optimizer),
+                    sum(param_bytes(m) for m in parts.frozen.values()),
                 ),
                 extra=EVERY_RANK,
             )
@@ -974,7 +976,7 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
                 "student it started from there: its architecture, and with LoRA its base weights)"
             ) from None
         raise
-    if wants_teacher_model(cfg, parts):
+    if loads_teacher_model(cfg):
         try:
             check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
         except EkdError as e:
@@ -987,9 +989,9 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
 def _load_teacher_model(
     cfg: Config, parts: MethodParts, ranks: Ranks, data: PreparedData, device
 ) -> nn.Module | None:
-    """The teacher model when :func:`wants_teacher_model` (whole on every rank, or on rank 0 only when it will
+    """The teacher model when :func:`~ekd.train.prepare.loads_teacher_model` (whole on every rank, or on rank 0 only when it will
     be sharded: the others get their shards from it)."""
-    if not wants_teacher_model(cfg, parts):
+    if not loads_teacher_model(cfg):
         return None
     try:
         return load_for_rank(cfg, "teacher", ranks, lambda empty: load_teacher(cfg, data, device, empty))
@@ -1005,13 +1007,6 @@ def _eval_only_teacher(e: EkdError, cfg: Config, parts: MethodParts) -> EkdError
         f"{e} (method={cfg.method.preset} trains without a teacher; it is loaded only to report KL at "
         "evaluation: set eval.teacher=false or teacher.source=none to skip it)"
     )
-
-
-def wants_teacher_model(cfg: Config, parts: MethodParts) -> bool:
-    """Load the teacher model for training (online source) or, for CE-only runs, to report KL at evaluation."""
-    if cfg.teacher.source != "online":
-        return False
-    return parts.needs_teacher or scores_samples_with_teacher(cfg) or evaluates_teacher(cfg)
 
 
 def _stop_non_finite(
