@@ -153,6 +153,53 @@ def test_a_diverged_student_is_said_at_every_evaluation(tmp_path, corpus, monkey
     assert "| 7.284e+65 |" in table and "| 12.50 |" in table
 
 
+def test_a_student_that_started_diverged_is_not_blamed_on_the_learning_rate(
+    tmp_path, corpus, monkeypatch, caplog
+):
+    """Try-out 146, F1: a student whose perplexity started at 1.43e11 and fell in training was told at the end that
+    its training had diverged, to start again with a lower train.lr — a fix that cannot help; said as where it
+    started. Where the start is unknown the line says it may have started there."""
+    import logging
+
+    from ekd.cli import main as ekd_main
+    from ekd.train.evaluation import say_divergence
+
+    real = trainer_mod.load_student
+
+    def far_off(*args, **kwargs):  # a student whose head makes it start far over 10× V
+        student = real(*args, **kwargs)
+        with torch.no_grad():
+            student.get_output_embeddings().weight.mul_(1e3)
+        return student
+
+    monkeypatch.setattr(trainer_mod, "load_student", far_off)
+    overrides = ["train.max_steps=2", "method=ce", "train.lr=1e-9", "eval.student_init=true"]
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "far-off") + overrides)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        train(cfg)
+    said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
+    assert len(said) == 2 and "the student starts at perplexity" in said[0], said
+    assert "as it was before training" in said[1] and "its starting weights put it there" in said[1], said
+    assert "train.lr" not in said[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):  # ekd eval RUN reads the start's figures back
+        assert ekd_main(["-q", "eval", str(cfg.run_dir)]) == 0
+    said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
+    assert len(said) == 1 and "as it was before training" in said[0], said
+    cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "x"))
+    for start, words in (
+        (None, "its training has diverged (or the student started there: eval.student_init=true scores it"),
+        (100.0, "its training has diverged (from 100 before training); start again with a lower train.lr"),
+        (5e6, "its training has diverged (from a start already over it, 5e+06); start again with a lower"),
+        (8e7, "as it was before training (8e+07): its starting weights put it there"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ekd"):
+            say_divergence("e", 7.9e7, 300, cfg, start=start)
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert words in line, (start, line)
+
+
 def test_a_resume_over_an_edited_eval_file_says_its_curve_changes_text(tmp_path, corpus, caplog):
     """Try-out 74, F3: `--resume` after an eval file was edited said nothing, and metrics.jsonl held one curve
     under the set's name over two texts (274 targets, then 153)."""

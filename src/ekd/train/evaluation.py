@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def evaluate_run(
     ranks=None,
     before_training: bool = False,
     said: set[str] | None = None,
+    started: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the student (and the teacher, if loaded) on every eval split.
 
@@ -45,7 +47,9 @@ def evaluate_run(
     share of each split's batches and gets the all-reduced metrics of the whole split (no rank idles in a
     collective while another evaluates); pass ``plots_dir`` on one rank only. ``said``: the sets whose
     non-finite teacher was already said by an earlier evaluation of the same run (a frozen teacher gives the
-    same figures each time), updated; None says it every time.
+    same figures each time), updated; None says it every time. ``started``: set → the starting student's
+    perplexity on the same blocks (:func:`starting_perplexities`), which tells a diverged run from a student that
+    started that far off (:func:`say_divergence`).
 
     Returns:
         Set → metrics (teacher rows under ``<set>/teacher``), with each student set's per-block sums in
@@ -80,7 +84,8 @@ def evaluate_run(
         )
         metrics["documents"] = float(blocks.num_documents)  # what the figures average over
         results[name] = metrics
-        say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training)
+        start = (started or {}).get(name)
+        say_divergence(name, metrics.get("ppl", math.nan), data.vocab_size, cfg, before_training, start)
         say_non_finite_student(name, metrics, before_training, said)
         if use_teacher is not None:
             say_non_finite_teacher(name, metrics, results.teacher_dtype, said)
@@ -162,13 +167,35 @@ DIVERGED_PPL_FACTOR = 10
 
 
 def say_divergence(
-    name: str, ppl: float, vocab_size: int, cfg: Config, before_training: bool = False
+    name: str,
+    ppl: float,
+    vocab_size: int,
+    cfg: Config,
+    before_training: bool = False,
+    start: float | None = None,
 ) -> None:
     """Warn when the student's perplexity on the eval set ``name`` exceeds ``DIVERGED_PPL_FACTOR`` × ``vocab_size``
     (a uniform guess scores ``vocab_size``): its training has diverged, and every evaluation from then on says
     so while the run can still be stopped. ``before_training``: the evaluation at step 0, which no learning rate
-    made (try-out 76, F3): said as a student that starts there."""
-    if not ppl > DIVERGED_PPL_FACTOR * vocab_size:  # NaN too: said where the loss is checked
+    made (try-out 76, F3): said as a student that starts there. ``start``: the starting student's perplexity on
+    the same blocks, where known — a student that started over the line and has not risen since is said to be
+    where it started, not blamed on ``train.lr`` (try-out 146, F1); unknown, the line says it may have started
+    there."""
+    bound = DIVERGED_PPL_FACTOR * vocab_size
+    if not ppl > bound:  # NaN too: said where the loss is checked
+        return
+    # not risen past its start (within 10%: the last steps' noise) is where it started
+    if not before_training and start is not None and start > bound and ppl <= 1.1 * start:
+        log.warning(
+            "eval set '%s': the student's perplexity %.3g is over %d× the vocabulary's size (%s; a uniform guess "
+            "scores that), as it was before training (%.3g): its starting weights put it there, not the training "
+            "— check them, and that they were trained with this tokenizer",
+            name,
+            ppl,
+            DIVERGED_PPL_FACTOR,
+            f"{vocab_size:,}",
+            start,
+        )
         return
     if before_training:
         log.warning(
@@ -182,16 +209,39 @@ def say_divergence(
         )
         return
     clip = cfg.train.max_grad_norm
+    if start is None:
+        began = " (or the student started there: eval.student_init=true scores it before the first step)"
+    elif start > bound:
+        began = f" (from a start already over it, {start:.3g})"
+    else:
+        began = f" (from {start:.3g} before training)"
     log.warning(
         "eval set '%s': the student's perplexity %.3g is over %d× the vocabulary's size (%s; a uniform guess "
-        "scores that): its training has diverged; start again with a lower train.lr (now %g)%s",
+        "scores that): its training has diverged%s; start again with a lower train.lr (now %g)%s",
         name,
         ppl,
         DIVERGED_PPL_FACTOR,
         f"{vocab_size:,}",
+        began,
         cfg.train.lr,
         "" if clip else " or with gradient clipping (train.max_grad_norm=1.0; now 0, off)",
     )
+
+
+def starting_perplexities(entries: Mapping[str, Any] | None, data: PreparedData) -> dict[str, float]:
+    """Set → the starting student's perplexity, from its eval.json-form ``entries`` (:func:`eval_entries` of the
+    evaluation before the first step, or :func:`read_student_init`), for the sets of ``data`` scored on the same
+    blocks (an entry of other blocks, or of none recorded, is left out)."""
+    from ekd.eval.eval_json import BLOCKS_KEY, SETTINGS_KEY
+
+    out = {}
+    for name, entry in (entries or {}).items():
+        blocks = data.blocks.get(name) if name != "train" else None
+        if blocks is None or not isinstance(entry, Mapping) or not isinstance(entry.get("ppl"), (int, float)):
+            continue
+        if (entry.get(SETTINGS_KEY) or {}).get(BLOCKS_KEY) == blocks.fingerprint():
+            out[name] = float(entry["ppl"])
+    return out
 
 
 # what ekd eval never reads from its overrides: the student and its tokenizer are the run's export
@@ -539,7 +589,10 @@ def evaluate_saved_run(
                     "it scores"
                 )
         teacher = load_teacher(cfg, data, device)
-    results = evaluate_run(cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots")
+    started = starting_perplexities(read_student_init(run_dir), data)
+    results = evaluate_run(
+        cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots", started=started
+    )
     write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp)
     return results
 

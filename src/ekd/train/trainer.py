@@ -76,6 +76,7 @@ from ekd.train.evaluation import (
     eval_entries,
     evaluate_run,
     read_student_init,
+    starting_perplexities,
     write_eval_json,
     write_student_init,
 )
@@ -539,12 +540,18 @@ def _train(
     # starting-student figures (eval.student_init); not again on --resume
     has_sets = bool(data.blocks.keys() - {"train"})
     said: set[str] = set()  # eval sets whose non-finite figures were said (once a run, teacher and student)
+    # set → the starting student's perplexity: a student that started diverged is not blamed on train.lr (rank 0
+    # says it; a resume reads the start's figures back)
+    started: dict[str, float] = {}
+    if start_step > 0 and main and cfg.eval.student_init:
+        started = starting_perplexities(read_student_init(run_dir), data)
     if start_step == 0 and (cfg.eval.every or cfg.eval.student_init and has_sets):
         with gathered(sharded, eval_shard):
             start_eval = evaluate_run(
                 cfg, data, student, eval_teacher, device, amp, ranks=ranks, before_training=True, said=said
             )
         write_metrics(0, eval_metrics(start_eval))
+        started = {name: m["ppl"] for name, m in start_eval.items() if name in data.blocks and "ppl" in m}
         if cfg.eval.student_init:  # with their settings and blocks' sha256, by rank 0 (eval.json's form)
             run_on_main(
                 ranks,
@@ -677,7 +684,9 @@ def _train(
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.max_steps:
             # all ranks evaluate their share; sharded models are gathered whole on every rank meanwhile
             with gathered(sharded, eval_shard):
-                periodic = evaluate_run(cfg, data, student, eval_teacher, device, amp, ranks=ranks, said=said)
+                periodic = evaluate_run(
+                    cfg, data, student, eval_teacher, device, amp, ranks=ranks, said=said, started=started
+                )
             write_metrics(step + 1, eval_metrics(periodic))
             student.train()
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -766,7 +775,16 @@ def _train(
     plots = run_dir / "plots" if main else None
     with gathered(sharded, eval_shard):
         results = evaluate_run(
-            cfg, data, student, eval_teacher, device, amp, plots_dir=plots, ranks=ranks, said=said
+            cfg,
+            data,
+            student,
+            eval_teacher,
+            device,
+            amp,
+            plots_dir=plots,
+            ranks=ranks,
+            said=said,
+            started=started,
         )
         run_on_main(ranks, finish, "write the evaluation", share=False)
     wall_time = time.perf_counter() - t_start
