@@ -646,6 +646,24 @@ def test_a_cache_a_run_trains_from_is_not_overwritten_under_it(built, tmp_path, 
     assert (
         main(["-q", "cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 0
     )  # none reads now
+    # another process reading it is named by its pid (try-out 131: the refusal named no process)
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from ekd.teacher.cache.readers import reading; r = reading({str(cache)!r}); "
+         "print('held', flush=True); import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["cache", built["cfg"], f"teacher.cache_dir={cache}", "--overwrite"]) == 2
+        line = _error_line(capsys)
+        assert f"(another ekd process, pid {holder.pid} on {socket.gethostname()}); --overwrite" in line, line
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 def test_the_readers_lock_is_given_back_by_a_refused_open_and_by_close(built):

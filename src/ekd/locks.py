@@ -276,6 +276,35 @@ def readers_lock(directory: Path) -> Path:
     return lock.with_name(".ekd.readers") if lock.name == INSIDE else lock.with_suffix(".readers")
 
 
+def flock_holders(path: Path) -> list[int]:
+    """The pids of this machine's processes holding a flock on ``path`` (``/proc/locks``, Linux), sorted; [] where
+    none, where it cannot be read (another system) or ``path`` is gone. A readers' lock holds no pid of its own (any
+    number share it): this is how its refusals name who reads (try-out 131: they named no process)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return []
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in table:  # "1: FLOCK  ADVISORY  READ  4242 fe:00:5677790 0 EOF" (a waiter's "-> FLOCK ...")
+        fields = line.split()
+        if "FLOCK" in fields and len(fields) >= 6:
+            at = fields.index("FLOCK")
+            if len(fields) > at + 4 and fields[at + 4] == device and fields[at + 3].isdigit():
+                pids.add(int(fields[at + 3]))
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def pids_said(pids: list[int]) -> str:
+    """``", pid 4242 on node-7"`` / ``", pids 4242, 4243 on node-7"`` for :func:`flock_holders`, '' for none."""
+    if not pids:
+        return ""
+    return f", {'pid' if len(pids) == 1 else 'pids'} {', '.join(map(str, pids))} on {socket.gethostname()}"
+
+
 class ReadLock:
     """A shared (``shared=True``) or exclusive flock on ``directory``'s :func:`readers_lock`: the runs that read a
     directory hold it shared for as long as they read; a command that would delete what they read (``ekd cache
@@ -312,6 +341,10 @@ class ReadLock:
             return True
         self._file = f
         return True
+
+    def holders_said(self) -> str:
+        """Who holds it the other way, as a refusal names them: ``", pid 4242 on node-7"``, '' where unknown."""
+        return pids_said(flock_holders(self.path))
 
     def release(self) -> None:
         if self._file is not None:

@@ -20,8 +20,8 @@ def reading(directory: Path) -> ReadLock:
     readers = ReadLock(directory, shared=True)
     if not readers.acquire():
         raise CacheError(
-            f"{directory} is being rebuilt by another ekd process (ekd cache or ekd cache import, --overwrite): "
-            "wait for it to end, then train from it, or name another teacher.cache_dir"
+            f"{directory} is being rebuilt by another ekd process (ekd cache or ekd cache import, --overwrite"
+            f"{readers.holders_said()}): wait for it to end, then train from it, or name another teacher.cache_dir"
         )
     return readers
 
@@ -37,7 +37,7 @@ def no_readers(directory: Path, elsewhere: str = "build into another teacher.cac
     readers = ReadLock(directory, shared=False)
     if not readers.acquire():
         raise CacheError(
-            f"{directory} is being read by a run training from it (another ekd process); --overwrite would delete "
-            f"the shards under it: wait for it to end, or {elsewhere}"
+            f"{directory} is being read by a run training from it (another ekd process{readers.holders_said()}); "
+            f"--overwrite would delete the shards under it: wait for it to end, or {elsewhere}"
         )
     return readers
