@@ -17,7 +17,7 @@ import torch
 
 from dist_runs import COLLECTIVES, torchrun_runs
 from test_distributed import _metrics
-from tiny import config_file, tiny_overrides, write_corpus
+from tiny import config_file, loss_curve, tiny_overrides, write_corpus
 
 FSDP = ["train.parallel=fsdp"]
 # name → (overrides of both runs, overrides of the 2-rank run only)
@@ -398,3 +398,30 @@ def test_fsdp_sums_clips_checkpoints_and_shards(launch):
         said = launch["worker"] / f"body-rank{rank}.txt"
         text = said.read_text() if said.exists() else f"not run:\n{launch['out'].stderr[-3000:]}"
         assert text == "ok", f"rank {rank}: {text}"
+
+
+@pytest.mark.slow
+def test_fsdp_with_an_evaluation_on_one_rank_and_several_layers_does_not_hang(tmp_path):
+    """Try-out 145, F3: a 2-rank FSDP2 run of a student with more than one decoder layer hung in its first backward
+    when the starting evaluation gave rank 0 a batch and rank 1 none. FSDP2 records each forward's order of
+    parameter groups for the backward's prefetch; rank 0's evaluation forwards (inside `gathered`) were recorded, so
+    its backward prefetched another layer than rank 1's and the gloo collectives paired an all-gather with a
+    reduce-scatter. Forwards inside `gathered` are forgotten on its exit; the periodic evaluation (eval.every) and
+    on-policy generation of other lengths run there too."""
+    corpus = write_corpus(tmp_path / "corpus", n_docs=24)
+    common = {"model.student": "preset:llama-tiny", "model.teacher": "preset:llama-small", "eval.every": 1}
+    common |= {
+        "train.max_steps": 2,
+        "eval.batch_size": 4,
+        "data.max_eval_blocks": 4,
+    }  # one eval batch: rank 0's
+    single = tiny_overrides(tmp_path, corpus, "single", **common, **{"train.micro_batch_size": 4})
+    from ekd.cli import main
+
+    assert main(["-q", "distill", *single]) == 0
+    two = tiny_overrides(tmp_path, corpus, "two", **common, **{"train.micro_batch_size": 2})
+    out = torchrun_runs([[*two, "train.parallel=fsdp"]], tmp_path / "runs.json", timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [loss_curve(tmp_path / "runs" / name) for name in ("single", "two")]
+    assert losses[0].keys() == losses[1].keys() == {1, 2}
+    assert all(abs(losses[0][s] - losses[1][s]) < 1e-5 for s in (1, 2)), losses
