@@ -293,6 +293,25 @@ def _tiny_moe():
     return AutoModelForCausalLM.from_config(config)
 
 
+def test_lora_on_experts_peft_adapts_does_not_say_they_stay_frozen(caplog):
+    """Try-out 145, F2: peft 0.21 adapts Mixtral's fused experts and router (its ParamWrapper: the export's expert
+    weights change), yet the warning said they stay frozen and told the user to give up LoRA to train them."""
+    pytest.importorskip("peft")
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config)
+    with caplog.at_level(logging.WARNING, logger="ekd.models.lora"):
+        lora_mod.LoraStudent.wrap(model, load_config(overrides=["model.lora_r=4"]).model)
+    assert not [r.getMessage() for r in caplog.records if "LoRA adapts" in r.getMessage()]
+    experts = [n for n, p in model.named_parameters() if p.requires_grad and ".experts." in n]
+    assert experts, "the experts' adapters train"
+
+
 def test_lora_on_a_mixture_of_experts_says_its_experts_stay_frozen(caplog):
     """Try-out 135, F2: `all-linear` cannot reach transformers 5's fused experts (3-D parameters) and router, so LoRA
     on a MoE student left them frozen — 46% of its parameters — while the log read as for a dense model; naming
@@ -301,7 +320,7 @@ def test_lora_on_a_mixture_of_experts_says_its_experts_stay_frozen(caplog):
     cfg = load_config(overrides=["model.lora_r=4"])
     with caplog.at_level(logging.WARNING, logger="ekd.models.lora"):
         lora_mod.LoraStudent.wrap(_tiny_moe(), cfg.model)
-    said = [r.getMessage() for r in caplog.records if "LoRA adapts linear layers only" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "LoRA adapts linear layers" in r.getMessage()]
     assert len(said) == 1 and "Qwen2MoeExperts (" in said[0] and "stay frozen" in said[0], said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ekd.models.lora"):

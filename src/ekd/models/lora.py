@@ -111,11 +111,11 @@ class LoraStudent:
         if frozen := _frozen_weights_outside_linear_layers(model):
             moe = any(w in name for name in frozen for w in ("Expert", "Router", "Gate"))
             log.warning(
-                "LoRA adapts linear layers only: %s hold weights that are none and stay frozen%s; train without "
-                "LoRA (model.lora_r=0) to update them",
+                "LoRA adapts linear layers: %s hold weights outside them that no adapter reaches, which stay "
+                "frozen%s; train without LoRA (model.lora_r=0) to update them",
                 ", ".join(f"{name} ({n:,} parameters)" for name, n in frozen.items()),
-                " (a mixture of experts' fused experts and router do not train; only attention and any shared "
-                "expert adapt)"
+                " (a mixture of experts' fused experts or router: only what peft adapts trains, here attention and "
+                "any shared expert)"
                 if moe
                 else "",
             )
@@ -286,18 +286,30 @@ def base_note(path: Path) -> dict:
 
 def _frozen_weights_outside_linear_layers(model: nn.Module) -> dict[str, int]:
     """Class name → frozen parameters of the modules holding matrices (or 3-D expert stacks) that are no linear
-    layer, embedding or adapter — what ``all-linear`` cannot reach: transformers 5's fused MoE experts
-    (``Qwen2MoeExperts``) and routers (try-out 135, F2: 46% of a Qwen2-MoE student frozen, said nowhere); {} for a
-    dense model."""
+    layer, embedding or adapter and that no adapter reaches — what ``all-linear`` left out: transformers 5's fused
+    MoE experts and routers where peft does not adapt them (try-out 135, F2: 46% of a Qwen2-MoE student frozen,
+    said nowhere); {} for a dense model. A parameter peft wraps (its ``ParamWrapper``: Mixtral's experts and router
+    under peft 0.21) trains through its adapter and is not counted (try-out 145, F2: they were said to stay frozen,
+    and the user told to give up LoRA to train them)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers.pytorch_utils import Conv1D
 
     reached = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, Conv1D, BaseTunerLayer)  # what peft adapts
+    adapted: set[int] = set()  # ids of the parameters an adapter reaches
+    for tuner in model.modules():
+        if isinstance(tuner, BaseTunerLayer):
+            base = tuner.get_base_layer()
+            wrapped = getattr(tuner, "parameter_name", None)  # a ParamWrapper adapts one named parameter
+            adapted |= {id(p) for n, p in base.named_parameters(recurse=False) if wrapped in (None, n)}
     out: dict[str, int] = {}
     for module in model.modules():
         if isinstance(module, reached):
             continue
-        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2 and not p.requires_grad]
+        own = [
+            p
+            for p in module.parameters(recurse=False)
+            if p.dim() >= 2 and not p.requires_grad and id(p) not in adapted
+        ]
         if own:
             name = type(module).__name__
             out[name] = out.get(name, 0) + sum(p.numel() for p in own)
