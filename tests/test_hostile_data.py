@@ -288,3 +288,41 @@ def test_a_text_file_is_searched_for_separators_once(tmp_path, monkeypatch):
     docs = load_documents(str(path), cfg.data)
     assert len(docs) == 2 and len(docs[0].text) == 82_000 - 1
     assert searched < 2 * path.stat().st_size, searched
+
+
+def test_documents_a_tokenizer_reads_none_of_are_said_and_none_at_all_refused_for_what_it_is(caplog):
+    """Try-out 147, F1: a tokenizer that turned every document into no token (transformers loaded a custom one
+    saved beside a Qwen2 model as Qwen2Tokenizer) left the run "0 tokens, fewer than one block of
+    data.block_length: lower it or add data" — advice no setting follows; and such documents among others were
+    dropped uncounted."""
+    import logging
+
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ekd.config import ConfigError
+    from ekd.data.boundary import DocumentBoundary
+    from ekd.data.document import Document
+    from ekd.data.packing import token_chunks
+
+    backend = Tokenizer(models.WordLevel({"<eos>": 0, "<unk>": 1, "A": 2, "B": 3}, unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(Regex("[a-z]"), "")  # lowercase text reads as nothing
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    boundary = DocumentBoundary("eos", None, 0, 0)
+    some = [Document("A B A", "d.txt:1"), Document("quiet words", "d.txt:2"), Document("B B", "d.txt:3")]
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        chunks = list(token_chunks(some, tok, boundary, chunk=2))
+    assert sum(c.documents for c in chunks) == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "1 of 3 documents gave no token with the run's tokenizer (TokenizersBackend) and are left out "
+        "(first: d.txt:2): text it reads none of"
+    ], said
+    none = [Document("quiet words", "d.txt:1"), Document("more of them", "d.txt:2")]
+    with pytest.raises(ConfigError) as e:
+        list(token_chunks(none, tok, boundary))
+    assert str(e.value).startswith(
+        "the run's tokenizer (TokenizersBackend) gives no token for any of the 2 documents (first: d.txt:1): "
+        "it reads none of this text; check that model.tokenizer is the models' own"
+    ), e.value

@@ -208,6 +208,10 @@ class SkippedRows:
         seen: Rows looked at (skipped or not).
         reasons: Generic reason (``RejectedRow.kind``) → count.
         first_of: Generic reason → (``doc_id``, reason) of its first row, in the order the reasons first came.
+        documents: Documents tokenized (chat rows and text documents alike), for :attr:`tokenless`.
+        tokenless: Of those, documents with text whose tokenization gave no token (``tokenless_first`` the first's
+            ``doc_id``): a tokenizer that reads none of the text (try-out 147, F1), said by
+            :func:`~ekd.data.packing.settle_skipped`; ``tokenizer`` names its class.
     """
 
     what: str
@@ -215,6 +219,10 @@ class SkippedRows:
     seen: int = 0
     reasons: Counter = field(default_factory=Counter)
     first_of: dict[str, tuple[str, str]] = field(default_factory=dict)
+    documents: int = 0
+    tokenless: int = 0
+    tokenless_first: str = ""
+    tokenizer: str = ""
 
     @property
     def first(self) -> str:

@@ -333,6 +333,7 @@ def token_chunks(
     skipped = SkippedRows("data.format=chat: rows") if skipped is None else skipped
     own_prompt_checks = prompt_checks is None
     prompt_checks = PromptBoundaryCheck() if prompt_checks is None else prompt_checks
+    skipped.tokenizer = type(tokenizer).__name__
     total = 0
     for batch in _batched(docs, chunk):
         # the first document over the length limit: the chunk stops before it, the refusal comes after
@@ -350,8 +351,11 @@ def token_chunks(
         starts: list[bool] = []
         ends: list[bool] = []
         used = 0
-        for _, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped, prompt_checks):
-            if not tokens:
+        for doc, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped, prompt_checks):
+            skipped.documents += 1
+            if not tokens:  # text the tokenizer reads none of (empty documents were dropped before)
+                skipped.tokenless += 1
+                skipped.tokenless_first = skipped.tokenless_first or doc.doc_id
                 continue
             head, tail = (bos, eos) if framed else ([], [])
             doc = head + tokens + tail
@@ -380,14 +384,33 @@ def token_chunks(
 
 def settle_skipped(skipped: SkippedRows, tokens: int) -> None:
     """Report the chat rows ``skipped`` counted (one warning line), or, when every row was skipped and no token
-    came out, raise the one error that says so (not the warning and then the same words again).
+    came out, raise the one error that says so (not the warning and then the same words again); likewise the
+    documents the tokenizer gave no token for (try-out 147, F1: every document of a tokenizer that read none of
+    the text was dropped unsaid, and the run refused "0 tokens, fewer than one block: lower data.block_length").
 
     Raises:
-        ConfigError: every chat row was rejected.
+        ConfigError: every chat row was rejected; no document gave a token.
     """
     if skipped.count and skipped.count == skipped.seen and not tokens:
         raise ConfigError(f"{skipped.line()}: no chat row is left; check the rows and the chat template")
     skipped.report()
+    if not skipped.tokenless:
+        return
+    tokenizer = f"the run's tokenizer ({skipped.tokenizer})" if skipped.tokenizer else "the run's tokenizer"
+    if not tokens:
+        raise ConfigError(
+            f"{tokenizer} gives no token for any of the {counted(skipped.documents, 'document')} (first: "
+            f"{skipped.tokenless_first}): it reads none of this text; check that model.tokenizer is the models' "
+            "own (one saved beside a model is loaded as the class its tokenizer_config.json names, or as that "
+            "model's)"
+        )
+    logger.warning(
+        "%s of %s gave no token with %s and are left out (first: %s): text it reads none of",
+        skipped.tokenless,
+        counted(skipped.documents, "document"),
+        tokenizer,
+        skipped.tokenless_first,
+    )
 
 
 def framed_documents(
