@@ -765,3 +765,19 @@ def test_ekd_eval_of_a_run_without_its_record_says_what_goes_unchecked(ws, capsy
     assert rc == 0, err
     said = [r.getMessage() for r in caplog.records if "holds no ekd-run.json" in r.getMessage()]
     assert said and "a LoRA base's weights" in said[0] and "put it back" in said[0], said
+
+
+def test_a_checkpoint_under_another_steps_name_says_so(ws):
+    """Try-out 145, F6: a checkpoint copied or renamed to another step's directory was refused as '…/manifest.json is
+    corrupt' — an intact file naming another step; the line says which."""
+    import shutil
+
+    from ekd.train.checkpoint import CheckpointError, verify_checkpoint
+
+    shutil.copytree(CKPT / "step-000002", CKPT / "step-000005")
+    with pytest.raises(CheckpointError) as e:
+        verify_checkpoint(CKPT / "step-000005")
+    assert str(e.value) == (
+        f"{CKPT / 'step-000005' / 'manifest.json'} is of step 2, not 5 as its directory step-000005 says (copied or "
+        "renamed from another step?)"
+    ), e.value

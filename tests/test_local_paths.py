@@ -623,7 +623,7 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
         ("data.store_dir", "auto"),
         ("model.tokenizer", "teacher"),
     ):
-        assert f"{key}={value} is ekd's keyword, not the directory ./{value} here, which is not read; write {key}=./{value} to read it" in said, said  # fmt: skip
+        assert f"{key}={value} is ekd's keyword, not the directory ./{value} here, which is not used; write {key}=./{value} to use it" in said, said  # fmt: skip
     assert len(said) == 3, said
 
 
@@ -648,6 +648,22 @@ def test_a_runs_recorded_keywords_are_not_said_of_a_directory_where_eval_or_comp
         assert main(["-q", "compare", run, "--out", str(tmp_path / "cmp"), "--no-plots"]) == 0
         assert not [r.getMessage() for r in caplog.records if "keyword" in r.getMessage()]
         load_config(None, ["model.tokenizer=teacher"])  # a config given here: said
+    assert any("model.tokenizer=teacher is ekd's keyword" in r.getMessage() for r in caplog.records)
+
+
+def test_a_default_keyword_or_one_naming_the_directory_it_means_is_not_said(tmp_path, monkeypatch, caplog):
+    """Try-out 145, F4: with `model.teacher=./teacher`, the default `model.tokenizer=teacher` (never written) was
+    warned about as a keyword passing over ./teacher, 'not read' — the teacher's tokenizer is read from there."""
+    from ekd.config import paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    monkeypatch.setattr(paths, "_SAID", set())
+    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+        load_config(None, ["model.teacher=./teacher"])  # the default tokenizer keyword: not given
+        load_config(None, ["model.teacher=./teacher", "model.tokenizer=teacher"])  # it means ./teacher
+        assert not [r.getMessage() for r in caplog.records], caplog.text
+        load_config(None, ["model.tokenizer=teacher"])  # the preset teacher's: ./teacher is passed over
     assert any("model.tokenizer=teacher is ekd's keyword" in r.getMessage() for r in caplog.records)
 
 

@@ -618,3 +618,11 @@ def test_cpu_offload_is_planned_and_offered_when_nothing_else_fits(tmp_path, cap
     assert "GiB of CPU memory per rank for the offloaded student" in verdict
     rc, out, err = cli(capsys, *args, "--gpus", "1", "--gpu-memory", "10GiB")
     assert "fsdp+cpu" not in out  # one process offloads nothing
+    # a config that sets offload, advised a mode without it: the verdict turns it off, or distill refuses the keys
+    # it names (try-out 145, F1); one GPU says it offloads nothing
+    offload = ["train.parallel=fsdp", "train.cpu_offload=true"]
+    for gpus in ("2", "1"):
+        rc, out, err = cli(capsys, *args, "--gpus", gpus, "--gpu-memory", "80GiB", *offload)
+        verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
+        assert "train.parallel=ddp" in verdict and "train.cpu_offload=false" in verdict, out
+        assert ("one GPU: train.cpu_offload offloads nothing in one process" in out) is (gpus == "1"), out

@@ -360,11 +360,13 @@ def format_plan(
     tokens: int,
     smaller_chunk: tuple[int, int] | None = None,
     self_teacher: str = "",
+    config_offload: bool = False,
 ) -> str:
     """The plan as text: model sizes, one row per option (GiB per rank), and the verdict. ``smaller_chunk``:
     when nothing fits, the largest ``train.head_chunk_size`` with which some option fits, and that option's
     bytes per rank (None: none does). ``self_teacher``: the student copy a self-distillation objective teaches
-    with, as words ('' for none), in the teacher column."""
+    with, as words ('' for none), in the teacher column. ``config_offload``: the config sets ``train.cpu_offload``,
+    which a verdict without it turns off (distill refuses it beside ``ddp``: try-out 145, F1)."""
 
     def gib(b: int) -> str:
         return f"{b / GIB:8.2f}"
@@ -414,8 +416,8 @@ def format_plan(
         if best.placement != "-":
             keys.append(f"teacher.placement={best.placement}")
         keys.append(f"train.activation_checkpointing={str(best.activation_checkpointing).lower()}")
-        if best.cpu_offload:
-            keys.append("train.cpu_offload=true")
+        if best.cpu_offload or config_offload:
+            keys.append(f"train.cpu_offload={str(best.cpu_offload).lower()}")
         host = (
             f"; and {_size(best.host)} of CPU memory per rank for the offloaded student" if best.host else ""
         )
@@ -519,6 +521,8 @@ def plan_config(
                 "ddp with a replicated teacher\n"
             )
         parallel, placement = ("ddp",), ("replicate",)
+    if gpus == 1 and cfg.train.cpu_offload:
+        note += "one GPU: train.cpu_offload offloads nothing in one process; planned without it\n"
     # what distill refuses under FSDP2 is not planned there (try-out 144, F1: a LoRA run was advised fsdp)
     ddp_only = (
         "a LoRA student (model.lora_r > 0)"
@@ -635,6 +639,7 @@ def plan_config(
         tokens,
         smaller_chunk,
         self_teacher,
+        cfg.train.cpu_offload,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ekd.config.groups import ALIASES, canonical_key, expand_section, unknown_group_hint
-from ekd.config.paths import resolve_paths
+from ekd.config.paths import resolve_paths, say_keywords
 from ekd.config.rules import about, rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
@@ -509,10 +509,11 @@ def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None, type
         with about(key):
             text = (texts or {}).get(key)
             setattr(getattr(cfg, section), name, coerce(value, hints[section][name], key, text))
-    resolve_paths(
-        cfg, typed
-    )  # local paths absolute, once: every later reader sees one spelling (config/paths.py)
+    # local paths absolute, once: every later reader sees one spelling (config/paths.py)
+    resolve_paths(cfg)
     validate(cfg)
+    if typed:  # a keyword the user gave, beside a directory of its name
+        say_keywords(cfg, flat)
     return cfg
 
 

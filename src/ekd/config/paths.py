@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from glob import has_magic
 from pathlib import Path
 from typing import Any
@@ -91,35 +92,20 @@ def local_spec(value: str, glob: bool = False) -> str:
     return value
 
 
-def resolve_path(key: str, value: Any, typed: bool = True) -> Any:
-    """The value of dotted ``key`` with its local path(s) resolved (other keys' values as given).
+def _is_keyword(key: str, value: Any) -> bool:
+    return isinstance(value, str) and (
+        value in KEYWORDS.get(key, ())
+        or (key in ("data.source", "data.eval_sources") and value == "pystdlib")
+    )
 
-    ``typed``: the value is one a user gave this command (a config file, an override), which a keyword spelled
-    like a directory here is said of; False for a run's recorded config, read wherever the command runs (try-out
-    143, F1: `ekd eval RUN` and `ekd compare` warned of a ./teacher beside them, and told to write a path `ekd eval`
-    refuses)."""
+
+def resolve_path(key: str, value: Any) -> Any:
+    """The value of dotted ``key`` with its local path(s) resolved (other keys' values, and keywords, as given)."""
     if key not in DIRECTORIES and key not in SPECS:
         return value
     if isinstance(value, dict):  # data.eval_sources: name → source
-        return {name: resolve_path(key, v, typed) for name, v in value.items()}
-    if not isinstance(value, str):
-        return value
-    if value in KEYWORDS.get(key, ()) or (
-        key in ("data.source", "data.eval_sources") and value == "pystdlib"
-    ):
-        # a keyword wins over a directory of its name here: said once a process, by local rank 0 (try-out 137,
-        # F10; review 140, R8: three times a --resume, on every rank)
-        if typed and _existing(value) and (key, value) not in _SAID:
-            _SAID.add((key, value))
-            if os.environ.get("LOCAL_RANK", "0") == "0":
-                log.warning(
-                    "%s=%s is ekd's keyword, not the directory ./%s here, which is not read; write %s=./%s to read it",
-                    key,
-                    value,
-                    value,
-                    key,
-                    value,
-                )
+        return {name: resolve_path(key, v) for name, v in value.items()}
+    if not isinstance(value, str) or _is_keyword(key, value):
         return value
     if key in DIRECTORIES:
         return absolute(value) if value.strip() else value
@@ -170,13 +156,45 @@ def _same_path(typed: str, saved: str) -> bool:
     )
 
 
-def resolve_paths(cfg: Any, typed: bool = True) -> None:
-    """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``);
-    ``typed``: as :func:`resolve_path`'s."""
+def resolve_paths(cfg: Any) -> None:
+    """Resolve, in place, the local paths of a built ``Config`` (defaults included: ``run.output_dir=runs``)."""
     for key in (*DIRECTORIES, *SPECS):
         section, name = key.split(".", 1)
         values = getattr(cfg, section)
-        setattr(values, name, resolve_path(key, getattr(values, name), typed))
+        setattr(values, name, resolve_path(key, getattr(values, name)))
+
+
+def say_keywords(cfg: Any, given: Iterable[str]) -> None:
+    """Warn of a keyword a user gave (``given``: the dotted keys a config file or an override set, not defaults nor a
+    run's record) where a directory of its name here is not read: once a process, by local rank 0 (try-out 137,
+    F10; review 140, R8). Not of a run's recorded config read wherever a command runs (try-out 143, F1: `ekd eval
+    RUN` was told to write a path it refuses), a default (try-out 145, F4), nor ``model.tokenizer=teacher|student``
+    where that model is the directory (its tokenizer is read from there)."""
+    for key in given:
+        if key not in KEYWORDS and key not in ("data.source", "data.eval_sources"):
+            continue
+        section, name = key.split(".", 1)
+        value = getattr(getattr(cfg, section), name)
+        for word in value.values() if isinstance(value, dict) else [value]:
+            if not _is_keyword(key, word) or not _existing(word) or (key, word) in _SAID:
+                continue
+            # the model named is that directory: its tokenizer is read from there
+            if (
+                key == "model.tokenizer"
+                and word in ("teacher", "student")
+                and getattr(cfg.model, word) == absolute(word)
+            ):
+                continue
+            _SAID.add((key, word))
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                log.warning(
+                    "%s=%s is ekd's keyword, not the directory ./%s here, which is not used; write %s=./%s to use it",
+                    key,
+                    word,
+                    word,
+                    key,
+                    word,
+                )
 
 
 def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
@@ -192,7 +210,7 @@ def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
     out = {}
     for section, values in raw.items():
         if isinstance(values, dict):
-            values = {k: resolve_path(f"{section}.{k}", v, typed=False) for k, v in values.items()}
+            values = {k: resolve_path(f"{section}.{k}", v) for k, v in values.items()}
         out[section] = values
     saved_dir = (out.get("run") or {}).get("output_dir")
     if output_dir and isinstance(saved_dir, str) and saved_dir != output_dir:
@@ -232,6 +250,7 @@ __all__ = [
     "read_as",
     "local_spec",
     "resolve_path",
+    "say_keywords",
     "resolve_paths",
     "resolve_saved",
 ]
