@@ -158,21 +158,20 @@ def gathered(*roots: nn.Module | None) -> Iterator[None]:
         for m in modules:
             if not isinstance(m, (ShardedTrainedModules, FrozenRoot)):  # the roots keep FSDP2's root rule
                 m.set_reshard_after_forward(True, recurse=False)
-        _forget_forwards(modules)
+        _forget_forwards(roots)
 
 
-def _forget_forwards(modules: list[FSDPModule]) -> None:
-    """Forget the forwards run inside :func:`gathered`. FSDP2 records each forward's order of parameter groups
-    (``post_forward_order``, and each group's index in it) for the next backward's prefetch; forwards only some ranks
-    ran (evaluation on rank 0, generation of other lengths) left there make that backward prefetch another layer on
-    one rank than on the other, and the collectives pair an all-gather with a reduce-scatter: a hang (try-out 145,
-    F3: every 2-rank FSDP2 run of a student with more than one layer whose starting evaluation gave rank 1 no batch).
-    FSDP2 has no public reset; the recorded order is its private state (torch 2.13), checked by
-    ``tests/test_fsdp.py``. A backward resets it the same way, so nothing else depends on it."""
-    for m in modules:
-        for group in m._get_fsdp_state()._fsdp_param_groups:
-            group._post_forward_indices.clear()
-            group.comm_ctx.post_forward_order.clear()
+def _forget_forwards(roots: tuple[nn.Module | None, ...]) -> None:
+    """Forget the forwards run inside :func:`gathered`. FSDP2 records each forward's order of parameter groups for
+    the next backward's prefetch; forwards only some ranks ran (evaluation on rank 0, generation of other lengths)
+    left there make that backward prefetch another layer on one rank than on the other, and the collectives pair an
+    all-gather with a reduce-scatter: a hang (try-out 145, F3: every 2-rank FSDP2 run of a student with more than one
+    layer whose starting evaluation gave rank 1 no batch). ``reset_iter_state`` (FSDP2's public reset of an
+    iteration's trackers, on each root) clears them; here, between steps, no gradient reduction is in flight for it
+    to discard."""
+    for root in roots:
+        if isinstance(root, FSDPModule):
+            root.reset_iter_state()
 
 
 def requires_gradient_sync(engine: nn.Module | None, sync: bool) -> None:
