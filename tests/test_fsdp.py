@@ -425,3 +425,35 @@ def test_fsdp_with_an_evaluation_on_one_rank_and_several_layers_does_not_hang(tm
     losses = [loss_curve(tmp_path / "runs" / name) for name in ("single", "two")]
     assert losses[0].keys() == losses[1].keys() == {1, 2}
     assert all(abs(losses[0][s] - losses[1][s]) < 1e-5 for s in (1, 2)), losses
+
+
+def _teacher_steps(rank: int, out_dir: str) -> None:
+    """Four steps of a sharded frozen teacher (signal, then the step's release), and what FSDP2 still records."""
+    from types import SimpleNamespace
+
+    from ekd.models.load import build_preset
+    from ekd.teacher.online import OnlineTeacher
+    from ekd.train.fsdp import fsdp_modules, shard_frozen
+
+    teacher = build_preset("llama-tiny", 64, seed=0).eval().requires_grad_(False)
+    root = shard_frozen(teacher, torch.device("cpu"))
+    source = OnlineTeacher(teacher, 64, shard=root)
+    x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = SimpleNamespace(input_ids=x, attention_mask=torch.ones_like(x), labels=x)
+    for _ in range(4):
+        source.signal(batch, set())
+        source.release()
+    states = [m._get_fsdp_state() for m in fsdp_modules(root)]
+    recorded = sum(len(g._post_forward_indices) for s in states for g in s._fsdp_param_groups)
+    recorded += sum(len(s._comm_ctx.post_forward_order) for s in states)
+    Path(out_dir, f"recorded-{rank}.txt").write_text(str(recorded))
+
+
+def test_a_sharded_teachers_forwards_are_not_kept_step_after_step(tmp_path):
+    """FSDP2 records every forward's order of parameter groups for the next backward; a frozen sharded teacher never
+    runs one, so each step's teacher forwards were kept for good — a list growing every step (host memory of a long
+    run with teacher.placement=shard). The step's release forgets them."""
+    from dist_runs import gloo_ranks
+
+    gloo_ranks(_teacher_steps, tmp_path)
+    assert [Path(tmp_path, f"recorded-{r}.txt").read_text() for r in (0, 1)] == ["0", "0"]

@@ -47,9 +47,11 @@ class OnlineTeacher:
         return output_head(self.model, self.vocab_size)  # views of the gathered weight
 
     def release(self) -> None:
-        """Free the gathered root group of a sharded teacher (every rank calls it alike); no-op if replicated."""
+        """Free the gathered root group of a sharded teacher (every rank calls it alike), and forget the step's
+        forwards FSDP2 recorded for a backward the frozen teacher never runs (``reset_iter_state``: they were a
+        list growing every step, a host-memory leak of long runs); no-op if replicated."""
         if self.shard is not None:
-            self.shard.reshard()
+            self.shard.reset_iter_state()
 
     def available(self, batch) -> torch.Tensor:
         """(B, T) bool: positions with a teacher target — every valid position for a model in memory."""
