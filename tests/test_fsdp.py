@@ -457,3 +457,31 @@ def test_a_sharded_teachers_forwards_are_not_kept_step_after_step(tmp_path):
 
     gloo_ranks(_teacher_steps, tmp_path)
     assert [Path(tmp_path, f"recorded-{r}.txt").read_text() for r in (0, 1)] == ["0", "0"]
+
+
+def _generation_inside_gathered(rank: int, out_dir: str) -> None:
+    """Whether transformers sees the sharded student as FSDP-managed inside and after ``gathered``, and a generation
+    on rank 0 alone (a number of calls the other rank does not make)."""
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+
+    from ekd.models.load import build_preset
+    from ekd.train.fsdp import gathered, shard_student
+
+    student = build_preset("llama-tiny", 64, seed=0)
+    root = shard_student(student, {}, torch.device("cpu"))
+    with gathered(root):
+        inside = is_fsdp_managed_module(student)
+        if rank == 0:  # rank 1 generates nothing: no per-token collective may wait for it
+            student.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    torch.distributed.barrier()
+    Path(out_dir, f"managed-{rank}.txt").write_text(f"{inside} {is_fsdp_managed_module(student)}")
+
+
+def test_generation_inside_gathered_is_not_synced_across_ranks(tmp_path):
+    """Try-out 148, F1: every 2-rank FSDP2 on-policy run whose ranks made different numbers of generate calls hung:
+    transformers' generate syncs each token across ranks (synced_gpus) for a model torch marked FSDP-managed, though
+    inside ``gathered`` the weights are whole on every rank. lm-eval's generation tasks on rank 0 alone likewise."""
+    from dist_runs import gloo_ranks
+
+    gloo_ranks(_generation_inside_gathered, tmp_path)
+    assert [Path(tmp_path, f"managed-{r}.txt").read_text() for r in (0, 1)] == ["False True", "False True"]

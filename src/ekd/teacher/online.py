@@ -51,7 +51,9 @@ class OnlineTeacher:
         forwards FSDP2 recorded for a backward the frozen teacher never runs (``reset_iter_state``: they were a
         list growing every step, a host-memory leak of long runs); no-op if replicated."""
         if self.shard is not None:
-            self.shard.reset_iter_state()
+            from ekd.train.fsdp import forget_recorded_forwards
+
+            forget_recorded_forwards(self.shard)
 
     def available(self, batch) -> torch.Tensor:
         """(B, T) bool: positions with a teacher target — every valid position for a model in memory."""

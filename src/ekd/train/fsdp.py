@@ -140,7 +140,11 @@ def gathered(*roots: nn.Module | None) -> Iterator[None]:
     """Every parameter under ``roots`` all-gathered on every rank for the block, then resharded.
 
     Collective on entry and exit (every rank must enter); inside, forwards do not communicate, so one rank
-    may run alone (evaluation on rank 0) or ranks may run different numbers of forwards (generation).
+    may run alone (evaluation on rank 0) or ranks may run different numbers of forwards (generation): FSDP2
+    forgets them on exit (:func:`forget_recorded_forwards`), so use it between steps only, never between a
+    forward and its backward nor between accumulation micro-batches. transformers' ``generate`` syncs every token
+    across ranks for a model it sees FSDP-managed (``synced_gpus``); inside, it sees none (try-out 148, F1: on-policy
+    generation of another number of calls per rank, and lm-eval's generation tasks on rank 0 alone, hung).
     Memory: the full model(s) on every rank for the duration.
     """
     modules = fsdp_modules(*roots)
@@ -150,9 +154,17 @@ def gathered(*roots: nn.Module | None) -> Iterator[None]:
     for m in modules:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
+    # torch marks every module under fully_shard for Dynamo; transformers reads the mark as "sync generation"
+    marked = [
+        m for r in roots if r is not None for m in r.modules() if getattr(m, "_is_fsdp_managed_module", False)
+    ]
+    for m in marked:
+        m._is_fsdp_managed_module = False
     try:
         yield
     finally:
+        for m in marked:
+            m._is_fsdp_managed_module = True
         for m in modules:
             m.reshard()
         for m in modules:
@@ -171,7 +183,23 @@ def _forget_forwards(roots: tuple[nn.Module | None, ...]) -> None:
     to discard."""
     for root in roots:
         if isinstance(root, FSDPModule):
-            root.reset_iter_state()
+            forget_recorded_forwards(root)
+
+
+def forget_recorded_forwards(root: FSDPModule) -> None:
+    """Reshard every group of FSDP2 ``root`` and forget the forwards it recorded for a backward: its public
+    ``reset_iter_state``, or, on a torch whose FSDP2 has none yet, the same two private records cleared (review
+    149, R3: an older FSDP2 raised AttributeError here, hiding the body's own error). Only between steps: it drops
+    any gradient reduction in flight."""
+    if hasattr(root, "reset_iter_state"):
+        root.reset_iter_state()
+        return
+    root.reshard()
+    state = root._get_fsdp_state()
+    groups = getattr(state, "_fsdp_param_groups", None) or [getattr(state, "_fsdp_param_group", None)]
+    for group in (g for g in groups if g is not None):
+        group._post_forward_indices.clear()
+        group.comm_ctx.post_forward_order.clear()
 
 
 def requires_gradient_sync(engine: nn.Module | None, sync: bool) -> None:
