@@ -537,13 +537,16 @@ def test_a_lora_student_is_planned_with_its_adapters_gradients_and_under_ddp_onl
     args = ["plan", str(qwen), *shapes, "--vocab-size", "151936", "--gpus", "2", "--gpu-memory", "16GiB"]
     rc, out, err = cli(capsys, *args, "model.lora_r=16")
     assert rc == 0, err
-    assert "a LoRA student (model.lora_r > 0) runs under train.parallel=ddp only: planned as ddp" in out
-    assert "\nfsdp" not in out and "fits: train.parallel=ddp " in out, (
-        out
-    )  # full fine-tuning needed fsdp here
+    assert "model.lora_r=16 cannot run under train.parallel=fsdp: planned as ddp only" in out
+    # full fine-tuning needed fsdp here
+    assert "\nfsdp" not in out and "fits: train.parallel=ddp " in out, out
     assert "of them train: LoRA adapters" in out
     rc, out, err = cli(capsys, *args)
     assert "fits: train.parallel=fsdp " in out, out
+    # review 149, R2: what distill refuses under fsdp is one rule, the plan's too
+    rc, out, err = cli(capsys, *args, "model.export_head_rows=trim")
+    assert "model.export_head_rows=trim cannot run under train.parallel=fsdp" in out, out
+    assert "\nfsdp" not in out, out
 
 
 def test_a_self_distillation_objective_is_planned_with_its_student_copy_not_a_teacher(
@@ -626,3 +629,29 @@ def test_cpu_offload_is_planned_and_offered_when_nothing_else_fits(tmp_path, cap
         verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
         assert "train.parallel=ddp" in verdict and "train.cpu_offload=false" in verdict, out
         assert ("one GPU: train.cpu_offload offloads nothing in one process" in out) is (gpus == "1"), out
+
+
+def test_a_mode_whose_loading_does_not_fit_is_not_advised(tmp_path, capsys, monkeypatch):
+    """Review 149, R1: an fsdp+cpu row said a 1.5B student fits 5.5 GiB GPUs (4.9 GiB steady) — but every rank reads
+    the whole 5.75 GiB student onto its GPU before FSDP2 shards it, and rank 0 does under plain FSDP2 too: the
+    load's peak decides too (load_peak)."""
+    from ekd.plan import load_peak
+
+    s = shape_of("preset:llama-tiny", VOCAB)
+    t = shape_of("preset:llama-small", VOCAB)
+    kw = dict(gpus=2, placement="replicate", overhead=0)
+    assert load_peak(s, t, parallel="ddp", **kw) == 0
+    half = -(-s.params // 2)
+    assert load_peak(s, None, parallel="fsdp", **kw) == 4 * s.params + 4 * half  # rank 0: whole + its shard
+    assert load_peak(s, t, parallel="fsdp", cpu_offload=True, **kw) == 4 * s.params + 2 * t.params
+    monkeypatch.chdir(tmp_path)
+    qwen = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-1.5b-to-0.5b.yaml"
+    shapes = ["model.student=preset:qwen2.5-1.5b-shape", "model.teacher=preset:qwen2.5-1.5b-shape"]
+    batch = ["train.micro_batch_size=1", "data.block_length=512", "--vocab-size", "151936", "--gpus", "8"]
+    rc, out, err = cli(capsys, "plan", str(qwen), *shapes, *batch, "--gpu-memory", "5.5GiB")
+    assert rc == 0, err
+    assert "\nfits: " not in out and "nothing fits in 5.5 GiB" in out, out
+    assert "no (load)" in out and "no (load): the steady total fits, but loading peaks higher" in out, out
+    rc, out, err = cli(capsys, "plan", str(qwen), *shapes, *batch, "--gpu-memory", "8.6GiB")
+    verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
+    assert "; loading, before the shards, peaks at" in verdict, verdict

@@ -277,6 +277,43 @@ def host_bytes(student: ModelShape, gpus: int, param_dtype: str = "fp32") -> int
     return s * _ceil_div(student.params, n) + 3 * s * _ceil_div(student.trainable, n)
 
 
+def load_peak(
+    student: ModelShape,
+    teacher: ModelShape | None,
+    *,
+    gpus: int,
+    parallel: str,
+    placement: str,
+    cpu_offload: bool = False,
+    student_copies: int = 0,
+    param_dtype: str = "fp32",
+    teacher_bytes_per_param: int = 2,
+    overhead: int = 2 * GIB,
+) -> int:
+    """GPU bytes of the most loaded rank while the models load, before FSDP2 has sharded them (review 149, R1: an
+    ``fsdp+cpu`` row said a student fits that every rank loads whole first); 0 under DDP, whose steady state holds
+    more. The student is read whole by rank 0, which keeps it beside its own shard until the others have theirs
+    (:mod:`ekd.train.rank0_load`): s·P + s·P/N — or, with ``cpu_offload`` or a self-distillation copy, by every rank,
+    kept whole until the teacher is loaded and the copy made (the shards go to CPU after). A sharded teacher is
+    read whole by rank 0 beside its shard too. An estimate, as the activations are."""
+    if parallel != "fsdp":
+        return 0
+    n, s, p = max(gpus, 1), DTYPE_BYTES[param_dtype], student.params
+    held_whole = cpu_offload or student_copies > 0  # every rank keeps the whole student until it is sharded
+    student_load = s * p + (0 if held_whole else s * _ceil_div(p, n))
+    student_then = s * p if held_whole else s * _ceil_div(p, n)  # while the teacher loads
+    t = teacher_bytes_per_param * teacher.params if teacher is not None else 0
+    teacher_load = t + (
+        teacher_bytes_per_param * _ceil_div(teacher.params, n) if t and placement == "shard" else 0
+    )
+    teacher_after = (
+        teacher_bytes_per_param * _ceil_div(teacher.params, n) if t and placement == "shard" else t
+    )
+    return overhead + max(
+        student_load, student_then + teacher_load, student_then + teacher_after + student_copies * s * p
+    )
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -294,6 +331,12 @@ class Option:
     memory: RankMemory
     cpu_offload: bool = False
     host: int = 0  # CPU memory per rank of the offloaded student (host_bytes); 0 without offload
+    load: int = 0  # GPU bytes while the models load, before FSDP2 shards them (load_peak); 0 under DDP
+
+    @property
+    def peak(self) -> int:
+        """What the GPU must hold: the steady total, or the load's peak where it is higher."""
+        return max(self.memory.total, self.load)
 
     @property
     def mode(self) -> str:
@@ -345,7 +388,19 @@ def plan_options(
             overhead=overhead,
         )
         host = host_bytes(student, gpus, param_dtype) if offload else 0
-        out.append(Option(par, place if teacher is not None else "-", ac, memory, offload, host))
+        load = load_peak(
+            student,
+            teacher,
+            gpus=gpus,
+            parallel=par,
+            placement=place,
+            cpu_offload=offload,
+            student_copies=student_copies,
+            param_dtype=param_dtype,
+            teacher_bytes_per_param=teacher_bytes_per_param,
+            overhead=overhead,
+        )
+        out.append(Option(par, place if teacher is not None else "-", ac, memory, offload, host, load))
     return out
 
 
@@ -402,13 +457,13 @@ def format_plan(
     ]
     for o in options:
         m = o.memory
-        fits = "yes" if m.total <= gpu_memory else "no"
+        fits = "yes" if o.peak <= gpu_memory else "no (load)" if m.total <= gpu_memory else "no"
         lines.append(
             f"{o.mode:9} {o.placement:10} {'on' if o.activation_checkpointing else 'off':8}"
             f"{gib(m.teacher)}{gib(m.params)}{gib(m.grads)}{gib(m.ddp_buckets)}{gib(m.optimizer)}"
             f"{gib(m.gathered)}{gib(m.activations)}{gib(m.head)}{gib(m.total)}  {fits}"
         )
-    fitting = [o for o in options if o.memory.total <= gpu_memory]
+    fitting = [o for o in options if o.peak <= gpu_memory]
     lines.append("")
     if fitting:
         best = fitting[0]
@@ -421,18 +476,24 @@ def format_plan(
         host = (
             f"; and {_size(best.host)} of CPU memory per rank for the offloaded student" if best.host else ""
         )
+        loading = (
+            f"; loading, before the shards, peaks at {best.load / GIB:.1f}"
+            if best.load > best.memory.total
+            else ""
+        )
         lines.append(
-            f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank{host})"
+            f"fits: {' '.join(keys)} ({best.memory.total / GIB:.1f} of {gpu_memory / GIB:.1f} GiB per rank"
+            f"{loading}{host})"
         )
     else:
-        least = min(options, key=lambda o: o.memory.total)
+        least = min(options, key=lambda o: o.peak)
         if least.memory.overhead >= gpu_memory:  # no mode, GPU count or batch size can help
             fix = (
                 f"the fixed {_size(least.memory.overhead)} of CUDA overhead (context, allocator, NCCL buffers) "
                 "alone fills it; check --gpu-memory, the memory of one GPU (e.g. 80GiB)"
             )
         else:
-            fix = f"the smallest option needs {least.memory.total / GIB:.1f} GiB per rank; "
+            fix = f"the smallest option needs {least.peak / GIB:.1f} GiB per rank; "
             if smaller_chunk is not None:  # try-out 118, F1: the head's buffers do not shrink with the batch
                 rows, total = smaller_chunk
                 fix += (
@@ -444,6 +505,11 @@ def format_plan(
                 fix += "use more GPUs"
             fix += ", a smaller train.micro_batch_size or data.block_length"
         lines.append(f"nothing fits in {_size(gpu_memory)}: {fix}")
+    if any(o.memory.total <= gpu_memory < o.peak for o in options):
+        lines.append(
+            "no (load): the steady total fits, but loading peaks higher (rank 0 reads the whole student, and a "
+            "sharded teacher, before FSDP2 shards them; with train.cpu_offload every rank reads the whole student)"
+        )
     if any(o.cpu_offload for o in options):
         lines.append(
             "fsdp+cpu: FSDP2 with the student's shards, their gradients and AdamW state in CPU memory "
@@ -476,6 +542,7 @@ def plan_config(
             (:func:`ekd.train.prepare.check_cache_run`).
     """
     from ekd.config.inert import SELF_TARGETS
+    from ekd.config.validate import fsdp_refusal
     from ekd.losses.chunked import auto_chunk_rows
     from ekd.models.load import is_preset
     from ekd.train.prepare import (
@@ -524,15 +591,9 @@ def plan_config(
     if gpus == 1 and cfg.train.cpu_offload:
         note += "one GPU: train.cpu_offload offloads nothing in one process; planned without it\n"
     # what distill refuses under FSDP2 is not planned there (try-out 144, F1: a LoRA run was advised fsdp)
-    ddp_only = (
-        "a LoRA student (model.lora_r > 0)"
-        if cfg.model.lora_r > 0
-        else f"method.objective={objective}"
-        if objective == "ema_self_distill"
-        else ""
-    )
-    if ddp_only and "fsdp" in parallel:
-        note += f"{ddp_only} runs under train.parallel=ddp only: planned as ddp\n"
+    if "fsdp" in parallel and (refusal := fsdp_refusal(cfg)) is not None:
+        key, _ = refusal
+        note += f"{key}={_value_of(cfg, key)} cannot run under train.parallel=fsdp: planned as ddp only\n"
         parallel = ("ddp",)
     if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
         if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
@@ -618,15 +679,15 @@ def plan_config(
     # mode for "not even 1/W fits" was never planned); in one process it offloads nothing
     offload = gpus > 1 and "fsdp" in parallel
     options = options_at(chunk_rows=chunk, cpu_offload=offload and cfg.train.cpu_offload)
-    if offload and all(o.memory.total > gpu_memory for o in options):
+    if offload and all(o.peak > gpu_memory for o in options):
         options = options_at(chunk_rows=chunk, cpu_offload=True)
     options_at = partial(options_at, cpu_offload=offload and any(o.cpu_offload for o in options))
     smaller_chunk = None
-    if all(o.memory.total > gpu_memory for o in options):  # the largest multiple of 64 rows that fits, if any
+    if all(o.peak > gpu_memory for o in options):  # the largest multiple of 64 rows that fits, if any
         rows = (min(chunk, tokens) - 1) // MIN_PLANNED_CHUNK * MIN_PLANNED_CHUNK
         while smaller_chunk is None and rows >= MIN_PLANNED_CHUNK:
-            fitting = [o for o in options_at(chunk_rows=rows) if o.memory.total <= gpu_memory]
-            smaller_chunk = (rows, fitting[0].memory.total) if fitting else None
+            fitting = [o for o in options_at(chunk_rows=rows) if o.peak <= gpu_memory]
+            smaller_chunk = (rows, fitting[0].peak) if fitting else None
             rows -= MIN_PLANNED_CHUNK
     return note + format_plan(
         cfg.model.student,
@@ -641,6 +702,11 @@ def plan_config(
         self_teacher,
         cfg.train.cpu_offload,
     )
+
+
+def _value_of(cfg, key: str) -> object:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
 
 
 MIN_PLANNED_CHUNK = 64
