@@ -323,6 +323,6 @@ def test_documents_a_tokenizer_reads_none_of_are_said_and_none_at_all_refused_fo
     with pytest.raises(ConfigError) as e:
         list(token_chunks(none, tok, boundary))
     assert str(e.value).startswith(
-        "the run's tokenizer (TokenizersBackend) gives no token for any of the 2 documents (first: d.txt:1): "
+        "the run's tokenizer (TokenizersBackend) gives no token for any of its 2 documents (first: d.txt:1): "
         "it reads none of this text; check that model.tokenizer is the models' own"
     ), e.value

@@ -649,6 +649,15 @@ def test_a_runs_recorded_keywords_are_not_said_of_a_directory_where_eval_or_comp
         assert not [r.getMessage() for r in caplog.records if "keyword" in r.getMessage()]
         load_config(None, ["model.tokenizer=teacher"])  # a config given here: said
     assert any("model.tokenizer=teacher is ekd's keyword" in r.getMessage() for r in caplog.records)
+    (tmp_path / "pystdlib").mkdir()  # a keyword typed to `ekd eval RUN` is (review 149, R6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+        assert main(["-q", "eval", run, "data.eval_sources={std: pystdlib}", "data.max_chars=20000"]) == 0
+    said = [r.getMessage() for r in caplog.records if "keyword" in r.getMessage()]
+    assert said == [
+        "data.eval_sources=pystdlib is ekd's keyword, not the directory ./pystdlib here, which is not used; write "
+        "data.eval_sources=./pystdlib to use it"
+    ], said
 
 
 def test_a_default_keyword_or_one_naming_the_directory_it_means_is_not_said(tmp_path, monkeypatch, caplog):

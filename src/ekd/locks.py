@@ -279,7 +279,9 @@ def readers_lock(directory: Path) -> Path:
 def flock_holders(path: Path) -> list[int]:
     """The pids of this machine's processes holding a flock on ``path`` (``/proc/locks``, Linux), sorted; [] where
     none, where it cannot be read (another system) or ``path`` is gone. A readers' lock holds no pid of its own (any
-    number share it): this is how its refusals name who reads (try-out 131: they named no process)."""
+    number share it): this is how its refusals name who reads (try-out 131: they named no process). A file system
+    whose device numbers differ from the kernel's lock table (btrfs subvolumes) finds none: the refusal then names no
+    process, as before."""
     try:
         st = os.stat(path)
         with open("/proc/locks") as f:
@@ -288,21 +290,26 @@ def flock_holders(path: Path) -> list[int]:
         return []
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     pids = set()
-    for line in table:  # "1: FLOCK  ADVISORY  READ  4242 fe:00:5677790 0 EOF" (a waiter's "-> FLOCK ...")
+    for line in table:  # "1: FLOCK  ADVISORY  READ  4242 fe:00:5677790 0 EOF"; a waiter's "1: -> FLOCK ..."
         fields = line.split()
-        if "FLOCK" in fields and len(fields) >= 6:
-            at = fields.index("FLOCK")
-            if len(fields) > at + 4 and fields[at + 4] == device and fields[at + 3].isdigit():
-                pids.add(int(fields[at + 3]))
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            pids.add(
+                int(fields[4])
+            )  # 0: a holder in another pid namespace (container), which has no pid here
     pids.discard(os.getpid())
     return sorted(pids)
 
 
+def _pid_words(pid: int) -> str:
+    return str(pid) if pid > 0 else "one in another container"
+
+
 def pids_said(pids: list[int]) -> str:
-    """``", pid 4242 on node-7"`` / ``", pids 4242, 4243 on node-7"`` for :func:`flock_holders`, '' for none."""
+    """``", pid 4242"`` / ``", pids 4242, 4243"`` for :func:`flock_holders` (this machine's processes, as
+    :meth:`FileLock.holder_said` names a pid of this host), '' for none."""
     if not pids:
         return ""
-    return f", {'pid' if len(pids) == 1 else 'pids'} {', '.join(map(str, pids))} on {socket.gethostname()}"
+    return f", {'pid' if len(pids) == 1 else 'pids'} {', '.join(map(_pid_words, pids))}"
 
 
 class ReadLock:

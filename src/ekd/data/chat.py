@@ -211,7 +211,7 @@ class SkippedRows:
         documents: Documents tokenized (chat rows and text documents alike), for :attr:`tokenless`.
         tokenless: Of those, documents with text whose tokenization gave no token (``tokenless_first`` the first's
             ``doc_id``): a tokenizer that reads none of the text (try-out 147, F1), said by
-            :func:`~ekd.data.packing.settle_skipped`; ``tokenizer`` names its class.
+            :func:`~ekd.data.packing.settle_skipped`; ``tokenizer`` names its class, ``split`` the split.
     """
 
     what: str
@@ -223,6 +223,7 @@ class SkippedRows:
     tokenless: int = 0
     tokenless_first: str = ""
     tokenizer: str = ""
+    split: str = ""
 
     @property
     def first(self) -> str:

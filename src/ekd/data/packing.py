@@ -333,7 +333,7 @@ def token_chunks(
     skipped = SkippedRows("data.format=chat: rows") if skipped is None else skipped
     own_prompt_checks = prompt_checks is None
     prompt_checks = PromptBoundaryCheck() if prompt_checks is None else prompt_checks
-    skipped.tokenizer = type(tokenizer).__name__
+    skipped.tokenizer, skipped.split = type(tokenizer).__name__, split
     total = 0
     for batch in _batched(docs, chunk):
         # the first document over the length limit: the chunk stops before it, the refusal comes after
@@ -353,7 +353,7 @@ def token_chunks(
         used = 0
         for doc, tokens, targets, framed in _tokenized(batch, tokenizer, chat, skipped, prompt_checks):
             skipped.documents += 1
-            if not tokens:  # text the tokenizer reads none of (empty documents were dropped before)
+            if not tokens:  # text the tokenizer reads none of (or only whitespace, kept by data.min_chars=0)
                 skipped.tokenless += 1
                 skipped.tokenless_first = skipped.tokenless_first or doc.doc_id
                 continue
@@ -397,15 +397,17 @@ def settle_skipped(skipped: SkippedRows, tokens: int) -> None:
     if not skipped.tokenless:
         return
     tokenizer = f"the run's tokenizer ({skipped.tokenizer})" if skipped.tokenizer else "the run's tokenizer"
+    split = f"{skipped.split}: " if skipped.split else ""
     if not tokens:
         raise ConfigError(
-            f"{tokenizer} gives no token for any of the {counted(skipped.documents, 'document')} (first: "
+            f"{split}{tokenizer} gives no token for any of its {counted(skipped.documents, 'document')} (first: "
             f"{skipped.tokenless_first}): it reads none of this text; check that model.tokenizer is the models' "
             "own (one saved beside a model is loaded as the class its tokenizer_config.json names, or as that "
             "model's)"
         )
     logger.warning(
-        "%s of %s gave no token with %s and are left out (first: %s): text it reads none of",
+        "%s%s of %s gave no token with %s and are left out (first: %s): text it reads none of",
+        split,
         skipped.tokenless,
         counted(skipped.documents, "document"),
         tokenizer,

@@ -114,10 +114,7 @@ class LoraStudent:
                 "LoRA adapts linear layers: %s hold weights outside them that no adapter reaches, which stay "
                 "frozen%s; train without LoRA (model.lora_r=0) to update them",
                 ", ".join(f"{name} ({n:,} parameters)" for name, n in frozen.items()),
-                " (a mixture of experts' fused experts or router: only what peft adapts trains, here attention and "
-                "any shared expert)"
-                if moe
-                else "",
+                " (a mixture of experts' fused weights this peft does not adapt)" if moe else "",
             )
         return cls(model, wrapper, model_cfg.lora_train_head)
 

@@ -221,12 +221,11 @@ def verify_checkpoint(path: Path) -> None:
         files = manifest["files"]
         if manifest.get("format") != FORMAT or not isinstance(files, dict) or not files:
             raise ValueError
-        if manifest.get("step") != checkpoint_step(
-            path
-        ):  # a checkpoint copied or renamed here (try-out 145, F6)
+        step = checkpoint_step(path)
+        if manifest.get("step") != step:  # a checkpoint copied or renamed here (try-out 145, F6)
             raise CheckpointError(
-                f"{manifest_path} is of step {manifest.get('step')}, not {checkpoint_step(path)} as its directory "
-                f"{path.name} says (copied or renamed from another step?)"
+                f"{manifest_path} is of step {manifest.get('step')}, not {step} as its directory {path.name} says "
+                "(copied or renamed from another step?)"
             )
     except FileNotFoundError:
         raise CheckpointError(f"{manifest_path} is missing (no checksums to verify the checkpoint)") from None

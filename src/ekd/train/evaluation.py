@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
+from ekd.config.paths import say_keywords
 from ekd.errors import ConfigError, EkdError, ModelError
 from ekd.io import make_dirs
 from ekd.models.load import dtype_name
@@ -166,6 +167,11 @@ def say_non_finite_teacher(
 DIVERGED_PPL_FACTOR = 10
 
 
+STILL_AT_START = 1.1
+"""A diverged-looking perplexity at most this × the starting student's is where it started (the last steps' noise),
+not a divergence of the training (:func:`say_divergence`)."""
+
+
 def say_divergence(
     name: str,
     ppl: float,
@@ -184,8 +190,7 @@ def say_divergence(
     bound = DIVERGED_PPL_FACTOR * vocab_size
     if not ppl > bound:  # NaN too: said where the loss is checked
         return
-    # not risen past its start (within 10%: the last steps' noise) is where it started
-    if not before_training and start is not None and start > bound and ppl <= 1.1 * start:
+    if not before_training and start is not None and start > bound and ppl <= STILL_AT_START * start:
         log.warning(
             "eval set '%s': the student's perplexity %.3g is over %d× the vocabulary's size (%s; a uniform guess "
             "scores that), as it was before training (%.3g): its starting weights put it there, not the training "
@@ -300,6 +305,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         refusal = _training_override_conflict(run_dir, flat, given, e)
         raise refusal or _saved_rule_failure(run_dir, flat, given, overrides or [], e) from None
     _say_training_overrides(run_dir, flat, given)
+    say_keywords(cfg, given)  # a keyword typed here (the run's record is not: config_from_dict)
     try:  # as the saved config reads it (00, 0x0: 0 — try-out 92, F6)
         saved_seed = int(flat.get("run.seed", Config().run.seed))
     except (TypeError, ValueError):

@@ -9,15 +9,10 @@ RS_COUNTS = ("rs_drawn", "rs_rows")
 """Run totals of online RS's distinct ids drawn and the rows they were drawn for (``train/rs_unique_ids`` over
 every step; try-out 129, F4: rebuilt from the logged rows, ``log.every`` changed a run's teacher bytes per token)."""
 
-NO_EARLIER_SEGMENTS = {
-    "seconds": 0.0,
-    "selected": 0.0,
-    "valid": 0.0,
-    "layouts": [],
-    "rs_drawn": 0.0,
-    "rs_rows": 0.0,
-}
-"""The ``earlier`` of a new run's first segment: nothing before it (:func:`run_totals` reads it, never writes)."""
+
+def no_earlier_segments() -> dict:
+    """The ``earlier`` of a new run's first segment: nothing before it (a fresh dict each time)."""
+    return {"seconds": 0.0, "selected": 0.0, "valid": 0.0, "layouts": [], "rs_drawn": 0.0, "rs_rows": 0.0}
 
 
 def run_totals(

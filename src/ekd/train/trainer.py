@@ -115,7 +115,7 @@ from ekd.train.rank_work import (
 )
 from ekd.train.run_dir import RunDirError, RunStart, moved_teacher, read_marker, saved_config
 from ekd.train.run_tokenizer import say_if_auto_differs, tokenizer_facts
-from ekd.train.run_totals import NO_EARLIER_SEGMENTS, run_totals, segment_layouts, totals_record
+from ekd.train.run_totals import no_earlier_segments, run_totals, segment_layouts, totals_record
 from ekd.train.same_settings import rank_settings
 from ekd.train.sharded_checkpoint import (
     verified_on_main,
@@ -490,10 +490,11 @@ def _train(
     run = CheckpointedRun(
         cfg, ranks, run_dir, start, student, optimizer, extra_modules, parts, loader, kept, saved_tensors
     )
+    del loader, kept  # run.loader and run.kept from here: a --resume may replace them
 
     start_step, resumed_at = 0, None
     # the segments before this one (a new run: none), and this one's device layout
-    earlier: dict | None = NO_EARLIER_SEGMENTS
+    earlier: dict | None = no_earlier_segments()
     layout = _segment_layout(cfg, ranks, amp, teacher_model, parts)
     arithmetic = {k: layout[k] for k in ("autocast", "teacher_dtype") if k in layout}
     run_on_main(ranks, lambda: start.record_arithmetic(arithmetic), "record the run's arithmetic")
