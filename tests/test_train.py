@@ -186,6 +186,14 @@ def test_a_student_that_started_diverged_is_not_blamed_on_the_learning_rate(
         assert ekd_main(["-q", "eval", str(cfg.run_dir)]) == 0
     said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
     assert len(said) == 1 and "as it was before training" in said[0], said
+    caplog.clear()  # a --resume reads the start's figures back (review 149, R9)
+    resumed = load_config(
+        overrides=tiny_overrides(tmp_path, corpus, "far-off") + [*overrides[1:], "train.max_steps=3"]
+    )
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        train(resumed, resume=True)
+    said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
+    assert len(said) == 1 and "as it was before training" in said[0], said
     cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "x"))
     for start, words in (
         (None, "its training has diverged (or the student started there: eval.student_init=true scores it"),
