@@ -651,6 +651,8 @@ def test_a_mode_whose_loading_does_not_fit_is_not_advised(tmp_path, capsys, monk
     rc, out, err = cli(capsys, "plan", str(qwen), *shapes, *batch, "--gpu-memory", "5.5GiB")
     assert rc == 0, err
     assert "\nfits: " not in out and "nothing fits in 5.5 GiB" in out, out
+    verdict = out.split("nothing fits in 5.5 GiB")[1].splitlines()[0]  # try-out 150, F1: no advice that loops
+    assert "GiB per rank while its models load" in verdict and "micro_batch_size" not in verdict, verdict
     assert "no (load)" in out and "no (load): the steady total fits, but loading peaks higher" in out, out
     rc, out, err = cli(capsys, "plan", str(qwen), *shapes, *batch, "--gpu-memory", "8.6GiB")
     verdict = next(line for line in out.splitlines() if line.startswith("fits: "))

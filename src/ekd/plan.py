@@ -492,6 +492,12 @@ def format_plan(
                 f"the fixed {_size(least.memory.overhead)} of CUDA overhead (context, allocator, NCCL buffers) "
                 "alone fills it; check --gpu-memory, the memory of one GPU (e.g. 80GiB)"
             )
+        elif least.load > least.memory.total:  # try-out 150, F1: batch, block and chunk do not shrink a load
+            fix = (
+                f"the smallest option needs {least.load / GIB:.1f} GiB per rank while its models load (rank 0, or "
+                "every rank with train.cpu_offload, reads the whole student before FSDP2 shards it), "
+                f"{least.memory.total / GIB:.1f} after; only GPUs with more memory help"
+            )
         else:
             fix = f"the smallest option needs {least.peak / GIB:.1f} GiB per rank; "
             if smaller_chunk is not None:  # try-out 118, F1: the head's buffers do not shrink with the batch
