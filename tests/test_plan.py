@@ -501,6 +501,18 @@ def test_two_hugging_face_models_beside_a_mistyped_tokenizer_path_are_refused(tm
     assert f"{typo}" in line and "does not exist" in line, line
 
 
+def _one_micro_batch(parallel: str) -> dict:
+    """``estimate``'s keywords for 2 GPUs, a replicated teacher and a 64-token micro-batch under ``parallel``."""
+    return dict(
+        gpus=2,
+        parallel=parallel,
+        placement="replicate",
+        tokens=64,
+        chunk_rows=64,
+        activation_checkpointing=False,
+    )
+
+
 def test_a_lora_student_is_planned_with_its_adapters_gradients_and_under_ddp_only(
     tmp_path, capsys, monkeypatch
 ):
@@ -516,14 +528,7 @@ def test_a_lora_student_is_planned_with_its_adapters_gradients_and_under_ddp_onl
     trains = sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert planned.trainable == trains < planned.params == sum(p.numel() for p in real.parameters())
     assert shape_of("preset:llama-tiny", VOCAB).trainable == shape_of("preset:llama-tiny", VOCAB).params
-    kw = dict(
-        gpus=2,
-        parallel="ddp",
-        placement="replicate",
-        tokens=64,
-        chunk_rows=64,
-        activation_checkpointing=False,
-    )
+    kw = _one_micro_batch("ddp")
     m = estimate(planned, None, **kw)
     assert (m.grads, m.ddp_buckets, m.optimizer, m.params) == (
         4 * trains,
@@ -590,14 +595,7 @@ def test_cpu_offload_is_planned_and_offered_when_nothing_else_fits(tmp_path, cap
     from ekd.plan import host_bytes
 
     s = shape_of("preset:llama-tiny", VOCAB)
-    kw = dict(
-        gpus=2,
-        parallel="fsdp",
-        placement="replicate",
-        tokens=64,
-        chunk_rows=64,
-        activation_checkpointing=False,
-    )
+    kw = _one_micro_batch("fsdp")
     sharded, offloaded = estimate(s, None, **kw), estimate(s, None, **kw, cpu_offload=True)
     assert (offloaded.params, offloaded.grads, offloaded.optimizer) == (0, 0, 0)
     assert offloaded.total == sharded.total - sharded.params - sharded.grads - sharded.optimizer
