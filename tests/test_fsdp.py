@@ -443,6 +443,12 @@ def _teacher_steps(rank: int, out_dir: str) -> None:
     for _ in range(4):
         source.signal(batch, set())
         source.release()
+    # an FSDP2 without reset_iter_state (an older torch; this process only): the fallback forgets them too
+    type(root).reset_iter_state = property(lambda self: (_ for _ in ()).throw(AttributeError))
+    assert not hasattr(root, "reset_iter_state")
+    for _ in range(2):
+        source.signal(batch, set())
+        source.release()
     states = [m._get_fsdp_state() for m in fsdp_modules(root)]
     recorded = sum(len(g._post_forward_indices) for s in states for g in s._fsdp_param_groups)
     recorded += sum(len(s._comm_ctx.post_forward_order) for s in states)

@@ -194,12 +194,13 @@ def forget_recorded_forwards(root: FSDPModule) -> None:
     if hasattr(root, "reset_iter_state"):
         root.reset_iter_state()
         return
-    root.reshard()
-    state = root._get_fsdp_state()
-    groups = getattr(state, "_fsdp_param_groups", None) or [getattr(state, "_fsdp_param_group", None)]
-    for group in (g for g in groups if g is not None):
-        group._post_forward_indices.clear()
-        group.comm_ctx.post_forward_order.clear()
+    for module in fsdp_modules(root):  # the root and every layer under it
+        module.reshard()
+        state = module._get_fsdp_state()
+        groups = getattr(state, "_fsdp_param_groups", None) or [getattr(state, "_fsdp_param_group", None)]
+        for group in (g for g in groups if g is not None):
+            group._post_forward_indices.clear()
+            group.comm_ctx.post_forward_order.clear()
 
 
 def requires_gradient_sync(engine: nn.Module | None, sync: bool) -> None:
