@@ -1395,7 +1395,6 @@ def test_a_cache_built_with_another_shard_size_is_kept_by_asking_for_its_size(se
     assert "shard_samples [teacher.cache_shard_samples]: expected 16, found 8" in line, line
     assert "keep it with teacher.cache_shard_samples=8 (the size it was built with), or rebuild" in line, line
     assert _tree_sha256(setup["cache"]) == before
-    assert (
-        main(["-q", "cache", setup["cfg"], "teacher.cache_shard_samples=8"]) == 0
-    )  # the way: kept, as it was
+    # the way: kept, as it was
+    assert main(["-q", "cache", setup["cfg"], "teacher.cache_shard_samples=8"]) == 0
     assert _tree_sha256(setup["cache"]) == before

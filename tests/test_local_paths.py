@@ -822,9 +822,8 @@ def test_overwrite_after_an_older_ekds_killed_overwrite_of_a_linked_run_keeps_th
     base = tiny_overrides(tmp_path, corpus, "y", **{"train.max_steps": 1})
     assert main(["-q", "distill", *base, "train.lr=0.002", "--overwrite"]) == 0, capsys.readouterr().err
     assert (runs / "y").is_symlink() and (runs / "y").resolve() == (big / "y").resolve()
-    assert (
-        json.loads((big / "y" / "ekd-run.json").read_text())["run_id"] != first
-    )  # the new run, where it leads
+    # the new run, where it leads
+    assert json.loads((big / "y" / "ekd-run.json").read_text())["run_id"] != first
     assert not [p for d in (runs, big) for p in d.iterdir() if p.name.endswith(".replaced")]
 
 

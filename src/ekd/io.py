@@ -272,6 +272,14 @@ def restore_dir(path: Path) -> None:
         old.rename(path)
 
 
+def bytes_under(directory: Path | str) -> int:
+    """Bytes of the files under ``directory``, its subdirectories too; a link counted as itself, not followed."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        total += sum(os.lstat(os.path.join(root, name)).st_size for name in files)
+    return total
+
+
 def _readable_as_umask_says(directory: Path) -> None:
     """Give the files under ``directory`` the mode a plain ``open`` would (0666 less the umask): a library that
     writes through a private temp file leaves 0600 (try-out 38: transformers' ``model.safetensors`` of every export

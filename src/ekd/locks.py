@@ -293,9 +293,8 @@ def flock_holders(path: Path) -> list[int]:
     for line in table:  # "1: FLOCK  ADVISORY  READ  4242 fe:00:5677790 0 EOF"; a waiter's "1: -> FLOCK ..."
         fields = line.split()
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
-            pids.add(
-                int(fields[4])
-            )  # 0: a holder in another pid namespace (container), which has no pid here
+            # 0: a holder in another pid namespace (container), which has no pid here
+            pids.add(int(fields[4]))
     pids.discard(os.getpid())
     return sorted(pids)
 
@@ -350,7 +349,7 @@ class ReadLock:
         return True
 
     def holders_said(self) -> str:
-        """Who holds it the other way, as a refusal names them: ``", pid 4242 on node-7"``, '' where unknown."""
+        """Who holds it the other way, as a refusal names them: ``", pid 4242"``, '' where unknown."""
         return pids_said(flock_holders(self.path))
 
     def release(self) -> None:

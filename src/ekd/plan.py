@@ -120,9 +120,7 @@ def model_shape(model: nn.Module, what: str = "the model") -> ModelShape:
         layer_params=layer_params,
         root_params=sum(n for i, n in unique.items() if i not in in_layers),
         layer_activations=layer_activations(model, layers[0], int(config.hidden_size)),
-        trainable=sum(
-            p.numel() for i, p in {id(p): p for p in model.parameters()}.items() if p.requires_grad
-        ),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),  # parameters() is unique
     )
 
 
@@ -302,13 +300,10 @@ def load_peak(
     held_whole = cpu_offload or student_copies > 0  # every rank keeps the whole student until it is sharded
     student_load = s * p + (0 if held_whole else s * _ceil_div(p, n))
     student_then = s * p if held_whole else s * _ceil_div(p, n)  # while the teacher loads
-    t = teacher_bytes_per_param * teacher.params if teacher is not None else 0
-    teacher_load = t + (
-        teacher_bytes_per_param * _ceil_div(teacher.params, n) if t and placement == "shard" else 0
-    )
-    teacher_after = (
-        teacher_bytes_per_param * _ceil_div(teacher.params, n) if t and placement == "shard" else t
-    )
+    whole = teacher_bytes_per_param * teacher.params if teacher is not None else 0
+    shard = teacher_bytes_per_param * _ceil_div(teacher.params, n) if whole and placement == "shard" else 0
+    teacher_load = whole + shard  # a sharded teacher: rank 0's whole copy beside its shard
+    teacher_after = shard or whole
     return overhead + max(
         student_load, student_then + teacher_load, student_then + teacher_after + student_copies * s * p
     )
@@ -371,35 +366,28 @@ def plan_options(
     for (par, offload), ac, place in itertools.product(modes, activation_checkpointing, placement):
         if teacher is None and place == "shard":
             continue  # nothing to place
+        # what the steady state and the load share: the layout, the dtypes, the copies, the overhead
+        layout = dict(
+            gpus=gpus,
+            parallel=par,
+            placement=place,
+            cpu_offload=offload,
+            student_copies=student_copies,
+            param_dtype=param_dtype,
+            teacher_bytes_per_param=teacher_bytes_per_param,
+            overhead=overhead,
+        )
         memory = estimate(
             student,
             teacher,
-            gpus=gpus,
-            parallel=par,
-            placement=place,
             tokens=tokens,
             chunk_rows=chunk_rows,
             activation_checkpointing=ac,
-            param_dtype=param_dtype,
             activation_bytes=activation_bytes,
-            teacher_bytes_per_param=teacher_bytes_per_param,
-            student_copies=student_copies,
-            cpu_offload=offload,
-            overhead=overhead,
+            **layout,
         )
         host = host_bytes(student, gpus, param_dtype) if offload else 0
-        load = load_peak(
-            student,
-            teacher,
-            gpus=gpus,
-            parallel=par,
-            placement=place,
-            cpu_offload=offload,
-            student_copies=student_copies,
-            param_dtype=param_dtype,
-            teacher_bytes_per_param=teacher_bytes_per_param,
-            overhead=overhead,
-        )
+        load = load_peak(student, teacher, **layout)
         out.append(Option(par, place if teacher is not None else "-", ac, memory, offload, host, load))
     return out
 
@@ -599,7 +587,7 @@ def plan_config(
     # what distill refuses under FSDP2 is not planned there (try-out 144, F1: a LoRA run was advised fsdp)
     if "fsdp" in parallel and (refusal := fsdp_refusal(cfg)) is not None:
         key, _ = refusal
-        note += f"{key}={_value_of(cfg, key)} cannot run under train.parallel=fsdp: planned as ddp only\n"
+        note += f"{key}={cfg.value(key)} cannot run under train.parallel=fsdp: planned as ddp only\n"
         parallel = ("ddp",)
     if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
         if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
@@ -683,16 +671,17 @@ def plan_config(
     )
     # FSDP2 with its shards in CPU memory where the config asks for it, or nothing else fits (try-out 144, F3: the
     # mode for "not even 1/W fits" was never planned); in one process it offloads nothing
-    offload = gpus > 1 and "fsdp" in parallel
-    options = options_at(chunk_rows=chunk, cpu_offload=offload and cfg.train.cpu_offload)
-    if offload and all(o.peak > gpu_memory for o in options):
+    can_offload = gpus > 1 and "fsdp" in parallel
+    offload = can_offload and cfg.train.cpu_offload
+    options = options_at(chunk_rows=chunk, cpu_offload=offload)
+    if can_offload and not offload and all(o.peak > gpu_memory for o in options):
+        offload = True
         options = options_at(chunk_rows=chunk, cpu_offload=True)
-    options_at = partial(options_at, cpu_offload=offload and any(o.cpu_offload for o in options))
     smaller_chunk = None
     if all(o.peak > gpu_memory for o in options):  # the largest multiple of 64 rows that fits, if any
         rows = (min(chunk, tokens) - 1) // MIN_PLANNED_CHUNK * MIN_PLANNED_CHUNK
         while smaller_chunk is None and rows >= MIN_PLANNED_CHUNK:
-            fitting = [o for o in options_at(chunk_rows=rows) if o.peak <= gpu_memory]
+            fitting = [o for o in options_at(chunk_rows=rows, cpu_offload=offload) if o.peak <= gpu_memory]
             smaller_chunk = (rows, fitting[0].peak) if fitting else None
             rows -= MIN_PLANNED_CHUNK
     return note + format_plan(
@@ -708,11 +697,6 @@ def plan_config(
         self_teacher,
         cfg.train.cpu_offload,
     )
-
-
-def _value_of(cfg, key: str) -> object:
-    section, name = key.split(".", 1)
-    return getattr(getattr(cfg, section), name)
 
 
 MIN_PLANNED_CHUNK = 64

@@ -578,7 +578,7 @@ def _set_on(cfg: Any, key: str) -> Any:
     """The value of ``key`` (``section.field``) when the config sets it away from its default and not to an off
     value (0, false, empty: nothing is lost where it goes unread), else None."""
     section, name = key.split(".")
-    value = getattr(getattr(cfg, section), name)
+    value = cfg.value(key)
     return value if value != getattr(type(getattr(cfg, section))(), name) and value else None
 
 

@@ -495,7 +495,7 @@ def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None, type
     """Config from a flat dict of dotted keys; the method preset's values fill keys not set explicitly. Local
     paths (relative to the working directory) come out absolute (:mod:`ekd.config.paths`). ``texts``: key → its
     value as written in a YAML file (:func:`scalar_texts`), which text keys keep (:func:`coerce`). ``typed``:
-    False for a run's recorded config (:func:`~ekd.config.paths.resolve_path`)."""
+    False for a run's recorded config, whose keywords are not said (:func:`~ekd.config.paths.say_keywords`)."""
     from ekd.methods import preset_values  # local import: methods imports config types
 
     preset = str(flat.get("method.preset", MethodConfig.preset))

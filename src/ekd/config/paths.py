@@ -173,8 +173,7 @@ def say_keywords(cfg: Any, given: Iterable[str]) -> None:
     for key in given:
         if key not in KEYWORDS and key not in ("data.source", "data.eval_sources"):
             continue
-        section, name = key.split(".", 1)
-        value = getattr(getattr(cfg, section), name)
+        value = cfg.value(key)
         for word in value.values() if isinstance(value, dict) else [value]:
             if not _is_keyword(key, word) or not _existing(word) or (key, word) in _SAID:
                 continue

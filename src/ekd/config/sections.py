@@ -654,6 +654,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def value(self, key: str) -> Any:
+        """The value of dotted ``key`` (``section.field``)."""
+        section, name = key.split(".", 1)
+        return getattr(getattr(self, section), name)
+
     def to_yaml(self) -> str:
         """The config as YAML that any reader takes back as the same values (:class:`_QuotingDumper`)."""
         return yaml.dump(self.to_dict(), Dumper=_QuotingDumper, sort_keys=False)

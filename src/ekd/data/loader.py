@@ -10,6 +10,7 @@ would have.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,33 @@ import torch
 from ekd.config import ConfigError
 from ekd.data.collate import Batch, collate
 from ekd.data.packing import PackedBlocks
+from ekd.words import counted
+
+log = logging.getLogger(__name__)
+
+
+def blocks_with_targets(blocks: PackedBlocks) -> torch.Tensor:
+    """(n,) the training blocks a step can learn from (:meth:`~ekd.data.packing.PackedBlocks.rows_with_targets`);
+    the others are left out of the loader's order, said in one line (try-out 24: tool-heavy chat rows cut into
+    128-token blocks left 150 of 282 blocks without a target, and their steps moved the weights on nothing).
+
+    Raises:
+        ConfigError: no block holds a target.
+    """
+    with_targets = blocks.rows_with_targets()
+    if not with_targets.numel():
+        raise ConfigError(
+            f"train: none of its {counted(len(blocks), 'block')} holds a target (only prompt, tool or template "
+            "tokens); raise data.block_length so that answers share blocks with their prompts"
+        )
+    if (left := len(blocks) - with_targets.numel()) > 0:
+        log.info(
+            "train: %s of %s hold no target (only prompt, tool or template tokens) and are not trained on; "
+            "a larger data.block_length keeps more prompts beside their answers",
+            left,
+            counted(len(blocks), "block"),
+        )
+    return with_targets
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

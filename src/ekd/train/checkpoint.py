@@ -39,6 +39,7 @@ from ekd.io import (
     atomic_file,
     atomic_write_bytes,
     atomic_write_text,
+    bytes_under,
     file_sha256,
     fsync_dir,
     replace_dir,
@@ -191,7 +192,7 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for stray in root.glob("step-*.tmp"):
         if stray.is_dir() and stray.name[5:-4].isdigit():
-            size = sum(f.stat().st_size for f in stray.rglob("*") if f.is_file())
+            size = bytes_under(stray)
             shutil.rmtree(stray, ignore_errors=True)
             log.info(
                 "removed %s, a checkpoint a killed run left half written (%.1f MiB)", stray, size / 2**20

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ekd.config import Config, ConfigError
+from ekd.config import Config
+from ekd.data.loader import blocks_with_targets
 from ekd.errors import EkdError
 from ekd.train.checkpoint import checkpoint_run, save_checkpoint, unreadable
 from ekd.train.distributed import Ranks
@@ -25,37 +26,12 @@ from ekd.train.rank_work import run_on_main
 from ekd.train.run_dir import RunDirError, RunStart
 from ekd.train.sharded_checkpoint import restore_checkpoint, save_sharded_checkpoint, training_state
 from ekd.train.top_samples import SAMPLE_SELECTION, restore_sample_selection, selection_note
-from ekd.words import counted
 
 if TYPE_CHECKING:
     from ekd.data import BlockLoader
     from ekd.data.packing import PackedBlocks
 
 log = logging.getLogger(__name__)
-
-
-def blocks_with_targets(blocks: PackedBlocks) -> torch.Tensor:
-    """(n,) the training blocks a step can learn from (:meth:`~ekd.data.packing.PackedBlocks.rows_with_targets`);
-    the others are left out of the loader's order, said in one line (try-out 24: tool-heavy chat rows cut into
-    128-token blocks left 150 of 282 blocks without a target, and their steps moved the weights on nothing).
-
-    Raises:
-        ConfigError: no block holds a target.
-    """
-    with_targets = blocks.rows_with_targets()
-    if not with_targets.numel():
-        raise ConfigError(
-            f"train: none of its {counted(len(blocks), 'block')} holds a target (only prompt, tool or template "
-            "tokens); raise data.block_length so that answers share blocks with their prompts"
-        )
-    if (left := len(blocks) - with_targets.numel()) > 0:
-        log.info(
-            "train: %s of %s hold no target (only prompt, tool or template tokens) and are not trained on; "
-            "a larger data.block_length keeps more prompts beside their answers",
-            left,
-            counted(len(blocks), "block"),
-        )
-    return with_targets
 
 
 @dataclass

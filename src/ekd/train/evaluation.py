@@ -590,11 +590,12 @@ def evaluate_saved_run(
                     "it scores"
                 )
         teacher = load_teacher(cfg, data, device)
-    started = starting_perplexities(read_student_init(run_dir), data)
+    start = read_student_init(run_dir)  # read once: the divergence line's start and eval.json's
+    started = starting_perplexities(start, data)
     results = evaluate_run(
         cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots", started=started
     )
-    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp)
+    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=start)
     return results
 
 
@@ -881,8 +882,9 @@ def write_eval_json(
             settings, and the ``tasks`` section (one log line names the kept sets), and the starting student's
             figures of a set scored again the same way; the end of training writes its evaluation alone (the
             student changed).
-        student_init: the end of training: the starting student's entries (:func:`read_student_init`), recorded
-            in the entries of the sets they match (:func:`ekd.eval.eval_json.with_student_init`).
+        student_init: the starting student's entries (:func:`read_student_init`), recorded in the entries of the
+            sets they match (:func:`ekd.eval.eval_json.with_student_init`); with ``keep``, None takes them from the
+            eval.json it replaces.
 
     Returns:
         The entries written.
@@ -898,8 +900,8 @@ def write_eval_json(
             say_teacher_figures_dropped(path, old, written)
             # the start did not change: its figures, where this scores a set as they were (try-out 90, F3: after
             # one `ekd eval` scored otherwise, eval.json had lost them; the run's file still has them)
-            start = read_student_init(run_dir)
-            written = with_student_init(written, student_init_entries(old) if start is None else start)
+            start = student_init_entries(old) if student_init is None else student_init
+            written = with_student_init(written, start)
             written, kept = merge(old, written)
             if kept:
                 log.info(

@@ -35,6 +35,7 @@ from ekd.config.inert import (
     unread_eval_keys,
 )
 from ekd.config.paths import same_location
+from ekd.data.loader import blocks_with_targets
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.errors import EkdError, NonFiniteLossError
 from ekd.eval.eval_json import precision_name
@@ -56,7 +57,7 @@ from ekd.train.checkpoint import (
     latest_checkpoint,
     latest_verified_checkpoint,
 )
-from ekd.train.checkpointed_run import CheckpointedRun, blocks_with_targets
+from ekd.train.checkpointed_run import CheckpointedRun
 from ekd.train.distributed import (
     Ranks,
     check_cpu_offload,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ekd.io import bytes_under
 from ekd.locks import holder_of, holder_said
 from ekd.losses.targets import SparseTarget
 from ekd.teacher.cache.format import (
@@ -434,7 +435,7 @@ class CacheReader:
             "entries_per_position": epp,
             "positions_per_sample": pps,
             "shard_bytes": shard_bytes,
-            "bytes_on_disk": _bytes_under(self.directory),
+            "bytes_on_disk": bytes_under(self.directory),
             "bytes_per_position": shard_bytes / positions,
             "bytes_per_token": self.bytes_per_token(),
             "fixed_width_bound_bytes_per_position": self.layout.fixed_width_bound_bytes_per_position(
@@ -445,14 +446,6 @@ class CacheReader:
             "layout": self.layout.to_dict(),
             "signature": self.signature,
         }
-
-
-def _bytes_under(directory: Path) -> int:
-    """Bytes of the files under ``directory``, its subdirectories too; links not followed (their own size)."""
-    total = 0
-    for root, _, files in os.walk(directory):
-        total += sum(os.lstat(os.path.join(root, name)).st_size for name in files)
-    return total
 
 
 SHARD_PROBLEMS_SHOWN = 3
