@@ -627,6 +627,12 @@ def test_cpu_offload_is_planned_and_offered_when_nothing_else_fits(tmp_path, cap
         verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
         assert "train.parallel=ddp" in verdict and "train.cpu_offload=false" in verdict, out
         assert ("one GPU: train.cpu_offload offloads nothing in one process" in out) is (gpus == "1"), out
+    # the plan weighs every train.parallel: a config's offload beside its ddp asks for the fsdp+cpu rows, not a
+    # refusal (try-out 150, F4); a refusal of something else still comes
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "80GiB", "train.parallel=ddp", "train.cpu_offload=true")
+    assert rc == 0 and len([line for line in out.splitlines() if line.startswith("fsdp+cpu ")]) == 4, err
+    rc, out, err = cli(capsys, *args, "--gpu-memory", "80GiB", "train.cpu_offload=true", "train.lr=-1")
+    assert rc == 2 and "train.lr" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_mode_whose_loading_does_not_fit_is_not_advised(tmp_path, capsys, monkeypatch):

@@ -610,7 +610,14 @@ def cmd_plan(args) -> int:
     from ekd.sizes import parse_bytes
 
     paths, overrides = split_config_and_overrides(args.config, args.overrides)
-    cfg = load_config(paths, overrides)
+    try:
+        cfg = load_config(paths, overrides)
+    except ConfigError as e:
+        # the plan weighs every train.parallel itself: a config's train.cpu_offload asks for its fsdp+cpu rows,
+        # whatever its train.parallel says (try-out 150, F4); distill refuses the pair, the plan reads it as fsdp
+        if set(e.keys) != {"train.cpu_offload", "train.parallel"}:
+            raise
+        cfg = load_config(paths, [*overrides, "train.parallel=fsdp"])
     parallel = (args.parallel,) if args.parallel else PARALLEL
     placement = (args.placement,) if args.placement else PLACEMENT
     text = plan_config(
