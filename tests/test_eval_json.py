@@ -118,3 +118,30 @@ def test_the_starting_students_rows_of_an_unreadable_eval_json_are_left_out_with
     assert "is not valid JSON" in caplog.text and "leaves out the starting student's figures" in caplog.text
     (tmp_path / "eval.json").write_text("\ufeff{}")  # a byte-order mark: read past
     assert student_init_rows_of(tmp_path) == {}
+
+
+def test_a_perplexity_that_overflowed_reads_back_as_inf_not_as_unscored(tmp_path):
+    """Try-out 150, F3: strict JSON writes +inf as null, so a starting student whose perplexity overflowed (a mean
+    loss over ~709.8 nats) read back as NaN and its row showed "—" (not scored) beside the trained row's "inf". Read
+    back as +inf where its finite loss says it overflowed; a null beside a loss that does not overflow stays null."""
+    import math
+
+    from ekd.eval.eval_json import read_eval_json, student_init_rows_of
+    from ekd.eval.report import results_table
+    from ekd.io import atomic_write_text, strict_json
+    from ekd.train.evaluation import read_student_init, write_student_init
+
+    figures = {"loss": 59954.3, "ppl": math.inf, "loss_no_boundary": 2.5, "ppl_no_boundary": math.nan}
+    entries = {"eval": {**figures, "tokens": 10, "student_init": dict(figures)}, "tasks": {"ppl": None}}
+    write_student_init(tmp_path, {"eval": dict(figures)})
+    assert json.loads((tmp_path / "eval_student_init.json").read_text())["eval"]["ppl"] is None  # strict JSON
+    start = read_student_init(tmp_path)["eval"]
+    assert start["ppl"] == math.inf and start["ppl_no_boundary"] is None, start
+    atomic_write_text(tmp_path / "eval.json", strict_json(entries))
+    (row,) = student_init_rows_of(tmp_path).values()
+    assert row["ppl"] == math.inf and row["ppl_no_boundary"] is None, row
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    read = read_eval_json(tmp_path)
+    assert read["eval"]["ppl"] == math.inf and read["tasks"] == {"ppl": None} and saved["eval"]["ppl"] is None
+    table = results_table([{"ppl": row["ppl"]}], [("ppl", "ppl", ".2f")])
+    assert "| inf |" in table, table

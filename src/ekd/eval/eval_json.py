@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def read_eval_json(run_dir: Path, fix: str = "fix it, or move it away") -> dict[
         return None
     if not isinstance(saved, dict):
         raise EkdError(f"{path} is not valid JSON for ekd (a JSON {value_kind(saved)}, not an object); {fix}")
-    return saved
+    return with_overflowed_perplexities(saved)
 
 
 SETTINGS_KEY = "data"
@@ -409,6 +410,35 @@ def malformed(saved: Any) -> str | None:
 
 PPL_OF = {"ppl": "loss", "ppl_no_boundary": "loss_no_boundary", "ppl_full_head": "loss_full_head"}
 """A perplexity figure → the mean loss (nats per token) it is ``exp`` of."""
+
+OVERFLOW_NATS = math.log(sys.float_info.max)
+"""A mean loss (nats per token) above which its perplexity, ``exp`` of it, is +inf in float64 (~709.78)."""
+
+
+def with_overflowed_perplexities(entries: Mapping[str, Any]) -> dict[str, Any]:
+    """``entries`` (eval.json's, or eval_student_init.json's, as JSON reads them) with each perplexity written as
+    ``null`` beside a finite loss above :data:`OVERFLOW_NATS` as +inf again, in the sets' entries and their
+    :data:`STUDENT_INIT_KEY` figures: strict JSON has no infinity (:func:`ekd.io.json_safe` writes it as null, as
+    NaN), and a perplexity that overflowed read back as NaN showed "—" (not scored) beside the same kind of figure
+    shown "inf" where it was never written (try-out 150, F3). ``entries`` is not modified."""
+
+    def restored(figures: dict[str, Any]) -> dict[str, Any]:
+        out = dict(figures)
+        for ppl_key, loss_key in PPL_OF.items():
+            loss = out.get(loss_key)
+            number = isinstance(loss, (int, float)) and not isinstance(loss, bool)
+            if ppl_key in out and out[ppl_key] is None and number and OVERFLOW_NATS < loss < math.inf:
+                out[ppl_key] = math.inf
+        return out
+
+    out = dict(entries)
+    for name, entry in out.items():
+        if name == "tasks" or not isinstance(entry, dict):
+            continue
+        out[name] = restored(entry)
+        if isinstance(start := entry.get(STUDENT_INIT_KEY), dict):
+            out[name][STUDENT_INIT_KEY] = restored(start)
+    return out
 
 
 _RANGES = {"acc": (0.0, 1.0), "agree": (0.0, 1.0), "ece": (0.0, 100.0), "kl": (-1e-3, math.inf)}

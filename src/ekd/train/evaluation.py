@@ -848,7 +848,7 @@ def read_student_init(run_dir: Path) -> dict[str, Any] | None:
     """The entries :func:`write_student_init` wrote, or None where there are none (a run that did not evaluate
     its start, or an older ekd's) or they cannot be read (said in a warning: the table then has no starting
     student's rows; nothing else depends on them)."""
-    from ekd.eval.eval_json import STUDENT_INIT_FILE, malformed
+    from ekd.eval.eval_json import STUDENT_INIT_FILE, malformed, with_overflowed_perplexities
     from ekd.json_record import read_json_record
 
     path = run_dir / STUDENT_INIT_FILE
@@ -861,7 +861,7 @@ def read_student_init(run_dir: Path) -> dict[str, Any] | None:
     if saved is not None and (problem := malformed(saved)):
         log.warning("%s is not what ekd writes (%s); %s", path, problem, no_rows)
         return None
-    return saved
+    return with_overflowed_perplexities(saved) if saved is not None else None
 
 
 def write_eval_json(
