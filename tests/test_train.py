@@ -194,6 +194,18 @@ def test_a_student_that_started_diverged_is_not_blamed_on_the_learning_rate(
         train(resumed, resume=True)
     said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
     assert len(said) == 1 and "as it was before training" in said[0], said
+    # a start scored by eval.every alone (eval.student_init=false) is read back by a --resume too, and eval.json,
+    # of the run's end or of `ekd eval RUN`, records no starting figures (review 149, R9)
+    every = ["method=ce", "train.lr=1e-9", "eval.student_init=false", "eval.every=100"]
+    train(load_config(overrides=tiny_overrides(tmp_path, corpus, "every") + [*every, "train.max_steps=2"]))
+    caplog.clear()
+    resumed = load_config(overrides=tiny_overrides(tmp_path, corpus, "every") + [*every, "train.max_steps=3"])
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        train(resumed, resume=True)
+        assert ekd_main(["-q", "eval", str(resumed.run_dir)]) == 0
+    said = [r.getMessage() for r in caplog.records if "vocabulary's size" in r.getMessage()]
+    assert len(said) == 2 and all("as it was before training" in line for line in said), said
+    assert "student_init" not in json.loads((resumed.run_dir / "eval.json").read_text())["eval"]
     cfg = load_config(overrides=tiny_overrides(tmp_path, corpus, "x"))
     for start, words in (
         (None, "its training has diverged (or the student started there: eval.student_init=true scores it"),

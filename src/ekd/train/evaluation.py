@@ -595,7 +595,8 @@ def evaluate_saved_run(
     results = evaluate_run(
         cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots", started=started
     )
-    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=start)
+    recorded = start if cfg.eval.student_init else None  # the run's file is written whatever the key says
+    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=recorded)
     return results
 
 
@@ -837,7 +838,9 @@ def eval_entries(
 def write_student_init(run_dir: Path, entries: dict[str, Any]) -> None:
     """Write the starting student's eval.json entries (:func:`eval_entries` of the evaluation before the first
     step) to ``run_dir``/:data:`~ekd.eval.eval_json.STUDENT_INIT_FILE`, which the end of training (a --resume
-    included) reads back into eval.json."""
+    included) reads back into eval.json where ``eval.student_init`` says so, and a --resume and ``ekd eval RUN``
+    for the divergence line's start whatever it says (review 149, R9: a run evaluated at step 0 by ``eval.every``
+    alone was told after a --resume that it may have started diverged)."""
     from ekd.eval.eval_json import STUDENT_INIT_FILE
     from ekd.io import atomic_write_text, strict_json
 

@@ -545,7 +545,7 @@ def _train(
     # set → the starting student's perplexity: a student that started diverged is not blamed on train.lr (rank 0
     # says it; a resume reads the start's figures back)
     started: dict[str, float] = {}
-    if start_step > 0 and main and cfg.eval.student_init:
+    if start_step > 0 and main:
         started = starting_perplexities(read_student_init(run_dir), data)
     if start_step == 0 and (cfg.eval.every or cfg.eval.student_init and has_sets):
         with gathered(sharded, eval_shard):
@@ -554,12 +554,13 @@ def _train(
             )
         write_metrics(0, eval_metrics(start_eval))
         started = {name: m["ppl"] for name, m in start_eval.items() if name in data.blocks and "ppl" in m}
-        if cfg.eval.student_init:  # with their settings and blocks' sha256, by rank 0 (eval.json's form)
-            run_on_main(
-                ranks,
-                lambda: write_student_init(run_dir, eval_entries(cfg, start_eval, data, amp)),
-                "write the starting student's figures",
-            )
+        # with their settings and blocks' sha256, by rank 0 (eval.json's form); kept whatever eval.student_init
+        # (which decides whether eval.json records them): a --resume reads the start back for the divergence line
+        run_on_main(
+            ranks,
+            lambda: write_student_init(run_dir, eval_entries(cfg, start_eval, data, amp)),
+            "write the starting student's figures",
+        )
         student.train()
     totals = {"selected": 0.0, "valid": 0.0, "rs_drawn": 0.0, "rs_rows": 0.0}
     last: dict[str, float] = {}
