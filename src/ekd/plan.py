@@ -536,17 +536,8 @@ def plan_config(
             (:func:`ekd.train.prepare.check_cache_run`).
     """
     from ekd.config.inert import SELF_TARGETS
-    from ekd.config.validate import fsdp_refusal
     from ekd.losses.chunked import auto_chunk_rows
-    from ekd.models.load import is_preset
-    from ekd.train.prepare import (
-        check_cache_run,
-        check_evaluation_teacher,
-        evaluates_teacher,
-        loads_teacher_model,
-        teacher_needed,
-        tokenizer_source,
-    )
+    from ekd.train.prepare import loads_teacher_model
 
     if gpus < 1:
         raise ConfigError(f"--gpus must be ≥ 1, got {gpus}")
@@ -561,94 +552,11 @@ def plan_config(
             f"a whole copy of the student ({SELF_TARGETS[objective]}, method.objective={objective})"
         )
     if vocab_size is not None:
-        if not 2 <= vocab_size <= MAX_VOCAB:
-            raise ConfigError(
-                f"--vocab-size must be between 2 and {MAX_VOCAB:,} (the largest tokenizers in use have ~262k "
-                f"entries), got {vocab_size:,}"
-            )
-        planned = {"model.student": cfg.model.student, "model.teacher": teacher_spec}
-        planned = {k: v for k, v in planned.items() if v}
-        if not any(is_preset(v) for v in planned.values()):
-            what = "is a Hugging Face model" if len(planned) == 1 else "are Hugging Face models"
-            raise ConfigError(
-                f"--vocab-size sets the vocabulary of preset:<name> models only, and {' and '.join(planned)} "
-                f"{what} here (V comes from config.json); drop --vocab-size"
-            )
-    note = ""
-    if gpus == 1:  # FSDP2 and a sharded teacher are no-ops in one process (try-out 24: rows of no choice)
-        if (parallel, placement) != (PARALLEL, PLACEMENT) and {"fsdp", "shard"} & {*parallel, *placement}:
-            note = (  # asked for by name (try-out 25: silently planned otherwise)
-                "one GPU: train.parallel=fsdp and teacher.placement=shard do nothing in one process; planned as "
-                "ddp with a replicated teacher\n"
-            )
-        parallel, placement = ("ddp",), ("replicate",)
-    if gpus == 1 and cfg.train.cpu_offload:
-        note += "one GPU: train.cpu_offload offloads nothing in one process; planned without it\n"
-    # what distill refuses under FSDP2 is not planned there (try-out 144, F1: a LoRA run was advised fsdp)
-    if "fsdp" in parallel and (refusal := fsdp_refusal(cfg)) is not None:
-        key, _ = refusal
-        note += f"{key}={cfg.value(key)} cannot run under train.parallel=fsdp: planned as ddp only\n"
-        parallel = ("ddp",)
-    if cfg.teacher.source == "cache":  # what distill refuses at its start is not planned (try-out 66, F8)
-        if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
-            check_evaluation_teacher(cfg)  # a plan made before the cache is built: the rest needs the cache
-            note += (
-                f"teacher.cache_dir {cfg.teacher.cache_dir} is not built yet (`ekd cache CONFIG` builds it): planned "
-                "as the run from it\n"
-            )
-        else:
-            check_cache_run(cfg)
-    if teacher_spec is None and evaluates_teacher(cfg):  # try-out 65, F10: a plan that said nothing of it
-        note += (
-            f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
-            "not in these figures; eval.teacher=false skips it\n"
-        )
-    if vocab_size is None and not any(is_preset(s) for s in (cfg.model.student, teacher_spec) if s):
-        vocab = 0  # unread: a Hugging Face model's V is its config.json's (plan loads no tokenizer for it)
-        if (spec := tokenizer_source(cfg)) not in ("teacher", "student", "train_bpe"):
-            from ekd.models.load import check_model_dir
-
-            check_model_dir(spec, "model.tokenizer", tokenizer_only=True)  # distill's line (try-out 124, F1)
-    elif vocab_size is None:
-        try:
-            vocab, source, inexact = _vocab_size(cfg)
-        except EkdError as e:  # a hub tokenizer that cannot be read here: the way round (try-out 122, F9)
-            spec = tokenizer_source(cfg)
-            if spec in ("teacher", "student", "train_bpe") or spec.startswith((".", "/", "~")):
-                raise
-            raise type(e)(f"{first_line(str(e))}; or plan without reading it: --vocab-size V") from None
-        if inexact:
-            note += f"V={vocab:,} from {source}: {inexact}; distill builds preset models at its tokenizer's length\n"
-    elif tokenizer_source(cfg) != "train_bpe":
-        # a real model or a tokenizer of its own sets it (try-out 118, F3), where it can be read here (review of
-        # session 34, R5: a hub tokenizer offline refused the --vocab-size that was the way round it)
-        vocab = vocab_size
-        try:
-            fixed, source, inexact = _vocab_size(cfg)
-        except EkdError as e:
-            spec = tokenizer_source(cfg)
-            spec = {"teacher": cfg.model.teacher, "student": cfg.model.student}.get(spec, spec)
-            # a path (mistyped?), not a hub id offline: distill refuses it too
-            if spec.startswith((".", "/", "~")):
-                raise
-            note += (
-                f"V={vocab:,} (--vocab-size) not checked against the run's tokenizer: {first_line(str(e))}\n"
-            )
-        else:
-            if fixed != vocab_size and inexact:
-                note += f"V={vocab:,} (--vocab-size) not checked against {source}: {inexact}\n"
-            elif fixed != vocab_size:
-                raise ConfigError(
-                    f"--vocab-size {vocab_size:,}: this run builds its preset models at V={fixed:,}, the vocabulary "
-                    f"of {source}; drop --vocab-size"
-                )
-    else:  # a what-if over the size of a tokenizer not trained yet
-        vocab = vocab_size
-        if vocab != cfg.model.bpe_vocab_size:
-            note += (
-                f"preset models planned at V={vocab:,} (--vocab-size); this run trains a BPE tokenizer and builds "
-                f"them at model.bpe_vocab_size={cfg.model.bpe_vocab_size:,}\n"
-            )
+        _check_vocab_size_arg(cfg, vocab_size, teacher_spec)
+    parallel, placement, note = planned_modes(cfg, gpus, parallel, placement)
+    note += _teacher_note(cfg, teacher_spec)
+    vocab, vocab_note = _planned_vocab(cfg, vocab_size, teacher_spec)
+    note += vocab_note
     lora = cfg.model if cfg.model.lora_r > 0 else None  # its adapters alone train (try-out 144, F1)
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length, lora)
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
@@ -697,6 +605,145 @@ def plan_config(
         self_teacher,
         cfg.train.cpu_offload,
     )
+
+
+def planned_modes(
+    cfg, gpus: int, parallel: tuple[str, ...], placement: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """The ``train.parallel`` and ``teacher.placement`` values a plan weighs, of those asked for, and the lines
+    that say what was left out: ``ddp`` with a replicated teacher on one GPU (FSDP2, a sharded teacher and CPU
+    offload do nothing in one process; try-out 24: rows of no choice), ``ddp`` alone where distill refuses the
+    config under FSDP2 (:func:`ekd.config.validate.fsdp_refusal`; try-out 144, F1: a LoRA run was advised fsdp)."""
+    from ekd.config.validate import fsdp_refusal
+
+    note = ""
+    if gpus == 1:
+        if (parallel, placement) != (PARALLEL, PLACEMENT) and {"fsdp", "shard"} & {*parallel, *placement}:
+            note = (  # asked for by name (try-out 25: silently planned otherwise)
+                "one GPU: train.parallel=fsdp and teacher.placement=shard do nothing in one process; planned as "
+                "ddp with a replicated teacher\n"
+            )
+        parallel, placement = ("ddp",), ("replicate",)
+        if cfg.train.cpu_offload:
+            note += "one GPU: train.cpu_offload offloads nothing in one process; planned without it\n"
+    if "fsdp" in parallel and (refusal := fsdp_refusal(cfg)) is not None:
+        key, _ = refusal
+        note += f"{key}={cfg.value(key)} cannot run under train.parallel=fsdp: planned as ddp only\n"
+        parallel = ("ddp",)
+    return parallel, placement, note
+
+
+def _teacher_note(cfg, teacher_spec: str | None) -> str:
+    """What the plan says of a teacher it does not count: a cache not built yet (planned as the run from it), the
+    teacher the end's evaluation loads after training. A cache run that distill refuses at its start is refused
+    here too (try-out 66, F8).
+
+    Raises:
+        CacheError, ModelError: :func:`ekd.train.prepare.check_cache_run`'s refusals.
+    """
+    from ekd.train.prepare import check_cache_run, check_evaluation_teacher, evaluates_teacher, teacher_needed
+
+    note = ""
+    if cfg.teacher.source == "cache":
+        if cfg.teacher.cache_dir and not Path(cfg.teacher.cache_dir).exists() and teacher_needed(cfg):
+            check_evaluation_teacher(cfg)  # a plan made before the cache is built: the rest needs the cache
+            note += (
+                f"teacher.cache_dir {cfg.teacher.cache_dir} is not built yet (`ekd cache CONFIG` builds it): planned "
+                "as the run from it\n"
+            )
+        else:
+            check_cache_run(cfg)
+    if teacher_spec is None and evaluates_teacher(cfg):  # try-out 65, F10: a plan that said nothing of it
+        note += (
+            f"the evaluation at the end loads the teacher ({cfg.model.teacher}) after training (eval.teacher=true): "
+            "not in these figures; eval.teacher=false skips it\n"
+        )
+    return note
+
+
+def _check_vocab_size_arg(cfg, vocab_size: int, teacher_spec: str | None) -> None:
+    """``--vocab-size`` where it can mean something: within [2, ``MAX_VOCAB``], with a preset model to apply to.
+
+    Raises:
+        ConfigError: either is not so (one line).
+    """
+    from ekd.models.load import is_preset
+
+    if not 2 <= vocab_size <= MAX_VOCAB:
+        raise ConfigError(
+            f"--vocab-size must be between 2 and {MAX_VOCAB:,} (the largest tokenizers in use have ~262k "
+            f"entries), got {vocab_size:,}"
+        )
+    planned = {"model.student": cfg.model.student, "model.teacher": teacher_spec}
+    planned = {k: v for k, v in planned.items() if v}
+    if not any(is_preset(v) for v in planned.values()):
+        what = "is a Hugging Face model" if len(planned) == 1 else "are Hugging Face models"
+        raise ConfigError(
+            f"--vocab-size sets the vocabulary of preset:<name> models only, and {' and '.join(planned)} "
+            f"{what} here (V comes from config.json); drop --vocab-size"
+        )
+
+
+def _planned_vocab(cfg, vocab_size: int | None, teacher_spec: str | None) -> tuple[int, str]:
+    """The vocabulary preset models are planned at (0 where no preset is planned: a Hugging Face model's V is its
+    config.json's) and the lines that say how sure it is: ``--vocab-size`` where given (checked against the run's
+    tokenizer where that can be read here), else the run's tokenizer's (:func:`_vocab_size`).
+
+    Raises:
+        ConfigError: ``--vocab-size`` other than the size the run builds its presets at.
+        EkdError: a tokenizer or model config that cannot be read (the hub's offline: with the way round it).
+    """
+    from ekd.models.load import is_preset
+    from ekd.train.prepare import tokenizer_source
+
+    note = ""
+    if vocab_size is None and not any(is_preset(s) for s in (cfg.model.student, teacher_spec) if s):
+        vocab = 0  # unread: a Hugging Face model's V is its config.json's (plan loads no tokenizer for it)
+        if (spec := tokenizer_source(cfg)) not in ("teacher", "student", "train_bpe"):
+            from ekd.models.load import check_model_dir
+
+            check_model_dir(spec, "model.tokenizer", tokenizer_only=True)  # distill's line (try-out 124, F1)
+    elif vocab_size is None:
+        try:
+            vocab, source, inexact = _vocab_size(cfg)
+        except EkdError as e:  # a hub tokenizer that cannot be read here: the way round (try-out 122, F9)
+            spec = tokenizer_source(cfg)
+            if spec in ("teacher", "student", "train_bpe") or spec.startswith((".", "/", "~")):
+                raise
+            raise type(e)(f"{first_line(str(e))}; or plan without reading it: --vocab-size V") from None
+        if inexact:
+            note += f"V={vocab:,} from {source}: {inexact}; distill builds preset models at its tokenizer's length\n"
+    elif tokenizer_source(cfg) != "train_bpe":
+        # a real model or a tokenizer of its own sets it (try-out 118, F3), where it can be read here (review of
+        # session 34, R5: a hub tokenizer offline refused the --vocab-size that was the way round it)
+        vocab = vocab_size
+        try:
+            fixed, source, inexact = _vocab_size(cfg)
+        except EkdError as e:
+            spec = tokenizer_source(cfg)
+            spec = {"teacher": cfg.model.teacher, "student": cfg.model.student}.get(spec, spec)
+            # a path (mistyped?), not a hub id offline: distill refuses it too
+            if spec.startswith((".", "/", "~")):
+                raise
+            note += (
+                f"V={vocab:,} (--vocab-size) not checked against the run's tokenizer: {first_line(str(e))}\n"
+            )
+        else:
+            if fixed != vocab_size and inexact:
+                note += f"V={vocab:,} (--vocab-size) not checked against {source}: {inexact}\n"
+            elif fixed != vocab_size:
+                raise ConfigError(
+                    f"--vocab-size {vocab_size:,}: this run builds its preset models at V={fixed:,}, the vocabulary "
+                    f"of {source}; drop --vocab-size"
+                )
+    else:  # a what-if over the size of a tokenizer not trained yet
+        vocab = vocab_size
+        if vocab != cfg.model.bpe_vocab_size:
+            note += (
+                f"preset models planned at V={vocab:,} (--vocab-size); this run trains a BPE tokenizer and builds "
+                f"them at model.bpe_vocab_size={cfg.model.bpe_vocab_size:,}\n"
+            )
+    return vocab, note
 
 
 MIN_PLANNED_CHUNK = 64
