@@ -164,6 +164,26 @@ def offline_unless_reachable(key: str) -> str:
     return why
 
 
+def model_directory(spec: str, revision: str = "") -> Path | None:
+    """The directory a model's files are read from: ``spec`` itself where it is a local directory, else — a hub id
+    — the hub cache's snapshot of ``revision`` (``main`` when empty) where its config.json is cached, read without
+    the network; None for a preset, a hub id not cached here, or nothing. What identifies a hub model by its
+    weights (:func:`ekd.models.identity.weight_files`; try-out 152, F1: a hub teacher was recorded by its name and
+    an empty revision, so new weights under ``main`` were the same teacher)."""
+    if spec.startswith("preset:") or not spec.strip():
+        return None
+    local = Path(spec).expanduser()
+    if local.exists():
+        return local if local.is_dir() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(spec, "config.json", revision=revision or None)
+    except Exception:  # an id the hub would refuse (bad characters): nothing cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def _cached(spec: str, filename: str, revision: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 

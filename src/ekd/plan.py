@@ -134,9 +134,14 @@ def shape_of(
     role: str = "student",
     block_length: int | None = None,
     lora: ModelConfig | None = None,
+    revision: str = "",
+    trust_remote_code: bool = False,
 ) -> ModelShape:
     """The shape of ``model.student``/``model.teacher``: a preset (with the run's vocabulary) or a Hugging Face
-    directory or hub id (its config.json only), built on the meta device; with ``block_length``, the run's blocks
+    directory or hub id (its config.json only, at ``revision``, read as distill reads it:
+    :func:`ekd.models.load.model_config`), built on the meta device — a model of its own code only with
+    ``trust_remote_code`` (try-out 152, F9: the plan read the default branch's config and asked on a terminal
+    whether to run a repository's code); with ``block_length``, the run's blocks
     are checked against its positions as at load (:func:`ekd.models.positions.check_block_fits_positions`); with
     ``lora`` (``model.*`` of a run with ``model.lora_r > 0``), the adapters distill injects are injected
     (:meth:`ekd.models.lora.LoraStudent.wrap`, on the meta device too) and only what then trains is ``trainable``.
@@ -148,7 +153,7 @@ def shape_of(
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ekd.models.load import PRESET_PREFIX, is_preset, load_or_refuse
+    from ekd.models.load import PRESET_PREFIX, is_preset, model_config
     from ekd.models.presets import architectures
 
     if is_preset(spec):
@@ -163,10 +168,10 @@ def shape_of(
         from ekd.hub import check_model_spec
 
         # try-out 56, F4: a missing path or a directory of no model got transformers' "should have a model_type"
-        check_model_spec(spec, f"model.{role}", weights=False)
-        config = load_or_refuse(spec, role, lambda: AutoConfig.from_pretrained(spec), "a model config")
+        check_model_spec(spec, f"model.{role}", revision, weights=False)
+        config = model_config(spec, revision, trust_remote_code, role)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         if lora is not None and lora.lora_r > 0:
             from ekd.models.lora import LoraStudent
 
@@ -558,8 +563,9 @@ def plan_config(
     vocab, vocab_note = _planned_vocab(cfg, vocab_size, teacher_spec)
     note += vocab_note
     lora = cfg.model if cfg.model.lora_r > 0 else None  # its adapters alone train (try-out 144, F1)
-    student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length, lora)
-    teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length) if teacher_spec else None
+    hub = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length, lora, **hub)
+    teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length, **hub) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab, "cuda")  # a plan is for GPUs
     # with and without activation checkpointing whatever the config says (try-out 118, F2: a config that asks for
@@ -762,10 +768,8 @@ def _vocab_size(cfg) -> tuple[int, str, str]:
         ConfigError: the size cannot be known without loading a tokenizer (pass ``--vocab-size``).
         ModelError: ``model.tokenizer`` or the model's config cannot be loaded.
     """
-    from transformers import AutoConfig
-
     from ekd.hub import check_model_spec, is_local
-    from ekd.models.load import is_preset, load_or_refuse, load_tokenizer
+    from ekd.models.load import is_preset, load_tokenizer, model_config
     from ekd.train.prepare import names_teacher, teacher_config_source, tokenizer_source
 
     m = cfg.model
@@ -786,7 +790,7 @@ def _vocab_size(cfg) -> tuple[int, str, str]:
         if not is_preset(model):  # its config.json says; one that cannot be read is the error (try-out 21:
             # "pass --vocab-size", then "drop --vocab-size" for a path that did not exist)
             check_model_spec(model, f"model.{role}", revision, weights=False)  # distill's check; config only
-            config = load_or_refuse(model, role, partial(AutoConfig.from_pretrained, model), "a model config")
+            config = model_config(model, revision, m.trust_remote_code, role)
             # distill builds presets at the tokenizer's length, not at a padded head's rows (try-out 120, F4:
             # Qwen2.5's config.json says 151,936 for 151,665 tokens)
             from_config = int(config.vocab_size), f"model.{role}={model} (its config.json)"

@@ -55,23 +55,28 @@ def memo_path() -> Path:
     return cache_home() / f"weight-file-{SCHEME}-p{PIECE >> 20}m.json"
 
 
-def weight_files(spec: str) -> list[Path]:
-    """The files the model of the local directory ``spec`` loads its weights from, sorted by name: its
-    ``*.safetensors`` when it has any (transformers prefers them), else its ``.bin`` / ``.pt`` / ``.pth`` files but
-    a Trainer checkpoint's own (:data:`TRAINER_STATE`); [] for a hub id, a preset or a directory without any."""
-    path = Path(spec).expanduser()
-    if spec.startswith("preset:") or not path.is_dir():
+def weight_files(spec: str, revision: str = "") -> list[Path]:
+    """The files the model ``spec`` loads its weights from, sorted by name: its ``*.safetensors`` when it has any
+    (transformers prefers them), else its ``.bin`` / ``.pt`` / ``.pth`` files but a Trainer checkpoint's own
+    (:data:`TRAINER_STATE`) — of a local directory, or of a hub id's snapshot of ``revision`` in the hub cache
+    (:func:`ekd.hub.model_directory`: new weights pushed under ``main`` are another model); [] for a preset, a hub id
+    not cached here or a directory without any."""
+    from ekd.hub import model_directory
+
+    path = model_directory(spec, revision)
+    if path is None:
         return []
     files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
     safetensors = [f for f in files if f.suffix == ".safetensors"]
     return safetensors or [f for f in files if not f.name.startswith(TRAINER_STATE)]
 
 
-def weights_fingerprint(spec: str) -> str | None:
+def weights_fingerprint(spec: str, revision: str = "") -> str | None:
     """``sha256:<hex>`` over the names and :func:`file_digest` of the weight files (:func:`weight_files`) of the
-    local model directory ``spec``; None for a hub id, a preset or a directory without weight files. Equal for a
-    copy anywhere, different as soon as one byte of one weight differs."""
-    files = weight_files(spec)
+    model ``spec`` (a local directory, or a hub id's cached snapshot of ``revision``); None for a preset, a hub id
+    not cached or a directory without weight files. Equal for a copy anywhere (a hub snapshot and its
+    ``save_pretrained`` copy alike), different as soon as one byte of one weight differs."""
+    files = weight_files(spec, revision)
     if not files:
         return None
     h = hashlib.sha256()
@@ -80,11 +85,14 @@ def weights_fingerprint(spec: str) -> str | None:
     return f"{SCHEME}:{h.hexdigest()}"
 
 
-def same_weights(recorded: str, spec: str) -> bool | None:
-    """Whether ``spec``'s weights are those a run recorded as ``recorded`` (a :func:`weights_fingerprint`, or the
-    ``sampled-sha256:`` fingerprint an ekd before this one recorded, computed the old way for it); None when
-    ``spec`` has no weight files to fingerprint."""
-    current = sampled_fingerprint(spec) if recorded.startswith(SAMPLED) else weights_fingerprint(spec)
+def same_weights(recorded: str, spec: str, revision: str = "") -> bool | None:
+    """Whether ``spec``'s weights (at ``revision``, for a hub id) are those a run recorded as ``recorded`` (a
+    :func:`weights_fingerprint`, or the ``sampled-sha256:`` fingerprint an ekd before this one recorded, computed
+    the old way for it); None when ``spec`` has no weight files to fingerprint."""
+    if recorded.startswith(SAMPLED):
+        current = sampled_fingerprint(spec)
+    else:
+        current = weights_fingerprint(spec, revision)
     return None if current is None else current == recorded
 
 
@@ -216,7 +224,7 @@ def ran_in(recorded: Any, precision: Any) -> Any:
 def teacher_identity(cfg: Any, dtype: str | None = None) -> dict[str, Any]:
     """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
     (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, ``model.revision``, the dtype its weights ran in
-    and, for a local directory, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config;
+    and, for a local directory or a cached hub id, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config;
     ``dtype``: the name of the evaluated teacher's dtype ('float32', :func:`ekd.models.load.dtype_name`) —
     ``model.teacher_dtype=auto`` is float32 on a CPU and
     bfloat16 on a GPU, so the setting alone told two runs of one teacher apart and paired two that differ
@@ -225,6 +233,6 @@ def teacher_identity(cfg: Any, dtype: str | None = None) -> dict[str, Any]:
     return {
         "model": spec,
         "revision": cfg.model.revision,
-        "weights": weights_fingerprint(spec),
+        "weights": weights_fingerprint(spec, cfg.model.revision),
         "dtype": cfg.model.teacher_dtype if dtype is None else dtype,
     }

@@ -185,23 +185,32 @@ class LoraStudent:
             )
 
 
-def base_identity(spec: str) -> dict | None:
-    """What identifies a local base model's weights: ``{"files": {name: [size, mtime_ns, ctime_ns, inode]}, "revision":
-    "safetensors-sha256:…"}`` (:func:`ekd.teacher.cache.signature.weights_revision`); None for a hub id, a
-    preset or pickled weights. A LoRA run records it: its adapters apply to that base only."""
+def base_identity(spec: str, revision: str = "") -> dict | None:
+    """What identifies a base model's weights — a local directory's, or a hub id's cached snapshot of
+    ``revision`` (:func:`ekd.hub.model_directory`; try-out 152, F8: an adapter on a hub base was evaluated and
+    resumed on whatever ``main`` held later): ``{"files": {name: [size, mtime_ns, ctime_ns, inode]}, "revision":
+    "safetensors-sha256:…"}`` (:func:`ekd.teacher.cache.signature.weights_revision`); None for a hub id not cached,
+    a preset or pickled weights. A LoRA run records it: its adapters apply to that base only."""
+    from ekd.hub import model_directory
     from ekd.teacher.cache.signature import teacher_files, weights_revision
 
-    files = teacher_files(spec)
-    return None if files is None else {"files": files, "revision": weights_revision(spec)}
+    directory = model_directory(spec, revision)
+    files = teacher_files(str(directory)) if directory is not None else None
+    return None if files is None else {"files": files, "revision": weights_revision(str(directory))}
 
 
-def base_changed(recorded: dict, spec: str) -> bool:
-    """Whether the base at ``spec`` is not the one :func:`base_identity` recorded: its files' sizes and times
-    first (a ``stat`` each: a file written in place has a new ctime, whatever its mtime), their sha256 only when
-    those differ (a base copied elsewhere is the same base)."""
+def base_changed(recorded: dict, spec: str, revision: str = "") -> bool:
+    """Whether the base ``spec`` (at ``revision``, a hub id's) is not the one :func:`base_identity` recorded: its
+    files' sizes and times first (a ``stat`` each: a file written in place has a new ctime, whatever its mtime),
+    their sha256 only when those differ (a base copied elsewhere is the same base). A hub id not cached here
+    cannot be told (False: the loader fetches or refuses it)."""
+    from ekd.hub import model_directory
     from ekd.teacher.cache.signature import weights_changed
 
-    return weights_changed(recorded.get("files"), recorded.get("revision"), spec)
+    directory = model_directory(spec, revision)
+    if directory is None:
+        return False
+    return weights_changed(recorded.get("files"), recorded.get("revision"), str(directory))
 
 
 def load_exported_student(
@@ -233,7 +242,7 @@ def load_exported_student(
             f"{path} is a LoRA adapter on {note['base_model']}, which is not there any more (moved or deleted since "
             "the run trained it); put the run's base back there"
         )
-    if recorded_base and base_changed(recorded_base, note["base_model"]):
+    if recorded_base and base_changed(recorded_base, note["base_model"], str(note.get("revision") or "")):
         raise AdapterBaseError(
             f"{path} is a LoRA adapter on {note['base_model']}, whose weights changed since the run trained it "
             "(another sha256 than ekd-run.json records); put the run's base back there"

@@ -834,7 +834,7 @@ class RunStart:
         if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
             from ekd.models.identity import same_weights
 
-            same = same_weights(recorded, self.cfg.model.teacher)
+            same = same_weights(recorded, self.cfg.model.teacher, self.cfg.model.revision)
             if same:  # the teacher copied or moved (try-out 43: refused as another run)
                 _another_path(blocking, "model.teacher", saved, self.cfg.model.teacher,
                               "the same weights (their fingerprint is the run's)")  # fmt: skip
@@ -1023,17 +1023,18 @@ class RunStart:
         """
         from ekd.models.lora import base_changed, base_identity
 
-        spec = self.cfg.model.student
+        spec, revision = self.cfg.model.student, self.cfg.model.revision
         if not self.cfg.model.lora_r:
             return
         saved = (read_marker(self.run_dir) or {}).get("student_base")
-        if not self.fresh and saved is not None and base_changed(saved, spec):
+        if not self.fresh and saved is not None and base_changed(saved, spec, revision):
             raise RunDirError(
                 f"--resume: model.student {spec} is not the base this LoRA run trained its adapters on (its "
                 "weights' sha256 differs from the run's); put that base back, or start a new run under another "
                 "run.name"
             )
-        if self.fresh and (identity := base_identity(spec)) is not None:
+        # a hub base fetched only after the first start is recorded at a later --resume
+        if saved is None and (identity := base_identity(spec, revision)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_base=identity)
 
@@ -1044,7 +1045,8 @@ class RunStart:
         seeds). A resume trains on from its checkpoint, whatever that path holds now."""
         from ekd.models.identity import weights_fingerprint
 
-        if self.fresh and (current := weights_fingerprint(self.cfg.model.student)) is not None:
+        student, revision = self.cfg.model.student, self.cfg.model.revision
+        if self.fresh and (current := weights_fingerprint(student, revision)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_weights=current)
 
@@ -1115,7 +1117,7 @@ class RunStart:
                 _write_marker(self.run_dir, **facts)
 
     def check_teacher(self) -> None:
-        """A run taught online by a local teacher directory: a new run records its weights
+        """A run taught online by a local teacher directory or a cached hub id: a new run records its weights
         (:func:`ekd.models.identity.weights_fingerprint`, ``teacher_weights``), ``--resume`` refuses other weights
         at that path (try-out 42: a teacher retrained in place between a kill and ``--resume`` taught the run's
         first steps and the others another model, without a word; a cache checks its own teacher).
@@ -1127,15 +1129,17 @@ class RunStart:
 
         if self.cfg.teacher.source != "online":
             return
-        spec = self.cfg.model.teacher
+        spec, revision = self.cfg.model.teacher, self.cfg.model.revision
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
         if saved is not None and not self.fresh:
-            same = same_weights(saved, spec)  # an older ekd's sampled fingerprint: checked its way, ...
+            same = same_weights(
+                saved, spec, revision
+            )  # an older ekd's sampled fingerprint: checked its way, ...
             if same is False:
                 raise RunDirError(other_teacher(spec))
             if same and saved.startswith(SAMPLED):  # ... then recorded by every byte (ekd compare reads it)
                 saved = None
-        if saved is None and (current := weights_fingerprint(spec)) is not None:
+        if saved is None and (current := weights_fingerprint(spec, revision)) is not None:
             with writing(self.run_dir):
                 _write_marker(self.run_dir, teacher_weights=current)
 

@@ -151,20 +151,22 @@ def _matching(entries: list[dict[str, Any]], signature: dict[str, Any]) -> dict[
 
 
 def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
-    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub id, or
-    for a local directory 16 hex digits of a sha256 over its weights' bytes (:func:`~ekd.models.identity.
+    """What a cached result belongs to: the spec, plus the seed of a random preset, the revision of a hub id not
+    cached here, or for a local directory or a hub id's cached snapshot 16 hex digits of a sha256 over its weights' bytes (:func:`~ekd.models.identity.
     weights_fingerprint`, memoised) and its ``*.json`` files' (config, generation config, tokenizer): a model
     retrained or edited there is another model, a copy anywhere the same one (its files' sizes and mtimes keyed
     it before: a copy was scored again, and another model of the same sizes and times was not)."""
     if is_preset(spec):
         return f"{spec}#seed{seed}"
-    path = Path(spec).expanduser()
-    if path.is_dir():
+    from ekd.hub import model_directory
+
+    path = model_directory(spec, revision)  # a hub id's cached snapshot too (try-out 152, F1)
+    if path is not None:
         import hashlib
 
         from ekd.models.identity import weights_fingerprint
 
-        h = hashlib.sha256(f"{weights_fingerprint(spec)};".encode())
+        h = hashlib.sha256(f"{weights_fingerprint(spec, revision)};".encode())
         for f in sorted(path.iterdir()):
             if f.is_file() and f.suffix == ".json":
                 h.update(f"{f.name}:".encode() + f.read_bytes() + b";")

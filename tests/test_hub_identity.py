@@ -1,0 +1,106 @@
+"""A hub model is identified by the weights its id resolves to in the hub cache, as a local directory is by its
+own (try-out 152, F1/F8): a teacher or LoRA base named ``org/name`` was recorded by its name and an empty revision,
+so new weights downloaded under ``main`` taught a resumed run, were paired with the old ones by ``ekd compare`` and
+scored an adapter trained on another base — without a word."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import constants
+
+from ekd.cli import main
+from ekd.data import train_bpe_tokenizer
+from ekd.hub import model_directory
+from ekd.models.identity import weights_fingerprint
+from ekd.models.load import build_preset
+from hub_cache import point_ref, put_in_hub_cache
+from tiny import tiny_overrides, write_corpus
+
+A, B = "a" * 40, "b" * 40
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=24)
+
+
+@pytest.fixture
+def hub(tmp_path, corpus, monkeypatch, hub_unreachable):
+    """``org/teacher`` cached at commits A (main, v1) and B (other weights), ``org/student`` at A: the hub
+    unreachable, as on a cluster's compute node."""
+    root = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    for seed, commit in ((0, A), (1, B)):
+        build_preset("llama-tiny", len(tok), tok.eos_token_id, seed=seed).save_pretrained(
+            tmp_path / f"t{seed}"
+        )
+        tok.save_pretrained(tmp_path / f"t{seed}")
+        put_in_hub_cache(
+            root, "org/teacher", tmp_path / f"t{seed}", commit, ("main", "v1") if seed == 0 else ()
+        )
+    build_preset("llama-micro", len(tok), tok.eos_token_id, seed=2).save_pretrained(tmp_path / "s")
+    tok.save_pretrained(tmp_path / "s")
+    put_in_hub_cache(root, "org/student", tmp_path / "s", A)
+    return root
+
+
+def test_a_hub_ids_weights_are_those_of_the_snapshot_its_revision_names(hub, tmp_path):
+    local = weights_fingerprint(str(tmp_path / "t0"))
+    assert model_directory("org/teacher") == hub / "models--org--teacher" / "snapshots" / A
+    assert weights_fingerprint("org/teacher") == local == weights_fingerprint("org/teacher", "v1")
+    assert weights_fingerprint("org/teacher", B) == weights_fingerprint(str(tmp_path / "t1")) != local
+    assert (
+        weights_fingerprint("org/not-cached") is None and weights_fingerprint("org/teacher", "c" * 40) is None
+    )
+    point_ref(hub, "org/teacher", B)  # newer weights downloaded under main: another teacher
+    assert weights_fingerprint("org/teacher") != local
+
+
+def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub, tmp_path, corpus, capsys):
+    args = [
+        "distill",
+        *tiny_overrides(
+            tmp_path, corpus, "hub", **{"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+        ),
+        "train.max_steps=2",
+        "train.checkpoint_every=1",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "hub"
+    local = weights_fingerprint(str(tmp_path / "t0"))
+    assert json.loads((run / "ekd-run.json").read_text())["teacher_weights"] == local
+    assert json.loads((run / "eval.json").read_text())["eval"]["teacher"]["weights"] == local
+    point_ref(hub, "org/teacher", B)
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+
+
+def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hub, tmp_path, corpus, capsys):
+    pytest.importorskip("peft")
+    args = [
+        "distill",
+        *tiny_overrides(
+            tmp_path, corpus, "lora", **{"model.student": "org/student", "model.tokenizer": "student"}
+        ),
+        "train.max_steps=1",
+        "model.lora_r=2",
+        "model.lora_export=adapter",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "lora"
+    assert json.loads((run / "ekd-run.json").read_text())["student_base"]["revision"].startswith(
+        "safetensors"
+    )
+    build_preset("llama-micro", 300, 0, seed=3).save_pretrained(tmp_path / "s2")  # the base retrained
+    for f in (tmp_path / "s").glob("*token*"):
+        (tmp_path / "s2" / f.name).write_bytes(f.read_bytes())
+    put_in_hub_cache(hub, "org/student", tmp_path / "s2", B)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "whose weights changed since the run trained it" in err[0], err
