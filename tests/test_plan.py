@@ -661,3 +661,43 @@ def test_a_mode_whose_loading_does_not_fit_is_not_advised(tmp_path, capsys, monk
     rc, out, err = cli(capsys, "plan", str(qwen), *shapes, *batch, "--gpu-memory", "8.6GiB")
     verdict = next(line for line in out.splitlines() if line.startswith("fits: "))
     assert "; loading, before the shards, peaks at" in verdict, verdict
+
+
+def test_the_plan_reads_the_revision_and_the_remote_code_setting_distill_reads(
+    tmp_path, capsys, monkeypatch, hub_unreachable
+):
+    """Try-out 152, F9: ``ekd plan`` read a hub id's config.json at the default branch whatever ``model.revision``
+    named (a 2-layer teacher planned for the 6-layer one the run held), and refused a model of its own code with
+    ``model.trust_remote_code=true`` set, naming that setting as the fix (on a terminal it asked whether to run it)."""
+    from huggingface_hub import constants
+
+    from hub_cache import put_in_hub_cache
+    from test_model_loading import _remote_code
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name, commit, refs in (("llama-micro", "a" * 40, ("main",)), ("llama-tiny", "b" * 40, ("big",))):
+        build_preset(name, VOCAB).save_pretrained(tmp_path / name)
+        put_in_hub_cache(tmp_path / "hub", "org/teacher", tmp_path / name, commit, refs)
+    config = config_file(Path("."), Path("corpus"), "p")
+    models = ["model.student=preset:llama-micro", "model.teacher=org/teacher", "--gpus", "1"]
+    counts = {}
+    for revision in ("", "big"):
+        rc, out, err = cli(capsys, "plan", config, *models, f"model.revision={revision}")
+        assert rc == 0, err
+        counts[revision] = next(line for line in out.splitlines() if line.startswith("teacher org/teacher"))
+    big = sum(p.numel() for p in build_preset("llama-tiny", VOCAB).parameters())
+    assert f"{big:,} parameters" in counts["big"] and counts[""] != counts["big"], counts
+    line = one_error_line(*cli(capsys, "plan", config, *models, "model.revision=nosuch")[::2])
+    assert "model.teacher" in line, line
+    remote = tmp_path / "remote"
+    build_preset("llama-micro", VOCAB).save_pretrained(remote)
+    _remote_code(remote)
+    own = ["model.student=preset:llama-micro", f"model.teacher={remote}", "--gpus", "1"]
+    line = one_error_line(*cli(capsys, "plan", config, *own)[::2])
+    assert (
+        "set model.trust_remote_code=true only if you trust that code" in line
+        and not (remote / "RAN").exists()
+    )
+    cli(capsys, "plan", config, *own, "model.trust_remote_code=true")
+    assert (remote / "RAN").exists()  # its configuration code read, as distill reads it
