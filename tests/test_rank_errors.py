@@ -360,6 +360,86 @@ def test_a_cache_every_rank_would_refuse_is_refused_once_by_rank_0(tmp_path):
     assert rank1 == {"alike": [alike, True], "own": ["shard-00001.bin is corrupted", False]}
 
 
+def _look_for_each_other(rank: int, out_dir: str) -> None:
+    from ekd.errors import ConfigError
+    from ekd.train import rank_work
+    from ekd.train.distributed import Ranks
+
+    ranks = Ranks(rank, 2, torch.device("cpu"))
+    rank_work.SHARED_WAIT_S = 0.5
+    seen = {}
+    for name, directory in (("shared", Path(out_dir, "shared")), ("own", Path(out_dir, f"node{rank}"))):
+        try:  # "own": one path string, two filesystems — each node its own disk at that path
+            rank_work.check_shared_directory(ranks, directory, "run.output_dir", "every rank writes there")
+            seen[name] = sorted(p.name for p in directory.iterdir())
+        except ConfigError as e:
+            seen[name] = [str(e), getattr(e, "copy_of_rank0", False), list(e.keys)]
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_a_directory_a_rank_does_not_see_is_refused_by_name_before_anything_is_written(tmp_path):
+    """Try-out 151, F1/F3/F6: a node-local run.output_dir ended "finished" with checkpoints missing rank 1's shards
+    (found at the --resume that needed them), a node-local data.store_dir in rank 1's traceback, a node-local
+    teacher.cache_dir in "rank 1 has not run; rerun the cache build" at every rerun. Every rank looks for the file
+    rank 0 writes; one that does not see it ends the job in one line, by rank 0, naming the rank and its host."""
+    import socket
+
+    gloo_ranks(_look_for_each_other, tmp_path)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["shared"] == rank1["shared"] == []  # the probe removed
+    line, copy, keys = rank0["own"]
+    assert line == (
+        f"run.output_dir: rank 1 (host {socket.gethostname()}) does not see the files rank 0 writes in "
+        f"{tmp_path / 'node0'} (every rank writes there): put it on a filesystem every node mounts, at that same "
+        "path on every node"
+    )
+    assert (copy, keys) == (False, ["run.output_dir"]) and rank1["own"][:2] == [line, True]
+    assert list((tmp_path / "node0").iterdir()) == []
+
+
+def _compare_teachers(rank: int, out_dir: str) -> None:
+    from ekd.errors import ConfigError
+    from ekd.train.distributed import Ranks
+    from ekd.train.rank_work import check_same_weights
+
+    ranks = Ranks(rank, 2, torch.device("cpu"), local_rank=0)  # two nodes of one process each
+    seen = {}
+    for name in ("same", "other"):
+        teacher = Path(out_dir, name, f"node{rank}", "teacher")  # each node's own copy, at its own path
+        try:
+            check_same_weights(ranks, str(teacher), "", "model.teacher")
+            seen[name] = "ok"
+        except ConfigError as e:
+            seen[name] = [str(e), getattr(e, "copy_of_rank0", False)]
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_a_node_holding_another_teacher_is_refused_by_name(tmp_path):
+    """Try-out 151, F2: node 1's copy of the teacher held other weights (a stale copy, a later download of a hub
+    id's main): the job trained half of every batch from another model, every record naming one teacher. Each node
+    fingerprints what it reads; one that differs from rank 0's ends the job in one line naming it."""
+    import socket
+
+    for name, other in (("same", b"weights"), ("other", b"other weights")):
+        for node, weights in ((0, b"weights"), (1, other)):
+            (tmp_path / name / f"node{node}" / "teacher").mkdir(parents=True)
+            (tmp_path / name / f"node{node}" / "teacher" / "model.safetensors").write_bytes(weights)
+    gloo_ranks(_compare_teachers, tmp_path)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["same"] == rank1["same"] == "ok"
+    line, copy = rank0["other"]
+    assert line.startswith(
+        f"model.teacher: rank 1 (host {socket.gethostname()}) reads other weights at "
+        f"{tmp_path / 'other' / 'node0' / 'teacher'} than rank 0 ("
+    ), line
+    assert line.endswith(
+        "every node must hold the same model — copy rank 0's files there, or pin model.revision"
+    )
+    assert not copy and rank1["other"] == [line, True]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["error", "kill"])
 def test_a_rank_that_ends_mid_run_leaves_one_line_with_the_checkpoint_kept(tmp_path, how):

@@ -108,6 +108,104 @@ def _rank0_error(kind: type | None, message: str, what: str) -> BaseException:
     return error
 
 
+SHARED_WAIT_S = 10.0
+"""Seconds a rank looks for rank 0's probe file before it is said not to see the directory (a network file
+system's attribute cache may hide a new file from another node for a moment)."""
+
+
+def check_shared_directory(ranks: Ranks, directory: Path, key: str, what: str) -> None:
+    """Every rank sees, at ``directory``, the files rank 0 writes there: rank 0 writes a probe file, every rank looks
+    for it, and a rank that does not see it ends the job with one line, by rank 0, naming it and its host — before
+    any of them writes there. What several ranks write or read in one directory (a run's checkpoint shards, a
+    cache's, a token store rank 0 built) must be on a filesystem every node mounts at that path (try-out 151: a
+    node-local ``run.output_dir`` ended "finished" with every checkpoint missing the other node's shards; a
+    node-local ``data.store_dir`` ended in a traceback; a node-local ``teacher.cache_dir`` asked for a rebuild that
+    failed alike). ``directory`` is made by rank 0 if missing. One process: nothing to check.
+
+    Raises:
+        ConfigError: a rank does not see rank 0's file (on every rank; said once, by rank 0).
+    """
+    if ranks.world_size <= 1:
+        return
+    import secrets
+    import socket
+    import time
+
+    from ekd.errors import ConfigError
+    from ekd.io import atomic_write_text, make_dirs
+
+    token = [secrets.token_hex(8) if ranks.is_main else None]
+    dist.broadcast_object_list(token, src=0, group=ranks.host)
+    probe = directory / f".ekd-visible-{token[0]}"
+
+    def write() -> None:
+        make_dirs(directory)
+        atomic_write_text(probe, token[0])
+
+    run_on_main(ranks, write, f"write in {key}")
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while not (seen := probe.is_file()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    everyone: list = [None] * ranks.world_size
+    dist.all_gather_object(everyone, (seen, socket.gethostname()), group=ranks.host)
+    blind = [(rank, host) for rank, (ok, host) in enumerate(everyone) if not ok]
+
+    def refuse() -> None:
+        probe.unlink(missing_ok=True)
+        if blind:
+            who = ", ".join(f"rank {rank} (host {host})" for rank, host in blind)
+            raise ConfigError(
+                f"{key}: {who} does not see the files rank 0 writes in {directory} ({what}): put it on a "
+                "filesystem every node mounts, at that same path on every node",
+                keys=(key,),
+            )
+
+    run_on_main(ranks, refuse, f"check {key}")
+
+
+def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None:
+    """Every node reads the same weights for ``spec`` (``key``: 'model.teacher', ...): its local rank 0 fingerprints
+    the files its node loads (:func:`ekd.models.identity.weights_fingerprint`, remembered per file state), and a node
+    whose files differ from rank 0's ends the job with one line, by rank 0, naming it — where each rank reads the
+    model itself (a replicated teacher, a LoRA base: DDP sends rank 0's trained weights, not these). Paths are
+    compared among one machine's ranks only (nodes may mount them elsewhere), so a stale copy on one node, or a
+    hub id whose ``main`` another node downloaded later, taught half of every batch from another model under one
+    name (try-out 151, F2). A node whose files cannot be fingerprinted (a preset, pickled weights) is not compared.
+
+    Raises:
+        ConfigError: a node's weights differ from rank 0's (on every rank; said once, by rank 0).
+    """
+    if ranks.world_size <= 1:
+        return
+    import socket
+
+    from ekd.errors import ConfigError
+    from ekd.models.identity import weights_fingerprint
+
+    mine = weights_fingerprint(spec, revision) if ranks.is_node_main else None
+    everyone: list = [None] * ranks.world_size
+    dist.all_gather_object(everyone, (mine, socket.gethostname()), group=ranks.host)
+    reference = everyone[0][0]
+    other = [
+        (r, host, fp)
+        for r, (fp, host) in enumerate(everyone)
+        if None not in (fp, reference) and fp != reference
+    ]
+
+    def refuse() -> None:
+        if other:
+            rank, host, fingerprint = other[0]
+            raise ConfigError(
+                f"{key}: rank {rank} (host {host}) reads other weights at {spec} than rank 0 "
+                f"({fingerprint.rpartition(':')[2][:12]} vs {reference.rpartition(':')[2][:12]}): every node must "
+                "hold the same model — copy rank 0's files there"
+                + (", or pin model.revision" if not revision else ""),
+                keys=(key,),
+            )
+
+    run_on_main(ranks, refuse, f"compare the nodes' {key}")
+
+
 def prepare_data_once(cfg, run_dir: Path, ranks: Ranks):
     """``prepare_data(cfg, run_dir)`` (load, tokenize, pack) on global rank 0, sent to the other ranks."""
     from ekd.train.prepare import prepare_data

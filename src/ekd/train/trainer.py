@@ -107,8 +107,10 @@ from ekd.train.prepare import (
     scores_samples_with_teacher,
     warn_smaller_teacher,
 )
-from ekd.train.rank0_load import load_for_rank
+from ekd.train.rank0_load import load_for_rank, loads_on_rank0
 from ekd.train.rank_work import (
+    check_same_weights,
+    check_shared_directory,
     fetch_models_once,
     opened_on_main_first,
     prepare_data_once,
@@ -418,6 +420,14 @@ def _train(
     # rank 0 alone checks and prepares the run directory (and, below, the data and the end-of-run tools);
     # run_on_main sends its answer to every rank, so a refusal or a finished run ends every rank alike
     run_dir = run_on_main(ranks, lambda: _open_run(cfg, ranks, start), "open the run directory")
+    # every rank writes its checkpoint shards there, and reads them on --resume; the token store rank 0 builds is
+    # read by every rank: both must be one directory to all of them
+    check_shared_directory(ranks, run_dir, "run.output_dir", "every rank writes its checkpoint shards there")
+    if cfg.data.store_dir:
+        store = Path(cfg.data.store_dir)
+        check_shared_directory(
+            ranks, store, "data.store_dir", "rank 0 builds the token store, every rank reads it"
+        )
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
     enable_tf32(cfg.train.precision, device)
@@ -426,6 +436,11 @@ def _train(
     run_on_main(ranks, lambda: _check_on_main(cfg, data, start), "check the data, eval.tasks and log.wandb")
     teacher_spec = [cfg.model.teacher] if loads_teacher_model(cfg) else []
     fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
+    # what each rank reads itself must be rank 0's: a replicated teacher, a LoRA student's frozen base
+    if teacher_spec and not loads_on_rank0(cfg, "teacher", ranks.world_size):
+        check_same_weights(ranks, cfg.model.teacher, cfg.model.revision, "model.teacher")
+    if cfg.model.lora_r > 0:
+        check_same_weights(ranks, cfg.model.student, cfg.model.revision, "model.student")
     # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
     student = load_for_rank(cfg, "student", ranks, lambda empty: load_student(cfg, data, device, empty))
     lora = LoraStudent.wrap(student, cfg.model) if cfg.model.lora_r > 0 else None  # adapters in place

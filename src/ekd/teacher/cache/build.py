@@ -395,7 +395,7 @@ def run_build(
     stat_format = stat_format or cfg.teacher.cache_stat_format
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
-    from ekd.train.rank_work import fetch_models_once, run_on_main
+    from ekd.train.rank_work import check_same_weights, check_shared_directory, fetch_models_once, run_on_main
 
     check_cacheable(cfg)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
@@ -411,6 +411,13 @@ def run_build(
         _locked_by_main(directory, ranks, overwrite),
     ):
         device = ranks.device
+        # every rank writes its shards there, rank 0 the manifest of them all: one directory to every rank
+        check_shared_directory(ranks, directory, "teacher.cache_dir", "every rank writes its shards there")
+        if cfg.data.store_dir:
+            store = Path(cfg.data.store_dir)
+            check_shared_directory(
+                ranks, store, "data.store_dir", "rank 0 builds the token store, every rank reads it"
+            )
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)
             make_dirs(directory)
@@ -420,6 +427,9 @@ def run_build(
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)  # one download per node
+        check_same_weights(
+            ranks, cfg.model.teacher, cfg.model.revision, "model.teacher"
+        )  # every rank reads it
         blocks = data.blocks["train"]
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)
