@@ -627,6 +627,28 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
     assert len(said) == 3, said
 
 
+def test_a_hub_id_read_from_a_local_directory_of_its_name_is_said(tmp_path, monkeypatch, caplog):
+    """Try-out 152, F6: ./acme/tiny-teacher here replaced the hub id acme/tiny-teacher without a word (an old
+    copy, a fine-tune saved under the hub id's name), and model.revision was recorded though never read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme" / "tiny-teacher").mkdir(parents=True)
+    from ekd.config import paths
+
+    monkeypatch.setattr(paths, "_SAID", set())
+    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+        cfg = load_config(None, ["model.teacher=acme/tiny-teacher", "model.revision=v1"])
+        load_config(
+            None, ["model.teacher=./acme/tiny-teacher", "model.student=acme/other"]
+        )  # said so; a hub id
+    assert cfg.model.teacher == str(tmp_path / "acme" / "tiny-teacher")
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "model.teacher=acme/tiny-teacher is read from the local directory ./acme/tiny-teacher (model.revision=v1 is "
+        "not read for it), not the hub id acme/tiny-teacher; write model.teacher=./acme/tiny-teacher to say so, or "
+        "move the directory away to use the hub's model"
+    ], said
+
+
 def test_a_runs_recorded_keywords_are_not_said_of_a_directory_where_eval_or_compare_runs(
     tmp_path, monkeypatch, caplog
 ):

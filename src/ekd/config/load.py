@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ekd.config.groups import ALIASES, canonical_key, expand_section, unknown_group_hint
-from ekd.config.paths import resolve_paths, say_keywords
+from ekd.config.paths import resolve_paths, say_keywords, say_local_over_hub
 from ekd.config.rules import about, rule_of
 from ekd.config.sections import SECTIONS, Config, MethodConfig
 from ekd.config.validate import validate
@@ -514,6 +514,8 @@ def build_config(flat: dict[str, Any], texts: dict[str, Any] | None = None, type
     validate(cfg)
     if typed:  # a keyword the user gave, beside a directory of its name
         say_keywords(cfg, flat)
+    # a hub id written (or a run recorded) where a directory of that relative path is read instead
+    say_local_over_hub(cfg, flat)
     return cfg
 
 

@@ -196,6 +196,44 @@ def say_keywords(cfg: Any, given: Iterable[str]) -> None:
                 )
 
 
+HUB_SHAPED = ("model.student", "model.teacher", "model.tokenizer")
+"""Keys whose value written ``org/name`` reads as a local directory where one is there, else as a hub id."""
+
+
+def _hub_shaped(value: str) -> bool:
+    """Whether ``value`` is written as a hub id is (``org/name``): no leading ``.``, ``/`` or ``~``, one slash."""
+    return value.count("/") == 1 and not value.startswith((".", "/", "~")) and all(value.split("/"))
+
+
+def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
+    """Warn where a model key given (``given``: dotted key → its value as written, or as a run recorded it) is written
+    as a hub id, ``org/name``, and a directory of that relative path here is read instead — once a process, by local
+    rank 0 (try-out 152, F6: ``./Qwen/Qwen2.5-0.5B`` beside a project, a fine-tune saved under the hub id's name or a
+    clone without its weights, replaced the hub model without a word, for ``ekd distill`` and for ``ekd eval RUN``
+    run there; ``model.revision`` was recorded though never read)."""
+    for key in HUB_SHAPED:
+        written = given.get(key)
+        if not isinstance(written, str) or not _hub_shaped(written) or not _existing(written):
+            continue
+        if (key, written) in _SAID:
+            continue
+        _SAID.add((key, written))
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            continue
+        revision = f" (model.revision={cfg.model.revision} is not read for it)" if cfg.model.revision else ""
+        log.warning(
+            "%s=%s is read from the local directory ./%s%s, not the hub id %s; write %s=./%s to say so, or move "
+            "the directory away to use the hub's model",
+            key,
+            written,
+            written,
+            revision,
+            written,
+            key,
+            written,
+        )
+
+
 def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
     """A saved config as a nested dict (``config.yaml``), its local paths resolved as a built config's are:
     for comparing a run's saved config with the current one (a run saved before paths were resolved).
