@@ -104,3 +104,35 @@ def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hu
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "whose weights changed since the run trained it" in err[0], err
+
+
+def test_a_cache_run_is_not_evaluated_against_new_weights_under_its_hub_teachers_id(
+    hub, tmp_path, corpus, capsys, caplog
+):
+    """Try-out 152, F2: a run from a cache built with org/teacher at A was evaluated against B after main moved —
+    KL and agreement of a teacher the student never saw — while `ekd cache` itself refused the change. The cache
+    pins a hub teacher by its loaded weights' hash; the teacher loaded to evaluate is compared with it."""
+    import logging
+
+    base = tiny_overrides(
+        tmp_path, corpus, "c", **{"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+    )
+    cache = [f"teacher.cache_dir={tmp_path / 'cache'}", "method=rskd"]
+    assert main(["cache", *base, *cache]) == 0
+    from_cache = ["distill", *base, *cache, "teacher.source=cache", "train.max_steps=1"]
+    assert main([*from_cache, "run.name=a"]) == 0
+    assert "kl" in json.loads((tmp_path / "runs" / "a" / "eval.json").read_text())["eval"]
+    point_ref(hub, "org/teacher", B)
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main([*from_cache, "run.name=b"]) == 0
+    assert (
+        "the teacher is not evaluated: org/teacher now loads other weights than the cache's teacher"
+        in caplog.text
+    )
+    assert "kl" not in json.loads((tmp_path / "runs" / "b" / "eval.json").read_text())["eval"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs" / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "now loads other weights than the cache's teacher" in err[0], err
+    point_ref(hub, "org/teacher", A)  # the teacher back: evaluated again
+    assert main(["eval", str(tmp_path / "runs" / "a")]) == 0

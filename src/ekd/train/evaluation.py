@@ -590,6 +590,21 @@ def evaluate_saved_run(
                     "it scores"
                 )
         teacher = load_teacher(cfg, data, device)
+        if (
+            cfg.teacher.source == "cache"
+        ):  # a hub id's pin is its loaded weights' hash: compared now (t152, F2)
+            from ekd.teacher.cache.source import cache_teacher_parts, loaded_teacher_changed
+
+            pinned = marker.get("cache_teacher")
+            if changed := loaded_teacher_changed(
+                cfg, teacher, cache_teacher_parts(pinned)[0] if pinned else None
+            ):
+                raise ConfigError(
+                    f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's "
+                    f"cache was built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
+                    "eval.teacher=false`, which drops the KL, agreement and teacher rows eval.json holds for the sets "
+                    "it scores"
+                )
     start = read_student_init(run_dir)  # read once: the divergence line's start and eval.json's
     started = starting_perplexities(start, data)
     results = evaluate_run(

@@ -831,20 +831,26 @@ def _teacher_of_the_cache(
     """The teacher a run trained from a cache is evaluated with: ``model.teacher`` loaded for evaluation only, when
     it is still the teacher the cache was built from; None (said in a warning) when it was replaced or moved since
     — never another model's KL under the cache's teacher (try-out 130, F1)."""
-    from ekd.teacher.cache.source import teacher_changed_since
+    from ekd.teacher.cache.source import loaded_teacher_changed, teacher_changed_since
 
     pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
-    if changed := teacher_changed_since(cfg.model.teacher, pinned):
+
+    def not_evaluated(changed: str) -> None:
         log.warning(
             "the teacher is not evaluated: %s; the student's KL and agreement need the teacher its cache was "
             "built from (`ekd eval %s` adds them once it is back)",
             changed,
             shlex.quote(str(run_dir)),
         )
-        return None
+
+    if changed := teacher_changed_since(cfg.model.teacher, pinned):
+        return not_evaluated(changed)
     log.info("loading the teacher for evaluation only (training used the cache)")
     fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
-    return load_teacher(cfg, data, device)
+    model = load_teacher(cfg, data, device)
+    if changed := loaded_teacher_changed(cfg, model, pinned.get("teacher_revision")):
+        return not_evaluated(changed)
+    return model
 
 
 def forward_backward(

@@ -241,6 +241,25 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
     return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
 
 
+def loaded_teacher_changed(cfg, model, recorded: str | None) -> str:
+    """Why the teacher loaded to evaluate a run trained from a cache (``model``, as ``ekd cache`` loads it) is not
+    the one the cache pinned as ``recorded`` (its ``teacher_revision``); "" where it is, or where the pin is a name
+    (``model.revision``) or a local directory's files (:func:`teacher_changed_since` checked those before loading).
+    A hub id's or a preset's pin is a hash of the loaded weights (:func:`~ekd.teacher.cache.signature.
+    teacher_revision`), compared now: new weights downloaded under a hub id's ``main`` since the cache was built
+    were evaluated as its teacher (try-out 152, F2)."""
+    from ekd.teacher.cache.signature import teacher_revision
+
+    if not recorded or cfg.model.revision or not recorded.startswith(("state-dict-sha256:", "commit:")):
+        return ""
+    if (current := teacher_revision(cfg, model)) == recorded:
+        return ""
+    return (
+        f"{cfg.model.teacher} now loads other weights than the cache's teacher ({current[:30]}… against "
+        f"{recorded[:30]}…: a newer download under the hub id's main?)"
+    )
+
+
 def recorded_teacher_changed(spec: str, cache_dir: str, pinned: str | None) -> str:
     """:func:`teacher_changed_since` for ``ekd eval`` of a run trained from a cache: against the teacher the run
     recorded (``cache_teacher`` in ekd-run.json, ``pinned``) — the cache itself may have been rebuilt since, or be
