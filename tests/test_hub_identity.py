@@ -136,3 +136,37 @@ def test_a_cache_run_is_not_evaluated_against_new_weights_under_its_hub_teachers
     assert len(err) == 1 and "now loads other weights than the cache's teacher" in err[0], err
     point_ref(hub, "org/teacher", A)  # the teacher back: evaluated again
     assert main(["eval", str(tmp_path / "runs" / "a")]) == 0
+
+
+def test_a_cache_run_whose_hub_teacher_is_not_here_is_refused_at_its_start(hub, tmp_path, corpus, capsys):
+    """Try-out 152, F12: a cache copied to a machine without its hub teacher trained to the end and then failed at
+    the evaluation, told to check the network or HF_HOME; refused at the start, naming eval.teacher=false."""
+    import shutil
+
+    base = tiny_overrides(
+        tmp_path, corpus, "c", **{"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+    )
+    cache = [f"teacher.cache_dir={tmp_path / 'cache'}", "method=rskd"]
+    assert main(["cache", *base, *cache]) == 0
+    shutil.rmtree(hub / "models--org--teacher")
+    capsys.readouterr()
+    from_cache = ["distill", *base, *cache, "teacher.source=cache", "train.max_steps=1"]
+    assert main(from_cache) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set eval.teacher=false to train and evaluate without it" in err[0], err
+    assert not (tmp_path / "runs" / "c" / "metrics.jsonl").exists()
+    assert main([*from_cache, "eval.teacher=false"]) == 0
+
+
+def test_a_revision_not_in_the_cache_is_named_beside_those_that_are(hub, tmp_path, corpus, capsys):
+    """Try-out 152, F4: model.revision=nosuch of a cached repository was said as the whole hub id not cached."""
+    args = ["distill", *tiny_overrides(tmp_path, corpus, "r", **{"model.teacher": "org/teacher"})]
+    assert main([*args, "model.revision=nosuch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and (
+            "as a hub id its revision 'nosuch' is not in the local cache (cached: main, v1, aaaaaaaaaaaa, bbbbbbbbbbbb)"
+        )
+        in err[0]
+    ), err

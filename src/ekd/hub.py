@@ -221,16 +221,26 @@ def hub_kwargs(
         return {}
     _refuse_missing_path(spec, key, error)  # offline too: a missing path is named, not read as a hub id
     if _env_on("HF_HUB_OFFLINE"):
-        return {}
-    why = endpoint_unreachable()
-    if not why:
-        return {}
-    if _cached(spec, filename, revision):
-        log.info(  # this node's fact: every rank that finds it says it
-            "%s: %s; using the cached files of '%s' (offline from here on)", key, why, spec, extra=EVERY_RANK
-        )
-        _go_offline()
-        return {"local_files_only": True}
+        # the hub's offline mode (the user's, or ekd's own once a model was read from the cache): the cache
+        # decides — a model not in it was said only when loaded, after the data or the whole training (try-out
+        # 152, F12: a cache run's hub teacher, loaded to evaluate it at the end)
+        why = "the hub is offline (HF_HUB_OFFLINE=1)"
+        if _cached(spec, filename, revision):
+            return {}
+    else:
+        why = endpoint_unreachable()
+        if not why:
+            return {}
+        if _cached(spec, filename, revision):
+            log.info(  # this node's fact: every rank that finds it says it
+                "%s: %s; using the cached files of '%s' (offline from here on)",
+                key,
+                why,
+                spec,
+                extra=EVERY_RANK,
+            )
+            _go_offline()
+            return {"local_files_only": True}
     local = (
         "a directory holding tokenizer files, or teacher, student or train_bpe"
         if key == "model.tokenizer"  # a preset is no tokenizer (try-out 51, F6)
@@ -239,9 +249,30 @@ def hub_kwargs(
         else "a saved model directory or preset:<name>"
     )
     raise error(
-        f"{key}: '{spec}' is not a local directory (no {absolute(spec)}), and as a hub id it is not in the local "
-        f"cache while {why}; pass {local}, or run where the hub is reachable"
+        f"{key}: '{spec}' is not a local directory (no {absolute(spec)}), and as a hub id "
+        f"{_not_cached(spec, filename, revision)} while {why}; pass {local}, or run where the hub is reachable"
     )
+
+
+def _not_cached(spec: str, filename: str, revision: str) -> str:
+    """What of a hub id the local cache lacks, as words: the id ('it is not in the local cache'), its revision
+    beside those cached (try-out 152, F4: a revision missing from a cached repository was said as the whole id
+    missing), or the file a cached snapshot has not got."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + spec.replace("/", "--"))
+    refs = (
+        sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) if (repo / "refs").is_dir() else []
+    )
+    snapshots = (
+        sorted(p.name for p in (repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+    )
+    if not snapshots:
+        return "it is not in the local cache"
+    if revision and revision not in refs and revision not in snapshots:
+        cached = ", ".join(refs + [c[:12] for c in snapshots])
+        return f"its revision '{revision}' is not in the local cache (cached: {cached})"
+    return f"its {filename} is not in the local cache (a download not finished?)"
 
 
 def check_dataset_reachable(name: str, key: str) -> str:
