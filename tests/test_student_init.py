@@ -503,3 +503,16 @@ def test_a_finished_students_record_is_read_past_a_byte_order_mark(tmp_path, cap
     entry = {"signature": {"documents_sha256": "ab" * 32}, "results": {"value": 0.5}}
     cache.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "preset:x", "tasks": {"mc": [entry]}}).encode())
     assert _read_cache(cache, "teacher", "preset:x", warn=True) == {"mc": [entry]}  # read, not scored again
+
+
+def test_a_teacher_of_its_own_code_names_the_commands_own_flag(tmp_path, capsys):
+    """Try-out 152, F10: `ekd student init` on a teacher whose config names its own code was told to set
+    model.trust_remote_code, a config key the command does not read; its flag is --trust-remote-code."""
+    from test_model_loading import _remote_code
+
+    _, teacher_dir = _teacher("llama", tmp_path)
+    _remote_code(teacher_dir)
+    assert main(["student", "init", str(teacher_dir), str(tmp_path / "s"), "--layers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("; pass --trust-remote-code only if you trust that code"), err
+    assert not (teacher_dir / "RAN").exists()

@@ -421,7 +421,9 @@ def load_or_refuse(
         if isinstance(e, OSError) and not (is_preset(spec) or Path(spec).expanduser().exists()):
             # files not found for a name read as a hub id (offline): it may be a mistyped relative path
             said = f"{said.rstrip('.')}; nor is it a local path: no {absolute(spec)}"
-        raise ModelError(f"{_key(role)}: cannot load {what} from '{spec}' ({said}){loader_hint(e)}") from e
+        raise ModelError(
+            f"{_key(role)}: cannot load {what} from '{spec}' ({said}){loader_hint(e, role)}"
+        ) from e
     finally:
         library.handlers, library.propagate = handlers, propagate
     for record in held.records:
@@ -506,11 +508,14 @@ def _first_line(e: BaseException, held: _HoldRecords) -> str:
     return first if len(first) <= 300 else first[:297] + "..."
 
 
-def loader_hint(e: BaseException) -> str:
+def loader_hint(e: BaseException, role: str = "") -> str:
     """'; <fix>' for a transformers loader's failure whose cause is known (remote code, an architecture this
-    transformers does not know, files or network), '' otherwise."""
+    transformers does not know, files or network), '' otherwise. ``role``: who loads it — ``ekd student init``'s
+    own flag is named for its teacher (try-out 152, F10: it was told to set a config key it does not read)."""
     text = str(e)
     if "custom code" in text or "trust_remote_code" in text:
+        if role.startswith("student init"):
+            return "; pass --trust-remote-code only if you trust that code"
         return "; set model.trust_remote_code=true only if you trust that code"
     if "does not recognize this architecture" in text or "model type" in text:
         return "; upgrade transformers or use a supported architecture (ekd list architectures)"
