@@ -1066,3 +1066,44 @@ def test_a_document_over_max_document_chars_is_measured_and_told_by_its_kind() -
         ConfigError, match=r"the train split's document notes.txt#0 holds 20 characters.*3\.3 KiB.*split it"
     ):
         check_document_length(plain, 19, "train")
+
+
+@pytest.mark.parametrize(
+    "raised, overrides, line",
+    [
+        (
+            "Unknown split \"tset\". Should be one of ['train', 'test'].",
+            ["data.hf_split=tset"],
+            "data.hf_split=tset: data.source hf:acme/tiny-ds has no such split (Unknown split",
+        ),
+        (
+            "There are multiple 'acme/tiny-ds' configurations in the cache: wiki, default",
+            [],
+            "data.hf_name: data.source hf:acme/tiny-ds has several configurations (There are multiple",
+        ),
+        (
+            "Couldn't find cache for acme/tiny-ds for config 'wikki'",
+            ["data.hf_name=wikki"],
+            "data.hf_name=wikki: data.source hf:acme/tiny-ds has no such configuration (Couldn't find",
+        ),
+    ],
+)
+def test_a_cached_hub_dataset_read_with_a_wrong_split_or_configuration_names_the_key(
+    raised, overrides, line, monkeypatch, hub_unreachable
+):
+    """Try-out 152, F7: with the hub unreachable, a cached dataset read with a mistyped data.hf_split, or without
+    data.hf_name where several configurations are cached, was said to be missing from the cache and to need a
+    download; the line names the key (the messages are those datasets 4 gives, offline, for a cached dataset)."""
+    import datasets
+
+    from ekd.config import ConfigError, load_config
+    from ekd.data import load_documents
+
+    def load_dataset(*args, **kwargs):
+        raise ValueError(raised)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = load_config(None, ["data.source=hf:acme/tiny-ds", "data.text_field=content", *overrides])
+    with pytest.raises(ConfigError) as e:
+        list(load_documents(cfg.data.source, cfg.data))
+    assert str(e.value).startswith(line) and "save_to_disk" not in str(e.value) and "\n" not in str(e.value)

@@ -961,6 +961,29 @@ def _read_parquet(
             row += 1
 
 
+def _wrong_hf_key(first: str, name: str, data_cfg: DataConfig, key: str) -> tuple[str, str] | None:
+    """(the key, its line) for a ``datasets`` failure that names a split or configuration the dataset has not got
+    — ``data.hf_split`` / ``data.hf_name`` —, None for any other failure: a cached dataset with a mistyped split was
+    said to be missing from the cache and to need a download (try-out 152, F7)."""
+    lowered = first.lower()
+    if "unknown split" in lowered:
+        split = data_cfg.hf_split
+        return (
+            "data.hf_split",
+            f"data.hf_split={split}: {key} hf:{name} has no such split ({first}); set data.hf_split",
+        )
+    if "configurations in the cache" in lowered or "config name is missing" in lowered:
+        return "data.hf_name", (
+            f"data.hf_name: {key} hf:{name} has several configurations ({first}); set data.hf_name to one"
+        )
+    if ("for config" in lowered and "couldn't find cache" in lowered) or "builderconfig" in lowered:
+        shown = data_cfg.hf_name or "(none)"
+        return "data.hf_name", (
+            f"data.hf_name={shown}: {key} hf:{name} has no such configuration ({first}); check data.hf_name"
+        )
+    return None
+
+
 def _read_hf(
     name: str, data_cfg: DataConfig, key: str, skipped: SkippedRows | None = None
 ) -> Iterator[Document]:
@@ -988,6 +1011,8 @@ def _read_hf(
                 )
     except Exception as e:  # datasets raises many types (missing, offline, bad config); report one line
         first = first_line(e)
+        if wrong := _wrong_hf_key(first, name, data_cfg, key):  # the dataset is there: a key is wrong
+            raise ConfigError(wrong[1], keys=(wrong[0],)) from None
         if offline:
             raise ConfigError(
                 f"{key}: cannot load dataset hf:{name} ({offline}) and it is not in the datasets cache ({first});"
