@@ -232,6 +232,52 @@ def test_a_dead_proxy_counts_as_no_network(hub_unreachable, monkeypatch, tmp_pat
     assert "the proxy 127.0.0.1:9 cannot be reached" in line, line
 
 
+@pytest.mark.parametrize("proxy", ["refuses", "silent", "passes"])
+def test_a_proxy_that_is_up_but_does_not_pass_the_hub_counts_as_no_network(
+    proxy, hub_unreachable, monkeypatch
+):
+    """Try-out 152, F3: the probe connected to the proxy only, so one up but refusing the hub (403) or never
+    answering counted as network: a cached model failed with a bare "403 Forbidden", or waited minutes. The proxy
+    is asked as a client asks it; a refusal or silence within the probe's time is no network."""
+    import socketserver
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    import ekd.hub
+
+    class Proxy(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(1024)
+            if proxy == "refuses":
+                self.request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            elif proxy == "passes":
+                self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                time.sleep(ekd.hub.PROBE_TIMEOUT_S + 1)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Proxy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        start = time.monotonic()
+        why = ekd.hub.endpoint_unreachable()
+        assert time.monotonic() - start < ekd.hub.PROBE_TIMEOUT_S + 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    at = f"the proxy 127.0.0.1:{server.server_address[1]}"
+    expected = {
+        "refuses": f"{at} does not pass requests to huggingface.co (403 Forbidden)",
+        "silent": f"{at} does not answer (",
+        "passes": "",
+    }[proxy]
+    assert why.startswith(expected) and (why == "") is (proxy == "passes"), why
+
+
 def test_distill_checks_model_names_before_reading_data(hub_unreachable, monkeypatch, tmp_path, capsys):
     """A mistyped teacher name is reported before any data is loaded or tokenized (try-out P8)."""
     from ekd.train import trainer

@@ -58,10 +58,42 @@ def endpoint_unreachable() -> str:
     default_port = 443 if url.scheme == "https" else 1080 if url.scheme.startswith("socks") else 80
     host, port = url.hostname or "huggingface.co", url.port or default_port
     try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        connection = socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S)
     except OSError as e:
         what = f"the proxy {host}:{port}" if proxy else host
         return f"{what} cannot be reached: {e.strerror or type(e).__name__}"
+    with connection:
+        if proxy and url.scheme.startswith("http"):
+            return _proxy_refusal(connection, f"{host}:{port}", urlparse(constants.ENDPOINT))
+    return ""
+
+
+def _proxy_refusal(connection: socket.socket, proxy: str, endpoint) -> str:
+    """Why the HTTP proxy on ``connection`` does not pass requests to the hub ``endpoint`` ("" when it does): asked
+    as a client asks it — ``CONNECT host:443`` for an https endpoint, a ``HEAD`` of the endpoint's URL for an http
+    one — and read within the probe's time. A proxy that is up but refuses the hub (403, 407) or never answers was
+    counted as network: a cached model then failed with a bare "403 Forbidden", or waited minutes (try-out 152,
+    F3)."""
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if endpoint.scheme == "https":
+        request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+    else:
+        request = f"HEAD {endpoint.scheme}://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    try:
+        connection.settimeout(PROBE_TIMEOUT_S)
+        connection.sendall(request.encode())
+        status = connection.recv(256).split(b"\r\n", 1)[0].decode("latin-1").strip()
+    except TimeoutError:
+        return f"the proxy {proxy} does not answer (nothing within {PROBE_TIMEOUT_S:g} s)"
+    except OSError as e:
+        return f"the proxy {proxy} does not answer ({e.strerror or type(e).__name__})"
+    parts = status.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return f"the proxy {proxy} does not answer as an HTTP proxy ({status[:60] or 'nothing'})"
+    code = int(parts[1])
+    if code in (403, 407) or code >= 500 or (endpoint.scheme == "https" and code != 200):
+        return f"the proxy {proxy} does not pass requests to {host} ({status.split(' ', 1)[1]})"
     return ""
 
 
