@@ -170,3 +170,16 @@ def test_a_revision_not_in_the_cache_is_named_beside_those_that_are(hub, tmp_pat
         )
         in err[0]
     ), err
+
+
+def test_a_cached_tokenizer_only_repository_loads_offline(hub, tmp_path, corpus):
+    """Try-out 152, F5: model.tokenizer=org/tok, cached as `hf download` leaves a tokenizer repository (no
+    config.json), was refused as "not in the cached files": transformers 5 asks a hub id for its config.json."""
+    from ekd.models.load import load_tokenizer
+
+    tok = train_bpe_tokenizer([p.read_text() for p in sorted(corpus.iterdir())], 300, None)
+    tok.save_pretrained(tmp_path / "tok")
+    assert not (tmp_path / "tok" / "config.json").exists()
+    put_in_hub_cache(hub, "org/tok", tmp_path / "tok", A)
+    loaded = load_tokenizer("org/tok", role="tokenizer")
+    assert loaded.get_vocab() == tok.get_vocab()

@@ -42,6 +42,12 @@ def _env_on(*names: str) -> bool:
     return any(os.environ.get(n, "").strip().lower() in {"1", "true", "yes", "on"} for n in names)
 
 
+def hub_offline() -> bool:
+    """Whether the hub's offline mode is on in this process (``HF_HUB_OFFLINE``: the user's, or ekd's own once a
+    model was read from the cache)."""
+    return _env_on("HF_HUB_OFFLINE")
+
+
 def is_local(spec: str) -> bool:
     """Whether ``spec`` names an existing path (the loaders read it from disk; anything else is a hub id)."""
     return bool(spec.strip()) and Path(spec).expanduser().exists()  # Path("") is the current directory
@@ -196,9 +202,9 @@ def offline_unless_reachable(key: str) -> str:
     return why
 
 
-def model_directory(spec: str, revision: str = "") -> Path | None:
+def model_directory(spec: str, revision: str = "", filename: str = "config.json") -> Path | None:
     """The directory a model's files are read from: ``spec`` itself where it is a local directory, else — a hub id
-    — the hub cache's snapshot of ``revision`` (``main`` when empty) where its config.json is cached, read without
+    — the hub cache's snapshot of ``revision`` (``main`` when empty) where its ``filename`` is cached, read without
     the network; None for a preset, a hub id not cached here, or nothing. What identifies a hub model by its
     weights (:func:`ekd.models.identity.weight_files`; try-out 152, F1: a hub teacher was recorded by its name and
     an empty revision, so new weights under ``main`` were the same teacher)."""
@@ -210,7 +216,7 @@ def model_directory(spec: str, revision: str = "") -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(spec, "config.json", revision=revision or None)
+        found = try_to_load_from_cache(spec, filename, revision=revision or None)
     except Exception:  # an id the hub would refuse (bad characters): nothing cached
         return None
     return Path(found).parent if isinstance(found, str) else None

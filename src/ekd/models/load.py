@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ekd.config.paths import absolute, read_as
 from ekd.errors import ModelError, first_line
-from ekd.hub import hub_kwargs, is_local
+from ekd.hub import hub_kwargs, hub_offline, is_local, model_directory
 from ekd.json_words import shown
 from ekd.losses.targets import Head
 from ekd.models.exact import ieee_fp32
@@ -292,6 +292,12 @@ def load_tokenizer(
         )
     kwargs.update(hub_kwargs(spec, _key(role), "tokenizer_config.json", revision))
     source = str(local) if local is not None else spec
+    # offline, a hub id's cached snapshot is read as the directory it is: transformers 5 asks a hub id for its
+    # config.json first, which a tokenizer-only repository has not got (try-out 152, F5: refused as not cached)
+    offline = local is None and (kwargs.get("local_files_only") or hub_offline())
+    if offline and (snapshot := model_directory(spec, revision, "tokenizer_config.json")) is not None:
+        source = str(snapshot)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("revision", "local_files_only")}
     tok = load_or_refuse(
         spec,
         role,
