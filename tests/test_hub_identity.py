@@ -183,3 +183,29 @@ def test_a_cached_tokenizer_only_repository_loads_offline(hub, tmp_path, corpus)
     put_in_hub_cache(hub, "org/tok", tmp_path / "tok", A)
     loaded = load_tokenizer("org/tok", role="tokenizer")
     assert loaded.get_vocab() == tok.get_vocab()
+
+
+def test_a_hub_models_download_cut_short_is_said_before_the_data(hub, tmp_path, corpus, capsys, monkeypatch):
+    """Try-out 152, F11: config.json cached, the weights not (a download cut short), was found only when the model
+    loaded — after the data were read — as a file the repository has not got."""
+    from ekd.train import trainer
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_bytes((tmp_path / "t0" / "config.json").read_bytes())
+    put_in_hub_cache(hub, "org/half", tmp_path / "half", A)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read before the teacher's files were checked")
+
+    monkeypatch.setattr(trainer, "prepare_data_once", no_data)
+    args = ["distill", *tiny_overrides(tmp_path, corpus, "h", **{"model.teacher": "org/half"})]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and (
+            "model.teacher: 'org/half' in the hub cache has a config.json but no weights (a download not finished?); "
+            "finish its download where the hub is reachable (`hf download org/half`)"
+        )
+        in err[0]
+    ), err

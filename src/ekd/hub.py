@@ -157,10 +157,44 @@ def check_model_spec(spec: str, key: str, revision: str = "", weights: bool = Tr
         # a local directory: its files, before any tokenizer check
         check_model_dir(spec, key, weights=weights)
         hub_kwargs(spec, key, revision=revision)
+        if weights and not is_local(spec) and hub_offline():
+            _check_cached_weights(spec, key, revision)
         return
     from ekd.models.presets import require_preset
 
     require_preset(spec.removeprefix("preset:"), key)
+
+
+def _check_cached_weights(spec: str, key: str, revision: str) -> None:
+    """Offline, a hub id's cached snapshot holds the weights it names: a weights file, and every shard a sharded
+    index lists (try-out 152, F11: a download cut short — config.json cached, the weights still ``.incomplete`` —
+    was found only when the model loaded, after the data, and said as a file the repository has not got).
+
+    Raises:
+        ModelError: one line naming the file missing and the download to finish.
+    """
+    import json
+
+    from ekd.models.load import WEIGHT_FILES
+
+    snapshot = model_directory(spec, revision)
+    if snapshot is None:
+        return  # not cached: hub_kwargs said so, or the libraries will
+    finish = f"finish its download where the hub is reachable (`hf download {spec}`)"
+    if not any(next(snapshot.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelError(f"{key}: '{spec}' in the hub cache has a config.json but no weights (a download not "
+                         f"finished?); {finish}")  # fmt: skip
+    for index in snapshot.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue  # the loader says what is wrong with it
+        if missing := sorted(name for name in shards if not (snapshot / name).is_file()):
+            raise ModelError(
+                f"{key}: '{spec}' in the hub cache lacks {missing[0]}"
+                f"{f' and {len(missing) - 1} more shards' if len(missing) > 1 else ''} of {index.name} (a download "
+                f"not finished?); {finish}"
+            )
 
 
 def _go_offline() -> None:
