@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,10 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         {"0": mixed, "1": [*mixed, "train.lr=0.002"]},
         {"0": mixed, "1": [*mixed, "train.max_steps=5", "log.level=DEBUG"]},
         {"0": mixed, "1": [*mixed, f"run.output_dir={tmp_path / 'elsewhere'}"]},
+        # try-out 151, F2: a mistake in one rank's command line ended that rank before the job's group existed,
+        # and left the other waiting in the rendezvous (a node held for the whole timeout): it joins to say it
+        {"0": mixed, "1": [*mixed, "train.max_step=9"]},
+        {"0": [*mixed, "train.max_step=9"], "1": mixed},
         [*fin, "train.max_steps=3", "--resume"],
     ]
     codes = tmp_path / "codes"
@@ -75,9 +80,17 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, *[2] * 10, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 8, out.stderr
+    assert out.stderr.count("ekd: error:") == 10, out.stderr
+    typo = "unknown key 'train.max_step'; did you mean 'train.max_steps'?"
+    assert (
+        out.stderr.count(
+            f"ekd: error: torchrun: rank 1 (host {socket.gethostname()}) could not read its config: "
+        )
+        == 1
+    )
+    assert out.stderr.count(typo) == 2, out.stderr  # rank 1's, said by rank 0; rank 0's own
     different = "ekd: error: torchrun: the ranks of this job were given different settings: "
     assert out.stderr.count(different + "train.lr (rank 0: 0.001, rank 1: 0.002); every rank must run ") == 1
     # the step count is compared, a log setting is not (rank 0 reports: try-out 82, F2)

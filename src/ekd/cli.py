@@ -314,9 +314,12 @@ def cmd_distill(args) -> int:
     from ekd.config import load_config, split_config_and_overrides
     from ekd.log_level import apply_log_level
 
-    paths, overrides = split_config_and_overrides(args.config, args.overrides)
-    # a config's mistake is said before the training stack's imports (seconds)
-    cfg = load_config(paths, overrides)
+    try:  # a config's mistake is said before the training stack's imports (seconds)
+        paths, overrides = split_config_and_overrides(args.config, args.overrides)
+        cfg = load_config(paths, overrides)
+    except EkdError as e:  # under torchrun the other ranks end with it, not wait for this one
+        _refuse_with_peers(e)
+        raise
     from ekd.train.run_dir import RunFinished
     from ekd.train.trainer import train
 
@@ -334,6 +337,14 @@ def cmd_distill(args) -> int:
     print(f"student saved to {result.run_dir / 'student'} ({_run_summary(result)})")
     _print_eval(result.eval, result.run_dir)
     return 0
+
+
+def _refuse_with_peers(e: EkdError) -> None:
+    """:func:`ekd.train.same_settings.refuse_with_peers`, imported only under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ekd.train.same_settings import refuse_with_peers
+
+        refuse_with_peers(e)
 
 
 def _say_another_runs_config(paths: list[str], cfg) -> None:

@@ -39,6 +39,31 @@ def rank_settings(cfg: Any, **flags: object) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))  # JSON values, as every rank reads them back
 
 
+CONFIG_ERROR = "config_error"
+"""The settings a rank whose config could not be read joins the job with (:func:`refuse_with_peers`)."""
+
+
+def refuse_with_peers(error: BaseException) -> None:
+    """Under ``torchrun``, a rank whose command line or config files could not be read joins the job's process
+    group anyway, with :data:`CONFIG_ERROR` for settings, so that the other ranks end with its line at the start
+    (:func:`check_same_settings`) instead of waiting in the rendezvous for a rank that left: a typo or a YAML
+    missing on one node held the other node silently for the rendezvous' whole timeout (try-out 151, F2). The
+    device is the default run's (``run.device=auto``: the backend every rank of such a job picks). In one process:
+    nothing. Returns on this rank; the caller raises ``error``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from ekd.train.distributed import distributed
+    from ekd.train.prepare import resolve_device
+
+    try:
+        with distributed(resolve_device("auto"), {CONFIG_ERROR: str(error)}):
+            pass
+    except ConfigError:  # its own line, relayed to the others: this rank says its own
+        return
+
+
 def masked(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` with each local path of a path key (absolute, as the config resolves it) as :data:`LOCAL_PATH`:
     what ranks on different machines compare."""
@@ -76,6 +101,14 @@ def check_same_settings(world_size: int, settings: dict[str, Any], group: Any = 
     gathered = [torch.zeros_like(mine) for _ in range(world_size)]
     dist.all_gather(gathered, mine, group=group)
     everyone = [json.loads(bytes(t[: int(n)].tolist())) for t, n in zip(gathered, lengths)]
+    failed = [
+        (r, e["host"], e["settings"][CONFIG_ERROR])
+        for r, e in enumerate(everyone)
+        if CONFIG_ERROR in e["settings"]
+    ]
+    if failed:
+        rank, host, message = failed[0]
+        raise ConfigError(f"torchrun: rank {rank} (host {host}) could not read its config: {message}")
     differing = _differences([e["host"] for e in everyone], [e["settings"] for e in everyone])
     if differing:
         named = [f"{key} (rank {a}: {va}, rank {b}: {vb})" for key, a, va, b, vb in differing[:SHOWN_KEYS]]

@@ -194,14 +194,22 @@ def run_cache_command(args) -> int:
     from ekd.log_level import apply_log_level
     from ekd.nearest import did_you_mean
     from ekd.teacher.cache.build import run_build, summary
+    from ekd.train.same_settings import refuse_with_peers
 
     subcommands = ("import", *INSPECT)
-    if not Path(args.config).exists() and (hint := did_you_mean(args.config, subcommands)):
-        raise EkdError(
-            f"'{args.config}' is neither a config file nor an `ekd cache` subcommand ({', '.join(subcommands)}){hint}"
-        )
-    paths, overrides = split_config_and_overrides(args.config, args.overrides)
-    cfg = load_config(paths, overrides)
+    try:
+        if not Path(args.config).exists() and (hint := did_you_mean(args.config, subcommands)):
+            raise EkdError(
+                f"'{args.config}' is neither a config file nor an `ekd cache` subcommand "
+                f"({', '.join(subcommands)}){hint}"
+            )
+        paths, overrides = split_config_and_overrides(args.config, args.overrides)
+        cfg = load_config(paths, overrides)
+    except (
+        EkdError
+    ) as e:  # under torchrun the other ranks end with it, not wait for this one (try-out 151, F2)
+        refuse_with_peers(e)
+        raise
     apply_log_level(cfg.log.level)
     with writing(cfg.teacher.cache_dir or "."):  # a full or read-only disk: one line naming the directory
         result = run_build(cfg, overwrite=args.overwrite)
