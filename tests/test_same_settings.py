@@ -55,3 +55,20 @@ def test_differences_compare_paths_on_one_machine_and_other_keys_everywhere():
     assert _differences(["n0", "n1"], [unset_dir, other_dir]) == [
         ("teacher.cache_dir", 0, '""', 1, "<a local path>")
     ]
+
+
+def test_a_path_one_node_has_not_got_is_named_as_missing_there():
+    """Try-out 151, F7: node 1 lacked ./teacher, which the same YAML names on both nodes: its unresolved 'teacher'
+    beside node 0's resolved path was said as "given different settings ... every rank must run the same command
+    line" (both did); named as a path missing on that node."""
+    from ekd.train.same_settings import _missing_paths
+
+    settings = [
+        {"model.teacher": "/n0/teacher", "data.source": "/n0/data/train.jsonl", "train.lr": 0.001},
+        {"model.teacher": "teacher", "data.source": "/n1/data/train.jsonl", "train.lr": 0.002},
+    ]
+    differing = _differences(["a", "b"], settings)
+    assert [d[0] for d in differing] == ["model.teacher", "train.lr"]
+    assert _missing_paths(differing, settings) == [("model.teacher", 1, "teacher", 0)]
+    settings[1]["model.teacher"] = "other"  # another name, not the same path missing: a different setting
+    assert _missing_paths(_differences(["a", "b"], settings), settings) == []

@@ -109,7 +109,16 @@ def check_same_settings(world_size: int, settings: dict[str, Any], group: Any = 
     if failed:
         rank, host, message = failed[0]
         raise ConfigError(f"torchrun: rank {rank} (host {host}) could not read its config: {message}")
-    differing = _differences([e["host"] for e in everyone], [e["settings"] for e in everyone])
+    hosts, settings = [e["host"] for e in everyone], [e["settings"] for e in everyone]
+    differing = _differences(hosts, settings)
+    if missing := _missing_paths(differing, settings):
+        key, rank, written, other = missing[0]
+        raise ConfigError(
+            f"torchrun: {key}={written} names nothing on rank {rank} (host {hosts[rank]}), while rank {other} reads "
+            f"the local path it names there: every node needs the files its config names (copy them to rank "
+            f"{rank}'s node, or name a path that exists there)",
+            keys=(key,),
+        )
     if differing:
         named = [f"{key} (rank {a}: {va}, rank {b}: {vb})" for key, a, va, b, vb in differing[:SHOWN_KEYS]]
         more = f" and {len(differing) - SHOWN_KEYS} more" if len(differing) > SHOWN_KEYS else ""
@@ -141,6 +150,30 @@ def _differences(hosts: list[str], everyone: list[dict[str, Any]]) -> list[tuple
                     (key, a, _shown(everyone[a].get(key, UNSET)), b, _shown(everyone[b].get(key, UNSET)))
                 )
                 break
+    return out
+
+
+def _missing_paths(
+    differing: list[tuple[str, int, str, int, str]], settings: list[dict[str, Any]]
+) -> list[tuple[str, int, str, int]]:
+    """(key, rank, its value, the other rank) for each of ``differing``'s path keys where one rank's value is a
+    local path (resolved: absolute) and the other rank's, written the same way, is not — a path that exists on one
+    node and not on the other (try-out 151, F7: a teacher directory missing on one node was said as "given
+    different settings ... every rank must run the same command line", which both nodes did)."""
+    from ekd.config.paths import DIRECTORIES, SPECS
+
+    out = []
+    for key, a, _, b, _ in differing:
+        if key not in DIRECTORIES and key not in SPECS:
+            continue
+        va, vb = settings[a].get(key), settings[b].get(key)
+        if not (isinstance(va, str) and isinstance(vb, str)):
+            continue
+        absolute = [v.removeprefix("hf:").startswith("/") for v in (va, vb)]
+        if absolute == [True, False] and va.endswith(vb.removeprefix("./").rstrip("/")):
+            out.append((key, b, vb, a))
+        elif absolute == [False, True] and vb.endswith(va.removeprefix("./").rstrip("/")):
+            out.append((key, a, va, b))
     return out
 
 
