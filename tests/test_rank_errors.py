@@ -8,6 +8,7 @@ Ctrl-C is reported once, by rank 0; ``train.cpu_offload`` is refused on CPU rank
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from dist_runs import gloo_ranks, torchrun_runs
 from ekd.train.run_dir import lock_run
@@ -371,6 +373,33 @@ def test_a_cache_every_rank_would_refuse_is_refused_once_by_rank_0(tmp_path):
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == {"alike": [alike, False], "own": "reader"}
     assert rank1 == {"alike": [alike, True], "own": ["shard-00001.bin is corrupted", False]}
+
+
+def _rank0_alive_then_silent(rank: int, out_dir: str) -> None:
+    from datetime import timedelta
+
+    from ekd.train import distributed as d
+
+    d.RANK0_WAIT = timedelta(seconds=3)
+    d.RANK0_BEAT_S = 0.2
+    seen = []
+    for beating in (True, False):
+        if rank == 0:
+            with d._rank0_heartbeat(0) if beating else contextlib.nullcontext():
+                dist.barrier()  # rank 1 looks now
+                dist.barrier()
+        else:
+            dist.barrier()
+            seen.append(d._rank0_state())
+            dist.barrier()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_a_rank_stopped_from_outside_tells_a_live_rank_0_from_a_killed_one(tmp_path):
+    """Try-out 151, F6: SIGTERM to node 1's torchrun made rank 1 say that rank 0 had been killed (the OOM killer?)
+    while rank 0 trained on: rank 0's heartbeat in the job's store tells a live rank 0 from a silent one."""
+    gloo_ranks(_rank0_alive_then_silent, tmp_path)
+    assert json.loads((tmp_path / "rank1.json").read_text()) == ["alive", "killed"]
 
 
 def _look_for_each_other(rank: int, out_dir: str) -> None:

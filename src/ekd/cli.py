@@ -818,6 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     there made a finished run's exit code 143, without a word (try-out 71, F6); an interrupted command's process
     ends within seconds whatever threads a library left behind (:func:`ekd.signals.exit_promptly`)."""
     code = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # c10d's warnings when another node's torchrun goes away are pages of C++ frames (try-out 151, F5): ekd says
+        # what happened in one line; TORCH_CPP_LOG_LEVEL=WARNING shows them (read when torch is first imported)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         code = _command(argv)
         return code
@@ -945,13 +949,33 @@ SILENT_RANK0_LINE = (
 say within a few seconds that it was ending); rank 0's continue hint follows."""
 
 
+RANK0_NODE_GONE_LINE = (
+    "rank {rank} stopped: rank 0's node no longer answers (the job's store there is gone with its torchrun: rank 0 "
+    "killed — by the OOM killer, kill -9? —, its node lost, or an error said in that node's log)"
+)
+"""What a node's first rank prints when the job's store, kept on rank 0's node, stopped answering (try-out 151, F5:
+only c10d's C++ frames were left on the other nodes); the command's continue hint follows."""
+
+STOPPED_HERE_LINE = (
+    "interrupted (SIGTERM) on this node (rank {rank} and the ranks beside it; rank 0 was still running and says "
+    "how to go on in its node's log)"
+)
+"""What a node's first rank prints when its own torchrun stopped it while rank 0, on another node, still ran
+(try-out 151, F6: it said rank 0 had been killed by the OOM killer)."""
+
+
 def _said_for_rank0(e: BaseException, hint: str) -> bool:
-    """Print :data:`SILENT_RANK0_LINE` and ``hint`` when this rank speaks for a rank 0 killed without a word
-    (try-out 69, F2: only torchrun's summary was left); whether it did."""
+    """Print, for a rank that speaks for rank 0 or for its own node: :data:`SILENT_RANK0_LINE` and ``hint`` for a
+    rank 0 killed without a word (try-out 69, F2: only torchrun's summary was left), :data:`RANK0_NODE_GONE_LINE`
+    when rank 0's node went away, :data:`STOPPED_HERE_LINE` when this node alone was stopped; whether it did."""
+    if (here := getattr(e, "stopped_here", None)) is not None:
+        print(f"ekd: {STOPPED_HERE_LINE.format(rank=here)}", file=sys.stderr)
+        return True
     rank = getattr(e, "said_for_rank0", None)
     if rank is None:
         return False
-    print(f"ekd: error: {SILENT_RANK0_LINE.format(rank=rank)}{hint}", file=sys.stderr)
+    line = RANK0_NODE_GONE_LINE if getattr(e, "rank0_node_gone", False) else SILENT_RANK0_LINE
+    print(f"ekd: error: {line.format(rank=rank)}{hint}", file=sys.stderr)
     return True
 
 

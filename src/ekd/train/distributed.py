@@ -94,7 +94,8 @@ def distributed(device: torch.device, agree: dict[str, Any] | None = None) -> It
         host = dist.new_group(backend="gloo", timeout=HOST_WAIT)
         ranks = Ranks(dist.get_rank(), dist.get_world_size(), device, local_rank, host)
         del host
-        with said_by_rank0(ranks.rank):  # the job's lines once; a rank's own facts (EVERY_RANK) by each
+        # the job's lines once (a rank's own facts, EVERY_RANK, by each); rank 0's heartbeat in the job's store
+        with said_by_rank0(ranks.rank), _rank0_heartbeat(ranks.rank):
             if agree is not None:
                 from ekd.train.same_settings import check_same_settings
 
@@ -111,13 +112,52 @@ def distributed(device: torch.device, agree: dict[str, Any] | None = None) -> It
             _leave(started, ranks, e)
             raise interrupt from e
         stopped_from_outside = lost_peer(e) or isinstance(e, Terminated)
-        if ranks is not None and ranks.rank != 0 and stopped_from_outside and _says_for_rank0():
-            # rank 0 ended without a word (kill -9, the OOM killer): this rank says it, with rank 0's hint
-            e.said_for_rank0 = ranks.rank  # type: ignore[attr-defined]
-            e.continue_hint = _store_get(CONTINUE_HINT_KEY)  # type: ignore[attr-defined]
+        if ranks is not None and ranks.rank != 0 and stopped_from_outside:
+            rank0 = _rank0_state()
+            if rank0 == RANK0_KILLED:  # ended without a word (kill -9, the OOM killer): said, with its hint
+                e.said_for_rank0 = ranks.rank  # type: ignore[attr-defined]
+                e.continue_hint = _store_get(CONTINUE_HINT_KEY)  # type: ignore[attr-defined]
+            elif rank0 == RANK0_NODE_GONE and ranks.is_node_main:  # its node's store with it: once a node
+                e.said_for_rank0 = ranks.rank  # type: ignore[attr-defined]
+                e.rank0_node_gone = True  # type: ignore[attr-defined]
+            elif rank0 == RANK0_ALIVE and isinstance(e, Terminated) and ranks.is_node_main:
+                e.stopped_here = ranks.rank  # type: ignore[attr-defined]  # this node's torchrun stopped it
         _leave(started, ranks, e)
         raise
     _leave(started, ranks)
+
+
+RANK0_BEAT_KEY = "ekd/rank0-beat"  # in the job's store: rank 0 counts its seconds alive
+RANK0_BEAT_S = 1.0
+
+
+@contextmanager
+def _rank0_heartbeat(rank: int) -> Iterator[None]:
+    """On rank 0 of a job, a daemon thread adding 1 to :data:`RANK0_BEAT_KEY` in the job's store every
+    :data:`RANK0_BEAT_S`: a rank stopped from outside tells a rank 0 alive (another node's torchrun stopped this
+    one) from one killed without a word (try-out 151, F6: SIGTERM to node 1 said rank 0 had been OOM-killed, while
+    it trained on for 12 s). Elsewhere nothing."""
+    import threading
+
+    if rank != 0 or not dist.is_initialized():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(RANK0_BEAT_S):
+            try:
+                dist.distributed_c10d._get_default_store().add(RANK0_BEAT_KEY, 1)
+            except Exception:  # noqa: BLE001 — the store has gone (the job is ending): no more beats
+                return
+
+    thread = threading.Thread(target=beat, name="ekd-rank0-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=RANK0_BEAT_S * 2)
 
 
 RANK0_SAYS_KEY = "ekd/rank0-says"  # in the job's store: rank 0 is ending, and says why
@@ -138,23 +178,36 @@ def publish_continue_hint(hint: Callable[[], str]) -> None:
         _store_set(CONTINUE_HINT_KEY, hint())
 
 
-def _says_for_rank0() -> bool:
-    """Whether this rank (not 0), ending on a lost peer or torchrun's SIGTERM, speaks for rank 0: rank 0 did not
-    mark the store within :data:`RANK0_WAIT` that it is ending (so it was killed: its process had no chance to
-    say anything), and this is the first rank to claim the word. False without a store."""
+RANK0_KILLED = (
+    "killed"  # rank 0 neither said it was ending nor beat: this rank speaks for it (the first to claim)
+)
+RANK0_NODE_GONE = "node gone"  # the job's store on rank 0's node no longer answers
+RANK0_ALIVE = "alive"  # rank 0 still beats: this rank was stopped from outside, rank 0 was not
+
+
+def _rank0_state() -> str | None:
+    """What a rank (not 0), ending on a lost peer or torchrun's SIGTERM, finds of rank 0 within
+    :data:`RANK0_WAIT`: :data:`RANK0_ALIVE` (its heartbeat goes on), :data:`RANK0_KILLED` (it did not mark the
+    store that it is ending, nor beat: killed, its process had no chance to say anything — and this is the first
+    rank to claim the word), :data:`RANK0_NODE_GONE` (the store, kept by the torchrun of rank 0's node, no longer
+    answers: that node's job ended — try-out 151, F5: node 1 printed only c10d's C++ frames), or None (rank 0
+    said it is ending; another rank speaks for it; no store)."""
     try:
         store = dist.distributed_c10d._get_default_store()
     except Exception:  # noqa: BLE001 — no store (the groups are gone): rank 0's word or none
-        return False
+        return None
     try:  # polled: a timed-out store.wait() prints c10d's own warning lines
+        beat = store.add(RANK0_BEAT_KEY, 0)
         deadline = time.monotonic() + RANK0_WAIT.total_seconds()
         while not store.check([RANK0_SAYS_KEY]):
+            if store.add(RANK0_BEAT_KEY, 0) != beat:
+                return RANK0_ALIVE
             if time.monotonic() > deadline:
-                return store.add(SAYS_FOR_RANK0_KEY, 1) == 1
+                return RANK0_KILLED if store.add(SAYS_FOR_RANK0_KEY, 1) == 1 else None
             time.sleep(0.1)
-        return False
-    except Exception:  # noqa: BLE001 — the store went away meanwhile: say nothing rather than twice
-        return False
+        return None
+    except Exception:  # noqa: BLE001 — the store does not answer: rank 0's node (its torchrun) has gone
+        return RANK0_NODE_GONE
 
 
 def _store_set(key: str, value: str) -> None:
