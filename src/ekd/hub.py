@@ -69,7 +69,9 @@ def endpoint_unreachable() -> str:
         what = f"the proxy {host}:{port}" if proxy else host
         return f"{what} cannot be reached: {e.strerror or type(e).__name__}"
     with connection:
-        if proxy and url.scheme.startswith("http"):
+        if (
+            proxy and url.scheme == "http"
+        ):  # a TLS (https://) or SOCKS proxy: its port answering is what is known
             return _proxy_refusal(connection, f"{host}:{port}", urlparse(constants.ENDPOINT))
     return ""
 

@@ -583,28 +583,14 @@ def evaluate_saved_run(
             if changed := recorded_teacher_changed(
                 cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher")
             ):
-                raise ConfigError(
-                    f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's "
-                    f"cache was built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
-                    "eval.teacher=false`, which drops the KL, agreement and teacher rows eval.json holds for the sets "
-                    "it scores"
-                )
+                raise ConfigError(_not_the_caches_teacher(changed, run_dir))
         teacher = load_teacher(cfg, data, device)
-        if (
-            cfg.teacher.source == "cache"
-        ):  # a hub id's pin is its loaded weights' hash: compared now (t152, F2)
+        # a hub teacher's pin is its loaded weights' hash: compared now (try-out 152, F2)
+        if cfg.teacher.source == "cache" and (pinned := marker.get("cache_teacher")):
             from ekd.teacher.cache.source import cache_teacher_parts, loaded_teacher_changed
 
-            pinned = marker.get("cache_teacher")
-            if changed := loaded_teacher_changed(
-                cfg, teacher, cache_teacher_parts(pinned)[0] if pinned else None
-            ):
-                raise ConfigError(
-                    f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's "
-                    f"cache was built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
-                    "eval.teacher=false`, which drops the KL, agreement and teacher rows eval.json holds for the sets "
-                    "it scores"
-                )
+            if changed := loaded_teacher_changed(cfg, teacher, cache_teacher_parts(pinned)[0]):
+                raise ConfigError(_not_the_caches_teacher(changed, run_dir))
     start = read_student_init(run_dir)  # read once: the divergence line's start and eval.json's
     started = starting_perplexities(start, data)
     results = evaluate_run(
@@ -613,6 +599,15 @@ def evaluate_saved_run(
     recorded = start if cfg.eval.student_init else None  # the run's file is written whatever the key says
     write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=recorded)
     return results
+
+
+def _not_the_caches_teacher(changed: str, run_dir: Path) -> str:
+    """``ekd eval``'s refusal of a teacher other than the one a run's cache was built from (``changed``: how)."""
+    return (
+        f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's cache was "
+        f"built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} eval.teacher=false`, "
+        "which drops the KL, agreement and teacher rows eval.json holds for the sets it scores"
+    )
 
 
 def check_sets_unchanged(run_dir: Path, cfg: Config, data: PreparedData) -> None:
