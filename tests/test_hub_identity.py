@@ -126,16 +126,21 @@ def test_a_cache_run_is_not_evaluated_against_new_weights_under_its_hub_teachers
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert main([*from_cache, "run.name=b"]) == 0
     assert (
-        "the teacher is not evaluated: org/teacher now loads other weights than the cache's teacher"
+        "the teacher is not evaluated: org/teacher now loads other weights than the cache was built from"
         in caplog.text
     )
     assert "kl" not in json.loads((tmp_path / "runs" / "b" / "eval.json").read_text())["eval"]
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "runs" / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "now loads other weights than the cache's teacher" in err[0], err
+    assert len(err) == 1 and "now loads other weights than the cache was built from" in err[0], err
     point_ref(hub, "org/teacher", A)  # the teacher back: evaluated again
     assert main(["eval", str(tmp_path / "runs" / "a")]) == 0
+    # try-out 154, N3: the cache's teacher named by its snapshot directory (its files' hash is no state-dict hash)
+    point_ref(hub, "org/teacher", B)
+    snapshot = hub / "models--org--teacher" / "snapshots" / A
+    assert main([*from_cache, "run.name=snap", f"model.teacher={snapshot}"]) == 0
+    assert "kl" in json.loads((tmp_path / "runs" / "snap" / "eval.json").read_text())["eval"]
 
 
 def test_a_cache_run_whose_hub_teacher_is_not_here_is_refused_at_its_start(hub, tmp_path, corpus, capsys):
@@ -209,3 +214,55 @@ def test_a_hub_models_download_cut_short_is_said_before_the_data(hub, tmp_path, 
         )
         in err[0]
     ), err
+
+
+def test_ekd_eval_refuses_new_weights_under_the_runs_teacher(hub, tmp_path, corpus, capsys):
+    """Try-out 154, N2: `ekd eval RUN` of a run taught by org/teacher at A scored B after main moved, without a
+    word, and replaced the run's recorded teacher in eval.json (ekd-run.json still said A); refused as --resume
+    refuses it, and the run's teacher named by its commit evaluates."""
+    args = [
+        "distill",
+        *tiny_overrides(
+            tmp_path, corpus, "e", **{"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+        ),
+        "train.max_steps=1",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "e"
+    before = json.loads((run / "eval.json").read_text())["eval"]["teacher"]["weights"]
+    point_ref(hub, "org/teacher", B)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+    assert json.loads((run / "eval.json").read_text())["eval"]["teacher"]["weights"] == before
+    assert main(["eval", str(run), f"model.revision={A}"]) == 0
+    assert main(["eval", str(run), "eval.teacher=false"]) == 0
+
+
+def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path, corpus, capsys, caplog):
+    """Try-out 154, N1: a cache built with model.revision=v1 recorded the branch's name: after v1 moved, a resumed
+    build finished with the other teacher's targets and a run from it was evaluated against it, without a word.
+    The build pins the commit v1 resolves to (as a commit given is pinned), so a rebuild after the branch moved is
+    refused and a run from the cache is not evaluated against the new weights; named by its commit it is."""
+    import logging
+
+    base = tiny_overrides(
+        tmp_path, corpus, "c", **{"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+    )
+    cache = [f"teacher.cache_dir={tmp_path / 'cache'}", "method=rskd", "model.revision=v1"]
+    assert main(["cache", *base, *cache]) == 0
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["signature"]["teacher_revision"] == A, manifest["signature"]
+    point_ref(hub, "org/teacher", B, "v1")
+    capsys.readouterr()
+    assert main(["cache", *base, *cache]) == 2  # a build of other targets into this cache: refused
+    err = capsys.readouterr().err
+    assert f'teacher_revision [model.teacher]: expected "{B[:37]}…", found "{A[:37]}…"' in err, err
+    from_cache = ["distill", *base, *cache, "teacher.source=cache", "train.max_steps=1"]
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main([*from_cache, "run.name=v1moved"]) == 0
+    said = "the teacher is not evaluated: org/teacher now loads other weights than the cache was built from"
+    assert said in caplog.text
+    assert main([*from_cache, "run.name=pinned", f"model.revision={A}"]) == 0
+    assert "kl" in json.loads((tmp_path / "runs" / "pinned" / "eval.json").read_text())["eval"]

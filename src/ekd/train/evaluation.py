@@ -584,6 +584,7 @@ def evaluate_saved_run(
                 cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher")
             ):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir))
+        _check_run_teacher(run_dir, cfg, marker or {})
         teacher = load_teacher(cfg, data, device)
         # a hub teacher's pin is its loaded weights' hash: compared now (try-out 152, F2)
         if cfg.teacher.source == "cache" and (pinned := marker.get("cache_teacher")):
@@ -599,6 +600,31 @@ def evaluate_saved_run(
     recorded = start if cfg.eval.student_init else None  # the run's file is written whatever the key says
     write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=recorded)
     return results
+
+
+def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict) -> None:
+    """``ekd eval RUN`` of a run taught online, against the teacher its config names (not one the user names
+    instead): the weights there must be those the run recorded (``teacher_weights``), as ``--resume`` requires —
+    a teacher retrained in place, or a hub id whose branch now resolves to newer weights, was scored without a
+    word and replaced the run's recorded teacher in eval.json (try-out 154, N2).
+
+    Raises:
+        ConfigError: other weights there (one line: how to name the run's teacher, or to score without one).
+    """
+    from ekd.models.identity import same_weights
+    from ekd.train.run_dir import saved_config
+
+    recorded = marker.get("teacher_weights")
+    saved = ((saved_config(run_dir) or {}).get("model") or {}).get("teacher")
+    if cfg.teacher.source != "online" or not recorded or cfg.model.teacher != saved:
+        return
+    if same_weights(recorded, cfg.model.teacher, cfg.model.revision) is False:
+        raise ConfigError(
+            f"ekd eval: model.teacher {cfg.model.teacher} holds other weights than the teacher this run was taught by "
+            "(retrained, replaced or a newer download since); name where those weights are (model.teacher=DIR, or "
+            "model.revision=COMMIT for a hub id), or score the student alone: "
+            f"`ekd eval {shlex.quote(str(run_dir))} eval.teacher=false`"
+        )
 
 
 def _not_the_caches_teacher(changed: str, run_dir: Path) -> str:

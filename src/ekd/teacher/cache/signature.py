@@ -105,11 +105,19 @@ def files_sha256(files: list[Path]) -> str:
 
 
 def teacher_revision(cfg: Config, model: nn.Module) -> str:
-    """What pins the teacher's weights: ``model.revision`` if set; else a hash of a local directory's
-    safetensors files, the hub commit transformers resolved, or (presets) a hash of the state dict."""
+    """What pins the teacher's weights: ``model.revision`` if set — a hub id's branch or tag as the commit it
+    resolves to in the hub cache (a branch is no identity; try-out 154, N1: a build resumed after the branch moved
+    finished with another teacher's targets), written as a commit given alike; else a hash of a local directory's
+    safetensors files, the hub commit transformers resolved, or (hub ids, presets) a hash of the state dict."""
     spec = cfg.model.teacher
     if cfg.model.revision:
-        return cfg.model.revision
+        revision = cfg.model.revision
+        if not is_preset(spec) and not Path(spec).expanduser().exists() and not is_commit(revision):
+            from ekd.hub import model_directory
+
+            if (snapshot := model_directory(spec, revision)) is not None and is_commit(snapshot.name):
+                return snapshot.name
+        return revision
     if not is_preset(spec):
         if Path(spec).expanduser().is_dir():
             if revision := weights_revision(spec):
@@ -117,6 +125,11 @@ def teacher_revision(cfg: Config, model: nn.Module) -> str:
         elif commit := getattr(model.config, "_commit_hash", None):
             return f"commit:{commit}"
     return f"state-dict-sha256:{state_dict_sha256(model)}"
+
+
+def is_commit(revision: str) -> bool:
+    """Whether ``revision`` is a full git commit (40 hex digits), which pins a hub repository's files."""
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def _safetensors(spec: str) -> list[Path]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ekd.config import Config, ConfigError
+from ekd.hub import is_local
 from ekd.losses.targets import SparseTarget
 from ekd.models.load import is_preset
 from ekd.teacher.cache.format import CacheError, CacheMismatch
@@ -129,6 +130,10 @@ def check_cache_settings(cfg: Config, found: dict) -> None:
     check_signature(Path(cfg.teacher.cache_dir), expected, found)
 
 
+STATE_DICT = "state-dict-sha256:"
+"""The prefix of a ``teacher_revision`` pinning the loaded weights (a hub id's, a preset's):
+:func:`~ekd.teacher.cache.signature.teacher_revision`."""
+
 OTHER_BLOCKS = "(other blocks: another block length)"
 """The data fingerprint :func:`check_cache_settings` expects where the block length differs (the data unread)."""
 
@@ -192,6 +197,16 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             if is_imported(found)
             else "its weights pinned by the cache's teacher_revision",
         )
+    elif revision.startswith(STATE_DICT) and spec != cached_id and not same_directory(spec, cached_id):
+        # a hub teacher's (or a preset's) pin is its loaded weights' hash, which no file hash equals: the cache's
+        # teacher at another name (its snapshot, a saved copy) is compared when loaded to evaluate it
+        # (loaded_teacher_changed; try-out 154, N3: the very same weights were refused here)
+        log.info(
+            "teacher cache: model.teacher %s is not the cache's teacher_id %s; its loaded weights are compared with "
+            "the cache's when the run loads it to evaluate it",
+            spec,
+            cached_id,
+        )
     elif revision.startswith(CONTENT_REVISIONS) and spec != cached_id and not same_directory(spec, cached_id):
         log.info(
             "teacher cache: model.teacher %s is not the cache's teacher_id %s; comparing the weights' hash",
@@ -243,20 +258,34 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
 
 def loaded_teacher_changed(cfg, model, recorded: str | None) -> str:
     """Why the teacher loaded to evaluate a run trained from a cache (``model``, as ``ekd cache`` loads it) is not
-    the one the cache pinned as ``recorded`` (its ``teacher_revision``); "" where it is, or where the pin is a name
-    (``model.revision``) or a local directory's files (:func:`teacher_changed_since` checked those before loading).
+    the one the cache pinned as ``recorded`` (its ``teacher_revision``, or the run's ``cache_teacher`` teacher part);
+    "" where it is, or where it cannot be told here (a local directory's files: :func:`teacher_changed_since` checked
+    those before loading).
     A hub id's or a preset's pin is a hash of the loaded weights (:func:`~ekd.teacher.cache.signature.
     teacher_revision`), compared now: new weights downloaded under a hub id's ``main`` since the cache was built
     were evaluated as its teacher (try-out 152, F2)."""
-    from ekd.teacher.cache.signature import teacher_revision
+    from ekd.hub import model_directory
+    from ekd.teacher.cache.signature import is_commit, state_dict_sha256
 
-    if not recorded or cfg.model.revision or not recorded.startswith(("state-dict-sha256:", "commit:")):
+    # a run's cache_teacher: '<teacher id>@<revision>'
+    if recorded and not recorded.startswith(CONTENT_REVISIONS):
+        recorded = recorded.rpartition("@")[2]
+    spec = cfg.model.teacher
+    if recorded and recorded.startswith(STATE_DICT):  # whatever model.teacher names now: its loaded weights
+        current = f"{STATE_DICT}{state_dict_sha256(model)}"
+    elif recorded and is_commit(recorded) and not is_preset(spec) and not is_local(spec):
+        # a hub id's commit (given, or a branch the build resolved): the snapshot loaded now
+        if (snapshot := model_directory(spec, cfg.model.revision)) is None:
+            return ""
+        current = snapshot.name
+    else:
         return ""
-    if (current := teacher_revision(cfg, model)) == recorded:
+    if current == recorded:
         return ""
+    moved = " (a newer download under the hub id's branch?)" if not is_local(cfg.model.teacher) else ""
     return (
-        f"{cfg.model.teacher} now loads other weights than the cache's teacher ({current[:30]}… against "
-        f"{recorded[:30]}…: a newer download under the hub id's main?)"
+        f"{cfg.model.teacher} now loads other weights than the cache was built from ({current[:30]}… against "
+        f"{recorded[:30]}…){moved}"
     )
 
 
