@@ -629,19 +629,30 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
 
 def test_a_hub_id_read_from_a_local_directory_of_its_name_is_said(tmp_path, monkeypatch, caplog):
     """Try-out 152, F6: ./acme/tiny-teacher here replaced the hub id acme/tiny-teacher without a word (an old
-    copy, a fine-tune saved under the hub id's name), and model.revision was recorded though never read."""
+    copy, a fine-tune saved under the hub id's name), and model.revision was recorded though never read. A warning
+    where the hub cache holds the id too; an info line otherwise (try-out 154, N4: every project's
+    `models/student` was warned of as shadowing a hub model that does not exist)."""
+    from huggingface_hub import constants
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub" / "models--acme--tiny-teacher" / "snapshots" / ("a" * 40)).mkdir(parents=True)
     (tmp_path / "acme" / "tiny-teacher").mkdir(parents=True)
+    (tmp_path / "models" / "student").mkdir(parents=True)
     from ekd.config import paths
 
     monkeypatch.setattr(paths, "_SAID", set())
-    with caplog.at_level(logging.WARNING, logger="ekd.config.paths"):
+    with caplog.at_level(logging.INFO, logger="ekd.config.paths"):
         cfg = load_config(None, ["model.teacher=acme/tiny-teacher", "model.revision=v1"])
-        load_config(
-            None, ["model.teacher=./acme/tiny-teacher", "model.student=acme/other"]
-        )  # said so; a hub id
+        # said so; a hub id
+        load_config(None, ["model.teacher=./acme/tiny-teacher", "model.student=acme/other"])
+        load_config(None, ["model.student=models/student"])
     assert cfg.model.teacher == str(tmp_path / "acme" / "tiny-teacher")
-    said = [r.getMessage() for r in caplog.records]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and info[0].startswith(
+        "model.student=models/student is read from the local directory"
+    )
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert said == [
         "model.teacher=acme/tiny-teacher is read from the local directory ./acme/tiny-teacher (model.revision=v1 is "
         "not read for it), not the hub id acme/tiny-teacher; write model.teacher=./acme/tiny-teacher to say so, or "

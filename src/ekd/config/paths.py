@@ -221,7 +221,11 @@ def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0":
             continue
         revision = f" (model.revision={cfg.model.revision} is not read for it)" if cfg.model.revision else ""
-        log.warning(
+        # a warning where the hub cache holds that id too (a real choice made); else an info line: most such
+        # values are a project's own `models/student` (try-out 154, N4: warned of a hub model that does not exist)
+        level = logging.WARNING if _in_hub_cache(written) else logging.INFO
+        log.log(
+            level,
             "%s=%s is read from the local directory ./%s%s, not the hub id %s; write %s=./%s to say so, or move "
             "the directory away to use the hub's model",
             key,
@@ -232,6 +236,16 @@ def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
             key,
             written,
         )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache (``HF_HUB_CACHE``) holds a snapshot of the model ``repo_id`` (no network)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover — a dependency of transformers
+        return False
+    snapshots = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def resolve_saved(raw: dict, output_dir: str | None = None) -> dict:
