@@ -99,7 +99,17 @@ def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hu
     build_preset("llama-micro", 300, 0, seed=3).save_pretrained(tmp_path / "s2")  # the base retrained
     for f in (tmp_path / "s").glob("*token*"):
         (tmp_path / "s2" / f.name).write_bytes(f.read_bytes())
-    put_in_hub_cache(hub, "org/student", tmp_path / "s2", B)
+    put_in_hub_cache(hub, "org/student", tmp_path / "s2", B)  # main moves to B
+    # the export pins the commit its base resolved to (try-out 154, N5): scored on that base, the run's figures
+    note = json.loads((run / "student" / "ekd_base.json").read_text())
+    assert (note["base_model"], note["revision"]) == ("org/student", A), note
+    before = json.loads((run / "eval.json").read_text())["eval"]["ppl"]
+    assert main(["eval", str(run), "eval.teacher=false"]) == 0
+    assert json.loads((run / "eval.json").read_text())["eval"]["ppl"] == pytest.approx(before, rel=1e-6)
+    note["revision"] = (
+        ""  # an older export, which pinned no commit: whatever main holds, refused when changed
+    )
+    (run / "student" / "ekd_base.json").write_text(json.dumps(note))
     capsys.readouterr()
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

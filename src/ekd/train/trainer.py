@@ -958,11 +958,19 @@ def bandit_feedback(feedback: list, micro_batches, student, teacher, vocab_size:
 
 
 def lora_base(cfg: Config, data: PreparedData, head_rows: int) -> dict:
-    """What an exported adapter applies to: the base model and, for a preset, how it was built; the tokenizer's
-    length V (the rows ekd trained and scored) and the base head's ``head_rows`` (V or more, when padded)."""
+    """What an exported adapter applies to: the base model — a hub id at the commit its revision resolves to in the
+    hub cache (try-out 154, N5: ``revision: ""`` meant whatever ``main`` held later, so the adapter could not be
+    scored on its own base once main moved) — and, for a preset, how it was built; the tokenizer's length V (the
+    rows ekd trained and scored) and the base head's ``head_rows`` (V or more, when padded)."""
+    from ekd.hub import is_local, model_directory
+
+    revision = cfg.model.revision
+    if not is_preset(cfg.model.student) and not is_local(cfg.model.student):
+        snapshot = model_directory(cfg.model.student, revision)
+        revision = snapshot.name if snapshot is not None else revision
     note = {
         "base_model": cfg.model.student,
-        "revision": cfg.model.revision,
+        "revision": revision,
         "tokenizer_tokens": data.vocab_size,
         "head_rows": head_rows,
     }
