@@ -61,6 +61,15 @@ def _own_cache_home(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _hub_online_as_started(monkeypatch):
+    """Each test starts as a fresh process does: ekd has not switched the hub's offline mode on itself (its words
+    for an id not cached name the user's HF_HUB_OFFLINE otherwise)."""
+    import ekd.hub
+
+    monkeypatch.setattr(ekd.hub, "_WENT_OFFLINE", False)
+
+
 @pytest.fixture
 def hub_unreachable(monkeypatch):
     """The hub endpoint points at a closed local port: the real probe fails at once, as on a machine with no

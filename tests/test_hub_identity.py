@@ -169,6 +169,8 @@ def test_a_cache_run_whose_hub_teacher_is_not_here_is_refused_at_its_start(hub, 
     assert main(from_cache) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "set eval.teacher=false to train and evaluate without it" in err[0], err
+    # ekd went offline itself (the student's probe): not said as the user's HF_HUB_OFFLINE (try-out 154, N10)
+    assert "while the hub cannot be reached (found earlier in this command)" in err[0], err
     assert not (tmp_path / "runs" / "c" / "metrics.jsonl").exists()
     assert main([*from_cache, "eval.teacher=false"]) == 0
 
@@ -180,9 +182,7 @@ def test_a_revision_not_in_the_cache_is_named_beside_those_that_are(hub, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert (
         len(err) == 1
-        and (
-            "as a hub id its revision 'nosuch' is not in the local cache (cached: main, v1, aaaaaaaaaaaa, bbbbbbbbbbbb)"
-        )
+        and (f"as a hub id its revision 'nosuch' is not in the local cache (cached: main, v1, {A}, {B})")
         in err[0]
     ), err
 
@@ -214,16 +214,20 @@ def test_a_hub_models_download_cut_short_is_said_before_the_data(hub, tmp_path, 
 
     monkeypatch.setattr(trainer, "prepare_data_once", no_data)
     args = ["distill", *tiny_overrides(tmp_path, corpus, "h", **{"model.teacher": "org/half"})]
+    said = (
+        "'org/half' in the hub cache has a config.json but no weights (a download not finished?); finish its "
+    )
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        len(err) == 1
-        and (
-            "model.teacher: 'org/half' in the hub cache has a config.json but no weights (a download not finished?); "
-            "finish its download where the hub is reachable (`hf download org/half`)"
-        )
-        in err[0]
-    ), err
+    assert len(err) == 1 and f"model.teacher: {said}" in err[0], err
+    # ekd cache and ekd student init alike, before the data or anything is built (try-out 154, N7)
+    from ekd.teacher.cache import build
+
+    monkeypatch.setattr(build, "_prepare_data", no_data)
+    assert main(["cache", *args[1:], f"teacher.cache_dir={tmp_path / 'cache'}", "method=rskd"]) == 2
+    assert f"model.teacher: {said}" in capsys.readouterr().err
+    assert main(["student", "init", "org/half", str(tmp_path / "s-half"), "--layers", "1"]) == 2
+    assert f"student init: teacher: {said}" in capsys.readouterr().err and not (tmp_path / "s-half").exists()
 
 
 def test_ekd_eval_refuses_new_weights_under_the_runs_teacher(hub, tmp_path, corpus, capsys):

@@ -340,6 +340,7 @@ def test_an_unreachable_hub_uses_cached_files_without_retrying(hub_unreachable, 
     monkeypatch.setattr(ekd.hub, "_cached", lambda spec, filename, revision: False)
     with pytest.raises(ModelError, match="model.teacher: 'org/missing' is not a local directory"):
         ekd.hub.hub_kwargs("org/missing", "model.teacher")
+    monkeypatch.setattr(ekd.hub, "_WENT_OFFLINE", False)  # a fresh process
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's own offline mode: the cache decides too
     with pytest.raises(ModelError, match="while the hub is offline \\(HF_HUB_OFFLINE=1\\)"):
         ekd.hub.hub_kwargs("org/missing", "model.teacher")
@@ -643,3 +644,19 @@ def test_a_generation_config_that_does_not_parse_is_refused_not_read_as_absent(g
         ConfigError, match="'eos_token_id'.*fix that field of its config.json"
     ):  # transformers checks it
         read_model_eos(str(d), key="model.teacher")
+
+
+def test_no_proxy_naming_the_hub_probes_the_hub_itself(hub_unreachable, monkeypatch):
+    """Try-out 154, N9: with NO_PROXY naming the hub the libraries go to it directly, but the probe asked the
+    proxy, and blamed it."""
+    from huggingface_hub import constants
+
+    import ekd.hub
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:8")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert ekd.hub.endpoint_unreachable().startswith("127.0.0.1 cannot be reached")
+    monkeypatch.delenv("NO_PROXY")
+    ekd.hub.endpoint_unreachable.cache_clear()
+    assert ekd.hub.endpoint_unreachable().startswith("the proxy 127.0.0.1:8 cannot be reached")

@@ -27,6 +27,7 @@ import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import proxy_bypass_environment
 
 from ekd.config.paths import absolute, read_as
 from ekd.errors import ConfigError, EkdError, ModelError
@@ -60,6 +61,8 @@ def endpoint_unreachable() -> str:
     from huggingface_hub import constants
 
     proxy = next((os.environ[v] for v in _PROXY_VARS if os.environ.get(v)), "")
+    if proxy and proxy_bypass_environment(urlparse(constants.ENDPOINT).hostname or ""):
+        proxy = ""  # NO_PROXY names the hub: the libraries go to it directly (try-out 154, N9)
     url = urlparse(proxy if "://" in proxy else f"http://{proxy}" if proxy else constants.ENDPOINT)
     default_port = 443 if url.scheme == "https" else 1080 if url.scheme.startswith("socks") else 80
     host, port = url.hostname or "huggingface.co", url.port or default_port
@@ -199,12 +202,18 @@ def _check_cached_weights(spec: str, key: str, revision: str) -> None:
             )
 
 
+_WENT_OFFLINE = False
+"""Whether ekd switched the hub's offline mode on in this process (the hub unreachable), not the user."""
+
+
 def _go_offline() -> None:
     """The hub's own offline mode for this process. transformers and huggingface_hub read it per request;
     ``datasets`` copies it when imported, so one already imported is switched too (else its loads would
     still go to the network and retry)."""
     from huggingface_hub import constants
 
+    global _WENT_OFFLINE
+    _WENT_OFFLINE = _WENT_OFFLINE or not _env_on("HF_HUB_OFFLINE")  # ekd's own switch, not the user's
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
     datasets_config = sys.modules.get("datasets.config")
@@ -298,7 +307,11 @@ def hub_kwargs(
         # the hub's offline mode (the user's, or ekd's own once a model was read from the cache): the cache
         # decides — a model not in it was said only when loaded, after the data or the whole training (try-out
         # 152, F12: a cache run's hub teacher, loaded to evaluate it at the end)
-        why = "the hub is offline (HF_HUB_OFFLINE=1)"
+        why = (
+            "the hub is offline (HF_HUB_OFFLINE=1)"
+            if not _WENT_OFFLINE
+            else "the hub cannot be reached (found earlier in this command)"
+        )
         if _cached(spec, filename, revision):
             return {}
     else:
@@ -344,7 +357,9 @@ def _not_cached(spec: str, filename: str, revision: str) -> str:
     if not snapshots:
         return "it is not in the local cache"
     if revision and revision not in refs and revision not in snapshots:
-        cached = ", ".join(refs + [c[:12] for c in snapshots])
+        cached = ", ".join(refs + snapshots[:4]) + (
+            f" and {len(snapshots) - 4} more" if len(snapshots) > 4 else ""
+        )
         return f"its revision '{revision}' is not in the local cache (cached: {cached})"
     return f"its {filename} is not in the local cache (a download not finished?)"
 

@@ -365,6 +365,11 @@ def build_student(plan: StudentPlan, overwrite: bool = False) -> Path:
             "student init: the teacher must be a hub id or a saved model directory, not a preset (presets are random)"
         )
     check_model_dir(plan.teacher, "student init: teacher", weights=plan.mode != "from_config", presets=False)
+    if plan.mode != "from_config" and not Path(plan.teacher).expanduser().exists():
+        from ekd.hub import check_model_spec
+
+        # a hub teacher's download cut short, said before anything is built (try-out 154, N7)
+        check_model_spec(plan.teacher, "student init: teacher", plan.revision)
     if (
         Path(plan.teacher).expanduser().exists()
         and out.resolve() == Path(plan.teacher).expanduser().resolve()

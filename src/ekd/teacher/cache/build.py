@@ -398,6 +398,11 @@ def run_build(
     from ekd.train.rank_work import check_same_weights, check_shared_directory, fetch_models_once, run_on_main
 
     check_cacheable(cfg)
+    # the teacher's name and files before the data is read: a typo or a hub download cut short costs seconds
+    # (try-out 154, N7: the data was read and packed first)
+    from ekd.hub import check_model_spec
+
+    check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     # e.g. method.topk with RS targets, a cache_fraction under all positions: the cache would not be what was asked
     refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
