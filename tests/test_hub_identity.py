@@ -77,7 +77,15 @@ def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub
     capsys.readouterr()
     assert main([*args, "train.max_steps=3", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+    assert (
+        len(err) == 1 and "than the teacher this run was taught by (retrained, replaced or a newer" in err[0]
+    ), err
+    # another model named instead (try-out 154, N10: said as the run's teacher retrained or replaced)
+    assert main([*args, "train.max_steps=3", "--resume", f"model.teacher={tmp_path / 't1'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "than the teacher this run was taught by (another model)" in err[0], err
+    snapshot = hub / "models--org--teacher" / "snapshots" / A  # the run's teacher named where its weights are
+    assert main([*args, "train.max_steps=3", "--resume", f"model.teacher={snapshot}"]) == 0
 
 
 def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hub, tmp_path, corpus, capsys):

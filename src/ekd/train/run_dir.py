@@ -351,11 +351,14 @@ def _reads_cache(key: str, saved: dict, cfg: Config) -> bool:
     )
 
 
-def other_teacher(spec: str) -> str:
-    """The refusal of a ``--resume`` whose ``model.teacher`` holds other weights than the run's teacher."""
+def other_teacher(spec: str, named_otherwise: bool = False) -> str:
+    """The refusal of a ``--resume`` whose ``model.teacher`` holds other weights than the run's teacher:
+    ``named_otherwise``, a model named instead of the run's (try-out 154, N10: said as "retrained or replaced
+    since"), else the run's own teacher changed where it is."""
+    why = "another model" if named_otherwise else "retrained, replaced or a newer download since"
     return (
-        f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by (retrained or "
-        "replaced since); name a directory holding those weights, or start a new run under another run.name"
+        f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by ({why}); name "
+        "where those weights are, or start a new run under another run.name"
     )
 
 
@@ -839,7 +842,7 @@ class RunStart:
                 _another_path(blocking, "model.teacher", saved, self.cfg.model.teacher,
                               "the same weights (their fingerprint is the run's)")  # fmt: skip
             elif same is not None:
-                raise RunDirError(other_teacher(self.cfg.model.teacher))
+                raise RunDirError(other_teacher(self.cfg.model.teacher, named_otherwise=True))
         if "teacher.cache_dir" in blocking and _reads_cache("teacher.cache_dir", saved, self.cfg):
             # the cache copied or moved (a node's local disk): try-out 119's was refused as another run
             # try-out 122, F10
