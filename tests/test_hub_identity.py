@@ -288,3 +288,23 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     assert said in caplog.text
     assert main([*from_cache, "run.name=pinned", f"model.revision={A}"]) == 0
     assert "kl" in json.loads((tmp_path / "runs" / "pinned" / "eval.json").read_text())["eval"]
+
+
+def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_as_a_hub_id(
+    hub, tmp_path, corpus
+):
+    """Try-out 154, N8: a cache built from a local teacher directory, trained from with model.teacher naming the
+    hub id of the same bytes (cached here), said the hub id "is not there"."""
+    base = tiny_overrides(tmp_path, corpus, "l", **{"model.tokenizer": "teacher"})
+    cache = [f"teacher.cache_dir={tmp_path / 'cache'}", "method=rskd"]
+    assert main(["cache", *base, *cache, f"model.teacher={tmp_path / 't0'}"]) == 0
+    args = [
+        "distill",
+        *base,
+        *cache,
+        "model.teacher=org/teacher",
+        "teacher.source=cache",
+        "train.max_steps=1",
+    ]
+    assert main(args) == 0
+    assert "kl" in json.loads((tmp_path / "runs" / "l" / "eval.json").read_text())["eval"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ekd.config import Config, ConfigError
-from ekd.hub import is_local
+from ekd.hub import is_local, model_directory
 from ekd.losses.targets import SparseTarget
 from ekd.models.load import is_preset
 from ekd.teacher.cache.format import CacheError, CacheMismatch
@@ -213,7 +213,8 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             spec,
             cached_id,
         )
-        expected["teacher_revision"] = weights_revision(spec) or ""  # "": cannot tell, the ids decide
+        # a hub id by its cached snapshot's files (the same bytes as a local copy); "": cannot tell, the ids decide
+        expected["teacher_revision"] = weights_revision(str(model_directory(spec) or spec)) or ""
     elif (
         revision.startswith("safetensors-sha256:")
         and found.get(TEACHER_FILES) is not None
@@ -248,11 +249,17 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
     revision = str(signature.get("teacher_revision", ""))
     if not revision.startswith("safetensors-sha256:") or is_preset(spec):
         return ""
-    if not Path(spec).expanduser().is_dir():  # moved away while the run trained: said, not a failed end
+    # a hub id holding the cache's teacher: its cached snapshot's files (try-out 154, N8)
+    directory = model_directory(spec)
+    if (
+        directory is None or not directory.is_dir()
+    ):  # moved away while the run trained: said, not a failed end
         return f"{spec} is no longer there (moved or deleted while the run trained?)"
-    if not weights_changed(signature.get(TEACHER_FILES), revision, spec):
+    if not weights_changed(signature.get(TEACHER_FILES), revision, str(directory)):
         return ""
-    held = "holds no safetensors weights" if weights_revision(spec) is None else "holds other weights"
+    held = (
+        "holds no safetensors weights" if weights_revision(str(directory)) is None else "holds other weights"
+    )
     return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
 
 
@@ -264,7 +271,6 @@ def loaded_teacher_changed(cfg, model, recorded: str | None) -> str:
     A hub id's or a preset's pin is a hash of the loaded weights (:func:`~ekd.teacher.cache.signature.
     teacher_revision`), compared now: new weights downloaded under a hub id's ``main`` since the cache was built
     were evaluated as its teacher (try-out 152, F2)."""
-    from ekd.hub import model_directory
     from ekd.teacher.cache.signature import is_commit, state_dict_sha256
 
     # a run's cache_teacher: '<teacher id>@<revision>'
@@ -334,6 +340,8 @@ def _absent_path(spec: str, cached_id: str) -> bool:
     whose teacher was a local directory, a relative name) that does not exist."""
     if is_preset(spec) or not spec.strip() or Path(spec).expanduser().exists():
         return False
+    if not spec.startswith((".", "/", "~")) and model_directory(spec) is not None:
+        return False  # a hub id cached here (try-out 154, N8: said to be "not there")
     return spec.startswith((".", "/", "~")) or cached_id.startswith("/")
 
 
