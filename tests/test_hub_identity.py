@@ -260,6 +260,14 @@ def test_ekd_eval_refuses_new_weights_under_the_runs_teacher(hub, tmp_path, corp
     assert json.loads((run / "eval.json").read_text())["eval"]["teacher"]["weights"] == before
     assert main(["eval", str(run), f"model.revision={A}"]) == 0
     assert main(["eval", str(run), "eval.teacher=false"]) == 0
+    import shutil
+
+    shutil.rmtree(hub / "models--org--teacher")  # the teacher gone from this machine: the way round it named
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    said = "the run's teacher org/teacher (model.teacher) is not in the hub cache here and the hub cannot be reached"
+    assert len(err) == 1 and said in err[0] and f"(ekd eval {run} eval.teacher=false)" in err[0], err
 
 
 def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path, corpus, capsys, caplog):

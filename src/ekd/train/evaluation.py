@@ -810,13 +810,20 @@ def _check_teacher_is_there(
 ) -> None:
     """:func:`check_saved_teacher`'s line, for what the teacher is read for (``figures``: its eval-set figures;
     ``tasks``: its task scores; ``boundary``: the end-of-document id; ``typed``: given on this command line)."""
+    from ekd.models.load import is_preset
+
     spec = cfg.model.teacher
-    if (
-        not (figures or tasks or boundary)
-        or not spec.startswith((".", "/", "~"))
-        or Path(spec).expanduser().exists()
-    ):
+    if not (figures or tasks or boundary) or is_preset(spec) or Path(spec).expanduser().exists():
         return
+    where = "is not there" if typed else "is not there any more"
+    if not spec.startswith((".", "/", "~")):  # a hub id: not cached here while the hub cannot be reached
+        from ekd.hub import endpoint_unreachable, hub_offline, model_directory
+
+        if model_directory(spec, cfg.model.revision) is not None or not (
+            hub_offline() or endpoint_unreachable()
+        ):
+            return
+        where = "is not in the hub cache here and the hub cannot be reached"  # try-out 154, N10
     run = shlex.quote(str(run_dir))
     uses = [u for u, on in (("its eval-set figures", figures), ("its task scores", tasks)) if on]
     if boundary:
@@ -837,10 +844,8 @@ def _check_teacher_is_there(
         )
         ways.append(f"score the student alone (ekd eval {run} {alone}){drops}")
     whose = "the teacher" if typed else "the run's teacher"
-    raise ModelError(
-        f"ekd eval: {whose} {spec} (model.teacher) is not there{'' if typed else ' any more'}; it is read for "
-        f"{' and '.join(uses)}; {', or '.join(ways)}"
-    )
+    raise ModelError(f"ekd eval: {whose} {spec} (model.teacher) {where}; it is read for {' and '.join(uses)}; "
+                     f"{', or '.join(ways)}")  # fmt: skip
 
 
 def _no_eval_set(run_dir: Path, cfg: Config) -> dict:
