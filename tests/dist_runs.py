@@ -220,7 +220,10 @@ def _run_each(runs: list[list[str] | dict[str, list[str]]], current: list[int], 
             dist.barrier()
         if isinstance(args, dict):
             args = args[str(rank)]
-        code = main([*quiet, "distill", *args])
+        try:
+            code = main([*quiet, "distill", *args])
+        except SystemExit as e:  # the command line refused by argparse
+            code = int(e.code or 0)
         codes.append(code)
         if code != 0 and not codes_dir:
             return code

@@ -72,6 +72,7 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         # and left the other waiting in the rendezvous (a node held for the whole timeout): it joins to say it
         {"0": mixed, "1": [*mixed, "train.max_step=9"]},
         {"0": [*mixed, "train.max_step=9"], "1": mixed},
+        {"0": mixed, "1": [*mixed, "--overwite"]},  # try-out 153, N1: a flag typo on one node alike
         [*fin, "train.max_steps=3", "--resume"],
     ]
     codes = tmp_path / "codes"
@@ -82,16 +83,18 @@ def test_rank0_refusals_end_every_rank_alike(tmp_path):
         lock.release()
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, *[2] * 10, 0], rank
+        assert json.loads((codes / f"rank{rank}.json").read_text()) == [0, 0, *[2] * 11, 0], rank
     assert out.stdout.count("is already finished (2 steps)") == 1, out.stdout
-    assert out.stderr.count("ekd: error:") == 10, out.stderr
-    typo = "unknown key 'train.max_step'; did you mean 'train.max_steps'?"
+    assert out.stderr.count("ekd: error:") == 11, out.stderr
     assert (
         out.stderr.count(
-            f"ekd: error: torchrun: rank 1 (host {socket.gethostname()}) could not read its config: "
+            "could not read its command line or config files: distill: error: unrecognized arguments: --overwite"
         )
         == 1
-    )
+    ), out.stderr
+    typo = "unknown key 'train.max_step'; did you mean 'train.max_steps'?"
+    relayed = f"ekd: error: torchrun: rank 1 (host {socket.gethostname()}) could not read its command line or config"
+    assert out.stderr.count(relayed) == 2, out.stderr  # a key typo, a flag typo
     assert out.stderr.count(typo) == 2, out.stderr  # rank 1's, said by rank 0; rank 0's own
     different = "ekd: error: torchrun: the ranks of this job were given different settings: "
     assert out.stderr.count(different + "train.lr (rank 0: 0.001, rank 1: 0.002); every rank must run ") == 1
@@ -410,10 +413,33 @@ def _look_for_each_other(rank: int, out_dir: str) -> None:
     ranks = Ranks(rank, 2, torch.device("cpu"))
     rank_work.SHARED_WAIT_S = 0.5
     seen = {}
-    for name, directory in (("shared", Path(out_dir, "shared")), ("own", Path(out_dir, f"node{rank}"))):
-        try:  # "own": one path string, two filesystems — each node its own disk at that path
-            rank_work.check_shared_directory(ranks, directory, "run.output_dir", "every rank writes there")
-            seen[name] = sorted(p.name for p in directory.iterdir())
+    # "own": one path string, two filesystems — each node its own disk at that path; "store": each rank's own path
+    # spelled otherwise, the store read at rank 0's; "read-only": rank 1 sees the directory but cannot write there
+    cases = {
+        "shared": (Path(out_dir, "shared"), {}),
+        "own": (Path(out_dir, f"node{rank}"), {}),
+        "store": (
+            Path(out_dir, "store" if rank == 0 else "elsewhere"),
+            {"every_rank_writes": False, "rank0_path": True},
+        ),
+        "read-only": (Path(out_dir, "ro"), {}),
+    }
+    for name, (directory, how) in cases.items():
+        if (
+            name == "read-only" and rank == 1
+        ):  # root writes in any mode: a read-only mount, as one node has it
+
+            def read_only(self, data):
+                raise OSError(30, "Read-only file system")
+
+            Path.write_bytes = read_only
+        try:
+            rank_work.check_shared_directory(
+                ranks, directory, "run.output_dir", "every rank writes there", **how
+            )
+            seen[name] = sorted(
+                p.name for p in Path(out_dir, "store" if name == "store" else directory).iterdir()
+            )
         except ConfigError as e:
             seen[name] = [str(e), getattr(e, "copy_of_rank0", False), list(e.keys)]
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
@@ -437,7 +463,13 @@ def test_a_directory_a_rank_does_not_see_is_refused_by_name_before_anything_is_w
         "path on every node"
     )
     assert (copy, keys) == (False, ["run.output_dir"]) and rank1["own"][:2] == [line, True]
-    assert list((tmp_path / "node0").iterdir()) == []
+    assert not (tmp_path / "node0").exists()  # made for the probe, removed with it (try-out 153, N7)
+    assert rank0["store"] == rank1["store"] == []  # both looked at rank 0's path (try-out 153, N2)
+    line, copy, keys = rank0["read-only"]
+    assert line == (
+        f"run.output_dir: rank 1 (host {socket.gethostname()}) cannot write in {tmp_path / 'ro'} (Read-only file "
+        "system; every rank writes there): mount it writable on every node"
+    ), line
 
 
 def _compare_teachers(rank: int, out_dir: str) -> None:
@@ -473,12 +505,10 @@ def test_a_node_holding_another_teacher_is_refused_by_name(tmp_path):
     assert rank0["same"] == rank1["same"] == "ok"
     line, copy = rank0["other"]
     assert line.startswith(
-        f"model.teacher: rank 1 (host {socket.gethostname()}) reads other weights at "
-        f"{tmp_path / 'other' / 'node0' / 'teacher'} than rank 0 ("
+        f"model.teacher={tmp_path / 'other' / 'node1' / 'teacher'}: rank 1 (host {socket.gethostname()}) holds "
+        "other weights there than rank 0 ("
     ), line
-    assert line.endswith(
-        "every node must hold the same model — copy rank 0's files there, or pin model.revision"
-    )
+    assert line.endswith("every node must hold the same model — copy rank 0's files there"), line
     assert not copy and rank1["other"] == [line, True]
 
 
@@ -560,3 +590,28 @@ def test_sigterm_inside_a_sharded_checkpoints_writer_is_said_as_an_interrupt(tmp
         assert noise not in out.stderr, out.stderr
     checkpoints = tmp_path / "runs" / "term" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-000001"]  # the torn one removed
+
+
+def test_rank_0s_refusal_is_said_on_each_other_nodes_log(monkeypatch, capsys):
+    """Try-out 153, N4: rank 0's refusals (a directory a node does not see, another teacher on a node) were
+    printed on rank 0's node only — node 1, the node at fault, had no ekd line in its log. The first rank of each
+    other node says it too, naming rank 0's host; ranks on rank 0's node stay quiet."""
+    import ekd.cli as cli_mod
+    from ekd.errors import ConfigError
+
+    def refused(args):
+        e = ConfigError("run.output_dir: rank 1 (host node1) does not see the files rank 0 writes in /x")
+        e.copy_of_rank0, e.rank0_host = True, "node0"
+        raise e
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "distill", refused)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)  # main() sets it under torchrun: undone after
+    for local_rank, host, said in (("0", "node1", True), ("1", "node1", False), ("0", "node0", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        assert cli_mod.main(["distill", "cfg.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert (err == "ekd: error: run.output_dir: rank 1 (host node1) does not see the files rank 0 writes in /x "
+                "(said by rank 0, on node0)\n") is said, (local_rank, host, err)  # fmt: skip
+        assert said or err == ""

@@ -91,10 +91,14 @@ class _Parser(argparse.ArgumentParser):
                     f"; {dashed[0]} reads as an option: write a path starting with '-' as ./{dashed[0]}"
                 )
         hint = "" if "did you mean" in message else f" (`{self.prog} --help` lists what it takes)"
-        # under torchrun every rank parses the same command line: local rank 0 says it (try-out 37: twice)
-        self.exit(
-            2, None if int(os.environ.get("LOCAL_RANK", "0")) else f"{self.prog}: error: {message}{hint}\n"
-        )
+        line = f"{self.prog}: error: {message}{hint}"
+        # under torchrun every rank parses the same command line: local rank 0 says it (try-out 37: twice); a
+        # command the ranks run together joins them with it, so that another node's ranks, given another line,
+        # end at once instead of waiting in the rendezvous (try-out 153, N1: a flag typo on one node)
+        command = next((w for w in _Parser.argv if not w.startswith("-")), "")
+        if command in ("distill", "cache") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _refuse_with_peers(EkdError(line.removeprefix("ekd ").removeprefix("ekd: ")))
+        self.exit(2, None if int(os.environ.get("LOCAL_RANK", "0")) else f"{line}\n")
 
     def _check_value(self, action: argparse.Action, value: object) -> None:
         if action.choices is not None and value not in action.choices:
@@ -860,6 +864,8 @@ def _command(argv: list[str] | None) -> int:
         close_progress_bars()  # before the last line, not drawn again below it
         if not copy_of_rank0(e) and not _said_by_local_rank0(e):  # under torchrun: said once (per node)
             print(f"ekd: error: {one_line(str(e))}", file=sys.stderr)
+        elif (host := _rank0_elsewhere(e)) is not None:  # each node's log says why its ranks ended
+            print(f"ekd: error: {one_line(str(e))} (said by rank 0, on {host})", file=sys.stderr)
         return 2
     # Ctrl-C (or SIGTERM) reaches every rank of a torchrun job: rank 0 says what to do
     except KeyboardInterrupt as e:
@@ -977,6 +983,18 @@ def _said_for_rank0(e: BaseException, hint: str) -> bool:
     line = RANK0_NODE_GONE_LINE if getattr(e, "rank0_node_gone", False) else SILENT_RANK0_LINE
     print(f"ekd: error: {line.format(rank=rank)}{hint}", file=sys.stderr)
     return True
+
+
+def _rank0_elsewhere(e: BaseException) -> str | None:
+    """Rank 0's host, where this process is the first rank of another node and ``e`` is its copy of rank 0's
+    refusal: said there too, each node's log being read on its own (try-out 153, N4: node 1, the node at fault,
+    had no ekd line); None otherwise."""
+    import socket
+
+    host = getattr(e, "rank0_host", None)
+    if not copy_of_rank0(e) or host is None or int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return None
+    return host if host != socket.gethostname() else None
 
 
 def _lost_peer(e: Exception) -> bool:

@@ -19,6 +19,7 @@ Every function here is a collective when ``ranks.world_size > 1``: all ranks cal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -64,18 +65,23 @@ def run_on_main(ranks: Ranks, work: Callable[[], T], what: str, *, share: bool =
         except BaseException as e:  # tell the others instead of leaving them waiting
             failure = e
             # Ctrl-C or SIGTERM: every rank stops alike (exit 130 or 143)
+            import socket
+
+            host = socket.gethostname()  # said on another node's log too, naming it (try-out 153, N4)
             if isinstance(e, KeyboardInterrupt):
-                box[0] = ("error", type(e), "")
+                box[0] = ("error", type(e), "", host)
             elif isinstance(e, EkdError):
-                box[0] = ("error", type(e), str(e))
+                box[0] = ("error", type(e), str(e), host)
             else:
-                box[0] = ("error", None, f"{type(e).__name__}: {e}")
+                box[0] = ("error", None, f"{type(e).__name__}: {e}", host)
     dist.broadcast_object_list(box, src=0, group=ranks.host)
     if failure is not None:
         raise failure
     if box[0][0] == "error":
-        _, kind, message = box[0]
-        raise _rank0_error(kind, message, what)
+        _, kind, message, host = box[0]
+        error = _rank0_error(kind, message, what)
+        error.rank0_host = host  # type: ignore[attr-defined]
+        raise error
     return result if ranks.is_main else box[0][1]
 
 
@@ -113,17 +119,29 @@ SHARED_WAIT_S = 10.0
 system's attribute cache may hide a new file from another node for a moment)."""
 
 
-def check_shared_directory(ranks: Ranks, directory: Path, key: str, what: str) -> None:
-    """Every rank sees, at ``directory``, the files rank 0 writes there: rank 0 writes a probe file, every rank looks
-    for it, and a rank that does not see it ends the job with one line, by rank 0, naming it and its host — before
-    any of them writes there. What several ranks write or read in one directory (a run's checkpoint shards, a
-    cache's, a token store rank 0 built) must be on a filesystem every node mounts at that path (try-out 151: a
-    node-local ``run.output_dir`` ended "finished" with every checkpoint missing the other node's shards; a
-    node-local ``data.store_dir`` ended in a traceback; a node-local ``teacher.cache_dir`` asked for a rebuild that
-    failed alike). ``directory`` is made by rank 0 if missing. One process: nothing to check.
+def check_shared_directory(
+    ranks: Ranks,
+    directory: Path,
+    key: str,
+    what: str,
+    *,
+    every_rank_writes: bool = True,
+    rank0_path: bool = False,
+) -> None:
+    """Every rank sees, at ``directory``, the files rank 0 writes there — and, with ``every_rank_writes``, can write
+    there itself: rank 0 writes a probe file, every rank looks for it (and writes and removes one of its own), and a
+    rank that cannot ends the job with one line naming it and its host — before any of them writes there. What
+    several ranks write or read in one directory (a run's checkpoint shards, a cache's, a token store rank 0 built)
+    must be on a filesystem every node mounts at that path (try-out 151: a node-local ``run.output_dir`` ended
+    "finished" with every checkpoint missing the other node's shards; a node-local ``data.store_dir`` ended in a
+    traceback; a node-local ``teacher.cache_dir`` asked for a rebuild that failed alike; try-out 153, N3: one node's
+    read-only mount was found at the first checkpoint, and said on rank 0's node). ``rank0_path``: every rank looks
+    at rank 0's ``directory``, where it reads what rank 0 wrote (a token store, handed over by its paths; try-out
+    153, N2: each rank looked at its own). ``directory`` is made by rank 0 if missing, and removed again on a
+    refusal if it made it. One process: nothing to check.
 
     Raises:
-        ConfigError: a rank does not see rank 0's file (on every rank; said once, by rank 0).
+        ConfigError: a rank does not see rank 0's file, or cannot write there (on every rank; said by rank 0).
     """
     if ranks.world_size <= 1:
         return
@@ -134,24 +152,40 @@ def check_shared_directory(ranks: Ranks, directory: Path, key: str, what: str) -
     from ekd.errors import ConfigError
     from ekd.io import atomic_write_text, make_dirs
 
-    token = [secrets.token_hex(8) if ranks.is_main else None]
-    dist.broadcast_object_list(token, src=0, group=ranks.host)
-    probe = directory / f".ekd-visible-{token[0]}"
+    shared = [secrets.token_hex(8) if ranks.is_main else None, str(directory)]
+    dist.broadcast_object_list(shared, src=0, group=ranks.host)
+    token = shared[0]
+    directory = Path(shared[1]) if rank0_path else directory
+    probe = directory / f".ekd-visible-{token}"
+    made = [False]
 
     def write() -> None:
+        made[0] = not directory.exists()
         make_dirs(directory)
-        atomic_write_text(probe, token[0])
+        atomic_write_text(probe, token)
 
     run_on_main(ranks, write, f"write in {key}")
     deadline = time.monotonic() + SHARED_WAIT_S
     while not (seen := probe.is_file()) and time.monotonic() < deadline:
         time.sleep(0.2)
+    writes = ""
+    if seen and every_rank_writes and not ranks.is_main:
+        own = directory / f".ekd-writable-{token}-{ranks.rank}"
+        try:
+            own.write_bytes(b"")
+            own.unlink()
+        except OSError as e:
+            writes = e.strerror or type(e).__name__
     everyone: list = [None] * ranks.world_size
-    dist.all_gather_object(everyone, (seen, socket.gethostname()), group=ranks.host)
-    blind = [(rank, host) for rank, (ok, host) in enumerate(everyone) if not ok]
+    dist.all_gather_object(everyone, (seen, writes, socket.gethostname()), group=ranks.host)
+    blind = [(rank, host) for rank, (ok, _, host) in enumerate(everyone) if not ok]
+    unwritable = [(rank, host, why) for rank, (ok, why, host) in enumerate(everyone) if ok and why]
 
     def refuse() -> None:
         probe.unlink(missing_ok=True)
+        if (blind or unwritable) and made[0]:
+            with contextlib.suppress(OSError):  # only if empty: nothing of the user's is removed
+                directory.rmdir()
         if blind:
             who = ", ".join(f"rank {rank} (host {host})" for rank, host in blind)
             raise ConfigError(
@@ -159,8 +193,24 @@ def check_shared_directory(ranks: Ranks, directory: Path, key: str, what: str) -
                 "filesystem every node mounts, at that same path on every node",
                 keys=(key,),
             )
+        if unwritable:
+            rank, host, why = unwritable[0]
+            raise ConfigError(
+                f"{key}: rank {rank} (host {host}) cannot write in {directory} ({why}; {what}): mount it writable on "
+                "every node",
+                keys=(key,),
+            )
 
     run_on_main(ranks, refuse, f"check {key}")
+
+
+def check_shared_store(ranks: Ranks, store_dir: str) -> None:
+    """:func:`check_shared_directory` for ``data.store_dir`` (set): rank 0 builds the token store, every rank
+    memory-maps it at rank 0's path."""
+    what = "rank 0 builds the token store, every rank reads it"
+    check_shared_directory(
+        ranks, Path(store_dir), "data.store_dir", what, every_rank_writes=False, rank0_path=True
+    )
 
 
 def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None:
@@ -184,22 +234,21 @@ def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None
 
     mine = weights_fingerprint(spec, revision) if ranks.is_node_main else None
     everyone: list = [None] * ranks.world_size
-    dist.all_gather_object(everyone, (mine, socket.gethostname()), group=ranks.host)
+    dist.all_gather_object(everyone, (mine, socket.gethostname(), spec), group=ranks.host)
     reference = everyone[0][0]
-    other = [
-        (r, host, fp)
-        for r, (fp, host) in enumerate(everyone)
-        if None not in (fp, reference) and fp != reference
-    ]
+    other = [(r, *e) for r, e in enumerate(everyone) if None not in (e[0], reference) and e[0] != reference]
 
     def refuse() -> None:
         if other:
-            rank, host, fingerprint = other[0]
+            rank, fingerprint, host, its_spec = other[0]
+            from ekd.hub import is_local
+
+            # a hub id's branch may resolve to other weights on each node; a directory's path is its own
+            pin = "" if is_local(spec) or revision else ", or pin model.revision to one commit"
             raise ConfigError(
-                f"{key}: rank {rank} (host {host}) reads other weights at {spec} than rank 0 "
+                f"{key}={its_spec}: rank {rank} (host {host}) holds other weights there than rank 0 "
                 f"({fingerprint.rpartition(':')[2][:12]} vs {reference.rpartition(':')[2][:12]}): every node must "
-                "hold the same model — copy rank 0's files there"
-                + (", or pin model.revision" if not revision else ""),
+                f"hold the same model — copy rank 0's files there{pin}",
                 keys=(key,),
             )
 

@@ -108,7 +108,9 @@ def check_same_settings(world_size: int, settings: dict[str, Any], group: Any = 
     ]
     if failed:
         rank, host, message = failed[0]
-        raise ConfigError(f"torchrun: rank {rank} (host {host}) could not read its config: {message}")
+        raise ConfigError(
+            f"torchrun: rank {rank} (host {host}) could not read its command line or config files: {message}"
+        )
     hosts, settings = [e["host"] for e in everyone], [e["settings"] for e in everyone]
     differing = _differences(hosts, settings)
     if missing := _missing_paths(differing, settings):

@@ -111,6 +111,7 @@ from ekd.train.rank0_load import load_for_rank, loads_on_rank0
 from ekd.train.rank_work import (
     check_same_weights,
     check_shared_directory,
+    check_shared_store,
     fetch_models_once,
     opened_on_main_first,
     prepare_data_once,
@@ -424,10 +425,7 @@ def _train(
     # read by every rank: both must be one directory to all of them
     check_shared_directory(ranks, run_dir, "run.output_dir", "every rank writes its checkpoint shards there")
     if cfg.data.store_dir:
-        store = Path(cfg.data.store_dir)
-        check_shared_directory(
-            ranks, store, "data.store_dir", "rank 0 builds the token store, every rank reads it"
-        )
+        check_shared_store(ranks, cfg.data.store_dir)
     torch.manual_seed(cfg.run.seed)
     amp = autocast_dtype(cfg, device)
     enable_tf32(cfg.train.precision, device)

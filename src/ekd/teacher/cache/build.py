@@ -395,7 +395,13 @@ def run_build(
     stat_format = stat_format or cfg.teacher.cache_stat_format
     from ekd.data import collate
     from ekd.train.prepare import autocast_dtype, load_teacher, resolve_device
-    from ekd.train.rank_work import check_same_weights, check_shared_directory, fetch_models_once, run_on_main
+    from ekd.train.rank_work import (
+        check_same_weights,
+        check_shared_directory,
+        check_shared_store,
+        fetch_models_once,
+        run_on_main,
+    )
 
     check_cacheable(cfg)
     # the teacher's name and files before the data is read: a typo or a hub download cut short costs seconds
@@ -419,10 +425,7 @@ def run_build(
         # every rank writes its shards there, rank 0 the manifest of them all: one directory to every rank
         check_shared_directory(ranks, directory, "teacher.cache_dir", "every rank writes its shards there")
         if cfg.data.store_dir:
-            store = Path(cfg.data.store_dir)
-            check_shared_directory(
-                ranks, store, "data.store_dir", "rank 0 builds the token store, every rank reads it"
-            )
+            check_shared_store(ranks, cfg.data.store_dir)
 
         def prepare():  # rank 0 only: it may train the BPE tokenizer (saved in the cache)
             make_dirs(directory)
