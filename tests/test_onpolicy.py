@@ -246,6 +246,32 @@ def test_prompt_rule_groups_rows_by_prompt_length(student, monkeypatch):
     )  # no target: unchanged
 
 
+def test_an_isolated_prompt_ending_on_a_documents_eos_continues_that_document(student, monkeypatch):
+    """Try-out 155, F1: with isolated documents, a prompt whose last token was a document's EOS had the student
+    generate after that EOS inside the finished document (positions continuing it), and made the EOS position a
+    target; the prompt ends before the EOS, the student continuing the document, as its own generate does."""
+    ids = torch.randint(3, V, (1, T), generator=torch.Generator().manual_seed(3))
+    ids[0, 7] = EOS  # document 0 is tokens 0..7, its EOS last; document 1 starts at 8
+    target = torch.ones_like(ids, dtype=torch.bool)
+    target[0, [0, 8]] = False  # a document's first token is no target
+    positions = torch.cat([torch.arange(8), torch.arange(T - 8)])[None]  # (1, T)
+    batch = Batch(
+        ids, shift_labels(ids, target), torch.ones_like(ids), torch.arange(1), position_ids=positions
+    )
+    monkeypatch.setattr(onpolicy, "_generate", _fake_generate({7: [[5, 6, EOS]]}))
+    out, on = maybe_on_policy(
+        batch, student, _cfg(prompt=8), torch.Generator().manual_seed(0), EOS, pad_id=PAD
+    )
+    assert on and torch.equal(out.input_ids[0, :10], torch.cat([ids[0, :7], torch.tensor([5, 6, EOS])]))
+    assert out.labels[0, :10].tolist() == [IGNORE_INDEX] * 6 + [
+        5,
+        6,
+        EOS,
+        IGNORE_INDEX,
+    ]  # the prompt: no target
+    assert out.position_ids[0, :10].tolist() == list(range(10))  # document 0 continued from its token 6
+
+
 def test_a_row_cut_mid_response_answers_the_next_whole_prompt():
     """Try-out 71, F1: a row starting in the previous example's response took its first ``prompt_tokens`` tokens
     as the prompt, and the student generated over the rest of the next example's prompt (trained as targets).

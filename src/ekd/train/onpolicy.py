@@ -33,7 +33,8 @@ and the row (exact on resume, the same on any rank and in a batch of any size); 
 Isolated documents (``data.document_attention=isolated``, the batch has ``position_ids``): the prompt handed to
 ``generate`` is only the document that contains the prompt's last token (from its start, or the block start),
 so the student samples exactly what its isolated training forward sees; the generated tokens continue that
-document's positions and the padding after them is a document of its own.
+document's positions and the padding after them is a document of its own. A prompt whose last token is a stop id
+(a document's EOS) ends one token earlier: the student continues that document, not past its end.
 
 The new batch keeps (B, T), dtypes and ``sample_ids``: prompt · generated tokens (including the first
 generated EOS, which is a target like the EOS ending a packed document) · padding. Labels are shifted once, by
@@ -179,6 +180,12 @@ def maybe_on_policy(
     T = input_ids.shape[1]
     lengths = prompt_lengths(batch.labels, method_cfg.prompt_tokens)  # (B,)
     isolated = batch.position_ids is not None
+    if isolated:
+        # a prompt ending on a finished document's stop id ends before it: the student answers that document,
+        # as its own generate does, not past its end inside it (try-out 155, F1: it continued after </s> in the
+        # same isolated document, and the EOS position became a target)
+        last_ids = input_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)  # (B,)
+        lengths = lengths - (torch.isin(last_ids, stop_tensor) & (lengths > 1)).to(lengths.dtype)
     # (B,) first column of each row's prompt: the start of the document holding the prompt's last token
     # when documents are isolated, else the block start
     firsts = torch.zeros_like(lengths)
