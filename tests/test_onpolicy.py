@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -425,23 +426,28 @@ def test_on_policy_batch_goes_through_a_distillation_step(tmp_path, corpus):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
-def test_distill_gkd_end_to_end(tmp_path, corpus, monkeypatch):
+def test_distill_gkd_end_to_end(tmp_path, corpus, monkeypatch, caplog):
+    import logging
+
     from ekd.cli import main
 
     calls = _spy_generate(monkeypatch)
     overrides = tiny_overrides(tmp_path, corpus, "gkd", **{"eval.teacher": False})
-    rc = main(
-        [
-            "distill",
-            *overrides,
-            "method=gkd",
-            "method.student_data_fraction=1.0",
-            "method.max_new_tokens=8",
-            "method.prompt_tokens=8",
-            "train.max_steps=2",
-        ]
-    )
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        rc = main(
+            [
+                "distill",
+                *overrides,
+                "method=gkd",
+                "method.student_data_fraction=1.0",
+                "method.max_new_tokens=8",
+                "method.prompt_tokens=8",
+                "method.ce_weight=0.1",
+                "train.max_steps=2",
+            ]
+        )
     assert rc == 0
+    assert "on the micro-batches the student generates, CE is taken on its own samples" in caplog.text
     rows = [
         json.loads(line) for line in (tmp_path / "runs" / "gkd" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -579,3 +585,16 @@ def test_a_block_shorter_than_prompt_and_budget_is_logged(caplog):
         "on-policy: rows without a prompt region generate at most 1 token (data.block_length=32 − "
         "method.prompt_tokens=32, taken as 31 to leave one to generate), not method.max_new_tokens=8"
     ]
+
+
+def test_ce_beside_on_policy_data_is_said_to_train_on_the_students_own_samples():
+    """Try-out 155, F2: method.ce_weight > 0 on an on-policy run took CE on the student's own samples on the
+    micro-batches it generated, without a word (refused only where CE is the only term)."""
+    from ekd.config.inert import ce_on_own_samples
+
+    assert ce_on_own_samples(_cfg()) == ""  # gkd as published: no CE
+    said = ce_on_own_samples(replace(_cfg(fraction=0.5), ce_weight=0.5))
+    assert said.startswith("method.ce_weight=0.5 with on-policy data (method.student_data_fraction=0.5)"), (
+        said
+    )
+    assert ce_on_own_samples(replace(_cfg(fraction=0.0), ce_weight=0.5)) == ""

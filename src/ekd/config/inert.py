@@ -289,6 +289,20 @@ def idle_keys(method_cfg: Any) -> list[str]:
     return out
 
 
+def ce_on_own_samples(method_cfg: Any) -> str:
+    """A warning where an on-policy run (``student_data_fraction`` > 0) keeps a CE term: CE is taken on every
+    micro-batch's targets, on an on-policy one the student's own samples — no expected gradient at
+    ``sampling_temperature`` 1, a sharpening one below — not on data (try-out 155, F2: said nowhere); "" else."""
+    if method_cfg.student_data_fraction <= 0 or method_cfg.ce_weight <= 0:
+        return ""
+    return (
+        f"method.ce_weight={method_cfg.ce_weight} with on-policy data (method.student_data_fraction="
+        f"{method_cfg.student_data_fraction}): on the micro-batches the student generates, CE is taken on its own "
+        "samples (no expected gradient at method.sampling_temperature=1, a sharpening one below), on the others on "
+        "the data; set method.ce_weight=0 for GKD as published"
+    )
+
+
 def unread_keys(cfg: Any) -> set[str]:
     """The config keys (``section.field``) a run of ``cfg`` sets and does not read, or reads without effect: its
     inert method keys, idle method keys, data keys no source reads and run keys (:data:`RUN_READ_WHEN`). A change

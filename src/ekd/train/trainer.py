@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ekd.config import Config, ConfigError
 from ekd.config.inert import (
+    ce_on_own_samples,
     idle_keys,
     idle_objective,
     idle_schedules,
@@ -240,9 +241,11 @@ def train(
                 "evaluate (they need not be those that built it); a saved teacher is evaluated",
                 cfg.model.teacher,
             )
-        if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3)
+        if ranks.is_main:  # a schedule the run is too short to carry out (try-out 58, F3); CE on own samples
             for idle in (*idle_keys(cfg.method), *idle_schedules(cfg.method, cfg.train.max_steps)):
                 log.warning("%s", idle)
+            if said := ce_on_own_samples(cfg.method):
+                log.warning("%s", said)
         start = RunStart(cfg, resume, overwrite) if ranks.is_main else None
         finished = False
         try:
