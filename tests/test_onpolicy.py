@@ -554,6 +554,8 @@ def test_a_prompt_that_fills_the_block_is_refused(tmp_path, corpus, capsys):
             ["method=gkd", "teacher.source=cache", "teacher.cache_dir=c"],
             "(a cache has no targets for student-gen",
         ),
+        # try-out 155, F3: told to set method.kd_weight=0, refused next
+        (["method=gkd", "teacher.source=none"], "set teacher.source=online (it scores the text the student"),
     ],
 )
 def test_on_policy_data_needs_a_teacher_to_score_it(tmp_path, corpus, capsys, overrides, message):
@@ -598,3 +600,17 @@ def test_ce_beside_on_policy_data_is_said_to_train_on_the_students_own_samples()
         said
     )
     assert ce_on_own_samples(replace(_cfg(fraction=0.0), ce_weight=0.5)) == ""
+
+
+def test_a_cache_of_an_on_policy_config_is_refused_for_its_on_policy_data_first(tmp_path, corpus, capsys):
+    """Try-out 155, F3: `ekd cache` of a gkd config refused its dense target, then its divergence, then (last) its
+    on-policy data — each fix leading to the next refusal; the decisive one comes first."""
+    from ekd.cli import main
+
+    over = [*tiny_overrides(tmp_path, corpus, "c"), "method=gkd", "method.prompt_tokens=8"]
+    over.append(f"teacher.cache_dir={tmp_path / 'cache'}")
+    assert main(["cache", *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "distills on text the student generates during training, which no cache" in err[0]
+    ), err

@@ -56,7 +56,13 @@ def validate(cfg: Config) -> None:
         )
     if t.source == "none" and m.kd_weight > 0 and m.objective in ("kd", "dkd", "atkd"):
         raise ConfigError(
-            f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); set teacher.source=online or method.kd_weight=0",
+            f"teacher.source=none but method {m.preset} distills from a teacher (method.kd_weight={m.kd_weight}); "
+            + (
+                "set teacher.source=online (it scores the text the student generates, method.student_data_fraction="
+                f"{m.student_data_fraction})"
+                if m.student_data_fraction > 0  # kd_weight=0 is refused for on-policy data (try-out 155, F3)
+                else "set teacher.source=online or method.kd_weight=0"
+            ),
             keys=("teacher.source", "method.kd_weight"),
         )
     if m.objective != "kd" and m.divergence != "forward_kl":
