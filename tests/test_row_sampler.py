@@ -71,6 +71,17 @@ def test_row_sampler_draws_from_the_tempered_softmax():
     assert bool(((counts - n * p).abs() <= 5 * sd + 2).all())
 
 
+def test_a_temperature_too_small_for_float32_draws_the_maximum_not_the_last_id():
+    """Try-out 155, F5: method.sampling_temperature=1e-45 made z / T_s overflow float32, softmax NaN, and the
+    inverse CDF drew the last vocabulary id every time; from the row's maximum it is greedy."""
+    z = torch.randn(8, V, generator=torch.Generator().manual_seed(1))
+    z[:, 3] = -math.inf  # a masked id
+    u = row_uniforms(5, "on_policy", torch.arange(8), 1)
+    for temperature in (1e-45, 1e-30):
+        out = RowSampler(u, prompt_length=2, temperature=temperature)(torch.zeros(8, 2, dtype=torch.long), z)
+        assert torch.equal(out.argmax(-1), z.argmax(-1)), temperature
+
+
 def test_on_policy_rows_are_the_same_in_any_batch_composition():
     student, method = _student(), MethodConfig(student_data_fraction=1.0, max_new_tokens=8, prompt_tokens=5)
 
