@@ -154,6 +154,9 @@ def test_a_cache_run_is_not_evaluated_against_new_weights_under_its_hub_teachers
     assert len(err) == 1 and "now loads other weights than the cache was built from" in err[0], err
     point_ref(hub, "org/teacher", A)  # the teacher back: evaluated again
     assert main(["eval", str(tmp_path / "runs" / "a")]) == 0
+    # in another dtype than the build's, the same weights (review 156, R2: refused, its hash taken in that dtype):
+    # loaded in bfloat16 beside a float32 build it cannot be told (evaluated); the other way round, it is compared
+    assert main(["eval", str(tmp_path / "runs" / "a"), "model.teacher_dtype=bfloat16"]) == 0
     # try-out 154, N3: the cache's teacher named by its snapshot directory (its files' hash is no state-dict hash)
     point_ref(hub, "org/teacher", B)
     snapshot = hub / "models--org--teacher" / "snapshots" / A
@@ -296,6 +299,19 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     assert said in caplog.text
     assert main([*from_cache, "run.name=pinned", f"model.revision={A}"]) == 0
     assert "kl" in json.loads((tmp_path / "runs" / "pinned" / "eval.json").read_text())["eval"]
+    # a cache an older ekd pinned by the branch's name: a rerun goes on with it, said (review 156, R4)
+    point_ref(hub, "org/teacher", A, "v1")
+    from ekd.teacher.cache.manifest import manifest_sha256
+
+    path = tmp_path / "cache" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["signature"]["teacher_revision"] = "v1"
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
+    path.write_text(json.dumps(manifest))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["cache", *base, *cache]) == 0
+    assert "pins its teacher by the branch name model.revision=v1" in caplog.text
 
 
 def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_as_a_hub_id(
@@ -316,3 +332,28 @@ def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_a
     ]
     assert main(args) == 0
     assert "kl" in json.loads((tmp_path / "runs" / "l" / "eval.json").read_text())["eval"]
+
+
+def test_the_loaded_teacher_is_compared_with_each_kind_of_pin(hub, tmp_path):
+    """Review 156, R2/R18: a state-dict pin compared in the build's dtype (a bfloat16 build, a float32 evaluation:
+    the same weights), and transformers 4's `commit:<sha>` pin by the snapshot the revision resolves to now."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ekd.teacher.cache.signature import state_dict_sha256
+    from ekd.teacher.cache.source import loaded_teacher_changed
+
+    cfg = SimpleNamespace(model=SimpleNamespace(teacher="org/teacher", revision=""))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "t0")  # float32
+    pin = f"state-dict-sha256:{state_dict_sha256(model.to(torch.bfloat16))}"
+    assert loaded_teacher_changed(cfg, model.float(), pin, "bfloat16") == ""
+    other = AutoModelForCausalLM.from_pretrained(tmp_path / "t1")
+    assert "now loads other weights" in loaded_teacher_changed(cfg, other, pin, "bfloat16")
+    assert loaded_teacher_changed(cfg, model, f"commit:{A}") == ""
+    point_ref(hub, "org/teacher", B)
+    assert "now loads other weights" in loaded_teacher_changed(cfg, model, f"commit:{A}")
+    assert (
+        loaded_teacher_changed(cfg, model, "safetensors-sha256:00") == ""
+    )  # a file pin: checked before loading

@@ -581,7 +581,7 @@ def evaluate_saved_run(
             from ekd.teacher.cache.source import recorded_teacher_changed
 
             if changed := recorded_teacher_changed(
-                cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher")
+                cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher"), cfg.model.revision
             ):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir))
         _check_run_teacher(run_dir, cfg, marker or {})
@@ -590,7 +590,8 @@ def evaluate_saved_run(
         if cfg.teacher.source == "cache" and (pinned := marker.get("cache_teacher")):
             from ekd.teacher.cache.source import cache_teacher_parts, loaded_teacher_changed
 
-            if changed := loaded_teacher_changed(cfg, teacher, cache_teacher_parts(pinned)[0]):
+            revision, dtype, _ = cache_teacher_parts(pinned)
+            if changed := loaded_teacher_changed(cfg, teacher, revision, dtype):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir))
     start = read_student_init(run_dir)  # read once: the divergence line's start and eval.json's
     started = starting_perplexities(start, data)

@@ -832,6 +832,7 @@ def _teacher_of_the_cache(
     """The teacher a run trained from a cache is evaluated with: ``model.teacher`` loaded for evaluation only, when
     it is still the teacher the cache was built from; None (said in a warning) when it was replaced or moved since
     — never another model's KL under the cache's teacher (try-out 130, F1)."""
+    from ekd.teacher.cache.manifest import BUILT_WITH
     from ekd.teacher.cache.source import loaded_teacher_changed, teacher_changed_since
 
     pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
@@ -844,12 +845,13 @@ def _teacher_of_the_cache(
             shlex.quote(str(run_dir)),
         )
 
-    if changed := teacher_changed_since(cfg.model.teacher, pinned):
+    if changed := teacher_changed_since(cfg.model.teacher, pinned, cfg.model.revision):
         return not_evaluated(changed)
     log.info("loading the teacher for evaluation only (training used the cache)")
     fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
     model = load_teacher(cfg, data, device)
-    if changed := loaded_teacher_changed(cfg, model, pinned.get("teacher_revision")):
+    built_dtype = (pinned.get(BUILT_WITH) or {}).get("teacher_dtype")  # the weights' hash: in that dtype
+    if changed := loaded_teacher_changed(cfg, model, pinned.get("teacher_revision"), built_dtype):
         return not_evaluated(changed)
     return model
 

@@ -229,6 +229,30 @@ def _gather(value, ranks: Ranks) -> list:
     return everyone
 
 
+def _branch_pinned_by_name(directory: Path, revision: str) -> str:
+    """``revision`` where the cache in ``directory`` pins its teacher by that branch's name, as ekd did before it
+    pinned the commit a branch resolves to: a rerun (a resume) of that cache goes on with it, said in a warning —
+    whether the branch moved since cannot be told; "" otherwise (no such cache, another pin, a commit given)."""
+    from ekd.teacher.cache.signature import is_commit
+
+    if not revision or is_commit(revision):
+        return ""
+    try:
+        found = read_manifest(directory / MANIFEST).get("signature", {})
+    except (CacheError, OSError):
+        return ""
+    if found.get("teacher_revision") != revision:
+        return ""
+    log.warning(
+        "the cache at %s pins its teacher by the branch name model.revision=%s (an older ekd's record): whether the "
+        "branch moved since it was built cannot be told; `ekd cache CONFIG --overwrite` rebuilds it pinned to the "
+        "commit the branch resolves to",
+        directory,
+        revision,
+    )
+    return revision
+
+
 def _built_data_settings(directory: Path, signature: dict) -> dict | None:
     """The data settings a cache of ``signature`` in ``directory`` records, when it has a manifest of the same
     signature: a rerun (or resume) whose inert keys differ (``data.max_documents`` above the corpus) builds the
@@ -442,7 +466,10 @@ def run_build(
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)
         amp = autocast_dtype(cfg, device)
-        signature = cache_signature(cfg, data, teacher_revision(cfg, teacher))
+        revision = teacher_revision(cfg, teacher)
+        if not overwrite and (by_name := _branch_pinned_by_name(directory, cfg.model.revision)):
+            revision = by_name  # an older ekd's pin: kept, said (try-out review 156, R4)
+        signature = cache_signature(cfg, data, revision)
         if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
         if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):

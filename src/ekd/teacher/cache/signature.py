@@ -90,11 +90,14 @@ def check_cacheable(cfg: Config) -> None:
         )
 
 
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the model's parameters and buffers (names, dtypes, shapes and bytes, in name order)."""
+def state_dict_sha256(model: nn.Module, dtype: torch.dtype | None = None) -> str:
+    """sha256 over the model's parameters and buffers (names, dtypes, shapes and bytes, in name order); with
+    ``dtype``, its floating tensors as cast to it (a teacher loaded in float32 hashed as the bfloat16 one a cache
+    was built from: the same cast loading makes)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach()
+        t = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

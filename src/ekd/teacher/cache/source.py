@@ -214,7 +214,8 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             cached_id,
         )
         # a hub id by its cached snapshot's files (the same bytes as a local copy); "": cannot tell, the ids decide
-        expected["teacher_revision"] = weights_revision(str(model_directory(spec) or spec)) or ""
+        directory = model_directory(spec, cfg.model.revision)
+        expected["teacher_revision"] = weights_revision(str(directory or spec)) or ""
     elif (
         revision.startswith("safetensors-sha256:")
         and found.get(TEACHER_FILES) is not None
@@ -239,23 +240,23 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     return _seed_unread_by_topk(expected, found)
 
 
-def teacher_changed_since(spec: str, signature: dict) -> str:
+def teacher_changed_since(spec: str, signature: dict, revision: str = "") -> str:
     """Why the teacher directory ``spec`` no longer holds the teacher a cache of ``signature`` was built from —
     checked when a run trained from the cache loads the teacher again to evaluate it at its end (try-out 130, F1: a
     teacher replaced while the run trained gave it another model's KL and agreement, while ekd-run.json recorded
     the cache's); "" when it holds it, or when that cannot be told here (a hub id, a preset, an import, a cache
     that pins no weights). The files' sizes, times and inodes as the build recorded them first; their weights
     hashed only when those differ; a directory gone since is said so (try-out 131: the run failed at its end)."""
-    revision = str(signature.get("teacher_revision", ""))
-    if not revision.startswith("safetensors-sha256:") or is_preset(spec):
+    pinned = str(signature.get("teacher_revision", ""))
+    if not pinned.startswith("safetensors-sha256:") or is_preset(spec):
         return ""
-    # a hub id holding the cache's teacher: its cached snapshot's files (try-out 154, N8)
-    directory = model_directory(spec)
+    # a hub id holding the cache's teacher: its cached snapshot's files at model.revision (try-out 154, N8)
+    directory = model_directory(spec, revision)
     if (
         directory is None or not directory.is_dir()
     ):  # moved away while the run trained: said, not a failed end
         return f"{spec} is no longer there (moved or deleted while the run trained?)"
-    if not weights_changed(signature.get(TEACHER_FILES), revision, str(directory)):
+    if not weights_changed(signature.get(TEACHER_FILES), pinned, str(directory)):
         return ""
     held = (
         "holds no safetensors weights" if weights_revision(str(directory)) is None else "holds other weights"
@@ -263,14 +264,14 @@ def teacher_changed_since(spec: str, signature: dict) -> str:
     return f"{spec} {held} than the cache's teacher now (replaced while the run trained?)"
 
 
-def loaded_teacher_changed(cfg, model, recorded: str | None) -> str:
-    """Why the teacher loaded to evaluate a run trained from a cache (``model``, as ``ekd cache`` loads it) is not
-    the one the cache pinned as ``recorded`` (its ``teacher_revision``, or the run's ``cache_teacher`` teacher part);
-    "" where it is, or where it cannot be told here (a local directory's files: :func:`teacher_changed_since` checked
-    those before loading).
-    A hub id's or a preset's pin is a hash of the loaded weights (:func:`~ekd.teacher.cache.signature.
-    teacher_revision`), compared now: new weights downloaded under a hub id's ``main`` since the cache was built
-    were evaluated as its teacher (try-out 152, F2)."""
+def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | None = None) -> str:
+    """Why the teacher loaded to evaluate a run trained from a cache (``model``) is not the one the cache pinned as
+    ``recorded`` (its ``teacher_revision``, or the run's ``cache_teacher`` teacher part); "" where it is, or where
+    it cannot be told here (a local directory's files: :func:`teacher_changed_since` checked those before
+    loading). A pin of the loaded weights (``state-dict-sha256:``: a hub id's, a preset's) is compared with the
+    weights loaded now, cast to ``built_dtype`` (the dtype the cache's teacher ran in: a build in bfloat16 and an
+    evaluation in float32 hold the same weights); a commit (``commit:<sha>`` as transformers 4 recorded it, or a
+    commit a branch resolved to) with the snapshot ``model.revision`` resolves to now."""
     from ekd.teacher.cache.signature import is_commit, state_dict_sha256
 
     # a run's cache_teacher: '<teacher id>@<revision>'
@@ -278,24 +279,34 @@ def loaded_teacher_changed(cfg, model, recorded: str | None) -> str:
         recorded = recorded.rpartition("@")[2]
     spec = cfg.model.teacher
     if recorded and recorded.startswith(STATE_DICT):  # whatever model.teacher names now: its loaded weights
-        current = f"{STATE_DICT}{state_dict_sha256(model)}"
-    elif recorded and is_commit(recorded) and not is_preset(spec) and not is_local(spec):
-        # a hub id's commit (given, or a branch the build resolved): the snapshot loaded now
+        built = getattr(torch, built_dtype, None) if built_dtype else None
+        loaded = next(model.parameters()).dtype
+        if isinstance(built, torch.dtype) and built.itemsize > loaded.itemsize:
+            return ""  # loaded narrower than built: the build's values are not recoverable, cannot be told
+        cast = built if isinstance(built, torch.dtype) and built != loaded else None
+        current = f"{STATE_DICT}{state_dict_sha256(model, cast)}"
+    elif (
+        recorded
+        and is_commit(recorded.removeprefix("commit:"))
+        and not is_preset(spec)
+        and not is_local(spec)
+    ):
+        # a hub id's commit: the snapshot loaded now
         if (snapshot := model_directory(spec, cfg.model.revision)) is None:
             return ""
-        current = snapshot.name
+        current = f"commit:{snapshot.name}" if recorded.startswith("commit:") else snapshot.name
     else:
         return ""
     if current == recorded:
         return ""
-    moved = " (a newer download under the hub id's branch?)" if not is_local(cfg.model.teacher) else ""
+    moved = "; a newer download under the hub id's branch?" if not is_local(spec) else ""
     return (
-        f"{cfg.model.teacher} now loads other weights than the cache was built from ({current[:30]}… against "
-        f"{recorded[:30]}…){moved}"
+        f"{spec} now loads other weights than the cache was built from ({current[:30]}… against "
+        f"{recorded[:30]}…{moved})"
     )
 
 
-def recorded_teacher_changed(spec: str, cache_dir: str, pinned: str | None) -> str:
+def recorded_teacher_changed(spec: str, cache_dir: str, pinned: str | None, revision: str = "") -> str:
     """:func:`teacher_changed_since` for ``ekd eval`` of a run trained from a cache: against the teacher the run
     recorded (``cache_teacher`` in ekd-run.json, ``pinned``) — the cache itself may have been rebuilt since, or be
     gone —, the cache's file stats used where it still holds that teacher (try-out 131, F1: ``ekd eval`` wrote
@@ -309,7 +320,7 @@ def recorded_teacher_changed(spec: str, cache_dir: str, pinned: str | None) -> s
         signature = {}
     if signature.get("teacher_revision") != revision:
         signature = {"teacher_revision": revision}  # no file stats to go by: the weights' hash decides
-    return teacher_changed_since(spec, signature)
+    return teacher_changed_since(spec, signature, revision)
 
 
 def _seed_unread_by_topk(expected: dict, found: dict) -> dict:
