@@ -606,7 +606,9 @@ def test_a_teacher_replaced_while_a_cache_run_trained_is_not_evaluated(
     assert cache_source.teacher_changed_since(str(gone), signature).startswith(f"{gone} is no longer there")
     # the end of a cache run: the teacher found replaced is not loaded, and the run says so
     real = cache_source.teacher_changed_since
-    monkeypatch.setattr(cache_source, "teacher_changed_since", lambda spec, sig, revision="": real(str(other), sig, revision))
+    monkeypatch.setattr(
+        cache_source, "teacher_changed_since", lambda spec, sig, revision="": real(str(other), sig, revision)
+    )
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert (
             main(["-q", "distill", built["cfg"], "teacher.source=cache", "run.name=swapped", "--overwrite"])
