@@ -357,3 +357,26 @@ def test_the_loaded_teacher_is_compared_with_each_kind_of_pin(hub, tmp_path):
     assert (
         loaded_teacher_changed(cfg, model, "safetensors-sha256:00") == ""
     )  # a file pin: checked before loading
+
+
+def test_a_resume_whose_teacher_load_fetches_newer_weights_is_refused(
+    hub, tmp_path, corpus, capsys, monkeypatch
+):
+    """Review 156, R1: the run's teacher was checked against the snapshot cached when the command started; online,
+    the load then resolved main to newer weights and trained on them. Checked again once loaded."""
+    from ekd.train import trainer
+
+    models = {"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+    args = ["distill", *tiny_overrides(tmp_path, corpus, "r1", **models), "train.max_steps=1"]
+    assert main(args) == 0
+    real = trainer.load_teacher
+
+    def load_fetching_newer(*a, **k):  # what from_pretrained does online when main moved: the new snapshot
+        point_ref(hub, "org/teacher", B)
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "load_teacher", load_fetching_newer)
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err

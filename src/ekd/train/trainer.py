@@ -457,6 +457,9 @@ def _train(
         )
     student.train()
     teacher_model = _load_teacher_model(cfg, parts, ranks, data, device)
+    # again once loaded: a hub id resolves its branch at the load, online perhaps to weights newer than the run
+    # recorded (review 156, R1: the check before it saw the snapshot cached then; a first start records them now)
+    run_on_main(ranks, lambda: _check_loaded_models(start), "check the loaded models")
     if teacher_model is not None:
         warn_smaller_teacher(teacher_model, student)
     teacher_shard = place_teacher(teacher_model, cfg, ranks)
@@ -1010,6 +1013,13 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
         check_task_lengths(cfg, (cfg.model.student, cfg.model.revision), lambda: data.tokenizer)
     if cfg.log.wandb_project:
         require_wandb()
+
+
+def _check_loaded_models(start: RunStart) -> None:
+    """Rank 0: the teacher's and a LoRA base's weights as loaded, against what the run recorded
+    (:meth:`RunStart.check_teacher`, :meth:`RunStart.check_student_base`)."""
+    start.check_student_base()
+    start.check_teacher()
 
 
 def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) -> None:
