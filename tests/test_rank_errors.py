@@ -423,8 +423,21 @@ def _look_for_each_other(rank: int, out_dir: str) -> None:
             {"every_rank_writes": False, "rank0_path": True},
         ),
         "read-only": (Path(out_dir, "ro"), {}),
+        # review 156, R5: a prebuilt store on a read-only mount: rank 0 names a file already there
+        "prebuilt": (Path(out_dir, "prebuilt"), {"every_rank_writes": False, "rank0_path": True}),
     }
+    if rank == 0:
+        Path(out_dir, "prebuilt").mkdir(exist_ok=True)
+        Path(out_dir, "prebuilt", "manifest.json").write_text("{}")
+    dist.barrier()
     for name, (directory, how) in cases.items():
+        if name == "prebuilt" and rank == 0:
+            import ekd.io
+
+            def read_only_write(path, text):
+                raise OSError(30, "Read-only file system")
+
+            ekd.io.atomic_write_text = read_only_write
         if (
             name == "read-only" and rank == 1
         ):  # root writes in any mode: a read-only mount, as one node has it
@@ -465,6 +478,9 @@ def test_a_directory_a_rank_does_not_see_is_refused_by_name_before_anything_is_w
     assert (copy, keys) == (False, ["run.output_dir"]) and rank1["own"][:2] == [line, True]
     assert not (tmp_path / "node0").exists()  # made for the probe, removed with it (try-out 153, N7)
     assert rank0["store"] == rank1["store"] == []  # both looked at rank 0's path (try-out 153, N2)
+    assert (
+        rank0["prebuilt"] == rank1["prebuilt"] == ["manifest.json"]
+    )  # seen by its existing file, nothing written
     line, copy, keys = rank0["read-only"]
     assert line == (
         f"run.output_dir: rank 1 (host {socket.gethostname()}) cannot write in {tmp_path / 'ro'} (Read-only file "
@@ -615,3 +631,15 @@ def test_rank_0s_refusal_is_said_on_each_other_nodes_log(monkeypatch, capsys):
         assert (err == "ekd: error: run.output_dir: rank 1 (host node1) does not see the files rank 0 writes in /x "
                 "(said by rank 0, on node0)\n") is said, (local_rank, host, err)  # fmt: skip
         assert said or err == ""
+
+
+def test_a_probe_a_killed_start_left_does_not_make_a_cache_directory_foreign(tmp_path):
+    """Review 156, R8: a probe file left by a torchrun start killed during its check made the next `ekd cache`
+    refuse the directory as "not empty and holds no teacher cache"."""
+    from ekd.teacher.cache.manifest import check_cache_directory
+    from ekd.train.rank_work import PROBE_PREFIX
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / f"{PROBE_PREFIX}0123456789abcdef").write_text("x")
+    (tmp_path / "c" / f"{PROBE_PREFIX}0123456789abcdef-1").write_text("")
+    check_cache_directory(tmp_path / "c")  # no refusal

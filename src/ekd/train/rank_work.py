@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ekd.errors import EkdError
+from ekd.errors import EkdError, first_line
 from ekd.log_level import EVERY_RANK
 from ekd.train.distributed import Ranks
 
@@ -114,7 +114,7 @@ def _rank0_error(kind: type | None, message: str, what: str) -> BaseException:
     return error
 
 
-SHARED_WAIT_S = 10.0
+SHARED_WAIT_S = 30.0
 """Seconds a rank looks for rank 0's probe file before it is said not to see the directory (a network file
 system's attribute cache may hide a new file from another node for a moment)."""
 
@@ -129,16 +129,14 @@ def check_shared_directory(
     rank0_path: bool = False,
 ) -> None:
     """Every rank sees, at ``directory``, the files rank 0 writes there — and, with ``every_rank_writes``, can write
-    there itself: rank 0 writes a probe file, every rank looks for it (and writes and removes one of its own), and a
-    rank that cannot ends the job with one line naming it and its host — before any of them writes there. What
-    several ranks write or read in one directory (a run's checkpoint shards, a cache's, a token store rank 0 built)
-    must be on a filesystem every node mounts at that path (try-out 151: a node-local ``run.output_dir`` ended
-    "finished" with every checkpoint missing the other node's shards; a node-local ``data.store_dir`` ended in a
-    traceback; a node-local ``teacher.cache_dir`` asked for a rebuild that failed alike; try-out 153, N3: one node's
-    read-only mount was found at the first checkpoint, and said on rank 0's node). ``rank0_path``: every rank looks
-    at rank 0's ``directory``, where it reads what rank 0 wrote (a token store, handed over by its paths; try-out
-    153, N2: each rank looked at its own). ``directory`` is made by rank 0 if missing, and removed again on a
-    refusal if it made it. One process: nothing to check.
+    there itself — before any of them writes there: rank 0 writes a probe file (on a read-only mount, where nothing
+    will be written, it names a file already there instead: a finished cache, a prebuilt store), every rank looks
+    for it (and writes and removes one of its own), and a rank that cannot ends the job with one line naming it and
+    its host. What several ranks write or read in one directory (a run's checkpoint shards, a cache's shards, a
+    token store rank 0 built) must be on a filesystem every node mounts at that path. ``rank0_path``: every rank
+    looks at rank 0's ``directory``, where it reads what rank 0 wrote (a token store, handed over by its paths).
+    ``directory`` is made by rank 0 if missing, and removed again on a refusal if it made it and it is empty; the
+    probe is removed whatever happens. One process: nothing to check.
 
     Raises:
         ConfigError: a rank does not see rank 0's file, or cannot write there (on every rank; said by rank 0).
@@ -147,61 +145,114 @@ def check_shared_directory(
         return
     import secrets
     import socket
-    import time
-
-    from ekd.errors import ConfigError
-    from ekd.io import atomic_write_text, make_dirs
 
     shared = [secrets.token_hex(8) if ranks.is_main else None, str(directory)]
     dist.broadcast_object_list(shared, src=0, group=ranks.host)
     token = shared[0]
     directory = Path(shared[1]) if rank0_path else directory
-    probe = directory / f".ekd-visible-{token}"
+    probe = directory / f"{PROBE_PREFIX}{token}"
     made = [False]
-
-    def write() -> None:
-        made[0] = not directory.exists()
-        make_dirs(directory)
-        atomic_write_text(probe, token)
-
-    run_on_main(ranks, write, f"write in {key}")
-    deadline = time.monotonic() + SHARED_WAIT_S
-    while not (seen := probe.is_file()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    writes = ""
-    if seen and every_rank_writes and not ranks.is_main:
-        own = directory / f".ekd-writable-{token}-{ranks.rank}"
-        try:
-            own.write_bytes(b"")
-            own.unlink()
-        except OSError as e:
-            writes = e.strerror or type(e).__name__
-    everyone: list = [None] * ranks.world_size
-    dist.all_gather_object(everyone, (seen, writes, socket.gethostname()), group=ranks.host)
-    blind = [(rank, host) for rank, (ok, _, host) in enumerate(everyone) if not ok]
-    unwritable = [(rank, host, why) for rank, (ok, why, host) in enumerate(everyone) if ok and why]
+    try:
+        # (name, size, mtime_ns) of the file every rank looks for: the probe, or one already there
+        mark = run_on_main(ranks, lambda: _write_probe(directory, probe, token, made), f"write in {key}")
+        seen = _sees(directory, mark)
+        writes = ""
+        if seen and every_rank_writes and not ranks.is_main and mark[0] == probe.name:
+            own = directory / f"{PROBE_PREFIX}{token}-{ranks.rank}"
+            try:
+                own.write_bytes(b"")
+                own.unlink()
+            except OSError as e:
+                writes = e.strerror or type(e).__name__
+        everyone: list = [None] * ranks.world_size
+        dist.all_gather_object(everyone, (seen, writes, socket.gethostname()), group=ranks.host)
+    finally:
+        if ranks.is_main:
+            probe.unlink(missing_ok=True)
 
     def refuse() -> None:
-        probe.unlink(missing_ok=True)
-        if (blind or unwritable) and made[0]:
-            with contextlib.suppress(OSError):  # only if empty: nothing of the user's is removed
-                directory.rmdir()
-        if blind:
-            who = ", ".join(f"rank {rank} (host {host})" for rank, host in blind)
-            raise ConfigError(
-                f"{key}: {who} does not see the files rank 0 writes in {directory} ({what}): put it on a "
-                "filesystem every node mounts, at that same path on every node",
-                keys=(key,),
-            )
-        if unwritable:
-            rank, host, why = unwritable[0]
-            raise ConfigError(
-                f"{key}: rank {rank} (host {host}) cannot write in {directory} ({why}; {what}): mount it writable on "
-                "every node",
-                keys=(key,),
-            )
+        if (refusal := shared_directory_refusal(everyone, directory, key, what)) is not None:
+            if made[0]:
+                with contextlib.suppress(OSError):  # only if empty: nothing of the user's is removed
+                    directory.rmdir()
+            from ekd.errors import ConfigError
+
+            raise ConfigError(refusal, keys=(key,))
 
     run_on_main(ranks, refuse, f"check {key}")
+
+
+PROBE_PREFIX = ".ekd-probe-"
+"""The names of :func:`check_shared_directory`'s probe files (``.ekd-probe-<token>``, a rank's own
+``.ekd-probe-<token>-<rank>``): removed by the check; one a killed check left is not the user's (the cache and run
+directory checks pass it by)."""
+
+
+def _write_probe(directory: Path, probe: Path, token: str, made: list[bool]) -> tuple[str, int, int]:
+    """Rank 0: the probe written in ``directory`` (made if missing; ``made[0]``: by this call), as (name, size,
+    mtime_ns); on a read-only mount, a file already there instead (nothing will be written there).
+
+    Raises:
+        ConfigError: ``directory`` cannot be written and holds no file to look for.
+    """
+    from ekd.errors import ConfigError
+    from ekd.io import atomic_write_text, make_dirs
+
+    made[0] = not directory.exists()
+    try:
+        make_dirs(directory)
+        atomic_write_text(probe, token)
+        st = probe.stat()
+        return probe.name, st.st_size, st.st_mtime_ns
+    except (OSError, EkdError) as e:
+        there = sorted(p for p in directory.glob("*") if p.is_file()) if directory.is_dir() else []
+        if not there:
+            raise ConfigError(
+                f"{directory} cannot be written ({first_line(e)}) and holds nothing to read"
+            ) from None
+        st = there[0].stat()
+        return there[0].name, st.st_size, st.st_mtime_ns
+
+
+def _sees(directory: Path, mark: tuple[str, int, int]) -> bool:
+    """Whether this rank sees ``mark`` (name, size, mtime_ns) in ``directory`` within :data:`SHARED_WAIT_S`; the
+    directory is listed first at each look (a network filesystem revalidates its cached entries)."""
+    import os
+    import time
+
+    name, size, mtime_ns = mark
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while True:
+        with contextlib.suppress(OSError):
+            os.listdir(directory)
+            st = (directory / name).stat()
+            if st.st_size == size and st.st_mtime_ns == mtime_ns:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def shared_directory_refusal(
+    everyone: list[tuple[bool, str, str]], directory: Path, key: str, what: str
+) -> str | None:
+    """The line refusing a job where a rank (``everyone``: per rank, (saw rank 0's file, why it could not write
+    there or "", host)) does not see ``directory``'s file or cannot write there; None where every rank can."""
+    blind = [(rank, host) for rank, (ok, _, host) in enumerate(everyone) if not ok]
+    if blind:
+        who = ", ".join(f"rank {rank} (host {host})" for rank, host in blind)
+        return (
+            f"{key}: {who} does not see the files rank 0 writes in {directory} ({what}): put it on a filesystem "
+            "every node mounts, at that same path on every node"
+        )
+    unwritable = [(rank, host, why) for rank, (ok, why, host) in enumerate(everyone) if ok and why]
+    if unwritable:
+        rank, host, why = unwritable[0]
+        return (
+            f"{key}: rank {rank} (host {host}) cannot write in {directory} ({why}; {what}): mount it writable on "
+            "every node"
+        )
+    return None
 
 
 def check_shared_store(ranks: Ranks, store_dir: str) -> None:

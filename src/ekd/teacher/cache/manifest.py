@@ -488,7 +488,8 @@ def manifest_paths(directory: Path) -> list[Path]:
 _MANIFEST_NAME = r"manifest(\.rank\d+)?\.json"
 # what a cache build or import writes in its directory (``.tmp``: an atomic write or a kill mid-way)
 _CACHE_ENTRY = re.compile(
-    rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|teacher|\.staging|\.teacher-staging|\.ekd\.lock)(\.tmp)?"
+    rf"({_MANIFEST_NAME}|shard-\d+\.(bin|idx)|tokenizer|teacher|\.staging|\.teacher-staging|\.ekd\.lock"
+    r"|\.ekd-probe-[0-9a-f]+(-\d+)?)(\.tmp)?"  # a torchrun start's probe a kill left (ekd.train.rank_work)
 )
 
 
