@@ -427,6 +427,8 @@ def run_build(
         run_on_main,
     )
 
+    if cfg.method.student_data_fraction > 0:  # first: no target setting makes it cacheable (try-out 155, F3)
+        check_trains_from_cache(cfg)
     check_cacheable(cfg)
     # the teacher's name and files before the data is read: a typo or a hub download cut short costs seconds
     # (try-out 154, N7: the data was read and packed first)

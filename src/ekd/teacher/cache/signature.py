@@ -76,13 +76,6 @@ def check_cacheable(cfg: Config) -> None:
             f"{named.format(f'kd_weight={cfg.method.kd_weight:g}')} trains without a teacher term: there are "
             "no teacher targets to cache; a cache is for a KD method with sparse targets, e.g. method=rskd"
         )
-    if cfg.method.student_data_fraction > 0:  # first: no target setting makes it cacheable (try-out 155, F3)
-        fraction = f"student_data_fraction={cfg.method.student_data_fraction:g}"
-        raise ConfigError(
-            f"{named.format(fraction)} distills on text the student generates during training, which no cache can "
-            "hold: distill it with teacher.source=online",
-            keys=("method.student_data_fraction",),
-        )
     if cfg.method.target not in ("rs", "topk"):
         raise ConfigError(
             f"{named.format(f'target={cfg.method.target}')}: a teacher cache stores sparse targets; "
