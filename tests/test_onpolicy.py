@@ -612,5 +612,6 @@ def test_a_cache_of_an_on_policy_config_is_refused_for_its_on_policy_data_first(
     assert main(["cache", *over]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
-        len(err) == 1 and "distills on text the student generates during training, which no cache" in err[0]
+        len(err) == 1
+        and "student_data_fraction > 0 needs teacher.source=online (a cache has no targets" in err[0]
     ), err
