@@ -64,10 +64,16 @@ def _own_cache_home(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _hub_online_as_started(monkeypatch):
     """Each test starts as a fresh process does: ekd has not switched the hub's offline mode on itself (its words
-    for an id not cached name the user's HF_HUB_OFFLINE otherwise)."""
+    for an id not cached name the user's HF_HUB_OFFLINE otherwise), and what ``main()`` sets in the environment
+    under a WORLD_SIZE a test gives (``TORCH_CPP_LOG_LEVEL``) is undone after it (review 156, R16)."""
     import ekd.hub
 
     monkeypatch.setattr(ekd.hub, "_WENT_OFFLINE", False)
+    if "TORCH_CPP_LOG_LEVEL" in os.environ:
+        monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", os.environ["TORCH_CPP_LOG_LEVEL"])
+    else:  # set then deleted: the undo of the set removes what a test's main() left
+        monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "")
+        monkeypatch.delenv("TORCH_CPP_LOG_LEVEL")
 
 
 @pytest.fixture
@@ -85,8 +91,12 @@ def hub_unreachable(monkeypatch):
         "HF_DATASETS_OFFLINE",
         "HTTPS_PROXY",
         "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
         "ALL_PROXY",
         "all_proxy",
+        "NO_PROXY",  # a CI's no_proxy=127.0.0.1 sends the probe past the proxy a test sets (review 156, R17)
+        "no_proxy",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")

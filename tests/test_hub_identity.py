@@ -380,3 +380,18 @@ def test_a_resume_whose_teacher_load_fetches_newer_weights_is_refused(
     assert main([*args, "train.max_steps=2", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+
+
+def test_a_complete_safetensors_snapshot_beside_a_bin_index_is_not_a_download_cut_short(hub, tmp_path):
+    """Review 156, R7: a repository shipping model.safetensors and a pytorch_model.bin.index.json, downloaded
+    without its .bin shards as usual, was refused offline as "a download not finished"."""
+    from ekd.hub import check_model_spec
+
+    both = tmp_path / "both"
+    both.mkdir()
+    for f in (tmp_path / "t0").iterdir():
+        (both / f.name).write_bytes(f.read_bytes())
+    index = {"weight_map": {"lm_head.weight": "pytorch_model-00001-of-00002.bin"}}
+    (both / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    put_in_hub_cache(hub, "org/both", both, A)
+    check_model_spec("org/both", "model.teacher")  # no refusal

@@ -232,7 +232,7 @@ def test_a_dead_proxy_counts_as_no_network(hub_unreachable, monkeypatch, tmp_pat
     assert "the proxy 127.0.0.1:9 cannot be reached" in line, line
 
 
-@pytest.mark.parametrize("proxy", ["refuses", "silent", "passes"])
+@pytest.mark.parametrize("proxy", ["refuses", "silent", "passes", "authenticates"])
 def test_a_proxy_that_is_up_but_does_not_pass_the_hub_counts_as_no_network(
     proxy, hub_unreachable, monkeypatch
 ):
@@ -249,8 +249,11 @@ def test_a_proxy_that_is_up_but_does_not_pass_the_hub_counts_as_no_network(
 
     class Proxy(socketserver.BaseRequestHandler):
         def handle(self):
-            self.request.recv(1024)
-            if proxy == "refuses":
+            asked = self.request.recv(1024)
+            if proxy == "authenticates":  # passes a request carrying the URL's credentials (review 156, R6)
+                ok = b"Proxy-Authorization: Basic dXNlcjpwQHNz" in asked  # user:p@ss
+                self.request.sendall(b"HTTP/1.1 200 OK\r\n\r\n" if ok else b"HTTP/1.1 407 Auth\r\n\r\n")
+            elif proxy == "refuses":
                 self.request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             elif proxy == "passes":
                 self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -261,7 +264,8 @@ def test_a_proxy_that_is_up_but_does_not_pass_the_hub_counts_as_no_network(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    credentials = "user:p%40ss@" if proxy == "authenticates" else ""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{credentials}127.0.0.1:{server.server_address[1]}")
     try:
         start = time.monotonic()
         why = ekd.hub.endpoint_unreachable()
@@ -274,8 +278,9 @@ def test_a_proxy_that_is_up_but_does_not_pass_the_hub_counts_as_no_network(
         "refuses": f"{at} does not pass requests to huggingface.co (403 Forbidden)",
         "silent": f"{at} does not answer (",
         "passes": "",
+        "authenticates": "",
     }[proxy]
-    assert why.startswith(expected) and (why == "") is (proxy == "passes"), why
+    assert why.startswith(expected) and (why == "") is (proxy in ("passes", "authenticates")), why
 
 
 def test_distill_checks_model_names_before_reading_data(hub_unreachable, monkeypatch, tmp_path, capsys):

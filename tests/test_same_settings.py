@@ -72,3 +72,7 @@ def test_a_path_one_node_has_not_got_is_named_as_missing_there():
     assert _missing_paths(differing, settings) == [("model.teacher", 1, "teacher", 0)]
     settings[1]["model.teacher"] = "other"  # another name, not the same path missing: a different setting
     assert _missing_paths(_differences(["a", "b"], settings), settings) == []
+    # review 156, R9: an empty value, or a name that ends the path but is not a whole component of it
+    for unset in ("", "her"):
+        s2 = [{"teacher.cache_dir": "/n0/teacher"}, {"teacher.cache_dir": unset}]
+        assert _missing_paths(_differences(["a", "b"], s2), s2) == [], unset

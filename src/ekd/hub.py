@@ -72,14 +72,28 @@ def endpoint_unreachable() -> str:
         what = f"the proxy {host}:{port}" if proxy else host
         return f"{what} cannot be reached: {e.strerror or type(e).__name__}"
     with connection:
-        if (
-            proxy and url.scheme == "http"
-        ):  # a TLS (https://) or SOCKS proxy: its port answering is what is known
-            return _proxy_refusal(connection, f"{host}:{port}", urlparse(constants.ENDPOINT))
+        # an http:// proxy is asked to pass a request; of a TLS (https://) or SOCKS one, its port answering is known
+        if proxy and url.scheme == "http":
+            return _proxy_refusal(
+                connection, f"{host}:{port}", urlparse(constants.ENDPOINT), _proxy_auth(url)
+            )
     return ""
 
 
-def _proxy_refusal(connection: socket.socket, proxy: str, endpoint) -> str:
+def _proxy_auth(url) -> str:
+    """The ``Proxy-Authorization`` header line for a proxy URL with credentials (``http://user:pass@host:port``),
+    as the libraries send it (review 156, R6: an authenticating proxy answered 407 and counted as no network); ""
+    without credentials."""
+    if url.username is None:
+        return ""
+    import base64
+    from urllib.parse import unquote
+
+    pair = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+    return f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}\r\n"
+
+
+def _proxy_refusal(connection: socket.socket, proxy: str, endpoint, auth: str = "") -> str:
     """Why the HTTP proxy on ``connection`` does not pass requests to the hub ``endpoint`` ("" when it does): asked
     as a client asks it — ``CONNECT host:443`` for an https endpoint, a ``HEAD`` of the endpoint's URL for an http
     one — and read within the probe's time. A proxy that is up but refuses the hub (403, 407) or never answers was
@@ -88,9 +102,10 @@ def _proxy_refusal(connection: socket.socket, proxy: str, endpoint) -> str:
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     if endpoint.scheme == "https":
-        request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+        request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n"
     else:
-        request = f"HEAD {endpoint.scheme}://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        url = f"{endpoint.scheme}://{host}:{port}/"
+        request = f"HEAD {url} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Connection: close\r\n\r\n"
     try:
         connection.settimeout(PROBE_TIMEOUT_S)
         connection.sendall(request.encode())
@@ -185,11 +200,16 @@ def _check_cached_weights(spec: str, key: str, revision: str) -> None:
     snapshot = model_directory(spec, revision)
     if snapshot is None:
         return  # not cached: hub_kwargs said so, or the libraries will
-    finish = f"finish its download where the hub is reachable (`hf download {spec}`)"
+    at = f" --revision {revision}" if revision else ""
+    finish = f"finish its download where the hub is reachable (`hf download {spec}{at}`)"
     if not any(next(snapshot.glob(pattern), None) for pattern in WEIGHT_FILES):
         raise ModelError(f"{key}: '{spec}' in the hub cache has a config.json but no weights (a download not "
                          f"finished?); {finish}")  # fmt: skip
-    for index in snapshot.glob("*.index.json"):
+    # the index transformers loads: the safetensors one where there is one (a .bin index beside it is not read)
+    indexes = sorted(snapshot.glob("*.safetensors.index.json")) or sorted(snapshot.glob("*.index.json"))
+    if any(snapshot.glob("*.safetensors")) and not any(snapshot.glob("*.safetensors.index.json")):
+        indexes = []  # a single safetensors file: no shards
+    for index in indexes:
         try:
             shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
         except (OSError, ValueError, AttributeError):

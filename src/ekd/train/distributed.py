@@ -127,6 +127,14 @@ def distributed(device: torch.device, agree: dict[str, Any] | None = None) -> It
     _leave(started, ranks)
 
 
+def rank0_ending(ranks: Ranks) -> None:
+    """Rank 0: mark in the job's store that it is ending and says why, at the start of its unwinding — before a
+    rollback that may take seconds while its heartbeat goes on (review 156, R10: a rank stopped with the whole job
+    read the beat as rank 0 still running). Elsewhere nothing."""
+    if ranks.is_main and ranks.world_size > 1:
+        _store_set(RANK0_SAYS_KEY, "1")
+
+
 RANK0_BEAT_KEY = "ekd/rank0-beat"  # in the job's store: rank 0 counts its seconds alive
 RANK0_BEAT_S = 1.0
 

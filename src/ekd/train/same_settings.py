@@ -172,11 +172,18 @@ def _missing_paths(
         if not (isinstance(va, str) and isinstance(vb, str)):
             continue
         absolute = [v.removeprefix("hf:").startswith("/") for v in (va, vb)]
-        if absolute == [True, False] and va.endswith(vb.removeprefix("./").rstrip("/")):
+        if absolute == [True, False] and _names_the_end(va, vb):
             out.append((key, b, vb, a))
-        elif absolute == [False, True] and vb.endswith(va.removeprefix("./").rstrip("/")):
+        elif absolute == [False, True] and _names_the_end(vb, va):
             out.append((key, a, va, b))
     return out
+
+
+def _names_the_end(resolved: str, written: str) -> bool:
+    """Whether the relative path ``written`` is the end of the absolute ``resolved``, whole components
+    (``teacher`` of ``/n0/teacher``, not of ``/n0/my-teacher``; nothing for an empty value; review 156, R9)."""
+    rel = written.removeprefix("./").rstrip("/")
+    return bool(rel) and resolved.rstrip("/").endswith("/" + rel)
 
 
 def _shown(value: Any) -> str:

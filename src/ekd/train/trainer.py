@@ -71,6 +71,7 @@ from ekd.train.distributed import (
     micro_batch_sync,
     place_teacher,
     publish_continue_hint,
+    rank0_ending,
     rank_seed,
     rank_slice,
 )
@@ -255,6 +256,7 @@ def train(
             return result
         except BaseException as e:
             already_stopping()  # torchrun's SIGTERM (another rank ended) must not cut the rollback or the hint
+            rank0_ending(ranks)  # before the rollback: the other ranks read rank 0 as ending, not running
             # an interrupt that a library turned into its own error (DCP's writer: try-out 52, F1) is said as one
             stop = interrupt_behind(e) or e
             if start is not None:
