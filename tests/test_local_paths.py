@@ -630,7 +630,7 @@ def test_a_keyword_over_a_local_directory_of_its_name_is_said(tmp_path, monkeypa
 def test_a_hub_id_read_from_a_local_directory_of_its_name_is_said(tmp_path, monkeypatch, caplog):
     """Try-out 152, F6: ./acme/tiny-teacher here replaced the hub id acme/tiny-teacher without a word (an old
     copy, a fine-tune saved under the hub id's name), and model.revision was recorded though never read. A warning
-    where the hub cache holds the id too; an info line otherwise (try-out 154, N4: every project's
+    where the hub cache holds the id too; a debug line otherwise (try-out 154, N4: every project's
     `models/student` was warned of as shadowing a hub model that does not exist)."""
     from huggingface_hub import constants
 
@@ -642,13 +642,13 @@ def test_a_hub_id_read_from_a_local_directory_of_its_name_is_said(tmp_path, monk
     from ekd.config import paths
 
     monkeypatch.setattr(paths, "_SAID", set())
-    with caplog.at_level(logging.INFO, logger="ekd.config.paths"):
+    with caplog.at_level(logging.DEBUG, logger="ekd.config.paths"):
         cfg = load_config(None, ["model.teacher=acme/tiny-teacher", "model.revision=v1"])
         # said so; a hub id
         load_config(None, ["model.teacher=./acme/tiny-teacher", "model.student=acme/other"])
         load_config(None, ["model.student=models/student"])
     assert cfg.model.teacher == str(tmp_path / "acme" / "tiny-teacher")
-    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(info) == 1 and info[0].startswith(
         "model.student=models/student is read from the local directory"
     )

@@ -97,7 +97,7 @@ class _Parser(argparse.ArgumentParser):
         # end at once instead of waiting in the rendezvous (try-out 153, N1: a flag typo on one node)
         command = next((w for w in _Parser.argv if not w.startswith("-")), "")
         if command in ("distill", "cache") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _refuse_with_peers(EkdError(line.removeprefix("ekd ").removeprefix("ekd: ")))
+            _refuse_with_peers(EkdError(f"{self.prog}: {message}{hint}"))
         self.exit(2, None if int(os.environ.get("LOCAL_RANK", "0")) else f"{line}\n")
 
     def _check_value(self, action: argparse.Action, value: object) -> None:
@@ -957,7 +957,7 @@ say within a few seconds that it was ending); rank 0's continue hint follows."""
 
 RANK0_NODE_GONE_LINE = (
     "rank {rank} stopped: rank 0's node no longer answers (the job's store there is gone with its torchrun: rank 0 "
-    "killed — by the OOM killer, kill -9? —, its node lost, or an error said in that node's log)"
+    "killed by the OOM killer or kill -9, its node lost, or an error said in that node's log)"
 )
 """What a node's first rank prints when the job's store, kept on rank 0's node, stopped answering (try-out 151, F5:
 only c10d's C++ frames were left on the other nodes); the command's continue hint follows."""

@@ -223,7 +223,8 @@ def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
         revision = f" (model.revision={cfg.model.revision} is not read for it)" if cfg.model.revision else ""
         # a warning where the hub cache holds that id too (a real choice made); else an info line: most such
         # values are a project's own `models/student` (try-out 154, N4: warned of a hub model that does not exist)
-        level = logging.WARNING if _in_hub_cache(written) else logging.INFO
+        # a project's own models/student: a debug line (review 156, R14: the info line's advice was false there)
+        level = logging.WARNING if _in_hub_cache(written) else logging.DEBUG
         log.log(
             level,
             "%s=%s is read from the local directory ./%s%s, not the hub id %s; write %s=./%s to say so, or move "

@@ -283,6 +283,10 @@ def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None
     from ekd.errors import ConfigError
     from ekd.models.identity import weights_fingerprint
 
+    hosts: list = [None] * ranks.world_size
+    dist.all_gather_object(hosts, socket.gethostname(), group=ranks.host)
+    if len(set(hosts)) == 1:  # one machine: every rank reads the same files (review 156, R11: hashed anyway)
+        return
     mine = weights_fingerprint(spec, revision) if ranks.is_node_main else None
     everyone: list = [None] * ranks.world_size
     dist.all_gather_object(everyone, (mine, socket.gethostname(), spec), group=ranks.host)

@@ -431,10 +431,17 @@ def run_build(
         check_trains_from_cache(cfg)
     check_cacheable(cfg)
     # the teacher's name and files before the data is read: a typo or a hub download cut short costs seconds
-    # (try-out 154, N7: the data was read and packed first)
+    # (try-out 154, N7: the data was read and packed first); this node's files, so under torchrun a refusal
+    # joins the job to end the other nodes too (review 156, R12)
+    from ekd.errors import EkdError
     from ekd.hub import check_model_spec
+    from ekd.train.same_settings import refuse_with_peers
 
-    check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+    try:
+        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+    except EkdError as e:
+        refuse_with_peers(e)
+        raise
     check_trains_from_cache(cfg)  # before the data and the teacher: what distill would refuse of this config
     # e.g. method.topk with RS targets, a cache_fraction under all positions: the cache would not be what was asked
     refuse_inert_keys(cfg.method, cfg.teacher, cfg.data)
