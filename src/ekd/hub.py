@@ -323,7 +323,7 @@ def hub_kwargs(
     if is_local(spec):
         return {}
     _refuse_missing_path(spec, key, error)  # offline too: a missing path is named, not read as a hub id
-    if _env_on("HF_HUB_OFFLINE"):
+    if hub_offline():
         # the hub's offline mode (the user's, or ekd's own once a model was read from the cache): the cache
         # decides — a model not in it was said only when loaded, after the data or the whole training (try-out
         # 152, F12: a cache run's hub teacher, loaded to evaluate it at the end)
@@ -361,13 +361,19 @@ def hub_kwargs(
     )
 
 
+def cached_repo(repo_id: str) -> Path:
+    """The hub cache's folder of the model ``repo_id`` (``HF_HUB_CACHE/models--org--name``; it may not exist)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
 def _not_cached(spec: str, filename: str, revision: str) -> str:
     """What of a hub id the local cache lacks, as words: the id ('it is not in the local cache'), its revision
     beside those cached (try-out 152, F4: a revision missing from a cached repository was said as the whole id
     missing), or the file a cached snapshot has not got."""
-    from huggingface_hub import constants
-
-    repo = Path(constants.HF_HUB_CACHE) / ("models--" + spec.replace("/", "--"))
+    repo = cached_repo(spec)
     refs = (
         sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) if (repo / "refs").is_dir() else []
     )

@@ -241,11 +241,9 @@ def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
 
 def _in_hub_cache(repo_id: str) -> bool:
     """Whether the hub cache (``HF_HUB_CACHE``) holds a snapshot of the model ``repo_id`` (no network)."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover — a dependency of transformers
-        return False
-    snapshots = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    from ekd.hub import cached_repo  # ekd.hub imports this module
+
+    snapshots = cached_repo(repo_id) / "snapshots"
     return snapshots.is_dir() and any(snapshots.iterdir())
 
 

@@ -1135,9 +1135,8 @@ class RunStart:
         spec, revision = self.cfg.model.teacher, self.cfg.model.revision
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
         if saved is not None and not self.fresh:
-            same = same_weights(
-                saved, spec, revision
-            )  # an older ekd's sampled fingerprint: checked its way, ...
+            # an older ekd's sampled fingerprint: checked its way, ...
+            same = same_weights(saved, spec, revision)
             if same is False:
                 raise RunDirError(other_teacher(spec))
             if same and saved.startswith(SAMPLED):  # ... then recorded by every byte (ekd compare reads it)

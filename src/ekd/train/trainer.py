@@ -842,22 +842,21 @@ def _teacher_of_the_cache(
 
     pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
 
-    def not_evaluated(changed: str) -> None:
+    model = None
+    if not (changed := teacher_changed_since(cfg.model.teacher, pinned, cfg.model.revision)):
+        log.info("loading the teacher for evaluation only (training used the cache)")
+        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
+        model = load_teacher(cfg, data, device)
+        built_dtype = (pinned.get(BUILT_WITH) or {}).get("teacher_dtype")  # the weights' hash: in that dtype
+        changed = loaded_teacher_changed(cfg, model, pinned.get("teacher_revision"), built_dtype)
+    if changed:
         log.warning(
             "the teacher is not evaluated: %s; the student's KL and agreement need the teacher its cache was "
             "built from (`ekd eval %s` adds them once it is back)",
             changed,
             shlex.quote(str(run_dir)),
         )
-
-    if changed := teacher_changed_since(cfg.model.teacher, pinned, cfg.model.revision):
-        return not_evaluated(changed)
-    log.info("loading the teacher for evaluation only (training used the cache)")
-    fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
-    model = load_teacher(cfg, data, device)
-    built_dtype = (pinned.get(BUILT_WITH) or {}).get("teacher_dtype")  # the weights' hash: in that dtype
-    if changed := loaded_teacher_changed(cfg, model, pinned.get("teacher_revision"), built_dtype):
-        return not_evaluated(changed)
+        return None
     return model
 
 

@@ -468,9 +468,8 @@ def run_build(
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
         fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)  # one download per node
-        check_same_weights(
-            ranks, cfg.model.teacher, cfg.model.revision, "model.teacher"
-        )  # every rank reads it
+        # every rank reads it
+        check_same_weights(ranks, cfg.model.teacher, cfg.model.revision, "model.teacher")
         blocks = data.blocks["train"]
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)

@@ -252,9 +252,8 @@ def teacher_changed_since(spec: str, signature: dict, revision: str = "") -> str
         return ""
     # a hub id holding the cache's teacher: its cached snapshot's files at model.revision (try-out 154, N8)
     directory = model_directory(spec, revision)
-    if (
-        directory is None or not directory.is_dir()
-    ):  # moved away while the run trained: said, not a failed end
+    # moved away while the run trained: said, not a failed end
+    if directory is None or not directory.is_dir():
         return f"{spec} is no longer there (moved or deleted while the run trained?)"
     if not weights_changed(signature.get(TEACHER_FILES), pinned, str(directory)):
         return ""
