@@ -1107,3 +1107,19 @@ def test_a_cached_hub_dataset_read_with_a_wrong_split_or_configuration_names_the
     with pytest.raises(ConfigError) as e:
         list(load_documents(cfg.data.source, cfg.data))
     assert str(e.value).startswith(line) and "save_to_disk" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_local_dataset_read_with_a_split_it_has_not_got_names_data_hf_split(tmp_path):
+    """Review 156, R18: the words ekd matches are those datasets itself gives (a dataset directory of JSON lines,
+    read by datasets' own loader, with a split it has not got), not only ones a test writes."""
+    from ekd.config import ConfigError, load_config
+    from ekd.data import load_documents
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text('{"content": "a b c"}\n{"content": "d e f"}\n')
+    cfg = load_config(
+        None, [f"data.source=hf:{tmp_path / 'ds'}", "data.text_field=content", "data.hf_split=tset"]
+    )
+    with pytest.raises(ConfigError) as e:
+        list(load_documents(cfg.data.source, cfg.data))
+    assert str(e.value).startswith("data.hf_split=tset: data.source hf:"), str(e.value)
