@@ -169,3 +169,37 @@ def test_a_mixture_of_experts_student_is_told_by_its_config_or_its_modules():
         pass
 
     assert routes_tokens(Block(SimpleNamespace(), SparseMoeBlock()))  # a config that counts none its own way
+
+
+def test_distill_and_cache_check_what_their_ranks_share(tmp_path, monkeypatch):
+    """Review 156, R18: the several-nodes checks are tested with 2 gloo ranks directly; here, that `ekd distill` and
+    `ekd cache` make them, on the directories and models the ranks share (deleting a call fails this test)."""
+    from ekd.cli import main
+    from ekd.train import rank_work, trainer
+
+    calls = []
+
+    def spy(name):
+        def record(ranks, *args, **kwargs):
+            calls.append((name, *[str(a) for a in args[:3]]))
+
+        return record
+
+    for module in (trainer, rank_work):  # the trainer's own names; ekd cache imports rank_work's at its call
+        for name in ("check_shared_directory", "check_shared_store", "check_same_weights"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, spy(name))
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12)
+    base = tiny_overrides(tmp_path, corpus, "shared", **{"train.max_steps": 1})
+    assert main(["distill", *base, f"data.store_dir={tmp_path / 'store'}", "model.lora_r=2"]) == 0
+    run_dir = str(tmp_path / "runs" / "shared")
+    assert ("check_shared_directory", run_dir, "run.output_dir") in [c[:3] for c in calls], calls
+    assert ("check_shared_store", str(tmp_path / "store")) in [c[:2] for c in calls], calls
+    assert any(c[0] == "check_same_weights" and c[3] == "model.student" for c in calls), (
+        calls
+    )  # the LoRA base
+    calls.clear()
+    cache = str(tmp_path / "cache")
+    assert main(["cache", *base, f"teacher.cache_dir={cache}", "method=rskd"]) == 0
+    assert ("check_shared_directory", cache, "teacher.cache_dir") in [c[:3] for c in calls], calls
+    assert any(c[0] == "check_same_weights" for c in calls), calls
