@@ -6,6 +6,7 @@ scored an adapter trained on another base — without a word."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from huggingface_hub import constants
@@ -88,7 +89,9 @@ def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub
     assert main([*args, "train.max_steps=3", "--resume", f"model.teacher={snapshot}"]) == 0
 
 
-def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hub, tmp_path, corpus, capsys):
+def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(
+    hub, tmp_path, corpus, capsys, caplog
+):
     pytest.importorskip("peft")
     args = [
         "distill",
@@ -122,6 +125,13 @@ def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(hu
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "whose weights changed since the run trained it" in err[0], err
+    # an older ekd's run recorded no base either: scored on main as it is now, said (try-out 157, N2)
+    marker = json.loads((run / "ekd-run.json").read_text())
+    del marker["student_base"]
+    (run / "ekd-run.json").write_text(json.dumps(marker))
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main(["eval", str(run), "eval.teacher=false"]) == 0
+    assert "recorded without the commit it trained on (an older ekd's export)" in caplog.text
 
 
 def test_a_cache_run_is_not_evaluated_against_new_weights_under_its_hub_teachers_id(

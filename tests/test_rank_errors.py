@@ -437,7 +437,13 @@ def _look_for_each_other(rank: int, out_dir: str) -> None:
             def read_only_write(path, text):
                 raise OSError(30, "Read-only file system")
 
+            def read_only_unlink(
+                self, missing_ok=False
+            ):  # refused even for a file not there (try-out 157, N1)
+                raise OSError(30, "Read-only file system")
+
             ekd.io.atomic_write_text = read_only_write
+            Path.unlink = read_only_unlink
         if (
             name == "read-only" and rank == 1
         ):  # root writes in any mode: a read-only mount, as one node has it

@@ -226,7 +226,7 @@ def load_exported_student(
         ConfigError: peft is missing for an adapter directory.
         ModelError: the model or its base cannot be loaded, or the base is not the run's.
     """
-    from ekd.models.load import complete_causal_lm, load_model, load_or_refuse
+    from ekd.models.load import complete_causal_lm, is_preset, load_model, load_or_refuse
 
     path = Path(path)
     if not is_adapter_dir(path):
@@ -242,7 +242,16 @@ def load_exported_student(
             f"{path} is a LoRA adapter on {note['base_model']}, which is not there any more (moved or deleted since "
             "the run trained it); put the run's base back there"
         )
-    if recorded_base and base_changed(recorded_base, note["base_model"], str(note.get("revision") or "")):
+    base_spec, base_revision = str(note["base_model"]), str(note.get("revision") or "")
+    if not recorded_base and not base_revision and not is_preset(base_spec) and not Path(base_spec).exists():
+        # an older ekd's export on a hub base: neither its weights nor its commit recorded (try-out 157, N2)
+        log.warning(
+            "%s is a LoRA adapter on the hub id %s, recorded without the commit it trained on (an older ekd's "
+            "export): it is scored on what that id's main holds here now, which cannot be told from the run's",
+            path,
+            base_spec,
+        )
+    if recorded_base and base_changed(recorded_base, base_spec, base_revision):
         raise AdapterBaseError(
             f"{path} is a LoRA adapter on {note['base_model']}, whose weights changed since the run trained it "
             "(another sha256 than ekd-run.json records); put the run's base back there"

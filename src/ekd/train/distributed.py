@@ -163,6 +163,11 @@ def _rank0_heartbeat(rank: int) -> Iterator[None]:
     thread.start()
     try:
         yield
+    except BaseException:
+        _store_set(
+            RANK0_SAYS_KEY, "1"
+        )  # ending: marked before the beat stops (every command; review 156, R10)
+        raise
     finally:
         stop.set()
         thread.join(timeout=RANK0_BEAT_S * 2)
