@@ -288,13 +288,8 @@ def model_directory(spec: str, revision: str = "", filename: str = "config.json"
 
 
 def _cached(spec: str, filename: str, revision: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(spec, filename, revision=revision or None)
-    except Exception:  # an id the hub would refuse (bad characters): not cached
-        return False
-    return isinstance(found, str)
+    """Whether the hub id ``spec`` has ``filename`` in the hub cache at ``revision`` (no network)."""
+    return model_directory(spec, revision, filename) is not None
 
 
 def hub_kwargs(

@@ -584,7 +584,7 @@ def evaluate_saved_run(
                 cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher"), cfg.model.revision
             ):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir))
-        _check_run_teacher(run_dir, cfg, marker or {})
+        _check_run_teacher(run_dir, cfg, marker or {}, typed=_typed_teacher(overrides))
         teacher = load_teacher(cfg, data, device)
         # a hub teacher's pin is its loaded weights' hash: compared now (try-out 152, F2)
         if cfg.teacher.source == "cache" and (pinned := marker.get("cache_teacher")):
@@ -603,9 +603,14 @@ def evaluate_saved_run(
     return results
 
 
-def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict) -> None:
-    """``ekd eval RUN`` of a run taught online, against the teacher its config names (not one the user names
-    instead): the weights there must be those the run recorded (``teacher_weights``), as ``--resume`` requires —
+def _typed_teacher(overrides: list[str] | None) -> bool:
+    """Whether ``ekd eval``'s overrides name ``model.teacher`` (a teacher the user chooses, not the run's)."""
+    return any(o.split("=", 1)[0].strip() == "model.teacher" for o in overrides or ())
+
+
+def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict, *, typed: bool) -> None:
+    """``ekd eval RUN`` of a run taught online, against the teacher its config names (``typed``: one the user names
+    instead, not checked): the weights there must be those the run recorded (``teacher_weights``), as ``--resume`` requires —
     a teacher retrained in place, or a hub id whose branch now resolves to newer weights, was scored without a
     word and replaced the run's recorded teacher in eval.json (try-out 154, N2).
 
@@ -613,11 +618,9 @@ def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict) -> None:
         ConfigError: other weights there (one line: how to name the run's teacher, or to score without one).
     """
     from ekd.models.identity import same_weights
-    from ekd.train.run_dir import saved_config
 
     recorded = marker.get("teacher_weights")
-    saved = ((saved_config(run_dir) or {}).get("model") or {}).get("teacher")
-    if cfg.teacher.source != "online" or not recorded or cfg.model.teacher != saved:
+    if cfg.teacher.source != "online" or not recorded or typed:
         return
     if same_weights(recorded, cfg.model.teacher, cfg.model.revision) is False:
         raise ConfigError(
@@ -802,7 +805,7 @@ def check_saved_teacher(
         figures=sets and evaluates_teacher(cfg),
         tasks=bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher),
         boundary=sets and not recorded and cfg.data.separator == "auto" and "teacher" in boundary_models(cfg),
-        typed=any(o.split("=", 1)[0].strip() == "model.teacher" for o in overrides or ()),
+        typed=_typed_teacher(overrides),
     )
 
 

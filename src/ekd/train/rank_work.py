@@ -146,19 +146,20 @@ def check_shared_directory(
     import secrets
     import socket
 
-    shared = [secrets.token_hex(8) if ranks.is_main else None, str(directory)]
-    dist.broadcast_object_list(shared, src=0, group=ranks.host)
-    token = shared[0]
-    directory = Path(shared[1]) if rank0_path else directory
+    token = secrets.token_hex(8)  # rank 0's names the probe
     probe = directory / f"{PROBE_PREFIX}{token}"
     made = [False]
     try:
-        # (name, size, mtime_ns) of the file every rank looks for: the probe, or one already there
-        mark = run_on_main(ranks, lambda: _write_probe(directory, probe, token, made), f"write in {key}")
+        # (rank 0's directory, and the name, size, mtime_ns of the file every rank looks for: the probe, or one
+        # already there)
+        where, *mark = run_on_main(
+            ranks, lambda: _write_probe(directory, probe, token, made), f"write in {key}"
+        )
+        directory = Path(where) if rank0_path else directory
         seen = _sees(directory, mark)
         writes = ""
-        if seen and every_rank_writes and not ranks.is_main and mark[0] == probe.name:
-            own = directory / f"{PROBE_PREFIX}{token}-{ranks.rank}"
+        if seen and every_rank_writes and not ranks.is_main and mark[0].startswith(PROBE_PREFIX):
+            own = directory / f"{mark[0]}-{ranks.rank}"
             try:
                 own.write_bytes(b"")
                 own.unlink()
@@ -190,9 +191,9 @@ PROBE_PREFIX = ".ekd-probe-"
 directory checks pass it by)."""
 
 
-def _write_probe(directory: Path, probe: Path, token: str, made: list[bool]) -> tuple[str, int, int]:
-    """Rank 0: the probe written in ``directory`` (made if missing; ``made[0]``: by this call), as (name, size,
-    mtime_ns); on a read-only mount, a file already there instead (nothing will be written there).
+def _write_probe(directory: Path, probe: Path, token: str, made: list[bool]) -> tuple[str, str, int, int]:
+    """Rank 0: the probe written in ``directory`` (made if missing; ``made[0]``: by this call), as (``directory``,
+    name, size, mtime_ns); on a read-only mount, a file already there instead (nothing will be written there).
 
     Raises:
         ConfigError: ``directory`` cannot be written and holds no file to look for.
@@ -205,7 +206,7 @@ def _write_probe(directory: Path, probe: Path, token: str, made: list[bool]) -> 
         make_dirs(directory)
         atomic_write_text(probe, token)
         st = probe.stat()
-        return probe.name, st.st_size, st.st_mtime_ns
+        return str(directory), probe.name, st.st_size, st.st_mtime_ns
     except (OSError, EkdError) as e:
         there = sorted(p for p in directory.glob("*") if p.is_file()) if directory.is_dir() else []
         if not there:
@@ -213,10 +214,10 @@ def _write_probe(directory: Path, probe: Path, token: str, made: list[bool]) -> 
                 f"{directory} cannot be written ({first_line(e)}) and holds nothing to read"
             ) from None
         st = there[0].stat()
-        return there[0].name, st.st_size, st.st_mtime_ns
+        return str(directory), there[0].name, st.st_size, st.st_mtime_ns
 
 
-def _sees(directory: Path, mark: tuple[str, int, int]) -> bool:
+def _sees(directory: Path, mark: list) -> bool:
     """Whether this rank sees ``mark`` (name, size, mtime_ns) in ``directory`` within :data:`SHARED_WAIT_S`; the
     directory is listed first at each look (a network filesystem revalidates its cached entries)."""
     import os
@@ -291,13 +292,14 @@ def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None
         return
     mine = weights_fingerprint(spec, revision) if ranks.is_node_main else None
     everyone: list = [None] * ranks.world_size
-    dist.all_gather_object(everyone, (mine, socket.gethostname(), spec), group=ranks.host)
+    dist.all_gather_object(everyone, (mine, spec), group=ranks.host)
     reference = everyone[0][0]
     other = [(r, *e) for r, e in enumerate(everyone) if None not in (e[0], reference) and e[0] != reference]
 
     def refuse() -> None:
         if other:
-            rank, fingerprint, host, its_spec = other[0]
+            rank, fingerprint, its_spec = other[0]
+            host = hosts[rank]
             from ekd.hub import is_local
 
             # a hub id's branch may resolve to other weights on each node; a directory's path is its own

@@ -41,10 +41,10 @@ class RowSampler(LogitsProcessor):
         u = self.uniforms[:, t : t + 1].to(scores.device)  # (G, 1)
         z = scores.float()  # (G, V); padded head rows at −inf
         scaled = z / self.temperature
-        if not torch.isfinite(scaled[torch.isfinite(z)]).all():
-            # a temperature so small that z / T_s overflows float32 (softmax NaN: the last id drawn every time,
-            # try-out 155, F5): from the row's maximum, where it is greedy; other temperatures as they were
-            scaled = (z - z.amax(dim=-1, keepdim=True)) / self.temperature
+        # a row where z / T_s overflows float32 (a tiny temperature: softmax NaN, the last id drawn every time,
+        # try-out 155, F5) from its maximum, where it is greedy; other rows as they were, bit for bit; no host sync
+        overflow = (torch.isinf(scaled) & torch.isfinite(z)).any(dim=-1, keepdim=True)  # (G, 1)
+        scaled = torch.where(overflow, (z - z.amax(dim=-1, keepdim=True)) / self.temperature, scaled)
         probs = torch.softmax(scaled, dim=-1)  # (G, V)
         ids = inverse_cdf_draws(probs, u, sampling_block(probs.shape[-1], 1))  # (G, 1)
         return torch.full_like(scores, float("-inf")).scatter_(1, ids, 0.0)  # (G, V) argmax = the draw

@@ -166,7 +166,7 @@ def model_identity(spec: str, revision: str = "", seed: int = 0) -> str:
 
         from ekd.models.identity import weights_fingerprint
 
-        h = hashlib.sha256(f"{weights_fingerprint(spec, revision)};".encode())
+        h = hashlib.sha256(f"{weights_fingerprint(str(path))};".encode())
         for f in sorted(path.iterdir()):
             if f.is_file() and f.suffix == ".json":
                 h.update(f"{f.name}:".encode() + f.read_bytes() + b";")

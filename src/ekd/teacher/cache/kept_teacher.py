@@ -37,25 +37,6 @@ WEIGHT_SUFFIXES = (
 MAX_FILE_BYTES = 64 << 20  # a tokenizer.json of a 256k vocabulary is ~35 MB; weights are larger still
 
 
-def _model_directory(spec: str, revision: str) -> Path | None:
-    """The directory holding ``spec``'s files: a local directory, or the hub cache's snapshot of a hub id the
-    build has loaded; None for a preset or files not found."""
-    from ekd.models.load import is_preset
-
-    if is_preset(spec) or not spec.strip():
-        return None
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return local
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(spec, "config.json", revision=revision or None)
-    except Exception:  # an id the hub would refuse: nothing cached
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
 def small_files(directory: Path) -> list[Path]:
     """The regular files of ``directory`` (top level) that are not weights: configs, tokenizer files, chat
     templates, a remote-code model's modules."""
@@ -109,7 +90,9 @@ def _sha256s(files: list[Path]) -> dict[str, str]:
 
 
 def _teacher_small_files(spec: str, revision: str) -> list[Path]:
-    source = _model_directory(spec, revision)
+    from ekd.hub import model_directory  # a local directory, or the hub cache's snapshot of a hub id
+
+    source = model_directory(spec, revision)
     return small_files(source) if source is not None else []
 
 
