@@ -321,7 +321,7 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert main(["cache", *base, *cache]) == 0
-    assert "pins its teacher by the branch name model.revision=v1" in caplog.text
+    assert "pins its teacher by the branch name v1" in caplog.text
 
 
 def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_as_a_hub_id(
@@ -347,15 +347,15 @@ def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_a
 def test_the_loaded_teacher_is_compared_with_each_kind_of_pin(hub, tmp_path):
     """Review 156, R2/R18: a state-dict pin compared in the build's dtype (a bfloat16 build, a float32 evaluation:
     the same weights), and transformers 4's `commit:<sha>` pin by the snapshot the revision resolves to now."""
-    from types import SimpleNamespace
 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ekd.config import load_config
     from ekd.teacher.cache.signature import state_dict_sha256
     from ekd.teacher.cache.source import loaded_teacher_changed
 
-    cfg = SimpleNamespace(model=SimpleNamespace(teacher="org/teacher", revision=""))
+    cfg = load_config(overrides=["model.teacher=org/teacher"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "t0")  # float32
     pin = f"state-dict-sha256:{state_dict_sha256(model.to(torch.bfloat16))}"
     assert loaded_teacher_changed(cfg, model.float(), pin, "bfloat16") == ""
@@ -405,3 +405,52 @@ def test_a_complete_safetensors_snapshot_beside_a_bin_index_is_not_a_download_cu
     (both / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     put_in_hub_cache(hub, "org/both", both, A)
     check_model_spec("org/both", "model.teacher")  # no refusal
+
+
+def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
+    hub, tmp_path, corpus, capsys, caplog
+):
+    """Try-out 152, F4: one model.revision for every model, so a hub teacher's commit could not be pinned beside a
+    hub student's (no commit is in both repositories). model.teacher_revision pins the teacher alone: it is read
+    for its weights, its tokenizer, its cache and its figures; model.revision stays the student's."""
+    C = "c" * 40
+    put_in_hub_cache(
+        hub, "org/student", tmp_path / "s", C, refs=()
+    )  # the student pinned at a commit of its own
+    pins = {
+        "model.teacher": "org/teacher",
+        "model.teacher_revision": B,
+        "model.student": "org/student",
+        "model.revision": C,
+        "model.tokenizer": "teacher",
+    }
+    args = ["distill", *tiny_overrides(tmp_path, corpus, "pins", **pins), "train.max_steps=1"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "pins"
+    teacher = json.loads((run / "eval.json").read_text())["eval"]["teacher"]
+    assert teacher["revision"] == B and teacher["weights"] == weights_fingerprint(str(tmp_path / "t1"))
+    assert json.loads((run / "ekd-run.json").read_text())["teacher_weights"] == teacher["weights"]
+    # the run's teacher is B's weights: ekd eval of it at A is another teacher, at B the same
+    capsys.readouterr()
+    assert main(["eval", str(run), f"model.teacher_revision={A}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+    assert "model.teacher_revision=COMMIT" in err[0], err
+    assert main(["eval", str(run)]) == 0
+    # a cache of the teacher pins B; a run from it with the teacher at A trains from B's targets, not evaluated
+    # against A
+    cache = tmp_path / "cache"
+    cache_args = [*tiny_overrides(tmp_path, corpus, "c", **pins), f"teacher.cache_dir={cache}", "method=rskd"]
+    assert main(["cache", *cache_args]) == 0
+    signature = json.loads((cache / "manifest.json").read_text())["signature"]
+    assert signature["teacher_revision"] == B
+    capsys.readouterr()
+    from_cache = ["distill", *cache_args, "teacher.source=cache", "train.max_steps=1"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*from_cache, f"model.teacher_revision={A}"]) == 0
+    assert "the teacher is not evaluated: org/teacher now loads other weights than the cache" in caplog.text
+    caplog.clear()
+    assert main([*from_cache, "--overwrite"]) == 0
+    assert "the teacher is not evaluated" not in caplog.text
+    teacher = json.loads((tmp_path / "runs" / "c" / "eval.json").read_text())["eval"]["teacher"]
+    assert teacher["revision"] == B and teacher["weights"] == weights_fingerprint(str(tmp_path / "t1"))

@@ -633,6 +633,18 @@ def test_run_keys_the_run_reads_pass():
     assert inert("model.revision=main") == []
     assert inert("method=ce", "model.revision=main") == ["model.revision"]
     assert inert("model.revision=main", "model.tokenizer=org/tok") == []
+    # model.teacher_revision: the teacher's alone, read of a hub teacher (try-out 152, F4)
+    assert inert("model.teacher_revision=v1") == ["model.teacher_revision"]  # a preset teacher
+    assert inert("model.teacher_revision=v1", "model.teacher=org/t") == []
+    assert (
+        inert("model.teacher_revision=v1", "model.teacher=org/t", "method=ce") == []
+    )  # evaluated, tokenizer
+    alone = ("method=ce", "eval.teacher=false", "model.tokenizer=student", "model.student=org/s")
+    assert inert("model.teacher_revision=v1", "model.teacher=org/t", *alone) == ["model.teacher_revision"]
+    # the teacher pinned apart: model.revision reads a hub student or tokenizer only
+    pinned = ("model.teacher=org/t", "model.teacher_revision=v1", "model.revision=v2")
+    assert inert(*pinned) == ["model.revision"]
+    assert inert(*pinned, "model.student=org/s") == []
     assert inert("model.bpe_vocab_size=512") == []  # preset models: the BPE is trained
     assert inert("model.bpe_vocab_size=512", "model.tokenizer=/tmp") == ["model.bpe_vocab_size"]
     assert inert("model.bpe_vocab_size=512", "model.teacher=/tmp") == ["model.bpe_vocab_size"]

@@ -77,7 +77,7 @@ def _worker(rank: int, root: str, port: int) -> None:
     ekd.data.load_splits, prepare_mod.pack_run_splits = load_splits, pack
     import huggingface_hub
 
-    huggingface_hub.snapshot_download = lambda repo, **k: calls["download"].append(repo)
+    huggingface_hub.snapshot_download = lambda repo, **k: calls["download"].append(f"{repo}@{k['revision']}")
     cfg, run_dir = _setup(Path(root))
     run_dir.mkdir(exist_ok=True)
     with distributed(CPU) as ranks:
@@ -85,9 +85,10 @@ def _worker(rank: int, root: str, port: int) -> None:
         ids, scores = _scores(cfg, data, ranks)
         metrics, bins = _evaluate(cfg, data, ranks.rank, ranks.world_size)
         specs = ["preset:llama-micro", str(run_dir), "org/model-a", "org/model-a", "org/model-b"]
-        fetch_models_once(specs, "", ranks)  # one node: local rank 0 downloads
+        models = [(spec, "") for spec in specs] + [("org/model-a", "v2")]  # a teacher pinned apart
+        fetch_models_once(models, ranks)  # one node: local rank 0 downloads
         calls["one_node"], calls["download"] = calls["download"], []
-        fetch_models_once(specs, "", replace(ranks, local_rank=0))  # two nodes of one rank each
+        fetch_models_once(models, replace(ranks, local_rank=0))  # two nodes of one rank each
     assert_groups_ended()  # distributed() ended its groups (default and host)
     out = {
         "calls": calls,
@@ -137,8 +138,9 @@ def test_two_ranks_share_data_scoring_and_evaluation(tmp_path):
             assert r["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9, nan_ok=True), k
         assert [b[2] for b in r["bins"]] == [b[2] for b in want_bins]
     # hub models: one download per node, never for presets or local directories
-    assert r0["calls"]["one_node"] == ["org/model-a", "org/model-b"] and r1["calls"]["one_node"] == []
-    assert r0["calls"]["download"] == r1["calls"]["download"] == ["org/model-a", "org/model-b"]
+    fetched = ["org/model-a@None", "org/model-b@None", "org/model-a@v2"]  # each hub id at its own revision
+    assert r0["calls"]["one_node"] == fetched and r1["calls"]["one_node"] == []
+    assert r0["calls"]["download"] == r1["calls"]["download"] == fetched
 
 
 def test_a_mixture_of_experts_student_is_told_by_its_config_or_its_modules():

@@ -565,6 +565,7 @@ def plan_config(
     lora = cfg.model if cfg.model.lora_r > 0 else None  # its adapters alone train (try-out 144, F1)
     hub = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     student = shape_of(cfg.model.student, vocab, "student", cfg.data.block_length, lora, **hub)
+    hub["revision"] = cfg.model.teacher_hub_revision
     teacher = shape_of(teacher_spec, vocab, "teacher", cfg.data.block_length, **hub) if teacher_spec else None
     tokens = cfg.train.micro_batch_size * cfg.data.block_length
     chunk = cfg.train.head_chunk_size or auto_chunk_rows(student.vocab, "cuda")  # a plan is for GPUs

@@ -512,8 +512,16 @@ RUN_READ_WHEN: dict[str, ReadWhen] = {
     ),
     # the teacher's revision is recorded with its figures (eval.json, ekd compare) even for a preset or a directory
     "model.revision": ReadWhen(
-        lambda c: _names_hub_id(c) or _loads_teacher(c),
-        "when a model or the tokenizer is a hub id, or the run loads a teacher model (its figures record it)",
+        lambda c: (
+            _names_hub_id(c, teacher=not c.model.teacher_revision)
+            or (_loads_teacher(c) and not c.model.teacher_revision)
+        ),
+        "when a model or the tokenizer is a hub id, or the run loads a teacher model (its figures record it); "
+        "model.teacher_revision, where set, is the teacher's",
+    ),
+    "model.teacher_revision": ReadWhen(
+        lambda c: _reads_hub_teacher(c),
+        "when model.teacher is a hub id whose files the run reads (its weights, config or tokenizer)",
     ),
     "model.teacher_dtype": ReadWhen(
         lambda c: _loads_teacher(c),
@@ -537,14 +545,26 @@ def _tokenizer_source(cfg: Any) -> str:
     return tokenizer_source(cfg)
 
 
-def _names_hub_id(cfg: Any) -> bool:
-    """Whether the student, the teacher or the tokenizer is named by a hub id (:func:`ekd.models.load.is_hub_id`)."""
+def _names_hub_id(cfg: Any, teacher: bool = True) -> bool:
+    """Whether the student, the teacher (unless ``teacher`` is False) or the tokenizer is named by a hub id
+    (:func:`ekd.models.load.is_hub_id`)."""
     from ekd.models.load import is_hub_id
 
     m = cfg.model
     tokenizer = _tokenizer_source(cfg)
-    specs = [m.student, m.teacher] + ([] if tokenizer in ("teacher", "student", "train_bpe") else [tokenizer])
+    own = [] if tokenizer in ("teacher", "student", "train_bpe") else [tokenizer]
+    specs = [m.student, *([m.teacher] if teacher else []), *own]
     return any(is_hub_id(s) for s in specs)
+
+
+def _reads_hub_teacher(cfg: Any) -> bool:
+    """Whether ``model.teacher`` is a hub id whose files the run reads: its weights (:func:`_loads_teacher`), a
+    cache's check of its teacher, or its tokenizer."""
+    from ekd.models.load import is_hub_id
+    from ekd.train.prepare import teacher_needed
+
+    uses = _loads_teacher(cfg) or teacher_needed(cfg) or _tokenizer_source(cfg) == "teacher"
+    return is_hub_id(cfg.model.teacher) and uses
 
 
 def _loads_teacher(cfg: Any) -> bool:

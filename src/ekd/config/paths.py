@@ -220,7 +220,12 @@ def say_local_over_hub(cfg: Any, given: dict[str, Any]) -> None:
         _SAID.add((key, written))
         if os.environ.get("LOCAL_RANK", "0") != "0":
             continue
-        revision = f" (model.revision={cfg.model.revision} is not read for it)" if cfg.model.revision else ""
+        key_read, value = (
+            (cfg.model.teacher_revision_key, cfg.model.teacher_hub_revision)
+            if key == "model.teacher"
+            else ("model.revision", cfg.model.revision)
+        )
+        revision = f" ({key_read}={value} is not read for it)" if value else ""
         # a warning where the hub cache holds that id too (a real choice made); else an info line: most such
         # values are a project's own `models/student` (try-out 154, N4: warned of a hub model that does not exist)
         # a project's own models/student: a debug line (review 156, R14: the info line's advice was false there)

@@ -119,7 +119,11 @@ class ModelConfig:
     teacher; with ``teacher.source=cache`` it names the cache's teacher (compared with the cache's), whose
     config and tokenizer the cache keeps, and is loaded only to evaluate it (``eval.teacher``)."""
     revision: str = text("", what="hub revision")
-    """Hub revision (branch, tag or commit) of hub ids: teacher, student and tokenizer; empty = default branch."""
+    """Hub revision (branch, tag or commit) of hub ids: student, tokenizer, and the teacher unless
+    ``teacher_revision`` is set; empty = default branch."""
+    teacher_revision: str = text("", what="hub revision")
+    """Hub revision of ``model.teacher`` alone (a teacher's commit beside a hub student's: one commit cannot pin two
+    repositories); empty = ``model.revision``."""
     trust_remote_code: bool = flag(False)
     """Allow model code from the hub. Off unless you trust the repository."""
     tokenizer: str = text("teacher", nonempty=True, what="teacher, student, train_bpe, a path or hub id")
@@ -166,6 +170,16 @@ class ModelConfig:
     ``ppl_full_head``). 'trim': cut the head (and a tied embedding) to V rows before the final evaluation,
     so the shipped model is exactly the model ekd scored for every evaluator (``vocab_size`` becomes V;
     not for ``model.lora_export=adapter``, whose base keeps its shape, nor ``train.parallel=fsdp``)."""
+
+    @property
+    def teacher_hub_revision(self) -> str:
+        """The revision the teacher is read at: ``teacher_revision``, else ``revision``."""
+        return self.teacher_revision or self.revision
+
+    @property
+    def teacher_revision_key(self) -> str:
+        """The key that sets :attr:`teacher_hub_revision`, for messages."""
+        return "model.teacher_revision" if self.teacher_revision else "model.revision"
 
 
 def _eval_set_name(name: str) -> str | None:

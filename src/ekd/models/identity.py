@@ -223,7 +223,8 @@ def ran_in(recorded: Any, precision: Any) -> Any:
 
 def teacher_identity(cfg: Any, dtype: str | None = None) -> dict[str, Any]:
     """The teacher a run's KL, agreement and teacher figures are measured with, as eval.json records it
-    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, ``model.revision``, the dtype its weights ran in
+    (:data:`ekd.eval.eval_json.TEACHER_KEY`): ``model.teacher``, its revision (``model.teacher_revision``, else
+    ``model.revision``), the dtype its weights ran in
     and, for a local directory or a cached hub id, :func:`weights_fingerprint` (``weights``; None otherwise). ``cfg``: a Config;
     ``dtype``: the name of the evaluated teacher's dtype ('float32', :func:`ekd.models.load.dtype_name`) —
     ``model.teacher_dtype=auto`` is float32 on a CPU and
@@ -232,7 +233,7 @@ def teacher_identity(cfg: Any, dtype: str | None = None) -> dict[str, Any]:
     spec = cfg.model.teacher
     return {
         "model": spec,
-        "revision": cfg.model.revision,
-        "weights": weights_fingerprint(spec, cfg.model.revision),
+        "revision": cfg.model.teacher_hub_revision,
+        "weights": weights_fingerprint(spec, cfg.model.teacher_hub_revision),
         "dtype": cfg.model.teacher_dtype if dtype is None else dtype,
     }

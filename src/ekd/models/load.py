@@ -45,7 +45,7 @@ def is_preset(spec: str) -> bool:
 
 def is_hub_id(spec: str) -> bool:
     """Whether a model spec names a hub model: not ``preset:<name>``, not an existing path (a missing path is a hub
-    id to the loaders too) — what ``model.revision`` applies to."""
+    id to the loaders too) — what ``model.revision`` (and ``model.teacher_revision``) applies to."""
     return not is_preset(spec) and not is_local(spec)
 
 

@@ -283,16 +283,16 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
             keys=tuple(unread),
         )
     teacher = str(given.get("model.teacher", flat.get("model.teacher", "")))
-    if "model.revision" in given and str(given["model.revision"]) != str(flat.get("model.revision", "")):
-        from ekd.models.load import is_hub_id, is_preset
+    from ekd.models.load import is_hub_id, is_preset
 
-        if not is_hub_id(teacher):  # try-out 117, F2
+    for key in ("model.revision", "model.teacher_revision"):
+        if key in given and str(given[key]) != str(flat.get(key, "")) and not is_hub_id(teacher):  # t117, F2
             raise ConfigError(
-                f"ekd eval {run_dir}: model.revision is read of hub ids only, and the teacher {teacher} is "
+                f"ekd eval {run_dir}: {key} is read of hub ids only, and the teacher {teacher} is "
                 f"{'a preset' if is_preset(teacher) else 'a local directory'}: its figures would be the same, "
                 "recorded under another revision (dropping the starting student's, measured under the run's); "
-                "drop model.revision",
-                keys=("model.revision",),
+                f"drop {key}",
+                keys=(key,),
             )
     try:
         cfg = config_from_dict(_nested({**flat, **given}))
@@ -538,7 +538,7 @@ def evaluate_saved_run(
         check_models_fit_tokenizer(
             tokenizer,
             "student",
-            {"teacher": (cfg.model.teacher, cfg.model.revision)},
+            {"teacher": (cfg.model.teacher, cfg.model.teacher_hub_revision)},
             cfg.model.trust_remote_code,
             fix="evaluate against the run's teacher or one of its family (model.teacher), or without a "
             "teacher (eval.teacher=false)",
@@ -581,7 +581,10 @@ def evaluate_saved_run(
             from ekd.teacher.cache.source import recorded_teacher_changed
 
             if changed := recorded_teacher_changed(
-                cfg.model.teacher, cfg.teacher.cache_dir, marker.get("cache_teacher"), cfg.model.revision
+                cfg.model.teacher,
+                cfg.teacher.cache_dir,
+                marker.get("cache_teacher"),
+                cfg.model.teacher_hub_revision,
             ):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir))
         _check_run_teacher(run_dir, cfg, marker or {}, typed=_typed_teacher(overrides))
@@ -622,11 +625,11 @@ def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict, *, typed: bool)
     recorded = marker.get("teacher_weights")
     if cfg.teacher.source != "online" or not recorded or typed:
         return
-    if same_weights(recorded, cfg.model.teacher, cfg.model.revision) is False:
+    if same_weights(recorded, cfg.model.teacher, cfg.model.teacher_hub_revision) is False:
         raise ConfigError(
             f"ekd eval: model.teacher {cfg.model.teacher} holds other weights than the teacher this run was taught by "
             "(retrained, replaced or a newer download since); name where those weights are (model.teacher=DIR, or "
-            "model.revision=COMMIT for a hub id), or score the student alone: "
+            f"{cfg.model.teacher_revision_key}=COMMIT for a hub id), or score the student alone: "
             f"`ekd eval {shlex.quote(str(run_dir))} eval.teacher=false`"
         )
 
@@ -823,7 +826,7 @@ def _check_teacher_is_there(
     if not spec.startswith((".", "/", "~")):  # a hub id: not cached here while the hub cannot be reached
         from ekd.hub import endpoint_unreachable, hub_offline, model_directory
 
-        if model_directory(spec, cfg.model.revision) is not None or not (
+        if model_directory(spec, cfg.model.teacher_hub_revision) is not None or not (
             hub_offline() or endpoint_unreachable()
         ):
             return

@@ -513,7 +513,7 @@ def teacher_config_source(cfg: Config) -> tuple[str, str]:
         CacheError: the cache's copy is damaged, or it keeps none (made by an older ekd) while the
             ``model.teacher`` directory is not there (:func:`~ekd.teacher.cache.kept_teacher.teacher_files_in_cache`).
     """
-    spec, revision = cfg.model.teacher, cfg.model.revision
+    spec, revision = cfg.model.teacher, cfg.model.teacher_hub_revision
     if cfg.teacher.source != "cache" or is_preset(spec) or not cfg.teacher.cache_dir:
         return spec, revision
     from ekd.teacher.cache.kept_teacher import teacher_files_in_cache
@@ -569,7 +569,7 @@ def check_evaluation_teacher(cfg: Config) -> None:
     if not uses:
         return
     try:
-        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.teacher_hub_revision)
     except EkdError as e:
         keys = " and ".join(f"{k}=false" for k in uses)
         raise type(e)(
@@ -608,7 +608,7 @@ def _load_role(
     common = dict(
         vocab_size=data.vocab_size,
         eos_token_id=data.eos_id,
-        revision=cfg.model.revision,
+        revision=cfg.model.teacher_hub_revision if role == "teacher" else cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
         dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,

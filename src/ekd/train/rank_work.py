@@ -303,7 +303,8 @@ def check_same_weights(ranks: Ranks, spec: str, revision: str, key: str) -> None
             from ekd.hub import is_local
 
             # a hub id's branch may resolve to other weights on each node; a directory's path is its own
-            pin = "" if is_local(spec) or revision else ", or pin model.revision to one commit"
+            pin_key = "model.teacher_revision" if key == "model.teacher" else "model.revision"
+            pin = "" if is_local(spec) or revision else f", or pin {pin_key} to one commit"
             raise ConfigError(
                 f"{key}={its_spec}: rank {rank} (host {host}) holds other weights there than rank 0 "
                 f"({fingerprint.rpartition(':')[2][:12]} vs {reference.rpartition(':')[2][:12]}): every node must "
@@ -380,19 +381,20 @@ def hub_ids(specs: list[str]) -> list[str]:
     return [s for s in dict.fromkeys(specs) if s and not is_preset(s) and not Path(s).expanduser().exists()]
 
 
-def fetch_models_once(specs: list[str], revision: str, ranks: Ranks) -> None:
-    """Local rank 0 of each node downloads the hub models among ``specs`` into the node's cache; every
-    rank waits, then loads from the cache (8 ranks of a node never download the same files at once).
+def fetch_models_once(models: list[tuple[str, str]], ranks: Ranks) -> None:
+    """Local rank 0 of each node downloads the hub models among ``models`` ((spec, revision) pairs: a teacher and
+    a student may be pinned apart, ``model.teacher_revision``) into the node's cache; every rank waits, then loads
+    from the cache (8 ranks of a node never download the same files at once).
 
     A failed download is only logged here: loading then fails on every rank with its one-line error.
     """
-    repos = hub_ids(specs)
+    repos = [(spec, revision) for spec, revision in dict.fromkeys(models) if hub_ids([spec])]
     if ranks.world_size == 1 or not repos:
         return
     if ranks.is_node_main:
         from huggingface_hub import snapshot_download
 
-        for repo in repos:
+        for repo, revision in repos:
             try:
                 snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
             except Exception as e:  # unreachable, gated, offline without a cache: load_model says why

@@ -837,7 +837,7 @@ class RunStart:
         if "model.teacher" in blocking and (recorded := (marker or {}).get("teacher_weights")):
             from ekd.models.identity import same_weights
 
-            same = same_weights(recorded, self.cfg.model.teacher, self.cfg.model.revision)
+            same = same_weights(recorded, self.cfg.model.teacher, self.cfg.model.teacher_hub_revision)
             if same:  # the teacher copied or moved (try-out 43: refused as another run)
                 _another_path(blocking, "model.teacher", saved, self.cfg.model.teacher,
                               "the same weights (their fingerprint is the run's)")  # fmt: skip
@@ -1132,7 +1132,7 @@ class RunStart:
 
         if self.cfg.teacher.source != "online":
             return
-        spec, revision = self.cfg.model.teacher, self.cfg.model.revision
+        spec, revision = self.cfg.model.teacher, self.cfg.model.teacher_hub_revision
         saved = (read_marker(self.run_dir) or {}).get("teacher_weights")
         if saved is not None and not self.fresh:
             # an older ekd's sampled fingerprint: checked its way, ...

@@ -128,7 +128,8 @@ def _named_tokenizer(run_dir: Path) -> PreTrainedTokenizerBase | None:
             "student": cfg.model.student,
             "train_bpe": str(run_dir / "tokenizer"),
         }.get(spec, spec)
-        return load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
+        revision = cfg.model.teacher_hub_revision if spec == "teacher" else cfg.model.revision
+        return load_tokenizer(source, revision, cfg.model.trust_remote_code)
     except EkdError:
         return None
 

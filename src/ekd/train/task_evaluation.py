@@ -441,7 +441,7 @@ def run_end_tasks(
     results = {"student": run_tasks(student, tokenizer, settings, amp=amp, label="student")}
     scored_roles = task_models(cfg, (str(run_dir / "student"), ""))  # the rule check_task_lengths checks by
     if "teacher" in scored_roles:
-        spec = model_identity(cfg.model.teacher, cfg.model.revision, cfg.run.seed + 1)
+        spec = model_identity(cfg.model.teacher, cfg.model.teacher_hub_revision, cfg.run.seed + 1)
         # the dtype it runs in: the training's teacher's, else model.teacher_dtype as load_teacher resolves it
         dtype = (
             next(teacher.parameters()).dtype
@@ -558,7 +558,7 @@ def task_models(cfg: Config, student: tuple[str, str]) -> dict[str, tuple[str, s
     initial student when asked."""
     models = {"student": student}
     if cfg.eval.tasks_teacher and not (cfg.teacher.source == "cache" and is_preset(cfg.model.teacher)):
-        models["teacher"] = (cfg.model.teacher, cfg.model.revision)
+        models["teacher"] = (cfg.model.teacher, cfg.model.teacher_hub_revision)
     if cfg.eval.tasks_student_init:
         models["student_init"] = (cfg.model.student, cfg.model.revision)
     return models

@@ -438,10 +438,11 @@ def _train(
         data = prepare_data_once(cfg, run_dir, ranks)
     run_on_main(ranks, lambda: _check_on_main(cfg, data, start), "check the data, eval.tasks and log.wandb")
     teacher_spec = [cfg.model.teacher] if loads_teacher_model(cfg) else []
-    fetch_models_once([cfg.model.student, *teacher_spec], cfg.model.revision, ranks)  # once per node
+    teacher_model = [(cfg.model.teacher, cfg.model.teacher_hub_revision)] if teacher_spec else []
+    fetch_models_once([(cfg.model.student, cfg.model.revision), *teacher_model], ranks)  # once per node
     # what each rank reads itself must be rank 0's: a replicated teacher, a LoRA student's frozen base
     if teacher_spec and not loads_on_rank0(cfg, "teacher", ranks.world_size):
-        check_same_weights(ranks, cfg.model.teacher, cfg.model.revision, "model.teacher")
+        check_same_weights(ranks, cfg.model.teacher, cfg.model.teacher_hub_revision, "model.teacher")
     if cfg.model.lora_r > 0:
         check_same_weights(ranks, cfg.model.student, cfg.model.revision, "model.student")
     # whole on every rank, or (FSDP2 / a sharded teacher) on rank 0 only: the others get their shards from it
@@ -843,9 +844,9 @@ def _teacher_of_the_cache(
     pinned = teacher.reader.signature if teacher is not None and hasattr(teacher, "reader") else {}
 
     model = None
-    if not (changed := teacher_changed_since(cfg.model.teacher, pinned, cfg.model.revision)):
+    if not (changed := teacher_changed_since(cfg.model.teacher, pinned, cfg.model.teacher_hub_revision)):
         log.info("loading the teacher for evaluation only (training used the cache)")
-        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)
+        fetch_models_once([(cfg.model.teacher, cfg.model.teacher_hub_revision)], ranks)
         model = load_teacher(cfg, data, device)
         built_dtype = (pinned.get(BUILT_WITH) or {}).get("teacher_dtype")  # the weights' hash: in that dtype
         changed = loaded_teacher_changed(cfg, model, pinned.get("teacher_revision"), built_dtype)
@@ -1042,7 +1043,7 @@ def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) ->
         raise
     if loads_teacher_model(cfg):
         try:
-            check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+            check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.teacher_hub_revision)
         except EkdError as e:
             gone = Path(cfg.model.teacher).expanduser()
             if resume and gone.is_absolute() and not gone.exists():  # (an empty directory is said as such)

@@ -437,6 +437,9 @@ class RunRecord:
             return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), dtype)
         model = self.config.get("model") or {}
         named = [model.get(k) or "" for k in TEACHER_KEYS]
+        named[1] = (
+            model.get("teacher_revision") or named[1]
+        )  # the teacher pinned apart (model.teacher_revision)
         return TeacherKey(json.dumps(named[:-1], default=str), None, named[-1])
 
 
@@ -465,7 +468,11 @@ _DEFAULTS = Config().to_dict()
 key at)."""
 
 TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
-TEACHER_MODEL_KEYS = ("teacher", "teacher_dtype")  # model.* keys that choose the teacher alone
+TEACHER_MODEL_KEYS = (
+    "teacher",
+    "teacher_revision",
+    "teacher_dtype",
+)  # model.* keys that choose the teacher alone
 
 
 def _text_set(name: str) -> bool:

@@ -244,7 +244,7 @@ def _branch_pinned_by_name(directory: Path, revision: str) -> str:
     if found.get("teacher_revision") != revision:
         return ""
     log.warning(
-        "the cache at %s pins its teacher by the branch name model.revision=%s (an older ekd's record): whether the "
+        "the cache at %s pins its teacher by the branch name %s (an older ekd's record): whether the "
         "branch moved since it was built cannot be told; `ekd cache CONFIG --overwrite` rebuilds it pinned to the "
         "commit the branch resolves to",
         directory,
@@ -344,7 +344,7 @@ def _keep_teacher_files(cfg: Config, directory: Path, finished: bool) -> None:
     made again, a whole one left as it is; a finished cache on a read-only mount keeps its shards usable, said
     in a line."""
     try:
-        names = keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
+        names = keep_teacher_files(cfg.model.teacher, cfg.model.teacher_hub_revision, directory)
     except (OSError, DiskError) as e:
         if not finished:
             raise
@@ -438,7 +438,7 @@ def run_build(
     from ekd.train.same_settings import refuse_with_peers
 
     try:
-        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.revision)
+        check_model_spec(cfg.model.teacher, "model.teacher", cfg.model.teacher_hub_revision)
     except EkdError as e:
         refuse_with_peers(e)
         raise
@@ -467,20 +467,22 @@ def run_build(
             return _prepare_data(cfg, directory, retrain=overwrite)
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
-        fetch_models_once([cfg.model.teacher], cfg.model.revision, ranks)  # one download per node
+        fetch_models_once(
+            [(cfg.model.teacher, cfg.model.teacher_hub_revision)], ranks
+        )  # one download per node
         # every rank reads it
-        check_same_weights(ranks, cfg.model.teacher, cfg.model.revision, "model.teacher")
+        check_same_weights(ranks, cfg.model.teacher, cfg.model.teacher_hub_revision, "model.teacher")
         blocks = data.blocks["train"]
         teacher = load_teacher(cfg, data, device)
         head = output_head(teacher, data.vocab_size)
         amp = autocast_dtype(cfg, device)
         revision = teacher_revision(cfg, teacher)
-        if not overwrite and (by_name := _branch_pinned_by_name(directory, cfg.model.revision)):
+        if not overwrite and (by_name := _branch_pinned_by_name(directory, cfg.model.teacher_hub_revision)):
             revision = by_name  # an older ekd's pin: kept, said (try-out review 156, R4)
         signature = cache_signature(cfg, data, revision)
-        if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.revision:
+        if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.teacher_hub_revision:
             signature[TEACHER_FILES] = files  # when a run from the cache must hash the weights again
-        if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
+        if kept := teacher_files_record(cfg.model.teacher, cfg.model.teacher_hub_revision):
             signature[KEPT_FILES] = kept  # the copy _keep_teacher_files makes
         signature[BUILT_WITH] = {  # the arithmetic its targets were computed in
             "teacher_dtype": dtype_name(next(teacher.parameters()).dtype),

@@ -362,7 +362,7 @@ def import_cache(
         revision = f"{IMPORTED}{file_sha256(src)}"
         signature = cache_signature(cfg, data, revision)
         signature.update(positions="all", position_fraction=None)
-        if kept := teacher_files_record(cfg.model.teacher, cfg.model.revision):
+        if kept := teacher_files_record(cfg.model.teacher, cfg.model.teacher_hub_revision):
             signature[KEPT_FILES] = kept  # the copy kept below
         chat = cfg.data.format == "chat"
         tools = cfg.data.tools_field if chat and cfg.data.tools_field in table.names else None
@@ -386,7 +386,7 @@ def import_cache(
                 index = _index_rows(table, columns.text, chat, tools)
             _import_rows(cfg, table, index, tools, layout, columns, data, writer)
         try:  # its config and tokenizer, for runs from the import where the teacher is not
-            keep_teacher_files(cfg.model.teacher, cfg.model.revision, directory)
+            keep_teacher_files(cfg.model.teacher, cfg.model.teacher_hub_revision, directory)
         except (OSError, DiskError) as e:  # a finished import on a read-only mount: runs read model.teacher's
             log.info("imported cache %s: the teacher's files not kept (%s)", directory, e)
         return directory, not held

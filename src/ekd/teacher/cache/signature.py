@@ -108,13 +108,13 @@ def files_sha256(files: list[Path]) -> str:
 
 
 def teacher_revision(cfg: Config, model: nn.Module) -> str:
-    """What pins the teacher's weights: ``model.revision`` if set — a hub id's branch or tag as the commit it
+    """What pins the teacher's weights: its revision (``model.teacher_revision``, else ``model.revision``) if set — a hub id's branch or tag as the commit it
     resolves to in the hub cache (a branch is no identity; try-out 154, N1: a build resumed after the branch moved
     finished with another teacher's targets), written as a commit given alike; else a hash of a local directory's
     safetensors files, the hub commit transformers resolved, or (hub ids, presets) a hash of the state dict."""
     spec = cfg.model.teacher
-    if cfg.model.revision:
-        revision = cfg.model.revision
+    if cfg.model.teacher_hub_revision:
+        revision = cfg.model.teacher_hub_revision
         if not is_preset(spec) and not Path(spec).expanduser().exists() and not is_commit(revision):
             from ekd.hub import model_directory
 

@@ -214,7 +214,7 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
             cached_id,
         )
         # a hub id by its cached snapshot's files (the same bytes as a local copy); "": cannot tell, the ids decide
-        directory = model_directory(spec, cfg.model.revision)
+        directory = model_directory(spec, cfg.model.teacher_hub_revision)
         expected["teacher_revision"] = weights_revision(str(directory or spec)) or ""
     elif (
         revision.startswith("safetensors-sha256:")
@@ -250,7 +250,7 @@ def teacher_changed_since(spec: str, signature: dict, revision: str = "") -> str
     pinned = str(signature.get("teacher_revision", ""))
     if not pinned.startswith("safetensors-sha256:") or is_preset(spec):
         return ""
-    # a hub id holding the cache's teacher: its cached snapshot's files at model.revision (try-out 154, N8)
+    # a hub id holding the cache's teacher: its cached snapshot's files at the teacher's revision (try-out 154, N8)
     directory = model_directory(spec, revision)
     # moved away while the run trained: said, not a failed end
     if directory is None or not directory.is_dir():
@@ -270,7 +270,8 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
     loading). A pin of the loaded weights (``state-dict-sha256:``: a hub id's, a preset's) is compared with the
     weights loaded now, cast to ``built_dtype`` (the dtype the cache's teacher ran in: a build in bfloat16 and an
     evaluation in float32 hold the same weights); a commit (``commit:<sha>`` as transformers 4 recorded it, or a
-    commit a branch resolved to) with the snapshot ``model.revision`` resolves to now."""
+    commit a branch resolved to) with the snapshot the teacher's revision resolves to now (``model.teacher_revision``,
+    else ``model.revision``)."""
     from ekd.teacher.cache.signature import is_commit, state_dict_sha256
 
     # a run's cache_teacher: '<teacher id>@<revision>'
@@ -291,7 +292,7 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
         and not is_local(spec)
     ):
         # a hub id's commit: the snapshot loaded now
-        if (snapshot := model_directory(spec, cfg.model.revision)) is None:
+        if (snapshot := model_directory(spec, cfg.model.teacher_hub_revision)) is None:
             return ""
         current = f"commit:{snapshot.name}" if recorded.startswith("commit:") else snapshot.name
     else:
