@@ -745,6 +745,6 @@ def test_ekd_eval_of_a_cache_run_refuses_a_teacher_that_is_not_the_caches(built,
     assert main(["eval", str(run)]) == 2
     line = _error_line(capsys)
     assert f"ekd eval: {teacher} holds other weights than the cache's teacher now" in line, line
-    assert f"score the student alone: `ekd eval {run} eval.teacher=false`, which drops the KL" in line, line
+    assert f"score the student alone: `ekd eval {run} eval.teacher=false`, which keeps the KL" in line, line
     assert (run / "eval.json").read_bytes() == before
     assert main(["-q", "eval", str(run), "eval.teacher=false"]) == 0

@@ -589,9 +589,25 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     assert main(["distill", *base, f"data.eval_sources={{named: {named}}}"]) == 0
     run = tmp_path / "runs" / "held"
     assert main(["eval", str(run)]) == 0  # nothing changed: scored again
-    with caplog.at_level(logging.WARNING, logger="ekd"):  # try-out 77, F4: teacher figures dropped in silence
+    teacher_figures = {
+        name: {k: v for k, v in entry.items() if k in ("kl", "agree", "teacher")}
+        for name, entry in json.loads((run / "eval.json").read_text()).items()
+    }
+    assert teacher_figures["eval"]["kl"] > 0 and "eval/teacher" in teacher_figures
+    # try-out 138: scored alike without the teacher (gone, say), its figures stay where the student's are the same
+    with caplog.at_level(logging.INFO, logger="ekd"):
         assert main(["eval", str(run), "eval.teacher=false"]) == 0
+    assert "keeps the KL, agreement and teacher rows of eval, named as measured before" in caplog.text
+    assert "scored now without the teacher" not in caplog.text
+    after = json.loads((run / "eval.json").read_text())
+    assert {n: {k: v for k, v in e.items() if k in ("kl", "agree", "teacher")} for n, e in after.items()} == (
+        teacher_figures
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):  # try-out 77, F4: teacher figures dropped in silence
+        assert main(["eval", str(run), "eval.teacher=false", "eval.ece_bins=5"]) == 0  # scored otherwise
     assert "eval, named scored now without the teacher (eval.teacher=false)" in caplog.text, caplog.text
+    assert "kl" not in json.loads((run / "eval.json").read_text())["eval"]
     caplog.clear()
     before = (run / "eval.json").read_text()
     capsys.readouterr()  # try-out 75, F5: another student scored the run's own in silence

@@ -145,3 +145,42 @@ def test_a_perplexity_that_overflowed_reads_back_as_inf_not_as_unscored(tmp_path
     assert read["eval"]["ppl"] == math.inf and read["tasks"] == {"ppl": None} and saved["eval"]["ppl"] is None
     table = results_table([{"ppl": row["ppl"]}], [("ppl", "ppl", ".2f")])
     assert "| inf |" in table, table
+
+
+def test_teacher_figures_stay_where_the_student_is_scored_alike_without_the_teacher():
+    """Try-out 138: `ekd eval RUN eval.teacher=false` (the teacher gone) dropped the KL, agreement and teacher rows
+    measured at the end of training, though the run's export scored the same there: kept where the set is scored
+    alike and the student's own figures agree; another student's figures or another scoring drop them."""
+    from ekd.eval.eval_json import with_teacher_figures
+
+    record = {"data": {"source": "c", "blocks_sha256": "ab"}, "scoring": {"ece_bins": 15}}
+    teacher = {"model": "org/t", "revision": "", "weights": "w", "dtype": "float32"}
+    old = {
+        "eval": {
+            **record,
+            "loss": 2.5,
+            "ppl": 12.18,
+            "tokens": 120,
+            "kl": 0.4,
+            "agree": 0.3,
+            "teacher": teacher,
+        },
+        "eval/teacher": {"loss": 2.0, "tokens": 120},
+        "other": {**record, "loss": 3.0, "tokens": 60, "kl": 0.5, "teacher": teacher},
+    }
+    new = {
+        "eval": {**record, "loss": 2.5000001, "ppl": 12.18, "tokens": 120},  # another thread count's rounding
+        "other": {**record, "loss": 3.1, "tokens": 60},  # another student
+    }
+    out, kept = with_teacher_figures(new, old)
+    assert kept == ["eval"] and list(out) == ["eval", "eval/teacher", "other"]
+    assert out["eval"]["kl"] == 0.4 and out["eval"]["agree"] == 0.3 and out["eval"]["teacher"] == teacher
+    assert out["eval"]["loss"] == 2.5000001 and out["eval/teacher"] == old["eval/teacher"]
+    assert "kl" not in out["other"] and "teacher" not in out["other"]
+    assert "kl" not in new["eval"]  # not modified
+    scored_otherwise = {"eval": {**new["eval"], "scoring": {"ece_bins": 5}}}
+    assert with_teacher_figures(scored_otherwise, old)[1] == []
+    with_teacher = {
+        "eval": {**new["eval"], "kl": 0.41, "teacher": teacher}
+    }  # scored with one: its own figures
+    assert with_teacher_figures(with_teacher, old) == (with_teacher, [])

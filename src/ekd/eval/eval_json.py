@@ -313,6 +313,53 @@ def student_init_rows_of(run_dir: Path) -> dict[str, dict[str, Any]]:
     return student_init_rows(saved) if saved is not None else {}
 
 
+def with_teacher_figures(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``new`` (a re-evaluation of a run's export) with ``old``'s figures against the teacher for each set ``new``
+    scored without one (``eval.teacher=false``) and ``old`` scored with one, alike (:func:`_scored_alike`), where the
+    student's own figures agree (to 1e-5, relative: the same export on the same blocks, another thread count): its
+    teacher-relative metrics (:func:`teacher_relative`), the teacher it measured them with and the ``<set>/teacher``
+    row. A re-evaluation without a teacher that is gone no longer drops what was measured with it (try-out 138).
+
+    Returns:
+        The entries (``new`` is not modified) and the sets whose teacher figures were kept.
+    """
+    out: dict[str, Any] = {}
+    kept: list[str] = []
+    for name, entry in new.items():
+        out[name] = entry = dict(entry) if isinstance(entry, dict) else entry
+        if (
+            name == "tasks"
+            or name.endswith(TEACHER_SUFFIX)
+            or not isinstance(entry, dict)
+            or TEACHER_KEY in entry
+        ):
+            continue
+        before = old.get(name)
+        if not isinstance(before, dict) or not isinstance(before.get(TEACHER_KEY), Mapping):
+            continue
+        own = [k for k, v in entry.items() if _is_metric(k, v) and not teacher_relative(k)]
+        if (
+            not _scored_alike(entry, before)
+            or not own
+            or not all(_close(entry[k], before.get(k)) for k in own)
+        ):
+            continue
+        entry.update({k: v for k, v in before.items() if _is_metric(k, v) and teacher_relative(k)})
+        entry[TEACHER_KEY] = before[TEACHER_KEY]
+        if isinstance(row := old.get(f"{name}{TEACHER_SUFFIX}"), dict):
+            out[f"{name}{TEACHER_SUFFIX}"] = row  # its teacher row after it, as the evaluation writes them
+        kept.append(name)
+    return out, kept
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Two recorded figures equal to 1e-5 relative; NaN (``null`` in eval.json) equals NaN."""
+    a, b = (math.nan if x is None else x for x in (a, b))
+    if not all(isinstance(x, (int, float)) for x in (a, b)):
+        return a == b
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-12)
+
+
 def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """eval.json after a re-evaluation: ``new``'s entries, and those of ``old`` whose set ``new`` did not
     score (with their teacher rows) and ``old``'s ``tasks`` section, kept as they were.

@@ -639,7 +639,7 @@ def _not_the_caches_teacher(changed: str, run_dir: Path) -> str:
     return (
         f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's cache was "
         f"built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} eval.teacher=false`, "
-        "which drops the KL, agreement and teacher rows eval.json holds for the sets it scores"
+        "which keeps the KL, agreement and teacher rows eval.json holds where the student scores as before"
     )
 
 
@@ -842,10 +842,10 @@ def _check_teacher_is_there(
     if boundary:
         ways.append("pack the eval sets with the tokenizer's EOS (data.separator=eos)")
     elif alone:
-        # what it costs, said before, not after eval.json is rewritten (try-out 138, F1: the KL, agreement and
-        # teacher rows of the end of training were dropped, and the warning's remedy needed the teacher that is gone)
+        # what it keeps, said before eval.json is rewritten (try-out 138, F1: the KL, agreement and teacher rows of
+        # the end of training were dropped, and the warning's remedy needed the teacher that is gone)
         drops = (
-            ", which drops the KL, agreement and teacher rows eval.json holds for the sets it scores"
+            ", which keeps the KL, agreement and teacher rows eval.json holds where the student scores as before"
             if figures
             else ""
         )
@@ -940,7 +940,13 @@ def write_eval_json(
     Returns:
         The entries written.
     """
-    from ekd.eval.eval_json import merge, read_eval_json, student_init_entries, with_student_init
+    from ekd.eval.eval_json import (
+        merge,
+        read_eval_json,
+        student_init_entries,
+        with_student_init,
+        with_teacher_figures,
+    )
     from ekd.io import atomic_write_text, strict_json
 
     path = run_dir / "eval.json"
@@ -948,6 +954,16 @@ def write_eval_json(
     if keep:
         old = read_eval_json(run_dir)  # one that cannot be read is refused, never replaced (review 126, R4)
         if old is not None:
+            # scored without the teacher now (it may be gone): what was measured with it stays where the student's
+            # own figures are the same (try-out 138)
+            written, kept_teacher = with_teacher_figures(written, old)
+            if kept_teacher:
+                log.info(
+                    "%s keeps the KL, agreement and teacher rows of %s as measured before (the student scores "
+                    "the same there)",
+                    path,
+                    ", ".join(kept_teacher),
+                )
             say_teacher_figures_dropped(path, old, written)
             # the start did not change: its figures, where this scores a set as they were (try-out 90, F3: after
             # one `ekd eval` scored otherwise, eval.json had lost them; the run's file still has them)
