@@ -97,14 +97,25 @@ def test_ekd_eval_keeps_the_start_of_the_same_blocks_only(ws, capsys):
 
 def test_ekd_eval_without_the_teacher_keeps_the_starts_other_figures(ws, capsys):
     """A start scored against a teacher, re-evaluated without one (``eval.teacher=false``): its ppl, acc and ECE are
-    the same set's figures, its KL and agreement are not shown beside a result that has none."""
+    the same set's figures; its KL and agreement stay beside a result that keeps its own (try-out 138: scored alike,
+    the student's figures the same), and are not shown beside a result that has none (scored otherwise)."""
     before = _eval_json()["eval"][STUDENT_INIT_KEY]
     rc, out, err = cli(capsys, "eval", str(RUN), "eval.teacher=false")
     assert rc == 0, err
-    kept = _eval_json()["eval"][STUDENT_INIT_KEY]
+    entry = _eval_json()["eval"]
+    assert entry[STUDENT_INIT_KEY] == before and "kl" in entry  # the teacher's figures kept, the start's too
+    # a result without teacher figures of its own to keep (an eval.json whose entry records none)
+    saved = _eval_json()
+    saved["eval"] = {k: v for k, v in saved["eval"].items() if k not in ("kl", "agree", "teacher")}
+    (RUN / "eval.json").write_text(json.dumps(saved))
+    rc, out, err = cli(capsys, "eval", str(RUN), "eval.teacher=false")
+    assert rc == 0, err
+    entry = _eval_json()["eval"]
+    kept = entry[STUDENT_INIT_KEY]
     assert {k: kept[k] for k in ("ppl", "acc", "ece", "tokens")} == {
         k: before[k] for k in ("ppl", "acc", "ece", "tokens")
     }
+    assert "kl" not in entry
     assert not {"kl", "agree", "teacher_entropy"} & set(kept) and not any("@H" in k for k in kept)
     assert "eval/student_init" in out
 
