@@ -114,6 +114,8 @@ MANIFEST_DAMAGE = {
     "shard-name-path": (_shard("name", "../../etc/passwd"), True, "bad index or name"),
     "shard-size-string": (_shard("bin_bytes", "12"), True, "lacks 'bin_bytes'"),
     "layout-type": (_layout, True, "invalid layout"),
+    # try-out 159, F1's class: valid JSON of another shape where a build looks for the cache's kind
+    "signature-text": (lambda m: {**m, "signature": "x"}, True, "'signature' has the wrong type"),
 }
 
 

@@ -579,7 +579,18 @@ def test_max_tokens_stops_reading(
         config(tmp_path, tokenizer_dir, corpus, True, max_tokens=10)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "manifest", "overwrite"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate",
+        "manifest",
+        "overwrite",
+        "not-an-object",
+        "signature-text",
+        "split-text",
+        "legacy-overwrite",
+    ],
+)
 def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
     tmp_path: Path, tokenizer_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -595,14 +606,27 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
         tokens.write_bytes(bytes(len(tokens.read_bytes())))
     else:
         manifest = json.loads((store / "manifest.json").read_text())
-        manifest["signature"]["data"]["block_length"] = 99
+        if damage == "manifest":
+            manifest["signature"]["data"]["block_length"] = 99
+        elif damage == "not-an-object":  # try-out 159, F1: valid JSON of another shape was a traceback
+            manifest = [1, 2]
+        elif damage == "signature-text":
+            manifest["signature"] = "x"
+        elif damage == "split-text":
+            manifest["splits"][0] = "x"
+        else:  # F3: a store of an ekd that recorded no sha256, its tokens rewritten: its fingerprint tells
+            for split in manifest["splits"]:
+                del split["sha256"]
+            tokens.write_bytes(bytes(len(tokens.read_bytes())))
         (store / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):
         second = prepare_data(cfg, tmp_path / "r2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "rebuilding it" in warnings[0]
     if damage == "overwrite":
-        assert "has split-0/tokens.u32 changed since it was built (its sha256)" in warnings[0], warnings
+        assert "has split-0/tokens.u32 changed since it was built" in warnings[0], warnings
+    if damage == "legacy-overwrite":
+        assert "has split-0's blocks changed since it was built" in warnings[0], warnings
     assert not any("reusing" in r.getMessage() for r in caplog.records)
     assert_same_blocks(read, second.blocks)
 

@@ -157,10 +157,11 @@ class SplitFiles:
 
 
 def read_manifest(directory: Path) -> dict | None:
-    """The manifest of a complete store, or None when it is missing, unreadable or its files are short."""
+    """The manifest of a complete store, or None when it is missing, unreadable, not of the shape a build writes
+    (:func:`_well_formed`: valid JSON of another shape was a traceback, try-out 159 F1) or its files are short."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        if manifest.get("format") != STORE_FORMAT:
+        if not _well_formed(manifest):
             return None
         for split in manifest["splits"]:
             for name, (filename, dtype) in FILES.items():
@@ -176,17 +177,60 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+def _well_formed(manifest: Any) -> bool:
+    """Whether ``manifest`` has the shape :func:`ekd.data.store_build` writes: this format, a signature with its data
+    settings, a positive block length and a non-empty list of splits, each named, with whole counts and (where
+    recorded) its files' sha256 and fingerprint as text."""
+
+    def count(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    def texts(x: Any) -> bool:
+        return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in x.items())
+
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        return False
+    signature, splits = manifest.get("signature"), manifest.get("splits")
+    if not (isinstance(signature, dict) and isinstance(signature.get("data"), dict)):
+        return False
+    if not (
+        count(manifest.get("block_length"))
+        and manifest["block_length"] > 0
+        and "document_attention" in manifest
+    ):
+        return False
+    if not (isinstance(splits, list) and splits and all(isinstance(s, dict) for s in splits)):
+        return False
+    return all(
+        isinstance(s.get("name"), str)
+        and isinstance(s.get("folder"), (int, str))
+        and all(count(s.get(k)) for k in ("blocks", "tokens", "documents"))
+        and (s.get("sha256") is None or texts(s["sha256"]))
+        and (s.get("fingerprint") is None or isinstance(s["fingerprint"], str))
+        for s in splits
+    )
+
+
 def changed_files(directory: Path, manifest: dict) -> list[str]:
     """The store files (``split-<folder>/<file>``) whose sha256 is not the one the build recorded: a file
-    overwritten in place, at its size, since. One read of every file (a 100M-token store: ~0.6 GB); a store of
-    an ekd that recorded no sha256 is trusted as before."""
+    overwritten in place, at its size, since. One read of every file (a 100M-token store: ~0.6 GB). A store of an
+    ekd that recorded no sha256 is checked by the blocks' fingerprint its build recorded (:func:`fingerprint_files`,
+    one read too: try-out 159 F3 — its rewritten tokens were trained on and its old fingerprint recorded as the
+    run's data), its split named; one that recorded neither is trusted as before."""
     from ekd.io import file_sha256
 
     changed = []
     for split in manifest["splits"]:
+        folder = directory / f"split-{split['folder']}"
+        if not split.get("sha256") and split.get("fingerprint"):
+            if (
+                fingerprint_files(folder, split["blocks"], manifest["block_length"])[0]
+                != split["fingerprint"]
+            ):
+                changed.append(f"split-{split['folder']}'s blocks")
+            continue
         for filename, digest in (split.get("sha256") or {}).items():
-            path = directory / f"split-{split['folder']}" / filename
-            if file_sha256(path) != digest:
+            if file_sha256(folder / filename) != digest:
                 changed.append(f"split-{split['folder']}/{filename}")
     return changed
 

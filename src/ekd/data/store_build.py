@@ -735,7 +735,9 @@ def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
     elif manifest.get("signature") != signature:
         problem = "was built for other data, tokenizer or packing settings"
     elif changed := changed_files(directory, manifest):
-        problem = f"has {', '.join(changed)} changed since it was built (its sha256)"
+        problem = (
+            f"has {', '.join(changed)} changed since it was built (the sha256 or fingerprint it recorded)"
+        )
     if problem is None:
         return manifest
     if not quiet:

@@ -164,5 +164,5 @@ def _model_type(directory: Path) -> str:
     """``model_type`` of the config.json in ``directory``, '?' when it cannot be read."""
     try:
         return str(json.loads((directory / "config.json").read_text()).get("model_type", "?"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: valid JSON, not an object
         return "?"

@@ -317,8 +317,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_text(Path(path), dumps(obj))
 
 
-def read_json(path: Path, fix: str = REBUILD) -> dict:
-    """``path``'s JSON.
+def read_json(path: Path, fix: str = REBUILD) -> Any:
+    """``path``'s JSON value (any JSON type: the caller checks its shape, :func:`_manifest_problem`).
 
     Args:
         fix: the way out named in the error (another command than ``ekd cache`` writes some caches).
@@ -588,9 +588,12 @@ def check_cache_kind(directory: Path, imported: bool, overwrite: bool) -> None:
     if overwrite or path is None:
         return
     try:
-        signature = read_json(path).get("signature") or {}
+        record = read_json(path)
     except CacheError:
         return  # the writer names what is wrong with it
+    signature = record.get("signature") if isinstance(record, dict) else None
+    if not isinstance(signature, dict):
+        return  # valid JSON of another shape: the writer names it too (try-out 159, F1's class)
     revision = str(signature.get("teacher_revision", ""))
     if is_imported(signature) == imported:
         return  # the same kind: the writer compares the fields
