@@ -107,8 +107,14 @@ def test_eval_sampling_takes_only_blocks_that_hold_a_target(word_tok, caplog) ->
     line = f"e: scoring 6 of its 32 blocks, spread evenly over the {len(held)} that hold a target ({empty} hold none;"
     assert any(m.startswith(line) for m in _messages(caplog)), caplog.text
     assert scored.fingerprint() == spread_blocks(pool, 6).fingerprint()  # deterministic
-    every = spread_blocks(pool, len(held) + 1)  # fewer blocks hold a target than the budget: all of them
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ekd"):
+        every = spread_blocks(
+            pool, len(held) + 1, "e"
+        )  # fewer blocks hold a target than the budget: all of them
     assert torch.equal(every.input_ids, pool.input_ids[held])
+    line = f"e: scoring {len(held)} of its 32 blocks, all {len(held)} that hold a target ({empty} hold none;"
+    assert any(m.startswith(line) for m in _messages(caplog)), caplog.text  # try-out 159, F4
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -948,8 +948,9 @@ LOST_PEER_LINE = (
 """What rank 0 prints instead of gloo's "Connection closed by peer" traceback; the continue hint follows."""
 
 SILENT_RANK0_LINE = (
-    "rank {rank} stopped: rank 0 ended without a word (killed: by the OOM killer, kill -9? torchrun's summary below "
-    "says how it ended)"
+    "rank {rank} stopped: rank 0 ended without a word (killed: by the OOM killer or kill -9 — exit code -9 in "
+    "torchrun's summary below —, or by a bus error, -7: a file it read through a memory map, a token store's or a "
+    "teacher cache's, cut short under it)"
 )
 """What the rank that speaks for a silent rank 0 prints (:func:`ekd.train.distributed.distributed`: rank 0 did not
 say within a few seconds that it was ending); rank 0's continue hint follows."""

@@ -81,8 +81,9 @@ def _how_chosen(chosen: int, held: int, empty: int) -> str:
         return "spread evenly ("
     if not held:
         return "spread evenly (none holds a target; "
-    among = f"over the {held} that hold a target" if chosen < held else "every one that holds a target"
-    return f"spread evenly {among} ({empty} hold none; "
+    if chosen >= held:  # try-out 159, F4: "spread evenly every one that holds a target"
+        return f"all {held} that hold a target ({empty} hold none; "
+    return f"spread evenly over the {held} that hold a target ({empty} hold none; "
 
 
 def _documents_in(pool: PackedBlocks, rows: torch.Tensor) -> int:
