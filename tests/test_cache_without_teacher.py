@@ -748,3 +748,22 @@ def test_ekd_eval_of_a_cache_run_refuses_a_teacher_that_is_not_the_caches(built,
     assert f"score the student alone: `ekd eval {run} eval.teacher=false`, which keeps the KL" in line, line
     assert (run / "eval.json").read_bytes() == before
     assert main(["-q", "eval", str(run), "eval.teacher=false"]) == 0
+
+
+def test_a_cache_run_evaluating_its_teacher_in_another_dtype_says_the_targets_are_the_caches(built, caplog):
+    """Try-out 158, F3: model.teacher_dtype=bfloat16 beside a cache a float32 teacher computed reached only the
+    teacher loaded at the end (its KL measured against a bfloat16 teacher), the targets staying the cache's, in
+    silence: said at the start; the cache's own dtype says nothing."""
+    import logging
+
+    said = "applies to the teacher loaded at the end to evaluate (its KL and agreement), not to the targets"
+    run = ["-q", "distill", built["cfg"], "teacher.source=cache", "train.max_steps=1", "run.name=dtype"]
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main([*run, "model.teacher_dtype=bfloat16"]) == 0
+    line = next(r.getMessage() for r in caplog.records if said in r.getMessage())
+    assert "computed by a float32 teacher in fp32 (its built_with); model.teacher_dtype=float32" in line, line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        assert main([*run, "model.teacher_dtype=float32", "--overwrite"]) == 0
+        assert main([*run, "model.teacher_dtype=bfloat16", "eval.teacher=false", "--overwrite"]) == 0
+    assert said not in caplog.text

@@ -817,6 +817,8 @@ def test_a_method_a_cache_cannot_serve_is_told_every_reason_at_once(method, name
         ("model.export_dtype=half", "did you mean 'float16'?"),
         ("train.precision=float32", "did you mean 'fp32'?"),
         ("train.precision=fp16", "(fp16 is not offered here: fp32, bf16 are)"),
+        ("model.export_dtype=float64", "(float64 is not offered here: float32, bfloat16, float16 are)"),
+        ("train.precision=double", "(double is not offered here: fp32, bf16 are)"),
     ],
 )
 def test_a_dtype_spelt_the_other_way_points_at_the_keys_spelling(override, hint):

@@ -59,7 +59,12 @@ class Number:
 # the spellings of a dtype, torch's names and the short ones (keys take one or the other): a hint, not a typo's
 DTYPE_SPELLINGS = {
     spelling: names
-    for names in (("float16", "fp16", "half"), ("bfloat16", "bf16"), ("float32", "fp32", "float"))
+    for names in (
+        ("float16", "fp16", "half"),
+        ("bfloat16", "bf16"),
+        ("float32", "fp32", "float"),
+        ("float64", "fp64", "double"),  # offered nowhere: said so (try-out 158, F5: 'float16' was suggested)
+    )
     for spelling in names
 }
 

@@ -52,6 +52,7 @@ from ekd.selection.global_batch import gather_rows
 from ekd.selection.policies import StepContext
 from ekd.signals import already_stopping, deferred_interrupts, interrupt_behind, raise_swallowed_interrupt
 from ekd.teacher.cache.manifest import cache_teacher
+from ekd.teacher.cache.source import evaluation_dtype_note
 from ekd.train.checkpoint import (
     CheckpointError,
     checkpoint_step,
@@ -480,6 +481,8 @@ def _train(
     if cfg.teacher.source == "cache" and teacher is not None:  # rank 0 records it; --resume refuses another
         pinned, size = cache_teacher(teacher.reader.signature), teacher.reader.bytes_per_token()
         run_on_main(ranks, lambda: start.check_cache_teacher(pinned, size), "check the cache's teacher")
+        if ranks.is_main and (note := evaluation_dtype_note(cfg, teacher.reader.signature, device)):
+            log.warning("%s", note)
     parts.attach_models(student, teacher_model, device)
     extra_modules = parts.checkpoint_modules()
     # DDP or FSDP2 under torchrun, None in one process; FSDP2 turns parameters into shards: before the optimizer

@@ -32,11 +32,13 @@ from ekd.losses.targets import SparseTarget
 from ekd.models.load import is_preset
 from ekd.teacher.cache.format import CacheError, CacheMismatch
 from ekd.teacher.cache.manifest import (
+    BUILT_WITH,
     CONTENT_REVISIONS,
     DATA_SETTINGS,
     TEACHER_FILES,
     cache_teacher_parts,
     compare_signatures,
+    computed_with,
     diff_summary,
     is_imported,
     make_signature,
@@ -303,6 +305,29 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
     return (
         f"{spec} now loads other weights than the cache was built from ({current[:30]}… against "
         f"{recorded[:30]}…{moved})"
+    )
+
+
+def evaluation_dtype_note(cfg: Config, signature: dict, device: torch.device) -> str:
+    """A warning where a run from a cache evaluates its teacher in another dtype than the cache's targets were
+    computed in (``built_with``): ``model.teacher_dtype`` reaches the teacher loaded at the end for KL and agreement,
+    not the targets the run trains from (try-out 158, F3: said nowhere, the KL measured against a bfloat16 teacher of
+    a run taught by a float32 one); "" otherwise (no teacher evaluated, the same dtype, a cache recording none).
+    ``device``: the run's, which resolves ``model.teacher_dtype=auto``."""
+    from ekd.models.load import dtype_name, resolve_dtype
+    from ekd.train.prepare import evaluates_teacher
+
+    built = signature.get(BUILT_WITH)
+    if not isinstance(built, dict) or not evaluates_teacher(cfg):
+        return ""
+    evaluated = dtype_name(resolve_dtype(cfg.model.teacher_dtype, device))
+    if built.get("teacher_dtype") in (None, evaluated):
+        return ""
+    return (
+        f"model.teacher_dtype={cfg.model.teacher_dtype} ({evaluated} here) applies to the teacher loaded at the end to "
+        f"evaluate (its KL and agreement), not to the targets this run trains from: the cache's were computed by "
+        f"{computed_with(built.get('teacher_dtype'), built.get('autocast'))} (its built_with); "
+        f"model.teacher_dtype={built.get('teacher_dtype')} evaluates against the teacher as the cache computed it"
     )
 
 
