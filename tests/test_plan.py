@@ -701,3 +701,15 @@ def test_the_plan_reads_the_revision_and_the_remote_code_setting_distill_reads(
     )
     cli(capsys, "plan", config, *own, "model.trust_remote_code=true")
     assert (remote / "RAN").exists()  # its configuration code read, as distill reads it
+
+
+def test_a_bf16_parameter_plan_says_it_is_a_what_if(tmp_path, capsys, monkeypatch):
+    """Try-out 158, F2: `--param-dtype bf16` said "fits: train.parallel=... (11.9 of 14.0 GiB)" as if ekd distill with
+    those keys would fit, while distill keeps fp32 master weights (16 GiB there)."""
+    monkeypatch.chdir(tmp_path)
+    config = config_file(Path("."), Path("corpus"), "p")
+    what_if = "--param-dtype bf16 is a what-if: ekd distill keeps fp32 master weights"
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--vocab-size", "1000", "--param-dtype", "bf16")
+    assert rc == 0 and what_if in out.splitlines()[-1], out
+    rc, out, _ = cli(capsys, "plan", config, "--gpus", "1", "--vocab-size", "1000")
+    assert rc == 0 and "what-if" not in out

@@ -638,6 +638,11 @@ def cmd_plan(args) -> int:
     text = plan_config(
         cfg, args.gpus, parse_bytes(args.gpu_memory), parallel, placement, args.vocab_size, args.param_dtype
     )
+    if args.param_dtype != "fp32":  # try-out 158, F2: a verdict naming keys as if `ekd distill` could run it
+        text += (
+            f"\n--param-dtype {args.param_dtype} is a what-if: ekd distill keeps fp32 master weights (and AdamW "
+            "moments), which this plan does not size; plan without --param-dtype for the run ekd distill makes"
+        )
     print(text)
     return 0
 
