@@ -184,3 +184,27 @@ def test_teacher_figures_stay_where_the_student_is_scored_alike_without_the_teac
         "eval": {**new["eval"], "kl": 0.41, "teacher": teacher}
     }  # scored with one: its own figures
     assert with_teacher_figures(with_teacher, old) == (with_teacher, [])
+
+
+def test_a_finite_kl_replaced_by_a_non_finite_teachers_is_said(tmp_path, caplog):
+    """Try-out 158, F4: `ekd eval RUN model.teacher_dtype=float16` (a teacher that overflows) replaced the run's finite
+    KL with null; the warning said only that the new figures were NaN."""
+    from ekd.train.evaluation import say_teacher_figures_nulled
+
+    old = {
+        "eval": {"loss": 2.0, "kl": 0.4},
+        "other": {"loss": 2.0, "kl": None},
+        "third": {"loss": 1.0, "kl": 0.1},
+    }
+    new = {
+        "eval": {"loss": 2.0, "kl": float("nan")},
+        "other": {"loss": 2.0, "kl": float("nan")},
+        "third": {"kl": 0.2},
+    }
+    with caplog.at_level(logging.WARNING, logger="ekd"):
+        say_teacher_figures_nulled(tmp_path / "eval.json", old, new)
+        say_teacher_figures_nulled(tmp_path / "eval.json", old, old)
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        len(said) == 1 and "the finite KL, agreement and entropy figures of eval measured before" in said[0]
+    ), said

@@ -786,6 +786,29 @@ def say_teacher_figures_dropped(path: Path, old: dict[str, Any], new: dict[str, 
         )
 
 
+def say_teacher_figures_nulled(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """One warning naming the sets whose finite KL a re-evaluation replaces with NaN (``null``): the teacher evaluated
+    now gave non-finite logits — a float16 teacher that overflows, say — where the one before did not (try-out 158,
+    F4: the run's finite figures were overwritten in silence, the warning said only that the new ones are NaN)."""
+
+    def finite_kl(entry: Any) -> bool:
+        return (
+            isinstance(entry, dict) and isinstance(kl := entry.get("kl"), (int, float)) and math.isfinite(kl)
+        )
+
+    def nan_kl(entry: Any) -> bool:
+        return isinstance(entry, dict) and "kl" in entry and not finite_kl(entry)
+
+    nulled = [n for n in new if nan_kl(new[n]) and finite_kl(old.get(n))]
+    if nulled:
+        log.warning(
+            "%s: the finite KL, agreement and entropy figures of %s measured before are replaced by null (the "
+            "teacher evaluated now gave non-finite logits); evaluating against the teacher as before scores them again",
+            path,
+            ", ".join(nulled),
+        )
+
+
 def check_saved_teacher(
     run_dir: Path, cfg: Config, overrides: list[str] | None = None, *, sets: bool = True
 ) -> None:
@@ -965,6 +988,7 @@ def write_eval_json(
                     ", ".join(kept_teacher),
                 )
             say_teacher_figures_dropped(path, old, written)
+            say_teacher_figures_nulled(path, old, written)
             # the start did not change: its figures, where this scores a set as they were (try-out 90, F3: after
             # one `ekd eval` scored otherwise, eval.json had lost them; the run's file still has them)
             start = student_init_entries(old) if student_init is None else student_init
