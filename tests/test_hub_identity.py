@@ -454,3 +454,30 @@ def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
     assert "the teacher is not evaluated" not in caplog.text
     teacher = json.loads((tmp_path / "runs" / "c" / "eval.json").read_text())["eval"]["teacher"]
     assert teacher["revision"] == B and teacher["weights"] == weights_fingerprint(str(tmp_path / "t1"))
+
+
+def test_a_hub_teacher_cached_only_at_its_pin_stands_for_a_caches_local_teacher(
+    hub, tmp_path, corpus, capsys
+):
+    """Review 161, R1: a cache built from a local copy (t1, the weights of B), trained from with the hub id pinned to
+    B where only that commit is cached (no refs/main: `hf download --revision B`), was refused as "not there"; it
+    was looked up at main."""
+    cache = tmp_path / "cache"
+    local = {"model.teacher": str(tmp_path / "t1"), "model.tokenizer": "teacher", "method.preset": "rskd"}
+    build = [*tiny_overrides(tmp_path, corpus, "b", **local), f"teacher.cache_dir={cache}"]
+    assert main(["cache", *build]) == 0
+    for ref in (hub / "models--org--teacher" / "refs").iterdir():
+        ref.unlink()
+    pinned = {
+        **local,
+        "model.teacher": "org/teacher",
+        "model.teacher_revision": B,
+        "model.tokenizer": "teacher",
+    }
+    run = [
+        *tiny_overrides(tmp_path, corpus, "r", **pinned),
+        f"teacher.cache_dir={cache}",
+        "teacher.source=cache",
+    ]
+    capsys.readouterr()
+    assert main(["distill", *run, "train.max_steps=1"]) == 0, capsys.readouterr().err

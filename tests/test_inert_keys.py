@@ -634,13 +634,18 @@ def test_run_keys_the_run_reads_pass():
     assert inert("method=ce", "model.revision=main") == ["model.revision"]
     assert inert("model.revision=main", "model.tokenizer=org/tok") == []
     # model.teacher_revision: the teacher's alone, read of a hub teacher (try-out 152, F4)
-    assert inert("model.teacher_revision=v1") == ["model.teacher_revision"]  # a preset teacher
+    # a preset teacher loaded: its figures record it (review 161, R2)
+    assert inert("model.teacher_revision=v1") == []
+    assert inert("model.teacher_revision=v1", "method=ce", "eval.teacher=false") == ["model.teacher_revision"]
     assert inert("model.teacher_revision=v1", "model.teacher=org/t") == []
     assert (
         inert("model.teacher_revision=v1", "model.teacher=org/t", "method=ce") == []
     )  # evaluated, tokenizer
     alone = ("method=ce", "eval.teacher=false", "model.tokenizer=student", "model.student=org/s")
     assert inert("model.teacher_revision=v1", "model.teacher=org/t", *alone) == ["model.teacher_revision"]
+    # the tokenizer named by the teacher's hub id is read at the teacher's revision (review 161, R8)
+    by_id = ("method=ce", "eval.teacher=false", "model.tokenizer=org/t", "model.student=org/s")
+    assert inert("model.teacher_revision=v1", "model.teacher=org/t", *by_id) == []
     # the teacher pinned apart: model.revision reads a hub student or tokenizer only
     pinned = ("model.teacher=org/t", "model.teacher_revision=v1", "model.revision=v2")
     assert inert(*pinned) == ["model.revision"]

@@ -513,15 +513,16 @@ RUN_READ_WHEN: dict[str, ReadWhen] = {
     # the teacher's revision is recorded with its figures (eval.json, ekd compare) even for a preset or a directory
     "model.revision": ReadWhen(
         lambda c: (
-            _names_hub_id(c, teacher=not c.model.teacher_revision)
+            _names_hub_id(c, include_teacher=not c.model.teacher_revision)
             or (_loads_teacher(c) and not c.model.teacher_revision)
         ),
         "when a model or the tokenizer is a hub id, or the run loads a teacher model (its figures record it); "
         "model.teacher_revision, where set, is the teacher's",
     ),
     "model.teacher_revision": ReadWhen(
-        lambda c: _reads_hub_teacher(c),
-        "when model.teacher is a hub id whose files the run reads (its weights, config or tokenizer)",
+        lambda c: _loads_teacher(c) or _reads_hub_teacher(c),
+        "when the run loads a teacher model (its figures record it), or model.teacher is a hub id whose files it "
+        "reads (a cache's check of its teacher, its tokenizer)",
     ),
     "model.teacher_dtype": ReadWhen(
         lambda c: _loads_teacher(c),
@@ -545,25 +546,25 @@ def _tokenizer_source(cfg: Any) -> str:
     return tokenizer_source(cfg)
 
 
-def _names_hub_id(cfg: Any, teacher: bool = True) -> bool:
-    """Whether the student, the teacher (unless ``teacher`` is False) or the tokenizer is named by a hub id
+def _names_hub_id(cfg: Any, include_teacher: bool = True) -> bool:
+    """Whether the student, the teacher (with ``include_teacher``) or the tokenizer is named by a hub id
     (:func:`ekd.models.load.is_hub_id`)."""
     from ekd.models.load import is_hub_id
 
     m = cfg.model
     tokenizer = _tokenizer_source(cfg)
     own = [] if tokenizer in ("teacher", "student", "train_bpe") else [tokenizer]
-    specs = [m.student, *([m.teacher] if teacher else []), *own]
+    specs = [m.student, *([m.teacher] if include_teacher else []), *own]
     return any(is_hub_id(s) for s in specs)
 
 
 def _reads_hub_teacher(cfg: Any) -> bool:
-    """Whether ``model.teacher`` is a hub id whose files the run reads: its weights (:func:`_loads_teacher`), a
-    cache's check of its teacher, or its tokenizer."""
+    """Whether ``model.teacher`` is a hub id whose files the run reads: a cache's check of its teacher, or its
+    tokenizer (``model.tokenizer`` naming the teacher, by role or by its id)."""
     from ekd.models.load import is_hub_id
-    from ekd.train.prepare import teacher_needed
+    from ekd.train.prepare import teacher_needed, tokenizer_role
 
-    uses = _loads_teacher(cfg) or teacher_needed(cfg) or _tokenizer_source(cfg) == "teacher"
+    uses = teacher_needed(cfg) or tokenizer_role(cfg, _tokenizer_source(cfg)) == "teacher"
     return is_hub_id(cfg.model.teacher) and uses
 
 

@@ -176,6 +176,11 @@ class ModelConfig:
         """The revision the teacher is read at: ``teacher_revision``, else ``revision``."""
         return self.teacher_revision or self.revision
 
+    def revision_of(self, role: str) -> str:
+        """The revision ``role``'s hub files are read at: :attr:`teacher_hub_revision` for 'teacher', ``revision``
+        for the student or a tokenizer of its own."""
+        return self.teacher_hub_revision if role == "teacher" else self.revision
+
     @property
     def teacher_revision_key(self) -> str:
         """The key that sets :attr:`teacher_hub_revision`, for messages."""

@@ -544,7 +544,7 @@ def check_cache_run(cfg: Config) -> None:
 
         check_cache_temperature(cfg.method, cfg.train.max_steps)
         found = check_cache_dir(cfg.teacher.cache_dir)
-        absent_teacher(cfg.model.teacher, found, cfg.teacher.cache_dir)
+        absent_teacher(cfg.model.teacher, found, cfg.teacher.cache_dir, cfg.model.teacher_hub_revision)
         check_cache_settings(cfg, found)
         teacher_config_source(cfg)
     check_evaluation_teacher(cfg)
@@ -578,6 +578,15 @@ def check_evaluation_teacher(cfg: Config) -> None:
         ) from None
 
 
+def tokenizer_role(cfg: Config, spec: str) -> str:
+    """Whose files ``model.tokenizer`` (``spec``, as :func:`tokenizer_source` resolves it) reads: 'teacher' for
+    ``teacher`` or the teacher's directory or hub id however spelled (read at the teacher's revision), 'student',
+    else 'tokenizer' (a tokenizer of its own, read at ``model.revision``)."""
+    if spec in ("teacher", "student"):
+        return spec
+    return "teacher" if names_teacher(cfg, spec) else "tokenizer"
+
+
 def names_teacher(cfg: Config, spec: str) -> bool:
     """Whether ``spec`` (``model.tokenizer``) names ``model.teacher``'s directory, however spelled (relative,
     absolute, a trailing '/'), whether or not it exists here."""
@@ -608,7 +617,7 @@ def _load_role(
     common = dict(
         vocab_size=data.vocab_size,
         eos_token_id=data.eos_id,
-        revision=cfg.model.teacher_hub_revision if role == "teacher" else cfg.model.revision,
+        revision=cfg.model.revision_of(role),
         trust_remote_code=cfg.model.trust_remote_code,
         dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,

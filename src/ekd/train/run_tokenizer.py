@@ -27,7 +27,7 @@ from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 from ekd.data.tokenizer import tokenizer_hash
 from ekd.errors import EkdError, ModelError
 from ekd.models.load import load_or_refuse, load_tokenizer
-from ekd.train.prepare import tokenizer_source
+from ekd.train.prepare import tokenizer_role, tokenizer_source
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _named_tokenizer(run_dir: Path) -> PreTrainedTokenizerBase | None:
             "student": cfg.model.student,
             "train_bpe": str(run_dir / "tokenizer"),
         }.get(spec, spec)
-        revision = cfg.model.teacher_hub_revision if spec == "teacher" else cfg.model.revision
+        revision = cfg.model.revision_of(tokenizer_role(cfg, spec))
         return load_tokenizer(source, revision, cfg.model.trust_remote_code)
     except EkdError:
         return None

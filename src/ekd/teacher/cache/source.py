@@ -140,19 +140,20 @@ OTHER_BLOCKS = "(other blocks: another block length)"
 """The data fingerprint :func:`check_cache_settings` expects where the block length differs (the data unread)."""
 
 
-def absent_teacher(spec: str, found: dict, cache_dir: str) -> bool:
+def absent_teacher(spec: str, found: dict, cache_dir: str, revision: str = "") -> bool:
     """Whether ``model.teacher`` (``spec``) is a local directory that is not on this machine, and so stands for
     the teacher of the cache at ``cache_dir`` (signature ``found``) — which it must name: its recorded path
     however spelled, or the config's relative spelling of it (:func:`_names_cached_teacher`). One rule for the
     check at a run's start (``ekd distill``, ``ekd plan``: :func:`ekd.train.prepare.check_cache_run`) and the
-    signature's (:func:`training_signature`).
+    signature's (:func:`training_signature`). ``revision``: the teacher's (``model.teacher_revision``, else
+    ``model.revision``), at which a hub id is looked up in the hub cache.
 
     Raises:
         CacheError: an absent path that is not the cache's teacher (try-out 65, F1: any missing path was taken,
             the content-pinning hash copied from the cache making it "the same weights").
     """
     cached_id = str(found.get("teacher_id", ""))
-    if not _absent_path(spec, cached_id):
+    if not _absent_path(spec, cached_id, revision):
         return False
     if not _names_cached_teacher(spec, cached_id):
         raise CacheError(
@@ -182,7 +183,7 @@ def training_signature(cfg: Config, data, found: dict) -> dict:
     revision = str(found.get("teacher_revision", ""))
     cached_id = str(found.get("teacher_id", ""))
     spec = cfg.model.teacher
-    if absent_teacher(spec, found, cfg.teacher.cache_dir):
+    if absent_teacher(spec, found, cfg.teacher.cache_dir, cfg.model.teacher_hub_revision):
         # not on this machine (a cache copied without its teacher; try-out 64, F13): the ids decide, and the
         # weights' hash is the cache's
         expected["teacher_id"] = cached_id
@@ -371,12 +372,13 @@ def _unreadable_weights(spec: str) -> str:
     return ""
 
 
-def _absent_path(spec: str, cached_id: str) -> bool:
+def _absent_path(spec: str, cached_id: str, revision: str = "") -> bool:
     """Whether ``model.teacher`` names a local directory that is not on this machine: a path (or, beside a cache
-    whose teacher was a local directory, a relative name) that does not exist."""
+    whose teacher was a local directory, a relative name) that does not exist — not a hub id cached here at
+    ``revision``."""
     if is_preset(spec) or not spec.strip() or Path(spec).expanduser().exists():
         return False
-    if not spec.startswith((".", "/", "~")) and model_directory(spec) is not None:
+    if not spec.startswith((".", "/", "~")) and model_directory(spec, revision) is not None:
         return False  # a hub id cached here (try-out 154, N8: said to be "not there")
     return spec.startswith((".", "/", "~")) or cached_id.startswith("/")
 
