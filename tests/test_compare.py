@@ -2336,3 +2336,20 @@ def test_a_figure_one_replica_alone_measured_is_shown_in_the_note(tmp_path, caps
     assert f"measured by one run alone, not compared: eval/kl 0.018 ({replica})" in md, md
     (rec,) = json.loads((out / "compare.json").read_text())["replicas"]
     assert {"key": "eval/kl", "run": str(replica), "value": 0.018} in rec["measured_alone"]
+
+
+def test_a_teachers_pin_moved_to_its_own_key_is_the_same_config(tmp_path):
+    """Review 161, R3: seeds pinning a hub teacher by model.revision=v1 and by model.teacher_revision=v1 read it at
+    one revision: one group, not `kd#2` "differing in model.revision"; another teacher revision is another config,
+    and with a hub student model.revision is the student's."""
+    from ekd.eval.compare import group_runs, read_run
+
+    teacher = {"teacher": "org/t", "student": "preset:llama-micro"}
+    pins = [{"revision": "v1"}, {"revision": "", "teacher_revision": "v1"}, {"teacher_revision": "v2"}]
+    dirs = [_fake_run(tmp_path, f"kd{i}", "kd", i, 10.0 + i, 0.5) for i in range(len(pins))]
+    for d, pin in zip(dirs, pins):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {**teacher, **pin}}))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [len(g.runs) for g in groups] == [2, 1], [g.note for g in groups]
+    assert "teacher_revision='v2' (vs 'v1')" in groups[1].note, groups[1].note

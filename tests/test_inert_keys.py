@@ -729,6 +729,33 @@ def test_a_resume_that_changes_a_key_neither_run_reads_goes_on(tmp_path, capsys,
         *cli(capsys, "distill", config, "--resume", "train.max_steps=3", "model.revision=v2")[::2]
     )
     assert "the config differs from the saved run in " in line and "model.revision" in line, line
+    # review 161, R3: the teacher's pin moved to model.teacher_revision is the same revision, not another run
+    assert cli(capsys, "distill", config, "run.name=pins", "model.revision=v1")[0] == 0
+    moved = ("run.name=pins", "--resume", "train.max_steps=2", "model.revision=", "model.teacher_revision=v1")
+    code, _, err = cli(capsys, "distill", config, *moved)
+    assert code == 0, err
+    line = one_error_line(
+        *cli(capsys, "distill", config, *moved[:2], "train.max_steps=3", "model.teacher_revision=v2")[::2]
+    )
+    assert "model.teacher_revision" in line, line
+
+
+def test_the_pins_are_compared_as_read_not_as_spelled():
+    """Review 161, R3: `model.revision=v1` and `model.teacher_revision=v1` read a hub teacher at one revision; the
+    student's revision counts where it reaches a hub id beside the teacher."""
+    from ekd.config.inert import same_pins
+
+    hub_teacher = {"teacher": "org/t", "student": "preset:llama-micro", "tokenizer": "teacher"}
+    assert same_pins(
+        {**hub_teacher, "revision": "v1"}, {**hub_teacher, "revision": "", "teacher_revision": "v1"}
+    )
+    assert not same_pins({**hub_teacher, "revision": "v1"}, {**hub_teacher, "teacher_revision": "v2"})
+    hub_student = {**hub_teacher, "student": "org/s"}
+    assert not same_pins({**hub_student, "revision": "v1"}, {**hub_student, "teacher_revision": "v1"})
+    assert same_pins(
+        {**hub_student, "revision": "s1", "teacher_revision": "v1"},
+        {**hub_student, "revision": "s1", "teacher_revision": "v1"},
+    )
 
 
 def test_a_run_read_through_a_token_store_is_the_run_read_in_memory(tmp_path, capsys, monkeypatch):

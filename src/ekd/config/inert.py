@@ -12,7 +12,7 @@ registered policy and temperature reads as it is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -677,3 +677,28 @@ def unread_cache_keys(teacher_cfg: Any) -> str:
         f"{', '.join(named)} {'configures' if len(named) == 1 else 'configure'} a teacher cache (ekd cache, "
         f"teacher.source=cache); this run's teacher.source={t.source} reads none of them{way}"
     )
+
+
+def same_pins(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two configs' ``model`` sections read their hub models at the same revisions, however the pins are
+    spelled: the teacher's (``teacher_revision``, else ``revision``) and, where ``revision`` reaches a hub id beside
+    the teacher (a hub student, a tokenizer of its own), ``revision`` (review 161, R3: moving a teacher's pin from
+    ``model.revision`` to ``model.teacher_revision`` was another run for ``--resume`` and ``ekd compare``)."""
+
+    def teacher(m: Mapping[str, Any]) -> str:
+        return str(m.get("teacher_revision") or m.get("revision") or "")
+
+    if teacher(a) != teacher(b):
+        return False
+    beside = revision_reads_beside_teacher(a) or revision_reads_beside_teacher(b)
+    return not beside or str(a.get("revision") or "") == str(b.get("revision") or "")
+
+
+def revision_reads_beside_teacher(model: Mapping[str, Any]) -> bool:
+    """Whether ``model.revision`` reaches a hub id other than the teacher in a ``model`` section: a hub student, or
+    a tokenizer of its own named by a hub id."""
+    from ekd.models.load import is_hub_id
+
+    student, teacher, tokenizer = (str(model.get(k) or "") for k in ("student", "teacher", "tokenizer"))
+    own = tokenizer not in ("", "teacher", "student", "train_bpe") and tokenizer != teacher
+    return is_hub_id(student) or (own and is_hub_id(tokenizer))

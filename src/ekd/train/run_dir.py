@@ -56,6 +56,7 @@ from typing import TypeVar
 import yaml
 
 from ekd.config import READ_ONLY_DATA_KEYS, Config, flat_config, is_reporting_key, with_todays_defaults
+from ekd.config.inert import same_pins
 from ekd.config.paths import gone_paths, resolve_saved, same_location
 from ekd.errors import EkdError, RunDirError
 from ekd.io import atomic_write_text, dangling_link, make_dirs, writing
@@ -778,6 +779,11 @@ class RunStart:
             else _one_teacher_dtype(saved or {}, self.cfg)
         ):
             diffs.remove("model.teacher_dtype")  # likewise: 'auto' loads a float32 teacher on CPU
+        pins = ("model.revision", "model.teacher_revision")
+        if set(pins) & set(diffs) and same_pins(
+            (saved or {}).get("model") or {}, self.cfg.to_dict()["model"]
+        ):
+            diffs = [k for k in diffs if k not in pins]  # the same revisions, the pins spelled otherwise
         blocking = [k for k in diffs if not resumable(k)]
         # try-out 112, F1: a key neither config reads was warned of as without effect, then refused as a change
         unread_diffs = sorted(_unread_by_both(saved, self.cfg) & set(diffs))

@@ -215,6 +215,8 @@ class RunRecord:
         cfg.setdefault("train", {})[GLOBAL_BATCH_KEY] = self.global_micro_batch or micro
         if "data" in cfg:
             cfg["data"] = self._source_as_content(cfg["data"])
+        if {"revision", "teacher_revision"} & set(cfg.get("model", {})):
+            cfg["model"] = {**cfg["model"], **self._pins()}
         if self.teacher_by_content and self.teacher_weights and "teacher" in cfg.get("model", {}):
             # a copy elsewhere is the same teacher, one retrained in place another (try-out 43: the seeds of one
             # method taught by two teachers were averaged in one row)
@@ -424,6 +426,22 @@ class RunRecord:
         way.pop("tasks_dir" if name in self.sets_by_content else TASKS_DIR_HASH, None)
         way.setdefault(PRECISION, self.precision_fill.get(name))
         return way
+
+    def _pins(self) -> dict[str, str]:
+        """The revisions the run read its hub models at, as :func:`~ekd.config.inert.same_pins` compares them:
+        ``teacher_revision`` the teacher's (none where its weights identify it), ``revision`` only where it reaches
+        a hub id beside the teacher — not as the keys were spelled (review 161, R3)."""
+        from ekd.config.inert import revision_reads_beside_teacher
+
+        model = self.config.get("model") or {}
+        by_weights = self.teacher_by_content and self.teacher_weights
+        pins = {
+            "teacher_revision": ""
+            if by_weights
+            else str(model.get("teacher_revision") or model.get("revision") or "")
+        }
+        pins["revision"] = str(model.get("revision") or "") if revision_reads_beside_teacher(model) else ""
+        return pins
 
     def teacher(self, column: str | None = None) -> TeacherKey:
         """The teacher the run's figures in ``column`` (a set's KL and agreement, its teacher row) are measured
