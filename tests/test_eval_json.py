@@ -191,15 +191,21 @@ def test_a_finite_kl_replaced_by_a_non_finite_teachers_is_said(tmp_path, caplog)
     KL with null; the warning said only that the new figures were NaN."""
     from ekd.train.evaluation import say_teacher_figures_nulled
 
+    teacher = {"model": "/t", "dtype": "float32"}
     old = {
-        "eval": {"loss": 2.0, "kl": 0.4},
+        "eval": {"loss": 2.0, "kl": 0.4, "teacher": teacher},
         "other": {"loss": 2.0, "kl": None},
         "third": {"loss": 1.0, "kl": 0.1},
+        "fourth": {"loss": 1.0, "kl": 0.1},
     }
     new = {
         "eval": {"loss": 2.0, "kl": float("nan")},
         "other": {"loss": 2.0, "kl": float("nan")},
         "third": {"kl": 0.2},
+        "fourth": {
+            "loss": float("nan"),
+            "kl": float("nan"),
+        },  # the student's own figures NaN: not the teacher's
     }
     with caplog.at_level(logging.WARNING, logger="ekd"):
         say_teacher_figures_nulled(tmp_path / "eval.json", old, new)
@@ -208,3 +214,4 @@ def test_a_finite_kl_replaced_by_a_non_finite_teachers_is_said(tmp_path, caplog)
     assert (
         len(said) == 1 and "the finite KL, agreement and entropy figures of eval measured before" in said[0]
     ), said
+    assert said[0].endswith("model.teacher_dtype=float32 scores them again"), said

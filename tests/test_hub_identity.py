@@ -321,7 +321,7 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert main(["cache", *base, *cache]) == 0
-    assert "pins its teacher by the branch name v1" in caplog.text
+    assert "pins its teacher by the branch name model.revision=v1" in caplog.text
 
 
 def test_a_cache_of_a_local_teacher_trains_and_evaluates_with_the_same_weights_as_a_hub_id(
@@ -436,6 +436,10 @@ def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
     assert "model.teacher_revision=COMMIT" in err[0], err
+    # review 161, R4: model.revision reaches nothing ekd eval reads here: refused, not ignored
+    assert main(["eval", str(run), f"model.revision={A}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pinned by model.teacher_revision={B}" in err[0], err
     assert main(["eval", str(run)]) == 0
     # a cache of the teacher pins B; a run from it with the teacher at A trains from B's targets, not evaluated
     # against A
@@ -481,3 +485,24 @@ def test_a_hub_teacher_cached_only_at_its_pin_stands_for_a_caches_local_teacher(
     ]
     capsys.readouterr()
     assert main(["distill", *run, "train.max_steps=1"]) == 0, capsys.readouterr().err
+
+
+def test_ekd_plan_reads_each_hub_model_at_its_own_pin(hub, tmp_path, corpus, capsys):
+    """Review 161, R10: `ekd plan` read the teacher at model.revision (the student's commit, not in the teacher's
+    repository): planned at model.teacher_revision it fits; the teacher at the student's commit is named missing."""
+    C = "c" * 40
+    put_in_hub_cache(hub, "org/student", tmp_path / "s", C, refs=())
+    pins = {
+        "model.teacher": "org/teacher",
+        "model.teacher_revision": B,
+        "model.student": "org/student",
+        "model.revision": C,
+        "model.tokenizer": "teacher",
+    }
+    plan = ["plan", *tiny_overrides(tmp_path, corpus, "p", **pins), "--gpus", "1", "--gpu-memory", "80GiB"]
+    capsys.readouterr()
+    assert main(plan) == 0, capsys.readouterr().err
+    assert "fits: " in capsys.readouterr().out
+    assert main([*plan, "model.teacher_revision="]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "org/teacher" in err[0] and C in err[0], err

@@ -588,6 +588,9 @@ def test_max_tokens_stops_reading(
         "not-an-object",
         "signature-text",
         "split-text",
+        "tail-text",
+        "targets-text",
+        "trained-text",
         "legacy-overwrite",
     ],
 )
@@ -614,6 +617,12 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
             manifest["signature"] = "x"
         elif damage == "split-text":
             manifest["splits"][0] = "x"
+        elif damage == "tail-text":  # review 161, R5: figures a reuse reads, past the first check
+            manifest["splits"][0]["tail"] = "x"
+        elif damage == "targets-text":
+            manifest["splits"][0]["num_targets"] = "x"
+        elif damage == "trained-text":
+            manifest["splits"][0]["trained_documents"] = [1, 2, 3]
         else:  # F3: a store of an ekd that recorded no sha256, its tokens rewritten: its fingerprint tells
             for split in manifest["splits"]:
                 del split["sha256"]

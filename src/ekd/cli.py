@@ -638,7 +638,7 @@ def cmd_plan(args) -> int:
     text = plan_config(
         cfg, args.gpus, parse_bytes(args.gpu_memory), parallel, placement, args.vocab_size, args.param_dtype
     )
-    if args.param_dtype != "fp32":  # try-out 158, F2: a verdict naming keys as if `ekd distill` could run it
+    if args.param_dtype != "fp32":  # the verdict's keys are not a run ekd distill makes
         text += (
             f"\n--param-dtype {args.param_dtype} is a what-if: ekd distill keeps fp32 master weights (and AdamW "
             "moments), which this plan does not size; plan without --param-dtype for the run ekd distill makes"
@@ -953,9 +953,8 @@ LOST_PEER_LINE = (
 """What rank 0 prints instead of gloo's "Connection closed by peer" traceback; the continue hint follows."""
 
 SILENT_RANK0_LINE = (
-    "rank {rank} stopped: rank 0 ended without a word (killed: by the OOM killer or kill -9 — exit code -9 in "
-    "torchrun's summary below —, or by a bus error, -7: a file it read through a memory map, a token store's or a "
-    "teacher cache's, cut short under it)"
+    "rank {rank} stopped: rank 0 ended without a word (killed: exit code -9 in torchrun's summary below is the OOM "
+    "killer or kill -9; -7 is a bus error, a memory-mapped token store or teacher cache file cut short under it)"
 )
 """What the rank that speaks for a silent rank 0 prints (:func:`ekd.train.distributed.distributed`: rank 0 did not
 say within a few seconds that it was ending); rank 0's continue hint follows."""

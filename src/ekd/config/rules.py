@@ -63,7 +63,7 @@ DTYPE_SPELLINGS = {
         ("float16", "fp16", "half"),
         ("bfloat16", "bf16"),
         ("float32", "fp32", "float"),
-        ("float64", "fp64", "double"),  # offered nowhere: said so (try-out 158, F5: 'float16' was suggested)
+        ("float64", "fp64", "double"),  # offered by no key: said so, never a 16-bit "did you mean"
     )
     for spelling in names
 }

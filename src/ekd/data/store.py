@@ -158,7 +158,7 @@ class SplitFiles:
 
 def read_manifest(directory: Path) -> dict | None:
     """The manifest of a complete store, or None when it is missing, unreadable, not of the shape a build writes
-    (:func:`_well_formed`: valid JSON of another shape was a traceback, try-out 159 F1) or its files are short."""
+    (:func:`_well_formed`) or its files are short."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         if not _well_formed(manifest):
@@ -201,22 +201,41 @@ def _well_formed(manifest: Any) -> bool:
         return False
     if not (isinstance(splits, list) and splits and all(isinstance(s, dict) for s in splits)):
         return False
+
+    def counts(x: Any, keys: tuple[str, ...]) -> bool:
+        return isinstance(x, dict) and all(count(x.get(k)) for k in keys)
+
+    # figures a reuse reads, recorded since some version: absent, or of their shape
+    optional = ("num_targets", "packed_documents", "packed_tokens")
     return all(
         isinstance(s.get("name"), str)
         and isinstance(s.get("folder"), (int, str))
         and all(count(s.get(k)) for k in ("blocks", "tokens", "documents"))
+        and all(k not in s or count(s[k]) for k in optional)
+        and ("packed_documents" not in s or "packed_tokens" in s and "num_targets" in s)
+        and ("tail" not in s or counts(s["tail"], ("tokens", "targets")))
+        and ("trained_documents" not in s or _pair_of_counts(s["trained_documents"]))
         and (s.get("sha256") is None or texts(s["sha256"]))
         and (s.get("fingerprint") is None or isinstance(s["fingerprint"], str))
         for s in splits
     )
 
 
+def _pair_of_counts(x: Any) -> bool:
+    """A list of two whole numbers ≥ 0 (a split's ``trained_documents``: trained, of documents)."""
+    return (
+        isinstance(x, list)
+        and len(x) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in x)
+    )
+
+
 def changed_files(directory: Path, manifest: dict) -> list[str]:
-    """The store files (``split-<folder>/<file>``) whose sha256 is not the one the build recorded: a file
-    overwritten in place, at its size, since. One read of every file (a 100M-token store: ~0.6 GB). A store of an
-    ekd that recorded no sha256 is checked by the blocks' fingerprint its build recorded (:func:`fingerprint_files`,
-    one read too: try-out 159 F3 — its rewritten tokens were trained on and its old fingerprint recorded as the
-    run's data), its split named; one that recorded neither is trusted as before."""
+    """What changed in a store since its build: the files (``split-<folder>/<file>``) whose sha256 is not the one
+    the build recorded — a file overwritten in place, at its size —, one read of every file (a 100M-token store:
+    ~0.6 GB). A split of an ekd that recorded no sha256 is checked by the fingerprint of its blocks' tokens, targets
+    and document starts (:func:`fingerprint_files`, the run's data fingerprint; ~3× the sha256's time), named
+    ``split-<folder>'s blocks``; one that recorded neither is trusted."""
     from ekd.io import file_sha256
 
     changed = []

@@ -285,6 +285,17 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     teacher = str(given.get("model.teacher", flat.get("model.teacher", "")))
     from ekd.models.load import is_hub_id, is_preset
 
+    pinned_apart = given.get("model.teacher_revision", flat.get("model.teacher_revision"))
+    revision_given = "model.revision" in given and str(given["model.revision"]) != str(
+        flat.get("model.revision", "")
+    )
+    if revision_given and pinned_apart:  # the export is the run's: model.revision would reach nothing
+        raise ConfigError(
+            f"ekd eval {run_dir}: model.revision is not read: it scores the run's exported student, and its "
+            f"teacher is pinned by model.teacher_revision={pinned_apart}; set model.teacher_revision to read the "
+            "teacher at another revision",
+            keys=("model.revision",),
+        )
     for key in ("model.revision", "model.teacher_revision"):
         if key in given and str(given[key]) != str(flat.get(key, "")) and not is_hub_id(teacher):  # t117, F2
             raise ConfigError(
@@ -791,21 +802,29 @@ def say_teacher_figures_nulled(path: Path, old: dict[str, Any], new: dict[str, A
     now gave non-finite logits — a float16 teacher that overflows, say — where the one before did not (try-out 158,
     F4: the run's finite figures were overwritten in silence, the warning said only that the new ones are NaN)."""
 
+    from ekd.eval.eval_json import TEACHER_KEY
+
     def finite_kl(entry: Any) -> bool:
         return (
             isinstance(entry, dict) and isinstance(kl := entry.get("kl"), (int, float)) and math.isfinite(kl)
         )
 
-    def nan_kl(entry: Any) -> bool:
-        return isinstance(entry, dict) and "kl" in entry and not finite_kl(entry)
+    def teachers_nan(entry: Any) -> bool:  # the student's own loss finite: the teacher's doing
+        loss = entry.get("loss") if isinstance(entry, dict) else None
+        finite_loss = isinstance(loss, (int, float)) and math.isfinite(loss)
+        return finite_loss and "kl" in entry and not finite_kl(entry)
 
-    nulled = [n for n in new if nan_kl(new[n]) and finite_kl(old.get(n))]
+    nulled = [n for n in new if teachers_nan(new[n]) and finite_kl(old.get(n))]
     if nulled:
+        before = old[nulled[0]].get(TEACHER_KEY)
+        dtype = before.get("dtype") if isinstance(before, dict) else None
+        again = f"model.teacher_dtype={dtype}" if dtype else "the teacher's dtype as before"
         log.warning(
             "%s: the finite KL, agreement and entropy figures of %s measured before are replaced by null (the "
-            "teacher evaluated now gave non-finite logits); evaluating against the teacher as before scores them again",
+            "teacher evaluated now gave non-finite logits); %s scores them again",
             path,
             ", ".join(nulled),
+            again,
         )
 
 

@@ -454,11 +454,11 @@ class RunRecord:
             dtype = ran_in(recorded.get("dtype") or "", self.recorded_precision(set_of(name)))
             return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), dtype)
         model = self.config.get("model") or {}
-        named = [model.get(k) or "" for k in TEACHER_KEYS]
-        named[1] = (
-            model.get("teacher_revision") or named[1]
-        )  # the teacher pinned apart (model.teacher_revision)
-        return TeacherKey(json.dumps(named[:-1], default=str), None, named[-1])
+        revision = (
+            model.get("teacher_revision") or model.get("revision") or ""
+        )  # the teacher's, however pinned
+        named = [model.get("teacher") or "", revision]
+        return TeacherKey(json.dumps(named, default=str), None, model.get("teacher_dtype") or "")
 
 
 @dataclass(frozen=True)
@@ -485,12 +485,8 @@ _DEFAULTS = Config().to_dict()
 """Every key's default, as a saved config.yaml writes it (what :meth:`RunRecord.trained_config` counts an unread
 key at)."""
 
-TEACHER_KEYS = ("teacher", "revision", "teacher_dtype")
-TEACHER_MODEL_KEYS = (
-    "teacher",
-    "teacher_revision",
-    "teacher_dtype",
-)  # model.* keys that choose the teacher alone
+# model.* keys that choose the teacher alone
+TEACHER_MODEL_KEYS = ("teacher", "teacher_revision", "teacher_dtype")
 
 
 def _text_set(name: str) -> bool:

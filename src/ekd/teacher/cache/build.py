@@ -229,10 +229,11 @@ def _gather(value, ranks: Ranks) -> list:
     return everyone
 
 
-def _branch_pinned_by_name(directory: Path, revision: str) -> str:
-    """``revision`` where the cache in ``directory`` pins its teacher by that branch's name, as ekd did before it
-    pinned the commit a branch resolves to: a rerun (a resume) of that cache goes on with it, said in a warning —
-    whether the branch moved since cannot be told; "" otherwise (no such cache, another pin, a commit given)."""
+def _branch_pinned_by_name(directory: Path, revision: str, key: str = "model.revision") -> str:
+    """``revision`` (set by ``key``) where the cache in ``directory`` pins its teacher by that branch's name, as ekd
+    did before it pinned the commit a branch resolves to: a rerun (a resume) of that cache goes on with it, said in a
+    warning — whether the branch moved since cannot be told; "" otherwise (no such cache, another pin, a commit
+    given)."""
     from ekd.teacher.cache.signature import is_commit
 
     if not revision or is_commit(revision):
@@ -244,10 +245,11 @@ def _branch_pinned_by_name(directory: Path, revision: str) -> str:
     if found.get("teacher_revision") != revision:
         return ""
     log.warning(
-        "the cache at %s pins its teacher by the branch name %s (an older ekd's record): whether the "
+        "the cache at %s pins its teacher by the branch name %s=%s (an older ekd's record): whether the "
         "branch moved since it was built cannot be told; `ekd cache CONFIG --overwrite` rebuilds it pinned to the "
         "commit the branch resolves to",
         directory,
+        key,
         revision,
     )
     return revision
@@ -467,9 +469,8 @@ def run_build(
             return _prepare_data(cfg, directory, retrain=overwrite)
 
         data = run_on_main(ranks, prepare, "prepare the data")  # tokenized and packed once
-        fetch_models_once(
-            [(cfg.model.teacher, cfg.model.teacher_hub_revision)], ranks
-        )  # one download per node
+        # one download per node
+        fetch_models_once([(cfg.model.teacher, cfg.model.teacher_hub_revision)], ranks)
         # every rank reads it
         check_same_weights(ranks, cfg.model.teacher, cfg.model.teacher_hub_revision, "model.teacher")
         blocks = data.blocks["train"]
@@ -477,7 +478,11 @@ def run_build(
         head = output_head(teacher, data.vocab_size)
         amp = autocast_dtype(cfg, device)
         revision = teacher_revision(cfg, teacher)
-        if not overwrite and (by_name := _branch_pinned_by_name(directory, cfg.model.teacher_hub_revision)):
+        if not overwrite and (
+            by_name := _branch_pinned_by_name(
+                directory, cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
+            )
+        ):
             revision = by_name  # an older ekd's pin: kept, said (try-out review 156, R4)
         signature = cache_signature(cfg, data, revision)
         if (files := teacher_files(cfg.model.teacher)) is not None and not cfg.model.teacher_hub_revision:
