@@ -591,6 +591,8 @@ def test_max_tokens_stops_reading(
         "tail-text",
         "targets-text",
         "trained-text",
+        "blocks-lowered",
+        "one-sha256-dropped",
         "legacy-overwrite",
     ],
 )
@@ -623,9 +625,17 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
             manifest["splits"][0]["num_targets"] = "x"
         elif damage == "trained-text":
             manifest["splits"][0]["trained_documents"] = [1, 2, 3]
-        else:  # F3: a store of an ekd that recorded no sha256, its tokens rewritten: its fingerprint tells
+        elif (
+            damage == "blocks-lowered"
+        ):  # try-out 160, F5: trained on 10 blocks under the whole store's fingerprint
+            manifest["splits"][0]["blocks"] = 10
+        elif damage == "one-sha256-dropped":  # F6: the file it no longer lists, rewritten, was trained on
+            del manifest["splits"][0]["sha256"]["tokens.u32"]
+            tokens.write_bytes(bytes(len(tokens.read_bytes())))
+        else:  # F3: a store of an ekd that recorded no sha256 (nor a seal), its tokens rewritten: its fingerprint tells
             for split in manifest["splits"]:
                 del split["sha256"]
+            del manifest["manifest_sha256"]
             tokens.write_bytes(bytes(len(tokens.read_bytes())))
         (store / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.INFO, logger="ekd.data.store_build"):

@@ -47,6 +47,7 @@ FILES = {
     "ends": ("ends.u8", np.uint8),
     "documents": ("documents.i64", np.int64),
 }
+STORE_FILE_NAMES = tuple(name for name, _ in FILES.values())
 
 
 class MappedColumn:
@@ -161,7 +162,7 @@ def read_manifest(directory: Path) -> dict | None:
     (:func:`_well_formed`) or its files are short."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        if not _well_formed(manifest):
+        if not _well_formed(manifest) or not _seal_holds(manifest):
             return None
         for split in manifest["splits"]:
             for name, (filename, dtype) in FILES.items():
@@ -215,10 +216,35 @@ def _well_formed(manifest: Any) -> bool:
         and ("packed_documents" not in s or "packed_tokens" in s and "num_targets" in s)
         and ("tail" not in s or counts(s["tail"], ("tokens", "targets")))
         and ("trained_documents" not in s or _pair_of_counts(s["trained_documents"]))
-        and (s.get("sha256") is None or texts(s["sha256"]))
+        and (s.get("sha256") is None or texts(s["sha256"]) and set(s["sha256"]) == set(STORE_FILE_NAMES))
         and (s.get("fingerprint") is None or isinstance(s["fingerprint"], str))
         for s in splits
     )
+
+
+MANIFEST_SHA256 = "manifest_sha256"
+"""The manifest's own seal: the sha256 of its canonical JSON without this key. A manifest edited since its build (a
+split's ``blocks`` lowered, a file's sha256 entry or the fingerprint replaced) no longer matches: the store is rebuilt
+(try-out 160, F5/F6: a lowered block count trained on 10 of 157 blocks under the whole store's fingerprint). A
+manifest of an ekd that wrote none is read as before."""
+
+
+def seal(manifest: dict) -> dict:
+    """``manifest`` with its :data:`MANIFEST_SHA256`."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    return {**body, MANIFEST_SHA256: _canonical_sha256(body)}
+
+
+def _seal_holds(manifest: dict) -> bool:
+    """Whether ``manifest`` is as its build sealed it (or was written before manifests were sealed)."""
+    if MANIFEST_SHA256 not in manifest:
+        return True
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    return manifest[MANIFEST_SHA256] == _canonical_sha256(body)
+
+
+def _canonical_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _pair_of_counts(x: Any) -> bool:

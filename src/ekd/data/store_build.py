@@ -81,6 +81,7 @@ from ekd.data.store import (
     fingerprint_files,
     open_split,
     read_manifest,
+    seal,
     targets_between,
 )
 from ekd.data.text_dir import list_glob, signed_files
@@ -602,6 +603,7 @@ def _build(
                 f.close()
             if discard:
                 shutil.rmtree(staging, ignore_errors=True)
+        manifest = seal(manifest)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
         (staging / PROGRESS).unlink(missing_ok=True)
         staging.rename(directory)
@@ -731,7 +733,7 @@ def _complete(directory: Path, signature: dict, quiet: bool) -> dict | None:
     manifest = read_manifest(directory)
     problem = None
     if manifest is None:
-        problem = "is incomplete or corrupt (a missing manifest or short files)"
+        problem = "is incomplete, corrupt or edited (its manifest missing, unreadable or changed since its build, or its files short)"
     elif manifest.get("signature") != signature:
         problem = "was built for other data, tokenizer or packing settings"
     elif changed := changed_files(directory, manifest):
