@@ -767,3 +767,8 @@ def test_a_cache_run_evaluating_its_teacher_in_another_dtype_says_the_targets_ar
         assert main([*run, "model.teacher_dtype=float32", "--overwrite"]) == 0
         assert main([*run, "model.teacher_dtype=bfloat16", "eval.teacher=false", "--overwrite"]) == 0
     assert said not in caplog.text
+    # try-out 160, F2: it decides only the teacher evaluated at the end: --resume may change it
+    assert (
+        main([*run, "model.teacher_dtype=float32", "eval.teacher=false", "train.max_steps=2", "--resume"])
+        == 0
+    )

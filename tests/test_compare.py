@@ -2353,3 +2353,52 @@ def test_a_teachers_pin_moved_to_its_own_key_is_the_same_config(tmp_path):
     groups = group_runs([read_run(d) for d in dirs])
     assert [len(g.runs) for g in groups] == [2, 1], [g.note for g in groups]
     assert "teacher_revision='v2' (vs 'v1')" in groups[1].note, groups[1].note
+
+
+def test_pins_spelled_otherwise_for_models_identified_by_their_weights_are_one_config(tmp_path):
+    """Try-out 160, F1: a hub student pinned as main's commit and as '' (and a teacher as 'v1' and as its commit),
+    every run recording the same weights of both, were `kd` and `kd#2`: their weights tell them apart, not the
+    spelling of the pins."""
+    from ekd.eval.compare import group_runs, read_run
+
+    models = {"teacher": "org/t", "student": "org/s"}
+    pins = [{"revision": "", "teacher_revision": "v1"}, {"revision": "a" * 40, "teacher_revision": "b" * 40}]
+    dirs = [_fake_run(tmp_path, f"kd{i}", "kd", i, 10.0 + i, 0.5) for i in range(2)]
+    for d, pin in zip(dirs, pins):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {**models, **pin}}))
+        marker = {
+            "format": "ekd-run",
+            "version": 1,
+            "state": "finished",
+            "teacher_weights": "safetensors-sha256:" + "1" * 64,
+            "student_weights": "safetensors-sha256:" + "2" * 64,
+        }
+        (d / "ekd-run.json").write_text(json.dumps(marker))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [len(g.runs) for g in groups] == [2], [g.note for g in groups]
+
+
+def test_cache_runs_evaluating_their_teacher_in_other_dtypes_or_pins_are_one_config(tmp_path):
+    """Try-out 160, F1/F2: seeds trained from one cache (its teacher and arithmetic pinned by `cache_teacher`) whose
+    model.teacher_dtype or teacher pin differ — what evaluates them, not what they train from — were `rskd` and
+    `rskd#2`; their eval figures are paired by the teacher each entry records."""
+    from ekd.eval.compare import group_runs, read_run
+
+    pinned = f"org/t@{'b' * 40}|float32|fp32"
+    settings = [
+        {"teacher_dtype": "auto", "teacher_revision": "dev"},
+        {"teacher_dtype": "bfloat16", "teacher_revision": "b" * 40},
+    ]
+    dirs = [_fake_run(tmp_path, f"rs{i}", "rskd", i, 10.0 + i, 0.5) for i in range(2)]
+    for d, model in zip(dirs, settings):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg |= {
+            "model": {"teacher": "org/t", **model},
+            "teacher": {"source": "cache", "cache_dir": str(tmp_path / "c")},
+        }
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        marker = {"format": "ekd-run", "version": 1, "state": "finished", "cache_teacher": pinned}
+        (d / "ekd-run.json").write_text(json.dumps(marker))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [len(g.runs) for g in groups] == [2], [g.note for g in groups]

@@ -87,6 +87,13 @@ def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub
     assert len(err) == 1 and "than the teacher this run was taught by (another model)" in err[0], err
     snapshot = hub / "models--org--teacher" / "snapshots" / A  # the run's teacher named where its weights are
     assert main([*args, "train.max_steps=3", "--resume", f"model.teacher={snapshot}"]) == 0
+    # or by the commit that holds them (try-out 160, F3: refused as a change of what the run computes)
+    assert main([*args, "train.max_steps=4", "--resume", f"model.teacher_revision={A}"]) == 0
+    assert main([*args, "train.max_steps=5", "--resume", f"model.revision={A}"]) == 0
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=6", "--resume", f"model.teacher_revision={B}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.teacher_revision" in err[0], err
 
 
 def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(

@@ -699,6 +699,13 @@ def revision_reads_beside_teacher(model: Mapping[str, Any]) -> bool:
     a tokenizer of its own named by a hub id."""
     from ekd.models.load import is_hub_id
 
-    student, teacher, tokenizer = (str(model.get(k) or "") for k in ("student", "teacher", "tokenizer"))
+    return is_hub_id(str(model.get("student") or "")) or own_hub_tokenizer(model)
+
+
+def own_hub_tokenizer(model: Mapping[str, Any]) -> bool:
+    """Whether a ``model`` section's tokenizer is one of its own (not a model's) named by a hub id."""
+    from ekd.models.load import is_hub_id
+
+    teacher, tokenizer = (str(model.get(k) or "") for k in ("teacher", "tokenizer"))
     own = tokenizer not in ("", "teacher", "student", "train_bpe") and tokenizer != teacher
-    return is_hub_id(student) or (own and is_hub_id(tokenizer))
+    return own and is_hub_id(tokenizer)

@@ -234,6 +234,47 @@ def changes_training(key: str) -> bool:
     return not is_reporting_key(key) and key not in SAME_RUN_KEYS
 
 
+def _models_as_recorded(blocking: list[str], saved: dict, cfg: Config, marker: dict) -> dict[str, str]:
+    """The keys of ``blocking`` that choose how the run's models are found or evaluated, not which models it trains
+    with — key → why —: a run from a cache trains from its targets, so the teacher's pin and dtype decide only the
+    teacher evaluated at the end (try-out 160, F2: refused as changing what the run computes); a pin that reads the
+    weights the run recorded (``teacher_weights``, ``student_weights``) names the same models (F3: the commit the
+    run was taught by, named after ``main`` moved, was refused while the refusal asked for it)."""
+    from ekd.config.inert import own_hub_tokenizer, revision_reads_beside_teacher
+    from ekd.models.identity import same_weights
+
+    keys = [k for k in blocking if k in ("model.revision", "model.teacher_revision", "model.teacher_dtype")]
+    if not keys:
+        return {}
+    model = cfg.to_dict()["model"]
+    from_cache = cfg.teacher.source == "cache" and (saved.get("teacher") or {}).get("source") == "cache"
+    teacher_same = from_cache or (
+        bool(marker.get("teacher_weights"))
+        and same_weights(marker["teacher_weights"], cfg.model.teacher, cfg.model.teacher_hub_revision) is True
+    )
+    beside_same = not revision_reads_beside_teacher(model) or (
+        not own_hub_tokenizer(model)
+        and bool(marker.get("student_weights"))
+        and same_weights(marker["student_weights"], cfg.model.student, cfg.model.revision) is True
+    )
+    why = (
+        "the run trains from its cache: its teacher's pin and dtype decide only the teacher evaluated at the end"
+        if from_cache
+        else "the pins read the weights the run recorded (their fingerprints are the run's)"
+    )
+    accepted = {}
+    for key in keys:
+        if key == "model.teacher_dtype":
+            ok = from_cache
+        elif key == "model.teacher_revision":
+            ok = teacher_same
+        else:  # model.revision: the teacher's too where no teacher_revision is set
+            ok = beside_same and (teacher_same or bool(cfg.model.teacher_revision))
+        if ok:
+            accepted[key] = why
+    return accepted if len(accepted) == len(keys) else {}
+
+
 def resumable(key: str) -> bool:
     """Whether ``--resume`` accepts a change of the config key ``key`` (section.field)."""
     return key in SAME_MATH_CHANGES or key.startswith(RESUMABLE_CHANGES)
@@ -863,6 +904,9 @@ class RunStart:
             _another_path(blocking, "teacher.cache_dir", saved, self.cfg.teacher.cache_dir,
                           "a cache built for this run (its signature — the data, the teacher's weights, the "
                           f"targets — is checked before the first step){unchecked}")  # fmt: skip
+        if accepted := _models_as_recorded(blocking, saved or {}, self.cfg, marker or {}):
+            blocking = [k for k in blocking if k not in accepted]
+            log.info("--resume with %s changed: %s", ", ".join(accepted), accepted[next(iter(accepted))])
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(

@@ -247,7 +247,14 @@ class RunRecord:
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
             teacher, dtype, autocast = cache_teacher_parts(self.cache_teacher)
             short = teacher.rpartition(":")[2][:16] if ":" in teacher else teacher
-            cfg["model"] = {**cfg.get("model", {}), "teacher": f"weights {short}"}
+            # its pin and the dtype the run evaluates it in decide no training (try-out 160, F1/F2): the eval
+            # figures are paired by the teacher each entry records
+            kept = {
+                k: v
+                for k, v in cfg.get("model", {}).items()
+                if k not in ("teacher_revision", "teacher_dtype")
+            }
+            cfg["model"] = {**kept, "teacher": f"weights {short}"}
             cfg.get("teacher", {}).pop("cache_dir", None)
             # said as such in a note, not as an encoded teacher (try-out 122, F8)
             cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = computed_with(dtype, autocast)
@@ -428,10 +435,11 @@ class RunRecord:
         return way
 
     def _pins(self) -> dict[str, str]:
-        """The revisions the run read its hub models at, as :func:`~ekd.config.inert.same_pins` compares them:
-        ``teacher_revision`` the teacher's (none where its weights identify it), ``revision`` only where it reaches
-        a hub id beside the teacher — not as the keys were spelled (review 161, R3)."""
-        from ekd.config.inert import revision_reads_beside_teacher
+        """The revisions that tell the run's hub models apart, not as the keys were spelled: ``teacher_revision``
+        the teacher's, ``revision`` where it reaches a hub id beside the teacher (:func:`~ekd.config.inert.same_pins`),
+        each none where what it reads is identified by its content (weights, encodings)."""
+        from ekd.config.inert import own_hub_tokenizer
+        from ekd.models.load import is_hub_id
 
         model = self.config.get("model") or {}
         by_weights = self.teacher_by_content and self.teacher_weights
@@ -440,7 +448,13 @@ class RunRecord:
             if by_weights
             else str(model.get("teacher_revision") or model.get("revision") or "")
         }
-        pins["revision"] = str(model.get("revision") or "") if revision_reads_beside_teacher(model) else ""
+        # model.revision, where what it reaches beside the teacher is not identified by its content (try-out 160,
+        # F1: a student pinned as main's commit and as '' read the same weights, and were two configs)
+        student = is_hub_id(str(model.get("student") or "")) and not (
+            self.student_by_content and self.student_weights
+        )
+        tokenizer = own_hub_tokenizer(model) and not (self.tokenizer_by_content and self.tokenizer_sha256)
+        pins["revision"] = str(model.get("revision") or "") if student or tokenizer else ""
         return pins
 
     def teacher(self, column: str | None = None) -> TeacherKey:
