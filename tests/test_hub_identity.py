@@ -314,6 +314,10 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
         assert main([*from_cache, "run.name=v1moved"]) == 0
     said = "the teacher is not evaluated: org/teacher now loads other weights than the cache was built from"
     assert said in caplog.text
+    capsys.readouterr()  # ekd eval names the commit that holds the cache's teacher (try-out 160, F4)
+    assert main(["eval", str(tmp_path / "runs" / "v1moved")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"(a hub id: model.teacher_revision={A})" in err[0], err
     assert main([*from_cache, "run.name=pinned", f"model.revision={A}"]) == 0
     assert "kl" in json.loads((tmp_path / "runs" / "pinned" / "eval.json").read_text())["eval"]
     # a cache an older ekd pinned by the branch's name: a rerun goes on with it, said (review 156, R4)
@@ -448,8 +452,8 @@ def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pinned by model.teacher_revision={B}" in err[0], err
     assert main(["eval", str(run)]) == 0
-    # a cache of the teacher pins B; a run from it with the teacher at A trains from B's targets, not evaluated
-    # against A
+    # a cache of the teacher pins B; a run from it pinning the teacher at A is refused at its start (try-out 160,
+    # F4: it trained from B's targets and blamed a branch move at its end)
     cache = tmp_path / "cache"
     cache_args = [*tiny_overrides(tmp_path, corpus, "c", **pins), f"teacher.cache_dir={cache}", "method=rskd"]
     assert main(["cache", *cache_args]) == 0
@@ -457,9 +461,10 @@ def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
     assert signature["teacher_revision"] == B
     capsys.readouterr()
     from_cache = ["distill", *cache_args, "teacher.source=cache", "train.max_steps=1"]
-    with caplog.at_level(logging.WARNING):
-        assert main([*from_cache, f"model.teacher_revision={A}"]) == 0
-    assert "the teacher is not evaluated: org/teacher now loads other weights than the cache" in caplog.text
+    assert main([*from_cache, f"model.teacher_revision={A}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"set model.teacher_revision={B} to train from this cache" in err[0], err
+    assert not (tmp_path / "runs" / "c").exists()
     caplog.clear()
     assert main([*from_cache, "--overwrite"]) == 0
     assert "the teacher is not evaluated" not in caplog.text

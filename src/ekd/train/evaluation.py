@@ -597,7 +597,7 @@ def evaluate_saved_run(
                 marker.get("cache_teacher"),
                 cfg.model.teacher_hub_revision,
             ):
-                raise ConfigError(_not_the_caches_teacher(changed, run_dir))
+                raise ConfigError(_not_the_caches_teacher(changed, run_dir, marker.get("cache_teacher")))
         _check_run_teacher(run_dir, cfg, marker or {}, typed=_typed_teacher(overrides))
         teacher = load_teacher(cfg, data, device)
         # a hub teacher's pin is its loaded weights' hash: compared now (try-out 152, F2)
@@ -606,7 +606,7 @@ def evaluate_saved_run(
 
             revision, dtype, _ = cache_teacher_parts(pinned)
             if changed := loaded_teacher_changed(cfg, teacher, revision, dtype):
-                raise ConfigError(_not_the_caches_teacher(changed, run_dir))
+                raise ConfigError(_not_the_caches_teacher(changed, run_dir, marker.get("cache_teacher")))
     start = read_student_init(run_dir)  # read once: the divergence line's start and eval.json's
     started = starting_perplexities(start, data)
     results = evaluate_run(
@@ -645,11 +645,19 @@ def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict, *, typed: bool)
         )
 
 
-def _not_the_caches_teacher(changed: str, run_dir: Path) -> str:
-    """``ekd eval``'s refusal of a teacher other than the one a run's cache was built from (``changed``: how)."""
+def _not_the_caches_teacher(changed: str, run_dir: Path, pinned: str | None = None) -> str:
+    """``ekd eval``'s refusal of a teacher other than the one a run's cache was built from (``changed``: how;
+    ``pinned``: the run's ``cache_teacher``, whose hub commit, where it has one, names that teacher — try-out 160,
+    F4: the way that worked was not said)."""
+    from ekd.teacher.cache.manifest import cache_teacher_parts
+    from ekd.teacher.cache.signature import is_commit
+
+    commit = cache_teacher_parts(pinned)[0].rpartition("@")[2].removeprefix("commit:") if pinned else ""
+    by_commit = f" (a hub id: model.teacher_revision={commit})" if is_commit(commit) else ""
     return (
         f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's cache was "
-        f"built from back, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} eval.teacher=false`, "
+        f"built from back{by_commit}, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "
+        "eval.teacher=false`, "
         "which keeps the KL, agreement and teacher rows eval.json holds where the student scores as before"
     )
 

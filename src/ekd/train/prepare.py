@@ -538,6 +538,7 @@ def check_cache_run(cfg: Config) -> None:
         from ekd.teacher.cache.source import (
             absent_teacher,
             check_cache_dir,
+            check_cache_pin,
             check_cache_settings,
             check_cache_temperature,
         )
@@ -545,6 +546,7 @@ def check_cache_run(cfg: Config) -> None:
         check_cache_temperature(cfg.method, cfg.train.max_steps)
         found = check_cache_dir(cfg.teacher.cache_dir)
         absent_teacher(cfg.model.teacher, found, cfg.teacher.cache_dir, cfg.model.teacher_hub_revision)
+        check_cache_pin(cfg, found, cfg.teacher.cache_dir)
         check_cache_settings(cfg, found)
         teacher_config_source(cfg)
     check_evaluation_teacher(cfg)

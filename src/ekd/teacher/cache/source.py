@@ -140,6 +140,33 @@ OTHER_BLOCKS = "(other blocks: another block length)"
 """The data fingerprint :func:`check_cache_settings` expects where the block length differs (the data unread)."""
 
 
+def check_cache_pin(cfg: Config, found: dict, cache_dir: str) -> None:
+    """A hub teacher pinned by the run to a commit (``model.teacher_revision``, else ``model.revision``) other than
+    the one the cache at ``cache_dir`` (signature ``found``) was built from is refused at the start (try-out 160,
+    F4: it trained from the other commit's targets and, at its end, blamed a branch that had not moved), as another
+    local teacher directory is. A branch or tag may have moved since the build: its run trains from the cache and
+    its teacher is compared when loaded to evaluate. Nothing to compare where the cache pins content.
+
+    Raises:
+        CacheError: one line naming both commits and the pin that trains from this cache.
+    """
+    from ekd.teacher.cache.signature import is_commit
+
+    spec, revision, key = cfg.model.teacher, cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
+    cached = str(found.get("teacher_revision", "")).removeprefix("commit:")
+    if (
+        is_commit(revision)
+        and is_commit(cached)
+        and revision != cached
+        and not (is_preset(spec) or is_local(spec))
+    ):
+        raise CacheError(
+            f"{key}={revision[:12]}… pins model.teacher {spec} at another commit than the cache at {cache_dir} was "
+            f"built from ({cached[:12]}…): set {key}={cached} to train from this cache (and evaluate its teacher), "
+            "or build a cache at your pin"
+        )
+
+
 def absent_teacher(spec: str, found: dict, cache_dir: str, revision: str = "") -> bool:
     """Whether ``model.teacher`` (``spec``) is a local directory that is not on this machine, and so stands for
     the teacher of the cache at ``cache_dir`` (signature ``found``) — which it must name: its recorded path
