@@ -595,9 +595,14 @@ def test_ekd_eval_refuses_a_held_out_split_the_changed_source_redraws(tmp_path, 
     }
     assert teacher_figures["eval"]["kl"] > 0 and "eval/teacher" in teacher_figures
     # try-out 138: scored alike without the teacher (gone, say), its figures stay where the student's are the same
+    capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="ekd"):
         assert main(["eval", str(run), "eval.teacher=false"]) == 0
     assert "keeps the KL, agreement and teacher rows of eval, named as measured before" in caplog.text
+    table = capsys.readouterr().out  # the table shows what eval.json keeps (try-out 160, F12)
+    assert "| eval/teacher" in table and "| named/teacher" in table, table
+    kl = f"{teacher_figures['eval']['kl']:.3f}"
+    assert any(line.startswith("| eval†") and kl in line for line in table.splitlines()), table
     assert "scored now without the teacher" not in caplog.text
     after = json.loads((run / "eval.json").read_text())
     assert {n: {k: v for k, v in e.items() if k in ("kl", "agree", "teacher")} for n, e in after.items()} == (

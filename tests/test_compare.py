@@ -2402,3 +2402,15 @@ def test_cache_runs_evaluating_their_teacher_in_other_dtypes_or_pins_are_one_con
         (d / "ekd-run.json").write_text(json.dumps(marker))
     groups = group_runs([read_run(d) for d in dirs])
     assert [len(g.runs) for g in groups] == [2], [g.note for g in groups]
+
+
+def test_the_other_teacher_note_counts_every_seed():
+    """Try-out 160, F11: a group of 2 seeds, one against another teacher, the other not finite, said "(n=0 of 1)"."""
+    from ekd.eval.compare.summary import _other_teacher_notes
+
+    cell = {"mean": float("nan"), "std": 0.0, "n": 0, "other_teacher": [1], "not_finite": [0]}
+    notes = _other_teacher_notes([{"method": "kd", "metrics": {"eval/kl": cell}}])
+    assert notes == [
+        "`kd`: seed 1 measured against another teacher on `eval`, left out of their KL and agreement "
+        "(n=0 of 2, 1 not finite)"
+    ], notes

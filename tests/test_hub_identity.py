@@ -208,11 +208,11 @@ def test_a_revision_not_in_the_cache_is_named_beside_those_that_are(hub, tmp_pat
     args = ["distill", *tiny_overrides(tmp_path, corpus, "r", **{"model.teacher": "org/teacher"})]
     assert main([*args, "model.revision=nosuch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        len(err) == 1
-        and (f"as a hub id its revision 'nosuch' is not in the local cache (cached: main, v1, {A}, {B})")
-        in err[0]
-    ), err
+    said = (
+        "as a hub id its revision 'nosuch' (model.teacher_revision, else model.revision: a teacher and a student "
+        f"pinned apart take model.teacher_revision) is not in the local cache (cached: main, v1, {A}, {B})"
+    )
+    assert len(err) == 1 and said in err[0], err  # the key that set it named (try-out 160, F10)
 
 
 def test_a_cached_tokenizer_only_repository_loads_offline(hub, tmp_path, corpus):

@@ -352,7 +352,7 @@ def hub_kwargs(
     )
     raise error(
         f"{key}: '{spec}' is not a local directory (no {absolute(spec)}), and as a hub id "
-        f"{_not_cached(spec, filename, revision)} while {why}; pass {local}, or run where the hub is reachable"
+        f"{_not_cached(spec, filename, revision, key)} while {why}; pass {local}, or run where the hub is reachable"
     )
 
 
@@ -364,10 +364,11 @@ def cached_repo(repo_id: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
-def _not_cached(spec: str, filename: str, revision: str) -> str:
+def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
     """What of a hub id the local cache lacks, as words: the id ('it is not in the local cache'), its revision
-    beside those cached (try-out 152, F4: a revision missing from a cached repository was said as the whole id
-    missing), or the file a cached snapshot has not got."""
+    beside those cached and the keys that set it (try-out 152, F4: a revision missing from a cached repository was
+    said as the whole id missing; try-out 160, F10: a student's commit given as model.revision was looked up in the
+    teacher's repository, the key not named), or the file a cached snapshot has not got."""
     repo = cached_repo(spec)
     refs = (
         sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) if (repo / "refs").is_dir() else []
@@ -381,7 +382,12 @@ def _not_cached(spec: str, filename: str, revision: str) -> str:
         cached = ", ".join(refs + snapshots[:4]) + (
             f" and {len(snapshots) - 4} more" if len(snapshots) > 4 else ""
         )
-        return f"its revision '{revision}' is not in the local cache (cached: {cached})"
+        setting = {
+            "model.teacher": " (model.teacher_revision, else model.revision: a teacher and a student pinned apart "
+            "take model.teacher_revision)",
+            "model.student": " (model.revision; the teacher's own commit goes in model.teacher_revision)",
+        }.get(key, "")
+        return f"its revision '{revision}'{setting} is not in the local cache (cached: {cached})"
     return f"its {filename} is not in the local cache (a download not finished?)"
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 from ekd.config import Config, config_from_dict, flat_config, parse_overrides
 from ekd.config.paths import say_keywords
 from ekd.errors import ConfigError, EkdError, ModelError
+from ekd.eval.eval_json import EvalResults
 from ekd.io import make_dirs
 from ekd.models.load import dtype_name
 from ekd.models.lora import load_exported_student
@@ -613,8 +614,39 @@ def evaluate_saved_run(
         cfg, data, student, teacher, device, amp, plots_dir=run_dir / "plots", started=started
     )
     recorded = start if cfg.eval.student_init else None  # the run's file is written whatever the key says
-    write_eval_json(run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=recorded)
-    return results
+    written = write_eval_json(
+        run_dir, cfg, results, keep=True, data=data, autocast=amp, student_init=recorded
+    )
+    return _with_kept_teacher_figures(results, written)
+
+
+def _with_kept_teacher_figures(results: EvalResults, written: dict[str, Any]) -> EvalResults:
+    """``results`` with the figures against the teacher that eval.json kept for sets scored without one
+    (:func:`ekd.eval.eval_json.with_teacher_figures`), and their ``<set>/teacher`` rows: the table shows what
+    eval.json holds (try-out 160, F12: '—' beside a KL it kept)."""
+    from ekd.eval.eval_json import TEACHER_SUFFIX, teacher_relative
+
+    def numbers(entry: dict[str, Any], keep: Callable[[str], bool]) -> dict[str, float]:
+        return {
+            k: v
+            for k, v in entry.items()
+            if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+
+    kept = {
+        name
+        for name, metrics in results.items()
+        if "kl" not in metrics and isinstance(written.get(name), dict) and "kl" in written[name]
+    }
+    if not kept:
+        return results
+    out = EvalResults()
+    out.block_sums, out.teacher_dtype = results.block_sums, results.teacher_dtype
+    for name, metrics in results.items():
+        out[name] = {**metrics, **numbers(written[name], teacher_relative)} if name in kept else metrics
+        if name in kept and isinstance(row := written.get(f"{name}{TEACHER_SUFFIX}"), dict):
+            out[f"{name}{TEACHER_SUFFIX}"] = numbers(row, lambda k: True)
+    return out
 
 
 def _typed_teacher(overrides: list[str] | None) -> bool:

@@ -355,17 +355,22 @@ def _other_teacher_notes(groups: list[dict[str, Any]]) -> list[str]:
     left out of their KL and agreement (n=2 of 3)'."""
     notes = []
     for g in groups:
-        said: dict[tuple[tuple[int, ...], int], list[str]] = {}  # (seeds left out, n) → columns
+        said: dict[
+            tuple[tuple[int, ...], int, int], list[str]
+        ] = {}  # (seeds left out, n, not finite) → columns
         for key, cell in g["metrics"].items():
             if cell.get("other_teacher"):
-                columns = said.setdefault((tuple(sorted(cell["other_teacher"])), cell["n"]), [])
+                nan = len(cell.get("not_finite") or ())
+                columns = said.setdefault((tuple(sorted(cell["other_teacher"])), cell["n"], nan), [])
                 if (column := key.rpartition("/")[0]) not in columns:
                     columns.append(column)
-        for (seeds, n), columns in said.items():
+        for (seeds, n, nan), columns in said.items():
             which = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            # every seed counted: the mean's, those left out, those not finite (try-out 160, F11: "n=0 of 1")
+            of = f"n={n} of {n + len(seeds) + nan}" + (f", {nan} not finite" if nan else "")
             notes.append(
                 f"`{g['method']}`: {which} measured against another teacher on "
-                f"{', '.join(f'`{c}`' for c in columns)}, left out of their KL and agreement (n={n} of {n + len(seeds)})"
+                f"{', '.join(f'`{c}`' for c in columns)}, left out of their KL and agreement ({of})"
             )
     return notes
 
