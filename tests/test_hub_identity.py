@@ -418,23 +418,28 @@ def test_a_complete_safetensors_snapshot_beside_a_bin_index_is_not_a_download_cu
     check_model_spec("org/both", "model.teacher")  # no refusal
 
 
-def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
-    hub, tmp_path, corpus, capsys, caplog
-):
-    """Try-out 152, F4: one model.revision for every model, so a hub teacher's commit could not be pinned beside a
-    hub student's (no commit is in both repositories). model.teacher_revision pins the teacher alone: it is read
-    for its weights, its tokenizer, its cache and its figures; model.revision stays the student's."""
-    C = "c" * 40
-    put_in_hub_cache(
-        hub, "org/student", tmp_path / "s", C, refs=()
-    )  # the student pinned at a commit of its own
-    pins = {
+C = "c" * 40
+
+
+def _pinned_apart(hub, tmp_path) -> dict[str, str]:
+    """The overrides of a hub teacher pinned at B and a hub student at C, a commit only its repository has."""
+    put_in_hub_cache(hub, "org/student", tmp_path / "s", C, refs=())
+    return {
         "model.teacher": "org/teacher",
         "model.teacher_revision": B,
         "model.student": "org/student",
         "model.revision": C,
         "model.tokenizer": "teacher",
     }
+
+
+def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
+    hub, tmp_path, corpus, capsys, caplog
+):
+    """Try-out 152, F4: one model.revision for every model, so a hub teacher's commit could not be pinned beside a
+    hub student's (no commit is in both repositories). model.teacher_revision pins the teacher alone: it is read
+    for its weights, its tokenizer, its cache and its figures; model.revision stays the student's."""
+    pins = _pinned_apart(hub, tmp_path)
     args = ["distill", *tiny_overrides(tmp_path, corpus, "pins", **pins), "train.max_steps=1"]
     assert main(args) == 0
     run = tmp_path / "runs" / "pins"
@@ -502,15 +507,7 @@ def test_a_hub_teacher_cached_only_at_its_pin_stands_for_a_caches_local_teacher(
 def test_ekd_plan_reads_each_hub_model_at_its_own_pin(hub, tmp_path, corpus, capsys):
     """Review 161, R10: `ekd plan` read the teacher at model.revision (the student's commit, not in the teacher's
     repository): planned at model.teacher_revision it fits; the teacher at the student's commit is named missing."""
-    C = "c" * 40
-    put_in_hub_cache(hub, "org/student", tmp_path / "s", C, refs=())
-    pins = {
-        "model.teacher": "org/teacher",
-        "model.teacher_revision": B,
-        "model.student": "org/student",
-        "model.revision": C,
-        "model.tokenizer": "teacher",
-    }
+    pins = _pinned_apart(hub, tmp_path)
     plan = ["plan", *tiny_overrides(tmp_path, corpus, "p", **pins), "--gpus", "1", "--gpu-memory", "80GiB"]
     capsys.readouterr()
     assert main(plan) == 0, capsys.readouterr().err
