@@ -592,6 +592,7 @@ def test_max_tokens_stops_reading(
         "targets-text",
         "trained-text",
         "blocks-lowered",
+        "unsealed-blocks-lowered",
         "one-sha256-dropped",
         "legacy-overwrite",
     ],
@@ -625,10 +626,13 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
             manifest["splits"][0]["num_targets"] = "x"
         elif damage == "trained-text":
             manifest["splits"][0]["trained_documents"] = [1, 2, 3]
-        elif (
-            damage == "blocks-lowered"
-        ):  # try-out 160, F5: trained on 10 blocks under the whole store's fingerprint
+        elif damage == "blocks-lowered":  # try-out 160, F5: 10 blocks trained under the store's fingerprint
             manifest["splits"][0]["blocks"] = 10
+        elif (
+            damage == "unsealed-blocks-lowered"
+        ):  # try-out 162, F1: an older ekd's manifest, or its seal removed
+            manifest["splits"][0]["blocks"] = 10
+            del manifest["manifest_sha256"]
         elif damage == "one-sha256-dropped":  # F6: the file it no longer lists, rewritten, was trained on
             del manifest["splits"][0]["sha256"]["tokens.u32"]
             tokens.write_bytes(bytes(len(tokens.read_bytes())))
