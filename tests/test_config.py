@@ -819,6 +819,11 @@ def test_a_method_a_cache_cannot_serve_is_told_every_reason_at_once(method, name
         ("train.precision=fp16", "(fp16 is not offered here: fp32, bf16 are)"),
         ("model.export_dtype=float64", "(float64 is not offered here: float32, bfloat16, float16 are)"),
         ("train.precision=double", "(double is not offered here: fp32, bf16 are)"),
+        (
+            "model.export_dtype=torch.float64",
+            "(torch.float64 is not offered here: float32, bfloat16, float16 are)",
+        ),
+        ("model.teacher_dtype=torch.bfloat16", "did you mean 'bfloat16'?"),
     ],
 )
 def test_a_dtype_spelt_the_other_way_points_at_the_keys_spelling(override, hint):

@@ -215,6 +215,23 @@ def test_a_revision_not_in_the_cache_is_named_beside_those_that_are(hub, tmp_pat
     assert len(err) == 1 and said in err[0], err  # the key that set it named (try-out 160, F10)
 
 
+def test_a_hub_id_cached_only_at_a_commit_names_its_missing_default_branch(hub, tmp_path, corpus, capsys):
+    """Try-out 162, F3: org/teacher cached at its commits only (no refs/main), no revision set, was said as
+    "its config.json is not in the local cache (a download not finished?)": the default branch is what is missing."""
+    for ref in (hub / "models--org--teacher" / "refs").iterdir():
+        ref.unlink()
+    teacher = {"model.teacher": "org/teacher", "model.tokenizer": "teacher"}
+    args = ["distill", *tiny_overrides(tmp_path, corpus, "m", **teacher)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    said = (
+        "its default branch 'main' (no model.teacher_revision nor model.revision set) is not in the local cache "
+        f"(cached: {A}, {B})"
+    )
+    assert len(err) == 1 and said in err[0], err
+    assert main([*args, f"model.teacher_revision={A}", "train.max_steps=1"]) == 0
+
+
 def test_a_cached_tokenizer_only_repository_loads_offline(hub, tmp_path, corpus):
     """Try-out 152, F5: model.tokenizer=org/tok, cached as `hf download` leaves a tokenizer repository (no
     config.json), was refused as "not in the cached files": transformers 5 asks a hub id for its config.json."""

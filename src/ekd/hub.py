@@ -378,10 +378,15 @@ def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
     )
     if not snapshots:
         return "it is not in the local cache"
-    if revision and revision not in refs and revision not in snapshots:
+    # no revision: the default branch (try-out 162, F3: it was said as a download cut short)
+    asked = revision or "main"
+    if asked not in refs and asked not in snapshots:
         cached = ", ".join(refs + snapshots[:4]) + (
             f" and {len(snapshots) - 4} more" if len(snapshots) > 4 else ""
         )
+        if not revision:
+            keys = {"model.teacher": "model.teacher_revision nor model.revision"}.get(key, "model.revision")
+            return f"its default branch 'main' (no {keys} set) is not in the local cache (cached: {cached})"
         setting = {
             "model.teacher": " (model.teacher_revision, else model.revision: a teacher and a student pinned apart "
             "take model.teacher_revision)",

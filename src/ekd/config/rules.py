@@ -92,7 +92,7 @@ class OneOf:
         if hint is None and self.numbers and _is_number(value) and float(value) > 0:  # a τ, not a typo of -1
             hint = f"; a number is {self.numbers}'s: {self.numbers}={value}"
         # fp16 is float16 (try-out 75, F6)
-        if hint is None and (same := DTYPE_SPELLINGS.get(str(found).lower())):
+        if hint is None and (same := DTYPE_SPELLINGS.get(str(found).lower().removeprefix("torch."))):
             meant = [n for n in same if n in names]
             hint = (
                 f"; did you mean '{meant[0]}'?"

@@ -162,8 +162,8 @@ def check_cache_pin(cfg: Config, found: dict, cache_dir: str) -> None:
     ):
         raise CacheError(
             f"{key}={revision[:12]}… pins model.teacher {spec} at another commit than the cache at {cache_dir} was "
-            f"built from ({cached[:12]}…): set {key}={cached} to train from this cache (and evaluate its teacher), "
-            "or build a cache at your pin"
+            f"built from ({cached[:12]}…): set model.teacher_revision={cached} to train from this cache (and "
+            "evaluate its teacher), or build a cache at your pin"
         )
 
 
