@@ -81,6 +81,7 @@ def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub
     assert (
         len(err) == 1 and "than the teacher this run was taught by (retrained, replaced or a newer" in err[0]
     ), err
+    assert f"(model.teacher_revision={A}, the commit it was taught by)" in err[0], err  # try-out 162, F5
     # another model named instead (try-out 154, N10: said as the run's teacher retrained or replaced)
     assert main([*args, "train.max_steps=3", "--resume", f"model.teacher={tmp_path / 't1'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -331,6 +332,10 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
         assert main([*from_cache, "run.name=v1moved"]) == 0
     said = "the teacher is not evaluated: org/teacher now loads other weights than the cache was built from"
     assert said in caplog.text
+    assert (
+        f"model.revision=v1 resolves to another commit: model.teacher_revision={A} names the cache's"
+        in caplog.text
+    )
     capsys.readouterr()  # ekd eval names the commit that holds the cache's teacher (try-out 160, F4)
     assert main(["eval", str(tmp_path / "runs" / "v1moved")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

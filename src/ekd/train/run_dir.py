@@ -393,14 +393,16 @@ def _reads_cache(key: str, saved: dict, cfg: Config) -> bool:
     )
 
 
-def other_teacher(spec: str, named_otherwise: bool = False) -> str:
+def other_teacher(spec: str, named_otherwise: bool = False, commit: str | None = None) -> str:
     """The refusal of a ``--resume`` whose ``model.teacher`` holds other weights than the run's teacher:
     ``named_otherwise``, a model named instead of the run's (try-out 154, N10: said as "retrained or replaced
-    since"), else the run's own teacher changed where it is."""
+    since"), else the run's own teacher changed where it is. ``commit``: the hub commit the run was taught by
+    (``teacher_commit``), named as the pin that resumes it (try-out 162, F5)."""
     why = "another model" if named_otherwise else "retrained, replaced or a newer download since"
+    where = f" (model.teacher_revision={commit}, the commit it was taught by)" if commit else ""
     return (
         f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by ({why}); name "
-        "where those weights are, or start a new run under another run.name"
+        f"where those weights are{where}, or start a new run under another run.name"
     )
 
 
@@ -1188,12 +1190,21 @@ class RunStart:
             # an older ekd's sampled fingerprint: checked its way, ...
             same = same_weights(saved, spec, revision)
             if same is False:
-                raise RunDirError(other_teacher(spec))
+                raise RunDirError(
+                    other_teacher(spec, commit=(read_marker(self.run_dir) or {}).get("teacher_commit"))
+                )
             if same and saved.startswith(SAMPLED):  # ... then recorded by every byte (ekd compare reads it)
                 saved = None
         if saved is None and (current := weights_fingerprint(spec, revision)) is not None:
+            from ekd.hub import is_local, model_directory
+            from ekd.teacher.cache.signature import is_commit
+
+            snapshot = None if is_local(spec) else model_directory(spec, revision)
+            commit = (
+                {"teacher_commit": snapshot.name} if snapshot is not None and is_commit(snapshot.name) else {}
+            )
             with writing(self.run_dir):
-                _write_marker(self.run_dir, teacher_weights=current)
+                _write_marker(self.run_dir, teacher_weights=current, **commit)
 
     def commit(self) -> None:
         """The run has started: mark it so and delete the run it replaces."""

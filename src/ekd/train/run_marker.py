@@ -53,6 +53,7 @@ MARKER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "student_base": (_mapping, "an object"),
     "student_weights": (_text, "a sha256 text"),
     "teacher_weights": (_text, "a sha256 text"),
+    "teacher_commit": (_text, "a text"),
     "arithmetic": (_texts, "an object of texts"),
     "tokenizer_sha256": (_text, "a sha256 text"),
     "tokenizer_class": (_text, "a text"),

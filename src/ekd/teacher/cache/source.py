@@ -329,7 +329,18 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
         return ""
     if current == recorded:
         return ""
-    moved = "; a newer download under the hub id's branch?" if not is_local(spec) else ""
+    moved = ""
+    if not is_local(
+        spec
+    ):  # name the commit that holds the cache's teacher (try-out 162, F6: a branch move guessed)
+        commit = recorded.removeprefix("commit:")
+        revision, key = cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
+        at = f"{key}={revision}" if revision else "its default branch"
+        moved = (
+            f"; {at} resolves to another commit: model.teacher_revision={commit} names the cache's"
+            if is_commit(commit)
+            else "; a newer download under the hub id's branch?"
+        )
     return (
         f"{spec} now loads other weights than the cache was built from ({current[:30]}… against "
         f"{recorded[:30]}…{moved})"
