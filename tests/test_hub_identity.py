@@ -326,7 +326,9 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     capsys.readouterr()
     assert main(["cache", *base, *cache]) == 2  # a build of other targets into this cache: refused
     err = capsys.readouterr().err
-    assert f'teacher_revision [model.teacher]: expected "{B[:37]}…", found "{A[:37]}…"' in err, err
+    said = f'teacher_revision [model.teacher_revision, else model.revision]: expected "{B[:37]}…", found "{A[:37]}…"'
+    assert said in err, err
+    assert f"keep it with model.teacher_revision={A} (the commit it was built from)" in err, err  # t162, F4
     from_cache = ["distill", *base, *cache, "teacher.source=cache", "train.max_steps=1"]
     with caplog.at_level(logging.WARNING, logger="ekd"):
         assert main([*from_cache, "run.name=v1moved"]) == 0
