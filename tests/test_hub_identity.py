@@ -94,7 +94,15 @@ def test_new_weights_under_main_are_another_teacher_for_resume_and_eval_json(hub
     capsys.readouterr()
     assert main([*args, "train.max_steps=6", "--resume", f"model.teacher_revision={B}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.teacher_revision" in err[0], err
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+    # the run's commit not on this machine (another node's cache): the pin is taken, its weights checked once
+    # fetched — here the hub is unreachable, so the fetch is what is refused (review 163, R1: "config differs")
+    import shutil
+
+    shutil.rmtree(hub / "models--org--teacher" / "snapshots" / A)
+    assert main([*args, "train.max_steps=6", "--resume", f"model.teacher_revision={A}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"its revision '{A}'" in err[0] and "config differs" not in err[0], err
 
 
 def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(
@@ -226,7 +234,7 @@ def test_a_hub_id_cached_only_at_a_commit_names_its_missing_default_branch(hub, 
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     said = (
-        "its default branch 'main' (no model.teacher_revision nor model.revision set) is not in the local cache "
+        "its default branch 'main' (neither model.teacher_revision nor model.revision set) is not in the local cache "
         f"(cached: {A}, {B})"
     )
     assert len(err) == 1 and said in err[0], err
@@ -539,3 +547,22 @@ def test_ekd_plan_reads_each_hub_model_at_its_own_pin(hub, tmp_path, corpus, cap
     assert main([*plan, "model.teacher_revision="]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "org/teacher" in err[0] and C in err[0], err
+
+
+@pytest.mark.parametrize(
+    "key, revision, said",
+    [
+        ("student init: teacher", "", "its default branch 'main' (--revision not set)"),
+        ("student init", "v9", "its revision 'v9' (--revision)"),
+        ("model.tokenizer", "v9", "its revision 'v9' (model.revision)"),
+        ("model.student", "", "its default branch 'main' (model.revision not set)"),
+    ],
+)
+def test_a_missing_revision_names_the_key_of_the_command_that_set_it(hub, key, revision, said):
+    """Review 163, R4: `ekd student init` was told of a model.revision it has no key for (its option is --revision),
+    and a hub tokenizer's missing revision named no key."""
+    from ekd.hub import _not_cached
+
+    for ref in (hub / "models--org--teacher" / "refs").iterdir():
+        ref.unlink()
+    assert _not_cached("org/teacher", "config.json", revision, key).startswith(said)

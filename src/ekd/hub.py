@@ -364,6 +364,21 @@ def cached_repo(repo_id: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
+_REVISION_SET = {
+    "model.teacher": " (model.teacher_revision, else model.revision: a teacher and a student pinned apart take "
+    "model.teacher_revision)",
+    "model.student": " (model.revision; the teacher's own commit goes in model.teacher_revision)",
+    "model.tokenizer": " (model.revision)",
+}
+"""The keys that set a model's revision, said where the revision is not in the hub cache."""
+_REVISION_UNSET = {
+    "model.teacher": "model.teacher_revision nor model.revision",
+    "model.student": "model.revision",
+    "model.tokenizer": "model.revision",
+}
+"""The keys that would pin a model read at its default branch."""
+
+
 def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
     """What of a hub id the local cache lacks, as words: the id ('it is not in the local cache'), its revision
     beside those cached and the keys that set it (try-out 152, F4: a revision missing from a cached repository was
@@ -385,13 +400,10 @@ def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
             f" and {len(snapshots) - 4} more" if len(snapshots) > 4 else ""
         )
         if not revision:
-            keys = {"model.teacher": "model.teacher_revision nor model.revision"}.get(key, "model.revision")
-            return f"its default branch 'main' (no {keys} set) is not in the local cache (cached: {cached})"
-        setting = {
-            "model.teacher": " (model.teacher_revision, else model.revision: a teacher and a student pinned apart "
-            "take model.teacher_revision)",
-            "model.student": " (model.revision; the teacher's own commit goes in model.teacher_revision)",
-        }.get(key, "")
+            unset = _REVISION_UNSET.get(key, "--revision" if key.startswith("student init") else "")
+            why = f" (neither {unset} set)" if " nor " in unset else f" ({unset} not set)" if unset else ""
+            return f"its default branch 'main'{why} is not in the local cache (cached: {cached})"
+        setting = _REVISION_SET.get(key, " (--revision)" if key.startswith("student init") else "")
         return f"its revision '{revision}'{setting} is not in the local cache (cached: {cached})"
     return f"its {filename} is not in the local cache (a download not finished?)"
 

@@ -236,43 +236,68 @@ def changes_training(key: str) -> bool:
 
 def _models_as_recorded(blocking: list[str], saved: dict, cfg: Config, marker: dict) -> dict[str, str]:
     """The keys of ``blocking`` that choose how the run's models are found or evaluated, not which models it trains
-    with — key → why —: a run from a cache trains from its targets, so the teacher's pin and dtype decide only the
-    teacher evaluated at the end (try-out 160, F2: refused as changing what the run computes); a pin that reads the
-    weights the run recorded (``teacher_weights``, ``student_weights``) names the same models (F3: the commit the
-    run was taught by, named after ``main`` moved, was refused while the refusal asked for it)."""
+    with, key → why: a run from a cache trains from its targets, so its teacher's pin and dtype decide only the
+    teacher it evaluates (try-out 160, F2); a pin that reads the weights the run recorded (``teacher_weights``,
+    ``student_weights``) names the same models (F3: the commit the run was taught by, named after ``main`` moved,
+    was refused while the refusal asked for it) — where those weights are not on this machine yet, the pin is taken
+    and the weights are compared once fetched (:meth:`RunStart.check_teacher`, :meth:`RunStart.check_student_base`).
+
+    Raises:
+        RunDirError: a teacher pin that reads other weights than the run was taught by (:func:`other_teacher`).
+    """
     from ekd.config.inert import own_hub_tokenizer, revision_reads_beside_teacher
     from ekd.models.identity import same_weights
 
     keys = [k for k in blocking if k in ("model.revision", "model.teacher_revision", "model.teacher_dtype")]
     if not keys:
         return {}
-    model = cfg.to_dict()["model"]
     from_cache = cfg.teacher.source == "cache" and (saved.get("teacher") or {}).get("source") == "cache"
-    teacher_same = from_cache or (
-        bool(marker.get("teacher_weights"))
-        and same_weights(marker["teacher_weights"], cfg.model.teacher, cfg.model.teacher_hub_revision) is True
+    cached_teacher = (
+        "the run trains from its cache: its teacher's pin and dtype decide only the teacher it evaluates"
     )
-    beside_same = not revision_reads_beside_teacher(model) or (
-        not own_hub_tokenizer(model)
-        and bool(marker.get("student_weights"))
-        and same_weights(marker["student_weights"], cfg.model.student, cfg.model.revision) is True
-    )
-    why = (
-        "the run trains from its cache: its teacher's pin and dtype decide only the teacher evaluated at the end"
+
+    def as_recorded(field: str, spec: str, revision: str) -> str:
+        """Why the pin reads the model the run recorded in ``field``, "" where it does not (or nothing is recorded)."""
+        recorded = marker.get(field)
+        if not recorded:
+            return ""
+        same = same_weights(recorded, spec, revision)
+        if same is False and field == "teacher_weights":
+            raise RunDirError(other_teacher(spec, commit=marker.get("teacher_commit")))
+        if same is None and field == "teacher_weights":  # not on this machine yet: compared once fetched
+            return "the teacher's weights are compared with the run's teacher_weights once fetched, before a step"
+        if same is None:  # the student trains on from its checkpoint; its pin reaches only a LoRA base
+            return "the student trains on from its checkpoint (a LoRA base is compared once fetched)"
+        return f"it reads the weights the run recorded ({field})" if same else ""
+
+    teacher = (
+        cached_teacher
         if from_cache
-        else "the pins read the weights the run recorded (their fingerprints are the run's)"
+        else as_recorded("teacher_weights", cfg.model.teacher, cfg.model.teacher_hub_revision)
     )
+    model = cfg.to_dict()["model"]
+    if not revision_reads_beside_teacher(model):
+        beside = "it reaches no hub id beside the teacher"
+    elif own_hub_tokenizer(model):
+        beside = ""  # a tokenizer of its own at another revision: other encodings
+    else:
+        beside = as_recorded("student_weights", cfg.model.student, cfg.model.revision)
     accepted = {}
     for key in keys:
         if key == "model.teacher_dtype":
-            ok = from_cache
+            why = cached_teacher if from_cache else ""
         elif key == "model.teacher_revision":
-            ok = teacher_same
+            why = teacher
         else:  # model.revision: the teacher's too where no teacher_revision is set
-            ok = beside_same and (teacher_same or bool(cfg.model.teacher_revision))
-        if ok:
+            why = beside if (cfg.model.teacher_revision or teacher) else ""
+            why = (
+                f"{why}; the teacher: {teacher}"
+                if why and teacher and not cfg.model.teacher_revision
+                else why
+            )
+        if why:
             accepted[key] = why
-    return accepted if len(accepted) == len(keys) else {}
+    return accepted
 
 
 def resumable(key: str) -> bool:
@@ -908,7 +933,8 @@ class RunStart:
                           f"targets — is checked before the first step){unchecked}")  # fmt: skip
         if accepted := _models_as_recorded(blocking, saved or {}, self.cfg, marker or {}):
             blocking = [k for k in blocking if k not in accepted]
-            log.info("--resume with %s changed: %s", ", ".join(accepted), accepted[next(iter(accepted))])
+            for key, why in accepted.items():
+                log.info("--resume with %s changed: %s", key, why)
         if blocking:
             why = [f"{k}: {REFUSED_BECAUSE[k]}" for k in blocking if k in REFUSED_BECAUSE]
             raise RunDirError(

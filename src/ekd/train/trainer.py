@@ -1022,9 +1022,11 @@ def _check_on_main(cfg: Config, data: PreparedData, start: RunStart) -> None:
 
 def _check_loaded_models(start: RunStart) -> None:
     """Rank 0: the teacher's and a LoRA base's weights as loaded, against what the run recorded
-    (:meth:`RunStart.check_teacher`, :meth:`RunStart.check_student_base`)."""
+    (:meth:`RunStart.check_teacher`, :meth:`RunStart.check_student_base`); a new run's hub student, downloaded since
+    the start's checks, recorded (:meth:`RunStart.check_student`; review 163, R2)."""
     start.check_student_base()
     start.check_teacher()
+    start.check_student()
 
 
 def _check_model_names(cfg: Config, parts: MethodParts, resume: bool = False) -> None:
