@@ -593,6 +593,7 @@ def test_max_tokens_stops_reading(
         "trained-text",
         "blocks-lowered",
         "unsealed-blocks-lowered",
+        "unsealed-partial-sha256",
         "one-sha256-dropped",
         "legacy-overwrite",
     ],
@@ -628,11 +629,13 @@ def test_corrupt_or_mismatched_store_is_rebuilt_with_one_line(
             manifest["splits"][0]["trained_documents"] = [1, 2, 3]
         elif damage == "blocks-lowered":  # try-out 160, F5: 10 blocks trained under the store's fingerprint
             manifest["splits"][0]["blocks"] = 10
-        elif (
-            damage == "unsealed-blocks-lowered"
-        ):  # try-out 162, F1: an older ekd's manifest, or its seal removed
+        elif damage == "unsealed-blocks-lowered":  # try-out 162, F1: an older ekd's, or its seal removed
             manifest["splits"][0]["blocks"] = 10
             del manifest["manifest_sha256"]
+        elif damage == "unsealed-partial-sha256":  # review 163, R6: a file outside the fingerprint
+            del manifest["manifest_sha256"], manifest["splits"][0]["sha256"]["ends.u8"]
+            ends = store / "split-0" / "ends.u8"
+            ends.write_bytes(bytes(len(ends.read_bytes())))
         elif damage == "one-sha256-dropped":  # F6: the file it no longer lists, rewritten, was trained on
             del manifest["splits"][0]["sha256"]["tokens.u32"]
             tokens.write_bytes(bytes(len(tokens.read_bytes())))

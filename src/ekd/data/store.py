@@ -271,8 +271,8 @@ def changed_files(directory: Path, manifest: dict) -> list[str]:
     for split in manifest["splits"]:
         folder = directory / f"split-{split['folder']}"
         if (not sealed or not split.get("sha256")) and split.get("fingerprint"):
-            recomputed = fingerprint_files(folder, split["blocks"], manifest["block_length"])[0]
-            if recomputed != split["fingerprint"]:
+            fingerprint, targets = fingerprint_files(folder, split["blocks"], manifest["block_length"])
+            if fingerprint != split["fingerprint"] or split.get("num_targets", targets) != targets:
                 changed.append(f"split-{split['folder']}'s blocks")
                 continue
         for filename, digest in (split.get("sha256") or {}).items():
