@@ -343,7 +343,7 @@ def test_a_cache_pinned_to_a_branch_pins_the_commit_it_resolves_to(hub, tmp_path
     said = "the teacher is not evaluated: org/teacher now loads other weights than the cache was built from"
     assert said in caplog.text
     assert (
-        f"model.revision=v1 resolves to another commit: model.teacher_revision={A} names the cache's"
+        f"model.revision=v1 reads another commit now: model.teacher_revision={A} names the cache's"
         in caplog.text
     )
     capsys.readouterr()  # ekd eval names the commit that holds the cache's teacher (try-out 160, F4)

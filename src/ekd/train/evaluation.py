@@ -682,10 +682,10 @@ def _not_the_caches_teacher(changed: str, run_dir: Path, pinned: str | None = No
     ``pinned``: the run's ``cache_teacher``, whose hub commit, where it has one, names that teacher — try-out 160,
     F4: the way that worked was not said)."""
     from ekd.teacher.cache.manifest import cache_teacher_parts
-    from ekd.teacher.cache.signature import is_commit
+    from ekd.teacher.cache.signature import hub_commit
 
-    commit = cache_teacher_parts(pinned)[0].rpartition("@")[2].removeprefix("commit:") if pinned else ""
-    by_commit = f" (a hub id: model.teacher_revision={commit})" if is_commit(commit) else ""
+    commit = hub_commit(cache_teacher_parts(pinned)[0].rpartition("@")[2]) if pinned else None
+    by_commit = f" (a hub id: model.teacher_revision={commit})" if commit else ""
     return (
         f"ekd eval: {changed}: its KL and agreement would be another model's; put the teacher the run's cache was "
         f"built from back{by_commit}, or score the student alone: `ekd eval {shlex.quote(str(run_dir))} "

@@ -617,7 +617,8 @@ def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD
     """Raise CacheError if ``found`` (a manifest) was built for another signature, layout or sample split, each
     signature field named by its config key (:mod:`ekd.teacher.cache.mismatch`; try-out 64, F7); the error ends
     with ``fix``."""
-    from ekd.teacher.cache.mismatch import is_hub_commit, name_config_keys
+    from ekd.teacher.cache.mismatch import name_config_keys
+    from ekd.teacher.cache.signature import hub_commit
 
     signatures = expected["signature"], found.get("signature", {})
     diffs = name_config_keys(compare_signatures(*signatures), *signatures)
@@ -642,11 +643,10 @@ def check_compatible(expected: dict, found: dict, where: str, fix: str = REBUILD
     elif (
         len(diffs) == 1
         and diffs[0].startswith("teacher_revision")
-        and is_hub_commit(signatures[1].get("teacher_revision"))
+        and (commit := hub_commit(signatures[1].get("teacher_revision")))
     ):
         # only the teacher's commit: a pinned branch that moved since the build keeps the cache by its commit
         # (try-out 162, F4: only deleting a valid cache was offered)
-        commit = str(signatures[1]["teacher_revision"]).removeprefix("commit:")
         fix = f"keep it with model.teacher_revision={commit} (the commit it was built from), or {fix}"
     if diffs:
         raise CacheError(f"{where} was built differently ({diff_summary(diffs)}): {fix}")

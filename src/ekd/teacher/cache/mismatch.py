@@ -56,18 +56,13 @@ def config_key(field: str, expected: dict, found: dict, fields: list[str]) -> st
         if "data_fingerprint" in fields:
             return "model.tokenizer: a BPE trained on the training data, see data_fingerprint"
         return f"model.tokenizer: a BPE trained on the training data, {data_keys(expected, found, fields)}"
-    if field == "teacher_revision" and all(is_hub_commit(x.get(field)) for x in (expected, found)):
+    from ekd.teacher.cache.signature import hub_commit
+
+    if field == "teacher_revision" and all(hub_commit(x.get(field)) for x in (expected, found)):
         return (
             "model.teacher_revision, else model.revision"  # a hub teacher at another commit (try-out 162, F4)
         )
     return CONFIG_KEYS.get(field)
-
-
-def is_hub_commit(revision: object) -> bool:
-    """A hub commit as a signature records it (40 hex digits, or transformers 4's ``commit:<sha>``)."""
-    from ekd.teacher.cache.signature import is_commit
-
-    return is_commit(str(revision or "").removeprefix("commit:"))
 
 
 def changed_settings(expected: dict, found: dict) -> dict[str, Any]:

@@ -130,6 +130,13 @@ def teacher_revision(cfg: Config, model: nn.Module) -> str:
     return f"state-dict-sha256:{state_dict_sha256(model)}"
 
 
+def hub_commit(revision: object) -> str | None:
+    """The hub commit a recorded revision names — 40 hex digits, or transformers 4's ``commit:<sha>`` — else None
+    (a branch, a tag, a content pin, nothing)."""
+    text = str(revision or "").removeprefix("commit:")
+    return text if is_commit(text) else None
+
+
 def is_commit(revision: str) -> bool:
     """Whether ``revision`` is a full git commit (40 hex digits), which pins a hub repository's files."""
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)

@@ -150,16 +150,11 @@ def check_cache_pin(cfg: Config, found: dict, cache_dir: str) -> None:
     Raises:
         CacheError: one line naming both commits and the pin that trains from this cache.
     """
-    from ekd.teacher.cache.signature import is_commit
+    from ekd.teacher.cache.signature import hub_commit, is_commit
 
     spec, revision, key = cfg.model.teacher, cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
-    cached = str(found.get("teacher_revision", "")).removeprefix("commit:")
-    if (
-        is_commit(revision)
-        and is_commit(cached)
-        and revision != cached
-        and not (is_preset(spec) or is_local(spec))
-    ):
+    cached = hub_commit(found.get("teacher_revision"))
+    if is_commit(revision) and cached and revision != cached and not (is_preset(spec) or is_local(spec)):
         raise CacheError(
             f"{key}={revision[:12]}… pins model.teacher {spec} at another commit than the cache at {cache_dir} was "
             f"built from ({cached[:12]}…): set model.teacher_revision={cached} to train from this cache (and "
@@ -302,7 +297,7 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
     evaluation in float32 hold the same weights); a commit (``commit:<sha>`` as transformers 4 recorded it, or a
     commit a branch resolved to) with the snapshot the teacher's revision resolves to now (``model.teacher_revision``,
     else ``model.revision``)."""
-    from ekd.teacher.cache.signature import is_commit, state_dict_sha256
+    from ekd.teacher.cache.signature import hub_commit, state_dict_sha256
 
     # a run's cache_teacher: '<teacher id>@<revision>'
     if recorded and not recorded.startswith(CONTENT_REVISIONS):
@@ -315,12 +310,7 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
             return ""  # loaded narrower than built: the build's values are not recoverable, cannot be told
         cast = built if isinstance(built, torch.dtype) and built != loaded else None
         current = f"{STATE_DICT}{state_dict_sha256(model, cast)}"
-    elif (
-        recorded
-        and is_commit(recorded.removeprefix("commit:"))
-        and not is_preset(spec)
-        and not is_local(spec)
-    ):
+    elif recorded and hub_commit(recorded) and not is_preset(spec) and not is_local(spec):
         # a hub id's commit: the snapshot loaded now
         if (snapshot := model_directory(spec, cfg.model.teacher_hub_revision)) is None:
             return ""
@@ -330,15 +320,12 @@ def loaded_teacher_changed(cfg, model, recorded: str | None, built_dtype: str | 
     if current == recorded:
         return ""
     moved = ""
-    if not is_local(
-        spec
-    ):  # name the commit that holds the cache's teacher (try-out 162, F6: a branch move guessed)
-        commit = recorded.removeprefix("commit:")
+    if not is_local(spec):  # the commit that holds the cache's teacher, named (try-out 162, F6)
         revision, key = cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
         at = f"{key}={revision}" if revision else "its default branch"
         moved = (
-            f"; {at} resolves to another commit: model.teacher_revision={commit} names the cache's"
-            if is_commit(commit)
+            f"; {at} reads another commit now: model.teacher_revision={commit} names the cache's"
+            if (commit := hub_commit(recorded))
             else "; a newer download under the hub id's branch?"
         )
     return (
