@@ -303,6 +303,10 @@ def test_ekd_eval_refuses_new_weights_under_the_runs_teacher(hub, tmp_path, corp
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
+    # the run's own teacher restated is the run's, checked alike (try-out 164, F1: scored B under it, unchecked)
+    assert main(["eval", str(run), "model.teacher=org/teacher"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other weights than the teacher this run was taught by" in err[0], err
     assert json.loads((run / "eval.json").read_text())["eval"]["teacher"]["weights"] == before
     assert main(["eval", str(run), f"model.revision={A}"]) == 0
     assert main(["eval", str(run), "eval.teacher=false"]) == 0

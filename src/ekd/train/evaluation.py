@@ -599,7 +599,7 @@ def evaluate_saved_run(
                 cfg.model.teacher_hub_revision,
             ):
                 raise ConfigError(_not_the_caches_teacher(changed, run_dir, marker.get("cache_teacher")))
-        _check_run_teacher(run_dir, cfg, marker or {}, typed=_typed_teacher(overrides))
+        _check_run_teacher(run_dir, cfg, marker or {}, typed=_typed_teacher(overrides, run_dir))
         teacher = load_teacher(cfg, data, device)
         # a hub teacher's pin is its loaded weights' hash: compared now (try-out 152, F2)
         if cfg.teacher.source == "cache" and (pinned := marker.get("cache_teacher")):
@@ -649,9 +649,20 @@ def _with_kept_teacher_figures(results: EvalResults, written: dict[str, Any]) ->
     return out
 
 
-def _typed_teacher(overrides: list[str] | None) -> bool:
-    """Whether ``ekd eval``'s overrides name ``model.teacher`` (a teacher the user chooses, not the run's)."""
-    return any(o.split("=", 1)[0].strip() == "model.teacher" for o in overrides or ())
+def _typed_teacher(overrides: list[str] | None, run_dir: Path) -> bool:
+    """Whether ``ekd eval``'s overrides name another ``model.teacher`` than the run's (a teacher the user chooses);
+    the run's own, restated, is checked as the run's (try-out 164, F1: `model.teacher=<the run's hub id>` scored
+    newer weights under it and replaced the run's figures, unchecked)."""
+    from ekd.config.paths import same_location
+    from ekd.train.run_dir import saved_config
+
+    typed = [
+        o.split("=", 1)[1].strip() for o in overrides or () if o.split("=", 1)[0].strip() == "model.teacher"
+    ]
+    if not typed:
+        return False
+    saved = str(((saved_config(run_dir) or {}).get("model") or {}).get("teacher", ""))
+    return not (saved and (typed[-1] == saved or same_location(typed[-1], saved)))
 
 
 def _check_run_teacher(run_dir: Path, cfg: Config, marker: dict, *, typed: bool) -> None:
@@ -890,7 +901,7 @@ def check_saved_teacher(
         figures=sets and evaluates_teacher(cfg),
         tasks=bool(cfg.eval.tasks) and cfg.eval.tasks_teacher and not is_preset(cfg.model.teacher),
         boundary=sets and not recorded and cfg.data.separator == "auto" and "teacher" in boundary_models(cfg),
-        typed=_typed_teacher(overrides),
+        typed=_typed_teacher(overrides, run_dir),
     )
 
 
