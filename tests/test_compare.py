@@ -2414,3 +2414,25 @@ def test_the_other_teacher_note_counts_every_seed():
         "`kd`: seed 1 measured against another teacher on `eval`, left out of their KL and agreement "
         "(n=0 of 2, 1 not finite)"
     ], notes
+
+
+def test_cache_runs_of_one_hub_commit_recorded_two_ways_are_one_config(tmp_path):
+    """Try-out 164, F2: two caches of org/t at one commit, built unpinned (its loaded config's `commit:<sha>`) and
+    pinned (`<sha>`), trained identical students and were `rskd` and `rskd#2`."""
+    from ekd.eval.compare import group_runs, read_run
+
+    commit = "b" * 40
+    dirs = [_fake_run(tmp_path, f"rs{i}", "rskd", i, 10.0 + i, 0.5) for i in range(2)]
+    for d, pin in zip(dirs, (f"commit:{commit}", commit)):
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg |= {"model": {"teacher": "org/t"}, "teacher": {"source": "cache", "cache_dir": str(d / "c")}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        marker = {
+            "format": "ekd-run",
+            "version": 1,
+            "state": "finished",
+            "cache_teacher": f"org/t@{pin}|float32|fp32",
+        }
+        (d / "ekd-run.json").write_text(json.dumps(marker))
+    groups = group_runs([read_run(d) for d in dirs])
+    assert [len(g.runs) for g in groups] == [2], [g.note for g in groups]

@@ -35,6 +35,7 @@ from ekd.eval.task_metrics import UNRECORDED_GROUP, task_sets, task_starts, task
 from ekd.eval.tasks import TASKS_DIR_HASH
 from ekd.models.identity import comparable, ran_in
 from ekd.teacher.cache.manifest import cache_teacher_parts, computed_with
+from ekd.teacher.cache.signature import hub_commit
 from ekd.train.run_dir import changes_training, read_marker
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,17 @@ class RunRecord:
             # the cache by what it holds: a copy elsewhere (a node's disk), or each seed's own RS cache, is the same
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
             teacher, dtype, autocast = cache_teacher_parts(self.cache_teacher)
-            short = teacher.rpartition(":")[2][:16] if ":" in teacher else teacher
+            # a hub commit however recorded: 'org/t@<sha>' (pinned) or 'org/t@commit:<sha>' (read off the loaded
+            # config, unpinned) is one teacher (try-out 164, F2)
+            name, at, revision = teacher.rpartition("@")
+            commit = hub_commit(revision) if at else None
+            short = (
+                f"{name}@{commit[:16]}"
+                if commit
+                else teacher.rpartition(":")[2][:16]
+                if ":" in teacher
+                else teacher
+            )
             # its pin and the dtype the run evaluates it in decide no training (try-out 160, F1/F2): the eval
             # figures are paired by the teacher each entry records
             kept = {
