@@ -506,6 +506,10 @@ def test_a_teacher_and_a_student_of_the_hub_are_pinned_each_to_its_own_commit(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"set model.teacher_revision={B} to train from this cache" in err[0], err
     assert not (tmp_path / "runs" / "c").exists()
+    # B's files under another commit are B's teacher (try-out 164, F3: refused by the commit's name)
+    D = "d" * 40
+    put_in_hub_cache(hub, "org/teacher", tmp_path / "t1", D, refs=())
+    assert main([*from_cache, f"model.teacher_revision={D}", "run.name=d"]) == 0
     caplog.clear()
     assert main([*from_cache, "--overwrite"]) == 0
     assert "the teacher is not evaluated" not in caplog.text

@@ -155,6 +155,12 @@ def check_cache_pin(cfg: Config, found: dict, cache_dir: str) -> None:
     spec, revision, key = cfg.model.teacher, cfg.model.teacher_hub_revision, cfg.model.teacher_revision_key
     cached = hub_commit(found.get("teacher_revision"))
     if is_commit(revision) and cached and revision != cached and not (is_preset(spec) or is_local(spec)):
+        from ekd.models.identity import weights_fingerprint
+
+        if (ours := weights_fingerprint(spec, revision)) is not None and ours == weights_fingerprint(
+            spec, cached
+        ):
+            return  # the same files under another commit (try-out 164, F3): the same teacher
         raise CacheError(
             f"{key}={revision[:12]}… pins model.teacher {spec} at another commit than the cache at {cache_dir} was "
             f"built from ({cached[:12]}…): set model.teacher_revision={cached} to train from this cache (and "
