@@ -424,7 +424,16 @@ def other_teacher(spec: str, named_otherwise: bool = False, commit: str | None =
     since"), else the run's own teacher changed where it is. ``commit``: the hub commit the run was taught by
     (``teacher_commit``), named as the pin that resumes it (try-out 162, F5)."""
     why = "another model" if named_otherwise else "retrained, replaced or a newer download since"
-    where = f" (model.teacher_revision={commit}, the commit it was taught by)" if commit else ""
+    where = ""
+    if commit:
+        from ekd.hub import model_directory
+
+        here = (
+            ""
+            if model_directory(spec, commit) is not None
+            else ", once downloaded to this machine's hub cache"
+        )
+        where = f" (model.teacher_revision={commit}, the commit it was taught by{here})"
     return (
         f"--resume: model.teacher {spec} holds other weights than the teacher this run was taught by ({why}); name "
         f"where those weights are{where}, or start a new run under another run.name"
