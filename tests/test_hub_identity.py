@@ -120,13 +120,18 @@ def test_an_adapter_on_a_hub_base_is_not_scored_on_other_weights_under_its_id(
     ]
     assert main(args) == 0
     run = tmp_path / "runs" / "lora"
-    assert json.loads((run / "ekd-run.json").read_text())["student_base"]["revision"].startswith(
-        "safetensors"
-    )
+    base = json.loads((run / "ekd-run.json").read_text())["student_base"]
+    assert base["revision"].startswith("safetensors") and base["commit"] == A
     build_preset("llama-micro", 300, 0, seed=3).save_pretrained(tmp_path / "s2")  # the base retrained
     for f in (tmp_path / "s").glob("*token*"):
         (tmp_path / "s2" / f.name).write_bytes(f.read_bytes())
     put_in_hub_cache(hub, "org/student", tmp_path / "s2", B)  # main moves to B
+    capsys.readouterr()  # --resume names the commit the adapters trained on (try-out 164, F5)
+    assert main([*args, "train.max_steps=2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"put that base back (model.revision={A}, the commit it trained on" in err[0], (
+        err
+    )
     # the export pins the commit its base resolved to (try-out 154, N5): scored on that base, the run's figures
     note = json.loads((run / "student" / "ekd_base.json").read_text())
     assert (note["base_model"], note["revision"]) == ("org/student", A), note

@@ -190,13 +190,18 @@ def base_identity(spec: str, revision: str = "") -> dict | None:
     ``revision`` (:func:`ekd.hub.model_directory`; try-out 152, F8: an adapter on a hub base was evaluated and
     resumed on whatever ``main`` held later): ``{"files": {name: [size, mtime_ns, ctime_ns, inode]}, "revision":
     "safetensors-sha256:…"}`` (:func:`ekd.teacher.cache.signature.weights_revision`); None for a hub id not cached,
-    a preset or pickled weights. A LoRA run records it: its adapters apply to that base only."""
-    from ekd.hub import model_directory
-    from ekd.teacher.cache.signature import teacher_files, weights_revision
+    a preset or pickled weights; a hub id's also names its ``commit`` (the snapshot's), which a refused ``--resume``
+    names as the pin that resumes it (try-out 164, F5). A LoRA run records it: its adapters apply to that base
+    only."""
+    from ekd.hub import is_local, model_directory
+    from ekd.teacher.cache.signature import is_commit, teacher_files, weights_revision
 
     directory = model_directory(spec, revision)
     files = teacher_files(str(directory)) if directory is not None else None
-    return None if files is None else {"files": files, "revision": weights_revision(str(directory))}
+    if files is None:
+        return None
+    commit = {"commit": directory.name} if not is_local(spec) and is_commit(directory.name) else {}
+    return {"files": files, "revision": weights_revision(str(directory)), **commit}
 
 
 def base_changed(recorded: dict, spec: str, revision: str = "") -> bool:

@@ -1118,9 +1118,16 @@ class RunStart:
             return
         saved = (read_marker(self.run_dir) or {}).get("student_base")
         if not self.fresh and saved is not None and base_changed(saved, spec, revision):
+            commit = saved.get("commit")
+            pin = (
+                f" (model.revision={commit}, the commit it trained on — a hub teacher then pinned by "
+                "model.teacher_revision)"
+                if commit
+                else ""
+            )
             raise RunDirError(
                 f"--resume: model.student {spec} is not the base this LoRA run trained its adapters on (its "
-                "weights' sha256 differs from the run's); put that base back, or start a new run under another "
+                f"weights' sha256 differs from the run's); put that base back{pin}, or start a new run under another "
                 "run.name"
             )
         # a hub base fetched only after the first start is recorded at a later --resume
