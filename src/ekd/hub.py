@@ -364,19 +364,21 @@ def cached_repo(repo_id: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
-_REVISION_SET = {
-    "model.teacher": " (model.teacher_revision, else model.revision: a teacher and a student pinned apart take "
-    "model.teacher_revision)",
-    "model.student": " (model.revision; the teacher's own commit goes in model.teacher_revision)",
-    "model.tokenizer": " (model.revision)",
+_REVISION_KEYS = {
+    "model.teacher": (
+        "model.teacher_revision, else model.revision: a teacher and a student pinned apart take "
+        "model.teacher_revision",
+        "neither model.teacher_revision nor model.revision set",
+    ),
+    "model.student": (
+        "model.revision; the teacher's own commit goes in model.teacher_revision",
+        "model.revision not set",
+    ),
+    "model.tokenizer": ("model.revision", "model.revision not set"),
+    "student init": ("--revision", "--revision not set"),
 }
-"""The keys that set a model's revision, said where the revision is not in the hub cache."""
-_REVISION_UNSET = {
-    "model.teacher": "model.teacher_revision nor model.revision",
-    "model.student": "model.revision",
-    "model.tokenizer": "model.revision",
-}
-"""The keys that would pin a model read at its default branch."""
+"""Config key (or command) → what set a model's revision, and what would pin one read at its default branch: said
+where the revision is not in the hub cache."""
 
 
 def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
@@ -399,12 +401,10 @@ def _not_cached(spec: str, filename: str, revision: str, key: str = "") -> str:
         cached = ", ".join(refs + snapshots[:4]) + (
             f" and {len(snapshots) - 4} more" if len(snapshots) > 4 else ""
         )
-        if not revision:
-            unset = _REVISION_UNSET.get(key, "--revision" if key.startswith("student init") else "")
-            why = f" (neither {unset} set)" if " nor " in unset else f" ({unset} not set)" if unset else ""
-            return f"its default branch 'main'{why} is not in the local cache (cached: {cached})"
-        setting = _REVISION_SET.get(key, " (--revision)" if key.startswith("student init") else "")
-        return f"its revision '{revision}'{setting} is not in the local cache (cached: {cached})"
+        keys = _REVISION_KEYS.get("student init" if key.startswith("student init") else key)
+        said = f" ({keys[0] if revision else keys[1]})" if keys else ""
+        what = f"its revision '{revision}'" if revision else "its default branch 'main'"
+        return f"{what}{said} is not in the local cache (cached: {cached})"
     return f"its {filename} is not in the local cache (a download not finished?)"
 
 

@@ -79,3 +79,21 @@ def read_json_record(
 
 
 __all__ = ["read_json_record", "record_bytes", "record_text"]
+
+
+SEAL = "manifest_sha256"
+"""The field of a manifest that seals it: :func:`seal_sha256` of the rest. A teacher cache's and a token store's
+manifest carry one, so a manifest edited since it was written is told from one as written."""
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and a fixed indentation (and a final newline): equal content gives equal bytes."""
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def seal_sha256(record: dict) -> str:
+    """sha256 hex of :func:`canonical_json` of ``record`` without its :data:`SEAL` field."""
+    import hashlib
+
+    body = {k: v for k, v in record.items() if k != SEAL}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()

@@ -685,13 +685,16 @@ def same_pins(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     the teacher (a hub student, a tokenizer of its own), ``revision`` (review 161, R3: moving a teacher's pin from
     ``model.revision`` to ``model.teacher_revision`` was another run for ``--resume`` and ``ekd compare``)."""
 
-    def teacher(m: Mapping[str, Any]) -> str:
-        return str(m.get("teacher_revision") or m.get("revision") or "")
-
-    if teacher(a) != teacher(b):
+    if teacher_pin(a) != teacher_pin(b):
         return False
     beside = revision_reads_beside_teacher(a) or revision_reads_beside_teacher(b)
     return not beside or str(a.get("revision") or "") == str(b.get("revision") or "")
+
+
+def teacher_pin(model: Mapping[str, Any]) -> str:
+    """The revision a saved ``model`` section reads its teacher at: ``teacher_revision``, else ``revision`` (as
+    :attr:`ekd.config.sections.ModelConfig.teacher_hub_revision` of a loaded config)."""
+    return str(model.get("teacher_revision") or model.get("revision") or "")
 
 
 def revision_reads_beside_teacher(model: Mapping[str, Any]) -> bool:

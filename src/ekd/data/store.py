@@ -34,6 +34,7 @@ import torch
 from ekd.data.boundary import DocumentBoundary
 from ekd.data.packing import PackedBlocks, TokenChunk
 from ekd.io import fsync_dir, make_dirs
+from ekd.json_record import SEAL, seal_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,7 @@ def _well_formed(manifest: Any) -> bool:
     settings, a positive block length and a non-empty list of splits, each named, with whole counts and (where
     recorded) its files' sha256 and fingerprint as text."""
 
-    def count(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    count = _count
 
     def texts(x: Any) -> bool:
         return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in x.items())
@@ -222,38 +222,31 @@ def _well_formed(manifest: Any) -> bool:
     )
 
 
-MANIFEST_SHA256 = "manifest_sha256"
-"""The manifest's own seal: the sha256 of its canonical JSON without this key. A manifest edited since its build (a
-split's ``blocks`` lowered, a file's sha256 entry or the fingerprint replaced) no longer matches: the store is rebuilt
-(try-out 160, F5/F6: a lowered block count trained on 10 of 157 blocks under the whole store's fingerprint). A
-manifest of an ekd that wrote none is read as before."""
+MANIFEST_SHA256 = SEAL
+"""The manifest's own seal (:func:`ekd.json_record.seal_sha256`, as a teacher cache's): a manifest edited since its
+build (a split's ``blocks`` lowered, a file's sha256 entry or the fingerprint replaced) no longer matches, and the
+store is rebuilt (try-out 160, F5/F6: a lowered block count trained on 10 of 157 blocks under the whole store's
+fingerprint). A manifest of an ekd that wrote none is checked against its files (:func:`changed_files`)."""
 
 
 def seal(manifest: dict) -> dict:
     """``manifest`` with its :data:`MANIFEST_SHA256`."""
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
-    return {**body, MANIFEST_SHA256: _canonical_sha256(body)}
+    return {**manifest, MANIFEST_SHA256: seal_sha256(manifest)}
 
 
 def _seal_holds(manifest: dict) -> bool:
     """Whether ``manifest`` is as its build sealed it (or was written before manifests were sealed)."""
-    if MANIFEST_SHA256 not in manifest:
-        return True
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
-    return manifest[MANIFEST_SHA256] == _canonical_sha256(body)
+    return MANIFEST_SHA256 not in manifest or manifest[MANIFEST_SHA256] == seal_sha256(manifest)
 
 
-def _canonical_sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _count(x: Any) -> bool:
+    """A whole number ≥ 0 as a build writes it (an int: a hand edit's ``78.0`` is no store's)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _pair_of_counts(x: Any) -> bool:
-    """A list of two whole numbers ≥ 0 (a split's ``trained_documents``: trained, of documents)."""
-    return (
-        isinstance(x, list)
-        and len(x) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in x)
-    )
+    """A list of two :func:`_count` (a split's ``trained_documents``: trained, of documents)."""
+    return isinstance(x, list) and len(x) == 2 and all(_count(n) for n in x)
 
 
 def changed_files(directory: Path, manifest: dict) -> list[str]:

@@ -705,6 +705,9 @@ class RunStart:
         self.existed = False  # the directory existed before (empty, or moved aside)
         self.moved = False  # the previous content is at ``self.aside``
         self.committed = False
+        self.student_recorded = (
+            False  # check_student wrote student_weights (it runs before and after the load)
+        )
         self.made_output = False  # this start created run.output_dir
         self.lock: FileLock | None = None  # the run's lock, held from open() to close()
         self.run_id = ""  # ekd-run.json's run_id (open()): what the run's checkpoints record
@@ -1143,9 +1146,10 @@ class RunStart:
         from ekd.models.identity import weights_fingerprint
 
         student, revision = self.cfg.model.student, self.cfg.model.revision
-        if self.fresh and (current := weights_fingerprint(student, revision)) is not None:
+        if self.fresh and not self.student_recorded and (current := weights_fingerprint(student, revision)):
             with writing(self.run_dir):
                 _write_marker(self.run_dir, student_weights=current)
+            self.student_recorded = True
 
     def record_arithmetic(self, ran: dict[str, str]) -> None:
         """Record the arithmetic this segment computes in (:data:`ARITHMETIC`; the resume checks read it)."""

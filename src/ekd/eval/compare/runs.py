@@ -247,25 +247,11 @@ class RunRecord:
             # the cache by what it holds: a copy elsewhere (a node's disk), or each seed's own RS cache, is the same
             # teacher's targets for this config, which the run checked at its start (try-out 120, F2)
             teacher, dtype, autocast = cache_teacher_parts(self.cache_teacher)
-            # a hub commit however recorded: 'org/t@<sha>' (pinned) or 'org/t@commit:<sha>' (read off the loaded
-            # config, unpinned) is one teacher (try-out 164, F2)
-            name, at, revision = teacher.rpartition("@")
-            commit = hub_commit(revision) if at else None
-            short = (
-                f"{name}@{commit[:16]}"
-                if commit
-                else teacher.rpartition(":")[2][:16]
-                if ":" in teacher
-                else teacher
-            )
             # its pin and the dtype the run evaluates it in decide no training (try-out 160, F1/F2): the eval
             # figures are paired by the teacher each entry records
-            kept = {
-                k: v
-                for k, v in cfg.get("model", {}).items()
-                if k not in ("teacher_revision", "teacher_dtype")
-            }
-            cfg["model"] = {**kept, "teacher": f"weights {short}"}
+            model = cfg.get("model", {})
+            kept = {k: v for k, v in model.items() if k not in ("teacher_revision", "teacher_dtype")}
+            cfg["model"] = {**kept, "teacher": f"weights {_cached_teacher_short(teacher)}"}
             cfg.get("teacher", {}).pop("cache_dir", None)
             # said as such in a note, not as an encoded teacher (try-out 122, F8)
             cfg.setdefault("teacher", {})[CACHE_BUILT_KEY] = computed_with(dtype, autocast)
@@ -449,16 +435,12 @@ class RunRecord:
         """The revisions that tell the run's hub models apart, not as the keys were spelled: ``teacher_revision``
         the teacher's, ``revision`` where it reaches a hub id beside the teacher (:func:`~ekd.config.inert.same_pins`),
         each none where what it reads is identified by its content (weights, encodings)."""
-        from ekd.config.inert import own_hub_tokenizer
+        from ekd.config.inert import own_hub_tokenizer, teacher_pin
         from ekd.models.load import is_hub_id
 
         model = self.config.get("model") or {}
         by_weights = self.teacher_by_content and self.teacher_weights
-        pins = {
-            "teacher_revision": ""
-            if by_weights
-            else str(model.get("teacher_revision") or model.get("revision") or "")
-        }
+        pins = {"teacher_revision": "" if by_weights else teacher_pin(model)}
         # model.revision, where what it reaches beside the teacher is not identified by its content (try-out 160,
         # F1: a student pinned as main's commit and as '' read the same weights, and were two configs)
         student = is_hub_id(str(model.get("student") or "")) and not (
@@ -479,11 +461,20 @@ class RunRecord:
             dtype = ran_in(recorded.get("dtype") or "", self.recorded_precision(set_of(name)))
             return TeacherKey(json.dumps(named, default=str), recorded.get("weights"), dtype)
         model = self.config.get("model") or {}
-        revision = (
-            model.get("teacher_revision") or model.get("revision") or ""
-        )  # the teacher's, however pinned
-        named = [model.get("teacher") or "", revision]
+        from ekd.config.inert import teacher_pin
+
+        named = [model.get("teacher") or "", teacher_pin(model)]
         return TeacherKey(json.dumps(named, default=str), None, model.get("teacher_dtype") or "")
+
+
+def _cached_teacher_short(teacher: str) -> str:
+    """A cache's teacher pin (:func:`~ekd.teacher.cache.manifest.cache_teacher_parts`) as compare keys it: a hub id
+    at its commit however recorded ('org/t@<sha>' pinned, 'org/t@commit:<sha>' unpinned: one teacher), a content
+    pin by its hash's first 16 digits, else as written."""
+    name, at, revision = teacher.rpartition("@")
+    if at and (commit := hub_commit(revision)):
+        return f"{name}@{commit[:16]}"
+    return teacher.rpartition(":")[2][:16] if ":" in teacher else teacher
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ existed are read without it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 from ekd.config.paths import read_as
 from ekd.io import atomic_write_text
+from ekd.json_record import canonical_json, seal_sha256
 from ekd.teacher.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheError, Layout
 
 log = logging.getLogger(__name__)
@@ -299,15 +299,11 @@ def diff_summary(diffs: list[str]) -> str:
     return "; ".join(diffs[:DIFFS_SHOWN]) + (f"; also {', '.join(rest)}" if rest else "")
 
 
-def dumps(obj: Any) -> str:
-    """Canonical JSON (sorted keys, fixed indentation): equal content gives equal bytes."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
-
-
-def manifest_sha256(manifest: dict) -> str:
-    """sha256 hex of the canonical JSON of ``manifest`` without its ``manifest_sha256`` field."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(dumps(body).encode("utf-8")).hexdigest()
+dumps = canonical_json
+"""Canonical JSON (:func:`ekd.json_record.canonical_json`): equal content gives equal bytes."""
+manifest_sha256 = seal_sha256
+"""sha256 hex of the canonical JSON of a manifest without its ``manifest_sha256`` field
+(:func:`ekd.json_record.seal_sha256`)."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
